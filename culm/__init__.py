@@ -1,0 +1,1 @@
+"""culm: a durable, event-driven workflow engine."""

@@ -1,0 +1,79 @@
+"""The exception hierarchy. Every culm exception derives from :class:`CulmError`."""
+
+from __future__ import annotations
+
+
+class CulmError(Exception):
+    """Root of every error culm raises."""
+
+
+class NotFoundError(CulmError):
+    """A pipeline, node, schedule or datum does not exist."""
+
+
+class InvalidOperationError(CulmError):
+    """A command is not allowed in the current state of its target."""
+
+
+class StateVersionMismatchError(InvalidOperationError):
+    """A state write carried a version that is no longer current."""
+
+
+class TreeInvalidError(CulmError):
+    """A pipeline tree breaks one or more rules; ``problems`` lists every one of them."""
+
+    def __init__(self, problems: list[TreeProblem] | list[str]) -> None:
+        self.problems: list[TreeProblem] = [
+            p if isinstance(p, TreeProblem) else TreeProblem(None, str(p)) for p in problems
+        ]
+        super().__init__("; ".join(str(p) for p in self.problems) or "invalid pipeline tree")
+
+
+class TreeProblem:
+    """One rule a tree breaks: where (node or flow id, maybe ``None``) and what."""
+
+    __slots__ = ("where", "message")
+
+    def __init__(self, where: str | None, message: str) -> None:
+        self.where = where
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}" if self.where else self.message
+
+    def __repr__(self) -> str:
+        return f"TreeProblem({self.where!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TreeProblem) and (self.where, self.message) == (other.where, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.where, self.message))
+
+
+class StartPositionInvalidError(TreeInvalidError):
+    """``start_node_id`` names a node the pipeline cannot start at."""
+
+
+class PluginConflictError(CulmError):
+    """Two different classes claim the same plugin code (and version)."""
+
+
+class PluginNotFoundError(CulmError, LookupError):
+    """No plugin (component, lazy variable, end event) is registered under a code."""
+
+
+class ExpressionError(CulmError):
+    """A template fragment or condition cannot be evaluated safely."""
+
+
+class ExpressionLimitError(ExpressionError):
+    """An expression went over a time, size or complexity bound."""
+
+
+class HydrationError(CulmError):
+    """Context variables needed by a node could not be resolved."""
+
+
+class SchemaOutdatedError(CulmError):
+    """The database schema is older than this version of culm expects."""
