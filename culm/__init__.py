@@ -1,1 +1,34 @@
-"""culm: a durable, event-driven workflow engine."""
+"""culm: a durable, event-driven workflow engine, API-compatible with bamboo-engine.
+
+The public face of the package. Engine API functions live in :mod:`culm.api`, the tree builder in
+:mod:`culm.builder`, component classes in :mod:`culm.components`.
+"""
+
+from culm import states
+from culm.core.engine import Settings
+from culm.errors import (
+    CulmError,
+    InvalidOperationError,
+    NotFoundError,
+    PluginConflictError,
+    PluginNotFoundError,
+    TreeInvalidError,
+)
+from culm.runtime import Runtime
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # runtime
+    "Runtime",
+    "Settings",
+    # states
+    "states",
+    # errors
+    "CulmError",
+    "NotFoundError",
+    "InvalidOperationError",
+    "TreeInvalidError",
+    "PluginConflictError",
+    "PluginNotFoundError",
+]

@@ -77,3 +77,7 @@ class HydrationError(CulmError):
 
 class SchemaOutdatedError(CulmError):
     """The database schema is older than this version of culm expects."""
+
+
+class ConditionSyntaxError(ExpressionError):
+    """A gateway condition is not valid condition (boolrule) syntax."""

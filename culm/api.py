@@ -1,0 +1,295 @@
+"""The engine API: bamboo-engine's ``bamboo_engine.api`` functions, on a culm runtime.
+
+Every function takes the runtime first and returns an :class:`EngineAPIResult`. User errors (wrong
+state, unknown id, bad argument, invalid tree) come back as ``result=False`` with a message saying
+what is wrong and where; nothing raises.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import traceback
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from culm.core import commands, prepare, queries
+from culm.errors import CulmError, InvalidOperationError, NotFoundError
+
+logger = logging.getLogger("culm.api")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class EngineAPIResult:
+    """The envelope every API function returns."""
+
+    __slots__ = ("result", "message", "exc", "data", "exc_trace")
+
+    def __init__(self, result: bool, message: str, exc: Exception | None = None, data: Any = None,
+                 exc_trace: str | None = None) -> None:
+        self.result = result
+        self.message = message
+        self.exc = exc
+        self.data = data
+        self.exc_trace = exc_trace
+
+    def __bool__(self) -> bool:
+        return self.result
+
+    def __repr__(self) -> str:
+        return f"EngineAPIResult(result={self.result}, message={self.message!r}, data={self.data!r})"
+
+
+def _api(fn: F) -> F:
+    @functools.wraps(fn)
+    def wrapper(runtime: Any, *args: Any, **kwargs: Any) -> EngineAPIResult:
+        if getattr(runtime, "engine", None) is None:
+            exc = InvalidOperationError(f"{fn.__name__}: the first argument must be a culm.Runtime, got {runtime!r}")
+            return EngineAPIResult(False, str(exc), exc)
+        try:
+            data = fn(runtime, *args, **kwargs)
+        except CulmError as exc:
+            return EngineAPIResult(False, str(exc), exc, None, traceback.format_exc())
+        except TypeError as exc:  # wrong arguments from the caller
+            return EngineAPIResult(False, f"{fn.__name__}: {exc}", exc, None, traceback.format_exc())
+        except Exception as exc:
+            logger.exception("%s failed", fn.__name__)
+            return EngineAPIResult(False, f"{fn.__name__} failed: {type(exc).__name__}: {exc}", exc, None,
+                                   traceback.format_exc())
+        if isinstance(data, EngineAPIResult):
+            return data
+        return EngineAPIResult(True, "success", None, data)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _str_id(value: Any, name: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidOperationError(f"{name} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _opt_dict(value: Any, name: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidOperationError(f"{name} must be a dict, got {type(value).__name__}")
+    return value
+
+
+# -- run ------------------------------------------------------------------------------------
+@_api
+def run_pipeline(
+    runtime: Any,
+    pipeline: dict,
+    root_pipeline_data: dict | None = None,
+    root_pipeline_context: dict | None = None,
+    subprocess_context: dict | None = None,
+    cycle_tolerate: bool = False,
+    start_node_id: str | None = None,
+    **options: Any,
+) -> Any:
+    """Validate ``pipeline`` and start it; refused if its id ran before or the tree is invalid."""
+    from culm import events, variables
+    from culm.model.compiled import compile_tree
+    from culm.model.validator import process_tree, validate_start_node
+
+    if not isinstance(pipeline, dict):
+        raise InvalidOperationError(f"pipeline must be a dict (a pipeline tree), got {type(pipeline).__name__}")
+    tree = process_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
+                        end_event_exists=events.library.has)
+    if start_node_id is not None:
+        validate_start_node(tree, start_node_id)
+    graph = compile_tree(tree)
+    priority = options.get("priority", 100)
+    if not isinstance(priority, int) or not 0 <= priority <= 255:
+        raise InvalidOperationError(f"priority must be an int from 0 to 255, got {priority!r}")
+    prepare.run_pipeline(
+        runtime.engine, tree, graph,
+        root_pipeline_data=_opt_dict(root_pipeline_data, "root_pipeline_data"),
+        root_pipeline_context=_opt_dict(root_pipeline_context, "root_pipeline_context"),
+        subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),
+        start_node_id=start_node_id, priority=priority, queue=str(options.get("queue", "") or ""),
+    )
+    return None
+
+
+# -- commands -------------------------------------------------------------------------------
+@_api
+def pause_pipeline(runtime: Any, pipeline_id: str) -> None:
+    """Pause a root pipeline or a subprocess: its processes park before their next node."""
+    commands.pause_pipeline(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
+
+
+@_api
+def resume_pipeline(runtime: Any, pipeline_id: str) -> None:
+    """Resume a paused pipeline or subprocess."""
+    commands.resume_pipeline(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
+
+
+@_api
+def revoke_pipeline(runtime: Any, pipeline_id: str) -> None:
+    """Revoke a pipeline for good."""
+    commands.revoke_pipeline(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
+
+
+@_api
+def pause_node_appoint(runtime: Any, node_id: str) -> None:
+    """Set a breakpoint: the process stops before running ``node_id``."""
+    commands.pause_node_appoint(runtime.engine, _str_id(node_id, "node_id"))
+
+
+@_api
+def resume_node_appoint(runtime: Any, node_id: str) -> None:
+    """Remove a breakpoint and let a process parked there go on."""
+    commands.resume_node_appoint(runtime.engine, _str_id(node_id, "node_id"))
+
+
+@_api
+def retry_node(runtime: Any, node_id: str, data: dict | None = None) -> None:
+    """Run a FAILED node again, optionally with new raw inputs (which replace the old ones)."""
+    commands.retry_node(runtime.engine, _str_id(node_id, "node_id"), data)
+
+
+@_api
+def retry_subprocess(runtime: Any, node_id: str) -> None:
+    """Retry a SubProcess node that failed on entry."""
+    commands.retry_subprocess(runtime.engine, _str_id(node_id, "node_id"))
+
+
+@_api
+def skip_node(runtime: Any, node_id: str) -> None:
+    """Mark a FAILED activity (or start event) FINISHED and go on after it."""
+    commands.skip_node(runtime.engine, _str_id(node_id, "node_id"))
+
+
+@_api
+def skip_exclusive_gateway(runtime: Any, node_id: str, flow_id: str) -> None:
+    """Let a FAILED exclusive gateway go on along ``flow_id``."""
+    commands.skip_exclusive_gateway(runtime.engine, _str_id(node_id, "node_id"), _str_id(flow_id, "flow_id"))
+
+
+@_api
+def skip_conditional_parallel_gateway(runtime: Any, node_id: str, flow_ids: list, converge_gateway_id: str) -> None:
+    """Let a FAILED conditional parallel gateway fork along ``flow_ids``."""
+    commands.skip_conditional_parallel_gateway(
+        runtime.engine, _str_id(node_id, "node_id"), flow_ids, _str_id(converge_gateway_id, "converge_gateway_id")
+    )
+
+
+@_api
+def forced_fail_activity(runtime: Any, node_id: str, ex_data: str = "") -> None:
+    """Fail a RUNNING activity now; whatever it still produces is discarded."""
+    commands.forced_fail_activity(runtime.engine, _str_id(node_id, "node_id"), str(ex_data))
+
+
+@_api
+def callback(runtime: Any, node_id: str, version: str, data: dict | None = None) -> Any:
+    """Deliver a callback to a waiting activity (``version`` must be its current version)."""
+    return commands.callback(runtime.engine, _str_id(node_id, "node_id"), _str_id(version, "version"), data)
+
+
+@_api
+def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) -> Any:
+    """Overwrite existing context variables of a running pipeline (``{"${key}": value}``)."""
+    return commands.update_context_values(runtime.engine, _str_id(pipeline_id, "pipeline_id"), context_values)
+
+
+# -- queries --------------------------------------------------------------------------------
+@_api
+def get_pipeline_states(runtime: Any, root_id: str, flat_children: bool = True) -> dict:
+    """The state tree of a pipeline (``{}`` when unknown)."""
+    return queries.pipeline_states(runtime.engine, root_id, flat_children)
+
+
+@_api
+def get_children_states(runtime: Any, node_id: str) -> dict:
+    """A node's state with its direct children (``{}`` when unknown)."""
+    return queries.children_states(runtime.engine, node_id)
+
+
+@_api
+def get_execution_data_inputs(runtime: Any, node_id: str) -> dict:
+    """Rendered inputs of a node's latest run (``{}`` when none)."""
+    found = queries.execution_data(runtime.engine, node_id)
+    return found[0] if found else {}
+
+
+@_api
+def get_execution_data_outputs(runtime: Any, node_id: str) -> dict:
+    """Outputs of a node's latest run (``{}`` when none)."""
+    found = queries.execution_data(runtime.engine, node_id)
+    return found[1] if found else {}
+
+
+@_api
+def get_execution_data(runtime: Any, node_id: str) -> dict:
+    """``{"inputs", "outputs"}`` of a node's latest run; refused when the node never ran."""
+    found = queries.execution_data(runtime.engine, node_id)
+    if found is None:
+        raise NotFoundError(f"node {node_id} has no execution data: it does not exist or has not run")
+    return {"inputs": found[0], "outputs": found[1]}
+
+
+@_api
+def get_data(runtime: Any, node_id: str) -> dict:
+    """The raw (not rendered) inputs and output mapping of a node."""
+    return queries.raw_data(runtime.engine, node_id)
+
+
+@_api
+def get_node_histories(runtime: Any, node_id: str, loop: int = -1) -> list:
+    """Earlier runs of a node, oldest first."""
+    return queries.histories(runtime.engine, node_id, loop)
+
+
+@_api
+def get_node_short_histories(runtime: Any, node_id: str, loop: int = -1) -> list:
+    """Earlier runs of a node without inputs, outputs and retry."""
+    return queries.histories(runtime.engine, node_id, loop, short=True)
+
+
+@_api
+def get_node_logs(runtime: Any, node_id: str, version: str | None = None) -> str:
+    """Lines a component logged through ``self.logger`` (current version by default)."""
+    return queries.node_logs(runtime.engine, node_id, version)
+
+
+@_api
+def get_pipeline_debug_info(runtime: Any, pipeline_id: str) -> dict:
+    """Context values and processes of a pipeline."""
+    return queries.pipeline_debug_info(runtime.engine, pipeline_id)
+
+
+@_api
+def get_node_debug_info(runtime: Any, node_id: str) -> dict:
+    """Definition, data and state of a node."""
+    return queries.node_debug_info(runtime.engine, node_id)
+
+
+@_api
+def preview_node_inputs(
+    runtime: Any,
+    pipeline: dict,
+    node_id: str,
+    subprocess_stack: list | tuple = (),
+    root_pipeline_data: dict | None = None,
+    parent_params: dict | None = None,
+) -> dict:
+    """What a ServiceActivity's inputs (or a SubProcess's params) render to, without running it."""
+    from culm.core.preview import preview
+
+    return preview(pipeline, node_id, list(subprocess_stack), _opt_dict(root_pipeline_data, "root_pipeline_data"),
+                   _opt_dict(parent_params, "parent_params"))
+
+
+__all__ = [
+    "EngineAPIResult", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
+    "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
+    "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
+    "update_context_values", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
+    "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
+    "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
+    "preview_node_inputs",
+]

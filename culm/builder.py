@@ -1,0 +1,46 @@
+"""The public builder DSL (drop-in for ``bamboo_engine.builder``).
+
+Example::
+
+    from culm.builder import EmptyStartEvent, ServiceActivity, EmptyEndEvent, Var, build_tree
+
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_node")
+    act.component.inputs.message = Var(type=Var.PLAIN, value="hello")
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+"""
+
+from __future__ import annotations
+
+from culm.model.builder import (
+    ConditionalParallelGateway,
+    ConvergeGateway,
+    Data,
+    DataInput,
+    Element,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ExclusiveGateway,
+    ExecutableEndEvent,
+    InitializedRewritableNodeOutput,
+    NodeOutput,
+    ParallelGateway,
+    Params,
+    RewritableNodeOutput,
+    ServiceActivity,
+    SubProcess,
+    Var,
+    build_tree,
+)
+
+__all__ = [
+    # elements
+    "Element", "EmptyStartEvent", "EmptyEndEvent", "ExecutableEndEvent", "ServiceActivity", "SubProcess",
+    "ParallelGateway", "ExclusiveGateway", "ConditionalParallelGateway", "ConvergeGateway",
+    # data objects
+    "Data", "Params", "Var", "DataInput", "NodeOutput", "RewritableNodeOutput",
+    "InitializedRewritableNodeOutput",
+    # building
+    "build_tree",
+]

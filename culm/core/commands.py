@@ -1,0 +1,379 @@
+"""Operator commands: pause, resume, revoke, retry, skip, forced fail, callback, context updates.
+
+Each command checks its preconditions and writes its change in ONE transaction, comparing the
+state's name and version in the write itself, so a node that moved on a moment earlier is refused
+rather than overwritten. Refusals raise NotFoundError / InvalidOperationError with a message that
+names the id and what was wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from culm import states
+from culm.core import data as cdata
+from culm.core.engine import Engine
+from culm.core.handlers.activity import schedule_task
+from culm.core.handlers.gateways import fork
+from culm.core.records import HistoryRecord, ProcessRecord, StateRecord, new_version, now
+from culm.core.run import Run
+from culm.core.service_call import dispatch_readonly_hook
+from culm.core.step import Step
+from culm.core.walker import execute_task_for
+from culm.data import context as dctx
+from culm.errors import InvalidOperationError, NotFoundError
+from culm.model import compiled as g
+
+
+# -- lookups --------------------------------------------------------------------------------
+def _node(engine: Engine, unit: Any, node_id: str) -> tuple[g.Graph, g.Node]:
+    root_id = unit.node_root(node_id)
+    if root_id is None:
+        raise NotFoundError(f"node {node_id} does not exist")
+    graph = engine.graph(root_id, unit)
+    if node_id not in graph.nodes:
+        raise InvalidOperationError(f"{node_id} is a pipeline, not a node")
+    return graph, graph.nodes[node_id]
+
+
+def _state(unit: Any, node_id: str, what: str = "node") -> StateRecord:
+    st = unit.get_state(node_id, for_update=True)
+    if st is None:
+        raise NotFoundError(f"{what} {node_id} has no state: it does not exist or has not been reached yet")
+    return st
+
+
+def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str = "node") -> None:
+    if st.name not in allowed:
+        raise InvalidOperationError(
+            f"cannot {action} {what} {st.node_id}: its state is {st.name}, expected {' or '.join(allowed)}"
+        )
+
+
+def _sleeping_process(unit: Any, node_id: str) -> ProcessRecord:
+    procs = [p for p in unit.processes_at(node_id) if p.asleep and not p.suspended]
+    if len(procs) != 1:
+        raise InvalidOperationError(
+            f"node {node_id} has {len(procs)} waiting processes, expected exactly one"
+        )
+    return procs[0]
+
+
+def _cas(step: Step, st: StateRecord, to: str, loop: int = -1, **fields: Any) -> None:
+    if not step.unit.update_state(st.node_id, expect_version=st.version, expect_names=(st.name,), name=to, **fields):
+        raise InvalidOperationError(f"node {st.node_id} changed while the command ran; try again")
+    st.name = to
+    for k, v in fields.items():
+        setattr(st, k, v)
+    step.state_changed(st, loop)
+
+
+def _history(unit: Any, st: StateRecord) -> None:
+    exec_data = unit.get_execution_data(st.node_id) or ({}, {})
+    unit.add_history(HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
+                                   st.version, exec_data[0], exec_data[1]))
+
+
+def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
+    step.unit.update_process(proc.id, asleep=False, current_node_id=node_id)
+    step.add_task(execute_task_for(proc, node_id))
+
+
+def _is_pipeline(unit: Any, engine: Engine, pipeline_id: str) -> None:
+    root_id = unit.node_root(pipeline_id)
+    if root_id is None:
+        raise NotFoundError(f"pipeline {pipeline_id} does not exist")
+    if root_id != pipeline_id and engine.graph(root_id, unit).nodes[pipeline_id].type != g.SUBPROCESS:
+        raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
+
+
+def _service_hook(engine: Engine, unit: Any, node: g.Node, st: StateRecord | None, name: str,
+                  callback_data: Any = None) -> Any:
+    """A read-only service hook call to run after commit (ServiceActivity nodes only)."""
+    if node.type != g.ACTIVITY:
+        return lambda: None
+    inputs, outputs = unit.get_execution_data(node.id) or ({}, {})
+    root_id = unit.node_root(node.id)
+    root_data = unit.get_root_data(root_id)
+    attrs = {"id": node.id, "version": st.version if st else None, "root_pipeline_id": root_id,
+             "top_pipeline_id": node.pipeline_id, "loop": st.loop if st else 1,
+             "inner_loop": st.inner_loop if st else 1}
+    return lambda: dispatch_readonly_hook(node.code, node.version, name, inputs, outputs, root_data,
+                                          callback_data, **attrs)
+
+
+# -- pipelines ------------------------------------------------------------------------------
+def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
+    with engine.step() as step:
+        _is_pipeline(step.unit, engine, pipeline_id)
+        st = _state(step.unit, pipeline_id, "pipeline")
+        _require(st, (states.READY, states.RUNNING, states.LOOP_READY), "pause", "pipeline")
+        step.event("pre_pause_pipeline", pipeline_id=pipeline_id)
+        _cas(step, st, states.SUSPENDED)
+        step.event("post_pause_pipeline", pipeline_id=pipeline_id)
+
+
+def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _is_pipeline(unit, engine, pipeline_id)
+        st = _state(unit, pipeline_id, "pipeline")
+        _require(st, (states.SUSPENDED,), "resume", "pipeline")
+        step.event("pre_resume_pipeline", pipeline_id=pipeline_id)
+        _cas(step, st, states.RUNNING)
+        _unsuspend(step, pipeline_id)
+        step.event("post_resume_pipeline", pipeline_id=pipeline_id)
+
+
+def _unsuspend(step: Step, by: str) -> None:
+    for proc in step.unit.processes_suspended_by(by):
+        step.unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
+        step.add_task(execute_task_for(proc, proc.current_node_id))
+
+
+def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _is_pipeline(unit, engine, pipeline_id)
+        st = _state(unit, pipeline_id, "pipeline")
+        _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
+        step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
+        _cas(step, st, states.REVOKED, archived_time=now())
+        if st.root_id == pipeline_id:
+            # Nothing of a revoked run may move again: stop its processes and pending work now.
+            unit.kill_processes_of_root(pipeline_id)
+            unit.delete_tasks_of_root(pipeline_id)
+        step.event("post_revoke_pipeline", pipeline_id=pipeline_id)
+
+
+# -- appointment pause ----------------------------------------------------------------------
+def pause_node_appoint(engine: Engine, node_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        graph, node = _node(engine, unit, node_id)
+        if node.type == g.SUBPROCESS:
+            raise InvalidOperationError(f"node {node_id} is a SubProcess: use pause_pipeline for subprocesses")
+        st = unit.get_state(node_id, for_update=True)
+        step.event("pre_pause_node", node_id=node_id)
+        if st is None:
+            unit.insert_state(StateRecord(node_id, "", "", states.SUSPENDED, new_version(), 1, 1, 0, False, False,
+                                          now()))
+        else:
+            if st.name == states.RUNNING:
+                raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")
+            if not states.can_transit(st.name, states.SUSPENDED):
+                raise InvalidOperationError(f"node {node_id} is {st.name}: it cannot be paused")
+            _cas(step, st, states.SUSPENDED)
+            if any(not p.dead for p in unit.processes_at(node_id)):
+                step.after.append(_service_hook(engine, unit, node, st, "pre_pause_node"))
+                step.after.append(_service_hook(engine, unit, node, st, "post_pause_node"))
+        step.event("post_pause_node", node_id=node_id)
+
+
+def resume_node_appoint(engine: Engine, node_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        if node.type == g.SUBPROCESS:
+            raise InvalidOperationError(f"node {node_id} is a SubProcess: use resume_pipeline for subprocesses")
+        st = _state(unit, node_id)
+        _require(st, (states.SUSPENDED,), "resume")
+        step.event("pre_resume_node", node_id=node_id)
+        _cas(step, st, states.READY)
+        _unsuspend(step, node_id)
+        step.event("post_resume_node", node_id=node_id)
+
+
+# -- retry and skip -------------------------------------------------------------------------
+def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None) -> None:
+    if data is not None and not isinstance(data, dict):
+        raise InvalidOperationError(f"retry data for node {node_id} must be a dict, got {type(data).__name__}")
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        if node.type == g.SUBPROCESS:
+            raise InvalidOperationError(f"node {node_id} is a SubProcess: use retry_subprocess")
+        if not node.can_retry:
+            raise InvalidOperationError(f"node {node_id} is not retryable")
+        st = _state(unit, node_id)
+        _require(st, (states.FAILED,), "retry")
+        proc = _sleeping_process(unit, node_id)
+        step.event("pre_retry_node", node_id=node_id, data=data)
+        step.after.append(_service_hook(engine, unit, node, st, "pre_retry_node"))
+        _history(unit, st)
+        if data is not None:
+            unit.set_inputs_override(node_id, _retry_inputs(data))
+        _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
+             archived_time=None)
+        _wake(step, proc, node_id)
+        step.after.append(_service_hook(engine, unit, node, st, "post_retry_node"))
+        step.event("post_retry_node", node_id=node_id, data=data)
+
+
+def _retry_inputs(data: dict[str, Any]) -> dict[str, Any]:
+    data = dict(data)
+    escape = set(data.pop("_escape_render_keys", None) or ())
+    return {k: {"type": "splice", "value": v, "need_render": k not in escape} for k, v in data.items()}
+
+
+def retry_subprocess(engine: Engine, node_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        if node.type != g.SUBPROCESS:
+            raise InvalidOperationError(f"node {node_id} is a {node.type}, not a SubProcess")
+        st = _state(unit, node_id)
+        _require(st, (states.FAILED,), "retry")
+        proc = _sleeping_process(unit, node_id)
+        step.event("pre_retry_subprocess", node_id=node_id)
+        if proc.stack and proc.stack[-1] == node_id:
+            unit.update_process(proc.id, stack=proc.stack[:-1])
+        _history(unit, st)
+        _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
+             archived_time=None)
+        _wake(step, proc, node_id)
+        step.event("post_retry_subprocess", node_id=node_id)
+
+
+def skip_node(engine: Engine, node_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        if node.type not in (g.ACTIVITY, g.START):
+            raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities and start events skip")
+        if not node.can_skip:
+            raise InvalidOperationError(f"node {node_id} is not skippable")
+        st = _state(unit, node_id)
+        _require(st, (states.FAILED,), "skip")
+        proc = _sleeping_process(unit, node_id)
+        step.event("pre_skip_node", node_id=node_id)
+        step.after.append(_service_hook(engine, unit, node, st, "pre_skip_node"))
+        _history(unit, st)
+        _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
+        _wake(step, proc, node.target)  # type: ignore[arg-type]
+        step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
+        step.event("post_skip_node", node_id=node_id)
+
+
+def skip_exclusive_gateway(engine: Engine, node_id: str, flow_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        if node.type != g.EXCLUSIVE:
+            raise InvalidOperationError(f"node {node_id} is a {node.type}, not an ExclusiveGateway")
+        target = node.target_of_flow(flow_id)
+        if target is None:
+            raise InvalidOperationError(f"flow {flow_id} is not an outgoing flow of gateway {node_id}")
+        st = _state(unit, node_id)
+        _require(st, (states.FAILED,), "skip")
+        proc = _sleeping_process(unit, node_id)
+        step.event("pre_skip_exclusive_gateway", node_id=node_id, flow_id=flow_id)
+        _history(unit, st)
+        _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
+        _wake(step, proc, target)
+        step.event("post_skip_exclusive_gateway", node_id=node_id, flow_id=flow_id)
+
+
+def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: list[str], converge_gateway_id: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        graph, node = _node(engine, unit, node_id)
+        if node.type != g.CONDITIONAL_PARALLEL:
+            raise InvalidOperationError(f"node {node_id} is a {node.type}, not a ConditionalParallelGateway")
+        if not isinstance(flow_ids, (list, tuple)) or not flow_ids:
+            raise InvalidOperationError(f"flow_ids for gateway {node_id} must be a non-empty list")
+        targets = [node.target_of_flow(f) for f in flow_ids]
+        bad = [f for f, t in zip(flow_ids, targets, strict=True) if t is None]
+        if bad:
+            raise InvalidOperationError(f"flows {bad} are not outgoing flows of gateway {node_id}")
+        conv = graph.nodes.get(converge_gateway_id)
+        if conv is None or conv.type != g.CONVERGE:
+            raise InvalidOperationError(f"{converge_gateway_id} is not a ConvergeGateway of this pipeline")
+        st = _state(unit, node_id)
+        _require(st, (states.FAILED,), "skip")
+        proc = _sleeping_process(unit, node_id)
+        payload = {"node_id": node_id, "flow_ids": list(flow_ids), "converge_gateway_id": converge_gateway_id}
+        step.event("pre_skip_conditional_parallel_gateway", **payload)
+        _history(unit, st)
+        _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
+        run = Run(engine, step, graph, proc, node, st)
+        fork(run, [t for t in targets if t], converge_gateway_id)
+        step.event("post_skip_conditional_parallel_gateway", **payload)
+
+
+# -- forced fail and callback ---------------------------------------------------------------
+def forced_fail_activity(engine: Engine, node_id: str, ex_data: str) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        if node.type != g.ACTIVITY:
+            raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities can be force-failed")
+        st = _state(unit, node_id)
+        _require(st, (states.RUNNING,), "force-fail")
+        procs = [p for p in unit.processes_at(node_id) if not p.dead]
+        if not procs:
+            raise InvalidOperationError(f"node {node_id} has no live process on it")
+        step.event("pre_forced_fail_activity", node_id=node_id, ex_data=ex_data)
+        step.after.append(_service_hook(engine, unit, node, st, "pre_forced_fail_activity"))
+        inputs, outputs = unit.get_execution_data(node_id) or ({}, {})
+        outputs = {**outputs, "ex_data": ex_data, "_forced_failed": True}
+        unit.set_execution_data(node_id, inputs, outputs)
+        old = st.version
+        _cas(step, st, states.FAILED, version=new_version(), archived_time=now())
+        for proc in procs:
+            unit.update_process(proc.id, asleep=True)
+        unit.retag_logs(node_id, old, st.version)
+        step.after.append(_service_hook(engine, unit, node, st, "post_forced_fail_activity"))
+        step.event("post_forced_fail_activity", node_id=node_id, ex_data=ex_data, old_version=old,
+                   new_version=st.version)
+
+
+def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | None) -> str:
+    """Queue one callback for a waiting node; returns the callback id once it is committed."""
+    with engine.step() as step:
+        unit = step.unit
+        _graph, node = _node(engine, unit, node_id)
+        st = _state(unit, node_id)
+        if st.version != version:
+            sched = unit.schedule_of(node_id, version)
+            if sched is not None:
+                unit.update_schedule(sched.id, expired=True)
+            raise InvalidOperationError(
+                f"callback version {version} of node {node_id} is not its current version {st.version}"
+            )
+        _require(st, (states.RUNNING,), "call back")
+        sched = unit.schedule_of(node_id, version)
+        if sched is None or sched.type == "poll":
+            raise InvalidOperationError(f"node {node_id} is not waiting for a callback")
+        if sched.finished or sched.expired:
+            raise InvalidOperationError(f"the schedule of node {node_id} is already finished")
+        proc = unit.get_process(sched.process_id)
+        if proc is None or proc.dead:
+            raise InvalidOperationError(f"node {node_id} has no live process waiting")
+        step.event("pre_callback", node_id=node_id, version=version, data=data)
+        step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
+        callback_id = new_id()
+        unit.insert_callback(callback_id, node_id, version, data)
+        step.add_task(schedule_task(proc, node_id, sched.id, due=now(), callback_id=callback_id))
+        step.after.append(_service_hook(engine, unit, node, st, "post_callback", data))
+        step.event("post_callback", node_id=node_id, version=version, data=data)
+        return callback_id
+
+
+def update_context_values(engine: Engine, pipeline_id: str, context_values: dict[str, Any]) -> list[str]:
+    """Overwrite existing variables with plain values; returns the keys that were updated."""
+    if not isinstance(context_values, dict):
+        raise InvalidOperationError("context_values must be a dict of {'${key}': value}")
+    with engine.step() as step:
+        unit = step.unit
+        _is_pipeline(unit, engine, pipeline_id)
+        current = unit.get_context(pipeline_id)
+        updated = [k for k in context_values if k in current]
+        merged = {k: dctx.ContextVar(k, v.type, v.value, v.code) for k, v in current.items()}
+        for k in updated:
+            merged[k] = dctx.ContextVar(k, cdata.PLAIN, context_values[k])
+        # References of the whole context are recomputed: a plain value refers to nothing.
+        unit.upsert_context(pipeline_id, cdata.with_references(merged))
+        return updated
+
+

@@ -1,0 +1,141 @@
+"""Node data on the engine side: building contexts, rendering inputs, mapping outputs.
+
+The pure evaluation rules (templates, the sandbox, hydration) live in :mod:`culm.data`; this module
+decides which variables a node needs, where they are read from and where outputs go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from culm.core.records import ContextValue
+from culm.data import context as dctx
+from culm.data import template
+from culm.model.compiled import Graph, Node, PipelineSpec
+
+PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
+
+# fetch(keys) -> the stored context values among ``keys`` (missing keys simply absent)
+Fetch = Callable[[Iterable[str]], Mapping[str, ContextValue]]
+
+
+def context_values_for(spec: PipelineSpec, extra_plain: Mapping[str, Any] | None = None) -> list[ContextValue]:
+    """The variables a (sub)pipeline context starts with, with transitive references."""
+    vars_: dict[str, dctx.ContextVar] = {}
+    for key, var in spec.inputs.items():
+        if not isinstance(var, dict):
+            continue
+        if var.get("source_act") and not var.get("need_initialization"):
+            continue
+        vtype = var.get("type", PLAIN)
+        vars_[key] = dctx.ContextVar(key, vtype, var.get("value"), var.get("custom_type"))
+    for key, value in (extra_plain or {}).items():
+        vars_[key] = dctx.ContextVar(key, PLAIN, value)
+    return with_references(vars_)
+
+
+def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
+    """Attach to each variable the transitive closure of the keys it references."""
+    out = []
+    for key, var in vars_.items():
+        direct = dctx.var_references(var)
+        refs = dctx.transitive_references(vars_, direct) if direct else set()
+        refs.discard(key)
+        out.append(ContextValue(key, var.type, var.value, var.code, frozenset(refs)))
+    return out
+
+
+def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, dctx.ContextVar]:
+    """Read ``keys`` and everything they reference, in at most two round trips."""
+    keys = set(keys)
+    if not keys:
+        return {}
+    found = dict(fetch(keys))
+    more: set[str] = set()
+    for cv in found.values():
+        more.update(cv.references)
+    more -= found.keys()
+    if more:
+        found.update(fetch(more))
+    return {k: dctx.ContextVar(k, cv.type, cv.value, cv.code) for k, cv in found.items()}
+
+
+def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Separate inputs that are rendered from those used verbatim (plain or need_render=False)."""
+    render: dict[str, dict] = {}
+    escape: dict[str, Any] = {}
+    for key, var in raw.items():
+        if not isinstance(var, dict):
+            escape[key] = var
+        elif var.get("need_render") is False or var.get("type", PLAIN) == PLAIN:
+            escape[key] = var.get("value")
+        else:
+            render[key] = var
+    return render, escape
+
+
+def render_inputs(
+    raw: Mapping[str, Any],
+    fetch: Fetch,
+    lazy: Callable[[dctx.ContextVar, Any], Any],
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Render a node's raw inputs against its pipeline context.
+
+    Raises:
+        HydrationError: a needed variable could not be resolved.
+        ExpressionLimitError: a template went over a bound.
+    """
+    render, escape = split_inputs(raw)
+    refs: set[str] = set()
+    for var in render.values():
+        refs |= template.references(var.get("value"))
+    needed = fetch_needed(fetch, refs)
+    for key, value in (extra or {}).items():
+        needed[key] = dctx.ContextVar(key, PLAIN, value)
+    namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+    rendered: dict[str, Any] = {}
+    for key, var in render.items():
+        value = template.render(var.get("value"), namespace)
+        if var.get("type") == LAZY:
+            value = lazy(dctx.ContextVar(f"${{{key}}}", LAZY, value, var.get("custom_type")), value)
+        rendered[key] = value
+    rendered.update(escape)
+    return rendered
+
+
+def resolve_keys(
+    keys: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
+) -> dict[str, Any]:
+    """Resolve context keys (``${x}`` form); returns ``{key: value}`` for those that resolve."""
+    keys = list(keys)
+    needed = fetch_needed(fetch, keys)
+    namespace = dctx.hydrate(needed, keys, lazy_resolver=lazy)
+    return {k: namespace[dctx.deformat(k)] for k in keys if dctx.deformat(k) in namespace}
+
+
+def condition_namespace(
+    exprs: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
+) -> dict[str, Any]:
+    """Bare-name namespace with every variable the conditions refer to."""
+    refs: set[str] = set()
+    for expr in exprs:
+        refs |= template.references(expr)
+    if not refs:
+        return {}
+    return dctx.hydrate(fetch_needed(fetch, refs), refs, lazy_resolver=lazy)
+
+
+def output_mapping(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
+    """(source_key, context_key) pairs of ``node``, looked up in the pipeline that holds it."""
+    return graph.pipelines[node.pipeline_id].output_map.get(node.id, ())
+
+
+def mapped_outputs(graph: Graph, node: Node, outputs: Mapping[str, Any]) -> list[ContextValue]:
+    """Context values produced by ``node``'s outputs (only keys present in ``outputs``)."""
+    return [
+        ContextValue(ctx_key, PLAIN, outputs[src_key])
+        for src_key, ctx_key in output_mapping(graph, node)
+        if src_key in outputs
+    ]

@@ -1,0 +1,102 @@
+"""The Engine: owns the graph cache and runs tasks (the worker entry point)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from culm.core.ports import Dispatcher, Store
+from culm.core.records import EXECUTE, SCHEDULE, TaskRecord, new_id, now
+from culm.core.step import Step
+from culm.model.compiled import Graph, compile_tree
+
+logger = logging.getLogger("culm.engine")
+
+GATEWAY_STRATEGY_ONLY = 1
+GATEWAY_STRATEGY_FIRST = 2
+
+
+@dataclass
+class Settings:
+    """Engine settings (bamboo's names in comments)."""
+
+    rerun_limit: int = 100  # BAMBOO_DJANGO_ERI_NODE_RERUN_LIMIT
+    gateway_strategy: int = GATEWAY_STRATEGY_ONLY  # PIPELINE_EXCLUSIVE_GATEWAY_STRATEGY
+    # PIPELINE_EXCLUSIVE_GATEWAY_EXPR_FUNC(expr, context, extra_info) -> bool; None = boolrule
+    expr_func: Callable[..., bool] | None = None
+    lease_seconds: float = 60.0
+    schedule_lock_seconds: float = 60.0
+    render_nested_objects: bool = False  # ENABLE_RENDER_OBJ_BY_MAKO_STRING
+
+
+class Engine:
+    """Runs execute and schedule tasks against a store, dispatching follow-ups."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None):
+        self.store = store
+        self.dispatcher = dispatcher
+        self.settings = settings or Settings()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+        self._graphs: OrderedDict[str, Graph] = OrderedDict()
+        self._graphs_lock = threading.Lock()
+
+    # -- transactions ---------------------------------------------------------------------
+    @contextlib.contextmanager
+    def step(self) -> Iterator[Step]:
+        """A transaction whose tasks are dispatched and signals sent after it commits."""
+        with self.store.transaction() as unit:
+            step = Step(unit)
+            yield step
+        if step.tasks and self.dispatcher is not None:
+            self.dispatcher.submit(step.tasks)
+        step.fire()
+
+    # -- graphs ---------------------------------------------------------------------------
+    def graph(self, root_id: str, unit: Any) -> Graph:
+        """The compiled graph of a root pipeline (compiled once, then cached)."""
+        with self._graphs_lock:
+            g = self._graphs.get(root_id)
+            if g is not None:
+                self._graphs.move_to_end(root_id)
+                return g
+        stored = unit.get_pipeline(root_id)
+        if stored is None:
+            raise LookupError(f"pipeline {root_id} is not stored")
+        g = compile_tree(stored[0])
+        self.remember_graph(g)
+        return g
+
+    def remember_graph(self, g: Graph) -> None:
+        with self._graphs_lock:
+            self._graphs[g.root_id] = g
+            while len(self._graphs) > 2048:
+                self._graphs.popitem(last=False)
+
+    # -- worker entry point ---------------------------------------------------------------
+    def run_task(self, task: TaskRecord | str) -> None:
+        """Run one task to its next resting point. Safe to call twice for the same task."""
+        from culm.core import scheduling, walker
+
+        kind = task.kind if isinstance(task, TaskRecord) else None
+        task_id = task.id if isinstance(task, TaskRecord) else task
+        if kind is None:
+            with self.store.reading() as unit:
+                rec = unit.get_task(task_id)
+            if rec is None:
+                return
+            kind = rec.kind
+        if kind == EXECUTE:
+            walker.run_execute(self, task_id)
+        elif kind == SCHEDULE:
+            scheduling.run_schedule(self, task_id)
+
+    def lease(self) -> tuple[str, float, float]:
+        at = now()
+        return self.owner, at + self.settings.lease_seconds, at

@@ -1,0 +1,126 @@
+"""ServiceActivity: render inputs, run the component, then finish, wait for schedules or fail."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from culm import states
+from culm.core import data as cdata
+from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
+from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
+from culm.core.run import Run
+from culm.core.service_call import CallResult, ServiceCall
+from culm.errors import CulmError
+
+
+def execute(run: Run) -> Outcome:
+    """Prepare the component call; the call itself runs outside the transaction."""
+    raw = run.raw_inputs()
+    try:
+        inputs = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
+    except CulmError as exc:
+        run.fail(f"inputs hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
+        return SLEEP
+    inputs["_loop"], inputs["_inner_loop"] = run.state.loop, run.state.inner_loop
+    call = make_call(run, inputs, {})
+    return Invoke(call.execute, after_execute)
+
+
+def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> ServiceCall:
+    node, st = run.node, run.state
+    return ServiceCall(
+        code=node.code, version=node.version, node_id=node.id, state_version=st.version, root_id=run.root_id,
+        top_pipeline_id=run.top_pipeline_id, loop=st.loop, inner_loop=st.inner_loop, inputs=inputs,
+        outputs=outputs, root_data=run.unit.get_root_data(run.root_id), error_ignorable=node.error_ignorable,
+    )
+
+
+def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
+    """Turn an escaped exception into a failed call result."""
+    if isinstance(res, CallResult):
+        return res
+    text = "".join(traceback.format_exception(res)) if isinstance(res, BaseException) else str(res)
+    return CallResult(False, inputs, {}, ex_data=text)
+
+
+def record_call(run: Run, res: CallResult) -> dict[str, Any]:
+    """Store logs and queue the call's events; returns the outputs with the reserved keys."""
+    outputs = dict(res.outputs)
+    if res.ex_data is not None:
+        outputs["ex_data"] = res.ex_data
+    outputs["_result"] = res.ok
+    outputs["_loop"], outputs["_inner_loop"] = run.state.loop, run.state.inner_loop
+    if res.logs:
+        run.unit.add_logs(
+            [{"node_id": run.node.id, "version": run.state.version, "loop": run.state.loop, "created_time": t,
+              "line": line} for t, line in res.logs]
+        )
+    for event_type, data in res.events:
+        run.step.event(event_type, **data)
+    return outputs
+
+
+def after_execute(run: Run, res: Any) -> Outcome:
+    """Apply an execute call's result (in the transaction after the call)."""
+    res = as_result(res, {})
+    outputs = record_call(run, res)
+    run.unit.set_execution_data(run.node.id, res.inputs, outputs)
+    if res.ok and res.need_schedule:
+        start_schedule(run, res.schedule_type or "callback")
+        return SLEEP
+    return settle(run, res.ok, outputs)
+
+
+def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
+    """Finish the node (maybe with an ignored error) and move on, or fail it."""
+    node = run.node
+    mapped = _outputs_to_context(run, ok, outputs)
+    if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
+        run.finish(error_ignored=not ok)
+        run.upsert_context(run.top_pipeline_id, mapped)
+        if not ok and node.error_ignorable:
+            return Next(node.target)  # type: ignore[arg-type]
+        return Next(_next_in_loop(run))
+    run.set_state(states.FAILED, expect=(states.RUNNING,), archived_time=now())
+    run.upsert_context(run.top_pipeline_id, mapped)
+    return SLEEP
+
+
+def _outputs_to_context(run: Run, ok: bool, outputs: dict[str, Any]) -> list[ContextValue]:
+    cfg = run.node.loop_config
+    if not cfg:
+        return cdata.mapped_outputs(run.graph, run.node, outputs)
+    key = cfg.get("outputs_key") or "outputs"
+    current = run.unit.get_context(run.top_pipeline_id, [key]).get(key)
+    items = list(current.value) if current is not None and isinstance(current.value, list) else []
+    if run.state.inner_loop <= 1:
+        items = []
+    entry = dict(outputs.get("outputs") or {}) if isinstance(outputs.get("outputs"), dict) else {}
+    entry.update(result=ok, inner_loop=run.state.inner_loop)
+    items.append(entry)
+    return [ContextValue(key, "plain", items)]
+
+
+def _next_in_loop(run: Run) -> str:
+    cfg = run.node.loop_config
+    if cfg and run.state.inner_loop < int(cfg.get("loop_times") or 0):
+        return run.node.id
+    return run.node.target  # type: ignore[return-value]
+
+
+def start_schedule(run: Run, schedule_type: str) -> None:
+    """Create the schedule of this run; a poll starts at once, callbacks wait for ``callback()``."""
+    sched = ScheduleRecord(new_id(), run.node.id, run.state.version, run.proc.id, schedule_type)
+    run.unit.insert_schedule(sched)
+    if schedule_type == "poll":
+        run.step.add_task(schedule_task(run.proc, run.node.id, sched.id, due=now()))
+
+
+def schedule_task(proc: Any, node_id: str, schedule_id: str, *, due: float, callback_id: str | None = None) -> TaskRecord:
+    return TaskRecord(new_id(), SCHEDULE, proc.id, node_id, proc.root_id, schedule_id=schedule_id,
+                      callback_id=callback_id, due=due, priority=proc.priority, queue=proc.queue)
+
+
+def _raw_value(var: object) -> object:
+    return var.get("value") if isinstance(var, dict) else var

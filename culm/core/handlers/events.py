@@ -1,0 +1,99 @@
+"""Start and end events (empty and executable)."""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+from culm import states
+from culm.core import data as cdata
+from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
+from culm.core.records import ContextValue, now
+from culm.core.run import Run
+from culm.errors import CulmError
+
+
+def start(run: Run) -> Outcome:
+    """Freeze ``pre_render_keys`` if the pipeline declares them, then move on."""
+    spec = run.graph.pipelines[run.node.pipeline_id]
+    if spec.pre_render_keys:
+        try:
+            values = cdata.resolve_keys(spec.pre_render_keys, run.fetch_from(spec.id), run.lazy_resolver())
+        except CulmError as exc:
+            run.fail(f"pre_render_keys hydrate failed: {exc}")
+            return SLEEP
+        run.upsert_context(spec.id, [ContextValue(k, "plain", v) for k, v in values.items()])
+    run.finish()
+    return Next(run.node.target)  # type: ignore[arg-type]
+
+
+def end(run: Run) -> Outcome:
+    """Collect the pipeline's outputs and finish it (or return to the parent pipeline)."""
+    pipeline_id = run.top_pipeline_id
+    spec = run.graph.pipelines[pipeline_id]
+    try:
+        resolved = cdata.resolve_keys(spec.outputs, run.fetch_from(pipeline_id), run.lazy_resolver())
+    except CulmError as exc:
+        run.fail(None, outputs={"ex_data": f"pipeline outputs hydrate failed: {exc}"})
+        return SLEEP
+    outputs: dict[str, Any] = {k: resolved.get(k, k) for k in spec.outputs}
+    run.finish()
+    if pipeline_id == run.root_id:
+        return _finish_root(run, outputs)
+    return _finish_subprocess(run, pipeline_id, outputs)
+
+
+def _finish_root(run: Run, outputs: dict[str, Any]) -> Outcome:
+    unit = run.unit
+    root = unit.get_state(run.root_id)
+    unit.set_execution_outputs(run.root_id, outputs)
+    if unit.update_state(run.root_id, expect_version=root.version, expect_names=(states.RUNNING,),
+                         name=states.FINISHED, archived_time=now()):
+        root.name = states.FINISHED
+        run.step.state_changed(root)
+        run.step.event("pipeline_finish", pipeline_id=run.root_id)
+    return DIE
+
+
+def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> Outcome:
+    unit = run.unit
+    sub_state = unit.get_state(pipeline_id)
+    outputs["_loop"], outputs["_inner_loop"] = sub_state.loop, sub_state.inner_loop
+    unit.set_execution_outputs(pipeline_id, outputs)
+    if not unit.update_state(pipeline_id, expect_version=sub_state.version, expect_names=(states.RUNNING,),
+                             name=states.FINISHED, archived_time=now()):
+        return SLEEP
+    sub_state.name = states.FINISHED
+    run.step.state_changed(sub_state)
+    run.proc.stack = run.proc.stack[:-1]
+    sub_node = run.graph.node(pipeline_id)
+    run.upsert_context(run.proc.stack[-1], cdata.mapped_outputs(run.graph, sub_node, outputs))
+    run.step.event("node_finish", root_pipeline_id=run.root_id, node_id=pipeline_id)
+    return Next(sub_node.target)  # type: ignore[arg-type]
+
+
+def executable_end(run: Run) -> Outcome:
+    """Run the user's end-event code outside the transaction, then end like an empty end event."""
+    from culm import events as plugins
+
+    code = run.node.end_code or ""
+    stack = list(run.proc.stack)
+    root_id = run.root_id
+
+    def call() -> str | None:
+        try:
+            impl = plugins.library.get(code)
+            impl().execute(in_subprocess=len(stack) > 1, root_pipeline_id=root_id, current_pipeline_id=stack[-1])
+        except Exception:  # noqa: BLE001 - user code: its failure fails the end event
+            return traceback.format_exc()
+        return None
+
+    def resume(run: Run, ex_data: Any) -> Outcome:
+        if isinstance(ex_data, BaseException):
+            ex_data = "".join(traceback.format_exception(ex_data))
+        if ex_data:
+            run.fail(ex_data)
+            return SLEEP
+        return end(run)
+
+    return Invoke(call, resume)

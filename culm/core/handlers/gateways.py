@@ -1,0 +1,108 @@
+"""Parallel, exclusive, conditional-parallel and converge gateways."""
+
+from __future__ import annotations
+
+from culm.core import data as cdata
+from culm.core.engine import GATEWAY_STRATEGY_FIRST
+from culm.core.outcomes import SLEEP, Next, Outcome
+from culm.core.records import EXECUTE, ProcessRecord, TaskRecord, new_id, now
+from culm.core.run import Run
+from culm.errors import CulmError, ExpressionError
+from culm.model.compiled import Condition
+
+
+def converge(run: Run) -> Outcome:
+    """Branches of the same process simply pass through; joins happen in the process model."""
+    run.finish()
+    return Next(run.node.target)  # type: ignore[arg-type]
+
+
+def parallel(run: Run) -> Outcome:
+    """Fork one child process per outgoing branch; the parent waits for all of them."""
+    run.finish()
+    fork(run, list(run.node.targets), run.node.converge_gateway_id)
+    return SLEEP
+
+
+def exclusive(run: Run) -> Outcome:
+    """Take the single branch whose condition holds (or the default branch)."""
+    hits = _evaluate(run, first_only=run.engine.settings.gateway_strategy == GATEWAY_STRATEGY_FIRST)
+    if hits is None:
+        return SLEEP
+    if not hits:
+        if run.node.default is None:
+            run.fail("all conditions of branches are not meet")
+            return SLEEP
+        hits = [run.node.default]
+    if len(hits) > 1:
+        run.fail(f"multiple conditions meet: {[c.evaluate for c in hits]}")
+        return SLEEP
+    run.finish()
+    return Next(hits[0].target_id)
+
+
+def conditional_parallel(run: Run) -> Outcome:
+    """Fork a child for every branch whose condition holds (or the default branch alone)."""
+    hits = _evaluate(run, first_only=False)
+    if hits is None:
+        return SLEEP
+    if not hits:
+        if run.node.default is None:
+            run.fail("all conditions of branches are not meet")
+            return SLEEP
+        hits = [run.node.default]
+    run.finish()
+    fork(run, [c.target_id for c in hits], run.node.converge_gateway_id)
+    return SLEEP
+
+
+def _evaluate(run: Run, *, first_only: bool) -> list[Condition] | None:
+    """Conditions that hold, in stored order; None when evaluation failed the node."""
+    conds = run.node.conditions
+    try:
+        namespace = cdata.condition_namespace([c.evaluate for c in conds], run.fetch_from(run.top_pipeline_id),
+                                              run.lazy_resolver())
+    except CulmError as exc:
+        run.fail(f"gateway conditions hydrate failed: {exc}")
+        return None
+    hits = []
+    for cond in conds:
+        try:
+            ok = _holds(run, cond, namespace)
+        except ExpressionError as exc:
+            run.fail(f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc}")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a custom expression function may raise anything
+            run.fail(f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc!r}")
+            return None
+        if ok:
+            hits.append(cond)
+            if first_only:
+                break
+    return hits
+
+
+def _holds(run: Run, cond: Condition, namespace: dict) -> bool:
+    from culm.data import boolrule, template
+
+    func = run.engine.settings.expr_func
+    if func is None:
+        return boolrule.evaluate_gateway_condition(cond.evaluate, namespace)
+    rendered = template.render(cond.evaluate, namespace)
+    return bool(func(rendered, namespace, extra_info=run.node.raw.get("extra_info") or {}))
+
+
+def fork(run: Run, targets: list[str], destination: str | None) -> None:
+    """Start one child process per target; each dies at ``destination`` and acks the parent."""
+    proc = run.proc
+    children = [
+        ProcessRecord(new_id(), proc.root_id, proc.id, target, destination, list(proc.stack),
+                      priority=proc.priority, queue=proc.queue)
+        for target in targets
+    ]
+    run.unit.insert_processes(children)
+    run.unit.update_process(proc.id, need_ack=len(children), ack_num=0)
+    run.step.add_tasks(
+        [TaskRecord(new_id(), EXECUTE, c.id, c.current_node_id, c.root_id, due=now(), priority=c.priority,
+                    queue=c.queue) for c in children]
+    )

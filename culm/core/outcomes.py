@@ -1,0 +1,38 @@
+"""What a node handler tells the engine to do next."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Next:
+    """The node is done; the same process continues at ``node_id``."""
+
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Sleep:
+    """The process waits (failure, schedule, join of forked children)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Die:
+    """The process has nothing more to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Invoke:
+    """User code must run outside the transaction; ``resume`` takes its result in the next one."""
+
+    call: Callable[[], Any]
+    resume: Callable[[Any, Any], Outcome]
+
+
+Outcome = Next | Sleep | Die | Invoke
+
+SLEEP = Sleep()
+DIE = Die()

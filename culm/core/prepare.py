@@ -1,0 +1,61 @@
+"""Storing a new pipeline run: tree, node index, root state, contexts, root process, first task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from culm import states
+from culm.core import data as cdata
+from culm.core.engine import Engine
+from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
+from culm.errors import InvalidOperationError
+from culm.model.compiled import Graph
+
+
+def run_pipeline(
+    engine: Engine,
+    tree: dict[str, Any],
+    graph: Graph,
+    *,
+    root_pipeline_data: dict[str, Any],
+    root_pipeline_context: dict[str, Any],
+    subprocess_context: dict[str, Any],
+    start_node_id: str | None,
+    priority: int = 100,
+    queue: str = "",
+) -> None:
+    """Persist everything a run needs in one transaction and dispatch its first task."""
+    root_id = graph.root_id
+    payload = {
+        "pipeline": tree, "root_pipeline_data": root_pipeline_data,
+        "root_pipeline_context": root_pipeline_context, "subprocess_context": subprocess_context,
+    }
+    with engine.step() as step:
+        unit = step.unit
+        if unit.pipeline_exists(root_id) or unit.get_state(root_id) is not None:
+            raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")
+        taken = unit.existing_node_ids(graph.nodes.keys())
+        if taken:
+            raise InvalidOperationError(
+                f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}"
+            )
+        step.event("pre_prepare_run_pipeline", **payload)
+        at = now()
+        options = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
+        unit.add_pipeline(root_id, tree, root_pipeline_data, options, at)
+        rows = [{"id": root_id, "root_id": root_id, "pipeline_id": root_id, "type": "Pipeline"}]
+        rows.extend({"id": n.id, "root_id": root_id, "pipeline_id": n.pipeline_id, "type": n.type}
+                    for n in graph.nodes.values())
+        unit.add_nodes(rows)
+        for spec in graph.pipelines.values():
+            extra = root_pipeline_context if spec.id == root_id else subprocess_context
+            unit.insert_context(spec.id, cdata.context_values_for(spec, extra))
+        root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
+        unit.insert_state(root_state)
+        step.state_changed(root_state, 1)
+        start = start_node_id or graph.pipelines[root_id].start_event_id
+        proc = ProcessRecord(new_id(), root_id, None, start, None, [root_id], priority=priority, queue=queue)
+        unit.insert_processes([proc])
+        step.add_task(TaskRecord(new_id(), EXECUTE, proc.id, start, root_id, due=at, priority=priority, queue=queue))
+        step.event("post_prepare_run_pipeline", **payload)
+    engine.remember_graph(graph)

@@ -1,0 +1,152 @@
+"""Read-only views: states, data, histories, logs, debug information."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from culm.core import data as cdata
+from culm.core.engine import Engine
+from culm.core.records import StateRecord
+from culm.errors import NotFoundError
+
+
+def _time(t: float | None) -> datetime | None:
+    return datetime.fromtimestamp(t, UTC) if t is not None else None
+
+
+def state_entry(st: StateRecord, root_is_self: bool = False) -> dict[str, Any]:
+    """One state in bamboo's result shape (misspelt ``root_id:`` key included on purpose)."""
+    parent = st.node_id if root_is_self else st.parent_id
+    return {
+        "id": st.node_id, "state": st.name, "root_id:": st.root_id, "root_id": st.root_id, "parent_id": parent,
+        "version": st.version, "loop": st.loop, "retry": st.retry, "skip": st.skip,
+        "error_ignorable": st.error_ignored, "error_ignored": st.error_ignored,
+        "created_time": _time(st.created_time), "started_time": _time(st.started_time),
+        "archived_time": _time(st.archived_time), "children": {},
+    }
+
+
+def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
+    with engine.store.reading() as unit:
+        records = unit.states_of_root(root_id)
+    root = next((r for r in records if r.node_id == root_id), None)
+    if root is None:
+        return {}
+    entry = state_entry(root, root_is_self=True)
+    children = [r for r in records if r.node_id != root_id]
+    if flat_children:
+        entry["children"] = {r.node_id: state_entry(r) for r in children}
+    else:
+        entries = {r.node_id: state_entry(r) for r in children}
+        for r in children:
+            holder = entry if r.parent_id == root_id else entries.get(r.parent_id, entry)
+            holder["children"][r.node_id] = entries[r.node_id]
+    return {root_id: entry}
+
+
+def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
+    with engine.store.reading() as unit:
+        st = unit.get_state(node_id)
+        if st is None:
+            return {}
+        kids = unit.states_of_parent(node_id)
+    entry = state_entry(st, root_is_self=st.root_id == node_id)
+    entry["children"] = {k.node_id: state_entry(k) for k in kids if k.node_id != node_id}
+    return {node_id: entry}
+
+
+def execution_data(engine: Engine, node_id: str) -> tuple[dict, dict] | None:
+    with engine.store.reading() as unit:
+        return unit.get_execution_data(node_id)
+
+
+def raw_data(engine: Engine, node_id: str) -> dict[str, Any]:
+    with engine.store.reading() as unit:
+        root_id = unit.node_root(node_id)
+        if root_id is None:
+            raise NotFoundError(f"node {node_id} does not exist")
+        if root_id == node_id:
+            root_data = unit.get_root_data(root_id)
+            return {"inputs": {k: {"need_render": False, "value": v} for k, v in root_data.items()}, "outputs": {}}
+        graph = engine.graph(root_id, unit)
+        node = graph.nodes[node_id]
+        override = unit.get_inputs_override(node_id)
+    if override is not None:
+        raw = override
+    elif node.type == "SubProcess":
+        raw = node.raw.get("params") or {}
+    elif node.type == "ServiceActivity":
+        raw = (node.raw.get("component") or {}).get("inputs") or {}
+    else:
+        raw = {}
+    render, _escape = cdata.split_inputs(raw)
+    inputs = {k: {"need_render": k in render, "value": v.get("value") if isinstance(v, dict) else v}
+              for k, v in raw.items()}
+    outputs = dict(cdata.output_mapping(graph, node))
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False) -> list[dict[str, Any]]:
+    with engine.store.reading() as unit:
+        records = unit.histories(node_id, loop)
+    out = []
+    for h in records:
+        item: dict[str, Any] = {
+            "id": h.id, "node_id": h.node_id, "started_time": _time(h.started_time),
+            "archived_time": _time(h.archived_time), "loop": h.loop, "skip": h.skip, "version": h.version,
+        }
+        if not short:
+            item.update(retry=h.retry, inputs=h.inputs, outputs=h.outputs)
+        out.append(item)
+    return out
+
+
+def node_logs(engine: Engine, node_id: str, version: str | None = None) -> str:
+    with engine.store.reading() as unit:
+        if version is None:
+            st = unit.get_state(node_id)
+            if st is None:
+                return ""
+            version = st.version
+        return "\n".join(unit.logs(node_id, version))
+
+
+def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
+    with engine.store.reading() as unit:
+        if unit.node_root(pipeline_id) is None:
+            raise NotFoundError(f"pipeline {pipeline_id} does not exist")
+        ctx = unit.get_context(pipeline_id)
+        root_id = unit.node_root(pipeline_id)
+        procs = unit.processes_of_root(root_id)
+    return {
+        "context_values": [
+            {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
+            for v in ctx.values()
+        ],
+        "processes": [
+            {"process_id": p.id, "parent_id": p.parent_id, "root_pipeline_id": p.root_id,
+             "current_node": p.current_node_id, "destination_id": p.destination_id, "pipeline_stack": p.stack,
+             "asleep": p.asleep, "suspended": p.suspended, "suspended_by": p.suspended_by, "dead": p.dead,
+             "ack_num": p.ack_num, "need_ack": p.need_ack}
+            for p in procs
+        ],
+    }
+
+
+def node_debug_info(engine: Engine, node_id: str) -> dict[str, Any]:
+    with engine.store.reading() as unit:
+        root_id = unit.node_root(node_id)
+        if root_id is None:
+            raise NotFoundError(f"node {node_id} does not exist")
+        graph = engine.graph(root_id, unit)
+        st = unit.get_state(node_id)
+        exec_data = unit.get_execution_data(node_id)
+    node = graph.nodes.get(node_id)
+    return {
+        "node": node.raw if node else {"id": node_id, "type": "Pipeline"},
+        "data": raw_data(engine, node_id),
+        "state": state_entry(st) if st else None,
+        "execution_data": {"inputs": exec_data[0], "outputs": exec_data[1]} if exec_data else None,
+        "err": [],
+    }

@@ -1,0 +1,134 @@
+"""Plain records the core reads from and hands to storage. No I/O here."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def new_version() -> str:
+    """A fresh opaque state version (33 chars, like bamboo's)."""
+    return "v" + uuid.uuid4().hex
+
+
+def new_id() -> str:
+    """A fresh id for processes, tasks, schedules and callbacks."""
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    """Wall-clock time as stored in the database (UTC epoch seconds)."""
+    return time.time()
+
+
+@dataclass(slots=True)
+class StateRecord:
+    """The state of one node or pipeline."""
+
+    node_id: str
+    root_id: str
+    parent_id: str
+    name: str
+    version: str
+    loop: int = 1
+    inner_loop: int = 1
+    retry: int = 0
+    skip: bool = False
+    error_ignored: bool = False
+    created_time: float | None = None
+    started_time: float | None = None
+    archived_time: float | None = None
+
+
+@dataclass(slots=True)
+class ProcessRecord:
+    """A persisted thread of execution walking the graph (not an OS process)."""
+
+    id: str
+    root_id: str
+    parent_id: str | None
+    current_node_id: str
+    destination_id: str | None
+    stack: list[str]
+    asleep: bool = False
+    suspended: bool = False
+    suspended_by: str | None = None
+    dead: bool = False
+    ack_num: int = 0
+    need_ack: int = 0
+    priority: int = 100
+    queue: str = ""
+    last_heartbeat: float | None = None
+
+    @property
+    def top_pipeline_id(self) -> str:
+        return self.stack[-1]
+
+
+EXECUTE = "execute"
+SCHEDULE = "schedule"
+
+
+@dataclass(slots=True)
+class TaskRecord:
+    """A unit of durable work: run a process from a node, or run one schedule of a node.
+
+    A task row is written in the same transaction as the change that causes it and deleted in the
+    same transaction as the change that completes it, so work is neither lost nor done twice.
+    """
+
+    id: str
+    kind: str
+    process_id: str
+    node_id: str
+    root_id: str
+    schedule_id: str | None = None
+    callback_id: str | None = None
+    due: float = 0.0
+    running_version: str | None = None
+    priority: int = 100
+    queue: str = ""
+
+
+@dataclass(slots=True)
+class ScheduleRecord:
+    """The schedule phase of one activity run (keyed by node and version)."""
+
+    id: str
+    node_id: str
+    version: str
+    process_id: str
+    type: str
+    finished: bool = False
+    expired: bool = False
+    times: int = 0
+    locked_until: float | None = None
+
+
+@dataclass(slots=True)
+class ContextValue:
+    """One variable of a (sub)pipeline context as stored."""
+
+    key: str
+    type: str
+    value: Any
+    code: str | None = None
+    references: frozenset[str] = field(default_factory=frozenset)
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    """A snapshot of a node run kept before it is retried, skipped or re-entered."""
+
+    id: int
+    node_id: str
+    started_time: float | None
+    archived_time: float | None
+    loop: int
+    skip: bool
+    retry: int
+    version: str
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]

@@ -1,0 +1,113 @@
+"""Run: everything a handler needs about the node being executed, and the state writes it may do."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from culm import states
+from culm.core import data as cdata
+from culm.core.engine import Engine
+from culm.core.records import ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
+from culm.core.step import Step
+from culm.data import context as dctx
+from culm.model.compiled import Graph, Node
+
+
+class VersionLostError(Exception):
+    """The node's version changed under us (forced fail, retry, revoke): drop our result."""
+
+
+@dataclass
+class Run:
+    """One node being run by one process inside one transaction."""
+
+    engine: Engine
+    step: Step
+    graph: Graph
+    proc: ProcessRecord
+    node: Node
+    state: StateRecord
+
+    @property
+    def unit(self) -> Any:
+        return self.step.unit
+
+    @property
+    def root_id(self) -> str:
+        return self.graph.root_id
+
+    @property
+    def top_pipeline_id(self) -> str:
+        return self.proc.stack[-1]
+
+    # -- state writes ---------------------------------------------------------------------
+    def set_state(self, to: str, *, expect: Iterable[str] | None = None, **fields: Any) -> None:
+        """Version-checked write of this node's state; raises VersionLostError when stale."""
+        ok = self.unit.update_state(
+            self.node.id, expect_version=self.state.version, expect_names=expect, name=to, **fields
+        )
+        if not ok:
+            raise VersionLostError(self.node.id)
+        self.state.name = to
+        for k, v in fields.items():
+            setattr(self.state, k, v)
+        self.step.state_changed(self.state)
+
+    def finish(self, *, error_ignored: bool = False) -> None:
+        self.set_state(states.FINISHED, expect=(states.RUNNING,), archived_time=now(), error_ignored=error_ignored)
+        self.step.event("node_finish", root_pipeline_id=self.root_id, node_id=self.node.id)
+
+    def fail(self, ex_data: str | None, outputs: Mapping[str, Any] | None = None, inputs: Any = None) -> None:
+        """Mark the node FAILED, store ``ex_data`` in its outputs and put the process to sleep."""
+        out = dict(outputs or {})
+        if ex_data is not None:
+            out["ex_data"] = ex_data
+        if outputs is None:
+            out.setdefault("_result", False)
+            out.setdefault("_loop", self.state.loop)
+            out.setdefault("_inner_loop", self.state.inner_loop)
+        old = self.unit.get_execution_data(self.node.id)
+        self.unit.set_execution_data(self.node.id, inputs if inputs is not None else (old[0] if old else {}), out)
+        self.set_state(states.FAILED, expect=(states.RUNNING,), archived_time=now())
+        self.proc.asleep = True
+
+    # -- data -----------------------------------------------------------------------------
+    def fetch_from(self, pipeline_id: str) -> cdata.Fetch:
+        unit = self.unit
+        return lambda keys: unit.get_context(pipeline_id, keys)
+
+    def lazy_resolver(self) -> Any:
+        from culm import variables
+
+        root_data: dict | None = None
+
+        def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
+            nonlocal root_data
+            if root_data is None:
+                root_data = self.unit.get_root_data(self.root_id)
+            cls = variables.library.get(var.code)
+            return cls(value=rendered, pipeline_data=root_data, inner_loop=self.state.inner_loop, key=var.key).get_value()
+
+        return resolve
+
+    def raw_inputs(self) -> dict[str, Any]:
+        override = self.unit.get_inputs_override(self.node.id)
+        if override is not None:
+            return override
+        if self.node.type == "SubProcess":
+            return dict(self.node.raw.get("params") or {})
+        return dict((self.node.raw.get("component") or {}).get("inputs") or {})
+
+    def upsert_context(self, pipeline_id: str, values: list[ContextValue]) -> None:
+        if values:
+            self.unit.upsert_context(pipeline_id, values)
+
+    def record_history(self) -> None:
+        st = self.state
+        exec_data = self.unit.get_execution_data(st.node_id) or ({}, {})
+        self.unit.add_history(
+            HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
+                          st.version, exec_data[0], exec_data[1])
+        )

@@ -1,0 +1,106 @@
+"""The schedule path: one poll or one callback of an activity that is waiting."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from culm import states
+from culm.core.engine import Engine
+from culm.core.handlers.activity import as_result, make_call, record_call, settle
+from culm.core.outcomes import Next
+from culm.core.records import EXECUTE, now
+from culm.core.run import Run, VersionLostError
+from culm.core.service_call import CallResult, ServiceCall
+
+MULTI_CALLBACK_RETRY_SECONDS = 1.0
+
+
+def run_schedule(engine: Engine, task_id: str) -> None:
+    """Claim a schedule task, run the component's ``schedule`` once and apply the result."""
+    prepared = _prepare(engine, task_id)
+    if prepared is None:
+        return
+    call, times, callback_data = prepared
+    try:
+        result: Any = call.schedule(times, callback_data)
+    except BaseException as exc:  # noqa: BLE001
+        result = exc
+    _apply(engine, task_id, as_result(result, call.inputs))
+
+
+def _prepare(engine: Engine, task_id: str) -> tuple[ServiceCall, int, Any] | None:
+    owner, until, at = engine.lease()
+    with engine.step() as step:
+        unit = step.unit
+        task = unit.claim_task(task_id, owner, until, at)
+        if task is None:
+            return None
+        sched = unit.get_schedule(task.schedule_id) if task.schedule_id else None
+        st = unit.get_state(task.node_id)
+        proc = unit.get_process(sched.process_id) if sched else None
+        if sched is None or sched.finished or sched.expired or proc is None or proc.dead:
+            unit.delete_task(task_id)
+            return None
+        if st is None or st.version != sched.version or st.name != states.RUNNING:
+            unit.update_schedule(sched.id, expired=True)
+            unit.delete_task(task_id)
+            return None
+        if not unit.lock_schedule(sched.id, at + engine.settings.schedule_lock_seconds, at):
+            if sched.type == "multiple_callback":
+                # Another callback of the same node is running: try again shortly, keep the row.
+                unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
+                step.tasks.append(unit.get_task(task_id))
+            else:
+                unit.delete_task(task_id)
+            return None
+        graph = engine.graph(proc.root_id, unit)
+        run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
+        exec_data = unit.get_execution_data(task.node_id) or ({}, {})
+        callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
+        call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
+        return call, sched.times, callback_data
+
+
+def _apply(engine: Engine, task_id: str, res: CallResult) -> None:
+    with engine.step() as step:
+        unit = step.unit
+        task = unit.get_task(task_id)
+        if task is None:
+            return
+        sched = unit.get_schedule(task.schedule_id)
+        st = unit.get_state(task.node_id, for_update=True)
+        proc = unit.get_process(sched.process_id)
+        if st is None or st.version != sched.version or st.name != states.RUNNING or proc.dead:
+            unit.update_schedule(sched.id, expired=True, locked_until=None)
+            unit.delete_task(task_id)
+            return
+        graph = engine.graph(proc.root_id, unit)
+        run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
+        outputs = record_call(run, res)
+        unit.set_execution_data(st.node_id, res.inputs, outputs)
+        unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
+        try:
+            _conclude(run, task_id, sched.id, res, outputs)
+        except VersionLostError:
+            unit.delete_task(task_id)
+
+
+def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs: dict[str, Any]) -> None:
+    unit = run.unit
+    if res.ok and not res.schedule_done:
+        if res.schedule_type == "poll":
+            unit.update_task(task_id, due=now() + max(res.schedule_after, 0), owner=None, claimed_until=None)
+            run.step.tasks.append(unit.get_task(task_id))
+        else:
+            unit.delete_task(task_id)
+        return
+    unit.update_schedule(schedule_id, finished=True)
+    outcome = settle(run, res.ok, outputs)
+    if isinstance(outcome, Next):
+        # The same task row now drives the process on from the next node.
+        unit.update_process(run.proc.id, asleep=False, current_node_id=outcome.node_id)
+        unit.update_task(task_id, kind=EXECUTE, node_id=outcome.node_id, schedule_id=None, callback_id=None,
+                         running_version=None, owner=None, claimed_until=None, due=now())
+        run.step.tasks.append(unit.get_task(task_id))
+    else:
+        unit.delete_task(task_id)

@@ -1,0 +1,216 @@
+"""Running component code outside any transaction: execute, schedule and hooks."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+from culm.core.records import now
+
+hook_logger = logging.getLogger("culm.hooks")
+component_logger = logging.getLogger("culm.component")
+
+
+class NodeLogger:
+    """The ``self.logger`` of a service: lines are kept per node, version and loop."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+        self.lines: list[tuple[float, str]] = []
+
+    def _log(self, level: int, msg: Any, *args: Any, exc_info: Any = None, **_: Any) -> None:
+        text = str(msg) % args if args else str(msg)
+        if exc_info:
+            text += "\n" + traceback.format_exc()
+        self.lines.append((now(), f"[{logging.getLevelName(level)}] {text}"))
+        component_logger.log(level, "[%s] %s", self.node_id, text)
+
+    def debug(self, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(logging.DEBUG, msg, *args, **kw)
+
+    def info(self, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(logging.INFO, msg, *args, **kw)
+
+    def warning(self, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(logging.WARNING, msg, *args, **kw)
+
+    warn = warning
+
+    def error(self, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(logging.ERROR, msg, *args, **kw)
+
+    def exception(self, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(logging.ERROR, msg, *args, exc_info=True)
+
+    def critical(self, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(logging.CRITICAL, msg, *args, **kw)
+
+    def log(self, level: int, msg: Any, *args: Any, **kw: Any) -> None:
+        self._log(level, msg, *args, **kw)
+
+
+@dataclass
+class CallResult:
+    """What one execute or schedule call produced."""
+
+    ok: bool
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    ex_data: str | None = None
+    need_schedule: bool = False
+    schedule_type: str | None = None
+    schedule_done: bool = False
+    schedule_after: float = -1
+    logs: list[tuple[float, str]] = field(default_factory=list)
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class ServiceCall:
+    """The fixed facts of one component call."""
+
+    code: str
+    version: str | None
+    node_id: str
+    state_version: str
+    root_id: str
+    top_pipeline_id: str
+    loop: int
+    inner_loop: int
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    root_data: dict[str, Any]
+    error_ignorable: bool
+
+    def _service(self, logger: NodeLogger) -> Any:
+        from culm.components import library
+
+        service = library.new_service(self.code, self.version)
+        service.setup_runtime_attrs(
+            id=self.node_id, version=self.state_version, root_pipeline_id=self.root_id,
+            top_pipeline_id=self.top_pipeline_id, loop=self.loop, inner_loop=self.inner_loop, logger=logger,
+        )
+        return service
+
+    def _objects(self) -> tuple[Any, Any]:
+        from culm.components import DataObject
+
+        return DataObject(dict(self.inputs), dict(self.outputs)), DataObject(dict(self.root_data), {})
+
+    def _result(self, data: Any, logger: NodeLogger, ok: bool, **kw: Any) -> CallResult:
+        return CallResult(ok, dict(data.inputs), dict(data.outputs), logs=logger.lines, **kw)
+
+    def execute(self) -> CallResult:
+        """Create a fresh service and run ``execute`` with the execute-path hooks."""
+        logger = NodeLogger(self.node_id)
+        data, parent = self._objects()
+        events: list[tuple[str, dict[str, Any]]] = []
+        ids = {"root_pipeline_id": self.root_id, "node_id": self.node_id}
+        try:
+            service = self._service(logger)
+        except Exception as exc:  # noqa: BLE001 - e.g. an unregistered code in this worker
+            return CallResult(False, dict(self.inputs), {}, ex_data=str(exc), logs=logger.lines)
+        hooks = _Hooks(service, data, parent)
+        hooks("node_enter")
+        hooks("pre_execute")
+        events.append(("pre_execute", ids))
+        ex_data = None
+        try:
+            ok = service.execute(data, parent) is not False
+        except Exception:  # noqa: BLE001 - component failure is a node failure
+            ok, ex_data = False, traceback.format_exc()
+            hooks("node_execute_exception")
+            events.append(("node_execute_exception", {**ids, "ex_data": ex_data}))
+        if ok:
+            hooks("post_execute")
+            events.append(("post_execute", ids))
+        need_schedule = ok and bool(service.need_schedule())
+        if not ok and not self.error_ignorable:
+            hooks("node_execute_fail")
+            events.append(("node_execute_fail", ids))
+        if ok and not need_schedule:
+            hooks("node_finish")
+        stype = service.schedule_type() if need_schedule else None
+        res = self._result(data, logger, ok, ex_data=ex_data, need_schedule=need_schedule, schedule_type=stype)
+        res.events = events
+        return res
+
+    def schedule(self, times: int, callback_data: Any) -> CallResult:
+        """Run one ``schedule`` call; ``times`` is how many ran before (restores the interval)."""
+        logger = NodeLogger(self.node_id)
+        data, parent = self._objects()
+        events: list[tuple[str, dict[str, Any]]] = []
+        ids = {"root_pipeline_id": self.root_id, "node_id": self.node_id}
+        try:
+            service = self._service(logger)
+        except Exception as exc:  # noqa: BLE001
+            return CallResult(False, dict(self.inputs), dict(self.outputs), ex_data=str(exc), logs=logger.lines)
+        hooks = _Hooks(service, data, parent, callback_data)
+        hooks("pre_schedule")
+        events.append(("pre_schedule", ids))
+        ex_data = None
+        try:
+            ok = service.schedule(data, parent, callback_data) is not False
+        except Exception:  # noqa: BLE001
+            ok, ex_data = False, traceback.format_exc()
+            hooks("node_schedule_exception")
+            events.append(("node_schedule_exception", {**ids, "ex_data": ex_data}))
+        if ok:
+            hooks("post_schedule")
+            events.append(("post_schedule", ids))
+        stype = service.schedule_type()
+        done = ok and (stype == "callback" or bool(service.is_schedule_finished()))
+        after = -1.0
+        if ok and not done and stype == "poll":
+            after = _next_interval(service, times)
+        if not ok and not self.error_ignorable:
+            hooks("node_schedule_fail")
+            events.append(("node_schedule_fail", ids))
+        if done:
+            hooks("node_finish")
+        res = self._result(data, logger, ok, ex_data=ex_data, schedule_type=stype, schedule_done=done,
+                           schedule_after=after)
+        res.events = events
+        return res
+
+
+def _next_interval(service: Any, times: int) -> float:
+    interval = service.interval
+    if interval is None:
+        return 0.0
+    interval.count = times
+    value = interval.next()
+    return float(value) if value is not None else 0.0
+
+
+class _Hooks:
+    """Calls ``__need_run_hook__`` methods; a hook that raises is logged and ignored."""
+
+    def __init__(self, service: Any, data: Any, parent: Any, callback_data: Any = None) -> None:
+        self.service, self.data, self.parent, self.callback_data = service, data, parent, callback_data
+        self.enabled = bool(getattr(service, "need_run_hook", lambda: False)())
+
+    def __call__(self, name: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            getattr(self.service, name)(self.data, self.parent, callback_data=self.callback_data)
+        except Exception:  # noqa: BLE001 - hooks never change outcomes
+            hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
+
+
+def dispatch_readonly_hook(code: str, version: str | None, name: str, inputs: dict, outputs: dict,
+                           root_data: dict, callback_data: Any = None, **attrs: Any) -> None:
+    """Control-API hooks see copies of the node data; nothing they change is kept."""
+    from culm.components import DataObject, library
+
+    try:
+        service = library.new_service(code, version)
+    except Exception:  # noqa: BLE001
+        return
+    if not service.need_run_hook():
+        return
+    service.setup_runtime_attrs(**attrs)
+    _Hooks(service, DataObject(dict(inputs), dict(outputs)), DataObject(dict(root_data), {}), callback_data)(name)

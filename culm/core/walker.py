@@ -1,0 +1,212 @@
+"""The execute path: move a process forward node by node until it has to wait.
+
+One transaction covers everything from the end of one piece of user code to the start of the next
+(finishing an activity, walking any number of events and gateways, entering the next activity), so
+an activity costs one commit and pure nodes cost none of their own.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from culm import states
+from culm.core import handlers
+from culm.core.engine import Engine
+from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
+from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
+from culm.core.run import Run, VersionLostError
+from culm.core.step import Step
+from culm.model.compiled import SUBPROCESS, Graph
+
+logger = logging.getLogger("culm.engine")
+
+_PROC_FIELDS = ("current_node_id", "stack", "asleep", "suspended", "suspended_by", "dead")
+
+
+class _Stop(Exception):
+    """The process parked (slept, suspended, died or handed over to children)."""
+
+
+def run_execute(engine: Engine, task_id: str) -> None:
+    """Drive the process of an execute task until it sleeps, forks, dies or is suspended."""
+    owner, until, at = engine.lease()
+    pending: tuple[Invoke, Any] | None = None
+    claimed = False
+    while True:
+        invoke: Invoke | None = None
+        with engine.step() as step:
+            unit = step.unit
+            task = unit.claim_task(task_id, owner, until, at) if not claimed else unit.get_task(task_id)
+            claimed = True
+            if task is None:
+                return
+            proc = unit.get_process(task.process_id)
+            if proc is None or proc.dead:
+                unit.delete_task(task_id)
+                return
+            graph = engine.graph(proc.root_id, unit)
+            invoke = _advance(engine, step, graph, proc, task, pending)
+        if invoke is None:
+            return
+        pending = (invoke, _call(invoke))
+
+
+def _call(invoke: Invoke) -> Any:
+    try:
+        return invoke.call()
+    except BaseException as exc:  # noqa: BLE001 - handlers turn this into a failed node
+        logger.exception("user code raised outside its guard")
+        return exc
+
+
+def _advance(
+    engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Any
+) -> Invoke | None:
+    before = {f: _copy(getattr(proc, f)) for f in _PROC_FIELDS}
+    try:
+        if pending is not None:
+            outcome = _resume(engine, step, graph, proc, task, pending)
+        else:
+            outcome = Next(task.node_id)
+        while isinstance(outcome, Next):
+            run = _enter(engine, step, graph, proc, task, outcome.node_id)
+            outcome = handlers.execute(run)
+        if isinstance(outcome, Invoke):
+            step.unit.update_task(task.id, node_id=proc.current_node_id, running_version=_running_version(step, proc))
+            _save_process(step, proc, before)
+            return outcome
+        if isinstance(outcome, Sleep):
+            proc.asleep = True
+        elif isinstance(outcome, Die):
+            proc.dead = True
+    except _Stop:
+        pass
+    except VersionLostError:
+        # Someone (forced fail, retry, revoke) moved the node on while user code ran: our
+        # result is stale; leave the process as they left it.
+        step.unit.delete_task(task.id)
+        return None
+    _save_process(step, proc, before)
+    step.unit.delete_task(task.id)
+    return None
+
+
+def _running_version(step: Step, proc: ProcessRecord) -> str | None:
+    st = step.unit.get_state(proc.current_node_id)
+    return st.version if st else None
+
+
+def _copy(v: Any) -> Any:
+    return list(v) if isinstance(v, list) else v
+
+
+def _save_process(step: Step, proc: ProcessRecord, before: dict[str, Any]) -> None:
+    changed = {f: getattr(proc, f) for f in _PROC_FIELDS if getattr(proc, f) != before[f]}
+    if changed:
+        step.unit.update_process(proc.id, **changed)
+
+
+def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Any) -> Outcome:
+    invoke, result = pending
+    node = graph.node(task.node_id)
+    st = step.unit.get_state(node.id, for_update=True)
+    if st is None or st.version != task.running_version or st.name != states.RUNNING:
+        raise VersionLostError(node.id)
+    run = Run(engine, step, graph, proc, node, st)
+    return invoke.resume(run, result)
+
+
+def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, node_id: str) -> Run:
+    unit = step.unit
+    if node_id == proc.destination_id:
+        _join(step, proc, node_id)
+        raise _Stop
+    proc.current_node_id = node_id
+    _check_stack(step, proc)
+    node = graph.node(node_id)
+    st = unit.get_state(node_id)
+    root_id, parent_id = graph.root_id, node.pipeline_id
+    if st is None:
+        at = now()
+        st = StateRecord(node_id, root_id, parent_id, states.RUNNING, new_version(), 1, 1, 0, False, False, at, at, None)
+        unit.insert_state(st)
+        step.state_changed(st, 1)
+    elif st.name == states.RUNNING and st.version == task.running_version:
+        pass  # replay after a crash: the node never finished, run it again with the same version
+    else:
+        st = _reenter(engine, step, graph, proc, node, st)
+    step.event("node_enter", root_pipeline_id=root_id, node_id=node_id)
+    return Run(engine, step, graph, proc, node, st)
+
+
+def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node: Any, st: StateRecord) -> StateRecord:
+    unit = step.unit
+    if st.name == states.SUSPENDED:
+        if not st.root_id:
+            unit.update_state(node.id, root_id=graph.root_id, parent_id=node.pipeline_id)
+        proc.suspended, proc.suspended_by = True, node.id
+        raise _Stop
+    if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:
+        run = Run(engine, step, graph, proc, node, st)
+        unit.update_state(node.id, name=states.RUNNING)
+        st.name = states.RUNNING
+        run.fail(f"node execution exceed rerun limit {engine.settings.rerun_limit}")
+        raise _Stop
+    if st.name not in states.ENTERABLE_STATES:
+        proc.asleep = True  # a duplicate or stale message: the node is busy or waits for an operator
+        raise _Stop
+    at = now()
+    fields: dict[str, Any] = {"name": states.RUNNING, "started_time": at, "archived_time": None}
+    loop = -1
+    if st.name == states.FINISHED:
+        Run(engine, step, graph, proc, node, st).record_history()
+        loop = st.loop + 1
+        fields.update(
+            loop=loop, inner_loop=st.inner_loop + 1, version=new_version(), skip=False, error_ignored=False
+        )
+        if not node.loop_config:
+            fields["retry"] = 0
+    if not unit.update_state(node.id, expect_version=st.version, **fields):
+        proc.asleep = True
+        raise _Stop
+    for k, v in fields.items():
+        setattr(st, k, v)
+    if not st.root_id:
+        st.root_id, st.parent_id = graph.root_id, node.pipeline_id
+    step.state_changed(st, loop)
+    return st
+
+
+def _check_stack(step: Step, proc: ProcessRecord) -> None:
+    stack_states = step.unit.get_states(proc.stack)
+    root = stack_states.get(proc.stack[0])
+    if root is not None and root.name == states.REVOKED:
+        proc.dead = True
+        raise _Stop
+    for pid in proc.stack:
+        st = stack_states.get(pid)
+        if st is not None and st.name == states.SUSPENDED:
+            proc.suspended, proc.suspended_by = True, pid
+            raise _Stop
+
+
+def _join(step: Step, proc: ProcessRecord, node_id: str) -> None:
+    """A child reached its converge gateway; the last one to arrive wakes the parent there."""
+    proc.dead = True
+    if proc.parent_id is None:
+        return
+    ack, need = step.unit.ack_child(proc.parent_id)
+    if ack == need:
+        parent = step.unit.get_process(proc.parent_id)
+        step.unit.update_process(parent.id, asleep=False, ack_num=0, need_ack=0, current_node_id=node_id)
+        step.add_task(
+            TaskRecord(new_id(), EXECUTE, parent.id, node_id, parent.root_id, due=now(),
+                       priority=parent.priority, queue=parent.queue)
+        )
+
+
+def execute_task_for(proc: ProcessRecord, node_id: str) -> TaskRecord:
+    """A task that runs ``proc`` from ``node_id``."""
+    return TaskRecord(new_id(), EXECUTE, proc.id, node_id, proc.root_id, due=now(),
+                      priority=proc.priority, queue=proc.queue)

@@ -1,0 +1,293 @@
+"""Gateway conditions: bamboo's boolrule syntax, parsed and evaluated here without ``eval``.
+
+A condition is comparisons joined by ``and``/``or``, evaluated strictly left to right with
+short-circuit and no precedence: ``false and x or true`` is false, because evaluation stops at
+the first ``and`` after a false result. There is no context: a bare identifier evaluates to its
+own name as a string (templates have already been rendered into the text).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from culm.data import sandbox, template
+from culm.errors import ConditionSyntaxError, ExpressionError, ExpressionLimitError
+
+MAX_CONDITION_LENGTH = 10_000
+MAX_CONDITION_DEPTH = 50
+MAX_NUMBER_DIGITS = 4_000
+
+_IDENT_PART = r"(?:\$\{)?_?[A-Za-z][A-Za-z0-9_]*\}?"
+_TOKEN = re.compile(
+    r"""\s*(?:
+      (?P<real>[+-]?(?:\d+\.\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?\d+[eE]-\d+)
+    | (?P<int>[+-]?\d+)(?:[eE]\+?(?P<exp>\d+))?
+    | "(?P<dq>[^"\r\n]*)" | '(?P<sq>[^'\r\n]*)'
+    | (?P<sym>==|!=|>=|<=|<|>|\(|\)|,)
+    | (?P<word>"""
+    + _IDENT_PART
+    + r"(?:\." + _IDENT_PART + r""")*)
+    )""",
+    re.VERBOSE,
+)
+_WORD_OPERATORS = frozenset({"in", "notin", "issuperset", "notissuperset"})
+_ESCAPES = {r"\t": "\t", r"\n": "\n", r"\f": "\f", r"\r": "\r"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # "value", "op", "join", "(", ")", ","
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Comparison:
+    left: Any
+    op: str
+    right: Any
+
+
+@dataclass(frozen=True, slots=True)
+class _Chain:
+    items: tuple[_Comparison | _Chain, ...]
+    joins: tuple[str, ...]
+
+
+def evaluate_condition(expr: str) -> bool:
+    """Evaluate an already rendered condition.
+
+    Raises:
+        ConditionSyntaxError: ``expr`` is not valid condition syntax.
+        ExpressionLimitError: ``expr`` is too long or nested too deeply.
+        ExpressionError: The comparison itself failed (for example ``"a" < 1``).
+    """
+    if not isinstance(expr, str):
+        raise ConditionSyntaxError(f"condition must be a string, not {type(expr).__name__}")
+    if len(expr) > MAX_CONDITION_LENGTH:
+        raise ExpressionLimitError(f"condition is {len(expr)} characters long, over {MAX_CONDITION_LENGTH}")
+    if expr.strip() == "*":
+        return True
+    try:
+        return _run(_parse(expr))
+    except (TypeError, ValueError) as exc:
+        raise ExpressionError(f"condition {_clip(expr)!r} cannot be evaluated: {exc}") from exc
+
+
+def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
+    """Render ``expr`` with ``namespace`` (bare names), then evaluate it as a condition.
+
+    Raw ``\\n``, ``\\r`` and ``\\t`` in string values are escaped first, as bamboo does, so a
+    multi-line value stays inside its quotes; the string literal turns them back.
+    """
+    escaped = {key: _escape(value) for key, value in namespace.items()}
+    rendered = template.render(expr, escaped)
+    if not isinstance(rendered, str):
+        rendered = sandbox.safe_str(rendered, MAX_CONDITION_LENGTH)
+    return evaluate_condition(rendered)
+
+
+def _escape(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    return value.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# ---------------------------------------------------------------- parsing
+
+
+class _Fail(Exception):
+    """Internal: this alternative does not match here."""
+
+
+@lru_cache(maxsize=512)
+def _parse(expr: str) -> _Chain:
+    tokens = _tokenize(expr)
+    parser = _Parser(tokens)
+    try:
+        chain = parser.chain(0)
+        if parser.pos != len(tokens):
+            raise _Fail
+    except _Fail:
+        raise ConditionSyntaxError(f"{_clip(expr)!r} is not valid condition syntax") from None
+    return chain
+
+
+def _tokenize(expr: str) -> list[_Token]:
+    tokens: list[_Token] = []
+    pos = 0
+    end = len(expr.rstrip())
+    while pos < end:
+        match = _TOKEN.match(expr, pos)
+        if match is None or match.end() == pos:
+            raise ConditionSyntaxError(f"{_clip(expr)!r} is not valid condition syntax (at {pos})")
+        tokens.append(_token(match))
+        pos = match.end()
+    return tokens
+
+
+def _token(match: re.Match[str]) -> _Token:
+    if match.group("real") is not None:
+        return _Token("value", float(match.group("real")))
+    if match.group("int") is not None:
+        return _Token("value", _integer(match.group("int"), match.group("exp")))
+    for quoted in ("dq", "sq"):
+        if match.group(quoted) is not None:
+            text = re.sub(r"\\[tnfr]", lambda m: _ESCAPES[m.group(0)], match.group(quoted))
+            return _Token("value", text)
+    sym = match.group("sym")
+    if sym is not None:
+        return _Token(sym if sym in "()," else "op", sym)
+    word = match.group("word")
+    lowered = word.lower()
+    if lowered in _WORD_OPERATORS:
+        return _Token("op", lowered)
+    if lowered in ("and", "or"):
+        return _Token("join", lowered)
+    if lowered in ("true", "false"):
+        return _Token("value", lowered == "true")
+    return _Token("value", word)  # an identifier stands for its own name
+
+
+def _integer(digits: str, exponent: str | None) -> int:
+    power = int(exponent) if exponent and len(exponent) < 6 else (0 if not exponent else MAX_NUMBER_DIGITS)
+    if len(digits) + power > MAX_NUMBER_DIGITS:
+        raise ExpressionLimitError(f"number in condition is longer than {MAX_NUMBER_DIGITS} digits")
+    return int(digits) * 10**power
+
+
+class _Parser:
+    __slots__ = ("tokens", "pos")
+
+    def __init__(self, tokens: list[_Token]) -> None:
+        self.tokens = tokens
+        self.pos = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.pos].kind if self.pos < len(self.tokens) else None
+
+    def take(self, kind: str) -> Any:
+        if self.peek() != kind:
+            raise _Fail
+        self.pos += 1
+        return self.tokens[self.pos - 1].value
+
+    def chain(self, depth: int) -> _Chain:
+        items = [self.condition(depth)]
+        joins: list[str] = []
+        while self.peek() == "join":
+            joins.append(self.take("join"))
+            items.append(self.condition(depth))
+        return _Chain(tuple(items), tuple(joins))
+
+    def condition(self, depth: int) -> _Comparison | _Chain:
+        if self.peek() != "(":
+            return self.comparison()
+        saved = self.pos
+        try:
+            return self.comparison()  # "(a, b) in c" starts with a parenthesis too
+        except _Fail:
+            self.pos = saved
+        if depth + 1 > MAX_CONDITION_DEPTH:
+            raise ExpressionLimitError(f"condition nests parentheses more than {MAX_CONDITION_DEPTH} deep")
+        self.take("(")
+        inner = self.chain(depth + 1)
+        self.take(")")
+        return inner
+
+    def comparison(self) -> _Comparison:
+        left = self.operand()
+        op = self.take("op")
+        return _Comparison(left, op, self.operand())
+
+    def operand(self) -> Any:
+        if self.peek() != "(":
+            return self.take("value")
+        self.take("(")
+        items = [self.take("value")]
+        while self.peek() == ",":
+            self.take(",")
+            items.append(self.take("value"))
+        self.take(")")
+        return tuple(items)  # a tuple so the parsed condition stays immutable in the cache
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _run(node: _Comparison | _Chain) -> bool:
+    if isinstance(node, _Comparison):
+        return _compare(node.left, node.op, node.right)
+    passed = False
+    for index, item in enumerate(node.items):
+        if index:
+            join = node.joins[index - 1]
+            if join == "or" and passed:
+                return True
+            if join == "and" and not passed:
+                return False
+        passed = _run(item)
+    return passed
+
+
+def _compare(left: Any, op: str, right: Any) -> bool:
+    left = list(left) if isinstance(left, tuple) else left
+    right = list(right) if isinstance(right, tuple) else right
+    if op in ("in", "notin"):
+        if isinstance(right, list):
+            right = right + _converted_like(left, right)
+        return (left in right) is (op == "in")
+    if op in ("issuperset", "notissuperset"):
+        # A string is one item, not a set of characters.
+        lset = set([left] if isinstance(left, str) else left)
+        rset = set([right] if isinstance(right, str) else right)
+        return lset.issuperset(rset) is (op == "issuperset")
+    left, right = _coerce(left, right)
+    return bool(_OPS[op](left, right))
+
+
+def _converted_like(left: Any, items: list[Any]) -> list[Any]:
+    """Copies of ``items`` converted to ``left``'s type (int or str), where possible."""
+    convert = int if isinstance(left, int) else str if isinstance(left, str) else None
+    if convert is None:
+        return []
+    out = []
+    for item in items:
+        try:
+            out.append(convert(item))
+        except (TypeError, ValueError, OverflowError):
+            continue
+    return out
+
+
+def _coerce(left: Any, right: Any) -> tuple[Any, Any]:
+    # All or nothing, as in boolrule: a failed int conversion also skips the str step.
+    try:
+        if isinstance(left, int):
+            right = int(right)
+        elif isinstance(right, int):
+            left = int(left)
+        if isinstance(left, str):
+            right = str(right)
+        elif isinstance(right, str):
+            left = str(left)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    return left, right
+
+
+_OPS = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+}

@@ -1,0 +1,140 @@
+"""``${...}`` templates inside pipeline data (bamboo's SPLICE semantics).
+
+A fragment is ``${body}`` where the body holds no ``$``, ``{``, ``}`` or ``#``. Templates are
+looked for in strings and, recursively, in list/tuple items and dict values (never dict keys).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from culm.data import sandbox
+from culm.errors import ExpressionError, ExpressionLimitError
+
+FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
+MAX_RENDER_OUTPUT = 1_000_000
+RENDER_TIME_LIMIT = 1.0
+MAX_RENDER_DEPTH = 100
+
+_NESTED = re.compile(r"\s*([A-Za-z_]\w*)((?:\[(?:'\w+'|\"\w+\"|-?\d+)\])+)\s*")
+_INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
+
+
+def references(value: Any) -> set[str]:
+    """Return every context key (``${name}`` form) the templates in ``value`` load.
+
+    Comprehension locals and safe builtins are not references; unparsable or forbidden
+    fragments contribute nothing.
+    """
+    found: set[str] = set()
+    for text in _strings(value):
+        for body in FRAGMENT.findall(text):
+            try:
+                names = sandbox.free_names(body)
+            except ExpressionError:
+                continue
+            found.update(f"${{{name}}}" for name in names)
+    return found
+
+
+def render(value: Any, namespace: Mapping[str, Any], nested_objects: bool = False) -> Any:
+    """Render the templates in ``value`` against ``namespace`` (keys are bare names).
+
+    A string that is exactly one fragment naming a namespace key renders to that raw object.
+    Other fragments are evaluated in the sandbox and their text substituted; a fragment that
+    fails with an ordinary error is left as it was, as bamboo does.
+
+    Args:
+        value: A string, or a list/tuple/dict holding strings; anything else is returned as is.
+        namespace: The values fragments may refer to.
+        nested_objects: Also return raw objects for a sole ``name['key'][0]`` fragment
+            (bamboo's ``ENABLE_RENDER_OBJ_BY_MAKO_STRING``).
+
+    Raises:
+        ExpressionLimitError: A fragment or the whole output went over a bound.
+    """
+    state = _RenderState(namespace, nested_objects)
+    return state.render(value, 0)
+
+
+class _RenderState:
+    __slots__ = ("namespace", "nested_objects", "deadline", "output")
+
+    def __init__(self, namespace: Mapping[str, Any], nested_objects: bool) -> None:
+        self.namespace = namespace
+        self.nested_objects = nested_objects
+        # One budget for the whole value, so many fragments cannot each use a full time slice.
+        self.deadline = time.monotonic() + RENDER_TIME_LIMIT
+        self.output = 0
+
+    def render(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return self.render_str(value)
+        if not isinstance(value, list | tuple | dict):
+            return value
+        if depth >= MAX_RENDER_DEPTH:
+            if any("${" in text for text in _strings(value)):
+                raise ExpressionLimitError(f"templates nested more than {MAX_RENDER_DEPTH} levels deep")
+            return value
+        if isinstance(value, dict):
+            return {key: self.render(item, depth + 1) for key, item in value.items()}
+        items = [self.render(item, depth + 1) for item in value]
+        return items if isinstance(value, list) else tuple(items)
+
+    def render_str(self, text: str) -> Any:
+        if "${" not in text:
+            return text
+        sole = FRAGMENT.fullmatch(text)
+        if sole is not None:
+            found, raw = self.raw_object(sole.group(1))
+            if found:
+                return raw
+        return FRAGMENT.sub(self.substitute, text)
+
+    def raw_object(self, body: str) -> tuple[bool, Any]:
+        name = body.strip()
+        if name in self.namespace:
+            return True, self.namespace[name]
+        match = _NESTED.fullmatch(body) if self.nested_objects else None
+        if match is None or match.group(1) not in self.namespace:
+            return False, None
+        obj = self.namespace[match.group(1)]
+        try:
+            for word, dq_word, number in _INDEX.findall(match.group(2)):
+                obj = obj[int(number)] if number else obj[word or dq_word]
+        except (LookupError, TypeError):
+            return False, None
+        return True, obj
+
+    def substitute(self, match: re.Match[str]) -> str:
+        if time.monotonic() > self.deadline:
+            raise ExpressionLimitError(f"rendering took longer than {RENDER_TIME_LIMIT} seconds")
+        try:
+            value = sandbox.evaluate(match.group(1), self.namespace, deadline=self.deadline)
+            text = sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output)
+        except ExpressionLimitError:
+            raise
+        except ExpressionError:
+            text = match.group(0)
+        self.output += len(text)
+        if self.output > MAX_RENDER_OUTPUT:
+            raise ExpressionLimitError(f"rendered text is longer than {MAX_RENDER_OUTPUT} characters")
+        return text
+
+
+def _strings(value: Any) -> list[str]:
+    """All strings in ``value`` where templates may live, found without recursion."""
+    found: list[str] = []
+    seen: set[int] = set()  # a container holding itself must not loop for ever
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            found.append(item)
+        elif isinstance(item, list | tuple | dict) and id(item) not in seen:
+            seen.add(id(item))
+            stack.extend(item.values() if isinstance(item, dict) else item)
+    return found

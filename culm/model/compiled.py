@@ -1,0 +1,191 @@
+"""The compiled, immutable graph the engine walks (built once per pipeline tree)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+START = "EmptyStartEvent"
+END = "EmptyEndEvent"
+ACTIVITY = "ServiceActivity"
+SUBPROCESS = "SubProcess"
+PARALLEL = "ParallelGateway"
+EXCLUSIVE = "ExclusiveGateway"
+CONDITIONAL_PARALLEL = "ConditionalParallelGateway"
+CONVERGE = "ConvergeGateway"
+EXECUTABLE_END = "ExecutableEndEvent"  # any end event whose type is not EmptyEndEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One outgoing branch of an exclusive or conditional-parallel gateway."""
+
+    flow_id: str
+    target_id: str
+    evaluate: str
+    name: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """A node of a (sub)pipeline with everything the engine needs to run it."""
+
+    id: str
+    type: str
+    name: str | None
+    pipeline_id: str
+    flows: tuple[str, ...]
+    targets: tuple[str, ...]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+    converge_gateway_id: str | None = None
+    conditions: tuple[Condition, ...] = ()
+    default: Condition | None = None
+    end_code: str | None = None
+
+    @property
+    def target(self) -> str | None:
+        return self.targets[0] if self.targets else None
+
+    @property
+    def code(self) -> str:
+        return str((self.raw.get("component") or {}).get("code", ""))
+
+    @property
+    def version(self) -> str | None:
+        return (self.raw.get("component") or {}).get("version") or None
+
+    @property
+    def error_ignorable(self) -> bool:
+        return bool(self.raw.get("error_ignorable", False))
+
+    @property
+    def can_skip(self) -> bool:
+        if self.type == ACTIVITY:
+            return bool(self.raw.get("skippable", self.raw.get("isSkipped", True)))
+        return self.type in (START, EXCLUSIVE)
+
+    @property
+    def can_retry(self) -> bool:
+        if self.type == ACTIVITY:
+            return bool(self.raw.get("retryable", self.raw.get("can_retry", True)))
+        return True
+
+    @property
+    def loop_config(self) -> dict[str, Any] | None:
+        cfg = self.raw.get("loop_config")
+        return cfg if isinstance(cfg, dict) and cfg.get("enable") else None
+
+    def target_of_flow(self, flow_id: str) -> str | None:
+        for f, t in zip(self.flows, self.targets, strict=False):
+            if f == flow_id:
+                return t
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineSpec:
+    """A root pipeline or a subprocess body."""
+
+    id: str
+    parent_pipeline_id: str | None
+    start_event_id: str
+    end_event_id: str
+    inputs: dict[str, Any]
+    outputs: tuple[str, ...]
+    pre_render_keys: tuple[str, ...]
+    # node id -> ((source_key, context_key), ...): where a node's outputs land in this context
+    output_map: dict[str, tuple[tuple[str, str], ...]]
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """All nodes of a root pipeline and its subprocesses, by id."""
+
+    root_id: str
+    nodes: dict[str, Node]
+    pipelines: dict[str, PipelineSpec]
+
+    def node(self, node_id: str) -> Node:
+        return self.nodes[node_id]
+
+
+def _as_list(value: Any) -> list[str]:
+    if value in (None, ""):
+        return []
+    if isinstance(value, str):
+        return [value]
+    return list(value)
+
+
+def _output_map(inputs: dict[str, Any]) -> dict[str, tuple[tuple[str, str], ...]]:
+    out: dict[str, list[tuple[str, str]]] = {}
+    for key, var in inputs.items():
+        if not isinstance(var, dict) or not var.get("source_act"):
+            continue
+        src = var["source_act"]
+        if isinstance(src, str):
+            out.setdefault(src, []).append((var.get("source_key", ""), key))
+        else:
+            for item in src:
+                out.setdefault(item["source_act"], []).append((item["source_key"], key))
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def _conditions(raw: dict, flows: dict) -> tuple[tuple[Condition, ...], Condition | None]:
+    default_flow = (raw.get("default_condition") or {}).get("flow_id")
+    conds = []
+    for flow_id, cond in (raw.get("conditions") or {}).items():
+        if flow_id == default_flow:
+            continue
+        conds.append(Condition(flow_id, flows[flow_id]["target"], cond.get("evaluate", ""), cond.get("name")))
+    default = None
+    if default_flow:
+        name = (raw.get("default_condition") or {}).get("name")
+        default = Condition(default_flow, flows[default_flow]["target"], "", name)
+    return tuple(conds), default
+
+
+def compile_tree(tree: dict[str, Any]) -> Graph:
+    """Compile a validated, normalised tree (see :func:`culm.model.validator.process_tree`)."""
+    nodes: dict[str, Node] = {}
+    pipelines: dict[str, PipelineSpec] = {}
+    pending: list[tuple[dict[str, Any], str | None]] = [(tree, None)]
+    while pending:
+        pipe, parent = pending.pop()
+        _compile_one(pipe, parent, nodes, pipelines, pending)
+    return Graph(tree["id"], nodes, pipelines)
+
+
+def _compile_one(pipe: dict, parent: str | None, nodes: dict, pipelines: dict, pending: list) -> None:
+    pid = pipe["id"]
+    flows = pipe.get("flows", {})
+    data = pipe.get("data") or {}
+    inputs = data.get("inputs") or {}
+    outputs = data.get("outputs") or []
+    if isinstance(outputs, dict):
+        outputs = list(outputs.values())
+    pipelines[pid] = PipelineSpec(
+        id=pid, parent_pipeline_id=parent, start_event_id=pipe["start_event"]["id"],
+        end_event_id=pipe["end_event"]["id"], inputs=inputs, outputs=tuple(outputs),
+        pre_render_keys=tuple(data.get("pre_render_keys") or ()), output_map=_output_map(inputs),
+    )
+    raw_nodes = [pipe["start_event"], pipe["end_event"], *pipe.get("activities", {}).values()]
+    raw_nodes.extend(pipe.get("gateways", {}).values())
+    for raw in raw_nodes:
+        flow_ids = tuple(_as_list(raw.get("outgoing")))
+        targets = tuple(flows[f]["target"] for f in flow_ids)
+        ntype = raw["type"]
+        end_code = None
+        if raw is pipe["end_event"] and ntype != END:
+            end_code, ntype = ntype, EXECUTABLE_END
+        conds: tuple[Condition, ...] = ()
+        default = None
+        if ntype in (EXCLUSIVE, CONDITIONAL_PARALLEL):
+            conds, default = _conditions(raw, flows)
+        nodes[raw["id"]] = Node(
+            id=raw["id"], type=ntype, name=raw.get("name"), pipeline_id=pid, flows=flow_ids, targets=targets,
+            raw=raw, converge_gateway_id=raw.get("converge_gateway_id"), conditions=conds, default=default,
+            end_code=end_code,
+        )
+        if ntype == SUBPROCESS:
+            pending.append((raw["pipeline"], pid))

@@ -1,0 +1,399 @@
+"""Shape checks of a pipeline tree: keys, types, ids, variables, components and conditions.
+
+:class:`ShapeChecker` walks the tree pipeline by pipeline (subprocesses from a work list, not by
+recursion), records every problem it finds and fills one :class:`PipelineGraph` per pipeline
+with the nodes and flows that are well formed enough for the graph checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from culm.errors import TreeProblem
+from culm.model.flowgraph import (
+    ACTIVITY_TYPES,
+    CONDITIONAL_TYPES,
+    END,
+    GATEWAY_TYPES,
+    START,
+    SUBPROCESS,
+    PipelineGraph,
+)
+
+MAX_NODES = 100_000
+MAX_FLOWS = 200_000
+MAX_DEPTH = 64
+VAR_TYPES = ("plain", "splice", "lazy")
+PLAIN_END = "EmptyEndEvent"
+ACTIVITY_FLAGS = ("error_ignorable", "skippable", "retryable", "optional")
+LOOP_FLAGS = ("enable", "fail_skip", "retryable", "skippable")
+VAR_FLAGS = ("is_param", "need_render", "need_initialization")
+
+
+def label(value: Any) -> str:
+    """A printable ``where`` for a key that may not be a string."""
+    return value if isinstance(value, str) else repr(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class _Pending:
+    tree: Any
+    expected_id: str | None
+    depth: int
+
+
+@dataclass
+class ShapeChecker:
+    """Checks the shape of every pipeline of a tree and collects their graphs."""
+
+    component_exists: Callable[[str, str | None], bool] | None = None
+    lazy_exists: Callable[[str], bool] | None = None
+    end_event_exists: Callable[[str], bool] | None = None
+    problems: list[TreeProblem] = field(default_factory=list)
+    graphs: list[PipelineGraph] = field(default_factory=list)
+    _ids: set[str] = field(default_factory=set)
+    _nodes: int = 0
+    _flows: int = 0
+
+    def add(self, where: str | None, message: str) -> None:
+        """Record one problem."""
+        self.problems.append(TreeProblem(where, message))
+
+    def run(self, tree: Any) -> None:
+        """Check ``tree`` and every nested subprocess tree."""
+        work = [_Pending(tree, None, 0)]
+        while work:
+            item = work.pop()
+            work.extend(self._pipeline(item))
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _ask(self, where: str, what: str, check: Callable[..., bool] | None, *args: Any) -> bool:
+        """Run a user callback; a callback that raises counts as "does not exist"."""
+        if check is None:
+            return True
+        try:
+            return bool(check(*args))
+        except Exception as exc:  # a broken plugin registry must not crash validation
+            self.add(where, f"checking {what} raised {type(exc).__name__}: {exc}")
+            return False
+
+    def _register(self, ident: str) -> None:
+        if ident in self._ids:
+            self.add(ident, "id is used more than once in the tree")
+        self._ids.add(ident)
+
+    def _section(self, pipe: dict[str, Any], key: str, where: str, required: bool) -> dict[Any, Any]:
+        value = pipe.get(key)
+        if value is None and not required:
+            return {}
+        if not isinstance(value, dict):
+            self.add(where, f"pipeline key {key!r} must be a dict")
+            return {}
+        return value
+
+    # -- pipelines -----------------------------------------------------------------------------
+
+    def _pipeline(self, item: _Pending) -> list[_Pending]:
+        """Check one pipeline; return the subprocess trees still to check."""
+        pipe, where = item.tree, item.expected_id
+        if not isinstance(pipe, dict):
+            self.add(where, "pipeline tree must be a dict")
+            return []
+        pid = self._pipeline_id(pipe, item.expected_id)
+        graph = PipelineGraph(pid or item.expected_id or label(pipe.get("id")))
+        activities = self._section(pipe, "activities", graph.id, required=False)
+        gateways = self._section(pipe, "gateways", graph.id, required=False)
+        flows = self._section(pipe, "flows", graph.id, required=True)
+        if not self._within_size(graph.id, len(activities) + len(gateways) + 2, len(flows)):
+            return []
+        self._flows_of(flows, graph)
+        out_by_node: dict[str, set[str]] = {}
+        for flow_id, (source, _) in graph.flows.items():
+            out_by_node.setdefault(source, set()).add(flow_id)
+        activity_ids = {key for key in activities if isinstance(key, str)}
+        prefix = "" if item.expected_id is None else f"{graph.id}."
+        self._start_event(pipe.get("start_event"), graph, prefix)
+        self._end_event(pipe.get("end_event"), graph, prefix)
+        pending: list[_Pending] = []
+        for key, node in activities.items():
+            pending.extend(self._activity(key, node, graph, activity_ids, item.depth))
+        for key, node in gateways.items():
+            self._gateway(key, node, graph, out_by_node)
+        self._data(pipe.get("data"), "data" if item.expected_id is None else f"{graph.id}.data", activity_ids)
+        self.graphs.append(graph)
+        return pending
+
+    def _pipeline_id(self, pipe: dict[str, Any], expected: str | None) -> str | None:
+        pid = pipe.get("id")
+        if not isinstance(pid, str) or not pid:
+            self.add(expected, "pipeline id must be a non-empty string")
+            return None
+        if expected is not None and pid != expected:
+            self.add(expected, f"subprocess pipeline id {pid!r} must equal the SubProcess id")
+        if expected is None:
+            self._register(pid)
+        return pid
+
+    def _within_size(self, where: str, nodes: int, flows: int) -> bool:
+        self._nodes += nodes
+        self._flows += flows
+        if self._nodes > MAX_NODES or self._flows > MAX_FLOWS:
+            self.add(where, f"tree is too large: at most {MAX_NODES} nodes and {MAX_FLOWS} flows are allowed")
+            return False
+        return True
+
+    def _flows_of(self, flows: dict[Any, Any], graph: PipelineGraph) -> None:
+        for key, flow in flows.items():
+            where = label(key)
+            if not isinstance(flow, dict) or not isinstance(flow.get("id"), str) or not flow.get("id"):
+                self.add(where, "flow must be a dict with a non-empty string id")
+                graph.sound = False
+                continue
+            if flow["id"] != key:
+                self.add(where, f"flow key does not match its id {flow['id']!r}")
+                graph.sound = False
+                continue
+            self._register(key)
+            source, target = flow.get("source"), flow.get("target")
+            if not isinstance(source, str) or not isinstance(target, str):
+                self.add(key, "flow source and target must be node id strings")
+                graph.sound = False
+                continue
+            graph.flows[key] = (source, target)
+
+    def _node_id(self, key: Any, node: Any, what: str, where: str | None = None) -> str | None:
+        where = where or label(key)
+        if not isinstance(node, dict):
+            self.add(where, f"{what} must be a dict")
+            return None
+        nid = node.get("id")
+        if not isinstance(nid, str) or not nid:
+            self.add(where, f"{what} id must be a non-empty string")
+            return None
+        if key is not None and nid != key:
+            self.add(where, f"{what} key does not match its id {nid!r}")
+            return None
+        self._register(nid)
+        return nid
+
+    def _add_node(self, graph: PipelineGraph, nid: str, kind: str, node: dict[str, Any]) -> None:
+        graph.kinds[nid] = kind
+        graph.declared_in[nid] = node.get("incoming")
+        graph.declared_out[nid] = node.get("outgoing")
+
+    # -- nodes ---------------------------------------------------------------------------------
+
+    def _start_event(self, node: Any, graph: PipelineGraph, prefix: str) -> None:
+        nid = self._node_id(None, node, "start_event", f"{prefix}start_event")
+        if nid is None:
+            graph.sound = False
+            return
+        if node.get("type") != START:
+            self.add(nid, f"start event type must be {START!r}")
+        self._add_node(graph, nid, START, node)
+        graph.start_id = nid
+
+    def _end_event(self, node: Any, graph: PipelineGraph, prefix: str) -> None:
+        nid = self._node_id(None, node, "end_event", f"{prefix}end_event")
+        if nid is None:
+            graph.sound = False
+            return
+        kind = node.get("type")
+        if not isinstance(kind, str) or not kind:
+            self.add(nid, "end event type must be a non-empty string")
+        elif kind != PLAIN_END and not self._ask(nid, f"end event {kind!r}", self.end_event_exists, kind):
+            self.add(nid, f"end event type {kind!r} is not a registered executable end event")
+        self._add_node(graph, nid, END, node)
+        graph.end_id = nid
+
+    def _activity(
+        self, key: Any, node: Any, graph: PipelineGraph, activity_ids: set[str], depth: int
+    ) -> list[_Pending]:
+        nid = self._node_id(key, node, "activity")
+        if nid is None:
+            graph.sound = False
+            return []
+        kind = node.get("type")
+        if kind not in ACTIVITY_TYPES:
+            self.add(nid, f"activity type {kind!r} must be one of {sorted(ACTIVITY_TYPES)}")
+            graph.sound = False
+            return []
+        self._add_node(graph, nid, kind, node)
+        if kind == SUBPROCESS:
+            return self._subprocess(nid, node, activity_ids, depth)
+        self._service_activity(nid, node, activity_ids)
+        return []
+
+    def _service_activity(self, nid: str, node: dict[str, Any], activity_ids: set[str]) -> None:
+        for flag in ACTIVITY_FLAGS:
+            if flag in node and not isinstance(node[flag], bool):
+                self.add(nid, f"{flag} must be a bool")
+        timeout = node.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+            self.add(nid, "timeout must be a non-negative number or null")
+        self._component(nid, node.get("component"), activity_ids)
+        if node.get("loop_config") is not None:
+            self._loop_config(nid, node["loop_config"])
+        for extra in ("timeout_config", "events"):
+            if node.get(extra) is not None and not isinstance(node[extra], dict):
+                self.add(nid, f"{extra} must be a dict")
+
+    def _component(self, nid: str, component: Any, activity_ids: set[str]) -> None:
+        if not isinstance(component, dict):
+            self.add(nid, "ServiceActivity needs a 'component' dict")
+            return
+        code, version = component.get("code"), component.get("version")
+        if version is not None and not isinstance(version, str):
+            self.add(nid, "component version must be a string")
+            version = None
+        if not isinstance(code, str) or not code:
+            self.add(nid, "component code must be a non-empty string")
+        elif not self._ask(nid, f"component {code!r}", self.component_exists, code, version):
+            shown = f"{code!r} version {version!r}" if version else repr(code)
+            self.add(nid, f"component {shown} is not registered")
+        self._vars(nid, component.get("inputs"), "component input", activity_ids, keyed_where=False)
+
+    def _loop_config(self, nid: str, config: Any) -> None:
+        if not isinstance(config, dict):
+            self.add(nid, "loop_config must be a dict")
+            return
+        for flag in LOOP_FLAGS:
+            if flag in config and not isinstance(config[flag], bool):
+                self.add(nid, f"loop_config.{flag} must be a bool")
+        times = config.get("loop_times")
+        if config.get("enable") is True and (not _is_int(times) or times < 1):
+            self.add(nid, "loop_config.loop_times must be an integer >= 1 when the loop is enabled")
+        key = config.get("outputs_key")
+        if key is not None and (not isinstance(key, str) or not key):
+            self.add(nid, "loop_config.outputs_key must be a non-empty string")
+
+    def _subprocess(self, nid: str, node: dict[str, Any], activity_ids: set[str], depth: int) -> list[_Pending]:
+        self._vars(nid, node.get("params"), "param", activity_ids, keyed_where=False)
+        if depth + 1 > MAX_DEPTH:
+            self.add(nid, f"subprocesses are nested more than {MAX_DEPTH} levels deep")
+            return []
+        if "pipeline" not in node:
+            self.add(nid, "SubProcess needs a 'pipeline' tree")
+            return []
+        return [_Pending(node["pipeline"], nid, depth + 1)]
+
+    def _gateway(self, key: Any, node: Any, graph: PipelineGraph, out_by_node: dict[str, set[str]]) -> None:
+        nid = self._node_id(key, node, "gateway")
+        if nid is None:
+            graph.sound = False
+            return
+        kind = node.get("type")
+        if kind not in GATEWAY_TYPES:
+            self.add(nid, f"gateway type {kind!r} must be one of {sorted(GATEWAY_TYPES)}")
+            graph.sound = False
+            return
+        self._add_node(graph, nid, kind, node)
+        if kind in CONDITIONAL_TYPES:
+            self._conditions(nid, node, out_by_node.get(nid, set()))
+        if node.get("extra_info") is not None and not isinstance(node["extra_info"], dict):
+            self.add(nid, "extra_info must be a dict")
+
+    def _conditions(self, nid: str, node: dict[str, Any], outgoing: set[str]) -> None:
+        conditions = node.get("conditions")
+        if conditions is None:
+            conditions = {}
+        if not isinstance(conditions, dict):
+            self.add(nid, "conditions must be a dict keyed by outgoing flow id")
+            conditions = {}
+        for flow_id, condition in conditions.items():
+            if flow_id not in outgoing:
+                self.add(nid, f"condition key {label(flow_id)} is not an outgoing flow of this gateway")
+            if not isinstance(condition, dict) or not isinstance(condition.get("evaluate"), str):
+                self.add(nid, f"condition of flow {label(flow_id)} must be a dict with an 'evaluate' string")
+        default_flow = self._default_flow(nid, node.get("default_condition"), outgoing)
+        for flow_id in sorted(outgoing - set(conditions) - {default_flow}):
+            self.add(nid, f"outgoing flow {flow_id} has no condition")
+
+    def _default_flow(self, nid: str, default: Any, outgoing: set[str]) -> str | None:
+        if default is None or default == {}:
+            return None
+        flow_id = default.get("flow_id") if isinstance(default, dict) else None
+        if not isinstance(flow_id, str) or flow_id not in outgoing:
+            self.add(nid, "default_condition.flow_id must be an outgoing flow of this gateway")
+            return None
+        return flow_id
+
+    # -- data and variables --------------------------------------------------------------------
+
+    def _data(self, data: Any, where: str, activity_ids: set[str]) -> None:
+        if data is None:
+            return
+        if not isinstance(data, dict):
+            self.add(where, "data must be a dict")
+            return
+        self._vars(f"{where}.inputs", data.get("inputs"), "data input", activity_ids, keyed_where=True)
+        outputs = data.get("outputs")
+        if isinstance(outputs, dict):
+            ok = all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items())
+        else:
+            ok = outputs is None or (isinstance(outputs, list) and all(isinstance(k, str) for k in outputs))
+        if not ok:
+            self.add(f"{where}.outputs", "data outputs must be a list of context keys")
+        keys = data.get("pre_render_keys")
+        if keys is not None and not (isinstance(keys, list) and all(isinstance(k, str) for k in keys)):
+            self.add(f"{where}.pre_render_keys", "pre_render_keys must be a list of context keys")
+
+    def _vars(self, where: str, variables: Any, what: str, activity_ids: set[str], keyed_where: bool) -> None:
+        """Check a ``{key: Var}`` dict; ``keyed_where`` puts the key into each problem's where."""
+        if variables is None:
+            return
+        if not isinstance(variables, dict):
+            self.add(where, f"{what}s must be a dict of variables")
+            return
+        for key, var in variables.items():
+            if not isinstance(key, str):
+                self.add(where, f"{what} key {key!r} must be a string")
+                continue
+            at = f"{where}.{key}" if keyed_where else where
+            self._var(at, f"{what} {key!r}", var, activity_ids)
+
+    def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:
+        if not isinstance(var, dict):
+            self.add(where, f"{what} must be a dict with 'type' and 'value'")
+            return
+        kind = var.get("type")
+        if kind not in VAR_TYPES:
+            self.add(where, f"{what} has type {kind!r}; expected one of {', '.join(VAR_TYPES)}")
+        if "value" not in var and "source_act" not in var:
+            self.add(where, f"{what} has no 'value'")
+        for flag in VAR_FLAGS:
+            if flag in var and not isinstance(var[flag], bool):
+                self.add(where, f"{what}: {flag} must be a bool")
+        if kind == "lazy":
+            self._lazy(where, what, var.get("custom_type"))
+        if "source_act" in var:
+            self._source(where, what, var, activity_ids)
+
+    def _lazy(self, where: str, what: str, custom_type: Any) -> None:
+        if not isinstance(custom_type, str) or not custom_type:
+            self.add(where, f"{what} is lazy and needs a custom_type string")
+        elif not self._ask(where, f"lazy variable {custom_type!r}", self.lazy_exists, custom_type):
+            self.add(where, f"{what} uses unknown lazy variable type {custom_type!r}")
+
+    def _source(self, where: str, what: str, var: dict[str, Any], activity_ids: set[str]) -> None:
+        source = var["source_act"]
+        if isinstance(source, str):
+            refs: list[Any] = [{"source_act": source, "source_key": var.get("source_key")}]
+        elif isinstance(source, list):
+            refs = source
+        else:
+            self.add(where, f"{what}: source_act must be an activity id or a list of references")
+            return
+        for ref in refs:
+            act = ref.get("source_act") if isinstance(ref, dict) else None
+            if not isinstance(act, str) or not isinstance(ref.get("source_key"), str):
+                self.add(where, f"{what}: each output reference needs string source_act and source_key")
+            elif act not in activity_ids:
+                self.add(where, f"{what} refers to {act!r}, which is not an activity of this pipeline")

@@ -1,0 +1,253 @@
+"""Validation and normalisation of pipeline trees, and start-position rules.
+
+Pure functions, no I/O. :func:`validate_tree` lists every problem of a tree (never raising, even
+on garbage); :func:`process_tree` raises :class:`~culm.errors.TreeInvalidError` with all of them
+or returns a normalised deep copy ready for the engine.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from culm.errors import StartPositionInvalidError, TreeInvalidError, TreeProblem
+from culm.model.flowgraph import (
+    CONDITIONAL_PARALLEL,
+    CONVERGE,
+    END,
+    EXCLUSIVE,
+    PARALLEL,
+    PARALLEL_TYPES,
+    SERVICE,
+    START,
+    SUBPROCESS,
+    PipelineGraph,
+    check_connections,
+)
+from culm.model.gateways import check_streams, pair_gateways
+from culm.model.tree_shape import ShapeChecker, label
+
+ComponentExists = Callable[[str, str | None], bool]
+LazyExists = Callable[[str], bool]
+EndEventExists = Callable[[str], bool]
+
+START_NODE_TYPES = frozenset({START, SERVICE, EXCLUSIVE, PARALLEL, CONDITIONAL_PARALLEL})
+_ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": True, "optional": False}
+
+
+def _analyse(
+    tree: Any, cycle_tolerate: bool, component_exists: ComponentExists | None,
+    lazy_exists: LazyExists | None, end_event_exists: EndEventExists | None,
+) -> tuple[list[TreeProblem], list[PipelineGraph]]:
+    """Every problem of ``tree`` and the graph of each of its pipelines (root first)."""
+    checker = ShapeChecker(component_exists, lazy_exists, end_event_exists)
+    try:
+        checker.run(tree)
+        for graph in checker.graphs:
+            check_connections(graph, checker.add, cycle_tolerate)
+            # Pairing a graph whose flows or degrees are wrong would only repeat those problems.
+            if graph.sound and pair_gateways(graph, checker.add):
+                check_streams(graph, checker.add)
+    except Exception as exc:  # the contract is "garbage in, problems out", never an exception
+        checker.add(None, f"tree could not be validated: {type(exc).__name__}: {exc}")
+    return checker.problems, checker.graphs
+
+
+def validate_tree(
+    tree: Any, *, cycle_tolerate: bool = False, component_exists: ComponentExists | None = None,
+    lazy_exists: LazyExists | None = None, end_event_exists: EndEventExists | None = None,
+) -> list[TreeProblem]:
+    """List every problem of a pipeline tree, nested subprocess trees included.
+
+    Args:
+        tree: The pipeline tree (bamboo's schema). Anything is accepted; garbage yields problems.
+        cycle_tolerate: Allow loop-back flows (graph loops).
+        component_exists: ``(code, version) -> bool``; when given, unknown components are problems.
+        lazy_exists: ``(custom_type) -> bool``; when given, unknown lazy variables are problems.
+        end_event_exists: ``(type) -> bool``; when given, unknown executable end events are problems.
+
+    Returns:
+        The problems found, each naming the node, flow or data path at fault; empty when valid.
+    """
+    return _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)[0]
+
+
+def process_tree(
+    tree: Any, *, cycle_tolerate: bool = False, component_exists: ComponentExists | None = None,
+    lazy_exists: LazyExists | None = None, end_event_exists: EndEventExists | None = None,
+) -> dict[str, Any]:
+    """Validate a tree and return a normalised deep copy of it (the argument is not modified).
+
+    The copy has every ``incoming`` as a list, ``converge_gateway_id`` on each parallel and
+    conditional parallel gateway (and on exclusive gateways that match a converge gateway), and
+    defaults filled in for omitted optional keys, in every subprocess as well.
+
+    Args:
+        tree: The pipeline tree.
+        cycle_tolerate: Allow loop-back flows.
+        component_exists: See :func:`validate_tree`.
+        lazy_exists: See :func:`validate_tree`.
+        end_event_exists: See :func:`validate_tree`.
+
+    Returns:
+        The normalised copy.
+
+    Raises:
+        TreeInvalidError: The tree breaks at least one rule; ``problems`` lists all of them.
+    """
+    problems, graphs = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)
+    if problems:
+        raise TreeInvalidError(problems)
+    try:
+        result: dict[str, Any] = copy.deepcopy(tree)
+    except RecursionError:
+        raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
+    converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
+    _normalise(result, converge_of)
+    return result
+
+
+def _as_list(value: Any) -> list[Any]:
+    if value is None or value == "":
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _normalise(tree: dict[str, Any], converge_of: dict[str, str]) -> None:
+    pipelines = [tree]
+    while pipelines:
+        pipe = pipelines.pop()
+        for key in ("activities", "gateways"):
+            if pipe.get(key) is None:
+                pipe[key] = {}
+        data = pipe.get("data")
+        pipe["data"] = data = data if data is not None else {}
+        data.setdefault("inputs", {})
+        data.setdefault("outputs", [])
+        pipe["end_event"]["incoming"] = _as_list(pipe["end_event"].get("incoming"))
+        for act in pipe["activities"].values():
+            act["incoming"] = _as_list(act.get("incoming"))
+            if act["type"] == SUBPROCESS:
+                act.setdefault("params", {})
+                pipelines.append(act["pipeline"])
+            else:
+                _normalise_activity(act)
+        for gateway in pipe["gateways"].values():
+            gateway["incoming"] = _as_list(gateway.get("incoming"))
+            if gateway["id"] in converge_of:
+                gateway["converge_gateway_id"] = converge_of[gateway["id"]]
+
+
+def _normalise_activity(act: dict[str, Any]) -> None:
+    for key, default in _ACTIVITY_DEFAULTS.items():
+        act.setdefault(key, default)
+    act.setdefault("timeout", None)
+    if act["component"].get("inputs") is None:
+        act["component"]["inputs"] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# Start positions
+# ---------------------------------------------------------------------------------------------
+
+
+def _analysed_root(tree: Any) -> tuple[PipelineGraph, list[PipelineGraph]]:
+    problems, graphs = _analyse(tree, True, None, None, None)
+    if problems:
+        raise TreeInvalidError(problems)
+    return graphs[0], graphs
+
+
+def _main_line(graph: PipelineGraph) -> list[str]:
+    """Allowed start nodes: the main line, jumping over each parallel block to its converge."""
+    assert graph.start_id is not None
+    seen = {graph.start_id}
+    queue = deque([graph.start_id])
+    allowed: list[str] = []
+    while queue:
+        node_id = queue.popleft()
+        kind = graph.kinds[node_id]
+        if kind in START_NODE_TYPES:
+            allowed.append(node_id)
+        if kind in PARALLEL_TYPES:
+            following = [graph.converge_of[node_id]]
+        else:
+            following = [graph.target(f) for f in graph.out_flows[node_id]]
+        for nxt in following:
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return allowed
+
+
+def allowed_start_node_ids(tree: Any) -> list[str]:
+    """Ids of the nodes a run of ``tree`` may start at (spec 2.6), main line order.
+
+    Raises:
+        TreeInvalidError: The tree itself is invalid (loops are tolerated).
+    """
+    return _main_line(_analysed_root(tree)[0])
+
+
+def _why_not(node_id: Any, root: PipelineGraph, graphs: list[PipelineGraph]) -> str:
+    if not isinstance(node_id, str):
+        return "start node id must be a string"
+    kind = root.kinds.get(node_id)
+    if kind is None:
+        inner = next((g.id for g in graphs[1:] if node_id in g.kinds), None)
+        if inner is not None:
+            return f"node is inside subprocess {inner}; a run can only start in the root pipeline"
+        return "no node with this id in the pipeline"
+    if kind in (END, CONVERGE, SUBPROCESS):
+        return f"a {kind} cannot be a start position"
+    return "node is inside a parallel block; only nodes on the main line can be start positions"
+
+
+def _check_start(root: PipelineGraph, graphs: list[PipelineGraph], node_id: Any) -> None:
+    if node_id == root.start_id or (isinstance(node_id, str) and node_id in _main_line(root)):
+        return
+    where = label(node_id)
+    raise StartPositionInvalidError([TreeProblem(where, _why_not(node_id, root, graphs))])
+
+
+def validate_start_node(tree: Any, node_id: Any) -> None:
+    """Check that a run of ``tree`` may start at ``node_id`` (the start event always may).
+
+    Raises:
+        StartPositionInvalidError: The node is not an allowed start position; the problem says why.
+        TreeInvalidError: The tree itself is invalid.
+    """
+    root, graphs = _analysed_root(tree)
+    _check_start(root, graphs, node_id)
+
+
+def skipped_node_ids(tree: Any, start_node_id: Any) -> list[str]:
+    """Ids of the root-pipeline nodes that will not run when starting at ``start_node_id``.
+
+    These are the nodes on some path from the start event to ``start_node_id`` (loop-back
+    flows ignored; for an exclusive gateway only the branch leading there), in flow order.
+
+    Raises:
+        StartPositionInvalidError: ``start_node_id`` is not an allowed start position.
+        TreeInvalidError: The tree itself is invalid.
+    """
+    root, graphs = _analysed_root(tree)
+    _check_start(root, graphs, start_node_id)
+    if start_node_id == root.start_id:
+        return []
+    before: set[str] = set()
+    queue = deque([start_node_id])
+    while queue:
+        for flow_id in root.in_flows[queue.popleft()]:
+            source = root.flows[flow_id][0]
+            if flow_id not in root.back_flows and source in root.reachable and source not in before:
+                before.add(source)
+                queue.append(source)
+    return [n for n in reversed(root.postorder) if n in before]
+
+
+__all__ = [
+    "validate_tree", "process_tree", "allowed_start_node_ids", "validate_start_node", "skipped_node_ids",
+]

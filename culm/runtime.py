@@ -1,0 +1,117 @@
+"""Runtime: the object users create. It binds a store, a dispatcher and the engine together."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from typing import Any
+
+from culm.core.engine import Engine, Settings
+from culm.storage.sql import SqlStore
+
+logger = logging.getLogger("culm.runtime")
+
+DEFAULT_URL = "sqlite:///culm.db"
+
+
+def _sqlite_path(url: str) -> str | None:
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return None if path in ("", ":memory:") else path
+
+
+class Runtime:
+    """A culm runtime.
+
+    ``Runtime()`` is embedded: a SQLite file (``$CULM_DATABASE_URL`` or ``./culm.db``) and worker
+    threads in this process. ``Runtime("postgresql://...", broker="redis://...")`` is distributed:
+    work goes to Celery and ``culm worker`` processes run it.
+
+    Args:
+        url: SQLAlchemy-style database URL.
+        broker: Celery broker URL; when given, this runtime only submits and reads.
+        workers: worker threads of an embedded runtime (0 = submit and read only).
+        settings: engine settings.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        broker: str | None = None,
+        *,
+        workers: int | None = None,
+        settings: Settings | None = None,
+        **options: Any,
+    ) -> None:
+        self.url = url or os.environ.get("CULM_DATABASE_URL") or DEFAULT_URL
+        self.broker = broker
+        self.options = options
+        self.store = SqlStore(self.url)
+        self._lock_file: Any = None
+        self._closed = False
+        self._guard = threading.Lock()
+        if broker:
+            from culm.dispatch.celery import CeleryDispatcher
+
+            self.dispatcher: Any = CeleryDispatcher(broker, **options)
+            self.engine = Engine(self.store, self.dispatcher, settings)
+            self.dispatcher.bind(self.engine)
+        else:
+            from culm.dispatch.threads import ThreadDispatcher
+
+            count = 8 if workers is None else workers
+            self.dispatcher = ThreadDispatcher(count) if count > 0 and self._take_runner_lock() else None
+            self.engine = Engine(self.store, self.dispatcher, settings)
+            if self.dispatcher is not None:
+                self.dispatcher.start(self.engine)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker
+
+    def _take_runner_lock(self) -> bool:
+        """Only one process runs the workers of a SQLite file; the lock dies with the process."""
+        path = _sqlite_path(self.store.url)
+        if path is None:
+            return True
+        handle = open(path + ".runner-lock", "a+")  # noqa: SIM115 - held for the runtime's life
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            logger.info("another process runs the workers of %s; this runtime submits and reads", path)
+            return False
+        self._lock_file = handle
+        return True
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Embedded only: wait until every queued and timed task has run (True) or time is up."""
+        if self.dispatcher is None or not hasattr(self.dispatcher, "wait_idle"):
+            return True
+        return bool(self.dispatcher.wait_idle(timeout))
+
+    def close(self) -> None:
+        """Stop this runtime's threads, then close its database connections."""
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+        if self.dispatcher is not None:
+            self.dispatcher.close()
+        self.store.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = f"broker={self.broker!r}" if self.broker else "embedded"
+        return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"

@@ -1,0 +1,33 @@
+"""How payloads (inputs, outputs, context values) are written to text columns.
+
+JSON where possible; values JSON cannot hold (sets, datetimes, user objects produced by trusted
+component code) fall back to a pickled envelope, as bamboo's runtime does.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from typing import Any
+
+_PICKLE_KEY = "__culm_pickle__"
+
+
+def dumps(value: Any) -> str:
+    """Serialise ``value`` to text, JSON first, pickle envelope second."""
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=True)
+    except (TypeError, ValueError):
+        blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+        return json.dumps({_PICKLE_KEY: blob})
+
+
+def loads(text: str | None) -> Any:
+    """Inverse of :func:`dumps`; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    value = json.loads(text)
+    if isinstance(value, dict) and len(value) == 1 and _PICKLE_KEY in value:
+        return pickle.loads(base64.b64decode(value[_PICKLE_KEY]))  # noqa: S301 - written by dumps only
+    return value

@@ -1,0 +1,191 @@
+"""The relational schema, shared by SQLite, PostgreSQL and MySQL (SQLAlchemy Core).
+
+Times are stored as UTC epoch seconds (floats) so that every backend compares them the same way;
+JSON payloads are stored as text written by :mod:`culm.storage.codec`.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData()
+
+ID = 64  # node ids are 33 chars in bamboo; user trees may bring longer ones
+KEY = 255
+# MySQL's TEXT stops at 64 KiB; execution data and trees can be far larger.
+BigText = Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
+
+SCHEMA_VERSION = "0001"
+
+schema_version = Table(
+    "culm_schema_version",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("version", String(32), nullable=False),
+)
+
+pipeline = Table(
+    "culm_pipeline",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("tree", BigText, nullable=False),
+    Column("root_data", BigText, nullable=False),
+    Column("options", Text, nullable=False),
+    Column("created_time", Float, nullable=False),
+)
+
+node = Table(
+    "culm_node",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("root_id", String(ID), nullable=False, index=True),
+    Column("pipeline_id", String(ID), nullable=False),
+    Column("type", String(64), nullable=False),
+)
+
+state = Table(
+    "culm_state",
+    metadata,
+    Column("node_id", String(ID), primary_key=True),
+    Column("root_id", String(ID), nullable=False, index=True),
+    Column("parent_id", String(ID), nullable=False, index=True),
+    Column("name", String(32), nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("loop", Integer, nullable=False, default=1),
+    Column("inner_loop", Integer, nullable=False, default=1),
+    Column("retry", Integer, nullable=False, default=0),
+    Column("skip", Boolean, nullable=False, default=False),
+    Column("error_ignored", Boolean, nullable=False, default=False),
+    Column("created_time", Float),
+    Column("started_time", Float),
+    Column("archived_time", Float),
+)
+
+process = Table(
+    "culm_process",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("root_id", String(ID), nullable=False, index=True),
+    Column("parent_id", String(ID)),
+    Column("current_node_id", String(ID), nullable=False, index=True),
+    Column("destination_id", String(ID)),
+    Column("stack", Text, nullable=False),
+    Column("asleep", Boolean, nullable=False, default=False),
+    Column("suspended", Boolean, nullable=False, default=False),
+    Column("suspended_by", String(ID), index=True),
+    Column("dead", Boolean, nullable=False, default=False),
+    Column("ack_num", Integer, nullable=False, default=0),
+    Column("need_ack", Integer, nullable=False, default=0),
+    Column("priority", Integer, nullable=False, default=100),
+    Column("queue", String(KEY), nullable=False, default=""),
+    Column("last_heartbeat", Float),
+)
+
+task = Table(
+    "culm_task",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("process_id", String(ID), nullable=False),
+    Column("node_id", String(ID), nullable=False),
+    Column("root_id", String(ID), nullable=False, index=True),
+    Column("schedule_id", String(ID)),
+    Column("callback_id", String(ID)),
+    Column("due", Float, nullable=False),
+    Column("running_version", String(ID)),
+    Column("owner", String(KEY)),
+    Column("claimed_until", Float),
+    Column("priority", Integer, nullable=False, default=100),
+    Column("queue", String(KEY), nullable=False, default=""),
+    Column("published", Boolean, nullable=False, default=False),
+    Index("ix_culm_task_due", "due"),
+)
+
+node_data = Table(
+    "culm_node_data",
+    metadata,
+    Column("node_id", String(ID), primary_key=True),
+    Column("inputs", BigText, nullable=False),
+)
+
+execution_data = Table(
+    "culm_execution_data",
+    metadata,
+    Column("node_id", String(ID), primary_key=True),
+    Column("inputs", BigText, nullable=False),
+    Column("outputs", BigText, nullable=False),
+)
+
+context_value = Table(
+    "culm_context_value",
+    metadata,
+    Column("pipeline_id", String(ID), primary_key=True),
+    Column("key", String(KEY), primary_key=True),
+    Column("type", String(16), nullable=False),
+    Column("value", BigText, nullable=False),
+    Column("code", String(KEY)),
+    Column("refs", Text, nullable=False),
+)
+
+schedule = Table(
+    "culm_schedule",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("node_id", String(ID), nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("process_id", String(ID), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("finished", Boolean, nullable=False, default=False),
+    Column("expired", Boolean, nullable=False, default=False),
+    Column("times", Integer, nullable=False, default=0),
+    Column("locked_until", Float),
+    UniqueConstraint("node_id", "version", name="uq_culm_schedule_node_version"),
+)
+
+callback_data = Table(
+    "culm_callback_data",
+    metadata,
+    Column("id", String(ID), primary_key=True),
+    Column("node_id", String(ID), nullable=False, index=True),
+    Column("version", String(ID), nullable=False),
+    Column("data", BigText, nullable=False),
+)
+
+history = Table(
+    "culm_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", String(ID), nullable=False, index=True),
+    Column("started_time", Float),
+    Column("archived_time", Float),
+    Column("loop", Integer, nullable=False),
+    Column("skip", Boolean, nullable=False),
+    Column("retry", Integer, nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("inputs", BigText, nullable=False),
+    Column("outputs", BigText, nullable=False),
+)
+
+log = Table(
+    "culm_log",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("node_id", String(ID), nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("loop", Integer, nullable=False),
+    Column("created_time", Float, nullable=False),
+    Column("line", Text, nullable=False),
+    Index("ix_culm_log_node_version", "node_id", "version"),
+)
