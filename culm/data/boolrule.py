@@ -157,7 +157,9 @@ def _token(match: re.Match[str]) -> _Token:
 
 
 def _integer(digits: str, exponent: str | None) -> int:
-    power = int(exponent) if exponent and len(exponent) < 6 else (0 if not exponent else MAX_NUMBER_DIGITS)
+    if exponent is not None and len(exponent) > 5:
+        raise ExpressionLimitError("exponent in condition is longer than 5 digits")
+    power = int(exponent or 0)
     if len(digits) + power > MAX_NUMBER_DIGITS:
         raise ExpressionLimitError(f"number in condition is longer than {MAX_NUMBER_DIGITS} digits")
     return int(digits) * 10**power

@@ -322,32 +322,43 @@ def _int_digits(value: int) -> int:
     return value.bit_length() * 30103 // 100000 + 1
 
 
-def _size_of(value: Any, limit: int, tick: Callable[[], None]) -> int:
+def _size_of(
+    value: Any, limit: int, tick: Callable[[], None], known: Mapping[int, tuple[Any, int]] | None = None
+) -> int:
     """Approximate ``len(str(value))``, counting shared nested containers once per occurrence.
 
-    Stops counting soon after ``limit`` is passed, so the cost is bounded by the limit.
+    Stops soon after ``limit`` is passed, so the cost is bounded by the limit. ``known`` maps
+    ``id(container)`` to ``(container, size)`` for containers already measured.
     """
+    if not isinstance(value, _CONTAINERS):
+        return _scalar_size(value)
     total = 0
     stack = [value]
-    seen = 0
     while stack:
         item = stack.pop()
-        kind = type(item)
-        if kind is str or kind is bytes:
-            total += len(item) + 2
-        elif kind is int or kind is bool:
-            total += _int_digits(item) + 1
-        elif isinstance(item, _CONTAINERS):
-            total += 2 + 2 * len(item)
-            stack.extend(itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else item)
-        else:
-            total += _SCALAR_SIZE
-        seen += 1
+        total += 2 + 2 * len(item)
+        for child in itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else item:
+            if not isinstance(child, _CONTAINERS):
+                total += _scalar_size(child)
+                continue
+            cached = known.get(id(child)) if known else None
+            if cached is not None and cached[0] is child:
+                total += cached[1]
+            else:
+                stack.append(child)
         if total > limit:
             return total
-        if seen % 4096 == 0:
-            tick()
+        tick()
     return total
+
+
+def _scalar_size(value: Any) -> int:
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return len(value) + 2
+    if kind is int or kind is bool:
+        return _int_digits(value) + 1
+    return _SCALAR_SIZE
 
 
 def _describe(exc: BaseException) -> str:
@@ -446,6 +457,10 @@ class _Evaluator:
         self.steps += 1
         if self.steps > self.lim.max_steps:
             raise ExpressionLimitError(f"expression took more than {self.lim.max_steps} steps")
+        if not self.steps & 31:  # reading the clock costs more than a step
+            self.check_clock()
+
+    def check_clock(self) -> None:
         if time.monotonic() > self.deadline:
             raise ExpressionLimitError(f"expression ran longer than {self.lim.time_limit} seconds")
 
@@ -454,10 +469,10 @@ class _Evaluator:
             cached = self.sizes.get(id(value))
             if cached is not None and cached[0] is value:
                 return cached[1]
-            result = _size_of(value, self.lim.max_value_size, self.tick)
+            result = _size_of(value, self.lim.max_value_size, self.check_clock, self.sizes)
             self.sizes[id(value)] = (value, result)  # the reference keeps the id from being reused
             return result
-        return _size_of(value, self.lim.max_value_size, self.tick)
+        return _size_of(value, self.lim.max_value_size, self.check_clock, self.sizes)
 
     def charge(self, amount: int) -> None:
         self.allocated += amount
@@ -794,7 +809,7 @@ class _Evaluator:
             return sum(iterable, start)
         total = start
         for item in iterable:  # non-numbers go through "+" so every step is size-checked
-            self.tick()
+            self.check_clock()
             total = self.binop(ast.Add(), total, item)
         return total
 

@@ -115,6 +115,8 @@ def _var_dict(value: Any) -> Any:
 class Namespace:
     """An ordered mapping whose keys can also be read and set as attributes."""
 
+    _items: dict[str, Any]
+
     def __init__(self, items: Mapping[str, Any] | None = None) -> None:
         object.__setattr__(self, "_items", dict(items or {}))
 
@@ -415,7 +417,7 @@ def _data_dict(data: Data | Mapping[str, Any] | None) -> dict[str, Any]:
     return {"inputs": {}, "outputs": []}
 
 
-def build_tree(start_elem: Element, id: str | None = None, data: Data | Mapping[str, Any] | None = None) -> dict:
+def build_tree(start_elem: Element, id: str | None = None, data: Data | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build the pipeline tree reachable from ``start_elem``.
 
     Args:

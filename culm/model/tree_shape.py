@@ -221,7 +221,7 @@ class ShapeChecker:
             graph.sound = False
             return []
         kind = node.get("type")
-        if kind not in ACTIVITY_TYPES:
+        if not isinstance(kind, str) or kind not in ACTIVITY_TYPES:
             self.add(nid, f"activity type {kind!r} must be one of {sorted(ACTIVITY_TYPES)}")
             graph.sound = False
             return []
@@ -268,7 +268,7 @@ class ShapeChecker:
             if flag in config and not isinstance(config[flag], bool):
                 self.add(nid, f"loop_config.{flag} must be a bool")
         times = config.get("loop_times")
-        if config.get("enable") is True and (not _is_int(times) or times < 1):
+        if config.get("enable") is True and not (isinstance(times, int) and _is_int(times) and times >= 1):
             self.add(nid, "loop_config.loop_times must be an integer >= 1 when the loop is enabled")
         key = config.get("outputs_key")
         if key is not None and (not isinstance(key, str) or not key):
@@ -290,7 +290,7 @@ class ShapeChecker:
             graph.sound = False
             return
         kind = node.get("type")
-        if kind not in GATEWAY_TYPES:
+        if not isinstance(kind, str) or kind not in GATEWAY_TYPES:
             self.add(nid, f"gateway type {kind!r} must be one of {sorted(GATEWAY_TYPES)}")
             graph.sound = False
             return
