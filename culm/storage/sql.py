@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, event, insert, or_, select, update
+from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
@@ -21,14 +22,6 @@ from culm.core.records import (
 )
 from culm.errors import SchemaOutdatedError
 from culm.storage import codec
-from culm.storage import schema as s
-
-_STATE_COLS = [c.name for c in s.state.columns]
-_PROCESS_COLS = [c.name for c in s.process.columns]
-_TASK_FIELDS = [
-    "id", "kind", "process_id", "node_id", "root_id", "schedule_id", "callback_id", "due",
-    "running_version", "priority", "queue",
-]
 
 
 def normalise_url(url: str) -> str:
@@ -40,63 +33,133 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def _state(row: Any) -> StateRecord:
-    m = row._mapping
-    return StateRecord(**{c: m[c] for c in _STATE_COLS})
+_STATE_SELECT = (
+    'SELECT node_id, root_id, parent_id, name, version, "loop", inner_loop, retry, skip, error_ignored, '
+    "created_time, started_time, archived_time FROM culm_state"
+)
+_PROCESS_SELECT = (
+    "SELECT id, root_id, parent_id, current_node_id, destination_id, stack, asleep, suspended, suspended_by, "
+    "dead, ack_num, need_ack, priority, queue, last_heartbeat FROM culm_process"
+)
+_TASK_SELECT = (
+    "SELECT id, kind, process_id, node_id, root_id, schedule_id, callback_id, due, running_version, priority, "
+    "queue FROM culm_task"
+)
+_SCHEDULE_SELECT = (
+    "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
+)
+_QUOTED = ("key", "loop")
 
 
-def _process(row: Any) -> ProcessRecord:
-    m = dict(row._mapping)
-    m["stack"] = codec.loads(m["stack"])
-    return ProcessRecord(**m)
+def _state_row(r: Sequence[Any]) -> StateRecord:
+    return StateRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]), r[10], r[11], r[12])
 
 
-def _task(row: Any) -> TaskRecord:
-    m = row._mapping
-    return TaskRecord(**{f: m[f] for f in _TASK_FIELDS})
+def _process_row(r: Sequence[Any]) -> ProcessRecord:
+    return ProcessRecord(r[0], r[1], r[2], r[3], r[4], codec.loads(r[5]), bool(r[6]), bool(r[7]), r[8], bool(r[9]),
+                         r[10], r[11], r[12], r[13], r[14])
+
+
+def _task_row(r: Sequence[Any]) -> TaskRecord:
+    return TaskRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+
+
+def _schedule_row(r: Sequence[Any]) -> ScheduleRecord:
+    return ScheduleRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], r[8])
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _col(name: str) -> str:
+    return f'"{name}"' if name in _QUOTED else name
 
 
 class SqlUnit:
-    """One database transaction, offering the domain verbs the core needs."""
+    """One database transaction, offering the domain verbs the core needs.
+
+    Statements go straight to the DB-API cursor: they are few and fixed, and skipping the
+    expression layer makes a node step several times cheaper. SQL is written once with ``?``
+    placeholders and double-quoted identifiers and adapted to the driver's dialect.
+    """
 
     def __init__(self, conn: Connection, dialect: str) -> None:
         self.conn = conn
         self.dialect = dialect
         self._lock_rows = dialect != "sqlite"
+        self._cur = conn.connection.cursor()
+        self._sql = _adapt_sqlite if dialect == "sqlite" else (_adapt_mysql if dialect == "mysql" else _adapt_pg)
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        cur = self._cur
+        cur.execute(self._sql(sql), tuple(params))
+        return cur
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if rows:
+            self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._x(sql, params).fetchone()
+
+    def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(self._x(sql, params).fetchall())
+
+    def _update(self, table: str, key_sql: str, key_params: Sequence[Any], fields: dict[str, Any]) -> int:
+        sets = ", ".join(f"{_col(k)} = ?" for k in fields)
+        return int(self._x(f"UPDATE {table} SET {sets} WHERE {key_sql}", [*fields.values(), *key_params]).rowcount)
+
+    def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = list(rows[0])
+        sql = f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES ({_marks(len(cols))})"
+        if len(rows) == 1:
+            self._x(sql, [rows[0][c] for c in cols])
+        else:
+            self._many(sql, [[r[c] for c in cols] for r in rows])
+
+    def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
+        cols = list(row)
+        values = [c for c in cols if c not in keys]
+        head = f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES ({_marks(len(cols))})"
+        if self.dialect == "mysql":
+            tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{_col(c)} = VALUES({_col(c)})" for c in values)
+        else:
+            tail = (f" ON CONFLICT ({', '.join(_col(k) for k in keys)}) DO UPDATE SET "
+                    + ", ".join(f"{_col(c)} = excluded.{_col(c)}" for c in values))
+        self._x(head + tail, [row[c] for c in cols])
+
+    def _for_update(self, for_update: bool) -> str:
+        return " FOR UPDATE" if for_update and self._lock_rows else ""
 
     # -- pipelines and nodes -------------------------------------------------------------
     def add_pipeline(self, root_id: str, tree: dict, root_data: dict, options: dict, at: float) -> None:
-        self.conn.execute(
-            insert(s.pipeline),
-            {
-                "id": root_id, "tree": codec.dumps(tree), "root_data": codec.dumps(root_data),
-                "options": codec.dumps(options), "created_time": at,
-            },
-        )
+        self._insert("culm_pipeline", [{
+            "id": root_id, "tree": codec.dumps(tree), "root_data": codec.dumps(root_data),
+            "options": codec.dumps(options), "created_time": at,
+        }])
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
-        row = self.conn.execute(
-            select(s.pipeline.c.tree, s.pipeline.c.root_data, s.pipeline.c.options).where(
-                s.pipeline.c.id == root_id
-            )
-        ).first()
+        row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
         if row is None:
             return None
         return codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])
 
     def get_root_data(self, root_id: str) -> dict:
-        row = self.conn.execute(select(s.pipeline.c.root_data).where(s.pipeline.c.id == root_id)).first()
+        row = self._one("SELECT root_data FROM culm_pipeline WHERE id = ?", [root_id])
         return codec.loads(row[0]) if row else {}
 
     def pipeline_exists(self, root_id: str) -> bool:
-        return self.conn.execute(select(s.pipeline.c.id).where(s.pipeline.c.id == root_id)).first() is not None
+        return self._one("SELECT id FROM culm_pipeline WHERE id = ?", [root_id]) is not None
 
     def add_nodes(self, rows: Sequence[dict]) -> None:
-        if rows:
-            self.conn.execute(insert(s.node), list(rows))
+        self._insert("culm_node", list(rows))
 
     def node_root(self, node_id: str) -> str | None:
-        row = self.conn.execute(select(s.node.c.root_id).where(s.node.c.id == node_id)).first()
+        row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
         return row[0] if row else None
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
@@ -104,33 +167,37 @@ class SqlUnit:
         found: set[str] = set()
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            found.update(r[0] for r in self.conn.execute(select(s.node.c.id).where(s.node.c.id.in_(chunk))))
+            found.update(r[0] for r in self._all(f"SELECT id FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
         return found
 
     # -- states ---------------------------------------------------------------------------
     def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None:
-        stmt = select(s.state).where(s.state.c.node_id == node_id)
-        if for_update and self._lock_rows:
-            stmt = stmt.with_for_update()
-        row = self.conn.execute(stmt).first()
-        return _state(row) if row else None
+        row = self._one(_STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
+        return _state_row(row) if row else None
 
     def get_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
         ids = list(node_ids)
         if not ids:
             return {}
-        rows = self.conn.execute(select(s.state).where(s.state.c.node_id.in_(ids)))
-        return {r.node_id: _state(r) for r in rows}
+        if len(ids) == 1:
+            st = self.get_state(ids[0])
+            return {st.node_id: st} if st else {}
+        rows = self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(ids))})", ids)
+        return {r[0]: _state_row(r) for r in rows}
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
-        return [_state(r) for r in self.conn.execute(select(s.state).where(s.state.c.root_id == root_id))]
+        return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
-        rows = self.conn.execute(select(s.state).where(s.state.c.parent_id == parent_id))
-        return [_state(r) for r in rows]
+        return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
-        self.conn.execute(insert(s.state), {c: getattr(rec, c) for c in _STATE_COLS})
+        self._x(
+            'INSERT INTO culm_state (node_id, root_id, parent_id, name, version, "loop", inner_loop, retry, skip, '
+            "error_ignored, created_time, started_time, archived_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
+             rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time],
+        )
 
     def update_state(
         self,
@@ -141,179 +208,154 @@ class SqlUnit:
         **fields: Any,
     ) -> bool:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
-        cond = [s.state.c.node_id == node_id]
+        where, params = "node_id = ?", [node_id]
         if expect_version is not None:
-            cond.append(s.state.c.version == expect_version)
+            where += " AND version = ?"
+            params.append(expect_version)
         if expect_names is not None:
-            cond.append(s.state.c.name.in_(list(expect_names)))
-        res = self.conn.execute(update(s.state).where(and_(*cond)).values(**fields))
-        return res.rowcount == 1
+            names = list(expect_names)
+            where += f" AND name IN ({_marks(len(names))})"
+            params.extend(names)
+        return self._update("culm_state", where, params, fields) == 1
 
     def reset_inner_loops(self, parent_id: str) -> None:
-        self.conn.execute(update(s.state).where(s.state.c.parent_id == parent_id).values(inner_loop=0))
+        self._x("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
 
     # -- processes ------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
-        rows = []
-        for r in recs:
-            row = {c: getattr(r, c) for c in _PROCESS_COLS}
-            row["stack"] = codec.dumps(r.stack)
-            rows.append(row)
-        if rows:
-            self.conn.execute(insert(s.process), rows)
+        self._insert("culm_process", [
+            {"id": r.id, "root_id": r.root_id, "parent_id": r.parent_id, "current_node_id": r.current_node_id,
+             "destination_id": r.destination_id, "stack": codec.dumps(r.stack), "asleep": r.asleep,
+             "suspended": r.suspended, "suspended_by": r.suspended_by, "dead": r.dead, "ack_num": r.ack_num,
+             "need_ack": r.need_ack, "priority": r.priority, "queue": r.queue, "last_heartbeat": r.last_heartbeat}
+            for r in recs
+        ])
 
     def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None:
-        stmt = select(s.process).where(s.process.c.id == process_id)
-        if for_update and self._lock_rows:
-            stmt = stmt.with_for_update()
-        row = self.conn.execute(stmt).first()
-        return _process(row) if row else None
+        row = self._one(_PROCESS_SELECT + " WHERE id = ?" + self._for_update(for_update), [process_id])
+        return _process_row(row) if row else None
 
     def update_process(self, process_id: str, **fields: Any) -> None:
         if "stack" in fields:
             fields["stack"] = codec.dumps(fields["stack"])
-        self.conn.execute(update(s.process).where(s.process.c.id == process_id).values(**fields))
+        self._update("culm_process", "id = ?", [process_id], fields)
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
         """Count one finished child; the row lock taken by the update serialises siblings."""
-        self.conn.execute(
-            update(s.process).where(s.process.c.id == parent_id).values(ack_num=s.process.c.ack_num + 1)
-        )
-        row = self.conn.execute(
-            select(s.process.c.ack_num, s.process.c.need_ack).where(s.process.c.id == parent_id)
-        ).one()
+        self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
+        row = self._one("SELECT ack_num, need_ack FROM culm_process WHERE id = ?", [parent_id])
         return int(row[0]), int(row[1])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
-        rows = self.conn.execute(select(s.process).where(s.process.c.root_id == root_id))
-        return [_process(r) for r in rows]
+        return [_process_row(r) for r in self._all(_PROCESS_SELECT + " WHERE root_id = ?", [root_id])]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
-        rows = self.conn.execute(
-            select(s.process).where(
-                s.process.c.suspended_by == by, s.process.c.suspended.is_(True), s.process.c.dead.is_(False)
-            )
-        )
-        return [_process(r) for r in rows]
+        rows = self._all(_PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?", [by, True, False])
+        return [_process_row(r) for r in rows]
 
     def processes_at(self, node_id: str) -> list[ProcessRecord]:
-        rows = self.conn.execute(
-            select(s.process).where(s.process.c.current_node_id == node_id, s.process.c.dead.is_(False))
-        )
-        return [_process(r) for r in rows]
+        rows = self._all(_PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?", [node_id, False])
+        return [_process_row(r) for r in rows]
 
     def kill_processes_of_root(self, root_id: str) -> None:
-        self.conn.execute(update(s.process).where(s.process.c.root_id == root_id).values(dead=True))
+        self._x("UPDATE culm_process SET dead = ? WHERE root_id = ?", [True, root_id])
 
     # -- tasks ----------------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
-        if tasks:
-            self.conn.execute(insert(s.task), [{f: getattr(t, f) for f in _TASK_FIELDS} for t in tasks])
+        self._insert("culm_task", [
+            {"id": t.id, "kind": t.kind, "process_id": t.process_id, "node_id": t.node_id, "root_id": t.root_id,
+             "schedule_id": t.schedule_id, "callback_id": t.callback_id, "due": t.due,
+             "running_version": t.running_version, "priority": t.priority, "queue": t.queue, "published": False}
+            for t in tasks if t is not None
+        ])
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None:
         """Take a lease on a task; None when it is gone (done) or leased by a live worker."""
-        res = self.conn.execute(
-            update(s.task)
-            .where(
-                s.task.c.id == task_id,
-                or_(s.task.c.claimed_until.is_(None), s.task.c.claimed_until < at, s.task.c.owner == owner),
-            )
-            .values(owner=owner, claimed_until=until)
-        )
-        if res.rowcount != 1:
-            return None
-        row = self.conn.execute(select(s.task).where(s.task.c.id == task_id)).first()
-        return _task(row) if row else None
+        n = self._x(
+            "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ? "
+            "AND (claimed_until IS NULL OR claimed_until < ? OR owner = ?)",
+            [owner, until, task_id, at, owner],
+        ).rowcount
+        return self.get_task(task_id) if n == 1 else None
 
     def get_task(self, task_id: str) -> TaskRecord | None:
-        row = self.conn.execute(select(s.task).where(s.task.c.id == task_id)).first()
-        return _task(row) if row else None
+        row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
+        return _task_row(row) if row else None
 
     def update_task(self, task_id: str, **fields: Any) -> None:
-        self.conn.execute(update(s.task).where(s.task.c.id == task_id).values(**fields))
+        self._update("culm_task", "id = ?", [task_id], fields)
 
     def delete_task(self, task_id: str) -> None:
-        self.conn.execute(delete(s.task).where(s.task.c.id == task_id))
+        self._x("DELETE FROM culm_task WHERE id = ?", [task_id])
 
     def delete_tasks_of_root(self, root_id: str) -> None:
-        self.conn.execute(delete(s.task).where(s.task.c.root_id == root_id))
+        self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
-        rows = self.conn.execute(
-            select(s.task)
-            .where(s.task.c.due <= at + horizon, or_(s.task.c.claimed_until.is_(None), s.task.c.claimed_until < at))
-            .order_by(s.task.c.due)
-            .limit(limit)
+        rows = self._all(
+            _TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?",
+            [at + horizon, at, int(limit)],
         )
-        return [_task(r) for r in rows]
+        return [_task_row(r) for r in rows]
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None:
-        if task_ids:
-            self.conn.execute(
-                update(s.task)
-                .where(s.task.c.owner == owner, s.task.c.id.in_(list(task_ids)))
-                .values(claimed_until=until)
-            )
+        ids = list(task_ids)
+        if ids:
+            self._x(f"UPDATE culm_task SET claimed_until = ? WHERE owner = ? AND id IN ({_marks(len(ids))})",
+                    [until, owner, *ids])
 
     def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
-        stmt = update(s.task).values(owner=None, claimed_until=None)
-        if task_ids is not None:
-            stmt = stmt.where(s.task.c.id.in_(list(task_ids)))
-        self.conn.execute(stmt)
+        if task_ids is None:
+            self._x("UPDATE culm_task SET owner = NULL, claimed_until = NULL")
+            return
+        ids = list(task_ids)
+        if ids:
+            self._x(f"UPDATE culm_task SET owner = NULL, claimed_until = NULL WHERE id IN ({_marks(len(ids))})", ids)
 
     # -- node data, execution data, context ----------------------------------------------
     def get_inputs_override(self, node_id: str) -> dict | None:
-        row = self.conn.execute(select(s.node_data.c.inputs).where(s.node_data.c.node_id == node_id)).first()
+        row = self._one("SELECT inputs FROM culm_node_data WHERE node_id = ?", [node_id])
         return codec.loads(row[0]) if row else None
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._upsert(s.node_data, {"node_id": node_id, "inputs": codec.dumps(inputs)}, ["node_id"])
+        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps(inputs)}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
-        row = self.conn.execute(
-            select(s.execution_data.c.inputs, s.execution_data.c.outputs).where(
-                s.execution_data.c.node_id == node_id
-            )
-        ).first()
+        row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
     def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
-        self._upsert(
-            s.execution_data,
-            {"node_id": node_id, "inputs": codec.dumps(inputs), "outputs": codec.dumps(outputs)},
-            ["node_id"],
-        )
+        self._upsert("culm_execution_data",
+                     {"node_id": node_id, "inputs": codec.dumps(inputs), "outputs": codec.dumps(outputs)},
+                     ["node_id"])
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
-        res = self.conn.execute(
-            update(s.execution_data)
-            .where(s.execution_data.c.node_id == node_id)
-            .values(outputs=codec.dumps(outputs))
-        )
-        if res.rowcount == 0:
+        n = self._x("UPDATE culm_execution_data SET outputs = ? WHERE node_id = ?",
+                    [codec.dumps(outputs), node_id]).rowcount
+        if n == 0:
             self.set_execution_data(node_id, {}, outputs)
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
-        stmt = select(s.context_value).where(s.context_value.c.pipeline_id == pipeline_id)
+        sql = 'SELECT "key", type, value, code, refs FROM culm_context_value WHERE pipeline_id = ?'
+        params: list[Any] = [pipeline_id]
         if keys is not None:
             keys = list(keys)
             if not keys:
                 return {}
-            stmt = stmt.where(s.context_value.c.key.in_(keys))
-        out = {}
-        for r in self.conn.execute(stmt):
-            out[r.key] = ContextValue(r.key, r.type, codec.loads(r.value), r.code, frozenset(codec.loads(r.refs)))
-        return out
+            sql += f' AND "key" IN ({_marks(len(keys))})'
+            params.extend(keys)
+        return {
+            r[0]: ContextValue(r[0], r[1], codec.loads(r[2]), r[3], frozenset(codec.loads(r[4])))
+            for r in self._all(sql, params)
+        }
 
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
-        rows = [self._context_row(pipeline_id, v) for v in values]
-        if rows:
-            self.conn.execute(insert(s.context_value), rows)
+        self._insert("culm_context_value", [self._context_row(pipeline_id, v) for v in values])
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
         for v in values:
-            self._upsert(s.context_value, self._context_row(pipeline_id, v), ["pipeline_id", "key"])
+            self._upsert("culm_context_value", self._context_row(pipeline_id, v), ["pipeline_id", "key"])
 
     @staticmethod
     def _context_row(pipeline_id: str, v: ContextValue) -> dict:
@@ -324,104 +366,79 @@ class SqlUnit:
 
     # -- schedules and callbacks ----------------------------------------------------------
     def insert_schedule(self, rec: ScheduleRecord) -> None:
-        self.conn.execute(
-            insert(s.schedule),
-            {
-                "id": rec.id, "node_id": rec.node_id, "version": rec.version, "process_id": rec.process_id,
-                "type": rec.type, "finished": rec.finished, "expired": rec.expired, "times": rec.times,
-                "locked_until": rec.locked_until,
-            },
-        )
+        self._insert("culm_schedule", [{
+            "id": rec.id, "node_id": rec.node_id, "version": rec.version, "process_id": rec.process_id,
+            "type": rec.type, "finished": rec.finished, "expired": rec.expired, "times": rec.times,
+            "locked_until": rec.locked_until,
+        }])
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
-        row = self.conn.execute(select(s.schedule).where(s.schedule.c.id == schedule_id)).first()
-        return ScheduleRecord(**dict(row._mapping)) if row else None
+        row = self._one(_SCHEDULE_SELECT + " WHERE id = ?", [schedule_id])
+        return _schedule_row(row) if row else None
 
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
-        row = self.conn.execute(
-            select(s.schedule).where(s.schedule.c.node_id == node_id, s.schedule.c.version == version)
-        ).first()
-        return ScheduleRecord(**dict(row._mapping)) if row else None
+        row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
+        return _schedule_row(row) if row else None
 
     def update_schedule(self, schedule_id: str, **fields: Any) -> None:
-        self.conn.execute(update(s.schedule).where(s.schedule.c.id == schedule_id).values(**fields))
+        self._update("culm_schedule", "id = ?", [schedule_id], fields)
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
-        res = self.conn.execute(
-            update(s.schedule)
-            .where(
-                s.schedule.c.id == schedule_id,
-                or_(s.schedule.c.locked_until.is_(None), s.schedule.c.locked_until < at),
-            )
-            .values(locked_until=until)
-        )
-        return res.rowcount == 1
+        n = self._x("UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND (locked_until IS NULL "
+                    "OR locked_until < ?)", [until, schedule_id, at]).rowcount
+        return n == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
-        self.conn.execute(
-            insert(s.callback_data),
-            {"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)},
-        )
+        self._insert("culm_callback_data",
+                     [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
 
     def get_callback(self, callback_id: str) -> Any:
-        row = self.conn.execute(select(s.callback_data.c.data).where(s.callback_data.c.id == callback_id)).first()
+        row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
         return codec.loads(row[0]) if row else None
 
     # -- histories and logs ---------------------------------------------------------------
     def add_history(self, rec: HistoryRecord) -> None:
-        self.conn.execute(
-            insert(s.history),
-            {
-                "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
-                "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
-                "inputs": codec.dumps(rec.inputs), "outputs": codec.dumps(rec.outputs),
-            },
-        )
+        self._insert("culm_history", [{
+            "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
+            "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
+            "inputs": codec.dumps(rec.inputs), "outputs": codec.dumps(rec.outputs),
+        }])
 
     def histories(self, node_id: str, loop: int = -1) -> list[HistoryRecord]:
-        stmt = select(s.history).where(s.history.c.node_id == node_id)
+        sql = ('SELECT id, node_id, started_time, archived_time, "loop", skip, retry, version, inputs, outputs '
+               "FROM culm_history WHERE node_id = ?")
+        params: list[Any] = [node_id]
         if loop != -1:
-            stmt = stmt.where(s.history.c.loop == loop)
-        out = []
-        for r in self.conn.execute(stmt.order_by(s.history.c.id)):
-            m = dict(r._mapping)
-            m["inputs"], m["outputs"] = codec.loads(m["inputs"]), codec.loads(m["outputs"])
-            out.append(HistoryRecord(**m))
-        return out
+            sql += ' AND "loop" = ?'
+            params.append(loop)
+        return [
+            HistoryRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], codec.loads(r[8]), codec.loads(r[9]))
+            for r in self._all(sql + " ORDER BY id", params)
+        ]
 
     def add_logs(self, rows: Sequence[dict]) -> None:
-        if rows:
-            self.conn.execute(insert(s.log), list(rows))
+        self._insert("culm_log", list(rows))
 
     def logs(self, node_id: str, version: str) -> list[str]:
-        rows = self.conn.execute(
-            select(s.log.c.line)
-            .where(s.log.c.node_id == node_id, s.log.c.version == version)
-            .order_by(s.log.c.id)
-        )
+        rows = self._all("SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id", [node_id, version])
         return [r[0] for r in rows]
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
-        self.conn.execute(
-            update(s.log).where(s.log.c.node_id == node_id, s.log.c.version == old_version).values(version=new_version)
-        )
+        self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
 
-    # -- helpers --------------------------------------------------------------------------
-    def _upsert(self, table: Any, row: dict, keys: list[str]) -> None:
-        values = {k: v for k, v in row.items() if k not in keys}
-        if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-            stmt = sqlite_insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=values)
-        elif self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
+def _adapt_sqlite(sql: str) -> str:
+    return sql
 
-            stmt = pg_insert(table).values(**row).on_conflict_do_update(index_elements=keys, set_=values)
-        else:
-            from sqlalchemy.dialects.mysql import insert as my_insert
 
-            stmt = my_insert(table).values(**row).on_duplicate_key_update(**values)
-        self.conn.execute(stmt)
+@functools.lru_cache(maxsize=4096)
+def _adapt_pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+@functools.lru_cache(maxsize=4096)
+def _adapt_mysql(sql: str) -> str:
+    return sql.replace("?", "%s").replace('"', "`")
 
 
 class SqlStore:

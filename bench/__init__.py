@@ -1,0 +1,1 @@
+"""culm benchmarks: ``python -m bench --help``."""

@@ -1,0 +1,146 @@
+"""A small app for the kill -9 tests: run as ``python crash_app.py MODE DB LOG [TREE_ID]``.
+
+``start`` builds and starts a pipeline, prints its tree id, then keeps running until killed.
+``resume`` opens the same database and waits until the pipeline is FINISHED, printing the state.
+``callback`` starts a pipeline with a callback node, calls back once it waits, then kills itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import culm
+from culm import api
+from culm.builder import (
+    ConvergeGateway,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    Var,
+    build_tree,
+)
+from culm.components import Component, Service
+
+LOG = os.environ.get("CRASH_LOG", "")
+
+
+class SlowService(Service):
+    """Sleeps a little and logs one line per execution (node id, version)."""
+
+    def execute(self, data: Any, parent_data: Any) -> bool:
+        with open(LOG, "a") as fh:
+            fh.write(f"start {self.id} {self.version}\n")
+        time.sleep(float(data.get_one_of_inputs("seconds", 0.05)))
+        with open(LOG, "a") as fh:
+            fh.write(f"done {self.id} {self.version}\n")
+        return True
+
+
+class SlowComponent(Component):
+    code = "crash_slow"
+    name = "slow"
+    bound_service = SlowService
+
+
+class WaitService(Service):
+    __need_schedule__ = True
+
+    def execute(self, data: Any, parent_data: Any) -> bool:
+        return True
+
+    def schedule(self, data: Any, parent_data: Any, callback_data: Any = None) -> bool:
+        data.outputs.got = callback_data
+        return True
+
+
+class WaitComponent(Component):
+    code = "crash_wait"
+    name = "wait"
+    bound_service = WaitService
+
+
+def slow(seconds: float = 0.05) -> ServiceActivity:
+    act = ServiceActivity(component_code="crash_slow")
+    act.component.inputs.seconds = Var(type=Var.PLAIN, value=seconds)
+    return act
+
+
+def chain_with_parallel() -> dict:
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    tail: Any = start
+    for _ in range(6):
+        tail = tail.extend(slow())
+    branches = []
+    for _ in range(3):
+        head = slow()
+        head.extend(slow())
+        branches.append(head)
+    tail.extend(pg).connect(*branches).converge(cg)
+    tail = cg
+    for _ in range(6):
+        tail = tail.extend(slow())
+    tail.extend(end)
+    return build_tree(start)
+
+
+def callback_tree() -> dict:
+    start, wait, end = EmptyStartEvent(), ServiceActivity(component_code="crash_wait"), EmptyEndEvent()
+    start.extend(wait).extend(slow(0.0)).extend(end)
+    return build_tree(start)
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def main() -> None:
+    mode, db = sys.argv[1], sys.argv[2]
+    runtime = culm.Runtime(db)
+    if mode == "start":
+        tree = chain_with_parallel()
+        assert api.run_pipeline(runtime, tree).result
+        print(tree["id"], flush=True)
+        time.sleep(3600)
+    elif mode == "callback":
+        tree = callback_tree()
+        assert api.run_pipeline(runtime, tree).result
+        wait_id = tree["start_event"]["outgoing"]
+        wait_id = tree["flows"][wait_id]["target"]
+
+        def waiting() -> bool:
+            data = api.get_pipeline_states(runtime, tree["id"]).data
+            return bool(data) and data[tree["id"]]["children"].get(wait_id, {}).get("state") == "RUNNING"
+
+        assert wait_for(waiting, 10)
+        version = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][wait_id]["version"]
+        # Stop the workers first, so the callback is only acknowledged, never processed here.
+        runtime.dispatcher.close()
+        res = api.callback(runtime, wait_id, version, {"k": 1})
+        print(json.dumps({"id": tree["id"], "wait": wait_id, "ok": res.result}), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif mode == "resume":
+        root = sys.argv[3]
+
+        def finished() -> bool:
+            data = api.get_pipeline_states(runtime, root).data
+            return bool(data) and data[root]["state"] == "FINISHED"
+
+        ok = wait_for(finished, 30)
+        print(json.dumps({"finished": ok}), flush=True)
+        runtime.close()
+
+
+if __name__ == "__main__":
+    main()

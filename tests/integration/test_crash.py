@@ -1,0 +1,70 @@
+"""kill -9 in the middle of a run: a restarted runtime finishes it, runs no finished node again."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import culm
+from culm import api
+
+APP = Path(__file__).with_name("crash_app.py")
+pytestmark = pytest.mark.timeout(90)
+
+
+def _spawn(mode: str, db: str, log: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "CRASH_LOG": str(log), "PYTHONPATH": str(APP.parent)}
+    return subprocess.Popen([sys.executable, str(APP), mode, db, *extra], stdout=subprocess.PIPE, env=env, text=True)
+
+
+def _lines(log: Path) -> list[list[str]]:
+    return [line.split() for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_kill_9_mid_run_then_restart_finishes_without_rerunning_finished_nodes(tmp_path: Path) -> None:
+    db, log = f"sqlite:///{tmp_path}/crash.db", tmp_path / "exec.log"
+    first = _spawn("start", db, log)
+    root = first.stdout.readline().strip()
+    deadline = time.monotonic() + 20
+    while sum(1 for w in _lines(log) if w[0] == "done") < 8 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    done_before = {w[1] for w in _lines(log) if w[0] == "done"}
+    assert len(done_before) >= 8, "the pipeline did not get far enough before the kill"
+
+    second = _spawn("resume", db, log, root)
+    out, _ = second.communicate(timeout=60)
+    assert json.loads(out.strip().splitlines()[-1]) == {"finished": True}
+
+    starts = collections.Counter(w[1] for w in _lines(log) if w[0] == "start")
+    with culm.Runtime(db, workers=0) as runtime:
+        children = api.get_pipeline_states(runtime, root).data[root]["children"]
+        acts = [n for n, e in children.items() if starts[n]]
+        assert all(children[n]["state"] == "FINISHED" for n in children)
+    assert len(acts) == 18
+    # A node that had finished before the kill never ran again; only one cut mid-execute may rerun.
+    assert all(starts[n] == 1 for n in done_before)
+    assert sum(1 for n in acts if starts[n] > 1) <= 3
+    assert all(starts[n] <= 2 for n in acts)
+
+
+def test_acknowledged_callback_survives_kill_9(tmp_path: Path) -> None:
+    db, log = f"sqlite:///{tmp_path}/cb.db", tmp_path / "exec.log"
+    first = _spawn("callback", db, log)
+    info = json.loads(first.stdout.readline())
+    first.wait(10)
+    assert info["ok"] is True
+    second = _spawn("resume", db, log, info["id"])
+    out, _ = second.communicate(timeout=60)
+    assert json.loads(out.strip().splitlines()[-1]) == {"finished": True}
+    with culm.Runtime(db, workers=0) as runtime:
+        assert api.get_execution_data_outputs(runtime, info["wait"]).data["got"] == {"k": 1}
