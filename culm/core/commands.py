@@ -15,7 +15,7 @@ from culm.core import data as cdata
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
-from culm.core.records import HistoryRecord, ProcessRecord, StateRecord, new_version, now
+from culm.core.records import HistoryRecord, ProcessRecord, StateRecord, new_id, new_version, now
 from culm.core.run import Run
 from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step

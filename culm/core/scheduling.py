@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 from culm import states
@@ -11,78 +13,89 @@ from culm.core.outcomes import Next
 from culm.core.records import EXECUTE, now
 from culm.core.run import Run, VersionLostError
 from culm.core.service_call import CallResult, ServiceCall
+from culm.core.step import Step
 
 MULTI_CALLBACK_RETRY_SECONDS = 1.0
 
 
 def run_schedule(engine: Engine, task_id: str) -> None:
     """Claim a schedule task, run the component's ``schedule`` once and apply the result."""
-    prepared = _prepare(engine, task_id)
-    if prepared is None:
+    with engine.step() as step:
+        call = schedule_prepare(engine, step, task_id)
+    if call is None:
         return
-    call, times, callback_data = prepared
     try:
-        result: Any = call.schedule(times, callback_data)
+        result: Any = call()
     except BaseException as exc:  # noqa: BLE001
         result = exc
-    _apply(engine, task_id, as_result(result, call.inputs))
+    with engine.step() as step:
+        schedule_apply(engine, step, task_id, result)
 
 
-def _prepare(engine: Engine, task_id: str) -> tuple[ServiceCall, int, Any] | None:
+def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], Any] | None:
+    """Claim the task and check the schedule is still current; returns the call to make."""
+    prepared = _prepare(engine, step, task_id)
+    if prepared is None:
+        return None
+    call, times, callback_data = prepared
+    return functools.partial(call.schedule, times, callback_data)
+
+
+def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int, Any] | None:
     owner, until, at = engine.lease()
-    with engine.step() as step:
-        unit = step.unit
-        task = unit.claim_task(task_id, owner, until, at)
-        if task is None:
-            return None
-        sched = unit.get_schedule(task.schedule_id) if task.schedule_id else None
-        st = unit.get_state(task.node_id)
-        proc = unit.get_process(sched.process_id) if sched else None
-        if sched is None or sched.finished or sched.expired or proc is None or proc.dead:
+    unit = step.unit
+    task = unit.claim_task(task_id, owner, until, at)
+    if task is None:
+        return None
+    sched = unit.get_schedule(task.schedule_id) if task.schedule_id else None
+    st = unit.get_state(task.node_id)
+    proc = unit.get_process(sched.process_id) if sched else None
+    if sched is None or sched.finished or sched.expired or proc is None or proc.dead:
+        unit.delete_task(task_id)
+        return None
+    if st is None or st.version != sched.version or st.name != states.RUNNING:
+        unit.update_schedule(sched.id, expired=True)
+        unit.delete_task(task_id)
+        return None
+    if not unit.lock_schedule(sched.id, at + engine.settings.schedule_lock_seconds, at):
+        if sched.type == "multiple_callback":
+            # Another callback of the same node is running: try again shortly, keep the row.
+            unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
+            step.tasks.append(unit.get_task(task_id))
+        else:
             unit.delete_task(task_id)
-            return None
-        if st is None or st.version != sched.version or st.name != states.RUNNING:
-            unit.update_schedule(sched.id, expired=True)
-            unit.delete_task(task_id)
-            return None
-        if not unit.lock_schedule(sched.id, at + engine.settings.schedule_lock_seconds, at):
-            if sched.type == "multiple_callback":
-                # Another callback of the same node is running: try again shortly, keep the row.
-                unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
-                step.tasks.append(unit.get_task(task_id))
-            else:
-                unit.delete_task(task_id)
-            return None
-        graph = engine.graph(proc.root_id, unit)
-        run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-        exec_data = unit.get_execution_data(task.node_id) or ({}, {})
-        callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
-        call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
-        return call, sched.times, callback_data
+        return None
+    graph = engine.graph(proc.root_id, unit)
+    run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
+    exec_data = unit.get_execution_data(task.node_id) or ({}, {})
+    callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
+    call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
+    return call, sched.times, callback_data
 
 
-def _apply(engine: Engine, task_id: str, res: CallResult) -> None:
-    with engine.step() as step:
-        unit = step.unit
-        task = unit.get_task(task_id)
-        if task is None:
-            return
-        sched = unit.get_schedule(task.schedule_id)
-        st = unit.get_state(task.node_id, for_update=True)
-        proc = unit.get_process(sched.process_id)
-        if st is None or st.version != sched.version or st.name != states.RUNNING or proc.dead:
-            unit.update_schedule(sched.id, expired=True, locked_until=None)
-            unit.delete_task(task_id)
-            return
-        graph = engine.graph(proc.root_id, unit)
-        run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-        outputs = record_call(run, res)
-        unit.set_execution_data(st.node_id, res.inputs, outputs)
-        unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
-        try:
-            _conclude(run, task_id, sched.id, res, outputs)
-        except VersionLostError:
-            unit.delete_task(task_id)
+def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> None:
+    """Apply the result of one ``schedule`` call (in the transaction after the call)."""
+    unit = step.unit
+    task = unit.get_task(task_id)
+    if task is None:
+        return
+    sched = unit.get_schedule(task.schedule_id)
+    st = unit.get_state(task.node_id, for_update=True)
+    proc = unit.get_process(sched.process_id)
+    if st is None or st.version != sched.version or st.name != states.RUNNING or proc.dead:
+        unit.update_schedule(sched.id, expired=True, locked_until=None)
+        unit.delete_task(task_id)
+        return
+    graph = engine.graph(proc.root_id, unit)
+    run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
+    res = as_result(result, {})
+    outputs = record_call(run, res)
+    unit.set_execution_data(st.node_id, res.inputs, outputs)
+    unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
+    try:
+        _conclude(run, task_id, sched.id, res, outputs)
+    except VersionLostError:
+        unit.delete_task(task_id)
 
 
 def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs: dict[str, Any]) -> None:

@@ -30,29 +30,39 @@ class _Stop(Exception):
 
 def run_execute(engine: Engine, task_id: str) -> None:
     """Drive the process of an execute task until it sleeps, forks, dies or is suspended."""
-    owner, until, at = engine.lease()
     pending: tuple[Invoke, Any] | None = None
-    claimed = False
+    first = True
     while True:
-        invoke: Invoke | None = None
         with engine.step() as step:
-            unit = step.unit
-            task = unit.claim_task(task_id, owner, until, at) if not claimed else unit.get_task(task_id)
-            claimed = True
-            if task is None:
-                return
-            proc = unit.get_process(task.process_id)
-            if proc is None or proc.dead:
-                unit.delete_task(task_id)
-                return
-            graph = engine.graph(proc.root_id, unit)
-            invoke = _advance(engine, step, graph, proc, task, pending)
+            invoke = execute_step(engine, step, task_id, pending, claim=first)
+        first = False
         if invoke is None:
             return
-        pending = (invoke, _call(invoke))
+        pending = (invoke, call_user_code(invoke))
 
 
-def _call(invoke: Invoke) -> Any:
+def execute_step(
+    engine: Engine, step: Step, task_id: str, pending: tuple[Invoke, Any] | None, *, claim: bool
+) -> Invoke | None:
+    """One transaction's worth of an execute task; returns the user code to run next, if any."""
+    unit = step.unit
+    if claim:
+        owner, until, at = engine.lease()
+        task = unit.claim_task(task_id, owner, until, at)
+    else:
+        task = unit.get_task(task_id)
+    if task is None:
+        return None
+    proc = unit.get_process(task.process_id)
+    if proc is None or proc.dead:
+        unit.delete_task(task_id)
+        return None
+    graph = engine.graph(proc.root_id, unit)
+    return _advance(engine, step, graph, proc, task, pending)
+
+
+def call_user_code(invoke: Invoke) -> Any:
+    """Run an Invoke's user code; an escaped exception becomes the result."""
     try:
         return invoke.call()
     except BaseException as exc:  # noqa: BLE001 - handlers turn this into a failed node

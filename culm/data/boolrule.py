@@ -30,7 +30,9 @@ _TOKEN = re.compile(
     | (?P<sym>==|!=|>=|<=|<|>|\(|\)|,)
     | (?P<word>"""
     + _IDENT_PART
-    + r"(?:\." + _IDENT_PART + r""")*)
+    + r"(?:\."
+    + _IDENT_PART
+    + r""")*)
     )""",
     re.VERBOSE,
 )

@@ -207,7 +207,9 @@ def safe_str(value: Any, limit: int | None = None) -> str:
         return value
     limit = MAX_SEQUENCE_LENGTH if limit is None else limit
     if _size_of(value, limit, lambda: None) > limit:
-        raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")
+        raise ExpressionLimitError(
+            f"{type(value).__name__} value too large to render (over {limit} characters)"
+        )
     return str(value)
 
 
@@ -578,7 +580,8 @@ class _Evaluator:
         return self.built({self.eval(elt, scope) for elt in node.elts})
 
     def e_dict(self, node: ast.Dict, scope: dict[str, Any]) -> Any:
-        return self.built({self.eval(k, scope): self.eval(v, scope) for k, v in zip(node.keys, node.values)})  # type: ignore[arg-type]
+        pairs = zip(node.keys, node.values, strict=True)  # no None keys: "**" was refused statically
+        return self.built({self.eval(k, scope): self.eval(v, scope) for k, v in pairs if k is not None})
 
     def e_joinedstr(self, node: ast.JoinedStr, scope: dict[str, Any]) -> Any:
         pieces = [self.eval(value, scope) for value in node.values]
@@ -589,14 +592,22 @@ class _Evaluator:
         value = self.eval(node.value, scope)
         if node.conversion != -1:
             self.ensure_length(self.size(value), "converted value")
-            value = {115: str, 114: repr, 97: ascii}[node.conversion](value)
+            value = (
+                ascii(value)
+                if node.conversion == 97
+                else repr(value)
+                if node.conversion == 114
+                else str(value)
+            )
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
         self.ensure_length(self.size(value) + self.spec_width(spec), "formatted value")
         return format(value, spec)
 
     # -- comprehensions
 
-    def loops(self, generators: list[ast.comprehension], local: dict[str, Any], index: int = 0) -> Iterator[None]:
+    def loops(
+        self, generators: list[ast.comprehension], local: dict[str, Any], index: int = 0
+    ) -> Iterator[None]:
         gen = generators[index]
         for item in self.eval(gen.iter, local):
             self.tick()
@@ -650,7 +661,9 @@ class _Evaluator:
             self.check_mult(left, right)
         elif kind is ast.LShift and isinstance(left, int) and isinstance(right, int) and left:
             if left.bit_length() + right > self.lim.max_int_bits:
-                raise ExpressionLimitError(f"integer result of << would exceed {self.lim.max_int_digits} digits")
+                raise ExpressionLimitError(
+                    f"integer result of << would exceed {self.lim.max_int_digits} digits"
+                )
         elif kind is ast.Mod and isinstance(left, str):
             return self.built(self.percent_format(left, right))
         return self.built(_BINOPS[kind](left, right))
@@ -668,7 +681,9 @@ class _Evaluator:
     def check_mult(self, left: Any, right: Any) -> None:
         if isinstance(left, int) and isinstance(right, int):
             if left.bit_length() + right.bit_length() > self.lim.max_int_bits + 1:
-                raise ExpressionLimitError(f"integer result of * would exceed {self.lim.max_int_digits} digits")
+                raise ExpressionLimitError(
+                    f"integer result of * would exceed {self.lim.max_int_digits} digits"
+                )
             return
         seq, times = (left, right) if isinstance(right, int) else (right, left)
         if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int) and times > 1:
@@ -688,7 +703,9 @@ class _Evaluator:
             raise ExpressionError(f"attribute access on {type(obj).__name__} objects is not allowed")
         value = getattr(obj, attr)
         if isinstance(value, type | types.ModuleType):
-            raise ExpressionError(f"attribute {attr!r} refers to a {type(value).__name__}, which is not allowed")
+            raise ExpressionError(
+                f"attribute {attr!r} refers to a {type(value).__name__}, which is not allowed"
+            )
         return value
 
     def call_method(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -702,7 +719,9 @@ class _Evaluator:
             args = self.precheck_str_method(obj, name, args, kwargs)
         return self.built(getattr(obj, name)(*args, **kwargs))
 
-    def precheck_str_method(self, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    def precheck_str_method(
+        self, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Any, ...]:
         first = args[0] if args else next(iter(kwargs.values()), None)
         if name in ("center", "ljust", "rjust", "zfill") and isinstance(first, int):
             self.ensure_length(first, f"str.{name}() result")
@@ -732,7 +751,9 @@ class _Evaluator:
         total = 0
         for run in "".join(c if c.isdigit() else " " for c in spec).split():
             if len(run) > 6 or int(run) > self.lim.max_format_width:
-                raise ExpressionLimitError(f"format width {_clip(run, 12)} is over {self.lim.max_format_width}")
+                raise ExpressionLimitError(
+                    f"format width {_clip(run, 12)} is over {self.lim.max_format_width}"
+                )
             total += int(run)
         return total
 
@@ -752,7 +773,9 @@ class _Evaluator:
             elif field.isidentifier() and not field.startswith("_"):
                 arg = named.get(field) if isinstance(named, Mapping) else None
             else:
-                raise ExpressionError(f"format field {{{_clip(field, 40)}}} is not allowed (no attribute or index access)")
+                raise ExpressionError(
+                    f"format field {{{_clip(field, 40)}}} is not allowed (no attribute or index access)"
+                )
             estimate += self.spec_width(spec or "") + _PER_FIELD_SLACK + self.size(arg)
         self.ensure_length(estimate, "formatted string")
         return str.format_map(fmt, mapping) if mapping is not None else str.format(fmt, *args, **kwargs)

@@ -1,8 +1,12 @@
-"""ThreadDispatcher: in-process worker threads and durable timers for the embedded runtime.
+"""ThreadDispatcher: the embedded runtime's in-process workers and durable timers.
 
-Tasks are rows in the database; this dispatcher only decides *when* a thread runs them. Due tasks
-go to a queue, future ones (poll intervals) to a timer heap, and a sweeper re-reads the task table
-now and then, so tasks written by other processes, or left behind by a crash, are picked up too.
+Tasks are rows in the database; this dispatcher only decides *when* they run. One engine thread
+takes every task that is ready, advances all of them in ONE transaction (each inside its own
+savepoint, so one bad task cannot undo the others) and commits once — group commit. The user code
+those steps lead to (component ``execute``/``schedule``, end-event code) runs on a pool of
+``workers`` threads, and each result goes back to the engine thread for the next batch.
+Future tasks (poll intervals) wait on a timer heap, and a sweeper re-reads the task table now and
+then, so tasks written by other processes, or left behind by a crash, are picked up too.
 """
 
 from __future__ import annotations
@@ -12,33 +16,47 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from culm.core.records import TaskRecord, now
+from culm.core import scheduling, walker
+from culm.core.outcomes import Invoke
+from culm.core.records import EXECUTE, TaskRecord, now
+from culm.core.step import Step
 
 logger = logging.getLogger("culm.dispatch")
 
-_STOP = object()
+MAX_BATCH = 256
+
+
+@dataclass(slots=True)
+class _Item:
+    """A task at some point of its life: fresh, or back with the result of its user code."""
+
+    task: TaskRecord
+    invoke: Invoke | None = None  # execute tasks: the Invoke whose result this is
+    waiting: bool = False  # True once user code ran and ``result`` holds its outcome
+    result: Any = None
 
 
 class ThreadDispatcher:
-    """Runs tasks on ``workers`` threads of this process."""
+    """Runs the engine on one thread of this process and user code on ``workers`` threads."""
 
     def __init__(self, workers: int = 8, sweep_interval: float = 1.0) -> None:
         self.workers = workers
         self.sweep_interval = sweep_interval
         self.engine: Any = None
-        self._queue: queue.Queue[Any] = queue.Queue()
+        self._ready: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, TaskRecord]] = []
         self._seq = 0
         self._known: set[str] = set()
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
+        self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
+        self._pool: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
-        self._idle = threading.Condition()
-        self._busy = 0
+        self._running_user_code = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -46,27 +64,28 @@ class ThreadDispatcher:
         self.engine = engine
         with engine.store.transaction() as unit:
             unit.release_leases()  # we are the only runner of this database: old leases are void
-        for i in range(self.workers):
-            self._spawn(self._work, f"culm-worker-{i}")
+        self._pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="culm-user")
+        self._spawn(self._engine_loop, "culm-engine")
         self._spawn(self._clock, "culm-timer")
         self.sweep()
 
-    def _spawn(self, target: Any, name: str) -> None:
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
         t.start()
         self._threads.append(t)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop taking work, let running tasks end (up to ``timeout``), stop the threads."""
+        """Stop taking work, let running user code end (up to ``timeout``), stop the threads."""
         self._stopping.set()
-        with self._wake:
-            self._wake.notify_all()
-        for _ in range(self.workers):
-            self._queue.put(_STOP)
+        with self._lock:
+            self._lock.notify_all()
+        self._ready.put(None)
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     # -- submission -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
@@ -74,17 +93,17 @@ class ThreadDispatcher:
         if self.engine is None or self._stopping.is_set():
             return
         at = now()
-        with self._wake:
+        with self._lock:
             for t in tasks:
                 if t is None or t.id in self._known:
                     continue
                 self._known.add(t.id)
                 if t.due <= at:
-                    self._queue.put(t)
+                    self._ready.put(_Item(t))
                 else:
                     self._seq += 1
                     heapq.heappush(self._timers, (t.due, self._seq, t))
-                    self._wake.notify()
+                    self._lock.notify_all()
 
     def sweep(self) -> int:
         """Pick up due tasks this process does not know about yet; returns how many."""
@@ -94,62 +113,116 @@ class ThreadDispatcher:
         except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
             logger.exception("sweeping the task table failed")
             return 0
-        fresh = [t for t in pending if t.id not in self._known]
+        with self._lock:
+            fresh = [t for t in pending if t.id not in self._known]
         self.submit(fresh)
         return len(fresh)
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until no task is queued, timed or running (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
-        with self._idle:
-            while self._known or self._busy:
+        with self._lock:
+            while self._known:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
-                self._idle.wait(min(left, 0.05))
+                self._lock.wait(min(left, 0.05))
         return True
 
-    # -- threads --------------------------------------------------------------------------
-    def _work(self) -> None:
-        while True:
-            task = self._queue.get()
-            if task is _STOP:
+    # -- the engine thread ----------------------------------------------------------------
+    def _engine_loop(self) -> None:
+        while not self._stopping.is_set():
+            first = self._ready.get()
+            if first is None:
                 return
-            with self._idle:
-                self._busy += 1
+            batch = [first]
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._ready.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._stopping.set()
+                    break
+                batch.append(item)
             try:
-                self.engine.run_task(task)
-            except Exception:  # noqa: BLE001 - the row stays; the sweeper retries it later
-                logger.exception("task %s (%s of node %s) failed", task.id, task.kind, task.node_id)
-                self._retry_later(task)
-            finally:
-                with self._wake:
-                    self._known.discard(task.id)
-                with self._idle:
-                    self._busy -= 1
-                    self._idle.notify_all()
+                self._run_batch(batch)
+            except Exception:  # noqa: BLE001 - the rows stay; the sweeper brings them back
+                logger.exception("a batch of %d tasks failed", len(batch))
+                self._forget([i.task.id for i in batch])
 
-    def _retry_later(self, task: TaskRecord) -> None:
+    def _run_batch(self, batch: list[_Item]) -> None:
+        engine = self.engine
+        calls: list[tuple[_Item, Callable[[], Any]]] = []
+        done: list[str] = []
+        with engine.store.transaction() as unit:
+            step = Step(unit)
+            for item in batch:
+                try:
+                    with unit.savepoint():
+                        call = self._advance(step, item)
+                except Exception:  # noqa: BLE001 - this task's changes are undone, not the batch's
+                    logger.exception("task %s (%s of node %s) failed", item.task.id, item.task.kind, item.task.node_id)
+                    call = None
+                if call is None:
+                    done.append(item.task.id)
+                else:
+                    calls.append((item, call))
+        self._forget(done)
+        self.submit(step.tasks)
+        step.fire()
+        for item, call in calls:
+            self._start_user_code(item, call)
+
+    def _advance(self, step: Step, item: _Item) -> Callable[[], Any] | None:
+        """Move one task forward inside the batch transaction; returns user code to run next."""
+        engine, task = self.engine, item.task
+        if task.kind == EXECUTE:
+            pending = (item.invoke, item.result) if item.waiting else None
+            invoke = walker.execute_step(engine, step, task.id, pending, claim=not item.waiting)  # type: ignore[arg-type]
+            item.invoke, item.waiting, item.result = invoke, False, None
+            return invoke.call if invoke is not None else None
+        if item.waiting:
+            scheduling.schedule_apply(engine, step, task.id, item.result)
+            return None
+        return scheduling.schedule_prepare(engine, step, task.id)
+
+    def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
+        def run() -> None:
+            try:
+                item.result = call()
+            except BaseException as exc:  # noqa: BLE001 - handlers turn it into a failed node
+                item.result = exc
+            item.waiting = True
+            self._ready.put(item)
+
+        assert self._pool is not None
         try:
-            with self.engine.store.transaction() as unit:
-                unit.release_leases([task.id])
-        except Exception:  # noqa: BLE001
-            logger.exception("could not release task %s", task.id)
+            self._pool.submit(run)
+        except RuntimeError:  # the pool is shutting down: the row stays for the next runner
+            self._forget([item.task.id])
 
+    def _forget(self, task_ids: list[str]) -> None:
+        if not task_ids:
+            return
+        with self._lock:
+            self._known.difference_update(task_ids)
+            self._lock.notify_all()
+
+    # -- timers and sweeping --------------------------------------------------------------
     def _clock(self) -> None:
         next_sweep = time.monotonic() + self.sweep_interval
         while not self._stopping.is_set():
             due: list[TaskRecord] = []
-            with self._wake:
+            with self._lock:
                 at = now()
                 while self._timers and self._timers[0][0] <= at:
                     due.append(heapq.heappop(self._timers)[2])
-                wait = self._timers[0][0] - at if self._timers else self.sweep_interval
-                wait = max(0.0, min(wait, next_sweep - time.monotonic()))
                 if not due:
-                    self._wake.wait(wait)
+                    wait = self._timers[0][0] - at if self._timers else self.sweep_interval
+                    self._lock.wait(max(0.0, min(wait, next_sweep - time.monotonic())))
             for t in due:
-                self._queue.put(t)
+                self._ready.put(_Item(t))
             if time.monotonic() >= next_sweep:
                 self.sweep()
                 next_sweep = time.monotonic() + self.sweep_interval

@@ -8,6 +8,7 @@ or returns a normalised deep copy ready for the engine.
 from __future__ import annotations
 
 import copy
+import json
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -101,12 +102,22 @@ def process_tree(
     if problems:
         raise TreeInvalidError(problems)
     try:
-        result: dict[str, Any] = copy.deepcopy(tree)
+        result: dict[str, Any] = _copy_tree(tree)
     except RecursionError:
         raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
     _normalise(result, converge_of)
     return result
+
+
+def _copy_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    # A JSON round trip copies a plain tree several times faster than deepcopy; trees carrying
+    # non-JSON values (tuples, objects) still get a faithful deep copy.
+    try:
+        copied = json.loads(json.dumps(tree))
+    except (TypeError, ValueError):
+        return copy.deepcopy(tree)
+    return copied if copied == tree else copy.deepcopy(tree)
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -1,10 +1,22 @@
-"""Schema creation and version checks."""
+"""Schema migrations (Alembic) and the version check a store makes when it opens.
+
+The revisions live in ``culm/storage/migrations``; Alembic's version table (``culm_alembic_version``)
+is the only record of the schema's version. SQLite databases are upgraded when a store opens them;
+server databases (PostgreSQL, MySQL/MariaDB) are upgraded only by ``culm db upgrade``, because a
+migration there is an operator's decision, not a side effect of starting a worker.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import functools
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import inspect, insert, select
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
 
 from culm.errors import SchemaOutdatedError
 from culm.storage import schema as s
@@ -12,38 +24,95 @@ from culm.storage import schema as s
 if TYPE_CHECKING:
     from culm.storage.sql import SqlStore
 
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def alembic_config(connection: Any = None, url: str | None = None) -> Config:
+    """An Alembic configuration for culm's revisions, bound to a connection or a URL."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    if url is not None:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def head_version() -> str:
+    """The newest revision this culm ships."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "culm ships at least one revision"
+    return head
+
+
+def _read_version(conn: Any) -> str | None:
+    return MigrationContext.configure(conn, opts={"version_table": s.VERSION_TABLE}).get_current_revision()
+
 
 def current_version(store: SqlStore) -> str | None:
-    """The schema version recorded in the database, None when culm's tables are absent."""
+    """The revision recorded in the database, None when culm's schema is absent."""
     with store.engine.connect() as conn:
-        if not inspect(conn).has_table(s.schema_version.name):
-            return None
-        row = conn.execute(select(s.schema_version.c.version)).first()
-        return row[0] if row else None
+        return _read_version(conn)
+
+
+def _check_not_foreign(conn: Any, url: str) -> None:
+    if _read_version(conn) is None and inspect(conn).has_table(s.task.name):
+        raise SchemaOutdatedError(
+            f"the database at {url} holds culm tables without a migration record (made by a "
+            "pre-release culm); drop them or use a fresh database"
+        )
 
 
 def upgrade(store: SqlStore) -> str:
-    """Bring the schema to the version this culm expects; returns that version."""
-    version = current_version(store)
-    if version == s.SCHEMA_VERSION:
-        return version
-    if version is None:
-        with store.engine.begin() as conn:
-            s.metadata.create_all(conn)
-            conn.execute(insert(s.schema_version), {"id": 1, "version": s.SCHEMA_VERSION})
-        return s.SCHEMA_VERSION
-    raise SchemaOutdatedError(f"database schema {version} cannot be upgraded to {s.SCHEMA_VERSION}")
+    """Apply every pending migration to the store's database; returns the revision reached."""
+    url = _display_url(store)
+    with store.engine.begin() as conn:
+        _check_not_foreign(conn, url)
+        command.upgrade(alembic_config(conn), "head")
+    return head_version()
+
+
+def upgrade_database(url: str) -> str:
+    """Open ``url`` without the version check, upgrade it, close it (``culm db upgrade``)."""
+    from culm.storage.sql import SqlStore
+
+    store = SqlStore(url, create=False)
+    try:
+        return upgrade(store)
+    finally:
+        store.dispose()
 
 
 def ensure_schema(store: SqlStore) -> None:
-    """Embedded databases are created or upgraded on open; server ones must be migrated first."""
+    """Upgrade an embedded (SQLite) database; refuse a server database that is not at head."""
     version = current_version(store)
-    if version == s.SCHEMA_VERSION:
+    head = head_version()
+    if version == head:
         return
     if store.dialect == "sqlite":
         upgrade(store)
         return
+    url = _display_url(store)
+    if not _is_known(version):
+        raise SchemaOutdatedError(
+            f"the database at {url} has schema revision {version}, which this culm does not know "
+            f"(it expects {head}); it was migrated by a newer culm: upgrade culm"
+        )
     raise SchemaOutdatedError(
-        f"the database at {store.engine.url.render_as_string(hide_password=True)} has schema "
-        f"{version or 'none'}, culm needs {s.SCHEMA_VERSION}: run `culm db upgrade --db URL` first"
+        f"the database at {url} has schema revision {version or 'none'}, culm needs {head}: "
+        f"run `culm db upgrade --db {url}` first"
     )
+
+
+def _is_known(version: str | None) -> bool:
+    if version is None:
+        return True
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(version) is not None
+    except Exception:  # noqa: BLE001 - alembic raises several kinds for an unknown revision
+        return False
+
+
+def _display_url(store: SqlStore) -> str:
+    return store.engine.url.render_as_string(hide_password=True)

@@ -27,14 +27,9 @@ KEY = 255
 # MySQL's TEXT stops at 64 KiB; execution data and trees can be far larger.
 BigText = Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
 
-SCHEMA_VERSION = "0001"
-
-schema_version = Table(
-    "culm_schema_version",
-    metadata,
-    Column("id", Integer, primary_key=True),
-    Column("version", String(32), nullable=False),
-)
+# The schema's version lives in Alembic's table (see culm/storage/migrations); a change here needs a
+# new revision there.
+VERSION_TABLE = "culm_alembic_version"
 
 pipeline = Table(
     "culm_pipeline",
@@ -110,6 +105,9 @@ task = Table(
     Column("priority", Integer, nullable=False, default=100),
     Column("queue", String(KEY), nullable=False, default=""),
     Column("published", Boolean, nullable=False, default=False),
+    # When a relay last re-published the row: relays in many workers then publish it once per
+    # period, not once each.
+    Column("relayed_at", Float),
     Index("ix_culm_task_due", "due"),
 )
 

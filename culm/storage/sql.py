@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, Engine, create_engine
+from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.pool import StaticPool
 
 from culm.core.records import (
@@ -84,11 +84,11 @@ class SqlUnit:
     placeholders and double-quoted identifiers and adapted to the driver's dialect.
     """
 
-    def __init__(self, conn: Connection, dialect: str) -> None:
-        self.conn = conn
+    def __init__(self, conn: Any, dialect: str) -> None:
+        self.conn = conn  # a DB-API connection (pool-proxied)
         self.dialect = dialect
         self._lock_rows = dialect != "sqlite"
-        self._cur = conn.connection.cursor()
+        self._cur = conn.cursor()
         self._sql = _adapt_sqlite if dialect == "sqlite" else (_adapt_mysql if dialect == "mysql" else _adapt_pg)
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -134,6 +134,20 @@ class SqlUnit:
 
     def _for_update(self, for_update: bool) -> str:
         return " FOR UPDATE" if for_update and self._lock_rows else ""
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested unit: its changes are undone on an exception, the outer transaction's are not."""
+        self._savepoints = getattr(self, "_savepoints", 0) + 1
+        name = f"culm_sp{self._savepoints}"
+        self._cur.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
+            self._cur.execute(f"RELEASE SAVEPOINT {name}")
+            raise
+        self._cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- pipelines and nodes -------------------------------------------------------------
     def add_pipeline(self, root_id: str, tree: dict, root_data: dict, options: dict, at: float) -> None:
@@ -273,8 +287,8 @@ class SqlUnit:
         """Take a lease on a task; None when it is gone (done) or leased by a live worker."""
         n = self._x(
             "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ? "
-            "AND (claimed_until IS NULL OR claimed_until < ? OR owner = ?)",
-            [owner, until, task_id, at, owner],
+            "AND (claimed_until IS NULL OR claimed_until < ?)",
+            [owner, until, task_id, at],
         ).rowcount
         return self.get_task(task_id) if n == 1 else None
 
@@ -298,6 +312,34 @@ class SqlUnit:
             [at + horizon, at, int(limit)],
         )
         return [_task_row(r) for r in rows]
+
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
+        """Tasks a relay should hand to the broker again, row-locked so concurrent relays split them.
+
+        Two kinds, both with a free lease and not relayed in the last ``grace`` seconds: overdue
+        tasks (due more than ``grace`` ago: their message was never sent, was lost, or its worker
+        died) and timers due within ``horizon`` that were never published (too far ahead then).
+        """
+        lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
+        rows = self._all(
+            _TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
+            " AND (relayed_at IS NULL OR relayed_at <= ?)"
+            " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
+            " ORDER BY due LIMIT ?" + lock,
+            [at, at - grace, at - grace, False, at, at + horizon, int(limit)],
+        )
+        return [_task_row(r) for r in rows]
+
+    def mark_relayed(self, task_ids: Sequence[str], at: float) -> None:
+        ids = list(task_ids)
+        if ids:
+            self._x(f"UPDATE culm_task SET relayed_at = ?, published = ? WHERE id IN ({_marks(len(ids))})",
+                    [at, True, *ids])
+
+    def mark_published(self, task_ids: Sequence[str], published: bool) -> None:
+        ids = list(task_ids)
+        if ids:
+            self._x(f"UPDATE culm_task SET published = ? WHERE id IN ({_marks(len(ids))})", [published, *ids])
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None:
         ids = list(task_ids)
@@ -454,6 +496,10 @@ class SqlStore:
                 kwargs["poolclass"] = StaticPool
         else:
             kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800)
+            if self.url.startswith("mysql"):
+                # Read what others committed (version checks, joins) rather than a snapshot.
+                kwargs["isolation_level"] = "READ COMMITTED"
+
         self.engine: Engine = create_engine(self.url, **kwargs)
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
@@ -496,8 +542,8 @@ class SqlStore:
         if lock is not None:
             lock.acquire()
         try:
-            with self.engine.begin() as conn:
-                yield SqlUnit(conn, self.dialect)
+            with self._raw(write=True) as raw:
+                yield SqlUnit(raw, self.dialect)
         finally:
             if lock is not None:
                 lock.release()
@@ -509,10 +555,27 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        with self.engine.connect() as conn:
-            conn.execution_options(culm_read_only=True)
-            yield SqlUnit(conn, self.dialect)
-            conn.rollback()
+        with self._raw(write=False) as raw:
+            yield SqlUnit(raw, self.dialect)
+
+    @contextlib.contextmanager
+    def _raw(self, *, write: bool) -> Iterator[Any]:
+        # The DB-API connection directly: the hot path runs a handful of fixed statements per
+        # transaction, and SQLAlchemy's per-transaction bookkeeping would cost more than they do.
+        raw = self.engine.raw_connection()
+        try:
+            if self.dialect == "sqlite":
+                raw.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            yield raw
+            if write:
+                raw.commit()
+            else:
+                raw.rollback()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
 
     def dispose(self) -> None:
         self.engine.dispose()

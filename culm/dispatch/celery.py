@@ -1,0 +1,463 @@
+"""CeleryDispatcher and the ``culm worker`` process: the distributed runtime.
+
+Durable work is a row in ``culm_task``, committed with the change that causes it (an outbox). The
+broker only carries task ids, so a message may be lost or delivered twice without harm:
+
+* :class:`CeleryDispatcher` publishes each committed task id right after the commit, to
+  ``culm_execute`` / ``culm_schedule`` when due, to ``culm_timer`` with a countdown when not;
+* the Celery task ``culm.run_task`` calls ``engine.run_task``, which claims the row with a lease,
+  so a redelivered or duplicated message finds it leased or gone;
+* a :class:`TaskRelay` thread in every worker re-publishes rows whose message never came through
+  (the submitter died after its commit, the broker lost the message, the worker was killed and its
+  lease ran out);
+* a :class:`LeaseHeartbeat` thread in every worker process extends the leases of the tasks it is
+  running, so only a dead worker's tasks are taken over.
+
+Knobs read from the environment by ``culm worker``: ``CULM_LEASE_SECONDS`` (30),
+``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_IMPORTS`` (component modules).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery, signals
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from culm.core.engine import Engine, Settings
+from culm.core.records import SCHEDULE, TaskRecord, now
+from culm.storage.sql import SqlStore
+
+logger = logging.getLogger("culm.dispatch.celery")
+
+TASK_NAME = "culm.run_task"
+EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
+# Longest countdown handed to the broker. Further timers wait in the table for the relay: brokers
+# hold countdown messages unacknowledged in a worker, and RabbitMQ's consumer_timeout (30 min) or
+# Redis's visibility_timeout would otherwise cut in.
+MAX_COUNTDOWN = 600.0
+DB_RETRY_COUNTDOWN = 2.0
+
+
+def queue_names(suffix: str = "", prefix: str = "culm") -> list[str]:
+    """The execute, schedule and timer queue names, e.g. ``queue_names("api")``."""
+    tail = f"_{suffix}" if suffix else ""
+    return [f"{prefix}_{kind}{tail}" for kind in (EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE)]
+
+
+def make_celery_app(broker: str, *, prefix: str = "culm", **options: Any) -> Celery:
+    """A Celery app set up for at-least-once delivery of culm task ids.
+
+    Args:
+        broker: broker URL (``redis://``, ``amqp://``).
+        prefix: queue name prefix; deployments sharing a broker use different prefixes.
+        **options: further Celery settings, applied last.
+    """
+    app = Celery("culm", broker=broker, set_as_current=False)
+    execute = queue_names(prefix=prefix)[0]
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=execute,
+        task_create_missing_queues=True,
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        # Redis: a message not acknowledged in an hour goes back to the queue (a duplicate at
+        # worst). Countdowns stay below it (MAX_COUNTDOWN). RabbitMQ ignores these options.
+        broker_transport_options={"visibility_timeout": 3600},
+        culm_prefix=prefix,
+    )
+    app.conf.update(options)
+    app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)(_run_task)
+    return app
+
+
+class CeleryDispatcher:
+    """Publishes committed tasks to Celery queues (the Dispatcher port of the core).
+
+    Args:
+        broker: broker URL.
+        app: an existing app from :func:`make_celery_app` (a worker passes its own).
+        prefix: queue name prefix.
+        max_countdown: timers further ahead are left to the relay.
+        **options: Celery settings for a new app.
+    """
+
+    def __init__(
+        self,
+        broker: str,
+        *,
+        app: Celery | None = None,
+        prefix: str = "culm",
+        max_countdown: float = MAX_COUNTDOWN,
+        **options: Any,
+    ) -> None:
+        self.app = app or make_celery_app(broker, prefix=prefix, **options)
+        self.prefix = self.app.conf.get("culm_prefix", prefix)
+        self.max_countdown = max_countdown
+        self.engine: Engine | None = None
+
+    def bind(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def queue_for(self, task: TaskRecord, at: float) -> tuple[str, float]:
+        """The queue of a task and its countdown (0 when due)."""
+        countdown = max(0.0, task.due - at)
+        if countdown > 0.05:
+            kind = TIMER_QUEUE
+        else:
+            kind, countdown = (SCHEDULE_QUEUE if task.kind == SCHEDULE else EXECUTE_QUEUE), 0.0
+        name = f"{self.prefix}_{kind}" + (f"_{task.queue}" if task.queue else "")
+        return name, countdown
+
+    def submit(self, tasks: Sequence[TaskRecord]) -> None:
+        """Publish tasks whose rows are committed; a failed publish is left to the relay."""
+        at = now()
+        sent, held = [], []
+        for task in tasks:
+            if task is None:
+                continue
+            if task.due - at > self.max_countdown:
+                held.append(task.id)
+            elif self.publish(task, at) and task.due > at:
+                sent.append(task.id)
+        self._record(sent, held)
+
+    def publish(self, task: TaskRecord, at: float | None = None) -> bool:
+        """Send one task id; True when the broker took it."""
+        queue, countdown = self.queue_for(task, now() if at is None else at)
+        try:
+            self.app.send_task(
+                TASK_NAME,
+                args=[task.id],
+                queue=queue,
+                routing_key=queue,
+                countdown=countdown or None,
+                retry=True,
+                retry_policy={"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5},
+            )
+            return True
+        except Exception:  # noqa: BLE001 - the row is committed; the relay publishes it later
+            logger.warning("could not publish task %s to %s; the relay will", task.id, queue, exc_info=True)
+            return False
+
+    def _record(self, sent: list[str], held: list[str]) -> None:
+        # Only timers are marked: the relay looks for unpublished timers ahead of time, while due
+        # tasks are found by being overdue.
+        if self.engine is None or not (sent or held):
+            return
+        try:
+            with self.engine.store.transaction() as unit:
+                unit.mark_published(sent, True)
+                unit.mark_published(held, False)
+        except Exception:  # noqa: BLE001 - only an optimisation hint for the relay
+            logger.warning("could not mark published timers", exc_info=True)
+
+    def close(self) -> None:
+        """Release the broker connections of this process."""
+        try:
+            self.app.pool.force_close_all()
+        except Exception:  # noqa: BLE001
+            logger.debug("closing the broker pool failed", exc_info=True)
+
+
+# -- worker process state -----------------------------------------------------------------------
+
+
+@dataclass
+class WorkerConfig:
+    """What every worker process needs to build its engine (inherited across fork)."""
+
+    db: str
+    app: Celery
+    lease_seconds: float = 30.0
+    relay_interval: float = 2.0
+    relay_grace: float = 15.0
+
+
+@dataclass
+class _ProcessState:
+    pid: int
+    store: SqlStore
+    engine: Engine
+    dispatcher: CeleryDispatcher
+    running: set[str] = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    heartbeat: LeaseHeartbeat | None = None
+
+
+_config: WorkerConfig | None = None
+_state: _ProcessState | None = None
+_state_lock = threading.Lock()
+
+
+def configure_worker(config: WorkerConfig) -> None:
+    """Set what :func:`worker_state` builds from (``run_worker`` does it)."""
+    global _config, _state
+    _config, _state = config, None
+
+
+def worker_state() -> _ProcessState:
+    """This process's store, engine and dispatcher, built on first use after every fork."""
+    global _state
+    pid = os.getpid()
+    with _state_lock:
+        if _state is not None and _state.pid == pid:
+            return _state
+        if _config is None:
+            raise RuntimeError("culm worker is not configured: start it with `culm worker`")
+        store = SqlStore(_config.db)
+        dispatcher = CeleryDispatcher("", app=_config.app)
+        settings = Settings(lease_seconds=_config.lease_seconds, schedule_lock_seconds=_config.lease_seconds)
+        engine = Engine(store, dispatcher, settings)
+        dispatcher.bind(engine)
+        state = _ProcessState(pid, store, engine, dispatcher)
+        state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds)
+        state.heartbeat.start()
+        _state = state
+        return state
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_kw: Any) -> None:
+    """A forked pool child must not use its parent's database connections."""
+    global _state
+    inherited = _state
+    if inherited is not None and inherited.pid != os.getpid():
+        inherited.store.engine.dispose(close=False)
+        _state = None
+
+
+def _is_interruption(exc: BaseException, store: SqlStore) -> bool:
+    """A lost connection, a restarting server, a deadlock: worth retrying the same task."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    # The store's hot path talks to the driver directly, so its own exception classes show up too.
+    dbapi = store.engine.dialect.loaded_dbapi
+    kinds = tuple(k for k in (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None)) if k)
+    return isinstance(exc, kinds)
+
+
+def _run_task(self: Any, task_id: str) -> None:
+    """The Celery task: run one culm task; a database interruption retries it later."""
+    state = worker_state()
+    with state.lock:
+        if task_id in state.running:
+            return  # a duplicate message while this process runs it (thread pools)
+        state.running.add(task_id)
+    try:
+        state.engine.run_task(task_id)
+    except Exception as exc:
+        _release(state, task_id)
+        if _is_interruption(exc, state.store):
+            logger.warning("database interrupted task %s; retrying", task_id, exc_info=True)
+            raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN, max_retries=None)
+        # Not retried here: the row stays and the relay offers it again after its grace period.
+        logger.exception("task %s failed", task_id)
+    finally:
+        with state.lock:
+            state.running.discard(task_id)
+
+
+def _release(state: _ProcessState, task_id: str) -> None:
+    try:
+        with state.store.transaction() as unit:
+            unit.release_leases([task_id])
+    except Exception:  # noqa: BLE001 - the lease then simply runs out
+        logger.debug("could not release task %s", task_id, exc_info=True)
+
+
+class LeaseHeartbeat:
+    """Extends the leases of the tasks this process is running, every third of a lease."""
+
+    def __init__(self, state: _ProcessState, lease_seconds: float) -> None:
+        self.state = state
+        self.lease_seconds = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="culm-lease-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        with self.state.lock:
+            ids = list(self.state.running)
+        if ids:
+            with self.state.store.transaction() as unit:
+                unit.extend_leases(self.state.engine.owner, ids, now() + self.lease_seconds)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - retried at the next beat, well before expiry
+                logger.warning("extending leases failed", exc_info=True)
+
+
+class TaskRelay:
+    """Re-publishes task rows the broker did not deliver (see the module docstring)."""
+
+    def __init__(self, store: SqlStore, dispatcher: CeleryDispatcher, interval: float = 2.0,
+                 grace: float = 15.0, batch: int = 500) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.grace = grace
+        self.batch = batch
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def relay_once(self) -> int:
+        """Publish one batch of forgotten tasks; returns how many."""
+        at = now()
+        with self.store.transaction() as unit:
+            tasks = unit.relay_candidates(at, self.grace, self.interval * 2, self.batch)
+            unit.mark_relayed([t.id for t in tasks], at)
+        for task in tasks:
+            self.dispatcher.publish(task, at)
+        if tasks:
+            logger.info("relayed %d task(s)", len(tasks))
+        return len(tasks)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                while self.relay_once() == self.batch and not self._stop.is_set():
+                    pass
+            except Exception:  # noqa: BLE001 - the next tick tries again
+                logger.warning("relay pass failed", exc_info=True)
+
+
+# -- the worker ---------------------------------------------------------------------------------
+
+
+def import_components(modules: Iterable[str]) -> list[str]:
+    """Import the given modules and those named in ``$CULM_IMPORTS`` (comma-separated)."""
+    names = [m.strip() for m in modules if m.strip()]
+    names += [m.strip() for m in os.environ.get("CULM_IMPORTS", "").split(",") if m.strip()]
+    seen: list[str] = []
+    for name in names:
+        if name not in seen:
+            importlib.import_module(name)
+            seen.append(name)
+    return seen
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    return float(raw) if raw else default
+
+
+def run_worker(
+    db: str,
+    broker: str,
+    imports: list[str],
+    concurrency: int | None = None,
+    queues: list[str] | None = None,
+    loglevel: str = "INFO",
+    pool: str | None = None,
+    *,
+    prefix: str = "culm",
+) -> None:
+    """Run a Celery worker for culm until it is stopped (``culm worker``).
+
+    Args:
+        db: database URL (must be migrated: ``culm db upgrade``).
+        broker: broker URL.
+        imports: modules defining components (``$CULM_IMPORTS`` is added).
+        concurrency: pool size (Celery's default: the number of CPUs).
+        queues: queue names to consume; default the execute, schedule and timer queues.
+        loglevel: Celery log level.
+        pool: Celery pool (``prefork``, ``threads``, ``solo``); default prefork.
+        prefix: queue name prefix, as given to the runtimes that submit.
+
+    Raises:
+        SchemaOutdatedError: the database schema is not at this culm's revision.
+    """
+    import_components(imports)
+    SqlStore(db).dispose()  # refuses an outdated schema before anything starts
+    app = make_celery_app(broker, prefix=prefix)
+    config = WorkerConfig(
+        db=db,
+        app=app,
+        lease_seconds=_env_float("CULM_LEASE_SECONDS", 30.0),
+        relay_interval=_env_float("CULM_RELAY_INTERVAL", 2.0),
+        relay_grace=_env_float("CULM_RELAY_GRACE", 15.0),
+    )
+    configure_worker(config)
+    relays: list[TaskRelay] = []
+
+    def start_relay(**_kw: Any) -> None:
+        state = worker_state()
+        relay = TaskRelay(state.store, state.dispatcher, config.relay_interval, config.relay_grace)
+        relay.start()
+        relays.append(relay)
+
+    signals.worker_ready.connect(start_relay, weak=False)
+    worker = app.Worker(
+        hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@%h",
+        queues=queues or queue_names(prefix=prefix),
+        concurrency=concurrency,
+        pool_cls=pool or "prefork",
+        loglevel=loglevel,
+        without_gossip=True,
+        without_mingle=True,
+        without_heartbeat=True,
+    )
+    try:
+        worker.start()
+    finally:
+        for relay in relays:
+            relay.stop()
+        signals.worker_ready.disconnect(start_relay)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m culm.dispatch.celery``: the same options as ``culm worker``."""
+    parser = argparse.ArgumentParser(prog="culm worker", description="Run a culm Celery worker.")
+    parser.add_argument("--db", default=os.environ.get("CULM_DATABASE_URL"), required=False)
+    parser.add_argument("--broker", default=os.environ.get("CULM_BROKER_URL"))
+    parser.add_argument("--import", dest="imports", action="append", default=[])
+    parser.add_argument("--concurrency", type=int)
+    parser.add_argument("--queues", help="comma-separated queue names (default: all three)")
+    parser.add_argument("--queue-suffix", default="", help="consume the queues of runs with this queue")
+    parser.add_argument("--prefix", default="culm")
+    parser.add_argument("--pool", default=None)
+    parser.add_argument("--loglevel", default="INFO")
+    args = parser.parse_args(argv)
+    if not args.db or not args.broker:
+        parser.error("--db and --broker are required (or CULM_DATABASE_URL and CULM_BROKER_URL)")
+    queues = args.queues.split(",") if args.queues else None
+    if queues is None and args.queue_suffix:
+        queues = queue_names(args.queue_suffix, args.prefix)
+    run_worker(args.db, args.broker, args.imports, args.concurrency, queues, args.loglevel, args.pool,
+               prefix=args.prefix)
+
+
+if __name__ == "__main__":
+    from culm.dispatch.celery import main as _main  # the importable module, not __main__
+
+    _main()
