@@ -45,6 +45,7 @@ class Engine:
         self.settings = settings or Settings()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self._graphs: OrderedDict[str, Graph] = OrderedDict()
+        self._root_data: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._graphs_lock = threading.Lock()
 
     # -- transactions ---------------------------------------------------------------------
@@ -72,6 +73,18 @@ class Engine:
         g = compile_tree(stored[0])
         self.remember_graph(g)
         return g
+
+    def root_data(self, root_id: str, unit: Any) -> dict[str, Any]:
+        """A run's root pipeline data (written once at start, so cached like the graph)."""
+        with self._graphs_lock:
+            data = self._root_data.get(root_id)
+        if data is None:
+            data = unit.get_root_data(root_id)
+            with self._graphs_lock:
+                self._root_data[root_id] = data
+                while len(self._root_data) > 2048:
+                    self._root_data.popitem(last=False)
+        return data
 
     def remember_graph(self, g: Graph) -> None:
         with self._graphs_lock:

@@ -86,19 +86,25 @@ class Run:
         def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
             nonlocal root_data
             if root_data is None:
-                root_data = self.unit.get_root_data(self.root_id)
+                root_data = self.root_data()
             cls = variables.library.get(var.code)
             return cls(value=rendered, pipeline_data=root_data, inner_loop=self.state.inner_loop, key=var.key).get_value()
 
         return resolve
 
     def raw_inputs(self) -> dict[str, Any]:
-        override = self.unit.get_inputs_override(self.node.id)
-        if override is not None:
-            return override
+        # Only retry_node writes overrides, and it bumps ``retry``; a node never retried nor
+        # re-entered cannot have one, which spares the common path a query.
+        if self.state.retry > 0 or self.state.loop > 1:
+            override = self.unit.get_inputs_override(self.node.id)
+            if override is not None:
+                return override
         if self.node.type == "SubProcess":
             return dict(self.node.raw.get("params") or {})
         return dict((self.node.raw.get("component") or {}).get("inputs") or {})
+
+    def root_data(self) -> dict[str, Any]:
+        return self.engine.root_data(self.root_id, self.unit)
 
     def upsert_context(self, pipeline_id: str, values: list[ContextValue]) -> None:
         if values:

@@ -79,11 +79,13 @@ def _advance(
             outcome = _resume(engine, step, graph, proc, task, pending)
         else:
             outcome = Next(task.node_id)
+        run = None
         while isinstance(outcome, Next):
             run = _enter(engine, step, graph, proc, task, outcome.node_id)
             outcome = handlers.execute(run)
         if isinstance(outcome, Invoke):
-            step.unit.update_task(task.id, node_id=proc.current_node_id, running_version=_running_version(step, proc))
+            version = run.state.version if run is not None else task.running_version
+            step.unit.update_task(task.id, node_id=proc.current_node_id, running_version=version)
             _save_process(step, proc, before)
             return outcome
         if isinstance(outcome, Sleep):
@@ -100,11 +102,6 @@ def _advance(
     _save_process(step, proc, before)
     step.unit.delete_task(task.id)
     return None
-
-
-def _running_version(step: Step, proc: ProcessRecord) -> str | None:
-    st = step.unit.get_state(proc.current_node_id)
-    return st.version if st else None
 
 
 def _copy(v: Any) -> Any:
@@ -133,9 +130,10 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         _join(step, proc, node_id)
         raise _Stop
     proc.current_node_id = node_id
-    _check_stack(step, proc)
+    found = unit.get_states([*proc.stack, node_id])
+    _check_stack(proc, found)
     node = graph.node(node_id)
-    st = unit.get_state(node_id)
+    st = found.get(node_id)
     root_id, parent_id = graph.root_id, node.pipeline_id
     if st is None:
         at = now()
@@ -188,8 +186,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     return st
 
 
-def _check_stack(step: Step, proc: ProcessRecord) -> None:
-    stack_states = step.unit.get_states(proc.stack)
+def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     root = stack_states.get(proc.stack[0])
     if root is not None and root.name == states.REVOKED:
         proc.dead = True

@@ -192,6 +192,11 @@ def parse(expr: str, limits: Limits | None = None) -> ast.Expression:
 
 def free_names(expr: str) -> frozenset[str]:
     """Return the names ``expr`` loads from outside (not comprehension locals, not safe builtins)."""
+    return _free_names_cached(expr)
+
+
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _free_names_cached(expr: str) -> frozenset[str]:
     found: set[str] = set()
     _collect_free(parse(expr).body, frozenset(), found)
     return frozenset(found - SAFE_BUILTINS)

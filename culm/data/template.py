@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 from culm.data import sandbox
@@ -31,13 +32,21 @@ def references(value: Any) -> set[str]:
     """
     found: set[str] = set()
     for text in _strings(value):
-        for body in FRAGMENT.findall(text):
-            try:
-                names = sandbox.free_names(body)
-            except ExpressionError:
-                continue
-            found.update(f"${{{name}}}" for name in names)
+        found.update(_text_references(text))
     return found
+
+
+@lru_cache(maxsize=4096)
+def _text_references(text: str) -> frozenset[str]:
+    # Templates repeat across nodes and runs: derive each string's references once.
+    found: set[str] = set()
+    for body in FRAGMENT.findall(text):
+        try:
+            names = sandbox.free_names(body)
+        except ExpressionError:
+            continue
+        found.update(f"${{{name}}}" for name in names)
+    return frozenset(found)
 
 
 def render(value: Any, namespace: Mapping[str, Any], nested_objects: bool = False) -> Any:

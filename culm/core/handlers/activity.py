@@ -32,7 +32,7 @@ def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> Serv
     return ServiceCall(
         code=node.code, version=node.version, node_id=node.id, state_version=st.version, root_id=run.root_id,
         top_pipeline_id=run.top_pipeline_id, loop=st.loop, inner_loop=st.inner_loop, inputs=inputs,
-        outputs=outputs, root_data=run.unit.get_root_data(run.root_id), error_ignorable=node.error_ignorable,
+        outputs=outputs, root_data=run.root_data(), error_ignorable=node.error_ignorable,
     )
 
 
