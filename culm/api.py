@@ -11,14 +11,14 @@ import functools
 import logging
 import traceback
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec
 
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
 
 logger = logging.getLogger("culm.api")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
 
 
 class EngineAPIResult:
@@ -41,14 +41,15 @@ class EngineAPIResult:
         return f"EngineAPIResult(result={self.result}, message={self.message!r}, data={self.data!r})"
 
 
-def _api(fn: F) -> F:
+def _api(fn: Callable[P, Any]) -> Callable[P, EngineAPIResult]:
     @functools.wraps(fn)
-    def wrapper(runtime: Any, *args: Any, **kwargs: Any) -> EngineAPIResult:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> EngineAPIResult:
+        runtime = args[0] if args else kwargs.get("runtime")
         if getattr(runtime, "engine", None) is None:
             exc = InvalidOperationError(f"{fn.__name__}: the first argument must be a culm.Runtime, got {runtime!r}")
             return EngineAPIResult(False, str(exc), exc)
         try:
-            data = fn(runtime, *args, **kwargs)
+            data = fn(*args, **kwargs)
         except CulmError as exc:
             return EngineAPIResult(False, str(exc), exc, None, traceback.format_exc())
         except TypeError as exc:  # wrong arguments from the caller
@@ -61,7 +62,7 @@ def _api(fn: F) -> F:
             return data
         return EngineAPIResult(True, "success", None, data)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 def _str_id(value: Any, name: str) -> str:
@@ -200,33 +201,33 @@ def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) 
 @_api
 def get_pipeline_states(runtime: Any, root_id: str, flat_children: bool = True) -> dict:
     """The state tree of a pipeline (``{}`` when unknown)."""
-    return queries.pipeline_states(runtime.engine, root_id, flat_children)
+    return queries.pipeline_states(runtime.engine, _str_id(root_id, "root_id"), flat_children)
 
 
 @_api
 def get_children_states(runtime: Any, node_id: str) -> dict:
     """A node's state with its direct children (``{}`` when unknown)."""
-    return queries.children_states(runtime.engine, node_id)
+    return queries.children_states(runtime.engine, _str_id(node_id, "node_id"))
 
 
 @_api
 def get_execution_data_inputs(runtime: Any, node_id: str) -> dict:
     """Rendered inputs of a node's latest run (``{}`` when none)."""
-    found = queries.execution_data(runtime.engine, node_id)
+    found = queries.execution_data(runtime.engine, _str_id(node_id, "node_id"))
     return found[0] if found else {}
 
 
 @_api
 def get_execution_data_outputs(runtime: Any, node_id: str) -> dict:
     """Outputs of a node's latest run (``{}`` when none)."""
-    found = queries.execution_data(runtime.engine, node_id)
+    found = queries.execution_data(runtime.engine, _str_id(node_id, "node_id"))
     return found[1] if found else {}
 
 
 @_api
 def get_execution_data(runtime: Any, node_id: str) -> dict:
     """``{"inputs", "outputs"}`` of a node's latest run; refused when the node never ran."""
-    found = queries.execution_data(runtime.engine, node_id)
+    found = queries.execution_data(runtime.engine, _str_id(node_id, "node_id"))
     if found is None:
         raise NotFoundError(f"node {node_id} has no execution data: it does not exist or has not run")
     return {"inputs": found[0], "outputs": found[1]}
@@ -235,37 +236,37 @@ def get_execution_data(runtime: Any, node_id: str) -> dict:
 @_api
 def get_data(runtime: Any, node_id: str) -> dict:
     """The raw (not rendered) inputs and output mapping of a node."""
-    return queries.raw_data(runtime.engine, node_id)
+    return queries.raw_data(runtime.engine, _str_id(node_id, "node_id"))
 
 
 @_api
 def get_node_histories(runtime: Any, node_id: str, loop: int = -1) -> list:
     """Earlier runs of a node, oldest first."""
-    return queries.histories(runtime.engine, node_id, loop)
+    return queries.histories(runtime.engine, _str_id(node_id, "node_id"), loop)
 
 
 @_api
 def get_node_short_histories(runtime: Any, node_id: str, loop: int = -1) -> list:
     """Earlier runs of a node without inputs, outputs and retry."""
-    return queries.histories(runtime.engine, node_id, loop, short=True)
+    return queries.histories(runtime.engine, _str_id(node_id, "node_id"), loop, short=True)
 
 
 @_api
 def get_node_logs(runtime: Any, node_id: str, version: str | None = None) -> str:
     """Lines a component logged through ``self.logger`` (current version by default)."""
-    return queries.node_logs(runtime.engine, node_id, version)
+    return queries.node_logs(runtime.engine, _str_id(node_id, "node_id"), version)
 
 
 @_api
 def get_pipeline_debug_info(runtime: Any, pipeline_id: str) -> dict:
     """Context values and processes of a pipeline."""
-    return queries.pipeline_debug_info(runtime.engine, pipeline_id)
+    return queries.pipeline_debug_info(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
 
 
 @_api
 def get_node_debug_info(runtime: Any, node_id: str) -> dict:
     """Definition, data and state of a node."""
-    return queries.node_debug_info(runtime.engine, node_id)
+    return queries.node_debug_info(runtime.engine, _str_id(node_id, "node_id"))
 
 
 @_api

@@ -69,7 +69,7 @@ def _cas(step: Step, st: StateRecord, to: str, loop: int = -1, **fields: Any) ->
 
 
 def _history(unit: Any, st: StateRecord) -> None:
-    exec_data = unit.get_execution_data(st.node_id) or ({}, {})
+    exec_data: tuple[dict, dict] = unit.get_execution_data(st.node_id) or ({}, {})
     unit.add_history(HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
                                    st.version, exec_data[0], exec_data[1]))
 

@@ -22,7 +22,7 @@ def preview(tree: dict, node_id: str, subprocess_stack: list[str], root_data: di
     graph = g.compile_tree(process_tree(tree, cycle_tolerate=True))
 
     def lazy(var: dctx.ContextVar, rendered: Any) -> Any:
-        cls = variables.library.get(var.code)
+        cls = variables.library.get(var.code or "")
         return cls(value=rendered, pipeline_data=root_data, inner_loop=-1, key=var.key).get_value()
 
     pipeline_id = graph.root_id

@@ -87,7 +87,7 @@ class Run:
             nonlocal root_data
             if root_data is None:
                 root_data = self.root_data()
-            cls = variables.library.get(var.code)
+            cls = variables.library.get(var.code or "")
             return cls(value=rendered, pipeline_data=root_data, inner_loop=self.state.inner_loop, key=var.key).get_value()
 
         return resolve
@@ -112,7 +112,7 @@ class Run:
 
     def record_history(self) -> None:
         st = self.state
-        exec_data = self.unit.get_execution_data(st.node_id) or ({}, {})
+        exec_data: tuple[dict, dict] = self.unit.get_execution_data(st.node_id) or ({}, {})
         self.unit.add_history(
             HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
                           st.version, exec_data[0], exec_data[1])

@@ -67,7 +67,7 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         return None
     graph = engine.graph(proc.root_id, unit)
     run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-    exec_data = unit.get_execution_data(task.node_id) or ({}, {})
+    exec_data: tuple[dict, dict] = unit.get_execution_data(task.node_id) or ({}, {})
     callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
     call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
     return call, sched.times, callback_data

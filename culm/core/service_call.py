@@ -201,13 +201,17 @@ class _Hooks:
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
 
 
-def dispatch_readonly_hook(code: str, version: str | None, name: str, inputs: dict, outputs: dict,
-                           root_data: dict, callback_data: Any = None, **attrs: Any) -> None:
-    """Control-API hooks see copies of the node data; nothing they change is kept."""
+def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict, outputs: dict,
+                           root_data: dict, callback_data: Any = None, /, **attrs: Any) -> None:
+    """Control-API hooks see copies of the node data; nothing they change is kept.
+
+    Positional-only: ``attrs`` carries the node's state ``version``, which must not collide with
+    the component version.
+    """
     from culm.components import DataObject, library
 
     try:
-        service = library.new_service(code, version)
+        service = library.new_service(code, component_version)
     except Exception:  # noqa: BLE001
         return
     if not service.need_run_hook():
