@@ -94,3 +94,12 @@ def executed_nodes(tree: dict[str, Any]) -> int:
             count += executed_nodes(act["pipeline"])
     skipped = sum(1 for g in tree["gateways"].values() if g["type"] == "ExclusiveGateway")
     return count - skipped
+
+
+def small_pipeline() -> dict[str, Any]:
+    """start -> one act -> end (3 executed nodes): the unit of the 10,000-pipeline scale run."""
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    start.extend(_act()).extend(end)
+    return build_tree(start, data=Data(inputs={"${a}": Var(type=Var.PLAIN, value="x"),
+                                              "${b}": Var(type=Var.PLAIN, value="y"),
+                                              "${n}": Var(type=Var.PLAIN, value="1")}))

@@ -359,7 +359,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
             if not started.result:
                 _print_problems(started.exc, f"refused: {started.message}", sys.stderr)
-                if api.get_pipeline_states(rt, root_id).data:
+                if isinstance(root_id, str) and api.get_pipeline_states(rt, root_id).data:
                     print(f"hint: pipeline {root_id} already ran in this database; pass --new-ids to run "
                           "the tree again under fresh ids", file=sys.stderr)
                 return 2
@@ -463,9 +463,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
     broker = args.broker or os.environ.get("CULM_BROKER_URL")
     if not broker:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
-    result = run_worker(db=_db(args), broker=broker, imports=import_names(args.imports),
-                        concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
-    return result if isinstance(result, int) else 0
+    run_worker(db=_db(args), broker=broker, imports=import_names(args.imports),
+               concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
+    return 0
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:

@@ -156,8 +156,9 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
         st = unit.get_state(node_id, for_update=True)
         step.event("pre_pause_node", node_id=node_id)
         if st is None:
-            unit.insert_state(StateRecord(node_id, "", "", states.SUSPENDED, new_version(), 1, 1, 0, False, False,
-                                          now()))
+            st = StateRecord(node_id, "", "", states.SUSPENDED, new_version(), 1, 1, 0, False, False, now())
+            unit.insert_state(st)
+            step.state_changed(st)  # a created state is a state write too: receivers must hear of it
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")

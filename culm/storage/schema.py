@@ -1,6 +1,7 @@
 """The relational schema, shared by SQLite, PostgreSQL and MySQL (SQLAlchemy Core).
 
-Times are stored as UTC epoch seconds (floats) so that every backend compares them the same way;
+Times are stored as UTC epoch seconds (8-byte floats: MySQL's 4-byte FLOAT would round them to
+minutes) so that every backend compares them the same way;
 JSON payloads are stored as text written by :mod:`culm.storage.codec`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import (
     Boolean,
     Column,
-    Float,
+    Double,
     Index,
     Integer,
     MetaData,
@@ -38,7 +39,7 @@ pipeline = Table(
     Column("tree", BigText, nullable=False),
     Column("root_data", BigText, nullable=False),
     Column("options", Text, nullable=False),
-    Column("created_time", Float, nullable=False),
+    Column("created_time", Double, nullable=False),
 )
 
 node = Table(
@@ -63,9 +64,9 @@ state = Table(
     Column("retry", Integer, nullable=False, default=0),
     Column("skip", Boolean, nullable=False, default=False),
     Column("error_ignored", Boolean, nullable=False, default=False),
-    Column("created_time", Float),
-    Column("started_time", Float),
-    Column("archived_time", Float),
+    Column("created_time", Double),
+    Column("started_time", Double),
+    Column("archived_time", Double),
 )
 
 process = Table(
@@ -85,7 +86,7 @@ process = Table(
     Column("need_ack", Integer, nullable=False, default=0),
     Column("priority", Integer, nullable=False, default=100),
     Column("queue", String(KEY), nullable=False, default=""),
-    Column("last_heartbeat", Float),
+    Column("last_heartbeat", Double),
 )
 
 task = Table(
@@ -98,16 +99,16 @@ task = Table(
     Column("root_id", String(ID), nullable=False, index=True),
     Column("schedule_id", String(ID)),
     Column("callback_id", String(ID)),
-    Column("due", Float, nullable=False),
+    Column("due", Double, nullable=False),
     Column("running_version", String(ID)),
     Column("owner", String(KEY)),
-    Column("claimed_until", Float),
+    Column("claimed_until", Double),
     Column("priority", Integer, nullable=False, default=100),
     Column("queue", String(KEY), nullable=False, default=""),
     Column("published", Boolean, nullable=False, default=False),
     # When a relay last re-published the row: relays in many workers then publish it once per
     # period, not once each.
-    Column("relayed_at", Float),
+    Column("relayed_at", Double),
     Index("ix_culm_task_due", "due"),
 )
 
@@ -148,7 +149,7 @@ schedule = Table(
     Column("finished", Boolean, nullable=False, default=False),
     Column("expired", Boolean, nullable=False, default=False),
     Column("times", Integer, nullable=False, default=0),
-    Column("locked_until", Float),
+    Column("locked_until", Double),
     UniqueConstraint("node_id", "version", name="uq_culm_schedule_node_version"),
 )
 
@@ -166,8 +167,8 @@ history = Table(
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
     Column("node_id", String(ID), nullable=False, index=True),
-    Column("started_time", Float),
-    Column("archived_time", Float),
+    Column("started_time", Double),
+    Column("archived_time", Double),
     Column("loop", Integer, nullable=False),
     Column("skip", Boolean, nullable=False),
     Column("retry", Integer, nullable=False),
@@ -183,7 +184,7 @@ log = Table(
     Column("node_id", String(ID), nullable=False),
     Column("version", String(ID), nullable=False),
     Column("loop", Integer, nullable=False),
-    Column("created_time", Float, nullable=False),
+    Column("created_time", Double, nullable=False),
     Column("line", Text, nullable=False),
     Index("ix_culm_log_node_version", "node_id", "version"),
 )

@@ -61,13 +61,35 @@ def test_linear_tree_shape():
     assert set(tree) == {"id", "start_event", "end_event", "activities", "gateways", "flows", "data"}
     f1, f2 = flow_between(tree, start.id, act.id), flow_between(tree, act.id, end.id)
     assert ID.match(f1) and f1[0] == "f" and ID.match(act.id) and act.id[0] == "e"
-    assert tree["start_event"] == {"id": start.id, "name": None, "type": "EmptyStartEvent", "incoming": "", "outgoing": f1}
-    assert tree["end_event"] == {"id": end.id, "name": None, "type": "EmptyEndEvent", "incoming": [f2], "outgoing": ""}
+    assert tree["start_event"] == {
+        "id": start.id,
+        "name": None,
+        "type": "EmptyStartEvent",
+        "incoming": "",
+        "outgoing": f1,
+    }
+    assert tree["end_event"] == {
+        "id": end.id,
+        "name": None,
+        "type": "EmptyEndEvent",
+        "incoming": [f2],
+        "outgoing": "",
+    }
     assert tree["activities"][act.id] == {
-        "id": act.id, "name": "act", "type": "ServiceActivity", "incoming": [f1], "outgoing": f2,
-        "component": {"code": "debug", "inputs": {"msg": {"type": "plain", "value": "hi"},
-                                                  "tpl": {"type": "splice", "value": "${x}"}}},
-        "error_ignorable": False, "skippable": True, "retryable": True, "optional": False, "timeout": None,
+        "id": act.id,
+        "name": "act",
+        "type": "ServiceActivity",
+        "incoming": [f1],
+        "outgoing": f2,
+        "component": {
+            "code": "debug",
+            "inputs": {"msg": {"type": "plain", "value": "hi"}, "tpl": {"type": "splice", "value": "${x}"}},
+        },
+        "error_ignorable": False,
+        "skippable": True,
+        "retryable": True,
+        "optional": False,
+        "timeout": None,
     }
     assert tree["flows"][f1] == {"id": f1, "source": start.id, "target": act.id, "is_default": False}
     assert tree["gateways"] == {}
@@ -77,13 +99,27 @@ def test_linear_tree_shape():
 
 
 def test_activity_options_version_and_loop_config():
-    act = ServiceActivity(component_code="c", version="v2", error_ignorable=True, timeout=5, skippable=False,
-                          retryable=False, id="act1", name="n", loop_config={"enable": True, "loop_times": 3})
+    act = ServiceActivity(
+        component_code="c",
+        version="v2",
+        error_ignorable=True,
+        timeout=5,
+        skippable=False,
+        retryable=False,
+        id="act1",
+        name="n",
+        loop_config={"enable": True, "loop_times": 3},
+    )
     start = EmptyStartEvent(id="start")
     start.extend(act).extend(EmptyEndEvent(id="end"))
     node = build_tree(start, id="pipe")["activities"]["act1"]
     assert node["component"] == {"code": "c", "inputs": {}, "version": "v2"}
-    assert (node["error_ignorable"], node["timeout"], node["skippable"], node["retryable"]) == (True, 5, False, False)
+    assert (node["error_ignorable"], node["timeout"], node["skippable"], node["retryable"]) == (
+        True,
+        5,
+        False,
+        False,
+    )
     assert node["loop_config"] == {"enable": True, "loop_times": 3}
     plain = ServiceActivity(component_code="c")
     assert "version" not in plain.component_dict()
@@ -132,22 +168,35 @@ def test_converge_follows_first_outgoing_links_to_each_tail():
 
 
 def test_parallel_gateway_shape_and_incoming_lists():
-    start, pg, a, b, cg, end = EmptyStartEvent(), ParallelGateway(), _act(), _act(), \
-        ConvergeGateway(), EmptyEndEvent()
+    start, pg, a, b, cg, end = (
+        EmptyStartEvent(),
+        ParallelGateway(),
+        _act(),
+        _act(),
+        ConvergeGateway(),
+        EmptyEndEvent(),
+    )
     start.extend(pg).connect(a, b).converge(cg).extend(end)
     tree = build_tree(start)
     fa, fb = flow_between(tree, pg.id, a.id), flow_between(tree, pg.id, b.id)
     assert tree["gateways"][pg.id]["outgoing"] == [fa, fb]
     assert sorted(tree["gateways"][cg.id]["incoming"]) == sorted(
-        [flow_between(tree, a.id, cg.id), flow_between(tree, b.id, cg.id)])
+        [flow_between(tree, a.id, cg.id), flow_between(tree, b.id, cg.id)]
+    )
     assert isinstance(tree["gateways"][cg.id]["outgoing"], str)
     assert process_tree(tree)["gateways"][pg.id]["converge_gateway_id"] == cg.id
 
 
 def test_exclusive_gateway_conditions_keyed_by_flow_and_default():
-    start, eg, a, b, c, cg, end = EmptyStartEvent(), ExclusiveGateway(conditions={0: "${x} == 1"},
-                                                                      default_condition_outgoing=2), \
-        _act(), _act(), _act(), ConvergeGateway(), EmptyEndEvent()
+    start, eg, a, b, c, cg, end = (
+        EmptyStartEvent(),
+        ExclusiveGateway(conditions={0: "${x} == 1"}, default_condition_outgoing=2),
+        _act(),
+        _act(),
+        _act(),
+        ConvergeGateway(),
+        EmptyEndEvent(),
+    )
     eg.add_condition(1, "${x} == 2")
     start.extend(eg).connect(a, b, c).converge(cg).extend(end)
     tree = build_tree(start)
@@ -167,8 +216,14 @@ def test_exclusive_gateway_without_default_has_no_default_key():
 
 
 def test_conditional_parallel_gateway_shape():
-    start, cpg, a, b, cg, end = EmptyStartEvent(), ConditionalParallelGateway(conditions={0: "1 == 1", 1: "2 == 2"}), \
-        _act(), _act(), ConvergeGateway(), EmptyEndEvent()
+    start, cpg, a, b, cg, end = (
+        EmptyStartEvent(),
+        ConditionalParallelGateway(conditions={0: "1 == 1", 1: "2 == 2"}),
+        _act(),
+        _act(),
+        ConvergeGateway(),
+        EmptyEndEvent(),
+    )
     start.extend(cpg).connect(a, b).converge(cg).extend(end)
     tree = build_tree(start)
     node = tree["gateways"][cpg.id]
@@ -180,20 +235,37 @@ def test_conditional_parallel_gateway_shape():
 def test_subprocess_with_params_data_and_outputs():
     sub_start, sub_act = EmptyStartEvent(), ServiceActivity(component_code="inner", id="inner_act")
     sub_start.extend(sub_act).extend(EmptyEndEvent())
-    sub_data = Data(inputs={"${a}": DataInput(type=Var.PLAIN, value=1),
-                            "${out}": NodeOutput(source_act="inner_act", source_key="result")},
-                    outputs=["${out}"])
-    sub = SubProcess(start=sub_start, data=sub_data, params=Params({"${a}": Var(type=Var.SPLICE, value="${b}")}))
+    sub_data = Data(
+        inputs={
+            "${a}": DataInput(type=Var.PLAIN, value=1),
+            "${out}": NodeOutput(source_act="inner_act", source_key="result"),
+        },
+        outputs=["${out}"],
+    )
+    sub = SubProcess(
+        start=sub_start, data=sub_data, params=Params({"${a}": Var(type=Var.SPLICE, value="${b}")})
+    )
     tree = build_tree(_line(sub), data={"inputs": {"${b}": {"type": "plain", "value": 2}}, "outputs": []})
     node = tree["activities"][sub.id]
-    assert node["type"] == "SubProcess" and set(node) == {"id", "name", "type", "incoming", "outgoing", "params", "pipeline"}
+    assert node["type"] == "SubProcess" and set(node) == {
+        "id",
+        "name",
+        "type",
+        "incoming",
+        "outgoing",
+        "params",
+        "pipeline",
+    }
     assert node["params"] == {"${a}": {"type": "splice", "value": "${b}"}}
     inner = node["pipeline"]
     assert inner["id"] == sub.id
     assert inner["data"] == {
-        "inputs": {"${a}": {"type": "plain", "value": 1, "is_param": True},
-                   "${out}": {"type": "plain", "value": None, "source_act": "inner_act", "source_key": "result"}},
-        "outputs": ["${out}"], "pre_render_keys": [],
+        "inputs": {
+            "${a}": {"type": "plain", "value": 1, "is_param": True},
+            "${out}": {"type": "plain", "value": None, "source_act": "inner_act", "source_key": "result"},
+        },
+        "outputs": ["${out}"],
+        "pre_render_keys": [],
     }
     assert "inner_act" in inner["activities"]
     assert validate_tree(tree) == []
@@ -203,20 +275,38 @@ def test_subprocess_with_params_data_and_outputs():
 
 def test_data_objects_to_dict():
     assert Var(Var.PLAIN, 1).to_dict() == {"type": "plain", "value": 1}
-    assert Var(Var.LAZY, "v", custom_type="ip").to_dict() == {"type": "lazy", "value": "v", "custom_type": "ip"}
+    assert Var(Var.LAZY, "v", custom_type="ip").to_dict() == {
+        "type": "lazy",
+        "value": "v",
+        "custom_type": "ip",
+    }
     assert Var(Var.SPLICE, "x", custom_type="ignored").to_dict() == {"type": "splice", "value": "x"}
     assert DataInput(Var.PLAIN, 1).to_dict() == {"type": "plain", "value": 1, "is_param": True}
     assert NodeOutput(source_act="a", source_key="k").to_dict() == {
-        "type": "plain", "value": None, "source_act": "a", "source_key": "k"}
+        "type": "plain",
+        "value": None,
+        "source_act": "a",
+        "source_key": "k",
+    }
     refs = [{"source_act": "a", "source_key": "k"}, {"source_act": "b", "source_key": "j"}]
     assert RewritableNodeOutput(source_act=refs, type=Var.SPLICE).to_dict() == {
-        "type": "splice", "value": None, "source_act": refs}
+        "type": "splice",
+        "value": None,
+        "source_act": refs,
+    }
     assert InitializedRewritableNodeOutput(source_act=refs, type=Var.PLAIN, value=7).to_dict() == {
-        "type": "plain", "value": 7, "source_act": refs, "need_initialization": True}
+        "type": "plain",
+        "value": 7,
+        "source_act": refs,
+        "need_initialization": True,
+    }
     data = Data(inputs={"${x}": Var(Var.PLAIN, 1)}, outputs=["${x}"], pre_render_keys=["${x}"])
     data.inputs["${y}"] = {"type": "plain", "value": 2}
-    assert data.to_dict() == {"inputs": {"${x}": {"type": "plain", "value": 1}, "${y}": {"type": "plain", "value": 2}},
-                              "outputs": ["${x}"], "pre_render_keys": ["${x}"]}
+    assert data.to_dict() == {
+        "inputs": {"${x}": {"type": "plain", "value": 1}, "${y}": {"type": "plain", "value": 2}},
+        "outputs": ["${x}"],
+        "pre_render_keys": ["${x}"],
+    }
     assert Params({"${p}": Var(Var.PLAIN, 0)}).to_dict() == {"${p}": {"type": "plain", "value": 0}}
 
 
@@ -238,8 +328,13 @@ def test_inputs_namespace_attribute_and_item_access():
 
 
 def test_loop_back_edges_build_once_per_node():
-    start, a, eg, b, end = EmptyStartEvent(), _act(), ExclusiveGateway(conditions={0: "1==1", 1: "1==0"}), \
-        _act(), EmptyEndEvent()
+    start, a, eg, b, end = (
+        EmptyStartEvent(),
+        _act(),
+        ExclusiveGateway(conditions={0: "1==1", 1: "1==0"}),
+        _act(),
+        EmptyEndEvent(),
+    )
     start.extend(a).extend(eg).connect(b, a)
     b.extend(end)
     tree = build_tree(start)

@@ -21,8 +21,11 @@ from culm.model.validator import (
 pytestmark = pytest.mark.timeout(60)
 
 _PREFIX_TYPES = (
-    ("cpg", "ConditionalParallelGateway"), ("pg", "ParallelGateway"), ("eg", "ExclusiveGateway"),
-    ("cg", "ConvergeGateway"), ("sub", "SubProcess"),
+    ("cpg", "ConditionalParallelGateway"),
+    ("pg", "ParallelGateway"),
+    ("eg", "ExclusiveGateway"),
+    ("cg", "ConvergeGateway"),
+    ("sub", "SubProcess"),
 )
 
 
@@ -45,7 +48,13 @@ def make_tree(spec: str, pid: str = "root", subs: dict | None = None) -> dict:
         flows[fid] = {"id": fid, "source": source, "target": target, "is_default": False}
         order += [n for n in (source, target) if n not in seen]
         seen.update((source, target))
-    tree = {"id": pid, "activities": {}, "gateways": {}, "flows": flows, "data": {"inputs": {}, "outputs": []}}
+    tree = {
+        "id": pid,
+        "activities": {},
+        "gateways": {},
+        "flows": flows,
+        "data": {"inputs": {}, "outputs": []},
+    }
     ins_of: dict = {}
     outs_of: dict = {}
     for fid, flow in flows.items():
@@ -66,8 +75,13 @@ def make_tree(spec: str, pid: str = "root", subs: dict | None = None) -> dict:
         elif kind == "EmptyEndEvent":
             tree["end_event"] = node
         elif kind == "ServiceActivity":
-            tree["activities"][name] = {**node, "component": {"code": "c", "inputs": {}},
-                                        "error_ignorable": False, "skippable": True, "retryable": True}
+            tree["activities"][name] = {
+                **node,
+                "component": {"code": "c", "inputs": {}},
+                "error_ignorable": False,
+                "skippable": True,
+                "retryable": True,
+            }
         elif kind == "SubProcess":
             tree["activities"][name] = {**node, "params": {}, "pipeline": (subs or {})[name]}
         else:
@@ -88,17 +102,22 @@ LOOP = "s>a a>eg eg>a eg>b b>end"
 # -- good trees --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", [
-    LINE, PARALLEL, NESTED,
-    "s>eg eg>a eg>b a>cg b>cg cg>end",                           # exclusive matched
-    "s>eg eg>a eg>b a>end b>end",                                # exclusive, both branches dangling
-    "s>eg eg>a eg>b a>cg b>cg cg>c c>end eg>end",                # a third, dangling branch
-    "s>eg1 eg1>a eg1>eg2 eg2>b eg2>c a>cg b>cg c>cg cg>end",     # exclusives sharing a converge
-    "s>pg pg>eg pg>c eg>a eg>b a>cg1 b>cg1 cg1>cg c>cg cg>end",   # exclusive nested in parallel
-    "s>cpg cpg>a cpg>b a>cg b>cg cg>end",
-    "s>pg pg>cg cg>end",                                         # empty parallel branch
-    "s>pg pg>a pg>cg a>cg cg>end",
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        LINE,
+        PARALLEL,
+        NESTED,
+        "s>eg eg>a eg>b a>cg b>cg cg>end",  # exclusive matched
+        "s>eg eg>a eg>b a>end b>end",  # exclusive, both branches dangling
+        "s>eg eg>a eg>b a>cg b>cg cg>c c>end eg>end",  # a third, dangling branch
+        "s>eg1 eg1>a eg1>eg2 eg2>b eg2>c a>cg b>cg c>cg cg>end",  # exclusives sharing a converge
+        "s>pg pg>eg pg>c eg>a eg>b a>cg1 b>cg1 cg1>cg c>cg cg>end",  # exclusive nested in parallel
+        "s>cpg cpg>a cpg>b a>cg b>cg cg>end",
+        "s>pg pg>cg cg>end",  # empty parallel branch
+        "s>pg pg>a pg>cg a>cg cg>end",
+    ],
+)
 def test_valid_trees_have_no_problems(spec):
     assert validate_tree(make_tree(spec)) == []
 
@@ -358,7 +377,9 @@ def test_variable_types_and_lazy_variables():
         "${lazy}": {"type": "lazy", "value": "x", "custom_type": "ip_list"},
         "${nolazy}": {"type": "lazy", "value": "x"},
     }
-    tree["activities"]["a"]["component"]["inputs"] = {"k": {"type": "lazy", "value": 1, "custom_type": "nope"}}
+    tree["activities"]["a"]["component"]["inputs"] = {
+        "k": {"type": "lazy", "value": 1, "custom_type": "nope"}
+    }
     problems = validate_tree(tree, lazy_exists=lambda t: t == "ip_list")
     assert wheres(problems) == {"data.inputs.${bad}", "data.inputs.${nolazy}", "a"}
     assert validate_tree(tree) != []  # the type problem does not depend on the callback
@@ -369,8 +390,11 @@ def test_node_output_references():
     tree["data"]["inputs"] = {
         "${good}": {"type": "plain", "value": None, "source_act": "a", "source_key": "out"},
         "${ghost}": {"type": "plain", "value": None, "source_act": "zz", "source_key": "out"},
-        "${many}": {"type": "plain", "value": None,
-                    "source_act": [{"source_act": "b", "source_key": "k"}, {"source_act": "s", "source_key": "k"}]},
+        "${many}": {
+            "type": "plain",
+            "value": None,
+            "source_act": [{"source_act": "b", "source_key": "k"}, {"source_act": "s", "source_key": "k"}],
+        },
         "${shape}": {"type": "plain", "value": None, "source_act": 5},
     }
     problems = validate_tree(tree)
@@ -405,7 +429,9 @@ def test_every_problem_is_reported_at_once():
     tree = make_tree(LINE + " x>end")
     tree["activities"]["x"]["incoming"] = []
     tree["activities"]["a"]["component"]["code"] = ""
-    tree["activities"]["b"]["component"]["inputs"] = {"k": {"type": "lazy", "value": 1, "custom_type": "nope"}}
+    tree["activities"]["b"]["component"]["inputs"] = {
+        "k": {"type": "lazy", "value": 1, "custom_type": "nope"}
+    }
     tree["data"]["inputs"] = {"${v}": {"type": "plain", "value": None, "source_act": "zz", "source_key": "k"}}
     tree["flows"]["stray"] = {"id": "stray", "source": "a", "target": "ghost"}
     problems = validate_tree(tree, lazy_exists=lambda _: False)
@@ -416,17 +442,59 @@ def test_every_problem_is_reported_at_once():
 
 
 GARBAGE = [
-    None, 0, "tree", [], [1, 2], {}, {"id": None}, {"id": "p", "start_event": []},
+    None,
+    0,
+    "tree",
+    [],
+    [1, 2],
+    {},
+    {"id": None},
+    {"id": "p", "start_event": []},
     {"id": "p", "start_event": {"id": 1}, "end_event": {"id": "e"}, "flows": {"f": 3}},
-    {"id": "p", "start_event": {"id": "s", "type": "EmptyStartEvent", "outgoing": 5}, "end_event": None,
-     "activities": [], "gateways": "x", "flows": {"f": {"id": "f", "source": ["s"], "target": None}}},
+    {
+        "id": "p",
+        "start_event": {"id": "s", "type": "EmptyStartEvent", "outgoing": 5},
+        "end_event": None,
+        "activities": [],
+        "gateways": "x",
+        "flows": {"f": {"id": "f", "source": ["s"], "target": None}},
+    },
     {"id": "p", "activities": {"a": {"id": "a", "type": "SubProcess", "pipeline": 5, "params": []}}},
-    {"id": "p", "activities": {"a": {"id": "a", "type": "ServiceActivity", "component": {"code": 1, "inputs": [1]},
-                                     "loop_config": 5, "timeout": "x", "incoming": 7, "outgoing": {}}}},
-    {"id": "p", "gateways": {"g": {"id": "g", "type": "ExclusiveGateway", "conditions": [],
-                                   "default_condition": 5, "incoming": [None], "outgoing": "x"}}},
-    {"id": "p", "data": {"inputs": {1: 2, "k": None, "j": {"type": "lazy", "source_act": [None, {}]}},
-                         "outputs": 5, "pre_render_keys": "x"}},
+    {
+        "id": "p",
+        "activities": {
+            "a": {
+                "id": "a",
+                "type": "ServiceActivity",
+                "component": {"code": 1, "inputs": [1]},
+                "loop_config": 5,
+                "timeout": "x",
+                "incoming": 7,
+                "outgoing": {},
+            }
+        },
+    },
+    {
+        "id": "p",
+        "gateways": {
+            "g": {
+                "id": "g",
+                "type": "ExclusiveGateway",
+                "conditions": [],
+                "default_condition": 5,
+                "incoming": [None],
+                "outgoing": "x",
+            }
+        },
+    },
+    {
+        "id": "p",
+        "data": {
+            "inputs": {1: 2, "k": None, "j": {"type": "lazy", "source_act": [None, {}]}},
+            "outputs": 5,
+            "pre_render_keys": "x",
+        },
+    },
 ]
 
 
@@ -460,8 +528,11 @@ def test_too_many_nodes():
 def test_subprocess_nesting_depth_limit():
     inner = make_tree("s0>a0 a0>e0", pid="sub0")
     for depth in range(1, 70):
-        inner = make_tree(f"s{depth}>sub{depth - 1} sub{depth - 1}>e{depth}", pid=f"sub{depth}",
-                          subs={f"sub{depth - 1}": inner})
+        inner = make_tree(
+            f"s{depth}>sub{depth - 1} sub{depth - 1}>e{depth}",
+            pid=f"sub{depth}",
+            subs={f"sub{depth - 1}": inner},
+        )
     problems = validate_tree(inner)
     assert len(problems) == 1 and "nested" in problems[0].message
 
@@ -519,8 +590,13 @@ def test_validate_start_node_reasons():
     tree = make_tree(MAIN)
     validate_start_node(tree, "s")
     validate_start_node(tree, "d")
-    for node_id, fragment in (("b", "parallel"), ("cg", "ConvergeGateway"), ("end", "EndEvent"),
-                              ("ghost", "no node"), (3, "string")):
+    for node_id, fragment in (
+        ("b", "parallel"),
+        ("cg", "ConvergeGateway"),
+        ("end", "EndEvent"),
+        ("ghost", "no node"),
+        (3, "string"),
+    ):
         with pytest.raises(StartPositionInvalidError) as info:
             validate_start_node(tree, node_id)
         assert fragment in str(info.value)
@@ -559,3 +635,70 @@ def test_start_positions_in_a_loop():
 def test_start_positions_of_an_invalid_tree_raise():
     with pytest.raises(TreeInvalidError):
         allowed_start_node_ids({"id": "p"})
+
+
+# -- random damage -----------------------------------------------------------------------------
+
+_JUNK = [
+    None,
+    0,
+    -1,
+    1.5,
+    "",
+    "x",
+    [],
+    {},
+    [None],
+    {"id": 1},
+    True,
+    "root:s-a",
+    "a",
+    "pg",
+    ["a"],
+    {"evaluate": 1},
+]
+
+
+def _paths(obj, prefix=()):
+    if prefix:
+        yield prefix
+    children = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in list(children):
+        yield from _paths(value, prefix + (key,))
+
+
+def _damage(tree: dict, rng) -> None:
+    path = rng.choice(list(_paths(tree)))
+    parent = tree
+    for key in path[:-1]:
+        parent = parent[key]
+    if rng.random() < 0.6:
+        parent[path[-1]] = copy.deepcopy(rng.choice(_JUNK))
+    elif isinstance(parent, dict):
+        del parent[path[-1]]
+    else:
+        parent.pop(path[-1])
+
+
+def test_randomly_damaged_trees_never_raise():
+    import random
+
+    rng = random.Random(7)
+    sub = make_tree("s2>pg2 pg2>x pg2>y x>cg2 y>cg2 cg2>end2", pid="sub1")
+    bases = [
+        make_tree(NESTED),
+        make_tree(LOOP),
+        make_tree(MAIN),
+        make_tree("s>a a>sub1 sub1>end", subs={"sub1": sub}),
+    ]
+    for _ in range(1500):
+        tree = copy.deepcopy(rng.choice(bases))
+        for _ in range(rng.randint(1, 3)):
+            _damage(tree, rng)
+        for tolerate in (False, True):
+            problems = validate_tree(tree, cycle_tolerate=tolerate)
+            assert not any("could not be validated" in p.message for p in problems)
+            try:
+                process_tree(tree, cycle_tolerate=tolerate)
+            except TreeInvalidError:
+                assert problems

@@ -36,7 +36,7 @@ def upgrade() -> None:
         sa.Column("tree", _big_text(), nullable=False),
         sa.Column("root_data", _big_text(), nullable=False),
         sa.Column("options", sa.Text(), nullable=False),
-        sa.Column("created_time", sa.Float(), nullable=False),
+        sa.Column("created_time", sa.Double(), nullable=False),
     )
     op.create_table(
         "culm_node",
@@ -58,9 +58,9 @@ def upgrade() -> None:
         sa.Column("retry", sa.Integer(), nullable=False),
         sa.Column("skip", sa.Boolean(), nullable=False),
         sa.Column("error_ignored", sa.Boolean(), nullable=False),
-        sa.Column("created_time", sa.Float()),
-        sa.Column("started_time", sa.Float()),
-        sa.Column("archived_time", sa.Float()),
+        sa.Column("created_time", sa.Double()),
+        sa.Column("started_time", sa.Double()),
+        sa.Column("archived_time", sa.Double()),
     )
     op.create_index("ix_culm_state_root_id", "culm_state", ["root_id"])
     op.create_index("ix_culm_state_parent_id", "culm_state", ["parent_id"])
@@ -80,7 +80,7 @@ def upgrade() -> None:
         sa.Column("need_ack", sa.Integer(), nullable=False),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("queue", sa.String(KEY), nullable=False),
-        sa.Column("last_heartbeat", sa.Float()),
+        sa.Column("last_heartbeat", sa.Double()),
     )
     op.create_index("ix_culm_process_root_id", "culm_process", ["root_id"])
     op.create_index("ix_culm_process_current_node_id", "culm_process", ["current_node_id"])
@@ -94,14 +94,14 @@ def upgrade() -> None:
         _id("root_id"),
         _id("schedule_id", nullable=True),
         _id("callback_id", nullable=True),
-        sa.Column("due", sa.Float(), nullable=False),
+        sa.Column("due", sa.Double(), nullable=False),
         _id("running_version", nullable=True),
         sa.Column("owner", sa.String(KEY)),
-        sa.Column("claimed_until", sa.Float()),
+        sa.Column("claimed_until", sa.Double()),
         sa.Column("priority", sa.Integer(), nullable=False),
         sa.Column("queue", sa.String(KEY), nullable=False),
         sa.Column("published", sa.Boolean(), nullable=False),
-        sa.Column("relayed_at", sa.Float()),
+        sa.Column("relayed_at", sa.Double()),
     )
     op.create_index("ix_culm_task_root_id", "culm_task", ["root_id"])
     op.create_index("ix_culm_task_due", "culm_task", ["due"])
@@ -135,7 +135,7 @@ def upgrade() -> None:
         sa.Column("finished", sa.Boolean(), nullable=False),
         sa.Column("expired", sa.Boolean(), nullable=False),
         sa.Column("times", sa.Integer(), nullable=False),
-        sa.Column("locked_until", sa.Float()),
+        sa.Column("locked_until", sa.Double()),
         sa.UniqueConstraint("node_id", "version", name="uq_culm_schedule_node_version"),
     )
     op.create_table(
@@ -150,8 +150,8 @@ def upgrade() -> None:
         "culm_history",
         sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
         _id("node_id"),
-        sa.Column("started_time", sa.Float()),
-        sa.Column("archived_time", sa.Float()),
+        sa.Column("started_time", sa.Double()),
+        sa.Column("archived_time", sa.Double()),
         sa.Column("loop", sa.Integer(), nullable=False),
         sa.Column("skip", sa.Boolean(), nullable=False),
         sa.Column("retry", sa.Integer(), nullable=False),
@@ -166,7 +166,7 @@ def upgrade() -> None:
         _id("node_id"),
         _id("version"),
         sa.Column("loop", sa.Integer(), nullable=False),
-        sa.Column("created_time", sa.Float(), nullable=False),
+        sa.Column("created_time", sa.Double(), nullable=False),
         sa.Column("line", sa.Text(), nullable=False),
     )
     op.create_index("ix_culm_log_node_version", "culm_log", ["node_id", "version"])

@@ -1,0 +1,213 @@
+"""The `culm` command line, run as a real subprocess against a temporary SQLite database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "examples"
+
+FAILING_COMPONENT = '''
+from culm.components import Component, Service
+
+
+class ExplodingService(Service):
+    def execute(self, data, parent_data):
+        raise RuntimeError("the disk is on fire")
+
+
+class ExplodingComponent(Component):
+    code = "cli_test_exploding"
+    name = "exploding"
+    bound_service = ExplodingService
+'''
+
+
+def culm(tmp_path: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", **(env or {})}
+    full_env.pop("CULM_IMPORTS", None) if "CULM_IMPORTS" not in (env or {}) else None
+    return subprocess.run(
+        [sys.executable, "-m", "culm.cli", *args], cwd=tmp_path, env=full_env, capture_output=True, text=True,
+        timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+def example_tree() -> dict:
+    return json.loads((EXAMPLES / "tree.json").read_text())
+
+
+def exploding_tree(tmp_path: Path) -> Path:
+    (tmp_path / "exploding.py").write_text(FAILING_COMPONENT)
+    tree = example_tree()
+    tree["id"] = "pipeline_cli_exploding"
+    tree["activities"]["node_done"]["component"]["code"] = "cli_test_exploding"
+    tree["activities"]["node_done"]["name"] = "explode"
+    path = tmp_path / "exploding.json"
+    path.write_text(json.dumps(tree))
+    return path
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("culm")
+    assert script.exists(), "pip install -e . should install the `culm` script"
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "validate" in out.stdout
+
+
+def test_validate_good_tree(tmp_path: Path) -> None:
+    out = culm(tmp_path, "validate", str(EXAMPLES / "tree.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip() == "OK"
+
+
+def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
+    tree = example_tree()
+    tree["activities"]["node_done"]["component"]["code"] = "no_such_component"
+    tree["flows"]["flow_3"]["target"] = "ghost"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", str(path))
+    assert out.returncode == 1
+    lines = out.stdout.splitlines()
+    assert any(line.startswith("node_done: ") and "no_such_component" in line for line in lines)
+    assert any(line.startswith("flow_3: ") and "ghost" in line for line in lines)
+    assert "Traceback" not in out.stderr
+
+
+def test_validate_a_module(tmp_path: Path) -> None:
+    out = culm(tmp_path, "validate", str(EXAMPLES / "polling_component.py"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_run_json_tree_then_status(tmp_path: Path) -> None:
+    out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "pipeline pipeline_example_tree FINISHED" in out.stdout
+    assert "node_greet (greet)" in out.stdout  # progress lines name the nodes
+
+    status = culm(tmp_path, "status", "pipeline_example_tree")
+    assert status.returncode == 0, status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("[Pipeline] pipeline_example_tree: FINISHED")
+    assert any(line.startswith("  greet [ServiceActivity] node_greet: FINISHED") for line in lines)
+
+
+def test_run_same_tree_twice_needs_new_ids(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    again = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
+    assert again.returncode == 2 and "--new-ids" in again.stderr
+    fresh = culm(tmp_path, "run", "--new-ids", str(EXAMPLES / "tree.json"))
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    assert "FINISHED" in fresh.stdout and "pipeline_example_tree" not in fresh.stdout
+
+
+@pytest.mark.parametrize("name", ["quickstart.py", "parallel_exclusive_subprocess.py", "polling_component.py"])
+def test_run_example_module(tmp_path: Path, name: str) -> None:
+    out = culm(tmp_path, "run", str(EXAMPLES / name))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.rstrip().splitlines()[-1].endswith("FINISHED")
+
+
+def test_run_with_data(tmp_path: Path) -> None:
+    out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--data", '{"operator": "ann"}')
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("how", ["--import", "CULM_IMPORTS"])
+def test_run_failing_component_reports_ex_data(tmp_path: Path, how: str) -> None:
+    tree = exploding_tree(tmp_path)
+    if how == "--import":
+        out = culm(tmp_path, "run", str(tree), "--import", "exploding")
+    else:
+        out = culm(tmp_path, "run", str(tree), env={"CULM_IMPORTS": "exploding"})
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAILED node_done (explode)" in out.stdout
+    assert "RuntimeError: the disk is on fire" in out.stdout
+    assert "Traceback" not in out.stderr
+
+
+def test_run_without_the_component_module_fails_the_node(tmp_path: Path) -> None:
+    out = culm(tmp_path, "run", str(exploding_tree(tmp_path)))
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "cli_test_exploding" in out.stdout
+
+
+def test_run_timeout_names_waiting_nodes(tmp_path: Path) -> None:
+    out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "2")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "timed out after 2s" in out.stdout
+    assert "still RUNNING" in out.stdout and "(approval)" in out.stdout
+
+
+def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
+    tree = example_tree()
+    tree["flows"]["flow_3"]["target"] = "ghost"
+    path = tmp_path / "invalid.json"
+    path.write_text(json.dumps(tree))
+    out = culm(tmp_path, "run", str(path))
+    assert out.returncode == 2
+    assert "flow_3: " in out.stderr and "ghost" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["run", "missing.json"], "missing.json: no such file"),
+        ("{not json", ["run", "broken.json"], "invalid JSON"),
+        ("[1, 2]", ["run", "broken.json"], "must be an object"),
+        ("{}", ["run", "broken.json", "--data", "[1]"], "--data must be a JSON object"),
+        (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
+        (None, ["validate", "missing.py"], "no such file"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_exit_2(tmp_path: Path, setup: str | None, args: list[str],
+                                                message: str) -> None:
+    if setup is not None:
+        (tmp_path / "broken.json").write_text(setup)
+    (tmp_path / "x.json").write_text("{}")
+    out = culm(tmp_path, *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_bad_module_is_reported_without_traceback(tmp_path: Path) -> None:
+    (tmp_path / "badmod.py").write_text("raise ValueError('module is broken')\n")
+    (tmp_path / "nopipe.py").write_text("x = 1\n")
+    bad = culm(tmp_path, "run", "badmod.py")
+    assert bad.returncode == 2 and "ValueError: module is broken" in bad.stderr and "Traceback" not in bad.stderr
+    nopipe = culm(tmp_path, "run", "nopipe.py")
+    assert nopipe.returncode == 2 and "build_pipeline()" in nopipe.stderr
+
+
+def test_status_of_unknown_id(tmp_path: Path) -> None:
+    out = culm(tmp_path, "status", "nothing_here")
+    assert out.returncode == 1 and "nothing_here" in out.stderr
+
+
+def test_db_upgrade(tmp_path: Path) -> None:
+    out = culm(tmp_path, "db", "upgrade", "--db", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("database schema is at version ")
+    again = culm(tmp_path, "db", "upgrade", "--db", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert again.returncode == 0 and again.stdout == out.stdout
+
+
+def test_serve_is_not_available_yet(tmp_path: Path) -> None:
+    out = culm(tmp_path, "serve")
+    assert out.returncode == 2 and "not available" in out.stderr
+
+
+def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
+    out = culm(tmp_path, "worker", env={"CULM_BROKER_URL": ""})
+    assert out.returncode == 2
+    assert "broker" in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,360 @@
+"""Components, lazy variables and end events used by the engine behaviour tests.
+
+Every code starts with ``t_`` so nothing clashes with the built-in examples or user plugins.
+Services keep no state between calls except in ``data.outputs`` (each call gets a new
+instance); the few module-level registries below are for the tests to observe what happened
+(hook calls) or to hold a component until the test lets it go (gates).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from culm.components import Component, Service, StaticIntervalGenerator
+from culm.events import ExecutableEndEvent
+from culm.variables import LazyVariable
+
+# -- observation and control shared with the tests ------------------------------------------
+HOOK_CALLS: list[tuple[str, str, Any]] = []  # (node_id, hook name, callback_data)
+END_CALLS: list[tuple[bool, str, str]] = []  # (in_subprocess, root_pipeline_id, current_pipeline_id)
+_GATES: dict[str, threading.Event] = {}
+_GATES_LOCK = threading.Lock()
+
+
+def gate(name: str) -> threading.Event:
+    """The event a ``t_gate`` component with input ``gate=name`` waits for."""
+    with _GATES_LOCK:
+        return _GATES.setdefault(name, threading.Event())
+
+
+# -- plain execute ---------------------------------------------------------------------------
+class EchoService(Service):
+    """Copies every input to an output of the same key; ``out`` = ``str(x) + '!'``."""
+
+    def execute(self, data, parent_data):
+        for key, value in data.get_inputs().items():
+            data.set_outputs(key, value)
+        if "x" in data.inputs:
+            data.outputs.out = f"{data.inputs.x}!"
+        return True
+
+
+class EchoComponent(Component):
+    code = "t_echo"
+    name = "echo"
+    bound_service = EchoService
+
+
+class EchoV2Service(Service):
+    def execute(self, data, parent_data):
+        data.outputs.version = "v2"
+        return True
+
+
+class EchoV2Component(Component):
+    code = "t_echo"
+    name = "echo v2"
+    version = "2.0"
+    bound_service = EchoV2Service
+
+
+class FailService(Service):
+    """Fails (returns False) unless input ``ok`` is truthy; writes ``ex_data`` and ``partial``."""
+
+    def execute(self, data, parent_data):
+        data.outputs.partial = data.get_one_of_inputs("x", "p")
+        if data.get_one_of_inputs("ok"):
+            data.outputs.done = True
+            return True
+        data.outputs.ex_data = "t_fail said no"
+        return False
+
+
+class FailComponent(Component):
+    code = "t_fail"
+    name = "fail unless ok"
+    bound_service = FailService
+
+
+class RaiseService(Service):
+    def execute(self, data, parent_data):
+        raise ValueError("boom from t_raise")
+
+
+class RaiseComponent(Component):
+    code = "t_raise"
+    name = "raise"
+    bound_service = RaiseService
+
+
+class NoneService(Service):
+    """Returns None: counts as success."""
+
+    def execute(self, data, parent_data):
+        data.outputs.ran = True
+
+
+class NoneComponent(Component):
+    code = "t_none"
+    name = "returns none"
+    bound_service = NoneService
+
+
+class AttrsService(Service):
+    """Exposes the runtime attributes and the parent data it was given."""
+
+    def execute(self, data, parent_data):
+        data.outputs.update(
+            node_id=self.id, version=self.version, root=self.root_pipeline_id, top=self.top_pipeline_id,
+            loop=self.loop, inner_loop=self.inner_loop, parent_inputs=dict(parent_data.get_inputs()),
+            in_loop=data.get_one_of_inputs("_loop"), in_inner_loop=data.get_one_of_inputs("_inner_loop"),
+        )
+        return True
+
+
+class AttrsComponent(Component):
+    code = "t_attrs"
+    name = "attrs"
+    bound_service = AttrsService
+
+
+class LogService(Service):
+    def execute(self, data, parent_data):
+        self.logger.info("hello %s", data.get_one_of_inputs("who", "world"))
+        self.logger.warning("second line")
+        return not data.get_one_of_inputs("fail", False)
+
+
+class LogComponent(Component):
+    code = "t_log"
+    name = "log"
+    bound_service = LogService
+
+
+class GateService(Service):
+    """Waits (bounded) until the test sets ``gate(inputs.gate)``, then succeeds with ``late``."""
+
+    def execute(self, data, parent_data):
+        released = gate(data.inputs.gate).wait(timeout=15)
+        data.outputs.late = "result after release"
+        return released
+
+
+class GateComponent(Component):
+    code = "t_gate"
+    name = "gate"
+    bound_service = GateService
+
+
+# -- schedules --------------------------------------------------------------------------------
+class PollService(Service):
+    """Polls ``polls`` times (default 2), then finishes; ``fail_at`` makes that poll fail."""
+
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0)
+
+    def execute(self, data, parent_data):
+        data.outputs.count = 0
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        data.outputs.count += 1
+        if data.outputs.count == data.get_one_of_inputs("fail_at"):
+            data.outputs.ex_data = "poll failed"
+            return False
+        if data.outputs.count >= data.get_one_of_inputs("polls", 2):
+            self.finish_schedule()
+        return True
+
+
+class PollComponent(Component):
+    code = "t_poll"
+    name = "poll"
+    bound_service = PollService
+
+
+class PollGateService(PollService):
+    """A poll that holds its first ``schedule`` call until ``gate(inputs.gate)`` is set."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        gate(data.inputs.gate).wait(timeout=15)
+        data.outputs.late = True
+        self.finish_schedule()
+        return True
+
+
+class PollGateComponent(Component):
+    code = "t_poll_gate"
+    name = "poll gate"
+    bound_service = PollGateService
+
+
+class PollRaiseService(PollService):
+    def schedule(self, data, parent_data, callback_data=None):
+        raise RuntimeError("schedule exploded")
+
+
+class PollRaiseComponent(Component):
+    code = "t_poll_raise"
+    name = "poll raise"
+    bound_service = PollRaiseService
+
+
+class CallbackService(Service):
+    """Waits for one callback; fails when the payload says ``{"ok": False}``."""
+
+    __need_schedule__ = True
+    interval = None
+
+    def execute(self, data, parent_data):
+        data.outputs.waiting = True
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        data.outputs.callback_data = callback_data
+        return (callback_data or {}).get("ok", True)
+
+
+class CallbackComponent(Component):
+    code = "t_callback"
+    name = "callback"
+    bound_service = CallbackService
+
+
+class MultiCallbackService(Service):
+    """Collects every callback; finishes when a payload has ``done``."""
+
+    __need_schedule__ = True
+    __multi_callback_enabled__ = True
+    interval = None
+
+    def execute(self, data, parent_data):
+        data.outputs.received = []
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        data.outputs.received = [*data.outputs.received, callback_data["n"]]
+        if callback_data.get("fail"):
+            return False
+        if callback_data.get("done"):
+            self.finish_schedule()
+        return True
+
+
+class MultiCallbackComponent(Component):
+    code = "t_multi_callback"
+    name = "multi callback"
+    bound_service = MultiCallbackService
+
+
+# -- hooks ------------------------------------------------------------------------------------
+HOOK_NAMES = (
+    "node_enter", "pre_execute", "post_execute", "node_execute_fail", "node_execute_exception",
+    "pre_schedule", "post_schedule", "node_schedule_fail", "node_schedule_exception", "node_finish",
+    "pre_pause_node", "post_pause_node", "pre_retry_node", "post_retry_node", "pre_skip_node",
+    "post_skip_node", "pre_forced_fail_activity", "post_forced_fail_activity", "pre_callback",
+    "post_callback", "pre_resume_node", "post_resume_node",
+)
+
+
+def _recorder(name):
+    def hook(self, data, parent_data, callback_data=None):
+        HOOK_CALLS.append((self.id, name, callback_data))
+        if data.get_one_of_inputs("hook_raises"):
+            raise RuntimeError(f"hook {name} raised")
+        return True
+
+    hook.__name__ = name
+    return hook
+
+
+class HookService(Service):
+    """Records every hook call; input ``mode``: ok (default), fail or raise."""
+
+    __need_run_hook__ = True
+
+    def execute(self, data, parent_data):
+        mode = data.get_one_of_inputs("mode", "ok")
+        if mode == "raise":
+            raise RuntimeError("hook service raised")
+        return mode != "fail"
+
+
+class HookCallbackService(HookService):
+    """Like HookService, then waits for one callback (fails on ``{"ok": False}``)."""
+
+    __need_schedule__ = True
+    interval = None
+
+    def execute(self, data, parent_data):
+        data.outputs.waiting = True
+        return super().execute(data, parent_data)
+
+    def schedule(self, data, parent_data, callback_data=None):
+        return (callback_data or {}).get("ok", True)
+
+
+for _name in HOOK_NAMES:
+    setattr(HookService, _name, _recorder(_name))
+
+
+class HookComponent(Component):
+    code = "t_hook"
+    name = "hook"
+    bound_service = HookService
+
+
+class HookCallbackComponent(Component):
+    code = "t_hook_callback"
+    name = "hook callback"
+    bound_service = HookCallbackService
+
+
+# -- lazy variables and end events ------------------------------------------------------------
+class UpperVariable(LazyVariable):
+    code = "t_upper"
+
+    def get_value(self):
+        return str(self.value).upper()
+
+
+class PipelineDataVariable(LazyVariable):
+    """``{value, data: pipeline_data, inner_loop}``."""
+
+    code = "t_pdata"
+
+    def get_value(self):
+        return {"value": self.value, "data": dict(self.pipeline_data), "inner_loop": self.inner_loop}
+
+
+class RaiseVariable(LazyVariable):
+    code = "t_lazy_raise"
+
+    def get_value(self):
+        raise RuntimeError("lazy exploded")
+
+
+class CountingVariable(LazyVariable):
+    """A different value each time it is resolved (to show pre_render_keys freezing)."""
+
+    code = "t_counting"
+    calls = 0
+
+    def get_value(self):
+        type(self).calls += 1
+        return type(self).calls
+
+
+class RecordEnd(ExecutableEndEvent):
+    code = "t_record_end"
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        END_CALLS.append((in_subprocess, root_pipeline_id, current_pipeline_id))
+
+
+class RaiseEnd(ExecutableEndEvent):
+    code = "t_raise_end"
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        raise RuntimeError("end event exploded")

@@ -1,0 +1,82 @@
+"""Components used by the distributed tests; worker processes import this module via CULM_IMPORTS.
+
+Each execution appends one line ``<kind> <node_id> <pid> <time>`` to the file named by ``$CULM_TEST_EXEC_LOG``
+(opened in append mode: a short write is atomic), so tests count how often a node really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from culm.components import Component, Service, StaticIntervalGenerator
+
+
+def record(kind: str, node_id: str) -> None:
+    path = os.environ.get("CULM_TEST_EXEC_LOG")
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(f"{kind} {node_id} {os.getpid()} {time.time():.3f}\n")
+
+
+class SleepService(Service):
+    """Sleeps ``seconds`` (input, default 0) and records the execution."""
+
+    def execute(self, data, parent_data):
+        record("execute", self.id)
+        time.sleep(float(data.get_one_of_inputs("seconds", 0) or 0))
+        data.set_outputs("pid", os.getpid())
+        return True
+
+
+class SleepComponent(Component):
+    code = "dist_sleep"
+    name = "sleep"
+    bound_service = SleepService
+
+
+class PollService(Service):
+    """Finishes on its third poll."""
+
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0)
+
+    def execute(self, data, parent_data):
+        record("execute", self.id)
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        record("poll", self.id)
+        polls = int(data.get_one_of_outputs("polls", 0) or 0) + 1
+        data.set_outputs("polls", polls)
+        if polls >= 3:
+            self.finish_schedule()
+        return True
+
+
+class PollComponent(Component):
+    code = "dist_poll"
+    name = "poll"
+    bound_service = PollService
+
+
+class CallbackService(Service):
+    """Waits for one callback and copies its payload to the outputs."""
+
+    __need_schedule__ = True
+
+    def execute(self, data, parent_data):
+        record("execute", self.id)
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        record("callback", self.id)
+        data.set_outputs("received", callback_data)
+        self.finish_schedule()
+        return True
+
+
+class CallbackComponent(Component):
+    code = "dist_callback"
+    name = "callback"
+    bound_service = CallbackService

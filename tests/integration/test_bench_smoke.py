@@ -1,0 +1,50 @@
+"""Smoke run of the benchmark (``python -m bench --quick``): it completes and every pipeline ends
+FINISHED. No timing is asserted; the real figures are in docs/performance.md."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+FIELDS = {"scenario", "nodes", "median_s", "min_s", "max_s", "nodes_per_s", "peak_rss_mb", "repeats", "backend"}
+
+
+def run_bench(*args: str) -> list[dict]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, f"bench exited with {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines, proc.stdout
+    return lines
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("scenario, nodes, pipelines", [("batch", 10 * 17, 10), ("big", 104, 1)])
+def test_quick_bench_runs_every_pipeline_to_finished(scenario: str, nodes: int, pipelines: int) -> None:
+    (line,) = run_bench("--scenario", scenario)
+    assert FIELDS <= line.keys(), line
+    assert line["scenario"] == scenario
+    assert line["ok"] is True, line
+    assert line["pipelines"] == pipelines and line["finished"] == pipelines
+    assert line["nodes"] == nodes
+    assert line["repeats"] == 1
+    assert 0 < line["min_s"] <= line["median_s"] <= line["max_s"]
+    assert line["peak_rss_mb"] > 0
+
+
+def test_quick_bench_prints_a_table() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "chain"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert "nodes/s" in proc.stdout and "chain" in proc.stdout.splitlines()[-1]

@@ -1,0 +1,301 @@
+"""Signals (post_set_state, pipeline_event) and service hooks (__need_run_hook__)."""
+
+from __future__ import annotations
+
+import pytest
+from engine_fixtures import finish, node_state, outputs, refused, run, wait_idle, wait_state, wait_until
+
+from culm import api, signals
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def chain(*nodes):
+    start = EmptyStartEvent()
+    tail = start
+    for n in nodes:
+        tail = tail.extend(n)
+    tail.extend(EmptyEndEvent())
+    return start
+
+
+def hook_act(code="t_hook", **plain):
+    a = ServiceActivity(component_code=code)
+    for key, value in plain.items():
+        setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
+    return a
+
+
+def hooks_of(calls, node_id):
+    return [name for nid, name, _ in calls if nid == node_id]
+
+
+# -- post_set_state ---------------------------------------------------------------------------
+def test_post_set_state_payloads(runtime, recorder):
+    a = ServiceActivity(component_code="example_component")
+    inner = ServiceActivity(component_code="example_component")
+    sub = SubProcess(start=chain(inner))
+    tree = build_tree(chain(a, sub))
+    root = tree["id"]
+    finish(runtime, tree)
+    wait_idle(runtime)
+    first = recorder.states[0]
+    assert first["node_id"] == root and first["to_state"] == "RUNNING" and first["root_id"] == root
+    assert first["parent_id"] == "" and first["loop"] == 1
+    assert recorder.states_of(a.id) == ["RUNNING", "FINISHED"]
+    assert recorder.states_of(root)[-1] == "FINISHED"
+    inner_states = [s for s in recorder.states if s["node_id"] == inner.id]
+    assert all(s["parent_id"] == sub.id and s["root_id"] == root for s in inner_states)
+    a_states = [s for s in recorder.states if s["node_id"] == a.id]
+    assert a_states[0]["parent_id"] == root and a_states[0]["loop"] == 1 and a_states[1]["loop"] == -1
+    for s in recorder.states:
+        assert set(s) == {"node_id", "to_state", "version", "root_id", "parent_id", "loop"}
+        assert s["version"] == node_state(runtime, s["node_id"])["version"] or s["to_state"] != "FINISHED"
+
+
+def test_post_set_state_for_commands(runtime, recorder):
+    a = ServiceActivity(component_code="t_fail")
+    tree = build_tree(chain(a))
+    run(runtime, tree)
+    wait_state(runtime, a.id, "FAILED")
+    recorder.states.clear()
+    assert api.retry_node(runtime, a.id).result
+    wait_state(runtime, a.id, "FAILED")
+    wait_idle(runtime)
+    assert recorder.states_of(a.id)[:1] == ["READY"]
+    assert "RUNNING" in recorder.states_of(a.id) and recorder.states_of(a.id)[-1] == "FAILED"
+
+
+def test_refused_command_sends_nothing(runtime, recorder):
+    a = ServiceActivity(component_code="example_component")
+    tree = build_tree(chain(a))
+    finish(runtime, tree)
+    wait_idle(runtime)
+    before_states, before_events = len(recorder.states), len(recorder.events)
+    refused(api.retry_node(runtime, a.id))
+    refused(api.skip_node(runtime, a.id))
+    refused(api.pause_pipeline(runtime, tree["id"]))
+    refused(api.revoke_pipeline(runtime, tree["id"]))
+    refused(api.run_pipeline(runtime, tree))
+    assert len(recorder.states) == before_states and len(recorder.events) == before_events
+
+
+def test_raising_receiver_changes_nothing(runtime):
+    calls = []
+
+    def bad(**kw):
+        calls.append(kw)
+        raise RuntimeError("receiver exploded")
+
+    signals.post_set_state.connect(bad)
+    signals.pipeline_event.connect(bad)
+    try:
+        a = ServiceActivity(component_code="t_fail")
+        tree = build_tree(chain(a))
+        run(runtime, tree)
+        wait_state(runtime, a.id, "FAILED")
+        assert api.skip_node(runtime, a.id).result
+        wait_state(runtime, tree["id"], "FINISHED")
+        assert api.get_execution_data(runtime, a.id).result
+    finally:
+        signals.post_set_state.disconnect(bad)
+        signals.pipeline_event.disconnect(bad)
+    assert calls
+
+
+# -- pipeline_event ---------------------------------------------------------------------------
+def test_pipeline_events_of_a_run(runtime, recorder):
+    a = ServiceActivity(component_code="example_component")
+    tree = build_tree(chain(a))
+    root = tree["id"]
+    finish(runtime, tree, root_pipeline_data={"k": 1})
+    wait_idle(runtime)
+    types = recorder.event_types()
+    assert types[0] == "pre_prepare_run_pipeline" and types[1] == "post_prepare_run_pipeline"
+    pre = recorder.events_of("pre_prepare_run_pipeline")[0]
+    assert set(pre) == {"pipeline", "root_pipeline_data", "root_pipeline_context", "subprocess_context"}
+    assert pre["pipeline"]["id"] == root and pre["root_pipeline_data"] == {"k": 1}
+    for et in ("node_enter", "pre_execute", "post_execute", "node_finish"):
+        assert {"root_pipeline_id": root, "node_id": a.id} in recorder.events_of(et), et
+    assert recorder.events_of("pipeline_finish") == [{"pipeline_id": root}]
+    # node_finish for events and gateways too
+    assert {"root_pipeline_id": root, "node_id": tree["start_event"]["id"]} in recorder.events_of("node_finish")
+    for event in recorder.events:
+        assert set(event) == {"event_type", "data"}
+
+
+def test_pipeline_events_of_failures(runtime, recorder):
+    fail, boom = ServiceActivity(component_code="t_fail"), ServiceActivity(component_code="t_raise")
+    t1, t2 = build_tree(chain(fail)), build_tree(chain(boom))
+    run(runtime, t1)
+    run(runtime, t2)
+    wait_state(runtime, fail.id, "FAILED")
+    wait_state(runtime, boom.id, "FAILED")
+    wait_idle(runtime)
+    assert {"root_pipeline_id": t1["id"], "node_id": fail.id} in recorder.events_of("node_execute_fail")
+    exc = [e for e in recorder.events_of("node_execute_exception") if e["node_id"] == boom.id]
+    assert exc and exc[0]["root_pipeline_id"] == t2["id"] and "boom from t_raise" in exc[0]["ex_data"]
+
+
+def test_ignored_failure_sends_no_execute_fail(runtime, recorder):
+    a = ServiceActivity(component_code="t_fail", error_ignorable=True)
+    finish(runtime, build_tree(chain(a)))
+    wait_idle(runtime)
+    assert not [e for e in recorder.events_of("node_execute_fail") if e["node_id"] == a.id]
+
+
+def test_pipeline_events_of_commands(runtime, recorder):
+    cb = ServiceActivity(component_code="t_callback")
+    tree = build_tree(chain(cb))
+    root = tree["id"]
+    run(runtime, tree)
+    st = wait_state(runtime, cb.id, "RUNNING")
+    assert api.pause_pipeline(runtime, root).result
+    assert api.resume_pipeline(runtime, root).result
+    wait_until(lambda: outputs(runtime, cb.id).get("waiting"), what="execute")
+    assert api.callback(runtime, cb.id, st["version"], {"d": 1}).result
+    wait_state(runtime, root, "FINISHED")
+    wait_idle(runtime)
+    assert recorder.events_of("pre_pause_pipeline") == [{"pipeline_id": root}]
+    assert recorder.events_of("post_pause_pipeline") == [{"pipeline_id": root}]
+    assert recorder.events_of("pre_resume_pipeline") == [{"pipeline_id": root}]
+    assert recorder.events_of("post_resume_pipeline") == [{"pipeline_id": root}]
+    payload = {"node_id": cb.id, "version": st["version"], "data": {"d": 1}}
+    assert recorder.events_of("pre_callback") == [payload] and recorder.events_of("post_callback") == [payload]
+    assert {"root_pipeline_id": root, "node_id": cb.id} in recorder.events_of("pre_schedule")
+    assert {"root_pipeline_id": root, "node_id": cb.id} in recorder.events_of("post_schedule")
+
+
+def test_pipeline_events_node_pause_resume_skip(runtime, recorder):
+    fail, later = ServiceActivity(component_code="t_fail"), ServiceActivity(component_code="example_component")
+    tree = build_tree(chain(fail, later))
+    run(runtime, tree)
+    wait_state(runtime, fail.id, "FAILED")
+    assert api.pause_node_appoint(runtime, later.id).result
+    assert api.resume_node_appoint(runtime, later.id).result
+    assert api.skip_node(runtime, fail.id).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    wait_idle(runtime)
+    for et in ("pre_pause_node", "post_pause_node", "pre_resume_node", "post_resume_node"):
+        assert recorder.events_of(et) == [{"node_id": later.id}], et
+    assert recorder.events_of("pre_skip_node") == [{"node_id": fail.id}]
+    assert recorder.events_of("post_skip_node") == [{"node_id": fail.id}]
+
+
+# -- service hooks ----------------------------------------------------------------------------
+def test_hooks_of_successful_execute(runtime, hook_calls):
+    a = hook_act()
+    finish(runtime, build_tree(chain(a)))
+    assert hooks_of(hook_calls, a.id) == ["node_enter", "pre_execute", "post_execute", "node_finish"]
+    assert all(cb is None for _, _, cb in hook_calls)
+
+
+def test_hooks_of_failed_and_raising_execute(runtime, hook_calls):
+    failing, raising = hook_act(mode="fail"), hook_act(mode="raise")
+    run(runtime, build_tree(chain(failing)))
+    run(runtime, build_tree(chain(raising)))
+    wait_state(runtime, failing.id, "FAILED")
+    wait_state(runtime, raising.id, "FAILED")
+    assert hooks_of(hook_calls, failing.id) == ["node_enter", "pre_execute", "node_execute_fail"]
+    assert hooks_of(hook_calls, raising.id) == ["node_enter", "pre_execute", "node_execute_exception",
+                                                "node_execute_fail"]
+
+
+def test_hooks_of_retry_and_skip(runtime, hook_calls):
+    a = hook_act(mode="fail")
+    tree = build_tree(chain(a))
+    run(runtime, tree)
+    wait_state(runtime, a.id, "FAILED")
+    hook_calls.clear()
+    assert api.retry_node(runtime, a.id).result
+    wait_state(runtime, a.id, "FAILED", timeout=10)
+    wait_until(lambda: "node_execute_fail" in hooks_of(hook_calls, a.id), what="second failure")
+    assert hooks_of(hook_calls, a.id)[:2] == ["pre_retry_node", "post_retry_node"]
+    hook_calls.clear()
+    assert api.skip_node(runtime, a.id).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert hooks_of(hook_calls, a.id) == ["pre_skip_node", "post_skip_node"]
+
+
+def test_hooks_of_callback_carry_callback_data(runtime, hook_calls):
+    a = hook_act("t_hook_callback")
+    tree = build_tree(chain(a))
+    run(runtime, tree)
+    st = wait_state(runtime, a.id, "RUNNING")
+    wait_until(lambda: outputs(runtime, a.id).get("waiting"), what="execute")
+    assert api.callback(runtime, a.id, st["version"], {"cb": 7}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    after = [(name, cb) for nid, name, cb in hook_calls if nid == a.id][3:]
+    names = [n for n, _ in after]
+    assert names[:2] == ["pre_callback", "post_callback"] or set(names[:2]) == {"pre_callback", "post_callback"}
+    assert set(names) == {"pre_callback", "post_callback", "pre_schedule", "post_schedule", "node_finish"}
+    assert all(cb == {"cb": 7} for _, cb in after)
+
+
+def test_hooks_of_forced_fail(runtime, hook_calls):
+    a = hook_act("t_hook_callback")
+    run(runtime, build_tree(chain(a)))
+    wait_state(runtime, a.id, "RUNNING")
+    wait_until(lambda: outputs(runtime, a.id).get("waiting"), what="execute")
+    assert api.forced_fail_activity(runtime, a.id, "stop").result
+    assert hooks_of(hook_calls, a.id)[-2:] == ["pre_forced_fail_activity", "post_forced_fail_activity"]
+
+
+def test_pause_hooks_not_sent_for_unreached_node(runtime, hook_calls):
+    first, later = ServiceActivity(component_code="t_callback"), hook_act()
+    tree = build_tree(chain(first, later))
+    run(runtime, tree)
+    wait_state(runtime, first.id, "RUNNING")
+    assert api.pause_node_appoint(runtime, later.id).result
+    assert api.resume_node_appoint(runtime, later.id).result
+    assert hooks_of(hook_calls, later.id) == []
+
+
+def test_no_hooks_without_need_run_hook(runtime, hook_calls):
+    finish(runtime, build_tree(chain(ServiceActivity(component_code="t_echo"))))
+    assert hook_calls == []
+
+
+def test_raising_hooks_change_nothing(runtime, hook_calls):
+    ok, failing = hook_act(hook_raises=True), hook_act(mode="fail", hook_raises=True)
+    tree = build_tree(chain(ok, failing))
+    run(runtime, tree)
+    wait_state(runtime, failing.id, "FAILED")
+    assert node_state(runtime, ok.id)["state"] == "FINISHED"
+    assert outputs(runtime, ok.id)["_result"] is True
+    assert api.retry_node(runtime, failing.id, data={"mode": "ok", "hook_raises": True}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert "node_finish" in hooks_of(hook_calls, failing.id)
+
+
+def test_post_set_state_for_appointment_pause_of_unreached_node(runtime, recorder):
+    first, later = ServiceActivity(component_code="t_callback"), ServiceActivity(component_code="example_component")
+    tree = build_tree(chain(first, later))
+    run(runtime, tree)
+    wait_state(runtime, first.id, "RUNNING")
+    assert api.pause_node_appoint(runtime, later.id).result
+    assert api.resume_node_appoint(runtime, later.id).result
+    assert recorder.states_of(later.id) == ["SUSPENDED", "READY"]
+    paused = [s for s in recorder.states if s["node_id"] == later.id][0]
+    assert paused["version"] and paused["loop"] in (1, -1)
+
+
+def test_pause_hooks_for_reached_node(runtime, hook_calls):
+    a = hook_act(mode="fail")
+    tree = build_tree(chain(a))
+    run(runtime, tree)
+    wait_state(runtime, a.id, "FAILED")
+    assert api.pause_pipeline(runtime, tree["id"]).result
+    assert api.retry_node(runtime, a.id, data={"mode": "ok"}).result
+    wait_idle(runtime)
+    assert node_state(runtime, a.id)["state"] == "READY"
+    hook_calls.clear()
+    assert api.pause_node_appoint(runtime, a.id).result
+    assert hooks_of(hook_calls, a.id) == ["pre_pause_node", "post_pause_node"]
+    assert api.resume_pipeline(runtime, tree["id"]).result
+    wait_idle(runtime)
+    assert node_state(runtime, a.id)["state"] == "SUSPENDED"
+    assert api.resume_node_appoint(runtime, a.id).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert "pre_resume_node" not in hooks_of(hook_calls, a.id)

@@ -1,0 +1,104 @@
+"""Alembic migrations on real servers: an empty database is brought to head, and an outdated one is
+refused with a message that names ``culm db upgrade``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from conftest import REDIS, REPO
+
+import culm
+from culm.errors import SchemaOutdatedError
+from culm.storage import migrate, schema
+from culm.storage.sql import SqlStore
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _schema_diff(store: SqlStore) -> list:
+    with store.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "version_table": schema.VERSION_TABLE}
+        )
+        return compare_metadata(ctx, schema.metadata)
+
+
+def test_upgrade_creates_exactly_the_schema(server_database):
+    store = SqlStore(server_database, create=False)
+    try:
+        assert migrate.current_version(store) is None
+        assert migrate.upgrade(store) == migrate.head_version()
+        assert migrate.current_version(store) == migrate.head_version()
+        assert _schema_diff(store) == []
+        assert migrate.upgrade(store) == migrate.head_version()  # a second run changes nothing
+    finally:
+        store.dispose()
+    SqlStore(server_database).dispose()  # the version check now passes
+
+
+def test_upgrade_database_by_url(server_database):
+    assert migrate.upgrade_database(server_database) == migrate.head_version()
+    store = SqlStore(server_database)
+    try:
+        with store.transaction() as unit:
+            assert unit.pending_tasks(0.0, 10) == []
+    finally:
+        store.dispose()
+
+
+def test_empty_server_database_is_refused(server_database):
+    with pytest.raises(SchemaOutdatedError) as info:
+        SqlStore(server_database)
+    message = str(info.value)
+    assert "culm db upgrade --db" in message
+    assert "none" in message
+
+
+def test_runtime_refuses_outdated_schema(server_database):
+    store = SqlStore(server_database, create=False)
+    try:
+        migrate.upgrade(store)
+        with store.engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "base")
+        assert migrate.current_version(store) is None
+    finally:
+        store.dispose()
+    with pytest.raises(SchemaOutdatedError, match="culm db upgrade"):
+        culm.Runtime(server_database, broker=REDIS)
+
+
+def test_unknown_revision_is_refused(server_database):
+    store = SqlStore(server_database, create=False)
+    try:
+        migrate.upgrade(store)
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = 'ffff'")
+    finally:
+        store.dispose()
+    with pytest.raises(SchemaOutdatedError, match="newer culm"):
+        SqlStore(server_database)
+
+
+def test_worker_refuses_outdated_schema(server_database):
+    proc = subprocess.run(
+        [sys.executable, "-m", "culm.dispatch.celery", "--db", server_database, "--broker", REDIS],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode != 0
+    assert "culm db upgrade --db" in proc.stderr
+
+
+@pytest.mark.parametrize("where", ["file", "memory"])
+def test_sqlite_is_upgraded_on_open(tmp_path, where):
+    url = f"sqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite:///:memory:"
+    store = SqlStore(url)
+    try:
+        assert migrate.current_version(store) == migrate.head_version()
+        assert _schema_diff(store) == []
+    finally:
+        store.dispose()

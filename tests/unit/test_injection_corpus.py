@@ -1,0 +1,239 @@
+"""Known template-injection and sandbox-escape payloads must not run code or hang.
+
+Each payload goes through ``template.render`` (how untrusted templates arrive) and each of its
+fragments through ``sandbox.evaluate``. A canary file and a canary environment secret show
+whether anything escaped; afterwards normal evaluation must still work.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from culm.data import sandbox, template
+from culm.data.boolrule import evaluate_gateway_condition
+from culm.errors import ExpressionError
+
+pytestmark = pytest.mark.timeout(60)
+
+SECRET = "culm-canary-7f3a9c"
+CANARY = "CANARY_PATH"  # replaced by the real path in each test
+
+ESCAPES = [
+    # Python object-graph walks
+    "${().__class__.__bases__[0].__subclasses__()}",
+    "${[c for c in ().__class__.__base__.__subclasses__()]}",
+    "${''.__class__.__mro__[1].__subclasses__()}",
+    "${[].__class__.__base__.__subclasses__()[40]('CANARY_PATH', 'w').write('x')}",
+    "${{}.__class__.__subclasses__()}",
+    "${(1).__class__.__base__}",
+    "${str.mro()}",
+    "${int.__subclasses__()}",
+    "${s.__class__.__init__.__globals__}",
+    "${[].pop.__self__}",
+    "${len.__self__}",
+    "${sorted.__module__}",
+    "${(lambda: 1).__globals__}",
+    "${(lambda: 1).__code__.co_consts}",
+    "${(x for x in []).gi_frame.f_globals}",
+    "${(x for x in []).gi_frame.f_back.f_globals['os'].system('touch CANARY_PATH')}",
+    "${[x for x in (1,)].__class__}",
+    "${obj.__dict__}",
+    "${obj.__class__.__init__.__globals__['os'].environ}",
+    "${obj.run('touch CANARY_PATH')}",
+    "${obj.secret_fn('CULM_CANARY_SECRET')}",
+    "${d.__getitem__('k')}",
+    "${d['__class__']}",
+    "${s.format.__globals__}",
+    # names that reach builtins
+    "${__import__('os').system('touch CANARY_PATH')}",
+    "${__builtins__}",
+    "${__builtins__['open']('CANARY_PATH', 'w')}",
+    "${getattr(1, '__class__')}",
+    "${getattr(os, 'system')('touch CANARY_PATH')}",
+    "${eval('1+1')}",
+    "${exec('import os')}",
+    "${compile('1', 'f', 'eval')}",
+    "${open('/etc/passwd').read()}",
+    "${'%s' % open('/etc/passwd').read()}",
+    "${open('CANARY_PATH', 'w').write('pwned')}",
+    "${globals()}",
+    "${locals()}",
+    "${vars()}",
+    "${dir()}",
+    "${type(1)}",
+    "${type('x', (), {})}",
+    "${help()}",
+    "${input()}",
+    "${breakpoint()}",
+    "${object.__subclasses__()}",
+    "${super()}",
+    # modules reachable by name
+    "${os.environ}",
+    "${os.environ['CULM_CANARY_SECRET']}",
+    "${os.getenv('CULM_CANARY_SECRET')}",
+    "${os.system('touch CANARY_PATH')}",
+    "${os.popen('id').read()}",
+    "${m.environ}",
+    "${m.path.os.environ}",
+    "${sys.modules['os'].environ}",
+    # Mako-specific
+    "<% import os %>${os.system('touch CANARY_PATH')}",
+    "<%! import os %>",
+    "% import os",
+    "${self.module.cache.util.os.system('touch CANARY_PATH')}",
+    "${context.get('os')}",
+    "${caller.body()}",
+    "${UNDEFINED}",
+    "${local.module}",
+    "${self.template.module}",
+    "${x | n}",
+    # Jinja-style
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ config.items() }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+    "{% import os %}{{ os.environ }}",
+    # format-string tricks
+    '${"{0.__class__}".format(1)}',
+    "${'{0.__class__.__base__}'.format(s)}",
+    "${'{0[__class__]}'.format(d)}",
+    "${'{x.__globals__}'.format_map(d)}",
+    "${'{:{}}'.format(1, 2)}",
+    "${'%(x)s' % obj}",
+    # encodings and obfuscation
+    '${"\\x5f\\x5fclass\\x5f\\x5f"}',
+    "${''.__class__}",
+    "${\uff3f\uff3fimport\uff3f\uff3f('os')}",
+    "${s.\uff3f\uff3fclass\uff3f\uff3f}",
+    "${chr(95) * 2 + 'import' + chr(95) * 2}",
+    "${[c for c in d.items()][0].__class__}",
+    "${(x := 1)}",
+    "${[*s]}",
+    "${f(**d)}",
+    "${len(*s)}",
+    "${bytes.fromhex('00')}",
+    "${memoryview(b'')}",
+    "${s.encode()}",
+    "${[].append(1)}",
+    "${d.update(a=1)}",
+    "${d.setdefault('a', 1)}",
+    "${s.__len__()}",
+]
+
+RESOURCES = [
+    "${9**9**9**9}",
+    "${10**10**10}",
+    "${'a'*10**10}",
+    "${[x for x in range(10**5) for y in range(10**5)]}",
+    "${list(range(10**9))}",
+    "${'%0999999999d' % 1}",
+    "${'%999999999d' % 1}",
+    "${'%.999999999f' % 1}",
+    "${f'{1:>999999999}'}",
+    "${[[0]*10**6]*10**6}",
+    "${str([[0]*1000]*10000)}",
+    "${['a'*10**6 for x in range(10**6)]}",
+    "${sum([[1]*1000]*2000, [])}",
+    "${round(1, -10**9)}",
+    "${1 << 10**9}",
+    "${'x'.zfill(10**9)}",
+    "${'x'.center(10**9)}",
+    "${('a'*10**6).replace('a', 'a'*10**6)}",
+    "${'-'.join(['a'*10**5]*1000)}",
+    "${'%((a))999999999d' % d}",
+    "${sorted(x for x in range(10**6) for y in range(10**6))}",
+    "${max(x*y for x in range(10**6) for y in range(10**6))}",
+    "${" + "(" * 1000 + "1" + ")" * 1000 + "}",
+    "${" + "-" * 9000 + "1}",
+    "${" + "not " * 2000 + "1}",
+    "${" + "1+" * 3000 + "1}",
+    "${" + "a" * 20000 + "}",
+    "${x}" * 20000,
+]
+
+
+@pytest.fixture
+def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("CULM_CANARY_SECRET", SECRET)
+    return tmp_path / "canary"
+
+
+def namespace() -> dict[str, Any]:
+    import sys
+
+    # Dangerous objects are present on purpose: reaching them must still lead nowhere.
+    return {
+        "s": "text",
+        "d": {"k": "v"},
+        "x": 1,
+        "m": os,
+        "os": os,
+        "sys": sys,
+        "obj": SimpleNamespace(name="n", run=os.system, secret_fn=os.getenv),
+        "f": len,
+    }
+
+
+def inert(value: Any) -> bool:
+    if isinstance(value, str | int | float | bool | type(None)):
+        return True
+    if isinstance(value, list | tuple | set):
+        return all(inert(v) for v in value)
+    if isinstance(value, dict):
+        return all(inert(k) and inert(v) for k, v in value.items())
+    return False
+
+
+def check_payload(payload: str, canary: Path) -> None:
+    text = payload.replace(CANARY, str(canary))
+    start = time.monotonic()
+    try:
+        rendered = template.render(text, namespace())
+    except ExpressionError:
+        rendered = None
+    assert time.monotonic() - start < 2, payload
+    for match in template.FRAGMENT.finditer(text):
+        start = time.monotonic()
+        try:
+            value = sandbox.evaluate(match.group(1), namespace())
+        except ExpressionError:
+            continue
+        finally:
+            assert time.monotonic() - start < 2, payload
+        assert inert(value), f"{payload!r} evaluated to {type(value).__name__}"
+        assert SECRET not in sandbox.safe_str(value)
+    assert not canary.exists(), payload
+    assert rendered is None or SECRET not in sandbox.safe_str(rendered)
+    assert template.render("${x + 1}", namespace()) == "2"
+
+
+def test_corpus_is_large() -> None:
+    assert len(ESCAPES) >= 50
+    assert len(RESOURCES) >= 20
+
+
+@pytest.mark.parametrize("payload", ESCAPES)
+def test_escape_payloads_do_not_run_code(payload: str, canary: Path) -> None:
+    check_payload(payload, canary)
+
+
+@pytest.mark.parametrize("payload", RESOURCES)
+def test_resource_payloads_are_bounded(payload: str, canary: Path) -> None:
+    check_payload(payload, canary)
+
+
+@pytest.mark.parametrize("payload", ESCAPES[:30] + RESOURCES[:15])
+def test_payloads_in_gateway_conditions(payload: str, canary: Path) -> None:
+    start = time.monotonic()
+    try:
+        evaluate_gateway_condition(payload.replace(CANARY, str(canary)) + " == 1", namespace())
+    except ExpressionError:
+        pass
+    assert time.monotonic() - start < 2
+    assert not canary.exists()
+    assert evaluate_gateway_condition("${x} == 1", namespace()) is True

@@ -1,0 +1,108 @@
+"""``${...}`` templates: references, type-preserving sole references, splice rendering."""
+
+from __future__ import annotations
+
+import pytest
+
+from culm.data import template
+from culm.data.template import references, render
+from culm.errors import ExpressionLimitError
+
+pytestmark = pytest.mark.timeout(30)
+
+NS = {"a": "hello", "n": 3, "lst": [1, 2, 3], "d": {"x": {"y": [10, 20]}}, "csv": "p,q,r", "num": "41"}
+
+
+def test_references_collect_loaded_names_only() -> None:
+    assert references("${a + b[0]} and ${c.upper()}") == {"${a}", "${b}", "${c}"}
+    assert references("${[x for x in items if x > lim]} ${int(v)} ${len(w)}") == {
+        "${items}",
+        "${lim}",
+        "${v}",
+        "${w}",
+    }
+    assert references({"k": ["${a}", ("${b}",)], "${c}": "plain"}) == {"${a}", "${b}"}
+    assert references("${1 +} ${__import__('os')} $nothing {x}") == set()
+    assert references(42) == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("${a}", "hello"),
+        ("${n}", 3),
+        ("${lst}", [1, 2, 3]),
+        ("${ n }", 3),
+        ("x-${a}", "x-hello"),
+        ('${"pre_" + a}', "pre_hello"),
+        ("${'%s-%d' % (a, n)}", "hello-3"),
+        ("${a[1:3]}", "el"),
+        ("${a.upper()}", "HELLO"),
+        ("${a.replace('l', 'L')}", "heLLo"),
+        ("${'  x '.strip()}", "x"),
+        ("${csv.split(',')[1]}", "q"),
+        ("${a.count('l')}", "2"),
+        ("${int(num) + 1}", "42"),
+        ("${len(lst)} items", "3 items"),
+        ("${[x * 2 for x in lst]}", "[2, 4, 6]"),
+        ("${list(a)[0]}", "h"),
+        ("${n * 2}${n}", "63"),
+    ],
+)
+def test_documented_splice_operations(text: str, expected: object) -> None:
+    assert render(text, NS) == expected
+
+
+def test_failing_fragments_are_left_unchanged() -> None:
+    assert render("${missing}", NS) == "${missing}"
+    assert render("a ${missing + 1} b ${n}", NS) == "a ${missing + 1} b 3"
+    assert render("${a + 1}", NS) == "${a + 1}"  # TypeError
+    assert render("${1 +}", NS) == "${1 +}"  # syntax error
+    assert render("${a.__class__}", NS) == "${a.__class__}"  # forbidden
+    assert render("${}", NS) == "${}"
+
+
+def test_render_recurses_into_containers_but_not_keys() -> None:
+    value = {"${a}": ["${n}", ("${a}!", 5)], "k": {"deep": "${lst}"}}
+    assert render(value, NS) == {"${a}": [3, ("hello!", 5)], "k": {"deep": [1, 2, 3]}}
+    obj = object()
+    assert render(obj, NS) is obj
+
+
+def test_nested_object_lookup_is_opt_in() -> None:
+    assert render("${d['x']['y'][1]}", NS, nested_objects=True) == 20
+    assert render('${d["x"]["y"]}', NS, nested_objects=True) == [10, 20]
+    assert render("${d['x']['y'][1]}", NS) == "20"
+    assert render("${d['nope']}", NS, nested_objects=True) == "${d['nope']}"
+
+
+def test_limit_errors_propagate() -> None:
+    with pytest.raises(ExpressionLimitError):
+        render("${9**9**9**9}", NS)
+    with pytest.raises(ExpressionLimitError):
+        render(["ok", {"k": "${'a' * 10**10}"}], NS)
+
+
+def test_total_output_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(template, "MAX_RENDER_OUTPUT", 100)
+    with pytest.raises(ExpressionLimitError):
+        render("${'a' * 60}${'b' * 60}", NS)
+
+
+def test_deeply_nested_values_without_templates_are_returned() -> None:
+    value: list = ["x"]
+    for _ in range(template.MAX_RENDER_DEPTH + 50):
+        value = [value]
+    assert render(value, NS) == value
+    value[0] = "${n}"
+    deep: list = value
+    for _ in range(template.MAX_RENDER_DEPTH + 50):
+        deep = [deep]
+    with pytest.raises(ExpressionLimitError):
+        render(deep, NS)
+
+
+def test_self_containing_list_does_not_hang() -> None:
+    loop: list = ["${n}"]
+    loop.append(loop)
+    assert "${n}" in {s for s in template._strings(loop)}
