@@ -344,21 +344,44 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             )
         _require(st, (states.RUNNING,), "call back")
         sched = unit.schedule_of(node_id, version)
-        if sched is None or sched.type == "poll":
-            raise InvalidOperationError(f"node {node_id} is not waiting for a callback")
-        if sched.finished or sched.expired:
-            raise InvalidOperationError(f"the schedule of node {node_id} is already finished")
-        proc = unit.get_process(sched.process_id)
-        if proc is None or proc.dead:
-            raise InvalidOperationError(f"node {node_id} has no live process waiting")
+        if sched is None:
+            # The component may still be inside execute(): an external system can answer before
+            # the engine has saved the schedule. Keep the callback; it runs once the schedule exists.
+            if node.type != g.ACTIVITY or not _may_wait_for_callback(node):
+                raise InvalidOperationError(f"node {node_id} is not waiting for a callback")
+            procs = [p for p in unit.processes_at(node_id) if not p.dead]
+            if not procs:
+                raise InvalidOperationError(f"node {node_id} has no live process waiting")
+            proc, schedule_id = procs[0], None
+        else:
+            if sched.type == "poll":
+                raise InvalidOperationError(f"node {node_id} polls; it is not waiting for a callback")
+            if sched.finished or sched.expired:
+                raise InvalidOperationError(f"the schedule of node {node_id} is already finished")
+            proc, schedule_id = unit.get_process(sched.process_id), sched.id
+            if proc is None or proc.dead:
+                raise InvalidOperationError(f"node {node_id} has no live process waiting")
         step.event("pre_callback", node_id=node_id, version=version, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
         callback_id = new_id()
         unit.insert_callback(callback_id, node_id, version, data)
-        step.add_task(schedule_task(proc, node_id, sched.id, due=now(), callback_id=callback_id))
+        task = schedule_task(proc, node_id, schedule_id, due=now(), callback_id=callback_id)
+        task.running_version = version
+        step.add_task(task)
         step.after.append(_service_hook(engine, unit, node, st, "post_callback", data))
         step.event("post_callback", node_id=node_id, version=version, data=data)
         return callback_id
+
+
+def _may_wait_for_callback(node: g.Node) -> bool:
+    """False only when this process knows the component and it never waits for callbacks."""
+    from culm.components import library
+
+    try:
+        service_cls = library.get(node.code, node.version).bound_service
+    except Exception:  # noqa: BLE001 - unknown here (e.g. only workers import it): let it through
+        return True
+    return bool(getattr(service_cls, "__need_schedule__", False)) and getattr(service_cls, "interval", None) is None
 
 
 def update_context_values(engine: Engine, pipeline_id: str, context_values: dict[str, Any]) -> list[str]:

@@ -15,7 +15,8 @@ from culm.core.run import Run, VersionLostError
 from culm.core.service_call import CallResult, ServiceCall
 from culm.core.step import Step
 
-MULTI_CALLBACK_RETRY_SECONDS = 1.0
+MULTI_CALLBACK_RETRY_SECONDS = 0.2
+EARLY_CALLBACK_RETRY_SECONDS = 0.05
 
 
 def run_schedule(engine: Engine, task_id: str) -> None:
@@ -47,8 +48,13 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
     task = unit.claim_task(task_id, owner, until, at)
     if task is None:
         return None
-    sched = unit.get_schedule(task.schedule_id) if task.schedule_id else None
     st = unit.get_state(task.node_id)
+    if task.schedule_id is None and task.callback_id is not None:
+        sched = _await_schedule(step, task, st, at)
+        if sched is None:
+            return None
+    else:
+        sched = unit.get_schedule(task.schedule_id) if task.schedule_id else None
     proc = unit.get_process(sched.process_id) if sched else None
     if sched is None or sched.finished or sched.expired or proc is None or proc.dead:
         unit.delete_task(task_id)
@@ -71,6 +77,21 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
     callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
     call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
     return call, sched.times, callback_data
+
+
+def _await_schedule(step: Step, task: Any, st: Any, at: float) -> Any:
+    """The schedule an early callback belongs to; None (task postponed or dropped) if not there."""
+    unit = step.unit
+    sched = unit.schedule_of(task.node_id, task.running_version)
+    if sched is not None:
+        unit.update_task(task.id, schedule_id=sched.id)
+        return sched
+    if st is not None and st.name == states.RUNNING and st.version == task.running_version:
+        unit.update_task(task.id, due=at + EARLY_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
+        step.tasks.append(unit.get_task(task.id))
+    else:
+        unit.delete_task(task.id)
+    return None
 
 
 def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> None:

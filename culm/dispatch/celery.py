@@ -34,6 +34,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from culm.core.engine import Engine, Settings
 from culm.core.records import SCHEDULE, TaskRecord, now
+from culm.errors import CulmError
 from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.dispatch.celery")
@@ -453,8 +454,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     queues = args.queues.split(",") if args.queues else None
     if queues is None and args.queue_suffix:
         queues = queue_names(args.queue_suffix, args.prefix)
-    run_worker(args.db, args.broker, args.imports, args.concurrency, queues, args.loglevel, args.pool,
-               prefix=args.prefix)
+    try:
+        run_worker(args.db, args.broker, args.imports, args.concurrency, queues, args.loglevel, args.pool,
+                   prefix=args.prefix)
+    except CulmError as exc:
+        parser.exit(2, f"culm worker: {exc}\n")
 
 
 if __name__ == "__main__":

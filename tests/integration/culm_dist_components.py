@@ -80,3 +80,15 @@ class CallbackComponent(Component):
     code = "dist_callback"
     name = "callback"
     bound_service = CallbackService
+
+
+class SlowPollService(PollService):
+    """Polls every second (through the timer queue), finishing on the third poll."""
+
+    interval = StaticIntervalGenerator(1)
+
+
+class SlowPollComponent(Component):
+    code = "dist_slow_poll"
+    name = "slow poll"
+    bound_service = SlowPollService

@@ -13,6 +13,7 @@ import culm_dist_components  # noqa: F401 - the test process builds trees with t
 import pytest
 from conftest import wait_for
 
+import culm
 from culm import api
 from culm.builder import (
     ConvergeGateway,
@@ -48,8 +49,8 @@ def parallel_tree(seconds: float = 0.0) -> tuple[dict[str, Any], list[str]]:
     return build_tree(start), acts
 
 
-def single_tree(code: str) -> tuple[dict[str, Any], str]:
-    start, act, end = EmptyStartEvent(), _activity(code), EmptyEndEvent()
+def single_tree(code: str, seconds: float = 0.0) -> tuple[dict[str, Any], str]:
+    start, act, end = EmptyStartEvent(), _activity(code, seconds), EmptyEndEvent()
     start.extend(act).extend(end)
     return build_tree(start), act.id
 
@@ -97,6 +98,15 @@ def test_work_is_shared_between_workers(distributed_backend):
     assert len(pids) > 1
 
 
+def test_component_longer_than_a_lease_runs_once(distributed_backend):
+    """The heartbeat keeps the lease of a running task: the relay does not hand it to another."""
+    rt = distributed_backend.runtime()
+    tree, act = single_tree("dist_sleep", 5.0)  # the workers' lease is 3 s, relay grace 2 s
+    assert api.run_pipeline(rt, tree).result
+    wait_finished(rt, tree["id"])
+    assert distributed_backend.executions()[act] == 1
+
+
 def test_poll_component_finishes_after_three_polls(distributed_backend):
     rt = distributed_backend.runtime()
     tree, act = single_tree("dist_poll")
@@ -105,6 +115,31 @@ def test_poll_component_finishes_after_three_polls(distributed_backend):
     assert api.get_execution_data_outputs(rt, act).data["polls"] == 3
     assert distributed_backend.executions("poll")[act] == 3
     assert distributed_backend.executions()[act] == 1
+
+
+def test_poll_interval_goes_through_the_timer_queue(distributed_backend):
+    rt = distributed_backend.runtime()
+    tree, act = single_tree("dist_slow_poll")
+    assert api.run_pipeline(rt, tree).result
+    wait_finished(rt, tree["id"])
+    assert distributed_backend.executions("poll")[act] == 3
+
+
+def test_work_whose_publish_failed_is_relayed(distributed_backend):
+    """The outbox: a submitter that committed but could not reach the broker loses nothing."""
+    backend = distributed_backend
+    scheme = backend.broker_url.split("://", 1)[0]
+    dead_broker = f"{scheme}://guest:guest@127.0.0.1:9//"
+    rt = culm.Runtime(backend.db_url, broker=dead_broker, prefix=backend.prefix,
+                      broker_connection_timeout=0.5)
+    try:
+        tree, acts = parallel_tree()
+        assert api.run_pipeline(rt, tree).result
+    finally:
+        rt.close()
+    st = wait_finished(backend.runtime(), tree["id"])
+    assert {st["children"][a]["state"] for a in acts} == {"FINISHED"}
+    assert all(backend.executions()[a] == 1 for a in acts)
 
 
 def test_callback_component_is_finished_by_a_callback(distributed_backend):

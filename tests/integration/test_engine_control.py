@@ -510,7 +510,8 @@ def test_retry_data_replaces_inputs_for_later_reentries(runtime):
     wait_state(runtime, body.id, "FAILED")
     assert api.retry_node(runtime, body.id, data={"ok": True, "x": "new"}).result
     wait_state(runtime, tree["id"], "FINISHED")
-    assert node_state(runtime, body.id)["loop"] == 2
+    st = node_state(runtime, body.id)
+    assert st["loop"] == 2 and st["retry"] == 0  # retry counter restarts on re-entry
     assert inputs(runtime, body.id)["x"] == "new"
     hist = api.get_node_histories(runtime, body.id).data
     assert [h["inputs"].get("x") for h in hist] == ["orig", "new"]

@@ -131,3 +131,17 @@ def test_node_loop_fail_skip_continues(runtime):
     entry = finish(runtime, build_tree(start))
     st = entry["children"][body.id]
     assert st["loop"] == 2 and st["error_ignored"] is True
+
+
+def test_skip_flag_reset_on_reentry(runtime):
+    body = ServiceActivity(component_code="t_fail")
+    tree, body, _eg = loop_tree(2, body=body)
+    run(runtime, tree, cycle_tolerate=True)
+    wait_state(runtime, body.id, "FAILED")
+    assert api.skip_node(runtime, body.id).result
+    st = wait_state(runtime, body.id, "FAILED")
+    assert st["loop"] == 2 and st["skip"] is False
+    assert api.skip_node(runtime, body.id).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    hist = api.get_node_histories(runtime, body.id).data
+    assert [(h["loop"], h["skip"]) for h in hist] == [(1, False), (1, True), (2, False)]

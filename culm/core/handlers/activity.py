@@ -117,7 +117,7 @@ def start_schedule(run: Run, schedule_type: str) -> None:
         run.step.add_task(schedule_task(run.proc, run.node.id, sched.id, due=now()))
 
 
-def schedule_task(proc: Any, node_id: str, schedule_id: str, *, due: float, callback_id: str | None = None) -> TaskRecord:
+def schedule_task(proc: Any, node_id: str, schedule_id: str | None, *, due: float, callback_id: str | None = None) -> TaskRecord:
     return TaskRecord(new_id(), SCHEDULE, proc.id, node_id, proc.root_id, schedule_id=schedule_id,
                       callback_id=callback_id, due=due, priority=proc.priority, queue=proc.queue)
 
