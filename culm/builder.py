@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import sys
+
 from culm.model.builder import (
     ConditionalParallelGateway,
     ConvergeGateway,
@@ -34,6 +36,11 @@ from culm.model.builder import (
     build_tree,
 )
 
+# bamboo's quick start writes ``from bamboo_engine.builder import *`` and then
+# ``builder.build_tree(...)``: its star import also exported the ``builder`` submodule. This module
+# stands in for it so that the same code works with culm imports.
+builder = sys.modules[__name__]
+
 __all__ = [
     # elements
     "Element", "EmptyStartEvent", "EmptyEndEvent", "ExecutableEndEvent", "ServiceActivity", "SubProcess",
@@ -42,5 +49,5 @@ __all__ = [
     "Data", "Params", "Var", "DataInput", "NodeOutput", "RewritableNodeOutput",
     "InitializedRewritableNodeOutput",
     # building
-    "build_tree",
+    "build_tree", "builder",
 ]
