@@ -64,12 +64,13 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         unit.delete_task(task_id)
         return None
     if not unit.lock_schedule(sched.id, at + engine.settings.schedule_lock_seconds, at):
-        if sched.type == "multiple_callback":
-            # Another callback of the same node is running: try again shortly, keep the row.
-            unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
-            step.tasks.append(unit.get_task(task_id))
-        else:
-            unit.delete_task(task_id)
+        # Another call of the same schedule holds the lock (a second callback, or a worker that
+        # died mid-call and whose lock has not run out yet): come back later, never drop the work.
+        retry_at = at + MULTI_CALLBACK_RETRY_SECONDS
+        if sched.type != "multiple_callback" and sched.locked_until:
+            retry_at = max(retry_at, sched.locked_until)
+        unit.update_task(task_id, due=retry_at, owner=None, claimed_until=None)
+        step.tasks.append(unit.get_task(task_id))
         return None
     graph = engine.graph(proc.root_id, unit)
     run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
