@@ -38,7 +38,7 @@ def run_one(name: str, quick: bool, repeats: int | None) -> dict[str, Any]:
         cmd += ["--repeats", str(repeats)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=3600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if lines:

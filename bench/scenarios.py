@@ -292,23 +292,24 @@ class Cluster:
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115 - owned by the child
             cmd = [sys.executable, "-m", "culm.dispatch.celery", "--db", self.db_url, "--broker", REDIS,
                    "--prefix", self.prefix, "--concurrency", str(WORKER_CONCURRENCY), "--import", "bench.trees",
-                   "--loglevel", "WARNING"]
+                   "--loglevel", "INFO"]
             self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True))
             log.close()
-        # Readiness: "ready." is logged at INFO; at WARNING, wait for the pool children instead.
+        # Ready = Celery logged " ready." (its consumer declared the queues): a message published
+        # before that is routed nowhere on Redis and only the relay brings it back, after its grace.
         deadline = time.monotonic() + timeout
         for i, proc in enumerate(self.procs):
+            log_path = self.workdir / f"worker-{i}.log"
             while True:
-                if proc.poll() is not None:
-                    text = (self.workdir / f"worker-{i}.log").read_text(errors="replace")
-                    raise Skipped(f"culm worker exited with {proc.returncode}: {text[-800:].strip()}")
-                if len(_children(proc.pid)) >= WORKER_CONCURRENCY:
+                text = log_path.read_text(errors="replace")
+                if " ready." in text:
                     break
+                if proc.poll() is not None:
+                    raise Skipped(f"culm worker exited with {proc.returncode}: {text[-800:].strip()}")
                 if time.monotonic() > deadline:
-                    raise Skipped(f"culm worker {i} not ready after {timeout:.0f}s")
-                time.sleep(0.1)
-        time.sleep(0.5)  # let each pool child connect to the broker
+                    raise Skipped(f"culm worker {i} not ready after {timeout:.0f}s: {text[-400:].strip()}")
+                time.sleep(0.05)
 
     def worker_peak_rss_mb(self) -> float:
         """Largest VmHWM of any worker process (parent or pool child), in MB."""

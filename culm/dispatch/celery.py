@@ -167,9 +167,11 @@ class CeleryDispatcher:
             logger.warning("could not mark published timers", exc_info=True)
 
     def close(self) -> None:
-        """Release the broker connections of this process."""
+        """Let go of the app. Its broker connections sit in kombu's process-wide pool, shared
+        with every other app on the same broker URL, so they are left there for them to reuse
+        (closing them would break the next runtime's publishes)."""
         try:
-            self.app.pool.force_close_all()
+            self.app.close()
         except Exception:  # noqa: BLE001
             logger.debug("closing the broker pool failed", exc_info=True)
 

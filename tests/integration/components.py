@@ -8,7 +8,11 @@ instance); the few module-level registries below are for the tests to observe wh
 
 from __future__ import annotations
 
-import threading
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from culm.components import Component, Service, StaticIntervalGenerator
@@ -16,16 +20,51 @@ from culm.events import ExecutableEndEvent
 from culm.variables import LazyVariable
 
 # -- observation and control shared with the tests ------------------------------------------
-HOOK_CALLS: list[tuple[str, str, Any]] = []  # (node_id, hook name, callback_data)
-END_CALLS: list[tuple[bool, str, str]] = []  # (in_subprocess, root_pipeline_id, current_pipeline_id)
-_GATES: dict[str, threading.Event] = {}
-_GATES_LOCK = threading.Lock()
+# Gates and end-event records live in files, so that a test can hold and observe components that
+# run in worker processes (distributed backends) as well as in its own threads. The directory is
+# chosen once by the test process and inherited by the workers it starts.
+SHARED_DIR = Path(os.environ.setdefault("CULM_TEST_SHARED_DIR", tempfile.mkdtemp(prefix="culm-test-shared-")))
+HOOK_CALLS: list[tuple[str, str, Any]] = []  # (node_id, hook name, callback_data); embedded only
 
 
-def gate(name: str) -> threading.Event:
-    """The event a ``t_gate`` component with input ``gate=name`` waits for."""
-    with _GATES_LOCK:
-        return _GATES.setdefault(name, threading.Event())
+class FileGate:
+    """A one-shot gate visible to every process: ``set()`` creates a file ``wait()`` looks for."""
+
+    def __init__(self, name: str) -> None:
+        self.path = SHARED_DIR / f"gate-{name}"
+
+    def set(self) -> None:
+        self.path.touch()
+
+    def is_set(self) -> bool:
+        return self.path.exists()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = time.monotonic() + (timeout if timeout is not None else 3600)
+        while not self.path.exists():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+
+def gate(name: str) -> FileGate:
+    """The gate a ``t_gate`` component with input ``gate=name`` waits for."""
+    return FileGate(name)
+
+
+def reset_shared() -> None:
+    """Forget every gate and end-event record (called before each test)."""
+    for path in SHARED_DIR.glob("*"):
+        path.unlink(missing_ok=True)
+
+
+def end_calls() -> list[tuple[bool, str, str]]:
+    """(in_subprocess, root_pipeline_id, current_pipeline_id) of every t_record_end execution."""
+    path = SHARED_DIR / "end-calls"
+    if not path.exists():
+        return []
+    return [tuple(json.loads(line)) for line in path.read_text().splitlines()]  # type: ignore[misc]
 
 
 # -- plain execute ---------------------------------------------------------------------------
@@ -350,7 +389,8 @@ class RecordEnd(ExecutableEndEvent):
     code = "t_record_end"
 
     def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
-        END_CALLS.append((in_subprocess, root_pipeline_id, current_pipeline_id))
+        with open(SHARED_DIR / "end-calls", "a") as fh:
+            fh.write(json.dumps([in_subprocess, root_pipeline_id, current_pipeline_id]) + "\n")
 
 
 class RaiseEnd(ExecutableEndEvent):

@@ -13,7 +13,13 @@ Reusable by any integration suite:
 * ``server_database`` (function scope, parametrized ``"postgres"`` / ``"mariadb"``) yields the URL
   of an empty database created for the test and dropped after it.
 
-A backend whose services are unreachable is skipped, not failed.
+A backend whose services are unreachable is skipped on a developer machine and FAILS in CI
+(``CI=true``): the distributed runtime is never silently left untested there.
+
+The engine behaviour tests run on every backend: their ``runtime`` fixture is parametrized over
+``sqlite``, ``postgres-redis`` and ``mariadb-rabbitmq`` (see ``engine_fixtures.py``); tests that
+observe in-process state (signals, hooks, gates) are marked ``embedded_only`` and their
+distributed variants are deselected.
 """
 
 from __future__ import annotations
@@ -48,7 +54,7 @@ WORKER_ENV = {
     "CULM_LEASE_SECONDS": "3",
     "CULM_RELAY_INTERVAL": "0.5",
     "CULM_RELAY_GRACE": "2",
-    "CULM_IMPORTS": "culm_dist_components",
+    "CULM_IMPORTS": "culm_dist_components,components",
 }
 
 
@@ -62,6 +68,13 @@ def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.1, messa
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {message}")
         time.sleep(interval)
+
+
+def unavailable(message: str) -> None:
+    """Skip on a developer machine; fail in CI, where every backend must be tested."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI must test every backend; start the service)")
+    pytest.skip(message)
 
 
 def _reachable(url_host: str, port: int) -> bool:
@@ -84,7 +97,7 @@ def create_database(kind: str) -> str:
         with engine.connect() as conn:
             conn.execute(text(f"CREATE DATABASE {name}"))
     except Exception as exc:  # noqa: BLE001
-        pytest.skip(f"{kind} is not available: {exc}")
+        unavailable(f"{kind} is not available: {exc}")
     finally:
         engine.dispose()
     base = engine.url.set(database=name)
@@ -255,21 +268,69 @@ BACKENDS = {
 }
 
 
-@pytest.fixture(scope="session", params=list(BACKENDS))
-def distributed_backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    """A migrated database + broker + two ``culm worker`` processes (see the module docstring)."""
-    db_kind, broker, db_addr, broker_addr = BACKENDS[request.param]
-    for host, port in (db_addr, broker_addr):
-        if not _reachable(host, port):
-            pytest.skip(f"{request.param}: nothing listens on {host}:{port}")
-    backend = DistributedBackend(request.param, db_kind, broker, tmp_path_factory.mktemp(request.param))
-    backend.setup()
+class BackendPool:
+    """One DistributedBackend per kind for the whole session, started on first use."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.backends: dict[str, DistributedBackend] = {}
+        self.shared: dict[str, culm.Runtime] = {}
+
+    def get(self, name: str) -> DistributedBackend:
+        if name not in self.backends:
+            db_kind, broker, db_addr, broker_addr = BACKENDS[name]
+            for host, port in (db_addr, broker_addr):
+                if not _reachable(host, port):
+                    unavailable(f"{name}: nothing listens on {host}:{port}")
+            backend = DistributedBackend(name, db_kind, broker, self.tmp_path_factory.mktemp(name))
+            self.backends[name] = backend
+            backend.setup()
+            backend.start_workers(2)
+        return self.backends[name]
+
+    def shared_runtime(self, name: str) -> culm.Runtime:
+        """One submitting runtime per backend, shared by the engine tests."""
+        if name not in self.shared:
+            self.shared[name] = self.get(name).runtime()
+        return self.shared[name]
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.teardown()
+
+
+@pytest.fixture(scope="session")
+def backend_pool(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    pool = BackendPool(tmp_path_factory)
     try:
-        backend.start_workers(2)
-        yield backend
+        yield pool
     finally:
-        backend.teardown()
+        pool.close()
+
+
+@pytest.fixture(scope="session", params=list(BACKENDS))
+def distributed_backend(request: pytest.FixtureRequest, backend_pool: BackendPool) -> Any:
+    """A migrated database + broker + ``culm worker`` processes (see the module docstring)."""
+    backend = backend_pool.get(request.param)
+    backend.ensure_workers(2)
+    return backend
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the distributed variants of tests that observe in-process state."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("runtime") if callspec else None
+        in_process = item.get_closest_marker("embedded_only") or {"recorder", "hook_calls"} & set(item.fixturenames)
+        if backend not in (None, "sqlite") and in_process:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 # Engine behaviour tests (tests/integration/test_engine_*.py): their fixtures live in engine_fixtures.py.
-from engine_fixtures import hook_calls, recorder, runtime  # noqa: E402,F401,I001
+from engine_fixtures import _fresh_shared_state, hook_calls, recorder, runtime  # noqa: E402,F401,I001

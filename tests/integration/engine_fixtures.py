@@ -20,14 +20,28 @@ from culm import api, signals
 POLL_SECONDS = 0.01
 
 
-@pytest.fixture
-def runtime(tmp_path):
-    """An embedded runtime on a fresh SQLite file, closed after the test."""
-    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
-    try:
-        yield rt
-    finally:
-        rt.close()
+BACKEND_PARAMS = ["sqlite", "postgres-redis", "mariadb-rabbitmq"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_shared_state():
+    """Gates and records are files shared with worker processes: start each test with none."""
+    components.reset_shared()
+    yield
+
+
+@pytest.fixture(params=BACKEND_PARAMS)
+def runtime(request, tmp_path):
+    """A runtime on every backend: embedded SQLite (fresh file per test), or a submitting runtime
+    of a session-wide PostgreSQL + Redis / MariaDB + RabbitMQ backend with real worker processes."""
+    if request.param == "sqlite":
+        rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+        try:
+            yield rt
+        finally:
+            rt.close()
+        return
+    yield request.getfixturevalue("backend_pool").shared_runtime(request.param)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import components
+import pytest
 from engine_fixtures import node_state, run, wait_pipeline, wait_state
 
 from culm import api
@@ -31,6 +32,7 @@ class SlowStartCallbackComponent(Component):
     bound_service = SlowStartCallbackService
 
 
+@pytest.mark.embedded_only  # its component is defined here, so worker processes do not have it
 def test_callback_before_the_schedule_exists_is_delivered_once_it_does(runtime) -> None:
     start, end = EmptyStartEvent(), EmptyEndEvent()
     act = ServiceActivity(component_code="t_slow_start_callback")

@@ -113,14 +113,13 @@ def test_end_event_writes_pipeline_outputs(runtime):
 
 
 def test_executable_end_event_runs_plugin(runtime):
-    components.END_CALLS.clear()
     inner_end = ExecutableEndEvent(type="t_record_end")
     sub = SubProcess(start=line(ServiceActivity(component_code="example_component"), end=inner_end))
     end = ExecutableEndEvent(type="t_record_end")
     tree = build_tree(line(sub, end=end))
     finish(runtime, tree)
-    assert (True, tree["id"], sub.id) in components.END_CALLS
-    assert (False, tree["id"], tree["id"]) in components.END_CALLS
+    assert (True, tree["id"], sub.id) in components.end_calls()
+    assert (False, tree["id"], tree["id"]) in components.end_calls()
     assert node_state(runtime, end.id)["state"] == "FINISHED"
 
 
