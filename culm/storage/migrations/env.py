@@ -7,6 +7,8 @@ Given only a URL (``sqlalchemy.url``), a connection is opened here.
 
 from __future__ import annotations
 
+from typing import Any
+
 from alembic import context
 from sqlalchemy import create_engine, pool
 
@@ -15,7 +17,7 @@ from culm.storage.schema import VERSION_TABLE, metadata
 config = context.config
 
 
-def _run(connection: object) -> None:
+def _run(connection: Any) -> None:
     context.configure(
         connection=connection,
         target_metadata=metadata,
@@ -44,7 +46,7 @@ def run_online() -> None:
     if connection is not None:
         _run(connection)
         return
-    engine = create_engine(config.get_main_option("sqlalchemy.url"), poolclass=pool.NullPool)
+    engine = create_engine(config.get_main_option("sqlalchemy.url") or "", poolclass=pool.NullPool)
     with engine.begin() as conn:
         _run(conn)
     engine.dispose()

@@ -7,6 +7,8 @@ Create Date: 2026-11-25
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
@@ -25,7 +27,7 @@ def _big_text() -> sa.types.TypeEngine:
     return sa.Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
 
 
-def _id(name: str, nullable: bool = False, **kw: object) -> sa.Column:
+def _id(name: str, nullable: bool = False, **kw: Any) -> sa.Column:
     return sa.Column(name, sa.String(ID), nullable=nullable, **kw)
 
 
