@@ -34,6 +34,7 @@ MAX_BATCH = 256
 # How long one batch transaction may keep folding in quick user-code results, and how long it
 # waits for them at a time.
 TX_BUDGET_SECONDS = 0.02
+FOLD_MAX_ITEMS = 4
 INLINE_WAIT_SECONDS = 0.001
 
 
@@ -175,7 +176,11 @@ class ThreadDispatcher:
         """
         engine = self.engine
         running: list[tuple[_Item, Future[Any]]] = []
+        deferred: list[tuple[_Item, Callable[[], Any]]] = []
         done: list[str] = []
+        # Folding pays off when few processes move (a chain, one pipeline); with many ready tasks
+        # the commit is already shared, and waking the pool mid-transaction only contends for the GIL.
+        fold = len(batch) <= FOLD_MAX_ITEMS
         deadline = time.monotonic() + TX_BUDGET_SECONDS
         with engine.store.transaction() as unit:
             step = Step(unit)
@@ -185,12 +190,15 @@ class ThreadDispatcher:
                     call = self._advance_safely(step, item)
                     if call is None:
                         done.append(item.task.id)
-                    else:
+                    elif fold:
                         running.append((item, self._pool_submit(call)))
+                    else:
+                        deferred.append((item, call))
                 items = self._quick_results(running, deadline)
         self._forget(done)
         self.submit(step.tasks)
         step.fire()
+        running.extend((item, self._pool_submit(call)) for item, call in deferred)
         for item, future in running:
             future.add_done_callback(functools.partial(self._requeue, item))
 

@@ -520,6 +520,8 @@ class SqlStore:
                 cur.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL survives a killed process (not a power cut) and is much faster.
                 cur.execute("PRAGMA synchronous=NORMAL")
+            # Savepoints keep their undo pages in a statement journal: in memory, not a temp file.
+            cur.execute("PRAGMA temp_store=MEMORY")
             cur.execute("PRAGMA foreign_keys=OFF")
             cur.close()
 
