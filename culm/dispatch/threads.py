@@ -18,8 +18,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,11 +30,6 @@ from culm.core.step import Step
 logger = logging.getLogger("culm.dispatch")
 
 MAX_BATCH = 256
-# How long one batch transaction may keep folding in quick user-code results, and how long it
-# waits for them at a time.
-TX_BUDGET_SECONDS = 0.02
-FOLD_MAX_ITEMS = 4
-INLINE_WAIT_SECONDS = 0.001
 
 
 def _outcome(future: Future[Any]) -> Any:
@@ -167,40 +161,28 @@ class ThreadDispatcher:
                 self._forget([i.task.id for i in batch])
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        """Advance ``batch`` in one transaction, folding in user code that returns quickly.
+        """Advance ``batch`` in one transaction, then start the user code it leads to.
 
-        User code starts on the pool right away; results that arrive within a few milliseconds are
-        applied in the same transaction, so a run of quick activities costs one commit, not one
-        each. Nothing of a step is visible before the commit, so a crash in between only means the
-        uncommitted nodes run again: none of them had finished.
+        User code starts only after the commit: a node's RUNNING state (and the task's record of
+        it) is durable before anything with side effects runs, so after a crash only a node that
+        was inside its user code runs again.
         """
         engine = self.engine
-        running: list[tuple[_Item, Future[Any]]] = []
-        deferred: list[tuple[_Item, Callable[[], Any]]] = []
+        calls: list[tuple[_Item, Callable[[], Any]]] = []
         done: list[str] = []
-        # Folding pays off when few processes move (a chain, one pipeline); with many ready tasks
-        # the commit is already shared, and waking the pool mid-transaction only contends for the GIL.
-        fold = len(batch) <= FOLD_MAX_ITEMS
-        deadline = time.monotonic() + TX_BUDGET_SECONDS
         with engine.store.transaction() as unit:
             step = Step(unit)
-            items = batch
-            while items:
-                for item in items:
-                    call = self._advance_safely(step, item)
-                    if call is None:
-                        done.append(item.task.id)
-                    elif fold:
-                        running.append((item, self._pool_submit(call)))
-                    else:
-                        deferred.append((item, call))
-                items = self._quick_results(running, deadline)
+            for item in batch:
+                call = self._advance_safely(step, item)
+                if call is None:
+                    done.append(item.task.id)
+                else:
+                    calls.append((item, call))
         self._forget(done)
         self.submit(step.tasks)
         step.fire()
-        running.extend((item, self._pool_submit(call)) for item, call in deferred)
-        for item, future in running:
-            future.add_done_callback(functools.partial(self._requeue, item))
+        for item, call in calls:
+            self._start_user_code(item, call)
 
     def _advance_safely(self, step: Step, item: _Item) -> Callable[[], Any] | None:
         try:
@@ -209,31 +191,6 @@ class ThreadDispatcher:
         except Exception:  # noqa: BLE001 - this task's changes are undone, not the batch's
             logger.exception("task %s (%s of node %s) failed", item.task.id, item.task.kind, item.task.node_id)
             return None
-
-    def _quick_results(self, running: list[tuple[_Item, Future[Any]]], deadline: float) -> list[_Item]:
-        """Items whose user code finished within the inline window (removed from ``running``)."""
-        left = deadline - time.monotonic()
-        if not running or left <= 0:
-            return []
-        futures_wait([f for _, f in running], timeout=min(INLINE_WAIT_SECONDS, left), return_when=FIRST_COMPLETED)
-        ready: list[_Item] = []
-        still: list[tuple[_Item, Future[Any]]] = []
-        for item, future in running:
-            if future.done():
-                item.result, item.waiting = _outcome(future), True
-                ready.append(item)
-            else:
-                still.append((item, future))
-        running[:] = still
-        return ready
-
-    def _pool_submit(self, call: Callable[[], Any]) -> Future[Any]:
-        assert self._pool is not None
-        return self._pool.submit(call)
-
-    def _requeue(self, item: _Item, future: Future[Any]) -> None:
-        item.result, item.waiting = _outcome(future), True
-        self._ready.put(item)
 
     def _advance(self, step: Step, item: _Item) -> Callable[[], Any] | None:
         """Move one task forward inside the batch transaction; returns user code to run next."""
@@ -247,6 +204,19 @@ class ThreadDispatcher:
             scheduling.schedule_apply(engine, step, task.id, item.result)
             return None
         return scheduling.schedule_prepare(engine, step, task.id)
+
+    def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
+        assert self._pool is not None
+        try:
+            future = self._pool.submit(call)
+        except RuntimeError:  # the pool is shutting down: the row stays for the next runner
+            self._forget([item.task.id])
+            return
+        future.add_done_callback(functools.partial(self._requeue, item))
+
+    def _requeue(self, item: _Item, future: Future[Any]) -> None:
+        item.result, item.waiting = _outcome(future), True
+        self._ready.put(item)
 
     def _forget(self, task_ids: list[str]) -> None:
         if not task_ids:
