@@ -180,9 +180,13 @@ def skip_conditional_parallel_gateway(runtime: Any, node_id: str, flow_ids: list
 
 
 @_api
-def forced_fail_activity(runtime: Any, node_id: str, ex_data: str = "") -> None:
-    """Fail a RUNNING activity now; whatever it still produces is discarded."""
-    commands.forced_fail_activity(runtime.engine, _str_id(node_id, "node_id"), str(ex_data))
+def forced_fail_activity(runtime: Any, node_id: str, ex_data: str = "", send_post_set_state_signal: bool = True) -> None:
+    """Fail a RUNNING activity now; whatever it still produces is discarded.
+
+    ``send_post_set_state_signal=False`` (bamboo's option) keeps ``post_set_state`` quiet for it.
+    """
+    commands.forced_fail_activity(runtime.engine, _str_id(node_id, "node_id"), str(ex_data),
+                                  signal=bool(send_post_set_state_signal))
 
 
 @_api

@@ -303,7 +303,7 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
 
 
 # -- forced fail and callback ---------------------------------------------------------------
-def forced_fail_activity(engine: Engine, node_id: str, ex_data: str) -> None:
+def forced_fail_activity(engine: Engine, node_id: str, ex_data: str, *, signal: bool = True) -> None:
     with engine.step() as step:
         unit = step.unit
         _graph, node = _node(engine, unit, node_id)
@@ -320,7 +320,10 @@ def forced_fail_activity(engine: Engine, node_id: str, ex_data: str) -> None:
         outputs = {**outputs, "ex_data": ex_data, "_forced_failed": True}
         unit.set_execution_data(node_id, inputs, outputs)
         old = st.version
+        sent = len(step.events)
         _cas(step, st, states.FAILED, version=new_version(), archived_time=now())
+        if not signal:
+            del step.events[sent:]
         for proc in procs:
             unit.update_process(proc.id, asleep=True)
         unit.retag_logs(node_id, old, st.version)

@@ -299,3 +299,21 @@ def test_pause_hooks_for_reached_node(runtime, hook_calls):
     assert api.resume_node_appoint(runtime, a.id).result
     wait_state(runtime, tree["id"], "FINISHED")
     assert "pre_resume_node" not in hooks_of(hook_calls, a.id)
+
+
+def test_forced_fail_can_keep_post_set_state_quiet(runtime, recorder):
+    from engine_fixtures import run, wait_state
+
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    wait = ServiceActivity(component_code="t_callback")
+    start.extend(wait).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, wait.id, "RUNNING")
+    res = api.forced_fail_activity(runtime, wait.id, "stop", send_post_set_state_signal=False)
+    assert res.result, res.message
+    assert wait_state(runtime, wait.id, "FAILED")
+    assert "FAILED" not in recorder.states_of(wait.id)
+    assert any(e["node_id"] == wait.id for e in recorder.events_of("post_forced_fail_activity"))
