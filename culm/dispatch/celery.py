@@ -23,6 +23,7 @@ import argparse
 import importlib
 import logging
 import os
+import socket
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
@@ -421,7 +422,7 @@ def run_worker(
 
     signals.worker_ready.connect(start_relay, weak=False)
     worker = app.Worker(
-        hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@%h",
+        hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
         queues=queues or queue_names(prefix=prefix),
         concurrency=concurrency,
         pool_cls=pool or "prefork",
