@@ -106,6 +106,14 @@ class Run:
     def root_data(self) -> dict[str, Any]:
         return self.engine.root_data(self.root_id, self.unit)
 
+    def seed_loop_outputs(self, pipeline_id: str) -> None:
+        """Write this run's ``_loop``/``_inner_loop`` into the context keys they map to, before the
+        inputs are rendered, so that a node's inputs can refer to its own loop counters."""
+        counters = {"_loop": self.state.loop, "_inner_loop": self.state.inner_loop}
+        seeds = [ContextValue(ctx_key, "plain", counters[src]) for src, ctx_key in
+                 cdata.output_mapping(self.graph, self.node) if src in counters]
+        self.upsert_context(pipeline_id, seeds)
+
     def upsert_context(self, pipeline_id: str, values: list[ContextValue]) -> None:
         if values:
             self.unit.upsert_context(pipeline_id, values)

@@ -14,6 +14,7 @@ from culm.builder import (
     NodeOutput,
     ServiceActivity,
     SubProcess,
+    Var,
     build_tree,
 )
 
@@ -145,3 +146,13 @@ def test_skip_flag_reset_on_reentry(runtime):
     wait_state(runtime, tree["id"], "FINISHED")
     hist = api.get_node_histories(runtime, body.id).data
     assert [(h["loop"], h["skip"]) for h in hist] == [(1, False), (1, True), (2, False)]
+
+
+def test_node_inputs_see_their_own_loop_counter_through_a_node_output(runtime):
+    body = ServiceActivity(component_code="t_echo")
+    body.component.inputs.x = Var(type=Var.SPLICE, value="${n}")
+    tree, body, _eg = loop_tree(3, body=body)
+    finish(runtime, tree, cycle_tolerate=True)
+    # ${n} maps the node's own _loop: it is seeded before rendering, so each pass sees its own count.
+    assert inputs(runtime, body.id)["x"] == 3
+    assert [h["inputs"]["x"] for h in api.get_node_histories(runtime, body.id).data] == [1, 2]

@@ -17,6 +17,7 @@ from culm.errors import CulmError
 def execute(run: Run) -> Outcome:
     """Prepare the component call; the call itself runs outside the transaction."""
     raw = run.raw_inputs()
+    run.seed_loop_outputs(run.top_pipeline_id)
     try:
         inputs = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
     except CulmError as exc:

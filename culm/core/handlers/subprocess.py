@@ -14,6 +14,7 @@ def enter(run: Run) -> Outcome:
     node = run.node
     run.unit.reset_inner_loops(node.id)
     raw = run.raw_inputs()
+    run.seed_loop_outputs(run.top_pipeline_id)
     try:
         params = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
     except CulmError as exc:
