@@ -93,11 +93,15 @@ class Engine:
                 self._graphs.popitem(last=False)
 
     # -- worker entry point ---------------------------------------------------------------
-    def run_task(self, task: TaskRecord | str) -> None:
-        """Run one task to its next resting point. Safe to call twice for the same task."""
+    def run_task(self, task: TaskRecord | str, kind: str | None = None) -> None:
+        """Run one task to its next resting point. Safe to call twice for the same task.
+
+        ``kind`` (execute or schedule), when the caller knows it, spares a read of the row.
+        """
         from culm.core import scheduling, walker
 
-        kind = task.kind if isinstance(task, TaskRecord) else None
+        if isinstance(task, TaskRecord):
+            kind = task.kind
         task_id = task.id if isinstance(task, TaskRecord) else task
         if kind is None:
             with self.store.reading() as unit:

@@ -143,7 +143,7 @@ class CeleryDispatcher:
         try:
             self.app.send_task(
                 TASK_NAME,
-                args=[task.id],
+                args=[task.id, task.kind],
                 queue=queue,
                 routing_key=queue,
                 countdown=countdown or None,
@@ -256,7 +256,7 @@ def _is_interruption(exc: BaseException, store: SqlStore) -> bool:
     return isinstance(exc, kinds)
 
 
-def _run_task(self: Any, task_id: str) -> None:
+def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
     """The Celery task: run one culm task; a database interruption retries it later."""
     state = worker_state()
     with state.lock:
@@ -264,7 +264,7 @@ def _run_task(self: Any, task_id: str) -> None:
             return  # a duplicate message while this process runs it (thread pools)
         state.running.add(task_id)
     try:
-        state.engine.run_task(task_id)
+        state.engine.run_task(task_id, kind)
     except Exception as exc:
         _release(state, task_id)
         if _is_interruption(exc, state.store):
