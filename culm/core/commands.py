@@ -15,8 +15,8 @@ from culm.core import data as cdata
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
-from culm.core.records import HistoryRecord, ProcessRecord, StateRecord, new_id, new_version, now
-from culm.core.run import Run
+from culm.core.records import ProcessRecord, StateRecord, new_id, new_version, now
+from culm.core.run import Run, record_history
 from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step
 from culm.core.walker import execute_task_for
@@ -66,12 +66,6 @@ def _cas(step: Step, st: StateRecord, to: str, loop: int = -1, **fields: Any) ->
     for k, v in fields.items():
         setattr(st, k, v)
     step.state_changed(st, loop)
-
-
-def _history(unit: Any, st: StateRecord) -> None:
-    exec_data: tuple[dict, dict] = unit.get_execution_data(st.node_id) or ({}, {})
-    unit.add_history(HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
-                                   st.version, exec_data[0], exec_data[1]))
 
 
 def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
@@ -201,7 +195,7 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         proc = _sleeping_process(unit, node_id)
         step.event("pre_retry_node", node_id=node_id, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_retry_node"))
-        _history(unit, st)
+        record_history(unit, st)
         if data is not None:
             unit.set_inputs_override(node_id, _retry_inputs(data))
         _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
@@ -229,7 +223,7 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
         step.event("pre_retry_subprocess", node_id=node_id)
         if proc.stack and proc.stack[-1] == node_id:
             unit.update_process(proc.id, stack=proc.stack[:-1])
-        _history(unit, st)
+        record_history(unit, st)
         _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
              archived_time=None)
         _wake(step, proc, node_id)
@@ -249,7 +243,7 @@ def skip_node(engine: Engine, node_id: str) -> None:
         proc = _sleeping_process(unit, node_id)
         step.event("pre_skip_node", node_id=node_id)
         step.after.append(_service_hook(engine, unit, node, st, "pre_skip_node"))
-        _history(unit, st)
+        record_history(unit, st)
         _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
         _wake(step, proc, node.target)  # type: ignore[arg-type]
         step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
@@ -269,7 +263,7 @@ def skip_exclusive_gateway(engine: Engine, node_id: str, flow_id: str) -> None:
         _require(st, (states.FAILED,), "skip")
         proc = _sleeping_process(unit, node_id)
         step.event("pre_skip_exclusive_gateway", node_id=node_id, flow_id=flow_id)
-        _history(unit, st)
+        record_history(unit, st)
         _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
         _wake(step, proc, target)
         step.event("post_skip_exclusive_gateway", node_id=node_id, flow_id=flow_id)
@@ -295,7 +289,7 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
         proc = _sleeping_process(unit, node_id)
         payload = {"node_id": node_id, "flow_ids": list(flow_ids), "converge_gateway_id": converge_gateway_id}
         step.event("pre_skip_conditional_parallel_gateway", **payload)
-        _history(unit, st)
+        record_history(unit, st)
         _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
         run = Run(engine, step, graph, proc, node, st)
         fork(run, [t for t in targets if t], converge_gateway_id)

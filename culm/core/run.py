@@ -119,9 +119,11 @@ class Run:
             self.unit.upsert_context(pipeline_id, values)
 
     def record_history(self) -> None:
-        st = self.state
-        exec_data: tuple[dict, dict] = self.unit.get_execution_data(st.node_id) or ({}, {})
-        self.unit.add_history(
-            HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
-                          st.version, exec_data[0], exec_data[1])
-        )
+        record_history(self.unit, self.state)
+
+
+def record_history(unit: Any, st: StateRecord) -> None:
+    """Keep a node's current run (state counters and execution data) before it is run again."""
+    exec_data: tuple[dict, dict] = unit.get_execution_data(st.node_id) or ({}, {})
+    unit.add_history(HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
+                                   st.version, exec_data[0], exec_data[1]))
