@@ -63,7 +63,10 @@ class Runtime:
             from culm.dispatch.threads import ThreadDispatcher
 
             count = 8 if workers is None else workers
-            self.dispatcher = ThreadDispatcher(count) if count > 0 and self._take_runner_lock() else None
+            runner = count > 0 and self._take_runner_lock()
+            # The engine may keep copies of its rows only where the runner lock makes it the sole
+            # runner: a SQLite database (a server database can have several embedded runners).
+            self.dispatcher = ThreadDispatcher(count, cache=self.store.dialect == "sqlite") if runner else None
             self.engine = Engine(self.store, self.dispatcher, settings)
             if self.dispatcher is not None:
                 self.dispatcher.start(self.engine)

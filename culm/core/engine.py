@@ -50,9 +50,15 @@ class Engine:
 
     # -- transactions ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def step(self) -> Iterator[Step]:
-        """A transaction whose tasks are dispatched and signals sent after it commits."""
+    def step(self, *, new_rows_only: bool = False) -> Iterator[Step]:
+        """A transaction whose tasks are dispatched and signals sent after it commits.
+
+        Unless it only inserts rows of a new run (``new_rows_only``), it announces that it changes
+        existing rows, so an embedded engine drops its copies of them (``culm.storage.cache``).
+        """
         with self.store.transaction() as unit:
+            if not new_rows_only:
+                unit.announce_change()
             step = Step(unit)
             yield step
         if step.tasks and self.dispatcher is not None:

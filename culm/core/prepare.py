@@ -30,7 +30,7 @@ def run_pipeline(
         "pipeline": tree, "root_pipeline_data": root_pipeline_data,
         "root_pipeline_context": root_pipeline_context, "subprocess_context": subprocess_context,
     }
-    with engine.step() as step:
+    with engine.step(new_rows_only=True) as step:
         unit = step.unit
         if unit.pipeline_exists(root_id) or unit.get_state(root_id) is not None:
             raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")

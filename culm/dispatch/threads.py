@@ -26,6 +26,7 @@ from culm.core import scheduling, walker
 from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, TaskRecord, now
 from culm.core.step import Step
+from culm.storage.cache import RecordCache
 
 logger = logging.getLogger("culm.dispatch")
 
@@ -53,8 +54,10 @@ class _Item:
 class ThreadDispatcher:
     """Runs the engine on one thread of this process and user code on ``workers`` threads."""
 
-    def __init__(self, workers: int = 8, sweep_interval: float = 1.0) -> None:
+    def __init__(self, workers: int = 8, sweep_interval: float = 1.0, *, cache: bool = False) -> None:
+        """``cache``: keep write-through copies of engine rows (only for the sole runner of a database)."""
         self.workers = workers
+        self.cache = RecordCache() if cache else None
         self.sweep_interval = sweep_interval
         self.engine: Any = None
         self._ready: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -166,14 +169,27 @@ class ThreadDispatcher:
         User code starts only after the commit: a node's RUNNING state (and the task's record of
         it) is durable before anything with side effects runs, so after a crash only a node that
         was inside its user code runs again.
+
+        The batch first runs without savepoints (two statements per task saved). Should any task
+        raise, the whole transaction is rolled back and the batch runs again with a savepoint per
+        task, so only the failing task's changes are undone.
         """
+        saved = [(item.invoke, item.waiting, item.result) for item in batch]
+        try:
+            self._commit_batch(batch, isolate=False)
+        except Exception:  # noqa: BLE001 - replayed below, task by task
+            for item, (invoke, waiting, result) in zip(batch, saved, strict=True):
+                item.invoke, item.waiting, item.result = invoke, waiting, result
+            self._commit_batch(batch, isolate=True)
+
+    def _commit_batch(self, batch: list[_Item], *, isolate: bool) -> None:
         engine = self.engine
         calls: list[tuple[_Item, Callable[[], Any]]] = []
         done: list[str] = []
-        with engine.store.transaction() as unit:
+        with engine.store.transaction(cache=self.cache) as unit:
             step = Step(unit)
             for item in batch:
-                call = self._advance_safely(step, item)
+                call = self._advance_safely(step, item) if isolate else self._advance(step, item)
                 if call is None:
                     done.append(item.task.id)
                 else:
@@ -189,6 +205,8 @@ class ThreadDispatcher:
             with step.unit.savepoint():
                 return self._advance(step, item)
         except Exception:  # noqa: BLE001 - this task's changes are undone, not the batch's
+            if self.cache is not None:
+                self.cache.clear()  # it may hold writes the savepoint just undid
             logger.exception("task %s (%s of node %s) failed", item.task.id, item.task.kind, item.task.node_id)
             return None
 

@@ -33,10 +33,9 @@ def normalise_url(url: str) -> str:
     return url
 
 
-_STATE_SELECT = (
-    'SELECT node_id, root_id, parent_id, name, version, "loop", inner_loop, retry, skip, error_ignored, '
-    "created_time, started_time, archived_time FROM culm_state"
-)
+_STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
+                  "error_ignored", "created_time", "started_time", "archived_time")
+_STATE_SELECT = "SELECT " + ", ".join(_STATE_COLUMNS) + " FROM culm_state"
 _PROCESS_SELECT = (
     "SELECT id, root_id, parent_id, current_node_id, destination_id, stack, asleep, suspended, suspended_by, "
     "dead, ack_num, need_ack, priority, queue, last_heartbeat FROM culm_process"
@@ -134,6 +133,13 @@ class SqlUnit:
 
     def _for_update(self, for_update: bool) -> str:
         return " FOR UPDATE" if for_update and self._lock_rows else ""
+
+    def announce_change(self) -> None:
+        """Mark this transaction as one that changes existing engine rows (see culm.storage.cache)."""
+        if self.dialect == "sqlite":
+            from culm.storage.cache import bump_epoch
+
+            bump_epoch(self)
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -538,14 +544,29 @@ class SqlStore:
         ensure_schema(self)
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[SqlUnit]:
-        """A unit of work: committed when the block ends, rolled back on an exception."""
+    def transaction(self, cache: Any = None) -> Iterator[SqlUnit]:
+        """A unit of work: committed when the block ends, rolled back on an exception.
+
+        ``cache`` (a :class:`culm.storage.cache.RecordCache`, embedded engine thread only) makes the
+        unit answer hot reads from it; it is emptied when the transaction does not commit.
+        """
         lock = self._write_lock
         if lock is not None:
             lock.acquire()
         try:
             with self._raw(write=True) as raw:
-                yield SqlUnit(raw, self.dialect)
+                if cache is None:
+                    yield SqlUnit(raw, self.dialect)
+                else:
+                    from culm.storage.cache import CachedUnit
+
+                    unit = CachedUnit(raw, self.dialect, cache)
+                    cache.sync(unit)
+                    yield unit
+        except BaseException:
+            if cache is not None:
+                cache.clear()  # rolled back (or the commit failed): the copies may hold undone writes
+            raise
         finally:
             if lock is not None:
                 lock.release()

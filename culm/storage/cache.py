@@ -1,0 +1,350 @@
+"""Write-through copies of the rows the embedded engine re-reads at every step.
+
+An embedded runtime is the only process that runs the tasks of its SQLite file (the runner lock
+in :mod:`culm.runtime`), and its engine thread does every engine write. So the engine thread can
+keep what it wrote: states, processes, tasks and contexts, and answer its own reads from memory.
+The database stays the record: every write still goes to it in the same transaction, and the
+copies only spare the reads (and their JSON decoding).
+
+Two things can make the copies wrong, and both drop them:
+
+* Another transaction changed existing rows: an operator command (pause, retry, callback...) in
+  this process or another one. Every such transaction bumps SQLite's ``user_version`` header field
+  (:func:`bump_epoch`); the engine reads it at the start of each batch and starts afresh when it moved.
+  ``run_pipeline`` only inserts rows of a new pipeline and does not bump.
+* The engine's own transaction (or a savepoint in it) was rolled back: the dispatcher calls
+  :meth:`RecordCache.clear`.
+
+A copy is never handed out: readers get fresh records (the walker mutates them) and context values
+are decoded again from their stored text unless they are immutable scalars, so a component that
+mutates its inputs cannot change what the next node reads.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
+from culm.storage import codec
+from culm.storage.sql import _STATE_COLUMNS, SqlUnit, _state_row
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+_MISSING = object()
+
+
+def _shared(value: Any) -> Any:
+    """The value itself when it is immutable (safe to hand out many times), else _MISSING."""
+    return value if type(value) in _SCALARS else _MISSING
+
+
+def read_epoch(unit: SqlUnit) -> int:
+    return int(unit._one("PRAGMA user_version")[0])
+
+
+def bump_epoch(unit: SqlUnit) -> None:
+    """Tell an embedded engine (of any process) that rows it may hold copies of have changed."""
+    epoch = read_epoch(unit)
+    unit._x(f"PRAGMA user_version = {(epoch + 1) % 2_000_000_000}")
+
+
+_TASK_FIELDS = frozenset(TaskRecord.__slots__)  # lease columns (owner, claimed_until) are not kept
+
+
+def _apply(rec: Any, fields: dict[str, Any]) -> None:
+    """Write ``fields`` into a kept record; every field the engine writes is one of its attributes."""
+    for k, v in fields.items():
+        setattr(rec, k, v)
+
+
+def _copy_state(s: StateRecord) -> StateRecord:
+    return StateRecord(s.node_id, s.root_id, s.parent_id, s.name, s.version, s.loop, s.inner_loop, s.retry, s.skip,
+                       s.error_ignored, s.created_time, s.started_time, s.archived_time)
+
+
+def _copy_process(p: ProcessRecord) -> ProcessRecord:
+    return ProcessRecord(p.id, p.root_id, p.parent_id, p.current_node_id, p.destination_id, list(p.stack), p.asleep,
+                         p.suspended, p.suspended_by, p.dead, p.ack_num, p.need_ack, p.priority, p.queue,
+                         p.last_heartbeat)
+
+
+def _copy_task(t: TaskRecord) -> TaskRecord:
+    return TaskRecord(t.id, t.kind, t.process_id, t.node_id, t.root_id, t.schedule_id, t.callback_id, t.due,
+                      t.running_version, t.priority, t.queue)
+
+
+class _Root:
+    """What the cache holds for one root pipeline (so it can be evicted as a whole)."""
+
+    __slots__ = ("nodes", "processes")
+
+    def __init__(self, nodes: list[str]) -> None:
+        self.nodes = nodes
+        self.processes: set[str] = set()
+
+
+class RecordCache:
+    """The engine thread's copies. Used by one thread at a time (the embedded engine thread)."""
+
+    def __init__(self, max_roots: int = 2048) -> None:
+        self.max_roots = max_roots
+        self.epoch: int | None = None
+        self.roots: OrderedDict[str, _Root] = OrderedDict()
+        self.node_root: dict[str, str] = {}  # every node of a loaded root -> that root
+        self.states: dict[str, StateRecord] = {}  # only nodes of loaded roots; absent = no state row
+        self.processes: dict[str, ProcessRecord] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        # pipeline id -> key -> (type, value or _MISSING, stored text, code, references)
+        self.contexts: dict[str, dict[str, tuple[str, Any, str, str | None, frozenset[str]]]] = {}
+
+    def clear(self) -> None:
+        self.roots.clear()
+        self.node_root.clear()
+        self.states.clear()
+        self.processes.clear()
+        self.tasks.clear()
+        self.contexts.clear()
+
+    def sync(self, unit: SqlUnit) -> None:
+        """Start of a transaction: drop everything if another transaction changed existing rows."""
+        epoch = read_epoch(unit)
+        if epoch != self.epoch:
+            self.clear()
+            self.epoch = epoch
+
+    def _evict(self) -> None:
+        while len(self.roots) > self.max_roots:
+            _, root = self.roots.popitem(last=False)
+            for nid in root.nodes:
+                self.node_root.pop(nid, None)
+                self.states.pop(nid, None)
+                self.contexts.pop(nid, None)
+            for pid in root.processes:
+                self.processes.pop(pid, None)
+
+
+class CachedUnit(SqlUnit):
+    """A :class:`SqlUnit` that answers the engine's hot reads from a :class:`RecordCache`."""
+
+    def __init__(self, conn: Any, dialect: str, cache: RecordCache) -> None:
+        super().__init__(conn, dialect)
+        self.cache = cache
+
+    # -- states ---------------------------------------------------------------------------
+    def _load_root(self, root_id: str) -> None:
+        c = self.cache
+        if root_id in c.roots or not root_id:
+            return
+        rows = self._all(
+            "SELECT n.id, " + ", ".join(f"s.{col}" for col in _STATE_COLUMNS)
+            + " FROM culm_node n LEFT JOIN culm_state s ON s.node_id = n.id WHERE n.root_id = ?",
+            [root_id],
+        )
+        nodes = []
+        for r in rows:
+            nodes.append(r[0])
+            c.node_root[r[0]] = root_id
+            if r[1] is not None:
+                c.states[r[0]] = _state_row(r[1:])
+        c.roots[root_id] = _Root(nodes)
+        c._evict()
+
+    def _known(self, node_id: str) -> bool:
+        root = self.cache.node_root.get(node_id)
+        if root is None:
+            return False
+        self.cache.roots.move_to_end(root)
+        return True
+
+    def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None:
+        if self._known(node_id):
+            st = self.cache.states.get(node_id)
+            return _copy_state(st) if st is not None else None
+        st = super().get_state(node_id, for_update=for_update)
+        if st is not None and st.root_id:
+            self._load_root(st.root_id)
+        return st
+
+    def get_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        c = self.cache
+        found: dict[str, StateRecord] = {}
+        missing: list[str] = []
+        for nid in node_ids:
+            if nid in c.node_root:
+                st = c.states.get(nid)
+                if st is not None:
+                    found[nid] = _copy_state(st)
+            else:
+                missing.append(nid)
+        if missing:
+            fetched = super().get_states(missing)
+            found.update(fetched)
+            for st in fetched.values():
+                if st.root_id:
+                    self._load_root(st.root_id)
+        return found
+
+    def insert_state(self, rec: StateRecord) -> None:
+        super().insert_state(rec)
+        if rec.node_id in self.cache.node_root:
+            self.cache.states[rec.node_id] = _copy_state(rec)
+
+    def update_state(self, node_id: str, **kwargs: Any) -> bool:
+        ok = super().update_state(node_id, **kwargs)
+        st = self.cache.states.get(node_id)
+        if ok and st is not None:
+            _apply(st, {k: v for k, v in kwargs.items() if not k.startswith("expect_")})
+        return ok
+
+    def reset_inner_loops(self, parent_id: str) -> None:
+        super().reset_inner_loops(parent_id)
+        c = self.cache
+        root = c.roots.get(c.node_root.get(parent_id, ""))
+        if root is None:
+            self._drop_states_of_parent(parent_id)
+            return
+        for nid in root.nodes:
+            st = c.states.get(nid)
+            if st is not None and st.parent_id == parent_id:
+                st.inner_loop = 0
+
+    def _drop_states_of_parent(self, parent_id: str) -> None:
+        # Not expected (a parent's nodes belong to the parent's root), but never keep a stale copy.
+        c = self.cache
+        for nid in [n for n, st in c.states.items() if st.parent_id == parent_id]:
+            c.states[nid].inner_loop = 0
+
+    # -- processes ------------------------------------------------------------------------
+    def _keep_process(self, p: ProcessRecord) -> None:
+        c = self.cache
+        root = c.roots.get(p.root_id)
+        if root is None:
+            return  # only processes of loaded roots, so eviction finds them
+        c.processes[p.id] = _copy_process(p)
+        root.processes.add(p.id)
+
+    def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
+        super().insert_processes(recs)
+        for p in recs:
+            self._keep_process(p)
+
+    def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None:
+        p = self.cache.processes.get(process_id)
+        if p is not None:
+            return _copy_process(p)
+        p = super().get_process(process_id, for_update=for_update)
+        if p is not None:
+            self._load_root(p.root_id)
+            self._keep_process(p)
+        return p
+
+    def update_process(self, process_id: str, **fields: Any) -> None:
+        p = self.cache.processes.get(process_id)
+        if p is not None:
+            _apply(p, fields)
+            if "stack" in fields:
+                p.stack = list(p.stack)
+        super().update_process(process_id, **fields)
+
+    def ack_child(self, parent_id: str) -> tuple[int, int]:
+        p = self.cache.processes.get(parent_id)
+        if p is None:
+            return super().ack_child(parent_id)
+        self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
+        p.ack_num += 1
+        return p.ack_num, p.need_ack
+
+    def kill_processes_of_root(self, root_id: str) -> None:
+        super().kill_processes_of_root(root_id)
+        root = self.cache.roots.get(root_id)
+        for pid in root.processes if root is not None else ():
+            p = self.cache.processes.get(pid)
+            if p is not None:
+                p.dead = True
+
+    # -- tasks ----------------------------------------------------------------------------
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+        super().insert_tasks(tasks)
+        for t in tasks:
+            if t is not None:
+                self.cache.tasks[t.id] = _copy_task(t)
+
+    def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None:
+        # The runner lock makes this process the only runner and the dispatcher never runs a task
+        # twice at once, so a lease would guard nothing: a task this engine wrote is simply taken.
+        t = self.cache.tasks.get(task_id)
+        if t is not None:
+            return _copy_task(t)
+        t = super().claim_task(task_id, owner, until, at)
+        if t is not None:
+            self.cache.tasks[t.id] = _copy_task(t)
+        return t
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        t = self.cache.tasks.get(task_id)
+        if t is not None:
+            return _copy_task(t)
+        t = super().get_task(task_id)
+        if t is not None:
+            self.cache.tasks[t.id] = _copy_task(t)
+        return t
+
+    def update_task(self, task_id: str, **fields: Any) -> None:
+        super().update_task(task_id, **fields)
+        t = self.cache.tasks.get(task_id)
+        if t is not None:
+            for k, v in fields.items():
+                if k in _TASK_FIELDS:
+                    setattr(t, k, v)
+
+    def delete_task(self, task_id: str) -> None:
+        super().delete_task(task_id)
+        self.cache.tasks.pop(task_id, None)
+
+    def delete_tasks_of_root(self, root_id: str) -> None:
+        super().delete_tasks_of_root(root_id)
+        tasks = self.cache.tasks
+        for tid in [tid for tid, t in tasks.items() if t.root_id == root_id]:
+            del tasks[tid]
+
+    # -- contexts -------------------------------------------------------------------------
+    def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
+        c = self.cache
+        ctx = c.contexts.get(pipeline_id)
+        if ctx is None:
+            if pipeline_id not in c.node_root:
+                return super().get_context(pipeline_id, keys)
+            ctx = {}
+            for r in self._all('SELECT "key", type, value, code, refs FROM culm_context_value WHERE pipeline_id = ?',
+                               [pipeline_id]):
+                ctx[r[0]] = self._entry(r[1], r[2], r[3], frozenset(codec.loads(r[4])))
+            c.contexts[pipeline_id] = ctx
+        wanted = ctx.keys() if keys is None else keys
+        out: dict[str, ContextValue] = {}
+        for key in wanted:
+            e = ctx.get(key)
+            if e is not None:
+                value = e[1] if e[1] is not _MISSING else codec.loads(e[2])
+                out[key] = ContextValue(key, e[0], value, e[3], e[4])
+        return out
+
+    @staticmethod
+    def _entry(vtype: str, text: str, code: str | None, refs: frozenset[str]) -> tuple:
+        return (vtype, _shared(codec.loads(text)), text, code, refs)
+
+    def _keep_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> list[dict]:
+        values = list(values)
+        rows = [self._context_row(pipeline_id, v) for v in values]
+        ctx = self.cache.contexts.get(pipeline_id)
+        if ctx is not None:
+            for v, row in zip(values, rows, strict=True):
+                ctx[v.key] = (v.type, _shared(v.value), row["value"], v.code, frozenset(v.references))
+        return rows
+
+    def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
+        self._insert("culm_context_value", self._keep_context(pipeline_id, values))
+
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
+        for row in self._keep_context(pipeline_id, values):
+            self._upsert("culm_context_value", row, ["pipeline_id", "key"])

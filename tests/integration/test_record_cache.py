@@ -1,0 +1,111 @@
+"""The embedded engine's copies of its own rows (culm.storage.cache) never change what runs.
+
+The copies are only valid while nothing else changes existing rows; these tests change them from
+outside the engine thread (another runtime on the same file, an operator command) or mutate values
+handed to a component, and check that the engine still acts on what the database holds.
+"""
+
+from __future__ import annotations
+
+import components
+import pytest
+from engine_fixtures import finish, node_state, outputs, run, wait_idle, wait_state
+
+import culm
+from culm import api
+from culm.builder import Data, EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.components import Component, Service
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class MutateInputsService(Service):
+    """Mutates the list and dict it receives, as careless component code does."""
+
+    def execute(self, data, parent_data):
+        data.inputs.things.append("mutated")
+        data.inputs.cfg["mutated"] = True
+        data.outputs.saw = list(data.inputs.things)
+        return True
+
+
+class MutateInputsComponent(Component):
+    code = "t_cache_mutate"
+    name = "mutate inputs"
+    bound_service = MutateInputsService
+
+
+def act(code: str, **splices: str) -> ServiceActivity:
+    a = ServiceActivity(component_code=code)
+    for key, template in splices.items():
+        setattr(a.component.inputs, key, Var(type=Var.SPLICE, value=template))
+    return a
+
+
+def line(*nodes: ServiceActivity, data: Data | None = None) -> dict:
+    start = EmptyStartEvent()
+    tail = start
+    for n in nodes:
+        tail = tail.extend(n)
+    tail.extend(EmptyEndEvent())
+    return build_tree(start, data=data)
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def test_mutating_inputs_does_not_change_the_context_later_nodes_read(embedded):
+    data = Data(inputs={"${things}": Var(type=Var.PLAIN, value=["a"]),
+                        "${cfg}": Var(type=Var.PLAIN, value={"k": 1})})
+    first = act("t_cache_mutate", things="${things}", cfg="${cfg}")
+    second = act("t_cache_mutate", things="${things}", cfg="${cfg}")
+    tree = line(first, second, data=data)
+    finish(embedded, tree)
+    assert outputs(embedded, first.id)["saw"] == ["a", "mutated"]
+    # the second node reads the context afresh: the first node's mutation is not in it
+    assert outputs(embedded, second.id)["saw"] == ["a", "mutated"]
+    assert api.get_execution_data_inputs(embedded, second.id).data["cfg"] == {"k": 1, "mutated": True}
+
+
+def test_command_from_another_runtime_on_the_same_file_is_seen(embedded, tmp_path):
+    first, second = act("t_gate", gate="cache-appoint"), act("t_echo", x="${x}")
+    tree = line(first, second, data=Data(inputs={"${x}": Var(type=Var.PLAIN, value="v")}))
+    run(embedded, tree)
+    wait_state(embedded, first.id, "RUNNING")
+    # the engine has read (and kept) this run's rows by now; another runtime changes them
+    other = culm.Runtime(f"sqlite:///{tmp_path}/t.db", workers=0)
+    try:
+        assert other.dispatcher is None
+        assert api.pause_node_appoint(other, second.id).result
+        components.gate("cache-appoint").set()
+        wait_state(embedded, first.id, "FINISHED")
+        wait_idle(embedded)
+        assert node_state(embedded, second.id)["state"] == "SUSPENDED"
+        assert api.get_execution_data_outputs(embedded, second.id).data == {}
+        assert api.resume_node_appoint(other, second.id).result
+    finally:
+        other.close()
+    wait_state(embedded, tree["id"], "FINISHED")
+    assert outputs(embedded, second.id)["out"] == "v!"
+
+
+def test_retry_with_new_inputs_from_another_runtime(embedded, tmp_path):
+    failing = ServiceActivity(component_code="t_fail")
+    failing.component.inputs.ok = Var(type=Var.PLAIN, value=False)
+    tree = line(failing)
+    run(embedded, tree)
+    wait_state(embedded, failing.id, "FAILED")
+    other = culm.Runtime(f"sqlite:///{tmp_path}/t.db", workers=0)
+    try:
+        assert api.retry_node(other, failing.id, data={"ok": True}).result
+    finally:
+        other.close()
+    wait_state(embedded, tree["id"], "FINISHED")
+    assert outputs(embedded, failing.id)["done"] is True
+    assert node_state(embedded, failing.id)["retry"] == 1
