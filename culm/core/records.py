@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 
 def new_version() -> str:
     """A fresh opaque state version (33 chars, like bamboo's)."""
-    return "v" + uuid.uuid4().hex
+    return "v" + os.urandom(16).hex()
 
 
 def new_id() -> str:
-    """A fresh id for processes, tasks, schedules and callbacks."""
-    return uuid.uuid4().hex
+    """A fresh id for processes, tasks, schedules and callbacks (128 random bits, 32 hex chars)."""
+    return os.urandom(16).hex()
 
 
 def now() -> float:

@@ -79,11 +79,11 @@ class Run:
         return lambda keys: unit.get_context(pipeline_id, keys)
 
     def lazy_resolver(self) -> Any:
-        from culm import variables
-
         root_data: dict | None = None
 
         def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
+            from culm import variables
+
             nonlocal root_data
             if root_data is None:
                 root_data = self.root_data()

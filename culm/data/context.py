@@ -92,7 +92,10 @@ def hydrate(
         HydrationError: A reference cycle, a template over its bounds, an unknown variable
             type, or a failing lazy resolver; the message names the variable(s).
     """
-    refs = {key: var_references(variables[key]) for key in transitive_references(variables, keys)}
+    wanted = [key for key in keys if key in variables]
+    if all(variables[key].type == PLAIN for key in wanted):
+        return {deformat(key): variables[key].value for key in wanted}  # nothing to render or order
+    refs = {key: var_references(variables[key]) for key in transitive_references(variables, wanted)}
     resolved: dict[str, Any] = {}
     for key in _dependency_order(refs):
         namespace = {deformat(ref): resolved[ref] for ref in refs[key] if ref in resolved}

@@ -6,6 +6,7 @@ looked for in strings and, recursively, in list/tuple items and dict values (nev
 
 from __future__ import annotations
 
+import ast
 import re
 import time
 from collections.abc import Mapping
@@ -96,12 +97,17 @@ class _RenderState:
     def render_str(self, text: str) -> Any:
         if "${" not in text:
             return text
-        sole = FRAGMENT.fullmatch(text)
+        pieces, sole = _compiled(text)
         if sole is not None:
-            found, raw = self.raw_object(sole.group(1))
+            found, raw = self.raw_object(sole)
             if found:
                 return raw
-        return FRAGMENT.sub(self.substitute, text)
+        out: list[str] = []
+        for literal, body, name, whole in pieces:
+            out.append(literal)
+            if body is not None:
+                out.append(self.substitute(body, name, whole))
+        return "".join(out)
 
     def raw_object(self, body: str) -> tuple[bool, Any]:
         name = body.strip()
@@ -118,20 +124,53 @@ class _RenderState:
             return False, None
         return True, obj
 
-    def substitute(self, match: re.Match[str]) -> str:
+    def substitute(self, body: str, name: str | None, whole: str) -> str:
         if time.monotonic() > self.deadline:
             raise ExpressionLimitError(f"rendering took longer than {RENDER_TIME_LIMIT} seconds")
         try:
-            value = sandbox.evaluate(match.group(1), self.namespace, deadline=self.deadline)
+            if name is not None and name in self.namespace:
+                value = self.namespace[name]  # what the sandbox would return for a bare name
+            else:
+                value = sandbox.evaluate(body, self.namespace, deadline=self.deadline)
             text = sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output)
         except ExpressionLimitError:
             raise
         except ExpressionError:
-            text = match.group(0)
+            text = whole
         self.output += len(text)
         if self.output > MAX_RENDER_OUTPUT:
             raise ExpressionLimitError(f"rendered text is longer than {MAX_RENDER_OUTPUT} characters")
         return text
+
+
+# (literal text before, fragment body or None, bare name or None, the fragment as written)
+_Piece = tuple[str, "str | None", "str | None", str]
+
+
+@lru_cache(maxsize=4096)
+def _compiled(text: str) -> tuple[tuple[_Piece, ...], str | None]:
+    """``text`` cut into literal runs and fragments once (templates repeat across nodes and runs).
+
+    Returns the pieces and, when the whole text is one fragment, that fragment's body. A fragment
+    that is a bare name the sandbox accepts carries that name, so rendering can look it up directly.
+    """
+    pieces: list[_Piece] = []
+    pos = 0
+    for m in FRAGMENT.finditer(text):
+        body = m.group(1)
+        pieces.append((text[pos : m.start()], body, _bare_name(body), m.group(0)))
+        pos = m.end()
+    pieces.append((text[pos:], None, None, ""))
+    sole = FRAGMENT.fullmatch(text)
+    return tuple(pieces), (sole.group(1) if sole is not None else None)
+
+
+def _bare_name(body: str) -> str | None:
+    try:
+        tree = sandbox.parse(body)
+    except ExpressionError:
+        return None
+    return tree.body.id if isinstance(tree.body, ast.Name) else None
 
 
 def _strings(value: Any) -> list[str]:

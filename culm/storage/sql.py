@@ -67,6 +67,29 @@ def _schedule_row(r: Sequence[Any]) -> ScheduleRecord:
     return ScheduleRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], r[8])
 
 
+# The statements built from column names are cached: the same few shapes recur at every step.
+@functools.lru_cache(maxsize=1024)
+def _update_sql(table: str, cols: tuple[str, ...], key_sql: str) -> str:
+    sets = ", ".join(f"{_col(k)} = ?" for k in cols)
+    return f"UPDATE {table} SET {sets} WHERE {key_sql}"
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(table: str, cols: tuple[str, ...]) -> str:
+    return f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES ({_marks(len(cols))})"
+
+
+@functools.lru_cache(maxsize=256)
+def _upsert_sql(dialect: str, table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    values = [c for c in cols if c not in keys]
+    if dialect == "mysql":
+        tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{_col(c)} = VALUES({_col(c)})" for c in values)
+    else:
+        tail = (f" ON CONFLICT ({', '.join(_col(k) for k in keys)}) DO UPDATE SET "
+                + ", ".join(f"{_col(c)} = excluded.{_col(c)}" for c in values))
+    return _insert_sql(table, cols) + tail
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -107,29 +130,21 @@ class SqlUnit:
         return list(self._x(sql, params).fetchall())
 
     def _update(self, table: str, key_sql: str, key_params: Sequence[Any], fields: dict[str, Any]) -> int:
-        sets = ", ".join(f"{_col(k)} = ?" for k in fields)
-        return int(self._x(f"UPDATE {table} SET {sets} WHERE {key_sql}", [*fields.values(), *key_params]).rowcount)
+        sql = _update_sql(table, tuple(fields), key_sql)
+        return int(self._x(sql, [*fields.values(), *key_params]).rowcount)
 
     def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        cols = list(rows[0])
-        sql = f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES ({_marks(len(cols))})"
+        cols = tuple(rows[0])
+        sql = _insert_sql(table, cols)
         if len(rows) == 1:
-            self._x(sql, [rows[0][c] for c in cols])
+            self._x(sql, list(rows[0].values()))
         else:
             self._many(sql, [[r[c] for c in cols] for r in rows])
 
     def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
-        cols = list(row)
-        values = [c for c in cols if c not in keys]
-        head = f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES ({_marks(len(cols))})"
-        if self.dialect == "mysql":
-            tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{_col(c)} = VALUES({_col(c)})" for c in values)
-        else:
-            tail = (f" ON CONFLICT ({', '.join(_col(k) for k in keys)}) DO UPDATE SET "
-                    + ", ".join(f"{_col(c)} = excluded.{_col(c)}" for c in values))
-        self._x(head + tail, [row[c] for c in cols])
+        self._x(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()))
 
     def _for_update(self, for_update: bool) -> str:
         return " FOR UPDATE" if for_update and self._lock_rows else ""
@@ -512,6 +527,10 @@ class SqlStore:
             self._setup_sqlite()
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        # ...and they all write through ONE connection: SQLite empties a connection's page cache
+        # whenever another connection has written, so rotating pooled connections (or a submitter
+        # and the engine thread on two of them) would make every transaction start cold.
+        self._writer: Any = None
         if create:
             self.ensure_schema()
 
@@ -528,6 +547,8 @@ class SqlStore:
                 cur.execute("PRAGMA synchronous=NORMAL")
             # Savepoints keep their undo pages in a statement journal: in memory, not a temp file.
             cur.execute("PRAGMA temp_store=MEMORY")
+            # 32 MiB of page cache (the default is 2 MiB): big runs keep their hot B-tree pages.
+            cur.execute("PRAGMA cache_size=-32768")
             cur.execute("PRAGMA foreign_keys=OFF")
             cur.close()
 
@@ -554,7 +575,7 @@ class SqlStore:
         if lock is not None:
             lock.acquire()
         try:
-            with self._raw(write=True) as raw:
+            with self._raw(write=True, pinned=lock is not None) as raw:
                 if cache is None:
                     yield SqlUnit(raw, self.dialect)
                 else:
@@ -582,10 +603,16 @@ class SqlStore:
             yield SqlUnit(raw, self.dialect)
 
     @contextlib.contextmanager
-    def _raw(self, *, write: bool) -> Iterator[Any]:
+    def _raw(self, *, write: bool, pinned: bool = False) -> Iterator[Any]:
         # The DB-API connection directly: the hot path runs a handful of fixed statements per
         # transaction, and SQLAlchemy's per-transaction bookkeeping would cost more than they do.
-        raw = self.engine.raw_connection()
+        # ``pinned``: the store's one SQLite writer connection (the caller holds the write lock).
+        if pinned:
+            if self._writer is None:
+                self._writer = self.engine.raw_connection()
+            raw = self._writer
+        else:
+            raw = self.engine.raw_connection()
         try:
             if self.dialect == "sqlite":
                 raw.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
@@ -598,9 +625,16 @@ class SqlStore:
             raw.rollback()
             raise
         finally:
-            raw.close()
+            if not pinned:
+                raw.close()
 
     def dispose(self) -> None:
+        lock = self._write_lock
+        if lock is not None:
+            with lock:
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    writer.close()
         self.engine.dispose()
 
 
