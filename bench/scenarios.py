@@ -292,7 +292,7 @@ class Cluster:
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115 - owned by the child
             cmd = [sys.executable, "-m", "culm.dispatch.celery", "--db", self.db_url, "--broker", REDIS,
                    "--prefix", self.prefix, "--concurrency", str(WORKER_CONCURRENCY), "--import", "bench.trees",
-                   "--loglevel", "INFO"]
+                   "--loglevel", "INFO", *(["--pool", os.environ["CULM_BENCH_POOL"]] if os.environ.get("CULM_BENCH_POOL") else [])]
             self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True))
             log.close()

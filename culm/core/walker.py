@@ -46,14 +46,9 @@ def execute_step(
 ) -> Invoke | None:
     """One transaction's worth of an execute task; returns the user code to run next, if any."""
     unit = step.unit
-    if claim:
-        owner, until, at = engine.lease()
-        task = unit.claim_task(task_id, owner, until, at)
-    else:
-        task = unit.get_task(task_id)
+    task, proc = unit.task_with_process(task_id, engine.lease() if claim else None)
     if task is None:
         return None
-    proc = unit.get_process(task.process_id)
     if proc is None or proc.dead:
         unit.delete_task(task_id)
         return None

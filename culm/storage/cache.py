@@ -281,6 +281,12 @@ class CachedUnit(SqlUnit):
             self.cache.tasks[t.id] = _copy_task(t)
         return t
 
+    def task_with_process(
+        self, task_id: str, lease: tuple[str, float, float] | None = None
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        task = self.claim_task(task_id, *lease) if lease is not None else self.get_task(task_id)
+        return task, (self.get_process(task.process_id) if task is not None else None)
+
     def get_task(self, task_id: str) -> TaskRecord | None:
         t = self.cache.tasks.get(task_id)
         if t is not None:

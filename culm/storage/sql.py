@@ -40,9 +40,23 @@ _PROCESS_SELECT = (
     "SELECT id, root_id, parent_id, current_node_id, destination_id, stack, asleep, suspended, suspended_by, "
     "dead, ack_num, need_ack, priority, queue, last_heartbeat FROM culm_process"
 )
-_TASK_SELECT = (
-    "SELECT id, kind, process_id, node_id, root_id, schedule_id, callback_id, due, running_version, priority, "
-    "queue FROM culm_task"
+_TASK_COLUMNS = ("id", "kind", "process_id", "node_id", "root_id", "schedule_id", "callback_id", "due",
+                 "running_version", "priority", "queue")
+_TASK_SELECT = "SELECT " + ", ".join(_TASK_COLUMNS) + " FROM culm_task"
+_PROCESS_COLUMNS = ("id", "root_id", "parent_id", "current_node_id", "destination_id", "stack", "asleep",
+                    "suspended", "suspended_by", "dead", "ack_num", "need_ack", "priority", "queue",
+                    "last_heartbeat")
+# A task and its process in one round trip (a task's process may be gone: LEFT JOIN).
+_TASK_WITH_PROCESS = (
+    "SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
+    + " FROM culm_task t LEFT JOIN culm_process p ON p.id = t.process_id WHERE t.id = ?"
+)
+_LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
+# PostgreSQL: take the lease and read task and process in one statement.
+_CLAIM_WITH_PROCESS = (
+    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE
+    + " RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
+    + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
 )
 _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
@@ -112,15 +126,54 @@ class SqlUnit:
         self._lock_rows = dialect != "sqlite"
         self._cur = conn.cursor()
         self._sql = _adapt_sqlite if dialect == "sqlite" else (_adapt_mysql if dialect == "mysql" else _adapt_pg)
+        # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
+        # in one pipelined round trip, right before the next statement that needs an answer (a
+        # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
+        self._deferred: list[tuple[str, tuple[Any, ...]]] | None = [] if dialect == "postgresql" else None
+        # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
+        # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
+        # compare-and-set on one has a known outcome and can be deferred like any other write.
+        self._owned: dict[str, list[str]] | None = {} if dialect == "postgresql" else None
 
     # -- plumbing ---------------------------------------------------------------------------
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
+        if self._deferred:
+            # The deferred writes travel with this statement: one round trip for all of them.
+            pending, self._deferred = self._deferred, []
+            with self.conn.driver_connection.pipeline():
+                for q, p in pending:
+                    cur.execute(q, p)
+                cur.execute(self._sql(sql), tuple(params))
+            return cur
         cur.execute(self._sql(sql), tuple(params))
         return cur
 
+    def _later(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Run a write whose outcome is not read (an error still aborts the transaction)."""
+        if self._deferred is None:
+            self._cur.execute(self._sql(sql), tuple(params))
+        else:
+            self._deferred.append((self._sql(sql), tuple(params)))
+
+    def flush(self, *, commit: bool = False) -> None:
+        """Send the deferred writes (one pipelined round trip on PostgreSQL), with the commit
+        when ``commit`` (the caller's own commit then finds nothing left to do)."""
+        pending = self._deferred
+        if not pending:
+            return
+        self._deferred = []
+        cur = self._cur
+        with self.conn.driver_connection.pipeline():
+            for sql, params in pending:
+                cur.execute(sql, params)
+            if commit:
+                self.conn.driver_connection.commit()
+
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
+            if self._deferred:
+                self.flush()
             self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -133,18 +186,21 @@ class SqlUnit:
         sql = _update_sql(table, tuple(fields), key_sql)
         return int(self._x(sql, [*fields.values(), *key_params]).rowcount)
 
+    def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: dict[str, Any]) -> None:
+        self._later(_update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params])
+
     def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
         cols = tuple(rows[0])
         sql = _insert_sql(table, cols)
         if len(rows) == 1:
-            self._x(sql, list(rows[0].values()))
+            self._later(sql, list(rows[0].values()))
         else:
             self._many(sql, [[r[c] for c in cols] for r in rows])
 
     def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
-        self._x(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()))
+        self._later(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()))
 
     def _for_update(self, for_update: bool) -> str:
         return " FOR UPDATE" if for_update and self._lock_rows else ""
@@ -161,10 +217,15 @@ class SqlUnit:
         """A nested unit: its changes are undone on an exception, the outer transaction's are not."""
         self._savepoints = getattr(self, "_savepoints", 0) + 1
         name = f"culm_sp{self._savepoints}"
-        self._cur.execute(f"SAVEPOINT {name}")
+        self._x(f"SAVEPOINT {name}")
         try:
             yield
+            self.flush()
         except BaseException:
+            if self._deferred:
+                self._deferred.clear()  # writes of the undone part never reach the server
+            if self._owned:
+                self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self._cur.execute(f"RELEASE SAVEPOINT {name}")
             raise
@@ -208,7 +269,12 @@ class SqlUnit:
     # -- states ---------------------------------------------------------------------------
     def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None:
         row = self._one(_STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
-        return _state_row(row) if row else None
+        if row is None:
+            return None
+        st = _state_row(row)
+        if for_update and self._owned is not None:
+            self._owned[node_id] = [st.version, st.name]
+        return st
 
     def get_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
         ids = list(node_ids)
@@ -227,7 +293,9 @@ class SqlUnit:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
-        self._x(
+        if self._owned is not None:
+            self._owned[rec.node_id] = [rec.version, rec.name]
+        self._later(
             'INSERT INTO culm_state (node_id, root_id, parent_id, name, version, "loop", inner_loop, retry, skip, '
             "error_ignored, created_time, started_time, archived_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
@@ -244,14 +312,31 @@ class SqlUnit:
     ) -> bool:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
         where, params = "node_id = ?", [node_id]
+        names = list(expect_names) if expect_names is not None else None
         if expect_version is not None:
             where += " AND version = ?"
             params.append(expect_version)
-        if expect_names is not None:
-            names = list(expect_names)
+        if names is not None:
             where += f" AND name IN ({_marks(len(names))})"
             params.extend(names)
-        return self._update("culm_state", where, params, fields) == 1
+        owned = self._owned.get(node_id) if self._owned is not None else None
+        if owned is not None:
+            if (expect_version is not None and expect_version != owned[0]) or (names is not None
+                                                                               and owned[1] not in names):
+                return False
+            self._update_later("culm_state", where, params, fields)
+        elif self._update("culm_state", where, params, fields) != 1:
+            return False
+        elif self._owned is not None:
+            # Updated, so now locked by this transaction; kept when its version and name are known.
+            version = fields.get("version", expect_version)
+            name = fields.get("name", names[0] if names is not None and len(names) == 1 else None)
+            if version is not None and name is not None:
+                owned = self._owned[node_id] = [version, name]
+        if owned is not None:
+            owned[0] = fields.get("version", owned[0])
+            owned[1] = fields.get("name", owned[1])
+        return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
         self._x("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
@@ -273,10 +358,14 @@ class SqlUnit:
     def update_process(self, process_id: str, **fields: Any) -> None:
         if "stack" in fields:
             fields["stack"] = codec.dumps(fields["stack"])
-        self._update("culm_process", "id = ?", [process_id], fields)
+        self._update_later("culm_process", "id = ?", [process_id], fields)
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
         """Count one finished child; the row lock taken by the update serialises siblings."""
+        if self.dialect == "postgresql":
+            row = self._one("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ? RETURNING ack_num, need_ack",
+                            [parent_id])
+            return int(row[0]), int(row[1])
         self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
         row = self._one("SELECT ack_num, need_ack FROM culm_process WHERE id = ?", [parent_id])
         return int(row[0]), int(row[1])
@@ -306,22 +395,40 @@ class SqlUnit:
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None:
         """Take a lease on a task; None when it is gone (done) or leased by a live worker."""
-        n = self._x(
-            "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ? "
-            "AND (claimed_until IS NULL OR claimed_until < ?)",
-            [owner, until, task_id, at],
-        ).rowcount
+        n = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
+                    [owner, until, task_id, at]).rowcount
         return self.get_task(task_id) if n == 1 else None
+
+    def task_with_process(
+        self, task_id: str, lease: tuple[str, float, float] | None = None
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        """A task and its process; with ``lease`` (owner, until, at) the task is claimed first
+        (None, None when it is gone or leased by a live worker)."""
+        if lease is not None:
+            owner, until, at = lease
+            if self.dialect == "postgresql":
+                return self._task_and_process(self._one(_CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
+            if self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
+                       [owner, until, task_id, at]).rowcount != 1:
+                return None, None
+        return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id]))
+
+    @staticmethod
+    def _task_and_process(row: Sequence[Any] | None) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        if row is None:
+            return None, None
+        n = len(_TASK_COLUMNS)
+        return _task_row(row[:n]), (_process_row(row[n:]) if row[n] is not None else None)
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
 
     def update_task(self, task_id: str, **fields: Any) -> None:
-        self._update("culm_task", "id = ?", [task_id], fields)
+        self._update_later("culm_task", "id = ?", [task_id], fields)
 
     def delete_task(self, task_id: str) -> None:
-        self._x("DELETE FROM culm_task WHERE id = ?", [task_id])
+        self._later("DELETE FROM culm_task WHERE id = ?", [task_id])
 
     def delete_tasks_of_root(self, root_id: str) -> None:
         self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
@@ -444,7 +551,7 @@ class SqlUnit:
         return _schedule_row(row) if row else None
 
     def update_schedule(self, schedule_id: str, **fields: Any) -> None:
-        self._update("culm_schedule", "id = ?", [schedule_id], fields)
+        self._update_later("culm_schedule", "id = ?", [schedule_id], fields)
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
         n = self._x("UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND (locked_until IS NULL "
@@ -577,13 +684,14 @@ class SqlStore:
         try:
             with self._raw(write=True, pinned=lock is not None) as raw:
                 if cache is None:
-                    yield SqlUnit(raw, self.dialect)
+                    unit = SqlUnit(raw, self.dialect)
                 else:
                     from culm.storage.cache import CachedUnit
 
                     unit = CachedUnit(raw, self.dialect, cache)
                     cache.sync(unit)
-                    yield unit
+                yield unit
+                unit.flush(commit=True)
         except BaseException:
             if cache is not None:
                 cache.clear()  # rolled back (or the commit failed): the copies may hold undone writes
