@@ -11,14 +11,12 @@ then, so tasks written by other processes, or left behind by a crash, are picked
 
 from __future__ import annotations
 
-import functools
 import heapq
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +31,49 @@ logger = logging.getLogger("culm.dispatch")
 MAX_BATCH = 256
 
 
-def _outcome(future: Future[Any]) -> Any:
-    """A finished future's result, or the exception it raised (handlers turn it into a failure)."""
-    if future.cancelled():
-        return RuntimeError("the worker pool shut down before this call ran")
-    exc = future.exception()
-    return exc if exc is not None else future.result()
+class _UserCodePool:
+    """Threads that run user code and hand each outcome to ``done(item, outcome)``.
+
+    Leaner than a ThreadPoolExecutor (no futures, no callbacks): one queue in, one call out. An
+    exception the call raises is its outcome (the handlers turn it into a failed node).
+    """
+
+    def __init__(self, size: int, done: Callable[[Any, Any], None]) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._done = done
+        self._closed = False
+        self._threads = [threading.Thread(target=self._work, name=f"culm-user_{i}", daemon=True) for i in range(size)]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, item: Any, call: Callable[[], Any]) -> None:
+        if self._closed:
+            raise RuntimeError("the user-code pool is shut down")
+        self._jobs.put((item, call))
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            item, call = job
+            try:
+                outcome = call()
+            except BaseException as exc:  # noqa: BLE001 - the outcome of the call
+                outcome = exc
+            self._done(item, outcome)
+
+    def shutdown(self) -> None:
+        """Drop calls not started yet (their task rows stay for the next runner); stop the threads
+        once their current call ends."""
+        self._closed = True
+        try:
+            while True:
+                self._jobs.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in self._threads:
+            self._jobs.put(None)
 
 
 @dataclass(slots=True)
@@ -66,7 +101,7 @@ class ThreadDispatcher:
         self._known: set[str] = set()
         self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _UserCodePool | None = None
         self._stopping = threading.Event()
         self._running_user_code = 0
 
@@ -76,7 +111,7 @@ class ThreadDispatcher:
         self.engine = engine
         with engine.store.transaction() as unit:
             unit.release_leases()  # we are the only runner of this database: old leases are void
-        self._pool = ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="culm-user")
+        self._pool = _UserCodePool(max(1, self.workers), self._requeue)
         self._spawn(self._engine_loop, "culm-engine")
         self._spawn(self._clock, "culm-timer")
         self.sweep()
@@ -97,7 +132,7 @@ class ThreadDispatcher:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads.clear()
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
 
     # -- submission -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
@@ -226,14 +261,12 @@ class ThreadDispatcher:
     def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
         assert self._pool is not None
         try:
-            future = self._pool.submit(call)
+            self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
             self._forget([item.task.id])
-            return
-        future.add_done_callback(functools.partial(self._requeue, item))
 
-    def _requeue(self, item: _Item, future: Future[Any]) -> None:
-        item.result, item.waiting = _outcome(future), True
+    def _requeue(self, item: _Item, outcome: Any) -> None:
+        item.result, item.waiting = outcome, True
         self._ready.put(item)
 
     def _forget(self, task_ids: list[str]) -> None:
@@ -259,4 +292,11 @@ class ThreadDispatcher:
                 self._ready.put(_Item(t))
             if time.monotonic() >= next_sweep:
                 self.sweep()
+                self._checkpoint()
                 next_sweep = time.monotonic() + self.sweep_interval
+
+    def _checkpoint(self) -> None:
+        try:
+            self.engine.store.checkpoint()
+        except Exception:  # noqa: BLE001 - the writers' automatic checkpoint still bounds the WAL
+            logger.debug("background checkpoint failed", exc_info=True)

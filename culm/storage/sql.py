@@ -611,6 +611,11 @@ def _adapt_mysql(sql: str) -> str:
     return sql.replace("?", "%s").replace('"', "`")
 
 
+# WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
+# every second in the background, so writers (run_pipeline's caller among them) rarely have to.
+AUTOCHECKPOINT_PAGES = 8000
+
+
 class SqlStore:
     """Owns the SQLAlchemy engine and hands out transactions (:class:`SqlUnit`)."""
 
@@ -652,6 +657,9 @@ class SqlStore:
                 cur.execute("PRAGMA journal_mode=WAL")
                 # WAL + NORMAL survives a killed process (not a power cut) and is much faster.
                 cur.execute("PRAGMA synchronous=NORMAL")
+                # A runner copies the WAL into the database in the background (checkpoint());
+                # the automatic checkpoint inside a committing writer is only the safety net.
+                cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
             # Savepoints keep their undo pages in a statement journal: in memory, not a temp file.
             cur.execute("PRAGMA temp_store=MEMORY")
             # 32 MiB of page cache (the default is 2 MiB): big runs keep their hot B-tree pages.
@@ -735,6 +743,16 @@ class SqlStore:
         finally:
             if not pinned:
                 raw.close()
+
+    def checkpoint(self) -> None:
+        """SQLite files: copy committed WAL pages into the database without blocking anyone."""
+        if self.dialect != "sqlite" or self.memory:
+            return
+        raw = self.engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            raw.close()
 
     def dispose(self) -> None:
         lock = self._write_lock
