@@ -183,20 +183,24 @@ class ThreadDispatcher:
             if first is None:
                 return
             batch = [first]
-            while len(batch) < MAX_BATCH:
-                try:
-                    item = self._ready.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self._stopping.set()
-                    break
-                batch.append(item)
+            self._take_ready(batch)
             try:
                 self._run_batch(batch)
             except Exception:  # noqa: BLE001 - the rows stay; the sweeper brings them back
                 logger.exception("a batch of %d tasks failed", len(batch))
                 self._forget([i.task.id for i in batch])
+
+    def _take_ready(self, batch: list[_Item]) -> None:
+        """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
+        while len(batch) < MAX_BATCH:
+            try:
+                item = self._ready.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self._stopping.set()
+                return
+            batch.append(item)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         """Advance ``batch`` in one transaction, then start the user code it leads to.
@@ -209,21 +213,31 @@ class ThreadDispatcher:
         raise, the whole transaction is rolled back and the batch runs again with a savepoint per
         task, so only the failing task's changes are undone.
         """
-        saved = [(item.invoke, item.waiting, item.result) for item in batch]
+        saved: list[tuple[Any, bool, Any]] = []
         try:
-            self._commit_batch(batch, isolate=False)
+            self._commit_batch(batch, saved)
         except Exception:  # noqa: BLE001 - replayed below, task by task
-            for item, (invoke, waiting, result) in zip(batch, saved, strict=True):
+            # Items past the failing one never started and need no restoring.
+            for item, (invoke, waiting, result) in zip(batch, saved, strict=False):
                 item.invoke, item.waiting, item.result = invoke, waiting, result
-            self._commit_batch(batch, isolate=True)
+            self._commit_batch(batch, None)
 
-    def _commit_batch(self, batch: list[_Item], *, isolate: bool) -> None:
+    def _commit_batch(self, batch: list[_Item], saved: list[tuple[Any, bool, Any]] | None) -> None:
+        """One transaction over ``batch``; ``saved`` (the optimistic pass) collects each item's
+        state before it runs, None means the isolated replay (a savepoint per item)."""
         engine = self.engine
+        isolate = saved is None
         calls: list[tuple[_Item, Callable[[], Any]]] = []
         done: list[str] = []
         with engine.store.transaction(cache=self.cache) as unit:
+            if not isolate:
+                # Whatever became ready while this thread waited for the write lock (results of
+                # user code, another thread's submissions) joins this transaction.
+                self._take_ready(batch)
             step = Step(unit)
             for item in batch:
+                if saved is not None:
+                    saved.append((item.invoke, item.waiting, item.result))
                 call = self._advance_safely(step, item) if isolate else self._advance(step, item)
                 if call is None:
                     done.append(item.task.id)

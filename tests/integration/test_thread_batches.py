@@ -1,0 +1,68 @@
+"""The embedded dispatcher's batches: one failing task must not undo or stall the others.
+
+A batch first runs without savepoints; when a task raises, the transaction is rolled back and the
+batch runs again with a savepoint per task. The engine's row copies are dropped on the way, so the
+replayed tasks act on what the database holds.
+"""
+
+from __future__ import annotations
+
+import components
+import pytest
+from engine_fixtures import outputs, wait_state, wait_until
+
+import culm
+from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.core.records import EXECUTE, TaskRecord, new_id, now
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def echo_line(value: str) -> tuple[dict, ServiceActivity]:
+    act = ServiceActivity(component_code="t_echo")
+    act.component.inputs.x = Var(type=Var.PLAIN, value=value)
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    return build_tree(start), act
+
+
+def test_a_task_that_breaks_the_engine_does_not_stop_its_batch(tmp_path):
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+    try:
+        gate = ServiceActivity(component_code="t_gate")
+        gate.component.inputs.gate = Var(type=Var.PLAIN, value="batch-broken")
+        start = EmptyStartEvent()
+        start.extend(gate).extend(EmptyEndEvent())
+        held = build_tree(start)
+        assert api.run_pipeline(rt, held).result
+        wait_state(rt, gate.id, "RUNNING")
+        # A task of that live process pointing at a node its graph does not have: advancing it
+        # raises inside the engine (not in user code), after it has already changed the process.
+        with rt.store.reading() as unit:
+            proc = unit.processes_of_root(held["id"])[0]
+        broken = TaskRecord(new_id(), EXECUTE, proc.id, "no-such-node", held["id"], due=now())
+        with rt.store.transaction() as unit:
+            unit.insert_tasks([broken])
+        others = [echo_line(f"v{i}") for i in range(5)]
+        # The broken task and five fresh runs reach the dispatcher together and share batches.
+        rt.dispatcher.submit([broken])
+        for tree, _ in others:
+            assert api.run_pipeline(rt, tree).result
+        for i, (tree, act) in enumerate(others):
+            wait_state(rt, tree["id"], "FINISHED")
+            assert outputs(rt, act.id)["out"] == f"v{i}!"
+
+        def broken_row() -> object:
+            with rt.store.reading() as unit:
+                return unit.get_task(broken.id)
+
+        # Its changes were undone and its row kept (the sweeper offers it again; an operator sees it).
+        assert wait_until(broken_row, what="the broken task row") is not None
+        with rt.store.transaction() as unit:
+            unit.delete_task(broken.id)
+        # The process it touched goes on from where the database says it is.
+        components.gate("batch-broken").set()
+        wait_state(rt, held["id"], "FINISHED")
+    finally:
+        rt.close()
