@@ -1,0 +1,149 @@
+"""Where the CPU of one batch run goes: ``python -m bench.cpu embedded|distributed [--workers N]``.
+
+``embedded``: per-thread CPU clocks of the caller (``run_pipeline``), the engine thread and the
+user code, for the batch run together and for submitting first, then running.
+``distributed``: CPU seconds of the ``culm worker`` processes, the PostgreSQL backends, Redis and
+the submitting process during one batch (read from ``/proc/<pid>/stat``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.scenarios import REDIS, Cluster, _children, submit_and_wait
+from bench.trees import normal_pipeline
+
+
+def _proc_cpu(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_with(word: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if word in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def distributed(workers: int, pipelines: int) -> None:
+    import culm
+
+    with Cluster(workers) as cluster:
+        rt = culm.Runtime(cluster.db_url, broker=REDIS, prefix=cluster.prefix)
+        try:
+            worker_pids = [q for p in cluster.procs for q in (p.pid, *_children(p.pid))]
+            groups = {"workers": worker_pids, "redis": _pids_with("redis-server")}
+            trees = [normal_pipeline() for _ in range(pipelines)]
+            pg_before = set(_pids_with("postgres:"))
+            before = {name: _proc_cpu(pids) for name, pids in groups.items()}
+            pg_cpu_before = _proc_cpu(list(pg_before))
+            own = time.process_time()
+            elapsed = submit_and_wait(rt, trees, timeout=300)
+            own = time.process_time() - own
+            pg_after = set(_pids_with("postgres:"))
+            # Backends that appeared during the run count in full; older ones by their increase.
+            pg = _proc_cpu(list(pg_before)) - pg_cpu_before + _proc_cpu(list(pg_after - pg_before))
+            used = {name: _proc_cpu(pids) - before[name] for name, pids in groups.items()}
+        finally:
+            rt.close()
+    print(f"{pipelines} x normal_pipeline, {workers} workers: {elapsed:.3f} s wall; CPU seconds: "
+          f"workers {used['workers']:.2f}, PostgreSQL {pg:.2f}, Redis {used['redis']:.2f}, submitter {own:.2f}")
+
+
+def embedded(pipelines: int) -> None:
+    import culm
+    from culm import api
+    from culm.dispatch import threads
+
+    spent: collections.defaultdict[str, float] = collections.defaultdict(float)
+    commit_batch = threads.ThreadDispatcher._commit_batch
+    pool_submit = threads._UserCodePool.submit
+
+    def timed_batch(self: Any, batch: Any, saved: Any) -> None:
+        t = time.thread_time()
+        try:
+            commit_batch(self, batch, saved)
+        finally:
+            spent["engine"] += time.thread_time() - t
+            spent["batches"] += 1
+
+    def timed_submit(self: Any, item: Any, call: Any) -> None:
+        def run() -> Any:
+            t = time.thread_time()
+            try:
+                return call()
+            finally:
+                spent["user code"] += time.thread_time() - t
+        pool_submit(self, item, run)
+
+    threads.ThreadDispatcher._commit_batch = timed_batch  # type: ignore[method-assign]
+    threads._UserCodePool.submit = timed_submit  # type: ignore[method-assign]
+    try:
+        for mode in ("together", "submit first"):
+            spent.clear()
+            trees = [normal_pipeline() for _ in range(pipelines)]
+            workdir = tempfile.mkdtemp(prefix="culm-bench-cpu-")
+            url = f"sqlite:///{workdir}/bench.db"
+            try:
+                if mode == "together":
+                    rt = culm.Runtime(url)
+                    caller = time.thread_time()
+                    elapsed = submit_and_wait(rt, trees)
+                    caller = time.thread_time() - caller
+                else:
+                    submitter = culm.Runtime(url, workers=0)
+                    caller = time.thread_time()
+                    for tree in trees:
+                        api.run_pipeline(submitter, tree)
+                    caller = time.thread_time() - caller
+                    submitter.close()
+                    rt = culm.Runtime(url)
+                    t0 = time.perf_counter()
+                    rt.wait_idle(60)
+                    elapsed = time.perf_counter() - t0
+                rt.close()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            run_wall = "engine wall" if mode == "submit first" else "wall"
+            print(f"{mode:>12}: {run_wall} {elapsed:.3f} s; CPU seconds: caller {caller:.3f}, "
+                  f"engine thread {spent['engine']:.3f} in {spent['batches']} batches, "
+                  f"user code {spent['user code']:.3f}")
+    finally:
+        threads.ThreadDispatcher._commit_batch = commit_batch  # type: ignore[method-assign]
+        threads._UserCodePool.submit = pool_submit  # type: ignore[method-assign]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.cpu")
+    parser.add_argument("mode", choices=["embedded", "distributed"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--pipelines", type=int, default=100)
+    args = parser.parse_args(argv)
+    if args.mode == "embedded":
+        embedded(args.pipelines)
+    else:
+        distributed(args.workers, args.pipelines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
