@@ -7,12 +7,12 @@ polling of the public query API; nothing sleeps a fixed time.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
 import components  # noqa: F401 - registers the t_* components, variables and end events
 import pytest
+from conftest import wait_for
 
 import culm
 from culm import api, signals
@@ -95,14 +95,7 @@ def node_state(runtime: Any, node_id: str) -> dict[str, Any] | None:
 
 def wait_until(predicate: Any, timeout: float = 10, what: str = "condition") -> Any:
     """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(POLL_SECONDS)
+    return wait_for(predicate, timeout, POLL_SECONDS, what)
 
 
 def wait_state(runtime: Any, node_id: str, state: str | Iterable[str], timeout: float = 10) -> dict[str, Any]:
