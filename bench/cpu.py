@@ -78,10 +78,10 @@ def embedded(pipelines: int) -> None:
     commit_batch = threads.ThreadDispatcher._commit_batch
     pool_submit = threads._UserCodePool.submit
 
-    def timed_batch(self: Any, batch: Any, saved: Any) -> None:
+    def timed_batch(self: Any, batch: Any, saved: Any) -> Any:
         t = time.thread_time()
         try:
-            commit_batch(self, batch, saved)
+            return commit_batch(self, batch, saved)
         finally:
             spent["engine"] += time.thread_time() - t
             spent["batches"] += 1
@@ -125,7 +125,7 @@ def embedded(pipelines: int) -> None:
                 shutil.rmtree(workdir, ignore_errors=True)
             run_wall = "engine wall" if mode == "submit first" else "wall"
             print(f"{mode:>12}: {run_wall} {elapsed:.3f} s; CPU seconds: caller {caller:.3f}, "
-                  f"engine thread {spent['engine']:.3f} in {spent['batches']} batches, "
+                  f"engine thread {spent['engine']:.3f} in {int(spent['batches'])} batches, "
                   f"user code {spent['user code']:.3f}")
     finally:
         threads.ThreadDispatcher._commit_batch = commit_batch  # type: ignore[method-assign]

@@ -215,21 +215,29 @@ class ThreadDispatcher:
         """
         saved: list[tuple[Any, bool, Any]] = []
         try:
-            self._commit_batch(batch, saved)
-        except Exception:  # noqa: BLE001 - replayed below, task by task
+            step, calls, done = self._commit_batch(batch, saved)
+        except Exception:  # noqa: BLE001 - not committed: replayed below, task by task
             # Items past the failing one never started and need no restoring.
             for item, (invoke, waiting, result) in zip(batch, saved, strict=False):
                 item.invoke, item.waiting, item.result = invoke, waiting, result
-            self._commit_batch(batch, None)
+            step, calls, done = self._commit_batch(batch, None)
+        # Committed: only now may anything outside the database happen.
+        self._forget(done)
+        self.submit(step.tasks)
+        step.fire()
+        for item, call in calls:
+            self._start_user_code(item, call)
 
-    def _commit_batch(self, batch: list[_Item], saved: list[tuple[Any, bool, Any]] | None) -> None:
+    def _commit_batch(
+        self, batch: list[_Item], saved: list[tuple[Any, bool, Any]] | None
+    ) -> tuple[Step, list[tuple[_Item, Callable[[], Any]]], list[str]]:
         """One transaction over ``batch``; ``saved`` (the optimistic pass) collects each item's
-        state before it runs, None means the isolated replay (a savepoint per item)."""
-        engine = self.engine
+        state before it runs, None means the isolated replay (a savepoint per item). Returns the
+        step, the user code to start and the ids of the tasks that are done."""
         isolate = saved is None
         calls: list[tuple[_Item, Callable[[], Any]]] = []
         done: list[str] = []
-        with engine.store.transaction(cache=self.cache) as unit:
+        with self.engine.store.transaction(cache=self.cache) as unit:
             if not isolate:
                 # Whatever became ready while this thread waited for the write lock (results of
                 # user code, another thread's submissions) joins this transaction.
@@ -243,11 +251,7 @@ class ThreadDispatcher:
                     done.append(item.task.id)
                 else:
                     calls.append((item, call))
-        self._forget(done)
-        self.submit(step.tasks)
-        step.fire()
-        for item, call in calls:
-            self._start_user_code(item, call)
+        return step, calls, done
 
     def _advance_safely(self, step: Step, item: _Item) -> Callable[[], Any] | None:
         try:

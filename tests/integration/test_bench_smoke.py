@@ -48,3 +48,15 @@ def test_quick_bench_prints_a_table() -> None:
                           capture_output=True, text=True, timeout=110)
     assert proc.returncode == 0, proc.stderr
     assert "nodes/s" in proc.stdout and "chain" in proc.stdout.splitlines()[-1]
+
+
+@pytest.mark.timeout(120)
+def test_cpu_split_of_the_embedded_batch_runs() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "embedded", "--pipelines", "5"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0].strip() for line in lines] == ["together", "submit first"], proc.stdout
+    assert all("engine thread" in line and "batches" in line for line in lines)
