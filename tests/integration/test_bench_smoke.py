@@ -16,12 +16,18 @@ REPO = Path(__file__).resolve().parents[2]
 FIELDS = {"scenario", "nodes", "median_s", "min_s", "max_s", "nodes_per_s", "peak_rss_mb", "repeats", "backend"}
 
 
-def run_bench(*args: str) -> list[dict]:
+def run_module(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <module> <args>`` from the repository root; asserts it exits 0."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", *args], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, f"bench exited with {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    assert proc.returncode == 0, f"{module} exited with {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def run_bench(*args: str) -> list[dict]:
+    proc = run_module("bench", "--quick", *args)
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert lines, proc.stdout
     return lines
@@ -42,21 +48,13 @@ def test_quick_bench_runs_every_pipeline_to_finished(scenario: str, nodes: int, 
 
 
 def test_quick_bench_prints_a_table() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--scenario", "chain"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_module("bench", "--quick", "--scenario", "chain")
     assert "nodes/s" in proc.stdout and "chain" in proc.stdout.splitlines()[-1]
 
 
 @pytest.mark.timeout(120)
 def test_cpu_split_of_the_embedded_batch_runs() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    proc = subprocess.run([sys.executable, "-m", "bench.cpu", "embedded", "--pipelines", "5"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=110)
-    assert proc.returncode == 0, proc.stderr
+    proc = run_module("bench.cpu", "embedded", "--pipelines", "5")
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0].strip() for line in lines] == ["together", "submit first"], proc.stdout
     assert all("engine thread" in line and "batches" in line for line in lines)
