@@ -6,12 +6,15 @@ keep what it wrote: states, processes, tasks and contexts, and answer its own re
 The database stays the record: every write still goes to it in the same transaction, and the
 copies only spare the reads (and their JSON decoding).
 
-Two things can make the copies wrong, and both drop them:
+Three things can make the copies wrong, and each drops them (checked at the start of every batch):
 
-* Another transaction changed existing rows: an operator command (pause, retry, callback...) in
-  this process or another one. Every such transaction bumps SQLite's ``user_version`` header field
-  (:func:`bump_epoch`); the engine reads it at the start of each batch and starts afresh when it moved.
-  ``run_pipeline`` only inserts rows of a new pipeline and does not bump.
+* A transaction of this process changed existing rows: an operator command (pause, retry,
+  callback...). Every such transaction bumps SQLite's ``user_version`` header field
+  (:func:`bump_epoch`). ``run_pipeline`` only inserts rows of a new pipeline and does not bump.
+  (All writers of a store share one connection, see ``SqlStore``.)
+* Another process committed anything at all: SQLite's ``data_version`` of the writer connection
+  moves. Commands from other processes bump ``user_version`` too, but this also covers tools that
+  edit the file directly, and costs only a reload when another process submits runs.
 * The engine's own transaction (or a savepoint in it) was rolled back: the dispatcher calls
   :meth:`RecordCache.clear`.
 
@@ -89,7 +92,7 @@ class RecordCache:
 
     def __init__(self, max_roots: int = 2048) -> None:
         self.max_roots = max_roots
-        self.epoch: int | None = None
+        self.epoch: tuple[int, int] | None = None  # (user_version, data_version)
         self.roots: OrderedDict[str, _Root] = OrderedDict()
         self.node_root: dict[str, str] = {}  # every node of a loaded root -> that root
         self.states: dict[str, StateRecord] = {}  # only nodes of loaded roots; absent = no state row
@@ -107,8 +110,8 @@ class RecordCache:
         self.contexts.clear()
 
     def sync(self, unit: SqlUnit) -> None:
-        """Start of a transaction: drop everything if another transaction changed existing rows."""
-        epoch = read_epoch(unit)
+        """Start of a transaction: drop everything if others changed rows since the last one."""
+        epoch = (read_epoch(unit), int(unit._one("PRAGMA data_version")[0]))
         if epoch != self.epoch:
             self.clear()
             self.epoch = epoch

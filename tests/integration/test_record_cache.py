@@ -109,3 +109,29 @@ def test_retry_with_new_inputs_from_another_runtime(embedded, tmp_path):
     wait_state(embedded, tree["id"], "FINISHED")
     assert outputs(embedded, failing.id)["done"] is True
     assert node_state(embedded, failing.id)["retry"] == 1
+
+
+def test_a_direct_edit_of_the_file_by_another_connection_is_seen(embedded, tmp_path):
+    """A tool writing the SQLite file itself (no culm command, no epoch bump) is still noticed."""
+    import sqlite3
+
+    first, second = act("t_gate", gate="cache-raw-edit"), act("t_echo", x="${x}")
+    tree = line(first, second, data=Data(inputs={"${x}": Var(type=Var.PLAIN, value="w")}))
+    run(embedded, tree)
+    wait_state(embedded, first.id, "RUNNING")
+    # The root state as pause_pipeline leaves it, written behind culm's back: the engine holds a
+    # RUNNING copy of it, and nothing fails if it goes on trusting that copy.
+    raw = sqlite3.connect(tmp_path / "t.db", timeout=30)
+    try:
+        with raw:
+            raw.execute("UPDATE culm_state SET name = 'SUSPENDED' WHERE node_id = ?", (tree["id"],))
+    finally:
+        raw.close()
+    components.gate("cache-raw-edit").set()
+    wait_state(embedded, first.id, "FINISHED")
+    wait_idle(embedded)
+    # the process parked before the second node instead of running it
+    assert api.get_execution_data_outputs(embedded, second.id).data == {}
+    assert api.resume_pipeline(embedded, tree["id"]).result
+    wait_state(embedded, tree["id"], "FINISHED")
+    assert outputs(embedded, second.id)["out"] == "w!"
