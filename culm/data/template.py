@@ -20,6 +20,9 @@ FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
 MAX_RENDER_OUTPUT = 1_000_000
 RENDER_TIME_LIMIT = 1.0
 MAX_RENDER_DEPTH = 100
+# Only texts up to this length are remembered by the per-text caches, so that many large distinct
+# templates cannot fill memory (4,096 entries each).
+MAX_CACHED_TEXT = 4096
 
 _NESTED = re.compile(r"\s*([A-Za-z_]\w*)((?:\[(?:'\w+'|\"\w+\"|-?\d+)\])+)\s*")
 _INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
@@ -33,13 +36,17 @@ def references(value: Any) -> set[str]:
     """
     found: set[str] = set()
     for text in _strings(value):
-        found.update(_text_references(text))
+        found.update(_text_references(text) if len(text) <= MAX_CACHED_TEXT else _references_of(text))
     return found
 
 
 @lru_cache(maxsize=4096)
 def _text_references(text: str) -> frozenset[str]:
     # Templates repeat across nodes and runs: derive each string's references once.
+    return _references_of(text)
+
+
+def _references_of(text: str) -> frozenset[str]:
     found: set[str] = set()
     for body in FRAGMENT.findall(text):
         try:
@@ -97,7 +104,7 @@ class _RenderState:
     def render_str(self, text: str) -> Any:
         if "${" not in text:
             return text
-        pieces, sole = _compiled(text)
+        pieces, sole = _compiled(text) if len(text) <= MAX_CACHED_TEXT else _compile(text)
         if sole is not None:
             found, raw = self.raw_object(sole)
             if found:
@@ -149,7 +156,12 @@ _Piece = tuple[str, "str | None", "str | None", str]
 
 @lru_cache(maxsize=4096)
 def _compiled(text: str) -> tuple[tuple[_Piece, ...], str | None]:
-    """``text`` cut into literal runs and fragments once (templates repeat across nodes and runs).
+    """:func:`_compile`, once per text (templates repeat across nodes and runs)."""
+    return _compile(text)
+
+
+def _compile(text: str) -> tuple[tuple[_Piece, ...], str | None]:
+    """``text`` cut into literal runs and fragments.
 
     Returns the pieces and, when the whole text is one fragment, that fragment's body. A fragment
     that is a bare name the sandbox accepts carries that name, so rendering can look it up directly.

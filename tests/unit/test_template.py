@@ -106,3 +106,22 @@ def test_self_containing_list_does_not_hang() -> None:
     loop: list = ["${n}"]
     loop.append(loop)
     assert "${n}" in {s for s in template._strings(loop)}
+
+
+def test_bare_name_fragments_render_like_expressions():
+    ns = {"a": "x", "n": 41, "obj": {"k": [1, 2]}}
+    assert render("${a}-${ a }-${n}", ns) == "x-x-41"
+    assert render("${int(n) + 1}", ns) == "42"
+    assert render("${obj}", ns) == {"k": [1, 2]}  # a sole fragment still yields the raw object
+    assert render("v=${obj}", ns) == "v={'k': [1, 2]}"
+    assert render("${missing}-${a}", ns) == "${missing}-x"  # unknown names stay as written
+    assert render("${len}", ns) == render("x${len}", ns)[1:]  # builtins go through the sandbox
+
+
+def test_long_templates_render_but_are_not_kept_in_the_caches():
+    text = "${a}" + "-" * (template.MAX_CACHED_TEXT + 10) + "${a}"
+    before = (template._compiled.cache_info().currsize, template._text_references.cache_info().currsize)
+    assert render(text, {"a": "z"}) == "z" + "-" * (template.MAX_CACHED_TEXT + 10) + "z"
+    assert references(text) == {"${a}"}
+    after = (template._compiled.cache_info().currsize, template._text_references.cache_info().currsize)
+    assert after == before
