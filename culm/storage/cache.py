@@ -33,6 +33,9 @@ from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskReco
 from culm.storage import codec
 from culm.storage.sql import _STATE_COLUMNS, SqlUnit, _state_row
 
+# A pipeline context holding a value whose stored text is longer than this is not kept (it is
+# read from the database each time), so large data cannot multiply across the kept pipelines.
+MAX_KEPT_VALUE = 64 * 1024
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 _MISSING = object()
 
@@ -100,6 +103,7 @@ class RecordCache:
         self.tasks: dict[str, TaskRecord] = {}
         # pipeline id -> key -> (type, value or _MISSING, stored text, code, references)
         self.contexts: dict[str, dict[str, tuple[str, Any, str, str | None, frozenset[str]]]] = {}
+        self.big_contexts: set[str] = set()  # pipelines holding a value too large to keep: always read
 
     def clear(self) -> None:
         self.roots.clear()
@@ -108,6 +112,7 @@ class RecordCache:
         self.processes.clear()
         self.tasks.clear()
         self.contexts.clear()
+        self.big_contexts.clear()
 
     def sync(self, unit: SqlUnit) -> None:
         """Start of a transaction: drop everything if others changed rows since the last one."""
@@ -123,6 +128,7 @@ class RecordCache:
                 self.node_root.pop(nid, None)
                 self.states.pop(nid, None)
                 self.contexts.pop(nid, None)
+                self.big_contexts.discard(nid)
             for pid in root.processes:
                 self.processes.pop(pid, None)
 
@@ -322,12 +328,14 @@ class CachedUnit(SqlUnit):
         c = self.cache
         ctx = c.contexts.get(pipeline_id)
         if ctx is None:
-            if pipeline_id not in c.node_root:
+            if pipeline_id not in c.node_root or pipeline_id in c.big_contexts:
                 return super().get_context(pipeline_id, keys)
-            ctx = {}
-            for r in self._all('SELECT "key", type, value, code, refs FROM culm_context_value WHERE pipeline_id = ?',
-                               [pipeline_id]):
-                ctx[r[0]] = self._entry(r[1], r[2], r[3], frozenset(codec.loads(r[4])))
+            rows = self._all('SELECT "key", type, value, code, refs FROM culm_context_value WHERE pipeline_id = ?',
+                             [pipeline_id])
+            if any(len(r[2]) > MAX_KEPT_VALUE for r in rows):
+                c.big_contexts.add(pipeline_id)
+                return super().get_context(pipeline_id, keys)
+            ctx = {r[0]: self._entry(r[1], r[2], r[3], frozenset(codec.loads(r[4]))) for r in rows}
             c.contexts[pipeline_id] = ctx
         wanted = ctx.keys() if keys is None else keys
         out: dict[str, ContextValue] = {}
@@ -346,7 +354,10 @@ class CachedUnit(SqlUnit):
         values = list(values)
         rows = [self._context_row(pipeline_id, v) for v in values]
         ctx = self.cache.contexts.get(pipeline_id)
-        if ctx is not None:
+        if ctx is not None and any(len(row["value"]) > MAX_KEPT_VALUE for row in rows):
+            del self.cache.contexts[pipeline_id]
+            self.cache.big_contexts.add(pipeline_id)
+        elif ctx is not None:
             for v, row in zip(values, rows, strict=True):
                 ctx[v.key] = (v.type, _shared(v.value), row["value"], v.code, frozenset(v.references))
         return rows

@@ -135,3 +135,16 @@ def test_a_direct_edit_of_the_file_by_another_connection_is_seen(embedded, tmp_p
     assert api.resume_pipeline(embedded, tree["id"]).result
     wait_state(embedded, tree["id"], "FINISHED")
     assert outputs(embedded, second.id)["out"] == "w!"
+
+
+def test_large_context_values_are_read_not_kept(embedded):
+    from culm.storage.cache import MAX_KEPT_VALUE
+
+    big = "b" * (MAX_KEPT_VALUE + 1)
+    data = Data(inputs={"${big}": Var(type=Var.PLAIN, value=big), "${x}": Var(type=Var.PLAIN, value="s")})
+    first, second = act("t_echo", x="${x}", blob="${big}"), act("t_echo", x="${x}", blob="${big}")
+    tree = line(first, second, data=data)
+    finish(embedded, tree)
+    assert outputs(embedded, second.id)["blob"] == big
+    kept = embedded.dispatcher.cache
+    assert tree["id"] in kept.big_contexts and tree["id"] not in kept.contexts
