@@ -211,15 +211,15 @@ class CachedUnit(SqlUnit):
         c = self.cache
         root = c.roots.get(c.node_root.get(parent_id, ""))
         if root is None:
-            self._drop_states_of_parent(parent_id)
+            self._reset_inner_loops_anywhere(parent_id)
             return
         for nid in root.nodes:
             st = c.states.get(nid)
             if st is not None and st.parent_id == parent_id:
                 st.inner_loop = 0
 
-    def _drop_states_of_parent(self, parent_id: str) -> None:
-        # Not expected (a parent's nodes belong to the parent's root), but never keep a stale copy.
+    def _reset_inner_loops_anywhere(self, parent_id: str) -> None:
+        # Not expected (a parent's nodes belong to the parent's root), but no copy may stay stale.
         c = self.cache
         for nid in [n for n, st in c.states.items() if st.parent_id == parent_id]:
             c.states[nid].inner_loop = 0
