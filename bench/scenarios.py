@@ -368,19 +368,9 @@ class Cluster:
             admin.dispose()
 
     def _delete_queues(self) -> None:
-        try:
-            from culm.dispatch.celery import make_celery_app, queue_names
+        from culm.dispatch.celery import delete_queues
 
-            app = make_celery_app(REDIS, prefix=self.prefix)
-            with app.connection_for_write() as conn:
-                channel = conn.default_channel
-                for name in queue_names(prefix=self.prefix):
-                    try:
-                        channel.queue_delete(name)
-                    except Exception:  # noqa: BLE001 - never declared
-                        pass
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+        delete_queues(REDIS, self.prefix)
 
 
 def _children(pid: int) -> list[int]:

@@ -55,6 +55,21 @@ def queue_names(suffix: str = "", prefix: str = "culm") -> list[str]:
     return [f"{prefix}_{kind}{tail}" for kind in (EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE)]
 
 
+def delete_queues(broker: str, prefix: str = "culm") -> None:
+    """Drop the broker queues of ``prefix`` (cleanup after a test or benchmark; never raises)."""
+    try:
+        app = make_celery_app(broker, prefix=prefix)
+        with app.connection_for_write() as conn:
+            channel = conn.default_channel
+            for name in queue_names(prefix=prefix):
+                try:
+                    channel.queue_delete(name)
+                except Exception:  # noqa: BLE001 - never declared
+                    pass
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+
+
 def make_celery_app(broker: str, *, prefix: str = "culm", **options: Any) -> Celery:
     """A Celery app set up for at-least-once delivery of culm task ids.
 

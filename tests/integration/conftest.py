@@ -247,19 +247,9 @@ class DistributedBackend:
         return counts
 
     def _delete_queues(self) -> None:
-        from culm.dispatch.celery import make_celery_app, queue_names
+        from culm.dispatch.celery import delete_queues
 
-        app = make_celery_app(self.broker_url, prefix=self.prefix)
-        try:
-            with app.connection_for_write() as conn:
-                channel = conn.default_channel
-                for name in queue_names(prefix=self.prefix):
-                    try:
-                        channel.queue_delete(name)
-                    except Exception:  # noqa: BLE001 - never declared
-                        pass
-        except Exception:  # noqa: BLE001 - cleanup only
-            pass
+        delete_queues(self.broker_url, self.prefix)
 
 
 BACKENDS = {

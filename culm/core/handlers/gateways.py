@@ -26,14 +26,10 @@ def parallel(run: Run) -> Outcome:
 
 def exclusive(run: Run) -> Outcome:
     """Take the single branch whose condition holds (or the default branch)."""
-    hits = _evaluate(run, first_only=run.engine.settings.gateway_strategy == GATEWAY_STRATEGY_FIRST)
+    first_only = run.engine.settings.gateway_strategy == GATEWAY_STRATEGY_FIRST
+    hits = _or_default(run, _evaluate(run, first_only=first_only))
     if hits is None:
         return SLEEP
-    if not hits:
-        if run.node.default is None:
-            run.fail("all conditions of branches are not meet")
-            return SLEEP
-        hits = [run.node.default]
     if len(hits) > 1:
         run.fail(f"multiple conditions meet: {[c.evaluate for c in hits]}")
         return SLEEP
@@ -41,16 +37,22 @@ def exclusive(run: Run) -> Outcome:
     return Next(hits[0].target_id)
 
 
+def _or_default(run: Run, hits: list[Condition] | None) -> list[Condition] | None:
+    """The branches taken: the hits, else the default branch; None when the node failed (or could
+    not evaluate), which parks the process."""
+    if hits is None or hits:
+        return hits
+    if run.node.default is None:
+        run.fail("all conditions of branches are not meet")
+        return None
+    return [run.node.default]
+
+
 def conditional_parallel(run: Run) -> Outcome:
     """Fork a child for every branch whose condition holds (or the default branch alone)."""
-    hits = _evaluate(run, first_only=False)
+    hits = _or_default(run, _evaluate(run, first_only=False))
     if hits is None:
         return SLEEP
-    if not hits:
-        if run.node.default is None:
-            run.fail("all conditions of branches are not meet")
-            return SLEEP
-        hits = [run.node.default]
     run.finish()
     fork(run, [c.target_id for c in hits], run.node.converge_gateway_id)
     return SLEEP
