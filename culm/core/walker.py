@@ -126,7 +126,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         raise _Stop
     proc.current_node_id = node_id
     found = unit.get_states([*proc.stack, node_id])
-    _check_stack(proc, found)
+    _check_stack(unit, proc, found)
     node = graph.node(node_id)
     st = found.get(node_id)
     root_id, parent_id = graph.root_id, node.pipeline_id
@@ -145,6 +145,8 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
 
 def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node: Any, st: StateRecord) -> StateRecord:
     unit = step.unit
+    if st.name == states.SUSPENDED:
+        st = _confirm_suspended(unit, node.id) or st
     if st.name == states.SUSPENDED:
         if not st.root_id:
             unit.update_state(node.id, root_id=graph.root_id, parent_id=node.pipeline_id)
@@ -181,16 +183,28 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     return st
 
 
-def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _check_stack(unit: Any, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     root = stack_states.get(proc.stack[0])
     if root is not None and root.name == states.REVOKED:
         proc.dead = True
         raise _Stop
     for pid in proc.stack:
         st = stack_states.get(pid)
-        if st is not None and st.name == states.SUSPENDED:
+        if st is not None and st.name == states.SUSPENDED and _confirm_suspended(unit, pid) is None:
             proc.suspended, proc.suspended_by = True, pid
             raise _Stop
+
+
+def _confirm_suspended(unit: Any, node_id: str) -> StateRecord | None:
+    """Re-read a SUSPENDED state with a row lock before parking on it; returns it only if it moved on.
+
+    The first read saw the last commit. A resume committing after it looks for processes parked on
+    the node before ours is committed, and would leave ours parked for good. The locking read waits
+    for such a resume and sees its result; once held, the lock makes a later resume wait for our
+    commit, so it finds our process.
+    """
+    st = unit.get_state(node_id, for_update=True)
+    return st if st is not None and st.name != states.SUSPENDED else None
 
 
 def _join(step: Step, proc: ProcessRecord, node_id: str) -> None:

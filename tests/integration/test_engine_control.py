@@ -445,6 +445,33 @@ def test_retry_while_pipeline_paused_parks_until_resume(runtime):
     assert node_state(runtime, a.id)["state"] == "FINISHED"
 
 
+def test_resume_racing_parked_retries_wakes_every_branch(runtime):
+    """Retries handled by workers while a resume commits must not stay parked (a lost wake-up)."""
+    from culm.builder import ParallelGateway
+
+    start, pg, cg, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    branches = [act("t_fail") for _ in range(6)]
+    pg.connect(*branches)
+    start.extend(pg).to(pg).converge(cg).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    for a in branches:
+        wait_state(runtime, a.id, "FAILED")
+    for _round in range(3):
+        assert api.pause_pipeline(runtime, tree["id"]).result
+        for a in branches:
+            assert api.retry_node(runtime, a.id, data={"ok": False}).result
+        assert api.resume_pipeline(runtime, tree["id"]).result  # no wait: races the workers
+        for a in branches:
+            wait_state(runtime, a.id, "FAILED")
+    assert api.pause_pipeline(runtime, tree["id"]).result
+    for a in branches:
+        assert api.retry_node(runtime, a.id, data={"ok": True}).result
+    assert api.resume_pipeline(runtime, tree["id"]).result
+    wait_state(runtime, tree["id"], "FINISHED", timeout=20)
+    assert all(node_state(runtime, a.id)["state"] == "FINISHED" for a in branches)
+
+
 def test_forced_fail_waiting_callback_then_stale_callback_refused(runtime):
     cb = act("t_multi_callback")
     tree, _ = line(cb)
