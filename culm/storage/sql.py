@@ -5,11 +5,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 from culm.core.records import (
@@ -616,6 +618,35 @@ def _adapt_mysql(sql: str) -> str:
 AUTOCHECKPOINT_PAGES = 8000
 
 
+PING_AFTER_IDLE = 1.0  # seconds a pooled server connection may sit unused before it is pinged
+
+
+def _ping_idle(engine: Engine) -> None:
+    """Ping a pooled connection on checkout only when it sat unused for ``PING_AFTER_IDLE``.
+
+    A server restart, an idle timeout or a killed session hits connections that wait in the pool,
+    and the ping makes the pool replace them unseen. A connection back from work moments ago is
+    alive; pinging it would add a round trip to every transaction. One that breaks anyway fails
+    its statement, which the worker retries (``culm.dispatch.celery``) on a fresh connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _stamp(_dbapi_conn: Any, record: Any) -> None:
+        record.info["culm_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _check(dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("culm_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER_IDLE:
+            return  # new (just connected) or busy
+        try:
+            alive = engine.dialect.do_ping(dbapi_conn)
+        except Exception as exc:  # noqa: BLE001 - any failure means: replace it
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
+        if not alive:
+            raise DisconnectionError("pooled connection is dead")
+
+
 class SqlStore:
     """Owns the SQLAlchemy engine and hands out transactions (:class:`SqlUnit`)."""
 
@@ -628,7 +659,9 @@ class SqlStore:
             if self.memory:
                 kwargs["poolclass"] = StaticPool
         else:
-            kwargs.update(pool_pre_ping=True, pool_size=10, max_overflow=20, pool_recycle=1800)
+            # No pool_pre_ping: a ping per checkout is a round trip per transaction. _ping_idle
+            # below pings only connections that sat unused (see PING_AFTER_IDLE).
+            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
             if self.url.startswith("mysql"):
                 # Read what others committed (version checks, joins) rather than a snapshot.
                 kwargs["isolation_level"] = "READ COMMITTED"
@@ -637,6 +670,8 @@ class SqlStore:
         self.dialect = self.engine.dialect.name
         if self.dialect == "sqlite":
             self._setup_sqlite()
+        else:
+            _ping_idle(self.engine)
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
         # ...and they all write through ONE connection: SQLite empties a connection's page cache
