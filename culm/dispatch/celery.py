@@ -11,7 +11,11 @@ broker only carries task ids, so a message may be lost or delivered twice withou
   (the submitter died after its commit, the broker lost the message, the worker was killed and its
   lease ran out);
 * a :class:`LeaseHeartbeat` thread in every worker process extends the leases of the tasks it is
-  running, so only a dead worker's tasks are taken over.
+  running, so only a dead worker's tasks are taken over;
+* a worker keeps one due task of each commit it makes for itself and runs it next, unpublished
+  (the branch it forked first, the parent its last branch woke): no broker round trip for it. The
+  others are published so that idle workers take them; a kept task whose worker dies is an overdue
+  row, which the relay publishes.
 
 Knobs read from the environment by ``culm worker``: ``CULM_LEASE_SECONDS`` (30),
 ``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_IMPORTS`` (component modules).
@@ -20,14 +24,15 @@ Knobs read from the environment by ``culm worker``: ``CULM_LEASE_SECONDS`` (30),
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from celery import Celery, signals
@@ -47,6 +52,9 @@ EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
 # Redis's visibility_timeout would otherwise cut in.
 MAX_COUNTDOWN = 600.0
 DB_RETRY_COUNTDOWN = 2.0
+# Kept tasks one Celery task may run in a row before it publishes the next one instead, so that
+# one long run does not hold a pool slot while other messages wait.
+MAX_KEPT_IN_A_ROW = 100
 
 
 def queue_names(suffix: str = "", prefix: str = "culm") -> list[str]:
@@ -125,6 +133,9 @@ class CeleryDispatcher:
         self.prefix = self.app.conf.get("culm_prefix", prefix)
         self.max_countdown = max_countdown
         self.engine: Engine | None = None
+        # Worker only: the queues this process consumes, and per thread the task kept to run next.
+        self.local_queues: frozenset[str] = frozenset()
+        self._kept = threading.local()
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
@@ -140,11 +151,18 @@ class CeleryDispatcher:
         return name, countdown
 
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
-        """Publish tasks whose rows are committed; a failed publish is left to the relay."""
+        """Publish tasks whose rows are committed; a failed publish is left to the relay.
+
+        Inside :meth:`keeping`, the first due task this process consumes is kept instead.
+        """
         at = now()
         sent, held = [], []
+        kept: list[TaskRecord] | None = getattr(self._kept, "slot", None)
         for task in tasks:
             if task is None:
+                continue
+            if kept is not None and not kept and self._may_keep(task, at):
+                kept.append(task)
                 continue
             if task.due - at > self.max_countdown:
                 held.append(task.id)
@@ -152,9 +170,37 @@ class CeleryDispatcher:
                 sent.append(task.id)
         self._record(sent, held)
 
-    def publish(self, task: TaskRecord, at: float | None = None) -> bool:
-        """Send one task id; True when the broker took it."""
-        queue, countdown = self.queue_for(task, now() if at is None else at)
+    def _may_keep(self, task: TaskRecord, at: float) -> bool:
+        queue, countdown = self.queue_for(task, at)
+        return countdown == 0.0 and queue in self.local_queues
+
+    @contextlib.contextmanager
+    def keeping(self) -> Iterator[Callable[[], TaskRecord | None]]:
+        """While open, commits on this thread keep one due task for it; yields ``take()``.
+
+        ``take()`` hands over the kept task (None if there is none). Whatever is still kept when
+        the block ends is published.
+        """
+        slot: list[TaskRecord] = []
+        self._kept.slot = slot
+
+        def take() -> TaskRecord | None:
+            return slot.pop() if slot else None
+
+        try:
+            yield take
+        finally:
+            self._kept.slot = None
+            if slot:
+                self.submit(slot)
+
+    def publish(self, task: TaskRecord, at: float | None = None, countdown: float | None = None) -> bool:
+        """Send one task id (after ``countdown`` seconds if given); True when the broker took it."""
+        queue, due_in = self.queue_for(task, now() if at is None else at)
+        if countdown is None:
+            countdown = due_in
+        elif countdown > 0.05:
+            queue = self.queue_for(replace(task, due=now() + countdown), now())[0]
         try:
             self.app.send_task(
                 TASK_NAME,
@@ -204,6 +250,7 @@ class WorkerConfig:
     lease_seconds: float = 30.0
     relay_interval: float = 2.0
     relay_grace: float = 15.0
+    queues: frozenset[str] = frozenset()  # what this worker consumes (it keeps only such tasks)
 
 
 @dataclass
@@ -239,6 +286,7 @@ def worker_state() -> _ProcessState:
             raise RuntimeError("culm worker is not configured: start it with `culm worker`")
         store = SqlStore(_config.db)
         dispatcher = CeleryDispatcher("", app=_config.app)
+        dispatcher.local_queues = _config.queues
         settings = Settings(lease_seconds=_config.lease_seconds, schedule_lock_seconds=_config.lease_seconds)
         engine = Engine(store, dispatcher, settings)
         dispatcher.bind(engine)
@@ -272,8 +320,32 @@ def _is_interruption(exc: BaseException, store: SqlStore) -> bool:
 
 
 def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
-    """The Celery task: run one culm task; a database interruption retries it later."""
+    """The Celery task: run one culm task, then the tasks its commits kept for this process.
+
+    A database interruption retries the task later: this message's task through Celery, a kept
+    one by publishing it with the same countdown.
+    """
     state = worker_state()
+    with state.dispatcher.keeping() as take:
+        try:
+            _run_one(state, task_id, kind)
+        except _Interrupted as exc:
+            raise self.retry(exc=exc.__cause__, countdown=DB_RETRY_COUNTDOWN, max_retries=None) from None
+        for _ in range(MAX_KEPT_IN_A_ROW):
+            task = take()
+            if task is None:
+                break
+            try:
+                _run_one(state, task.id, task.kind)
+            except _Interrupted:
+                state.dispatcher.publish(task, countdown=DB_RETRY_COUNTDOWN)
+
+
+class _Interrupted(Exception):
+    """The database was interrupted while running a task (its lease is released)."""
+
+
+def _run_one(state: _ProcessState, task_id: str, kind: str | None) -> None:
     with state.lock:
         if task_id in state.running:
             return  # a duplicate message while this process runs it (thread pools)
@@ -284,7 +356,7 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
         _release(state, task_id)
         if _is_interruption(exc, state.store):
             logger.warning("database interrupted task %s; retrying", task_id, exc_info=True)
-            raise self.retry(exc=exc, countdown=DB_RETRY_COUNTDOWN, max_retries=None)
+            raise _Interrupted() from exc
         # Not retried here: the row stays and the relay offers it again after its grace period.
         logger.exception("task %s failed", task_id)
     finally:
@@ -419,9 +491,11 @@ def run_worker(
     import_components(imports)
     SqlStore(db).dispose()  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
+    queues = queues or queue_names(prefix=prefix)
     config = WorkerConfig(
         db=db,
         app=app,
+        queues=frozenset(queues),
         lease_seconds=_env_float("CULM_LEASE_SECONDS", 30.0),
         relay_interval=_env_float("CULM_RELAY_INTERVAL", 2.0),
         relay_grace=_env_float("CULM_RELAY_GRACE", 15.0),
@@ -438,7 +512,7 @@ def run_worker(
     signals.worker_ready.connect(start_relay, weak=False)
     worker = app.Worker(
         hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
-        queues=queues or queue_names(prefix=prefix),
+        queues=queues,
         concurrency=concurrency,
         pool_cls=pool or "prefork",
         loglevel=loglevel,

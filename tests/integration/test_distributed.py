@@ -98,6 +98,28 @@ def test_work_is_shared_between_workers(distributed_backend):
     assert len(pids) > 1
 
 
+def test_branches_of_one_pipeline_run_at_the_same_time(distributed_backend):
+    """A worker keeps one forked branch for itself and publishes the others for idle workers."""
+    backend = distributed_backend
+    backend.ensure_workers(2)
+    rt = backend.runtime()
+    start, fork, join, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    heads = [_activity("dist_sleep", 1.5) for _ in range(3)]
+    start.extend(fork).connect(*heads).to(fork).converge(join).extend(end)
+    tree = build_tree(start)
+    assert api.run_pipeline(rt, tree).result
+    wait_finished(rt, tree["id"])
+    started = {}
+    for line in backend.exec_log.read_text().splitlines():
+        kind, node_id, pid, at = line.split()
+        if kind == "execute" and node_id in {h.id for h in heads}:
+            started[node_id] = (int(pid), float(at))
+    assert len(started) == 3
+    assert len({pid for pid, _ in started.values()}) == 3  # three pool processes took one each
+    times = [at for _, at in started.values()]
+    assert max(times) - min(times) < 1.0, started  # all began before the first one ended
+
+
 def test_component_longer_than_a_lease_runs_once(distributed_backend):
     """The heartbeat keeps the lease of a running task: the relay does not hand it to another."""
     rt = distributed_backend.runtime()
