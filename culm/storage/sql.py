@@ -38,6 +38,9 @@ def normalise_url(url: str) -> str:
 _STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
                   "error_ignored", "created_time", "started_time", "archived_time")
 _STATE_SELECT = "SELECT " + ", ".join(_STATE_COLUMNS) + " FROM culm_state"
+_STATE_INSERT = (f"INSERT INTO culm_state ({', '.join(_STATE_COLUMNS)}) "
+                 f"VALUES ({','.join('?' * len(_STATE_COLUMNS))})")
+_STATE_INDEX = {c.strip('"'): i for i, c in enumerate(_STATE_COLUMNS)}  # field name -> position
 _PROCESS_SELECT = (
     "SELECT id, root_id, parent_id, current_node_id, destination_id, stack, asleep, suspended, suspended_by, "
     "dead, ack_num, need_ack, priority, queue, last_heartbeat FROM culm_process"
@@ -53,6 +56,12 @@ _TASK_WITH_PROCESS = (
     "SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
     + " FROM culm_task t LEFT JOIN culm_process p ON p.id = t.process_id WHERE t.id = ?"
 )
+# PostgreSQL, a task resumed after its user code ran: the state of its node is read FOR UPDATE next
+# (the result's compare-and-set), so it is read and locked in the same statement.
+_TASK_WITH_PROCESS_AND_STATE = (
+    _TASK_WITH_PROCESS.replace(" WHERE t.id = ?", "")
+    + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true WHERE t.id = ?"
+).replace(" FROM culm_task t", ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS) + " FROM culm_task t", 1)
 _LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
 # PostgreSQL: take the lease and read task and process in one statement.
 _CLAIM_WITH_PROCESS = (
@@ -131,18 +140,24 @@ class SqlUnit:
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
         # in one pipelined round trip, right before the next statement that needs an answer (a
         # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
-        self._deferred: list[tuple[str, tuple[Any, ...]]] | None = [] if dialect == "postgresql" else None
+        self._deferred: list[tuple[str, Sequence[Any]]] | None = [] if dialect == "postgresql" else None
         # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
         # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
         # compare-and-set on one has a known outcome and can be deferred like any other write.
         self._owned: dict[str, list[str]] | None = {} if dialect == "postgresql" else None
+        # PostgreSQL: the parameters of state rows whose INSERT is still deferred, by node id. A
+        # compare-and-set on such a row before they are sent is folded into them: an event or a
+        # gateway entered and left in one transaction costs one INSERT instead of two statements.
+        self._unsent_states: dict[str, list[Any]] = {}
+        # PostgreSQL: a state row read and locked ahead of its get_state(for_update=True) call.
+        self._locked_ahead: dict[str, StateRecord] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
         if self._deferred:
             # The deferred writes travel with this statement: one round trip for all of them.
-            pending, self._deferred = self._deferred, []
+            pending = self._take_deferred()
             with self.conn.driver_connection.pipeline():
                 for q, p in pending:
                     cur.execute(q, p)
@@ -161,16 +176,21 @@ class SqlUnit:
     def flush(self, *, commit: bool = False) -> None:
         """Send the deferred writes (one pipelined round trip on PostgreSQL), with the commit
         when ``commit`` (the caller's own commit then finds nothing left to do)."""
-        pending = self._deferred
-        if not pending:
+        if not self._deferred:
             return
-        self._deferred = []
+        pending = self._take_deferred()
         cur = self._cur
         with self.conn.driver_connection.pipeline():
             for sql, params in pending:
                 cur.execute(sql, params)
             if commit:
                 self.conn.driver_connection.commit()
+
+    def _take_deferred(self) -> list[tuple[str, Sequence[Any]]]:
+        pending = self._deferred or []
+        self._deferred = []
+        self._unsent_states.clear()
+        return pending
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -225,7 +245,7 @@ class SqlUnit:
             self.flush()
         except BaseException:
             if self._deferred:
-                self._deferred.clear()  # writes of the undone part never reach the server
+                self._take_deferred()  # writes of the undone part never reach the server
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
@@ -270,6 +290,9 @@ class SqlUnit:
 
     # -- states ---------------------------------------------------------------------------
     def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None:
+        ahead = self._locked_ahead.pop(node_id, None) if self._locked_ahead else None
+        if ahead is not None and for_update:
+            return ahead
         row = self._one(_STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
         if row is None:
             return None
@@ -295,14 +318,15 @@ class SqlUnit:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
+        params = [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
+                  rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
+        if self._deferred is None:
+            self._x(_STATE_INSERT, params)
+            return
         if self._owned is not None:
             self._owned[rec.node_id] = [rec.version, rec.name]
-        self._later(
-            'INSERT INTO culm_state (node_id, root_id, parent_id, name, version, "loop", inner_loop, retry, skip, '
-            "error_ignored, created_time, started_time, archived_time) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
-             rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time],
-        )
+        self._deferred.append((self._sql(_STATE_INSERT), params))
+        self._unsent_states[rec.node_id] = params
 
     def update_state(
         self,
@@ -313,6 +337,8 @@ class SqlUnit:
         **fields: Any,
     ) -> bool:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
+        if self._locked_ahead:
+            self._locked_ahead.pop(node_id, None)
         where, params = "node_id = ?", [node_id]
         names = list(expect_names) if expect_names is not None else None
         if expect_version is not None:
@@ -326,7 +352,12 @@ class SqlUnit:
             if (expect_version is not None and expect_version != owned[0]) or (names is not None
                                                                                and owned[1] not in names):
                 return False
-            self._update_later("culm_state", where, params, fields)
+            unsent = self._unsent_states.get(node_id)
+            if unsent is not None and fields.keys() <= _STATE_INDEX.keys():
+                for k, v in fields.items():
+                    unsent[_STATE_INDEX[k]] = v
+            else:
+                self._update_later("culm_state", where, params, fields)
         elif self._update("culm_state", where, params, fields) != 1:
             return False
         elif self._owned is not None:
@@ -413,6 +444,15 @@ class SqlUnit:
             if self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
                        [owner, until, task_id, at]).rowcount != 1:
                 return None, None
+        elif self.dialect == "postgresql":
+            row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
+            end = len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
+            if row is not None and row[end] is not None:
+                st = _state_row(row[end:])
+                self._locked_ahead[st.node_id] = st
+                if self._owned is not None:
+                    self._owned[st.node_id] = [st.version, st.name]
+            return self._task_and_process(row[:end] if row is not None else None)
         return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id]))
 
     @staticmethod
