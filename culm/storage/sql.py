@@ -357,6 +357,7 @@ class SqlUnit:
                 for k, v in fields.items():
                     unsent[_STATE_INDEX[k]] = v
             else:
+                self._unsent_states.pop(node_id, None)  # later ones must follow this UPDATE, not pass it
                 self._update_later("culm_state", where, params, fields)
         elif self._update("culm_state", where, params, fields) != 1:
             return False
@@ -372,7 +373,10 @@ class SqlUnit:
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
-        self._x("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
+        # Deferred like any write whose result is not read; later compare-and-sets must not be
+        # folded into INSERTs queued before it, or they would be applied ahead of it.
+        self._unsent_states.clear()
+        self._later("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
 
     # -- processes ------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
