@@ -100,8 +100,69 @@ def _update_sql(table: str, cols: tuple[str, ...], key_sql: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _insert_sql(table: str, cols: tuple[str, ...]) -> str:
-    return f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES ({_marks(len(cols))})"
+def _insert_sql(table: str, cols: tuple[str, ...], rows: int = 1) -> str:
+    values = ", ".join([f"({_marks(len(cols))})"] * rows)
+    return f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES {values}"
+
+
+# Primary keys, for telling whether two deferred writes may touch the same row (_combined).
+_PRIMARY = {
+    "culm_pipeline": ("id",), "culm_node": ("id",), "culm_state": ("node_id",), "culm_process": ("id",),
+    "culm_task": ("id",), "culm_node_data": ("node_id",), "culm_execution_data": ("node_id",),
+    "culm_context_value": ("pipeline_id", "key"), "culm_schedule": ("id",), "culm_callback_data": ("id",),
+}
+_NEW_ROWS_ONLY = ("culm_history", "culm_log")  # autoincrement keys: an insert clashes with nothing
+
+
+def _row_key(table: str, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
+    """The rows an INSERT writes, as (table, primary key) pairs; None when unknown."""
+    if table in _NEW_ROWS_ONLY:
+        return ()
+    cols = _PRIMARY.get(table)
+    if cols is None:
+        return None
+    return tuple((table, tuple(r[c] for c in cols)) for r in rows)
+
+
+MAX_COMBINED = 64  # writes per combined statement
+
+
+def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes as few statements: runs of writes to distinct rows become one statement.
+
+    PostgreSQL runs the data-modifying parts of a WITH query exactly once, in an unspecified order
+    and against the same snapshot, so parts of one statement must not touch the same row (nor a
+    row another part inserts). A write whose rows are unknown (key None) is sent on its own; a
+    write to a row the current run already touches starts a new run. Runs keep their order.
+    """
+    out: list[tuple[str, Sequence[Any]]] = []
+    run: list[tuple[str, Sequence[Any]]] = []
+    touched: set[Any] = set()
+
+    def close() -> None:
+        if len(run) == 1:
+            out.append(run[0])
+        elif run:
+            out.append((_with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
+        run.clear()
+        touched.clear()
+
+    for sql, params, keys in pending:
+        if keys is None:
+            close()
+            out.append((sql, params))
+            continue
+        if len(run) >= MAX_COMBINED or not touched.isdisjoint(keys):
+            close()
+        run.append((sql, params))
+        touched.update(keys)
+    close()
+    return out
+
+
+@functools.lru_cache(maxsize=512)
+def _with_sql(parts: tuple[str, ...]) -> str:
+    return "WITH " + ", ".join(f"w{i} AS ({q})" for i, q in enumerate(parts)) + " SELECT 1"
 
 
 @functools.lru_cache(maxsize=256)
@@ -140,7 +201,9 @@ class SqlUnit:
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
         # in one pipelined round trip, right before the next statement that needs an answer (a
         # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
-        self._deferred: list[tuple[str, Sequence[Any]]] | None = [] if dialect == "postgresql" else None
+        # Each entry is (sql, params, key): ``key`` names the one row the write touches, (table,
+        # primary key), or is None when it may touch several (see _combined).
+        self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if dialect == "postgresql" else None
         # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
         # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
         # compare-and-set on one has a known outcome and can be deferred like any other write.
@@ -166,12 +229,15 @@ class SqlUnit:
         cur.execute(self._sql(sql), tuple(params))
         return cur
 
-    def _later(self, sql: str, params: Sequence[Any] = ()) -> None:
-        """Run a write whose outcome is not read (an error still aborts the transaction)."""
+    def _later(self, sql: str, params: Sequence[Any] = (), key: Any = None) -> None:
+        """Run a write whose outcome is not read (an error still aborts the transaction).
+
+        ``key``: the rows it writes, as (table, primary key) pairs, if known (see _combined).
+        """
         if self._deferred is None:
             self._cur.execute(self._sql(sql), tuple(params))
         else:
-            self._deferred.append((self._sql(sql), tuple(params)))
+            self._deferred.append((self._sql(sql), params, key))
 
     def flush(self, *, commit: bool = False) -> None:
         """Send the deferred writes (one pipelined round trip on PostgreSQL), with the commit
@@ -187,10 +253,11 @@ class SqlUnit:
                 self.conn.driver_connection.commit()
 
     def _take_deferred(self) -> list[tuple[str, Sequence[Any]]]:
+        """Hand over the deferred writes, as few statements as they can be (_combined)."""
         pending = self._deferred or []
         self._deferred = []
         self._unsent_states.clear()
-        return pending
+        return _combined(pending)
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:
@@ -209,20 +276,29 @@ class SqlUnit:
         return int(self._x(sql, [*fields.values(), *key_params]).rowcount)
 
     def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: dict[str, Any]) -> None:
-        self._later(_update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params])
+        # Every caller's key_sql starts with "<primary key> = ?": the row is known.
+        self._later(_update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
+                    ((table, (key_params[0],)),))
 
     def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
         cols = tuple(rows[0])
-        sql = _insert_sql(table, cols)
-        if len(rows) == 1:
-            self._later(sql, list(rows[0].values()))
+        if self._deferred is not None:
+            # PostgreSQL: one multi-row INSERT, deferred like any write (rows are new: no key
+            # clashes with another write unless the same row is written again, see _row_key).
+            for i in range(0, len(rows), 500):
+                chunk = rows[i : i + 500]
+                self._later(_insert_sql(table, cols, len(chunk)), [r[c] for r in chunk for c in cols],
+                            _row_key(table, chunk))
+        elif len(rows) == 1:
+            self._later(_insert_sql(table, cols), list(rows[0].values()))
         else:
-            self._many(sql, [[r[c] for c in cols] for r in rows])
+            self._many(_insert_sql(table, cols), [[r[c] for c in cols] for r in rows])
 
     def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
-        self._later(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()))
+        self._later(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()),
+                    ((table, tuple(row[k] for k in keys)),))
 
     def _for_update(self, for_update: bool) -> str:
         return " FOR UPDATE" if for_update and self._lock_rows else ""
@@ -325,7 +401,7 @@ class SqlUnit:
             return
         if self._owned is not None:
             self._owned[rec.node_id] = [rec.version, rec.name]
-        self._deferred.append((self._sql(_STATE_INSERT), params))
+        self._deferred.append((self._sql(_STATE_INSERT), params, (("culm_state", (rec.node_id,)),)))
         self._unsent_states[rec.node_id] = params
 
     def update_state(
@@ -474,7 +550,7 @@ class SqlUnit:
         self._update_later("culm_task", "id = ?", [task_id], fields)
 
     def delete_task(self, task_id: str) -> None:
-        self._later("DELETE FROM culm_task WHERE id = ?", [task_id])
+        self._later("DELETE FROM culm_task WHERE id = ?", [task_id], (("culm_task", (task_id,)),))
 
     def delete_tasks_of_root(self, root_id: str) -> None:
         self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
