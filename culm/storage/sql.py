@@ -26,6 +26,30 @@ from culm.errors import SchemaOutdatedError
 from culm.storage import codec
 
 
+def _widen_psycopg_query_cache() -> None:
+    """Let psycopg keep the converted form of every statement culm sends, long ones included.
+
+    psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
+    statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
+    multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
+    milliseconds per transaction. The knobs are psycopg internals, so a psycopg that no longer has
+    them is left as it is (slower, never wrong).
+    """
+    try:
+        from psycopg import _queries
+    except ImportError:
+        return
+    nocache = getattr(_queries, "_query2pg_nocache", None)
+    if nocache is None or not hasattr(_queries, "_query2pg") or getattr(_queries, "_culm_widened", False):
+        return
+    if not hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS") or not hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
+        return
+    _queries._query2pg = functools.lru_cache(maxsize=2048)(nocache)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = 20000
+    _queries.MAX_CACHED_STATEMENT_LENGTH = 1 << 20
+    setattr(_queries, "_culm_widened", True)  # noqa: B010 - a mark on a module we do not own
+
+
 def normalise_url(url: str) -> str:
     """Pick the drivers culm installs for bare ``postgresql://`` and ``mysql://`` URLs."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -792,6 +816,8 @@ class SqlStore:
             self._setup_sqlite()
         else:
             _ping_idle(self.engine)
+            if self.dialect == "postgresql":
+                _widen_psycopg_query_cache()
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
         self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
         # ...and they all write through ONE connection: SQLite empties a connection's page cache
