@@ -16,6 +16,9 @@ CONVERGE = "ConvergeGateway"
 EXECUTABLE_END = "ExecutableEndEvent"  # any end event whose type is not EmptyEndEvent
 
 
+_WALK_STOPS = (ACTIVITY, PARALLEL, CONDITIONAL_PARALLEL)
+
+
 @dataclass(frozen=True, slots=True)
 class Condition:
     """One outgoing branch of an exclusive or conditional-parallel gateway."""
@@ -107,6 +110,30 @@ class Graph:
 
     def node(self, node_id: str) -> Node:
         return self.nodes[node_id]
+
+    def ahead(self, node_id: str, limit: int = 32) -> list[str]:
+        """``node_id`` and the nodes one walk from it may enter before it has to stop: through
+        events, exclusive and converge gateways and into and out of subprocesses, up to the next
+        activities and forking gateways (their branches are other processes). At most ``limit``."""
+        found = [node_id]
+        seen = {node_id}
+        i = 0
+        while i < len(found) and len(found) < limit:
+            node = self.nodes.get(found[i])
+            i += 1
+            if node is None or node.type in _WALK_STOPS:
+                continue  # user code runs next, or the branches are other processes
+            if node.type == SUBPROCESS:
+                nexts: tuple[str, ...] = (self.pipelines[node.id].start_event_id,)
+            elif node.type in (END, EXECUTABLE_END) and node.pipeline_id != self.root_id:
+                nexts = self.nodes[node.pipeline_id].targets  # leaves the subprocess
+            else:
+                nexts = node.targets
+            for n in nexts:
+                if n not in seen and len(found) < limit:
+                    seen.add(n)
+                    found.append(n)
+        return found
 
 
 def _as_list(value: Any) -> list[str]:

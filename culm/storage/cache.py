@@ -31,7 +31,7 @@ from typing import Any
 
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage import codec
-from culm.storage.sql import _STATE_COLUMNS, SqlUnit, _state_row
+from culm.storage.sql import _STATE_COLUMNS, SqlUnit, _copy_state, _state_row
 
 # A pipeline context holding a value whose stored text is longer than this is not kept (it is
 # read from the database each time), so large data cannot multiply across the kept pipelines.
@@ -62,11 +62,6 @@ def _apply(rec: Any, fields: dict[str, Any]) -> None:
     """Write ``fields`` into a kept record; every field the engine writes is one of its attributes."""
     for k, v in fields.items():
         setattr(rec, k, v)
-
-
-def _copy_state(s: StateRecord) -> StateRecord:
-    return StateRecord(s.node_id, s.root_id, s.parent_id, s.name, s.version, s.loop, s.inner_loop, s.retry, s.skip,
-                       s.error_ignored, s.created_time, s.started_time, s.archived_time)
 
 
 def _copy_process(p: ProcessRecord) -> ProcessRecord:
@@ -174,6 +169,9 @@ class CachedUnit(SqlUnit):
         if st is not None and st.root_id:
             self._load_root(st.root_id)
         return st
+
+    def prefetch_states(self, node_ids: Iterable[str]) -> None:
+        """Nothing to do: the copies already answer for every state of a loaded root."""
 
     def get_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
         c = self.cache

@@ -99,6 +99,11 @@ _SCHEDULE_SELECT = (
 _QUOTED = ("key", "loop")
 
 
+def _copy_state(s: StateRecord) -> StateRecord:
+    return StateRecord(s.node_id, s.root_id, s.parent_id, s.name, s.version, s.loop, s.inner_loop, s.retry, s.skip,
+                       s.error_ignored, s.created_time, s.started_time, s.archived_time)
+
+
 def _state_row(r: Sequence[Any]) -> StateRecord:
     return StateRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]), r[10], r[11], r[12])
 
@@ -238,6 +243,9 @@ class SqlUnit:
         self._unsent_states: dict[str, list[Any]] = {}
         # PostgreSQL: a state row read and locked ahead of its get_state(for_update=True) call.
         self._locked_ahead: dict[str, StateRecord] = {}
+        # States read ahead by prefetch_states (None: no row), kept current with this
+        # transaction's own writes; plain reads of them are answered from here.
+        self._state_view: dict[str, StateRecord | None] | None = None
 
     # -- plumbing ---------------------------------------------------------------------------
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -348,6 +356,8 @@ class SqlUnit:
                 self._take_deferred()  # writes of the undone part never reach the server
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
+            self._locked_ahead.clear()
+            self._state_view = None
             self._cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self._cur.execute(f"RELEASE SAVEPOINT {name}")
             raise
@@ -393,11 +403,15 @@ class SqlUnit:
         ahead = self._locked_ahead.pop(node_id, None) if self._locked_ahead else None
         if ahead is not None and for_update:
             return ahead
+        view = self._state_view
+        if not for_update and view is not None and node_id in view:
+            known = view[node_id]
+            return _copy_state(known) if known is not None else None
         row = self._one(_STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
-        if row is None:
-            return None
-        st = _state_row(row)
-        if for_update and self._owned is not None:
+        st = _state_row(row) if row is not None else None
+        if view is not None and node_id in view:
+            view[node_id] = _copy_state(st) if st is not None else None
+        if st is not None and for_update and self._owned is not None:
             self._owned[node_id] = [st.version, st.name]
         return st
 
@@ -405,11 +419,33 @@ class SqlUnit:
         ids = list(node_ids)
         if not ids:
             return {}
+        view = self._state_view
+        if view is not None and all(i in view for i in ids):
+            return {i: _copy_state(st) for i in ids if (st := view[i]) is not None}
         if len(ids) == 1:
             st = self.get_state(ids[0])
             return {st.node_id: st} if st else {}
         rows = self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(ids))})", ids)
         return {r[0]: _state_row(r) for r in rows}
+
+    def prefetch_states(self, node_ids: Iterable[str]) -> None:
+        """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
+        to make (the nodes a walk may enter before it stops). Reads answered from it see the rows
+        as of this statement plus this transaction's own writes; locking reads still go to the
+        database. A row another transaction commits meanwhile is seen as if it came a moment later.
+        """
+        view = self._state_view if self._state_view is not None else {}
+        missing = [i for i in dict.fromkeys(node_ids) if i not in view]
+        if not missing:
+            return
+        found = {}
+        for i in range(0, len(missing), 500):
+            chunk = missing[i : i + 500]
+            for r in self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk):
+                found[r[0]] = _state_row(r)
+        for node_id in missing:
+            view[node_id] = found.get(node_id)
+        self._state_view = view
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
@@ -418,6 +454,8 @@ class SqlUnit:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
+        if self._state_view is not None:
+            self._state_view[rec.node_id] = _copy_state(rec)
         params = [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
                   rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
         if self._deferred is None:
@@ -439,6 +477,20 @@ class SqlUnit:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
         if self._locked_ahead:
             self._locked_ahead.pop(node_id, None)
+        done = self._cas_state(node_id, expect_version, expect_names, fields)
+        view = self._state_view
+        if view is not None and node_id in view:
+            known = view[node_id]
+            if done and known is not None:
+                for k, v in fields.items():
+                    setattr(known, k, v)
+            elif not done:
+                del view[node_id]  # someone else's change: read it again when asked
+        return done
+
+    def _cas_state(
+        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: dict[str, Any]
+    ) -> bool:
         where, params = "node_id = ?", [node_id]
         names = list(expect_names) if expect_names is not None else None
         if expect_version is not None:
@@ -477,6 +529,9 @@ class SqlUnit:
         # folded into INSERTs queued before it, or they would be applied ahead of it.
         self._unsent_states.clear()
         self._later("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
+        for st in (self._state_view or {}).values():
+            if st is not None and st.parent_id == parent_id:
+                st.inner_loop = 0
 
     # -- processes ------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
