@@ -107,6 +107,7 @@ class Graph:
     root_id: str
     nodes: dict[str, Node]
     pipelines: dict[str, PipelineSpec]
+    _ahead: dict[tuple[str, int], list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def node(self, node_id: str) -> Node:
         return self.nodes[node_id]
@@ -114,7 +115,14 @@ class Graph:
     def ahead(self, node_id: str, limit: int = 32) -> list[str]:
         """``node_id`` and the nodes one walk from it may enter before it has to stop: through
         events, exclusive and converge gateways and into and out of subprocesses, up to the next
-        activities and forking gateways (their branches are other processes). At most ``limit``."""
+        activities and forking gateways (their branches are other processes). At most ``limit``.
+        Computed once per node (the graph never changes)."""
+        known = self._ahead.get((node_id, limit))
+        if known is None:
+            known = self._ahead[(node_id, limit)] = self._walk_ahead(node_id, limit)
+        return known
+
+    def _walk_ahead(self, node_id: str, limit: int) -> list[str]:
         found = [node_id]
         seen = {node_id}
         i = 0
