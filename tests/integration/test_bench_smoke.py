@@ -58,3 +58,17 @@ def test_cpu_split_of_the_embedded_batch_runs() -> None:
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0].strip() for line in lines] == ["together", "submit first"], proc.stdout
     assert all("engine thread" in line and "batches" in line for line in lines)
+
+
+@pytest.mark.timeout(120)
+def test_statement_count_of_one_pipeline_on_postgresql() -> None:
+    proc = run_module("bench.statements", "--pipelines", "2", "--trace")
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert result["same_every_run"] is True, result
+    # One transaction per task start and per activity result; every one of them sends statements.
+    assert result["tasks_per_pipeline"] == 5
+    assert result["transactions_per_pipeline"] >= result["tasks_per_pipeline"]
+    assert result["statements_per_pipeline"] >= 2 * result["transactions_per_pipeline"]
+    traced = proc.stdout.splitlines()[:-1]
+    assert traced[0] == "== run_pipeline"
+    assert sum(1 for line in traced if line.startswith("== task")) == result["tasks_per_pipeline"]

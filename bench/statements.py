@@ -1,0 +1,120 @@
+"""SQL statements a 17-node pipeline costs on PostgreSQL: ``python -m bench.statements [--trace]``.
+
+Submits ``normal_pipeline()`` runs to a fresh PostgreSQL database and runs their tasks in this
+process, one at a time, the way a ``culm worker`` runs them (without Celery: the follow-up tasks a
+commit makes are queued here instead of published). It counts what psycopg sends: statements
+(each multi-row or combined write is one), ``BEGIN``/``COMMIT`` excluded, and transactions.
+Unlike timings, the counts do not depend on what else the machine is doing. ``--trace`` prints
+every statement of the last pipeline, grouped by task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from bench.scenarios import Cluster
+from bench.trees import normal_pipeline
+
+
+class _Queue:
+    """A Dispatcher that keeps committed tasks for this process instead of publishing them."""
+
+    def __init__(self) -> None:
+        self.tasks: collections.deque[Any] = collections.deque()
+
+    def submit(self, tasks: Sequence[Any]) -> None:
+        self.tasks.extend(t for t in tasks if t is not None)
+
+    def close(self) -> None:
+        pass
+
+
+@contextmanager
+def _counting(log: list[str]) -> Iterator[None]:
+    """Record every statement and commit psycopg sends while the block runs (a measuring patch)."""
+    import psycopg
+
+    execute, executemany, commit = psycopg.Cursor.execute, psycopg.Cursor.executemany, psycopg.Connection.commit
+
+    def counted_execute(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
+        log.append(str(query))
+        return execute(self, query, params, **kw)
+
+    def counted_executemany(self: Any, query: Any, params: Any, **kw: Any) -> Any:
+        log.append(f"(many) {query}")
+        return executemany(self, query, params, **kw)
+
+    def counted_commit(self: Any) -> None:
+        if self.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            log.append("COMMIT")
+        commit(self)
+
+    patches = [(psycopg.Cursor, "execute", counted_execute), (psycopg.Cursor, "executemany", counted_executemany),
+               (psycopg.Connection, "commit", counted_commit)]
+    for cls, name, fn in patches:
+        setattr(cls, name, fn)
+    try:
+        yield
+    finally:
+        for cls, name, fn in zip((psycopg.Cursor, psycopg.Cursor, psycopg.Connection),
+                                 ("execute", "executemany", "commit"), (execute, executemany, commit), strict=True):
+            setattr(cls, name, fn)
+
+
+def count(pipelines: int, trace: bool) -> dict[str, Any]:
+    import culm
+    from culm import api
+    from culm.core.engine import Engine
+
+    with Cluster(0) as cluster:
+        queue = _Queue()
+        rt = culm.Runtime(cluster.db_url, workers=0)
+        try:
+            rt.engine.dispatcher = queue
+            worker = Engine(rt.store, queue)
+            log: list[str] = []
+            api.run_pipeline(rt, normal_pipeline())  # warm: graph caches, pooled connections
+            while queue.tasks:
+                worker.run_task(queue.tasks.popleft().id)
+            per_pipeline: list[tuple[int, int, int]] = []
+            with _counting(log):
+                for _ in range(pipelines):
+                    log.clear()
+                    log.append("== run_pipeline")
+                    assert api.run_pipeline(rt, normal_pipeline()).result
+                    tasks = 0
+                    while queue.tasks:
+                        task = queue.tasks.popleft()
+                        tasks += 1
+                        log.append(f"== task {task.kind} at node {task.node_id}")
+                        worker.run_task(task.id, task.kind)
+                    statements = sum(1 for line in log if not line.startswith("==") and line != "COMMIT")
+                    per_pipeline.append((statements, log.count("COMMIT"), tasks))
+        finally:
+            rt.close()
+    if trace:
+        for line in log:
+            print(line if line.startswith("==") else "    " + " ".join(line.split())[:160])
+    statements, commits, tasks = per_pipeline[-1]
+    return {"shape": "normal_pipeline() (17 nodes)", "statements_per_pipeline": statements,
+            "transactions_per_pipeline": commits, "tasks_per_pipeline": tasks,
+            "same_every_run": len(set(per_pipeline)) == 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.statements")
+    parser.add_argument("--pipelines", type=int, default=3)
+    parser.add_argument("--trace", action="store_true", help="print the statements of the last pipeline")
+    args = parser.parse_args(argv)
+    print(json.dumps(count(args.pipelines, args.trace)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
