@@ -32,9 +32,11 @@ def run_pipeline(
     }
     with engine.step(new_rows_only=True) as step:
         unit = step.unit
-        if unit.pipeline_exists(root_id) or unit.get_state(root_id) is not None:
+        # One read: every stored run indexes its root id and node ids in culm_node, and a state
+        # only ever exists for an indexed id.
+        taken = unit.existing_node_ids([root_id, *graph.nodes.keys()])
+        if root_id in taken:
             raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")
-        taken = unit.existing_node_ids(graph.nodes.keys())
         if taken:
             raise InvalidOperationError(
                 f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}"

@@ -380,9 +380,6 @@ class SqlUnit:
         row = self._one("SELECT root_data FROM culm_pipeline WHERE id = ?", [root_id])
         return codec.loads(row[0]) if row else {}
 
-    def pipeline_exists(self, root_id: str) -> bool:
-        return self._one("SELECT id FROM culm_pipeline WHERE id = ?", [root_id]) is not None
-
     def add_nodes(self, rows: Sequence[dict]) -> None:
         self._insert("culm_node", list(rows))
 

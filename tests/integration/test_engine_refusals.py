@@ -66,6 +66,31 @@ def test_rerun_of_existing_pipeline_id_refused(runtime):
     assert node_state(runtime, tree["id"])["state"] == "FINISHED"
 
 
+def test_new_run_reusing_node_ids_of_another_run_refused(runtime):
+    tree, act = simple_tree()
+    finish(runtime, tree)
+    other = copy.deepcopy(tree)
+    other["id"] = "p" + "2" * 32
+    refused(api.run_pipeline(runtime, other), "reuses node ids", act.id)
+    assert api.get_pipeline_states(runtime, other["id"]).data == {}
+    assert node_state(runtime, tree["id"])["state"] == "FINISHED"
+
+
+def test_new_run_whose_id_is_a_node_of_another_run_refused(runtime):
+    start, eg, cg, end = EmptyStartEvent(), ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 2"}), \
+        ConvergeGateway(), EmptyEndEvent()
+    taken, never = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="example_component")
+    start.extend(eg).connect(taken, never).to(eg).converge(cg).extend(end)
+    tree = build_tree(start)
+    finish(runtime, tree)
+    assert node_state(runtime, never.id) is None  # indexed with its run, but never entered
+    other, _ = simple_tree()
+    other["id"] = never.id
+    refused(api.run_pipeline(runtime, other), never.id, "already exists")
+    assert node_state(runtime, never.id) is None
+    assert node_state(runtime, tree["id"])["state"] == "FINISHED"
+
+
 def test_non_runtime_first_argument_refused():
     res = api.get_pipeline_states(object(), "p1")
     refused(res)
