@@ -125,8 +125,8 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         _join(step, proc, node_id)
         raise _Stop
     proc.current_node_id = node_id
-    # One read for the states this walk may need, rather than one per node it enters.
-    unit.prefetch_states([*proc.stack, *graph.ahead(node_id)])
+    if unit.reads_ahead:  # one read for the states this walk may need, not one per node entered
+        unit.prefetch_states([*proc.stack, *graph.ahead(node_id)])
     found = unit.get_states([*proc.stack, node_id])
     _check_stack(unit, proc, found)
     node = graph.node(node_id)

@@ -170,6 +170,8 @@ class CachedUnit(SqlUnit):
             self._load_root(st.root_id)
         return st
 
+    reads_ahead = False  # the copies already answer for every state of a loaded root
+
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Nothing to do: the copies already answer for every state of a loaded root."""
 

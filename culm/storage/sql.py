@@ -425,6 +425,8 @@ class SqlUnit:
         rows = self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(ids))})", ids)
         return {r[0]: _state_row(r) for r in rows}
 
+    reads_ahead = True  # prefetch_states is worth calling
+
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
         to make (the nodes a walk may enter before it stops). Reads answered from it see the rows
