@@ -230,8 +230,8 @@ class SqlUnit:
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
         # in one pipelined round trip, right before the next statement that needs an answer (a
         # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
-        # Each entry is (sql, params, key): ``key`` names the one row the write touches, (table,
-        # primary key), or is None when it may touch several (see _combined).
+        # Each entry is (sql, params, keys): ``keys`` lists the rows the write touches as (table,
+        # primary key) pairs, or is None when they are not known (see _combined).
         self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if dialect == "postgresql" else None
         # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
         # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
