@@ -15,12 +15,23 @@ _PICKLE_KEY = "__culm_pickle__"
 
 
 def dumps(value: Any) -> str:
-    """Serialise ``value`` to text, JSON first, pickle envelope second."""
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=True)
-    except (TypeError, ValueError):
-        blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
-        return json.dumps({_PICKLE_KEY: blob})
+    """Serialise ``value`` to text, JSON first, pickle envelope second.
+
+    A value that merely looks like an envelope (a dict whose only key is the envelope's, as
+    untrusted input such as a tree's data or a callback's payload may be) is itself put in an
+    envelope, so :func:`loads` returns that dict and never unpickles text that culm did not pickle.
+    """
+    if not _looks_like_envelope(value):
+        try:
+            return json.dumps(value, separators=(",", ":"), allow_nan=True)
+        except (TypeError, ValueError):
+            pass
+    blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+    return json.dumps({_PICKLE_KEY: blob})
+
+
+def _looks_like_envelope(value: Any) -> bool:
+    return isinstance(value, dict) and len(value) == 1 and _PICKLE_KEY in value
 
 
 def loads(text: str | None) -> Any:
@@ -28,6 +39,6 @@ def loads(text: str | None) -> Any:
     if text is None:
         return None
     value = json.loads(text)
-    if isinstance(value, dict) and len(value) == 1 and _PICKLE_KEY in value:
+    if _looks_like_envelope(value):
         return pickle.loads(base64.b64decode(value[_PICKLE_KEY]))  # noqa: S301 - written by dumps only
     return value
