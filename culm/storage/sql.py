@@ -32,7 +32,7 @@ def _widen_psycopg_query_cache() -> None:
     psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
     statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
     multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
-    milliseconds per transaction. The knobs are psycopg internals, so a psycopg that no longer has
+    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned. The knobs are psycopg internals, so a psycopg that no longer has
     them is left as it is (slower, never wrong).
     """
     try:
@@ -44,9 +44,11 @@ def _widen_psycopg_query_cache() -> None:
         return
     if not hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS") or not hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
         return
-    _queries._query2pg = functools.lru_cache(maxsize=2048)(nocache)
-    _queries.MAX_CACHED_STATEMENT_PARAMS = 20000
-    _queries.MAX_CACHED_STATEMENT_LENGTH = 1 << 20
+    # Bounded: a cached entry holds a part per parameter, so the cap on parameters and entries
+    # keeps the worst case (trees of many different sizes) to a few tens of MB.
+    _queries._query2pg = functools.lru_cache(maxsize=512)(nocache)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = 600
+    _queries.MAX_CACHED_STATEMENT_LENGTH = 32 * 1024
     setattr(_queries, "_culm_widened", True)  # noqa: B010 - a mark on a module we do not own
 
 
