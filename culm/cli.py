@@ -459,12 +459,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from culm.dispatch.celery import run_worker
     except ImportError as exc:
         raise UsageError(f"the Celery worker is not available: {exc} (install culm[celery])") from exc
+    from culm.dispatch.celery import queue_names
+
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    if queues is None and args.queue_suffix:
+        queues = queue_names(args.queue_suffix, args.prefix)
     broker = args.broker or os.environ.get("CULM_BROKER_URL")
     if not broker:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
     run_worker(db=_db(args), broker=broker, imports=import_names(args.imports),
-               concurrency=args.concurrency, queues=queues, loglevel=args.loglevel)
+               concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
+               prefix=args.prefix)
     return 0
 
 
@@ -543,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_imports(worker)
     worker.add_argument("--concurrency", type=int, default=None, metavar="N")
     worker.add_argument("--queues", default=None, metavar="Q1,Q2")
+    worker.add_argument("--queue-suffix", default="", metavar="S",
+                        help="consume the queues of runs started with queue=S")
+    worker.add_argument("--prefix", default="culm", help="queue name prefix, as given to the submitting runtimes")
+    worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
+                        help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
     worker.add_argument("--loglevel", default="INFO", metavar="L")
     worker.set_defaults(func=cmd_worker)
 

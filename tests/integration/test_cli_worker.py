@@ -1,0 +1,57 @@
+"""`culm worker` itself (not `python -m culm.dispatch.celery`): pool, prefix and queue-suffix options."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
+import pytest
+from conftest import BACKENDS, DistributedBackend, _reachable, unavailable, wait_for
+
+from culm import api
+from culm.builder import ConvergeGateway, EmptyEndEvent, EmptyStartEvent, ParallelGateway, ServiceActivity, \
+    build_tree
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
+
+
+class CliWorkers(DistributedBackend):
+    """Workers started as `culm worker --pool solo --queue-suffix cli`."""
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, "-m", "culm.cli", "worker", "--db", self.db_url, "--broker", self.broker_url,
+                "--prefix", self.prefix, "--queue-suffix", "cli", "--pool", "solo", "--loglevel", "INFO"]
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def cli_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    db_kind, broker, *addresses = BACKENDS[request.param]
+    for host, port in addresses:
+        if not _reachable(host, port):
+            unavailable(f"{request.param}: nothing listens on {host}:{port}")
+    backend = CliWorkers(request.param, db_kind, broker, tmp_path)
+    try:
+        backend.setup()
+        backend.start_workers(2)
+        yield backend
+    finally:
+        backend.teardown()
+
+
+def test_solo_workers_on_a_queue_run_a_parallel_pipeline(cli_backend):
+    start, fork, join, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    branches = [ServiceActivity(component_code="dist_sleep") for _ in range(3)]
+    start.extend(fork).connect(*branches).to(fork).converge(join).extend(end)
+    tree = build_tree(start)
+    rt = cli_backend.runtime()
+    assert api.run_pipeline(rt, tree, queue="cli").result
+
+    def finished() -> bool:
+        return api.get_pipeline_states(rt, tree["id"]).data.get(tree["id"], {}).get("state") == "FINISHED"
+
+    wait_for(finished, 60, message="the pipeline to finish on the cli queue")
+    pids = {api.get_execution_data_outputs(rt, b.id).data["pid"] for b in branches}
+    workers = {p.pid for p in cli_backend.workers if p is not None}
+    assert pids <= workers  # solo: the task ran in the worker process itself, no pool child
+    assert all(cli_backend.executions()[b.id] == 1 for b in branches)
