@@ -10,8 +10,14 @@ import pytest
 from conftest import BACKENDS, DistributedBackend, _reachable, unavailable, wait_for
 
 from culm import api
-from culm.builder import ConvergeGateway, EmptyEndEvent, EmptyStartEvent, ParallelGateway, ServiceActivity, \
-    build_tree
+from culm.builder import (
+    ConvergeGateway,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    build_tree,
+)
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(120)]
 
