@@ -32,8 +32,9 @@ def _widen_psycopg_query_cache() -> None:
     psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
     statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
     multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
-    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned. The knobs are psycopg internals, so a psycopg that no longer has
-    them is left as it is (slower, never wrong).
+    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned.
+    The knobs are psycopg internals, so a psycopg that no longer has them is left as it is
+    (slower, never wrong).
     """
     try:
         from psycopg import _queries
@@ -67,16 +68,13 @@ _STATE_SELECT = "SELECT " + ", ".join(_STATE_COLUMNS) + " FROM culm_state"
 _STATE_INSERT = (f"INSERT INTO culm_state ({', '.join(_STATE_COLUMNS)}) "
                  f"VALUES ({','.join('?' * len(_STATE_COLUMNS))})")
 _STATE_INDEX = {c.strip('"'): i for i, c in enumerate(_STATE_COLUMNS)}  # field name -> position
-_PROCESS_SELECT = (
-    "SELECT id, root_id, parent_id, current_node_id, destination_id, stack, asleep, suspended, suspended_by, "
-    "dead, ack_num, need_ack, priority, queue, last_heartbeat FROM culm_process"
-)
 _TASK_COLUMNS = ("id", "kind", "process_id", "node_id", "root_id", "schedule_id", "callback_id", "due",
                  "running_version", "priority", "queue")
 _TASK_SELECT = "SELECT " + ", ".join(_TASK_COLUMNS) + " FROM culm_task"
 _PROCESS_COLUMNS = ("id", "root_id", "parent_id", "current_node_id", "destination_id", "stack", "asleep",
                     "suspended", "suspended_by", "dead", "ack_num", "need_ack", "priority", "queue",
                     "last_heartbeat")
+_PROCESS_SELECT = "SELECT " + ", ".join(_PROCESS_COLUMNS) + " FROM culm_process"
 # A task and its process in one round trip (a task's process may be gone: LEFT JOIN).
 _TASK_WITH_PROCESS = (
     "SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
@@ -459,13 +457,12 @@ class SqlUnit:
             self._state_view[rec.node_id] = _copy_state(rec)
         params = [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
                   rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
-        if self._deferred is None:
-            self._x(_STATE_INSERT, params)
-            return
+        self._later(_STATE_INSERT, params, (("culm_state", (rec.node_id,)),))
+        if self._deferred is not None:
+            # The queued entry holds this very list, so a later compare-and-set can edit it.
+            self._unsent_states[rec.node_id] = params
         if self._owned is not None:
             self._owned[rec.node_id] = [rec.version, rec.name]
-        self._deferred.append((self._sql(_STATE_INSERT), params, (("culm_state", (rec.node_id,)),)))
-        self._unsent_states[rec.node_id] = params
 
     def update_state(
         self,
@@ -588,9 +585,11 @@ class SqlUnit:
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None:
         """Take a lease on a task; None when it is gone (done) or leased by a live worker."""
-        n = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
-                    [owner, until, task_id, at]).rowcount
-        return self.get_task(task_id) if n == 1 else None
+        return self.get_task(task_id) if self._take_lease(task_id, owner, until, at) else None
+
+    def _take_lease(self, task_id: str, owner: str, until: float, at: float) -> bool:
+        return self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
+                       [owner, until, task_id, at]).rowcount == 1
 
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None
@@ -601,8 +600,7 @@ class SqlUnit:
             owner, until, at = lease
             if self.dialect == "postgresql":
                 return self._task_and_process(self._one(_CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
-            if self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
-                       [owner, until, task_id, at]).rowcount != 1:
+            if not self._take_lease(task_id, owner, until, at):
                 return None, None
         elif self.dialect == "postgresql":
             row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
