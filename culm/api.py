@@ -94,12 +94,13 @@ def run_pipeline(
     """Validate ``pipeline`` and start it; refused if its id ran before or the tree is invalid."""
     from culm import events, variables
     from culm.model.compiled import compile_tree
-    from culm.model.validator import process_tree, validate_start_node
+    from culm.model.validator import prepare_tree, validate_start_node
 
     if not isinstance(pipeline, dict):
         raise InvalidOperationError(f"pipeline must be a dict (a pipeline tree), got {type(pipeline).__name__}")
-    tree = process_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
-                        end_event_exists=events.library.has)
+    prepared = prepare_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
+                            end_event_exists=events.library.has)
+    tree = prepared.tree
     if start_node_id is not None:
         validate_start_node(tree, start_node_id)
     graph = compile_tree(tree)
@@ -107,7 +108,7 @@ def run_pipeline(
     if not isinstance(priority, int) or not 0 <= priority <= 255:
         raise InvalidOperationError(f"priority must be an int from 0 to 255, got {priority!r}")
     prepare.run_pipeline(
-        runtime.engine, tree, graph,
+        runtime.engine, tree, graph, stored=prepared,
         root_pipeline_data=_opt_dict(root_pipeline_data, "root_pipeline_data"),
         root_pipeline_context=_opt_dict(root_pipeline_context, "root_pipeline_context"),
         subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),

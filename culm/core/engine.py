@@ -76,7 +76,12 @@ class Engine:
         stored = unit.get_pipeline(root_id)
         if stored is None:
             raise LookupError(f"pipeline {root_id} is not stored")
-        g = compile_tree(stored[0])
+        tree, _, options = stored
+        if "converge_of" in options:  # stored as given to run_pipeline, before normalising
+            from culm.model.validator import renormalise
+
+            tree = renormalise(tree, options["converge_of"])
+        g = compile_tree(tree)
         self.remember_graph(g)
         return g
 

@@ -10,6 +10,7 @@ from culm.core.engine import Engine
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.errors import InvalidOperationError
 from culm.model.compiled import Graph
+from culm.model.validator import PreparedTree
 
 
 def run_pipeline(
@@ -23,8 +24,13 @@ def run_pipeline(
     start_node_id: str | None,
     priority: int = 100,
     queue: str = "",
+    stored: PreparedTree | None = None,
 ) -> None:
-    """Persist everything a run needs in one transaction and dispatch its first task."""
+    """Persist everything a run needs in one transaction and dispatch its first task.
+
+    ``stored``: what validation made of ``tree``; its JSON text, when it has one, is stored as
+    it is (with the gateway pairs that normalise it again), instead of encoding ``tree`` anew.
+    """
     root_id = graph.root_id
     payload = {
         "pipeline": tree, "root_pipeline_data": root_pipeline_data,
@@ -43,8 +49,12 @@ def run_pipeline(
             )
         step.event("pre_prepare_run_pipeline", **payload)
         at = now()
-        options = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
-        unit.add_pipeline(root_id, tree, root_pipeline_data, options, at)
+        options: dict[str, Any] = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
+        if stored is not None and stored.text is not None:
+            options["converge_of"] = stored.converge_of
+            unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at)
+        else:
+            unit.add_pipeline(root_id, tree, root_pipeline_data, options, at)
         rows = [{"id": root_id, "root_id": root_id, "pipeline_id": root_id, "type": "Pipeline"}]
         rows.extend({"id": n.id, "root_id": root_id, "pipeline_id": n.pipeline_id, "type": n.type}
                     for n in graph.nodes.values())

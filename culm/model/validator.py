@@ -11,6 +11,7 @@ import copy
 import json
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from culm.errors import StartPositionInvalidError, TreeInvalidError, TreeProblem
@@ -75,6 +76,20 @@ def validate_tree(
     return _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)[0]
 
 
+@dataclass(frozen=True)
+class PreparedTree:
+    """A validated tree ready to run: its normalised copy, and what storing it needs.
+
+    ``text`` is the argument as JSON, before normalising, when it is plain JSON (None otherwise);
+    :func:`renormalise` with ``converge_of`` turns that text's tree into ``tree`` again, so a run
+    can store the text it already has instead of encoding the normalised copy once more.
+    """
+
+    tree: dict[str, Any]
+    text: str | None
+    converge_of: dict[str, str]
+
+
 def process_tree(
     tree: Any, *, cycle_tolerate: bool = False, component_exists: ComponentExists | None = None,
     lazy_exists: LazyExists | None = None, end_event_exists: EndEventExists | None = None,
@@ -83,7 +98,9 @@ def process_tree(
 
     The copy has every ``incoming`` as a list, ``converge_gateway_id`` on each parallel and
     conditional parallel gateway (and on exclusive gateways that match a converge gateway), and
-    defaults filled in for omitted optional keys, in every subprocess as well.
+    defaults filled in for omitted optional keys, in every subprocess as well. Values JSON holds
+    as something else come back as JSON reads them (a tuple as a list, an int key as a string),
+    as they would after being stored.
 
     Args:
         tree: The pipeline tree.
@@ -98,26 +115,41 @@ def process_tree(
     Raises:
         TreeInvalidError: The tree breaks at least one rule; ``problems`` lists all of them.
     """
+    return prepare_tree(tree, cycle_tolerate=cycle_tolerate, component_exists=component_exists,
+                        lazy_exists=lazy_exists, end_event_exists=end_event_exists).tree
+
+
+def prepare_tree(
+    tree: Any, *, cycle_tolerate: bool = False, component_exists: ComponentExists | None = None,
+    lazy_exists: LazyExists | None = None, end_event_exists: EndEventExists | None = None,
+) -> PreparedTree:
+    """:func:`process_tree`, also returning the tree's JSON text and its gateway pairs."""
     problems, graphs = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)
     if problems:
         raise TreeInvalidError(problems)
     try:
-        result: dict[str, Any] = _copy_tree(tree)
+        result, text = _copy_tree(tree)
     except RecursionError:
         raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
     _normalise(result, converge_of)
-    return result
+    return PreparedTree(result, text, converge_of)
 
 
-def _copy_tree(tree: dict[str, Any]) -> dict[str, Any]:
-    # A JSON round trip copies a plain tree several times faster than deepcopy; trees carrying
-    # non-JSON values (tuples, objects) still get a faithful deep copy.
+def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, Any]:
+    """Normalise a tree read back from a :attr:`PreparedTree.text` (in place; returns it)."""
+    _normalise(tree, converge_of)
+    return tree
+
+
+def _copy_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
+    # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied.
     try:
-        copied = json.loads(json.dumps(tree))
+        text = json.dumps(tree, separators=(",", ":"))
+        return json.loads(text), text
     except (TypeError, ValueError):
-        return copy.deepcopy(tree)
-    return copied if copied == tree else copy.deepcopy(tree)
+        return copy.deepcopy(tree), None
 
 
 def _as_list(value: Any) -> list[Any]:

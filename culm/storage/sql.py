@@ -364,9 +364,11 @@ class SqlUnit:
         self._cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- pipelines and nodes -------------------------------------------------------------
-    def add_pipeline(self, root_id: str, tree: dict, root_data: dict, options: dict, at: float) -> None:
+    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float) -> None:
+        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope)."""
         self._insert("culm_pipeline", [{
-            "id": root_id, "tree": codec.dumps(tree), "root_data": codec.dumps(root_data),
+            "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
+            "root_data": codec.dumps(root_data),
             "options": codec.dumps(options), "created_time": at,
         }])
 
