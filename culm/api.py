@@ -96,24 +96,25 @@ def run_pipeline(
     from culm.model.compiled import compile_tree
     from culm.model.validator import prepare_tree, validate_start_node
 
-    if not isinstance(pipeline, dict):
-        raise InvalidOperationError(f"pipeline must be a dict (a pipeline tree), got {type(pipeline).__name__}")
-    prepared = prepare_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
-                            end_event_exists=events.library.has)
-    tree = prepared.tree
-    if start_node_id is not None:
-        validate_start_node(tree, start_node_id)
-    graph = compile_tree(tree)
-    priority = options.get("priority", 100)
-    if not isinstance(priority, int) or not 0 <= priority <= 255:
-        raise InvalidOperationError(f"priority must be an int from 0 to 255, got {priority!r}")
-    prepare.run_pipeline(
-        runtime.engine, tree, graph, stored=prepared,
-        root_pipeline_data=_opt_dict(root_pipeline_data, "root_pipeline_data"),
-        root_pipeline_context=_opt_dict(root_pipeline_context, "root_pipeline_context"),
-        subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),
-        start_node_id=start_node_id, priority=priority, queue=str(options.get("queue", "") or ""),
-    )
+    with runtime.engine.submitting():
+        if not isinstance(pipeline, dict):
+            raise InvalidOperationError(f"pipeline must be a dict (a pipeline tree), got {type(pipeline).__name__}")
+        prepared = prepare_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
+                                end_event_exists=events.library.has)
+        tree = prepared.tree
+        if start_node_id is not None:
+            validate_start_node(tree, start_node_id)
+        graph = compile_tree(tree)
+        priority = options.get("priority", 100)
+        if not isinstance(priority, int) or not 0 <= priority <= 255:
+            raise InvalidOperationError(f"priority must be an int from 0 to 255, got {priority!r}")
+        prepare.run_pipeline(
+            runtime.engine, tree, graph, stored=prepared,
+            root_pipeline_data=_opt_dict(root_pipeline_data, "root_pipeline_data"),
+            root_pipeline_context=_opt_dict(root_pipeline_context, "root_pipeline_context"),
+            subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),
+            start_node_id=start_node_id, priority=priority, queue=str(options.get("queue", "") or ""),
+        )
     return None
 
 

@@ -65,6 +65,11 @@ class Engine:
             self.dispatcher.submit(step.tasks)
         step.fire()
 
+    def submitting(self) -> contextlib.AbstractContextManager[Any]:
+        """Wrap the whole of a run_pipeline call in this (the embedded engine batches around it)."""
+        hold = getattr(self.dispatcher, "submitting", None)
+        return hold() if hold is not None else contextlib.nullcontext()
+
     # -- graphs ---------------------------------------------------------------------------
     def graph(self, root_id: str, unit: Any) -> Graph:
         """The compiled graph of a root pipeline (compiled once, then cached)."""

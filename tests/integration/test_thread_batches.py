@@ -66,3 +66,37 @@ def test_a_task_that_breaks_the_engine_does_not_stop_its_batch(tmp_path):
         wait_state(rt, held["id"], "FINISHED")
     finally:
         rt.close()
+
+
+def test_a_run_pipeline_call_that_does_not_end_holds_the_engine_only_briefly(tmp_path):
+    """The engine batches around run_pipeline calls under way, but never waits for them for good:
+    a submitter stuck inside one (a huge tree, a slow signal receiver) does not stall other runs."""
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+    try:
+        start = EmptyStartEvent()
+        acts = [ServiceActivity(component_code="t_echo") for _ in range(10)]
+        tail = start
+        for i, act in enumerate(acts):
+            act.component.inputs.x = Var(type=Var.PLAIN, value=f"n{i}")
+            tail = tail.extend(act)
+        tail.extend(EmptyEndEvent())
+        tree = build_tree(start)
+        with rt.engine.submitting():  # as if another thread were inside run_pipeline throughout
+            assert api.run_pipeline(rt, tree).result
+            wait_state(rt, tree["id"], "FINISHED", timeout=10)
+        assert [outputs(rt, act.id)["out"] for act in acts] == [f"n{i}!" for i in range(10)]
+    finally:
+        rt.close()
+
+
+def test_many_runs_submitted_in_a_loop_all_finish(tmp_path):
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+    try:
+        runs = [echo_line(f"v{i}") for i in range(60)]
+        for tree, _ in runs:
+            assert api.run_pipeline(rt, tree).result
+        for i, (tree, act) in enumerate(runs):
+            wait_state(rt, tree["id"], "FINISHED")
+            assert outputs(rt, act.id)["out"] == f"v{i}!"
+    finally:
+        rt.close()
