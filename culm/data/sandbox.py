@@ -164,15 +164,60 @@ def evaluate(
     """
     limits = limits or Limits.current()
     tree = parse(expr, limits)
+    key = _memo_key(expr, tree, names, limits)
+    if key is not None:
+        hit = _memo.get(key, _ABSENT)
+        if hit is not _ABSENT:
+            return hit
     ev = _Evaluator(names, limits, deadline)
     try:
-        return ev.eval(tree.body, {})
+        value = ev.eval(tree.body, {})
     except ExpressionError:
         raise
     except (RecursionError, MemoryError):
         raise ExpressionLimitError(f"expression {_clip(expr)!r} needs too much stack or memory") from None
     except Exception as exc:
         raise ExpressionError(f"{_describe(exc)} in expression {_clip(expr)!r}") from exc
+    if key is not None and type(value) in _MEMO_TYPES and not (type(value) is str and len(value) > MEMO_MAX_TEXT):
+        if len(_memo) >= MEMO_SIZE:
+            _memo.clear()
+        _memo[key] = value
+    return value
+
+
+# Results of evaluations whose names are all small immutable scalars, by (expression, limits,
+# those names' types and values): an expression is a pure function of them (every builtin and
+# method the sandbox allows is deterministic), and templates repeat across nodes and runs.
+# Floats are not part of keys (-0.0 equals 0.0 but renders differently); only immutable results
+# are kept, so a hit can be handed out again.
+MEMO_SIZE = 4_096
+MEMO_MAX_TEXT = 1_024
+_memo: dict[tuple[Any, ...], Any] = {}
+_ABSENT = object()
+_KEY_TYPES = (str, int, bool, type(None))
+_MEMO_TYPES = frozenset({str, int, float, bool, type(None)})
+_loaded_names: dict[str, tuple[str, ...]] = {}
+
+
+def _memo_key(expr: str, tree: ast.Expression, names: Mapping[str, Any], limits: Limits) -> tuple[Any, ...] | None:
+    loaded = _loaded_names.get(expr)
+    if loaded is None:
+        if len(_loaded_names) >= PARSE_CACHE_SIZE:
+            _loaded_names.clear()
+        # Every name the expression loads from outside its comprehensions, safe builtins
+        # included (a caller's value shadows them).
+        found: set[str] = set()
+        _collect_free(tree.body, frozenset(), found)
+        loaded = _loaded_names[expr] = tuple(sorted(found))
+    parts: list[Any] = [expr, limits]
+    for name in loaded:
+        value = names.get(name, _ABSENT)
+        kind = type(value)
+        if value is not _ABSENT and (kind not in _KEY_TYPES or (kind is str and len(value) > MEMO_MAX_TEXT)):
+            return None
+        parts.append(kind)
+        parts.append(value)
+    return tuple(parts)
 
 
 def parse(expr: str, limits: Limits | None = None) -> ast.Expression:
