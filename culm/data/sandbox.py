@@ -185,8 +185,8 @@ def evaluate(
     return value
 
 
-# Results of evaluations whose names are all small immutable scalars, by (expression, limits,
-# those names' types and values): an expression is a pure function of them (every builtin and
+# Results of evaluations whose names are all small immutable scalars (str, int, bool, None), by
+# (expression, limits, those names' types and values): an expression is a pure function of them (every builtin and
 # method the sandbox allows is deterministic), and templates repeat across nodes and runs.
 # Floats are not part of keys (-0.0 equals 0.0 but renders differently); only immutable results
 # are kept, so a hit can be handed out again.
@@ -209,15 +209,22 @@ def _memo_key(expr: str, tree: ast.Expression, names: Mapping[str, Any], limits:
         found: set[str] = set()
         _collect_free(tree.body, frozenset(), found)
         loaded = _loaded_names[expr] = tuple(sorted(found))
+    # The key's text (expression and str values) stays under MEMO_MAX_TEXT in all, so the memo
+    # holds at most MEMO_SIZE x ~2 KiB however large the values templates are rendered with.
+    budget = MEMO_MAX_TEXT - len(expr)
     parts: list[Any] = [expr, limits]
     for name in loaded:
         value = names.get(name, _ABSENT)
         kind = type(value)
-        if value is not _ABSENT and (kind not in _KEY_TYPES or (kind is str and len(value) > MEMO_MAX_TEXT)):
+        if kind is str:
+            budget -= len(value)
+        elif kind is int:
+            budget -= value.bit_length() // 8
+        elif value is not _ABSENT and kind not in _KEY_TYPES:
             return None
         parts.append(kind)
         parts.append(value)
-    return tuple(parts)
+    return tuple(parts) if budget >= 0 else None
 
 
 def parse(expr: str, limits: Limits | None = None) -> ast.Expression:

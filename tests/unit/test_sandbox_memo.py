@@ -80,3 +80,11 @@ def test_the_memo_stays_bounded():
         sandbox.evaluate("n + 1", {"n": i})
     assert len(sandbox._memo) <= sandbox.MEMO_SIZE
     assert sandbox.evaluate("n + 1", {"n": 3}) == 4
+
+
+def test_large_values_are_evaluated_but_not_remembered():
+    big = "x" * (sandbox.MEMO_MAX_TEXT + 1)
+    assert sandbox.evaluate("len(v)", {"v": big}) == len(big)
+    long_expr = "n + len('" + "y" * sandbox.MEMO_MAX_TEXT + "')"
+    assert sandbox.evaluate(long_expr, {"n": 1}) == 1 + sandbox.MEMO_MAX_TEXT
+    assert sandbox._memo == {}
