@@ -178,7 +178,7 @@ def evaluate(
         raise ExpressionLimitError(f"expression {_clip(expr)!r} needs too much stack or memory") from None
     except Exception as exc:
         raise ExpressionError(f"{_describe(exc)} in expression {_clip(expr)!r}") from exc
-    if key is not None and type(value) in _MEMO_TYPES and not (type(value) is str and len(value) > MEMO_MAX_TEXT):
+    if key is not None and type(value) in _MEMO_TYPES and _small(value):
         if len(_memo) >= MEMO_SIZE:
             _memo.clear()
         _memo[key] = value
@@ -199,6 +199,14 @@ _MEMO_TYPES = frozenset({str, int, float, bool, type(None)})
 _loaded_names: dict[str, tuple[str, ...]] = {}
 
 
+def _small(value: Any) -> bool:
+    if type(value) is str:
+        return len(value) <= MEMO_MAX_TEXT
+    if type(value) is int:
+        return value.bit_length() // 8 <= MEMO_MAX_TEXT
+    return True
+
+
 def _memo_key(expr: str, tree: ast.Expression, names: Mapping[str, Any], limits: Limits) -> tuple[Any, ...] | None:
     loaded = _loaded_names.get(expr)
     if loaded is None:
@@ -209,8 +217,8 @@ def _memo_key(expr: str, tree: ast.Expression, names: Mapping[str, Any], limits:
         found: set[str] = set()
         _collect_free(tree.body, frozenset(), found)
         loaded = _loaded_names[expr] = tuple(sorted(found))
-    # The key's text (expression and str values) stays under MEMO_MAX_TEXT in all, so the memo
-    # holds at most MEMO_SIZE x ~2 KiB however large the values templates are rendered with.
+    # The key's text (expression and values) stays under MEMO_MAX_TEXT in all, and so does the
+    # result (_small): the memo holds at most MEMO_SIZE x ~2-3 KiB, whatever templates render.
     budget = MEMO_MAX_TEXT - len(expr)
     parts: list[Any] = [expr, limits]
     for name in loaded:

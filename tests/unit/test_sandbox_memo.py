@@ -88,3 +88,9 @@ def test_large_values_are_evaluated_but_not_remembered():
     long_expr = "n + len('" + "y" * sandbox.MEMO_MAX_TEXT + "')"
     assert sandbox.evaluate(long_expr, {"n": 1}) == 1 + sandbox.MEMO_MAX_TEXT
     assert sandbox._memo == {}
+
+
+def test_large_results_are_not_remembered():
+    assert sandbox.evaluate("v * 2000", {"v": "ab"}) == "ab" * 2000
+    assert sandbox.evaluate("10 ** n", {"n": 3000}) == 10**3000
+    assert sandbox._memo == {}
