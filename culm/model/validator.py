@@ -36,6 +36,7 @@ LazyExists = Callable[[str], bool]
 EndEventExists = Callable[[str], bool]
 
 START_NODE_TYPES = frozenset({START, SERVICE, EXCLUSIVE, PARALLEL, CONDITIONAL_PARALLEL})
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 _ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": True, "optional": False}
 
 
@@ -146,7 +147,7 @@ def _copy_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
     # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied.
     try:
-        text = json.dumps(tree, separators=(",", ":"))
+        text = _COMPACT_JSON.encode(tree)
         return json.loads(text), text
     except (TypeError, ValueError):
         return copy.deepcopy(tree), None

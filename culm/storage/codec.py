@@ -12,6 +12,9 @@ import pickle
 from typing import Any
 
 _PICKLE_KEY = "__culm_pickle__"
+# One encoder for every call: json.dumps with arguments builds a new JSONEncoder each time, which
+# costs more than encoding the small dicts the engine writes at every step.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 
 
 def dumps(value: Any) -> str:
@@ -23,7 +26,7 @@ def dumps(value: Any) -> str:
     """
     if not _looks_like_envelope(value):
         try:
-            return json.dumps(value, separators=(",", ":"), allow_nan=True)
+            return _ENCODER.encode(value)
         except (TypeError, ValueError):
             pass
     blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
