@@ -72,3 +72,21 @@ def test_statement_count_of_one_pipeline_on_postgresql() -> None:
     traced = proc.stdout.splitlines()[:-1]
     assert traced[0] == "== run_pipeline"
     assert sum(1 for line in traced if line.startswith("== task")) == result["tasks_per_pipeline"]
+
+
+@pytest.mark.timeout(120)
+def test_ab_runs_both_checkouts_in_turn() -> None:
+    """``python -m bench.ab`` against this same checkout (an A/A run): one pair, one summary."""
+    proc = run_module("bench.ab", str(REPO), "batch", "--rounds", "1", "--quick")
+    assert "round 1: A median" in proc.stdout and "; B median" in proc.stdout, proc.stdout
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["spec"] == "batch" and summary["rounds"] == 1
+    assert summary["A_median_of_medians_s"] > 0 and summary["B_median_of_medians_s"] > 0
+
+
+def test_ab_refuses_a_directory_that_is_not_a_checkout(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "bench.ab", str(tmp_path), "batch"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "is not a checkout of this project" in proc.stderr
