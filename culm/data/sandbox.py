@@ -207,16 +207,21 @@ def _small(value: Any) -> bool:
     return True
 
 
-def _memo_key(expr: str, tree: ast.Expression, names: Mapping[str, Any], limits: Limits) -> tuple[Any, ...] | None:
+def _loaded(expr: str, tree: ast.Expression) -> tuple[str, ...]:
+    """Every name ``expr`` (parsed as ``tree``) loads from outside its comprehensions, safe
+    builtins included (a caller's value shadows them); once per expression."""
     loaded = _loaded_names.get(expr)
     if loaded is None:
         if len(_loaded_names) >= PARSE_CACHE_SIZE:
             _loaded_names.clear()
-        # Every name the expression loads from outside its comprehensions, safe builtins
-        # included (a caller's value shadows them).
         found: set[str] = set()
         _collect_free(tree.body, frozenset(), found)
         loaded = _loaded_names[expr] = tuple(sorted(found))
+    return loaded
+
+
+def _memo_key(expr: str, tree: ast.Expression, names: Mapping[str, Any], limits: Limits) -> tuple[Any, ...] | None:
+    loaded = _loaded(expr, tree)
     # The key's text (expression and values) stays under MEMO_MAX_TEXT in all, and so does the
     # result (_small): the memo holds at most MEMO_SIZE x ~2-3 KiB, whatever templates render.
     budget = MEMO_MAX_TEXT - len(expr)
@@ -257,9 +262,7 @@ def free_names(expr: str) -> frozenset[str]:
 
 @lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _free_names_cached(expr: str) -> frozenset[str]:
-    found: set[str] = set()
-    _collect_free(parse(expr).body, frozenset(), found)
-    return frozenset(found - SAFE_BUILTINS)
+    return frozenset(_loaded(expr, parse(expr))) - SAFE_BUILTINS
 
 
 def safe_str(value: Any, limit: int | None = None) -> str:

@@ -175,10 +175,10 @@ class ThreadDispatcher:
                 self._submitted_at = time.monotonic()
                 self._submits.notify_all()
 
-    def _hold(self, since: float) -> None:
+    def _hold(self) -> None:
         """Engine thread: wait until no run_pipeline is under way (and QUIET passed), at most
-        until ``since + HOLD_MAX``."""
-        deadline = since + HOLD_MAX
+        HOLD_MAX from now."""
+        deadline = time.monotonic() + HOLD_MAX
         with self._submits:
             while True:
                 at = time.monotonic()
@@ -224,8 +224,9 @@ class ThreadDispatcher:
                 return
             batch = [first]
             self._take_ready(batch)
+            # Read without the lock: a quick "nothing under way" needs no lock per batch.
             if len(batch) < MAX_BATCH and (self._submitting or time.monotonic() - self._submitted_at < QUIET):
-                self._hold(time.monotonic())
+                self._hold()
                 self._take_ready(batch)
             try:
                 self._run_batch(batch)
