@@ -78,10 +78,10 @@ def embedded(pipelines: int) -> None:
     commit_batch = threads.ThreadDispatcher._commit_batch
     pool_submit = threads._UserCodePool.submit
 
-    def timed_batch(self: Any, batch: Any, saved: Any) -> Any:
+    def timed_batch(self: Any, batch: Any, saved: Any, **kw: Any) -> Any:
         t = time.thread_time()
         try:
-            return commit_batch(self, batch, saved)
+            return commit_batch(self, batch, saved, **kw)
         finally:
             spent["engine"] += time.thread_time() - t
             spent["batches"] += 1

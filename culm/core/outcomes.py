@@ -26,10 +26,16 @@ class Die:
 
 @dataclass(frozen=True, slots=True)
 class Invoke:
-    """User code must run outside the transaction; ``resume`` takes its result in the next one."""
+    """User code must run outside the transaction; ``resume`` takes its result in the next one.
+
+    The walker fills in where the task stood when the call was handed out (``node_id``,
+    ``version``), so that a result arriving after another runner took the task over is dropped.
+    """
 
     call: Callable[[], Any]
     resume: Callable[[Any, Any], Outcome]
+    node_id: str = ""
+    version: str | None = None
 
 
 Outcome = Next | Sleep | Die | Invoke

@@ -8,6 +8,7 @@ an activity costs one commit and pure nodes cost none of their own.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from culm import states
@@ -52,6 +53,11 @@ def execute_step(
     if proc is None or proc.dead:
         unit.delete_task(task_id)
         return None
+    if pending is not None and (task.node_id, task.running_version) != (pending[0].node_id, pending[0].version):
+        # The task moved on without this result: our lease ran out (a database outage stopped the
+        # heartbeat) and another runner ran the same call and went on. Its result counts.
+        logger.warning("dropping a stale result for task %s (node %s)", task_id, pending[0].node_id)
+        return None
     graph = engine.graph(proc.root_id, unit)
     return _advance(engine, step, graph, proc, task, pending)
 
@@ -80,9 +86,10 @@ def _advance(
             outcome = handlers.execute(run)
         if isinstance(outcome, Invoke):
             version = run.state.version if run is not None else task.running_version
-            step.unit.update_task(task.id, node_id=proc.current_node_id, running_version=version)
+            node_id = proc.current_node_id
+            step.unit.update_task(task.id, node_id=node_id, running_version=version)
             _save_process(step, proc, before)
-            return outcome
+            return replace(outcome, node_id=node_id, version=version)
         if isinstance(outcome, Sleep):
             proc.asleep = True
         elif isinstance(outcome, Die):

@@ -10,36 +10,37 @@ broker only carries task ids, so a message may be lost or delivered twice withou
 * a :class:`TaskRelay` thread in every worker re-publishes rows whose message never came through
   (the submitter died after its commit, the broker lost the message, the worker was killed and its
   lease ran out);
-* a :class:`LeaseHeartbeat` thread in every worker process extends the leases of the tasks it is
-  running, so only a dead worker's tasks are taken over;
-* a worker keeps one due task of each commit it makes for itself and runs it next, unpublished
-  (the branch it forked first, the parent its last branch woke): no broker round trip for it. The
-  others are published so that idle workers take them; a kept task whose worker dies is an overdue
-  row, which the relay publishes.
+* a :class:`LeaseHeartbeat` thread in every worker process extends the leases of the tasks it has
+  on hand, so only a dead worker's tasks are taken over;
+* the Celery task only hands the id to its process's :class:`~culm.dispatch.runner.WorkerRunner`,
+  which advances all the tasks on hand in one transaction, runs user code on its own threads and
+  keeps the follow-ups of its commits while it has idle threads (see that module).
 
 Knobs read from the environment by ``culm worker``: ``CULM_LEASE_SECONDS`` (30),
-``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_IMPORTS`` (component modules).
+``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_WORKER_THREADS`` (user-code threads
+per pool process, 8), ``CULM_WORKER_BACKLOG`` (tasks on hand per pool process, 64),
+``CULM_DRAIN_SECONDS`` (how long a stopping worker lets its tasks reach their next commit, 30),
+``CULM_IMPORTS`` (component modules).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from celery import Celery, signals
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from culm.core.engine import Engine, Settings
 from culm.core.records import SCHEDULE, TaskRecord, now
+from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
 from culm.storage.sql import SqlStore
 
@@ -51,10 +52,12 @@ EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
 # hold countdown messages unacknowledged in a worker, and RabbitMQ's consumer_timeout (30 min) or
 # Redis's visibility_timeout would otherwise cut in.
 MAX_COUNTDOWN = 600.0
-DB_RETRY_COUNTDOWN = 2.0
-# Kept tasks one Celery task may run in a row before it publishes the next one instead, so that
-# one long run does not hold a pool slot while other messages wait.
-MAX_KEPT_IN_A_ROW = 100
+# How long a Celery task waits for room in its process's runner (only while calls are short: then
+# room comes back soon) before its message goes back to the broker for another worker, with a
+# countdown of FIRST_BOUNCE that doubles with each bounce up to MAX_BOUNCE.
+ACCEPT_WAIT = 0.1
+FIRST_BOUNCE = 0.05
+MAX_BOUNCE = 5.0
 
 
 def queue_names(suffix: str = "", prefix: str = "culm") -> list[str]:
@@ -133,9 +136,7 @@ class CeleryDispatcher:
         self.prefix = self.app.conf.get("culm_prefix", prefix)
         self.max_countdown = max_countdown
         self.engine: Engine | None = None
-        # Worker only: the queues this process consumes, and per thread the task kept to run next.
-        self.local_queues: frozenset[str] = frozenset()
-        self._kept = threading.local()
+        self.local_queues: frozenset[str] = frozenset()  # worker only: the queues it consumes
 
     def bind(self, engine: Engine) -> None:
         self.engine = engine
@@ -151,18 +152,11 @@ class CeleryDispatcher:
         return name, countdown
 
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
-        """Publish tasks whose rows are committed; a failed publish is left to the relay.
-
-        Inside :meth:`keeping`, the first due task this process consumes is kept instead.
-        """
+        """Publish tasks whose rows are committed; a failed publish is left to the relay."""
         at = now()
         sent, held = [], []
-        kept: list[TaskRecord] | None = getattr(self._kept, "slot", None)
         for task in tasks:
             if task is None:
-                continue
-            if kept is not None and not kept and self._may_keep(task, at):
-                kept.append(task)
                 continue
             if task.due - at > self.max_countdown:
                 held.append(task.id)
@@ -170,29 +164,11 @@ class CeleryDispatcher:
                 sent.append(task.id)
         self._record(sent, held)
 
-    def _may_keep(self, task: TaskRecord, at: float) -> bool:
+    def may_keep(self, task: TaskRecord, at: float) -> bool:
+        """Whether a worker may run ``task`` itself instead of publishing it: due, and of a queue
+        this process consumes."""
         queue, countdown = self.queue_for(task, at)
         return countdown == 0.0 and queue in self.local_queues
-
-    @contextlib.contextmanager
-    def keeping(self) -> Iterator[Callable[[], TaskRecord | None]]:
-        """While open, commits on this thread keep one due task for it; yields ``take()``.
-
-        ``take()`` hands over the kept task (None if there is none). Whatever is still kept when
-        the block ends is published.
-        """
-        slot: list[TaskRecord] = []
-        self._kept.slot = slot
-
-        def take() -> TaskRecord | None:
-            return slot.pop() if slot else None
-
-        try:
-            yield take
-        finally:
-            self._kept.slot = None
-            if slot:
-                self.submit(slot)
 
     def publish(self, task: TaskRecord, at: float | None = None, countdown: float | None = None) -> bool:
         """Send one task id (after ``countdown`` seconds if given); True when the broker took it."""
@@ -251,6 +227,9 @@ class WorkerConfig:
     relay_interval: float = 2.0
     relay_grace: float = 15.0
     queues: frozenset[str] = frozenset()  # what this worker consumes (it keeps only such tasks)
+    threads: int = 8
+    backlog: int = 64
+    drain_seconds: float = 30.0
 
 
 @dataclass
@@ -259,8 +238,7 @@ class _ProcessState:
     store: SqlStore
     engine: Engine
     dispatcher: CeleryDispatcher
-    running: set[str] = field(default_factory=set)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    runner: WorkerRunner
     heartbeat: LeaseHeartbeat | None = None
 
 
@@ -287,10 +265,11 @@ def worker_state() -> _ProcessState:
         store = SqlStore(_config.db)
         dispatcher = CeleryDispatcher("", app=_config.app)
         dispatcher.local_queues = _config.queues
+        runner = WorkerRunner(dispatcher, _config.threads, _config.backlog)
         settings = Settings(lease_seconds=_config.lease_seconds, schedule_lock_seconds=_config.lease_seconds)
-        engine = Engine(store, dispatcher, settings)
+        engine = Engine(store, runner, settings)
         dispatcher.bind(engine)
-        state = _ProcessState(pid, store, engine, dispatcher)
+        state = _ProcessState(pid, store, engine, dispatcher, runner)
         state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds)
         state.heartbeat.start()
         _state = state
@@ -307,69 +286,42 @@ def _after_fork(**_kw: Any) -> None:
         _state = None
 
 
-def _is_interruption(exc: BaseException, store: SqlStore) -> bool:
-    """A lost connection, a restarting server, a deadlock: worth retrying the same task."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated)
-    # The store's hot path talks to the driver directly, so its own exception classes show up too.
-    dbapi = store.engine.dialect.loaded_dbapi
-    kinds = tuple(k for k in (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None)) if k)
-    return isinstance(exc, kinds)
+@signals.worker_process_shutdown.connect
+@signals.worker_shutdown.connect
+def _drain(**_kw: Any) -> None:
+    """A stopping pool process (or solo worker) lets the tasks on hand reach their next commit."""
+    state = _state
+    if state is None or state.pid != os.getpid() or _config is None:
+        return
+    if state.heartbeat is not None:
+        state.heartbeat.stop()
+    state.runner.drain(_config.drain_seconds)
 
 
 def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
-    """The Celery task: run one culm task, then the tasks its commits kept for this process.
+    """The Celery task: hand the task to this process's runner (which may wait for room).
 
-    A database interruption retries the task later: this message's task through Celery, a kept
-    one by publishing it with the same countdown.
+    The message is acknowledged once the runner has the task: the row is the durable work, and a
+    lease, the heartbeat and the relay cover a worker that dies with it on hand.
     """
     state = worker_state()
-    with state.dispatcher.keeping() as take:
-        try:
-            _run_one(state, task_id, kind)
-        except _Interrupted as exc:
-            raise self.retry(exc=exc.__cause__, countdown=DB_RETRY_COUNTDOWN, max_retries=None) from None
-        for _ in range(MAX_KEPT_IN_A_ROW):
-            task = take()
-            if task is None:
-                break
-            try:
-                _run_one(state, task.id, task.kind)
-            except _Interrupted:
-                state.dispatcher.publish(task, countdown=DB_RETRY_COUNTDOWN)
-
-
-class _Interrupted(Exception):
-    """The database was interrupted while running a task (its lease is released)."""
-
-
-def _run_one(state: _ProcessState, task_id: str, kind: str | None) -> None:
-    with state.lock:
-        if task_id in state.running:
-            return  # a duplicate message while this process runs it (thread pools)
-        state.running.add(task_id)
     try:
-        state.engine.run_task(task_id, kind)
+        state.runner.ensure_started(state.engine)
+        if kind is None:
+            with state.store.reading() as unit:
+                rec = unit.get_task(task_id)
+            if rec is None:
+                return  # done already
+            kind = rec.kind
     except Exception as exc:
-        _release(state, task_id)
-        if _is_interruption(exc, state.store):
-            logger.warning("database interrupted task %s; retrying", task_id, exc_info=True)
-            raise _Interrupted() from exc
-        # Not retried here: the row stays and the relay offers it again after its grace period.
-        logger.exception("task %s failed", task_id)
-    finally:
-        with state.lock:
-            state.running.discard(task_id)
-
-
-def _release(state: _ProcessState, task_id: str) -> None:
-    try:
-        with state.store.transaction() as unit:
-            unit.release_leases([task_id])
-    except Exception:  # noqa: BLE001 - the lease then simply runs out
-        logger.debug("could not release task %s", task_id, exc_info=True)
+        if is_interruption(exc, state.store):
+            logger.warning("database unavailable for task %s; retrying", task_id, exc_info=True)
+            raise self.retry(exc=exc, countdown=DB_RETRY_SECONDS, max_retries=None) from None
+        raise
+    if not state.runner.accept(task_id, kind, timeout=ACCEPT_WAIT):
+        # Shutting down, or no room: the message goes back for another worker.
+        countdown = min(MAX_BOUNCE, FIRST_BOUNCE * 2 ** min(self.request.retries or 0, 16))
+        raise self.retry(countdown=countdown, max_retries=None)
 
 
 class LeaseHeartbeat:
@@ -388,8 +340,7 @@ class LeaseHeartbeat:
         self._stop.set()
 
     def beat(self) -> None:
-        with self.state.lock:
-            ids = list(self.state.running)
+        ids = self.state.runner.task_ids()
         if ids:
             with self.state.store.transaction() as unit:
                 unit.extend_leases(self.state.engine.owner, ids, now() + self.lease_seconds)
@@ -499,6 +450,9 @@ def run_worker(
         lease_seconds=_env_float("CULM_LEASE_SECONDS", 30.0),
         relay_interval=_env_float("CULM_RELAY_INTERVAL", 2.0),
         relay_grace=_env_float("CULM_RELAY_GRACE", 15.0),
+        threads=int(_env_float("CULM_WORKER_THREADS", 8)),
+        backlog=int(_env_float("CULM_WORKER_BACKLOG", 64)),
+        drain_seconds=_env_float("CULM_DRAIN_SECONDS", 30.0),
     )
     configure_worker(config)
     relays: list[TaskRelay] = []

@@ -93,12 +93,27 @@ class _Item:
     result: Any = None
 
 
+def _restore(batch: list[_Item], saved: list[tuple[Any, bool, Any]]) -> None:
+    """Put items back as they were before a transaction that did not commit (items past the
+    failing one never started and need nothing)."""
+    for item, (invoke, waiting, result) in zip(batch, saved, strict=False):
+        item.invoke, item.waiting, item.result = invoke, waiting, result
+
+
 class ThreadDispatcher:
     """Runs the engine on one thread of this process and user code on ``workers`` threads."""
 
-    def __init__(self, workers: int = 8, sweep_interval: float = 1.0, *, cache: bool = False) -> None:
-        """``cache``: keep write-through copies of engine rows (only for the sole runner of a database)."""
+    def __init__(
+        self, workers: int = 8, sweep_interval: float = 1.0, *, cache: bool = False, sole_runner: bool = True
+    ) -> None:
+        """``cache``: keep write-through copies of engine rows (only for the sole runner of a database).
+
+        ``sole_runner``: this is the only runner of its database, so at start every lease is void,
+        and the task table is swept for work now and then. A ``culm worker`` shares its database
+        with other workers and is handed its work instead (:mod:`culm.dispatch.runner`).
+        """
         self.workers = workers
+        self.sole_runner = sole_runner
         self.cache = RecordCache() if cache else None
         self.sweep_interval = sweep_interval
         self.engine: Any = None
@@ -110,7 +125,8 @@ class ThreadDispatcher:
         self._threads: list[threading.Thread] = []
         self._pool: _UserCodePool | None = None
         self._stopping = threading.Event()
-        self._running_user_code = 0
+        self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet
+        self._in_batch = 0  # items the engine thread is advancing now
         self._submits = threading.Condition()
         self._submitting = 0  # threads inside run_pipeline
         self._submitted_at = 0.0  # when the last of them left it
@@ -119,12 +135,14 @@ class ThreadDispatcher:
     def start(self, engine: Any) -> None:
         """Bind to ``engine``, recover leftover tasks and start the threads."""
         self.engine = engine
-        with engine.store.transaction() as unit:
-            unit.release_leases()  # we are the only runner of this database: old leases are void
+        if self.sole_runner:
+            with engine.store.transaction() as unit:
+                unit.release_leases()  # we are the only runner of this database: old leases are void
         self._pool = _UserCodePool(max(1, self.workers), self._requeue)
         self._spawn(self._engine_loop, "culm-engine")
         self._spawn(self._clock, "culm-timer")
-        self.sweep()
+        if self.sole_runner:
+            self.sweep()
 
     def _spawn(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
@@ -228,11 +246,17 @@ class ThreadDispatcher:
             if len(batch) < MAX_BATCH and (self._submitting or time.monotonic() - self._submitted_at < QUIET):
                 self._hold()
                 self._take_ready(batch)
+            self._in_batch = len(batch)
             try:
                 self._run_batch(batch)
-            except Exception:  # noqa: BLE001 - the rows stay; the sweeper brings them back
-                logger.exception("a batch of %d tasks failed", len(batch))
-                self._forget([i.task.id for i in batch])
+            except Exception as exc:  # noqa: BLE001 - nothing of it was committed
+                self._batch_failed(batch, exc)
+            self._in_batch = 0
+
+    def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
+        """A batch could not commit, even task by task: its rows stay; the sweeper brings them back."""
+        logger.error("a batch of %d tasks failed", len(batch), exc_info=exc)
+        self._forget([i.task.id for i in batch])
 
     def _take_ready(self, batch: list[_Item]) -> None:
         """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
@@ -259,12 +283,15 @@ class ThreadDispatcher:
         """
         saved: list[tuple[Any, bool, Any]] = []
         try:
-            step, calls, done = self._commit_batch(batch, saved)
+            step, calls, done = self._commit_batch(batch, saved, isolate=False)
         except Exception:  # noqa: BLE001 - not committed: replayed below, task by task
-            # Items past the failing one never started and need no restoring.
-            for item, (invoke, waiting, result) in zip(batch, saved, strict=False):
-                item.invoke, item.waiting, item.result = invoke, waiting, result
-            step, calls, done = self._commit_batch(batch, None)
+            _restore(batch, saved)
+            saved = []
+            try:
+                step, calls, done = self._commit_batch(batch, saved, isolate=True)
+            except Exception:
+                _restore(batch, saved)  # nothing was committed: the items are as they came
+                raise
         # Committed: only now may anything outside the database happen.
         self._forget(done)
         self.submit(step.tasks)
@@ -273,12 +300,11 @@ class ThreadDispatcher:
             self._start_user_code(item, call)
 
     def _commit_batch(
-        self, batch: list[_Item], saved: list[tuple[Any, bool, Any]] | None
+        self, batch: list[_Item], saved: list[tuple[Any, bool, Any]], *, isolate: bool
     ) -> tuple[Step, list[tuple[_Item, Callable[[], Any]]], list[str]]:
-        """One transaction over ``batch``; ``saved`` (the optimistic pass) collects each item's
-        state before it runs, None means the isolated replay (a savepoint per item). Returns the
-        step, the user code to start and the ids of the tasks that are done."""
-        isolate = saved is None
+        """One transaction over ``batch``, with a savepoint per item when ``isolate`` (the replay).
+        ``saved`` collects each item's state before it runs. Returns the step, the user code to
+        start and the ids of the tasks that are done."""
         calls: list[tuple[_Item, Callable[[], Any]]] = []
         done: list[str] = []
         with self.engine.store.transaction(cache=self.cache) as unit:
@@ -288,8 +314,7 @@ class ThreadDispatcher:
                 self._take_ready(batch)
             step = Step(unit)
             for item in batch:
-                if saved is not None:
-                    saved.append((item.invoke, item.waiting, item.result))
+                saved.append((item.invoke, item.waiting, item.result))
                 call = self._advance_safely(step, item) if isolate else self._advance(step, item)
                 if call is None:
                     done.append(item.task.id)
@@ -322,13 +347,19 @@ class ThreadDispatcher:
 
     def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
         assert self._pool is not None
+        with self._lock:
+            self._in_user_code += 1
         try:
             self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
+            with self._lock:
+                self._in_user_code -= 1
             self._forget([item.task.id])
 
     def _requeue(self, item: _Item, outcome: Any) -> None:
         item.result, item.waiting = outcome, True
+        with self._lock:
+            self._in_user_code -= 1
         self._ready.put(item)
 
     def _forget(self, task_ids: list[str]) -> None:
@@ -353,8 +384,9 @@ class ThreadDispatcher:
             for t in due:
                 self._ready.put(_Item(t))
             if time.monotonic() >= next_sweep:
-                self.sweep()
-                self._checkpoint()
+                if self.sole_runner:
+                    self.sweep()
+                    self._checkpoint()
                 next_sweep = time.monotonic() + self.sweep_interval
 
     def _checkpoint(self) -> None:

@@ -218,6 +218,15 @@ class DistributedBackend:
         proc.wait(10)
         self.workers[index] = None
 
+    def stop_worker(self, index: int, timeout: float = 60.0) -> None:
+        """Warm shutdown of one worker: ``SIGTERM`` to its main process only, as a service manager
+        stopping its main PID would send; waits until it has exited."""
+        proc = self.workers[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+        self.workers[index] = None
+
     def stop_workers(self, timeout: float = 15.0) -> None:
         for proc in self.workers:
             if proc is not None and proc.poll() is None:

@@ -7,6 +7,7 @@ RabbitMQ), each with two workers started by the fixture. Components come from
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
@@ -98,8 +99,19 @@ def test_work_is_shared_between_workers(distributed_backend):
     assert len(pids) > 1
 
 
+def _head_starts(backend: Any, heads: list[Any]) -> dict[str, tuple[int, float]]:
+    """Process id and start time of each head's execute, from the workers' execution log."""
+    ids = {h.id for h in heads}
+    started = {}
+    for line in backend.exec_log.read_text().splitlines():
+        kind, node_id, pid, at = line.split()
+        if kind == "execute" and node_id in ids:
+            started[node_id] = (int(pid), float(at))
+    return started
+
+
 def test_branches_of_one_pipeline_run_at_the_same_time(distributed_backend):
-    """A worker keeps one forked branch for itself and publishes the others for idle workers."""
+    """Branches kept by the worker that forked them run on its threads side by side."""
     backend = distributed_backend
     backend.ensure_workers(2)
     rt = backend.runtime()
@@ -109,15 +121,31 @@ def test_branches_of_one_pipeline_run_at_the_same_time(distributed_backend):
     tree = build_tree(start)
     assert api.run_pipeline(rt, tree).result
     wait_finished(rt, tree["id"])
-    started = {}
-    for line in backend.exec_log.read_text().splitlines():
-        kind, node_id, pid, at = line.split()
-        if kind == "execute" and node_id in {h.id for h in heads}:
-            started[node_id] = (int(pid), float(at))
+    started = _head_starts(backend, heads)
     assert len(started) == 3
-    assert len({pid for pid, _ in started.values()}) == 3  # three pool processes took one each
     times = [at for _, at in started.values()]
     assert max(times) - min(times) < 1.0, started  # all began before the first one ended
+
+
+def test_slow_branches_beyond_a_process_threads_go_to_other_workers(distributed_backend):
+    """Once its calls are slow, a process keeps only as many branches as it has threads (8) and
+    publishes the rest, which idle processes take at once."""
+    backend = distributed_backend
+    backend.ensure_workers(2)
+    rt = backend.runtime()
+    start, fork, join, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    warm = _activity("dist_sleep", 0.3)  # the forking process learns that its calls are slow
+    heads = [_activity("dist_sleep", 1.5) for _ in range(12)]
+    start.extend(warm).extend(fork).connect(*heads).to(fork).converge(join).extend(end)
+    tree = build_tree(start)
+    assert api.run_pipeline(rt, tree).result
+    wait_finished(rt, tree["id"])
+    started = _head_starts(backend, heads)
+    assert len(started) == 12
+    per_pid = collections.Counter(pid for pid, _ in started.values())
+    assert len(per_pid) > 1 and max(per_pid.values()) <= 8, per_pid
+    times = [at for _, at in started.values()]
+    assert max(times) - min(times) < 1.4, started  # none waited for a call to end (1.5 s)
 
 
 def test_component_longer_than_a_lease_runs_once(distributed_backend):
@@ -179,6 +207,30 @@ def test_callback_component_is_finished_by_a_callback(distributed_backend):
     wait_finished(rt, tree["id"])
     assert api.get_execution_data_outputs(rt, act).data["received"] == {"answer": 42}
     assert distributed_backend.executions("callback")[act] == 1
+
+
+def test_stopped_worker_lets_running_work_finish(distributed_backend):
+    """A warm shutdown lets the component on hand finish and hands its follow-up to other workers:
+    nothing runs twice, nothing waits for a lease to run out."""
+    backend = distributed_backend
+    backend.ensure_workers(2)
+    rt = backend.runtime()
+    start, slow, after, end = EmptyStartEvent(), _activity("dist_sleep", 2.0), _activity("dist_sleep"), EmptyEndEvent()
+    start.extend(slow).extend(after).extend(end)
+    tree = build_tree(start)
+    assert api.run_pipeline(rt, tree).result
+    wait_for(lambda: backend.executions()[slow.id], 30, interval=0.02, message="the slow activity to start")
+    try:
+        for index in backend.alive():
+            backend.stop_worker(index)
+        assert states(rt, tree["id"])["children"][slow.id]["state"] == "FINISHED"
+        backend.ensure_workers(2)
+        st = wait_finished(rt, tree["id"], timeout=30)
+        assert st["children"][after.id]["state"] == "FINISHED"
+        assert backend.executions()[slow.id] == 1
+        assert backend.executions()[after.id] == 1
+    finally:
+        backend.ensure_workers(2)
 
 
 def test_killed_worker_loses_no_node(distributed_backend):

@@ -1,0 +1,206 @@
+"""WorkerRunner: how a ``culm worker`` process runs the tasks its Celery messages name.
+
+A message carries only a task id; the row is the durable work (see :mod:`culm.dispatch.celery`).
+The Celery task hands the id to this process's runner and returns, so the process takes its next
+message at once. The runner is the embedded engine loop (:class:`ThreadDispatcher`) set up to
+share its database with other workers:
+
+* every task on hand advances in ONE transaction (group commit, a savepoint per task only when
+  the optimistic pass fails), and user code runs on the runner's own threads;
+* a task is claimed with a lease when it is first advanced, so a duplicate message, or the same
+  task handed to two workers, runs once; a heartbeat extends the leases of the tasks on hand;
+* the follow-up tasks of its commits stay here while this process has idle user-code threads (no
+  broker round trip); the others, and every timer, are published for any worker to take;
+* while no user-code thread is idle, or ``backlog`` tasks are on hand, the Celery task waits before
+  it hands its id over: the process takes no more messages and idle workers take them instead;
+* a batch the database interrupts (lost connection, restart, deadlock) is tried again after a
+  pause, results of user code included, so no user code runs twice for it;
+* at shutdown the runner stops keeping work, lets what is on hand reach its next commit, and
+  releases and publishes what is left. A killed worker leaves leased rows, which the relay
+  publishes once their lease runs out.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from culm.core.records import TaskRecord, now
+from culm.dispatch.threads import ThreadDispatcher, _Item
+
+if TYPE_CHECKING:
+    from culm.dispatch.celery import CeleryDispatcher
+    from culm.storage.sql import SqlStore
+
+logger = logging.getLogger("culm.dispatch.runner")
+
+DB_RETRY_SECONDS = 2.0
+# While user-code calls take under SHORT_CALL_SECONDS on average, a process takes on up to
+# SHORT_CALL_QUEUE calls per thread; otherwise one per thread (idle workers take the rest).
+SHORT_CALL_SECONDS = 0.02
+SHORT_CALL_QUEUE = 16
+
+
+def is_interruption(exc: BaseException, store: SqlStore) -> bool:
+    """A lost connection, a restarting server, a deadlock: worth trying the same work again."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated)
+    # The store's hot path talks to the driver directly, so its own exception classes show up too.
+    dbapi = store.engine.dialect.loaded_dbapi
+    kinds = tuple(k for k in (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None)) if k)
+    return isinstance(exc, kinds)
+
+
+class WorkerRunner(ThreadDispatcher):
+    """The engine loop of one worker process (see the module docstring).
+
+    Args:
+        publisher: sends the tasks this process does not keep to the broker.
+        threads: user-code threads.
+        backlog: most tasks on hand (queued, being advanced or in user code) before the process
+            stops taking messages.
+    """
+
+    def __init__(self, publisher: CeleryDispatcher, threads: int = 8, backlog: int = 64) -> None:
+        super().__init__(max(1, threads), sole_runner=False)
+        self.publisher = publisher
+        self.backlog = max(1, backlog)
+        self._draining = False
+        self._start_lock = threading.Lock()
+        self._call_seconds = 0.0  # moving average of user-code call durations
+
+    # -- messages in ----------------------------------------------------------------------
+    def accept(self, task_id: str, kind: str, timeout: float | None = None) -> bool:
+        """Take the task a message names, once this process has room (waits up to ``timeout``).
+
+        Returns False when the runner is shutting down or time ran out: the message should go back
+        to the broker.
+        """
+        with self._lock:
+            if not self._short_calls():
+                timeout = 0.0  # room comes back only when a slow call ends: let another worker take it
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while not self._has_room():
+                if self._draining or self._stopping.is_set():
+                    return False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._lock.wait(0.05 if left is None else min(0.05, left))
+            if self._draining or self._stopping.is_set():
+                return False
+        # Only id and kind are known; the walk reads the row, and its lease makes a duplicate a no-op.
+        super().submit([TaskRecord(task_id, kind, "", "", "")])
+        return True
+
+    def _has_room(self) -> bool:
+        return self._room() > 0 and len(self._known) < self.backlog
+
+    def _room(self) -> int:
+        """How many more tasks this process takes on now (caller holds the lock).
+
+        Each task on hand may need a thread: those in user code, those being advanced and those
+        queued for the engine. Take on one per thread, or several per thread while calls are
+        short (then a call waits for a thread only briefly).
+        """
+        capacity = self.workers * (SHORT_CALL_QUEUE if self._short_calls() else 1)
+        return capacity - self._in_user_code - self._in_batch - self._ready.qsize()
+
+    def _short_calls(self) -> bool:
+        return self._call_seconds < SHORT_CALL_SECONDS
+
+    def ensure_started(self, engine: Any) -> None:
+        with self._start_lock:
+            if self.engine is None:
+                self.start(engine)
+
+    # -- follow-up tasks out --------------------------------------------------------------
+    def submit(self, tasks: Sequence[TaskRecord]) -> None:
+        """Keep due follow-ups this process consumes while it has idle threads; publish the rest."""
+        at = now()
+        keep: list[TaskRecord] = []
+        send: list[TaskRecord] = []
+        with self._lock:
+            room = 0 if self._draining or self.engine is None else self._room()
+        for task in tasks:
+            if task is None:
+                continue
+            if room > 0 and self.publisher.may_keep(task, at):
+                keep.append(task)
+                room -= 1
+            else:
+                send.append(task)
+        if keep:
+            super().submit(keep)
+        if send:
+            self.publisher.submit(send)
+
+    def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
+        def timed() -> Any:
+            began = time.monotonic()
+            try:
+                return call()
+            finally:
+                # A moving average; a lost update between two threads does not matter.
+                self._call_seconds += (time.monotonic() - began - self._call_seconds) * 0.1
+
+        super()._start_user_code(item, timed)
+
+    def _requeue(self, item: _Item, outcome: Any) -> None:
+        super()._requeue(item, outcome)
+        with self._lock:
+            self._lock.notify_all()  # a thread is free: a waiting accept may go on
+
+    # -- failures -------------------------------------------------------------------------
+    def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
+        """A database interruption: the same items (with their user code's results) come back
+        after a pause. Anything else: the rows stay, and the relay offers them again."""
+        if self.engine is not None and is_interruption(exc, self.engine.store) and not self._stopping.is_set():
+            logger.warning("database interrupted a batch of %d tasks; retrying in %.0fs", len(batch),
+                           DB_RETRY_SECONDS, exc_info=exc)
+            timer = threading.Timer(DB_RETRY_SECONDS, self._put_back, args=(batch,))
+            timer.daemon = True
+            timer.start()
+            return
+        super()._batch_failed(batch, exc)
+
+    def _put_back(self, batch: list[_Item]) -> None:
+        for item in batch:
+            self._ready.put(item)
+
+    # -- leases and shutdown --------------------------------------------------------------
+    def task_ids(self) -> list[str]:
+        """The tasks on hand (the heartbeat extends the leases this process holds among them)."""
+        with self._lock:
+            return list(self._known)
+
+    def drain(self, timeout: float) -> None:
+        """Stop keeping and taking work, let what is on hand reach its next commit (up to
+        ``timeout``), stop, then release and publish whatever is still on hand."""
+        with self._lock:
+            self._draining = True
+            self._lock.notify_all()
+        if self.engine is None:
+            return
+        self.wait_idle(timeout)
+        self.close(timeout=1.0)
+        left = self.task_ids()
+        if not left:
+            return
+        try:
+            with self.engine.store.transaction() as unit:
+                rows = [t for t in (unit.get_task(i) for i in left) if t is not None]
+                unit.release_leases([t.id for t in rows])
+        except Exception:  # noqa: BLE001 - their leases then run out and the relay takes them
+            logger.warning("could not release %d task(s) at shutdown", len(left), exc_info=True)
+            return
+        logger.info("shutting down with %d task(s) on hand: released and published", len(rows))
+        self.publisher.submit(rows)
