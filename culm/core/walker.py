@@ -62,6 +62,29 @@ def execute_step(
     return _advance(engine, step, graph, proc, task, pending)
 
 
+def read_batch_ahead(engine: Engine, unit: Any, fresh: list[str], resumed: list[str]) -> None:
+    """A batch's reads up front, where the store can (PostgreSQL): its tasks and processes, the
+    states its walks may need and the contexts of the pipelines they run in, in a few statements
+    instead of several per task. Writes then pile up and go out together at the commit."""
+    if getattr(unit, "dialect", None) != "postgresql":
+        return
+    unit.read_tasks_ahead(fresh, resumed, engine.lease())
+    nodes: list[str] = []
+    pipelines: list[str] = []
+    for task, proc in unit.tasks_read_ahead():
+        if proc is None or proc.dead:
+            continue
+        graph = engine.graph(proc.root_id, unit)
+        if task.node_id in graph.nodes:
+            nodes += proc.stack
+            nodes += graph.ahead_of_resume(task.node_id)
+            pipelines += proc.stack
+    if nodes and unit.reads_ahead:
+        unit.prefetch_states(nodes)
+    if pipelines:
+        unit.prefetch_contexts(pipelines)
+
+
 def call_user_code(invoke: Invoke) -> Any:
     """Run an Invoke's user code; an escaped exception becomes the result."""
     try:

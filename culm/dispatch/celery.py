@@ -60,6 +60,10 @@ FIRST_BOUNCE = 0.05
 MAX_BOUNCE = 5.0
 
 
+# Celery loggers that write a line or two per message at INFO.
+CHATTY_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
 def queue_names(suffix: str = "", prefix: str = "culm") -> list[str]:
     """The execute, schedule and timer queue names, e.g. ``queue_names("api")``."""
     tail = f"_{suffix}" if suffix else ""
@@ -463,6 +467,11 @@ def run_worker(
         relay.start()
         relays.append(relay)
 
+    if logging.getLevelName(loglevel.upper()) == logging.INFO:
+        # Celery's two INFO lines per message ("received", "succeeded") only say that an id was
+        # handed to the runner; at DEBUG they stay.
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     signals.worker_ready.connect(start_relay, weak=False)
     worker = app.Worker(
         hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",

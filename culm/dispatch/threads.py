@@ -313,6 +313,10 @@ class ThreadDispatcher:
                 # user code, another thread's submissions) joins this transaction.
                 self._take_ready(batch)
             step = Step(unit)
+            if not isolate and len(batch) > 1:
+                fresh = [i.task.id for i in batch if i.task.kind == EXECUTE and not i.waiting]
+                resumed = [i.task.id for i in batch if i.task.kind == EXECUTE and i.waiting]
+                walker.read_batch_ahead(self.engine, unit, fresh, resumed)
             for item in batch:
                 saved.append((item.invoke, item.waiting, item.result))
                 call = self._advance_safely(step, item) if isolate else self._advance(step, item)

@@ -122,6 +122,14 @@ class Graph:
             known = self._ahead[(node_id, limit)] = self._walk_ahead(node_id, limit)
         return known
 
+    def ahead_of_resume(self, node_id: str) -> list[str]:
+        """``ahead`` for a walk that resumes at ``node_id`` after its user code ran: the node and
+        what the walk may enter once it is done."""
+        node = self.nodes.get(node_id)
+        if node is None or node.type not in _WALK_STOPS:
+            return self.ahead(node_id)
+        return [node_id, *(n for target in node.targets for n in self.ahead(target))]
+
     def _walk_ahead(self, node_id: str, limit: int) -> list[str]:
         found = [node_id]
         seen = {node_id}

@@ -93,6 +93,15 @@ _CLAIM_WITH_PROCESS = (
     + " RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
     + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
 )
+# PostgreSQL, a batch's fresh tasks: claim them all and read them with their processes at once.
+_CLAIM_MANY_WITH_PROCESS = (
+    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE (claimed_until IS NULL OR claimed_until < ?)"
+    " AND id IN ({marks}) RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT "
+    + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
+    + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
+)
+# PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
+_MANY_WITH_PROCESS_AND_STATE = _TASK_WITH_PROCESS_AND_STATE.replace("WHERE t.id = ?", "WHERE t.id IN ({marks})")
 _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
@@ -246,6 +255,14 @@ class SqlUnit:
         # States read ahead by prefetch_states (None: no row), kept current with this
         # transaction's own writes; plain reads of them are answered from here.
         self._state_view: dict[str, StateRecord | None] | None = None
+        # PostgreSQL: tasks read ahead by read_tasks_ahead, by task id: (task, process, locked
+        # state of its node or None), or None when it is not there or leased by someone else; and
+        # the processes written since (None: all of them).
+        self._tasks_ahead: dict[str, tuple[TaskRecord, ProcessRecord | None, StateRecord | None] | None] = {}
+        self._procs_written: set[str] | None = set()
+        # Context rows read ahead by prefetch_contexts, by pipeline id and key, as stored (each
+        # read decodes its own copy), kept current with this transaction's own writes.
+        self._context_view: dict[str, dict[str, Sequence[Any]]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -358,6 +375,8 @@ class SqlUnit:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
             self._state_view = None
+            self._tasks_ahead.clear()
+            self._context_view.clear()
             self._cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self._cur.execute(f"RELEASE SAVEPOINT {name}")
             raise
@@ -548,12 +567,16 @@ class SqlUnit:
         return _process_row(row) if row else None
 
     def update_process(self, process_id: str, **fields: Any) -> None:
+        if self._procs_written is not None:
+            self._procs_written.add(process_id)
         if "stack" in fields:
             fields["stack"] = codec.dumps(fields["stack"])
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
         """Count one finished child; the row lock taken by the update serialises siblings."""
+        if self._procs_written is not None:
+            self._procs_written.add(parent_id)
         if self.dialect == "postgresql":
             row = self._one("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ? RETURNING ack_num, need_ack",
                             [parent_id])
@@ -574,6 +597,7 @@ class SqlUnit:
         return [_process_row(r) for r in rows]
 
     def kill_processes_of_root(self, root_id: str) -> None:
+        self._procs_written = None
         self._x("UPDATE culm_process SET dead = ? WHERE root_id = ?", [True, root_id])
 
     # -- tasks ----------------------------------------------------------------------------
@@ -598,6 +622,8 @@ class SqlUnit:
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
         """A task and its process; with ``lease`` (owner, until, at) the task is claimed first
         (None, None when it is gone or leased by a live worker)."""
+        if self._tasks_ahead and task_id in self._tasks_ahead:
+            return self._task_read_ahead(task_id)
         if lease is not None:
             owner, until, at = lease
             if self.dialect == "postgresql":
@@ -614,6 +640,45 @@ class SqlUnit:
                     self._owned[st.node_id] = [st.version, st.name]
             return self._task_and_process(row[:end] if row is not None else None)
         return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id]))
+
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+        """PostgreSQL: answer this transaction's coming ``task_with_process`` calls for a batch of
+        tasks with two statements instead of one each: ``fresh`` tasks are claimed with ``lease``
+        and read with their processes, ``resumed`` ones (their user code ran) are read with their
+        processes and their nodes' states, locked. A process this transaction writes before its
+        task's call is read again then; a state it locks or writes first is not taken from here.
+        """
+        if self.dialect != "postgresql":
+            return
+        owner, until, at = lease
+        ahead = self._tasks_ahead
+        n_task, end = len(_TASK_COLUMNS), len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
+        for ids, sql, params in ((fresh, _CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
+                                 (resumed, _MANY_WITH_PROCESS_AND_STATE, [])):
+            if len(ids) < 2:
+                continue
+            rows = self._all(sql.format(marks=_marks(len(ids))), [*params, *ids])
+            ahead.update(dict.fromkeys(ids))
+            for r in rows:
+                proc = _process_row(r[n_task:end]) if r[n_task] is not None else None
+                st = _state_row(r[end:]) if len(r) > end and r[end] is not None else None
+                ahead[r[0]] = (_task_row(r[:n_task]), proc, st)
+
+    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
+        """The tasks and processes read_tasks_ahead found (not handed out yet)."""
+        return [(t, p) for t, p, _ in (v for v in self._tasks_ahead.values() if v is not None)]
+
+    def _task_read_ahead(self, task_id: str) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        entry = self._tasks_ahead.pop(task_id)
+        if entry is None:
+            return None, None
+        task, proc, st = entry
+        if st is not None and self._owned is not None and st.node_id not in self._owned:
+            self._locked_ahead[st.node_id] = st
+            self._owned[st.node_id] = [st.version, st.name]
+        if proc is not None and (self._procs_written is None or proc.id in self._procs_written):
+            proc = self.get_process(proc.id)
+        return task, proc
 
     @staticmethod
     def _task_and_process(row: Sequence[Any] | None) -> tuple[TaskRecord | None, ProcessRecord | None]:
@@ -708,7 +773,29 @@ class SqlUnit:
         if n == 0:
             self.set_execution_data(node_id, {}, outputs)
 
+    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
+        """Read the contexts of ``pipeline_ids`` in one statement, for the reads this transaction is
+        about to make (rendering the inputs of a batch of activities). Skipped when they hold more
+        than ``limit`` values: then each read takes only the keys it needs."""
+        missing = [i for i in dict.fromkeys(pipeline_ids) if i not in self._context_view]
+        if not missing:
+            return
+        rows = self._all('SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value'
+                         f' WHERE pipeline_id IN ({_marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
+        if len(rows) > limit:
+            return
+        view = self._context_view
+        for pid in missing:
+            view[pid] = {}
+        for r in rows:
+            view[r[0]][r[1]] = r[1:]
+
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
+        known = self._context_view.get(pipeline_id) if self._context_view else None
+        if known is not None:
+            picked = known.values() if keys is None else [known[k] for k in keys if k in known]
+            return {r[0]: ContextValue(r[0], r[1], codec.loads(r[2]), r[3], frozenset(codec.loads(r[4])))
+                    for r in picked}
         sql = 'SELECT "key", type, value, code, refs FROM culm_context_value WHERE pipeline_id = ?'
         params: list[Any] = [pipeline_id]
         if keys is not None:
@@ -723,11 +810,21 @@ class SqlUnit:
         }
 
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
-        self._insert("culm_context_value", [self._context_row(pipeline_id, v) for v in values])
+        rows = [self._context_row(pipeline_id, v) for v in values]
+        self._note_context(pipeline_id, rows)
+        self._insert("culm_context_value", rows)
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
         for v in values:
-            self._upsert("culm_context_value", self._context_row(pipeline_id, v), ["pipeline_id", "key"])
+            row = self._context_row(pipeline_id, v)
+            self._note_context(pipeline_id, [row])
+            self._upsert("culm_context_value", row, ["pipeline_id", "key"])
+
+    def _note_context(self, pipeline_id: str, rows: list[dict]) -> None:
+        known = self._context_view.get(pipeline_id) if self._context_view else None
+        if known is not None:
+            for row in rows:
+                known[row["key"]] = (row["key"], row["type"], row["value"], row["code"], row["refs"])
 
     @staticmethod
     def _context_row(pipeline_id: str, v: ContextValue) -> dict:

@@ -1,0 +1,104 @@
+"""A batch's reads up front (PostgreSQL): tasks claimed and read with their processes in one
+statement, contexts read per pipeline, both kept true to the transaction's own writes."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import create_database, drop_database
+
+from culm.core.records import EXECUTE, ContextValue, ProcessRecord, StateRecord, TaskRecord
+from culm.storage.migrate import upgrade_database
+from culm.storage.sql import SqlStore
+
+pytestmark = pytest.mark.timeout(60)
+
+LEASE = ("me", 2e9, 1e9)  # owner, until, now
+
+
+@pytest.fixture
+def store():
+    url = create_database("postgres")
+    upgrade_database(url)
+    s = SqlStore(url)
+    yield s
+    s.dispose()
+    drop_database(url)
+
+
+def _process(pid: str) -> ProcessRecord:
+    return ProcessRecord(pid, "root", None, "n-" + pid, None, ["root"])
+
+
+def _task(tid: str, pid: str) -> TaskRecord:
+    return TaskRecord(tid, EXECUTE, pid, "n-" + pid, "root", due=0.0, running_version="v1")
+
+
+def _seed(store: SqlStore) -> None:
+    with store.transaction() as unit:
+        unit.insert_processes([_process("p1"), _process("p2"), _process("p3")])
+        unit.insert_tasks([_task("t1", "p1"), _task("t2", "p2"), _task("t3", "p3")])
+        unit.insert_state(StateRecord("n-p3", "root", "root", "RUNNING", "v1", created_time=1.0))
+        unit.claim_task("t2", "someone-else", 2e9, 1e9)  # leased by a live worker
+
+
+def test_fresh_tasks_are_claimed_at_once_and_a_leased_one_is_not(store):
+    _seed(store)
+    with store.transaction() as unit:
+        unit.read_tasks_ahead(["t1", "t2"], [], LEASE)
+        assert {t.id for t, _ in unit.tasks_read_ahead()} == {"t1"}
+        task, proc = unit.task_with_process("t1", LEASE)
+        assert (task.id, proc.id, proc.current_node_id) == ("t1", "p1", "n-p1")
+        assert unit.task_with_process("t2", LEASE) == (None, None)
+    with store.reading() as unit:
+        owners = {t: unit._one("SELECT owner FROM culm_task WHERE id = ?", [t])[0] for t in ("t1", "t2")}
+    assert owners == {"t1": "me", "t2": "someone-else"}
+
+
+def test_a_process_written_before_its_tasks_turn_is_read_again(store):
+    _seed(store)
+    with store.transaction() as unit:
+        unit.read_tasks_ahead(["t1", "t3"], [], LEASE)
+        unit.update_process("p3", current_node_id="moved")  # an earlier task of the batch did this
+        _, proc = unit.task_with_process("t3", LEASE)
+        assert proc.current_node_id == "moved"
+
+
+def test_resumed_tasks_come_with_their_nodes_state_locked(store):
+    _seed(store)
+    with store.transaction() as unit:
+        unit.read_tasks_ahead([], ["t1", "t3"], LEASE)
+        task, proc = unit.task_with_process("t3")
+        assert (task.id, proc.id) == ("t3", "p3")
+        st = unit.get_state("n-p3", for_update=True)
+        assert (st.name, st.version) == ("RUNNING", "v1")
+        # the lock is known: the compare-and-set on it can wait for the commit
+        assert unit.update_state("n-p3", expect_version="v1", name="FINISHED")
+    with store.reading() as unit:
+        assert unit.get_state("n-p3").name == "FINISHED"
+
+
+def test_contexts_read_ahead_see_the_units_own_writes_and_give_copies(store):
+    with store.transaction() as unit:
+        unit.insert_context("root", [ContextValue("${a}", "plain", {"x": 1}), ContextValue("${b}", "plain", 2)])
+    with store.transaction() as unit:
+        unit.prefetch_contexts(["root", "empty"])
+        got = unit.get_context("root", ["${a}"])
+        assert got["${a}"].value == {"x": 1}
+        got["${a}"].value["x"] = 99  # callers get their own copies
+        assert unit.get_context("root", ["${a}"])["${a}"].value == {"x": 1}
+        unit.upsert_context("root", [ContextValue("${b}", "plain", 3), ContextValue("${c}", "splice", "${b}")])
+        unit.insert_context("empty", [ContextValue("${z}", "plain", 0)])
+        assert {k: v.value for k, v in unit.get_context("root").items()} == {"${a}": {"x": 1}, "${b}": 3, "${c}": "${b}"}
+        assert unit.get_context("empty", ["${z}", "${missing}"])["${z}"].value == 0
+    with store.reading() as unit:
+        assert {k: v.value for k, v in unit.get_context("root").items()} == {"${a}": {"x": 1}, "${b}": 3, "${c}": "${b}"}
+
+
+def test_contexts_over_the_limit_are_not_read_ahead(store):
+    with store.transaction() as unit:
+        unit.insert_context("root", [ContextValue(f"${{v{i}}}", "plain", i) for i in range(5)])
+    with store.transaction() as unit:
+        unit.prefetch_contexts(["root"], limit=4)
+        unit.upsert_context("root", [ContextValue("${v0}", "plain", 100)])
+        assert unit.get_context("root", ["${v0}", "${v4}"])["${v0}"].value == 100
+        assert len(unit.get_context("root")) == 5
