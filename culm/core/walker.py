@@ -8,7 +8,6 @@ an activity costs one commit and pure nodes cost none of their own.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from culm import states
@@ -112,7 +111,7 @@ def _advance(
             node_id = proc.current_node_id
             step.unit.update_task(task.id, node_id=node_id, running_version=version)
             _save_process(step, proc, before)
-            return replace(outcome, node_id=node_id, version=version)
+            return Invoke(outcome.call, outcome.resume, node_id, version)
         if isinstance(outcome, Sleep):
             proc.asleep = True
         elif isinstance(outcome, Die):

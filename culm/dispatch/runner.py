@@ -75,6 +75,7 @@ class WorkerRunner(ThreadDispatcher):
         self._draining = False
         self._start_lock = threading.Lock()
         self._call_seconds = 0.0  # moving average of user-code call durations
+        self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet
 
     # -- messages in ----------------------------------------------------------------------
     def accept(self, task_id: str, kind: str, timeout: float | None = None) -> bool:
@@ -152,12 +153,15 @@ class WorkerRunner(ThreadDispatcher):
                 # A moving average; a lost update between two threads does not matter.
                 self._call_seconds += (time.monotonic() - began - self._call_seconds) * 0.1
 
+        with self._lock:
+            self._in_user_code += 1
         super()._start_user_code(item, timed)
 
     def _requeue(self, item: _Item, outcome: Any) -> None:
-        super()._requeue(item, outcome)
         with self._lock:
+            self._in_user_code -= 1
             self._lock.notify_all()  # a thread is free: a waiting accept may go on
+        super()._requeue(item, outcome)
 
     # -- failures -------------------------------------------------------------------------
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:

@@ -125,7 +125,6 @@ class ThreadDispatcher:
         self._threads: list[threading.Thread] = []
         self._pool: _UserCodePool | None = None
         self._stopping = threading.Event()
-        self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet
         self._in_batch = 0  # items the engine thread is advancing now
         self._submits = threading.Condition()
         self._submitting = 0  # threads inside run_pipeline
@@ -351,19 +350,13 @@ class ThreadDispatcher:
 
     def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
         assert self._pool is not None
-        with self._lock:
-            self._in_user_code += 1
         try:
             self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
-            with self._lock:
-                self._in_user_code -= 1
             self._forget([item.task.id])
 
     def _requeue(self, item: _Item, outcome: Any) -> None:
         item.result, item.waiting = outcome, True
-        with self._lock:
-            self._in_user_code -= 1
         self._ready.put(item)
 
     def _forget(self, task_ids: list[str]) -> None:
