@@ -75,9 +75,11 @@ def read_batch_ahead(engine: Engine, unit: Any, fresh: list[str], resumed: list[
             continue
         graph = engine.graph(proc.root_id, unit)
         if task.node_id in graph.nodes:
+            ahead = graph.ahead_of_resume(task.node_id)
             nodes += proc.stack
-            nodes += graph.ahead_of_resume(task.node_id)
+            nodes += ahead
             pipelines += proc.stack
+            pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
     if nodes and unit.reads_ahead:
         unit.prefetch_states(nodes)
     if pipelines:

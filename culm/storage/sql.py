@@ -214,6 +214,14 @@ def _upsert_sql(dialect: str, table: str, cols: tuple[str, ...], keys: tuple[str
     return _insert_sql(table, cols) + tail
 
 
+@functools.lru_cache(maxsize=4)
+def _outputs_upsert_sql(dialect: str) -> str:
+    head = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
+    if dialect == "mysql":
+        return head + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
+    return head + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
@@ -768,10 +776,9 @@ class SqlUnit:
                      ["node_id"])
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
-        n = self._x("UPDATE culm_execution_data SET outputs = ? WHERE node_id = ?",
-                    [codec.dumps(outputs), node_id]).rowcount
-        if n == 0:
-            self.set_execution_data(node_id, {}, outputs)
+        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
+        self._later(_outputs_upsert_sql(self.dialect), [node_id, codec.dumps({}), codec.dumps(outputs)],
+                    (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
         """Read the contexts of ``pipeline_ids`` in one statement, for the reads this transaction is
