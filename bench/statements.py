@@ -5,7 +5,9 @@ process, one at a time, the way a ``culm worker`` runs them (without Celery: the
 commit makes are queued here instead of published). It counts what psycopg sends: statements
 (each multi-row or combined write is one), ``BEGIN``/``COMMIT`` excluded, and transactions.
 Unlike timings, the counts do not depend on what else the machine is doing. ``--trace`` prints
-every statement of the last pipeline, grouped by task.
+every statement of the last pipeline, grouped by task. ``--batched --pipelines 100`` submits the
+runs together and lets the batching loop of a worker process run them (transactions over many
+tasks; the counts then vary a little with how batches form).
 """
 
 from __future__ import annotations
@@ -107,12 +109,36 @@ def count(pipelines: int, trace: bool) -> dict[str, Any]:
             "same_every_run": len(set(per_pipeline)) == 1}
 
 
+def count_batched(pipelines: int) -> dict[str, Any]:
+    """``pipelines`` runs submitted together and run by the batching engine loop that each
+    ``culm worker`` process runs (here in this process: an embedded runtime on PostgreSQL).
+    Batches form as they do in a worker, so the counts vary a little from run to run."""
+    import culm
+    from bench.scenarios import submit_and_wait
+
+    with Cluster(0) as cluster:
+        rt = culm.Runtime(cluster.db_url)
+        try:
+            submit_and_wait(rt, [normal_pipeline() for _ in range(10)])  # warm
+            log: list[str] = []
+            with _counting(log):
+                submit_and_wait(rt, [normal_pipeline() for _ in range(pipelines)])
+        finally:
+            rt.close()
+    statements = sum(1 for line in log if line != "COMMIT")
+    return {"shape": f"{pipelines} x normal_pipeline() submitted together, batched", "statements": statements,
+            "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT")}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.statements")
     parser.add_argument("--pipelines", type=int, default=3)
     parser.add_argument("--trace", action="store_true", help="print the statements of the last pipeline")
+    parser.add_argument("--batched", action="store_true",
+                        help="submit the pipelines together and run them in batches, as a culm worker does")
     args = parser.parse_args(argv)
-    print(json.dumps(count(args.pipelines, args.trace)))
+    result = count_batched(args.pipelines) if args.batched else count(args.pipelines, args.trace)
+    print(json.dumps(result))
     return 0
 
 

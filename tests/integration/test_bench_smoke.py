@@ -75,6 +75,16 @@ def test_statement_count_of_one_pipeline_on_postgresql() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_statement_count_of_batched_pipelines_on_postgresql() -> None:
+    proc = run_module("bench.statements", "--batched", "--pipelines", "20")
+    result = json.loads(proc.stdout.splitlines()[-1])
+    # Each run_pipeline is a transaction of its own; the engine's batches add more, but far fewer
+    # than the 14 per pipeline of one task at a time.
+    assert 20 < result["transactions"] < 20 * 14, result
+    assert result["statements"] > result["transactions"]
+
+
+@pytest.mark.timeout(120)
 def test_ab_runs_both_checkouts_in_turn() -> None:
     """``python -m bench.ab`` against this same checkout (an A/A run): one pair, one summary."""
     proc = run_module("bench.ab", str(REPO), "batch", "--rounds", "1", "--quick")
