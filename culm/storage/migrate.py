@@ -12,23 +12,28 @@ import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
 from culm.errors import SchemaOutdatedError
 from culm.storage import schema as s
 
 if TYPE_CHECKING:
+    from alembic.config import Config
+
     from culm.storage.sql import SqlStore
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The newest revision in culm/storage/migrations (a test checks it against Alembic's view). Opening
+# a database already at it needs no Alembic: importing Alembic (with Mako and Pygments) would add
+# ~110 modules and ~30,000 objects to every process that opens a store, and every full garbage
+# collection in it would walk them.
+HEAD_REVISION = "0001"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Config:
     """An Alembic configuration for culm's revisions, bound to a connection or a URL."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if url is not None:
@@ -40,14 +45,27 @@ def alembic_config(connection: Any = None, url: str | None = None) -> Config:
 
 @functools.cache
 def head_version() -> str:
-    """The newest revision this culm ships."""
+    """The newest revision this culm ships, as Alembic reads it from the revision files."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None, "culm ships at least one revision"
     return head
 
 
 def _read_version(conn: Any) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(conn, opts={"version_table": s.VERSION_TABLE}).get_current_revision()
+
+
+def _read_version_plainly(store: SqlStore) -> str | None:
+    """The recorded revision read with plain SQL (None: no version table, or no single row)."""
+    with store.engine.connect() as conn:
+        if not inspect(conn).has_table(s.VERSION_TABLE):
+            return None
+        rows = conn.exec_driver_sql(f"SELECT version_num FROM {s.VERSION_TABLE}").fetchall()
+    return str(rows[0][0]) if len(rows) == 1 else None
 
 
 def current_version(store: SqlStore) -> str | None:
@@ -69,6 +87,8 @@ def upgrade(store: SqlStore) -> str:
     url = _display_url(store)
     with store.engine.begin() as conn:
         _check_not_foreign(conn, url)
+        from alembic import command
+
         command.upgrade(alembic_config(conn), "head")
     return head_version()
 
@@ -86,14 +106,16 @@ def upgrade_database(url: str) -> str:
 
 def ensure_schema(store: SqlStore) -> None:
     """Upgrade an embedded (SQLite) database; refuse a server database that is not at head."""
+    if _read_version_plainly(store) == HEAD_REVISION:
+        return
     version = current_version(store)
     head = head_version()
     if version == head:
         return
-    if store.dialect == "sqlite":
+    url = _display_url(store)
+    if store.dialect == "sqlite" and _is_known(version):
         upgrade(store)
         return
-    url = _display_url(store)
     if not _is_known(version):
         raise SchemaOutdatedError(
             f"the database at {url} has schema revision {version}, which this culm does not know "
@@ -108,6 +130,8 @@ def ensure_schema(store: SqlStore) -> None:
 def _is_known(version: str | None) -> bool:
     if version is None:
         return True
+    from alembic.script import ScriptDirectory
+
     try:
         return ScriptDirectory.from_config(alembic_config()).get_revision(version) is not None
     except Exception:  # noqa: BLE001 - alembic raises several kinds for an unknown revision

@@ -102,3 +102,36 @@ def test_sqlite_is_upgraded_on_open(tmp_path, where):
         assert _schema_diff(store) == []
     finally:
         store.dispose()
+
+
+def test_head_revision_constant_is_alembics_head():
+    assert migrate.HEAD_REVISION == migrate.head_version()
+
+
+def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path):
+    """Alembic (with Mako and Pygments) is loaded only to migrate: a process that opens a database
+    already at head carries none of it (fewer modules, less memory, cheaper garbage collections)."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    SqlStore(url).dispose()  # created and migrated here
+    probe = (
+        "import sys, culm\n"
+        f"rt = culm.Runtime({url!r})\n"
+        "rt.close()\n"
+        "print(sorted(m for m in ('alembic', 'mako', 'pygments') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_sqlite_database_of_an_unknown_revision_is_refused_clearly(tmp_path):
+    """A file migrated by a newer culm: a SchemaOutdatedError naming the revision, not Alembic's."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = SqlStore(url)
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = 'not-a-revision'")
+    finally:
+        store.dispose()
+    with pytest.raises(SchemaOutdatedError, match="not-a-revision"):
+        SqlStore(url)
