@@ -72,14 +72,18 @@ def test_runtime_refuses_outdated_schema(server_database):
         culm.Runtime(server_database, broker=REDIS)
 
 
-def test_unknown_revision_is_refused(server_database):
-    store = SqlStore(server_database, create=False)
+def _record_revision(store: SqlStore, revision: str) -> None:
+    """Migrate ``store`` to head, then record ``revision`` as its version; closes the store."""
     try:
         migrate.upgrade(store)
         with store.engine.begin() as conn:
-            conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = 'ffff'")
+            conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = '{revision}'")
     finally:
         store.dispose()
+
+
+def test_unknown_revision_is_refused(server_database):
+    _record_revision(SqlStore(server_database, create=False), "ffff")
     with pytest.raises(SchemaOutdatedError, match="newer culm"):
         SqlStore(server_database)
 
@@ -127,11 +131,6 @@ def test_opening_an_up_to_date_database_does_not_load_alembic(tmp_path):
 def test_a_sqlite_database_of_an_unknown_revision_is_refused_clearly(tmp_path):
     """A file migrated by a newer culm: a SchemaOutdatedError naming the revision, not Alembic's."""
     url = f"sqlite:///{tmp_path / 'c.db'}"
-    store = SqlStore(url)
-    try:
-        with store.engine.begin() as conn:
-            conn.exec_driver_sql(f"UPDATE {schema.VERSION_TABLE} SET version_num = 'not-a-revision'")
-    finally:
-        store.dispose()
+    _record_revision(SqlStore(url), "not-a-revision")
     with pytest.raises(SchemaOutdatedError, match="not-a-revision"):
         SqlStore(url)
