@@ -52,7 +52,9 @@ def execute_step(
     if proc is None or proc.dead:
         unit.delete_task(task_id)
         return None
-    if pending is not None and (task.node_id, task.running_version) != (pending[0].node_id, pending[0].version):
+    if pending is not None and pending[0].node_id and (
+        (task.node_id, task.running_version) != (pending[0].node_id, pending[0].version)
+    ):
         # The task moved on without this result: our lease ran out (a database outage stopped the
         # heartbeat) and another runner ran the same call and went on. Its result counts.
         logger.warning("dropping a stale result for task %s (node %s)", task_id, pending[0].node_id)

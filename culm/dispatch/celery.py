@@ -14,7 +14,7 @@ broker only carries task ids, so a message may be lost or delivered twice withou
   on hand, so only a dead worker's tasks are taken over;
 * the Celery task only hands the id to its process's :class:`~culm.dispatch.runner.WorkerRunner`,
   which advances all the tasks on hand in one transaction, runs user code on its own threads and
-  keeps the follow-ups of its commits while it has idle threads (see that module).
+  keeps the follow-ups of its commits while it has room (see that module).
 
 Knobs read from the environment by ``culm worker``: ``CULM_LEASE_SECONDS`` (30),
 ``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_WORKER_THREADS`` (user-code threads
@@ -297,9 +297,9 @@ def _drain(**_kw: Any) -> None:
     state = _state
     if state is None or state.pid != os.getpid() or _config is None:
         return
+    state.runner.drain(_config.drain_seconds)  # the heartbeat keeps the leases meanwhile
     if state.heartbeat is not None:
         state.heartbeat.stop()
-    state.runner.drain(_config.drain_seconds)
 
 
 def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:

@@ -9,10 +9,13 @@ share its database with other workers:
   the optimistic pass fails), and user code runs on the runner's own threads;
 * a task is claimed with a lease when it is first advanced, so a duplicate message, or the same
   task handed to two workers, runs once; a heartbeat extends the leases of the tasks on hand;
-* the follow-up tasks of its commits stay here while this process has idle user-code threads (no
-  broker round trip); the others, and every timer, are published for any worker to take;
-* while no user-code thread is idle, or ``backlog`` tasks are on hand, the Celery task waits before
-  it hands its id over: the process takes no more messages and idle workers take them instead;
+* the process takes on one task per user-code thread, or SHORT_CALL_QUEUE per thread while its
+  calls are short (under SHORT_CALL_SECONDS on average), counting those in user code, being
+  advanced and queued; and at most ``backlog`` tasks in all;
+* the follow-up tasks of its commits stay here while there is room (no broker round trip); the
+  others, and every timer, are published for any worker to take;
+* a message that finds no room goes back to the broker (the Celery task retries it with a
+  countdown), so idle workers take it; while calls are short it first waits briefly for room;
 * a batch the database interrupts (lost connection, restart, deadlock) is tried again after a
   pause, results of user code included, so no user code runs twice for it;
 * at shutdown the runner stops keeping work, lets what is on hand reach its next commit, and

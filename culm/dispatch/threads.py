@@ -311,6 +311,7 @@ class ThreadDispatcher:
                 # Whatever became ready while this thread waited for the write lock (results of
                 # user code, another thread's submissions) joins this transaction.
                 self._take_ready(batch)
+                self._in_batch = len(batch)
             step = Step(unit)
             if not isolate and len(batch) > 1:
                 fresh = [i.task.id for i in batch if i.task.kind == EXECUTE and not i.waiting]

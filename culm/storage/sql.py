@@ -706,6 +706,9 @@ class SqlUnit:
         self._later("DELETE FROM culm_task WHERE id = ?", [task_id], (("culm_task", (task_id,)),))
 
     def delete_tasks_of_root(self, root_id: str) -> None:
+        for task_id, entry in self._tasks_ahead.items():
+            if entry is not None and entry[0].root_id == root_id:
+                self._tasks_ahead[task_id] = None  # gone now
         self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:

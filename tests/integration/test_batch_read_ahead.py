@@ -102,3 +102,12 @@ def test_contexts_over_the_limit_are_not_read_ahead(store):
         unit.upsert_context("root", [ContextValue("${v0}", "plain", 100)])
         assert unit.get_context("root", ["${v0}", "${v4}"])["${v0}"].value == 100
         assert len(unit.get_context("root")) == 5
+
+
+def test_tasks_deleted_before_their_turn_are_gone(store):
+    _seed(store)
+    with store.transaction() as unit:
+        unit.read_tasks_ahead(["t1", "t3"], [], LEASE)
+        unit.kill_processes_of_root("root")
+        unit.delete_tasks_of_root("root")  # a revoke in the same transaction
+        assert unit.task_with_process("t1", LEASE) == (None, None)
