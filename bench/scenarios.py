@@ -380,6 +380,14 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _service_name(url: str) -> str:
+    """What a database or broker URL points at, for the report (CULM_BENCH_PG / CULM_BENCH_REDIS
+    may name MariaDB or RabbitMQ instead)."""
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    return {"postgresql": "PostgreSQL", "mysql": "MySQL/MariaDB", "mariadb": "MariaDB", "redis": "Redis",
+            "amqp": "RabbitMQ"}.get(scheme, scheme)
+
+
 def run_distributed(spec: Spec) -> dict[str, Any]:
     import culm
 
@@ -401,7 +409,7 @@ def run_distributed(spec: Spec) -> dict[str, Any]:
             finally:
                 rt.close()
             worker_rss = max(worker_rss, cluster.worker_peak_rss_mb())
-    backend = f"PostgreSQL + Redis, {spec.workers} culm worker x {WORKER_CONCURRENCY} process"
+    backend = f"{_service_name(PG_ADMIN)} + {_service_name(REDIS)}, {spec.workers} culm worker x {WORKER_CONCURRENCY} process"
     out = summarise(spec, times, nodes, pipelines, finished, backend)
     out["workers"] = spec.workers
     out["worker_concurrency"] = WORKER_CONCURRENCY
