@@ -87,9 +87,8 @@ class WorkerRunner(ThreadDispatcher):
         Returns False when the runner is shutting down or time ran out: the message should go back
         to the broker.
         """
-        with self._lock:
-            if not self._short_calls():
-                timeout = 0.0  # room comes back only when a slow call ends: let another worker take it
+        if not self._short_calls():
+            timeout = 0.0  # room comes back only when a slow call ends: let another worker take it
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             while not self._has_room():

@@ -575,7 +575,7 @@ class SqlUnit:
         return _process_row(row) if row else None
 
     def update_process(self, process_id: str, **fields: Any) -> None:
-        if self._procs_written is not None:
+        if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(process_id)
         if "stack" in fields:
             fields["stack"] = codec.dumps(fields["stack"])
@@ -583,7 +583,7 @@ class SqlUnit:
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
         """Count one finished child; the row lock taken by the update serialises siblings."""
-        if self._procs_written is not None:
+        if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(parent_id)
         if self.dialect == "postgresql":
             row = self._one("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ? RETURNING ack_num, need_ack",
