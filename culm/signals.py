@@ -21,21 +21,21 @@ class Signal:
         self.name = name
         self._receivers: tuple[Callable[..., Any], ...] = ()
         self._lock = threading.Lock()
+        # A plain attribute, not a property: the engine asks at every node step.
+        self.has_receivers = False
 
     def connect(self, receiver: Callable[..., Any]) -> None:
         """Add ``receiver`` (once; connecting it again is a no-op)."""
         with self._lock:
             if receiver not in self._receivers:
                 self._receivers = (*self._receivers, receiver)
+            self.has_receivers = bool(self._receivers)
 
     def disconnect(self, receiver: Callable[..., Any]) -> None:
         """Remove ``receiver`` if connected."""
         with self._lock:
             self._receivers = tuple(r for r in self._receivers if r != receiver)
-
-    @property
-    def has_receivers(self) -> bool:
-        return bool(self._receivers)
+            self.has_receivers = bool(self._receivers)
 
     def send(self, **kwargs: Any) -> None:
         """Call every receiver; exceptions are logged and swallowed."""

@@ -47,18 +47,24 @@ def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
 
 
 def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, dctx.ContextVar]:
-    """Read ``keys`` and everything they reference, in at most two round trips."""
+    """Read ``keys`` and everything they reference, in at most two round trips.
+
+    The values are the stored :class:`ContextValue` records: they carry every attribute of a
+    :class:`~culm.data.context.ContextVar` that hydration reads, so they are not copied into one.
+    """
     keys = set(keys)
     if not keys:
         return {}
     found = dict(fetch(keys))
     more: set[str] = set()
     for cv in found.values():
-        more.update(cv.references)
-    more -= found.keys()
+        if cv.references:
+            more.update(cv.references)
     if more:
-        found.update(fetch(more))
-    return {k: dctx.ContextVar(k, cv.type, cv.value, cv.code) for k, cv in found.items()}
+        more -= found.keys()
+        if more:
+            found.update(fetch(more))
+    return found  # type: ignore[return-value]
 
 
 def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:

@@ -4,18 +4,50 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 
+class _RandomBits:
+    """128-bit values from the OS's CSPRNG, read 128 at a time.
+
+    Reading ``os.urandom(16)`` per id is a system call that also lets go of the GIL, and taking the
+    GIL back behind a busy thread can cost a thread far more than the call. Each value is handed
+    out once: ``next`` on a list iterator is atomic under the GIL, and a forked child drops what
+    its parent had read ahead (otherwise both processes would make the same ids).
+    """
+
+    BATCH = 128
+
+    def __init__(self) -> None:
+        self._values: Iterator[str] = iter(())
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._values = iter(())
+
+    def hex32(self) -> str:
+        try:
+            return next(self._values)
+        except StopIteration:
+            text = os.urandom(16 * self.BATCH).hex()
+            values = [text[i : i + 32] for i in range(0, len(text), 32)]
+            self._values = iter(values[1:])
+            return values[0]
+
+
+_random = _RandomBits()
+
+
 def new_version() -> str:
-    """A fresh opaque state version (33 chars, like bamboo's)."""
-    return "v" + os.urandom(16).hex()
+    """A fresh opaque state version (33 chars, like bamboo's; 128 random bits)."""
+    return "v" + _random.hex32()
 
 
 def new_id() -> str:
     """A fresh id for processes, tasks, schedules and callbacks (128 random bits, 32 hex chars)."""
-    return os.urandom(16).hex()
+    return _random.hex32()
 
 
 def now() -> float:

@@ -100,7 +100,7 @@ def call_user_code(invoke: Invoke) -> Any:
 def _advance(
     engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Any
 ) -> Invoke | None:
-    before = {f: _copy(getattr(proc, f)) for f in _PROC_FIELDS}
+    before = _snapshot(proc)
     try:
         if pending is not None:
             outcome = _resume(engine, step, graph, proc, task, pending)
@@ -132,14 +132,17 @@ def _advance(
     return None
 
 
-def _copy(v: Any) -> Any:
-    return list(v) if isinstance(v, list) else v
+def _snapshot(proc: ProcessRecord) -> tuple[Any, ...]:
+    """The fields of _PROC_FIELDS, in that order (the stack copied: walks change it in place)."""
+    return (proc.current_node_id, list(proc.stack), proc.asleep, proc.suspended, proc.suspended_by, proc.dead)
 
 
-def _save_process(step: Step, proc: ProcessRecord, before: dict[str, Any]) -> None:
-    changed = {f: getattr(proc, f) for f in _PROC_FIELDS if getattr(proc, f) != before[f]}
-    if changed:
-        step.unit.update_process(proc.id, **changed)
+def _save_process(step: Step, proc: ProcessRecord, before: tuple[Any, ...]) -> None:
+    after = (proc.current_node_id, proc.stack, proc.asleep, proc.suspended, proc.suspended_by, proc.dead)
+    if after == before:
+        return
+    changed = {f: now_ for f, now_, then in zip(_PROC_FIELDS, after, before, strict=True) if now_ != then}
+    step.unit.update_process(proc.id, **changed)
 
 
 def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Any) -> Outcome:

@@ -92,9 +92,19 @@ def hydrate(
         HydrationError: A reference cycle, a template over its bounds, an unknown variable
             type, or a failing lazy resolver; the message names the variable(s).
     """
+    if not isinstance(keys, set | frozenset | list | tuple):
+        keys = list(keys)  # read twice below
+    plain: dict[str, Any] = {}
+    for key in keys:
+        var = variables.get(key)
+        if var is None:
+            continue
+        if var.type != PLAIN:
+            break
+        plain[deformat(key)] = var.value
+    else:
+        return plain  # nothing to render or order
     wanted = [key for key in keys if key in variables]
-    if all(variables[key].type == PLAIN for key in wanted):
-        return {deformat(key): variables[key].value for key in wanted}  # nothing to render or order
     refs = {key: var_references(variables[key]) for key in transitive_references(variables, wanted)}
     resolved: dict[str, Any] = {}
     for key in _dependency_order(refs):

@@ -8,7 +8,7 @@ chains never hit the recursion limit.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +56,12 @@ class PipelineGraph:
         """The node a flow leads to."""
         return self.flows[flow_id][1]
 
-    def forward_out(self, node_id: str) -> list[str]:
-        """Outgoing flows of a node that are not loop-back flows."""
-        return [f for f in self.out_flows.get(node_id, ()) if f not in self.back_flows]
+    def forward_out(self, node_id: str) -> Sequence[str]:
+        """Outgoing flows of a node that are not loop-back flows (do not modify the result)."""
+        outs = self.out_flows.get(node_id, ())
+        if not self.back_flows:
+            return outs
+        return [f for f in outs if f not in self.back_flows]
 
 
 def check_connections(graph: PipelineGraph, add: AddProblem, cycle_tolerate: bool) -> None:
@@ -125,6 +128,10 @@ def _check_declared(graph: PipelineGraph, node_id: str, add: AddProblem) -> None
         ("incoming", graph.declared_in.get(node_id), graph.in_flows[node_id]),
         ("outgoing", out_value, graph.out_flows[node_id]),
     ):
+        if value.__class__ is str and len(actual) == 1 and actual[0] == value:
+            continue  # the common cases, decided without building sets
+        if value.__class__ is list and value == actual:
+            continue  # flow ids are distinct strings, so an equal list has no duplicates either
         declared = _as_flow_list(value)
         if declared is None or not all(isinstance(f, str) for f in declared):
             add(node_id, f"{label} must be a flow id string or a list of flow id strings")

@@ -199,11 +199,18 @@ class CachedUnit(SqlUnit):
         if rec.node_id in self.cache.node_root:
             self.cache.states[rec.node_id] = _copy_state(rec)
 
-    def update_state(self, node_id: str, **kwargs: Any) -> bool:
-        ok = super().update_state(node_id, **kwargs)
+    def update_state(
+        self,
+        node_id: str,
+        *,
+        expect_version: str | None = None,
+        expect_names: Iterable[str] | None = None,
+        **fields: Any,
+    ) -> bool:
+        ok = super().update_state(node_id, expect_version=expect_version, expect_names=expect_names, **fields)
         st = self.cache.states.get(node_id)
         if ok and st is not None:
-            _apply(st, {k: v for k, v in kwargs.items() if not k.startswith("expect_")})
+            _apply(st, fields)
         return ok
 
     def reset_inner_loops(self, parent_id: str) -> None:

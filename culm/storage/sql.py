@@ -230,6 +230,20 @@ def _col(name: str) -> str:
     return f'"{name}"' if name in _QUOTED else name
 
 
+def _bind_bools_directly() -> None:
+    """Give ``sqlite3`` an adapter for bool (to int: what it stores for a bool anyway).
+
+    Without one, every bool parameter (states, processes and tasks carry several) makes
+    ``sqlite3`` look for ``__adapt__`` and ``__conform__`` and build and drop two AttributeErrors
+    before it binds the bool as an int: a few percent of an engine step. An adapter a host
+    program registered for bool is left alone.
+    """
+    import sqlite3
+
+    if (bool, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        sqlite3.register_adapter(bool, int)
+
+
 class SqlUnit:
     """One database transaction, offering the domain verbs the core needs.
 
@@ -992,6 +1006,7 @@ class SqlStore:
 
     def _setup_sqlite(self) -> None:
         memory = self.memory
+        _bind_bools_directly()
 
         @event.listens_for(self.engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
