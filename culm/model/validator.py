@@ -8,12 +8,12 @@ or returns a normalised deep copy ready for the engine.
 from __future__ import annotations
 
 import copy
-import json
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from culm import _json
 from culm.errors import StartPositionInvalidError, TreeInvalidError, TreeProblem
 from culm.model.flowgraph import (
     CONDITIONAL_PARALLEL,
@@ -36,9 +36,6 @@ LazyExists = Callable[[str], bool]
 EndEventExists = Callable[[str], bool]
 
 START_NODE_TYPES = frozenset({START, SERVICE, EXCLUSIVE, PARALLEL, CONDITIONAL_PARALLEL})
-# No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value recurses
-# until RecursionError instead, and _copy_tree deep-copies it as before.
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), check_circular=False)
 _ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": True, "optional": False}
 
 
@@ -149,8 +146,10 @@ def _copy_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
     # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied.
     try:
-        text = _COMPACT_JSON.encode(tree)
-        return json.loads(text), text
+        # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
+        # recurses until RecursionError instead, and is deep-copied.
+        text = _json.dumps(tree)
+        return _json.loads(text), text
     except (TypeError, ValueError, RecursionError):
         return copy.deepcopy(tree), None
 

@@ -11,10 +11,9 @@ import json
 import pickle
 from typing import Any
 
+from culm import _json
+
 _PICKLE_KEY = "__culm_pickle__"
-# One encoder for every call: json.dumps with arguments builds a new JSONEncoder each time, which
-# costs more than encoding the small dicts the engine writes at every step.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=True)
 
 
 def dumps(value: Any) -> str:
@@ -26,8 +25,8 @@ def dumps(value: Any) -> str:
     """
     if not _looks_like_envelope(value):
         try:
-            return _ENCODER.encode(value)
-        except (TypeError, ValueError):
+            return _json.dumps(value)
+        except (TypeError, ValueError, RecursionError):  # RecursionError: a value holding itself
             pass
     blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
     return json.dumps({_PICKLE_KEY: blob})
@@ -41,7 +40,7 @@ def loads(text: str | None) -> Any:
     """Inverse of :func:`dumps`; ``None`` stays ``None``."""
     if text is None:
         return None
-    value = json.loads(text)
+    value = _json.loads(text)
     if _looks_like_envelope(value):
         return pickle.loads(base64.b64decode(value[_PICKLE_KEY]))  # noqa: S301 - written by dumps only
     return value
