@@ -115,6 +115,9 @@ _SCALAR_SIZE = 24
 _PER_FIELD_SLACK = 400  # a float rendered with %f can take ~320 characters
 
 
+_CURRENT_LIMITS: dict[tuple[Any, ...], Limits] = {}
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """The bounds one evaluation runs under; ``Limits.current()`` reads the module constants."""
@@ -132,11 +135,18 @@ class Limits:
 
     @classmethod
     def current(cls) -> Limits:
-        """Return limits built from the module constants as they are now."""
-        return cls(
+        """Return limits built from the module constants as they are now (one instance per set of
+        values: every evaluation asks, and building a frozen dataclass costs more than looking)."""
+        values = (
             MAX_EXPRESSION_LENGTH, MAX_AST_NODES, MAX_AST_DEPTH, MAX_INT_DIGITS, MAX_SEQUENCE_LENGTH,
             MAX_VALUE_SIZE, MAX_ALLOCATION, MAX_STEPS, TIME_LIMIT, MAX_FORMAT_WIDTH,
         )  # fmt: skip
+        known = _CURRENT_LIMITS.get(values)
+        if known is None:
+            if len(_CURRENT_LIMITS) >= 16:
+                _CURRENT_LIMITS.clear()
+            known = _CURRENT_LIMITS[values] = cls(*values)
+        return known
 
     @property
     def max_int_bits(self) -> int:

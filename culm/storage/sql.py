@@ -106,6 +106,7 @@ _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
 _QUOTED = ("key", "loop")
+_SEQUENCES = (list, tuple)  # parameters every driver takes as they are
 
 
 def _copy_state(s: StateRecord) -> StateRecord:
@@ -258,6 +259,7 @@ class SqlUnit:
         self._lock_rows = dialect != "sqlite"
         self._cur = conn.cursor()
         self._sql = _adapt_sqlite if dialect == "sqlite" else (_adapt_mysql if dialect == "mysql" else _adapt_pg)
+        self._plain_sql = dialect == "sqlite"  # statements go to sqlite3 as written
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
         # in one pipelined round trip, right before the next statement that needs an answer (a
         # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
@@ -297,7 +299,7 @@ class SqlUnit:
                     cur.execute(q, p)
                 cur.execute(self._sql(sql), tuple(params))
             return cur
-        cur.execute(self._sql(sql), tuple(params))
+        cur.execute(sql if self._plain_sql else self._sql(sql), params if type(params) in _SEQUENCES else tuple(params))
         return cur
 
     def _later(self, sql: str, params: Sequence[Any] = (), key: Any = None) -> None:
@@ -306,7 +308,8 @@ class SqlUnit:
         ``key``: the rows it writes, as (table, primary key) pairs, if known (see _combined).
         """
         if self._deferred is None:
-            self._cur.execute(self._sql(sql), tuple(params))
+            self._cur.execute(sql if self._plain_sql else self._sql(sql),
+                              params if type(params) in _SEQUENCES else tuple(params))
         else:
             self._deferred.append((self._sql(sql), params, key))
 
