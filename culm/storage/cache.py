@@ -31,7 +31,15 @@ from typing import Any
 
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage import codec
-from culm.storage.sql import _STATE_COLUMNS, SqlUnit, _copy_state, _state_row
+from culm.storage.sql import (
+    _STATE_COLUMNS,
+    _STATE_INDEX,
+    _STATE_INSERT,
+    SqlUnit,
+    _copy_state,
+    _state_params,
+    _state_row,
+)
 
 # A pipeline context holding a value whose stored text is longer than this is not kept (it is
 # read from the database each time), so large data cannot multiply across the kept pipelines.
@@ -55,6 +63,7 @@ def bump_epoch(unit: SqlUnit) -> None:
     unit._x(f"PRAGMA user_version = {(epoch + 1) % 2_000_000_000}")
 
 
+_VERSION, _NAME = _STATE_INDEX["version"], _STATE_INDEX["name"]
 _TASK_FIELDS = frozenset(TaskRecord.__slots__)  # lease columns (owner, claimed_until) are not kept
 
 
@@ -134,6 +143,32 @@ class CachedUnit(SqlUnit):
     def __init__(self, conn: Any, dialect: str, cache: RecordCache) -> None:
         super().__init__(conn, dialect)
         self.cache = cache
+        # INSERTs of kept states not sent yet, by node id (the parameter lists). An event or a
+        # gateway is entered and left in one step: its finishing compare-and-set is decided on
+        # the copy and folded into the INSERT, one statement instead of two. They go out, in
+        # one executemany, before any other statement that could read or touch culm_state (every
+        # immediate statement, reset_inner_loops) and before the commit.
+        self._unsent_inserts: dict[str, list[Any]] = {}
+
+    # -- unsent state INSERTs ---------------------------------------------------------------
+    def _send_inserts(self) -> None:
+        rows = list(self._unsent_inserts.values())
+        self._unsent_inserts.clear()
+        self._cur.executemany(_STATE_INSERT, rows)
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self._unsent_inserts:
+            self._send_inserts()
+        return super()._x(sql, params)
+
+    def flush(self, *, commit: bool = False) -> None:
+        if self._unsent_inserts:
+            self._send_inserts()
+        super().flush(commit=commit)
+
+    def _drop_unsent(self) -> None:
+        self._unsent_inserts.clear()
+        super()._drop_unsent()
 
     # -- states ---------------------------------------------------------------------------
     def _load_root(self, root_id: str) -> None:
@@ -195,9 +230,28 @@ class CachedUnit(SqlUnit):
         return found
 
     def insert_state(self, rec: StateRecord) -> None:
-        super().insert_state(rec)
-        if rec.node_id in self.cache.node_root:
-            self.cache.states[rec.node_id] = _copy_state(rec)
+        if rec.node_id not in self.cache.node_root or self._deferred is not None:
+            super().insert_state(rec)
+            if rec.node_id in self.cache.node_root:
+                self.cache.states[rec.node_id] = _copy_state(rec)
+            return
+        self._unsent_inserts[rec.node_id] = _state_params(rec)
+        self.cache.states[rec.node_id] = _copy_state(rec)
+
+    def _cas_state(
+        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: dict[str, Any]
+    ) -> bool:
+        unsent = self._unsent_inserts.get(node_id)
+        if unsent is None or not fields.keys() <= _STATE_INDEX.keys():
+            return super()._cas_state(node_id, expect_version, expect_names, fields)
+        # The row exists only in this transaction, as ``unsent``: compare and set right there.
+        if expect_version is not None and unsent[_VERSION] != expect_version:
+            return False
+        if expect_names is not None and unsent[_NAME] not in set(expect_names):
+            return False
+        for k, v in fields.items():
+            unsent[_STATE_INDEX[k]] = v
+        return True
 
     def update_state(
         self,
@@ -214,6 +268,8 @@ class CachedUnit(SqlUnit):
         return ok
 
     def reset_inner_loops(self, parent_id: str) -> None:
+        if self._unsent_inserts:
+            self._send_inserts()  # the UPDATE must see them
         super().reset_inner_loops(parent_id)
         c = self.cache
         root = c.roots.get(c.node_root.get(parent_id, ""))

@@ -114,6 +114,12 @@ def _copy_state(s: StateRecord) -> StateRecord:
                        s.error_ignored, s.created_time, s.started_time, s.archived_time)
 
 
+def _state_params(rec: StateRecord) -> list[Any]:
+    """The parameters of _STATE_INSERT for ``rec`` (a list: a deferred INSERT may take changes)."""
+    return [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
+            rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
+
+
 def _state_row(r: Sequence[Any]) -> StateRecord:
     return StateRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]), r[10], r[11], r[12])
 
@@ -326,6 +332,12 @@ class SqlUnit:
             if commit:
                 self.conn.driver_connection.commit()
 
+    def _drop_unsent(self) -> None:
+        """Forget the writes still waiting to be sent (the part of the transaction that made them
+        is being undone)."""
+        if self._deferred:
+            self._take_deferred()
+
     def _take_deferred(self) -> list[tuple[str, Sequence[Any]]]:
         """Hand over the deferred writes, as few statements as they can be (_combined)."""
         pending = self._deferred or []
@@ -394,8 +406,7 @@ class SqlUnit:
             yield
             self.flush()
         except BaseException:
-            if self._deferred:
-                self._take_deferred()  # writes of the undone part never reach the server
+            self._drop_unsent()  # writes of the undone part never reach the server
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
@@ -501,8 +512,7 @@ class SqlUnit:
     def insert_state(self, rec: StateRecord) -> None:
         if self._state_view is not None:
             self._state_view[rec.node_id] = _copy_state(rec)
-        params = [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
-                  rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
+        params = _state_params(rec)
         self._later(_STATE_INSERT, params, (("culm_state", (rec.node_id,)),))
         if self._deferred is not None:
             # The queued entry holds this very list, so a later compare-and-set can edit it.

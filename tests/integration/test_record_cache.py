@@ -148,3 +148,80 @@ def test_large_context_values_are_read_not_kept(embedded):
     assert outputs(embedded, second.id)["blob"] == big
     kept = embedded.dispatcher.cache
     assert tree["id"] in kept.big_contexts and tree["id"] not in kept.contexts
+
+
+# -- state INSERTs folded with the compare-and-set that finishes them ------------------------
+
+
+@pytest.fixture
+def fold_store(tmp_path):
+    """A store with one pipeline's nodes indexed and its root's state stored, and engine copies."""
+    from culm.storage.cache import RecordCache
+    from culm.storage.sql import SqlStore
+
+    store = SqlStore(f"sqlite:///{tmp_path}/fold.db")
+    try:
+        with store.transaction() as unit:
+            unit.add_nodes([{"id": i, "root_id": "root", "pipeline_id": "root", "type": "t"}
+                            for i in ("root", "a", "b")])
+            unit.insert_state(_state("root"))
+        yield store, RecordCache()
+    finally:
+        store.dispose()
+
+
+def _load_root(unit):
+    """Read the root's state through the copies, which loads every state of that root."""
+    assert unit.get_states(["root"])["root"].name == "RUNNING"
+    assert unit.cache.node_root.get("a") == "root"
+
+
+def _state(node_id: str, name: str = "RUNNING"):
+    from culm.core.records import StateRecord
+
+    return StateRecord(node_id, "root", "root", name, "v1", 1, 1, 0, False, False, 1.0, 1.0, None)
+
+
+def _stored(store, node_id):
+    with store.reading() as unit:
+        return unit.get_state(node_id)
+
+
+def test_a_state_finished_in_its_own_transaction_is_stored_finished(fold_store):
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+        unit.insert_state(_state("a"))
+        assert not unit.update_state("a", expect_version="v0", name="FINISHED")  # wrong version
+        assert not unit.update_state("a", expect_names=["FAILED"], name="FINISHED")  # wrong state
+        assert unit.update_state("a", expect_version="v1", expect_names=["RUNNING"], name="FINISHED",
+                                 archived_time=2.0, error_ignored=True)
+        assert unit.get_state("a").name == "FINISHED"
+    st = _stored(store, "a")
+    assert (st.name, st.archived_time, st.error_ignored, st.version) == ("FINISHED", 2.0, True, "v1")
+
+
+def test_statements_after_a_folded_insert_see_the_row(fold_store):
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+        unit.insert_state(_state("a"))
+        unit.insert_state(_state("b"))
+        # A read through SQL, and an UPDATE by parent: both must find the rows not sent yet.
+        assert {s.node_id for s in unit.states_of_root("root")} == {"root", "a", "b"}
+        unit.reset_inner_loops("root")
+        assert unit.update_state("a", expect_version="v1", name="FINISHED")  # now a real UPDATE
+    assert (_stored(store, "a").name, _stored(store, "a").inner_loop) == ("FINISHED", 0)
+    assert _stored(store, "b").inner_loop == 0
+
+
+def test_an_undone_savepoint_takes_its_unsent_inserts_with_it(fold_store):
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+        unit.insert_state(_state("a"))
+        with pytest.raises(RuntimeError), unit.savepoint():
+            unit.insert_state(_state("b"))
+            raise RuntimeError("undo this part")
+    assert _stored(store, "a") is not None
+    assert _stored(store, "b") is None
