@@ -30,6 +30,7 @@ PLAIN_END = "EmptyEndEvent"
 ACTIVITY_FLAGS = ("error_ignorable", "skippable", "retryable", "optional")
 LOOP_FLAGS = ("enable", "fail_skip", "retryable", "skippable")
 VAR_FLAGS = ("is_param", "need_render", "need_initialization")
+_PLAIN_OR_SPLICE = ("plain", "splice")  # a tuple: a damaged tree's type may be unhashable
 
 
 def label(value: Any) -> str:
@@ -115,8 +116,10 @@ class ShapeChecker:
             return []
         self._flows_of(flows, graph)
         out_by_node: dict[str, set[str]] = {}
-        for flow_id, (source, _) in graph.flows.items():
-            out_by_node.setdefault(source, set()).add(flow_id)
+        if any(isinstance(g, dict) and isinstance(g.get("type"), str) and g["type"] in CONDITIONAL_TYPES
+               for g in gateways.values()):
+            for flow_id, (source, _) in graph.flows.items():  # only conditions are checked against it
+                out_by_node.setdefault(source, set()).add(flow_id)
         activity_ids = {key for key in activities if isinstance(key, str)}
         prefix = "" if item.expected_id is None else f"{graph.id}."
         self._start_event(pipe.get("start_event"), graph, prefix)
@@ -151,13 +154,12 @@ class ShapeChecker:
 
     def _flows_of(self, flows: dict[Any, Any], graph: PipelineGraph) -> None:
         for key, flow in flows.items():
-            where = label(key)
             if not isinstance(flow, dict) or not isinstance(flow.get("id"), str) or not flow.get("id"):
-                self.add(where, "flow must be a dict with a non-empty string id")
+                self.add(label(key), "flow must be a dict with a non-empty string id")
                 graph.sound = False
                 continue
             if flow["id"] != key:
-                self.add(where, f"flow key does not match its id {flow['id']!r}")
+                self.add(label(key), f"flow key does not match its id {flow['id']!r}")
                 graph.sound = False
                 continue
             self._register(key)
@@ -169,16 +171,15 @@ class ShapeChecker:
             graph.flows[key] = (source, target)
 
     def _node_id(self, key: Any, node: Any, what: str, where: str | None = None) -> str | None:
-        where = where or label(key)
         if not isinstance(node, dict):
-            self.add(where, f"{what} must be a dict")
+            self.add(where or label(key), f"{what} must be a dict")
             return None
         nid = node.get("id")
         if not isinstance(nid, str) or not nid:
-            self.add(where, f"{what} id must be a non-empty string")
+            self.add(where or label(key), f"{what} id must be a non-empty string")
             return None
         if key is not None and nid != key:
-            self.add(where, f"{what} key does not match its id {nid!r}")
+            self.add(where or label(key), f"{what} key does not match its id {nid!r}")
             return None
         self._register(nid)
         return nid
@@ -356,6 +357,8 @@ class ShapeChecker:
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
                 continue
+            if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
+                continue  # {"type", "value"} of a plain or splice variable: nothing to report
             at = f"{where}.{key}" if keyed_where else where
             self._var(at, f"{what} {key!r}", var, activity_ids)
 
