@@ -19,7 +19,7 @@ class VersionLostError(Exception):
     """The node's version changed under us (forced fail, retry, revoke): drop our result."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """One node being run by one process inside one transaction."""
 

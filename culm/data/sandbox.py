@@ -118,9 +118,15 @@ _PER_FIELD_SLACK = 400  # a float rendered with %f can take ~320 characters
 _CURRENT_LIMITS: dict[tuple[Any, ...], Limits] = {}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class Limits:
-    """The bounds one evaluation runs under; ``Limits.current()`` reads the module constants."""
+    """The bounds one evaluation runs under; ``Limits.current()`` reads the module constants.
+
+    Compared and hashed by identity (it is part of every remembered evaluation's key, and a
+    field-by-field hash per evaluation costs more than the lookup): ``current()`` hands out one
+    instance per set of values, so equal limits made elsewhere only miss the memo, never hit a
+    wrong entry.
+    """
 
     max_length: int
     max_nodes: int
