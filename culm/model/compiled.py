@@ -212,23 +212,27 @@ def _compile_one(pipe: dict, parent: str | None, nodes: dict, pipelines: dict, p
         end_event_id=pipe["end_event"]["id"], inputs=inputs, outputs=tuple(outputs),
         pre_render_keys=tuple(data.get("pre_render_keys") or ()), output_map=_output_map(inputs),
     )
-    raw_nodes = [pipe["start_event"], pipe["end_event"], *pipe.get("activities", {}).values()]
+    end_event = pipe["end_event"]
+    raw_nodes = [pipe["start_event"], end_event, *pipe.get("activities", {}).values()]
     raw_nodes.extend(pipe.get("gateways", {}).values())
     for raw in raw_nodes:
-        flow_ids = tuple(_as_list(raw.get("outgoing")))
-        targets = tuple(flows[f]["target"] for f in flow_ids)
+        out = raw.get("outgoing")
+        if out.__class__ is str and out:  # most nodes have one outgoing flow
+            flow_ids: tuple[str, ...] = (out,)
+            targets: tuple[str, ...] = (flows[out]["target"],)
+        else:
+            flow_ids = tuple(_as_list(out))
+            targets = tuple([flows[f]["target"] for f in flow_ids])
         ntype = raw["type"]
         end_code = None
-        if raw is pipe["end_event"] and ntype != END:
+        if raw is end_event and ntype != END:
             end_code, ntype = ntype, EXECUTABLE_END
         conds: tuple[Condition, ...] = ()
         default = None
         if ntype in (EXCLUSIVE, CONDITIONAL_PARALLEL):
             conds, default = _conditions(raw, flows)
-        nodes[raw["id"]] = Node(
-            id=raw["id"], type=ntype, name=raw.get("name"), pipeline_id=pid, flows=flow_ids, targets=targets,
-            raw=raw, converge_gateway_id=raw.get("converge_gateway_id"), conditions=conds, default=default,
-            end_code=end_code,
-        )
+        # Positional: a frozen dataclass built by keyword costs a third more, once per node.
+        nodes[raw["id"]] = Node(raw["id"], ntype, raw.get("name"), pid, flow_ids, targets, raw,
+                                raw.get("converge_gateway_id"), conds, default, end_code)
         if ntype == SUBPROCESS:
             pending.append((raw["pipeline"], pid))
