@@ -55,9 +55,8 @@ def run_pipeline(
             unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at)
         else:
             unit.add_pipeline(root_id, tree, root_pipeline_data, options, at)
-        rows = [{"id": root_id, "root_id": root_id, "pipeline_id": root_id, "type": "Pipeline"}]
-        rows.extend({"id": n.id, "root_id": root_id, "pipeline_id": n.pipeline_id, "type": n.type}
-                    for n in graph.nodes.values())
+        rows = [(root_id, root_id, root_id, "Pipeline")]
+        rows.extend([(n.id, root_id, n.pipeline_id, n.type) for n in graph.nodes.values()])
         unit.add_nodes(rows)
         for spec in graph.pipelines.values():
             extra = root_pipeline_context if spec.id == root_id else subprocess_context

@@ -64,6 +64,8 @@ def normalise_url(url: str) -> str:
 
 _STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
                   "error_ignored", "created_time", "started_time", "archived_time")
+_NODE_COLUMNS = ("id", "root_id", "pipeline_id", "type")
+_NODE_INSERT = f"INSERT INTO culm_node ({', '.join(_NODE_COLUMNS)}) VALUES (?, ?, ?, ?)"
 _STATE_SELECT = "SELECT " + ", ".join(_STATE_COLUMNS) + " FROM culm_state"
 _STATE_INSERT = (f"INSERT INTO culm_state ({', '.join(_STATE_COLUMNS)}) "
                  f"VALUES ({','.join('?' * len(_STATE_COLUMNS))})")
@@ -349,7 +351,7 @@ class SqlUnit:
         if rows:
             if self._deferred:
                 self.flush()
-            self._cur.executemany(self._sql(sql), [tuple(r) for r in rows])
+            self._cur.executemany(sql if self._plain_sql else self._sql(sql), rows)
 
     def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._x(sql, params).fetchone()
@@ -437,8 +439,12 @@ class SqlUnit:
         row = self._one("SELECT root_data FROM culm_pipeline WHERE id = ?", [root_id])
         return codec.loads(row[0]) if row else {}
 
-    def add_nodes(self, rows: Sequence[dict]) -> None:
-        self._insert("culm_node", list(rows))
+    def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Index a run's nodes: rows of (id, root_id, pipeline_id, type)."""
+        if self._deferred is None:
+            self._many(_NODE_INSERT, rows)
+        else:
+            self._insert("culm_node", [dict(zip(_NODE_COLUMNS, r, strict=True)) for r in rows])
 
     def node_root(self, node_id: str) -> str | None:
         row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])

@@ -162,8 +162,7 @@ def fold_store(tmp_path):
     store = SqlStore(f"sqlite:///{tmp_path}/fold.db")
     try:
         with store.transaction() as unit:
-            unit.add_nodes([{"id": i, "root_id": "root", "pipeline_id": "root", "type": "t"}
-                            for i in ("root", "a", "b")])
+            unit.add_nodes([(i, "root", "root", "t") for i in ("root", "a", "b")])
             unit.insert_state(_state("root"))
         yield store, RecordCache()
     finally:
