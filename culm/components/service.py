@@ -370,7 +370,8 @@ class Service(_Hooks):
 
     def __init__(self, name: str | None = None) -> None:
         self.name = name
-        self.interval = copy.deepcopy(self.interval)
+        if self.interval is not None:  # each instance counts its own polls
+            self.interval = copy.deepcopy(self.interval)
         self.logger: logging.Logger | logging.LoggerAdapter[Any] = _DEFAULT_LOGGER
         self.id: str | None = None
         self.version: str | None = None

@@ -163,7 +163,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     proc.current_node_id = node_id
     if unit.reads_ahead:  # one read for the states this walk may need, not one per node entered
         unit.prefetch_states([*proc.stack, *graph.ahead(node_id)])
-    found = unit.get_states([*proc.stack, node_id])
+    found = unit.get_states([*proc.stack, node_id], mutable=(node_id,))  # the stack's are only read
     _check_stack(unit, proc, found)
     node = graph.node(node_id)
     st = found.get(node_id)

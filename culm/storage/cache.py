@@ -26,7 +26,7 @@ mutates its inputs cannot change what the next node reads.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import Any
 
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
@@ -210,15 +210,15 @@ class CachedUnit(SqlUnit):
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Nothing to do: the copies already answer for every state of a loaded root."""
 
-    def get_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+    def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         c = self.cache
         found: dict[str, StateRecord] = {}
         missing: list[str] = []
         for nid in node_ids:
             if nid in c.node_root:
                 st = c.states.get(nid)
-                if st is not None:
-                    found[nid] = _copy_state(st)
+                if st is not None:  # a kept record is handed out only to be read
+                    found[nid] = _copy_state(st) if mutable is None or nid in mutable else st
             else:
                 missing.append(nid)
         if missing:

@@ -6,7 +6,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -475,13 +475,17 @@ class SqlUnit:
             self._owned[node_id] = [st.version, st.name]
         return st
 
-    def get_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+    def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
+        """The states of ``node_ids`` that exist. With ``mutable``, only the records of those ids may
+        be changed by the caller; the others may be shared with this unit's views (read them only).
+        """
         ids = list(node_ids)
         if not ids:
             return {}
         view = self._state_view
         if view is not None and all(i in view for i in ids):
-            return {i: _copy_state(st) for i in ids if (st := view[i]) is not None}
+            return {i: (_copy_state(st) if mutable is None or i in mutable else st)
+                    for i in ids if (st := view[i]) is not None}
         if len(ids) == 1:
             st = self.get_state(ids[0])
             return {st.node_id: st} if st else {}
