@@ -46,7 +46,7 @@ def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
     return out
 
 
-def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, dctx.ContextVar]:
+def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, Any]:
     """Read ``keys`` and everything they reference, in at most two round trips.
 
     The values are the stored :class:`ContextValue` records: they carry every attribute of a
@@ -64,7 +64,7 @@ def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, dctx.ContextVar
         more -= found.keys()
         if more:
             found.update(fetch(more))
-    return found  # type: ignore[return-value]
+    return found
 
 
 def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
