@@ -5,6 +5,7 @@
 ``callback`` starts a pipeline with a callback node, calls back once it waits, then kills itself.
 ``batch N WORKERS`` starts N pipelines of instant activities on WORKERS user-code threads, prints
 their ids as a JSON list, then keeps running until killed.
+``serve`` holds the runner lock (printing ``ready``) until a line comes on stdin, then closes.
 ``resume_all WORKERS ROOT...`` opens the database on WORKERS threads and waits until every root is
 FINISHED, printing how many are not and how long it took.
 """
@@ -124,7 +125,11 @@ def main() -> None:
         batch_main(mode, db, sys.argv[3:])
         return
     runtime = culm.Runtime(db)
-    if mode == "start":
+    if mode == "serve":
+        print("ready", flush=True)
+        sys.stdin.readline()
+        runtime.close()
+    elif mode == "start":
         tree = chain_with_parallel()
         assert api.run_pipeline(runtime, tree).result
         print(tree["id"], flush=True)
