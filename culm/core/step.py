@@ -27,7 +27,15 @@ class Step:
         self.unit.insert_tasks(tasks)
         self.tasks.extend(tasks)
 
-    def state_changed(self, st: StateRecord, loop: int = -1) -> None:
+    def state_changed(
+        self, st: StateRecord, loop: int = -1, *, from_state: str | None = None, root_id: str | None = None
+    ) -> None:
+        """A state write: recorded in the change feed, then ``post_set_state`` after the commit.
+
+        ``from_state``: the state before the write (None: created); ``root_id``: the run's root when
+        the record does not carry it yet (a state created ahead of the node being reached).
+        """
+        self.note_change(st, from_state, root_id)
         if signals.post_set_state.has_receivers:
             parent = "" if st.node_id == st.root_id else st.parent_id
             self.events.append(
@@ -39,6 +47,10 @@ class Step:
                     },
                 )
             )
+
+    def note_change(self, st: StateRecord, from_state: str | None, root_id: str | None = None) -> None:
+        """Append a state write to the change feed, in this step's transaction (no signal)."""
+        self.unit.record_change(root_id or st.root_id, st.node_id, from_state, st.name, st.version, st.loop)
 
     def event(self, event_type: str, **data: Any) -> None:
         if signals.pipeline_event.has_receivers:
