@@ -37,10 +37,12 @@ if TYPE_CHECKING:
     from culm.storage.sql import SqlStore
 
 _SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
-_AFTER = _SELECT + " WHERE seq > ? ORDER BY seq LIMIT ?"
-_AFTER_OF_ROOT = _SELECT + " WHERE root_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+_RANGE = _SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+_RANGE_OF_ROOT = _SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
 _LAST = "SELECT MAX(seq) FROM culm_change"
 _FIRST = "SELECT MIN(seq) FROM culm_change"
+_TIME_FROM = 'SELECT "time" FROM culm_change WHERE seq >= ? ORDER BY seq LIMIT 1'
+_CREATED = "SELECT created_time FROM culm_pipeline WHERE id = ?"
 _STATE_OF = "SELECT name FROM culm_state WHERE node_id = ?"
 _ROOT_OF = "SELECT root_id FROM culm_node WHERE id = ?"
 # Rows of one seq range, old enough, of pipelines whose root state is final.
@@ -53,6 +55,10 @@ BATCH = 1000  # rows per read
 PRUNE_CHUNK = 20_000  # seqs per pruning transaction (short locks on server databases)
 SETTLE = 1.0  # seconds after which a hole below a seen seq is taken for a rolled-back write
 POLL_MIN, POLL_MAX = 0.002, 0.05
+# One root's history is read from the first change written this long before the pipeline was
+# created (clocks of several hosts disagree a little) when that skips many rows.
+CLOCK_SKEW = 60.0
+FAR_BEHIND = 10_000
 FINAL_STATES = frozenset({states.FINISHED, states.REVOKED})
 
 
@@ -82,13 +88,14 @@ class ChangeFeed:
             row = unit._one(_LAST)
         return int(row[0]) if row and row[0] is not None else 0
 
-    def read(self, after: int, root_id: str | None = None, limit: int = BATCH) -> list[StateChange]:
-        """Up to ``limit`` changes with seq > ``after`` (of one root when given), in seq order."""
+    def read(self, after: int, upto: int, root_id: str | None = None, limit: int = BATCH) -> list[StateChange]:
+        """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq
+        order."""
         with self._store.reading() as unit:
             if root_id is None:
-                rows = unit._all(_AFTER, [after, limit])
+                rows = unit._all(_RANGE, [after, upto, limit])
             else:
-                rows = unit._all(_AFTER_OF_ROOT, [root_id, after, limit])
+                rows = unit._all(_RANGE_OF_ROOT, [after, upto, root_id, limit])
         return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
 
     def changes(
@@ -97,12 +104,16 @@ class ChangeFeed:
         """Changes with seq > ``after``, blocking for new ones until ``timeout`` seconds have
         passed since the call (None: forever); then the iterator ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursor = after
+        cursor = after  # every seq up to here is yielded or given up
+        if root_id is not None:
+            cursor = max(cursor, self._history_start(root_id, after))
         seen: dict[int, float] = {}  # seqs above the cursor already yielded -> when first read
+        covered: list[tuple[int, float]] = []  # (seq every read up to it, when first read so)
         idle = 0
         while True:
             generation = self._generation
-            rows = self.read(cursor, root_id)
+            last = self.last_seq()
+            rows = self.read(cursor, last, root_id) if last > cursor else []
             at = time.monotonic()
             fresh = 0
             for change in rows:
@@ -110,8 +121,10 @@ class ChangeFeed:
                     seen[change.seq] = at
                     fresh += 1
                     yield change
-            cursor = self._advance(cursor, seen, at, contiguous=root_id is None)
-            if len(rows) >= BATCH and fresh:
+            full = len(rows) >= BATCH
+            covered.append((rows[-1].seq if full else last, at))
+            cursor = self._advance(cursor, seen, covered, at, contiguous=root_id is None)
+            if full and fresh:
                 continue  # more are waiting
             idle = 0 if fresh else idle + 1
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -122,15 +135,17 @@ class ChangeFeed:
                 pause = min(pause, SETTLE / 4)  # come back to move the cursor past settled seqs
             self._sleep(generation, pause if remaining is None else min(pause, remaining))
 
-    def _advance(self, cursor: int, seen: dict[int, float], at: float, *, contiguous: bool) -> int:
-        """Move the cursor past the seqs no earlier change can still appear below."""
-        if not seen:
-            return cursor
-        if self._ordered:
-            top = max(seen)
+    def _advance(
+        self, cursor: int, seen: dict[int, float], covered: list[tuple[int, float]], at: float, *, contiguous: bool
+    ) -> int:
+        """Move the cursor past the seqs below which no change can still appear."""
+        if self._ordered:  # what a read did not see below its upper bound will never be there
+            cursor = max(cursor, covered[-1][0])
+            covered.clear()
             seen.clear()
-            return top
-        settled = [s for s, first in seen.items() if at - first >= SETTLE]
+            return cursor
+        # A seq read SETTLE ago: a hole below it is a rolled-back write, not a late commit.
+        settled = [s for s, first in [*seen.items(), *covered] if at - first >= SETTLE]
         if settled:
             cursor = max(cursor, *settled)
         if contiguous:  # every seq is ours to see: a run without holes needs no waiting
@@ -138,7 +153,28 @@ class ChangeFeed:
                 cursor += 1
         for s in [s for s in seen if s <= cursor]:
             del seen[s]
+        covered[:] = [(s, first) for s, first in covered if s > cursor]
         return cursor
+
+    def _history_start(self, root_id: str, after: int) -> int:
+        """A seq below the first change of ``root_id``: found by time when that skips many rows."""
+        last = self.last_seq()
+        if last - after <= FAR_BEHIND:
+            return after
+        with self._store.reading() as unit:
+            row = unit._one(_CREATED, [root_id])
+            if row is None:
+                return after
+            since = float(row[0]) - CLOCK_SKEW
+            lo, hi = max(after, 0), last  # times grow with seq, give or take the skew allowed for
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                found = unit._one(_TIME_FROM, [mid])
+                if found is not None and float(found[0]) < since:
+                    lo = mid
+                else:
+                    hi = mid - 1
+        return lo
 
     def _sleep(self, generation: int, timeout: float) -> None:
         with self._cond:

@@ -196,7 +196,7 @@ change = Table(
     "culm_change",
     metadata,
     Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
-    Column("root_id", String(ID), nullable=False, index=True),
+    Column("root_id", String(ID), nullable=False),
     Column("node_id", String(ID), nullable=False),
     Column("from_state", String(32)),
     Column("to_state", String(32), nullable=False),

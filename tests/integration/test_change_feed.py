@@ -14,31 +14,32 @@ import threading
 from pathlib import Path
 
 import pytest
-from engine_fixtures import children, run, wait_state
+from engine_fixtures import chain, children, run, wait_state
 
 import culm
 from culm import StateChange, api
-from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
+from culm.builder import ServiceActivity, SubProcess, Var, build_tree
 from culm.errors import NotFoundError
+from culm.storage import feed
 
 pytestmark = pytest.mark.timeout(90)
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def chain(*nodes):
-    start = EmptyStartEvent()
-    tail = start
-    for n in nodes:
-        tail = tail.extend(n)
-    tail.extend(EmptyEndEvent())
-    return start
-
-
 def failing():
     act = ServiceActivity(component_code="t_fail")
     act.component.inputs.ok = Var(type=Var.PLAIN, value=False)
     return act
+
+
+def failed_run(runtime):
+    """Start a pipeline whose only activity fails; returns (root id, the activity) once FAILED."""
+    bad = failing()
+    tree = build_tree(chain(bad))
+    run(runtime, tree)
+    wait_state(runtime, bad.id, "FAILED", timeout=30)
+    return tree["id"], bad
 
 
 def feed_of(runtime, root_id, after=0):
@@ -84,11 +85,7 @@ def test_feed_of_a_run_matches_its_states(runtime):
 
 
 def test_feed_records_failure_skip_and_wait(runtime):
-    bad = failing()
-    tree = build_tree(chain(bad))
-    root = tree["id"]
-    run(runtime, tree)
-    wait_state(runtime, bad.id, "FAILED", timeout=30)
+    root, bad = failed_run(runtime)
     with pytest.raises(TimeoutError, match=root):
         runtime.wait(root, timeout=0.3)
     assert api.skip_node(runtime, bad.id).result
@@ -101,11 +98,7 @@ def test_feed_records_failure_skip_and_wait(runtime):
 
 
 def test_wait_returns_revoked(runtime):
-    bad = failing()
-    tree = build_tree(chain(bad))
-    root = tree["id"]
-    run(runtime, tree)
-    wait_state(runtime, bad.id, "FAILED", timeout=30)
+    root, bad = failed_run(runtime)
     assert api.revoke_pipeline(runtime, root).result
     assert runtime.wait(root, timeout=30) == "REVOKED"
     assert [c.to_state for c in feed_of(runtime, root) if c.node_id == root] == ["RUNNING", "REVOKED"]
@@ -144,22 +137,39 @@ def test_changes_end_at_timeout_when_nothing_happens(runtime):
 
 def test_prune_deletes_old_changes_of_finished_pipelines_only(runtime):
     done = build_tree(chain(ServiceActivity(component_code="example_component")))
-    bad = failing()
-    open_run = build_tree(chain(bad))
     run(runtime, done)
-    run(runtime, open_run)
+    open_root, bad = failed_run(runtime)
     assert runtime.wait(done["id"], timeout=30) == "FINISHED"
-    wait_state(runtime, bad.id, "FAILED", timeout=30)
-    kept, finished = feed_of(runtime, open_run["id"]), feed_of(runtime, done["id"])
+    kept, finished = feed_of(runtime, open_root), feed_of(runtime, done["id"])
     runtime.prune_changes(older_than=3600)
     assert feed_of(runtime, done["id"]) == finished  # nothing that young goes
     last = runtime.last_change_seq()
     runtime.prune_changes(older_than=0)
     remaining = feed_of(runtime, done["id"])
     assert all(c.seq == last for c in remaining)  # only the newest row may stay
-    assert feed_of(runtime, open_run["id"]) == kept  # a RUNNING pipeline keeps its changes
+    assert feed_of(runtime, open_root) == kept  # a RUNNING pipeline keeps its changes
     assert runtime.last_change_seq() == last
-    assert children(runtime, open_run["id"])[bad.id] == "FAILED"
+    assert children(runtime, open_root)[bad.id] == "FAILED"
+
+
+def test_history_of_one_root_starts_near_its_creation(tmp_path, monkeypatch):
+    """With many rows before a pipeline, its history is read from a seq found by time (no scan
+    from the start); what it yields is still all of it."""
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
+        early = build_tree(chain(ServiceActivity(component_code="example_component")))
+        run(rt, early)
+        assert rt.wait(early["id"], timeout=30) == "FINISHED"
+        first_seq = rt.last_change_seq()
+        with rt.store.transaction() as unit:  # the early run's changes, back-dated past the skew
+            unit._x('UPDATE culm_change SET "time" = "time" - ?', [10 * feed.CLOCK_SKEW])
+        late = build_tree(chain(ServiceActivity(component_code="example_component")))
+        run(rt, late)
+        assert rt.wait(late["id"], timeout=30) == "FINISHED"
+        monkeypatch.setattr(feed, "FAR_BEHIND", 0)
+        assert rt.store.feed._history_start(late["id"], 0) == first_seq
+        history = feed_of(rt, late["id"])
+        assert history and history[0].seq == first_seq + 1
+        assert_feed_matches_states(history, rt, late["id"])
 
 
 WATCHER = """

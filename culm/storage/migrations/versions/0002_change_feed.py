@@ -33,9 +33,9 @@ def upgrade() -> None:
         sa.Column("loop", sa.Integer(), nullable=False),
         sa.Column("time", sa.Double(), nullable=False),
     )
-    # One pipeline's changes (watch, wait, pruning) without a scan; secondary indexes carry the
-    # primary key, so this is (root_id, seq) on every backend.
-    op.create_index("ix_culm_change_root_id", "culm_change", ["root_id"])
+    # No secondary index: each would cost every state write a B-tree insert at a random place.
+    # Readers follow seq (the primary key); one root's history starts from a seq found by time
+    # (culm.storage.feed).
 
 
 def downgrade() -> None:
