@@ -141,13 +141,19 @@ def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
         unit = step.unit
         _is_pipeline(unit, engine, pipeline_id)
         st = _state(unit, pipeline_id, "pipeline")
+        if st.root_id != pipeline_id:
+            # REVOKED is final: the parent could never go on past the subprocess, and the work
+            # inside it would run on unseen. Only a whole run is revoked.
+            raise InvalidOperationError(
+                f"cannot revoke subprocess {pipeline_id} alone: its pipeline could never go on; revoke the root "
+                f"pipeline {st.root_id}, or pause the subprocess"
+            )
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.REVOKED, archived_time=now())
-        if st.root_id == pipeline_id:
-            # Nothing of a revoked run may move again: stop its processes and pending work now.
-            unit.kill_processes_of_root(pipeline_id)
-            unit.delete_tasks_of_root(pipeline_id)
+        # Nothing of a revoked run may move again: stop its processes and pending work now.
+        unit.kill_processes_of_root(pipeline_id)
+        unit.delete_tasks_of_root(pipeline_id)
         step.event("post_revoke_pipeline", pipeline_id=pipeline_id)
 
 
@@ -373,6 +379,7 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             if not procs:
                 raise InvalidOperationError(f"node {node_id} has no live process waiting")
             proc, schedule_id = procs[0], None
+            multi = _may_take_many_callbacks(node)
         else:
             if sched.type == "poll":
                 raise InvalidOperationError(f"node {node_id} polls; it is not waiting for a callback")
@@ -381,6 +388,12 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             proc, schedule_id = unit.get_process(sched.process_id), sched.id
             if proc is None or proc.dead:
                 raise InvalidOperationError(f"node {node_id} has no live process waiting")
+            multi = sched.type == "multiple_callback"
+        # The state row is locked (``_state``), so concurrent callbacks to the node are checked one by one.
+        if not multi and unit.has_callback(node_id, version):
+            raise InvalidOperationError(
+                f"node {node_id} already received its callback for version {version} (it takes only one)"
+            )
         step.event("pre_callback", node_id=node_id, version=version, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
         callback_id = new_id()
@@ -391,6 +404,17 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
         step.after.append(_service_hook(engine, unit, node, st, "post_callback", data))
         step.event("post_callback", node_id=node_id, version=version, data=data)
         return callback_id
+
+
+def _may_take_many_callbacks(node: g.Node) -> bool:
+    """False only when this process knows the component and it takes a single callback."""
+    from culm.components import library
+
+    try:
+        service_cls = library.get(node.code, node.version).bound_service
+    except Exception:  # noqa: BLE001 - unknown here (e.g. only workers import it): let it through
+        return True
+    return bool(getattr(service_cls, "__multi_callback_enabled__", False))
 
 
 def _may_wait_for_callback(node: g.Node) -> bool:

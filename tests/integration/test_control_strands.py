@@ -26,12 +26,17 @@ def act(code: str = "t_none", **plain: object) -> ServiceActivity:
     return a
 
 
-def line(*nodes: object) -> tuple[dict, EmptyStartEvent]:
+def line_start(*nodes: object) -> EmptyStartEvent:
     start = EmptyStartEvent()
     tail = start
     for n in nodes:
         tail = tail.extend(n)
     tail.extend(EmptyEndEvent())
+    return start
+
+
+def line(*nodes: object) -> tuple[dict, EmptyStartEvent]:
+    start = line_start(*nodes)
     return build_tree(start), start
 
 
@@ -119,3 +124,26 @@ def test_retry_skip_and_appoint_on_a_revoked_pipeline_say_it_is_revoked(runtime)
     refused(api.skip_node(runtime, failing.id), failing.id, "revoked")
     refused(api.pause_node_appoint(runtime, later.id), later.id, "revoked")
     assert node_state(runtime, later.id) is None
+
+
+def test_revoking_a_subprocess_alone_is_refused(runtime):
+    inner = act("t_callback")
+    sub = SubProcess(start=line_start(inner))
+    tree, _ = line(sub, act())
+    run(runtime, tree)
+    st = wait_state(runtime, inner.id, "RUNNING")
+    refused(api.revoke_pipeline(runtime, sub.id), sub.id, tree["id"], "revoke the root")
+    assert node_state(runtime, sub.id)["state"] == "RUNNING"
+    assert api.callback(runtime, inner.id, st["version"], {"ok": True}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+
+
+def test_a_second_callback_to_a_single_callback_node_is_refused(runtime):
+    wait = act("t_callback")
+    tree, _ = line(wait, act())
+    run(runtime, tree)
+    st = wait_state(runtime, wait.id, "RUNNING")
+    assert api.callback(runtime, wait.id, st["version"], {"ok": True}).result
+    refused(api.callback(runtime, wait.id, st["version"], {"ok": False}), wait.id, "already received its callback")
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert api.get_execution_data_outputs(runtime, wait.id).data["callback_data"] == {"ok": True}
