@@ -58,8 +58,16 @@ class Step:
 
     def fire(self) -> None:
         """Run after-commit effects; nothing here may change the committed outcome."""
+        self.send_signals()
+        self.run_after()
+
+    def send_signals(self) -> None:
+        """Send the signals of the committed transaction."""
         for sig, kwargs in self.events:
             sig.send(**kwargs)
+
+    def run_after(self) -> None:
+        """Run the after-commit hooks (read-only service hooks)."""
         for fn in self.after:
             try:
                 fn()
