@@ -339,6 +339,9 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             raise InvalidOperationError(
                 f"callback version {version} of node {node_id} is not its current version {st.version}"
             )
+        if st.name != states.RUNNING and unit.has_callback(node_id, version):
+            raise InvalidOperationError(f"node {node_id} already received its callback (version {version}): "
+                                        f"it is {st.name} now")
         _require(st, (states.RUNNING,), "call back")
         sched = unit.schedule_of(node_id, version)
         if sched is None:
@@ -358,6 +361,13 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             proc, schedule_id = unit.get_process(sched.process_id), sched.id
             if proc is None or proc.dead:
                 raise InvalidOperationError(f"node {node_id} has no live process waiting")
+        multi = sched.type == "multiple_callback" if sched is not None else _takes_many_callbacks(node)
+        if not multi and unit.has_callback(node_id, version):
+            # The state row read above is locked (one writer at a time on SQLite): of concurrent
+            # callbacks, the first to commit is the one, the others find it here.
+            raise InvalidOperationError(
+                f"node {node_id} already received its callback (version {version}); it takes one per run"
+            )
         step.event("pre_callback", node_id=node_id, version=version, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
         callback_id = new_id()
@@ -379,6 +389,18 @@ def _may_wait_for_callback(node: g.Node) -> bool:
     except Exception:  # noqa: BLE001 - unknown here (e.g. only workers import it): let it through
         return True
     return bool(getattr(service_cls, "__need_schedule__", False)) and getattr(service_cls, "interval", None) is None
+
+
+def _takes_many_callbacks(node: g.Node) -> bool:
+    """Whether a node not waiting yet takes several callbacks (True when this process does not
+    know its component: the engine then keeps the first and drops the rest when they run)."""
+    from culm.components import library
+
+    try:
+        service_cls = library.get(node.code, node.version).bound_service
+    except Exception:  # noqa: BLE001 - unknown here (e.g. only workers import it)
+        return True
+    return bool(getattr(service_cls, "__multi_callback_enabled__", False))
 
 
 def update_context_values(engine: Engine, pipeline_id: str, context_values: dict[str, Any]) -> list[str]:

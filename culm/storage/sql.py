@@ -915,6 +915,11 @@ class SqlUnit:
         self._insert("culm_callback_data",
                      [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
 
+    def has_callback(self, node_id: str, version: str) -> bool:
+        """Whether a callback was accepted for ``version`` of node ``node_id``."""
+        return self._one("SELECT 1 FROM culm_callback_data WHERE node_id = ? AND version = ? LIMIT 1",
+                         [node_id, version]) is not None
+
     def get_callback(self, callback_id: str) -> Any:
         row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
         return codec.loads(row[0]) if row else None

@@ -480,3 +480,17 @@ class LockVariable(LazyVariable):
         import threading
 
         return threading.Lock()
+
+
+class CountedCallbackService(CallbackService):
+    """A t_callback whose ``schedule`` calls are counted (count_call "callback")."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        count_call("callback", self.id)
+        return super().schedule(data, parent_data, callback_data)
+
+
+class CountedCallbackComponent(Component):
+    code = "t_callback_counted"
+    name = "counted callback"
+    bound_service = CountedCallbackService
