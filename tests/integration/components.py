@@ -494,3 +494,42 @@ class CountedCallbackComponent(Component):
     code = "t_callback_counted"
     name = "counted callback"
     bound_service = CountedCallbackService
+
+
+# -- stored values (test_stored_values.py) -------------------------------------------------------
+def stored_values() -> dict[str, Any]:
+    """Values a component returns as output ``value`` (t_value, by ``inputs.name``)."""
+    import datetime
+    import decimal
+
+    return {
+        "tuple": (1, 2),
+        "nested tuple": {"a": (1, (2, 3))},
+        "int keys": {1: "a", 2: "b"},
+        "float, bool and None keys": {1.5: "x", True: 1, None: 2},
+        "int and str keys that collide": {1: "a", "1": "b"},
+        "bool and str keys that collide": {True: 1, "true": 2},
+        "collision deep inside": [{"x": {1: "a", "1": "b"}}],
+        "tuple key": {(1, 2): "a"},
+        "set": {1, 2},
+        "datetime": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "decimal": decimal.Decimal("1.10"),
+        "big int": 2**80,
+        "text with NUL": "a\x00b",
+        "text with a lone surrogate": "a\udcffb",
+        "unicode": "h\u00e9llo \u4e2d",
+        "envelope lookalike": {"__culm_pickle__": "x"},
+        "none": None,
+    }
+
+
+class ValueService(Service):
+    def execute(self, data, parent_data):
+        data.set_outputs("value", stored_values()[data.get_one_of_inputs("name")])
+        return True
+
+
+class ValueComponent(Component):
+    code = "t_value"
+    name = "value"
+    bound_service = ValueService
