@@ -94,6 +94,7 @@ def run_pipeline(
     """Validate ``pipeline`` and start it; refused if its id ran before or the tree is invalid."""
     from culm import events, variables
     from culm.model.compiled import compile_tree
+    from culm.model.ignored import warn_ignored_timeouts
     from culm.model.validator import prepare_tree, validate_start_node
 
     with runtime.engine.submitting():
@@ -115,6 +116,7 @@ def run_pipeline(
             subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),
             start_node_id=start_node_id, priority=priority, queue=str(options.get("queue", "") or ""),
         )
+    warn_ignored_timeouts(tree)
     return None
 
 

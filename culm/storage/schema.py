@@ -8,6 +8,7 @@ JSON payloads are stored as text written by :mod:`culm.storage.codec`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Double,
@@ -187,4 +188,19 @@ log = Table(
     Column("created_time", Double, nullable=False),
     Column("line", Text, nullable=False),
     Index("ix_culm_log_node_version", "node_id", "version"),
+)
+
+# The state-change feed (culm.storage.feed): every state write appends a row in the same
+# transaction. ``seq`` grows with every row (SQLite: the rowid); readers follow it.
+change = Table(
+    "culm_change",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("root_id", String(ID), nullable=False),
+    Column("node_id", String(ID), nullable=False),
+    Column("from_state", String(32)),
+    Column("to_state", String(32), nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("loop", Integer, nullable=False),
+    Column("time", Double, nullable=False),
 )
