@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from culm.core import scheduling, walker
+from culm.core import faults, scheduling, walker
 from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, TaskRecord, now
 from culm.core.step import Step
@@ -346,14 +346,47 @@ class ThreadDispatcher:
         return step, calls, done
 
     def _advance_safely(self, step: Step, item: _Item) -> Callable[[], Any] | None:
+        resumed = item.waiting
         try:
             with step.unit.savepoint():
                 return self._advance(step, item)
-        except Exception:  # noqa: BLE001 - this task's changes are undone, not the batch's
+        except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
             if self.cache is not None:
                 self.cache.clear()  # it may hold writes the savepoint just undid
-            logger.exception("task %s (%s of node %s) failed", item.task.id, item.task.kind, item.task.node_id)
+            if self._transient(exc):
+                raise  # the database, not the task: the whole batch is tried again
+            self._fail_task(step, item, resumed, exc)
             return None
+
+    def _transient(self, exc: Exception) -> bool:
+        from culm.dispatch.runner import is_interruption  # runner builds on this module
+
+        return is_interruption(exc, self.engine.store)
+
+    def _fail_task(self, step: Step, item: _Item, resumed: bool, exc: Exception) -> None:
+        """Fail the node of a task whose step raised (see :mod:`culm.core.faults`), in a fresh
+        savepoint; if that raises too, record the least that stops the task, then nothing."""
+        task = item.task
+        logger.error("task %s (%s of node %s) raised; failing its node", task.id, task.kind, task.node_id,
+                     exc_info=exc)
+        item.invoke, item.waiting, item.result = None, False, None
+        attempts = (
+            lambda: faults.fail_task(self.engine, step, task.id, exc, resumed),
+            lambda: faults.fail_minimal(step, task.id),
+        )
+        for attempt in attempts:
+            try:
+                with step.unit.savepoint():
+                    attempt()
+                return
+            except Exception as again:  # noqa: BLE001 - try the next, smaller record
+                if self.cache is not None:
+                    self.cache.clear()
+                if self._transient(again):
+                    raise
+                logger.exception("recording the failure of task %s failed", task.id)
+        logger.critical("task %s of node %s could not be failed; it stays for the next sweep", task.id,
+                        task.node_id)
 
     def _advance(self, step: Step, item: _Item) -> Callable[[], Any] | None:
         """Move one task forward inside the batch transaction; returns user code to run next."""
