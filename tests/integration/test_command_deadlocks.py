@@ -106,6 +106,20 @@ def _operate(rt: Any, runs: list[tuple[str, dict[str, str]]], seed: int, results
         results.append((op, res))
 
 
+def _dump(rt: Any, root: str, nodes: dict[str, str]) -> str:
+    from sqlalchemy import text
+
+    names = {v: k for k, v in nodes.items()}
+    data = (api.get_pipeline_states(rt, root).data or {}).get(root, {})
+    states = {names.get(n, n): e["state"] for n, e in data.get("children", {}).items()}
+    with rt.store.engine.connect() as conn:
+        tasks = conn.execute(text("SELECT kind, node_id, due, owner, claimed_until FROM culm_task WHERE root_id = :r"),
+                             {"r": root}).fetchall()
+        procs = conn.execute(text("SELECT id, current_node_id, asleep, suspended, suspended_by, dead, ack_num, need_ack"
+                                  " FROM culm_process WHERE root_id = :r"), {"r": root}).fetchall()
+    return f"state {data.get('state')}, nodes {states}, tasks {tasks}, processes {procs}, nodes {nodes}"
+
+
 def _settled(rt: Any, root: str, nodes: dict[str, str]) -> str | None:
     """Why the pipeline may rest as it is (None while it is still moving on its own)."""
     data = (api.get_pipeline_states(rt, root).data or {}).get(root, {})
@@ -151,7 +165,10 @@ def test_control_calls_from_many_threads_never_lose_to_a_deadlock(
 
     # Every pipeline comes to rest in a state the invariant allows.
     for root, nodes in runs:
-        why = wait_for(lambda r=root, n=nodes: _settled(rt, r, n), 120, message=f"pipeline {root} to come to rest")
+        try:
+            why = wait_for(lambda r=root, n=nodes: _settled(rt, r, n), 120, message=f"pipeline {root} to come to rest")
+        except AssertionError:
+            raise AssertionError(f"pipeline {root} neither ended nor waits visibly: {_dump(rt, root, nodes)}") from None
         children = _children(rt, root)
         if why == "FINISHED":
             assert all(e["state"] == "FINISHED" for e in children.values()), (root, children)
