@@ -54,12 +54,25 @@ class Step:
 
     def event(self, event_type: str, **data: Any) -> None:
         if signals.pipeline_event.has_receivers:
-            self.events.append((signals.pipeline_event, {"event_type": event_type, "data": data}))
+            self.events.append((signals.pipeline_event, {"event": signals.PipelineEvent(event_type, data)}))
 
     def fire(self) -> None:
         """Run after-commit effects; nothing here may change the committed outcome."""
+        self.send_signals()
+        self.run_after()
+
+    def send_signals(self) -> None:
+        """Send the signals of the committed transaction."""
+        if not self.events:
+            return
+        from culm.core.engine import Engine  # the engine imports this module
+
         for sig, kwargs in self.events:
-            sig.send(**kwargs)
+            # bamboo's senders: the State model class, and the runtime's hook class.
+            sig.send(StateRecord if sig is signals.post_set_state else Engine, **kwargs)
+
+    def run_after(self) -> None:
+        """Run the after-commit hooks (read-only service hooks)."""
         for fn in self.after:
             try:
                 fn()

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
+from culm.core.listing import PipelineQuery
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -22,8 +23,8 @@ from culm.core.records import (
     StateRecord,
     TaskRecord,
 )
-from culm.errors import SchemaOutdatedError
-from culm.storage import codec
+from culm.errors import SchemaOutdatedError, UnstorableValueError
+from culm.storage import codec, listing
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -449,13 +450,19 @@ class SqlUnit:
         self._cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- pipelines and nodes -------------------------------------------------------------
-    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float) -> None:
-        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope)."""
+    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,
+                     name: str = "") -> None:
+        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope);
+        ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
             "root_data": codec.dumps(root_data),
-            "options": codec.dumps(options), "created_time": at,
+            "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
+
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
+        """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
+        return listing.list_pipelines(self._all, self.dialect, query)
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
         row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
@@ -854,8 +861,10 @@ class SqlUnit:
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
     def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
+        """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         self._upsert("culm_execution_data",
-                     {"node_id": node_id, "inputs": codec.dumps(inputs), "outputs": codec.dumps(outputs)},
+                     {"node_id": node_id, "inputs": codec.dumps_fields(inputs, "inputs"),
+                      "outputs": codec.dumps_fields(outputs, "outputs")},
                      ["node_id"])
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
@@ -918,8 +927,13 @@ class SqlUnit:
 
     @staticmethod
     def _context_row(pipeline_id: str, v: ContextValue) -> dict:
+        try:
+            value = codec.dumps(v.value)
+        except UnstorableValueError as exc:
+            raise UnstorableValueError(f"variable {v.key} of pipeline {pipeline_id}: {exc}", "context",
+                                       [v.key]) from None
         return {
-            "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": codec.dumps(v.value),
+            "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": value,
             "code": v.code, "refs": codec.dumps(sorted(v.references)),
         }
 
@@ -951,6 +965,11 @@ class SqlUnit:
         self._insert("culm_callback_data",
                      [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
 
+    def has_callback(self, node_id: str, version: str) -> bool:
+        """Whether a callback was accepted for this run (``version``) of the node."""
+        return self._one("SELECT id FROM culm_callback_data WHERE node_id = ? AND version = ?",
+                         [node_id, version]) is not None
+
     def get_callback(self, callback_id: str) -> Any:
         row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
         return codec.loads(row[0]) if row else None
@@ -976,6 +995,13 @@ class SqlUnit:
         ]
 
     def add_logs(self, rows: Sequence[dict]) -> None:
+        """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
+        bad = [(i, problem) for i, r in enumerate(rows) if (problem := codec.text_problem(r["line"]))]
+        if bad:
+            raise UnstorableValueError(
+                "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
+                "log lines", [i for i, _ in bad],
+            )
         self._insert("culm_log", list(rows))
 
     def logs(self, node_id: str, version: str) -> list[str]:

@@ -59,11 +59,12 @@ class Recorder:
         self.states: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
 
-    def on_state(self, **kw: Any) -> None:
+    # Receivers as Django (and so bamboo) call them: signal and sender first, then named arguments.
+    def on_state(self, signal: Any, sender: Any, **kw: Any) -> None:
         self.states.append(kw)
 
-    def on_event(self, **kw: Any) -> None:
-        self.events.append(kw)
+    def on_event(self, signal: Any, sender: Any, event: Any, **kw: Any) -> None:
+        self.events.append({"event_type": event.event_type, "data": event.data, **kw})
 
     def event_types(self) -> list[str]:
         return [e["event_type"] for e in self.events]
