@@ -6,6 +6,7 @@ import contextlib
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -1093,6 +1094,9 @@ class SqlStore:
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
         self._writer: Any = None
+        # SQLite files: each reading thread's own connection (see _thread_reader).
+        self._readers = threading.local()
+        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
@@ -1172,8 +1176,34 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        with self._raw(write=False) as raw:
+        reader = self._readers if self.dialect == "sqlite" else None
+        if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
+            with self._raw(write=False) as raw:
+                yield SqlUnit(raw, self.dialect)
+            return
+        raw = self._thread_reader()
+        reader.busy = True
+        try:
+            raw.cursor().execute("BEGIN")
             yield SqlUnit(raw, self.dialect)
+        finally:
+            reader.busy = False
+            raw.rollback()
+
+    def _thread_reader(self) -> Any:
+        """This thread's own read connection to the SQLite file, outside the pool.
+
+        Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
+        return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
+        the writer. The connection lives as long as its thread (dispose() closes what is left).
+        """
+        raw = getattr(self._readers, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            raw.detach()
+            self._readers.raw = raw
+            self._all_readers.add(raw)
+        return raw
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False) -> Iterator[Any]:
@@ -1218,6 +1248,10 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
+        for reader in list(self._all_readers):
+            reader.close()  # a thread still holding one gets "closed database" on its next read
+        self._all_readers.clear()
+        self._readers = threading.local()
         self.engine.dispose()
 
 
