@@ -558,11 +558,9 @@ class SqlUnit:
         row = self._one("SELECT MAX(seq) FROM culm_change")
         return int(row[0]) if row and row[0] is not None else 0
 
-    def nodes_changed(self, root_id: str, after: int, upto: int) -> list[str]:
-        """The nodes of ``root_id`` with a recorded change whose seq is in (after, upto]."""
-        rows = self._all("SELECT DISTINCT node_id FROM culm_change WHERE seq > ? AND seq <= ? AND root_id = ?",
-                         [after, upto, root_id])
-        return [r[0] for r in rows]
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
+        return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]

@@ -81,3 +81,21 @@ def test_a_pipeline_read_long_ago_is_read_in_full(runtime, monkeypatch):
     wait_state(runtime, newer["id"], "FINISHED")
     assert_current(runtime, old["id"])
     assert_current(runtime, newer["id"])
+
+
+def test_polling_many_running_pipelines_ends_current(runtime):
+    """One poller, many pipelines changing between its reads: every tree ends as a full read."""
+    from engine_fixtures import wait_until
+
+    trees = [build_tree(chain(act(x=i), SubProcess(start=chain(act(x=i))))) for i in range(10)]
+    for tree in trees:
+        run(runtime, tree)
+
+    def all_finished():
+        states = [api.get_pipeline_states(runtime, t["id"]).data[t["id"]]["state"] for t in trees]
+        return all(s == "FINISHED" for s in states)
+
+    wait_until(all_finished, timeout=60, what="every pipeline FINISHED")
+    for tree in trees:
+        entry = assert_current(runtime, tree["id"])
+        assert {c["state"] for c in entry["children"].values()} == {"FINISHED"}
