@@ -376,3 +376,38 @@ def test_timeout_config_is_found_in_subprocesses():
 def node_finished_in_time(runtime, pipeline_id):
     # The timeout is not enforced: the run finishes as it would without one.
     return wait_finished(runtime, pipeline_id)["state"] == "FINISHED"
+
+
+def test_call_assertion_names_a_mock_by_its_dotted_path():
+    import os
+
+    from culm.components.testing import Call, CallAssertion, Patcher
+
+    class ProbeService(Service):
+        def execute(self, data, parent_data):
+            data.set_outputs("exists", os.path.exists(data.get_one_of_inputs("path")))
+            return True
+
+    class ProbeComponent(Component):
+        name = "probe"
+        code = f"bamboo_doc_probe_{uuid.uuid4().hex[:8]}"
+        bound_service = ProbeService
+
+    class ProbeComponentTest(ComponentTestMixin):
+        def component_cls(self):
+            return ProbeComponent
+
+        def cases(self):
+            return [ComponentTestCase(
+                name="patched", inputs={"path": "/nowhere"}, parent_data={},
+                execute_assertion=ExecuteAssertion(success=True, outputs={"exists": True}),
+                schedule_assertion=None,
+                patchers=[Patcher(target="os.path.exists", return_value=True)],
+                # the same mock, named by another path to it (bamboo imports the dotted path)
+                execute_call_assertion=[CallAssertion(func="posixpath.exists", calls=[Call("/nowhere")])],
+            )]
+
+    try:
+        ProbeComponentTest().test_component()
+    finally:
+        library.unregister(ProbeComponent.code)
