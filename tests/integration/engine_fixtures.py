@@ -87,6 +87,18 @@ def recorder():
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def chain(*nodes: Any) -> Any:
+    """start -> ``nodes`` one after the other -> end; returns the start event."""
+    from culm.builder import EmptyEndEvent, EmptyStartEvent
+
+    start = EmptyStartEvent()
+    tail = start
+    for n in nodes:
+        tail = tail.extend(n)
+    tail.extend(EmptyEndEvent())
+    return start
+
+
 def node_state(runtime: Any, node_id: str) -> dict[str, Any] | None:
     """The state entry of any node or pipeline id, or None when it has no state."""
     res = api.get_children_states(runtime, node_id)
