@@ -73,10 +73,10 @@ def _sleeping_process(unit: Any, node_id: str) -> ProcessRecord:
 def _cas(step: Step, st: StateRecord, to: str, loop: int = -1, **fields: Any) -> None:
     if not step.unit.update_state(st.node_id, expect_version=st.version, expect_names=(st.name,), name=to, **fields):
         raise InvalidOperationError(f"node {st.node_id} changed while the command ran; try again")
-    st.name = to
+    was, st.name = st.name, to
     for k, v in fields.items():
         setattr(st, k, v)
-    step.state_changed(st, loop)
+    step.state_changed(st, loop, from_state=was)
 
 
 def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
@@ -180,7 +180,7 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
             st = StateRecord(node_id, graph.root_id, node.pipeline_id, states.SUSPENDED, new_version(), 1, 1, 0,
                              False, False, now())
             unit.insert_state(st)
-            step.state_changed(st)  # a created state is a state write too: receivers must hear of it
+            step.state_changed(st, root_id=graph.root_id)  # a created state is a state write too: receivers must hear of it
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")
@@ -375,6 +375,9 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             raise InvalidOperationError(
                 f"callback version {version} of node {node_id} is not its current version {st.version}"
             )
+        if st.name != states.RUNNING and unit.has_callback(node_id, version):
+            raise InvalidOperationError(f"node {node_id} already received its callback (version {version}): "
+                                        f"it is {st.name} now")
         _require(st, (states.RUNNING,), "call back")
         sched = unit.schedule_of(node_id, version)
         if sched is None:

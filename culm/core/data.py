@@ -12,6 +12,7 @@ from typing import Any
 from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
+from culm.errors import HydrationError
 from culm.model.compiled import Graph, Node, PipelineSpec
 
 PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
@@ -40,7 +41,14 @@ def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
     out = []
     for key, var in vars_.items():
         direct = dctx.var_references(var)
-        refs = dctx.transitive_references(vars_, direct) if direct else set()
+        refs: set[str] = set()
+        if direct:
+            reached = dctx.transitive_references(vars_, direct)
+            # Keys no variable declares yet stay in: a node output creates them at run time (a
+            # splice reading a loop counter), and they must be fetched when it is rendered.
+            refs = set(direct) | reached
+            for ref in reached:
+                refs |= dctx.var_references(vars_[ref])
         refs.discard(key)
         out.append(ContextValue(key, var.type, var.value, var.code, frozenset(refs)))
     return out
@@ -105,10 +113,18 @@ def render_inputs(
     for key, var in render.items():
         value = template.render(var.get("value"), namespace)
         if var.get("type") == LAZY:
-            value = lazy(dctx.ContextVar(f"${{{key}}}", LAZY, value, var.get("custom_type")), value)
+            value = _resolve_lazy(lazy, dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type")), value)
         rendered[key] = value
     rendered.update(escape)
     return rendered
+
+
+def _resolve_lazy(lazy: Callable[[dctx.ContextVar, Any], Any], var: dctx.ContextVar, rendered: Any) -> Any:
+    """A lazy input's value; ``get_value`` is user code, so whatever it raises fails the node."""
+    try:
+        return lazy(var, rendered)
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything; the node reports it
+        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
 
 
 def resolve_keys(
