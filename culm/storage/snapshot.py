@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from culm.core.engine import Engine
-from culm.core.invariants import Snapshot
+from culm.core.invariants import Snapshot, Transition
 from culm.storage.sql import (
     _PROCESS_SELECT,
     _SCHEDULE_SELECT,
@@ -62,6 +62,25 @@ def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapsho
                 task = _task_row(row)
                 tasks[task.root_id].append(task)
     return {r: Snapshot(graphs[r], sts[r], procs[r], tasks[r], schedules[r]) for r in root_ids}
+
+
+def read_transitions(engine: Engine, root_id: str | None = None, after: int = 0) -> tuple[list[Transition], int]:
+    """The state transitions the change feed holds after seq ``after`` (of one root when given),
+    in seq order, and the last seq read (to pass as ``after`` next time).
+
+    Call it once the writers are quiet: on a server database a write still committing may take a
+    seq below one already read.
+    """
+    feed = engine.store.feed  # type: ignore[attr-defined]
+    upto = feed.last_seq()
+    found: list[Transition] = []
+    while after < upto:
+        batch = feed.read(after, upto, root_id)
+        if not batch:
+            break
+        found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch]
+        after = batch[-1].seq
+    return found, upto
 
 
 class StoreSnapshots:

@@ -41,13 +41,13 @@ from storm_ops import Storm, fire, operate
 import culm
 from culm.core import records, scheduling, walker
 from culm.core.engine import Settings
-from culm.core.invariants import TransitionLog, Violation, check, check_transitions
+from culm.core.invariants import Violation, check, check_transitions
 from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, TaskRecord
 from culm.dispatch.inline import InlineDispatcher
 from culm.model import builder
 from culm.storage import migrate
-from culm.storage.snapshot import read_snapshot, read_snapshots
+from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
 
 LEASE_SECONDS = 30.0
@@ -157,14 +157,15 @@ class Simulation:
         self.epoch = 0
         self.executed: dict[tuple[str, str | None], int] = {}
         self.steps: list[str] = []
-        self.checked_transitions = 0
+        self.feed_seq = 0  # the change feed is read (and its transitions checked) up to here
+        self.last_states: dict[str, str] = {}
         self.items = 0
         self.storm = Storm()
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> int:
-        with _deterministic(self.seed) as clock, TransitionLog() as log:
-            self.clock, self.log = clock, log
+        with _deterministic(self.seed) as clock:
+            self.clock = clock
             self.runtime = culm.Runtime("sqlite:///:memory:", workers=0,
                                         settings=Settings(lease_seconds=LEASE_SECONDS,
                                                           schedule_lock_seconds=LEASE_SECONDS))
@@ -350,9 +351,8 @@ class Simulation:
 
     # -- checking --------------------------------------------------------------------------
     def _check(self, what: str) -> None:
-        fresh = self.log.transitions[self.checked_transitions:]
-        self.checked_transitions = len(self.log.transitions)
-        found = check_transitions(fresh)
+        fresh, self.feed_seq = read_transitions(self.engine, after=self.feed_seq)
+        found = check_transitions(fresh, self.last_states)
         for snap in read_snapshots(self.engine, self.storm.roots).values():
             found += check(snap)
         if found:
