@@ -795,7 +795,17 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+        if not self._lock_rows:
+            self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+            return
+        # Never wait for a task row: an engine step holding one (it claims its task first) may be
+        # waiting for the rows this transaction holds. A task skipped here finds its process dead
+        # at its next step and is dropped then.
+        ids = [r[0] for r in self._all("SELECT id FROM culm_task WHERE root_id = ? ORDER BY id FOR UPDATE SKIP LOCKED",
+                                       [root_id])]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
