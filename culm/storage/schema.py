@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import mysql
 
@@ -44,6 +45,8 @@ pipeline = Table(
     Column("root_data", BigText, nullable=False),
     Column("options", Text, nullable=False),
     Column("created_time", Double, nullable=False),
+    Column("name", String(KEY), nullable=False, server_default=""),
+    Index("ix_culm_pipeline_id_name", "id", "name"),
 )
 
 node = Table(
@@ -72,6 +75,11 @@ state = Table(
     Column("started_time", Double),
     Column("archived_time", Double),
 )
+# Root states (parent_id empty) for listing pipelines: partial on SQLite and PostgreSQL (see
+# migration 0003).
+_ROOTS = text("parent_id = ''")
+Index("ix_culm_state_roots", state.c.parent_id, state.c.created_time, state.c.name, state.c.root_id,
+      sqlite_where=_ROOTS, postgresql_where=_ROOTS)
 
 process = Table(
     "culm_process",

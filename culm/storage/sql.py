@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
+from culm.core.listing import PipelineQuery
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -24,7 +25,7 @@ from culm.core.records import (
 )
 from culm.errors import SchemaOutdatedError, UnstorableValueError
 from culm.model.limits import text_problem
-from culm.storage import codec
+from culm.storage import codec, listing
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -450,13 +451,19 @@ class SqlUnit:
         self._cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- pipelines and nodes -------------------------------------------------------------
-    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float) -> None:
-        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope)."""
+    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,
+                     name: str = "") -> None:
+        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope);
+        ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
             "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
-            "options": codec.dumps(options), "created_time": at,
+            "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
+
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
+        """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
+        return listing.list_pipelines(self._all, self.dialect, query)
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
         row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
