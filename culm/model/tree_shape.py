@@ -164,6 +164,9 @@ class ShapeChecker:
             self.add(expected, f"subprocess pipeline id {pid!r} must equal the SubProcess id")
         if expected is None:
             self._register(pid)
+            name = pipe.get("name")
+            if isinstance(name, str) and (problem := limits.text_problem(name)):
+                self.add(pid, f"pipeline name holds {problem}")  # kept in a column for listing
         return pid
 
     def _within_size(self, where: str, nodes: int, flows: int) -> bool:

@@ -80,6 +80,13 @@ def test_trees_the_store_cannot_hold_are_refused(runtime, case, change, fragment
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
 
 
+def test_a_pipeline_name_the_store_cannot_hold_is_refused(runtime):
+    tree, _ = tree_with(lambda s, a: None)
+    tree["name"] = "report \udcff"  # names are kept in a column of their own, for listing
+    refused(api.run_pipeline(runtime, tree), tree["id"], "pipeline name holds a lone surrogate")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
 def test_ids_and_values_at_the_limits_run(runtime):
     start, act, end = EmptyStartEvent(id="s" * limits.ID_LENGTH), ServiceActivity(component_code="t_echo"), \
         EmptyEndEvent()
