@@ -53,8 +53,14 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     proc = unit.get_process(task.process_id) if task.process_id else None
     if proc is None or proc.dead:
         return None
-    ex_data = describe(task, resumed, exc)
     node_id = task.node_id or proc.current_node_id
+    if node_id != proc.current_node_id or not _in_graph(engine, unit, proc.root_id, node_id):
+        # Not the process's live work (a stray or duplicate task): failing a node for it, or
+        # moving the process, would break the work the process is really doing.
+        logger.error("dropped task %s: it points at node %s, its process %s is at %s", task_id, node_id, proc.id,
+                     proc.current_node_id)
+        return None
+    ex_data = describe(task, resumed, exc)
     if task.schedule_id:
         unit.update_schedule(task.schedule_id, finished=True, locked_until=None)
     st = unit.get_state(node_id, for_update=True)
@@ -94,6 +100,13 @@ def _write_failed(engine: Engine, step: Step, root_id: str, node_id: str, st: St
         for k, v in fields.items():
             setattr(st, k, v)
         step.state_changed(st)
+
+
+def _in_graph(engine: Engine, unit: Any, root_id: str, node_id: str) -> bool:
+    try:
+        return node_id in engine.graph(root_id, unit).nodes
+    except Exception:  # noqa: BLE001 - the graph itself may be what fails: the node may exist
+        return True
 
 
 def _parent_of(engine: Engine, unit: Any, root_id: str, node_id: str) -> str:
