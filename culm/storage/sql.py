@@ -25,6 +25,7 @@ from culm.core.records import (
     TaskRecord,
 )
 from culm.errors import SchemaOutdatedError, UnstorableValueError
+from culm.model.limits import text_problem
 from culm.storage import codec, listing
 
 
@@ -457,7 +458,7 @@ class SqlUnit:
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
-            "root_data": codec.dumps(root_data),
+            "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
 
@@ -863,7 +864,8 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps(inputs)}, ["node_id"])
+        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps_fields(inputs, f"inputs of node {node_id}")},
+                     ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
@@ -972,7 +974,8 @@ class SqlUnit:
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
         self._insert("culm_callback_data",
-                     [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
+                     [{"id": callback_id, "node_id": node_id, "version": version,
+                       "data": _dumps_named(data, f"callback data for node {node_id}")}])
 
     def has_callback(self, node_id: str, version: str) -> bool:
         """Whether a callback was accepted for this run (``version``) of the node."""
@@ -1005,7 +1008,7 @@ class SqlUnit:
 
     def add_logs(self, rows: Sequence[dict]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
-        bad = [(i, problem) for i, r in enumerate(rows) if (problem := codec.text_problem(r["line"]))]
+        bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
         if bad:
             raise UnstorableValueError(
                 "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
@@ -1019,6 +1022,14 @@ class SqlUnit:
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
+
+
+def _dumps_named(value: Any, what: str) -> str:
+    """:func:`codec.dumps`, its refusal naming ``what``."""
+    try:
+        return codec.dumps(value)
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"{what}: {exc}", what) from None
 
 
 def _adapt_sqlite(sql: str) -> str:
