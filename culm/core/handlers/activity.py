@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from dataclasses import dataclass
 from typing import Any
 
 from culm import states
@@ -14,18 +15,42 @@ from culm.core.service_call import CallResult, ServiceCall
 from culm.errors import CulmError
 
 
+@dataclass(frozen=True, slots=True)
+class InputsFailed:
+    """What rendering a node's inputs outside the transaction ended with when it failed."""
+
+    ex_data: str
+    raw_inputs: dict[str, Any]
+
+
 def execute(run: Run) -> Outcome:
-    """Prepare the component call; the call itself runs outside the transaction."""
+    """Prepare the component call; the call itself runs outside the transaction.
+
+    Inputs that hold templates or lazy variables are rendered with the call, on the user-code
+    pool: both run user code (expressions, ``get_value``) that must not hold the engine thread
+    and its transaction. The stored variables they need are read here.
+    """
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
-    try:
-        inputs = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
-    except CulmError as exc:
-        run.fail(f"inputs hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
-        return SLEEP
-    inputs["_loop"], inputs["_inner_loop"] = run.state.loop, run.state.inner_loop
-    call = make_call(run, inputs, {})
-    return Invoke(call.execute, after_execute)
+    gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
+    st = run.state
+    if gathered.verbatim:
+        inputs = dict(gathered.escape)
+        inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
+        return Invoke(make_call(run, inputs, {}).execute, after_execute)
+    call = make_call(run, {}, {})
+    lazy = run.detached_lazy_resolver(call.root_data)
+
+    def render_and_execute() -> CallResult | InputsFailed:
+        try:
+            inputs = cdata.finish_inputs(gathered, lazy)
+        except CulmError as exc:
+            return InputsFailed(f"inputs hydrate failed: {exc}", {k: _raw_value(v) for k, v in raw.items()})
+        inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
+        call.inputs = inputs
+        return call.execute()
+
+    return Invoke(render_and_execute, after_execute)
 
 
 def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> ServiceCall:
@@ -64,6 +89,9 @@ def record_call(run: Run, res: CallResult) -> dict[str, Any]:
 
 def after_execute(run: Run, res: Any) -> Outcome:
     """Apply an execute call's result (in the transaction after the call)."""
+    if isinstance(res, InputsFailed):
+        run.fail(res.ex_data, inputs=res.raw_inputs)
+        return SLEEP
     res = as_result(res, {})
     outputs = record_call(run, res)
     run.unit.set_execution_data(run.node.id, res.inputs, outputs)
