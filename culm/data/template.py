@@ -185,6 +185,11 @@ def _bare_name(body: str) -> str | None:
     return tree.body.id if isinstance(tree.body, ast.Name) else None
 
 
+def strings_in(value: Any) -> list[str]:
+    """Every string of ``value`` where templates are looked for (list/tuple items, dict values)."""
+    return _strings(value)
+
+
 def _strings(value: Any) -> list[str]:
     """All strings in ``value`` where templates may live, found without recursion."""
     found: list[str] = []
