@@ -94,9 +94,11 @@ class GatheredInputs:
     needed: dict[str, Any]
 
     @property
-    def verbatim(self) -> bool:
-        """True when nothing is to be rendered: the inputs are :attr:`escape` as they are."""
-        return not self.render
+    def lazy(self) -> bool:
+        """True when rendering calls a lazy variable's ``get_value`` (user code)."""
+        return any(var.get("type") == LAZY for var in self.render.values()) or any(
+            getattr(cv, "type", PLAIN) == LAZY for cv in self.needed.values()
+        )
 
 
 def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import traceback
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +13,7 @@ from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall
+from culm.data import template
 from culm.errors import CulmError
 
 
@@ -23,21 +25,37 @@ class InputsFailed:
     raw_inputs: dict[str, Any]
 
 
+# What rendering may take on the engine thread before it moves to the user-code pool: templates
+# are almost always a few lookups or a remembered expression, which a pool round trip would slow
+# (the engine thread and the pool share one interpreter lock), while a slow or hostile one
+# must not hold the engine and its transaction for longer than this.
+INLINE_RENDER_SECONDS = 0.005
+
+
 def execute(run: Run) -> Outcome:
     """Prepare the component call; the call itself runs outside the transaction.
 
-    Inputs that hold templates or lazy variables are rendered with the call, on the user-code
-    pool: both run user code (expressions, ``get_value``) that must not hold the engine thread
-    and its transaction. The stored variables they need are read here.
+    Inputs that hold templates are rendered here when that takes under INLINE_RENDER_SECONDS;
+    otherwise, and always when a lazy variable is involved (its ``get_value`` is arbitrary user
+    code), they are rendered with the call on the user-code pool, so that user code never holds the
+    engine thread and its transaction. The stored variables they need are read here.
     """
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
     gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
     st = run.state
-    if gathered.verbatim:
-        inputs = dict(gathered.escape)
-        inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
-        return Invoke(make_call(run, inputs, {}).execute, after_execute)
+    if not gathered.lazy:
+        with template.time_bound(INLINE_RENDER_SECONDS) as deadline:
+            try:
+                inputs = cdata.finish_inputs(gathered, run.lazy_resolver())
+            except CulmError as exc:
+                inputs = None
+                if time.monotonic() < deadline:  # a real failure, not the inline time running out
+                    run.fail(f"inputs hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
+                    return SLEEP
+        if inputs is not None:
+            inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
+            return Invoke(make_call(run, inputs, {}).execute, after_execute)
     call = make_call(run, {}, {})
     lazy = run.detached_lazy_resolver(call.root_data)
 
