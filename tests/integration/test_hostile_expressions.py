@@ -10,7 +10,7 @@ from __future__ import annotations
 import resource
 
 import pytest
-from engine_fixtures import outputs, run, wait_pipeline, wait_state
+from engine_fixtures import inputs, node_state, outputs, run, wait_pipeline, wait_state
 
 from culm.builder import (
     ConditionalParallelGateway,
@@ -19,7 +19,9 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ParallelGateway,
+    Params,
     ServiceActivity,
+    SubProcess,
     Var,
     build_tree,
 )
@@ -92,6 +94,49 @@ def test_hostile_gateway_condition_fails_its_gateway(runtime):
     wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=30)
     wait_state(runtime, gw.id, "FAILED", timeout=30)
     assert "condition" in outputs(runtime, gw.id)["ex_data"]
+
+
+def test_hostile_subprocess_param_fails_the_subprocess(runtime):
+    inner = echo("${p}")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),
+                     params=Params({"${p}": Var(type=Var.SPLICE, value="${int('f' * 10**6, 16) // 3}")}))
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, sub.id, "FAILED", timeout=30)
+    ex = outputs(runtime, sub.id)["ex_data"]
+    assert ex.startswith("subprocess params hydrate failed") and "digits" in ex
+    assert node_state(runtime, inner.id) is None
+
+
+SLOW = 6  # seconds each slow lazy variable blocks; a healthy pipeline takes a fraction of it
+
+
+def test_slow_lazy_variables_do_not_hold_the_engine(runtime):
+    """get_value is user code: an activity input and a subprocess param that block for seconds
+    hold a pool thread each, never the engine, so a pipeline started after them finishes first."""
+    slow_act = ServiceActivity(component_code="t_echo")
+    slow_act.component.inputs.x = Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW))
+    inner = echo("${p}")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),
+                     params=Params({"${p}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW))}))
+    start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    start.extend(pg).connect(slow_act, sub).to(pg).converge(cg).extend(EmptyEndEvent())
+    slow = build_tree(start)
+    healthy, _ = healthy_tree()
+    run(runtime, slow)
+    wait_state(runtime, slow_act.id, "RUNNING")
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=SLOW * 2)
+    assert node_state(runtime, slow["id"])["state"] == "RUNNING"  # both still inside get_value
+    wait_pipeline(runtime, slow["id"], "FINISHED", timeout=SLOW * 4)
+    assert inputs(runtime, slow_act.id)["x"] == "slow"
+    assert outputs(runtime, inner.id)["out"] == "slow!"
 
 
 @pytest.mark.parametrize(("payload", "phrases"), HOSTILE)

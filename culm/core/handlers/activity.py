@@ -2,70 +2,46 @@
 
 from __future__ import annotations
 
-import time
 import traceback
-from dataclasses import dataclass
 from typing import Any
 
 from culm import states
 from culm.core import data as cdata
+from culm.core import rendering
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall
-from culm.data import template
 from culm.errors import CulmError, UnstorableValueError
-
-
-@dataclass(frozen=True, slots=True)
-class InputsFailed:
-    """What rendering a node's inputs outside the transaction ended with when it failed."""
-
-    ex_data: str
-    raw_inputs: dict[str, Any]
-
-
-# What rendering may take on the engine thread before it moves to the user-code pool: templates
-# are almost always a few lookups or a remembered expression, which a pool round trip would slow
-# (the engine thread and the pool share one interpreter lock), while a slow or hostile one
-# must not hold the engine and its transaction for longer than this.
-INLINE_RENDER_SECONDS = 0.005
 
 
 def execute(run: Run) -> Outcome:
     """Prepare the component call; the call itself runs outside the transaction.
 
-    Inputs that hold templates are rendered here when that takes under INLINE_RENDER_SECONDS;
-    otherwise, and always when a lazy variable is involved (its ``get_value`` is arbitrary user
-    code), they are rendered with the call on the user-code pool, so that user code never holds the
-    engine thread and its transaction. The stored variables they need are read here.
+    Inputs are rendered here when that is quick, else with the call on the user-code pool
+    (:mod:`culm.core.rendering`); the stored variables they need are read here.
     """
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
     gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
     st = run.state
-    if not gathered.lazy:
-        with template.time_bound(INLINE_RENDER_SECONDS) as deadline:
-            try:
-                inputs = cdata.finish_inputs(gathered, run.lazy_resolver())
-            except CulmError as exc:
-                inputs = None
-                if time.monotonic() < deadline:  # a real failure, not the inline time running out
-                    run.fail(f"inputs hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
-                    return SLEEP
-        if inputs is not None:
-            inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
-            return Invoke(make_call(run, inputs, {}).execute, after_execute)
-    call = make_call(run, {}, {})
-    lazy = run.detached_lazy_resolver(call.root_data)
-
-    def render_and_execute() -> CallResult | InputsFailed:
-        try:
-            inputs = cdata.finish_inputs(gathered, lazy)
-        except CulmError as exc:
-            return InputsFailed(f"inputs hydrate failed: {exc}", {k: _raw_value(v) for k, v in raw.items()})
+    try:
+        inputs = rendering.render_inline(run, gathered)
+    except CulmError as exc:
+        run.fail(f"inputs hydrate failed: {exc}", inputs=rendering.raw_values(raw))
+        return SLEEP
+    if inputs is not None:
         inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
-        call.inputs = inputs
+        return Invoke(make_call(run, inputs, {}).execute, after_execute)
+    call = make_call(run, {}, {})
+    render = rendering.render_later(run, gathered, raw, call.root_data)
+
+    def render_and_execute() -> CallResult | rendering.RenderFailed:
+        rendered = render()
+        if isinstance(rendered, rendering.RenderFailed):
+            return rendered
+        rendered["_loop"], rendered["_inner_loop"] = st.loop, st.inner_loop
+        call.inputs = rendered
         return call.execute()
 
     return Invoke(render_and_execute, after_execute)
@@ -156,8 +132,8 @@ def _reserved(run: Run, res: CallResult, plain: dict[str, Any]) -> dict[str, Any
 
 def after_execute(run: Run, res: Any) -> Outcome:
     """Apply an execute call's result (in the transaction after the call)."""
-    if isinstance(res, InputsFailed):
-        run.fail(res.ex_data, inputs=res.raw_inputs)
+    if isinstance(res, rendering.RenderFailed):
+        run.fail(f"inputs hydrate failed: {res.error}", inputs=res.raw_inputs)
         return SLEEP
     res, outputs = record_call(run, as_result(res, {}))
     if res.ok and res.need_schedule:
@@ -214,7 +190,3 @@ def start_schedule(run: Run, schedule_type: str) -> None:
 def schedule_task(proc: Any, node_id: str, schedule_id: str | None, *, due: float, callback_id: str | None = None) -> TaskRecord:
     return TaskRecord(new_id(), SCHEDULE, proc.id, node_id, proc.root_id, schedule_id=schedule_id,
                       callback_id=callback_id, due=due, priority=proc.priority, queue=proc.queue)
-
-
-def _raw_value(var: object) -> object:
-    return var.get("value") if isinstance(var, dict) else var
