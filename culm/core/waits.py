@@ -50,12 +50,12 @@ def _time(t: float) -> datetime:
 
 def _failed(kind: str | None) -> dict[str, Any]:
     if kind == SUBPROCESS:
-        how = "retry-subprocess, or revoke the pipeline"
+        how = "retry the subprocess or revoke the pipeline"
     elif kind in ("ExclusiveGateway", "ConditionalParallelGateway"):
-        how = "skip it along chosen flows, or revoke the pipeline"
+        how = "skip it along chosen flows or revoke the pipeline"
     else:
-        how = "retry it (optionally with new inputs), skip it, or revoke the pipeline"
-    return {"kind": "failed", "text": f"failed; waits for an operator to {how}"}
+        how = "retry it (maybe with new inputs), skip it or revoke the pipeline"
+    return {"kind": "failed", "text": f"failed; an operator may {how}"}
 
 
 def _suspended(st: StateRecord, kind: str | None, facts: WaitFacts) -> dict[str, Any]:
