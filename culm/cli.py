@@ -494,12 +494,6 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    print("culm serve: the REST API and web console are not available yet in this release; "
-          "use culm.api from Python or `culm status ID`.", file=sys.stderr)
-    return 2
-
-
 # ---------------------------------------------------------------------------------------------
 # Parser and entry point
 # ---------------------------------------------------------------------------------------------
@@ -562,8 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_db(upgrade)
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    serve = sub.add_parser("serve", help="REST API and web console (not available yet)")
-    serve.set_defaults(func=cmd_serve)
+    from culm.web.commands import register
+
+    register(sub)
     return parser
 
 

@@ -188,3 +188,17 @@ log = Table(
     Column("line", Text, nullable=False),
     Index("ix_culm_log_node_version", "node_id", "version"),
 )
+
+# API tokens of `culm serve` (culm.web): only a salted scrypt hash of each secret is kept.
+api_token = Table(
+    "culm_api_token",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(KEY), nullable=False, default=""),
+    Column("salt", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_time", Double, nullable=False),
+    Column("revoked_time", Double),
+    Column("last_used_time", Double),
+)
