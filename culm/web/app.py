@@ -46,27 +46,36 @@ class BodyLimit:
             await self._refuse(scope, send)
             return
         seen = 0
-        started = False
+        over = refused = started = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, over
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    over = True
                     raise BodyTooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
+        async def guarded_send(message: Message) -> None:
+            # The framework turns an error while reading the body into its own answer (400);
+            # once the body went over the limit, that answer is replaced by the 413.
+            nonlocal started, refused
+            if over:
+                if not started and not refused:
+                    refused = True
+                    await self._refuse(scope, send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
+            await self.app(scope, counting_receive, guarded_send)
         except BodyTooLarge:
-            if not started:
-                await self._refuse(scope, send)
+            pass
+        if over and not started and not refused:
+            await self._refuse(scope, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         response = problem(413, f"the request body is larger than {self.limit} bytes; nothing was stored")
@@ -108,7 +117,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
     app.include_router(routes_control.tokens_router)
 
     @app.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(auth.viewer)],
-             response_class=Response, responses=responses(401, 403))
+             response_class=Response, responses=responses(401))
     def prometheus(request: Request) -> Response:
         body, content_type = request.app.state.metrics.render()
         return Response(body, media_type=content_type)
@@ -118,6 +127,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
 
     return app
 
@@ -141,6 +151,28 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
         return problem(exc.status_code, str(exc.detail))
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without the 422 it lists for operations whose only inputs are strings
+    (path ids, optional text filters): nothing there can fail validation, so it is never answered."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            params = op.get("parameters", [])
+            if "requestBody" not in op and all(_is_text(p.get("schema", {})) for p in params):
+                op["responses"].pop("422", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _is_text(schema: dict[str, Any]) -> bool:
+    options = schema.get("anyOf", [schema])
+    return all(o.get("type") in ("string", "null") and "maxLength" not in o for o in options)
 
 
 def _version() -> str:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from culm import api
 from culm.web import auth
 from culm.web.problems import FastJSON, ProblemError, responses, tree_problems, unwrap
+from culm.web.routes_read import tree_problems_of
 from culm.web.tokens import ROLES, TokenError
 
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.operator)], responses=responses(401, 403))
@@ -42,6 +43,13 @@ def submit(request: Request, body: SubmitBody) -> FastJSON:
     root_id = tree.get("id")
     if not isinstance(root_id, str) or not root_id:
         raise ProblemError(422, "the tree has no id", [{"node_id": None, "message": "the tree needs a string `id`"}])
+    runtime = _rt(request)
+    # This process runs the components only on an embedded runtime with workers; a broker's
+    # workers import their own, so the service cannot judge the codes then.
+    if runtime.embedded and runtime.dispatcher is not None:
+        problems = tree_problems_of(tree, body.cycle_tolerate)
+        if problems:
+            raise ProblemError(422, f"invalid pipeline tree: {len(problems)} problem(s)", problems)
     started = api.run_pipeline(_rt(request), tree, root_pipeline_data=body.data, root_pipeline_context=body.context,
                                cycle_tolerate=body.cycle_tolerate, priority=body.priority, queue=body.queue)
     if not started.result and not tree_problems(started.exc) and "already exists" not in started.message:
@@ -76,7 +84,7 @@ class ContextBody(BaseModel):
 
 
 @router.post("/pipelines/{pipeline_id}/context", summary="Overwrite context variables of a running pipeline",
-             responses=responses(404, 409, 413, 422))
+             responses=responses(404, 413, 422))
 def update_context(request: Request, pipeline_id: str, body: ContextBody) -> FastJSON:
     return _done(api.update_context_values(_rt(request), pipeline_id, body.context_values))
 
@@ -171,7 +179,7 @@ class PreviewBody(BaseModel):
 
 
 @router.post("/preview", summary="What a node's inputs render to, without running it",
-             responses=responses(400, 404, 413, 422))
+             responses=responses(404, 413, 422))
 def preview(request: Request, body: PreviewBody) -> FastJSON:
     return FastJSON(unwrap(api.preview_node_inputs(_rt(request), body.tree, body.node_id, body.subprocess_stack,
                                                    body.data, body.parent_params)))

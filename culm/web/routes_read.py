@@ -17,7 +17,8 @@ from culm.web import adapter, auth
 from culm.web.problems import FastJSON, ProblemError, responses, unwrap
 from culm.web.tokens import TokenInfo
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.viewer)], responses=responses(401, 403))
+# Viewer is the lowest role: any live token may read, so these answer 401 but never 403.
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.viewer)], responses=responses(401))
 
 STATES = ("CREATED", "READY", "RUNNING", "SUSPENDED", "BLOCKED", "FINISHED", "FAILED", "REVOKED")
 
@@ -140,10 +141,11 @@ def component_catalogue() -> list[dict[str, Any]]:
         except Exception as exc:  # noqa: BLE001 - one broken component must not hide the others
             inputs, outputs = [], [{"error": f"{type(exc).__name__}: {exc}"}]
         service = cls.bound_service
+        schedules = bool(getattr(service, "__need_schedule__", False))
         items.append({"code": cls.code, "name": cls.name, "version": cls.version, "group": cls.group_name,
                       "description": cls.desc, "inputs_format": inputs, "outputs_format": outputs,
-                      "need_schedule": bool(getattr(service, "__need_schedule__", False)),
-                      "callback": getattr(service, "interval", 0) is None})
+                      "need_schedule": schedules,
+                      "callback": schedules and getattr(service, "interval", 0) is None})
     return sorted(items, key=lambda c: (c["group"] or "", c["code"], c["version"]))
 
 
@@ -157,20 +159,30 @@ class ValidateBody(BaseModel):
     cycle_tolerate: bool = False
 
 
-@router.post("/validate", summary="Every problem of a tree, each naming its node or flow id",
-             responses=responses(413, 422))
-def validate(body: ValidateBody) -> FastJSON:
+def tree_problems_of(tree: dict[str, Any], cycle_tolerate: bool, components: bool = True) -> list[dict[str, Any]]:
+    """Every problem of ``tree`` as ``{"node_id", "message"}``, as ``culm validate`` finds them.
+
+    Raises:
+        ProblemError: 422 when the tree cannot even be walked.
+    """
     from culm import events, variables
     from culm.components import library
     from culm.model.validator import validate_tree
 
     try:
-        problems = validate_tree(body.tree, cycle_tolerate=body.cycle_tolerate, component_exists=library.has,
+        problems = validate_tree(tree, cycle_tolerate=cycle_tolerate,
+                                 component_exists=library.has if components else None,
                                  lazy_exists=variables.library.has, end_event_exists=events.library.has)
     except Exception as exc:  # noqa: BLE001 - a tree the validator cannot even walk is a bad tree
         raise ProblemError(422, f"the tree cannot be read: {type(exc).__name__}: {exc}") from exc
-    return FastJSON({"valid": not problems,
-                     "problems": [{"node_id": p.where, "message": p.message} for p in problems]})
+    return [{"node_id": p.where, "message": p.message} for p in problems]
+
+
+@router.post("/validate", summary="Every problem of a tree, each naming its node or flow id",
+             responses=responses(413, 422))
+def validate(body: ValidateBody) -> FastJSON:
+    problems = tree_problems_of(body.tree, body.cycle_tolerate)
+    return FastJSON({"valid": not problems, "problems": problems})
 
 
 @router.get("/events", summary="Live state changes as server-sent events (text/event-stream)",
