@@ -94,6 +94,7 @@ def run_pipeline(
     """Validate ``pipeline`` and start it; refused if its id ran before or the tree is invalid."""
     from culm import events, variables
     from culm.model.compiled import compile_tree
+    from culm.model.ignored import warn_ignored_timeouts
     from culm.model.validator import prepare_tree, validate_start_node
 
     with runtime.engine.submitting():
@@ -115,6 +116,7 @@ def run_pipeline(
             subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),
             start_node_id=start_node_id, priority=priority, queue=str(options.get("queue", "") or ""),
         )
+    warn_ignored_timeouts(tree)
     return None
 
 
@@ -205,6 +207,38 @@ def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) 
 
 # -- queries --------------------------------------------------------------------------------
 @_api
+def list_pipelines(
+    runtime: Any,
+    state: str | list[str] | None = None,
+    name: str | None = None,
+    created_after: Any = None,
+    created_before: Any = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> dict:
+    """Root pipelines (never subprocesses), newest first, with counts per state.
+
+    Args:
+        runtime: the runtime.
+        state: one state name or a list of them (``"RUNNING"``, ``["FINISHED", "REVOKED"]``).
+        name: a substring of the tree's ``name`` (case-insensitive).
+        created_after: keep pipelines created at or after this timezone-aware datetime.
+        created_before: keep pipelines created before this timezone-aware datetime.
+        limit: page size, 0 to 1000.
+        offset: pipelines to pass over before the page.
+
+    Returns:
+        ``{"total": int, "counts": {state: int}, "items": [{"id", "name", "state", "created_time",
+        "started_time", "archived_time"}]}``: ``total`` counts every pipeline that matches (all
+        pages), ``counts`` every state ignoring the ``state`` filter; times are timezone-aware.
+    """
+    from culm.core import listing
+
+    query = listing.make_query(state, name, created_after, created_before, limit, offset)
+    return listing.list_pipelines(runtime.engine, query)
+
+
+@_api
 def get_pipeline_states(runtime: Any, root_id: str, flat_children: bool = True) -> dict:
     """The state tree of a pipeline (``{}`` when unknown)."""
     return queries.pipeline_states(runtime.engine, _str_id(root_id, "root_id"), flat_children)
@@ -292,7 +326,7 @@ def preview_node_inputs(
 
 
 __all__ = [
-    "EngineAPIResult", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
+    "EngineAPIResult", "list_pipelines", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
     "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
     "update_context_values", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",

@@ -55,6 +55,11 @@ class StartPositionInvalidError(TreeInvalidError):
     """``start_node_id`` names a node the pipeline cannot start at."""
 
 
+#: bamboo's names for the same exceptions, so that ``except`` clauses written for bamboo work.
+StartPositionInvalidException = StartPositionInvalidError
+TreeInvalidException = TreeInvalidError
+
+
 class PluginConflictError(CulmError):
     """Two different classes claim the same plugin code (and version)."""
 

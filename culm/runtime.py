@@ -6,9 +6,11 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from culm.core.engine import Engine, Settings
+from culm.core.records import StateChange
 from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.runtime")
@@ -95,6 +97,41 @@ class Runtime:
         if self.dispatcher is None or not hasattr(self.dispatcher, "wait_idle"):
             return True
         return bool(self.dispatcher.wait_idle(timeout))
+
+    # -- the change feed (culm.storage.feed) --------------------------------------------------
+    def changes(
+        self, root_id: str | None = None, after: int = 0, timeout: float | None = None
+    ) -> Iterator[StateChange]:
+        """Every state change with ``seq`` > ``after`` (of one root pipeline when ``root_id``),
+        oldest first, waiting for new ones until ``timeout`` seconds have passed since the call
+        (None: forever); then the iterator ends.
+
+        Works across processes: the changes are rows the writers commit with their state writes.
+        Start from ``last_change_seq()`` to see only what happens from now on.
+        """
+        return self.store.feed.changes(root_id, after, timeout)
+
+    def last_change_seq(self) -> int:
+        """The ``seq`` of the newest state change recorded (0 when none)."""
+        return self.store.feed.last_seq()
+
+    def wait(self, pipeline_id: str, timeout: float | None = None) -> str:
+        """Block until the pipeline is FINISHED or REVOKED and return that state.
+
+        The better alternative to polling ``get_pipeline_states``: it wakes on the pipeline's own
+        state changes instead of reading its whole tree again and again.
+
+        Raises:
+            NotFoundError: no pipeline has that id.
+            TimeoutError: the pipeline is still not FINISHED or REVOKED after ``timeout`` seconds.
+        """
+        return self.store.feed.wait(pipeline_id, timeout)
+
+    def prune_changes(self, older_than: float) -> int:
+        """Delete the recorded state changes older than ``older_than`` seconds of pipelines that
+        are FINISHED or REVOKED; returns how many were deleted. Run it now and then (a cron job,
+        ``culm`` maintenance) to keep the feed's table small."""
+        return self.store.feed.prune(older_than)
 
     def close(self) -> None:
         """Stop this runtime's threads, then close its database connections."""

@@ -40,7 +40,14 @@ def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
     out = []
     for key, var in vars_.items():
         direct = dctx.var_references(var)
-        refs = dctx.transitive_references(vars_, direct) if direct else set()
+        refs: set[str] = set()
+        if direct:
+            reached = dctx.transitive_references(vars_, direct)
+            # Keys no variable declares yet stay in: a node output creates them at run time (a
+            # splice reading a loop counter), and they must be fetched when it is rendered.
+            refs = set(direct) | reached
+            for ref in reached:
+                refs |= dctx.var_references(vars_[ref])
         refs.discard(key)
         out.append(ContextValue(key, var.type, var.value, var.code, frozenset(refs)))
     return out

@@ -61,9 +61,12 @@ class Engine:
                 unit.announce_change()
             step = Step(unit)
             yield step
+        # Signals go out before the tasks do: a receiver hears of this commit's state changes
+        # before any the engine makes next on the same nodes (commit order, node by node).
+        step.send_signals()
         if step.tasks and self.dispatcher is not None:
             self.dispatcher.submit(step.tasks)
-        step.fire()
+        step.run_after()
 
     def submitting(self) -> contextlib.AbstractContextManager[Any]:
         """Wrap the whole of a run_pipeline call in this (the embedded engine batches around it)."""

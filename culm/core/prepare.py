@@ -50,11 +50,13 @@ def run_pipeline(
         step.event("pre_prepare_run_pipeline", **payload)
         at = now()
         options: dict[str, Any] = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
+        name = tree.get("name")
+        name = name if isinstance(name, str) else ""
         if stored is not None and stored.text is not None:
             options["converge_of"] = stored.converge_of
-            unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at)
+            unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at, name=name)
         else:
-            unit.add_pipeline(root_id, tree, root_pipeline_data, options, at)
+            unit.add_pipeline(root_id, tree, root_pipeline_data, options, at, name=name)
         rows = [(root_id, root_id, root_id, "Pipeline")]
         rows.extend([(n.id, root_id, n.pipeline_id, n.type) for n in graph.nodes.values()])
         unit.add_nodes(rows)

@@ -50,10 +50,10 @@ class Run:
         )
         if not ok:
             raise VersionLostError(self.node.id)
-        self.state.name = to
+        was, self.state.name = self.state.name, to
         for k, v in fields.items():
             setattr(self.state, k, v)
-        self.step.state_changed(self.state)
+        self.step.state_changed(self.state, from_state=was)
 
     def finish(self, *, error_ignored: bool = False) -> None:
         self.set_state(states.FINISHED, expect=(states.RUNNING,), archived_time=now(), error_ignored=error_ignored)

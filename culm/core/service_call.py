@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import time
 import traceback
@@ -136,7 +138,7 @@ class ServiceCall:
         if not ok and not self.error_ignorable:
             hooks("node_execute_fail")
             events.append(("node_execute_fail", ids))
-        if ok and not need_schedule:
+        if (ok and not need_schedule) or (not ok and self.error_ignorable):
             hooks("node_finish")
         stype = service.schedule_type() if need_schedule else None
         res = self._result(data, logger, ok, ex_data=ex_data, need_schedule=need_schedule, schedule_type=stype)
@@ -178,7 +180,7 @@ class ServiceCall:
         if not ok and not self.error_ignorable:
             hooks("node_schedule_fail")
             events.append(("node_schedule_fail", ids))
-        if done:
+        if done or (not ok and self.error_ignorable):
             hooks("node_finish")
         res = self._result(data, logger, ok, ex_data=ex_data, schedule_type=stype, schedule_done=done,
                            schedule_after=after)
@@ -206,9 +208,30 @@ class _Hooks:
         if not self.enabled:
             return
         try:
-            getattr(self.service, name)(self.data, self.parent, callback_data=self.callback_data)
+            hook = getattr(self.service, name)
+            # As bamboo: ``callback_data`` only when there is one, so that hooks written as
+            # ``(self, data, parent_data)`` run; and never to a hook that cannot take it (bamboo's
+            # docs write ``node_finish(self, data, parent_data)`` for callback nodes too).
+            if self.callback_data is None or not _takes_callback_data(hook):
+                hook(self.data, self.parent)
+            else:
+                hook(self.data, self.parent, callback_data=self.callback_data)
         except Exception:  # noqa: BLE001 - hooks never change outcomes
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature_takes_callback_data(func: Any) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return True
+    return "callback_data" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _takes_callback_data(hook: Any) -> bool:
+    # Cache on the function, not the bound method: each call has a fresh service instance.
+    return _signature_takes_callback_data(getattr(hook, "__func__", hook))
 
 
 def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict, outputs: dict,

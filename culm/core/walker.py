@@ -194,6 +194,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         run = Run(engine, step, graph, proc, node, st)
         unit.update_state(node.id, name=states.RUNNING)
         st.name = states.RUNNING
+        step.note_change(st, states.FINISHED)  # the feed shows every write; the signal only the FAILED
         run.fail(f"node execution exceed rerun limit {engine.settings.rerun_limit}")
         raise _Stop
     if st.name not in states.ENTERABLE_STATES:
@@ -210,14 +211,16 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         )
         if not node.loop_config:
             fields["retry"] = 0
+    if not st.root_id:
+        # A row an older version created early (an appointed pause) without its root and parent.
+        fields.update(root_id=graph.root_id, parent_id=node.pipeline_id)
     if not unit.update_state(node.id, expect_version=st.version, **fields):
         proc.asleep = True
         raise _Stop
+    was = st.name
     for k, v in fields.items():
         setattr(st, k, v)
-    if not st.root_id:
-        st.root_id, st.parent_id = graph.root_id, node.pipeline_id
-    step.state_changed(st, loop)
+    step.state_changed(st, loop, from_state=was)
     return st
 
 

@@ -210,7 +210,9 @@ class ShapeChecker:
         if not isinstance(kind, str) or not kind:
             self.add(nid, "end event type must be a non-empty string")
         elif kind != PLAIN_END and not self._ask(nid, f"end event {kind!r}", self.end_event_exists, kind):
-            self.add(nid, f"end event type {kind!r} is not a registered executable end event")
+            self.add(nid, f"end event type {kind!r} is not a registered executable end event (define an "
+                          f"ExecutableEndEvent with code = {kind!r}, or register one with "
+                          f"FlowNodeClsFactory.register_node({kind!r}, cls))")
         self._add_node(graph, nid, END, node)
         graph.end_id = nid
 

@@ -268,18 +268,26 @@ def validate_start_node(tree: Any, node_id: Any) -> None:
     _check_start(root, graphs, node_id)
 
 
-def skipped_node_ids(tree: Any, start_node_id: Any) -> list[str]:
+def skipped_node_ids(tree: Any, start_node_id: Any, validate: bool = True) -> list[str]:
     """Ids of the root-pipeline nodes that will not run when starting at ``start_node_id``.
 
     These are the nodes on some path from the start event to ``start_node_id`` (loop-back
     flows ignored; for an exclusive gateway only the branch leading there), in flow order.
 
+    Args:
+        tree: The pipeline tree.
+        start_node_id: The node the run would start at.
+        validate: Check first that ``start_node_id`` is an allowed start position (bamboo's
+            ``validate``); without the check, any node of the root pipeline is accepted.
+
     Raises:
-        StartPositionInvalidError: ``start_node_id`` is not an allowed start position.
+        StartPositionInvalidError: ``start_node_id`` is not an allowed start position (or, without
+            ``validate``, not a node of the root pipeline).
         TreeInvalidError: The tree itself is invalid.
     """
     root, graphs = _analysed_root(tree)
-    _check_start(root, graphs, start_node_id)
+    if validate or not isinstance(start_node_id, str) or start_node_id not in root.kinds:
+        _check_start(root, graphs, start_node_id)
     if start_node_id == root.start_id:
         return []
     before: set[str] = set()

@@ -8,6 +8,7 @@ JSON payloads are stored as text written by :mod:`culm.storage.codec`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Double,
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects import mysql
 
@@ -40,6 +42,8 @@ pipeline = Table(
     Column("root_data", BigText, nullable=False),
     Column("options", Text, nullable=False),
     Column("created_time", Double, nullable=False),
+    Column("name", String(KEY), nullable=False, server_default=""),
+    Index("ix_culm_pipeline_id_name", "id", "name"),
 )
 
 node = Table(
@@ -68,6 +72,11 @@ state = Table(
     Column("started_time", Double),
     Column("archived_time", Double),
 )
+# Root states (parent_id empty) for listing pipelines: partial on SQLite and PostgreSQL (see
+# migration 0003).
+_ROOTS = text("parent_id = ''")
+Index("ix_culm_state_roots", state.c.parent_id, state.c.created_time, state.c.name, state.c.root_id,
+      sqlite_where=_ROOTS, postgresql_where=_ROOTS)
 
 process = Table(
     "culm_process",
@@ -187,6 +196,21 @@ log = Table(
     Column("created_time", Double, nullable=False),
     Column("line", Text, nullable=False),
     Index("ix_culm_log_node_version", "node_id", "version"),
+)
+
+# The state-change feed (culm.storage.feed): every state write appends a row in the same
+# transaction. ``seq`` grows with every row (SQLite: the rowid); readers follow it.
+change = Table(
+    "culm_change",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("root_id", String(ID), nullable=False),
+    Column("node_id", String(ID), nullable=False),
+    Column("from_state", String(32)),
+    Column("to_state", String(32), nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("loop", Integer, nullable=False),
+    Column("time", Double, nullable=False),
 )
 
 # API tokens of `culm serve` (culm.web): only a salted scrypt hash of each secret is kept.

@@ -14,6 +14,7 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
+from culm.core.listing import PipelineQuery
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -23,7 +24,7 @@ from culm.core.records import (
     TaskRecord,
 )
 from culm.errors import SchemaOutdatedError
-from culm.storage import codec
+from culm.storage import codec, listing
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -107,7 +108,9 @@ _MANY_WITH_PROCESS_AND_STATE = _TASK_WITH_PROCESS_AND_STATE.replace("WHERE t.id 
 _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
-_QUOTED = ("key", "loop")
+_QUOTED = ("key", "loop", "time")
+# The change feed's columns as a writer fills them (seq comes from the database).
+_CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
 
 
@@ -158,7 +161,7 @@ _PRIMARY = {
     "culm_task": ("id",), "culm_node_data": ("node_id",), "culm_execution_data": ("node_id",),
     "culm_context_value": ("pipeline_id", "key"), "culm_schedule": ("id",), "culm_callback_data": ("id",),
 }
-_NEW_ROWS_ONLY = ("culm_history", "culm_log")  # autoincrement keys: an insert clashes with nothing
+_NEW_ROWS_ONLY = ("culm_history", "culm_log", "culm_change")  # autoincrement keys: an insert clashes with nothing
 
 
 def _row_key(table: str, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
@@ -295,6 +298,10 @@ class SqlUnit:
         # Context rows read ahead by prefetch_contexts, by pipeline id and key, as stored (each
         # read decodes its own copy), kept current with this transaction's own writes.
         self._context_view: dict[str, dict[str, Sequence[Any]]] = {}
+        # The change feed's rows for this transaction's state writes (culm.storage.feed), sent with
+        # the commit; ``changes_sent`` counts them for the store's in-process waiters.
+        self._changes: list[list[Any]] = []
+        self.changes_sent = 0
 
     # -- plumbing ---------------------------------------------------------------------------
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -324,6 +331,8 @@ class SqlUnit:
     def flush(self, *, commit: bool = False) -> None:
         """Send the deferred writes (one pipelined round trip on PostgreSQL), with the commit
         when ``commit`` (the caller's own commit then finds nothing left to do)."""
+        if commit and self._changes:
+            self._send_changes()
         if not self._deferred:
             return
         pending = self._take_deferred()
@@ -333,6 +342,24 @@ class SqlUnit:
                 cur.execute(sql, params)
             if commit:
                 self.conn.driver_connection.commit()
+
+    def record_change(
+        self, root_id: str, node_id: str, from_state: str | None, to_state: str, version: str, loop: int
+    ) -> None:
+        """Append a state write to the change feed; the row is written with the commit."""
+        self._changes.append([root_id, node_id, from_state, to_state, version, loop, time.time()])
+
+    def _send_changes(self) -> None:
+        # Only at the commit: a row sent earlier could land inside a savepoint that is rolled back
+        # while the state write it records (made before the savepoint) stays.
+        rows, self._changes = self._changes, []
+        self.changes_sent += len(rows)
+        for i in range(0, len(rows), 500):
+            chunk = rows[i : i + 500]
+            if self._deferred is not None:  # PostgreSQL: one multi-row INSERT, pipelined with the commit
+                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r], ())
+            else:
+                self._many(_insert_sql("culm_change", _CHANGE_COLUMNS), chunk)
 
     def _drop_unsent(self) -> None:
         """Forget the writes still waiting to be sent (the part of the transaction that made them
@@ -404,11 +431,13 @@ class SqlUnit:
         self._savepoints = getattr(self, "_savepoints", 0) + 1
         name = f"culm_sp{self._savepoints}"
         self._x(f"SAVEPOINT {name}")
+        changes = len(self._changes)
         try:
             yield
             self.flush()
         except BaseException:
             self._drop_unsent()  # writes of the undone part never reach the server
+            del self._changes[changes:]
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
@@ -421,13 +450,19 @@ class SqlUnit:
         self._cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- pipelines and nodes -------------------------------------------------------------
-    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float) -> None:
-        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope)."""
+    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,
+                     name: str = "") -> None:
+        """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope);
+        ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
             "root_data": codec.dumps(root_data),
-            "options": codec.dumps(options), "created_time": at,
+            "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
+
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
+        """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
+        return listing.list_pipelines(self._all, self.dialect, query)
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
         row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
@@ -908,6 +943,11 @@ class SqlUnit:
         self._insert("culm_callback_data",
                      [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
 
+    def has_callback(self, node_id: str, version: str) -> bool:
+        """Whether a callback was accepted for this run (``version``) of the node."""
+        return self._one("SELECT id FROM culm_callback_data WHERE node_id = ? AND version = ?",
+                         [node_id, version]) is not None
+
     def get_callback(self, callback_id: str) -> Any:
         row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
         return codec.loads(row[0]) if row else None
@@ -1024,6 +1064,10 @@ class SqlStore:
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
         self._writer: Any = None
+        # The change feed's readers; told after each commit that recorded changes.
+        from culm.storage.feed import ChangeFeed
+
+        self.feed = ChangeFeed(self)
         if create:
             self.ensure_schema()
 
@@ -1089,6 +1133,8 @@ class SqlStore:
         finally:
             if lock is not None:
                 lock.release()
+        if unit.changes_sent:
+            self.feed.committed()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[SqlUnit]:

@@ -50,7 +50,7 @@ def _finish_root(run: Run, outputs: dict[str, Any]) -> Outcome:
     if unit.update_state(run.root_id, expect_version=root.version, expect_names=(states.RUNNING,),
                          name=states.FINISHED, archived_time=now()):
         root.name = states.FINISHED
-        run.step.state_changed(root)
+        run.step.state_changed(root, from_state=states.RUNNING)
         run.step.event("pipeline_finish", pipeline_id=run.root_id)
     return DIE
 
@@ -64,7 +64,7 @@ def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> O
                              name=states.FINISHED, archived_time=now()):
         return SLEEP
     sub_state.name = states.FINISHED
-    run.step.state_changed(sub_state)
+    run.step.state_changed(sub_state, from_state=states.RUNNING)
     run.proc.stack = run.proc.stack[:-1]
     sub_node = run.graph.node(pipeline_id)
     run.upsert_context(run.proc.stack[-1], cdata.mapped_outputs(run.graph, sub_node, outputs))

@@ -1,0 +1,90 @@
+"""Listing root pipelines with filters and pages (``culm.api.list_pipelines``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from culm import states
+from culm.core.engine import Engine
+from culm.errors import InvalidOperationError
+
+MAX_LIMIT = 1000
+PIPELINE_STATES = (states.CREATED, states.READY, states.RUNNING, states.SUSPENDED, states.BLOCKED,
+                   states.FINISHED, states.FAILED, states.REVOKED)
+
+
+@dataclass(frozen=True)
+class PipelineQuery:
+    """Filters and page of a pipeline list; every filter is optional (None = no filter)."""
+
+    states: tuple[str, ...] | None = None
+    name: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 50
+    offset: int = 0
+
+
+def _epoch(value: Any, name: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise InvalidOperationError(f"{name} must be a timezone-aware datetime, got a naive one ({value})")
+        return value.timestamp()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise InvalidOperationError(f"{name} must be a timezone-aware datetime or epoch seconds, got {value!r}")
+
+
+def _states(value: Any) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple | set | frozenset):
+        raise InvalidOperationError(f"state must be a state name or a list of them, got {value!r}")
+    chosen: list[str] = []
+    for item in items:
+        name = item.upper() if isinstance(item, str) else item
+        if name not in PIPELINE_STATES:
+            raise InvalidOperationError(f"state {item!r} is not a state; use one of {', '.join(PIPELINE_STATES)}")
+        if name not in chosen:
+            chosen.append(name)
+    return tuple(chosen)
+
+
+def _count(value: Any, name: str, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise InvalidOperationError(f"{name} must be an int from {low} to {high}, got {value!r}")
+    return value
+
+
+def make_query(state: Any = None, name: Any = None, created_after: Any = None, created_before: Any = None,
+               limit: Any = 50, offset: Any = 0) -> PipelineQuery:
+    """Check the arguments of a list and make its query; refuses a bad one with a message naming it."""
+    if name is not None and not isinstance(name, str):
+        raise InvalidOperationError(f"name must be a string, got {name!r}")
+    return PipelineQuery(
+        states=_states(state), name=name or None,
+        created_after=_epoch(created_after, "created_after"), created_before=_epoch(created_before, "created_before"),
+        limit=_count(limit, "limit", 0, MAX_LIMIT), offset=_count(offset, "offset", 0, 2**62),
+    )
+
+
+def _time(t: float | None) -> datetime | None:
+    return datetime.fromtimestamp(t, UTC) if t is not None else None
+
+
+def list_pipelines(engine: Engine, query: PipelineQuery) -> dict[str, Any]:
+    """``{"total", "counts", "items"}``: see :func:`culm.api.list_pipelines`."""
+    with engine.store.reading() as unit:
+        counts, rows = unit.list_pipelines(query)
+    chosen = query.states if query.states is not None else tuple(counts)
+    items = [
+        {"id": r[0], "name": r[1], "state": r[2], "created_time": _time(r[3]), "started_time": _time(r[4]),
+         "archived_time": _time(r[5])}
+        for r in rows
+    ]
+    return {"total": sum(counts.get(s, 0) for s in chosen), "counts": counts, "items": items}

@@ -1,0 +1,85 @@
+"""Listing root pipelines: counts per state and one page, newest first, from indexes only.
+
+A root pipeline is a ``culm_state`` row whose ``parent_id`` is empty and whose ``root_id`` is set
+(an appointed pause on a node not reached yet also has an empty ``parent_id``, but no ``root_id``).
+The index ``ix_culm_state_roots`` (migration 0003) holds exactly those rows on SQLite and
+PostgreSQL, so a list or a count never reads the rows of ordinary nodes, nor a tree; the name
+comes from ``ix_culm_pipeline_id_name``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from culm.core.listing import PipelineQuery
+
+_ROOTS = "s.parent_id = '' AND s.root_id <> ''"
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+
+
+def _tables(dialect: str) -> tuple[str, str]:
+    """The FROM names of the root states and of the pipelines' names.
+
+    SQLite's planner, once ANALYZE has run, prefers the plain parent_id index (a row lookup per
+    pipeline) and reads the name from the pipeline row, past its tree: name the covering indexes.
+    """
+    if dialect == "sqlite":
+        return ("culm_state s INDEXED BY ix_culm_state_roots",
+                "culm_pipeline p INDEXED BY ix_culm_pipeline_id_name")
+    return "culm_state s", "culm_pipeline p"
+
+
+def _filters(query: PipelineQuery, pipelines: str) -> tuple[str, str, list[Any]]:
+    """(join, where, params) for every filter but the state."""
+    where: list[str] = [_ROOTS]
+    params: list[Any] = []
+    join = ""
+    if query.created_after is not None:
+        where.append("s.created_time >= ?")
+        params.append(query.created_after)
+    if query.created_before is not None:
+        where.append("s.created_time < ?")
+        params.append(query.created_before)
+    if query.name:
+        join = f" JOIN {pipelines} ON p.id = s.root_id"
+        where.append("LOWER(p.name) LIKE ? ESCAPE '!'")
+        params.append(f"%{_escape_like(query.name.lower())}%")
+    return join, " AND ".join(where), params
+
+
+def list_pipelines(
+    fetch: Callable[[str, Sequence[Any]], list[Any]], dialect: str, query: PipelineQuery
+) -> tuple[dict[str, int], list[tuple]]:
+    """``({state: count}, rows)`` where counts ignore the state filter and rows are
+    ``(id, name, state, created_time, started_time, archived_time)``, newest first.
+
+    Args:
+        fetch: runs one statement with ``?`` placeholders and returns its rows.
+        dialect: the database's SQLAlchemy dialect name.
+        query: the filters and the page.
+    """
+    states, pipelines = _tables(dialect)
+    join, where, params = _filters(query, pipelines)
+    counts = {str(r[0]): int(r[1]) for r in fetch(
+        f"SELECT s.name, COUNT(*) FROM {states}{join} WHERE {where} GROUP BY s.name", params)}
+    page_where, page_params = where, list(params)
+    if query.states is not None:
+        if not query.states:
+            return counts, []
+        page_where += f" AND s.name IN ({', '.join('?' * len(query.states))})"
+        page_params.extend(query.states)
+    # The page is chosen from the index alone (a root's root_id is its own id); only its rows are
+    # then read for their times and names.
+    rows = fetch(
+        "SELECT r.root_id, COALESCE(p.name, ''), r.name, r.created_time, t.started_time, t.archived_time"
+        f" FROM (SELECT s.root_id, s.name, s.created_time FROM {states}{join} WHERE {page_where}"
+        " ORDER BY s.created_time DESC, s.root_id DESC LIMIT ? OFFSET ?) r"
+        " JOIN culm_state t ON t.node_id = r.root_id"
+        f" LEFT JOIN {pipelines} ON p.id = r.root_id ORDER BY r.created_time DESC, r.root_id DESC",
+        [*page_params, query.limit, query.offset],
+    )
+    return counts, [tuple(r) for r in rows]
