@@ -69,8 +69,8 @@ class EngineMetrics:
         """Start observing this process's engine."""
         observe.call_observer = self.on_call
         observe.step_observer = self.on_step
-        signals.pipeline_event.connect(self.on_event)
-        signals.post_set_state.connect(self.on_state)
+        signals.pipeline_event.connect(self.on_event, weak=False)
+        signals.post_set_state.connect(self.on_state, weak=False)
 
     def uninstall(self) -> None:
         if observe.call_observer == self.on_call:
@@ -90,11 +90,11 @@ class EngineMetrics:
     def on_step(self, seconds: float) -> None:
         self.step_time.labels(HOST).observe(seconds)
 
-    def on_event(self, event_type: str, data: dict[str, Any], **_: Any) -> None:
-        if event_type == "post_callback":
+    def on_event(self, event: Any = None, **_: Any) -> None:
+        if getattr(event, "event_type", None) == "post_callback":
             self.callbacks.labels(HOST).inc()
 
-    def on_state(self, to_state: str, **_: Any) -> None:
+    def on_state(self, to_state: str = "", **_: Any) -> None:
         self.transitions.labels(HOST, to_state).inc()
 
 

@@ -430,7 +430,8 @@ def test_metrics_in_prometheus_format(served: Any, admin: httpx.Client) -> None:
                      r'result="failure"\} [1-9]', text)
     assert 'engine_execute_exception_count_total{hostname=' in text or "engine_execute_exception_count{" in text
     for name in ("engine_node_execute_time_bucket", "culm_queue_depth", "culm_outbox_lag_seconds",
-                 "engine_running_processes", "culm_engine_step_seconds_bucket", "culm_web_sse_clients"):
+                 "engine_running_processes", "culm_engine_step_seconds_bucket", "culm_web_sse_clients",
+                 "culm_callbacks_total", "culm_state_changes_total"):
         assert name in text, name
 
 
