@@ -163,7 +163,7 @@ def chain_tree(size: int, name: str = "big") -> dict:
     fork, join = ParallelGateway(), ConvergeGateway()
     start.extend(fork)
     branches = []
-    per_branch = max(1, (size - 4) // 10)
+    per_branch = max(1, -(-(size - 4) // 10))
     for b in range(10):
         head = ServiceActivity(component_code="web_divide", name=f"b{b} step 0")
         head.component.inputs.divisor = Var(type=Var.PLAIN, value=1)

@@ -104,7 +104,8 @@
       else if (n.type in GATEWAY) shape = svg("polygon", { class: "shape", points: "0,-21 21,0 0,21 -21,0" });
       else shape = svg("rect", { class: "shape", x: -d.width / 2, y: -20, width: d.width, height: 40, rx: 6 });
       grp.append(shape);
-      const text = svg("text", { "text-anchor": "middle", y: n.type in GATEWAY ? 5 : /Event$/.test(n.type) ? 32 : 4 });
+      const below = /Event$/.test(n.type);
+      const text = svg("text", { "text-anchor": "middle", y: n.type in GATEWAY ? 5 : below ? 32 : 4, class: below ? "below" : "" });
       text.textContent = n.type in GATEWAY ? GATEWAY[n.type] : /Event$/.test(n.type) ? (n.name || "") : d.label.slice(0, 28);
       grp.append(text);
       if (n.type === "SubProcess") {
@@ -117,6 +118,7 @@
       const title = svg("title");
       grp.append(title);
       grp.addEventListener("click", () => onSelect(id));
+      nodes.append(grp);
       byId[id] = grp;
       paint(grp, states[id]);
     }
@@ -140,10 +142,14 @@
     view.replaceChildren(head, el("div", { class: "layout" }, wrap, panel));
 
     function redraw() {
+      const began = performance.now();
       const g = layout(page.tree, page.expanded);
+      const laid = performance.now();
       page.drawn = draw(g, page.states, page.expanded, select, toggle);
       wrap.replaceChildren(page.drawn.root);
       markSelected();
+      wrap.setAttribute("data-layout-ms", String(Math.round(laid - began)));
+      wrap.setAttribute("data-draw-ms", String(Math.round(performance.now() - laid)));
     }
     function toggle(id) {
       if (page.expanded.has(id)) page.expanded.delete(id); else page.expanded.add(id);

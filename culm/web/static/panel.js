@@ -35,7 +35,9 @@
   };
 
   function section(title, body) {
-    return [el("h4", { text: title }), body];
+    const part = document.createDocumentFragment();
+    part.append(el("h4", { text: title }), body);
+    return part;
   }
 
   function actionForm(kind, node, info, submit) {
@@ -120,7 +122,7 @@
       }
     }
     const reason = entry && entry.wait_reason;
-    panel.replaceChildren(
+    panel.replaceChildren(...[
       el("h3", { id: "panel-title", text: node.name || nodeId }),
       el("table", { class: "kv" },
         el("tr", {}, el("td", { text: "id" }), el("td", {}, el("code", { text: nodeId }))),
@@ -141,7 +143,7 @@
             el("td", { text: h.outputs && h.outputs.ex_data ? String(h.outputs.ex_data).split("\n").filter(Boolean).pop() : (h.outputs && h.outputs._result === false ? "failed" : "") }))))
         : el("p", { class: "muted", text: "No earlier runs." })),
       section("Logs", el("pre", { id: "logs-view", text: info.logs || "(none)" })),
-      section("Definition", el("pre", { text: json(node) })));
+      section("Definition", el("pre", { text: json(node) }))].filter(Boolean));
     panel.hidden = false;
   };
 })();
