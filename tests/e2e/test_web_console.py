@@ -87,7 +87,7 @@ def count(driver: Any, css: str) -> int:
 def sign_in(driver: Any, served: Any, role: str) -> None:  # noqa: F811
     driver.get(served.url + "/")
     driver.execute_script("sessionStorage.clear()")
-    driver.get(served.url + "/#/")
+    driver.refresh()
     box = find(driver, "#token")
     box.send_keys(served.tokens[role])
     find(driver, "#signin button").click()
@@ -137,6 +137,7 @@ def test_failed_node_is_red_with_its_error_then_retried_with_new_inputs(browser:
     assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
     buttons = [b.get_attribute("data-action") for b in browser.find_elements("css selector", "#node-actions button")]
     assert buttons == ["retry", "skip"]
+    screenshot(browser, "console-node.png", tmp_path)
     find(browser, '#node-actions button[data-action="retry"]').click()
     area = find(browser, "#retry-inputs")
     assert json.loads(area.get_attribute("value")) == {"divisor": 0}
@@ -211,7 +212,6 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     assert buttons == ["callback", "forced-fail"]
     assert [b.get_attribute("data-action") for b in browser.find_elements(
         "css selector", "#pipeline-actions button")] == ["pause", "revoke"]
-    screenshot(browser, "console-node.png", tmp_path)
     find(browser, '#node-actions button[data-action="callback"]').click()
     area = find(browser, "#callback-data")
     area.clear()

@@ -220,7 +220,7 @@ function listPage(view, params) {
   }
   let timer = null;
   const stop = culm.follow("", () => { clearTimeout(timer); timer = setTimeout(() => load().catch(() => {}), 300); });
-  load().catch((e) => culm.toast("Could not load pipelines: " + e.message));
+  load().catch((e) => e.message !== "unauthorized" && culm.toast("Could not load pipelines: " + e.message));
   return () => { stop(); clearTimeout(timer); };
 }
 
