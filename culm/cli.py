@@ -467,6 +467,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     broker = args.broker or os.environ.get("CULM_BROKER_URL")
     if not broker:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
+    port = args.metrics_port or int(os.environ.get("CULM_METRICS_PORT") or 0)
+    if port:
+        from culm.web.worker_metrics import start_worker_metrics
+
+        print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
     run_worker(db=_db(args), broker=broker, imports=import_names(args.imports),
                concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
                prefix=args.prefix)
@@ -548,6 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
     worker.add_argument("--loglevel", default="INFO", metavar="L")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset)")
     worker.set_defaults(func=cmd_worker)
 
     db = sub.add_parser("db", help="database maintenance")

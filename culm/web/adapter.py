@@ -10,6 +10,7 @@ stored tree of a pipeline has no public reader yet; :func:`pipeline_tree` is it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from datetime import datetime
@@ -68,37 +69,51 @@ def _change_dict(change: Any) -> dict[str, Any]:
             "loop": change.loop, "time": change.time}
 
 
-class Subscription:
-    """One client's queue of changes (of one pipeline, or of every pipeline's root state).
+def sse_event(change: dict[str, Any]) -> str:
+    """A change as one server-sent event (``id``, ``event: state``, ``data``)."""
+    return f"id: {change['seq']}\nevent: state\ndata: {json.dumps(change, separators=(',', ':'))}\n\n"
 
-    The hub's thread hands changes over to the client's event loop; the stream awaits them there,
-    so a thousand idle watchers hold no thread.
+
+#: Events a slow client may have waiting before it is told to reload instead.
+BACKLOG = 20_000
+
+
+class Subscription:
+    """One client's waiting events (of one pipeline, or of every pipeline's root state).
+
+    Lives on the client's event loop: the hub appends encoded events there and wakes it, so a
+    thousand idle watchers hold no thread, and a busy one writes what piled up in one chunk.
     """
 
     def __init__(self, hub: ChangeHub, root_id: str | None, loop: asyncio.AbstractEventLoop) -> None:
         self.hub = hub
         self.root_id = root_id
         self.loop = loop
-        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=10_000)
+        self.pending: list[str] = []
+        self.wake = asyncio.Event()
         self.overflowed = False
 
-    def offer(self, change: dict[str, Any]) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self._put, change)
-        except RuntimeError:  # the loop is closed: the client is gone
-            self.hub.unsubscribe(self)
-
-    def _put(self, change: dict[str, Any]) -> None:
-        try:
-            self.queue.put_nowait(change)
-        except asyncio.QueueFull:
+    def add(self, text: str) -> None:
+        if len(self.pending) >= BACKLOG:
+            self.pending.clear()
             self.overflowed = True  # the client reloads the whole state tree when told
+        self.pending.append(text)
+        self.wake.set()
 
-    async def get(self, timeout: float) -> dict[str, Any] | None:
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+    async def take(self, timeout: float) -> str:
+        """Every event waiting now, as one chunk ("" when none came within ``timeout``)."""
+        if not self.pending:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                return ""
+        self.wake.clear()
+        chunk = "".join(self.pending)
+        self.pending.clear()
+        if self.overflowed:
+            self.overflowed = False
+            chunk = "event: reload\ndata: {}\n\n" + chunk
+        return chunk
 
     def close(self) -> None:
         self.hub.unsubscribe(self)
@@ -107,6 +122,9 @@ class Subscription:
 class ChangeHub:
     """Follows the change feed in one thread and hands each change to the subscribers that want it:
     those of its pipeline, and for a root pipeline's own state, those of every pipeline (the list).
+
+    Each change is encoded once; the thread passes batches to each event loop with one wake-up,
+    and the loop hands the text to its subscribers.
 
     Args:
         runtime: the service's runtime.
@@ -118,6 +136,7 @@ class ChangeHub:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any], str]]] = {}
         self.delivered = 0
 
     def subscribe(self, root_id: str | None) -> Subscription:
@@ -144,13 +163,35 @@ class ChangeHub:
             self._thread.join(timeout=5)
 
     def publish(self, change: dict[str, Any]) -> None:
+        """Queue ``change`` for the event loops that have subscribers (called by the reader thread)."""
+        text = sse_event(change)
         with self._lock:
-            subs = list(self._subs)
-        is_root = change["node_id"] == change["root_id"]
-        for sub in subs:
-            if sub.root_id == change["root_id"] or (sub.root_id is None and is_root):
-                sub.offer(change)
-                self.delivered += 1
+            loops = {sub.loop for sub in self._subs}
+            wake = []
+            for loop in loops:
+                box = self._outbox.setdefault(loop, [])
+                if not box:
+                    wake.append(loop)
+                box.append((change, text))
+        for loop in wake:
+            try:
+                loop.call_soon_threadsafe(self._deliver, loop)
+            except RuntimeError:  # that loop is closed: its clients are gone
+                with self._lock:
+                    self._outbox.pop(loop, None)
+                    self._subs = {s for s in self._subs if s.loop is not loop}
+
+    def _deliver(self, loop: asyncio.AbstractEventLoop) -> None:
+        with self._lock:
+            batch = self._outbox.pop(loop, [])
+            subs = [s for s in self._subs if s.loop is loop]
+        for change, text in batch:
+            root = change["root_id"]
+            is_root = change["node_id"] == root
+            for sub in subs:
+                if sub.root_id == root or (sub.root_id is None and is_root):
+                    sub.add(text)
+                    self.delivered += 1
 
     def _run(self) -> None:
         after: int | None = None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -200,14 +199,7 @@ async def _stream(request: Request, sub: adapter.Subscription) -> AsyncIterator[
     try:
         yield "retry: 2000\nevent: hello\ndata: {}\n\n"
         while not await request.is_disconnected():
-            change = await sub.get(5.0)
-            if sub.overflowed:
-                sub.overflowed = False
-                yield "event: reload\ndata: {}\n\n"
-            if change is None:
-                yield ": keep-alive\n\n"
-                continue
-            yield f"id: {change['seq']}\nevent: state\ndata: {json.dumps(change)}\n\n"
+            yield await sub.take(15.0) or ": keep-alive\n\n"
     except asyncio.CancelledError:
         pass
     finally:
