@@ -27,6 +27,7 @@ _ENCODE = (
     if _c_make_encoder is not None else None
 )
 _SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_JSON_KEYS = (str, int, float, bool, type(None))  # key types JSON writes as text
 
 
 def dumps(value: Any) -> str:
@@ -54,3 +55,35 @@ def loads(text: str) -> Any:
     if end != len(text):
         return json.loads(text)  # trailing whitespace or data: the full parser decides
     return value
+
+
+def keys_collide(value: Any) -> bool:
+    """Whether some dict in ``value`` has two keys that JSON would write as the same text.
+
+    Only dicts with a key that is not a str need a look; lists and tuples are walked for the
+    dicts they hold. A value nested too deeply to walk is left to the encoders.
+    """
+    try:
+        return _collide(value)
+    except RecursionError:
+        return False
+
+
+def _collide(value: Any) -> bool:
+    cls = type(value)
+    if cls is dict or isinstance(value, dict):
+        keys = value.keys()
+        if not all(type(k) is str for k in keys) and all(isinstance(k, _JSON_KEYS) for k in keys):
+            if len({_key_text(k) for k in keys}) != len(value):
+                return True
+        return any(_collide(v) for v in value.values() if isinstance(v, (dict, list, tuple)))
+    if cls is list or cls is tuple or isinstance(value, (list, tuple)):
+        return any(_collide(v) for v in value if isinstance(v, (dict, list, tuple)))
+    return False
+
+
+def _key_text(key: Any) -> str:
+    """The text JSON writes for a dict key (str, int, float, bool or None)."""
+    if isinstance(key, str):
+        return key
+    return dumps(key)  # True -> "true", None -> "null", 1.0 -> "1.0", as json.dumps does

@@ -368,6 +368,9 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             raise InvalidOperationError(
                 f"callback version {version} of node {node_id} is not its current version {st.version}"
             )
+        if st.name != states.RUNNING and unit.has_callback(node_id, version):
+            raise InvalidOperationError(f"node {node_id} already received its callback (version {version}): "
+                                        f"it is {st.name} now")
         _require(st, (states.RUNNING,), "call back")
         sched = unit.schedule_of(node_id, version)
         if sched is None:

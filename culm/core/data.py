@@ -12,6 +12,7 @@ from typing import Any
 from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
+from culm.errors import HydrationError
 from culm.model.compiled import Graph, Node, PipelineSpec
 
 PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
@@ -112,10 +113,18 @@ def render_inputs(
     for key, var in render.items():
         value = template.render(var.get("value"), namespace)
         if var.get("type") == LAZY:
-            value = lazy(dctx.ContextVar(f"${{{key}}}", LAZY, value, var.get("custom_type")), value)
+            value = _resolve_lazy(lazy, dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type")), value)
         rendered[key] = value
     rendered.update(escape)
     return rendered
+
+
+def _resolve_lazy(lazy: Callable[[dctx.ContextVar, Any], Any], var: dctx.ContextVar, rendered: Any) -> Any:
+    """A lazy input's value; ``get_value`` is user code, so whatever it raises fails the node."""
+    try:
+        return lazy(var, rendered)
+    except Exception as exc:  # noqa: BLE001 - user code may raise anything; the node reports it
+        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
 
 
 def resolve_keys(

@@ -110,9 +110,7 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> Non
         return
     graph = engine.graph(proc.root_id, unit)
     run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-    res = as_result(result, {})
-    outputs = record_call(run, res)
-    unit.set_execution_data(st.node_id, res.inputs, outputs)
+    res, outputs = record_call(run, as_result(result, {}))
     unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
     try:
         _conclude(run, task_id, sched.id, res, outputs)

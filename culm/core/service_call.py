@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
+import socket
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -71,6 +73,14 @@ class CallResult:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
+def not_here_message(exc: Exception) -> str:
+    """What a node whose component this process lacks says: the code, the process, how to retry."""
+    return (f"{exc} in the process that ran this node (host {socket.gethostname()}, pid {os.getpid()}); "
+            "the process that runs this database's work must import every component its pipelines use: "
+            "import the module that registers it there (a `culm worker` or the runtime holding the runner "
+            "lock of a SQLite file), then retry the node (api.retry_node)")
+
+
 @dataclass
 class ServiceCall:
     """The fixed facts of one component call."""
@@ -89,9 +99,12 @@ class ServiceCall:
     error_ignorable: bool
 
     def _service(self, logger: NodeLogger) -> Any:
-        from culm.components import library
+        from culm.components import ComponentNotFoundError, library
 
-        service = library.new_service(self.code, self.version)
+        try:
+            service = library.new_service(self.code, self.version)
+        except ComponentNotFoundError as exc:
+            raise ComponentNotFoundError(not_here_message(exc)) from exc
         service.setup_runtime_attrs(
             id=self.node_id, version=self.state_version, root_pipeline_id=self.root_id,
             top_pipeline_id=self.top_pipeline_id, loop=self.loop, inner_loop=self.inner_loop, logger=logger,

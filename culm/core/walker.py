@@ -127,6 +127,9 @@ def _advance(
         # result is stale; leave the process as they left it.
         step.unit.delete_task(task.id)
         return None
+    except Exception as exc:
+        exc.add_note(f"culm: raised while the process of task {task.id} was at node {proc.current_node_id}")
+        raise
     _save_process(step, proc, before)
     step.unit.delete_task(task.id)
     return None

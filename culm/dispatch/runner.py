@@ -110,12 +110,12 @@ class WorkerRunner(ThreadDispatcher):
     def _room(self) -> int:
         """How many more tasks this process takes on now (caller holds the lock).
 
-        Each task on hand may need a thread: those in user code, those being advanced and those
-        queued for the engine. Take on one per thread, or several per thread while calls are
+        Each task on hand may need a thread: those in user code or waiting for a thread, those
+        being advanced and those queued for the engine. Take on one per thread, or several per thread while calls are
         short (then a call waits for a thread only briefly).
         """
         capacity = self.workers * (SHORT_CALL_QUEUE if self._short_calls() else 1)
-        return capacity - self._in_user_code - self._in_batch - self._ready.qsize()
+        return capacity - self._in_user_code - len(self._calls) - self._in_batch - self._ready.qsize()
 
     def _short_calls(self) -> bool:
         return self._call_seconds < SHORT_CALL_SECONDS

@@ -145,13 +145,17 @@ def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, 
 def _copy_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
     # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied.
-    try:
-        # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
-        # recurses until RecursionError instead, and is deep-copied.
-        text = _json.dumps(tree)
-        return _json.loads(text), text
-    except (TypeError, ValueError, RecursionError):
-        return copy.deepcopy(tree), None
+    # Values whose dict keys JSON would merge (``{1: "a", "1": "b"}``) are deep-copied too: the
+    # stored tree keeps them (see culm.storage.codec).
+    if not _json.keys_collide(tree):
+        try:
+            # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
+            # recurses until RecursionError instead, and is deep-copied.
+            text = _json.dumps(tree)
+            return _json.loads(text), text
+        except (TypeError, ValueError, RecursionError):
+            pass
+    return copy.deepcopy(tree), None
 
 
 def _as_list(value: Any) -> list[Any]:

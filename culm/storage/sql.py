@@ -23,7 +23,7 @@ from culm.core.records import (
     StateRecord,
     TaskRecord,
 )
-from culm.errors import SchemaOutdatedError
+from culm.errors import SchemaOutdatedError, UnstorableValueError
 from culm.storage import codec, listing
 
 
@@ -846,8 +846,10 @@ class SqlUnit:
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
     def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
+        """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         self._upsert("culm_execution_data",
-                     {"node_id": node_id, "inputs": codec.dumps(inputs), "outputs": codec.dumps(outputs)},
+                     {"node_id": node_id, "inputs": codec.dumps_fields(inputs, "inputs"),
+                      "outputs": codec.dumps_fields(outputs, "outputs")},
                      ["node_id"])
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
@@ -910,8 +912,13 @@ class SqlUnit:
 
     @staticmethod
     def _context_row(pipeline_id: str, v: ContextValue) -> dict:
+        try:
+            value = codec.dumps(v.value)
+        except UnstorableValueError as exc:
+            raise UnstorableValueError(f"variable {v.key} of pipeline {pipeline_id}: {exc}", "context",
+                                       [v.key]) from None
         return {
-            "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": codec.dumps(v.value),
+            "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": value,
             "code": v.code, "refs": codec.dumps(sorted(v.references)),
         }
 
@@ -973,6 +980,13 @@ class SqlUnit:
         ]
 
     def add_logs(self, rows: Sequence[dict]) -> None:
+        """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
+        bad = [(i, problem) for i, r in enumerate(rows) if (problem := codec.text_problem(r["line"]))]
+        if bad:
+            raise UnstorableValueError(
+                "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
+                "log lines", [i for i, _ in bad],
+            )
         self._insert("culm_log", list(rows))
 
     def logs(self, node_id: str, version: str) -> list[str]:

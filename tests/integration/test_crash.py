@@ -71,3 +71,38 @@ def test_acknowledged_callback_survives_kill_9(tmp_path: Path) -> None:
     assert json.loads(out.strip().splitlines()[-1]) == {"finished": True}
     with culm.Runtime(db, workers=0) as runtime:
         assert api.get_execution_data_outputs(runtime, info["wait"]).data["got"] == {"k": 1}
+
+
+@pytest.mark.parametrize("workers", [2, 8])
+def test_kill_9_mid_batch_reruns_at_most_the_user_code_pool(tmp_path: Path, workers: int) -> None:
+    """Results of user code are committed as they come back, and no more calls start than there are
+    threads: a crash re-runs at most ``workers`` calls (those running, and those whose results had
+    not been committed), however many nodes were ready and however far the engine thread lagged."""
+    db, log = f"sqlite:///{tmp_path}/batch.db", tmp_path / "exec.log"
+    count, acts = 60, 8
+    first = _spawn("batch", db, log, str(count), str(workers))
+    roots = json.loads(first.stdout.readline())
+    deadline = time.monotonic() + 30
+    while sum(1 for w in _lines(log) if w[0] == "done") < 0.3 * count * acts and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    before = collections.Counter(w[1] for w in _lines(log) if w[0] == "start")
+    with culm.Runtime(db, workers=0) as runtime:
+        committed = {n for r in roots for n, e in api.get_pipeline_states(runtime, r).data[r]["children"].items()
+                     if e["state"] == "FINISHED"}
+    assert 0.2 * count * acts <= len(before) < count * acts, "the kill did not land mid-batch"
+
+    second = _spawn("resume_all", db, log, str(workers), *roots)
+    out, _ = second.communicate(timeout=80)
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["unfinished"] == 0, summary
+
+    starts = collections.Counter(w[1] for w in _lines(log) if w[0] == "start")
+    assert len(starts) == count * acts
+    reruns = {n: c - 1 for n, c in starts.items() if c > 1}
+    print(f"\nworkers={workers}: {len(before)} calls started before the kill, {sum(reruns.values())} ran again; "
+          f"reopening finished every pipeline in {summary['seconds']} s")
+    assert not committed & set(reruns), "a node whose result was committed ran again"
+    assert all(c == 1 for c in reruns.values())
+    assert sum(reruns.values()) <= workers
