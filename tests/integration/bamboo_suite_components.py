@@ -11,6 +11,7 @@ Services keep nothing between calls except in ``data.outputs``.
 from __future__ import annotations
 
 from culm.components import Component, Service, StaticIntervalGenerator
+from culm.events import ExecutableEndEvent
 
 # -- hooks -------------------------------------------------------------------------------------
 HOOKED = (
@@ -281,3 +282,18 @@ class SleepTimerService(Service):
 
 for _code, _service in {"dummy_exec_node": DummyExecService, "sleep_timer": SleepTimerService}.items():
     globals()[f"Bs{_service.__name__}Component"] = _component(_code, _service)
+
+
+# -- end events ------------------------------------------------------------------------------------
+class MyTestEndEvent(ExecutableEndEvent):
+    code = "MyTestEndEvent"
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        return None
+
+
+class MyRaiseEndEvent(ExecutableEndEvent):
+    code = "MyRaiseEndEvent"
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        raise Exception("end event raised on purpose")

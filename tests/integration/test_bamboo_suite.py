@@ -20,6 +20,7 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ExclusiveGateway,
+    ExecutableEndEvent,
     NodeOutput,
     ParallelGateway,
     ServiceActivity,
@@ -567,3 +568,150 @@ def test_exclusive_gateway_failure_then_skip_to_a_flow(runtime):
     assert entry["children"][eg.id]["skip"] is True
     assert act_2.id in entry["children"] and act_1.id not in entry["children"]
     assert [h["skip"] for h in histories(runtime, eg.id)] == [False]
+
+
+def _polled_once(runtime, node_id):
+    return exec_data(runtime, node_id) == {"inputs": {"_loop": 1, "_inner_loop": 1},
+                                           "outputs": {"_loop": 1, "_inner_loop": 1, "_result": True}}
+
+
+def test_conditional_parallel_takes_every_true_branch(runtime):
+    start = EmptyStartEvent()
+    cpg = ConditionalParallelGateway(conditions={0: "True == True", 1: "True == True", 2: "True == True",
+                                                 3: "True == False", 4: "True == False"})
+    acts = [ServiceActivity(component_code="debug_node") for _ in range(5)]
+    cg = ConvergeGateway()
+    end = EmptyEndEvent()
+    start.extend(cpg).connect(*acts).converge(cg).extend(end)
+    pipeline = build_tree(start)
+
+    entry = finish(runtime, pipeline, root_pipeline_data={})
+
+    assert set(entry["children"]) == {start.id, cpg.id, cg.id, end.id, *(a.id for a in acts[:3])}
+    assert exec_data(runtime, pipeline["id"]) == {"inputs": {}, "outputs": {}}
+    assert all(_polled_once(runtime, a.id) for a in acts[:3])
+
+
+def test_nested_conditional_parallel_gateways(runtime):
+    start = EmptyStartEvent()
+    cpg_1 = ConditionalParallelGateway(conditions={0: "True == True", 1: "True == True", 2: "True == True",
+                                                   3: "True == False", 4: "True == False"})
+    cpg_2 = ConditionalParallelGateway(conditions={0: "True == True", 1: "True == False", 2: "True == False",
+                                                   3: "True == False", 4: "True == False"})
+    group_1 = [ServiceActivity(component_code="debug_node") for _ in range(4)]
+    group_2 = [ServiceActivity(component_code="debug_node") for _ in range(5)]
+    cg_1, cg_2 = ConvergeGateway(), ConvergeGateway()
+    end = EmptyEndEvent()
+    start.extend(cpg_1).connect(cpg_2, *group_1).to(cpg_2).connect(*group_2).converge(cg_1).to(cpg_1).converge(
+        cg_2).extend(end)
+    pipeline = build_tree(start)
+
+    entry = finish(runtime, pipeline, root_pipeline_data={})
+
+    ran = {group_1[0].id, group_1[1].id, group_2[0].id}
+    assert set(entry["children"]) == {start.id, cpg_1.id, cpg_2.id, cg_1.id, cg_2.id, end.id, *ran}
+    assert all(_polled_once(runtime, node_id) for node_id in ran)
+
+
+def test_conditional_parallel_conditions_are_templates(runtime):
+    start = EmptyStartEvent()
+    cpg = ConditionalParallelGateway(conditions={0: '"${a}" == "1"', 1: '"${b}" == "1"', 2: '"${c}" == "1"',
+                                                 3: '"${d}" == "1"', 4: "True == False"})
+    acts = [ServiceActivity(component_code="debug_node") for _ in range(5)]
+    cg = ConvergeGateway()
+    end = EmptyEndEvent()
+    start.extend(cpg).connect(*acts).converge(cg).extend(end)
+    data = Data()
+    data.inputs["${a}"] = Var(type=Var.PLAIN, value="1")
+    data.inputs["${b}"] = Var(type=Var.PLAIN, value="1")
+    data.inputs["${c}"] = Var(type=Var.PLAIN, value="0")
+    pipeline = build_tree(start, data=data)
+
+    entry = finish(runtime, pipeline, root_pipeline_data={})
+
+    assert set(entry["children"]) == {start.id, cpg.id, cg.id, end.id, acts[0].id, acts[1].id}
+
+
+def test_conditional_parallel_without_a_match_fails(runtime):
+    start = EmptyStartEvent()
+    cpg = ConditionalParallelGateway(conditions={i: "True == False" for i in range(3)})
+    acts = [ServiceActivity(component_code="debug_node") for _ in range(3)]
+    cg = ConvergeGateway()
+    end = EmptyEndEvent()
+    start.extend(cpg).connect(*acts).converge(cg).extend(end)
+    pipeline = build_tree(start)
+    run(runtime, pipeline, root_pipeline_data={})
+
+    wait_state(runtime, cpg.id, "FAILED")
+
+    assert node_state(runtime, pipeline["id"])["state"] == "RUNNING"
+    assert set(api.get_pipeline_states(runtime, pipeline["id"]).data[pipeline["id"]]["children"]) == {
+        start.id, cpg.id}
+    assert exec_data(runtime, cpg.id) == {"inputs": {}, "outputs": {
+        "ex_data": "all conditions of branches are not meet"}}
+
+
+# -- executable end events -------------------------------------------------------------------------
+def test_executable_end_event_runs_at_root_and_in_subprocess(runtime):
+    sub_start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_node")
+    sub_end = ExecutableEndEvent(type="MyTestEndEvent")
+    sub_start.extend(act).extend(sub_end)
+    start = EmptyStartEvent()
+    sub = SubProcess(start=sub_start)
+    end = ExecutableEndEvent(type="MyTestEndEvent")
+    start.extend(sub).extend(end)
+    pipeline = build_tree(start)
+
+    entry = finish(runtime, pipeline, root_pipeline_data={})
+
+    assert {k: v["state"] for k, v in entry["children"].items()} == {
+        n: "FINISHED" for n in (start.id, sub.id, end.id, sub_start.id, act.id, sub_end.id)}
+    assert exec_data(runtime, pipeline["id"]) == {"inputs": {}, "outputs": {}}
+    assert _polled_once(runtime, act.id)
+
+
+@pytest.mark.parametrize("in_subprocess", [False, True], ids=["root", "subprocess"])
+def test_raising_executable_end_event_fails_only_itself(runtime, in_subprocess):
+    inner_start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_node")
+    raising_end = ExecutableEndEvent(type="MyRaiseEndEvent")
+    inner_start.extend(act).extend(raising_end)
+    if in_subprocess:
+        start = EmptyStartEvent()
+        sub = SubProcess(start=inner_start)
+        start.extend(sub).extend(ExecutableEndEvent(type="MyTestEndEvent"))
+        pipeline = build_tree(start)
+    else:
+        pipeline = build_tree(inner_start)
+    run(runtime, pipeline, root_pipeline_data={})
+
+    wait_state(runtime, raising_end.id, "FAILED")
+
+    assert node_state(runtime, pipeline["id"])["state"] == "RUNNING"
+    if in_subprocess:
+        assert node_state(runtime, sub.id)["state"] == "RUNNING"
+    assert _polled_once(runtime, act.id)
+    assert "end event raised on purpose" in api.get_execution_data_outputs(runtime, raising_end.id).data["ex_data"]
+    refused(api.skip_node(runtime, raising_end.id), raising_end.id)
+    assert api.retry_node(runtime, raising_end.id).result
+    wait_state(runtime, raising_end.id, "FAILED")
+    assert node_state(runtime, raising_end.id)["retry"] == 1
+
+
+def test_debug_info_keeps_bamboo_key_names(runtime):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_no_schedule_node")
+    act.component.inputs.param_1 = Var(type=Var.SPLICE, value="${constant_1}")
+    start.extend(act).extend(EmptyEndEvent())
+    data = Data()
+    data.inputs["${constant_1}"] = Var(type=Var.PLAIN, value="value_1")
+    pipeline = build_tree(start, data=data)
+    finish(runtime, pipeline, root_pipeline_data={})
+
+    info = api.get_pipeline_debug_info(runtime, pipeline["id"]).data
+    assert info["contex_values"] == info["context_values"]
+    assert [(v["key"], v["value"]) for v in info["context_values"]] == [("${constant_1}", "value_1")]
+    node = api.get_node_debug_info(runtime, act.id).data
+    assert node["state"]["state"] == "FINISHED" and node["err"] == []
+    assert node["data"] == {"inputs": {"param_1": {"need_render": True, "value": "${constant_1}"}}, "outputs": {}}
