@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from culm.components import Component, Service, StaticIntervalGenerator
 from culm.events import ExecutableEndEvent
+from culm.variables import LazyVariable
 
 # -- hooks -------------------------------------------------------------------------------------
 HOOKED = (
@@ -297,3 +298,18 @@ class MyRaiseEndEvent(ExecutableEndEvent):
 
     def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
         raise Exception("end event raised on purpose")
+
+
+# -- lazy variables --------------------------------------------------------------------------------
+class UpperCaseVariable(LazyVariable):
+    code = "upper_case"
+
+    def get_value(self):
+        return self.value.upper()
+
+
+class RaiseVariable(LazyVariable):
+    code = "raise_variable"
+
+    def get_value(self):
+        raise Exception("raise_variable raised on purpose")

@@ -23,6 +23,7 @@ from culm.builder import (
     ExecutableEndEvent,
     NodeOutput,
     ParallelGateway,
+    Params,
     ServiceActivity,
     SubProcess,
     Var,
@@ -715,3 +716,46 @@ def test_debug_info_keeps_bamboo_key_names(runtime):
     node = api.get_node_debug_info(runtime, act.id).data
     assert node["state"]["state"] == "FINISHED" and node["err"] == []
     assert node["data"] == {"inputs": {"param_1": {"need_render": True, "value": "${constant_1}"}}, "outputs": {}}
+
+
+# -- failures of nodes that are not activities -----------------------------------------------------
+def test_retry_subprocess_whose_params_fail_records_only_ex_data(runtime):
+    sub_start = EmptyStartEvent()
+    sub_act = ServiceActivity(component_code="debug_node")
+    sub_start.extend(sub_act).extend(EmptyEndEvent())
+    params = Params({"${raise_var}": Var(type=Var.LAZY, custom_type="raise_variable", value="")})
+    start = EmptyStartEvent()
+    sub = SubProcess(start=sub_start, params=params)
+    start.extend(sub).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    run(runtime, pipeline, root_pipeline_data={})
+    old = wait_state(runtime, sub.id, "FAILED")
+    first = exec_data(runtime, sub.id)
+    assert first["inputs"] == {} and set(first["outputs"]) == {"ex_data"}
+    assert "raise_variable raised on purpose" in first["outputs"]["ex_data"]
+
+    assert api.retry_subprocess(runtime, sub.id).result
+    wait_until(lambda: (s := node_state(runtime, sub.id))["state"] == "FAILED" and s["version"] != old["version"],
+               what="the retried subprocess to fail again")
+
+    (past,) = histories(runtime, sub.id)
+    assert past["node_id"] == sub.id
+    assert (past["loop"], past["retry"], past["skip"], past["version"]) == (1, 0, False, old["version"])
+    assert past["started_time"] is not None and past["archived_time"] is not None
+    assert past["inputs"] == {} and set(past["outputs"]) == {"ex_data"}
+    assert node_state(runtime, sub.id)["retry"] == 1
+    assert sub_act.id not in api.get_pipeline_states(runtime, pipeline["id"]).data[pipeline["id"]]["children"]
+
+
+def test_raising_end_event_records_only_ex_data(runtime):
+    start = EmptyStartEvent()
+    end = ExecutableEndEvent(type="MyRaiseEndEvent")
+    start.extend(ServiceActivity(component_code="debug_no_schedule_node")).extend(end)
+    pipeline = build_tree(start)
+    run(runtime, pipeline)
+
+    wait_state(runtime, end.id, "FAILED")
+
+    found = exec_data(runtime, end.id)
+    assert found["inputs"] == {} and set(found["outputs"]) == {"ex_data"}
+    assert "end event raised on purpose" in found["outputs"]["ex_data"]

@@ -18,13 +18,9 @@ def enter(run: Run) -> Outcome:
     try:
         params = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
     except CulmError as exc:
-        run.fail(f"subprocess params hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
+        run.fail_node(f"subprocess params hydrate failed: {exc}")
         return SLEEP
     run.unit.set_execution_data(node.id, params, {})
     run.upsert_context(node.id, [ContextValue(k, "plain", v) for k, v in params.items()])
     run.proc.stack = [*run.proc.stack, node.id]
     return Next(run.graph.pipelines[node.id].start_event_id)
-
-
-def _raw_value(var: object) -> object:
-    return var.get("value") if isinstance(var, dict) else var
