@@ -144,11 +144,14 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
         ctx = unit.get_context(pipeline_id)
         root_id = unit.node_root(pipeline_id)
         procs = unit.processes_of_root(root_id)
+    context_values = [
+        {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
+        for v in ctx.values()
+    ]
     return {
-        "context_values": [
-            {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
-            for v in ctx.values()
-        ],
+        "context_values": context_values,
+        # bamboo's key is misspelt; code written for bamboo reads it (same list).
+        "contex_values": context_values,
         "processes": [
             {"process_id": p.id, "parent_id": p.parent_id, "root_pipeline_id": p.root_id,
              "current_node": p.current_node_id, "destination_id": p.destination_id, "pipeline_stack": p.stack,
