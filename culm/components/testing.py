@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import time
 import traceback
 from collections.abc import Callable, Iterable, Mapping
@@ -325,7 +326,7 @@ def _describe_diff(expected: dict[str, Any], actual: dict[str, Any]) -> str:
 def _call_problems(label: str, assertions: list[CallAssertion] | None, mocks: dict[str, Any]) -> list[str]:
     problems = []
     for assertion in assertions or []:
-        target = mocks.get(assertion.func) if isinstance(assertion.func, str) else assertion.func
+        target = _call_target(assertion.func, mocks)
         if target is None:
             problems.append(f"{label} calls: {assertion.func!r} is not the target of a Patcher of this case")
             continue
@@ -333,6 +334,21 @@ def _call_problems(label: str, assertions: list[CallAssertion] | None, mocks: di
         if problem:
             problems.append(f"{label} calls of {assertion.func!r}: {problem}")
     return problems
+
+
+def _call_target(func: Any, mocks: dict[str, Any]) -> Any:
+    """The mock a :class:`CallAssertion` names: a mock, a Patcher's target, or (as bamboo allows)
+    the dotted path of a mock object."""
+    if not isinstance(func, str):
+        return func
+    if func in mocks:
+        return mocks[func]
+    module_name, _, attr = func.rpartition(".")
+    try:
+        found = getattr(importlib.import_module(module_name), attr) if module_name else None
+    except (ImportError, AttributeError):
+        return None
+    return found if isinstance(found, mock.Mock) else None
 
 
 def _one_call_problem(target: Any, assertion: CallAssertion) -> str | None:

@@ -197,3 +197,22 @@ def test_end_event_registered_with_flow_node_cls_factory_runs(runtime):
 
     assert bamboo_plugins.end_calls() == [[False, pipeline["id"], pipeline["id"]]]
     assert node_state(runtime, end.id)["state"] == "FINISHED"
+
+
+# -- gap 8: timeouts are accepted and ignored, and said to be --------------------------------------
+def test_timeout_is_accepted_ignored_and_said_to_be(runtime):
+    from culm.model import ignored
+
+    ignored._reset_for_tests()
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="example_component", timeout=1,
+                          timeout_config={"enable": True, "action": "forced_fail", "seconds": 1})
+    start.extend(act).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+
+    with pytest.warns(ignored.IgnoredSettingWarning, match=act.id):
+        finish(runtime, pipeline)
+
+    # Accepted as bamboo-engine accepts it: kept in the tree, and the node runs as without it.
+    assert node_state(runtime, act.id)["state"] == "FINISHED"
+    assert outputs(runtime, act.id)["_result"] is True

@@ -315,28 +315,40 @@ class TheScheduleComponentTest(unittest.TestCase, ComponentTestMixin):  # bamboo
         ]
 
 
-def test_outputs_none_still_checks_success():
+@pytest.fixture
+def mixin_for():
+    """``mixin_for(service_cls, case)``: a ComponentTestMixin over a fresh component of the service."""
+    made = []
+
+    def make(service_cls, case):
+        component = type("Probe", (Component,), {"name": "probe", "code": f"bamboo_doc_{uuid.uuid4().hex[:8]}",
+                                                 "bound_service": service_cls})
+        made.append(component.code)
+
+        class Test(ComponentTestMixin):
+            def component_cls(self):
+                return component
+
+            def cases(self):
+                return [case]
+
+        return Test()
+
+    yield make
+    for code in made:
+        library.unregister(code)
+
+
+def test_outputs_none_still_checks_success(mixin_for):
     class FailingService(Service):
         def execute(self, data, parent_data):
             return False
 
-    class FailingComponent(Component):
-        name = "failing"
-        code = f"bamboo_doc_failing_{uuid.uuid4().hex[:8]}"
-        bound_service = FailingService
-
-    class Test(ComponentTestMixin):
-        def component_cls(self):
-            return FailingComponent
-
-        def cases(self):
-            return [ComponentTestCase(name="wrongly expects success", inputs={}, parent_data={},
-                                      execute_assertion=ExecuteAssertion(success=True, outputs=None),
-                                      schedule_assertion=None)]
-
+    test = mixin_for(FailingService, ComponentTestCase(
+        name="wrongly expects success", inputs={}, parent_data={},
+        execute_assertion=ExecuteAssertion(success=True, outputs=None), schedule_assertion=None))
     with pytest.raises(AssertionError, match="(?s)wrongly expects success.*success is False"):
-        Test().test_component()
-    library.unregister(FailingComponent.code)
+        test.test_component()
 
 
 # -- gap 8: timeouts are accepted, ignored, and said to be ignored ---------------------------------
@@ -376,3 +388,23 @@ def test_timeout_config_is_found_in_subprocesses():
 def node_finished_in_time(runtime, pipeline_id):
     # The timeout is not enforced: the run finishes as it would without one.
     return wait_finished(runtime, pipeline_id)["state"] == "FINISHED"
+
+
+def test_call_assertion_names_a_mock_by_its_dotted_path(mixin_for):
+    import os
+
+    from culm.components.testing import Call, CallAssertion, Patcher
+
+    class ProbeService(Service):
+        def execute(self, data, parent_data):
+            data.set_outputs("exists", os.path.exists(data.get_one_of_inputs("path")))
+            return True
+
+    mixin_for(ProbeService, ComponentTestCase(
+        name="patched", inputs={"path": "/nowhere"}, parent_data={},
+        execute_assertion=ExecuteAssertion(success=True, outputs={"exists": True}),
+        schedule_assertion=None,
+        patchers=[Patcher(target="os.path.exists", return_value=True)],
+        # the same mock, named by another path to it (bamboo imports the dotted path)
+        execute_call_assertion=[CallAssertion(func="posixpath.exists", calls=[Call("/nowhere")])],
+    )).test_component()
