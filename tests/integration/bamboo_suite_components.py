@@ -281,7 +281,16 @@ class SleepTimerService(Service):
         return True
 
 
-for _code, _service in {"dummy_exec_node": DummyExecService, "sleep_timer": SleepTimerService}.items():
+class LoopOutputsService(Service):
+    """Node-loop body: output ``outputs`` = ``{"i": _loop, "x": inputs.x}``; fails on loop ``fail_at``."""
+
+    def execute(self, data, parent_data):
+        data.outputs.outputs = {"i": data.inputs._loop, "x": data.get_one_of_inputs("x")}
+        return data.inputs._loop != data.get_one_of_inputs("fail_at")
+
+
+for _code, _service in {"dummy_exec_node": DummyExecService, "sleep_timer": SleepTimerService,
+                        "loop_outputs_node": LoopOutputsService}.items():
     globals()[f"Bs{_service.__name__}Component"] = _component(_code, _service)
 
 

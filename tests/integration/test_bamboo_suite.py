@@ -759,3 +759,50 @@ def test_raising_end_event_records_only_ex_data(runtime):
     found = exec_data(runtime, end.id)
     assert found["inputs"] == {} and set(found["outputs"]) == {"ex_data"}
     assert "end event raised on purpose" in found["outputs"]["ex_data"]
+
+
+# -- node loops (loop_config) ----------------------------------------------------------------------
+def _node_loop_tree(loop_config, fail_at=None):
+    start = EmptyStartEvent()
+    body = ServiceActivity(component_code="loop_outputs_node", loop_config=loop_config)
+    body.component.inputs.x = Var(type=Var.PLAIN, value="X")
+    body.component.inputs.fail_at = Var(type=Var.PLAIN, value=fail_at)
+    after = ServiceActivity(component_code="debug_no_schedule_node")
+    after.component.inputs.collected = Var(type=Var.SPLICE, value="${collected}")
+    start.extend(body).extend(after).extend(EmptyEndEvent())
+    return build_tree(start), body, after
+
+
+def test_node_loop_collects_every_iteration_and_fail_skip_goes_on(runtime):
+    pipeline, body, after = _node_loop_tree(
+        {"enable": True, "loop_times": 3, "fail_skip": True, "outputs_key": "${collected}"}, fail_at=2)
+
+    entry = finish(runtime, pipeline)
+
+    state = entry["children"][body.id]
+    assert (state["loop"], state["retry"], state["skip"]) == (3, 0, False)
+    assert api.get_execution_data_inputs(runtime, after.id).data["collected"] == [
+        {"i": 1, "x": "X", "result": True, "inner_loop": 1},
+        {"i": 2, "x": "X", "result": False, "inner_loop": 2},
+        {"i": 3, "x": "X", "result": True, "inner_loop": 3},
+    ]
+    assert [(h["loop"], h["outputs"]["_result"]) for h in histories(runtime, body.id)] == [(1, True), (2, False)]
+    assert exec_data(runtime, body.id)["inputs"] == {"x": "X", "fail_at": 2, "_loop": 3, "_inner_loop": 3}
+
+
+def test_retried_node_loop_starts_over(runtime):
+    pipeline, body, after = _node_loop_tree({"enable": True, "loop_times": 3, "outputs_key": "${collected}"},
+                                            fail_at=2)
+    run(runtime, pipeline)
+    failed = wait_state(runtime, body.id, "FAILED")
+    assert failed["loop"] == 2
+
+    assert api.retry_node(runtime, body.id, {"x": "Y", "fail_at": 0}).result
+    entry = wait_pipeline(runtime, pipeline["id"])
+
+    state = entry["children"][body.id]
+    assert (state["loop"], state["retry"]) == (3, 1)
+    assert api.get_execution_data_inputs(runtime, after.id).data["collected"] == [
+        {"i": n, "x": "Y", "result": True, "inner_loop": n} for n in (1, 2, 3)]
+    assert [(h["loop"], h["retry"], h["outputs"]["outputs"]["x"]) for h in histories(runtime, body.id)] == [
+        (1, 0, "X"), (2, 0, "X"), (1, 1, "Y"), (2, 1, "Y")]
