@@ -806,3 +806,89 @@ def test_retried_node_loop_starts_over(runtime):
         {"i": n, "x": "Y", "result": True, "inner_loop": n} for n in (1, 2, 3)]
     assert [(h["loop"], h["retry"], h["outputs"]["outputs"]["x"]) for h in histories(runtime, body.id)] == [
         (1, 0, "X"), (2, 0, "X"), (1, 1, "Y"), (2, 1, "Y")]
+
+
+# -- refusals, per command and state ---------------------------------------------------------------
+def test_node_command_refusals_name_the_node_and_its_state(runtime):
+    start = EmptyStartEvent()
+    pg = ParallelGateway()
+    waiting = ServiceActivity(component_code="callback_node")
+    failed = ServiceActivity(component_code="fail_ctrl_node", retryable=False, skippable=False)
+    done = ServiceActivity(component_code="debug_no_schedule_node")
+    held = ServiceActivity(component_code="debug_no_schedule_node")
+    cg = ConvergeGateway()
+    start.extend(pg).connect(waiting, failed, done)
+    done.extend(held).extend(cg)
+    waiting.extend(cg)
+    failed.extend(cg)
+    cg.extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    run(runtime, pipeline)
+    assert api.pause_node_appoint(runtime, held.id).result
+    running = wait_state(runtime, waiting.id, "RUNNING")
+    wait_state(runtime, failed.id, "FAILED")
+    wait_state(runtime, done.id, "FINISHED")
+    assert node_state(runtime, held.id)["state"] == "SUSPENDED"
+
+    version = running["version"]
+    commands = {
+        "pause_node_appoint": lambda n: api.pause_node_appoint(runtime, n),
+        "resume_node_appoint": lambda n: api.resume_node_appoint(runtime, n),
+        "retry_node": lambda n: api.retry_node(runtime, n),
+        "skip_node": lambda n: api.skip_node(runtime, n),
+        "forced_fail_activity": lambda n: api.forced_fail_activity(runtime, n, "ex"),
+        "callback": lambda n: api.callback(runtime, n, version, {}),
+    }
+    allowed = {("resume_node_appoint", held.id), ("forced_fail_activity", waiting.id), ("callback", waiting.id)}
+    for name, command in commands.items():
+        for node_id, state in ((waiting.id, "RUNNING"), (failed.id, "FAILED"), (done.id, "FINISHED"),
+                               (held.id, "SUSPENDED")):
+            if (name, node_id) in allowed:
+                continue
+            res = command(node_id)
+            assert res.result is False and res.exc is not None, (name, state)
+            assert node_id in res.message and (state in res.message or "retryable" in res.message
+                                               or "skippable" in res.message), (name, state, res.message)
+    # Nothing refused changed anything.
+    assert [node_state(runtime, n)["state"] for n in (waiting.id, failed.id, done.id, held.id)] == [
+        "RUNNING", "FAILED", "FINISHED", "SUSPENDED"]
+    assert node_state(runtime, waiting.id)["version"] == version
+
+
+def test_pipeline_command_refusals_per_state(runtime):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="callback_node")
+    start.extend(act).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    pid = pipeline["id"]
+    run(runtime, pipeline)
+    state = wait_state(runtime, act.id, "RUNNING")
+
+    refused(api.resume_pipeline(runtime, pid), pid, "RUNNING")
+    assert api.pause_pipeline(runtime, pid).result
+    refused(api.pause_pipeline(runtime, pid), pid, "SUSPENDED")
+    assert api.resume_pipeline(runtime, pid).result
+    wait_until(lambda: api.callback(runtime, act.id, state["version"], {"bit": 1}).result, what="callback")
+    wait_pipeline(runtime, pid)
+    for command in (api.pause_pipeline, api.resume_pipeline, api.revoke_pipeline):
+        refused(command(runtime, pid), pid, "FINISHED")
+    refused(api.pause_pipeline(runtime, act.id), act.id)
+
+
+def test_revoked_pipeline_refuses_everything(runtime):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="callback_node")
+    start.extend(act).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    pid = pipeline["id"]
+    run(runtime, pipeline)
+    state = wait_state(runtime, act.id, "RUNNING")
+    assert api.revoke_pipeline(runtime, pid).result
+
+    for res in (api.revoke_pipeline(runtime, pid), api.pause_pipeline(runtime, pid),
+                api.resume_pipeline(runtime, pid)):
+        refused(res, pid, "REVOKED")
+    for res in (api.callback(runtime, act.id, state["version"], {}), api.forced_fail_activity(runtime, act.id, "x"),
+                api.retry_node(runtime, act.id), api.skip_node(runtime, act.id)):
+        refused(res, act.id)
+    assert node_state(runtime, pid)["state"] == "REVOKED"
