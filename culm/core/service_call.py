@@ -168,6 +168,7 @@ class ServiceCall:
             service = self._service(logger)
         except Exception as exc:  # noqa: BLE001
             return CallResult(False, dict(self.inputs), dict(self.outputs), ex_data=str(exc), logs=logger.lines)
+        service.callback_data = callback_data
         hooks = _Hooks(service, data, parent, callback_data)
         hooks("pre_schedule")
         events.append(("pre_schedule", ids))

@@ -322,3 +322,30 @@ class RaiseVariable(LazyVariable):
 
     def get_value(self):
         raise Exception("raise_variable raised on purpose")
+
+
+# -- bamboo's component guide (docs/user_guide/custom_component.md), imports swapped -----------------
+class WaitCallbackService(Service):
+    __need_schedule__ = True
+
+    def _external_api_call(self):
+        pass
+
+    def execute(self, data, parent_data):
+        self._external_api_call()
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        status = self.callback_data["status"]
+
+        if status < 0:
+            data.outputs.ex_data = "task failed with code: %s" % status  # noqa: UP031 - as the guide writes it
+            return False
+
+        self.finish_schedule()
+
+
+class WaitCallbackComponent(Component):
+    name = "WaitCallbackComponent"
+    code = "guide_wait_callback"
+    bound_service = WaitCallbackService

@@ -892,3 +892,22 @@ def test_revoked_pipeline_refuses_everything(runtime):
                 api.retry_node(runtime, act.id), api.skip_node(runtime, act.id)):
         refused(res, act.id)
     assert node_state(runtime, pid)["state"] == "REVOKED"
+
+
+# -- bamboo's component guide ----------------------------------------------------------------------
+@pytest.mark.parametrize("status,final", [(0, "FINISHED"), (-1, "FAILED")])
+def test_guide_callback_service_reads_self_callback_data(runtime, status, final):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="guide_wait_callback")
+    start.extend(act).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    run(runtime, pipeline)
+    state = wait_state(runtime, act.id, "RUNNING")
+
+    wait_until(lambda: api.callback(runtime, act.id, state["version"], {"status": status}).result, what="callback")
+
+    wait_state(runtime, act.id, final)
+    if final == "FAILED":
+        assert api.get_execution_data_outputs(runtime, act.id).data["ex_data"] == "task failed with code: -1"
+    else:
+        wait_pipeline(runtime, pipeline["id"])

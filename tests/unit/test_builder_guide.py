@@ -84,3 +84,25 @@ def test_subprocess_options_of_the_older_builder_are_named_when_unsupported():
         SubProcess(start=EmptyStartEvent(), replace_id=True)
     with pytest.raises(ValueError, match="template_id='t1'"):
         SubProcess(template_id="t1")
+
+
+def test_guide_callback_service_runs_outside_a_pipeline():
+    from culm.components import Service
+    from culm.components.testing import run_component
+
+    class WaitCallbackService(Service):  # bamboo's component guide, imports swapped
+        __need_schedule__ = True
+
+        def execute(self, data, parent_data):
+            return True
+
+        def schedule(self, data, parent_data, callback_data=None):
+            status = self.callback_data["status"]
+            if status < 0:
+                data.outputs.ex_data = "task failed with code: %s" % status  # noqa: UP031 - as the guide writes it
+                return False
+            self.finish_schedule()
+
+    assert run_component(WaitCallbackService, {}, callback_data={"status": 0}).finished is True
+    failed = run_component(WaitCallbackService, {}, callback_data={"status": -2})
+    assert failed.finished is False and failed.outputs["ex_data"] == "task failed with code: -2"
