@@ -41,8 +41,7 @@ def _rendered(run: Run, res: Any) -> Outcome:
 
 
 def _failed(run: Run, error: str) -> Outcome:
-    # bamboo records a subprocess that could not get in as its earlier outputs plus ``ex_data``,
-    # inputs untouched (``{}`` the first time); the raw params stay readable through get_data.
+    # bamboo's shape for a node that is not an activity: its inputs as they were, ex_data added.
     run.fail_node(f"subprocess params hydrate failed: {error}")
     return SLEEP
 
