@@ -911,3 +911,23 @@ def test_guide_callback_service_reads_self_callback_data(runtime, status, final)
         assert api.get_execution_data_outputs(runtime, act.id).data["ex_data"] == "task failed with code: -1"
     else:
         wait_pipeline(runtime, pipeline["id"])
+
+
+def test_execution_times(runtime):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="callback_node")
+    start.extend(act).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    run(runtime, pipeline)
+    state = wait_state(runtime, act.id, "RUNNING")
+
+    running = api.get_node_execution_time(runtime, act.id).data
+    assert running["state"] == "RUNNING" and running["archived_time"] is None
+    assert running["start_time"] == state["started_time"] and running["execution_time"] >= 0
+    wait_until(lambda: api.callback(runtime, act.id, state["version"], {"bit": 1}).result, what="callback")
+    entry = wait_pipeline(runtime, pipeline["id"])
+
+    done = api.get_pipeline_execution_time(runtime, pipeline["id"]).data
+    assert done == {"state": "FINISHED", "start_time": entry["started_time"], "archived_time": entry["archived_time"],
+                    "execution_time": (entry["archived_time"] - entry["started_time"]).total_seconds()}
+    refused(api.get_node_execution_time(runtime, "e" + "0" * 32), "e" + "0" * 32)
