@@ -931,3 +931,51 @@ def test_execution_times(runtime):
     assert done == {"state": "FINISHED", "start_time": entry["started_time"], "archived_time": entry["archived_time"],
                     "execution_time": (entry["archived_time"] - entry["started_time"]).total_seconds()}
     refused(api.get_node_execution_time(runtime, "e" + "0" * 32), "e" + "0" * 32)
+
+
+def test_appointed_pause_inside_nested_parallel_subprocesses(runtime):
+    sub_1_start = EmptyStartEvent()
+    sub_1_act_1 = ServiceActivity(component_code="sleep_timer")
+    sub_1_act_1.component.inputs.bk_timing = Var(type=Var.PLAIN, value=1)
+    sub_1_act_2 = ServiceActivity(component_code="debug_node")
+    sub_1_end = EmptyEndEvent()
+    sub_1_start.extend(sub_1_act_1).extend(sub_1_act_2).extend(sub_1_end)
+    sub_2_start = EmptyStartEvent()
+    sub_2_act_1 = ServiceActivity(component_code="debug_node")
+    sub_2_end = EmptyEndEvent()
+    sub_2_start.extend(sub_2_act_1).extend(sub_2_end)
+    sub_3_start = EmptyStartEvent()
+    sub_3_pg = ParallelGateway()
+    sub_3_subproc_1 = SubProcess(start=sub_1_start)
+    sub_3_subproc_2 = SubProcess(start=sub_2_start)
+    sub_3_cg = ConvergeGateway()
+    sub_3_end = EmptyEndEvent()
+    sub_3_start.extend(sub_3_pg).connect(sub_3_subproc_1, sub_3_subproc_2).converge(sub_3_cg).extend(sub_3_end)
+    start = EmptyStartEvent()
+    subproc = SubProcess(start=sub_3_start)
+    end = EmptyEndEvent()
+    start.extend(subproc).extend(end)
+    pipeline = build_tree(start)
+    run(runtime, pipeline, root_pipeline_data={})
+    assert api.pause_node_appoint(runtime, sub_1_act_2.id).result
+
+    done = [start.id, sub_3_start.id, sub_3_pg.id, sub_3_subproc_2.id, sub_2_start.id, sub_2_act_1.id, sub_2_end.id,
+            sub_1_start.id, sub_1_act_1.id]
+    wait_all(runtime, pipeline["id"], done, "FINISHED")
+    assert node_state(runtime, sub_1_act_2.id)["state"] == "SUSPENDED"
+    assert states_of(runtime, pipeline["id"], [pipeline["id"], subproc.id, sub_3_subproc_1.id]) == {
+        subproc.id: "RUNNING", sub_3_subproc_1.id: "RUNNING"}
+    assert node_state(runtime, pipeline["id"])["state"] == "RUNNING"
+    assert states_of(runtime, pipeline["id"], [sub_3_cg.id, sub_3_end.id, end.id]) == {}
+
+    assert api.resume_node_appoint(runtime, sub_1_act_2.id).result
+
+    wait_all(runtime, pipeline["id"], [*done, pipeline["id"], subproc.id, sub_3_subproc_1.id, sub_1_act_2.id,
+                                      sub_1_end.id, sub_3_cg.id, sub_3_end.id, end.id], "FINISHED")
+    nested = api.get_pipeline_states(runtime, pipeline["id"], flat_children=False).data[pipeline["id"]]
+    assert set(nested["children"]) == {start.id, subproc.id, end.id}
+    inner = nested["children"][subproc.id]["children"]
+    assert set(inner) == {sub_3_start.id, sub_3_pg.id, sub_3_subproc_1.id, sub_3_subproc_2.id, sub_3_cg.id,
+                          sub_3_end.id}
+    assert set(inner[sub_3_subproc_1.id]["children"]) == {sub_1_start.id, sub_1_act_1.id, sub_1_act_2.id,
+                                                         sub_1_end.id}
