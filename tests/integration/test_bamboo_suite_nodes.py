@@ -251,3 +251,52 @@ def test_raising_end_event_records_only_ex_data(runtime):
     found = exec_data(runtime, end.id)
     assert found["inputs"] == {} and set(found["outputs"]) == {"ex_data"}
     assert "end event raised on purpose" in found["outputs"]["ex_data"]
+
+
+def test_failed_exclusive_gateway_retried_after_updating_the_context(runtime):
+    start = EmptyStartEvent()
+    eg = ExclusiveGateway(conditions={0: "${x} == 1", 1: "${x} == 2"})
+    act_1 = ServiceActivity(component_code="debug_no_schedule_node")
+    act_2 = ServiceActivity(component_code="debug_no_schedule_node")
+    act_2.component.inputs.x = Var(type=Var.SPLICE, value="${x}")
+    cg = ConvergeGateway()
+    end = EmptyEndEvent()
+    start.extend(eg).connect(act_1, act_2).to(eg).converge(cg).extend(end)
+    pipeline = build_tree(start, data={"inputs": {"${x}": {"type": "plain", "value": 3}}, "outputs": []})
+    run(runtime, pipeline)
+    old = wait_state(runtime, eg.id, "FAILED")
+
+    updated = api.update_context_values(runtime, pipeline["id"], {"${x}": 2, "${not_there}": 1})
+    assert updated.result, updated.message
+    assert [v["value"] for v in api.get_pipeline_debug_info(runtime, pipeline["id"]).data["context_values"]
+            if v["key"] == "${x}"] == [2]
+    assert not [v for v in api.get_pipeline_debug_info(runtime, pipeline["id"]).data["context_values"]
+                if v["key"] == "${not_there}"]
+    assert api.retry_node(runtime, eg.id).result
+    entry = wait_pipeline(runtime, pipeline["id"])
+
+    assert act_2.id in entry["children"] and act_1.id not in entry["children"]
+    assert (entry["children"][eg.id]["retry"], entry["children"][eg.id]["loop"]) == (1, 1)
+    assert api.get_execution_data_inputs(runtime, act_2.id).data["x"] == 2
+    (past,) = histories(runtime, eg.id)
+    assert past["version"] == old["version"] and past["outputs"] == {
+        "ex_data": "all conditions of branches are not meet"}
+
+
+def test_failed_start_event_is_skipped(runtime):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_no_schedule_node")
+    start.extend(act).extend(EmptyEndEvent())
+    data = Data(inputs={"${bad}": Var(type=Var.LAZY, custom_type="raise_variable", value="")},
+                pre_render_keys=["${bad}"])
+    pipeline = build_tree(start, data=data)
+    run(runtime, pipeline)
+    wait_state(runtime, start.id, "FAILED")
+    found = exec_data(runtime, start.id)
+    assert found["inputs"] == {} and set(found["outputs"]) == {"ex_data"}
+
+    assert api.skip_node(runtime, start.id).result
+    entry = wait_pipeline(runtime, pipeline["id"])
+
+    assert entry["children"][start.id]["skip"] is True
+    assert entry["children"][act.id]["state"] == "FINISHED"
