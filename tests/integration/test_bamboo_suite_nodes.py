@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import bamboo_suite_components  # noqa: F401 - registers bamboo's test components
 import pytest
-from bamboo_suite_helpers import exec_data, histories, polled_once
+from bamboo_suite_helpers import exec_data, histories, polled_once, wait_all
 from engine_fixtures import finish, node_state, refused, run, wait_pipeline, wait_state, wait_until
 
 from culm import api
@@ -17,6 +17,7 @@ from culm.builder import (
     EmptyStartEvent,
     ExclusiveGateway,
     ExecutableEndEvent,
+    ParallelGateway,
     Params,
     ServiceActivity,
     SubProcess,
@@ -300,3 +301,63 @@ def test_failed_start_event_is_skipped(runtime):
 
     assert entry["children"][start.id]["skip"] is True
     assert entry["children"][act.id]["state"] == "FINISHED"
+
+
+# -- subprocesses ----------------------------------------------------------------------------------
+def _debug_subprocess():
+    sub_start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_node")
+    sub_end = EmptyEndEvent()
+    sub_start.extend(act).extend(sub_end)
+    return SubProcess(start=sub_start), [sub_start.id, act.id, sub_end.id], act
+
+
+def test_parallel_subprocesses_one_followed_by_another(runtime):
+    made = [_debug_subprocess() for _ in range(5)]
+    subprocs = [m[0] for m in made]
+    additional, additional_ids, additional_act = _debug_subprocess()
+    start = EmptyStartEvent()
+    pg = ParallelGateway()
+    cg = ConvergeGateway()
+    end = EmptyEndEvent()
+    start.extend(pg).connect(*subprocs).to(subprocs[0]).extend(additional).to(pg).converge(cg).extend(end)
+    pipeline = build_tree(start)
+    run(runtime, pipeline, root_pipeline_data={})
+
+    everything = [pipeline["id"], start.id, pg.id, cg.id, end.id, additional.id, *additional_ids,
+                  *(s.id for s in subprocs), *(i for m in made for i in m[1])]
+    assert len(everything) == 29
+    wait_all(runtime, pipeline["id"], everything, "FINISHED", timeout=40)
+
+    assert exec_data(runtime, pipeline["id"]) == {"inputs": {}, "outputs": {}}
+    for sub in [*subprocs, additional]:
+        assert exec_data(runtime, sub.id) == {"inputs": {}, "outputs": {"_loop": 1, "_inner_loop": 1}}
+    assert all(polled_once(runtime, act.id) for act in [additional_act, *(m[2] for m in made)])
+
+
+def test_subprocess_context_reaches_every_nested_pipeline(runtime):
+    sub_start = EmptyStartEvent()
+    sub_act = ServiceActivity(component_code="debug_node")
+    sub_act.component.inputs.u = Var(type=Var.SPLICE, value="${user}")
+    sub_act.component.inputs.p = Var(type=Var.SPLICE, value="${password}")
+    sub_start.extend(sub_act).extend(EmptyEndEvent())
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="debug_node")
+    act.component.inputs.u = Var(type=Var.SPLICE, value="${user}")
+    act.component.inputs.p = Var(type=Var.SPLICE, value="${password}")
+    sub = SubProcess(start=sub_start)
+    start.extend(act).extend(sub).extend(EmptyEndEvent())
+    parent_start = EmptyStartEvent()
+    parent_sub = SubProcess(start=start)
+    parent_start.extend(parent_sub).extend(EmptyEndEvent())
+    pipeline = build_tree(parent_start)
+
+    finish(runtime, pipeline, root_pipeline_data={},
+           subprocess_context={"${user}": "user00", "${password}": "password"})
+
+    given = {"u": "user00", "p": "password"}
+    for node_id in (sub_act.id, act.id):
+        assert exec_data(runtime, node_id) == {"inputs": {**given, "_loop": 1, "_inner_loop": 1},
+                                               "outputs": {**given, "_loop": 1, "_inner_loop": 1, "_result": True}}
+    for node_id in (sub.id, parent_sub.id):
+        assert exec_data(runtime, node_id) == {"inputs": {}, "outputs": {"_loop": 1, "_inner_loop": 1}}
