@@ -357,3 +357,34 @@ def test_appointed_pause_inside_nested_parallel_subprocesses(runtime):
                           sub_3_end.id}
     assert set(inner[sub_3_subproc_1.id]["children"]) == {sub_1_start.id, sub_1_act_1.id, sub_1_act_2.id,
                                                          sub_1_end.id}
+
+
+@pytest.mark.parametrize("payload", [{}, {"bit": 1}, {"bit": 0}], ids=["empty", "ok", "fail"])
+def test_hooks_of_a_callback_node_written_as_bamboos_test_mixin(runtime, payload):
+    # bamboo's mixin writes pre_schedule / post_schedule / node_finish without callback_data:
+    # culm gives the payload only to hooks that take it, so these run too (see the contract).
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="hook_callback_node")
+    end = EmptyEndEvent()
+    start.extend(act).extend(end)
+    pipeline = build_tree(start)
+    run(runtime, pipeline, root_pipeline_data={})
+    state = wait_state(runtime, act.id, "RUNNING")
+    wait_until(lambda: api.callback(runtime, act.id, state["version"], payload).result, what="callback")
+
+    head = ["node_enter", "pre_execute", "execute", "post_execute", "pre_schedule", "schedule"]
+    if payload.get("bit", 1):
+        wait_all(runtime, pipeline["id"], [start.id, act.id, end.id, pipeline["id"]], "FINISHED")
+        order = [*head, "post_schedule", "node_finish"]
+        assert exec_data(runtime, act.id)["outputs"]["_result"] is True
+    else:
+        wait_state(runtime, act.id, "FAILED")
+        assert api.skip_node(runtime, act.id).result
+        wait_all(runtime, pipeline["id"], [start.id, act.id, end.id, pipeline["id"]], "FINISHED")
+        order = [*head, "node_schedule_fail"]
+        assert exec_data(runtime, act.id)["outputs"]["_result"] is False
+    outputs = exec_data(runtime, act.id)["outputs"]
+    assert outputs["hook_call_order"] == order
+    assert {name: outputs[name] for name in order} == {name: 1 for name in order}
+    # Hooks of control commands (callback, skip) are read-only: nothing they record is kept.
+    assert not {"pre_callback", "post_callback", "pre_skip_node", "post_skip_node"} & set(outputs)
