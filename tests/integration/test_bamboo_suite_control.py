@@ -192,17 +192,20 @@ def test_node_command_refusals_name_the_node_and_its_state(runtime):
     pg = ParallelGateway()
     waiting = ServiceActivity(component_code="callback_node")
     failed = ServiceActivity(component_code="fail_ctrl_node", retryable=False, skippable=False)
+    gate = ServiceActivity(component_code="callback_node")
     done = ServiceActivity(component_code="debug_no_schedule_node")
     held = ServiceActivity(component_code="debug_no_schedule_node")
     cg = ConvergeGateway()
-    start.extend(pg).connect(waiting, failed, done)
-    done.extend(held).extend(cg)
+    start.extend(pg).connect(waiting, failed, gate)
+    gate.extend(done).extend(held).extend(cg)
     waiting.extend(cg)
     failed.extend(cg)
     cg.extend(EmptyEndEvent())
     pipeline = build_tree(start)
     run(runtime, pipeline)
-    assert api.pause_node_appoint(runtime, held.id).result
+    assert api.pause_node_appoint(runtime, held.id).result  # cannot be reached before the gate opens
+    gate_state = wait_state(runtime, gate.id, "RUNNING")
+    wait_until(lambda: api.callback(runtime, gate.id, gate_state["version"], {"bit": 1}).result, what="gate")
     running = wait_state(runtime, waiting.id, "RUNNING")
     wait_state(runtime, failed.id, "FAILED")
     wait_state(runtime, done.id, "FINISHED")
@@ -313,8 +316,7 @@ def test_execution_times(runtime):
 
 def test_appointed_pause_inside_nested_parallel_subprocesses(runtime):
     sub_1_start = EmptyStartEvent()
-    sub_1_act_1 = ServiceActivity(component_code="sleep_timer")
-    sub_1_act_1.component.inputs.bk_timing = Var(type=Var.PLAIN, value=1)
+    sub_1_act_1 = ServiceActivity(component_code="callback_node")  # bamboo: a 3 s timer; here a gate
     sub_1_act_2 = ServiceActivity(component_code="debug_node")
     sub_1_end = EmptyEndEvent()
     sub_1_start.extend(sub_1_act_1).extend(sub_1_act_2).extend(sub_1_end)
@@ -336,6 +338,8 @@ def test_appointed_pause_inside_nested_parallel_subprocesses(runtime):
     pipeline = build_tree(start)
     run(runtime, pipeline, root_pipeline_data={})
     assert api.pause_node_appoint(runtime, sub_1_act_2.id).result
+    gate = wait_state(runtime, sub_1_act_1.id, "RUNNING")
+    wait_until(lambda: api.callback(runtime, sub_1_act_1.id, gate["version"], {"bit": 1}).result, what="gate")
 
     done = [start.id, sub_3_start.id, sub_3_pg.id, sub_3_subproc_2.id, sub_2_start.id, sub_2_act_1.id, sub_2_end.id,
             sub_1_start.id, sub_1_act_1.id]
