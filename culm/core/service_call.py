@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -168,7 +169,8 @@ class ServiceCall:
             service = self._service(logger)
         except Exception as exc:  # noqa: BLE001
             return CallResult(False, dict(self.inputs), dict(self.outputs), ex_data=str(exc), logs=logger.lines)
-        service.callback_data = callback_data
+        with contextlib.suppress(AttributeError):  # a service may define its own read-only callback_data
+            service.callback_data = callback_data
         hooks = _Hooks(service, data, parent, callback_data)
         hooks("pre_schedule")
         events.append(("pre_schedule", ids))
