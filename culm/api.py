@@ -16,6 +16,7 @@ from typing import Any, ParamSpec
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
 from culm.model import limits
+from culm.storage.retry import retrying
 
 logger = logging.getLogger("culm.api")
 
@@ -50,7 +51,8 @@ def _api(fn: Callable[P, Any]) -> Callable[P, EngineAPIResult]:
             exc = InvalidOperationError(f"{fn.__name__}: the first argument must be a culm.Runtime, got {runtime!r}")
             return EngineAPIResult(False, str(exc), exc)
         try:
-            data = fn(*args, **kwargs)
+            # One call is one transaction: a deadlock victim is run again, never a refusal.
+            data = retrying(lambda: fn(*args, **kwargs), fn.__name__)
         except CulmError as exc:
             return EngineAPIResult(False, str(exc), exc, None, traceback.format_exc())
         except TypeError as exc:  # wrong arguments from the caller

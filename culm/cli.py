@@ -394,7 +394,7 @@ def _conclude(rt: Any, api: Any, root_id: str, names: dict[str, str], outcome: s
 def cmd_validate(args: argparse.Namespace) -> int:
     from culm import events, variables
     from culm.components import library
-    from culm.model.validator import validate_tree
+    from culm.model.validator import tree_warnings, validate_tree
 
     tree = load_tree(args.source, args.imports)
     problems = validate_tree(
@@ -403,6 +403,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     for problem in problems:
         print(f"{problem.where or '<tree>'}: {problem.message}")
+    for warning in tree_warnings(tree):  # templates and conditions that will not work as written
+        print(f"warning: {warning.where or '<tree>'}: {warning.message}")
     if problems:
         print(f"{len(problems)} problem(s)", file=sys.stderr)
         return 1

@@ -107,10 +107,10 @@ def _write_failed(engine: Engine, step: Step, root_id: str, node_id: str, st: St
             fields.update(root_id=root_id, parent_id=_parent_of(engine, unit, root_id, node_id))
         if not unit.update_state(node_id, expect_version=st.version, expect_names=(st.name,), name=name, **fields):
             raise RuntimeError(f"node {node_id} changed while its failure was recorded")
-        st.name = name
+        was, st.name = st.name, name
         for k, v in fields.items():
             setattr(st, k, v)
-        step.state_changed(st)
+        step.state_changed(st, from_state=was)
 
 
 def _in_graph(engine: Engine, unit: Any, root_id: str, node_id: str) -> bool:
@@ -145,8 +145,10 @@ def fail_minimal(step: Step, task_id: str) -> None:
         return
     unit.delete_task(task_id)
     st = unit.get_state(task.node_id, for_update=True) if task.node_id else None
-    if st is not None and st.name == states.RUNNING:
-        unit.update_state(st.node_id, expect_version=st.version, expect_names=(states.RUNNING,),
-                          name=states.FAILED, archived_time=now())
+    if st is not None and st.name == states.RUNNING and unit.update_state(
+        st.node_id, expect_version=st.version, expect_names=(states.RUNNING,), name=states.FAILED, archived_time=now()
+    ):
+        st.name = states.FAILED
+        step.note_change(st, states.RUNNING)
     if task.process_id:
         unit.update_process(task.process_id, asleep=True)

@@ -29,19 +29,19 @@ def state_entry(st: StateRecord, root_is_self: bool = False) -> dict[str, Any]:
 
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        records = unit.states_of_root(root_id)
-    root = next((r for r in records if r.node_id == root_id), None)
-    if root is None:
+        # Shared with the cache (culm.core.state_tree): each entry handed out is a copy.
+        kept = engine.state_trees.entries(unit, root_id, state_entry)
+    if root_id not in kept:
         return {}
-    entry = state_entry(root, root_is_self=True)
-    children = [r for r in records if r.node_id != root_id]
+    entry = {**kept[root_id], "children": {}}
+    children = {node_id: {**e, "children": {}} for node_id, e in kept.items() if node_id != root_id}
     if flat_children:
-        entry["children"] = {r.node_id: state_entry(r) for r in children}
+        entry["children"] = children
     else:
-        entries = {r.node_id: state_entry(r) for r in children}
-        for r in children:
-            holder = entry if r.parent_id == root_id else entries.get(r.parent_id, entry)
-            holder["children"][r.node_id] = entries[r.node_id]
+        for node_id, e in children.items():
+            parent = e["parent_id"]
+            holder = entry if parent == root_id else children.get(parent, entry)
+            holder["children"][node_id] = e
     return {root_id: entry}
 
 

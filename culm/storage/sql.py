@@ -6,6 +6,7 @@ import contextlib
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -549,6 +550,19 @@ class SqlUnit:
             view[node_id] = found.get(node_id)
         self._state_view = view
 
+    @property
+    def feed_ordered(self) -> bool:
+        """Whether the change feed becomes visible in seq order (one writer at a time: SQLite)."""
+        return self.dialect == "sqlite"
+
+    def last_change_seq(self) -> int:
+        row = self._one("SELECT MAX(seq) FROM culm_change")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
+        return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
+
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
 
@@ -782,7 +796,17 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+        if not self._lock_rows:
+            self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+            return
+        # Never wait for a task row: an engine step holding one (it claims its task first) may be
+        # waiting for the rows this transaction holds. A task skipped here finds its process dead
+        # at its next step and is dropped then.
+        ids = [r[0] for r in self._all("SELECT id FROM culm_task WHERE root_id = ? ORDER BY id FOR UPDATE SKIP LOCKED",
+                                       [root_id])]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
@@ -1089,6 +1113,9 @@ class SqlStore:
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
         self._writer: Any = None
+        # SQLite files: each reading thread's own connection (see _thread_reader).
+        self._readers = threading.local()
+        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
@@ -1168,8 +1195,34 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        with self._raw(write=False) as raw:
+        reader = self._readers if self.dialect == "sqlite" else None
+        if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
+            with self._raw(write=False) as raw:
+                yield SqlUnit(raw, self.dialect)
+            return
+        raw = self._thread_reader()
+        reader.busy = True
+        try:
+            raw.cursor().execute("BEGIN")
             yield SqlUnit(raw, self.dialect)
+        finally:
+            reader.busy = False
+            raw.rollback()
+
+    def _thread_reader(self) -> Any:
+        """This thread's own read connection to the SQLite file, outside the pool.
+
+        Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
+        return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
+        the writer. The connection lives as long as its thread (dispose() closes what is left).
+        """
+        raw = getattr(self._readers, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            raw.detach()
+            self._readers.raw = raw
+            self._all_readers.add(raw)
+        return raw
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False) -> Iterator[Any]:
@@ -1214,6 +1267,10 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
+        for reader in list(self._all_readers):
+            reader.close()  # a thread still holding one gets "closed database" on its next read
+        self._all_readers.clear()
+        self._readers = threading.local()
         self.engine.dispose()
 
 

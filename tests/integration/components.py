@@ -374,6 +374,16 @@ class RaiseVariable(LazyVariable):
         raise RuntimeError("lazy exploded")
 
 
+class SlowVariable(LazyVariable):
+    """Blocks for ``value`` seconds (as a lookup in a slow service would), then returns "slow"."""
+
+    code = "t_lazy_slow"
+
+    def get_value(self):
+        time.sleep(float(self.value))
+        return "slow"
+
+
 class CountingVariable(LazyVariable):
     """A different value each time it is resolved (to show pre_render_keys freezing)."""
 

@@ -37,6 +37,13 @@ def end(run: Run) -> Outcome:
         run.fail(None, outputs={"ex_data": f"pipeline outputs hydrate failed: {exc}"})
         return SLEEP
     outputs: dict[str, Any] = {k: resolved.get(k, k) for k in spec.outputs}
+    holder = run.unit.get_state(pipeline_id, for_update=True)
+    if holder is not None and holder.name == states.SUSPENDED:
+        # Paused after this walk read its stack (another transaction, on a server database): the
+        # pipeline cannot finish while paused, and no one would wake a process that slept here.
+        # Park on the pause; resuming runs the end event again.
+        run.proc.suspended, run.proc.suspended_by = True, pipeline_id
+        return SLEEP
     run.finish()
     if pipeline_id == run.root_id:
         return _finish_root(run, outputs)
