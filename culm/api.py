@@ -253,6 +253,14 @@ def list_pipelines(
 
 
 @_api
+def get_pipeline_tree(runtime: Any, pipeline_id: str) -> dict:
+    """The tree a root pipeline was started with (names, types and flows of its nodes)."""
+    from culm.core import listing
+
+    return listing.pipeline_tree(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
+
+
+@_api
 def get_pipeline_states(runtime: Any, root_id: str, flat_children: bool = True) -> dict:
     """The state tree of a pipeline (``{}`` when unknown)."""
     return queries.pipeline_states(runtime.engine, _str_id(root_id, "root_id"), flat_children)
@@ -343,7 +351,7 @@ __all__ = [
     "EngineAPIResult", "list_pipelines", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
     "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
-    "update_context_values", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
+    "update_context_values", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
     "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
     "preview_node_inputs",

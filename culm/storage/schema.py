@@ -215,3 +215,17 @@ change = Table(
     Column("loop", Integer, nullable=False),
     Column("time", Double, nullable=False),
 )
+
+# API tokens of `culm serve` (culm.web): only a salted scrypt hash of each secret is kept.
+api_token = Table(
+    "culm_api_token",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(KEY), nullable=False, default=""),
+    Column("salt", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_time", Double, nullable=False),
+    Column("revoked_time", Double),
+    Column("last_used_time", Double),
+)

@@ -487,6 +487,14 @@ class SqlUnit:
         row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
         return row[0] if row else None
 
+    def node_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """``{node_id: type}`` of the indexed ids among ``ids`` (the root's type is ``Pipeline``)."""
+        found: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+        return found
+
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
         found: set[str] = set()
@@ -782,6 +790,10 @@ class SqlUnit:
         n = len(_TASK_COLUMNS)
         return _task_row(row[:n]), (_process_row(row[n:]) if row[n] is not None else None)
 
+    def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
+        """The pending tasks of one kind of a root pipeline."""
+        return [_task_row(r) for r in self._all(_TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
+
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
@@ -963,6 +975,15 @@ class SqlUnit:
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
         row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
         return _schedule_row(row) if row else None
+
+    def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
+        found: list[ScheduleRecord] = []
+        for i in range(0, len(node_ids), 500):
+            chunk = list(node_ids[i : i + 500])
+            found.extend(_schedule_row(r) for r in self._all(
+                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))}) AND finished = ?", [*chunk, False]))
+        return found
 
     def update_schedule(self, schedule_id: str, **fields: Any) -> None:
         self._update_later("culm_schedule", "id = ?", [schedule_id], fields)
