@@ -202,11 +202,6 @@ def test_db_upgrade(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout == out.stdout
 
 
-def test_serve_is_not_available_yet(tmp_path: Path) -> None:
-    out = culm(tmp_path, "serve")
-    assert out.returncode == 2 and "not available" in out.stderr
-
-
 def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
     out = culm(tmp_path, "worker", env={"CULM_BROKER_URL": ""})
     assert out.returncode == 2

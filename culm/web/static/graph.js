@@ -190,7 +190,9 @@
     }
     let pending = null;
     function onChange(type, change) {
-      if (type === "reload") { refreshStates().catch(() => {}); return; }
+      // "hello" opens (or reopens) the stream: read everything once, so that nothing that changed
+      // between the first read and the subscription is missed.
+      if (type === "reload" || type === "hello") { refreshStates().catch(() => {}); return; }
       if (type !== "state") return;
       const entry = page.states[change.node_id] || { id: change.node_id };
       page.states[change.node_id] = { ...entry, state: change.to_state, version: change.version, loop: change.loop };
