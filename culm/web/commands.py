@@ -60,7 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
         print(f"culm serve on http://{args.host}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
         app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        # Live-update streams never end by themselves: give them a moment, then close them.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    timeout_graceful_shutdown=3)
     finally:
         runtime.close()
     return 0
