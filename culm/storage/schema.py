@@ -23,10 +23,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from culm.model import limits
+
 metadata = MetaData()
 
-ID = 64  # node ids are 33 chars in bamboo; user trees may bring longer ones
-KEY = 255
+# The validator refuses ids and keys longer than these (culm.model.limits), on every backend.
+ID = limits.ID_LENGTH  # node ids are 33 chars in bamboo; user trees may bring longer ones
+KEY = limits.KEY_LENGTH
 # MySQL's TEXT stops at 64 KiB; execution data and trees can be far larger.
 BigText = Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
 

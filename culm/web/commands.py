@@ -44,7 +44,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: the web service needs the `web` extra: pip install 'culm[web]' ({exc})", file=sys.stderr)
         return 2
     import culm
-    from culm.cli import UsageError, import_modules, import_names
+    from culm.cli.common import UsageError
+    from culm.cli.loading import import_modules, import_names
 
     try:
         import_modules(import_names(args.imports))
