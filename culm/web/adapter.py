@@ -1,10 +1,8 @@
 """What the service reads beyond single :mod:`culm.api` calls, in one place.
 
 The listing is ``culm.api.list_pipelines``; live changes come from the state-change feed
-(``Runtime.changes``), read by one thread and fanned out to every client. Wait reasons
-(``wait_reason`` on each entry of ``get_pipeline_states``) are being added by other work: until they
-land, :func:`states_with_wait_reasons` fills in the little it can tell from the state alone. The
-stored tree of a pipeline has no public reader yet; :func:`pipeline_tree` is it.
+(``Runtime.changes``), read by one thread and fanned out to every client. The stored tree of a
+pipeline has no public reader yet; :func:`pipeline_tree` is it.
 """
 
 from __future__ import annotations
@@ -36,26 +34,6 @@ def pipeline_tree(runtime: Any, root_id: str) -> dict | None:
     with runtime.store.reading() as unit:
         found = unit.get_pipeline(root_id)
     return found[0] if found else None
-
-
-def states_with_wait_reasons(runtime: Any, root_id: str) -> api.EngineAPIResult:
-    """The flat state tree of a pipeline, each entry with a ``wait_reason`` (``{"kind", "text"}`` or None)."""
-    found = api.get_pipeline_states(runtime, root_id)
-    if not found.result or not found.data:
-        return found
-    for entry in found.data[root_id]["children"].values():
-        entry.setdefault("wait_reason", _fallback_reason(entry))
-    found.data[root_id].setdefault("wait_reason", _fallback_reason(found.data[root_id]))
-    return found
-
-
-def _fallback_reason(entry: dict) -> dict | None:
-    state = entry["state"]
-    if state == "FAILED":
-        return {"kind": "failed", "text": "failed: retry, skip or revoke it"}
-    if state == "SUSPENDED":
-        return {"kind": "paused", "text": "paused by an operator"}
-    return None
 
 
 # ---------------------------------------------------------------------------------------------

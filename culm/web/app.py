@@ -102,7 +102,8 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         app.state.hub.close()
         app.state.metrics.close()
 
-    app = FastAPI(title="culm", lifespan=lifespan, version=_version(), docs_url="/api/docs", redoc_url=None,
+    # No /docs page: FastAPI's loads Swagger UI from a CDN, and nothing here fetches from outside.
+    app = FastAPI(title="culm", lifespan=lifespan, version=_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="REST API of the culm workflow engine. Send `Authorization: Bearer <token>`.")
     app.state.runtime = runtime

@@ -51,7 +51,7 @@ def list_pipelines(
 
 
 def _states(request: Request, pipeline_id: str) -> dict[str, Any]:
-    data = unwrap(adapter.states_with_wait_reasons(_rt(request), pipeline_id))
+    data = unwrap(api.get_pipeline_states(_rt(request), pipeline_id))
     if not data:
         raise ProblemError(404, f"no pipeline with id {pipeline_id}")
     return dict(data[pipeline_id])

@@ -209,7 +209,6 @@
         const [tree, states] = await Promise.all([
           culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId) + "/tree"),
           culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId)),
-          culm.components ? null : culm.api("/api/v1/components").then((c) => (culm.components = c)),
         ]);
         page.tree = tree;
         page.index = indexTree(tree, null, {});
