@@ -287,7 +287,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     print_problems(problems, info, sys.stdout)
     # Warnings (a fragment that will stay text, a condition that will not parse) never change the exit code.
     for warning in tree_warnings(tree):
-        print_problems([warning], info, sys.stdout)
+        where = render.label(warning.where, info) if warning.where else "<tree>"
+        print(f"warning: {where}: {warning.message}")
     if problems:
         err(f"{len(problems)} problem(s)")
         return EXIT_USAGE
@@ -296,10 +297,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def tree_warnings(tree: dict) -> list[Any]:
-    """The validator's syntax warnings, shaped as problems with ``warning:`` before the message."""
+    """The validator's syntax warnings (same shape as problems: ``where``, ``message``)."""
     from culm.model.validator import tree_warnings as find
 
-    return [type(w)(w.where, f"warning: {w.message}") for w in find(tree)]
+    return list(find(tree))
 
 
 def register(sub: Any) -> None:
