@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from culm.web import adapter, auth, metrics, routes_control, routes_read
+from culm.web import auth, live, metrics, routes_control, routes_read
 from culm.web.problems import ProblemError, problem, responses
 from culm.web.tokens import TokenStore
 
@@ -109,7 +109,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
     app.state.runtime = runtime
     app.state.tokens = tokens or TokenStore(runtime.store.engine)
     app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled)
-    app.state.hub = adapter.ChangeHub(runtime)
+    app.state.hub = live.ChangeHub(runtime)
     app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)
     app.add_middleware(BodyLimit, limit=max_body)
     _add_error_handlers(app)

@@ -1,9 +1,4 @@
-"""What the service reads beyond single :mod:`culm.api` calls, in one place.
-
-The listing is ``culm.api.list_pipelines``; live changes come from the state-change feed
-(``Runtime.changes``), read by one thread and fanned out to every client. The stored tree of a
-pipeline has no public reader yet; :func:`pipeline_tree` is it.
-"""
+"""Live state changes for every client from one reader of the change feed (``Runtime.changes``)."""
 
 from __future__ import annotations
 
@@ -11,34 +6,9 @@ import asyncio
 import json
 import logging
 import threading
-from datetime import datetime
 from typing import Any
 
-from culm import api
-
 logger = logging.getLogger("culm.web")
-
-LIST_LIMIT_MAX = 500
-
-
-def list_pipelines(runtime: Any, state: str | None = None, name: str | None = None,
-                   created_after: datetime | None = None, created_before: datetime | None = None,
-                   limit: int = 50, offset: int = 0) -> api.EngineAPIResult:
-    """``{"total", "counts": {state: n}, "items": [...]}``, newest first."""
-    return api.list_pipelines(runtime, state=state, name=name, created_after=created_after,
-                              created_before=created_before, limit=limit, offset=offset)
-
-
-def pipeline_tree(runtime: Any, root_id: str) -> dict | None:
-    """The tree a root pipeline was started with (None when unknown)."""
-    with runtime.store.reading() as unit:
-        found = unit.get_pipeline(root_id)
-    return found[0] if found else None
-
-
-# ---------------------------------------------------------------------------------------------
-# Live changes: one reader, fanned out to every subscriber
-# ---------------------------------------------------------------------------------------------
 
 
 def _change_dict(change: Any) -> dict[str, Any]:
