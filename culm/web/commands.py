@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     broker = args.broker or os.environ.get("CULM_BROKER_URL") or None
-    runtime = culm.Runtime(_db(args), broker=broker)
+    runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
         mode = "submits and reads (a broker's workers run the work)" if broker else (
             "runs the engine" if runtime.dispatcher is not None else
@@ -135,6 +135,7 @@ def register(subparsers: Any) -> None:
     _add_db(serve)
     serve.add_argument("--broker", metavar="URL", help="Celery broker URL (default: $CULM_BROKER_URL); "
                        "with one, this service only submits and reads")
+    serve.add_argument("--prefix", default="culm", help="queue name prefix of the workers (with --broker)")
     serve.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
