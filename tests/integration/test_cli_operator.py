@@ -170,7 +170,12 @@ def test_callback_pause_resume_and_watch(cli: Cli) -> None:
     called = cli("callback", node, "--data", '{"ok": true}')
     assert called.returncode == 0, called.stdout + called.stderr
     assert f"called back step1 ({node})" in called.stdout
-    out_text, err_text = watch.communicate(timeout=60)
+    try:
+        out_text, err_text = watch.communicate(timeout=60)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
     assert watch.returncode == 0, out_text + err_text
     assert f"FINISHED  step1 ({node})" in out_text
     assert "3/3 nodes finished" in out_text
@@ -248,9 +253,14 @@ def test_run_attach_continues_an_interrupted_run(embedded: Cli) -> None:
         out = embedded("status", root, "--json")  # exit 4 or 3 until the run has stored it
         return out.returncode == 0 and json.loads(out.stdout)["tree"]["children"].get(node, {}).get("wait_reason")
 
-    wait_for(waits, 60, 0.3, "the callback wait")
-    proc.send_signal(signal.SIGTERM)
-    out_text, err_text = proc.communicate(timeout=30)
+    try:
+        wait_for(waits, 60, 0.3, "the callback wait")
+        proc.send_signal(signal.SIGTERM)
+        out_text, err_text = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, out_text + err_text
     assert f"interrupted: pipeline {root} is not finished" in err_text
     assert f"culm run --attach {root}" in err_text
