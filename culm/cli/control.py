@@ -89,12 +89,17 @@ def cmd_control(args: argparse.Namespace) -> int:
         root_id = (entry or {}).get("root_id") or target
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
-        check(call(rt, args), f"{args.command} {target}")
-        print(f"{done} {render.label(target, info)}", flush=True)
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
         if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context"):
+            check(call(rt, args), f"{args.command} {target}")
+            print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
-        with progress_by_signal(rt, Progress(root_id, info)) as polled:
+        progress = Progress(root_id, info)
+        progress.hold()  # listening before the command, so that none of its changes is missed
+        with progress_by_signal(rt, progress) as polled:
+            check(call(rt, args), f"{args.command} {target}")
+            print(f"{done} {render.label(target, info)}", flush=True)
+            progress.release()
             wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)
     return EXIT_OK
 
