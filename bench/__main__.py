@@ -2,6 +2,8 @@
 
     python -m bench                          # every embedded scenario + distributed (if reachable)
     python -m bench --scenario batch         # batch | big | chain | latency | scale | distributed | all
+    python -m bench --scenario polled        # submit, then poll get_pipeline_states (bench/polled.py)
+    python -m bench --scenario polled_distributed   # the same with 2 culm workers, PostgreSQL/MariaDB
     python -m bench --quick --scenario big   # smoke sizes, 1 repeat (the test suite runs this)
 
 Prints one JSON line per scenario on stdout (``{"scenario", "nodes", "median_s", "min_s", "max_s",
@@ -27,7 +29,7 @@ from typing import Any
 
 from bench.scenarios import REPO, catalogue
 
-SCENARIOS = ["batch", "big", "chain", "latency", "scale", "distributed", "all"]
+SCENARIOS = ["batch", "big", "chain", "latency", "scale", "distributed", "polled", "polled_distributed", "all"]
 
 
 def run_one(name: str, quick: bool, repeats: int | None) -> dict[str, Any]:

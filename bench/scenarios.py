@@ -107,8 +107,18 @@ def catalogue(scenario: str, quick: bool, repeats: int | None) -> list[Spec]:
                 specs.append(Spec(f"distributed_{kind}_w{w}", base.shape, base.make, reps, "distributed", w))
         return specs
 
+    def polled() -> list[Spec]:
+        from bench.polled import polled_specs
+
+        return polled_specs(batch()[0], big()[0], latency()[0], distributed=False)
+
+    def polled_distributed() -> list[Spec]:
+        from bench.polled import polled_specs
+
+        return polled_specs(batch()[0], big()[0], latency()[0], distributed=True)
+
     table = {"batch": batch, "big": big, "chain": chain, "latency": latency, "scale": scale,
-             "distributed": distributed}
+             "distributed": distributed, "polled": polled, "polled_distributed": polled_distributed}
     if scenario == "all":
         return [s for fn in table.values() for s in fn()]
     if scenario not in table:
@@ -244,8 +254,9 @@ class Cluster:
     """A fresh PostgreSQL database ``culm_bench_<rand>``, a private Redis queue prefix and N
     ``culm worker`` processes (``python -m culm.dispatch.celery``) importing ``bench.trees``."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, admin: str = PG_ADMIN) -> None:
         self.n = workers
+        self.admin = admin  # PostgreSQL, or MySQL/MariaDB (bench.polled)
         self.prefix = f"culmb{uuid.uuid4().hex[:8]}"
         self.db_url = ""
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -270,12 +281,12 @@ class Cluster:
         from culm.storage.sql import SqlStore
 
         name = f"culm_bench_{uuid.uuid4().hex[:10]}"
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        admin = create_engine(self.admin, isolation_level="AUTOCOMMIT")
         try:
             with admin.connect() as conn:
                 conn.execute(text(f"CREATE DATABASE {name}"))
         except Exception as exc:  # noqa: BLE001
-            raise Skipped(f"cannot create a PostgreSQL database: {type(exc).__name__}: {exc}") from exc
+            raise Skipped(f"cannot create a database at {_service_name(self.admin)}: {type(exc).__name__}: {exc}") from exc
         finally:
             admin.dispose()
         self.db_url = admin.url.set(database=name).render_as_string(hide_password=False)
@@ -287,7 +298,8 @@ class Cluster:
 
     def _start_workers(self, timeout: float = 60.0) -> None:
         env = dict(os.environ, CULM_IMPORTS="bench.trees")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        # The caller's path first: under bench.ab it names the culm being measured.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
         for i in range(self.n):
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115 - owned by the child
             cmd = [sys.executable, "-m", "culm.dispatch.celery", "--db", self.db_url, "--broker", REDIS,
@@ -358,10 +370,11 @@ class Cluster:
         from sqlalchemy.engine import make_url
 
         name = make_url(self.db_url).database
-        admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+        admin = create_engine(self.admin, isolation_level="AUTOCOMMIT")
+        force = " WITH (FORCE)" if admin.dialect.name == "postgresql" else ""
         try:
             with admin.connect() as conn:
-                conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
         except Exception as exc:  # noqa: BLE001 - cleanup only
             print(f"bench: could not drop {name}: {exc}", file=sys.stderr)
         finally:
@@ -452,6 +465,10 @@ def run_spec(spec: Spec) -> dict[str, Any]:
     try:
         if spec.backend == "distributed":
             return run_distributed(spec)
+        if spec.backend.startswith("polled"):
+            from bench.polled import run_polled
+
+            return run_polled(spec)
         return run_embedded(spec)
     except Skipped as exc:
         return {**base, "ok": None, "skipped": str(exc)}

@@ -6,6 +6,7 @@ The public face of the package. Engine API functions live in :mod:`culm.api`, th
 
 from culm import states
 from culm.core.engine import Settings
+from culm.core.records import StateChange
 from culm.errors import (
     CulmError,
     InvalidOperationError,
@@ -22,6 +23,7 @@ __all__ = [
     # runtime
     "Runtime",
     "Settings",
+    "StateChange",
     # states
     "states",
     # errors

@@ -27,6 +27,7 @@ _ENCODE = (
     if _c_make_encoder is not None else None
 )
 _SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+_JSON_KEYS = (str, int, float, bool, type(None))  # key types JSON writes as text
 
 
 def dumps(value: Any) -> str:
@@ -54,3 +55,50 @@ def loads(text: str) -> Any:
     if end != len(text):
         return json.loads(text)  # trailing whitespace or data: the full parser decides
     return value
+
+
+# Deeper than this, the C encoder gives up anyway (RecursionError): the value is pickled whatever
+# its keys, so the walk below need not look further (and stops on a value that contains itself).
+_WALK_DEPTH = 1000
+
+
+def keys_collide(value: Any) -> bool:
+    """Whether some dict in ``value`` has two keys that JSON would write as the same text
+    (``{1: "a", "1": "b"}``: JSON would keep one of them).
+
+    Only a dict with a key that is not a str can; lists, tuples and dicts are walked for them
+    without recursion, with exact type checks (this runs before every JSON write).
+    """
+    cls = type(value)
+    if cls is not dict and cls is not list and cls is not tuple:
+        return isinstance(value, dict | list | tuple) and _walk(value)
+    return _walk(value)
+
+
+def _walk(value: Any) -> bool:
+    stack = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        if depth > _WALK_DEPTH:
+            return False
+        if isinstance(item, dict):
+            for key in item:
+                if type(key) is not str:
+                    if _dict_collides(item):
+                        return True
+                    break
+            children: Any = item.values()
+        else:
+            children = item
+        for child in children:
+            cls = type(child)
+            if cls is dict or cls is list or cls is tuple or (
+                    cls is not str and isinstance(child, dict | list | tuple)):
+                push((child, depth + 1))
+    return False
+
+
+def _dict_collides(item: dict) -> bool:
+    keys = [k for k in item if isinstance(k, _JSON_KEYS)]  # other keys: JSON refuses the dict
+    return len(keys) == len(item) and len({k if isinstance(k, str) else dumps(k) for k in keys}) != len(keys)

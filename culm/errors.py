@@ -55,6 +55,11 @@ class StartPositionInvalidError(TreeInvalidError):
     """``start_node_id`` names a node the pipeline cannot start at."""
 
 
+#: bamboo's names for the same exceptions, so that ``except`` clauses written for bamboo work.
+StartPositionInvalidException = StartPositionInvalidError
+TreeInvalidException = TreeInvalidError
+
+
 class PluginConflictError(CulmError):
     """Two different classes claim the same plugin code (and version)."""
 
@@ -81,3 +86,16 @@ class SchemaOutdatedError(CulmError):
 
 class ConditionSyntaxError(ExpressionError):
     """A gateway condition is not valid condition (boolrule) syntax."""
+
+
+class UnstorableValueError(CulmError):
+    """A value or text the store cannot hold (no serialiser takes it, or text a database refuses).
+
+    ``field`` says which part of a record it is (``"outputs"``, ``"inputs"``, ``"log lines"``...),
+    ``keys`` which entries of it are at fault (dict keys, or list positions for log lines).
+    """
+
+    def __init__(self, message: str, field: str = "", keys: list | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.keys: list = list(keys or [])

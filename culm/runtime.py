@@ -6,14 +6,18 @@ import fcntl
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from culm.core.engine import Engine, Settings
+from culm.core.records import StateChange
 from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.runtime")
 
 DEFAULT_URL = "sqlite:///culm.db"
+# How often a process without the runner lock of its SQLite file tries to take it.
+STANDBY_SECONDS = 0.5
 
 
 def _sqlite_path(url: str) -> str | None:
@@ -53,6 +57,8 @@ class Runtime:
         self._lock_file: Any = None
         self._closed = False
         self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._standby: threading.Thread | None = None
         if broker:
             from culm.dispatch.celery import CeleryDispatcher
 
@@ -60,23 +66,23 @@ class Runtime:
             self.engine = Engine(self.store, self.dispatcher, settings)
             self.dispatcher.bind(self.engine)
         else:
-            from culm.dispatch.threads import ThreadDispatcher
-
-            count = 8 if workers is None else workers
-            runner = count > 0 and self._take_runner_lock()
-            # The engine may keep copies of its rows only where the runner lock makes it the sole
-            # runner: a SQLite database (a server database can have several embedded runners).
-            self.dispatcher = ThreadDispatcher(count, cache=self.store.dialect == "sqlite") if runner else None
+            self._workers = 8 if workers is None else workers
+            runner = self._workers > 0 and self._take_runner_lock()
+            self.dispatcher = self._runner() if runner else None
             self.engine = Engine(self.store, self.dispatcher, settings)
             if self.dispatcher is not None:
                 self.dispatcher.start(self.engine)
+            elif self._workers > 0:
+                self._standby = threading.Thread(target=self._stand_by, name="culm-standby", daemon=True)
+                self._standby.start()
 
     @property
     def embedded(self) -> bool:
         return not self.broker
 
-    def _take_runner_lock(self) -> bool:
-        """Only one process runs the workers of a SQLite file; the lock dies with the process."""
+    def _take_runner_lock(self, *, quiet: bool = False) -> bool:
+        """Only one process runs the workers of a SQLite file; the lock dies with the process (a
+        process that wanted workers and did not get the lock stands by for it, see _stand_by)."""
         path = _sqlite_path(self.store.url)
         if path is None:
             return True
@@ -85,10 +91,33 @@ class Runtime:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.close()
-            logger.info("another process runs the workers of %s; this runtime submits and reads", path)
+            if not quiet:
+                logger.info("another process runs the workers of %s; this runtime submits and reads "
+                            "until that process exits", path)
             return False
         self._lock_file = handle
         return True
+
+    def _runner(self) -> Any:
+        from culm.dispatch.threads import ThreadDispatcher
+
+        # The engine may keep copies of its rows only where the runner lock makes it the sole
+        # runner: a SQLite database (a server database can have several embedded runners).
+        return ThreadDispatcher(self._workers, cache=self.store.dialect == "sqlite")
+
+    def _stand_by(self) -> None:
+        """Another process runs the work of this SQLite file: take the runner lock once it lets go
+        (it exited or was killed) and run the work from then on."""
+        while not self._stop.wait(STANDBY_SECONDS):
+            with self._guard:
+                if self._closed or not self._take_runner_lock(quiet=True):
+                    continue
+                dispatcher = self._runner()
+                self.dispatcher = dispatcher
+                self.engine.dispatcher = dispatcher
+                dispatcher.start(self.engine)  # the sweep takes over what the old runner left
+            logger.info("took over the workers of %s", _sqlite_path(self.store.url))
+            return
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Embedded only: wait until every queued and timed task has run (True) or time is up."""
@@ -96,12 +125,50 @@ class Runtime:
             return True
         return bool(self.dispatcher.wait_idle(timeout))
 
+    # -- the change feed (culm.storage.feed) --------------------------------------------------
+    def changes(
+        self, root_id: str | None = None, after: int = 0, timeout: float | None = None
+    ) -> Iterator[StateChange]:
+        """Every state change with ``seq`` > ``after`` (of one root pipeline when ``root_id``),
+        oldest first, waiting for new ones until ``timeout`` seconds have passed since the call
+        (None: forever); then the iterator ends.
+
+        Works across processes: the changes are rows the writers commit with their state writes.
+        Start from ``last_change_seq()`` to see only what happens from now on.
+        """
+        return self.store.feed.changes(root_id, after, timeout)
+
+    def last_change_seq(self) -> int:
+        """The ``seq`` of the newest state change recorded (0 when none)."""
+        return self.store.feed.last_seq()
+
+    def wait(self, pipeline_id: str, timeout: float | None = None) -> str:
+        """Block until the pipeline is FINISHED or REVOKED and return that state.
+
+        The better alternative to polling ``get_pipeline_states``: it wakes on the pipeline's own
+        state changes instead of reading its whole tree again and again.
+
+        Raises:
+            NotFoundError: no pipeline has that id.
+            TimeoutError: the pipeline is still not FINISHED or REVOKED after ``timeout`` seconds.
+        """
+        return self.store.feed.wait(pipeline_id, timeout)
+
+    def prune_changes(self, older_than: float) -> int:
+        """Delete the recorded state changes older than ``older_than`` seconds of pipelines that
+        are FINISHED or REVOKED; returns how many were deleted. Run it now and then (a cron job,
+        ``culm`` maintenance) to keep the feed's table small."""
+        return self.store.feed.prune(older_than)
+
     def close(self) -> None:
         """Stop this runtime's threads, then close its database connections."""
+        self._stop.set()
         with self._guard:
             if self._closed:
                 return
             self._closed = True
+        if self._standby is not None:
+            self._standby.join()
         if self.dispatcher is not None:
             self.dispatcher.close()
         self.store.dispose()

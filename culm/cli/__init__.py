@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from culm.cli.common import EXIT_USAGE, CliError, database_error, db_errors, db_url
 
 # Command groups, each a module of this package with register(subparsers).
-GROUPS: tuple[str, ...] = ("run", "inspect", "control", "admin")
+GROUPS: tuple[str, ...] = ("run", "inspect", "control", "admin", "serve")
 
 
 def _version() -> str:

@@ -1,4 +1,4 @@
-"""Operations commands: ``worker``, ``db upgrade`` and the ``serve`` placeholder."""
+"""Operations commands: ``worker`` and ``db upgrade``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from typing import Any
 
 from culm.cli.common import (
     EXIT_OK,
-    EXIT_USAGE,
     UsageError,
     add_broker,
     add_db,
@@ -34,6 +33,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     broker = broker_url(args)
     if not broker:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
+    port = args.metrics_port or int(os.environ.get("CULM_METRICS_PORT") or 0)
+    if port:
+        from culm.web.worker_metrics import start_worker_metrics
+
+        print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
     run_worker(db=db_url(args), broker=broker, imports=import_names(args.imports),
                concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
                prefix=args.prefix)
@@ -57,14 +61,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    print("culm serve: the REST API and web console are not available yet in this release; "
-          "use culm.api from Python or `culm status ID`.", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def register(sub: Any) -> None:
-    """Add ``worker``, ``db`` and ``serve`` to the ``culm`` parser."""
+    """Add ``worker`` and ``db`` to the ``culm`` parser."""
     worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
     add_db(worker)
     add_broker(worker, prefix=False)
@@ -79,6 +77,8 @@ def register(sub: Any) -> None:
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
     worker.add_argument("--loglevel", default="INFO", metavar="L")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset)")
     worker.set_defaults(func=cmd_worker, own_logging=True)
 
     db = sub.add_parser("db", help="database maintenance")
@@ -87,5 +87,3 @@ def register(sub: Any) -> None:
     add_db(upgrade)
     upgrade.set_defaults(func=cmd_db_upgrade)
 
-    serve = sub.add_parser("serve", help="REST API and web console (not available yet)")
-    serve.set_defaults(func=cmd_serve)

@@ -300,10 +300,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     )
     info = render.node_info(tree)
     print_problems(problems, info, sys.stdout)
-    # Warnings (syntax that will stay text, ...) print here without changing the exit code; the
-    # coordinator wires culm.model.validator.tree_warnings in.
+    # Warnings (a fragment that will stay text, a condition that will not parse) never change the exit code.
     for warning in tree_warnings(tree):
-        print_problems([warning], info, sys.stdout)
+        where = render.label(warning.where, info) if warning.where else "<tree>"
+        print(f"warning: {where}: {warning.message}")
     if problems:
         err(f"{len(problems)} problem(s)")
         return EXIT_USAGE
@@ -312,13 +312,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def tree_warnings(tree: dict) -> list[Any]:
-    """Warnings of the validator, when this culm has them (same shape as problems, ``warning:`` added)."""
-    from culm.model import validator
+    """The validator's syntax warnings (same shape as problems: ``where``, ``message``)."""
+    from culm.model.validator import tree_warnings as find
 
-    find = getattr(validator, "tree_warnings", None)
-    if find is None:
-        return []
-    return [type(w)(w.where, f"warning: {w.message}") for w in find(tree)]
+    return list(find(tree))
 
 
 def register(sub: Any) -> None:

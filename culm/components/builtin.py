@@ -1,7 +1,9 @@
 """Built-in example components, registered when :mod:`culm.components` is imported.
 
 They make a pipeline runnable without writing any component, which is what quick starts,
-smoke tests and benchmarks need.
+smoke tests and benchmarks need. They yield (``__culm_yields__``): a user's class with the same
+code and version replaces them without a conflict, as bamboo's docs define their own
+``example_component`` right after the quick start.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class PipeExampleService(Service):
 class ExampleComponent(Component):
     """``example_component``: a no-op activity."""
 
+    __culm_yields__ = True
     code = "example_component"
     name = "Example component"
     bound_service = ExampleService
@@ -42,6 +45,7 @@ class ExampleComponent(Component):
 class PipeExampleComponent(Component):
     """``pipe_example_component``: echoes its inputs as outputs."""
 
+    __culm_yields__ = True
     code = "pipe_example_component"
     name = "Pipe example component"
     bound_service = PipeExampleService

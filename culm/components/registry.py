@@ -7,7 +7,9 @@ live here once:
 * a *different* class for a taken key is a conflict, reported with both class names;
 * the *same* class defined again (same module and qualified name, as when a module is
   reloaded) silently replaces the old one, so reloading never breaks a running process;
-* a class, or the module it is defined in, may opt out with ``__register_ignore__ = True``.
+* a class, or the module it is defined in, may opt out with ``__register_ignore__ = True``;
+* a class flagged ``__culm_yields__ = True`` (the demo components culm ships) gives way to any
+  other class claiming its key, and never displaces one.
 """
 
 from __future__ import annotations
@@ -64,6 +66,11 @@ def _same_definition(old: type, new: type) -> bool:
     return old is new or qualified_name(old) == qualified_name(new)
 
 
+def _yields(cls: type) -> bool:
+    # The class's own namespace only: a user's subclass of a demo component does not yield.
+    return bool(cls.__dict__.get("__culm_yields__", False))
+
+
 class PluginRegistry(Generic[K, P]):
     """A thread-safe map from a plugin key to the class registered under it.
 
@@ -97,7 +104,9 @@ class PluginRegistry(Generic[K, P]):
         """
         with self._lock:
             old = self._classes.get(key)
-            if old is not None and not _same_definition(old, cls):
+            if old is not None and not _same_definition(old, cls) and _yields(cls) and not _yields(old):
+                return
+            if old is not None and not _same_definition(old, cls) and not _yields(old):
                 raise self._conflict_error(
                     f"{self.describe(key)} is already registered by {qualified_name(old)}; "
                     f"{qualified_name(cls)} cannot register under it"

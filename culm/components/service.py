@@ -240,7 +240,12 @@ class _Hooks:
     """Lifecycle hooks, all no-ops returning True; see spec section 8.3 for when each fires.
 
     They are only dispatched to services with ``__need_run_hook__ = True``. Each is called as
-    ``hook(data, parent_data, callback_data=None)``; an exception in a hook is logged and ignored.
+    ``hook(data, parent_data)``, with ``callback_data=<payload>`` added only when there is one
+    (the callback, schedule and ``node_finish`` hooks of a callback node) and the hook accepts it,
+    so hooks written as bamboo's docs write them, ``(self, data, parent_data)``, run. When an error
+    is ignored (``error_ignorable``), ``node_finish`` follows ``node_execute_exception`` /
+    ``node_schedule_exception`` and no ``*_fail`` hook runs. An exception in a hook is logged and
+    ignored.
     """
 
     def pre_resume_node(self, data: DataObject, parent_data: DataObject, callback_data: Any = None) -> bool:

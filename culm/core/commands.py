@@ -50,6 +50,17 @@ def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str =
         )
 
 
+def _refuse_if_revoked(unit: Any, graph: g.Graph, node_id: str, action: str) -> None:
+    """Refuse ``action`` on a node of a revoked pipeline, saying so.
+
+    A revoke kills the run's processes, so the later checks would refuse too, but with an
+    internal reason ("no live process") that does not tell the operator what happened.
+    """
+    root = unit.get_state(graph.root_id)
+    if root is not None and root.name == states.REVOKED:
+        raise InvalidOperationError(f"cannot {action} node {node_id}: its pipeline {graph.root_id} is revoked")
+
+
 def _sleeping_process(unit: Any, node_id: str) -> ProcessRecord:
     procs = [p for p in unit.processes_at(node_id) if p.asleep and not p.suspended]
     if len(procs) != 1:
@@ -62,10 +73,10 @@ def _sleeping_process(unit: Any, node_id: str) -> ProcessRecord:
 def _cas(step: Step, st: StateRecord, to: str, loop: int = -1, **fields: Any) -> None:
     if not step.unit.update_state(st.node_id, expect_version=st.version, expect_names=(st.name,), name=to, **fields):
         raise InvalidOperationError(f"node {st.node_id} changed while the command ran; try again")
-    st.name = to
+    was, st.name = st.name, to
     for k, v in fields.items():
         setattr(st, k, v)
-    step.state_changed(st, loop)
+    step.state_changed(st, loop, from_state=was)
 
 
 def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
@@ -120,9 +131,16 @@ def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
 
 
 def _unsuspend(step: Step, by: str) -> None:
-    for proc in step.unit.processes_suspended_by(by):
-        step.unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
-        step.add_task(execute_task_for(proc, proc.current_node_id))
+    unit = step.unit
+    for proc in unit.processes_suspended_by(by):
+        unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
+        task = execute_task_for(proc, proc.current_node_id)
+        st = unit.get_state(proc.current_node_id)
+        if st is not None and st.name == states.RUNNING:
+            # Parked in the middle of the node's run: its task was replayed (after a crash or a lost
+            # lease) while the pipeline was paused. It must replay the run, not find the node busy.
+            task.running_version = st.version
+        step.add_task(task)
 
 
 def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
@@ -130,13 +148,19 @@ def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
         unit = step.unit
         _is_pipeline(unit, engine, pipeline_id)
         st = _state(unit, pipeline_id, "pipeline")
+        if st.root_id != pipeline_id:
+            # REVOKED is final: the parent could never go on past the subprocess, and the work
+            # inside it would run on unseen. Only a whole run is revoked.
+            raise InvalidOperationError(
+                f"cannot revoke subprocess {pipeline_id} alone: its pipeline could never go on; revoke the root "
+                f"pipeline {st.root_id}, or pause the subprocess"
+            )
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.REVOKED, archived_time=now())
-        if st.root_id == pipeline_id:
-            # Nothing of a revoked run may move again: stop its processes and pending work now.
-            unit.kill_processes_of_root(pipeline_id)
-            unit.delete_tasks_of_root(pipeline_id)
+        # Nothing of a revoked run may move again: stop its processes and pending work now.
+        unit.kill_processes_of_root(pipeline_id)
+        unit.delete_tasks_of_root(pipeline_id)
         step.event("post_revoke_pipeline", pipeline_id=pipeline_id)
 
 
@@ -145,12 +169,16 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "pause")
         if node.type == g.SUBPROCESS:
             raise InvalidOperationError(f"node {node_id} is a SubProcess: use pause_pipeline for subprocesses")
         st = unit.get_state(node_id, for_update=True)
         step.event("pre_pause_node", node_id=node_id)
         if st is None:
-            st = StateRecord(node_id, "", "", states.SUSPENDED, new_version(), 1, 1, 0, False, False, now())
+            # The row is the node's for good (entering it later only changes its name): it must carry
+            # its root and parent, or queries by root never show the node, even once it has run.
+            st = StateRecord(node_id, graph.root_id, node.pipeline_id, states.SUSPENDED, new_version(), 1, 1, 0,
+                             False, False, now())
             unit.insert_state(st)
             step.state_changed(st)  # a created state is a state write too: receivers must hear of it
         else:
@@ -168,7 +196,8 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
 def resume_node_appoint(engine: Engine, node_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "resume")
         if node.type == g.SUBPROCESS:
             raise InvalidOperationError(f"node {node_id} is a SubProcess: use resume_pipeline for subprocesses")
         st = _state(unit, node_id)
@@ -185,7 +214,8 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         raise InvalidOperationError(f"retry data for node {node_id} must be a dict, got {type(data).__name__}")
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "retry")
         if node.type == g.SUBPROCESS:
             raise InvalidOperationError(f"node {node_id} is a SubProcess: use retry_subprocess")
         if not node.can_retry:
@@ -214,7 +244,8 @@ def _retry_inputs(data: dict[str, Any]) -> dict[str, Any]:
 def retry_subprocess(engine: Engine, node_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "retry")
         if node.type != g.SUBPROCESS:
             raise InvalidOperationError(f"node {node_id} is a {node.type}, not a SubProcess")
         st = _state(unit, node_id)
@@ -233,7 +264,8 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
 def skip_node(engine: Engine, node_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type not in (g.ACTIVITY, g.START):
             raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities and start events skip")
         if not node.can_skip:
@@ -253,7 +285,8 @@ def skip_node(engine: Engine, node_id: str) -> None:
 def skip_exclusive_gateway(engine: Engine, node_id: str, flow_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type != g.EXCLUSIVE:
             raise InvalidOperationError(f"node {node_id} is a {node.type}, not an ExclusiveGateway")
         target = node.target_of_flow(flow_id)
@@ -273,6 +306,7 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type != g.CONDITIONAL_PARALLEL:
             raise InvalidOperationError(f"node {node_id} is a {node.type}, not a ConditionalParallelGateway")
         if not isinstance(flow_ids, (list, tuple)) or not flow_ids:
@@ -300,7 +334,8 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
 def forced_fail_activity(engine: Engine, node_id: str, ex_data: str, *, signal: bool = True) -> None:
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "force-fail")
         if node.type != g.ACTIVITY:
             raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities can be force-failed")
         st = _state(unit, node_id)
@@ -330,7 +365,8 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
     """Queue one callback for a waiting node; returns the callback id once it is committed."""
     with engine.step() as step:
         unit = step.unit
-        _graph, node = _node(engine, unit, node_id)
+        graph, node = _node(engine, unit, node_id)
+        _refuse_if_revoked(unit, graph, node_id, "call back")
         st = _state(unit, node_id)
         if st.version != version:
             sched = unit.schedule_of(node_id, version)
@@ -339,6 +375,9 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             raise InvalidOperationError(
                 f"callback version {version} of node {node_id} is not its current version {st.version}"
             )
+        if st.name != states.RUNNING and unit.has_callback(node_id, version):
+            raise InvalidOperationError(f"node {node_id} already received its callback (version {version}): "
+                                        f"it is {st.name} now")
         _require(st, (states.RUNNING,), "call back")
         sched = unit.schedule_of(node_id, version)
         if sched is None:
@@ -350,6 +389,7 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             if not procs:
                 raise InvalidOperationError(f"node {node_id} has no live process waiting")
             proc, schedule_id = procs[0], None
+            multi = _may_take_many_callbacks(node)
         else:
             if sched.type == "poll":
                 raise InvalidOperationError(f"node {node_id} polls; it is not waiting for a callback")
@@ -358,6 +398,12 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             proc, schedule_id = unit.get_process(sched.process_id), sched.id
             if proc is None or proc.dead:
                 raise InvalidOperationError(f"node {node_id} has no live process waiting")
+            multi = sched.type == "multiple_callback"
+        # The state row is locked (``_state``), so concurrent callbacks to the node are checked one by one.
+        if not multi and unit.has_callback(node_id, version):
+            raise InvalidOperationError(
+                f"node {node_id} already received its callback for version {version} (it takes only one)"
+            )
         step.event("pre_callback", node_id=node_id, version=version, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
         callback_id = new_id()
@@ -368,6 +414,17 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
         step.after.append(_service_hook(engine, unit, node, st, "post_callback", data))
         step.event("post_callback", node_id=node_id, version=version, data=data)
         return callback_id
+
+
+def _may_take_many_callbacks(node: g.Node) -> bool:
+    """False only when this process knows the component and it takes a single callback."""
+    from culm.components import library
+
+    try:
+        service_cls = library.get(node.code, node.version).bound_service
+    except Exception:  # noqa: BLE001 - unknown here (e.g. only workers import it): let it through
+        return True
+    return bool(getattr(service_cls, "__multi_callback_enabled__", False))
 
 
 def _may_wait_for_callback(node: g.Node) -> bool:

@@ -38,23 +38,32 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
+def _kept_wait_facts(unit: Any, root_id: str, kept: dict[str, dict[str, Any]]) -> waits.WaitFacts:
+    """Wait facts for a pipeline whose entries came from the cache: only the states of nodes that
+    may wait are read again (none for a finished pipeline)."""
+    ids = [node_id for node_id, e in kept.items() if e["state"] in waits.MAY_WAIT]
+    records = list(unit.get_states(ids).values()) if ids else []
+    root = next((r for r in records if r.node_id == root_id), None)
+    return waits.read_facts(unit, records, root=root)
+
+
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        records = unit.states_of_root(root_id)
-        facts = waits.read_facts(unit, records)
-    root = next((r for r in records if r.node_id == root_id), None)
-    if root is None:
-        return {}
-    entry = state_entry(root, root_is_self=True)
-    children = [r for r in records if r.node_id != root_id]
+        # Shared with the cache (culm.core.state_tree): each entry handed out is a copy.
+        kept = engine.state_trees.entries(unit, root_id, state_entry)
+        if root_id not in kept:
+            return {}
+        facts = _kept_wait_facts(unit, root_id, kept)
+    entry = {**kept[root_id], "children": {}}
+    children = {node_id: {**e, "children": {}} for node_id, e in kept.items() if node_id != root_id}
     if flat_children:
-        entry["children"] = entries = {r.node_id: state_entry(r) for r in children}
+        entry["children"] = children
     else:
-        entries = {r.node_id: state_entry(r) for r in children}
-        for r in children:
-            holder = entry if r.parent_id == root_id else entries.get(r.parent_id, entry)
-            holder["children"][r.node_id] = entries[r.node_id]
-    _add_wait_reasons(facts, entry, entries)
+        for node_id, e in children.items():
+            parent = e["parent_id"]
+            holder = entry if parent == root_id else children.get(parent, entry)
+            holder["children"][node_id] = e
+    _add_wait_reasons(facts, entry, children)
     return {root_id: entry}
 
 
@@ -135,11 +144,14 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
         ctx = unit.get_context(pipeline_id)
         root_id = unit.node_root(pipeline_id)
         procs = unit.processes_of_root(root_id)
+    context_values = [
+        {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
+        for v in ctx.values()
+    ]
     return {
-        "context_values": [
-            {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
-            for v in ctx.values()
-        ],
+        "context_values": context_values,
+        # bamboo's key is misspelt; code written for bamboo reads it (same list).
+        "contex_values": context_values,
         "processes": [
             {"process_id": p.id, "parent_id": p.parent_id, "root_pipeline_id": p.root_id,
              "current_node": p.current_node_id, "destination_id": p.destination_id, "pipeline_stack": p.stack,

@@ -74,6 +74,31 @@ class StateRecord:
     archived_time: float | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class StateChange:
+    """One state write, as the change feed records it (see ``Runtime.changes``).
+
+    Attributes:
+        seq: position in the feed; grows with every change a database records.
+        root_id: the root pipeline the node belongs to.
+        node_id: the node (or pipeline) whose state was written.
+        from_state: the state before the write, None when unknown or when the state was created.
+        to_state: the state written.
+        version: the node's version after the write.
+        loop: the node's loop after the write.
+        time: when the write was made (UTC epoch seconds).
+    """
+
+    seq: int
+    root_id: str
+    node_id: str
+    from_state: str | None
+    to_state: str
+    version: str
+    loop: int
+    time: float
+
+
 @dataclass(slots=True)
 class ProcessRecord:
     """A persisted thread of execution walking the graph (not an OS process)."""

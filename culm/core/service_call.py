@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+import os
+import socket
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from culm.core import observe
 from culm.core.records import now
 
 hook_logger = logging.getLogger("culm.hooks")
@@ -67,6 +73,14 @@ class CallResult:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
+def not_here_message(exc: Exception) -> str:
+    """What a node whose component this process lacks says: the code, the process, how to retry."""
+    return (f"{exc} in the process that ran this node (host {socket.gethostname()}, pid {os.getpid()}); "
+            "the process that runs this database's work must import every component its pipelines use: "
+            "import the module that registers it there (a `culm worker` or the runtime holding the runner "
+            "lock of a SQLite file), then retry the node (api.retry_node)")
+
+
 @dataclass
 class ServiceCall:
     """The fixed facts of one component call."""
@@ -85,9 +99,12 @@ class ServiceCall:
     error_ignorable: bool
 
     def _service(self, logger: NodeLogger) -> Any:
-        from culm.components import library
+        from culm.components import ComponentNotFoundError, library
 
-        service = library.new_service(self.code, self.version)
+        try:
+            service = library.new_service(self.code, self.version)
+        except ComponentNotFoundError as exc:
+            raise ComponentNotFoundError(not_here_message(exc)) from exc
         service.setup_runtime_attrs(
             id=self.node_id, version=self.state_version, root_pipeline_id=self.root_id,
             top_pipeline_id=self.top_pipeline_id, loop=self.loop, inner_loop=self.inner_loop, logger=logger,
@@ -117,12 +134,16 @@ class ServiceCall:
         hooks("pre_execute")
         events.append(("pre_execute", ids))
         ex_data = None
+        began = time.perf_counter()
         try:
             ok = service.execute(data, parent) is not False
         except Exception:  # noqa: BLE001 - component failure is a node failure
             ok, ex_data = False, traceback.format_exc()
             hooks("node_execute_exception")
             events.append(("node_execute_exception", {**ids, "ex_data": ex_data}))
+        if observe.call_observer is not None:
+            observe.call_observer("execute", self.code, self.version, ok, ex_data is not None,
+                                   time.perf_counter() - began)
         if ok:
             hooks("post_execute")
             events.append(("post_execute", ids))
@@ -130,7 +151,7 @@ class ServiceCall:
         if not ok and not self.error_ignorable:
             hooks("node_execute_fail")
             events.append(("node_execute_fail", ids))
-        if ok and not need_schedule:
+        if (ok and not need_schedule) or (not ok and self.error_ignorable):
             hooks("node_finish")
         stype = service.schedule_type() if need_schedule else None
         res = self._result(data, logger, ok, ex_data=ex_data, need_schedule=need_schedule, schedule_type=stype)
@@ -151,12 +172,16 @@ class ServiceCall:
         hooks("pre_schedule")
         events.append(("pre_schedule", ids))
         ex_data = None
+        began = time.perf_counter()
         try:
             ok = service.schedule(data, parent, callback_data) is not False
         except Exception:  # noqa: BLE001
             ok, ex_data = False, traceback.format_exc()
             hooks("node_schedule_exception")
             events.append(("node_schedule_exception", {**ids, "ex_data": ex_data}))
+        if observe.call_observer is not None:
+            observe.call_observer("schedule", self.code, self.version, ok, ex_data is not None,
+                                   time.perf_counter() - began)
         if ok:
             hooks("post_schedule")
             events.append(("post_schedule", ids))
@@ -168,7 +193,7 @@ class ServiceCall:
         if not ok and not self.error_ignorable:
             hooks("node_schedule_fail")
             events.append(("node_schedule_fail", ids))
-        if done:
+        if done or (not ok and self.error_ignorable):
             hooks("node_finish")
         res = self._result(data, logger, ok, ex_data=ex_data, schedule_type=stype, schedule_done=done,
                            schedule_after=after)
@@ -196,9 +221,30 @@ class _Hooks:
         if not self.enabled:
             return
         try:
-            getattr(self.service, name)(self.data, self.parent, callback_data=self.callback_data)
+            hook = getattr(self.service, name)
+            # As bamboo: ``callback_data`` only when there is one, so that hooks written as
+            # ``(self, data, parent_data)`` run; and never to a hook that cannot take it (bamboo's
+            # docs write ``node_finish(self, data, parent_data)`` for callback nodes too).
+            if self.callback_data is None or not _takes_callback_data(hook):
+                hook(self.data, self.parent)
+            else:
+                hook(self.data, self.parent, callback_data=self.callback_data)
         except Exception:  # noqa: BLE001 - hooks never change outcomes
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
+
+
+@functools.lru_cache(maxsize=1024)
+def _signature_takes_callback_data(func: Any) -> bool:
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):
+        return True
+    return "callback_data" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _takes_callback_data(hook: Any) -> bool:
+    # Cache on the function, not the bound method: each call has a fresh service instance.
+    return _signature_takes_callback_data(getattr(hook, "__func__", hook))
 
 
 def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict, outputs: dict,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from culm import signals
+from culm.core import observe
 from culm.core.records import StateRecord, TaskRecord
 
 
@@ -18,6 +20,7 @@ class Step:
     tasks: list[TaskRecord] = field(default_factory=list)
     events: list[tuple[signals.Signal, dict[str, Any]]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    began: float = field(default_factory=time.perf_counter)
 
     def add_task(self, task: TaskRecord) -> None:
         self.unit.insert_tasks([task])
@@ -27,7 +30,15 @@ class Step:
         self.unit.insert_tasks(tasks)
         self.tasks.extend(tasks)
 
-    def state_changed(self, st: StateRecord, loop: int = -1) -> None:
+    def state_changed(
+        self, st: StateRecord, loop: int = -1, *, from_state: str | None = None, root_id: str | None = None
+    ) -> None:
+        """A state write: recorded in the change feed, then ``post_set_state`` after the commit.
+
+        ``from_state``: the state before the write (None: created); ``root_id``: the run's root when
+        the record does not carry it yet (a state created ahead of the node being reached).
+        """
+        self.note_change(st, from_state, root_id)
         if signals.post_set_state.has_receivers:
             parent = "" if st.node_id == st.root_id else st.parent_id
             self.events.append(
@@ -40,14 +51,33 @@ class Step:
                 )
             )
 
+    def note_change(self, st: StateRecord, from_state: str | None, root_id: str | None = None) -> None:
+        """Append a state write to the change feed, in this step's transaction (no signal)."""
+        self.unit.record_change(root_id or st.root_id, st.node_id, from_state, st.name, st.version, st.loop)
+
     def event(self, event_type: str, **data: Any) -> None:
         if signals.pipeline_event.has_receivers:
-            self.events.append((signals.pipeline_event, {"event_type": event_type, "data": data}))
+            self.events.append((signals.pipeline_event, {"event": signals.PipelineEvent(event_type, data)}))
 
     def fire(self) -> None:
         """Run after-commit effects; nothing here may change the committed outcome."""
+        if observe.step_observer is not None:
+            observe.step_observer(time.perf_counter() - self.began)
+        self.send_signals()
+        self.run_after()
+
+    def send_signals(self) -> None:
+        """Send the signals of the committed transaction."""
+        if not self.events:
+            return
+        from culm.core.engine import Engine  # the engine imports this module
+
         for sig, kwargs in self.events:
-            sig.send(**kwargs)
+            # bamboo's senders: the State model class, and the runtime's hook class.
+            sig.send(StateRecord if sig is signals.post_set_state else Engine, **kwargs)
+
+    def run_after(self) -> None:
+        """Run the after-commit hooks (read-only service hooks)."""
         for fn in self.after:
             try:
                 fn()

@@ -29,7 +29,7 @@ from culm.core.records import SCHEDULE, ProcessRecord, ScheduleRecord, StateReco
 
 SUBPROCESS = "SubProcess"
 PIPELINE = "Pipeline"
-_MAY_WAIT = frozenset({states.FAILED, states.SUSPENDED, states.RUNNING})
+MAY_WAIT = frozenset({states.FAILED, states.SUSPENDED, states.RUNNING})
 ACTIVITY = "ServiceActivity"
 
 
@@ -126,7 +126,7 @@ def read_facts(unit: Any, records: Sequence[StateRecord], root: StateRecord | No
         root: the state of their root pipeline, when ``records`` do not hold it.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
-    candidates = [st for st in records if st.name in _MAY_WAIT]
+    candidates = [st for st in records if st.name in MAY_WAIT]
     facts = WaitFacts(candidates=candidates)
     odd = [st.node_id for st in candidates if st.name != states.RUNNING]
     running = [st for st in candidates if st.name == states.RUNNING]

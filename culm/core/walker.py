@@ -127,6 +127,9 @@ def _advance(
         # result is stale; leave the process as they left it.
         step.unit.delete_task(task.id)
         return None
+    except Exception as exc:
+        exc.add_note(f"culm: raised while the process of task {task.id} was at node {proc.current_node_id}")
+        raise
     _save_process(step, proc, before)
     step.unit.delete_task(task.id)
     return None
@@ -186,14 +189,17 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     if st.name == states.SUSPENDED:
         st = _confirm_suspended(unit, node.id) or st
     if st.name == states.SUSPENDED:
-        if not st.root_id:
+        if not st.root_id:  # created ahead by pause_node_appoint: now it is the root's
             unit.update_state(node.id, root_id=graph.root_id, parent_id=node.pipeline_id)
+            st.root_id, st.parent_id = graph.root_id, node.pipeline_id
+            step.note_change(st, st.name)
         proc.suspended, proc.suspended_by = True, node.id
         raise _Stop
     if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:
         run = Run(engine, step, graph, proc, node, st)
         unit.update_state(node.id, name=states.RUNNING)
         st.name = states.RUNNING
+        step.note_change(st, states.FINISHED)  # the feed shows every write; the signal only the FAILED
         run.fail(f"node execution exceed rerun limit {engine.settings.rerun_limit}")
         raise _Stop
     if st.name not in states.ENTERABLE_STATES:
@@ -210,14 +216,16 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         )
         if not node.loop_config:
             fields["retry"] = 0
+    if not st.root_id:
+        # A row an older version created early (an appointed pause) without its root and parent.
+        fields.update(root_id=graph.root_id, parent_id=node.pipeline_id)
     if not unit.update_state(node.id, expect_version=st.version, **fields):
         proc.asleep = True
         raise _Stop
+    was = st.name
     for k, v in fields.items():
         setattr(st, k, v)
-    if not st.root_id:
-        st.root_id, st.parent_id = graph.root_id, node.pipeline_id
-    step.state_changed(st, loop)
+    step.state_changed(st, loop, from_state=was)
     return st
 
 

@@ -5,12 +5,19 @@ takes every task that is ready, advances all of them in ONE transaction (each in
 savepoint, so one bad task cannot undo the others) and commits once — group commit. The user code
 those steps lead to (component ``execute``/``schedule``, end-event code) runs on a pool of
 ``workers`` threads, and each result goes back to the engine thread for the next batch.
+
+At most ``workers`` calls are *in flight* at once: started, and their result not committed yet. A
+call is handed to the pool only when one in flight has been committed, so after a kill -9 at most
+``workers`` calls run again (those running and those whose results waited for the next commit),
+however many nodes are ready to run and however far the engine thread lags behind. The calls
+waiting for a slot have not started: their nodes are RUNNING and their task rows replay them.
 Future tasks (poll intervals) wait on a timer heap, and a sweeper re-reads the task table now and
 then, so tasks written by other processes, or left behind by a crash, are picked up too.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import heapq
 import logging
@@ -21,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from culm.core import scheduling, walker
+from culm.core import faults, scheduling, walker
 from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, TaskRecord, now
 from culm.core.step import Step
@@ -129,6 +136,10 @@ class ThreadDispatcher:
         self._submits = threading.Condition()
         self._submitting = 0  # threads inside run_pipeline
         self._submitted_at = 0.0  # when the last of them left it
+        # Engine thread only: user code waiting for a slot, and calls started whose result is not
+        # committed yet (at most ``workers``: what a kill -9 makes run again).
+        self._calls: collections.deque[tuple[_Item, Callable[[], Any]]] = collections.deque()
+        self._in_flight = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -256,6 +267,7 @@ class ThreadDispatcher:
         """A batch could not commit, even task by task: its rows stay; the sweeper brings them back."""
         logger.error("a batch of %d tasks failed", len(batch), exc_info=exc)
         self._forget([i.task.id for i in batch])
+        self._release(sum(1 for i in batch if i.waiting))  # their results are dropped
 
     def _take_ready(self, batch: list[_Item]) -> None:
         """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
@@ -295,8 +307,15 @@ class ThreadDispatcher:
         self._forget(done)
         self.submit(step.tasks)
         step.fire()
-        for item, call in calls:
-            self._start_user_code(item, call)
+        self._calls.extend(calls)
+        self._release(sum(1 for _, waiting, _ in saved if waiting))  # their results are durable now
+
+    def _release(self, committed: int) -> None:
+        """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""
+        self._in_flight -= committed
+        while self._calls and self._in_flight < max(1, self.workers):
+            self._in_flight += 1
+            self._start_user_code(*self._calls.popleft())
 
     def _commit_batch(
         self, batch: list[_Item], saved: list[tuple[Any, bool, Any]], *, isolate: bool
@@ -327,14 +346,47 @@ class ThreadDispatcher:
         return step, calls, done
 
     def _advance_safely(self, step: Step, item: _Item) -> Callable[[], Any] | None:
+        resumed = item.waiting
         try:
             with step.unit.savepoint():
                 return self._advance(step, item)
-        except Exception:  # noqa: BLE001 - this task's changes are undone, not the batch's
+        except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
             if self.cache is not None:
                 self.cache.clear()  # it may hold writes the savepoint just undid
-            logger.exception("task %s (%s of node %s) failed", item.task.id, item.task.kind, item.task.node_id)
+            if self._transient(exc):
+                raise  # the database, not the task: the whole batch is tried again
+            self._fail_task(step, item, resumed, exc)
             return None
+
+    def _transient(self, exc: Exception) -> bool:
+        from culm.dispatch.runner import is_interruption  # runner builds on this module
+
+        return is_interruption(exc, self.engine.store)
+
+    def _fail_task(self, step: Step, item: _Item, resumed: bool, exc: Exception) -> None:
+        """Fail the node of a task whose step raised (see :mod:`culm.core.faults`), in a fresh
+        savepoint; if that raises too, record the least that stops the task, then nothing."""
+        task = item.task
+        logger.error("task %s (%s of node %s) raised; failing its node", task.id, task.kind, task.node_id,
+                     exc_info=exc)
+        item.invoke, item.waiting, item.result = None, False, None
+        attempts = (
+            lambda: faults.fail_task(self.engine, step, task.id, exc, resumed),
+            lambda: faults.fail_minimal(step, task.id),
+        )
+        for attempt in attempts:
+            try:
+                with step.unit.savepoint():
+                    attempt()
+                return
+            except Exception as again:  # noqa: BLE001 - try the next, smaller record
+                if self.cache is not None:
+                    self.cache.clear()
+                if self._transient(again):
+                    raise
+                logger.exception("recording the failure of task %s failed", task.id)
+        logger.critical("task %s of node %s could not be failed; it stays for the next sweep", task.id,
+                        task.node_id)
 
     def _advance(self, step: Step, item: _Item) -> Callable[[], Any] | None:
         """Move one task forward inside the batch transaction; returns user code to run next."""
@@ -354,6 +406,7 @@ class ThreadDispatcher:
         try:
             self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
+            self._in_flight -= 1
             self._forget([item.task.id])
 
     def _requeue(self, item: _Item, outcome: Any) -> None:

@@ -63,9 +63,13 @@ class DataInput(Var):
 
 
 class NodeOutput(Var):
-    """A context variable that takes the output ``source_key`` of activity ``source_act``."""
+    """A context variable that takes the output ``source_key`` of activity ``source_act``.
 
-    def __init__(self, source_act: str, source_key: str, type: str = Var.PLAIN, custom_type: str | None = None) -> None:
+    As in bamboo, ``value`` is accepted and ignored (the value comes from the node's output).
+    """
+
+    def __init__(self, source_act: str, source_key: str, type: str = Var.PLAIN, custom_type: str | None = None,
+                 value: Any = None) -> None:
         super().__init__(type, None, custom_type)
         self.source_act = source_act
         self.source_key = source_key
@@ -81,9 +85,12 @@ class RewritableNodeOutput(Var):
     Args:
         source_act: A list of ``{"source_act": activity id, "source_key": output key}``.
         type: The variable type.
+        custom_type: As for :class:`Var`.
+        value: Accepted and ignored, as bamboo does (see :class:`InitializedRewritableNodeOutput`).
     """
 
-    def __init__(self, source_act: list[dict[str, str]], type: str = Var.PLAIN, custom_type: str | None = None) -> None:
+    def __init__(self, source_act: list[dict[str, str]], type: str = Var.PLAIN, custom_type: str | None = None,
+                 value: Any = None) -> None:
         super().__init__(type, None, custom_type)
         self.source_act = source_act
 
@@ -93,7 +100,10 @@ class RewritableNodeOutput(Var):
 
 
 class InitializedRewritableNodeOutput(RewritableNodeOutput):
-    """A :class:`RewritableNodeOutput` that also has a value before any writer has run."""
+    """A :class:`RewritableNodeOutput` that also has a value before any writer has run.
+
+    Positional order as bamboo's: ``(source_act, type, value, custom_type)``.
+    """
 
     def __init__(
         self, source_act: list[dict[str, str]], type: str = Var.PLAIN, value: Any = None,
@@ -264,7 +274,8 @@ class Element:
         return hash(self.id)
 
     def __repr__(self) -> str:
-        return f"<{self.type()} {self.id}>"
+        # bamboo's form, name included even when it is None, so logs and doctests read the same.
+        return f"<{type(self).__name__} {self.name}:{self.id}>"
 
 
 class EmptyStartEvent(Element):
@@ -289,13 +300,34 @@ class ExecutableEndEvent(Element):
 
 
 class ServiceActivity(Element):
-    """A node that runs a component; set inputs with ``act.component.inputs.<key> = Var(...)``."""
+    """A node that runs a component; set inputs with ``act.component.inputs.<key> = Var(...)``.
+
+    Positional arguments are bamboo's (``component_code, error_ignorable, timeout, skippable,
+    retryable, id, name, outgoing``); culm's additions are keyword-only.
+
+    Args:
+        component_code: Code of the component to run.
+        error_ignorable: A failure finishes the node (``error_ignored``) and the flow goes on.
+        timeout: Written to the tree and **ignored**, as bamboo-engine ignores it: nothing
+            interrupts a node that runs too long. A run whose tree sets it logs a warning (once per
+            process).
+        skippable: ``skip_node`` may skip the node once it failed.
+        retryable: ``retry_node`` may retry the node once it failed.
+        id: Node id; a fresh ``e…`` id when omitted.
+        name: Display name.
+        outgoing: Initial list of successor elements.
+        version: Component version (None: ``"legacy"``).
+        loop_config: Node-level loop settings (``loop_times``, ``fail_skip``...).
+        timeout_config: bamboo-pipeline's contrib node-timeout settings: written to the tree and
+            **ignored**, like ``timeout``.
+    """
 
     def __init__(
-        self, component_code: str | None = None, version: str | None = None, error_ignorable: bool = False,
-        timeout: int | None = None, skippable: bool = True, retryable: bool = True,
-        id: str | None = None, name: str | None = None, outgoing: list[Element] | None = None,
-        loop_config: Mapping[str, Any] | None = None, timeout_config: Mapping[str, Any] | None = None,
+        self, component_code: str | None = None, error_ignorable: bool = False, timeout: int | None = None,
+        skippable: bool = True, retryable: bool = True,
+        id: str | None = None, name: str | None = None, outgoing: list[Element] | None = None, *,
+        version: str | None = None, loop_config: Mapping[str, Any] | None = None,
+        timeout_config: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(id, name, outgoing)
         self.component = Namespace({"code": component_code, "version": version, "inputs": Namespace()})

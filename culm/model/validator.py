@@ -29,7 +29,20 @@ from culm.model.flowgraph import (
     check_connections,
 )
 from culm.model.gateways import check_streams, pair_gateways
+from culm.model.syntax_warnings import tree_warnings
 from culm.model.tree_shape import ShapeChecker, label
+
+__all__ = [
+    "PreparedTree",
+    "allowed_start_node_ids",
+    "prepare_tree",
+    "process_tree",
+    "renormalise",
+    "skipped_node_ids",
+    "tree_warnings",
+    "validate_start_node",
+    "validate_tree",
+]
 
 ComponentExists = Callable[[str, str | None], bool]
 LazyExists = Callable[[str], bool]
@@ -145,13 +158,17 @@ def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, 
 def _copy_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
     # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
     # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied.
-    try:
-        # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
-        # recurses until RecursionError instead, and is deep-copied.
-        text = _json.dumps(tree)
-        return _json.loads(text), text
-    except (TypeError, ValueError, RecursionError):
-        return copy.deepcopy(tree), None
+    # Values whose dict keys JSON would merge (``{1: "a", "1": "b"}``) are deep-copied too: the
+    # stored tree keeps them (see culm.storage.codec).
+    if not _json.keys_collide(tree):
+        try:
+            # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
+            # recurses until RecursionError instead, and is deep-copied.
+            text = _json.dumps(tree)
+            return _json.loads(text), text
+        except (TypeError, ValueError, RecursionError):
+            pass
+    return copy.deepcopy(tree), None
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -268,18 +285,26 @@ def validate_start_node(tree: Any, node_id: Any) -> None:
     _check_start(root, graphs, node_id)
 
 
-def skipped_node_ids(tree: Any, start_node_id: Any) -> list[str]:
+def skipped_node_ids(tree: Any, start_node_id: Any, validate: bool = True) -> list[str]:
     """Ids of the root-pipeline nodes that will not run when starting at ``start_node_id``.
 
     These are the nodes on some path from the start event to ``start_node_id`` (loop-back
     flows ignored; for an exclusive gateway only the branch leading there), in flow order.
 
+    Args:
+        tree: The pipeline tree.
+        start_node_id: The node the run would start at.
+        validate: Check first that ``start_node_id`` is an allowed start position (bamboo's
+            ``validate``); without the check, any node of the root pipeline is accepted.
+
     Raises:
-        StartPositionInvalidError: ``start_node_id`` is not an allowed start position.
+        StartPositionInvalidError: ``start_node_id`` is not an allowed start position (or, without
+            ``validate``, not a node of the root pipeline).
         TreeInvalidError: The tree itself is invalid.
     """
     root, graphs = _analysed_root(tree)
-    _check_start(root, graphs, start_node_id)
+    if validate or not isinstance(start_node_id, str) or start_node_id not in root.kinds:
+        _check_start(root, graphs, start_node_id)
     if start_node_id == root.start_id:
         return []
     before: set[str] = set()

@@ -1,7 +1,13 @@
 """How payloads (inputs, outputs, context values) are written to text columns.
 
-JSON where possible; values JSON cannot hold (sets, datetimes, user objects produced by trusted
-component code) fall back to a pickled envelope, as bamboo's runtime does.
+JSON where it keeps the value, as bamboo's runtime stores data; a pickled envelope otherwise.
+What JSON changes without losing anything is accepted (bamboo does the same): a tuple comes back
+as a list, and a dict key that is an int, float, bool or None comes back as its JSON text (``1``
+as ``"1"``). A value JSON would lose data of takes the pickle fallback and comes back exact: one
+with a dict whose keys collide once written as JSON text (``{1: "a", "1": "b"}``), a key JSON
+cannot hold (a tuple), or a value JSON cannot hold (a set, a datetime, a user object produced by
+trusted component code). A value neither takes raises :class:`~culm.errors.UnstorableValueError`.
+See docs/data-and-variables.md ("How values are stored").
 """
 
 from __future__ import annotations
@@ -9,9 +15,11 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+from collections.abc import Mapping
 from typing import Any
 
 from culm import _json
+from culm.errors import UnstorableValueError
 
 _PICKLE_KEY = "__culm_pickle__"
 
@@ -22,14 +30,47 @@ def dumps(value: Any) -> str:
     A value that merely looks like an envelope (a dict whose only key is the envelope's, as
     untrusted input such as a tree's data or a callback's payload may be) is itself put in an
     envelope, so :func:`loads` returns that dict and never unpickles text that culm did not pickle.
+
+    Raises:
+        UnstorableValueError: Neither JSON nor pickle takes the value (a lock, a value nested
+            thousands of levels deep).
     """
-    if not _looks_like_envelope(value):
+    if not _looks_like_envelope(value) and not _json.keys_collide(value):
         try:
             return _json.dumps(value)
         except (TypeError, ValueError, RecursionError):  # RecursionError: a value holding itself
             pass
-    blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+    try:
+        blob = base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+    except RecursionError:
+        raise UnstorableValueError("it is nested too deeply to store") from None
+    except Exception as exc:  # noqa: BLE001 - pickle raises many kinds (TypeError, PicklingError...)
+        raise UnstorableValueError(f"neither JSON nor pickle takes it ({type(exc).__name__}: {exc})") from None
     return json.dumps({_PICKLE_KEY: blob})
+
+
+def dumps_fields(fields: Mapping[str, Any], what: str) -> str:
+    """:func:`dumps` of a dict of named values (a node's inputs or outputs).
+
+    Raises:
+        UnstorableValueError: Naming every key of ``what`` whose value cannot be stored
+            (``field`` = ``what``, ``keys`` = those keys).
+    """
+    try:
+        return dumps(fields)
+    except UnstorableValueError:
+        pass
+    bad: list[Any] = []
+    reasons: list[str] = []
+    for key, value in fields.items():
+        try:
+            dumps(value)
+        except UnstorableValueError as exc:
+            bad.append(key)
+            reasons.append(f"{key!r}: {exc}")
+    if not bad:  # each value alone is fine, together not (e.g. too deep only as a whole)
+        raise UnstorableValueError(f"the {what} cannot be stored as a whole", what, [])
+    raise UnstorableValueError(f"{what} the store cannot hold: " + "; ".join(reasons), what, bad)
 
 
 def _looks_like_envelope(value: Any) -> bool:

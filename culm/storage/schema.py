@@ -8,6 +8,7 @@ JSON payloads are stored as text written by :mod:`culm.storage.codec`.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Double,
@@ -22,10 +23,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from culm.model import limits
+
 metadata = MetaData()
 
-ID = 64  # node ids are 33 chars in bamboo; user trees may bring longer ones
-KEY = 255
+# The validator refuses ids and keys longer than these (culm.model.limits), on every backend.
+ID = limits.ID_LENGTH  # node ids are 33 chars in bamboo; user trees may bring longer ones
+KEY = limits.KEY_LENGTH
 # MySQL's TEXT stops at 64 KiB; execution data and trees can be far larger.
 BigText = Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
 
@@ -195,4 +199,33 @@ log = Table(
     Column("created_time", Double, nullable=False),
     Column("line", Text, nullable=False),
     Index("ix_culm_log_node_version", "node_id", "version"),
+)
+
+# The state-change feed (culm.storage.feed): every state write appends a row in the same
+# transaction. ``seq`` grows with every row (SQLite: the rowid); readers follow it.
+change = Table(
+    "culm_change",
+    metadata,
+    Column("seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("root_id", String(ID), nullable=False),
+    Column("node_id", String(ID), nullable=False),
+    Column("from_state", String(32)),
+    Column("to_state", String(32), nullable=False),
+    Column("version", String(ID), nullable=False),
+    Column("loop", Integer, nullable=False),
+    Column("time", Double, nullable=False),
+)
+
+# API tokens of `culm serve` (culm.web): only a salted scrypt hash of each secret is kept.
+api_token = Table(
+    "culm_api_token",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(KEY), nullable=False, default=""),
+    Column("salt", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_time", Double, nullable=False),
+    Column("revoked_time", Double),
+    Column("last_used_time", Double),
 )

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -23,7 +24,8 @@ from culm.core.records import (
     StateRecord,
     TaskRecord,
 )
-from culm.errors import SchemaOutdatedError
+from culm.errors import SchemaOutdatedError, UnstorableValueError
+from culm.model.limits import text_problem
 from culm.storage import codec, listing
 
 
@@ -108,7 +110,9 @@ _MANY_WITH_PROCESS_AND_STATE = _TASK_WITH_PROCESS_AND_STATE.replace("WHERE t.id 
 _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
-_QUOTED = ("key", "loop")
+_QUOTED = ("key", "loop", "time")
+# The change feed's columns as a writer fills them (seq comes from the database).
+_CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
 
 
@@ -159,7 +163,7 @@ _PRIMARY = {
     "culm_task": ("id",), "culm_node_data": ("node_id",), "culm_execution_data": ("node_id",),
     "culm_context_value": ("pipeline_id", "key"), "culm_schedule": ("id",), "culm_callback_data": ("id",),
 }
-_NEW_ROWS_ONLY = ("culm_history", "culm_log")  # autoincrement keys: an insert clashes with nothing
+_NEW_ROWS_ONLY = ("culm_history", "culm_log", "culm_change")  # autoincrement keys: an insert clashes with nothing
 
 
 def _row_key(table: str, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
@@ -296,6 +300,10 @@ class SqlUnit:
         # Context rows read ahead by prefetch_contexts, by pipeline id and key, as stored (each
         # read decodes its own copy), kept current with this transaction's own writes.
         self._context_view: dict[str, dict[str, Sequence[Any]]] = {}
+        # The change feed's rows for this transaction's state writes (culm.storage.feed), sent with
+        # the commit; ``changes_sent`` counts them for the store's in-process waiters.
+        self._changes: list[list[Any]] = []
+        self.changes_sent = 0
 
     # -- plumbing ---------------------------------------------------------------------------
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
@@ -325,6 +333,8 @@ class SqlUnit:
     def flush(self, *, commit: bool = False) -> None:
         """Send the deferred writes (one pipelined round trip on PostgreSQL), with the commit
         when ``commit`` (the caller's own commit then finds nothing left to do)."""
+        if commit and self._changes:
+            self._send_changes()
         if not self._deferred:
             return
         pending = self._take_deferred()
@@ -334,6 +344,24 @@ class SqlUnit:
                 cur.execute(sql, params)
             if commit:
                 self.conn.driver_connection.commit()
+
+    def record_change(
+        self, root_id: str, node_id: str, from_state: str | None, to_state: str, version: str, loop: int
+    ) -> None:
+        """Append a state write to the change feed; the row is written with the commit."""
+        self._changes.append([root_id, node_id, from_state, to_state, version, loop, time.time()])
+
+    def _send_changes(self) -> None:
+        # Only at the commit: a row sent earlier could land inside a savepoint that is rolled back
+        # while the state write it records (made before the savepoint) stays.
+        rows, self._changes = self._changes, []
+        self.changes_sent += len(rows)
+        for i in range(0, len(rows), 500):
+            chunk = rows[i : i + 500]
+            if self._deferred is not None:  # PostgreSQL: one multi-row INSERT, pipelined with the commit
+                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r], ())
+            else:
+                self._many(_insert_sql("culm_change", _CHANGE_COLUMNS), chunk)
 
     def _drop_unsent(self) -> None:
         """Forget the writes still waiting to be sent (the part of the transaction that made them
@@ -405,11 +433,13 @@ class SqlUnit:
         self._savepoints = getattr(self, "_savepoints", 0) + 1
         name = f"culm_sp{self._savepoints}"
         self._x(f"SAVEPOINT {name}")
+        changes = len(self._changes)
         try:
             yield
             self.flush()
         except BaseException:
             self._drop_unsent()  # writes of the undone part never reach the server
+            del self._changes[changes:]
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
@@ -428,7 +458,7 @@ class SqlUnit:
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
-            "root_data": codec.dumps(root_data),
+            "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
 
@@ -527,6 +557,19 @@ class SqlUnit:
         for node_id in missing:
             view[node_id] = found.get(node_id)
         self._state_view = view
+
+    @property
+    def feed_ordered(self) -> bool:
+        """Whether the change feed becomes visible in seq order (one writer at a time: SQLite)."""
+        return self.dialect == "sqlite"
+
+    def last_change_seq(self) -> int:
+        row = self._one("SELECT MAX(seq) FROM culm_change")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
+        return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
@@ -765,7 +808,17 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+        if not self._lock_rows:
+            self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+            return
+        # Never wait for a task row: an engine step holding one (it claims its task first) may be
+        # waiting for the rows this transaction holds. A task skipped here finds its process dead
+        # at its next step and is dropped then.
+        ids = [r[0] for r in self._all("SELECT id FROM culm_task WHERE root_id = ? ORDER BY id FOR UPDATE SKIP LOCKED",
+                                       [root_id])]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
@@ -823,15 +876,18 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps(inputs)}, ["node_id"])
+        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps_fields(inputs, f"inputs of node {node_id}")},
+                     ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
     def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
+        """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         self._upsert("culm_execution_data",
-                     {"node_id": node_id, "inputs": codec.dumps(inputs), "outputs": codec.dumps(outputs)},
+                     {"node_id": node_id, "inputs": codec.dumps_fields(inputs, "inputs"),
+                      "outputs": codec.dumps_fields(outputs, "outputs")},
                      ["node_id"])
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
@@ -894,8 +950,13 @@ class SqlUnit:
 
     @staticmethod
     def _context_row(pipeline_id: str, v: ContextValue) -> dict:
+        try:
+            value = codec.dumps(v.value)
+        except UnstorableValueError as exc:
+            raise UnstorableValueError(f"variable {v.key} of pipeline {pipeline_id}: {exc}", "context",
+                                       [v.key]) from None
         return {
-            "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": codec.dumps(v.value),
+            "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": value,
             "code": v.code, "refs": codec.dumps(sorted(v.references)),
         }
 
@@ -934,7 +995,13 @@ class SqlUnit:
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
         self._insert("culm_callback_data",
-                     [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
+                     [{"id": callback_id, "node_id": node_id, "version": version,
+                       "data": _dumps_named(data, f"callback data for node {node_id}")}])
+
+    def has_callback(self, node_id: str, version: str) -> bool:
+        """Whether a callback was accepted for this run (``version``) of the node."""
+        return self._one("SELECT id FROM culm_callback_data WHERE node_id = ? AND version = ?",
+                         [node_id, version]) is not None
 
     def get_callback(self, callback_id: str) -> Any:
         row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
@@ -961,6 +1028,13 @@ class SqlUnit:
         ]
 
     def add_logs(self, rows: Sequence[dict]) -> None:
+        """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
+        bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
+        if bad:
+            raise UnstorableValueError(
+                "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
+                "log lines", [i for i, _ in bad],
+            )
         self._insert("culm_log", list(rows))
 
     def logs(self, node_id: str, version: str) -> list[str]:
@@ -969,6 +1043,14 @@ class SqlUnit:
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
+
+
+def _dumps_named(value: Any, what: str) -> str:
+    """:func:`codec.dumps`, its refusal naming ``what``."""
+    try:
+        return codec.dumps(value)
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"{what}: {exc}", what) from None
 
 
 def _adapt_sqlite(sql: str) -> str:
@@ -1052,6 +1134,13 @@ class SqlStore:
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
         self._writer: Any = None
+        # SQLite files: each reading thread's own connection (see _thread_reader).
+        self._readers = threading.local()
+        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # The change feed's readers; told after each commit that recorded changes.
+        from culm.storage.feed import ChangeFeed
+
+        self.feed = ChangeFeed(self)
         if create:
             self.ensure_schema()
 
@@ -1117,6 +1206,8 @@ class SqlStore:
         finally:
             if lock is not None:
                 lock.release()
+        if unit.changes_sent:
+            self.feed.committed()
 
     @contextlib.contextmanager
     def reading(self) -> Iterator[SqlUnit]:
@@ -1125,8 +1216,34 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        with self._raw(write=False) as raw:
+        reader = self._readers if self.dialect == "sqlite" else None
+        if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
+            with self._raw(write=False) as raw:
+                yield SqlUnit(raw, self.dialect)
+            return
+        raw = self._thread_reader()
+        reader.busy = True
+        try:
+            raw.cursor().execute("BEGIN")
             yield SqlUnit(raw, self.dialect)
+        finally:
+            reader.busy = False
+            raw.rollback()
+
+    def _thread_reader(self) -> Any:
+        """This thread's own read connection to the SQLite file, outside the pool.
+
+        Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
+        return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
+        the writer. The connection lives as long as its thread (dispose() closes what is left).
+        """
+        raw = getattr(self._readers, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            raw.detach()
+            self._readers.raw = raw
+            self._all_readers.add(raw)
+        return raw
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False) -> Iterator[Any]:
@@ -1171,6 +1288,10 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
+        for reader in list(self._all_readers):
+            reader.close()  # a thread still holding one gets "closed database" on its next read
+        self._all_readers.clear()
+        self._readers = threading.local()
         self.engine.dispose()
 
 

@@ -82,6 +82,19 @@ def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_validate_prints_syntax_warnings_without_failing(tmp_path: Path) -> None:
+    tree = example_tree()
+    node = next(iter(tree["activities"].values()))
+    node["component"]["inputs"]["shell"] = {"type": "splice", "value": "echo ${HOME:-x}"}
+    path = tmp_path / "warn.json"
+    path.write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    warning = next(line for line in out.stdout.splitlines() if line.startswith("warning: "))
+    assert node["id"] in warning and "'${HOME:-x}' at position 5" in warning and "stay text" in warning
+    assert out.stdout.splitlines()[-1] == "OK"
+
+
 def test_validate_a_module(tmp_path: Path) -> None:
     out = culm(tmp_path, "validate", str(EXAMPLES / "polling_component.py"))
     assert out.returncode == 0, out.stdout + out.stderr
@@ -207,11 +220,6 @@ def test_db_upgrade(tmp_path: Path) -> None:
     assert out.stdout.startswith("database schema is at version ")
     again = culm(tmp_path, "db", "upgrade", "--db", f"sqlite:///{tmp_path / 'fresh.db'}")
     assert again.returncode == 0 and again.stdout == out.stdout
-
-
-def test_serve_is_not_available_yet(tmp_path: Path) -> None:
-    out = culm(tmp_path, "serve")
-    assert out.returncode == 2 and "not available" in out.stderr
 
 
 def test_worker_without_broker_is_refused(tmp_path: Path) -> None:

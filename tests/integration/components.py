@@ -393,6 +393,16 @@ class RaiseVariable(LazyVariable):
         raise RuntimeError("lazy exploded")
 
 
+class SlowVariable(LazyVariable):
+    """Blocks for ``value`` seconds (as a lookup in a slow service would), then returns "slow"."""
+
+    code = "t_lazy_slow"
+
+    def get_value(self):
+        time.sleep(float(self.value))
+        return "slow"
+
+
 class CountingVariable(LazyVariable):
     """A different value each time it is resolved (to show pre_render_keys freezing)."""
 
@@ -417,3 +427,138 @@ class RaiseEnd(ExecutableEndEvent):
 
     def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
         raise RuntimeError("end event exploded")
+
+
+# -- results the store cannot hold (test_fail_paths.py) ----------------------------------------
+def count_call(kind: str, node_id: str) -> None:
+    """Record one call of ``kind`` on ``node_id`` in a file every process sees (see calls())."""
+    with open(SHARED_DIR / "calls", "a") as fh:
+        fh.write(f"{kind} {node_id}\n")
+
+
+def calls(kind: str, node_id: str) -> int:
+    """How many calls of ``kind`` on ``node_id`` count_call recorded since the test began."""
+    path = SHARED_DIR / "calls"
+    if not path.exists():
+        return 0
+    return path.read_text().splitlines().count(f"{kind} {node_id}")
+
+
+def unstorable(kind: str) -> Any:
+    """A value (or log line) the store cannot hold, by ``kind``."""
+    import threading
+
+    if kind == "lock":
+        return threading.Lock()
+    if kind == "deep":
+        value: Any = []
+        for _ in range(5000):
+            value = [value]
+        return value
+    if kind == "surrogate":
+        return "bad \udcff line"
+    if kind == "nul":
+        return "bad \x00 line"
+    raise ValueError(kind)
+
+
+class UnstorableService(Service):
+    """Returns a good output ``fine`` and, by ``inputs.kind``, an output ``bad`` (lock, deep) or a
+    log line (surrogate, nul) the store cannot hold. ``inputs.on`` = "schedule" does it in the
+    first poll instead of execute."""
+
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0)
+
+    def _produce(self, data: Any) -> None:
+        kind = data.get_one_of_inputs("kind")
+        data.set_outputs("fine", 1)
+        if kind in ("surrogate", "nul"):
+            self.logger.info("a good line")
+            self.logger.info(unstorable(kind))
+        else:
+            data.set_outputs("bad", unstorable(kind))
+
+    def execute(self, data, parent_data):
+        count_call("execute", self.id)
+        if data.get_one_of_inputs("on") != "schedule":
+            self._produce(data)
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        count_call("schedule", self.id)
+        if data.get_one_of_inputs("on") == "schedule":
+            self._produce(data)
+        self.finish_schedule()
+        return True
+
+
+class UnstorableComponent(Component):
+    code = "t_unstorable"
+    name = "unstorable result"
+    bound_service = UnstorableService
+
+
+class LockVariable(LazyVariable):
+    """Resolves to a lock: a value the store cannot hold (frozen by pre_render_keys, the engine
+    has to store it while it walks, outside any component)."""
+
+    code = "t_lock_var"
+
+    def get_value(self):
+        import threading
+
+        return threading.Lock()
+
+
+class CountedCallbackService(CallbackService):
+    """A t_callback whose ``schedule`` calls are counted (count_call "callback")."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        count_call("callback", self.id)
+        return super().schedule(data, parent_data, callback_data)
+
+
+class CountedCallbackComponent(Component):
+    code = "t_callback_counted"
+    name = "counted callback"
+    bound_service = CountedCallbackService
+
+
+# -- stored values (test_stored_values.py) -------------------------------------------------------
+def stored_values() -> dict[str, Any]:
+    """Values a component returns as output ``value`` (t_value, by ``inputs.name``)."""
+    import datetime
+    import decimal
+
+    return {
+        "tuple": (1, 2),
+        "nested tuple": {"a": (1, (2, 3))},
+        "int keys": {1: "a", 2: "b"},
+        "float, bool and None keys": {1.5: "x", True: 1, None: 2},
+        "int and str keys that collide": {1: "a", "1": "b"},
+        "bool and str keys that collide": {True: 1, "true": 2},
+        "collision deep inside": [{"x": {1: "a", "1": "b"}}],
+        "tuple key": {(1, 2): "a"},
+        "set": {1, 2},
+        "datetime": datetime.datetime(2026, 1, 2, 3, 4, 5),
+        "decimal": decimal.Decimal("1.10"),
+        "big int": 2**80,
+        "text with NUL": "a\x00b",
+        "text with a lone surrogate": "a\udcffb",
+        "unicode": "h\u00e9llo \u4e2d",
+        "envelope lookalike": {"__culm_pickle__": "x"},
+        "none": None,
+    }
+
+
+class ValueService(Service):
+    def execute(self, data, parent_data):
+        data.set_outputs("value", stored_values()[data.get_one_of_inputs("name")])
+        return True
+
+
+class ValueComponent(Component):
+    code = "t_value"
+    name = "value"
+    bound_service = ValueService

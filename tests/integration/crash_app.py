@@ -3,6 +3,11 @@
 ``start`` builds and starts a pipeline, prints its tree id, then keeps running until killed.
 ``resume`` opens the same database and waits until the pipeline is FINISHED, printing the state.
 ``callback`` starts a pipeline with a callback node, calls back once it waits, then kills itself.
+``batch N WORKERS`` starts N pipelines of instant activities on WORKERS user-code threads, prints
+their ids as a JSON list, then keeps running until killed.
+``serve`` holds the runner lock (printing ``ready``) until a line comes on stdin, then closes.
+``resume_all WORKERS ROOT...`` opens the database on WORKERS threads and waits until every root is
+FINISHED, printing how many are not and how long it took.
 """
 
 from __future__ import annotations
@@ -90,6 +95,25 @@ def chain_with_parallel() -> dict:
     return build_tree(start)
 
 
+def batch_tree_of(code: str) -> dict:
+    """Eight instant activities of component ``code``: two in a row, three in parallel, three in a row."""
+
+    def act() -> ServiceActivity:
+        node = ServiceActivity(component_code=code)
+        node.component.inputs.seconds = Var(type=Var.PLAIN, value=0.0)
+        return node
+
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    tail = start.extend(act()).extend(act()).extend(pg).connect(act(), act(), act()).converge(cg)
+    tail.extend(act()).extend(act()).extend(act()).extend(end)
+    return build_tree(start)
+
+
+def batch_tree() -> dict:
+    return batch_tree_of("crash_slow")
+
+
 def callback_tree() -> dict:
     start, wait, end = EmptyStartEvent(), ServiceActivity(component_code="crash_wait"), EmptyEndEvent()
     start.extend(wait).extend(slow(0.0)).extend(end)
@@ -107,8 +131,15 @@ def wait_for(predicate: Any, timeout: float) -> bool:
 
 def main() -> None:
     mode, db = sys.argv[1], sys.argv[2]
+    if mode in ("batch", "resume_all"):
+        batch_main(mode, db, sys.argv[3:])
+        return
     runtime = culm.Runtime(db)
-    if mode == "start":
+    if mode == "serve":
+        print("ready", flush=True)
+        sys.stdin.readline()
+        runtime.close()
+    elif mode == "start":
         tree = chain_with_parallel()
         assert api.run_pipeline(runtime, tree).result
         print(tree["id"], flush=True)
@@ -140,6 +171,26 @@ def main() -> None:
         ok = wait_for(finished, 30)
         print(json.dumps({"finished": ok}), flush=True)
         runtime.close()
+
+
+def batch_main(mode: str, db: str, args: list[str]) -> None:
+    if mode == "batch":
+        count, workers = int(args[0]), int(args[1])
+        runtime = culm.Runtime(db, workers=workers)
+        trees = [batch_tree() for _ in range(count)]
+        for tree in trees:
+            assert api.run_pipeline(runtime, tree).result
+        print(json.dumps([t["id"] for t in trees]), flush=True)
+        time.sleep(3600)
+    runtime = culm.Runtime(db, workers=int(args[0]))
+    roots, began = args[1:], time.monotonic()
+
+    def left() -> list[str]:
+        return [r for r in roots if api.get_pipeline_states(runtime, r).data[r]["state"] != "FINISHED"]
+
+    wait_for(lambda: not left(), 60)
+    print(json.dumps({"unfinished": len(left()), "seconds": round(time.monotonic() - began, 3)}), flush=True)
+    runtime.close()
 
 
 if __name__ == "__main__":

@@ -59,11 +59,12 @@ class Recorder:
         self.states: list[dict[str, Any]] = []
         self.events: list[dict[str, Any]] = []
 
-    def on_state(self, **kw: Any) -> None:
+    # Receivers as Django (and so bamboo) call them: signal and sender first, then named arguments.
+    def on_state(self, signal: Any, sender: Any, **kw: Any) -> None:
         self.states.append(kw)
 
-    def on_event(self, **kw: Any) -> None:
-        self.events.append(kw)
+    def on_event(self, signal: Any, sender: Any, event: Any, **kw: Any) -> None:
+        self.events.append({"event_type": event.event_type, "data": event.data, **kw})
 
     def event_types(self) -> list[str]:
         return [e["event_type"] for e in self.events]
@@ -86,6 +87,18 @@ def recorder():
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def chain(*nodes: Any) -> Any:
+    """start -> ``nodes`` one after the other -> end; returns the start event."""
+    from culm.builder import EmptyEndEvent, EmptyStartEvent
+
+    start = EmptyStartEvent()
+    tail = start
+    for n in nodes:
+        tail = tail.extend(n)
+    tail.extend(EmptyEndEvent())
+    return start
+
+
 def node_state(runtime: Any, node_id: str) -> dict[str, Any] | None:
     """The state entry of any node or pipeline id, or None when it has no state."""
     res = api.get_children_states(runtime, node_id)

@@ -186,6 +186,30 @@ def test_lazy_variable_exception_fails_node_with_key(runtime):
     assert node_state(runtime, tree["id"])["state"] == "RUNNING"
 
 
+def test_lazy_activity_input_whose_get_value_raises_fails_the_activity(runtime):
+    a = echo("v", vtype=Var.LAZY)
+    a.component.inputs.x = Var(type=Var.LAZY, custom_type="t_lazy_raise", value="v")
+    tree = build_tree(chain(a))
+    run(runtime, tree)
+    wait_state(runtime, a.id, "FAILED")
+    ex = outputs(runtime, a.id)["ex_data"]
+    assert "${x}" in ex and "t_lazy_raise" in ex and "lazy exploded" in ex
+    assert inputs(runtime, a.id)["x"] == "v"  # the raw value, as configured
+    assert node_state(runtime, tree["id"])["state"] == "RUNNING"
+
+
+def test_lazy_subprocess_param_whose_get_value_raises_fails_the_subprocess(runtime):
+    inner = echo("${p}")
+    sub = SubProcess(start=chain(inner), data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),
+                     params=Params({"${p}": Var(type=Var.LAZY, custom_type="t_lazy_raise", value="v")}))
+    tree = build_tree(chain(sub))
+    run(runtime, tree)
+    wait_state(runtime, sub.id, "FAILED")
+    ex = outputs(runtime, sub.id)["ex_data"]
+    assert "${p}" in ex and "lazy exploded" in ex
+    assert node_state(runtime, inner.id) is None  # the subprocess was never entered
+
+
 def test_unknown_lazy_type_refused_before_storing(runtime):
     a = echo("${u}")
     tree = build_tree(chain(a), data=Data(inputs={"${u}": Var(type=Var.LAZY, custom_type="t_nope", value="")}))

@@ -7,25 +7,44 @@ from typing import Any
 
 from culm import states
 from culm.core import data as cdata
+from culm.core import rendering
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall
-from culm.errors import CulmError
+from culm.errors import CulmError, UnstorableValueError
 
 
 def execute(run: Run) -> Outcome:
-    """Prepare the component call; the call itself runs outside the transaction."""
+    """Prepare the component call; the call itself runs outside the transaction.
+
+    Inputs are rendered here when that is quick, else with the call on the user-code pool
+    (:mod:`culm.core.rendering`); the stored variables they need are read here.
+    """
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
+    gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
+    st = run.state
     try:
-        inputs = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
+        inputs = rendering.render_inline(run, gathered)
     except CulmError as exc:
-        run.fail(f"inputs hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
+        run.fail(f"inputs hydrate failed: {exc}", inputs=rendering.raw_values(raw))
         return SLEEP
-    inputs["_loop"], inputs["_inner_loop"] = run.state.loop, run.state.inner_loop
-    call = make_call(run, inputs, {})
-    return Invoke(call.execute, after_execute)
+    if inputs is not None:
+        inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
+        return Invoke(make_call(run, inputs, {}).execute, after_execute)
+    call = make_call(run, {}, {})
+    render = rendering.render_later(run, gathered, raw, call.root_data)
+
+    def render_and_execute() -> CallResult | rendering.RenderFailed:
+        rendered = render()
+        if isinstance(rendered, rendering.RenderFailed):
+            return rendered
+        rendered["_loop"], rendered["_inner_loop"] = st.loop, st.inner_loop
+        call.inputs = rendered
+        return call.execute()
+
+    return Invoke(render_and_execute, after_execute)
 
 
 def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> ServiceCall:
@@ -45,28 +64,78 @@ def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
     return CallResult(False, inputs, {}, ex_data=text)
 
 
-def record_call(run: Run, res: CallResult) -> dict[str, Any]:
-    """Store logs and queue the call's events; returns the outputs with the reserved keys."""
-    outputs = dict(res.outputs)
+def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
+    """Store a call's logs and execution data and queue its events.
+
+    A part of the result the store cannot hold (an output no serialiser takes, a log line with a
+    NUL character) is left out, or kept escaped for a log line, and the call counts as failed with
+    ``ex_data`` naming that part: the component ran once and its node fails visibly, instead of
+    a write that fails at every attempt (and the component run again after each one).
+
+    Returns:
+        The result as recorded (``res``, or a failed copy of it) and its outputs with the reserved
+        keys (``ex_data``, ``_result``, ``_loop``, ``_inner_loop``).
+    """
+    unit, node_id = run.unit, run.node.id
+    problems: list[str] = []
+    if res.logs:
+        try:
+            unit.add_logs(_log_rows(run, res.logs))
+        except UnstorableValueError as exc:
+            bad = set(exc.keys)
+            unit.add_logs(_log_rows(run, [(t, repr(line) if i in bad else line) for i, (t, line) in enumerate(res.logs)]))
+            problems.append(f"{exc} (kept escaped)")
+    called, inputs, plain = res, dict(res.inputs), dict(res.outputs)
+    for _ in range(3):  # at worst: some inputs left out, then some outputs, then it is stored
+        if problems:
+            res = _refused(called, problems)
+        outputs = _reserved(run, res, plain)
+        try:
+            unit.set_execution_data(node_id, inputs, outputs)
+            break
+        except UnstorableValueError as exc:
+            part = inputs if exc.field == "inputs" else plain
+            for key in exc.keys or list(part):  # no key alone at fault: the whole part goes
+                part.pop(key, None)
+            problems.append(f"{exc} (left out)")
+    else:
+        raise UnstorableValueError(f"the result of node {node_id} could not be stored: {'; '.join(problems)}")
+    for event_type, data in res.events:
+        run.step.event(event_type, **data)
+    return res, outputs
+
+
+def _log_rows(run: Run, logs: list[tuple[float, str]]) -> list[dict[str, Any]]:
+    st = run.state
+    return [{"node_id": run.node.id, "version": st.version, "loop": st.loop, "created_time": t, "line": line}
+            for t, line in logs]
+
+
+def _refused(res: CallResult, problems: list[str]) -> CallResult:
+    """``res`` as a failed call whose ``ex_data`` says what of it the store could not hold."""
+    said = "; ".join(problems)
+    ex_data = f"the result could not be stored: {said}"
+    if res.ex_data:
+        ex_data = f"{res.ex_data}\n{ex_data}"
+    return CallResult(False, res.inputs, res.outputs, ex_data=ex_data, schedule_type=res.schedule_type,
+                      logs=res.logs, events=res.events)
+
+
+def _reserved(run: Run, res: CallResult, plain: dict[str, Any]) -> dict[str, Any]:
+    outputs = dict(plain)
     if res.ex_data is not None:
         outputs["ex_data"] = res.ex_data
     outputs["_result"] = res.ok
     outputs["_loop"], outputs["_inner_loop"] = run.state.loop, run.state.inner_loop
-    if res.logs:
-        run.unit.add_logs(
-            [{"node_id": run.node.id, "version": run.state.version, "loop": run.state.loop, "created_time": t,
-              "line": line} for t, line in res.logs]
-        )
-    for event_type, data in res.events:
-        run.step.event(event_type, **data)
     return outputs
 
 
 def after_execute(run: Run, res: Any) -> Outcome:
     """Apply an execute call's result (in the transaction after the call)."""
-    res = as_result(res, {})
-    outputs = record_call(run, res)
-    run.unit.set_execution_data(run.node.id, res.inputs, outputs)
+    if isinstance(res, rendering.RenderFailed):
+        run.fail(f"inputs hydrate failed: {res.error}", inputs=res.raw_inputs)
+        return SLEEP
+    res, outputs = record_call(run, as_result(res, {}))
     if res.ok and res.need_schedule:
         start_schedule(run, res.schedule_type or "callback")
         return SLEEP
@@ -121,7 +190,3 @@ def start_schedule(run: Run, schedule_type: str) -> None:
 def schedule_task(proc: Any, node_id: str, schedule_id: str | None, *, due: float, callback_id: str | None = None) -> TaskRecord:
     return TaskRecord(new_id(), SCHEDULE, proc.id, node_id, proc.root_id, schedule_id=schedule_id,
                       callback_id=callback_id, due=due, priority=proc.priority, queue=proc.queue)
-
-
-def _raw_value(var: object) -> object:
-    return var.get("value") if isinstance(var, dict) else var

@@ -31,10 +31,16 @@ def exclusive(run: Run) -> Outcome:
     if hits is None:
         return SLEEP
     if len(hits) > 1:
-        run.fail(f"multiple conditions meet: {[c.evaluate for c in hits]}")
+        _fail(run, f"multiple conditions meet: {[c.evaluate for c in hits]}")
         return SLEEP
     run.finish()
     return Next(hits[0].target_id)
+
+
+def _fail(run: Run, ex_data: str) -> None:
+    # bamboo records a failed gateway's outputs as ``{"ex_data": ...}`` alone: a gateway has no
+    # ``_result`` or loop counters of its own to report, and code reading them expects this shape.
+    run.fail(ex_data, outputs={})
 
 
 def _or_default(run: Run, hits: list[Condition] | None) -> list[Condition] | None:
@@ -43,7 +49,7 @@ def _or_default(run: Run, hits: list[Condition] | None) -> list[Condition] | Non
     if hits is None or hits:
         return hits
     if run.node.default is None:
-        run.fail("all conditions of branches are not meet")
+        _fail(run, "all conditions of branches are not meet")
         return None
     return [run.node.default]
 
@@ -65,17 +71,17 @@ def _evaluate(run: Run, *, first_only: bool) -> list[Condition] | None:
         namespace = cdata.condition_namespace([c.evaluate for c in conds], run.fetch_from(run.top_pipeline_id),
                                               run.lazy_resolver())
     except CulmError as exc:
-        run.fail(f"gateway conditions hydrate failed: {exc}")
+        _fail(run, f"gateway conditions hydrate failed: {exc}")
         return None
     hits = []
     for cond in conds:
         try:
             ok = _holds(run, cond, namespace)
         except ExpressionError as exc:
-            run.fail(f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc}")
+            _fail(run, f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc}")
             return None
         except Exception as exc:  # noqa: BLE001 - a custom expression function may raise anything
-            run.fail(f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc!r}")
+            _fail(run, f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc!r}")
             return None
         if ok:
             hits.append(cond)

@@ -1,0 +1,154 @@
+"""When advancing a task raises inside the engine: its node fails, visibly and once.
+
+A task whose step raises (an engine bug, a result some store refuses in a way culm did not
+foresee) would otherwise be rolled back and tried again at every sweep or lease period, running
+its user code again each time, while its node shows RUNNING. The dispatcher undoes the task's
+part of the batch and calls :func:`fail_task` in a fresh savepoint: the node the task stands on
+ends FAILED with ``ex_data`` saying what the engine was doing, where, and the error; its process
+waits there, and the task is gone. An operator sees a failed node and can retry or skip it as
+any other (after fixing the cause). Should even that fail, :func:`fail_minimal` records less.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from typing import Any
+
+from culm import states
+from culm.core.engine import Engine
+from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_version, now
+from culm.core.run import record_history
+from culm.core.step import Step
+
+logger = logging.getLogger("culm.engine")
+
+# States a node is failed from by way of RUNNING (the transition table has no direct edge).
+_VIA_RUNNING = frozenset({states.READY, states.LOOP_READY})
+
+
+def describe(task: TaskRecord, resumed: bool, exc: BaseException) -> str:
+    """``ex_data`` for a task whose step raised: what the engine did, on which node, and why."""
+    if task.kind == EXECUTE:
+        doing = "applying the result of the user code of" if resumed else "walking the process from"
+    else:
+        doing = "applying the schedule result of" if resumed else "preparing a schedule call of"
+    trace = "".join(traceback.format_exception(exc))
+    return (f"engine error while {doing} node {task.node_id or '?'} (task {task.id}): "
+            f"{type(exc).__name__}: {exc}\n{trace}")
+
+
+def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resumed: bool) -> str | None:
+    """Fail the node of task ``task_id`` (whose step raised ``exc``; ``resumed``: while applying
+    the result of its user code) and park its process there.
+
+    Returns the id of the node failed (None when there was nothing to fail: the task or its
+    process is gone, or the node is already stopped where an operator sees it).
+    """
+    unit = step.unit
+    task = unit.get_task(task_id)
+    if task is None:
+        return None
+    unit.delete_task(task_id)
+    proc = unit.get_process(task.process_id) if task.process_id else None
+    if proc is None or proc.dead:
+        return None
+    node_id = task.node_id or proc.current_node_id
+    st = unit.get_state(node_id, for_update=True)
+    stray = _stray(engine, unit, task, proc, node_id, st)
+    if stray is not None:
+        # Failing a node for it, or moving the process, would break the work really under way.
+        logger.error("dropped task %s of node %s: %s", task_id, node_id, stray)
+        return None
+    ex_data = describe(task, resumed, exc)
+    if task.schedule_id:
+        unit.update_schedule(task.schedule_id, finished=True, locked_until=None)
+    if st is not None and st.name == states.SUSPENDED:
+        unit.update_process(proc.id, current_node_id=node_id, suspended=True, suspended_by=node_id, asleep=True)
+        return None
+    if st is not None and st.name not in (states.RUNNING, states.FINISHED, *_VIA_RUNNING):
+        unit.update_process(proc.id, current_node_id=node_id, asleep=True)
+        return None  # FAILED already, or REVOKED: nothing more to show
+    _write_failed(engine, step, proc.root_id, node_id, st)
+    inputs, outputs = _execution_data(unit, node_id)
+    loop = st.loop if st is not None else 1
+    unit.set_execution_data(node_id, inputs, {**outputs, "ex_data": ex_data, "_result": False, "_loop": loop})
+    unit.update_process(proc.id, current_node_id=node_id, asleep=True)
+    return node_id
+
+
+def _stray(engine: Engine, unit: Any, task: TaskRecord, proc: ProcessRecord, node_id: str,
+           st: StateRecord | None) -> str | None:
+    """Why ``task`` is not its process's live work (a stray, duplicate or stale task), or None."""
+    if node_id != proc.current_node_id:
+        return f"its process {proc.id} is at node {proc.current_node_id}"
+    if not _in_graph(engine, unit, proc.root_id, node_id):
+        return f"pipeline {proc.root_id} has no such node"
+    if st is not None and task.running_version and st.version != task.running_version:
+        return f"the node moved on to another run (version {st.version}) meanwhile"
+    return None
+
+
+def _write_failed(engine: Engine, step: Step, root_id: str, node_id: str, st: StateRecord | None) -> None:
+    unit = step.unit
+    at = now()
+    if st is None:
+        parent_id = _parent_of(engine, unit, root_id, node_id)
+        st = StateRecord(node_id, root_id, parent_id, states.FAILED, new_version(), 1, 1, 0, False, False, at, at, at)
+        unit.insert_state(st)
+        step.state_changed(st, 1)
+        return
+    if st.name == states.FINISHED:
+        record_history(unit, st)  # the finished run stays in the histories
+    path = [states.RUNNING, states.FAILED] if st.name in _VIA_RUNNING else [states.FAILED]
+    for name in path:
+        fields: dict[str, Any] = {"archived_time": at} if name == states.FAILED else {"started_time": at}
+        if not st.root_id:
+            fields.update(root_id=root_id, parent_id=_parent_of(engine, unit, root_id, node_id))
+        if not unit.update_state(node_id, expect_version=st.version, expect_names=(st.name,), name=name, **fields):
+            raise RuntimeError(f"node {node_id} changed while its failure was recorded")
+        was, st.name = st.name, name
+        for k, v in fields.items():
+            setattr(st, k, v)
+        step.state_changed(st, from_state=was)
+
+
+def _in_graph(engine: Engine, unit: Any, root_id: str, node_id: str) -> bool:
+    try:
+        return node_id in engine.graph(root_id, unit).nodes
+    except Exception:  # noqa: BLE001 - the graph itself may be what fails: the node may exist
+        return True
+
+
+def _parent_of(engine: Engine, unit: Any, root_id: str, node_id: str) -> str:
+    try:
+        node = engine.graph(root_id, unit).nodes.get(node_id)
+    except Exception:  # noqa: BLE001 - the graph itself may be what fails; the root will do
+        return root_id
+    return node.pipeline_id if node is not None else root_id
+
+
+def _execution_data(unit: Any, node_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        found = unit.get_execution_data(node_id)
+    except Exception:  # noqa: BLE001 - unreadable data must not stop the failure from showing
+        return {}, {}
+    return found if found is not None else ({}, {})
+
+
+def fail_minimal(step: Step, task_id: str) -> None:
+    """Last resort when :func:`fail_task` raised too: a RUNNING node becomes FAILED (no data
+    written, the reason is in the engine log) and the task is deleted, so it runs no more."""
+    unit = step.unit
+    task = unit.get_task(task_id)
+    if task is None:
+        return
+    unit.delete_task(task_id)
+    st = unit.get_state(task.node_id, for_update=True) if task.node_id else None
+    if st is not None and st.name == states.RUNNING and unit.update_state(
+        st.node_id, expect_version=st.version, expect_names=(states.RUNNING,), name=states.FAILED, archived_time=now()
+    ):
+        st.name = states.FAILED
+        step.note_change(st, states.RUNNING)
+    if task.process_id:
+        unit.update_process(task.process_id, asleep=True)

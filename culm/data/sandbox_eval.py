@@ -1,0 +1,513 @@
+"""The evaluator of the expression sandbox: walks a checked syntax tree under :class:`Limits`.
+
+Every name, attribute, call and operator goes through a check here. Builtins, methods and
+formatting whose cost depends on their arguments are bounded in :mod:`culm.data.sandbox_calls`
+and :mod:`culm.data.sandbox_format` before they run.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import math
+import operator
+import time
+import types
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
+from culm.data.sandbox_format import percent_format, safe_format, spec_width
+from culm.data.sandbox_guards import (
+    CONTAINERS,
+    FORBIDDEN_NAMES,
+    POINTER_BYTES,
+    SAFE_BUILTINS,
+    SAFE_METHODS,
+    SIZED,
+    TABLE_BYTES,
+    check_attribute_name,
+    clip,
+    measure,
+    method_kind,
+    opaque,
+    user_method,
+)
+from culm.errors import ExpressionError, ExpressionLimitError
+
+if TYPE_CHECKING:
+    from culm.data.sandbox import Limits
+
+_BINOPS: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+    ast.LShift: operator.lshift, ast.RShift: operator.rshift, ast.BitOr: operator.or_,
+    ast.BitXor: operator.xor, ast.BitAnd: operator.and_,
+}  # fmt: skip
+_UNARYOPS: dict[type, Callable[[Any], Any]] = {
+    ast.UAdd: operator.pos, ast.USub: operator.neg, ast.Not: operator.not_, ast.Invert: operator.invert,
+}  # fmt: skip
+_COMPARE: dict[type, Callable[[Any, Any], Any]] = {
+    ast.Eq: operator.eq, ast.NotEq: operator.ne, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Is: operator.is_, ast.IsNot: operator.is_not,
+    ast.In: lambda a, b: a in b, ast.NotIn: lambda a, b: a not in b,
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- callables handed to expressions
+
+
+class Builtin:
+    """A safe builtin as the expression sees it; calls go through the evaluator's checks."""
+
+    __slots__ = ("_ev", "_name", "_fn")
+
+    def __init__(self, ev: Evaluator, name: str, fn: Callable[..., Any]) -> None:
+        self._ev, self._name, self._fn = ev, name, fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._ev.tick()
+        self._ev.check_clock()  # every call, so that slow calls cannot run back to back unseen
+        return self._ev.built(self._fn(self._ev, *args, **kwargs))
+
+    def __repr__(self) -> str:
+        return f"<builtin {self._name}>"
+
+
+class BoundMethod:
+    """A whitelisted method of a str/list/dict/... value; size-sensitive ones are pre-checked."""
+
+    __slots__ = ("_ev", "_obj", "_name")
+
+    def __init__(self, ev: Evaluator, obj: Any, name: str) -> None:
+        self._ev, self._obj, self._name = ev, obj, name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._ev.call_method(self._obj, self._name, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<method {type(self._obj).__name__}.{self._name}>"
+
+
+# ---------------------------------------------------------------- the evaluator
+
+# Different keys of one set or dict that may share a hash: legitimate data rarely has two.
+MAX_HASH_COLLISIONS = 64
+_CHUNK = 256
+
+
+def _no_tick() -> None:
+    pass
+
+
+
+class Evaluator:
+    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "memory", "builtins", "sizes")
+
+    def __init__(self, names: Mapping[str, Any], lim: Limits, deadline: float | None) -> None:
+        self.names = names
+        self.lim = lim
+        own = time.monotonic() + lim.time_limit
+        self.deadline = own if deadline is None else min(own, deadline)
+        self.steps = 0
+        self.allocated = 0
+        self.memory = 0
+        self.builtins: dict[str, Any] = {}
+        self.sizes: dict[int, tuple[Any, int, int]] = {}
+
+    # -- accounting
+
+    def tick(self) -> None:
+        self.steps += 1
+        if self.steps > self.lim.max_steps:
+            raise ExpressionLimitError(f"expression took more than {self.lim.max_steps} steps")
+        if not self.steps & 31:  # reading the clock costs more than a step
+            self.check_clock()
+
+    def check_clock(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ExpressionLimitError(f"expression ran longer than {self.lim.time_limit} seconds")
+
+    def measure(self, value: Any) -> tuple[int, int]:
+        """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
+        if not isinstance(value, CONTAINERS):
+            return measure(value, 0, 0, _no_tick)
+        if len(value) >= 64:
+            cached = self.sizes.get(id(value))
+            if cached is not None and cached[0] is value:
+                return cached[1], cached[2]
+            size, mem = measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes)
+            self.sizes[id(value)] = (value, size, mem)  # the reference keeps the id from being reused
+            return size, mem
+        return measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes)
+
+    def size(self, value: Any) -> int:
+        return self.measure(value)[0]
+
+    def charge(self, amount: int, memory: int = 0) -> None:
+        """Count ``amount`` units of data and ``memory`` bytes built; refuse past the limits.
+
+        Both only grow (nothing is credited back when a value is dropped), so they bound what the
+        evaluation holds at any moment from above.
+        """
+        self.allocated += amount
+        self.memory += memory
+        if self.allocated > self.lim.max_allocation:
+            raise ExpressionLimitError(f"expression built more than {self.lim.max_allocation} units of data")
+        if self.memory > self.lim.max_memory:
+            raise ExpressionLimitError(f"expression needs more than {self.lim.max_memory} bytes of memory")
+
+    def reserve(self, memory: int, what: str) -> None:
+        """Charge the bytes a call is about to build, before it runs."""
+        if self.memory + memory > self.lim.max_memory:
+            raise ExpressionLimitError(
+                f"{what} would need more than {self.lim.max_memory} bytes of memory"
+            )
+        self.memory += memory
+
+    def ensure_length(self, length: int, what: str) -> None:
+        if length > self.lim.max_sequence:
+            raise ExpressionLimitError(f"{what} would be {length} long, over {self.lim.max_sequence}")
+
+    def ensure_size(self, size: int, what: str) -> None:
+        if size > self.lim.max_value_size:
+            raise ExpressionLimitError(f"{what} would be too large (size {size} > {self.lim.max_value_size})")
+
+    def ensure_int(self, value: int, what: str) -> None:
+        if value.bit_length() > self.lim.max_int_bits:
+            raise ExpressionLimitError(f"{what} would exceed {self.lim.max_int_digits} digits")
+
+    def built(self, value: Any) -> Any:
+        """Check and charge a freshly built value."""
+        if isinstance(value, SIZED):
+            self.ensure_length(len(value), f"{type(value).__name__} result")
+            size, mem = self.measure(value)
+            self.ensure_size(size, f"{type(value).__name__} result")
+            self.charge(size, mem)
+        elif type(value) is int and value.bit_length() > self.lim.max_int_bits:
+            # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists here,
+            # so // % and str() on one stay cheap
+            self.ensure_int(value, "integer result")
+        return value
+
+    def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:
+        """``list(iterable)``, built one item at a time under every limit (a C builtin fed a lazy
+        iterable would build the whole result before any check could see it).
+
+        The items' bytes are charged, unless the list is ``returned`` as the call's result
+        (:meth:`built` charges it then).
+        """
+        if isinstance(iterable, str | list | tuple | dict | set | frozenset) and len(iterable) < 64:
+            return list(iterable)
+        items: list[Any] = []
+        source = iter(iterable)
+        size = mem = 0
+        room = self.lim.max_memory - self.memory
+        # in chunks: islice and the measure of a flat chunk run in C, a per-item loop would not
+        while chunk := list(itertools.islice(source, _CHUNK)):
+            csize, cmem = measure(chunk, self.lim.max_value_size, room, self.check_clock)
+            size += csize
+            mem += cmem
+            items.extend(chunk)
+            self.ensure_length(len(items), what)
+            self.ensure_size(size, what)
+            if mem > room:
+                raise ExpressionLimitError(f"{what} would need more than {self.lim.max_memory} bytes of memory")
+            self.check_clock()
+        if not returned:
+            self.reserve(mem, what)
+        return items
+
+    def hashed(self, items: list[Any], what: str) -> list[Any]:
+        """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
+
+        CPython compares a new key with every stored key of the same hash, so n keys that collide
+        (all multiples of 2**61-1 do) cost n**2/2 comparisons inside one C call.
+        """
+        if len(items) <= MAX_HASH_COLLISIONS:
+            return items
+        groups: dict[int, list[Any]] = {}
+        for index, item in enumerate(items):
+            group = groups.get(hash(item))
+            if group is None:
+                groups[hash(item)] = [item, 0]
+            elif not (group[0] is item or group[0] == item):
+                group[1] += 1
+                if group[1] > MAX_HASH_COLLISIONS:
+                    raise ExpressionLimitError(
+                        f"{what}: more than {MAX_HASH_COLLISIONS} different keys share one hash"
+                    )
+            if not index & 4095:
+                self.check_clock()
+        self.reserve(TABLE_BYTES * len(items), what)
+        return items
+
+    # -- dispatch
+
+    def eval(self, node: ast.AST, scope: dict[str, Any]) -> Any:
+        self.tick()
+        return _DISPATCH[type(node)](self, node, scope)
+
+    def e_constant(self, node: ast.Constant, scope: dict[str, Any]) -> Any:
+        return node.value
+
+    def e_name(self, node: ast.Name, scope: dict[str, Any]) -> Any:
+        name = node.id
+        if name in scope:
+            return scope[name]
+        if name in self.names:
+            return self.names[name]
+        if name in SAFE_BUILTINS:
+            return self.builtin(name)
+        if name in FORBIDDEN_NAMES:
+            raise ExpressionError(f"name {name!r} is forbidden")
+        raise ExpressionError(f"unknown name {name!r}")
+
+    def e_binop(self, node: ast.BinOp, scope: dict[str, Any]) -> Any:
+        return self.binop(node.op, self.eval(node.left, scope), self.eval(node.right, scope))
+
+    def e_unaryop(self, node: ast.UnaryOp, scope: dict[str, Any]) -> Any:
+        return self.built(_UNARYOPS[type(node.op)](self.eval(node.operand, scope)))
+
+    def e_boolop(self, node: ast.BoolOp, scope: dict[str, Any]) -> Any:
+        is_and = isinstance(node.op, ast.And)
+        value = None
+        for sub in node.values:
+            value = self.eval(sub, scope)
+            if bool(value) is not is_and:
+                return value
+        return value
+
+    def e_compare(self, node: ast.Compare, scope: dict[str, Any]) -> Any:
+        left = self.eval(node.left, scope)
+        for op, comparator in zip(node.ops, node.comparators, strict=True):
+            right = self.eval(comparator, scope)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+
+    def e_ifexp(self, node: ast.IfExp, scope: dict[str, Any]) -> Any:
+        return self.eval(node.body if self.eval(node.test, scope) else node.orelse, scope)
+
+    def e_subscript(self, node: ast.Subscript, scope: dict[str, Any]) -> Any:
+        obj = self.eval(node.value, scope)
+        key = self.eval(node.slice, scope)
+        if callable(obj) or isinstance(obj, types.ModuleType):
+            raise ExpressionError(f"subscripting {type(obj).__name__} objects is not allowed")
+        if isinstance(key, str) and key.startswith("__"):
+            raise ExpressionError(f"subscript key {clip(key)!r} is forbidden (double underscore)")
+        return obj[key]
+
+    def e_slice(self, node: ast.Slice, scope: dict[str, Any]) -> Any:
+        parts = (node.lower, node.upper, node.step)
+        return slice(*(None if part is None else self.eval(part, scope) for part in parts))
+
+    def e_attribute(self, node: ast.Attribute, scope: dict[str, Any]) -> Any:
+        return self.attribute(self.eval(node.value, scope), node.attr)
+
+    def e_call(self, node: ast.Call, scope: dict[str, Any]) -> Any:
+        func = self.eval(node.func, scope)
+        args = [self.eval(arg, scope) for arg in node.args]
+        kwargs = {kw.arg: self.eval(kw.value, scope) for kw in node.keywords if kw.arg}
+        if isinstance(func, Builtin | BoundMethod) or user_method(func):
+            return func(*args, **kwargs)
+        raise ExpressionError(f"calling {type(func).__name__} objects is not allowed")
+
+    def e_list(self, node: ast.List, scope: dict[str, Any]) -> Any:
+        return self.built([self.eval(elt, scope) for elt in node.elts])
+
+    def e_tuple(self, node: ast.Tuple, scope: dict[str, Any]) -> Any:
+        return self.built(tuple(self.eval(elt, scope) for elt in node.elts))
+
+    def e_set(self, node: ast.Set, scope: dict[str, Any]) -> Any:
+        return self.built(set(self.hashed([self.eval(elt, scope) for elt in node.elts], "set display")))
+
+    def e_dict(self, node: ast.Dict, scope: dict[str, Any]) -> Any:
+        pairs = zip(node.keys, node.values, strict=True)  # no None keys: "**" was refused statically
+        items = [(self.eval(k, scope), self.eval(v, scope)) for k, v in pairs if k is not None]
+        self.hashed([k for k, _v in items], "dict display")
+        return self.built(dict(items))
+
+    def e_joinedstr(self, node: ast.JoinedStr, scope: dict[str, Any]) -> Any:
+        pieces = [self.eval(value, scope) for value in node.values]
+        self.ensure_length(sum(len(p) for p in pieces), "f-string result")
+        return self.built("".join(pieces))
+
+    def e_formattedvalue(self, node: ast.FormattedValue, scope: dict[str, Any]) -> Any:
+        value = self.eval(node.value, scope)
+        if node.conversion != -1:
+            self.ensure_length(self.size(value), "converted value")
+            value = (
+                ascii(value)
+                if node.conversion == 97
+                else repr(value)
+                if node.conversion == 114
+                else str(value)
+            )
+        spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
+        self.ensure_length(self.size(value) + spec_width(self.lim, spec), "formatted value")
+        return format(value, spec)
+
+    # -- comprehensions
+
+    def loops(
+        self, generators: list[ast.comprehension], local: dict[str, Any], index: int = 0
+    ) -> Iterator[None]:
+        gen = generators[index]
+        for item in self.eval(gen.iter, local):
+            self.tick()
+            self.bind(gen.target, item, local)
+            if all(self.eval(cond, local) for cond in gen.ifs):
+                if index + 1 == len(generators):
+                    yield None
+                else:
+                    yield from self.loops(generators, local, index + 1)
+
+    def bind(self, target: ast.AST, value: Any, local: dict[str, Any]) -> None:
+        if isinstance(target, ast.Name):
+            local[target.id] = value
+            return
+        elts = target.elts  # type: ignore[attr-defined]
+        values = tuple(itertools.islice(iter(value), len(elts) + 1))
+        if len(values) != len(elts):
+            raise ExpressionError(f"cannot unpack {len(values)} values into {len(elts)} names")
+        for element, item in zip(elts, values, strict=True):
+            self.bind(element, item, local)
+
+    def produce(self, node: ast.AST, elts: list[ast.AST], scope: dict[str, Any]) -> Iterator[Any]:
+        local = dict(scope)
+        count = 0
+        for _ in self.loops(node.generators, local):  # type: ignore[attr-defined]
+            items = [self.eval(elt, local) for elt in elts]
+            count += 1
+            self.ensure_length(count, "comprehension")
+            for item in items:
+                self.charge(*self.measure(item))
+            self.charge(0, POINTER_BYTES)
+            yield items[0] if len(items) == 1 else items
+
+    def e_listcomp(self, node: ast.ListComp, scope: dict[str, Any]) -> Any:
+        return list(self.produce(node, [node.elt], scope))
+
+    def e_setcomp(self, node: ast.SetComp, scope: dict[str, Any]) -> Any:
+        return set(self.hashed(list(self.produce(node, [node.elt], scope)), "set comprehension"))
+
+    def e_dictcomp(self, node: ast.DictComp, scope: dict[str, Any]) -> Any:
+        pairs = list(self.produce(node, [node.key, node.value], scope))
+        self.hashed([pair[0] for pair in pairs], "dict comprehension")
+        return dict(pairs)
+
+    def e_generatorexp(self, node: ast.GeneratorExp, scope: dict[str, Any]) -> Any:
+        return self.produce(node, [node.elt], scope)
+
+    # -- operators
+
+    def binop(self, op: ast.operator, left: Any, right: Any) -> Any:
+        kind = type(op)
+        self.check_clock()
+        if kind is ast.Add:
+            self.check_add(left, right)
+        elif kind in _INT_QUADRATIC and isinstance(left, int) and isinstance(right, int):
+            # ints are capped where they are built; these come from the caller's names
+            self.ensure_int(left, "left operand")
+            self.ensure_int(right, "right operand")
+        elif kind in _SET_MERGES and isinstance(left, set | frozenset) and isinstance(right, set | frozenset):
+            self.hashed([*left, *right], "set result")
+        if kind is ast.Pow:
+            self.check_pow(left, right)
+        elif kind is ast.Mult:
+            self.check_mult(left, right)
+        elif kind is ast.LShift and isinstance(left, int) and isinstance(right, int) and left:
+            if left.bit_length() + right > self.lim.max_int_bits:
+                raise ExpressionLimitError(
+                    f"integer result of << would exceed {self.lim.max_int_digits} digits"
+                )
+        elif kind is ast.Mod and isinstance(left, str):
+            return self.built(percent_format(self, left, right))
+        return self.built(_BINOPS[kind](left, right))
+
+    def check_pow(self, base: Any, exp: Any, mod: Any = None) -> None:
+        if mod is not None:
+            # any sign: pow(a, -e, m) inverts a modulo m, then raises the inverse to e
+            if any(isinstance(v, int) and v.bit_length() > 4096 for v in (base, exp, mod)):
+                raise ExpressionLimitError("pow() with a modulus takes operands of at most 4096 bits")
+            return
+        if not (isinstance(base, int) and isinstance(exp, int)) or exp < 0 or abs(base) <= 1:
+            return
+        if math.log2(abs(base)) * exp > self.lim.max_int_bits:
+            raise ExpressionLimitError(f"integer result of ** would exceed {self.lim.max_int_digits} digits")
+
+    def check_add(self, left: Any, right: Any) -> None:
+        if isinstance(left, str | list | tuple) and type(left) is type(right):
+            self.ensure_length(len(left) + len(right), f"{type(left).__name__} sum")
+            if not isinstance(left, str):
+                self.ensure_size(self.size(left) + self.size(right), f"{type(left).__name__} sum")
+
+    def check_mult(self, left: Any, right: Any) -> None:
+        if isinstance(left, int) and isinstance(right, int):
+            if left.bit_length() + right.bit_length() > self.lim.max_int_bits + 1:
+                raise ExpressionLimitError(
+                    f"integer result of * would exceed {self.lim.max_int_digits} digits"
+                )
+            return
+        seq, times = (left, right) if isinstance(right, int) else (right, left)
+        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int) and times > 1:
+            self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
+            self.ensure_size(self.size(seq) * times, f"repeated {type(seq).__name__}")
+
+    # -- attributes and methods
+
+    def attribute(self, obj: Any, attr: str) -> Any:
+        check_attribute_name(attr)
+        kind = method_kind(obj)
+        if kind is not None:
+            if attr in SAFE_METHODS[kind]:
+                return BoundMethod(self, obj, attr)
+            raise ExpressionError(f"{type(obj).__name__}.{attr} is not an allowed method")
+        if opaque(obj):
+            raise ExpressionError(f"attribute access on {type(obj).__name__} objects is not allowed")
+        value = getattr(obj, attr)
+        if isinstance(value, type | types.ModuleType):
+            raise ExpressionError(
+                f"attribute {attr!r} refers to a {type(value).__name__}, which is not allowed"
+            )
+        return value
+
+    def call_method(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        self.tick()
+        self.check_clock()
+        if name in ("format", "format_map"):
+            mapping = args[0] if name == "format_map" and len(args) == 1 and not kwargs else None
+            if name == "format_map" and mapping is None:
+                raise ExpressionError("format_map() takes exactly one mapping")
+            return self.built(safe_format(self, obj, args, kwargs, mapping))
+        if isinstance(obj, str):
+            args = precheck_str_method(self, obj, name, args, kwargs)
+        elif isinstance(obj, set | frozenset) and args:
+            args = precheck_set_method(self, obj, name, args)
+        return self.built(getattr(obj, name)(*args, **kwargs))
+
+    # -- builtins
+
+    def builtin(self, name: str) -> Any:
+        if name in ("True", "False", "None"):
+            return {"True": True, "False": False, "None": None}[name]
+        found = self.builtins.get(name)
+        if found is None:
+            found = self.builtins[name] = Builtin(self, name, BUILTINS[name])
+        return found
+
+
+_INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
+_SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
+
+_DISPATCH: dict[type, Callable[[Evaluator, Any, dict[str, Any]], Any]] = {
+    node_type: getattr(Evaluator, f"e_{node_type.__name__.lower()}")
+    for node_type in (
+        ast.Constant, ast.Name, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.IfExp,
+        ast.Subscript, ast.Slice, ast.Attribute, ast.Call, ast.List, ast.Tuple, ast.Set, ast.Dict,
+        ast.JoinedStr, ast.FormattedValue, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp,
+    )
+}  # fmt: skip
+

@@ -1,0 +1,105 @@
+"""Formatting in the expression sandbox: ``str.format``, ``%`` and f-string specs, sized first.
+
+A format call's output is estimated from its literal text, the widths its specs ask for and the
+sizes of the values it formats, and refused before anything is formatted when it would be too
+long; widths above :attr:`Limits.max_format_width` and fields that reach into attributes or
+indexes are refused outright.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+from culm.data.sandbox_guards import clip
+from culm.errors import ExpressionError, ExpressionLimitError
+
+if TYPE_CHECKING:
+    from culm.data.sandbox import Limits
+    from culm.data.sandbox_eval import Evaluator
+
+PER_FIELD_SLACK = 400  # a float rendered with %f can take ~320 characters
+
+
+def spec_width(lim: Limits, spec: str) -> int:
+    """Return the widths a format spec asks for, refusing nested fields and huge widths."""
+    if "{" in spec or "}" in spec:
+        raise ExpressionError("nested replacement fields in a format spec are not allowed")
+    total = 0
+    for run in "".join(c if c.isdigit() else " " for c in spec).split():
+        if len(run) > 6 or int(run) > lim.max_format_width:
+            raise ExpressionLimitError(f"format width {clip(run, 12)} is over {lim.max_format_width}")
+        total += int(run)
+    return total
+
+
+def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str, Any], mapping: Any) -> str:
+    """``fmt.format(*args, **kwargs)`` (or ``format_map(mapping)``), sized before it runs."""
+    if not isinstance(fmt, str):
+        raise ExpressionError("format() is only allowed on strings")
+    positional = () if mapping is not None else args
+    named = mapping if mapping is not None else kwargs
+    estimate, auto = len(fmt), 0
+    for _literal, field, spec, _conv in string.Formatter().parse(fmt):
+        if field is None:
+            continue
+        if field == "":
+            arg, auto = (positional[auto] if auto < len(positional) else None), auto + 1
+        elif field.isdigit():
+            arg = positional[int(field)] if int(field) < len(positional) else None
+        elif field.isidentifier() and not field.startswith("_"):
+            arg = named.get(field) if isinstance(named, Mapping) else None
+        else:
+            raise ExpressionError(
+                f"format field {{{clip(field, 40)}}} is not allowed (no attribute or index access)"
+            )
+        estimate += spec_width(ev.lim, spec or "") + PER_FIELD_SLACK + ev.size(arg)
+    ev.ensure_length(estimate, "formatted string")
+    return str.format_map(fmt, mapping) if mapping is not None else str.format(fmt, *args, **kwargs)
+
+
+def percent_format(ev: Evaluator, fmt: str, args: Any) -> str:
+    """``fmt % args``, sized before it runs."""
+    estimate = len(fmt)
+    by_key = isinstance(args, Mapping)
+    for key, width in percent_fields(fmt, ev.lim.max_format_width):
+        estimate += width + PER_FIELD_SLACK
+        if by_key and key is not None and key in args:
+            estimate += ev.size(args[key])
+    if not by_key:
+        estimate += ev.size(args)
+    ev.ensure_length(estimate, "%-formatted string")
+    return fmt % args
+
+def percent_fields(fmt: str, max_width: int) -> Iterator[tuple[str | None, int]]:
+    """Yield ``(mapping key, width + precision)`` for each ``%`` conversion, parsed like CPython."""
+    i, n = 0, len(fmt)
+    while (i := fmt.find("%", i)) >= 0:
+        i += 1
+        key = None
+        if i < n and fmt[i] == "(":
+            depth, start = 1, i + 1
+            while depth and (i := i + 1) < n:
+                depth += {"(": 1, ")": -1}.get(fmt[i], 0)
+            key, i = fmt[start:i], i + 1
+        while i < n and fmt[i] in "#0- +":
+            i += 1
+        width = 0
+        for _part in range(2):  # width, then precision after "."
+            if i < n and fmt[i] == "*":
+                raise ExpressionError("'*' widths in %-formatting are not allowed")
+            start = i
+            while i < n and fmt[i].isdigit():
+                i += 1
+            if i - start > 6 or (i > start and int(fmt[start:i]) > max_width):
+                raise ExpressionLimitError(f"%-format width {clip(fmt[start:i], 12)} is over {max_width}")
+            width += int(fmt[start:i] or 0)
+            if i < n and fmt[i] == "." and _part == 0:
+                i += 1
+            else:
+                break
+        if i < n and fmt[i] == "%":
+            i += 1
+            continue
+        yield key, width

@@ -1,0 +1,346 @@
+"""Parsing and static guards of the expression sandbox, and the size measures its checks use.
+
+Everything here looks at an expression or a value without evaluating anything: which syntax
+nodes, names and attributes are allowed, which names an expression loads, and how large a value
+would be once rendered.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import types
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+from culm.errors import ExpressionError, ExpressionLimitError
+
+PARSE_CACHE_SIZE = 1_024
+
+SAFE_BUILTINS: frozenset[str] = frozenset(
+    "True False None bool int float str list tuple dict set abs round pow sum min max len range "
+    "slice enumerate zip sorted reversed all any".split()
+)
+
+# Never resolvable (only the caller's names and SAFE_BUILTINS are); listed so the error says
+# "forbidden" instead of "unknown". A caller's own variable may still use one of these names.
+FORBIDDEN_NAMES: frozenset[str] = frozenset(
+    "getattr setattr delattr hasattr eval exec compile open globals locals vars type dir help input "
+    "breakpoint memoryview object super classmethod staticmethod property print exit quit id hash "
+    "iter next callable isinstance issubclass bytearray bytes chr ascii repr format frozenset map "
+    "filter divmod".split()
+)
+
+# Attribute names that reach interpreter internals or the operating system on some object.
+FORBIDDEN_ATTRIBUTES: frozenset[str] = frozenset(
+    "mro gi_frame gi_code gi_yieldfrom cr_frame cr_code cr_await ag_frame ag_code f_globals f_locals "
+    "f_builtins f_back f_code tb_frame tb_next func_globals func_code func_closure im_func im_self "
+    "os sys subprocess shutil ctypes socket builtins modules environ popen popen2 popen3 system fork "
+    "forkpty kill spawn spawnl spawnv execv execve execl execvp".split()
+)
+
+SAFE_METHODS: dict[str, frozenset[str]] = {
+    "str": frozenset(
+        "capitalize casefold center count endswith expandtabs find format format_map index isalnum "
+        "isalpha isascii isdecimal isdigit isidentifier islower isnumeric isprintable isspace istitle "
+        "isupper join ljust lower lstrip partition removeprefix removesuffix replace rfind rindex rjust "
+        "rpartition rsplit rstrip split splitlines startswith strip swapcase title upper zfill".split()
+    ),
+    "int": frozenset({"bit_length", "bit_count", "as_integer_ratio"}),
+    "float": frozenset({"is_integer", "as_integer_ratio"}),
+    "list": frozenset({"count", "index", "copy"}),
+    "tuple": frozenset({"count", "index"}),
+    "dict": frozenset({"get", "keys", "values", "items", "copy"}),
+    "set": frozenset(
+        "union intersection difference symmetric_difference issubset issuperset isdisjoint copy".split()
+    ),
+}
+
+_ALLOWED_NODES = frozenset(
+    {ast.Expression, ast.Constant, ast.Name, ast.Load, ast.Store, ast.BinOp, ast.UnaryOp, ast.BoolOp}
+    | {ast.Compare, ast.IfExp, ast.Subscript, ast.Slice, ast.Attribute, ast.Call, ast.keyword}
+    | {ast.List, ast.Tuple, ast.Set, ast.Dict, ast.ListComp, ast.SetComp, ast.DictComp}
+    | {ast.GeneratorExp, ast.comprehension, ast.JoinedStr, ast.FormattedValue}
+    | {ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.LShift, ast.RShift}
+    | {ast.BitOr, ast.BitXor, ast.BitAnd, ast.UAdd, ast.USub, ast.Not, ast.Invert, ast.And, ast.Or}
+    | {ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.Is, ast.IsNot, ast.In, ast.NotIn}
+)
+_NODE_LABELS = {
+    ast.Lambda: "lambda",
+    ast.NamedExpr: "assignment expression (:=)",
+    ast.Starred: "starred expression (*x)",
+    ast.Await: "await",
+    ast.Yield: "yield",
+    ast.YieldFrom: "yield from",
+    ast.MatMult: "the @ operator",
+}
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+CONTAINERS = (list, tuple, set, frozenset, dict)
+SIZED = (str, bytes, list, tuple, set, frozenset, dict)
+_SCALAR_SIZE = 24
+
+
+@lru_cache(maxsize=PARSE_CACHE_SIZE)
+def parse_cached(expr: str, max_nodes: int, max_depth: int, max_int_digits: int) -> ast.Expression:
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (RecursionError, MemoryError):
+        raise ExpressionLimitError(f"expression {clip(expr)!r} is nested too deeply") from None
+    except (SyntaxError, ValueError) as exc:
+        raise ExpressionError(f"invalid expression {clip(expr)!r}: {getattr(exc, 'msg', exc)}") from None
+    _check_tree(tree, max_nodes, max_depth, max_int_digits)
+    return tree
+
+
+def _check_tree(tree: ast.Expression, max_nodes: int, max_depth: int, max_int_digits: int) -> None:
+    stack: list[tuple[ast.AST, int]] = [(tree, 0)]
+    count = 0
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > max_nodes:
+            raise ExpressionLimitError(f"expression has more than {max_nodes} syntax nodes")
+        if depth > max_depth:
+            raise ExpressionLimitError(f"expression is nested more than {max_depth} levels deep")
+        _check_node(node, max_int_digits)
+        stack.extend((child, depth + 1) for child in ast.iter_child_nodes(node))
+
+
+def _check_node(node: ast.AST, max_int_digits: int) -> None:
+    kind = type(node)
+    if kind not in _ALLOWED_NODES:
+        raise ExpressionError(f"{_NODE_LABELS.get(kind, kind.__name__)} is not allowed in expressions")
+    if kind is ast.Name:
+        _check_name(node.id)  # type: ignore[attr-defined]
+    elif kind is ast.Attribute:
+        check_attribute_name(node.attr)  # type: ignore[attr-defined]
+    elif kind is ast.Constant:
+        _check_constant(node.value, max_int_digits)  # type: ignore[attr-defined]
+    elif kind is ast.keyword and node.arg is None:  # type: ignore[attr-defined]
+        raise ExpressionError("**keyword unpacking is not allowed in expressions")
+    elif kind is ast.Dict and None in node.keys:  # type: ignore[attr-defined]
+        raise ExpressionError("** unpacking is not allowed in dict displays")
+    elif kind is ast.comprehension:
+        if node.is_async:  # type: ignore[attr-defined]
+            raise ExpressionError("async comprehensions are not allowed")
+        _check_target(node.target)  # type: ignore[attr-defined]
+
+
+def _check_name(name: str) -> None:
+    # Single-underscore names stay usable because bamboo contexts hold keys like ``_loop``;
+    # they resolve only from the caller's names, never from Python itself.
+    if name.startswith("__"):
+        raise ExpressionError(f"name {name!r} is forbidden (double underscore)")
+
+
+def check_attribute_name(attr: str) -> None:
+    if attr.startswith("_"):
+        raise ExpressionError(f"attribute {attr!r} is forbidden (leading underscore)")
+    if attr in FORBIDDEN_ATTRIBUTES:
+        raise ExpressionError(f"attribute {attr!r} is forbidden")
+
+
+def _check_constant(value: Any, max_int_digits: int) -> None:
+    if value is None or isinstance(value, str | bool | float | complex):
+        return
+    if isinstance(value, int):
+        if int_digits(value) > max_int_digits:
+            raise ExpressionLimitError(f"integer literal longer than {max_int_digits} digits")
+        return
+    raise ExpressionError(f"{type(value).__name__} literals are not allowed")
+
+
+def _check_target(target: ast.AST) -> None:
+    if isinstance(target, ast.Name):
+        return
+    if isinstance(target, ast.Tuple | ast.List):
+        for element in target.elts:
+            _check_target(element)
+        return
+    raise ExpressionError(f"a comprehension may only assign to plain names, not {type(target).__name__}")
+
+
+def collect_free(node: ast.AST, bound: frozenset[str], found: set[str]) -> None:
+    if isinstance(node, ast.Name):
+        if isinstance(node.ctx, ast.Load) and node.id not in bound:
+            found.add(node.id)
+        return
+    if not isinstance(node, _COMPREHENSIONS):
+        for child in ast.iter_child_nodes(node):
+            collect_free(child, bound, found)
+        return
+    inner = bound
+    for index, gen in enumerate(node.generators):
+        # The first iterable is evaluated in the enclosing scope, as in Python.
+        collect_free(gen.iter, inner if index else bound, found)
+        inner = inner | {n.id for n in ast.walk(gen.target) if isinstance(n, ast.Name)}
+        for cond in gen.ifs:
+            collect_free(cond, inner, found)
+    results = [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+    for result in results:
+        collect_free(result, inner, found)
+
+
+# ---------------------------------------------------------------- sizes
+
+
+def int_digits(value: int) -> int:
+    return value.bit_length() * 30103 // 100000 + 1
+
+
+Measure = tuple[int, int]  # (approximate len(str(value)), approximate bytes)
+
+
+def size_of(value: Any, limit: int, tick: Callable[[], None]) -> int:
+    """Approximate ``len(str(value))``; see :func:`measure`."""
+    return measure(value, limit, 1 << 62, tick)[0]
+
+
+def measure(
+    value: Any, limit: int, mem_limit: int, tick: Callable[[], None], known: Mapping[int, tuple[Any, int, int]] | None = None
+) -> Measure:
+    """Approximate ``len(str(value))`` and the bytes ``value`` holds, counting shared nested
+    containers once per occurrence.
+
+    Stops soon after ``limit`` or ``mem_limit`` is passed, so the cost is bounded by the limits;
+    ``tick`` is called every few thousand items. ``known`` maps ``id(container)`` to
+    ``(container, size, bytes)`` for containers already measured.
+    """
+    if not isinstance(value, CONTAINERS):
+        return _scalar_size(value), scalar_bytes(value)
+    total = mem = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        total += 2 + 2 * len(item)
+        mem += (TABLE_BYTES if isinstance(item, dict | set | frozenset) else POINTER_BYTES) * len(item) + 64
+        flat = _flat_measure(item) if len(item) >= 256 and not isinstance(item, dict) else None
+        if flat is not None:
+            total += flat[0]
+            mem += flat[1]
+            if total > limit or mem > mem_limit:
+                return total, mem
+            continue
+        for index, child in enumerate(
+            itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else item
+        ):
+            if not isinstance(child, CONTAINERS):
+                total += _scalar_size(child)
+                mem += scalar_bytes(child)
+            else:
+                cached = known.get(id(child)) if known else None
+                if cached is not None and cached[0] is child:
+                    total += cached[1]
+                    mem += cached[2]
+                else:
+                    stack.append(child)
+            if not index & 4095:
+                if total > limit or mem > mem_limit:
+                    return total, mem
+                tick()
+        if total > limit or mem > mem_limit:
+            return total, mem
+        tick()
+    return total, mem
+
+
+POINTER_BYTES = 8
+# A set or dict slot costs more than a list slot (hash, key, value, and a table kept sparse).
+TABLE_BYTES = 64
+
+
+def _flat_measure(items: Any) -> Measure | None:
+    """The scalars' part of :func:`measure` for a container of one common scalar type, added up in
+    C (a Python loop over a million items would take most of the time limit); None otherwise."""
+    kinds = set(map(type, items))
+    if len(kinds) != 1:
+        return None
+    kind = kinds.pop()
+    count = len(items)
+    if kind is int or kind is bool:
+        bits = sum(map(int.bit_length, items))
+        return bits * 30103 // 100000 + 2 * count, 28 * count + bits // 8
+    if kind is str:
+        chars = sum(map(len, items))
+        if all(map(str.isascii, items)):
+            return chars + 2 * count, 49 * count + chars
+        return chars + 2 * count, 80 * count + 4 * chars
+    if kind is float or kind is type(None):
+        return _SCALAR_SIZE * count, _SCALAR_SIZE * count
+    return None
+
+
+def _scalar_size(value: Any) -> int:
+    kind = type(value)
+    if kind is str or kind is bytes:
+        return len(value) + 2
+    if kind is int or kind is bool:
+        return int_digits(value) + 1
+    return _SCALAR_SIZE
+
+
+def scalar_bytes(value: Any) -> int:
+    """Bytes a scalar object takes (an upper estimate of ``sys.getsizeof``)."""
+    kind = type(value)
+    if kind is str:
+        return 49 + len(value) if value.isascii() else 80 + 4 * len(value)
+    if kind is int:
+        return 28 + value.bit_length() // 8
+    if kind is bytes:
+        return 33 + len(value)
+    return _SCALAR_SIZE
+
+
+def describe(exc: BaseException) -> str:
+    # str(exc) can repr an arbitrarily large argument, so each argument is clipped first.
+    parts = [clip(arg if isinstance(arg, str) else _short_repr(arg), 160) for arg in exc.args[:3]]
+    return f"{type(exc).__name__}: {', '.join(parts)}" if parts else type(exc).__name__
+
+
+def _short_repr(value: Any) -> str:
+    if size_of(value, 400, lambda: None) > 400:
+        return f"<{type(value).__name__}>"
+    return repr(value)
+
+
+def clip(text: str, width: int = 80) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def opaque(obj: Any) -> bool:
+    """True for objects whose attributes must stay out of reach (modules, types, callables, ...)."""
+    return callable(obj) or isinstance(obj, types.ModuleType) or type(obj).__module__ == "builtins"
+
+
+def method_kind(obj: Any) -> str | None:
+    for kinds, name in ((str, "str"), (int, "int"), (float, "float"), (list, "list"), (tuple, "tuple")):
+        if isinstance(obj, kinds):
+            return name
+    if isinstance(obj, dict):
+        return "dict"
+    if isinstance(obj, set | frozenset):
+        return "set"
+    return None
+
+
+def user_method(func: Any) -> bool:
+    return (
+        isinstance(func, types.MethodType)
+        and isinstance(func.__func__, types.FunctionType)
+        and not isinstance(func.__self__, type | types.ModuleType)
+    )
+
+
+
+def render_limited(value: Any, limit: int) -> str:
+    """``str(value)``, refused when the text would be longer than ``limit`` characters.
+
+    Raises:
+        ExpressionLimitError: The value is too big to turn into text.
+    """
+    if isinstance(value, str):
+        return value
+    if size_of(value, limit, lambda: None) > limit:
+        raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")
+    return str(value)

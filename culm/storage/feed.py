@@ -1,0 +1,236 @@
+"""The state-change feed: what the writers append to ``culm_change``, read back in order.
+
+Every state write appends a row in the writer's own transaction (``SqlUnit.record_change``; the
+rows go out with the commit), so the feed is exactly as durable as the states it records, and any
+process that reads the database sees it: a second process on a SQLite file, the submitter of a
+cluster whose ``culm worker`` processes do the writing.
+
+Order. The database hands out ``seq`` when a row is inserted, right before its transaction
+commits. On SQLite one writer holds the database at a time, so rows become visible in ``seq``
+order. On PostgreSQL and MySQL two writers can commit the other way round: a reader may see seq 11
+before seq 10, and a rolled-back transaction leaves a hole that never fills. So a reader keeps
+re-reading the rows after a cursor it moves past a seq only once every lower one has been seen, or
+:data:`SETTLE` seconds after it first saw that seq. Each change is yielded once; on server
+databases, rarely, out of ``seq`` order.
+
+Waking. A commit by this process wakes the readers of the same store at once (the embedded
+engine); other readers poll the primary key, backing off from :data:`POLL_MIN` to
+:data:`POLL_MAX` seconds while nothing happens.
+
+Retention. :meth:`ChangeFeed.prune` deletes the rows, older than a given age, of pipelines that
+are FINISHED or REVOKED (so nobody waits on them any more). It always keeps the newest row:
+SQLite hands out ``max(seq) + 1`` next, so keeping it means no seq is ever handed out twice.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from culm import states
+from culm.core.records import StateChange
+from culm.errors import NotFoundError
+
+if TYPE_CHECKING:
+    from culm.storage.sql import SqlStore
+
+_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
+_RANGE = _SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+_RANGE_OF_ROOT = _SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
+_LAST = "SELECT MAX(seq) FROM culm_change"
+_FIRST = "SELECT MIN(seq) FROM culm_change"
+_TIME_FROM = 'SELECT "time" FROM culm_change WHERE seq >= ? ORDER BY seq LIMIT 1'
+_CREATED = "SELECT created_time FROM culm_pipeline WHERE id = ?"
+_STATE_OF = "SELECT name FROM culm_state WHERE node_id = ?"
+_ROOT_OF = "SELECT root_id FROM culm_node WHERE id = ?"
+# Rows of one seq range, old enough, of pipelines whose root state is final.
+_PRUNE = (
+    'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND root_id IN '
+    "(SELECT s.node_id FROM culm_state s WHERE s.node_id = s.root_id AND s.name IN (?, ?))"
+)
+
+BATCH = 1000  # rows per read
+PRUNE_CHUNK = 20_000  # seqs per pruning transaction (short locks on server databases)
+SETTLE = 1.0  # seconds after which a hole below a seen seq is taken for a rolled-back write
+POLL_MIN, POLL_MAX = 0.002, 0.05
+# One root's history is read from the first change written this long before the pipeline was
+# created (clocks of several hosts disagree a little) when that skips many rows.
+CLOCK_SKEW = 60.0
+FAR_BEHIND = 10_000
+FINAL_STATES = frozenset({states.FINISHED, states.REVOKED})
+
+
+class ChangeFeed:
+    """Reads a store's change feed; one per :class:`~culm.storage.sql.SqlStore` (``store.feed``)."""
+
+    def __init__(self, store: SqlStore) -> None:
+        self._store = store
+        self._cond = threading.Condition()
+        self._generation = 0  # moves at every commit of this process that recorded changes
+        self._waiters = 0
+        # One writer at a time (SQLite): rows become visible in seq order, no holes to wait out.
+        self._ordered = store.dialect == "sqlite"
+
+    # -- writers ------------------------------------------------------------------------------
+    def committed(self) -> None:
+        """Called after a commit of this process that recorded changes: wake the readers."""
+        self._generation += 1
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
+
+    # -- readers ------------------------------------------------------------------------------
+    def last_seq(self) -> int:
+        """The highest seq recorded so far (0 when none)."""
+        with self._store.reading() as unit:
+            row = unit._one(_LAST)
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def read(self, after: int, upto: int, root_id: str | None = None, limit: int = BATCH) -> list[StateChange]:
+        """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq
+        order."""
+        with self._store.reading() as unit:
+            if root_id is None:
+                rows = unit._all(_RANGE, [after, upto, limit])
+            else:
+                rows = unit._all(_RANGE_OF_ROOT, [after, upto, root_id, limit])
+        return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
+
+    def changes(
+        self, root_id: str | None = None, after: int = 0, timeout: float | None = None
+    ) -> Iterator[StateChange]:
+        """Changes with seq > ``after``, blocking for new ones until ``timeout`` seconds have
+        passed since the call (None: forever); then the iterator ends."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor = after  # every seq up to here is yielded or given up
+        if root_id is not None:
+            cursor = max(cursor, self._history_start(root_id, after))
+        seen: dict[int, float] = {}  # seqs above the cursor already yielded -> when first read
+        covered: list[tuple[int, float]] = []  # (seq every read up to it, when first read so)
+        idle = 0
+        while True:
+            generation = self._generation
+            last = self.last_seq()
+            rows = self.read(cursor, last, root_id) if last > cursor else []
+            at = time.monotonic()
+            fresh = 0
+            for change in rows:
+                if change.seq not in seen:
+                    seen[change.seq] = at
+                    fresh += 1
+                    yield change
+            full = len(rows) >= BATCH
+            covered.append((rows[-1].seq if full else last, at))
+            cursor = self._advance(cursor, seen, covered, at, contiguous=root_id is None)
+            if full and fresh:
+                continue  # more are waiting
+            idle = 0 if fresh else idle + 1
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return
+            pause = min(POLL_MAX, POLL_MIN * (2 ** min(idle, 10)))
+            if not self._ordered and seen:
+                pause = min(pause, SETTLE / 4)  # come back to move the cursor past settled seqs
+            self._sleep(generation, pause if remaining is None else min(pause, remaining))
+
+    def _advance(
+        self, cursor: int, seen: dict[int, float], covered: list[tuple[int, float]], at: float, *, contiguous: bool
+    ) -> int:
+        """Move the cursor past the seqs below which no change can still appear."""
+        if self._ordered:  # what a read did not see below its upper bound will never be there
+            cursor = max(cursor, covered[-1][0])
+            covered.clear()
+            seen.clear()
+            return cursor
+        # A seq read SETTLE ago: a hole below it is a rolled-back write, not a late commit.
+        settled = [s for s, first in [*seen.items(), *covered] if at - first >= SETTLE]
+        if settled:
+            cursor = max(cursor, *settled)
+        if contiguous:  # every seq is ours to see: a run without holes needs no waiting
+            while cursor + 1 in seen:
+                cursor += 1
+        for s in [s for s in seen if s <= cursor]:
+            del seen[s]
+        covered[:] = [(s, first) for s, first in covered if s > cursor]
+        return cursor
+
+    def _history_start(self, root_id: str, after: int) -> int:
+        """A seq below the first change of ``root_id``: found by time when that skips many rows."""
+        last = self.last_seq()
+        if last - after <= FAR_BEHIND:
+            return after
+        with self._store.reading() as unit:
+            row = unit._one(_CREATED, [root_id])
+            if row is None:
+                return after
+            since = float(row[0]) - CLOCK_SKEW
+            lo, hi = max(after, 0), last  # times grow with seq, give or take the skew allowed for
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                found = unit._one(_TIME_FROM, [mid])
+                if found is not None and float(found[0]) < since:
+                    lo = mid
+                else:
+                    hi = mid - 1
+        return lo
+
+    def _sleep(self, generation: int, timeout: float) -> None:
+        with self._cond:
+            self._waiters += 1
+            try:
+                self._cond.wait_for(lambda: self._generation != generation, timeout)
+            finally:
+                self._waiters -= 1
+
+    def wait(self, pipeline_id: str, timeout: float | None = None) -> str:
+        """Block until ``pipeline_id`` is FINISHED or REVOKED; returns that state.
+
+        Raises:
+            NotFoundError: no pipeline has that id.
+            TimeoutError: it is still not final after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._store.reading() as unit:
+            found = unit._one(_ROOT_OF, [pipeline_id])
+        if found is None:
+            raise NotFoundError(f"pipeline {pipeline_id} does not exist")
+        root_id = found[0]
+        # On server databases a change committed after our reads may carry a seq below the one
+        # we start after (see the module docstring), so the state is read again every SETTLE.
+        recheck = None if self._ordered else SETTLE
+        while True:
+            after = self.last_seq()
+            state = self._state(pipeline_id)
+            if state in FINAL_STATES:
+                return state
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"pipeline {pipeline_id} is still {state or 'not started'} after {timeout} s")
+            span = remaining if recheck is None else min(recheck, remaining if remaining is not None else recheck)
+            for change in self.changes(root_id, after, span):
+                if change.node_id == pipeline_id and change.to_state in FINAL_STATES:
+                    return change.to_state
+
+    def _state(self, node_id: str) -> str | None:
+        with self._store.reading() as unit:
+            row = unit._one(_STATE_OF, [node_id])
+        return row[0] if row else None
+
+    # -- retention ----------------------------------------------------------------------------
+    def prune(self, older_than: float) -> int:
+        """Delete the changes older than ``older_than`` seconds of FINISHED or REVOKED pipelines
+        (the newest row always stays); returns how many rows went."""
+        cutoff = time.time() - older_than
+        with self._store.reading() as unit:
+            first, last = unit._one(_FIRST)[0], unit._one(_LAST)[0]
+        if first is None:
+            return 0
+        deleted = 0
+        for lo in range(int(first), int(last), PRUNE_CHUNK):
+            with self._store.transaction() as unit:
+                cur: Any = unit._x(_PRUNE, [lo, min(lo + PRUNE_CHUNK, int(last)), cutoff,
+                                            states.FINISHED, states.REVOKED])
+                deleted += max(int(cur.rowcount), 0)
+        return deleted

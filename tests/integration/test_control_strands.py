@@ -1,0 +1,149 @@
+"""Control calls that used to strand a pipeline or hide what ran (issue 14, item 2).
+
+* ``pause_node_appoint`` on a node not reached yet creates its state row early; that row must carry
+  the node's root and parent, or queries by root never show the node, even after it ran.
+* Commands on a node of a revoked pipeline are refused with a message saying it is revoked.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import components
+import pytest
+from engine_fixtures import children, node_state, refused, run, wait_state
+
+from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def act(code: str = "t_none", **plain: object) -> ServiceActivity:
+    a = ServiceActivity(component_code=code)
+    for key, value in plain.items():
+        setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
+    return a
+
+
+def line_start(*nodes: object) -> EmptyStartEvent:
+    start = EmptyStartEvent()
+    tail = start
+    for n in nodes:
+        tail = tail.extend(n)
+    tail.extend(EmptyEndEvent())
+    return start
+
+
+def line(*nodes: object) -> tuple[dict, EmptyStartEvent]:
+    start = line_start(*nodes)
+    return build_tree(start), start
+
+
+def test_appointed_then_resumed_node_shows_in_the_finished_tree(runtime):
+    later = act()
+    tree, _ = line(act("t_gate", gate="strand-resumed"), later)
+    run(runtime, tree)
+    assert api.pause_node_appoint(runtime, later.id).result
+    entry = node_state(runtime, later.id)
+    assert (entry["root_id"], entry["parent_id"]) == (tree["id"], tree["id"])
+    assert api.resume_node_appoint(runtime, later.id).result
+    components.gate("strand-resumed").set()
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert children(runtime, tree["id"])[later.id] == "FINISHED"
+
+
+def test_appointed_node_reached_while_paused_shows_once_resumed(runtime):
+    later = act()
+    tree, _ = line(act("t_gate", gate="strand-parked"), later)
+    run(runtime, tree)
+    assert api.pause_node_appoint(runtime, later.id).result
+    components.gate("strand-parked").set()
+    assert children(runtime, tree["id"]).get(later.id) == "SUSPENDED"
+    assert api.resume_node_appoint(runtime, later.id).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert children(runtime, tree["id"])[later.id] == "FINISHED"
+
+
+def test_appointed_node_inside_subprocess_has_the_subprocess_as_parent(runtime):
+    inner = act()
+    sub_start = EmptyStartEvent()
+    sub_start.extend(act("t_gate", gate="strand-sub")).extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start)
+    tree, _ = line(sub)
+    run(runtime, tree)
+    assert api.pause_node_appoint(runtime, inner.id).result
+    entry = node_state(runtime, inner.id)
+    assert (entry["root_id"], entry["parent_id"]) == (tree["id"], sub.id)
+    assert api.resume_node_appoint(runtime, inner.id).result
+    components.gate("strand-sub").set()
+    wait_state(runtime, tree["id"], "FINISHED")
+    nested = api.get_pipeline_states(runtime, tree["id"], flat_children=False).data[tree["id"]]
+    assert nested["children"][sub.id]["children"][inner.id]["state"] == "FINISHED"
+
+
+def test_row_without_root_is_repaired_when_the_node_runs(tmp_path):
+    """A row an older version wrote without root and parent gets them when the node is entered."""
+    import culm
+
+    later = act()
+    tree, _ = line(act("t_gate", gate="strand-legacy"), later)
+    db = tmp_path / "t.db"
+    with culm.Runtime(f"sqlite:///{db}") as rt:
+        run(rt, tree)
+        assert api.pause_node_appoint(rt, later.id).result
+        assert api.resume_node_appoint(rt, later.id).result
+        rt.wait_idle(5)
+        with sqlite3.connect(db) as conn:  # what the older version left
+            conn.execute("UPDATE culm_state SET root_id = '', parent_id = '' WHERE node_id = ?", (later.id,))
+    with culm.Runtime(f"sqlite:///{db}") as rt:
+        components.gate("strand-legacy").set()
+        wait_state(rt, tree["id"], "FINISHED")
+        entry = node_state(rt, later.id)
+        assert (entry["state"], entry["root_id"], entry["parent_id"]) == ("FINISHED", tree["id"], tree["id"])
+
+
+def test_callback_to_a_revoked_pipeline_says_it_is_revoked(runtime):
+    wait = act("t_callback")
+    tree, _ = line(wait)
+    run(runtime, tree)
+    st = wait_state(runtime, wait.id, "RUNNING")
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    res = api.callback(runtime, wait.id, st["version"], {"ok": True})
+    refused(res, wait.id, tree["id"], "revoked")
+    assert "no live process" not in res.message
+
+
+def test_retry_skip_and_appoint_on_a_revoked_pipeline_say_it_is_revoked(runtime):
+    failing, later = act("t_fail"), act()
+    tree, _ = line(failing, later)
+    run(runtime, tree)
+    wait_state(runtime, failing.id, "FAILED")
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    refused(api.retry_node(runtime, failing.id), failing.id, "revoked")
+    refused(api.skip_node(runtime, failing.id), failing.id, "revoked")
+    refused(api.pause_node_appoint(runtime, later.id), later.id, "revoked")
+    assert node_state(runtime, later.id) is None
+
+
+def test_revoking_a_subprocess_alone_is_refused(runtime):
+    inner = act("t_callback")
+    sub = SubProcess(start=line_start(inner))
+    tree, _ = line(sub, act())
+    run(runtime, tree)
+    st = wait_state(runtime, inner.id, "RUNNING")
+    refused(api.revoke_pipeline(runtime, sub.id), sub.id, tree["id"], "revoke the root")
+    assert node_state(runtime, sub.id)["state"] == "RUNNING"
+    assert api.callback(runtime, inner.id, st["version"], {"ok": True}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+
+
+def test_a_second_callback_to_a_single_callback_node_is_refused(runtime):
+    wait = act("t_callback")
+    tree, _ = line(wait, act())
+    run(runtime, tree)
+    st = wait_state(runtime, wait.id, "RUNNING")
+    assert api.callback(runtime, wait.id, st["version"], {"ok": True}).result
+    refused(api.callback(runtime, wait.id, st["version"], {"ok": False}), wait.id, "already received its callback")
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert api.get_execution_data_outputs(runtime, wait.id).data["callback_data"] == {"ok": True}

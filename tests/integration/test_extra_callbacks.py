@@ -1,0 +1,71 @@
+"""Extra callbacks are refused (issue 14, item 8): of callbacks fired at once at a node that takes
+one, exactly one is accepted and applied; every other is refused, saying the node already
+received its callback. A multi-callback node takes them all."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from components import calls
+from engine_fixtures import outputs, run, wait_state, wait_until
+
+from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+
+pytestmark = pytest.mark.timeout(90)
+
+CALLERS = 8
+
+
+def fire_at_once(runtime: Any, node_id: str, version: str, payloads: list[dict]) -> list[Any]:
+    """Call back ``node_id`` once per payload, from as many threads released together."""
+    barrier = threading.Barrier(len(payloads))
+    results: list[Any] = [None] * len(payloads)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        results[i] = api.callback(runtime, node_id, version, payloads[i])
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(payloads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def waiting_node(runtime: Any, code: str) -> tuple[dict, ServiceActivity, str]:
+    start, act, end = EmptyStartEvent(), ServiceActivity(component_code=code), EmptyEndEvent()
+    start.extend(act).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    version = wait_state(runtime, act.id, "RUNNING", timeout=30)["version"]
+    wait_until(lambda: outputs(runtime, act.id).get("_result") is True, 30, "the node to wait for callbacks")
+    return tree, act, version
+
+
+def test_concurrent_callbacks_to_a_single_callback_node_accept_exactly_one(runtime):
+    tree, act, version = waiting_node(runtime, "t_callback_counted")
+    results = fire_at_once(runtime, act.id, version, [{"n": i} for i in range(CALLERS)])
+    accepted = [i for i, r in enumerate(results) if r.result]
+    assert len(accepted) == 1, [r.message for r in results]
+    for r in results:
+        if not r.result:
+            assert f"node {act.id} already received its callback" in r.message, r.message
+    wait_state(runtime, tree["id"], "FINISHED", timeout=30)
+    assert outputs(runtime, act.id)["callback_data"] == {"n": accepted[0]}
+    assert calls("callback", act.id) == 1
+    late = api.callback(runtime, act.id, version, {"n": 99})
+    assert not late.result
+
+
+def test_concurrent_callbacks_to_a_multi_callback_node_are_all_taken(runtime):
+    tree, act, version = waiting_node(runtime, "t_multi_callback")
+    results = fire_at_once(runtime, act.id, version, [{"n": i} for i in range(CALLERS)])
+    assert all(r.result for r in results), [r.message for r in results]
+    wait_until(lambda: len(outputs(runtime, act.id).get("received") or []) == CALLERS, 30, "every callback to run")
+    assert sorted(outputs(runtime, act.id)["received"]) == list(range(CALLERS))
+    assert api.callback(runtime, act.id, version, {"n": CALLERS, "done": True}).result
+    wait_state(runtime, tree["id"], "FINISHED", timeout=30)

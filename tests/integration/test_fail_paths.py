@@ -1,0 +1,131 @@
+"""Every error on a path ends in a visible state, once (issue 14, item 1).
+
+A component result the store cannot hold, and an engine step that raises, end their node FAILED
+with ``ex_data`` saying what is at fault; the component ran exactly once and never runs again;
+the operator can skip or retry the node like any failed one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from components import calls
+from engine_fixtures import node_state, outputs, run, wait_pipeline, wait_state, wait_until
+from sqlalchemy import text
+
+from culm import api
+from culm.builder import (
+    ConvergeGateway,
+    Data,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    Var,
+    build_tree,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+# Longer than a lease and a relay grace of the distributed test workers (3 s + 2 s): a task left
+# behind would have run again by then.
+QUIET_SECONDS = 6.0
+
+# (inputs.kind, inputs.on): what the component returns that the store cannot hold, and in which call.
+CASES = [(kind, on) for on in ("execute", "schedule") for kind in ("lock", "deep", "surrogate", "nul")]
+FAULT = {"lock": "'bad'", "deep": "'bad'", "surrogate": "line 2 holds a lone surrogate",
+         "nul": "line 2 holds a NUL character"}
+
+
+def task_rows(runtime: Any, root_id: str) -> int:
+    """Task rows left for a run (each would run again once its lease runs out)."""
+    with runtime.store.engine.connect() as conn:
+        return conn.execute(text("SELECT count(*) FROM culm_task WHERE root_id = :r"), {"r": root_id}).scalar_one()
+
+
+def stays(predicate: Any, seconds: float, what: str) -> None:
+    """Assert ``predicate`` holds at every check for ``seconds`` (nothing happens that should not)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert predicate(), what
+        time.sleep(0.2)
+
+
+def unstorable_act(kind: str, on: str) -> ServiceActivity:
+    act = ServiceActivity(component_code="t_unstorable")
+    act.component.inputs.kind = Var(type=Var.PLAIN, value=kind)
+    act.component.inputs.on = Var(type=Var.PLAIN, value=on)
+    return act
+
+
+def test_results_the_store_cannot_hold_fail_their_nodes_once(runtime):
+    start, pg, cg, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    acts = {case: unstorable_act(*case) for case in CASES}
+    start.extend(pg).connect(*acts.values()).to(pg).converge(cg).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    for (kind, on), act in acts.items():
+        wait_state(runtime, act.id, "FAILED", timeout=30)
+        out = outputs(runtime, act.id)
+        assert "could not be stored" in out["ex_data"] and FAULT[kind] in out["ex_data"], (kind, on, out)
+        assert out["fine"] == 1 and "bad" not in out and out["_result"] is False
+        assert calls("execute", act.id) == 1
+        assert calls("schedule", act.id) == (1 if on == "schedule" else 0)
+    assert task_rows(runtime, tree["id"]) == 0
+
+    def ran_once() -> bool:
+        return all(calls("execute", a.id) == 1 and calls("schedule", a.id) <= 1 for a in acts.values())
+
+    stays(ran_once, QUIET_SECONDS, "a component whose result could not be stored ran again")
+    assert all(node_state(runtime, a.id)["state"] == "FAILED" for a in acts.values())
+    for kind, escaped in (("surrogate", "bad \\udcff line"), ("nul", "bad \\x00 line")):  # kept, escaped
+        logs = api.get_node_logs(runtime, acts[(kind, "execute")].id).data
+        assert "a good line" in logs and escaped in logs, logs
+    for act in acts.values():  # the operator can act on each of them
+        res = api.skip_node(runtime, act.id)
+        assert res.result, res.message
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=30)
+
+
+def test_retrying_a_node_whose_result_could_not_be_stored_runs_it_again_once(runtime):
+    start, act, end = EmptyStartEvent(), unstorable_act("lock", "execute"), EmptyEndEvent()
+    start.extend(act).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, act.id, "FAILED", timeout=30)
+    res = api.retry_node(runtime, act.id, data={"kind": "deep", "on": "execute"})
+    assert res.result, res.message
+    wait_until_retried = wait_state(runtime, act.id, "FAILED", timeout=30)
+    assert wait_until_retried["retry"] == 1
+    assert "nested too deeply" in outputs(runtime, act.id)["ex_data"]
+    assert calls("execute", act.id) == 2
+    assert task_rows(runtime, tree["id"]) == 0
+
+
+def test_an_engine_step_that_raises_fails_the_node_it_walked_from(runtime):
+    # pre_render_keys freezes a lazy variable at the start event: here it resolves to a lock,
+    # which the engine itself has to store while it walks (no component involved).
+    start, act, end = EmptyStartEvent(), ServiceActivity(component_code="t_unstorable"), EmptyEndEvent()
+    act.component.inputs.kind = Var(type=Var.PLAIN, value="lock")
+    start.extend(act).extend(end)
+    data = Data(inputs={"${k}": Var(type=Var.LAZY, custom_type="t_lock_var", value="x")}, pre_render_keys=["${k}"])
+    tree = build_tree(start, data=data)
+    run(runtime, tree)
+    wait_state(runtime, start.id, "FAILED", timeout=30)
+    ex_data = outputs(runtime, start.id)["ex_data"]
+    assert "engine error while walking the process from node " + start.id in ex_data
+    assert "${k}" in ex_data and "UnstorableValueError" in ex_data
+    assert task_rows(runtime, tree["id"]) == 0
+    stays(lambda: node_state(runtime, start.id)["state"] == "FAILED" and node_state(runtime, act.id) is None,
+          2.0, "the failed walk went on")
+    # Retry runs the walk again (and fails again, once); skip moves past the start event.
+    assert api.retry_node(runtime, start.id).result
+    wait_until(lambda: node_state(runtime, start.id)["retry"] == 1 and node_state(runtime, start.id)["state"]
+               == "FAILED", 30, "the retried start event to fail again")
+    res = api.skip_node(runtime, start.id)
+    assert res.result, res.message
+    wait_state(runtime, act.id, "FAILED", timeout=30)
+    assert calls("execute", act.id) == 1
+
