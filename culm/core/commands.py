@@ -131,9 +131,16 @@ def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
 
 
 def _unsuspend(step: Step, by: str) -> None:
-    for proc in step.unit.processes_suspended_by(by):
-        step.unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
-        step.add_task(execute_task_for(proc, proc.current_node_id))
+    unit = step.unit
+    for proc in unit.processes_suspended_by(by):
+        unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
+        task = execute_task_for(proc, proc.current_node_id)
+        st = unit.get_state(proc.current_node_id)
+        if st is not None and st.name == states.RUNNING:
+            # Parked in the middle of the node's run: its task was replayed (after a crash or a lost
+            # lease) while the pipeline was paused. It must replay the run, not find the node busy.
+            task.running_version = st.version
+        step.add_task(task)
 
 
 def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
@@ -366,7 +373,8 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             if sched is not None:
                 unit.update_schedule(sched.id, expired=True)
             raise InvalidOperationError(
-                f"callback version {version} of node {node_id} is not its current version {st.version}"
+                f"callback version {version} of node {node_id} is not its current version {st.version} "
+                f"(the node is {st.name})"
             )
         if st.name != states.RUNNING and unit.has_callback(node_id, version):
             raise InvalidOperationError(f"node {node_id} already received its callback (version {version}): "

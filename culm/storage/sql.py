@@ -25,6 +25,7 @@ from culm.core.records import (
     TaskRecord,
 )
 from culm.errors import SchemaOutdatedError, UnstorableValueError
+from culm.model.limits import text_problem
 from culm.storage import codec, listing
 
 
@@ -457,7 +458,7 @@ class SqlUnit:
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
-            "root_data": codec.dumps(root_data),
+            "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
 
@@ -485,6 +486,14 @@ class SqlUnit:
     def node_root(self, node_id: str) -> str | None:
         row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
         return row[0] if row else None
+
+    def node_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """``{node_id: type}`` of the indexed ids among ``ids`` (the root's type is ``Pipeline``)."""
+        found: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+        return found
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -781,6 +790,10 @@ class SqlUnit:
         n = len(_TASK_COLUMNS)
         return _task_row(row[:n]), (_process_row(row[n:]) if row[n] is not None else None)
 
+    def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
+        """The pending tasks of one kind of a root pipeline."""
+        return [_task_row(r) for r in self._all(_TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
+
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
@@ -795,7 +808,17 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+        if not self._lock_rows:
+            self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+            return
+        # Never wait for a task row: an engine step holding one (it claims its task first) may be
+        # waiting for the rows this transaction holds. A task skipped here finds its process dead
+        # at its next step and is dropped then.
+        ids = [r[0] for r in self._all("SELECT id FROM culm_task WHERE root_id = ? ORDER BY id FOR UPDATE SKIP LOCKED",
+                                       [root_id])]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
@@ -853,7 +876,8 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps(inputs)}, ["node_id"])
+        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps_fields(inputs, f"inputs of node {node_id}")},
+                     ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
@@ -952,6 +976,15 @@ class SqlUnit:
         row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
         return _schedule_row(row) if row else None
 
+    def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
+        found: list[ScheduleRecord] = []
+        for i in range(0, len(node_ids), 500):
+            chunk = list(node_ids[i : i + 500])
+            found.extend(_schedule_row(r) for r in self._all(
+                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))}) AND finished = ?", [*chunk, False]))
+        return found
+
     def update_schedule(self, schedule_id: str, **fields: Any) -> None:
         self._update_later("culm_schedule", "id = ?", [schedule_id], fields)
 
@@ -962,7 +995,8 @@ class SqlUnit:
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
         self._insert("culm_callback_data",
-                     [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
+                     [{"id": callback_id, "node_id": node_id, "version": version,
+                       "data": _dumps_named(data, f"callback data for node {node_id}")}])
 
     def has_callback(self, node_id: str, version: str) -> bool:
         """Whether a callback was accepted for this run (``version``) of the node."""
@@ -995,7 +1029,7 @@ class SqlUnit:
 
     def add_logs(self, rows: Sequence[dict]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
-        bad = [(i, problem) for i, r in enumerate(rows) if (problem := codec.text_problem(r["line"]))]
+        bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
         if bad:
             raise UnstorableValueError(
                 "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
@@ -1009,6 +1043,14 @@ class SqlUnit:
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
+
+
+def _dumps_named(value: Any, what: str) -> str:
+    """:func:`codec.dumps`, its refusal naming ``what``."""
+    try:
+        return codec.dumps(value)
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"{what}: {exc}", what) from None
 
 
 def _adapt_sqlite(sql: str) -> str:

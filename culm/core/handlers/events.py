@@ -20,7 +20,7 @@ def start(run: Run) -> Outcome:
         try:
             values = cdata.resolve_keys(spec.pre_render_keys, run.fetch_from(spec.id), run.lazy_resolver())
         except CulmError as exc:
-            run.fail(f"pre_render_keys hydrate failed: {exc}")
+            run.fail_node(f"pre_render_keys hydrate failed: {exc}")
             return SLEEP
         run.upsert_context(spec.id, [ContextValue(k, "plain", v) for k, v in values.items()])
     run.finish()
@@ -37,6 +37,13 @@ def end(run: Run) -> Outcome:
         run.fail(None, outputs={"ex_data": f"pipeline outputs hydrate failed: {exc}"})
         return SLEEP
     outputs: dict[str, Any] = {k: resolved.get(k, k) for k in spec.outputs}
+    holder = run.unit.get_state(pipeline_id, for_update=True)
+    if holder is not None and holder.name == states.SUSPENDED:
+        # Paused after this walk read its stack (another transaction, on a server database): the
+        # pipeline cannot finish while paused, and no one would wake a process that slept here.
+        # Park on the pause; resuming runs the end event again.
+        run.proc.suspended, run.proc.suspended_by = True, pipeline_id
+        return SLEEP
     run.finish()
     if pipeline_id == run.root_id:
         return _finish_root(run, outputs)
@@ -92,7 +99,7 @@ def executable_end(run: Run) -> Outcome:
         if isinstance(ex_data, BaseException):
             ex_data = "".join(traceback.format_exception(ex_data))
         if ex_data:
-            run.fail(ex_data)
+            run.fail_node(ex_data)
             return SLEEP
         return end(run)
 
