@@ -88,6 +88,10 @@ STRINGS = [
     "('a'*10**6)[::1] * 2",
 ]
 MEMORY = [
+    "[(t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1]) * 9 for t in ['a' * 10**6]]",
+    "[(" + ", ".join(["t[1:]"] * 80) + ") for t in ['a' * 10**6]]",
+    "[f'" + "{t!r}" * 60 + "' for t in ['a' * 999000]]",
+    "[f'" + "{t!a}" * 60 + "' for t in ['é' * 999000]]",
     "[list(range(10**5)) for i in range(100)]",
     "[[x for x in range(10**5)], [x for x in range(10**5)], [x for x in range(10**5)], [x for x in range(10**5)]] * 3",
     "[{x} for x in range(10**6)]",
