@@ -130,13 +130,15 @@ def finish_inputs(
     for key, value in (extra or {}).items():
         needed[key] = dctx.ContextVar(key, PLAIN, value)
     refs = gathered.refs
-    namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
     rendered: dict[str, Any] = {}
-    for key, var in gathered.render.items():
-        value = template.render(var.get("value"), namespace)
-        if var.get("type") == LAZY:
-            value = _resolve_lazy(lazy, dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type")), value)
-        rendered[key] = value
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+        for key, var in gathered.render.items():
+            value = template.render(var.get("value"), namespace)
+            if var.get("type") == LAZY:
+                lazy_var = dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type"))
+                value = _resolve_lazy(lazy, lazy_var, value)
+            rendered[key] = value
     rendered.update(gathered.escape)
     return rendered
 
@@ -171,7 +173,8 @@ def resolve_keys(
     """Resolve context keys (``${x}`` form); returns ``{key: value}`` for those that resolve."""
     keys = list(keys)
     needed = fetch_needed(fetch, keys)
-    namespace = dctx.hydrate(needed, keys, lazy_resolver=lazy)
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        namespace = dctx.hydrate(needed, keys, lazy_resolver=lazy)
     return {k: namespace[dctx.deformat(k)] for k in keys if dctx.deformat(k) in namespace}
 
 
@@ -184,7 +187,9 @@ def condition_namespace(
         refs |= template.references(expr)
     if not refs:
         return {}
-    return dctx.hydrate(fetch_needed(fetch, refs), refs, lazy_resolver=lazy)
+    needed = fetch_needed(fetch, refs)
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        return dctx.hydrate(needed, refs, lazy_resolver=lazy)
 
 
 def output_mapping(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
