@@ -178,18 +178,20 @@ def resolve_keys(
     return {k: namespace[dctx.deformat(k)] for k in keys if dctx.deformat(k) in namespace}
 
 
-def condition_namespace(
-    exprs: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
-) -> dict[str, Any]:
-    """Bare-name namespace with every variable the conditions refer to."""
+def gather_conditions(exprs: Iterable[str], fetch: Fetch) -> GatheredInputs:
+    """Read every stored variable the conditions ``exprs`` refer to (see :func:`condition_namespace`)."""
     refs: set[str] = set()
     for expr in exprs:
         refs |= template.references(expr)
-    if not refs:
+    return GatheredInputs({}, {}, frozenset(refs), fetch_needed(fetch, refs) if refs else {})
+
+
+def condition_namespace(gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any]) -> dict[str, Any]:
+    """Bare-name namespace with every variable the gathered conditions refer to; no storage access."""
+    if not gathered.refs:
         return {}
-    needed = fetch_needed(fetch, refs)
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
-        return dctx.hydrate(needed, refs, lazy_resolver=lazy)
+        return dctx.hydrate(gathered.needed, gathered.refs, lazy_resolver=lazy)
 
 
 def output_mapping(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:

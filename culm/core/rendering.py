@@ -1,5 +1,9 @@
 """Where a node's inputs are rendered: inline when quick, else on the user-code pool.
 
+Activities (:mod:`~culm.core.handlers.activity`), subprocesses
+(:mod:`~culm.core.handlers.subprocess`) and gateways with conditions
+(:mod:`~culm.core.handlers.gateways`) follow this rule.
+
 Rendering runs user code: expressions (bounded by :mod:`culm.data.sandbox`) and lazy variables'
 ``get_value`` (not bounded at all). Neither may hold the engine thread and its write transaction,
 so a handler first tries :func:`render_inline` — only without lazy variables, and only for
