@@ -167,15 +167,23 @@ def _resolve_lazy(lazy: Callable[[dctx.ContextVar, Any], Any], var: dctx.Context
         raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
 
 
+def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:
+    """Read context keys (``${x}`` form) and everything they reference, for :func:`resolved_keys`."""
+    keys = frozenset(keys)
+    return GatheredInputs({}, {}, keys, fetch_needed(fetch, keys))
+
+
+def resolved_keys(gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any]) -> dict[str, Any]:
+    """``{key: value}`` of the gathered keys that resolve; no storage access."""
+    namespace = condition_namespace(gathered, lazy)
+    return {k: namespace[dctx.deformat(k)] for k in gathered.refs if dctx.deformat(k) in namespace}
+
+
 def resolve_keys(
     keys: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
 ) -> dict[str, Any]:
     """Resolve context keys (``${x}`` form); returns ``{key: value}`` for those that resolve."""
-    keys = list(keys)
-    needed = fetch_needed(fetch, keys)
-    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
-        namespace = dctx.hydrate(needed, keys, lazy_resolver=lazy)
-    return {k: namespace[dctx.deformat(k)] for k in keys if dctx.deformat(k) in namespace}
+    return resolved_keys(gather_keys(keys, fetch), lazy)
 
 
 def gather_conditions(exprs: Iterable[str], fetch: Fetch) -> GatheredInputs:

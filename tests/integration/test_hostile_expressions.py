@@ -155,6 +155,24 @@ def test_a_slow_lazy_variable_in_a_condition_does_not_hold_the_engine(runtime):
     assert outputs(runtime, taken.id)["out"] == "taken!" and node_state(runtime, other.id) is None
 
 
+def test_slow_lazy_keys_of_start_and_end_events_do_not_hold_the_engine(runtime):
+    act = echo("${v}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    lazy = {"${v}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW / 2)),
+            "${w}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW / 2))}
+    slow = build_tree(start, data=Data(inputs=lazy, pre_render_keys=["${v}"], outputs=["${w}"]))
+    healthy, _ = healthy_tree()
+    run(runtime, slow)
+    wait_state(runtime, start.id, "RUNNING")
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=SLOW)
+    assert node_state(runtime, act.id) is None  # the start event is still resolving ${v}
+    wait_pipeline(runtime, slow["id"], "FINISHED", timeout=SLOW * 4)
+    assert outputs(runtime, act.id)["out"] == "slow!"
+    assert outputs(runtime, slow["id"])["${w}"] == "slow"
+
+
 @pytest.mark.parametrize(("payload", "phrases"), HOSTILE)
 def test_a_hostile_input_grows_the_embedded_process_less_than_the_bound(tmp_path, payload, phrases):
     import culm
