@@ -131,9 +131,16 @@ def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
 
 
 def _unsuspend(step: Step, by: str) -> None:
-    for proc in step.unit.processes_suspended_by(by):
-        step.unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
-        step.add_task(execute_task_for(proc, proc.current_node_id))
+    unit = step.unit
+    for proc in unit.processes_suspended_by(by):
+        unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
+        task = execute_task_for(proc, proc.current_node_id)
+        st = unit.get_state(proc.current_node_id)
+        if st is not None and st.name == states.RUNNING:
+            # Parked in the middle of the node's run: its task was replayed (after a crash or a lost
+            # lease) while the pipeline was paused. It must replay the run, not find the node busy.
+            task.running_version = st.version
+        step.add_task(task)
 
 
 def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
@@ -173,7 +180,7 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
             st = StateRecord(node_id, graph.root_id, node.pipeline_id, states.SUSPENDED, new_version(), 1, 1, 0,
                              False, False, now())
             unit.insert_state(st)
-            step.state_changed(st, root_id=graph.root_id)  # a created state is a state write too: receivers must hear of it
+            step.state_changed(st)  # a created state is a state write too: receivers must hear of it
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")

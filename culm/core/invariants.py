@@ -7,8 +7,9 @@ seen so far. It reports, as :class:`Violation` values:
 * ``unknown_state``: a state name outside ``states.TRANSITIONS``;
 * ``misfiled_state``: a node's row whose ``root_id``/``parent_id`` are not its root and pipeline
   (queries by root would not show it);
-* ``bad_transition``: a transition the table does not allow (or a row created in a state other than
-  RUNNING, or SUSPENDED by an appointed pause);
+* ``bad_transition``: a transition the table does not allow, a write that does not start from the
+  node's last recorded state, or a row created in a state other than RUNNING (or SUSPENDED, by an
+  appointed pause) -- read back from the change feed (``culm.storage.snapshot.read_transitions``);
 * ``stranded_process``: a live process that nothing can move: no task of its own, not parked on a
   paused node or pipeline, not asleep on a FAILED node or a callback wait, not waiting for children;
 * ``stuck``: a RUNNING pipeline with no live process (so nothing can ever finish it);
@@ -23,10 +24,10 @@ a person can see it and act on it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-from culm import signals, states
+from culm import states
 from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
 from culm.model import compiled as g
 
@@ -105,15 +106,29 @@ def check(snap: Snapshot, transitions: Iterable[Transition] = ()) -> list[Violat
     return found
 
 
-def check_transitions(transitions: Iterable[Transition]) -> list[Violation]:
-    """The transitions ``states.TRANSITIONS`` does not allow."""
+def check_transitions(transitions: Iterable[Transition], last: dict[str, str] | None = None) -> list[Violation]:
+    """The transitions ``states.TRANSITIONS`` does not allow, and breaks in each node's chain.
+
+    ``transitions`` come in commit order for each node (the change feed's order); each must start
+    from the state the node's previous one ended in. ``last`` (node id -> its last state) carries
+    that over from an earlier call, for a reader that checks the feed as it grows.
+    """
+    last = {} if last is None else last
     found = []
     for t in transitions:
+        before = last.get(t.node_id)
         if t.from_state is None:
-            if t.to_state not in CREATED_AS:
+            if before is not None:
+                found.append(Violation("bad_transition", t.node_id, f"created again as {t.to_state} (was {before})"))
+            elif t.to_state not in CREATED_AS:
                 found.append(Violation("bad_transition", t.node_id, f"created as {t.to_state}"))
-        elif not states.can_transit(t.from_state, t.to_state):
-            found.append(Violation("bad_transition", t.node_id, f"{t.from_state} -> {t.to_state}"))
+        else:
+            if not states.can_transit(t.from_state, t.to_state):
+                found.append(Violation("bad_transition", t.node_id, f"{t.from_state} -> {t.to_state}"))
+            if before is not None and before != t.from_state:
+                found.append(Violation("bad_transition", t.node_id, f"written {t.from_state} -> {t.to_state}, but "
+                                       f"its last recorded state was {before}"))
+        last[t.node_id] = t.to_state
     return found
 
 
@@ -226,32 +241,3 @@ def _check_converges(snap: Snapshot, live: list[ProcessRecord]) -> list[Violatio
 
 def _unique(found: list[Violation]) -> list[Violation]:
     return list(dict.fromkeys(found))
-
-
-@dataclass
-class TransitionLog:
-    """The transitions this process commits, heard through ``post_set_state`` (in-process only).
-
-    A stand-in for a stored state-change feed: it sees only the changes made in this process (an
-    embedded runtime or a simulation), in the order their signals are sent.
-    """
-
-    last: dict[str, str] = field(default_factory=dict)
-    transitions: list[Transition] = field(default_factory=list)
-
-    def __enter__(self) -> TransitionLog:
-        signals.post_set_state.connect(self._on_state)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        signals.post_set_state.disconnect(self._on_state)
-
-    def _on_state(self, **kw: Any) -> None:
-        node_id, to = kw["node_id"], kw["to_state"]
-        self.transitions.append(Transition(node_id, self.last.get(node_id), to))
-        self.last[node_id] = to
-
-    def of(self, node_ids: Iterable[str]) -> list[Transition]:
-        """The transitions of ``node_ids`` (those of one pipeline)."""
-        wanted = set(node_ids)
-        return [t for t in self.transitions if t.node_id in wanted]

@@ -73,6 +73,14 @@ class Run:
         self.set_state(states.FAILED, expect=(states.RUNNING,), archived_time=now())
         self.proc.asleep = True
 
+    def fail_node(self, ex_data: str) -> None:
+        """Fail a node that is not an activity (subprocess, gateway, event) the way bamboo does:
+        ``ex_data`` joins the outputs it already had and its inputs stay as they were, so a
+        subprocess that never got in records ``{"inputs": {}, "outputs": {"ex_data": ...}}``
+        (no ``_result`` or loop counters: those belong to activities)."""
+        old = self.unit.get_execution_data(self.node.id)
+        self.fail(ex_data, outputs=dict(old[1]) if old else {})
+
     # -- data -----------------------------------------------------------------------------
     def fetch_from(self, pipeline_id: str) -> cdata.Fetch:
         unit = self.unit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -10,10 +11,12 @@ from culm import states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import as_result, make_call, record_call, settle
 from culm.core.outcomes import Next
-from culm.core.records import EXECUTE, now
+from culm.core.records import EXECUTE, SCHEDULE, now
 from culm.core.run import Run, VersionLostError
 from culm.core.service_call import CallResult, ServiceCall
 from culm.core.step import Step
+
+logger = logging.getLogger("culm.engine")
 
 MULTI_CALLBACK_RETRY_SECONDS = 0.2
 EARLY_CALLBACK_RETRY_SECONDS = 0.05
@@ -47,6 +50,13 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
     unit = step.unit
     task = unit.claim_task(task_id, owner, until, at)
     if task is None:
+        return None
+    if task.kind != SCHEDULE:
+        # A stale or repeated message: the row has since become the execute that follows the
+        # schedule (another runner applied the last call). Deleting it would strand the process:
+        # hand it back to run as what it is now.
+        unit.update_task(task_id, owner=None, claimed_until=None)
+        step.tasks.append(unit.get_task(task_id))
         return None
     st = unit.get_state(task.node_id)
     if task.schedule_id is None and task.callback_id is not None:
@@ -99,7 +109,10 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> Non
     """Apply the result of one ``schedule`` call (in the transaction after the call)."""
     unit = step.unit
     task = unit.get_task(task_id)
-    if task is None:
+    if task is None or task.kind != SCHEDULE or task.schedule_id is None:
+        # Another runner took the task over when our lease ran out, applied its own call and moved
+        # the row on (to the execute that follows the schedule): this result is stale.
+        logger.warning("dropping a stale schedule result for task %s", task_id)
         return
     sched = unit.get_schedule(task.schedule_id)
     st = unit.get_state(task.node_id, for_update=True)

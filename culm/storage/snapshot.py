@@ -1,39 +1,86 @@
-"""Read one pipeline's rows as a :class:`culm.core.invariants.Snapshot` (for the invariant checker).
+"""Read pipelines' rows as :class:`culm.core.invariants.Snapshot` values (for the invariant checker).
 
-Not on any hot path: tests, storms and simulations call it to check a pipeline. On PostgreSQL and
+Not on any hot path: tests, storms and simulations call it to check pipelines. On PostgreSQL and
 MySQL the reads run in one REPEATABLE READ transaction, so they see a single moment even while
 workers keep writing.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from culm.core.engine import Engine
-from culm.core.invariants import Snapshot
-from culm.storage.sql import _SCHEDULE_SELECT, _TASK_SELECT, SqlStore, _marks, _schedule_row, _task_row
+from culm.core.invariants import Snapshot, Transition
+from culm.storage.sql import (
+    _PROCESS_SELECT,
+    _SCHEDULE_SELECT,
+    _TASK_SELECT,
+    SqlStore,
+    _marks,
+    _process_row,
+    _schedule_row,
+    _task_row,
+)
+
+_CHUNK = 500
 
 
 def read_snapshot(engine: Engine, root_id: str) -> Snapshot:
     """The rows of root pipeline ``root_id`` in ``engine``'s store, read in one transaction."""
+    return read_snapshots(engine, [root_id])[root_id]
+
+
+def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapshot]:
+    """The rows of several root pipelines, read together in one transaction."""
     store: SqlStore = engine.store  # type: ignore[assignment]
     with store.reading() as unit:
         if store.dialect != "sqlite":
             unit._x("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        graph = engine.graph(root_id, unit)
-        ids = [root_id, *graph.nodes]
-        sts: dict[str, Any] = {}
-        for i in range(0, len(ids), 500):
-            sts.update(unit.get_states(ids[i : i + 500]))
-        procs = unit.processes_of_root(root_id)
-        tasks = [_task_row(r) for r in unit._all(_TASK_SELECT + " WHERE root_id = ?", [root_id])]
-        schedules = []
-        node_ids = list(graph.nodes)
-        for i in range(0, len(node_ids), 500):
-            chunk = node_ids[i : i + 500]
-            rows = unit._all(_SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk)
-            schedules += [_schedule_row(r) for r in rows]
-    return Snapshot(graph, sts, procs, tasks, schedules)
+        graphs = {r: engine.graph(r, unit) for r in root_ids}
+        node_root = {n: r for r, g in graphs.items() for n in (r, *g.nodes)}
+        ids = list(node_root)
+        sts: dict[str, dict[str, Any]] = {r: {} for r in root_ids}
+        schedules: dict[str, list[Any]] = {r: [] for r in root_ids}
+        for i in range(0, len(ids), _CHUNK):
+            chunk = ids[i : i + _CHUNK]
+            for st in unit.get_states(chunk).values():
+                sts[node_root[st.node_id]][st.node_id] = st
+            for row in unit._all(_SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk):
+                sched = _schedule_row(row)
+                schedules[node_root[sched.node_id]].append(sched)
+        procs: dict[str, list[Any]] = {r: [] for r in root_ids}
+        tasks: dict[str, list[Any]] = {r: [] for r in root_ids}
+        roots = list(root_ids)
+        for i in range(0, len(roots), _CHUNK):
+            chunk = roots[i : i + _CHUNK]
+            marks = _marks(len(chunk))
+            for row in unit._all(_PROCESS_SELECT + f" WHERE root_id IN ({marks})", chunk):
+                proc = _process_row(row)
+                procs[proc.root_id].append(proc)
+            for row in unit._all(_TASK_SELECT + f" WHERE root_id IN ({marks})", chunk):
+                task = _task_row(row)
+                tasks[task.root_id].append(task)
+    return {r: Snapshot(graphs[r], sts[r], procs[r], tasks[r], schedules[r]) for r in root_ids}
+
+
+def read_transitions(engine: Engine, root_id: str | None = None, after: int = 0) -> tuple[list[Transition], int]:
+    """The state transitions the change feed holds after seq ``after`` (of one root when given),
+    in seq order, and the last seq read (to pass as ``after`` next time).
+
+    Call it once the writers are quiet: on a server database a write still committing may take a
+    seq below one already read.
+    """
+    feed = engine.store.feed  # type: ignore[attr-defined]
+    upto = feed.last_seq()
+    found: list[Transition] = []
+    while after < upto:
+        batch = feed.read(after, upto, root_id)
+        if not batch:
+            break
+        found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch]
+        after = batch[-1].seq
+    return found, upto
 
 
 class StoreSnapshots:

@@ -139,3 +139,16 @@ def test_transitions_outside_the_table():
     bad = check_transitions([Transition("n", states.FINISHED, states.SUSPENDED), Transition("m", None, "FAILED")])
     assert [str(v) for v in bad] == ["bad_transition n: FINISHED -> SUSPENDED", "bad_transition m: created as FAILED"]
     assert [v.kind for v in check_transitions([Transition("n", "NOPE", states.RUNNING)])] == ["bad_transition"]
+
+
+def test_each_write_starts_where_the_last_one_ended():
+    last: dict[str, str] = {}
+    assert check_transitions([Transition("n", None, states.RUNNING), Transition("n", states.RUNNING, states.FAILED)],
+                             last) == []
+    assert last == {"n": states.FAILED}
+    # read later, from where the first read stopped: the chain carries over
+    found = check_transitions([Transition("n", states.RUNNING, states.FINISHED)], last)
+    assert [str(v) for v in found] == [
+        "bad_transition n: written RUNNING -> FINISHED, but its last recorded state was FAILED"]
+    assert [v.message for v in check_transitions([Transition("n", None, states.RUNNING)], last)] == [
+        "created again as RUNNING (was FINISHED)"]

@@ -25,7 +25,7 @@ def start(run: Run) -> Outcome:
 
 def _started(run: Run, values: Any) -> Outcome:
     if not isinstance(values, dict):
-        run.fail(f"pre_render_keys hydrate failed: {_error(values)}")
+        run.fail_node(f"pre_render_keys hydrate failed: {_error(values)}")
         return SLEEP
     spec = run.graph.pipelines[run.node.pipeline_id]
     run.upsert_context(spec.id, [ContextValue(k, "plain", v) for k, v in values.items()])
@@ -50,6 +50,13 @@ def _ended(run: Run, resolved: Any) -> Outcome:
     pipeline_id = run.top_pipeline_id
     spec = run.graph.pipelines[pipeline_id]
     outputs: dict[str, Any] = {k: resolved.get(k, k) for k in spec.outputs}
+    holder = run.unit.get_state(pipeline_id, for_update=True)
+    if holder is not None and holder.name == states.SUSPENDED:
+        # Paused after this walk read its stack (another transaction, on a server database): the
+        # pipeline cannot finish while paused, and no one would wake a process that slept here.
+        # Park on the pause; resuming runs the end event again.
+        run.proc.suspended, run.proc.suspended_by = True, pipeline_id
+        return SLEEP
     run.finish()
     if pipeline_id == run.root_id:
         return _finish_root(run, outputs)
@@ -109,7 +116,7 @@ def executable_end(run: Run) -> Outcome:
         if isinstance(ex_data, BaseException):
             ex_data = "".join(traceback.format_exception(ex_data))
         if ex_data:
-            run.fail(ex_data)
+            run.fail_node(ex_data)
             return SLEEP
         return end(run)
 

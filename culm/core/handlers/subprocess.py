@@ -26,7 +26,7 @@ def enter(run: Run) -> Outcome:
     try:
         params = rendering.render_inline(run, gathered)
     except CulmError as exc:
-        return _failed(run, str(exc), rendering.raw_values(raw))
+        return _failed(run, str(exc))
     if params is None:
         return Invoke(rendering.render_later(run, gathered, raw), _rendered)
     return _step_in(run, params)
@@ -34,14 +34,15 @@ def enter(run: Run) -> Outcome:
 
 def _rendered(run: Run, res: Any) -> Outcome:
     if isinstance(res, rendering.RenderFailed):
-        return _failed(run, res.error, res.raw_inputs)
+        return _failed(run, res.error)
     if not isinstance(res, dict):  # an exception escaped the render call
-        return _failed(run, repr(res), {})
+        return _failed(run, repr(res))
     return _step_in(run, res)
 
 
-def _failed(run: Run, error: str, raw_inputs: dict[str, Any]) -> Outcome:
-    run.fail(f"subprocess params hydrate failed: {error}", inputs=raw_inputs)
+def _failed(run: Run, error: str) -> Outcome:
+    # bamboo's shape for a node that is not an activity: its inputs as they were, ex_data added.
+    run.fail_node(f"subprocess params hydrate failed: {error}")
     return SLEEP
 
 

@@ -1,0 +1,408 @@
+"""Deterministic simulation of the engine: one seed, one exact interleaving, replayable.
+
+An :class:`culm.dispatch.inline.InlineDispatcher` collects committed tasks and a seeded scheduler
+decides, step by step, what happens next: an engine step (one transaction, as a runner's batch of
+one), a piece of user code completing, an operator's control call or callback (``storm_ops``), a
+timer firing (the virtual clock jumps to the next due task), a lease running out (another runner
+takes the task over), a sweep, or a crash. The store is SQLite in memory: a crash rolls back the
+open transaction (injected just before its commit, or between steps) and drops everything held
+only in process memory (queued tasks, user code handed out, results not yet applied); recovery is
+what a restarted runner does (void the leases, sweep the task table).
+
+After every step the invariants are checked (:mod:`culm.core.invariants`): no stuck or stranded
+pipeline, every state transition in the table, converge gateways never early; and no node's
+``execute`` runs twice for one version unless a crash or a lease expiry happened in between.
+After the storm the simulation stops injecting and drives every pipeline to its end as an operator
+would. Ids, versions and the clock come from the seed, so a failure replays exactly::
+
+    python tests/integration/simulation.py 1-2000        # seeds; prints failures and timing
+    python tests/integration/simulation.py 17 --trace     # one seed, every step
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import sqlite3
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+if __name__ == "__main__":  # run as a script: the test components live next to this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import components  # noqa: F401 - registers the t_* components
+from storm_ops import Storm, fire, operate
+
+import culm
+from culm.core import records, scheduling, walker
+from culm.core.engine import Settings
+from culm.core.invariants import Violation, check, check_transitions
+from culm.core.outcomes import Invoke
+from culm.core.records import EXECUTE, TaskRecord
+from culm.dispatch.inline import InlineDispatcher
+from culm.model import builder
+from culm.storage import migrate
+from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
+from culm.storage.sql import SqlStore
+
+LEASE_SECONDS = 30.0
+START_CLOCK = 1_700_000_000.0
+_NO_RESULT = object()
+
+
+class Crash(Exception):
+    """An injected crash: the open transaction is rolled back, process memory is lost."""
+
+
+class SimulationFailure(AssertionError):
+    """A broken invariant, with the seed and the steps that led to it."""
+
+
+@dataclass(eq=False)  # items are compared by identity: two may hold the same task (a takeover)
+class Item:
+    """A task this (simulated) runner holds in memory, and the user code it handed out for it."""
+
+    task: TaskRecord
+    number: int = 0  # for traces: which of several items of one task
+    epoch: int = 0  # the simulation's epoch when the user code was handed out
+    lost_lease: bool = False  # another runner may have taken this task over
+    invoke: Invoke | None = None
+    call: Callable[[], Any] | None = None
+    result: Any = _NO_RESULT
+
+    @property
+    def has_result(self) -> bool:
+        return self.result is not _NO_RESULT
+
+
+class _SeededBits:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def hex32(self) -> str:
+        return f"{self.rng.getrandbits(128):032x}"
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.at = START_CLOCK
+
+    def time(self) -> float:
+        return self.at
+
+
+class _SeededUuid:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+
+    def uuid4(self) -> uuid.UUID:
+        return uuid.UUID(int=self.rng.getrandbits(128), version=4)
+
+
+_TEMPLATE: list[sqlite3.Connection] = []
+
+
+def _copy_template(store: SqlStore) -> None:
+    """Give a new in-memory store the schema by copying a migrated database (migrating each one
+    would cost more than most seeds' whole run)."""
+    if not _TEMPLATE:
+        migrated = SqlStore("sqlite:///:memory:", create=False)
+        migrate.ensure_schema(migrated)
+        raw = migrated.engine.raw_connection()
+        _TEMPLATE.append(sqlite3.connect(":memory:"))
+        raw.driver_connection.backup(_TEMPLATE[0])
+        raw.close()
+        migrated.dispose()
+    raw = store.engine.raw_connection()
+    _TEMPLATE[0].backup(raw.driver_connection)
+    raw.close()
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int) -> Iterator[_Clock]:
+    """Ids, versions and the engine's clock from the seed, a copied schema (restored afterwards)."""
+    clock = _Clock()
+    saved = records._random, records.time, builder.uuid, SqlStore.ensure_schema
+    records._random = _SeededBits(random.Random(f"ids-{seed}"))  # type: ignore[assignment]
+    records.time = clock  # type: ignore[assignment]
+    builder.uuid = _SeededUuid(random.Random(f"tree-{seed}"))  # type: ignore[assignment]
+    SqlStore.ensure_schema = _copy_template  # type: ignore[method-assign]
+    try:
+        yield clock
+    finally:
+        records._random, records.time, builder.uuid, SqlStore.ensure_schema = saved  # type: ignore[method-assign]
+
+
+class Simulation:
+    """One seed's run. ``run()`` returns the number of steps; a broken invariant raises."""
+
+    WEIGHTS = {"engine": 40, "user": 25, "control": 12, "timer": 6, "lease": 2, "sweep": 2, "crash": 3}
+
+    def __init__(self, seed: int, *, storm_steps: int = 120, pipelines: int = 3, crashes: bool = True,
+                 trace: bool = False) -> None:
+        self.seed = seed
+        self.storm_steps = storm_steps
+        self.pipelines = pipelines
+        self.crashes = crashes
+        self.trace = trace
+        self.rng = random.Random(seed)
+        self.ready: list[Item] = []
+        self.running: list[Item] = []
+        # Bumped by every crash or lease expiry: user code handed out again after one may run again.
+        self.epoch = 0
+        self.executed: dict[tuple[str, str | None], int] = {}
+        self.steps: list[str] = []
+        self.feed_seq = 0  # the change feed is read (and its transitions checked) up to here
+        self.last_states: dict[str, str] = {}
+        self.items = 0
+        self.storm = Storm()
+
+    # -- driving ---------------------------------------------------------------------------
+    def run(self) -> int:
+        with _deterministic(self.seed) as clock:
+            self.clock = clock
+            self.runtime = culm.Runtime("sqlite:///:memory:", workers=0,
+                                        settings=Settings(lease_seconds=LEASE_SECONDS,
+                                                          schedule_lock_seconds=LEASE_SECONDS))
+            self.engine = self.runtime.engine
+            self.inline = InlineDispatcher()
+            self.engine.dispatcher = self.inline
+            try:
+                trees = [self.storm.pipeline(self.rng) for _ in range(self.pipelines)]
+                for tree in trees:
+                    res = culm.api.run_pipeline(self.runtime, tree)
+                    assert res.result, res.message
+                    self.storm.roots.append(tree["id"])
+                self._absorb()
+                self._check("start")
+                for _ in range(self.storm_steps):
+                    self._step(self._choose(storm=True))
+                self._drain()
+                return len(self.steps)
+            finally:
+                self.runtime.close()
+
+    def _choose(self, *, storm: bool) -> str:
+        enabled = {
+            "engine": any(self._due(i) for i in self.ready),
+            "user": bool(self.running),
+            "control": storm,
+            "timer": any(not self._due(i) for i in self.ready),
+            "lease": storm,
+            "sweep": True,
+            "crash": storm and self.crashes,
+        }
+        ops = [op for op, on in enabled.items() if on]
+        return self.rng.choices(ops, weights=[self.WEIGHTS[op] for op in ops])[0]
+
+    def _step(self, op: str) -> None:
+        getattr(self, f"_do_{op}")()
+        if op not in ("user", "timer"):  # those change nothing stored
+            self._check(op)
+        elif self.trace:
+            print(self.steps[-1])
+
+    def _drain(self, limit: int = 3000) -> None:
+        """No more storm: run everything, and act as an operator whenever nothing else moves."""
+        for _ in range(limit):
+            if any(self._due(i) for i in self.ready):
+                self._step("engine")
+            elif self.running:
+                self._step("user")
+            else:
+                # Nothing due: the operator acts (a paused pipeline may be what a timer waits for).
+                moving = [r for r in self.storm.roots
+                          if operate(self.runtime, read_snapshot(self.engine, r), self.rng)]
+                self._absorb()
+                self.steps.append(f"operator round ({len(moving)} moving)")
+                self._check("operate")
+                if any(self._due(i) for i in self.ready):
+                    continue
+                if self.ready:
+                    self._step("timer")
+                elif self._stored_tasks():
+                    self._step("lease")  # a task only a sweep after its lease can bring back
+                elif not moving:
+                    return
+        ended = {r: read_snapshot(self.engine, r).states[r].name for r in self.storm.roots}
+        self._fail([], f"not ended after {limit} drain steps: {ended}")
+
+    # -- actions ---------------------------------------------------------------------------
+    def _due(self, item: Item) -> bool:
+        return item.has_result or item.task.due <= self.clock.at
+
+    def _do_engine(self) -> None:
+        item = self.rng.choice([i for i in self.ready if self._due(i)])
+        self.ready.remove(item)
+        crash = self.crashes and self.rng.random() < 0.03
+        self.steps.append(f"engine {item.task.kind} {item.task.node_id} #{item.number} task {item.task.id[:6]} rv={(item.task.running_version or '-')[:6]} result={item.has_result}"
+                          + (" CRASH before commit" if crash else ""))
+        try:
+            with self.engine.step() as step:
+                handed_out = self._advance(step, item)
+                if crash:
+                    raise Crash
+        except Crash:
+            self._crash()
+            return
+        if handed_out:
+            # A runner that lost its lease and goes on does not know it: what it hands out may run
+            # twice (the engine does not take the lease again when it applies a result).
+            item.epoch = -1 if item.lost_lease else self.epoch
+            self.running.append(item)
+        self._absorb()
+
+    def _advance(self, step: Any, item: Item) -> bool:
+        """One transaction of ``item`` (as the threads dispatcher's batch of one); True when it
+        handed out user code."""
+        task, engine = item.task, self.engine
+        if task.kind == EXECUTE:
+            pending = (item.invoke, item.result) if item.has_result else None
+            invoke = walker.execute_step(engine, step, task.id, pending, claim=not item.has_result)
+            item.invoke, item.result = invoke, _NO_RESULT
+            return invoke is not None
+        if item.has_result:
+            scheduling.schedule_apply(engine, step, task.id, item.result)
+            return False
+        item.call = scheduling.schedule_prepare(engine, step, task.id)
+        return item.call is not None
+
+    def _do_user(self) -> None:
+        item = self.rng.choice(self.running)
+        self.running.remove(item)
+        if item.task.kind == EXECUTE:
+            invoke = item.invoke
+            assert invoke is not None
+            key = (invoke.node_id, invoke.version)
+            self.steps.append(f"user execute {invoke.node_id} {invoke.version} #{item.number}")
+            if item.epoch >= 0 and self.executed.get(key) == item.epoch:
+                self._fail([], f"node {invoke.node_id} version {invoke.version} executed twice without a crash")
+            self.executed[key] = item.epoch
+            item.result = walker.call_user_code(invoke)
+        else:
+            assert item.call is not None
+            self.steps.append(f"user schedule {item.task.node_id}")
+            try:
+                item.result = item.call()
+            except BaseException as exc:  # noqa: BLE001 - as the runners do: the exception is the result
+                item.result = exc
+        self.ready.append(item)
+
+    def _do_control(self) -> None:
+        op = fire(self.runtime, self.storm, self.rng)
+        self.steps.append(f"control {self.storm.calls[-1] if op != 'breathe' else op}")
+        self._absorb()
+
+    def _do_timer(self) -> None:
+        later = min(i.task.due for i in self.ready if not self._due(i))
+        self.steps.append(f"timer -> +{later - self.clock.at:.2f}s")
+        self.clock.at = max(self.clock.at, later)
+
+    def _do_lease(self) -> None:
+        """Time passes beyond every lease; another runner sweeps and takes over what it finds."""
+        self.epoch += 1
+        self.clock.at += LEASE_SECONDS + 1
+        for item in self.ready + self.running:
+            item.lost_lease = True
+        found = self._stored_tasks(leases_over=True)
+        self.steps.append(f"lease expiry: {len(found)} tasks taken over")
+        self.ready += [self._item(t) for t in found]
+
+    def _do_sweep(self) -> None:
+        known = {i.task.id for i in self.ready + self.running}
+        found = [t for t in self._stored_tasks(leases_over=True) if t.id not in known]
+        self.steps.append(f"sweep: {len(found)} new")
+        self.ready += [self._item(t) for t in found]
+
+    def _do_crash(self) -> None:
+        self.steps.append("CRASH between steps")
+        self._crash()
+
+    def _crash(self) -> None:
+        """Process memory is gone; a new runner voids the leases and sweeps the task table."""
+        self.epoch += 1
+        self.ready, self.running = [], []
+        self.inline.drop()
+        with self.engine.store.transaction() as unit:
+            unit.release_leases()
+        self.ready = [self._item(t) for t in self._stored_tasks(leases_over=True)]
+
+    def _stored_tasks(self, leases_over: bool = False) -> list[TaskRecord]:
+        if not leases_over:
+            return [t for snap in read_snapshots(self.engine, self.storm.roots).values() for t in snap.tasks]
+        with self.engine.store.reading() as unit:
+            return list(unit.pending_tasks(self.clock.at, 100_000, horizon=1e9))
+
+    def _item(self, task: TaskRecord) -> Item:
+        self.items += 1
+        return Item(task, self.items)
+
+    def _absorb(self) -> None:
+        known = {i.task.id for i in self.ready + self.running}
+        for task in self.inline.take():
+            if task.id not in known:
+                known.add(task.id)
+                self.ready.append(self._item(task))
+
+    # -- checking --------------------------------------------------------------------------
+    def _check(self, what: str) -> None:
+        fresh, self.feed_seq = read_transitions(self.engine, after=self.feed_seq)
+        found = check_transitions(fresh, self.last_states)
+        for snap in read_snapshots(self.engine, self.storm.roots).values():
+            found += check(snap)
+        if found:
+            self._fail(found, f"after {what}")
+        if self.trace:
+            print(self.steps[-1] if self.steps else what)
+
+    def _fail(self, found: list[Violation], when: str) -> None:
+        tail = "\n  ".join(self.steps[-25:])
+        raise SimulationFailure(f"seed {self.seed}, step {len(self.steps)}, {when}: "
+                                + "; ".join(map(str, found)) + f"\nlast steps:\n  {tail}")
+
+
+def run_seeds(seeds: list[int], **options: Any) -> tuple[list[tuple[int, str]], int]:
+    """Run ``seeds``; returns the failures (seed, message) and the total number of steps."""
+    failures: list[tuple[int, str]] = []
+    total = 0
+    for seed in seeds:
+        try:
+            total += Simulation(seed, **options).run()
+        except SimulationFailure as exc:
+            failures.append((seed, str(exc)))
+    return failures, total
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """``"1-2000"`` or ``"3,7,10-12"`` -> the seeds."""
+    seeds: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.strip().partition("-")
+        seeds += range(int(lo), int(hi or lo) + 1)
+    return seeds
+
+
+def main(argv: list[str]) -> int:
+    spec = argv[0] if argv else "1-100"
+    trace = "--trace" in argv
+    seeds = parse_seeds(spec)
+    started = time.perf_counter()
+    if trace:
+        for seed in seeds:
+            print(f"seed {seed}: {Simulation(seed, trace=True).run()} steps")
+        return 0
+    failures, total = run_seeds(seeds)
+    took = time.perf_counter() - started
+    for _seed, message in failures[:5]:
+        print(message, "\n")
+    print(f"{len(seeds) - len(failures)}/{len(seeds)} seeds passed, {total} steps, {took:.1f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,135 @@
+"""What a storm does to pipelines, shared by the runtime storms and the deterministic simulation.
+
+The pipelines (parallel branches, a subprocess, polling, callback and failing nodes), the random
+control calls fired at them, and the operator who then acts on what they see until every pipeline
+has ended. Everything random comes from the ``random.Random`` passed in, so a seed replays.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from culm import api, states
+from culm.builder import (
+    ConvergeGateway,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    SubProcess,
+    Var,
+    build_tree,
+)
+from culm.core.invariants import Snapshot
+
+# Calls and their weights; "breathe" lets the engine run a little before the next call.
+OPS = {"pause": 6, "resume": 8, "appoint": 8, "unappoint": 8, "retry": 6, "retry_ok": 8, "skip": 6,
+       "force_fail": 5, "callback": 10, "callback_fail": 4, "revoke": 1, "breathe": 6}
+# Retry data that makes t_fail succeed and t_poll finish at its first poll.
+RETRY_OK = {"ok": True, "x": 3, "polls": 1}
+
+
+@dataclass
+class Storm:
+    """The pipelines of one seed and the ids the calls aim at."""
+
+    roots: list[str] = field(default_factory=list)
+    activities: list[str] = field(default_factory=list)
+    subprocesses: list[str] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)  # what was fired, for a failure message
+
+    def act(self, code: str, **plain: Any) -> ServiceActivity:
+        a = ServiceActivity(component_code=code)
+        for key, value in plain.items():
+            setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
+        self.activities.append(a.id)
+        return a
+
+    def pipeline(self, rng: random.Random) -> dict[str, Any]:
+        """One of three shapes: parallel branches, a subprocess in a branch, or a chain."""
+        shape = rng.randrange(3)
+        if shape == 2:
+            return build_tree(chain(self.act("t_none"), self.act("t_fail", x=1), self.act("t_poll"),
+                                    self.act("t_callback")))
+        start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+        branches = [self.act("t_fail", x=1), self.act("t_callback"), self.act("t_poll", polls=3)]
+        if shape == 1:
+            sub = SubProcess(start=chain(self.act("t_callback"), self.act("t_fail", x=2)))
+            self.subprocesses.append(sub.id)
+            branches.append(sub)
+        start.extend(pg).connect(*branches).converge(cg).extend(self.act("t_none")).extend(EmptyEndEvent())
+        return build_tree(start)
+
+    def report(self, found: list[Any], when: str) -> str:
+        return f"{when}: " + "; ".join(map(str, found)) + "\ncalls:\n  " + "\n  ".join(self.calls)
+
+
+def chain(*nodes: Any) -> EmptyStartEvent:
+    start = EmptyStartEvent()
+    tail: Any = start
+    for n in nodes:
+        tail = tail.extend(n)
+    tail.extend(EmptyEndEvent())
+    return start
+
+
+def version_of(runtime: Any, node_id: str) -> str:
+    res = api.get_children_states(runtime, node_id)
+    return (res.data or {}).get(node_id, {}).get("version", "v-none")
+
+
+def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
+    """Fire one random control call (or pick "breathe", left to the caller); returns the op."""
+    act = rng.choice(storm.activities)
+    pipe = rng.choice(storm.roots + storm.subprocesses)
+    op = rng.choices(list(OPS), weights=list(OPS.values()))[0]
+    calls: dict[str, Callable[[], Any]] = {
+        "pause": lambda: api.pause_pipeline(runtime, pipe),
+        "resume": lambda: api.resume_pipeline(runtime, pipe),
+        "appoint": lambda: api.pause_node_appoint(runtime, act),
+        "unappoint": lambda: api.resume_node_appoint(runtime, act),
+        "retry": lambda: api.retry_node(runtime, act),
+        "retry_ok": lambda: api.retry_node(runtime, act, data=dict(RETRY_OK)),
+        "skip": lambda: api.skip_node(runtime, act),
+        "force_fail": lambda: api.forced_fail_activity(runtime, act, "forced by the storm"),
+        "callback": lambda: api.callback(runtime, act, version_of(runtime, act), {"ok": True}),
+        "callback_fail": lambda: api.callback(runtime, act, version_of(runtime, act), {"ok": False}),
+        "revoke": lambda: api.revoke_pipeline(runtime, pipe),
+    }
+    if op == "breathe":
+        storm.calls.append("breathe")
+        return op
+    target = pipe if op in ("pause", "resume", "revoke") else act
+    res = calls[op]()
+    storm.calls.append(f"{op} {target} -> {res.result}")
+    assert res.result or (res.message and "Traceback" not in res.message), res
+    return op
+
+
+def operate(runtime: Any, snap: Snapshot, rng: random.Random) -> bool:
+    """Act on what an operator sees in one pipeline; returns False once it has ended."""
+    sts, root = snap.states, snap.root_id
+    if sts[root].name in (states.FINISHED, states.REVOKED):
+        return False
+    if sts[root].name == states.SUSPENDED:
+        assert api.resume_pipeline(runtime, root).result
+    open_callbacks = {(s.node_id, s.version) for s in snap.schedules
+                      if s.type != "poll" and not s.finished and not s.expired}
+    for node_id, st in sts.items():
+        node = snap.graph.nodes.get(node_id)
+        if node is None:
+            continue
+        if st.name == states.SUSPENDED:
+            resume = api.resume_pipeline if node.type == "SubProcess" else api.resume_node_appoint
+            resume(runtime, node_id)
+        elif st.name == states.FAILED:
+            if rng.random() < 0.5:
+                api.skip_node(runtime, node_id)
+            else:
+                api.retry_node(runtime, node_id, data=dict(RETRY_OK))
+        elif st.name == states.RUNNING and (node_id, st.version) in open_callbacks:
+            api.callback(runtime, node_id, st.version, {"ok": True})
+    return True

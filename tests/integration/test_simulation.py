@@ -1,0 +1,66 @@
+"""The deterministic simulation (``simulation.py``) over many seeds, in CI.
+
+By default 2,000 seeds of a light storm (2 pipelines, 60 random steps, then a drain to the end),
+in chunks so that each chunk stays well inside the test timeout. ``CULM_SIM_SEEDS=1-20000`` runs
+other seeds and ``CULM_SIM_STEPS`` / ``CULM_SIM_PIPELINES`` a heavier storm. A failure names its
+seed; ``python tests/integration/simulation.py SEED --trace`` replays it step by step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from simulation import Simulation, parse_seeds, run_seeds
+
+SEEDS = parse_seeds(os.environ.get("CULM_SIM_SEEDS", "1-2000"))
+OPTIONS = {"storm_steps": int(os.environ.get("CULM_SIM_STEPS", "60")),
+           "pipelines": int(os.environ.get("CULM_SIM_PIPELINES", "2"))}
+CHUNK = 250
+CHUNKS = [SEEDS[i : i + CHUNK] for i in range(0, len(SEEDS), CHUNK)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_engine_warnings():
+    """Stale results dropped after simulated lease losses are expected by the thousand."""
+    logger = logging.getLogger("culm.engine")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seeds", CHUNKS, ids=[f"seeds-{c[0]}-{c[-1]}" for c in CHUNKS])
+def test_simulated_storms_keep_every_invariant(seeds: list[int]) -> None:
+    failures, _steps = run_seeds(seeds, **OPTIONS)
+    assert not failures, (
+        f"{len(failures)}/{len(seeds)} seeds failed; replay one with "
+        f"`python tests/integration/simulation.py {failures[0][0]} --trace`:\n{failures[0][1]}"
+    )
+
+
+def test_a_seed_replays_exactly() -> None:
+    first = Simulation(7, storm_steps=80)
+    first.run()
+    again = Simulation(7, storm_steps=80)
+    again.run()
+    assert first.steps == again.steps
+    assert len(first.steps) > 80
+
+
+def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put back a bug the simulation found (a resumed process parked mid-run slept on its own
+    RUNNING node for good): seed 5 must fail, naming the stranded process."""
+    from culm.core import commands, walker
+
+    def unsuspend_without_replay(step, by):
+        for proc in step.unit.processes_suspended_by(by):
+            step.unit.update_process(proc.id, suspended=False, suspended_by=None, asleep=False)
+            step.add_task(walker.execute_task_for(proc, proc.current_node_id))
+
+    monkeypatch.setattr(commands, "_unsuspend", unsuspend_without_replay)
+    failures, _steps = run_seeds([5], **OPTIONS | {"storm_steps": 60, "pipelines": 2})
+    assert [seed for seed, _ in failures] == [5]
+    assert "stranded_process" in failures[0][1]

@@ -1,0 +1,147 @@
+"""Engine bugs the deterministic simulation found, each replayed step by step.
+
+The engine is driven by hand through an :class:`~culm.dispatch.inline.InlineDispatcher` (no
+threads): every transaction, user-code call, crash and lease loss happens exactly where the test
+says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import components  # noqa: F401 - registers the t_* components
+import pytest
+from storm_ops import chain
+
+import culm
+from culm import api
+from culm.builder import ServiceActivity, SubProcess, Var, build_tree
+from culm.core import scheduling, walker
+from culm.core.invariants import check
+from culm.core.records import SCHEDULE
+from culm.dispatch.inline import InlineDispatcher
+from culm.storage.snapshot import read_snapshot
+
+
+def _runtime(tmp_path: Path) -> tuple[culm.Runtime, InlineDispatcher]:
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/sim.db", workers=0)
+    inline = InlineDispatcher()
+    rt.engine.dispatcher = inline
+    return rt, inline
+
+
+def _execute(rt: culm.Runtime, task_id: str, pending: Any = None, *, claim: bool = True) -> Any:
+    with rt.engine.step() as step:
+        return walker.execute_step(rt.engine, step, task_id, pending, claim=claim)
+
+
+def _restart(rt: culm.Runtime) -> None:
+    """A crash and a new runner: leases are void (what the runner holds in memory is gone)."""
+    with rt.store.transaction() as unit:
+        unit.release_leases()
+
+
+def _tasks(rt: culm.Runtime) -> list[Any]:
+    with rt.store.reading() as unit:
+        return unit.pending_tasks(float("inf"), 100)
+
+
+def test_resume_after_a_replay_parked_by_a_pause_runs_the_node_again(tmp_path: Path) -> None:
+    """Crash while a component runs, pause, restart: the replayed task parks on the pause and the
+    node stays RUNNING. Resuming must replay the node's run, not find it busy and sleep for good."""
+    act = ServiceActivity(component_code="t_none")
+    tree = build_tree(chain(act))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        assert api.run_pipeline(rt, tree).result
+        (task,) = inline.take()
+        assert _execute(rt, task.id) is not None  # the component's call is handed out ... and lost
+        assert api.pause_pipeline(rt, tree["id"]).result
+        _restart(rt)
+        assert _execute(rt, task.id) is None  # the replay parks on the paused pipeline
+        assert api.resume_pipeline(rt, tree["id"]).result
+        (woken,) = inline.take()
+        invoke = _execute(rt, woken.id)
+        assert invoke is not None and invoke.node_id == act.id, "the resumed process must run the node again"
+        assert _execute(rt, woken.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+
+
+def _poll_to_its_end(rt: culm.Runtime, inline: InlineDispatcher, tree: dict[str, Any]) -> str:
+    """Run a one-poll pipeline until its schedule task has become the execute that follows."""
+    assert api.run_pipeline(rt, tree).result
+    (task,) = inline.take()
+    invoke = _execute(rt, task.id)
+    assert _execute(rt, task.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+    (sched,) = inline.take()
+    assert sched.kind == SCHEDULE
+    with rt.engine.step() as step:
+        call = scheduling.schedule_prepare(rt.engine, step, sched.id)
+    result = call()
+    with rt.engine.step() as step:
+        scheduling.schedule_apply(rt.engine, step, sched.id, result)
+    (following,) = inline.take()
+    assert following.id == sched.id and following.kind != SCHEDULE
+    return sched.id
+
+
+def _one_poll_tree() -> dict[str, Any]:
+    poll = ServiceActivity(component_code="t_poll")
+    poll.component.inputs.polls = Var(type=Var.PLAIN, value=1)
+    return build_tree(chain(poll, ServiceActivity(component_code="t_none")))
+
+
+def test_a_repeated_schedule_message_leaves_the_following_execute_alone(tmp_path: Path) -> None:
+    """A schedule message delivered again after its task row became an execute (a duplicate, or a
+    runner that took the task over) used to delete the row: the process was stranded."""
+    rt, inline = _runtime(tmp_path)
+    tree = _one_poll_tree()
+    with rt:
+        task_id = _poll_to_its_end(rt, inline, tree)
+        _restart(rt)
+        with rt.engine.step() as step:
+            assert scheduling.schedule_prepare(rt.engine, step, task_id) is None
+        assert [t.id for t in _tasks(rt)] == [task_id]
+        (handed_back,) = inline.take()
+        assert handed_back.id == task_id and handed_back.kind != SCHEDULE
+        assert _execute(rt, task_id) is not None  # the activity after the poll
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
+def test_a_stale_schedule_result_is_dropped_once_the_row_moved_on(tmp_path: Path) -> None:
+    """A schedule result applied after the row became an execute used to raise (no schedule)."""
+    rt, inline = _runtime(tmp_path)
+    tree = _one_poll_tree()
+    with rt:
+        task_id = _poll_to_its_end(rt, inline, tree)
+        with rt.engine.step() as step:
+            scheduling.schedule_apply(rt.engine, step, task_id, True)  # must not raise
+        assert [t.id for t in _tasks(rt)] == [task_id]
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
+@pytest.mark.parametrize("paused", ["root", "subprocess"])
+def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeypatch: Any, paused: str) -> None:
+    """On a server database a pause can commit after a walk read its stack: the walk then reached
+    the end event of the paused (sub)pipeline and died there (or slept where no resume would wake
+    it), leaving the run stuck. Simulated by a walk that does not look at its stack."""
+    act = ServiceActivity(component_code="t_none")
+    sub = SubProcess(start=chain(act))
+    tree = build_tree(chain(sub))
+    pipeline_id = tree["id"] if paused == "root" else sub.id
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        assert api.run_pipeline(rt, tree).result
+        (task,) = inline.take()
+        invoke = _execute(rt, task.id)
+        assert api.pause_pipeline(rt, pipeline_id).result
+        with monkeypatch.context() as m:
+            m.setattr(walker, "_check_stack", lambda unit, proc, found: None)
+            assert _execute(rt, task.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+        assert api.resume_pipeline(rt, pipeline_id).result
+        (woken,) = inline.take()
+        assert _execute(rt, woken.id) is None
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
