@@ -5,6 +5,9 @@ minutes apart prove nothing about a change. This runs ``python -m bench.one NAME
 from ``OTHER`` (another checkout, e.g. ``git worktree add /tmp/base <commit>``) and from this
 checkout, each in a fresh process with that checkout first on ``sys.path``, and prints every
 pair and then the median of each side's medians. Compare sides only within one such run.
+
+``--bench-here``: both sides run this checkout's ``bench`` package (a spec the other checkout does
+not have, e.g. ``polled_batch_10ms``) against their own ``culm``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +42,15 @@ def run_one(checkout: Path, name: str, repeats: int | None, quick: bool) -> dict
     return result
 
 
+def _with_this_bench(checkout: Path, scratch: Path) -> Path:
+    """A directory holding ``checkout``'s culm and this checkout's bench (as symlinks)."""
+    place = scratch / checkout.name
+    place.mkdir()
+    (place / "culm").symlink_to(checkout / "culm")
+    (place / "bench").symlink_to(HERE / "bench")
+    return place
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.splitlines()[0])
     parser.add_argument("other", type=Path, help="the other checkout (A); this one is B")
@@ -45,11 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4, help="pairs to run (default 4)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per run (bench.one's default: 3)")
     parser.add_argument("--quick", action="store_true", help="smoke sizes (tests)")
+    parser.add_argument("--bench-here", action="store_true", help="run this checkout's bench on both sides")
     args = parser.parse_args(argv)
     other = args.other.resolve()
     if not (other / "bench" / "one.py").is_file():
         parser.error(f"{other} is not a checkout of this project (no bench/one.py)")
     sides = {"A": other, "B": HERE}
+    if args.bench_here:
+        scratch = Path(tempfile.mkdtemp(prefix="culm-ab-"))
+        sides = {"A": _with_this_bench(other, scratch), "B": HERE}
     medians: dict[str, list[float]] = {"A": [], "B": []}
     print(f"A = {other}\nB = {HERE}\nspec {args.name}, {args.rounds} rounds", flush=True)
     for i in range(1, args.rounds + 1):

@@ -57,33 +57,48 @@ def loads(text: str) -> Any:
     return value
 
 
+# Deeper than this, the C encoder gives up anyway (RecursionError): the value is pickled whatever
+# its keys, so the walk below need not look further (and stops on a value that contains itself).
+_WALK_DEPTH = 1000
+
+
 def keys_collide(value: Any) -> bool:
-    """Whether some dict in ``value`` has two keys that JSON would write as the same text.
+    """Whether some dict in ``value`` has two keys that JSON would write as the same text
+    (``{1: "a", "1": "b"}``: JSON would keep one of them).
 
-    Only dicts with a key that is not a str need a look; lists and tuples are walked for the
-    dicts they hold. A value nested too deeply to walk is left to the encoders.
+    Only a dict with a key that is not a str can; lists, tuples and dicts are walked for them
+    without recursion, with exact type checks (this runs before every JSON write).
     """
-    try:
-        return _collide(value)
-    except RecursionError:
-        return False
-
-
-def _collide(value: Any) -> bool:
     cls = type(value)
-    if cls is dict or isinstance(value, dict):
-        keys = value.keys()
-        if not all(type(k) is str for k in keys) and all(isinstance(k, _JSON_KEYS) for k in keys):
-            if len({_key_text(k) for k in keys}) != len(value):
-                return True
-        return any(_collide(v) for v in value.values() if isinstance(v, (dict, list, tuple)))
-    if cls is list or cls is tuple or isinstance(value, (list, tuple)):
-        return any(_collide(v) for v in value if isinstance(v, (dict, list, tuple)))
+    if cls is not dict and cls is not list and cls is not tuple:
+        return isinstance(value, dict | list | tuple) and _walk(value)
+    return _walk(value)
+
+
+def _walk(value: Any) -> bool:
+    stack = [(value, 0)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        item, depth = pop()
+        if depth > _WALK_DEPTH:
+            return False
+        if isinstance(item, dict):
+            for key in item:
+                if type(key) is not str:
+                    if _dict_collides(item):
+                        return True
+                    break
+            children: Any = item.values()
+        else:
+            children = item
+        for child in children:
+            cls = type(child)
+            if cls is dict or cls is list or cls is tuple or (
+                    cls is not str and isinstance(child, dict | list | tuple)):
+                push((child, depth + 1))
     return False
 
 
-def _key_text(key: Any) -> str:
-    """The text JSON writes for a dict key (str, int, float, bool or None)."""
-    if isinstance(key, str):
-        return key
-    return dumps(key)  # True -> "true", None -> "null", 1.0 -> "1.0", as json.dumps does
+def _dict_collides(item: dict) -> bool:
+    keys = [k for k in item if isinstance(k, _JSON_KEYS)]  # other keys: JSON refuses the dict
+    return len(keys) == len(item) and len({k if isinstance(k, str) else dumps(k) for k in keys}) != len(keys)

@@ -15,6 +15,8 @@ from typing import Any, ParamSpec
 
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
+from culm.model import limits
+from culm.storage.retry import retrying
 
 logger = logging.getLogger("culm.api")
 
@@ -49,7 +51,8 @@ def _api(fn: Callable[P, Any]) -> Callable[P, EngineAPIResult]:
             exc = InvalidOperationError(f"{fn.__name__}: the first argument must be a culm.Runtime, got {runtime!r}")
             return EngineAPIResult(False, str(exc), exc)
         try:
-            data = fn(*args, **kwargs)
+            # One call is one transaction: a deadlock victim is run again, never a refusal.
+            data = retrying(lambda: fn(*args, **kwargs), fn.__name__)
         except CulmError as exc:
             return EngineAPIResult(False, str(exc), exc, None, traceback.format_exc())
         except TypeError as exc:  # wrong arguments from the caller
@@ -109,12 +112,20 @@ def run_pipeline(
         priority = options.get("priority", 100)
         if not isinstance(priority, int) or not 0 <= priority <= 255:
             raise InvalidOperationError(f"priority must be an int from 0 to 255, got {priority!r}")
+        queue = str(options.get("queue", "") or "")
+        if problem := limits.column_problem(queue, limits.KEY_LENGTH):
+            raise InvalidOperationError(f"queue {queue!r} {problem}")
+        root_data = _opt_dict(root_pipeline_data, "root_pipeline_data")
+        limits.check_payload(root_data, "root_pipeline_data")
+        contexts = {name: _opt_dict(value, name) for name, value in
+                    (("root_pipeline_context", root_pipeline_context), ("subprocess_context", subprocess_context))}
+        for name, value in contexts.items():
+            limits.check_context_keys(value, name)
         prepare.run_pipeline(
-            runtime.engine, tree, graph, stored=prepared,
-            root_pipeline_data=_opt_dict(root_pipeline_data, "root_pipeline_data"),
-            root_pipeline_context=_opt_dict(root_pipeline_context, "root_pipeline_context"),
-            subprocess_context=_opt_dict(subprocess_context, "subprocess_context"),
-            start_node_id=start_node_id, priority=priority, queue=str(options.get("queue", "") or ""),
+            runtime.engine, tree, graph, stored=prepared, root_pipeline_data=root_data,
+            root_pipeline_context=contexts["root_pipeline_context"],
+            subprocess_context=contexts["subprocess_context"],
+            start_node_id=start_node_id, priority=priority, queue=queue,
         )
     warn_ignored_timeouts(tree)
     return None
@@ -154,6 +165,7 @@ def resume_node_appoint(runtime: Any, node_id: str) -> None:
 @_api
 def retry_node(runtime: Any, node_id: str, data: dict | None = None) -> None:
     """Run a FAILED node again, optionally with new raw inputs (which replace the old ones)."""
+    limits.check_payload(data, f"retry data for node {node_id}")
     commands.retry_node(runtime.engine, _str_id(node_id, "node_id"), data)
 
 
@@ -196,12 +208,14 @@ def forced_fail_activity(runtime: Any, node_id: str, ex_data: str = "", send_pos
 @_api
 def callback(runtime: Any, node_id: str, version: str, data: dict | None = None) -> Any:
     """Deliver a callback to a waiting activity (``version`` must be its current version)."""
+    limits.check_payload(data, f"callback data for node {node_id}")
     return commands.callback(runtime.engine, _str_id(node_id, "node_id"), _str_id(version, "version"), data)
 
 
 @_api
 def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) -> Any:
     """Overwrite existing context variables of a running pipeline (``{"${key}": value}``)."""
+    limits.check_context_keys(context_values, f"context_values for pipeline {pipeline_id}")
     return commands.update_context_values(runtime.engine, _str_id(pipeline_id, "pipeline_id"), context_values)
 
 
@@ -236,6 +250,14 @@ def list_pipelines(
 
     query = listing.make_query(state, name, created_after, created_before, limit, offset)
     return listing.list_pipelines(runtime.engine, query)
+
+
+@_api
+def get_pipeline_tree(runtime: Any, pipeline_id: str) -> dict:
+    """The tree a root pipeline was started with (names, types and flows of its nodes)."""
+    from culm.core import listing
+
+    return listing.pipeline_tree(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
 
 
 @_api
@@ -329,7 +351,7 @@ __all__ = [
     "EngineAPIResult", "list_pipelines", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
     "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
-    "update_context_values", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
+    "update_context_values", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
     "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
     "preview_node_inputs",

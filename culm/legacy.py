@@ -137,6 +137,7 @@ def _legacy_entry(entry: dict) -> dict:
     return {
         "id": entry["id"],
         "state": "RUNNING" if state in _SHOWN_AS_RUNNING else state,
+
         "start_time": _format_time(entry.get("started_time")),
         "finish_time": _format_time(entry.get("archived_time")),
         "loop": entry.get("loop"),
@@ -153,13 +154,24 @@ class TaskService:
     def runtime(self) -> Any:
         return get_default_runtime()
 
-    def run_pipeline(self, pipeline: LegacyPipeline) -> ActionResult:
-        """Start a parsed pipeline."""
+    def run_pipeline(self, pipeline: LegacyPipeline, instance_id: str | None = None, check_workers: bool = True,
+                     priority: int = 100, queue: str = "") -> ActionResult:
+        """Start a parsed pipeline.
+
+        Args:
+            pipeline: What ``PipelineParser(...).parse()`` returned.
+            instance_id: Accepted for v3 code and not used: the pipeline's id is its tree's id.
+            check_workers: Accepted for v3 code and not used: culm's embedded runtime starts its
+                own workers, a distributed one queues work until a worker takes it.
+            priority: Message priority, 0 to 255.
+            queue: Queue suffix for isolated workers.
+        """
         if not isinstance(pipeline, LegacyPipeline):
             return ActionResult(False, f"run_pipeline expects PipelineParser(...).parse(), got {type(pipeline).__name__}")
         return _action(api.run_pipeline(
             self.runtime, pipeline.tree, root_pipeline_data=pipeline.root_pipeline_data,
             root_pipeline_context=pipeline.root_pipeline_context, cycle_tolerate=pipeline.cycle_tolerate,
+            priority=priority, queue=queue,
         ))
 
     def pause_pipeline(self, pipeline_id: str) -> ActionResult:
@@ -173,6 +185,10 @@ class TaskService:
     def revoke_pipeline(self, pipeline_id: str) -> ActionResult:
         """Revoke a pipeline for good."""
         return _action(api.revoke_pipeline(self.runtime, pipeline_id))
+
+    def pause_subprocess(self, subprocess_id: str) -> ActionResult:
+        """Pause one subprocess (the rest of the pipeline goes on)."""
+        return _action(api.pause_pipeline(self.runtime, subprocess_id))
 
     def pause_activity(self, act_id: str) -> ActionResult:
         """Stop before ``act_id`` is run (a breakpoint)."""
@@ -193,6 +209,11 @@ class TaskService:
     def skip_exclusive_gateway(self, gateway_id: str, flow_id: str) -> ActionResult:
         """Let a failed exclusive gateway go on along ``flow_id``."""
         return _action(api.skip_exclusive_gateway(self.runtime, gateway_id, flow_id))
+
+    def skip_conditional_parallel_gateway(self, gateway_id: str, flow_ids: list,
+                                          converge_gateway_id: str) -> ActionResult:
+        """Let a failed conditional parallel gateway fork along ``flow_ids``."""
+        return _action(api.skip_conditional_parallel_gateway(self.runtime, gateway_id, flow_ids, converge_gateway_id))
 
     def forced_fail(self, act_id: str, ex_data: str = "") -> ActionResult:
         """Fail a running activity now."""
@@ -226,8 +247,21 @@ class TaskService:
         return api.get_execution_data_inputs(self.runtime, act_id).data or {}
 
     def get_outputs(self, act_id: str) -> dict:
-        """Outputs of an activity's latest run (``{}`` when none)."""
-        return api.get_execution_data_outputs(self.runtime, act_id).data or {}
+        """``{"outputs": {...}, "ex_data": ...}`` of an activity's latest run, v3's shape.
+
+        ``ex_data`` is None when the run left none; ``outputs`` is ``{}`` when the node never ran.
+        """
+        found = api.get_execution_data_outputs(self.runtime, act_id).data or {}
+        return {"outputs": found, "ex_data": found.get("ex_data")}
+
+    def get_batch_outputs(self, act_ids: list) -> dict:
+        """:meth:`get_outputs` of several activities, by id (ids that never ran are left out)."""
+        batch = {}
+        for act_id in act_ids:
+            found = self.get_outputs(act_id)
+            if found["outputs"]:
+                batch[act_id] = found
+        return batch
 
     def get_activity_histories(self, act_id: str, loop: int = -1) -> list:
         """Earlier runs of an activity, oldest first."""

@@ -180,7 +180,7 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
             st = StateRecord(node_id, graph.root_id, node.pipeline_id, states.SUSPENDED, new_version(), 1, 1, 0,
                              False, False, now())
             unit.insert_state(st)
-            step.state_changed(st, root_id=graph.root_id)  # a created state is a state write too: receivers must hear of it
+            step.state_changed(st)  # a created state is a state write too: receivers must hear of it
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")

@@ -7,6 +7,7 @@ decides which variables a node needs, where they are read from and where outputs
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from culm.core.records import ContextValue
@@ -89,34 +90,71 @@ def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Any
     return render, escape
 
 
+@dataclass(frozen=True, slots=True)
+class GatheredInputs:
+    """A node's inputs with the stored variables they need, read in the transaction; rendering
+    them (:func:`finish_inputs`) runs user expressions and lazy variables, so it may run elsewhere."""
+
+    render: dict[str, dict]
+    escape: dict[str, Any]
+    refs: frozenset[str]
+    needed: dict[str, Any]
+
+    @property
+    def lazy(self) -> bool:
+        """True when rendering calls a lazy variable's ``get_value`` (user code)."""
+        return any(var.get("type") == LAZY for var in self.render.values()) or any(
+            getattr(cv, "type", PLAIN) == LAZY for cv in self.needed.values()
+        )
+
+
+def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:
+    """Split a node's raw inputs and read every stored variable their templates refer to."""
+    render, escape = split_inputs(raw)
+    refs: set[str] = set()
+    for var in render.values():
+        refs |= template.references(var.get("value"))
+    return GatheredInputs(render, escape, frozenset(refs), fetch_needed(fetch, refs))
+
+
+def finish_inputs(
+    gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any], extra: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Render gathered inputs; no storage access.
+
+    Raises:
+        HydrationError: a needed variable could not be resolved.
+        ExpressionLimitError: a template went over a bound.
+    """
+    needed = dict(gathered.needed)
+    for key, value in (extra or {}).items():
+        needed[key] = dctx.ContextVar(key, PLAIN, value)
+    refs = gathered.refs
+    namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+    rendered: dict[str, Any] = {}
+    for key, var in gathered.render.items():
+        value = template.render(var.get("value"), namespace)
+        if var.get("type") == LAZY:
+            value = _resolve_lazy(lazy, dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type")), value)
+        rendered[key] = value
+    rendered.update(gathered.escape)
+    return rendered
+
+
 def render_inputs(
     raw: Mapping[str, Any],
     fetch: Fetch,
     lazy: Callable[[dctx.ContextVar, Any], Any],
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Render a node's raw inputs against its pipeline context.
+    """Render a node's raw inputs against its pipeline context (:func:`gather_inputs`, then
+    :func:`finish_inputs`).
 
     Raises:
         HydrationError: a needed variable could not be resolved.
         ExpressionLimitError: a template went over a bound.
     """
-    render, escape = split_inputs(raw)
-    refs: set[str] = set()
-    for var in render.values():
-        refs |= template.references(var.get("value"))
-    needed = fetch_needed(fetch, refs)
-    for key, value in (extra or {}).items():
-        needed[key] = dctx.ContextVar(key, PLAIN, value)
-    namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
-    rendered: dict[str, Any] = {}
-    for key, var in render.items():
-        value = template.render(var.get("value"), namespace)
-        if var.get("type") == LAZY:
-            value = _resolve_lazy(lazy, dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type")), value)
-        rendered[key] = value
-    rendered.update(escape)
-    return rendered
+    return finish_inputs(gather_inputs(raw, fetch), lazy, extra)
 
 
 def _resolve_lazy(lazy: Callable[[dctx.ContextVar, Any], Any], var: dctx.ContextVar, rendered: Any) -> Any:

@@ -14,6 +14,7 @@ from typing import Any
 
 from culm.core.ports import Dispatcher, Store
 from culm.core.records import EXECUTE, SCHEDULE, TaskRecord, new_id, now
+from culm.core.state_tree import StateTrees
 from culm.core.step import Step
 from culm.model.compiled import Graph, compile_tree
 
@@ -47,6 +48,7 @@ class Engine:
         self._graphs: OrderedDict[str, Graph] = OrderedDict()
         self._root_data: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._graphs_lock = threading.Lock()
+        self.state_trees = StateTrees()  # what get_pipeline_states read last, per pipeline
 
     # -- transactions ---------------------------------------------------------------------
     @contextlib.contextmanager

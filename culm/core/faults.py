@@ -17,7 +17,7 @@ from typing import Any
 
 from culm import states
 from culm.core.engine import Engine
-from culm.core.records import EXECUTE, StateRecord, TaskRecord, new_version, now
+from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_version, now
 from culm.core.run import record_history
 from culm.core.step import Step
 
@@ -53,11 +53,16 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     proc = unit.get_process(task.process_id) if task.process_id else None
     if proc is None or proc.dead:
         return None
-    ex_data = describe(task, resumed, exc)
     node_id = task.node_id or proc.current_node_id
+    st = unit.get_state(node_id, for_update=True)
+    stray = _stray(engine, unit, task, proc, node_id, st)
+    if stray is not None:
+        # Failing a node for it, or moving the process, would break the work really under way.
+        logger.error("dropped task %s of node %s: %s", task_id, node_id, stray)
+        return None
+    ex_data = describe(task, resumed, exc)
     if task.schedule_id:
         unit.update_schedule(task.schedule_id, finished=True, locked_until=None)
-    st = unit.get_state(node_id, for_update=True)
     if st is not None and st.name == states.SUSPENDED:
         unit.update_process(proc.id, current_node_id=node_id, suspended=True, suspended_by=node_id, asleep=True)
         return None
@@ -70,6 +75,18 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     unit.set_execution_data(node_id, inputs, {**outputs, "ex_data": ex_data, "_result": False, "_loop": loop})
     unit.update_process(proc.id, current_node_id=node_id, asleep=True)
     return node_id
+
+
+def _stray(engine: Engine, unit: Any, task: TaskRecord, proc: ProcessRecord, node_id: str,
+           st: StateRecord | None) -> str | None:
+    """Why ``task`` is not its process's live work (a stray, duplicate or stale task), or None."""
+    if node_id != proc.current_node_id:
+        return f"its process {proc.id} is at node {proc.current_node_id}"
+    if not _in_graph(engine, unit, proc.root_id, node_id):
+        return f"pipeline {proc.root_id} has no such node"
+    if st is not None and task.running_version and st.version != task.running_version:
+        return f"the node moved on to another run (version {st.version}) meanwhile"
+    return None
 
 
 def _write_failed(engine: Engine, step: Step, root_id: str, node_id: str, st: StateRecord | None) -> None:
@@ -90,10 +107,17 @@ def _write_failed(engine: Engine, step: Step, root_id: str, node_id: str, st: St
             fields.update(root_id=root_id, parent_id=_parent_of(engine, unit, root_id, node_id))
         if not unit.update_state(node_id, expect_version=st.version, expect_names=(st.name,), name=name, **fields):
             raise RuntimeError(f"node {node_id} changed while its failure was recorded")
-        st.name = name
+        was, st.name = st.name, name
         for k, v in fields.items():
             setattr(st, k, v)
-        step.state_changed(st)
+        step.state_changed(st, from_state=was)
+
+
+def _in_graph(engine: Engine, unit: Any, root_id: str, node_id: str) -> bool:
+    try:
+        return node_id in engine.graph(root_id, unit).nodes
+    except Exception:  # noqa: BLE001 - the graph itself may be what fails: the node may exist
+        return True
 
 
 def _parent_of(engine: Engine, unit: Any, root_id: str, node_id: str) -> str:
@@ -121,8 +145,10 @@ def fail_minimal(step: Step, task_id: str) -> None:
         return
     unit.delete_task(task_id)
     st = unit.get_state(task.node_id, for_update=True) if task.node_id else None
-    if st is not None and st.name == states.RUNNING:
-        unit.update_state(st.node_id, expect_version=st.version, expect_names=(states.RUNNING,),
-                          name=states.FAILED, archived_time=now())
+    if st is not None and st.name == states.RUNNING and unit.update_state(
+        st.node_id, expect_version=st.version, expect_names=(states.RUNNING,), name=states.FAILED, archived_time=now()
+    ):
+        st.name = states.FAILED
+        step.note_change(st, states.RUNNING)
     if task.process_id:
         unit.update_process(task.process_id, asleep=True)

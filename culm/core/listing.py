@@ -1,4 +1,4 @@
-"""Listing root pipelines with filters and pages (``culm.api.list_pipelines``)."""
+"""Listing and describing root pipelines (``culm.api.list_pipelines``, ``get_pipeline_tree``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from culm import states
 from culm.core.engine import Engine
-from culm.errors import InvalidOperationError
+from culm.errors import InvalidOperationError, NotFoundError
 
 MAX_LIMIT = 1000
 PIPELINE_STATES = (states.CREATED, states.READY, states.RUNNING, states.SUSPENDED, states.BLOCKED,
@@ -88,3 +88,13 @@ def list_pipelines(engine: Engine, query: PipelineQuery) -> dict[str, Any]:
         for r in rows
     ]
     return {"total": sum(counts.get(s, 0) for s in chosen), "counts": counts, "items": items}
+
+
+def pipeline_tree(engine: Engine, pipeline_id: str) -> dict[str, Any]:
+    """The tree a root pipeline was started with, as stored."""
+    with engine.store.reading() as unit:
+        stored = unit.get_pipeline(pipeline_id)
+    if stored is None:
+        raise NotFoundError(f"pipeline {pipeline_id} does not exist (or is not a root pipeline)")
+    tree: dict[str, Any] = stored[0]
+    return tree

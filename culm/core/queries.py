@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from culm.core import data as cdata
+from culm.core import waits
 from culm.core.engine import Engine
 from culm.core.records import StateRecord
 from culm.errors import NotFoundError
@@ -23,25 +24,46 @@ def state_entry(st: StateRecord, root_is_self: bool = False) -> dict[str, Any]:
         "version": st.version, "loop": st.loop, "retry": st.retry, "skip": st.skip,
         "error_ignorable": st.error_ignored, "error_ignored": st.error_ignored,
         "created_time": _time(st.created_time), "started_time": _time(st.started_time),
-        "archived_time": _time(st.archived_time), "children": {},
+        "archived_time": _time(st.archived_time), "children": {}, "wait_reason": None,
     }
+
+
+def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dict[str, dict[str, Any]]) -> None:
+    """Set ``wait_reason`` on the entries of nodes that wait (see :mod:`culm.core.waits`)."""
+    if not facts.candidates:
+        return
+    for node_id, reason in waits.wait_reasons(facts).items():
+        entry = root if node_id == root["id"] else entries.get(node_id)
+        if entry is not None:
+            entry["wait_reason"] = reason
+
+
+def _kept_wait_facts(unit: Any, root_id: str, kept: dict[str, dict[str, Any]]) -> waits.WaitFacts:
+    """Wait facts for a pipeline whose entries came from the cache: only the states of nodes that
+    may wait are read again (none for a finished pipeline)."""
+    ids = [node_id for node_id, e in kept.items() if e["state"] in waits.MAY_WAIT]
+    records = list(unit.get_states(ids).values()) if ids else []
+    root = next((r for r in records if r.node_id == root_id), None)
+    return waits.read_facts(unit, records, root=root)
 
 
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        records = unit.states_of_root(root_id)
-    root = next((r for r in records if r.node_id == root_id), None)
-    if root is None:
-        return {}
-    entry = state_entry(root, root_is_self=True)
-    children = [r for r in records if r.node_id != root_id]
+        # Shared with the cache (culm.core.state_tree): each entry handed out is a copy.
+        kept = engine.state_trees.entries(unit, root_id, state_entry)
+        if root_id not in kept:
+            return {}
+        facts = _kept_wait_facts(unit, root_id, kept)
+    entry = {**kept[root_id], "children": {}}
+    children = {node_id: {**e, "children": {}} for node_id, e in kept.items() if node_id != root_id}
     if flat_children:
-        entry["children"] = {r.node_id: state_entry(r) for r in children}
+        entry["children"] = children
     else:
-        entries = {r.node_id: state_entry(r) for r in children}
-        for r in children:
-            holder = entry if r.parent_id == root_id else entries.get(r.parent_id, entry)
-            holder["children"][r.node_id] = entries[r.node_id]
+        for node_id, e in children.items():
+            parent = e["parent_id"]
+            holder = entry if parent == root_id else children.get(parent, entry)
+            holder["children"][node_id] = e
+    _add_wait_reasons(facts, entry, children)
     return {root_id: entry}
 
 
@@ -50,9 +72,12 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
         st = unit.get_state(node_id)
         if st is None:
             return {}
-        kids = unit.states_of_parent(node_id)
+        kids = [k for k in unit.states_of_parent(node_id) if k.node_id != node_id]
+        root = unit.get_state(st.root_id) if st.root_id and st.root_id != node_id else None
+        facts = waits.read_facts(unit, [st, *kids], root)
     entry = state_entry(st, root_is_self=st.root_id == node_id)
-    entry["children"] = {k.node_id: state_entry(k) for k in kids if k.node_id != node_id}
+    entry["children"] = {k.node_id: state_entry(k) for k in kids}
+    _add_wait_reasons(facts, entry, entry["children"])
     return {node_id: entry}
 
 
@@ -119,11 +144,14 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
         ctx = unit.get_context(pipeline_id)
         root_id = unit.node_root(pipeline_id)
         procs = unit.processes_of_root(root_id)
+    context_values = [
+        {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
+        for v in ctx.values()
+    ]
     return {
-        "context_values": [
-            {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
-            for v in ctx.values()
-        ],
+        "context_values": context_values,
+        # bamboo's key is misspelt; code written for bamboo reads it (same list).
+        "contex_values": context_values,
         "processes": [
             {"process_id": p.id, "parent_id": p.parent_id, "root_pipeline_id": p.root_id,
              "current_node": p.current_node_id, "destination_id": p.destination_id, "pipeline_stack": p.stack,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,24 +73,34 @@ class Run:
         self.set_state(states.FAILED, expect=(states.RUNNING,), archived_time=now())
         self.proc.asleep = True
 
+    def fail_node(self, ex_data: str) -> None:
+        """Fail a node that is not an activity (subprocess, gateway, event) the way bamboo does:
+        ``ex_data`` joins the outputs it already had and its inputs stay as they were, so a
+        subprocess that never got in records ``{"inputs": {}, "outputs": {"ex_data": ...}}``
+        (no ``_result`` or loop counters: those belong to activities)."""
+        old = self.unit.get_execution_data(self.node.id)
+        self.fail(ex_data, outputs=dict(old[1]) if old else {})
+
     # -- data -----------------------------------------------------------------------------
     def fetch_from(self, pipeline_id: str) -> cdata.Fetch:
         unit = self.unit
         return lambda keys: unit.get_context(pipeline_id, keys)
 
     def lazy_resolver(self) -> Any:
+        """Resolves lazy variables for this node, reading the root data when first needed."""
         root_data: dict | None = None
 
-        def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
-            from culm import variables
-
+        def current_root_data() -> dict:
             nonlocal root_data
             if root_data is None:
                 root_data = self.root_data()
-            cls = variables.library.get(var.code or "")
-            return cls(value=rendered, pipeline_data=root_data, inner_loop=self.state.inner_loop, key=var.key).get_value()
+            return root_data
 
-        return resolve
+        return lazy_resolver(current_root_data, self.state.inner_loop)
+
+    def detached_lazy_resolver(self, root_data: dict[str, Any]) -> Any:
+        """A resolver that needs nothing from the transaction (for user code run outside it)."""
+        return lazy_resolver(lambda: root_data, self.state.inner_loop)
 
     def raw_inputs(self) -> dict[str, Any]:
         # Only retry_node writes overrides, and it bumps ``retry``; a node never retried nor
@@ -120,6 +130,18 @@ class Run:
 
     def record_history(self) -> None:
         record_history(self.unit, self.state)
+
+
+def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> Callable[[dctx.ContextVar, Any], Any]:
+    """``resolve(var, rendered)``: the value of lazy variable ``var`` by its class's ``get_value``."""
+
+    def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
+        from culm import variables
+
+        cls = variables.library.get(var.code or "")
+        return cls(value=rendered, pipeline_data=root_data(), inner_loop=inner_loop, key=var.key).get_value()
+
+    return resolve
 
 
 def record_history(unit: Any, st: StateRecord) -> None:

@@ -7,10 +7,12 @@ import inspect
 import logging
 import os
 import socket
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
 
+from culm.core import observe
 from culm.core.records import now
 
 hook_logger = logging.getLogger("culm.hooks")
@@ -132,12 +134,16 @@ class ServiceCall:
         hooks("pre_execute")
         events.append(("pre_execute", ids))
         ex_data = None
+        began = time.perf_counter()
         try:
             ok = service.execute(data, parent) is not False
         except Exception:  # noqa: BLE001 - component failure is a node failure
             ok, ex_data = False, traceback.format_exc()
             hooks("node_execute_exception")
             events.append(("node_execute_exception", {**ids, "ex_data": ex_data}))
+        if observe.call_observer is not None:
+            observe.call_observer("execute", self.code, self.version, ok, ex_data is not None,
+                                   time.perf_counter() - began)
         if ok:
             hooks("post_execute")
             events.append(("post_execute", ids))
@@ -166,12 +172,16 @@ class ServiceCall:
         hooks("pre_schedule")
         events.append(("pre_schedule", ids))
         ex_data = None
+        began = time.perf_counter()
         try:
             ok = service.schedule(data, parent, callback_data) is not False
         except Exception:  # noqa: BLE001
             ok, ex_data = False, traceback.format_exc()
             hooks("node_schedule_exception")
             events.append(("node_schedule_exception", {**ids, "ex_data": ex_data}))
+        if observe.call_observer is not None:
+            observe.call_observer("schedule", self.code, self.version, ok, ex_data is not None,
+                                   time.perf_counter() - began)
         if ok:
             hooks("post_schedule")
             events.append(("post_schedule", ids))

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from culm import signals
+from culm.core import observe
 from culm.core.records import StateRecord, TaskRecord
 
 
@@ -18,6 +20,7 @@ class Step:
     tasks: list[TaskRecord] = field(default_factory=list)
     events: list[tuple[signals.Signal, dict[str, Any]]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    began: float = field(default_factory=time.perf_counter)
 
     def add_task(self, task: TaskRecord) -> None:
         self.unit.insert_tasks([task])
@@ -58,6 +61,8 @@ class Step:
 
     def fire(self) -> None:
         """Run after-commit effects; nothing here may change the committed outcome."""
+        if observe.step_observer is not None:
+            observe.step_observer(time.perf_counter() - self.began)
         self.send_signals()
         self.run_after()
 

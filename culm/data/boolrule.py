@@ -79,6 +79,21 @@ def evaluate_condition(expr: str) -> bool:
         raise ExpressionError(f"condition {_clip(expr)!r} cannot be evaluated: {exc}") from exc
 
 
+def syntax_problem(expr: str) -> str | None:
+    """Why ``expr`` (an already rendered condition) is not valid syntax; None when it is."""
+    if not isinstance(expr, str):
+        return f"a condition must be a string, not {type(expr).__name__}"
+    if len(expr) > MAX_CONDITION_LENGTH:
+        return f"longer than {MAX_CONDITION_LENGTH} characters"
+    if expr.strip() == "*":
+        return None
+    try:
+        _parse(expr)
+    except ExpressionError as exc:
+        return str(exc)
+    return None
+
+
 def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
     """Render ``expr`` with ``namespace`` (bare names), then evaluate it as a condition.
 

@@ -58,6 +58,9 @@ MAX_ALLOCATION = 20_000_000
 MAX_STEPS = 2_000_000
 TIME_LIMIT = 0.5
 MAX_FORMAT_WIDTH = 1_000
+# Bytes an evaluation may build (an upper estimate, counted before or as values are built, never
+# credited back): with the values it is given, the most one evaluation can grow a process by.
+MAX_MEMORY = 32_000_000
 
 
 
@@ -84,6 +87,7 @@ class Limits:
     max_steps: int
     time_limit: float
     max_format_width: int
+    max_memory: int
 
     @classmethod
     def current(cls) -> Limits:
@@ -91,7 +95,7 @@ class Limits:
         values: every evaluation asks, and building a frozen dataclass costs more than looking)."""
         values = (
             MAX_EXPRESSION_LENGTH, MAX_AST_NODES, MAX_AST_DEPTH, MAX_INT_DIGITS, MAX_SEQUENCE_LENGTH,
-            MAX_VALUE_SIZE, MAX_ALLOCATION, MAX_STEPS, TIME_LIMIT, MAX_FORMAT_WIDTH,
+            MAX_VALUE_SIZE, MAX_ALLOCATION, MAX_STEPS, TIME_LIMIT, MAX_FORMAT_WIDTH, MAX_MEMORY,
         )  # fmt: skip
         known = _CURRENT_LIMITS.get(values)
         if known is None:

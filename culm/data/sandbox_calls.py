@@ -8,18 +8,24 @@ listed in ``PLAIN_BUILTINS``.
 from __future__ import annotations
 
 import ast
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from culm.data.sandbox_guards import render_limited
+from culm.data.sandbox_guards import POINTER_BYTES, render_limited
 from culm.errors import ExpressionLimitError
 
 if TYPE_CHECKING:
     from culm.data.sandbox_eval import Evaluator
 
 
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_RANGE_WORK = 4_000_000
+_PIECE_BYTES = POINTER_BYTES + 49  # a list slot and a short str object
+
+
 def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """Refuse a ``str`` method call whose result would be too long; returns the arguments to use."""
+    """Refuse a ``str`` method call whose result would be too long or hold too much memory;
+    returns the arguments to call it with."""
     first = args[0] if args else next(iter(kwargs.values()), None)
     if name in ("center", "ljust", "rjust", "zfill") and isinstance(first, int):
         ev.ensure_length(first, f"str.{name}() result")
@@ -33,18 +39,42 @@ def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ..
             hits = min(hits, args[2])
         ev.ensure_length(len(text) + hits * (len(args[1]) - len(args[0])), "str.replace() result")
     elif name == "join" and len(args) == 1:
-        items = list(args[0])
-        ev.ensure_length(len(items), "str.join() input")
+        items = ev.take(args[0], "str.join() input")
         total = sum(len(i) for i in items if isinstance(i, str)) + len(text) * max(len(items) - 1, 0)
         ev.ensure_length(total, "str.join() result")
         return (items,)
+    elif name in ("split", "rsplit", "splitlines"):
+        if name == "splitlines":
+            pieces = sum(text.count(c) for c in _LINE_BREAKS) + 1
+        elif isinstance(first, str) and first:
+            pieces = text.count(first) + 1
+        else:
+            pieces = len(text) // 2 + 1
+        ev.ensure_length(pieces, f"str.{name}() result")
+        ev.reserve(pieces * _PIECE_BYTES + len(text), f"str.{name}() result")
     return args
+
+
+def precheck_set_method(ev: Evaluator, items: Any, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Take every argument of a set method, and refuse keys that would collide in the result."""
+    taken = tuple(ev.take(arg, f"set.{name}() argument") for arg in args)
+    ev.hashed([*items, *(item for arg in taken for item in arg)], f"set.{name}()")
+    return taken
 
 
 def b_str(ev: Evaluator, *args: Any, **kwargs: Any) -> str:
     if len(args) == 1 and not kwargs:
         return render_limited(args[0], ev.lim.max_sequence)
     return str(*args, **kwargs)
+
+
+def b_int(ev: Evaluator, *args: Any, **kwargs: Any) -> int:
+    text = args[0] if args else None
+    if isinstance(text, str | bytes) and len(text) > ev.lim.max_int_bits + 64:
+        # base 2 needs max_int_bits digits; decimal text is capped by Python itself, but
+        # power-of-two bases are not (int('f' * 10**6, 16) is linear, then // on it quadratic)
+        raise ExpressionLimitError(f"int() of a {len(text)}-character text: over {ev.lim.max_int_digits} digits")
+    return int(*args, **kwargs)
 
 
 def b_range(ev: Evaluator, *args: Any) -> range:
@@ -69,24 +99,70 @@ def b_round(ev: Evaluator, number: Any, ndigits: Any = None) -> Any:
     return round(number, ndigits)
 
 
+def _walkable(ev: Evaluator, source: Any) -> bool:
+    """True for a range whose ints are small enough to go through in C without materialising it
+    (``len`` is capped by ``range()``; each item costs one machine word per 30 bits)."""
+    if not isinstance(source, range) or not source:
+        return False
+    words = max(abs(source.start), abs(source.stop)).bit_length() // 30 + 1
+    return len(source) * words <= _RANGE_WORK
+
+
 def b_sum(ev: Evaluator, iterable: Any, start: Any = 0) -> Any:
-    if isinstance(start, int | float | complex):
+    if isinstance(start, int | float) and _walkable(ev, iterable):
         return sum(iterable, start)
+    items = ev.take(iterable, "sum() input")
+    if isinstance(start, int | float | complex):
+        return sum(items, start)
     total = start
-    for item in iterable:  # non-numbers go through "+" so every step is size-checked
-        ev.check_clock()
+    for item in items:  # non-numbers go through "+" so every step is size-checked
         total = ev.binop(ast.Add(), total, item)
     return total
+
+
+def b_list(ev: Evaluator, iterable: Any = ()) -> list[Any]:
+    return ev.take(iterable, "list()", returned=True)
+
+
+def b_tuple(ev: Evaluator, iterable: Any = ()) -> tuple[Any, ...]:
+    return tuple(ev.take(iterable, "tuple()", returned=True))
+
+
+def b_sorted(ev: Evaluator, iterable: Any, *, key: Any = None, reverse: bool = False) -> list[Any]:
+    items = ev.take(iterable, "sorted()", returned=True)
+    items.sort(key=key, reverse=reverse)
+    return items
+
+
+def b_set(ev: Evaluator, iterable: Any = ()) -> set[Any]:
+    return set(ev.hashed(ev.take(iterable, "set()"), "set()"))
+
+
+def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
+    pairs = ev.take(source.items() if isinstance(source, Mapping) else source, "dict()")
+    keys = [pair[0] for pair in pairs if isinstance(pair, list | tuple) and pair]
+    ev.hashed(keys + list(kwargs), "dict()")
+    return dict(pairs, **kwargs)
+
+
+def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def call(ev: Evaluator, *args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not _walkable(ev, args[0]):  # one iterable: take it first, so that no lazy one runs unchecked in C
+            args = (ev.take(args[0], f"{fn.__name__}() input"),)
+        return fn(*args, **kwargs)
+
+    return call
 
 
 def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda _ev, *args, **kwargs: fn(*args, **kwargs)
 
 
+# all, any, enumerate, zip and reversed stay lazy: they hold nothing, and whatever consumes them
+# is one of the builtins above, a comprehension (checked per item) or a bounded container.
 BUILTINS: dict[str, Callable[..., Any]] = {
-    "str": b_str, "range": b_range, "pow": b_pow, "round": b_round, "sum": b_sum,
-    **{fn.__name__: _plain(fn) for fn in (
-        bool, int, float, abs, len, min, max, all, any, slice, enumerate, zip, reversed, list, tuple,
-        dict, set, sorted,
-    )},
+    "str": b_str, "int": b_int, "range": b_range, "pow": b_pow, "round": b_round, "sum": b_sum,
+    "list": b_list, "tuple": b_tuple, "sorted": b_sorted, "set": b_set, "dict": b_dict,
+    "min": _extreme(min), "max": _extreme(max),
+    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, len, all, any, slice, enumerate, zip, reversed)},
 }  # fmt: skip

@@ -16,19 +16,21 @@ import types
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from culm.data.sandbox_calls import BUILTINS, precheck_str_method
+from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
 from culm.data.sandbox_format import percent_format, safe_format, spec_width
 from culm.data.sandbox_guards import (
     CONTAINERS,
     FORBIDDEN_NAMES,
+    POINTER_BYTES,
     SAFE_BUILTINS,
     SAFE_METHODS,
     SIZED,
+    TABLE_BYTES,
     check_attribute_name,
     clip,
+    measure,
     method_kind,
     opaque,
-    size_of,
     user_method,
 )
 from culm.errors import ExpressionError, ExpressionLimitError
@@ -65,6 +67,7 @@ class Builtin:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._ev.tick()
+        self._ev.check_clock()  # every call, so that slow calls cannot run back to back unseen
         return self._ev.built(self._fn(self._ev, *args, **kwargs))
 
     def __repr__(self) -> str:
@@ -88,9 +91,18 @@ class BoundMethod:
 
 # ---------------------------------------------------------------- the evaluator
 
+# Different keys of one set or dict that may share a hash: legitimate data rarely has two.
+MAX_HASH_COLLISIONS = 64
+_CHUNK = 256
+
+
+def _no_tick() -> None:
+    pass
+
+
 
 class Evaluator:
-    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "builtins", "sizes")
+    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "memory", "builtins", "sizes")
 
     def __init__(self, names: Mapping[str, Any], lim: Limits, deadline: float | None) -> None:
         self.names = names
@@ -99,8 +111,9 @@ class Evaluator:
         self.deadline = own if deadline is None else min(own, deadline)
         self.steps = 0
         self.allocated = 0
+        self.memory = 0
         self.builtins: dict[str, Any] = {}
-        self.sizes: dict[int, tuple[Any, int]] = {}
+        self.sizes: dict[int, tuple[Any, int, int]] = {}
 
     # -- accounting
 
@@ -115,20 +128,42 @@ class Evaluator:
         if time.monotonic() > self.deadline:
             raise ExpressionLimitError(f"expression ran longer than {self.lim.time_limit} seconds")
 
-    def size(self, value: Any) -> int:
-        if isinstance(value, CONTAINERS) and len(value) >= 64:
+    def measure(self, value: Any) -> tuple[int, int]:
+        """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
+        if not isinstance(value, CONTAINERS):
+            return measure(value, 0, 0, _no_tick)
+        if len(value) >= 64:
             cached = self.sizes.get(id(value))
             if cached is not None and cached[0] is value:
-                return cached[1]
-            result = size_of(value, self.lim.max_value_size, self.check_clock, self.sizes)
-            self.sizes[id(value)] = (value, result)  # the reference keeps the id from being reused
-            return result
-        return size_of(value, self.lim.max_value_size, self.check_clock, self.sizes)
+                return cached[1], cached[2]
+            size, mem = measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes)
+            self.sizes[id(value)] = (value, size, mem)  # the reference keeps the id from being reused
+            return size, mem
+        return measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes)
 
-    def charge(self, amount: int) -> None:
+    def size(self, value: Any) -> int:
+        return self.measure(value)[0]
+
+    def charge(self, amount: int, memory: int = 0) -> None:
+        """Count ``amount`` units of data and ``memory`` bytes built; refuse past the limits.
+
+        Both only grow (nothing is credited back when a value is dropped), so they bound what the
+        evaluation holds at any moment from above.
+        """
         self.allocated += amount
+        self.memory += memory
         if self.allocated > self.lim.max_allocation:
             raise ExpressionLimitError(f"expression built more than {self.lim.max_allocation} units of data")
+        if self.memory > self.lim.max_memory:
+            raise ExpressionLimitError(f"expression needs more than {self.lim.max_memory} bytes of memory")
+
+    def reserve(self, memory: int, what: str) -> None:
+        """Charge the bytes a call is about to build, before it runs."""
+        if self.memory + memory > self.lim.max_memory:
+            raise ExpressionLimitError(
+                f"{what} would need more than {self.lim.max_memory} bytes of memory"
+            )
+        self.memory += memory
 
     def ensure_length(self, length: int, what: str) -> None:
         if length > self.lim.max_sequence:
@@ -138,14 +173,74 @@ class Evaluator:
         if size > self.lim.max_value_size:
             raise ExpressionLimitError(f"{what} would be too large (size {size} > {self.lim.max_value_size})")
 
+    def ensure_int(self, value: int, what: str) -> None:
+        if value.bit_length() > self.lim.max_int_bits:
+            raise ExpressionLimitError(f"{what} would exceed {self.lim.max_int_digits} digits")
+
     def built(self, value: Any) -> Any:
         """Check and charge a freshly built value."""
         if isinstance(value, SIZED):
             self.ensure_length(len(value), f"{type(value).__name__} result")
-            size = self.size(value)
+            size, mem = self.measure(value)
             self.ensure_size(size, f"{type(value).__name__} result")
-            self.charge(size)
+            self.charge(size, mem)
+        elif type(value) is int and value.bit_length() > self.lim.max_int_bits:
+            # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists here,
+            # so // % and str() on one stay cheap
+            self.ensure_int(value, "integer result")
         return value
+
+    def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:
+        """``list(iterable)``, built one item at a time under every limit (a C builtin fed a lazy
+        iterable would build the whole result before any check could see it).
+
+        The items' bytes are charged, unless the list is ``returned`` as the call's result
+        (:meth:`built` charges it then).
+        """
+        if isinstance(iterable, str | list | tuple | dict | set | frozenset) and len(iterable) < 64:
+            return list(iterable)
+        items: list[Any] = []
+        source = iter(iterable)
+        size = mem = 0
+        room = self.lim.max_memory - self.memory
+        # in chunks: islice and the measure of a flat chunk run in C, a per-item loop would not
+        while chunk := list(itertools.islice(source, _CHUNK)):
+            csize, cmem = measure(chunk, self.lim.max_value_size, room, self.check_clock)
+            size += csize
+            mem += cmem
+            items.extend(chunk)
+            self.ensure_length(len(items), what)
+            self.ensure_size(size, what)
+            if mem > room:
+                raise ExpressionLimitError(f"{what} would need more than {self.lim.max_memory} bytes of memory")
+            self.check_clock()
+        if not returned:
+            self.reserve(mem, what)
+        return items
+
+    def hashed(self, items: list[Any], what: str) -> list[Any]:
+        """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
+
+        CPython compares a new key with every stored key of the same hash, so n keys that collide
+        (all multiples of 2**61-1 do) cost n**2/2 comparisons inside one C call.
+        """
+        if len(items) <= MAX_HASH_COLLISIONS:
+            return items
+        groups: dict[int, list[Any]] = {}
+        for index, item in enumerate(items):
+            group = groups.get(hash(item))
+            if group is None:
+                groups[hash(item)] = [item, 0]
+            elif not (group[0] is item or group[0] == item):
+                group[1] += 1
+                if group[1] > MAX_HASH_COLLISIONS:
+                    raise ExpressionLimitError(
+                        f"{what}: more than {MAX_HASH_COLLISIONS} different keys share one hash"
+                    )
+            if not index & 4095:
+                self.check_clock()
+        self.reserve(TABLE_BYTES * len(items), what)
+        return items
 
     # -- dispatch
 
@@ -172,7 +267,7 @@ class Evaluator:
         return self.binop(node.op, self.eval(node.left, scope), self.eval(node.right, scope))
 
     def e_unaryop(self, node: ast.UnaryOp, scope: dict[str, Any]) -> Any:
-        return _UNARYOPS[type(node.op)](self.eval(node.operand, scope))
+        return self.built(_UNARYOPS[type(node.op)](self.eval(node.operand, scope)))
 
     def e_boolop(self, node: ast.BoolOp, scope: dict[str, Any]) -> Any:
         is_and = isinstance(node.op, ast.And)
@@ -226,11 +321,13 @@ class Evaluator:
         return self.built(tuple(self.eval(elt, scope) for elt in node.elts))
 
     def e_set(self, node: ast.Set, scope: dict[str, Any]) -> Any:
-        return self.built({self.eval(elt, scope) for elt in node.elts})
+        return self.built(set(self.hashed([self.eval(elt, scope) for elt in node.elts], "set display")))
 
     def e_dict(self, node: ast.Dict, scope: dict[str, Any]) -> Any:
         pairs = zip(node.keys, node.values, strict=True)  # no None keys: "**" was refused statically
-        return self.built({self.eval(k, scope): self.eval(v, scope) for k, v in pairs if k is not None})
+        items = [(self.eval(k, scope), self.eval(v, scope)) for k, v in pairs if k is not None]
+        self.hashed([k for k, _v in items], "dict display")
+        return self.built(dict(items))
 
     def e_joinedstr(self, node: ast.JoinedStr, scope: dict[str, Any]) -> Any:
         pieces = [self.eval(value, scope) for value in node.values]
@@ -285,17 +382,21 @@ class Evaluator:
             items = [self.eval(elt, local) for elt in elts]
             count += 1
             self.ensure_length(count, "comprehension")
-            self.charge(sum(self.size(item) for item in items))
+            for item in items:
+                self.charge(*self.measure(item))
+            self.charge(0, POINTER_BYTES)
             yield items[0] if len(items) == 1 else items
 
     def e_listcomp(self, node: ast.ListComp, scope: dict[str, Any]) -> Any:
         return list(self.produce(node, [node.elt], scope))
 
     def e_setcomp(self, node: ast.SetComp, scope: dict[str, Any]) -> Any:
-        return set(self.produce(node, [node.elt], scope))
+        return set(self.hashed(list(self.produce(node, [node.elt], scope)), "set comprehension"))
 
     def e_dictcomp(self, node: ast.DictComp, scope: dict[str, Any]) -> Any:
-        return dict(self.produce(node, [node.key, node.value], scope))
+        pairs = list(self.produce(node, [node.key, node.value], scope))
+        self.hashed([pair[0] for pair in pairs], "dict comprehension")
+        return dict(pairs)
 
     def e_generatorexp(self, node: ast.GeneratorExp, scope: dict[str, Any]) -> Any:
         return self.produce(node, [node.elt], scope)
@@ -304,6 +405,15 @@ class Evaluator:
 
     def binop(self, op: ast.operator, left: Any, right: Any) -> Any:
         kind = type(op)
+        self.check_clock()
+        if kind is ast.Add:
+            self.check_add(left, right)
+        elif kind in _INT_QUADRATIC and isinstance(left, int) and isinstance(right, int):
+            # ints are capped where they are built; these come from the caller's names
+            self.ensure_int(left, "left operand")
+            self.ensure_int(right, "right operand")
+        elif kind in _SET_MERGES and isinstance(left, set | frozenset) and isinstance(right, set | frozenset):
+            self.hashed([*left, *right], "set result")
         if kind is ast.Pow:
             self.check_pow(left, right)
         elif kind is ast.Mult:
@@ -318,14 +428,21 @@ class Evaluator:
         return self.built(_BINOPS[kind](left, right))
 
     def check_pow(self, base: Any, exp: Any, mod: Any = None) -> None:
-        if not (isinstance(base, int) and isinstance(exp, int)) or exp < 0 or abs(base) <= 1:
-            return
         if mod is not None:
-            if exp.bit_length() > 4096 or abs(mod).bit_length() > 4096:
+            # any sign: pow(a, -e, m) inverts a modulo m, then raises the inverse to e
+            if any(isinstance(v, int) and v.bit_length() > 4096 for v in (base, exp, mod)):
                 raise ExpressionLimitError("pow() with a modulus takes operands of at most 4096 bits")
+            return
+        if not (isinstance(base, int) and isinstance(exp, int)) or exp < 0 or abs(base) <= 1:
             return
         if math.log2(abs(base)) * exp > self.lim.max_int_bits:
             raise ExpressionLimitError(f"integer result of ** would exceed {self.lim.max_int_digits} digits")
+
+    def check_add(self, left: Any, right: Any) -> None:
+        if isinstance(left, str | list | tuple) and type(left) is type(right):
+            self.ensure_length(len(left) + len(right), f"{type(left).__name__} sum")
+            if not isinstance(left, str):
+                self.ensure_size(self.size(left) + self.size(right), f"{type(left).__name__} sum")
 
     def check_mult(self, left: Any, right: Any) -> None:
         if isinstance(left, int) and isinstance(right, int):
@@ -359,6 +476,7 @@ class Evaluator:
 
     def call_method(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.tick()
+        self.check_clock()
         if name in ("format", "format_map"):
             mapping = args[0] if name == "format_map" and len(args) == 1 and not kwargs else None
             if name == "format_map" and mapping is None:
@@ -366,6 +484,8 @@ class Evaluator:
             return self.built(safe_format(self, obj, args, kwargs, mapping))
         if isinstance(obj, str):
             args = precheck_str_method(self, obj, name, args, kwargs)
+        elif isinstance(obj, set | frozenset) and args:
+            args = precheck_set_method(self, obj, name, args)
         return self.built(getattr(obj, name)(*args, **kwargs))
 
     # -- builtins
@@ -378,6 +498,9 @@ class Evaluator:
             found = self.builtins[name] = Builtin(self, name, BUILTINS[name])
         return found
 
+
+_INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
+_SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
 
 _DISPATCH: dict[type, Callable[[Evaluator, Any, dict[str, Any]], Any]] = {
     node_type: getattr(Evaluator, f"e_{node_type.__name__.lower()}")

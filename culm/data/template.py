@@ -7,9 +7,11 @@ looked for in strings and, recursively, in list/tuple items and dict values (nev
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -26,6 +28,22 @@ MAX_CACHED_TEXT = 4096
 
 _NESTED = re.compile(r"\s*([A-Za-z_]\w*)((?:\[(?:'\w+'|\"\w+\"|-?\d+)\])+)\s*")
 _INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
+
+
+_bound = threading.local()
+
+
+@contextlib.contextmanager
+def time_bound(seconds: float) -> Iterator[float]:
+    """Every rendering on this thread inside the block must end within ``seconds`` (as well as
+    within its own limit); yields the instant they share."""
+    outer = getattr(_bound, "deadline", None)
+    at = time.monotonic() + seconds
+    _bound.deadline = at if outer is None else min(at, outer)
+    try:
+        yield _bound.deadline
+    finally:
+        _bound.deadline = outer
 
 
 def references(value: Any) -> set[str]:
@@ -85,6 +103,9 @@ class _RenderState:
         self.nested_objects = nested_objects
         # One budget for the whole value, so many fragments cannot each use a full time slice.
         self.deadline = time.monotonic() + RENDER_TIME_LIMIT
+        bound = getattr(_bound, "deadline", None)
+        if bound is not None and bound < self.deadline:
+            self.deadline = bound
         self.output = 0
 
     def render(self, value: Any, depth: int) -> Any:
@@ -183,6 +204,11 @@ def _bare_name(body: str) -> str | None:
     except ExpressionError:
         return None
     return tree.body.id if isinstance(tree.body, ast.Name) else None
+
+
+def strings_in(value: Any) -> list[str]:
+    """Every string of ``value`` where templates are looked for (list/tuple items, dict values)."""
+    return _strings(value)
 
 
 def _strings(value: Any) -> list[str]:

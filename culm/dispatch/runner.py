@@ -16,8 +16,9 @@ share its database with other workers:
   others, and every timer, are published for any worker to take;
 * a message that finds no room goes back to the broker (the Celery task retries it with a
   countdown), so idle workers take it; while calls are short it first waits briefly for room;
-* a batch the database interrupts (lost connection, restart, deadlock) is tried again after a
-  pause, results of user code included, so no user code runs twice for it;
+* a batch the database interrupts (lost connection, restart) is tried again after a pause, results
+  of user code included, so no user code runs twice for it; a deadlock victim is tried again
+  after a short jittered pause (:mod:`culm.storage.retry`);
 * at shutdown the runner stops keeping work, lets what is on hand reach its next commit, and
   releases and publishes what is left. A killed worker leaves leased rows, which the relay
   publishes once their lease runs out.
@@ -35,6 +36,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from culm.core.records import TaskRecord, now
 from culm.dispatch.threads import ThreadDispatcher, _Item
+from culm.storage import retry
+from culm.storage.retry import is_lock_victim
 
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher
@@ -79,6 +82,7 @@ class WorkerRunner(ThreadDispatcher):
         self._start_lock = threading.Lock()
         self._call_seconds = 0.0  # moving average of user-code call durations
         self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet
+        self._victims = 0  # deadlock victims in a row (engine thread only)
 
     # -- messages in ----------------------------------------------------------------------
     def accept(self, task_id: str, kind: str, timeout: float | None = None) -> bool:
@@ -166,13 +170,26 @@ class WorkerRunner(ThreadDispatcher):
         super()._requeue(item, outcome)
 
     # -- failures -------------------------------------------------------------------------
+    def _run_batch(self, batch: list[_Item]) -> None:
+        super()._run_batch(batch)
+        self._victims = 0  # committed
+
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
         """A database interruption: the same items (with their user code's results) come back
         after a pause. Anything else: the rows stay, and the relay offers them again."""
         if self.engine is not None and is_interruption(exc, self.engine.store) and not self._stopping.is_set():
-            logger.warning("database interrupted a batch of %d tasks; retrying in %.0fs", len(batch),
-                           DB_RETRY_SECONDS, exc_info=exc)
-            timer = threading.Timer(DB_RETRY_SECONDS, self._put_back, args=(batch,))
+            if is_lock_victim(exc) and self._victims < retry.ATTEMPTS:
+                # A deadlock victim: rolled back so that another transaction could go on; try
+                # again soon (jittered), not after an outage's pause.
+                self._victims += 1
+                delay = retry.pause(self._victims)
+                logger.info("a batch of %d tasks was a deadlock victim; retrying in %.3fs", len(batch), delay)
+            else:
+                self._victims = 0
+                delay = DB_RETRY_SECONDS
+                logger.warning("database interrupted a batch of %d tasks; retrying in %.0fs", len(batch),
+                               delay, exc_info=exc)
+            timer = threading.Timer(delay, self._put_back, args=(batch,))
             timer.daemon = True
             timer.start()
             return

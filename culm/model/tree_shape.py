@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from culm.errors import TreeProblem
+from culm.model import limits
 from culm.model.flowgraph import (
     ACTIVITY_TYPES,
     CONDITIONAL_TYPES,
@@ -31,11 +32,18 @@ ACTIVITY_FLAGS = ("error_ignorable", "skippable", "retryable", "optional")
 LOOP_FLAGS = ("enable", "fail_skip", "retryable", "skippable")
 VAR_FLAGS = ("is_param", "need_render", "need_initialization")
 _PLAIN_OR_SPLICE = ("plain", "splice")  # a tuple: a damaged tree's type may be unhashable
+_CONTEXT_KEYED = ("data input", "param")
 
 
 def label(value: Any) -> str:
     """A printable ``where`` for a key that may not be a string."""
     return value if isinstance(value, str) else repr(value)
+
+
+def label_text(value: str) -> str:
+    """A string as it can be shown: as it is, or quoted and escaped when it holds characters that
+    cannot be printed (a NUL, a lone surrogate)."""
+    return value if value.isprintable() else repr(value)
 
 
 def _is_int(value: Any) -> bool:
@@ -85,10 +93,24 @@ class ShapeChecker:
             self.add(where, f"checking {what} raised {type(exc).__name__}: {exc}")
             return False
 
-    def _register(self, ident: str) -> None:
+    def _register(self, ident: str, *, stored: bool = True) -> None:
+        """Note an id (``stored``: a pipeline or node id, kept in the store's id columns)."""
         if ident in self._ids:
             self.add(ident, "id is used more than once in the tree")
         self._ids.add(ident)
+        problem = limits.column_problem(ident, limits.ID_LENGTH if stored else len(ident))
+        if problem:
+            self.add(label_text(ident), f"id {problem}")
+
+    def _key(self, where: str, what: str, key: str, width: int | None) -> None:
+        """Check a key the store keeps (``width``: of its column; None: kept inside a value)."""
+        problem = limits.column_problem(key, width if width is not None else len(key))
+        if problem:
+            self.add(where, f"{what} key {key!r} {problem}")
+
+    def _value(self, where: str, what: str, value: Any) -> None:
+        if limits.too_deep(value):
+            self.add(where, f"{what} is nested more than {limits.MAX_VALUE_DEPTH} levels deep")
 
     def _section(self, pipe: dict[str, Any], key: str, where: str, required: bool) -> dict[Any, Any]:
         value = pipe.get(key)
@@ -142,6 +164,9 @@ class ShapeChecker:
             self.add(expected, f"subprocess pipeline id {pid!r} must equal the SubProcess id")
         if expected is None:
             self._register(pid)
+            name = pipe.get("name")
+            if isinstance(name, str) and (problem := limits.text_problem(name)):
+                self.add(pid, f"pipeline name holds {problem}")  # kept in a column for listing
         return pid
 
     def _within_size(self, where: str, nodes: int, flows: int) -> bool:
@@ -162,7 +187,7 @@ class ShapeChecker:
                 self.add(label(key), f"flow key does not match its id {flow['id']!r}")
                 graph.sound = False
                 continue
-            self._register(key)
+            self._register(key, stored=False)
             source, target = flow.get("source"), flow.get("target")
             if not isinstance(source, str) or not isinstance(target, str):
                 self.add(key, "flow source and target must be node id strings")
@@ -276,6 +301,8 @@ class ShapeChecker:
         key = config.get("outputs_key")
         if key is not None and (not isinstance(key, str) or not key):
             self.add(nid, "loop_config.outputs_key must be a non-empty string")
+        elif key is not None:
+            self._key(nid, "loop_config.outputs_key", key, limits.KEY_LENGTH)
 
     def _subprocess(self, nid: str, node: dict[str, Any], activity_ids: set[str], depth: int) -> list[_Pending]:
         self._vars(nid, node.get("params"), "param", activity_ids, keyed_where=False)
@@ -355,13 +382,18 @@ class ShapeChecker:
         if not isinstance(variables, dict):
             self.add(where, f"{what}s must be a dict of variables")
             return
+        # Keys of data inputs and params become context keys, kept in a column of their own.
+        width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
                 continue
+            self._key(where, what, key, width)
+            at = f"{where}.{label_text(key)}" if keyed_where else where
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
-                continue  # {"type", "value"} of a plain or splice variable: nothing to report
-            at = f"{where}.{key}" if keyed_where else where
+                # {"type", "value"} of a plain or splice variable: only its value may be wrong
+                self._value(at, f"{what} {key!r}", var["value"])
+                continue
             self._var(at, f"{what} {key!r}", var, activity_ids)
 
     def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:
@@ -369,6 +401,7 @@ class ShapeChecker:
             self.add(where, f"{what} must be a dict with 'type' and 'value'")
             return
         kind = var.get("type")
+        self._value(where, what, var.get("value"))
         if kind not in VAR_TYPES:
             self.add(where, f"{what} has type {kind!r}; expected one of {', '.join(VAR_TYPES)}")
         if "value" not in var and "source_act" not in var:
@@ -386,6 +419,8 @@ class ShapeChecker:
             self.add(where, f"{what} is lazy and needs a custom_type string")
         elif not self._ask(where, f"lazy variable {custom_type!r}", self.lazy_exists, custom_type):
             self.add(where, f"{what} uses unknown lazy variable type {custom_type!r}")
+        elif problem := limits.column_problem(custom_type, limits.KEY_LENGTH):
+            self.add(where, f"{what}: custom_type {problem}")
 
     def _source(self, where: str, what: str, var: dict[str, Any], activity_ids: set[str]) -> None:
         source = var["source_act"]

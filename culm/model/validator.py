@@ -29,7 +29,20 @@ from culm.model.flowgraph import (
     check_connections,
 )
 from culm.model.gateways import check_streams, pair_gateways
+from culm.model.syntax_warnings import tree_warnings
 from culm.model.tree_shape import ShapeChecker, label
+
+__all__ = [
+    "PreparedTree",
+    "allowed_start_node_ids",
+    "prepare_tree",
+    "process_tree",
+    "renormalise",
+    "skipped_node_ids",
+    "tree_warnings",
+    "validate_start_node",
+    "validate_tree",
+]
 
 ComponentExists = Callable[[str, str | None], bool]
 LazyExists = Callable[[str], bool]

@@ -85,21 +85,3 @@ def loads(text: str | None) -> Any:
     if _looks_like_envelope(value):
         return pickle.loads(base64.b64decode(value[_PICKLE_KEY]))  # noqa: S301 - written by dumps only
     return value
-
-
-def text_problem(text: str) -> str | None:
-    """What makes ``text`` unfit for a text column on some backend, or None.
-
-    PostgreSQL refuses NUL characters, and no driver encodes a lone surrogate (half of a UTF-16
-    pair, e.g. from bytes decoded with ``surrogateescape``) to UTF-8. Both are refused on every
-    backend, so a run behaves the same wherever it is stored.
-    """
-    if text.isascii():
-        return "a NUL character" if "\x00" in text else None
-    if "\x00" in text:
-        return "a NUL character"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return "a lone surrogate"
-    return None

@@ -23,10 +23,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
+from culm.model import limits
+
 metadata = MetaData()
 
-ID = 64  # node ids are 33 chars in bamboo; user trees may bring longer ones
-KEY = 255
+# The validator refuses ids and keys longer than these (culm.model.limits), on every backend.
+ID = limits.ID_LENGTH  # node ids are 33 chars in bamboo; user trees may bring longer ones
+KEY = limits.KEY_LENGTH
 # MySQL's TEXT stops at 64 KiB; execution data and trees can be far larger.
 BigText = Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
 
@@ -211,4 +214,18 @@ change = Table(
     Column("version", String(ID), nullable=False),
     Column("loop", Integer, nullable=False),
     Column("time", Double, nullable=False),
+)
+
+# API tokens of `culm serve` (culm.web): only a salted scrypt hash of each secret is kept.
+api_token = Table(
+    "culm_api_token",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("name", String(KEY), nullable=False, default=""),
+    Column("salt", String(64), nullable=False),
+    Column("secret_hash", String(128), nullable=False),
+    Column("created_time", Double, nullable=False),
+    Column("revoked_time", Double),
+    Column("last_used_time", Double),
 )

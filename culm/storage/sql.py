@@ -6,6 +6,7 @@ import contextlib
 import functools
 import threading
 import time
+import weakref
 from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from culm.core.records import (
     TaskRecord,
 )
 from culm.errors import SchemaOutdatedError, UnstorableValueError
+from culm.model.limits import text_problem
 from culm.storage import codec, listing
 
 
@@ -456,7 +458,7 @@ class SqlUnit:
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
             "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
-            "root_data": codec.dumps(root_data),
+            "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
 
@@ -484,6 +486,14 @@ class SqlUnit:
     def node_root(self, node_id: str) -> str | None:
         row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
         return row[0] if row else None
+
+    def node_types(self, ids: Sequence[str]) -> dict[str, str]:
+        """``{node_id: type}`` of the indexed ids among ``ids`` (the root's type is ``Pipeline``)."""
+        found: dict[str, str] = {}
+        for i in range(0, len(ids), 500):
+            chunk = list(ids[i : i + 500])
+            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+        return found
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -547,6 +557,19 @@ class SqlUnit:
         for node_id in missing:
             view[node_id] = found.get(node_id)
         self._state_view = view
+
+    @property
+    def feed_ordered(self) -> bool:
+        """Whether the change feed becomes visible in seq order (one writer at a time: SQLite)."""
+        return self.dialect == "sqlite"
+
+    def last_change_seq(self) -> int:
+        row = self._one("SELECT MAX(seq) FROM culm_change")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
+        return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
@@ -767,6 +790,10 @@ class SqlUnit:
         n = len(_TASK_COLUMNS)
         return _task_row(row[:n]), (_process_row(row[n:]) if row[n] is not None else None)
 
+    def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
+        """The pending tasks of one kind of a root pipeline."""
+        return [_task_row(r) for r in self._all(_TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
+
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
@@ -781,7 +808,17 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+        if not self._lock_rows:
+            self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
+            return
+        # Never wait for a task row: an engine step holding one (it claims its task first) may be
+        # waiting for the rows this transaction holds. A task skipped here finds its process dead
+        # at its next step and is dropped then.
+        ids = [r[0] for r in self._all("SELECT id FROM culm_task WHERE root_id = ? ORDER BY id FOR UPDATE SKIP LOCKED",
+                                       [root_id])]
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
@@ -839,7 +876,8 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps(inputs)}, ["node_id"])
+        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps_fields(inputs, f"inputs of node {node_id}")},
+                     ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
@@ -938,6 +976,15 @@ class SqlUnit:
         row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
         return _schedule_row(row) if row else None
 
+    def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
+        found: list[ScheduleRecord] = []
+        for i in range(0, len(node_ids), 500):
+            chunk = list(node_ids[i : i + 500])
+            found.extend(_schedule_row(r) for r in self._all(
+                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))}) AND finished = ?", [*chunk, False]))
+        return found
+
     def update_schedule(self, schedule_id: str, **fields: Any) -> None:
         self._update_later("culm_schedule", "id = ?", [schedule_id], fields)
 
@@ -948,7 +995,8 @@ class SqlUnit:
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
         self._insert("culm_callback_data",
-                     [{"id": callback_id, "node_id": node_id, "version": version, "data": codec.dumps(data)}])
+                     [{"id": callback_id, "node_id": node_id, "version": version,
+                       "data": _dumps_named(data, f"callback data for node {node_id}")}])
 
     def has_callback(self, node_id: str, version: str) -> bool:
         """Whether a callback was accepted for this run (``version``) of the node."""
@@ -981,7 +1029,7 @@ class SqlUnit:
 
     def add_logs(self, rows: Sequence[dict]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
-        bad = [(i, problem) for i, r in enumerate(rows) if (problem := codec.text_problem(r["line"]))]
+        bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
         if bad:
             raise UnstorableValueError(
                 "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
@@ -995,6 +1043,14 @@ class SqlUnit:
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
+
+
+def _dumps_named(value: Any, what: str) -> str:
+    """:func:`codec.dumps`, its refusal naming ``what``."""
+    try:
+        return codec.dumps(value)
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"{what}: {exc}", what) from None
 
 
 def _adapt_sqlite(sql: str) -> str:
@@ -1078,6 +1134,9 @@ class SqlStore:
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
         self._writer: Any = None
+        # SQLite files: each reading thread's own connection (see _thread_reader).
+        self._readers = threading.local()
+        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
@@ -1157,8 +1216,34 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        with self._raw(write=False) as raw:
+        reader = self._readers if self.dialect == "sqlite" else None
+        if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
+            with self._raw(write=False) as raw:
+                yield SqlUnit(raw, self.dialect)
+            return
+        raw = self._thread_reader()
+        reader.busy = True
+        try:
+            raw.cursor().execute("BEGIN")
             yield SqlUnit(raw, self.dialect)
+        finally:
+            reader.busy = False
+            raw.rollback()
+
+    def _thread_reader(self) -> Any:
+        """This thread's own read connection to the SQLite file, outside the pool.
+
+        Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
+        return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
+        the writer. The connection lives as long as its thread (dispose() closes what is left).
+        """
+        raw = getattr(self._readers, "raw", None)
+        if raw is None:
+            raw = self.engine.raw_connection()
+            raw.detach()
+            self._readers.raw = raw
+            self._all_readers.add(raw)
+        return raw
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False) -> Iterator[Any]:
@@ -1203,6 +1288,10 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
+        for reader in list(self._all_readers):
+            reader.close()  # a thread still holding one gets "closed database" on its next read
+        self._all_readers.clear()
+        self._readers = threading.local()
         self.engine.dispose()
 
 

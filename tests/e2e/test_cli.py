@@ -75,11 +75,24 @@ def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(tree))
     out = culm(tmp_path, "validate", str(path))
-    assert out.returncode == 1
+    assert out.returncode == 2
     lines = out.stdout.splitlines()
-    assert any(line.startswith("node_done: ") and "no_such_component" in line for line in lines)
+    assert any(line.startswith("done (node_done): ") and "no_such_component" in line for line in lines)
     assert any(line.startswith("flow_3: ") and "ghost" in line for line in lines)
     assert "Traceback" not in out.stderr
+
+
+def test_validate_prints_syntax_warnings_without_failing(tmp_path: Path) -> None:
+    tree = example_tree()
+    node = next(iter(tree["activities"].values()))
+    node["component"]["inputs"]["shell"] = {"type": "splice", "value": "echo ${HOME:-x}"}
+    path = tmp_path / "warn.json"
+    path.write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+    warning = next(line for line in out.stdout.splitlines() if line.startswith("warning: "))
+    assert node["id"] in warning and "'${HOME:-x}' at position 5" in warning and "stay text" in warning
+    assert out.stdout.splitlines()[-1] == "OK"
 
 
 def test_validate_a_module(tmp_path: Path) -> None:
@@ -91,13 +104,13 @@ def test_run_json_tree_then_status(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
     assert out.returncode == 0, out.stdout + out.stderr
     assert "pipeline pipeline_example_tree FINISHED" in out.stdout
-    assert "node_greet (greet)" in out.stdout  # progress lines name the nodes
+    assert "greet (node_greet)" in out.stdout  # progress lines name the nodes
 
     status = culm(tmp_path, "status", "pipeline_example_tree")
     assert status.returncode == 0, status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].startswith("[Pipeline] pipeline_example_tree: FINISHED")
-    assert any(line.startswith("  greet [ServiceActivity] node_greet: FINISHED") for line in lines)
+    assert lines[0].split() == ["Pipeline", "pipeline_example_tree", "FINISHED", lines[0].split()[-1]]
+    assert any(line.split()[1:5] == ["greet", "ServiceActivity", "node_greet", "FINISHED"] for line in lines)
 
 
 def test_run_same_tree_twice_needs_new_ids(tmp_path: Path) -> None:
@@ -129,22 +142,25 @@ def test_run_failing_component_reports_ex_data(tmp_path: Path, how: str) -> None
     else:
         out = culm(tmp_path, "run", str(tree), env={"CULM_IMPORTS": "exploding"})
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "FAILED node_done (explode)" in out.stdout
+    assert "FAILED explode (node_done)" in out.stdout
     assert "RuntimeError: the disk is on fire" in out.stdout
     assert "Traceback" not in out.stderr
 
 
-def test_run_without_the_component_module_fails_the_node(tmp_path: Path) -> None:
+def test_run_without_the_component_module_is_refused_before_it_starts(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(exploding_tree(tmp_path)))
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert "cli_test_exploding" in out.stdout
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "explode (node_done): component 'cli_test_exploding' is not registered" in out.stderr
+    assert "--import MODULE" in out.stderr
+    assert not (tmp_path / "cli.db").exists() or "running" not in out.stdout
 
 
 def test_run_timeout_names_waiting_nodes(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "2")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "timed out after 2s" in out.stdout
-    assert "still RUNNING" in out.stdout and "(approval)" in out.stdout
+    assert "approval (" in out.stdout and "waits for a callback" in out.stdout
+    assert "culm run --attach " in out.stdout
 
 
 def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
@@ -191,7 +207,11 @@ def test_bad_module_is_reported_without_traceback(tmp_path: Path) -> None:
 
 def test_status_of_unknown_id(tmp_path: Path) -> None:
     out = culm(tmp_path, "status", "nothing_here")
-    assert out.returncode == 1 and "nothing_here" in out.stderr
+    assert out.returncode == 4 and "no database at" in out.stderr  # and none was created
+    assert not (tmp_path / "cli.db").exists()
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    out = culm(tmp_path, "status", "nothing_here")
+    assert out.returncode == 3 and "nothing_here" in out.stderr
 
 
 def test_db_upgrade(tmp_path: Path) -> None:
@@ -200,11 +220,6 @@ def test_db_upgrade(tmp_path: Path) -> None:
     assert out.stdout.startswith("database schema is at version ")
     again = culm(tmp_path, "db", "upgrade", "--db", f"sqlite:///{tmp_path / 'fresh.db'}")
     assert again.returncode == 0 and again.stdout == out.stdout
-
-
-def test_serve_is_not_available_yet(tmp_path: Path) -> None:
-    out = culm(tmp_path, "serve")
-    assert out.returncode == 2 and "not available" in out.stderr
 
 
 def test_worker_without_broker_is_refused(tmp_path: Path) -> None:

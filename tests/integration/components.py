@@ -261,6 +261,25 @@ class CallbackComponent(Component):
     bound_service = CallbackService
 
 
+class SlowPollService(Service):
+    """Polls once an hour and never finishes on its own (a node that waits for its next poll)."""
+
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(3600)
+
+    def execute(self, data, parent_data):
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        return True
+
+
+class SlowPollComponent(Component):
+    code = "t_slow_poll"
+    name = "slow poll"
+    bound_service = SlowPollService
+
+
 class MultiCallbackService(Service):
     """Collects every callback; finishes when a payload has ``done``."""
 
@@ -372,6 +391,16 @@ class RaiseVariable(LazyVariable):
 
     def get_value(self):
         raise RuntimeError("lazy exploded")
+
+
+class SlowVariable(LazyVariable):
+    """Blocks for ``value`` seconds (as a lookup in a slow service would), then returns "slow"."""
+
+    code = "t_lazy_slow"
+
+    def get_value(self):
+        time.sleep(float(self.value))
+        return "slow"
 
 
 class CountingVariable(LazyVariable):

@@ -95,13 +95,23 @@ def chain_with_parallel() -> dict:
     return build_tree(start)
 
 
-def batch_tree() -> dict:
-    """Eight instant activities: two in a row, three in parallel, three in a row."""
+def batch_tree_of(code: str) -> dict:
+    """Eight instant activities of component ``code``: two in a row, three in parallel, three in a row."""
+
+    def act() -> ServiceActivity:
+        node = ServiceActivity(component_code=code)
+        node.component.inputs.seconds = Var(type=Var.PLAIN, value=0.0)
+        return node
+
     start, end = EmptyStartEvent(), EmptyEndEvent()
     pg, cg = ParallelGateway(), ConvergeGateway()
-    tail = start.extend(slow(0.0)).extend(slow(0.0)).extend(pg).connect(slow(0.0), slow(0.0), slow(0.0)).converge(cg)
-    tail.extend(slow(0.0)).extend(slow(0.0)).extend(slow(0.0)).extend(end)
+    tail = start.extend(act()).extend(act()).extend(pg).connect(act(), act(), act()).converge(cg)
+    tail.extend(act()).extend(act()).extend(act()).extend(end)
     return build_tree(start)
+
+
+def batch_tree() -> dict:
+    return batch_tree_of("crash_slow")
 
 
 def callback_tree() -> dict:

@@ -10,8 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import wait_for
+from crash_app import batch_tree_of
 
 import culm
 from culm import api
@@ -106,3 +109,48 @@ def test_kill_9_mid_batch_reruns_at_most_the_user_code_pool(tmp_path: Path, work
     assert not committed & set(reruns), "a node whose result was committed ran again"
     assert all(c == 1 for c in reruns.values())
     assert sum(reruns.values()) <= workers
+
+
+WORKER_THREADS = 2
+WORKER_POOL = 2 * WORKER_THREADS  # the killed worker: --concurrency 2 processes x CULM_WORKER_THREADS
+
+
+@pytest.mark.parametrize("distributed_backend", ["postgres-redis"], indirect=True)
+def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
+    distributed_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of a ``culm worker`` mid-batch: the other workers take its tasks over once their
+    leases run out (3 s here), every pipeline finishes, and at most the killed worker's pool of
+    calls runs again."""
+    backend = distributed_backend
+    monkeypatch.setenv("CULM_WORKER_THREADS", str(WORKER_THREADS))
+    [victim] = backend.start_workers(1)  # alongside the session's two (which keep 8 threads each)
+    monkeypatch.delenv("CULM_WORKER_THREADS")
+    rt = backend.runtime()
+    count, acts = 40, 8
+    trees = [batch_tree_of("dist_sleep") for _ in range(count)]
+    for tree in trees:
+        assert api.run_pipeline(rt, tree).result
+    ours = {n for tree in trees for n in tree["activities"]}
+
+    def executed() -> collections.Counter[str]:
+        return collections.Counter({n: c for n, c in backend.executions().items() if n in ours})
+
+    wait_for(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01, "30 % of the batch to run")
+    backend.kill_worker(victim)
+    before = executed()
+    killed_at = time.monotonic()
+    assert sum(before.values()) < count * acts, "the batch ended before the kill"
+
+    def unfinished() -> list[str]:
+        return [t["id"] for t in trees if api.get_pipeline_states(rt, t["id"]).data[t["id"]]["state"] != "FINISHED"]
+
+    wait_for(lambda: not unfinished(), 120, 0.2, "every pipeline to finish after the kill")
+    took = time.monotonic() - killed_at
+    backend.ensure_workers(2)
+    after = executed()
+    assert set(after) == ours
+    reruns = sum(c - 1 for c in after.values())
+    print(f"\nworker kill -9: {sum(before.values())} calls before the kill, {reruns} ran again "
+          f"(pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill (lease 3 s)")
+    assert reruns <= WORKER_POOL

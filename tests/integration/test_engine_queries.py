@@ -24,7 +24,8 @@ from culm.builder import (
 pytestmark = pytest.mark.timeout(60)
 
 STATE_KEYS = {"id", "state", "root_id", "root_id:", "parent_id", "version", "loop", "retry", "skip",
-              "error_ignored", "error_ignorable", "created_time", "started_time", "archived_time", "children"}
+              "error_ignored", "error_ignorable", "created_time", "started_time", "archived_time", "children",
+              "wait_reason"}
 HISTORY_KEYS = {"id", "node_id", "started_time", "archived_time", "loop", "retry", "skip", "version", "inputs",
                 "outputs"}
 

@@ -172,17 +172,17 @@ def test_failed_activity_is_skipped(runtime: culm.Runtime) -> None:
 def test_callback_looks_up_the_version(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_wait")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: task_service.get_outputs(act_id).get("waiting") is True)
+    wait_for(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True)
     result = task_service.callback(act_id, {"answer": 42})
     assert result.result, result.message
     wait_for(lambda: state_of(tree["id"]) == "FINISHED")
-    assert task_service.get_outputs(act_id)["payload"] == {"answer": 42}
+    assert task_service.get_outputs(act_id)["outputs"]["payload"] == {"answer": 42}
 
 
 def test_forced_fail_then_revoke(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_wait")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: task_service.get_outputs(act_id).get("waiting") is True)
+    wait_for(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True)
     assert task_service.forced_fail(act_id, ex_data="operator gave up").result
     assert task_service.get_state(act_id)["state"] == "FAILED"
     assert task_service.get_outputs(act_id)["ex_data"] == "operator gave up"
@@ -195,7 +195,7 @@ def test_forced_fail_then_revoke(runtime: culm.Runtime) -> None:
 def test_pause_and_resume(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_wait")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: task_service.get_outputs(act_id).get("waiting") is True)
+    wait_for(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True)
     assert task_service.pause_pipeline(tree["id"]).result
     assert task_service.get_state(tree["id"])["state"] == "SUSPENDED"
     assert task_service.resume_pipeline(tree["id"]).result
@@ -223,3 +223,47 @@ def test_default_runtime_is_created_lazily(tmp_path, monkeypatch) -> None:
         legacy.set_default_runtime(None)
         rt.close()
     assert (tmp_path / "legacy.db").exists()
+
+
+def test_v3_run_options_and_output_shape(runtime: culm.Runtime) -> None:
+    tree, act_id = chain("legacy_test_gate", ok=False)
+    assert task_service.get_outputs(act_id) == {"outputs": {}, "ex_data": None}
+
+    result = task_service.run_pipeline(PipelineParser(tree).parse(), check_workers=False, priority=50, queue="")
+    assert result.result, result.message
+    wait_for(lambda: state_of(act_id) == "FAILED")
+
+    found = task_service.get_outputs(act_id)
+    assert found["ex_data"] == "gate closed"
+    assert found["outputs"]["seen"] is False and found["outputs"]["_result"] is False
+    assert task_service.get_batch_outputs([act_id, "never-ran"]) == {act_id: found}
+    refused = task_service.run_pipeline(PipelineParser(chain("example_component")[0]).parse(), priority=256)
+    assert refused.result is False and "priority" in refused.message
+
+
+def test_v3_conditional_parallel_skip_and_subprocess_pause(runtime: culm.Runtime) -> None:
+    from culm.builder import ConditionalParallelGateway, ConvergeGateway, SubProcess
+
+    sub_start = EmptyStartEvent()
+    waiter = ServiceActivity(component_code="legacy_test_wait")
+    sub_start.extend(waiter).extend(EmptyEndEvent())
+    start = EmptyStartEvent()
+    cpg = ConditionalParallelGateway(conditions={0: "1 == 2", 1: "1 == 3"})
+    sub = SubProcess(start=sub_start)
+    other = ServiceActivity(component_code="example_component")
+    converge = ConvergeGateway()
+    start.extend(cpg).connect(sub, other).to(cpg).converge(converge).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    assert task_service.run_pipeline(PipelineParser(tree).parse()).result
+    wait_for(lambda: state_of(cpg.id) == "FAILED")
+
+    outcome = task_service.skip_conditional_parallel_gateway(cpg.id, tree["gateways"][cpg.id]["outgoing"],
+                                                              converge.id)
+    assert outcome.result, outcome.message
+    wait_for(lambda: task_service.get_outputs(waiter.id)["outputs"].get("waiting") is True)
+    assert task_service.pause_subprocess(sub.id).result
+    assert task_service.get_state(sub.id)["state"] == "SUSPENDED"
+    assert task_service.resume_pipeline(sub.id).result
+    assert task_service.callback(waiter.id, {}).result
+    wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+    assert task_service.get_state(cpg.id)["skip"] is True

@@ -7,6 +7,7 @@ from typing import Any
 
 from culm import states
 from culm.core import data as cdata
+from culm.core import rendering
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
@@ -15,17 +16,35 @@ from culm.errors import CulmError, UnstorableValueError
 
 
 def execute(run: Run) -> Outcome:
-    """Prepare the component call; the call itself runs outside the transaction."""
+    """Prepare the component call; the call itself runs outside the transaction.
+
+    Inputs are rendered here when that is quick, else with the call on the user-code pool
+    (:mod:`culm.core.rendering`); the stored variables they need are read here.
+    """
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
+    gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
+    st = run.state
     try:
-        inputs = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
+        inputs = rendering.render_inline(run, gathered)
     except CulmError as exc:
-        run.fail(f"inputs hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
+        run.fail(f"inputs hydrate failed: {exc}", inputs=rendering.raw_values(raw))
         return SLEEP
-    inputs["_loop"], inputs["_inner_loop"] = run.state.loop, run.state.inner_loop
-    call = make_call(run, inputs, {})
-    return Invoke(call.execute, after_execute)
+    if inputs is not None:
+        inputs["_loop"], inputs["_inner_loop"] = st.loop, st.inner_loop
+        return Invoke(make_call(run, inputs, {}).execute, after_execute)
+    call = make_call(run, {}, {})
+    render = rendering.render_later(run, gathered, raw, call.root_data)
+
+    def render_and_execute() -> CallResult | rendering.RenderFailed:
+        rendered = render()
+        if isinstance(rendered, rendering.RenderFailed):
+            return rendered
+        rendered["_loop"], rendered["_inner_loop"] = st.loop, st.inner_loop
+        call.inputs = rendered
+        return call.execute()
+
+    return Invoke(render_and_execute, after_execute)
 
 
 def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> ServiceCall:
@@ -113,6 +132,9 @@ def _reserved(run: Run, res: CallResult, plain: dict[str, Any]) -> dict[str, Any
 
 def after_execute(run: Run, res: Any) -> Outcome:
     """Apply an execute call's result (in the transaction after the call)."""
+    if isinstance(res, rendering.RenderFailed):
+        run.fail(f"inputs hydrate failed: {res.error}", inputs=res.raw_inputs)
+        return SLEEP
     res, outputs = record_call(run, as_result(res, {}))
     if res.ok and res.need_schedule:
         start_schedule(run, res.schedule_type or "callback")
@@ -168,7 +190,3 @@ def start_schedule(run: Run, schedule_type: str) -> None:
 def schedule_task(proc: Any, node_id: str, schedule_id: str | None, *, due: float, callback_id: str | None = None) -> TaskRecord:
     return TaskRecord(new_id(), SCHEDULE, proc.id, node_id, proc.root_id, schedule_id=schedule_id,
                       callback_id=callback_id, due=due, priority=proc.priority, queue=proc.queue)
-
-
-def _raw_value(var: object) -> object:
-    return var.get("value") if isinstance(var, dict) else var

@@ -20,7 +20,7 @@ def start(run: Run) -> Outcome:
         try:
             values = cdata.resolve_keys(spec.pre_render_keys, run.fetch_from(spec.id), run.lazy_resolver())
         except CulmError as exc:
-            run.fail(f"pre_render_keys hydrate failed: {exc}")
+            run.fail_node(f"pre_render_keys hydrate failed: {exc}")
             return SLEEP
         run.upsert_context(spec.id, [ContextValue(k, "plain", v) for k, v in values.items()])
     run.finish()
@@ -99,7 +99,7 @@ def executable_end(run: Run) -> Outcome:
         if isinstance(ex_data, BaseException):
             ex_data = "".join(traceback.format_exception(ex_data))
         if ex_data:
-            run.fail(ex_data)
+            run.fail_node(ex_data)
             return SLEEP
         return end(run)
 

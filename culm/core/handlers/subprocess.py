@@ -2,29 +2,53 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from culm.core import data as cdata
-from culm.core.outcomes import SLEEP, Next, Outcome
+from culm.core import rendering
+from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue
 from culm.core.run import Run
 from culm.errors import CulmError
 
 
 def enter(run: Run) -> Outcome:
-    """Push the subprocess onto the process's pipeline stack and continue at its start event."""
+    """Push the subprocess onto the process's pipeline stack and continue at its start event.
+
+    Its params are rendered in the parent context, here when that is quick, else on the
+    user-code pool (:mod:`culm.core.rendering`), stepping in when they come back.
+    """
     node = run.node
     run.unit.reset_inner_loops(node.id)
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
+    gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
     try:
-        params = cdata.render_inputs(raw, run.fetch_from(run.top_pipeline_id), run.lazy_resolver())
+        params = rendering.render_inline(run, gathered)
     except CulmError as exc:
-        run.fail(f"subprocess params hydrate failed: {exc}", inputs={k: _raw_value(v) for k, v in raw.items()})
-        return SLEEP
+        return _failed(run, str(exc))
+    if params is None:
+        return Invoke(rendering.render_later(run, gathered, raw), _rendered)
+    return _step_in(run, params)
+
+
+def _rendered(run: Run, res: Any) -> Outcome:
+    if isinstance(res, rendering.RenderFailed):
+        return _failed(run, res.error)
+    if not isinstance(res, dict):  # an exception escaped the render call
+        return _failed(run, repr(res))
+    return _step_in(run, res)
+
+
+def _failed(run: Run, error: str) -> Outcome:
+    # bamboo's shape for a node that is not an activity: its inputs as they were, ex_data added.
+    run.fail_node(f"subprocess params hydrate failed: {error}")
+    return SLEEP
+
+
+def _step_in(run: Run, params: dict[str, Any]) -> Outcome:
+    node = run.node
     run.unit.set_execution_data(node.id, params, {})
     run.upsert_context(node.id, [ContextValue(k, "plain", v) for k, v in params.items()])
     run.proc.stack = [*run.proc.stack, node.id]
     return Next(run.graph.pipelines[node.id].start_event_id)
-
-
-def _raw_value(var: object) -> object:
-    return var.get("value") if isinstance(var, dict) else var

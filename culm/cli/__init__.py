@@ -1,0 +1,103 @@
+"""The ``culm`` command line: run, validate, list, inspect and control pipelines; workers; migrations.
+
+Every command goes through the public API (:mod:`culm.api`, :class:`culm.Runtime`). Each command
+group is a module of this package with a ``register(subparsers)`` function; :data:`GROUPS` lists
+them in the order ``culm --help`` shows them. A new group (the service's ``serve`` and ``token``)
+adds its module there.
+
+Exit codes: 0 done; 1 the pipeline failed or was revoked (``run``, ``status``, ``watch``); 2 bad
+usage or invalid input (``validate`` with problems); 3 not found; 4 the database cannot be reached
+or used; 5 the engine refused the command. A user's mistake is one ``error:`` line, never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+
+from culm.cli.common import EXIT_USAGE, CliError, database_error, db_errors, db_url
+
+# Command groups, each a module of this package with register(subparsers).
+GROUPS: tuple[str, ...] = ("run", "inspect", "control", "admin", "serve")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("culm")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``culm`` command."""
+    parser = argparse.ArgumentParser(
+        prog="culm", description="culm workflow engine command line",
+        epilog="exit codes: 0 done, 1 pipeline failed or revoked, 2 bad usage or input, 3 not found, "
+               "4 database unreachable or unusable, 5 refused by the engine",
+    )
+    parser.add_argument("--version", action="version", version=f"culm {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in GROUPS:
+        importlib.import_module(f"culm.cli.{name}").register(sub)
+    return parser
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Engine log records as one line each; a failing component's traceback is shown from ``ex_data``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname} {record.name}: {record.getMessage()}"
+
+
+@contextlib.contextmanager
+def _engine_logs_one_line() -> Iterator[None]:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    logger = logging.getLogger("culm")
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+
+
+def _quiet_closed_pipe() -> None:
+    """``culm list | head``: the reader left; send what remains nowhere instead of failing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``culm`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        if getattr(args, "own_logging", False):
+            return func(args)
+        with _engine_logs_one_line():
+            return func(args)
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except BrokenPipeError:
+        _quiet_closed_pipe()
+        return 0
+    except db_errors() as exc:
+        error = database_error(exc, db_url(args))
+        print(f"error: {error}", file=sys.stderr)
+        return error.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+__all__ = ["GROUPS", "EXIT_USAGE", "build_parser", "main"]

@@ -1,0 +1,88 @@
+"""Operations commands: ``worker`` and ``db upgrade``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from culm.cli.common import (
+    EXIT_OK,
+    UsageError,
+    add_broker,
+    add_db,
+    broker_url,
+    database_error,
+    db_errors,
+    db_url,
+)
+from culm.cli.loading import import_names
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    try:
+        from culm.dispatch.celery import run_worker
+    except ImportError as exc:
+        raise UsageError(f"the Celery worker is not available: {exc} (install culm[celery])") from exc
+    from culm.dispatch.celery import queue_names
+
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    if queues is None and args.queue_suffix:
+        queues = queue_names(args.queue_suffix, args.prefix)
+    broker = broker_url(args)
+    if not broker:
+        raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
+    port = args.metrics_port or int(os.environ.get("CULM_METRICS_PORT") or 0)
+    if port:
+        from culm.web.worker_metrics import start_worker_metrics
+
+        print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
+    run_worker(db=db_url(args), broker=broker, imports=import_names(args.imports),
+               concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
+               prefix=args.prefix)
+    return EXIT_OK
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from culm.storage.migrate import upgrade
+    from culm.storage.sql import SqlStore
+
+    url = db_url(args)
+    try:
+        store = SqlStore(url, create=False)
+        try:
+            version = upgrade(store)
+        finally:
+            store.dispose()
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+    print(f"database schema is at version {version}")
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    """Add ``worker`` and ``db`` to the ``culm`` parser."""
+    worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
+    add_db(worker)
+    add_broker(worker)
+    worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
+    worker.add_argument("--concurrency", type=int, default=None, metavar="N")
+    worker.add_argument("--queues", default=None, metavar="Q1,Q2")
+    worker.add_argument("--queue-suffix", default="", metavar="S",
+                        help="consume the queues of runs started with queue=S")
+    worker.add_argument("--prefix", default="culm", help="queue name prefix, as given to the submitting runtimes")
+    worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
+                        help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
+    worker.add_argument("--loglevel", default="INFO", metavar="L")
+    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset)")
+    worker.set_defaults(func=cmd_worker, own_logging=True)
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade = db_sub.add_parser("upgrade", help="apply the schema migrations")
+    add_db(upgrade)
+    upgrade.set_defaults(func=cmd_db_upgrade)
+

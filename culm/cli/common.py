@@ -1,0 +1,260 @@
+"""What every command shares: exit codes, errors, opening a runtime, JSON and human output.
+
+Exit codes (documented in ``docs/cli.md`` and the API contract): 0 done; 1 the pipeline failed or
+was revoked (``run``, ``status``, ``watch``); 2 bad usage or invalid input; 3 not found; 4 the
+database cannot be reached or used; 5 the engine refused the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_DATABASE = 4
+EXIT_REFUSED = 5
+
+DEFAULT_DB = "sqlite:///culm.db"
+
+
+class CliError(Exception):
+    """A user-facing failure: its message is printed as ``error: ...`` and ``code`` is the exit code."""
+
+    code = EXIT_USAGE
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class UsageError(CliError):
+    """An input the command cannot use (exit code 2)."""
+
+    code = EXIT_USAGE
+
+
+class NotFound(CliError):
+    """An id that names no pipeline or node (exit code 3)."""
+
+    code = EXIT_NOT_FOUND
+
+
+class DatabaseError(CliError):
+    """The database cannot be reached or used (exit code 4)."""
+
+    code = EXIT_DATABASE
+
+
+class Refused(CliError):
+    """The engine refused the command; the message says why (exit code 5)."""
+
+    code = EXIT_REFUSED
+
+
+# -- options ------------------------------------------------------------------------------------
+def add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL",
+                   help="database URL (default: $CULM_DATABASE_URL, then sqlite:///culm.db)")
+
+
+def add_broker(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--broker", metavar="URL",
+                   help="Celery broker of a cluster (default: $CULM_BROKER_URL); work then goes to "
+                        "`culm worker` processes")
+
+
+def add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
+
+
+def db_url(args: argparse.Namespace) -> str:
+    return str(getattr(args, "db", None) or os.environ.get("CULM_DATABASE_URL") or DEFAULT_DB)
+
+
+def broker_url(args: argparse.Namespace) -> str | None:
+    return getattr(args, "broker", None) or os.environ.get("CULM_BROKER_URL") or None
+
+
+# -- the runtime --------------------------------------------------------------------------------
+def _sqlite_file(url: str) -> Path | None:
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _check_sqlite(url: str, read_only: bool) -> None:
+    path = _sqlite_file(url)
+    if path is None:
+        return
+    if read_only and not path.exists():
+        raise DatabaseError(f"no database at {path}: nothing has run there yet (pass --db or set "
+                            "$CULM_DATABASE_URL to the database your pipelines ran on)")
+    if not path.parent.is_dir():
+        raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist")
+    if not read_only and path.exists() and not os.access(path, os.W_OK):
+        raise DatabaseError(f"cannot write the database {path}: the file is read-only")
+    if not read_only and not path.exists() and not os.access(path.parent, os.W_OK):
+        raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} is read-only")
+
+
+def database_error(exc: BaseException, url: str) -> DatabaseError:
+    """One line that says what is wrong with the database at ``url``."""
+    from culm.errors import SchemaOutdatedError
+
+    if isinstance(exc, SchemaOutdatedError):
+        return DatabaseError(str(exc))
+    detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = detail[0] if detail else type(exc).__name__
+    name = type(exc).__name__
+    if name in ("NoSuchModuleError", "ArgumentError"):
+        return DatabaseError(f"cannot use the database URL {url!r}: {first} (examples: sqlite:///culm.db, "
+                             "postgresql://user@host/db, mysql://user@host/db)")
+    if isinstance(exc, ModuleNotFoundError):
+        return DatabaseError(f"cannot use the database URL {url!r}: the driver {exc.name!r} is not installed "
+                             "(pip install 'culm[postgres]' or 'culm[mysql]')")
+    return DatabaseError(f"cannot use the database {_safe(url)}: {first}")
+
+
+def _safe(url: str) -> str:
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
+        return url
+
+
+def db_errors(files: bool = False) -> tuple[type[BaseException], ...]:
+    """The exceptions that mean the database cannot be used (``files``: opening its file too)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from culm.errors import SchemaOutdatedError
+
+    found: tuple[type[BaseException], ...] = (SQLAlchemyError, SchemaOutdatedError, ModuleNotFoundError)
+    return (*found, OSError) if files else found
+
+
+@contextlib.contextmanager
+def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool = False) -> Iterator[Any]:
+    """A runtime on the command's database.
+
+    Args:
+        args: the parsed options (``--db``, ``--broker``).
+        read_only: the command only reads: a missing SQLite file is an error, never created.
+        run: an embedded runtime should run work (worker threads), not only submit and read.
+    """
+    import culm
+
+    url = db_url(args)
+    _check_sqlite(url, read_only)
+    broker = broker_url(args)
+    try:
+        if broker and (run or not read_only):
+            rt = culm.Runtime(url, broker=broker)
+        else:
+            rt = culm.Runtime(url, workers=None if run else 0)
+    except db_errors(files=True) as exc:
+        raise database_error(exc, url) from exc
+    try:
+        yield rt
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+    finally:
+        rt.close()
+
+
+def check(res: Any, what: str = "", bad_input: bool = False) -> Any:
+    """The data of an API result, or the matching :class:`CliError` for a refusal.
+
+    ``bad_input``: a refusal means the command's own options were wrong (exit 2, not 5).
+    """
+    if res.result:
+        return res.data
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from culm.errors import NotFoundError
+
+    message = f"{what}: {res.message}" if what else res.message
+    if isinstance(res.exc, SQLAlchemyError | OSError):
+        raise DatabaseError(message)
+    if isinstance(res.exc, NotFoundError):
+        raise NotFound(message)
+    raise UsageError(message) if bad_input else Refused(message)
+
+
+# -- output -------------------------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def print_json(value: Any) -> None:
+    """``value`` as indented JSON on stdout (datetimes as ISO 8601 text)."""
+    sys.stdout.write(json.dumps(value, indent=2, default=_plain, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def console() -> Any:
+    """The rich console for human output (colour only on a terminal)."""
+    from rich.console import Console
+
+    # Piped output (scripts, logs, tests) is not cut to 80 columns.
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def parse_json_object(raw: str | None, flag: str) -> dict | None:
+    """A ``--data``-style option: a JSON object, or ``@FILE`` holding one (None when not given)."""
+    if raw is None:
+        return None
+    if raw.startswith("@"):
+        try:
+            raw = Path(raw[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{flag}: cannot read {raw[1:]}: {exc.strerror or exc}") from exc
+    return json_object(raw, flag)
+
+
+def json_object(text: str, where: str, what: str = "") -> dict:
+    """``text`` parsed as a JSON object; :class:`UsageError` naming ``where`` otherwise."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{where.rstrip(':')}: invalid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        kind = f"an object ({what})" if what else "a JSON object"
+        raise UsageError(f"{where.rstrip(':')} must be {kind}, got {type(data).__name__}")
+    return data
+
+
+def state_entry(rt: Any, target: str) -> dict:
+    """The state entry of a pipeline or node id (with its direct children).
+
+    Raises:
+        NotFound: no pipeline or node with this id has run.
+    """
+    from culm import api
+
+    states = check(api.get_children_states(rt, target))
+    if not states:
+        raise NotFound(f"no pipeline or node with id {target} has run in this database")
+    entry: dict = states[target]
+    return entry

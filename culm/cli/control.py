@@ -1,0 +1,129 @@
+"""Control commands: one per control operation of :mod:`culm.api`.
+
+On the embedded runtime, when no other process runs this database's work, the command then runs
+the pipeline on (in this process) until it ends or stops moving, printing each state change, as
+``culm run --attach`` does; ``--no-follow`` only records the command. With a cluster (``--broker``)
+the workers go on with it; without one, they pick the command's work up from the database.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from culm.cli import render
+from culm.cli.common import (
+    EXIT_OK,
+    add_broker,
+    add_db,
+    broker_url,
+    check,
+    open_runtime,
+    parse_json_object,
+    state_entry,
+)
+from culm.cli.loading import import_modules, import_names, split_assignment
+from culm.cli.run import Progress, progress_by_signal, wait_and_conclude
+
+FOLLOW_TIMEOUT = 600.0
+
+
+def _callback(rt: Any, args: argparse.Namespace) -> Any:
+    from culm import api
+
+    version = args.version or state_entry(rt, args.node)["version"]
+    return api.callback(rt, args.node, version, parse_json_object(args.data, "--data") or {})
+
+
+def _set_context(rt: Any, args: argparse.Namespace) -> Any:
+    from culm import api
+
+    values = {"${" + key + "}": value for key, value in (split_assignment(i, "set-context") for i in args.values)}
+    return api.update_context_values(rt, args.id, values)
+
+
+def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace], Any]]]:
+    """``{command: (target attribute, what it did, call)}``."""
+    from culm import api
+
+    return {
+        "pause": ("id", "paused", lambda rt, a: api.pause_pipeline(rt, a.id)),
+        "resume": ("id", "resumed", lambda rt, a: api.resume_pipeline(rt, a.id)),
+        "revoke": ("id", "revoked", lambda rt, a: api.revoke_pipeline(rt, a.id)),
+        "retry": ("node", "retried", lambda rt, a: api.retry_node(rt, a.node, parse_json_object(a.data, "--data"))),
+        "retry-subprocess": ("node", "retried", lambda rt, a: api.retry_subprocess(rt, a.node)),
+        "skip": ("node", "skipped", lambda rt, a: api.skip_node(rt, a.node)),
+        "skip-exclusive-gateway": ("node", "skipped",
+                                   lambda rt, a: api.skip_exclusive_gateway(rt, a.node, a.flow)),
+        "skip-conditional-parallel-gateway": (
+            "node", "skipped", lambda rt, a: api.skip_conditional_parallel_gateway(rt, a.node, a.flows, a.converge)),
+        "force-fail": ("node", "failed", lambda rt, a: api.forced_fail_activity(rt, a.node, a.ex_data)),
+        "callback": ("node", "called back", _callback),
+        "pause-node": ("node", "set a pause at", lambda rt, a: api.pause_node_appoint(rt, a.node)),
+        "resume-node": ("node", "removed the pause at", lambda rt, a: api.resume_node_appoint(rt, a.node)),
+        "set-context": ("id", "updated the context of", _set_context),
+    }
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    attr, done, call = _operations()[args.command]
+    target = getattr(args, attr)
+    import_modules(import_names(args.imports))
+    cluster = bool(broker_url(args))
+    with open_runtime(args, read_only=True, run=not args.no_follow) as rt:
+        from culm import api
+
+        entry = state_entry(rt, target)
+        root_id = entry.get("root_id") or target
+        tree = api.get_pipeline_tree(rt, root_id)
+        info = render.node_info(tree.data) if tree.result else {}
+        check(call(rt, args), f"{args.command} {target}")
+        print(f"{done} {render.label(target, info)}", flush=True)
+        runner = getattr(rt, "dispatcher", None) is not None and not cluster
+        if args.no_follow or not runner or args.command in ("pause", "pause-node", "set-context"):
+            return EXIT_OK
+        with progress_by_signal(rt, Progress(root_id, info)) as polled:
+            wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)
+    return EXIT_OK
+
+
+def register(sub: Any) -> None:
+    """Add one command per control operation to the ``culm`` parser."""
+    def command(name: str, help_text: str, target: str, target_help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
+        p.add_argument(target, metavar=target.upper(), help=target_help)
+        add_db(p)
+        add_broker(p)
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="module defining components (the embedded runtime runs them on after the command)")
+        p.add_argument("--no-follow", action="store_true",
+                       help="only record the command; do not run the pipeline on in this process")
+        p.add_argument("--timeout", type=float, default=FOLLOW_TIMEOUT, metavar="S",
+                       help="stop following after S seconds")
+        p.set_defaults(func=cmd_control)
+        return p
+
+    pipeline, node = "pipeline (or subprocess node) id", "node id"
+    command("pause", "pause a pipeline or subprocess", "id", pipeline)
+    command("resume", "resume a paused pipeline or subprocess", "id", pipeline)
+    command("revoke", "revoke a pipeline for good", "id", pipeline)
+    p = command("retry", "run a failed node again", "node", node)
+    p.add_argument("--data", metavar="JSON", help="new raw inputs (replace the node's inputs): JSON object or @FILE")
+    command("retry-subprocess", "retry a subprocess node that failed on entry", "node", node)
+    command("skip", "mark a failed node finished and go on after it", "node", node)
+    p = command("skip-exclusive-gateway", "let a failed exclusive gateway go on along one flow", "node", node)
+    p.add_argument("--flow", required=True, metavar="F", help="the flow id to take")
+    p = command("skip-conditional-parallel-gateway", "let a failed conditional parallel gateway fork along flows",
+                "node", node)
+    p.add_argument("--flows", required=True, nargs="+", metavar="F", help="the flow ids to take")
+    p.add_argument("--converge", required=True, metavar="C", help="the converge gateway id that joins them")
+    p = command("force-fail", "fail a running node now", "node", node)
+    p.add_argument("--ex-data", default="failed by an operator", metavar="TEXT", help="the failure message")
+    p = command("callback", "deliver a callback to a waiting node", "node", node)
+    p.add_argument("--data", metavar="JSON", help="the callback payload: JSON object or @FILE")
+    p.add_argument("--version", metavar="V", help="the node's version (default: its current one)")
+    command("pause-node", "set a pause before a node (a breakpoint)", "node", node)
+    command("resume-node", "remove a node's pause and let a branch parked there go on", "node", node)
+    p = command("set-context", "overwrite context values of a running pipeline", "id", pipeline)
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE", help="context key (with or without ${}) and value")

@@ -1,0 +1,328 @@
+"""Read commands: ``list``, ``status`` (``show``), ``logs``, ``history`` and ``watch``."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from culm.cli import render
+from culm.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    NotFound,
+    UsageError,
+    add_db,
+    add_json,
+    check,
+    console,
+    open_runtime,
+    print_json,
+    state_entry,
+)
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass
+class Described:
+    """One pipeline (or node) as ``status`` and ``watch`` show it."""
+
+    root_id: str
+    entry: dict  # nested state entry of the described id
+    flat: dict[str, dict]
+    info: dict[str, tuple[str, str]]
+    ex_data: dict[str, str] = field(default_factory=dict)  # of failed nodes
+    outputs: dict[str, dict] = field(default_factory=dict)  # when asked for
+
+    @property
+    def notes(self) -> dict[str, list[str]]:
+        """Lines shown under each node: its ex_data, its outputs."""
+        notes: dict[str, list[str]] = {}
+        for node_id, text in self.ex_data.items():
+            lines = text.splitlines() or [""]
+            notes[node_id] = [f"ex_data: {lines[0]}", *(f"         {line}" for line in lines[1:])]
+        for node_id, data in self.outputs.items():
+            notes.setdefault(node_id, []).extend(f"output {k} = {v!r}" for k, v in data.items()
+                                                 if k != "ex_data" and not k.startswith("_"))
+        return notes
+
+    @property
+    def failed(self) -> list[str]:
+        return sorted(i for i, e in self.flat.items() if e["state"] == "FAILED")
+
+    @property
+    def outcome(self) -> int:
+        """1 when a node failed or the pipeline was revoked, else 0."""
+        revoked = self.flat.get(self.root_id, self.entry)["state"] == "REVOKED"
+        return EXIT_FAILED if self.failed or revoked else EXIT_OK
+
+
+def describe(rt: Any, target: str, outputs: bool = False) -> Described:
+    """The state tree of a pipeline or node, with names, ``ex_data`` of failed nodes and outputs.
+
+    Raises:
+        NotFound: no pipeline or node has this id.
+    """
+    from culm import api
+
+    states = check(api.get_pipeline_states(rt, target, flat_children=False))
+    if not states:
+        states = check(api.get_children_states(rt, target))
+    if not states:
+        raise NotFound(f"no pipeline or node with id {target} in this database")
+    entry = states[target]
+    root_id = entry.get("root_id") or target
+    tree = api.get_pipeline_tree(rt, root_id)
+    info = render.node_info(tree.data) if tree.result else {}
+    flat = render.flatten(states)
+    found = Described(root_id, entry, flat, info)
+    for node_id, node in flat.items():
+        if node["state"] != "FAILED" and not outputs:
+            continue
+        data = api.get_execution_data_outputs(rt, node_id).data or {}
+        if node["state"] == "FAILED":
+            ex_data = data.get("ex_data")
+            found.ex_data[node_id] = str(ex_data).rstrip() if ex_data not in (None, "") else "(none)"
+        if outputs:
+            found.outputs[node_id] = data
+    return found
+
+
+def as_json(found: Described) -> dict:
+    """The nested state tree with each node's name and type (and ex_data, outputs) added."""
+    def walk(entry: dict) -> dict:
+        name, kind = found.info.get(entry["id"], ("", ""))
+        out = {k: v for k, v in entry.items() if k not in ("children", "root_id:", "error_ignorable")}
+        out.update(name=name, type=kind)
+        if entry["id"] in found.ex_data:
+            out["ex_data"] = found.ex_data[entry["id"]]
+        if entry["id"] in found.outputs:
+            out["outputs"] = found.outputs[entry["id"]]
+        out["children"] = {k: walk(v) for k, v in (entry.get("children") or {}).items()}
+        return out
+
+    return {"id": found.entry["id"], "root_id": found.root_id, "failed": found.failed, "tree": walk(found.entry)}
+
+
+# -- status -------------------------------------------------------------------------------------
+def cmd_status(args: argparse.Namespace) -> int:
+    with open_runtime(args) as rt:
+        found = describe(rt, args.id, args.outputs)
+        if args.json:
+            print_json(as_json(found))
+            return found.outcome
+    out = console()
+    out.print(render.state_tree(found.entry, found.info, found.notes))
+    out.print(render.progress_line(found.flat, found.root_id) if found.root_id in found.flat else "")
+    if found.failed:
+        out.print(f"[red]{len(found.failed)} failed node(s)[/]: retry with `culm retry NODE [--data JSON]`, "
+                  "skip with `culm skip NODE`, or stop with `culm revoke PIPELINE`")
+    return found.outcome
+
+
+# -- list ---------------------------------------------------------------------------------------
+def parse_when(text: str | None, flag: str) -> datetime | None:
+    """``2h`` / ``30m`` / ``7d`` ago, or an ISO date or datetime (local time when no zone)."""
+    if text is None:
+        return None
+    match = _AGE.match(text.strip())
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected an age such as 30m, 2h or 7d, or an ISO date "
+                         "such as 2026-12-01 or 2026-12-01T08:00") from None
+    return value if value.tzinfo else value.astimezone()
+
+
+def _states_option(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    return [s.strip().upper() for v in values for s in v.split(",") if s.strip()]
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from culm import api
+
+    with open_runtime(args) as rt:
+        found = check(api.list_pipelines(
+            rt, state=_states_option(args.state), name=args.name, created_after=parse_when(args.since, "--since"),
+            created_before=parse_when(args.before, "--before"), limit=args.limit, offset=args.offset,
+        ), bad_input=True)
+    if args.json:
+        print_json(found)
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("ID", "NAME", "STATE", "CREATED", "DURATION"):
+        table.add_column(column)
+    for item in found["items"]:
+        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]),
+                      render.when(item["created_time"]), render.span(render.seconds(item)))
+    out = console()
+    if found["items"]:
+        out.print(table)
+    counts = " · ".join(f"{render.state_text(s)} {n}" for s, n in sorted(found["counts"].items()))
+    shown = f"{args.offset + 1}-{args.offset + len(found['items'])}" if found["items"] else "none"
+    out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {counts}" if counts else ""))
+    return EXIT_OK
+
+
+# -- logs and history ---------------------------------------------------------------------------
+def cmd_logs(args: argparse.Namespace) -> int:
+    from culm import api
+
+    with open_runtime(args) as rt:
+        state_entry(rt, args.node)
+        text = check(api.get_node_logs(rt, args.node, args.version))
+        lines = text.splitlines() if text else []
+        for line in lines:
+            print(line, flush=True)
+        if not args.follow:
+            return EXIT_OK
+        seen = len(lines)
+        while True:
+            entry = check(api.get_children_states(rt, args.node)).get(args.node, {})
+            text = check(api.get_node_logs(rt, args.node, args.version))
+            lines = text.splitlines() if text else []
+            for line in lines[seen:]:
+                print(line, flush=True)
+            seen = max(seen, len(lines))
+            if entry.get("state") in ("FINISHED", "FAILED", "REVOKED") or (entry.get("wait_reason") or {}).get(
+                    "kind") in ("failed", "paused", "pause_appointed"):
+                return EXIT_OK
+            time.sleep(args.interval)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from culm import api
+
+    with open_runtime(args) as rt:
+        state_entry(rt, args.node)
+        records = check(api.get_node_histories(rt, args.node, args.loop))
+    if args.json:
+        print_json(records)
+        return EXIT_OK
+    if not records:
+        print(f"node {args.node} has no earlier runs (histories are kept when a node is retried or looped)")
+        return EXIT_OK
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for column in ("LOOP", "RETRY", "STARTED", "DURATION", "SKIPPED", "EX_DATA"):
+        table.add_column(column)
+    for h in records:
+        ex_data = str((h.get("outputs") or {}).get("ex_data") or "").splitlines()
+        table.add_row(str(h["loop"]), str(h["retry"]), render.when(h["started_time"]), render.span(render.seconds(h)),
+                      "yes" if h["skip"] else "", ex_data[0] if ex_data else "")
+    console().print(table)
+    return EXIT_OK
+
+
+# -- watch --------------------------------------------------------------------------------------
+def cmd_watch(args: argparse.Namespace) -> int:
+    with open_runtime(args) as rt:
+        found = describe(rt, args.id)
+        if found.entry["id"] != found.root_id:
+            raise UsageError(f"{args.id} is a node of pipeline {found.root_id}: watch the pipeline "
+                             f"(`culm watch {found.root_id}`)")
+        if sys.stdout.isatty():
+            return _watch_live(rt, args, found)
+        return _watch_lines(rt, args, found)
+
+
+def _ended(found: Described) -> bool:
+    return found.entry["state"] in render.ENDED
+
+
+def _watch_live(rt: Any, args: argparse.Namespace, found: Described) -> int:
+    from rich.console import Group
+    from rich.live import Live
+
+    def view(f: Described) -> Group:
+        return Group(render.state_tree(f.entry, f.info, f.notes), render.progress_line(f.flat, f.root_id))
+
+    with Live(view(found), console=console(), refresh_per_second=4) as live:
+        while not _ended(found):
+            time.sleep(args.interval)
+            found = describe(rt, args.id)
+            live.update(view(found))
+    return found.outcome
+
+
+def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
+    """One line per state change (and a progress line now and then) when stdout is not a terminal."""
+    last: dict[str, tuple[str, str]] = {}
+    progress_at = time.monotonic()
+    while True:
+        for node_id, entry in sorted(found.flat.items(), key=lambda kv: str(kv[1].get("created_time"))):
+            seen = (entry["state"], (entry.get("wait_reason") or {}).get("text", ""))
+            if last.get(node_id) != seen:
+                last[node_id] = seen
+                waits = f" — waits: {seen[1]}" if seen[1] else ""
+                print(f"{datetime.now().strftime('%H:%M:%S')} {entry['state']:<9} "
+                      f"{render.label(node_id, found.info)}{waits}", flush=True)
+        if _ended(found):
+            print(render.progress_line(found.flat, found.root_id), flush=True)
+            return found.outcome
+        if time.monotonic() - progress_at >= args.progress_every:
+            progress_at = time.monotonic()
+            print(render.progress_line(found.flat, found.root_id), flush=True)
+        time.sleep(args.interval)
+        found = describe(rt, args.id)
+
+
+# -- parser -------------------------------------------------------------------------------------
+def register(sub: Any) -> None:
+    """Add the read commands to the ``culm`` parser."""
+    p = sub.add_parser("list", help="list pipelines, newest first, with counts per state")
+    p.add_argument("--state", action="append", metavar="STATE",
+                   help="only these states (RUNNING, FINISHED, REVOKED, SUSPENDED...); repeat or comma-separate")
+    p.add_argument("--name", metavar="TEXT", help="only pipelines whose name contains TEXT (any case)")
+    p.add_argument("--since", metavar="AGE|DATE", help="created at most this long ago (30m, 2h, 7d) or since DATE")
+    p.add_argument("--before", metavar="AGE|DATE", help="created before this age or DATE")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N pipelines (default 50, max 1000)")
+    p.add_argument("--offset", type=int, default=0, metavar="N", help="pass over the N newest first")
+    add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_list)
+
+    for name, aliases in (("status", ["show"]),):
+        p = sub.add_parser(name, aliases=aliases,
+                           help="the state tree of a pipeline or node: names, durations, failures, waits")
+        p.add_argument("id", metavar="ID", help="pipeline or node id")
+        p.add_argument("--outputs", action="store_true", help="show every node's outputs")
+        add_db(p)
+        add_json(p)
+        p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("logs", help="the lines a node's component logged")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the node stops")
+    p.add_argument("--version", metavar="V", help="a run's version (default: the current one)")
+    p.add_argument("--interval", type=float, default=0.5, metavar="S", help=argparse.SUPPRESS)
+    add_db(p)
+    p.set_defaults(func=cmd_logs)
+
+    p = sub.add_parser("history", help="earlier runs of a node (retries and loops)")
+    p.add_argument("node", metavar="NODE")
+    p.add_argument("--loop", type=int, default=-1, metavar="N", help="only loop N")
+    add_db(p)
+    add_json(p)
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("watch", help="follow a pipeline live until it ends")
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--interval", type=float, default=0.5, metavar="S", help="seconds between refreshes")
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="S",
+                   help="without a terminal: print a progress line every S seconds")
+    add_db(p)
+    p.set_defaults(func=cmd_watch)

@@ -1,0 +1,208 @@
+"""Reading pipeline trees and component modules for ``run`` and ``validate``; tree helpers."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import traceback
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from culm.cli.common import UsageError, json_object
+
+
+def import_names(names: Sequence[str] | None) -> list[str]:
+    """Module names from ``--import`` options and ``$CULM_IMPORTS`` (comma-separated), each once."""
+    found: list[str] = []
+    raw = [*(names or []), *os.environ.get("CULM_IMPORTS", "").split(",")]
+    for item in raw:
+        for name in item.split(","):
+            name = name.strip()
+            if name and name not in found:
+                found.append(name)
+    return found
+
+
+def _short_error(exc: BaseException) -> str:
+    """``Type: message`` plus the innermost frame, without the whole traceback."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    user_frames = [f for f in frames if not f.filename.startswith("<")]
+    where = f" (at {user_frames[-1].filename}:{user_frames[-1].lineno})" if user_frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define components, so that they register.
+
+    Raises:
+        UsageError: a module is missing or raised while being imported.
+    """
+    # Modules named relative to the working directory should import as they do with `python -m`.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise UsageError(f"cannot import module {name!r}: {_short_error(exc)}") from exc
+            raise UsageError(f"cannot import module {name!r}: no such module on the path "
+                             f"(the working directory and $PYTHONPATH are searched)") from exc
+        except Exception as exc:
+            raise UsageError(f"cannot import module {name!r}: {_short_error(exc)}") from exc
+
+
+def load_module_file(path: Path) -> Any:
+    """Import a ``.py`` file under its stem, with its folder importable (for sibling modules)."""
+    name = path.stem
+    if not name.isidentifier():
+        raise UsageError(f"{path}: the file name must be a valid module name to be imported")
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    existing = sys.modules.get(name)
+    if existing is not None and Path(getattr(existing, "__file__", "") or "").resolve() != path.resolve():
+        raise UsageError(f"{path}: module name {name!r} is already taken by {existing!r}; rename the file")
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"{path}: not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(name, None)
+        raise UsageError(f"{path}: import failed: {_short_error(exc)}") from exc
+    return module
+
+
+def _tree_from_module(path: Path) -> dict:
+    module = load_module_file(path)
+    build = getattr(module, "build_pipeline", None)
+    if callable(build):
+        try:
+            tree = build()
+        except Exception as exc:
+            raise UsageError(f"{path}: build_pipeline() failed: {_short_error(exc)}") from exc
+    elif hasattr(module, "pipeline"):
+        tree = module.pipeline
+    else:
+        raise UsageError(f"{path}: defines neither a module-level `pipeline` dict nor `build_pipeline()`")
+    if not isinstance(tree, dict):
+        raise UsageError(f"{path}: the pipeline must be a dict (a pipeline tree), got {type(tree).__name__}")
+    return tree
+
+
+def _tree_from_json(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read: {exc}") from exc
+    return json_object(text, f"{path}:", "a pipeline tree")
+
+
+def load_tree(source: str, imports: Sequence[str] | None) -> dict:
+    """Import the component modules, then read the tree from a ``.json`` or ``.py`` file.
+
+    Raises:
+        UsageError: the file is missing or unusable, or an import failed.
+    """
+    import_modules(import_names(imports))
+    path = Path(source)
+    if not path.is_file():
+        raise UsageError(f"{source}: no such file")
+    if path.suffix == ".py":
+        return _tree_from_module(path)
+    return _tree_from_json(path)
+
+
+def walk_tree(tree: Any) -> Iterator[tuple[dict, list[dict]]]:
+    """Each pipeline of a tree (the root, then its subprocesses' pipelines) with its nodes that
+    have a string id; tolerant of a malformed tree (parts that are not dicts are passed over)."""
+    stack = [tree]
+    while stack:
+        pipe = stack.pop()
+        if not isinstance(pipe, dict):
+            continue
+        nodes: list[Any] = [pipe.get("start_event"), pipe.get("end_event")]
+        for key in ("activities", "gateways"):
+            if isinstance(pipe.get(key), dict):
+                nodes.extend(pipe[key].values())
+        found = [n for n in nodes if isinstance(n, dict) and isinstance(n.get("id"), str)]
+        stack.extend(n.get("pipeline") for n in found)
+        yield pipe, found
+
+
+def _tree_ids(tree: Any) -> dict[str, str]:
+    """Every pipeline, node and flow id of a tree, mapped to a fresh id of the same kind."""
+    fresh: dict[str, str] = {}
+    for pipe, nodes in walk_tree(tree):
+        if isinstance(pipe.get("id"), str):
+            fresh[pipe["id"]] = "p" + uuid.uuid4().hex
+        fresh.update({node["id"]: "n" + uuid.uuid4().hex for node in nodes})
+        if isinstance(pipe.get("flows"), dict):
+            fresh.update({flow_id: "f" + uuid.uuid4().hex for flow_id in pipe["flows"] if isinstance(flow_id, str)})
+    return fresh
+
+
+def with_new_ids(tree: dict) -> dict:
+    """A copy of ``tree`` in which every id, and every exact reference to one, is fresh."""
+    fresh = _tree_ids(tree)
+
+    def renew(value: Any) -> Any:
+        if isinstance(value, str):
+            return fresh.get(value, value)
+        if isinstance(value, dict):
+            return {renew(k): renew(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [renew(v) for v in value]
+        return value
+
+    result: dict = renew(tree)
+    return result
+
+
+def parse_value(text: str) -> Any:
+    """A ``KEY=VALUE`` option's value: JSON when it parses (``3``, ``true``, ``[1]``), else the text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def split_assignment(item: str, flag: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` into ``(KEY, value)``; ``${KEY}`` is accepted for ``KEY``."""
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if key.startswith("${") and key.endswith("}"):
+        key = key[2:-1]
+    if not sep or not key:
+        raise UsageError(f"{flag} {item!r}: expected KEY=VALUE (for example {flag} who=world)")
+    return key, parse_value(value)
+
+
+def apply_settings(tree: dict, items: Sequence[str]) -> dict:
+    """Override the values of context inputs the tree declares (``--set who=world`` sets ``${who}``).
+
+    Raises:
+        UsageError: a key the tree does not declare (the message lists those it does).
+    """
+    if not items:
+        return tree
+    inputs = (tree.get("data") or {}).get("inputs")
+    declared = inputs if isinstance(inputs, dict) else {}
+    for item in items:
+        key, value = split_assignment(item, "--set")
+        ref = "${" + key + "}"
+        slot = declared.get(ref)
+        if not isinstance(slot, dict):
+            known = ", ".join(sorted(k[2:-1] for k in declared if k.startswith("${") and k.endswith("}")))
+            raise UsageError(f"--set {key}: the tree declares no context input ${{{key}}} "
+                             f"(it declares: {known or 'none'})")
+        declared[ref] = {**slot, "value": value}
+    return tree

@@ -1,0 +1,334 @@
+"""``culm run`` (and ``run --attach``) and ``culm validate``; following a pipeline until it stops."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from culm.cli import render
+from culm.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    UsageError,
+    add_broker,
+    add_db,
+    broker_url,
+    check,
+    db_url,
+    err,
+    open_runtime,
+    parse_json_object,
+)
+from culm.cli.loading import apply_settings, import_names, load_tree, with_new_ids
+
+DEFAULT_TIMEOUT = 600.0
+POLL_SECONDS = 0.1
+# Nothing moved for this long: the pipeline waits (for a callback, a poll, an operator).
+STILL_SECONDS = 1.0
+
+
+class Progress:
+    """Prints one line per node state change, from signals or from polled state trees."""
+
+    def __init__(self, root_id: str, info: dict[str, tuple[str, str]]) -> None:
+        self.root_id = root_id
+        self.info = info
+        self.last: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def show(self, node_id: str, state: str, note: str = "") -> None:
+        with self._lock:
+            if self.last.get(node_id) == state + note:
+                return
+            self.last[node_id] = state + note
+            stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+            kind = "pipeline" if node_id == self.root_id else "node"
+            print(f"{stamp} {state:<9} {kind} {render.label(node_id, self.info)}{note}", flush=True)
+
+    def on_set_state(self, node_id: str, to_state: str, root_id: str, **_: Any) -> None:
+        if root_id == self.root_id:
+            self.show(node_id, to_state)
+
+
+def _moving(flat: dict[str, dict], waiting_moves: bool) -> bool:
+    """Whether some node of the pipeline is on its way (``waiting_moves``: callbacks, polls and
+    pauses count as on their way, for they go on by themselves or by another process's command)."""
+    containers = {e.get("parent_id") for e in flat.values()}
+    for e in flat.values():
+        if e["state"] not in ("RUNNING", "READY", "SUSPENDED") or e["id"] in containers:
+            continue
+        reason = e.get("wait_reason")
+        if not reason or reason["kind"] == "poll" or (waiting_moves and reason["kind"] != "failed"):
+            return True
+    return False
+
+
+def _started(entry: dict) -> tuple:
+    at = entry.get("archived_time") or entry.get("started_time")
+    return (at is None, at.timestamp() if at else 0.0, entry["id"])
+
+
+def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None,
+           stop_when_waiting: bool = False) -> tuple[str, dict[str, dict]]:
+    """Poll until the pipeline ended or stopped moving: ``("ended"|"failed"|"waiting"|"timeout", flat)``.
+
+    A pipeline stops moving when nothing runs but failed nodes (``"failed"``) or, with
+    ``stop_when_waiting``, nodes that wait for a callback or an operator (``"waiting"``); a poll
+    always goes on by itself.
+    """
+    from culm import api
+
+    deadline = time.monotonic() + timeout
+    still_since: float | None = None
+    while True:
+        flat = render.flatten(check(api.get_pipeline_states(rt, root_id)))
+        if progress is not None:
+            for entry in sorted(flat.values(), key=_started):
+                progress.show(entry["id"], entry["state"])
+        if flat.get(root_id, {}).get("state") in render.ENDED:
+            return "ended", flat
+        if _moving(flat, not stop_when_waiting):
+            still_since = None
+        elif still_since is None:
+            still_since = time.monotonic()
+        elif time.monotonic() - still_since >= STILL_SECONDS:
+            failed = any(e["state"] == "FAILED" for e in flat.values())
+            return ("failed" if failed else "waiting"), flat
+        if time.monotonic() >= deadline:
+            return "timeout", flat
+        time.sleep(POLL_SECONDS)
+
+
+@contextmanager
+def progress_by_signal(rt: Any, progress: Progress) -> Iterator[Progress | None]:
+    """Progress lines from signals when this process runs the work (exact, in order), else by polling."""
+    from culm import signals
+
+    if getattr(rt, "dispatcher", None) is None or getattr(rt, "broker", None):
+        yield progress
+        return
+    signals.post_set_state.connect(progress.on_set_state)
+    try:
+        yield None
+    finally:
+        signals.post_set_state.disconnect(progress.on_set_state)
+
+
+@contextmanager
+def _stops_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the wait like Ctrl-C does, so that the pipeline id and how to go on are printed."""
+    def stop(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
+    db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
+    if cluster:
+        return (f"the workers go on with it: follow it with `culm watch {root_id}{db}`, "
+                f"see it with `culm status {root_id}{db}`")
+    return f"continue it with `culm run --attach {root_id}{db}` (or stop it with `culm revoke {root_id}{db}`)"
+
+
+def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: str, flat: dict[str, dict],
+             args: argparse.Namespace, cluster: bool) -> int:
+    """Print how the run stands and return the exit code (0 only when FINISHED)."""
+    from culm import api
+
+    root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
+    if outcome == "ended":
+        print(f"pipeline {root_id} {root_state}")
+        return EXIT_OK if root_state == "FINISHED" else EXIT_FAILED
+    if outcome == "timeout":
+        print(f"timed out after {args.timeout:g}s: pipeline {root_id} is {root_state}")
+    elif outcome == "waiting":
+        print(f"pipeline {root_id} is {root_state} and waits:")
+    for node_id, entry in sorted(flat.items()):
+        reason = entry.get("wait_reason")
+        if node_id != root_id and entry["state"] == "RUNNING" and not reason:
+            print(f"  still RUNNING: {render.label(node_id, info)}")
+        elif reason and reason["kind"] != "failed":
+            print(f"  {render.label(node_id, info)}: {reason['text']}")
+    failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
+    if failed:
+        print(f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
+              f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)")
+    for node_id in failed:
+        ex_data = (api.get_execution_data_outputs(rt, node_id).data or {}).get("ex_data")
+        print(f"FAILED {render.label(node_id, info)}")
+        text = str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
+        for line in text.splitlines() or [""]:
+            print(f"    {line}")
+    if outcome in ("timeout", "waiting"):
+        print(continue_hint(args, root_id, cluster))
+    return EXIT_FAILED
+
+
+def print_problems(problems: Sequence[Any], info: dict[str, tuple[str, str]], out: Any) -> None:
+    """One line per problem, naming the node by name and id and the CLI flag that would help."""
+    for problem in problems:
+        where = render.label(problem.where, info) if problem.where else "<tree>"
+        message = problem.message.replace("pass cycle_tolerate=True", "pass --cycle-tolerate")
+        print(f"{where}: {message}", file=out)
+
+
+def _check_components(tree: dict, info: dict[str, tuple[str, str]]) -> None:
+    """Embedded runs only: every component the tree names is registered here (else exit 2)."""
+    from culm import events, variables
+    from culm.components import library
+    from culm.model.validator import validate_tree
+
+    problems = validate_tree(tree, component_exists=library.has, lazy_exists=variables.library.has,
+                             end_event_exists=events.library.has, cycle_tolerate=True)
+    missing = [p for p in problems if "component" in p.message]
+    if missing:
+        print_problems(missing, info, sys.stderr)
+        raise UsageError(f"{len(missing)} component(s) are not registered in this process; name the "
+                         "modules that define them with --import MODULE (or $CULM_IMPORTS)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.attach:
+        if args.source:
+            raise UsageError("--attach ID continues a stored pipeline: give no TREE as well")
+        return _attach(args)
+    if not args.source:
+        raise UsageError("give the pipeline to run (TREE.json or MODULE.py), or --attach ID")
+    from culm import api
+
+    tree = load_tree(args.source, args.imports)
+    if args.new_ids:
+        tree = with_new_ids(tree)
+    tree = apply_settings(tree, args.settings)
+    data = parse_json_object(args.data, "--data") or {}
+    info = render.node_info(tree)
+    root_id = tree.get("id")
+    cluster = bool(broker_url(args))
+    if not cluster:
+        _check_components(tree, info)
+    with open_runtime(args, read_only=False, run=True) as rt, \
+            progress_by_signal(rt, Progress(str(root_id), info)) as polled:
+        where = "submitted to the workers" if cluster else "running"
+        print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+        started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
+        if not started.result:
+            problems = getattr(started.exc, "problems", None) or []
+            if problems:
+                err(f"invalid pipeline tree: {len(problems)} problem(s)")
+                print_problems(problems, info, sys.stderr)
+            else:
+                err(f"refused: {started.message}")
+            if isinstance(root_id, str) and api.get_pipeline_states(rt, root_id).data:
+                err(f"hint: pipeline {root_id} already ran in this database; pass --new-ids to run "
+                    "the tree again under fresh ids")
+            return EXIT_USAGE
+        assert isinstance(root_id, str)
+        return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+
+
+def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
+                      progress: Progress | None, cluster: bool, stop_when_waiting: bool = False) -> int:
+    try:
+        with _stops_on_sigterm():
+            outcome, flat = follow(rt, root_id, args.timeout, progress, stop_when_waiting)
+    except KeyboardInterrupt:
+        err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster)}")
+        return 130
+    return conclude(rt, root_id, info, outcome, flat, args, cluster)
+
+
+def _attach(args: argparse.Namespace) -> int:
+    from culm import api
+    from culm.cli.loading import import_modules
+
+    import_modules(import_names(args.imports))
+    cluster = bool(broker_url(args))
+    with open_runtime(args, read_only=True, run=True) as rt:
+        root_id = args.attach
+        states = check(api.get_pipeline_states(rt, root_id))
+        if not states:
+            from culm.cli.common import NotFound
+
+            raise NotFound(f"no pipeline with id {root_id} in this database")
+        info = render.node_info(check(api.get_pipeline_tree(rt, root_id)))
+        if getattr(rt, "dispatcher", None) is None and not cluster:
+            print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
+        with progress_by_signal(rt, Progress(root_id, info)) as polled:
+            return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from culm import events, variables
+    from culm.components import library
+    from culm.model.validator import validate_tree
+
+    tree = load_tree(args.source, args.imports)
+    problems = validate_tree(
+        tree, cycle_tolerate=args.cycle_tolerate, component_exists=library.has,
+        lazy_exists=variables.library.has, end_event_exists=events.library.has,
+    )
+    info = render.node_info(tree)
+    print_problems(problems, info, sys.stdout)
+    # Warnings (a fragment that will stay text, a condition that will not parse) never change the exit code.
+    for warning in tree_warnings(tree):
+        where = render.label(warning.where, info) if warning.where else "<tree>"
+        print(f"warning: {where}: {warning.message}")
+    if problems:
+        err(f"{len(problems)} problem(s)")
+        return EXIT_USAGE
+    print("OK")
+    return EXIT_OK
+
+
+def tree_warnings(tree: dict) -> list[Any]:
+    """The validator's syntax warnings (same shape as problems: ``where``, ``message``)."""
+    from culm.model.validator import tree_warnings as find
+
+    return list(find(tree))
+
+
+def register(sub: Any) -> None:
+    """Add ``run`` and ``validate`` to the ``culm`` parser."""
+    run = sub.add_parser("run", help="run a pipeline to its end (embedded), or submit it to a cluster's workers")
+    run.add_argument("source", nargs="?", metavar="TREE.json|MODULE.py")
+    run.add_argument("--attach", metavar="ID", help="continue (and follow) a pipeline an earlier run left unfinished")
+    add_db(run)
+    add_broker(run)
+    run.add_argument("--data", metavar="JSON",
+                     help="root pipeline data (what components read from parent_data): a JSON object or @FILE")
+    run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a context input the tree declares (--set who=world sets ${who}); repeat")
+    _add_imports(run)
+    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                     help=f"stop following after S seconds (default {DEFAULT_TIMEOUT:g}); the pipeline stays")
+    run.add_argument("--cycle-tolerate", action="store_true", help="allow loop-back flows")
+    run.add_argument("--new-ids", action="store_true",
+                     help="give the pipeline, its nodes and flows fresh ids (to run a JSON tree again)")
+    run.set_defaults(func=cmd_run)
+
+    validate = sub.add_parser("validate", help="list every problem of a pipeline tree (exit 2 if any)")
+    validate.add_argument("source", metavar="TREE.json|MODULE.py")
+    _add_imports(validate)
+    validate.add_argument("--cycle-tolerate", action="store_true", help="allow loop-back flows")
+    validate.set_defaults(func=cmd_validate)
+
+
+def _add_imports(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")

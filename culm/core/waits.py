@@ -1,0 +1,150 @@
+"""Why a node that is not moving waits: one answer for the API, the CLI, the service and the checks.
+
+A *wait reason* is a dict ``{"kind", "text", ...}``; ``kind`` is one of
+
+* ``"callback"``: a service waits for ``culm.api.callback`` (``version`` is the one to send);
+* ``"poll"``: a service polls; ``next_poll`` is when (a tz-aware datetime), ``polls`` how often so far;
+* ``"paused"``: an operator paused this pipeline or subprocess (``resume`` goes on);
+* ``"pause_appointed"``: an operator set a pause at this node (``reached`` says whether a branch stands
+  there already; ``resume-node`` goes on);
+* ``"converge"``: the branches forked here have not all reached ``converge`` (``branches``: the
+  node each missing branch stands at);
+* ``"failed"``: the node failed and waits for an operator (retry, skip or revoke).
+
+Nodes that run, have ended, or never stop (gateways, events) get none. The facts come from rows
+the engine keeps anyway (states, processes, schedules, schedule tasks, node types) and are read
+only when a state could need them, so a finished pipeline costs no extra read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from culm import states
+from culm.core.records import SCHEDULE, ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
+
+SUBPROCESS = "SubProcess"
+PIPELINE = "Pipeline"
+MAY_WAIT = frozenset({states.FAILED, states.SUSPENDED, states.RUNNING})
+ACTIVITY = "ServiceActivity"
+
+
+@dataclass
+class WaitFacts:
+    """What :func:`wait_reasons` looks at besides the states themselves."""
+
+    node_types: Mapping[str, str] = field(default_factory=dict)
+    schedules: Mapping[str, ScheduleRecord] = field(default_factory=dict)  # live ones, by node id
+    next_runs: Mapping[str, float] = field(default_factory=dict)  # due time of a schedule task, by schedule id
+    processes: Sequence[ProcessRecord] = ()
+    candidates: Sequence[StateRecord] = ()  # the states that may wait (failed, suspended, running)
+
+
+def _time(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _failed(kind: str | None) -> dict[str, Any]:
+    if kind == SUBPROCESS:
+        how = "retry the subprocess or revoke the pipeline"
+    elif kind in ("ExclusiveGateway", "ConditionalParallelGateway"):
+        how = "skip it along chosen flows or revoke the pipeline"
+    else:
+        how = "retry it (maybe with new inputs), skip it or revoke the pipeline"
+    return {"kind": "failed", "text": f"failed; an operator may {how}"}
+
+
+def _suspended(st: StateRecord, kind: str | None, facts: WaitFacts) -> dict[str, Any]:
+    if st.node_id == st.root_id or kind in (SUBPROCESS, PIPELINE):
+        what = "pipeline" if st.node_id == st.root_id else "subprocess"
+        return {"kind": "paused", "text": f"{what} paused by an operator; resume it to go on"}
+    reached = any(p.current_node_id == st.node_id and p.suspended_by == st.node_id and not p.dead
+                  for p in facts.processes)
+    text = ("stopped here by an operator's pause; resume the node to go on" if reached else
+            "an operator appointed a pause here: a branch that reaches this node stops before running it")
+    return {"kind": "pause_appointed", "text": text, "reached": reached}
+
+
+def _scheduled(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict[str, Any]:
+    if sched.type == "poll":
+        due = facts.next_runs.get(sched.id)
+        reason: dict[str, Any] = {"kind": "poll", "polls": sched.times,
+                                  "next_poll": _time(due) if due is not None else None}
+        if due is None:
+            reason["text"] = "polls its service; a poll is under way"
+        elif due <= time.time():
+            reason["text"] = "polls its service; a poll is due now"
+        else:
+            reason["text"] = f"polls its service; next poll at {_time(due).astimezone().strftime('%H:%M:%S')}"
+        return reason
+    many = " (several may arrive)" if sched.type == "multiple_callback" else ""
+    return {"kind": "callback", "version": st.version,
+            "text": f"waits for a callback{many} with version {st.version}"}
+
+
+def _converge(proc: ProcessRecord, children: Iterable[ProcessRecord]) -> dict[str, Any]:
+    missing = [c for c in children if not c.dead]
+    target = missing[0].destination_id if missing else None
+    branches = sorted({c.current_node_id for c in missing})
+    where = f"converge gateway {target}" if target else "its converge gateway"
+    return {"kind": "converge", "converge": target, "branches": branches,
+            "text": f"waits at {where} for {len(branches)} branch(es), now at {', '.join(branches)}"}
+
+
+def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
+    """``{node_id: reason}`` for every node that waits among the states ``facts`` were read for."""
+    reasons: dict[str, dict[str, Any]] = {}
+    for st in facts.candidates:
+        kind = facts.node_types.get(st.node_id)
+        if st.name == states.FAILED:
+            reasons[st.node_id] = _failed(kind)
+        elif st.name == states.SUSPENDED:
+            reasons[st.node_id] = _suspended(st, kind, facts)
+        elif st.name == states.RUNNING and st.node_id in facts.schedules:
+            reasons[st.node_id] = _scheduled(st, facts.schedules[st.node_id], facts)
+    by_parent: dict[str, list[ProcessRecord]] = {}
+    for p in facts.processes:
+        if p.parent_id is not None:
+            by_parent.setdefault(p.parent_id, []).append(p)
+    for p in facts.processes:
+        # A process that forked sleeps at its gateway until every branch reached the converge.
+        if not p.dead and p.need_ack > p.ack_num and p.id in by_parent:
+            reasons.setdefault(p.current_node_id, _converge(p, by_parent[p.id]))
+    return reasons
+
+
+def read_facts(unit: Any, records: Sequence[StateRecord], root: StateRecord | None = None) -> WaitFacts:
+    """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
+
+    Args:
+        unit: a reading unit of the store.
+        records: the states of one pipeline (or of a node and its children).
+        root: the state of their root pipeline, when ``records`` do not hold it.
+    """
+    # One pass over the states; a finished pipeline's leave nothing to read.
+    candidates = [st for st in records if st.name in MAY_WAIT]
+    facts = WaitFacts(candidates=candidates)
+    odd = [st.node_id for st in candidates if st.name != states.RUNNING]
+    running = [st for st in candidates if st.name == states.RUNNING]
+    if odd:
+        facts.node_types = unit.node_types(odd)
+    if running:
+        versions = {st.node_id: st.version for st in running}
+        current = [s for s in unit.live_schedules(list(versions)) if versions.get(s.node_id) == s.version]
+        facts.schedules = {s.node_id: s for s in current}
+        if any(s.type == "poll" for s in current):
+            tasks: list[TaskRecord] = unit.tasks_of_root(running[0].root_id, SCHEDULE)
+            facts.next_runs = {t.schedule_id: t.due for t in tasks if t.schedule_id and not t.callback_id}
+    # Processes (converging forks, parked branches) matter only while something is alive.
+    live = (states.RUNNING, states.SUSPENDED)
+    alive = root if root is not None and root.name in live else next(
+        (st for st in candidates if st.name in live and st.root_id), None)
+    if alive is not None:
+        facts.processes = unit.processes_of_root(alive.root_id)
+        # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
+        facts.candidates = candidates or [alive]
+    return facts

@@ -1,0 +1,119 @@
+"""What the store can hold, as rules the validator and the API check before anything is stored.
+
+The same limits hold on every backend, so a tree or a payload that one database would take and
+another refuse (with a driver error from deep inside a run) is refused up front, naming the node
+id and field at fault. The column widths are those of :mod:`culm.storage.schema`, which takes them
+from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from culm.errors import InvalidOperationError
+
+ID_LENGTH = 64  # pipeline and node ids (bamboo's are 33 characters)
+KEY_LENGTH = 255  # context keys, queue names, lazy variable codes
+# Values (variables, pipeline data, callback and retry payloads) nested deeper than this are
+# refused: rendering, copying and encoding them recurse once per level, and a value thousands of
+# levels deep would exhaust the interpreter's stack in the middle of a run.
+MAX_VALUE_DEPTH = 100
+
+
+def text_problem(text: str) -> str | None:
+    """What makes ``text`` unfit for a text column on some backend, or None.
+
+    PostgreSQL refuses NUL characters, and no driver encodes a lone surrogate (half of a UTF-16
+    pair, e.g. from bytes decoded with ``surrogateescape``) to UTF-8. Both are refused on every
+    backend, so a run behaves the same wherever it is stored.
+    """
+    if "\x00" in text:
+        return "a NUL character"
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a lone surrogate"
+    return None
+
+
+def column_problem(text: str, width: int) -> str | None:
+    """What keeps ``text`` out of a text column ``width`` characters wide, or None."""
+    if len(text) > width:
+        return f"is {len(text)} characters long; at most {width} are stored"
+    problem = text_problem(text)
+    return f"holds {problem}" if problem else None
+
+
+_CONTAINERS = (dict, list, tuple, set, frozenset)
+
+
+def too_deep(value: Any, limit: int = MAX_VALUE_DEPTH) -> bool:
+    """Whether ``value`` nests dicts, lists, tuples or sets more than ``limit`` levels deep.
+
+    A value that contains itself is not deep for that (pickle stores it as it is). Without
+    recursion; a first walk goes depth first and stops past ``limit``, and only a value it finds
+    too deep is measured exactly (:func:`nesting`, which sees cycles).
+    """
+    if not isinstance(value, _CONTAINERS):
+        return False
+    walked: dict[int, int] = {}  # a container shared by several parents is walked once per depth
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return nesting(value) > limit
+        if walked.get(id(item), 0) >= depth:
+            continue
+        walked[id(item)] = depth
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, _CONTAINERS))
+    return False
+
+
+def nesting(value: Any) -> int:
+    """How many levels of containers ``value`` nests (0 for a scalar; cycles do not count)."""
+    height: dict[int, int] = {}  # id of a container walked -> levels from it down
+    on_path: set[int] = set()
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, leaving = stack.pop()
+        key = id(item)
+        if leaving:
+            on_path.discard(key)
+            below = [height.get(id(c), 0) for c in _children(item)]
+            height[key] = 1 + max(below, default=0)
+        elif key not in height and key not in on_path:
+            on_path.add(key)
+            stack.append((item, True))
+            stack.extend((c, False) for c in _children(item))
+    return height.get(id(value), 0) if isinstance(value, _CONTAINERS) else 0
+
+
+def _children(item: Any) -> list[Any]:
+    if not isinstance(item, _CONTAINERS):
+        return []
+    values = item.values() if isinstance(item, dict) else item
+    return [c for c in values if isinstance(c, _CONTAINERS)]
+
+
+def check_payload(value: Any, what: str) -> None:
+    """Refuse a payload (pipeline data, callback or retry data, a context value) nested too deeply.
+
+    Raises:
+        InvalidOperationError: Naming ``what``.
+    """
+    if too_deep(value):
+        raise InvalidOperationError(f"{what} is nested more than {MAX_VALUE_DEPTH} levels deep")
+
+
+def check_context_keys(values: Any, what: str) -> None:
+    """Refuse a dict of context values whose keys a context key column cannot hold, or whose
+    values are nested too deeply (``what``: the argument, for the message)."""
+    if not isinstance(values, dict):
+        return
+    for key, value in values.items():
+        if isinstance(key, str) and (problem := column_problem(key, KEY_LENGTH)):
+            raise InvalidOperationError(f"{what}: key {key!r} {problem}")
+        check_payload(value, f"{what}: value of {key!r}")

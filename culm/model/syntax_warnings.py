@@ -1,0 +1,120 @@
+"""Syntax warnings of a pipeline tree: templates and conditions that will not work as written.
+
+At run time culm keeps bamboo's behaviour: a ``${...}`` fragment that does not parse is left in
+the text as it is (shell inputs such as ``${HOME:-x}`` are common), and a gateway condition that
+does not parse fails its gateway. Neither is a validation problem, but a typo should be seen
+before a run, so :func:`tree_warnings` names each one with its node id and position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from culm.data import boolrule, sandbox, template
+from culm.errors import ExpressionError, TreeProblem
+
+_PLACEHOLDER = "0"  # what a fragment stands for when a condition's syntax is checked
+_RENDERED_TYPES = frozenset({"splice", "lazy"})
+_GATEWAYS_WITH_CONDITIONS = frozenset({"ExclusiveGateway", "ConditionalParallelGateway"})
+
+
+def tree_warnings(tree: Any) -> list[TreeProblem]:
+    """List the template fragments and gateway conditions of ``tree`` that do not parse.
+
+    Args:
+        tree: A pipeline tree (bamboo's schema); parts that are not well formed are skipped
+            (:func:`~culm.model.validator.validate_tree` reports those).
+
+    Returns:
+        One warning per fragment or condition, each with ``where`` (the node or pipeline id) and
+        ``message`` (the field, the position in its text and why it does not parse).
+    """
+    found: list[TreeProblem] = []
+    pending = [tree]
+    while pending:
+        pipeline = pending.pop()
+        if not isinstance(pipeline, dict):
+            continue
+        pid = pipeline.get("id") if isinstance(pipeline.get("id"), str) else None
+        found += _variables(pid, "data input", _field(pipeline.get("data"), "inputs"))
+        for nid, node in _items(pipeline.get("activities")):
+            if node.get("type") == "SubProcess":
+                found += _variables(nid, "param", node.get("params"))
+                pending.append(node.get("pipeline"))
+            else:
+                found += _variables(nid, "component input", _field(node.get("component"), "inputs"))
+        for nid, node in _items(pipeline.get("gateways")):
+            if node.get("type") in _GATEWAYS_WITH_CONDITIONS:
+                found += _conditions(nid, node.get("conditions"))
+    return found
+
+
+def _field(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None
+
+
+def _items(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    if isinstance(nodes, dict):
+        for nid, node in nodes.items():
+            if isinstance(nid, str) and isinstance(node, dict):
+                yield nid, node
+
+
+def _variables(where: str | None, kind: str, variables: Any) -> list[TreeProblem]:
+    if not isinstance(variables, dict):
+        return []
+    found: list[TreeProblem] = []
+    for key, var in variables.items():
+        if not isinstance(var, dict) or var.get("type", "plain") not in _RENDERED_TYPES:
+            continue
+        if var.get("need_render") is False:
+            continue
+        for text in template.strings_in(var.get("value")):
+            found += (TreeProblem(where, f"{kind} {key}: {msg}") for msg in fragment_problems(text))
+    return found
+
+
+def _conditions(where: str, conditions: Any) -> list[TreeProblem]:
+    if not isinstance(conditions, dict):
+        return []
+    found: list[TreeProblem] = []
+    for flow_id, condition in conditions.items():
+        text = condition.get("evaluate") if isinstance(condition, dict) else None
+        if not isinstance(text, str):
+            continue
+        found += (TreeProblem(where, f"condition of flow {flow_id}: {msg}") for msg in fragment_problems(text))
+        # fragments that parse become a value; those that do not stay text, as at run time
+        skeleton = template.FRAGMENT.sub(lambda m: m.group(0) if _unparsable(m.group(1)) else _PLACEHOLDER, text)
+        if boolrule.syntax_problem(skeleton) is not None:
+            found.append(TreeProblem(where, f"condition of flow {flow_id} {text!r} is not valid condition "
+                                            "syntax; the gateway will fail when it runs"))
+    return found
+
+
+def _unparsable(body: str) -> bool:
+    try:
+        sandbox.parse(body)
+    except ExpressionError:
+        return True
+    return False
+
+
+def fragment_problems(text: str) -> list[str]:
+    """Why each ``${...}`` of ``text`` that will stay text at run time does not parse."""
+    problems: list[str] = []
+    starts = set()
+    for match in template.FRAGMENT.finditer(text):
+        starts.add(match.start())
+        try:
+            sandbox.parse(match.group(1))
+        except ExpressionError as exc:
+            problems.append(f"{match.group(0)!r} at position {match.start()} does not parse ({exc}); "
+                            "it will stay text")
+    position = text.find("${")
+    while position >= 0:
+        if position not in starts:
+            problems.append(f"'${{' at position {position} opens no fragment (a fragment holds no "
+                            "'$', '{', '}' or '#'); it will stay text")
+        position = text.find("${", position + 2)
+    return problems

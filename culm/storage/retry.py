@@ -1,0 +1,70 @@
+"""Deadlock and serialization victims: a transaction the server rolled back so that another could go on.
+
+Commands and engine steps take row locks in one order (see docs/distributed.md, "Row locks"), which
+keeps deadlocks between them rare; they cannot be ruled out entirely on a server database (index
+and gap locks, several rows locked by one statement in the server's scan order). A victim's
+transaction was rolled back as a whole, so running it again from the start is always safe: a
+command is retried here, a few times with a growing, jittered pause, and never surfaces as a
+refusal; an engine batch is retried by its runner (:mod:`culm.dispatch.runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+logger = logging.getLogger("culm.storage")
+
+T = TypeVar("T")
+
+ATTEMPTS = 8
+FIRST_PAUSE = 0.01  # seconds; doubles with each attempt (full jitter), up to MAX_PAUSE
+MAX_PAUSE = 0.5
+
+# PostgreSQL SQLSTATEs: serialization_failure, deadlock_detected.
+_PG_STATES = frozenset({"40001", "40P01"})
+# MySQL / MariaDB error codes: lock wait timeout, deadlock found when trying to get lock.
+_MY_CODES = frozenset({1205, 1213})
+
+
+def is_lock_victim(exc: BaseException) -> bool:
+    """True when ``exc`` (or an exception it wraps) says the server rolled the transaction back
+    to break a deadlock or a serialization conflict."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if getattr(e, "sqlstate", None) in _PG_STATES:
+            return True
+        args = getattr(e, "args", ())
+        if type(e).__module__.startswith("pymysql") and args and args[0] in _MY_CODES:
+            return True
+        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return False
+
+
+def pause(attempt: int) -> float:
+    """How long to wait before try ``attempt + 1`` (full jitter, so victims do not meet again)."""
+    return random.uniform(0, min(MAX_PAUSE, FIRST_PAUSE * 2**attempt))
+
+
+def retrying(call: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """Run ``call`` (one whole transaction); run it again while it is a lock victim, at most
+    ``attempts`` (ATTEMPTS) times in all (the last victim's error is raised)."""
+    attempts = attempts or ATTEMPTS
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == attempts - 1 or not is_lock_victim(exc):
+                raise
+            wait = pause(attempt)
+            logger.info("%s was a deadlock victim (%s); trying again in %.3fs", what, type(exc).__name__, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")

@@ -1,0 +1,184 @@
+"""The ASGI application of ``culm serve``: API routers, error answers, body limit, console, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from culm.web import adapter, auth, metrics, routes_control, routes_read
+from culm.web.problems import ProblemError, problem, responses
+from culm.web.tokens import TokenStore
+
+STATIC = Path(__file__).with_name("static")
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with 413 before any endpoint acts on them.
+
+    A declared ``Content-Length`` over the limit is refused unread; a chunked body is counted as it
+    arrives and refused as soon as it passes the limit (endpoints read the whole body first).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, send)
+            return
+        seen = 0
+        over = refused = started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen, over
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    over = True
+                    raise BodyTooLarge
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            # The framework turns an error while reading the body into its own answer (400);
+            # once the body went over the limit, that answer is replaced by the 413.
+            nonlocal started, refused
+            if over:
+                if not started and not refused:
+                    refused = True
+                    await self._refuse(scope, send)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except BodyTooLarge:
+            pass
+        if over and not started and not refused:
+            await self._refuse(scope, send)
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        response = problem(413, f"the request body is larger than {self.limit} bytes; nothing was stored")
+        await response(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAULT_MAX_BODY,
+               tokens: TokenStore | None = None) -> FastAPI:
+    """The service for ``runtime``.
+
+    Args:
+        runtime: a :class:`culm.Runtime` (embedded and running, or submit-and-read).
+        auth_enabled: False only for ``culm serve --no-auth`` on a loopback address.
+        max_body: largest accepted request body in bytes.
+        tokens: the token store (default: the runtime's database).
+    """
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        app.state.hub.close()
+        app.state.metrics.close()
+
+    app = FastAPI(title="culm", lifespan=lifespan, version=_version(), docs_url="/api/docs", redoc_url=None,
+                  openapi_url="/api/openapi.json",
+                  description="REST API of the culm workflow engine. Send `Authorization: Bearer <token>`.")
+    app.state.runtime = runtime
+    app.state.tokens = tokens or TokenStore(runtime.store.engine)
+    app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled)
+    app.state.hub = adapter.ChangeHub(runtime)
+    app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)
+    app.add_middleware(BodyLimit, limit=max_body)
+    _add_error_handlers(app)
+    app.include_router(routes_read.router)
+    app.include_router(routes_control.router)
+    app.include_router(routes_control.tokens_router)
+
+    @app.get("/metrics", summary="Prometheus metrics", dependencies=[Depends(auth.viewer)],
+             response_class=Response, responses=responses(401))
+    def prometheus(request: Request) -> Response:
+        body, content_type = request.app.state.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    def console() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(auth.AuthError)
+    async def _auth(request: Request, exc: auth.AuthError) -> Response:
+        return problem(exc.status, exc.detail)
+
+    @app.exception_handler(ProblemError)
+    async def _problem(request: Request, exc: ProblemError) -> Response:
+        return problem(exc.status_code, str(exc.detail), exc.problems)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        items = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
+                 for e in exc.errors()]
+        detail = "; ".join(f"{i['field']}: {i['message']}" for i in items) or "invalid request"
+        return problem(422, detail, items)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem(exc.status_code, str(exc.detail))
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema without the 422 it lists for operations whose only inputs are strings
+    (path ids, optional text filters): nothing there can fail validation, so it is never answered."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    for ops in schema["paths"].values():
+        for op in ops.values():
+            params = op.get("parameters", [])
+            if "requestBody" not in op and all(_is_text(p.get("schema", {})) for p in params):
+                op["responses"].pop("422", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _is_text(schema: dict[str, Any]) -> bool:
+    options = schema.get("anyOf", [schema])
+    return all(o.get("type") in ("string", "null") and "maxLength" not in o for o in options)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("culm")
+    except PackageNotFoundError:
+        return "0"

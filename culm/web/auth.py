@@ -1,0 +1,129 @@
+"""Bearer-token authentication, roles, and slowing down clients that keep presenting bad tokens.
+
+Roles nest: viewer reads; operator reads, submits and controls; admin is an operator who also manages
+tokens. The console sends the token as an ``Authorization: Bearer`` header (never a cookie), so a
+page on another site cannot make a browser act with it (no CSRF surface).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from culm.web.tokens import TokenInfo, TokenStore
+
+# Failures a client may make before it is slowed down, and how the delay grows (seconds).
+FREE_FAILURES = 3
+MAX_DELAY = 5.0
+FAILURE_MEMORY = 600.0
+
+NO_AUTH = TokenInfo("no-auth", "admin", "culm serve --no-auth", 0.0, None, None)
+
+
+class AuthError(Exception):
+    """A request without a usable token (401) or with a role too low for it (403)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+class FailureThrottle:
+    """Counts failed tokens per client address; after a few, each further attempt waits longer."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def delay(self, client: str) -> float:
+        """How long the next attempt of ``client`` must wait before it is answered."""
+        with self._lock:
+            count, last = self._failures.get(client, (0, 0.0))
+        if count < FREE_FAILURES or time.monotonic() - last > FAILURE_MEMORY:
+            return 0.0
+        return min(MAX_DELAY, 0.25 * 2 ** (count - FREE_FAILURES))
+
+    def failed(self, client: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            count, last = self._failures.get(client, (0, 0.0))
+            if now - last > FAILURE_MEMORY:
+                count = 0
+            self._failures[client] = (count + 1, now)
+            if len(self._failures) > 100_000:
+                self._failures.clear()
+
+    def succeeded(self, client: str) -> None:
+        with self._lock:
+            self._failures.pop(client, None)
+
+
+class Authenticator:
+    """Resolves a request's bearer token to a :class:`TokenInfo` (or the no-auth admin).
+
+    Args:
+        tokens: the token store.
+        enabled: False for ``culm serve --no-auth`` (every request acts as admin).
+    """
+
+    def __init__(self, tokens: TokenStore, enabled: bool = True) -> None:
+        self.tokens = tokens
+        self.enabled = enabled
+        self.throttle = FailureThrottle()
+
+    async def identify(self, request: Request) -> TokenInfo:
+        if not self.enabled:
+            return NO_AUTH
+        client = request.client.host if request.client else "unknown"
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthError(401, "a bearer token is needed: send 'Authorization: Bearer <token>' "
+                                 "(create one with `culm token create --role viewer|operator|admin`)")
+        wait = self.throttle.delay(client)
+        if wait:
+            await asyncio.sleep(wait)
+        info = await run_in_threadpool(self.tokens.check, token.strip())
+        if info is None:
+            self.throttle.failed(client)
+            raise AuthError(401, "the token is unknown or revoked")
+        self.throttle.succeeded(client)
+        return info
+
+    async def admit(self, request: Request, role: str) -> TokenInfo:
+        """The request's token when its role includes ``role``.
+
+        Raises:
+            AuthError: 401 without a live token, 403 with a role below ``role``.
+        """
+        info = await self.identify(request)
+        if not info.allows(role):
+            raise AuthError(403, f"this needs the {role} role; the token has the {info.role} role")
+        return info
+
+
+def _require(role: str) -> Callable[[Request], Awaitable[TokenInfo]]:
+    async def dependency(request: Request) -> TokenInfo:
+        authenticator: Authenticator = request.app.state.auth
+        return await authenticator.admit(request, role)
+
+    dependency.__name__ = f"require_{role}"
+    return dependency
+
+
+#: FastAPI dependencies admitting each role (and the roles above it).
+viewer = _require("viewer")
+operator = _require("operator")
+admin = _require("admin")
+
+
+def runtime_of(request: Request) -> Any:
+    """The runtime the service was started with."""
+    return request.app.state.runtime

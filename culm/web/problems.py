@@ -1,0 +1,95 @@
+"""Errors as RFC 9457 problem details (``application/problem+json``), and fast JSON answers."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from culm.errors import CulmError, InvalidOperationError, NotFoundError, TreeInvalidError
+
+PROBLEM_TYPE = "application/problem+json"
+
+
+class Problem(BaseModel):
+    """An error answer: HTTP status, a title, what went wrong, and for trees every problem."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    problems: list[dict[str, Any]] | None = None
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return repr(value)
+
+
+class FastJSON(JSONResponse):
+    """JSON without FastAPI's per-value encoder pass (a 1,000-node state tree is large); times as ISO 8601."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, default=_default, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class ProblemError(HTTPException):
+    """An HTTP error that is answered as a problem document."""
+
+    def __init__(self, status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(status, detail)
+        self.problems = problems
+
+
+_TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
+           413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
+           500: "Internal server error"}
+
+
+def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> JSONResponse:
+    """A problem+json response."""
+    body: dict[str, Any] = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status,
+                            "detail": detail}
+    if problems is not None:
+        body["problems"] = problems
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return FastJSON(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
+
+
+def tree_problems(exc: Any) -> list[dict[str, Any]]:
+    """Each problem of a refused tree as ``{"node_id", "message"}`` (node_id None for the whole tree)."""
+    return [{"node_id": p.where, "message": p.message} for p in getattr(exc, "problems", None) or []]
+
+
+def unwrap(result: Any) -> Any:
+    """The data of a successful :class:`~culm.api.EngineAPIResult`; otherwise the matching HTTP error.
+
+    Raises:
+        ProblemError: 422 for an invalid tree, 404 for an unknown id, 409 for a refused command,
+            400 for any other mistake of the caller, 500 for a fault of the engine.
+    """
+    if result.result:
+        return result.data
+    exc = result.exc
+    if isinstance(exc, TreeInvalidError):
+        raise ProblemError(422, result.message, tree_problems(exc))
+    if isinstance(exc, NotFoundError):
+        raise ProblemError(404, result.message)
+    if isinstance(exc, InvalidOperationError):
+        raise ProblemError(409, result.message)
+    if isinstance(exc, CulmError | TypeError | ValueError):
+        raise ProblemError(400, result.message)
+    raise ProblemError(500, result.message)
+
+
+# Documented error answers of the endpoints (for the OpenAPI schema).
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "description": _TITLES.get(code, "Error"),
+                   "content": {PROBLEM_TYPE: {}}} for code in codes}

@@ -1,0 +1,247 @@
+// culm console: sign-in, routing, the pipeline list and the component catalogue.
+// The token lives in sessionStorage and goes out as a bearer header; nothing uses cookies.
+"use strict";
+
+const culm = (window.culm = {});
+const TOKEN_KEY = "culm.token";
+const STATES = ["CREATED", "READY", "RUNNING", "SUSPENDED", "BLOCKED", "FINISHED", "FAILED", "REVOKED"];
+
+culm.el = function (tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else if (k === "text") node.textContent = v;
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c.nodeType ? c : String(c));
+  return node;
+};
+const el = culm.el;
+
+culm.token = () => sessionStorage.getItem(TOKEN_KEY);
+culm.me = null;
+
+culm.headers = function () {
+  const t = culm.token();
+  return t ? { Authorization: "Bearer " + t } : {};
+};
+
+culm.api = async function (path, options = {}) {
+  const opts = { ...options, headers: { ...culm.headers(), ...(options.headers || {}) } };
+  if (opts.json !== undefined) {
+    opts.body = JSON.stringify(opts.json);
+    opts.headers["Content-Type"] = "application/json";
+    opts.method = opts.method || "POST";
+  }
+  const res = await fetch(path, opts);
+  if (res.status === 401 && culm.me) {
+    signOut("Your token was refused; sign in again.");
+    throw new Error("unauthorized");
+  }
+  const type = res.headers.get("content-type") || "";
+  const body = type.includes("json") ? await res.json() : await res.text();
+  if (!res.ok) {
+    const err = new Error((body && body.detail) || res.statusText);
+    err.status = res.status;
+    err.body = body;
+    throw err;
+  }
+  return body;
+};
+
+culm.toast = function (text) {
+  const t = document.getElementById("toast");
+  t.textContent = text;
+  t.hidden = false;
+  clearTimeout(culm._toastTimer);
+  culm._toastTimer = setTimeout(() => (t.hidden = true), 5000);
+};
+
+culm.canOperate = () => culm.me && (culm.me.role === "operator" || culm.me.role === "admin");
+
+culm.fmtTime = (v) => (v ? new Date(v).toLocaleString() : "-");
+culm.badge = (state) => el("span", { class: "badge s-" + (state || "none"), text: state || "not reached" });
+
+// Server-sent events over fetch, so the bearer header can be sent (EventSource cannot).
+culm.follow = function (query, onEvent) {
+  const controller = new AbortController();
+  let stopped = false;
+  (async function loop() {
+    while (!stopped) {
+      try {
+        const res = await fetch("/api/v1/events" + query, { headers: culm.headers(), signal: controller.signal });
+        if (!res.ok) throw new Error("events: " + res.status);
+        const reader = res.body.getReader();
+        const decoder = new TextDecoder();
+        let buffer = "";
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += decoder.decode(value, { stream: true });
+          let cut;
+          while ((cut = buffer.indexOf("\n\n")) >= 0) {
+            const block = buffer.slice(0, cut);
+            buffer = buffer.slice(cut + 2);
+            let type = "message", data = "";
+            for (const line of block.split("\n")) {
+              if (line.startsWith("event: ")) type = line.slice(7);
+              else if (line.startsWith("data: ")) data += line.slice(6);
+            }
+            if (data) onEvent(type, JSON.parse(data));
+          }
+        }
+      } catch (e) {
+        if (stopped) return;
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  })();
+  return () => { stopped = true; controller.abort(); };
+};
+
+// -- sign-in -----------------------------------------------------------------------------------
+
+function signOut(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  culm.me = null;
+  showSignIn(message);
+}
+
+function showSignIn(message) {
+  stopView();
+  document.getElementById("nav").hidden = true;
+  document.getElementById("signout").hidden = true;
+  document.getElementById("whoami").textContent = "";
+  const input = el("input", { id: "token", type: "password", placeholder: "culm_…", autocomplete: "off" });
+  const error = el("p", { class: "error", id: "signin-error", text: message || "" });
+  const form = el("form", { class: "signin", id: "signin" },
+    el("h2", { text: "Sign in" }),
+    el("p", { class: "muted", text: "Paste an API token (culm token create --role viewer|operator|admin). "
+      + "It is kept in this tab's session storage only." }),
+    input, error, el("button", { class: "primary", type: "submit", text: "Sign in" }));
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+    try {
+      await start();
+    } catch (e) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      error.textContent = e.status === 401 ? "That token is unknown or revoked." : String(e.message || e);
+    }
+  });
+  document.getElementById("view").replaceChildren(form);
+  input.focus();
+}
+
+async function start() {
+  culm.me = await culm.api("/api/v1/me");
+  document.getElementById("nav").hidden = false;
+  document.getElementById("signout").hidden = culm.me.id === "no-auth";
+  document.getElementById("whoami").textContent = culm.me.role + (culm.me.name ? " · " + culm.me.name : "");
+  route();
+}
+
+// -- routing -----------------------------------------------------------------------------------
+
+let stopCurrent = null;
+function stopView() {
+  if (stopCurrent) stopCurrent();
+  stopCurrent = null;
+}
+
+function route() {
+  if (!culm.me) return;
+  stopView();
+  const hash = location.hash || "#/";
+  const view = document.getElementById("view");
+  let m;
+  if ((m = hash.match(/^#\/p\/([^/?]+)(?:\/n\/([^/?]+))?/))) {
+    stopCurrent = culm.pipelinePage(view, decodeURIComponent(m[1]), m[2] && decodeURIComponent(m[2]));
+  } else if (hash.startsWith("#/components")) {
+    stopCurrent = componentsPage(view);
+  } else {
+    stopCurrent = listPage(view, new URLSearchParams(hash.split("?")[1] || ""));
+  }
+}
+
+// -- pipeline list -----------------------------------------------------------------------------
+
+function listPage(view, params) {
+  const limit = 25;
+  const offset = Number(params.get("offset") || 0);
+  const state = params.get("state") || "";
+  const name = params.get("name") || "";
+  const after = params.get("after") || "";
+  const before = params.get("before") || "";
+  const go = (changes) => {
+    const next = new URLSearchParams({ state, name, after, before, offset: 0, ...changes });
+    for (const [k, v] of [...next]) if (!v || v === "0") next.delete(k);
+    location.hash = "#/?" + next.toString();
+  };
+  const stateSel = el("select", { id: "f-state", onchange: () => go({ state: stateSel.value }) },
+    el("option", { value: "", text: "any state" }), STATES.map((s) => el("option", { value: s, text: s, selected: s === state })));
+  const nameIn = el("input", { id: "f-name", placeholder: "name contains", value: name });
+  const afterIn = el("input", { id: "f-after", type: "date", value: after, title: "created on or after" });
+  const beforeIn = el("input", { id: "f-before", type: "date", value: before, title: "created before" });
+  const filters = el("form", { class: "filters", onsubmit: (e) => { e.preventDefault();
+      go({ name: nameIn.value, after: afterIn.value, before: beforeIn.value }); } },
+    stateSel, nameIn, el("label", {}, "from ", afterIn), el("label", {}, "before ", beforeIn),
+    el("button", { type: "submit", text: "Filter" }));
+  const counts = el("div", { class: "counts", id: "counts" });
+  const table = el("table", { id: "pipelines" });
+  const pager = el("div", { class: "pager" });
+  view.replaceChildren(el("h2", { text: "Pipelines" }), filters, counts, table, pager);
+
+  async function load() {
+    const q = new URLSearchParams({ limit, offset });
+    if (state) q.set("state", state);
+    if (name) q.set("name", name);
+    if (after) q.set("created_after", new Date(after).toISOString());
+    if (before) q.set("created_before", new Date(before).toISOString());
+    const data = await culm.api("/api/v1/pipelines?" + q.toString());
+    const total = Object.values(data.counts).reduce((a, b) => a + b, 0);
+    counts.replaceChildren(
+      el("span", { class: "chip" + (state ? "" : " active"), onclick: () => go({ state: "" }), text: "all " + total }),
+      ...STATES.filter((s) => data.counts[s]).map((s) => el("span", {
+        class: "chip s-" + s + (s === state ? " active" : ""), "data-state": s,
+        onclick: () => go({ state: s }), text: s + " " + data.counts[s] })));
+    table.replaceChildren(el("tr", {}, ["Name", "Id", "State", "Created", "Started", "Ended"].map((h) => el("th", { text: h }))),
+      ...data.items.map((p) => el("tr", { "data-id": p.id },
+        el("td", {}, el("a", { href: "#/p/" + encodeURIComponent(p.id), text: p.name || "(no name)" })),
+        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state)),
+        el("td", { text: culm.fmtTime(p.created_time) }), el("td", { text: culm.fmtTime(p.started_time) }),
+        el("td", { text: culm.fmtTime(p.archived_time) }))));
+    if (!data.items.length) table.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No pipeline matches." })));
+    pager.replaceChildren(
+      el("button", { text: "‹ Newer", disabled: offset === 0, onclick: () => go({ offset: Math.max(0, offset - limit) }) }),
+      el("span", { class: "muted", text: `${data.total ? offset + 1 : 0}–${Math.min(offset + limit, data.total)} of ${data.total}` }),
+      el("button", { text: "Older ›", disabled: offset + limit >= data.total, onclick: () => go({ offset: offset + limit }) }));
+  }
+  let timer = null;
+  const stop = culm.follow("", () => { clearTimeout(timer); timer = setTimeout(() => load().catch(() => {}), 300); });
+  load().catch((e) => e.message !== "unauthorized" && culm.toast("Could not load pipelines: " + e.message));
+  return () => { stop(); clearTimeout(timer); };
+}
+
+// -- component catalogue -----------------------------------------------------------------------
+
+function componentsPage(view) {
+  view.replaceChildren(el("h2", { text: "Components" }), el("p", { class: "muted", text: "Loading…" }));
+  culm.api("/api/v1/components").then((items) => {
+    culm.components = items;
+    const fmt = (list) => el("ul", {}, list.map((i) => el("li", {},
+      el("code", { text: i.key }), " ", el("span", { class: "muted", text: `${i.type || (i.schema && i.schema.type) || ""} ${i.name || ""}` }))));
+    view.replaceChildren(el("h2", { text: "Components" }), el("table", { id: "components" },
+      el("tr", {}, ["Code", "Name", "Version", "Group", "Kind", "Inputs", "Outputs"].map((h) => el("th", { text: h }))),
+      items.map((c) => el("tr", { "data-code": c.code },
+        el("td", {}, el("code", { text: c.code })), el("td", { text: c.name }), el("td", { text: c.version }),
+        el("td", { text: c.group }), el("td", { text: c.callback ? "callback" : c.need_schedule ? "polling" : "once" }),
+        el("td", {}, fmt(c.inputs_format)), el("td", {}, fmt(c.outputs_format))))));
+  }).catch((e) => culm.toast("Could not load components: " + e.message));
+  return null;
+}
+
+document.getElementById("signout").addEventListener("click", () => signOut("Signed out."));
+window.addEventListener("hashchange", route);
+start().catch(() => showSignIn());

@@ -1,0 +1,227 @@
+// culm console: the pipeline page — the graph laid out by dagre, coloured by live state, and the node panel.
+"use strict";
+
+(function () {
+  const el = culm.el;
+  const SVG = "http://www.w3.org/2000/svg";
+  const svg = (tag, attrs) => {
+    const n = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) n.setAttribute(k, v);
+    return n;
+  };
+  const GATEWAY = { ExclusiveGateway: "×", ParallelGateway: "+", ConditionalParallelGateway: "◇", ConvergeGateway: "⊕" };
+
+  // Every node of a tree (and of the subprocesses in it), by id, with the tree that holds it.
+  function indexTree(tree, parent, out) {
+    const nodes = [tree.start_event, tree.end_event, ...Object.values(tree.activities || {}),
+      ...Object.values(tree.gateways || {})].filter(Boolean);
+    for (const n of nodes) {
+      out[n.id] = { node: n, parent };
+      if (n.type === "SubProcess" && n.pipeline) indexTree(n.pipeline, n.id, out);
+    }
+    return out;
+  }
+
+  // Lay out ``tree`` with the subprocesses in ``expanded`` drawn inline as clusters.
+  function layout(tree, expanded) {
+    const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
+    let count = 0;
+    const entry = {}, exit = {};
+    function add(t, cluster) {
+      const nodes = [t.start_event, t.end_event, ...Object.values(t.activities || {}), ...Object.values(t.gateways || {})]
+        .filter(Boolean);
+      for (const n of nodes) {
+        count++;
+        if (n.type === "SubProcess" && n.pipeline && expanded.has(n.id)) {
+          g.setNode(n.id, { cluster: true, node: n });
+          if (cluster) g.setParent(n.id, cluster);
+          add(n.pipeline, n.id);
+          entry[n.id] = entry[n.pipeline.start_event.id] || n.pipeline.start_event.id;
+          exit[n.id] = exit[n.pipeline.end_event.id] || n.pipeline.end_event.id;
+          continue;
+        }
+        const event = /Event$/.test(n.type), gateway = n.type in GATEWAY;
+        const label = n.name || (n.component && n.component.code) || n.type;
+        g.setNode(n.id, { node: n, label, width: event ? 36 : gateway ? 44 : Math.min(200, Math.max(110, label.length * 7 + 20)),
+          height: event ? 36 : gateway ? 44 : 40 });
+        if (cluster) g.setParent(n.id, cluster);
+      }
+      for (const f of Object.values(t.flows || {})) g.setEdge(f.source, f.target, { flow: f }, f.id);
+    }
+    add(tree, null);
+    // Flows into and out of an expanded subprocess join its start and end events.
+    for (const e of g.edges()) {
+      const s = exit[e.v], t = entry[e.w];
+      if (s || t) {
+        const label = g.edge(e);
+        g.removeEdge(e);
+        g.setEdge(s || e.v, t || e.w, label, e.name);
+      }
+    }
+    const big = count > 300;
+    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep: big ? 28 : 40, marginx: 16, marginy: 16,
+      ranker: big ? "longest-path" : "network-simplex" });
+    dagre.layout(g);
+    return g;
+  }
+
+  function draw(g, states, expanded, onSelect, onToggle) {
+    const size = g.graph();
+    const root = svg("svg", { class: "graph", id: "graph", width: Math.ceil(size.width), height: Math.ceil(size.height) });
+    const clusters = svg("g"), edges = svg("g"), nodes = svg("g");
+    root.append(clusters, edges, nodes);
+    const defs = svg("defs");
+    const marker = svg("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 6, markerHeight: 6, orient: "auto" });
+    marker.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9ca3af" }));
+    defs.append(marker);
+    root.append(defs);
+    for (const e of g.edges()) {
+      const pts = g.edge(e).points || [];
+      edges.append(svg("path", { class: "edge", "marker-end": "url(#arrow)", "data-flow": e.name || "",
+        d: pts.map((p, i) => (i ? "L" : "M") + p.x.toFixed(1) + "," + p.y.toFixed(1)).join(" ") }));
+    }
+    const byId = {};
+    for (const id of g.nodes()) {
+      const d = g.node(id);
+      if (!d) continue;
+      if (d.cluster) {
+        const box = svg("g", { class: "cluster-box", "data-node-id": id });
+        box.append(svg("rect", { class: "cluster", x: d.x - d.width / 2, y: d.y - d.height / 2, width: d.width, height: d.height, rx: 6 }));
+        const t = svg("text", { x: d.x - d.width / 2 + 18, y: d.y - d.height / 2 + 12 });
+        t.textContent = d.node.name || id;
+        const toggle = svg("text", { class: "toggle", "data-toggle": id, x: d.x - d.width / 2 + 5, y: d.y - d.height / 2 + 12 });
+        toggle.textContent = "−";
+        toggle.style.pointerEvents = "all";
+        toggle.addEventListener("click", () => onToggle(id));
+        box.append(t, toggle);
+        clusters.append(box);
+        continue;
+      }
+      const n = d.node;
+      const grp = svg("g", { class: "node", "data-node-id": id, "data-type": n.type, transform: `translate(${d.x},${d.y})` });
+      let shape;
+      if (/Event$/.test(n.type)) shape = svg("circle", { class: "shape", r: 17 });
+      else if (n.type in GATEWAY) shape = svg("polygon", { class: "shape", points: "0,-21 21,0 0,21 -21,0" });
+      else shape = svg("rect", { class: "shape", x: -d.width / 2, y: -20, width: d.width, height: 40, rx: 6 });
+      grp.append(shape);
+      const below = /Event$/.test(n.type);
+      const text = svg("text", { "text-anchor": "middle", y: n.type in GATEWAY ? 5 : below ? 32 : 4, class: below ? "below" : "" });
+      text.textContent = n.type in GATEWAY ? GATEWAY[n.type] : /Event$/.test(n.type) ? (n.name || "") : d.label.slice(0, 28);
+      grp.append(text);
+      if (n.type === "SubProcess") {
+        const toggle = svg("text", { class: "toggle", "data-toggle": id, x: -d.width / 2 + 4, y: -8 });
+        toggle.textContent = "+";
+        toggle.style.pointerEvents = "all";
+        toggle.addEventListener("click", (ev) => { ev.stopPropagation(); onToggle(id); });
+        grp.append(toggle);
+      }
+      const title = svg("title");
+      grp.append(title);
+      grp.addEventListener("click", () => onSelect(id));
+      nodes.append(grp);
+      byId[id] = grp;
+      paint(grp, states[id]);
+    }
+    return { root, byId };
+  }
+
+  function paint(grp, entry) {
+    const state = entry ? entry.state : "none";
+    grp.setAttribute("data-state", state);
+    const title = grp.querySelector("title");
+    if (title) title.textContent = `${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
+      + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : "");
+  }
+
+  culm.pipelinePage = function (view, pipelineId, selected) {
+    const started = performance.now();
+    const page = { states: {}, tree: null, index: {}, expanded: new Set(), selected: selected || null, drawn: null };
+    const head = el("div", { class: "pipeline-head" });
+    const wrap = el("div", { id: "graph-wrap" });
+    const panel = el("aside", { id: "panel", hidden: true });
+    view.replaceChildren(head, el("div", { class: "layout" }, wrap, panel));
+
+    function redraw() {
+      const began = performance.now();
+      const g = layout(page.tree, page.expanded);
+      const laid = performance.now();
+      page.drawn = draw(g, page.states, page.expanded, select, toggle);
+      wrap.replaceChildren(page.drawn.root);
+      markSelected();
+      wrap.setAttribute("data-layout-ms", String(Math.round(laid - began)));
+      wrap.setAttribute("data-draw-ms", String(Math.round(performance.now() - laid)));
+    }
+    function toggle(id) {
+      if (page.expanded.has(id)) page.expanded.delete(id); else page.expanded.add(id);
+      redraw();
+    }
+    function markSelected() {
+      for (const g of wrap.querySelectorAll(".node.selected")) g.classList.remove("selected");
+      const g = page.selected && page.drawn && page.drawn.byId[page.selected];
+      if (g) g.classList.add("selected");
+    }
+    function select(id) {
+      page.selected = id;
+      history.replaceState(null, "", "#/p/" + encodeURIComponent(pipelineId) + "/n/" + encodeURIComponent(id));
+      markSelected();
+      culm.showPanel(panel, page, id, refreshStates);
+    }
+    function renderHead() {
+      const root = page.states[pipelineId];
+      const actions = el("span", { class: "actions", id: "pipeline-actions" });
+      if (culm.canOperate() && root) {
+        const act = (label, op, cls) => el("button", { class: cls, "data-action": op, text: label, onclick: async () => {
+          try { await culm.api(`/api/v1/pipelines/${encodeURIComponent(pipelineId)}/${op}`, { method: "POST" });
+            culm.toast(label + ": done"); refreshStates(); } catch (e) { culm.toast(label + " refused: " + e.message); } } });
+        if (root.state === "RUNNING") actions.append(act("Pause", "pause"), act("Revoke", "revoke", "danger"));
+        if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
+      }
+      head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
+        el("h2", { text: (page.tree && page.tree.name) || pipelineId }), el("span", { class: "muted", text: pipelineId }),
+        el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
+        el("span", { class: "legend" }, ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s))));
+    }
+    async function refreshStates() {
+      const data = await culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId));
+      page.states = { [pipelineId]: data, ...data.children };
+      if (page.drawn) for (const [id, grp] of Object.entries(page.drawn.byId)) paint(grp, page.states[id]);
+      renderHead();
+      if (page.selected && !panel.hidden) culm.showPanel(panel, page, page.selected, refreshStates);
+    }
+    let pending = null;
+    function onChange(type, change) {
+      if (type === "reload") { refreshStates().catch(() => {}); return; }
+      if (type !== "state") return;
+      const entry = page.states[change.node_id] || { id: change.node_id };
+      page.states[change.node_id] = { ...entry, state: change.to_state, version: change.version, loop: change.loop };
+      const grp = page.drawn && page.drawn.byId[change.node_id];
+      if (grp) paint(grp, page.states[change.node_id]);
+      if (change.node_id === pipelineId) renderHead();
+      // Wait reasons, times and the open panel come from a full read, at most a few times a second.
+      clearTimeout(pending);
+      pending = setTimeout(() => refreshStates().catch(() => {}), 400);
+    }
+    let stop = () => {};
+    (async () => {
+      try {
+        const [tree, states] = await Promise.all([
+          culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId) + "/tree"),
+          culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId)),
+          culm.components ? null : culm.api("/api/v1/components").then((c) => (culm.components = c)),
+        ]);
+        page.tree = tree;
+        page.index = indexTree(tree, null, {});
+        page.states = { [pipelineId]: states, ...states.children };
+        renderHead();
+        redraw();
+        wrap.setAttribute("data-render-ms", String(Math.round(performance.now() - started)));
+        wrap.setAttribute("data-ready", "1");
+        if (page.selected) select(page.selected);
+        stop = culm.follow("?root_id=" + encodeURIComponent(pipelineId), onChange);
+      } catch (e) {
+        view.replaceChildren(el("p", { class: "error", id: "page-error", text: "Cannot show pipeline " + pipelineId + ": " + e.message }));
+      }
+    })();
+    return () => { stop(); clearTimeout(pending); };
+  };
+})();

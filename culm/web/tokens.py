@@ -1,0 +1,141 @@
+"""API tokens: created and revoked by an admin, kept as salted scrypt hashes.
+
+A token reads ``culm_<id>_<secret>``. The id picks the row; the secret is checked against its
+salted ``hashlib.scrypt`` hash with a constant-time comparison. scrypt comes with Python's standard
+library (OpenSSL), so no extra dependency is needed, and it is memory-hard: a stolen table does not
+give the tokens away cheaply even though secrets are random. Because hashing costs milliseconds, the
+service remembers which presented tokens it already verified (by a SHA-256 of the token, in memory)
+and only re-reads the row each request, so a revocation made by another process counts at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert, select, update
+
+from culm.storage import schema as s
+
+ROLES = ("viewer", "operator", "admin")
+_RANK = {role: i for i, role in enumerate(ROLES)}
+PREFIX = "culm_"
+# scrypt cost: 16 MiB and ~30-60 ms per check on this project's machine; paid once per token and process.
+_N, _R, _P = 2**14, 8, 1
+
+
+class TokenError(ValueError):
+    """A token command got an unusable argument (unknown role, unknown or revoked id)."""
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What a token allows (never its secret)."""
+
+    id: str
+    role: str
+    name: str
+    created_time: float
+    revoked_time: float | None
+    last_used_time: float | None
+
+    def allows(self, role: str) -> bool:
+        """Whether this token's role includes ``role`` (admin > operator > viewer)."""
+        return _RANK[self.role] >= _RANK[role]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "role": self.role, "name": self.name, "created_time": self.created_time,
+                "revoked_time": self.revoked_time, "last_used_time": self.last_used_time,
+                "revoked": self.revoked_time is not None}
+
+
+def _hash(secret: str, salt: bytes) -> str:
+    return hashlib.scrypt(secret.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32, maxmem=64 * 1024 * 1024).hex()
+
+
+def _info(row: Any) -> TokenInfo:
+    return TokenInfo(row.id, row.role, row.name, row.created_time, row.revoked_time, row.last_used_time)
+
+
+class TokenStore:
+    """Tokens in the ``culm_api_token`` table of a runtime's database.
+
+    Args:
+        engine: the SQLAlchemy engine of the runtime's store.
+    """
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._verified: dict[bytes, str] = {}
+        self._lock = threading.Lock()
+
+    def create(self, role: str, name: str = "") -> tuple[str, TokenInfo]:
+        """Store a new token; returns its text (shown once, never stored) and its record.
+
+        Raises:
+            TokenError: ``role`` is not one of viewer, operator, admin.
+        """
+        if role not in _RANK:
+            raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        salt = secrets.token_bytes(16)
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(insert(s.api_token).values(
+                id=token_id, role=role, name=name, salt=salt.hex(), secret_hash=_hash(secret, salt),
+                created_time=now, revoked_time=None, last_used_time=None))
+        return f"{PREFIX}{token_id}_{secret}", TokenInfo(token_id, role, name, now, None, None)
+
+    def revoke(self, token_id: str) -> TokenInfo:
+        """Revoke a token for good.
+
+        Raises:
+            TokenError: no token has this id, or it is already revoked.
+        """
+        with self.engine.begin() as conn:
+            done = conn.execute(update(s.api_token).where(s.api_token.c.id == token_id,
+                                                          s.api_token.c.revoked_time.is_(None))
+                                .values(revoked_time=time.time()))
+            row = conn.execute(select(s.api_token).where(s.api_token.c.id == token_id)).first()
+        if row is None:
+            raise TokenError(f"no token with id {token_id!r}")
+        if done.rowcount == 0:
+            raise TokenError(f"token {token_id} is already revoked")
+        return _info(row)
+
+    def list(self) -> list[TokenInfo]:
+        """Every token, revoked ones included, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.api_token).order_by(s.api_token.c.created_time)).fetchall()
+        return [_info(r) for r in rows]
+
+    def check(self, token: str) -> TokenInfo | None:
+        """The live (not revoked) token that ``token`` is, or None."""
+        digest = hashlib.sha256(token.encode()).digest()
+        token_id = self._verified.get(digest)
+        if token_id is not None:
+            row = self._row(token_id)
+            return _info(row) if row is not None and row.revoked_time is None else None
+        parts = token.split("_", 2) if token.startswith(PREFIX) else []
+        if len(parts) != 3 or len(token) > 200:
+            return None
+        row = self._row(parts[1])
+        if row is None or row.revoked_time is not None:
+            return None
+        if not hmac.compare_digest(_hash(parts[2], bytes.fromhex(row.salt)), row.secret_hash):
+            return None
+        with self._lock:
+            if len(self._verified) > 10_000:
+                self._verified.clear()
+            self._verified[digest] = row.id
+        return _info(row)
+
+    def _row(self, token_id: str) -> Any:
+        with self.engine.connect() as conn:
+            return conn.execute(select(s.api_token).where(s.api_token.c.id == token_id)).first()

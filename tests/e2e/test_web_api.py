@@ -1,0 +1,480 @@
+"""The REST API of ``culm serve`` over real HTTP (uvicorn in a thread, an embedded SQLite runtime).
+
+The last test checks that every endpoint of the OpenAPI schema was exercised here for every status
+code it documents.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from typing import Any
+
+import httpx
+import pytest
+from openapi_spec_validator import validate
+from web_support import (  # noqa: F401 - fixtures
+    divide_tree,
+    failing_gateways_tree,
+    served,
+    showcase_tree,
+    wait_for,
+)
+
+from culm import api
+
+pytestmark = pytest.mark.timeout(120)
+
+SEEN: set[tuple[str, str, int]] = set()
+
+
+def _record(response: httpx.Response) -> None:
+    SEEN.add((response.request.method, response.request.url.path, response.status_code))
+
+
+def client(served: Any, role: str | None = "admin", **kw: Any) -> httpx.Client:  # noqa: F811
+    c = served.client(role, **kw)
+    c.event_hooks["response"].append(_record)
+    return c
+
+
+@pytest.fixture(scope="module")
+def admin(served: Any) -> httpx.Client:  # noqa: F811
+    return client(served, "admin")
+
+
+def submit(admin: httpx.Client, tree: dict, **extra: Any) -> str:
+    res = admin.post("/api/v1/pipelines", json={"tree": tree, **extra})
+    assert res.status_code == 201, res.text
+    return str(res.json()["id"])
+
+
+def node_id(tree: dict, name: str) -> str:
+    for group in ("activities", "gateways"):
+        for node in tree[group].values():
+            if node.get("name") == name:
+                return str(node["id"])
+    raise KeyError(name)
+
+
+# -- auth ---------------------------------------------------------------------------------------
+
+
+def test_nothing_is_visible_without_a_token(served: Any) -> None:  # noqa: F811
+    with client(served, None) as anon:
+        for path in ("/api/v1/pipelines", "/api/v1/components", "/api/v1/me", "/metrics", "/api/v1/tokens"):
+            res = anon.get(path)
+            assert res.status_code == 401, path
+            assert res.headers["content-type"].startswith("application/problem+json")
+            assert "bearer token" in res.json()["detail"]
+        assert anon.get("/").status_code == 200  # the sign-in page itself
+
+
+def test_a_revoked_or_unknown_token_is_refused(served: Any) -> None:  # noqa: F811
+    with client(served, "revoked") as revoked:
+        res = revoked.get("/api/v1/pipelines")
+        assert res.status_code == 401
+        assert res.json()["detail"] == "the token is unknown or revoked"
+    with httpx.Client(base_url=served.url, headers={"Authorization": "Bearer culm_nope_nope"}) as wrong:
+        assert wrong.get("/api/v1/me").status_code == 401
+
+
+def test_a_viewer_reads_but_cannot_submit_control_or_manage_tokens(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(0)
+    root = submit(admin, tree)
+    failed = node_id(tree, "divide")
+    served.wait_state(failed, "FAILED")
+    with client(served, "viewer") as viewer:
+        assert viewer.get(f"/api/v1/pipelines/{root}").status_code == 200
+        assert viewer.get("/api/v1/me").json()["role"] == "viewer"
+        for path, body in ((f"/api/v1/nodes/{failed}/retry", {}), (f"/api/v1/nodes/{failed}/skip", None),
+                           (f"/api/v1/pipelines/{root}/revoke", None), ("/api/v1/pipelines", {"tree": tree})):
+            res = viewer.post(path, json=body)
+            assert res.status_code == 403, path
+            assert "operator role" in res.json()["detail"]
+        assert viewer.get("/api/v1/tokens").status_code == 403
+    assert served.state(failed) == "FAILED"  # nothing changed
+    assert served.state(root) == "RUNNING"
+    with client(served, "operator") as operator:
+        assert operator.get("/api/v1/tokens").status_code == 403
+        assert operator.post(f"/api/v1/pipelines/{root}/revoke").status_code == 200
+    served.wait_state(root, "REVOKED")
+
+
+def test_repeated_bad_tokens_from_one_client_are_slowed_down(served: Any) -> None:  # noqa: F811
+    import time
+
+    throttle = served.app.state.auth.throttle
+    with httpx.Client(base_url=served.url, headers={"Authorization": "Bearer culm_bad_token"}) as bad:
+        for _ in range(3):
+            assert bad.get("/api/v1/me").status_code == 401
+        assert throttle.delay("127.0.0.1") > 0
+        began = time.monotonic()
+        assert bad.get("/api/v1/me").status_code == 401
+        assert time.monotonic() - began >= throttle.delay("127.0.0.1") / 2 * 0.9
+    with client(served, "viewer") as good:
+        assert good.get("/api/v1/me").status_code == 200  # a good token clears the record
+    assert throttle.delay("127.0.0.1") == 0
+
+
+# -- tokens -------------------------------------------------------------------------------------
+
+
+def test_admin_creates_lists_and_revokes_tokens(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    made = admin.post("/api/v1/tokens", json={"role": "viewer", "name": "dashboard"})
+    assert made.status_code == 201
+    token, token_id = made.json()["token"], made.json()["id"]
+    listed = admin.get("/api/v1/tokens").json()
+    assert any(t["id"] == token_id and t["role"] == "viewer" and "token" not in t for t in listed)
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {token}"}) as fresh:
+        assert fresh.get("/api/v1/me").json()["role"] == "viewer"
+        assert admin.delete(f"/api/v1/tokens/{token_id}").status_code == 200
+        assert fresh.get("/api/v1/me").status_code == 401
+    assert admin.delete(f"/api/v1/tokens/{token_id}").status_code == 409
+    assert admin.delete("/api/v1/tokens/0000").status_code == 404
+    bad = admin.post("/api/v1/tokens", json={"role": "root"})
+    assert bad.status_code == 422 and "viewer, operator, admin" in bad.json()["detail"]
+
+
+# -- submitting and validating ------------------------------------------------------------------
+
+
+def test_submit_runs_the_pipeline_and_the_list_shows_it(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(4, name="listed-divide")
+    root = submit(admin, tree)
+    served.wait_state(root, "FINISHED")
+    listed = admin.get("/api/v1/pipelines", params={"name": "listed-divide"}).json()
+    assert [i["id"] for i in listed["items"]] == [root]
+    assert listed["items"][0]["state"] == "FINISHED" and listed["total"] == 1
+    assert listed["counts"] == {"FINISHED": 1}
+    only_failed = admin.get("/api/v1/pipelines", params={"state": "FINISHED", "limit": 1}).json()
+    assert len(only_failed["items"]) == 1 and only_failed["total"] >= 1
+    assert admin.get("/api/v1/pipelines", params={"state": "NOPE"}).status_code == 422
+    assert admin.get("/api/v1/pipelines", params={"limit": 0}).status_code == 422
+    data = admin.get(f"/api/v1/nodes/{node_id(tree, 'divide')}/execution-data").json()
+    assert data["outputs"]["result"] == 25.0
+
+
+def test_a_tree_id_runs_once_and_new_ids_runs_it_again(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(5)
+    submit(admin, tree)
+    again = admin.post("/api/v1/pipelines", json={"tree": tree})
+    assert again.status_code == 409 and "already exists" in again.json()["detail"]
+    other = submit(admin, tree, new_ids=True)
+    assert other != tree["id"]
+    served.wait_state(other, "FINISHED")
+
+
+def test_an_invalid_tree_is_refused_naming_its_nodes_and_nothing_is_stored(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(1)
+    act = node_id(tree, "divide")
+    tree["activities"][act]["component"]["code"] = "no_such_component"
+    before = admin.get("/api/v1/pipelines").json()["total"]
+    res = admin.post("/api/v1/pipelines", json={"tree": tree})
+    assert res.status_code == 422
+    assert res.headers["content-type"].startswith("application/problem+json")
+    assert any(p["node_id"] == act and "no_such_component" in p["message"] for p in res.json()["problems"])
+    assert admin.get("/api/v1/pipelines").json()["total"] == before
+    assert admin.get(f"/api/v1/pipelines/{tree['id']}").status_code == 404
+    checked = admin.post("/api/v1/validate", json={"tree": tree}).json()
+    assert checked["valid"] is False and any(p["node_id"] == act for p in checked["problems"])
+    assert admin.post("/api/v1/validate", json={"tree": divide_tree(1)}).json() == {"valid": True, "problems": []}
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"tree": 3}', b'{"tree": {"id": 5}}', b"[]"])
+def test_malformed_bodies_get_a_clear_422(served: Any, admin: httpx.Client, body: bytes) -> None:  # noqa: F811
+    before = admin.get("/api/v1/pipelines").json()["total"]
+    res = admin.post("/api/v1/pipelines", content=body, headers={"Content-Type": "application/json"})
+    assert res.status_code == 422, res.text
+    assert res.json()["detail"]
+    checked = admin.post("/api/v1/validate", content=body, headers={"Content-Type": "application/json"})
+    # a tree that is a dict is reported on (valid: false, each problem); anything else is refused
+    assert checked.status_code == 422 or (checked.status_code == 200 and checked.json()["valid"] is False)
+    assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
+def test_oversized_bodies_are_refused_with_413_and_nothing_stored(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(1)
+    tree["padding"] = "x" * (70 * 1024)
+    before = admin.get("/api/v1/pipelines").json()["total"]
+    res = admin.post("/api/v1/pipelines", json={"tree": tree})
+    assert res.status_code == 413 and "nothing was stored" in res.json()["detail"]
+
+    def chunks() -> Any:  # no Content-Length: counted as it arrives
+        yield b'{"tree": ' + json.dumps(tree).encode()[:40_000]
+        yield json.dumps(tree).encode()[40_000:] + b"}"
+
+    assert admin.post("/api/v1/pipelines", content=chunks(),
+                      headers={"Content-Type": "application/json"}).status_code == 413
+    for path in ("/api/v1/validate", "/api/v1/tokens", "/api/v1/preview"):
+        assert admin.post(path, json={"tree": tree}).status_code == 413, path
+    assert admin.get("/api/v1/pipelines").json()["total"] == before
+    assert admin.get(f"/api/v1/pipelines/{tree['id']}").status_code == 404
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def test_state_tree_node_data_histories_and_logs(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(0)
+    root = submit(admin, tree)
+    act = node_id(tree, "divide")
+    served.wait_state(act, "FAILED")
+    states = admin.get(f"/api/v1/pipelines/{root}").json()
+    assert states["state"] == "RUNNING"
+    entry = states["children"][act]
+    assert entry["state"] == "FAILED" and entry["wait_reason"]["text"]
+    assert admin.get(f"/api/v1/pipelines/{root}/tree").json()["id"] == root
+    debug = admin.get(f"/api/v1/pipelines/{root}/debug").json()
+    assert {"context_values", "processes"} <= set(debug)
+    node = admin.get(f"/api/v1/nodes/{act}").json()
+    assert "ZeroDivisionError" in node["execution_data"]["outputs"]["ex_data"]
+    assert node["node"]["component"]["code"] == "web_divide"
+    assert admin.get(f"/api/v1/nodes/{act}/state").json()["state"] == "FAILED"
+    assert admin.get(f"/api/v1/nodes/{act}/data").json()["inputs"]["divisor"]["value"] == 0
+    assert "dividing 100 by 0" in admin.get(f"/api/v1/nodes/{act}/logs").text
+    assert admin.get(f"/api/v1/nodes/{act}/histories").json() == []
+    assert admin.get(f"/api/v1/nodes/{act}/histories", params={"loop": "first"}).status_code == 422
+
+    retried = admin.post(f"/api/v1/nodes/{act}/retry", json={"inputs": {"divisor": 50}})
+    assert retried.status_code == 200
+    served.wait_state(root, "FINISHED")
+    hist = admin.get(f"/api/v1/nodes/{act}/histories").json()
+    assert len(hist) == 1 and "ZeroDivisionError" in hist[0]["outputs"]["ex_data"]
+    assert admin.get(f"/api/v1/nodes/{act}/histories", params={"short": True}).json()[0].keys() >= {"loop"}
+    assert admin.get(f"/api/v1/nodes/{act}/execution-data").json()["outputs"]["result"] == 2.0
+
+
+def test_unknown_ids_get_404(admin: httpx.Client) -> None:
+    for path in ("/api/v1/pipelines/nope", "/api/v1/pipelines/nope/tree", "/api/v1/pipelines/nope/debug",
+                 "/api/v1/nodes/nope", "/api/v1/nodes/nope/state", "/api/v1/nodes/nope/execution-data",
+                 "/api/v1/nodes/nope/data", "/api/v1/nodes/nope/histories", "/api/v1/nodes/nope/logs"):
+        res = admin.get(path)
+        assert res.status_code == 404, path
+        assert "nope" in res.json()["detail"]
+    for op, body in (("retry", {}), ("skip", None), ("retry-subprocess", None), ("forced-fail", {}),
+                     ("pause", None), ("resume", None), ("callback", {"data": {}}),
+                     ("skip-exclusive-gateway", {"flow_id": "f"}),
+                     ("skip-conditional-parallel-gateway", {"flow_ids": ["f"], "converge_gateway_id": "c"})):
+        res = admin.post(f"/api/v1/nodes/nope/{op}", json=body)
+        assert res.status_code == 404, (op, res.text)
+    for op in ("pause", "resume", "revoke"):
+        assert admin.post(f"/api/v1/pipelines/nope/{op}").status_code == 404, op
+    assert admin.post("/api/v1/pipelines/nope/context", json={"context_values": {}}).status_code == 404
+
+
+def test_component_catalogue_has_formats(admin: httpx.Client) -> None:
+    items = {c["code"]: c for c in admin.get("/api/v1/components").json()}
+    divide = items["web_divide"]
+    assert divide["inputs_format"][0]["key"] == "divisor"
+    assert divide["inputs_format"][0]["schema"]["type"] == "int"
+    assert any(o["key"] == "result" for o in divide["outputs_format"])
+    assert items["web_wait"]["callback"] is True and items["web_divide"]["callback"] is False
+
+
+# -- control ------------------------------------------------------------------------------------
+
+
+def test_every_control_operation(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = showcase_tree()
+    root = submit(admin, tree)
+    wait = node_id(tree, "approve")
+    served.wait_state(wait, "RUNNING")
+    # refused commands are 409 with the engine's reason, and change nothing
+    res = admin.post(f"/api/v1/nodes/{wait}/retry", json={})
+    assert res.status_code == 409 and "RUNNING" in res.json()["detail"]
+    assert admin.post(f"/api/v1/nodes/{wait}/skip").status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/resume").status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/retry-subprocess").status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/pause").status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/skip-exclusive-gateway", json={"flow_id": "x"}).status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/skip-conditional-parallel-gateway",
+                      json={"flow_ids": ["x"], "converge_gateway_id": "y"}).status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/callback", json={"version": "old", "data": {}}).status_code == 409
+    assert admin.post(f"/api/v1/pipelines/{root}/resume").status_code == 409
+    unknown_key = admin.post(f"/api/v1/pipelines/{root}/context", json={"context_values": {"${nope}": 1}})
+    assert unknown_key.status_code == 200 and not unknown_key.json()["data"]  # only existing keys change
+    assert admin.post(f"/api/v1/pipelines/{root}/context", json={"context_values": 5}).status_code == 422
+    assert admin.post(f"/api/v1/nodes/{wait}/retry", json={"inputs": 5}).status_code == 422
+    assert served.state(wait) == "RUNNING"
+
+    assert admin.post(f"/api/v1/pipelines/{root}/pause").status_code == 200
+    served.wait_state(root, "SUSPENDED")
+    assert admin.post(f"/api/v1/pipelines/{root}/resume").status_code == 200
+    served.wait_state(root, "RUNNING")
+    assert admin.post(f"/api/v1/pipelines/{root}/context", json={"context_values": {}}).status_code == 200
+    assert admin.post(f"/api/v1/nodes/{wait}/callback", json={"data": {"approved": True}}).status_code == 200
+    served.wait_state(root, "FINISHED")
+    assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": True}
+
+    # forced fail, then skip
+    tree = divide_tree(1, wait=True)
+    root = submit(admin, tree)
+    wait = node_id(tree, "approve")
+    served.wait_state(wait, "RUNNING")
+    assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={"ex_data": "stop"}).status_code == 200
+    served.wait_state(wait, "FAILED")
+    assert api.get_execution_data_outputs(served.runtime, wait).data["ex_data"] == "stop"
+    assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={}).status_code == 409
+    assert admin.post(f"/api/v1/nodes/{wait}/skip").status_code == 200
+    served.wait_state(root, "FINISHED")
+
+    # a breakpoint before a node, then resumed
+    tree = divide_tree(1, wait=True)
+    wait = node_id(tree, "approve")
+    submit_paused = admin.post("/api/v1/pipelines", json={"tree": tree})
+    assert submit_paused.status_code == 201
+    served.wait_state(wait, "RUNNING")
+    assert admin.post(f"/api/v1/pipelines/{tree['id']}/revoke").status_code == 200
+    served.wait_state(tree["id"], "REVOKED")
+    assert admin.post(f"/api/v1/pipelines/{tree['id']}/pause").status_code == 409
+    assert admin.post(f"/api/v1/pipelines/{tree['id']}/revoke").status_code == 409
+
+
+def test_failed_gateways_and_subprocess_are_skipped_and_retried(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = failing_gateways_tree()
+    root = submit(admin, tree)
+    exg, cpg, sub = (node_id(tree, n) for n in ("exclusive", "conditional", "subprocess"))
+    for node in (exg, cpg, sub):
+        served.wait_state(node, "FAILED")
+    # the stored tree names each conditional parallel gateway's converge gateway
+    stored = admin.get(f"/api/v1/pipelines/{root}/tree").json()
+    converge = admin.get(f"/api/v1/nodes/{cpg}").json()["node"].get("converge_gateway_id") or \
+        stored["gateways"][cpg].get("converge_gateway_id")
+    exg_flow = tree["gateways"][exg]["outgoing"][0]
+    cpg_flows = tree["gateways"][cpg]["outgoing"]
+    assert admin.post(f"/api/v1/nodes/{exg}/skip-exclusive-gateway", json={"flow_id": "nope"}).status_code == 409
+    assert served.state(exg) == "FAILED"
+    assert admin.post(f"/api/v1/nodes/{exg}/skip-exclusive-gateway", json={"flow_id": exg_flow}).status_code == 200
+    res = admin.post(f"/api/v1/nodes/{cpg}/skip-conditional-parallel-gateway",
+                     json={"flow_ids": cpg_flows, "converge_gateway_id": converge})
+    assert res.status_code == 200, res.text
+    assert admin.post(f"/api/v1/nodes/{sub}/retry-subprocess").status_code == 200
+    served.wait_state(exg, "FINISHED")
+    served.wait_state(cpg, "FINISHED")
+    served.wait_state(sub, "FAILED")  # the lazy variable still explodes
+    assert admin.post(f"/api/v1/nodes/{sub}/skip").status_code in (200, 409)
+
+
+def test_breakpoint_pause_and_resume(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    # the breakpoint must exist before the process reaches the node: set it on a node after one
+    # that failed
+    first = divide_tree(0, wait=True)
+    target = node_id(first, "approve")
+    submit(admin, first)
+    served.wait_state(node_id(first, "divide"), "FAILED")
+    assert admin.post(f"/api/v1/nodes/{target}/pause").status_code == 200
+    assert served.state(target) == "SUSPENDED"
+    assert admin.post(f"/api/v1/nodes/{node_id(first, 'divide')}/retry", json={"inputs": {"divisor": 1}}).status_code == 200
+    served.wait_state(node_id(first, "divide"), "FINISHED")
+    assert served.state(target) == "SUSPENDED"
+    assert admin.post(f"/api/v1/nodes/{target}/resume").status_code == 200
+    served.wait_state(target, "RUNNING")
+    assert admin.post(f"/api/v1/nodes/{target}/callback", json={"data": {}}).status_code == 200
+    served.wait_state(first["id"], "FINISHED")
+
+
+def test_preview_renders_inputs(admin: httpx.Client) -> None:
+    tree = divide_tree(7)
+    res = admin.post("/api/v1/preview", json={"tree": tree, "node_id": node_id(tree, "divide")})
+    assert res.status_code == 200 and res.json()["divisor"] == 7
+    unknown = admin.post("/api/v1/preview", json={"tree": tree, "node_id": "nope"})
+    assert unknown.status_code in (400, 404) and "nope" in unknown.json()["detail"], unknown.text
+    assert admin.post("/api/v1/preview", json={"tree": {}, "node_id": "nope"}).status_code == 422
+    assert admin.post("/api/v1/preview", json={"tree": tree}).status_code == 422
+
+
+# -- live updates and metrics ------------------------------------------------------------------
+
+
+def test_server_sent_events_follow_a_pipeline(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(3, wait=True)
+    wait = node_id(tree, "approve")
+    got: list[dict] = []
+    ready = threading.Event()
+
+    def listen() -> None:
+        with client(served, "viewer", timeout=httpx.Timeout(30, read=30)) as viewer, viewer.stream(
+                "GET", "/api/v1/events", params={"root_id": tree["id"]}) as res:
+            assert res.headers["content-type"].startswith("text/event-stream")
+            event = None
+            for line in res.iter_lines():
+                if line.startswith("event: "):
+                    event = line[7:]
+                    ready.set()
+                elif line.startswith("data: ") and event == "state":
+                    got.append(json.loads(line[6:]))
+                    if got[-1]["node_id"] == tree["id"] and got[-1]["to_state"] == "FINISHED":
+                        return
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert ready.wait(10)
+    submit(admin, tree)
+    wait_for(lambda: any(c["node_id"] == wait and c["to_state"] == "RUNNING" for c in got), 20,
+             message="the RUNNING event of the waiting node")
+    admin.post(f"/api/v1/nodes/{wait}/callback", json={"data": {}})
+    listener.join(30)
+    assert not listener.is_alive()
+    assert got[-1]["to_state"] == "FINISHED"
+    assert {c["root_id"] for c in got} == {tree["id"]}
+
+
+def test_metrics_in_prometheus_format(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    root = submit(admin, divide_tree(0))
+    wait_for(lambda: "web_divide" in admin.get("/metrics").text, 20, message="metrics of web_divide")
+    del root
+    text = admin.get("/metrics").text
+    assert re.search(r'culm_node_executions_total\{component="web_divide",hostname="[^"]+",kind="execute",'
+                     r'result="failure"\} [1-9]', text)
+    assert 'engine_execute_exception_count_total{hostname=' in text or "engine_execute_exception_count{" in text
+    for name in ("engine_node_execute_time_bucket", "culm_queue_depth", "culm_outbox_lag_seconds",
+                 "engine_running_processes", "culm_engine_step_seconds_bucket", "culm_web_sse_clients",
+                 "culm_callbacks_total", "culm_state_changes_total"):
+        assert name in text, name
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+
+def _operations(schema: dict) -> list[tuple[str, str, dict]]:
+    return [(method.upper(), re.sub(r"\{[^}]+\}", "nope", path), op)
+            for path, ops in schema["paths"].items() for method, op in ops.items()]
+
+
+def test_every_endpoint_refuses_missing_tokens_low_roles_bad_and_oversized_bodies(served: Any) -> None:  # noqa: F811
+    schema = client(served).get("/api/openapi.json").json()
+    with client(served, None) as anon, client(served, "viewer") as viewer, client(served, "operator") as operator, \
+            client(served, "admin") as admin:
+        before = admin.get("/api/v1/pipelines").json()["total"]
+        for method, path, op in _operations(schema):
+            body = {} if "requestBody" in op else None
+            res = anon.request(method, path, json=body)
+            assert res.status_code == 401, (method, path)
+            if "403" in op["responses"]:
+                low = operator if path.startswith("/api/v1/tokens") else viewer
+                res = low.request(method, path, json=body)
+                assert res.status_code == 403, (method, path)
+                assert "role" in res.json()["detail"]
+            if "requestBody" in op:
+                big = admin.request(method, path, content=b"{" + b" " * (65 * 1024) + b"}",
+                                    headers={"Content-Type": "application/json"})
+                assert big.status_code == 413, (method, path)
+                wrong = admin.request(method, path, json=["not", "an", "object"])
+                assert wrong.status_code == 422, (method, path)
+        assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
+def test_openapi_schema_is_valid_and_every_documented_answer_was_exercised(admin: httpx.Client) -> None:
+    schema = admin.get("/api/openapi.json").json()
+    validate(schema)
+    missing = []
+    for path, ops in schema["paths"].items():
+        pattern = re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", path) + "$")
+        for method, op in ops.items():
+            for code in op["responses"]:
+                hit = any(m == method.upper() and pattern.match(p) and str(s) == code for m, p, s in SEEN)
+                if not hit:
+                    missing.append(f"{method.upper()} {path} {code}")
+    assert not missing, "documented answers never exercised: " + ", ".join(missing)

@@ -1,0 +1,112 @@
+"""``culm serve`` and ``culm token`` as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from web_support import divide_tree, free_port, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+
+HERE = Path(__file__).resolve().parent
+
+
+def culm(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "PYTHONPATH": str(HERE)}
+    env.pop("CULM_IMPORTS", None)
+    return subprocess.run([sys.executable, "-m", "culm.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_token_create_list_revoke(tmp_path: Path) -> None:
+    made = culm(tmp_path, "token", "create", "--role", "operator", "--name", "ci bot")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    token_id = token.split("_")[1]
+    assert token.startswith("culm_") and "shown only now" in made.stderr
+    listed = culm(tmp_path, "token", "list")
+    assert token_id in listed.stdout and "operator" in listed.stdout and "active" in listed.stdout
+    assert token.split("_", 2)[2] not in listed.stdout  # never the secret
+    assert culm(tmp_path, "token", "revoke", token).returncode == 0  # the whole text works too
+    assert "revoked" in culm(tmp_path, "token", "list").stdout
+    again = culm(tmp_path, "token", "revoke", token_id)
+    assert again.returncode == 5 and "already revoked" in again.stderr
+    unknown = culm(tmp_path, "token", "revoke", "0000")
+    assert unknown.returncode == 3 and "no token" in unknown.stderr
+    bad_role = culm(tmp_path, "token", "create", "--role", "root")
+    assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+
+
+def test_no_auth_serves_only_loopback(tmp_path: Path) -> None:
+    res = culm(tmp_path, "serve", "--no-auth", "--host", "0.0.0.0")
+    assert res.returncode == 2
+    assert "--no-auth serves only a loopback address" in res.stderr
+
+
+def test_a_bad_import_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    res = culm(tmp_path, "serve", "--import", "no_such_module_here")
+    assert res.returncode == 2
+    assert "cannot import module 'no_such_module_here'" in res.stderr and "Traceback" not in res.stderr
+
+
+def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "PYTHONPATH": str(HERE),
+           "CULM_IMPORTS": "web_components"}
+    proc = subprocess.Popen([sys.executable, "-m", "culm.cli", "serve", "--port", str(port), *args], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            return httpx.get(url + "/", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, 60, 0.2, message="culm serve to answer")
+    return proc, url
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    return str(out)
+
+
+def test_serve_runs_the_engine_on_the_embedded_default(tmp_path: Path) -> None:
+    token = culm(tmp_path, "token", "create", "--role", "operator").stdout.strip()
+    proc, url = _serve(tmp_path)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        assert httpx.get(url + "/api/v1/pipelines", timeout=10).status_code == 401
+        tree = divide_tree(4)
+        res = httpx.post(url + "/api/v1/pipelines", json={"tree": tree}, headers=headers, timeout=30)
+        assert res.status_code == 201, res.text
+
+        def state() -> Any:
+            got = httpx.get(f"{url}/api/v1/pipelines/{tree['id']}", headers=headers, timeout=10).json()
+            return got["state"] == "FINISHED"
+
+        wait_for(state, 60, 0.2, message="the pipeline to finish in the serve process")
+    finally:
+        out = _stop(proc)
+    assert "runs the engine" in out and "bearer tokens required" in out
+    assert proc.returncode == 0
+
+
+def test_serve_no_auth_on_loopback_needs_no_token(tmp_path: Path) -> None:
+    proc, url = _serve(tmp_path, "--no-auth")
+    try:
+        res = httpx.get(url + "/api/v1/me", timeout=10)
+        assert res.status_code == 200 and res.json()["role"] == "admin"
+    finally:
+        out = _stop(proc)
+    assert "no authentication (loopback only)" in out

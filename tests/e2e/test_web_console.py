@@ -1,0 +1,251 @@
+"""The web console in headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium).
+
+Set ``CULM_SCREENSHOTS=docs`` to write the README's screenshots into ``docs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+from web_support import chain_tree, divide_tree, served, showcase_tree, wait_for  # noqa: F401 - fixtures
+
+from culm import api
+
+pytestmark = pytest.mark.timeout(300)
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parents[2]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-dev-shm-usage", "--window-size=1500,900"]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Any:
+    if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
+        pytest.skip("chromium and chromium-driver are not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="culm-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in [*FLAGS, f"--user-data-dir={profile}"]:
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def find(driver: Any, css: str, timeout: float = 20) -> Any:
+    from selenium.webdriver.common.by import By
+
+    def present() -> Any:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        return found[0] if found and found[0].is_displayed() else None
+
+    return wait_for(present, timeout, message=f"{css} in the page")
+
+
+def click(driver: Any, css: str, timeout: float = 20) -> None:
+    """Click ``css``, again if the page redrew it meanwhile (the list redraws on live changes)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt() -> bool:
+        try:
+            find(driver, css, timeout).click()
+            return True
+        except StaleElementReferenceException:
+            return False
+
+    wait_for(attempt, timeout, message=f"a click on {css}")
+
+
+def text(driver: Any, css: str) -> str:
+    """The text of ``css`` now ("" when absent), read in the page: immune to redraws."""
+    return str(driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
+                                     css))
+
+
+def count(driver: Any, css: str) -> int:
+    from selenium.webdriver.common.by import By
+
+    return len(driver.find_elements(By.CSS_SELECTOR, css))
+
+
+def sign_in(driver: Any, served: Any, role: str) -> None:  # noqa: F811
+    driver.get(served.url + "/")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    box = find(driver, "#token")
+    box.send_keys(served.tokens[role])
+    find(driver, "#signin button").click()
+    wait_for(lambda: role in text(driver, "#whoami"), 20, message=f"signed in as {role}")
+
+
+def node_id(tree: dict, name: str) -> str:
+    for group in ("activities", "gateways"):
+        for node in tree[group].values():
+            if node.get("name") == name:
+                return str(node["id"])
+    raise KeyError(name)
+
+
+def screenshot(driver: Any, name: str, tmp: Path) -> None:
+    folder = ROOT / "docs" if os.environ.get("CULM_SCREENSHOTS") == "docs" else tmp
+    driver.save_screenshot(str(folder / name))
+
+
+def test_sign_in_page_refuses_a_wrong_token_and_keeps_no_cookie(browser: Any, served: Any) -> None:  # noqa: F811
+    browser.get(served.url + "/")
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(served.url + "/#/")
+    find(browser, "#token").send_keys("culm_wrong_token")
+    find(browser, "#signin button").click()
+    wait_for(lambda: "unknown or revoked" in text(browser, "#signin-error"), 20,
+             message="the refusal")
+    sign_in(browser, served, "viewer")
+    assert browser.get_cookies() == []
+    assert browser.execute_script("return sessionStorage.getItem('culm.token')") == served.tokens["viewer"]
+
+
+def test_failed_node_is_red_with_its_error_then_retried_with_new_inputs(browser: Any, served: Any,  # noqa: F811
+                                                                         tmp_path: Path) -> None:
+    tree = divide_tree(0, name="nightly-report")
+    act = node_id(tree, "divide")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(act, "FAILED")
+    sign_in(browser, served, "operator")
+    click(browser, f'#pipelines tr[data-id="{tree["id"]}"] a')
+    node = find(browser, f'#graph .node[data-node-id="{act}"][data-state="FAILED"]')
+    fill = browser.execute_script(
+        "return getComputedStyle(arguments[0].querySelector('.shape')).fill", node)
+    assert fill == "rgb(239, 68, 68)"  # red
+    browser.execute_script("window.__sameDocument = true")
+    node.click()
+    assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
+    buttons = [b.get_attribute("data-action") for b in browser.find_elements("css selector", "#node-actions button")]
+    assert buttons == ["retry", "skip"]
+    screenshot(browser, "console-node.png", tmp_path)
+    find(browser, '#node-actions button[data-action="retry"]').click()
+    area = find(browser, "#retry-inputs")
+    assert json.loads(area.get_attribute("value")) == {"divisor": 0}
+    area.clear()
+    area.send_keys('{"divisor": 4}')
+    find(browser, "#action-submit").click()
+    # The page follows the change feed: no reload, the node and the pipeline turn FINISHED.
+    find(browser, f'#graph .node[data-node-id="{act}"][data-state="FINISHED"]', 30)
+    wait_for(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30,
+             message="the pipeline badge to say FINISHED")
+    assert browser.execute_script("return window.__sameDocument") is True
+    assert api.get_execution_data_outputs(served.runtime, act).data["result"] == 25.0
+    wait_for(lambda: '"result": 25' in text(browser, "#outputs-view"), 20, message="the new output")
+    wait_for(lambda: count(browser, "#history tr") == 2, 20, message="one earlier run in the history")
+    assert "dividing 100 by 4" in find(browser, "#logs-view").text
+
+
+def test_viewer_sees_the_page_but_no_control_buttons_and_gets_403(browser: Any, served: Any) -> None:  # noqa: F811
+    tree = divide_tree(0, name="viewer-sees", wait=True)
+    act = node_id(tree, "divide")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(act, "FAILED")
+    sign_in(browser, served, "viewer")
+    browser.get(f"{served.url}/#/p/{tree['id']}")
+    find(browser, f'#graph .node[data-node-id="{act}"][data-state="FAILED"]').click()
+    assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
+    assert count(browser, "#node-actions button") == 0
+    assert count(browser, "#pipeline-actions button") == 0
+    result = browser.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        fetch('/api/v1/nodes/' + arguments[0] + '/retry', {method: 'POST', headers: {
+            'Authorization': 'Bearer ' + sessionStorage.getItem('culm.token'), 'Content-Type': 'application/json'},
+            body: '{}'}).then(r => done(r.status));""", act)
+    assert result == 403
+    assert served.state(act) == "FAILED"
+
+
+def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser: Any, served: Any,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    tree = showcase_tree(name="quarterly-close")
+    wait = node_id(tree, "approve")
+    sub = node_id(tree, "subprocess")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(wait, "RUNNING")
+    served.wait_state(sub, "FINISHED")
+    sign_in(browser, served, "operator")
+    find(browser, f'#pipelines tr[data-id="{tree["id"]}"]')
+    assert find(browser, '#counts .chip[data-state="RUNNING"]').text.startswith("RUNNING ")
+    screenshot(browser, "console-list.png", tmp_path)
+    click(browser, '#counts .chip[data-state="RUNNING"]')
+    wait_for(lambda: browser.execute_script(
+        "const rows = [...document.querySelectorAll('#pipelines tr[data-id]')];"
+        "return rows.length > 0 && rows.every(r => r.textContent.includes('RUNNING'))"), 20, message="filter by state")
+    assert count(browser, f'#pipelines tr[data-id="{tree["id"]}"]') == 1
+    browser.get(f"{served.url}/#/")
+    find(browser, "#f-name").send_keys("quarterly")
+    click(browser, ".filters button")
+    wait_for(lambda: count(browser, "#pipelines tr[data-id]") == 1, 20, message="filter by name")
+
+    browser.get(f"{served.url}/#/p/{tree['id']}")
+    find(browser, f'#graph .node[data-node-id="{wait}"][data-state="RUNNING"]')
+    assert count(browser, '#graph .node[data-type="ParallelGateway"]') == 1
+    assert count(browser, '#graph .node[data-type="ConvergeGateway"]') == 1
+    inner = [n["id"] for n in tree["activities"][sub]["pipeline"]["activities"].values()][0]
+    assert count(browser, f'#graph .node[data-node-id="{inner}"]') == 0
+    find(browser, f'#graph [data-toggle="{sub}"]').click()  # expand the subprocess
+    find(browser, f'#graph .node[data-node-id="{inner}"][data-state="FINISHED"]')
+    screenshot(browser, "console-graph.png", tmp_path)
+    find(browser, f'#graph .node[data-node-id="{wait}"]').click()
+    find(browser, "#panel-title")
+    buttons = [b.get_attribute("data-action") for b in browser.find_elements("css selector", "#node-actions button")]
+    assert buttons == ["callback", "forced-fail"]
+    assert [b.get_attribute("data-action") for b in browser.find_elements(
+        "css selector", "#pipeline-actions button")] == ["pause", "revoke"]
+    find(browser, '#node-actions button[data-action="callback"]').click()
+    area = find(browser, "#callback-data")
+    area.clear()
+    area.send_keys('{"approved": "yes"}')
+    find(browser, "#action-submit").click()
+    wait_for(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30,
+             message="the pipeline to finish after the callback")
+    assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "yes"}
+
+
+def test_component_catalogue(browser: Any, served: Any) -> None:  # noqa: F811
+    sign_in(browser, served, "viewer")
+    browser.get(f"{served.url}/#/components")
+    row = find(browser, '#components tr[data-code="web_divide"]')
+    assert "divisor" in row.text and "result" in row.text
+
+
+def test_a_thousand_node_pipeline_renders_in_under_two_seconds(browser: Any, served: Any) -> None:  # noqa: F811
+    tree = chain_tree(1000)
+    nodes = 2 + len(tree["activities"]) + len(tree["gateways"])
+    assert nodes >= 1000
+    assert api.run_pipeline(served.runtime, tree).result
+    sign_in(browser, served, "viewer")
+    timings = []
+    for _ in range(2):
+        browser.get(f"{served.url}/#/")
+        browser.get(f"{served.url}/#/p/{tree['id']}")
+        wrap = find(browser, '#graph-wrap[data-ready="1"]', 60)
+        timings.append(int(wrap.get_attribute("data-render-ms")))
+        print("layout", wrap.get_attribute("data-layout-ms"), "ms, drawing", wrap.get_attribute("data-draw-ms"), "ms")
+        assert count(browser, "#graph .node") == nodes
+    print(f"1,000-node pipeline page: rendered in {timings} ms")
+    assert min(timings) < 2000, timings
+    # It keeps following the run: every node ends FINISHED on the page without a reload.
+    wait_for(lambda: browser.execute_script(
+        "return document.querySelectorAll('#graph .node[data-state=\"FINISHED\"]').length") == nodes, 120,
+        message="all nodes FINISHED on the page")

@@ -1,0 +1,58 @@
+"""Components for the web service tests (codes start with ``web_``)."""
+
+from __future__ import annotations
+
+from culm.components import Component, Service
+from culm.components.io import InputItem, IntItemSchema, OutputItem
+from culm.variables import LazyVariable
+
+
+class DivideService(Service):
+    """Divides 100 by ``divisor``: a divisor of 0 fails the node (ZeroDivisionError)."""
+
+    def inputs_format(self):
+        return [InputItem("divisor", "divisor", "int", schema=IntItemSchema("what 100 is divided by"))]
+
+    def outputs_format(self):
+        return [OutputItem("result", "result", "float")]
+
+    def execute(self, data, parent_data):
+        divisor = data.get_one_of_inputs("divisor")
+        self.logger.info("dividing 100 by %s", divisor)
+        data.outputs.result = 100 / divisor
+        return True
+
+
+class DivideComponent(Component):
+    code = "web_divide"
+    name = "Divide 100"
+    bound_service = DivideService
+
+
+class WaitService(Service):
+    """Stays RUNNING until a callback arrives; its payload becomes the output ``got``."""
+
+    __need_schedule__ = True
+    interval = None
+
+    def execute(self, data, parent_data):
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        data.outputs.got = callback_data
+        return True
+
+
+class WaitComponent(Component):
+    code = "web_wait"
+    name = "Wait for a callback"
+    bound_service = WaitService
+
+
+class ExplodingVariable(LazyVariable):
+    """A lazy variable whose value cannot be had: a subprocess taking it as a param fails on entry."""
+
+    code = "web_lazy_explodes"
+
+    def get_value(self):
+        raise RuntimeError("the lazy variable exploded")

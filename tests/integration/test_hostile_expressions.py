@@ -1,0 +1,156 @@
+"""Hostile expressions in a running engine: each fails its own node with a clear ``ex_data`` while
+a healthy pipeline next to it finishes, on every runtime (embedded and distributed).
+
+The full payload corpus, with its time and memory checks per payload, is
+``tests/unit/test_resource_corpus.py``; here one payload of each class goes through the engine.
+"""
+
+from __future__ import annotations
+
+import resource
+
+import pytest
+from engine_fixtures import inputs, node_state, outputs, run, wait_pipeline, wait_state
+
+from culm.builder import (
+    ConditionalParallelGateway,
+    ConvergeGateway,
+    Data,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    Params,
+    ServiceActivity,
+    SubProcess,
+    Var,
+    build_tree,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+MEMORY_BOUND = 64_000_000  # docs/data-and-variables.md
+
+# (payload, a phrase its ex_data must hold)
+HOSTILE = [
+    pytest.param("${len(set([i * (2**61 - 1) for i in range(20000)]))}", ("share one hash", "longer than"),
+                 id="hash-collisions"),
+    pytest.param("${list(range(10**3999, 10**3999 + 10**6))}", ("too large", "memory"), id="materialised"),
+    pytest.param("${int('f' * 10**6, 16) // 3}", ("digits",), id="power-of-two-int"),
+    pytest.param("${pow(3, -(10**3999), 10**3999 + 1)}", ("4096 bits",), id="negative-pow-modulus"),
+    pytest.param("${('a,' * 500000).split(',')}", ("memory",), id="split"),
+    pytest.param("${[[x] for x in range(10**6)]}", ("memory", "longer than"), id="memory"),
+]
+
+
+def echo(value: str) -> ServiceActivity:
+    act = ServiceActivity(component_code="t_echo")
+    act.component.inputs.x = Var(type=Var.SPLICE, value=value)
+    return act
+
+
+def healthy_tree() -> tuple[dict, list[ServiceActivity]]:
+    acts = [echo("${n + 1}-${s.upper()}") for _ in range(3)]
+    start = EmptyStartEvent()
+    tail = start
+    for act in acts:
+        tail = tail.extend(act)
+    tail.extend(EmptyEndEvent())
+    data = Data(inputs={"${n}": Var(type=Var.PLAIN, value=41), "${s}": Var(type=Var.PLAIN, value="ok")})
+    return build_tree(start, data=data), acts
+
+
+def hostile_tree(payloads: list[str]) -> tuple[dict, list[ServiceActivity]]:
+    acts = [echo(p) for p in payloads]
+    start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    start.extend(pg).connect(*acts).to(pg).converge(cg).extend(EmptyEndEvent())
+    return build_tree(start), acts
+
+
+def test_hostile_inputs_fail_their_nodes_while_a_healthy_pipeline_finishes(runtime):
+    payloads = [p.values[0] for p in HOSTILE]
+    hostile, acts = hostile_tree(payloads)
+    healthy, healthy_acts = healthy_tree()
+    run(runtime, hostile)
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=30)
+    assert outputs(runtime, healthy_acts[-1].id)["out"] == "42-OK!"
+    for act, param in zip(acts, HOSTILE, strict=True):
+        wait_state(runtime, act.id, "FAILED", timeout=30)
+        ex = outputs(runtime, act.id)["ex_data"]
+        assert ex.startswith("inputs hydrate failed"), ex
+        assert any(phrase in ex for phrase in param.values[1]), (param.id, ex)
+
+
+def test_hostile_gateway_condition_fails_its_gateway(runtime):
+    a, b = echo("a"), echo("b")
+    start, gw, cg = EmptyStartEvent(), ConditionalParallelGateway(), ConvergeGateway()
+    start.extend(gw).connect(a, b).to(gw).converge(cg).extend(EmptyEndEvent())
+    gw.add_condition(0, "${len(set([i * (2**61 - 1) for i in range(20000)]))} > 0")
+    gw.add_condition(1, "1 == 1")
+    tree = build_tree(start)
+    healthy, _ = healthy_tree()
+    run(runtime, tree)
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=30)
+    wait_state(runtime, gw.id, "FAILED", timeout=30)
+    assert "condition" in outputs(runtime, gw.id)["ex_data"]
+
+
+def test_hostile_subprocess_param_fails_the_subprocess(runtime):
+    inner = echo("${p}")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),
+                     params=Params({"${p}": Var(type=Var.SPLICE, value="${int('f' * 10**6, 16) // 3}")}))
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, sub.id, "FAILED", timeout=30)
+    ex = outputs(runtime, sub.id)["ex_data"]
+    assert ex.startswith("subprocess params hydrate failed") and "digits" in ex
+    assert node_state(runtime, inner.id) is None
+
+
+SLOW = 6  # seconds each slow lazy variable blocks; a healthy pipeline takes a fraction of it
+
+
+def test_slow_lazy_variables_do_not_hold_the_engine(runtime):
+    """get_value is user code: an activity input and a subprocess param that block for seconds
+    hold a pool thread each, never the engine, so a pipeline started after them finishes first."""
+    slow_act = ServiceActivity(component_code="t_echo")
+    slow_act.component.inputs.x = Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW))
+    inner = echo("${p}")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),
+                     params=Params({"${p}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW))}))
+    start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    start.extend(pg).connect(slow_act, sub).to(pg).converge(cg).extend(EmptyEndEvent())
+    slow = build_tree(start)
+    healthy, _ = healthy_tree()
+    run(runtime, slow)
+    wait_state(runtime, slow_act.id, "RUNNING")
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=SLOW * 2)
+    assert node_state(runtime, slow["id"])["state"] == "RUNNING"  # both still inside get_value
+    wait_pipeline(runtime, slow["id"], "FINISHED", timeout=SLOW * 4)
+    assert inputs(runtime, slow_act.id)["x"] == "slow"
+    assert outputs(runtime, inner.id)["out"] == "slow!"
+
+
+@pytest.mark.parametrize(("payload", "phrases"), HOSTILE)
+def test_a_hostile_input_grows_the_embedded_process_less_than_the_bound(tmp_path, payload, phrases):
+    import culm
+
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
+        warm, _ = healthy_tree()
+        run(rt, warm)
+        wait_pipeline(rt, warm["id"], "FINISHED")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        tree, (act,) = hostile_tree([payload])
+        run(rt, tree)
+        wait_state(rt, act.id, "FAILED", timeout=30)
+        assert any(phrase in outputs(rt, act.id)["ex_data"] for phrase in phrases)
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    assert grown < MEMORY_BOUND, f"peak RSS grew by {grown / 1e6:.0f} MB"

@@ -1,0 +1,155 @@
+"""Validation refuses what storage cannot take (issue 14, item 5), on every backend.
+
+Ids longer than the id columns, ids and keys holding a NUL or a lone surrogate, values nested
+deeper than culm.model.limits.MAX_VALUE_DEPTH, and payloads no serialiser takes are refused with a
+message naming the node id (or argument) and field, and nothing is stored; never a driver error
+from deep inside a run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from engine_fixtures import finish, node_state, outputs, refused, run, wait_state, wait_until
+
+from culm import api
+from culm.builder import (
+    Data,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ServiceActivity,
+    SubProcess,
+    Var,
+    build_tree,
+)
+from culm.model import limits
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def tree_with(change: Callable[[EmptyStartEvent, ServiceActivity], Data | None]) -> tuple[dict, ServiceActivity]:
+    start, act = EmptyStartEvent(), ServiceActivity(component_code="t_echo")
+    data = change(start, act)
+    start.extend(act).extend(EmptyEndEvent())
+    return build_tree(start, data=data), act
+
+
+def _set_id(node: Any, ident: str) -> None:
+    node.id = ident
+
+
+def _input(act: ServiceActivity, key: str, value: Any) -> None:
+    act.component.inputs[key] = Var(type=Var.PLAIN, value=value)
+
+
+# (case, how to spoil the tree, fragments the refusal must name)
+TREE_CASES: list[tuple[str, Callable[[EmptyStartEvent, ServiceActivity], Data | None], list[str]]] = [
+    ("node id too long", lambda s, a: _set_id(a, "a" * 65), ["a" * 65, "65 characters long; at most 64"]),
+    ("NUL in a node id", lambda s, a: _set_id(a, "a\x00b"), ["'a\\x00b'", "NUL character"]),
+    ("lone surrogate in a node id", lambda s, a: _set_id(s, "s\udcffs"), ["'s\\udcffs'", "lone surrogate"]),
+    ("context key too long", lambda s, a: Data(inputs={"${" + "k" * 300 + "}": Var(type=Var.PLAIN, value=1)}),
+     ["data.inputs", "303 characters long; at most 255"]),
+    ("NUL in a context key", lambda s, a: Data(inputs={"${k\x00}": Var(type=Var.PLAIN, value=1)}),
+     ["data.inputs", "'${k\\x00}'", "NUL character"]),
+    ("lone surrogate in an input key", lambda s, a: _input(a, "x\udcff", 1),
+     ["component input key 'x\\udcff'", "lone surrogate"]),
+    ("input nested too deeply", lambda s, a: _input(a, "x", nested(5000)),
+     ["component input 'x' is nested more than 100 levels deep"]),
+    ("context value nested too deeply", lambda s, a: Data(inputs={"${d}": Var(type=Var.SPLICE, value=nested(200))}),
+     ["data.inputs.${d}", "nested more than 100 levels deep"]),
+]
+
+
+@pytest.mark.parametrize(("case", "change", "fragments"), TREE_CASES, ids=[c[0] for c in TREE_CASES])
+def test_trees_the_store_cannot_hold_are_refused(runtime, case, change, fragments):
+    tree, act = tree_with(change)
+    res = api.run_pipeline(runtime, tree)
+    refused(res, *fragments)
+    if case == "input nested too deeply":
+        refused(res, act.id)  # the node at fault
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+def test_a_pipeline_name_the_store_cannot_hold_is_refused(runtime):
+    tree, _ = tree_with(lambda s, a: None)
+    tree["name"] = "report \udcff"  # names are kept in a column of their own, for listing
+    refused(api.run_pipeline(runtime, tree), tree["id"], "pipeline name holds a lone surrogate")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+def test_ids_and_values_at_the_limits_run(runtime):
+    start, act, end = EmptyStartEvent(id="s" * limits.ID_LENGTH), ServiceActivity(component_code="t_echo"), \
+        EmptyEndEvent()
+    act.component.inputs.x = Var(type=Var.PLAIN, value=nested(limits.MAX_VALUE_DEPTH))
+    act.component.inputs["k\u00e9\u4e2d"] = Var(type=Var.PLAIN, value="text with \x00 and \udcff inside a value")
+    start.extend(act).extend(end)
+    key = "${" + "k" * (limits.KEY_LENGTH - 3) + "}"
+    tree = build_tree(start, data=Data(inputs={key: Var(type=Var.PLAIN, value=1)}))
+    finish(runtime, tree)
+    assert outputs(runtime, act.id)["x"] == nested(limits.MAX_VALUE_DEPTH)
+    assert outputs(runtime, act.id)["k\u00e9\u4e2d"] == "text with \x00 and \udcff inside a value"
+
+
+def test_subprocess_param_keys_are_context_keys(runtime):
+    inner_start = EmptyStartEvent()
+    inner_start.extend(ServiceActivity(component_code="t_echo")).extend(EmptyEndEvent())
+    sub = SubProcess(start=inner_start, params={"${" + "p" * 300 + "}": Var(type=Var.PLAIN, value=1)})
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    refused(api.run_pipeline(runtime, tree), sub.id, "param key", "at most 255")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+@pytest.mark.parametrize("argument", ["root_pipeline_data", "root_pipeline_context", "subprocess_context"])
+def test_run_pipeline_arguments_the_store_cannot_hold_are_refused(runtime, argument):
+    for bad, fragments in (({"d": nested(5000)}, ["nested more than 100 levels deep"]),
+                           ({"lock": threading.Lock()}, ["lock"]),
+                           ({"${k\x00}": 1}, ["NUL character"])):
+        if argument == "root_pipeline_data" and "${k\x00}" in bad:
+            continue  # pipeline data keys live inside the stored value: a NUL there is fine
+        tree = with_subprocess()
+        refused(api.run_pipeline(runtime, tree, **{argument: bad}), argument if "lock" not in bad else "", *fragments)
+        assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+    refused(api.run_pipeline(runtime, with_subprocess(), queue="q" * 300), "queue", "at most 255")
+
+
+def with_subprocess() -> dict:
+    """A tree with a subprocess (so that subprocess_context is stored too)."""
+    inner = EmptyStartEvent()
+    inner.extend(ServiceActivity(component_code="t_echo")).extend(EmptyEndEvent())
+    start = EmptyStartEvent()
+    start.extend(SubProcess(start=inner)).extend(EmptyEndEvent())
+    return build_tree(start)
+
+
+def test_payloads_of_commands_the_store_cannot_hold_are_refused(runtime):
+    start, fail, cb, end = EmptyStartEvent(), ServiceActivity(component_code="t_fail"), \
+        ServiceActivity(component_code="t_callback"), EmptyEndEvent()
+    start.extend(fail).extend(cb).extend(end)
+    tree = build_tree(start, data=Data(inputs={"${k}": Var(type=Var.PLAIN, value="before")}))
+    run(runtime, tree)
+    wait_state(runtime, fail.id, "FAILED")
+    for data, fragment in ((nested(5000), "retry data for node"), ({"x": threading.Lock()}, "'x'")):
+        refused(api.retry_node(runtime, fail.id, data=data), fail.id, fragment)
+        assert node_state(runtime, fail.id)["state"] == "FAILED" and node_state(runtime, fail.id)["retry"] == 0
+    for values, fragment in (({"${k}": nested(5000)}, "nested more than 100"), ({"${k}": threading.Lock()}, "${k}")):
+        refused(api.update_context_values(runtime, tree["id"], values), fragment)
+    assert api.skip_node(runtime, fail.id).result
+    version = wait_state(runtime, cb.id, "RUNNING")["version"]
+    wait_until(lambda: outputs(runtime, cb.id).get("waiting"), 10, "the callback node to wait")
+    for data, fragment in ((nested(5000), "nested more than 100"), ({"x": threading.Lock()}, "callback data")):
+        refused(api.callback(runtime, cb.id, version, data), cb.id, fragment)
+    assert api.callback(runtime, cb.id, version, {"k": "${k}"}).result  # nothing of the refused ones stayed
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert outputs(runtime, cb.id)["callback_data"] == {"k": "${k}"}

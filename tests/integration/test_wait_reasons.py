@@ -1,0 +1,126 @@
+"""``wait_reason`` on state entries: every node that is not moving says why, on every backend."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from engine_fixtures import node_state, run, wait_pipeline, wait_state, wait_until
+
+from culm import api
+from culm.builder import (
+    ConvergeGateway,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    build_tree,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def chain(*codes: str) -> tuple[dict, list[str]]:
+    start = EmptyStartEvent()
+    acts = [ServiceActivity(component_code=code) for code in codes]
+    tail = start
+    for act in acts:
+        tail = tail.extend(act)
+    tail.extend(EmptyEndEvent())
+    return build_tree(start), [a.id for a in acts]
+
+
+def reason(runtime, node_id: str) -> dict | None:
+    entry = node_state(runtime, node_id)
+    return entry["wait_reason"] if entry is not None else None
+
+
+def test_moving_and_ended_nodes_have_none(runtime):
+    tree, (act,) = chain("example_component")
+    wait_pipeline(runtime, run(runtime, tree))
+    states = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]
+    assert states["wait_reason"] is None
+    assert all(child["wait_reason"] is None for child in states["children"].values())
+
+
+def test_failed_node(runtime):
+    tree, (act,) = chain("t_fail")
+    run(runtime, tree)
+    wait_state(runtime, act, "FAILED")
+    got = reason(runtime, act)
+    assert got["kind"] == "failed"
+    assert "retry" in got["text"] and "skip" in got["text"]
+    assert reason(runtime, tree["id"]) is None  # the pipeline itself still runs
+
+
+def test_callback_then_pause_then_resume(runtime):
+    tree, (act,) = chain("t_callback")
+    run(runtime, tree)
+    wait_until(lambda: (reason(runtime, act) or {}).get("kind") == "callback", what="a callback wait")
+    got = reason(runtime, act)
+    assert got["version"] == node_state(runtime, act)["version"]
+    assert got["version"] in got["text"]
+
+    assert api.pause_pipeline(runtime, tree["id"]).result
+    got = reason(runtime, tree["id"])
+    assert got["kind"] == "paused" and "paused by an operator" in got["text"]
+    # Children listing carries the same reasons.
+    children = api.get_children_states(runtime, tree["id"]).data[tree["id"]]
+    assert children["wait_reason"]["kind"] == "paused"
+    assert children["children"][act]["wait_reason"]["kind"] == "callback"
+
+    assert api.resume_pipeline(runtime, tree["id"]).result
+    assert api.callback(runtime, act, node_state(runtime, act)["version"], {"ok": True}).result
+    wait_pipeline(runtime, tree["id"])
+    assert reason(runtime, act) is None
+
+
+def test_poll_names_the_next_poll(runtime):
+    tree, (act,) = chain("t_slow_poll")
+    run(runtime, tree)
+    later = datetime.now(UTC) + timedelta(minutes=50)
+
+    def next_poll_set():
+        got = reason(runtime, act) or {}
+        return got if got.get("kind") == "poll" and (got["next_poll"] or later) > later else None
+
+    # Right after execute the first poll is due at once; then the next one is an hour away.
+    got = wait_until(next_poll_set, what="a poll an hour away")
+    assert got["next_poll"] < datetime.now(UTC) + timedelta(minutes=70)
+    assert got["next_poll"].tzinfo is not None
+    assert got["polls"] in (0, 1)  # the first poll may come at once
+    assert "next poll at" in got["text"]
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+
+
+def test_pause_appointed_before_and_at_the_node(runtime):
+    tree, (first, second) = chain("t_callback", "example_component")
+    run(runtime, tree)
+    wait_until(lambda: (reason(runtime, first) or {}).get("kind") == "callback", what="a callback wait")
+    assert api.pause_node_appoint(runtime, second).result
+    assert api.callback(runtime, first, node_state(runtime, first)["version"], {"ok": True}).result
+    wait_state(runtime, first, "FINISHED")
+    got = wait_until(lambda: (reason(runtime, second) or {}).get("reached") and reason(runtime, second),
+                     what="the pause to be reached")
+    assert got["kind"] == "pause_appointed" and "resume the node" in got["text"]
+    assert api.resume_node_appoint(runtime, second).result
+    wait_pipeline(runtime, tree["id"])
+
+
+def test_converge_names_the_missing_branches(runtime):
+    start = EmptyStartEvent()
+    fork = ParallelGateway()
+    good = ServiceActivity(component_code="example_component")
+    bad = ServiceActivity(component_code="t_fail")
+    join = ConvergeGateway()
+    start.extend(fork).connect(good, bad).to(fork).converge(join).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, bad.id, "FAILED")
+    wait_state(runtime, good.id, "FINISHED")
+    got = wait_until(lambda: reason(runtime, fork.id), what="the fork's wait reason")
+    assert got["kind"] == "converge"
+    assert got["converge"] == join.id
+    assert got["branches"] == [bad.id]
+    assert join.id in got["text"] and bad.id in got["text"]
+    assert reason(runtime, bad.id)["kind"] == "failed"

@@ -1,0 +1,70 @@
+"""culm.model.limits and culm._json.keys_collide: the rules checked before anything is stored."""
+
+from __future__ import annotations
+
+import pytest
+
+from culm import _json
+from culm.model import limits
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+def test_depth_is_counted_in_containers():
+    assert limits.nesting(1) == 0 and limits.nesting([]) == 1 and limits.nesting({"a": [(1,)]}) == 3
+    assert not limits.too_deep(nested(limits.MAX_VALUE_DEPTH))
+    assert limits.too_deep(nested(limits.MAX_VALUE_DEPTH + 1))
+    assert limits.too_deep({"a": {"b": nested(limits.MAX_VALUE_DEPTH)}})
+
+
+def test_a_value_that_contains_itself_is_not_deep_for_that():
+    loop: list = [1]
+    loop.append(loop)
+    assert limits.nesting(loop) == 1 and not limits.too_deep(loop)
+    deep_loop = nested(limits.MAX_VALUE_DEPTH + 1)
+    deep_loop.append(deep_loop)
+    assert limits.too_deep(deep_loop)
+
+
+def test_shared_containers_are_walked_once_per_depth():
+    diamond: list = [1]
+    for _ in range(60):  # 2**60 paths, 61 distinct lists
+        diamond = [diamond, diamond]
+    assert not limits.too_deep(diamond)
+    for _ in range(60):
+        diamond = [diamond, diamond]
+    assert limits.too_deep(diamond)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("plain", None), ("h\u00e9llo \u4e2d", None), ("a\x00b", "a NUL character"), ("a\udcffb", "a lone surrogate"),
+    ("\u00e9\x00", "a NUL character"),
+])
+def test_text_problems(text, problem):
+    assert limits.text_problem(text) == problem
+
+
+def test_column_problems_name_the_length():
+    assert limits.column_problem("x" * 64, 64) is None
+    assert limits.column_problem("x" * 65, 64) == "is 65 characters long; at most 64 are stored"
+
+
+@pytest.mark.parametrize(("value", "collide"), [
+    ({"a": 1}, False), ({1: "a", 2: "b"}, False), ({1: "a", "1": "b"}, True), ({True: 1, "true": 2}, True),
+    ({None: 1, "null": 2}, True), ({1.5: 1, "1.5": 2}, True), ([({"x": {1: "a", "1": "b"}},)], True),
+    ({(1, 2): "a", "(1, 2)": "b"}, False),  # JSON refuses the tuple key anyway: pickled
+    ("text", False), (None, False),
+])
+def test_keys_that_json_would_merge(value, collide):
+    assert _json.keys_collide(value) is collide
+
+
+def test_keys_collide_stops_on_a_value_that_contains_itself():
+    loop: list = [{1: "a"}]
+    loop.append(loop)
+    assert _json.keys_collide(loop) is False

@@ -1,0 +1,199 @@
+"""Resource payloads: expressions whose cost hides inside one builtin, method or operator call.
+
+Each class below was found probing as an attacker would (issue 15): the builtin does its work in C
+before any check of the evaluator can see it. Every payload must be refused with an
+:class:`ExpressionLimitError` naming the bound, well within 2 s, without the evaluation growing the
+process by more than :data:`MEMORY_BOUND` (traced with tracemalloc) — through ``sandbox.evaluate``,
+through a template and in a gateway condition. Harmless neighbours of each class must still work.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from culm.data import sandbox, template
+from culm.data.boolrule import evaluate_gateway_condition
+from culm.errors import ExpressionError, ExpressionLimitError
+
+pytestmark = pytest.mark.timeout(60)
+
+# The documented ceiling (docs/data-and-variables.md): what one evaluation may add to a process.
+MEMORY_BOUND = 64_000_000
+SECONDS = 2.0
+
+P = "(2**61-1)"
+HASH_COLLISIONS = [
+    f"set(i*{P} for i in range(20000))",
+    f"len(set([i*{P} for i in range(20000)]))",
+    f"{{i*{P}: 1 for i in range(20000)}}",
+    f"{{i*{P} for i in range(20000)}}",
+    f"dict(zip([i*{P} for i in range(20000)], range(20000)))",
+    f"dict([(i*{P}, 0) for i in range(20000)])",
+    f"len({{(i*{P},) for i in range(20000)}})",
+    f"set([i*{P} for i in range(20000)]).union([1])",
+    f"set().union([i*{P} for i in range(20000)])",
+    f"set().issubset([i*{P} for i in range(20000)])",
+    f"set().isdisjoint(i*{P} for i in range(20000))",
+    f"[x in {{i*{P} for i in range(3000)}} for x in range(3000)]",
+    f"set([i*{P} for i in range(60)]) | set([i*{P} for i in range(60, 120)])",
+    "{" + ", ".join(f"{i}*{P}" for i in range(70)) + "}",
+]
+MATERIALISED = [
+    "list(range(10**3999, 10**3999 + 10**6))",
+    "tuple(range(10**3999, 10**3999 + 10**6))",
+    "sorted(range(10**3999, 10**3999 + 10**6))",
+    "sum(range(10**3999, 10**3999 + 10**6))",
+    "max(range(10**3999, 10**3999 + 10**6))",
+    "list(zip('a'*10**6, 'b'*10**6, 'c'*10**6, 'd'*10**6, 'e'*10**6, 'f'*10**6))",
+    "list(enumerate('a'*10**6))",
+    "len(list(enumerate(range(10**6))))",
+    "set(range(10**6))",
+    "dict(enumerate(range(10**6)))",
+    "sorted(zip(range(10**6), range(10**6)))",
+    "min(zip('a'*10**6, 'b'*10**6))",
+    "'-'.join(str(x) for x in range(10**6))",
+]
+BIG_INTS = [
+    "int('f' * 10**6, 16) // 3",
+    "int('1' * 10**6, 2) % 7",
+    "int('7' * 10**6, 8) // int('7' * 10**5, 8)",
+    "int('f' * 4000, 16) // int('f' * 3000, 16)",
+    "pow(3, -(10**3999), 10**3999 + 1)",
+    "pow(3, -5, 2**5000 + 1)",
+    "(2**13000 | 2**13287) << 2",
+    "sum([10**3999] * 8000)",
+    "[10**3999 + i for i in range(100)][-1] * 10**3999",
+]
+STRINGS = [
+    "('a'*10**6).replace('', 'b')",
+    "('ab'*10**5).replace('a', 'x'*100)",
+    "'x'.join(['a'*10**5]*20)",
+    "('\\t'*10**5).expandtabs(100)",
+    "('a'*1000).center(10**7)",
+    "'%s%s' % ('a'*10**6, 'b')",
+    "'{}{}'.format('a'*10**6, 'a'*10**6)",
+    "f'{\"a\"*10**6}{\"b\"}'",
+    "f'{1:>{10**7}}'",
+    "('a,'*500000).split(',')",
+    "(' a'*500000).split()",
+    "('a\\n'*500000).splitlines()",
+    "('ﬃ'*10**6).upper()",
+    "str(list(range(10**6)))",
+    "list('a'*10**6) + list('b'*10**6)",
+    "[1]*10**6 + [2]*10**6",
+    "('a'*10**6)[::1] * 2",
+]
+MEMORY = [
+    "[list(range(10**5)) for i in range(100)]",
+    "[[x for x in range(10**5)], [x for x in range(10**5)], [x for x in range(10**5)], [x for x in range(10**5)]] * 3",
+    "[{x} for x in range(10**6)]",
+    "[{x: x} for x in range(10**6)]",
+    "[[] for x in range(10**6)]",
+    "[(x,) for x in range(10**6)]",
+    "[str(x) * 10 for x in range(10**6)]",
+    "[float(x) for x in range(10**6)]",
+    "[[0] * 1000 for i in range(1000)]",
+]
+
+PAYLOADS = [
+    *(pytest.param(p, id=f"hash-{i}") for i, p in enumerate(HASH_COLLISIONS)),
+    *(pytest.param(p, id=f"materialised-{i}") for i, p in enumerate(MATERIALISED)),
+    *(pytest.param(p, id=f"bigint-{i}") for i, p in enumerate(BIG_INTS)),
+    *(pytest.param(p, id=f"strings-{i}") for i, p in enumerate(STRINGS)),
+    *(pytest.param(p, id=f"memory-{i}") for i, p in enumerate(MEMORY)),
+]
+
+
+def bounded(call: Any) -> tuple[BaseException | None, float, int]:
+    """Run ``call``; return what it raised, the seconds it took and the traced memory peak."""
+    tracemalloc.start()
+    start = time.monotonic()
+    raised: BaseException | None = None
+    try:
+        call()
+    except ExpressionError as exc:
+        raised = exc
+    finally:
+        elapsed = time.monotonic() - start
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, elapsed, peak
+
+
+def test_the_corpus_covers_every_class() -> None:
+    assert len(PAYLOADS) >= 60
+    assert min(map(len, (HASH_COLLISIONS, MATERIALISED, BIG_INTS, STRINGS, MEMORY))) >= 8
+
+
+def test_the_memory_ceiling_leaves_room_for_the_values_given() -> None:
+    assert sandbox.MAX_MEMORY < MEMORY_BOUND
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_payload_is_refused_quickly_and_small(payload: str) -> None:
+    raised, elapsed, peak = bounded(lambda: sandbox.evaluate(payload, {}))
+    assert isinstance(raised, ExpressionLimitError), f"{payload!r} gave {raised!r}"
+    assert elapsed < SECONDS, f"{payload!r} took {elapsed:.2f}s"
+    assert peak < MEMORY_BOUND, f"{payload!r} traced {peak / 1e6:.0f} MB"
+    assert sandbox.evaluate("x + 1", {"x": 1}) == 2
+
+
+# Fragments cannot hold braces (bamboo's rule): those payloads stay text in a template.
+TEMPLATED = [p for p in PAYLOADS if not set("{}$#") & set(p.values[0])]
+
+
+@pytest.mark.parametrize("payload", TEMPLATED[::3])
+def test_payload_in_a_template_fails_the_render(payload: str) -> None:
+    raised, elapsed, peak = bounded(lambda: template.render("v=${" + payload + "}", {}))
+    assert isinstance(raised, ExpressionLimitError), f"{payload!r} gave {raised!r}"
+    assert elapsed < SECONDS and peak < MEMORY_BOUND
+
+
+@pytest.mark.parametrize("payload", PAYLOADS[1::4])
+def test_payload_in_a_gateway_condition_is_refused(payload: str) -> None:
+    raised, elapsed, peak = bounded(lambda: evaluate_gateway_condition(payload + " == 1", {}))
+    assert raised is not None and elapsed < SECONDS and peak < MEMORY_BOUND
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("len(set(range(1000)))", 1000),
+        ("len({i * (2**61 - 1) for i in range(60)})", 60),  # a few colliding keys are fine
+        ("dict(zip('ab', [1, 2]))", {"a": 1, "b": 2}),
+        ("dict({'a': 1}, b=2)", {"a": 1, "b": 2}),
+        ("sum(range(10**6))", 499999500000),
+        ("max(range(10**6)), min(3, 1, 2)", (999999, 1)),
+        ("len(list(range(10**5))), sorted('cab'), tuple(x for x in 'ab')", (100000, ["a", "b", "c"], ("a", "b"))),
+        ("sorted([3, 1, 2], reverse=True), sorted(['bb', 'a'], key=len)", ([3, 2, 1], ["a", "bb"])),
+        ("int('ff', 16), int('1' * 64, 2) == 2**64 - 1, int('  42 ')", (255, True, 42)),
+        ("pow(3, -1, 7), pow(2, 10, 1000)", (5, 24)),
+        ("{1, 2}.union([3], (4,)), {1}.issubset([1, 2]), {1} | {2}", ({1, 2, 3, 4}, True, {1, 2})),
+        ("'a,b'.split(','), 'a b'.split(), 'x\\ny'.splitlines(), '-'.join(str(i) for i in range(3))",
+         (["a", "b"], ["a", "b"], ["x", "y"], "0-1-2")),
+        ("sum([[1], [2]], []), [1] * 3 + [2]", ([1, 2], [1, 1, 1, 2])),
+        ("len(str(10**3999)), -(10**3999) // 10**3998", (4000, -10)),
+    ],
+)
+def test_harmless_neighbours_still_work(expr: str, expected: object) -> None:
+    assert sandbox.evaluate(expr, {}) == expected
+
+
+def test_ints_from_the_callers_names_are_capped_before_quadratic_operators() -> None:
+    huge = int("f" * 100_000, 16)
+    for expr in ("x // 3", "x % 7", "x / 3", "3 ** x"):
+        with pytest.raises(ExpressionLimitError, match="digits"):
+            sandbox.evaluate(expr, {"x": huge})
+
+
+def test_the_clock_is_read_at_every_call() -> None:
+    # Each call takes a few ms; a tuple of them must stop at the time limit, not 32 steps later.
+    names = {"big": list(range(200_000))}
+    expr = "(" + ", ".join(["sorted(big)"] * 400) + ")"
+    raised, elapsed, _peak = bounded(lambda: sandbox.evaluate(expr, names))
+    assert isinstance(raised, ExpressionLimitError)
+    assert elapsed < SECONDS
