@@ -219,8 +219,14 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     if not st.root_id:
         # A row an older version created early (an appointed pause) without its root and parent.
         fields.update(root_id=graph.root_id, parent_id=node.pipeline_id)
-    if not unit.update_state(node.id, expect_version=st.version, **fields):
-        proc.asleep = True
+    # The name is compared too: an appointed pause keeps the version, and on a server database it
+    # can commit between our read and this write. Running the node then would override it.
+    if not unit.update_state(node.id, expect_version=st.version, expect_names=(st.name,), **fields):
+        now_st = unit.get_state(node.id, for_update=True)
+        if now_st is not None and now_st.name == states.SUSPENDED:
+            proc.suspended, proc.suspended_by = True, node.id  # park on the pause, as if we had seen it
+        else:
+            proc.asleep = True
         raise _Stop
     was = st.name
     for k, v in fields.items():

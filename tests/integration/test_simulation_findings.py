@@ -145,3 +145,34 @@ def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeyp
         assert _execute(rt, woken.id) is None
         assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
         assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
+def test_an_appointed_pause_committed_after_the_walk_read_the_node_holds(tmp_path: Path) -> None:
+    """On a server database the walk reads a node READY, then an appointed pause commits (the
+    version stays), then the walk's write: it compared only the version, so the node ran over the
+    pause. Replayed by handing the walk the state record it read before the pause."""
+    first, later = ServiceActivity(component_code="t_none"), ServiceActivity(component_code="t_none")
+    tree = build_tree(chain(first, later))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        assert api.run_pipeline(rt, tree).result
+        assert api.pause_node_appoint(rt, later.id).result
+        assert api.resume_node_appoint(rt, later.id).result  # READY, reached later
+        with rt.store.reading() as unit:
+            stale = unit.get_state(later.id)
+        assert stale.name == "READY"
+        assert api.pause_node_appoint(rt, later.id).result  # SUSPENDED again, same version
+        (task,) = inline.take()
+        with rt.engine.step() as step:
+            graph = rt.engine.graph(tree["id"], step.unit)
+            _task, proc = step.unit.task_with_process(task.id)
+            try:
+                walker._reenter(rt.engine, step, graph, proc, graph.node(later.id), stale)
+            except walker._Stop:
+                pass
+            assert (proc.suspended, proc.suspended_by) == (True, later.id)
+        assert node_state_name(rt, later.id) == "SUSPENDED"
+
+
+def node_state_name(rt: culm.Runtime, node_id: str) -> str:
+    return api.get_children_states(rt, node_id).data[node_id]["state"]
