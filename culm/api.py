@@ -331,6 +331,37 @@ def get_node_debug_info(runtime: Any, node_id: str) -> dict:
     return queries.node_debug_info(runtime.engine, _str_id(node_id, "node_id"))
 
 
+def _execution_time(runtime: Any, node_id: str, what: str) -> dict:
+    from datetime import UTC, datetime
+
+    entry = queries.children_states(runtime.engine, node_id).get(node_id)
+    if entry is None:
+        raise NotFoundError(f"{what} {node_id} does not exist or has not been reached")
+    started, archived = entry["started_time"], entry["archived_time"]
+    spent = None
+    if started is not None:
+        spent = ((archived or datetime.now(UTC)) - started).total_seconds()
+    return {"state": entry["state"], "start_time": started, "archived_time": archived, "execution_time": spent}
+
+
+@_api
+def get_pipeline_execution_time(runtime: Any, pipeline_id: str) -> dict:
+    """``{"state", "start_time", "archived_time", "execution_time"}`` of a pipeline.
+
+    ``execution_time`` is in seconds, up to now while the pipeline is not archived.
+    """
+    return _execution_time(runtime, _str_id(pipeline_id, "pipeline_id"), "pipeline")
+
+
+@_api
+def get_node_execution_time(runtime: Any, node_id: str) -> dict:
+    """``{"state", "start_time", "archived_time", "execution_time"}`` of a node's current run.
+
+    ``execution_time`` is in seconds, up to now while the node runs; None before it started.
+    """
+    return _execution_time(runtime, _str_id(node_id, "node_id"), "node")
+
+
 @_api
 def preview_node_inputs(
     runtime: Any,
@@ -354,5 +385,5 @@ __all__ = [
     "update_context_values", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
     "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
-    "preview_node_inputs",
+    "get_pipeline_execution_time", "get_node_execution_time", "preview_node_inputs",
 ]

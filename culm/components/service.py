@@ -359,7 +359,9 @@ class Service(_Hooks):
             instance so instances never share a counter.
 
     Runtime attributes set by the engine (``None`` until then): ``id``, ``version``,
-    ``root_pipeline_id``, ``top_pipeline_id``, ``loop``, ``inner_loop`` and ``logger``.
+    ``root_pipeline_id``, ``top_pipeline_id``, ``loop``, ``inner_loop`` and ``logger``; during a
+    ``schedule`` call also ``callback_data`` (the same payload as the argument, which bamboo's
+    component guide reads as ``self.callback_data``).
 
     Args:
         name: Optional display name.
@@ -384,6 +386,7 @@ class Service(_Hooks):
         self.top_pipeline_id: str | None = None
         self.loop: int | None = None
         self.inner_loop: int | None = None
+        self.callback_data: Any = None
         self._schedule_finished = False
 
     def execute(self, data: DataObject, parent_data: DataObject) -> bool | None:

@@ -237,6 +237,8 @@ def _run_schedules(
     for number, expected in enumerate(assertions, 1):
         # A fresh instance per call, as in the engine: state must live in data.outputs.
         service = _case_service(component_cls, case)
+        with contextlib.suppress(AttributeError):
+            service.callback_data = expected.callback_data
         success, error = _call(service.schedule, data, parent_data, expected.callback_data)
         label = f"schedule #{number}"
         problems += _phase_problems(label, expected, success, error, data)
@@ -481,6 +483,8 @@ def run_component(
     if kind == SCHEDULE_POLL:
         return _poll(new_service, data, parent, max_polls, sleep)
     service = new_service()
+    with contextlib.suppress(AttributeError):
+        service.callback_data = callback_data
     success, error = _call(service.schedule, data, parent, callback_data)
     finished = success and (kind == SCHEDULE_CALLBACK or service.is_schedule_finished())
     return _result(data, success, error, polls=1, finished=finished)

@@ -373,7 +373,8 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
             if sched is not None:
                 unit.update_schedule(sched.id, expired=True)
             raise InvalidOperationError(
-                f"callback version {version} of node {node_id} is not its current version {st.version}"
+                f"callback version {version} of node {node_id} is not its current version {st.version} "
+                f"(the node is {st.name})"
             )
         if st.name != states.RUNNING and unit.has_callback(node_id, version):
             raise InvalidOperationError(f"node {node_id} already received its callback (version {version}): "

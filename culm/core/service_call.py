@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
+import contextlib
 import logging
 import os
 import socket
@@ -168,6 +167,8 @@ class ServiceCall:
             service = self._service(logger)
         except Exception as exc:  # noqa: BLE001
             return CallResult(False, dict(self.inputs), dict(self.outputs), ex_data=str(exc), logs=logger.lines)
+        with contextlib.suppress(AttributeError):  # a service may define its own read-only callback_data
+            service.callback_data = callback_data
         hooks = _Hooks(service, data, parent, callback_data)
         hooks("pre_schedule")
         events.append(("pre_schedule", ids))
@@ -222,29 +223,15 @@ class _Hooks:
             return
         try:
             hook = getattr(self.service, name)
-            # As bamboo: ``callback_data`` only when there is one, so that hooks written as
-            # ``(self, data, parent_data)`` run; and never to a hook that cannot take it (bamboo's
-            # docs write ``node_finish(self, data, parent_data)`` for callback nodes too).
-            if self.callback_data is None or not _takes_callback_data(hook):
+            # As bamboo (and the contract): ``callback_data`` only when there is one, so hooks
+            # written as ``(self, data, parent_data)`` run on nodes without a payload. A callback
+            # node's hook that cannot take the payload raises here and is ignored, as in bamboo.
+            if self.callback_data is None:
                 hook(self.data, self.parent)
             else:
                 hook(self.data, self.parent, callback_data=self.callback_data)
         except Exception:  # noqa: BLE001 - hooks never change outcomes
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
-
-
-@functools.lru_cache(maxsize=1024)
-def _signature_takes_callback_data(func: Any) -> bool:
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return True
-    return "callback_data" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def _takes_callback_data(hook: Any) -> bool:
-    # Cache on the function, not the bound method: each call has a fresh service instance.
-    return _signature_takes_callback_data(getattr(hook, "__func__", hook))
 
 
 def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict, outputs: dict,

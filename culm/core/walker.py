@@ -216,6 +216,11 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         )
         if not node.loop_config:
             fields["retry"] = 0
+    elif st.name == states.READY and node.loop_config and st.loop > 1:
+        # A retried node loop starts over (bamboo: READY on a loop node runs iteration 1 again);
+        # its first iteration also restarts the collected outputs list.
+        loop = 1
+        fields.update(loop=1, inner_loop=1)
     if not st.root_id:
         # A row an older version created early (an appointed pause) without its root and parent.
         fields.update(root_id=graph.root_id, parent_id=node.pipeline_id)

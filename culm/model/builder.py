@@ -55,7 +55,14 @@ class Var:
 
 
 class DataInput(Var):
-    """A subprocess data input that the parent's ``params`` may override."""
+    """A subprocess data input that the parent's ``params`` may override.
+
+    ``source_tag`` is the older builder's name for ``custom_type`` (bamboo's flow builder guide
+    still shows it); either names the lazy variable class.
+    """
+
+    def __init__(self, type: str, value: Any, custom_type: str | None = None, source_tag: str | None = None) -> None:
+        super().__init__(type, value, custom_type if custom_type is not None else source_tag)
 
     def to_dict(self) -> dict[str, Any]:
         """The tree form: a :class:`Var` flagged ``is_param``."""
@@ -360,13 +367,27 @@ class SubProcess(Element):
         data: Its ``data`` (a :class:`Data` or a dict).
         params: Values passed from the parent (a :class:`Params` or a dict of Var).
         global_outputs: Kept for compatibility with bamboo's builder; not written to the tree.
+        replace_id: The older builder's option to give the nested elements fresh ids; only
+            ``False`` is supported (build separate elements for each subprocess instead).
+        template_id: The older builder's reference to a stored pipeline template; culm keeps
+            no template store, so the nested pipeline must come from ``start``.
+
+    Raises:
+        ValueError: ``replace_id`` is true or ``template_id`` is given.
     """
 
     def __init__(
         self, start: Element | None = None, data: Data | Mapping[str, Any] | None = None,
         params: Params | Mapping[str, Any] | None = None, global_outputs: Mapping[str, Any] | None = None,
         id: str | None = None, name: str | None = None, outgoing: list[Element] | None = None,
+        replace_id: bool = False, template_id: str | None = None,
     ) -> None:
+        if replace_id:
+            raise ValueError("SubProcess(replace_id=True) is not supported: build separate elements "
+                             "for each subprocess, they get their own ids")
+        if template_id is not None:
+            raise ValueError(f"SubProcess(template_id={template_id!r}): culm keeps no pipeline templates; "
+                             "build the nested pipeline and pass its start event as start=")
         super().__init__(id, name, outgoing)
         self.start = start
         self.data = data
@@ -394,10 +415,11 @@ class _ConditionalGateway(Element):
     def __init__(
         self, conditions: Mapping[int, str] | None = None, default_condition_outgoing: int | None = None,
         id: str | None = None, name: str | None = None, outgoing: list[Element] | None = None,
-        extra_info: Mapping[str, Any] | None = None,
+        extra_info: Mapping[str, Any] | None = None, condition: Mapping[int, str] | None = None,
     ) -> None:
         super().__init__(id, name, outgoing)
-        self.conditions: dict[int, str] = dict(conditions or {})
+        # ``condition`` is how bamboo's flow builder guide spells ``conditions``.
+        self.conditions: dict[int, str] = dict(conditions if conditions is not None else condition or {})
         self.default_condition_outgoing = default_condition_outgoing
         self.extra_info = dict(extra_info) if extra_info is not None else None
 

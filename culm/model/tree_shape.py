@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from culm import _json
 from culm.errors import TreeProblem
 from culm.model import limits
 from culm.model.flowgraph import (
@@ -33,6 +34,7 @@ LOOP_FLAGS = ("enable", "fail_skip", "retryable", "skippable")
 VAR_FLAGS = ("is_param", "need_render", "need_initialization")
 _PLAIN_OR_SPLICE = ("plain", "splice")  # a tuple: a damaged tree's type may be unhashable
 _CONTEXT_KEYED = ("data input", "param")
+_CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
 def label(value: Any) -> str:
@@ -69,6 +71,8 @@ class ShapeChecker:
     _ids: set[str] = field(default_factory=set)
     _nodes: int = 0
     _flows: int = 0
+    # A variable's value holds a dict whose keys JSON would merge: copy the tree exactly.
+    merging_keys: bool = False
 
     def add(self, where: str | None, message: str) -> None:
         """Record one problem."""
@@ -94,12 +98,14 @@ class ShapeChecker:
             return False
 
     def _register(self, ident: str, *, stored: bool = True) -> None:
-        """Note an id (``stored``: a pipeline or node id, kept in the store's id columns)."""
+        """Note an id (``stored``: a pipeline or node id, kept in the store's id columns; a flow id
+        lives only inside the stored tree)."""
         if ident in self._ids:
             self.add(ident, "id is used more than once in the tree")
         self._ids.add(ident)
-        problem = limits.column_problem(ident, limits.ID_LENGTH if stored else len(ident))
-        if problem:
+        if not stored or (len(ident) <= limits.ID_LENGTH and ident.isascii() and "\x00" not in ident):
+            return  # the common case costs no call
+        if problem := limits.column_problem(ident, limits.ID_LENGTH):
             self.add(label_text(ident), f"id {problem}")
 
     def _key(self, where: str, what: str, key: str, width: int | None) -> None:
@@ -109,8 +115,12 @@ class ShapeChecker:
             self.add(where, f"{what} key {key!r} {problem}")
 
     def _value(self, where: str, what: str, value: Any) -> None:
+        if not isinstance(value, _CONTAINERS):
+            return
         if limits.too_deep(value):
             self.add(where, f"{what} is nested more than {limits.MAX_VALUE_DEPTH} levels deep")
+        elif not self.merging_keys and _json.keys_collide(value):
+            self.merging_keys = True
 
     def _section(self, pipe: dict[str, Any], key: str, where: str, required: bool) -> dict[Any, Any]:
         value = pipe.get(key)
@@ -384,16 +394,20 @@ class ShapeChecker:
             return
         # Keys of data inputs and params become context keys, kept in a column of their own.
         width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
+        longest = width if width is not None else 1 << 30
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
                 continue
-            self._key(where, what, key, width)
-            at = f"{where}.{label_text(key)}" if keyed_where else where
+            if len(key) > longest or "\x00" in key or not key.isascii():  # the common case costs no call
+                self._key(where, what, key, width)
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
-                self._value(at, f"{what} {key!r}", var["value"])
+                if isinstance(var["value"], _CONTAINERS):
+                    self._value(f"{where}.{label_text(key)}" if keyed_where else where, f"{what} {key!r}",
+                                var["value"])
                 continue
+            at = f"{where}.{label_text(key)}" if keyed_where else where
             self._var(at, f"{what} {key!r}", var, activity_ids)
 
     def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:

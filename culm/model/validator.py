@@ -55,8 +55,9 @@ _ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": 
 def _analyse(
     tree: Any, cycle_tolerate: bool, component_exists: ComponentExists | None,
     lazy_exists: LazyExists | None, end_event_exists: EndEventExists | None,
-) -> tuple[list[TreeProblem], list[PipelineGraph]]:
-    """Every problem of ``tree`` and the graph of each of its pipelines (root first)."""
+) -> ShapeChecker:
+    """The checker that walked ``tree``: every problem of it (``problems``), the graph of each of its
+    pipelines (``graphs``, root first), and whether a value holds dict keys JSON would merge."""
     checker = ShapeChecker(component_exists, lazy_exists, end_event_exists)
     try:
         checker.run(tree)
@@ -67,7 +68,7 @@ def _analyse(
                 check_streams(graph, checker.add)
     except Exception as exc:  # the contract is "garbage in, problems out", never an exception
         checker.add(None, f"tree could not be validated: {type(exc).__name__}: {exc}")
-    return checker.problems, checker.graphs
+    return checker
 
 
 def validate_tree(
@@ -86,7 +87,7 @@ def validate_tree(
     Returns:
         The problems found, each naming the node, flow or data path at fault; empty when valid.
     """
-    return _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)[0]
+    return _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists).problems
 
 
 @dataclass(frozen=True)
@@ -137,11 +138,12 @@ def prepare_tree(
     lazy_exists: LazyExists | None = None, end_event_exists: EndEventExists | None = None,
 ) -> PreparedTree:
     """:func:`process_tree`, also returning the tree's JSON text and its gateway pairs."""
-    problems, graphs = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)
+    checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)
+    problems, graphs = checker.problems, checker.graphs
     if problems:
         raise TreeInvalidError(problems)
     try:
-        result, text = _copy_tree(tree)
+        result, text = _copy_tree(tree, exact=checker.merging_keys)
     except RecursionError:
         raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
@@ -155,12 +157,12 @@ def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, 
     return tree
 
 
-def _copy_tree(tree: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+def _copy_tree(tree: dict[str, Any], *, exact: bool) -> tuple[dict[str, Any], str | None]:
     # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
-    # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied.
-    # Values whose dict keys JSON would merge (``{1: "a", "1": "b"}``) are deep-copied too: the
-    # stored tree keeps them (see culm.storage.codec).
-    if not _json.keys_collide(tree):
+    # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied,
+    # and so is one with ``exact`` (a variable's value holds dict keys JSON would merge,
+    # ``{1: "a", "1": "b"}``: the stored tree keeps them, see culm.storage.codec).
+    if not exact:
         try:
             # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
             # recurses until RecursionError instead, and is deep-copied.
@@ -216,10 +218,10 @@ def _normalise_activity(act: dict[str, Any]) -> None:
 
 
 def _analysed_root(tree: Any) -> tuple[PipelineGraph, list[PipelineGraph]]:
-    problems, graphs = _analyse(tree, True, None, None, None)
-    if problems:
-        raise TreeInvalidError(problems)
-    return graphs[0], graphs
+    checker = _analyse(tree, True, None, None, None)
+    if checker.problems:
+        raise TreeInvalidError(checker.problems)
+    return checker.graphs[0], checker.graphs
 
 
 def _main_line(graph: PipelineGraph) -> list[str]:

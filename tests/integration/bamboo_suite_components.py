@@ -31,9 +31,18 @@ def record(data, name):
     return True
 
 
+# bamboo's test mixin takes ``callback_data`` in these hooks only; the others are written
+# ``(self, data, parent_data)``, so a call that passes a payload fails (and is swallowed).
+WITH_CALLBACK_DATA = ("pre_callback", "post_callback", "node_schedule_fail", "node_schedule_exception")
+
+
 def _hook(name):
-    def hook(self, data, parent_data, callback_data=None):
-        return record(data, name)
+    if name in WITH_CALLBACK_DATA:
+        def hook(self, data, parent_data, callback_data=None):
+            return record(data, name)
+    else:
+        def hook(self, data, parent_data):
+            return record(data, name)
 
     hook.__name__ = name
     return hook
@@ -281,7 +290,16 @@ class SleepTimerService(Service):
         return True
 
 
-for _code, _service in {"dummy_exec_node": DummyExecService, "sleep_timer": SleepTimerService}.items():
+class LoopOutputsService(Service):
+    """Node-loop body: output ``outputs`` = ``{"i": _loop, "x": inputs.x}``; fails on loop ``fail_at``."""
+
+    def execute(self, data, parent_data):
+        data.outputs.outputs = {"i": data.inputs._loop, "x": data.get_one_of_inputs("x")}
+        return data.inputs._loop != data.get_one_of_inputs("fail_at")
+
+
+for _code, _service in {"dummy_exec_node": DummyExecService, "sleep_timer": SleepTimerService,
+                        "loop_outputs_node": LoopOutputsService}.items():
     globals()[f"Bs{_service.__name__}Component"] = _component(_code, _service)
 
 
@@ -313,3 +331,30 @@ class RaiseVariable(LazyVariable):
 
     def get_value(self):
         raise Exception("raise_variable raised on purpose")
+
+
+# -- bamboo's component guide (docs/user_guide/custom_component.md), imports swapped -----------------
+class WaitCallbackService(Service):
+    __need_schedule__ = True
+
+    def _external_api_call(self):
+        pass
+
+    def execute(self, data, parent_data):
+        self._external_api_call()
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        status = self.callback_data["status"]
+
+        if status < 0:
+            data.outputs.ex_data = "task failed with code: %s" % status  # noqa: UP031 - as the guide writes it
+            return False
+
+        self.finish_schedule()
+
+
+class WaitCallbackComponent(Component):
+    name = "WaitCallbackComponent"
+    code = "guide_wait_callback"
+    bound_service = WaitCallbackService

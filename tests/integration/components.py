@@ -562,3 +562,17 @@ class ValueComponent(Component):
     code = "t_value"
     name = "value"
     bound_service = ValueService
+
+
+class GatedCallbackService(CountedCallbackService):
+    """A counted t_callback whose ``execute`` first waits (bounded) for ``gate(inputs.gate)``."""
+
+    def execute(self, data, parent_data):
+        gate(data.inputs.gate).wait(timeout=15)
+        return super().execute(data, parent_data)
+
+
+class GatedCallbackComponent(Component):
+    code = "t_callback_gated"
+    name = "gated callback"
+    bound_service = GatedCallbackService

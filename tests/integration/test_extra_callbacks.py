@@ -8,11 +8,11 @@ import threading
 from typing import Any
 
 import pytest
-from components import calls
+from components import calls, gate
 from engine_fixtures import outputs, run, wait_state, wait_until
 
 from culm import api
-from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -59,6 +59,24 @@ def test_concurrent_callbacks_to_a_single_callback_node_accept_exactly_one(runti
     assert calls("callback", act.id) == 1
     late = api.callback(runtime, act.id, version, {"n": 99})
     assert not late.result
+
+
+def test_concurrent_callbacks_before_the_node_waits_accept_exactly_one(runtime):
+    # The component is still inside execute(): no schedule exists yet, the callbacks are kept.
+    start, act, end = EmptyStartEvent(), ServiceActivity(component_code="t_callback_gated"), EmptyEndEvent()
+    act.component.inputs.gate = Var(type=Var.PLAIN, value="early-callbacks")
+    start.extend(act).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    version = wait_state(runtime, act.id, "RUNNING", timeout=30)["version"]
+    results = fire_at_once(runtime, act.id, version, [{"n": i} for i in range(CALLERS)])
+    gate("early-callbacks").set()
+    accepted = [i for i, r in enumerate(results) if r.result]
+    assert len(accepted) == 1, [r.message for r in results]
+    assert all("already received its callback" in r.message for r in results if not r.result)
+    wait_state(runtime, tree["id"], "FINISHED", timeout=30)
+    assert outputs(runtime, act.id)["callback_data"] == {"n": accepted[0]}
+    assert calls("callback", act.id) == 1
 
 
 def test_concurrent_callbacks_to_a_multi_callback_node_are_all_taken(runtime):

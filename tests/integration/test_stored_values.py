@@ -139,3 +139,16 @@ def test_values_round_trip_through_the_store(runtime):
     wrong = {name: outputs(runtime, act.id)["value"] for name, act in acts.items()
              if not _exact(outputs(runtime, act.id)["value"], _expected(name))}
     assert not wrong
+
+
+def test_a_tree_value_whose_keys_json_would_merge_keeps_them(runtime):
+    start, echo, end = EmptyStartEvent(), ServiceActivity(component_code="t_echo"), EmptyEndEvent()
+    echo.component.inputs.x = Var(type=Var.PLAIN, value={1: "a", "1": "b"})
+    echo.component.inputs.y = Var(type=Var.PLAIN, value={1: "a"})
+    start.extend(echo).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, tree["id"], "FINISHED")
+    got = outputs(runtime, echo.id)
+    # The whole tree takes the exact copy: both keys stay, and the other value keeps its int key.
+    assert _exact(got["x"], {1: "a", "1": "b"}) and _exact(got["y"], {1: "a"})
