@@ -59,8 +59,19 @@ def execute_step(
         # heartbeat) and another runner ran the same call and went on. Its result counts.
         logger.warning("dropping a stale result for task %s (node %s)", task_id, pending[0].node_id)
         return None
+    if pending is None and task.running_version is not None and _moved_on(unit, task):
+        # A replay (after a crash or a lost lease) of a call whose node an operator has since
+        # failed and retried or skipped: the process goes on from the task that command made.
+        # Walking this one would enter the node again as if it were a loop.
+        unit.delete_task(task_id)
+        return None
     graph = engine.graph(proc.root_id, unit)
     return _advance(engine, step, graph, proc, task, pending)
+
+
+def _moved_on(unit: Any, task: TaskRecord) -> bool:
+    st = unit.get_state(task.node_id)
+    return st is None or st.name != states.RUNNING or st.version != task.running_version
 
 
 def read_batch_ahead(engine: Engine, unit: Any, fresh: list[str], resumed: list[str]) -> None:

@@ -221,3 +221,27 @@ def records_now() -> float:
     from culm.core.records import now
 
     return now()
+
+
+def test_a_replayed_call_of_a_node_skipped_meanwhile_is_dropped(tmp_path: Path) -> None:
+    """Crash while a component runs; the operator force-fails and skips the node; the replayed
+    task used to enter the (now FINISHED) node again as a loop: two walkers of one process, and
+    the pipeline could finish with the node RUNNING."""
+    act = ServiceActivity(component_code="t_none")
+    tree = build_tree(chain(act, ServiceActivity(component_code="t_none")))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        task = _start(rt, inline, tree)
+        assert _execute(rt, task.id) is not None  # handed out ... and lost in a crash
+        assert api.forced_fail_activity(rt, act.id, "stuck").result
+        assert api.skip_node(rt, act.id).result
+        (woken,) = inline.take()
+        _restart(rt)
+        assert _execute(rt, task.id) is None  # the replay is dropped
+        assert [t.id for t in _tasks(rt)] == [woken.id]
+        assert node_state_name(rt, act.id) == "FINISHED"
+        invoke = _execute(rt, woken.id)
+        assert _execute(rt, woken.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+        assert api.get_children_states(rt, act.id).data[act.id]["loop"] == 1
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
