@@ -14,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from culm.web import adapter, auth, metrics, routes_control, routes_read
+from culm.web import auth, live, metrics, routes_control, routes_read
 from culm.web.problems import ProblemError, problem, responses
 from culm.web.tokens import TokenStore
 
@@ -102,13 +102,14 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         app.state.hub.close()
         app.state.metrics.close()
 
-    app = FastAPI(title="culm", lifespan=lifespan, version=_version(), docs_url="/api/docs", redoc_url=None,
+    # No /docs page: FastAPI's loads Swagger UI from a CDN, and nothing here fetches from outside.
+    app = FastAPI(title="culm", lifespan=lifespan, version=_version(), docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="REST API of the culm workflow engine. Send `Authorization: Bearer <token>`.")
     app.state.runtime = runtime
     app.state.tokens = tokens or TokenStore(runtime.store.engine)
     app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled)
-    app.state.hub = adapter.ChangeHub(runtime)
+    app.state.hub = live.ChangeHub(runtime)
     app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)
     app.add_middleware(BodyLimit, limit=max_body)
     _add_error_handlers(app)

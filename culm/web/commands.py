@@ -53,7 +53,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     broker = args.broker or os.environ.get("CULM_BROKER_URL") or None
-    runtime = culm.Runtime(_db(args), broker=broker)
+    runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
         mode = "submits and reads (a broker's workers run the work)" if broker else (
             "runs the engine" if runtime.dispatcher is not None else
@@ -61,7 +61,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
         print(f"culm serve on http://{args.host}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
         app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body)
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        # Live-update streams never end by themselves: give them a moment, then close them.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    timeout_graceful_shutdown=3)
     finally:
         runtime.close()
     return 0
@@ -116,7 +118,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     for t in items:
         made = datetime.fromtimestamp(t.created_time).strftime("%Y-%m-%d %H:%M:%S")
         status = "revoked" if t.revoked_time else "active"
-        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  {t.name}")
+        used = datetime.fromtimestamp(t.last_used_time).strftime("%Y-%m-%d %H:%M") if t.last_used_time else "never"
+        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  used {used:<16}  {t.name}")
     return 0
 
 
@@ -132,6 +135,7 @@ def register(subparsers: Any) -> None:
     _add_db(serve)
     serve.add_argument("--broker", metavar="URL", help="Celery broker URL (default: $CULM_BROKER_URL); "
                        "with one, this service only submits and reads")
+    serve.add_argument("--prefix", default="culm", help="queue name prefix of the workers (with --broker)")
     serve.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")

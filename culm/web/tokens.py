@@ -27,6 +27,7 @@ _RANK = {role: i for i, role in enumerate(ROLES)}
 PREFIX = "culm_"
 # scrypt cost: 16 MiB and ~30-60 ms per check on this project's machine; paid once per token and process.
 _N, _R, _P = 2**14, 8, 1
+USE_RECORD_SECONDS = 60.0
 
 
 class TokenError(ValueError):
@@ -72,6 +73,7 @@ class TokenStore:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self._verified: dict[bytes, str] = {}
+        self._used: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def create(self, role: str, name: str = "") -> tuple[str, TokenInfo]:
@@ -121,7 +123,10 @@ class TokenStore:
         token_id = self._verified.get(digest)
         if token_id is not None:
             row = self._row(token_id)
-            return _info(row) if row is not None and row.revoked_time is None else None
+            if row is None or row.revoked_time is not None:
+                return None
+            self._note_use(row.id)
+            return _info(row)
         parts = token.split("_", 2) if token.startswith(PREFIX) else []
         if len(parts) != 3 or len(token) > 200:
             return None
@@ -134,7 +139,19 @@ class TokenStore:
             if len(self._verified) > 10_000:
                 self._verified.clear()
             self._verified[digest] = row.id
+        self._note_use(row.id)
         return _info(row)
+
+    def _note_use(self, token_id: str) -> None:
+        """Record when a token was used, at most once a minute per token and process (not a write
+        per request)."""
+        now = time.time()
+        with self._lock:
+            if now - self._used.get(token_id, 0.0) < USE_RECORD_SECONDS:
+                return
+            self._used[token_id] = now
+        with self.engine.begin() as conn:
+            conn.execute(update(s.api_token).where(s.api_token.c.id == token_id).values(last_used_time=now))
 
     def _row(self, token_id: str) -> Any:
         with self.engine.connect() as conn:

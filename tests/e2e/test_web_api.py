@@ -127,8 +127,11 @@ def test_admin_creates_lists_and_revokes_tokens(served: Any, admin: httpx.Client
     token, token_id = made.json()["token"], made.json()["id"]
     listed = admin.get("/api/v1/tokens").json()
     assert any(t["id"] == token_id and t["role"] == "viewer" and "token" not in t for t in listed)
+    assert next(t for t in listed if t["id"] == token_id)["last_used_time"] is None
     with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {token}"}) as fresh:
         assert fresh.get("/api/v1/me").json()["role"] == "viewer"
+        used = next(t for t in admin.get("/api/v1/tokens").json() if t["id"] == token_id)
+        assert used["last_used_time"] is not None
         assert admin.delete(f"/api/v1/tokens/{token_id}").status_code == 200
         assert fresh.get("/api/v1/me").status_code == 401
     assert admin.delete(f"/api/v1/tokens/{token_id}").status_code == 409

@@ -157,11 +157,15 @@ def _activities(start: Any) -> list[Any]:
     return found
 
 
-def chain_tree(size: int, name: str = "big") -> dict:
-    """A pipeline of ``size`` nodes: ten parallel branches of activities, forked and joined."""
+def chain_tree(size: int, name: str = "big", gate: bool = False) -> dict:
+    """A pipeline of ``size`` nodes: ten parallel branches of activities, forked and joined; with
+    ``gate``, a ``web_wait`` activity first holds everything until it gets a callback."""
     start = EmptyStartEvent(name="start")
     fork, join = ParallelGateway(), ConvergeGateway()
-    start.extend(fork)
+    if gate:
+        start.extend(ServiceActivity(component_code="web_wait", name="gate")).extend(fork)
+    else:
+        start.extend(fork)
     branches = []
     per_branch = max(1, -(-(size - 4) // 10))
     for b in range(10):

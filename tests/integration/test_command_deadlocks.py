@@ -106,7 +106,7 @@ def _operate(rt: Any, runs: list[tuple[str, dict[str, str]]], seed: int, results
         results.append((op, res))
 
 
-def _dump(rt: Any, root: str, nodes: dict[str, str]) -> str:
+def _dump(rt: Any, root: str, nodes: dict[str, str], backend: Any) -> str:
     from sqlalchemy import text
 
     names = {v: k for k, v in nodes.items()}
@@ -117,7 +117,12 @@ def _dump(rt: Any, root: str, nodes: dict[str, str]) -> str:
                              {"r": root}).fetchall()
         procs = conn.execute(text("SELECT id, current_node_id, asleep, suspended, suspended_by, dead, ack_num, need_ack"
                                   " FROM culm_process WHERE root_id = :r"), {"r": root}).fetchall()
-    return f"state {data.get('state')}, nodes {states}, tasks {tasks}, processes {procs}, nodes {nodes}"
+    stuck = [n for n, e in data.get("children", {}).items() if e["state"] == "RUNNING"]
+    ran = {n: [line for line in backend.exec_log.read_text().splitlines() if n in line] for n in stuck}
+    logged = {n: [line[:300] for i in backend.alive() for line in backend.worker_log(i).splitlines() if n in line]
+              for n in stuck}
+    return (f"state {data.get('state')}, nodes {states}, tasks {tasks}, processes {procs}, nodes {nodes}; "
+            f"executions of the RUNNING nodes {ran}; worker log lines naming them {logged}")
 
 
 def _settled(rt: Any, root: str, nodes: dict[str, str]) -> str | None:
@@ -168,7 +173,7 @@ def test_control_calls_from_many_threads_never_lose_to_a_deadlock(
         try:
             why = wait_for(lambda r=root, n=nodes: _settled(rt, r, n), 120, message=f"pipeline {root} to come to rest")
         except AssertionError:
-            raise AssertionError(f"pipeline {root} neither ended nor waits visibly: {_dump(rt, root, nodes)}") from None
+            raise AssertionError(f"pipeline {root} neither ended nor waits visibly: {_dump(rt, root, nodes, distributed_backend)}") from None
         children = _children(rt, root)
         if why == "FINISHED":
             assert all(e["state"] == "FINISHED" for e in children.values()), (root, children)

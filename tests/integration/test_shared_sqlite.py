@@ -7,8 +7,10 @@ runs what A left within seconds.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +105,32 @@ def test_missing_component_names_the_process_then_retry_from_one_that_has_it(
         assert api.callback(rt, wait_id, version, {"k": 2}).result
         wait_for(lambda: _state(rt, root) == "FINISHED", 30, message="the pipeline to finish here")
         assert api.get_execution_data_outputs(rt, wait_id).data["got"] == {"k": 2}
+
+
+def test_a_second_culm_run_finishes_after_the_first_is_killed(tmp_path: Path) -> None:
+    """Two ``culm run`` commands on one file: the second waits on the first's runner lock; once the
+    first is killed, the second runs its own pipeline and what the first left."""
+    db = f"sqlite:///{tmp_path}/shared.db"
+    module = tmp_path / "flow.py"
+    module.write_text("import crash_app\n\n\ndef build_pipeline():\n    return crash_app.chain_with_parallel()\n")
+    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": str(APP.parent)}
+    culm_cli = [sys.executable, "-m", "culm.cli"]
+    first = subprocess.Popen([*culm_cli, "run", str(module), "--db", db, "--timeout", "120"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "exec.log").exists(), 30, message="the first culm run to start work")
+    second = subprocess.Popen([*culm_cli, "run", str(module), "--db", db, "--timeout", "120"], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    wait_for(lambda: (tmp_path / "exec.log").read_text().count("done") >= 3, 30, message="progress")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(30)
+    out, _ = second.communicate(timeout=120)
+    assert second.returncode == 0, out
+    assert "FINISHED" in out
+    # Both pipelines finished here: the second's own, and the one the killed process left.
+    wait_for(lambda: _root_states(tmp_path / "shared.db") == ["FINISHED", "FINISHED"], 30,
+             message="the first run's pipeline to finish in the second process")
+
+
+def _root_states(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        return [r[0] for r in conn.execute("SELECT name FROM culm_state WHERE node_id = root_id")]

@@ -22,52 +22,97 @@
     return out;
   }
 
-  // Lay out ``tree`` with the subprocesses in ``expanded`` drawn inline as clusters.
-  function layout(tree, expanded) {
-    const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
-    let count = 0;
-    const entry = {}, exit = {};
-    function add(t, cluster) {
+  // The boxes and flows of ``tree``, with the subprocesses in ``expanded`` opened in place as clusters.
+  function collect(tree, expanded) {
+    const boxes = {}, flows = [], entry = {}, exit = {};
+    function add(t, parent) {
       const nodes = [t.start_event, t.end_event, ...Object.values(t.activities || {}), ...Object.values(t.gateways || {})]
         .filter(Boolean);
       for (const n of nodes) {
-        count++;
         if (n.type === "SubProcess" && n.pipeline && expanded.has(n.id)) {
-          g.setNode(n.id, { cluster: true, node: n });
-          if (cluster) g.setParent(n.id, cluster);
+          boxes[n.id] = { cluster: true, node: n, parent };
           add(n.pipeline, n.id);
-          entry[n.id] = entry[n.pipeline.start_event.id] || n.pipeline.start_event.id;
-          exit[n.id] = exit[n.pipeline.end_event.id] || n.pipeline.end_event.id;
+          entry[n.id] = n.pipeline.start_event.id;
+          exit[n.id] = n.pipeline.end_event.id;
           continue;
         }
         const event = /Event$/.test(n.type), gateway = n.type in GATEWAY;
         const label = n.name || (n.component && n.component.code) || n.type;
-        g.setNode(n.id, { node: n, label, width: event ? 36 : gateway ? 44 : Math.min(200, Math.max(110, label.length * 7 + 20)),
-          height: event ? 36 : gateway ? 44 : 40 });
-        if (cluster) g.setParent(n.id, cluster);
+        boxes[n.id] = { node: n, label, parent, height: event ? 36 : gateway ? 44 : 40,
+          width: event ? 36 : gateway ? 44 : Math.min(200, Math.max(110, label.length * 7 + 20)) };
       }
-      for (const f of Object.values(t.flows || {})) g.setEdge(f.source, f.target, { flow: f }, f.id);
+      for (const f of Object.values(t.flows || {})) flows.push({ v: f.source, w: f.target, name: f.id });
     }
     add(tree, null);
-    // Flows into and out of an expanded subprocess join its start and end events.
-    for (const e of g.edges()) {
-      const s = exit[e.v], t = entry[e.w];
-      if (s || t) {
-        const label = g.edge(e);
-        g.removeEdge(e);
-        g.setEdge(s || e.v, t || e.w, label, e.name);
-      }
-    }
-    const big = count > 300;
-    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep: big ? 28 : 40, marginx: 16, marginy: 16,
-      ranker: big ? "longest-path" : "network-simplex" });
-    dagre.layout(g);
-    return g;
+    // Flows into and out of an opened subprocess join its start and end events (nested ones too).
+    const follow = (map, id) => { while (map[id]) id = map[id]; return id; };
+    for (const f of flows) { f.v = follow(exit, f.v); f.w = follow(entry, f.w); }
+    return { boxes, flows };
   }
 
-  function draw(g, states, expanded, onSelect, onToggle) {
+  // Runs of boxes with one flow in and one out (the bulk of a big pipeline) go to dagre as one wide
+  // box each and are placed in a row inside it afterwards: dagre's time grows with the boxes it
+  // orders, and it would lay such a run out in a row anyway.
+  function chains(boxes, flows) {
+    const ins = {}, outs = {};
+    for (const f of flows) { (outs[f.v] = outs[f.v] || []).push(f.w); (ins[f.w] = ins[f.w] || []).push(f.v); }
+    const linear = (id) => boxes[id] && !boxes[id].cluster && (ins[id] || []).length === 1 && (outs[id] || []).length === 1;
+    const member = {}, runs = {};
+    for (const id of Object.keys(boxes)) {
+      if (!linear(id)) continue;
+      const before = ins[id][0];
+      if (linear(before) && boxes[before].parent === boxes[id].parent) continue; // not the head of a run
+      const run = [id];
+      let next = outs[id][0];
+      while (linear(next) && boxes[next].parent === boxes[id].parent && !run.includes(next)) { run.push(next); next = outs[next][0]; }
+      if (run.length < 2) continue;
+      runs["run:" + id] = run;
+      for (const m of run) member[m] = "run:" + id;
+    }
+    return { member, runs };
+  }
+
+  function layout(tree, expanded) {
+    const { boxes, flows } = collect(tree, expanded);
+    const big = Object.keys(boxes).length > 300;
+    const ranksep = big ? 28 : 40;
+    const { member, runs } = chains(boxes, flows);
+    const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
+    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep, marginx: 16, marginy: 16,
+      ranker: big ? "longest-path" : "network-simplex" });
+    for (const [id, box] of Object.entries(boxes)) if (!member[id]) g.setNode(id, box.cluster ? {} : { width: box.width, height: box.height });
+    for (const [id, run] of Object.entries(runs)) {
+      g.setNode(id, { width: run.reduce((w, m) => w + boxes[m].width, 0) + ranksep * (run.length - 1),
+        height: Math.max(...run.map((m) => boxes[m].height)) });
+    }
+    for (const [id, box] of Object.entries(boxes)) if (box.parent) g.setParent(member[id] || id, box.parent);
+    const inner = [];
+    for (const f of flows) {
+      const v = member[f.v] || f.v, w = member[f.w] || f.w;
+      if (v === w) inner.push(f); else g.setEdge(v, w, {}, f.name);
+    }
+    dagre.layout(g);
+    const placed = {};
+    for (const [id, box] of Object.entries(boxes)) if (!member[id]) placed[id] = { ...box, ...g.node(id) };
+    for (const [id, run] of Object.entries(runs)) {
+      const at = g.node(id);
+      let left = at.x - at.width / 2;
+      for (const m of run) {
+        placed[m] = { ...boxes[m], x: left + boxes[m].width / 2, y: at.y };
+        left += boxes[m].width + ranksep;
+      }
+    }
+    const edges = g.edges().map((e) => ({ name: e.name, points: g.edge(e).points || [] }));
+    for (const f of inner) {
+      const a = placed[f.v], b = placed[f.w];
+      edges.push({ name: f.name, points: [{ x: a.x + a.width / 2, y: a.y }, { x: b.x - b.width / 2, y: b.y }] });
+    }
     const size = g.graph();
-    const root = svg("svg", { class: "graph", id: "graph", width: Math.ceil(size.width), height: Math.ceil(size.height) });
+    return { width: size.width, height: size.height, boxes: placed, edges };
+  }
+
+  function draw(laid, states, onSelect, onToggle) {
+    const root = svg("svg", { class: "graph", id: "graph", width: Math.ceil(laid.width), height: Math.ceil(laid.height) });
     const clusters = svg("g"), edges = svg("g"), nodes = svg("g");
     root.append(clusters, edges, nodes);
     const defs = svg("defs");
@@ -75,15 +120,13 @@
     marker.append(svg("path", { d: "M0,0 L10,5 L0,10 z", fill: "#9ca3af" }));
     defs.append(marker);
     root.append(defs);
-    for (const e of g.edges()) {
-      const pts = g.edge(e).points || [];
+    for (const e of laid.edges) {
+      const pts = e.points;
       edges.append(svg("path", { class: "edge", "marker-end": "url(#arrow)", "data-flow": e.name || "",
         d: pts.map((p, i) => (i ? "L" : "M") + p.x.toFixed(1) + "," + p.y.toFixed(1)).join(" ") }));
     }
     const byId = {};
-    for (const id of g.nodes()) {
-      const d = g.node(id);
-      if (!d) continue;
+    for (const [id, d] of Object.entries(laid.boxes)) {
       if (d.cluster) {
         const box = svg("g", { class: "cluster-box", "data-node-id": id });
         box.append(svg("rect", { class: "cluster", x: d.x - d.width / 2, y: d.y - d.height / 2, width: d.width, height: d.height, rx: 6 }));
@@ -143,9 +186,9 @@
 
     function redraw() {
       const began = performance.now();
-      const g = layout(page.tree, page.expanded);
+      const laidOut = layout(page.tree, page.expanded);
       const laid = performance.now();
-      page.drawn = draw(g, page.states, page.expanded, select, toggle);
+      page.drawn = draw(laidOut, page.states, select, toggle);
       wrap.replaceChildren(page.drawn.root);
       markSelected();
       wrap.setAttribute("data-layout-ms", String(Math.round(laid - began)));
@@ -190,7 +233,9 @@
     }
     let pending = null;
     function onChange(type, change) {
-      if (type === "reload") { refreshStates().catch(() => {}); return; }
+      // "hello" opens (or reopens) the stream: read everything once, so that nothing that changed
+      // between the first read and the subscription is missed.
+      if (type === "reload" || type === "hello") { refreshStates().catch(() => {}); return; }
       if (type !== "state") return;
       const entry = page.states[change.node_id] || { id: change.node_id };
       page.states[change.node_id] = { ...entry, state: change.to_state, version: change.version, loop: change.loop };
@@ -207,7 +252,6 @@
         const [tree, states] = await Promise.all([
           culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId) + "/tree"),
           culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId)),
-          culm.components ? null : culm.api("/api/v1/components").then((c) => (culm.components = c)),
         ]);
         page.tree = tree;
         page.index = indexTree(tree, null, {});

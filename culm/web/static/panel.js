@@ -8,14 +8,14 @@
   const json = (v) => JSON.stringify(v, null, 2);
 
   // [label, endpoint, form] for each command the node's type and state allow.
-  culm.actionsFor = function (node, entry, component) {
+  culm.actionsFor = function (node, entry) {
     const s = entry ? entry.state : null;
     const out = [];
     if (node.type === "ServiceActivity") {
       if (s === "FAILED" && node.retryable !== false) out.push(["Retry", "retry", "inputs"]);
       if (s === "FAILED" && node.skippable !== false) out.push(["Skip", "skip"]);
       if (s === "RUNNING") {
-        if (component && component.callback) out.push(["Callback", "callback", "callback"]);
+        if (entry.wait_reason && entry.wait_reason.kind === "callback") out.push(["Callback", "callback", "callback"]);
         out.push(["Force fail", "forced-fail", "exdata"]);
       }
       if (s === null || s === "READY") out.push(["Pause here", "pause"]);
@@ -94,8 +94,6 @@
       info = { execution_data: null, histories: [], logs: "", data: {} };
     }
     if (page.selected !== nodeId) return; // another node was picked meanwhile
-    const component = node.component && (culm.components || []).find((c) => c.code === node.component.code
-      && (c.version === (node.component.version || "legacy")));
     const outputs = (info.execution_data && info.execution_data.outputs) || {};
     const inputs = (info.execution_data && info.execution_data.inputs) || {};
     const shown = {};
@@ -103,7 +101,7 @@
     const actions = el("div", { class: "actions", id: "node-actions" });
     const formSlot = el("div");
     if (culm.canOperate()) {
-      for (const [label, op, form] of culm.actionsFor(node, entry, component)) {
+      for (const [label, op, form] of culm.actionsFor(node, entry)) {
         const send = async (body) => {
           const url = op.startsWith("pipeline:")
             ? `/api/v1/pipelines/${encodeURIComponent(nodeId)}/${op.slice(9)}`

@@ -1,11 +1,4 @@
-"""What the service reads beyond single :mod:`culm.api` calls, in one place.
-
-The listing is ``culm.api.list_pipelines``; live changes come from the state-change feed
-(``Runtime.changes``), read by one thread and fanned out to every client. Wait reasons
-(``wait_reason`` on each entry of ``get_pipeline_states``) are being added by other work: until they
-land, :func:`states_with_wait_reasons` fills in the little it can tell from the state alone. The
-stored tree of a pipeline has no public reader yet; :func:`pipeline_tree` is it.
-"""
+"""Live state changes for every client from one reader of the change feed (``Runtime.changes``)."""
 
 from __future__ import annotations
 
@@ -13,54 +6,9 @@ import asyncio
 import json
 import logging
 import threading
-from datetime import datetime
 from typing import Any
 
-from culm import api
-
 logger = logging.getLogger("culm.web")
-
-LIST_LIMIT_MAX = 500
-
-
-def list_pipelines(runtime: Any, state: str | None = None, name: str | None = None,
-                   created_after: datetime | None = None, created_before: datetime | None = None,
-                   limit: int = 50, offset: int = 0) -> api.EngineAPIResult:
-    """``{"total", "counts": {state: n}, "items": [...]}``, newest first."""
-    return api.list_pipelines(runtime, state=state, name=name, created_after=created_after,
-                              created_before=created_before, limit=limit, offset=offset)
-
-
-def pipeline_tree(runtime: Any, root_id: str) -> dict | None:
-    """The tree a root pipeline was started with (None when unknown)."""
-    with runtime.store.reading() as unit:
-        found = unit.get_pipeline(root_id)
-    return found[0] if found else None
-
-
-def states_with_wait_reasons(runtime: Any, root_id: str) -> api.EngineAPIResult:
-    """The flat state tree of a pipeline, each entry with a ``wait_reason`` (``{"kind", "text"}`` or None)."""
-    found = api.get_pipeline_states(runtime, root_id)
-    if not found.result or not found.data:
-        return found
-    for entry in found.data[root_id]["children"].values():
-        entry.setdefault("wait_reason", _fallback_reason(entry))
-    found.data[root_id].setdefault("wait_reason", _fallback_reason(found.data[root_id]))
-    return found
-
-
-def _fallback_reason(entry: dict) -> dict | None:
-    state = entry["state"]
-    if state == "FAILED":
-        return {"kind": "failed", "text": "failed: retry, skip or revoke it"}
-    if state == "SUSPENDED":
-        return {"kind": "paused", "text": "paused by an operator"}
-    return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Live changes: one reader, fanned out to every subscriber
-# ---------------------------------------------------------------------------------------------
 
 
 def _change_dict(change: Any) -> dict[str, Any]:
@@ -194,15 +142,27 @@ class ChangeHub:
                     self.delivered += 1
 
     def _run(self) -> None:
-        after: int | None = None
+        after: int | None = None  # every change up to here has been published
+        seen: set[int] = set()  # published changes above ``after`` (a gap below them is still open)
         while not self._stop.is_set():
             try:
                 if after is None:
                     after = int(self.runtime.last_change_seq())
-                # A bounded wait, so that close() is noticed within a second.
+                # A bounded wait, so that close() is noticed within a second. On PostgreSQL and
+                # MySQL a change may commit late with a lower seq: restarting from the highest seq
+                # seen would skip it, so the next read starts below the open gap and skips what
+                # was already published.
                 for change in self.runtime.changes(after=after, timeout=1.0):
-                    after = change.seq
+                    if change.seq in seen:
+                        continue
+                    seen.add(change.seq)
                     self.publish(_change_dict(change))
+                    while after + 1 in seen:
+                        after += 1
+                        seen.discard(after)
+                if seen:  # a gap that stayed open for a whole read: a rolled-back write, given up
+                    after = max(seen)
+                    seen.clear()
             except Exception:  # noqa: BLE001 - a database hiccup must not end live updates
                 logger.exception("reading state changes failed; retrying")
                 self._stop.wait(1.0)
