@@ -163,13 +163,21 @@ _PRIMARY = {
     "culm_task": ("id",), "culm_node_data": ("node_id",), "culm_execution_data": ("node_id",),
     "culm_context_value": ("pipeline_id", "key"), "culm_schedule": ("id",), "culm_callback_data": ("id",),
 }
-_NEW_ROWS_ONLY = ("culm_history", "culm_log", "culm_change")  # autoincrement keys: an insert clashes with nothing
+# Append-only tables with autoincrement keys: an insert clashes with no other row, but two inserts
+# into one of them must not share a combined statement, whose parts run in an unspecified order:
+# their ids would not follow the order they were appended in (histories and logs are read back
+# ORDER BY id, the change feed by seq). So each counts as touching one pseudo-row of its table.
+_APPEND_ONLY = ("culm_history", "culm_log", "culm_change")
+
+
+def _append_key(table: str) -> tuple[tuple[str, tuple[()]], ...]:
+    return ((table, ()),)
 
 
 def _row_key(table: str, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
     """The rows an INSERT writes, as (table, primary key) pairs; None when unknown."""
-    if table in _NEW_ROWS_ONLY:
-        return ()
+    if table in _APPEND_ONLY:
+        return _append_key(table)
     cols = _PRIMARY.get(table)
     if cols is None:
         return None
@@ -359,7 +367,8 @@ class SqlUnit:
         for i in range(0, len(rows), 500):
             chunk = rows[i : i + 500]
             if self._deferred is not None:  # PostgreSQL: one multi-row INSERT, pipelined with the commit
-                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r], ())
+                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r],
+                            _append_key("culm_change"))
             else:
                 self._many(_insert_sql("culm_change", _CHANGE_COLUMNS), chunk)
 
