@@ -829,6 +829,24 @@ class SqlUnit:
             chunk = ids[at:at + 500]
             self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
 
+    def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None:
+        """Delete the pending tasks of these processes (a revoked subprocess's), as
+        :meth:`delete_tasks_of_root` does: never waiting for a row an engine step holds."""
+        wanted = set(process_ids)
+        for task_id, entry in self._tasks_ahead.items():
+            if entry is not None and entry[0].process_id in wanted:
+                self._tasks_ahead[task_id] = None  # gone now
+        for at in range(0, len(process_ids), 500):
+            chunk = list(process_ids[at:at + 500])
+            where = f"process_id IN ({_marks(len(chunk))})"
+            if not self._lock_rows:
+                self._x(f"DELETE FROM culm_task WHERE {where}", chunk)
+                continue
+            ids = [r[0] for r in self._all(f"SELECT id FROM culm_task WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED",
+                                           chunk)]
+            if ids:
+                self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(ids))})", ids)
+
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
         rows = self._all(
