@@ -8,6 +8,7 @@ are listed in docs/distributed.md ("The storage contract").
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -46,6 +47,10 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     s.dispose()
     if url:
         drop_database(url)
+
+
+class Boom(Exception):
+    """Raised by a test to roll a transaction or savepoint back."""
 
 
 def _ids(n: int = 1) -> list[str]:
@@ -126,8 +131,9 @@ def test_cas_in_one_transaction_sees_its_own_writes(store: SqlStore) -> None:
     assert st is not None and (st.name, st.version) == (states.FINISHED, "v1")
 
 
-def test_cas_from_two_connections_at_once(store: SqlStore) -> None:
-    """The second writer waits for the first and then finds its expected version gone."""
+@pytest.mark.parametrize("first_commits", [True, False], ids=["first-commits", "first-rolls-back"])
+def test_cas_from_two_connections_at_once(store: SqlStore, first_commits: bool) -> None:
+    """The second writer waits for the first; it loses if the first commits, wins if it rolls back."""
     root, node = _ids(2)
     _seed_state(store, node, root)
     second_started = threading.Event()
@@ -138,17 +144,20 @@ def test_cas_from_two_connections_at_once(store: SqlStore) -> None:
         with store.transaction() as unit:
             outcome["second"] = unit.update_state(node, expect_version="v0", name=states.FAILED, version="v2")
 
-    with store.transaction() as unit:
+    thread = threading.Thread(target=second)
+    with pytest.raises(Boom) if not first_commits else contextlib.nullcontext(), store.transaction() as unit:
         assert unit.update_state(node, expect_version="v0", name=states.RUNNING, version="v1")
         unit.flush()  # the write is on the server (PostgreSQL defers it otherwise) and its row locked
-        thread = threading.Thread(target=second)
         thread.start()
         assert second_started.wait(10)
+        if not first_commits:
+            raise Boom
     thread.join(30)
     assert not thread.is_alive()
-    assert outcome == {"second": False}
+    assert outcome == {"second": not first_commits}
     st = _read_state(store, node)
-    assert st is not None and (st.name, st.version) == (states.RUNNING, "v1")
+    assert st is not None
+    assert (st.name, st.version) == ((states.RUNNING, "v1") if first_commits else (states.FAILED, "v2"))
 
 
 def test_cas_hammered_from_threads_has_one_winner_per_round(store: SqlStore) -> None:
@@ -340,10 +349,6 @@ def _changes_of(store: SqlStore, root: str) -> list[tuple[str, str | None, str]]
     return [tuple(r) for r in rows]  # type: ignore[misc]
 
 
-class Boom(Exception):
-    pass
-
-
 def test_change_feed_is_written_with_its_states_or_not_at_all(store: SqlStore) -> None:
     root, a, b = _ids(3)
     after = store.feed.last_seq()
@@ -391,3 +396,85 @@ def test_savepoint_rollback_keeps_the_earlier_writes(store: SqlStore) -> None:
         assert unit.get_execution_data(undone) is None
         assert unit.get_execution_data(kept) == ({"b": 2}, {})
     assert _changes_of(store, root) == [(kept, None, states.READY), (kept, states.READY, states.RUNNING)]
+
+
+def test_feed_yields_each_change_of_concurrent_writers_once(store: SqlStore) -> None:
+    """Writers committing in any order (server databases may commit seqs out of order), some
+    rolling back: the feed yields every committed change exactly once."""
+    root = _ids()[0]
+    nodes = _ids(THREADS)
+    after = store.feed.last_seq()
+
+    def write(i: int) -> None:
+        for n in range(3):
+            try:
+                with store.transaction() as unit:
+                    if n == 0:
+                        unit.insert_state(_state(nodes[i], root))
+                    unit.record_change(root, nodes[i], None, f"S{n}", "v0", 1)
+                    if n == 1:
+                        raise Boom  # rolled back: leaves nothing (a hole in seq on servers)
+            except Boom:
+                pass
+
+    _all_in_threads(THREADS, write)
+    seen = [(c.node_id, c.to_state) for c in store.feed.changes(root, after, timeout=1.5)]
+    assert sorted(seen) == sorted((node, s) for node in nodes for s in ("S0", "S2"))
+
+
+# -- converging processes and schedules -----------------------------------------------------------
+
+
+def test_child_acks_are_counted_once_each_under_concurrency(store: SqlStore) -> None:
+    """The last branch of a join is known by its ack count: each sibling sees a distinct count."""
+    root, parent = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(parent, root, None, "gw", None, [root], need_ack=THREADS)])
+
+    def ack(_i: int) -> tuple[int, int]:
+        with store.transaction() as unit:
+            return unit.ack_child(parent)
+
+    counts = _all_in_threads(THREADS, ack)
+    assert sorted(counts) == [(n, THREADS) for n in range(1, THREADS + 1)]
+    with store.reading() as unit:
+        proc = unit.get_process(parent)
+    assert proc is not None and proc.ack_num == THREADS
+
+
+def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: SqlStore) -> None:
+    from culm.core.records import ScheduleRecord
+
+    sid, node = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_schedule(ScheduleRecord(sid, node, "v1", "p", "poll"))
+
+    def lock(_i: int) -> bool:
+        with store.transaction() as unit:
+            return unit.lock_schedule(sid, 110.0, 100.0)
+
+    assert _all_in_threads(THREADS, lock).count(True) == 1
+    with store.transaction() as unit:
+        assert not unit.lock_schedule(sid, 120.0, 105.0)
+        assert unit.lock_schedule(sid, 130.0, 111.0)  # expired: taken
+        unit.update_schedule(sid, times=3, finished=True)
+    with store.reading() as unit:
+        sched = unit.schedule_of(node, "v1")
+        assert sched is not None and (sched.locked_until, sched.times, sched.finished) == (130.0, 3, True)
+        assert unit.live_schedules([node]) == []
+
+
+def test_states_read_ahead_see_the_transactions_own_writes(store: SqlStore) -> None:
+    root, a, b, missing = _ids(4)
+    _seed_state(store, a, root)
+    with store.transaction() as unit:
+        unit.prefetch_states([a, b, missing])
+        assert unit.get_state(b) is None
+        unit.insert_state(_state(b, root))
+        assert unit.update_state(a, expect_version="v0", name=states.RUNNING, version="v1")
+        got = unit.get_states([a, b, missing])
+        assert {k: (v.name, v.version) for k, v in got.items()} == {a: (states.RUNNING, "v1"), b: (states.READY, "v0")}
+        got[a].name = "CHANGED BY CALLER"  # a caller's copy, not the unit's view
+        assert unit.get_state(a).name == states.RUNNING
+    with store.reading() as unit:
+        assert {k: v.name for k, v in unit.get_states([a, b]).items()} == {a: states.RUNNING, b: states.READY}
