@@ -288,6 +288,33 @@ def test_outbox_insert_publish_relay_delete(store: SqlStore) -> None:
     assert list(_outbox(store, other_root)) == [far]
 
 
+def test_deleting_a_roots_tasks_never_waits_for_a_claimed_one(store: SqlStore) -> None:
+    """An operator's delete skips a task row a running step holds (server databases: SKIP LOCKED;
+    the step finds its process dead next time); SQLite runs one writer at a time, so the delete
+    simply comes after the step's commit and takes every row."""
+    root = _ids()[0]
+    held, free = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_tasks([_task(held, root), _task(free, root)])
+    deleted = threading.Event()
+
+    def delete() -> None:
+        with store.transaction() as unit:
+            unit.delete_tasks_of_root(root)
+        deleted.set()
+
+    thread = threading.Thread(target=delete)
+    one_writer = store.dialect == "sqlite"
+    with store.transaction() as unit:
+        assert unit.claim_task(held, "step", until=200.0, at=100.0) is not None  # row locked until commit
+        thread.start()
+        if not one_writer:
+            assert deleted.wait(30), "the delete waited for the claimed row"
+    thread.join(30)
+    assert deleted.is_set()
+    assert sorted(_outbox(store, root)) == ([] if one_writer else [held])
+
+
 # -- histories and logs ---------------------------------------------------------------------------
 
 
