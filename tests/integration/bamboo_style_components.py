@@ -79,6 +79,10 @@ class HookRecordCallbackService(HookRecordService):
             raise RuntimeError("bamboo-style schedule raised")
         return True
 
+    # A callback node's node_finish gets the payload (as bamboo passes it): written to take it.
+    def node_finish(self, data, parent_data, callback_data=None):
+        return _mark(data, "node_finish")
+
 
 class HookRecordComponent(Component):
     name = "hook record"
