@@ -139,7 +139,13 @@ class Runtime:
         return self.store.feed.changes(root_id, after, timeout)
 
     def last_change_seq(self) -> int:
-        """The ``seq`` of the newest state change recorded (0 when none)."""
+        """The ``seq`` of the newest state change recorded (0 when none).
+
+        On PostgreSQL and MySQL a change committed a moment later may still carry a lower seq (two
+        workers committing the other way round), so ``changes(after=last_change_seq())`` can miss
+        such a change: ``wait`` re-reads the pipeline's state to cover it; a watcher that must not
+        miss one reads the states once after it starts following.
+        """
         return self.store.feed.last_seq()
 
     def wait(self, pipeline_id: str, timeout: float | None = None) -> str:

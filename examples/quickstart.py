@@ -6,7 +6,6 @@ Run it as ``python examples/quickstart.py`` (a fresh SQLite file in a temporary 
 
 from __future__ import annotations
 
-import pprint
 import tempfile
 import time
 from pathlib import Path
@@ -45,8 +44,9 @@ def main() -> int:
         result = api.run_pipeline(runtime=runtime, pipeline=pipeline)
         assert result.result, result.message
         state = wait_for_end(runtime, pipeline["id"])
-        result = api.get_pipeline_states(runtime=runtime, root_id=pipeline["id"])
-        pprint.pprint(result.data)
+        root = api.get_pipeline_states(runtime=runtime, root_id=pipeline["id"]).data[pipeline["id"]]
+        for node_id, child in root["children"].items():
+            print(f"  {child['state']:<9} {node_id}")
         print(f"pipeline {pipeline['id']} {state}")
         return 0 if state == "FINISHED" else 1
 

@@ -65,14 +65,15 @@ def register(sub: Any) -> None:
     """Add ``worker`` and ``db`` to the ``culm`` parser."""
     worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
     add_db(worker)
-    add_broker(worker)
+    add_broker(worker, prefix=False)
     worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     worker.add_argument("--concurrency", type=int, default=None, metavar="N")
     worker.add_argument("--queues", default=None, metavar="Q1,Q2")
     worker.add_argument("--queue-suffix", default="", metavar="S",
                         help="consume the queues of runs started with queue=S")
-    worker.add_argument("--prefix", default="culm", help="queue name prefix, as given to the submitting runtimes")
+    worker.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
+                        help="queue name prefix, as given to the submitting runtimes (also $CULM_QUEUE_PREFIX)")
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
     worker.add_argument("--loglevel", default="INFO", metavar="L")

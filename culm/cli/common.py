@@ -68,10 +68,14 @@ def add_db(p: argparse.ArgumentParser) -> None:
                    help="database URL (default: $CULM_DATABASE_URL, then sqlite:///culm.db)")
 
 
-def add_broker(p: argparse.ArgumentParser) -> None:
+def add_broker(p: argparse.ArgumentParser, prefix: bool = True) -> None:
     p.add_argument("--broker", metavar="URL",
                    help="Celery broker of a cluster (default: $CULM_BROKER_URL); work then goes to "
                         "`culm worker` processes")
+    if prefix:
+        p.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"), metavar="P",
+                       help="the cluster's queue name prefix, as its workers were given (default: "
+                            "$CULM_QUEUE_PREFIX, then culm)")
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -162,7 +166,7 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
     broker = broker_url(args)
     try:
         if broker and (run or not read_only):
-            rt = culm.Runtime(url, broker=broker)
+            rt = culm.Runtime(url, broker=broker, prefix=getattr(args, "prefix", "culm"))
         else:
             rt = culm.Runtime(url, workers=None if run else 0)
     except db_errors(files=True) as exc:

@@ -15,6 +15,8 @@ from typing import Any
 from culm.cli import render
 from culm.cli.common import (
     EXIT_OK,
+    NotFound,
+    UsageError,
     add_broker,
     add_db,
     broker_url,
@@ -40,6 +42,12 @@ def _set_context(rt: Any, args: argparse.Namespace) -> Any:
     from culm import api
 
     values = {"${" + key + "}": value for key, value in (split_assignment(i, "set-context") for i in args.values)}
+    info = check(api.get_pipeline_debug_info(rt, args.id))
+    known = sorted(v["key"] for v in info["context_values"])
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UsageError(f"set-context: pipeline {args.id} has no context value {', '.join(unknown)} "
+                         f"(it has: {', '.join(known) or 'none'}); only existing values can be changed")
     return api.update_context_values(rt, args.id, values)
 
 
@@ -74,16 +82,24 @@ def cmd_control(args: argparse.Namespace) -> int:
     with open_runtime(args, read_only=True, run=not args.no_follow) as rt:
         from culm import api
 
-        entry = state_entry(rt, target)
-        root_id = entry.get("root_id") or target
+        try:
+            entry: dict | None = state_entry(rt, target)
+        except NotFound:
+            entry = None  # a node not reached yet (pause-node); the engine knows whether it exists
+        root_id = (entry or {}).get("root_id") or target
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
-        check(call(rt, args), f"{args.command} {target}")
-        print(f"{done} {render.label(target, info)}", flush=True)
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        if args.no_follow or not runner or args.command in ("pause", "pause-node", "set-context"):
+        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context"):
+            check(call(rt, args), f"{args.command} {target}")
+            print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
-        with progress_by_signal(rt, Progress(root_id, info)) as polled:
+        progress = Progress(root_id, info)
+        progress.hold()  # listening before the command, so that none of its changes is missed
+        with progress_by_signal(rt, progress) as polled:
+            check(call(rt, args), f"{args.command} {target}")
+            print(f"{done} {render.label(target, info)}", flush=True)
+            progress.release()
             wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)
     return EXIT_OK
 

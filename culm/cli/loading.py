@@ -46,6 +46,11 @@ def import_modules(names: Sequence[str]) -> None:
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in names:
+        if name.endswith(".py"):
+            if not Path(name).is_file():
+                raise UsageError(f"cannot import {name}: no such file")
+            load_module_file(Path(name))
+            continue
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:

@@ -43,6 +43,17 @@ class Progress:
         self.info = info
         self.last: dict[str, str] = {}
         self._lock = threading.Lock()
+        self._held: list[str] | None = None
+
+    def hold(self) -> None:
+        """Keep lines back until :meth:`release` (changes that come before the command's own line)."""
+        self._held = []
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held or [], None
+        for line in held:
+            print(line, flush=True)
 
     def show(self, node_id: str, state: str, note: str = "") -> None:
         with self._lock:
@@ -51,7 +62,11 @@ class Progress:
             self.last[node_id] = state + note
             stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
             kind = "pipeline" if node_id == self.root_id else "node"
-            print(f"{stamp} {state:<9} {kind} {render.label(node_id, self.info)}{note}", flush=True)
+            line = f"{stamp} {state:<9} {kind} {render.label(node_id, self.info)}{note}"
+            if self._held is not None:
+                self._held.append(line)
+                return
+        print(line, flush=True)
 
     def on_set_state(self, node_id: str, to_state: str, root_id: str, **_: Any) -> None:
         if root_id == self.root_id:

@@ -130,13 +130,15 @@ def finish_inputs(
     for key, value in (extra or {}).items():
         needed[key] = dctx.ContextVar(key, PLAIN, value)
     refs = gathered.refs
-    namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
     rendered: dict[str, Any] = {}
-    for key, var in gathered.render.items():
-        value = template.render(var.get("value"), namespace)
-        if var.get("type") == LAZY:
-            value = _resolve_lazy(lazy, dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type")), value)
-        rendered[key] = value
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+        for key, var in gathered.render.items():
+            value = template.render(var.get("value"), namespace)
+            if var.get("type") == LAZY:
+                lazy_var = dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type"))
+                value = _resolve_lazy(lazy, lazy_var, value)
+            rendered[key] = value
     rendered.update(gathered.escape)
     return rendered
 
@@ -165,26 +167,39 @@ def _resolve_lazy(lazy: Callable[[dctx.ContextVar, Any], Any], var: dctx.Context
         raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
 
 
+def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:
+    """Read context keys (``${x}`` form) and everything they reference, for :func:`resolved_keys`."""
+    keys = frozenset(keys)
+    return GatheredInputs({}, {}, keys, fetch_needed(fetch, keys))
+
+
+def resolved_keys(gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any]) -> dict[str, Any]:
+    """``{key: value}`` of the gathered keys that resolve; no storage access."""
+    namespace = condition_namespace(gathered, lazy)
+    return {k: namespace[dctx.deformat(k)] for k in gathered.refs if dctx.deformat(k) in namespace}
+
+
 def resolve_keys(
     keys: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
 ) -> dict[str, Any]:
     """Resolve context keys (``${x}`` form); returns ``{key: value}`` for those that resolve."""
-    keys = list(keys)
-    needed = fetch_needed(fetch, keys)
-    namespace = dctx.hydrate(needed, keys, lazy_resolver=lazy)
-    return {k: namespace[dctx.deformat(k)] for k in keys if dctx.deformat(k) in namespace}
+    return resolved_keys(gather_keys(keys, fetch), lazy)
 
 
-def condition_namespace(
-    exprs: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
-) -> dict[str, Any]:
-    """Bare-name namespace with every variable the conditions refer to."""
+def gather_conditions(exprs: Iterable[str], fetch: Fetch) -> GatheredInputs:
+    """Read every stored variable the conditions ``exprs`` refer to (see :func:`condition_namespace`)."""
     refs: set[str] = set()
     for expr in exprs:
         refs |= template.references(expr)
-    if not refs:
+    return GatheredInputs({}, {}, frozenset(refs), fetch_needed(fetch, refs) if refs else {})
+
+
+def condition_namespace(gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any]) -> dict[str, Any]:
+    """Bare-name namespace with every variable the gathered conditions refer to; no storage access."""
+    if not gathered.refs:
         return {}
-    return dctx.hydrate(fetch_needed(fetch, refs), refs, lazy_resolver=lazy)
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        return dctx.hydrate(gathered.needed, gathered.refs, lazy_resolver=lazy)
 
 
 def output_mapping(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:

@@ -1,5 +1,10 @@
 """Where a node's inputs are rendered: inline when quick, else on the user-code pool.
 
+Activities (:mod:`~culm.core.handlers.activity`), subprocesses
+(:mod:`~culm.core.handlers.subprocess`), gateways with conditions
+(:mod:`~culm.core.handlers.gateways`) and start and end events resolving context keys
+(:mod:`~culm.core.handlers.events`) follow this rule.
+
 Rendering runs user code: expressions (bounded by :mod:`culm.data.sandbox`) and lazy variables'
 ``get_value`` (not bounded at all). Neither may hold the engine thread and its write transaction,
 so a handler first tries :func:`render_inline` — only without lazy variables, and only for
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from culm.core import data as cdata
+from culm.core.outcomes import Invoke, Outcome
 from culm.core.run import Run
 from culm.data import template
 from culm.errors import CulmError
@@ -69,3 +75,32 @@ def render_later(
             return RenderFailed(str(exc), raw_values(raw))
 
     return render
+
+
+def resolve_then(
+    run: Run,
+    gathered: cdata.GatheredInputs,
+    compute: Callable[[Any], Any],
+    resume: Callable[[Run, Any], Outcome],
+) -> Outcome:
+    """``resume(run, compute(lazy))`` here when that is quick, else ``compute`` on the user-code
+    pool and ``resume`` in the next transaction. ``resume`` gets a :class:`RenderFailed` when
+    ``compute`` raised a :class:`CulmError`, or whatever else escaped it."""
+    if not gathered.lazy:
+        with template.time_bound(INLINE_RENDER_SECONDS) as deadline:
+            try:
+                value = compute(run.lazy_resolver())
+            except CulmError as exc:
+                if time.monotonic() < deadline:  # a real failure, not the inline time running out
+                    return resume(run, RenderFailed(str(exc), {}))
+            else:
+                return resume(run, value)
+    lazy = run.detached_lazy_resolver(run.root_data())
+
+    def call() -> Any:
+        try:
+            return compute(lazy)
+        except CulmError as exc:
+            return RenderFailed(str(exc), {})
+
+    return Invoke(call, resume)

@@ -20,6 +20,7 @@ logger = logging.getLogger("culm.engine")
 
 MULTI_CALLBACK_RETRY_SECONDS = 0.2
 EARLY_CALLBACK_RETRY_SECONDS = 0.05
+PARKED_CALLBACK_RETRY_SECONDS = 1.0
 
 
 def run_schedule(engine: Engine, task_id: str) -> None:
@@ -98,7 +99,11 @@ def _await_schedule(step: Step, task: Any, st: Any, at: float) -> Any:
         unit.update_task(task.id, schedule_id=sched.id)
         return sched
     if st is not None and st.name == states.RUNNING and st.version == task.running_version:
-        unit.update_task(task.id, due=at + EARLY_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
+        # The execute may still be under way; if its process is parked on a pause, the schedule
+        # cannot appear before a resume: look again now and then, not twenty times a second.
+        proc = unit.get_process(task.process_id)
+        wait = PARKED_CALLBACK_RETRY_SECONDS if proc is not None and proc.suspended else EARLY_CALLBACK_RETRY_SECONDS
+        unit.update_task(task.id, due=at + wait, owner=None, claimed_until=None)
         step.tasks.append(unit.get_task(task.id))
     else:
         unit.delete_task(task.id)

@@ -59,8 +59,19 @@ def execute_step(
         # heartbeat) and another runner ran the same call and went on. Its result counts.
         logger.warning("dropping a stale result for task %s (node %s)", task_id, pending[0].node_id)
         return None
+    if pending is None and task.running_version is not None and _moved_on(unit, task):
+        # A replay (after a crash or a lost lease) of a call whose node an operator has since
+        # failed and retried or skipped: the process goes on from the task that command made.
+        # Walking this one would enter the node again as if it were a loop.
+        unit.delete_task(task_id)
+        return None
     graph = engine.graph(proc.root_id, unit)
     return _advance(engine, step, graph, proc, task, pending)
+
+
+def _moved_on(unit: Any, task: TaskRecord) -> bool:
+    st = unit.get_state(task.node_id)
+    return st is None or st.name != states.RUNNING or st.version != task.running_version
 
 
 def read_batch_ahead(engine: Engine, unit: Any, fresh: list[str], resumed: list[str]) -> None:
@@ -226,8 +237,14 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     if not st.root_id:
         # A row an older version created early (an appointed pause) without its root and parent.
         fields.update(root_id=graph.root_id, parent_id=node.pipeline_id)
-    if not unit.update_state(node.id, expect_version=st.version, **fields):
-        proc.asleep = True
+    # The name is compared too: an appointed pause keeps the version, and on a server database it
+    # can commit between our read and this write. Running the node then would override it.
+    if not unit.update_state(node.id, expect_version=st.version, expect_names=(st.name,), **fields):
+        now_st = unit.get_state(node.id, for_update=True)
+        if now_st is not None and now_st.name == states.SUSPENDED:
+            proc.suspended, proc.suspended_by = True, node.id  # park on the pause, as if we had seen it
+        else:
+            proc.asleep = True
         raise _Stop
     was = st.name
     for k, v in fields.items():

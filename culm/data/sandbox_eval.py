@@ -297,6 +297,8 @@ class Evaluator:
             raise ExpressionError(f"subscripting {type(obj).__name__} objects is not allowed")
         if isinstance(key, str) and key.startswith("__"):
             raise ExpressionError(f"subscript key {clip(key)!r} is forbidden (double underscore)")
+        if isinstance(key, slice):  # a copy: charged like any other value built
+            return self.built(obj[key])
         return obj[key]
 
     def e_slice(self, node: ast.Slice, scope: dict[str, Any]) -> Any:
@@ -345,9 +347,10 @@ class Evaluator:
                 if node.conversion == 114
                 else str(value)
             )
+            self.built(value)  # each piece is charged as it is made, not only the joined result
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
         self.ensure_length(self.size(value) + spec_width(self.lim, spec), "formatted value")
-        return format(value, spec)
+        return self.built(format(value, spec))
 
     # -- comprehensions
 

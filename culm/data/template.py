@@ -22,6 +22,8 @@ FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
 MAX_RENDER_OUTPUT = 1_000_000
 RENDER_TIME_LIMIT = 1.0
 MAX_RENDER_DEPTH = 100
+# Text all the templates of one node (its inputs and the variables they need) may render in all.
+MAX_NODE_RENDER_OUTPUT = 4 * MAX_RENDER_OUTPUT
 # Only texts up to this length are remembered by the per-text caches, so that many large distinct
 # templates cannot fill memory (4,096 entries each).
 MAX_CACHED_TEXT = 4096
@@ -44,6 +46,19 @@ def time_bound(seconds: float) -> Iterator[float]:
         yield _bound.deadline
     finally:
         _bound.deadline = outer
+
+
+@contextlib.contextmanager
+def output_bound(chars: int) -> Iterator[None]:
+    """All renderings on this thread inside the block together produce at most ``chars``
+    characters of text (each one also stays under MAX_RENDER_OUTPUT): many variables or inputs
+    of one node, each just under the limit, would otherwise add up to gigabytes."""
+    outer = getattr(_bound, "output", None)
+    _bound.output = [chars] if outer is None else outer
+    try:
+        yield
+    finally:
+        _bound.output = outer
 
 
 def references(value: Any) -> set[str]:
@@ -166,6 +181,11 @@ class _RenderState:
         except ExpressionError:
             text = whole
         self.output += len(text)
+        shared = getattr(_bound, "output", None)
+        if shared is not None:
+            shared[0] -= len(text)
+            if shared[0] < 0:
+                raise ExpressionLimitError("the templates of one node render more text than allowed in all")
         if self.output > MAX_RENDER_OUTPUT:
             raise ExpressionLimitError(f"rendered text is longer than {MAX_RENDER_OUTPUT} characters")
         return text

@@ -50,6 +50,7 @@ class PipelineGraph:
     postorder: list[str] = field(default_factory=list)
     back_flows: set[str] = field(default_factory=set)
     converge_of: dict[str, str] = field(default_factory=dict)
+    dropped: set[str] = field(default_factory=set)  # flows naming a node that does not exist
     sound: bool = True  # False once a problem makes gateway pairing meaningless
 
     def target(self, flow_id: str) -> str:
@@ -68,16 +69,20 @@ def check_connections(graph: PipelineGraph, add: AddProblem, cycle_tolerate: boo
     """Check flows against nodes, degrees, reachability and cycles; fill the computed fields."""
     _drop_dangling_flows(graph, add)
     _index_flows(graph)
+    # A flow dropped for a mistyped end is reported once: the nodes it touched are not blamed again
+    # for the flow it lacks (declared lists, degrees), nor is anything for being cut off by it.
+    excused = _touched_by(graph, graph.dropped)
     for node_id in graph.kinds:
-        _check_declared(graph, node_id, add)
-        _check_degree(graph, node_id, add)
+        if node_id not in excused:
+            _check_declared(graph, node_id, add)
+            _check_degree(graph, node_id, add)
     _check_targets(graph, add)
     if graph.start_id is None:
         graph.sound = False
         return
     _depth_first(graph)
     for node_id in graph.kinds:
-        if node_id not in graph.reachable:
+        if node_id not in graph.reachable and not graph.dropped:
             add(node_id, "node is isolated: it cannot be reached from the start event")
     if graph.back_flows and not cycle_tolerate:
         graph.sound = False
@@ -92,7 +97,21 @@ def _drop_dangling_flows(graph: PipelineGraph, add: AddProblem) -> None:
             add(flow_id, f"flow refers to {end!r}, which is not a node of pipeline {graph.id}")
         if bad:
             del graph.flows[flow_id]
+            graph.dropped.add(flow_id)
             graph.sound = False
+
+
+def _touched_by(graph: PipelineGraph, flows: set[str]) -> set[str]:
+    """The nodes whose declared incoming or outgoing names one of ``flows``."""
+    if not flows:
+        return set()
+    touched = set()
+    for node_id in graph.kinds:
+        for value in (graph.declared_in.get(node_id), graph.declared_out.get(node_id)):
+            declared = _as_flow_list(value) or []
+            if any(isinstance(f, str) and f in flows for f in declared):
+                touched.add(node_id)
+    return touched
 
 
 def _index_flows(graph: PipelineGraph) -> None:

@@ -208,7 +208,9 @@ class ChangeFeed:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"pipeline {pipeline_id} is still {state or 'not started'} after {timeout} s")
-            span = remaining if recheck is None else min(recheck, remaining if remaining is not None else recheck)
+            span = remaining
+            if recheck is not None:
+                span = recheck if remaining is None else min(recheck, remaining)
             for change in self.changes(root_id, after, span):
                 if change.node_id == pipeline_id and change.to_state in FINAL_STATES:
                     return change.to_state

@@ -142,15 +142,27 @@ class ChangeHub:
                     self.delivered += 1
 
     def _run(self) -> None:
-        after: int | None = None
+        after: int | None = None  # every change up to here has been published
+        seen: set[int] = set()  # published changes above ``after`` (a gap below them is still open)
         while not self._stop.is_set():
             try:
                 if after is None:
                     after = int(self.runtime.last_change_seq())
-                # A bounded wait, so that close() is noticed within a second.
+                # A bounded wait, so that close() is noticed within a second. On PostgreSQL and
+                # MySQL a change may commit late with a lower seq: restarting from the highest seq
+                # seen would skip it, so the next read starts below the open gap and skips what
+                # was already published.
                 for change in self.runtime.changes(after=after, timeout=1.0):
-                    after = change.seq
+                    if change.seq in seen:
+                        continue
+                    seen.add(change.seq)
                     self.publish(_change_dict(change))
+                    while after + 1 in seen:
+                        after += 1
+                        seen.discard(after)
+                if seen:  # a gap that stayed open for a whole read: a rolled-back write, given up
+                    after = max(seen)
+                    seen.clear()
             except Exception:  # noqa: BLE001 - a database hiccup must not end live updates
                 logger.exception("reading state changes failed; retrying")
                 self._stop.wait(1.0)

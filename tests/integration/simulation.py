@@ -1,10 +1,10 @@
 """Deterministic simulation of the engine: one seed, one exact interleaving, replayable.
 
 An :class:`culm.dispatch.inline.InlineDispatcher` collects committed tasks and a seeded scheduler
-decides, step by step, what happens next: an engine step (one transaction, as a runner's batch of
-one), a piece of user code completing, an operator's control call or callback (``storm_ops``), a
-timer firing (the virtual clock jumps to the next due task), a lease running out (another runner
-takes the task over), a sweep, or a crash. The store is SQLite in memory: a crash rolls back the
+decides, step by step, what happens next: an engine step (one transaction over a batch of one to
+three tasks, as a runner commits them), a piece of user code completing, an operator's control
+call or callback (``storm_ops``), a timer firing (the virtual clock jumps to the next due task), a
+lease running out (another runner takes the task over), a sweep, or a crash. The store is SQLite in memory: a crash rolls back the
 open transaction (injected just before its commit, or between steps) and drops everything held
 only in process memory (queued tasks, user code handed out, results not yet applied); recovery is
 what a restarted runner does (void the leases, sweep the task table).
@@ -237,20 +237,25 @@ class Simulation:
         return item.has_result or item.task.due <= self.clock.at
 
     def _do_engine(self) -> None:
-        item = self.rng.choice([i for i in self.ready if self._due(i)])
-        self.ready.remove(item)
+        """One transaction over a batch of 1-3 due items (as a runner's batch commit)."""
+        due = [i for i in self.ready if self._due(i)]
+        batch = self.rng.sample(due, min(len(due), self.rng.choice((1, 1, 2, 3))))
         crash = self.crashes and self.rng.random() < 0.03
-        self.steps.append(f"engine {item.task.kind} {item.task.node_id} #{item.number} task {item.task.id[:6]} rv={(item.task.running_version or '-')[:6]} result={item.has_result}"
-                          + (" CRASH before commit" if crash else ""))
+        for item in batch:
+            self.ready.remove(item)
+            self.steps.append(f"engine {item.task.kind} {item.task.node_id} #{item.number} task {item.task.id[:6]}"
+                              f" rv={(item.task.running_version or '-')[:6]} result={item.has_result}")
+        if crash:
+            self.steps.append("CRASH before the batch commits")
         try:
             with self.engine.step() as step:
-                handed_out = self._advance(step, item)
+                handed_out = [item for item in batch if self._advance(step, item)]
                 if crash:
                     raise Crash
         except Crash:
             self._crash()
             return
-        if handed_out:
+        for item in handed_out:
             # A runner that lost its lease and goes on does not know it: what it hands out may run
             # twice (the engine does not take the lease again when it applies a result).
             item.epoch = -1 if item.lost_lease else self.epoch
@@ -258,8 +263,8 @@ class Simulation:
         self._absorb()
 
     def _advance(self, step: Any, item: Item) -> bool:
-        """One transaction of ``item`` (as the threads dispatcher's batch of one); True when it
-        handed out user code."""
+        """``item``'s share of a batch transaction (as the threads dispatcher's); True when it handed
+        out user code."""
         task, engine = item.task, self.engine
         if task.kind == EXECUTE:
             pending = (item.invoke, item.result) if item.has_result else None

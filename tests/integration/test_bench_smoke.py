@@ -100,3 +100,25 @@ def test_ab_refuses_a_directory_that_is_not_a_checkout(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0
     assert "is not a checkout of this project" in proc.stderr
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("spec", ["polled_latency_2ms", "polled_big_proc10ms", "distributed_polled_latency_mariadb_w2"])
+def test_polled_specs_report_polled_and_waited_figures(spec: str) -> None:
+    """The polled family: the polled figure, next to wait (and wait_idle, embedded)."""
+    proc = run_module("bench.one", spec, "--quick")
+    line = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    assert line["ok"] is True, line
+    assert line["finished"] == line["pipelines"]
+    assert line["median_s"] > 0 and line["wait_median_s"] > 0
+    assert ("wait_idle_median_s" in line) == (not spec.startswith("distributed"))
+    assert line["observing_cost"] > 0
+
+
+@pytest.mark.timeout(120)
+def test_stored_pipelines_bench_reports_size_and_ratios() -> None:
+    proc = run_module("bench.stored", "--pipelines", "300", "--rounds", "1")
+    line = json.loads(proc.stdout.splitlines()[-1])
+    assert line["stored_pipelines"] == 300
+    assert line["bytes_per_finished_pipeline"] > 0
+    assert {"full_over_empty_batch_s", "full_over_empty_run_pipeline_ms", "full_over_empty_tree_read_ms"} <= line.keys()

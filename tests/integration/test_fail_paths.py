@@ -115,7 +115,8 @@ def test_an_engine_step_that_raises_fails_the_node_it_walked_from(runtime):
     run(runtime, tree)
     wait_state(runtime, start.id, "FAILED", timeout=30)
     ex_data = outputs(runtime, start.id)["ex_data"]
-    assert "engine error while walking the process from node " + start.id in ex_data
+    # get_value is user code, resolved on the pool: the store refuses its result as it is applied
+    assert "engine error while applying the result of the user code of node " + start.id in ex_data
     assert "${k}" in ex_data and "UnstorableValueError" in ex_data
     assert task_rows(runtime, tree["id"]) == 0
     stays(lambda: node_state(runtime, start.id)["state"] == "FAILED" and node_state(runtime, act.id) is None,

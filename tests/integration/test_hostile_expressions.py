@@ -18,6 +18,7 @@ from culm.builder import (
     Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    ExclusiveGateway,
     ParallelGateway,
     Params,
     ServiceActivity,
@@ -137,6 +138,39 @@ def test_slow_lazy_variables_do_not_hold_the_engine(runtime):
     wait_pipeline(runtime, slow["id"], "FINISHED", timeout=SLOW * 4)
     assert inputs(runtime, slow_act.id)["x"] == "slow"
     assert outputs(runtime, inner.id)["out"] == "slow!"
+
+
+def test_a_slow_lazy_variable_in_a_condition_does_not_hold_the_engine(runtime):
+    taken, other = echo("taken"), echo("other")
+    start, gw = EmptyStartEvent(), ExclusiveGateway(conditions={0: "'${v}' == 'slow'", 1: "'${v}' != 'slow'"})
+    start.extend(gw).connect(taken, other).to(gw).converge(ConvergeGateway()).extend(EmptyEndEvent())
+    slow = build_tree(start, data=Data(inputs={"${v}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW))}))
+    healthy, _ = healthy_tree()
+    run(runtime, slow)
+    wait_state(runtime, gw.id, "RUNNING")
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=SLOW * 2)
+    assert node_state(runtime, gw.id)["state"] == "RUNNING"
+    wait_pipeline(runtime, slow["id"], "FINISHED", timeout=SLOW * 4)
+    assert outputs(runtime, taken.id)["out"] == "taken!" and node_state(runtime, other.id) is None
+
+
+def test_slow_lazy_keys_of_start_and_end_events_do_not_hold_the_engine(runtime):
+    act = echo("${v}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    lazy = {"${v}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW / 2)),
+            "${w}": Var(type=Var.LAZY, custom_type="t_lazy_slow", value=str(SLOW / 2))}
+    slow = build_tree(start, data=Data(inputs=lazy, pre_render_keys=["${v}"], outputs=["${w}"]))
+    healthy, _ = healthy_tree()
+    run(runtime, slow)
+    wait_state(runtime, start.id, "RUNNING")
+    run(runtime, healthy)
+    wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=SLOW)
+    assert node_state(runtime, act.id) is None  # the start event is still resolving ${v}
+    wait_pipeline(runtime, slow["id"], "FINISHED", timeout=SLOW * 4)
+    assert outputs(runtime, act.id)["out"] == "slow!"
+    assert outputs(runtime, slow["id"])["${w}"] == "slow"
 
 
 @pytest.mark.parametrize(("payload", "phrases"), HOSTILE)

@@ -26,6 +26,8 @@ from culm.builder import (
     Var,
     build_tree,
 )
+from culm.core.invariants import check
+from culm.storage.snapshot import read_snapshot
 
 OPS = ["pause", "resume", "retry", "retry_ok", "skip", "callback", "callback_fail", "force_fail", "revoke", "settle"]
 
@@ -61,6 +63,8 @@ def _apply(runtime: Any, op: str, root: str, fail: str, wait: str) -> EngineAPIR
 
 
 def _check_invariants(runtime: Any, root: str) -> None:
+    # One read transaction sees one committed moment: every promise must hold at any of them.
+    assert check(read_snapshot(runtime.engine, root)) == []
     entry = api.get_pipeline_states(runtime, root).data[root]
     names = {c["state"] for c in entry["children"].values()}
     assert entry["state"] in states.TRANSITIONS

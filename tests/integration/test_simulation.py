@@ -52,7 +52,7 @@ def test_a_seed_replays_exactly() -> None:
 
 def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     """Put back a bug the simulation found (a resumed process parked mid-run slept on its own
-    RUNNING node for good): seed 5 must fail, naming the stranded process."""
+    RUNNING node for good): seed 12 must fail, naming the stranded process."""
     from culm.core import commands, walker
 
     def unsuspend_without_replay(step, by):
@@ -61,6 +61,6 @@ def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch)
             step.add_task(walker.execute_task_for(proc, proc.current_node_id))
 
     monkeypatch.setattr(commands, "_unsuspend", unsuspend_without_replay)
-    failures, _steps = run_seeds([5], **OPTIONS | {"storm_steps": 60, "pipelines": 2})
-    assert [seed for seed, _ in failures] == [5]
+    failures, _steps = run_seeds([12], storm_steps=60, pipelines=2)
+    assert [seed for seed, _ in failures] == [12]
     assert "stranded_process" in failures[0][1]

@@ -36,6 +36,13 @@ def _execute(rt: culm.Runtime, task_id: str, pending: Any = None, *, claim: bool
         return walker.execute_step(rt.engine, step, task_id, pending, claim=claim)
 
 
+def _start(rt: culm.Runtime, inline: InlineDispatcher, tree: dict[str, Any]) -> Any:
+    """Run ``tree``; returns its first task (not run yet)."""
+    assert api.run_pipeline(rt, tree).result
+    (task,) = inline.take()
+    return task
+
+
 def _restart(rt: culm.Runtime) -> None:
     """A crash and a new runner: leases are void (what the runner holds in memory is gone)."""
     with rt.store.transaction() as unit:
@@ -54,8 +61,7 @@ def test_resume_after_a_replay_parked_by_a_pause_runs_the_node_again(tmp_path: P
     tree = build_tree(chain(act))
     rt, inline = _runtime(tmp_path)
     with rt:
-        assert api.run_pipeline(rt, tree).result
-        (task,) = inline.take()
+        task = _start(rt, inline, tree)
         assert _execute(rt, task.id) is not None  # the component's call is handed out ... and lost
         assert api.pause_pipeline(rt, tree["id"]).result
         _restart(rt)
@@ -132,8 +138,7 @@ def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeyp
     pipeline_id = tree["id"] if paused == "root" else sub.id
     rt, inline = _runtime(tmp_path)
     with rt:
-        assert api.run_pipeline(rt, tree).result
-        (task,) = inline.take()
+        task = _start(rt, inline, tree)
         invoke = _execute(rt, task.id)
         assert api.pause_pipeline(rt, pipeline_id).result
         with monkeypatch.context() as m:
@@ -144,4 +149,99 @@ def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeyp
         (woken,) = inline.take()
         assert _execute(rt, woken.id) is None
         assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
+def test_an_appointed_pause_committed_after_the_walk_read_the_node_holds(tmp_path: Path) -> None:
+    """On a server database the walk reads a node READY, then an appointed pause commits (the
+    version stays), then the walk's write: it compared only the version, so the node ran over the
+    pause. Replayed by handing the walk the state record it read before the pause."""
+    first, later = ServiceActivity(component_code="t_none"), ServiceActivity(component_code="t_none")
+    tree = build_tree(chain(first, later))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        assert api.run_pipeline(rt, tree).result
+        assert api.pause_node_appoint(rt, later.id).result
+        assert api.resume_node_appoint(rt, later.id).result  # READY, reached later
+        with rt.store.reading() as unit:
+            stale = unit.get_state(later.id)
+        assert stale.name == "READY"
+        assert api.pause_node_appoint(rt, later.id).result  # SUSPENDED again, same version
+        (task,) = inline.take()
+        with rt.engine.step() as step:
+            graph = rt.engine.graph(tree["id"], step.unit)
+            _task, proc = step.unit.task_with_process(task.id)
+            try:
+                walker._reenter(rt.engine, step, graph, proc, graph.node(later.id), stale)
+            except walker._Stop:
+                pass
+            assert (proc.suspended, proc.suspended_by) == (True, later.id)
+        assert node_state_name(rt, later.id) == "SUSPENDED"
+
+
+def node_state_name(rt: culm.Runtime, node_id: str) -> str:
+    return api.get_children_states(rt, node_id).data[node_id]["state"]
+
+
+def test_an_early_callback_waits_calmly_while_its_process_is_parked(tmp_path: Path) -> None:
+    """A callback that arrived before its schedule was saved looks again every 50 ms; while the
+    node's process is parked on a pause (its execute replayed after a crash) the schedule cannot
+    appear, and it used to keep a transaction every 50 ms going for as long as the pause lasted."""
+    wait = ServiceActivity(component_code="t_callback")
+    tree = build_tree(chain(wait))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        task = _start(rt, inline, tree)
+        invoke = _execute(rt, task.id)  # the execute is handed out ... and lost in a crash
+        version = api.get_children_states(rt, wait.id).data[wait.id]["version"]
+        assert api.callback(rt, wait.id, version, {"ok": True}).result  # early: no schedule yet
+        (early,) = inline.take()
+        assert api.pause_pipeline(rt, tree["id"]).result
+        _restart(rt)
+        assert _execute(rt, task.id) is None  # the replay parks on the pause
+        with rt.engine.step() as step:
+            assert scheduling.schedule_prepare(rt.engine, step, early.id) is None
+        (again,) = inline.take()
+        assert again.id == early.id and again.due - records_now() >= scheduling.PARKED_CALLBACK_RETRY_SECONDS / 2
+        # resumed: the execute runs, the schedule appears, the callback finishes the node
+        assert api.resume_pipeline(rt, tree["id"]).result
+        (woken,) = inline.take()
+        invoke = _execute(rt, woken.id)
+        assert _execute(rt, woken.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        with rt.engine.step() as step:
+            call = scheduling.schedule_prepare(rt.engine, step, early.id)
+        with rt.engine.step() as step:
+            scheduling.schedule_apply(rt.engine, step, early.id, call())
+        for following in inline.take():  # on to the end event
+            assert _execute(rt, following.id) is None
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+
+
+def records_now() -> float:
+    from culm.core.records import now
+
+    return now()
+
+
+def test_a_replayed_call_of_a_node_skipped_meanwhile_is_dropped(tmp_path: Path) -> None:
+    """Crash while a component runs; the operator force-fails and skips the node; the replayed
+    task used to enter the (now FINISHED) node again as a loop: two walkers of one process, and
+    the pipeline could finish with the node RUNNING."""
+    act = ServiceActivity(component_code="t_none")
+    tree = build_tree(chain(act, ServiceActivity(component_code="t_none")))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        task = _start(rt, inline, tree)
+        assert _execute(rt, task.id) is not None  # handed out ... and lost in a crash
+        assert api.forced_fail_activity(rt, act.id, "stuck").result
+        assert api.skip_node(rt, act.id).result
+        (woken,) = inline.take()
+        _restart(rt)
+        assert _execute(rt, task.id) is None  # the replay is dropped
+        assert [t.id for t in _tasks(rt)] == [woken.id]
+        assert node_state_name(rt, act.id) == "FINISHED"
+        invoke = _execute(rt, woken.id)
+        assert _execute(rt, woken.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+        assert api.get_children_states(rt, act.id).data[act.id]["loop"] == 1
         assert check(read_snapshot(rt.engine, tree["id"])) == []

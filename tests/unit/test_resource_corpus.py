@@ -88,6 +88,10 @@ STRINGS = [
     "('a'*10**6)[::1] * 2",
 ]
 MEMORY = [
+    "[(t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1], t[:-1]) * 9 for t in ['a' * 10**6]]",
+    "[(" + ", ".join(["t[1:]"] * 80) + ") for t in ['a' * 10**6]]",
+    "[f'" + "{t!r}" * 60 + "' for t in ['a' * 999000]]",
+    "[f'" + "{t!a}" * 60 + "' for t in ['é' * 999000]]",
     "[list(range(10**5)) for i in range(100)]",
     "[[x for x in range(10**5)], [x for x in range(10**5)], [x for x in range(10**5)], [x for x in range(10**5)]] * 3",
     "[{x} for x in range(10**6)]",
@@ -197,3 +201,28 @@ def test_the_clock_is_read_at_every_call() -> None:
     raised, elapsed, _peak = bounded(lambda: sandbox.evaluate(expr, names))
     assert isinstance(raised, ExpressionLimitError)
     assert elapsed < SECONDS
+
+
+def test_the_variables_of_one_node_cannot_add_up_past_the_ceiling() -> None:
+    # 40 splice variables each rendering just under MAX_RENDER_OUTPUT, all needed by one node.
+    from culm.core import data as cdata
+    from culm.core.records import ContextValue
+    from culm.errors import HydrationError
+
+    count = 40
+    stored = {f"${{v{i}}}": ContextValue(f"${{v{i}}}", "splice", "${'a' * 999000 + 'b'}") for i in range(count)}
+    raw = {f"x{i}": {"type": "splice", "value": f"${{v{i}}}"} for i in range(count)}
+
+    def fetch(keys: Any) -> dict[str, ContextValue]:
+        return {k: stored[k] for k in keys if k in stored}
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(HydrationError, match="more text than allowed in all"):
+            cdata.render_inputs(raw, fetch, lambda var, value: value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < MEMORY_BOUND
+    few = {k: raw[k] for k in list(raw)[:3]}
+    assert [len(v) for v in cdata.render_inputs(few, fetch, lambda var, value: value).values()] == [999001] * 3

@@ -7,22 +7,28 @@ from typing import Any
 
 from culm import states
 from culm.core import data as cdata
+from culm.core import rendering
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue, now
 from culm.core.run import Run
-from culm.errors import CulmError
 
 
 def start(run: Run) -> Outcome:
-    """Freeze ``pre_render_keys`` if the pipeline declares them, then move on."""
+    """Freeze ``pre_render_keys`` if the pipeline declares them, then move on (resolving them is
+    rendering: here when quick, else on the user-code pool, see :mod:`culm.core.rendering`)."""
     spec = run.graph.pipelines[run.node.pipeline_id]
-    if spec.pre_render_keys:
-        try:
-            values = cdata.resolve_keys(spec.pre_render_keys, run.fetch_from(spec.id), run.lazy_resolver())
-        except CulmError as exc:
-            run.fail_node(f"pre_render_keys hydrate failed: {exc}")
-            return SLEEP
-        run.upsert_context(spec.id, [ContextValue(k, "plain", v) for k, v in values.items()])
+    if not spec.pre_render_keys:
+        return _started(run, {})
+    gathered = cdata.gather_keys(spec.pre_render_keys, run.fetch_from(spec.id))
+    return rendering.resolve_then(run, gathered, lambda lazy: cdata.resolved_keys(gathered, lazy), _started)
+
+
+def _started(run: Run, values: Any) -> Outcome:
+    if not isinstance(values, dict):
+        run.fail_node(f"pre_render_keys hydrate failed: {_error(values)}")
+        return SLEEP
+    spec = run.graph.pipelines[run.node.pipeline_id]
+    run.upsert_context(spec.id, [ContextValue(k, "plain", v) for k, v in values.items()])
     run.finish()
     return Next(run.node.target)  # type: ignore[arg-type]
 
@@ -31,11 +37,18 @@ def end(run: Run) -> Outcome:
     """Collect the pipeline's outputs and finish it (or return to the parent pipeline)."""
     pipeline_id = run.top_pipeline_id
     spec = run.graph.pipelines[pipeline_id]
-    try:
-        resolved = cdata.resolve_keys(spec.outputs, run.fetch_from(pipeline_id), run.lazy_resolver())
-    except CulmError as exc:
-        run.fail(None, outputs={"ex_data": f"pipeline outputs hydrate failed: {exc}"})
+    if not spec.outputs:
+        return _ended(run, {})
+    gathered = cdata.gather_keys(spec.outputs, run.fetch_from(pipeline_id))
+    return rendering.resolve_then(run, gathered, lambda lazy: cdata.resolved_keys(gathered, lazy), _ended)
+
+
+def _ended(run: Run, resolved: Any) -> Outcome:
+    if not isinstance(resolved, dict):
+        run.fail(None, outputs={"ex_data": f"pipeline outputs hydrate failed: {_error(resolved)}"})
         return SLEEP
+    pipeline_id = run.top_pipeline_id
+    spec = run.graph.pipelines[pipeline_id]
     outputs: dict[str, Any] = {k: resolved.get(k, k) for k in spec.outputs}
     holder = run.unit.get_state(pipeline_id, for_update=True)
     if holder is not None and holder.name == states.SUSPENDED:
@@ -48,6 +61,10 @@ def end(run: Run) -> Outcome:
     if pipeline_id == run.root_id:
         return _finish_root(run, outputs)
     return _finish_subprocess(run, pipeline_id, outputs)
+
+
+def _error(res: Any) -> str:
+    return res.error if isinstance(res, rendering.RenderFailed) else repr(res)
 
 
 def _finish_root(run: Run, outputs: dict[str, Any]) -> Outcome:

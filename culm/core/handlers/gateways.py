@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+from typing import Any
+
 from culm.core import data as cdata
+from culm.core import rendering
 from culm.core.engine import GATEWAY_STRATEGY_FIRST
-from culm.core.outcomes import SLEEP, Next, Outcome
+from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import EXECUTE, ProcessRecord, TaskRecord, new_id, now
 from culm.core.run import Run
+from culm.data import boolrule, template
 from culm.errors import CulmError, ExpressionError
 from culm.model.compiled import Condition
 
@@ -27,14 +33,26 @@ def parallel(run: Run) -> Outcome:
 def exclusive(run: Run) -> Outcome:
     """Take the single branch whose condition holds (or the default branch)."""
     first_only = run.engine.settings.gateway_strategy == GATEWAY_STRATEGY_FIRST
-    hits = _or_default(run, _evaluate(run, first_only=first_only))
-    if hits is None:
-        return SLEEP
+    return _decide(run, first_only, _take_one)
+
+
+def conditional_parallel(run: Run) -> Outcome:
+    """Fork a child for every branch whose condition holds (or the default branch alone)."""
+    return _decide(run, False, _take_all)
+
+
+def _take_one(run: Run, hits: list[Condition]) -> Outcome:
     if len(hits) > 1:
         _fail(run, f"multiple conditions meet: {[c.evaluate for c in hits]}")
         return SLEEP
     run.finish()
     return Next(hits[0].target_id)
+
+
+def _take_all(run: Run, hits: list[Condition]) -> Outcome:
+    run.finish()
+    fork(run, [c.target_id for c in hits], run.node.converge_gateway_id)
+    return SLEEP
 
 
 def _fail(run: Run, ex_data: str) -> None:
@@ -43,46 +61,53 @@ def _fail(run: Run, ex_data: str) -> None:
     run.fail(ex_data, outputs={})
 
 
-def _or_default(run: Run, hits: list[Condition] | None) -> list[Condition] | None:
-    """The branches taken: the hits, else the default branch; None when the node failed (or could
-    not evaluate), which parks the process."""
-    if hits is None or hits:
-        return hits
-    if run.node.default is None:
-        _fail(run, "all conditions of branches are not meet")
-        return None
-    return [run.node.default]
-
-
-def conditional_parallel(run: Run) -> Outcome:
-    """Fork a child for every branch whose condition holds (or the default branch alone)."""
-    hits = _or_default(run, _evaluate(run, first_only=False))
-    if hits is None:
-        return SLEEP
-    run.finish()
-    fork(run, [c.target_id for c in hits], run.node.converge_gateway_id)
-    return SLEEP
-
-
-def _evaluate(run: Run, *, first_only: bool) -> list[Condition] | None:
-    """Conditions that hold, in stored order; None when evaluation failed the node."""
+def _decide(run: Run, first_only: bool, take: Callable[[Run, list[Condition]], Outcome]) -> Outcome:
+    """Evaluate the conditions here when that is quick, else on the user-code pool (lazy variables
+    and a custom expression function are user code; see :mod:`culm.core.rendering`), then ``take``
+    the branches that hold."""
     conds = run.node.conditions
+    gathered = cdata.gather_conditions([c.evaluate for c in conds], run.fetch_from(run.top_pipeline_id))
+    func = run.engine.settings.expr_func
+    extra_info = run.node.raw.get("extra_info") or {}
+
+    def judge(lazy: Any) -> list[Condition] | str:
+        return _judge(conds, gathered, lazy, first_only, func, extra_info)
+
+    def resume(run: Run, verdict: Any) -> Outcome:
+        if isinstance(verdict, BaseException):  # escaped the guards of _judge
+            verdict = f"gateway conditions failed: {verdict!r}"
+        if isinstance(verdict, str):
+            _fail(run, verdict)
+            return SLEEP
+        hits = _or_default(run, verdict)
+        return SLEEP if hits is None else take(run, hits)
+
+    if not gathered.lazy and func is None:
+        with template.time_bound(rendering.INLINE_RENDER_SECONDS) as deadline:
+            verdict = judge(run.lazy_resolver())
+        if isinstance(verdict, list) or time.monotonic() < deadline:  # decided, not out of time
+            return resume(run, verdict)
+    lazy = run.detached_lazy_resolver(run.root_data())
+    return Invoke(lambda: judge(lazy), resume)
+
+
+def _judge(
+    conds: tuple[Condition, ...] | list[Condition], gathered: cdata.GatheredInputs, lazy: Any, first_only: bool,
+    func: Any, extra_info: dict[str, Any],
+) -> list[Condition] | str:
+    """The conditions that hold, in stored order, or why evaluating them failed; no storage access."""
     try:
-        namespace = cdata.condition_namespace([c.evaluate for c in conds], run.fetch_from(run.top_pipeline_id),
-                                              run.lazy_resolver())
+        namespace = cdata.condition_namespace(gathered, lazy)
     except CulmError as exc:
-        _fail(run, f"gateway conditions hydrate failed: {exc}")
-        return None
+        return f"gateway conditions hydrate failed: {exc}"
     hits = []
     for cond in conds:
         try:
-            ok = _holds(run, cond, namespace)
+            ok = _holds(cond, namespace, func, extra_info)
         except ExpressionError as exc:
-            _fail(run, f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc}")
-            return None
+            return f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a custom expression function may raise anything
-            _fail(run, f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc!r}")
-            return None
+            return f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc!r}"
         if ok:
             hits.append(cond)
             if first_only:
@@ -90,14 +115,22 @@ def _evaluate(run: Run, *, first_only: bool) -> list[Condition] | None:
     return hits
 
 
-def _holds(run: Run, cond: Condition, namespace: dict) -> bool:
-    from culm.data import boolrule, template
+def _or_default(run: Run, hits: list[Condition]) -> list[Condition] | None:
+    """The branches taken: the hits, else the default branch; None when the node failed, which
+    parks the process."""
+    if hits:
+        return hits
+    if run.node.default is None:
+        _fail(run, "all conditions of branches are not meet")
+        return None
+    return [run.node.default]
 
-    func = run.engine.settings.expr_func
+
+def _holds(cond: Condition, namespace: dict, func: Any, extra_info: dict[str, Any]) -> bool:
     if func is None:
         return boolrule.evaluate_gateway_condition(cond.evaluate, namespace)
     rendered = template.render(cond.evaluate, namespace)
-    return bool(func(rendered, namespace, extra_info=run.node.raw.get("extra_info") or {}))
+    return bool(func(rendered, namespace, extra_info=extra_info))
 
 
 def fork(run: Run, targets: list[str], destination: str | None) -> None:

@@ -1,0 +1,127 @@
+"""Every user mistake the CLI can meet gives one ``error:`` line, the documented exit code and no
+traceback; a read command never creates a database file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import PG_ADMIN, REPO
+
+pytestmark = pytest.mark.timeout(120)
+
+EXAMPLES = REPO / "examples"
+
+
+def culm(cwd: Path, *args: str, db: str | None = None) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CULM_DATABASE_URL=db or f"sqlite:///{cwd / 'err.db'}")
+    env.pop("CULM_IMPORTS", None)
+    env.pop("CULM_BROKER_URL", None)
+    out = subprocess.run([sys.executable, "-m", "culm", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                         timeout=100, stdin=subprocess.DEVNULL)
+    assert "Traceback" not in out.stderr, out.stderr
+    return out
+
+
+def one_error(out: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
+    assert out.returncode == code, (out.returncode, out.stdout, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith("error: "), out.stderr
+    for fragment in fragments:
+        assert fragment in out.stderr, (fragment, out.stderr)
+
+
+@pytest.mark.parametrize("args", [["status", "p1"], ["list"], ["logs", "n1"], ["history", "n1"], ["watch", "p1"],
+                                  ["retry", "n1"], ["run", "--attach", "p1"]])
+def test_a_read_or_control_command_never_creates_a_database(tmp_path: Path, args: list[str]) -> None:
+    one_error(culm(tmp_path, *args), 4, "no database at", "err.db")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("db", "fragments"), [
+    ("foo://bar", ("cannot use the database URL 'foo://bar'", "sqlite:///culm.db")),
+    ("sqlite:////no/such/dir/x.db", ("cannot create the database /no/such/dir/x.db", "does not exist")),
+    ("mysql+pymysql://root@127.0.0.1:1/x", ("cannot use the database", "Connection refused")),
+])
+def test_unusable_databases(tmp_path: Path, db: str, fragments: tuple[str, ...]) -> None:
+    one_error(culm(tmp_path, "run", str(EXAMPLES / "tree.json"), db=db), 4, *fragments)
+
+
+def test_a_server_database_that_does_not_exist(tmp_path: Path) -> None:
+    from sqlalchemy.engine import make_url
+
+    url = make_url(PG_ADMIN).set(database="culm_no_such_database").render_as_string(hide_password=False)
+    one_error(culm(tmp_path, "list", db=url), 4, "culm_no_such_database", "does not exist")
+
+
+def test_a_schema_not_upgraded_names_the_command(tmp_path: Path, server_database: str) -> None:
+    one_error(culm(tmp_path, "list", db=server_database), 4, "culm db upgrade --db")
+    one_error(culm(tmp_path, "run", str(EXAMPLES / "tree.json"), db=server_database), 4, "culm db upgrade")
+
+
+def test_a_read_only_database_file(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    db = tmp_path / "err.db"
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", str(db)]).returncode != 0:
+        pytest.skip("cannot make a file read-only for root here")
+    try:
+        one_error(culm(tmp_path, "run", "--new-ids", str(EXAMPLES / "tree.json")), 4, "err.db", "read-only")
+        assert culm(tmp_path, "status", "pipeline_example_tree").returncode == 0  # reading still works
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], check=True)
+
+
+@pytest.mark.parametrize(("args", "code", "fragments"), [
+    (["list", "--state", "DONE"], 2, ("state 'DONE' is not a state",)),
+    (["list", "--since", "yesterday"], 2, ("--since 'yesterday'", "30m, 2h or 7d")),
+    (["list", "--limit", "5000"], 2, ("limit must be an int from 0 to 1000",)),
+    (["retry", "node_done", "--data", "{oops"], 2, ("--data: invalid JSON",)),
+    (["callback", "node_done", "--data", "[1]"], 2, ("--data must be a JSON object",)),
+    (["set-context", "pipeline_example_tree", "who"], 2, ("expected KEY=VALUE",)),
+    (["set-context", "pipeline_example_tree", "ghost=1"], 2, ("has no context value ${ghost} (it has: ${who})",)),
+    (["retry", "node_done"], 5, ("FINISHED", "expected FAILED")),
+    (["status", "ghost"], 3, ("no pipeline or node with id ghost",)),
+    (["watch", "node_done"], 2, ("is a node of pipeline pipeline_example_tree",)),
+])
+def test_bad_input_on_a_database_with_a_finished_run(tmp_path: Path, args: list[str], code: int,
+                                                     fragments: tuple[str, ...]) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    one_error(culm(tmp_path, *args), code, *fragments)
+
+
+def test_validate_names_nodes_flags_and_reports_one_typo_once(tmp_path: Path) -> None:
+    tree = json.loads((EXAMPLES / "tree.json").read_text())
+    tree["flows"]["flow_3"]["target"] = "node_edn"
+    (tmp_path / "typo.json").write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", "typo.json")
+    assert out.returncode == 2
+    assert out.stdout.splitlines() == [
+        "flow_3: flow refers to 'node_edn', which is not a node of pipeline pipeline_example_tree"]
+
+    tree = json.loads((EXAMPLES / "tree.json").read_text())
+    tree["activities"]["node_done"]["component"]["code"] = "no_such_code"
+    (tmp_path / "code.json").write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", "code.json")
+    assert out.returncode == 2
+    assert out.stdout.splitlines() == ["done (node_done): component 'no_such_code' is not registered"]
+    refused = culm(tmp_path, "run", "code.json")
+    assert refused.returncode == 2
+    assert "done (node_done): component 'no_such_code' is not registered" in refused.stderr
+    assert "--import MODULE" in refused.stderr
+
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ExclusiveGateway, ServiceActivity, build_tree
+
+    start, body, end = EmptyStartEvent(), ServiceActivity(component_code="example_component", name="body"), \
+        EmptyEndEvent()
+    gate = ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"})
+    start.extend(body).extend(gate).connect(body, end)
+    (tmp_path / "cycle.json").write_text(json.dumps(build_tree(start)))
+    out = culm(tmp_path, "validate", "cycle.json")
+    assert out.returncode == 2
+    assert out.stdout.splitlines() == [f"body ({body.id}): node is on a cycle; pass --cycle-tolerate to allow loops"]
+    assert culm(tmp_path, "validate", "cycle.json", "--cycle-tolerate").returncode == 0

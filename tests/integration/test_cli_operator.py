@@ -1,0 +1,305 @@
+"""The operator's commands run as subprocesses, on the embedded runtime and on a cluster (PostgreSQL +
+Redis with real `culm worker`s): output (human and ``--json``), exit codes and the state changes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import HERE, REPO, wait_for
+
+import culm
+from culm import api
+from culm.builder import (
+    Data,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ServiceActivity,
+    Var,
+    build_tree,
+)
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@dataclass
+class Cli:
+    """Runs ``culm`` against one database (and, for a cluster, its broker and queue prefix)."""
+
+    db: str
+    broker: str | None
+    prefix: str
+    cwd: Path
+
+    @property
+    def cluster(self) -> bool:
+        return self.broker is not None
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CULM_DATABASE_URL=self.db, CULM_IMPORTS="components",
+                   PYTHONPATH=os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]))
+        env.pop("CULM_BROKER_URL", None)
+        if self.broker:
+            env.update(CULM_BROKER_URL=self.broker, CULM_QUEUE_PREFIX=self.prefix)
+        return env
+
+    def __call__(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "culm", *args], cwd=self.cwd, env=self.env(), text=True,
+                             capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        assert "Traceback" not in out.stderr, out.stderr
+        return out
+
+    def json(self, *args: str) -> Any:
+        out = self(*args, "--json")
+        return json.loads(out.stdout)
+
+    def state(self, node_id: str) -> str:
+        found = self("status", node_id, "--json")
+        assert found.returncode in (0, 1), found.stderr
+        return str(json.loads(found.stdout)["tree"]["state"])
+
+    def wait_state(self, node_id: str, state: str, timeout: float = 30) -> None:
+        wait_for(lambda: self.state(node_id) == state, timeout, 0.3, f"{node_id} to be {state}")
+
+
+@pytest.fixture(params=["sqlite", "postgres-redis"])
+def cli(request: pytest.FixtureRequest, tmp_path: Path) -> Cli:
+    if request.param == "sqlite":
+        return Cli(f"sqlite:///{tmp_path / 'ops.db'}", None, "culm", tmp_path)
+    backend = request.getfixturevalue("backend_pool").get(request.param)
+    backend.ensure_workers(2)
+    return Cli(backend.db_url, backend.broker_url, backend.prefix, tmp_path)
+
+
+def tree_file(cli: Cli, *codes: str, name: str | None = None, inputs: dict | None = None) -> tuple[Path, dict, list]:
+    """A JSON tree of activities in a row (named ``step1``...), written to the working directory."""
+    start = EmptyStartEvent()
+    acts = []
+    tail = start
+    for i, code in enumerate(codes, 1):
+        act = ServiceActivity(component_code=code, name=f"step{i}")
+        for key, value in (inputs or {}).items():
+            setattr(act.component.inputs, key, Var(type=Var.PLAIN, value=value))
+        acts.append(act.id)
+        tail = tail.extend(act)
+    tail.extend(EmptyEndEvent())
+    tree = build_tree(start, data=Data(inputs={"${who}": Var(type=Var.PLAIN, value="nobody")}))
+    tree["name"] = name or f"ops-{uuid.uuid4().hex[:8]}"
+    path = cli.cwd / f"{tree['name']}.json"
+    path.write_text(json.dumps(tree))
+    return path, tree, acts
+
+
+def run_until_failed(cli: Cli, path: Path, tree: dict) -> subprocess.CompletedProcess:
+    out = cli("run", str(path))
+    assert out.returncode == 1, out.stdout + out.stderr
+    return out
+
+
+# -- the operator's session ---------------------------------------------------------------------
+def test_fail_status_retry_with_new_data_finished(cli: Cli) -> None:
+    path, tree, (node,) = tree_file(cli, "t_fail")
+    root = tree["id"]
+    out = run_until_failed(cli, path, tree)
+    assert f"FAILED step1 ({node})" in out.stdout and "t_fail said no" in out.stdout
+    assert "culm retry NODE" in out.stdout
+
+    status = cli("status", root)
+    assert status.returncode == 1
+    assert f"step1  ServiceActivity  {node}  FAILED" in status.stdout
+    assert "ex_data: t_fail said no" in status.stdout
+    assert "waits: failed; an operator may retry it" in status.stdout
+    data = cli.json("status", root)
+    assert data["failed"] == [node]
+    assert data["tree"]["children"][node]["ex_data"] == "t_fail said no"
+    assert data["tree"]["children"][node]["wait_reason"]["kind"] == "failed"
+    assert data["tree"]["name"] == tree["name"]
+
+    listed = cli.json("list", "--name", tree["name"])
+    assert listed["total"] == 1 and listed["items"][0]["state"] == "RUNNING"
+    human = cli("list", "--name", tree["name"])
+    assert root in human.stdout and "RUNNING 1" in human.stdout
+
+    retried = cli("retry", node, "--data", '{"ok": true}')
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert f"retried step1 ({node})" in retried.stdout
+    if not cli.cluster:
+        assert f"pipeline {root} FINISHED" in retried.stdout  # the embedded runtime ran it on
+    cli.wait_state(root, "FINISHED")
+
+    done = cli("status", root, "--outputs")
+    assert done.returncode == 0
+    assert "retry=1" in done.stdout and "output done = True" in done.stdout
+    history = cli.json("history", node)
+    assert len(history) == 1 and history[0]["outputs"]["ex_data"] == "t_fail said no"
+    assert "t_fail said no" in cli("history", node).stdout
+    assert cli.json("list", "--name", tree["name"], "--state", "finished")["total"] == 1
+
+
+def test_callback_pause_resume_and_watch(cli: Cli) -> None:
+    path, tree, (node,) = tree_file(cli, "t_callback")
+    root = tree["id"]
+    if cli.cluster:
+        out = cli("run", str(path), "--timeout", "3")
+        assert "submitted to the workers" in out.stdout
+        assert f"culm watch {root}" in out.stdout
+    else:
+        out = cli("run", str(path), "--timeout", "3")
+        assert f"culm run --attach {root}" in out.stdout
+    assert out.returncode == 1 and "timed out after 3s" in out.stdout
+    assert f"step1 ({node}): waits for a callback with version" in out.stdout
+
+    status = cli("status", root)
+    assert status.returncode == 0 and "waits: waits for a callback" in status.stdout
+    assert cli("pause", root).returncode == 0
+    paused = cli.json("status", root)
+    assert paused["tree"]["state"] == "SUSPENDED" and paused["tree"]["wait_reason"]["kind"] == "paused"
+    resumed = cli("resume", root, "--no-follow")
+    assert resumed.returncode == 0 and "resumed" in resumed.stdout
+
+    watch = subprocess.Popen([sys.executable, "-m", "culm", "watch", root, "--interval", "0.2"], cwd=cli.cwd,
+                             env=cli.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    called = cli("callback", node, "--data", '{"ok": true}')
+    assert called.returncode == 0, called.stdout + called.stderr
+    assert f"called back step1 ({node})" in called.stdout
+    try:
+        out_text, err_text = watch.communicate(timeout=60)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert watch.returncode == 0, out_text + err_text
+    assert f"FINISHED  step1 ({node})" in out_text
+    assert "3/3 nodes finished" in out_text
+    cli.wait_state(root, "FINISHED")
+
+
+def test_revoke_exits_1_on_status(cli: Cli) -> None:
+    path, tree, (node,) = tree_file(cli, "t_callback")
+    root = tree["id"]
+    cli("run", str(path), "--timeout", "1")
+    assert cli("revoke", root).returncode == 0
+    cli.wait_state(root, "REVOKED")
+    status = cli("status", root)
+    assert status.returncode == 1 and "REVOKED" in status.stdout
+    again = cli("revoke", root)
+    assert again.returncode == 5 and "REVOKED" in again.stderr
+
+
+def test_skip_force_fail_pause_node_and_set_context(cli: Cli) -> None:
+    path, tree, (first, second) = tree_file(cli, "t_callback", "t_fail")
+    root = tree["id"]
+    cli("run", str(path), "--timeout", "1")
+    assert cli("set-context", root, "who=world").returncode == 0
+    with culm.Runtime(cli.db, workers=0) as rt:
+        values = {v["key"]: v["value"] for v in api.get_pipeline_debug_info(rt, root).data["context_values"]}
+    assert values["${who}"] == "world"
+    undeclared = cli("set-context", root, "ghost=1")
+    assert undeclared.returncode == 2 and "has no context value ${ghost} (it has: ${who})" in undeclared.stderr
+
+    assert cli("pause-node", second).returncode == 0
+    failed = cli("force-fail", first, "--ex-data", "operator gave up")
+    assert failed.returncode == 0, failed.stderr
+    cli.wait_state(first, "FAILED")
+    assert "ex_data: operator gave up" in cli("status", root).stdout
+    assert cli("skip", first).returncode == 0
+    cli.wait_state(second, "SUSPENDED")
+    assert cli.json("status", second)["tree"]["wait_reason"]["kind"] == "pause_appointed"
+    assert cli("resume-node", second).returncode == 0
+    cli.wait_state(second, "FAILED")
+    assert cli("skip", second).returncode == 0
+    cli.wait_state(root, "FINISHED")
+    assert cli.json("status", first)["tree"]["skip"] is True
+
+
+def test_engine_refusals_exit_5_and_unknown_ids_exit_3(cli: Cli) -> None:
+    path, tree, (node,) = tree_file(cli, "example_component")
+    assert cli("run", str(path)).returncode == 0 or cli.cluster
+    cli.wait_state(tree["id"], "FINISHED")
+    for args in (["retry", node], ["skip", node], ["retry-subprocess", node], ["pause-node", node],
+                 ["skip-exclusive-gateway", node, "--flow", "f1"],
+                 ["skip-conditional-parallel-gateway", node, "--flows", "f1", "f2", "--converge", "c"],
+                 ["callback", node, "--data", "{}"], ["force-fail", node]):
+        out = cli(*args)
+        assert out.returncode == 5, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith("error: ") and node in out.stderr
+    for args in (["retry", "nope"], ["status", "nope"], ["logs", "nope"], ["history", "nope"], ["pause", "nope"],
+                 ["watch", "nope"]):
+        out = cli(*args)
+        assert out.returncode == 3, (args, out.stdout, out.stderr)
+        assert "nope" in out.stderr
+
+
+# -- the embedded runtime only ------------------------------------------------------------------
+@pytest.fixture
+def embedded(tmp_path: Path) -> Cli:
+    return Cli(f"sqlite:///{tmp_path / 'ops.db'}", None, "culm", tmp_path)
+
+
+def test_run_attach_continues_an_interrupted_run(embedded: Cli) -> None:
+    path, tree, (node,) = tree_file(embedded, "t_callback")
+    root = tree["id"]
+    proc = subprocess.Popen([sys.executable, "-m", "culm", "run", str(path)], cwd=embedded.cwd, env=embedded.env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def waits() -> Any:
+        out = embedded("status", root, "--json")  # exit 4 or 3 until the run has stored it
+        return out.returncode == 0 and json.loads(out.stdout)["tree"]["children"].get(node, {}).get("wait_reason")
+
+    try:
+        wait_for(waits, 60, 0.3, "the callback wait")
+        proc.send_signal(signal.SIGTERM)
+        out_text, err_text = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out_text + err_text
+    assert f"interrupted: pipeline {root} is not finished" in err_text
+    assert f"culm run --attach {root}" in err_text
+
+    # Recorded only: nobody runs this database's work until the run is attached again.
+    assert embedded("callback", node, "--data", '{"ok": true}', "--no-follow").returncode == 0
+    attached = embedded("run", "--attach", root)
+    assert attached.returncode == 0, attached.stdout + attached.stderr
+    assert f"pipeline {root} FINISHED" in attached.stdout
+
+
+def test_run_set_overrides_a_declared_input_and_refuses_others(embedded: Cli) -> None:
+    path, tree, _ = tree_file(embedded, "example_component")
+    bad = embedded("run", str(path), "--set", "nobody=1")
+    assert bad.returncode == 2 and "--set nobody: the tree declares no context input ${nobody}" in bad.stderr
+    assert "(it declares: who)" in bad.stderr
+    good = embedded("run", str(path), "--set", "who=world")
+    assert good.returncode == 0, good.stdout + good.stderr
+    with culm.Runtime(embedded.db, workers=0) as rt:
+        values = {v["key"]: v["value"] for v in api.get_pipeline_debug_info(rt, tree["id"]).data["context_values"]}
+    assert values["${who}"] == "world"
+
+
+def test_logs_and_follow(embedded: Cli) -> None:
+    path, tree, (node,) = tree_file(embedded, "t_log")
+    assert embedded("run", str(path)).returncode == 0
+    logs = embedded("logs", node)
+    assert logs.returncode == 0 and logs.stdout.strip()
+    assert embedded("logs", node, "--follow").stdout == logs.stdout  # an ended node: follow returns
+
+
+def test_list_filters_pages_and_closed_pipe(embedded: Cli) -> None:
+    for _ in range(3):
+        path, _tree, _ = tree_file(embedded, "example_component", name="nightly")
+        assert embedded("run", "--new-ids", str(path)).returncode == 0
+    page = embedded.json("list", "--limit", "2", "--since", "1h")
+    assert page["total"] == 3 and len(page["items"]) == 2 and page["counts"] == {"FINISHED": 3}
+    assert embedded.json("list", "--before", "1h")["total"] == 0
+    assert embedded.json("list", "--state", "RUNNING,REVOKED")["total"] == 0
+    piped = subprocess.run(f"{sys.executable} -m culm list | head -1", shell=True, cwd=embedded.cwd,
+                           env=embedded.env(), capture_output=True, text=True, timeout=60)
+    assert piped.stdout.startswith("ID") and piped.stderr == ""
