@@ -124,7 +124,9 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> Non
     proc = unit.get_process(sched.process_id)
     if st is None or st.version != sched.version or st.name != states.RUNNING or proc.dead:
         unit.update_schedule(sched.id, expired=True, locked_until=None)
-        unit.delete_task(task_id)
+        # Only while the row is still this schedule call: another runner's copy may have applied
+        # its result since we read it, making the row the execute that drives the process on.
+        unit.delete_task(task_id, as_read=task)
         return
     graph = engine.graph(proc.root_id, unit)
     run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
@@ -133,7 +135,7 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> Non
     try:
         _conclude(run, task_id, sched.id, res, outputs)
     except VersionLostError:
-        unit.delete_task(task_id)
+        unit.delete_task(task_id, as_read=task)
 
 
 def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs: dict[str, Any]) -> None:

@@ -135,8 +135,10 @@ def _advance(
         pass
     except VersionLostError:
         # Someone (forced fail, retry, revoke) moved the node on while user code ran: our
-        # result is stale; leave the process as they left it.
-        step.unit.delete_task(task.id)
+        # result is stale; leave the process as they left it. The row may have moved on too
+        # (another runner's copy of this task applied its result after we read the row): then it
+        # drives the process now and stays.
+        step.unit.delete_task(task.id, as_read=task)
         return None
     except Exception as exc:
         exc.add_note(f"culm: raised while the process of task {task.id} was at node {proc.current_node_id}")

@@ -42,6 +42,7 @@ from culm.core.engine import Engine, Settings
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
+from culm.storage import retry
 from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.dispatch.celery")
@@ -346,8 +347,15 @@ class LeaseHeartbeat:
     def beat(self) -> None:
         ids = self.state.runner.task_ids()
         if ids:
-            with self.state.store.transaction() as unit:
-                unit.extend_leases(self.state.engine.owner, ids, now() + self.lease_seconds)
+            # Its UPDATE locks the rows in the server's scan order, so on MariaDB it is often the
+            # victim of a deadlock with this process's own engine batch. Run it again at once: a
+            # lost beat or two and the leases run out, the relay hands the tasks to another worker
+            # while this one still runs them, and both apply results to the same rows.
+            retry.retrying(lambda: self._extend(ids), "extending leases")
+
+    def _extend(self, ids: list[str]) -> None:
+        with self.state.store.transaction() as unit:
+            unit.extend_leases(self.state.engine.owner, ids, now() + self.lease_seconds)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):

@@ -376,9 +376,9 @@ class CachedUnit(SqlUnit):
                 if k in _TASK_FIELDS:
                     setattr(t, k, v)
 
-    def delete_task(self, task_id: str) -> None:
-        super().delete_task(task_id)
-        self.cache.tasks.pop(task_id, None)
+    def delete_task(self, task_id: str, *, as_read: TaskRecord | None = None) -> None:
+        super().delete_task(task_id, as_read=as_read)
+        self.cache.tasks.pop(task_id, None)  # read again when asked, deleted or not
 
     def delete_tasks_of_root(self, root_id: str) -> None:
         super().delete_tasks_of_root(root_id)

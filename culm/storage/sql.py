@@ -810,8 +810,25 @@ class SqlUnit:
     def update_task(self, task_id: str, **fields: Any) -> None:
         self._update_later("culm_task", "id = ?", [task_id], fields)
 
-    def delete_task(self, task_id: str) -> None:
-        self._later("DELETE FROM culm_task WHERE id = ?", [task_id], (("culm_task", (task_id,)),))
+    def delete_task(self, task_id: str, *, as_read: TaskRecord | None = None) -> None:
+        """Delete a task row; with ``as_read``, only while it is still that task (same kind, node
+        and running version as when it was read).
+
+        A step that finds its result stale read the row before it locked the node's state. Another
+        runner holding a copy of the same task (after a lease ran out) may have committed its own
+        result in between, moving the row on to drive the process from the next node: that row is
+        no longer this step's to delete (deleting it strands the process).
+        """
+        if as_read is None:
+            self._later("DELETE FROM culm_task WHERE id = ?", [task_id], (("culm_task", (task_id,)),))
+            return
+        where, params = "id = ? AND kind = ? AND node_id = ?", [task_id, as_read.kind, as_read.node_id]
+        if as_read.running_version is None:
+            where += " AND running_version IS NULL"
+        else:
+            where += " AND running_version = ?"
+            params.append(as_read.running_version)
+        self._later("DELETE FROM culm_task WHERE " + where, params, (("culm_task", (task_id,)),))
 
     def delete_tasks_of_root(self, root_id: str) -> None:
         for task_id, entry in self._tasks_ahead.items():

@@ -50,10 +50,12 @@ REDIS = os.environ.get("CULM_TEST_REDIS", "redis://127.0.0.1:6379/0")
 AMQP = os.environ.get("CULM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
 
 # Short leases and a fast relay, so that a killed worker's tasks are taken over within seconds.
+# CULM_TEST_LEASE_SECONDS etc. shorten them further: a stress run where leases run out often and
+# tasks are taken over while their first runner still holds them.
 WORKER_ENV = {
-    "CULM_LEASE_SECONDS": "3",
-    "CULM_RELAY_INTERVAL": "0.5",
-    "CULM_RELAY_GRACE": "2",
+    "CULM_LEASE_SECONDS": os.environ.get("CULM_TEST_LEASE_SECONDS", "3"),
+    "CULM_RELAY_INTERVAL": os.environ.get("CULM_TEST_RELAY_INTERVAL", "0.5"),
+    "CULM_RELAY_GRACE": os.environ.get("CULM_TEST_RELAY_GRACE", "2"),
     "CULM_IMPORTS": "culm_dist_components,components,bamboo_style_components,bamboo_suite_components",
 }
 

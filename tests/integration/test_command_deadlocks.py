@@ -27,6 +27,8 @@ from culm.builder import (
     Var,
     build_tree,
 )
+from culm.core.invariants import check
+from culm.storage.snapshot import read_snapshot, read_transitions
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -121,7 +123,11 @@ def _dump(rt: Any, root: str, nodes: dict[str, str], backend: Any) -> str:
     ran = {n: [line for line in backend.exec_log.read_text().splitlines() if n in line] for n in stuck}
     logged = {n: [line[:300] for i in backend.alive() for line in backend.worker_log(i).splitlines() if n in line]
               for n in stuck}
+    violations = [str(v) for v in check(read_snapshot(rt.engine, root))]
+    changes = [(names.get(t.node_id, t.node_id), t.from_state, t.to_state)
+               for t in read_transitions(rt.engine, root)[0] if t.node_id in stuck]
     return (f"state {data.get('state')}, nodes {states}, tasks {tasks}, processes {procs}, nodes {nodes}; "
+            f"invariant violations {violations}; transitions of the RUNNING nodes {changes}; "
             f"executions of the RUNNING nodes {ran}; worker log lines naming them {logged}")
 
 
