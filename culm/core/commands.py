@@ -148,20 +148,25 @@ def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
         unit = step.unit
         _is_pipeline(unit, engine, pipeline_id)
         st = _state(unit, pipeline_id, "pipeline")
-        if st.root_id != pipeline_id:
-            # REVOKED is final: the parent could never go on past the subprocess, and the work
-            # inside it would run on unseen. Only a whole run is revoked.
-            raise InvalidOperationError(
-                f"cannot revoke subprocess {pipeline_id} alone: its pipeline could never go on; revoke the root "
-                f"pipeline {st.root_id}, or pause the subprocess"
-            )
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.REVOKED, archived_time=now())
-        # Nothing of a revoked run may move again: stop its processes and pending work now.
-        unit.kill_processes_of_root(pipeline_id)
-        unit.delete_tasks_of_root(pipeline_id)
+        # Nothing of a revoked run (or subprocess) may move again: stop its processes and pending
+        # work now. A revoked subprocess never hands back to its parent: the root stays RUNNING,
+        # its wait reason says so, and the operator revokes the root to end the run.
+        if st.root_id == pipeline_id:
+            unit.kill_processes_of_root(pipeline_id)
+            unit.delete_tasks_of_root(pipeline_id)
+        else:
+            _kill_processes_inside(unit, st.root_id, pipeline_id)
         step.event("post_revoke_pipeline", pipeline_id=pipeline_id)
+
+
+def _kill_processes_inside(unit: Any, root_id: str, subprocess_id: str) -> None:
+    inside = [p.id for p in unit.processes_of_root(root_id) if subprocess_id in p.stack and not p.dead]
+    for process_id in inside:
+        unit.update_process(process_id, dead=True)
+    unit.delete_tasks_of_processes(inside)
 
 
 # -- appointment pause ----------------------------------------------------------------------

@@ -98,12 +98,22 @@ def check(snap: Snapshot, transitions: Iterable[Transition] = ()) -> list[Violat
                             "pipeline") for p in live]
     if root.name == states.FINISHED:
         found += _check_path(snap)
-    if root.name in (states.RUNNING, states.SUSPENDED):
+    if root.name in (states.RUNNING, states.SUSPENDED) and not _revoked_subprocess(snap):
+        # (A revoked subprocess holds its run up until the operator revokes the root: its wait
+        # reason says so, and nothing else in the run needs to move.)
         found += _check_movers(snap, live)
         if root.name == states.RUNNING and not live:
             found.append(Violation("stuck", snap.root_id, "RUNNING with no live process: nothing can finish it"))
     found += _check_converges(snap, live)
     return found
+
+
+def _revoked_subprocess(snap: Snapshot) -> bool:
+    nodes = snap.graph.nodes
+    return any(
+        st.name == states.REVOKED and node_id in nodes and nodes[node_id].type == g.SUBPROCESS
+        for node_id, st in snap.states.items()
+    )
 
 
 def check_transitions(transitions: Iterable[Transition], last: dict[str, str] | None = None) -> list[Violation]:

@@ -9,7 +9,9 @@ A *wait reason* is a dict ``{"kind", "text", ...}``; ``kind`` is one of
   there already; ``resume-node`` goes on);
 * ``"converge"``: the branches forked here have not all reached ``converge`` (``branches``: the
   node each missing branch stands at);
-* ``"failed"``: the node failed and waits for an operator (retry, skip or revoke).
+* ``"failed"``: the node failed and waits for an operator (retry, skip or revoke);
+* ``"revoked"``: an operator revoked this subprocess; its pipeline cannot go on past it and waits
+  for the operator to revoke it too.
 
 Nodes that run, have ended, or never stop (gateways, events) get none. The facts come from rows
 the engine keeps anyway (states, processes, schedules, schedule tasks, node types) and are read
@@ -29,7 +31,7 @@ from culm.core.records import SCHEDULE, ProcessRecord, ScheduleRecord, StateReco
 
 SUBPROCESS = "SubProcess"
 PIPELINE = "Pipeline"
-MAY_WAIT = frozenset({states.FAILED, states.SUSPENDED, states.RUNNING})
+MAY_WAIT = frozenset({states.FAILED, states.SUSPENDED, states.RUNNING, states.REVOKED})
 ACTIVITY = "ServiceActivity"
 
 
@@ -104,6 +106,12 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
             reasons[st.node_id] = _failed(kind)
         elif st.name == states.SUSPENDED:
             reasons[st.node_id] = _suspended(st, kind, facts)
+        elif st.name == states.REVOKED:
+            if kind == SUBPROCESS:
+                reasons[st.node_id] = {
+                    "kind": "revoked",
+                    "text": f"revoked by an operator; its pipeline cannot go on past it: revoke pipeline {st.root_id}",
+                }
         elif st.name == states.RUNNING and st.node_id in facts.schedules:
             reasons[st.node_id] = _scheduled(st, facts.schedules[st.node_id], facts)
     by_parent: dict[str, list[ProcessRecord]] = {}
@@ -126,7 +134,9 @@ def read_facts(unit: Any, records: Sequence[StateRecord], root: StateRecord | No
         root: the state of their root pipeline, when ``records`` do not hold it.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
-    candidates = [st for st in records if st.name in MAY_WAIT]
+    # A revoked root has ended; only a revoked subprocess holds its run up.
+    candidates = [st for st in records if st.name in MAY_WAIT
+                  and not (st.name == states.REVOKED and st.node_id == st.root_id)]
     facts = WaitFacts(candidates=candidates)
     odd = [st.node_id for st in candidates if st.name != states.RUNNING]
     running = [st for st in candidates if st.name == states.RUNNING]

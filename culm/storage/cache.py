@@ -387,6 +387,13 @@ class CachedUnit(SqlUnit):
         for tid in [tid for tid, t in tasks.items() if t.root_id == root_id]:
             del tasks[tid]
 
+    def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None:
+        super().delete_tasks_of_processes(process_ids)
+        wanted = set(process_ids)
+        tasks = self.cache.tasks
+        for tid in [tid for tid, t in tasks.items() if t.process_id in wanted]:
+            del tasks[tid]
+
     # -- contexts -------------------------------------------------------------------------
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
         c = self.cache

@@ -173,13 +173,21 @@ _PRIMARY = {
     "culm_task": ("id",), "culm_node_data": ("node_id",), "culm_execution_data": ("node_id",),
     "culm_context_value": ("pipeline_id", "key"), "culm_schedule": ("id",), "culm_callback_data": ("id",),
 }
-_NEW_ROWS_ONLY = ("culm_history", "culm_log", "culm_change")  # autoincrement keys: an insert clashes with nothing
+# Append-only tables with autoincrement keys: an insert clashes with no other row, but two inserts
+# into one of them must not share a combined statement, whose parts run in an unspecified order:
+# their ids would not follow the order they were appended in (histories and logs are read back
+# ORDER BY id, the change feed by seq). So each counts as touching one pseudo-row of its table.
+_APPEND_ONLY = ("culm_history", "culm_log", "culm_change")
+
+
+def _append_key(table: str) -> tuple[tuple[str, tuple[()]], ...]:
+    return ((table, ()),)
 
 
 def _row_key(table: str, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
     """The rows an INSERT writes, as (table, primary key) pairs; None when unknown."""
-    if table in _NEW_ROWS_ONLY:
-        return ()
+    if table in _APPEND_ONLY:
+        return _append_key(table)
     cols = _PRIMARY.get(table)
     if cols is None:
         return None
@@ -369,7 +377,8 @@ class SqlUnit:
         for i in range(0, len(rows), 500):
             chunk = rows[i : i + 500]
             if self._deferred is not None:  # PostgreSQL: one multi-row INSERT, pipelined with the commit
-                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r], ())
+                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r],
+                            _append_key("culm_change"))
             else:
                 self._many(_insert_sql("culm_change", _CHANGE_COLUMNS), chunk)
 
@@ -863,6 +872,24 @@ class SqlUnit:
         for at in range(0, len(ids), 500):
             chunk = ids[at:at + 500]
             self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
+
+    def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None:
+        """Delete the pending tasks of these processes (a revoked subprocess's), as
+        :meth:`delete_tasks_of_root` does: never waiting for a row an engine step holds."""
+        wanted = set(process_ids)
+        for task_id, entry in self._tasks_ahead.items():
+            if entry is not None and entry[0].process_id in wanted:
+                self._tasks_ahead[task_id] = None  # gone now
+        for at in range(0, len(process_ids), 500):
+            chunk = list(process_ids[at:at + 500])
+            where = f"process_id IN ({_marks(len(chunk))})"
+            if not self._lock_rows:
+                self._x(f"DELETE FROM culm_task WHERE {where}", chunk)
+                continue
+            ids = [r[0] for r in self._all(f"SELECT id FROM culm_task WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED",
+                                           chunk)]
+            if ids:
+                self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(ids))})", ids)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""

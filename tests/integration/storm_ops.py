@@ -132,4 +132,8 @@ def operate(runtime: Any, snap: Snapshot, rng: random.Random) -> bool:
                 api.retry_node(runtime, node_id, data=dict(RETRY_OK))
         elif st.name == states.RUNNING and (node_id, st.version) in open_callbacks:
             api.callback(runtime, node_id, st.version, {"ok": True})
+        elif st.name == states.REVOKED and node.type == "SubProcess":
+            # A revoked subprocess holds its run up for good: the operator ends the run.
+            assert api.revoke_pipeline(runtime, root).result
+            return True
     return True

@@ -126,16 +126,28 @@ def test_retry_skip_and_appoint_on_a_revoked_pipeline_say_it_is_revoked(runtime)
     assert node_state(runtime, later.id) is None
 
 
-def test_revoking_a_subprocess_alone_is_refused(runtime):
+def test_revoking_a_subprocess_stops_its_work_and_says_what_holds_the_run(runtime):
+    # The contract takes a subprocess id for revoke_pipeline. Its work stops for good (nothing in it
+    # runs on unseen); the run cannot go on past it, and its wait reason tells the operator to
+    # revoke the root, which ends the run.
     inner = act("t_callback")
     sub = SubProcess(start=line_start(inner))
-    tree, _ = line(sub, act())
+    after = act()
+    tree, _ = line(sub, after)
     run(runtime, tree)
     st = wait_state(runtime, inner.id, "RUNNING")
-    refused(api.revoke_pipeline(runtime, sub.id), sub.id, tree["id"], "revoke the root")
-    assert node_state(runtime, sub.id)["state"] == "RUNNING"
-    assert api.callback(runtime, inner.id, st["version"], {"ok": True}).result
-    wait_state(runtime, tree["id"], "FINISHED")
+    assert api.revoke_pipeline(runtime, sub.id).result
+    assert node_state(runtime, sub.id)["state"] == "REVOKED"
+    refused(api.callback(runtime, inner.id, st["version"], {"ok": True}), inner.id)
+    refused(api.revoke_pipeline(runtime, sub.id), sub.id, "REVOKED")
+    entry = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]
+    assert entry["state"] == "RUNNING"
+    reason = entry["children"][sub.id]["wait_reason"]
+    assert reason["kind"] == "revoked" and tree["id"] in reason["text"]
+    assert node_state(runtime, after.id) is None
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    wait_state(runtime, tree["id"], "REVOKED")
+    assert node_state(runtime, after.id) is None
 
 
 def test_a_second_callback_to_a_single_callback_node_is_refused(runtime):

@@ -46,5 +46,14 @@ def test_runs_are_bounded():
 def test_row_keys_of_inserts():
     assert _row_key("culm_context_value", [{"pipeline_id": "p", "key": "${a}", "value": 1}]) == \
         (("culm_context_value", ("p", "${a}")),)
-    assert _row_key("culm_history", [{"node_id": "n"}]) == ()  # new autoincrement rows clash with nothing
     assert _row_key("some_other_table", [{"id": 1}]) is None  # unknown: sent on its own
+
+
+def test_appends_to_one_table_keep_their_order():
+    """Two history (or log, or change) inserts never share a statement: their ids follow the order
+    they were appended in. An append and a write elsewhere still combine."""
+    hist = _row_key("culm_history", [{"node_id": "n"}])
+    out = _combined([w("INSERT h1", 1, keys=hist), w("UPDATE s", 2, keys=k("culm_state", "n")),
+                     w("INSERT h2", 3, keys=hist), w("INSERT log", 4, keys=_row_key("culm_log", [{}]))])
+    assert out == [("WITH w0 AS (INSERT h1), w1 AS (UPDATE s) SELECT 1", [1, 2]),
+                   ("WITH w0 AS (INSERT h2), w1 AS (INSERT log) SELECT 1", [3, 4])]

@@ -1,0 +1,507 @@
+"""The storage contract: what every backend guarantees the core, checked on each of them.
+
+One module, parametrised over SQLite (a file and ``:memory:``), PostgreSQL and MariaDB, driving
+the store's unit API directly (``SqlStore.transaction()`` / ``reading()`` and the unit's verbs as
+the core calls them). Every test asserts the rows a second transaction reads back. The guarantees
+are listed in docs/distributed.md ("The storage contract").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import create_database, drop_database
+
+from culm import states
+from culm.core.records import EXECUTE, HistoryRecord, ProcessRecord, StateRecord, TaskRecord
+from culm.errors import UnstorableValueError
+from culm.storage.migrate import upgrade_database
+from culm.storage.sql import SqlStore
+
+pytestmark = pytest.mark.timeout(120)
+
+BACKENDS = ["sqlite-file", "sqlite-memory", "postgres", "mariadb"]
+THREADS = 6
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlStore]:
+    """One store per backend for the whole module; every test uses ids of its own."""
+    kind = request.param
+    url = ""
+    if kind == "sqlite-file":
+        s = SqlStore(f"sqlite:///{Path(tmp_path_factory.mktemp('contract')) / 'culm.db'}")
+    elif kind == "sqlite-memory":
+        s = SqlStore("sqlite://")
+    else:
+        url = create_database(kind)
+        upgrade_database(url)
+        s = SqlStore(url)
+    yield s
+    s.dispose()
+    if url:
+        drop_database(url)
+
+
+class Boom(Exception):
+    """Raised by a test to roll a transaction or savepoint back."""
+
+
+def _ids(n: int = 1) -> list[str]:
+    return [uuid.uuid4().hex for _ in range(n)]
+
+
+def _state(node_id: str, root_id: str, name: str = states.READY, version: str = "v0") -> StateRecord:
+    return StateRecord(node_id, root_id, root_id, name, version, created_time=1.0)
+
+
+def _task(task_id: str, root_id: str, due: float = 0.0) -> TaskRecord:
+    return TaskRecord(task_id, EXECUTE, "p-" + task_id, "n-" + task_id, root_id, due=due)
+
+
+def _seed_state(store: SqlStore, node_id: str, root_id: str) -> None:
+    with store.transaction() as unit:
+        unit.insert_state(_state(node_id, root_id))
+
+
+def _read_state(store: SqlStore, node_id: str) -> StateRecord | None:
+    with store.reading() as unit:
+        return unit.get_state(node_id)
+
+
+def _all_in_threads(n: int, work: Callable[[int], Any]) -> list[Any]:
+    """Run ``work(i)`` in ``n`` threads released together; returns their results (errors re-raised)."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            barrier.wait(timeout=30)
+            results[i] = work(i)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck"
+    if errors:
+        raise errors[0]
+    return results
+
+
+# -- compare-and-set on state versions ----------------------------------------------------------
+
+
+def test_cas_wins_once_and_loses_on_stale_version_or_name(store: SqlStore) -> None:
+    root, node = _ids(2)
+    _seed_state(store, node, root)
+    with store.transaction() as unit:
+        assert unit.update_state(node, expect_version="v0", expect_names=[states.READY],
+                                 name=states.RUNNING, version="v1", started_time=2.0)
+    with store.transaction() as unit:
+        assert not unit.update_state(node, expect_version="v0", name=states.FAILED)  # stale version
+        assert not unit.update_state(node, expect_version="v1", expect_names=[states.READY], name=states.FAILED)
+        assert not unit.update_state("no-such-node", expect_version="v1", name=states.FAILED)
+    st = _read_state(store, node)
+    assert st is not None and (st.name, st.version, st.started_time) == (states.RUNNING, "v1", 2.0)
+
+
+def test_cas_in_one_transaction_sees_its_own_writes(store: SqlStore) -> None:
+    """Locked read, then two CAS in a row (the core's enter-and-leave in one step)."""
+    root, node = _ids(2)
+    _seed_state(store, node, root)
+    with store.transaction() as unit:
+        st = unit.get_state(node, for_update=True)
+        assert st is not None and st.version == "v0"
+        assert unit.update_state(node, expect_version="v0", name=states.RUNNING, version="v1")
+        assert not unit.update_state(node, expect_version="v0", name=states.FAILED)
+        assert unit.update_state(node, expect_version="v1", expect_names=[states.RUNNING], name=states.FINISHED)
+        assert unit.get_state(node).name == states.FINISHED
+    st = _read_state(store, node)
+    assert st is not None and (st.name, st.version) == (states.FINISHED, "v1")
+
+
+@pytest.mark.parametrize("first_commits", [True, False], ids=["first-commits", "first-rolls-back"])
+def test_cas_from_two_connections_at_once(store: SqlStore, first_commits: bool) -> None:
+    """The second writer waits for the first; it loses if the first commits, wins if it rolls back."""
+    root, node = _ids(2)
+    _seed_state(store, node, root)
+    second_started = threading.Event()
+    outcome: dict[str, bool] = {}
+
+    def second() -> None:
+        second_started.set()
+        with store.transaction() as unit:
+            outcome["second"] = unit.update_state(node, expect_version="v0", name=states.FAILED, version="v2")
+
+    thread = threading.Thread(target=second)
+    with pytest.raises(Boom) if not first_commits else contextlib.nullcontext(), store.transaction() as unit:
+        assert unit.update_state(node, expect_version="v0", name=states.RUNNING, version="v1")
+        unit.flush()  # the write is on the server (PostgreSQL defers it otherwise) and its row locked
+        thread.start()
+        assert second_started.wait(10)
+        if not first_commits:
+            raise Boom
+    thread.join(30)
+    assert not thread.is_alive()
+    assert outcome == {"second": not first_commits}
+    st = _read_state(store, node)
+    assert st is not None
+    assert (st.name, st.version) == ((states.RUNNING, "v1") if first_commits else (states.FAILED, "v2"))
+
+
+def test_cas_hammered_from_threads_has_one_winner_per_round(store: SqlStore) -> None:
+    root, node = _ids(2)
+    _seed_state(store, node, root)
+    for round_ in range(3):
+        expected = f"v{round_}"
+
+        def attempt(i: int, expected: str = expected, round_: int = round_) -> bool:
+            with store.transaction() as unit:
+                return unit.update_state(node, expect_version=expected, version=f"v{round_ + 1}",
+                                         name=states.RUNNING, retry=i)
+
+        wins = _all_in_threads(THREADS, attempt)
+        assert wins.count(True) == 1, wins
+        st = _read_state(store, node)
+        assert st is not None and st.version == f"v{round_ + 1}" and st.retry == wins.index(True)
+
+
+# -- leases and claims ----------------------------------------------------------------------------
+
+
+def test_claim_is_exclusive_until_the_lease_expires(store: SqlStore) -> None:
+    root, tid = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_tasks([_task(tid, root)])
+    with store.transaction() as unit:
+        got = unit.claim_task(tid, "a", until=110.0, at=100.0)
+        assert got is not None and got.id == tid and got.root_id == root
+    with store.transaction() as unit:
+        assert unit.claim_task(tid, "b", until=120.0, at=105.0) is None  # a's lease is live
+        assert unit.task_with_process(tid, ("b", 120.0, 105.0)) == (None, None)
+        assert [t.id for t in unit.pending_tasks(105.0, 10) if t.root_id == root] == []
+    with store.transaction() as unit:
+        unit.extend_leases("a", [tid], 130.0)
+        unit.extend_leases("b", [tid], 999.0)  # not b's lease: no effect
+    with store.transaction() as unit:
+        assert unit.claim_task(tid, "b", until=140.0, at=125.0) is None
+        assert [t.id for t in unit.pending_tasks(131.0, 10) if t.root_id == root] == [tid]
+        task, _ = unit.task_with_process(tid, ("b", 140.0, 131.0))  # expired: taken over
+        assert task is not None and task.id == tid
+    with store.reading() as unit:
+        assert unit._all("SELECT owner, claimed_until FROM culm_task WHERE id = ?", [tid]) == [("b", 140.0)]
+    with store.transaction() as unit:
+        unit.release_leases([tid])
+    with store.transaction() as unit:
+        assert unit.claim_task(tid, "c", until=150.0, at=132.0) is not None
+
+
+def test_a_claimed_task_comes_with_its_process(store: SqlStore) -> None:
+    root, tid, other = _ids(3)
+    task = _task(tid, root)
+    proc = ProcessRecord(task.process_id, root, None, task.node_id, None, [root], priority=7)
+    with store.transaction() as unit:
+        unit.insert_processes([proc])
+        unit.insert_tasks([task, _task(other, root)])
+    with store.transaction() as unit:
+        unit.read_tasks_ahead([tid, other], [], ("a", 200.0, 100.0))  # a batch's claims (PostgreSQL)
+        got, got_proc = unit.task_with_process(tid, ("a", 200.0, 100.0))
+        assert got == task and got_proc is not None and got_proc.stack == [root] and got_proc.priority == 7
+        got, got_proc = unit.task_with_process(other, ("a", 200.0, 100.0))
+        assert got is not None and got_proc is None  # its process is gone: the task still comes
+    with store.transaction() as unit:
+        assert unit.task_with_process(tid, ("b", 200.0, 150.0)) == (None, None)
+
+
+def test_claims_hammered_from_threads_have_one_winner_each(store: SqlStore) -> None:
+    root = _ids()[0]
+    tids = _ids(4)
+    with store.transaction() as unit:
+        unit.insert_tasks([_task(t, root) for t in tids])
+
+    def claim(i: int) -> list[str]:
+        mine = []
+        for n, tid in enumerate(tids):
+            with store.transaction() as unit:
+                if n % 2:
+                    won = unit.claim_task(tid, f"w{i}", until=200.0, at=100.0) is not None
+                else:
+                    won = unit.task_with_process(tid, (f"w{i}", 200.0, 100.0))[0] is not None
+            if won:
+                mine.append(tid)
+        return mine
+
+    held = _all_in_threads(THREADS, claim)
+    claimed = sorted(t for mine in held for t in mine)
+    assert claimed == sorted(tids), held  # each task: exactly one holder
+    with store.reading() as unit:
+        owners = dict(unit._all(f"SELECT id, owner FROM culm_task WHERE root_id = '{root}'"))
+    assert {tid: f"w{i}" for i, mine in enumerate(held) for tid in mine} == owners
+
+
+# -- the task outbox ------------------------------------------------------------------------------
+
+
+def _outbox(store: SqlStore, root: str) -> dict[str, tuple[bool, float | None]]:
+    with store.reading() as unit:
+        rows = unit._all("SELECT id, published, relayed_at FROM culm_task WHERE root_id = ?", [root])
+    return {r[0]: (bool(r[1]), r[2]) for r in rows}
+
+
+def test_outbox_insert_publish_relay_delete(store: SqlStore) -> None:
+    root, other_root = _ids(2)
+    now, due, timer, far = _ids(4)[:4]
+    with store.transaction() as unit:
+        unit.insert_tasks([_task(now, root, due=10.0), _task(due, root, due=20.0), _task(timer, root, due=50.0),
+                           _task(far, other_root, due=10.0)])
+    assert _outbox(store, root) == {now: (False, None), due: (False, None), timer: (False, None)}
+    with store.transaction() as unit:
+        unit.mark_published([now, due], True)
+        unit.mark_published([timer], False)
+    assert _outbox(store, root) == {now: (True, None), due: (True, None), timer: (False, None)}
+    with store.transaction() as unit:
+        # At 30 with a grace of 5 and a horizon of 25: both overdue tasks, and the unpublished
+        # timer due within the horizon.
+        found = [t.id for t in unit.relay_candidates(30.0, 5.0, 25.0, 1000) if t.root_id == root]
+        assert found == [now, due, timer]
+        unit.mark_relayed(found, 30.0)
+    assert _outbox(store, root) == {now: (True, 30.0), due: (True, 30.0), timer: (True, 30.0)}
+    with store.transaction() as unit:
+        assert [t for t in unit.relay_candidates(32.0, 5.0, 25.0, 1000) if t.root_id == root] == []  # in grace
+        unit.delete_task(now)
+    with store.transaction() as unit:
+        assert unit.get_task(now) is None
+        assert sorted(t.id for t in unit.tasks_of_root(root, EXECUTE)) == sorted([due, timer])
+        unit.delete_tasks_of_root(root)
+    assert _outbox(store, root) == {}
+    assert list(_outbox(store, other_root)) == [far]
+
+
+def test_deleting_a_roots_tasks_never_waits_for_a_claimed_one(store: SqlStore) -> None:
+    """An operator's delete skips a task row a running step holds (server databases: SKIP LOCKED;
+    the step finds its process dead next time); SQLite runs one writer at a time, so the delete
+    simply comes after the step's commit and takes every row."""
+    root = _ids()[0]
+    held, free = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_tasks([_task(held, root), _task(free, root)])
+    deleted = threading.Event()
+
+    def delete() -> None:
+        with store.transaction() as unit:
+            unit.delete_tasks_of_root(root)
+        deleted.set()
+
+    thread = threading.Thread(target=delete)
+    one_writer = store.dialect == "sqlite"
+    with store.transaction() as unit:
+        assert unit.claim_task(held, "step", until=200.0, at=100.0) is not None  # row locked until commit
+        thread.start()
+        if not one_writer:
+            assert deleted.wait(30), "the delete waited for the claimed row"
+    thread.join(30)
+    assert deleted.is_set()
+    assert sorted(_outbox(store, root)) == ([] if one_writer else [held])
+
+
+# -- histories and logs ---------------------------------------------------------------------------
+
+
+def test_histories_and_logs_read_back_in_order_per_loop(store: SqlStore) -> None:
+    node = _ids()[0]
+    with store.transaction() as unit:
+        for loop in (1, 1, 2):
+            unit.add_history(HistoryRecord(0, node, float(loop), float(loop) + 1, loop, False, loop, f"v{loop}",
+                                           {"in": loop}, {"out": [loop]}))
+        unit.add_logs([{"node_id": node, "version": "v1", "loop": 1, "created_time": 1.0, "line": f"line {i}"}
+                       for i in range(5)])
+    with store.transaction() as unit:
+        unit.add_logs([{"node_id": node, "version": "v1", "loop": 1, "created_time": 2.0, "line": "last"}])
+        with pytest.raises(UnstorableValueError):
+            unit.add_logs([{"node_id": node, "version": "v1", "loop": 1, "created_time": 2.0, "line": "a\x00b"}])
+    with store.reading() as unit:
+        every = unit.histories(node)
+        assert [(h.loop, h.inputs, h.outputs) for h in every] == [
+            (1, {"in": 1}, {"out": [1]}), (1, {"in": 1}, {"out": [1]}), (2, {"in": 2}, {"out": [2]})]
+        assert [h.id for h in every] == sorted(h.id for h in every)
+        assert [h.version for h in unit.histories(node, loop=2)] == ["v2"]
+        assert unit.histories(node, loop=3) == []
+        assert unit.logs(node, "v1") == [f"line {i}" for i in range(5)] + ["last"]
+    with store.transaction() as unit:
+        unit.retag_logs(node, "v1", "v9")
+    with store.reading() as unit:
+        assert unit.logs(node, "v1") == [] and len(unit.logs(node, "v9")) == 6
+
+
+# -- execution data -------------------------------------------------------------------------------
+
+
+def test_execution_data_json_and_pickle_fallback(store: SqlStore) -> None:
+    plain, odd = _ids(2)
+    exact = {"tags": {"a", "b"}, "pair": (1, 2), "clash": {1: "int", "1": "str"}}
+    with store.transaction() as unit:
+        unit.set_execution_data(plain, {"x": 1, "t": (1, 2)}, {"ok": True})
+        unit.set_execution_data(odd, {"x": 1}, exact)
+    with store.transaction() as unit:
+        assert unit.get_execution_data(plain) == ({"x": 1, "t": [1, 2]}, {"ok": True})  # JSON: tuple -> list
+        assert unit.get_execution_data(odd) == ({"x": 1}, exact)  # pickled: back exactly
+        unit.set_execution_outputs(plain, {"ok": False})
+        with pytest.raises(UnstorableValueError) as refused:
+            unit.set_execution_data(odd, {"lock": threading.Lock()}, {})
+        assert refused.value.keys == ["lock"]
+    with store.reading() as unit:
+        assert unit.get_execution_data(plain) == ({"x": 1, "t": [1, 2]}, {"ok": False})
+        assert unit.get_execution_data(odd) == ({"x": 1}, exact)  # the refusal wrote nothing
+        assert unit.get_execution_data("no-such-node") is None
+
+
+# -- the change feed and savepoints ---------------------------------------------------------------
+
+
+def _changes_of(store: SqlStore, root: str) -> list[tuple[str, str | None, str]]:
+    with store.reading() as unit:
+        rows = unit._all("SELECT node_id, from_state, to_state FROM culm_change WHERE root_id = ? ORDER BY seq",
+                         [root])
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+def test_change_feed_is_written_with_its_states_or_not_at_all(store: SqlStore) -> None:
+    root, a, b = _ids(3)
+    after = store.feed.last_seq()
+    with store.transaction() as unit:
+        unit.insert_state(_state(a, root))
+        unit.record_change(root, a, None, states.READY, "v0", 1)
+        assert unit.update_state(a, expect_version="v0", name=states.RUNNING)
+        unit.record_change(root, a, states.READY, states.RUNNING, "v0", 1)
+    with pytest.raises(Boom), store.transaction() as unit:
+        unit.insert_state(_state(b, root))
+        unit.record_change(root, b, None, states.READY, "v0", 1)
+        raise Boom
+    assert _read_state(store, b) is None
+    assert _changes_of(store, root) == [(a, None, states.READY), (a, states.READY, states.RUNNING)]
+    with store.transaction() as unit:
+        assert unit.update_state(a, expect_version="v0", name=states.FINISHED)
+        unit.record_change(root, a, states.RUNNING, states.FINISHED, "v0", 1)
+    seen = [(c.node_id, c.to_state) for c in store.feed.changes(root, after, timeout=1.5)]
+    assert seen == [(a, states.READY), (a, states.RUNNING), (a, states.FINISHED)]  # each once
+
+
+def test_savepoint_rollback_keeps_the_earlier_writes(store: SqlStore) -> None:
+    root, kept, undone = _ids(3)
+    tid = _ids()[0]
+    with store.transaction() as unit:
+        unit.insert_state(_state(kept, root))
+        unit.record_change(root, kept, None, states.READY, "v0", 1)
+        with pytest.raises(Boom), unit.savepoint():
+            assert unit.update_state(kept, expect_version="v0", name=states.FAILED, version="vX")
+            unit.insert_state(_state(undone, root))
+            unit.record_change(root, undone, None, states.READY, "v0", 1)
+            unit.insert_tasks([_task(tid, root)])
+            unit.set_execution_data(undone, {"a": 1}, {})
+            raise Boom
+        # The undone part's CAS is forgotten: the row is as the outer transaction left it.
+        assert unit.update_state(kept, expect_version="v0", expect_names=[states.READY], name=states.RUNNING)
+        unit.record_change(root, kept, states.READY, states.RUNNING, "v0", 1)
+        with unit.savepoint():  # a savepoint that ends well keeps its writes
+            unit.set_execution_data(kept, {"b": 2}, {})
+    st = _read_state(store, kept)
+    assert st is not None and (st.name, st.version) == (states.RUNNING, "v0")
+    assert _read_state(store, undone) is None
+    with store.reading() as unit:
+        assert unit.get_task(tid) is None
+        assert unit.get_execution_data(undone) is None
+        assert unit.get_execution_data(kept) == ({"b": 2}, {})
+    assert _changes_of(store, root) == [(kept, None, states.READY), (kept, states.READY, states.RUNNING)]
+
+
+def test_feed_yields_each_change_of_concurrent_writers_once(store: SqlStore) -> None:
+    """Writers committing in any order (server databases may commit seqs out of order), some
+    rolling back: the feed yields every committed change exactly once."""
+    root = _ids()[0]
+    nodes = _ids(THREADS)
+    after = store.feed.last_seq()
+
+    def write(i: int) -> None:
+        for n in range(3):
+            try:
+                with store.transaction() as unit:
+                    if n == 0:
+                        unit.insert_state(_state(nodes[i], root))
+                    unit.record_change(root, nodes[i], None, f"S{n}", "v0", 1)
+                    if n == 1:
+                        raise Boom  # rolled back: leaves nothing (a hole in seq on servers)
+            except Boom:
+                pass
+
+    _all_in_threads(THREADS, write)
+    seen = [(c.node_id, c.to_state) for c in store.feed.changes(root, after, timeout=1.5)]
+    assert sorted(seen) == sorted((node, s) for node in nodes for s in ("S0", "S2"))
+
+
+# -- converging processes and schedules -----------------------------------------------------------
+
+
+def test_child_acks_are_counted_once_each_under_concurrency(store: SqlStore) -> None:
+    """The last branch of a join is known by its ack count: each sibling sees a distinct count."""
+    root, parent = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(parent, root, None, "gw", None, [root], need_ack=THREADS)])
+
+    def ack(_i: int) -> tuple[int, int]:
+        with store.transaction() as unit:
+            return unit.ack_child(parent)
+
+    counts = _all_in_threads(THREADS, ack)
+    assert sorted(counts) == [(n, THREADS) for n in range(1, THREADS + 1)]
+    with store.reading() as unit:
+        proc = unit.get_process(parent)
+    assert proc is not None and proc.ack_num == THREADS
+
+
+def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: SqlStore) -> None:
+    from culm.core.records import ScheduleRecord
+
+    sid, node = _ids(2)
+    with store.transaction() as unit:
+        unit.insert_schedule(ScheduleRecord(sid, node, "v1", "p", "poll"))
+
+    def lock(_i: int) -> bool:
+        with store.transaction() as unit:
+            return unit.lock_schedule(sid, 110.0, 100.0)
+
+    assert _all_in_threads(THREADS, lock).count(True) == 1
+    with store.transaction() as unit:
+        assert not unit.lock_schedule(sid, 120.0, 105.0)
+        assert unit.lock_schedule(sid, 130.0, 111.0)  # expired: taken
+        unit.update_schedule(sid, times=3, finished=True)
+    with store.reading() as unit:
+        sched = unit.schedule_of(node, "v1")
+        assert sched is not None and (sched.locked_until, sched.times, sched.finished) == (130.0, 3, True)
+        assert unit.live_schedules([node]) == []
+
+
+def test_states_read_ahead_see_the_transactions_own_writes(store: SqlStore) -> None:
+    root, a, b, missing = _ids(4)
+    _seed_state(store, a, root)
+    with store.transaction() as unit:
+        unit.prefetch_states([a, b, missing])
+        assert unit.get_state(b) is None
+        unit.insert_state(_state(b, root))
+        assert unit.update_state(a, expect_version="v0", name=states.RUNNING, version="v1")
+        got = unit.get_states([a, b, missing])
+        assert {k: (v.name, v.version) for k, v in got.items()} == {a: (states.RUNNING, "v1"), b: (states.READY, "v0")}
+        got[a].name = "CHANGED BY CALLER"  # a caller's copy, not the unit's view
+        assert unit.get_state(a).name == states.RUNNING
+    with store.reading() as unit:
+        assert {k: v.name for k, v in unit.get_states([a, b]).items()} == {a: states.RUNNING, b: states.READY}
