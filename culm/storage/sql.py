@@ -95,11 +95,21 @@ _TASK_WITH_PROCESS = (
 # transaction holds the database). No statement is added for it.
 _HELD = ", t.owner, t.claimed_until FROM culm_task t"
 _TASK_WITH_PROCESS_HELD = _TASK_WITH_PROCESS.replace(" FROM culm_task t", _HELD, 1)
-_TASK_WITH_PROCESS_AND_STATE = (
-    _TASK_WITH_PROCESS.replace(" WHERE t.id = ?", "")
-    + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true WHERE t.id = ?"
-    + " FOR UPDATE OF t"
-).replace(" FROM culm_task t", ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS) + _HELD, 1)
+
+
+def _held_with_state(where: str) -> str:
+    """PostgreSQL: tasks (``where``) locked first in a CTE (the documented lock order: task rows,
+    then states), then read with their processes, their nodes' states (locked) and lease columns."""
+    return (
+        "WITH t AS (SELECT " + ", ".join(_TASK_COLUMNS) + ", owner, claimed_until FROM culm_task WHERE " + where
+        + " FOR UPDATE) SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
+        + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS)
+        + ", t.owner, t.claimed_until FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
+        + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true"
+    )
+
+
+_TASK_WITH_PROCESS_AND_STATE = _held_with_state("id = ?")
 _LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
 # PostgreSQL: take the lease and read task and process in one statement.
 _CLAIM_WITH_PROCESS = (
@@ -115,8 +125,7 @@ _CLAIM_MANY_WITH_PROCESS = (
     + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
 )
 # PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
-_MANY_WITH_PROCESS_AND_STATE = _TASK_WITH_PROCESS_AND_STATE.replace(
-    "WHERE t.id = ? FOR UPDATE", "WHERE t.id IN ({marks}) ORDER BY t.id FOR UPDATE")  # one lock order
+_MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
 _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
