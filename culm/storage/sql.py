@@ -775,8 +775,17 @@ class SqlUnit:
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
         if self.dialect == "postgresql":
             row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
+        elif self._lock_rows:
+            # MariaDB cannot lock only the task row of a join (no FOR UPDATE OF), and locking the
+            # process row before the node's state would break the lock order: the lease is kept
+            # with a conditional UPDATE (locks the task row alone), then the usual read.
+            owner, until, at = lease
+            kept = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
+                           " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)",
+                           [owner, until, task_id, owner, at]).rowcount == 1
+            return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
         else:
-            row = self._one(_TASK_WITH_PROCESS_HELD + self._for_update(True), [task_id])
+            row = self._one(_TASK_WITH_PROCESS_HELD, [task_id])  # SQLite: our write transaction holds the file
         if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
             return None, None
         end = len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
