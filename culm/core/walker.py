@@ -46,8 +46,13 @@ def execute_step(
 ) -> Invoke | None:
     """One transaction's worth of an execute task; returns the user code to run next, if any."""
     unit = step.unit
-    task, proc = unit.task_with_process(task_id, engine.lease() if claim else None)
+    # Applying a result (not ``claim``) needs the task still ours: if our lease ran out and another
+    # runner took the task over, that runner replays the call and its result counts. Applying ours
+    # would run the next node's user code twice, once per runner.
+    task, proc = unit.task_with_process(task_id, engine.lease(), held=not claim)
     if task is None:
+        if pending is not None:
+            logger.info("dropping the result for task %s: the task is done or another runner holds it", task_id)
         return None
     if proc is None or proc.dead:
         unit.delete_task(task_id)

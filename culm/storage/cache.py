@@ -354,9 +354,10 @@ class CachedUnit(SqlUnit):
         return t
 
     def task_with_process(
-        self, task_id: str, lease: tuple[str, float, float] | None = None
+        self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
-        task = self.claim_task(task_id, *lease) if lease is not None else self.get_task(task_id)
+        # ``held`` needs no check here: the sole runner (see claim_task) never loses a task.
+        task = self.claim_task(task_id, *lease) if lease is not None and not held else self.get_task(task_id)
         return task, (self.get_process(task.process_id) if task is not None else None)
 
     def get_task(self, task_id: str) -> TaskRecord | None:

@@ -87,10 +87,29 @@ _TASK_WITH_PROCESS = (
 )
 # PostgreSQL, a task resumed after its user code ran: the state of its node is read FOR UPDATE next
 # (the result's compare-and-set), so it is read and locked in the same statement.
-_TASK_WITH_PROCESS_AND_STATE = (
-    _TASK_WITH_PROCESS.replace(" WHERE t.id = ?", "")
-    + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true WHERE t.id = ?"
-).replace(" FROM culm_task t", ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS) + " FROM culm_task t", 1)
+#
+# Applying a result needs the task's lease still ours (or free): another runner may have taken the
+# task over while the user code ran (a lost lease), and then its result is the one that counts. The
+# read that starts the step also returns the lease columns (last) and, on a server database, locks
+# the task row, so a claim cannot slip in between the check and the commit (SQLite's write
+# transaction holds the database). No statement is added for it.
+_HELD = ", t.owner, t.claimed_until FROM culm_task t"
+_TASK_WITH_PROCESS_HELD = _TASK_WITH_PROCESS.replace(" FROM culm_task t", _HELD, 1)
+
+
+def _held_with_state(where: str) -> str:
+    """PostgreSQL: tasks (``where``) locked first in a CTE (the documented lock order: task rows,
+    then states), then read with their processes, their nodes' states (locked) and lease columns."""
+    return (
+        "WITH t AS (SELECT " + ", ".join(_TASK_COLUMNS) + ", owner, claimed_until FROM culm_task WHERE " + where
+        + " FOR UPDATE) SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
+        + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS)
+        + ", t.owner, t.claimed_until FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
+        + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true"
+    )
+
+
+_TASK_WITH_PROCESS_AND_STATE = _held_with_state("id = ?")
 _LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
 # PostgreSQL: take the lease and read task and process in one statement.
 _CLAIM_WITH_PROCESS = (
@@ -106,7 +125,7 @@ _CLAIM_MANY_WITH_PROCESS = (
     + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
 )
 # PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
-_MANY_WITH_PROCESS_AND_STATE = _TASK_WITH_PROCESS_AND_STATE.replace("WHERE t.id = ?", "WHERE t.id IN ({marks})")
+_MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
 _SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
@@ -730,34 +749,73 @@ class SqlUnit:
                        [owner, until, task_id, at]).rowcount == 1
 
     def task_with_process(
-        self, task_id: str, lease: tuple[str, float, float] | None = None
+        self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
         """A task and its process; with ``lease`` (owner, until, at) the task is claimed first
-        (None, None when it is gone or leased by a live worker)."""
+        (None, None when it is gone or leased by a live worker).
+
+        ``held``: the task is ours already (its user code ran and the result is to be applied):
+        ``lease`` is kept, taken again if it ran out, and (None, None) comes back when another
+        runner holds the task now. The check costs no statement of its own.
+        """
         if self._tasks_ahead and task_id in self._tasks_ahead:
             return self._task_read_ahead(task_id)
+        if lease is not None and held:
+            return self._task_held(task_id, lease)
         if lease is not None:
             owner, until, at = lease
             if self.dialect == "postgresql":
                 return self._task_and_process(self._one(_CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
             if not self._take_lease(task_id, owner, until, at):
                 return None, None
-        elif self.dialect == "postgresql":
-            row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
-            end = len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
-            if row is not None and row[end] is not None:
-                st = _state_row(row[end:])
-                self._locked_ahead[st.node_id] = st
-                if self._owned is not None:
-                    self._owned[st.node_id] = [st.version, st.name]
-            return self._task_and_process(row[:end] if row is not None else None)
         return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id]))
+
+    def _task_held(
+        self, task_id: str, lease: tuple[str, float, float]
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        if self.dialect == "postgresql":
+            row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
+        elif self._lock_rows:
+            # MariaDB cannot lock only the task row of a join (no FOR UPDATE OF), and locking the
+            # process row before the node's state would break the lock order: the lease is kept
+            # with a conditional UPDATE (locks the task row alone), then the usual read.
+            owner, until, at = lease
+            kept = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
+                           " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)",
+                           [owner, until, task_id, owner, at]).rowcount == 1
+            return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
+        else:
+            row = self._one(_TASK_WITH_PROCESS_HELD, [task_id])  # SQLite: our write transaction holds the file
+        if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
+            return None, None
+        end = len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
+        if self.dialect == "postgresql" and row[end] is not None:
+            self._lock_ahead(_state_row(row[end:-2]))
+        return self._task_and_process(row[:end])
+
+    def _keep_lease(self, task_id: str, holder: str | None, until: float | None,
+                    lease: tuple[str, float, float]) -> bool:
+        """Whether the task read (and row-locked) with lease columns ``holder``/``until`` is still
+        ours under ``lease``; takes it again (one UPDATE, off the usual path) if it ran out."""
+        owner, new_until, at = lease
+        if holder == owner and until is not None and until >= at:
+            return True  # the usual case: our lease, kept alive
+        if holder not in (None, owner) and until is not None and until >= at:
+            return False  # another runner took the task over: its result is the one that counts
+        self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", [owner, new_until, task_id])
+        return True
+
+    def _lock_ahead(self, st: StateRecord) -> None:
+        self._locked_ahead[st.node_id] = st
+        if self._owned is not None:
+            self._owned[st.node_id] = [st.version, st.name]
 
     def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
         """PostgreSQL: answer this transaction's coming ``task_with_process`` calls for a batch of
         tasks with two statements instead of one each: ``fresh`` tasks are claimed with ``lease``
         and read with their processes, ``resumed`` ones (their user code ran) are read with their
-        processes and their nodes' states, locked. A process this transaction writes before its
+        processes and their nodes' states, locked (and dropped if another runner holds them now,
+        see ``held`` of task_with_process). A process this transaction writes before its
         task's call is read again then; a state it locks or writes first is not taken from here.
         """
         if self.dialect != "postgresql":
@@ -772,8 +830,12 @@ class SqlUnit:
             rows = self._all(sql.format(marks=_marks(len(ids))), [*params, *ids])
             ahead.update(dict.fromkeys(ids))
             for r in rows:
+                st = None
+                if len(r) > end:  # a resumed task: still ours? (see _HELD)
+                    if not self._keep_lease(r[0], r[-2], r[-1], lease):
+                        continue
+                    st = _state_row(r[end:-2]) if r[end] is not None else None
                 proc = _process_row(r[n_task:end]) if r[n_task] is not None else None
-                st = _state_row(r[end:]) if len(r) > end and r[end] is not None else None
                 ahead[r[0]] = (_task_row(r[:n_task]), proc, st)
 
     def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:

@@ -70,7 +70,7 @@ class Item:
     task: TaskRecord
     number: int = 0  # for traces: which of several items of one task
     epoch: int = 0  # the simulation's epoch when the user code was handed out
-    lost_lease: bool = False  # another runner may have taken this task over
+    owner: str = ""  # the runner holding this item (the lease owner its engine steps use)
     invoke: Invoke | None = None
     call: Callable[[], Any] | None = None
     result: Any = _NO_RESULT
@@ -155,6 +155,8 @@ class Simulation:
         self.running: list[Item] = []
         # Bumped by every crash or lease expiry: user code handed out again after one may run again.
         self.epoch = 0
+        # Bumped by every crash or lease expiry: the items made after it belong to another runner.
+        self.runner = 0
         self.executed: dict[tuple[str, str | None], int] = {}
         self.steps: list[str] = []
         self.feed_seq = 0  # the change feed is read (and its transitions checked) up to here
@@ -256,9 +258,10 @@ class Simulation:
             self._crash()
             return
         for item in handed_out:
-            # A runner that lost its lease and goes on does not know it: what it hands out may run
-            # twice (the engine does not take the lease again when it applies a result).
-            item.epoch = -1 if item.lost_lease else self.epoch
+            # Even a runner that lost its lease and goes on hands out user code only while it holds
+            # the task (applying a result takes the lease again, or drops the result if another
+            # runner has the task): the next node's code runs once, however the runners interleave.
+            item.epoch = self.epoch
             self.running.append(item)
         self._absorb()
 
@@ -266,6 +269,7 @@ class Simulation:
         """``item``'s share of a batch transaction (as the threads dispatcher's); True when it handed
         out user code."""
         task, engine = item.task, self.engine
+        engine.owner = item.owner  # this item's runner takes and keeps the leases
         if task.kind == EXECUTE:
             pending = (item.invoke, item.result) if item.has_result else None
             invoke = walker.execute_step(engine, step, task.id, pending, claim=not item.has_result)
@@ -311,9 +315,8 @@ class Simulation:
     def _do_lease(self) -> None:
         """Time passes beyond every lease; another runner sweeps and takes over what it finds."""
         self.epoch += 1
+        self.runner += 1
         self.clock.at += LEASE_SECONDS + 1
-        for item in self.ready + self.running:
-            item.lost_lease = True
         found = self._stored_tasks(leases_over=True)
         self.steps.append(f"lease expiry: {len(found)} tasks taken over")
         self.ready += [self._item(t) for t in found]
@@ -331,6 +334,7 @@ class Simulation:
     def _crash(self) -> None:
         """Process memory is gone; a new runner voids the leases and sweeps the task table."""
         self.epoch += 1
+        self.runner += 1
         self.ready, self.running = [], []
         self.inline.drop()
         with self.engine.store.transaction() as unit:
@@ -345,7 +349,7 @@ class Simulation:
 
     def _item(self, task: TaskRecord) -> Item:
         self.items += 1
-        return Item(task, self.items)
+        return Item(task, self.items, owner=f"runner-{self.runner}")
 
     def _absorb(self) -> None:
         known = {i.task.id for i in self.ready + self.running}

@@ -77,6 +77,17 @@ def test_resumed_tasks_come_with_their_nodes_state_locked(store):
         assert unit.get_state("n-p3").name == "FINISHED"
 
 
+def test_resumed_tasks_another_runner_holds_are_dropped_and_ours_kept(store):
+    _seed(store)  # t2 is leased by a live worker; t3's lease (none) is ours to take again
+    with store.transaction() as unit:
+        unit.read_tasks_ahead([], ["t2", "t3"], LEASE)
+        assert unit.task_with_process("t2", LEASE, held=True) == (None, None)
+        task, _ = unit.task_with_process("t3", LEASE, held=True)
+        assert task.id == "t3"
+    with store.transaction() as unit:  # t3 is leased to us now: another runner cannot claim it
+        assert unit.claim_task("t3", "another", 2e9, 1e9) is None
+
+
 def test_contexts_read_ahead_see_the_units_own_writes_and_give_copies(store):
     with store.transaction() as unit:
         unit.insert_context("root", [ContextValue("${a}", "plain", {"x": 1}), ContextValue("${b}", "plain", 2)])
