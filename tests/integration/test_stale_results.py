@@ -111,7 +111,7 @@ def test_a_stale_copy_of_a_task_does_not_delete_the_row_that_moved_on(db_url: st
         assert following is not None and following.node_id == second.id
         # A's step goes on with what it read: the first activity is FINISHED, its result stale.
         reads = iter([as_read])
-        monkeypatch.setattr(SqlUnit, "task_with_process", lambda self, task_id, lease=None: next(reads))
+        monkeypatch.setattr(SqlUnit, "task_with_process", lambda self, task_id, lease=None, held=False: next(reads))
         assert _step(engine, task.id, (a_call, a_result), claim=False) is None
         monkeypatch.undo()
 
