@@ -934,20 +934,23 @@ class SqlUnit:
         )
         return [_task_row(r) for r in rows]
 
-    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int,
+                         *, resend_after: float | None = None) -> list[TaskRecord]:
         """Tasks a relay should hand to the broker again, row-locked so concurrent relays split them.
 
-        Two kinds, both with a free lease and not relayed in the last ``grace`` seconds: overdue
-        tasks (due more than ``grace`` ago: their message was never sent, was lost, or its worker
-        died) and timers due within ``horizon`` that were never published (too far ahead then).
+        Two kinds, both with a free lease and not relayed in the last ``resend_after`` seconds
+        (default ``grace``): overdue tasks (due more than ``grace`` ago: their message was never
+        sent, was lost, or its worker died) and timers due within ``horizon`` that were never
+        published (too far ahead then).
         """
         lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
+        resend = grace if resend_after is None else resend_after
         rows = self._all(
             _TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
             " AND (relayed_at IS NULL OR relayed_at <= ?)"
             " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
             " ORDER BY due LIMIT ?" + lock,
-            [at, at - grace, at - grace, False, at, at + horizon, int(limit)],
+            [at, at - resend, at - grace, False, at, at + horizon, int(limit)],
         )
         return [_task_row(r) for r in rows]
 

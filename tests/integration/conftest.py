@@ -136,8 +136,12 @@ def server_database(request: pytest.FixtureRequest) -> Any:
 class DistributedBackend:
     """A database, a broker and ``culm worker`` processes for one test session."""
 
-    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path) -> None:
+    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path,
+                 env: dict[str, str | None] | None = None) -> None:
+        """``env``: worker environment variables to set over ``WORKER_ENV`` (None: unset, so the
+        worker uses its default)."""
         self.name = name
+        self.env = env or {}
         self.db_kind = db_kind
         self.broker_url = broker_url
         self.workdir = workdir
@@ -176,6 +180,11 @@ class DistributedBackend:
 
     def worker_env(self) -> dict[str, str]:
         env = dict(os.environ, **WORKER_ENV)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         env["CULM_TEST_EXEC_LOG"] = str(self.exec_log)
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
         return env
@@ -267,6 +276,18 @@ BACKENDS = {
     "postgres-redis": ("postgres", REDIS, ("127.0.0.1", 5432), ("127.0.0.1", 6379)),
     "mariadb-rabbitmq": ("mariadb", AMQP, ("127.0.0.1", 3306), ("127.0.0.1", 5672)),
 }
+
+
+def own_backend(name: str, workdir: Path, env: dict[str, str | None] | None = None) -> DistributedBackend:
+    """A backend of its own (database, queue prefix, no workers yet) for a test that needs workers
+    set up unlike the session's; the caller tears it down. Skips (fails in CI) when unreachable."""
+    db_kind, broker, db_addr, broker_addr = BACKENDS[name]
+    for host, port in (db_addr, broker_addr):
+        if not _reachable(host, port):
+            unavailable(f"{name}: nothing listens on {host}:{port}")
+    backend = DistributedBackend(name, db_kind, broker, workdir, env)
+    backend.setup()
+    return backend
 
 
 class BackendPool:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import own_backend, wait_for
 from crash_app import batch_tree_of
 
 import culm
@@ -113,18 +113,18 @@ def test_kill_9_mid_batch_reruns_at_most_the_user_code_pool(tmp_path: Path, work
 
 WORKER_THREADS = 2
 WORKER_POOL = 2 * WORKER_THREADS  # the killed worker: --concurrency 2 processes x CULM_WORKER_THREADS
+# The worker defaults (CULM_LEASE_SECONDS 30, CULM_RELAY_INTERVAL 2, CULM_RELAY_GRACE 15,
+# CULM_WORKER_BEAT 1, CULM_WORKER_DEAD_AFTER 3), not the session workers' short leases.
+DEFAULTS: dict[str, str | None] = dict.fromkeys(
+    ("CULM_LEASE_SECONDS", "CULM_RELAY_INTERVAL", "CULM_RELAY_GRACE", "CULM_WORKER_BEAT", "CULM_WORKER_DEAD_AFTER"))
 
 
-@pytest.mark.parametrize("distributed_backend", ["postgres-redis"], indirect=True)
-def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
-    distributed_backend: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """kill -9 of a ``culm worker`` mid-batch: the other workers take its tasks over once their
-    leases run out (3 s here), every pipeline finishes, and at most the killed worker's pool of
-    calls runs again."""
-    backend = distributed_backend
+def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, within: float) -> tuple[int, int, float]:
+    """Start a victim worker of WORKER_THREADS threads next to the running ones, run a batch, kill
+    -9 the victim (and its pool processes) at 30 %, and wait up to ``within`` seconds for every
+    pipeline to finish. Returns (calls before the kill, calls run again, seconds after the kill)."""
     monkeypatch.setenv("CULM_WORKER_THREADS", str(WORKER_THREADS))
-    [victim] = backend.start_workers(1)  # alongside the session's two (which keep 8 threads each)
+    [victim] = backend.start_workers(1)  # alongside two of 8 threads each
     monkeypatch.delenv("CULM_WORKER_THREADS")
     rt = backend.runtime()
     count, acts = 40, 8
@@ -138,19 +138,48 @@ def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
 
     wait_for(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01, "30 % of the batch to run")
     backend.kill_worker(victim)
-    before = executed()
     killed_at = time.monotonic()
+    before = executed()
     assert sum(before.values()) < count * acts, "the batch ended before the kill"
 
     def unfinished() -> list[str]:
         return [t["id"] for t in trees if api.get_pipeline_states(rt, t["id"]).data[t["id"]]["state"] != "FINISHED"]
 
-    wait_for(lambda: not unfinished(), 120, 0.2, "every pipeline to finish after the kill")
+    wait_for(lambda: not unfinished(), within, 0.05, f"every pipeline to finish within {within} s of the kill")
     took = time.monotonic() - killed_at
-    backend.ensure_workers(2)
     after = executed()
     assert set(after) == ours
-    reruns = sum(c - 1 for c in after.values())
-    print(f"\nworker kill -9: {sum(before.values())} calls before the kill, {reruns} ran again "
+    return sum(before.values()), sum(c - 1 for c in after.values()), took
+
+
+@pytest.mark.parametrize("distributed_backend", ["postgres-redis"], indirect=True)
+def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
+    distributed_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of a ``culm worker`` mid-batch (the session's short leases): the other workers take
+    its tasks over, every pipeline finishes, and at most the killed worker's pool of calls runs again."""
+    before, reruns, took = _kill_a_worker_mid_batch(distributed_backend, monkeypatch, 120)
+    distributed_backend.ensure_workers(2)
+    print(f"\nworker kill -9: {before} calls before the kill, {reruns} ran again "
           f"(pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill (lease 3 s)")
     assert reruns <= WORKER_POOL
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_kill_9_of_a_worker_with_default_settings_moves_its_work_within_5_s(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same kill with every worker on its DEFAULT settings (a 30 s lease, a 15 s relay grace):
+    the relays find the dead worker in the registry (its processes are gone; its beat stops), free
+    its leases and publish its tasks, so every pipeline finishes within 5 s of the kill, and at
+    most the killed worker's pool of calls runs again."""
+    backend = own_backend(kind, tmp_path, DEFAULTS)
+    try:
+        backend.start_workers(2)
+        before, reruns, took = _kill_a_worker_mid_batch(backend, monkeypatch, 5.0)
+        print(f"\n{kind} worker kill -9, default settings: {before} calls before the kill, {reruns} ran again "
+              f"(pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill")
+        assert reruns <= WORKER_POOL
+        assert "is dead (its process is gone)" in backend.worker_log(0) + backend.worker_log(1)
+    finally:
+        backend.teardown()
