@@ -189,14 +189,17 @@ class DistributedBackend:
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
         return env
 
-    def start_workers(self, n: int, timeout: float = 30.0) -> list[int]:
-        """Start ``n`` more workers and wait until each is ready; returns their indexes."""
+    def start_workers(self, n: int, timeout: float = 30.0, wrapper: tuple[str, ...] = ()) -> list[int]:
+        """Start ``n`` more workers and wait until each is ready; returns their indexes.
+
+        ``wrapper``: a command the worker runs under (e.g. ``unshare`` into a PID namespace of its
+        own, so that the other workers cannot see its processes, as if it ran on another host)."""
         started = []
         for _ in range(n):
             index = len(self.workers)
             log = open(self.workdir / f"worker-{index}.log", "wb")  # noqa: SIM115 - owned by the child
             proc = subprocess.Popen(
-                self.worker_command(), cwd=REPO, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                [*wrapper, *self.worker_command()], cwd=REPO, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: kill_worker takes the pool children too
             )
             log.close()
