@@ -71,7 +71,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     for r in rows:
         state = "alive" if r["alive"] else "silent (taken for dead)"
         out.print(f"{r['host']} pid {r['pid']}  {state}, last beat {r['silent_for']:.1f} s ago, "
-                  f"{r['threads']} threads, prefix {r['prefix']}  [{r['owner']}]")
+                  f"{r['threads']} threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
     return EXIT_OK
 
 
