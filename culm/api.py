@@ -95,7 +95,7 @@ def run_pipeline(
     **options: Any,
 ) -> Any:
     """Validate ``pipeline`` and start it; refused if its id ran before or the tree is invalid."""
-    from culm import events, variables
+    from culm.components import events, variables
     from culm.model.compiled import compile_tree
     from culm.model.ignored import warn_ignored_timeouts
     from culm.model.validator import prepare_tree, validate_start_node

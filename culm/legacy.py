@@ -112,8 +112,7 @@ class PipelineParser:
             TreeInvalidError: the tree breaks a rule or names a component that is not registered;
                 ``problems`` lists every one.
         """
-        from culm import events, variables
-        from culm.components import library
+        from culm.components import events, library, variables
         from culm.model.validator import validate_tree
 
         problems = validate_tree(

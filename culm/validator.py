@@ -89,7 +89,7 @@ def validate_and_process_pipeline(pipeline: dict[str, Any], cycle_tolerate: bool
         TreeInvalidError: (also importable as ``culm.errors.TreeInvalidException``) the tree
             breaks at least one rule; ``problems`` lists every one of them.
     """
-    from culm import events, variables
+    from culm.components import events, variables
 
     processed = _rules.process_tree(pipeline, cycle_tolerate=cycle_tolerate, lazy_exists=variables.library.has,
                                     end_event_exists=events.library.has)
