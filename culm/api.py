@@ -13,10 +13,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
+from culm._retry import retrying
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
 from culm.model import limits
-from culm.storage.retry import retrying
 
 logger = logging.getLogger("culm.api")
 
