@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from culm import states
 from culm.core import data as cdata
+from culm.core import states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
