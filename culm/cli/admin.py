@@ -48,8 +48,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     """List the registered worker processes: live ones, and silent ones the relays will bury."""
-    from culm.storage.sql import SqlStore
-    from culm.storage.workers import SqlWorkerRegistry
+    from culm.storage import SqlStore, SqlWorkerRegistry
 
     url = db_url(args)
     try:

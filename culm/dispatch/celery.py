@@ -45,11 +45,11 @@ from celery import Celery, signals
 
 from culm import _retry as retry
 from culm.core.engine import Engine, Settings
+from culm.core.ports import WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
 from culm.storage.sql import SqlStore
-from culm.storage.workers import SqlWorkerRegistry
 
 logger = logging.getLogger("culm.dispatch.celery")
 
@@ -253,7 +253,7 @@ class _ProcessState:
     engine: Engine
     dispatcher: CeleryDispatcher
     runner: WorkerRunner
-    registry: SqlWorkerRegistry
+    registry: WorkerRegistry
     heartbeat: LeaseHeartbeat | None = None
 
 
@@ -284,7 +284,7 @@ def worker_state() -> _ProcessState:
         settings = Settings(lease_seconds=_config.lease_seconds, schedule_lock_seconds=_config.lease_seconds)
         engine = Engine(store, runner, settings)
         dispatcher.bind(engine)
-        state = _ProcessState(pid, store, engine, dispatcher, runner, SqlWorkerRegistry(store))
+        state = _ProcessState(pid, store, engine, dispatcher, runner, store.worker_registry())
         # Registered before this process claims any task, so its death is seen within seconds.
         state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds, _config.beat_seconds, _config.threads,
                                          _config.prefix)
@@ -420,7 +420,7 @@ class TaskRelay:
     docstring): it looks at the registry every ``check`` seconds and relays every ``interval``."""
 
     def __init__(self, store: SqlStore, dispatcher: CeleryDispatcher, interval: float = 2.0,
-                 grace: float = 15.0, batch: int = 500, *, registry: SqlWorkerRegistry | None = None,
+                 grace: float = 15.0, batch: int = 500, *, registry: WorkerRegistry | None = None,
                  dead_after: float = 3.0, check: float = 1.0, own: str = "") -> None:
         self.store = store
         self.dispatcher = dispatcher

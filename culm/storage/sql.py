@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Container, Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine
@@ -27,6 +27,9 @@ from culm.core.records import (
 from culm.errors import SchemaOutdatedError, UnstorableValueError
 from culm.model.limits import text_problem
 from culm.storage import codec, listing
+
+if TYPE_CHECKING:
+    from culm.storage.workers import SqlWorkerRegistry
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -1379,6 +1382,12 @@ class SqlStore:
         finally:
             if not pinned:
                 raw.close()
+
+    def worker_registry(self) -> SqlWorkerRegistry:
+        """The worker registry in this store's database (``culm.storage.workers``)."""
+        from culm.storage.workers import SqlWorkerRegistry
+
+        return SqlWorkerRegistry(self)
 
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""

@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from culm.core.records import WorkerInfo
 
 if TYPE_CHECKING:
     from culm.storage.sql import SqlStore, SqlUnit
@@ -57,26 +58,6 @@ _BURY_SILENT = {
 _HELD_BY = "SELECT id FROM culm_task WHERE owner = ? ORDER BY id"
 _LOCK_HELD = "SELECT id FROM culm_task WHERE id IN ({marks}) AND owner = ? ORDER BY id FOR UPDATE SKIP LOCKED"
 _FREE = "UPDATE culm_task SET owner = NULL, claimed_until = NULL WHERE id IN ({marks}) AND owner = ?"
-
-
-@dataclass(frozen=True)
-class WorkerInfo:
-    """One registered worker process, as its row says (times from the database's clock)."""
-
-    owner: str
-    host: str
-    pid: int
-    process_key: str
-    threads: int
-    prefix: str
-    started_time: float
-    beat_time: float
-    silent_for: float  # seconds since its last beat, on the database's clock
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"owner": self.owner, "host": self.host, "pid": self.pid, "threads": self.threads,
-                "prefix": self.prefix, "started_time": self.started_time, "beat_time": self.beat_time,
-                "silent_for": round(self.silent_for, 3)}
 
 
 # -- process identity -----------------------------------------------------------------------------
@@ -132,7 +113,8 @@ def process_gone(key: str) -> bool:
 
 
 class SqlWorkerRegistry:
-    """The ``culm_worker`` rows of a store's database (see the module docstring).
+    """The ``culm_worker`` rows of a store's database (see the module docstring); the
+    :class:`culm.core.ports.WorkerRegistry` of the distributed runtime.
 
     Args:
         store: the worker's store.
