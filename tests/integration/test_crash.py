@@ -119,12 +119,22 @@ DEFAULTS: dict[str, str | None] = dict.fromkeys(
     ("CULM_LEASE_SECONDS", "CULM_RELAY_INTERVAL", "CULM_RELAY_GRACE", "CULM_WORKER_BEAT", "CULM_WORKER_DEAD_AFTER"))
 
 
+def _kill_one_pool_process(backend: Any, victim: int) -> None:
+    """``kill -9`` one pool process of a worker that has run activities; its main process lives on."""
+    proc = backend.workers[victim]
+    children = {int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()}
+    ran = [int(line.split()[2]) for line in backend.exec_log.read_text().splitlines()]
+    busy = [pid for pid in reversed(ran) if pid in children]
+    assert busy, "no pool process of the victim ran anything"
+    os.kill(busy[0], signal.SIGKILL)
+
+
 def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, within: float,
-                             wrapper: tuple[str, ...] = ()) -> tuple[int, int, float]:
+                             wrapper: tuple[str, ...] = (), kill: Any = None) -> tuple[int, int, float]:
     """Start a victim worker of WORKER_THREADS threads (under ``wrapper``) next to the running ones,
-    run a batch, kill -9 the victim (and its pool processes) at 30 %, and wait up to ``within``
-    seconds for every pipeline to finish. Returns (calls before the kill, calls run again, seconds
-    after the kill)."""
+    run a batch, kill -9 the victim (and its pool processes; or ``kill(backend, victim)``) at 30 %,
+    and wait up to ``within`` seconds for every pipeline to finish. Returns (calls before the kill,
+    calls run again, seconds after the kill)."""
     monkeypatch.setenv("CULM_WORKER_THREADS", str(WORKER_THREADS))
     [victim] = backend.start_workers(1, wrapper=wrapper)  # alongside two of 8 threads each
     monkeypatch.delenv("CULM_WORKER_THREADS")
@@ -139,7 +149,7 @@ def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, with
         return collections.Counter({n: c for n, c in backend.executions().items() if n in ours})
 
     wait_for(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01, "30 % of the batch to run")
-    backend.kill_worker(victim)
+    (kill or type(backend).kill_worker)(backend, victim)
     killed_at = time.monotonic()
     before = executed()
     assert sum(before.values()) < count * acts, "the batch ended before the kill"
@@ -201,5 +211,27 @@ def test_kill_9_of_a_worker_with_default_settings_moves_its_work_within_seconds(
               f"again (pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill")
         assert reruns <= WORKER_POOL
         assert f"is dead ({how}" in backend.worker_log(0) + backend.worker_log(1)
+    finally:
+        backend.teardown()
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_kill_9_of_one_pool_process_moves_its_work_within_5_s(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of one Celery pool process (an OOM kill, say) while the worker's main process lives
+    on and starts a new one: the relays see the process gone, free its leases and publish its
+    tasks; every pipeline finishes within 5 s and at most that process's calls run again."""
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
+        pytest.skip("needs /proc/<pid>/task/<pid>/children to find the pool processes")
+    backend = own_backend(kind, tmp_path, DEFAULTS)
+    try:
+        backend.start_workers(2)
+        before, reruns, took = _kill_a_worker_mid_batch(backend, monkeypatch, 5.0, kill=_kill_one_pool_process)
+        print(f"\n{kind} pool process kill -9, default settings: {before} calls before the kill, {reruns} ran "
+              f"again (its threads {WORKER_THREADS}); every pipeline finished {took:.1f} s after the kill")
+        assert reruns <= WORKER_THREADS
+        logs = "".join(backend.worker_log(i) for i in range(3))
+        assert "is dead (its process is gone)" in logs
     finally:
         backend.teardown()
