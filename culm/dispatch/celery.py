@@ -367,7 +367,8 @@ class LeaseHeartbeat:
     def stop(self) -> None:
         """Stop beating and leave the registry (a clean shutdown: nothing is left on hand)."""
         self._stop.set()
-        self._thread.join(max(1.0, self.beat_seconds * 2))
+        if self._thread.ident is not None:
+            self._thread.join(max(1.0, self.beat_seconds * 2))
         try:
             self.state.registry.unregister(self.state.engine.owner)
         except Exception:  # noqa: BLE001 - the relays bury the silent row instead (no tasks to free)
@@ -545,6 +546,10 @@ def run_worker(
     Raises:
         SchemaOutdatedError: the database schema is not at this culm's revision.
     """
+    beat, dead_after = _env_float("CULM_WORKER_BEAT", 1.0), _env_float("CULM_WORKER_DEAD_AFTER", 3.0)
+    if beat <= 0 or dead_after < 2 * beat:
+        raise CulmError(f"CULM_WORKER_DEAD_AFTER ({dead_after:g}) must be at least twice CULM_WORKER_BEAT ({beat:g}), "
+                        "which must be above 0: otherwise live workers are taken for dead")
     import_components(imports)
     SqlStore(db).dispose()  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
@@ -559,13 +564,10 @@ def run_worker(
         threads=int(_env_float("CULM_WORKER_THREADS", 8)),
         backlog=int(_env_float("CULM_WORKER_BACKLOG", 64)),
         drain_seconds=_env_float("CULM_DRAIN_SECONDS", 30.0),
-        beat_seconds=_env_float("CULM_WORKER_BEAT", 1.0),
-        dead_after=_env_float("CULM_WORKER_DEAD_AFTER", 3.0),
+        beat_seconds=beat,
+        dead_after=dead_after,
         prefix=prefix,
     )
-    if config.beat_seconds <= 0 or config.dead_after < 2 * config.beat_seconds:
-        raise CulmError(f"CULM_WORKER_DEAD_AFTER ({config.dead_after:g}) must be at least twice CULM_WORKER_BEAT "
-                        f"({config.beat_seconds:g}), which must be above 0: otherwise live workers are taken for dead")
     configure_worker(config)
     relays: list[TaskRelay] = []
 

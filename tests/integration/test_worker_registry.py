@@ -6,19 +6,23 @@ step by step (``SqlWorkerRegistry.dead`` / ``bury``), on SQLite, PostgreSQL and 
 
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import create_database, drop_database
+from conftest import REPO, create_database, drop_database
 from test_lease_on_apply import _children, _start, _step
 
 import culm
 from culm import api
 from culm.core import walker
 from culm.core.records import now
+from culm.dispatch.celery import LeaseHeartbeat
 from culm.storage.migrate import upgrade_database
 from culm.storage.workers import SqlWorkerRegistry, process_gone, process_key
 
@@ -154,3 +158,47 @@ def test_leases_are_extended_only_for_their_owner_after_a_burial(runtime: culm.R
     with rt.store.transaction() as unit:
         unit.extend_leases("runner-a", [task_id], now() + 30)
     assert _lease(rt, task_id) == (None, None)
+
+
+class _Runner:
+    def task_ids(self) -> list[str]:
+        return []
+
+
+class _Process:
+    """What a LeaseHeartbeat reads of its worker process: store, registry, owner, runner."""
+
+    def __init__(self, rt: culm.Runtime, owner: str) -> None:
+        self.store = rt.store
+        self.registry = SqlWorkerRegistry(rt.store)
+        self.engine = type("EngineOwner", (), {"owner": owner})()
+        self.runner = _Runner()
+
+
+def test_a_worker_taken_for_dead_registers_again_at_its_next_beat(
+    runtime: culm.Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    heartbeat = LeaseHeartbeat(_Process(rt, "runner-a"), 30.0, 1.0, 2, "culm")  # type: ignore[arg-type]
+    heartbeat.beat_registry()  # no row yet: registers (quietly)
+    assert "taken for dead" not in caplog.text
+    assert [w.owner for w in registry.workers()] == ["runner-a"]
+    _silence(rt, "runner-a", 60)  # paused for a minute: a relay buries it
+    assert registry.bury("runner-a", DEAD_AFTER) == []
+    assert registry.workers() == []
+    with caplog.at_level(logging.WARNING, "culm.dispatch.celery"):
+        heartbeat.beat_registry()
+    assert "was taken for dead" in caplog.text
+    [again] = registry.workers()
+    assert again.owner == "runner-a" and again.silent_for < DEAD_AFTER and again.threads == 2
+    heartbeat.stop()
+    assert registry.workers() == []  # a clean stop leaves the registry
+
+
+def test_a_worker_refuses_a_dead_after_shorter_than_two_beats() -> None:
+    env = {**os.environ, "CULM_WORKER_BEAT": "1", "CULM_WORKER_DEAD_AFTER": "1.5"}
+    out = subprocess.run([sys.executable, "-m", "culm.dispatch.celery", "--db", "sqlite://", "--broker", "memory://"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "CULM_WORKER_DEAD_AFTER (1.5) must be at least twice CULM_WORKER_BEAT (1)" in out.stderr
