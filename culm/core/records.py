@@ -191,6 +191,18 @@ class HistoryRecord:
     outputs: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class PipelineQuery:
+    """Filters and page of a pipeline list; every filter is optional (None = no filter)."""
+
+    states: tuple[str, ...] | None = None
+    name: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 50
+    offset: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
     """One registered worker process, as its row says (times from the database's clock)."""

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import REPO, create_database, drop_database
+from backends import REPO, create_database, drop_database
 from test_lease_on_apply import _children, _start, _step
 
 import culm
