@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -116,6 +116,10 @@ def make_celery_app(broker: str, *, prefix: str = "culm", **options: Any) -> Cel
         # Redis: a message not acknowledged in an hour goes back to the queue (a duplicate at
         # worst). Countdowns stay below it (MAX_COUNTDOWN). RabbitMQ ignores these options.
         broker_transport_options={"visibility_timeout": 3600},
+        # A killed pool process: Celery waits this long for a result it may have sent before it
+        # requeues the message it was given (10 s by default). culm's Celery task returns within
+        # milliseconds (it only hands an id to the runner), so a second is ample.
+        worker_lost_wait=1.0,
         culm_prefix=prefix,
     )
     app.conf.update(options)
@@ -422,7 +426,8 @@ class TaskRelay:
 
     def __init__(self, store: SqlStore, dispatcher: CeleryDispatcher, interval: float = 2.0,
                  grace: float = 15.0, batch: int = 500, *, registry: WorkerRegistry | None = None,
-                 dead_after: float = 3.0, check: float = 1.0, own: str = "") -> None:
+                 dead_after: float = 3.0, check: float = 1.0, own: str = "",
+                 watch: Callable[[], None] | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.interval = interval
@@ -432,6 +437,7 @@ class TaskRelay:
         self.dead_after = dead_after
         self.check = min(check, interval)
         self.own = own  # this process's owner: never buried by its own relay
+        self.watch = watch  # called at every look (the pool watch of run_worker)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
 
@@ -487,6 +493,8 @@ class TaskRelay:
         next_relay = time.monotonic() + self.interval
         while not self._stop.wait(self.check):
             try:
+                if self.watch is not None:
+                    self.watch()
                 self.bury_dead()
             except Exception:  # noqa: BLE001 - the next look tries again
                 logger.warning("looking for dead workers failed", exc_info=True)
@@ -518,6 +526,38 @@ def import_components(modules: Iterable[str]) -> list[str]:
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def _exited(pid: int) -> bool:
+    """Whether a child process has ended (a zombie not reaped yet, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _pool_watch(consumer: Any) -> Callable[[], None] | None:
+    """A check, run at each look of the relay, that makes the prefork pool of this worker take
+    note of a pool process that was killed.
+
+    Celery's master notices a killed pool process only at its next pool maintenance (seconds
+    later), and meanwhile hands messages to it, where they wait. When one of its processes has
+    ended, the check asks the master's event loop (``call_soon``, thread-safe) to maintain the pool
+    at once, so that the messages given to the dead process go to a live one.
+    """
+    hub = getattr(consumer, "hub", None)
+    pool = getattr(consumer, "pool", None)
+    maintain = getattr(pool, "maintain_pool", None)
+    if hub is None or maintain is None or not os.path.isdir(f"/proc/{os.getpid()}"):
+        return None  # solo or threads pool (no children to lose), or no /proc to look in
+
+    def watch() -> None:
+        children = list(getattr(getattr(pool, "_pool", None), "_pool", None) or [])
+        if any(p.pid is not None and _exited(p.pid) for p in children):
+            hub.call_soon(maintain)
+
+    return watch
 
 
 def run_worker(
@@ -571,11 +611,11 @@ def run_worker(
     configure_worker(config)
     relays: list[TaskRelay] = []
 
-    def start_relay(**_kw: Any) -> None:
+    def start_relay(sender: Any = None, **_kw: Any) -> None:
         state = worker_state()
         relay = TaskRelay(state.store, state.dispatcher, config.relay_interval, config.relay_grace,
                           registry=state.registry, dead_after=config.dead_after, check=config.beat_seconds,
-                          own=state.engine.owner)
+                          own=state.engine.owner, watch=_pool_watch(sender))
         relay.start()
         relays.append(relay)
 
