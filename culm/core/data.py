@@ -76,9 +76,9 @@ def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, Any]:
     return found
 
 
-def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
+def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Separate inputs that are rendered from those used verbatim (plain or need_render=False)."""
-    render: dict[str, dict] = {}
+    render: dict[str, dict[str, Any]] = {}
     escape: dict[str, Any] = {}
     for key, var in raw.items():
         if not isinstance(var, dict):
@@ -95,7 +95,7 @@ class GatheredInputs:
     """A node's inputs with the stored variables they need, read in the transaction; rendering
     them (:func:`finish_inputs`) runs user expressions and lazy variables, so it may run elsewhere."""
 
-    render: dict[str, dict]
+    render: dict[str, dict[str, Any]]
     escape: dict[str, Any]
     refs: frozenset[str]
     needed: dict[str, Any]

@@ -234,8 +234,8 @@ class _Hooks:
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
 
 
-def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict, outputs: dict,
-                           root_data: dict, callback_data: Any = None, /, **attrs: Any) -> None:
+def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict[str, Any],
+                           outputs: dict[str, Any], root_data: dict[str, Any], callback_data: Any = None, /, **attrs: Any) -> None:
     """Control-API hooks see copies of the node data; nothing they change is kept.
 
     Positional-only: ``attrs`` carries the node's state ``version``, which must not collide with

@@ -126,7 +126,7 @@ def _or_default(run: Run, hits: list[Condition]) -> list[Condition] | None:
     return [run.node.default]
 
 
-def _holds(cond: Condition, namespace: dict, func: Any, extra_info: dict[str, Any]) -> bool:
+def _holds(cond: Condition, namespace: dict[str, Any], func: Any, extra_info: dict[str, Any]) -> bool:
     if func is None:
         return boolrule.evaluate_gateway_condition(cond.evaluate, namespace)
     rendered = template.render(cond.evaluate, namespace)
