@@ -15,7 +15,7 @@ from culm.model import compiled as g
 def preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], root_data: dict[str, Any],
             parent_params: dict[str, Any]) -> dict[str, Any]:
     """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first)."""
-    from culm import variables
+    from culm.components import variables
     from culm.model.validator import process_tree
 
     if not isinstance(tree, dict):

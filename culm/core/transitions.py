@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from culm import states
+from culm.core import states
 from culm.errors import CulmError
 
 # A state row is created by entering a node (RUNNING), by an appointed pause before the node is
