@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from culm.core import states
-from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
-from culm.core.transitions import Transition
+from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord, Transition
 from culm.model import compiled as g
 
 # A state row is created by entering a node (RUNNING) or by an appointed pause before it is reached.

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Container, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 from culm.core.records import (
     ContextValue,
@@ -37,6 +37,8 @@ Lease = tuple[str, float, float]
 # A user's JSON-able mapping (pipeline data, node inputs and outputs, options): its values are
 # whatever the user's pipeline holds, so they are not typed further here.
 UserData = dict[str, Any]
+# One root pipeline of a listing: (id, name, state, created_time, started_time, archived_time).
+PipelineRow = tuple[str, str, str, float | None, float | None, float | None]
 
 
 class StateFields(TypedDict, total=False):
@@ -112,7 +114,7 @@ class Runs(Protocol):
     def add_pipeline(self, root_id: str, tree: UserData | str, root_data: UserData, options: UserData,
                      at: float, name: str = "") -> None: ...
 
-    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple[Any, ...]]]: ...
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]: ...
 
     def get_pipeline(self, root_id: str) -> tuple[UserData, UserData, UserData] | None: ...
 
@@ -277,7 +279,9 @@ class Schedules(Protocol):
 
     def has_callback(self, node_id: str, version: str) -> bool: ...
 
-    def get_callback(self, callback_id: str) -> Any: ...
+    def get_callback(self, callback_id: str) -> object:
+        """The data a callback was accepted with (None when there is no such callback)."""
+        ...
 
 
 class Histories(Protocol):
@@ -319,6 +323,7 @@ class Store(Protocol):
         ...
 
 
+@runtime_checkable
 class Dispatcher(Protocol):
     """Moves committed tasks to whoever runs them (threads here, Celery workers there)."""
 

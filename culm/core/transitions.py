@@ -1,17 +1,19 @@
 """State transitions: the one check of ``states.TRANSITIONS`` every state change goes through.
 
-:func:`transition` is the only way the engine obtains a :class:`Transition` to write: it raises
-:class:`IllegalTransitionError` for a change the table does not allow, so the table is enforced,
-not just documented. A state row is created (``from_state`` None) only in one of
-:data:`CREATED_AS`.
+:meth:`culm.core.step.Step.set_state` and :meth:`~culm.core.step.Step.create_state`, the only
+code that changes a state's name, call :func:`check` first: a change the table does not allow
+raises :class:`IllegalTransitionError`, so the table is enforced, not just documented.
+:func:`transition` is the same check returning the :class:`~culm.core.records.Transition` value.
+A state row is created (``from_state`` None) only in one of :data:`CREATED_AS`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 from culm.core import states
+from culm.core.records import Transition
 from culm.errors import CulmError
+
+__all__ = ["CREATED_AS", "IllegalTransitionError", "Transition", "allowed", "check", "transition"]
 
 # A state row is created by entering a node (RUNNING), by an appointed pause before the node is
 # reached (SUSPENDED), or by a fault recorded on a node its process never entered (FAILED: a task
@@ -28,19 +30,6 @@ class IllegalTransitionError(CulmError):
         self.node_id = node_id
         self.from_state = from_state
         self.to_state = to_state
-
-
-class Transition(NamedTuple):
-    """One state change of one node (``from_state`` None: the row is created)."""
-
-    node_id: str
-    from_state: str | None
-    to_state: str
-
-    @property
-    def allowed(self) -> bool:
-        """Whether the table allows this change (a creation: whether it creates a CREATED_AS state)."""
-        return allowed(self.from_state, self.to_state)
 
 
 # The table as a plain dict (a lookup in it is cheaper than in the read-only view), with the

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from culm.core.listing import PipelineQuery
+from culm.core.ports import PipelineRow
 
 _ROOTS = "s.parent_id = '' AND s.root_id <> ''"
 
@@ -53,7 +54,7 @@ def _filters(query: PipelineQuery, pipelines: str) -> tuple[str, str, list[Any]]
 
 def list_pipelines(
     fetch: Callable[[str, Sequence[Any]], list[Any]], dialect: str, query: PipelineQuery
-) -> tuple[dict[str, int], list[tuple]]:
+) -> tuple[dict[str, int], list[PipelineRow]]:
     """``({state: count}, rows)`` where counts ignore the state filter and rows are
     ``(id, name, state, created_time, started_time, archived_time)``, newest first.
 

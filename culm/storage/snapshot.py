@@ -12,7 +12,7 @@ from typing import Any
 
 from culm.core.engine import Engine
 from culm.core.invariants import Snapshot
-from culm.core.transitions import Transition
+from culm.core.records import Transition
 from culm.storage.sql import (
     _PROCESS_SELECT,
     _SCHEDULE_SELECT,

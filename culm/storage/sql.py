@@ -16,7 +16,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
 from culm.core.listing import PipelineQuery
-from culm.core.ports import LogRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
+from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -491,7 +491,7 @@ class SqlUnit:
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
 
-    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
         """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
         return listing.list_pipelines(self._all, self.dialect, query)
 
@@ -1117,7 +1117,7 @@ class SqlUnit:
         return self._one("SELECT id FROM culm_callback_data WHERE node_id = ? AND version = ?",
                          [node_id, version]) is not None
 
-    def get_callback(self, callback_id: str) -> Any:
+    def get_callback(self, callback_id: str) -> object:
         row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
         return codec.loads(row[0]) if row else None
 
