@@ -81,7 +81,7 @@ class Run:
         unit = self.unit
         return lambda keys: unit.get_context(pipeline_id, keys)
 
-    def lazy_resolver(self) -> Any:
+    def lazy_resolver(self) -> cdata.LazyResolver:
         """Resolves lazy variables for this node, reading the root data when first needed."""
         root_data: UserData | None = None
 
@@ -93,7 +93,7 @@ class Run:
 
         return lazy_resolver(current_root_data, self.state.inner_loop)
 
-    def detached_lazy_resolver(self, root_data: dict[str, Any]) -> Any:
+    def detached_lazy_resolver(self, root_data: dict[str, Any]) -> cdata.LazyResolver:
         """A resolver that needs nothing from the transaction (for user code run outside it)."""
         return lazy_resolver(lambda: root_data, self.state.inner_loop)
 
@@ -127,7 +127,7 @@ class Run:
         record_history(self.unit, self.state)
 
 
-def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> Callable[[dctx.ContextVar, Any], Any]:
+def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> cdata.LazyResolver:
     """``resolve(var, rendered)``: the value of lazy variable ``var`` by its class's ``get_value``."""
 
     def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
