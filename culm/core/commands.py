@@ -91,7 +91,7 @@ def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str) -> None:
 
 
 def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | None, name: str,
-                  callback_data: Any = None) -> Callable[[], None]:
+                  callback_data: object = None) -> Callable[[], None]:
     """A read-only service hook call to run after commit (ServiceActivity nodes only)."""
     if node.type != g.ACTIVITY:
         return lambda: None
@@ -262,7 +262,7 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
         step.event("post_retry_subprocess", node_id=node_id)
 
 
-def _step_out_of(unit: Any, proc: ProcessRecord, subprocess_id: str) -> None:
+def _step_out_of(unit: Unit, proc: ProcessRecord, subprocess_id: str) -> None:
     """A SubProcess that failed once its process had stepped in is entered afresh on retry."""
     if proc.stack and proc.stack[-1] == subprocess_id:
         unit.update_process(proc.id, stack=proc.stack[:-1])

@@ -46,7 +46,7 @@ def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], C
     return functools.partial(call.schedule, times, callback_data)
 
 
-def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int, Any] | None:
+def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int, object] | None:
     owner, until, at = engine.lease()
     unit = step.unit
     task = unit.claim_task(task_id, owner, until, at)

@@ -160,7 +160,7 @@ class ServiceCall:
         res.events = events
         return res
 
-    def schedule(self, times: int, callback_data: Any) -> CallResult:
+    def schedule(self, times: int, callback_data: object) -> CallResult:
         """Run one ``schedule`` call; ``times`` is how many ran before (restores the interval)."""
         logger = NodeLogger(self.node_id)
         data, parent = self._objects()
