@@ -18,19 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Collection, Container, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol, TypedDict, Unpack, runtime_checkable
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
+    PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
     StateRecord,
     TaskRecord,
 )
-
-if TYPE_CHECKING:
-    from culm.core.listing import PipelineQuery
 
 # A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
 Lease = tuple[str, float, float]

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from culm.core.listing import PipelineQuery
 from culm.core.ports import PipelineRow
+from culm.core.records import PipelineQuery
 
 _ROOTS = "s.parent_id = '' AND s.root_id <> ''"
 

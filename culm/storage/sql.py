@@ -15,11 +15,11 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
-from culm.core.listing import PipelineQuery
 from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
+    PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
     StateRecord,
