@@ -2,8 +2,8 @@
 
 :meth:`culm.core.step.Step.set_state` and :meth:`~culm.core.step.Step.create_state`, the only
 code that changes a state's name, make :func:`check` first (inlined there, on :data:`NEXT`): a
-change the table does not allow
-raises :class:`IllegalTransitionError`, so the table is enforced, not just documented.
+change the table does not allow raises :class:`IllegalTransitionError`, so the table is
+enforced, not just documented.
 :func:`transition` is the same check returning the :class:`~culm.core.records.Transition` value.
 A state row is created (``from_state`` None) only in one of :data:`CREATED_AS`.
 """
