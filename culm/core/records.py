@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class _RandomBits:
@@ -97,6 +97,15 @@ class StateChange:
     version: str
     loop: int
     time: float
+
+
+class Transition(NamedTuple):
+    """One state change of one node (``from_state`` None: the row is created), as the engine
+    decides it (see ``culm.core.transitions``) and the change feed records it."""
+
+    node_id: str
+    from_state: str | None
+    to_state: str
 
 
 @dataclass(slots=True)

@@ -30,6 +30,7 @@ stopping worker lets its tasks reach their next commit, 30), ``CULM_IMPORTS`` (c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -218,6 +219,14 @@ class CeleryDispatcher:
                 unit.mark_published(held, False)
         except Exception:  # noqa: BLE001 - only an optimisation hint for the relay
             logger.warning("could not mark published timers", exc_info=True)
+
+    def submitting(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to hold: the workers take tasks from the broker as they come."""
+        return contextlib.nullcontext()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """True at once: the tasks run in worker processes, not in this one (see ``Runtime.wait``)."""
+        return True
 
     def close(self) -> None:
         """Let go of the app. Its broker connections sit in kombu's process-wide pool, shared
