@@ -177,9 +177,12 @@ class TaskRelay:
     def _loop(self) -> None:
         next_relay = time.monotonic() + self.interval
         while not self._stop.wait(self.check):
-            try:
-                if self.watch is not None:
+            if self.watch is not None:
+                try:
                     self.watch()
+                except Exception:  # noqa: BLE001 - Celery's own maintenance still comes
+                    logger.warning("looking at the pool processes failed", exc_info=True)
+            try:
                 self.bury_dead()
             except Exception:  # noqa: BLE001 - the next look tries again
                 logger.warning("looking for dead workers failed", exc_info=True)
@@ -215,9 +218,10 @@ def pool_watch(consumer: Any) -> Callable[[], None] | None:
     pool = getattr(consumer, "pool", None)
     maintain = getattr(pool, "maintain_pool", None)
     if hub is None or maintain is None or not os.path.isdir(f"/proc/{os.getpid()}"):
-        return None  # solo or threads pool (no children to lose), or no /proc to look in
+        return None  # not a worker's consumer, or no /proc to look in
 
     def watch() -> None:
+        # Prefork only: billiard's pool lists its processes; solo and threads pools have none.
         children = list(getattr(getattr(pool, "_pool", None), "_pool", None) or [])
         if any(p.pid is not None and _exited(p.pid) for p in children):
             hub.call_soon(maintain)
