@@ -29,7 +29,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from culm import states
 from culm.core.listing import PipelineQuery
@@ -44,8 +44,13 @@ from culm.core.records import (
 )
 from culm.errors import CulmError
 from culm.storage import codec
+from culm.storage.copies import copy_process as _copy_process
+from culm.storage.copies import copy_schedule as _copy_schedule
+from culm.storage.copies import copy_state as _copy_state
+from culm.storage.copies import copy_task as _copy_task
 
 URL = "memory://"
+_R = TypeVar("_R")
 _GONE = object()  # a row deleted in a transaction layer
 _FINAL = (states.FINISHED, states.REVOKED)
 
@@ -142,12 +147,12 @@ class _Database:
         self.epoch = 0  # moves at every reopen: transactions of an older epoch are lost
 
 
-def _copy_state(s: StateRecord) -> StateRecord:
-    return replace(s)
-
-
-def _copy_process(p: ProcessRecord) -> ProcessRecord:
-    return replace(p, stack=list(p.stack))
+def _changed(rec: _R, copy: Callable[[_R], _R], fields: dict[str, Any]) -> _R:
+    """A copy of ``rec`` with ``fields`` set (rows are never changed in place: copy on write)."""
+    new = copy(rec)
+    for k, v in fields.items():
+        setattr(new, k, v)
+    return new
 
 
 def _unknown(fields: Iterable[str], allowed: Container[str], table: str) -> None:
@@ -394,12 +399,12 @@ class MemoryUnit:
             return False
         if expect_names is not None and st.name not in set(expect_names):
             return False
-        self._put("state", node_id, replace(st, **fields))
+        self._put("state", node_id, _changed(st, _copy_state, fields))
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
         for node_id, st in self._where("state", "parent", parent_id):
-            self._put("state", node_id, replace(st, inner_loop=0))
+            self._put("state", node_id, _changed(st, _copy_state, {"inner_loop": 0}))
 
     # -- processes ------------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
@@ -422,11 +427,11 @@ class MemoryUnit:
         if p is not None:  # as an UPDATE of no row: nothing happens
             if "stack" in fields:
                 fields["stack"] = list(fields["stack"])
-            self._put("process", process_id, replace(p, **fields))
+            self._put("process", process_id, _changed(p, _copy_process, fields))
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
         """Count one finished child of ``parent_id``; returns (acks so far, acks needed)."""
-        p = replace(self._process(parent_id))
+        p = _copy_process(self._process(parent_id))
         p.ack_num += 1
         self._put("process", parent_id, p)
         return p.ack_num, p.need_ack
@@ -442,17 +447,17 @@ class MemoryUnit:
 
     def kill_processes_of_root(self, root_id: str) -> None:
         for pid, p in self._where("process", "root", root_id):
-            self._put("process", pid, replace(p, dead=True))
+            self._put("process", pid, _changed(p, _copy_process, {"dead": True}))
 
     # -- tasks and leases -----------------------------------------------------------------------
     def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
         for t in tasks:
             if t is not None:
-                self._insert("task", t.id, _Task(replace(t)))
+                self._insert("task", t.id, _Task(_copy_task(t)))
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._get("task", task_id)
-        return replace(row.rec) if row is not None else None
+        return _copy_task(row.rec) if row is not None else None
 
     def task_lease(self, task_id: str) -> tuple[str | None, float | None, bool, float | None] | None:
         """(owner, claimed_until, published, relayed_at) of a task row; None when it is gone."""
@@ -460,7 +465,10 @@ class MemoryUnit:
         return (row.owner, row.claimed_until, row.published, row.relayed_at) if row is not None else None
 
     def _set_task(self, task_id: str, row: _Task, **columns: Any) -> None:
-        self._put("task", task_id, replace(row, **columns))
+        new = _Task(row.rec, row.owner, row.claimed_until, row.published, row.relayed_at)
+        for k, v in columns.items():
+            setattr(new, k, v)
+        self._put("task", task_id, new)
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None:
         """Take a lease on a task; None when it is gone (done) or leased by a live worker."""
@@ -468,7 +476,7 @@ class MemoryUnit:
         if row is None or (row.claimed_until is not None and row.claimed_until >= at):
             return None
         self._set_task(task_id, row, owner=owner, claimed_until=until)
-        return replace(row.rec)
+        return _copy_task(row.rec)
 
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
@@ -487,7 +495,7 @@ class MemoryUnit:
                 return None, None
             if not (held and live and row.owner == owner):
                 self._set_task(task_id, row, owner=owner, claimed_until=until)
-        return replace(row.rec), self.get_process(row.rec.process_id)
+        return _copy_task(row.rec), self.get_process(row.rec.process_id)
 
     def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
         """Nothing to read ahead: each task_with_process is a lookup."""
@@ -496,7 +504,7 @@ class MemoryUnit:
         return []
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
-        return [replace(t.rec) for _, t in self._where("task", "root", root_id) if t.rec.kind == kind]
+        return [_copy_task(t.rec) for _, t in self._where("task", "root", root_id) if t.rec.kind == kind]
 
     def update_task(self, task_id: str, **fields: Any) -> None:
         _unknown(fields, _TASK_COLUMNS | _LEASE_COLUMNS, "task")
@@ -505,7 +513,7 @@ class MemoryUnit:
             return
         rec_fields = {k: v for k, v in fields.items() if k in _TASK_COLUMNS}
         lease = {k: v for k, v in fields.items() if k in _LEASE_COLUMNS}
-        self._set_task(task_id, row, rec=replace(row.rec, **rec_fields), **lease)
+        self._set_task(task_id, row, rec=_changed(row.rec, _copy_task, rec_fields), **lease)
 
     def delete_task(self, task_id: str, *, as_read: TaskRecord | None = None) -> None:
         """Delete a task row; with ``as_read``, only while it is still that task (same kind, node
@@ -535,7 +543,7 @@ class MemoryUnit:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
         found = [t for _, t in self._scan("task") if t.rec.due <= at + horizon and self._free(t, at)]
         found.sort(key=lambda t: t.rec.due)
-        return [replace(t.rec) for t in found[: int(limit)]]
+        return [_copy_task(t.rec) for t in found[: int(limit)]]
 
     def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
         """Overdue tasks and unpublished timers due within ``horizon``, as ``SqlUnit``'s."""
@@ -545,7 +553,7 @@ class MemoryUnit:
             and (t.rec.due <= at - grace or (not t.published and at < t.rec.due <= at + horizon))
         ]
         found.sort(key=lambda t: t.rec.due)
-        return [replace(t.rec) for t in found[: int(limit)]]
+        return [_copy_task(t.rec) for t in found[: int(limit)]]
 
     def _each_task(self, task_ids: Iterable[str]) -> Iterator[tuple[str, _Task]]:
         for task_id in dict.fromkeys(task_ids):
@@ -620,19 +628,22 @@ class MemoryUnit:
     def insert_schedule(self, rec: ScheduleRecord) -> None:
         if self.schedule_of(rec.node_id, rec.version) is not None:
             raise MemoryStoreError(f"node {rec.node_id} already has a schedule for version {rec.version}")
-        self._insert("schedule", rec.id, replace(rec))
+        self._insert("schedule", rec.id, _copy_schedule(rec))
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
         s = self._get("schedule", schedule_id)
-        return replace(s) if s is not None else None
+        return _copy_schedule(s) if s is not None else None
 
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
         found = [s for _, s in self._where("schedule", "node", node_id) if s.version == version]
-        return replace(found[0]) if found else None
+        return _copy_schedule(found[0]) if found else None
 
     def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
         """Every schedule (finished or not) of ``node_ids``."""
-        return [replace(s) for n in dict.fromkeys(node_ids) for _, s in self._where("schedule", "node", n)]
+        wanted = dict.fromkeys(node_ids)
+        if len(wanted) > 8:  # many nodes (a whole tree): one pass over the table beats a lookup each
+            return [_copy_schedule(s) for _, s in self._scan("schedule") if s.node_id in wanted]
+        return [_copy_schedule(s) for n in wanted for _, s in self._where("schedule", "node", n)]
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
         """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
@@ -642,13 +653,13 @@ class MemoryUnit:
         _unknown(fields, _SCHEDULE_COLUMNS, "schedule")
         s = self._get("schedule", schedule_id)
         if s is not None:
-            self._put("schedule", schedule_id, replace(s, **fields))
+            self._put("schedule", schedule_id, _changed(s, _copy_schedule, fields))
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
         s = self._get("schedule", schedule_id)
         if s is None or (s.locked_until is not None and s.locked_until >= at):
             return False
-        self._put("schedule", schedule_id, replace(s, locked_until=until))
+        self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
         return True
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:

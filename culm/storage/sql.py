@@ -28,6 +28,7 @@ from culm.core.records import (
 )
 from culm.errors import SchemaOutdatedError
 from culm.storage import codec, listing
+from culm.storage.copies import copy_state as _copy_state
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -135,11 +136,6 @@ _QUOTED = ("key", "loop", "time")
 _CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
 _CHANGE_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
-
-
-def _copy_state(s: StateRecord) -> StateRecord:
-    return StateRecord(s.node_id, s.root_id, s.parent_id, s.name, s.version, s.loop, s.inner_loop, s.retry, s.skip,
-                       s.error_ignored, s.created_time, s.started_time, s.archived_time)
 
 
 def _state_params(rec: StateRecord) -> list[Any]:
