@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from culm import states
+from culm.core import states
 from culm.core.engine import Engine
 from culm.errors import InvalidOperationError, NotFoundError
 

@@ -1,6 +1,6 @@
 """Control calls never lose to a deadlock: on PostgreSQL and MariaDB, with ``culm worker``s running
 the pipelines, operators fire pause / resume / revoke / retry / skip / callback from several threads
-at once. A deadlock or serialization victim is retried inside the call (culm.storage.retry), so no
+at once. A deadlock or serialization victim is retried inside the call (culm._retry), so no
 result carries one, and every pipeline ends finished, revoked, or waiting on something an
 operator can see and act on.
 """
