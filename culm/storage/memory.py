@@ -31,11 +31,11 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from culm import states
-from culm.core.listing import PipelineQuery
+from culm.core import states
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
+    PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
     StateChange,

@@ -15,11 +15,11 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
-from culm import states
-from culm.core.listing import PipelineQuery
+from culm.core import states
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
+    PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
     StateChange,

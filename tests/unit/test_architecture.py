@@ -38,9 +38,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
                                                   "disconnections; the store port should answer",
     ("culm.dispatch.celery", "culm.core.engine"): "the Celery worker wires its own engine; runtime.py should",
     ("culm.dispatch.celery", "culm.storage.sql"): "the Celery worker wires its own store; runtime.py should",
-    ("culm.storage.listing", "culm.core.listing"): "PipelineQuery, a record the list query is passed as, "
-                                                   "lives with the listing logic",
-    ("culm.storage.sql", "culm.core.listing"): "PipelineQuery (as above)",
     ("culm.storage.snapshot", "culm.core.engine"): "read_snapshot(engine, ...) takes the engine callers hold",
     ("culm.storage.snapshot", "culm.core.invariants"): "it builds the invariant checker's Snapshot values",
     ("culm.web.metrics", "culm.storage.schema"): "the metrics count queued tasks and processes in SQL",

@@ -16,6 +16,7 @@ from culm.components import Component, Service, library
 from culm.core.records import EXECUTE, StateRecord, TaskRecord
 from culm.errors import InvalidOperationError
 from culm.storage.memory import MemoryStore, MemoryStoreError
+from culm.testing import memory_runtime, run_until_done
 
 
 class Boom(Exception):
@@ -122,16 +123,14 @@ def done_code() -> Iterator[str]:
 
 
 def test_a_memory_runtime_runs_a_pipeline_and_refuses_a_broker(done_code: str) -> None:
-    from culm import api
     from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 
     start = EmptyStartEvent()
     start.extend(ServiceActivity(component_code=done_code)).extend(EmptyEndEvent())
     tree = build_tree(start)
-    with culm.Runtime("memory://") as rt:
+    with memory_runtime() as rt:
         assert repr(rt) == "Runtime('memory://', embedded)"
-        assert api.run_pipeline(rt, tree).result
-        assert rt.wait(tree["id"], timeout=10) == states.FINISHED
+        assert run_until_done(rt, tree) == states.FINISHED
         assert [c.to_state for c in rt.changes(tree["id"], timeout=0) if c.node_id == tree["id"]] == [
             states.RUNNING, states.FINISHED]
     with pytest.raises(InvalidOperationError, match="memory://"):
