@@ -135,3 +135,10 @@ def test_a_memory_runtime_runs_a_pipeline_and_refuses_a_broker(done_code: str) -
             states.RUNNING, states.FINISHED]
     with pytest.raises(InvalidOperationError, match="memory://"):
         culm.Runtime("memory://", broker="redis://localhost:6379/0")
+
+
+def test_the_service_refuses_a_memory_runtime_by_name() -> None:
+    from culm.web.app import create_app
+
+    with culm.Runtime("memory://", workers=0) as rt, pytest.raises(InvalidOperationError, match="memory://"):
+        create_app(rt)
