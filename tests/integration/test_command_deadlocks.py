@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from support import wait_until
 
 from culm import api
 from culm.api import EngineAPIResult
@@ -177,7 +177,8 @@ def test_control_calls_from_many_threads_never_lose_to_a_deadlock(
     # Every pipeline comes to rest in a state the invariant allows.
     for root, nodes in runs:
         try:
-            why = wait_for(lambda r=root, n=nodes: _settled(rt, r, n), 120, message=f"pipeline {root} to come to rest")
+            why = wait_until(lambda r=root, n=nodes: _settled(rt, r, n), 120, 0.1,
+                             what=f"pipeline {root} to come to rest")
         except AssertionError:
             raise AssertionError(f"pipeline {root} neither ended nor waits visibly: {_dump(rt, root, nodes, distributed_backend)}") from None
         children = _children(rt, root)

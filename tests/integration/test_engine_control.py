@@ -14,8 +14,8 @@ from engine_fixtures import (
     run,
     wait_idle,
     wait_state,
-    wait_until,
 )
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -501,7 +501,8 @@ def test_forced_fail_waiting_callback_then_stale_callback_refused(runtime):
     refused(api.callback(runtime, cb.id, st["version"], {"n": 1}), cb.id)
     assert node_state(runtime, cb.id)["state"] == "FAILED"
     assert api.retry_node(runtime, cb.id).result
-    st2 = wait_until(lambda: (s := node_state(runtime, cb.id)) and s["state"] == "RUNNING" and s, what="retry")
+    st2 = wait_until(lambda: (s := node_state(runtime, cb.id)) and s["state"] == "RUNNING" and s,
+                     what="retry")
     wait_until(lambda: "received" in outputs(runtime, cb.id) and "ex_data" not in outputs(runtime, cb.id),
                what="execute after retry")
     assert api.callback(runtime, cb.id, st2["version"], {"n": 9, "done": True}).result

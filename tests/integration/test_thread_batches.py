@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import components
 import pytest
-from engine_fixtures import node_state, outputs, wait_state, wait_until
+from engine_fixtures import node_state, outputs, wait_state
+from support import wait_until
 
 import culm
 from culm import api
