@@ -10,7 +10,8 @@ The store is the memory store (:mod:`culm.storage.memory`; ``--sqlite``: SQLite 
 three times slower). A crash (injected just before a batch commits, or between steps) drops the
 open transaction and everything held only in process memory: the store is reopened over what was
 committed (:meth:`MemoryStore.reopen`), the engine is a new one (no cached graphs or state trees),
-and queued tasks, user code handed out and results not yet applied are gone. Recovery is what a
+and queued tasks, user code handed out and results not yet applied are gone (and the feed must show
+none of the crashed batch's state changes). Recovery is what a
 restarted runner does (void the leases, sweep the task table).
 
 After every step the invariants are checked (:mod:`culm.core.invariants`): no stuck or stranded
@@ -260,6 +261,7 @@ class Simulation:
                               f" rv={(item.task.running_version or '-')[:6]} result={item.has_result}")
         if crash:
             self.steps.append("CRASH before the batch commits")
+            committed = self.engine.store.feed.last_seq()
         try:
             with self.engine.step() as step:
                 handed_out = [item for item in batch if self._advance(step, item)]
@@ -268,6 +270,8 @@ class Simulation:
                     raise Crash
         except Crash:
             self._recover()
+            if self.engine.store.feed.last_seq() != committed:
+                self._fail([], "the crashed batch left state changes behind")
             return
         for item in handed_out:
             # Even a runner that lost its lease and goes on hands out user code only while it holds

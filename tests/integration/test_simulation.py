@@ -66,3 +66,16 @@ def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch)
     failures, _steps = run_seeds([12], storm_steps=60, pipelines=2)
     assert [seed for seed, _ in failures] == [12]
     assert "stranded_process" in failures[0][1]
+
+
+def test_the_storms_inject_crashes_and_lease_expiries() -> None:
+    """The CI's storm really crashes (mid-transaction and between steps) and lets leases run out
+    (the simulation checks at each crash that the batch left no state change behind)."""
+    seen = {"CRASH before the batch commits": 0, "CRASH between steps": 0, "lease expiry": 0}
+    for seed in range(1, 41):
+        sim = Simulation(seed, storm_steps=OPTIONS["storm_steps"], pipelines=OPTIONS["pipelines"], backend=BACKEND)
+        sim.run()
+        for step in sim.steps:
+            for what in seen:
+                seen[what] += step.startswith(what)
+    assert all(seen.values()), seen
