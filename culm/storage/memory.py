@@ -550,7 +550,8 @@ class MemoryStore:
 
     def __init__(self, *, database: Database | None = None) -> None:
         self._db = database or Database()
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # re-entrant: a thread holding a transaction may still read
+        self._writing = False  # a transaction is open (in the thread holding the lock)
         from culm.storage.feed import ChangeFeed
 
         self.feed = ChangeFeed(self, ordered=True)
@@ -560,9 +561,16 @@ class MemoryStore:
         """A unit of work: committed when the block ends, nothing of it kept on an exception.
         (``cache`` is accepted for the SQL store's signature and ignored.)"""
         with self._lock:
-            unit = MemoryUnit(self._db)
-            yield unit
-            unit.commit()
+            if self._writing:
+                # Its commit would land under the open one's layers, which would then overwrite it.
+                raise MemoryStoreError("a transaction is already open in this thread; nest a savepoint instead")
+            self._writing = True
+            try:
+                unit = MemoryUnit(self._db)
+                yield unit
+                unit.commit()
+            finally:
+                self._writing = False
         if unit.changes_sent:
             self.feed.committed()
 

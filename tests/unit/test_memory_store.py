@@ -103,6 +103,8 @@ def test_refusals_name_the_table_and_row() -> None:
         unit.update_state("a", colour="red")
     with pytest.raises(MemoryStoreError, match="process nope does not exist"), store.transaction() as unit:
         unit.ack_child("nope")
+    with pytest.raises(MemoryStoreError, match="already open"), store.transaction(), store.transaction():
+        pass
     assert _name(store, "a") == states.READY
 
 
