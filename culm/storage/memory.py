@@ -70,6 +70,7 @@ _STATE_COLUMNS = frozenset(StateRecord.__slots__)
 _PROCESS_COLUMNS = frozenset(ProcessRecord.__slots__)
 _SCHEDULE_COLUMNS = frozenset(ScheduleRecord.__slots__)
 
+
 def _changed(rec: _R, copy: Callable[[_R], _R], fields: dict[str, Any]) -> _R:
     """A copy of ``rec`` with ``fields`` set (rows are never changed in place: copy on write)."""
     new = copy(rec)
@@ -133,10 +134,9 @@ class MemoryUnit(TransactionView):
             root = self._get("state", root_id)
             return root is not None and root.name in _FINAL
 
-        kept = [c for c in feed.rows if not (lo <= c.seq < hi and c.time < cutoff and ended(c.root_id))]
-        gone = len(feed.rows) - len(kept)
-        feed.rows, feed.seqs = kept, [c.seq for c in kept]
-        return gone
+        gone = [c.seq for c in feed.between(lo - 1, hi - 1) if c.time < cutoff and ended(c.root_id)]
+        self._pruned += gone  # deleted at the commit
+        return len(gone)
 
     # -- pipelines and nodes --------------------------------------------------------------------
     def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,

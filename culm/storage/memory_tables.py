@@ -105,6 +105,7 @@ class TransactionView:
         self._tables = db.tables
         self._layers: list[dict[str, dict[Any, Any]]] = [{}]
         self._changes: list[tuple[str, str, str | None, str, str, int, float]] = []
+        self._pruned: list[int] = []  # seqs of committed feed rows this transaction deletes
         self.changes_sent = 0
 
     def _get(self, table: str, key: Any) -> Any:
@@ -163,23 +164,28 @@ class TransactionView:
                 else:
                     committed.put(key, row)
         feed = self._db.feed
+        if self._pruned:
+            gone = set(self._pruned)
+            kept = [c for c in feed.rows if c.seq not in gone]
+            feed.rows, feed.seqs = kept, [c.seq for c in kept]
         for change in self._changes:
             feed.seqs.append(feed.next_seq)
             feed.rows.append(StateChange(feed.next_seq, *change))
             feed.next_seq += 1
         self.changes_sent += len(self._changes)
-        self._layers, self._changes = [{}], []
+        self._layers, self._changes, self._pruned = [{}], [], []
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """A nested unit: its changes are undone on an exception, the outer transaction's are not."""
         self._layers.append({})
-        changes = len(self._changes)
+        changes, pruned = len(self._changes), len(self._pruned)
         try:
             yield
         except BaseException:
             self._layers.pop()
             del self._changes[changes:]
+            del self._pruned[pruned:]
             raise
         top = self._layers.pop()
         below = self._layers[-1]

@@ -144,3 +144,19 @@ def test_the_service_refuses_a_memory_runtime_by_name() -> None:
 
     with culm.Runtime("memory://", workers=0) as rt, pytest.raises(InvalidOperationError, match="memory://"):
         create_app(rt)
+
+
+def test_pruning_the_feed_is_part_of_its_transaction() -> None:
+    store = MemoryStore()
+    with store.transaction() as unit:
+        unit.insert_state(StateRecord("root", "root", "", states.FINISHED, "v0"))
+        for to in (states.RUNNING, states.FINISHED, states.FINISHED):
+            unit.record_change("root", "root", None, to, "v0", 1)
+    with pytest.raises(Boom), store.transaction() as unit:
+        assert unit.prune_changes(1, 3, cutoff=float("inf")) == 2
+        raise Boom
+    with store.reading() as unit:
+        assert [c.seq for c in unit.read_changes(0, 10, "root", 10)] == [1, 2, 3]
+    assert store.feed.prune(older_than=-60) == 2  # the newest row always stays
+    with store.reading() as unit:
+        assert [c.seq for c in unit.read_changes(0, 10, None, 10)] == [3]
