@@ -7,12 +7,12 @@ call or callback (``storm_ops``), a timer firing (the virtual clock jumps to the
 lease running out (another runner takes the task over), a sweep, or a crash.
 
 The store is the memory store (:mod:`culm.storage.memory`; ``--sqlite``: SQLite in memory, about
-three times slower). A crash (injected just before a batch commits, or between steps) drops the
-open transaction and everything held only in process memory: the store is reopened over what was
+half as fast). A crash (injected just before a batch commits, or between steps) drops the open
+transaction and everything held only in process memory: the store is reopened over what was
 committed (:meth:`MemoryStore.reopen`), the engine is a new one (no cached graphs or state trees),
-and queued tasks, user code handed out and results not yet applied are gone (and the feed must show
-none of the crashed batch's state changes). Recovery is what a
-restarted runner does (void the leases, sweep the task table).
+and queued tasks, user code handed out and results not yet applied are gone (the feed must show
+none of the crashed batch's state changes). Recovery is what a restarted runner does (void the
+leases, sweep the task table).
 
 After every step the invariants are checked (:mod:`culm.core.invariants`): no stuck or stranded
 pipeline, every state transition in the table, converge gateways never early; and no node's
