@@ -90,6 +90,7 @@ class MemoryUnit(TransactionView):
 
     dialect = "memory"
     reads_ahead = False  # nothing to gain: every read is a dict lookup
+    reads_tasks_ahead = False  # (the same for a batch's tasks)
     feed_ordered = True  # one transaction at a time: seqs become visible in order
 
     # -- plumbing the core calls --------------------------------------------------------------
