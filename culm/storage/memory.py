@@ -161,9 +161,10 @@ class MemoryUnit(TransactionView):
 
     def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
         """Counts per root state and one page of root pipelines, as ``culm.storage.listing``."""
-        roots = [st for st in self._where("state", "parent", "") if st[1].root_id]
+        # A root's state: no parent, and its root set (an appointed pause ahead of a node has none).
+        roots = [st for _, st in self._where("state", "parent", "") if st.root_id]
         matching = []
-        for _, st in roots:
+        for st in roots:
             created = st.created_time
             if query.created_after is not None and (created is None or created < query.created_after):
                 continue
