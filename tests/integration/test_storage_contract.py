@@ -402,6 +402,28 @@ def test_change_feed_is_written_with_its_states_or_not_at_all(store: Store) -> N
     assert seen == [(a, states.READY), (a, states.RUNNING), (a, states.FINISHED)]  # each once
 
 
+def test_feed_reads_by_range_root_and_limit(store: Store) -> None:
+    root, other, node = _ids(3)
+    with store.transaction() as unit:
+        unit.add_pipeline(root, {"id": root}, {}, {}, at=123.5)
+        before = unit.last_change_seq()
+    with store.transaction() as unit:
+        for n, (r, to) in enumerate([(root, "A"), (other, "B"), (root, "C"), (root, "D")]):
+            unit.record_change(r, node, None, to, f"v{n}", n)
+    with store.reading() as unit:
+        last = unit.last_change_seq()
+        assert last >= before + 4 and unit.first_change_seq() is not None
+        mine = unit.read_changes(before, last, root, 10)
+        assert [(c.to_state, c.version, c.loop) for c in mine] == [("A", "v0", 0), ("C", "v2", 2), ("D", "v3", 3)]
+        assert [c.seq for c in mine] == sorted(c.seq for c in mine)
+        assert [c.to_state for c in unit.read_changes(before, last, None, 2)] == ["A", "B"]
+        assert [c.to_state for c in unit.read_changes(mine[0].seq, mine[1].seq, None, 10)] == ["B", "C"]
+        assert unit.change_time_from(mine[-1].seq) == mine[-1].time
+        assert unit.change_time_from(last + 1) is None
+        assert unit.pipeline_created(root) == 123.5 and unit.pipeline_created(other) is None
+        assert (root, node) in unit.changes_between(before, last)
+
+
 def test_savepoint_rollback_keeps_the_earlier_writes(store: Store) -> None:
     root, kept, undone = _ids(3)
     tid = _ids()[0]
@@ -494,6 +516,7 @@ def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: Store)
         sched = unit.schedule_of(node, "v1")
         assert sched is not None and (sched.locked_until, sched.times, sched.finished) == (130.0, 3, True)
         assert unit.live_schedules([node]) == []
+        assert [s.id for s in unit.schedules_of_nodes([node, "no-such-node"])] == [sid]  # finished ones too
 
 
 def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None:
