@@ -9,11 +9,14 @@ from culm.storage.memory import MemoryStore
 from culm.storage.migrate import upgrade_database
 from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
+from culm.storage.workers import SqlWorkerRegistry
 
 __all__ = [
     # the stores
     "SqlStore",
     "MemoryStore",
+    # the worker registry (`culm workers`; workers reach it through SqlStore.worker_registry)
+    "SqlWorkerRegistry",
     # `culm db upgrade`
     "upgrade_database",
     # pipelines' rows for the invariant checker (culm.core.invariants)

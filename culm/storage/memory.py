@@ -26,11 +26,12 @@ import contextlib
 import operator
 import threading
 import time
-from collections.abc import Callable, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from culm.core import states
+from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -159,7 +160,7 @@ class MemoryUnit(TransactionView):
         row = self._get("pipeline", root_id)
         return codec.loads(row[1]) if row else {}
 
-    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
         """Counts per root state and one page of root pipelines, as ``culm.storage.listing``."""
         # A root's state: no parent, and its root set (an appointed pause ahead of a node has none).
         roots = [st for _, st in self._where("state", "parent", "") if st.root_id]
@@ -226,8 +227,8 @@ class MemoryUnit(TransactionView):
         node_id: str,
         *,
         expect_version: str | None = None,
-        expect_names: Iterable[str] | None = None,
-        **fields: Any,
+        expect_names: Collection[str] | None = None,
+        **fields: Unpack[StateWrite],
     ) -> bool:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
         _unknown(fields, _STATE_COLUMNS, "state")
@@ -236,7 +237,7 @@ class MemoryUnit(TransactionView):
             return False
         if expect_names is not None and st.name not in set(expect_names):
             return False
-        self._put("state", node_id, _changed(st, _copy_state, fields))
+        self._put("state", node_id, _changed(st, _copy_state, dict(fields)))
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
@@ -258,13 +259,14 @@ class MemoryUnit(TransactionView):
             raise MemoryStoreError(f"process {process_id} does not exist")
         return p
 
-    def update_process(self, process_id: str, **fields: Any) -> None:
+    def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
         _unknown(fields, _PROCESS_COLUMNS, "process")
         p = self._get("process", process_id)
         if p is not None:  # as an UPDATE of no row: nothing happens
+            changed: dict[str, Any] = dict(fields)
             if "stack" in fields:
-                fields["stack"] = list(fields["stack"])
-            self._put("process", process_id, _changed(p, _copy_process, fields))
+                changed["stack"] = list(fields["stack"])
+            self._put("process", process_id, _changed(p, _copy_process, changed))
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
         """Count one finished child of ``parent_id``; returns (acks so far, acks needed)."""
@@ -343,7 +345,7 @@ class MemoryUnit(TransactionView):
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         return [_copy_task(t.rec) for _, t in self._where("task", "root", root_id) if t.rec.kind == kind]
 
-    def update_task(self, task_id: str, **fields: Any) -> None:
+    def update_task(self, task_id: str, **fields: Unpack[TaskFields]) -> None:
         _unknown(fields, _TASK_COLUMNS | _LEASE_COLUMNS, "task")
         row = self._get("task", task_id)
         if row is None:
@@ -486,11 +488,11 @@ class MemoryUnit(TransactionView):
         """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
         return [s for s in self.schedules_of_nodes(node_ids) if not s.finished]
 
-    def update_schedule(self, schedule_id: str, **fields: Any) -> None:
+    def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:
         _unknown(fields, _SCHEDULE_COLUMNS, "schedule")
         s = self._get("schedule", schedule_id)
         if s is not None:
-            self._put("schedule", schedule_id, _changed(s, _copy_schedule, fields))
+            self._put("schedule", schedule_id, _changed(s, _copy_schedule, dict(fields)))
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
         s = self._get("schedule", schedule_id)
@@ -499,7 +501,7 @@ class MemoryUnit(TransactionView):
         self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
         return True
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("callback", callback_id,
                      (node_id, version, codec.dumps_named(data, f"callback data for node {node_id}")))
 
@@ -507,7 +509,7 @@ class MemoryUnit(TransactionView):
         """Whether a callback was accepted for this run (``version``) of the node."""
         return any(row[1] == version for _, row in self._where("callback", "node", node_id))
 
-    def get_callback(self, callback_id: str) -> Any:
+    def get_callback(self, callback_id: str) -> object:
         row = self._get("callback", callback_id)
         return codec.loads(row[2]) if row else None
 
@@ -521,7 +523,7 @@ class MemoryUnit(TransactionView):
         return [replace(h, id=hid, inputs=codec.loads(inputs), outputs=codec.loads(outputs))
                 for hid, (_, h, inputs, outputs) in found if loop == -1 or h.loop == loop]
 
-    def add_logs(self, rows: Sequence[dict]) -> None:
+    def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
         codec.check_log_lines(rows)
         for r in rows:

@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from culm.core.engine import Engine
-from culm.core.invariants import Snapshot, Transition
-from culm.core.records import EXECUTE, SCHEDULE
+from culm.core.invariants import Snapshot
+from culm.core.records import EXECUTE, SCHEDULE, Transition
 
 _CHUNK = 500
 
