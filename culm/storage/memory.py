@@ -384,11 +384,13 @@ class MemoryUnit(TransactionView):
         found.sort(key=lambda t: t.rec.due)
         return [_copy_task(t.rec) for t in found[: int(limit)]]
 
-    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int,
+                         *, resend_after: float | None = None) -> list[TaskRecord]:
         """Overdue tasks and unpublished timers due within ``horizon``, as ``SqlUnit``'s."""
+        resend = grace if resend_after is None else resend_after
         found = [
             t for _, t in self._scan("task")
-            if self._free(t, at) and (t.relayed_at is None or t.relayed_at <= at - grace)
+            if self._free(t, at) and (t.relayed_at is None or t.relayed_at <= at - resend)
             and (t.rec.due <= at - grace or (not t.published and at < t.rec.due <= at + horizon))
         ]
         found.sort(key=lambda t: t.rec.due)

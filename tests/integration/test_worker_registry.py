@@ -22,7 +22,7 @@ import culm
 from culm import api
 from culm.core import walker
 from culm.core.records import now
-from culm.dispatch.celery import LeaseHeartbeat
+from culm.dispatch.liveness import LeaseHeartbeat
 from culm.storage.migrate import upgrade_database
 from culm.storage.workers import SqlWorkerRegistry, process_gone, process_key
 
@@ -187,7 +187,7 @@ def test_a_worker_taken_for_dead_registers_again_at_its_next_beat(
     _silence(rt, "runner-a", 60)  # paused for a minute: a relay buries it
     assert registry.bury("runner-a", DEAD_AFTER) == []
     assert registry.workers() == []
-    with caplog.at_level(logging.WARNING, "culm.dispatch.celery"):
+    with caplog.at_level(logging.WARNING, "culm.dispatch.liveness"):
         heartbeat.beat_registry()
     assert "was taken for dead" in caplog.text
     [again] = registry.workers()

@@ -60,3 +60,12 @@ def test_units_declare_their_read_ahead_capabilities(tmp_path: Path) -> None:
         store.dispose()
     with MemoryStore().transaction() as unit:  # every read is a lookup: nothing to read ahead
         assert (unit.reads_ahead, unit.reads_tasks_ahead) == (False, False)
+
+
+def test_the_sql_worker_registry_is_a_worker_registry() -> None:
+    from culm.storage.workers import SqlWorkerRegistry
+
+    for name in sorted(_verbs(ports.WorkerRegistry)):
+        declared, offered = getattr(ports.WorkerRegistry, name), getattr(SqlWorkerRegistry, name, None)
+        assert offered is not None, f"SqlWorkerRegistry lacks {name}"
+        assert list(inspect.signature(offered).parameters) == list(inspect.signature(declared).parameters), name

@@ -1,0 +1,229 @@
+"""How a ``culm worker`` process shows it is alive, and how the others find out when it is not.
+
+* :class:`LeaseHeartbeat` (one thread per worker process) beats the process's row of the worker
+  registry (``culm_worker``, :mod:`culm.storage.workers`) every ``CULM_WORKER_BEAT`` seconds and
+  extends the leases of the tasks it has on hand every third of a lease;
+* :class:`TaskRelay` (one thread per worker, in its main process) looks at the registry every
+  beat, buries the workers found dead (silent longer than ``CULM_WORKER_DEAD_AFTER``, or their
+  process on this host gone), freeing their leases and publishing their work at once, and every
+  ``CULM_RELAY_INTERVAL`` re-publishes task rows whose message never led to a run;
+* :func:`pool_watch` makes Celery's prefork pool take note of a killed pool process at once.
+
+See docs/distributed.md, "Dead workers".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from culm import _retry as retry
+from culm.core.ports import Store, WorkerRegistry
+from culm.core.records import now
+
+if TYPE_CHECKING:
+    from culm.dispatch.celery import CeleryDispatcher, _ProcessState
+
+logger = logging.getLogger("culm.dispatch.liveness")
+
+
+class LeaseHeartbeat:
+    """Beats this process's row of the worker registry every ``beat_seconds``, and extends the
+    leases of the tasks it is running every third of a lease (its own thread: user code on the
+    other threads delays a beat by the interpreter's switch interval, not by a call's length)."""
+
+    def __init__(self, state: _ProcessState, lease_seconds: float, beat_seconds: float = 1.0, threads: int = 0,
+                 prefix: str = "") -> None:
+        self.state = state
+        self.lease_seconds = lease_seconds
+        self.beat_seconds = beat_seconds
+        self._row = (threads, prefix)  # what its registry row says besides owner, host and pid
+        self._registered = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="culm-lease-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        try:
+            self._register()
+        except Exception:  # noqa: BLE001 - the beat registers it later; its leases cover it meanwhile
+            logger.warning("could not register this worker; retrying at the next beat", exc_info=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop beating and leave the registry (a clean shutdown: nothing is left on hand)."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(max(1.0, self.beat_seconds * 2))
+        try:
+            self.state.registry.unregister(self.state.engine.owner)
+        except Exception:  # noqa: BLE001 - the relays bury the silent row instead (no tasks to free)
+            logger.warning("could not leave the worker registry", exc_info=True)
+
+    def _register(self) -> None:
+        self.state.registry.register(self.state.engine.owner, *self._row)
+        self._registered = True
+
+    def beat_registry(self) -> None:
+        if self.state.registry.beat(self.state.engine.owner):
+            return
+        if self._registered:
+            logger.warning("this worker (%s) was taken for dead (no beat for a while) and its leases freed; "
+                           "registering again", self.state.engine.owner)
+        self._register()
+
+    def beat(self) -> None:
+        ids = self.state.runner.task_ids()
+        if ids:
+            # Its UPDATE locks the rows in the server's scan order, so on MariaDB it is often the
+            # victim of a deadlock with this process's own engine batch. Run it again at once: a
+            # lost beat or two and the leases run out, the relay hands the tasks to another worker
+            # while this one still runs them, and both apply results to the same rows.
+            retry.retrying(lambda: self._extend(ids), "extending leases")
+
+    def _extend(self, ids: list[str]) -> None:
+        with self.state.store.transaction() as unit:
+            unit.extend_leases(self.state.engine.owner, ids, now() + self.lease_seconds)
+
+    def _loop(self) -> None:
+        extend_every = self.lease_seconds / 3
+        next_extend = time.monotonic() + extend_every
+        while not self._stop.wait(min(self.beat_seconds, extend_every)):
+            try:
+                self.beat_registry()
+            except Exception:  # noqa: BLE001 - the next beat tries again, before the row looks dead
+                logger.warning("beating the worker registry failed", exc_info=True)
+            if time.monotonic() < next_extend:
+                continue
+            next_extend = time.monotonic() + extend_every
+            try:
+                self.beat()
+            except Exception:  # noqa: BLE001 - retried at the next beat, well before expiry
+                logger.warning("extending leases failed", exc_info=True)
+
+
+class TaskRelay:
+    """Re-publishes task rows the broker did not deliver, and buries dead workers (see the module
+    docstring): it looks at the registry every ``check`` seconds and relays every ``interval``."""
+
+    def __init__(self, store: Store, dispatcher: CeleryDispatcher, interval: float = 2.0,
+                 grace: float = 15.0, batch: int = 500, *, registry: WorkerRegistry | None = None,
+                 dead_after: float = 3.0, check: float = 1.0, own: str = "",
+                 watch: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.grace = grace
+        self.batch = batch
+        self.registry = registry
+        self.dead_after = dead_after
+        self.check = min(check, interval)
+        self.own = own  # this process's owner: never buried by its own relay
+        self.watch = watch  # called at every look (the pool watch of run_worker)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def relay_once(self, grace: float | None = None) -> int:
+        """Publish one batch of forgotten tasks (due more than ``grace`` ago, default the relay's);
+        returns how many."""
+        at = now()
+        grace = self.grace if grace is None else grace
+        with self.store.transaction() as unit:
+            tasks = unit.relay_candidates(at, grace, self.interval * 2, self.batch,
+                                          resend_after=min(self.grace, max(grace, self.check)))
+            unit.mark_relayed([t.id for t in tasks], at)
+        for task in tasks:
+            self.dispatcher.publish(task, at)
+        if tasks:
+            logger.info("relayed %d task(s)", len(tasks))
+        return len(tasks)
+
+    def bury_dead(self) -> int:
+        """Bury the workers found dead and publish their work at once; returns how many it buried.
+
+        Besides the tasks it held leases on, a dead worker may have had tasks on hand that it had
+        not claimed yet: messages it took (acknowledged) or prefetched, follow-ups of its commits
+        it kept. Their rows carry no lease and cannot be told from tasks whose message is on its
+        way, so every due task without a lease is published once more: a duplicate message finds
+        its task leased or gone and does nothing.
+        """
+        if self.registry is None:
+            return 0
+        buried = 0
+        for worker, silent in self.registry.dead(self.dead_after):
+            if worker.owner == self.own:
+                continue
+            freed = self.registry.bury(worker.owner, self.dead_after if silent else None)
+            if freed is None:
+                continue  # another relay buried it, or it beat again
+            buried += 1
+            how = f"silent for {worker.silent_for:.1f} s" if silent else "its process is gone"
+            logger.warning("worker %s (host %s, pid %d) is dead (%s): %d task(s) freed", worker.owner, worker.host,
+                           worker.pid, how, len(freed))
+        if buried:
+            while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
+                pass
+        return buried
+
+    def _loop(self) -> None:
+        next_relay = time.monotonic() + self.interval
+        while not self._stop.wait(self.check):
+            if self.watch is not None:
+                try:
+                    self.watch()
+                except Exception:  # noqa: BLE001 - Celery's own maintenance still comes
+                    logger.warning("looking at the pool processes failed", exc_info=True)
+            try:
+                self.bury_dead()
+            except Exception:  # noqa: BLE001 - the next look tries again
+                logger.warning("looking for dead workers failed", exc_info=True)
+            if time.monotonic() < next_relay:
+                continue
+            next_relay = time.monotonic() + self.interval
+            try:
+                while self.relay_once() == self.batch and not self._stop.is_set():
+                    pass
+            except Exception:  # noqa: BLE001 - the next tick tries again
+                logger.warning("relay pass failed", exc_info=True)
+
+
+def _exited(pid: int) -> bool:
+    """Whether a child process has ended (a zombie not reaped yet, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def pool_watch(consumer: Any) -> Callable[[], None] | None:
+    """A check, run at each look of the relay, that makes the prefork pool of this worker take
+    note of a pool process that was killed.
+
+    Celery's master notices a killed pool process only at its next pool maintenance (seconds
+    later), and meanwhile hands messages to it, where they wait. When one of its processes has
+    ended, the check asks the master's event loop (``call_soon``, thread-safe) to maintain the pool
+    at once, so that the messages given to the dead process go to a live one.
+    """
+    hub = getattr(consumer, "hub", None)
+    pool = getattr(consumer, "pool", None)
+    maintain = getattr(pool, "maintain_pool", None)
+    if hub is None or maintain is None or not os.path.isdir(f"/proc/{os.getpid()}"):
+        return None  # not a worker's consumer, or no /proc to look in
+
+    def watch() -> None:
+        # Prefork only: billiard's pool lists its processes; solo and threads pools have none.
+        children = list(getattr(getattr(pool, "_pool", None), "_pool", None) or [])
+        if any(p.pid is not None and _exited(p.pid) for p in children):
+            hub.call_soon(maintain)
+
+    return watch
