@@ -1,6 +1,6 @@
 """Instructions one embedded run costs, per thread, counted with callgrind.
 
-``python -m bench.instructions [batch|big|latency] [--poll MS]`` runs itself under
+``python -m bench.instructions [batch|big|latency|states_big|states_small] [--poll MS]`` runs itself under
 ``valgrind --tool=callgrind`` and prints the instructions executed by the caller (the
 ``run_pipeline`` calls, and the polling loop with ``--poll``), the engine thread and the user-code
 threads, and the engine's batches. Wall time on this machine moves with everybody's load;
@@ -37,6 +37,7 @@ SHAPES = {
     "big": lambda: [wide_pipeline(100, 10)],
     "latency": lambda: [normal_pipeline()],
 }
+READS = {"states_big": 100, "states_small": 2000}  # get_pipeline_states calls counted
 MARKS = {"starmap_next": "caller", "dropwhile_next": "engine", "takewhile_next": "user code"}
 
 
@@ -66,6 +67,8 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
     threads.ThreadDispatcher._run_batch = counted_batch  # type: ignore[method-assign]
     threads._UserCodePool.submit = counted_submit  # type: ignore[method-assign]
 
+    if shape in READS:
+        return _reads(shape)
     trees = SHAPES[shape]()
     workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
     rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
@@ -98,6 +101,33 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
         rt.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return {"batches": batches[0]}
+
+
+def _reads(shape: str) -> dict[str, Any]:
+    """``get_pipeline_states`` at idle, counted as the caller's: 100 calls on a finished 1,004-node
+    pipeline (``states_big``), or 2,000 calls over 100 finished 17-node pipelines in turn
+    (``states_small``), after one uncounted call each."""
+    import culm
+    from culm import api
+
+    workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
+    rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
+    try:
+        trees = [wide_pipeline(100, 10)] if shape == "states_big" else [normal_pipeline() for _ in range(100)]
+        for tree in trees:
+            api.run_pipeline(rt, tree)
+        if not rt.wait_idle(600):
+            raise SystemExit("the run did not end in 600 s")
+        ids = [t["id"] for t in trees]
+        for root in ids:
+            if api.get_pipeline_states(rt, root).data[root]["state"] != "FINISHED":
+                raise SystemExit(f"pipeline {root} did not finish")
+        calls = [(ids[i % len(ids)],) for i in range(READS[shape])]
+        list(itertools.starmap(lambda root: api.get_pipeline_states(rt, root), calls))
+    finally:
+        rt.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return {"calls": READS[shape]}
 
 
 def _count(path: Path) -> tuple[str | None, int]:
@@ -148,7 +178,7 @@ def measure(shape: str, poll_ms: float | None, checkout: Path, keep: Path | None
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__.splitlines()[0])
-    parser.add_argument("shape", nargs="?", default="batch", choices=sorted(SHAPES))
+    parser.add_argument("shape", nargs="?", default="batch", choices=sorted([*SHAPES, *READS]))
     parser.add_argument("--poll", type=float, default=None, metavar="MS",
                         help="after submitting, poll get_pipeline_states every MS ms (counted as the caller's)")
     parser.add_argument("--runs", type=int, default=1, help="callgrind runs (one JSON line each)")
