@@ -5,8 +5,7 @@ The public face of the package. Engine API functions live in :mod:`culm.api`, th
 """
 
 from culm import states
-from culm.core.engine import Settings
-from culm.core.records import StateChange
+from culm.core import Settings, StateChange
 from culm.errors import (
     CulmError,
     InvalidOperationError,

@@ -13,10 +13,10 @@ import traceback
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
+from culm._retry import retrying
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
 from culm.model import limits
-from culm.storage.retry import retrying
 
 logger = logging.getLogger("culm.api")
 
@@ -95,7 +95,7 @@ def run_pipeline(
     **options: Any,
 ) -> Any:
     """Validate ``pipeline`` and start it; refused if its id ran before or the tree is invalid."""
-    from culm import events, variables
+    from culm.components import events, variables
     from culm.model.compiled import compile_tree
     from culm.model.ignored import warn_ignored_timeouts
     from culm.model.validator import prepare_tree, validate_start_node

@@ -112,14 +112,9 @@ class PipelineParser:
             TreeInvalidError: the tree breaks a rule or names a component that is not registered;
                 ``problems`` lists every one.
         """
-        from culm import events, variables
-        from culm.components import library
-        from culm.model.validator import validate_tree
+        from culm.validator import tree_problems
 
-        problems = validate_tree(
-            self.pipeline_tree, cycle_tolerate=self.cycle_tolerate, component_exists=library.has,
-            lazy_exists=variables.library.has, end_event_exists=events.library.has,
-        )
+        problems = tree_problems(self.pipeline_tree, cycle_tolerate=self.cycle_tolerate)
         if problems:
             raise TreeInvalidError(problems)
         return LegacyPipeline(self.pipeline_tree, dict(root_pipeline_data or {}),

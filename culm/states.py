@@ -1,62 +1,9 @@
-"""Node and pipeline states and the one transition table that governs them."""
+"""Node and pipeline states: :mod:`culm.core.states` at the path the public contract names.
 
-from __future__ import annotations
+The same objects as there (one transition table, wherever it is imported from).
+"""
 
-from collections.abc import Mapping
-from types import MappingProxyType
+from culm.core import states as _home
+from culm.core.states import *  # noqa: F403
 
-CREATED = "CREATED"
-READY = "READY"
-LOOP_READY = "LOOP_READY"
-RUNNING = "RUNNING"
-SUSPENDED = "SUSPENDED"
-BLOCKED = "BLOCKED"
-FINISHED = "FINISHED"
-FAILED = "FAILED"
-REVOKED = "REVOKED"
-ROLLING_BACK = "ROLLING_BACK"
-ROLL_BACK_SUCCESS = "ROLL_BACK_SUCCESS"
-ROLL_BACK_FAILED = "ROLL_BACK_FAILED"
-
-ALL_STATES = frozenset(
-    {
-        CREATED, READY, LOOP_READY, RUNNING, SUSPENDED, BLOCKED, FINISHED, FAILED, REVOKED,
-        ROLLING_BACK, ROLL_BACK_SUCCESS, ROLL_BACK_FAILED,
-    }
-)
-ARCHIVED_STATES = frozenset({FINISHED, FAILED, REVOKED})
-SLEEP_STATES = frozenset({SUSPENDED, REVOKED})
-CHILDREN_IGNORE_STATES = frozenset({BLOCKED})
-# A process may (re-)enter a node only from one of these (or when the node has no state yet).
-ENTERABLE_STATES = frozenset({READY, FINISHED, LOOP_READY})
-
-TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
-    {
-        CREATED: frozenset(),
-        READY: frozenset({RUNNING, SUSPENDED}),
-        LOOP_READY: frozenset({RUNNING, SUSPENDED}),
-        RUNNING: frozenset({FINISHED, FAILED, REVOKED, SUSPENDED, ROLLING_BACK}),
-        SUSPENDED: frozenset({READY, REVOKED, RUNNING, ROLLING_BACK}),
-        BLOCKED: frozenset(),
-        FINISHED: frozenset({RUNNING, FAILED, ROLLING_BACK}),
-        FAILED: frozenset({READY, FINISHED, LOOP_READY}),
-        REVOKED: frozenset(),
-        ROLLING_BACK: frozenset({ROLL_BACK_SUCCESS, ROLL_BACK_FAILED}),
-        ROLL_BACK_SUCCESS: frozenset({READY, FINISHED}),
-        ROLL_BACK_FAILED: frozenset({READY, FINISHED, ROLLING_BACK}),
-    }
-)
-
-
-def can_transit(from_state: str, to_state: str) -> bool:
-    """Whether the table allows ``from_state`` -> ``to_state`` (False for an unknown state)."""
-    allowed = TRANSITIONS.get(from_state)
-    return allowed is not None and to_state in allowed
-
-
-__all__ = [
-    "CREATED", "READY", "LOOP_READY", "RUNNING", "SUSPENDED", "BLOCKED", "FINISHED", "FAILED",
-    "REVOKED", "ROLLING_BACK", "ROLL_BACK_SUCCESS", "ROLL_BACK_FAILED", "ALL_STATES",
-    "ARCHIVED_STATES", "SLEEP_STATES", "CHILDREN_IGNORE_STATES", "ENTERABLE_STATES",
-    "TRANSITIONS", "can_transit",
-]
+__all__ = list(_home.__all__)

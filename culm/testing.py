@@ -11,7 +11,7 @@ import time
 from typing import Any
 from unittest import mock
 
-from culm import api, states
+from culm import api
 from culm.components.testing import (
     CallAssertion,
     ComponentRun,
@@ -23,6 +23,7 @@ from culm.components.testing import (
     assert_component_cases,
     run_component,
 )
+from culm.core import states
 from culm.runtime import Runtime
 
 Call = mock.call

@@ -9,7 +9,9 @@ For "start at a chosen node" and custom end events::
     validator.get_skipped_execute_node_ids(tree, node_id)  # what such a run leaves out
 
 ``from culm.validator import api`` works as bamboo's ``from bamboo_engine.validator import api``.
-The rules themselves live in :mod:`culm.model.validator`; this module only adapts the names.
+The rules themselves live in :mod:`culm.model.validator`; this module only adapts the names, and
+adds :func:`tree_problems` and :func:`tree_warnings`, which ``culm validate``, the service's
+``/validate`` and the v3 parser share.
 """
 
 from __future__ import annotations
@@ -18,7 +20,12 @@ import sys
 import threading
 from typing import Any
 
-from culm.errors import StartPositionInvalidError, StartPositionInvalidException, TreeInvalidError
+from culm.errors import (
+    StartPositionInvalidError,
+    StartPositionInvalidException,
+    TreeInvalidError,
+    TreeProblem,
+)
 from culm.model import validator as _rules
 
 __all__ = [
@@ -30,6 +37,8 @@ __all__ = [
     "get_allowed_start_node_ids",
     "get_skipped_execute_node_ids",
     "sink_types",
+    "tree_problems",
+    "tree_warnings",
     "validate_and_process_pipeline",
     "validate_pipeline_start_node",
 ]
@@ -89,13 +98,38 @@ def validate_and_process_pipeline(pipeline: dict[str, Any], cycle_tolerate: bool
         TreeInvalidError: (also importable as ``culm.errors.TreeInvalidException``) the tree
             breaks at least one rule; ``problems`` lists every one of them.
     """
-    from culm import events, variables
+    from culm.components import events, variables
 
     processed = _rules.process_tree(pipeline, cycle_tolerate=cycle_tolerate, lazy_exists=variables.library.has,
                                     end_event_exists=events.library.has)
     pipeline.clear()
     pipeline.update(processed)
     return pipeline
+
+
+def tree_problems(pipeline_tree: Any, cycle_tolerate: bool = False, components: bool = True) -> list[TreeProblem]:
+    """Every problem of ``pipeline_tree``, each naming its node or flow id (empty: it is valid).
+
+    The lazy variables and end events it names are looked up in this process's registries.
+
+    Args:
+        pipeline_tree: A pipeline tree (anything: a tree that is not even a dict is one problem).
+        cycle_tolerate: Whether cycles are allowed.
+        components: Also check that every component it names is registered in this process (False
+            when other processes, a cluster's workers, run them).
+    """
+    from culm.components import events, library, variables
+
+    return _rules.validate_tree(
+        pipeline_tree, cycle_tolerate=cycle_tolerate, component_exists=library.has if components else None,
+        lazy_exists=variables.library.has, end_event_exists=events.library.has,
+    )
+
+
+def tree_warnings(pipeline_tree: Any) -> list[TreeProblem]:
+    """The template fragments and gateway conditions of ``pipeline_tree`` that will not parse
+    (a fragment stays text); warnings, not problems: such a tree still runs."""
+    return list(_rules.tree_warnings(pipeline_tree))
 
 
 def add_sink_type(node_type: str) -> None:

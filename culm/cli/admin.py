@@ -22,10 +22,9 @@ from culm.cli.loading import import_names
 
 def cmd_worker(args: argparse.Namespace) -> int:
     try:
-        from culm.dispatch.celery import run_worker
+        from culm.dispatch import queue_names, run_worker
     except ImportError as exc:
         raise UsageError(f"the Celery worker is not available: {exc} (install culm[celery])") from exc
-    from culm.dispatch.celery import queue_names
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
     if queues is None and args.queue_suffix:
@@ -35,7 +34,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
     port = args.metrics_port or int(os.environ.get("CULM_METRICS_PORT") or 0)
     if port:
-        from culm.web.worker_metrics import start_worker_metrics
+        from culm.web import start_worker_metrics
 
         print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
     run_worker(db=db_url(args), broker=broker, imports=import_names(args.imports),
@@ -45,16 +44,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    from culm.storage.migrate import upgrade
-    from culm.storage.sql import SqlStore
+    from culm.storage import upgrade_database
 
     url = db_url(args)
     try:
-        store = SqlStore(url, create=False)
-        try:
-            version = upgrade(store)
-        finally:
-            store.dispose()
+        version = upgrade_database(url)
     except db_errors() as exc:
         raise database_error(exc, url) from exc
     print(f"database schema is at version {version}")

@@ -18,7 +18,7 @@ COLOURS = {"FINISHED": "green", "FAILED": "bold red", "RUNNING": "yellow", "SUSP
 
 def node_info(tree: Any) -> dict[str, tuple[str, str]]:
     """``{id: (name, type)}`` of the pipeline, its nodes and its subprocesses' nodes."""
-    from culm.cli.loading import walk_tree
+    from culm.model import walk_tree
 
     info: dict[str, tuple[str, str]] = {}
     for pipe, nodes in walk_tree(tree):

@@ -27,7 +27,8 @@ from culm.cli.common import (
     open_runtime,
     parse_json_object,
 )
-from culm.cli.loading import apply_settings, import_names, load_tree, with_new_ids
+from culm.cli.loading import apply_settings, import_names, load_tree
+from culm.model import with_new_ids
 
 DEFAULT_TIMEOUT = 600.0
 POLL_SECONDS = 0.1
@@ -205,12 +206,9 @@ def print_problems(problems: Sequence[Any], info: dict[str, tuple[str, str]], ou
 
 def _check_components(tree: dict, info: dict[str, tuple[str, str]]) -> None:
     """Embedded runs only: every component the tree names is registered here (else exit 2)."""
-    from culm import events, variables
-    from culm.components import library
-    from culm.model.validator import validate_tree
+    from culm.validator import tree_problems
 
-    problems = validate_tree(tree, component_exists=library.has, lazy_exists=variables.library.has,
-                             end_event_exists=events.library.has, cycle_tolerate=True)
+    problems = tree_problems(tree, cycle_tolerate=True)
     missing = [p for p in problems if "component" in p.message]
     if missing:
         print_problems(missing, info, sys.stderr)
@@ -289,15 +287,10 @@ def _attach(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from culm import events, variables
-    from culm.components import library
-    from culm.model.validator import validate_tree
+    from culm.validator import tree_problems, tree_warnings
 
     tree = load_tree(args.source, args.imports)
-    problems = validate_tree(
-        tree, cycle_tolerate=args.cycle_tolerate, component_exists=library.has,
-        lazy_exists=variables.library.has, end_event_exists=events.library.has,
-    )
+    problems = tree_problems(tree, cycle_tolerate=args.cycle_tolerate)
     info = render.node_info(tree)
     print_problems(problems, info, sys.stdout)
     # Warnings (a fragment that will stay text, a condition that will not parse) never change the exit code.
@@ -309,13 +302,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print("OK")
     return EXIT_OK
-
-
-def tree_warnings(tree: dict) -> list[Any]:
-    """The validator's syntax warnings (same shape as problems: ``where``, ``message``)."""
-    from culm.model.validator import tree_warnings as find
-
-    return list(find(tree))
 
 
 def register(sub: Any) -> None:

@@ -1,12 +1,163 @@
-"""The service's commands, ``serve`` and ``token``: defined in :mod:`culm.web.commands`."""
+"""``culm serve`` and ``culm token``: the service's commands (the service itself is :mod:`culm.web`).
+
+:func:`register` adds them to an argparse subparsers object; each sets ``func`` to a function that
+takes the parsed arguments and returns an exit code (0 done, 2 bad usage, 3 not found).
+"""
 
 from __future__ import annotations
 
+import argparse
+import ipaddress
+import os
+import sys
 from typing import Any
 
+from culm.cli.common import UsageError
+from culm.cli.loading import import_modules, import_names
 
-def register(sub: Any) -> None:
-    """Add ``serve`` and ``token`` to the ``culm`` parser."""
-    from culm.web.commands import register as register_web
+DEFAULT_DB = "sqlite:///culm.db"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
 
-    register_web(sub)
+
+def _db(args: argparse.Namespace) -> str:
+    return str(args.db or os.environ.get("CULM_DATABASE_URL") or DEFAULT_DB)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the REST API and console; on the embedded default this process also runs the engine."""
+    if args.no_auth and not _is_loopback(args.host):
+        print(f"error: --no-auth serves only a loopback address (127.0.0.1, ::1, localhost), not {args.host!r}; "
+              "create a token with `culm token create --role admin` to serve other hosts", file=sys.stderr)
+        return 2
+    try:
+        import uvicorn
+
+        from culm.web import create_app
+    except ImportError as exc:
+        print(f"error: the web service needs the `web` extra: pip install 'culm[web]' ({exc})", file=sys.stderr)
+        return 2
+    import culm
+
+    try:
+        import_modules(import_names(args.imports))
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    broker = args.broker or os.environ.get("CULM_BROKER_URL") or None
+    runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
+    try:
+        mode = "submits and reads (a broker's workers run the work)" if broker else (
+            "runs the engine" if runtime.dispatcher is not None else
+            "submits and reads (another process runs this database's engine)")
+        auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
+        print(f"culm serve on http://{args.host}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
+        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body)
+        # Live-update streams never end by themselves: give them a moment, then close them.
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                    timeout_graceful_shutdown=3)
+    finally:
+        runtime.close()
+    return 0
+
+
+def _token_store(args: argparse.Namespace) -> Any:
+    import culm
+    from culm.web import TokenStore
+
+    runtime = culm.Runtime(_db(args), workers=0)
+    return runtime, TokenStore(runtime.store.engine)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from culm.web import TokenError
+
+    runtime, tokens = _token_store(args)
+    with runtime:
+        try:
+            text, info = tokens.create(args.role, args.name)
+        except TokenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    print(text)
+    print(f"created {info.role} token {info.id}; the text above is shown only now: keep it", file=sys.stderr)
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from culm.web import PREFIX, TokenError
+
+    token_id = args.id
+    if token_id.startswith(PREFIX) and token_id.count("_") >= 2:
+        token_id = token_id.split("_", 2)[1]  # the whole token text was given
+    runtime, tokens = _token_store(args)
+    with runtime:
+        try:
+            info = tokens.revoke(token_id)
+        except TokenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 3 if "no token" in str(exc) else 5
+    print(f"revoked {info.role} token {info.id}")
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    runtime, tokens = _token_store(args)
+    with runtime:
+        items = tokens.list()
+    for t in items:
+        made = datetime.fromtimestamp(t.created_time).strftime("%Y-%m-%d %H:%M:%S")
+        status = "revoked" if t.revoked_time else "active"
+        used = datetime.fromtimestamp(t.last_used_time).strftime("%Y-%m-%d %H:%M") if t.last_used_time else "never"
+        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  used {used:<16}  {t.name}")
+    return 0
+
+
+def _add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="URL", help="database URL (default: $CULM_DATABASE_URL, then sqlite:///culm.db)")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``token`` (create, revoke, list) to an argparse subparsers object."""
+    from culm.web import ROLES
+
+    serve = subparsers.add_parser("serve", help="REST API and web console")
+    _add_db(serve)
+    serve.add_argument("--broker", metavar="URL", help="Celery broker URL (default: $CULM_BROKER_URL); "
+                       "with one, this service only submits and reads")
+    serve.add_argument("--prefix", default="culm", help="queue name prefix of the workers (with --broker)")
+    serve.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
+    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--no-auth", action="store_true", help="no tokens needed; binds to loopback only")
+    serve.add_argument("--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES",
+                       help="largest request body accepted (default 4 MiB)")
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.set_defaults(func=cmd_serve)
+
+    token = subparsers.add_parser("token", help="create, revoke and list API tokens of `culm serve`")
+    token_sub = token.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    create = token_sub.add_parser("create", help="create a token and print it (once)")
+    create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument("--name", default="", help="a note saying whose token it is")
+    _add_db(create)
+    create.set_defaults(func=cmd_token_create)
+    revoke = token_sub.add_parser("revoke", help="revoke a token by its id (or its whole text)")
+    revoke.add_argument("id", metavar="ID")
+    _add_db(revoke)
+    revoke.set_defaults(func=cmd_token_revoke)
+    listing = token_sub.add_parser("list", help="list tokens (never their secrets)")
+    _add_db(listing)
+    listing.set_defaults(func=cmd_token_list)

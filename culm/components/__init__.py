@@ -6,7 +6,7 @@ Write a :class:`Service` (the logic), bind it to a code with a :class:`Component
 
 # `builtin` is imported for its side effect: the example components register themselves.
 from culm.components import builtin as _builtin  # noqa: F401
-from culm.components import library
+from culm.components import events, library, variables
 from culm.components.component import Component, ComponentDefinitionError
 from culm.components.io import (
     ArrayItemSchema,
@@ -51,6 +51,9 @@ __all__ = [
     "BooleanItemSchema",
     "ArrayItemSchema",
     "ObjectItemSchema",
+    # the other plugin kinds (also culm.variables and culm.events)
+    "variables",
+    "events",
     # poll intervals
     "AbstractIntervalGenerator",
     "DefaultIntervalGenerator",

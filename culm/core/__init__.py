@@ -1,0 +1,27 @@
+"""The engine: states and their one transition table, node handlers, commands and queries.
+
+The core imports only :mod:`culm.model`, :mod:`culm.data`, :mod:`culm.components` and
+:mod:`culm.errors` (see docs/architecture.md). Storage and dispatch reach it through
+:mod:`culm.core.ports` and the records of :mod:`culm.core.records`; what else other packages may
+use is named here.
+"""
+
+from culm.core import invariants, observe, ports, records, signals, states
+from culm.core.engine import Engine, Settings
+from culm.core.records import StateChange
+
+__all__ = [
+    # the engine and its settings
+    "Engine",
+    "Settings",
+    # states, the transition table and the signals sent after committed changes
+    "states",
+    "signals",
+    "StateChange",
+    # what storage and dispatch implement and exchange
+    "ports",
+    "records",
+    # hooks for a metrics exporter; the checker of the engine's promises
+    "observe",
+    "invariants",
+]

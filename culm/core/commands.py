@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from culm import states
 from culm.core import data as cdata
+from culm.core import states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
@@ -221,8 +221,6 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "retry")
-        if node.type == g.SUBPROCESS:
-            raise InvalidOperationError(f"node {node_id} is a SubProcess: use retry_subprocess")
         if not node.can_retry:
             raise InvalidOperationError(f"node {node_id} is not retryable")
         st = _state(unit, node_id)
@@ -230,6 +228,8 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         proc = _sleeping_process(unit, node_id)
         step.event("pre_retry_node", node_id=node_id, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_retry_node"))
+        if node.type == g.SUBPROCESS:
+            _step_out_of(unit, proc, node_id)  # as bamboo, a failed SubProcess retries here too
         record_history(unit, st)
         if data is not None:
             unit.set_inputs_override(node_id, _retry_inputs(data))
@@ -257,13 +257,18 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
         _require(st, (states.FAILED,), "retry")
         proc = _sleeping_process(unit, node_id)
         step.event("pre_retry_subprocess", node_id=node_id)
-        if proc.stack and proc.stack[-1] == node_id:
-            unit.update_process(proc.id, stack=proc.stack[:-1])
+        _step_out_of(unit, proc, node_id)
         record_history(unit, st)
         _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
              archived_time=None)
         _wake(step, proc, node_id)
         step.event("post_retry_subprocess", node_id=node_id)
+
+
+def _step_out_of(unit: Any, proc: ProcessRecord, subprocess_id: str) -> None:
+    """A SubProcess that failed once its process had stepped in is entered afresh on retry."""
+    if proc.stack and proc.stack[-1] == subprocess_id:
+        unit.update_process(proc.id, stack=proc.stack[:-1])
 
 
 def skip_node(engine: Engine, node_id: str) -> None:

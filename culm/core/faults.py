@@ -15,7 +15,7 @@ import logging
 import traceback
 from typing import Any
 
-from culm import states
+from culm.core import states
 from culm.core.engine import Engine
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_version, now
 from culm.core.run import record_history

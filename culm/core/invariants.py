@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from culm import states
+from culm.core import states
 from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
 from culm.model import compiled as g
 

@@ -2,29 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from culm import states
+from culm.core import states
 from culm.core.engine import Engine
+from culm.core.records import PipelineQuery
 from culm.errors import InvalidOperationError, NotFoundError
 
 MAX_LIMIT = 1000
 PIPELINE_STATES = (states.CREATED, states.READY, states.RUNNING, states.SUSPENDED, states.BLOCKED,
                    states.FINISHED, states.FAILED, states.REVOKED)
-
-
-@dataclass(frozen=True)
-class PipelineQuery:
-    """Filters and page of a pipeline list; every filter is optional (None = no filter)."""
-
-    states: tuple[str, ...] | None = None
-    name: str | None = None
-    created_after: float | None = None
-    created_before: float | None = None
-    limit: int = 50
-    offset: int = 0
 
 
 def _epoch(value: Any, name: str) -> float | None:

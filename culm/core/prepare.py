@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from culm import states
 from culm.core import data as cdata
+from culm.core import states
 from culm.core.engine import Engine
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.errors import InvalidOperationError

@@ -14,7 +14,7 @@ from culm.model import compiled as g
 
 def preview(tree: dict, node_id: str, subprocess_stack: list[str], root_data: dict, parent_params: dict) -> dict:
     """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first)."""
-    from culm import variables
+    from culm.components import variables
     from culm.model.validator import process_tree
 
     if not isinstance(tree, dict):

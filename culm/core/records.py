@@ -189,3 +189,15 @@ class HistoryRecord:
     version: str
     inputs: dict[str, Any]
     outputs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PipelineQuery:
+    """Filters and page of a pipeline list; every filter is optional (None = no filter)."""
+
+    states: tuple[str, ...] | None = None
+    name: str | None = None
+    created_after: float | None = None
+    created_before: float | None = None
+    limit: int = 50
+    offset: int = 0

@@ -6,8 +6,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from culm import states
 from culm.core import data as cdata
+from culm.core import states
 from culm.core.engine import Engine
 from culm.core.records import ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
 from culm.core.step import Step
@@ -136,7 +136,7 @@ def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> C
     """``resolve(var, rendered)``: the value of lazy variable ``var`` by its class's ``get_value``."""
 
     def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
-        from culm import variables
+        from culm.components import variables
 
         cls = variables.library.get(var.code or "")
         return cls(value=rendered, pipeline_data=root_data(), inner_loop=inner_loop, key=var.key).get_value()

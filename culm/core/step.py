@@ -7,8 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from culm import signals
-from culm.core import observe
+from culm.core import observe, signals
 from culm.core.records import StateRecord, TaskRecord
 
 

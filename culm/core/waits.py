@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from culm import states
+from culm.core import states
 from culm.core.records import SCHEDULE, ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
 
 SUBPROCESS = "SubProcess"

@@ -10,8 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from culm import states
-from culm.core import handlers
+from culm.core import handlers, states
 from culm.core.engine import Engine
 from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now

@@ -38,11 +38,11 @@ from typing import Any
 
 from celery import Celery, signals
 
+from culm import _retry as retry
 from culm.core.engine import Engine, Settings
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
-from culm.storage import retry
 from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.dispatch.celery")

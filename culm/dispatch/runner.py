@@ -18,7 +18,7 @@ share its database with other workers:
   countdown), so idle workers take it; while calls are short it first waits briefly for room;
 * a batch the database interrupts (lost connection, restart) is tried again after a pause, results
   of user code included, so no user code runs twice for it; a deadlock victim is tried again
-  after a short jittered pause (:mod:`culm.storage.retry`);
+  after a short jittered pause (:mod:`culm._retry`);
 * at shutdown the runner stops keeping work, lets what is on hand reach its next commit, and
   releases and publishes what is left. A killed worker leaves leased rows, which the relay
   publishes once their lease runs out.
@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from culm import _retry as retry
+from culm._retry import is_lock_victim
 from culm.core.records import TaskRecord, now
 from culm.dispatch.threads import ThreadDispatcher, _Item
-from culm.storage import retry
-from culm.storage.retry import is_lock_victim
 
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher

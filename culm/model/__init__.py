@@ -1,0 +1,23 @@
+"""Pipeline trees as pure data: the builder DSL, the validator, the compiled graph. No I/O.
+
+What other packages may use is named here; :mod:`culm.builder` and :mod:`culm.validator` are the
+public faces with bamboo's names.
+"""
+
+from culm.model import limits
+from culm.model.compiled import compile_tree
+from culm.model.tree_ids import walk_tree, with_new_ids
+from culm.model.validator import prepare_tree, tree_warnings, validate_tree
+
+__all__ = [
+    # validating and compiling a tree
+    "validate_tree",
+    "prepare_tree",
+    "tree_warnings",
+    "compile_tree",
+    # a tree's ids
+    "walk_tree",
+    "with_new_ids",
+    # the sizes every id, key and value must fit in
+    "limits",
+]

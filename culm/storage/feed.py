@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from culm import states
+from culm.core import states
 from culm.core.records import StateChange
 from culm.errors import NotFoundError
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from culm.core.listing import PipelineQuery
+from culm.core.records import PipelineQuery
 
 _ROOTS = "s.parent_id = '' AND s.root_id <> ''"
 

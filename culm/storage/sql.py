@@ -15,10 +15,10 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
-from culm.core.listing import PipelineQuery
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
+    PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
     StateRecord,

@@ -1,5 +1,38 @@
 """``culm serve``: the REST API, its tokens and roles, live updates and the web console.
 
 Everything here goes through the public API (:mod:`culm.api`, :class:`culm.Runtime` and its change
-feed); tokens keep their own table. Needs the ``web`` extra (FastAPI, uvicorn, prometheus-client).
+feed); tokens keep their own table. Needs the ``web`` extra (FastAPI, uvicorn, prometheus-client)
+for :func:`create_app`; the tokens and the worker's metrics endpoint do not.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from culm.web.tokens import PREFIX, ROLES, TokenError, TokenStore
+from culm.web.worker_metrics import start_worker_metrics
+
+if TYPE_CHECKING:
+    from culm.web.app import create_app
+
+__all__ = [
+    # the service
+    "create_app",
+    # its tokens
+    "TokenStore",
+    "TokenError",
+    "ROLES",
+    "PREFIX",
+    # a Celery worker's metrics endpoint
+    "start_worker_metrics",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # The app imports FastAPI (the `web` extra); the command line imports this package for its
+    # tokens without it.
+    if name == "create_app":
+        from culm.web.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

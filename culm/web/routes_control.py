@@ -37,7 +37,7 @@ class SubmitBody(BaseModel):
 @router.post("/pipelines", status_code=201, summary="Validate a tree and start it",
              responses=responses(409, 413, 422))
 def submit(request: Request, body: SubmitBody) -> FastJSON:
-    from culm.cli.loading import with_new_ids
+    from culm.model import with_new_ids
 
     tree = with_new_ids(body.tree) if body.new_ids else body.tree
     root_id = tree.get("id")

@@ -178,14 +178,10 @@ def tree_problems_of(tree: dict[str, Any], cycle_tolerate: bool, components: boo
     Raises:
         ProblemError: 422 when the tree cannot even be walked.
     """
-    from culm import events, variables
-    from culm.components import library
-    from culm.model.validator import validate_tree
+    from culm.validator import tree_problems
 
     try:
-        problems = validate_tree(tree, cycle_tolerate=cycle_tolerate,
-                                 component_exists=library.has if components else None,
-                                 lazy_exists=variables.library.has, end_event_exists=events.library.has)
+        problems = tree_problems(tree, cycle_tolerate=cycle_tolerate, components=components)
     except Exception as exc:  # noqa: BLE001 - a tree the validator cannot even walk is a bad tree
         raise ProblemError(422, f"the tree cannot be read: {type(exc).__name__}: {exc}") from exc
     return [{"node_id": p.where, "message": p.message} for p in problems]

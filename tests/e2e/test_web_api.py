@@ -14,12 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from openapi_spec_validator import validate
+from support import wait_until
 from web_support import (  # noqa: F401 - fixtures
     divide_tree,
     failing_gateways_tree,
     served,
     showcase_tree,
-    wait_for,
 )
 
 from culm import api
@@ -415,8 +415,8 @@ def test_server_sent_events_follow_a_pipeline(served: Any, admin: httpx.Client) 
     listener.start()
     assert ready.wait(10)
     submit(admin, tree)
-    wait_for(lambda: any(c["node_id"] == wait and c["to_state"] == "RUNNING" for c in got), 20,
-             message="the RUNNING event of the waiting node")
+    wait_until(lambda: any(c["node_id"] == wait and c["to_state"] == "RUNNING" for c in got), 20, 0.05,
+               what="the RUNNING event of the waiting node")
     admin.post(f"/api/v1/nodes/{wait}/callback", json={"data": {}})
     listener.join(30)
     assert not listener.is_alive()
@@ -426,7 +426,7 @@ def test_server_sent_events_follow_a_pipeline(served: Any, admin: httpx.Client) 
 
 def test_metrics_in_prometheus_format(served: Any, admin: httpx.Client) -> None:  # noqa: F811
     root = submit(admin, divide_tree(0))
-    wait_for(lambda: "web_divide" in admin.get("/metrics").text, 20, message="metrics of web_divide")
+    wait_until(lambda: "web_divide" in admin.get("/metrics").text, 20, 0.05, what="metrics of web_divide")
     del root
     text = admin.get("/metrics").text
     assert re.search(r'culm_node_executions_total\{component="web_divide",hostname="[^"]+",kind="execute",'

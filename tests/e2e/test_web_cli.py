@@ -11,7 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from web_support import divide_tree, free_port, wait_for
+from support import wait_until
+from web_support import divide_tree, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -71,7 +72,7 @@ def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
         except httpx.HTTPError:
             return False
 
-    wait_for(up, 60, 0.2, message="culm serve to answer")
+    wait_until(up, 60, 0.2, what="culm serve to answer")
     return proc, url
 
 
@@ -95,7 +96,7 @@ def test_serve_runs_the_engine_on_the_embedded_default(tmp_path: Path) -> None:
             got = httpx.get(f"{url}/api/v1/pipelines/{tree['id']}", headers=headers, timeout=10).json()
             return got["state"] == "FINISHED"
 
-        wait_for(state, 60, 0.2, message="the pipeline to finish in the serve process")
+        wait_until(state, 60, 0.2, what="the pipeline to finish in the serve process")
     finally:
         out = _stop(proc)
     assert "runs the engine" in out and "bearer tokens required" in out

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from web_support import chain_tree, divide_tree, served, showcase_tree, wait_for  # noqa: F401 - fixtures
+from support import wait_until
+from web_support import chain_tree, divide_tree, served, showcase_tree  # noqa: F401 - fixtures
 
 from culm import api
 
@@ -55,7 +56,7 @@ def find(driver: Any, css: str, timeout: float = 20) -> Any:
         found = driver.find_elements(By.CSS_SELECTOR, css)
         return found[0] if found and found[0].is_displayed() else None
 
-    return wait_for(present, timeout, message=f"{css} in the page")
+    return wait_until(present, timeout, 0.05, what=f"{css} in the page")
 
 
 def click(driver: Any, css: str, timeout: float = 20) -> None:
@@ -69,7 +70,7 @@ def click(driver: Any, css: str, timeout: float = 20) -> None:
         except StaleElementReferenceException:
             return False
 
-    wait_for(attempt, timeout, message=f"a click on {css}")
+    wait_until(attempt, timeout, 0.05, what=f"a click on {css}")
 
 
 def text(driver: Any, css: str) -> str:
@@ -91,7 +92,7 @@ def sign_in(driver: Any, served: Any, role: str) -> None:  # noqa: F811
     box = find(driver, "#token")
     box.send_keys(served.tokens[role])
     find(driver, "#signin button").click()
-    wait_for(lambda: role in text(driver, "#whoami"), 20, message=f"signed in as {role}")
+    wait_until(lambda: role in text(driver, "#whoami"), 20, 0.05, what=f"signed in as {role}")
 
 
 def node_id(tree: dict, name: str) -> str:
@@ -113,8 +114,7 @@ def test_sign_in_page_refuses_a_wrong_token_and_keeps_no_cookie(browser: Any, se
     browser.get(served.url + "/#/")
     find(browser, "#token").send_keys("culm_wrong_token")
     find(browser, "#signin button").click()
-    wait_for(lambda: "unknown or revoked" in text(browser, "#signin-error"), 20,
-             message="the refusal")
+    wait_until(lambda: "unknown or revoked" in text(browser, "#signin-error"), 20, 0.05, what="the refusal")
     sign_in(browser, served, "viewer")
     assert browser.get_cookies() == []
     assert browser.execute_script("return sessionStorage.getItem('culm.token')") == served.tokens["viewer"]
@@ -146,12 +146,12 @@ def test_failed_node_is_red_with_its_error_then_retried_with_new_inputs(browser:
     find(browser, "#action-submit").click()
     # The page follows the change feed: no reload, the node and the pipeline turn FINISHED.
     find(browser, f'#graph .node[data-node-id="{act}"][data-state="FINISHED"]', 30)
-    wait_for(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30,
-             message="the pipeline badge to say FINISHED")
+    wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
+               what="the pipeline badge to say FINISHED")
     assert browser.execute_script("return window.__sameDocument") is True
     assert api.get_execution_data_outputs(served.runtime, act).data["result"] == 25.0
-    wait_for(lambda: '"result": 25' in text(browser, "#outputs-view"), 20, message="the new output")
-    wait_for(lambda: count(browser, "#history tr") == 2, 20, message="one earlier run in the history")
+    wait_until(lambda: '"result": 25' in text(browser, "#outputs-view"), 20, 0.05, what="the new output")
+    wait_until(lambda: count(browser, "#history tr") == 2, 20, 0.05, what="one earlier run in the history")
     assert "dividing 100 by 4" in find(browser, "#logs-view").text
 
 
@@ -188,14 +188,15 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     assert find(browser, '#counts .chip[data-state="RUNNING"]').text.startswith("RUNNING ")
     screenshot(browser, "console-list.png", tmp_path)
     click(browser, '#counts .chip[data-state="RUNNING"]')
-    wait_for(lambda: browser.execute_script(
+    wait_until(lambda: browser.execute_script(
         "const rows = [...document.querySelectorAll('#pipelines tr[data-id]')];"
-        "return rows.length > 0 && rows.every(r => r.textContent.includes('RUNNING'))"), 20, message="filter by state")
+        "return rows.length > 0 && rows.every(r => r.textContent.includes('RUNNING'))"),
+        20, 0.05, what="filter by state")
     assert count(browser, f'#pipelines tr[data-id="{tree["id"]}"]') == 1
     browser.get(f"{served.url}/#/")
     find(browser, "#f-name").send_keys("quarterly")
     click(browser, ".filters button")
-    wait_for(lambda: count(browser, "#pipelines tr[data-id]") == 1, 20, message="filter by name")
+    wait_until(lambda: count(browser, "#pipelines tr[data-id]") == 1, 20, 0.05, what="filter by name")
 
     browser.get(f"{served.url}/#/p/{tree['id']}")
     find(browser, f'#graph .node[data-node-id="{wait}"][data-state="RUNNING"]')
@@ -217,8 +218,8 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     area.clear()
     area.send_keys('{"approved": "yes"}')
     find(browser, "#action-submit").click()
-    wait_for(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30,
-             message="the pipeline to finish after the callback")
+    wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
+               what="the pipeline to finish after the callback")
     assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "yes"}
 
 
@@ -256,9 +257,9 @@ def test_a_thousand_node_pipeline_renders_in_under_two_seconds(browser: Any, ser
                         {}).result
     served.wait_state(tree["id"], "FINISHED", 120)
     ran = time.monotonic() - began
-    wait_for(lambda: browser.execute_script(
-        "return document.querySelectorAll('#graph .node[data-state=\"FINISHED\"]').length") == nodes, 120,
-        message="all nodes FINISHED on the page")
+    wait_until(lambda: browser.execute_script(
+        "return document.querySelectorAll('#graph .node[data-state=\"FINISHED\"]').length") == nodes,
+        120, 0.05, what="all nodes FINISHED on the page")
     shown = time.monotonic() - began
     print(f"1,000 nodes ran in {ran:.1f} s; the page showed them all FINISHED after {shown:.1f} s")
     assert browser.execute_script("return window.__sameDocument") is True

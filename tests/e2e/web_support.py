@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import httpx
 import pytest
 import uvicorn
 import web_components  # noqa: F401 - registers the web_* components
+from support import wait_until
 
 import culm
 from culm.builder import (
@@ -36,18 +36,6 @@ from culm.builder import (
 from culm.web.app import create_app
 
 
-def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.05, message: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -65,7 +53,7 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        wait_for(lambda: self.server.started, 20, message="uvicorn to start")
+        wait_until(lambda: self.server.started, 20, 0.05, what="uvicorn to start")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -95,7 +83,7 @@ class Served:
         return found[node_id]["state"] if node_id in found else None
 
     def wait_state(self, node_id: str, state: str, timeout: float = 30) -> None:
-        wait_for(lambda: self.state(node_id) == state, timeout, message=f"{node_id} to be {state}")
+        wait_until(lambda: self.state(node_id) == state, timeout, 0.05, what=f"{node_id} to be {state}")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engine_fixtures import wait_until
+from support import wait_until
 
 from culm import api
 
@@ -37,7 +37,7 @@ def wait_all(runtime, root_id, node_ids, state, timeout=20):
         found = {root_id: root, **root["children"]}
         return all(n in found and found[n]["state"] == state for n in ids)
 
-    wait_until(check, timeout, f"{ids} to be {state}")
+    wait_until(check, timeout, what=f"{ids} to be {state}")
 
 
 def histories(runtime, node_id):

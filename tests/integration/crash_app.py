@@ -19,6 +19,8 @@ import sys
 import time
 from typing import Any
 
+from support import wait_until
+
 import culm
 from culm import api
 from culm.builder import (
@@ -120,13 +122,13 @@ def callback_tree() -> dict:
     return build_tree(start)
 
 
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+def finished_within(predicate: Any, timeout: float, what: str) -> bool:
+    """Whether ``predicate`` came true within ``timeout`` (this app reports it rather than failing)."""
+    try:
+        wait_until(predicate, timeout, 0.02, what=what)
+    except AssertionError:
+        return False
+    return True
 
 
 def main() -> None:
@@ -154,7 +156,7 @@ def main() -> None:
             data = api.get_pipeline_states(runtime, tree["id"]).data
             return bool(data) and data[tree["id"]]["children"].get(wait_id, {}).get("state") == "RUNNING"
 
-        assert wait_for(waiting, 10)
+        wait_until(waiting, 10, 0.02, what="the callback node to wait")
         version = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][wait_id]["version"]
         # Stop the workers first, so the callback is only acknowledged, never processed here.
         runtime.dispatcher.close()
@@ -168,7 +170,7 @@ def main() -> None:
             data = api.get_pipeline_states(runtime, root).data
             return bool(data) and data[root]["state"] == "FINISHED"
 
-        ok = wait_for(finished, 30)
+        ok = finished_within(finished, 30, f"pipeline {root} to finish")
         print(json.dumps({"finished": ok}), flush=True)
         runtime.close()
 
@@ -188,7 +190,7 @@ def batch_main(mode: str, db: str, args: list[str]) -> None:
     def left() -> list[str]:
         return [r for r in roots if api.get_pipeline_states(runtime, r).data[r]["state"] != "FINISHED"]
 
-    wait_for(lambda: not left(), 60)
+    finished_within(lambda: not left(), 60, "every pipeline to finish")
     print(json.dumps({"unfinished": len(left()), "seconds": round(time.monotonic() - began, 3)}), flush=True)
     runtime.close()
 

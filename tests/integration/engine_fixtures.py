@@ -12,13 +12,10 @@ from typing import Any
 
 import components  # noqa: F401 - registers the t_* components, variables and end events
 import pytest
-from conftest import wait_for
+from support import wait_until
 
 import culm
 from culm import api, signals
-
-POLL_SECONDS = 0.01
-
 
 BACKEND_PARAMS = ["sqlite", "postgres-redis", "mariadb-rabbitmq"]
 
@@ -106,11 +103,6 @@ def node_state(runtime: Any, node_id: str) -> dict[str, Any] | None:
     return res.data.get(node_id)
 
 
-def wait_until(predicate: Any, timeout: float = 10, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or fail after ``timeout``."""
-    return wait_for(predicate, timeout, POLL_SECONDS, what)
-
-
 def wait_state(runtime: Any, node_id: str, state: str | Iterable[str], timeout: float = 10) -> dict[str, Any]:
     """Wait until ``node_id`` is in ``state`` (one or several); returns its state entry."""
     wanted = {state} if isinstance(state, str) else set(state)
@@ -122,7 +114,7 @@ def wait_state(runtime: Any, node_id: str, state: str | Iterable[str], timeout: 
         return entry if entry and entry["state"] in wanted else None
 
     try:
-        return wait_until(check, timeout, f"{node_id} to be {sorted(wanted)}")
+        return wait_until(check, timeout, what=f"{node_id} to be {sorted(wanted)}")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; it is {last[0]}") from None
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import bamboo_style_components as bamboo_plugins
 import pytest
-from engine_fixtures import finish, node_state, outputs, run, wait_idle, wait_state, wait_until
+from engine_fixtures import finish, node_state, outputs, run, wait_idle, wait_state
+from support import wait_until
 
 from culm import api  # bamboo: from bamboo_engine import api
 from culm.builder import (  # bamboo: from bamboo_engine.builder import *

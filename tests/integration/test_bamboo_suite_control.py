@@ -7,7 +7,8 @@ from __future__ import annotations
 import bamboo_suite_components  # noqa: F401 - registers bamboo's test components
 import pytest
 from bamboo_suite_helpers import exec_data, histories, states_of, wait_all
-from engine_fixtures import finish, node_state, refused, run, wait_pipeline, wait_state, wait_until
+from engine_fixtures import finish, node_state, refused, run, wait_pipeline, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -126,7 +127,8 @@ def test_callback_fail_retry_and_callback_again(runtime):
     again = wait_state(runtime, act.id, "RUNNING")
     assert again["version"] != state["version"]
     refused(api.callback(runtime, act.id, state["version"], {}), act.id)
-    wait_until(lambda: api.callback(runtime, act.id, again["version"], data={}).result, what="callback accepted")
+    wait_until(lambda: api.callback(runtime, act.id, again["version"], data={}).result,
+               what="callback accepted")
     wait_all(runtime, pipeline["id"], [start.id, act.id, end.id, pipeline["id"]], "FINISHED")
     assert node_state(runtime, act.id)["retry"] == 1
 
@@ -285,7 +287,8 @@ def test_guide_callback_service_reads_self_callback_data(runtime, status, final)
     run(runtime, pipeline)
     state = wait_state(runtime, act.id, "RUNNING")
 
-    wait_until(lambda: api.callback(runtime, act.id, state["version"], {"status": status}).result, what="callback")
+    wait_until(lambda: api.callback(runtime, act.id, state["version"], {"status": status}).result,
+               what="callback")
 
     wait_state(runtime, act.id, final)
     if final == "FAILED":

@@ -6,7 +6,8 @@ from __future__ import annotations
 import bamboo_suite_components  # noqa: F401 - registers bamboo's test components
 import pytest
 from bamboo_suite_helpers import exec_data, histories, polled_once, wait_all
-from engine_fixtures import finish, node_state, refused, run, wait_pipeline, wait_state, wait_until
+from engine_fixtures import finish, node_state, refused, run, wait_pipeline, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (

@@ -4,7 +4,7 @@ statement, contexts read per pipeline, both kept true to the transaction's own w
 from __future__ import annotations
 
 import pytest
-from conftest import create_database, drop_database
+from backends import create_database, drop_database
 
 from culm.core.records import EXECUTE, ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage.migrate import upgrade_database

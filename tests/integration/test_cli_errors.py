@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PG_ADMIN, REPO
+from backends import PG_ADMIN, REPO
 
 pytestmark = pytest.mark.timeout(120)
 

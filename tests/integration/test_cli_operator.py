@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import HERE, REPO, wait_for
+from backends import HERE, REPO
+from support import wait_until
 
 import culm
 from culm import api
@@ -67,7 +68,7 @@ class Cli:
         return str(json.loads(found.stdout)["tree"]["state"])
 
     def wait_state(self, node_id: str, state: str, timeout: float = 30) -> None:
-        wait_for(lambda: self.state(node_id) == state, timeout, 0.3, f"{node_id} to be {state}")
+        wait_until(lambda: self.state(node_id) == state, timeout, 0.3, what=f"{node_id} to be {state}")
 
 
 @pytest.fixture(params=["sqlite", "postgres-redis"])
@@ -254,7 +255,7 @@ def test_run_attach_continues_an_interrupted_run(embedded: Cli) -> None:
         return out.returncode == 0 and json.loads(out.stdout)["tree"]["children"].get(node, {}).get("wait_reason")
 
     try:
-        wait_for(waits, 60, 0.3, "the callback wait")
+        wait_until(waits, 60, 0.3, what="the callback wait")
         proc.send_signal(signal.SIGTERM)
         out_text, err_text = proc.communicate(timeout=30)
     finally:

@@ -7,7 +7,8 @@ from typing import Any
 
 import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
 import pytest
-from conftest import BACKENDS, DistributedBackend, _reachable, unavailable, wait_for
+from backends import BACKENDS, DistributedBackend, reachable, unavailable
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -34,7 +35,7 @@ class CliWorkers(DistributedBackend):
 def cli_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
     db_kind, broker, *addresses = BACKENDS[request.param]
     for host, port in addresses:
-        if not _reachable(host, port):
+        if not reachable(host, port):
             unavailable(f"{request.param}: nothing listens on {host}:{port}")
     backend = CliWorkers(request.param, db_kind, broker, tmp_path)
     try:
@@ -56,7 +57,7 @@ def test_solo_workers_on_a_queue_run_a_parallel_pipeline(cli_backend):
     def finished() -> bool:
         return api.get_pipeline_states(rt, tree["id"]).data.get(tree["id"], {}).get("state") == "FINISHED"
 
-    wait_for(finished, 60, message="the pipeline to finish on the cli queue")
+    wait_until(finished, 60, 0.1, what="the pipeline to finish on the cli queue")
     pids = {api.get_execution_data_outputs(rt, b.id).data["pid"] for b in branches}
     workers = {p.pid for p in cli_backend.workers if p is not None}
     assert pids <= workers  # solo: the task ran in the worker process itself, no pool child

@@ -1,6 +1,6 @@
 """Control calls never lose to a deadlock: on PostgreSQL and MariaDB, with ``culm worker``s running
 the pipelines, operators fire pause / resume / revoke / retry / skip / callback from several threads
-at once. A deadlock or serialization victim is retried inside the call (culm.storage.retry), so no
+at once. A deadlock or serialization victim is retried inside the call (culm._retry), so no
 result carries one, and every pipeline ends finished, revoked, or waiting on something an
 operator can see and act on.
 """
@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from support import wait_until
 
 from culm import api
 from culm.api import EngineAPIResult
@@ -177,7 +177,8 @@ def test_control_calls_from_many_threads_never_lose_to_a_deadlock(
     # Every pipeline comes to rest in a state the invariant allows.
     for root, nodes in runs:
         try:
-            why = wait_for(lambda r=root, n=nodes: _settled(rt, r, n), 120, message=f"pipeline {root} to come to rest")
+            why = wait_until(lambda r=root, n=nodes: _settled(rt, r, n), 120, 0.1,
+                             what=f"pipeline {root} to come to rest")
         except AssertionError:
             raise AssertionError(f"pipeline {root} neither ended nor waits visibly: {_dump(rt, root, nodes, distributed_backend)}") from None
         children = _children(rt, root)

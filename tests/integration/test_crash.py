@@ -13,18 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
 from crash_app import batch_tree_of
+from support import wait_until
 
 import culm
 from culm import api
 
 APP = Path(__file__).with_name("crash_app.py")
+# crash_app.py and what it imports from tests/ (the support module)
+APP_PATH = os.pathsep.join((str(APP.parent), str(APP.parent.parent)))
 pytestmark = pytest.mark.timeout(90)
 
 
 def _spawn(mode: str, db: str, log: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "CRASH_LOG": str(log), "PYTHONPATH": str(APP.parent)}
+    env = {**os.environ, "CRASH_LOG": str(log), "PYTHONPATH": APP_PATH}
     return subprocess.Popen([sys.executable, str(APP), mode, db, *extra], stdout=subprocess.PIPE, env=env, text=True)
 
 
@@ -36,9 +38,7 @@ def test_kill_9_mid_run_then_restart_finishes_without_rerunning_finished_nodes(t
     db, log = f"sqlite:///{tmp_path}/crash.db", tmp_path / "exec.log"
     first = _spawn("start", db, log)
     root = first.stdout.readline().strip()
-    deadline = time.monotonic() + 20
-    while sum(1 for w in _lines(log) if w[0] == "done") < 8 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: sum(1 for w in _lines(log) if w[0] == "done") >= 8, 20, 0.01, what="8 nodes to run")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)
     # What counts is what was committed when the process died, not what the component printed.
@@ -85,9 +85,8 @@ def test_kill_9_mid_batch_reruns_at_most_the_user_code_pool(tmp_path: Path, work
     count, acts = 60, 8
     first = _spawn("batch", db, log, str(count), str(workers))
     roots = json.loads(first.stdout.readline())
-    deadline = time.monotonic() + 30
-    while sum(1 for w in _lines(log) if w[0] == "done") < 0.3 * count * acts and time.monotonic() < deadline:
-        time.sleep(0.005)
+    wait_until(lambda: sum(1 for w in _lines(log) if w[0] == "done") >= 0.3 * count * acts, 30, 0.005,
+               what="30 % of the batch to run")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(10)
     before = collections.Counter(w[1] for w in _lines(log) if w[0] == "start")
@@ -136,7 +135,8 @@ def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
     def executed() -> collections.Counter[str]:
         return collections.Counter({n: c for n, c in backend.executions().items() if n in ours})
 
-    wait_for(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01, "30 % of the batch to run")
+    wait_until(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01,
+               what="30 % of the batch to run")
     backend.kill_worker(victim)
     before = executed()
     killed_at = time.monotonic()
@@ -145,7 +145,7 @@ def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
     def unfinished() -> list[str]:
         return [t["id"] for t in trees if api.get_pipeline_states(rt, t["id"]).data[t["id"]]["state"] != "FINISHED"]
 
-    wait_for(lambda: not unfinished(), 120, 0.2, "every pipeline to finish after the kill")
+    wait_until(lambda: not unfinished(), 120, 0.2, what="every pipeline to finish after the kill")
     took = time.monotonic() - killed_at
     backend.ensure_workers(2)
     after = executed()

@@ -12,7 +12,7 @@ from typing import Any
 
 import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
 import pytest
-from conftest import wait_for
+from support import wait_until
 
 import culm
 from culm import api
@@ -68,7 +68,7 @@ def wait_finished(rt: Any, root_id: str, timeout: float = 60.0) -> dict[str, Any
         return st if st.get("state") == "FINISHED" else None
 
     try:
-        return wait_for(done, timeout, message=f"pipeline {root_id} to finish")
+        return wait_until(done, timeout, 0.1, what=f"pipeline {root_id} to finish")
     except AssertionError:
         st = states(rt, root_id)
         summary = {k: v["state"] for k, v in st.get("children", {}).items()}
@@ -203,7 +203,7 @@ def test_callback_component_is_finished_by_a_callback(distributed_backend):
             return False
         return api.callback(rt, act, st["version"], {"answer": 42}).result
 
-    wait_for(delivered, 30, message="the callback to be accepted")
+    wait_until(delivered, 30, 0.1, what="the callback to be accepted")
     wait_finished(rt, tree["id"])
     assert api.get_execution_data_outputs(rt, act).data["received"] == {"answer": 42}
     assert distributed_backend.executions("callback")[act] == 1
@@ -219,7 +219,7 @@ def test_stopped_worker_lets_running_work_finish(distributed_backend):
     start.extend(slow).extend(after).extend(end)
     tree = build_tree(start)
     assert api.run_pipeline(rt, tree).result
-    wait_for(lambda: backend.executions()[slow.id], 30, interval=0.02, message="the slow activity to start")
+    wait_until(lambda: backend.executions()[slow.id], 30, 0.02, what="the slow activity to start")
     try:
         for index in backend.alive():
             backend.stop_worker(index)
@@ -243,7 +243,7 @@ def test_killed_worker_loses_no_node(distributed_backend):
     def mid_run() -> bool:
         return any(backend.executions()[a] for a in acts)
 
-    wait_for(mid_run, 30, interval=0.02, message="the first activity to start")
+    wait_until(mid_run, 30, 0.02, what="the first activity to start")
     victim = backend.alive()[0]
     backend.kill_worker(victim)
     try:

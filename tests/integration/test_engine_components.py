@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from engine_fixtures import finish, node_state, outputs, refused, run, wait_state, wait_until
+from engine_fixtures import finish, node_state, outputs, refused, run, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree

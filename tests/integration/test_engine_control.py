@@ -14,8 +14,8 @@ from engine_fixtures import (
     run,
     wait_idle,
     wait_state,
-    wait_until,
 )
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -232,7 +232,8 @@ def test_retry_refusals(runtime):
     refused(api.retry_node(runtime, running.id, data="nope"), running.id)
 
 
-def test_retry_subprocess_after_params_failure(runtime):
+def _subprocess_failing_on_params():
+    """A subprocess whose param renders from a lazy variable that raises: (tree, sub, inner)."""
     inner = act("t_echo")
     inner.component.inputs.x = Var(type=Var.SPLICE, value="${p}")
     sub_start = EmptyStartEvent()
@@ -240,15 +241,33 @@ def test_retry_subprocess_after_params_failure(runtime):
     sub = SubProcess(start=sub_start, data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),
                      params=Params({"${p}": Var(type=Var.SPLICE, value="${bad}")}))
     tree, _ = line(sub, data=Data(inputs={"${bad}": Var(type=Var.LAZY, custom_type="t_lazy_raise", value="x")}))
+    return tree, sub, inner
+
+
+def test_retry_subprocess_after_params_failure(runtime):
+    tree, sub, inner = _subprocess_failing_on_params()
     run(runtime, tree)
     failed = wait_state(runtime, sub.id, "FAILED")
     assert "lazy exploded" in outputs(runtime, sub.id)["ex_data"]
-    refused(api.retry_node(runtime, sub.id), sub.id)
     assert api.retry_subprocess(runtime, sub.id).result
     again = wait_state(runtime, sub.id, "FAILED")
     assert again["retry"] == 1 and again["version"] != failed["version"]
     assert len(api.get_node_histories(runtime, sub.id).data) == 1
     refused(api.retry_subprocess(runtime, inner.id), inner.id)
+
+
+def test_retry_node_retries_a_failed_subprocess_with_new_params(runtime):
+    # bamboo's retry_node takes any retryable node; for a SubProcess, data replaces its params.
+    tree, sub, inner = _subprocess_failing_on_params()
+    run(runtime, tree)
+    failed = wait_state(runtime, sub.id, "FAILED")
+    refused(api.retry_node(runtime, sub.id, data="nope"), sub.id)
+    assert api.retry_node(runtime, sub.id, data={"${p}": "given"}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert outputs(runtime, inner.id)["out"] == "given!"
+    done = node_state(runtime, sub.id)
+    assert done["state"] == "FINISHED" and done["retry"] == 1 and done["version"] != failed["version"]
+    assert len(api.get_node_histories(runtime, sub.id).data) == 1
 
 
 def test_retry_subprocess_then_finishes(runtime):
@@ -482,7 +501,8 @@ def test_forced_fail_waiting_callback_then_stale_callback_refused(runtime):
     refused(api.callback(runtime, cb.id, st["version"], {"n": 1}), cb.id)
     assert node_state(runtime, cb.id)["state"] == "FAILED"
     assert api.retry_node(runtime, cb.id).result
-    st2 = wait_until(lambda: (s := node_state(runtime, cb.id)) and s["state"] == "RUNNING" and s, what="retry")
+    st2 = wait_until(lambda: (s := node_state(runtime, cb.id)) and s["state"] == "RUNNING" and s,
+                     what="retry")
     wait_until(lambda: "received" in outputs(runtime, cb.id) and "ex_data" not in outputs(runtime, cb.id),
                what="execute after retry")
     assert api.callback(runtime, cb.id, st2["version"], {"n": 9, "done": True}).result

@@ -227,7 +227,7 @@ def test_update_context_values(runtime):
     assert res.result, res.message
     values = {v["key"]: v["value"] for v in api.get_pipeline_debug_info(runtime, tree["id"]).data["context_values"]}
     assert values["${v}"] == "new" and "${not_there}" not in values
-    from engine_fixtures import wait_until
+    from support import wait_until
 
     wait_until(lambda: outputs(runtime, cb.id).get("waiting"), what="execute")
     assert api.callback(runtime, cb.id, st["version"], {}).result
@@ -305,7 +305,7 @@ def test_update_context_values_of_subprocess(runtime):
     run(runtime, tree)
     st = wait_state(runtime, wait.id, "RUNNING")
     assert api.update_context_values(runtime, sub.id, {"${s}": "new"}).result
-    from engine_fixtures import wait_until
+    from support import wait_until
 
     wait_until(lambda: outputs(runtime, wait.id).get("waiting"), what="execute")
     assert api.callback(runtime, wait.id, st["version"], {}).result

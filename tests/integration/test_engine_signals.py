@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from engine_fixtures import finish, node_state, outputs, refused, run, wait_idle, wait_state, wait_until
+from engine_fixtures import finish, node_state, outputs, refused, run, wait_idle, wait_state
+from support import wait_until
 
 from culm import api, signals
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree

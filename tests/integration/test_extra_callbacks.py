@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 from components import calls, gate
-from engine_fixtures import outputs, run, wait_state, wait_until
+from engine_fixtures import outputs, run, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
@@ -42,7 +43,8 @@ def waiting_node(runtime: Any, code: str) -> tuple[dict, ServiceActivity, str]:
     tree = build_tree(start)
     run(runtime, tree)
     version = wait_state(runtime, act.id, "RUNNING", timeout=30)["version"]
-    wait_until(lambda: outputs(runtime, act.id).get("_result") is True, 30, "the node to wait for callbacks")
+    wait_until(lambda: outputs(runtime, act.id).get("_result") is True, 30,
+               what="the node to wait for callbacks")
     return tree, act, version
 
 
@@ -83,7 +85,8 @@ def test_concurrent_callbacks_to_a_multi_callback_node_are_all_taken(runtime):
     tree, act, version = waiting_node(runtime, "t_multi_callback")
     results = fire_at_once(runtime, act.id, version, [{"n": i} for i in range(CALLERS)])
     assert all(r.result for r in results), [r.message for r in results]
-    wait_until(lambda: len(outputs(runtime, act.id).get("received") or []) == CALLERS, 30, "every callback to run")
+    wait_until(lambda: len(outputs(runtime, act.id).get("received") or []) == CALLERS, 30,
+               what="every callback to run")
     assert sorted(outputs(runtime, act.id)["received"]) == list(range(CALLERS))
     assert api.callback(runtime, act.id, version, {"n": CALLERS, "done": True}).result
     wait_state(runtime, tree["id"], "FINISHED", timeout=30)

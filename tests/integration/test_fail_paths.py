@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from components import calls
-from engine_fixtures import node_state, outputs, run, wait_pipeline, wait_state, wait_until
+from engine_fixtures import node_state, outputs, run, wait_pipeline, wait_state
 from sqlalchemy import text
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -124,7 +125,7 @@ def test_an_engine_step_that_raises_fails_the_node_it_walked_from(runtime):
     # Retry runs the walk again (and fails again, once); skip moves past the start event.
     assert api.retry_node(runtime, start.id).result
     wait_until(lambda: node_state(runtime, start.id)["retry"] == 1 and node_state(runtime, start.id)["state"]
-               == "FAILED", 30, "the retried start event to fail again")
+               == "FAILED", 30, what="the retried start event to fail again")
     res = api.skip_node(runtime, start.id)
     assert res.result, res.message
     wait_state(runtime, act.id, "FAILED", timeout=30)

@@ -25,9 +25,10 @@ import celery
 import culm_dist_components  # noqa: F401 - registers dist_sleep in the test process
 import culm_fault_components  # noqa: F401 - registers fault_interval_poll in the test process
 import pytest
-from conftest import BACKENDS, MY_ADMIN, PG_ADMIN, REDIS, DistributedBackend, unavailable, wait_for
+from backends import BACKENDS, MY_ADMIN, PG_ADMIN, REDIS, DistributedBackend, unavailable
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+from support import wait_until
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
@@ -131,7 +132,7 @@ def wait_finished(rt: Any, root_id: str, timeout: float) -> dict[str, Any]:
         return st if st.get("state") == "FINISHED" else None
 
     try:
-        return wait_for(done, timeout, interval=0.2, message=f"pipeline {root_id} to finish")
+        return wait_until(done, timeout, 0.2, what=f"pipeline {root_id} to finish")
     except AssertionError:
         st = states(rt, root_id)
         summary = {k: v["state"] for k, v in st.get("children", {}).items()}
@@ -164,12 +165,12 @@ def redis_stopped() -> Iterator[None]:
     """Shut the local Redis down (without saving); always start it again on the way out."""
     subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True, timeout=10)
     try:
-        wait_for(lambda: not redis_ping(), 15, interval=0.1, message="redis to stop")
+        wait_until(lambda: not redis_ping(), 15, 0.1, what="redis to stop")
         yield
     finally:
         if not redis_ping():
             subprocess.run(REDIS_START, check=True, capture_output=True, timeout=30)
-        wait_for(redis_ping, 30, interval=0.1, message="redis to answer PING again")
+        wait_until(redis_ping, 30, 0.1, what="redis to answer PING again")
 
 
 def _redis_restartable() -> None:
@@ -198,8 +199,8 @@ def reconnected_or_dead(backend: DistributedBackend, index: int, before: int) ->
 
 def wait_reconnected(backend: DistributedBackend, workers: list[int], connected_before: dict[int, int]) -> None:
     for i in workers:
-        wait_for(lambda i=i: reconnected_or_dead(backend, i, connected_before[i]), 30,
-                 message=f"worker {i} to reconnect to the broker (or exit)")
+        wait_until(lambda i=i: reconnected_or_dead(backend, i, connected_before[i]), 30, 0.1,
+                   what=f"worker {i} to reconnect to the broker (or exit)")
 
 
 def dead_workers(backend: DistributedBackend, workers: list[int]) -> dict[int, str]:
@@ -234,7 +235,7 @@ def test_redis_restart_between_polls(fault_backends: FaultBackends) -> None:
 
     t0 = time.monotonic()
     assert api.run_pipeline(rt, tree).result
-    wait_for(lambda: backend.executions("poll")[act.id] >= 1, 30, interval=0.02, message="the first poll")
+    wait_until(lambda: backend.executions("poll")[act.id] >= 1, 30, 0.02, what="the first poll")
     db = create_engine(backend.db_url)
 
     def next_poll_waiting(overdue: bool) -> bool:
@@ -248,14 +249,15 @@ def test_redis_restart_between_polls(fault_backends: FaultBackends) -> None:
 
     try:
         # The activity now waits ~1 s for its next poll, whose countdown message the broker holds.
-        wait_for(lambda: next_poll_waiting(False), 15, interval=0.02, message="the next poll's timer")
+        wait_until(lambda: next_poll_waiting(False), 15, 0.02, what="the next poll's timer")
         polls_before_outage = backend.executions("poll")[act.id]
         with redis_stopped():
             outage_start = time.monotonic()
             for i in workers:
-                wait_for(lambda i=i: broker_lost(backend, i, lost_before[i]), 30,
-                         message=f"worker {i} to notice the broker is gone")
-            wait_for(lambda: next_poll_waiting(True), 15, message="the next poll to fall due during the outage")
+                wait_until(lambda i=i: broker_lost(backend, i, lost_before[i]), 30, 0.1,
+                           what=f"worker {i} to notice the broker is gone")
+            wait_until(lambda: next_poll_waiting(True), 15, 0.1,
+                       what="the next poll to fall due during the outage")
             outage = time.monotonic() - outage_start
     finally:
         db.dispose()
@@ -283,8 +285,8 @@ def test_idle_workers_reconnect_after_redis_restart(fault_backends: FaultBackend
     connected_before = {i: backend.worker_log(i).count("Connected to redis://") for i in workers}
     with redis_stopped():
         for i in workers:
-            wait_for(lambda i=i: broker_lost(backend, i, lost_before[i]), 30,
-                     message=f"worker {i} to notice the broker is gone")
+            wait_until(lambda i=i: broker_lost(backend, i, lost_before[i]), 30, 0.1,
+                       what=f"worker {i} to notice the broker is gone")
     wait_reconnected(backend, workers, connected_before)
     assert dead_workers(backend, workers) == {}
     acts = [sleep_activity(0) for _ in range(2)]
@@ -322,11 +324,11 @@ def test_busy_worker_survives_redis_restart(fault_backends: FaultBackends) -> No
     tree = chain_tree([act])
     try:
         assert api.run_pipeline(rt, tree).result
-        wait_for(lambda: backend.executions()[act.id] >= 1, 30, interval=0.02, message="the activity to start")
+        wait_until(lambda: backend.executions()[act.id] >= 1, 30, 0.02, what="the activity to start")
         with redis_stopped():
             for i in workers:
-                wait_for(lambda i=i: broker_lost(backend, i, lost_before[i]) or backend.workers[i].poll() is not None,
-                         30, message=f"worker {i} to notice the broker is gone")
+                wait_until(lambda i=i: broker_lost(backend, i, lost_before[i]) or backend.workers[i].poll() is not None,
+                           30, 0.1, what=f"worker {i} to notice the broker is gone")
         wait_reconnected(backend, workers, connected_before)
         st = wait_finished(rt, tree["id"], timeout=60)
         assert_finished_once(rt, st, [act.id])
@@ -417,8 +419,8 @@ def test_database_connections_dropped_mid_run(fault_backends: FaultBackends, nam
     assert api.run_pipeline(rt, tree).result
     rounds = []
     for target in (2, 7):
-        wait_for(lambda target=target: executed() >= target, 60, interval=0.02,
-                 message=f"{target} activities to have started")
+        wait_until(lambda target=target: executed() >= target, 60, 0.02,
+                   what=f"{target} activities to have started")
         rounds.append(kill_sessions(backend.db_url))
     assert all(n > 0 for n, _ in rounds), f"no session was killed: {rounds}"
 

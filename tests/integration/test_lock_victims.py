@@ -1,7 +1,7 @@
 """A real deadlock on PostgreSQL and MariaDB is recognised as a lock victim and run again.
 
 Two transactions lock two rows in opposite orders; the server rolls one of them back. The victim's
-error, as SQLAlchemy raises it, is a lock victim (culm.storage.retry.is_lock_victim), and
+error, as SQLAlchemy raises it, is a lock victim (culm._retry.is_lock_victim), and
 ``retrying`` runs the victim's transaction again until it commits.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from culm.storage import retry
+from culm import _retry as retry
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,7 +10,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from conftest import REDIS, REPO
+from backends import REDIS, REPO
 
 import culm
 from culm.errors import SchemaOutdatedError

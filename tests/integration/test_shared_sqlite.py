@@ -16,12 +16,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from support import wait_until
 
 import culm
 from culm import api
 
 APP = Path(__file__).with_name("crash_app.py")
+# crash_app.py and what it imports from tests/ (the support module)
+APP_PATH = os.pathsep.join((str(APP.parent), str(APP.parent.parent)))
 pytestmark = pytest.mark.timeout(120)
 # A runner that imports no component of the tests (it runs only culm's own code).
 BARE_RUNNER = ("import sys, culm; rt = culm.Runtime(sys.argv[1]); print('ready', flush=True); "
@@ -29,7 +31,7 @@ BARE_RUNNER = ("import sys, culm; rt = culm.Runtime(sys.argv[1]); print('ready',
 
 
 def _runner(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": str(APP.parent)}
+    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": APP_PATH}
     proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
@@ -56,8 +58,8 @@ def test_a_live_process_takes_over_when_the_runner_exits(
         assert api.run_pipeline(rt, tree).result
         root = tree["id"]
         # The first process runs it...
-        wait_for(lambda: sum(1 for e in api.get_pipeline_states(rt, root).data[root]["children"].values()
-                             if e["state"] == "FINISHED") >= 4, 30, message="the runner to make progress")
+        wait_until(lambda: sum(1 for e in api.get_pipeline_states(rt, root).data[root]["children"].values()
+                               if e["state"] == "FINISHED") >= 4, 30, 0.1, what="the runner to make progress")
         if exit_how == "close":
             assert first.stdin is not None
             first.stdin.write("close\n")
@@ -67,8 +69,8 @@ def test_a_live_process_takes_over_when_the_runner_exits(
         first.wait(30)
         assert _state(rt, root) == "RUNNING", "the runner finished before it exited: nothing to take over"
         # ...and this one takes over what it left.
-        wait_for(lambda: rt.dispatcher is not None, 10, message="this process to take the runner lock")
-        wait_for(lambda: _state(rt, root) == "FINISHED", 30, message="the pipeline to finish here")
+        wait_until(lambda: rt.dispatcher is not None, 10, 0.1, what="this process to take the runner lock")
+        wait_until(lambda: _state(rt, root) == "FINISHED", 30, 0.1, what="the pipeline to finish here")
         children = api.get_pipeline_states(rt, root).data[root]["children"]
         assert all(e["state"] == "FINISHED" for e in children.values())
 
@@ -88,7 +90,8 @@ def test_missing_component_names_the_process_then_retry_from_one_that_has_it(
         assert api.run_pipeline(rt, tree).result
         root = tree["id"]
         wait_id = tree["flows"][tree["start_event"]["outgoing"]]["target"]
-        wait_for(lambda: _state(rt, root, wait_id) == "FAILED", 30, message="the node to fail in the runner")
+        wait_until(lambda: _state(rt, root, wait_id) == "FAILED", 30, 0.1,
+                   what="the node to fail in the runner")
         ex_data = api.get_execution_data_outputs(rt, wait_id).data["ex_data"]
         assert "crash_wait" in ex_data
         assert f"pid {first.pid}" in ex_data
@@ -98,12 +101,12 @@ def test_missing_component_names_the_process_then_retry_from_one_that_has_it(
         first.stdin.write("close\n")
         first.stdin.flush()
         first.wait(30)
-        wait_for(lambda: rt.dispatcher is not None, 10, message="this process to take the runner lock")
+        wait_until(lambda: rt.dispatcher is not None, 10, 0.1, what="this process to take the runner lock")
         assert api.retry_node(rt, wait_id).result
-        wait_for(lambda: _state(rt, root, wait_id) == "RUNNING", 10, message="the retried node to wait")
+        wait_until(lambda: _state(rt, root, wait_id) == "RUNNING", 10, 0.1, what="the retried node to wait")
         version = api.get_pipeline_states(rt, root).data[root]["children"][wait_id]["version"]
         assert api.callback(rt, wait_id, version, {"k": 2}).result
-        wait_for(lambda: _state(rt, root) == "FINISHED", 30, message="the pipeline to finish here")
+        wait_until(lambda: _state(rt, root) == "FINISHED", 30, 0.1, what="the pipeline to finish here")
         assert api.get_execution_data_outputs(rt, wait_id).data["got"] == {"k": 2}
 
 
@@ -113,22 +116,22 @@ def test_a_second_culm_run_finishes_after_the_first_is_killed(tmp_path: Path) ->
     db = f"sqlite:///{tmp_path}/shared.db"
     module = tmp_path / "flow.py"
     module.write_text("import crash_app\n\n\ndef build_pipeline():\n    return crash_app.chain_with_parallel()\n")
-    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": str(APP.parent)}
+    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": APP_PATH}
     culm_cli = [sys.executable, "-m", "culm.cli"]
     first = subprocess.Popen([*culm_cli, "run", str(module), "--db", db, "--timeout", "120"], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "exec.log").exists(), 30, message="the first culm run to start work")
+    wait_until(lambda: (tmp_path / "exec.log").exists(), 30, 0.1, what="the first culm run to start work")
     second = subprocess.Popen([*culm_cli, "run", str(module), "--db", db, "--timeout", "120"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
-    wait_for(lambda: (tmp_path / "exec.log").read_text().count("done") >= 3, 30, message="progress")
+    wait_until(lambda: (tmp_path / "exec.log").read_text().count("done") >= 3, 30, 0.1, what="progress")
     os.kill(first.pid, signal.SIGKILL)
     first.wait(30)
     out, _ = second.communicate(timeout=120)
     assert second.returncode == 0, out
     assert "FINISHED" in out
     # Both pipelines finished here: the second's own, and the one the killed process left.
-    wait_for(lambda: _root_states(tmp_path / "shared.db") == ["FINISHED", "FINISHED"], 30,
-             message="the first run's pipeline to finish in the second process")
+    wait_until(lambda: _root_states(tmp_path / "shared.db") == ["FINISHED", "FINISHED"], 30, 0.1,
+               what="the first run's pipeline to finish in the second process")
 
 
 def _root_states(path: Path) -> list[str]:

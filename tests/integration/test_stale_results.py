@@ -14,7 +14,7 @@ from typing import Any
 
 import components  # noqa: F401 - registers the t_echo component
 import pytest
-from conftest import create_database, drop_database
+from backends import create_database, drop_database
 
 import culm
 from culm import api

@@ -85,7 +85,7 @@ def test_a_pipeline_read_long_ago_is_read_in_full(runtime, monkeypatch):
 
 def test_polling_many_running_pipelines_ends_current(runtime):
     """One poller, many pipelines changing between its reads: every tree ends as a full read."""
-    from engine_fixtures import wait_until
+    from support import wait_until
 
     trees = [build_tree(chain(act(x=i), SubProcess(start=chain(act(x=i))))) for i in range(10)]
     for tree in trees:

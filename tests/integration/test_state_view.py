@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import create_database, drop_database
+from backends import create_database, drop_database
 
 from culm.core.records import StateRecord
 from culm.storage.migrate import upgrade_database

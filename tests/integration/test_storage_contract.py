@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import create_database, drop_database
+from backends import create_database, drop_database
 
 from culm import states
 from culm.core.records import EXECUTE, HistoryRecord, ProcessRecord, StateRecord, TaskRecord

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from engine_fixtures import finish, node_state, outputs, refused, run, wait_state, wait_until
+from engine_fixtures import finish, node_state, outputs, refused, run, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -147,7 +148,7 @@ def test_payloads_of_commands_the_store_cannot_hold_are_refused(runtime):
         refused(api.update_context_values(runtime, tree["id"], values), fragment)
     assert api.skip_node(runtime, fail.id).result
     version = wait_state(runtime, cb.id, "RUNNING")["version"]
-    wait_until(lambda: outputs(runtime, cb.id).get("waiting"), 10, "the callback node to wait")
+    wait_until(lambda: outputs(runtime, cb.id).get("waiting"), 10, what="the callback node to wait")
     for data, fragment in ((nested(5000), "nested more than 100"), ({"x": threading.Lock()}, "callback data")):
         refused(api.callback(runtime, cb.id, version, data), cb.id, fragment)
     assert api.callback(runtime, cb.id, version, {"k": "${k}"}).result  # nothing of the refused ones stayed

@@ -14,7 +14,8 @@ import pickle
 
 import pytest
 from components import stored_values
-from engine_fixtures import inputs, outputs, run, wait_state, wait_until
+from engine_fixtures import inputs, outputs, run, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (

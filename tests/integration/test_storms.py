@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import os
 import random
-import time
 from typing import Any
 
 import pytest
 from engine_fixtures import run
 from storm_ops import Storm, fire, operate
+from support import wait_until
 
 from culm import states
 from culm.core.invariants import Violation, check, check_transitions
@@ -44,19 +44,20 @@ def _seeds() -> list[int]:
 
 def settle(runtime: Any, roots: list[str], timeout: float = SETTLE_SECONDS, strict: bool = True) -> bool:
     """Wait (bounded) until no root has a task left; with ``strict``, fail if one still has."""
-    deadline = time.monotonic() + timeout
-    while True:
-        snaps = [read_snapshot(runtime.engine, r) for r in roots]
-        busy = [s for s in snaps if s.tasks]
-        if not busy:
-            return True
-        if time.monotonic() > deadline:
-            if strict:
-                left = [(t.kind, t.node_id, s.states[t.node_id].name if t.node_id in s.states else None,
-                         t.schedule_id, t.callback_id) for s in busy for t in s.tasks]
-                raise AssertionError(f"tasks left after {timeout}s: {left}")
+    def idle() -> bool:
+        return not any(read_snapshot(runtime.engine, r).tasks for r in roots)
+
+    try:
+        return wait_until(idle, timeout, 0.02, what="every root to have no task left")
+    except AssertionError:
+        if not strict:
             return False
-        time.sleep(0.02)
+    busy = [s for s in (read_snapshot(runtime.engine, r) for r in roots) if s.tasks]
+    if not busy:
+        return True
+    left = [(t.kind, t.node_id, s.states[t.node_id].name if t.node_id in s.states else None,
+             t.schedule_id, t.callback_id) for s in busy for t in s.tasks]
+    raise AssertionError(f"tasks left after {timeout}s: {left}")
 
 
 def _violations(runtime: Any, storm: Storm) -> list[Violation]:

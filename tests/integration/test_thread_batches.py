@@ -12,7 +12,8 @@ import time
 
 import components
 import pytest
-from engine_fixtures import node_state, outputs, wait_state, wait_until
+from engine_fixtures import node_state, outputs, wait_state
+from support import wait_until
 
 import culm
 from culm import api

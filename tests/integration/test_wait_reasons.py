@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from engine_fixtures import node_state, run, wait_pipeline, wait_state, wait_until
+from engine_fixtures import node_state, run, wait_pipeline, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (

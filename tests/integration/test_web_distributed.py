@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
 from fastapi.testclient import TestClient
+from support import wait_until
 
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 from culm.web.app import create_app
@@ -47,12 +47,12 @@ def test_submit_read_and_control_through_the_service(distributed_backend: Any) -
             entry = client.get(f"/api/v1/pipelines/{tree['id']}").json()["children"].get(wait)
             return bool(entry and entry["state"] == "RUNNING")
 
-        wait_for(waiting, 60, message="the worker to reach the waiting node")
+        wait_until(waiting, 60, 0.1, what="the worker to reach the waiting node")
         listed = client.get("/api/v1/pipelines", params={"name": "served-distributed"}).json()
         assert [i["id"] for i in listed["items"]] == [tree["id"]]
         assert client.post(f"/api/v1/nodes/{wait}/callback", json={"data": {"ok": 1}}).status_code == 200
-        wait_for(lambda: client.get(f"/api/v1/pipelines/{tree['id']}").json()["state"] == "FINISHED", 60,
-                 message="the pipeline to finish on the workers")
+        wait_until(lambda: client.get(f"/api/v1/pipelines/{tree['id']}").json()["state"] == "FINISHED",
+                   60, 0.1, what="the pipeline to finish on the workers")
         outputs = client.get(f"/api/v1/nodes/{wait}/execution-data").json()["outputs"]
         assert outputs["received"] == {"ok": 1}
         metrics = client.get("/metrics").text
@@ -80,7 +80,7 @@ def test_culm_serve_with_a_broker_only_submits_and_reads(distributed_backend: An
             except httpx.HTTPError:
                 return False
 
-        wait_for(up, 60, message="culm serve to answer")
+        wait_until(up, 60, 0.1, what="culm serve to answer")
         tree = _tree()
         wait = next(a["id"] for a in tree["activities"].values() if a["name"] == "wait")
         assert httpx.post(url + "/api/v1/pipelines", json={"tree": tree}, headers=headers, timeout=30).status_code == 201
@@ -89,10 +89,11 @@ def test_culm_serve_with_a_broker_only_submits_and_reads(distributed_backend: An
             got = httpx.get(f"{url}/api/v1/nodes/{node}/state", headers=headers, timeout=10)
             return got.json()["state"] if got.status_code == 200 else None
 
-        wait_for(lambda: state(wait) == "RUNNING", 60, message="the workers to reach the waiting node")
+        wait_until(lambda: state(wait) == "RUNNING", 60, 0.1, what="the workers to reach the waiting node")
         assert httpx.post(f"{url}/api/v1/nodes/{wait}/callback", json={"data": {}}, headers=headers,
                           timeout=30).status_code == 200
-        wait_for(lambda: state(tree["id"]) == "FINISHED", 60, message="the workers to finish the pipeline")
+        wait_until(lambda: state(tree["id"]) == "FINISHED", 60, 0.1,
+                   what="the workers to finish the pipeline")
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(30)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REDIS, create_database, drop_database, wait_for
+from backends import REDIS, create_database, drop_database
+from support import wait_until
 
 import culm
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
@@ -53,8 +54,8 @@ def test_prefork_worker_serves_the_sum_of_its_pool(tmp_path: Path) -> None:
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     try:
-        wait_for(lambda: " ready." in (tmp_path / "worker.log").read_text(errors="replace"), 60,
-                 message="the worker to be ready")
+        wait_until(lambda: " ready." in (tmp_path / "worker.log").read_text(errors="replace"), 60, 0.1,
+                   what="the worker to be ready")
         with culm.Runtime(db, broker=REDIS, prefix=prefix) as rt:
             trees = [_tree(["t_echo", "t_echo", "t_fail"]) for _ in range(3)]
             for tree in trees:
@@ -65,13 +66,13 @@ def test_prefork_worker_serves_the_sum_of_its_pool(tmp_path: Path) -> None:
                 return all(any(c["state"] == "FAILED" for c in s[t["id"]]["children"].values())
                            for s, t in zip(states, trees, strict=True) if s)
 
-            wait_for(failed_everywhere, 60, message="every pipeline to reach its failing node")
+            wait_until(failed_everywhere, 60, 0.1, what="every pipeline to reach its failing node")
 
         def scraped() -> str:
             text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
             return text if 'component="t_fail"' in text else ""
 
-        text = wait_for(scraped, 30, message="the failing component in the metrics")
+        text = wait_until(scraped, 30, 0.1, what="the failing component in the metrics")
         echo = re.search(r'culm_node_executions_total\{component="t_echo",hostname="[^"]+",kind="execute",'
                          r'result="success"\} ([0-9.]+)', text)
         assert echo and float(echo.group(1)) == 6.0, text[:3000]

@@ -5,12 +5,12 @@ test is written as bamboo's docs write the code, with the imports swapped.
 
 from __future__ import annotations
 
-import time
 import unittest
 import uuid
 import warnings
 
 import pytest
+from support import wait_until
 
 from culm import Runtime, api, errors
 from culm.builder import (
@@ -42,12 +42,11 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def wait_finished(runtime, pipeline_id):
-    for _ in range(400):
+    def finished():
         states = api.get_pipeline_states(runtime, pipeline_id).data
-        if states and states[pipeline_id]["state"] == "FINISHED":
-            return states[pipeline_id]
-        time.sleep(0.025)
-    raise AssertionError(f"pipeline {pipeline_id} did not finish: {states}")
+        return states[pipeline_id] if states and states[pipeline_id]["state"] == "FINISHED" else None
+
+    return wait_until(finished, 10, 0.025, what=f"pipeline {pipeline_id} to finish")
 
 
 # -- gap 1: builder constructors and reprs ---------------------------------------------------------

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support import wait_until
 
 import culm
 from culm import legacy
@@ -79,15 +79,6 @@ def chain(code: str, **inputs: Any) -> tuple[dict, str]:
     return build_tree(start), act.id
 
 
-def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
-
-
 def state_of(node_id: str) -> str | None:
     try:
         return task_service.get_state(node_id)["state"]
@@ -102,7 +93,7 @@ def test_quick_start_of_the_v3_readme(runtime: culm.Runtime) -> None:
 
     result = task_service.run_pipeline(pipeline)
     assert isinstance(result, ActionResult) and result.result, result.message
-    wait_for(lambda: state_of(pipeline.id) == "FINISHED")
+    wait_until(lambda: state_of(pipeline.id) == "FINISHED", 20.0, 0.02)
 
     state = task_service.get_state(pipeline.id)
     assert set(state) == {"id", "state", "start_time", "finish_time", "loop", "retry", "skip", "children"}
@@ -116,7 +107,7 @@ def test_quick_start_of_the_v3_readme(runtime: culm.Runtime) -> None:
 def test_get_state_of_a_single_node(runtime: culm.Runtime) -> None:
     tree, act_id = chain("example_component")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+    wait_until(lambda: state_of(tree["id"]) == "FINISHED", 20.0, 0.02)
     assert task_service.get_state(act_id)["state"] == "FINISHED"
 
 
@@ -147,13 +138,13 @@ def test_parse_keeps_root_data(runtime: culm.Runtime) -> None:
 def test_failed_activity_is_retried_with_new_inputs(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_gate", ok=False)
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: state_of(act_id) == "FAILED")
+    wait_until(lambda: state_of(act_id) == "FAILED", 20.0, 0.02)
     assert task_service.get_state(tree["id"])["state"] == "RUNNING"  # a failure leaves the pipeline running
     assert task_service.get_outputs(act_id)["ex_data"] == "gate closed"
 
     result = task_service.retry_activity(act_id, inputs={"ok": True})
     assert result.result, result.message
-    wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+    wait_until(lambda: state_of(tree["id"]) == "FINISHED", 20.0, 0.02)
     state = task_service.get_state(act_id)
     assert (state["state"], state["retry"]) == ("FINISHED", 1)
     assert task_service.get_inputs(act_id)["ok"] is True
@@ -163,26 +154,26 @@ def test_failed_activity_is_retried_with_new_inputs(runtime: culm.Runtime) -> No
 def test_failed_activity_is_skipped(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_gate", ok=False)
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: state_of(act_id) == "FAILED")
+    wait_until(lambda: state_of(act_id) == "FAILED", 20.0, 0.02)
     assert task_service.skip_activity(act_id).result
-    wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+    wait_until(lambda: state_of(tree["id"]) == "FINISHED", 20.0, 0.02)
     assert task_service.get_state(act_id)["skip"] is True
 
 
 def test_callback_looks_up_the_version(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_wait")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True)
+    wait_until(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True, 20.0, 0.02)
     result = task_service.callback(act_id, {"answer": 42})
     assert result.result, result.message
-    wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+    wait_until(lambda: state_of(tree["id"]) == "FINISHED", 20.0, 0.02)
     assert task_service.get_outputs(act_id)["outputs"]["payload"] == {"answer": 42}
 
 
 def test_forced_fail_then_revoke(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_wait")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True)
+    wait_until(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True, 20.0, 0.02)
     assert task_service.forced_fail(act_id, ex_data="operator gave up").result
     assert task_service.get_state(act_id)["state"] == "FAILED"
     assert task_service.get_outputs(act_id)["ex_data"] == "operator gave up"
@@ -195,7 +186,7 @@ def test_forced_fail_then_revoke(runtime: culm.Runtime) -> None:
 def test_pause_and_resume(runtime: culm.Runtime) -> None:
     tree, act_id = chain("legacy_test_wait")
     task_service.run_pipeline(PipelineParser(tree).parse())
-    wait_for(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True)
+    wait_until(lambda: task_service.get_outputs(act_id)["outputs"].get("waiting") is True, 20.0, 0.02)
     assert task_service.pause_pipeline(tree["id"]).result
     assert task_service.get_state(tree["id"])["state"] == "SUSPENDED"
     assert task_service.resume_pipeline(tree["id"]).result
@@ -218,7 +209,7 @@ def test_default_runtime_is_created_lazily(tmp_path, monkeypatch) -> None:
         assert legacy.get_default_runtime() is rt
         tree, _ = chain("example_component")
         assert task_service.run_pipeline(PipelineParser(tree).parse()).result
-        wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+        wait_until(lambda: state_of(tree["id"]) == "FINISHED", 20.0, 0.02)
     finally:
         legacy.set_default_runtime(None)
         rt.close()
@@ -231,7 +222,7 @@ def test_v3_run_options_and_output_shape(runtime: culm.Runtime) -> None:
 
     result = task_service.run_pipeline(PipelineParser(tree).parse(), check_workers=False, priority=50, queue="")
     assert result.result, result.message
-    wait_for(lambda: state_of(act_id) == "FAILED")
+    wait_until(lambda: state_of(act_id) == "FAILED", 20.0, 0.02)
 
     found = task_service.get_outputs(act_id)
     assert found["ex_data"] == "gate closed"
@@ -255,15 +246,15 @@ def test_v3_conditional_parallel_skip_and_subprocess_pause(runtime: culm.Runtime
     start.extend(cpg).connect(sub, other).to(cpg).converge(converge).extend(EmptyEndEvent())
     tree = build_tree(start)
     assert task_service.run_pipeline(PipelineParser(tree).parse()).result
-    wait_for(lambda: state_of(cpg.id) == "FAILED")
+    wait_until(lambda: state_of(cpg.id) == "FAILED", 20.0, 0.02)
 
     outcome = task_service.skip_conditional_parallel_gateway(cpg.id, tree["gateways"][cpg.id]["outgoing"],
                                                               converge.id)
     assert outcome.result, outcome.message
-    wait_for(lambda: task_service.get_outputs(waiter.id)["outputs"].get("waiting") is True)
+    wait_until(lambda: task_service.get_outputs(waiter.id)["outputs"].get("waiting") is True, 20.0, 0.02)
     assert task_service.pause_subprocess(sub.id).result
     assert task_service.get_state(sub.id)["state"] == "SUSPENDED"
     assert task_service.resume_pipeline(sub.id).result
     assert task_service.callback(waiter.id, {}).result
-    wait_for(lambda: state_of(tree["id"]) == "FINISHED")
+    wait_until(lambda: state_of(tree["id"]) == "FINISHED", 20.0, 0.02)
     assert task_service.get_state(cpg.id)["skip"] is True

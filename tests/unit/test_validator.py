@@ -702,3 +702,19 @@ def test_randomly_damaged_trees_never_raise():
                 process_tree(tree, cycle_tolerate=tolerate)
             except TreeInvalidError:
                 assert problems
+
+
+def test_tree_problems_looks_plugins_up_in_this_process():
+    from culm import validator
+
+    act = ServiceActivity(component_code="no_such_component_here")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+
+    (problem,) = validator.tree_problems(tree)
+    assert problem.where == act.id and "no_such_component_here" in problem.message
+    # Another process (a cluster's workers) runs the components: they are not judged here.
+    assert validator.tree_problems(tree, components=False) == []
+    assert validator.tree_problems({"id": "p"})  # not even a tree: problems, not an exception
+    assert validator.tree_warnings(tree) == []

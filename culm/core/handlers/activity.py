@@ -5,9 +5,8 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from culm import states
 from culm.core import data as cdata
-from culm.core import rendering
+from culm.core import rendering, states
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run

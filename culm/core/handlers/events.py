@@ -5,9 +5,8 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from culm import states
 from culm.core import data as cdata
-from culm.core import rendering
+from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue, now
 from culm.core.run import Run
@@ -98,7 +97,7 @@ def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> O
 
 def executable_end(run: Run) -> Outcome:
     """Run the user's end-event code outside the transaction, then end like an empty end event."""
-    from culm import events as plugins
+    from culm.components import events as plugins
 
     code = run.node.end_code or ""
     stack = list(run.proc.stack)

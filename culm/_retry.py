@@ -6,6 +6,9 @@ and gap locks, several rows locked by one statement in the server's scan order).
 transaction was rolled back as a whole, so running it again from the start is always safe: a
 command is retried here, a few times with a growing, jittered pause, and never surfaces as a
 refusal; an engine batch is retried by its runner (:mod:`culm.dispatch.runner`).
+
+A leaf module (standard library only), so that the API, the dispatchers and the store share it
+without depending on one another.
 """
 
 from __future__ import annotations

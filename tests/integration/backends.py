@@ -1,0 +1,268 @@
+"""The services integration tests run against: server databases, brokers and ``culm worker`` processes.
+
+* :func:`create_database` / :func:`drop_database`: an empty PostgreSQL or MariaDB database of its own.
+* :class:`DistributedBackend`: a freshly created and migrated database, a private queue prefix on
+  the broker, and running worker processes (short leases, fast relay); :class:`BackendPool` keeps
+  one per kind (:data:`BACKENDS`) for a test session. The fixtures over them are in ``conftest.py``.
+* :func:`unavailable`: skip on a developer machine, FAIL in CI (``CI=true``), where every backend
+  must be tested.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from support import wait_until
+
+import culm
+from culm.storage import migrate
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+
+PG_ADMIN = os.environ.get("CULM_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MY_ADMIN = os.environ.get("CULM_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+REDIS = os.environ.get("CULM_TEST_REDIS", "redis://127.0.0.1:6379/0")
+AMQP = os.environ.get("CULM_TEST_AMQP", "amqp://guest:guest@127.0.0.1:5672//")
+
+# Short leases and a fast relay, so that a killed worker's tasks are taken over within seconds.
+# CULM_TEST_LEASE_SECONDS etc. shorten them further: a stress run where leases run out often and
+# tasks are taken over while their first runner still holds them.
+WORKER_ENV = {
+    "CULM_LEASE_SECONDS": os.environ.get("CULM_TEST_LEASE_SECONDS", "3"),
+    "CULM_RELAY_INTERVAL": os.environ.get("CULM_TEST_RELAY_INTERVAL", "0.5"),
+    "CULM_RELAY_GRACE": os.environ.get("CULM_TEST_RELAY_GRACE", "2"),
+    "CULM_IMPORTS": "culm_dist_components,components,bamboo_style_components,bamboo_suite_components",
+}
+
+
+def unavailable(message: str) -> None:
+    """Skip on a developer machine; fail in CI, where every backend must be tested."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{message} (CI must test every backend; start the service)")
+    pytest.skip(message)
+
+
+def reachable(url_host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((url_host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+# -- databases ----------------------------------------------------------------------------------
+
+
+def create_database(kind: str) -> str:
+    """Create an empty database ``culm_test_<random>``; returns its URL (skips if unreachable)."""
+    admin = PG_ADMIN if kind == "postgres" else MY_ADMIN
+    name = f"culm_test_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"CREATE DATABASE {name}"))
+    except Exception as exc:  # noqa: BLE001
+        unavailable(f"{kind} is not available: {exc}")
+    finally:
+        engine.dispose()
+    base = engine.url.set(database=name)
+    if kind != "postgres":
+        base = base.update_query_dict({"charset": "utf8mb4"})
+    return base.render_as_string(hide_password=False)
+
+
+def drop_database(url: str) -> None:
+    """Drop a database made by :func:`create_database` (closing other sessions on PostgreSQL)."""
+    from sqlalchemy.engine import make_url
+
+    target = make_url(url)
+    postgres = target.get_backend_name() == "postgresql"
+    engine = create_engine(PG_ADMIN if postgres else MY_ADMIN, isolation_level="AUTOCOMMIT")
+    force = " WITH (FORCE)" if postgres else ""
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f"DROP DATABASE IF EXISTS {target.database}{force}"))
+    finally:
+        engine.dispose()
+
+
+# -- workers ------------------------------------------------------------------------------------
+
+
+class DistributedBackend:
+    """A database, a broker and ``culm worker`` processes for one test session."""
+
+    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path) -> None:
+        self.name = name
+        self.db_kind = db_kind
+        self.broker_url = broker_url
+        self.workdir = workdir
+        self.prefix = f"culmt{uuid.uuid4().hex[:8]}"
+        self.exec_log = workdir / "executions.log"
+        self.exec_log.touch()
+        self.db_url = ""
+        self.workers: list[subprocess.Popen[bytes] | None] = []
+        self._runtimes: list[culm.Runtime] = []
+
+    # lifecycle
+    def setup(self) -> None:
+        self.db_url = create_database(self.db_kind)
+        migrate.upgrade_database(self.db_url)
+
+    def teardown(self) -> None:
+        for rt in self._runtimes:
+            rt.close()
+        self.stop_workers()
+        self._delete_queues()
+        if self.db_url:
+            drop_database(self.db_url)
+
+    def runtime(self, **options: Any) -> culm.Runtime:
+        """A submitting runtime on this backend (closed at teardown)."""
+        rt = culm.Runtime(self.db_url, broker=self.broker_url, prefix=self.prefix, **options)
+        self._runtimes.append(rt)
+        return rt
+
+    # workers
+    def worker_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "culm.dispatch.celery", "--db", self.db_url, "--broker", self.broker_url,
+            "--prefix", self.prefix, "--concurrency", "2", "--loglevel", "INFO",
+        ]
+
+    def worker_env(self) -> dict[str, str]:
+        env = dict(os.environ, **WORKER_ENV)
+        env["CULM_TEST_EXEC_LOG"] = str(self.exec_log)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
+        return env
+
+    def start_workers(self, n: int, timeout: float = 30.0) -> list[int]:
+        """Start ``n`` more workers and wait until each is ready; returns their indexes."""
+        started = []
+        for _ in range(n):
+            index = len(self.workers)
+            log = open(self.workdir / f"worker-{index}.log", "wb")  # noqa: SIM115 - owned by the child
+            proc = subprocess.Popen(
+                self.worker_command(), cwd=REPO, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: kill_worker takes the pool children too
+            )
+            log.close()
+            self.workers.append(proc)
+            started.append(index)
+        for index in started:
+            wait_until(lambda i=index: self._ready(i), timeout, 0.1, what=f"worker {index} to be ready")
+        return started
+
+    def _ready(self, index: int) -> bool:
+        proc = self.workers[index]
+        text_ = (self.workdir / f"worker-{index}.log").read_text(errors="replace")
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"worker {index} exited with {proc.returncode}:\n{text_[-3000:]}")
+        return " ready." in text_
+
+    def alive(self) -> list[int]:
+        return [i for i, p in enumerate(self.workers) if p is not None and p.poll() is None]
+
+    def ensure_workers(self, n: int) -> None:
+        missing = n - len(self.alive())
+        if missing > 0:
+            self.start_workers(missing)
+
+    def kill_worker(self, index: int) -> None:
+        """``kill -9`` a worker and its pool children, as a crash or OOM kill would."""
+        proc = self.workers[index]
+        assert proc is not None
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        self.workers[index] = None
+
+    def stop_worker(self, index: int, timeout: float = 60.0) -> None:
+        """Warm shutdown of one worker: ``SIGTERM`` to its main process only, as a service manager
+        stopping its main PID would send; waits until it has exited."""
+        proc = self.workers[index]
+        assert proc is not None
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout)
+        self.workers[index] = None
+
+    def stop_workers(self, timeout: float = 15.0) -> None:
+        for proc in self.workers:
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.workers:
+            if proc is None:
+                continue
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self.workers = [None for _ in self.workers]
+
+    def worker_log(self, index: int) -> str:
+        return (self.workdir / f"worker-{index}.log").read_text(errors="replace")
+
+    # observations
+    def executions(self, kind: str = "execute") -> collections.Counter[str]:
+        """How many times each node ran ``kind`` (execute, poll, callback) in any worker."""
+        counts: collections.Counter[str] = collections.Counter()
+        for line in self.exec_log.read_text().splitlines():
+            k, node_id, *_ = line.split()
+            if k == kind:
+                counts[node_id] += 1
+        return counts
+
+    def _delete_queues(self) -> None:
+        from culm.dispatch.celery import delete_queues
+
+        delete_queues(self.broker_url, self.prefix)
+
+
+BACKENDS = {
+    "postgres-redis": ("postgres", REDIS, ("127.0.0.1", 5432), ("127.0.0.1", 6379)),
+    "mariadb-rabbitmq": ("mariadb", AMQP, ("127.0.0.1", 3306), ("127.0.0.1", 5672)),
+}
+
+
+class BackendPool:
+    """One DistributedBackend per kind for the whole session, started on first use."""
+
+    def __init__(self, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self.tmp_path_factory = tmp_path_factory
+        self.backends: dict[str, DistributedBackend] = {}
+        self.shared: dict[str, culm.Runtime] = {}
+
+    def get(self, name: str) -> DistributedBackend:
+        if name not in self.backends:
+            db_kind, broker, db_addr, broker_addr = BACKENDS[name]
+            for host, port in (db_addr, broker_addr):
+                if not reachable(host, port):
+                    unavailable(f"{name}: nothing listens on {host}:{port}")
+            backend = DistributedBackend(name, db_kind, broker, self.tmp_path_factory.mktemp(name))
+            self.backends[name] = backend
+            backend.setup()
+            backend.start_workers(2)
+        return self.backends[name]
+
+    def shared_runtime(self, name: str) -> culm.Runtime:
+        """One submitting runtime per backend, shared by the engine tests."""
+        if name not in self.shared:
+            self.shared[name] = self.get(name).runtime()
+        return self.shared[name]
+
+    def close(self) -> None:
+        for backend in self.backends.values():
+            backend.teardown()
