@@ -47,7 +47,7 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
     from culm import api
     from culm.dispatch import threads
 
-    batches = [0]
+    batches, reads = [0], [0]
     measuring = [False]
     run_batch, pool_submit = threads.ThreadDispatcher._run_batch, threads._UserCodePool.submit
 
@@ -86,6 +86,7 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
             pending = list(ids)
             while pending:
                 time.sleep(poll_ms / 1000)  # type: ignore[operator]
+                reads[0] += len(pending)
                 pending = [r for r in pending
                            if api.get_pipeline_states(rt, r).data.get(r, {}).get("state") != "FINISHED"]
 
@@ -100,7 +101,7 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
     finally:
         rt.close()
         shutil.rmtree(workdir, ignore_errors=True)
-    return {"batches": batches[0]}
+    return {"batches": batches[0], **({"polls": reads[0]} if poll_ms is not None else {})}
 
 
 def _reads(shape: str) -> dict[str, Any]:
