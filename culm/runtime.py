@@ -7,11 +7,15 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from culm.core.engine import Engine, Settings
+from culm.core.ports import Dispatcher
 from culm.core.records import StateChange
 from culm.storage.sql import SqlStore
+
+if TYPE_CHECKING:
+    from culm.dispatch.threads import ThreadDispatcher
 
 logger = logging.getLogger("culm.runtime")
 
@@ -62,16 +66,17 @@ class Runtime:
         if broker:
             from culm.dispatch.celery import CeleryDispatcher
 
-            self.dispatcher: Any = CeleryDispatcher(broker, **options)
-            self.engine = Engine(self.store, self.dispatcher, settings)
-            self.dispatcher.bind(self.engine)
+            publisher = CeleryDispatcher(broker, **options)
+            self.dispatcher: Dispatcher | None = publisher
+            self.engine = Engine(self.store, publisher, settings)
+            publisher.bind(self.engine)
         else:
             self._workers = 8 if workers is None else workers
-            runner = self._workers > 0 and self._take_runner_lock()
-            self.dispatcher = self._runner() if runner else None
-            self.engine = Engine(self.store, self.dispatcher, settings)
-            if self.dispatcher is not None:
-                self.dispatcher.start(self.engine)
+            threads = self._runner() if self._workers > 0 and self._take_runner_lock() else None
+            self.dispatcher = threads
+            self.engine = Engine(self.store, threads, settings)
+            if threads is not None:
+                threads.start(self.engine)
             elif self._workers > 0:
                 self._standby = threading.Thread(target=self._stand_by, name="culm-standby", daemon=True)
                 self._standby.start()
@@ -98,7 +103,7 @@ class Runtime:
         self._lock_file = handle
         return True
 
-    def _runner(self) -> Any:
+    def _runner(self) -> ThreadDispatcher:
         from culm.dispatch.threads import ThreadDispatcher
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
@@ -121,9 +126,9 @@ class Runtime:
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Embedded only: wait until every queued and timed task has run (True) or time is up."""
-        if self.dispatcher is None or not hasattr(self.dispatcher, "wait_idle"):
+        if self.dispatcher is None:
             return True
-        return bool(self.dispatcher.wait_idle(timeout))
+        return self.dispatcher.wait_idle(timeout)
 
     # -- the change feed (culm.storage.feed) --------------------------------------------------
     def changes(

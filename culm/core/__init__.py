@@ -6,7 +6,7 @@ The core imports only :mod:`culm.model`, :mod:`culm.data`, :mod:`culm.components
 use is named here.
 """
 
-from culm.core import invariants, observe, ports, records, signals, states
+from culm.core import invariants, observe, ports, records, signals, states, transitions
 from culm.core.engine import Engine, Settings
 from culm.core.records import StateChange
 
@@ -16,6 +16,7 @@ __all__ = [
     "Settings",
     # states, the transition table and the signals sent after committed changes
     "states",
+    "transitions",
     "signals",
     "StateChange",
     # what storage and dispatch implement and exchange

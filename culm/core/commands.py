@@ -8,6 +8,7 @@ names the id and what was wrong.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from culm.core import data as cdata
@@ -15,6 +16,7 @@ from culm.core import states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
+from culm.core.ports import StateFields, Unit
 from culm.core.records import ProcessRecord, StateRecord, new_id, new_version, now
 from culm.core.run import Run, record_history
 from culm.core.service_call import dispatch_readonly_hook
@@ -26,7 +28,7 @@ from culm.model import compiled as g
 
 
 # -- lookups --------------------------------------------------------------------------------
-def _node(engine: Engine, unit: Any, node_id: str) -> tuple[g.Graph, g.Node]:
+def _node(engine: Engine, unit: Unit, node_id: str) -> tuple[g.Graph, g.Node]:
     root_id = unit.node_root(node_id)
     if root_id is None:
         raise NotFoundError(f"node {node_id} does not exist")
@@ -36,7 +38,7 @@ def _node(engine: Engine, unit: Any, node_id: str) -> tuple[g.Graph, g.Node]:
     return graph, graph.nodes[node_id]
 
 
-def _state(unit: Any, node_id: str, what: str = "node") -> StateRecord:
+def _state(unit: Unit, node_id: str, what: str = "node") -> StateRecord:
     st = unit.get_state(node_id, for_update=True)
     if st is None:
         raise NotFoundError(f"{what} {node_id} has no state: it does not exist or has not been reached yet")
@@ -50,7 +52,7 @@ def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str =
         )
 
 
-def _refuse_if_revoked(unit: Any, graph: g.Graph, node_id: str, action: str) -> None:
+def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str) -> None:
     """Refuse ``action`` on a node of a revoked pipeline, saying so.
 
     A revoke kills the run's processes, so the later checks would refuse too, but with an
@@ -61,7 +63,7 @@ def _refuse_if_revoked(unit: Any, graph: g.Graph, node_id: str, action: str) -> 
         raise InvalidOperationError(f"cannot {action} node {node_id}: its pipeline {graph.root_id} is revoked")
 
 
-def _sleeping_process(unit: Any, node_id: str) -> ProcessRecord:
+def _sleeping_process(unit: Unit, node_id: str) -> ProcessRecord:
     procs = [p for p in unit.processes_at(node_id) if p.asleep and not p.suspended]
     if len(procs) != 1:
         raise InvalidOperationError(
@@ -70,13 +72,9 @@ def _sleeping_process(unit: Any, node_id: str) -> ProcessRecord:
     return procs[0]
 
 
-def _cas(step: Step, st: StateRecord, to: str, loop: int = -1, **fields: Any) -> None:
-    if not step.unit.update_state(st.node_id, expect_version=st.version, expect_names=(st.name,), name=to, **fields):
+def _cas(step: Step, st: StateRecord, to: str, fields: StateFields | None = None, loop: int = -1) -> None:
+    if not step.set_state(st, to, fields, expect=(st.name,), loop=loop):
         raise InvalidOperationError(f"node {st.node_id} changed while the command ran; try again")
-    was, st.name = st.name, to
-    for k, v in fields.items():
-        setattr(st, k, v)
-    step.state_changed(st, loop, from_state=was)
 
 
 def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
@@ -84,7 +82,7 @@ def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
     step.add_task(execute_task_for(proc, node_id))
 
 
-def _is_pipeline(unit: Any, engine: Engine, pipeline_id: str) -> None:
+def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str) -> None:
     root_id = unit.node_root(pipeline_id)
     if root_id is None:
         raise NotFoundError(f"pipeline {pipeline_id} does not exist")
@@ -92,14 +90,14 @@ def _is_pipeline(unit: Any, engine: Engine, pipeline_id: str) -> None:
         raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
 
 
-def _service_hook(engine: Engine, unit: Any, node: g.Node, st: StateRecord | None, name: str,
-                  callback_data: Any = None) -> Any:
+def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | None, name: str,
+                  callback_data: object = None) -> Callable[[], None]:
     """A read-only service hook call to run after commit (ServiceActivity nodes only)."""
     if node.type != g.ACTIVITY:
         return lambda: None
     inputs, outputs = unit.get_execution_data(node.id) or ({}, {})
     root_id = unit.node_root(node.id)
-    root_data = unit.get_root_data(root_id)
+    root_data = unit.get_root_data(root_id) if root_id is not None else {}
     attrs = {"id": node.id, "version": st.version if st else None, "root_pipeline_id": root_id,
              "top_pipeline_id": node.pipeline_id, "loop": st.loop if st else 1,
              "inner_loop": st.inner_loop if st else 1}
@@ -150,7 +148,7 @@ def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
         st = _state(unit, pipeline_id, "pipeline")
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
-        _cas(step, st, states.REVOKED, archived_time=now())
+        _cas(step, st, states.REVOKED, {"archived_time": now()})
         # Nothing of a revoked run (or subprocess) may move again: stop its processes and pending
         # work now. A revoked subprocess never hands back to its parent: the root stays RUNNING,
         # its wait reason says so, and the operator revokes the root to end the run.
@@ -162,7 +160,7 @@ def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
         step.event("post_revoke_pipeline", pipeline_id=pipeline_id)
 
 
-def _kill_processes_inside(unit: Any, root_id: str, subprocess_id: str) -> None:
+def _kill_processes_inside(unit: Unit, root_id: str, subprocess_id: str) -> None:
     inside = [p.id for p in unit.processes_of_root(root_id) if subprocess_id in p.stack and not p.dead]
     for process_id in inside:
         unit.update_process(process_id, dead=True)
@@ -184,8 +182,7 @@ def pause_node_appoint(engine: Engine, node_id: str) -> None:
             # its root and parent, or queries by root never show the node, even once it has run.
             st = StateRecord(node_id, graph.root_id, node.pipeline_id, states.SUSPENDED, new_version(), 1, 1, 0,
                              False, False, now())
-            unit.insert_state(st)
-            step.state_changed(st)  # a created state is a state write too: receivers must hear of it
+            step.create_state(st)  # a created state is a state write too: receivers must hear of it
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")
@@ -233,8 +230,8 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         record_history(unit, st)
         if data is not None:
             unit.set_inputs_override(node_id, _retry_inputs(data))
-        _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
-             archived_time=None)
+        _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
+                                      "archived_time": None})
         _wake(step, proc, node_id)
         step.after.append(_service_hook(engine, unit, node, st, "post_retry_node"))
         step.event("post_retry_node", node_id=node_id, data=data)
@@ -259,13 +256,13 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
         step.event("pre_retry_subprocess", node_id=node_id)
         _step_out_of(unit, proc, node_id)
         record_history(unit, st)
-        _cas(step, st, states.READY, retry=st.retry + 1, version=new_version(), started_time=None,
-             archived_time=None)
+        _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
+                                      "archived_time": None})
         _wake(step, proc, node_id)
         step.event("post_retry_subprocess", node_id=node_id)
 
 
-def _step_out_of(unit: Any, proc: ProcessRecord, subprocess_id: str) -> None:
+def _step_out_of(unit: Unit, proc: ProcessRecord, subprocess_id: str) -> None:
     """A SubProcess that failed once its process had stepped in is entered afresh on retry."""
     if proc.stack and proc.stack[-1] == subprocess_id:
         unit.update_process(proc.id, stack=proc.stack[:-1])
@@ -286,7 +283,7 @@ def skip_node(engine: Engine, node_id: str) -> None:
         step.event("pre_skip_node", node_id=node_id)
         step.after.append(_service_hook(engine, unit, node, st, "pre_skip_node"))
         record_history(unit, st)
-        _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
+        _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
         _wake(step, proc, node.target)  # type: ignore[arg-type]
         step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
         step.event("post_skip_node", node_id=node_id)
@@ -307,7 +304,7 @@ def skip_exclusive_gateway(engine: Engine, node_id: str, flow_id: str) -> None:
         proc = _sleeping_process(unit, node_id)
         step.event("pre_skip_exclusive_gateway", node_id=node_id, flow_id=flow_id)
         record_history(unit, st)
-        _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
+        _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
         _wake(step, proc, target)
         step.event("post_skip_exclusive_gateway", node_id=node_id, flow_id=flow_id)
 
@@ -334,7 +331,7 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
         payload = {"node_id": node_id, "flow_ids": list(flow_ids), "converge_gateway_id": converge_gateway_id}
         step.event("pre_skip_conditional_parallel_gateway", **payload)
         record_history(unit, st)
-        _cas(step, st, states.FINISHED, skip=True, version=new_version(), archived_time=now())
+        _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
         run = Run(engine, step, graph, proc, node, st)
         fork(run, [t for t in targets if t], converge_gateway_id)
         step.event("post_skip_conditional_parallel_gateway", **payload)
@@ -360,7 +357,7 @@ def forced_fail_activity(engine: Engine, node_id: str, ex_data: str, *, signal: 
         unit.set_execution_data(node_id, inputs, outputs)
         old = st.version
         sent = len(step.events)
-        _cas(step, st, states.FAILED, version=new_version(), archived_time=now())
+        _cas(step, st, states.FAILED, {"version": new_version(), "archived_time": now()})
         if not signal:
             del step.events[sent:]
         for proc in procs:
@@ -391,6 +388,7 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
                                         f"it is {st.name} now")
         _require(st, (states.RUNNING,), "call back")
         sched = unit.schedule_of(node_id, version)
+        proc: ProcessRecord | None
         if sched is None:
             # The component may still be inside execute(): an external system can answer before
             # the engine has saved the schedule. Keep the callback; it runs once the schedule exists.

@@ -20,6 +20,8 @@ PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
 
 # fetch(keys) -> the stored context values among ``keys`` (missing keys simply absent)
 Fetch = Callable[[Iterable[str]], Mapping[str, ContextValue]]
+# resolve(var, rendered) -> the value of lazy variable ``var`` whose rendered value is ``rendered``
+LazyResolver = Callable[[dctx.ContextVar, Any], Any]
 
 
 def context_values_for(spec: PipelineSpec, extra_plain: Mapping[str, Any] | None = None) -> list[ContextValue]:
@@ -76,9 +78,9 @@ def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, Any]:
     return found
 
 
-def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict], dict[str, Any]]:
+def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Separate inputs that are rendered from those used verbatim (plain or need_render=False)."""
-    render: dict[str, dict] = {}
+    render: dict[str, dict[str, Any]] = {}
     escape: dict[str, Any] = {}
     for key, var in raw.items():
         if not isinstance(var, dict):
@@ -95,7 +97,7 @@ class GatheredInputs:
     """A node's inputs with the stored variables they need, read in the transaction; rendering
     them (:func:`finish_inputs`) runs user expressions and lazy variables, so it may run elsewhere."""
 
-    render: dict[str, dict]
+    render: dict[str, dict[str, Any]]
     escape: dict[str, Any]
     refs: frozenset[str]
     needed: dict[str, Any]
@@ -122,7 +124,7 @@ def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:
 
 
 def finish_inputs(
-    gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any], extra: Mapping[str, Any] | None = None
+    gathered: GatheredInputs, lazy: LazyResolver, extra: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """Render gathered inputs; no storage access.
 
@@ -150,7 +152,7 @@ def finish_inputs(
 def render_inputs(
     raw: Mapping[str, Any],
     fetch: Fetch,
-    lazy: Callable[[dctx.ContextVar, Any], Any],
+    lazy: LazyResolver,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Render a node's raw inputs against its pipeline context (:func:`gather_inputs`, then
@@ -163,7 +165,7 @@ def render_inputs(
     return finish_inputs(gather_inputs(raw, fetch), lazy, extra)
 
 
-def _resolve_lazy(lazy: Callable[[dctx.ContextVar, Any], Any], var: dctx.ContextVar, rendered: Any) -> Any:
+def _resolve_lazy(lazy: LazyResolver, var: dctx.ContextVar, rendered: Any) -> Any:
     """A lazy input's value; ``get_value`` is user code, so whatever it raises fails the node."""
     try:
         return lazy(var, rendered)
@@ -177,14 +179,14 @@ def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:
     return GatheredInputs({}, {}, keys, fetch_needed(fetch, keys))
 
 
-def resolved_keys(gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any]) -> dict[str, Any]:
+def resolved_keys(gathered: GatheredInputs, lazy: LazyResolver) -> dict[str, Any]:
     """``{key: value}`` of the gathered keys that resolve; no storage access."""
     namespace = condition_namespace(gathered, lazy)
     return {k: namespace[dctx.deformat(k)] for k in gathered.refs if dctx.deformat(k) in namespace}
 
 
 def resolve_keys(
-    keys: Iterable[str], fetch: Fetch, lazy: Callable[[dctx.ContextVar, Any], Any]
+    keys: Iterable[str], fetch: Fetch, lazy: LazyResolver
 ) -> dict[str, Any]:
     """Resolve context keys (``${x}`` form); returns ``{key: value}`` for those that resolve."""
     return resolved_keys(gather_keys(keys, fetch), lazy)
@@ -198,7 +200,7 @@ def gather_conditions(exprs: Iterable[str], fetch: Fetch) -> GatheredInputs:
     return GatheredInputs({}, {}, frozenset(refs), fetch_needed(fetch, refs) if refs else {})
 
 
-def condition_namespace(gathered: GatheredInputs, lazy: Callable[[dctx.ContextVar, Any], Any]) -> dict[str, Any]:
+def condition_namespace(gathered: GatheredInputs, lazy: LazyResolver) -> dict[str, Any]:
     """Bare-name namespace with every variable the gathered conditions refer to; no storage access."""
     if not gathered.refs:
         return {}

@@ -10,9 +10,8 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from culm.core.ports import Dispatcher, Store
+from culm.core.ports import Dispatcher, Lease, Store, Unit, UserData
 from culm.core.records import EXECUTE, SCHEDULE, TaskRecord, new_id, now
 from culm.core.state_tree import StateTrees
 from culm.core.step import Step
@@ -40,13 +39,13 @@ class Settings:
 class Engine:
     """Runs execute and schedule tasks against a store, dispatching follow-ups."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None):
+    def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.settings = settings or Settings()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self._graphs: OrderedDict[str, Graph] = OrderedDict()
-        self._root_data: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._root_data: OrderedDict[str, UserData] = OrderedDict()
         self._graphs_lock = threading.Lock()
         self.state_trees = StateTrees()  # what get_pipeline_states read last, per pipeline
 
@@ -70,13 +69,14 @@ class Engine:
             self.dispatcher.submit(step.tasks)
         step.run_after()
 
-    def submitting(self) -> contextlib.AbstractContextManager[Any]:
+    def submitting(self) -> contextlib.AbstractContextManager[None]:
         """Wrap the whole of a run_pipeline call in this (the embedded engine batches around it)."""
-        hold = getattr(self.dispatcher, "submitting", None)
-        return hold() if hold is not None else contextlib.nullcontext()
+        if self.dispatcher is None:
+            return contextlib.nullcontext()
+        return self.dispatcher.submitting()
 
     # -- graphs ---------------------------------------------------------------------------
-    def graph(self, root_id: str, unit: Any) -> Graph:
+    def graph(self, root_id: str, unit: Unit) -> Graph:
         """The compiled graph of a root pipeline (compiled once, then cached)."""
         with self._graphs_lock:
             g = self._graphs.get(root_id)
@@ -95,7 +95,7 @@ class Engine:
         self.remember_graph(g)
         return g
 
-    def root_data(self, root_id: str, unit: Any) -> dict[str, Any]:
+    def root_data(self, root_id: str, unit: Unit) -> UserData:
         """A run's root pipeline data (written once at start, so cached like the graph)."""
         with self._graphs_lock:
             data = self._root_data.get(root_id)
@@ -135,6 +135,6 @@ class Engine:
         elif kind == SCHEDULE:
             scheduling.run_schedule(self, task_id)
 
-    def lease(self) -> tuple[str, float, float]:
+    def lease(self) -> Lease:
         at = now()
         return self.owner, at + self.settings.lease_seconds, at

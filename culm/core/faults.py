@@ -17,6 +17,7 @@ from typing import Any
 
 from culm.core import states
 from culm.core.engine import Engine
+from culm.core.ports import StateFields, Unit
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_version, now
 from culm.core.run import record_history
 from culm.core.step import Step
@@ -77,7 +78,7 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     return node_id
 
 
-def _stray(engine: Engine, unit: Any, task: TaskRecord, proc: ProcessRecord, node_id: str,
+def _stray(engine: Engine, unit: Unit, task: TaskRecord, proc: ProcessRecord, node_id: str,
            st: StateRecord | None) -> str | None:
     """Why ``task`` is not its process's live work (a stray, duplicate or stale task), or None."""
     if node_id != proc.current_node_id:
@@ -95,32 +96,27 @@ def _write_failed(engine: Engine, step: Step, root_id: str, node_id: str, st: St
     if st is None:
         parent_id = _parent_of(engine, unit, root_id, node_id)
         st = StateRecord(node_id, root_id, parent_id, states.FAILED, new_version(), 1, 1, 0, False, False, at, at, at)
-        unit.insert_state(st)
-        step.state_changed(st, 1)
+        step.create_state(st, 1)
         return
     if st.name == states.FINISHED:
         record_history(unit, st)  # the finished run stays in the histories
     path = [states.RUNNING, states.FAILED] if st.name in _VIA_RUNNING else [states.FAILED]
     for name in path:
-        fields: dict[str, Any] = {"archived_time": at} if name == states.FAILED else {"started_time": at}
+        fields: StateFields = {"archived_time": at} if name == states.FAILED else {"started_time": at}
         if not st.root_id:
-            fields.update(root_id=root_id, parent_id=_parent_of(engine, unit, root_id, node_id))
-        if not unit.update_state(node_id, expect_version=st.version, expect_names=(st.name,), name=name, **fields):
+            fields.update({"root_id": root_id, "parent_id": _parent_of(engine, unit, root_id, node_id)})
+        if not step.set_state(st, name, fields, expect=(st.name,)):
             raise RuntimeError(f"node {node_id} changed while its failure was recorded")
-        was, st.name = st.name, name
-        for k, v in fields.items():
-            setattr(st, k, v)
-        step.state_changed(st, from_state=was)
 
 
-def _in_graph(engine: Engine, unit: Any, root_id: str, node_id: str) -> bool:
+def _in_graph(engine: Engine, unit: Unit, root_id: str, node_id: str) -> bool:
     try:
         return node_id in engine.graph(root_id, unit).nodes
     except Exception:  # noqa: BLE001 - the graph itself may be what fails: the node may exist
         return True
 
 
-def _parent_of(engine: Engine, unit: Any, root_id: str, node_id: str) -> str:
+def _parent_of(engine: Engine, unit: Unit, root_id: str, node_id: str) -> str:
     try:
         node = engine.graph(root_id, unit).nodes.get(node_id)
     except Exception:  # noqa: BLE001 - the graph itself may be what fails; the root will do
@@ -128,7 +124,7 @@ def _parent_of(engine: Engine, unit: Any, root_id: str, node_id: str) -> str:
     return node.pipeline_id if node is not None else root_id
 
 
-def _execution_data(unit: Any, node_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _execution_data(unit: Unit, node_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
         found = unit.get_execution_data(node_id)
     except Exception:  # noqa: BLE001 - unreadable data must not stop the failure from showing
@@ -145,10 +141,7 @@ def fail_minimal(step: Step, task_id: str) -> None:
         return
     unit.delete_task(task_id)
     st = unit.get_state(task.node_id, for_update=True) if task.node_id else None
-    if st is not None and st.name == states.RUNNING and unit.update_state(
-        st.node_id, expect_version=st.version, expect_names=(states.RUNNING,), name=states.FAILED, archived_time=now()
-    ):
-        st.name = states.FAILED
-        step.note_change(st, states.RUNNING)
+    if st is not None and st.name == states.RUNNING:
+        step.set_state(st, states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,), signal=False)
     if task.process_id:
         unit.update_process(task.process_id, asleep=True)

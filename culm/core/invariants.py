@@ -28,23 +28,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from culm.core import states
-from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
+from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord, Transition
 from culm.model import compiled as g
 
 # A state row is created by entering a node (RUNNING) or by an appointed pause before it is reached.
+# Stricter than the engine's ``transitions.CREATED_AS``: the engine also creates a row FAILED to
+# record its own fault on a node never entered, and such a fault is itself a finding here.
 CREATED_AS = frozenset({states.RUNNING, states.SUSPENDED})
 _CALLBACK_TYPES = ("callback", "multiple_callback")
 _ONE_OF_TARGETS = (g.EXCLUSIVE, g.CONDITIONAL_PARALLEL)
 _ENDS = (g.END, g.EXECUTABLE_END)
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    """One state change of one node, in commit order (``from_state`` None: the row was created)."""
-
-    node_id: str
-    from_state: str | None
-    to_state: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ PIPELINE_STATES = (states.CREATED, states.READY, states.RUNNING, states.SUSPENDE
                    states.FINISHED, states.FAILED, states.REVOKED)
 
 
-def _epoch(value: Any, name: str) -> float | None:
+def _epoch(value: object, name: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, datetime):
@@ -27,7 +27,7 @@ def _epoch(value: Any, name: str) -> float | None:
     raise InvalidOperationError(f"{name} must be a timezone-aware datetime or epoch seconds, got {value!r}")
 
 
-def _states(value: Any) -> tuple[str, ...] | None:
+def _states(value: object) -> tuple[str, ...] | None:
     if value is None:
         return None
     items = [value] if isinstance(value, str) else value
@@ -43,14 +43,14 @@ def _states(value: Any) -> tuple[str, ...] | None:
     return tuple(chosen)
 
 
-def _count(value: Any, name: str, low: int, high: int) -> int:
+def _count(value: object, name: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidOperationError(f"{name} must be an int from {low} to {high}, got {value!r}")
     return value
 
 
-def make_query(state: Any = None, name: Any = None, created_after: Any = None, created_before: Any = None,
-               limit: Any = 50, offset: Any = 0) -> PipelineQuery:
+def make_query(state: object = None, name: object = None, created_after: object = None,
+               created_before: object = None, limit: object = 50, offset: object = 0) -> PipelineQuery:
     """Check the arguments of a list and make its query; refuses a bad one with a message naming it."""
     if name is not None and not isinstance(name, str):
         raise InvalidOperationError(f"name must be a string, got {name!r}")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from culm.core.run import Run
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,8 +35,10 @@ class Invoke:
     ``version``), so that a result arriving after another runner took the task over is dropped.
     """
 
-    call: Callable[[], Any]
-    resume: Callable[[Any, Any], Outcome]
+    call: Callable[[], object]
+    # Takes the node's Run and what ``call`` returned (or the exception it raised); each
+    # handler's ``resume`` knows the type its own ``call`` returns.
+    resume: Callable[[Run, Any], Outcome]
     node_id: str = ""
     version: str | None = None
 

@@ -1,32 +1,378 @@
-"""The interfaces the core needs from the outside world, kept small on purpose.
+"""The interfaces the core needs from the outside world, as small typed protocols.
 
+<<<<<<< HEAD
+Storage implements :class:`Store`, whose units of work offer the verbs of :class:`Unit` (see
+``culm.storage``); dispatch implements :class:`Dispatcher` (see ``culm.dispatch``). The core
+imports neither of them: it sees storage and dispatch only through these protocols.
+
+A unit is one transaction. Its verbs are grouped by concern (:class:`Runs`, :class:`States`,
+:class:`Changes`, :class:`Processes`, :class:`Tasks`, :class:`NodeData`, :class:`Schedules`,
+:class:`Histories`); :class:`Unit` combines them. Storage records what the core decided: every
+change of a node's state name goes through :meth:`culm.core.step.Step.set_state`, which checks
+it against ``states.TRANSITIONS`` (:mod:`culm.core.transitions`) before the unit writes it.
+Partial updates (``update_state``, ``update_process``, ``update_task``, ``update_schedule``) take
+their columns as keywords typed by a change record (``StateWrite``, ``ProcessFields``,
+``TaskFields``, ``ScheduleFields``): a misspelt or mistyped column is a type error.
+=======
 Storage implements :class:`Store` (see ``culm.storage``), dispatch implements :class:`Dispatcher`
-(see ``culm.dispatch``). The core imports neither of them.
+(see ``culm.dispatch``). The core imports neither of them. :class:`WorkerRegistry` is what the
+distributed runtime's workers need from storage to tell live workers from dead ones.
+>>>>>>> liveness
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Container, Iterable, Sequence
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
-from culm.core.records import TaskRecord
+from culm.core.records import (
+    ContextValue,
+    HistoryRecord,
+    PipelineQuery,
+    ProcessRecord,
+    ScheduleRecord,
+    StateRecord,
+    TaskRecord,
+    WorkerInfo,
+)
+
+# A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
+Lease = tuple[str, float, float]
+# A user's JSON-able mapping (pipeline data, node inputs and outputs, options): its values are
+# whatever the user's pipeline holds, so they are not typed further here.
+UserData = dict[str, Any]
+# One root pipeline of a listing: (id, name, state, created_time, started_time, archived_time).
+PipelineRow = tuple[str, str, str, float | None, float | None, float | None]
+
+
+class StateFields(TypedDict, total=False):
+    """The columns of a state, other than its name, that an update may write (any subset)."""
+
+    version: str
+    loop: int
+    inner_loop: int
+    retry: int
+    skip: bool
+    error_ignored: bool
+    started_time: float | None
+    archived_time: float | None
+    root_id: str
+    parent_id: str
+
+
+class StateWrite(StateFields, total=False):
+    """What :meth:`States.update_state` writes: ``StateFields`` and the name. The name is written
+    only by :meth:`culm.core.step.Step.set_state`, after the transition is checked."""
+
+    name: str
+
+
+class ProcessFields(TypedDict, total=False):
+    """The columns a process update may write (any subset)."""
+
+    current_node_id: str
+    stack: list[str]
+    asleep: bool
+    suspended: bool
+    suspended_by: str | None
+    dead: bool
+    ack_num: int
+    need_ack: int
+
+
+class TaskFields(TypedDict, total=False):
+    """The columns a task update may write (any subset); ``owner``/``claimed_until`` are its lease."""
+
+    kind: str
+    node_id: str
+    running_version: str | None
+    schedule_id: str | None
+    callback_id: str | None
+    due: float
+    owner: str | None
+    claimed_until: float | None
+
+
+class ScheduleFields(TypedDict, total=False):
+    """The columns a schedule update may write (any subset)."""
+
+    finished: bool
+    expired: bool
+    times: int
+    locked_until: float | None
+
+
+class LogRow(TypedDict):
+    """One log line of one run (``version``) of a node."""
+
+    node_id: str
+    version: str
+    loop: int
+    created_time: float
+    line: str
+
+
+class Runs(Protocol):
+    """Root pipelines (their trees, data and options) and the index of their nodes."""
+
+    def add_pipeline(self, root_id: str, tree: UserData | str, root_data: UserData, options: UserData,
+                     at: float, name: str = "") -> None: ...
+
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]: ...
+
+    def get_pipeline(self, root_id: str) -> tuple[UserData, UserData, UserData] | None: ...
+
+    def get_root_data(self, root_id: str) -> UserData: ...
+
+    def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None: ...
+
+    def node_root(self, node_id: str) -> str | None: ...
+
+    def node_types(self, ids: Sequence[str]) -> dict[str, str]: ...
+
+    def existing_node_ids(self, ids: Iterable[str]) -> set[str]: ...
+
+
+class States(Protocol):
+    """Node and pipeline states, written by compare-and-set on their version and name."""
+
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether :meth:`prefetch_states` is worth calling (False: it does nothing useful)."""
+        ...
+
+    def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None: ...
+
+    def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None
+                   ) -> dict[str, StateRecord]: ...
+
+    def prefetch_states(self, node_ids: Iterable[str]) -> None: ...
+
+    def states_of_root(self, root_id: str) -> list[StateRecord]: ...
+
+    def states_of_parent(self, parent_id: str) -> list[StateRecord]: ...
+
+    def insert_state(self, rec: StateRecord) -> None: ...
+
+    def update_state(self, node_id: str, *, expect_version: str | None = None,
+                     expect_names: Collection[str] | None = None, **fields: Unpack[StateWrite]) -> bool:
+        """Write ``fields`` only while the version and name still match; False when they do not."""
+        ...
+
+    def reset_inner_loops(self, parent_id: str) -> None: ...
+
+
+class Changes(Protocol):
+    """The change feed: one row per state write, written with the commit."""
+
+    @property
+    def feed_ordered(self) -> bool: ...
+
+    def record_change(self, root_id: str, node_id: str, from_state: str | None, to_state: str,
+                      version: str, loop: int) -> None: ...
+
+    def last_change_seq(self) -> int: ...
+
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]: ...
+
+
+class Processes(Protocol):
+    """The persisted threads of execution walking a pipeline's graph."""
+
+    def insert_processes(self, recs: Sequence[ProcessRecord]) -> None: ...
+
+    def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None: ...
+
+    def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None: ...
+
+    def ack_child(self, parent_id: str) -> tuple[int, int]: ...
+
+    def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...
+
+    def processes_suspended_by(self, by: str) -> list[ProcessRecord]: ...
+
+    def processes_at(self, node_id: str) -> list[ProcessRecord]: ...
+
+    def kill_processes_of_root(self, root_id: str) -> None: ...
+
+
+class Tasks(Protocol):
+    """The task outbox: durable work, written and deleted in the transactions that cause and
+    complete it, leased by whoever runs it."""
+
+    @property
+    def reads_tasks_ahead(self) -> bool:
+        """Whether :meth:`read_tasks_ahead` reads a batch's tasks in a few statements (else it
+        does nothing and each ``task_with_process`` reads its own)."""
+        ...
+
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None: ...
+
+    def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None: ...
+
+    def task_with_process(self, task_id: str, lease: Lease | None = None, *, held: bool = False
+                          ) -> tuple[TaskRecord | None, ProcessRecord | None]: ...
+
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease) -> None: ...
+
+    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]: ...
+
+    def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]: ...
+
+    def get_task(self, task_id: str) -> TaskRecord | None: ...
+
+    def update_task(self, task_id: str, **fields: Unpack[TaskFields]) -> None: ...
+
+    def delete_task(self, task_id: str, *, as_read: TaskRecord | None = None) -> None: ...
+
+    def delete_tasks_of_root(self, root_id: str) -> None: ...
+
+    def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None: ...
+
+    def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]: ...
+
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]: ...
+
+    def mark_relayed(self, task_ids: Sequence[str], at: float) -> None: ...
+
+    def mark_published(self, task_ids: Sequence[str], published: bool) -> None: ...
+
+    def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None: ...
+
+    def release_leases(self, task_ids: Sequence[str] | None = None) -> None: ...
+
+
+class NodeData(Protocol):
+    """Node inputs and outputs, input overrides, and the pipelines' contexts."""
+
+    def get_inputs_override(self, node_id: str) -> UserData | None: ...
+
+    def set_inputs_override(self, node_id: str, inputs: UserData) -> None: ...
+
+    def get_execution_data(self, node_id: str) -> tuple[UserData, UserData] | None: ...
+
+    def set_execution_data(self, node_id: str, inputs: UserData, outputs: UserData) -> None: ...
+
+    def set_execution_outputs(self, node_id: str, outputs: UserData) -> None: ...
+
+    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None: ...
+
+    def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]: ...
+
+    def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+
+
+class Schedules(Protocol):
+    """The schedule phase of activity runs, and the callbacks they wait for."""
+
+    def insert_schedule(self, rec: ScheduleRecord) -> None: ...
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord | None: ...
+
+    def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None: ...
+
+    def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]: ...
+
+    def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None: ...
+
+    def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool: ...
+
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None: ...
+
+    def has_callback(self, node_id: str, version: str) -> bool: ...
+
+    def get_callback(self, callback_id: str) -> object:
+        """The data a callback was accepted with (None when there is no such callback)."""
+        ...
+
+
+class Histories(Protocol):
+    """Past runs of nodes and the log lines of their user code."""
+
+    def add_history(self, rec: HistoryRecord) -> None: ...
+
+    def histories(self, node_id: str, loop: int = -1) -> list[HistoryRecord]: ...
+
+    def add_logs(self, rows: Sequence[LogRow]) -> None: ...
+
+    def logs(self, node_id: str, version: str) -> list[str]: ...
+
+    def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None: ...
+
+
+class Unit(Runs, States, Changes, Processes, Tasks, NodeData, Schedules, Histories, Protocol):
+    """One transaction offering every verb the core needs."""
+
+    def announce_change(self) -> None:
+        """Mark this transaction as one that changes existing rows (a store keeping copies of
+        them drops those copies)."""
+        ...
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested unit: its changes are undone on an exception, the outer transaction's are not."""
+        ...
 
 
 class Store(Protocol):
-    """Hands out units of work. A unit's methods are domain verbs (see ``SqlUnit``)."""
+    """Hands out units of work."""
 
-    dialect: str
-
-    def transaction(self) -> AbstractContextManager[Any]:
+    def transaction(self) -> AbstractContextManager[Unit]:
         """A read-write unit committed at the end of the block."""
+        ...
 
-    def reading(self) -> AbstractContextManager[Any]:
+    def reading(self) -> AbstractContextManager[Unit]:
         """A read-only unit."""
+        ...
 
 
+@runtime_checkable
 class Dispatcher(Protocol):
     """Moves committed tasks to whoever runs them (threads here, Celery workers there)."""
 
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
         """Hand over tasks whose rows are committed; called after the commit."""
+        ...
+
+    def submitting(self) -> AbstractContextManager[None]:
+        """Hold while a caller submits runs (the embedded runner batches around it)."""
+        ...
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until every task handed over in this process has run (True) or time is up."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking tasks and let go of threads and connections."""
+        ...
+
+
+class WorkerRegistry(Protocol):
+    """Which worker processes are alive: each beats its row; a dead one is buried once."""
+
+    def register(self, owner: str, threads: int, prefix: str) -> None:
+        """Add this process's row, under its lease owner id."""
+        ...
+
+    def beat(self, owner: str) -> bool:
+        """Stamp the owner's row with the database's time; False when it has no row (buried)."""
+        ...
+
+    def unregister(self, owner: str) -> None:
+        """Remove the owner's row (a clean shutdown)."""
+        ...
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every registered worker."""
+        ...
+
+    def dead(self, dead_after: float) -> list[tuple[WorkerInfo, bool]]:
+        """(worker, silent) of the workers to bury: silent longer than ``dead_after``, or gone."""
+        ...
+
+    def bury(self, owner: str, silent_after: float | None) -> list[str] | None:
+        """Delete a dead worker's row and free its leases; the freed task ids, None when another
+        relay buried it first or it beat again."""
+        ...

@@ -64,8 +64,7 @@ def run_pipeline(
             extra = root_pipeline_context if spec.id == root_id else subprocess_context
             unit.insert_context(spec.id, cdata.context_values_for(spec, extra))
         root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
-        unit.insert_state(root_state)
-        step.state_changed(root_state, 1)
+        step.create_state(root_state, 1)
         start = start_node_id or graph.pipelines[root_id].start_event_id
         proc = ProcessRecord(new_id(), root_id, None, start, None, [root_id], priority=priority, queue=queue)
         unit.insert_processes([proc])

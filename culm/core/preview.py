@@ -12,7 +12,8 @@ from culm.errors import InvalidOperationError, NotFoundError
 from culm.model import compiled as g
 
 
-def preview(tree: dict, node_id: str, subprocess_stack: list[str], root_data: dict, parent_params: dict) -> dict:
+def preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], root_data: dict[str, Any],
+            parent_params: dict[str, Any]) -> dict[str, Any]:
     """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first)."""
     from culm.components import variables
     from culm.model.validator import process_tree

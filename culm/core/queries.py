@@ -8,6 +8,7 @@ from typing import Any
 from culm.core import data as cdata
 from culm.core import waits
 from culm.core.engine import Engine
+from culm.core.ports import Unit
 from culm.core.records import StateRecord
 from culm.errors import NotFoundError
 
@@ -38,7 +39,7 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
-def _kept_wait_facts(unit: Any, root_id: str, kept: dict[str, dict[str, Any]]) -> waits.WaitFacts:
+def _kept_wait_facts(unit: Unit, root_id: str, kept: dict[str, dict[str, Any]]) -> waits.WaitFacts:
     """Wait facts for a pipeline whose entries came from the cache: only the states of nodes that
     may wait are read again (none for a finished pipeline)."""
     may_wait = waits.MAY_WAIT
@@ -90,7 +91,7 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
     return {node_id: entry}
 
 
-def execution_data(engine: Engine, node_id: str) -> tuple[dict, dict] | None:
+def execution_data(engine: Engine, node_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
     with engine.store.reading() as unit:
         return unit.get_execution_data(node_id)
 
@@ -148,10 +149,10 @@ def node_logs(engine: Engine, node_id: str, version: str | None = None) -> str:
 
 def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        if unit.node_root(pipeline_id) is None:
+        root_id = unit.node_root(pipeline_id)
+        if root_id is None:
             raise NotFoundError(f"pipeline {pipeline_id} does not exist")
         ctx = unit.get_context(pipeline_id)
-        root_id = unit.node_root(pipeline_id)
         procs = unit.processes_of_root(root_id)
     context_values = [
         {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}

@@ -6,7 +6,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class _RandomBits:
@@ -97,6 +97,15 @@ class StateChange:
     version: str
     loop: int
     time: float
+
+
+class Transition(NamedTuple):
+    """One state change of one node (``from_state`` None: the row is created), as the engine
+    decides it (see ``culm.core.transitions``) and the change feed records it."""
+
+    node_id: str
+    from_state: str | None
+    to_state: str
 
 
 @dataclass(slots=True)
@@ -201,3 +210,23 @@ class PipelineQuery:
     created_before: float | None = None
     limit: int = 50
     offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One registered worker process, as its row says (times from the database's clock)."""
+
+    owner: str
+    host: str
+    pid: int
+    process_key: str
+    threads: int
+    prefix: str
+    started_time: float
+    beat_time: float
+    silent_for: float  # seconds since its last beat, on the database's clock
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"owner": self.owner, "host": self.host, "pid": self.pid, "threads": self.threads,
+                "prefix": self.prefix, "started_time": self.started_time, "beat_time": self.beat_time,
+                "silent_for": round(self.silent_for, 3)}

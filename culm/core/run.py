@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from culm.core import data as cdata
 from culm.core import states
 from culm.core.engine import Engine
+from culm.core.ports import StateFields, Unit, UserData
 from culm.core.records import ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
 from culm.core.step import Step
 from culm.data import context as dctx
@@ -31,7 +32,7 @@ class Run:
     state: StateRecord
 
     @property
-    def unit(self) -> Any:
+    def unit(self) -> Unit:
         return self.step.unit
 
     @property
@@ -43,20 +44,14 @@ class Run:
         return self.proc.stack[-1]
 
     # -- state writes ---------------------------------------------------------------------
-    def set_state(self, to: str, *, expect: Iterable[str] | None = None, **fields: Any) -> None:
+    def set_state(self, to: str, fields: StateFields | None = None, *, expect: Collection[str] | None = None) -> None:
         """Version-checked write of this node's state; raises VersionLostError when stale."""
-        ok = self.unit.update_state(
-            self.node.id, expect_version=self.state.version, expect_names=expect, name=to, **fields
-        )
-        if not ok:
+        if not self.step.set_state(self.state, to, fields, expect=expect):
             raise VersionLostError(self.node.id)
-        was, self.state.name = self.state.name, to
-        for k, v in fields.items():
-            setattr(self.state, k, v)
-        self.step.state_changed(self.state, from_state=was)
 
     def finish(self, *, error_ignored: bool = False) -> None:
-        self.set_state(states.FINISHED, expect=(states.RUNNING,), archived_time=now(), error_ignored=error_ignored)
+        self.set_state(states.FINISHED, {"archived_time": now(), "error_ignored": error_ignored},
+                       expect=(states.RUNNING,))
         self.step.event("node_finish", root_pipeline_id=self.root_id, node_id=self.node.id)
 
     def fail(self, ex_data: str | None, outputs: Mapping[str, Any] | None = None, inputs: Any = None) -> None:
@@ -70,7 +65,7 @@ class Run:
             out.setdefault("_inner_loop", self.state.inner_loop)
         old = self.unit.get_execution_data(self.node.id)
         self.unit.set_execution_data(self.node.id, inputs if inputs is not None else (old[0] if old else {}), out)
-        self.set_state(states.FAILED, expect=(states.RUNNING,), archived_time=now())
+        self.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
         self.proc.asleep = True
 
     def fail_node(self, ex_data: str) -> None:
@@ -86,11 +81,11 @@ class Run:
         unit = self.unit
         return lambda keys: unit.get_context(pipeline_id, keys)
 
-    def lazy_resolver(self) -> Any:
+    def lazy_resolver(self) -> cdata.LazyResolver:
         """Resolves lazy variables for this node, reading the root data when first needed."""
-        root_data: dict | None = None
+        root_data: UserData | None = None
 
-        def current_root_data() -> dict:
+        def current_root_data() -> UserData:
             nonlocal root_data
             if root_data is None:
                 root_data = self.root_data()
@@ -98,7 +93,7 @@ class Run:
 
         return lazy_resolver(current_root_data, self.state.inner_loop)
 
-    def detached_lazy_resolver(self, root_data: dict[str, Any]) -> Any:
+    def detached_lazy_resolver(self, root_data: dict[str, Any]) -> cdata.LazyResolver:
         """A resolver that needs nothing from the transaction (for user code run outside it)."""
         return lazy_resolver(lambda: root_data, self.state.inner_loop)
 
@@ -132,7 +127,7 @@ class Run:
         record_history(self.unit, self.state)
 
 
-def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> Callable[[dctx.ContextVar, Any], Any]:
+def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> cdata.LazyResolver:
     """``resolve(var, rendered)``: the value of lazy variable ``var`` by its class's ``get_value``."""
 
     def resolve(var: dctx.ContextVar, rendered: Any) -> Any:
@@ -144,8 +139,16 @@ def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> C
     return resolve
 
 
-def record_history(unit: Any, st: StateRecord) -> None:
+def stored_state(unit: Unit, node_id: str) -> StateRecord:
+    """The state of a node the engine knows has one (LookupError, naming it, when it has not)."""
+    st = unit.get_state(node_id)
+    if st is None:
+        raise LookupError(f"node {node_id} has no stored state")
+    return st
+
+
+def record_history(unit: Unit, st: StateRecord) -> None:
     """Keep a node's current run (state counters and execution data) before it is run again."""
-    exec_data: tuple[dict, dict] = unit.get_execution_data(st.node_id) or ({}, {})
+    exec_data: tuple[UserData, UserData] = unit.get_execution_data(st.node_id) or ({}, {})
     unit.add_history(HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
                                    st.version, exec_data[0], exec_data[1]))

@@ -11,7 +11,7 @@ from culm.core import states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import as_result, make_call, record_call, settle
 from culm.core.outcomes import Next
-from culm.core.records import EXECUTE, SCHEDULE, now
+from culm.core.records import EXECUTE, SCHEDULE, ScheduleRecord, StateRecord, TaskRecord, now
 from culm.core.run import Run, VersionLostError
 from culm.core.service_call import CallResult, ServiceCall
 from culm.core.step import Step
@@ -30,14 +30,14 @@ def run_schedule(engine: Engine, task_id: str) -> None:
     if call is None:
         return
     try:
-        result: Any = call()
+        result: object = call()
     except BaseException as exc:  # noqa: BLE001
         result = exc
     with engine.step() as step:
         schedule_apply(engine, step, task_id, result)
 
 
-def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], Any] | None:
+def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], CallResult] | None:
     """Claim the task and check the schedule is still current; returns the call to make."""
     prepared = _prepare(engine, step, task_id)
     if prepared is None:
@@ -46,7 +46,7 @@ def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], A
     return functools.partial(call.schedule, times, callback_data)
 
 
-def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int, Any] | None:
+def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int, object] | None:
     owner, until, at = engine.lease()
     unit = step.unit
     task = unit.claim_task(task_id, owner, until, at)
@@ -57,7 +57,7 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         # schedule (another runner applied the last call). Deleting it would strand the process:
         # hand it back to run as what it is now.
         unit.update_task(task_id, owner=None, claimed_until=None)
-        step.tasks.append(unit.get_task(task_id))
+        step.requeue(task_id)
         return None
     st = unit.get_state(task.node_id)
     if task.schedule_id is None and task.callback_id is not None:
@@ -81,20 +81,20 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         if sched.type != "multiple_callback" and sched.locked_until:
             retry_at = max(retry_at, sched.locked_until)
         unit.update_task(task_id, due=retry_at, owner=None, claimed_until=None)
-        step.tasks.append(unit.get_task(task_id))
+        step.requeue(task_id)
         return None
     graph = engine.graph(proc.root_id, unit)
     run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-    exec_data: tuple[dict, dict] = unit.get_execution_data(task.node_id) or ({}, {})
+    exec_data: tuple[dict[str, Any], dict[str, Any]] = unit.get_execution_data(task.node_id) or ({}, {})
     callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
     call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
     return call, sched.times, callback_data
 
 
-def _await_schedule(step: Step, task: Any, st: Any, at: float) -> Any:
+def _await_schedule(step: Step, task: TaskRecord, st: StateRecord | None, at: float) -> ScheduleRecord | None:
     """The schedule an early callback belongs to; None (task postponed or dropped) if not there."""
     unit = step.unit
-    sched = unit.schedule_of(task.node_id, task.running_version)
+    sched = unit.schedule_of(task.node_id, task.running_version) if task.running_version is not None else None
     if sched is not None:
         unit.update_task(task.id, schedule_id=sched.id)
         return sched
@@ -104,13 +104,13 @@ def _await_schedule(step: Step, task: Any, st: Any, at: float) -> Any:
         proc = unit.get_process(task.process_id)
         wait = PARKED_CALLBACK_RETRY_SECONDS if proc is not None and proc.suspended else EARLY_CALLBACK_RETRY_SECONDS
         unit.update_task(task.id, due=at + wait, owner=None, claimed_until=None)
-        step.tasks.append(unit.get_task(task.id))
+        step.requeue(task.id)
     else:
         unit.delete_task(task.id)
     return None
 
 
-def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> None:
+def schedule_apply(engine: Engine, step: Step, task_id: str, result: object) -> None:
     """Apply the result of one ``schedule`` call (in the transaction after the call)."""
     unit = step.unit
     task = unit.get_task(task_id)
@@ -120,9 +120,11 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: Any) -> Non
         logger.warning("dropping a stale schedule result for task %s", task_id)
         return
     sched = unit.get_schedule(task.schedule_id)
+    if sched is None:
+        raise LookupError(f"schedule {task.schedule_id} of task {task_id} (node {task.node_id}) is not stored")
     st = unit.get_state(task.node_id, for_update=True)
     proc = unit.get_process(sched.process_id)
-    if st is None or st.version != sched.version or st.name != states.RUNNING or proc.dead:
+    if st is None or st.version != sched.version or st.name != states.RUNNING or proc is None or proc.dead:
         unit.update_schedule(sched.id, expired=True, locked_until=None)
         # Only while the row is still this schedule call: another runner's copy may have applied
         # its result since we read it, making the row the execute that drives the process on.
@@ -143,7 +145,7 @@ def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs
     if res.ok and not res.schedule_done:
         if res.schedule_type == "poll":
             unit.update_task(task_id, due=now() + max(res.schedule_after, 0), owner=None, claimed_until=None)
-            run.step.tasks.append(unit.get_task(task_id))
+            run.step.requeue(task_id)
         else:
             unit.delete_task(task_id)
         return
@@ -154,6 +156,6 @@ def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs
         unit.update_process(run.proc.id, asleep=False, current_node_id=outcome.node_id)
         unit.update_task(task_id, kind=EXECUTE, node_id=outcome.node_id, schedule_id=None, callback_id=None,
                          running_version=None, owner=None, claimed_until=None, due=now())
-        run.step.tasks.append(unit.get_task(task_id))
+        run.step.requeue(task_id)
     else:
         unit.delete_task(task_id)

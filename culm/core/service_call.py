@@ -9,10 +9,13 @@ import socket
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from culm.core import observe
 from culm.core.records import now
+
+if TYPE_CHECKING:
+    from culm.components import DataObject, Service
 
 hook_logger = logging.getLogger("culm.hooks")
 component_logger = logging.getLogger("culm.component")
@@ -25,34 +28,34 @@ class NodeLogger:
         self.node_id = node_id
         self.lines: list[tuple[float, str]] = []
 
-    def _log(self, level: int, msg: Any, *args: Any, exc_info: Any = None, **_: Any) -> None:
+    def _log(self, level: int, msg: object, *args: object, exc_info: object = None, **_: object) -> None:
         text = str(msg) % args if args else str(msg)
         if exc_info:
             text += "\n" + traceback.format_exc()
         self.lines.append((now(), f"[{logging.getLevelName(level)}] {text}"))
         component_logger.log(level, "[%s] %s", self.node_id, text)
 
-    def debug(self, msg: Any, *args: Any, **kw: Any) -> None:
+    def debug(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.DEBUG, msg, *args, **kw)
 
-    def info(self, msg: Any, *args: Any, **kw: Any) -> None:
+    def info(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.INFO, msg, *args, **kw)
 
-    def warning(self, msg: Any, *args: Any, **kw: Any) -> None:
+    def warning(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.WARNING, msg, *args, **kw)
 
     warn = warning
 
-    def error(self, msg: Any, *args: Any, **kw: Any) -> None:
+    def error(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.ERROR, msg, *args, **kw)
 
-    def exception(self, msg: Any, *args: Any, **kw: Any) -> None:
+    def exception(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.ERROR, msg, *args, exc_info=True)
 
-    def critical(self, msg: Any, *args: Any, **kw: Any) -> None:
+    def critical(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.CRITICAL, msg, *args, **kw)
 
-    def log(self, level: int, msg: Any, *args: Any, **kw: Any) -> None:
+    def log(self, level: int, msg: object, *args: object, **kw: object) -> None:
         self._log(level, msg, *args, **kw)
 
 
@@ -97,7 +100,7 @@ class ServiceCall:
     root_data: dict[str, Any]
     error_ignorable: bool
 
-    def _service(self, logger: NodeLogger) -> Any:
+    def _service(self, logger: NodeLogger) -> Service:
         from culm.components import ComponentNotFoundError, library
 
         try:
@@ -110,12 +113,12 @@ class ServiceCall:
         )
         return service
 
-    def _objects(self) -> tuple[Any, Any]:
+    def _objects(self) -> tuple[DataObject, DataObject]:
         from culm.components import DataObject
 
         return DataObject(dict(self.inputs), dict(self.outputs)), DataObject(dict(self.root_data), {})
 
-    def _result(self, data: Any, logger: NodeLogger, ok: bool, **kw: Any) -> CallResult:
+    def _result(self, data: DataObject, logger: NodeLogger, ok: bool, **kw: Any) -> CallResult:
         return CallResult(ok, dict(data.inputs), dict(data.outputs), logs=logger.lines, **kw)
 
     def execute(self) -> CallResult:
@@ -157,7 +160,7 @@ class ServiceCall:
         res.events = events
         return res
 
-    def schedule(self, times: int, callback_data: Any) -> CallResult:
+    def schedule(self, times: int, callback_data: object) -> CallResult:
         """Run one ``schedule`` call; ``times`` is how many ran before (restores the interval)."""
         logger = NodeLogger(self.node_id)
         data, parent = self._objects()
@@ -202,7 +205,7 @@ class ServiceCall:
         return res
 
 
-def _next_interval(service: Any, times: int) -> float:
+def _next_interval(service: Service, times: int) -> float:
     interval = service.interval
     if interval is None:
         return 0.0
@@ -214,7 +217,7 @@ def _next_interval(service: Any, times: int) -> float:
 class _Hooks:
     """Calls ``__need_run_hook__`` methods; a hook that raises is logged and ignored."""
 
-    def __init__(self, service: Any, data: Any, parent: Any, callback_data: Any = None) -> None:
+    def __init__(self, service: Service, data: DataObject, parent: DataObject, callback_data: object = None) -> None:
         self.service, self.data, self.parent, self.callback_data = service, data, parent, callback_data
         self.enabled = bool(getattr(service, "need_run_hook", lambda: False)())
 
@@ -234,8 +237,8 @@ class _Hooks:
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
 
 
-def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict, outputs: dict,
-                           root_data: dict, callback_data: Any = None, /, **attrs: Any) -> None:
+def dispatch_readonly_hook(code: str, component_version: str | None, name: str, inputs: dict[str, Any],
+                           outputs: dict[str, Any], root_data: dict[str, Any], callback_data: Any = None, /, **attrs: Any) -> None:
     """Control-API hooks see copies of the node data; nothing they change is kept.
 
     Positional-only: ``attrs`` carries the node's state ``version``, which must not collide with

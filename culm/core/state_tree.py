@@ -20,6 +20,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from culm.core.ports import Unit
 from culm.core.records import StateRecord
 
 Entry = dict[str, Any]
@@ -53,7 +54,7 @@ class StateTrees:
         self._seq = 0  # every change up to here is shown or marked dirty in the kept entries
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
 
-    def entries(self, unit: Any, root_id: str, build: Build) -> dict[str, Entry]:
+    def entries(self, unit: Unit, root_id: str, build: Build) -> dict[str, Entry]:
         """{node_id: entry} of every state of ``root_id`` (the root's own included), shared with
         the cache: copy an entry before handing it out."""
         if not unit.feed_ordered:
@@ -75,10 +76,10 @@ class StateTrees:
             return kept.entries
 
     @staticmethod
-    def _read(unit: Any, root_id: str, build: Build) -> dict[str, Entry]:
+    def _read(unit: Unit, root_id: str, build: Build) -> dict[str, Entry]:
         return {r.node_id: build(r, r.node_id == root_id) for r in unit.states_of_root(root_id)}
 
-    def _catch_up(self, unit: Any, last: int) -> None:
+    def _catch_up(self, unit: Unit, last: int) -> None:
         if last == self._seq:
             return
         if last - self._seq > MAX_CATCH_UP:
@@ -92,7 +93,7 @@ class StateTrees:
                     found.dirty.add(node_id)
         self._seq = last
 
-    def _refreshed(self, unit: Any, root_id: str, kept: _Kept, build: Build) -> _Kept:
+    def _refreshed(self, unit: Unit, root_id: str, kept: _Kept, build: Build) -> _Kept:
         entries = dict(kept.entries)
         for node_id, st in unit.get_states(kept.dirty).items():
             if st.root_id == root_id:  # a state created ahead of its node may get its root later

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from culm.core import observe, signals
+from culm.core.ports import StateFields, Unit
 from culm.core.records import StateRecord, TaskRecord
+from culm.core.transitions import NEXT, NOWHERE, IllegalTransitionError
 
 
 @dataclass
 class Step:
     """Collects follow-up tasks, signals and hooks while a transaction is open."""
 
-    unit: Any
+    unit: Unit
     tasks: list[TaskRecord] = field(default_factory=list)
     events: list[tuple[signals.Signal, dict[str, Any]]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
@@ -28,6 +30,50 @@ class Step:
     def add_tasks(self, tasks: list[TaskRecord]) -> None:
         self.unit.insert_tasks(tasks)
         self.tasks.extend(tasks)
+
+    def requeue(self, task_id: str) -> None:
+        """Hand a task row this transaction changed (and did not delete) to the dispatcher again."""
+        task = self.unit.get_task(task_id)
+        if task is not None:
+            self.tasks.append(task)
+
+    def set_state(
+        self, st: StateRecord, to: str, fields: StateFields | None = None, *,
+        expect: Collection[str] | None = None, versioned: bool = True, loop: int = -1, signal: bool = True,
+    ) -> bool:
+        """Change the state of ``st``'s node to ``to`` (writing ``fields`` with it) if its version
+        (unless not ``versioned``: the caller holds the row) and its name (when ``expect`` names the
+        states it may be in) are still what was read; False when they are not.
+
+        The one place a state name changes: the transition is checked against the table first
+        (IllegalTransitionError), then written, applied to ``st`` and recorded in the change feed,
+        with ``post_set_state`` after the commit unless ``signal`` is False.
+        """
+        # The row changes from one of ``expect`` (the write does not happen from any other name),
+        # else from the name read. (transitions.check, inlined: every state write pays for it.)
+        for name in (st.name,) if expect is None else expect:
+            if to not in NEXT.get(name, NOWHERE):
+                raise IllegalTransitionError(st.node_id, name, to)
+        fields = fields or {}
+        if not self.unit.update_state(st.node_id, expect_version=st.version if versioned else None,
+                                      expect_names=expect, name=to, **fields):
+            return False
+        was = st.name if expect is None or st.name in expect else next(iter(expect))
+        st.name = to
+        for k, v in fields.items():
+            setattr(st, k, v)
+        if signal:
+            self.state_changed(st, loop, from_state=was)
+        else:
+            self.note_change(st, was)
+        return True
+
+    def create_state(self, st: StateRecord, loop: int = -1) -> None:
+        """Write the first state row of a node (checked like any transition, from nothing)."""
+        if st.name not in NEXT[None]:
+            raise IllegalTransitionError(st.node_id, None, st.name)
+        self.unit.insert_state(st)
+        self.state_changed(st, loop)
 
     def state_changed(
         self, st: StateRecord, loop: int = -1, *, from_state: str | None = None, root_id: str | None = None

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from culm.core import states
+from culm.core.ports import Unit
 from culm.core.records import SCHEDULE, ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
 
 SUBPROCESS = "SubProcess"
@@ -125,7 +126,7 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
     return reasons
 
 
-def read_facts(unit: Any, records: Sequence[StateRecord], root: StateRecord | None = None) -> WaitFacts:
+def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
 
     Args:

@@ -8,17 +8,21 @@ an activity costs one commit and pure nodes cost none of their own.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import cast
 
 from culm.core import handlers, states
 from culm.core.engine import Engine
 from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
+from culm.core.ports import ProcessFields, StateFields, Unit
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.core.run import Run, VersionLostError
 from culm.core.step import Step
-from culm.model.compiled import SUBPROCESS, Graph
+from culm.model.compiled import SUBPROCESS, Graph, Node
 
 logger = logging.getLogger("culm.engine")
+
+# User code handed out and what it returned (or raised), to apply in the next transaction.
+Pending = tuple[Invoke, object]
 
 _PROC_FIELDS = ("current_node_id", "stack", "asleep", "suspended", "suspended_by", "dead")
 
@@ -29,7 +33,7 @@ class _Stop(Exception):
 
 def run_execute(engine: Engine, task_id: str) -> None:
     """Drive the process of an execute task until it sleeps, forks, dies or is suspended."""
-    pending: tuple[Invoke, Any] | None = None
+    pending: Pending | None = None
     first = True
     while True:
         with engine.step() as step:
@@ -41,7 +45,7 @@ def run_execute(engine: Engine, task_id: str) -> None:
 
 
 def execute_step(
-    engine: Engine, step: Step, task_id: str, pending: tuple[Invoke, Any] | None, *, claim: bool
+    engine: Engine, step: Step, task_id: str, pending: Pending | None, *, claim: bool
 ) -> Invoke | None:
     """One transaction's worth of an execute task; returns the user code to run next, if any."""
     unit = step.unit
@@ -73,16 +77,16 @@ def execute_step(
     return _advance(engine, step, graph, proc, task, pending)
 
 
-def _moved_on(unit: Any, task: TaskRecord) -> bool:
+def _moved_on(unit: Unit, task: TaskRecord) -> bool:
     st = unit.get_state(task.node_id)
     return st is None or st.name != states.RUNNING or st.version != task.running_version
 
 
-def read_batch_ahead(engine: Engine, unit: Any, fresh: list[str], resumed: list[str]) -> None:
+def read_batch_ahead(engine: Engine, unit: Unit, fresh: list[str], resumed: list[str]) -> None:
     """A batch's reads up front, where the store can (PostgreSQL): its tasks and processes, the
     states its walks may need and the contexts of the pipelines they run in, in a few statements
     instead of several per task. Writes then pile up and go out together at the commit."""
-    if getattr(unit, "dialect", None) != "postgresql":
+    if not unit.reads_tasks_ahead:
         return
     unit.read_tasks_ahead(fresh, resumed, engine.lease())
     nodes: list[str] = []
@@ -103,7 +107,7 @@ def read_batch_ahead(engine: Engine, unit: Any, fresh: list[str], resumed: list[
         unit.prefetch_contexts(pipelines)
 
 
-def call_user_code(invoke: Invoke) -> Any:
+def call_user_code(invoke: Invoke) -> object:
     """Run an Invoke's user code; an escaped exception becomes the result."""
     try:
         return invoke.call()
@@ -113,7 +117,7 @@ def call_user_code(invoke: Invoke) -> Any:
 
 
 def _advance(
-    engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Any
+    engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Pending | None
 ) -> Invoke | None:
     before = _snapshot(proc)
     try:
@@ -152,27 +156,32 @@ def _advance(
     return None
 
 
-def _snapshot(proc: ProcessRecord) -> tuple[Any, ...]:
+# What a walk may change of a process: the values of _PROC_FIELDS, in that order.
+_ProcView = tuple[str, list[str], bool, bool, str | None, bool]
+
+
+def _snapshot(proc: ProcessRecord) -> _ProcView:
     """The fields of _PROC_FIELDS, in that order (the stack copied: walks change it in place)."""
     return (proc.current_node_id, list(proc.stack), proc.asleep, proc.suspended, proc.suspended_by, proc.dead)
 
 
-def _save_process(step: Step, proc: ProcessRecord, before: tuple[Any, ...]) -> None:
-    after = (proc.current_node_id, proc.stack, proc.asleep, proc.suspended, proc.suspended_by, proc.dead)
+def _save_process(step: Step, proc: ProcessRecord, before: _ProcView) -> None:
+    after: _ProcView = (proc.current_node_id, proc.stack, proc.asleep, proc.suspended, proc.suspended_by, proc.dead)
     if after == before:
         return
     changed = {f: now_ for f, now_, then in zip(_PROC_FIELDS, after, before, strict=True) if now_ != then}
-    step.unit.update_process(proc.id, **changed)
+    step.unit.update_process(proc.id, **cast(ProcessFields, changed))
 
 
-def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Any) -> Outcome:
+def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Pending) -> Outcome:
     invoke, result = pending
     node = graph.node(task.node_id)
     st = step.unit.get_state(node.id, for_update=True)
     if st is None or st.version != task.running_version or st.name != states.RUNNING:
         raise VersionLostError(node.id)
     run = Run(engine, step, graph, proc, node, st)
-    return invoke.resume(run, result)
+    outcome: Outcome = invoke.resume(run, result)
+    return outcome
 
 
 def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, node_id: str) -> Run:
@@ -191,8 +200,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     if st is None:
         at = now()
         st = StateRecord(node_id, root_id, parent_id, states.RUNNING, new_version(), 1, 1, 0, False, False, at, at, None)
-        unit.insert_state(st)
-        step.state_changed(st, 1)
+        step.create_state(st, 1)
     elif st.name == states.RUNNING and st.version == task.running_version:
         pass  # replay after a crash: the node never finished, run it again with the same version
     else:
@@ -201,7 +209,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     return Run(engine, step, graph, proc, node, st)
 
 
-def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node: Any, st: StateRecord) -> StateRecord:
+def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node: Node, st: StateRecord) -> StateRecord:
     unit = step.unit
     if st.name == states.SUSPENDED:
         st = _confirm_suspended(unit, node.id) or st
@@ -214,22 +222,22 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         raise _Stop
     if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:
         run = Run(engine, step, graph, proc, node, st)
-        unit.update_state(node.id, name=states.RUNNING)
-        st.name = states.RUNNING
-        step.note_change(st, states.FINISHED)  # the feed shows every write; the signal only the FAILED
+        # The feed shows every write; the signal only the FAILED.
+        step.set_state(st, states.RUNNING, versioned=False, signal=False)
         run.fail(f"node execution exceed rerun limit {engine.settings.rerun_limit}")
         raise _Stop
     if st.name not in states.ENTERABLE_STATES:
         proc.asleep = True  # a duplicate or stale message: the node is busy or waits for an operator
         raise _Stop
     at = now()
-    fields: dict[str, Any] = {"name": states.RUNNING, "started_time": at, "archived_time": None}
+    fields: StateFields = {"started_time": at, "archived_time": None}
     loop = -1
     if st.name == states.FINISHED:
         Run(engine, step, graph, proc, node, st).record_history()
         loop = st.loop + 1
         fields.update(
-            loop=loop, inner_loop=st.inner_loop + 1, version=new_version(), skip=False, error_ignored=False
+            {"loop": loop, "inner_loop": st.inner_loop + 1, "version": new_version(), "skip": False,
+             "error_ignored": False}
         )
         if not node.loop_config:
             fields["retry"] = 0
@@ -237,27 +245,23 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         # A retried node loop starts over (bamboo: READY on a loop node runs iteration 1 again);
         # its first iteration also restarts the collected outputs list.
         loop = 1
-        fields.update(loop=1, inner_loop=1)
+        fields.update({"loop": 1, "inner_loop": 1})
     if not st.root_id:
         # A row an older version created early (an appointed pause) without its root and parent.
-        fields.update(root_id=graph.root_id, parent_id=node.pipeline_id)
+        fields.update({"root_id": graph.root_id, "parent_id": node.pipeline_id})
     # The name is compared too: an appointed pause keeps the version, and on a server database it
     # can commit between our read and this write. Running the node then would override it.
-    if not unit.update_state(node.id, expect_version=st.version, expect_names=(st.name,), **fields):
+    if not step.set_state(st, states.RUNNING, fields, expect=(st.name,), loop=loop):
         now_st = unit.get_state(node.id, for_update=True)
         if now_st is not None and now_st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, node.id  # park on the pause, as if we had seen it
         else:
             proc.asleep = True
         raise _Stop
-    was = st.name
-    for k, v in fields.items():
-        setattr(st, k, v)
-    step.state_changed(st, loop, from_state=was)
     return st
 
 
-def _check_stack(unit: Any, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _check_stack(unit: Unit, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     root = stack_states.get(proc.stack[0])
     if root is not None and root.name == states.REVOKED:
         proc.dead = True
@@ -269,7 +273,7 @@ def _check_stack(unit: Any, proc: ProcessRecord, stack_states: dict[str, StateRe
             raise _Stop
 
 
-def _confirm_suspended(unit: Any, node_id: str) -> StateRecord | None:
+def _confirm_suspended(unit: Unit, node_id: str) -> StateRecord | None:
     """Re-read a SUSPENDED state with a row lock before parking on it; returns it only if it moved on.
 
     The first read saw the last commit. A resume committing after it looks for processes parked on
@@ -289,6 +293,8 @@ def _join(step: Step, proc: ProcessRecord, node_id: str) -> None:
     ack, need = step.unit.ack_child(proc.parent_id)
     if ack == need:
         parent = step.unit.get_process(proc.parent_id)
+        if parent is None:
+            raise LookupError(f"process {proc.parent_id}, parent of process {proc.id}, is not stored")
         step.unit.update_process(parent.id, asleep=False, ack_num=0, need_ack=0, current_node_id=node_id)
         step.add_task(
             TaskRecord(new_id(), EXECUTE, parent.id, node_id, parent.root_id, due=now(),

@@ -6,6 +6,7 @@ the submitted tasks with :meth:`InlineDispatcher.take` and decides when each run
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from culm.core.records import TaskRecord
@@ -29,3 +30,14 @@ class InlineDispatcher:
     def drop(self) -> None:
         """Forget what was submitted (a simulated crash loses the process's memory)."""
         self.pending = []
+
+    def submitting(self) -> contextlib.AbstractContextManager[None]:
+        """Nothing to hold: the caller decides when each task runs."""
+        return contextlib.nullcontext()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Whether every submitted task has been taken (nothing here runs them)."""
+        return not self.pending
+
+    def close(self) -> None:
+        """Nothing to stop: no threads, no connections."""

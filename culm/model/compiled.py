@@ -174,7 +174,7 @@ def _output_map(inputs: dict[str, Any]) -> dict[str, tuple[tuple[str, str], ...]
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _conditions(raw: dict, flows: dict) -> tuple[tuple[Condition, ...], Condition | None]:
+def _conditions(raw: dict[str, Any], flows: dict[str, Any]) -> tuple[tuple[Condition, ...], Condition | None]:
     default_flow = (raw.get("default_condition") or {}).get("flow_id")
     conds = []
     for flow_id, cond in (raw.get("conditions") or {}).items():
@@ -199,7 +199,8 @@ def compile_tree(tree: dict[str, Any]) -> Graph:
     return Graph(tree["id"], nodes, pipelines)
 
 
-def _compile_one(pipe: dict, parent: str | None, nodes: dict, pipelines: dict, pending: list) -> None:
+def _compile_one(pipe: dict[str, Any], parent: str | None, nodes: dict[str, Node], pipelines: dict[str, PipelineSpec],
+                 pending: list[tuple[dict[str, Any], str | None]]) -> None:
     pid = pipe["id"]
     flows = pipe.get("flows", {})
     data = pipe.get("data") or {}

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 
-def walk_tree(tree: Any) -> Iterator[tuple[dict, list[dict]]]:
+def walk_tree(tree: Any) -> Iterator[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Each pipeline of a tree (the root, then its subprocesses' pipelines) with its nodes that
     have a string id; tolerant of a malformed tree (parts that are not dicts are passed over)."""
     stack = [tree]
@@ -40,7 +40,7 @@ def _tree_ids(tree: Any) -> dict[str, str]:
     return fresh
 
 
-def with_new_ids(tree: dict) -> dict:
+def with_new_ids(tree: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``tree`` in which every id, and every exact reference to one, is fresh."""
     fresh = _tree_ids(tree)
 
@@ -53,5 +53,5 @@ def with_new_ids(tree: dict) -> dict:
             return [renew(v) for v in value]
         return value
 
-    result: dict = renew(tree)
+    result: dict[str, Any] = renew(tree)
     return result

@@ -26,9 +26,10 @@ mutates its inputs cannot change what the next node reads.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Container, Iterable, Sequence
-from typing import Any
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
+from typing import Any, Unpack
 
+from culm.core.ports import ProcessFields, StateWrite, TaskFields
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage import codec
 from culm.storage.sql import (
@@ -67,7 +68,7 @@ _VERSION, _NAME = _STATE_INDEX["version"], _STATE_INDEX["name"]
 _TASK_FIELDS = frozenset(TaskRecord.__slots__)  # lease columns (owner, claimed_until) are not kept
 
 
-def _apply(rec: Any, fields: dict[str, Any]) -> None:
+def _apply(rec: Any, fields: Mapping[str, Any]) -> None:
     """Write ``fields`` into a kept record; every field the engine writes is one of its attributes."""
     for k, v in fields.items():
         setattr(rec, k, v)
@@ -239,7 +240,7 @@ class CachedUnit(SqlUnit):
         self.cache.states[rec.node_id] = _copy_state(rec)
 
     def _cas_state(
-        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: dict[str, Any]
+        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: Mapping[str, Any]
     ) -> bool:
         unsent = self._unsent_inserts.get(node_id)
         if unsent is None or not fields.keys() <= _STATE_INDEX.keys():
@@ -258,8 +259,8 @@ class CachedUnit(SqlUnit):
         node_id: str,
         *,
         expect_version: str | None = None,
-        expect_names: Iterable[str] | None = None,
-        **fields: Any,
+        expect_names: Collection[str] | None = None,
+        **fields: Unpack[StateWrite],
     ) -> bool:
         ok = super().update_state(node_id, expect_version=expect_version, expect_names=expect_names, **fields)
         st = self.cache.states.get(node_id)
@@ -311,7 +312,7 @@ class CachedUnit(SqlUnit):
             self._keep_process(p)
         return p
 
-    def update_process(self, process_id: str, **fields: Any) -> None:
+    def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
         p = self.cache.processes.get(process_id)
         if p is not None:
             _apply(p, fields)
@@ -369,7 +370,7 @@ class CachedUnit(SqlUnit):
             self.cache.tasks[t.id] = _copy_task(t)
         return t
 
-    def update_task(self, task_id: str, **fields: Any) -> None:
+    def update_task(self, task_id: str, **fields: Unpack[TaskFields]) -> None:
         super().update_task(task_id, **fields)
         t = self.cache.tasks.get(task_id)
         if t is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from culm.core.ports import PipelineRow
 from culm.core.records import PipelineQuery
 
 _ROOTS = "s.parent_id = '' AND s.root_id <> ''"
@@ -53,7 +54,7 @@ def _filters(query: PipelineQuery, pipelines: str) -> tuple[str, str, list[Any]]
 
 def list_pipelines(
     fetch: Callable[[str, Sequence[Any]], list[Any]], dialect: str, query: PipelineQuery
-) -> tuple[dict[str, int], list[tuple]]:
+) -> tuple[dict[str, int], list[PipelineRow]]:
     """``({state: count}, rows)`` where counts ignore the state filter and rows are
     ``(id, name, state, created_time, started_time, archived_time)``, newest first.
 

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from culm.core.engine import Engine
-from culm.core.invariants import Snapshot, Transition
+from culm.core.invariants import Snapshot
+from culm.core.records import Transition
 from culm.storage.sql import (
     _PROCESS_SELECT,
     _SCHEDULE_SELECT,

@@ -7,14 +7,15 @@ import functools
 import threading
 import time
 import weakref
-from collections.abc import Container, Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
+from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -27,6 +28,9 @@ from culm.core.records import (
 from culm.errors import SchemaOutdatedError, UnstorableValueError
 from culm.model.limits import text_problem
 from culm.storage import codec, listing
+
+if TYPE_CHECKING:
+    from culm.storage.workers import SqlWorkerRegistry
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -193,7 +197,7 @@ def _append_key(table: str) -> tuple[tuple[str, tuple[()]], ...]:
     return ((table, ()),)
 
 
-def _row_key(table: str, rows: Sequence[dict[str, Any]]) -> tuple[Any, ...] | None:
+def _row_key(table: str, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...] | None:
     """The rows an INSERT writes, as (table, primary key) pairs; None when unknown."""
     if table in _APPEND_ONLY:
         return _append_key(table)
@@ -416,16 +420,16 @@ class SqlUnit:
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(self._x(sql, params).fetchall())
 
-    def _update(self, table: str, key_sql: str, key_params: Sequence[Any], fields: dict[str, Any]) -> int:
+    def _update(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> int:
         sql = _update_sql(table, tuple(fields), key_sql)
         return int(self._x(sql, [*fields.values(), *key_params]).rowcount)
 
-    def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: dict[str, Any]) -> None:
+    def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> None:
         # Every caller's key_sql starts with "<primary key> = ?": the row is known.
         self._later(_update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
                     ((table, (key_params[0],)),))
 
-    def _insert(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
+    def _insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
         cols = tuple(rows[0])
@@ -490,7 +494,7 @@ class SqlUnit:
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
 
-    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[tuple]]:
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
         """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
         return listing.list_pipelines(self._all, self.dialect, query)
 
@@ -567,6 +571,12 @@ class SqlUnit:
 
     reads_ahead = True  # prefetch_states is worth calling
 
+    @property
+    def reads_tasks_ahead(self) -> bool:
+        """PostgreSQL: read_tasks_ahead reads a batch's tasks in two statements (elsewhere it
+        does nothing)."""
+        return self.dialect == "postgresql"
+
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
         to make (the nodes a walk may enter before it stops). Reads answered from it see the rows
@@ -621,8 +631,8 @@ class SqlUnit:
         node_id: str,
         *,
         expect_version: str | None = None,
-        expect_names: Iterable[str] | None = None,
-        **fields: Any,
+        expect_names: Collection[str] | None = None,
+        **fields: Unpack[StateWrite],
     ) -> bool:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
         if self._locked_ahead:
@@ -639,7 +649,7 @@ class SqlUnit:
         return done
 
     def _cas_state(
-        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: dict[str, Any]
+        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: Mapping[str, Any]
     ) -> bool:
         where, params = "node_id = ?", [node_id]
         names = list(expect_names) if expect_names is not None else None
@@ -697,11 +707,12 @@ class SqlUnit:
         row = self._one(_PROCESS_SELECT + " WHERE id = ?" + self._for_update(for_update), [process_id])
         return _process_row(row) if row else None
 
-    def update_process(self, process_id: str, **fields: Any) -> None:
+    def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(process_id)
         if "stack" in fields:
-            fields["stack"] = codec.dumps(fields["stack"])
+            self._update_later("culm_process", "id = ?", [process_id], {**fields, "stack": codec.dumps(fields["stack"])})
+            return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
     def ack_child(self, parent_id: str) -> tuple[int, int]:
@@ -869,7 +880,7 @@ class SqlUnit:
         row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
 
-    def update_task(self, task_id: str, **fields: Any) -> None:
+    def update_task(self, task_id: str, **fields: Unpack[TaskFields]) -> None:
         self._update_later("culm_task", "id = ?", [task_id], fields)
 
     def delete_task(self, task_id: str, *, as_read: TaskRecord | None = None) -> None:
@@ -934,20 +945,23 @@ class SqlUnit:
         )
         return [_task_row(r) for r in rows]
 
-    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int,
+                         *, resend_after: float | None = None) -> list[TaskRecord]:
         """Tasks a relay should hand to the broker again, row-locked so concurrent relays split them.
 
-        Two kinds, both with a free lease and not relayed in the last ``grace`` seconds: overdue
-        tasks (due more than ``grace`` ago: their message was never sent, was lost, or its worker
-        died) and timers due within ``horizon`` that were never published (too far ahead then).
+        Two kinds, both with a free lease and not relayed in the last ``resend_after`` seconds
+        (default ``grace``): overdue tasks (due more than ``grace`` ago: their message was never
+        sent, was lost, or its worker died) and timers due within ``horizon`` that were never
+        published (too far ahead then).
         """
         lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
+        resend = grace if resend_after is None else resend_after
         rows = self._all(
             _TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
             " AND (relayed_at IS NULL OR relayed_at <= ?)"
             " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
             " ORDER BY due LIMIT ?" + lock,
-            [at, at - grace, at - grace, False, at, at + horizon, int(limit)],
+            [at, at - resend, at - grace, False, at, at + horizon, int(limit)],
         )
         return [_task_row(r) for r in rows]
 
@@ -1091,7 +1105,7 @@ class SqlUnit:
                 _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))}) AND finished = ?", [*chunk, False]))
         return found
 
-    def update_schedule(self, schedule_id: str, **fields: Any) -> None:
+    def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:
         self._update_later("culm_schedule", "id = ?", [schedule_id], fields)
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
@@ -1099,7 +1113,7 @@ class SqlUnit:
                     "OR locked_until < ?)", [until, schedule_id, at]).rowcount
         return n == 1
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: Any) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("culm_callback_data",
                      [{"id": callback_id, "node_id": node_id, "version": version,
                        "data": _dumps_named(data, f"callback data for node {node_id}")}])
@@ -1109,7 +1123,7 @@ class SqlUnit:
         return self._one("SELECT id FROM culm_callback_data WHERE node_id = ? AND version = ?",
                          [node_id, version]) is not None
 
-    def get_callback(self, callback_id: str) -> Any:
+    def get_callback(self, callback_id: str) -> object:
         row = self._one("SELECT data FROM culm_callback_data WHERE id = ?", [callback_id])
         return codec.loads(row[0]) if row else None
 
@@ -1133,7 +1147,7 @@ class SqlUnit:
             for r in self._all(sql + " ORDER BY id", params)
         ]
 
-    def add_logs(self, rows: Sequence[dict]) -> None:
+    def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
         bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
         if bad:
@@ -1141,7 +1155,7 @@ class SqlUnit:
                 "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
                 "log lines", [i for i, _ in bad],
             )
-        self._insert("culm_log", list(rows))
+        self._insert("culm_log", rows)
 
     def logs(self, node_id: str, version: str) -> list[str]:
         rows = self._all("SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id", [node_id, version])
@@ -1376,6 +1390,12 @@ class SqlStore:
         finally:
             if not pinned:
                 raw.close()
+
+    def worker_registry(self) -> SqlWorkerRegistry:
+        """The worker registry in this store's database (``culm.storage.workers``)."""
+        from culm.storage.workers import SqlWorkerRegistry
+
+        return SqlWorkerRegistry(self)
 
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""

@@ -11,8 +11,8 @@ from culm.builder import (
     ServiceActivity,
     build_tree,
 )
-from culm.core.invariants import Snapshot, Transition, check, check_transitions
-from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
+from culm.core.invariants import Snapshot, check, check_transitions
+from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord, Transition
 from culm.model.compiled import compile_tree
 from culm.model.validator import process_tree
 

@@ -8,7 +8,8 @@ from typing import Any
 from culm.core import data as cdata
 from culm.core import rendering, states
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
-from culm.core.records import SCHEDULE, ContextValue, ScheduleRecord, TaskRecord, new_id, now
+from culm.core.ports import LogRow
+from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall
 from culm.errors import CulmError, UnstorableValueError
@@ -104,7 +105,7 @@ def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
     return res, outputs
 
 
-def _log_rows(run: Run, logs: list[tuple[float, str]]) -> list[dict[str, Any]]:
+def _log_rows(run: Run, logs: list[tuple[float, str]]) -> list[LogRow]:
     st = run.state
     return [{"node_id": run.node.id, "version": st.version, "loop": st.loop, "created_time": t, "line": line}
             for t, line in logs]
@@ -151,7 +152,7 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
         if not ok and node.error_ignorable:
             return Next(node.target)  # type: ignore[arg-type]
         return Next(_next_in_loop(run))
-    run.set_state(states.FAILED, expect=(states.RUNNING,), archived_time=now())
+    run.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
     run.upsert_context(run.top_pipeline_id, mapped)
     return SLEEP
 
@@ -186,6 +187,6 @@ def start_schedule(run: Run, schedule_type: str) -> None:
         run.step.add_task(schedule_task(run.proc, run.node.id, sched.id, due=now()))
 
 
-def schedule_task(proc: Any, node_id: str, schedule_id: str | None, *, due: float, callback_id: str | None = None) -> TaskRecord:
+def schedule_task(proc: ProcessRecord, node_id: str, schedule_id: str | None, *, due: float, callback_id: str | None = None) -> TaskRecord:
     return TaskRecord(new_id(), SCHEDULE, proc.id, node_id, proc.root_id, schedule_id=schedule_id,
                       callback_id=callback_id, due=due, priority=proc.priority, queue=proc.queue)

@@ -9,7 +9,7 @@ from culm.core import data as cdata
 from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue, now
-from culm.core.run import Run
+from culm.core.run import Run, stored_state
 
 
 def start(run: Run) -> Outcome:
@@ -68,26 +68,20 @@ def _error(res: Any) -> str:
 
 def _finish_root(run: Run, outputs: dict[str, Any]) -> Outcome:
     unit = run.unit
-    root = unit.get_state(run.root_id)
+    root = stored_state(unit, run.root_id)
     unit.set_execution_outputs(run.root_id, outputs)
-    if unit.update_state(run.root_id, expect_version=root.version, expect_names=(states.RUNNING,),
-                         name=states.FINISHED, archived_time=now()):
-        root.name = states.FINISHED
-        run.step.state_changed(root, from_state=states.RUNNING)
+    if run.step.set_state(root, states.FINISHED, {"archived_time": now()}, expect=(states.RUNNING,)):
         run.step.event("pipeline_finish", pipeline_id=run.root_id)
     return DIE
 
 
 def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> Outcome:
     unit = run.unit
-    sub_state = unit.get_state(pipeline_id)
+    sub_state = stored_state(unit, pipeline_id)
     outputs["_loop"], outputs["_inner_loop"] = sub_state.loop, sub_state.inner_loop
     unit.set_execution_outputs(pipeline_id, outputs)
-    if not unit.update_state(pipeline_id, expect_version=sub_state.version, expect_names=(states.RUNNING,),
-                             name=states.FINISHED, archived_time=now()):
+    if not run.step.set_state(sub_state, states.FINISHED, {"archived_time": now()}, expect=(states.RUNNING,)):
         return SLEEP
-    sub_state.name = states.FINISHED
-    run.step.state_changed(sub_state, from_state=states.RUNNING)
     run.proc.stack = run.proc.stack[:-1]
     sub_node = run.graph.node(pipeline_id)
     run.upsert_context(run.proc.stack[-1], cdata.mapped_outputs(run.graph, sub_node, outputs))

@@ -70,7 +70,7 @@ def _decide(run: Run, first_only: bool, take: Callable[[Run, list[Condition]], O
     func = run.engine.settings.expr_func
     extra_info = run.node.raw.get("extra_info") or {}
 
-    def judge(lazy: Any) -> list[Condition] | str:
+    def judge(lazy: cdata.LazyResolver) -> list[Condition] | str:
         return _judge(conds, gathered, lazy, first_only, func, extra_info)
 
     def resume(run: Run, verdict: Any) -> Outcome:
@@ -92,8 +92,8 @@ def _decide(run: Run, first_only: bool, take: Callable[[Run, list[Condition]], O
 
 
 def _judge(
-    conds: tuple[Condition, ...] | list[Condition], gathered: cdata.GatheredInputs, lazy: Any, first_only: bool,
-    func: Any, extra_info: dict[str, Any],
+    conds: tuple[Condition, ...] | list[Condition], gathered: cdata.GatheredInputs, lazy: cdata.LazyResolver,
+    first_only: bool, func: Callable[..., bool] | None, extra_info: dict[str, Any],
 ) -> list[Condition] | str:
     """The conditions that hold, in stored order, or why evaluating them failed; no storage access."""
     try:
@@ -126,7 +126,7 @@ def _or_default(run: Run, hits: list[Condition]) -> list[Condition] | None:
     return [run.node.default]
 
 
-def _holds(cond: Condition, namespace: dict, func: Any, extra_info: dict[str, Any]) -> bool:
+def _holds(cond: Condition, namespace: dict[str, Any], func: Callable[..., bool] | None, extra_info: dict[str, Any]) -> bool:
     if func is None:
         return boolrule.evaluate_gateway_condition(cond.evaluate, namespace)
     rendered = template.render(cond.evaluate, namespace)
