@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 from culm.core.engine import Engine, Settings
 from culm.core.ports import Dispatcher
 from culm.core.records import StateChange
+from culm.errors import InvalidOperationError
+from culm.storage.memory import URL as MEMORY_URL
+from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
 
 if TYPE_CHECKING:
@@ -36,10 +39,12 @@ class Runtime:
 
     ``Runtime()`` is embedded: a SQLite file (``$CULM_DATABASE_URL`` or ``./culm.db``) and worker
     threads in this process. ``Runtime("postgresql://...", broker="redis://...")`` is distributed:
-    work goes to Celery and ``culm worker`` processes run it.
+    work goes to Celery and ``culm worker`` processes run it. ``Runtime("memory://")`` keeps
+    everything in this process's memory (:mod:`culm.storage.memory`): for tests and experiments,
+    nothing survives the runtime.
 
     Args:
-        url: SQLAlchemy-style database URL.
+        url: SQLAlchemy-style database URL, or ``memory://``.
         broker: Celery broker URL; when given, this runtime only submits and reads.
         workers: worker threads of an embedded runtime (0 = submit and read only).
         settings: engine settings.
@@ -57,7 +62,10 @@ class Runtime:
         self.url = url or os.environ.get("CULM_DATABASE_URL") or DEFAULT_URL
         self.broker = broker
         self.options = options
-        self.store = SqlStore(self.url)
+        if broker and self.url == MEMORY_URL:
+            raise InvalidOperationError("Runtime(\"memory://\") keeps its data in this process: workers behind a "
+                                        f"broker ({broker}) cannot reach it; use a database URL")
+        self.store: Any = MemoryStore() if self.url == MEMORY_URL else SqlStore(self.url)
         self._lock_file: Any = None
         self._closed = False
         self._guard = threading.Lock()
@@ -195,4 +203,6 @@ class Runtime:
 
     def __repr__(self) -> str:
         mode = f"broker={self.broker!r}" if self.broker else "embedded"
+        if isinstance(self.store, MemoryStore):
+            return f"Runtime({self.store.url!r}, {mode})"
         return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"

@@ -1,7 +1,7 @@
 """Testing helpers shipped with culm: an in-memory runtime and component test harnesses.
 
-``memory_runtime()`` is a real culm runtime on an in-memory SQLite database (nothing touches the
-disk), and ``run_until_done`` waits for a pipeline with a bounded poll. The component harness
+``memory_runtime()`` is a real culm runtime on the memory store (``Runtime("memory://")``: nothing
+touches the disk, nothing outlives the runtime), and ``run_until_done`` waits for a pipeline with a bounded poll. The component harness
 (``ComponentTestMixin`` and friends, ``run_component``) tests one component without a pipeline.
 """
 
@@ -30,8 +30,8 @@ Call = mock.call
 
 
 def memory_runtime(workers: int = 4) -> Runtime:
-    """A runtime on an in-memory database with its own worker threads; close it when done."""
-    return Runtime("sqlite:///:memory:", workers=workers)
+    """A runtime on the memory store with its own worker threads; close it when done."""
+    return Runtime("memory://", workers=workers)
 
 
 def pipeline_state(runtime: Runtime, root_id: str) -> str | None:

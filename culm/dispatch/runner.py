@@ -60,7 +60,10 @@ def is_interruption(exc: BaseException, store: SqlStore) -> bool:
     if isinstance(exc, DBAPIError):
         return bool(exc.connection_invalidated)
     # The store's hot path talks to the driver directly, so its own exception classes show up too.
-    dbapi = store.engine.dialect.loaded_dbapi
+    engine = getattr(store, "engine", None)  # the memory store has no driver
+    if engine is None:
+        return False
+    dbapi = engine.dialect.loaded_dbapi
     kinds = tuple(k for k in (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None)) if k)
     return isinstance(exc, kinds)
 

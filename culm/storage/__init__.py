@@ -1,17 +1,20 @@
-"""The SQLAlchemy store (SQLite, PostgreSQL, MySQL/MariaDB), its schema and migrations.
+"""The SQLAlchemy store (SQLite, PostgreSQL, MySQL/MariaDB), its schema and migrations, and the
+memory store (tests and experiments).
 
 It implements :mod:`culm.core.ports` and imports from the core only the ports, the records and
 the state names (see docs/architecture.md). What other packages may use is named here.
 """
 
+from culm.storage.memory import MemoryStore
 from culm.storage.migrate import upgrade_database
 from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
 from culm.storage.workers import SqlWorkerRegistry
 
 __all__ = [
-    # the store
+    # the stores
     "SqlStore",
+    "MemoryStore",
     # the worker registry (`culm workers`; workers reach it through SqlStore.worker_registry)
     "SqlWorkerRegistry",
     # `culm db upgrade`

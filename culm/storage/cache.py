@@ -32,12 +32,14 @@ from typing import Any, Unpack
 from culm.core.ports import ProcessFields, StateWrite, TaskFields
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage import codec
+from culm.storage.copies import copy_process as _copy_process
+from culm.storage.copies import copy_state as _copy_state
+from culm.storage.copies import copy_task as _copy_task
 from culm.storage.sql import (
     _STATE_COLUMNS,
     _STATE_INDEX,
     _STATE_INSERT,
     SqlUnit,
-    _copy_state,
     _state_params,
     _state_row,
 )
@@ -72,17 +74,6 @@ def _apply(rec: Any, fields: Mapping[str, Any]) -> None:
     """Write ``fields`` into a kept record; every field the engine writes is one of its attributes."""
     for k, v in fields.items():
         setattr(rec, k, v)
-
-
-def _copy_process(p: ProcessRecord) -> ProcessRecord:
-    return ProcessRecord(p.id, p.root_id, p.parent_id, p.current_node_id, p.destination_id, list(p.stack), p.asleep,
-                         p.suspended, p.suspended_by, p.dead, p.ack_num, p.need_ack, p.priority, p.queue,
-                         p.last_heartbeat)
-
-
-def _copy_task(t: TaskRecord) -> TaskRecord:
-    return TaskRecord(t.id, t.kind, t.process_id, t.node_id, t.root_id, t.schedule_id, t.callback_id, t.due,
-                      t.running_version, t.priority, t.queue)
 
 
 class _Root:

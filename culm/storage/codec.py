@@ -15,11 +15,12 @@ from __future__ import annotations
 import base64
 import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from culm import _json
 from culm.errors import UnstorableValueError
+from culm.model.limits import text_problem
 
 _PICKLE_KEY = "__culm_pickle__"
 
@@ -71,6 +72,32 @@ def dumps_fields(fields: Mapping[str, Any], what: str) -> str:
     if not bad:  # each value alone is fine, together not (e.g. too deep only as a whole)
         raise UnstorableValueError(f"the {what} cannot be stored as a whole", what, [])
     raise UnstorableValueError(f"{what} the store cannot hold: " + "; ".join(reasons), what, bad)
+
+
+def dumps_named(value: Any, what: str) -> str:
+    """:func:`dumps`, its refusal naming ``what`` (callback data, a variable)."""
+    try:
+        return dumps(value)
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"{what}: {exc}", what) from None
+
+
+def dumps_variable(pipeline_id: str, key: str, value: Any) -> str:
+    """:func:`dumps` of a context value, its refusal naming the variable and its pipeline."""
+    try:
+        return dumps(value)
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"variable {key} of pipeline {pipeline_id}: {exc}", "context", [key]) from None
+
+
+def check_log_lines(rows: Sequence[Mapping[str, Any]]) -> None:
+    """Raises UnstorableValueError naming the log lines (``line`` of each row) no backend can hold."""
+    bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
+    if bad:
+        raise UnstorableValueError(
+            "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
+            "log lines", [i for i, _ in bad],
+        )
 
 
 def _looks_like_envelope(value: Any) -> bool:

@@ -27,29 +27,22 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from culm.core import states
 from culm.core.records import StateChange
 from culm.errors import NotFoundError
 
 if TYPE_CHECKING:
-    from culm.storage.sql import SqlStore
+    from contextlib import AbstractContextManager
 
-_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
-_RANGE = _SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
-_RANGE_OF_ROOT = _SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
-_LAST = "SELECT MAX(seq) FROM culm_change"
-_FIRST = "SELECT MIN(seq) FROM culm_change"
-_TIME_FROM = 'SELECT "time" FROM culm_change WHERE seq >= ? ORDER BY seq LIMIT 1'
-_CREATED = "SELECT created_time FROM culm_pipeline WHERE id = ?"
-_STATE_OF = "SELECT name FROM culm_state WHERE node_id = ?"
-_ROOT_OF = "SELECT root_id FROM culm_node WHERE id = ?"
-# Rows of one seq range, old enough, of pipelines whose root state is final.
-_PRUNE = (
-    'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND root_id IN '
-    "(SELECT s.node_id FROM culm_state s WHERE s.node_id = s.root_id AND s.name IN (?, ?))"
-)
+
+class _Store(Protocol):
+    """What the feed reads through: a store's read-only units (``SqlStore``, ``MemoryStore``)."""
+
+    def reading(self) -> AbstractContextManager[Any]: ...
+
+    def transaction(self) -> AbstractContextManager[Any]: ...
 
 BATCH = 1000  # rows per read
 PRUNE_CHUNK = 20_000  # seqs per pruning transaction (short locks on server databases)
@@ -63,15 +56,18 @@ FINAL_STATES = frozenset({states.FINISHED, states.REVOKED})
 
 
 class ChangeFeed:
-    """Reads a store's change feed; one per :class:`~culm.storage.sql.SqlStore` (``store.feed``)."""
+    """Reads a store's change feed; one per store (``store.feed``).
 
-    def __init__(self, store: SqlStore) -> None:
+    ``ordered``: rows become visible in seq order (one writer at a time: SQLite, the memory store).
+    """
+
+    def __init__(self, store: _Store, *, ordered: bool) -> None:
         self._store = store
         self._cond = threading.Condition()
         self._generation = 0  # moves at every commit of this process that recorded changes
         self._waiters = 0
-        # One writer at a time (SQLite): rows become visible in seq order, no holes to wait out.
-        self._ordered = store.dialect == "sqlite"
+        # One writer at a time: rows become visible in seq order, no holes to wait out.
+        self._ordered = ordered
 
     # -- writers ------------------------------------------------------------------------------
     def committed(self) -> None:
@@ -85,18 +81,13 @@ class ChangeFeed:
     def last_seq(self) -> int:
         """The highest seq recorded so far (0 when none)."""
         with self._store.reading() as unit:
-            row = unit._one(_LAST)
-        return int(row[0]) if row and row[0] is not None else 0
+            return int(unit.last_change_seq())
 
     def read(self, after: int, upto: int, root_id: str | None = None, limit: int = BATCH) -> list[StateChange]:
         """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq
         order."""
         with self._store.reading() as unit:
-            if root_id is None:
-                rows = unit._all(_RANGE, [after, upto, limit])
-            else:
-                rows = unit._all(_RANGE_OF_ROOT, [after, upto, root_id, limit])
-        return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
+            return list(unit.read_changes(after, upto, root_id, limit))
 
     def changes(
         self, root_id: str | None = None, after: int = 0, timeout: float | None = None
@@ -162,15 +153,15 @@ class ChangeFeed:
         if last - after <= FAR_BEHIND:
             return after
         with self._store.reading() as unit:
-            row = unit._one(_CREATED, [root_id])
-            if row is None:
+            created = unit.pipeline_created(root_id)
+            if created is None:
                 return after
-            since = float(row[0]) - CLOCK_SKEW
+            since = float(created) - CLOCK_SKEW
             lo, hi = max(after, 0), last  # times grow with seq, give or take the skew allowed for
             while lo < hi:
                 mid = (lo + hi + 1) // 2
-                found = unit._one(_TIME_FROM, [mid])
-                if found is not None and float(found[0]) < since:
+                found = unit.change_time_from(mid)
+                if found is not None and float(found) < since:
                     lo = mid
                 else:
                     hi = mid - 1
@@ -193,10 +184,9 @@ class ChangeFeed:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._store.reading() as unit:
-            found = unit._one(_ROOT_OF, [pipeline_id])
-        if found is None:
+            root_id = unit.node_root(pipeline_id)
+        if root_id is None:
             raise NotFoundError(f"pipeline {pipeline_id} does not exist")
-        root_id = found[0]
         # On server databases a change committed after our reads may carry a seq below the one
         # we start after (see the module docstring), so the state is read again every SETTLE.
         recheck = None if self._ordered else SETTLE
@@ -217,8 +207,8 @@ class ChangeFeed:
 
     def _state(self, node_id: str) -> str | None:
         with self._store.reading() as unit:
-            row = unit._one(_STATE_OF, [node_id])
-        return row[0] if row else None
+            st = unit.get_state(node_id)
+        return st.name if st is not None else None
 
     # -- retention ----------------------------------------------------------------------------
     def prune(self, older_than: float) -> int:
@@ -226,13 +216,11 @@ class ChangeFeed:
         (the newest row always stays); returns how many rows went."""
         cutoff = time.time() - older_than
         with self._store.reading() as unit:
-            first, last = unit._one(_FIRST)[0], unit._one(_LAST)[0]
+            first, last = unit.first_change_seq(), unit.last_change_seq()
         if first is None:
             return 0
         deleted = 0
         for lo in range(int(first), int(last), PRUNE_CHUNK):
             with self._store.transaction() as unit:
-                cur: Any = unit._x(_PRUNE, [lo, min(lo + PRUNE_CHUNK, int(last)), cutoff,
-                                            states.FINISHED, states.REVOKED])
-                deleted += max(int(cur.rowcount), 0)
+                deleted += unit.prune_changes(lo, min(lo + PRUNE_CHUNK, int(last)), cutoff)
         return deleted

@@ -12,17 +12,7 @@ from typing import Any
 
 from culm.core.engine import Engine
 from culm.core.invariants import Snapshot
-from culm.core.records import Transition
-from culm.storage.sql import (
-    _PROCESS_SELECT,
-    _SCHEDULE_SELECT,
-    _TASK_SELECT,
-    SqlStore,
-    _marks,
-    _process_row,
-    _schedule_row,
-    _task_row,
-)
+from culm.core.records import EXECUTE, SCHEDULE, Transition
 
 _CHUNK = 500
 
@@ -34,9 +24,9 @@ def read_snapshot(engine: Engine, root_id: str) -> Snapshot:
 
 def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapshot]:
     """The rows of several root pipelines, read together in one transaction."""
-    store: SqlStore = engine.store  # type: ignore[assignment]
+    store: Any = engine.store
     with store.reading() as unit:
-        if store.dialect != "sqlite":
+        if store.dialect in ("postgresql", "mysql"):
             unit._x("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         graphs = {r: engine.graph(r, unit) for r in root_ids}
         node_root = {n: r for r, g in graphs.items() for n in (r, *g.nodes)}
@@ -47,21 +37,10 @@ def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapsho
             chunk = ids[i : i + _CHUNK]
             for st in unit.get_states(chunk).values():
                 sts[node_root[st.node_id]][st.node_id] = st
-            for row in unit._all(_SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk):
-                sched = _schedule_row(row)
+            for sched in unit.schedules_of_nodes(chunk):
                 schedules[node_root[sched.node_id]].append(sched)
-        procs: dict[str, list[Any]] = {r: [] for r in root_ids}
-        tasks: dict[str, list[Any]] = {r: [] for r in root_ids}
-        roots = list(root_ids)
-        for i in range(0, len(roots), _CHUNK):
-            chunk = roots[i : i + _CHUNK]
-            marks = _marks(len(chunk))
-            for row in unit._all(_PROCESS_SELECT + f" WHERE root_id IN ({marks})", chunk):
-                proc = _process_row(row)
-                procs[proc.root_id].append(proc)
-            for row in unit._all(_TASK_SELECT + f" WHERE root_id IN ({marks})", chunk):
-                task = _task_row(row)
-                tasks[task.root_id].append(task)
+        procs = {r: unit.processes_of_root(r) for r in root_ids}
+        tasks = {r: unit.tasks_of_root(r, EXECUTE) + unit.tasks_of_root(r, SCHEDULE) for r in root_ids}
     return {r: Snapshot(graphs[r], sts[r], procs[r], tasks[r], schedules[r]) for r in root_ids}
 
 

@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine, create_engine
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
 
+from culm.core import states
 from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
 from culm.core.records import (
     ContextValue,
@@ -22,12 +23,13 @@ from culm.core.records import (
     PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
+    StateChange,
     StateRecord,
     TaskRecord,
 )
-from culm.errors import SchemaOutdatedError, UnstorableValueError
-from culm.model.limits import text_problem
+from culm.errors import SchemaOutdatedError
 from culm.storage import codec, listing
+from culm.storage.copies import copy_state as _copy_state
 
 if TYPE_CHECKING:
     from culm.storage.workers import SqlWorkerRegistry
@@ -136,12 +138,8 @@ _SCHEDULE_SELECT = (
 _QUOTED = ("key", "loop", "time")
 # The change feed's columns as a writer fills them (seq comes from the database).
 _CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
+_CHANGE_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
-
-
-def _copy_state(s: StateRecord) -> StateRecord:
-    return StateRecord(s.node_id, s.root_id, s.parent_id, s.name, s.version, s.loop, s.inner_loop, s.retry, s.skip,
-                       s.error_ignored, s.created_time, s.started_time, s.archived_time)
 
 
 def _state_params(rec: StateRecord) -> list[Any]:
@@ -504,6 +502,10 @@ class SqlUnit:
             return None
         return codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])
 
+    def pipeline_created(self, root_id: str) -> float | None:
+        row = self._one("SELECT created_time FROM culm_pipeline WHERE id = ?", [root_id])
+        return float(row[0]) if row else None
+
     def get_root_data(self, root_id: str) -> dict:
         row = self._one("SELECT root_data FROM culm_pipeline WHERE id = ?", [root_id])
         return codec.loads(row[0]) if row else {}
@@ -608,6 +610,34 @@ class SqlUnit:
     def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
         """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
         return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
+
+    def first_change_seq(self) -> int | None:
+        row = self._one("SELECT MIN(seq) FROM culm_change")
+        return int(row[0]) if row and row[0] is not None else None
+
+    def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
+        """Up to ``limit`` recorded changes with ``after`` < seq <= ``upto`` (of one root when
+        given), in seq order."""
+        if root_id is None:
+            rows = self._all(_CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", [after, upto, limit])
+        else:
+            rows = self._all(_CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?",
+                             [after, upto, root_id, limit])
+        return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
+
+    def change_time_from(self, seq: int) -> float | None:
+        """The time of the first recorded change whose seq is ``seq`` or above."""
+        row = self._one('SELECT "time" FROM culm_change WHERE seq >= ? ORDER BY seq LIMIT 1', [seq])
+        return float(row[0]) if row else None
+
+    def prune_changes(self, lo: int, hi: int, cutoff: float) -> int:
+        """Delete the changes with ``lo`` <= seq < ``hi`` older than ``cutoff`` of pipelines that
+        are FINISHED or REVOKED; returns how many went."""
+        cur = self._x(
+            'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND root_id IN '
+            "(SELECT s.node_id FROM culm_state s WHERE s.node_id = s.root_id AND s.name IN (?, ?))",
+            [lo, hi, cutoff, states.FINISHED, states.REVOKED])
+        return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
@@ -880,6 +910,11 @@ class SqlUnit:
         row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
 
+    def task_lease(self, task_id: str) -> tuple[str | None, float | None, bool, float | None] | None:
+        """(owner, claimed_until, published, relayed_at) of a task row; None when it is gone."""
+        row = self._one("SELECT owner, claimed_until, published, relayed_at FROM culm_task WHERE id = ?", [task_id])
+        return (row[0], row[1], bool(row[2]), row[3]) if row else None
+
     def update_task(self, task_id: str, **fields: Unpack[TaskFields]) -> None:
         self._update_later("culm_task", "id = ?", [task_id], fields)
 
@@ -1070,11 +1105,7 @@ class SqlUnit:
 
     @staticmethod
     def _context_row(pipeline_id: str, v: ContextValue) -> dict:
-        try:
-            value = codec.dumps(v.value)
-        except UnstorableValueError as exc:
-            raise UnstorableValueError(f"variable {v.key} of pipeline {pipeline_id}: {exc}", "context",
-                                       [v.key]) from None
+        value = codec.dumps_variable(pipeline_id, v.key, v.value)
         return {
             "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": value,
             "code": v.code, "refs": codec.dumps(sorted(v.references)),
@@ -1096,6 +1127,15 @@ class SqlUnit:
         row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
         return _schedule_row(row) if row else None
 
+    def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """Every schedule (finished or not) of ``node_ids``."""
+        found: list[ScheduleRecord] = []
+        for i in range(0, len(node_ids), 500):
+            chunk = list(node_ids[i : i + 500])
+            found.extend(_schedule_row(r) for r in self._all(
+                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk))
+        return found
+
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
         """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
         found: list[ScheduleRecord] = []
@@ -1116,7 +1156,7 @@ class SqlUnit:
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("culm_callback_data",
                      [{"id": callback_id, "node_id": node_id, "version": version,
-                       "data": _dumps_named(data, f"callback data for node {node_id}")}])
+                       "data": codec.dumps_named(data, f"callback data for node {node_id}")}])
 
     def has_callback(self, node_id: str, version: str) -> bool:
         """Whether a callback was accepted for this run (``version``) of the node."""
@@ -1149,12 +1189,7 @@ class SqlUnit:
 
     def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
-        bad = [(i, problem) for i, r in enumerate(rows) if (problem := text_problem(r["line"]))]
-        if bad:
-            raise UnstorableValueError(
-                "log lines the store cannot hold: " + "; ".join(f"line {i + 1} holds {p}" for i, p in bad),
-                "log lines", [i for i, _ in bad],
-            )
+        codec.check_log_lines(rows)
         self._insert("culm_log", rows)
 
     def logs(self, node_id: str, version: str) -> list[str]:
@@ -1163,14 +1198,6 @@ class SqlUnit:
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
-
-
-def _dumps_named(value: Any, what: str) -> str:
-    """:func:`codec.dumps`, its refusal naming ``what``."""
-    try:
-        return codec.dumps(value)
-    except UnstorableValueError as exc:
-        raise UnstorableValueError(f"{what}: {exc}", what) from None
 
 
 def _adapt_sqlite(sql: str) -> str:
@@ -1260,7 +1287,7 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self)
+        self.feed = ChangeFeed(self, ordered=self.dialect == "sqlite")
         if create:
             self.ensure_schema()
 

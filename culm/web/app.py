@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from culm.errors import InvalidOperationError
 from culm.web import auth, live, metrics, routes_control, routes_read
 from culm.web.problems import ProblemError, problem, responses
 from culm.web.tokens import TokenStore
@@ -96,6 +97,10 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         max_body: largest accepted request body in bytes.
         tokens: the token store (default: the runtime's database).
     """
+    if getattr(runtime.store, "engine", None) is None:  # tokens and metrics are SQL tables and queries
+        raise InvalidOperationError(f"the service needs a database (its tokens and metrics live there); {runtime!r} "
+                                    "keeps its data in memory")
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield

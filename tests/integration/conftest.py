@@ -18,9 +18,9 @@ A backend whose services are unreachable is skipped on a developer machine and F
 (``CI=true``): the distributed runtime is never silently left untested there.
 
 The engine behaviour tests run on every backend: their ``runtime`` fixture is parametrized over
-``sqlite``, ``postgres-redis`` and ``mariadb-rabbitmq`` (see ``engine_fixtures.py``); tests that
-observe in-process state (signals, hooks, gates) are marked ``embedded_only`` and their
-distributed variants are deselected.
+``sqlite``, ``memory`` (the in-process store), ``postgres-redis`` and ``mariadb-rabbitmq`` (see
+``engine_fixtures.py``); tests that observe in-process state (signals, hooks, gates) are marked
+``embedded_only`` and their distributed variants are deselected.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         callspec = getattr(item, "callspec", None)
         backend = callspec.params.get("runtime") if callspec else None
         in_process = item.get_closest_marker("embedded_only") or {"recorder", "hook_calls"} & set(item.fixturenames)
-        if backend not in (None, "sqlite") and in_process:
+        if backend not in (None, *EMBEDDED) and in_process:
             drop.append(item)
         else:
             keep.append(item)
@@ -72,4 +72,4 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 # Engine behaviour tests (tests/integration/test_engine_*.py): their fixtures live in engine_fixtures.py.
-from engine_fixtures import _fresh_shared_state, hook_calls, recorder, runtime  # noqa: E402,F401,I001
+from engine_fixtures import EMBEDDED, _fresh_shared_state, hook_calls, recorder, runtime  # noqa: E402,F401,I001

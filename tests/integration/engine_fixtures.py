@@ -17,7 +17,8 @@ from support import wait_until
 import culm
 from culm import api, signals
 
-BACKEND_PARAMS = ["sqlite", "postgres-redis", "mariadb-rabbitmq"]
+BACKEND_PARAMS = ["sqlite", "memory", "postgres-redis", "mariadb-rabbitmq"]
+EMBEDDED = ("sqlite", "memory")  # runtimes whose engine runs in the test's process
 
 
 @pytest.fixture(autouse=True)
@@ -29,10 +30,11 @@ def _fresh_shared_state():
 
 @pytest.fixture(params=BACKEND_PARAMS)
 def runtime(request, tmp_path):
-    """A runtime on every backend: embedded SQLite (fresh file per test), or a submitting runtime
-    of a session-wide PostgreSQL + Redis / MariaDB + RabbitMQ backend with real worker processes."""
-    if request.param == "sqlite":
-        rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+    """A runtime on every backend: embedded SQLite (fresh file per test), the memory store (fresh
+    per test), or a submitting runtime of a session-wide PostgreSQL + Redis / MariaDB + RabbitMQ
+    backend with real worker processes."""
+    if request.param in EMBEDDED:
+        rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db" if request.param == "sqlite" else "memory://")
         try:
             yield rt
         finally:

@@ -4,10 +4,15 @@ An :class:`culm.dispatch.inline.InlineDispatcher` collects committed tasks and a
 decides, step by step, what happens next: an engine step (one transaction over a batch of one to
 three tasks, as a runner commits them), a piece of user code completing, an operator's control
 call or callback (``storm_ops``), a timer firing (the virtual clock jumps to the next due task), a
-lease running out (another runner takes the task over), a sweep, or a crash. The store is SQLite in memory: a crash rolls back the
-open transaction (injected just before its commit, or between steps) and drops everything held
-only in process memory (queued tasks, user code handed out, results not yet applied); recovery is
-what a restarted runner does (void the leases, sweep the task table).
+lease running out (another runner takes the task over), a sweep, or a crash.
+
+The store is the memory store (:mod:`culm.storage.memory`; ``--sqlite``: SQLite in memory, about
+half as fast). A crash (injected just before a batch commits, or between steps) drops the open
+transaction and everything held only in process memory: the store is reopened over what was
+committed (:meth:`MemoryStore.reopen`), the engine is a new one (no cached graphs or state trees),
+and queued tasks, user code handed out and results not yet applied are gone (the feed must show
+none of the crashed batch's state changes). Recovery is what a restarted runner does (void the
+leases, sweep the task table).
 
 After every step the invariants are checked (:mod:`culm.core.invariants`): no stuck or stranded
 pipeline, every state transition in the table, converge gateways never early; and no node's
@@ -17,6 +22,8 @@ would. Ids, versions and the clock come from the seed, so a failure replays exac
 
     python tests/integration/simulation.py 1-2000        # seeds; prints failures and timing
     python tests/integration/simulation.py 17 --trace     # one seed, every step
+    python tests/integration/simulation.py 1-200 --sqlite # the same on SQLite in memory
+    python tests/integration/simulation.py 1-2000 --steps=60 --pipelines=2   # the CI's storm
 """
 
 from __future__ import annotations
@@ -40,16 +47,19 @@ from storm_ops import Storm, fire, operate
 
 import culm
 from culm.core import records, scheduling, walker
-from culm.core.engine import Settings
+from culm.core.engine import Engine, Settings
 from culm.core.invariants import Violation, check, check_transitions
 from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, TaskRecord
 from culm.dispatch.inline import InlineDispatcher
 from culm.model import builder
 from culm.storage import migrate
+from culm.storage.memory import MemoryStore
 from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
 
+# Simulated backends: the memory store, or SQLite in memory (slower; the original).
+BACKENDS = {"memory": "memory://", "sqlite": "sqlite:///:memory:"}
 LEASE_SECONDS = 30.0
 START_CLOCK = 1_700_000_000.0
 _NO_RESULT = object()
@@ -144,8 +154,11 @@ class Simulation:
     WEIGHTS = {"engine": 40, "user": 25, "control": 12, "timer": 6, "lease": 2, "sweep": 2, "crash": 3}
 
     def __init__(self, seed: int, *, storm_steps: int = 120, pipelines: int = 3, crashes: bool = True,
-                 trace: bool = False) -> None:
+                 trace: bool = False, backend: str = "memory") -> None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         self.seed = seed
+        self.backend = backend
         self.storm_steps = storm_steps
         self.pipelines = pipelines
         self.crashes = crashes
@@ -168,9 +181,8 @@ class Simulation:
     def run(self) -> int:
         with _deterministic(self.seed) as clock:
             self.clock = clock
-            self.runtime = culm.Runtime("sqlite:///:memory:", workers=0,
-                                        settings=Settings(lease_seconds=LEASE_SECONDS,
-                                                          schedule_lock_seconds=LEASE_SECONDS))
+            self.settings = Settings(lease_seconds=LEASE_SECONDS, schedule_lock_seconds=LEASE_SECONDS)
+            self.runtime = culm.Runtime(BACKENDS[self.backend], workers=0, settings=self.settings)
             self.engine = self.runtime.engine
             self.inline = InlineDispatcher()
             self.engine.dispatcher = self.inline
@@ -249,13 +261,17 @@ class Simulation:
                               f" rv={(item.task.running_version or '-')[:6]} result={item.has_result}")
         if crash:
             self.steps.append("CRASH before the batch commits")
+            committed = self.engine.store.feed.last_seq()
         try:
             with self.engine.step() as step:
                 handed_out = [item for item in batch if self._advance(step, item)]
                 if crash:
+                    self._restart()  # the process dies holding the open transaction
                     raise Crash
         except Crash:
-            self._crash()
+            self._recover()
+            if self.engine.store.feed.last_seq() != committed:
+                self._fail([], "the crashed batch left state changes behind")
             return
         for item in handed_out:
             # Even a runner that lost its lease and goes on hands out user code only while it holds
@@ -329,14 +345,24 @@ class Simulation:
 
     def _do_crash(self) -> None:
         self.steps.append("CRASH between steps")
-        self._crash()
+        self._restart()
+        self._recover()
 
-    def _crash(self) -> None:
-        """Process memory is gone; a new runner voids the leases and sweeps the task table."""
+    def _restart(self) -> None:
+        """The process dies: what it held in memory is gone (an open transaction among it); a new
+        process opens the same database with a new engine (no cached graphs, roots or state trees)."""
         self.epoch += 1
         self.runner += 1
         self.ready, self.running = [], []
         self.inline.drop()
+        store = self.runtime.store
+        if isinstance(store, MemoryStore):
+            store = self.runtime.store = store.reopen()  # keeps exactly what was committed
+        # (SQLite in memory cannot be reopened: the exception that ends the step rolls it back.)
+        self.engine = self.runtime.engine = Engine(store, self.inline, self.settings)
+
+    def _recover(self) -> None:
+        """A new runner voids the leases and sweeps the task table."""
         with self.engine.store.transaction() as unit:
             unit.release_leases()
         self.ready = [self._item(t) for t in self._stored_tasks(leases_over=True)]
@@ -387,6 +413,15 @@ def run_seeds(seeds: list[int], **options: Any) -> tuple[list[tuple[int, str]], 
     return failures, total
 
 
+def replay_command(seed: int, *, storm_steps: int = 120, pipelines: int = 3, backend: str = "memory",
+                   **_: Any) -> str:
+    """The command that replays ``seed`` step by step with these options."""
+    extra = "".join([f" --steps={storm_steps}" if storm_steps != 120 else "",
+                     f" --pipelines={pipelines}" if pipelines != 3 else "",
+                     " --sqlite" if backend == "sqlite" else ""])
+    return f"python tests/integration/simulation.py {seed} --trace{extra}"
+
+
 def parse_seeds(spec: str) -> list[int]:
     """``"1-2000"`` or ``"3,7,10-12"`` -> the seeds."""
     seeds: list[int] = []
@@ -397,18 +432,24 @@ def parse_seeds(spec: str) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    spec = argv[0] if argv else "1-100"
+    args = [a for a in argv if not a.startswith("--")]
+    spec = args[0] if args else "1-100"
     trace = "--trace" in argv
+    options: dict[str, Any] = {"backend": "sqlite" if "--sqlite" in argv else "memory"}
+    for arg in argv:
+        name, _, value = arg.partition("=")
+        if name in ("--steps", "--pipelines"):
+            options["storm_steps" if name == "--steps" else "pipelines"] = int(value)
     seeds = parse_seeds(spec)
     started = time.perf_counter()
     if trace:
         for seed in seeds:
-            print(f"seed {seed}: {Simulation(seed, trace=True).run()} steps")
+            print(f"seed {seed}: {Simulation(seed, trace=True, **options).run()} steps")
         return 0
-    failures, total = run_seeds(seeds)
+    failures, total = run_seeds(seeds, **options)
     took = time.perf_counter() - started
-    for _seed, message in failures[:5]:
-        print(message, "\n")
+    for seed, message in failures[:5]:
+        print(message, f"\nreplay: {replay_command(seed, **options)}\n")
     print(f"{len(seeds) - len(failures)}/{len(seeds)} seeds passed, {total} steps, {took:.1f} s")
     return 1 if failures else 0
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 from components import calls
 from engine_fixtures import node_state, outputs, run, wait_pipeline, wait_state
-from sqlalchemy import text
 from support import wait_until
 
 from culm import api
@@ -27,6 +26,7 @@ from culm.builder import (
     Var,
     build_tree,
 )
+from culm.core.records import EXECUTE, SCHEDULE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,8 +42,8 @@ FAULT = {"lock": "'bad'", "deep": "'bad'", "surrogate": "line 2 holds a lone sur
 
 def task_rows(runtime: Any, root_id: str) -> int:
     """Task rows left for a run (each would run again once its lease runs out)."""
-    with runtime.store.engine.connect() as conn:
-        return conn.execute(text("SELECT count(*) FROM culm_task WHERE root_id = :r"), {"r": root_id}).scalar_one()
+    with runtime.store.reading() as unit:
+        return len(unit.tasks_of_root(root_id, EXECUTE)) + len(unit.tasks_of_root(root_id, SCHEDULE))
 
 
 def stays(predicate: Any, seconds: float, what: str) -> None:

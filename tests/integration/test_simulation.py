@@ -1,9 +1,10 @@
 """The deterministic simulation (``simulation.py``) over many seeds, in CI.
 
-By default 2,000 seeds of a light storm (2 pipelines, 60 random steps, then a drain to the end),
-in chunks so that each chunk stays well inside the test timeout. ``CULM_SIM_SEEDS=1-20000`` runs
-other seeds and ``CULM_SIM_STEPS`` / ``CULM_SIM_PIPELINES`` a heavier storm. A failure names its
-seed; ``python tests/integration/simulation.py SEED --trace`` replays it step by step.
+By default 2,000 seeds of a light storm (2 pipelines, 60 random steps, then a drain to the end) on
+the memory store, in chunks so that each chunk stays well inside the test timeout.
+``CULM_SIM_SEEDS=1-20000`` runs other seeds, ``CULM_SIM_STEPS`` / ``CULM_SIM_PIPELINES`` a heavier
+storm and ``CULM_SIM_BACKEND=sqlite`` the same on SQLite in memory. A failure names its seed and
+the command that replays it step by step.
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ import logging
 import os
 
 import pytest
-from simulation import Simulation, parse_seeds, run_seeds
+from simulation import Simulation, parse_seeds, replay_command, run_seeds
 
 SEEDS = parse_seeds(os.environ.get("CULM_SIM_SEEDS", "1-2000"))
+BACKEND = os.environ.get("CULM_SIM_BACKEND", "memory")
 OPTIONS = {"storm_steps": int(os.environ.get("CULM_SIM_STEPS", "60")),
-           "pipelines": int(os.environ.get("CULM_SIM_PIPELINES", "2"))}
+           "pipelines": int(os.environ.get("CULM_SIM_PIPELINES", "2")), "backend": BACKEND}
 CHUNK = 250
 CHUNKS = [SEEDS[i : i + CHUNK] for i in range(0, len(SEEDS), CHUNK)]
 
@@ -36,8 +38,8 @@ def _quiet_engine_warnings():
 def test_simulated_storms_keep_every_invariant(seeds: list[int]) -> None:
     failures, _steps = run_seeds(seeds, **OPTIONS)
     assert not failures, (
-        f"{len(failures)}/{len(seeds)} seeds failed; replay one with "
-        f"`python tests/integration/simulation.py {failures[0][0]} --trace`:\n{failures[0][1]}"
+        f"{len(failures)}/{len(seeds)} seeds failed ({', '.join(str(seed) for seed, _ in failures[:20])}); replay "
+        f"one with `{replay_command(failures[0][0], **OPTIONS)}`:\n{failures[0][1]}"
     )
 
 
@@ -64,3 +66,16 @@ def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch)
     failures, _steps = run_seeds([12], storm_steps=60, pipelines=2)
     assert [seed for seed, _ in failures] == [12]
     assert "stranded_process" in failures[0][1]
+
+
+def test_the_storms_inject_crashes_and_lease_expiries() -> None:
+    """The CI's storm really crashes (mid-transaction and between steps) and lets leases run out
+    (the simulation checks at each crash that the batch left no state change behind)."""
+    seen = {"CRASH before the batch commits": 0, "CRASH between steps": 0, "lease expiry": 0}
+    for seed in range(1, 41):
+        sim = Simulation(seed, storm_steps=OPTIONS["storm_steps"], pipelines=OPTIONS["pipelines"], backend=BACKEND)
+        sim.run()
+        for step in sim.steps:
+            for what in seen:
+                seen[what] += step.startswith(what)
+    assert all(seen.values()), seen

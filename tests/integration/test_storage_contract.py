@@ -1,8 +1,8 @@
 """The storage contract: what every backend guarantees the core, checked on each of them.
 
-One module, parametrised over SQLite (a file and ``:memory:``), PostgreSQL and MariaDB, driving
-the store's unit API directly (``SqlStore.transaction()`` / ``reading()`` and the unit's verbs as
-the core calls them). Every test asserts the rows a second transaction reads back. The guarantees
+One module, parametrised over the memory store, SQLite (a file and ``:memory:``), PostgreSQL and
+MariaDB, driving the store's unit API directly (``transaction()`` / ``reading()`` and the unit's
+verbs as the core calls them). Every test asserts the rows a second transaction reads back. The guarantees
 are listed in docs/distributed.md ("The storage contract").
 """
 
@@ -21,21 +21,28 @@ from backends import create_database, drop_database
 from culm import states
 from culm.core.records import EXECUTE, HistoryRecord, ProcessRecord, StateRecord, TaskRecord
 from culm.errors import UnstorableValueError
+from culm.storage.memory import MemoryStore
 from culm.storage.migrate import upgrade_database
 from culm.storage.sql import SqlStore
 
+Store = SqlStore | MemoryStore
+
 pytestmark = pytest.mark.timeout(120)
 
-BACKENDS = ["sqlite-file", "sqlite-memory", "postgres", "mariadb"]
+BACKENDS = ["memory", "sqlite-file", "sqlite-memory", "postgres", "mariadb"]
+ONE_WRITER = ("sqlite", "memory")  # backends where one transaction at a time holds the store
 THREADS = 6
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlStore]:
+def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     """One store per backend for the whole module; every test uses ids of its own."""
     kind = request.param
     url = ""
-    if kind == "sqlite-file":
+    s: Store
+    if kind == "memory":
+        s = MemoryStore()
+    elif kind == "sqlite-file":
         s = SqlStore(f"sqlite:///{Path(tmp_path_factory.mktemp('contract')) / 'culm.db'}")
     elif kind == "sqlite-memory":
         s = SqlStore("sqlite://")
@@ -65,12 +72,12 @@ def _task(task_id: str, root_id: str, due: float = 0.0) -> TaskRecord:
     return TaskRecord(task_id, EXECUTE, "p-" + task_id, "n-" + task_id, root_id, due=due)
 
 
-def _seed_state(store: SqlStore, node_id: str, root_id: str) -> None:
+def _seed_state(store: Store, node_id: str, root_id: str) -> None:
     with store.transaction() as unit:
         unit.insert_state(_state(node_id, root_id))
 
 
-def _read_state(store: SqlStore, node_id: str) -> StateRecord | None:
+def _read_state(store: Store, node_id: str) -> StateRecord | None:
     with store.reading() as unit:
         return unit.get_state(node_id)
 
@@ -102,7 +109,7 @@ def _all_in_threads(n: int, work: Callable[[int], Any]) -> list[Any]:
 # -- compare-and-set on state versions ----------------------------------------------------------
 
 
-def test_cas_wins_once_and_loses_on_stale_version_or_name(store: SqlStore) -> None:
+def test_cas_wins_once_and_loses_on_stale_version_or_name(store: Store) -> None:
     root, node = _ids(2)
     _seed_state(store, node, root)
     with store.transaction() as unit:
@@ -116,7 +123,7 @@ def test_cas_wins_once_and_loses_on_stale_version_or_name(store: SqlStore) -> No
     assert st is not None and (st.name, st.version, st.started_time) == (states.RUNNING, "v1", 2.0)
 
 
-def test_cas_in_one_transaction_sees_its_own_writes(store: SqlStore) -> None:
+def test_cas_in_one_transaction_sees_its_own_writes(store: Store) -> None:
     """Locked read, then two CAS in a row (the core's enter-and-leave in one step)."""
     root, node = _ids(2)
     _seed_state(store, node, root)
@@ -132,7 +139,7 @@ def test_cas_in_one_transaction_sees_its_own_writes(store: SqlStore) -> None:
 
 
 @pytest.mark.parametrize("first_commits", [True, False], ids=["first-commits", "first-rolls-back"])
-def test_cas_from_two_connections_at_once(store: SqlStore, first_commits: bool) -> None:
+def test_cas_from_two_connections_at_once(store: Store, first_commits: bool) -> None:
     """The second writer waits for the first; it loses if the first commits, wins if it rolls back."""
     root, node = _ids(2)
     _seed_state(store, node, root)
@@ -160,7 +167,7 @@ def test_cas_from_two_connections_at_once(store: SqlStore, first_commits: bool) 
     assert (st.name, st.version) == ((states.RUNNING, "v1") if first_commits else (states.FAILED, "v2"))
 
 
-def test_cas_hammered_from_threads_has_one_winner_per_round(store: SqlStore) -> None:
+def test_cas_hammered_from_threads_has_one_winner_per_round(store: Store) -> None:
     root, node = _ids(2)
     _seed_state(store, node, root)
     for round_ in range(3):
@@ -180,7 +187,7 @@ def test_cas_hammered_from_threads_has_one_winner_per_round(store: SqlStore) -> 
 # -- leases and claims ----------------------------------------------------------------------------
 
 
-def test_claim_is_exclusive_until_the_lease_expires(store: SqlStore) -> None:
+def test_claim_is_exclusive_until_the_lease_expires(store: Store) -> None:
     root, tid = _ids(2)
     with store.transaction() as unit:
         unit.insert_tasks([_task(tid, root)])
@@ -200,14 +207,14 @@ def test_claim_is_exclusive_until_the_lease_expires(store: SqlStore) -> None:
         task, _ = unit.task_with_process(tid, ("b", 140.0, 131.0))  # expired: taken over
         assert task is not None and task.id == tid
     with store.reading() as unit:
-        assert unit._all("SELECT owner, claimed_until FROM culm_task WHERE id = ?", [tid]) == [("b", 140.0)]
+        assert unit.task_lease(tid) == ("b", 140.0, False, None)
     with store.transaction() as unit:
         unit.release_leases([tid])
     with store.transaction() as unit:
         assert unit.claim_task(tid, "c", until=150.0, at=132.0) is not None
 
 
-def test_a_claimed_task_comes_with_its_process(store: SqlStore) -> None:
+def test_a_claimed_task_comes_with_its_process(store: Store) -> None:
     root, tid, other = _ids(3)
     task = _task(tid, root)
     proc = ProcessRecord(task.process_id, root, None, task.node_id, None, [root], priority=7)
@@ -224,7 +231,7 @@ def test_a_claimed_task_comes_with_its_process(store: SqlStore) -> None:
         assert unit.task_with_process(tid, ("b", 200.0, 150.0)) == (None, None)
 
 
-def test_claims_hammered_from_threads_have_one_winner_each(store: SqlStore) -> None:
+def test_claims_hammered_from_threads_have_one_winner_each(store: Store) -> None:
     root = _ids()[0]
     tids = _ids(4)
     with store.transaction() as unit:
@@ -246,20 +253,21 @@ def test_claims_hammered_from_threads_have_one_winner_each(store: SqlStore) -> N
     claimed = sorted(t for mine in held for t in mine)
     assert claimed == sorted(tids), held  # each task: exactly one holder
     with store.reading() as unit:
-        owners = dict(unit._all(f"SELECT id, owner FROM culm_task WHERE root_id = '{root}'"))
+        owners = {t.id: unit.task_lease(t.id)[0] for t in unit.tasks_of_root(root, EXECUTE)}
     assert {tid: f"w{i}" for i, mine in enumerate(held) for tid in mine} == owners
 
 
 # -- the task outbox ------------------------------------------------------------------------------
 
 
-def _outbox(store: SqlStore, root: str) -> dict[str, tuple[bool, float | None]]:
+def _outbox(store: Store, root: str) -> dict[str, tuple[bool, float | None]]:
+    """{task id: (published, relayed_at)} of the root's (execute) task rows."""
     with store.reading() as unit:
-        rows = unit._all("SELECT id, published, relayed_at FROM culm_task WHERE root_id = ?", [root])
-    return {r[0]: (bool(r[1]), r[2]) for r in rows}
+        leases = {t.id: unit.task_lease(t.id) for t in unit.tasks_of_root(root, EXECUTE)}
+    return {tid: (lease[2], lease[3]) for tid, lease in leases.items()}
 
 
-def test_outbox_insert_publish_relay_delete(store: SqlStore) -> None:
+def test_outbox_insert_publish_relay_delete(store: Store) -> None:
     root, other_root = _ids(2)
     now, due, timer, far = _ids(4)[:4]
     with store.transaction() as unit:
@@ -288,7 +296,7 @@ def test_outbox_insert_publish_relay_delete(store: SqlStore) -> None:
     assert list(_outbox(store, other_root)) == [far]
 
 
-def test_deleting_a_roots_tasks_never_waits_for_a_claimed_one(store: SqlStore) -> None:
+def test_deleting_a_roots_tasks_never_waits_for_a_claimed_one(store: Store) -> None:
     """An operator's delete skips a task row a running step holds (server databases: SKIP LOCKED;
     the step finds its process dead next time); SQLite runs one writer at a time, so the delete
     simply comes after the step's commit and takes every row."""
@@ -304,7 +312,7 @@ def test_deleting_a_roots_tasks_never_waits_for_a_claimed_one(store: SqlStore) -
         deleted.set()
 
     thread = threading.Thread(target=delete)
-    one_writer = store.dialect == "sqlite"
+    one_writer = store.dialect in ONE_WRITER
     with store.transaction() as unit:
         assert unit.claim_task(held, "step", until=200.0, at=100.0) is not None  # row locked until commit
         thread.start()
@@ -318,7 +326,7 @@ def test_deleting_a_roots_tasks_never_waits_for_a_claimed_one(store: SqlStore) -
 # -- histories and logs ---------------------------------------------------------------------------
 
 
-def test_histories_and_logs_read_back_in_order_per_loop(store: SqlStore) -> None:
+def test_histories_and_logs_read_back_in_order_per_loop(store: Store) -> None:
     node = _ids()[0]
     with store.transaction() as unit:
         for loop in (1, 1, 2):
@@ -347,7 +355,7 @@ def test_histories_and_logs_read_back_in_order_per_loop(store: SqlStore) -> None
 # -- execution data -------------------------------------------------------------------------------
 
 
-def test_execution_data_json_and_pickle_fallback(store: SqlStore) -> None:
+def test_execution_data_json_and_pickle_fallback(store: Store) -> None:
     plain, odd = _ids(2)
     exact = {"tags": {"a", "b"}, "pair": (1, 2), "clash": {1: "int", "1": "str"}}
     with store.transaction() as unit:
@@ -369,14 +377,11 @@ def test_execution_data_json_and_pickle_fallback(store: SqlStore) -> None:
 # -- the change feed and savepoints ---------------------------------------------------------------
 
 
-def _changes_of(store: SqlStore, root: str) -> list[tuple[str, str | None, str]]:
-    with store.reading() as unit:
-        rows = unit._all("SELECT node_id, from_state, to_state FROM culm_change WHERE root_id = ? ORDER BY seq",
-                         [root])
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+def _changes_of(store: Store, root: str) -> list[tuple[str, str | None, str]]:
+    return [(c.node_id, c.from_state, c.to_state) for c in store.feed.read(0, store.feed.last_seq(), root)]
 
 
-def test_change_feed_is_written_with_its_states_or_not_at_all(store: SqlStore) -> None:
+def test_change_feed_is_written_with_its_states_or_not_at_all(store: Store) -> None:
     root, a, b = _ids(3)
     after = store.feed.last_seq()
     with store.transaction() as unit:
@@ -397,7 +402,29 @@ def test_change_feed_is_written_with_its_states_or_not_at_all(store: SqlStore) -
     assert seen == [(a, states.READY), (a, states.RUNNING), (a, states.FINISHED)]  # each once
 
 
-def test_savepoint_rollback_keeps_the_earlier_writes(store: SqlStore) -> None:
+def test_feed_reads_by_range_root_and_limit(store: Store) -> None:
+    root, other, node = _ids(3)
+    with store.transaction() as unit:
+        unit.add_pipeline(root, {"id": root}, {}, {}, at=123.5)
+        before = unit.last_change_seq()
+    with store.transaction() as unit:
+        for n, (r, to) in enumerate([(root, "A"), (other, "B"), (root, "C"), (root, "D")]):
+            unit.record_change(r, node, None, to, f"v{n}", n)
+    with store.reading() as unit:
+        last = unit.last_change_seq()
+        assert last >= before + 4 and unit.first_change_seq() is not None
+        mine = unit.read_changes(before, last, root, 10)
+        assert [(c.to_state, c.version, c.loop) for c in mine] == [("A", "v0", 0), ("C", "v2", 2), ("D", "v3", 3)]
+        assert [c.seq for c in mine] == sorted(c.seq for c in mine)
+        assert [c.to_state for c in unit.read_changes(before, last, None, 2)] == ["A", "B"]
+        assert [c.to_state for c in unit.read_changes(mine[0].seq, mine[1].seq, None, 10)] == ["B", "C"]
+        assert unit.change_time_from(mine[-1].seq) == mine[-1].time
+        assert unit.change_time_from(last + 1) is None
+        assert unit.pipeline_created(root) == 123.5 and unit.pipeline_created(other) is None
+        assert (root, node) in unit.changes_between(before, last)
+
+
+def test_savepoint_rollback_keeps_the_earlier_writes(store: Store) -> None:
     root, kept, undone = _ids(3)
     tid = _ids()[0]
     with store.transaction() as unit:
@@ -425,7 +452,7 @@ def test_savepoint_rollback_keeps_the_earlier_writes(store: SqlStore) -> None:
     assert _changes_of(store, root) == [(kept, None, states.READY), (kept, states.READY, states.RUNNING)]
 
 
-def test_feed_yields_each_change_of_concurrent_writers_once(store: SqlStore) -> None:
+def test_feed_yields_each_change_of_concurrent_writers_once(store: Store) -> None:
     """Writers committing in any order (server databases may commit seqs out of order), some
     rolling back: the feed yields every committed change exactly once."""
     root = _ids()[0]
@@ -452,7 +479,7 @@ def test_feed_yields_each_change_of_concurrent_writers_once(store: SqlStore) -> 
 # -- converging processes and schedules -----------------------------------------------------------
 
 
-def test_child_acks_are_counted_once_each_under_concurrency(store: SqlStore) -> None:
+def test_child_acks_are_counted_once_each_under_concurrency(store: Store) -> None:
     """The last branch of a join is known by its ack count: each sibling sees a distinct count."""
     root, parent = _ids(2)
     with store.transaction() as unit:
@@ -469,7 +496,7 @@ def test_child_acks_are_counted_once_each_under_concurrency(store: SqlStore) -> 
     assert proc is not None and proc.ack_num == THREADS
 
 
-def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: SqlStore) -> None:
+def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: Store) -> None:
     from culm.core.records import ScheduleRecord
 
     sid, node = _ids(2)
@@ -489,9 +516,10 @@ def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: SqlSto
         sched = unit.schedule_of(node, "v1")
         assert sched is not None and (sched.locked_until, sched.times, sched.finished) == (130.0, 3, True)
         assert unit.live_schedules([node]) == []
+        assert [s.id for s in unit.schedules_of_nodes([node, "no-such-node"])] == [sid]  # finished ones too
 
 
-def test_states_read_ahead_see_the_transactions_own_writes(store: SqlStore) -> None:
+def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None:
     root, a, b, missing = _ids(4)
     _seed_state(store, a, root)
     with store.transaction() as unit:

@@ -13,6 +13,7 @@ from culm.dispatch.inline import InlineDispatcher
 from culm.dispatch.runner import WorkerRunner
 from culm.dispatch.threads import ThreadDispatcher
 from culm.storage.cache import CachedUnit, RecordCache
+from culm.storage.memory import MemoryStore, MemoryUnit
 from culm.storage.sql import SqlStore, SqlUnit
 
 
@@ -29,8 +30,8 @@ def test_the_unit_is_the_union_of_the_concerns() -> None:
     assert sum(len(_verbs(c)) for c in concerns) == len(union)
 
 
-@pytest.mark.parametrize("impl", [SqlUnit, CachedUnit])
-def test_sql_units_offer_every_verb_with_the_declared_parameters(impl: type) -> None:
+@pytest.mark.parametrize("impl", [SqlUnit, CachedUnit, MemoryUnit])
+def test_units_offer_every_verb_with_the_declared_parameters(impl: type) -> None:
     for name in sorted(_verbs(ports.Unit)):
         declared = getattr(ports.Unit, name)
         offered = getattr(impl, name, None)
@@ -57,3 +58,5 @@ def test_units_declare_their_read_ahead_capabilities(tmp_path: Path) -> None:
             assert (unit.reads_ahead, unit.reads_tasks_ahead) == (False, False)
     finally:
         store.dispose()
+    with MemoryStore().transaction() as unit:  # every read is a lookup: nothing to read ahead
+        assert (unit.reads_ahead, unit.reads_tasks_ahead) == (False, False)

@@ -1,0 +1,606 @@
+"""MemoryStore: the storage the core needs, held in this process's memory (tests, experiments).
+
+Nothing is durable: the data lives as long as the store object (``Runtime("memory://")``). It is
+a real store, not a stub: compare-and-set on state versions, leases, the task outbox, histories,
+logs and the change feed behave as on SQLite, and the storage contract suite
+(``tests/integration/test_storage_contract.py``) checks it against the SQL backends.
+
+Transactions. One transaction at a time holds the store (a lock, as SQLite's one writer); a
+read-only unit waits for it too, so it always sees the last committed state. A transaction writes
+into layers of its own (copy on write: committed rows are never changed in place), and a savepoint
+is one more layer; the commit folds the layers into the committed tables at once. An exception
+drops the layers, so a rolled-back transaction leaves nothing behind.
+
+Crashes. :meth:`MemoryStore.reopen` models a process that died and a new one that opened the same
+database: the new store sees exactly what was committed, and a transaction still open in the old
+one can never commit (a deterministic simulation uses it, see ``tests/integration/simulation.py``).
+
+Payloads (trees, inputs, outputs, context values, callback data) are stored as the text
+:mod:`culm.storage.codec` writes, as the SQL store stores them, so values come back with the same
+JSON conversions and never share objects with the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+import threading
+import time
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar, Unpack
+
+from culm.core import states
+from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
+from culm.core.records import (
+    ContextValue,
+    HistoryRecord,
+    PipelineQuery,
+    ProcessRecord,
+    ScheduleRecord,
+    StateChange,
+    StateRecord,
+    TaskRecord,
+)
+from culm.storage import codec
+from culm.storage.copies import copy_process as _copy_process
+from culm.storage.copies import copy_schedule as _copy_schedule
+from culm.storage.copies import copy_state as _copy_state
+from culm.storage.copies import copy_task as _copy_task
+from culm.storage.memory_tables import Database, MemoryStoreError, TransactionView
+
+URL = "memory://"
+_R = TypeVar("_R")
+_FINAL = (states.FINISHED, states.REVOKED)
+
+
+@dataclass(slots=True)
+class _Task:
+    """A task row: the record the core sees plus the columns only storage keeps."""
+
+    rec: TaskRecord
+    owner: str | None = None
+    claimed_until: float | None = None
+    published: bool = False
+    relayed_at: float | None = None
+
+
+_TASK_COLUMNS = frozenset(TaskRecord.__slots__)
+_LEASE_COLUMNS = frozenset({"owner", "claimed_until", "published", "relayed_at"})
+_STATE_COLUMNS = frozenset(StateRecord.__slots__)
+_PROCESS_COLUMNS = frozenset(ProcessRecord.__slots__)
+_SCHEDULE_COLUMNS = frozenset(ScheduleRecord.__slots__)
+
+
+def _changed(rec: _R, copy: Callable[[_R], _R], fields: dict[str, Any]) -> _R:
+    """A copy of ``rec`` with ``fields`` set (rows are never changed in place: copy on write)."""
+    new = copy(rec)
+    for k, v in fields.items():
+        setattr(new, k, v)
+    return new
+
+
+def _unknown(fields: Iterable[str], allowed: Container[str], table: str) -> None:
+    bad = [f for f in fields if f not in allowed]
+    if bad:
+        raise MemoryStoreError(f"table {table} has no column(s) {', '.join(sorted(bad))}")
+
+
+class MemoryUnit(TransactionView):
+    """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
+
+    dialect = "memory"
+    reads_ahead = False  # nothing to gain: every read is a dict lookup
+    reads_tasks_ahead = False  # (the same for a batch's tasks)
+    feed_ordered = True  # one transaction at a time: seqs become visible in order
+
+    # -- plumbing the core calls --------------------------------------------------------------
+    def flush(self, *, commit: bool = False) -> None:
+        """Nothing waits to be sent: every write is in the transaction's layer already."""
+
+    def announce_change(self) -> None:
+        """Nothing keeps copies of this store's rows."""
+
+    def record_change(
+        self, root_id: str, node_id: str, from_state: str | None, to_state: str, version: str, loop: int
+    ) -> None:
+        """Append a state write to the change feed; it gets its seq with the commit."""
+        self._changes.append((root_id, node_id, from_state, to_state, version, loop, time.time()))
+
+    # -- the change feed ------------------------------------------------------------------------
+    def last_change_seq(self) -> int:
+        seqs = self._db.feed.seqs
+        return seqs[-1] if seqs else 0
+
+    def first_change_seq(self) -> int | None:
+        seqs = self._db.feed.seqs
+        return seqs[0] if seqs else None
+
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        return [(c.root_id, c.node_id) for c in self._db.feed.between(after, upto)]
+
+    def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
+        rows = self._db.feed.between(after, upto)
+        if root_id is not None:
+            rows = [c for c in rows if c.root_id == root_id]
+        return rows[:limit]
+
+    def change_time_from(self, seq: int) -> float | None:
+        rows = self._db.feed.between(seq - 1, self.last_change_seq())
+        return rows[0].time if rows else None
+
+    def prune_changes(self, lo: int, hi: int, cutoff: float) -> int:
+        feed = self._db.feed
+
+        def ended(root_id: str) -> bool:
+            root = self._get("state", root_id)
+            return root is not None and root.name in _FINAL
+
+        gone = [c.seq for c in feed.between(lo - 1, hi - 1) if c.time < cutoff and ended(c.root_id)]
+        self._pruned += gone  # deleted at the commit
+        return len(gone)
+
+    # -- pipelines and nodes --------------------------------------------------------------------
+    def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,
+                     name: str = "") -> None:
+        row = (tree if isinstance(tree, str) else codec.dumps(tree),
+               codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
+               codec.dumps(options), at, name[:255])
+        self._insert("pipeline", root_id, row)
+
+    def pipeline_created(self, root_id: str) -> float | None:
+        row = self._get("pipeline", root_id)
+        return row[3] if row else None
+
+    def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
+        row = self._get("pipeline", root_id)
+        return (codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])) if row else None
+
+    def get_root_data(self, root_id: str) -> dict:
+        row = self._get("pipeline", root_id)
+        return codec.loads(row[1]) if row else {}
+
+    def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
+        """Counts per root state and one page of root pipelines, as ``culm.storage.listing``."""
+        # A root's state: no parent, and its root set (an appointed pause ahead of a node has none).
+        roots = [st for _, st in self._where("state", "parent", "") if st.root_id]
+        matching = []
+        for st in roots:
+            created = st.created_time
+            if query.created_after is not None and (created is None or created < query.created_after):
+                continue
+            if query.created_before is not None and (created is None or created >= query.created_before):
+                continue
+            pipeline = self._get("pipeline", st.root_id)
+            if query.name and (pipeline is None or query.name.lower() not in pipeline[4].lower()):
+                continue
+            matching.append((st, pipeline[4] if pipeline else ""))
+        counts: dict[str, int] = {}
+        for st, _ in matching:
+            counts[st.name] = counts.get(st.name, 0) + 1
+        if query.states is not None:
+            matching = [(st, name) for st, name in matching if st.name in query.states]
+        # SQL's ORDER BY created_time DESC, root_id DESC (a NULL time sorts last, as SQLite's)
+        matching.sort(key=lambda m: (m[0].created_time is not None, m[0].created_time or 0.0, m[0].root_id),
+                      reverse=True)
+        page = matching[query.offset : query.offset + query.limit]
+        return counts, [(st.root_id, name, st.name, st.created_time, st.started_time, st.archived_time)
+                        for st, name in page]
+
+    def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Index a run's nodes: rows of (id, root_id, pipeline_id, type)."""
+        for row in rows:
+            self._insert("node", row[0], tuple(row))
+
+    def node_root(self, node_id: str) -> str | None:
+        row = self._get("node", node_id)
+        return row[1] if row else None
+
+    def node_types(self, ids: Sequence[str]) -> dict[str, str]:
+        return {i: row[3] for i in ids if (row := self._get("node", i)) is not None}
+
+    def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
+        return {i for i in ids if self._get("node", i) is not None}
+
+    # -- states ---------------------------------------------------------------------------------
+    def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None:
+        st = self._get("state", node_id)
+        return _copy_state(st) if st is not None else None
+
+    def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
+        return {i: _copy_state(st) for i in node_ids if (st := self._get("state", i)) is not None}
+
+    def prefetch_states(self, node_ids: Iterable[str]) -> None:
+        """Nothing to read ahead."""
+
+    def states_of_root(self, root_id: str) -> list[StateRecord]:
+        return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
+
+    def states_of_parent(self, parent_id: str) -> list[StateRecord]:
+        return [_copy_state(st) for _, st in self._where("state", "parent", parent_id)]
+
+    def insert_state(self, rec: StateRecord) -> None:
+        self._insert("state", rec.node_id, _copy_state(rec))
+
+    def update_state(
+        self,
+        node_id: str,
+        *,
+        expect_version: str | None = None,
+        expect_names: Collection[str] | None = None,
+        **fields: Unpack[StateWrite],
+    ) -> bool:
+        """Compare-and-set: write ``fields`` only if version and state name still match."""
+        _unknown(fields, _STATE_COLUMNS, "state")
+        st = self._get("state", node_id)
+        if st is None or (expect_version is not None and st.version != expect_version):
+            return False
+        if expect_names is not None and st.name not in set(expect_names):
+            return False
+        self._put("state", node_id, _changed(st, _copy_state, dict(fields)))
+        return True
+
+    def reset_inner_loops(self, parent_id: str) -> None:
+        for node_id, st in self._where("state", "parent", parent_id):
+            self._put("state", node_id, _changed(st, _copy_state, {"inner_loop": 0}))
+
+    # -- processes ------------------------------------------------------------------------------
+    def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
+        for p in recs:
+            self._insert("process", p.id, _copy_process(p))
+
+    def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None:
+        p = self._get("process", process_id)
+        return _copy_process(p) if p is not None else None
+
+    def _process(self, process_id: str) -> ProcessRecord:
+        p = self._get("process", process_id)
+        if p is None:
+            raise MemoryStoreError(f"process {process_id} does not exist")
+        return p
+
+    def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
+        _unknown(fields, _PROCESS_COLUMNS, "process")
+        p = self._get("process", process_id)
+        if p is not None:  # as an UPDATE of no row: nothing happens
+            changed: dict[str, Any] = dict(fields)
+            if "stack" in fields:
+                changed["stack"] = list(fields["stack"])
+            self._put("process", process_id, _changed(p, _copy_process, changed))
+
+    def ack_child(self, parent_id: str) -> tuple[int, int]:
+        """Count one finished child of ``parent_id``; returns (acks so far, acks needed)."""
+        p = _copy_process(self._process(parent_id))
+        p.ack_num += 1
+        self._put("process", parent_id, p)
+        return p.ack_num, p.need_ack
+
+    def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
+        return [_copy_process(p) for _, p in self._where("process", "root", root_id)]
+
+    def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
+        return [_copy_process(p) for _, p in self._where("process", "suspended_by", by) if p.suspended and not p.dead]
+
+    def processes_at(self, node_id: str) -> list[ProcessRecord]:
+        return [_copy_process(p) for _, p in self._where("process", "at", node_id) if not p.dead]
+
+    def kill_processes_of_root(self, root_id: str) -> None:
+        for pid, p in self._where("process", "root", root_id):
+            self._put("process", pid, _changed(p, _copy_process, {"dead": True}))
+
+    # -- tasks and leases -----------------------------------------------------------------------
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+        for t in tasks:
+            if t is not None:
+                self._insert("task", t.id, _Task(_copy_task(t)))
+
+    def get_task(self, task_id: str) -> TaskRecord | None:
+        row = self._get("task", task_id)
+        return _copy_task(row.rec) if row is not None else None
+
+    def task_lease(self, task_id: str) -> tuple[str | None, float | None, bool, float | None] | None:
+        """(owner, claimed_until, published, relayed_at) of a task row; None when it is gone."""
+        row = self._get("task", task_id)
+        return (row.owner, row.claimed_until, row.published, row.relayed_at) if row is not None else None
+
+    def _set_task(self, task_id: str, row: _Task, **columns: Any) -> None:
+        new = _Task(row.rec, row.owner, row.claimed_until, row.published, row.relayed_at)
+        for k, v in columns.items():
+            setattr(new, k, v)
+        self._put("task", task_id, new)
+
+    def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None:
+        """Take a lease on a task; None when it is gone (done) or leased by a live worker."""
+        row = self._get("task", task_id)
+        if row is None or (row.claimed_until is not None and row.claimed_until >= at):
+            return None
+        self._set_task(task_id, row, owner=owner, claimed_until=until)
+        return _copy_task(row.rec)
+
+    def task_with_process(
+        self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        """A task and its process, as ``SqlUnit.task_with_process`` (``lease`` claims it first;
+        ``held``: it is ours already, kept unless another runner took it over)."""
+        row = self._get("task", task_id)
+        if row is None:
+            return None, None
+        if lease is not None:
+            owner, until, at = lease
+            live = row.claimed_until is not None and row.claimed_until >= at
+            if held and live and row.owner not in (None, owner):
+                return None, None  # another runner took the task over: its result counts
+            if not held and live:
+                return None, None
+            if not (held and live and row.owner == owner):
+                self._set_task(task_id, row, owner=owner, claimed_until=until)
+        return _copy_task(row.rec), self.get_process(row.rec.process_id)
+
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+        """Nothing to read ahead: each task_with_process is a lookup."""
+
+    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
+        return []
+
+    def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
+        return [_copy_task(t.rec) for _, t in self._where("task", "root", root_id) if t.rec.kind == kind]
+
+    def update_task(self, task_id: str, **fields: Unpack[TaskFields]) -> None:
+        _unknown(fields, _TASK_COLUMNS | _LEASE_COLUMNS, "task")
+        row = self._get("task", task_id)
+        if row is None:
+            return
+        rec_fields = {k: v for k, v in fields.items() if k in _TASK_COLUMNS}
+        lease = {k: v for k, v in fields.items() if k in _LEASE_COLUMNS}
+        self._set_task(task_id, row, rec=_changed(row.rec, _copy_task, rec_fields), **lease)
+
+    def delete_task(self, task_id: str, *, as_read: TaskRecord | None = None) -> None:
+        """Delete a task row; with ``as_read``, only while it is still that task (same kind, node
+        and running version), as ``SqlUnit.delete_task``."""
+        row = self._get("task", task_id)
+        if row is None:
+            return
+        if as_read is not None and (row.rec.kind, row.rec.node_id, row.rec.running_version) != (
+                as_read.kind, as_read.node_id, as_read.running_version):
+            return
+        self._delete("task", task_id)
+
+    def delete_tasks_of_root(self, root_id: str) -> None:
+        for task_id, _ in self._where("task", "root", root_id):
+            self._delete("task", task_id)
+
+    def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None:
+        for pid in dict.fromkeys(process_ids):
+            for task_id, _ in self._where("task", "process", pid):
+                self._delete("task", task_id)
+
+    @staticmethod
+    def _free(row: _Task, at: float) -> bool:
+        return row.claimed_until is None or row.claimed_until < at
+
+    def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
+        """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
+        found = [t for _, t in self._scan("task") if t.rec.due <= at + horizon and self._free(t, at)]
+        found.sort(key=lambda t: t.rec.due)
+        return [_copy_task(t.rec) for t in found[: int(limit)]]
+
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
+        """Overdue tasks and unpublished timers due within ``horizon``, as ``SqlUnit``'s."""
+        found = [
+            t for _, t in self._scan("task")
+            if self._free(t, at) and (t.relayed_at is None or t.relayed_at <= at - grace)
+            and (t.rec.due <= at - grace or (not t.published and at < t.rec.due <= at + horizon))
+        ]
+        found.sort(key=lambda t: t.rec.due)
+        return [_copy_task(t.rec) for t in found[: int(limit)]]
+
+    def _each_task(self, task_ids: Iterable[str]) -> Iterator[tuple[str, _Task]]:
+        for task_id in dict.fromkeys(task_ids):
+            row = self._get("task", task_id)
+            if row is not None:
+                yield task_id, row
+
+    def mark_relayed(self, task_ids: Sequence[str], at: float) -> None:
+        for task_id, row in self._each_task(task_ids):
+            self._set_task(task_id, row, relayed_at=at, published=True)
+
+    def mark_published(self, task_ids: Sequence[str], published: bool) -> None:
+        for task_id, row in self._each_task(task_ids):
+            self._set_task(task_id, row, published=published)
+
+    def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None:
+        for task_id, row in self._each_task(task_ids):
+            if row.owner == owner:
+                self._set_task(task_id, row, claimed_until=until)
+
+    def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
+        rows = self._scan("task") if task_ids is None else list(self._each_task(task_ids))
+        for task_id, row in rows:
+            self._set_task(task_id, row, owner=None, claimed_until=None)
+
+    # -- node data, execution data, context -----------------------------------------------------
+    def get_inputs_override(self, node_id: str) -> dict | None:
+        return codec.loads(self._get("node_data", node_id))
+
+    def set_inputs_override(self, node_id: str, inputs: dict) -> None:
+        self._put("node_data", node_id, codec.dumps_fields(inputs, f"inputs of node {node_id}"))
+
+    def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
+        row = self._get("execution_data", node_id)
+        return (codec.loads(row[0]), codec.loads(row[1])) if row else None
+
+    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
+        """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
+        row = (codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs"))
+        self._put("execution_data", node_id, row)
+
+    def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
+        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
+        old = self._get("execution_data", node_id)
+        text = codec.dumps(outputs)
+        self._put("execution_data", node_id, (old[0] if old else codec.dumps({}), text))
+
+    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
+        """Nothing to read ahead."""
+
+    def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
+        if keys is None:
+            found = [(k[1], row) for k, row in self._where("context", "pipeline", pipeline_id)]
+        else:
+            found = [(k, row) for k in keys if (row := self._get("context", (pipeline_id, k))) is not None]
+        return {k: ContextValue(k, row[1], codec.loads(row[2]), row[3], row[4]) for k, row in found}
+
+    @staticmethod
+    def _context_row(pipeline_id: str, v: ContextValue) -> tuple[str, str, str, str | None, frozenset[str]]:
+        return pipeline_id, v.type, codec.dumps_variable(pipeline_id, v.key, v.value), v.code, frozenset(v.references)
+
+    def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
+        rows = [(v.key, self._context_row(pipeline_id, v)) for v in values]  # refused before any write
+        for key, row in rows:
+            self._insert("context", (pipeline_id, key), row)
+
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
+        for v in values:
+            self._put("context", (pipeline_id, v.key), self._context_row(pipeline_id, v))
+
+    # -- schedules and callbacks ----------------------------------------------------------------
+    def insert_schedule(self, rec: ScheduleRecord) -> None:
+        if self.schedule_of(rec.node_id, rec.version) is not None:
+            raise MemoryStoreError(f"node {rec.node_id} already has a schedule for version {rec.version}")
+        self._insert("schedule", rec.id, _copy_schedule(rec))
+
+    def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
+        s = self._get("schedule", schedule_id)
+        return _copy_schedule(s) if s is not None else None
+
+    def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
+        found = [s for _, s in self._where("schedule", "node", node_id) if s.version == version]
+        return _copy_schedule(found[0]) if found else None
+
+    def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """Every schedule (finished or not) of ``node_ids``."""
+        wanted = dict.fromkeys(node_ids)
+        if len(wanted) > 8:  # many nodes (a whole tree): one pass over the table beats a lookup each
+            return [_copy_schedule(s) for _, s in self._scan("schedule") if s.node_id in wanted]
+        return [_copy_schedule(s) for n in wanted for _, s in self._where("schedule", "node", n)]
+
+    def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
+        return [s for s in self.schedules_of_nodes(node_ids) if not s.finished]
+
+    def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:
+        _unknown(fields, _SCHEDULE_COLUMNS, "schedule")
+        s = self._get("schedule", schedule_id)
+        if s is not None:
+            self._put("schedule", schedule_id, _changed(s, _copy_schedule, dict(fields)))
+
+    def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
+        s = self._get("schedule", schedule_id)
+        if s is None or (s.locked_until is not None and s.locked_until >= at):
+            return False
+        self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
+        return True
+
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+        self._insert("callback", callback_id,
+                     (node_id, version, codec.dumps_named(data, f"callback data for node {node_id}")))
+
+    def has_callback(self, node_id: str, version: str) -> bool:
+        """Whether a callback was accepted for this run (``version``) of the node."""
+        return any(row[1] == version for _, row in self._where("callback", "node", node_id))
+
+    def get_callback(self, callback_id: str) -> object:
+        row = self._get("callback", callback_id)
+        return codec.loads(row[2]) if row else None
+
+    # -- histories and logs ---------------------------------------------------------------------
+    def add_history(self, rec: HistoryRecord) -> None:
+        texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
+        self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
+
+    def histories(self, node_id: str, loop: int = -1) -> list[HistoryRecord]:
+        found = sorted(self._where("history", "node", node_id), key=operator.itemgetter(0))
+        return [replace(h, id=hid, inputs=codec.loads(inputs), outputs=codec.loads(outputs))
+                for hid, (_, h, inputs, outputs) in found if loop == -1 or h.loop == loop]
+
+    def add_logs(self, rows: Sequence[LogRow]) -> None:
+        """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
+        codec.check_log_lines(rows)
+        for r in rows:
+            self._put("log", self._next_id("log"), (r["node_id"], r["version"], r["loop"], r["created_time"],
+                                                    r["line"]))
+
+    def _logs_of(self, node_id: str, version: str) -> list[tuple[int, tuple]]:
+        return sorted(((k, row) for k, row in self._where("log", "node", node_id) if row[1] == version),
+                      key=operator.itemgetter(0))
+
+    def logs(self, node_id: str, version: str) -> list[str]:
+        return [row[4] for _, row in self._logs_of(node_id, version)]
+
+    def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
+        for key, row in self._logs_of(node_id, old_version):
+            self._put("log", key, (row[0], new_version, *row[2:]))
+
+
+class MemoryStore:
+    """Hands out :class:`MemoryUnit` transactions over data held in this process (not durable).
+
+    Args:
+        database: the committed data to open (:meth:`reopen` passes the one a crash kept).
+    """
+
+    dialect = "memory"
+    url = URL
+
+    def __init__(self, *, database: Database | None = None) -> None:
+        self._db = database or Database()
+        self._lock = threading.RLock()  # re-entrant: a thread holding a transaction may still read
+        self._writing = False  # a transaction is open (in the thread holding the lock)
+        from culm.storage.feed import ChangeFeed
+
+        self.feed = ChangeFeed(self, ordered=True)
+
+    @contextlib.contextmanager
+    def transaction(self, cache: Any = None) -> Iterator[MemoryUnit]:
+        """A unit of work: committed when the block ends, nothing of it kept on an exception.
+        (``cache`` is accepted for the SQL store's signature and ignored.)"""
+        with self._lock:
+            if self._writing:
+                # Its commit would land under the open one's layers, which would then overwrite it.
+                raise MemoryStoreError("a transaction is already open in this thread; nest a savepoint instead")
+            self._writing = True
+            try:
+                unit = MemoryUnit(self._db)
+                yield unit
+                unit.commit()
+            finally:
+                self._writing = False
+        if unit.changes_sent:
+            self.feed.committed()
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[MemoryUnit]:
+        """A read-only unit: it sees the last committed state (and its own writes, never kept)."""
+        with self._lock:
+            yield MemoryUnit(self._db)
+
+    def reopen(self) -> MemoryStore:
+        """A new store over what this one committed, as after a crash and a restart: a
+        transaction still open here can no longer commit."""
+        self._db.epoch += 1
+        return MemoryStore(database=self._db)
+
+    def ensure_schema(self) -> None:
+        """Nothing to create: the tables exist with the store."""
+
+    def checkpoint(self) -> None:
+        """Nothing to copy: there is no log."""
+
+    def dispose(self) -> None:
+        """Nothing to close (the data goes with the object)."""
+
+    def __repr__(self) -> str:
+        return f"MemoryStore({self.url!r})"
+
+
+__all__ = ["URL", "MemoryStore", "MemoryStoreError", "MemoryUnit"]
