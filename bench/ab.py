@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch = Path(tempfile.mkdtemp(prefix="culm-ab-"))
         sides = {"A": _with_this_bench(other, scratch), "B": HERE}
     medians: dict[str, list[float]] = {"A": [], "B": []}
+    idle: dict[str, list[float]] = {"A": [], "B": []}  # polled specs: the same trees on wait_idle
     print(f"A = {other}\nB = {HERE}\nspec {args.name}, {args.rounds} rounds", flush=True)
     for i in range(1, args.rounds + 1):
         row = []
@@ -75,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
             res = run_one(checkout, args.name, args.repeats, args.quick)
             medians[side].append(res["median_s"])
             row.append(f"{side} median {res['median_s']:.4f} s (min {res['min_s']:.4f})")
+            if res.get("wait_idle_median_s") is not None:
+                idle[side].append(res["wait_idle_median_s"])
+                row[-1] += f", wait_idle {res['wait_idle_median_s']:.4f} s"
         print(f"round {i}: " + "; ".join(row), flush=True)
     a, b = statistics.median(medians["A"]), statistics.median(medians["B"])
     better = sum(1 for x, y in zip(medians["A"], medians["B"], strict=True) if y < x)
     print(json.dumps({"spec": args.name, "rounds": args.rounds, "A_median_of_medians_s": a,
                       "B_median_of_medians_s": b, "B_over_A": round(b / a, 3) if a else None,
-                      "rounds_B_faster": better}))
+                      "rounds_B_faster": better,
+                      **({f"{side}_wait_idle_median_of_medians_s": statistics.median(v) for side, v in idle.items() if v})}))
     return 0
 
 

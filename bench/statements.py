@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import sys
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,9 @@ class _Queue:
 
     def submit(self, tasks: Sequence[Any]) -> None:
         self.tasks.extend(t for t in tasks if t is not None)
+
+    def submitting(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()  # nothing to batch around: tasks wait here
 
     def close(self) -> None:
         pass

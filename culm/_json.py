@@ -28,6 +28,7 @@ _ENCODE = (
 )
 _SCAN = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 _JSON_KEYS = (str, int, float, bool, type(None))  # key types JSON writes as text
+_FLAT = frozenset(_JSON_KEYS)  # exact types of values that hold no dict
 
 
 def dumps(value: Any) -> str:
@@ -70,7 +71,14 @@ def keys_collide(value: Any) -> bool:
     without recursion, with exact type checks (this runs before every JSON write).
     """
     cls = type(value)
-    if cls is not dict and cls is not list and cls is not tuple:
+    if cls is dict:
+        # Most values written are flat dicts of str keys and scalars (a node's inputs and
+        # outputs): nothing to walk.
+        for key, child in value.items():
+            if type(key) is not str or type(child) not in _FLAT:
+                return _walk(value)
+        return False
+    if cls is not list and cls is not tuple:
         return isinstance(value, dict | list | tuple) and _walk(value)
     return _walk(value)
 

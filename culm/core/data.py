@@ -105,9 +105,13 @@ class GatheredInputs:
     @property
     def lazy(self) -> bool:
         """True when rendering calls a lazy variable's ``get_value`` (user code)."""
-        return any(var.get("type") == LAZY for var in self.render.values()) or any(
-            getattr(cv, "type", PLAIN) == LAZY for cv in self.needed.values()
-        )
+        for var in self.render.values():
+            if var.get("type") == LAZY:
+                return True
+        for cv in self.needed.values():  # loops, not any(): this runs for every rendered node
+            if getattr(cv, "type", PLAIN) == LAZY:
+                return True
+        return False
 
 
 def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:

@@ -83,7 +83,7 @@ class Step:
         ``from_state``: the state before the write (None: created); ``root_id``: the run's root when
         the record does not carry it yet (a state created ahead of the node being reached).
         """
-        self.note_change(st, from_state, root_id)
+        self.unit.record_change(root_id or st.root_id, st.node_id, from_state, st.name, st.version, st.loop)
         if signals.post_set_state.has_receivers:
             parent = "" if st.node_id == st.root_id else st.parent_id
             self.events.append(

@@ -7,11 +7,10 @@ looked for in strings and, recursively, in list/tuple items and dict values (nev
 from __future__ import annotations
 
 import ast
-import contextlib
 import re
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -35,30 +34,46 @@ _INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
 _bound = threading.local()
 
 
-@contextlib.contextmanager
-def time_bound(seconds: float) -> Iterator[float]:
+class time_bound:  # noqa: N801 - used as a function: ``with time_bound(seconds) as deadline``
     """Every rendering on this thread inside the block must end within ``seconds`` (as well as
-    within its own limit); yields the instant they share."""
-    outer = getattr(_bound, "deadline", None)
-    at = time.monotonic() + seconds
-    _bound.deadline = at if outer is None else min(at, outer)
-    try:
-        yield _bound.deadline
-    finally:
-        _bound.deadline = outer
+    within its own limit); ``as`` gives the instant they share.
+
+    A class rather than a generator context manager: the engine enters one per rendered node.
+    """
+
+    __slots__ = ("seconds", "outer")
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.outer: float | None = None
+
+    def __enter__(self) -> float:
+        outer = self.outer = getattr(_bound, "deadline", None)
+        at = time.monotonic() + self.seconds
+        _bound.deadline = at = at if outer is None else min(at, outer)
+        return at
+
+    def __exit__(self, *exc: object) -> None:
+        _bound.deadline = self.outer
 
 
-@contextlib.contextmanager
-def output_bound(chars: int) -> Iterator[None]:
+class output_bound:  # noqa: N801 - used as a function: ``with output_bound(chars)``
     """All renderings on this thread inside the block together produce at most ``chars``
     characters of text (each one also stays under MAX_RENDER_OUTPUT): many variables or inputs
     of one node, each just under the limit, would otherwise add up to gigabytes."""
-    outer = getattr(_bound, "output", None)
-    _bound.output = [chars] if outer is None else outer
-    try:
-        yield
-    finally:
-        _bound.output = outer
+
+    __slots__ = ("chars", "outer")
+
+    def __init__(self, chars: int) -> None:
+        self.chars = chars
+        self.outer: list[int] | None = None
+
+    def __enter__(self) -> None:
+        outer = self.outer = getattr(_bound, "output", None)
+        _bound.output = [self.chars] if outer is None else outer
+
+    def __exit__(self, *exc: object) -> None:
+        _bound.output = self.outer
 
 
 def references(value: Any) -> set[str]:

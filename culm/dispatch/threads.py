@@ -237,7 +237,9 @@ class ThreadDispatcher:
         """Block until no task is queued, timed or running (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         with self._lock:
-            while self._known:
+            # A batch forgets the tasks it finished before it queues the ones it made: while it
+            # is under way, nothing known does not mean idle.
+            while self._known or self._in_batch:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -252,8 +254,11 @@ class ThreadDispatcher:
                 return
             batch = [first]
             self._take_ready(batch)
-            # Read without the lock: a quick "nothing under way" needs no lock per batch.
-            if len(batch) < MAX_BATCH and (self._submitting or time.monotonic() - self._submitted_at < QUIET):
+            # Read without the lock: a quick "nothing under way" needs no lock per batch. Calls
+            # waiting for a slot go first: committing this batch is what frees their slots.
+            if len(batch) < MAX_BATCH and not self._calls and (
+                self._submitting or time.monotonic() - self._submitted_at < QUIET
+            ):
                 self._hold()
                 self._take_ready(batch)
             self._in_batch = len(batch)
@@ -261,7 +266,9 @@ class ThreadDispatcher:
                 self._run_batch(batch)
             except Exception as exc:  # noqa: BLE001 - nothing of it was committed
                 self._batch_failed(batch, exc)
-            self._in_batch = 0
+            with self._lock:
+                self._in_batch = 0
+                self._lock.notify_all()  # wait_idle
 
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
         """A batch could not commit, even task by task: its rows stay; the sweeper brings them back."""

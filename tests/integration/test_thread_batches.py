@@ -7,6 +7,9 @@ replayed tasks act on what the database holds.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import components
 import pytest
 from engine_fixtures import node_state, outputs, wait_state
@@ -14,7 +17,15 @@ from support import wait_until
 
 import culm
 from culm import api
-from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.builder import (
+    ConvergeGateway,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    Var,
+    build_tree,
+)
 from culm.core.records import EXECUTE, TaskRecord, new_id, now
 
 pytestmark = pytest.mark.timeout(60)
@@ -99,5 +110,36 @@ def test_many_runs_submitted_in_a_loop_all_finish(tmp_path):
         for i, (tree, act) in enumerate(runs):
             wait_state(rt, tree["id"], "FINISHED")
             assert outputs(rt, act.id)["out"] == f"v{i}!"
+    finally:
+        rt.close()
+
+
+def test_wait_idle_does_not_return_between_a_batch_finishing_tasks_and_queueing_the_next(tmp_path, monkeypatch):
+    # After a commit the engine forgets the tasks it finished, then queues the tasks it made. With
+    # one pipeline running, nothing is known between the two; slow that moment down so that a
+    # waiter would see it every time, not once in a while.
+    from culm.dispatch import threads
+
+    queue_tasks = threads.ThreadDispatcher.submit
+
+    def slow_hand_over(self, tasks):
+        if threading.current_thread().name == "culm-engine" and tasks:
+            time.sleep(0.05)
+        queue_tasks(self, tasks)
+
+    monkeypatch.setattr(threads.ThreadDispatcher, "submit", slow_hand_over)
+    # The branches' tasks end at the join, where the parent process goes on with a new task.
+    acts = [ServiceActivity(component_code="t_echo") for _ in range(2)]
+    for i, act in enumerate(acts):
+        act.component.inputs.x = Var(type=Var.PLAIN, value=f"b{i}")
+    start, fork, join = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    start.extend(fork).connect(*acts).converge(join).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db")
+    try:
+        assert api.run_pipeline(rt, tree).result
+        assert rt.wait_idle(30)
+        assert node_state(rt, tree["id"])["state"] == "FINISHED"
+        assert [outputs(rt, act.id)["out"] for act in acts] == ["b0!", "b1!"]
     finally:
         rt.close()
