@@ -1,4 +1,4 @@
-"""Operations commands: ``worker`` and ``db upgrade``."""
+"""Operations commands: ``worker``, ``workers`` and ``db upgrade``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from culm.cli.common import (
     UsageError,
     add_broker,
     add_db,
+    add_json,
     broker_url,
+    console,
     database_error,
     db_errors,
     db_url,
+    print_json,
 )
 from culm.cli.loading import import_names
 
@@ -40,6 +43,33 @@ def cmd_worker(args: argparse.Namespace) -> int:
     run_worker(db=db_url(args), broker=broker, imports=import_names(args.imports),
                concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
                prefix=args.prefix)
+    return EXIT_OK
+
+
+def cmd_workers(args: argparse.Namespace) -> int:
+    """List the registered worker processes: live ones, and silent ones the relays will bury."""
+    from culm.storage import SqlStore, SqlWorkerRegistry
+
+    url = db_url(args)
+    try:
+        store = SqlStore(url)
+        try:
+            found = SqlWorkerRegistry(store).workers()
+        finally:
+            store.dispose()
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+    rows = [{**w.as_dict(), "alive": w.silent_for <= args.dead_after} for w in found]
+    if args.json:
+        print_json(rows)
+        return EXIT_OK
+    out = console()
+    if not rows:
+        out.print("no worker is registered")
+    for r in rows:
+        state = "alive" if r["alive"] else "silent (taken for dead)"
+        out.print(f"{r['host']} pid {r['pid']}  {state}, last beat {r['silent_for']:.1f} s ago, "
+                  f"{r['threads']} threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
     return EXIT_OK
 
 
@@ -74,6 +104,14 @@ def register(sub: Any) -> None:
     worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset)")
     worker.set_defaults(func=cmd_worker, own_logging=True)
+
+    workers = sub.add_parser("workers", help="list the worker processes of a cluster and when each last beat")
+    add_db(workers)
+    workers.add_argument("--dead-after", type=float, default=float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3),
+                         metavar="S", help="call a worker silent this long dead, as the relays do "
+                                           "(default: $CULM_WORKER_DEAD_AFTER, then 3)")
+    add_json(workers)
+    workers.set_defaults(func=cmd_workers)
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)

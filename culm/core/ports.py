@@ -1,5 +1,6 @@
 """The interfaces the core needs from the outside world, as small typed protocols.
 
+<<<<<<< HEAD
 Storage implements :class:`Store`, whose units of work offer the verbs of :class:`Unit` (see
 ``culm.storage``); dispatch implements :class:`Dispatcher` (see ``culm.dispatch``). The core
 imports neither of them: it sees storage and dispatch only through these protocols.
@@ -12,6 +13,11 @@ it against ``states.TRANSITIONS`` (:mod:`culm.core.transitions`) before the unit
 Partial updates (``update_state``, ``update_process``, ``update_task``, ``update_schedule``) take
 their columns as keywords typed by a change record (``StateWrite``, ``ProcessFields``,
 ``TaskFields``, ``ScheduleFields``): a misspelt or mistyped column is a type error.
+=======
+Storage implements :class:`Store` (see ``culm.storage``), dispatch implements :class:`Dispatcher`
+(see ``culm.dispatch``). The core imports neither of them. :class:`WorkerRegistry` is what the
+distributed runtime's workers need from storage to tell live workers from dead ones.
+>>>>>>> liveness
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from culm.core.records import (
     ScheduleRecord,
     StateRecord,
     TaskRecord,
+    WorkerInfo,
 )
 
 # A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
@@ -339,4 +346,33 @@ class Dispatcher(Protocol):
 
     def close(self) -> None:
         """Stop taking tasks and let go of threads and connections."""
+        ...
+
+
+class WorkerRegistry(Protocol):
+    """Which worker processes are alive: each beats its row; a dead one is buried once."""
+
+    def register(self, owner: str, threads: int, prefix: str) -> None:
+        """Add this process's row, under its lease owner id."""
+        ...
+
+    def beat(self, owner: str) -> bool:
+        """Stamp the owner's row with the database's time; False when it has no row (buried)."""
+        ...
+
+    def unregister(self, owner: str) -> None:
+        """Remove the owner's row (a clean shutdown)."""
+        ...
+
+    def workers(self) -> list[WorkerInfo]:
+        """Every registered worker."""
+        ...
+
+    def dead(self, dead_after: float) -> list[tuple[WorkerInfo, bool]]:
+        """(worker, silent) of the workers to bury: silent longer than ``dead_after``, or gone."""
+        ...
+
+    def bury(self, owner: str, silent_after: float | None) -> list[str] | None:
+        """Delete a dead worker's row and free its leases; the freed task ids, None when another
+        relay buried it first or it beat again."""
         ...

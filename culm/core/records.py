@@ -210,3 +210,23 @@ class PipelineQuery:
     created_before: float | None = None
     limit: int = 50
     offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """One registered worker process, as its row says (times from the database's clock)."""
+
+    owner: str
+    host: str
+    pid: int
+    process_key: str
+    threads: int
+    prefix: str
+    started_time: float
+    beat_time: float
+    silent_for: float  # seconds since its last beat, on the database's clock
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"owner": self.owner, "host": self.host, "pid": self.pid, "threads": self.threads,
+                "prefix": self.prefix, "started_time": self.started_time, "beat_time": self.beat_time,
+                "silent_for": round(self.silent_for, 3)}

@@ -8,19 +8,23 @@ broker only carries task ids, so a message may be lost or delivered twice withou
 * the Celery task ``culm.run_task`` calls ``engine.run_task``, which claims the row with a lease,
   so a redelivered or duplicated message finds it leased or gone;
 * a :class:`TaskRelay` thread in every worker re-publishes rows whose message never came through
-  (the submitter died after its commit, the broker lost the message, the worker was killed and its
-  lease ran out);
-* a :class:`LeaseHeartbeat` thread in every worker process extends the leases of the tasks it has
-  on hand, so only a dead worker's tasks are taken over;
+  (the submitter died after its commit, the broker lost the message, a lease ran out);
+* every worker process registers in the worker registry (``culm_worker``,
+  :mod:`culm.storage.workers`) and its :class:`LeaseHeartbeat` thread beats its row every
+  second and extends the leases of the tasks it has on hand. The relay buries a worker whose beat
+  stopped (or whose process, on the same host, is gone): it frees that worker's leases and
+  publishes at once every due task without a lease, so a killed worker's work moves on within
+  seconds while only a dead worker's tasks are taken over;
 * the Celery task only hands the id to its process's :class:`~culm.dispatch.runner.WorkerRunner`,
   which advances all the tasks on hand in one transaction, runs user code on its own threads and
   keeps the follow-ups of its commits while it has room (see that module).
 
 Knobs read from the environment by ``culm worker``: ``CULM_LEASE_SECONDS`` (30),
-``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_WORKER_THREADS`` (user-code threads
-per pool process, 8), ``CULM_WORKER_BACKLOG`` (tasks on hand per pool process, 64),
-``CULM_DRAIN_SECONDS`` (how long a stopping worker lets its tasks reach their next commit, 30),
-``CULM_IMPORTS`` (component modules).
+``CULM_RELAY_INTERVAL`` (2), ``CULM_RELAY_GRACE`` (15), ``CULM_WORKER_BEAT`` (seconds between two
+beats of a worker's registry row, 1), ``CULM_WORKER_DEAD_AFTER`` (a worker silent this long is
+buried, 3), ``CULM_WORKER_THREADS`` (user-code threads per pool process, 8),
+``CULM_WORKER_BACKLOG`` (tasks on hand per pool process, 64), ``CULM_DRAIN_SECONDS`` (how long a
+stopping worker lets its tasks reach their next commit, 30), ``CULM_IMPORTS`` (component modules).
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -41,6 +46,7 @@ from celery import Celery, signals
 
 from culm import _retry as retry
 from culm.core.engine import Engine, Settings
+from culm.core.ports import WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
@@ -111,6 +117,10 @@ def make_celery_app(broker: str, *, prefix: str = "culm", **options: Any) -> Cel
         # Redis: a message not acknowledged in an hour goes back to the queue (a duplicate at
         # worst). Countdowns stay below it (MAX_COUNTDOWN). RabbitMQ ignores these options.
         broker_transport_options={"visibility_timeout": 3600},
+        # A killed pool process: Celery waits this long for a result it may have sent before it
+        # requeues the message it was given (10 s by default). culm's Celery task returns within
+        # milliseconds (it only hands an id to the runner), so a second is ample.
+        worker_lost_wait=1.0,
         culm_prefix=prefix,
     )
     app.conf.update(options)
@@ -244,6 +254,9 @@ class WorkerConfig:
     threads: int = 8
     backlog: int = 64
     drain_seconds: float = 30.0
+    beat_seconds: float = 1.0  # between two beats of this process's registry row
+    dead_after: float = 3.0  # a worker whose row has not been beaten this long is buried
+    prefix: str = "culm"
 
 
 @dataclass
@@ -253,6 +266,7 @@ class _ProcessState:
     engine: Engine
     dispatcher: CeleryDispatcher
     runner: WorkerRunner
+    registry: WorkerRegistry
     heartbeat: LeaseHeartbeat | None = None
 
 
@@ -283,8 +297,10 @@ def worker_state() -> _ProcessState:
         settings = Settings(lease_seconds=_config.lease_seconds, schedule_lock_seconds=_config.lease_seconds)
         engine = Engine(store, runner, settings)
         dispatcher.bind(engine)
-        state = _ProcessState(pid, store, engine, dispatcher, runner)
-        state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds)
+        state = _ProcessState(pid, store, engine, dispatcher, runner, store.worker_registry())
+        # Registered before this process claims any task, so its death is seen within seconds.
+        state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds, _config.beat_seconds, _config.threads,
+                                         _config.prefix)
         state.heartbeat.start()
         _state = state
         return state
@@ -309,7 +325,7 @@ def _drain(**_kw: Any) -> None:
         return
     state.runner.drain(_config.drain_seconds)  # the heartbeat keeps the leases meanwhile
     if state.heartbeat is not None:
-        state.heartbeat.stop()
+        state.heartbeat.stop()  # and leaves the registry: nothing is left on hand
 
 
 def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
@@ -339,19 +355,49 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
 
 
 class LeaseHeartbeat:
-    """Extends the leases of the tasks this process is running, every third of a lease."""
+    """Beats this process's row of the worker registry every ``beat_seconds``, and extends the
+    leases of the tasks it is running every third of a lease (its own thread: user code on the
+    other threads delays a beat by the interpreter's switch interval, not by a call's length)."""
 
-    def __init__(self, state: _ProcessState, lease_seconds: float) -> None:
+    def __init__(self, state: _ProcessState, lease_seconds: float, beat_seconds: float = 1.0, threads: int = 0,
+                 prefix: str = "") -> None:
         self.state = state
         self.lease_seconds = lease_seconds
+        self.beat_seconds = beat_seconds
+        self.threads = threads
+        self.prefix = prefix
+        self._registered = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-lease-heartbeat", daemon=True)
 
     def start(self) -> None:
+        try:
+            self._register()
+        except Exception:  # noqa: BLE001 - the beat registers it later; its leases cover it meanwhile
+            logger.warning("could not register this worker; retrying at the next beat", exc_info=True)
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop beating and leave the registry (a clean shutdown: nothing is left on hand)."""
         self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(max(1.0, self.beat_seconds * 2))
+        try:
+            self.state.registry.unregister(self.state.engine.owner)
+        except Exception:  # noqa: BLE001 - the relays bury the silent row instead (no tasks to free)
+            logger.warning("could not leave the worker registry", exc_info=True)
+
+    def _register(self) -> None:
+        self.state.registry.register(self.state.engine.owner, self.threads, self.prefix)
+        self._registered = True
+
+    def beat_registry(self) -> None:
+        if self.state.registry.beat(self.state.engine.owner):
+            return
+        if self._registered:
+            logger.warning("this worker (%s) was taken for dead (no beat for a while) and its leases freed; "
+                           "registering again", self.state.engine.owner)
+        self._register()
 
     def beat(self) -> None:
         ids = self.state.runner.task_ids()
@@ -367,7 +413,16 @@ class LeaseHeartbeat:
             unit.extend_leases(self.state.engine.owner, ids, now() + self.lease_seconds)
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.lease_seconds / 3):
+        extend_every = self.lease_seconds / 3
+        next_extend = time.monotonic() + extend_every
+        while not self._stop.wait(min(self.beat_seconds, extend_every)):
+            try:
+                self.beat_registry()
+            except Exception:  # noqa: BLE001 - the next beat tries again, before the row looks dead
+                logger.warning("beating the worker registry failed", exc_info=True)
+            if time.monotonic() < next_extend:
+                continue
+            next_extend = time.monotonic() + extend_every
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - retried at the next beat, well before expiry
@@ -375,15 +430,23 @@ class LeaseHeartbeat:
 
 
 class TaskRelay:
-    """Re-publishes task rows the broker did not deliver (see the module docstring)."""
+    """Re-publishes task rows the broker did not deliver, and buries dead workers (see the module
+    docstring): it looks at the registry every ``check`` seconds and relays every ``interval``."""
 
     def __init__(self, store: SqlStore, dispatcher: CeleryDispatcher, interval: float = 2.0,
-                 grace: float = 15.0, batch: int = 500) -> None:
+                 grace: float = 15.0, batch: int = 500, *, registry: WorkerRegistry | None = None,
+                 dead_after: float = 3.0, check: float = 1.0, own: str = "",
+                 watch: Callable[[], None] | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.interval = interval
         self.grace = grace
         self.batch = batch
+        self.registry = registry
+        self.dead_after = dead_after
+        self.check = min(check, interval)
+        self.own = own  # this process's owner: never buried by its own relay
+        self.watch = watch  # called at every look (the pool watch of run_worker)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
 
@@ -393,11 +456,14 @@ class TaskRelay:
     def stop(self) -> None:
         self._stop.set()
 
-    def relay_once(self) -> int:
-        """Publish one batch of forgotten tasks; returns how many."""
+    def relay_once(self, grace: float | None = None) -> int:
+        """Publish one batch of forgotten tasks (due more than ``grace`` ago, default the relay's);
+        returns how many."""
         at = now()
+        grace = self.grace if grace is None else grace
         with self.store.transaction() as unit:
-            tasks = unit.relay_candidates(at, self.grace, self.interval * 2, self.batch)
+            tasks = unit.relay_candidates(at, grace, self.interval * 2, self.batch,
+                                          resend_after=min(self.grace, max(grace, self.check)))
             unit.mark_relayed([t.id for t in tasks], at)
         for task in tasks:
             self.dispatcher.publish(task, at)
@@ -405,8 +471,45 @@ class TaskRelay:
             logger.info("relayed %d task(s)", len(tasks))
         return len(tasks)
 
+    def bury_dead(self) -> int:
+        """Bury the workers found dead and publish their work at once; returns how many it buried.
+
+        Besides the tasks it held leases on, a dead worker may have had tasks on hand that it had
+        not claimed yet: messages it took (acknowledged) or prefetched, follow-ups of its commits
+        it kept. Their rows carry no lease and cannot be told from tasks whose message is on its
+        way, so every due task without a lease is published once more: a duplicate message finds
+        its task leased or gone and does nothing.
+        """
+        if self.registry is None:
+            return 0
+        buried = 0
+        for worker, silent in self.registry.dead(self.dead_after):
+            if worker.owner == self.own:
+                continue
+            freed = self.registry.bury(worker.owner, self.dead_after if silent else None)
+            if freed is None:
+                continue  # another relay buried it, or it beat again
+            buried += 1
+            how = f"silent for {worker.silent_for:.1f} s" if silent else "its process is gone"
+            logger.warning("worker %s (host %s, pid %d) is dead (%s): %d task(s) freed", worker.owner, worker.host,
+                           worker.pid, how, len(freed))
+        if buried:
+            while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
+                pass
+        return buried
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        next_relay = time.monotonic() + self.interval
+        while not self._stop.wait(self.check):
+            try:
+                if self.watch is not None:
+                    self.watch()
+                self.bury_dead()
+            except Exception:  # noqa: BLE001 - the next look tries again
+                logger.warning("looking for dead workers failed", exc_info=True)
+            if time.monotonic() < next_relay:
+                continue
+            next_relay = time.monotonic() + self.interval
             try:
                 while self.relay_once() == self.batch and not self._stop.is_set():
                     pass
@@ -432,6 +535,38 @@ def import_components(modules: Iterable[str]) -> list[str]:
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+def _exited(pid: int) -> bool:
+    """Whether a child process has ended (a zombie not reaped yet, or gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _pool_watch(consumer: Any) -> Callable[[], None] | None:
+    """A check, run at each look of the relay, that makes the prefork pool of this worker take
+    note of a pool process that was killed.
+
+    Celery's master notices a killed pool process only at its next pool maintenance (seconds
+    later), and meanwhile hands messages to it, where they wait. When one of its processes has
+    ended, the check asks the master's event loop (``call_soon``, thread-safe) to maintain the pool
+    at once, so that the messages given to the dead process go to a live one.
+    """
+    hub = getattr(consumer, "hub", None)
+    pool = getattr(consumer, "pool", None)
+    maintain = getattr(pool, "maintain_pool", None)
+    if hub is None or maintain is None or not os.path.isdir(f"/proc/{os.getpid()}"):
+        return None  # solo or threads pool (no children to lose), or no /proc to look in
+
+    def watch() -> None:
+        children = list(getattr(getattr(pool, "_pool", None), "_pool", None) or [])
+        if any(p.pid is not None and _exited(p.pid) for p in children):
+            hub.call_soon(maintain)
+
+    return watch
 
 
 def run_worker(
@@ -460,6 +595,10 @@ def run_worker(
     Raises:
         SchemaOutdatedError: the database schema is not at this culm's revision.
     """
+    beat, dead_after = _env_float("CULM_WORKER_BEAT", 1.0), _env_float("CULM_WORKER_DEAD_AFTER", 3.0)
+    if beat <= 0 or dead_after < 2 * beat:
+        raise CulmError(f"CULM_WORKER_DEAD_AFTER ({dead_after:g}) must be at least twice CULM_WORKER_BEAT ({beat:g}), "
+                        "which must be above 0: otherwise live workers are taken for dead")
     import_components(imports)
     SqlStore(db).dispose()  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
@@ -474,13 +613,18 @@ def run_worker(
         threads=int(_env_float("CULM_WORKER_THREADS", 8)),
         backlog=int(_env_float("CULM_WORKER_BACKLOG", 64)),
         drain_seconds=_env_float("CULM_DRAIN_SECONDS", 30.0),
+        beat_seconds=beat,
+        dead_after=dead_after,
+        prefix=prefix,
     )
     configure_worker(config)
     relays: list[TaskRelay] = []
 
-    def start_relay(**_kw: Any) -> None:
+    def start_relay(sender: Any = None, **_kw: Any) -> None:
         state = worker_state()
-        relay = TaskRelay(state.store, state.dispatcher, config.relay_interval, config.relay_grace)
+        relay = TaskRelay(state.store, state.dispatcher, config.relay_interval, config.relay_grace,
+                          registry=state.registry, dead_after=config.dead_after, check=config.beat_seconds,
+                          own=state.engine.owner, watch=_pool_watch(sender))
         relay.start()
         relays.append(relay)
 

@@ -20,8 +20,9 @@ share its database with other workers:
   of user code included, so no user code runs twice for it; a deadlock victim is tried again
   after a short jittered pause (:mod:`culm._retry`);
 * at shutdown the runner stops keeping work, lets what is on hand reach its next commit, and
-  releases and publishes what is left. A killed worker leaves leased rows, which the relay
-  publishes once their lease runs out.
+  releases and publishes what is left. A killed worker leaves leased rows: the relays find it
+  dead in the worker registry within seconds (:mod:`culm.storage.workers`), free its leases and
+  publish its tasks; its leases running out is the fallback.
 """
 
 from __future__ import annotations

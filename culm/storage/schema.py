@@ -229,3 +229,18 @@ api_token = Table(
     Column("revoked_time", Double),
     Column("last_used_time", Double),
 )
+
+# The worker registry (culm.storage.workers): one row per live worker process, beaten every second
+# or so with the database's time; relays bury the rows that fall silent and free their leases.
+worker = Table(
+    "culm_worker",
+    metadata,
+    Column("owner", String(KEY), primary_key=True),
+    Column("host", String(KEY), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("process_key", String(KEY), nullable=False, default=""),
+    Column("threads", Integer, nullable=False),
+    Column("prefix", String(KEY), nullable=False, default=""),
+    Column("started_time", Double, nullable=False),
+    Column("beat_time", Double, nullable=False),
+)

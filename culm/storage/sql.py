@@ -8,7 +8,7 @@ import threading
 import time
 import weakref
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Unpack
+from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine
@@ -28,6 +28,9 @@ from culm.core.records import (
 from culm.errors import SchemaOutdatedError, UnstorableValueError
 from culm.model.limits import text_problem
 from culm.storage import codec, listing
+
+if TYPE_CHECKING:
+    from culm.storage.workers import SqlWorkerRegistry
 
 
 def _widen_psycopg_query_cache() -> None:
@@ -942,20 +945,23 @@ class SqlUnit:
         )
         return [_task_row(r) for r in rows]
 
-    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int) -> list[TaskRecord]:
+    def relay_candidates(self, at: float, grace: float, horizon: float, limit: int,
+                         *, resend_after: float | None = None) -> list[TaskRecord]:
         """Tasks a relay should hand to the broker again, row-locked so concurrent relays split them.
 
-        Two kinds, both with a free lease and not relayed in the last ``grace`` seconds: overdue
-        tasks (due more than ``grace`` ago: their message was never sent, was lost, or its worker
-        died) and timers due within ``horizon`` that were never published (too far ahead then).
+        Two kinds, both with a free lease and not relayed in the last ``resend_after`` seconds
+        (default ``grace``): overdue tasks (due more than ``grace`` ago: their message was never
+        sent, was lost, or its worker died) and timers due within ``horizon`` that were never
+        published (too far ahead then).
         """
         lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
+        resend = grace if resend_after is None else resend_after
         rows = self._all(
             _TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
             " AND (relayed_at IS NULL OR relayed_at <= ?)"
             " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
             " ORDER BY due LIMIT ?" + lock,
-            [at, at - grace, at - grace, False, at, at + horizon, int(limit)],
+            [at, at - resend, at - grace, False, at, at + horizon, int(limit)],
         )
         return [_task_row(r) for r in rows]
 
@@ -1384,6 +1390,12 @@ class SqlStore:
         finally:
             if not pinned:
                 raw.close()
+
+    def worker_registry(self) -> SqlWorkerRegistry:
+        """The worker registry in this store's database (``culm.storage.workers``)."""
+        from culm.storage.workers import SqlWorkerRegistry
+
+        return SqlWorkerRegistry(self)
 
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""

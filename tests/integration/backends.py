@@ -104,8 +104,12 @@ def drop_database(url: str) -> None:
 class DistributedBackend:
     """A database, a broker and ``culm worker`` processes for one test session."""
 
-    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path) -> None:
+    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path,
+                 env: dict[str, str | None] | None = None) -> None:
+        """``env``: worker environment variables to set over ``WORKER_ENV`` (None: unset, so the
+        worker uses its default)."""
         self.name = name
+        self.env = env or {}
         self.db_kind = db_kind
         self.broker_url = broker_url
         self.workdir = workdir
@@ -144,18 +148,26 @@ class DistributedBackend:
 
     def worker_env(self) -> dict[str, str]:
         env = dict(os.environ, **WORKER_ENV)
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         env["CULM_TEST_EXEC_LOG"] = str(self.exec_log)
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO), env.get("PYTHONPATH", "")])
         return env
 
-    def start_workers(self, n: int, timeout: float = 30.0) -> list[int]:
-        """Start ``n`` more workers and wait until each is ready; returns their indexes."""
+    def start_workers(self, n: int, timeout: float = 30.0, wrapper: tuple[str, ...] = ()) -> list[int]:
+        """Start ``n`` more workers and wait until each is ready; returns their indexes.
+
+        ``wrapper``: a command the worker runs under (e.g. ``unshare`` into a PID namespace of its
+        own, so that the other workers cannot see its processes, as if it ran on another host)."""
         started = []
         for _ in range(n):
             index = len(self.workers)
             log = open(self.workdir / f"worker-{index}.log", "wb")  # noqa: SIM115 - owned by the child
             proc = subprocess.Popen(
-                self.worker_command(), cwd=REPO, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                [*wrapper, *self.worker_command()], cwd=REPO, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: kill_worker takes the pool children too
             )
             log.close()
@@ -235,6 +247,18 @@ BACKENDS = {
     "postgres-redis": ("postgres", REDIS, ("127.0.0.1", 5432), ("127.0.0.1", 6379)),
     "mariadb-rabbitmq": ("mariadb", AMQP, ("127.0.0.1", 3306), ("127.0.0.1", 5672)),
 }
+
+
+def own_backend(name: str, workdir: Path, env: dict[str, str | None] | None = None) -> DistributedBackend:
+    """A backend of its own (database, queue prefix, no workers yet) for a test that needs workers
+    set up unlike the session's; the caller tears it down. Skips (fails in CI) when unreachable."""
+    db_kind, broker, db_addr, broker_addr = BACKENDS[name]
+    for host, port in (db_addr, broker_addr):
+        if not reachable(host, port):
+            unavailable(f"{name}: nothing listens on {host}:{port}")
+    backend = DistributedBackend(name, db_kind, broker, workdir, env)
+    backend.setup()
+    return backend
 
 
 class BackendPool:

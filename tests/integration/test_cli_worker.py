@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+import socket
+import subprocess
 import sys
 from typing import Any
 
 import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
 import pytest
-from backends import BACKENDS, DistributedBackend, reachable, unavailable
+from backends import BACKENDS, REPO, DistributedBackend, reachable, unavailable
 from support import wait_until
 
 from culm import api
@@ -62,3 +66,29 @@ def test_solo_workers_on_a_queue_run_a_parallel_pipeline(cli_backend):
     workers = {p.pid for p in cli_backend.workers if p is not None}
     assert pids <= workers  # solo: the task ran in the worker process itself, no pool child
     assert all(cli_backend.executions()[b.id] == 1 for b in branches)
+
+
+def test_culm_workers_lists_the_live_worker_processes(cli_backend):
+    """Each solo worker registers its one process; `culm workers` lists them with host, pid and a
+    recent beat, and a worker stopped cleanly leaves the registry."""
+
+    def listed() -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "culm.cli", "workers", "--db", cli_backend.db_url, "--json"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    pids = {p.pid for p in cli_backend.workers if p is not None}
+    rows = wait_until(lambda: (found := listed()) and {r["pid"] for r in found} == pids and found, 30, 0.2,
+                      what="both workers to register")
+    assert all(r["host"] == socket.gethostname() and r["alive"] and 0 <= r["silent_for"] < 3 for r in rows)
+    assert all(r["prefix"] == cli_backend.prefix and r["threads"] == 8 for r in rows)
+    text = subprocess.run([sys.executable, "-m", "culm.cli", "workers", "--db", cli_backend.db_url], cwd=REPO,
+                          capture_output=True, text=True, timeout=60).stdout.splitlines()
+    line = re.compile(rf"{re.escape(socket.gethostname())} pid (\d+)  alive, last beat \d+\.\d s ago, 8 threads, "
+                      rf"prefix {cli_backend.prefix}  \[.+\]")
+    assert {int(m.group(1)) for m in map(line.fullmatch, text) if m} == pids, text
+    first = cli_backend.workers[0]
+    assert first is not None
+    cli_backend.stop_worker(0)  # SIGTERM: a warm shutdown
+    assert {r["pid"] for r in listed()} == pids - {first.pid}

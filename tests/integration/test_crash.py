@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import own_backend
 from crash_app import batch_tree_of
 from support import wait_until
 
@@ -112,18 +113,30 @@ def test_kill_9_mid_batch_reruns_at_most_the_user_code_pool(tmp_path: Path, work
 
 WORKER_THREADS = 2
 WORKER_POOL = 2 * WORKER_THREADS  # the killed worker: --concurrency 2 processes x CULM_WORKER_THREADS
+# The worker defaults (CULM_LEASE_SECONDS 30, CULM_RELAY_INTERVAL 2, CULM_RELAY_GRACE 15,
+# CULM_WORKER_BEAT 1, CULM_WORKER_DEAD_AFTER 3), not the session workers' short leases.
+DEFAULTS: dict[str, str | None] = dict.fromkeys(
+    ("CULM_LEASE_SECONDS", "CULM_RELAY_INTERVAL", "CULM_RELAY_GRACE", "CULM_WORKER_BEAT", "CULM_WORKER_DEAD_AFTER"))
 
 
-@pytest.mark.parametrize("distributed_backend", ["postgres-redis"], indirect=True)
-def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
-    distributed_backend: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """kill -9 of a ``culm worker`` mid-batch: the other workers take its tasks over once their
-    leases run out (3 s here), every pipeline finishes, and at most the killed worker's pool of
-    calls runs again."""
-    backend = distributed_backend
+def _kill_one_pool_process(backend: Any, victim: int) -> None:
+    """``kill -9`` one pool process of a worker that has run activities; its main process lives on."""
+    proc = backend.workers[victim]
+    children = {int(p) for p in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()}
+    ran = [int(line.split()[2]) for line in backend.exec_log.read_text().splitlines()]
+    busy = [pid for pid in reversed(ran) if pid in children]
+    assert busy, "no pool process of the victim ran anything"
+    os.kill(busy[0], signal.SIGKILL)
+
+
+def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, within: float,
+                             wrapper: tuple[str, ...] = (), kill: Any = None) -> tuple[int, int, float]:
+    """Start a victim worker of WORKER_THREADS threads (under ``wrapper``) next to the running ones,
+    run a batch, kill -9 the victim (and its pool processes; or ``kill(backend, victim)``) at 30 %,
+    and wait up to ``within`` seconds for every pipeline to finish. Returns (calls before the kill,
+    calls run again, seconds after the kill)."""
     monkeypatch.setenv("CULM_WORKER_THREADS", str(WORKER_THREADS))
-    [victim] = backend.start_workers(1)  # alongside the session's two (which keep 8 threads each)
+    [victim] = backend.start_workers(1, wrapper=wrapper)  # alongside two of 8 threads each
     monkeypatch.delenv("CULM_WORKER_THREADS")
     rt = backend.runtime()
     count, acts = 40, 8
@@ -137,20 +150,89 @@ def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
 
     wait_until(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01,
                what="30 % of the batch to run")
-    backend.kill_worker(victim)
-    before = executed()
+    (kill or type(backend).kill_worker)(backend, victim)
     killed_at = time.monotonic()
+    before = executed()
     assert sum(before.values()) < count * acts, "the batch ended before the kill"
 
     def unfinished() -> list[str]:
         return [t["id"] for t in trees if api.get_pipeline_states(rt, t["id"]).data[t["id"]]["state"] != "FINISHED"]
 
-    wait_until(lambda: not unfinished(), 120, 0.2, what="every pipeline to finish after the kill")
+    wait_until(lambda: not unfinished(), within, 0.05, what=f"every pipeline to finish within {within} s of the kill")
     took = time.monotonic() - killed_at
-    backend.ensure_workers(2)
     after = executed()
     assert set(after) == ours
-    reruns = sum(c - 1 for c in after.values())
-    print(f"\nworker kill -9: {sum(before.values())} calls before the kill, {reruns} ran again "
+    return sum(before.values()), sum(c - 1 for c in after.values()), took
+
+
+@pytest.mark.parametrize("distributed_backend", ["postgres-redis"], indirect=True)
+def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
+    distributed_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of a ``culm worker`` mid-batch (the session's short leases): the other workers take
+    its tasks over, every pipeline finishes, and at most the killed worker's pool of calls runs again."""
+    before, reruns, took = _kill_a_worker_mid_batch(distributed_backend, monkeypatch, 120)
+    distributed_backend.ensure_workers(2)
+    print(f"\nworker kill -9: {before} calls before the kill, {reruns} ran again "
           f"(pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill (lease 3 s)")
     assert reruns <= WORKER_POOL
+
+
+# Run under this, a worker lives in a PID namespace of its own: the others cannot look its processes
+# up, as if it ran on another host, and find it dead only by its silence.
+ANOTHER_HOST = ("unshare", "--pid", "--fork", "--mount-proc")
+
+
+def _can_unshare() -> bool:
+    try:
+        return subprocess.run([*ANOTHER_HOST, "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.parametrize("where", ["same-host", "another-host"])
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_kill_9_of_a_worker_with_default_settings_moves_its_work_within_seconds(
+    kind: str, where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same kill with every worker on its DEFAULT settings (a 30 s lease, a 15 s relay grace):
+    the relays find the dead worker in the registry, free its leases and publish its tasks, and at
+    most the killed worker's pool of calls runs again. On the same host its processes are seen to
+    be gone at the relays' next look, and every pipeline finishes within 5 s of the kill; from
+    another host it is found by its silence (CULM_WORKER_DEAD_AFTER, 3 s), so within 3 s more."""
+    wrapper = ANOTHER_HOST if where == "another-host" else ()
+    if wrapper and not _can_unshare():
+        pytest.skip("cannot run a worker in a PID namespace of its own here (unshare needs privileges)")
+    backend = own_backend(kind, tmp_path, DEFAULTS)
+    try:
+        backend.start_workers(2)
+        within, how = (5.0, "its process is gone") if not wrapper else (5.0 + 3.0, "silent for")
+        before, reruns, took = _kill_a_worker_mid_batch(backend, monkeypatch, within, wrapper)
+        print(f"\n{kind} worker kill -9 ({where}), default settings: {before} calls before the kill, {reruns} ran "
+              f"again (pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill")
+        assert reruns <= WORKER_POOL
+        assert f"is dead ({how}" in backend.worker_log(0) + backend.worker_log(1)
+    finally:
+        backend.teardown()
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_kill_9_of_one_pool_process_moves_its_work_within_5_s(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """kill -9 of one Celery pool process (an OOM kill, say) while the worker's main process lives
+    on and starts a new one: the relays see the process gone, free its leases and publish its
+    tasks; every pipeline finishes within 5 s and at most that process's calls run again."""
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
+        pytest.skip("needs /proc/<pid>/task/<pid>/children to find the pool processes")
+    backend = own_backend(kind, tmp_path, DEFAULTS)
+    try:
+        backend.start_workers(2)
+        before, reruns, took = _kill_a_worker_mid_batch(backend, monkeypatch, 5.0, kill=_kill_one_pool_process)
+        print(f"\n{kind} pool process kill -9, default settings: {before} calls before the kill, {reruns} ran "
+              f"again (its threads {WORKER_THREADS}); every pipeline finished {took:.1f} s after the kill")
+        assert reruns <= WORKER_THREADS
+        logs = "".join(backend.worker_log(i) for i in range(3))
+        assert "is dead (its process is gone)" in logs
+    finally:
+        backend.teardown()

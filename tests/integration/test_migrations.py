@@ -134,3 +134,26 @@ def test_a_sqlite_database_of_an_unknown_revision_is_refused_clearly(tmp_path):
     _record_revision(SqlStore(url), "not-a-revision")
     with pytest.raises(SchemaOutdatedError, match="not-a-revision"):
         SqlStore(url)
+
+
+def test_revision_0005_adds_the_worker_registry_and_downgrades_cleanly(server_database):
+    """0004 -> 0005 adds ``culm_worker`` (the worker registry) and nothing else; back to 0004 drops it."""
+    from sqlalchemy import inspect
+
+    store = SqlStore(server_database, create=False)
+    try:
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0004")
+        with store.engine.connect() as conn:
+            tables_0004 = set(inspect(conn).get_table_names())
+        assert "culm_worker" not in tables_0004
+        assert migrate.upgrade(store) == "0005" == migrate.HEAD_REVISION
+        with store.engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == tables_0004 | {"culm_worker"}
+        assert _schema_diff(store) == []
+        with store.engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0004")
+        with store.engine.connect() as conn:
+            assert set(inspect(conn).get_table_names()) == tables_0004
+    finally:
+        store.dispose()

@@ -1,0 +1,204 @@
+"""The worker registry (``culm_worker``): beating, finding the dead, burying each one once.
+
+Two lease owners on one database stand for two worker processes; the relays' decisions are driven
+step by step (``SqlWorkerRegistry.dead`` / ``bury``), on SQLite, PostgreSQL and MariaDB.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from backends import REPO, create_database, drop_database
+from test_lease_on_apply import _children, _start, _step
+
+import culm
+from culm import api
+from culm.core import walker
+from culm.core.records import now
+from culm.dispatch.celery import LeaseHeartbeat
+from culm.storage.migrate import upgrade_database
+from culm.storage.workers import SqlWorkerRegistry, process_gone, process_key
+
+pytestmark = pytest.mark.timeout(120)
+DEAD_AFTER = 3.0
+
+
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
+def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[culm.Runtime]:
+    url = f"sqlite:///{tmp_path}/registry.db" if request.param == "sqlite" else create_database(request.param)
+    try:
+        if request.param != "sqlite":
+            upgrade_database(url)
+        with culm.Runtime(url, workers=0) as rt:
+            yield rt
+    finally:
+        if request.param != "sqlite":
+            drop_database(url)
+
+
+def _silence(rt: culm.Runtime, owner: str, seconds: float) -> None:
+    """``owner`` last beat ``seconds`` ago (its process froze or died on another host)."""
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_worker SET beat_time = beat_time - ? WHERE owner = ?", [seconds, owner])
+
+
+def _lease(rt: culm.Runtime, task_id: str) -> tuple[str | None, float | None]:
+    with rt.store.reading() as unit:
+        owner, until = unit._one("SELECT owner, claimed_until FROM culm_task WHERE id = ?", [task_id])
+    return owner, until
+
+
+def test_a_beating_worker_lives_and_a_silent_one_is_buried_once(runtime: culm.Runtime) -> None:
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    registry.register("runner-a", 2, "culm")
+    registry.register("runner-b", 8, "culm")
+    tree, first, _, task_id = _start(rt)
+    assert _step(rt, "runner-a", task_id, None, claim=True).node_id == first  # A holds the task (30 s lease)
+
+    assert registry.beat("runner-a") and registry.beat("runner-b")
+    assert registry.dead(DEAD_AFTER) == []
+    listed = {w.owner: w for w in registry.workers()}
+    assert listed["runner-a"].threads == 2 and listed["runner-a"].pid > 0
+    assert 0 <= listed["runner-a"].silent_for < DEAD_AFTER
+
+    _silence(rt, "runner-a", DEAD_AFTER + 1)
+    [(dead, silent)] = registry.dead(DEAD_AFTER)
+    assert (dead.owner, silent) == ("runner-a", True)
+    assert dead.silent_for > DEAD_AFTER
+
+    # Many relays see the same death at once: one buries it and frees the lease, the rest do nothing.
+    outcomes: list[list[str] | None] = []
+    relays = [threading.Thread(target=lambda: outcomes.append(registry.bury("runner-a", DEAD_AFTER)))
+              for _ in range(4)]
+    for t in relays:
+        t.start()
+    for t in relays:
+        t.join(30)
+    assert sorted(outcomes, key=lambda o: o is None) == [[task_id], None, None, None]
+    assert _lease(rt, task_id) == (None, None)
+    assert [w.owner for w in registry.workers()] == ["runner-b"]
+
+    # B takes the task over at once, 30 s lease or not.
+    assert _step(rt, "runner-b", task_id, None, claim=True).node_id == first
+    assert _lease(rt, task_id)[0] == "runner-b"
+    # A wakes up: its row is gone (it registers again); B's lease is untouched.
+    assert not registry.beat("runner-a")
+    assert registry.bury("runner-b", DEAD_AFTER) is None  # B beats: not silent, not buried
+    assert _children(rt, tree["id"])[first]["state"] == "RUNNING"
+
+
+def test_a_result_of_a_buried_worker_is_dropped_once_its_task_moved_on(runtime: culm.Runtime) -> None:
+    """A worker taken for dead while its call ran (a long pause): its result, back late, is not
+    applied over the work of the worker that took the task over."""
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    registry.register("runner-a", 2, "culm")
+    tree, first, second, task_id = _start(rt)
+    stale = _step(rt, "runner-a", task_id, None, claim=True)
+    stale_result = walker.call_user_code(stale)
+    _silence(rt, "runner-a", DEAD_AFTER + 1)
+    assert registry.bury("runner-a", DEAD_AFTER) == [task_id]
+
+    again = _step(rt, "runner-b", task_id, None, claim=True)  # B replays the call
+    assert again is not None and again.node_id == first
+    assert _step(rt, "runner-a", task_id, (stale, stale_result), claim=False) is None  # dropped
+    assert _children(rt, tree["id"])[first]["state"] == "RUNNING"
+
+    following = _step(rt, "runner-b", task_id, (again, walker.call_user_code(again)), claim=False)
+    assert following is not None and following.node_id == second
+    assert _step(rt, "runner-b", task_id, (following, walker.call_user_code(following)), claim=False) is None
+    assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+    assert api.get_node_histories(rt, first).data == []
+
+
+def test_a_worker_whose_process_is_gone_is_dead_at_once(runtime: culm.Runtime) -> None:
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    child = subprocess.Popen(["sleep", "60"])
+    key = process_key(child.pid)
+    if not key:
+        pytest.skip("no /proc here: only the beat tells a dead worker")
+    registry.register("runner-c", 8, "culm")
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_worker SET process_key = ?, pid = ? WHERE owner = ?", [key, child.pid, "runner-c"])
+    assert not process_gone(key) and registry.dead(DEAD_AFTER) == []
+    child.kill()
+    child.wait(10)
+    assert process_gone(key)
+    [(dead, silent)] = registry.dead(DEAD_AFTER)  # its beat is fresh: found by its process alone
+    assert (dead.owner, silent) == ("runner-c", False)
+    assert registry.bury("runner-c", None) == []
+    assert registry.workers() == []
+
+
+def test_a_process_of_another_namespace_is_never_taken_for_gone() -> None:
+    own = process_key()
+    assert own == "" or not process_gone(own)
+    assert not process_gone("another-boot/pid:[1]|1|1")
+    assert not process_gone("")
+
+
+def test_leases_are_extended_only_for_their_owner_after_a_burial(runtime: culm.Runtime) -> None:
+    """A buried worker's lease heartbeat no longer extends the task it lost (it runs ``WHERE owner``)."""
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    registry.register("runner-a", 2, "culm")
+    _, _, _, task_id = _start(rt)
+    _step(rt, "runner-a", task_id, None, claim=True)
+    _silence(rt, "runner-a", DEAD_AFTER + 1)
+    assert registry.bury("runner-a", DEAD_AFTER) == [task_id]
+    with rt.store.transaction() as unit:
+        unit.extend_leases("runner-a", [task_id], now() + 30)
+    assert _lease(rt, task_id) == (None, None)
+
+
+class _Runner:
+    def task_ids(self) -> list[str]:
+        return []
+
+
+class _Process:
+    """What a LeaseHeartbeat reads of its worker process: store, registry, owner, runner."""
+
+    def __init__(self, rt: culm.Runtime, owner: str) -> None:
+        self.store = rt.store
+        self.registry = SqlWorkerRegistry(rt.store)
+        self.engine = type("EngineOwner", (), {"owner": owner})()
+        self.runner = _Runner()
+
+
+def test_a_worker_taken_for_dead_registers_again_at_its_next_beat(
+    runtime: culm.Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    heartbeat = LeaseHeartbeat(_Process(rt, "runner-a"), 30.0, 1.0, 2, "culm")  # type: ignore[arg-type]
+    heartbeat.beat_registry()  # no row yet: registers (quietly)
+    assert "taken for dead" not in caplog.text
+    assert [w.owner for w in registry.workers()] == ["runner-a"]
+    _silence(rt, "runner-a", 60)  # paused for a minute: a relay buries it
+    assert registry.bury("runner-a", DEAD_AFTER) == []
+    assert registry.workers() == []
+    with caplog.at_level(logging.WARNING, "culm.dispatch.celery"):
+        heartbeat.beat_registry()
+    assert "was taken for dead" in caplog.text
+    [again] = registry.workers()
+    assert again.owner == "runner-a" and again.silent_for < DEAD_AFTER and again.threads == 2
+    heartbeat.stop()
+    assert registry.workers() == []  # a clean stop leaves the registry
+
+
+def test_a_worker_refuses_a_dead_after_shorter_than_two_beats() -> None:
+    env = {**os.environ, "CULM_WORKER_BEAT": "1", "CULM_WORKER_DEAD_AFTER": "1.5"}
+    out = subprocess.run([sys.executable, "-m", "culm.dispatch.celery", "--db", "sqlite://", "--broker", "memory://"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "CULM_WORKER_DEAD_AFTER (1.5) must be at least twice CULM_WORKER_BEAT (1)" in out.stderr
