@@ -54,18 +54,23 @@ class Step:
         for name in (st.name,) if expect is None else expect:
             if to not in NEXT.get(name, NOWHERE):
                 raise IllegalTransitionError(st.node_id, name, to)
-        fields = fields or {}
-        if not self.unit.update_state(st.node_id, expect_version=st.version if versioned else None,
-                                      expect_names=expect, name=to, **fields):
+        version = st.version if versioned else None
+        if fields is None:
+            written = self.unit.update_state(st.node_id, expect_version=version, expect_names=expect, name=to)
+        else:
+            written = self.unit.update_state(st.node_id, expect_version=version, expect_names=expect, name=to,
+                                             **fields)
+        if not written:
             return False
         was = st.name if expect is None or st.name in expect else next(iter(expect))
         st.name = to
-        for k, v in fields.items():
-            setattr(st, k, v)
-        if signal:
-            self.state_changed(st, loop, from_state=was)
-        else:
-            self.note_change(st, was)
+        if fields is not None:
+            for k, v in fields.items():
+                setattr(st, k, v)
+        # As state_changed does, without its two calls: every state write pays for them.
+        self.unit.record_change(st.root_id, st.node_id, was, to, st.version, st.loop)
+        if signal and signals.post_set_state.has_receivers:
+            self._signal_state(st, loop)
         return True
 
     def create_state(self, st: StateRecord, loop: int = -1) -> None:
@@ -85,16 +90,20 @@ class Step:
         """
         self.unit.record_change(root_id or st.root_id, st.node_id, from_state, st.name, st.version, st.loop)
         if signals.post_set_state.has_receivers:
-            parent = "" if st.node_id == st.root_id else st.parent_id
-            self.events.append(
-                (
-                    signals.post_set_state,
-                    {
-                        "node_id": st.node_id, "to_state": st.name, "version": st.version,
-                        "root_id": st.root_id, "parent_id": parent, "loop": loop,
-                    },
-                )
+            self._signal_state(st, loop)
+
+    def _signal_state(self, st: StateRecord, loop: int) -> None:
+        """Queue ``post_set_state`` for the write just made to ``st``, sent after the commit."""
+        parent = "" if st.node_id == st.root_id else st.parent_id
+        self.events.append(
+            (
+                signals.post_set_state,
+                {
+                    "node_id": st.node_id, "to_state": st.name, "version": st.version,
+                    "root_id": st.root_id, "parent_id": parent, "loop": loop,
+                },
             )
+        )
 
     def note_change(self, st: StateRecord, from_state: str | None, root_id: str | None = None) -> None:
         """Append a state write to the change feed, in this step's transaction (no signal)."""
