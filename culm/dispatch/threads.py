@@ -111,15 +111,25 @@ class ThreadDispatcher:
     """Runs the engine on one thread of this process and user code on ``workers`` threads."""
 
     def __init__(
-        self, workers: int = 8, sweep_interval: float = 1.0, *, cache: bool = False, sole_runner: bool = True
+        self,
+        workers: int = 8,
+        sweep_interval: float = 1.0,
+        *,
+        cache: bool = False,
+        sole_runner: bool = True,
+        follow_ups: Callable[[Sequence[TaskRecord]], None] | None = None,
     ) -> None:
         """``cache``: keep write-through copies of engine rows (only for the sole runner of a database).
 
         ``sole_runner``: this is the only runner of its database, so at start every lease is void,
         and the task table is swept for work now and then. A ``culm worker`` shares its database
         with other workers and is handed its work instead (:mod:`culm.dispatch.runner`).
+
+        ``follow_ups``: where the tasks a batch commits go; by default back into this dispatcher
+        (:meth:`submit`). ``bench.statements`` keeps them itself to run one task at a time.
         """
         self.workers = workers
+        self._follow_ups = follow_ups or self.submit
         self.sole_runner = sole_runner
         self.cache = RecordCache() if cache else None
         self.sweep_interval = sweep_interval
@@ -312,7 +322,7 @@ class ThreadDispatcher:
                 raise
         # Committed: only now may anything outside the database happen.
         self._forget(done)
-        self.submit(step.tasks)
+        self._follow_ups(step.tasks)
         step.fire()
         self._calls.extend(calls)
         self._release(sum(1 for _, waiting, _ in saved if waiting))  # their results are durable now
