@@ -133,14 +133,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def split_assignment(item: str, flag: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` into ``(KEY, value)``; ``${KEY}`` is accepted for ``KEY``."""
+def split_assignment(item: str, flag: str, example: str = "") -> tuple[str, Any]:
+    """``KEY=VALUE`` into ``(KEY, value)``; ``${KEY}`` is accepted for ``KEY``.
+
+    ``example`` is how a right call starts, for the message (``flag`` when empty).
+    """
     key, sep, value = item.partition("=")
     key = key.strip()
     if key.startswith("${") and key.endswith("}"):
         key = key[2:-1]
     if not sep or not key:
-        raise UsageError(f"{flag} {item!r}: expected KEY=VALUE (for example {flag} who=world)")
+        raise UsageError(f"{flag} {item!r}: expected KEY=VALUE (for example {example or flag} who=world)")
     return key, parse_value(value)
 
 

@@ -226,3 +226,34 @@ def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
     out = culm(tmp_path, "worker", env={"CULM_BROKER_URL": ""})
     assert out.returncode == 2
     assert "broker" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "message"),
+    [
+        (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts' (choose from 'run', "),
+        (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade'); did you mean 'upgrade'?"),
+        (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
+        (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
+        (["list", "--bogus", "1"], "usage: culm list ", "culm list: error: unrecognized arguments: --bogus 1"),
+    ],
+)
+def test_a_mistyped_command_or_flag_names_it_with_the_commands_usage(tmp_path: Path, args: list[str], usage: str,
+                                                                     message: str) -> None:
+    out = culm(tmp_path, *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(usage) and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "cli.db").exists()
+
+
+def test_a_mistyped_command_suggests_the_nearest(tmp_path: Path) -> None:
+    out = culm(tmp_path, "stauts", "x")
+    assert out.stderr.rstrip().endswith("did you mean 'status'?"), out.stderr
+
+
+def test_set_context_without_a_value_shows_a_whole_call(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    out = culm(tmp_path, "set-context", "pipeline_example_tree", "who")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "error: set-context 'who': expected KEY=VALUE (for example culm set-context pipeline_example_tree who=world)" \
+        in out.stderr
