@@ -171,7 +171,10 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(path))
     assert out.returncode == 2
     assert "flow_3: " in out.stderr and "ghost" in out.stderr
+    assert "error: invalid pipeline tree: 1 problem(s)" in out.stderr
     assert "Traceback" not in out.stderr
+    # refused before it says it runs, and before a database is made
+    assert "running" not in out.stdout and not (tmp_path / "cli.db").exists()
 
 
 @pytest.mark.parametrize(
