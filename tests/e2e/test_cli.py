@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -260,3 +261,31 @@ def test_set_context_without_a_value_shows_a_whole_call(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stdout + out.stderr
     assert "error: set-context 'who': expected KEY=VALUE (for example culm set-context pipeline_example_tree who=world)" \
         in out.stderr
+
+
+def _waiting_for_callback(tmp_path: Path) -> str | None:
+    """The id of the node the one pipeline of the database waits on for a callback, if any yet."""
+    if not (tmp_path / "cli.db").exists():
+        return None
+    listed = culm(tmp_path, "list", "--json")
+    if listed.returncode != 0 or not json.loads(listed.stdout)["items"]:
+        return None
+    status = json.loads(culm(tmp_path, "status", json.loads(listed.stdout)["items"][0]["id"], "--json").stdout)
+    waiting = [n for n, e in status["tree"]["children"].items() if (e["wait_reason"] or {}).get("kind") == "callback"]
+    return waiting[0] if waiting else None
+
+
+def test_a_run_waiting_for_a_callback_finishes_on_culm_callback_from_another_shell(tmp_path: Path) -> None:
+    """README: under `culm run`, the callback example waits for `culm callback NODE --data ...`."""
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    run = subprocess.Popen([sys.executable, "-m", "culm.cli", "run", str(EXAMPLES / "callback_component.py")],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        node = wait_until(lambda: _waiting_for_callback(tmp_path), 60, 0.2, what="the approval node to wait")
+        called = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}')
+        assert called.returncode == 0, called.stdout + called.stderr
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, out
+    assert out.rstrip().endswith("FINISHED") and f"FINISHED  node approval ({node})" in out
