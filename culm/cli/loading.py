@@ -53,7 +53,7 @@ def import_modules(names: Sequence[str]) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):  # it imports a missing one
                 raise UsageError(f"cannot import module {name!r}: {_short_error(exc)}") from exc
             raise UsageError(f"cannot import module {name!r}: no such module on the path "
                              f"(the working directory and $PYTHONPATH are searched)") from exc

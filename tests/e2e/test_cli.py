@@ -232,6 +232,14 @@ def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
     assert "broker" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Path) -> None:
+    """It used to say `the driver 'examples' is not installed`: the module's import error, read as the DB's."""
+    out = culm(tmp_path, "worker", "--broker", "redis://127.0.0.1:1/0", "--import", "nowhere_pkg.components")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "error: cannot import module 'nowhere_pkg.components': no such module on the path" in out.stderr
+    assert "driver" not in out.stderr and "Traceback" not in out.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "usage", "message"),
     [
