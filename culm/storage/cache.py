@@ -35,7 +35,7 @@ from culm.storage import codec
 from culm.storage.copies import copy_process as _copy_process
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.copies import copy_task as _copy_task
-from culm.storage.sql import (
+from culm.storage.sql.base import (
     _STATE_COLUMNS,
     _STATE_INDEX,
     _STATE_INSERT,

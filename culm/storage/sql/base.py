@@ -1,4 +1,4 @@
-"""SqlStore: the storage ports implemented with SQLAlchemy Core (SQLite, PostgreSQL, MySQL)."""
+"""The SQL store and unit of work common to all dialects (SQLite, PostgreSQL, MySQL)."""
 
 from __future__ import annotations
 

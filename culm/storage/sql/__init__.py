@@ -1,0 +1,8 @@
+"""The SQL store: the storage ports implemented with SQLAlchemy Core (SQLite, PostgreSQL, MySQL).
+
+``base`` holds the store and the unit of work common to all dialects.
+"""
+
+from culm.storage.sql.base import SchemaOutdatedError, SqlStore, SqlUnit, normalise_url
+
+__all__ = ["SqlStore", "SqlUnit", "SchemaOutdatedError", "normalise_url"]
