@@ -30,6 +30,33 @@ from culm.core.records import (
 from culm.errors import SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
+from culm.storage.sql.statements import (
+    CHANGE_COLUMNS,
+    CHANGE_SELECT,
+    CLAIM_MANY_WITH_PROCESS,
+    CLAIM_WITH_PROCESS,
+    MANY_WITH_PROCESS_AND_STATE,
+    NODE_COLUMNS,
+    NODE_INSERT,
+    PROCESS_COLUMNS,
+    PROCESS_SELECT,
+    SCHEDULE_SELECT,
+    STATE_INDEX,
+    STATE_INSERT,
+    STATE_SELECT,
+    TAKE_LEASE,
+    TASK_COLUMNS,
+    TASK_SELECT,
+    TASK_WITH_PROCESS,
+    TASK_WITH_PROCESS_AND_STATE,
+    TASK_WITH_PROCESS_HELD,
+    insert_sql,
+    marks,
+    outputs_upsert_sql,
+    update_sql,
+    upsert_sql,
+    with_sql,
+)
 
 if TYPE_CHECKING:
     from culm.storage.workers import SqlWorkerRegistry
@@ -71,79 +98,11 @@ def normalise_url(url: str) -> str:
     return url
 
 
-_STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
-                  "error_ignored", "created_time", "started_time", "archived_time")
-_NODE_COLUMNS = ("id", "root_id", "pipeline_id", "type")
-_NODE_INSERT = f"INSERT INTO culm_node ({', '.join(_NODE_COLUMNS)}) VALUES (?, ?, ?, ?)"
-_STATE_SELECT = "SELECT " + ", ".join(_STATE_COLUMNS) + " FROM culm_state"
-_STATE_INSERT = (f"INSERT INTO culm_state ({', '.join(_STATE_COLUMNS)}) "
-                 f"VALUES ({','.join('?' * len(_STATE_COLUMNS))})")
-_STATE_INDEX = {c.strip('"'): i for i, c in enumerate(_STATE_COLUMNS)}  # field name -> position
-_TASK_COLUMNS = ("id", "kind", "process_id", "node_id", "root_id", "schedule_id", "callback_id", "due",
-                 "running_version", "priority", "queue")
-_TASK_SELECT = "SELECT " + ", ".join(_TASK_COLUMNS) + " FROM culm_task"
-_PROCESS_COLUMNS = ("id", "root_id", "parent_id", "current_node_id", "destination_id", "stack", "asleep",
-                    "suspended", "suspended_by", "dead", "ack_num", "need_ack", "priority", "queue",
-                    "last_heartbeat")
-_PROCESS_SELECT = "SELECT " + ", ".join(_PROCESS_COLUMNS) + " FROM culm_process"
-# A task and its process in one round trip (a task's process may be gone: LEFT JOIN).
-_TASK_WITH_PROCESS = (
-    "SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
-    + " FROM culm_task t LEFT JOIN culm_process p ON p.id = t.process_id WHERE t.id = ?"
-)
-# PostgreSQL, a task resumed after its user code ran: the state of its node is read FOR UPDATE next
-# (the result's compare-and-set), so it is read and locked in the same statement.
-#
-# Applying a result needs the task's lease still ours (or free): another runner may have taken the
-# task over while the user code ran (a lost lease), and then its result is the one that counts. The
-# read that starts the step also returns the lease columns (last) and, on a server database, locks
-# the task row, so a claim cannot slip in between the check and the commit (SQLite's write
-# transaction holds the database). No statement is added for it.
-_HELD = ", t.owner, t.claimed_until FROM culm_task t"
-_TASK_WITH_PROCESS_HELD = _TASK_WITH_PROCESS.replace(" FROM culm_task t", _HELD, 1)
-
-
-def _held_with_state(where: str) -> str:
-    """PostgreSQL: tasks (``where``) locked first in a CTE (the documented lock order: task rows,
-    then states), then read with their processes, their nodes' states (locked) and lease columns."""
-    return (
-        "WITH t AS (SELECT " + ", ".join(_TASK_COLUMNS) + ", owner, claimed_until FROM culm_task WHERE " + where
-        + " FOR UPDATE) SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
-        + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS)
-        + ", t.owner, t.claimed_until FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
-        + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true"
-    )
-
-
-_TASK_WITH_PROCESS_AND_STATE = _held_with_state("id = ?")
-_LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
-# PostgreSQL: take the lease and read task and process in one statement.
-_CLAIM_WITH_PROCESS = (
-    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE
-    + " RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
-    + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
-)
-# PostgreSQL, a batch's fresh tasks: claim them all and read them with their processes at once.
-_CLAIM_MANY_WITH_PROCESS = (
-    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE (claimed_until IS NULL OR claimed_until < ?)"
-    " AND id IN ({marks}) RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT "
-    + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
-    + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
-)
-# PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
-_MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
-_SCHEDULE_SELECT = (
-    "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
-)
-_QUOTED = ("key", "loop", "time")
-# The change feed's columns as a writer fills them (seq comes from the database).
-_CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
-_CHANGE_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
 
 
 def _state_params(rec: StateRecord) -> list[Any]:
-    """The parameters of _STATE_INSERT for ``rec`` (a list: a deferred INSERT may take changes)."""
+    """The parameters of STATE_INSERT for ``rec`` (a list: a deferred INSERT may take changes)."""
     return [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
             rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
 
@@ -163,19 +122,6 @@ def _task_row(r: Sequence[Any]) -> TaskRecord:
 
 def _schedule_row(r: Sequence[Any]) -> ScheduleRecord:
     return ScheduleRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], r[8])
-
-
-# The statements built from column names are cached: the same few shapes recur at every step.
-@functools.lru_cache(maxsize=1024)
-def _update_sql(table: str, cols: tuple[str, ...], key_sql: str) -> str:
-    sets = ", ".join(f"{_col(k)} = ?" for k in cols)
-    return f"UPDATE {table} SET {sets} WHERE {key_sql}"
-
-
-@functools.lru_cache(maxsize=256)
-def _insert_sql(table: str, cols: tuple[str, ...], rows: int = 1) -> str:
-    values = ", ".join([f"({_marks(len(cols))})"] * rows)
-    return f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES {values}"
 
 
 # Primary keys, for telling whether two deferred writes may touch the same row (_combined).
@@ -224,7 +170,7 @@ def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[s
         if len(run) == 1:
             out.append(run[0])
         elif run:
-            out.append((_with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
+            out.append((with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
         run.clear()
         touched.clear()
 
@@ -239,38 +185,6 @@ def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[s
         touched.update(keys)
     close()
     return out
-
-
-@functools.lru_cache(maxsize=512)
-def _with_sql(parts: tuple[str, ...]) -> str:
-    return "WITH " + ", ".join(f"w{i} AS ({q})" for i, q in enumerate(parts)) + " SELECT 1"
-
-
-@functools.lru_cache(maxsize=256)
-def _upsert_sql(dialect: str, table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
-    values = [c for c in cols if c not in keys]
-    if dialect == "mysql":
-        tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{_col(c)} = VALUES({_col(c)})" for c in values)
-    else:
-        tail = (f" ON CONFLICT ({', '.join(_col(k) for k in keys)}) DO UPDATE SET "
-                + ", ".join(f"{_col(c)} = excluded.{_col(c)}" for c in values))
-    return _insert_sql(table, cols) + tail
-
-
-@functools.lru_cache(maxsize=4)
-def _outputs_upsert_sql(dialect: str) -> str:
-    head = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
-    if dialect == "mysql":
-        return head + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
-    return head + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def _col(name: str) -> str:
-    return f'"{name}"' if name in _QUOTED else name
 
 
 def _bind_bools_directly() -> None:
@@ -388,10 +302,10 @@ class SqlUnit:
         for i in range(0, len(rows), 500):
             chunk = rows[i : i + 500]
             if self._deferred is not None:  # PostgreSQL: one multi-row INSERT, pipelined with the commit
-                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r],
+                self._later(insert_sql("culm_change", CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r],
                             _append_key("culm_change"))
             else:
-                self._many(_insert_sql("culm_change", _CHANGE_COLUMNS), chunk)
+                self._many(insert_sql("culm_change", CHANGE_COLUMNS), chunk)
 
     def _drop_unsent(self) -> None:
         """Forget the writes still waiting to be sent (the part of the transaction that made them
@@ -419,12 +333,12 @@ class SqlUnit:
         return list(self._x(sql, params).fetchall())
 
     def _update(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> int:
-        sql = _update_sql(table, tuple(fields), key_sql)
+        sql = update_sql(table, tuple(fields), key_sql)
         return int(self._x(sql, [*fields.values(), *key_params]).rowcount)
 
     def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> None:
         # Every caller's key_sql starts with "<primary key> = ?": the row is known.
-        self._later(_update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
+        self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
                     ((table, (key_params[0],)),))
 
     def _insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -436,15 +350,15 @@ class SqlUnit:
             # clashes with another write unless the same row is written again, see _row_key).
             for i in range(0, len(rows), 500):
                 chunk = rows[i : i + 500]
-                self._later(_insert_sql(table, cols, len(chunk)), [r[c] for r in chunk for c in cols],
+                self._later(insert_sql(table, cols, len(chunk)), [r[c] for r in chunk for c in cols],
                             _row_key(table, chunk))
         elif len(rows) == 1:
-            self._later(_insert_sql(table, cols), list(rows[0].values()))
+            self._later(insert_sql(table, cols), list(rows[0].values()))
         else:
-            self._many(_insert_sql(table, cols), [[r[c] for c in cols] for r in rows])
+            self._many(insert_sql(table, cols), [[r[c] for c in cols] for r in rows])
 
     def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
-        self._later(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()),
+        self._later(upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()),
                     ((table, tuple(row[k] for k in keys)),))
 
     def _for_update(self, for_update: bool) -> str:
@@ -513,9 +427,9 @@ class SqlUnit:
     def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Index a run's nodes: rows of (id, root_id, pipeline_id, type)."""
         if self._deferred is None:
-            self._many(_NODE_INSERT, rows)
+            self._many(NODE_INSERT, rows)
         else:
-            self._insert("culm_node", [dict(zip(_NODE_COLUMNS, r, strict=True)) for r in rows])
+            self._insert("culm_node", [dict(zip(NODE_COLUMNS, r, strict=True)) for r in rows])
 
     def node_root(self, node_id: str) -> str | None:
         row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
@@ -526,7 +440,7 @@ class SqlUnit:
         found: dict[str, str] = {}
         for i in range(0, len(ids), 500):
             chunk = list(ids[i : i + 500])
-            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk))
         return found
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
@@ -534,7 +448,7 @@ class SqlUnit:
         found: set[str] = set()
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            found.update(r[0] for r in self._all(f"SELECT id FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+            found.update(r[0] for r in self._all(f"SELECT id FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk))
         return found
 
     # -- states ---------------------------------------------------------------------------
@@ -546,7 +460,7 @@ class SqlUnit:
         if not for_update and view is not None and node_id in view:
             known = view[node_id]
             return _copy_state(known) if known is not None else None
-        row = self._one(_STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
+        row = self._one(STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
         st = _state_row(row) if row is not None else None
         if view is not None and node_id in view:
             view[node_id] = _copy_state(st) if st is not None else None
@@ -568,7 +482,7 @@ class SqlUnit:
         if len(ids) == 1:
             st = self.get_state(ids[0])
             return {st.node_id: st} if st else {}
-        rows = self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(ids))})", ids)
+        rows = self._all(STATE_SELECT + f" WHERE node_id IN ({marks(len(ids))})", ids)
         return {r[0]: _state_row(r) for r in rows}
 
     reads_ahead = True  # prefetch_states is worth calling
@@ -592,7 +506,7 @@ class SqlUnit:
         found = {}
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
-            for r in self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk):
+            for r in self._all(STATE_SELECT + f" WHERE node_id IN ({marks(len(chunk))})", chunk):
                 found[r[0]] = _state_row(r)
         for node_id in missing:
             view[node_id] = found.get(node_id)
@@ -619,9 +533,9 @@ class SqlUnit:
         """Up to ``limit`` recorded changes with ``after`` < seq <= ``upto`` (of one root when
         given), in seq order."""
         if root_id is None:
-            rows = self._all(_CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", [after, upto, limit])
+            rows = self._all(CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", [after, upto, limit])
         else:
-            rows = self._all(_CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?",
+            rows = self._all(CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?",
                              [after, upto, root_id, limit])
         return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
 
@@ -640,16 +554,16 @@ class SqlUnit:
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
+        return [_state_row(r) for r in self._all(STATE_SELECT + " WHERE root_id = ?", [root_id])]
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
+        return [_state_row(r) for r in self._all(STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
         if self._state_view is not None:
             self._state_view[rec.node_id] = _copy_state(rec)
         params = _state_params(rec)
-        self._later(_STATE_INSERT, params, (("culm_state", (rec.node_id,)),))
+        self._later(STATE_INSERT, params, (("culm_state", (rec.node_id,)),))
         if self._deferred is not None:
             # The queued entry holds this very list, so a later compare-and-set can edit it.
             self._unsent_states[rec.node_id] = params
@@ -687,7 +601,7 @@ class SqlUnit:
             where += " AND version = ?"
             params.append(expect_version)
         if names is not None:
-            where += f" AND name IN ({_marks(len(names))})"
+            where += f" AND name IN ({marks(len(names))})"
             params.extend(names)
         owned = self._owned.get(node_id) if self._owned is not None else None
         if owned is not None:
@@ -695,9 +609,9 @@ class SqlUnit:
                                                                                and owned[1] not in names):
                 return False
             unsent = self._unsent_states.get(node_id)
-            if unsent is not None and fields.keys() <= _STATE_INDEX.keys():
+            if unsent is not None and fields.keys() <= STATE_INDEX.keys():
                 for k, v in fields.items():
-                    unsent[_STATE_INDEX[k]] = v
+                    unsent[STATE_INDEX[k]] = v
             else:
                 self._unsent_states.pop(node_id, None)  # later ones must follow this UPDATE, not pass it
                 self._update_later("culm_state", where, params, fields)
@@ -734,7 +648,7 @@ class SqlUnit:
         ])
 
     def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None:
-        row = self._one(_PROCESS_SELECT + " WHERE id = ?" + self._for_update(for_update), [process_id])
+        row = self._one(PROCESS_SELECT + " WHERE id = ?" + self._for_update(for_update), [process_id])
         return _process_row(row) if row else None
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
@@ -758,14 +672,14 @@ class SqlUnit:
         return int(row[0]), int(row[1])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
-        return [_process_row(r) for r in self._all(_PROCESS_SELECT + " WHERE root_id = ?", [root_id])]
+        return [_process_row(r) for r in self._all(PROCESS_SELECT + " WHERE root_id = ?", [root_id])]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
-        rows = self._all(_PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?", [by, True, False])
+        rows = self._all(PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?", [by, True, False])
         return [_process_row(r) for r in rows]
 
     def processes_at(self, node_id: str) -> list[ProcessRecord]:
-        rows = self._all(_PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?", [node_id, False])
+        rows = self._all(PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?", [node_id, False])
         return [_process_row(r) for r in rows]
 
     def kill_processes_of_root(self, root_id: str) -> None:
@@ -786,8 +700,7 @@ class SqlUnit:
         return self.get_task(task_id) if self._take_lease(task_id, owner, until, at) else None
 
     def _take_lease(self, task_id: str, owner: str, until: float, at: float) -> bool:
-        return self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
-                       [owner, until, task_id, at]).rowcount == 1
+        return self._x(TAKE_LEASE, [owner, until, task_id, at]).rowcount == 1
 
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
@@ -806,16 +719,16 @@ class SqlUnit:
         if lease is not None:
             owner, until, at = lease
             if self.dialect == "postgresql":
-                return self._task_and_process(self._one(_CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
+                return self._task_and_process(self._one(CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
             if not self._take_lease(task_id, owner, until, at):
                 return None, None
-        return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id]))
+        return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id]))
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
         if self.dialect == "postgresql":
-            row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
+            row = self._one(TASK_WITH_PROCESS_AND_STATE, [task_id])
         elif self._lock_rows:
             # MariaDB cannot lock only the task row of a join (no FOR UPDATE OF), and locking the
             # process row before the node's state would break the lock order: the lease is kept
@@ -824,12 +737,12 @@ class SqlUnit:
             kept = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
                            " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)",
                            [owner, until, task_id, owner, at]).rowcount == 1
-            return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
+            return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
         else:
-            row = self._one(_TASK_WITH_PROCESS_HELD, [task_id])  # SQLite: our write transaction holds the file
+            row = self._one(TASK_WITH_PROCESS_HELD, [task_id])  # SQLite: our write transaction holds the file
         if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
             return None, None
-        end = len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
+        end = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
         if self.dialect == "postgresql" and row[end] is not None:
             self._lock_ahead(_state_row(row[end:-2]))
         return self._task_and_process(row[:end])
@@ -863,12 +776,12 @@ class SqlUnit:
             return
         owner, until, at = lease
         ahead = self._tasks_ahead
-        n_task, end = len(_TASK_COLUMNS), len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
-        for ids, sql, params in ((fresh, _CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
-                                 (resumed, _MANY_WITH_PROCESS_AND_STATE, [])):
+        n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
+        for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
+                                 (resumed, MANY_WITH_PROCESS_AND_STATE, [])):
             if len(ids) < 2:
                 continue
-            rows = self._all(sql.format(marks=_marks(len(ids))), [*params, *ids])
+            rows = self._all(sql.format(marks=marks(len(ids))), [*params, *ids])
             ahead.update(dict.fromkeys(ids))
             for r in rows:
                 st = None
@@ -899,15 +812,15 @@ class SqlUnit:
     def _task_and_process(row: Sequence[Any] | None) -> tuple[TaskRecord | None, ProcessRecord | None]:
         if row is None:
             return None, None
-        n = len(_TASK_COLUMNS)
+        n = len(TASK_COLUMNS)
         return _task_row(row[:n]), (_process_row(row[n:]) if row[n] is not None else None)
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         """The pending tasks of one kind of a root pipeline."""
-        return [_task_row(r) for r in self._all(_TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
+        return [_task_row(r) for r in self._all(TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
 
     def get_task(self, task_id: str) -> TaskRecord | None:
-        row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
+        row = self._one(TASK_SELECT + " WHERE id = ?", [task_id])
         return _task_row(row) if row else None
 
     def task_lease(self, task_id: str) -> tuple[str | None, float | None, bool, float | None] | None:
@@ -952,7 +865,7 @@ class SqlUnit:
                                        [root_id])]
         for at in range(0, len(ids), 500):
             chunk = ids[at:at + 500]
-            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
+            self._x(f"DELETE FROM culm_task WHERE id IN ({marks(len(chunk))})", chunk)
 
     def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None:
         """Delete the pending tasks of these processes (a revoked subprocess's), as
@@ -963,19 +876,19 @@ class SqlUnit:
                 self._tasks_ahead[task_id] = None  # gone now
         for at in range(0, len(process_ids), 500):
             chunk = list(process_ids[at:at + 500])
-            where = f"process_id IN ({_marks(len(chunk))})"
+            where = f"process_id IN ({marks(len(chunk))})"
             if not self._lock_rows:
                 self._x(f"DELETE FROM culm_task WHERE {where}", chunk)
                 continue
             ids = [r[0] for r in self._all(f"SELECT id FROM culm_task WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED",
                                            chunk)]
             if ids:
-                self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(ids))})", ids)
+                self._x(f"DELETE FROM culm_task WHERE id IN ({marks(len(ids))})", ids)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
         rows = self._all(
-            _TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?",
+            TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?",
             [at + horizon, at, int(limit)],
         )
         return [_task_row(r) for r in rows]
@@ -992,7 +905,7 @@ class SqlUnit:
         lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
         resend = grace if resend_after is None else resend_after
         rows = self._all(
-            _TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
+            TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
             " AND (relayed_at IS NULL OR relayed_at <= ?)"
             " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
             " ORDER BY due LIMIT ?" + lock,
@@ -1003,18 +916,18 @@ class SqlUnit:
     def mark_relayed(self, task_ids: Sequence[str], at: float) -> None:
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET relayed_at = ?, published = ? WHERE id IN ({_marks(len(ids))})",
+            self._x(f"UPDATE culm_task SET relayed_at = ?, published = ? WHERE id IN ({marks(len(ids))})",
                     [at, True, *ids])
 
     def mark_published(self, task_ids: Sequence[str], published: bool) -> None:
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET published = ? WHERE id IN ({_marks(len(ids))})", [published, *ids])
+            self._x(f"UPDATE culm_task SET published = ? WHERE id IN ({marks(len(ids))})", [published, *ids])
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None:
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET claimed_until = ? WHERE owner = ? AND id IN ({_marks(len(ids))})",
+            self._x(f"UPDATE culm_task SET claimed_until = ? WHERE owner = ? AND id IN ({marks(len(ids))})",
                     [until, owner, *ids])
 
     def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
@@ -1023,7 +936,7 @@ class SqlUnit:
             return
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET owner = NULL, claimed_until = NULL WHERE id IN ({_marks(len(ids))})", ids)
+            self._x(f"UPDATE culm_task SET owner = NULL, claimed_until = NULL WHERE id IN ({marks(len(ids))})", ids)
 
     # -- node data, execution data, context ----------------------------------------------
     def get_inputs_override(self, node_id: str) -> dict | None:
@@ -1047,7 +960,7 @@ class SqlUnit:
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
-        self._later(_outputs_upsert_sql(self.dialect), [node_id, codec.dumps({}), codec.dumps(outputs)],
+        self._later(outputs_upsert_sql(self.dialect), [node_id, codec.dumps({}), codec.dumps(outputs)],
                     (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
@@ -1058,7 +971,7 @@ class SqlUnit:
         if not missing:
             return
         rows = self._all('SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value'
-                         f' WHERE pipeline_id IN ({_marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
+                         f' WHERE pipeline_id IN ({marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
         if len(rows) > limit:
             return
         view = self._context_view
@@ -1079,7 +992,7 @@ class SqlUnit:
             keys = list(keys)
             if not keys:
                 return {}
-            sql += f' AND "key" IN ({_marks(len(keys))})'
+            sql += f' AND "key" IN ({marks(len(keys))})'
             params.extend(keys)
         return {
             r[0]: ContextValue(r[0], r[1], codec.loads(r[2]), r[3], frozenset(codec.loads(r[4])))
@@ -1120,11 +1033,11 @@ class SqlUnit:
         }])
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
-        row = self._one(_SCHEDULE_SELECT + " WHERE id = ?", [schedule_id])
+        row = self._one(SCHEDULE_SELECT + " WHERE id = ?", [schedule_id])
         return _schedule_row(row) if row else None
 
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
-        row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
+        row = self._one(SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
         return _schedule_row(row) if row else None
 
     def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
@@ -1133,7 +1046,7 @@ class SqlUnit:
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             found.extend(_schedule_row(r) for r in self._all(
-                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk))
+                SCHEDULE_SELECT + f" WHERE node_id IN ({marks(len(chunk))})", chunk))
         return found
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
@@ -1142,7 +1055,7 @@ class SqlUnit:
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             found.extend(_schedule_row(r) for r in self._all(
-                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))}) AND finished = ?", [*chunk, False]))
+                SCHEDULE_SELECT + f" WHERE node_id IN ({marks(len(chunk))}) AND finished = ?", [*chunk, False]))
         return found
 
     def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:
