@@ -36,6 +36,7 @@ from culm.storage.copies import copy_process as _copy_process
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.copies import copy_task as _copy_task
 from culm.storage.sql.base import SqlUnit, _state_params, _state_row
+from culm.storage.sql.sqlite import SqliteUnit
 from culm.storage.sql.statements import STATE_COLUMNS, STATE_INDEX, STATE_INSERT
 
 # A pipeline context holding a value whose stored text is longer than this is not kept (it is
@@ -123,11 +124,11 @@ class RecordCache:
                 self.processes.pop(pid, None)
 
 
-class CachedUnit(SqlUnit):
-    """A :class:`SqlUnit` that answers the engine's hot reads from a :class:`RecordCache`."""
+class CachedUnit(SqliteUnit):
+    """A SQLite unit that answers the engine's hot reads from a :class:`RecordCache`."""
 
-    def __init__(self, conn: Any, dialect: str, cache: RecordCache) -> None:
-        super().__init__(conn, dialect)
+    def __init__(self, conn: Any, cache: RecordCache) -> None:
+        super().__init__(conn)
         self.cache = cache
         # INSERTs of kept states not sent yet, by node id (the parameter lists). An event or a
         # gateway is entered and left in one step: its finishing compare-and-set is decided on

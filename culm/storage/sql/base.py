@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 import weakref
@@ -11,9 +10,8 @@ from collections.abc import Collection, Container, Iterable, Iterator, Mapping, 
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, create_engine
+from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.pool import StaticPool
 
 from culm.core import states
 from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
@@ -31,15 +29,15 @@ from culm.errors import SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.sql.statements import (
+    ACK_CHILD,
+    ACKS_OF,
     CHANGE_COLUMNS,
     CHANGE_SELECT,
-    CLAIM_MANY_WITH_PROCESS,
-    CLAIM_WITH_PROCESS,
-    MANY_WITH_PROCESS_AND_STATE,
     NODE_COLUMNS,
     NODE_INSERT,
-    PROCESS_COLUMNS,
+    OUTPUTS_UPSERT,
     PROCESS_SELECT,
+    RETAKE_LEASE,
     SCHEDULE_SELECT,
     STATE_INDEX,
     STATE_INSERT,
@@ -48,11 +46,9 @@ from culm.storage.sql.statements import (
     TASK_COLUMNS,
     TASK_SELECT,
     TASK_WITH_PROCESS,
-    TASK_WITH_PROCESS_AND_STATE,
-    TASK_WITH_PROCESS_HELD,
     insert_sql,
     marks,
-    outputs_upsert_sql,
+    same_sql,
     update_sql,
     upsert_sql,
     with_sql,
@@ -60,33 +56,6 @@ from culm.storage.sql.statements import (
 
 if TYPE_CHECKING:
     from culm.storage.workers import SqlWorkerRegistry
-
-
-def _widen_psycopg_query_cache() -> None:
-    """Let psycopg keep the converted form of every statement culm sends, long ones included.
-
-    psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
-    statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
-    multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
-    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned.
-    The knobs are psycopg internals, so a psycopg that no longer has them is left as it is
-    (slower, never wrong).
-    """
-    try:
-        from psycopg import _queries
-    except ImportError:
-        return
-    nocache = getattr(_queries, "_query2pg_nocache", None)
-    if nocache is None or not hasattr(_queries, "_query2pg") or getattr(_queries, "_culm_widened", False):
-        return
-    if not hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS") or not hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
-        return
-    # Bounded: a cached entry holds a part per parameter, so the cap on parameters and entries
-    # keeps the worst case (trees of many different sizes) to a few tens of MB.
-    _queries._query2pg = functools.lru_cache(maxsize=512)(nocache)
-    _queries.MAX_CACHED_STATEMENT_PARAMS = 600
-    _queries.MAX_CACHED_STATEMENT_LENGTH = 32 * 1024
-    setattr(_queries, "_culm_widened", True)  # noqa: B010 - a mark on a module we do not own
 
 
 def normalise_url(url: str) -> str:
@@ -187,45 +156,41 @@ def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[s
     return out
 
 
-def _bind_bools_directly() -> None:
-    """Give ``sqlite3`` an adapter for bool (to int: what it stores for a bool anyway).
-
-    Without one, every bool parameter (states, processes and tasks carry several) makes
-    ``sqlite3`` look for ``__adapt__`` and ``__conform__`` and build and drop two AttributeErrors
-    before it binds the bool as an int: a few percent of an engine step. An adapter a host
-    program registered for bool is left alone.
-    """
-    import sqlite3
-
-    if (bool, sqlite3.PrepareProtocol) not in sqlite3.adapters:
-        sqlite3.register_adapter(bool, int)
-
-
 class SqlUnit:
     """One database transaction, offering the domain verbs the core needs.
 
     Statements go straight to the DB-API cursor: they are few and fixed, and skipping the
     expression layer makes a node step several times cheaper. SQL is written once with ``?``
     placeholders and double-quoted identifiers and adapted to the driver's dialect.
+
+    What differs per dialect is in the subclasses of culm.storage.sql.sqlite, postgres and mysql:
+    the traits below and the few verbs one dialect does its own way.
     """
 
-    def __init__(self, conn: Any, dialect: str) -> None:
+    dialect = ""  # the SQLAlchemy dialect name
+    lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
+    defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL)
+    adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
+    reads_tasks_ahead = False  # read_tasks_ahead reads a batch's tasks in two statements
+    feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
+    upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
+    outputs_upsert = OUTPUTS_UPSERT
+
+    def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
-        self.dialect = dialect
-        self._lock_rows = dialect != "sqlite"
         self._cur = conn.cursor()
-        self._sql = _adapt_sqlite if dialect == "sqlite" else (_adapt_mysql if dialect == "mysql" else _adapt_pg)
-        self._plain_sql = dialect == "sqlite"  # statements go to sqlite3 as written
+        self._sql = self.adapt
+        self._plain_sql = self.adapt is same_sql  # statements go to the driver as written
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
         # in one pipelined round trip, right before the next statement that needs an answer (a
         # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
         # Each entry is (sql, params, keys): ``keys`` lists the rows the write touches as (table,
         # primary key) pairs, or is None when they are not known (see _combined).
-        self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if dialect == "postgresql" else None
+        self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if self.defers_writes else None
         # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
         # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
         # compare-and-set on one has a known outcome and can be deferred like any other write.
-        self._owned: dict[str, list[str]] | None = {} if dialect == "postgresql" else None
+        self._owned: dict[str, list[str]] | None = {} if self.defers_writes else None
         # PostgreSQL: the parameters of state rows whose INSERT is still deferred, by node id. A
         # compare-and-set on such a row before they are sent is folded into them: an event or a
         # gateway entered and left in one transaction costs one INSERT instead of two statements.
@@ -358,18 +323,15 @@ class SqlUnit:
             self._many(insert_sql(table, cols), [[r[c] for c in cols] for r in rows])
 
     def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
-        self._later(upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()),
+        self._later(self.upsert_statement(table, tuple(row), tuple(keys)), list(row.values()),
                     ((table, tuple(row[k] for k in keys)),))
 
     def _for_update(self, for_update: bool) -> str:
-        return " FOR UPDATE" if for_update and self._lock_rows else ""
+        return " FOR UPDATE" if for_update and self.lock_rows else ""
 
     def announce_change(self) -> None:
-        """Mark this transaction as one that changes existing engine rows (see culm.storage.cache)."""
-        if self.dialect == "sqlite":
-            from culm.storage.cache import bump_epoch
-
-            bump_epoch(self)
+        """Mark this transaction as one that changes existing engine rows (see culm.storage.cache:
+        SQLite only, where the engine keeps copies of its rows)."""
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -487,12 +449,6 @@ class SqlUnit:
 
     reads_ahead = True  # prefetch_states is worth calling
 
-    @property
-    def reads_tasks_ahead(self) -> bool:
-        """PostgreSQL: read_tasks_ahead reads a batch's tasks in two statements (elsewhere it
-        does nothing)."""
-        return self.dialect == "postgresql"
-
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
         to make (the nodes a walk may enter before it stops). Reads answered from it see the rows
@@ -511,11 +467,6 @@ class SqlUnit:
         for node_id in missing:
             view[node_id] = found.get(node_id)
         self._state_view = view
-
-    @property
-    def feed_ordered(self) -> bool:
-        """Whether the change feed becomes visible in seq order (one writer at a time: SQLite)."""
-        return self.dialect == "sqlite"
 
     def last_change_seq(self) -> int:
         row = self._one("SELECT MAX(seq) FROM culm_change")
@@ -663,12 +614,11 @@ class SqlUnit:
         """Count one finished child; the row lock taken by the update serialises siblings."""
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(parent_id)
-        if self.dialect == "postgresql":
-            row = self._one("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ? RETURNING ack_num, need_ack",
-                            [parent_id])
-            return int(row[0]), int(row[1])
-        self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
-        row = self._one("SELECT ack_num, need_ack FROM culm_process WHERE id = ?", [parent_id])
+        return self._count_ack(parent_id)
+
+    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+        self._x(ACK_CHILD, [parent_id])
+        row = self._one(ACKS_OF, [parent_id])
         return int(row[0]), int(row[1])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
@@ -717,35 +667,23 @@ class SqlUnit:
         if lease is not None and held:
             return self._task_held(task_id, lease)
         if lease is not None:
-            owner, until, at = lease
-            if self.dialect == "postgresql":
-                return self._task_and_process(self._one(CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
-            if not self._take_lease(task_id, owner, until, at):
-                return None, None
+            return self._claim_with_process(task_id, lease)
+        return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id]))
+
+    def _claim_with_process(
+        self, task_id: str, lease: tuple[str, float, float]
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        """Take the lease on a task, then read it with its process."""
+        owner, until, at = lease
+        if not self._take_lease(task_id, owner, until, at):
+            return None, None
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id]))
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
-        if self.dialect == "postgresql":
-            row = self._one(TASK_WITH_PROCESS_AND_STATE, [task_id])
-        elif self._lock_rows:
-            # MariaDB cannot lock only the task row of a join (no FOR UPDATE OF), and locking the
-            # process row before the node's state would break the lock order: the lease is kept
-            # with a conditional UPDATE (locks the task row alone), then the usual read.
-            owner, until, at = lease
-            kept = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
-                           " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)",
-                           [owner, until, task_id, owner, at]).rowcount == 1
-            return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
-        else:
-            row = self._one(TASK_WITH_PROCESS_HELD, [task_id])  # SQLite: our write transaction holds the file
-        if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
-            return None, None
-        end = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
-        if self.dialect == "postgresql" and row[end] is not None:
-            self._lock_ahead(_state_row(row[end:-2]))
-        return self._task_and_process(row[:end])
+        """A task whose user code ran, if it is still ours (see ``held`` of task_with_process)."""
+        raise NotImplementedError  # each dialect locks what it must its own way
 
     def _keep_lease(self, task_id: str, holder: str | None, until: float | None,
                     lease: tuple[str, float, float]) -> bool:
@@ -756,7 +694,7 @@ class SqlUnit:
             return True  # the usual case: our lease, kept alive
         if holder not in (None, owner) and until is not None and until >= at:
             return False  # another runner took the task over: its result is the one that counts
-        self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", [owner, new_until, task_id])
+        self._x(RETAKE_LEASE, [owner, new_until, task_id])
         return True
 
     def _lock_ahead(self, st: StateRecord) -> None:
@@ -772,25 +710,7 @@ class SqlUnit:
         see ``held`` of task_with_process). A process this transaction writes before its
         task's call is read again then; a state it locks or writes first is not taken from here.
         """
-        if self.dialect != "postgresql":
-            return
-        owner, until, at = lease
-        ahead = self._tasks_ahead
-        n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
-        for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
-                                 (resumed, MANY_WITH_PROCESS_AND_STATE, [])):
-            if len(ids) < 2:
-                continue
-            rows = self._all(sql.format(marks=marks(len(ids))), [*params, *ids])
-            ahead.update(dict.fromkeys(ids))
-            for r in rows:
-                st = None
-                if len(r) > end:  # a resumed task: still ours? (see _HELD)
-                    if not self._keep_lease(r[0], r[-2], r[-1], lease):
-                        continue
-                    st = _state_row(r[end:-2]) if r[end] is not None else None
-                proc = _process_row(r[n_task:end]) if r[n_task] is not None else None
-                ahead[r[0]] = (_task_row(r[:n_task]), proc, st)
+        return  # PostgreSQL's unit does; elsewhere each task is read by its own call
 
     def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
         """The tasks and processes read_tasks_ahead found (not handed out yet)."""
@@ -855,7 +775,7 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        if not self._lock_rows:
+        if not self.lock_rows:
             self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
             return
         # Never wait for a task row: an engine step holding one (it claims its task first) may be
@@ -877,7 +797,7 @@ class SqlUnit:
         for at in range(0, len(process_ids), 500):
             chunk = list(process_ids[at:at + 500])
             where = f"process_id IN ({marks(len(chunk))})"
-            if not self._lock_rows:
+            if not self.lock_rows:
                 self._x(f"DELETE FROM culm_task WHERE {where}", chunk)
                 continue
             ids = [r[0] for r in self._all(f"SELECT id FROM culm_task WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED",
@@ -902,7 +822,7 @@ class SqlUnit:
         sent, was lost, or its worker died) and timers due within ``horizon`` that were never
         published (too far ahead then).
         """
-        lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
+        lock = " FOR UPDATE SKIP LOCKED" if self.lock_rows else ""
         resend = grace if resend_after is None else resend_after
         rows = self._all(
             TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
@@ -960,7 +880,7 @@ class SqlUnit:
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
-        self._later(outputs_upsert_sql(self.dialect), [node_id, codec.dumps({}), codec.dumps(outputs)],
+        self._later(self.outputs_upsert, [node_id, codec.dumps({}), codec.dumps(outputs)],
                     (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
@@ -1113,25 +1033,6 @@ class SqlUnit:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
 
 
-def _adapt_sqlite(sql: str) -> str:
-    return sql
-
-
-@functools.lru_cache(maxsize=4096)
-def _adapt_pg(sql: str) -> str:
-    return sql.replace("?", "%s")
-
-
-@functools.lru_cache(maxsize=4096)
-def _adapt_mysql(sql: str) -> str:
-    return sql.replace("?", "%s").replace('"', "`")
-
-
-# WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
-# every second in the background, so writers (run_pipeline's caller among them) rarely have to.
-AUTOCHECKPOINT_PAGES = 8000
-
-
 PING_AFTER_IDLE = 1.0  # seconds a pooled server connection may sit unused before it is pinged
 
 
@@ -1161,35 +1062,66 @@ def _ping_idle(engine: Engine) -> None:
             raise DisconnectionError("pooled connection is dead")
 
 
+class Dialect:
+    """What a store does its own way on one kind of database: the traits and hooks each dialect
+    module (culm.storage.sql.sqlite, postgres, mysql) sets; these defaults are a server's."""
+
+    name = ""  # the SQLAlchemy dialect name
+    unit: type[SqlUnit] = SqlUnit  # its transactions
+    one_writer = False  # one writer at a time: writes queue on the store's lock, through one connection
+
+    def engine_options(self, *, memory: bool) -> dict[str, Any]:
+        """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
+        transaction; _ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
+        return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+
+    def prepare(self, store: SqlStore) -> None:
+        """Set up ``store.engine`` (its event hooks) before the first connection."""
+        _ping_idle(store.engine)
+
+    def begin(self, raw: Any, *, write: bool) -> None:
+        """Start a transaction on the DB-API connection ``raw`` (the driver's own begin, here)."""
+
+    def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
+        """A unit answering hot reads from ``cache`` (culm.storage.cache)."""
+        raise ValueError(f"the engine's kept copies (RecordCache) need SQLite's single writer, not {self.name}")
+
+    def checkpoint(self, store: SqlStore) -> None:
+        """Move committed log pages into the database, if the database has such a step."""
+
+
+def dialect_for(url: str) -> Dialect:
+    """The one place a store's dialect is chosen, from its (normalised) database URL."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        from culm.storage.sql.sqlite import SqliteDialect
+
+        return SqliteDialect()
+    if backend == "postgresql":
+        from culm.storage.sql.postgres import PostgresDialect
+
+        return PostgresDialect()
+    if backend in ("mysql", "mariadb"):
+        from culm.storage.sql.mysql import MysqlDialect
+
+        return MysqlDialect()
+    raise ValueError(f"culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not {backend!r} "
+                     f"(database URL {make_url(url).render_as_string(hide_password=True)!r})")
+
+
 class SqlStore:
     """Owns the SQLAlchemy engine and hands out transactions (:class:`SqlUnit`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalise_url(url)
         self.memory = self.url in ("sqlite://", "sqlite:///:memory:")
-        kwargs: dict[str, Any] = {"future": True}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            if self.memory:
-                kwargs["poolclass"] = StaticPool
-        else:
-            # No pool_pre_ping: a ping per checkout is a round trip per transaction. _ping_idle
-            # below pings only connections that sat unused (see PING_AFTER_IDLE).
-            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
-            if self.url.startswith("mysql"):
-                # Read what others committed (version checks, joins) rather than a snapshot.
-                kwargs["isolation_level"] = "READ COMMITTED"
-
-        self.engine: Engine = create_engine(self.url, **kwargs)
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            self._setup_sqlite()
-        else:
-            _ping_idle(self.engine)
-            if self.dialect == "postgresql":
-                _widen_psycopg_query_cache()
+        dialect = self._dialect = dialect_for(self.url)
+        self.dialect = dialect.name
+        self._unit = dialect.unit
+        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
+        dialect.prepare(self)
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
-        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        self._write_lock = threading.RLock() if dialect.one_writer else None
         # ...and they all write through ONE connection: SQLite empties a connection's page cache
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
@@ -1200,37 +1132,9 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self, ordered=self.dialect == "sqlite")
+        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered)
         if create:
             self.ensure_schema()
-
-    def _setup_sqlite(self) -> None:
-        memory = self.memory
-        _bind_bools_directly()
-
-        @event.listens_for(self.engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL survives a killed process (not a power cut) and is much faster.
-                cur.execute("PRAGMA synchronous=NORMAL")
-                # A runner copies the WAL into the database in the background (checkpoint());
-                # the automatic checkpoint inside a committing writer is only the safety net.
-                cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-            # Savepoints keep their undo pages in a statement journal: in memory, not a temp file.
-            cur.execute("PRAGMA temp_store=MEMORY")
-            # 32 MiB of page cache (the default is 2 MiB): big runs keep their hot B-tree pages.
-            cur.execute("PRAGMA cache_size=-32768")
-            cur.execute("PRAGMA foreign_keys=OFF")
-            cur.close()
-
-        @event.listens_for(self.engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            # Writers take the lock up front (no deadlocking lock upgrades); readers do not.
-            read_only = conn.get_execution_options().get("culm_read_only", False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     def ensure_schema(self) -> None:
         """Create the schema on an empty database; refuse one from another schema version."""
@@ -1251,11 +1155,9 @@ class SqlStore:
         try:
             with self._raw(write=True, pinned=lock is not None) as raw:
                 if cache is None:
-                    unit = SqlUnit(raw, self.dialect)
+                    unit = self._unit(raw)
                 else:
-                    from culm.storage.cache import CachedUnit
-
-                    unit = CachedUnit(raw, self.dialect, cache)
+                    unit = self._dialect.cached_unit(raw, cache)
                     cache.sync(unit)
                 yield unit
                 unit.flush(commit=True)
@@ -1276,16 +1178,16 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        reader = self._readers if self.dialect == "sqlite" else None
+        reader = self._readers if self._dialect.one_writer else None
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False) as raw:
-                yield SqlUnit(raw, self.dialect)
+                yield self._unit(raw)
             return
         raw = self._thread_reader()
         reader.busy = True
         try:
             raw.cursor().execute("BEGIN")
-            yield SqlUnit(raw, self.dialect)
+            yield self._unit(raw)
         finally:
             reader.busy = False
             raw.rollback()
@@ -1317,8 +1219,7 @@ class SqlStore:
         else:
             raw = self.engine.raw_connection()
         try:
-            if self.dialect == "sqlite":
-                raw.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._dialect.begin(raw, write=write)
             yield raw
             if write:
                 raw.commit()
@@ -1339,13 +1240,7 @@ class SqlStore:
 
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""
-        if self.dialect != "sqlite" or self.memory:
-            return
-        raw = self.engine.raw_connection()
-        try:
-            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        finally:
-            raw.close()
+        self._dialect.checkpoint(self)
 
     def dispose(self) -> None:
         lock = self._write_lock

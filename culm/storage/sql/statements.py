@@ -99,22 +99,37 @@ def with_sql(parts: tuple[str, ...]) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def upsert_sql(dialect: str, table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
-    values = [c for c in cols if c not in keys]
-    if dialect == "mysql":
-        tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{col(c)} = VALUES({col(c)})" for c in values)
-    else:
-        tail = (f" ON CONFLICT ({', '.join(col(k) for k in keys)}) DO UPDATE SET "
-                + ", ".join(f"{col(c)} = excluded.{col(c)}" for c in values))
+def upsert_sql(table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """INSERT ``cols``, or update the columns other than ``keys`` of the row already there."""
+    tail = (f" ON CONFLICT ({', '.join(col(k) for k in keys)}) DO UPDATE SET "
+            + ", ".join(f"{col(c)} = excluded.{col(c)}" for c in cols if c not in keys))
     return insert_sql(table, cols) + tail
 
 
-@functools.lru_cache(maxsize=4)
-def outputs_upsert_sql(dialect: str) -> str:
-    head = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
-    if dialect == "mysql":
-        return head + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
-    return head + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
+@functools.lru_cache(maxsize=256)
+def upsert_sql_mysql(table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """MySQL's upsert_sql (its own syntax, no conflict target: the row's keys decide)."""
+    tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{col(c)} = VALUES({col(c)})" for c in cols if c not in keys)
+    return insert_sql(table, cols) + tail
+
+
+# A node's outputs replaced, its inputs kept (a node without a row gets the inputs given).
+_OUTPUTS_INSERT = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
+OUTPUTS_UPSERT = _OUTPUTS_INSERT + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
+OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
+# One more child of a process finished; then its count and how many it waits for.
+ACK_CHILD = "UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?"
+ACKS_OF = "SELECT ack_num, need_ack FROM culm_process WHERE id = ?"
+ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING ack_num, need_ack"  # PostgreSQL: both in one statement
+# A task's lease taken again by its owner (it ran out and nobody else took it).
+RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
+# MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
+KEEP_HELD_LEASE = RETAKE_LEASE + " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)"
+
+
+def same_sql(sql: str) -> str:
+    """A statement as written here: what SQLite's driver takes."""
+    return sql
 
 
 def marks(n: int) -> str:
