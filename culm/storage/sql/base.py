@@ -32,20 +32,36 @@ from culm.storage.sql.statements import (
     ACK_CHILD,
     ACKS_OF,
     CHANGE_COLUMNS,
-    CHANGE_SELECT,
+    CHANGES_BETWEEN,
+    CHANGES_OF_ROOT_BETWEEN,
+    LIVE_SCHEDULES_IN,
     NODE_COLUMNS,
     NODE_INSERT,
     OUTPUTS_UPSERT,
-    PROCESS_SELECT,
+    PENDING_TASKS,
+    PROCESS_BY_ID,
+    PROCESS_BY_ID_LOCKED,
+    PROCESSES_AT,
+    PROCESSES_OF_ROOT,
+    PROCESSES_SUSPENDED_BY,
+    RELAY_CANDIDATES,
+    RELAY_CANDIDATES_LOCKED,
     RETAKE_LEASE,
-    SCHEDULE_SELECT,
+    SCHEDULE_BY_ID,
+    SCHEDULE_OF_RUN,
+    SCHEDULES_IN,
+    STATE_BY_ID,
+    STATE_BY_ID_LOCKED,
     STATE_INDEX,
     STATE_INSERT,
-    STATE_SELECT,
+    STATES_IN,
+    STATES_OF_PARENT,
+    STATES_OF_ROOT,
     TAKE_LEASE,
+    TASK_BY_ID,
     TASK_COLUMNS,
-    TASK_SELECT,
     TASK_WITH_PROCESS,
+    TASKS_OF_ROOT,
     insert_sql,
     marks,
     same_sql,
@@ -326,9 +342,6 @@ class SqlUnit:
         self._later(self.upsert_statement(table, tuple(row), tuple(keys)), list(row.values()),
                     ((table, tuple(row[k] for k in keys)),))
 
-    def _for_update(self, for_update: bool) -> str:
-        return " FOR UPDATE" if for_update and self.lock_rows else ""
-
     def announce_change(self) -> None:
         """Mark this transaction as one that changes existing engine rows (see culm.storage.cache:
         SQLite only, where the engine keeps copies of its rows)."""
@@ -422,7 +435,7 @@ class SqlUnit:
         if not for_update and view is not None and node_id in view:
             known = view[node_id]
             return _copy_state(known) if known is not None else None
-        row = self._one(STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
+        row = self._one(STATE_BY_ID_LOCKED if for_update and self.lock_rows else STATE_BY_ID, [node_id])
         st = _state_row(row) if row is not None else None
         if view is not None and node_id in view:
             view[node_id] = _copy_state(st) if st is not None else None
@@ -444,7 +457,7 @@ class SqlUnit:
         if len(ids) == 1:
             st = self.get_state(ids[0])
             return {st.node_id: st} if st else {}
-        rows = self._all(STATE_SELECT + f" WHERE node_id IN ({marks(len(ids))})", ids)
+        rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
 
     reads_ahead = True  # prefetch_states is worth calling
@@ -462,7 +475,7 @@ class SqlUnit:
         found = {}
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
-            for r in self._all(STATE_SELECT + f" WHERE node_id IN ({marks(len(chunk))})", chunk):
+            for r in self._all(STATES_IN.format(marks=marks(len(chunk))), chunk):
                 found[r[0]] = _state_row(r)
         for node_id in missing:
             view[node_id] = found.get(node_id)
@@ -484,10 +497,9 @@ class SqlUnit:
         """Up to ``limit`` recorded changes with ``after`` < seq <= ``upto`` (of one root when
         given), in seq order."""
         if root_id is None:
-            rows = self._all(CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", [after, upto, limit])
+            rows = self._all(CHANGES_BETWEEN, [after, upto, limit])
         else:
-            rows = self._all(CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?",
-                             [after, upto, root_id, limit])
+            rows = self._all(CHANGES_OF_ROOT_BETWEEN, [after, upto, root_id, limit])
         return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
 
     def change_time_from(self, seq: int) -> float | None:
@@ -505,10 +517,10 @@ class SqlUnit:
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(STATE_SELECT + " WHERE root_id = ?", [root_id])]
+        return [_state_row(r) for r in self._all(STATES_OF_ROOT, [root_id])]
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
+        return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
         if self._state_view is not None:
@@ -599,7 +611,7 @@ class SqlUnit:
         ])
 
     def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None:
-        row = self._one(PROCESS_SELECT + " WHERE id = ?" + self._for_update(for_update), [process_id])
+        row = self._one(PROCESS_BY_ID_LOCKED if for_update and self.lock_rows else PROCESS_BY_ID, [process_id])
         return _process_row(row) if row else None
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
@@ -622,14 +634,14 @@ class SqlUnit:
         return int(row[0]), int(row[1])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
-        return [_process_row(r) for r in self._all(PROCESS_SELECT + " WHERE root_id = ?", [root_id])]
+        return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
-        rows = self._all(PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?", [by, True, False])
+        rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])
         return [_process_row(r) for r in rows]
 
     def processes_at(self, node_id: str) -> list[ProcessRecord]:
-        rows = self._all(PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?", [node_id, False])
+        rows = self._all(PROCESSES_AT, [node_id, False])
         return [_process_row(r) for r in rows]
 
     def kill_processes_of_root(self, root_id: str) -> None:
@@ -737,10 +749,10 @@ class SqlUnit:
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         """The pending tasks of one kind of a root pipeline."""
-        return [_task_row(r) for r in self._all(TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
+        return [_task_row(r) for r in self._all(TASKS_OF_ROOT, [root_id, kind])]
 
     def get_task(self, task_id: str) -> TaskRecord | None:
-        row = self._one(TASK_SELECT + " WHERE id = ?", [task_id])
+        row = self._one(TASK_BY_ID, [task_id])
         return _task_row(row) if row else None
 
     def task_lease(self, task_id: str) -> tuple[str | None, float | None, bool, float | None] | None:
@@ -807,10 +819,7 @@ class SqlUnit:
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
-        rows = self._all(
-            TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?",
-            [at + horizon, at, int(limit)],
-        )
+        rows = self._all(PENDING_TASKS, [at + horizon, at, int(limit)])
         return [_task_row(r) for r in rows]
 
     def relay_candidates(self, at: float, grace: float, horizon: float, limit: int,
@@ -822,15 +831,9 @@ class SqlUnit:
         sent, was lost, or its worker died) and timers due within ``horizon`` that were never
         published (too far ahead then).
         """
-        lock = " FOR UPDATE SKIP LOCKED" if self.lock_rows else ""
         resend = grace if resend_after is None else resend_after
-        rows = self._all(
-            TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
-            " AND (relayed_at IS NULL OR relayed_at <= ?)"
-            " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
-            " ORDER BY due LIMIT ?" + lock,
-            [at, at - resend, at - grace, False, at, at + horizon, int(limit)],
-        )
+        rows = self._all(RELAY_CANDIDATES_LOCKED if self.lock_rows else RELAY_CANDIDATES,
+                         [at, at - resend, at - grace, False, at, at + horizon, int(limit)])
         return [_task_row(r) for r in rows]
 
     def mark_relayed(self, task_ids: Sequence[str], at: float) -> None:
@@ -953,11 +956,11 @@ class SqlUnit:
         }])
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
-        row = self._one(SCHEDULE_SELECT + " WHERE id = ?", [schedule_id])
+        row = self._one(SCHEDULE_BY_ID, [schedule_id])
         return _schedule_row(row) if row else None
 
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
-        row = self._one(SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
+        row = self._one(SCHEDULE_OF_RUN, [node_id, version])
         return _schedule_row(row) if row else None
 
     def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
@@ -966,7 +969,7 @@ class SqlUnit:
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             found.extend(_schedule_row(r) for r in self._all(
-                SCHEDULE_SELECT + f" WHERE node_id IN ({marks(len(chunk))})", chunk))
+                SCHEDULES_IN.format(marks=marks(len(chunk))), chunk))
         return found
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
@@ -975,7 +978,7 @@ class SqlUnit:
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             found.extend(_schedule_row(r) for r in self._all(
-                SCHEDULE_SELECT + f" WHERE node_id IN ({marks(len(chunk))}) AND finished = ?", [*chunk, False]))
+                LIVE_SCHEDULES_IN.format(marks=marks(len(chunk))), [*chunk, False]))
         return found
 
     def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:

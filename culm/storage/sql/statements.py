@@ -138,3 +138,34 @@ def marks(n: int) -> str:
 
 def col(name: str) -> str:
     return f'"{name}"' if name in QUOTED else name
+
+
+# Reads by key ({marks}: one ? per id of the list). *_LOCKED: the same, row-locked (server databases).
+STATE_BY_ID = STATE_SELECT + " WHERE node_id = ?"
+STATE_BY_ID_LOCKED = STATE_BY_ID + " FOR UPDATE"
+STATES_IN = STATE_SELECT + " WHERE node_id IN ({marks})"
+STATES_OF_ROOT = STATE_SELECT + " WHERE root_id = ?"
+STATES_OF_PARENT = STATE_SELECT + " WHERE parent_id = ?"
+PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
+PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
+PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
+PROCESSES_SUSPENDED_BY = PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?"
+PROCESSES_AT = PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?"
+TASK_BY_ID = TASK_SELECT + " WHERE id = ?"
+TASKS_OF_ROOT = TASK_SELECT + " WHERE root_id = ? AND kind = ?"
+# Tasks due (before at + horizon) with a free lease, oldest first.
+PENDING_TASKS = TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?"
+# Tasks a relay hands to the broker again: overdue, or timers due soon never published.
+RELAY_CANDIDATES = (
+    TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
+    " AND (relayed_at IS NULL OR relayed_at <= ?)"
+    " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
+    " ORDER BY due LIMIT ?"
+)
+RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concurrent relays split them
+CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
+SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
+SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
+SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
+LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
