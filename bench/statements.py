@@ -1,8 +1,10 @@
 """SQL statements a 17-node pipeline costs on PostgreSQL: ``python -m bench.statements [--trace]``.
 
 Submits ``normal_pipeline()`` runs to a fresh PostgreSQL database and runs their tasks in this
-process, one at a time, the way a ``culm worker`` runs them (without Celery: the follow-up tasks a
-commit makes are queued here instead of published). It counts what psycopg sends: statements
+process, one at a time, through the engine loop a ``culm worker`` runs (``ThreadDispatcher``:
+batch transaction, user code on its thread), without Celery: the follow-up tasks a commit makes
+are queued here instead of published, and each is handed to the loop once the one before it is
+done. It counts what psycopg sends: statements
 (each multi-row or combined write is one), ``BEGIN``/``COMMIT`` excluded, and transactions.
 Unlike timings, the counts do not depend on what else the machine is doing. ``--trace`` prints
 every statement of the last pipeline, grouped by task. ``--batched --pipelines 100`` submits the
@@ -77,17 +79,27 @@ def count(pipelines: int, trace: bool) -> dict[str, Any]:
     import culm
     from culm import api
     from culm.core.engine import Engine
+    from culm.dispatch.threads import ThreadDispatcher
 
     with Cluster(0) as cluster:
         queue = _Queue()
         rt = culm.Runtime(cluster.db_url, workers=0)
+        # The engine loop a worker runs (batch transaction, user-code thread), handed one task at a
+        # time: the follow-ups its commits make wait in ``queue`` instead of joining its next batch.
+        loop = ThreadDispatcher(1, sole_runner=False, follow_ups=queue.submit)
         try:
             rt.engine.dispatcher = queue
-            worker = Engine(rt.store, queue)
+            loop.start(Engine(rt.store, queue))
+
+            def run(task: Any) -> None:
+                loop.submit([task])
+                if not loop.wait_idle(60):
+                    raise RuntimeError(f"task {task.id} did not reach its next resting point in 60 s")
+
             log: list[str] = []
             api.run_pipeline(rt, normal_pipeline())  # warm: graph caches, pooled connections
             while queue.tasks:
-                worker.run_task(queue.tasks.popleft().id)
+                run(queue.tasks.popleft())
             per_pipeline: list[tuple[int, int, int]] = []
             with _counting(log):
                 for _ in range(pipelines):
@@ -99,10 +111,11 @@ def count(pipelines: int, trace: bool) -> dict[str, Any]:
                         task = queue.tasks.popleft()
                         tasks += 1
                         log.append(f"== task {task.kind} at node {task.node_id}")
-                        worker.run_task(task.id, task.kind)
+                        run(task)
                     statements = sum(1 for line in log if not line.startswith("==") and line != "COMMIT")
                     per_pipeline.append((statements, log.count("COMMIT"), tasks))
         finally:
+            loop.close()
             rt.close()
     if trace:
         for line in log:

@@ -1,4 +1,4 @@
-"""The Engine: owns the graph cache and runs tasks (the worker entry point)."""
+"""The Engine: owns the graph cache and the settings the engine steps read; dispatchers drive it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from culm.core.ports import Dispatcher, Lease, Store, Unit, UserData
-from culm.core.records import EXECUTE, SCHEDULE, TaskRecord, new_id, now
+from culm.core.records import new_id, now
 from culm.core.state_tree import StateTrees
 from culm.core.step import Step
 from culm.model.compiled import Graph, compile_tree
@@ -37,7 +37,11 @@ class Settings:
 
 
 class Engine:
-    """Runs execute and schedule tasks against a store, dispatching follow-ups."""
+    """What every engine step reads besides the store: graphs, root data, settings, the lease owner.
+
+    The steps themselves (``walker.execute_step``, ``scheduling.schedule_prepare``/``schedule_apply``)
+    run inside a dispatcher's batch transaction (:mod:`culm.dispatch.threads`).
+    """
 
     def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None) -> None:
         self.store = store
@@ -113,28 +117,7 @@ class Engine:
             while len(self._graphs) > 2048:
                 self._graphs.popitem(last=False)
 
-    # -- worker entry point ---------------------------------------------------------------
-    def run_task(self, task: TaskRecord | str, kind: str | None = None) -> None:
-        """Run one task to its next resting point. Safe to call twice for the same task.
-
-        ``kind`` (execute or schedule), when the caller knows it, spares a read of the row.
-        """
-        from culm.core import scheduling, walker
-
-        if isinstance(task, TaskRecord):
-            kind = task.kind
-        task_id = task.id if isinstance(task, TaskRecord) else task
-        if kind is None:
-            with self.store.reading() as unit:
-                rec = unit.get_task(task_id)
-            if rec is None:
-                return
-            kind = rec.kind
-        if kind == EXECUTE:
-            walker.run_execute(self, task_id)
-        elif kind == SCHEDULE:
-            scheduling.run_schedule(self, task_id)
-
+    # -- leases --------------------------------------------------------------------------
     def lease(self) -> Lease:
         at = now()
         return self.owner, at + self.settings.lease_seconds, at

@@ -23,20 +23,6 @@ EARLY_CALLBACK_RETRY_SECONDS = 0.05
 PARKED_CALLBACK_RETRY_SECONDS = 1.0
 
 
-def run_schedule(engine: Engine, task_id: str) -> None:
-    """Claim a schedule task, run the component's ``schedule`` once and apply the result."""
-    with engine.step() as step:
-        call = schedule_prepare(engine, step, task_id)
-    if call is None:
-        return
-    try:
-        result: object = call()
-    except BaseException as exc:  # noqa: BLE001
-        result = exc
-    with engine.step() as step:
-        schedule_apply(engine, step, task_id, result)
-
-
 def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], CallResult] | None:
     """Claim the task and check the schedule is still current; returns the call to make."""
     prepared = _prepare(engine, step, task_id)

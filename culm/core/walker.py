@@ -31,19 +31,6 @@ class _Stop(Exception):
     """The process parked (slept, suspended, died or handed over to children)."""
 
 
-def run_execute(engine: Engine, task_id: str) -> None:
-    """Drive the process of an execute task until it sleeps, forks, dies or is suspended."""
-    pending: Pending | None = None
-    first = True
-    while True:
-        with engine.step() as step:
-            invoke = execute_step(engine, step, task_id, pending, claim=first)
-        first = False
-        if invoke is None:
-            return
-        pending = (invoke, call_user_code(invoke))
-
-
 def execute_step(
     engine: Engine, step: Step, task_id: str, pending: Pending | None, *, claim: bool
 ) -> Invoke | None:

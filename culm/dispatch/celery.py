@@ -5,7 +5,7 @@ broker only carries task ids, so a message may be lost or delivered twice withou
 
 * :class:`CeleryDispatcher` publishes each committed task id right after the commit, to
   ``culm_execute`` / ``culm_schedule`` when due, to ``culm_timer`` with a countdown when not;
-* the Celery task ``culm.run_task`` calls ``engine.run_task``, which claims the row with a lease,
+* the Celery task ``culm.run_task`` hands the id to its process's runner, whose step claims the row with a lease,
   so a redelivered or duplicated message finds it leased or gone;
 * a relay thread in every worker re-publishes rows whose message never came through (the
   submitter died after its commit, the broker lost the message, a lease ran out);

@@ -3,7 +3,7 @@
 A message carries only a task id; the row is the durable work (see :mod:`culm.dispatch.celery`).
 The Celery task hands the id to this process's runner and returns, so the process takes its next
 message at once. The runner is the embedded engine loop (:class:`ThreadDispatcher`) set up to
-share its database with other workers:
+share its database with other workers (it composes that loop and sets its policy):
 
 * every task on hand advances in ONE transaction (group commit, a savepoint per task only when
   the optimistic pass fails), and user code runs on the runner's own threads;
@@ -31,6 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
@@ -38,7 +39,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from culm import _retry as retry
 from culm._retry import is_lock_victim
 from culm.core.records import TaskRecord, now
-from culm.dispatch.threads import ThreadDispatcher, _Item
+from culm.dispatch.threads import ThreadDispatcher
 
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher
@@ -68,8 +69,12 @@ def is_interruption(exc: BaseException, store: SqlStore) -> bool:
     return isinstance(exc, kinds)
 
 
-class WorkerRunner(ThreadDispatcher):
+class WorkerRunner:
     """The engine loop of one worker process (see the module docstring).
+
+    It composes a :class:`ThreadDispatcher` (the loop: batches, user-code threads, timers) and is
+    that loop's :class:`~culm.dispatch.threads.LoopPolicy`: it counts and times the user code on
+    hand, and tries a batch the database interrupted again. It decides which follow-ups stay.
 
     Args:
         publisher: sends the tasks this process does not keep to the broker.
@@ -79,7 +84,8 @@ class WorkerRunner(ThreadDispatcher):
     """
 
     def __init__(self, publisher: CeleryDispatcher, threads: int = 8, backlog: int = 64) -> None:
-        super().__init__(max(1, threads), sole_runner=False)
+        self.loop = ThreadDispatcher(max(1, threads), sole_runner=False, follow_ups=self.submit, policy=self)
+        self.workers = self.loop.workers
         self.publisher = publisher
         self.backlog = max(1, backlog)
         self._draining = False
@@ -87,6 +93,10 @@ class WorkerRunner(ThreadDispatcher):
         self._call_seconds = 0.0  # moving average of user-code call durations
         self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet
         self._victims = 0  # deadlock victims in a row (engine thread only)
+
+    @property
+    def engine(self) -> Any:
+        return self.loop.engine
 
     # -- messages in ----------------------------------------------------------------------
     def accept(self, task_id: str, kind: str, timeout: float | None = None) -> bool:
@@ -98,40 +108,41 @@ class WorkerRunner(ThreadDispatcher):
         if not self._short_calls():
             timeout = 0.0  # room comes back only when a slow call ends: let another worker take it
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
+        room = self.loop.condition
+        with room:
             while not self._has_room():
-                if self._draining or self._stopping.is_set():
+                if self._draining or self.loop.stopping:
                     return False
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
-                self._lock.wait(0.05 if left is None else min(0.05, left))
-            if self._draining or self._stopping.is_set():
+                room.wait(0.05 if left is None else min(0.05, left))
+            if self._draining or self.loop.stopping:
                 return False
         # Only id and kind are known; the walk reads the row, and its lease makes a duplicate a no-op.
-        super().submit([TaskRecord(task_id, kind, "", "", "")])
+        self.loop.submit([TaskRecord(task_id, kind, "", "", "")])
         return True
 
     def _has_room(self) -> bool:
-        return self._room() > 0 and len(self._known) < self.backlog
+        return self._room() > 0 and self.loop.on_hand() < self.backlog
 
     def _room(self) -> int:
-        """How many more tasks this process takes on now (caller holds the lock).
+        """How many more tasks this process takes on now (caller holds the loop's condition).
 
         Each task on hand may need a thread: those in user code or waiting for a thread, those
         being advanced and those queued for the engine. Take on one per thread, or several per thread while calls are
         short (then a call waits for a thread only briefly).
         """
         capacity = self.workers * (SHORT_CALL_QUEUE if self._short_calls() else 1)
-        return capacity - self._in_user_code - len(self._calls) - self._in_batch - self._ready.qsize()
+        return capacity - self._in_user_code - self.loop.queued()
 
     def _short_calls(self) -> bool:
         return self._call_seconds < SHORT_CALL_SECONDS
 
     def ensure_started(self, engine: Any) -> None:
         with self._start_lock:
-            if self.engine is None:
-                self.start(engine)
+            if self.loop.engine is None:
+                self.loop.start(engine)
 
     # -- follow-up tasks out --------------------------------------------------------------
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
@@ -139,8 +150,8 @@ class WorkerRunner(ThreadDispatcher):
         at = now()
         keep: list[TaskRecord] = []
         send: list[TaskRecord] = []
-        with self._lock:
-            room = 0 if self._draining or self.engine is None else self._room()
+        with self.loop.condition:
+            room = 0 if self._draining or self.loop.engine is None else self._room()
         for task in tasks:
             if task is None:
                 continue
@@ -150,11 +161,23 @@ class WorkerRunner(ThreadDispatcher):
             else:
                 send.append(task)
         if keep:
-            super().submit(keep)
+            self.loop.submit(keep)
         if send:
             self.publisher.submit(send)
 
-    def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
+    def submitting(self) -> AbstractContextManager[None]:
+        return self.loop.submitting()
+
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        return self.loop.wait_idle(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.loop.close(timeout)
+
+    # -- the loop's policy ----------------------------------------------------------------
+    def wrap_call(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        """Count the call as on hand and time it (short calls let the process take on more)."""
+
         def timed() -> Any:
             began = time.monotonic()
             try:
@@ -163,67 +186,58 @@ class WorkerRunner(ThreadDispatcher):
                 # A moving average; a lost update between two threads does not matter.
                 self._call_seconds += (time.monotonic() - began - self._call_seconds) * 0.1
 
-        with self._lock:
+        with self.loop.condition:
             self._in_user_code += 1
-        super()._start_user_code(item, timed)
+        return timed
 
-    def _requeue(self, item: _Item, outcome: Any) -> None:
-        with self._lock:
+    def call_returned(self) -> None:
+        room = self.loop.condition
+        with room:
             self._in_user_code -= 1
-            self._lock.notify_all()  # a thread is free: a waiting accept may go on
-        super()._requeue(item, outcome)
+            room.notify_all()  # a thread is free: a waiting accept may go on
 
-    # -- failures -------------------------------------------------------------------------
-    def _run_batch(self, batch: list[_Item]) -> None:
-        super()._run_batch(batch)
-        self._victims = 0  # committed
+    def batch_committed(self) -> None:
+        self._victims = 0
 
-    def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
+    def retry_after(self, batch_size: int, exc: Exception) -> float | None:
         """A database interruption: the same items (with their user code's results) come back
         after a pause. Anything else: the rows stay, and the relay offers them again."""
-        if self.engine is not None and is_interruption(exc, self.engine.store) and not self._stopping.is_set():
-            if is_lock_victim(exc) and self._victims < retry.ATTEMPTS:
-                # A deadlock victim: rolled back so that another transaction could go on; try
-                # again soon (jittered), not after an outage's pause.
-                self._victims += 1
-                delay = retry.pause(self._victims)
-                logger.info("a batch of %d tasks was a deadlock victim; retrying in %.3fs", len(batch), delay)
-            else:
-                self._victims = 0
-                delay = DB_RETRY_SECONDS
-                logger.warning("database interrupted a batch of %d tasks; retrying in %.0fs", len(batch),
-                               delay, exc_info=exc)
-            timer = threading.Timer(delay, self._put_back, args=(batch,))
-            timer.daemon = True
-            timer.start()
-            return
-        super()._batch_failed(batch, exc)
-
-    def _put_back(self, batch: list[_Item]) -> None:
-        for item in batch:
-            self._ready.put(item)
+        engine = self.loop.engine
+        if engine is None or not is_interruption(exc, engine.store) or self.loop.stopping:
+            return None
+        if is_lock_victim(exc) and self._victims < retry.ATTEMPTS:
+            # A deadlock victim: rolled back so that another transaction could go on; try
+            # again soon (jittered), not after an outage's pause.
+            self._victims += 1
+            delay = retry.pause(self._victims)
+            logger.info("a batch of %d tasks was a deadlock victim; retrying in %.3fs", batch_size, delay)
+            return delay
+        self._victims = 0
+        logger.warning("database interrupted a batch of %d tasks; retrying in %.0fs", batch_size,
+                       DB_RETRY_SECONDS, exc_info=exc)
+        return DB_RETRY_SECONDS
 
     # -- leases and shutdown --------------------------------------------------------------
     def task_ids(self) -> list[str]:
         """The tasks on hand (the heartbeat extends the leases this process holds among them)."""
-        with self._lock:
-            return list(self._known)
+        return self.loop.task_ids()
 
     def drain(self, timeout: float) -> None:
         """Stop keeping and taking work, let what is on hand reach its next commit (up to
         ``timeout``), stop, then release and publish whatever is still on hand."""
-        with self._lock:
+        with self.loop.condition:
             self._draining = True
-            self._lock.notify_all()
-        if self.engine is None:
+            self.loop.condition.notify_all()
+        if self.loop.engine is None:
             return
         self.wait_idle(timeout)
         self.close(timeout=1.0)
         left = self.task_ids()
         if not left:
             return
+        engine = self.loop.engine
         try:
-            with self.engine.store.transaction() as unit:
+            with engine.store.transaction() as unit:
                 rows = [t for t in (unit.get_task(i) for i in left) if t is not None]
                 unit.release_leases([t.id for t in rows])
         except Exception:  # noqa: BLE001 - their leases then run out and the relay takes them

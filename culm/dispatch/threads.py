@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from culm.core import faults, scheduling, walker
 from culm.core.outcomes import Invoke
@@ -107,19 +107,61 @@ def _restore(batch: list[_Item], saved: list[tuple[Any, bool, Any]]) -> None:
         item.invoke, item.waiting, item.result = invoke, waiting, result
 
 
+class LoopPolicy(Protocol):
+    """What the owner of a :class:`ThreadDispatcher` decides about its engine loop.
+
+    The embedded runtime passes none (no hooks). A ``culm worker`` process shares its database and
+    its room with other workers and passes its runner (:class:`culm.dispatch.runner.WorkerRunner`):
+    it counts and times the user code on hand, and tries a batch the database interrupted again.
+    """
+
+    def wrap_call(self, call: Callable[[], Any]) -> Callable[[], Any]:
+        """Engine thread: ``call`` (user code) is about to go to a pool thread; returns what runs there."""
+        ...
+
+    def call_returned(self) -> None:
+        """Pool thread: a call's outcome is back, before the engine thread hears of it."""
+        ...
+
+    def batch_committed(self) -> None:
+        """Engine thread: a batch committed."""
+        ...
+
+    def retry_after(self, batch_size: int, exc: Exception) -> float | None:
+        """Engine thread: a batch could not commit, even task by task. Seconds after which the
+        same items (results of user code included) are tried again, or None: they are dropped and
+        their rows stay for whoever sweeps or relays the task table."""
+        ...
+
+
 class ThreadDispatcher:
     """Runs the engine on one thread of this process and user code on ``workers`` threads."""
 
     def __init__(
-        self, workers: int = 8, sweep_interval: float = 1.0, *, cache: bool = False, sole_runner: bool = True
+        self,
+        workers: int = 8,
+        sweep_interval: float = 1.0,
+        *,
+        cache: bool = False,
+        sole_runner: bool = True,
+        follow_ups: Callable[[Sequence[TaskRecord]], None] | None = None,
+        policy: LoopPolicy | None = None,
     ) -> None:
         """``cache``: keep write-through copies of engine rows (only for the sole runner of a database).
 
         ``sole_runner``: this is the only runner of its database, so at start every lease is void,
         and the task table is swept for work now and then. A ``culm worker`` shares its database
         with other workers and is handed its work instead (:mod:`culm.dispatch.runner`).
+
+        ``follow_ups``: where the tasks a batch commits go; by default back into this dispatcher
+        (:meth:`submit`). A worker's runner keeps some and publishes the rest; ``bench.statements``
+        keeps them itself to run one task at a time.
+
+        ``policy``: the owner's hooks into the engine loop (:class:`LoopPolicy`); None: no hooks.
         """
         self.workers = workers
+        self._follow_ups = follow_ups or self.submit
+        self._policy = policy
         self.sole_runner = sole_runner
         self.cache = RecordCache() if cache else None
         self.sweep_interval = sweep_interval
@@ -246,6 +288,30 @@ class ThreadDispatcher:
                 self._lock.wait(min(left, 0.05))
         return True
 
+    # -- what an owner reads (a worker's runner decides its room from these) ---------------
+    @property
+    def condition(self) -> threading.Condition:
+        """Notified whenever tasks leave this dispatcher or a batch ends; hold it to read
+        :meth:`queued` and :meth:`on_hand` together."""
+        return self._lock
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def queued(self) -> int:
+        """Tasks queued for the engine thread, being advanced, or waiting for a user-code thread."""
+        return len(self._calls) + self._in_batch + self._ready.qsize()
+
+    def on_hand(self) -> int:
+        """Tasks this dispatcher knows and has not finished (queued, timed, advanced, in user code)."""
+        return len(self._known)
+
+    def task_ids(self) -> list[str]:
+        """The tasks on hand."""
+        with self._lock:
+            return list(self._known)
+
     # -- the engine thread ----------------------------------------------------------------
     def _engine_loop(self) -> None:
         while not self._stopping.is_set():
@@ -271,7 +337,14 @@ class ThreadDispatcher:
                 self._lock.notify_all()  # wait_idle
 
     def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
-        """A batch could not commit, even task by task: its rows stay; the sweeper brings them back."""
+        """A batch could not commit, even task by task: tried again if the policy says so, else
+        its rows stay; the sweeper (or a worker's relay) brings them back."""
+        delay = self._policy.retry_after(len(batch), exc) if self._policy is not None else None
+        if delay is not None:
+            timer = threading.Timer(delay, self._put_back, args=(batch,))
+            timer.daemon = True
+            timer.start()
+            return
         logger.error("a batch of %d tasks failed", len(batch), exc_info=exc)
         self._forget([i.task.id for i in batch])
         self._release(sum(1 for i in batch if i.waiting))  # their results are dropped
@@ -312,10 +385,12 @@ class ThreadDispatcher:
                 raise
         # Committed: only now may anything outside the database happen.
         self._forget(done)
-        self.submit(step.tasks)
+        self._follow_ups(step.tasks)
         step.fire()
         self._calls.extend(calls)
         self._release(sum(1 for _, waiting, _ in saved if waiting))  # their results are durable now
+        if self._policy is not None:
+            self._policy.batch_committed()
 
     def _release(self, committed: int) -> None:
         """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""
@@ -410,6 +485,8 @@ class ThreadDispatcher:
 
     def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
         assert self._pool is not None
+        if self._policy is not None:
+            call = self._policy.wrap_call(call)
         try:
             self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
@@ -417,8 +494,14 @@ class ThreadDispatcher:
             self._forget([item.task.id])
 
     def _requeue(self, item: _Item, outcome: Any) -> None:
+        if self._policy is not None:
+            self._policy.call_returned()
         item.result, item.waiting = outcome, True
         self._ready.put(item)
+
+    def _put_back(self, batch: list[_Item]) -> None:
+        for item in batch:
+            self._ready.put(item)
 
     def _forget(self, task_ids: list[str]) -> None:
         if not task_ids:

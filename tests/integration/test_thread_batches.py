@@ -143,3 +143,59 @@ def test_wait_idle_does_not_return_between_a_batch_finishing_tasks_and_queueing_
         assert [outputs(rt, act.id)["out"] for act in acts] == ["b0!", "b1!"]
     finally:
         rt.close()
+
+
+class _RecordingPolicy:
+    """A LoopPolicy that counts its hooks and asks for one retry of the first failed batch."""
+
+    def __init__(self) -> None:
+        self.wrapped = self.returned = self.committed = 0
+        self.failures: list[tuple[int, str]] = []
+        self.lock = threading.Lock()
+
+    def wrap_call(self, call):
+        self.wrapped += 1  # engine thread only
+        return call
+
+    def call_returned(self) -> None:
+        with self.lock:
+            self.returned += 1
+
+    def batch_committed(self) -> None:
+        self.committed += 1
+
+    def retry_after(self, batch_size: int, exc: Exception) -> float | None:
+        self.failures.append((batch_size, str(exc)))
+        return 0.01 if len(self.failures) == 1 else None
+
+
+def test_the_loop_policy_hears_of_user_code_and_commits_and_retries_a_failed_batch(tmp_path, monkeypatch):
+    from culm.dispatch import threads
+
+    commit_batch = threads.ThreadDispatcher._commit_batch
+    calls = {"n": 0}
+
+    def fails_first_batch(self, batch, saved, *, isolate):
+        calls["n"] += 1
+        if calls["n"] <= 2:  # the optimistic pass and its task-by-task replay
+            raise RuntimeError("database went away")
+        return commit_batch(self, batch, saved, isolate=isolate)
+
+    monkeypatch.setattr(threads.ThreadDispatcher, "_commit_batch", fails_first_batch)
+    policy = _RecordingPolicy()
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db", workers=0)
+    loop = threads.ThreadDispatcher(2, sole_runner=False, policy=policy)
+    try:
+        rt.engine.dispatcher = loop
+        loop.start(rt.engine)
+        tree, act = echo_line("p")
+        assert api.run_pipeline(rt, tree).result
+        assert loop.wait_idle(30)
+        assert node_state(rt, tree["id"])["state"] == "FINISHED"
+        assert outputs(rt, act.id)["out"] == "p!"
+        assert policy.failures == [(1, "database went away")]  # retried once, then it committed
+        assert policy.wrapped == policy.returned >= 1  # every call handed out came back
+        assert policy.committed >= 2  # the claim and the result are separate commits
+    finally:
+        loop.close()
+        rt.close()
