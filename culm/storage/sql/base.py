@@ -25,7 +25,7 @@ from culm.core.records import (
     StateRecord,
     TaskRecord,
 )
-from culm.errors import SchemaOutdatedError
+from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.sql.statements import (
@@ -1087,7 +1087,8 @@ class Dialect:
 
     def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
         """A unit answering hot reads from ``cache`` (culm.storage.cache)."""
-        raise ValueError(f"the engine's kept copies (RecordCache) need SQLite's single writer, not {self.name}")
+        raise InvalidOperationError(f"the engine's kept copies (RecordCache) need SQLite's single writer, "
+                                    f"not {self.name}")
 
     def checkpoint(self, store: SqlStore) -> None:
         """Move committed log pages into the database, if the database has such a step."""
@@ -1108,8 +1109,9 @@ def dialect_for(url: str) -> Dialect:
         from culm.storage.sql.mysql import MysqlDialect
 
         return MysqlDialect()
-    raise ValueError(f"culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not {backend!r} "
-                     f"(database URL {make_url(url).render_as_string(hide_password=True)!r})")
+    shown = make_url(url).render_as_string(hide_password=True)
+    raise InvalidOperationError(f"culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not {backend!r} "
+                                f"(database URL {shown!r})")
 
 
 class SqlStore:
