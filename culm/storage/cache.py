@@ -35,14 +35,9 @@ from culm.storage import codec
 from culm.storage.copies import copy_process as _copy_process
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.copies import copy_task as _copy_task
-from culm.storage.sql import (
-    _STATE_COLUMNS,
-    _STATE_INDEX,
-    _STATE_INSERT,
-    SqlUnit,
-    _state_params,
-    _state_row,
-)
+from culm.storage.sql.base import SqlUnit, _state_params, _state_row
+from culm.storage.sql.sqlite import SqliteUnit
+from culm.storage.sql.statements import STATE_COLUMNS, STATE_INDEX, STATE_INSERT
 
 # A pipeline context holding a value whose stored text is longer than this is not kept (it is
 # read from the database each time), so large data cannot multiply across the kept pipelines.
@@ -66,7 +61,7 @@ def bump_epoch(unit: SqlUnit) -> None:
     unit._x(f"PRAGMA user_version = {(epoch + 1) % 2_000_000_000}")
 
 
-_VERSION, _NAME = _STATE_INDEX["version"], _STATE_INDEX["name"]
+_VERSION, _NAME = STATE_INDEX["version"], STATE_INDEX["name"]
 _TASK_FIELDS = frozenset(TaskRecord.__slots__)  # lease columns (owner, claimed_until) are not kept
 
 
@@ -129,11 +124,11 @@ class RecordCache:
                 self.processes.pop(pid, None)
 
 
-class CachedUnit(SqlUnit):
-    """A :class:`SqlUnit` that answers the engine's hot reads from a :class:`RecordCache`."""
+class CachedUnit(SqliteUnit):
+    """A SQLite unit that answers the engine's hot reads from a :class:`RecordCache`."""
 
-    def __init__(self, conn: Any, dialect: str, cache: RecordCache) -> None:
-        super().__init__(conn, dialect)
+    def __init__(self, conn: Any, cache: RecordCache) -> None:
+        super().__init__(conn)
         self.cache = cache
         # INSERTs of kept states not sent yet, by node id (the parameter lists). An event or a
         # gateway is entered and left in one step: its finishing compare-and-set is decided on
@@ -146,7 +141,7 @@ class CachedUnit(SqlUnit):
     def _send_inserts(self) -> None:
         rows = list(self._unsent_inserts.values())
         self._unsent_inserts.clear()
-        self._cur.executemany(_STATE_INSERT, rows)
+        self._cur.executemany(STATE_INSERT, rows)
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         if self._unsent_inserts:
@@ -168,7 +163,7 @@ class CachedUnit(SqlUnit):
         if root_id in c.roots or not root_id:
             return
         rows = self._all(
-            "SELECT n.id, " + ", ".join(f"s.{col}" for col in _STATE_COLUMNS)
+            "SELECT n.id, " + ", ".join(f"s.{col}" for col in STATE_COLUMNS)
             + " FROM culm_node n LEFT JOIN culm_state s ON s.node_id = n.id WHERE n.root_id = ?",
             [root_id],
         )
@@ -234,7 +229,7 @@ class CachedUnit(SqlUnit):
         self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: Mapping[str, Any]
     ) -> bool:
         unsent = self._unsent_inserts.get(node_id)
-        if unsent is None or not fields.keys() <= _STATE_INDEX.keys():
+        if unsent is None or not fields.keys() <= STATE_INDEX.keys():
             return super()._cas_state(node_id, expect_version, expect_names, fields)
         # The row exists only in this transaction, as ``unsent``: compare and set right there.
         if expect_version is not None and unsent[_VERSION] != expect_version:
@@ -242,7 +237,7 @@ class CachedUnit(SqlUnit):
         if expect_names is not None and unsent[_NAME] not in set(expect_names):
             return False
         for k, v in fields.items():
-            unsent[_STATE_INDEX[k]] = v
+            unsent[STATE_INDEX[k]] = v
         return True
 
     def update_state(

@@ -179,7 +179,7 @@ class SqlWorkerRegistry:
 
 
 def _free_leases(unit: SqlUnit, owner: str) -> list[str]:
-    from culm.storage.sql import _marks
+    from culm.storage.sql.statements import marks as _marks
 
     ids = [str(r[0]) for r in unit._all(_HELD_BY, [owner])]
     freed: list[str] = []

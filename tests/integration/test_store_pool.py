@@ -6,8 +6,8 @@ import pytest
 from sqlalchemy.exc import DBAPIError
 from test_faults import kill_sessions
 
-from culm.storage import sql
 from culm.storage.migrate import upgrade_database
+from culm.storage.sql import base as sql  # where PING_AFTER_IDLE is read
 
 pytestmark = pytest.mark.timeout(60)
 

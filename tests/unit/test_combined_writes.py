@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from culm.storage.sql import MAX_COMBINED, _combined, _row_key
+from culm.storage.sql.base import MAX_COMBINED, _combined, _row_key
 
 
 def w(sql: str, *params, keys=None):

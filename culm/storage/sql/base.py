@@ -1,9 +1,8 @@
-"""SqlStore: the storage ports implemented with SQLAlchemy Core (SQLite, PostgreSQL, MySQL)."""
+"""The SQL store and unit of work common to all dialects (SQLite, PostgreSQL, MySQL)."""
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import threading
 import time
 import weakref
@@ -11,9 +10,8 @@ from collections.abc import Collection, Container, Iterable, Iterator, Mapping, 
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, create_engine
+from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import DisconnectionError
-from sqlalchemy.pool import StaticPool
 
 from culm.core import states
 from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
@@ -27,39 +25,53 @@ from culm.core.records import (
     StateRecord,
     TaskRecord,
 )
-from culm.errors import SchemaOutdatedError
+from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
+from culm.storage.sql.statements import (
+    ACK_CHILD,
+    ACKS_OF,
+    CHANGE_COLUMNS,
+    CHANGES_BETWEEN,
+    CHANGES_OF_ROOT_BETWEEN,
+    LIVE_SCHEDULES_IN,
+    NODE_COLUMNS,
+    NODE_INSERT,
+    OUTPUTS_UPSERT,
+    PENDING_TASKS,
+    PROCESS_BY_ID,
+    PROCESS_BY_ID_LOCKED,
+    PROCESSES_AT,
+    PROCESSES_OF_ROOT,
+    PROCESSES_SUSPENDED_BY,
+    RELAY_CANDIDATES,
+    RELAY_CANDIDATES_LOCKED,
+    RETAKE_LEASE,
+    SCHEDULE_BY_ID,
+    SCHEDULE_OF_RUN,
+    SCHEDULES_IN,
+    STATE_BY_ID,
+    STATE_BY_ID_LOCKED,
+    STATE_INDEX,
+    STATE_INSERT,
+    STATES_IN,
+    STATES_OF_PARENT,
+    STATES_OF_ROOT,
+    TAKE_LEASE,
+    TASK_BY_ID,
+    TASK_COLUMNS,
+    TASK_WITH_PROCESS,
+    TASKS_OF_ROOT,
+    insert_sql,
+    marks,
+    same_sql,
+    update_sql,
+    upsert_sql,
+    with_sql,
+)
 
 if TYPE_CHECKING:
     from culm.storage.workers import SqlWorkerRegistry
-
-
-def _widen_psycopg_query_cache() -> None:
-    """Let psycopg keep the converted form of every statement culm sends, long ones included.
-
-    psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
-    statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
-    multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
-    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned.
-    The knobs are psycopg internals, so a psycopg that no longer has them is left as it is
-    (slower, never wrong).
-    """
-    try:
-        from psycopg import _queries
-    except ImportError:
-        return
-    nocache = getattr(_queries, "_query2pg_nocache", None)
-    if nocache is None or not hasattr(_queries, "_query2pg") or getattr(_queries, "_culm_widened", False):
-        return
-    if not hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS") or not hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
-        return
-    # Bounded: a cached entry holds a part per parameter, so the cap on parameters and entries
-    # keeps the worst case (trees of many different sizes) to a few tens of MB.
-    _queries._query2pg = functools.lru_cache(maxsize=512)(nocache)
-    _queries.MAX_CACHED_STATEMENT_PARAMS = 600
-    _queries.MAX_CACHED_STATEMENT_LENGTH = 32 * 1024
-    setattr(_queries, "_culm_widened", True)  # noqa: B010 - a mark on a module we do not own
 
 
 def normalise_url(url: str) -> str:
@@ -71,79 +83,11 @@ def normalise_url(url: str) -> str:
     return url
 
 
-_STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
-                  "error_ignored", "created_time", "started_time", "archived_time")
-_NODE_COLUMNS = ("id", "root_id", "pipeline_id", "type")
-_NODE_INSERT = f"INSERT INTO culm_node ({', '.join(_NODE_COLUMNS)}) VALUES (?, ?, ?, ?)"
-_STATE_SELECT = "SELECT " + ", ".join(_STATE_COLUMNS) + " FROM culm_state"
-_STATE_INSERT = (f"INSERT INTO culm_state ({', '.join(_STATE_COLUMNS)}) "
-                 f"VALUES ({','.join('?' * len(_STATE_COLUMNS))})")
-_STATE_INDEX = {c.strip('"'): i for i, c in enumerate(_STATE_COLUMNS)}  # field name -> position
-_TASK_COLUMNS = ("id", "kind", "process_id", "node_id", "root_id", "schedule_id", "callback_id", "due",
-                 "running_version", "priority", "queue")
-_TASK_SELECT = "SELECT " + ", ".join(_TASK_COLUMNS) + " FROM culm_task"
-_PROCESS_COLUMNS = ("id", "root_id", "parent_id", "current_node_id", "destination_id", "stack", "asleep",
-                    "suspended", "suspended_by", "dead", "ack_num", "need_ack", "priority", "queue",
-                    "last_heartbeat")
-_PROCESS_SELECT = "SELECT " + ", ".join(_PROCESS_COLUMNS) + " FROM culm_process"
-# A task and its process in one round trip (a task's process may be gone: LEFT JOIN).
-_TASK_WITH_PROCESS = (
-    "SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
-    + " FROM culm_task t LEFT JOIN culm_process p ON p.id = t.process_id WHERE t.id = ?"
-)
-# PostgreSQL, a task resumed after its user code ran: the state of its node is read FOR UPDATE next
-# (the result's compare-and-set), so it is read and locked in the same statement.
-#
-# Applying a result needs the task's lease still ours (or free): another runner may have taken the
-# task over while the user code ran (a lost lease), and then its result is the one that counts. The
-# read that starts the step also returns the lease columns (last) and, on a server database, locks
-# the task row, so a claim cannot slip in between the check and the commit (SQLite's write
-# transaction holds the database). No statement is added for it.
-_HELD = ", t.owner, t.claimed_until FROM culm_task t"
-_TASK_WITH_PROCESS_HELD = _TASK_WITH_PROCESS.replace(" FROM culm_task t", _HELD, 1)
-
-
-def _held_with_state(where: str) -> str:
-    """PostgreSQL: tasks (``where``) locked first in a CTE (the documented lock order: task rows,
-    then states), then read with their processes, their nodes' states (locked) and lease columns."""
-    return (
-        "WITH t AS (SELECT " + ", ".join(_TASK_COLUMNS) + ", owner, claimed_until FROM culm_task WHERE " + where
-        + " FOR UPDATE) SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
-        + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + ", " + ", ".join(f"s.{c}" for c in _STATE_COLUMNS)
-        + ", t.owner, t.claimed_until FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
-        + " LEFT JOIN LATERAL (" + _STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true"
-    )
-
-
-_TASK_WITH_PROCESS_AND_STATE = _held_with_state("id = ?")
-_LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
-# PostgreSQL: take the lease and read task and process in one statement.
-_CLAIM_WITH_PROCESS = (
-    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE
-    + " RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT " + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", "
-    + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS) + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
-)
-# PostgreSQL, a batch's fresh tasks: claim them all and read them with their processes at once.
-_CLAIM_MANY_WITH_PROCESS = (
-    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE (claimed_until IS NULL OR claimed_until < ?)"
-    " AND id IN ({marks}) RETURNING " + ", ".join(_TASK_COLUMNS) + ") SELECT "
-    + ", ".join(f"t.{c}" for c in _TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in _PROCESS_COLUMNS)
-    + " FROM t LEFT JOIN culm_process p ON p.id = t.process_id"
-)
-# PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
-_MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
-_SCHEDULE_SELECT = (
-    "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
-)
-_QUOTED = ("key", "loop", "time")
-# The change feed's columns as a writer fills them (seq comes from the database).
-_CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
-_CHANGE_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
 
 
 def _state_params(rec: StateRecord) -> list[Any]:
-    """The parameters of _STATE_INSERT for ``rec`` (a list: a deferred INSERT may take changes)."""
+    """The parameters of STATE_INSERT for ``rec`` (a list: a deferred INSERT may take changes)."""
     return [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
             rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
 
@@ -163,19 +107,6 @@ def _task_row(r: Sequence[Any]) -> TaskRecord:
 
 def _schedule_row(r: Sequence[Any]) -> ScheduleRecord:
     return ScheduleRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bool(r[6]), r[7], r[8])
-
-
-# The statements built from column names are cached: the same few shapes recur at every step.
-@functools.lru_cache(maxsize=1024)
-def _update_sql(table: str, cols: tuple[str, ...], key_sql: str) -> str:
-    sets = ", ".join(f"{_col(k)} = ?" for k in cols)
-    return f"UPDATE {table} SET {sets} WHERE {key_sql}"
-
-
-@functools.lru_cache(maxsize=256)
-def _insert_sql(table: str, cols: tuple[str, ...], rows: int = 1) -> str:
-    values = ", ".join([f"({_marks(len(cols))})"] * rows)
-    return f"INSERT INTO {table} ({', '.join(_col(c) for c in cols)}) VALUES {values}"
 
 
 # Primary keys, for telling whether two deferred writes may touch the same row (_combined).
@@ -224,7 +155,7 @@ def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[s
         if len(run) == 1:
             out.append(run[0])
         elif run:
-            out.append((_with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
+            out.append((with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
         run.clear()
         touched.clear()
 
@@ -241,77 +172,41 @@ def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[s
     return out
 
 
-@functools.lru_cache(maxsize=512)
-def _with_sql(parts: tuple[str, ...]) -> str:
-    return "WITH " + ", ".join(f"w{i} AS ({q})" for i, q in enumerate(parts)) + " SELECT 1"
-
-
-@functools.lru_cache(maxsize=256)
-def _upsert_sql(dialect: str, table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
-    values = [c for c in cols if c not in keys]
-    if dialect == "mysql":
-        tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{_col(c)} = VALUES({_col(c)})" for c in values)
-    else:
-        tail = (f" ON CONFLICT ({', '.join(_col(k) for k in keys)}) DO UPDATE SET "
-                + ", ".join(f"{_col(c)} = excluded.{_col(c)}" for c in values))
-    return _insert_sql(table, cols) + tail
-
-
-@functools.lru_cache(maxsize=4)
-def _outputs_upsert_sql(dialect: str) -> str:
-    head = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
-    if dialect == "mysql":
-        return head + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
-    return head + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
-
-
-def _marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def _col(name: str) -> str:
-    return f'"{name}"' if name in _QUOTED else name
-
-
-def _bind_bools_directly() -> None:
-    """Give ``sqlite3`` an adapter for bool (to int: what it stores for a bool anyway).
-
-    Without one, every bool parameter (states, processes and tasks carry several) makes
-    ``sqlite3`` look for ``__adapt__`` and ``__conform__`` and build and drop two AttributeErrors
-    before it binds the bool as an int: a few percent of an engine step. An adapter a host
-    program registered for bool is left alone.
-    """
-    import sqlite3
-
-    if (bool, sqlite3.PrepareProtocol) not in sqlite3.adapters:
-        sqlite3.register_adapter(bool, int)
-
-
 class SqlUnit:
     """One database transaction, offering the domain verbs the core needs.
 
     Statements go straight to the DB-API cursor: they are few and fixed, and skipping the
     expression layer makes a node step several times cheaper. SQL is written once with ``?``
     placeholders and double-quoted identifiers and adapted to the driver's dialect.
+
+    What differs per dialect is in the subclasses of culm.storage.sql.sqlite, postgres and mysql:
+    the traits below and the few verbs one dialect does its own way.
     """
 
-    def __init__(self, conn: Any, dialect: str) -> None:
+    dialect = ""  # the SQLAlchemy dialect name
+    lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
+    defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL)
+    adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
+    reads_tasks_ahead = False  # read_tasks_ahead reads a batch's tasks in two statements
+    feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
+    upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
+    outputs_upsert = OUTPUTS_UPSERT
+
+    def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
-        self.dialect = dialect
-        self._lock_rows = dialect != "sqlite"
         self._cur = conn.cursor()
-        self._sql = _adapt_sqlite if dialect == "sqlite" else (_adapt_mysql if dialect == "mysql" else _adapt_pg)
-        self._plain_sql = dialect == "sqlite"  # statements go to sqlite3 as written
+        self._sql = self.adapt
+        self._plain_sql = self.adapt is same_sql  # statements go to the driver as written
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
         # in one pipelined round trip, right before the next statement that needs an answer (a
         # read, a compare-and-set, a savepoint, the commit). Elsewhere they run at once.
         # Each entry is (sql, params, keys): ``keys`` lists the rows the write touches as (table,
         # primary key) pairs, or is None when they are not known (see _combined).
-        self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if dialect == "postgresql" else None
+        self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if self.defers_writes else None
         # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
         # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
         # compare-and-set on one has a known outcome and can be deferred like any other write.
-        self._owned: dict[str, list[str]] | None = {} if dialect == "postgresql" else None
+        self._owned: dict[str, list[str]] | None = {} if self.defers_writes else None
         # PostgreSQL: the parameters of state rows whose INSERT is still deferred, by node id. A
         # compare-and-set on such a row before they are sent is folded into them: an event or a
         # gateway entered and left in one transaction costs one INSERT instead of two statements.
@@ -388,10 +283,10 @@ class SqlUnit:
         for i in range(0, len(rows), 500):
             chunk = rows[i : i + 500]
             if self._deferred is not None:  # PostgreSQL: one multi-row INSERT, pipelined with the commit
-                self._later(_insert_sql("culm_change", _CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r],
+                self._later(insert_sql("culm_change", CHANGE_COLUMNS, len(chunk)), [v for r in chunk for v in r],
                             _append_key("culm_change"))
             else:
-                self._many(_insert_sql("culm_change", _CHANGE_COLUMNS), chunk)
+                self._many(insert_sql("culm_change", CHANGE_COLUMNS), chunk)
 
     def _drop_unsent(self) -> None:
         """Forget the writes still waiting to be sent (the part of the transaction that made them
@@ -419,12 +314,12 @@ class SqlUnit:
         return list(self._x(sql, params).fetchall())
 
     def _update(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> int:
-        sql = _update_sql(table, tuple(fields), key_sql)
+        sql = update_sql(table, tuple(fields), key_sql)
         return int(self._x(sql, [*fields.values(), *key_params]).rowcount)
 
     def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> None:
         # Every caller's key_sql starts with "<primary key> = ?": the row is known.
-        self._later(_update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
+        self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
                     ((table, (key_params[0],)),))
 
     def _insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -436,26 +331,20 @@ class SqlUnit:
             # clashes with another write unless the same row is written again, see _row_key).
             for i in range(0, len(rows), 500):
                 chunk = rows[i : i + 500]
-                self._later(_insert_sql(table, cols, len(chunk)), [r[c] for r in chunk for c in cols],
+                self._later(insert_sql(table, cols, len(chunk)), [r[c] for r in chunk for c in cols],
                             _row_key(table, chunk))
         elif len(rows) == 1:
-            self._later(_insert_sql(table, cols), list(rows[0].values()))
+            self._later(insert_sql(table, cols), list(rows[0].values()))
         else:
-            self._many(_insert_sql(table, cols), [[r[c] for c in cols] for r in rows])
+            self._many(insert_sql(table, cols), [[r[c] for c in cols] for r in rows])
 
     def _upsert(self, table: str, row: dict[str, Any], keys: list[str]) -> None:
-        self._later(_upsert_sql(self.dialect, table, tuple(row), tuple(keys)), list(row.values()),
+        self._later(self.upsert_statement(table, tuple(row), tuple(keys)), list(row.values()),
                     ((table, tuple(row[k] for k in keys)),))
 
-    def _for_update(self, for_update: bool) -> str:
-        return " FOR UPDATE" if for_update and self._lock_rows else ""
-
     def announce_change(self) -> None:
-        """Mark this transaction as one that changes existing engine rows (see culm.storage.cache)."""
-        if self.dialect == "sqlite":
-            from culm.storage.cache import bump_epoch
-
-            bump_epoch(self)
+        """Mark this transaction as one that changes existing engine rows (see culm.storage.cache:
+        SQLite only, where the engine keeps copies of its rows)."""
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -513,9 +402,9 @@ class SqlUnit:
     def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Index a run's nodes: rows of (id, root_id, pipeline_id, type)."""
         if self._deferred is None:
-            self._many(_NODE_INSERT, rows)
+            self._many(NODE_INSERT, rows)
         else:
-            self._insert("culm_node", [dict(zip(_NODE_COLUMNS, r, strict=True)) for r in rows])
+            self._insert("culm_node", [dict(zip(NODE_COLUMNS, r, strict=True)) for r in rows])
 
     def node_root(self, node_id: str) -> str | None:
         row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
@@ -526,7 +415,7 @@ class SqlUnit:
         found: dict[str, str] = {}
         for i in range(0, len(ids), 500):
             chunk = list(ids[i : i + 500])
-            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk))
         return found
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
@@ -534,7 +423,7 @@ class SqlUnit:
         found: set[str] = set()
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
-            found.update(r[0] for r in self._all(f"SELECT id FROM culm_node WHERE id IN ({_marks(len(chunk))})", chunk))
+            found.update(r[0] for r in self._all(f"SELECT id FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk))
         return found
 
     # -- states ---------------------------------------------------------------------------
@@ -546,7 +435,7 @@ class SqlUnit:
         if not for_update and view is not None and node_id in view:
             known = view[node_id]
             return _copy_state(known) if known is not None else None
-        row = self._one(_STATE_SELECT + " WHERE node_id = ?" + self._for_update(for_update), [node_id])
+        row = self._one(STATE_BY_ID_LOCKED if for_update and self.lock_rows else STATE_BY_ID, [node_id])
         st = _state_row(row) if row is not None else None
         if view is not None and node_id in view:
             view[node_id] = _copy_state(st) if st is not None else None
@@ -568,16 +457,10 @@ class SqlUnit:
         if len(ids) == 1:
             st = self.get_state(ids[0])
             return {st.node_id: st} if st else {}
-        rows = self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(ids))})", ids)
+        rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
 
     reads_ahead = True  # prefetch_states is worth calling
-
-    @property
-    def reads_tasks_ahead(self) -> bool:
-        """PostgreSQL: read_tasks_ahead reads a batch's tasks in two statements (elsewhere it
-        does nothing)."""
-        return self.dialect == "postgresql"
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
@@ -592,16 +475,11 @@ class SqlUnit:
         found = {}
         for i in range(0, len(missing), 500):
             chunk = missing[i : i + 500]
-            for r in self._all(_STATE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk):
+            for r in self._all(STATES_IN.format(marks=marks(len(chunk))), chunk):
                 found[r[0]] = _state_row(r)
         for node_id in missing:
             view[node_id] = found.get(node_id)
         self._state_view = view
-
-    @property
-    def feed_ordered(self) -> bool:
-        """Whether the change feed becomes visible in seq order (one writer at a time: SQLite)."""
-        return self.dialect == "sqlite"
 
     def last_change_seq(self) -> int:
         row = self._one("SELECT MAX(seq) FROM culm_change")
@@ -619,10 +497,9 @@ class SqlUnit:
         """Up to ``limit`` recorded changes with ``after`` < seq <= ``upto`` (of one root when
         given), in seq order."""
         if root_id is None:
-            rows = self._all(_CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?", [after, upto, limit])
+            rows = self._all(CHANGES_BETWEEN, [after, upto, limit])
         else:
-            rows = self._all(_CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?",
-                             [after, upto, root_id, limit])
+            rows = self._all(CHANGES_OF_ROOT_BETWEEN, [after, upto, root_id, limit])
         return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
 
     def change_time_from(self, seq: int) -> float | None:
@@ -640,16 +517,16 @@ class SqlUnit:
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE root_id = ?", [root_id])]
+        return [_state_row(r) for r in self._all(STATES_OF_ROOT, [root_id])]
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(_STATE_SELECT + " WHERE parent_id = ?", [parent_id])]
+        return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
 
     def insert_state(self, rec: StateRecord) -> None:
         if self._state_view is not None:
             self._state_view[rec.node_id] = _copy_state(rec)
         params = _state_params(rec)
-        self._later(_STATE_INSERT, params, (("culm_state", (rec.node_id,)),))
+        self._later(STATE_INSERT, params, (("culm_state", (rec.node_id,)),))
         if self._deferred is not None:
             # The queued entry holds this very list, so a later compare-and-set can edit it.
             self._unsent_states[rec.node_id] = params
@@ -687,7 +564,7 @@ class SqlUnit:
             where += " AND version = ?"
             params.append(expect_version)
         if names is not None:
-            where += f" AND name IN ({_marks(len(names))})"
+            where += f" AND name IN ({marks(len(names))})"
             params.extend(names)
         owned = self._owned.get(node_id) if self._owned is not None else None
         if owned is not None:
@@ -695,9 +572,9 @@ class SqlUnit:
                                                                                and owned[1] not in names):
                 return False
             unsent = self._unsent_states.get(node_id)
-            if unsent is not None and fields.keys() <= _STATE_INDEX.keys():
+            if unsent is not None and fields.keys() <= STATE_INDEX.keys():
                 for k, v in fields.items():
-                    unsent[_STATE_INDEX[k]] = v
+                    unsent[STATE_INDEX[k]] = v
             else:
                 self._unsent_states.pop(node_id, None)  # later ones must follow this UPDATE, not pass it
                 self._update_later("culm_state", where, params, fields)
@@ -734,7 +611,7 @@ class SqlUnit:
         ])
 
     def get_process(self, process_id: str, *, for_update: bool = False) -> ProcessRecord | None:
-        row = self._one(_PROCESS_SELECT + " WHERE id = ?" + self._for_update(for_update), [process_id])
+        row = self._one(PROCESS_BY_ID_LOCKED if for_update and self.lock_rows else PROCESS_BY_ID, [process_id])
         return _process_row(row) if row else None
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
@@ -749,23 +626,22 @@ class SqlUnit:
         """Count one finished child; the row lock taken by the update serialises siblings."""
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(parent_id)
-        if self.dialect == "postgresql":
-            row = self._one("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ? RETURNING ack_num, need_ack",
-                            [parent_id])
-            return int(row[0]), int(row[1])
-        self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
-        row = self._one("SELECT ack_num, need_ack FROM culm_process WHERE id = ?", [parent_id])
+        return self._count_ack(parent_id)
+
+    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+        self._x(ACK_CHILD, [parent_id])
+        row = self._one(ACKS_OF, [parent_id])
         return int(row[0]), int(row[1])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
-        return [_process_row(r) for r in self._all(_PROCESS_SELECT + " WHERE root_id = ?", [root_id])]
+        return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
-        rows = self._all(_PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?", [by, True, False])
+        rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])
         return [_process_row(r) for r in rows]
 
     def processes_at(self, node_id: str) -> list[ProcessRecord]:
-        rows = self._all(_PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?", [node_id, False])
+        rows = self._all(PROCESSES_AT, [node_id, False])
         return [_process_row(r) for r in rows]
 
     def kill_processes_of_root(self, root_id: str) -> None:
@@ -786,8 +662,7 @@ class SqlUnit:
         return self.get_task(task_id) if self._take_lease(task_id, owner, until, at) else None
 
     def _take_lease(self, task_id: str, owner: str, until: float, at: float) -> bool:
-        return self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + _LEASE_WHERE,
-                       [owner, until, task_id, at]).rowcount == 1
+        return self._x(TAKE_LEASE, [owner, until, task_id, at]).rowcount == 1
 
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
@@ -804,35 +679,23 @@ class SqlUnit:
         if lease is not None and held:
             return self._task_held(task_id, lease)
         if lease is not None:
-            owner, until, at = lease
-            if self.dialect == "postgresql":
-                return self._task_and_process(self._one(_CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
-            if not self._take_lease(task_id, owner, until, at):
-                return None, None
-        return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id]))
+            return self._claim_with_process(task_id, lease)
+        return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id]))
+
+    def _claim_with_process(
+        self, task_id: str, lease: tuple[str, float, float]
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        """Take the lease on a task, then read it with its process."""
+        owner, until, at = lease
+        if not self._take_lease(task_id, owner, until, at):
+            return None, None
+        return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id]))
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:
-        if self.dialect == "postgresql":
-            row = self._one(_TASK_WITH_PROCESS_AND_STATE, [task_id])
-        elif self._lock_rows:
-            # MariaDB cannot lock only the task row of a join (no FOR UPDATE OF), and locking the
-            # process row before the node's state would break the lock order: the lease is kept
-            # with a conditional UPDATE (locks the task row alone), then the usual read.
-            owner, until, at = lease
-            kept = self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
-                           " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)",
-                           [owner, until, task_id, owner, at]).rowcount == 1
-            return self._task_and_process(self._one(_TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
-        else:
-            row = self._one(_TASK_WITH_PROCESS_HELD, [task_id])  # SQLite: our write transaction holds the file
-        if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
-            return None, None
-        end = len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
-        if self.dialect == "postgresql" and row[end] is not None:
-            self._lock_ahead(_state_row(row[end:-2]))
-        return self._task_and_process(row[:end])
+        """A task whose user code ran, if it is still ours (see ``held`` of task_with_process)."""
+        raise NotImplementedError  # each dialect locks what it must its own way
 
     def _keep_lease(self, task_id: str, holder: str | None, until: float | None,
                     lease: tuple[str, float, float]) -> bool:
@@ -843,7 +706,7 @@ class SqlUnit:
             return True  # the usual case: our lease, kept alive
         if holder not in (None, owner) and until is not None and until >= at:
             return False  # another runner took the task over: its result is the one that counts
-        self._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", [owner, new_until, task_id])
+        self._x(RETAKE_LEASE, [owner, new_until, task_id])
         return True
 
     def _lock_ahead(self, st: StateRecord) -> None:
@@ -859,25 +722,7 @@ class SqlUnit:
         see ``held`` of task_with_process). A process this transaction writes before its
         task's call is read again then; a state it locks or writes first is not taken from here.
         """
-        if self.dialect != "postgresql":
-            return
-        owner, until, at = lease
-        ahead = self._tasks_ahead
-        n_task, end = len(_TASK_COLUMNS), len(_TASK_COLUMNS) + len(_PROCESS_COLUMNS)
-        for ids, sql, params in ((fresh, _CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
-                                 (resumed, _MANY_WITH_PROCESS_AND_STATE, [])):
-            if len(ids) < 2:
-                continue
-            rows = self._all(sql.format(marks=_marks(len(ids))), [*params, *ids])
-            ahead.update(dict.fromkeys(ids))
-            for r in rows:
-                st = None
-                if len(r) > end:  # a resumed task: still ours? (see _HELD)
-                    if not self._keep_lease(r[0], r[-2], r[-1], lease):
-                        continue
-                    st = _state_row(r[end:-2]) if r[end] is not None else None
-                proc = _process_row(r[n_task:end]) if r[n_task] is not None else None
-                ahead[r[0]] = (_task_row(r[:n_task]), proc, st)
+        return  # PostgreSQL's unit does; elsewhere each task is read by its own call
 
     def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
         """The tasks and processes read_tasks_ahead found (not handed out yet)."""
@@ -899,15 +744,15 @@ class SqlUnit:
     def _task_and_process(row: Sequence[Any] | None) -> tuple[TaskRecord | None, ProcessRecord | None]:
         if row is None:
             return None, None
-        n = len(_TASK_COLUMNS)
+        n = len(TASK_COLUMNS)
         return _task_row(row[:n]), (_process_row(row[n:]) if row[n] is not None else None)
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         """The pending tasks of one kind of a root pipeline."""
-        return [_task_row(r) for r in self._all(_TASK_SELECT + " WHERE root_id = ? AND kind = ?", [root_id, kind])]
+        return [_task_row(r) for r in self._all(TASKS_OF_ROOT, [root_id, kind])]
 
     def get_task(self, task_id: str) -> TaskRecord | None:
-        row = self._one(_TASK_SELECT + " WHERE id = ?", [task_id])
+        row = self._one(TASK_BY_ID, [task_id])
         return _task_row(row) if row else None
 
     def task_lease(self, task_id: str) -> tuple[str | None, float | None, bool, float | None] | None:
@@ -942,7 +787,7 @@ class SqlUnit:
         for task_id, entry in self._tasks_ahead.items():
             if entry is not None and entry[0].root_id == root_id:
                 self._tasks_ahead[task_id] = None  # gone now
-        if not self._lock_rows:
+        if not self.lock_rows:
             self._x("DELETE FROM culm_task WHERE root_id = ?", [root_id])
             return
         # Never wait for a task row: an engine step holding one (it claims its task first) may be
@@ -952,7 +797,7 @@ class SqlUnit:
                                        [root_id])]
         for at in range(0, len(ids), 500):
             chunk = ids[at:at + 500]
-            self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(chunk))})", chunk)
+            self._x(f"DELETE FROM culm_task WHERE id IN ({marks(len(chunk))})", chunk)
 
     def delete_tasks_of_processes(self, process_ids: Sequence[str]) -> None:
         """Delete the pending tasks of these processes (a revoked subprocess's), as
@@ -963,21 +808,18 @@ class SqlUnit:
                 self._tasks_ahead[task_id] = None  # gone now
         for at in range(0, len(process_ids), 500):
             chunk = list(process_ids[at:at + 500])
-            where = f"process_id IN ({_marks(len(chunk))})"
-            if not self._lock_rows:
+            where = f"process_id IN ({marks(len(chunk))})"
+            if not self.lock_rows:
                 self._x(f"DELETE FROM culm_task WHERE {where}", chunk)
                 continue
             ids = [r[0] for r in self._all(f"SELECT id FROM culm_task WHERE {where} ORDER BY id FOR UPDATE SKIP LOCKED",
                                            chunk)]
             if ids:
-                self._x(f"DELETE FROM culm_task WHERE id IN ({_marks(len(ids))})", ids)
+                self._x(f"DELETE FROM culm_task WHERE id IN ({marks(len(ids))})", ids)
 
     def pending_tasks(self, at: float, limit: int, *, horizon: float = 0.0) -> list[TaskRecord]:
         """Tasks due before ``at + horizon`` whose lease (if any) has run out, oldest first."""
-        rows = self._all(
-            _TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?",
-            [at + horizon, at, int(limit)],
-        )
+        rows = self._all(PENDING_TASKS, [at + horizon, at, int(limit)])
         return [_task_row(r) for r in rows]
 
     def relay_candidates(self, at: float, grace: float, horizon: float, limit: int,
@@ -989,32 +831,26 @@ class SqlUnit:
         sent, was lost, or its worker died) and timers due within ``horizon`` that were never
         published (too far ahead then).
         """
-        lock = " FOR UPDATE SKIP LOCKED" if self._lock_rows else ""
         resend = grace if resend_after is None else resend_after
-        rows = self._all(
-            _TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
-            " AND (relayed_at IS NULL OR relayed_at <= ?)"
-            " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
-            " ORDER BY due LIMIT ?" + lock,
-            [at, at - resend, at - grace, False, at, at + horizon, int(limit)],
-        )
+        rows = self._all(RELAY_CANDIDATES_LOCKED if self.lock_rows else RELAY_CANDIDATES,
+                         [at, at - resend, at - grace, False, at, at + horizon, int(limit)])
         return [_task_row(r) for r in rows]
 
     def mark_relayed(self, task_ids: Sequence[str], at: float) -> None:
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET relayed_at = ?, published = ? WHERE id IN ({_marks(len(ids))})",
+            self._x(f"UPDATE culm_task SET relayed_at = ?, published = ? WHERE id IN ({marks(len(ids))})",
                     [at, True, *ids])
 
     def mark_published(self, task_ids: Sequence[str], published: bool) -> None:
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET published = ? WHERE id IN ({_marks(len(ids))})", [published, *ids])
+            self._x(f"UPDATE culm_task SET published = ? WHERE id IN ({marks(len(ids))})", [published, *ids])
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None:
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET claimed_until = ? WHERE owner = ? AND id IN ({_marks(len(ids))})",
+            self._x(f"UPDATE culm_task SET claimed_until = ? WHERE owner = ? AND id IN ({marks(len(ids))})",
                     [until, owner, *ids])
 
     def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
@@ -1023,7 +859,7 @@ class SqlUnit:
             return
         ids = list(task_ids)
         if ids:
-            self._x(f"UPDATE culm_task SET owner = NULL, claimed_until = NULL WHERE id IN ({_marks(len(ids))})", ids)
+            self._x(f"UPDATE culm_task SET owner = NULL, claimed_until = NULL WHERE id IN ({marks(len(ids))})", ids)
 
     # -- node data, execution data, context ----------------------------------------------
     def get_inputs_override(self, node_id: str) -> dict | None:
@@ -1047,7 +883,7 @@ class SqlUnit:
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
-        self._later(_outputs_upsert_sql(self.dialect), [node_id, codec.dumps({}), codec.dumps(outputs)],
+        self._later(self.outputs_upsert, [node_id, codec.dumps({}), codec.dumps(outputs)],
                     (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
@@ -1058,7 +894,7 @@ class SqlUnit:
         if not missing:
             return
         rows = self._all('SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value'
-                         f' WHERE pipeline_id IN ({_marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
+                         f' WHERE pipeline_id IN ({marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
         if len(rows) > limit:
             return
         view = self._context_view
@@ -1079,7 +915,7 @@ class SqlUnit:
             keys = list(keys)
             if not keys:
                 return {}
-            sql += f' AND "key" IN ({_marks(len(keys))})'
+            sql += f' AND "key" IN ({marks(len(keys))})'
             params.extend(keys)
         return {
             r[0]: ContextValue(r[0], r[1], codec.loads(r[2]), r[3], frozenset(codec.loads(r[4])))
@@ -1120,11 +956,11 @@ class SqlUnit:
         }])
 
     def get_schedule(self, schedule_id: str) -> ScheduleRecord | None:
-        row = self._one(_SCHEDULE_SELECT + " WHERE id = ?", [schedule_id])
+        row = self._one(SCHEDULE_BY_ID, [schedule_id])
         return _schedule_row(row) if row else None
 
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None:
-        row = self._one(_SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?", [node_id, version])
+        row = self._one(SCHEDULE_OF_RUN, [node_id, version])
         return _schedule_row(row) if row else None
 
     def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
@@ -1133,7 +969,7 @@ class SqlUnit:
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             found.extend(_schedule_row(r) for r in self._all(
-                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))})", chunk))
+                SCHEDULES_IN.format(marks=marks(len(chunk))), chunk))
         return found
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
@@ -1142,7 +978,7 @@ class SqlUnit:
         for i in range(0, len(node_ids), 500):
             chunk = list(node_ids[i : i + 500])
             found.extend(_schedule_row(r) for r in self._all(
-                _SCHEDULE_SELECT + f" WHERE node_id IN ({_marks(len(chunk))}) AND finished = ?", [*chunk, False]))
+                LIVE_SCHEDULES_IN.format(marks=marks(len(chunk))), [*chunk, False]))
         return found
 
     def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:
@@ -1200,25 +1036,6 @@ class SqlUnit:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
 
 
-def _adapt_sqlite(sql: str) -> str:
-    return sql
-
-
-@functools.lru_cache(maxsize=4096)
-def _adapt_pg(sql: str) -> str:
-    return sql.replace("?", "%s")
-
-
-@functools.lru_cache(maxsize=4096)
-def _adapt_mysql(sql: str) -> str:
-    return sql.replace("?", "%s").replace('"', "`")
-
-
-# WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
-# every second in the background, so writers (run_pipeline's caller among them) rarely have to.
-AUTOCHECKPOINT_PAGES = 8000
-
-
 PING_AFTER_IDLE = 1.0  # seconds a pooled server connection may sit unused before it is pinged
 
 
@@ -1248,35 +1065,68 @@ def _ping_idle(engine: Engine) -> None:
             raise DisconnectionError("pooled connection is dead")
 
 
+class Dialect:
+    """What a store does its own way on one kind of database: the traits and hooks each dialect
+    module (culm.storage.sql.sqlite, postgres, mysql) sets; these defaults are a server's."""
+
+    name = ""  # the SQLAlchemy dialect name
+    unit: type[SqlUnit] = SqlUnit  # its transactions
+    one_writer = False  # one writer at a time: writes queue on the store's lock, through one connection
+
+    def engine_options(self, *, memory: bool) -> dict[str, Any]:
+        """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
+        transaction; _ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
+        return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
+
+    def prepare(self, store: SqlStore) -> None:
+        """Set up ``store.engine`` (its event hooks) before the first connection."""
+        _ping_idle(store.engine)
+
+    def begin(self, raw: Any, *, write: bool) -> None:
+        """Start a transaction on the DB-API connection ``raw`` (the driver's own begin, here)."""
+
+    def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
+        """A unit answering hot reads from ``cache`` (culm.storage.cache)."""
+        raise InvalidOperationError(f"the engine's kept copies (RecordCache) need SQLite's single writer, "
+                                    f"not {self.name}")
+
+    def checkpoint(self, store: SqlStore) -> None:
+        """Move committed log pages into the database, if the database has such a step."""
+
+
+def dialect_for(url: str) -> Dialect:
+    """The one place a store's dialect is chosen, from its (normalised) database URL."""
+    backend = make_url(url).get_backend_name()
+    if backend == "sqlite":
+        from culm.storage.sql.sqlite import SqliteDialect
+
+        return SqliteDialect()
+    if backend == "postgresql":
+        from culm.storage.sql.postgres import PostgresDialect
+
+        return PostgresDialect()
+    if backend in ("mysql", "mariadb"):
+        from culm.storage.sql.mysql import MysqlDialect
+
+        return MysqlDialect()
+    shown = make_url(url).render_as_string(hide_password=True)
+    raise InvalidOperationError(f"culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not {backend!r} "
+                                f"(database URL {shown!r})")
+
+
 class SqlStore:
     """Owns the SQLAlchemy engine and hands out transactions (:class:`SqlUnit`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalise_url(url)
         self.memory = self.url in ("sqlite://", "sqlite:///:memory:")
-        kwargs: dict[str, Any] = {"future": True}
-        if self.url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-            if self.memory:
-                kwargs["poolclass"] = StaticPool
-        else:
-            # No pool_pre_ping: a ping per checkout is a round trip per transaction. _ping_idle
-            # below pings only connections that sat unused (see PING_AFTER_IDLE).
-            kwargs.update(pool_size=10, max_overflow=20, pool_recycle=1800)
-            if self.url.startswith("mysql"):
-                # Read what others committed (version checks, joins) rather than a snapshot.
-                kwargs["isolation_level"] = "READ COMMITTED"
-
-        self.engine: Engine = create_engine(self.url, **kwargs)
-        self.dialect = self.engine.dialect.name
-        if self.dialect == "sqlite":
-            self._setup_sqlite()
-        else:
-            _ping_idle(self.engine)
-            if self.dialect == "postgresql":
-                _widen_psycopg_query_cache()
+        dialect = self._dialect = dialect_for(self.url)
+        self.dialect = dialect.name
+        self._unit = dialect.unit
+        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
+        dialect.prepare(self)
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
-        self._write_lock = threading.RLock() if self.dialect == "sqlite" else None
+        self._write_lock = threading.RLock() if dialect.one_writer else None
         # ...and they all write through ONE connection: SQLite empties a connection's page cache
         # whenever another connection has written, so rotating pooled connections (or a submitter
         # and the engine thread on two of them) would make every transaction start cold.
@@ -1287,37 +1137,9 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self, ordered=self.dialect == "sqlite")
+        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered)
         if create:
             self.ensure_schema()
-
-    def _setup_sqlite(self) -> None:
-        memory = self.memory
-        _bind_bools_directly()
-
-        @event.listens_for(self.engine, "connect")
-        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-                # WAL + NORMAL survives a killed process (not a power cut) and is much faster.
-                cur.execute("PRAGMA synchronous=NORMAL")
-                # A runner copies the WAL into the database in the background (checkpoint());
-                # the automatic checkpoint inside a committing writer is only the safety net.
-                cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
-            # Savepoints keep their undo pages in a statement journal: in memory, not a temp file.
-            cur.execute("PRAGMA temp_store=MEMORY")
-            # 32 MiB of page cache (the default is 2 MiB): big runs keep their hot B-tree pages.
-            cur.execute("PRAGMA cache_size=-32768")
-            cur.execute("PRAGMA foreign_keys=OFF")
-            cur.close()
-
-        @event.listens_for(self.engine, "begin")
-        def _on_begin(conn: Any) -> None:
-            # Writers take the lock up front (no deadlocking lock upgrades); readers do not.
-            read_only = conn.get_execution_options().get("culm_read_only", False)
-            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     def ensure_schema(self) -> None:
         """Create the schema on an empty database; refuse one from another schema version."""
@@ -1338,11 +1160,9 @@ class SqlStore:
         try:
             with self._raw(write=True, pinned=lock is not None) as raw:
                 if cache is None:
-                    unit = SqlUnit(raw, self.dialect)
+                    unit = self._unit(raw)
                 else:
-                    from culm.storage.cache import CachedUnit
-
-                    unit = CachedUnit(raw, self.dialect, cache)
+                    unit = self._dialect.cached_unit(raw, cache)
                     cache.sync(unit)
                 yield unit
                 unit.flush(commit=True)
@@ -1363,16 +1183,16 @@ class SqlStore:
             with self.transaction() as unit:
                 yield unit
             return
-        reader = self._readers if self.dialect == "sqlite" else None
+        reader = self._readers if self._dialect.one_writer else None
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False) as raw:
-                yield SqlUnit(raw, self.dialect)
+                yield self._unit(raw)
             return
         raw = self._thread_reader()
         reader.busy = True
         try:
             raw.cursor().execute("BEGIN")
-            yield SqlUnit(raw, self.dialect)
+            yield self._unit(raw)
         finally:
             reader.busy = False
             raw.rollback()
@@ -1404,8 +1224,7 @@ class SqlStore:
         else:
             raw = self.engine.raw_connection()
         try:
-            if self.dialect == "sqlite":
-                raw.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            self._dialect.begin(raw, write=write)
             yield raw
             if write:
                 raw.commit()
@@ -1426,13 +1245,7 @@ class SqlStore:
 
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""
-        if self.dialect != "sqlite" or self.memory:
-            return
-        raw = self.engine.raw_connection()
-        try:
-            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        finally:
-            raw.close()
+        self._dialect.checkpoint(self)
 
     def dispose(self) -> None:
         lock = self._write_lock

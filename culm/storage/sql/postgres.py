@@ -1,0 +1,112 @@
+"""PostgreSQL: writes deferred and pipelined, several reads folded into one statement."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from culm.core.records import ProcessRecord, TaskRecord
+from culm.storage.sql.base import Dialect, SqlStore, SqlUnit, _process_row, _state_row, _task_row
+from culm.storage.sql.statements import (
+    ACK_CHILD_RETURNING,
+    CLAIM_MANY_WITH_PROCESS,
+    CLAIM_WITH_PROCESS,
+    MANY_WITH_PROCESS_AND_STATE,
+    PROCESS_COLUMNS,
+    TASK_COLUMNS,
+    TASK_WITH_PROCESS_AND_STATE,
+    marks,
+)
+
+_END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
+
+
+@functools.lru_cache(maxsize=4096)
+def adapt_pg(sql: str) -> str:
+    return sql.replace("?", "%s")
+
+
+class PostgresUnit(SqlUnit):
+    """A transaction on PostgreSQL: writes whose result nobody reads wait and go together with the
+    next statement that needs an answer (see SqlUnit._later); reads that lock, lock in the read."""
+
+    dialect = "postgresql"
+    defers_writes = True
+    adapt = staticmethod(adapt_pg)
+    reads_tasks_ahead = True
+
+    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+        row = self._one(ACK_CHILD_RETURNING, [parent_id])
+        return int(row[0]), int(row[1])
+
+    def _claim_with_process(
+        self, task_id: str, lease: tuple[str, float, float]
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        owner, until, at = lease
+        return self._task_and_process(self._one(CLAIM_WITH_PROCESS, [owner, until, task_id, at]))
+
+    def _task_held(
+        self, task_id: str, lease: tuple[str, float, float]
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        row = self._one(TASK_WITH_PROCESS_AND_STATE, [task_id])
+        if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
+            return None, None
+        if row[_END] is not None:
+            self._lock_ahead(_state_row(row[_END:-2]))
+        return self._task_and_process(row[:_END])
+
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+        owner, until, at = lease
+        ahead = self._tasks_ahead
+        n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
+        for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
+                                 (resumed, MANY_WITH_PROCESS_AND_STATE, [])):
+            if len(ids) < 2:
+                continue
+            rows = self._all(sql.format(marks=marks(len(ids))), [*params, *ids])
+            ahead.update(dict.fromkeys(ids))
+            for r in rows:
+                st = None
+                if len(r) > end:  # a resumed task: still ours? (see TASK_WITH_PROCESS_HELD)
+                    if not self._keep_lease(r[0], r[-2], r[-1], lease):
+                        continue
+                    st = _state_row(r[end:-2]) if r[end] is not None else None
+                proc = _process_row(r[n_task:end]) if r[n_task] is not None else None
+                ahead[r[0]] = (_task_row(r[:n_task]), proc, st)
+
+
+
+class PostgresDialect(Dialect):
+    name = "postgresql"
+    unit = PostgresUnit
+
+    def prepare(self, store: SqlStore) -> None:
+        super().prepare(store)
+        _widen_psycopg_query_cache()
+
+
+def _widen_psycopg_query_cache() -> None:
+    """Let psycopg keep the converted form of every statement culm sends, long ones included.
+
+    psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
+    statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
+    multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
+    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned.
+    The knobs are psycopg internals, so a psycopg that no longer has them is left as it is
+    (slower, never wrong).
+    """
+    try:
+        from psycopg import _queries
+    except ImportError:
+        return
+    nocache = getattr(_queries, "_query2pg_nocache", None)
+    if nocache is None or not hasattr(_queries, "_query2pg") or getattr(_queries, "_culm_widened", False):
+        return
+    if not hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS") or not hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
+        return
+    # Bounded: a cached entry holds a part per parameter, so the cap on parameters and entries
+    # keeps the worst case (trees of many different sizes) to a few tens of MB.
+    _queries._query2pg = functools.lru_cache(maxsize=512)(nocache)
+    _queries.MAX_CACHED_STATEMENT_PARAMS = 600
+    _queries.MAX_CACHED_STATEMENT_LENGTH = 32 * 1024
+    setattr(_queries, "_culm_widened", True)  # noqa: B010 - a mark on a module we do not own

@@ -1,0 +1,109 @@
+"""SQLite: one writer at a time, in WAL mode, statements sent as written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.pool import StaticPool
+
+from culm.core.records import ProcessRecord, TaskRecord
+from culm.storage.sql.base import Dialect, SqlStore, SqlUnit
+from culm.storage.sql.statements import TASK_WITH_PROCESS_HELD, same_sql
+
+# WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
+# every second in the background, so writers (run_pipeline's caller among them) rarely have to.
+AUTOCHECKPOINT_PAGES = 8000
+
+
+class SqliteUnit(SqlUnit):
+    """A transaction on SQLite: a write transaction holds the whole file (no row locks)."""
+
+    dialect = "sqlite"
+    lock_rows = False
+    adapt = staticmethod(same_sql)
+    feed_ordered = True
+
+    def announce_change(self) -> None:
+        from culm.storage.cache import bump_epoch
+
+        bump_epoch(self)
+
+    def _task_held(
+        self, task_id: str, lease: tuple[str, float, float]
+    ) -> tuple[TaskRecord | None, ProcessRecord | None]:
+        row = self._one(TASK_WITH_PROCESS_HELD, [task_id])  # our write transaction holds the file
+        if row is None or not self._keep_lease(task_id, row[-2], row[-1], lease):
+            return None, None
+        return self._task_and_process(row[:-2])
+
+
+class SqliteDialect(Dialect):
+    name = "sqlite"
+    unit = SqliteUnit
+    one_writer = True
+
+    def engine_options(self, *, memory: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+        if memory:
+            options["poolclass"] = StaticPool
+        return options
+
+    def prepare(self, store: SqlStore) -> None:
+        memory = store.memory
+        _bind_bools_directly()
+
+        @event.listens_for(store.engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            if not memory:
+                cur.execute("PRAGMA journal_mode=WAL")
+                # WAL + NORMAL survives a killed process (not a power cut) and is much faster.
+                cur.execute("PRAGMA synchronous=NORMAL")
+                # A runner copies the WAL into the database in the background (checkpoint());
+                # the automatic checkpoint inside a committing writer is only the safety net.
+                cur.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
+            # Savepoints keep their undo pages in a statement journal: in memory, not a temp file.
+            cur.execute("PRAGMA temp_store=MEMORY")
+            # 32 MiB of page cache (the default is 2 MiB): big runs keep their hot B-tree pages.
+            cur.execute("PRAGMA cache_size=-32768")
+            cur.execute("PRAGMA foreign_keys=OFF")
+            cur.close()
+
+        @event.listens_for(store.engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            # Writers take the lock up front (no deadlocking lock upgrades); readers do not.
+            read_only = conn.get_execution_options().get("culm_read_only", False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+    def begin(self, raw: Any, *, write: bool) -> None:
+        raw.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
+        from culm.storage.cache import CachedUnit
+
+        return CachedUnit(raw, cache)
+
+    def checkpoint(self, store: SqlStore) -> None:
+        if store.memory:
+            return
+        raw = store.engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            raw.close()
+
+
+def _bind_bools_directly() -> None:
+    """Give ``sqlite3`` an adapter for bool (to int: what it stores for a bool anyway).
+
+    Without one, every bool parameter (states, processes and tasks carry several) makes
+    ``sqlite3`` look for ``__adapt__`` and ``__conform__`` and build and drop two AttributeErrors
+    before it binds the bool as an int: a few percent of an engine step. An adapter a host
+    program registered for bool is left alone.
+    """
+    import sqlite3
+
+    if (bool, sqlite3.PrepareProtocol) not in sqlite3.adapters:
+        sqlite3.register_adapter(bool, int)

@@ -1,0 +1,171 @@
+"""The SQL culm sends, as named statements and the few builders for statements whose shape
+depends on the columns written (cached: the same shapes recur at every step).
+
+SQL is written once with ``?`` placeholders and double-quoted identifiers; each dialect adapts
+it to its driver (culm.storage.sql.sqlite, postgres, mysql).
+"""
+
+from __future__ import annotations
+
+import functools
+
+STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
+                  "error_ignored", "created_time", "started_time", "archived_time")
+NODE_COLUMNS = ("id", "root_id", "pipeline_id", "type")
+NODE_INSERT = f"INSERT INTO culm_node ({', '.join(NODE_COLUMNS)}) VALUES (?, ?, ?, ?)"
+STATE_SELECT = "SELECT " + ", ".join(STATE_COLUMNS) + " FROM culm_state"
+STATE_INSERT = (f"INSERT INTO culm_state ({', '.join(STATE_COLUMNS)}) "
+                 f"VALUES ({','.join('?' * len(STATE_COLUMNS))})")
+STATE_INDEX = {c.strip('"'): i for i, c in enumerate(STATE_COLUMNS)}  # field name -> position
+TASK_COLUMNS = ("id", "kind", "process_id", "node_id", "root_id", "schedule_id", "callback_id", "due",
+                 "running_version", "priority", "queue")
+TASK_SELECT = "SELECT " + ", ".join(TASK_COLUMNS) + " FROM culm_task"
+PROCESS_COLUMNS = ("id", "root_id", "parent_id", "current_node_id", "destination_id", "stack", "asleep",
+                    "suspended", "suspended_by", "dead", "ack_num", "need_ack", "priority", "queue",
+                    "last_heartbeat")
+PROCESS_SELECT = "SELECT " + ", ".join(PROCESS_COLUMNS) + " FROM culm_process"
+# The columns of a task (t) and then of its process (p), as a joined read returns them.
+_T_AND_P = ", ".join(f"t.{c}" for c in TASK_COLUMNS) + ", " + ", ".join(f"p.{c}" for c in PROCESS_COLUMNS)
+_JOIN_PROCESS = " LEFT JOIN culm_process p ON p.id = t.process_id"
+# A task and its process in one round trip (a task's process may be gone: LEFT JOIN).
+TASK_WITH_PROCESS = "SELECT " + _T_AND_P + " FROM culm_task t" + _JOIN_PROCESS + " WHERE t.id = ?"
+# Applying a result needs the task's lease still ours (or free): another runner may have taken the
+# task over while the user code ran (a lost lease), and then its result is the one that counts. The
+# read that starts the step also returns the lease columns (last) and, on a server database, locks
+# the task row, so a claim cannot slip in between the check and the commit (SQLite's write
+# transaction holds the database). No statement is added for it.
+TASK_WITH_PROCESS_HELD = (
+    "SELECT " + _T_AND_P + ", t.owner, t.claimed_until FROM culm_task t" + _JOIN_PROCESS + " WHERE t.id = ?"
+)
+
+
+def _held_with_state(where: str) -> str:
+    """PostgreSQL: tasks (``where``) locked first in a CTE (the documented lock order: task rows,
+    then states), then read with their processes, their nodes' states (locked) and lease columns.
+
+    A task resumed after its user code ran: the state of its node is read FOR UPDATE next (the
+    result's compare-and-set), so it is read and locked in the same statement.
+    """
+    return (
+        "WITH t AS (SELECT " + ", ".join(TASK_COLUMNS) + ", owner, claimed_until FROM culm_task WHERE " + where
+        + " FOR UPDATE) SELECT " + _T_AND_P + ", " + ", ".join(f"s.{c}" for c in STATE_COLUMNS)
+        + ", t.owner, t.claimed_until FROM t" + _JOIN_PROCESS
+        + " LEFT JOIN LATERAL (" + STATE_SELECT + " WHERE node_id = t.node_id FOR UPDATE) s ON true"
+    )
+
+
+# PostgreSQL: a task, its process and its node's state (locked), with the lease columns.
+TASK_WITH_PROCESS_AND_STATE = _held_with_state("id = ?")
+LEASE_WHERE = "id = ? AND (claimed_until IS NULL OR claimed_until < ?)"
+TAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE " + LEASE_WHERE
+# PostgreSQL: take the lease and read task and process in one statement.
+CLAIM_WITH_PROCESS = (
+    "WITH t AS (" + TAKE_LEASE + " RETURNING " + ", ".join(TASK_COLUMNS) + ") SELECT " + _T_AND_P
+    + " FROM t" + _JOIN_PROCESS
+)
+# PostgreSQL, a batch's fresh tasks: claim them all and read them with their processes at once
+# ({marks}: one ? per task id).
+CLAIM_MANY_WITH_PROCESS = (
+    "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE (claimed_until IS NULL OR claimed_until < ?)"
+    " AND id IN ({marks}) RETURNING " + ", ".join(TASK_COLUMNS) + ") SELECT " + _T_AND_P + " FROM t" + _JOIN_PROCESS
+)
+# PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
+MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
+SCHEDULE_SELECT = (
+    "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
+)
+QUOTED = ("key", "loop", "time")
+# The change feed's columns as a writer fills them (seq comes from the database).
+CHANGE_COLUMNS = ("root_id", "node_id", "from_state", "to_state", "version", "loop", "time")
+CHANGE_SELECT = 'SELECT seq, root_id, node_id, from_state, to_state, version, "loop", "time" FROM culm_change'
+
+
+# The statements built from column names are cached: the same few shapes recur at every step.
+@functools.lru_cache(maxsize=1024)
+def update_sql(table: str, cols: tuple[str, ...], key_sql: str) -> str:
+    sets = ", ".join(f"{col(k)} = ?" for k in cols)
+    return f"UPDATE {table} SET {sets} WHERE {key_sql}"
+
+
+@functools.lru_cache(maxsize=256)
+def insert_sql(table: str, cols: tuple[str, ...], rows: int = 1) -> str:
+    values = ", ".join([f"({marks(len(cols))})"] * rows)
+    return f"INSERT INTO {table} ({', '.join(col(c) for c in cols)}) VALUES {values}"
+
+
+@functools.lru_cache(maxsize=512)
+def with_sql(parts: tuple[str, ...]) -> str:
+    return "WITH " + ", ".join(f"w{i} AS ({q})" for i, q in enumerate(parts)) + " SELECT 1"
+
+
+@functools.lru_cache(maxsize=256)
+def upsert_sql(table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """INSERT ``cols``, or update the columns other than ``keys`` of the row already there."""
+    tail = (f" ON CONFLICT ({', '.join(col(k) for k in keys)}) DO UPDATE SET "
+            + ", ".join(f"{col(c)} = excluded.{col(c)}" for c in cols if c not in keys))
+    return insert_sql(table, cols) + tail
+
+
+@functools.lru_cache(maxsize=256)
+def upsert_sql_mysql(table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """MySQL's upsert_sql (its own syntax, no conflict target: the row's keys decide)."""
+    tail = " ON DUPLICATE KEY UPDATE " + ", ".join(f"{col(c)} = VALUES({col(c)})" for c in cols if c not in keys)
+    return insert_sql(table, cols) + tail
+
+
+# A node's outputs replaced, its inputs kept (a node without a row gets the inputs given).
+_OUTPUTS_INSERT = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
+OUTPUTS_UPSERT = _OUTPUTS_INSERT + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
+OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
+# One more child of a process finished; then its count and how many it waits for.
+ACK_CHILD = "UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?"
+ACKS_OF = "SELECT ack_num, need_ack FROM culm_process WHERE id = ?"
+ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING ack_num, need_ack"  # PostgreSQL: both in one statement
+# A task's lease taken again by its owner (it ran out and nobody else took it).
+RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
+# MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
+KEEP_HELD_LEASE = RETAKE_LEASE + " AND (owner = ? OR claimed_until IS NULL OR claimed_until < ?)"
+
+
+def same_sql(sql: str) -> str:
+    """A statement as written here: what SQLite's driver takes."""
+    return sql
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def col(name: str) -> str:
+    return f'"{name}"' if name in QUOTED else name
+
+
+# Reads by key ({marks}: one ? per id of the list). *_LOCKED: the same, row-locked (server databases).
+STATE_BY_ID = STATE_SELECT + " WHERE node_id = ?"
+STATE_BY_ID_LOCKED = STATE_BY_ID + " FOR UPDATE"
+STATES_IN = STATE_SELECT + " WHERE node_id IN ({marks})"
+STATES_OF_ROOT = STATE_SELECT + " WHERE root_id = ?"
+STATES_OF_PARENT = STATE_SELECT + " WHERE parent_id = ?"
+PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
+PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
+PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
+PROCESSES_SUSPENDED_BY = PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?"
+PROCESSES_AT = PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?"
+TASK_BY_ID = TASK_SELECT + " WHERE id = ?"
+TASKS_OF_ROOT = TASK_SELECT + " WHERE root_id = ? AND kind = ?"
+# Tasks due (before at + horizon) with a free lease, oldest first.
+PENDING_TASKS = TASK_SELECT + " WHERE due <= ? AND (claimed_until IS NULL OR claimed_until < ?) ORDER BY due LIMIT ?"
+# Tasks a relay hands to the broker again: overdue, or timers due soon never published.
+RELAY_CANDIDATES = (
+    TASK_SELECT + " WHERE (claimed_until IS NULL OR claimed_until < ?)"
+    " AND (relayed_at IS NULL OR relayed_at <= ?)"
+    " AND (due <= ? OR (published = ? AND due > ? AND due <= ?))"
+    " ORDER BY due LIMIT ?"
+)
+RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concurrent relays split them
+CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
+SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
+SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
+SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
+LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
