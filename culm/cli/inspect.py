@@ -181,8 +181,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from culm import api
 
     with open_runtime(args) as rt:
-        state_entry(rt, args.node)
+        entry = state_entry(rt, args.node)
         text = check(api.get_node_logs(rt, args.node, args.version))
+        if args.version and not text:
+            runs = check(api.get_node_histories(rt, args.node)) or []
+            known = [entry.get("version"), *(h.get("version") for h in runs)]
+            if args.version not in known:
+                raise NotFound(f"node {args.node} has no version {args.version} (its versions: "
+                               f"{', '.join(str(v) for v in known if v)}; see `culm history {args.node}`)")
         lines = text.splitlines() if text else []
         for line in lines:
             print(line, flush=True)

@@ -297,3 +297,12 @@ def test_a_run_waiting_for_a_callback_finishes_on_culm_callback_from_another_she
         run.kill()
     assert run.returncode == 0, out
     assert out.rstrip().endswith("FINISHED") and f"FINISHED  node approval ({node})" in out
+
+
+def test_logs_of_an_unknown_version_is_not_found(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    version = json.loads(culm(tmp_path, "status", "node_greet", "--json").stdout)["tree"]["version"]
+    out = culm(tmp_path, "logs", "node_greet", "--version", "v_no_such")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert f"error: node node_greet has no version v_no_such (its versions: {version};" in out.stderr
+    assert culm(tmp_path, "logs", "node_greet", "--version", version).returncode == 0
