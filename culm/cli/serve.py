@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import UsageError
+from culm.cli.common import UsageError, db_url
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -23,7 +23,7 @@ DEFAULT_PORT = 8765
 
 
 def _db(args: argparse.Namespace) -> str:
-    return str(args.db or os.environ.get("CULM_DATABASE_URL") or DEFAULT_DB)
+    return db_url(args)
 
 
 def _is_loopback(host: str) -> bool:

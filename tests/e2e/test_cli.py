@@ -306,3 +306,14 @@ def test_logs_of_an_unknown_version_is_not_found(tmp_path: Path) -> None:
     assert out.returncode == 3, out.stdout + out.stderr
     assert f"error: node node_greet has no version v_no_such (its versions: {version};" in out.stderr
     assert culm(tmp_path, "logs", "node_greet", "--version", version).returncode == 0
+
+
+@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["run", "tree.json"], ["workers"], ["db", "upgrade"],
+                                  ["token", "list"], ["serve", "--no-auth"]])
+def test_a_database_url_of_another_kind_is_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "tree.json").write_text(json.dumps(example_tree()))
+    out = culm(tmp_path, *args, env={"CULM_DATABASE_URL": "postgress://culm:secret@db/culm"})
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr == ("error: cannot use the database URL 'postgress://culm:***@db/culm': culm keeps its data in "
+                          "SQLite, PostgreSQL or MySQL/MariaDB, not 'postgress' (examples: sqlite:///culm.db, "
+                          "postgresql://user@host/db, mysql://user@host/db)\n")
