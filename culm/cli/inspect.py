@@ -151,6 +151,10 @@ def _states_option(values: list[str] | None) -> list[str] | None:
 def cmd_list(args: argparse.Namespace) -> int:
     from culm import api
 
+    if not 0 <= args.limit <= 1000:
+        raise UsageError(f"--limit {args.limit}: expected a number of pipelines from 0 to 1000")
+    if args.offset < 0:
+        raise UsageError(f"--offset {args.offset}: expected 0 or more")
     with open_runtime(args) as rt:
         found = check(api.list_pipelines(
             rt, state=_states_option(args.state), name=args.name, created_after=parse_when(args.since, "--since"),

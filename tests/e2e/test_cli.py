@@ -187,6 +187,8 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         ("{}", ["run", "broken.json", "--data", "[1]"], "--data must be a JSON object"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
+        (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
+        (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path: Path, setup: str | None, args: list[str],
