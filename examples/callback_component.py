@@ -4,7 +4,9 @@
 version is refused, so a late callback can never complete a later run of the node.
 
 Run it as ``python examples/callback_component.py``. ``culm run examples/callback_component.py``
-also loads it, but nobody sends the callback there: the run waits until ``--timeout``.
+also loads it and then waits (until ``--timeout``) for the callback, which you send from another
+shell: ``culm callback NODE --data '{"approve": true, "approver": "me"}'`` (NODE: the approval
+node's id, shown by ``culm run``).
 """
 
 from __future__ import annotations

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import importlib
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn
 
 from culm.cli.common import EXIT_USAGE, CliError, database_error, db_errors, db_url
 
@@ -36,9 +39,33 @@ def _version() -> str:
         return "unknown"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, which also suggests the nearest choice for a mistyped one (``culm stauts``)."""
+
+    def error(self, message: str) -> NoReturn:
+        found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if found:
+            close = difflib.get_close_matches(found[1], re.findall(r"'([^']*)'", found[2]), n=1)
+            if close:
+                message = f"{message}; did you mean {close[0]!r}?"
+        super().error(message)
+
+
+def _chosen_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.ArgumentParser:
+    """The (sub)command's own parser that ``argv`` names: ``culm run X --bad`` -> the parser of ``run``."""
+    current = parser
+    for token in argv:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            break
+        if token in subs[0].choices:
+            current = subs[0].choices[token]
+    return current
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``culm`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="culm", description="culm workflow engine command line",
         epilog="exit codes: 0 done, 1 pipeline failed or revoked, 2 bad usage or input, 3 not found, "
                "4 database unreachable or unusable, 5 refused by the engine",
@@ -78,7 +105,10 @@ def _quiet_closed_pipe() -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``culm`` command; returns the exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command's own parser, with its usage, not the top level's
+        words = list(sys.argv[1:] if argv is None else argv)
+        _chosen_parser(parser, words).error(f"unrecognized arguments: {' '.join(extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         if getattr(args, "own_logging", False):

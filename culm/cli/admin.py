@@ -20,7 +20,7 @@ from culm.cli.common import (
     db_url,
     print_json,
 )
-from culm.cli.loading import import_names
+from culm.cli.loading import import_modules, import_names
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -40,7 +40,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from culm.web import start_worker_metrics
 
         print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
-    run_worker(db=db_url(args), broker=broker, imports=import_names(args.imports),
+    # Imported here first: a missing or broken module is one clear line (and the working directory
+    # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes.
+    imports = import_names(args.imports)
+    import_modules(imports)
+    run_worker(db=db_url(args), broker=broker, imports=[n for n in imports if not n.endswith(".py")],
                concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
                prefix=args.prefix)
     return EXIT_OK

@@ -82,8 +82,21 @@ def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
 
 
+# The backends culm keeps its data in (memory: one process's experiments).
+BACKENDS = ("sqlite", "postgresql", "postgres", "mysql", "mariadb", "memory")
+
+
 def db_url(args: argparse.Namespace) -> str:
-    return str(getattr(args, "db", None) or os.environ.get("CULM_DATABASE_URL") or DEFAULT_DB)
+    """``--db``, else ``$CULM_DATABASE_URL``, else ``sqlite:///culm.db``; a URL of another kind of
+    database (``postgress://``) is a :class:`DatabaseError`, not the storage's traceback."""
+    url = str(getattr(args, "db", None) or os.environ.get("CULM_DATABASE_URL") or DEFAULT_DB)
+    scheme = url.partition("://")[0] if "://" in url else ""
+    backend = scheme.partition("+")[0].lower()
+    if scheme and backend not in BACKENDS:
+        raise DatabaseError(f"cannot use the database URL {_safe(url)!r}: culm keeps its data in SQLite, "
+                            f"PostgreSQL or MySQL/MariaDB, not {backend!r} (examples: sqlite:///culm.db, "
+                            "postgresql://user@host/db, mysql://user@host/db)")
+    return url
 
 
 def broker_url(args: argparse.Namespace) -> str | None:

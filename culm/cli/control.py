@@ -41,7 +41,8 @@ def _callback(rt: Any, args: argparse.Namespace) -> Any:
 def _set_context(rt: Any, args: argparse.Namespace) -> Any:
     from culm import api
 
-    values = {"${" + key + "}": value for key, value in (split_assignment(i, "set-context") for i in args.values)}
+    pairs = (split_assignment(i, "set-context", f"culm set-context {args.id}") for i in args.values)
+    values = {"${" + key + "}": value for key, value in pairs}
     info = check(api.get_pipeline_debug_info(rt, args.id))
     known = sorted(v["key"] for v in info["context_values"])
     unknown = sorted(set(values) - set(known))

@@ -151,6 +151,10 @@ def _states_option(values: list[str] | None) -> list[str] | None:
 def cmd_list(args: argparse.Namespace) -> int:
     from culm import api
 
+    if not 0 <= args.limit <= 1000:
+        raise UsageError(f"--limit {args.limit}: expected a number of pipelines from 0 to 1000")
+    if args.offset < 0:
+        raise UsageError(f"--offset {args.offset}: expected 0 or more")
     with open_runtime(args) as rt:
         found = check(api.list_pipelines(
             rt, state=_states_option(args.state), name=args.name, created_after=parse_when(args.since, "--since"),
@@ -181,8 +185,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
     from culm import api
 
     with open_runtime(args) as rt:
-        state_entry(rt, args.node)
+        entry = state_entry(rt, args.node)
         text = check(api.get_node_logs(rt, args.node, args.version))
+        if args.version and not text:
+            runs = check(api.get_node_histories(rt, args.node)) or []
+            known = [entry.get("version"), *(h.get("version") for h in runs)]
+            if args.version not in known:
+                raise NotFound(f"node {args.node} has no version {args.version} (its versions: "
+                               f"{', '.join(str(v) for v in known if v)}; see `culm history {args.node}`)")
         lines = text.splitlines() if text else []
         for line in lines:
             print(line, flush=True)

@@ -53,7 +53,7 @@ def import_modules(names: Sequence[str]) -> None:
         try:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name != name:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):  # it imports a missing one
                 raise UsageError(f"cannot import module {name!r}: {_short_error(exc)}") from exc
             raise UsageError(f"cannot import module {name!r}: no such module on the path "
                              f"(the working directory and $PYTHONPATH are searched)") from exc
@@ -133,14 +133,17 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def split_assignment(item: str, flag: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` into ``(KEY, value)``; ``${KEY}`` is accepted for ``KEY``."""
+def split_assignment(item: str, flag: str, example: str = "") -> tuple[str, Any]:
+    """``KEY=VALUE`` into ``(KEY, value)``; ``${KEY}`` is accepted for ``KEY``.
+
+    ``example`` is how a right call starts, for the message (``flag`` when empty).
+    """
     key, sep, value = item.partition("=")
     key = key.strip()
     if key.startswith("${") and key.endswith("}"):
         key = key[2:-1]
     if not sep or not key:
-        raise UsageError(f"{flag} {item!r}: expected KEY=VALUE (for example {flag} who=world)")
+        raise UsageError(f"{flag} {item!r}: expected KEY=VALUE (for example {example or flag} who=world)")
     return key, parse_value(value)
 
 

@@ -204,16 +204,21 @@ def print_problems(problems: Sequence[Any], info: dict[str, tuple[str, str]], ou
         print(f"{where}: {message}", file=out)
 
 
-def _check_components(tree: dict, info: dict[str, tuple[str, str]]) -> None:
-    """Embedded runs only: every component the tree names is registered here (else exit 2)."""
+def _check_tree(tree: dict, info: dict[str, tuple[str, str]], cycle_tolerate: bool) -> None:
+    """Embedded runs only: the tree is valid and every component it names is registered here (else
+    exit 2, before any database is opened or a line says it runs)."""
     from culm.validator import tree_problems
 
-    problems = tree_problems(tree, cycle_tolerate=True)
+    problems = tree_problems(tree, cycle_tolerate=cycle_tolerate)
+    if not problems:
+        return
+    print_problems(problems, info, sys.stderr)
     missing = [p for p in problems if "component" in p.message]
-    if missing:
-        print_problems(missing, info, sys.stderr)
-        raise UsageError(f"{len(missing)} component(s) are not registered in this process; name the "
-                         "modules that define them with --import MODULE (or $CULM_IMPORTS)")
+    hint = (f"{len(missing)} component(s) are not registered in this process; name the modules that "
+            "define them with --import MODULE (or $CULM_IMPORTS)") if missing else ""
+    if len(missing) == len(problems):
+        raise UsageError(hint)
+    raise UsageError(f"invalid pipeline tree: {len(problems)} problem(s)" + (f"; {hint}" if hint else ""))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -234,7 +239,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     root_id = tree.get("id")
     cluster = bool(broker_url(args))
     if not cluster:
-        _check_components(tree, info)
+        _check_tree(tree, info, args.cycle_tolerate)
     with open_runtime(args, read_only=False, run=True) as rt, \
             progress_by_signal(rt, Progress(str(root_id), info)) as polled:
         where = "submitted to the workers" if cluster else "running"

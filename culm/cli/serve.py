@@ -7,12 +7,14 @@ takes the parsed arguments and returns an exit code (0 done, 2 bad usage, 3 not 
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import os
+import socket
 import sys
 from typing import Any
 
-from culm.cli.common import UsageError
+from culm.cli.common import UsageError, db_url
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -21,7 +23,7 @@ DEFAULT_PORT = 8765
 
 
 def _db(args: argparse.Namespace) -> str:
-    return str(args.db or os.environ.get("CULM_DATABASE_URL") or DEFAULT_DB)
+    return db_url(args)
 
 
 def _is_loopback(host: str) -> bool:
@@ -31,6 +33,24 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (in use, no such address), or None when it can."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"unknown host {host!r}: {exc.strerror}"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no conflict
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the address is already in use (another server listens there); pick another --port"
+            return exc.strerror or str(exc)
+    return None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -48,6 +68,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     import culm
 
+    problem = _port_problem(args.host, args.port)
+    if problem is not None:
+        print(f"error: cannot serve on {args.host}:{args.port}: {problem}", file=sys.stderr)
+        return 2
     try:
         import_modules(import_names(args.imports))
     except UsageError as exc:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -171,7 +172,10 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(path))
     assert out.returncode == 2
     assert "flow_3: " in out.stderr and "ghost" in out.stderr
+    assert "error: invalid pipeline tree: 1 problem(s)" in out.stderr
     assert "Traceback" not in out.stderr
+    # refused before it says it runs, and before a database is made
+    assert "running" not in out.stdout and not (tmp_path / "cli.db").exists()
 
 
 @pytest.mark.parametrize(
@@ -183,6 +187,8 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         ("{}", ["run", "broken.json", "--data", "[1]"], "--data must be a JSON object"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
+        (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
+        (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path: Path, setup: str | None, args: list[str],
@@ -226,3 +232,90 @@ def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
     out = culm(tmp_path, "worker", env={"CULM_BROKER_URL": ""})
     assert out.returncode == 2
     assert "broker" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Path) -> None:
+    """It used to say `the driver 'examples' is not installed`: the module's import error, read as the DB's."""
+    out = culm(tmp_path, "worker", "--broker", "redis://127.0.0.1:1/0", "--import", "nowhere_pkg.components")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "error: cannot import module 'nowhere_pkg.components': no such module on the path" in out.stderr
+    assert "driver" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "usage", "message"),
+    [
+        (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts' (choose from 'run', "),
+        (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade'); did you mean 'upgrade'?"),
+        (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
+        (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
+        (["list", "--bogus", "1"], "usage: culm list ", "culm list: error: unrecognized arguments: --bogus 1"),
+    ],
+)
+def test_a_mistyped_command_or_flag_names_it_with_the_commands_usage(tmp_path: Path, args: list[str], usage: str,
+                                                                     message: str) -> None:
+    out = culm(tmp_path, *args)
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr.startswith(usage) and message in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "cli.db").exists()
+
+
+def test_a_mistyped_command_suggests_the_nearest(tmp_path: Path) -> None:
+    out = culm(tmp_path, "stauts", "x")
+    assert out.stderr.rstrip().endswith("did you mean 'status'?"), out.stderr
+
+
+def test_set_context_without_a_value_shows_a_whole_call(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    out = culm(tmp_path, "set-context", "pipeline_example_tree", "who")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "error: set-context 'who': expected KEY=VALUE (for example culm set-context pipeline_example_tree who=world)" \
+        in out.stderr
+
+
+def _waiting_for_callback(tmp_path: Path) -> str | None:
+    """The id of the node the one pipeline of the database waits on for a callback, if any yet."""
+    if not (tmp_path / "cli.db").exists():
+        return None
+    listed = culm(tmp_path, "list", "--json")
+    if listed.returncode != 0 or not json.loads(listed.stdout)["items"]:
+        return None
+    status = json.loads(culm(tmp_path, "status", json.loads(listed.stdout)["items"][0]["id"], "--json").stdout)
+    waiting = [n for n, e in status["tree"]["children"].items() if (e["wait_reason"] or {}).get("kind") == "callback"]
+    return waiting[0] if waiting else None
+
+
+def test_a_run_waiting_for_a_callback_finishes_on_culm_callback_from_another_shell(tmp_path: Path) -> None:
+    """README: under `culm run`, the callback example waits for `culm callback NODE --data ...`."""
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    run = subprocess.Popen([sys.executable, "-m", "culm.cli", "run", str(EXAMPLES / "callback_component.py")],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        node = wait_until(lambda: _waiting_for_callback(tmp_path), 60, 0.2, what="the approval node to wait")
+        called = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}')
+        assert called.returncode == 0, called.stdout + called.stderr
+        out, _ = run.communicate(timeout=60)
+    finally:
+        run.kill()
+    assert run.returncode == 0, out
+    assert out.rstrip().endswith("FINISHED") and f"FINISHED  node approval ({node})" in out
+
+
+def test_logs_of_an_unknown_version_is_not_found(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    version = json.loads(culm(tmp_path, "status", "node_greet", "--json").stdout)["tree"]["version"]
+    out = culm(tmp_path, "logs", "node_greet", "--version", "v_no_such")
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert f"error: node node_greet has no version v_no_such (its versions: {version};" in out.stderr
+    assert culm(tmp_path, "logs", "node_greet", "--version", version).returncode == 0
+
+
+@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["run", "tree.json"], ["workers"], ["db", "upgrade"],
+                                  ["token", "list"], ["serve", "--no-auth"]])
+def test_a_database_url_of_another_kind_is_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "tree.json").write_text(json.dumps(example_tree()))
+    out = culm(tmp_path, *args, env={"CULM_DATABASE_URL": "postgress://culm:secret@db/culm"})
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr == ("error: cannot use the database URL 'postgress://culm:***@db/culm': culm keeps its data in "
+                          "SQLite, PostgreSQL or MySQL/MariaDB, not 'postgress' (examples: sqlite:///culm.db, "
+                          "postgresql://user@host/db, mysql://user@host/db)\n")

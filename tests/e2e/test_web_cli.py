@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -49,6 +50,18 @@ def test_no_auth_serves_only_loopback(tmp_path: Path) -> None:
     res = culm(tmp_path, "serve", "--no-auth", "--host", "0.0.0.0")
     assert res.returncode == 2
     assert "--no-auth serves only a loopback address" in res.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = culm(tmp_path, "serve", "--no-auth", "--port", str(port))
+    assert res.returncode == 2, res.stderr
+    assert f"error: cannot serve on 127.0.0.1:{port}: the address is already in use" in res.stderr
+    assert "Traceback" not in res.stderr and "Errno" not in res.stderr
+    assert not (tmp_path / "serve.db").exists()
 
 
 def test_a_bad_import_is_one_line_and_exit_2(tmp_path: Path) -> None:
