@@ -123,6 +123,7 @@ class TaskRelay:
         self.check = min(check, interval)
         self.own = own  # this process's owner: never buried by its own relay
         self.watch = watch  # called at every look (the pool watch of run_worker)
+        self._after_burial = 0.0  # until then (monotonic), each look also relays what waited a look
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
 
@@ -132,14 +133,15 @@ class TaskRelay:
     def stop(self) -> None:
         self._stop.set()
 
-    def relay_once(self, grace: float | None = None) -> int:
-        """Publish one batch of forgotten tasks (due more than ``grace`` ago, default the relay's);
-        returns how many."""
+    def relay_once(self, grace: float | None = None, resend_after: float | None = None) -> int:
+        """Publish one batch of forgotten tasks (due more than ``grace`` ago, default the relay's;
+        none relayed in the last ``resend_after`` seconds); returns how many."""
         at = now()
         grace = self.grace if grace is None else grace
+        if resend_after is None:
+            resend_after = min(self.grace, max(grace, self.check))
         with self.store.transaction() as unit:
-            tasks = unit.relay_candidates(at, grace, self.interval * 2, self.batch,
-                                          resend_after=min(self.grace, max(grace, self.check)))
+            tasks = unit.relay_candidates(at, grace, self.interval * 2, self.batch, resend_after=resend_after)
             unit.mark_relayed([t.id for t in tasks], at)
         for task in tasks:
             self.dispatcher.publish(task, at)
@@ -171,6 +173,15 @@ class TaskRelay:
                            worker.pid, how, len(freed))
         if buried:
             while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
+                pass
+            self._after_burial = time.monotonic() + self.dead_after
+        elif time.monotonic() < self._after_burial:
+            # Until the dead process's parent has noticed (a Celery master hands messages to a
+            # killed pool process until its pool maintenance runs), messages can still go to it
+            # after the pass above; they are acknowledged as lost with the process. Relay what has
+            # waited a look since, but not what the pass above sent already.
+            while (self.relay_once(grace=self.check, resend_after=self.grace) == self.batch
+                   and not self._stop.is_set()):
                 pass
         return buried
 

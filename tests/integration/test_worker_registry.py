@@ -11,18 +11,21 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from backends import REPO, create_database, drop_database
+from support import wait_until
 from test_lease_on_apply import _children, _start, _step
 
 import culm
 from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 from culm.core import walker
 from culm.core.records import now
-from culm.dispatch.liveness import LeaseHeartbeat
+from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay
 from culm.storage.migrate import upgrade_database
 from culm.storage.workers import SqlWorkerRegistry, process_gone, process_key
 
@@ -202,3 +205,45 @@ def test_a_worker_refuses_a_dead_after_shorter_than_two_beats() -> None:
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "CULM_WORKER_DEAD_AFTER (1.5) must be at least twice CULM_WORKER_BEAT (1)" in out.stderr
+
+
+class _Sent:
+    """The broker edge of a relay: the ids of the tasks it was asked to publish."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def publish(self, task, at=None, countdown=None) -> bool:  # noqa: ANN001 - CeleryDispatcher.publish's shape
+        self.ids.append(task.id)
+        return True
+
+
+def _due_task(rt: culm.Runtime, seconds_ago: float) -> str:
+    """Start a pipeline whose first task became due ``seconds_ago`` (its message went astray)."""
+    start = EmptyStartEvent()
+    start.extend(ServiceActivity(component_code="t_echo")).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    assert api.run_pipeline(rt, tree).result
+    with rt.store.transaction() as unit:
+        (task_id,) = [r[0] for r in unit._all("SELECT id FROM culm_task WHERE root_id = ?", [tree["id"]])]
+        unit._x("UPDATE culm_task SET due = due - ? WHERE id = ?", [seconds_ago, task_id])
+    return task_id
+
+
+def test_after_a_burial_the_relay_also_sends_what_went_astray_meanwhile(runtime: culm.Runtime) -> None:
+    # A Celery master hands messages to a killed pool process until it notices; those are lost
+    # after the burial's pass. For dead_after seconds the relay sends what has waited a look since.
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    sent = _Sent()
+    relay = TaskRelay(rt.store, sent, interval=0.2, grace=15.0, registry=registry,  # type: ignore[arg-type]
+                      dead_after=1.0, check=0.2, own="me")
+    registry.register("runner-d", 2, "culm")
+    _silence(rt, "runner-d", 10)
+    before = _due_task(rt, 0.0)
+    assert relay.bury_dead() == 1 and sent.ids == [before]  # the burial's pass: every due task
+    astray = _due_task(rt, 0.5)  # went to the dead process after that pass
+    assert relay.bury_dead() == 0 and sent.ids == [before, astray]  # the pass is not sent twice
+    wait_until(lambda: relay._after_burial < time.monotonic(), 5, 0.05, what="the watch after the burial to end")
+    later = _due_task(rt, 0.5)
+    assert relay.bury_dead() == 0 and later not in sent.ids  # the ordinary grace applies again
