@@ -79,7 +79,7 @@ def test_a_read_only_database_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("args", "code", "fragments"), [
     (["list", "--state", "DONE"], 2, ("state 'DONE' is not a state",)),
     (["list", "--since", "yesterday"], 2, ("--since 'yesterday'", "30m, 2h or 7d")),
-    (["list", "--limit", "5000"], 2, ("limit must be an int from 0 to 1000",)),
+    (["list", "--limit", "5000"], 2, ("--limit 5000", "from 0 to 1000")),
     (["retry", "node_done", "--data", "{oops"], 2, ("--data: invalid JSON",)),
     (["callback", "node_done", "--data", "[1]"], 2, ("--data must be a JSON object",)),
     (["set-context", "pipeline_example_tree", "who"], 2, ("expected KEY=VALUE",)),
