@@ -1,6 +1,8 @@
 """The services integration tests run against: server databases, brokers and ``culm worker`` processes.
 
 * :func:`create_database` / :func:`drop_database`: an empty PostgreSQL or MariaDB database of its own.
+* :func:`embedded_runtime_on`: a runtime with no worker threads on a new SQLite file or a new,
+  migrated server database, dropped afterwards (tests that drive the engine's steps themselves).
 * :class:`DistributedBackend`: a freshly created and migrated database, a private queue prefix on
   the broker, and running worker processes (short leases, fast relay); :class:`BackendPool` keeps
   one per kind (:data:`BACKENDS`) for a test session. The fixtures over them are in ``conftest.py``.
@@ -18,6 +20,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -247,6 +251,21 @@ BACKENDS = {
     "postgres-redis": ("postgres", REDIS, ("127.0.0.1", 5432), ("127.0.0.1", 6379)),
     "mariadb-rabbitmq": ("mariadb", AMQP, ("127.0.0.1", 3306), ("127.0.0.1", 5672)),
 }
+
+
+@contextmanager
+def embedded_runtime_on(kind: str, sqlite_file: Path) -> Iterator[culm.Runtime]:
+    """A ``Runtime(..., workers=0)`` on ``sqlite_file`` (kind ``"sqlite"``) or on a new, migrated
+    PostgreSQL/MariaDB database (``"postgres"`` / ``"mariadb"``) that is dropped afterwards."""
+    url = f"sqlite:///{sqlite_file}" if kind == "sqlite" else create_database(kind)
+    try:
+        if kind != "sqlite":
+            migrate.upgrade_database(url)
+        with culm.Runtime(url, workers=0) as rt:
+            yield rt
+    finally:
+        if kind != "sqlite":
+            drop_database(url)
 
 
 def own_backend(name: str, workdir: Path, env: dict[str, str | None] | None = None) -> DistributedBackend:

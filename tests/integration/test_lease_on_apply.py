@@ -18,29 +18,21 @@ from typing import Any
 
 import components  # noqa: F401 - registers the t_echo component
 import pytest
-from backends import create_database, drop_database
+from backends import embedded_runtime_on
 
 import culm
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 from culm.core import walker
 from culm.core.records import now
-from culm.storage.migrate import upgrade_database
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(params=["sqlite", "postgres", "mariadb"])
 def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[culm.Runtime]:
-    url = f"sqlite:///{tmp_path}/lease.db" if request.param == "sqlite" else create_database(request.param)
-    try:
-        if request.param != "sqlite":
-            upgrade_database(url)
-        with culm.Runtime(url, workers=0) as rt:
-            yield rt
-    finally:
-        if request.param != "sqlite":
-            drop_database(url)
+    with embedded_runtime_on(request.param, tmp_path / "lease.db") as rt:
+        yield rt
 
 
 def _step(rt: culm.Runtime, runner: str, task_id: str, pending: Any, *, claim: bool) -> Any:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import REPO, create_database, drop_database
+from backends import REPO, embedded_runtime_on
 from support import wait_until
 from test_lease_on_apply import _children, _start, _step
 
@@ -26,7 +26,6 @@ from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_
 from culm.core import walker
 from culm.core.records import now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay
-from culm.storage.migrate import upgrade_database
 from culm.storage.workers import SqlWorkerRegistry, process_gone, process_key
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,15 +34,8 @@ DEAD_AFTER = 3.0
 
 @pytest.fixture(params=["sqlite", "postgres", "mariadb"])
 def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[culm.Runtime]:
-    url = f"sqlite:///{tmp_path}/registry.db" if request.param == "sqlite" else create_database(request.param)
-    try:
-        if request.param != "sqlite":
-            upgrade_database(url)
-        with culm.Runtime(url, workers=0) as rt:
-            yield rt
-    finally:
-        if request.param != "sqlite":
-            drop_database(url)
+    with embedded_runtime_on(request.param, tmp_path / "registry.db") as rt:
+        yield rt
 
 
 def _silence(rt: culm.Runtime, owner: str, seconds: float) -> None:
