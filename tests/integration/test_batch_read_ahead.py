@@ -1,5 +1,6 @@
-"""A batch's reads up front (PostgreSQL): tasks claimed and read with their processes in one
-statement, contexts read per pipeline, both kept true to the transaction's own writes."""
+"""A batch's reads up front (PostgreSQL, MySQL/MariaDB): tasks claimed and read with their
+processes in one or two statements, contexts read per pipeline, both kept true to the
+transaction's own writes."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ pytestmark = pytest.mark.timeout(60)
 LEASE = ("me", 2e9, 1e9)  # owner, until, now
 
 
-@pytest.fixture
-def store():
-    url = create_database("postgres")
+@pytest.fixture(params=["postgres", "mariadb"])
+def store(request):
+    url = create_database(request.param)
     upgrade_database(url)
     s = SqlStore(url)
     yield s

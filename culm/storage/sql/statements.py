@@ -71,6 +71,17 @@ CLAIM_MANY_WITH_PROCESS = (
 )
 # PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
 MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
+# MySQL/MariaDB, a batch's tasks (neither UPDATE ... RETURNING nor FOR UPDATE OF there). First one
+# UPDATE takes the lease of the fresh tasks that are free and keeps (or takes again) the lease of
+# the resumed ones still ours ({marks}: one ? per task id; {held}: HELD_BY_US, or nothing when no
+# task is resumed); it locks those task rows alone, in id order. Then one plain read returns them
+# with their processes and whether the row is ours now: the lease columns compared in SQL with the
+# values just written (one parse of the same literals, so no rounding of the time in between).
+CLAIM_MANY_MYSQL = ("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id IN ({marks})"
+                    " AND (claimed_until IS NULL OR claimed_until < ?{held}) ORDER BY id")
+HELD_BY_US = " OR (owner = ? AND id IN ({resumed}))"
+MANY_WITH_PROCESS_OURS = ("SELECT " + _T_AND_P + ", t.owner = ? AND t.claimed_until = ? FROM culm_task t"
+                          + _JOIN_PROCESS + " WHERE t.id IN ({marks})")
 SCHEDULE_SELECT = (
     "SELECT id, node_id, version, process_id, type, finished, expired, times, locked_until FROM culm_schedule"
 )
@@ -144,6 +155,7 @@ def col(name: str) -> str:
 STATE_BY_ID = STATE_SELECT + " WHERE node_id = ?"
 STATE_BY_ID_LOCKED = STATE_BY_ID + " FOR UPDATE"
 STATES_IN = STATE_SELECT + " WHERE node_id IN ({marks})"
+STATES_IN_LOCKED = STATES_IN + " ORDER BY node_id FOR UPDATE"  # one lock order
 STATES_OF_ROOT = STATE_SELECT + " WHERE root_id = ?"
 STATES_OF_PARENT = STATE_SELECT + " WHERE parent_id = ?"
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
