@@ -1,5 +1,6 @@
 """SQL statements a 17-node pipeline costs on PostgreSQL: ``python -m bench.statements [--trace]``.
 
+(On MySQL/MariaDB with ``CULM_BENCH_PG=mysql+pymysql://root@127.0.0.1:3306/test``.)
 Submits ``normal_pipeline()`` runs to a fresh PostgreSQL database and runs their tasks in this
 process, one at a time, through the engine loop a ``culm worker`` runs (``ThreadDispatcher``:
 batch transaction, user code on its thread), without Celery: the follow-up tasks a commit makes
@@ -23,7 +24,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from bench.scenarios import Cluster
+from sqlalchemy.engine import make_url
+
+from bench.scenarios import PG_ADMIN, Cluster
 from bench.trees import normal_pipeline
 
 
@@ -45,7 +48,13 @@ class _Queue:
 
 @contextmanager
 def _counting(log: list[str]) -> Iterator[None]:
-    """Record every statement and commit psycopg sends while the block runs (a measuring patch)."""
+    """Record every statement and commit the database driver sends while the block runs (a
+    measuring patch): psycopg on PostgreSQL, PyMySQL on MySQL/MariaDB (``CULM_BENCH_PG`` a
+    ``mysql+pymysql://`` URL)."""
+    if make_url(PG_ADMIN).get_backend_name() in ("mysql", "mariadb"):
+        with _counting_pymysql(log):
+            yield
+        return
     import psycopg
 
     execute, executemany, commit = psycopg.Cursor.execute, psycopg.Cursor.executemany, psycopg.Connection.commit
@@ -63,15 +72,40 @@ def _counting(log: list[str]) -> Iterator[None]:
             log.append("COMMIT")
         commit(self)
 
-    patches = [(psycopg.Cursor, "execute", counted_execute), (psycopg.Cursor, "executemany", counted_executemany),
-               (psycopg.Connection, "commit", counted_commit)]
+    with _patched([(psycopg.Cursor, "execute", counted_execute), (psycopg.Cursor, "executemany", counted_executemany),
+                   (psycopg.Connection, "commit", counted_commit)]):
+        yield
+
+
+@contextmanager
+def _counting_pymysql(log: list[str]) -> Iterator[None]:
+    """PyMySQL: every query sent is one round trip (an ``executemany`` of an INSERT is sent as
+    multi-row INSERTs, of anything else as one query per row), and so is every commit."""
+    from pymysql.connections import Connection
+
+    query, commit = Connection.query, Connection.commit
+
+    def counted_query(self: Any, sql: Any, unbuffered: bool = False) -> Any:
+        log.append(sql if isinstance(sql, str) else sql.decode(errors="replace"))
+        return query(self, sql, unbuffered)
+
+    def counted_commit(self: Any) -> None:
+        log.append("COMMIT")
+        commit(self)
+
+    with _patched([(Connection, "query", counted_query), (Connection, "commit", counted_commit)]):
+        yield
+
+
+@contextmanager
+def _patched(patches: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    saved = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
     for cls, name, fn in patches:
         setattr(cls, name, fn)
     try:
         yield
     finally:
-        for cls, name, fn in zip((psycopg.Cursor, psycopg.Cursor, psycopg.Connection),
-                                 ("execute", "executemany", "commit"), (execute, executemany, commit), strict=True):
+        for cls, name, fn in saved:
             setattr(cls, name, fn)
 
 

@@ -185,12 +185,13 @@ class SqlUnit:
 
     dialect = ""  # the SQLAlchemy dialect name
     lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
-    defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL)
+    defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL, MySQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
     reads_tasks_ahead = False  # read_tasks_ahead reads a batch's tasks in two statements
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
+    combine = staticmethod(_combined)  # deferred writes -> the statements that carry them
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
@@ -234,11 +235,7 @@ class SqlUnit:
         cur = self._cur
         if self._deferred:
             # The deferred writes travel with this statement: one round trip for all of them.
-            pending = self._take_deferred()
-            with self.conn.driver_connection.pipeline():
-                for q, p in pending:
-                    cur.execute(q, p)
-                cur.execute(self._sql(sql), tuple(params))
+            self._send_deferred(self._take_deferred(), (self._sql(sql), tuple(params)))
             return cur
         cur.execute(sql if self._plain_sql else self._sql(sql), params if type(params) in _SEQUENCES else tuple(params))
         return cur
@@ -261,13 +258,15 @@ class SqlUnit:
             self._send_changes()
         if not self._deferred:
             return
-        pending = self._take_deferred()
-        cur = self._cur
-        with self.conn.driver_connection.pipeline():
-            for sql, params in pending:
-                cur.execute(sql, params)
-            if commit:
-                self.conn.driver_connection.commit()
+        self._send_deferred(self._take_deferred(), None, commit=commit)
+
+    def _send_deferred(
+        self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
+    ) -> None:
+        """Send deferred writes (as ``combine`` made them), then ``last``, a statement whose answer
+        the caller reads from the cursor, in one round trip; with the commit when ``commit`` and the
+        dialect can. Only the dialects that defer writes (``defers_writes``) say how."""
+        raise NotImplementedError
 
     def record_change(
         self, root_id: str, node_id: str, from_state: str | None, to_state: str, version: str, loop: int
@@ -299,7 +298,7 @@ class SqlUnit:
         pending = self._deferred or []
         self._deferred = []
         self._unsent_states.clear()
-        return _combined(pending)
+        return self.combine(pending)
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if rows:

@@ -1,14 +1,20 @@
-"""MySQL and MariaDB: backquoted names, their own upsert, READ COMMITTED."""
+"""MySQL and MariaDB: backquoted names, their own upsert, READ COMMITTED; writes deferred and sent
+together as one multi-statement query, a batch's tasks read ahead."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import importlib
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from sqlalchemy import event
+
 from culm.core.records import ProcessRecord, TaskRecord
-from culm.storage.sql.base import Dialect, SqlUnit, _process_row, _state_row, _task_row
+from culm.storage.sql.base import Dialect, SqlStore, SqlUnit, _process_row, _state_row, _task_row
 from culm.storage.sql.statements import (
+    ACK_CHILD,
+    ACKS_OF,
     CLAIM_MANY_MYSQL,
     HELD_BY_US,
     KEEP_HELD_LEASE,
@@ -23,6 +29,30 @@ from culm.storage.sql.statements import (
 )
 
 _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
+# Characters of deferred writes per multi-statement query: well under the server's smallest usual
+# max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on MariaDB and MySQL 8).
+MAX_QUERY_CHARS = 1 << 20
+
+
+def _in_order(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes as they are: the statements of a multi-statement query run one after the
+    other, so unlike PostgreSQL's combined statement (culm.storage.sql.base._combined) no two
+    writes need keeping apart."""
+    return [(sql, params) for sql, params, _ in pending]
+
+
+def _up_to(texts: list[str], limit: int) -> Iterator[list[str]]:
+    """``texts`` in consecutive runs of at most ``limit`` characters (a longer text alone)."""
+    run: list[str] = []
+    size = 0
+    for text in texts:
+        if run and size + len(text) > limit:
+            yield run
+            run, size = [], 0
+        run.append(text)
+        size += len(text) + 2
+    if run:
+        yield run
 
 
 @functools.lru_cache(maxsize=4096)
@@ -31,10 +61,41 @@ def adapt_mysql(sql: str) -> str:
 
 
 class MysqlUnit(SqlUnit):
+    """A transaction on MySQL/MariaDB. As on PostgreSQL, writes whose result nobody reads wait and
+    go to the server with the next statement that needs an answer (a read, a compare-and-set on a
+    row not locked here, a savepoint, the commit): here as one multi-statement query (the
+    connection allows them, see MysqlDialect.prepare), whose statements the server runs in order
+    and stops at the first error, which is raised then and aborts the transaction (or the
+    savepoint) as on PostgreSQL."""
+
     dialect = "mysql"
     adapt = staticmethod(adapt_mysql)
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
+    defers_writes = True
+    combine = staticmethod(_in_order)
+
+    def _send_deferred(
+        self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
+    ) -> None:
+        # The driver quotes the parameters into the text (as it does for any statement); the
+        # answers of the writes are read and dropped, the last statement's stays on the cursor.
+        # ``commit``: the store's own commit follows (one more round trip, as without deferral).
+        cur = self._cur
+        texts = [cur.mogrify(sql, params) for sql, params in pending]
+        if last is not None:
+            texts.append(cur.mogrify(*last))
+        for run in _up_to(texts, MAX_QUERY_CHARS):
+            cur.execute(";\n".join(run))  # no parameters: the text is sent as it is
+            while cur.nextset():
+                pass
+
+    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+        # The UPDATE locks the parent's row (serialising siblings) and the read that follows in
+        # the same query sees the count with this child in it: one round trip for both.
+        self._later(ACK_CHILD, [parent_id], (("culm_process", (parent_id,)),))
+        row = self._one(ACKS_OF, [parent_id])
+        return int(row[0]), int(row[1])
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]
@@ -80,6 +141,18 @@ class MysqlUnit(SqlUnit):
 class MysqlDialect(Dialect):
     name = "mysql"
     unit = MysqlUnit
+
+    def prepare(self, store: SqlStore) -> None:
+        """Let connections send several statements in one query (the deferred writes, see
+        MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
+        a compare-and-set counts the rows it matched)."""
+        super().prepare(store)
+        dbapi = store.engine.dialect.loaded_dbapi
+        multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
+
+        @event.listens_for(store.engine, "do_connect")
+        def _allow_multi_statements(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+            params["client_flag"] = params.get("client_flag", 0) | multi
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
         # Read what others committed (version checks, joins) rather than a snapshot.

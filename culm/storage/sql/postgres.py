@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import Dialect, SqlStore, SqlUnit, _process_row, _state_row, _task_row
@@ -34,6 +35,18 @@ class PostgresUnit(SqlUnit):
     defers_writes = True
     adapt = staticmethod(adapt_pg)
     reads_tasks_ahead = True
+
+    def _send_deferred(
+        self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
+    ) -> None:
+        cur = self._cur
+        with self.conn.driver_connection.pipeline():  # psycopg sends them all, then reads the answers
+            for sql, params in pending:
+                cur.execute(sql, params)
+            if last is not None:
+                cur.execute(*last)
+            if commit:
+                self.conn.driver_connection.commit()
 
     def _count_ack(self, parent_id: str) -> tuple[int, int]:
         row = self._one(ACK_CHILD_RETURNING, [parent_id])
