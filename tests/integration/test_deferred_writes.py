@@ -1,0 +1,113 @@
+"""Deferred writes on the server databases (PostgreSQL: pipelined; MySQL/MariaDB: one
+multi-statement query): what a transaction wrote is what its own reads see and what its commit
+stores, a write that fails takes its transaction (or savepoint) with it, and text that looks like
+SQL is stored as it was given."""
+
+from __future__ import annotations
+
+import pytest
+from backends import create_database, drop_database
+
+from culm.core.records import StateRecord
+from culm.storage.migrate import upgrade_database
+from culm.storage.sql import SqlStore
+from culm.storage.sql import mysql as mysql_dialect
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def store(request):
+    url = create_database(request.param)
+    upgrade_database(url)
+    s = SqlStore(url)
+    yield s
+    s.dispose()
+    drop_database(url)
+
+
+def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
+    return StateRecord(node_id, "root", "root", name, "v1", created_time=1.0)
+
+
+def test_a_transactions_reads_see_its_deferred_writes_and_the_commit_stores_them(store):
+    with store.transaction() as unit:
+        unit.insert_state(_state("a"))
+        unit.set_execution_outputs("a", {"x": 1})
+        assert unit.get_state("a").name == "RUNNING"  # the writes go with this read
+        assert unit.update_state("a", expect_version="v1", name="FINISHED")  # locked here: deferred
+        assert not unit.update_state("a", expect_version="v1", expect_names=["RUNNING"], name="FAILED")
+    with store.reading() as unit:
+        assert unit.get_state("a").name == "FINISHED"
+        assert unit.get_execution_data("a") == ({}, {"x": 1})
+
+
+def test_a_failing_deferred_write_rolls_back_the_whole_transaction(store):
+    with store.transaction() as unit:
+        unit.insert_state(_state("taken"))
+    with pytest.raises(Exception, match="(?i)duplicate|unique"), store.transaction() as unit:
+        unit.insert_state(_state("b"))
+        unit.insert_state(_state("taken"))  # the primary key clash surfaces when the writes are sent
+        unit.insert_state(_state("c"))
+    with store.reading() as unit:
+        assert set(unit.get_states(["b", "c", "taken"])) == {"taken"}
+
+
+def test_a_failing_deferred_write_in_a_savepoint_undoes_only_the_savepoint(store):
+    with store.transaction() as unit:
+        unit.insert_state(_state("taken"))
+    with store.transaction() as unit:
+        unit.insert_state(_state("before"))
+        with pytest.raises(Exception, match="(?i)duplicate|unique"), unit.savepoint():
+            unit.insert_state(_state("inside"))
+            unit.insert_state(_state("taken"))
+        unit.insert_state(_state("after"))
+    with store.reading() as unit:
+        assert set(unit.get_states(["before", "inside", "after", "taken"])) == {"before", "after", "taken"}
+
+
+def test_text_that_looks_like_sql_is_stored_as_given(store):
+    tricky = {"s": "a'; DROP TABLE culm_state; -- %s %(x)s ? \\ \" `x`", "n": "line\nbreak;"}
+    with store.transaction() as unit:
+        unit.insert_state(_state("q"))
+        unit.set_execution_outputs("q", tricky)
+        unit.set_execution_outputs("r", {"after": True})
+    with store.reading() as unit:
+        assert unit.get_execution_data("q") == ({}, tricky)
+        assert unit.get_execution_data("r") == ({}, {"after": True})
+        assert unit.get_state("q") is not None
+
+
+def test_mysql_sends_deferred_writes_in_queries_of_bounded_size(store, monkeypatch):
+    if store.dialect != "mysql":
+        pytest.skip("MySQL/MariaDB's multi-statement queries")
+    monkeypatch.setattr(mysql_dialect, "MAX_QUERY_CHARS", 600)  # a few writes per query
+    with store.transaction() as unit:
+        for i in range(40):
+            unit.insert_state(_state(f"n{i}"))
+            unit.set_execution_outputs(f"n{i}", {"i": i})
+    with store.reading() as unit:
+        assert len(unit.get_states([f"n{i}" for i in range(40)])) == 40
+        assert unit.get_execution_data("n39") == ({}, {"i": 39})
+
+
+def test_mysql_writes_travel_with_the_next_read_in_one_query(store, monkeypatch):
+    if store.dialect != "mysql":
+        pytest.skip("MySQL/MariaDB's multi-statement queries")
+    from pymysql.connections import Connection
+
+    sent: list[str] = []
+    query = Connection.query
+
+    def counted(self, sql, unbuffered=False):
+        sent.append(sql)
+        return query(self, sql, unbuffered)
+
+    with store.transaction() as unit:
+        unit.insert_state(_state("w"))
+        monkeypatch.setattr(Connection, "query", counted)
+        unit.set_execution_outputs("w", {"x": 1})
+        unit.update_process("p-none", current_node_id="w")  # no such row: a write all the same
+        assert unit.get_execution_data("w") == ({}, {"x": 1})
+        monkeypatch.setattr(Connection, "query", query)
+    assert len(sent) == 1 and sent[0].count(";\n") == 3  # state, outputs, process, then the read
