@@ -105,6 +105,10 @@ def catalogue(scenario: str, quick: bool, repeats: int | None) -> list[Spec]:
             base = builder()[0]
             for w in ((1, 2) if quick else WORKER_COUNTS):
                 specs.append(Spec(f"distributed_{kind}_w{w}", base.shape, base.make, reps, "distributed", w))
+        # Many pipelines at once (the lock contention a busy service sees): 500 x 17 nodes.
+        many = 20 if quick else 500
+        specs.append(Spec("distributed_many_w2", f"{many} x normal_pipeline() (17 nodes each), started together",
+                          lambda: [normal_pipeline() for _ in range(many)], 1, "distributed", 2))
         return specs
 
     def polled() -> list[Spec]:
@@ -336,6 +340,11 @@ class Cluster:
                     pass
         return round(peak / 1024, 1)
 
+    def count_in_logs(self, text: str) -> int:
+        """Lines of the workers' logs that contain ``text``."""
+        return sum(line.count(text) for i in range(len(self.procs))
+                   for line in (self.workdir / f"worker-{i}.log").read_text(errors="replace").splitlines())
+
     def logs_tail(self) -> str:
         out = []
         for i in range(len(self.procs)):
@@ -406,7 +415,7 @@ def run_distributed(spec: Spec) -> dict[str, Any]:
 
     distributed_precheck()
     times: list[float] = []
-    nodes = pipelines = finished = 0
+    nodes = pipelines = finished = victims = 0
     worker_rss = 0.0
     for _ in range(spec.repeats):
         trees = spec.make()
@@ -422,11 +431,13 @@ def run_distributed(spec: Spec) -> dict[str, Any]:
             finally:
                 rt.close()
             worker_rss = max(worker_rss, cluster.worker_peak_rss_mb())
+            victims += cluster.count_in_logs("deadlock victim")
     backend = f"{_service_name(PG_ADMIN)} + {_service_name(REDIS)}, {spec.workers} culm worker x {WORKER_CONCURRENCY} process"
     out = summarise(spec, times, nodes, pipelines, finished, backend)
     out["workers"] = spec.workers
     out["worker_concurrency"] = WORKER_CONCURRENCY
     out["worker_peak_rss_mb"] = worker_rss
+    out["deadlock_victims"] = victims  # batches the database rolled back to break a deadlock (run again)
     return out
 
 
