@@ -1084,6 +1084,11 @@ class Dialect:
     def begin(self, raw: Any, *, write: bool) -> None:
         """Start a transaction on the DB-API connection ``raw`` (the driver's own begin, here)."""
 
+    def commit(self, raw: Any) -> None:
+        """Commit the transaction of a write unit on ``raw`` at its end (its last writes were
+        sent by its ``flush(commit=True)``, which may have committed already)."""
+        raw.commit()
+
     def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
         """A unit answering hot reads from ``cache`` (culm.storage.cache)."""
         raise InvalidOperationError(f"the engine's kept copies (RecordCache) need SQLite's single writer, "
@@ -1226,7 +1231,7 @@ class SqlStore:
             self._dialect.begin(raw, write=write)
             yield raw
             if write:
-                raw.commit()
+                self._dialect.commit(raw)
             else:
                 raw.rollback()
         except BaseException:

@@ -32,6 +32,7 @@ _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and
 # Characters of deferred writes per multi-statement query: well under the server's smallest usual
 # max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on MariaDB and MySQL 8).
 MAX_QUERY_CHARS = 1 << 20
+SERVER_STATUS_IN_TRANS = 1  # the protocol's status flag: a transaction is open
 
 
 def _in_order(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
@@ -80,11 +81,12 @@ class MysqlUnit(SqlUnit):
     ) -> None:
         # The driver quotes the parameters into the text (as it does for any statement); the
         # answers of the writes are read and dropped, the last statement's stays on the cursor.
-        # ``commit``: the store's own commit follows (one more round trip, as without deferral).
         cur = self._cur
         texts = [cur.mogrify(sql, params) for sql, params in pending]
         if last is not None:
             texts.append(cur.mogrify(*last))
+        if commit:
+            texts.append("COMMIT")  # the store's commit then finds no transaction open (MysqlDialect.commit)
         for run in _up_to(texts, MAX_QUERY_CHARS):
             cur.execute(";\n".join(run))  # no parameters: the text is sent as it is
             while cur.nextset():
@@ -110,18 +112,19 @@ class MysqlUnit(SqlUnit):
     reads_tasks_ahead = True
 
     def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
-        """A batch's tasks in three statements instead of two or three per task (see
-        CLAIM_MANY_MYSQL): the leases taken or kept in one UPDATE, the tasks read with their
-        processes, then the states of the resumed tasks' nodes locked, in node id order (the lock
-        order stays: task rows first, then states; process rows are only read)."""
+        """A batch's tasks in two round trips instead of two or three per task (see
+        CLAIM_MANY_MYSQL): the leases taken or kept in one UPDATE and the tasks read with their
+        processes in one query, then the states of the resumed tasks' nodes locked, in node id
+        order (the lock order stays: task rows first, then states; process rows are only read)."""
         ids = list(dict.fromkeys([*fresh, *resumed]))
         if len(ids) < 2:
             return
         owner, until, at = lease
         mine = list(dict.fromkeys(resumed))
         held = HELD_BY_US.format(resumed=marks(len(mine))) if mine else ""
-        self._x(CLAIM_MANY_MYSQL.format(marks=marks(len(ids)), held=held),
-                [owner, until, *ids, at, *([owner, *mine] if mine else [])])
+        # The UPDATE's count is not needed (the read says which rows are ours): it goes with the read.
+        self._later(CLAIM_MANY_MYSQL.format(marks=marks(len(ids)), held=held),
+                    [owner, until, *ids, at, *([owner, *mine] if mine else [])])
         rows = self._all(MANY_WITH_PROCESS_OURS.format(marks=marks(len(ids))), [owner, until, *ids])
         ahead = self._tasks_ahead
         ahead.update(dict.fromkeys(ids))  # not there, or not ours: None
@@ -138,14 +141,33 @@ class MysqlUnit(SqlUnit):
                 self._lock_ahead(_state_row(st))
 
 
+def _in_transaction(conn: Any) -> bool:
+    """Whether the server said, in its last answer on DB-API connection ``conn``, that a
+    transaction is open (PyMySQL keeps the status flags; any other driver: assume so)."""
+    status = getattr(conn, "server_status", None)
+    return status is None or bool(status & SERVER_STATUS_IN_TRANS)
+
+
 class MysqlDialect(Dialect):
     name = "mysql"
     unit = MysqlUnit
 
+    def engine_options(self, *, memory: bool) -> dict[str, Any]:
+        # Read what others committed (version checks, joins) rather than a snapshot. A connection
+        # back in the pool is rolled back only if a transaction is still open (see prepare).
+        return {**super().engine_options(memory=memory), "isolation_level": "READ COMMITTED",
+                "pool_reset_on_return": None}
+
+    def commit(self, raw: Any) -> None:
+        if _in_transaction(raw.driver_connection):  # else the unit's last query ended with COMMIT
+            raw.commit()
+
     def prepare(self, store: SqlStore) -> None:
         """Let connections send several statements in one query (the deferred writes, see
         MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
-        a compare-and-set counts the rows it matched)."""
+        a compare-and-set counts the rows it matched). And roll back a connection handed back to
+        the pool only when it is still in a transaction: every unit ends its own (a commit or a
+        rollback), so SQLAlchemy's unconditional ROLLBACK would be one more round trip each."""
         super().prepare(store)
         dbapi = store.engine.dialect.loaded_dbapi
         multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
@@ -154,6 +176,7 @@ class MysqlDialect(Dialect):
         def _allow_multi_statements(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
             params["client_flag"] = params.get("client_flag", 0) | multi
 
-    def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        # Read what others committed (version checks, joins) rather than a snapshot.
-        return {**super().engine_options(memory=memory), "isolation_level": "READ COMMITTED"}
+        @event.listens_for(store.engine, "reset")
+        def _end_open_transaction(dbapi_conn: Any, _record: Any, _state: Any) -> None:
+            if _in_transaction(dbapi_conn):
+                dbapi_conn.rollback()
