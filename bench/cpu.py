@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import REDIS, Cluster, _children, submit_and_wait
+from bench.scenarios import PG_ADMIN, REDIS, Cluster, _children, submit_and_wait
 from bench.trees import normal_pipeline
 
 
@@ -44,6 +44,17 @@ def _pids_with(word: str) -> list[int]:
     return found
 
 
+def _db_server_word() -> str:
+    """What the database server's processes have in their command line: PostgreSQL's backends
+    (``postgres: ...``), or MariaDB's one server process, ``mariadbd`` (``CULM_BENCH_PG`` a MySQL
+    URL; that process serves every client on the machine, so its figure counts theirs too)."""
+    return "mariadbd" if "mysql" in PG_ADMIN.split(":", 1)[0] else "postgres:"
+
+
+def _db_label() -> str:
+    return "MariaDB server (all clients)" if _db_server_word() == "mariadbd" else "PostgreSQL"
+
+
 def distributed(workers: int, pipelines: int) -> None:
     import culm
 
@@ -53,20 +64,21 @@ def distributed(workers: int, pipelines: int) -> None:
             worker_pids = [q for p in cluster.procs for q in (p.pid, *_children(p.pid))]
             groups = {"workers": worker_pids, "redis": _pids_with("redis-server")}
             trees = [normal_pipeline() for _ in range(pipelines)]
-            pg_before = set(_pids_with("postgres:"))
+            server = _db_server_word()
+            pg_before = set(_pids_with(server))
             before = {name: _proc_cpu(pids) for name, pids in groups.items()}
             pg_cpu_before = _proc_cpu(list(pg_before))
             own = time.process_time()
             elapsed = submit_and_wait(rt, trees, timeout=300)
             own = time.process_time() - own
-            pg_after = set(_pids_with("postgres:"))
+            pg_after = set(_pids_with(server))
             # Backends that appeared during the run count in full; older ones by their increase.
             pg = _proc_cpu(list(pg_before)) - pg_cpu_before + _proc_cpu(list(pg_after - pg_before))
             used = {name: _proc_cpu(pids) - before[name] for name, pids in groups.items()}
         finally:
             rt.close()
     print(f"{pipelines} x normal_pipeline, {workers} workers: {elapsed:.3f} s wall; CPU seconds: "
-          f"workers {used['workers']:.2f}, PostgreSQL {pg:.2f}, Redis {used['redis']:.2f}, submitter {own:.2f}")
+          f"workers {used['workers']:.2f}, {_db_label()} {pg:.2f}, Redis {used['redis']:.2f}, submitter {own:.2f}")
 
 
 def embedded(pipelines: int) -> None:
