@@ -79,14 +79,21 @@ def _counting(log: list[str]) -> Iterator[None]:
 
 @contextmanager
 def _counting_pymysql(log: list[str]) -> Iterator[None]:
-    """PyMySQL: every query sent is one round trip (an ``executemany`` of an INSERT is sent as
-    multi-row INSERTs, of anything else as one query per row), and so is every commit."""
+    """PyMySQL: every query sent is one round trip (culm's deferred writes travel as one
+    multi-statement query, an ``executemany`` of an INSERT as multi-row INSERTs); a commit is
+    counted as a transaction, whether sent alone or at the end of such a query."""
     from pymysql.connections import Connection
 
     query, commit = Connection.query, Connection.commit
 
     def counted_query(self: Any, sql: Any, unbuffered: bool = False) -> Any:
-        log.append(sql if isinstance(sql, str) else sql.decode(errors="replace"))
+        text = sql if isinstance(sql, str) else sql.decode(errors="replace")
+        if text == "COMMIT":
+            log.append("COMMIT")
+        elif text.endswith(";\nCOMMIT"):
+            log.extend([text[: -len(";\nCOMMIT")], "COMMIT"])
+        else:
+            log.append(text)
         return query(self, sql, unbuffered)
 
     def counted_commit(self: Any) -> None:

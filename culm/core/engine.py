@@ -90,7 +90,8 @@ class Engine:
         stored = unit.get_pipeline(root_id)
         if stored is None:
             raise LookupError(f"pipeline {root_id} is not stored")
-        tree, _, options = stored
+        tree, root_data, options = stored
+        self._keep_root_data(root_id, root_data)  # read with the tree: root_data() needs no read of its own
         if "converge_of" in options:  # stored as given to run_pipeline, before normalising
             from culm.model.validator import renormalise
 
@@ -105,11 +106,14 @@ class Engine:
             data = self._root_data.get(root_id)
         if data is None:
             data = unit.get_root_data(root_id)
-            with self._graphs_lock:
-                self._root_data[root_id] = data
-                while len(self._root_data) > 2048:
-                    self._root_data.popitem(last=False)
+            self._keep_root_data(root_id, data)
         return data
+
+    def _keep_root_data(self, root_id: str, data: UserData) -> None:
+        with self._graphs_lock:
+            self._root_data[root_id] = data
+            while len(self._root_data) > 2048:
+                self._root_data.popitem(last=False)
 
     def remember_graph(self, g: Graph) -> None:
         with self._graphs_lock:
