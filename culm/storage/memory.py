@@ -586,6 +586,10 @@ class MemoryStore:
         with self._lock:
             yield MemoryUnit(self._db)
 
+    def is_interruption(self, exc: BaseException) -> bool:
+        """Never: there is no server to lose (a crash is modelled by :meth:`reopen`, not raised)."""
+        return False
+
     def reopen(self) -> MemoryStore:
         """A new store over what this one committed, as after a crash and a restart: a
         transaction still open here can no longer commit."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from culm.core import states
 from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
@@ -1093,6 +1093,14 @@ class Dialect:
     def checkpoint(self, store: SqlStore) -> None:
         """Move committed log pages into the database, if the database has such a step."""
 
+    def interruptions(self, engine: Engine) -> tuple[type[BaseException], ...]:
+        """The driver's own errors that mean the database was interrupted (a lost connection, a
+        restarting server, a deadlock victim). The hot path talks to the DB-API driver directly,
+        so they reach callers unwrapped by SQLAlchemy; every DB-API driver names them alike."""
+        dbapi = engine.dialect.loaded_dbapi
+        kinds = (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None))
+        return tuple(k for k in kinds if isinstance(k, type) and issubclass(k, BaseException))
+
 
 def dialect_for(url: str) -> Dialect:
     """The one place a store's dialect is chosen, from its (normalised) database URL."""
@@ -1125,6 +1133,7 @@ class SqlStore:
         self._unit = dialect.unit
         self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
         dialect.prepare(self)
+        self._interruptions = dialect.interruptions(self.engine)
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
         self._write_lock = threading.RLock() if dialect.one_writer else None
         # ...and they all write through ONE connection: SQLite empties a connection's page cache
@@ -1196,6 +1205,15 @@ class SqlStore:
         finally:
             reader.busy = False
             raw.rollback()
+
+    def is_interruption(self, exc: BaseException) -> bool:
+        """A lost connection, a restarting server, a deadlock: worth trying the same work again
+        (:meth:`culm.core.ports.Store.is_interruption`)."""
+        if isinstance(exc, OperationalError | InterfaceError):
+            return True
+        if isinstance(exc, DBAPIError):
+            return bool(exc.connection_invalidated)
+        return isinstance(exc, self._interruptions)
 
     def _thread_reader(self) -> Any:
         """This thread's own read connection to the SQLite file, outside the pool.
