@@ -1,4 +1,8 @@
-"""Runtime: the object users create. It binds a store, a dispatcher and the engine together."""
+"""Runtime: the object users create. It binds a store, a dispatcher and the engine together.
+
+It is the one place that wires them: :class:`Runtime` for a process that submits (and, embedded,
+runs) work, :class:`WorkerWiring` and :func:`run_worker` for each process of a ``culm worker``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from culm.core.engine import Engine, Settings
-from culm.core.ports import Dispatcher
+from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
 from culm.errors import InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
@@ -18,6 +22,7 @@ from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
 
 if TYPE_CHECKING:
+    from culm.dispatch.runner import WorkerRunner
     from culm.dispatch.threads import ThreadDispatcher
 
 logger = logging.getLogger("culm.runtime")
@@ -206,3 +211,48 @@ class Runtime:
         if isinstance(self.store, MemoryStore):
             return f"Runtime({self.store.url!r}, {mode})"
         return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"
+
+
+class WorkerWiring:
+    """The store and engine of each ``culm worker`` process (``culm.dispatch.celery.WorkerWiring``).
+
+    The Celery worker builds them once per pool process, after the fork: a fresh store on the
+    database, and an engine whose dispatcher is the process's :class:`~culm.dispatch.runner.WorkerRunner`.
+    """
+
+    def check(self, db: str) -> None:
+        SqlStore(db).dispose()  # opening it refuses an outdated schema
+
+    def build(self, db: str, runner: WorkerRunner, lease_seconds: float) -> tuple[Store, Engine, WorkerRegistry]:
+        store = SqlStore(db)
+        settings = Settings(lease_seconds=lease_seconds, schedule_lock_seconds=lease_seconds)
+        return store, Engine(store, runner, settings), store.worker_registry()
+
+    def after_fork(self, store: Store) -> None:
+        if isinstance(store, SqlStore):
+            store.engine.dispose(close=False)  # the parent still uses them: forget, do not close
+
+
+def run_worker(
+    db: str,
+    broker: str,
+    imports: list[str],
+    concurrency: int | None = None,
+    queues: list[str] | None = None,
+    loglevel: str = "INFO",
+    pool: str | None = None,
+    *,
+    prefix: str = "culm",
+) -> None:
+    """Run a culm Celery worker until it is stopped (``culm worker``), its processes wired here.
+
+    The arguments are :func:`culm.dispatch.celery.run_worker`'s (``$CULM_IMPORTS`` is added to
+    ``imports``; the knobs it reads from the environment are listed in that module).
+
+    Raises:
+        SchemaOutdatedError: the database schema is not at this culm's revision.
+        CulmError: a knob out of range.
+    """
+    from culm.dispatch.celery import run_worker as run_celery_worker  # celery is an extra
+
+    run_celery_worker(db, broker, imports, concurrency, queues, loglevel, pool, prefix=prefix, wiring=WorkerWiring())
