@@ -1,7 +1,8 @@
 """Runtime: the object users create. It binds a store, a dispatcher and the engine together.
 
 It is the one place that wires them: :class:`Runtime` for a process that submits (and, embedded,
-runs) work, :class:`WorkerWiring` and :func:`run_worker` for each process of a ``culm worker``.
+runs) work, :class:`WorkerWiring` for each process of a ``culm worker`` (``culm.dispatch.celery.run_worker``
+takes it).
 """
 
 from __future__ import annotations
@@ -231,28 +232,3 @@ class WorkerWiring:
     def after_fork(self, store: Store) -> None:
         if isinstance(store, SqlStore):
             store.engine.dispose(close=False)  # the parent still uses them: forget, do not close
-
-
-def run_worker(
-    db: str,
-    broker: str,
-    imports: list[str],
-    concurrency: int | None = None,
-    queues: list[str] | None = None,
-    loglevel: str = "INFO",
-    pool: str | None = None,
-    *,
-    prefix: str = "culm",
-) -> None:
-    """Run a culm Celery worker until it is stopped (``culm worker``), its processes wired here.
-
-    The arguments are :func:`culm.dispatch.celery.run_worker`'s (``$CULM_IMPORTS`` is added to
-    ``imports``; the knobs it reads from the environment are listed in that module).
-
-    Raises:
-        SchemaOutdatedError: the database schema is not at this culm's revision.
-        CulmError: a knob out of range.
-    """
-    from culm.dispatch.celery import run_worker as run_celery_worker  # celery is an extra
-
-    run_celery_worker(db, broker, imports, concurrency, queues, loglevel, pool, prefix=prefix, wiring=WorkerWiring())

@@ -22,12 +22,12 @@ from culm.cli.common import (
 )
 from culm.cli.loading import import_modules, import_names
 from culm.errors import CulmError
-from culm.runtime import run_worker
+from culm.runtime import WorkerWiring
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     try:
-        from culm.dispatch import queue_names
+        from culm.dispatch import queue_names, run_worker
     except ImportError as exc:
         raise UsageError(f"the Celery worker is not available: {exc} (install culm[celery])") from exc
 
@@ -49,7 +49,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     try:
         run_worker(db=db_url(args), broker=broker, imports=[n for n in imports if not n.endswith(".py")],
                    concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
-                   prefix=args.prefix)
+                   prefix=args.prefix, wiring=WorkerWiring())
     except CulmError as exc:
         if isinstance(exc, db_errors()):
             raise  # the database's own message, with its exit code

@@ -402,8 +402,8 @@ def run_worker(
     prefix: str = "culm",
     wiring: WorkerWiring,
 ) -> None:
-    """Run a Celery worker for culm until it is stopped (``culm worker``, through
-    :func:`culm.runtime.run_worker`, which passes the wiring).
+    """Run a Celery worker for culm until it is stopped (``culm worker``, which passes
+    ``culm.runtime.WorkerWiring()``).
 
     Args:
         db: database URL (must be migrated: ``culm db upgrade``).
