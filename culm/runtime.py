@@ -33,13 +33,6 @@ DEFAULT_URL = "sqlite:///culm.db"
 STANDBY_SECONDS = 0.5
 
 
-def _sqlite_path(url: str) -> str | None:
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    return None if path in ("", ":memory:") else path
-
-
 class Runtime:
     """A culm runtime.
 
@@ -102,7 +95,7 @@ class Runtime:
     def _take_runner_lock(self, *, quiet: bool = False) -> bool:
         """Only one process runs the workers of a SQLite file; the lock dies with the process (a
         process that wanted workers and did not get the lock stands by for it, see _stand_by)."""
-        path = _sqlite_path(self.store.url)
+        path = self.store.database_file
         if path is None:
             return True
         handle = open(path + ".runner-lock", "a+")  # noqa: SIM115 - held for the runtime's life
@@ -122,7 +115,7 @@ class Runtime:
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
         # runner: a SQLite database (a server database can have several embedded runners).
-        return ThreadDispatcher(self._workers, cache=self.store.dialect == "sqlite")
+        return ThreadDispatcher(self._workers, cache=self.store.keeps_copies)
 
     def _stand_by(self) -> None:
         """Another process runs the work of this SQLite file: take the runner lock once it lets go
@@ -135,7 +128,7 @@ class Runtime:
                 self.dispatcher = dispatcher
                 self.engine.dispatcher = dispatcher
                 dispatcher.start(self.engine)  # the sweep takes over what the old runner left
-            logger.info("took over the workers of %s", _sqlite_path(self.store.url))
+            logger.info("took over the workers of %s", self.store.database_file)
             return
 
     def wait_idle(self, timeout: float = 10.0) -> bool:

@@ -553,6 +553,8 @@ class MemoryStore:
 
     dialect = "memory"
     url = URL
+    keeps_copies = False  # the engine keeps no copies of rows in process memory: they are there already
+    database_file = None
 
     def __init__(self, *, database: Database | None = None) -> None:
         self._db = database or Database()
@@ -581,8 +583,9 @@ class MemoryStore:
             self.feed.committed()
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[MemoryUnit]:
-        """A read-only unit: it sees the last committed state (and its own writes, never kept)."""
+    def reading(self, *, snapshot: bool = False) -> Iterator[MemoryUnit]:
+        """A read-only unit: it sees the last committed state (and its own writes, never kept).
+        It is always a ``snapshot``: no transaction commits while it is open."""
         with self._lock:
             yield MemoryUnit(self._db)
 
