@@ -16,11 +16,13 @@ from culm.storage.sql.statements import (
     ACK_CHILD,
     ACKS_OF,
     CLAIM_MANY_MYSQL,
+    DB_NOW_MYSQL,
     HELD_BY_US,
     KEEP_HELD_LEASE,
     MANY_WITH_PROCESS_OURS,
     OUTPUTS_UPSERT_MYSQL,
     PROCESS_COLUMNS,
+    SNAPSHOT_READ,
     STATES_IN_LOCKED,
     TASK_COLUMNS,
     TASK_WITH_PROCESS,
@@ -151,6 +153,8 @@ def _in_transaction(conn: Any) -> bool:
 class MysqlDialect(Dialect):
     name = "mysql"
     unit = MysqlUnit
+    db_now = DB_NOW_MYSQL
+    snapshot_read = SNAPSHOT_READ
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
         # Read what others committed (version checks, joins) rather than a snapshot. A connection
