@@ -111,3 +111,20 @@ def test_mysql_writes_travel_with_the_next_read_in_one_query(store, monkeypatch)
         assert unit.get_execution_data("w") == ({}, {"x": 1})
         monkeypatch.setattr(Connection, "query", query)
     assert len(sent) == 1 and sent[0].count(";\n") == 3  # state, outputs, process, then the read
+
+
+def test_a_unit_that_only_took_row_locks_ends_its_transaction(store):
+    """MySQL: the store's commit is skipped after a query that ended with COMMIT; a later unit on
+    the same pooled connection that only reads (here: locks a row) must still be ended, or its
+    locks would outlive it."""
+    with store.transaction() as unit:
+        unit.insert_state(_state("x"))  # its last query commits
+    with store.transaction() as unit:
+        assert unit.get_state("x", for_update=True) is not None  # a locking read, nothing else
+    other = SqlStore(store.url, create=False)
+    try:
+        with other.transaction() as unit:  # another connection takes the lock at once
+            assert unit._one(unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE NOWAIT"),
+                             ["x"])[0] == "RUNNING"
+    finally:
+        other.dispose()

@@ -34,7 +34,10 @@ _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and
 # Characters of deferred writes per multi-statement query: well under the server's smallest usual
 # max_allowed_packet (4 MiB by default on MySQL 5.7, 16 MiB on MariaDB and MySQL 8).
 MAX_QUERY_CHARS = 1 << 20
-SERVER_STATUS_IN_TRANS = 1  # the protocol's status flag: a transaction is open
+# Marks (in the pooled connection's ``info``) a transaction whose last query ended with COMMIT, so
+# that the store's commit sends none. The server's status flags cannot tell: PyMySQL keeps those
+# of OK packets only, and a transaction that only read would look committed.
+_COMMITTED = "culm_committed"
 
 
 def _in_order(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
@@ -88,11 +91,13 @@ class MysqlUnit(SqlUnit):
         if last is not None:
             texts.append(cur.mogrify(*last))
         if commit:
-            texts.append("COMMIT")  # the store's commit then finds no transaction open (MysqlDialect.commit)
+            texts.append("COMMIT")  # the store's commit then sends none (MysqlDialect.commit)
         for run in _up_to(texts, MAX_QUERY_CHARS):
             cur.execute(";\n".join(run))  # no parameters: the text is sent as it is
             while cur.nextset():
                 pass
+        if commit:
+            self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
     def _count_ack(self, parent_id: str) -> tuple[int, int]:
         # The UPDATE locks the parent's row (serialising siblings) and the read that follows in
@@ -143,13 +148,6 @@ class MysqlUnit(SqlUnit):
                 self._lock_ahead(_state_row(st))
 
 
-def _in_transaction(conn: Any) -> bool:
-    """Whether the server said, in its last answer on DB-API connection ``conn``, that a
-    transaction is open (PyMySQL keeps the status flags; any other driver: assume so)."""
-    status = getattr(conn, "server_status", None)
-    return status is None or bool(status & SERVER_STATUS_IN_TRANS)
-
-
 class MysqlDialect(Dialect):
     name = "mysql"
     unit = MysqlUnit
@@ -157,21 +155,20 @@ class MysqlDialect(Dialect):
     snapshot_read = SNAPSHOT_READ
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        # Read what others committed (version checks, joins) rather than a snapshot. A connection
-        # back in the pool is rolled back only if a transaction is still open (see prepare).
-        return {**super().engine_options(memory=memory), "isolation_level": "READ COMMITTED",
-                "pool_reset_on_return": None}
+        # Read what others committed (version checks, joins) rather than a snapshot.
+        return {**super().engine_options(memory=memory), "isolation_level": "READ COMMITTED"}
+
+    def begin(self, raw: Any, *, write: bool) -> None:
+        raw.info.pop(_COMMITTED, None)
 
     def commit(self, raw: Any) -> None:
-        if _in_transaction(raw.driver_connection):  # else the unit's last query ended with COMMIT
+        if not raw.info.pop(_COMMITTED, False):  # else the unit's last query ended with COMMIT
             raw.commit()
 
     def prepare(self, store: SqlStore) -> None:
         """Let connections send several statements in one query (the deferred writes, see
         MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
-        a compare-and-set counts the rows it matched). And roll back a connection handed back to
-        the pool only when it is still in a transaction: every unit ends its own (a commit or a
-        rollback), so SQLAlchemy's unconditional ROLLBACK would be one more round trip each."""
+        a compare-and-set counts the rows it matched)."""
         super().prepare(store)
         dbapi = store.engine.dialect.loaded_dbapi
         multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
@@ -179,8 +176,3 @@ class MysqlDialect(Dialect):
         @event.listens_for(store.engine, "do_connect")
         def _allow_multi_statements(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
             params["client_flag"] = params.get("client_flag", 0) | multi
-
-        @event.listens_for(store.engine, "reset")
-        def _end_open_transaction(dbapi_conn: Any, _record: Any, _state: Any) -> None:
-            if _in_transaction(dbapi_conn):
-                dbapi_conn.rollback()
