@@ -415,7 +415,7 @@ def run_distributed(spec: Spec) -> dict[str, Any]:
 
     distributed_precheck()
     times: list[float] = []
-    nodes = pipelines = finished = victims = 0
+    nodes = pipelines = finished = victims = relayed = 0
     worker_rss = 0.0
     for _ in range(spec.repeats):
         trees = spec.make()
@@ -432,12 +432,14 @@ def run_distributed(spec: Spec) -> dict[str, Any]:
                 rt.close()
             worker_rss = max(worker_rss, cluster.worker_peak_rss_mb())
             victims += cluster.count_in_logs("deadlock victim")
+            relayed += cluster.count_in_logs("relayed ")
     backend = f"{_service_name(PG_ADMIN)} + {_service_name(REDIS)}, {spec.workers} culm worker x {WORKER_CONCURRENCY} process"
     out = summarise(spec, times, nodes, pipelines, finished, backend)
     out["workers"] = spec.workers
     out["worker_concurrency"] = WORKER_CONCURRENCY
     out["worker_peak_rss_mb"] = worker_rss
     out["deadlock_victims"] = victims  # batches the database rolled back to break a deadlock (run again)
+    out["relay_rounds"] = relayed  # times a relay re-published tasks whose message led to no run
     return out
 
 
