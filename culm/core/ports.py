@@ -32,6 +32,7 @@ from culm.core.records import (
     PipelineQuery,
     ProcessRecord,
     ScheduleRecord,
+    StateChange,
     StateRecord,
     TaskRecord,
     WorkerInfo,
@@ -160,7 +161,10 @@ class States(Protocol):
         """Write ``fields`` only while the version and name still match; False when they do not."""
         ...
 
-    def reset_inner_loops(self, parent_id: str) -> None: ...
+    def reset_inner_loops(self, parent_id: str) -> None:
+        """Set ``inner_loop`` to 0 on the states under ``parent_id``; each row changed goes to the
+        change feed as a note (``from_state == to_state``)."""
+        ...
 
 
 class Changes(Protocol):
@@ -174,7 +178,13 @@ class Changes(Protocol):
 
     def last_change_seq(self) -> int: ...
 
-    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]: ...
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """(root_id, node_id) of the changes with ``after`` < seq <= ``upto``, each pair once."""
+        ...
+
+    def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
+        """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq order."""
+        ...
 
 
 class Processes(Protocol):

@@ -204,7 +204,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         if not st.root_id:  # created ahead by pause_node_appoint: now it is the root's
             unit.update_state(node.id, root_id=graph.root_id, parent_id=node.pipeline_id)
             st.root_id, st.parent_id = graph.root_id, node.pipeline_id
-            step.note_change(st, st.name)
+            step.note(st)  # no transition: the kept trees must learn the row is the root's now
         proc.suspended, proc.suspended_by = True, node.id
         raise _Stop
     if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:

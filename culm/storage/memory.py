@@ -117,7 +117,7 @@ class MemoryUnit(TransactionView):
         return seqs[0] if seqs else None
 
     def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        return [(c.root_id, c.node_id) for c in self._db.feed.between(after, upto)]
+        return list(dict.fromkeys((c.root_id, c.node_id) for c in self._db.feed.between(after, upto)))
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
         rows = self._db.feed.between(after, upto)
@@ -241,8 +241,11 @@ class MemoryUnit(TransactionView):
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
+        # Each row it changes goes to the change feed as a note, as on SQL stores.
         for node_id, st in self._where("state", "parent", parent_id):
-            self._put("state", node_id, _changed(st, _copy_state, {"inner_loop": 0}))
+            if st.inner_loop != 0:
+                self._put("state", node_id, _changed(st, _copy_state, {"inner_loop": 0}))
+                self.record_change(st.root_id, node_id, st.name, st.name, st.version, st.loop)
 
     # -- processes ------------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:

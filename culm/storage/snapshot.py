@@ -45,7 +45,7 @@ def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapsho
 
 
 def read_transitions(engine: Engine, root_id: str | None = None, after: int = 0) -> tuple[list[Transition], int]:
-    """The state transitions the change feed holds after seq ``after`` (of one root when given),
+    """The state transitions the change feed holds (its notes left out) after seq ``after`` (of one root when given),
     in seq order, and the last seq read (to pass as ``after`` next time).
 
     Call it once the writers are quiet: on a server database a write still committing may take a
@@ -58,7 +58,8 @@ def read_transitions(engine: Engine, root_id: str | None = None, after: int = 0)
         batch = feed.read(after, upto, root_id)
         if not batch:
             break
-        found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch]
+        # A note (from_state == to_state) is no transition (culm.storage.feed).
+        found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch if c.from_state != c.to_state]
         after = batch[-1].seq
     return found, upto
 

@@ -34,6 +34,7 @@ from culm.storage.sql.statements import (
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
+    INNER_LOOPS_SET,
     LIVE_SCHEDULES_IN,
     NODE_COLUMNS,
     NODE_INSERT,
@@ -46,6 +47,7 @@ from culm.storage.sql.statements import (
     PROCESSES_SUSPENDED_BY,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
+    RESET_INNER_LOOPS,
     RETAKE_LEASE,
     SCHEDULE_BY_ID,
     SCHEDULE_OF_RUN,
@@ -486,8 +488,9 @@ class SqlUnit:
         return int(row[0]) if row and row[0] is not None else 0
 
     def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
-        return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
+        """(root_id, node_id) of the recorded changes whose seq is in (after, upto], each pair once
+        (a node that moved twice between two polls is read again once)."""
+        return self._all("SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
 
     def first_change_seq(self) -> int | None:
         row = self._one("SELECT MIN(seq) FROM culm_change")
@@ -592,13 +595,23 @@ class SqlUnit:
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
-        # Deferred like any write whose result is not read; later compare-and-sets must not be
-        # folded into INSERTs queued before it, or they would be applied ahead of it.
-        self._unsent_states.clear()
-        self._later("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
+        # Every row it changes goes to the change feed as a note (culm.storage.feed), or the kept
+        # state trees (culm.core.state_tree) would go on showing the old inner loop.
+        for node_id, root_id, name, version, loop in self._reset_inner_loops(parent_id):
+            self.record_change(root_id, node_id, name, name, version, loop)
         for st in (self._state_view or {}).values():
             if st is not None and st.parent_id == parent_id:
                 st.inner_loop = 0
+
+    def _reset_inner_loops(self, parent_id: str) -> list[Sequence[Any]]:
+        """Reset the rows; returns (node_id, root_id, name, version, loop) of each it changed."""
+        changed = self._all(INNER_LOOPS_SET, [parent_id])
+        if changed:
+            # Deferred like any write whose result is not read; later compare-and-sets must not be
+            # folded into INSERTs queued before it, or they would be applied ahead of it.
+            self._unsent_states.clear()
+            self._later(RESET_INNER_LOOPS, [parent_id])
+        return list(changed)
 
     # -- processes ------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
