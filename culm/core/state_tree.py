@@ -74,6 +74,7 @@ class StateTrees:
         self._seq = 0  # the highest feed seq caught up with
         self._cursor: FeedCursor | None = None  # server databases: where the catch-up stands
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
+        self.full_reads = 0  # trees read in full so far (every other call read only what changed)
 
     def tree(self, unit: Unit, root_id: str, build: Build) -> Tree:
         """The rows and entries of every state of ``root_id`` (the root's own included; none when
@@ -97,8 +98,8 @@ class StateTrees:
                 kept = self._refreshed(unit, root_id, kept, build)
             return kept
 
-    @staticmethod
-    def _read(unit: Unit, root_id: str, build: Build) -> Tree:
+    def _read(self, unit: Unit, root_id: str, build: Build) -> Tree:
+        self.full_reads += 1
         at = time.monotonic()
         records = {r.node_id: r for r in unit.states_of_root(root_id)}
         return Tree(records, {node_id: build(r, node_id == root_id) for node_id, r in records.items()}, at)

@@ -424,6 +424,31 @@ def test_feed_reads_by_range_root_and_limit(store: Store) -> None:
         assert (root, node) in unit.changes_between(before, last)
 
 
+def test_reset_inner_loops_notes_each_row_it_changes_in_the_feed(store: Store) -> None:
+    """Every state-row write is in the feed (the kept state trees read only the nodes it names):
+    the reset writes a note (from_state == to_state) per row it changes, which runtime.changes
+    does not yield as a transition."""
+    root, sub, a, b, elsewhere = _ids(5)
+    with store.transaction() as unit:
+        for node in (a, b):
+            unit.insert_state(StateRecord(node, root, sub, states.FINISHED, "v-" + node, loop=2, inner_loop=2))
+        unit.insert_state(StateRecord(elsewhere, root, root, states.FINISHED, "v0", inner_loop=2))
+        unit.insert_state(StateRecord(sub, root, root, states.RUNNING, "v0", inner_loop=0))
+    after = store.feed.last_seq()
+    with store.transaction() as unit:
+        unit.reset_inner_loops(sub)
+    with store.reading() as unit:
+        assert {n: unit.get_state(n).inner_loop for n in (a, b, elsewhere)} == {a: 0, b: 0, elsewhere: 2}
+        notes = unit.read_changes(after, unit.last_change_seq(), root, 10)
+    assert sorted((c.node_id, c.from_state, c.to_state, c.version, c.loop) for c in notes) == sorted(
+        (n, states.FINISHED, states.FINISHED, "v-" + n, 2) for n in (a, b))
+    assert list(store.feed.changes(root, after, timeout=0)) == []  # notes are no transitions
+    again = store.feed.last_seq()
+    with store.transaction() as unit:
+        unit.reset_inner_loops(sub)  # nothing left to change: no note
+    assert store.feed.last_seq() == again
+
+
 def test_savepoint_rollback_keeps_the_earlier_writes(store: Store) -> None:
     root, kept, undone = _ids(3)
     tid = _ids()[0]
