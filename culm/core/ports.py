@@ -30,6 +30,7 @@ from culm.core.records import (
     ContextValue,
     HistoryRecord,
     PipelineQuery,
+    ProcessPosition,
     ProcessRecord,
     ScheduleRecord,
     StateChange,
@@ -199,6 +200,10 @@ class Processes(Protocol):
     def ack_child(self, parent_id: str) -> tuple[int, int]: ...
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...
+
+    def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
+        """Where each process of ``root_id`` that is not dead stands (no stack: cheap to read)."""
+        ...
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]: ...
 

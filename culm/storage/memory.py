@@ -36,6 +36,7 @@ from culm.core.records import (
     ContextValue,
     HistoryRecord,
     PipelineQuery,
+    ProcessPosition,
     ProcessRecord,
     ScheduleRecord,
     StateChange,
@@ -280,6 +281,10 @@ class MemoryUnit(TransactionView):
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]
+
+    def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
+        return [ProcessPosition(p.id, p.parent_id, p.current_node_id, p.destination_id, p.suspended_by, p.ack_num,
+                                p.need_ack) for _, p in self._where("process", "root", root_id) if not p.dead]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "suspended_by", by) if p.suspended and not p.dead]

@@ -19,6 +19,7 @@ from culm.core.records import (
     ContextValue,
     HistoryRecord,
     PipelineQuery,
+    ProcessPosition,
     ProcessRecord,
     ScheduleRecord,
     StateChange,
@@ -35,6 +36,7 @@ from culm.storage.sql.statements import (
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
     INNER_LOOPS_SET,
+    LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     NODE_COLUMNS,
     NODE_INSERT,
@@ -648,6 +650,9 @@ class SqlUnit:
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
+
+    def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
+        return [ProcessPosition._make(r) for r in self._all(LIVE_POSITIONS_OF_ROOT, [root_id, False])]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])

@@ -153,6 +153,8 @@ RESET_INNER_LOOPS_RETURNING = RESET_INNER_LOOPS + ' RETURNING node_id, root_id, 
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
 PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
+LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
+                          " FROM culm_process WHERE root_id = ? AND dead = ?")
 PROCESSES_SUSPENDED_BY = PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?"
 PROCESSES_AT = PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?"
 TASK_BY_ID = TASK_SELECT + " WHERE id = ?"
