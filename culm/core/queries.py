@@ -63,7 +63,11 @@ def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) ->
             return {}
         facts = _kept_wait_facts(unit, root_id, tree.records)
     entry = _copy(kept[root_id])
-    children = {node_id: _copy(e) for node_id, e in kept.items() if node_id != root_id}
+    children = {}
+    for node_id, e in kept.items():  # _copy inlined: it runs for every node at every poll
+        if node_id != root_id:
+            out = children[node_id] = e.copy()
+            out["children"] = {}
     if flat_children:
         entry["children"] = children
     else:
