@@ -40,6 +40,9 @@ MAX_CATCH_UP = 20_000
 SETTLE = 1.0
 REREAD_AFTER = 10.0
 BATCH = 1000  # change rows per read on server databases
+# Server databases: rows below a hole are read again (for a write committing late) at most this
+# often, not at every call: a poller of a hundred pipelines calls a hundred times per round.
+WINDOW_EVERY = SETTLE / 4
 # Server databases: the first catch-up starts this many seqs back, so that a write that took its
 # seq before the first read and commits after it is still seen.
 START_BACK = 1000
@@ -73,6 +76,8 @@ class StateTrees:
         self._nodes = 0
         self._seq = 0  # the highest feed seq caught up with
         self._cursor: FeedCursor | None = None  # server databases: where the catch-up stands
+        self._top = 0  # server databases: every seq up to here was read at least once
+        self._window_at = 0.0  # ... and when the rows above the cursor were last read again
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
         self.full_reads = 0  # trees read in full so far (every other call read only what changed)
 
@@ -131,9 +136,16 @@ class StateTrees:
                 self._forget()
             cursor = self._cursor = FeedCursor(max(0, last - START_BACK), ordered=False, contiguous=True,
                                                settle=SETTLE)
+            self._top = self._window_at = 0
         self._seq = max(self._seq, last)
         kept = self._kept
         after = cursor.position
+        now = time.monotonic()
+        if after < self._top and now - self._window_at < WINDOW_EVERY:
+            after = self._top  # only new rows: the holes below are looked at again soon
+        else:
+            self._window_at = now
+        self._top = max(self._top, last)
         while last > after:
             rows = unit.read_changes(after, last, None, BATCH)
             at = time.monotonic()
