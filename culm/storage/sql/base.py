@@ -35,12 +35,12 @@ from culm.storage.sql.statements import (
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
-    INNER_LOOPS_SET,
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     NODE_COLUMNS,
     NODE_INSERT,
+    NOTE_INNER_LOOPS,
     OUTPUTS_UPSERT,
     PENDING_TASKS,
     PROCESS_BY_ID,
@@ -600,22 +600,17 @@ class SqlUnit:
 
     def reset_inner_loops(self, parent_id: str) -> None:
         # Every row it changes goes to the change feed as a note (culm.storage.feed), or the kept
-        # state trees (culm.core.state_tree) would go on showing the old inner loop.
-        for node_id, root_id, name, version, loop in self._reset_inner_loops(parent_id):
-            self.record_change(root_id, node_id, name, name, version, loop)
+        # state trees (culm.core.state_tree) would go on showing the old inner loop. The database
+        # writes the notes from the rows themselves: nothing comes back, so both statements are
+        # deferred like any write whose result is not read (no round trip of their own on
+        # PostgreSQL). Later compare-and-sets must not be folded into INSERTs queued before them,
+        # or they would be applied ahead of them.
+        self._unsent_states.clear()
+        self._later(NOTE_INNER_LOOPS, [time.time(), parent_id])
+        self._later(RESET_INNER_LOOPS, [parent_id])
         for st in (self._state_view or {}).values():
             if st is not None and st.parent_id == parent_id:
                 st.inner_loop = 0
-
-    def _reset_inner_loops(self, parent_id: str) -> list[Sequence[Any]]:
-        """Reset the rows; returns (node_id, root_id, name, version, loop) of each it changed."""
-        changed = self._all(INNER_LOOPS_SET, [parent_id])
-        if changed:
-            # Deferred like any write whose result is not read; later compare-and-sets must not be
-            # folded into INSERTs queued before it, or they would be applied ahead of it.
-            self._unsent_states.clear()
-            self._later(RESET_INNER_LOOPS, [parent_id])
-        return list(changed)
 
     # -- processes ------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:

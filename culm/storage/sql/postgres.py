@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import Dialect, SqlStore, SqlUnit, _process_row, _state_row, _task_row
@@ -15,7 +14,6 @@ from culm.storage.sql.statements import (
     DB_NOW_POSTGRES,
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
-    RESET_INNER_LOOPS_RETURNING,
     SNAPSHOT_READ,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
@@ -42,10 +40,6 @@ class PostgresUnit(SqlUnit):
     def _count_ack(self, parent_id: str) -> tuple[int, int]:
         row = self._one(ACK_CHILD_RETURNING, [parent_id])
         return int(row[0]), int(row[1])
-
-    def _reset_inner_loops(self, parent_id: str) -> list[Sequence[Any]]:
-        self._unsent_states.clear()  # see SqlUnit._reset_inner_loops
-        return list(self._all(RESET_INNER_LOOPS_RETURNING, [parent_id]))  # one statement, as before
 
     def _claim_with_process(
         self, task_id: str, lease: tuple[str, float, float]

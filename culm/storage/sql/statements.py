@@ -146,10 +146,11 @@ STATE_BY_ID_LOCKED = STATE_BY_ID + " FOR UPDATE"
 STATES_IN = STATE_SELECT + " WHERE node_id IN ({marks})"
 STATES_OF_ROOT = STATE_SELECT + " WHERE root_id = ?"
 STATES_OF_PARENT = STATE_SELECT + " WHERE parent_id = ?"
-# reset_inner_loops: the rows it changes (each goes to the change feed as a note), then the reset.
-INNER_LOOPS_SET = 'SELECT node_id, root_id, name, version, "loop" FROM culm_state WHERE parent_id = ? AND inner_loop <> 0'
+# reset_inner_loops: a change-feed note for each row it is about to change, then the reset.
+NOTE_INNER_LOOPS = ('INSERT INTO culm_change (root_id, node_id, from_state, to_state, version, "loop", "time") '
+                    'SELECT root_id, node_id, name, name, version, "loop", ? FROM culm_state '
+                    "WHERE parent_id = ? AND inner_loop <> 0")
 RESET_INNER_LOOPS = "UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ? AND inner_loop <> 0"
-RESET_INNER_LOOPS_RETURNING = RESET_INNER_LOOPS + ' RETURNING node_id, root_id, name, version, "loop"'  # PostgreSQL
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
 PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
