@@ -41,10 +41,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
     # Imported here first: a missing or broken module is one clear line (and the working directory
-    # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes.
+    # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes,
+    # and run_worker, which reads $CULM_IMPORTS again, does not import it twice.
     imports = import_names(args.imports)
     import_modules(imports)
-    run_worker(db=db_url(args), broker=broker, imports=[n for n in imports if not n.endswith(".py")],
+    run_worker(db=db_url(args), broker=broker, imports=imports,
                concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
                prefix=args.prefix)
     return EXIT_OK

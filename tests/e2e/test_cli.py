@@ -250,6 +250,10 @@ def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Pa
         (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
         (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
         (["list", "--bogus", "1"], "usage: culm list ", "culm list: error: unrecognized arguments: --bogus 1"),
+        # never abbreviated: a typo is an error, not silently another flag
+        (["list", "--lim", "3"], "usage: culm list ", "unrecognized arguments: --lim 3; did you mean '--limit'?"),
+        (["status", "--js", "x"], "usage: culm status ", "unrecognized arguments: --js; did you mean '--json'?"),
+        (["worker", "--concurr", "1"], "usage: culm worker ", "unrecognized arguments: --concurr 1"),
     ],
 )
 def test_a_mistyped_command_or_flag_names_it_with_the_commands_usage(tmp_path: Path, args: list[str], usage: str,
@@ -319,3 +323,32 @@ def test_a_database_url_of_another_kind_is_one_line_and_exit_4(tmp_path: Path, a
     assert out.stderr == ("error: cannot use the database URL 'postgress://culm:***@db/culm': culm keeps its data in "
                           "SQLite, PostgreSQL or MySQL/MariaDB, not 'postgress' (examples: sqlite:///culm.db, "
                           "postgresql://user@host/db, mysql://user@host/db)\n")
+
+
+def test_the_worker_imports_a_module_file_named_in_culm_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`culm run` takes a MODULE.py from $CULM_IMPORTS; run_worker, which reads it again, used to
+    `import_module("comp.py")` and stop the worker with ModuleNotFoundError."""
+    from culm.components import library
+    from culm.dispatch.celery import import_components
+
+    path = tmp_path / "cli_worker_file_comp.py"
+    path.write_text(FAILING_COMPONENT.replace("cli_test_exploding", "cli_worker_file_comp") + "RUNS = [1]\n")
+    monkeypatch.setenv("CULM_IMPORTS", str(path))
+    try:
+        assert import_components([]) == [str(path)]
+        assert library.has("cli_worker_file_comp")
+        module = sys.modules["cli_worker_file_comp"]
+        import_components([])  # loaded already (`culm worker` imports it first): not run again
+        assert sys.modules["cli_worker_file_comp"] is module and module.RUNS == [1]
+    finally:
+        sys.modules.pop("cli_worker_file_comp", None)
+        library.unregister("cli_worker_file_comp")
+
+
+def test_the_worker_module_entry_never_abbreviates_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from culm.dispatch.celery import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--concurr", "1"])
+    assert exit_.value.code == 2
+    assert "unrecognized arguments: --concurr 1" in capsys.readouterr().err
