@@ -74,7 +74,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     for r in rows:
         state = "alive" if r["alive"] else "silent (taken for dead)"
         out.print(f"{r['host']} pid {r['pid']}  {state}, last beat {r['silent_for']:.1f} s ago, "
-                  f"{r['threads']} threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
+                  f"{r['threads']} user-code threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
     return EXIT_OK
 
 
@@ -97,7 +97,9 @@ def register(sub: Any) -> None:
     add_broker(worker, prefix=False)
     worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
-    worker.add_argument("--concurrency", type=int, default=None, metavar="N")
+    worker.add_argument("--concurrency", type=int, default=None, metavar="N",
+                        help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
+                             "the number of CPUs; each process runs user code on $CULM_WORKER_THREADS threads (8)")
     worker.add_argument("--queues", default=None, metavar="Q1,Q2")
     worker.add_argument("--queue-suffix", default="", metavar="S",
                         help="consume the queues of runs started with queue=S")

@@ -352,3 +352,19 @@ def test_the_worker_module_entry_never_abbreviates_a_flag(capsys: pytest.Capture
         main(["--concurr", "1"])
     assert exit_.value.code == 2
     assert "unrecognized arguments: --concurr 1" in capsys.readouterr().err
+
+
+def test_culm_workers_says_what_its_threads_are(tmp_path: Path) -> None:
+    """`culm worker --concurrency 1 --pool threads` showed as "8 threads": the user-code threads of
+    each process ($CULM_WORKER_THREADS), which --concurrency does not set; the line says so."""
+    from culm.storage import SqlStore, SqlWorkerRegistry
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        SqlWorkerRegistry(store).register("host:1:abc", 8, "culm")
+    finally:
+        store.dispose()
+    out = culm(tmp_path, "workers", "--dead-after", "3600")
+    assert out.returncode == 0, out.stderr
+    assert "alive" in out.stdout and ", 8 user-code threads, prefix culm" in out.stdout, out.stdout
+    assert "$CULM_WORKER_THREADS" in culm(tmp_path, "worker", "--help").stdout
