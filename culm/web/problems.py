@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
@@ -34,10 +35,41 @@ def _default(value: Any) -> Any:
 
 
 class FastJSON(JSONResponse):
-    """JSON without FastAPI's per-value encoder pass (a 1,000-node state tree is large); times as ISO 8601."""
+    """JSON without FastAPI's per-value encoder pass (a 1,000-node state tree is large); times as ISO 8601.
+
+    A NaN or an infinity (a component's output, a tree's input) is sent as the string ``"NaN"``,
+    ``"Infinity"`` or ``"-Infinity"``: Python writes them as bare ``NaN``, which is not JSON, and a
+    browser's ``JSON.parse`` then refuses the whole answer (the console could not show the node).
+    """
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_default, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            text = json.dumps(content, default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # rare: only then is the content walked
+            text = json.dumps(_finite(content), default=_default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by its name (iterative: data may be deep)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ("NaN" if value != value else "Infinity" if value > 0 else "-Infinity")
+    if not isinstance(value, dict | list | tuple):
+        return value
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]  # (container to fill, key or index in it)
+    while stack:
+        parent, key = stack.pop()
+        item = parent[key]
+        if isinstance(item, float) and not math.isfinite(item):
+            parent[key] = _finite(item)
+        elif isinstance(item, dict):
+            fields = parent[key] = dict(item)
+            stack.extend((fields, k) for k in fields)
+        elif isinstance(item, list | tuple):
+            items = parent[key] = list(item)
+            stack.extend((items, i) for i in range(len(items)))
+    return root[0]
 
 
 class ProblemError(HTTPException):

@@ -42,7 +42,8 @@ def submit(request: Request, body: SubmitBody) -> FastJSON:
     tree = with_new_ids(body.tree) if body.new_ids else body.tree
     root_id = tree.get("id")
     if not isinstance(root_id, str) or not root_id:
-        raise ProblemError(422, "the tree has no id", [{"node_id": None, "message": "the tree needs a string `id`"}])
+        what = "the tree has no id" if root_id is None else f"the tree's id must be a non-empty string, not {repr(root_id)[:40]}"
+        raise ProblemError(422, what, [{"node_id": None, "message": "the tree needs a string `id`"}])
     runtime = _rt(request)
     # This process runs the components only on an embedded runtime with workers; a broker's
     # workers import their own, so the service cannot judge the codes then.

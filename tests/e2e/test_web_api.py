@@ -185,16 +185,51 @@ def test_an_invalid_tree_is_refused_naming_its_nodes_and_nothing_is_stored(serve
     assert admin.post("/api/v1/validate", json={"tree": divide_tree(1)}).json() == {"valid": True, "problems": []}
 
 
-@pytest.mark.parametrize("body", [b"{not json", b'{"tree": 3}', b'{"tree": {"id": 5}}', b"[]"])
-def test_malformed_bodies_get_a_clear_422(served: Any, admin: httpx.Client, body: bytes) -> None:  # noqa: F811
+@pytest.mark.parametrize(("body", "detail"), [
+    (b"{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1, column 2 (character 1)"),
+    (b'{"tree": {},\n}', "not valid JSON: Expecting property name enclosed in double quotes at line 2, column 1"),
+    (b"", "the request body is empty: send a JSON object"),
+    (b"[]", "the request body must be a JSON object, not an array"),
+    (b'{"tree": 3}', "body.tree: Input should be a valid dictionary, not a number"),
+    (b'{"tree": {"id": 5}}', "the tree's id must be a non-empty string, not 5"),
+])
+def test_malformed_bodies_get_a_clear_422(served: Any, admin: httpx.Client, body: bytes, detail: str) -> None:  # noqa: F811
     before = admin.get("/api/v1/pipelines").json()["total"]
     res = admin.post("/api/v1/pipelines", content=body, headers={"Content-Type": "application/json"})
     assert res.status_code == 422, res.text
-    assert res.json()["detail"]
+    assert detail in res.json()["detail"], res.text
     checked = admin.post("/api/v1/validate", content=body, headers={"Content-Type": "application/json"})
     # a tree that is a dict is reported on (valid: false, each problem); anything else is refused
     assert checked.status_code == 422 or (checked.status_code == 200 and checked.json()["valid"] is False)
     assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
+def test_a_body_that_is_not_sent_as_json_says_so(admin: httpx.Client) -> None:
+    res = admin.post("/api/v1/pipelines", content=b'{"tree": {}}', headers={"Content-Type": "text/plain"})
+    assert res.status_code == 422
+    assert res.json()["detail"] == "send the body as JSON with Content-Type: application/json (got 'text/plain')"
+
+
+def test_nan_and_infinities_in_data_are_answered_as_strict_json(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    """Python writes NaN as a bare `NaN`, which a browser's JSON.parse refuses: the console could
+    not show such a node, nor the pipeline's tree."""
+
+    def strict(res: httpx.Response) -> Any:
+        assert res.status_code == 200, res.text
+        return json.loads(res.text, parse_constant=lambda name: pytest.fail(f"{name} in {res.request.url}"))
+
+    tree = divide_tree(0)
+    act = node_id(tree, "divide")
+    tree["activities"][act]["component"]["inputs"]["divisor"]["value"] = float("nan")
+    sent = admin.post("/api/v1/pipelines", content=json.dumps({"tree": tree}),  # httpx's json= refuses NaN
+                      headers={"Content-Type": "application/json"})
+    assert sent.status_code == 201, sent.text
+    root = tree["id"]
+    served.wait_state(root, "FINISHED")
+    assert strict(admin.get(f"/api/v1/nodes/{act}/execution-data"))["outputs"]["result"] == "NaN"
+    assert strict(admin.get(f"/api/v1/nodes/{act}"))["execution_data"]["inputs"]["divisor"] == "NaN"
+    assert strict(admin.get(f"/api/v1/pipelines/{root}/tree"))["activities"][act]["component"]["inputs"]["divisor"][
+        "value"] == "NaN"
 
 
 def test_oversized_bodies_are_refused_with_413_and_nothing_stored(served: Any, admin: httpx.Client) -> None:  # noqa: F811
