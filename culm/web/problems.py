@@ -7,11 +7,13 @@ import math
 from datetime import datetime
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from culm.errors import CulmError, InvalidOperationError, NotFoundError, TreeInvalidError
+from culm.model.limits import duplicate_key
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -125,3 +127,18 @@ def unwrap(result: Any) -> Any:
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "description": _TITLES.get(code, "Error"),
                    "content": {PROBLEM_TYPE: {}}} for code in codes}
+
+
+async def unique_keys(request: Request) -> None:
+    """Refuse (422) a JSON body with one key twice in an object: the JSON parser keeps the last
+    without a word, so a tree with two activities or flows under one id would quietly lose one.
+
+    Raises:
+        ProblemError: naming the key.
+    """
+    body = await request.body()
+    if body:
+        key = await run_in_threadpool(duplicate_key, body)  # a 4 MiB body takes a moment
+        if key is not None:
+            raise ProblemError(422, f"the request body has the key {key[:80]!r} twice in one object (JSON would "
+                                    "keep only the last; ids and keys must be unique)")

@@ -9,12 +9,13 @@ from pydantic import BaseModel, Field
 
 from culm import api
 from culm.web import auth
-from culm.web.problems import FastJSON, ProblemError, responses, tree_problems, unwrap
+from culm.web.problems import FastJSON, ProblemError, responses, tree_problems, unique_keys, unwrap
 from culm.web.routes_read import tree_problems_of
 from culm.web.tokens import ROLES, TokenError
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.operator)], responses=responses(401, 403))
-tokens_router = APIRouter(prefix="/api/v1/tokens", dependencies=[Depends(auth.admin)],
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.operator), Depends(unique_keys)],
+                   responses=responses(401, 403))
+tokens_router = APIRouter(prefix="/api/v1/tokens", dependencies=[Depends(auth.admin), Depends(unique_keys)],
                           responses=responses(401, 403))
 
 CONTROL = responses(404, 409)

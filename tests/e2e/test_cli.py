@@ -185,6 +185,10 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         ("{not json", ["run", "broken.json"], "invalid JSON"),
         ("[1, 2]", ["run", "broken.json"], "must be an object"),
         ("{}", ["run", "broken.json", "--data", "[1]"], "--data must be a JSON object"),
+        # JSON keeps the last of two equal keys: the first flow or activity was silently dropped
+        ('{"id": "p", "flows": {"f1": {}, "f1": {}}}', ["validate", "broken.json"],
+         "broken.json: key 'f1' appears twice in one object"),
+        ("{}", ["run", "broken.json", "--data", '{"a": 1, "a": 2}'], "--data: key 'a' appears twice"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),

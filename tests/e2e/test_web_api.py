@@ -204,6 +204,20 @@ def test_malformed_bodies_get_a_clear_422(served: Any, admin: httpx.Client, body
     assert admin.get("/api/v1/pipelines").json()["total"] == before
 
 
+def test_a_key_twice_in_one_object_is_refused_naming_it(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    """JSON parsers keep the last of two equal keys: a second flow under one id silently replaced
+    the first, and the tree ran without it."""
+    tree = divide_tree(1)
+    flow = next(iter(tree["flows"]))
+    text = json.dumps({"tree": tree}).replace('"flows": {', f'"flows": {{"{flow}": {{"id": "{flow}"}}, ', 1)
+    before = admin.get("/api/v1/pipelines").json()["total"]
+    for path in ("/api/v1/pipelines", "/api/v1/validate"):
+        res = admin.post(path, content=text, headers={"Content-Type": "application/json"})
+        assert res.status_code == 422, res.text
+        assert f"the request body has the key '{flow}' twice in one object" in res.json()["detail"]
+    assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
 def test_a_body_that_is_not_sent_as_json_says_so(admin: httpx.Client) -> None:
     res = admin.post("/api/v1/pipelines", content=b'{"tree": {}}', headers={"Content-Type": "text/plain"})
     assert res.status_code == 422
