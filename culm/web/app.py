@@ -149,6 +149,12 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        # The framework reads and checks the body before the endpoint's dependencies run: without
+        # this, a client with no token would hear about its body (422) instead of a 401.
+        try:
+            await request.app.state.auth.identify(request)
+        except auth.AuthError as refused:
+            return problem(refused.status, refused.detail)
         content_type = request.headers.get("content-type", "")
         items = [{"field": _field(e), "message": _message(e, exc.body, content_type)} for e in exc.errors()]
         detail = "; ".join(i["message"] if i["field"] == "body" else f"{i['field']}: {i['message']}"

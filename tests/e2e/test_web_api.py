@@ -69,6 +69,11 @@ def test_nothing_is_visible_without_a_token(served: Any) -> None:  # noqa: F811
             assert res.headers["content-type"].startswith("application/problem+json")
             assert "bearer token" in res.json()["detail"]
         assert anon.get("/").status_code == 200  # the sign-in page itself
+        # a body or a query the framework refuses before any endpoint runs: still 401, not 422
+        for path in ("/api/v1/pipelines", "/api/v1/validate", "/api/v1/nodes/x/callback"):
+            res = anon.post(path, content=b"{bad", headers={"Content-Type": "application/json"})
+            assert res.status_code == 401, (path, res.text)
+        assert anon.get("/api/v1/pipelines", params={"limit": 0}).status_code == 401
 
 
 def test_a_revoked_or_unknown_token_is_refused(served: Any) -> None:  # noqa: F811
