@@ -163,6 +163,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.__cause__ is not None:  # the framework could not read the body
+            try:  # and did so before the endpoint's token check
+                await request.app.state.auth.identify(request)
+            except auth.AuthError as refused:
+                return problem(refused.status, refused.detail)
+            if isinstance(exc.__cause__, RecursionError):
+                return problem(400, "the request body nests arrays or objects too deeply to be read "
+                                    "(JSON values are refused past about 1,000 levels; culm keeps at most 100)")
+            return problem(400, f"the request body could not be read: {type(exc.__cause__).__name__}")
         return problem(exc.status_code, str(exc.detail))
 
 
