@@ -116,7 +116,9 @@ class Runtime:
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
         # runner: a SQLite database (a server database can have several embedded runners).
-        return ThreadDispatcher(self._workers, cache=self.store.dialect == "sqlite")
+        from culm.storage.cache import RecordCache
+
+        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.dialect == "sqlite" else None)
 
     def _stand_by(self) -> None:
         """Another process runs the work of this SQLite file: take the runner lock once it lets go
