@@ -76,7 +76,7 @@ class Committed:
     step: Step  # its follow-up tasks and after-commit effects
     calls: list[UserCall]  # user code to start, now that the nodes' RUNNING states are durable
     done: list[str]  # ids of the tasks that need nothing more from this runner
-    applied: int  # outcomes of user code this commit made durable (their calls are over)
+    applied: list[Item]  # items whose user code's outcome this commit made durable (their calls are over)
 
     @property
     def tasks(self) -> list[TaskRecord]:
@@ -146,7 +146,7 @@ def _commit(
                 done.append(item.task.id)
             else:
                 calls.append(call)
-    return Committed(step, calls, done, sum(1 for _, waiting, _ in saved if waiting))
+    return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
 
 
 def _restore(batch: list[Item], saved: list[_Saved]) -> None:
