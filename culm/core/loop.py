@@ -33,10 +33,6 @@ from culm.model.compiled import SUBPROCESS
 
 logger = logging.getLogger("culm.engine")
 
-# Whether an exception is the database's (see Store.is_interruption), not the task's.
-Interrupted = Callable[[BaseException], bool]
-
-
 @dataclass(slots=True, eq=False)
 class Item:
     """A task a runner holds: fresh, or back with the outcome of the user code it handed out."""
@@ -96,7 +92,6 @@ def commit_batch(
     engine: Engine,
     batch: list[Item],
     *,
-    interrupted: Interrupted,
     cache: RowCopies | None = None,
     joining: Callable[[list[Item]], None] | None = None,
 ) -> Committed:
@@ -108,12 +103,12 @@ def commit_batch(
     """
     saved: list[_Saved] = []
     try:
-        return _commit(engine, batch, saved, interrupted, cache, joining, isolate=False)
+        return _commit(engine, batch, saved, cache, joining, isolate=False)
     except Exception:  # noqa: BLE001 - not committed: replayed below, task by task
         _restore(batch, saved)
         saved = []
         try:
-            return _commit(engine, batch, saved, interrupted, cache, None, isolate=True)
+            return _commit(engine, batch, saved, cache, None, isolate=True)
         except Exception:
             _restore(batch, saved)  # nothing was committed: the items are as they came
             raise
@@ -123,7 +118,6 @@ def _commit(
     engine: Engine,
     batch: list[Item],
     saved: list[_Saved],
-    interrupted: Interrupted,
     cache: RowCopies | None,
     joining: Callable[[list[Item]], None] | None,
     *,
@@ -141,7 +135,7 @@ def _commit(
             _read_ahead(engine, unit, batch)
         for item in batch:
             saved.append((item.invoke, item.waiting, item.result))
-            call = _advance_isolated(engine, step, item, interrupted) if isolate else advance(engine, step, item)
+            call = _advance_isolated(engine, step, item) if isolate else advance(engine, step, item)
             if call is None:
                 done.append(item.task.id)
             else:
@@ -171,7 +165,7 @@ def advance(engine: Engine, step: Step, item: Item) -> UserCall | None:
     return UserCall(item, call) if call is not None else None
 
 
-def _advance_isolated(engine: Engine, step: Step, item: Item, interrupted: Interrupted) -> UserCall | None:
+def _advance_isolated(engine: Engine, step: Step, item: Item) -> UserCall | None:
     """:func:`advance` in a savepoint: if it raises, only this task's changes are undone and its
     node fails (unless the database was interrupted: then the whole batch is tried again)."""
     resumed = item.waiting
@@ -179,15 +173,13 @@ def _advance_isolated(engine: Engine, step: Step, item: Item, interrupted: Inter
         with step.unit.savepoint():
             return advance(engine, step, item)
     except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
-        if interrupted(exc):
+        if engine.store.is_interruption(exc):
             raise
-        _fail_task(engine, step, item, resumed, exc, interrupted)
+        _fail_task(engine, step, item, resumed, exc)
         return None
 
 
-def _fail_task(
-    engine: Engine, step: Step, item: Item, resumed: bool, exc: Exception, interrupted: Interrupted
-) -> None:
+def _fail_task(engine: Engine, step: Step, item: Item, resumed: bool, exc: Exception) -> None:
     """Fail the node of a task whose step raised (see :mod:`culm.core.faults`), in a fresh
     savepoint; if that raises too, record the least that stops the task, then nothing."""
     task = item.task
@@ -204,7 +196,7 @@ def _fail_task(
                 attempt()
             return
         except Exception as again:  # noqa: BLE001 - try the next, smaller record
-            if interrupted(again):
+            if engine.store.is_interruption(again):
                 raise
             logger.exception("recording the failure of task %s failed", task.id)
     logger.critical("task %s of node %s could not be failed; it stays for the next sweep", task.id,

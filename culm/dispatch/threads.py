@@ -351,8 +351,7 @@ class ThreadDispatcher:
         it) is durable before anything with side effects runs, so after a crash only a node that
         was inside its user code runs again.
         """
-        committed = commit_batch(self.engine, batch, interrupted=self._transient, cache=self.cache,
-                                 joining=self._join)
+        committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
         # Committed: only now may anything outside the database happen.
         self._forget(committed.done)
         self._follow_ups(committed.tasks)
@@ -374,12 +373,6 @@ class ThreadDispatcher:
         while self._calls and self._in_flight < max(1, self.workers):
             self._in_flight += 1
             self._start_user_code(self._calls.popleft())
-
-    def _transient(self, exc: BaseException) -> bool:
-        """Whether ``exc`` is the database's (the store says), not the task's."""
-        from culm.dispatch.runner import is_interruption  # runner builds on this module
-
-        return is_interruption(exc, self.engine.store)
 
     def _start_user_code(self, call: UserCall) -> None:
         assert self._pool is not None

@@ -7,7 +7,7 @@ through ``UserCall.returned`` for a later batch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import components  # noqa: F401 - registers the t_* components
 import pytest
@@ -22,10 +22,6 @@ from culm.core.records import EXECUTE, SCHEDULE
 from culm.dispatch.inline import InlineDispatcher
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def never(exc: BaseException) -> bool:
-    return False
 
 
 @pytest.fixture
@@ -62,12 +58,12 @@ def raising_walk() -> tuple[dict[str, object], EmptyStartEvent]:
     return build_tree(start, data=data), start
 
 
-def drive(rt: culm.Runtime, interrupted: Callable[[BaseException], bool] = never) -> list[UserCall]:
+def drive(rt: culm.Runtime) -> list[UserCall]:
     """Run batches of every ready item until none is left; the user code handed out, in order."""
     handed: list[UserCall] = []
     items = [Item(t) for t in _inline(rt).take()]
     while items:
-        committed = loop.commit_batch(rt.engine, items, interrupted=interrupted)
+        committed = loop.commit_batch(rt.engine, items)
         committed.fire()
         items = [Item(t) for t in committed.tasks]
         for call in committed.calls:  # after the commit only, outside any transaction
@@ -93,10 +89,10 @@ def test_a_batch_applies_every_outcome_it_holds_in_one_commit(rt: culm.Runtime) 
         assert api.run_pipeline(rt, tree).result
     items = [Item(t) for t in _inline(rt).take()]
 
-    first = loop.commit_batch(rt.engine, items, interrupted=never)
+    first = loop.commit_batch(rt.engine, items)
     assert len(first.calls) == 3 and first.applied == []  # three executes handed out, nothing applied
     back = [call.returned(call.run()) for call in first.calls]
-    second = loop.commit_batch(rt.engine, back, interrupted=never)
+    second = loop.commit_batch(rt.engine, back)
 
     assert second.applied == back  # the three outcomes are durable in one commit: their slots are free
     assert [task.kind for task in second.tasks] == [SCHEDULE] * 3  # their polls, as follow-up tasks
@@ -117,19 +113,22 @@ def test_a_task_whose_step_raises_fails_its_node_and_the_rest_of_the_batch_commi
 
 
 def test_an_interruption_of_the_database_ends_the_batch_uncommitted_with_its_items_as_they_came(
-    rt: culm.Runtime,
+    rt: culm.Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tree, act = raising_walk()
     assert api.run_pipeline(rt, tree).result
-    first = loop.commit_batch(rt.engine, [Item(t) for t in _inline(rt).take()], interrupted=never)
+    first = loop.commit_batch(rt.engine, [Item(t) for t in _inline(rt).take()])
     (call,) = first.calls
     item = call.returned(call.run())
     outcome = item.result
 
+    # The store calls the error an interruption (a lost connection would be one on a server).
+    monkeypatch.setattr(rt.store, "is_interruption", lambda exc: True)
     with pytest.raises(Exception, match="lock|Unstorable"):
-        loop.commit_batch(rt.engine, [item], interrupted=lambda exc: True)
+        loop.commit_batch(rt.engine, [item])
+    monkeypatch.undo()
 
     assert (item.waiting, item.result, item.invoke) == (True, outcome, call.item.invoke)
     assert node_state(rt, act.id)["state"] == states.RUNNING  # nothing of the batch was committed
-    again = loop.commit_batch(rt.engine, [item], interrupted=never)  # the runner tries it again
+    again = loop.commit_batch(rt.engine, [item])  # the runner tries it again
     assert again.done == [item.task.id] and node_state(rt, act.id)["state"] == states.FAILED

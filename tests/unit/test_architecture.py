@@ -28,10 +28,6 @@ PUBLIC = "public API"
 
 # (importing module, imported module): why it is still there. Only ever shrinks.
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("culm.dispatch.runner", "culm.storage.sql"): "is_interruption asks the SQL driver which errors are "
-                                                  "disconnections; the store port should answer",
-    ("culm.dispatch.celery", "culm.core.engine"): "the Celery worker wires its own engine; runtime.py should",
-    ("culm.dispatch.celery", "culm.storage.sql"): "the Celery worker wires its own store; runtime.py should",
     ("culm.storage.snapshot", "culm.core.engine"): "read_snapshot(engine, ...) takes the engine callers hold",
     ("culm.storage.snapshot", "culm.core.invariants"): "it builds the invariant checker's Snapshot values",
     ("culm.web.metrics", "culm.storage.schema"): "the metrics count queued tasks and processes in SQL",
