@@ -14,7 +14,15 @@ from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from culm.core import states
-from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
+from culm.core.ports import (
+    LogRow,
+    PipelineRow,
+    Prefetch,
+    ProcessFields,
+    ScheduleFields,
+    StateWrite,
+    TaskFields,
+)
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -188,7 +196,6 @@ class SqlUnit:
     lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
     defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
-    reads_tasks_ahead = False  # read_tasks_ahead reads a batch's tasks in two statements
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -462,7 +469,11 @@ class SqlUnit:
         rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
 
-    reads_ahead = True  # prefetch_states is worth calling
+    @property
+    def prefetch(self) -> Prefetch | None:
+        """Every SQL unit reads a walk's states ahead (``prefetch_states``), PostgreSQL's a batch's
+        tasks too (``read_tasks_ahead``): each statement is a round trip."""
+        return self
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
