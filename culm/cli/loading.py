@@ -131,6 +131,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except RecursionError:
+        raise UsageError(f"value {text[:40]!r}...: arrays or objects nested too deeply to be read") from None
 
 
 def split_assignment(item: str, flag: str, example: str = "") -> tuple[str, Any]:

@@ -190,6 +190,8 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
          "broken.json: key 'f1' appears twice in one object"),
         ("{}", ["run", "broken.json", "--data", '{"a": 1, "a": 2}'], "--data: key 'a' appears twice"),
         ("[" * 100_000 + "]" * 100_000, ["validate", "broken.json"], "broken.json: arrays or objects nested too deeply"),
+        (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "[" * 5_000 + "]" * 5_000],
+         "arrays or objects nested too deeply"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
