@@ -352,15 +352,6 @@ def test_the_worker_imports_a_module_file_named_in_culm_imports(tmp_path: Path, 
         library.unregister("cli_worker_file_comp")
 
 
-def test_the_worker_module_entry_never_abbreviates_a_flag(capsys: pytest.CaptureFixture[str]) -> None:
-    from culm.dispatch.celery import main
-
-    with pytest.raises(SystemExit) as exit_:
-        main(["--concurr", "1"])
-    assert exit_.value.code == 2
-    assert "unrecognized arguments: --concurr 1" in capsys.readouterr().err
-
-
 def test_culm_workers_says_what_its_threads_are(tmp_path: Path) -> None:
     """`culm worker --concurrency 1 --pool threads` showed as "8 threads": the user-code threads of
     each process ($CULM_WORKER_THREADS), which --concurrency does not set; the line says so."""
