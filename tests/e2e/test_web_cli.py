@@ -121,6 +121,14 @@ def test_serve_no_auth_on_loopback_needs_no_token(tmp_path: Path) -> None:
     try:
         res = httpx.get(url + "/api/v1/me", timeout=10)
         assert res.status_code == 200 and res.json()["role"] == "admin"
+        # Any web page the operator visits could post a form here (a revoke needs no body), or reach
+        # it through a DNS name pointing at 127.0.0.1: without tokens, only this machine's pages.
+        revoke = url + "/api/v1/pipelines/p1/revoke"
+        assert httpx.post(revoke, headers={"Origin": url}, timeout=10).status_code == 404  # the console's own
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Host": "evil.example:80"}):
+            res = httpx.post(revoke, headers=headers, timeout=10)
+            assert res.status_code == 403 and "--no-auth" in res.json()["detail"], (headers, res.text)
+        assert httpx.get(url + "/api/v1/me", headers={"Host": "rebound.example"}, timeout=10).status_code == 403
     finally:
         out = _stop(proc)
     assert "no authentication (loopback only)" in out
