@@ -23,6 +23,7 @@ from culm.cli.common import (
     check,
     open_runtime,
     parse_json_object,
+    seconds,
     state_entry,
 )
 from culm.cli.loading import import_modules, import_names, split_assignment
@@ -116,7 +117,7 @@ def register(sub: Any) -> None:
                        help="module defining components (the embedded runtime runs them on after the command)")
         p.add_argument("--no-follow", action="store_true",
                        help="only record the command; do not run the pipeline on in this process")
-        p.add_argument("--timeout", type=float, default=FOLLOW_TIMEOUT, metavar="S",
+        p.add_argument("--timeout", type=seconds, default=FOLLOW_TIMEOUT, metavar="S",
                        help="stop following after S seconds")
         p.set_defaults(func=cmd_control)
         return p
