@@ -44,6 +44,9 @@ def test_token_create_list_revoke(tmp_path: Path) -> None:
     assert unknown.returncode == 3 and "no token" in unknown.stderr
     bad_role = culm(tmp_path, "token", "create", "--role", "root")
     assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+    # SQLite kept it, PostgreSQL said "cannot use the database ... value too long"
+    long_name = culm(tmp_path, "token", "create", "--role", "viewer", "--name", "n" * 256)
+    assert long_name.returncode == 2 and "error: the name is 256 characters long; at most 255" in long_name.stderr
 
 
 def test_no_auth_serves_only_loopback(tmp_path: Path) -> None:
