@@ -194,6 +194,7 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
          "arrays or objects nested too deeply"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
+        (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
         (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
         (None, ["list", "--since", "99999999999d"], "--since '99999999999d': further back than dates go"),
