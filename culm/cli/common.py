@@ -79,6 +79,14 @@ def add_broker(p: argparse.ArgumentParser, prefix: bool = True) -> None:
                             "$CULM_QUEUE_PREFIX, then culm)")
 
 
+def an_id(text: str) -> str:
+    """An argparse type: a pipeline, node or token id (an empty one, ``culm status ''``, is a usage
+    mistake, exit 2, not a command the engine refuses)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected an id, not {text!r}")
+    return text
+
+
 def seconds(text: str) -> float:
     """An argparse type: a duration, 0 or more (``-1`` or ``nan`` would end a wait at once or never)."""
     try:

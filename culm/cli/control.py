@@ -19,6 +19,7 @@ from culm.cli.common import (
     UsageError,
     add_broker,
     add_db,
+    an_id,
     broker_url,
     check,
     open_runtime,
@@ -110,7 +111,7 @@ def register(sub: Any) -> None:
     """Add one command per control operation to the ``culm`` parser."""
     def command(name: str, help_text: str, target: str, target_help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument(target, metavar=target.upper(), help=target_help)
+        p.add_argument(target, type=an_id, metavar=target.upper(), help=target_help)
         add_db(p)
         add_broker(p)
         p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",

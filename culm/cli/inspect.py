@@ -18,6 +18,7 @@ from culm.cli.common import (
     UsageError,
     add_db,
     add_json,
+    an_id,
     check,
     console,
     open_runtime,
@@ -313,14 +314,14 @@ def register(sub: Any) -> None:
     for name, aliases in (("status", ["show"]),):
         p = sub.add_parser(name, aliases=aliases,
                            help="the state tree of a pipeline or node: names, durations, failures, waits")
-        p.add_argument("id", metavar="ID", help="pipeline or node id")
+        p.add_argument("id", type=an_id, metavar="ID", help="pipeline or node id")
         p.add_argument("--outputs", action="store_true", help="show every node's outputs")
         add_db(p)
         add_json(p)
         p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="the lines a node's component logged")
-    p.add_argument("node", metavar="NODE")
+    p.add_argument("node", type=an_id, metavar="NODE")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the node stops")
     p.add_argument("--version", metavar="V", help="a run's version (default: the current one)")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help=argparse.SUPPRESS)
@@ -328,14 +329,14 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("history", help="earlier runs of a node (retries and loops)")
-    p.add_argument("node", metavar="NODE")
+    p.add_argument("node", type=an_id, metavar="NODE")
     p.add_argument("--loop", type=int, default=-1, metavar="N", help="only loop N")
     add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("watch", help="follow a pipeline live until it ends")
-    p.add_argument("id", metavar="ID")
+    p.add_argument("id", type=an_id, metavar="ID")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help="seconds between refreshes")
     p.add_argument("--progress-every", type=positive_seconds, default=10.0, metavar="S",
                    help="without a terminal: print a progress line every S seconds")

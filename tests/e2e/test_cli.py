@@ -197,6 +197,8 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
         (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
+        (None, ["status", ""], "argument ID: expected an id, not ''"),  # was exit 5, "refused"
+        (None, ["retry", " "], "argument NODE: expected an id, not ' '"),
         (None, ["list", "--since", "99999999999d"], "--since '99999999999d': further back than dates go"),
         # a negative or NaN timeout ended the wait at once (leaving the run behind) or never
         (None, ["run", "x.json", "--timeout", "-1"], "--timeout: expected a number of seconds, 0 or more, not '-1'"),
