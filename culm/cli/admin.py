@@ -18,6 +18,7 @@ from culm.cli.common import (
     database_error,
     db_errors,
     db_url,
+    positive_seconds,
     print_json,
 )
 from culm.cli.loading import import_modules, import_names
@@ -121,7 +122,7 @@ def register(sub: Any) -> None:
 
     workers = sub.add_parser("workers", help="list the worker processes of a cluster and when each last beat")
     add_db(workers)
-    workers.add_argument("--dead-after", type=float, default=float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3),
+    workers.add_argument("--dead-after", type=positive_seconds, default=float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3),
                          metavar="S", help="call a worker silent this long dead, as the relays do "
                                            "(default: $CULM_WORKER_DEAD_AFTER, then 3)")
     add_json(workers)

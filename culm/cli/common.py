@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,33 @@ def add_broker(p: argparse.ArgumentParser, prefix: bool = True) -> None:
         p.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"), metavar="P",
                        help="the cluster's queue name prefix, as its workers were given (default: "
                             "$CULM_QUEUE_PREFIX, then culm)")
+
+
+def an_id(text: str) -> str:
+    """An argparse type: a pipeline, node or token id (an empty one, ``culm status ''``, is a usage
+    mistake, exit 2, not a command the engine refuses)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected an id, not {text!r}")
+    return text
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration, 0 or more (``-1`` or ``nan`` would end a wait at once or never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a duration above 0 (a pause between two looks)."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number of seconds above 0, not 0")
+    return value
 
 
 def add_json(p: argparse.ArgumentParser) -> None:

@@ -42,7 +42,7 @@ def context_values_for(spec: PipelineSpec, extra_plain: Mapping[str, Any] | None
 # References all the variables of one context may hold in all, counting those through other
 # variables: n splices that each refer to the one before hold n**2/2, which would take minutes
 # to work out (in the transaction that stores the run) and be stored with the context.
-MAX_CONTEXT_REFERENCES = 100_000
+MAX_CONTEXT_REFERENCES = 250_000
 
 
 def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:

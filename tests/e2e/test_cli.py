@@ -190,10 +190,20 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
          "broken.json: key 'f1' appears twice in one object"),
         ("{}", ["run", "broken.json", "--data", '{"a": 1, "a": 2}'], "--data: key 'a' appears twice"),
         ("[" * 100_000 + "]" * 100_000, ["validate", "broken.json"], "broken.json: arrays or objects nested too deeply"),
+        (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "[" * 5_000 + "]" * 5_000],
+         "arrays or objects nested too deeply"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
+        (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
         (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
+        (None, ["status", ""], "argument ID: expected an id, not ''"),  # was exit 5, "refused"
+        (None, ["retry", " "], "argument NODE: expected an id, not ' '"),
+        (None, ["list", "--since", "99999999999d"], "--since '99999999999d': further back than dates go"),
+        # a negative or NaN timeout ended the wait at once (leaving the run behind) or never
+        (None, ["run", "x.json", "--timeout", "-1"], "--timeout: expected a number of seconds, 0 or more, not '-1'"),
+        (None, ["run", "x.json", "--timeout", "nan"], "--timeout: expected a number of seconds, 0 or more, not 'nan'"),
+        (None, ["watch", "p1", "--interval", "0"], "--interval: expected a number of seconds above 0"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path: Path, setup: str | None, args: list[str],

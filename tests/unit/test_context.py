@@ -179,5 +179,5 @@ def test_a_long_chain_of_splices_is_refused_before_anything_is_stored() -> None:
     with culm.Runtime("memory://", workers=0) as rt:
         result = api.run_pipeline(rt, tree)
         assert not result.result
-        assert "over 100000 in all" in result.message and "context variable ${v" in result.message
+        assert "over 250000 in all" in result.message and "context variable ${v" in result.message
         assert not api.get_pipeline_states(rt, tree["id"]).data
