@@ -42,7 +42,7 @@ from sqlalchemy.engine import make_url
 
 from bench.trees import normal_pipeline
 
-SEED = 200  # pipelines run through the engine; the rest are copies of them
+SEED = 200  # pipelines run through the engine (at most); the rest are copies of them
 COPIES_PER_STATEMENT = 20  # 4,000 pipelines per INSERT ... SELECT
 PG_ADMIN = os.environ.get("CULM_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 # Columns holding node, process or pipeline ids: a copy gives them fresh ids (empty and NULL stay).
@@ -92,8 +92,9 @@ def clone_id(value: str | None, copy: int) -> str | None:
 # -- running pipelines ---------------------------------------------------------------------------
 
 
-def _run_batch(rt: Any, n: int) -> tuple[float, list[float]]:
-    """Submit ``n`` 17-node pipelines, wait until idle; (batch seconds, run_pipeline seconds each)."""
+def _run_batch(rt: Any, n: int) -> tuple[float, list[float], str]:
+    """Submit ``n`` 17-node pipelines, wait until idle; (batch seconds, run_pipeline seconds each,
+    the last pipeline's id)."""
     from culm import api
 
     trees = [normal_pipeline() for _ in range(n)]
@@ -109,7 +110,7 @@ def _run_batch(rt: Any, n: int) -> tuple[float, list[float]]:
     states = {api.get_pipeline_states(rt, t["id"]).data[t["id"]]["state"] for t in trees}
     if states != {"FINISHED"}:
         raise SystemExit(f"not every pipeline finished: {sorted(states)}")
-    return took, calls
+    return took, calls, trees[-1]["id"]
 
 
 def _running_pipeline_ms(rt: Any, reads: int = 50) -> tuple[float, float]:
@@ -142,6 +143,17 @@ def _running_pipeline_ms(rt: Any, reads: int = 50) -> tuple[float, float]:
     return statistics.median(took) * 1000, statistics.median(feed) * 1000
 
 
+def _wait_ms(rt: Any, pipeline_id: str, calls: int = 50) -> float:
+    """Median ms of ``runtime.wait`` on a pipeline that has finished (its reads, no waiting)."""
+    took = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        if rt.wait(pipeline_id, 10) != "FINISHED":
+            raise SystemExit(f"{pipeline_id} did not wait to FINISHED")
+        took.append(time.perf_counter() - t0)
+    return statistics.median(took) * 1000
+
+
 def measure(url: str, rounds: int) -> dict[str, float]:
     """Medians over ``rounds`` of the batch, run_pipeline and the running tree's read on ``url``."""
     import culm
@@ -151,17 +163,19 @@ def measure(url: str, rounds: int) -> dict[str, float]:
         "run_pipeline_ms": [],
         "running_tree_ms": [],
         "feed_history_ms": [],
+        "wait_finished_ms": [],
     }
     rt = culm.Runtime(url)
     try:
         _run_batch(rt, 10)  # warm: imports, connections, statement caches
         for _ in range(rounds):
-            took, calls = _run_batch(rt, 100)
+            took, calls, last = _run_batch(rt, 100)
             out["batch_s"].append(took)
             out["run_pipeline_ms"].append(statistics.median(calls) * 1000)
             tree_ms, feed_ms = _running_pipeline_ms(rt)
             out["running_tree_ms"].append(tree_ms)
             out["feed_history_ms"].append(feed_ms)
+            out["wait_finished_ms"].append(_wait_ms(rt, last))
     finally:
         rt.close()
     return {k: round(statistics.median(v), 4) for k, v in out.items()}
@@ -232,17 +246,24 @@ class _Db:
             self.engine.dispose()
 
 
+def seed_size(pipelines: int) -> int:
+    """How many pipelines to run for real: the largest divisor of ``pipelines`` up to SEED (the
+    rest are whole copies of them)."""
+    return next(n for n in range(min(SEED, pipelines), 0, -1) if pipelines % n == 0)
+
+
 def fill(url: str, pipelines: int, say: Callable[[str], None] = lambda _m: None) -> int:
     """Store ``pipelines`` finished 17-node pipelines in the empty database at ``url`` (see the
     module docstring); returns how many are stored."""
     import culm
 
+    seed = seed_size(pipelines)
     rt = culm.Runtime(url)
     try:
-        _run_batch(rt, min(SEED, pipelines))
+        _run_batch(rt, seed)
     finally:
         rt.close()
-    copies = max(0, pipelines // SEED - 1)
+    copies = pipelines // seed - 1
     db = _Db(url)
     try:
         tables = db.tables()
@@ -264,7 +285,7 @@ def fill(url: str, pipelines: int, say: Callable[[str], None] = lambda _m: None)
                     _copy(db, table, "k.k")
             _copy(db, "culm_change", "k.k, s.seq")  # in the order the engine wrote them
             db.run("COMMIT")
-            say(f"{(ks[-1] + 1) * SEED} pipelines stored")
+            say(f"{(ks[-1] + 1) * seed} pipelines stored")
         # The seed's own feed rows go after the copies' (the seed is the newest work).
         top = db.run("SELECT MAX(seq) FROM seed_culm_change")[0][0]
         db.run("BEGIN")
@@ -427,7 +448,7 @@ def compare(
         for k, v in measure(url, rounds).items():
             got.setdefault(f"{side}_{k}", []).append(v)
     result.update({k: round(statistics.median(v), 4) for k, v in got.items()})
-    for k in ("batch_s", "run_pipeline_ms", "running_tree_ms", "feed_history_ms"):
+    for k in ("batch_s", "run_pipeline_ms", "running_tree_ms", "feed_history_ms", "wait_finished_ms"):
         result[f"full_over_empty_{k}"] = round(result[f"full_{k}"] / result[f"empty_{k}"], 3)
     return result
 
@@ -447,8 +468,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fill-only", action="store_true", help="fill (or find) the database, measure nothing"
     )
     args = parser.parse_args(argv)
-    if args.pipelines < SEED:
-        parser.error(f"--pipelines must be at least {SEED}")
+    if args.pipelines < 1:
+        parser.error("--pipelines must be at least 1")
 
     def say(msg: str) -> None:
         print(f"# {time.strftime('%H:%M:%S')} {msg}", flush=True)
