@@ -1139,7 +1139,7 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered)
+        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered, indexed_by_root=True)
         if create:
             self.ensure_schema()
 
