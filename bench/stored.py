@@ -427,7 +427,13 @@ def _empty(backend: str, keep: str) -> str:
 
 
 def compare(
-    backend: str, pipelines: int, rounds: int, keep: str, refill: bool, say: Callable[[str], None]
+    backend: str,
+    pipelines: int,
+    rounds: int,
+    keep: str,
+    refill: bool,
+    say: Callable[[str], None],
+    pairs: int = 2,
 ) -> dict[str, Any]:
     import culm
 
@@ -443,7 +449,7 @@ def compare(
     }
     full = _working_copy(backend, kept, keep)
     got: dict[str, list[float]] = {}
-    for side, url in (("empty", empty), ("full", full), ("empty", empty), ("full", full)):
+    for side, url in [("empty", empty), ("full", full)] * pairs:
         say(f"measuring {side}")
         for k, v in measure(url, rounds).items():
             got.setdefault(f"{side}_{k}", []).append(v)
@@ -462,6 +468,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite")
     parser.add_argument("--rounds", type=int, default=3, help="batches per measurement (default 3)")
+    parser.add_argument("--pairs", type=int, default=2, help="empty/full alternations (default 2)")
     parser.add_argument("--keep", default="/tmp/culm-stored", help="where the filled SQLite file is kept")
     parser.add_argument("--refill", action="store_true", help="fill again even when a kept database exists")
     parser.add_argument(
@@ -490,7 +497,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             continue
         print(
-            json.dumps(compare(backend, args.pipelines, args.rounds, args.keep, args.refill, say)), flush=True
+            json.dumps(
+                compare(backend, args.pipelines, args.rounds, args.keep, args.refill, say, args.pairs)
+            ),
+            flush=True,
         )
     return 0
 
