@@ -44,6 +44,7 @@ from culm.storage.sql.statements import (
     PROCESSES_AT,
     PROCESSES_OF_ROOT,
     PROCESSES_SUSPENDED_BY,
+    PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
     RETAKE_LEASE,
@@ -510,12 +511,7 @@ class SqlUnit:
     def prune_changes(self, lo: int, hi: int, cutoff: float) -> int:
         """Delete the changes with ``lo`` <= seq < ``hi`` older than ``cutoff`` of pipelines that
         are FINISHED or REVOKED; returns how many went."""
-        # The root's state is looked up by key for each row (a correlated EXISTS): an IN over the
-        # final roots would read every state row of every stored pipeline at each chunk.
-        cur = self._x(
-            'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND EXISTS (SELECT 1 FROM '
-            "culm_state s WHERE s.node_id = culm_change.root_id AND s.root_id = s.node_id AND s.name IN (?, ?))",
-            [lo, hi, cutoff, states.FINISHED, states.REVOKED])
+        cur = self._x(PRUNE_CHANGES, [lo, hi, cutoff, states.FINISHED, states.REVOKED])
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
