@@ -1,13 +1,15 @@
 """Does a database full of finished pipelines slow new work? ``python -m bench.stored``
 
 A long-lived service keeps every finished run. This fills a database with N finished 17-node
-pipelines (default 100,000) and compares, interleaved (empty, full, empty, full), against an empty
-database of the same kind:
+pipelines (default 100,000) and compares it with an empty database of the same kind:
 
-* ``run_pipeline``: the median call while the engine runs the batch it belongs to;
-* the state tree of a running pipeline (``get_pipeline_states`` of a paused pipeline, read fresh
-  with nothing kept: the indexed query every poll of a pipeline the engine is running makes);
-* the batch (100 x 17 nodes) to FINISHED (``wait_idle``);
+* the batch (100 x 17 nodes) to FINISHED (``wait_idle``) and the median ``run_pipeline`` call
+  while the engine runs it: ``--rounds`` batches per side, the sides interleaved ``--pairs`` times;
+* with the engines idle, both databases open, in turn ``--pairs`` times, 100 calls each: the state
+  tree of a running pipeline (``get_pipeline_states`` of a paused pipeline, read fresh with
+  nothing kept: what every poll of a running pipeline reads), its whole history from the change
+  feed (``runtime.changes(root, after=0)``: what ``culm watch`` reads first) and
+  ``runtime.wait`` on a finished pipeline;
 
 and the database size per finished pipeline. ``--backend sqlite`` (the embedded default),
 ``postgresql`` or both; one JSON line per backend.
@@ -113,69 +115,94 @@ def _run_batch(rt: Any, n: int) -> tuple[float, list[float], str]:
     return took, calls, trees[-1]["id"]
 
 
-def _running_pipeline_ms(rt: Any, reads: int = 50) -> tuple[float, float]:
-    """Median ms of a fresh ``get_pipeline_states`` of a pipeline paused while running, and of
-    reading its whole history from the change feed."""
-    from culm import api
-    from culm.core.state_tree import StateTrees
-
-    tree = normal_pipeline()
-    api.run_pipeline(rt, tree)
-    api.pause_pipeline(rt, tree["id"])
-    rt.wait_idle(60)
+def _median_ms(call: Any, times: int) -> float:
     took = []
-    for _ in range(reads):
-        rt.engine.state_trees = StateTrees()  # nothing kept: the read a poll of it makes
+    for _ in range(times):
         t0 = time.perf_counter()
-        result = api.get_pipeline_states(rt, tree["id"])
-        took.append(time.perf_counter() - t0)
-    if result.data[tree["id"]]["state"] != "SUSPENDED":
-        raise SystemExit(f"the paused pipeline is {result.data[tree['id']]['state']}, not SUSPENDED")
-    feed = []
-    for _ in range(reads):  # a watcher's first read of its history (`culm watch`): found by time
-        t0 = time.perf_counter()
-        history = list(rt.changes(tree["id"], 0, timeout=0))
-        feed.append(time.perf_counter() - t0)
-    if not history or {c.root_id for c in history} != {tree["id"]}:
-        raise SystemExit("the paused pipeline's history is missing from the change feed")
-    api.revoke_pipeline(rt, tree["id"])
-    rt.wait_idle(60)
-    return statistics.median(took) * 1000, statistics.median(feed) * 1000
-
-
-def _wait_ms(rt: Any, pipeline_id: str, calls: int = 50) -> float:
-    """Median ms of ``runtime.wait`` on a pipeline that has finished (its reads, no waiting)."""
-    took = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        if rt.wait(pipeline_id, 10) != "FINISHED":
-            raise SystemExit(f"{pipeline_id} did not wait to FINISHED")
+        call()
         took.append(time.perf_counter() - t0)
     return statistics.median(took) * 1000
 
 
+class _Reader:
+    """A runtime on one database with a pipeline paused while running and one finished, for
+    timing the reads of a poll, a watcher and a waiter on them."""
+
+    def __init__(self, url: str) -> None:
+        import culm
+        from culm import api
+
+        self.rt = culm.Runtime(url)
+        self.paused, finished = normal_pipeline(), normal_pipeline()
+        api.run_pipeline(self.rt, finished)
+        api.run_pipeline(self.rt, self.paused)
+        api.pause_pipeline(self.rt, self.paused["id"])
+        self.rt.wait_idle(60)
+        self.finished = finished["id"]
+        state = api.get_pipeline_states(self.rt, self.paused["id"]).data[self.paused["id"]]["state"]
+        if state != "SUSPENDED":
+            raise SystemExit(f"the paused pipeline is {state}, not SUSPENDED")
+
+    def times(self, calls: int) -> dict[str, float]:
+        from culm import api
+        from culm.core.state_tree import StateTrees
+
+        rt, root = self.rt, self.paused["id"]
+
+        def tree() -> None:
+            rt.engine.state_trees = StateTrees()  # nothing kept: the read a poll of it makes
+            api.get_pipeline_states(rt, root)
+
+        def history() -> None:  # a watcher's first read (`culm watch`, the console)
+            if not list(rt.changes(root, 0, timeout=0)):
+                raise SystemExit("the paused pipeline's history is missing from the change feed")
+
+        def wait() -> None:
+            if rt.wait(self.finished, 10) != "FINISHED":
+                raise SystemExit(f"{self.finished} did not wait to FINISHED")
+
+        return {
+            "running_tree_ms": _median_ms(tree, calls),
+            "feed_history_ms": _median_ms(history, calls),
+            "wait_finished_ms": _median_ms(wait, calls),
+        }
+
+    def close(self) -> None:
+        from culm import api
+
+        api.revoke_pipeline(self.rt, self.paused["id"])
+        self.rt.wait_idle(60)
+        self.rt.close()
+
+
+def reads(empty: str, full: str, pairs: int, calls: int = 100) -> dict[str, float]:
+    """The reads of one pipeline, timed on both databases in turn (``pairs`` times) with the
+    engines idle: medians of each side's medians, as ``empty_*`` and ``full_*``."""
+    readers = {"empty": _Reader(empty), "full": _Reader(full)}
+    got: dict[str, list[float]] = {}
+    try:
+        for _ in range(pairs):
+            for side, reader in readers.items():
+                for k, v in reader.times(calls).items():
+                    got.setdefault(f"{side}_{k}", []).append(v)
+    finally:
+        for reader in readers.values():
+            reader.close()
+    return {k: round(statistics.median(v), 4) for k, v in got.items()}
+
+
 def measure(url: str, rounds: int) -> dict[str, float]:
-    """Medians over ``rounds`` of the batch, run_pipeline and the running tree's read on ``url``."""
+    """Medians over ``rounds`` batches on ``url``: the batch and the median run_pipeline call."""
     import culm
 
-    out: dict[str, list[float]] = {
-        "batch_s": [],
-        "run_pipeline_ms": [],
-        "running_tree_ms": [],
-        "feed_history_ms": [],
-        "wait_finished_ms": [],
-    }
+    out: dict[str, list[float]] = {"batch_s": [], "run_pipeline_ms": []}
     rt = culm.Runtime(url)
     try:
         _run_batch(rt, 10)  # warm: imports, connections, statement caches
         for _ in range(rounds):
-            took, calls, last = _run_batch(rt, 100)
+            took, calls, _last = _run_batch(rt, 100)
             out["batch_s"].append(took)
             out["run_pipeline_ms"].append(statistics.median(calls) * 1000)
-            tree_ms, feed_ms = _running_pipeline_ms(rt)
-            out["running_tree_ms"].append(tree_ms)
-            out["feed_history_ms"].append(feed_ms)
-            out["wait_finished_ms"].append(_wait_ms(rt, last))
     finally:
         rt.close()
     return {k: round(statistics.median(v), 4) for k, v in out.items()}
@@ -454,6 +481,8 @@ def compare(
         for k, v in measure(url, rounds).items():
             got.setdefault(f"{side}_{k}", []).append(v)
     result.update({k: round(statistics.median(v), 4) for k, v in got.items()})
+    say("timing the reads")
+    result.update(reads(empty, full, pairs))
     for k in ("batch_s", "run_pipeline_ms", "running_tree_ms", "feed_history_ms", "wait_finished_ms"):
         result[f"full_over_empty_{k}"] = round(result[f"full_{k}"] / result[f"empty_{k}"], 3)
     return result
