@@ -153,8 +153,9 @@ def test_prune_deletes_old_changes_of_finished_pipelines_only(runtime):
 
 
 def test_history_of_one_root_starts_near_its_creation(tmp_path, monkeypatch):
-    """With many rows before a pipeline, its history is read from a seq found by time (no scan
-    from the start); what it yields is still all of it."""
+    """A store without an index by root (the memory store) finds where a root's history starts by
+    time, with many rows before it; the search gives the right seq (checked here on SQLite, where
+    the rows can be back-dated), and the history read is still all of it."""
     with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
         early = build_tree(chain(ServiceActivity(component_code="example_component")))
         run(rt, early)
