@@ -256,9 +256,18 @@ def json_object(text: str, where: str, what: str = "") -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where.rstrip(':')}: invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise UsageError(f"{where.rstrip(':')}: arrays or objects nested too deeply to be read "
+                         "(culm keeps values at most 100 levels deep)") from None
     if not isinstance(data, dict):
         kind = f"an object ({what})" if what else "a JSON object"
         raise UsageError(f"{where.rstrip(':')} must be {kind}, got {type(data).__name__}")
+    from culm.model.limits import duplicate_key
+
+    twice = duplicate_key(text)
+    if twice is not None:
+        raise UsageError(f"{where.rstrip(':')}: key {twice!r} appears twice in one object (JSON would keep "
+                         "only the last; ids and keys must be unique)")
     return data
 
 

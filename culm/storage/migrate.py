@@ -138,5 +138,12 @@ def _is_known(version: str | None) -> bool:
         return False
 
 
+# The drivers culm picks for a bare ``postgresql://`` or ``mysql://`` URL (normalise_url), left out of
+# the URL shown to the user: the hint ``culm db upgrade --db URL`` shows the URL as they wrote it.
+_DEFAULT_DRIVERS = {"postgresql+psycopg": "postgresql", "mysql+pymysql": "mysql"}
+
+
 def _display_url(store: SqlStore) -> str:
-    return store.engine.url.render_as_string(hide_password=True)
+    url = store.engine.url
+    bare = _DEFAULT_DRIVERS.get(url.drivername)
+    return (url.set(drivername=bare) if bare else url).render_as_string(hide_password=True)

@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from backends import REDIS, REPO
+from sqlalchemy.engine import make_url
 
 import culm
 from culm.errors import SchemaOutdatedError
@@ -52,10 +53,14 @@ def test_upgrade_database_by_url(server_database):
 
 
 def test_empty_server_database_is_refused(server_database):
+    # the URL as a user writes it (no driver), shown so in the hint, not culm's driver URL
+    given = make_url(server_database).set(drivername=make_url(server_database).get_backend_name())
+    given = given.set(drivername="mysql") if given.drivername == "mariadb" else given
     with pytest.raises(SchemaOutdatedError) as info:
-        SqlStore(server_database)
+        SqlStore(given.render_as_string(hide_password=False))
     message = str(info.value)
-    assert "culm db upgrade --db" in message
+    assert f"culm db upgrade --db {given.render_as_string(hide_password=True)}` first" in message
+    assert "+psycopg" not in message and "+pymysql" not in message
     assert "none" in message
 
 
