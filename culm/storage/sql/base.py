@@ -53,6 +53,7 @@ from culm.storage.sql.statements import (
     PROCESSES_AT,
     PROCESSES_OF_ROOT,
     PROCESSES_SUSPENDED_BY,
+    PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
     RETAKE_LEASE,
@@ -523,10 +524,7 @@ class SqlUnit:
     def prune_changes(self, lo: int, hi: int, cutoff: float) -> int:
         """Delete the changes with ``lo`` <= seq < ``hi`` older than ``cutoff`` of pipelines that
         are FINISHED or REVOKED; returns how many went."""
-        cur = self._x(
-            'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND root_id IN '
-            "(SELECT s.node_id FROM culm_state s WHERE s.node_id = s.root_id AND s.name IN (?, ?))",
-            [lo, hi, cutoff, states.FINISHED, states.REVOKED])
+        cur = self._x(PRUNE_CHANGES, [lo, hi, cutoff, states.FINISHED, states.REVOKED])
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
@@ -1170,7 +1168,7 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered)
+        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered, indexed_by_root=True)
         if create:
             self.ensure_schema()
 
