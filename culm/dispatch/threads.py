@@ -11,6 +11,12 @@ call is handed to the pool only when one in flight has been committed, so after 
 ``workers`` calls run again (those running and those whose results waited for the next commit),
 however many nodes are ready to run and however far the engine thread lags behind. The calls
 waiting for a slot have not started: their nodes are RUNNING and their task rows replay them.
+
+The bound makes a commit carry at most ``workers`` results, so N calls take at least
+N / ``workers`` commits. To stay near that floor, results of one round commit together: before a
+batch commits, the engine waits for the calls in flight that started less than ``ROUND_WAIT`` ago
+(instant calls about to return), at most until ``ROUND_WAIT`` after the latest of them started,
+instead of committing each result as it lands and freeing its slot alone.
 Future tasks (poll intervals) wait on a timer heap, and a sweeper re-reads the task table now and
 then, so tasks written by other processes, or left behind by a crash, are picked up too.
 """
@@ -43,6 +49,10 @@ MAX_BATCH = 256
 # and the next of a submitting loop. A pipeline started alone waits QUIET once.
 HOLD_MAX = 0.020
 QUIET = 0.0005
+# A call still out less than ROUND_WAIT seconds after it started counts as instant: a batch waits
+# for it so that its result commits with the others of its round (see the module docstring). So
+# a batch's commit waits at most ROUND_WAIT, and never for a call that has run longer than that.
+ROUND_WAIT = 0.002
 
 
 class _UserCodePool:
@@ -98,6 +108,7 @@ class _Item:
     invoke: Invoke | None = None  # execute tasks: the Invoke whose result this is
     waiting: bool = False  # True once user code ran and ``result`` holds its outcome
     result: Any = None
+    started: float = 0.0  # when its user code was handed to the pool (time.monotonic())
 
 
 def _restore(batch: list[_Item], saved: list[tuple[Any, bool, Any]]) -> None:
@@ -179,9 +190,9 @@ class ThreadDispatcher:
         self._submitting = 0  # threads inside run_pipeline
         self._submitted_at = 0.0  # when the last of them left it
         # Engine thread only: user code waiting for a slot, and calls started whose result is not
-        # committed yet (at most ``workers``: what a kill -9 makes run again).
+        # committed yet (at most ``workers``: what a kill -9 makes run again), by id(item).
         self._calls: collections.deque[tuple[_Item, Callable[[], Any]]] = collections.deque()
-        self._in_flight = 0
+        self._in_flight: dict[int, _Item] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -327,6 +338,8 @@ class ThreadDispatcher:
             ):
                 self._hold()
                 self._take_ready(batch)
+            if self._in_flight:
+                self._gather_round(batch)
             self._in_batch = len(batch)
             try:
                 self._run_batch(batch)
@@ -347,7 +360,7 @@ class ThreadDispatcher:
             return
         logger.error("a batch of %d tasks failed", len(batch), exc_info=exc)
         self._forget([i.task.id for i in batch])
-        self._release(sum(1 for i in batch if i.waiting))  # their results are dropped
+        self._release([i for i in batch if i.waiting])  # their results are dropped
 
     def _take_ready(self, batch: list[_Item]) -> None:
         """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
@@ -360,6 +373,29 @@ class ThreadDispatcher:
                 self._stopping.set()
                 return
             batch.append(item)
+
+    def _gather_round(self, batch: list[_Item]) -> None:
+        """Engine thread: before ``batch`` commits, wait for the calls in flight that started less
+        than ROUND_WAIT ago, until they are back or ROUND_WAIT after the latest of them started.
+
+        Their results join ``batch``, and their slots are freed by one commit instead of one each.
+        Ready tasks that are not results join too (up to MAX_BATCH).
+        """
+        while len(batch) < MAX_BATCH:
+            at = time.monotonic()
+            out = [i.started for i in self._in_flight.values() if not i.waiting]
+            young = [started for started in out if at - started < ROUND_WAIT]
+            if not young:
+                return
+            try:
+                item = self._ready.get(timeout=max(young) + ROUND_WAIT - at)
+            except queue.Empty:
+                return
+            if item is None:
+                self._stopping.set()
+                return
+            batch.append(item)
+            self._take_ready(batch)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         """Advance ``batch`` in one transaction, then start the user code it leads to.
@@ -388,16 +424,22 @@ class ThreadDispatcher:
         self._follow_ups(step.tasks)
         step.fire()
         self._calls.extend(calls)
-        self._release(sum(1 for _, waiting, _ in saved if waiting))  # their results are durable now
+        # Their results are durable now.
+        self._release([item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
         if self._policy is not None:
             self._policy.batch_committed()
 
-    def _release(self, committed: int) -> None:
-        """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""
-        self._in_flight -= committed
-        while self._calls and self._in_flight < max(1, self.workers):
-            self._in_flight += 1
-            self._start_user_code(*self._calls.popleft())
+    def _release(self, over: list[_Item]) -> None:
+        """Engine thread: the calls of ``over`` are no longer in flight (their results committed,
+        or dropped); start waiting calls in their slots."""
+        for item in over:
+            self._in_flight.pop(id(item), None)
+        at = time.monotonic()
+        while self._calls and len(self._in_flight) < max(1, self.workers):
+            item, call = self._calls.popleft()
+            item.started = at
+            self._in_flight[id(item)] = item
+            self._start_user_code(item, call)
 
     def _commit_batch(
         self, batch: list[_Item], saved: list[tuple[Any, bool, Any]], *, isolate: bool
@@ -490,7 +532,7 @@ class ThreadDispatcher:
         try:
             self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
-            self._in_flight -= 1
+            del self._in_flight[id(item)]
             self._forget([item.task.id])
 
     def _requeue(self, item: _Item, outcome: Any) -> None:
