@@ -229,12 +229,14 @@ class _StaggeredRounds:
         return None
 
 
-def test_results_of_calls_that_return_together_commit_together(tmp_path):
+def test_results_of_calls_that_return_together_commit_together(tmp_path, monkeypatch):
     # 32 one-activity runs on 4 user-code threads: the in-flight bound lets a commit carry at most
     # 4 results, so 8 commits of results at the least. Results that land within ROUND_WAIT of their
-    # round's start wait for each other: about one commit per round, not one per result.
+    # round's start wait for each other: about one commit per round, not one per result. (A wider
+    # ROUND_WAIT than the default, so that a loaded machine's scheduling does not split rounds.)
     from culm.dispatch import threads
 
+    monkeypatch.setattr(threads, "ROUND_WAIT", 0.02)
     workers, count = 4, 32
     db = f"sqlite:///{tmp_path}/t.db"
     runs = [echo_line(f"v{i}") for i in range(count)]
