@@ -11,12 +11,6 @@ call is handed to the pool only when one in flight has been committed, so after 
 ``workers`` calls run again (those running and those whose results waited for the next commit),
 however many nodes are ready to run and however far the engine thread lags behind. The calls
 waiting for a slot have not started: their nodes are RUNNING and their task rows replay them.
-
-The bound makes a commit carry at most ``workers`` results, so N calls take at least
-N / ``workers`` commits. To stay near that floor, results of one round commit together: when the
-engine has nothing to do and every call in flight started less than ``ROUND_WAIT`` ago (instant
-calls about to return), it wakes when all of them are back (or the oldest is ``ROUND_WAIT`` old)
-instead of at the first result, which it would commit alone.
 Future tasks (poll intervals) wait on a timer heap, and a sweeper re-reads the task table now and
 then, so tasks written by other processes, or left behind by a crash, are picked up too.
 """
@@ -49,11 +43,6 @@ MAX_BATCH = 256
 # and the next of a submitting loop. A pipeline started alone waits QUIET once.
 HOLD_MAX = 0.020
 QUIET = 0.0005
-# A call still out less than ROUND_WAIT seconds after it started counts as instant. While every
-# call in flight is instant, the idle engine waits for all of them so that their results commit
-# together (see the module docstring): at most ROUND_WAIT, never while a longer call is out. Waiting
-# longer than a commit costs the engine (0.3-0.65 ms measured) would lose more than it saves.
-ROUND_WAIT = 0.0005
 
 
 class _UserCodePool:
@@ -109,7 +98,6 @@ class _Item:
     invoke: Invoke | None = None  # execute tasks: the Invoke whose result this is
     waiting: bool = False  # True once user code ran and ``result`` holds its outcome
     result: Any = None
-    started: float = 0.0  # when its user code was handed to the pool (time.monotonic())
 
 
 def _restore(batch: list[_Item], saved: list[tuple[Any, bool, Any]]) -> None:
@@ -191,13 +179,9 @@ class ThreadDispatcher:
         self._submitting = 0  # threads inside run_pipeline
         self._submitted_at = 0.0  # when the last of them left it
         # Engine thread only: user code waiting for a slot, and calls started whose result is not
-        # committed yet (at most ``workers``: what a kill -9 makes run again), by id(item).
+        # committed yet (at most ``workers``: what a kill -9 makes run again).
         self._calls: collections.deque[tuple[_Item, Callable[[], Any]]] = collections.deque()
-        self._in_flight: dict[int, _Item] = {}
-        # Calls handed to the pool whose outcome is not back yet; _all_back is set when none is.
-        self._out_lock = threading.Lock()
-        self._out = 0
-        self._all_back = threading.Event()
+        self._in_flight = 0
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -331,8 +315,6 @@ class ThreadDispatcher:
     # -- the engine thread ----------------------------------------------------------------
     def _engine_loop(self) -> None:
         while not self._stopping.is_set():
-            if self._in_flight and self._ready.empty():
-                self._await_round()
             first = self._ready.get()
             if first is None:
                 return
@@ -365,7 +347,7 @@ class ThreadDispatcher:
             return
         logger.error("a batch of %d tasks failed", len(batch), exc_info=exc)
         self._forget([i.task.id for i in batch])
-        self._release([i for i in batch if i.waiting])  # their results are dropped
+        self._release(sum(1 for i in batch if i.waiting))  # their results are dropped
 
     def _take_ready(self, batch: list[_Item]) -> None:
         """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
@@ -378,19 +360,6 @@ class ThreadDispatcher:
                 self._stopping.set()
                 return
             batch.append(item)
-
-    def _await_round(self) -> None:
-        """Engine thread, with nothing ready: when every call in flight is still out and started
-        less than ROUND_WAIT ago (instant calls about to return), sleep until they are all back,
-        or until the oldest of them is ROUND_WAIT old, rather than wake at the first result.
-
-        The next batch then takes all their results: one commit frees their slots, not one commit
-        per result as it lands. The engine was going to block anyway; this only moves its wake-up.
-        """
-        at = time.monotonic()
-        out = [i.started for i in self._in_flight.values() if not i.waiting]
-        if len(out) == len(self._in_flight) and at - min(out) < ROUND_WAIT:
-            self._all_back.wait(min(out) + ROUND_WAIT - at)
 
     def _run_batch(self, batch: list[_Item]) -> None:
         """Advance ``batch`` in one transaction, then start the user code it leads to.
@@ -419,25 +388,16 @@ class ThreadDispatcher:
         self._follow_ups(step.tasks)
         step.fire()
         self._calls.extend(calls)
-        # Their results are durable now.
-        self._release([item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
+        self._release(sum(1 for _, waiting, _ in saved if waiting))  # their results are durable now
         if self._policy is not None:
             self._policy.batch_committed()
 
-    def _release(self, over: list[_Item]) -> None:
-        """Engine thread: the calls of ``over`` are no longer in flight (their results committed,
-        or dropped); start waiting calls in their slots."""
-        for item in over:
-            self._in_flight.pop(id(item), None)
-        at = time.monotonic()
-        while self._calls and len(self._in_flight) < max(1, self.workers):
-            item, call = self._calls.popleft()
-            item.started = at
-            self._in_flight[id(item)] = item
-            with self._out_lock:
-                self._out += 1
-                self._all_back.clear()
-            self._start_user_code(item, call)
+    def _release(self, committed: int) -> None:
+        """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""
+        self._in_flight -= committed
+        while self._calls and self._in_flight < max(1, self.workers):
+            self._in_flight += 1
+            self._start_user_code(*self._calls.popleft())
 
     def _commit_batch(
         self, batch: list[_Item], saved: list[tuple[Any, bool, Any]], *, isolate: bool
@@ -530,8 +490,7 @@ class ThreadDispatcher:
         try:
             self._pool.submit(item, call)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
-            del self._in_flight[id(item)]
-            self._came_back()
+            self._in_flight -= 1
             self._forget([item.task.id])
 
     def _requeue(self, item: _Item, outcome: Any) -> None:
@@ -539,13 +498,6 @@ class ThreadDispatcher:
             self._policy.call_returned()
         item.result, item.waiting = outcome, True
         self._ready.put(item)
-        self._came_back()
-
-    def _came_back(self) -> None:
-        with self._out_lock:
-            self._out -= 1
-            if not self._out:
-                self._all_back.set()
 
     def _put_back(self, batch: list[_Item]) -> None:
         for item in batch:
