@@ -16,6 +16,7 @@ import uuid
 
 import culm
 from culm import api
+from culm.storage import schema
 from culm.storage.sql import SqlStore
 
 STATES = ("FINISHED",) * 8 + ("RUNNING", "REVOKED")
@@ -40,22 +41,9 @@ def fill(url: str, count: int) -> None:
                 sts.extend({"node_id": "n" + uuid.uuid4().hex, "root_id": pid, "parent_id": pid, "name": "FINISHED",
                             "version": "v", "created_time": at, "started_time": at, "archived_time": at}
                            for _ in range(CHILDREN))
-            conn.exec_driver_sql(
-                "INSERT INTO culm_pipeline (id, tree, root_data, options, created_time, name) "
-                "VALUES (%(id)s, %(tree)s, %(root_data)s, %(options)s, %(created_time)s, %(name)s)"
-                if store.dialect != "sqlite" else
-                "INSERT INTO culm_pipeline (id, tree, root_data, options, created_time, name) "
-                "VALUES (:id, :tree, :root_data, :options, :created_time, :name)", pipes)
-            cols = "node_id, root_id, parent_id, name, version, loop, inner_loop, retry, skip, error_ignored, " \
-                   "created_time, started_time, archived_time"
-            marks = ", ".join((f"%({c})s" if store.dialect != "sqlite" else f":{c}") for c in
-                              ("node_id", "root_id", "parent_id", "name", "version"))
-            rest = ", ".join((f"%({c})s" if store.dialect != "sqlite" else f":{c}") for c in
-                             ("created_time", "started_time", "archived_time"))
-            conn.exec_driver_sql(
-                f'INSERT INTO culm_state ({cols.replace("loop,", chr(34) + "loop" + chr(34) + ",", 1)}) '
-                f"VALUES ({marks}, 1, 1, 0, false, false, {rest})".replace('"', "`" if store.dialect == "mysql" else '"'),
-                sts)
+            # The schema's tables: SQLAlchemy quotes, binds and fills the defaults for every dialect.
+            conn.execute(schema.pipeline.insert(), pipes)
+            conn.execute(schema.state.insert(), sts)
     store.dispose()
 
 

@@ -252,7 +252,7 @@ def distributed_precheck() -> None:
 
 class Cluster:
     """A fresh PostgreSQL database ``culm_bench_<rand>``, a private Redis queue prefix and N
-    ``culm worker`` processes (``python -m culm.dispatch.celery``) importing ``bench.trees``."""
+    ``culm worker`` processes (``python -m culm worker``) importing ``bench.trees``."""
 
     def __init__(self, workers: int, admin: str = PG_ADMIN) -> None:
         self.n = workers
@@ -302,7 +302,7 @@ class Cluster:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
         for i in range(self.n):
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115 - owned by the child
-            cmd = [sys.executable, "-m", "culm.dispatch.celery", "--db", self.db_url, "--broker", REDIS,
+            cmd = [sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", REDIS,
                    "--prefix", self.prefix, "--concurrency", str(WORKER_CONCURRENCY), "--import", "bench.trees",
                    "--loglevel", "INFO", *(["--pool", os.environ["CULM_BENCH_POOL"]] if os.environ.get("CULM_BENCH_POOL") else [])]
             self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,

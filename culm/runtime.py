@@ -1,4 +1,9 @@
-"""Runtime: the object users create. It binds a store, a dispatcher and the engine together."""
+"""Runtime: the object users create. It binds a store, a dispatcher and the engine together.
+
+It is the one place that wires them: :class:`Runtime` for a process that submits (and, embedded,
+runs) work, :class:`WorkerWiring` for each process of a ``culm worker`` (``culm.dispatch.celery.run_worker``
+takes it).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from culm.core.engine import Engine, Settings
-from culm.core.ports import Dispatcher
+from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
 from culm.errors import InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
@@ -18,6 +23,7 @@ from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
 
 if TYPE_CHECKING:
+    from culm.dispatch.runner import WorkerRunner
     from culm.dispatch.threads import ThreadDispatcher
 
 logger = logging.getLogger("culm.runtime")
@@ -25,13 +31,6 @@ logger = logging.getLogger("culm.runtime")
 DEFAULT_URL = "sqlite:///culm.db"
 # How often a process without the runner lock of its SQLite file tries to take it.
 STANDBY_SECONDS = 0.5
-
-
-def _sqlite_path(url: str) -> str | None:
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    return None if path in ("", ":memory:") else path
 
 
 class Runtime:
@@ -96,7 +95,7 @@ class Runtime:
     def _take_runner_lock(self, *, quiet: bool = False) -> bool:
         """Only one process runs the workers of a SQLite file; the lock dies with the process (a
         process that wanted workers and did not get the lock stands by for it, see _stand_by)."""
-        path = _sqlite_path(self.store.url)
+        path = self.store.database_file
         if path is None:
             return True
         handle = open(path + ".runner-lock", "a+")  # noqa: SIM115 - held for the runtime's life
@@ -116,7 +115,7 @@ class Runtime:
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
         # runner: a SQLite database (a server database can have several embedded runners).
-        return ThreadDispatcher(self._workers, cache=self.store.dialect == "sqlite")
+        return ThreadDispatcher(self._workers, cache=self.store.keeps_copies)
 
     def _stand_by(self) -> None:
         """Another process runs the work of this SQLite file: take the runner lock once it lets go
@@ -129,7 +128,7 @@ class Runtime:
                 self.dispatcher = dispatcher
                 self.engine.dispatcher = dispatcher
                 dispatcher.start(self.engine)  # the sweep takes over what the old runner left
-            logger.info("took over the workers of %s", _sqlite_path(self.store.url))
+            logger.info("took over the workers of %s", self.store.database_file)
             return
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
@@ -206,3 +205,23 @@ class Runtime:
         if isinstance(self.store, MemoryStore):
             return f"Runtime({self.store.url!r}, {mode})"
         return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"
+
+
+class WorkerWiring:
+    """The store and engine of each ``culm worker`` process (``culm.dispatch.celery.WorkerWiring``).
+
+    The Celery worker builds them once per pool process, after the fork: a fresh store on the
+    database, and an engine whose dispatcher is the process's :class:`~culm.dispatch.runner.WorkerRunner`.
+    """
+
+    def check(self, db: str) -> None:
+        SqlStore(db).dispose()  # opening it refuses an outdated schema
+
+    def build(self, db: str, runner: WorkerRunner, lease_seconds: float) -> tuple[Store, Engine, WorkerRegistry]:
+        store = SqlStore(db)
+        settings = Settings(lease_seconds=lease_seconds, schedule_lock_seconds=lease_seconds)
+        return store, Engine(store, runner, settings), store.worker_registry()
+
+    def after_fork(self, store: Store) -> None:
+        if isinstance(store, SqlStore):
+            store.engine.dispose(close=False)  # the parent still uses them: forget, do not close

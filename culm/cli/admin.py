@@ -21,6 +21,8 @@ from culm.cli.common import (
     print_json,
 )
 from culm.cli.loading import import_modules, import_names
+from culm.errors import CulmError
+from culm.runtime import WorkerWiring
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -44,9 +46,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes.
     imports = import_names(args.imports)
     import_modules(imports)
-    run_worker(db=db_url(args), broker=broker, imports=[n for n in imports if not n.endswith(".py")],
-               concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
-               prefix=args.prefix)
+    try:
+        run_worker(db=db_url(args), broker=broker, imports=[n for n in imports if not n.endswith(".py")],
+                   concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
+                   prefix=args.prefix, wiring=WorkerWiring())
+    except CulmError as exc:
+        if isinstance(exc, db_errors()):
+            raise  # the database's own message, with its exit code
+        raise UsageError(str(exc)) from exc
     return EXIT_OK
 
 

@@ -1,9 +1,10 @@
 """The interfaces the core needs from the outside world, as small typed protocols.
 
-<<<<<<< HEAD
 Storage implements :class:`Store`, whose units of work offer the verbs of :class:`Unit` (see
 ``culm.storage``); dispatch implements :class:`Dispatcher` (see ``culm.dispatch``). The core
 imports neither of them: it sees storage and dispatch only through these protocols.
+:class:`WorkerRegistry` is what the distributed runtime's workers need from storage to tell live
+workers from dead ones.
 
 A unit is one transaction. Its verbs are grouped by concern (:class:`Runs`, :class:`States`,
 :class:`Changes`, :class:`Processes`, :class:`Tasks`, :class:`NodeData`, :class:`Schedules`,
@@ -13,11 +14,6 @@ it against ``states.TRANSITIONS`` (:mod:`culm.core.transitions`) before the unit
 Partial updates (``update_state``, ``update_process``, ``update_task``, ``update_schedule``) take
 their columns as keywords typed by a change record (``StateWrite``, ``ProcessFields``,
 ``TaskFields``, ``ScheduleFields``): a misspelt or mistyped column is a type error.
-=======
-Storage implements :class:`Store` (see ``culm.storage``), dispatch implements :class:`Dispatcher`
-(see ``culm.dispatch``). The core imports neither of them. :class:`WorkerRegistry` is what the
-distributed runtime's workers need from storage to tell live workers from dead ones.
->>>>>>> liveness
 """
 
 from __future__ import annotations
@@ -326,6 +322,12 @@ class Store(Protocol):
 
     def reading(self) -> AbstractContextManager[Unit]:
         """A read-only unit."""
+        ...
+
+    def is_interruption(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) means the database was interrupted
+        (a lost connection, a restarting server, a deadlock victim) rather than the work being
+        wrong: the same work is worth trying again. Only the store knows its driver's errors."""
         ...
 
 

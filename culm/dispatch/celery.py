@@ -29,7 +29,6 @@ stopping worker lets its tasks reach their next commit, 30), ``CULM_IMPORTS`` (c
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import logging
@@ -39,17 +38,15 @@ import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 from celery import Celery, signals
 
-from culm.core.engine import Engine, Settings
-from culm.core.ports import WorkerRegistry
+from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
-from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.dispatch.celery")
 
@@ -150,10 +147,10 @@ class CeleryDispatcher:
         self.app = app or make_celery_app(broker, prefix=prefix, **options)
         self.prefix = self.app.conf.get("culm_prefix", prefix)
         self.max_countdown = max_countdown
-        self.engine: Engine | None = None
+        self.engine: Any = None  # culm.core.engine.Engine, bound by culm.runtime
         self.local_queues: frozenset[str] = frozenset()  # worker only: the queues it consumes
 
-    def bind(self, engine: Engine) -> None:
+    def bind(self, engine: Any) -> None:
         self.engine = engine
 
     def queue_for(self, task: TaskRecord, at: float) -> tuple[str, float]:
@@ -240,12 +237,34 @@ class CeleryDispatcher:
 # -- worker process state -----------------------------------------------------------------------
 
 
+class WorkerWiring(Protocol):
+    """How a worker process gets its store and engine.
+
+    ``culm.runtime.WorkerWiring`` is the implementation: runtime.py is the one place that wires a
+    store, a dispatcher and the engine together; this module only says when (once per process,
+    after the fork) and hands over the process's runner as the engine's dispatcher.
+    """
+
+    def check(self, db: str) -> None:
+        """Refuse a database this culm cannot run on (an outdated schema) before anything starts."""
+        ...
+
+    def build(self, db: str, runner: WorkerRunner, lease_seconds: float) -> tuple[Store, Any, WorkerRegistry]:
+        """This process's store on ``db``, its engine (dispatching to ``runner``) and its worker registry."""
+        ...
+
+    def after_fork(self, store: Store) -> None:
+        """Drop the connections a forked process inherited, without closing them (the parent's)."""
+        ...
+
+
 @dataclass
 class WorkerConfig:
     """What every worker process needs to build its engine (inherited across fork)."""
 
     db: str
     app: Celery
+    wiring: WorkerWiring
     lease_seconds: float = 30.0
     relay_interval: float = 2.0
     relay_grace: float = 15.0
@@ -261,8 +280,8 @@ class WorkerConfig:
 @dataclass
 class _ProcessState:
     pid: int
-    store: SqlStore
-    engine: Engine
+    store: Store
+    engine: Any  # culm.core.engine.Engine, wired by culm.runtime
     dispatcher: CeleryDispatcher
     runner: WorkerRunner
     registry: WorkerRegistry
@@ -289,14 +308,12 @@ def worker_state() -> _ProcessState:
             return _state
         if _config is None:
             raise RuntimeError("culm worker is not configured: start it with `culm worker`")
-        store = SqlStore(_config.db)
         dispatcher = CeleryDispatcher("", app=_config.app)
         dispatcher.local_queues = _config.queues
         runner = WorkerRunner(dispatcher, _config.threads, _config.backlog)
-        settings = Settings(lease_seconds=_config.lease_seconds, schedule_lock_seconds=_config.lease_seconds)
-        engine = Engine(store, runner, settings)
+        store, engine, registry = _config.wiring.build(_config.db, runner, _config.lease_seconds)
         dispatcher.bind(engine)
-        state = _ProcessState(pid, store, engine, dispatcher, runner, store.worker_registry())
+        state = _ProcessState(pid, store, engine, dispatcher, runner, registry)
         # Registered before this process claims any task, so its death is seen within seconds.
         state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds, _config.beat_seconds, _config.threads,
                                          _config.prefix)
@@ -310,8 +327,8 @@ def _after_fork(**_kw: Any) -> None:
     """A forked pool child must not use its parent's database connections."""
     global _state
     inherited = _state
-    if inherited is not None and inherited.pid != os.getpid():
-        inherited.store.engine.dispose(close=False)
+    if inherited is not None and inherited.pid != os.getpid() and _config is not None:
+        _config.wiring.after_fork(inherited.store)
         _state = None
 
 
@@ -383,8 +400,10 @@ def run_worker(
     pool: str | None = None,
     *,
     prefix: str = "culm",
+    wiring: WorkerWiring,
 ) -> None:
-    """Run a Celery worker for culm until it is stopped (``culm worker``).
+    """Run a Celery worker for culm until it is stopped (``culm worker``, which passes
+    ``culm.runtime.WorkerWiring()``).
 
     Args:
         db: database URL (must be migrated: ``culm db upgrade``).
@@ -395,6 +414,7 @@ def run_worker(
         loglevel: Celery log level.
         pool: Celery pool (``prefork``, ``threads``, ``solo``); default prefork.
         prefix: queue name prefix, as given to the runtimes that submit.
+        wiring: builds each process's store and engine (``culm.runtime.WorkerWiring``).
 
     Raises:
         SchemaOutdatedError: the database schema is not at this culm's revision.
@@ -404,12 +424,13 @@ def run_worker(
         raise CulmError(f"CULM_WORKER_DEAD_AFTER ({dead_after:g}) must be at least twice CULM_WORKER_BEAT ({beat:g}), "
                         "which must be above 0: otherwise live workers are taken for dead")
     import_components(imports)
-    SqlStore(db).dispose()  # refuses an outdated schema before anything starts
+    wiring.check(db)  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
     queues = queues or queue_names(prefix=prefix)
     config = WorkerConfig(
         db=db,
         app=app,
+        wiring=wiring,
         queues=frozenset(queues),
         lease_seconds=_env_float("CULM_LEASE_SECONDS", 30.0),
         relay_interval=_env_float("CULM_RELAY_INTERVAL", 2.0),
@@ -454,34 +475,3 @@ def run_worker(
         for relay in relays:
             relay.stop()
         signals.worker_ready.disconnect(start_relay)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m culm.dispatch.celery``: the same options as ``culm worker``."""
-    parser = argparse.ArgumentParser(prog="culm worker", description="Run a culm Celery worker.")
-    parser.add_argument("--db", default=os.environ.get("CULM_DATABASE_URL"), required=False)
-    parser.add_argument("--broker", default=os.environ.get("CULM_BROKER_URL"))
-    parser.add_argument("--import", dest="imports", action="append", default=[])
-    parser.add_argument("--concurrency", type=int)
-    parser.add_argument("--queues", help="comma-separated queue names (default: all three)")
-    parser.add_argument("--queue-suffix", default="", help="consume the queues of runs with this queue")
-    parser.add_argument("--prefix", default="culm")
-    parser.add_argument("--pool", default=None)
-    parser.add_argument("--loglevel", default="INFO")
-    args = parser.parse_args(argv)
-    if not args.db or not args.broker:
-        parser.error("--db and --broker are required (or CULM_DATABASE_URL and CULM_BROKER_URL)")
-    queues = args.queues.split(",") if args.queues else None
-    if queues is None and args.queue_suffix:
-        queues = queue_names(args.queue_suffix, args.prefix)
-    try:
-        run_worker(args.db, args.broker, args.imports, args.concurrency, queues, args.loglevel, args.pool,
-                   prefix=args.prefix)
-    except CulmError as exc:
-        parser.exit(2, f"culm worker: {exc}\n")
-
-
-if __name__ == "__main__":
-    from culm.dispatch.celery import main as _main  # the importable module, not __main__
-
-    _main()

@@ -34,16 +34,14 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-
 from culm import _retry as retry
 from culm._retry import is_lock_victim
+from culm.core.ports import Store
 from culm.core.records import TaskRecord, now
 from culm.dispatch.threads import ThreadDispatcher
 
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher
-    from culm.storage.sql import SqlStore
 
 logger = logging.getLogger("culm.dispatch.runner")
 
@@ -54,19 +52,12 @@ SHORT_CALL_SECONDS = 0.02
 SHORT_CALL_QUEUE = 16
 
 
-def is_interruption(exc: BaseException, store: SqlStore) -> bool:
-    """A lost connection, a restarting server, a deadlock: worth trying the same work again."""
-    if isinstance(exc, OperationalError | InterfaceError):
-        return True
-    if isinstance(exc, DBAPIError):
-        return bool(exc.connection_invalidated)
-    # The store's hot path talks to the driver directly, so its own exception classes show up too.
-    engine = getattr(store, "engine", None)  # the memory store has no driver
-    if engine is None:
-        return False
-    dbapi = engine.dialect.loaded_dbapi
-    kinds = tuple(k for k in (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None)) if k)
-    return isinstance(exc, kinds)
+def is_interruption(exc: BaseException, store: Store) -> bool:
+    """A lost connection, a restarting server, a deadlock: worth trying the same work again.
+
+    The store answers (:meth:`culm.core.ports.Store.is_interruption`): only it knows its driver.
+    """
+    return store.is_interruption(exc)
 
 
 class WorkerRunner:

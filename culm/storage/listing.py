@@ -22,18 +22,6 @@ def _escape_like(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
-def _tables(dialect: str) -> tuple[str, str]:
-    """The FROM names of the root states and of the pipelines' names.
-
-    SQLite's planner, once ANALYZE has run, prefers the plain parent_id index (a row lookup per
-    pipeline) and reads the name from the pipeline row, past its tree: name the covering indexes.
-    """
-    if dialect == "sqlite":
-        return ("culm_state s INDEXED BY ix_culm_state_roots",
-                "culm_pipeline p INDEXED BY ix_culm_pipeline_id_name")
-    return "culm_state s", "culm_pipeline p"
-
-
 def _filters(query: PipelineQuery, pipelines: str) -> tuple[str, str, list[Any]]:
     """(join, where, params) for every filter but the state."""
     where: list[str] = [_ROOTS]
@@ -53,17 +41,18 @@ def _filters(query: PipelineQuery, pipelines: str) -> tuple[str, str, list[Any]]
 
 
 def list_pipelines(
-    fetch: Callable[[str, Sequence[Any]], list[Any]], dialect: str, query: PipelineQuery
+    fetch: Callable[[str, Sequence[Any]], list[Any]], tables: tuple[str, str], query: PipelineQuery
 ) -> tuple[dict[str, int], list[PipelineRow]]:
     """``({state: count}, rows)`` where counts ignore the state filter and rows are
     ``(id, name, state, created_time, started_time, archived_time)``, newest first.
 
     Args:
         fetch: runs one statement with ``?`` placeholders and returns its rows.
-        dialect: the database's SQLAlchemy dialect name.
+        tables: the FROM names of the root states (``s``) and of the pipelines' names (``p``),
+            as the dialect wants them (``statements.LISTING_TABLES``).
         query: the filters and the page.
     """
-    states, pipelines = _tables(dialect)
+    states, pipelines = tables
     join, where, params = _filters(query, pipelines)
     counts = {str(r[0]): int(r[1]) for r in fetch(
         f"SELECT s.name, COUNT(*) FROM {states}{join} WHERE {where} GROUP BY s.name", params)}

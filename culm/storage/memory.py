@@ -553,6 +553,8 @@ class MemoryStore:
 
     dialect = "memory"
     url = URL
+    keeps_copies = False  # the engine keeps no copies of rows in process memory: they are there already
+    database_file = None
 
     def __init__(self, *, database: Database | None = None) -> None:
         self._db = database or Database()
@@ -581,10 +583,15 @@ class MemoryStore:
             self.feed.committed()
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[MemoryUnit]:
-        """A read-only unit: it sees the last committed state (and its own writes, never kept)."""
+    def reading(self, *, snapshot: bool = False) -> Iterator[MemoryUnit]:
+        """A read-only unit: it sees the last committed state (and its own writes, never kept).
+        It is always a ``snapshot``: no transaction commits while it is open."""
         with self._lock:
             yield MemoryUnit(self._db)
+
+    def is_interruption(self, exc: BaseException) -> bool:
+        """Never: there is no server to lose (a crash is modelled by :meth:`reopen`, not raised)."""
+        return False
 
     def reopen(self) -> MemoryStore:
         """A new store over what this one committed, as after a crash and a restart: a

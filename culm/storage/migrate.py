@@ -113,7 +113,7 @@ def ensure_schema(store: SqlStore) -> None:
     if version == head:
         return
     url = _display_url(store)
-    if store.dialect == "sqlite" and _is_known(version):
+    if store.traits.migrates_at_open and _is_known(version):
         upgrade(store)
         return
     if not _is_known(version):

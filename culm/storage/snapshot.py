@@ -25,9 +25,7 @@ def read_snapshot(engine: Engine, root_id: str) -> Snapshot:
 def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapshot]:
     """The rows of several root pipelines, read together in one transaction."""
     store: Any = engine.store
-    with store.reading() as unit:
-        if store.dialect in ("postgresql", "mysql"):
-            unit._x("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    with store.reading(snapshot=True) as unit:  # the roots' rows as of one moment
         graphs = {r: engine.graph(r, unit) for r in root_ids}
         node_root = {n: r for r, g in graphs.items() for n in (r, *g.nodes)}
         ids = list(node_root)

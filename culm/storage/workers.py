@@ -35,23 +35,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("culm.storage.workers")
 
-# The database's clock as epoch seconds, per dialect (a float, compared with the beat columns).
-_DB_NOW = {
-    "postgresql": "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)",
-    "mysql": "UNIX_TIMESTAMP(SYSDATE(6))",
-    "sqlite": "((julianday('now') - 2440587.5) * 86400.0)",
-}
+# {now}: the database's clock as epoch seconds, the dialect's ``db_now`` (filled in once per registry).
 _COLUMNS = "owner, host, pid, process_key, threads, prefix, started_time, beat_time"
-_REGISTER = {
-    d: f"INSERT INTO culm_worker ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, {n}, {n})" for d, n in _DB_NOW.items()
-}
-_BEAT = {d: f"UPDATE culm_worker SET beat_time = {n} WHERE owner = ?" for d, n in _DB_NOW.items()}
+_REGISTER = f"INSERT INTO culm_worker ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, {{now}}, {{now}})"
+_BEAT = "UPDATE culm_worker SET beat_time = {now} WHERE owner = ?"
 _UNREGISTER = "DELETE FROM culm_worker WHERE owner = ?"
-_LIST = {d: f"SELECT {_COLUMNS}, {n} - beat_time FROM culm_worker ORDER BY host, pid" for d, n in _DB_NOW.items()}
+_LIST = f"SELECT {_COLUMNS}, {{now}} - beat_time FROM culm_worker ORDER BY host, pid"
 # Deleted only while still silent: a beat that came in meanwhile keeps the row (and the worker).
-_BURY_SILENT = {
-    d: f"DELETE FROM culm_worker WHERE owner = ? AND beat_time < {n} - ?" for d, n in _DB_NOW.items()
-}
+_BURY_SILENT = "DELETE FROM culm_worker WHERE owner = ? AND beat_time < {now} - ?"
 # The leases of a buried owner: read plainly (no index on owner: every claim writes it), then freed
 # by primary key in one order, skipping rows a live transaction holds (they keep their lease, which
 # runs out as before).
@@ -122,20 +113,22 @@ class SqlWorkerRegistry:
 
     def __init__(self, store: SqlStore) -> None:
         self.store = store
-        self.dialect = store.dialect
+        now = store.traits.db_now
+        self._register, self._beat, self._list, self._bury_silent = (
+            sql.format(now=now) for sql in (_REGISTER, _BEAT, _LIST, _BURY_SILENT))
 
     def register(self, owner: str, threads: int, prefix: str) -> None:
         """Add this process's row (beating from now on)."""
         with self.store.transaction() as unit:
             unit._x(_UNREGISTER, [owner])  # a row left by an earlier registration of the same owner
-            unit._x(_REGISTER[self.dialect],
+            unit._x(self._register,
                     [owner, socket.gethostname()[:255], os.getpid(), process_key(), int(threads), prefix[:255]])
 
     def beat(self, owner: str) -> bool:
         """Stamp the owner's row with the database's time; False when it has no row (never
         registered, or buried as dead: the caller registers again)."""
         with self.store.transaction() as unit:
-            return int(unit._x(_BEAT[self.dialect], [owner]).rowcount) == 1
+            return int(unit._x(self._beat, [owner]).rowcount) == 1
 
     def unregister(self, owner: str) -> None:
         """Remove the owner's row (a clean shutdown, after its tasks were released)."""
@@ -145,7 +138,7 @@ class SqlWorkerRegistry:
     def workers(self) -> list[WorkerInfo]:
         """Every registered worker, by host and pid."""
         with self.store.reading() as unit:
-            rows = unit._all(_LIST[self.dialect])
+            rows = unit._all(self._list)
         return [WorkerInfo(str(r[0]), str(r[1]), int(r[2]), str(r[3] or ""), int(r[4]), str(r[5]), float(r[6]),
                            float(r[7]), float(r[8])) for r in rows]
 
@@ -172,7 +165,7 @@ class SqlWorkerRegistry:
             if silent_after is None:
                 deleted = unit._x(_UNREGISTER, [owner]).rowcount
             else:
-                deleted = unit._x(_BURY_SILENT[self.dialect], [owner, silent_after]).rowcount
+                deleted = unit._x(self._bury_silent, [owner, silent_after]).rowcount
             if int(deleted) != 1:
                 return None
             return _free_leases(unit, owner)
@@ -186,7 +179,7 @@ def _free_leases(unit: SqlUnit, owner: str) -> list[str]:
     for at in range(0, len(ids), 500):
         chunk = ids[at:at + 500]
         marks = _marks(len(chunk))
-        if unit.dialect != "sqlite":  # SQLite's write transaction holds the whole file already
+        if unit.lock_rows:  # else (SQLite) the write transaction holds the whole file already
             chunk = [str(r[0]) for r in unit._all(_LOCK_HELD.format(marks=marks), [*chunk, owner])]
             if not chunk:
                 continue

@@ -146,7 +146,7 @@ class DistributedBackend:
     # workers
     def worker_command(self) -> list[str]:
         return [
-            sys.executable, "-m", "culm.dispatch.celery", "--db", self.db_url, "--broker", self.broker_url,
+            sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", self.broker_url,
             "--prefix", self.prefix, "--concurrency", "2", "--loglevel", "INFO",
         ]
 

@@ -1,4 +1,4 @@
-"""`culm worker` itself (not `python -m culm.dispatch.celery`): pool, prefix and queue-suffix options."""
+"""`culm worker` itself: pool, prefix and queue-suffix options."""
 
 from __future__ import annotations
 

@@ -90,7 +90,7 @@ def test_unknown_revision_is_refused(server_database):
 
 def test_worker_refuses_outdated_schema(server_database):
     proc = subprocess.run(
-        [sys.executable, "-m", "culm.dispatch.celery", "--db", server_database, "--broker", REDIS],
+        [sys.executable, "-m", "culm", "worker", "--db", server_database, "--broker", REDIS],
         cwd=REPO, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode != 0

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from backends import create_database, drop_database
+from test_faults import kill_sessions
 
 from culm import states
 from culm.core.records import EXECUTE, HistoryRecord, ProcessRecord, StateRecord, TaskRecord
@@ -533,3 +534,46 @@ def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None
         assert unit.get_state(a).name == states.RUNNING
     with store.reading() as unit:
         assert {k: v.name for k, v in unit.get_states([a, b]).items()} == {a: states.RUNNING, b: states.READY}
+
+
+def test_an_error_in_the_work_is_not_an_interruption(store: Store) -> None:
+    root, node = _ids(2)
+    _seed_state(store, node, root)
+    with pytest.raises(Exception) as caught:  # noqa: PT011 - each backend raises its own kind
+        with store.transaction() as unit:
+            unit.insert_state(_state(node, root))  # the same node twice
+    assert not store.is_interruption(caught.value)
+    assert not store.is_interruption(Boom("user code"))
+    assert _read_state(store, node) is not None  # the first row is kept
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_connection_killed_in_a_transaction_is_an_interruption(kind: str) -> None:
+    url = create_database(kind)
+    upgrade_database(url)
+    s = SqlStore(url)
+    try:
+        root, node = _ids(2)
+        _seed_state(s, node, root)
+        with pytest.raises(Exception) as caught:  # noqa: PT011 - the driver's own error
+            with s.transaction() as unit:
+                assert unit.get_state(node) is not None
+                kill_sessions(url, in_flight_timeout=0)
+                unit.get_state(node)
+        assert s.is_interruption(caught.value), repr(caught.value)
+    finally:
+        s.dispose()
+        drop_database(url)
+
+
+def test_a_database_that_cannot_be_reached_is_an_interruption(tmp_path: Path) -> None:
+    for url in (f"sqlite:///{tmp_path}/no/such/dir/culm.db", "postgresql+psycopg://postgres@127.0.0.1:1/test",
+                "mysql+pymysql://root@127.0.0.1:1/test"):
+        s = SqlStore(url, create=False)
+        try:
+            with pytest.raises(Exception) as caught:  # noqa: PT011 - the driver's own error
+                with s.reading() as unit:
+                    unit.get_state("n")
+            assert s.is_interruption(caught.value), (url, repr(caught.value))
+        finally:
+            s.dispose()

@@ -193,7 +193,7 @@ def test_a_worker_taken_for_dead_registers_again_at_its_next_beat(
 
 def test_a_worker_refuses_a_dead_after_shorter_than_two_beats() -> None:
     env = {**os.environ, "CULM_WORKER_BEAT": "1", "CULM_WORKER_DEAD_AFTER": "1.5"}
-    out = subprocess.run([sys.executable, "-m", "culm.dispatch.celery", "--db", "sqlite://", "--broker", "memory://"],
+    out = subprocess.run([sys.executable, "-m", "culm", "worker", "--db", "sqlite://", "--broker", "memory://"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "CULM_WORKER_DEAD_AFTER (1.5) must be at least twice CULM_WORKER_BEAT (1)" in out.stderr

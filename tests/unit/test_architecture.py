@@ -34,10 +34,6 @@ KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("culm.dispatch.threads", "culm.core.outcomes"): "the engine loop still lives in dispatch (issue 17 item 2)",
     ("culm.dispatch.threads", "culm.core.step"): "the engine loop still lives in dispatch (issue 17 item 2)",
     ("culm.dispatch.threads", "culm.storage.cache"): "the loop's read-ahead is SQL-specific until it is a port (item 2)",
-    ("culm.dispatch.runner", "culm.storage.sql"): "is_interruption asks the SQL driver which errors are "
-                                                  "disconnections; the store port should answer",
-    ("culm.dispatch.celery", "culm.core.engine"): "the Celery worker wires its own engine; runtime.py should",
-    ("culm.dispatch.celery", "culm.storage.sql"): "the Celery worker wires its own store; runtime.py should",
     ("culm.storage.snapshot", "culm.core.engine"): "read_snapshot(engine, ...) takes the engine callers hold",
     ("culm.storage.snapshot", "culm.core.invariants"): "it builds the invariant checker's Snapshot values",
     ("culm.web.metrics", "culm.storage.schema"): "the metrics count queued tasks and processes in SQL",

@@ -48,3 +48,27 @@ def test_a_sqlite_store_hands_out_sqlite_units(tmp_path: Path) -> None:
             assert type(unit) is SqliteUnit
     finally:
         store.dispose()
+
+
+def test_what_other_storage_modules_ask_of_a_dialect_is_a_trait_of_it() -> None:
+    sqlite, postgres, mysql = SqliteDialect(), PostgresDialect(), MysqlDialect()
+    # Only SQLite is embedded: one writer, copies kept by the engine thread, migrated when opened.
+    assert [(d.one_writer, d.keeps_copies, d.migrates_at_open) for d in (sqlite, postgres, mysql)] == [
+        (True, True, True), (False, False, False), (False, False, False)]
+    # A SQLite read transaction is a snapshot already; a server's is made one.
+    assert sqlite.snapshot_read == "" and postgres.snapshot_read == mysql.snapshot_read != ""
+    assert len({sqlite.db_now, postgres.db_now, mysql.db_now}) == 3
+    assert sqlite.database_file("sqlite:////var/lib/culm.db") == "/var/lib/culm.db"
+    assert sqlite.database_file("sqlite://") is None and sqlite.database_file("sqlite:///:memory:") is None
+    assert postgres.database_file("postgresql+psycopg://u@db/culm") is None
+
+
+def test_a_store_exposes_its_dialects_traits(tmp_path: Path) -> None:
+    files, memory = SqlStore(f"sqlite:///{tmp_path}/t.db"), SqlStore("sqlite://")
+    try:
+        assert (files.database_file, files.keeps_copies) == (f"{tmp_path}/t.db", True)
+        assert (memory.database_file, memory.keeps_copies) == (None, True)
+        assert type(files.traits) is SqliteDialect
+    finally:
+        files.dispose()
+        memory.dispose()

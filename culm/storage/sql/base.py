@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine, make_url
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from culm.core import states
 from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
@@ -34,6 +34,7 @@ from culm.storage.sql.statements import (
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
+    LISTING_TABLES,
     LIVE_SCHEDULES_IN,
     NODE_COLUMNS,
     NODE_INSERT,
@@ -191,6 +192,7 @@ class SqlUnit:
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
+    listing_tables = LISTING_TABLES  # the FROM names of root states and pipeline names (listing)
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
@@ -383,7 +385,7 @@ class SqlUnit:
 
     def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
         """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
-        return listing.list_pipelines(self._all, self.dialect, query)
+        return listing.list_pipelines(self._all, self.listing_tables, query)
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
         row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
@@ -1072,6 +1074,14 @@ class Dialect:
     name = ""  # the SQLAlchemy dialect name
     unit: type[SqlUnit] = SqlUnit  # its transactions
     one_writer = False  # one writer at a time: writes queue on the store's lock, through one connection
+    keeps_copies = False  # the embedded engine thread may keep copies of rows (cached_unit)
+    migrates_at_open = False  # opening a database at an older known revision upgrades it (embedded)
+    db_now = ""  # an SQL expression: the database's clock, as epoch seconds (a float)
+    snapshot_read = ""  # sent first in a read transaction whose reads must all see one snapshot
+
+    def database_file(self, url: str) -> str | None:
+        """The file the database lives in (None: a server's, or in memory)."""
+        return None
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
         """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
@@ -1092,6 +1102,14 @@ class Dialect:
 
     def checkpoint(self, store: SqlStore) -> None:
         """Move committed log pages into the database, if the database has such a step."""
+
+    def interruptions(self, engine: Engine) -> tuple[type[BaseException], ...]:
+        """The driver's own errors that mean the database was interrupted (a lost connection, a
+        restarting server, a deadlock victim). The hot path talks to the DB-API driver directly,
+        so they reach callers unwrapped by SQLAlchemy; every DB-API driver names them alike."""
+        dbapi = engine.dialect.loaded_dbapi
+        kinds = (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None))
+        return tuple(k for k in kinds if isinstance(k, type) and issubclass(k, BaseException))
 
 
 def dialect_for(url: str) -> Dialect:
@@ -1120,11 +1138,15 @@ class SqlStore:
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalise_url(url)
         self.memory = self.url in ("sqlite://", "sqlite:///:memory:")
-        dialect = self._dialect = dialect_for(self.url)
+        # What this kind of database does its own way (read by culm.storage's other modules too).
+        dialect = self.traits = dialect_for(self.url)
         self.dialect = dialect.name
+        self.keeps_copies = dialect.keeps_copies
+        self.database_file = dialect.database_file(self.url)
         self._unit = dialect.unit
         self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
         dialect.prepare(self)
+        self._interruptions = dialect.interruptions(self.engine)
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
         self._write_lock = threading.RLock() if dialect.one_writer else None
         # ...and they all write through ONE connection: SQLite empties a connection's page cache
@@ -1162,7 +1184,7 @@ class SqlStore:
                 if cache is None:
                     unit = self._unit(raw)
                 else:
-                    unit = self._dialect.cached_unit(raw, cache)
+                    unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
                 yield unit
                 unit.flush(commit=True)
@@ -1177,16 +1199,23 @@ class SqlStore:
             self.feed.committed()
 
     @contextlib.contextmanager
-    def reading(self) -> Iterator[SqlUnit]:
-        """A read-only unit (no write lock on SQLite files, so readers never wait for writers)."""
+    def reading(self, *, snapshot: bool = False) -> Iterator[SqlUnit]:
+        """A read-only unit (no write lock on SQLite files, so readers never wait for writers).
+
+        ``snapshot``: every read of the unit sees the database as of its first (on a server,
+        REPEATABLE READ; a SQLite read transaction is a snapshot already).
+        """
         if self.memory:
             with self.transaction() as unit:
                 yield unit
             return
-        reader = self._readers if self._dialect.one_writer else None
+        reader = self._readers if self.traits.one_writer else None
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False) as raw:
-                yield self._unit(raw)
+                unit = self._unit(raw)
+                if snapshot and self.traits.snapshot_read:
+                    unit._x(self.traits.snapshot_read)
+                yield unit
             return
         raw = self._thread_reader()
         reader.busy = True
@@ -1196,6 +1225,15 @@ class SqlStore:
         finally:
             reader.busy = False
             raw.rollback()
+
+    def is_interruption(self, exc: BaseException) -> bool:
+        """A lost connection, a restarting server, a deadlock: worth trying the same work again
+        (:meth:`culm.core.ports.Store.is_interruption`)."""
+        if isinstance(exc, OperationalError | InterfaceError):
+            return True
+        if isinstance(exc, DBAPIError):
+            return bool(exc.connection_invalidated)
+        return isinstance(exc, self._interruptions)
 
     def _thread_reader(self) -> Any:
         """This thread's own read connection to the SQLite file, outside the pool.
@@ -1224,7 +1262,7 @@ class SqlStore:
         else:
             raw = self.engine.raw_connection()
         try:
-            self._dialect.begin(raw, write=write)
+            self.traits.begin(raw, write=write)
             yield raw
             if write:
                 raw.commit()
@@ -1245,7 +1283,7 @@ class SqlStore:
 
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""
-        self._dialect.checkpoint(self)
+        self.traits.checkpoint(self)
 
     def dispose(self) -> None:
         lock = self._write_lock

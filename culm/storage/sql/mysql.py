@@ -8,8 +8,10 @@ from typing import Any
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import Dialect, SqlUnit
 from culm.storage.sql.statements import (
+    DB_NOW_MYSQL,
     KEEP_HELD_LEASE,
     OUTPUTS_UPSERT_MYSQL,
+    SNAPSHOT_READ,
     TASK_WITH_PROCESS,
     upsert_sql_mysql,
 )
@@ -40,6 +42,8 @@ class MysqlUnit(SqlUnit):
 class MysqlDialect(Dialect):
     name = "mysql"
     unit = MysqlUnit
+    db_now = DB_NOW_MYSQL
+    snapshot_read = SNAPSHOT_READ
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
         # Read what others committed (version checks, joins) rather than a snapshot.

@@ -11,8 +11,10 @@ from culm.storage.sql.statements import (
     ACK_CHILD_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
     CLAIM_WITH_PROCESS,
+    DB_NOW_POSTGRES,
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
+    SNAPSHOT_READ,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
     marks,
@@ -79,6 +81,8 @@ class PostgresUnit(SqlUnit):
 class PostgresDialect(Dialect):
     name = "postgresql"
     unit = PostgresUnit
+    db_now = DB_NOW_POSTGRES
+    snapshot_read = SNAPSHOT_READ
 
     def prepare(self, store: SqlStore) -> None:
         super().prepare(store)

@@ -9,7 +9,7 @@ from sqlalchemy.pool import StaticPool
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import Dialect, SqlStore, SqlUnit
-from culm.storage.sql.statements import TASK_WITH_PROCESS_HELD, same_sql
+from culm.storage.sql.statements import DB_NOW_SQLITE, LISTING_TABLES_SQLITE, TASK_WITH_PROCESS_HELD, same_sql
 
 # WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
 # every second in the background, so writers (run_pipeline's caller among them) rarely have to.
@@ -23,6 +23,7 @@ class SqliteUnit(SqlUnit):
     lock_rows = False
     adapt = staticmethod(same_sql)
     feed_ordered = True
+    listing_tables = LISTING_TABLES_SQLITE
 
     def announce_change(self) -> None:
         from culm.storage.cache import bump_epoch
@@ -42,6 +43,13 @@ class SqliteDialect(Dialect):
     name = "sqlite"
     unit = SqliteUnit
     one_writer = True
+    keeps_copies = True  # one writer, and the runner lock makes one process its only runner
+    migrates_at_open = True  # an embedded database: no one else runs `culm db upgrade` for it
+    db_now = DB_NOW_SQLITE
+
+    def database_file(self, url: str) -> str | None:
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        return None if path in ("", ":memory:") else path
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}

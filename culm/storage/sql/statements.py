@@ -169,3 +169,17 @@ SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
+
+# What differs per dialect outside the unit's verbs (see each dialect's Dialect class).
+# The FROM names of a listing's root states and pipeline names (culm.storage.listing). SQLite's
+# planner, once ANALYZE has run, prefers the plain parent_id index (a row lookup per pipeline) and
+# reads the name from the pipeline row, past its tree: there, the covering indexes are named.
+LISTING_TABLES = ("culm_state s", "culm_pipeline p")
+LISTING_TABLES_SQLITE = ("culm_state s INDEXED BY ix_culm_state_roots",
+                         "culm_pipeline p INDEXED BY ix_culm_pipeline_id_name")
+# The database's clock as epoch seconds (a float, compared with the worker registry's beat columns).
+DB_NOW_POSTGRES = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
+DB_NOW_MYSQL = "UNIX_TIMESTAMP(SYSDATE(6))"
+DB_NOW_SQLITE = "((julianday('now') - 2440587.5) * 86400.0)"
+# A read transaction whose reads all see one snapshot (a SQLite transaction is one already).
+SNAPSHOT_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
