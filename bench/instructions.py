@@ -6,7 +6,8 @@
 threads, and the engine's batches. Wall time on this machine moves with everybody's load;
 instruction counts do not (they repeat within a few per cent: batches form a little differently
 from run to run). ``--culm /other/checkout`` counts another checkout's ``culm`` with this
-``bench`` (an A/B: ``git worktree add /tmp/base <commit>``).
+``bench`` (an A/B: ``git worktree add /tmp/base <commit>``). ``CULM_BENCH_DB=URL`` runs the shapes
+on that database instead of a new one (e.g. a copy of what ``python -m bench.stored`` filled).
 
 How: each measured stretch runs inside a C iterator callgrind can toggle on (the caller inside
 ``itertools.starmap``, each engine batch inside ``itertools.dropwhile``, each user-code call inside
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -71,7 +73,8 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
         return _reads(shape)
     trees = SHAPES[shape]()
     workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
-    rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
+    # $CULM_BENCH_DB: count on that database instead of a new one (e.g. one bench.stored filled).
+    rt = culm.Runtime(os.environ.get("CULM_BENCH_DB") or f"sqlite:///{workdir}/bench.db")
     try:
         api.run_pipeline(rt, normal_pipeline())  # warm-up, not counted: first-call costs
         if not rt.wait_idle(600):

@@ -115,7 +115,9 @@ class Runtime:
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
         # runner: a SQLite database (a server database can have several embedded runners).
-        return ThreadDispatcher(self._workers, cache=self.store.keeps_copies)
+        from culm.storage.cache import RecordCache
+
+        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.keeps_copies else None)
 
     def _stand_by(self) -> None:
         """Another process runs the work of this SQLite file: take the runner lock once it lets go

@@ -55,8 +55,9 @@ BATCH = 1000  # rows per read
 PRUNE_CHUNK = 20_000  # seqs per pruning transaction (short locks on server databases)
 SETTLE = 1.0  # seconds after which a hole below a seen seq is taken for a rolled-back write
 POLL_MIN, POLL_MAX = 0.002, 0.05
-# One root's history is read from the first change written this long before the pipeline was
-# created (clocks of several hosts disagree a little) when that skips many rows.
+# Without an index by root (the memory store), one root's history is read from the first change
+# written this long before the pipeline was created (clocks of several hosts disagree a little)
+# when that skips many rows. The SQL stores read it through ix_culm_change_root_seq (0006).
 CLOCK_SKEW = 60.0
 FAR_BEHIND = 10_000
 FINAL_STATES = frozenset({states.FINISHED, states.REVOKED})
@@ -66,15 +67,18 @@ class ChangeFeed:
     """Reads a store's change feed; one per store (``store.feed``).
 
     ``ordered``: rows become visible in seq order (one writer at a time: SQLite, the memory store).
+    ``indexed_by_root``: the store reads one root's changes through an index (the SQL stores,
+    ``ix_culm_change_root_seq``), so a root's history needs no start found by time.
     """
 
-    def __init__(self, store: _Store, *, ordered: bool) -> None:
+    def __init__(self, store: _Store, *, ordered: bool, indexed_by_root: bool = False) -> None:
         self._store = store
         self._cond = threading.Condition()
         self._generation = 0  # moves at every commit of this process that recorded changes
         self._waiters = 0
         # One writer at a time: rows become visible in seq order, no holes to wait out.
         self._ordered = ordered
+        self._indexed_by_root = indexed_by_root
 
     # -- writers ------------------------------------------------------------------------------
     def committed(self) -> None:
@@ -103,7 +107,7 @@ class ChangeFeed:
         passed since the call (None: forever); then the iterator ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
         start = after
-        if root_id is not None:
+        if root_id is not None and not self._indexed_by_root:
             start = max(start, self._history_start(root_id, after))
         # Every seq up to cursor.position is yielded or given up (culm.core.feed_cursor).
         cursor = FeedCursor(start, ordered=self._ordered, contiguous=root_id is None, settle=SETTLE)
@@ -133,7 +137,8 @@ class ChangeFeed:
             self._sleep(generation, pause if remaining is None else min(pause, remaining))
 
     def _history_start(self, root_id: str, after: int) -> int:
-        """A seq below the first change of ``root_id``: found by time when that skips many rows."""
+        """A seq below the first change of ``root_id``: found by time when that skips many rows
+        (a store without an index by root would otherwise read every change since ``after``)."""
         last = self.last_seq()
         if last - after <= FAR_BEHIND:
             return after

@@ -91,9 +91,12 @@ class MemoryUnit(TransactionView):
     """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
 
     dialect = "memory"
-    reads_ahead = False  # nothing to gain: every read is a dict lookup
-    reads_tasks_ahead = False  # (the same for a batch's tasks)
     feed_ordered = True  # one transaction at a time: seqs become visible in order
+
+    @property
+    def prefetch(self) -> None:
+        """Nothing to read ahead: every read is a dict lookup."""
+        return None
 
     # -- plumbing the core calls --------------------------------------------------------------
     def flush(self, *, commit: bool = False) -> None:
@@ -210,9 +213,6 @@ class MemoryUnit(TransactionView):
 
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         return {i: _copy_state(st) for i in node_ids if (st := self._get("state", i)) is not None}
-
-    def prefetch_states(self, node_ids: Iterable[str]) -> None:
-        """Nothing to read ahead."""
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
@@ -344,12 +344,6 @@ class MemoryUnit(TransactionView):
                 self._set_task(task_id, row, owner=owner, claimed_until=until)
         return _copy_task(row.rec), self.get_process(row.rec.process_id)
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
-        """Nothing to read ahead: each task_with_process is a lookup."""
-
-    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
-        return []
-
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         return [_copy_task(t.rec) for _, t in self._where("task", "root", root_id) if t.rec.kind == kind]
 
@@ -449,9 +443,6 @@ class MemoryUnit(TransactionView):
         old = self._get("execution_data", node_id)
         text = codec.dumps(outputs)
         self._put("execution_data", node_id, (old[0] if old else codec.dumps({}), text))
-
-    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
-        """Nothing to read ahead."""
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
         if keys is None:

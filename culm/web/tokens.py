@@ -22,6 +22,8 @@ from sqlalchemy import insert, select, update
 
 from culm.storage import schema as s
 
+NAME_LENGTH = 255  # the width of culm_api_token.name
+
 ROLES = ("viewer", "operator", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 PREFIX = "culm_"
@@ -80,10 +82,13 @@ class TokenStore:
         """Store a new token; returns its text (shown once, never stored) and its record.
 
         Raises:
-            TokenError: ``role`` is not one of viewer, operator, admin.
+            TokenError: ``role`` is not one of viewer, operator, admin, or ``name`` is too long to
+                store (PostgreSQL and MySQL would refuse it, SQLite keep it).
         """
         if role not in _RANK:
             raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if len(name) > NAME_LENGTH:
+            raise TokenError(f"the name is {len(name)} characters long; at most {NAME_LENGTH} are stored")
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)

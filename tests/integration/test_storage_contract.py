@@ -223,7 +223,8 @@ def test_a_claimed_task_comes_with_its_process(store: Store) -> None:
         unit.insert_processes([proc])
         unit.insert_tasks([task, _task(other, root)])
     with store.transaction() as unit:
-        unit.read_tasks_ahead([tid, other], [], ("a", 200.0, 100.0))  # a batch's claims (PostgreSQL)
+        if unit.prefetch is not None:  # a batch's claims, read ahead (PostgreSQL)
+            unit.prefetch.read_tasks_ahead([tid, other], [], ("a", 200.0, 100.0))
         got, got_proc = unit.task_with_process(tid, ("a", 200.0, 100.0))
         assert got == task and got_proc is not None and got_proc.stack == [root] and got_proc.priority == 7
         got, got_proc = unit.task_with_process(other, ("a", 200.0, 100.0))
@@ -549,7 +550,8 @@ def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None
     root, a, b, missing = _ids(4)
     _seed_state(store, a, root)
     with store.transaction() as unit:
-        unit.prefetch_states([a, b, missing])
+        if unit.prefetch is not None:
+            unit.prefetch.prefetch_states([a, b, missing])
         assert unit.get_state(b) is None
         unit.insert_state(_state(b, root))
         assert unit.update_state(a, expect_version="v0", name=states.RUNNING, version="v1")

@@ -14,7 +14,15 @@ from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from culm.core import states
-from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
+from culm.core.ports import (
+    LogRow,
+    PipelineRow,
+    Prefetch,
+    ProcessFields,
+    ScheduleFields,
+    StateWrite,
+    TaskFields,
+)
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -48,6 +56,7 @@ from culm.storage.sql.statements import (
     PROCESSES_AT,
     PROCESSES_OF_ROOT,
     PROCESSES_SUSPENDED_BY,
+    PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
     RESET_INNER_LOOPS,
@@ -192,7 +201,6 @@ class SqlUnit:
     lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
     defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
-    reads_tasks_ahead = False  # read_tasks_ahead reads a batch's tasks in two statements
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -466,7 +474,11 @@ class SqlUnit:
         rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
 
-    reads_ahead = True  # prefetch_states is worth calling
+    @property
+    def prefetch(self) -> Prefetch | None:
+        """Every SQL unit reads a walk's states ahead (``prefetch_states``), PostgreSQL's a batch's
+        tasks too (``read_tasks_ahead``): each statement is a round trip."""
+        return self
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
@@ -517,10 +529,7 @@ class SqlUnit:
     def prune_changes(self, lo: int, hi: int, cutoff: float) -> int:
         """Delete the changes with ``lo`` <= seq < ``hi`` older than ``cutoff`` of pipelines that
         are FINISHED or REVOKED; returns how many went."""
-        cur = self._x(
-            'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND root_id IN '
-            "(SELECT s.node_id FROM culm_state s WHERE s.node_id = s.root_id AND s.name IN (?, ?))",
-            [lo, hi, cutoff, states.FINISHED, states.REVOKED])
+        cur = self._x(PRUNE_CHANGES, [lo, hi, cutoff, states.FINISHED, states.REVOKED])
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
@@ -1172,7 +1181,7 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered)
+        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered, indexed_by_root=True)
         if create:
             self.ensure_schema()
 

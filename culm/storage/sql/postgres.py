@@ -35,7 +35,6 @@ class PostgresUnit(SqlUnit):
     dialect = "postgresql"
     defers_writes = True
     adapt = staticmethod(adapt_pg)
-    reads_tasks_ahead = True
 
     def _count_ack(self, parent_id: str) -> tuple[int, int]:
         row = self._one(ACK_CHILD_RETURNING, [parent_id])

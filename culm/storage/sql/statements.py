@@ -172,6 +172,12 @@ RELAY_CANDIDATES = (
 RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concurrent relays split them
 CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
+# Old changes of ended pipelines in a seq range: each row's root state looked up by key (an IN over
+# the ended roots would read every state row of every stored pipeline at each chunk).
+PRUNE_CHANGES = (
+    'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND EXISTS (SELECT 1 FROM culm_state s'
+    " WHERE s.node_id = culm_change.root_id AND s.root_id = s.node_id AND s.name IN (?, ?))"
+)
 SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
