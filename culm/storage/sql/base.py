@@ -615,8 +615,12 @@ class SqlUnit:
         # PostgreSQL). Later compare-and-sets must not be folded into INSERTs queued before them,
         # or they would be applied ahead of them.
         self._unsent_states.clear()
-        self._later(NOTE_INNER_LOOPS, [time.time(), parent_id])
-        self._later(RESET_INNER_LOOPS, [parent_id])
+        if self._deferred is None:  # it runs now: no row noted (a first entry), nothing to reset
+            if self._x(NOTE_INNER_LOOPS, [time.time(), parent_id]).rowcount:
+                self._x(RESET_INNER_LOOPS, [parent_id])
+        else:
+            self._later(NOTE_INNER_LOOPS, [time.time(), parent_id])
+            self._later(RESET_INNER_LOOPS, [parent_id])
         for st in (self._state_view or {}).values():
             if st is not None and st.parent_id == parent_id:
                 st.inner_loop = 0
