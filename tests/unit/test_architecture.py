@@ -30,8 +30,6 @@ PUBLIC = "public API"
 KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
     ("culm.storage.snapshot", "culm.core.engine"): "read_snapshot(engine, ...) takes the engine callers hold",
     ("culm.storage.snapshot", "culm.core.invariants"): "it builds the invariant checker's Snapshot values",
-    ("culm.web.metrics", "culm.storage.schema"): "the metrics count queued tasks and processes in SQL",
-    ("culm.web.tokens", "culm.storage.schema"): "tokens keep their own table, next to the engine's",
 }
 
 
