@@ -269,6 +269,10 @@ class Schedules(Protocol):
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]: ...
 
+    def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """Every schedule of these nodes, finished ones included (the invariant checker's read)."""
+        ...
+
     def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None: ...
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool: ...
@@ -356,8 +360,8 @@ class Store(Protocol):
         kept copies of rows, kept right by the store (and dropped when the unit rolls back)."""
         ...
 
-    def reading(self) -> AbstractContextManager[Unit]:
-        """A read-only unit."""
+    def reading(self, *, snapshot: bool = False) -> AbstractContextManager[Unit]:
+        """A read-only unit; ``snapshot``: all its reads see one moment (REPEATABLE READ on a server)."""
         ...
 
     def is_interruption(self, exc: BaseException) -> bool:

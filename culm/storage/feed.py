@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from culm.core import states
 from culm.core.feed_cursor import FeedCursor
-from culm.core.records import StateChange
+from culm.core.records import StateChange, Transition
 from culm.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -99,6 +99,24 @@ class ChangeFeed:
         order."""
         with self._store.reading() as unit:
             return list(unit.read_changes(after, upto, root_id, limit))
+
+    def transitions(self, root_id: str | None = None, after: int = 0) -> tuple[list[Transition], int]:
+        """The state transitions recorded (notes left out) after seq ``after`` (of one root when
+        given), in seq order, and the last seq read (to pass as ``after`` next time) -- for the invariant checker.
+
+        Call it once the writers are quiet: on a server database a write still committing may take
+        a seq below one already read.
+        """
+        upto = self.last_seq()
+        found: list[Transition] = []
+        while after < upto:
+            batch = self.read(after, upto, root_id)
+            if not batch:
+                break
+            # A note (from_state == to_state) is no transition (see the module docstring).
+            found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch if c.from_state != c.to_state]
+            after = batch[-1].seq
+        return found, upto
 
     def changes(
         self, root_id: str | None = None, after: int = 0, timeout: float | None = None

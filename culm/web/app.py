@@ -14,7 +14,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from culm.errors import InvalidOperationError
 from culm.web import auth, live, metrics, routes_control, routes_read
 from culm.web.problems import ProblemError, problem, responses
 from culm.web.tokens import TokenStore
@@ -96,10 +95,12 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         auth_enabled: False only for ``culm serve --no-auth`` on a loopback address.
         max_body: largest accepted request body in bytes.
         tokens: the token store (default: the runtime's database).
+
+    Raises:
+        InvalidOperationError: ``runtime`` keeps its data in memory; tokens and metrics need a database.
     """
-    if getattr(runtime.store, "engine", None) is None:  # tokens and metrics are SQL tables and queries
-        raise InvalidOperationError(f"the service needs a database (its tokens and metrics live there); {runtime!r} "
-                                    "keeps its data in memory")
+    table = runtime.token_table()  # refuses a memory:// runtime: tokens and metrics live in the database
+    tokens = tokens or TokenStore(table)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,7 +113,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
                   openapi_url="/api/openapi.json",
                   description="REST API of the culm workflow engine. Send `Authorization: Bearer <token>`.")
     app.state.runtime = runtime
-    app.state.tokens = tokens or TokenStore(runtime.store.engine)
+    app.state.tokens = tokens
     app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled)
     app.state.hub = live.ChangeHub(runtime)
     app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)

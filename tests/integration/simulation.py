@@ -51,11 +51,11 @@ from culm.core.engine import Engine, Settings
 from culm.core.invariants import Violation, check, check_transitions
 from culm.core.loop import UserCall
 from culm.core.records import EXECUTE, TaskRecord
+from culm.core.snapshots import read_snapshot, read_snapshots
 from culm.dispatch.inline import InlineDispatcher
 from culm.model import builder
 from culm.storage import migrate
 from culm.storage.memory import MemoryStore
-from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
 
 # Simulated backends: the memory store, or SQLite in memory (slower; the original).
@@ -371,7 +371,7 @@ class Simulation:
 
     # -- checking --------------------------------------------------------------------------
     def _check(self, what: str) -> None:
-        fresh, self.feed_seq = read_transitions(self.engine, after=self.feed_seq)
+        fresh, self.feed_seq = self.engine.store.feed.transitions(after=self.feed_seq)
         found = check_transitions(fresh, self.last_states)
         for snap in read_snapshots(self.engine, self.storm.roots).values():
             found += check(snap)
