@@ -87,13 +87,13 @@ def embedded(pipelines: int) -> None:
     from culm.dispatch import threads
 
     spent: collections.defaultdict[str, float] = collections.defaultdict(float)
-    commit_batch = threads.ThreadDispatcher._commit_batch
+    run_batch = threads.ThreadDispatcher._run_batch
     pool_submit = threads._UserCodePool.submit
 
-    def timed_batch(self: Any, batch: Any, saved: Any, **kw: Any) -> Any:
+    def timed_batch(self: Any, batch: Any) -> None:
         t = time.thread_time()
         try:
-            return commit_batch(self, batch, saved, **kw)
+            run_batch(self, batch)
         finally:
             spent["engine"] += time.thread_time() - t
             spent["batches"] += 1
@@ -107,7 +107,7 @@ def embedded(pipelines: int) -> None:
                 spent["user code"] += time.thread_time() - t
         pool_submit(self, item, run)
 
-    threads.ThreadDispatcher._commit_batch = timed_batch  # type: ignore[method-assign]
+    threads.ThreadDispatcher._run_batch = timed_batch  # type: ignore[method-assign]
     threads._UserCodePool.submit = timed_submit  # type: ignore[method-assign]
     try:
         for mode in ("together", "submit first"):
@@ -140,7 +140,7 @@ def embedded(pipelines: int) -> None:
                   f"engine thread {spent['engine']:.3f} in {int(spent['batches'])} batches, "
                   f"user code {spent['user code']:.3f}")
     finally:
-        threads.ThreadDispatcher._commit_batch = commit_batch  # type: ignore[method-assign]
+        threads.ThreadDispatcher._run_batch = run_batch  # type: ignore[method-assign]
         threads._UserCodePool.submit = pool_submit  # type: ignore[method-assign]
 
 

@@ -1,12 +1,13 @@
 """Instructions one embedded run costs, per thread, counted with callgrind.
 
-``python -m bench.instructions [batch|big|latency|states_big|states_small] [--poll MS]`` runs itself under
+``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting] [--poll MS]`` runs itself under
 ``valgrind --tool=callgrind`` and prints the instructions executed by the caller (the
 ``run_pipeline`` calls, and the polling loop with ``--poll``), the engine thread and the user-code
 threads, and the engine's batches. Wall time on this machine moves with everybody's load;
 instruction counts do not (they repeat within a few per cent: batches form a little differently
 from run to run). ``--culm /other/checkout`` counts another checkout's ``culm`` with this
-``bench`` (an A/B: ``git worktree add /tmp/base <commit>``).
+``bench`` (an A/B: ``git worktree add /tmp/base <commit>``). ``CULM_BENCH_DB=URL`` runs the shapes
+on that database instead of a new one (e.g. a copy of what ``python -m bench.stored`` filled).
 
 How: each measured stretch runs inside a C iterator callgrind can toggle on (the caller inside
 ``itertools.starmap``, each engine batch inside ``itertools.dropwhile``, each user-code call inside
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -29,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.trees import normal_pipeline, wide_pipeline
+from bench.trees import normal_pipeline, waiting_pipeline, wide_pipeline
 
 HERE = Path(__file__).resolve().parents[1]
 SHAPES = {
@@ -37,7 +39,7 @@ SHAPES = {
     "big": lambda: [wide_pipeline(100, 10)],
     "latency": lambda: [normal_pipeline()],
 }
-READS = {"states_big": 100, "states_small": 2000}  # get_pipeline_states calls counted
+READS = {"states_big": 100, "states_small": 2000, "states_waiting": 100}  # get_pipeline_states calls counted
 MARKS = {"starmap_next": "caller", "dropwhile_next": "engine", "takewhile_next": "user code"}
 
 
@@ -71,7 +73,8 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
         return _reads(shape)
     trees = SHAPES[shape]()
     workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
-    rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
+    # $CULM_BENCH_DB: count on that database instead of a new one (e.g. one bench.stored filled).
+    rt = culm.Runtime(os.environ.get("CULM_BENCH_DB") or f"sqlite:///{workdir}/bench.db")
     try:
         api.run_pipeline(rt, normal_pipeline())  # warm-up, not counted: first-call costs
         if not rt.wait_idle(600):
@@ -106,23 +109,27 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
 
 def _reads(shape: str) -> dict[str, Any]:
     """``get_pipeline_states`` at idle, counted as the caller's: 100 calls on a finished 1,004-node
-    pipeline (``states_big``), or 2,000 calls over 100 finished 17-node pipelines in turn
-    (``states_small``), after one uncounted call each."""
+    pipeline (``states_big``), 2,000 calls over 100 finished 17-node pipelines in turn
+    (``states_small``), or 100 calls on a RUNNING 1,004-node pipeline whose 100 branches each
+    wait for a callback halfway (``states_waiting``: 100 wait reasons, 101 live processes), after
+    one uncounted call each."""
     import culm
     from culm import api
 
     workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
     rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
     try:
-        trees = [wide_pipeline(100, 10)] if shape == "states_big" else [normal_pipeline() for _ in range(100)]
+        shapes = {"states_big": lambda: [wide_pipeline(100, 10)], "states_waiting": lambda: [waiting_pipeline(100, 10)]}
+        trees = shapes.get(shape, lambda: [normal_pipeline() for _ in range(100)])()
+        final = "RUNNING" if shape == "states_waiting" else "FINISHED"
         for tree in trees:
             api.run_pipeline(rt, tree)
         if not rt.wait_idle(600):
             raise SystemExit("the run did not end in 600 s")
         ids = [t["id"] for t in trees]
         for root in ids:
-            if api.get_pipeline_states(rt, root).data[root]["state"] != "FINISHED":
-                raise SystemExit(f"pipeline {root} did not finish")
+            if api.get_pipeline_states(rt, root).data[root]["state"] != final:
+                raise SystemExit(f"pipeline {root} is not {final}")
         calls = [(ids[i % len(ids)],) for i in range(READS[shape])]
         list(itertools.starmap(lambda root: api.get_pipeline_states(rt, root), calls))
     finally:

@@ -32,6 +32,26 @@ class NoopComponent(Component):
     bound_service = NoopService
 
 
+class CallbackService(Service):
+    """Waits for one ``api.callback`` (never sent by the benchmarks): a branch that stands still."""
+
+    __need_schedule__ = True
+    interval = None
+
+    def execute(self, data: Any, parent_data: Any) -> bool:
+        return True
+
+    def schedule(self, data: Any, parent_data: Any, callback_data: Any = None) -> bool:
+        self.finish_schedule()
+        return True
+
+
+class CallbackComponent(Component):
+    code = "bench_callback"
+    name = "bench waits for a callback"
+    bound_service = CallbackService
+
+
 def _act() -> ServiceActivity:
     act = ServiceActivity(component_code="bench_noop")
     act.component.inputs.text = Var(type=Var.SPLICE, value="${a}-${b}")
@@ -67,6 +87,24 @@ def wide_pipeline(branches: int = 100, length: int = 10) -> dict[str, Any]:
         tail = head
         for _ in range(length - 1):
             tail = tail.extend(_act())
+        heads.append(head)
+    start.extend(pg).connect(*heads).converge(cg).extend(end)
+    return build_tree(start, data=Data(inputs={"${a}": Var(type=Var.PLAIN, value="x"),
+                                              "${b}": Var(type=Var.PLAIN, value="y"),
+                                              "${n}": Var(type=Var.PLAIN, value="1")}))
+
+
+def waiting_pipeline(branches: int = 100, length: int = 10) -> dict[str, Any]:
+    """``wide_pipeline`` whose branches each stop halfway, RUNNING, waiting for a callback: a
+    running pipeline that stands still (what a poll of a running pipeline reads, repeatably)."""
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    heads = []
+    for _ in range(branches):
+        head = _act()
+        tail = head
+        for i in range(length - 1):
+            tail = tail.extend(ServiceActivity(component_code="bench_callback") if i == length // 2 else _act())
         heads.append(head)
     start.extend(pg).connect(*heads).converge(cg).extend(end)
     return build_tree(start, data=Data(inputs={"${a}": Var(type=Var.PLAIN, value="x"),

@@ -134,7 +134,7 @@ def main() -> None:
     with culm.Runtime(url) as rt:
         api.run_pipeline(rt, tree)
         rt.wait(tree["id"], 600)
-        token, _ = TokenStore(rt.store.engine).create("operator", "bench")
+        token, _ = TokenStore(rt.token_table()).create("operator", "bench")
         nodes = len(api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["children"])
     port = _port()
     proc = _start(url, port)

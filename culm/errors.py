@@ -26,7 +26,24 @@ class TreeInvalidError(CulmError):
         self.problems: list[TreeProblem] = [
             p if isinstance(p, TreeProblem) else TreeProblem(None, str(p)) for p in problems
         ]
-        super().__init__("; ".join(str(p) for p in self.problems) or "invalid pipeline tree")
+        shown = "; ".join(str(p) for p in self.problems[:_SHOWN_PROBLEMS])
+        if len(self.problems) > _SHOWN_PROBLEMS:  # ``problems`` keeps them all
+            shown += f"; and {len(self.problems) - _SHOWN_PROBLEMS} more problem(s)"
+        super().__init__(shown or "invalid pipeline tree")
+
+
+# How much of a tree's problems its message shows: a tree of 100,000 broken nodes, or an id a
+# megabyte long, must not make a message of megabytes (it is printed, logged and sent back).
+_SHOWN_PROBLEMS = 20
+_SHOWN_WHERE = 300
+_SHOWN_MESSAGE = 1000
+
+
+def _clipped(text: str, width: int) -> str:
+    """``text``, cut in its middle when it is longer than ``width`` (both ends say what and where)."""
+    if len(text) <= width:
+        return text
+    return f"{text[: width // 2]}...({len(text)} characters)...{text[-width // 2 :]}"
 
 
 class TreeProblem:
@@ -35,8 +52,8 @@ class TreeProblem:
     __slots__ = ("where", "message")
 
     def __init__(self, where: str | None, message: str) -> None:
-        self.where = where
-        self.message = message
+        self.where = where if where is None else _clipped(where, _SHOWN_WHERE)
+        self.message = _clipped(message, _SHOWN_MESSAGE)
 
     def __str__(self) -> str:
         return f"{self.where}: {self.message}" if self.where else self.message

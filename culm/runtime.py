@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ from culm.storage.sql import SqlStore
 if TYPE_CHECKING:
     from culm.dispatch.runner import WorkerRunner
     from culm.dispatch.threads import ThreadDispatcher
+    from culm.storage.gauges import WorkGauges
+    from culm.storage.tokens import SqlTokenTable
 
 logger = logging.getLogger("culm.runtime")
 
@@ -115,7 +118,9 @@ class Runtime:
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
         # runner: a SQLite database (a server database can have several embedded runners).
-        return ThreadDispatcher(self._workers, cache=self.store.keeps_copies)
+        from culm.storage.cache import RecordCache
+
+        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.keeps_copies else None)
 
     def _stand_by(self) -> None:
         """Another process runs the work of this SQLite file: take the runner lock once it lets go
@@ -177,6 +182,34 @@ class Runtime:
         are FINISHED or REVOKED; returns how many were deleted. Run it now and then (a cron job,
         ``culm`` maintenance) to keep the feed's table small."""
         return self.store.feed.prune(older_than)
+
+    # -- what `culm serve` reads and keeps next to the engine's tables --------------------------
+    def token_table(self) -> SqlTokenTable:
+        """The rows of ``culm serve``'s API tokens in this runtime's database: the service and the
+        ``culm token`` commands both keep them here (:mod:`culm.web.tokens` decides what a token is).
+
+        Raises:
+            InvalidOperationError: the runtime keeps its data in memory (``memory://``).
+        """
+        from culm.storage.tokens import SqlTokenTable
+
+        return SqlTokenTable(self._database_engine("API tokens"))
+
+    def work_gauges(self) -> WorkGauges:
+        """How much work the database holds now (queued tasks, running processes, open schedules):
+        what ``culm serve``'s ``/metrics`` reports.
+
+        Raises:
+            InvalidOperationError: the runtime keeps its data in memory (``memory://``).
+        """
+        from culm.storage.gauges import read_work_gauges
+
+        return read_work_gauges(self._database_engine("the work gauges"), time.time())
+
+    def _database_engine(self, what: str) -> Any:
+        if isinstance(self.store, MemoryStore):
+            raise InvalidOperationError(f"{what} live in a database; {self!r} keeps its data in memory")
+        return self.store.engine
 
     def close(self) -> None:
         """Stop this runtime's threads, then close its database connections."""

@@ -22,7 +22,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from culm.cli.common import EXIT_USAGE, CliError, database_error, db_errors, db_url
 
@@ -40,7 +40,15 @@ def _version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse's parser, which also suggests the nearest choice for a mistyped one (``culm stauts``)."""
+    """argparse's parser, which also suggests the nearest choice for a mistyped one (``culm stauts``).
+
+    Flags are never abbreviated (every subcommand's parser is one of these): a typo such as
+    ``--stat`` must be an error, not silently taken for ``--status``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
@@ -61,6 +69,17 @@ def _chosen_parser(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argp
         if token in subs[0].choices:
             current = subs[0].choices[token]
     return current
+
+
+def _nearest_flag(parser: argparse.ArgumentParser, extra: Sequence[str]) -> str:
+    """``"; did you mean '--limit'?"`` for the first unknown ``--flag`` close to one of ``parser``'s."""
+    flags = [option for action in parser._actions for option in action.option_strings if option.startswith("--")]
+    for word in extra:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.partition("=")[0], flags, n=1)
+            if close:
+                return f"; did you mean {close[0]!r}?"
+    return ""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,7 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the command's own parser, with its usage, not the top level's
         words = list(sys.argv[1:] if argv is None else argv)
-        _chosen_parser(parser, words).error(f"unrecognized arguments: {' '.join(extra)}")
+        chosen = _chosen_parser(parser, words)
+        chosen.error(f"unrecognized arguments: {' '.join(extra)}{_nearest_flag(chosen, extra)}")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         if getattr(args, "own_logging", False):

@@ -18,6 +18,7 @@ from culm.cli.common import (
     database_error,
     db_errors,
     db_url,
+    positive_seconds,
     print_json,
 )
 from culm.cli.loading import import_modules, import_names
@@ -43,11 +44,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
     # Imported here first: a missing or broken module is one clear line (and the working directory
-    # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes.
+    # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes,
+    # and run_worker, which reads $CULM_IMPORTS again, does not import it twice.
     imports = import_names(args.imports)
     import_modules(imports)
     try:
-        run_worker(db=db_url(args), broker=broker, imports=[n for n in imports if not n.endswith(".py")],
+        run_worker(db=db_url(args), broker=broker, imports=imports,
                    concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,
                    prefix=args.prefix, wiring=WorkerWiring())
     except CulmError as exc:
@@ -80,7 +82,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     for r in rows:
         state = "alive" if r["alive"] else "silent (taken for dead)"
         out.print(f"{r['host']} pid {r['pid']}  {state}, last beat {r['silent_for']:.1f} s ago, "
-                  f"{r['threads']} threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
+                  f"{r['threads']} user-code threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
     return EXIT_OK
 
 
@@ -103,7 +105,9 @@ def register(sub: Any) -> None:
     add_broker(worker, prefix=False)
     worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
-    worker.add_argument("--concurrency", type=int, default=None, metavar="N")
+    worker.add_argument("--concurrency", type=int, default=None, metavar="N",
+                        help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
+                             "the number of CPUs; each process runs user code on $CULM_WORKER_THREADS threads (8)")
     worker.add_argument("--queues", default=None, metavar="Q1,Q2")
     worker.add_argument("--queue-suffix", default="", metavar="S",
                         help="consume the queues of runs started with queue=S")
@@ -118,7 +122,7 @@ def register(sub: Any) -> None:
 
     workers = sub.add_parser("workers", help="list the worker processes of a cluster and when each last beat")
     add_db(workers)
-    workers.add_argument("--dead-after", type=float, default=float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3),
+    workers.add_argument("--dead-after", type=positive_seconds, default=float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3),
                          metavar="S", help="call a worker silent this long dead, as the relays do "
                                            "(default: $CULM_WORKER_DEAD_AFTER, then 3)")
     add_json(workers)

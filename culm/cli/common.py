@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -76,6 +77,33 @@ def add_broker(p: argparse.ArgumentParser, prefix: bool = True) -> None:
         p.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"), metavar="P",
                        help="the cluster's queue name prefix, as its workers were given (default: "
                             "$CULM_QUEUE_PREFIX, then culm)")
+
+
+def an_id(text: str) -> str:
+    """An argparse type: a pipeline, node or token id (an empty one, ``culm status ''``, is a usage
+    mistake, exit 2, not a command the engine refuses)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected an id, not {text!r}")
+    return text
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a duration, 0 or more (``-1`` or ``nan`` would end a wait at once or never)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, not {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, 0 or more, not {text!r}")
+    return value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a duration above 0 (a pause between two looks)."""
+    value = seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number of seconds above 0, not 0")
+    return value
 
 
 def add_json(p: argparse.ArgumentParser) -> None:
@@ -256,9 +284,18 @@ def json_object(text: str, where: str, what: str = "") -> dict:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{where.rstrip(':')}: invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise UsageError(f"{where.rstrip(':')}: arrays or objects nested too deeply to be read "
+                         "(culm keeps values at most 100 levels deep)") from None
     if not isinstance(data, dict):
         kind = f"an object ({what})" if what else "a JSON object"
         raise UsageError(f"{where.rstrip(':')} must be {kind}, got {type(data).__name__}")
+    from culm.model.limits import duplicate_key
+
+    twice = duplicate_key(text)
+    if twice is not None:
+        raise UsageError(f"{where.rstrip(':')}: key {twice!r} appears twice in one object (JSON would keep "
+                         "only the last; ids and keys must be unique)")
     return data
 
 

@@ -19,10 +19,12 @@ from culm.cli.common import (
     UsageError,
     add_broker,
     add_db,
+    an_id,
     broker_url,
     check,
     open_runtime,
     parse_json_object,
+    seconds,
     state_entry,
 )
 from culm.cli.loading import import_modules, import_names, split_assignment
@@ -109,14 +111,14 @@ def register(sub: Any) -> None:
     """Add one command per control operation to the ``culm`` parser."""
     def command(name: str, help_text: str, target: str, target_help: str) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help_text)
-        p.add_argument(target, metavar=target.upper(), help=target_help)
+        p.add_argument(target, type=an_id, metavar=target.upper(), help=target_help)
         add_db(p)
         add_broker(p)
         p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="module defining components (the embedded runtime runs them on after the command)")
         p.add_argument("--no-follow", action="store_true",
                        help="only record the command; do not run the pipeline on in this process")
-        p.add_argument("--timeout", type=float, default=FOLLOW_TIMEOUT, metavar="S",
+        p.add_argument("--timeout", type=seconds, default=FOLLOW_TIMEOUT, metavar="S",
                        help="stop following after S seconds")
         p.set_defaults(func=cmd_control)
         return p

@@ -18,9 +18,11 @@ from culm.cli.common import (
     UsageError,
     add_db,
     add_json,
+    an_id,
     check,
     console,
     open_runtime,
+    positive_seconds,
     print_json,
     state_entry,
 )
@@ -133,7 +135,10 @@ def parse_when(text: str | None, flag: str) -> datetime | None:
         return None
     match = _AGE.match(text.strip())
     if match:
-        return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            return datetime.now(UTC) - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+        except OverflowError:
+            raise UsageError(f"{flag} {text!r}: further back than dates go (year 1)") from None
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
@@ -155,10 +160,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         raise UsageError(f"--limit {args.limit}: expected a number of pipelines from 0 to 1000")
     if args.offset < 0:
         raise UsageError(f"--offset {args.offset}: expected 0 or more")
+    since, before = parse_when(args.since, "--since"), parse_when(args.before, "--before")  # mistakes first
     with open_runtime(args) as rt:
         found = check(api.list_pipelines(
-            rt, state=_states_option(args.state), name=args.name, created_after=parse_when(args.since, "--since"),
-            created_before=parse_when(args.before, "--before"), limit=args.limit, offset=args.offset,
+            rt, state=_states_option(args.state), name=args.name, created_after=since,
+            created_before=before, limit=args.limit, offset=args.offset,
         ), bad_input=True)
     if args.json:
         print_json(found)
@@ -308,31 +314,31 @@ def register(sub: Any) -> None:
     for name, aliases in (("status", ["show"]),):
         p = sub.add_parser(name, aliases=aliases,
                            help="the state tree of a pipeline or node: names, durations, failures, waits")
-        p.add_argument("id", metavar="ID", help="pipeline or node id")
+        p.add_argument("id", type=an_id, metavar="ID", help="pipeline or node id")
         p.add_argument("--outputs", action="store_true", help="show every node's outputs")
         add_db(p)
         add_json(p)
         p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("logs", help="the lines a node's component logged")
-    p.add_argument("node", metavar="NODE")
+    p.add_argument("node", type=an_id, metavar="NODE")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the node stops")
     p.add_argument("--version", metavar="V", help="a run's version (default: the current one)")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S", help=argparse.SUPPRESS)
+    p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help=argparse.SUPPRESS)
     add_db(p)
     p.set_defaults(func=cmd_logs)
 
     p = sub.add_parser("history", help="earlier runs of a node (retries and loops)")
-    p.add_argument("node", metavar="NODE")
+    p.add_argument("node", type=an_id, metavar="NODE")
     p.add_argument("--loop", type=int, default=-1, metavar="N", help="only loop N")
     add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_history)
 
     p = sub.add_parser("watch", help="follow a pipeline live until it ends")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("--interval", type=float, default=0.5, metavar="S", help="seconds between refreshes")
-    p.add_argument("--progress-every", type=float, default=10.0, metavar="S",
+    p.add_argument("id", type=an_id, metavar="ID")
+    p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help="seconds between refreshes")
+    p.add_argument("--progress-every", type=positive_seconds, default=10.0, metavar="S",
                    help="without a terminal: print a progress line every S seconds")
     add_db(p)
     p.set_defaults(func=cmd_watch)

@@ -118,6 +118,8 @@ def load_tree(source: str, imports: Sequence[str] | None) -> dict:
     """
     import_modules(import_names(imports))
     path = Path(source)
+    if path.is_dir():
+        raise UsageError(f"{source}: a folder, not a tree file (give a TREE.json or a MODULE.py)")
     if not path.is_file():
         raise UsageError(f"{source}: no such file")
     if path.suffix == ".py":
@@ -131,6 +133,8 @@ def parse_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+    except RecursionError:
+        raise UsageError(f"value {text[:40]!r}...: arrays or objects nested too deeply to be read") from None
 
 
 def split_assignment(item: str, flag: str, example: str = "") -> tuple[str, Any]:

@@ -26,6 +26,7 @@ from culm.cli.common import (
     err,
     open_runtime,
     parse_json_object,
+    seconds,
 )
 from culm.cli.loading import apply_settings, import_names, load_tree
 from culm.model import with_new_ids
@@ -321,7 +322,7 @@ def register(sub: Any) -> None:
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                      help="override a context input the tree declares (--set who=world sets ${who}); repeat")
     _add_imports(run)
-    run.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+    run.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="S",
                      help=f"stop following after S seconds (default {DEFAULT_TIMEOUT:g}); the pipeline stays")
     run.add_argument("--cycle-tolerate", action="store_true", help="allow loop-back flows")
     run.add_argument("--new-ids", action="store_true",

@@ -99,7 +99,11 @@ def _token_store(args: argparse.Namespace) -> Any:
     from culm.web import TokenStore
 
     runtime = culm.Runtime(_db(args), workers=0)
-    return runtime, TokenStore(runtime.store.engine)
+    try:
+        return runtime, TokenStore(runtime.token_table())
+    except BaseException:
+        runtime.close()
+        raise
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

@@ -13,7 +13,7 @@ from typing import Any
 from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
-from culm.errors import HydrationError
+from culm.errors import HydrationError, InvalidOperationError
 from culm.model.compiled import Graph, Node, PipelineSpec
 
 PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
@@ -39,20 +39,48 @@ def context_values_for(spec: PipelineSpec, extra_plain: Mapping[str, Any] | None
     return with_references(vars_)
 
 
+# References all the variables of one context may hold in all, counting those through other
+# variables: n splices that each refer to the one before hold n**2/2, which would take minutes
+# to work out (in the transaction that stores the run) and be stored with the context.
+MAX_CONTEXT_REFERENCES = 250_000
+
+
 def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
-    """Attach to each variable the transitive closure of the keys it references."""
+    """Attach to each variable the transitive closure of the keys it references.
+
+    Raises:
+        InvalidOperationError: The closures hold more than MAX_CONTEXT_REFERENCES keys in all.
+    """
+    direct_of: dict[str, frozenset[str]] = {}  # each variable's own references, parsed once
+
+    def direct(key: str) -> frozenset[str]:
+        found = direct_of.get(key)
+        if found is None:
+            found = direct_of[key] = dctx.var_references(vars_[key])
+        return found
+
     out = []
+    budget = MAX_CONTEXT_REFERENCES
     for key, var in vars_.items():
-        direct = dctx.var_references(var)
         refs: set[str] = set()
-        if direct:
-            reached = dctx.transitive_references(vars_, direct)
-            # Keys no variable declares yet stay in: a node output creates them at run time (a
-            # splice reading a loop counter), and they must be fetched when it is rendered.
-            refs = set(direct) | reached
-            for ref in reached:
-                refs |= dctx.var_references(vars_[ref])
+        pending = list(direct(key))
+        # Keys no variable declares yet stay in: a node output creates them at run time (a
+        # splice reading a loop counter), and they must be fetched when it is rendered.
+        while pending:
+            ref = pending.pop()
+            if ref in refs:
+                continue
+            refs.add(ref)
+            if len(refs) > budget:
+                raise InvalidOperationError(
+                    f"context variable {key} brings the references between the variables of one context "
+                    f"over {MAX_CONTEXT_REFERENCES} in all (counting those through other variables, as in a "
+                    "long chain of splices that each use the one before)"
+                )
+            if ref in vars_:
+                pending.extend(direct(ref))
         refs.discard(key)
+        budget -= len(refs)
         out.append(ContextValue(key, var.type, var.value, var.code, frozenset(refs)))
     return out
 

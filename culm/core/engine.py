@@ -40,7 +40,7 @@ class Engine:
     """What every engine step reads besides the store: graphs, root data, settings, the lease owner.
 
     The steps themselves (``walker.execute_step``, ``scheduling.schedule_prepare``/``schedule_apply``)
-    run inside a dispatcher's batch transaction (:mod:`culm.dispatch.threads`).
+    run inside a batch transaction of the engine loop (:mod:`culm.core.loop`), which a dispatcher drives.
     """
 
     def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None) -> None:

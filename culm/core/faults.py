@@ -2,9 +2,9 @@
 
 A task whose step raises (an engine bug, a result some store refuses in a way culm did not
 foresee) would otherwise be rolled back and tried again at every sweep or lease period, running
-its user code again each time, while its node shows RUNNING. The dispatcher undoes the task's
-part of the batch and calls :func:`fail_task` in a fresh savepoint: the node the task stands on
-ends FAILED with ``ex_data`` saying what the engine was doing, where, and the error; its process
+its user code again each time, while its node shows RUNNING. The engine loop
+(:mod:`culm.core.loop`) undoes the task's part of the batch and calls :func:`fail_task` in a
+fresh savepoint: the node the task stands on ends FAILED with ``ex_data`` saying what the engine was doing, where, and the error; its process
 waits there, and the task is gone. An operator sees a failed node and can retry or skip it as
 any other (after fixing the cause). Should even that fail, :func:`fail_minimal` records less.
 """

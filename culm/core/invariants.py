@@ -1,7 +1,7 @@
 """The engine's promises about one pipeline, checked on a snapshot of its rows ("never stuck").
 
 :func:`check` is a pure function of a :class:`Snapshot` (the rows of one root pipeline, read by
-:func:`culm.storage.snapshot.read_snapshot` or built by a simulation) and of the state transitions
+:func:`culm.core.snapshots.read_snapshot` or built by a simulation) and of the state transitions
 seen so far. It reports, as :class:`Violation` values:
 
 * ``unknown_state``: a state name outside ``states.TRANSITIONS``;
@@ -9,7 +9,7 @@ seen so far. It reports, as :class:`Violation` values:
   (queries by root would not show it);
 * ``bad_transition``: a transition the table does not allow, a write that does not start from the
   node's last recorded state, or a row created in a state other than RUNNING (or SUSPENDED, by an
-  appointed pause) -- read back from the change feed (``culm.storage.snapshot.read_transitions``);
+  appointed pause) -- read back from the change feed (``store.feed.transitions``);
 * ``stranded_process``: a live process that nothing can move: no task of its own, not parked on a
   paused node or pipeline, not asleep on a FAILED node or a callback wait, not waiting for children;
 * ``stuck``: a RUNNING pipeline with no live process (so nothing can ever finish it);

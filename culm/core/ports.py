@@ -26,8 +26,10 @@ from culm.core.records import (
     ContextValue,
     HistoryRecord,
     PipelineQuery,
+    ProcessPosition,
     ProcessRecord,
     ScheduleRecord,
+    StateChange,
     StateRecord,
     TaskRecord,
     WorkerInfo,
@@ -133,17 +135,10 @@ class Runs(Protocol):
 class States(Protocol):
     """Node and pipeline states, written by compare-and-set on their version and name."""
 
-    @property
-    def reads_ahead(self) -> bool:
-        """Whether :meth:`prefetch_states` is worth calling (False: it does nothing useful)."""
-        ...
-
     def get_state(self, node_id: str, *, for_update: bool = False) -> StateRecord | None: ...
 
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None
                    ) -> dict[str, StateRecord]: ...
-
-    def prefetch_states(self, node_ids: Iterable[str]) -> None: ...
 
     def states_of_root(self, root_id: str) -> list[StateRecord]: ...
 
@@ -156,7 +151,10 @@ class States(Protocol):
         """Write ``fields`` only while the version and name still match; False when they do not."""
         ...
 
-    def reset_inner_loops(self, parent_id: str) -> None: ...
+    def reset_inner_loops(self, parent_id: str) -> None:
+        """Set ``inner_loop`` to 0 on the states under ``parent_id``; each row changed goes to the
+        change feed as a note (``from_state == to_state``)."""
+        ...
 
 
 class Changes(Protocol):
@@ -170,7 +168,13 @@ class Changes(Protocol):
 
     def last_change_seq(self) -> int: ...
 
-    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]: ...
+    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
+        """(root_id, node_id) of the changes with ``after`` < seq <= ``upto``, each pair once."""
+        ...
+
+    def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
+        """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq order."""
+        ...
 
 
 class Processes(Protocol):
@@ -186,6 +190,10 @@ class Processes(Protocol):
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...
 
+    def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
+        """Where each process of ``root_id`` that is not dead stands (no stack: cheap to read)."""
+        ...
+
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]: ...
 
     def processes_at(self, node_id: str) -> list[ProcessRecord]: ...
@@ -197,22 +205,12 @@ class Tasks(Protocol):
     """The task outbox: durable work, written and deleted in the transactions that cause and
     complete it, leased by whoever runs it."""
 
-    @property
-    def reads_tasks_ahead(self) -> bool:
-        """Whether :meth:`read_tasks_ahead` reads a batch's tasks in a few statements (else it
-        does nothing and each ``task_with_process`` reads its own)."""
-        ...
-
     def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None: ...
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None: ...
 
     def task_with_process(self, task_id: str, lease: Lease | None = None, *, held: bool = False
                           ) -> tuple[TaskRecord | None, ProcessRecord | None]: ...
-
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease) -> None: ...
-
-    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]: ...
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]: ...
 
@@ -253,8 +251,6 @@ class NodeData(Protocol):
 
     def set_execution_outputs(self, node_id: str, outputs: UserData) -> None: ...
 
-    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None: ...
-
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]: ...
 
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
@@ -272,6 +268,10 @@ class Schedules(Protocol):
     def schedule_of(self, node_id: str, version: str) -> ScheduleRecord | None: ...
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]: ...
+
+    def schedules_of_nodes(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
+        """Every schedule of these nodes, finished ones included (the invariant checker's read)."""
+        ...
 
     def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None: ...
 
@@ -300,8 +300,41 @@ class Histories(Protocol):
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None: ...
 
 
+class Prefetch(Protocol):
+    """Reads a unit makes ahead of a batch's steps, in a few statements instead of one (or more)
+    per row: worth it where each statement is a round trip to a server. Reads answered from what
+    was read ahead see the rows as of that read plus the transaction's own writes.
+
+    A unit that has nothing to gain (its reads are lookups in memory, or in copies it keeps)
+    offers none: its :attr:`Unit.prefetch` is None.
+    """
+
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease) -> None:
+        """Answer the transaction's coming ``task_with_process`` calls for a batch: ``fresh``
+        tasks claimed with ``lease``, ``resumed`` ones read while still held. A unit may do
+        nothing here (each task is then read by its own call)."""
+        ...
+
+    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
+        """The tasks and processes :meth:`read_tasks_ahead` found (not handed out yet)."""
+        ...
+
+    def prefetch_states(self, node_ids: Iterable[str]) -> None:
+        """Read the states of ``node_ids`` (the nodes a walk may enter) in one statement."""
+        ...
+
+    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
+        """Read the contexts of ``pipeline_ids`` (up to ``limit`` values in all)."""
+        ...
+
+
 class Unit(Runs, States, Changes, Processes, Tasks, NodeData, Schedules, Histories, Protocol):
     """One transaction offering every verb the core needs."""
+
+    @property
+    def prefetch(self) -> Prefetch | None:
+        """What this unit reads ahead of a batch's steps; None: nothing is worth reading ahead."""
+        ...
 
     def announce_change(self) -> None:
         """Mark this transaction as one that changes existing rows (a store keeping copies of
@@ -313,15 +346,22 @@ class Unit(Runs, States, Changes, Processes, Tasks, NodeData, Schedules, Histori
         ...
 
 
+class RowCopies(Protocol):
+    """Copies of rows an engine thread keeps from one transaction to the next, to answer its own
+    reads (the embedded engine of a SQLite file is its sole writer). What they hold is the store's
+    business: the runtime makes them, the engine loop hands them back to :meth:`Store.transaction`."""
+
+
 class Store(Protocol):
     """Hands out units of work."""
 
-    def transaction(self) -> AbstractContextManager[Unit]:
-        """A read-write unit committed at the end of the block."""
+    def transaction(self, cache: RowCopies | None = None) -> AbstractContextManager[Unit]:
+        """A read-write unit committed at the end of the block; ``cache``: the engine thread's
+        kept copies of rows, kept right by the store (and dropped when the unit rolls back)."""
         ...
 
-    def reading(self) -> AbstractContextManager[Unit]:
-        """A read-only unit."""
+    def reading(self, *, snapshot: bool = False) -> AbstractContextManager[Unit]:
+        """A read-only unit; ``snapshot``: all its reads see one moment (REPEATABLE READ on a server)."""
         ...
 
     def is_interruption(self, exc: BaseException) -> bool:

@@ -39,14 +39,11 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
-def _kept_wait_facts(unit: Unit, root_id: str, kept: dict[str, dict[str, Any]]) -> waits.WaitFacts:
-    """Wait facts for a pipeline whose entries came from the cache: only the states of nodes that
-    may wait are read again (none for a finished pipeline)."""
+def _kept_wait_facts(unit: Unit, root_id: str, records: dict[str, StateRecord]) -> waits.WaitFacts:
+    """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
+    reads): only the other rows the waiting nodes need are read (none for a finished pipeline)."""
     may_wait = waits.MAY_WAIT
-    ids = [node_id for node_id, e in kept.items() if e["state"] in may_wait]
-    records = list(unit.get_states(ids).values()) if ids else []
-    root = next((r for r in records if r.node_id == root_id), None)
-    return waits.read_facts(unit, records, root=root)
+    return waits.read_facts(unit, [r for r in records.values() if r.name in may_wait], root=records.get(root_id))
 
 
 def _copy(entry: dict[str, Any]) -> dict[str, Any]:
@@ -59,13 +56,18 @@ def _copy(entry: dict[str, Any]) -> dict[str, Any]:
 
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        # Shared with the cache (culm.core.state_tree): each entry handed out is a copy.
-        kept = engine.state_trees.entries(unit, root_id, state_entry)
+        # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
+        tree = engine.state_trees.tree(unit, root_id, state_entry)
+        kept = tree.entries
         if root_id not in kept:
             return {}
-        facts = _kept_wait_facts(unit, root_id, kept)
+        facts = _kept_wait_facts(unit, root_id, tree.records)
     entry = _copy(kept[root_id])
-    children = {node_id: _copy(e) for node_id, e in kept.items() if node_id != root_id}
+    children = {}
+    for node_id, e in kept.items():  # _copy inlined: it runs for every node at every poll
+        if node_id != root_id:
+            out = children[node_id] = e.copy()
+            out["children"] = {}
     if flat_children:
         entry["children"] = children
     else:

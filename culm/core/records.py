@@ -108,6 +108,19 @@ class Transition(NamedTuple):
     to_state: str
 
 
+class ProcessPosition(NamedTuple):
+    """Where a live process stands: what wait reasons read of it (:mod:`culm.core.waits`), and
+    all they read: a poll of a running pipeline reads one per branch."""
+
+    id: str
+    parent_id: str | None
+    current_node_id: str
+    destination_id: str | None
+    suspended_by: str | None
+    ack_num: int
+    need_ack: int
+
+
 @dataclass(slots=True)
 class ProcessRecord:
     """A persisted thread of execution walking the graph (not an OS process)."""

@@ -1,45 +1,68 @@
-"""The state entries of recently read pipelines, brought up to date from the change feed.
+"""The state rows of recently read pipelines, brought up to date from the change feed.
 
 ``get_pipeline_states`` is what users poll, and in an embedded runtime each poll competes with the
 engine for the GIL and the database. Reading and converting every state row of a 1,004-node
 pipeline at each poll costs milliseconds; most rows have not changed since the last poll. So the
-entries of a pipeline are kept with the feed's ``seq`` they are current at, and a later read
-fetches only the states of the nodes the feed names since then (none at all when the pipeline is
-idle).
+rows of a pipeline (and the entries built from them) are kept, and a later read fetches only the
+states of the nodes the feed named since then (none at all when the pipeline is idle). The kept
+rows also answer the wait reasons' question "which nodes may wait", so a poll of a running
+pipeline does not read its running nodes' states a second time.
 
-This relies on every write of a field an entry shows being recorded in the feed in the same
-transaction (``Step.state_changed`` / ``Step.note_change``), and on the feed being read in commit
-order: true of SQLite (one writer at a time); stores that are not (``unit.feed_ordered`` false:
-PostgreSQL, MySQL) are read in full each time.
+This relies on every write of a state row being recorded in the feed in the same transaction
+(``Step.set_state`` / ``Step.state_changed``, and ``Step.note`` or the store's own notes for
+writes that are no transition). The feed is read from the database, not from in-process
+signals, so a second process polling a SQLite file, or a client of a PostgreSQL or MySQL cluster,
+keeps its trees the same way. On those server databases rows can become visible out of ``seq``
+order (:mod:`culm.core.feed_cursor`): the feed is read through a cursor that waits out holes,
+and, should a write ever commit later than that allows, a kept tree is read in full again every
+:data:`REREAD_AFTER` seconds.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from culm.core.feed_cursor import FeedCursor
 from culm.core.ports import Unit
 from culm.core.records import StateRecord
 
 Entry = dict[str, Any]
 Build = Callable[[StateRecord, bool], Entry]
 
-# Changes to catch up with above which forgetting every kept entry is cheaper.
+# Changes to catch up with above which forgetting every kept tree is cheaper.
 MAX_CATCH_UP = 20_000
+# Server databases (rows visible out of seq order): how long a hole below a seen seq is waited for
+# (as the change feed does), and how old a kept tree may get before it is read in full again.
+SETTLE = 1.0
+REREAD_AFTER = 10.0
+BATCH = 1000  # change rows per read on server databases
+# Server databases: rows below a hole are read again (for a write committing late) at most this
+# often, not at every call: a poller of a hundred pipelines calls a hundred times per round.
+WINDOW_EVERY = SETTLE / 4
+# Server databases: the first catch-up starts this many seqs back, so that a write that took its
+# seq before the first read and commits after it is still seen.
+START_BACK = 1000
 
 
-class _Kept:
-    __slots__ = ("entries", "dirty")
+class Tree:
+    """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
+    the entries they hand out)."""
 
-    def __init__(self, entries: dict[str, Entry]) -> None:
-        self.entries = entries  # never changed once kept: replaced whole (callers copy what they hand out)
-        self.dirty: set[str] = set()  # nodes with changes the entries do not show yet
+    __slots__ = ("entries", "records", "dirty", "read_at")
+
+    def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
+        self.records = records  # {node_id: state row}, the root's own included
+        self.entries = entries  # {node_id: entry built from it}
+        self.dirty: set[str] = set()  # nodes with changes the rows do not show yet
+        self.read_at = read_at  # when every row was last read (monotonic)
 
 
 class StateTrees:
-    """Entries of up to ``max_nodes`` nodes of recently read pipelines (least recently read go).
+    """The rows of up to ``max_nodes`` nodes of recently read pipelines (least recently read go).
 
     One cursor in the feed serves every kept pipeline: each call reads the changes since the
     previous call (whichever pipeline that was for) once, and marks their nodes dirty in the
@@ -49,42 +72,53 @@ class StateTrees:
 
     def __init__(self, max_nodes: int = 200_000) -> None:
         self.max_nodes = max_nodes
-        self._kept: OrderedDict[str, _Kept] = OrderedDict()
+        self._kept: OrderedDict[str, Tree] = OrderedDict()
         self._nodes = 0
-        self._seq = 0  # every change up to here is shown or marked dirty in the kept entries
+        self._seq = 0  # the highest feed seq caught up with
+        self._cursor: FeedCursor | None = None  # server databases: where the catch-up stands
+        self._top = 0  # server databases: every seq up to here was read at least once
+        self._window_at = 0.0  # ... and when the rows above the cursor were last read again
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
+        self.full_reads = 0  # trees read in full so far (every other call read only what changed)
 
-    def entries(self, unit: Unit, root_id: str, build: Build) -> dict[str, Entry]:
-        """{node_id: entry} of every state of ``root_id`` (the root's own included), shared with
-        the cache: copy an entry before handing it out."""
-        if not unit.feed_ordered:
-            return self._read(unit, root_id, build)
+    def tree(self, unit: Unit, root_id: str, build: Build) -> Tree:
+        """The rows and entries of every state of ``root_id`` (the root's own included; none when
+        it is unknown), current as of this unit's reads."""
         with self._lock:
-            last = unit.last_change_seq()  # this read's snapshot: every state read below is as of it
-            if last < self._seq:  # an older snapshot than the kept entries (a concurrent reader)
+            last = unit.last_change_seq()  # this read's snapshot on SQLite: every state read below is as of it
+            if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
                 return self._read(unit, root_id, build)
-            self._catch_up(unit, last)
+            if unit.feed_ordered:
+                self._catch_up(unit, last)
+            else:
+                self._catch_up_unordered(unit, last)
             kept = self._kept.get(root_id)
-            if kept is None:
-                entries = self._read(unit, root_id, build)
-                if entries:
-                    self._keep(root_id, _Kept(entries))
-                return entries
+            if kept is None or (not unit.feed_ordered and time.monotonic() - kept.read_at > REREAD_AFTER):
+                tree = self._read(unit, root_id, build)
+                if tree.records:
+                    self._keep(root_id, tree)
+                return tree
             self._kept.move_to_end(root_id)
             if kept.dirty:
                 kept = self._refreshed(unit, root_id, kept, build)
-            return kept.entries
+            return kept
 
-    @staticmethod
-    def _read(unit: Unit, root_id: str, build: Build) -> dict[str, Entry]:
-        return {r.node_id: build(r, r.node_id == root_id) for r in unit.states_of_root(root_id)}
+    def _read(self, unit: Unit, root_id: str, build: Build) -> Tree:
+        self.full_reads += 1
+        at = time.monotonic()
+        records = {r.node_id: r for r in unit.states_of_root(root_id)}
+        return Tree(records, {node_id: build(r, node_id == root_id) for node_id, r in records.items()}, at)
+
+    def _forget(self) -> None:
+        self._kept.clear()
+        self._nodes = 0
 
     def _catch_up(self, unit: Unit, last: int) -> None:
+        """Rows visible in seq order (SQLite, the memory store): everything up to ``last`` is there."""
         if last == self._seq:
             return
         if last - self._seq > MAX_CATCH_UP:
-            self._kept.clear()
-            self._nodes = 0
+            self._forget()
         elif self._kept:
             kept = self._kept
             for root_id, node_id in unit.changes_between(self._seq, last):
@@ -93,19 +127,53 @@ class StateTrees:
                     found.dirty.add(node_id)
         self._seq = last
 
-    def _refreshed(self, unit: Unit, root_id: str, kept: _Kept, build: Build) -> _Kept:
-        entries = dict(kept.entries)
+    def _catch_up_unordered(self, unit: Unit, last: int) -> None:
+        """Rows that may become visible out of seq order (PostgreSQL, MySQL): each row marks its
+        node dirty the first time it is seen, and the cursor moves past holes once they settle."""
+        cursor = self._cursor
+        if cursor is None or last - cursor.position > MAX_CATCH_UP:
+            if cursor is not None:
+                self._forget()
+            cursor = self._cursor = FeedCursor(max(0, last - START_BACK), ordered=False, contiguous=True,
+                                               settle=SETTLE)
+            self._top = self._window_at = 0
+        self._seq = max(self._seq, last)
+        kept = self._kept
+        after = cursor.position
+        now = time.monotonic()
+        if after < self._top and now - self._window_at < WINDOW_EVERY:
+            after = self._top  # only new rows: the holes below are looked at again soon
+        else:
+            self._window_at = now
+        self._top = max(self._top, last)
+        while last > after:
+            rows = unit.read_changes(after, last, None, BATCH)
+            at = time.monotonic()
+            for change in rows:
+                if cursor.first_sight(change.seq, at):
+                    found = kept.get(change.root_id)
+                    if found is not None:
+                        found.dirty.add(change.node_id)
+            if len(rows) < BATCH:
+                cursor.read_upto(last, at)
+                break
+            after = rows[-1].seq
+            cursor.read_upto(after, at)
+
+    def _refreshed(self, unit: Unit, root_id: str, kept: Tree, build: Build) -> Tree:
+        records, entries = dict(kept.records), dict(kept.entries)
         for node_id, st in unit.get_states(kept.dirty).items():
             if st.root_id == root_id:  # a state created ahead of its node may get its root later
+                records[node_id] = st
                 entries[node_id] = build(st, node_id == root_id)
-        fresh = _Kept(entries)
+        fresh = Tree(records, entries, kept.read_at)
         self._keep(root_id, fresh)
         return fresh
 
-    def _keep(self, root_id: str, kept: _Kept) -> None:
+    def _keep(self, root_id: str, tree: Tree) -> None:
         old = self._kept.pop(root_id, None)
-        self._nodes += len(kept.entries) - (len(old.entries) if old is not None else 0)
-        self._kept[root_id] = kept
+        self._nodes += len(tree.records) - (len(old.records) if old is not None else 0)
+        self._kept[root_id] = tree
         while self._nodes > self.max_nodes and len(self._kept) > 1:
             _, gone = self._kept.popitem(last=False)
-            self._nodes -= len(gone.entries)
+            self._nodes -= len(gone.records)

@@ -105,9 +105,11 @@ class Step:
             )
         )
 
-    def note_change(self, st: StateRecord, from_state: str | None, root_id: str | None = None) -> None:
-        """Append a state write to the change feed, in this step's transaction (no signal)."""
-        self.unit.record_change(root_id or st.root_id, st.node_id, from_state, st.name, st.version, st.loop)
+    def note(self, st: StateRecord) -> None:
+        """Tell the change feed's readers that ``st``'s row changed without a transition (a field
+        the feed does not carry), in this step's transaction: a *note* row, ``from_state`` ==
+        ``to_state``, which the kept state trees read and ``runtime.changes`` skips."""
+        self.unit.record_change(st.root_id, st.node_id, st.name, st.name, st.version, st.loop)
 
     def event(self, event_type: str, **data: Any) -> None:
         if signals.pipeline_event.has_receivers:

@@ -28,7 +28,7 @@ from typing import Any
 
 from culm.core import states
 from culm.core.ports import Unit
-from culm.core.records import SCHEDULE, ProcessRecord, ScheduleRecord, StateRecord, TaskRecord
+from culm.core.records import SCHEDULE, ProcessPosition, ScheduleRecord, StateRecord, TaskRecord
 
 SUBPROCESS = "SubProcess"
 PIPELINE = "Pipeline"
@@ -43,7 +43,7 @@ class WaitFacts:
     node_types: Mapping[str, str] = field(default_factory=dict)
     schedules: Mapping[str, ScheduleRecord] = field(default_factory=dict)  # live ones, by node id
     next_runs: Mapping[str, float] = field(default_factory=dict)  # due time of a schedule task, by schedule id
-    processes: Sequence[ProcessRecord] = ()
+    processes: Sequence[ProcessPosition] = ()  # the live ones (not dead)
     candidates: Sequence[StateRecord] = ()  # the states that may wait (failed, suspended, running)
 
 
@@ -65,8 +65,7 @@ def _suspended(st: StateRecord, kind: str | None, facts: WaitFacts) -> dict[str,
     if st.node_id == st.root_id or kind in (SUBPROCESS, PIPELINE):
         what = "pipeline" if st.node_id == st.root_id else "subprocess"
         return {"kind": "paused", "text": f"{what} paused by an operator; resume it to go on"}
-    reached = any(p.current_node_id == st.node_id and p.suspended_by == st.node_id and not p.dead
-                  for p in facts.processes)
+    reached = any(p.current_node_id == st.node_id and p.suspended_by == st.node_id for p in facts.processes)
     text = ("stopped here by an operator's pause; resume the node to go on" if reached else
             "an operator appointed a pause here: a branch that reaches this node stops before running it")
     return {"kind": "pause_appointed", "text": text, "reached": reached}
@@ -89,8 +88,8 @@ def _scheduled(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict
             "text": f"waits for a callback{many} with version {st.version}"}
 
 
-def _converge(proc: ProcessRecord, children: Iterable[ProcessRecord]) -> dict[str, Any]:
-    missing = [c for c in children if not c.dead]
+def _converge(proc: ProcessPosition, children: Iterable[ProcessPosition]) -> dict[str, Any]:
+    missing = list(children)  # live branches: the ones that have not reached the converge
     target = missing[0].destination_id if missing else None
     branches = sorted({c.current_node_id for c in missing})
     where = f"converge gateway {target}" if target else "its converge gateway"
@@ -115,13 +114,13 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
                 }
         elif st.name == states.RUNNING and st.node_id in facts.schedules:
             reasons[st.node_id] = _scheduled(st, facts.schedules[st.node_id], facts)
-    by_parent: dict[str, list[ProcessRecord]] = {}
+    by_parent: dict[str, list[ProcessPosition]] = {}
     for p in facts.processes:
         if p.parent_id is not None:
             by_parent.setdefault(p.parent_id, []).append(p)
     for p in facts.processes:
         # A process that forked sleeps at its gateway until every branch reached the converge.
-        if not p.dead and p.need_ack > p.ack_num and p.id in by_parent:
+        if p.need_ack > p.ack_num and p.id in by_parent:
             reasons.setdefault(p.current_node_id, _converge(p, by_parent[p.id]))
     return reasons
 
@@ -155,7 +154,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     alive = root if root is not None and root.name in live else next(
         (st for st in candidates if st.name in live and st.root_id), None)
     if alive is not None:
-        facts.processes = unit.processes_of_root(alive.root_id)
+        facts.processes = unit.live_process_positions(alive.root_id)
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
     return facts

@@ -69,31 +69,6 @@ def _moved_on(unit: Unit, task: TaskRecord) -> bool:
     return st is None or st.name != states.RUNNING or st.version != task.running_version
 
 
-def read_batch_ahead(engine: Engine, unit: Unit, fresh: list[str], resumed: list[str]) -> None:
-    """A batch's reads up front, where the store can (PostgreSQL): its tasks and processes, the
-    states its walks may need and the contexts of the pipelines they run in, in a few statements
-    instead of several per task. Writes then pile up and go out together at the commit."""
-    if not unit.reads_tasks_ahead:
-        return
-    unit.read_tasks_ahead(fresh, resumed, engine.lease())
-    nodes: list[str] = []
-    pipelines: list[str] = []
-    for task, proc in unit.tasks_read_ahead():
-        if proc is None or proc.dead:
-            continue
-        graph = engine.graph(proc.root_id, unit)
-        if task.node_id in graph.nodes:
-            ahead = graph.ahead_of_resume(task.node_id)
-            nodes += proc.stack
-            nodes += ahead
-            pipelines += proc.stack
-            pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
-    if nodes and unit.reads_ahead:
-        unit.prefetch_states(nodes)
-    if pipelines:
-        unit.prefetch_contexts(pipelines)
-
-
 def call_user_code(invoke: Invoke) -> object:
     """Run an Invoke's user code; an escaped exception becomes the result."""
     try:
@@ -177,8 +152,9 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         _join(step, proc, node_id)
         raise _Stop
     proc.current_node_id = node_id
-    if unit.reads_ahead:  # one read for the states this walk may need, not one per node entered
-        unit.prefetch_states([*proc.stack, *graph.ahead(node_id)])
+    prefetch = unit.prefetch
+    if prefetch is not None:  # one read for the states this walk may need, not one per node entered
+        prefetch.prefetch_states([*proc.stack, *graph.ahead(node_id)])
     found = unit.get_states([*proc.stack, node_id], mutable=(node_id,))  # the stack's are only read
     _check_stack(unit, proc, found)
     node = graph.node(node_id)
@@ -204,7 +180,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         if not st.root_id:  # created ahead by pause_node_appoint: now it is the root's
             unit.update_state(node.id, root_id=graph.root_id, parent_id=node.pipeline_id)
             st.root_id, st.parent_id = graph.root_id, node.pipeline_id
-            step.note_change(st, st.name)
+            step.note(st)  # no transition: the kept trees must learn the row is the root's now
         proc.suspended, proc.suspended_by = True, node.id
         raise _Stop
     if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:

@@ -31,13 +31,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import logging
 import os
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 from celery import Celery, signals
@@ -374,15 +377,41 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
 
 
 def import_components(modules: Iterable[str]) -> list[str]:
-    """Import the given modules and those named in ``$CULM_IMPORTS`` (comma-separated)."""
+    """Import the given modules and those named in ``$CULM_IMPORTS`` (comma-separated).
+
+    A name ending in ``.py`` is a file (as ``culm run`` and ``culm worker --import`` take it),
+    imported under its stem unless a module loaded from that file is there already.
+    """
     names = [m.strip() for m in modules if m.strip()]
     names += [m.strip() for m in os.environ.get("CULM_IMPORTS", "").split(",") if m.strip()]
     seen: list[str] = []
     for name in names:
         if name not in seen:
-            importlib.import_module(name)
+            if name.endswith(".py"):
+                _import_file(Path(name))
+            else:
+                importlib.import_module(name)
             seen.append(name)
     return seen
+
+
+def _import_file(path: Path) -> None:
+    """Import the module file ``path`` once (``culm worker`` has usually loaded it already)."""
+    target = path.resolve()
+    for module in list(sys.modules.values()):
+        where = getattr(module, "__file__", None)
+        if where and Path(where).resolve() == target:
+            return
+    spec = importlib.util.spec_from_file_location(target.stem, target)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{path} is not an importable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[target.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(target.stem, None)
+        raise
 
 
 def _env_float(name: str, default: float) -> float:

@@ -1,10 +1,10 @@
 """ThreadDispatcher: the embedded runtime's in-process workers and durable timers.
 
 Tasks are rows in the database; this dispatcher only decides *when* they run. One engine thread
-takes every task that is ready, advances all of them in ONE transaction (each inside its own
-savepoint, so one bad task cannot undo the others) and commits once — group commit. The user code
-those steps lead to (component ``execute``/``schedule``, end-event code) runs on a pool of
-``workers`` threads, and each result goes back to the engine thread for the next batch.
+takes every task that is ready and hands them, as a batch, to the engine loop's step
+(:func:`culm.core.loop.commit_batch`: ONE transaction, one commit — group commit). The user code
+those steps hand out (component ``execute``/``schedule``, end-event code) runs on a pool of
+``workers`` threads, and each outcome goes back to the engine thread for the next batch.
 
 At most ``workers`` calls are *in flight* at once: started, and their result not committed yet. A
 call is handed to the pool only when one in flight has been committed, so after a kill -9 at most
@@ -25,14 +25,11 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from culm.core import faults, scheduling, walker
-from culm.core.outcomes import Invoke
-from culm.core.records import EXECUTE, TaskRecord, now
-from culm.core.step import Step
-from culm.storage.cache import RecordCache
+from culm.core.loop import Item, UserCall, commit_batch
+from culm.core.ports import RowCopies
+from culm.core.records import TaskRecord, now
 
 logger = logging.getLogger("culm.dispatch")
 
@@ -46,36 +43,37 @@ QUIET = 0.0005
 
 
 class _UserCodePool:
-    """Threads that run user code and hand each outcome to ``done(item, outcome)``.
+    """Threads that run user code and hand each outcome to ``done(call, outcome)``.
 
     Leaner than a ThreadPoolExecutor (no futures, no callbacks): one queue in, one call out. An
     exception the call raises is its outcome (the handlers turn it into a failed node).
     """
 
-    def __init__(self, size: int, done: Callable[[Any, Any], None]) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Any, Callable[[], Any]] | None] = queue.SimpleQueue()
+    def __init__(self, size: int, done: Callable[[UserCall, object], None]) -> None:
+        self._jobs: queue.SimpleQueue[tuple[UserCall, Callable[[], object]] | None] = queue.SimpleQueue()
         self._done = done
         self._closed = False
         self._threads = [threading.Thread(target=self._work, name=f"culm-user_{i}", daemon=True) for i in range(size)]
         for t in self._threads:
             t.start()
 
-    def submit(self, item: Any, call: Callable[[], Any]) -> None:
+    def submit(self, call: UserCall, run: Callable[[], object]) -> None:
+        """Run ``run`` (``call.run``, or the policy's wrapper of it) on a pool thread."""
         if self._closed:
             raise RuntimeError("the user-code pool is shut down")
-        self._jobs.put((item, call))
+        self._jobs.put((call, run))
 
     def _work(self) -> None:
         while True:
             job = self._jobs.get()
             if job is None:
                 return
-            item, call = job
+            call, run = job
             try:
-                outcome = call()
+                outcome = run()
             except BaseException as exc:  # noqa: BLE001 - the outcome of the call
                 outcome = exc
-            self._done(item, outcome)
+            self._done(call, outcome)
 
     def shutdown(self) -> None:
         """Drop calls not started yet (their task rows stay for the next runner); stop the threads
@@ -88,23 +86,6 @@ class _UserCodePool:
             pass
         for _ in self._threads:
             self._jobs.put(None)
-
-
-@dataclass(slots=True)
-class _Item:
-    """A task at some point of its life: fresh, or back with the result of its user code."""
-
-    task: TaskRecord
-    invoke: Invoke | None = None  # execute tasks: the Invoke whose result this is
-    waiting: bool = False  # True once user code ran and ``result`` holds its outcome
-    result: Any = None
-
-
-def _restore(batch: list[_Item], saved: list[tuple[Any, bool, Any]]) -> None:
-    """Put items back as they were before a transaction that did not commit (items past the
-    failing one never started and need nothing)."""
-    for item, (invoke, waiting, result) in zip(batch, saved, strict=False):
-        item.invoke, item.waiting, item.result = invoke, waiting, result
 
 
 class LoopPolicy(Protocol):
@@ -142,12 +123,13 @@ class ThreadDispatcher:
         workers: int = 8,
         sweep_interval: float = 1.0,
         *,
-        cache: bool = False,
+        cache: RowCopies | None = None,
         sole_runner: bool = True,
         follow_ups: Callable[[Sequence[TaskRecord]], None] | None = None,
         policy: LoopPolicy | None = None,
     ) -> None:
-        """``cache``: keep write-through copies of engine rows (only for the sole runner of a database).
+        """``cache``: the store's write-through copies of engine rows, handed to every batch's
+        transaction (only for the sole runner of a database; :mod:`culm.runtime` makes them).
 
         ``sole_runner``: this is the only runner of its database, so at start every lease is void,
         and the task table is swept for work now and then. A ``culm worker`` shares its database
@@ -163,10 +145,10 @@ class ThreadDispatcher:
         self._follow_ups = follow_ups or self.submit
         self._policy = policy
         self.sole_runner = sole_runner
-        self.cache = RecordCache() if cache else None
+        self.cache = cache
         self.sweep_interval = sweep_interval
         self.engine: Any = None
-        self._ready: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, TaskRecord]] = []
         self._seq = 0
         self._known: set[str] = set()
@@ -180,7 +162,7 @@ class ThreadDispatcher:
         self._submitted_at = 0.0  # when the last of them left it
         # Engine thread only: user code waiting for a slot, and calls started whose result is not
         # committed yet (at most ``workers``: what a kill -9 makes run again).
-        self._calls: collections.deque[tuple[_Item, Callable[[], Any]]] = collections.deque()
+        self._calls: collections.deque[UserCall] = collections.deque()
         self._in_flight = 0
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -226,7 +208,7 @@ class ThreadDispatcher:
                     continue
                 self._known.add(t.id)
                 if t.due <= at:
-                    self._ready.put(_Item(t))
+                    self._ready.put(Item(t))
                 else:
                     self._seq += 1
                     heapq.heappush(self._timers, (t.due, self._seq, t))
@@ -291,8 +273,8 @@ class ThreadDispatcher:
     # -- what an owner reads (a worker's runner decides its room from these) ---------------
     @property
     def condition(self) -> threading.Condition:
-        """Notified whenever tasks leave this dispatcher or a batch ends; hold it to read
-        :meth:`queued` and :meth:`on_hand` together."""
+        """Notified, for an owner with a policy, whenever tasks leave this dispatcher or a batch
+        ends (see :meth:`_notify`); hold it to read :meth:`queued` and :meth:`on_hand` together."""
         return self._lock
 
     @property
@@ -334,9 +316,9 @@ class ThreadDispatcher:
                 self._batch_failed(batch, exc)
             with self._lock:
                 self._in_batch = 0
-                self._lock.notify_all()  # wait_idle
+                self._notify()
 
-    def _batch_failed(self, batch: list[_Item], exc: Exception) -> None:
+    def _batch_failed(self, batch: list[Item], exc: Exception) -> None:
         """A batch could not commit, even task by task: tried again if the policy says so, else
         its rows stay; the sweeper (or a worker's relay) brings them back."""
         delay = self._policy.retry_after(len(batch), exc) if self._policy is not None else None
@@ -349,7 +331,7 @@ class ThreadDispatcher:
         self._forget([i.task.id for i in batch])
         self._release(sum(1 for i in batch if i.waiting))  # their results are dropped
 
-    def _take_ready(self, batch: list[_Item]) -> None:
+    def _take_ready(self, batch: list[Item]) -> None:
         """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
         while len(batch) < MAX_BATCH:
             try:
@@ -361,145 +343,52 @@ class ThreadDispatcher:
                 return
             batch.append(item)
 
-    def _run_batch(self, batch: list[_Item]) -> None:
-        """Advance ``batch`` in one transaction, then start the user code it leads to.
+    def _run_batch(self, batch: list[Item]) -> None:
+        """Advance ``batch`` in one transaction (:func:`culm.core.loop.commit_batch`), then start
+        the user code it handed out.
 
         User code starts only after the commit: a node's RUNNING state (and the task's record of
         it) is durable before anything with side effects runs, so after a crash only a node that
         was inside its user code runs again.
-
-        The batch first runs without savepoints (two statements per task saved). Should any task
-        raise, the whole transaction is rolled back and the batch runs again with a savepoint per
-        task, so only the failing task's changes are undone.
         """
-        saved: list[tuple[Any, bool, Any]] = []
-        try:
-            step, calls, done = self._commit_batch(batch, saved, isolate=False)
-        except Exception:  # noqa: BLE001 - not committed: replayed below, task by task
-            _restore(batch, saved)
-            saved = []
-            try:
-                step, calls, done = self._commit_batch(batch, saved, isolate=True)
-            except Exception:
-                _restore(batch, saved)  # nothing was committed: the items are as they came
-                raise
+        committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
         # Committed: only now may anything outside the database happen.
-        self._forget(done)
-        self._follow_ups(step.tasks)
-        step.fire()
-        self._calls.extend(calls)
-        self._release(sum(1 for _, waiting, _ in saved if waiting))  # their results are durable now
+        self._forget(committed.done)
+        self._follow_ups(committed.tasks)
+        committed.fire()
+        self._calls.extend(committed.calls)
+        self._release(len(committed.applied))  # their results are durable now
         if self._policy is not None:
             self._policy.batch_committed()
+
+    def _join(self, batch: list[Item]) -> None:
+        """The batch's transaction is open: whatever became ready while this thread waited for
+        the write lock (results of user code, another thread's submissions) joins it."""
+        self._take_ready(batch)
+        self._in_batch = len(batch)
 
     def _release(self, committed: int) -> None:
         """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""
         self._in_flight -= committed
         while self._calls and self._in_flight < max(1, self.workers):
             self._in_flight += 1
-            self._start_user_code(*self._calls.popleft())
+            self._start_user_code(self._calls.popleft())
 
-    def _commit_batch(
-        self, batch: list[_Item], saved: list[tuple[Any, bool, Any]], *, isolate: bool
-    ) -> tuple[Step, list[tuple[_Item, Callable[[], Any]]], list[str]]:
-        """One transaction over ``batch``, with a savepoint per item when ``isolate`` (the replay).
-        ``saved`` collects each item's state before it runs. Returns the step, the user code to
-        start and the ids of the tasks that are done."""
-        calls: list[tuple[_Item, Callable[[], Any]]] = []
-        done: list[str] = []
-        with self.engine.store.transaction(cache=self.cache) as unit:
-            if not isolate:
-                # Whatever became ready while this thread waited for the write lock (results of
-                # user code, another thread's submissions) joins this transaction.
-                self._take_ready(batch)
-                self._in_batch = len(batch)
-            step = Step(unit)
-            if not isolate and len(batch) > 1:
-                fresh = [i.task.id for i in batch if i.task.kind == EXECUTE and not i.waiting]
-                resumed = [i.task.id for i in batch if i.task.kind == EXECUTE and i.waiting]
-                walker.read_batch_ahead(self.engine, unit, fresh, resumed)
-            for item in batch:
-                saved.append((item.invoke, item.waiting, item.result))
-                call = self._advance_safely(step, item) if isolate else self._advance(step, item)
-                if call is None:
-                    done.append(item.task.id)
-                else:
-                    calls.append((item, call))
-        return step, calls, done
-
-    def _advance_safely(self, step: Step, item: _Item) -> Callable[[], Any] | None:
-        resumed = item.waiting
-        try:
-            with step.unit.savepoint():
-                return self._advance(step, item)
-        except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
-            if self.cache is not None:
-                self.cache.clear()  # it may hold writes the savepoint just undid
-            if self._transient(exc):
-                raise  # the database, not the task: the whole batch is tried again
-            self._fail_task(step, item, resumed, exc)
-            return None
-
-    def _transient(self, exc: Exception) -> bool:
-        from culm.dispatch.runner import is_interruption  # runner builds on this module
-
-        return is_interruption(exc, self.engine.store)
-
-    def _fail_task(self, step: Step, item: _Item, resumed: bool, exc: Exception) -> None:
-        """Fail the node of a task whose step raised (see :mod:`culm.core.faults`), in a fresh
-        savepoint; if that raises too, record the least that stops the task, then nothing."""
-        task = item.task
-        logger.error("task %s (%s of node %s) raised; failing its node", task.id, task.kind, task.node_id,
-                     exc_info=exc)
-        item.invoke, item.waiting, item.result = None, False, None
-        attempts = (
-            lambda: faults.fail_task(self.engine, step, task.id, exc, resumed),
-            lambda: faults.fail_minimal(step, task.id),
-        )
-        for attempt in attempts:
-            try:
-                with step.unit.savepoint():
-                    attempt()
-                return
-            except Exception as again:  # noqa: BLE001 - try the next, smaller record
-                if self.cache is not None:
-                    self.cache.clear()
-                if self._transient(again):
-                    raise
-                logger.exception("recording the failure of task %s failed", task.id)
-        logger.critical("task %s of node %s could not be failed; it stays for the next sweep", task.id,
-                        task.node_id)
-
-    def _advance(self, step: Step, item: _Item) -> Callable[[], Any] | None:
-        """Move one task forward inside the batch transaction; returns user code to run next."""
-        engine, task = self.engine, item.task
-        if task.kind == EXECUTE:
-            pending = (item.invoke, item.result) if item.waiting else None
-            invoke = walker.execute_step(engine, step, task.id, pending, claim=not item.waiting)  # type: ignore[arg-type]
-            item.invoke, item.waiting, item.result = invoke, False, None
-            return invoke.call if invoke is not None else None
-        if item.waiting:
-            scheduling.schedule_apply(engine, step, task.id, item.result)
-            return None
-        return scheduling.schedule_prepare(engine, step, task.id)
-
-    def _start_user_code(self, item: _Item, call: Callable[[], Any]) -> None:
+    def _start_user_code(self, call: UserCall) -> None:
         assert self._pool is not None
-        if self._policy is not None:
-            call = self._policy.wrap_call(call)
+        run = call.run if self._policy is None else self._policy.wrap_call(call.run)
         try:
-            self._pool.submit(item, call)
+            self._pool.submit(call, run)
         except RuntimeError:  # the pool is shutting down: the row stays for the next runner
             self._in_flight -= 1
-            self._forget([item.task.id])
+            self._forget([call.task.id])
 
-    def _requeue(self, item: _Item, outcome: Any) -> None:
+    def _requeue(self, call: UserCall, outcome: object) -> None:
         if self._policy is not None:
             self._policy.call_returned()
-        item.result, item.waiting = outcome, True
-        self._ready.put(item)
+        self._ready.put(call.returned(outcome))
 
-    def _put_back(self, batch: list[_Item]) -> None:
+    def _put_back(self, batch: list[Item]) -> None:
         for item in batch:
             self._ready.put(item)
 
@@ -508,6 +397,18 @@ class ThreadDispatcher:
             return
         with self._lock:
             self._known.difference_update(task_ids)
+            self._notify()
+
+    def _notify(self) -> None:
+        """Tasks left or a batch ended (the caller holds the lock): wake whoever it may concern.
+
+        That is :meth:`wait_idle` once nothing is on hand, and an owner with a policy (a worker's
+        runner, whose room counts the tasks on hand) every time. Not the waiters at every batch
+        of an embedded runtime: each woken thread (the one in wait_idle, the timer thread) takes
+        the GIL from the engine thread just to wait again, which costs one pipeline's run a few
+        per cent of its latency.
+        """
+        if self._policy is not None or not (self._known or self._in_batch):
             self._lock.notify_all()
 
     # -- timers and sweeping --------------------------------------------------------------
@@ -523,7 +424,7 @@ class ThreadDispatcher:
                     wait = self._timers[0][0] - at if self._timers else self.sweep_interval
                     self._lock.wait(max(0.0, min(wait, next_sweep - time.monotonic())))
             for t in due:
-                self._ready.put(_Item(t))
+                self._ready.put(Item(t))
             if time.monotonic() >= next_sweep:
                 if self.sole_runner:
                     self.sweep()

@@ -8,6 +8,7 @@ from here.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from culm.errors import InvalidOperationError
@@ -117,3 +118,29 @@ def check_context_keys(values: Any, what: str) -> None:
         if isinstance(key, str) and (problem := column_problem(key, KEY_LENGTH)):
             raise InvalidOperationError(f"{what}: key {key!r} {problem}")
         check_payload(value, f"{what}: value of {key!r}")
+
+
+def duplicate_key(text: str | bytes) -> str | None:
+    """The first key written twice in one object of the JSON ``text``, or None (also for text that
+    does not parse: the caller's parser names that).
+
+    ``json.loads`` keeps the last of two equal keys without a word, so a tree file or a request
+    body with two activities or flows under one id would quietly lose one.
+    """
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        if not found:
+            seen: set[str] = set()
+            for key, _value in items:
+                if key in seen:
+                    found.append(key)
+                    break
+                seen.add(key)
+        return None  # the values are not needed, only the keys of each object
+
+    try:
+        json.loads(text, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None
+    return found[0] if found else None

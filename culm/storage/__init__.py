@@ -7,7 +7,6 @@ the state names (see docs/architecture.md). What other packages may use is named
 
 from culm.storage.memory import MemoryStore
 from culm.storage.migrate import upgrade_database
-from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
 from culm.storage.workers import SqlWorkerRegistry
 
@@ -19,8 +18,4 @@ __all__ = [
     "SqlWorkerRegistry",
     # `culm db upgrade`
     "upgrade_database",
-    # pipelines' rows for the invariant checker (culm.core.invariants)
-    "read_snapshot",
-    "read_snapshots",
-    "read_transitions",
 ]

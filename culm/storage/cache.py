@@ -15,8 +15,8 @@ Three things can make the copies wrong, and each drops them (checked at the star
 * Another process committed anything at all: SQLite's ``data_version`` of the writer connection
   moves. Commands from other processes bump ``user_version`` too, but this also covers tools that
   edit the file directly, and costs only a reload when another process submits runs.
-* The engine's own transaction (or a savepoint in it) was rolled back: the dispatcher calls
-  :meth:`RecordCache.clear`.
+* The engine's own transaction (or a savepoint in it) was rolled back: the store's transaction
+  and :meth:`CachedUnit.savepoint` call :meth:`RecordCache.clear`.
 
 A copy is never handed out: readers get fresh records (the walker mutates them) and context values
 are decoded again from their stored text unless they are immutable scalars, so a component that
@@ -25,11 +25,12 @@ mutates its inputs cannot change what the next node reads.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from collections.abc import Collection, Container, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Unpack
 
-from culm.core.ports import ProcessFields, StateWrite, TaskFields
+from culm.core.ports import Prefetch, ProcessFields, StateWrite, TaskFields
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage import codec
 from culm.storage.copies import copy_process as _copy_process
@@ -192,10 +193,20 @@ class CachedUnit(SqliteUnit):
             self._load_root(st.root_id)
         return st
 
-    reads_ahead = False  # the copies already answer for every state of a loaded root
+    @property
+    def prefetch(self) -> Prefetch | None:
+        """Nothing to read ahead: the copies already answer for every state of a loaded root."""
+        return None
 
-    def prefetch_states(self, node_ids: Iterable[str]) -> None:
-        """Nothing to do: the copies already answer for every state of a loaded root."""
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A savepoint that, when it rolls back, drops the copies too: they may hold its writes."""
+        try:
+            with super().savepoint():
+                yield
+        except BaseException:
+            self.cache.clear()
+            raise
 
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         c = self.cache

@@ -11,7 +11,13 @@ order. On PostgreSQL and MySQL two writers can commit the other way round: a rea
 before seq 10, and a rolled-back transaction leaves a hole that never fills. So a reader keeps
 re-reading the rows after a cursor it moves past a seq only once every lower one has been seen, or
 :data:`SETTLE` seconds after it first saw that seq. Each change is yielded once; on server
-databases, rarely, out of ``seq`` order.
+databases, rarely, out of ``seq`` order (:class:`culm.core.feed_cursor.FeedCursor` keeps the count).
+
+Notes. A row whose ``from_state`` equals its ``to_state`` is no transition (the transition table
+has none from a state to itself): it tells the kept state trees (:mod:`culm.core.state_tree`) that
+a state row changed in a field the feed does not carry (``Step.note``: inner loops reset when a
+subprocess is entered again; an appointed pause's row written by an older version joining its
+root). :meth:`ChangeFeed.changes` and :meth:`ChangeFeed.wait` skip notes.
 
 Waking. A commit by this process wakes the readers of the same store at once (the embedded
 engine); other readers poll the primary key, backing off from :data:`POLL_MIN` to
@@ -30,7 +36,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from culm.core import states
-from culm.core.records import StateChange
+from culm.core.feed_cursor import FeedCursor
+from culm.core.records import StateChange, Transition
 from culm.errors import NotFoundError
 
 if TYPE_CHECKING:
@@ -48,8 +55,9 @@ BATCH = 1000  # rows per read
 PRUNE_CHUNK = 20_000  # seqs per pruning transaction (short locks on server databases)
 SETTLE = 1.0  # seconds after which a hole below a seen seq is taken for a rolled-back write
 POLL_MIN, POLL_MAX = 0.002, 0.05
-# One root's history is read from the first change written this long before the pipeline was
-# created (clocks of several hosts disagree a little) when that skips many rows.
+# Without an index by root (the memory store), one root's history is read from the first change
+# written this long before the pipeline was created (clocks of several hosts disagree a little)
+# when that skips many rows. The SQL stores read it through ix_culm_change_root_seq (0006).
 CLOCK_SKEW = 60.0
 FAR_BEHIND = 10_000
 FINAL_STATES = frozenset({states.FINISHED, states.REVOKED})
@@ -59,15 +67,18 @@ class ChangeFeed:
     """Reads a store's change feed; one per store (``store.feed``).
 
     ``ordered``: rows become visible in seq order (one writer at a time: SQLite, the memory store).
+    ``indexed_by_root``: the store reads one root's changes through an index (the SQL stores,
+    ``ix_culm_change_root_seq``), so a root's history needs no start found by time.
     """
 
-    def __init__(self, store: _Store, *, ordered: bool) -> None:
+    def __init__(self, store: _Store, *, ordered: bool, indexed_by_root: bool = False) -> None:
         self._store = store
         self._cond = threading.Condition()
         self._generation = 0  # moves at every commit of this process that recorded changes
         self._waiters = 0
         # One writer at a time: rows become visible in seq order, no holes to wait out.
         self._ordered = ordered
+        self._indexed_by_root = indexed_by_root
 
     # -- writers ------------------------------------------------------------------------------
     def committed(self) -> None:
@@ -89,32 +100,49 @@ class ChangeFeed:
         with self._store.reading() as unit:
             return list(unit.read_changes(after, upto, root_id, limit))
 
+    def transitions(self, root_id: str | None = None, after: int = 0) -> tuple[list[Transition], int]:
+        """The state transitions recorded (notes left out) after seq ``after`` (of one root when
+        given), in seq order, and the last seq read (to pass as ``after`` next time) -- for the invariant checker.
+
+        Call it once the writers are quiet: on a server database a write still committing may take
+        a seq below one already read.
+        """
+        upto = self.last_seq()
+        found: list[Transition] = []
+        while after < upto:
+            batch = self.read(after, upto, root_id)
+            if not batch:
+                break
+            # A note (from_state == to_state) is no transition (see the module docstring).
+            found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch if c.from_state != c.to_state]
+            after = batch[-1].seq
+        return found, upto
+
     def changes(
         self, root_id: str | None = None, after: int = 0, timeout: float | None = None
     ) -> Iterator[StateChange]:
         """Changes with seq > ``after``, blocking for new ones until ``timeout`` seconds have
         passed since the call (None: forever); then the iterator ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        cursor = after  # every seq up to here is yielded or given up
-        if root_id is not None:
-            cursor = max(cursor, self._history_start(root_id, after))
-        seen: dict[int, float] = {}  # seqs above the cursor already yielded -> when first read
-        covered: list[tuple[int, float]] = []  # (seq every read up to it, when first read so)
+        start = after
+        if root_id is not None and not self._indexed_by_root:
+            start = max(start, self._history_start(root_id, after))
+        # Every seq up to cursor.position is yielded or given up (culm.core.feed_cursor).
+        cursor = FeedCursor(start, ordered=self._ordered, contiguous=root_id is None, settle=SETTLE)
         idle = 0
         while True:
             generation = self._generation
             last = self.last_seq()
-            rows = self.read(cursor, last, root_id) if last > cursor else []
+            rows = self.read(cursor.position, last, root_id) if last > cursor.position else []
             at = time.monotonic()
             fresh = 0
             for change in rows:
-                if change.seq not in seen:
-                    seen[change.seq] = at
+                if cursor.first_sight(change.seq, at):
                     fresh += 1
-                    yield change
+                    if change.from_state != change.to_state:  # a note is for the state trees only
+                        yield change
             full = len(rows) >= BATCH
-            covered.append((rows[-1].seq if full else last, at))
-            cursor = self._advance(cursor, seen, covered, at, contiguous=root_id is None)
+            cursor.read_upto(rows[-1].seq if full else last, at)
             if full and fresh:
                 continue  # more are waiting
             idle = 0 if fresh else idle + 1
@@ -122,33 +150,13 @@ class ChangeFeed:
             if remaining is not None and remaining <= 0:
                 return
             pause = min(POLL_MAX, POLL_MIN * (2 ** min(idle, 10)))
-            if not self._ordered and seen:
+            if cursor.unsettled:
                 pause = min(pause, SETTLE / 4)  # come back to move the cursor past settled seqs
             self._sleep(generation, pause if remaining is None else min(pause, remaining))
 
-    def _advance(
-        self, cursor: int, seen: dict[int, float], covered: list[tuple[int, float]], at: float, *, contiguous: bool
-    ) -> int:
-        """Move the cursor past the seqs below which no change can still appear."""
-        if self._ordered:  # what a read did not see below its upper bound will never be there
-            cursor = max(cursor, covered[-1][0])
-            covered.clear()
-            seen.clear()
-            return cursor
-        # A seq read SETTLE ago: a hole below it is a rolled-back write, not a late commit.
-        settled = [s for s, first in [*seen.items(), *covered] if at - first >= SETTLE]
-        if settled:
-            cursor = max(cursor, *settled)
-        if contiguous:  # every seq is ours to see: a run without holes needs no waiting
-            while cursor + 1 in seen:
-                cursor += 1
-        for s in [s for s in seen if s <= cursor]:
-            del seen[s]
-        covered[:] = [(s, first) for s, first in covered if s > cursor]
-        return cursor
-
     def _history_start(self, root_id: str, after: int) -> int:
-        """A seq below the first change of ``root_id``: found by time when that skips many rows."""
+        """A seq below the first change of ``root_id``: found by time when that skips many rows
+        (a store without an index by root would otherwise read every change since ``after``)."""
         last = self.last_seq()
         if last - after <= FAR_BEHIND:
             return after

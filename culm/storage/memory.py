@@ -36,6 +36,7 @@ from culm.core.records import (
     ContextValue,
     HistoryRecord,
     PipelineQuery,
+    ProcessPosition,
     ProcessRecord,
     ScheduleRecord,
     StateChange,
@@ -90,9 +91,12 @@ class MemoryUnit(TransactionView):
     """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
 
     dialect = "memory"
-    reads_ahead = False  # nothing to gain: every read is a dict lookup
-    reads_tasks_ahead = False  # (the same for a batch's tasks)
     feed_ordered = True  # one transaction at a time: seqs become visible in order
+
+    @property
+    def prefetch(self) -> None:
+        """Nothing to read ahead: every read is a dict lookup."""
+        return None
 
     # -- plumbing the core calls --------------------------------------------------------------
     def flush(self, *, commit: bool = False) -> None:
@@ -117,7 +121,7 @@ class MemoryUnit(TransactionView):
         return seqs[0] if seqs else None
 
     def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        return [(c.root_id, c.node_id) for c in self._db.feed.between(after, upto)]
+        return list(dict.fromkeys((c.root_id, c.node_id) for c in self._db.feed.between(after, upto)))
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
         rows = self._db.feed.between(after, upto)
@@ -210,9 +214,6 @@ class MemoryUnit(TransactionView):
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         return {i: _copy_state(st) for i in node_ids if (st := self._get("state", i)) is not None}
 
-    def prefetch_states(self, node_ids: Iterable[str]) -> None:
-        """Nothing to read ahead."""
-
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
 
@@ -241,8 +242,11 @@ class MemoryUnit(TransactionView):
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
+        # Each row it changes goes to the change feed as a note, as on SQL stores.
         for node_id, st in self._where("state", "parent", parent_id):
-            self._put("state", node_id, _changed(st, _copy_state, {"inner_loop": 0}))
+            if st.inner_loop != 0:
+                self._put("state", node_id, _changed(st, _copy_state, {"inner_loop": 0}))
+                self.record_change(st.root_id, node_id, st.name, st.name, st.version, st.loop)
 
     # -- processes ------------------------------------------------------------------------------
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
@@ -277,6 +281,10 @@ class MemoryUnit(TransactionView):
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]
+
+    def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
+        return [ProcessPosition(p.id, p.parent_id, p.current_node_id, p.destination_id, p.suspended_by, p.ack_num,
+                                p.need_ack) for _, p in self._where("process", "root", root_id) if not p.dead]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "suspended_by", by) if p.suspended and not p.dead]
@@ -335,12 +343,6 @@ class MemoryUnit(TransactionView):
             if not (held and live and row.owner == owner):
                 self._set_task(task_id, row, owner=owner, claimed_until=until)
         return _copy_task(row.rec), self.get_process(row.rec.process_id)
-
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
-        """Nothing to read ahead: each task_with_process is a lookup."""
-
-    def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
-        return []
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         return [_copy_task(t.rec) for _, t in self._where("task", "root", root_id) if t.rec.kind == kind]
@@ -441,9 +443,6 @@ class MemoryUnit(TransactionView):
         old = self._get("execution_data", node_id)
         text = codec.dumps(outputs)
         self._put("execution_data", node_id, (old[0] if old else codec.dumps({}), text))
-
-    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
-        """Nothing to read ahead."""
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
         if keys is None:

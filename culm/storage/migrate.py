@@ -27,7 +27,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # a database already at it needs no Alembic: importing Alembic (with Mako and Pygments) would add
 # ~110 modules and ~30,000 objects to every process that opens a store, and every full garbage
 # collection in it would walk them.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Config:
@@ -138,5 +138,12 @@ def _is_known(version: str | None) -> bool:
         return False
 
 
+# The drivers culm picks for a bare ``postgresql://`` or ``mysql://`` URL (normalise_url), left out of
+# the URL shown to the user: the hint ``culm db upgrade --db URL`` shows the URL as they wrote it.
+_DEFAULT_DRIVERS = {"postgresql+psycopg": "postgresql", "mysql+pymysql": "mysql"}
+
+
 def _display_url(store: SqlStore) -> str:
-    return store.engine.url.render_as_string(hide_password=True)
+    url = store.engine.url
+    bare = _DEFAULT_DRIVERS.get(url.drivername)
+    return (url.set(drivername=bare) if bare else url).render_as_string(hide_password=True)

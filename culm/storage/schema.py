@@ -214,6 +214,8 @@ change = Table(
     Column("version", String(ID), nullable=False),
     Column("loop", Integer, nullable=False),
     Column("time", Double, nullable=False),
+    # One pipeline's changes in seq order (migration 0006): a watcher reads only its own rows.
+    Index("ix_culm_change_root_seq", "root_id", "seq"),
 )
 
 # API tokens of `culm serve` (culm.web): only a salted scrypt hash of each secret is kept.

@@ -1,7 +1,7 @@
 """``culm serve``: the REST API, its tokens and roles, live updates and the web console.
 
 Everything here goes through the public API (:mod:`culm.api`, :class:`culm.Runtime` and its change
-feed); tokens keep their own table. Needs the ``web`` extra (FastAPI, uvicorn, prometheus-client)
+feed); tokens keep their own table, reached through ``Runtime.token_table()``. Needs the ``web`` extra (FastAPI, uvicorn, prometheus-client)
 for :func:`create_app`; the tokens and the worker's metrics endpoint do not.
 """
 

@@ -14,7 +14,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from culm.errors import InvalidOperationError
 from culm.web import auth, live, metrics, routes_control, routes_read
 from culm.web.problems import ProblemError, problem, responses
 from culm.web.tokens import TokenStore
@@ -96,10 +95,12 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         auth_enabled: False only for ``culm serve --no-auth`` on a loopback address.
         max_body: largest accepted request body in bytes.
         tokens: the token store (default: the runtime's database).
+
+    Raises:
+        InvalidOperationError: ``runtime`` keeps its data in memory; tokens and metrics need a database.
     """
-    if getattr(runtime.store, "engine", None) is None:  # tokens and metrics are SQL tables and queries
-        raise InvalidOperationError(f"the service needs a database (its tokens and metrics live there); {runtime!r} "
-                                    "keeps its data in memory")
+    table = runtime.token_table()  # refuses a memory:// runtime: tokens and metrics live in the database
+    tokens = tokens or TokenStore(table)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -112,7 +113,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
                   openapi_url="/api/openapi.json",
                   description="REST API of the culm workflow engine. Send `Authorization: Bearer <token>`.")
     app.state.runtime = runtime
-    app.state.tokens = tokens or TokenStore(runtime.store.engine)
+    app.state.tokens = tokens
     app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled)
     app.state.hub = live.ChangeHub(runtime)
     app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)
@@ -149,14 +150,61 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        items = [{"field": ".".join(str(p) for p in e.get("loc", ())), "message": e.get("msg", "")}
-                 for e in exc.errors()]
-        detail = "; ".join(f"{i['field']}: {i['message']}" for i in items) or "invalid request"
+        # The framework reads and checks the body before the endpoint's dependencies run: without
+        # this, a client with no token would hear about its body (422) instead of a 401.
+        try:
+            await request.app.state.auth.identify(request)
+        except auth.AuthError as refused:
+            return problem(refused.status, refused.detail)
+        content_type = request.headers.get("content-type", "")
+        items = [{"field": _field(e), "message": _message(e, exc.body, content_type)} for e in exc.errors()]
+        detail = "; ".join(i["message"] if i["field"] == "body" else f"{i['field']}: {i['message']}"
+                           for i in items) or "invalid request"
         return problem(422, detail, items)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 400 and exc.__cause__ is not None:  # the framework could not read the body
+            try:  # and did so before the endpoint's token check
+                await request.app.state.auth.identify(request)
+            except auth.AuthError as refused:
+                return problem(refused.status, refused.detail)
+            if isinstance(exc.__cause__, RecursionError):
+                return problem(400, "the request body nests arrays or objects too deeply to be read "
+                                    "(JSON values are refused past about 1,000 levels; culm keeps at most 100)")
+            return problem(400, f"the request body could not be read: {type(exc.__cause__).__name__}")
         return problem(exc.status_code, str(exc.detail))
+
+
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _field(error: dict[str, Any]) -> str:
+    """``body.tree``, ``query.limit``; ``body`` for JSON that does not parse (its message gives the place)."""
+    loc = error.get("loc", ())
+    return "body" if error.get("type") == "json_invalid" else ".".join(str(part) for part in loc)
+
+
+def _message(error: dict[str, Any], body: Any, content_type: str) -> str:
+    """What is wrong with the request, for a person: the framework's own words ("JSON decode
+    error", "Field required") do not say where in the body, or that the body is empty."""
+    loc, kind, text = tuple(error.get("loc", ())), error.get("type", ""), str(error.get("msg", ""))
+    if kind == "json_invalid":
+        position = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else 0
+        doc = body if isinstance(body, str) else ""
+        line = doc.count("\n", 0, position) + 1
+        column = position - (doc.rfind("\n", 0, position) + 1) + 1
+        return (f"the request body is not valid JSON: {(error.get('ctx') or {}).get('error', text)} "
+                f"at line {line}, column {column} (character {position})")
+    if loc == ("body",):
+        if "json" not in content_type.lower():
+            return f"send the body as JSON with Content-Type: application/json (got {content_type or 'none'!r})"
+        if kind == "missing":
+            return "the request body is empty: send a JSON object"
+        return f"the request body must be a JSON object, not {_JSON_KINDS.get(type(error.get('input')), 'that')}"
+    got = _JSON_KINDS.get(type(error.get("input")))
+    return f"{text}, not {got}" if got and kind.endswith("_type") else text
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

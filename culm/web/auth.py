@@ -8,6 +8,7 @@ page on another site cannot make a browser act with it (no CSRF surface).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -80,6 +81,7 @@ class Authenticator:
 
     async def identify(self, request: Request) -> TokenInfo:
         if not self.enabled:
+            _only_from_this_machine(request)
             return NO_AUTH
         client = request.client.host if request.client else "unknown"
         header = request.headers.get("authorization", "")
@@ -107,6 +109,41 @@ class Authenticator:
         if not info.allows(role):
             raise AuthError(403, f"this needs the {role} role; the token has the {info.role} role")
         return info
+
+
+def _loopback_host(netloc: str) -> bool:
+    """Whether ``host[:port]`` (a Host header, an Origin's address) names this machine."""
+    host = netloc.lower()
+    if host.startswith("["):  # [::1]:8765
+        host = host[1 : host.find("]")]
+    elif host.count(":") == 1:  # an IPv6 address without brackets has several
+        host = host.partition(":")[0]
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a DNS name: it may point at 127.0.0.1 today and elsewhere tomorrow
+        return False
+
+
+def _only_from_this_machine(request: Request) -> None:
+    """Without tokens (``culm serve --no-auth``), refuse what a web page elsewhere can send.
+
+    A page on any site the operator visits may post a form to http://127.0.0.1:8765/... (a
+    revoke needs no body), and a DNS name that points at 127.0.0.1 makes even its scripts
+    same-origin. A browser names the page's origin in ``Origin`` and the name it used in
+    ``Host``: both must be this machine (the console's own requests are).
+
+    Raises:
+        AuthError: 403 naming the header.
+    """
+    host = request.headers.get("host", "")
+    if host and not _loopback_host(host):
+        raise AuthError(403, f"without tokens (--no-auth) only requests to a loopback name are served, not {host[:80]!r}")
+    origin = request.headers.get("origin")
+    if origin is not None and not _loopback_host(origin.partition("://")[2].rstrip("/")):
+        raise AuthError(403, f"without tokens (--no-auth) only pages served from this machine may call the API, "
+                             f"not {origin[:80]!r}")
 
 
 def _require(role: str) -> Callable[[Request], Awaitable[TokenInfo]]:

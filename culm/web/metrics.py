@@ -22,11 +22,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
 
 from culm import signals
 from culm.core import observe
-from culm.storage import schema as s
 
 HOST = socket.gethostname()
 BUCKETS = tuple(float(b) for b in os.environ.get(
@@ -106,21 +104,15 @@ class DatabaseCollector(Collector):
         self.hub = hub
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        t, p, sch = s.task, s.process, s.schedule
         now = time.time()
-        with self.runtime.store.engine.connect() as conn:
-            depth = conn.execute(select(func.count()).select_from(t).where(t.c.due <= now)).scalar_one()
-            oldest = conn.execute(select(func.min(t.c.due)).where(t.c.published.is_(False),
-                                                                   t.c.due <= now)).scalar_one()
-            running = conn.execute(select(func.count()).select_from(p).where(
-                p.c.dead.is_(False), p.c.asleep.is_(False), p.c.suspended.is_(False))).scalar_one()
-            schedules = conn.execute(select(func.count()).select_from(sch).where(
-                sch.c.finished.is_(False), sch.c.expired.is_(False))).scalar_one()
-        yield _gauge("culm_queue_depth", "Tasks due and not yet done", depth)
+        work = self.runtime.work_gauges()
+        yield _gauge("culm_queue_depth", "Tasks due and not yet done", work.queued_tasks)
+        oldest = work.oldest_unpublished_due
         lag = max(0.0, now - oldest) if oldest is not None and not self.runtime.embedded else 0.0
         yield _gauge("culm_outbox_lag_seconds", "Age of the oldest due task not yet published to the broker", lag)
-        yield _gauge("engine_running_processes", "Processes walking a pipeline now", running)
-        yield _gauge("engine_running_schedules", "Schedules (polls, callback waits) not yet finished", schedules)
+        yield _gauge("engine_running_processes", "Processes walking a pipeline now", work.running_processes)
+        yield _gauge("engine_running_schedules", "Schedules (polls, callback waits) not yet finished",
+                     work.open_schedules)
         if self.hub is not None:
             yield _gauge("culm_web_sse_clients", "Clients following live changes", self.hub.subscribers)
 

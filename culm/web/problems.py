@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Any
 
-from fastapi import HTTPException
+from fastapi import HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from culm.errors import CulmError, InvalidOperationError, NotFoundError, TreeInvalidError
+from culm.model.limits import duplicate_key
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -34,10 +37,41 @@ def _default(value: Any) -> Any:
 
 
 class FastJSON(JSONResponse):
-    """JSON without FastAPI's per-value encoder pass (a 1,000-node state tree is large); times as ISO 8601."""
+    """JSON without FastAPI's per-value encoder pass (a 1,000-node state tree is large); times as ISO 8601.
+
+    A NaN or an infinity (a component's output, a tree's input) is sent as the string ``"NaN"``,
+    ``"Infinity"`` or ``"-Infinity"``: Python writes them as bare ``NaN``, which is not JSON, and a
+    browser's ``JSON.parse`` then refuses the whole answer (the console could not show the node).
+    """
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, default=_default, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            text = json.dumps(content, default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # rare: only then is the content walked
+            text = json.dumps(_finite(content), default=_default, ensure_ascii=False, separators=(",", ":"))
+        return text.encode()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float replaced by its name (iterative: data may be deep)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else ("NaN" if value != value else "Infinity" if value > 0 else "-Infinity")
+    if not isinstance(value, dict | list | tuple):
+        return value
+    root: list[Any] = [value]
+    stack: list[tuple[Any, Any]] = [(root, 0)]  # (container to fill, key or index in it)
+    while stack:
+        parent, key = stack.pop()
+        item = parent[key]
+        if isinstance(item, float) and not math.isfinite(item):
+            parent[key] = _finite(item)
+        elif isinstance(item, dict):
+            fields = parent[key] = dict(item)
+            stack.extend((fields, k) for k in fields)
+        elif isinstance(item, list | tuple):
+            items = parent[key] = list(item)
+            stack.extend((items, i) for i in range(len(items)))
+    return root[0]
 
 
 class ProblemError(HTTPException):
@@ -93,3 +127,18 @@ def unwrap(result: Any) -> Any:
 def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": Problem, "description": _TITLES.get(code, "Error"),
                    "content": {PROBLEM_TYPE: {}}} for code in codes}
+
+
+async def unique_keys(request: Request) -> None:
+    """Refuse (422) a JSON body with one key twice in an object: the JSON parser keeps the last
+    without a word, so a tree with two activities or flows under one id would quietly lose one.
+
+    Raises:
+        ProblemError: naming the key.
+    """
+    body = await request.body()
+    if body:
+        key = await run_in_threadpool(duplicate_key, body)  # a 4 MiB body takes a moment
+        if key is not None:
+            raise ProblemError(422, f"the request body has the key {key[:80]!r} twice in one object (JSON would "
+                                    "keep only the last; ids and keys must be unique)")

@@ -9,12 +9,13 @@ from pydantic import BaseModel, Field
 
 from culm import api
 from culm.web import auth
-from culm.web.problems import FastJSON, ProblemError, responses, tree_problems, unwrap
+from culm.web.problems import FastJSON, ProblemError, responses, tree_problems, unique_keys, unwrap
 from culm.web.routes_read import tree_problems_of
 from culm.web.tokens import ROLES, TokenError
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.operator)], responses=responses(401, 403))
-tokens_router = APIRouter(prefix="/api/v1/tokens", dependencies=[Depends(auth.admin)],
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(auth.operator), Depends(unique_keys)],
+                   responses=responses(401, 403))
+tokens_router = APIRouter(prefix="/api/v1/tokens", dependencies=[Depends(auth.admin), Depends(unique_keys)],
                           responses=responses(401, 403))
 
 CONTROL = responses(404, 409)
@@ -42,7 +43,8 @@ def submit(request: Request, body: SubmitBody) -> FastJSON:
     tree = with_new_ids(body.tree) if body.new_ids else body.tree
     root_id = tree.get("id")
     if not isinstance(root_id, str) or not root_id:
-        raise ProblemError(422, "the tree has no id", [{"node_id": None, "message": "the tree needs a string `id`"}])
+        what = "the tree has no id" if root_id is None else f"the tree's id must be a non-empty string, not {repr(root_id)[:40]}"
+        raise ProblemError(422, what, [{"node_id": None, "message": "the tree needs a string `id`"}])
     runtime = _rt(request)
     # This process runs the components only on an embedded runtime with workers; a broker's
     # workers import their own, so the service cannot judge the codes then.

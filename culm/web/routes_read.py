@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from culm import api
 from culm.web import auth, live
-from culm.web.problems import FastJSON, ProblemError, responses, unwrap
+from culm.web.problems import FastJSON, ProblemError, responses, unique_keys, unwrap
 from culm.web.tokens import TokenInfo
 
 # Viewer is the lowest role: any live token may read, so these answer 401 but never 403.
@@ -188,7 +188,7 @@ def tree_problems_of(tree: dict[str, Any], cycle_tolerate: bool, components: boo
 
 
 @router.post("/validate", summary="Every problem of a tree, each naming its node or flow id",
-             responses=responses(413, 422))
+             responses=responses(413, 422), dependencies=[Depends(unique_keys)])
 def validate(body: ValidateBody) -> FastJSON:
     problems = tree_problems_of(body.tree, body.cycle_tolerate)
     return FastJSON({"valid": not problems, "problems": problems})

@@ -6,6 +6,9 @@ library (OpenSSL), so no extra dependency is needed, and it is memory-hard: a st
 give the tokens away cheaply even though secrets are random. Because hashing costs milliseconds, the
 service remembers which presented tokens it already verified (by a SHA-256 of the token, in memory)
 and only re-reads the row each request, so a revocation made by another process counts at once.
+
+The rows live in the runtime's database (``Runtime.token_table()``, :mod:`culm.storage.tokens`);
+this module decides what goes into them and what a presented token is worth.
 """
 
 from __future__ import annotations
@@ -16,11 +19,9 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import insert, select, update
-
-from culm.storage import schema as s
+NAME_LENGTH = 255  # the width of culm_api_token.name
 
 ROLES = ("viewer", "operator", "admin")
 _RANK = {role: i for i, role in enumerate(ROLES)}
@@ -63,15 +64,30 @@ def _info(row: Any) -> TokenInfo:
     return TokenInfo(row.id, row.role, row.name, row.created_time, row.revoked_time, row.last_used_time)
 
 
+class TokenTable(Protocol):
+    """What tokens need of their table (``Runtime.token_table()`` gives one). Its rows have the
+    fields of a :class:`TokenInfo` plus ``salt`` and ``secret_hash``."""
+
+    def add(self, token_id: str, role: str, name: str, salt: str, secret_hash: str, created_time: float) -> None: ...
+
+    def revoke(self, token_id: str, now: float) -> tuple[Any | None, bool]: ...
+
+    def all(self) -> list[Any]: ...
+
+    def get(self, token_id: str) -> Any | None: ...
+
+    def note_use(self, token_id: str, now: float) -> None: ...
+
+
 class TokenStore:
     """Tokens in the ``culm_api_token`` table of a runtime's database.
 
     Args:
-        engine: the SQLAlchemy engine of the runtime's store.
+        table: the token rows, ``runtime.token_table()``.
     """
 
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
+    def __init__(self, table: TokenTable) -> None:
+        self.table = table
         self._verified: dict[bytes, str] = {}
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -80,18 +96,18 @@ class TokenStore:
         """Store a new token; returns its text (shown once, never stored) and its record.
 
         Raises:
-            TokenError: ``role`` is not one of viewer, operator, admin.
+            TokenError: ``role`` is not one of viewer, operator, admin, or ``name`` is too long to
+                store (PostgreSQL and MySQL would refuse it, SQLite keep it).
         """
         if role not in _RANK:
             raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        if len(name) > NAME_LENGTH:
+            raise TokenError(f"the name is {len(name)} characters long; at most {NAME_LENGTH} are stored")
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)
         now = time.time()
-        with self.engine.begin() as conn:
-            conn.execute(insert(s.api_token).values(
-                id=token_id, role=role, name=name, salt=salt.hex(), secret_hash=_hash(secret, salt),
-                created_time=now, revoked_time=None, last_used_time=None))
+        self.table.add(token_id, role, name, salt.hex(), _hash(secret, salt), now)
         return f"{PREFIX}{token_id}_{secret}", TokenInfo(token_id, role, name, now, None, None)
 
     def revoke(self, token_id: str) -> TokenInfo:
@@ -100,29 +116,23 @@ class TokenStore:
         Raises:
             TokenError: no token has this id, or it is already revoked.
         """
-        with self.engine.begin() as conn:
-            done = conn.execute(update(s.api_token).where(s.api_token.c.id == token_id,
-                                                          s.api_token.c.revoked_time.is_(None))
-                                .values(revoked_time=time.time()))
-            row = conn.execute(select(s.api_token).where(s.api_token.c.id == token_id)).first()
+        row, done = self.table.revoke(token_id, time.time())
         if row is None:
             raise TokenError(f"no token with id {token_id!r}")
-        if done.rowcount == 0:
+        if not done:
             raise TokenError(f"token {token_id} is already revoked")
         return _info(row)
 
     def list(self) -> list[TokenInfo]:
         """Every token, revoked ones included, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(s.api_token).order_by(s.api_token.c.created_time)).fetchall()
-        return [_info(r) for r in rows]
+        return [_info(r) for r in self.table.all()]
 
     def check(self, token: str) -> TokenInfo | None:
         """The live (not revoked) token that ``token`` is, or None."""
         digest = hashlib.sha256(token.encode()).digest()
         token_id = self._verified.get(digest)
         if token_id is not None:
-            row = self._row(token_id)
+            row = self.table.get(token_id)
             if row is None or row.revoked_time is not None:
                 return None
             self._note_use(row.id)
@@ -130,7 +140,7 @@ class TokenStore:
         parts = token.split("_", 2) if token.startswith(PREFIX) else []
         if len(parts) != 3 or len(token) > 200:
             return None
-        row = self._row(parts[1])
+        row = self.table.get(parts[1])
         if row is None or row.revoked_time is not None:
             return None
         if not hmac.compare_digest(_hash(parts[2], bytes.fromhex(row.salt)), row.secret_hash):
@@ -150,9 +160,4 @@ class TokenStore:
             if now - self._used.get(token_id, 0.0) < USE_RECORD_SECONDS:
                 return
             self._used[token_id] = now
-        with self.engine.begin() as conn:
-            conn.execute(update(s.api_token).where(s.api_token.c.id == token_id).values(last_used_time=now))
-
-    def _row(self, token_id: str) -> Any:
-        with self.engine.connect() as conn:
-            return conn.execute(select(s.api_token).where(s.api_token.c.id == token_id)).first()
+        self.table.note_use(token_id, now)

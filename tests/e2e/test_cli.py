@@ -185,10 +185,25 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         ("{not json", ["run", "broken.json"], "invalid JSON"),
         ("[1, 2]", ["run", "broken.json"], "must be an object"),
         ("{}", ["run", "broken.json", "--data", "[1]"], "--data must be a JSON object"),
+        # JSON keeps the last of two equal keys: the first flow or activity was silently dropped
+        ('{"id": "p", "flows": {"f1": {}, "f1": {}}}', ["validate", "broken.json"],
+         "broken.json: key 'f1' appears twice in one object"),
+        ("{}", ["run", "broken.json", "--data", '{"a": 1, "a": 2}'], "--data: key 'a' appears twice"),
+        ("[" * 100_000 + "]" * 100_000, ["validate", "broken.json"], "broken.json: arrays or objects nested too deeply"),
+        (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "[" * 5_000 + "]" * 5_000],
+         "arrays or objects nested too deeply"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
+        (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
         (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
+        (None, ["status", ""], "argument ID: expected an id, not ''"),  # was exit 5, "refused"
+        (None, ["retry", " "], "argument NODE: expected an id, not ' '"),
+        (None, ["list", "--since", "99999999999d"], "--since '99999999999d': further back than dates go"),
+        # a negative or NaN timeout ended the wait at once (leaving the run behind) or never
+        (None, ["run", "x.json", "--timeout", "-1"], "--timeout: expected a number of seconds, 0 or more, not '-1'"),
+        (None, ["run", "x.json", "--timeout", "nan"], "--timeout: expected a number of seconds, 0 or more, not 'nan'"),
+        (None, ["watch", "p1", "--interval", "0"], "--interval: expected a number of seconds above 0"),
     ],
 )
 def test_user_mistakes_give_one_line_and_exit_2(tmp_path: Path, setup: str | None, args: list[str],
@@ -250,6 +265,10 @@ def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Pa
         (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
         (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
         (["list", "--bogus", "1"], "usage: culm list ", "culm list: error: unrecognized arguments: --bogus 1"),
+        # never abbreviated: a typo is an error, not silently another flag
+        (["list", "--lim", "3"], "usage: culm list ", "unrecognized arguments: --lim 3; did you mean '--limit'?"),
+        (["status", "--js", "x"], "usage: culm status ", "unrecognized arguments: --js; did you mean '--json'?"),
+        (["worker", "--concurr", "1"], "usage: culm worker ", "unrecognized arguments: --concurr 1"),
     ],
 )
 def test_a_mistyped_command_or_flag_names_it_with_the_commands_usage(tmp_path: Path, args: list[str], usage: str,
@@ -319,3 +338,39 @@ def test_a_database_url_of_another_kind_is_one_line_and_exit_4(tmp_path: Path, a
     assert out.stderr == ("error: cannot use the database URL 'postgress://culm:***@db/culm': culm keeps its data in "
                           "SQLite, PostgreSQL or MySQL/MariaDB, not 'postgress' (examples: sqlite:///culm.db, "
                           "postgresql://user@host/db, mysql://user@host/db)\n")
+
+
+def test_the_worker_imports_a_module_file_named_in_culm_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`culm run` takes a MODULE.py from $CULM_IMPORTS; run_worker, which reads it again, used to
+    `import_module("comp.py")` and stop the worker with ModuleNotFoundError."""
+    from culm.components import library
+    from culm.dispatch.celery import import_components
+
+    path = tmp_path / "cli_worker_file_comp.py"
+    path.write_text(FAILING_COMPONENT.replace("cli_test_exploding", "cli_worker_file_comp") + "RUNS = [1]\n")
+    monkeypatch.setenv("CULM_IMPORTS", str(path))
+    try:
+        assert import_components([]) == [str(path)]
+        assert library.has("cli_worker_file_comp")
+        module = sys.modules["cli_worker_file_comp"]
+        import_components([])  # loaded already (`culm worker` imports it first): not run again
+        assert sys.modules["cli_worker_file_comp"] is module and module.RUNS == [1]
+    finally:
+        sys.modules.pop("cli_worker_file_comp", None)
+        library.unregister("cli_worker_file_comp")
+
+
+def test_culm_workers_says_what_its_threads_are(tmp_path: Path) -> None:
+    """`culm worker --concurrency 1 --pool threads` showed as "8 threads": the user-code threads of
+    each process ($CULM_WORKER_THREADS), which --concurrency does not set; the line says so."""
+    from culm.storage import SqlStore, SqlWorkerRegistry
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'cli.db'}")
+    try:
+        SqlWorkerRegistry(store).register("host:1:abc", 8, "culm")
+    finally:
+        store.dispose()
+    out = culm(tmp_path, "workers", "--dead-after", "3600")
+    assert out.returncode == 0, out.stderr
+    assert "alive" in out.stdout and ", 8 user-code threads, prefix culm" in out.stdout, out.stdout
+    assert "$CULM_WORKER_THREADS" in culm(tmp_path, "worker", "--help").stdout

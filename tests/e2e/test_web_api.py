@@ -69,6 +69,13 @@ def test_nothing_is_visible_without_a_token(served: Any) -> None:  # noqa: F811
             assert res.headers["content-type"].startswith("application/problem+json")
             assert "bearer token" in res.json()["detail"]
         assert anon.get("/").status_code == 200  # the sign-in page itself
+        # a body or a query the framework refuses before any endpoint runs: still 401, not 422
+        for path in ("/api/v1/pipelines", "/api/v1/validate", "/api/v1/nodes/x/callback"):
+            res = anon.post(path, content=b"{bad", headers={"Content-Type": "application/json"})
+            assert res.status_code == 401, (path, res.text)
+        assert anon.get("/api/v1/pipelines", params={"limit": 0}).status_code == 401
+        deep = b"[" * 5_000 + b"]" * 5_000  # the framework's JSON parser gives up: also 401 first
+        assert anon.post("/api/v1/pipelines", content=deep, headers={"Content-Type": "application/json"}).status_code == 401
 
 
 def test_a_revoked_or_unknown_token_is_refused(served: Any) -> None:  # noqa: F811
@@ -185,16 +192,72 @@ def test_an_invalid_tree_is_refused_naming_its_nodes_and_nothing_is_stored(serve
     assert admin.post("/api/v1/validate", json={"tree": divide_tree(1)}).json() == {"valid": True, "problems": []}
 
 
-@pytest.mark.parametrize("body", [b"{not json", b'{"tree": 3}', b'{"tree": {"id": 5}}', b"[]"])
-def test_malformed_bodies_get_a_clear_422(served: Any, admin: httpx.Client, body: bytes) -> None:  # noqa: F811
+@pytest.mark.parametrize(("body", "detail"), [
+    (b"{not json", "not valid JSON: Expecting property name enclosed in double quotes at line 1, column 2 (character 1)"),
+    (b'{"tree": {},\n}', "not valid JSON: Expecting property name enclosed in double quotes at line 2, column 1"),
+    (b"", "the request body is empty: send a JSON object"),
+    (b"[]", "the request body must be a JSON object, not an array"),
+    (b'{"tree": 3}', "body.tree: Input should be a valid dictionary, not a number"),
+    (b'{"tree": {"id": 5}}', "the tree's id must be a non-empty string, not 5"),
+])
+def test_malformed_bodies_get_a_clear_422(served: Any, admin: httpx.Client, body: bytes, detail: str) -> None:  # noqa: F811
     before = admin.get("/api/v1/pipelines").json()["total"]
     res = admin.post("/api/v1/pipelines", content=body, headers={"Content-Type": "application/json"})
     assert res.status_code == 422, res.text
-    assert res.json()["detail"]
+    assert detail in res.json()["detail"], res.text
     checked = admin.post("/api/v1/validate", content=body, headers={"Content-Type": "application/json"})
     # a tree that is a dict is reported on (valid: false, each problem); anything else is refused
     assert checked.status_code == 422 or (checked.status_code == 200 and checked.json()["valid"] is False)
     assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
+def test_a_body_nested_too_deeply_to_parse_says_so(admin: httpx.Client) -> None:
+    deep = b'{"tree": ' + b"[" * 5_000 + b"]" * 5_000 + b"}"
+    res = admin.post("/api/v1/pipelines", content=deep, headers={"Content-Type": "application/json"})
+    assert res.status_code == 400
+    assert res.json()["detail"].startswith("the request body nests arrays or objects too deeply to be read")
+
+
+def test_a_key_twice_in_one_object_is_refused_naming_it(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    """JSON parsers keep the last of two equal keys: a second flow under one id silently replaced
+    the first, and the tree ran without it."""
+    tree = divide_tree(1)
+    flow = next(iter(tree["flows"]))
+    text = json.dumps({"tree": tree}).replace('"flows": {', f'"flows": {{"{flow}": {{"id": "{flow}"}}, ', 1)
+    before = admin.get("/api/v1/pipelines").json()["total"]
+    for path in ("/api/v1/pipelines", "/api/v1/validate"):
+        res = admin.post(path, content=text, headers={"Content-Type": "application/json"})
+        assert res.status_code == 422, res.text
+        assert f"the request body has the key '{flow}' twice in one object" in res.json()["detail"]
+    assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
+def test_a_body_that_is_not_sent_as_json_says_so(admin: httpx.Client) -> None:
+    res = admin.post("/api/v1/pipelines", content=b'{"tree": {}}', headers={"Content-Type": "text/plain"})
+    assert res.status_code == 422
+    assert res.json()["detail"] == "send the body as JSON with Content-Type: application/json (got 'text/plain')"
+
+
+def test_nan_and_infinities_in_data_are_answered_as_strict_json(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    """Python writes NaN as a bare `NaN`, which a browser's JSON.parse refuses: the console could
+    not show such a node, nor the pipeline's tree."""
+
+    def strict(res: httpx.Response) -> Any:
+        assert res.status_code == 200, res.text
+        return json.loads(res.text, parse_constant=lambda name: pytest.fail(f"{name} in {res.request.url}"))
+
+    tree = divide_tree(0)
+    act = node_id(tree, "divide")
+    tree["activities"][act]["component"]["inputs"]["divisor"]["value"] = float("nan")
+    sent = admin.post("/api/v1/pipelines", content=json.dumps({"tree": tree}),  # httpx's json= refuses NaN
+                      headers={"Content-Type": "application/json"})
+    assert sent.status_code == 201, sent.text
+    root = tree["id"]
+    served.wait_state(root, "FINISHED")
+    assert strict(admin.get(f"/api/v1/nodes/{act}/execution-data"))["outputs"]["result"] == "NaN"
+    assert strict(admin.get(f"/api/v1/nodes/{act}"))["execution_data"]["inputs"]["divisor"] == "NaN"
+    assert strict(admin.get(f"/api/v1/pipelines/{root}/tree"))["activities"][act]["component"]["inputs"]["divisor"][
+        "value"] == "NaN"
 
 
 def test_oversized_bodies_are_refused_with_413_and_nothing_stored(served: Any, admin: httpx.Client) -> None:  # noqa: F811

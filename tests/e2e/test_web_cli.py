@@ -44,6 +44,9 @@ def test_token_create_list_revoke(tmp_path: Path) -> None:
     assert unknown.returncode == 3 and "no token" in unknown.stderr
     bad_role = culm(tmp_path, "token", "create", "--role", "root")
     assert bad_role.returncode == 2 and "invalid choice" in bad_role.stderr
+    # SQLite kept it, PostgreSQL said "cannot use the database ... value too long"
+    long_name = culm(tmp_path, "token", "create", "--role", "viewer", "--name", "n" * 256)
+    assert long_name.returncode == 2 and "error: the name is 256 characters long; at most 255" in long_name.stderr
 
 
 def test_no_auth_serves_only_loopback(tmp_path: Path) -> None:
@@ -121,6 +124,14 @@ def test_serve_no_auth_on_loopback_needs_no_token(tmp_path: Path) -> None:
     try:
         res = httpx.get(url + "/api/v1/me", timeout=10)
         assert res.status_code == 200 and res.json()["role"] == "admin"
+        # Any web page the operator visits could post a form here (a revoke needs no body), or reach
+        # it through a DNS name pointing at 127.0.0.1: without tokens, only this machine's pages.
+        revoke = url + "/api/v1/pipelines/p1/revoke"
+        assert httpx.post(revoke, headers={"Origin": url}, timeout=10).status_code == 404  # the console's own
+        for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Host": "evil.example:80"}):
+            res = httpx.post(revoke, headers=headers, timeout=10)
+            assert res.status_code == 403 and "--no-auth" in res.json()["detail"], (headers, res.text)
+        assert httpx.get(url + "/api/v1/me", headers={"Host": "rebound.example"}, timeout=10).status_code == 403
     finally:
         out = _stop(proc)
     assert "no authentication (loopback only)" in out

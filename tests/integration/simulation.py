@@ -34,7 +34,7 @@ import sqlite3
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,23 +46,22 @@ import components  # noqa: F401 - registers the t_* components
 from storm_ops import Storm, fire, operate
 
 import culm
-from culm.core import records, scheduling, walker
+from culm.core import loop, records
 from culm.core.engine import Engine, Settings
 from culm.core.invariants import Violation, check, check_transitions
-from culm.core.outcomes import Invoke
+from culm.core.loop import UserCall
 from culm.core.records import EXECUTE, TaskRecord
+from culm.core.snapshots import read_snapshot, read_snapshots
 from culm.dispatch.inline import InlineDispatcher
 from culm.model import builder
 from culm.storage import migrate
 from culm.storage.memory import MemoryStore
-from culm.storage.snapshot import read_snapshot, read_snapshots, read_transitions
 from culm.storage.sql import SqlStore
 
 # Simulated backends: the memory store, or SQLite in memory (slower; the original).
 BACKENDS = {"memory": "memory://", "sqlite": "sqlite:///:memory:"}
 LEASE_SECONDS = 30.0
 START_CLOCK = 1_700_000_000.0
-_NO_RESULT = object()
 
 
 class Crash(Exception):
@@ -74,20 +73,14 @@ class SimulationFailure(AssertionError):
 
 
 @dataclass(eq=False)  # items are compared by identity: two may hold the same task (a takeover)
-class Item:
-    """A task this (simulated) runner holds in memory, and the user code it handed out for it."""
+class Item(loop.Item):
+    """A task this (simulated) runner holds in memory (as a runner's batch step takes it), and the
+    user code it handed out for it."""
 
-    task: TaskRecord
     number: int = 0  # for traces: which of several items of one task
     epoch: int = 0  # the simulation's epoch when the user code was handed out
     owner: str = ""  # the runner holding this item (the lease owner its engine steps use)
-    invoke: Invoke | None = None
-    call: Callable[[], Any] | None = None
-    result: Any = _NO_RESULT
-
-    @property
-    def has_result(self) -> bool:
-        return self.result is not _NO_RESULT
+    call: UserCall | None = None
 
 
 class _SeededBits:
@@ -248,7 +241,7 @@ class Simulation:
 
     # -- actions ---------------------------------------------------------------------------
     def _due(self, item: Item) -> bool:
-        return item.has_result or item.task.due <= self.clock.at
+        return item.waiting or item.task.due <= self.clock.at
 
     def _do_engine(self) -> None:
         """One transaction over a batch of 1-3 due items (as a runner's batch commit)."""
@@ -258,13 +251,13 @@ class Simulation:
         for item in batch:
             self.ready.remove(item)
             self.steps.append(f"engine {item.task.kind} {item.task.node_id} #{item.number} task {item.task.id[:6]}"
-                              f" rv={(item.task.running_version or '-')[:6]} result={item.has_result}")
+                              f" rv={(item.task.running_version or '-')[:6]} result={item.waiting}")
         if crash:
             self.steps.append("CRASH before the batch commits")
             committed = self.engine.store.feed.last_seq()
         try:
             with self.engine.step() as step:
-                handed_out = [item for item in batch if self._advance(step, item)]
+                handed_out = [item for item in batch if self._advance(step, item) is not None]
                 if crash:
                     self._restart()  # the process dies holding the open transaction
                     raise Crash
@@ -281,25 +274,18 @@ class Simulation:
             self.running.append(item)
         self._absorb()
 
-    def _advance(self, step: Any, item: Item) -> bool:
-        """``item``'s share of a batch transaction (as the threads dispatcher's); True when it handed
-        out user code."""
-        task, engine = item.task, self.engine
-        engine.owner = item.owner  # this item's runner takes and keeps the leases
-        if task.kind == EXECUTE:
-            pending = (item.invoke, item.result) if item.has_result else None
-            invoke = walker.execute_step(engine, step, task.id, pending, claim=not item.has_result)
-            item.invoke, item.result = invoke, _NO_RESULT
-            return invoke is not None
-        if item.has_result:
-            scheduling.schedule_apply(engine, step, task.id, item.result)
-            return False
-        item.call = scheduling.schedule_prepare(engine, step, task.id)
-        return item.call is not None
+    def _advance(self, step: Any, item: Item) -> UserCall | None:
+        """``item``'s share of a batch transaction: the engine loop's own step for one item
+        (:func:`culm.core.loop.advance`); the user code it handed out, if any."""
+        self.engine.owner = item.owner  # this item's runner takes and keeps the leases
+        item.call = loop.advance(self.engine, step, item)
+        return item.call
 
     def _do_user(self) -> None:
         item = self.rng.choice(self.running)
         self.running.remove(item)
+        call = item.call
+        assert call is not None
         if item.task.kind == EXECUTE:
             invoke = item.invoke
             assert invoke is not None
@@ -308,14 +294,13 @@ class Simulation:
             if item.epoch >= 0 and self.executed.get(key) == item.epoch:
                 self._fail([], f"node {invoke.node_id} version {invoke.version} executed twice without a crash")
             self.executed[key] = item.epoch
-            item.result = walker.call_user_code(invoke)
         else:
-            assert item.call is not None
             self.steps.append(f"user schedule {item.task.node_id}")
-            try:
-                item.result = item.call()
-            except BaseException as exc:  # noqa: BLE001 - as the runners do: the exception is the result
-                item.result = exc
+        try:
+            outcome = call.run()
+        except BaseException as exc:  # noqa: BLE001 - as the runners do: the exception is the outcome
+            outcome = exc
+        call.returned(outcome)
         self.ready.append(item)
 
     def _do_control(self) -> None:
@@ -375,7 +360,7 @@ class Simulation:
 
     def _item(self, task: TaskRecord) -> Item:
         self.items += 1
-        return Item(task, self.items, owner=f"runner-{self.runner}")
+        return Item(task, number=self.items, owner=f"runner-{self.runner}")
 
     def _absorb(self) -> None:
         known = {i.task.id for i in self.ready + self.running}
@@ -386,7 +371,7 @@ class Simulation:
 
     # -- checking --------------------------------------------------------------------------
     def _check(self, what: str) -> None:
-        fresh, self.feed_seq = read_transitions(self.engine, after=self.feed_seq)
+        fresh, self.feed_seq = self.engine.store.feed.transitions(after=self.feed_seq)
         found = check_transitions(fresh, self.last_states)
         for snap in read_snapshots(self.engine, self.storm.roots).values():
             found += check(snap)

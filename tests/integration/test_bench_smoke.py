@@ -116,9 +116,16 @@ def test_polled_specs_report_polled_and_waited_figures(spec: str) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_stored_pipelines_bench_reports_size_and_ratios() -> None:
-    proc = run_module("bench.stored", "--pipelines", "300", "--rounds", "1")
+def test_stored_pipelines_bench_reports_size_and_ratios(tmp_path: Path) -> None:
+    proc = run_module("bench.stored", "--pipelines", "300", "--rounds", "1", "--keep", str(tmp_path))
     line = json.loads(proc.stdout.splitlines()[-1])
     assert line["stored_pipelines"] == 300
     assert line["bytes_per_finished_pipeline"] > 0
-    assert {"full_over_empty_batch_s", "full_over_empty_run_pipeline_ms", "full_over_empty_tree_read_ms"} <= line.keys()
+    ratios = {f"full_over_empty_{k}" for k in
+              ("batch_s", "run_pipeline_ms", "running_tree_ms", "feed_history_ms", "wait_finished_ms")}
+    assert ratios <= line.keys()
+    assert (tmp_path / "stored-300.db").exists()  # kept for the next run
+    again = json.loads(run_module("bench.stored", "--pipelines", "300", "--fill-only", "--keep", str(tmp_path))
+                       .stdout.splitlines()[-1])
+    assert again["stored_pipelines"] == 300
+    assert again["fill_s"] == 0.0  # found, not filled again

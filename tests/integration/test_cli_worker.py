@@ -85,7 +85,7 @@ def test_culm_workers_lists_the_live_worker_processes(cli_backend):
     assert all(r["prefix"] == cli_backend.prefix and r["threads"] == 8 for r in rows)
     text = subprocess.run([sys.executable, "-m", "culm.cli", "workers", "--db", cli_backend.db_url], cwd=REPO,
                           capture_output=True, text=True, timeout=60).stdout.splitlines()
-    line = re.compile(rf"{re.escape(socket.gethostname())} pid (\d+)  alive, last beat \d+\.\d s ago, 8 threads, "
+    line = re.compile(rf"{re.escape(socket.gethostname())} pid (\d+)  alive, last beat \d+\.\d s ago, 8 user-code threads, "
                       rf"prefix {cli_backend.prefix}  \[.+\]")
     assert {int(m.group(1)) for m in map(line.fullmatch, text) if m} == pids, text
     first = cli_backend.workers[0]

@@ -28,7 +28,7 @@ from culm.builder import (
     build_tree,
 )
 from culm.core.invariants import check
-from culm.storage.snapshot import read_snapshot, read_transitions
+from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -125,7 +125,7 @@ def _dump(rt: Any, root: str, nodes: dict[str, str], backend: Any) -> str:
               for n in stuck}
     violations = [str(v) for v in check(read_snapshot(rt.engine, root))]
     changes = [(names.get(t.node_id, t.node_id), t.from_state, t.to_state)
-               for t in read_transitions(rt.engine, root)[0] if t.node_id in stuck]
+               for t in rt.engine.store.feed.transitions(root)[0] if t.node_id in stuck]
     return (f"state {data.get('state')}, nodes {states}, tasks {tasks}, processes {procs}, nodes {nodes}; "
             f"invariant violations {violations}; transitions of the RUNNING nodes {changes}; "
             f"executions of the RUNNING nodes {ran}; worker log lines naming them {logged}")

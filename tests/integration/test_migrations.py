@@ -11,6 +11,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from backends import REDIS, REPO
+from sqlalchemy.engine import make_url
 
 import culm
 from culm.errors import SchemaOutdatedError
@@ -52,10 +53,14 @@ def test_upgrade_database_by_url(server_database):
 
 
 def test_empty_server_database_is_refused(server_database):
+    # the URL as a user writes it (no driver), shown so in the hint, not culm's driver URL
+    given = make_url(server_database).set(drivername=make_url(server_database).get_backend_name())
+    given = given.set(drivername="mysql") if given.drivername == "mariadb" else given
     with pytest.raises(SchemaOutdatedError) as info:
-        SqlStore(server_database)
+        SqlStore(given.render_as_string(hide_password=False))
     message = str(info.value)
-    assert "culm db upgrade --db" in message
+    assert f"culm db upgrade --db {given.render_as_string(hide_password=True)}` first" in message
+    assert "+psycopg" not in message and "+pymysql" not in message
     assert "none" in message
 
 
@@ -147,13 +152,86 @@ def test_revision_0005_adds_the_worker_registry_and_downgrades_cleanly(server_da
         with store.engine.connect() as conn:
             tables_0004 = set(inspect(conn).get_table_names())
         assert "culm_worker" not in tables_0004
-        assert migrate.upgrade(store) == "0005" == migrate.HEAD_REVISION
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0005")
+        assert migrate.current_version(store) == "0005"
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == tables_0004 | {"culm_worker"}
-        assert _schema_diff(store) == []
         with store.engine.begin() as conn:
             command.downgrade(migrate.alembic_config(conn), "0004")
         with store.engine.connect() as conn:
             assert set(inspect(conn).get_table_names()) == tables_0004
+    finally:
+        store.dispose()
+
+
+def _change_indexes(store: SqlStore) -> set[str]:
+    from sqlalchemy import inspect
+
+    with store.engine.connect() as conn:
+        return {ix["name"] for ix in inspect(conn).get_indexes("culm_change")}
+
+
+def _feed_of(store: SqlStore, root_id: str) -> list[tuple[int, str, str]]:
+    with store.reading() as unit:
+        return [
+            (c.seq, c.node_id, c.to_state) for c in unit.read_changes(0, unit.last_change_seq(), root_id, 100)
+        ]
+
+
+def _record_changes(store: SqlStore) -> None:
+    """Two pipelines' changes, interleaved, as the engine writes them."""
+    with store.transaction() as unit:
+        for i in range(3):
+            for root in ("root-a", "root-b"):
+                unit.record_change(root, f"{root}-n{i}", None, "RUNNING", "v1", 1)
+
+
+def test_revision_0006_indexes_the_change_feed_by_root_and_downgrades_cleanly(server_database):
+    """0005 -> 0006 adds ``ix_culm_change_root_seq`` and keeps the rows: each root's changes read
+    the same, in seq order; back to 0005 drops the index alone."""
+    store = SqlStore(server_database, create=False)
+    try:
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0005")
+        _record_changes(store)
+        before = {root: _feed_of(store, root) for root in ("root-a", "root-b")}
+        assert [n for _s, n, _t in before["root-a"]] == ["root-a-n0", "root-a-n1", "root-a-n2"]
+        assert "ix_culm_change_root_seq" not in _change_indexes(store)
+        assert migrate.upgrade(store) == "0006" == migrate.HEAD_REVISION
+        assert "ix_culm_change_root_seq" in _change_indexes(store)
+        assert _schema_diff(store) == []
+        assert {root: _feed_of(store, root) for root in ("root-a", "root-b")} == before
+        with store.engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0005")
+        assert "ix_culm_change_root_seq" not in _change_indexes(store)
+        assert migrate.current_version(store) == "0005"
+    finally:
+        store.dispose()
+
+
+def test_a_sqlite_file_at_0005_gets_the_feed_index_when_opened(tmp_path):
+    """An embedded database of the previous culm is upgraded on open, its feed rows kept, and a
+    root's changes are then read through the new index (no pass over other pipelines' rows)."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = SqlStore(url, create=False)
+    try:
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0005")
+        _record_changes(store)
+        before = _feed_of(store, "root-b")
+    finally:
+        store.dispose()
+    store = SqlStore(url)  # the version check upgrades an embedded file
+    try:
+        assert migrate.current_version(store) == "0006"
+        assert _feed_of(store, "root-b") == before
+        with store.engine.connect() as conn:
+            from culm.storage.sql.statements import CHANGES_OF_ROOT_BETWEEN
+
+            plan = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + CHANGES_OF_ROOT_BETWEEN, (0, 10, "root-b", 100)
+            ).fetchall()
+        assert "ix_culm_change_root_seq" in " ".join(str(row[-1]) for row in plan)
     finally:
         store.dispose()

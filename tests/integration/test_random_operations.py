@@ -27,7 +27,7 @@ from culm.builder import (
     build_tree,
 )
 from culm.core.invariants import check
-from culm.storage.snapshot import read_snapshot
+from culm.core.snapshots import read_snapshot
 
 OPS = ["pause", "resume", "retry", "retry_ok", "skip", "callback", "callback_fail", "force_fail", "revoke", "settle"]
 

@@ -20,8 +20,8 @@ from culm.builder import ServiceActivity, SubProcess, Var, build_tree
 from culm.core import scheduling, walker
 from culm.core.invariants import check
 from culm.core.records import SCHEDULE
+from culm.core.snapshots import read_snapshot
 from culm.dispatch.inline import InlineDispatcher
-from culm.storage.snapshot import read_snapshot
 
 
 def _runtime(tmp_path: Path) -> tuple[culm.Runtime, InlineDispatcher]:

@@ -21,8 +21,8 @@ from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 from culm.core import walker
 from culm.core.invariants import check
+from culm.core.snapshots import read_snapshot
 from culm.storage import migrate
-from culm.storage.snapshot import read_snapshot
 from culm.storage.sql import SqlUnit
 
 

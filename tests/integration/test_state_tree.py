@@ -99,3 +99,148 @@ def test_polling_many_running_pipelines_ends_current(runtime):
     for tree in trees:
         entry = assert_current(runtime, tree["id"])
         assert {c["state"] for c in entry["children"].values()} == {"FINISHED"}
+
+
+def test_an_appointed_pause_an_older_version_left_without_its_root_joins_the_kept_tree(tmp_path):
+    """The walker gives such a row its root when a branch reaches it: the kept tree must show the
+    node as a full read does, and the feed must not report that repair as a transition (it is
+    written as a note, from_state == to_state, which runtime.changes skips)."""
+    import sqlite3
+
+    from support import wait_until
+
+    import culm
+
+    first, later = act("t_gate", gate="tree-legacy", x=1), act(x=2)
+    tree = build_tree(chain(first, later))
+    root = tree["id"]
+    db = tmp_path / "t.db"
+    with culm.Runtime(f"sqlite:///{db}") as rt:
+        run(rt, tree)
+        wait_state(rt, first.id, "RUNNING")
+        assert api.pause_node_appoint(rt, later.id).result
+        after = rt.last_change_seq()
+        with sqlite3.connect(db) as conn:  # what an older version left
+            conn.execute("UPDATE culm_state SET root_id = '', parent_id = '' WHERE node_id = ?", (later.id,))
+    with culm.Runtime(f"sqlite:///{db}") as rt:
+        assert later.id not in assert_current(rt, root)["children"]  # kept now, without the node
+        components.gate("tree-legacy").set()
+
+        def parked():
+            entry = api.get_pipeline_states(rt, root).data[root]["children"].get(later.id)
+            return entry is not None and (entry["wait_reason"] or {}).get("reached")
+
+        wait_until(parked, timeout=30, what="the branch parked at the appointed pause, seen by the kept tree")
+        entry = assert_current(rt, root)["children"][later.id]
+        assert (entry["state"], entry["root_id"], entry["parent_id"]) == ("SUSPENDED", root, root)
+        moves = [(c.node_id, c.from_state, c.to_state) for c in rt.changes(root, after, timeout=0)]
+        assert all(f != t for _, f, t in moves), moves
+        assert (first.id, "RUNNING", "FINISHED") in moves
+
+
+
+def full_read(runtime, root_id):
+    """The query with nothing kept, leaving the runtime's kept trees as they were."""
+    kept = runtime.engine.state_trees
+    runtime.engine.state_trees = state_tree.StateTrees()
+    try:
+        return api.get_pipeline_states(runtime, root_id).data
+    finally:
+        runtime.engine.state_trees = kept
+
+
+def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
+    """On every backend (on PostgreSQL and MariaDB the writers are worker processes, and the feed
+    may show rows out of seq order): after the first read of a pipeline, polls read only the
+    states the feed names, and each equals a full read."""
+    from support import wait_until
+
+    first = act("t_gate", gate="tree-changed", x=1)
+    tree = build_tree(chain(first, act(x=2), SubProcess(start=chain(act(x=3), act(x=4)))))
+    root = tree["id"]
+    trees = runtime.engine.state_trees
+    run(runtime, tree)
+    wait_state(runtime, first.id, "RUNNING")
+    held = api.get_pipeline_states(runtime, root).data  # the gate holds: nothing moves
+    reads = trees.full_reads
+    assert held == full_read(runtime, root)
+    components.gate("tree-changed").set()
+    polls = []
+
+    def finished():
+        polls.append(api.get_pipeline_states(runtime, root).data)
+        return polls[-1][root]["state"] == "FINISHED"
+
+    wait_until(finished, timeout=30, interval=0.002, what="the pipeline FINISHED, seen by the kept tree")
+    assert polls[-1] == full_read(runtime, root)
+    assert len(polls[-1][root]["children"]) > len(held[root]["children"])
+    assert trees.full_reads == reads
+
+
+POLLER = """
+import json, sys, time
+import culm
+from culm import api
+from culm.core import state_tree
+
+rt = culm.Runtime(sys.argv[1], workers=0)
+root = sys.argv[2]
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+first_seen = None
+while time.monotonic() < deadline:
+    data = api.get_pipeline_states(rt, root).data
+    if data:
+        if first_seen is None:
+            first_seen = rt.engine.state_trees.full_reads
+        same = None
+        if data[root]["state"] == "FINISHED":  # nothing moves any more: compare with a full read
+            kept = rt.engine.state_trees
+            rt.engine.state_trees = state_tree.StateTrees()
+            same = data == api.get_pipeline_states(rt, root).data
+            rt.engine.state_trees = kept
+        print(json.dumps({"state": data[root]["state"], "same": same,
+                          "nodes": sorted((k, v["state"]) for k, v in data[root]["children"].items())}), flush=True)
+        if same is not None:
+            break
+    time.sleep(0.005)
+print(json.dumps({"full_reads_after_first": rt.engine.state_trees.full_reads - first_seen}), flush=True)
+rt.close()
+"""
+
+
+def test_a_second_process_polling_a_sqlite_file_keeps_its_tree(tmp_path):
+    """Another process polls a SQLite file the engine writes: its trees are brought up to date
+    from the database's feed (it hears no in-process signal), and they always equal a full read."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import culm
+
+    first = act("t_gate", gate="tree-second", x=1)
+    tree = build_tree(chain(first, act(x=2), SubProcess(start=chain(act(x=3), act(x=4)))))
+    root = tree["id"]
+    url = f"sqlite:///{tmp_path}/shared.db"
+    repo = Path(__file__).resolve().parents[2]
+    with culm.Runtime(url) as rt:
+        poller = subprocess.Popen([sys.executable, "-c", POLLER, url, root], cwd=repo, stdout=subprocess.PIPE,
+                                  text=True)
+        try:
+            assert poller.stdout is not None
+            assert poller.stdout.readline().strip() == "ready"
+            run(rt, tree)
+            seen = [json.loads(poller.stdout.readline()) for _ in range(3)]  # polls while the gate holds
+            components.gate("tree-second").set()
+            out, _ = poller.communicate(timeout=60)
+        finally:
+            if poller.poll() is None:
+                poller.kill()
+        lines = [json.loads(line) for line in out.strip().splitlines()]
+        polls, summary = seen + lines[:-1], lines[-1]
+        assert polls[0]["state"] == "RUNNING" and polls[-1]["state"] == "FINISHED" and polls[-1]["same"]
+        assert len({json.dumps(p["nodes"]) for p in polls}) > 1  # the tree changed under the poller
+        assert summary == {"full_reads_after_first": 0}  # every later poll read only what changed
+        mine = api.get_pipeline_states(rt, root).data[root]["children"]
+        assert polls[-1]["nodes"] == sorted([k, v["state"]] for k, v in mine.items())

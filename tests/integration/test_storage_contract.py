@@ -223,7 +223,8 @@ def test_a_claimed_task_comes_with_its_process(store: Store) -> None:
         unit.insert_processes([proc])
         unit.insert_tasks([task, _task(other, root)])
     with store.transaction() as unit:
-        unit.read_tasks_ahead([tid, other], [], ("a", 200.0, 100.0))  # a batch's claims (PostgreSQL)
+        if unit.prefetch is not None:  # a batch's claims, read ahead (PostgreSQL)
+            unit.prefetch.read_tasks_ahead([tid, other], [], ("a", 200.0, 100.0))
         got, got_proc = unit.task_with_process(tid, ("a", 200.0, 100.0))
         assert got == task and got_proc is not None and got_proc.stack == [root] and got_proc.priority == 7
         got, got_proc = unit.task_with_process(other, ("a", 200.0, 100.0))
@@ -425,6 +426,31 @@ def test_feed_reads_by_range_root_and_limit(store: Store) -> None:
         assert (root, node) in unit.changes_between(before, last)
 
 
+def test_reset_inner_loops_notes_each_row_it_changes_in_the_feed(store: Store) -> None:
+    """Every state-row write is in the feed (the kept state trees read only the nodes it names):
+    the reset writes a note (from_state == to_state) per row it changes, which runtime.changes
+    does not yield as a transition."""
+    root, sub, a, b, elsewhere = _ids(5)
+    with store.transaction() as unit:
+        for node in (a, b):
+            unit.insert_state(StateRecord(node, root, sub, states.FINISHED, "v-" + node, loop=2, inner_loop=2))
+        unit.insert_state(StateRecord(elsewhere, root, root, states.FINISHED, "v0", inner_loop=2))
+        unit.insert_state(StateRecord(sub, root, root, states.RUNNING, "v0", inner_loop=0))
+    after = store.feed.last_seq()
+    with store.transaction() as unit:
+        unit.reset_inner_loops(sub)
+    with store.reading() as unit:
+        assert {n: unit.get_state(n).inner_loop for n in (a, b, elsewhere)} == {a: 0, b: 0, elsewhere: 2}
+        notes = unit.read_changes(after, unit.last_change_seq(), root, 10)
+    assert sorted((c.node_id, c.from_state, c.to_state, c.version, c.loop) for c in notes) == sorted(
+        (n, states.FINISHED, states.FINISHED, "v-" + n, 2) for n in (a, b))
+    assert list(store.feed.changes(root, after, timeout=0)) == []  # notes are no transitions
+    again = store.feed.last_seq()
+    with store.transaction() as unit:
+        unit.reset_inner_loops(sub)  # nothing left to change: no note
+    assert store.feed.last_seq() == again
+
+
 def test_savepoint_rollback_keeps_the_earlier_writes(store: Store) -> None:
     root, kept, undone = _ids(3)
     tid = _ids()[0]
@@ -524,7 +550,8 @@ def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None
     root, a, b, missing = _ids(4)
     _seed_state(store, a, root)
     with store.transaction() as unit:
-        unit.prefetch_states([a, b, missing])
+        if unit.prefetch is not None:
+            unit.prefetch.prefetch_states([a, b, missing])
         assert unit.get_state(b) is None
         unit.insert_state(_state(b, root))
         assert unit.update_state(a, expect_version="v0", name=states.RUNNING, version="v1")

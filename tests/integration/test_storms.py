@@ -25,7 +25,7 @@ from support import wait_until
 
 from culm import states
 from culm.core.invariants import Violation, check, check_transitions
-from culm.storage.snapshot import read_snapshot, read_transitions
+from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -65,7 +65,7 @@ def _violations(runtime: Any, storm: Storm) -> list[Violation]:
     found: list[Violation] = []
     for root in storm.roots:
         found += check(read_snapshot(runtime.engine, root))
-        found += check_transitions(read_transitions(runtime.engine, root)[0])
+        found += check_transitions(runtime.engine.store.feed.transitions(root)[0])
     return found
 
 

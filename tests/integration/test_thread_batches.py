@@ -172,16 +172,16 @@ class _RecordingPolicy:
 def test_the_loop_policy_hears_of_user_code_and_commits_and_retries_a_failed_batch(tmp_path, monkeypatch):
     from culm.dispatch import threads
 
-    commit_batch = threads.ThreadDispatcher._commit_batch
+    commit_batch = threads.commit_batch
     calls = {"n": 0}
 
-    def fails_first_batch(self, batch, saved, *, isolate):
+    def fails_first_batch(engine, batch, **options):
         calls["n"] += 1
-        if calls["n"] <= 2:  # the optimistic pass and its task-by-task replay
+        if calls["n"] == 1:  # neither the optimistic pass nor its task-by-task replay committed
             raise RuntimeError("database went away")
-        return commit_batch(self, batch, saved, isolate=isolate)
+        return commit_batch(engine, batch, **options)
 
-    monkeypatch.setattr(threads.ThreadDispatcher, "_commit_batch", fails_first_batch)
+    monkeypatch.setattr(threads, "commit_batch", fails_first_batch)
     policy = _RecordingPolicy()
     rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db", workers=0)
     loop = threads.ThreadDispatcher(2, sole_runner=False, policy=policy)

@@ -61,7 +61,7 @@ def test_submit_read_and_control_through_the_service(distributed_backend: Any) -
 
 def test_culm_serve_with_a_broker_only_submits_and_reads(distributed_backend: Any, tmp_path: Any) -> None:
     runtime = distributed_backend.runtime()
-    token, _ = TokenStore(runtime.store.engine).create("operator", "serve process")
+    token, _ = TokenStore(runtime.token_table()).create("operator", "serve process")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

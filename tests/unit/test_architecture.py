@@ -27,18 +27,7 @@ DOC = REPO / "docs" / "architecture.md"
 PUBLIC = "public API"
 
 # (importing module, imported module): why it is still there. Only ever shrinks.
-KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {
-    ("culm.dispatch.threads", "culm.core.faults"): "the engine loop still lives in dispatch (issue 17 item 2)",
-    ("culm.dispatch.threads", "culm.core.scheduling"): "the engine loop still lives in dispatch (issue 17 item 2)",
-    ("culm.dispatch.threads", "culm.core.walker"): "the engine loop still lives in dispatch (issue 17 item 2)",
-    ("culm.dispatch.threads", "culm.core.outcomes"): "the engine loop still lives in dispatch (issue 17 item 2)",
-    ("culm.dispatch.threads", "culm.core.step"): "the engine loop still lives in dispatch (issue 17 item 2)",
-    ("culm.dispatch.threads", "culm.storage.cache"): "the loop's read-ahead is SQL-specific until it is a port (item 2)",
-    ("culm.storage.snapshot", "culm.core.engine"): "read_snapshot(engine, ...) takes the engine callers hold",
-    ("culm.storage.snapshot", "culm.core.invariants"): "it builds the invariant checker's Snapshot values",
-    ("culm.web.metrics", "culm.storage.schema"): "the metrics count queued tasks and processes in SQL",
-    ("culm.web.tokens", "culm.storage.schema"): "tokens keep their own table, next to the engine's",
-}
+KNOWN_VIOLATIONS: dict[tuple[str, str], str] = {}
 
 
 def _names(cell: str) -> list[str]:

@@ -68,3 +68,11 @@ def test_keys_collide_stops_on_a_value_that_contains_itself():
     loop: list = [{1: "a"}]
     loop.append(loop)
     assert _json.keys_collide(loop) is False
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('{"a": 1, "b": {"x": 1, "x": 2}}', "x"), (b'[{"k": 1, "k": 1}]', "k"), ('{"a": {"q": 1}, "a": 2}', "a"),
+    ('{"a": 1, "A": 2}', None), ('{"a": {"a": 1}}', None), ("{not json", None),
+])
+def test_duplicate_keys_are_found_in_any_object(text, key):
+    assert limits.duplicate_key(text) == key

@@ -46,3 +46,17 @@ def test_readme_names_the_ci_command() -> None:
     ci = (README.parent / ".ci" / "run").read_text(encoding="utf-8")
     assert "bash .ci/run" in text
     assert ".venv/bin/pytest -q" in text and ".venv/bin/pytest -q" in ci
+
+
+def test_the_install_section_names_every_extra() -> None:
+    """`culm serve` needs the `web` extra, which the install lines left out: a new user following
+    them got an ImportError from `culm serve`."""
+    import tomllib
+
+    extras = tomllib.loads((README.parent / "pyproject.toml").read_text(encoding="utf-8"))["project"][
+        "optional-dependencies"]
+    text = README.read_text(encoding="utf-8")
+    install = text[text.index("## Install"):text.index("## Two commands")]
+    for name in set(extras) - {"dev"}:
+        assert f"culm[{name}]" in install, name
+    assert ". .venv/bin/activate" in text  # `culm ...` in the README needs the environment's bin

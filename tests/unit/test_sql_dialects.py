@@ -43,7 +43,7 @@ def test_a_sqlite_store_hands_out_sqlite_units(tmp_path: Path) -> None:
         assert store.dialect == "sqlite"
         with store.transaction() as unit:
             assert type(unit) is SqliteUnit
-            assert (unit.feed_ordered, unit.reads_tasks_ahead, unit.lock_rows) == (True, False, False)
+            assert (unit.feed_ordered, unit.lock_rows) == (True, False)
         with store.reading() as unit:
             assert type(unit) is SqliteUnit
     finally:

@@ -718,3 +718,28 @@ def test_tree_problems_looks_plugins_up_in_this_process():
     assert validator.tree_problems(tree, components=False) == []
     assert validator.tree_problems({"id": "p"})  # not even a tree: problems, not an exception
     assert validator.tree_warnings(tree) == []
+
+
+def test_a_megabyte_id_or_value_makes_a_short_problem() -> None:
+    """The whole id, and the whole activity type, were quoted: a 1 MB id made a 1 MB message
+    (printed by the CLI, sent back twice by the REST API)."""
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="example_component")
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    node = tree["activities"].pop(act.id)
+    long_id = "n" * 1_000_000
+    tree["activities"][long_id] = {**node, "id": long_id, "type": "T" * 1_000_000}
+    problems = validate_tree(tree)
+    assert problems
+    for problem in problems:
+        assert len(str(problem)) < 2000, str(problem)[:200]
+    shown = str(TreeInvalidError(problems))
+    assert "(1000000 characters)" in shown and "at most 64 are stored" in shown
+
+
+def test_the_message_of_many_problems_names_the_first_and_counts_the_rest() -> None:
+    problems = [TreeProblem(f"n{i}", "broken") for i in range(1000)]
+    error = TreeInvalidError(problems)
+    assert len(error.problems) == 1000
+    assert str(error).startswith("n0: broken; n1: broken") and str(error).endswith("; and 980 more problem(s)")

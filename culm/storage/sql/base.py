@@ -14,11 +14,20 @@ from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from culm.core import states
-from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
+from culm.core.ports import (
+    LogRow,
+    PipelineRow,
+    Prefetch,
+    ProcessFields,
+    ScheduleFields,
+    StateWrite,
+    TaskFields,
+)
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
     PipelineQuery,
+    ProcessPosition,
     ProcessRecord,
     ScheduleRecord,
     StateChange,
@@ -35,9 +44,11 @@ from culm.storage.sql.statements import (
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
     LISTING_TABLES,
+    LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     NODE_COLUMNS,
     NODE_INSERT,
+    NOTE_INNER_LOOPS,
     OUTPUTS_UPSERT,
     PENDING_TASKS,
     PROCESS_BY_ID,
@@ -45,8 +56,10 @@ from culm.storage.sql.statements import (
     PROCESSES_AT,
     PROCESSES_OF_ROOT,
     PROCESSES_SUSPENDED_BY,
+    PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
+    RESET_INNER_LOOPS,
     RETAKE_LEASE,
     SCHEDULE_BY_ID,
     SCHEDULE_OF_RUN,
@@ -188,7 +201,6 @@ class SqlUnit:
     lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
     defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL, MySQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
-    reads_tasks_ahead = False  # read_tasks_ahead reads a batch's tasks in two statements
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -461,7 +473,11 @@ class SqlUnit:
         rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
 
-    reads_ahead = True  # prefetch_states is worth calling
+    @property
+    def prefetch(self) -> Prefetch | None:
+        """Every SQL unit reads a walk's states ahead (``prefetch_states``), PostgreSQL's a batch's
+        tasks too (``read_tasks_ahead``): each statement is a round trip."""
+        return self
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
@@ -487,8 +503,9 @@ class SqlUnit:
         return int(row[0]) if row and row[0] is not None else 0
 
     def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        """(root_id, node_id) of every recorded change whose seq is in (after, upto]."""
-        return self._all("SELECT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
+        """(root_id, node_id) of the recorded changes whose seq is in (after, upto], each pair once
+        (a node that moved twice between two polls is read again once)."""
+        return self._all("SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
 
     def first_change_seq(self) -> int | None:
         row = self._one("SELECT MIN(seq) FROM culm_change")
@@ -511,10 +528,7 @@ class SqlUnit:
     def prune_changes(self, lo: int, hi: int, cutoff: float) -> int:
         """Delete the changes with ``lo`` <= seq < ``hi`` older than ``cutoff`` of pipelines that
         are FINISHED or REVOKED; returns how many went."""
-        cur = self._x(
-            'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND root_id IN '
-            "(SELECT s.node_id FROM culm_state s WHERE s.node_id = s.root_id AND s.name IN (?, ?))",
-            [lo, hi, cutoff, states.FINISHED, states.REVOKED])
+        cur = self._x(PRUNE_CHANGES, [lo, hi, cutoff, states.FINISHED, states.REVOKED])
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
@@ -593,10 +607,19 @@ class SqlUnit:
         return True
 
     def reset_inner_loops(self, parent_id: str) -> None:
-        # Deferred like any write whose result is not read; later compare-and-sets must not be
-        # folded into INSERTs queued before it, or they would be applied ahead of it.
+        # Every row it changes goes to the change feed as a note (culm.storage.feed), or the kept
+        # state trees (culm.core.state_tree) would go on showing the old inner loop. The database
+        # writes the notes from the rows themselves: nothing comes back, so both statements are
+        # deferred like any write whose result is not read (no round trip of their own on
+        # PostgreSQL). Later compare-and-sets must not be folded into INSERTs queued before them,
+        # or they would be applied ahead of them.
         self._unsent_states.clear()
-        self._later("UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ?", [parent_id])
+        if self._deferred is None:  # it runs now: no row noted (a first entry), nothing to reset
+            if self._x(NOTE_INNER_LOOPS, [time.time(), parent_id]).rowcount:
+                self._x(RESET_INNER_LOOPS, [parent_id])
+        else:
+            self._later(NOTE_INNER_LOOPS, [time.time(), parent_id])
+            self._later(RESET_INNER_LOOPS, [parent_id])
         for st in (self._state_view or {}).values():
             if st is not None and st.parent_id == parent_id:
                 st.inner_loop = 0
@@ -636,6 +659,9 @@ class SqlUnit:
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
+
+    def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
+        return [ProcessPosition._make(r) for r in self._all(LIVE_POSITIONS_OF_ROOT, [root_id, False])]
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])
@@ -1163,7 +1189,7 @@ class SqlStore:
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
-        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered)
+        self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered, indexed_by_root=True)
         if create:
             self.ensure_schema()
 

@@ -36,7 +36,6 @@ class PostgresUnit(SqlUnit):
     dialect = "postgresql"
     defers_writes = True
     adapt = staticmethod(adapt_pg)
-    reads_tasks_ahead = True
 
     def _send_deferred(
         self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False

@@ -158,9 +158,16 @@ STATES_IN = STATE_SELECT + " WHERE node_id IN ({marks})"
 STATES_IN_LOCKED = STATES_IN + " ORDER BY node_id FOR UPDATE"  # one lock order
 STATES_OF_ROOT = STATE_SELECT + " WHERE root_id = ?"
 STATES_OF_PARENT = STATE_SELECT + " WHERE parent_id = ?"
+# reset_inner_loops: a change-feed note for each row it is about to change, then the reset.
+NOTE_INNER_LOOPS = ('INSERT INTO culm_change (root_id, node_id, from_state, to_state, version, "loop", "time") '
+                    'SELECT root_id, node_id, name, name, version, "loop", ? FROM culm_state '
+                    "WHERE parent_id = ? AND inner_loop <> 0")
+RESET_INNER_LOOPS = "UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ? AND inner_loop <> 0"
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
 PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
+LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
+                          " FROM culm_process WHERE root_id = ? AND dead = ?")
 PROCESSES_SUSPENDED_BY = PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?"
 PROCESSES_AT = PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?"
 TASK_BY_ID = TASK_SELECT + " WHERE id = ?"
@@ -177,6 +184,12 @@ RELAY_CANDIDATES = (
 RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concurrent relays split them
 CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
+# Old changes of ended pipelines in a seq range: each row's root state looked up by key (an IN over
+# the ended roots would read every state row of every stored pipeline at each chunk).
+PRUNE_CHANGES = (
+    'DELETE FROM culm_change WHERE seq >= ? AND seq < ? AND "time" < ? AND EXISTS (SELECT 1 FROM culm_state s'
+    " WHERE s.node_id = culm_change.root_id AND s.root_id = s.node_id AND s.name IN (?, ?))"
+)
 SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"

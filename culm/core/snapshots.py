@@ -1,6 +1,7 @@
 """Read pipelines' rows as :class:`culm.core.invariants.Snapshot` values (for the invariant checker).
 
-Not on any hot path: tests, storms and simulations call it to check pipelines. On PostgreSQL and
+Reads only through the store's ports (:mod:`culm.core.ports`), so every backend is checked the same
+way. Not on any hot path: tests, storms and simulations call it to check pipelines. On PostgreSQL and
 MySQL the reads run in one REPEATABLE READ transaction, so they see a single moment even while
 workers keep writing.
 """
@@ -8,11 +9,10 @@ workers keep writing.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from culm.core.engine import Engine
 from culm.core.invariants import Snapshot
-from culm.core.records import EXECUTE, SCHEDULE, Transition
+from culm.core.records import EXECUTE, SCHEDULE, ScheduleRecord, StateRecord
 
 _CHUNK = 500
 
@@ -24,13 +24,12 @@ def read_snapshot(engine: Engine, root_id: str) -> Snapshot:
 
 def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapshot]:
     """The rows of several root pipelines, read together in one transaction."""
-    store: Any = engine.store
-    with store.reading(snapshot=True) as unit:  # the roots' rows as of one moment
+    with engine.store.reading(snapshot=True) as unit:  # the roots' rows as of one moment
         graphs = {r: engine.graph(r, unit) for r in root_ids}
         node_root = {n: r for r, g in graphs.items() for n in (r, *g.nodes)}
         ids = list(node_root)
-        sts: dict[str, dict[str, Any]] = {r: {} for r in root_ids}
-        schedules: dict[str, list[Any]] = {r: [] for r in root_ids}
+        sts: dict[str, dict[str, StateRecord]] = {r: {} for r in root_ids}
+        schedules: dict[str, list[ScheduleRecord]] = {r: [] for r in root_ids}
         for i in range(0, len(ids), _CHUNK):
             chunk = ids[i : i + _CHUNK]
             for st in unit.get_states(chunk).values():
@@ -42,27 +41,8 @@ def read_snapshots(engine: Engine, root_ids: Sequence[str]) -> dict[str, Snapsho
     return {r: Snapshot(graphs[r], sts[r], procs[r], tasks[r], schedules[r]) for r in root_ids}
 
 
-def read_transitions(engine: Engine, root_id: str | None = None, after: int = 0) -> tuple[list[Transition], int]:
-    """The state transitions the change feed holds after seq ``after`` (of one root when given),
-    in seq order, and the last seq read (to pass as ``after`` next time).
-
-    Call it once the writers are quiet: on a server database a write still committing may take a
-    seq below one already read.
-    """
-    feed = engine.store.feed  # type: ignore[attr-defined]
-    upto = feed.last_seq()
-    found: list[Transition] = []
-    while after < upto:
-        batch = feed.read(after, upto, root_id)
-        if not batch:
-            break
-        found += [Transition(c.node_id, c.from_state, c.to_state) for c in batch]
-        after = batch[-1].seq
-    return found, upto
-
-
 class StoreSnapshots:
-    """A :class:`culm.core.invariants.SnapshotReader` over an engine's SQL store."""
+    """A :class:`culm.core.invariants.SnapshotReader` over an engine's store."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

@@ -1,0 +1,232 @@
+"""The engine loop's step: a batch of tasks advanced in ONE transaction (group commit).
+
+A runner (the threads dispatcher of an embedded runtime or of a ``culm worker``, and through it
+``bench.statements``; the deterministic simulation) holds its tasks as :class:`Item` s and decides
+*when* a batch runs; this module decides *what* a batch does. Inside one transaction every item
+moves on: a fresh task is claimed and its process walked until it has to wait
+(:func:`culm.core.walker.execute_step`, :func:`culm.core.scheduling.schedule_prepare`); an item
+back from its user code has that code's outcome applied. User code is never run here: a step hands
+it out as a :class:`UserCall`, the runner starts it only after the commit, and what it returned
+(or raised) comes back on the same item for a later batch, execute and schedule alike.
+
+The batch first runs without savepoints (two statements per task saved). Should any task raise,
+the transaction is rolled back whole and the batch runs again with a savepoint per task, so a
+task that raises again has only its own changes undone and its node failed
+(:mod:`culm.core.faults`). An error the store calls an interruption of the database (a lost
+connection, a deadlock victim) is not the task's fault: it ends the batch uncommitted, and the
+runner tries it again or leaves the rows for a sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from culm.core import faults, scheduling, walker
+from culm.core.engine import Engine
+from culm.core.outcomes import Invoke
+from culm.core.ports import RowCopies, Unit
+from culm.core.records import EXECUTE, TaskRecord
+from culm.core.step import Step
+from culm.model.compiled import SUBPROCESS
+
+logger = logging.getLogger("culm.engine")
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """A task a runner holds: fresh, or back with the outcome of the user code it handed out."""
+
+    task: TaskRecord
+    invoke: Invoke | None = None  # execute tasks: the Invoke whose outcome ``result`` is
+    waiting: bool = False  # True once its user code ran and ``result`` holds its outcome
+    result: object = None
+
+
+@dataclass(slots=True, eq=False)
+class UserCall:
+    """User code a step handed out: a component's ``execute`` or ``schedule``, end-event code.
+
+    The runner calls ``run`` outside any transaction and hands what it returned, or the exception
+    it raised, to :meth:`returned`; the item that gives back goes into a later batch.
+    """
+
+    item: Item
+    run: Callable[[], object]
+
+    @property
+    def task(self) -> TaskRecord:
+        return self.item.task
+
+    def returned(self, outcome: object) -> Item:
+        """The item, holding ``outcome`` for the batch that applies it."""
+        item = self.item
+        item.result, item.waiting = outcome, True
+        return item
+
+
+@dataclass(slots=True, eq=False)
+class Committed:
+    """What a batch committed; nothing of it may reach the outside world before the commit."""
+
+    step: Step  # its follow-up tasks and after-commit effects
+    calls: list[UserCall]  # user code to start, now that the nodes' RUNNING states are durable
+    done: list[str]  # ids of the tasks that need nothing more from this runner
+    applied: list[Item]  # items whose user code's outcome this commit made durable (their calls are over)
+
+    @property
+    def tasks(self) -> list[TaskRecord]:
+        """The follow-up tasks the batch wrote (their rows are committed)."""
+        return self.step.tasks
+
+    def fire(self) -> None:
+        """Send the signals and run the hooks of the committed transaction."""
+        self.step.fire()
+
+
+# An item's fields before a pass, to put back when the pass does not commit.
+_Saved = tuple[Invoke | None, bool, object]
+
+
+def commit_batch(
+    engine: Engine,
+    batch: list[Item],
+    *,
+    cache: RowCopies | None = None,
+    joining: Callable[[list[Item]], None] | None = None,
+) -> Committed:
+    """Advance ``batch`` in one transaction and commit it; what committed.
+
+    ``joining(batch)`` is called once the first pass's transaction is open (the runner adds what
+    became ready while it waited for the write lock). ``cache``: the runner's kept copies of rows,
+    handed to the store. A batch that cannot commit even task by task raises, every item as it came.
+    """
+    saved: list[_Saved] = []
+    try:
+        return _commit(engine, batch, saved, cache, joining, isolate=False)
+    except Exception:  # noqa: BLE001 - not committed: replayed below, task by task
+        _restore(batch, saved)
+        saved = []
+        try:
+            return _commit(engine, batch, saved, cache, None, isolate=True)
+        except Exception:
+            _restore(batch, saved)  # nothing was committed: the items are as they came
+            raise
+
+
+def _commit(
+    engine: Engine,
+    batch: list[Item],
+    saved: list[_Saved],
+    cache: RowCopies | None,
+    joining: Callable[[list[Item]], None] | None,
+    *,
+    isolate: bool,
+) -> Committed:
+    """One transaction over ``batch``, with a savepoint per item when ``isolate`` (the replay).
+    ``saved`` collects each item's fields before it runs."""
+    calls: list[UserCall] = []
+    done: list[str] = []
+    with engine.store.transaction(cache=cache) as unit:
+        if joining is not None:
+            joining(batch)
+        step = Step(unit)
+        if not isolate and len(batch) > 1:
+            _read_ahead(engine, unit, batch)
+        for item in batch:
+            saved.append((item.invoke, item.waiting, item.result))
+            call = _advance_isolated(engine, step, item) if isolate else advance(engine, step, item)
+            if call is None:
+                done.append(item.task.id)
+            else:
+                calls.append(call)
+    return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
+
+
+def _restore(batch: list[Item], saved: list[_Saved]) -> None:
+    """Put items back as they were before a pass that did not commit (items past the failing
+    one never started and need nothing)."""
+    for item, (invoke, waiting, result) in zip(batch, saved, strict=False):
+        item.invoke, item.waiting, item.result = invoke, waiting, result
+
+
+def advance(engine: Engine, step: Step, item: Item) -> UserCall | None:
+    """Move one task forward inside ``step``'s transaction; the user code to run next, if any."""
+    task = item.task
+    if task.kind == EXECUTE:
+        pending = (item.invoke, item.result) if item.waiting and item.invoke is not None else None
+        invoke = walker.execute_step(engine, step, task.id, pending, claim=not item.waiting)
+        item.invoke, item.waiting, item.result = invoke, False, None
+        return UserCall(item, invoke.call) if invoke is not None else None
+    if item.waiting:
+        scheduling.schedule_apply(engine, step, task.id, item.result)
+        return None
+    call = scheduling.schedule_prepare(engine, step, task.id)
+    return UserCall(item, call) if call is not None else None
+
+
+def _advance_isolated(engine: Engine, step: Step, item: Item) -> UserCall | None:
+    """:func:`advance` in a savepoint: if it raises, only this task's changes are undone and its
+    node fails (unless the database was interrupted: then the whole batch is tried again)."""
+    resumed = item.waiting
+    try:
+        with step.unit.savepoint():
+            return advance(engine, step, item)
+    except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
+        if engine.store.is_interruption(exc):
+            raise
+        _fail_task(engine, step, item, resumed, exc)
+        return None
+
+
+def _fail_task(engine: Engine, step: Step, item: Item, resumed: bool, exc: Exception) -> None:
+    """Fail the node of a task whose step raised (see :mod:`culm.core.faults`), in a fresh
+    savepoint; if that raises too, record the least that stops the task, then nothing."""
+    task = item.task
+    logger.error("task %s (%s of node %s) raised; failing its node", task.id, task.kind, task.node_id,
+                 exc_info=exc)
+    item.invoke, item.waiting, item.result = None, False, None
+    attempts: tuple[Callable[[], object], ...] = (
+        lambda: faults.fail_task(engine, step, task.id, exc, resumed),
+        lambda: faults.fail_minimal(step, task.id),
+    )
+    for attempt in attempts:
+        try:
+            with step.unit.savepoint():
+                attempt()
+            return
+        except Exception as again:  # noqa: BLE001 - try the next, smaller record
+            if engine.store.is_interruption(again):
+                raise
+            logger.exception("recording the failure of task %s failed", task.id)
+    logger.critical("task %s of node %s could not be failed; it stays for the next sweep", task.id,
+                    task.node_id)
+
+
+def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
+    """A batch's reads up front, where the unit offers a :class:`~culm.core.ports.Prefetch`
+    (PostgreSQL): its tasks and processes, the states its walks may need and the contexts of the
+    pipelines they run in, in a few statements instead of several per task. Writes then pile up
+    and go out together at the commit."""
+    prefetch = unit.prefetch
+    if prefetch is None:
+        return
+    fresh = [i.task.id for i in batch if i.task.kind == EXECUTE and not i.waiting]
+    resumed = [i.task.id for i in batch if i.task.kind == EXECUTE and i.waiting]
+    prefetch.read_tasks_ahead(fresh, resumed, engine.lease())
+    nodes: list[str] = []
+    pipelines: list[str] = []
+    for task, proc in prefetch.tasks_read_ahead():
+        if proc is None or proc.dead:
+            continue
+        graph = engine.graph(proc.root_id, unit)
+        if task.node_id in graph.nodes:
+            ahead = graph.ahead_of_resume(task.node_id)
+            nodes += proc.stack
+            nodes += ahead
+            pipelines += proc.stack
+            pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
+    if nodes:
+        prefetch.prefetch_states(nodes)
+    if pipelines:
+        prefetch.prefetch_contexts(pipelines)
