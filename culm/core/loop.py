@@ -205,7 +205,7 @@ def _fail_task(engine: Engine, step: Step, item: Item, resumed: bool, exc: Excep
 
 def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     """A batch's reads up front, where the unit offers a :class:`~culm.core.ports.Prefetch`
-    (PostgreSQL): its tasks and processes, the states its walks may need and the contexts of the
+    (PostgreSQL, MySQL): its tasks and processes, the states its walks may need and the contexts of the
     pipelines they run in, in a few statements instead of several per task. Writes then pile up
     and go out together at the commit."""
     prefetch = unit.prefetch

@@ -475,8 +475,8 @@ class SqlUnit:
 
     @property
     def prefetch(self) -> Prefetch | None:
-        """Every SQL unit reads a walk's states ahead (``prefetch_states``), PostgreSQL's a batch's
-        tasks too (``read_tasks_ahead``): each statement is a round trip."""
+        """Every SQL unit reads a walk's states ahead (``prefetch_states``), PostgreSQL's and
+        MySQL's a batch's tasks too (``read_tasks_ahead``): each statement is a round trip."""
         return self
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
@@ -742,14 +742,14 @@ class SqlUnit:
             self._owned[st.node_id] = [st.version, st.name]
 
     def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
-        """PostgreSQL: answer this transaction's coming ``task_with_process`` calls for a batch of
-        tasks with two statements instead of one each: ``fresh`` tasks are claimed with ``lease``
+        """PostgreSQL, MySQL: answer this transaction's coming ``task_with_process`` calls for a
+        batch of tasks with two or three statements instead of one or more each: ``fresh`` tasks are claimed with ``lease``
         and read with their processes, ``resumed`` ones (their user code ran) are read with their
         processes and their nodes' states, locked (and dropped if another runner holds them now,
         see ``held`` of task_with_process). A process this transaction writes before its
         task's call is read again then; a state it locks or writes first is not taken from here.
         """
-        return  # PostgreSQL's unit does; elsewhere each task is read by its own call
+        return  # PostgreSQL's and MySQL's units do; on SQLite each task is read by its own call
 
     def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:
         """The tasks and processes read_tasks_ahead found (not handed out yet)."""

@@ -116,8 +116,6 @@ class MysqlUnit(SqlUnit):
         kept = self._x(KEEP_HELD_LEASE, [owner, until, task_id, owner, at]).rowcount == 1
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
 
-    reads_tasks_ahead = True
-
     def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
         """A batch's tasks in two round trips instead of two or three per task (see
         CLAIM_MANY_MYSQL): the leases taken or kept in one UPDATE and the tasks read with their
