@@ -124,7 +124,11 @@ def test_a_unit_that_only_took_row_locks_ends_its_transaction(store):
     other = SqlStore(store.url, create=False)
     try:
         with other.transaction() as unit:  # another connection takes the lock at once
-            assert unit._one(unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE NOWAIT"),
-                             ["x"])[0] == "RUNNING"
+            assert (
+                unit._one(
+                    unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE NOWAIT"), ["x"]
+                )[0]
+                == "RUNNING"
+            )
     finally:
         other.dispose()

@@ -82,7 +82,11 @@ class MysqlUnit(SqlUnit):
     combine = staticmethod(_in_order)
 
     def _send_deferred(
-        self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
+        self,
+        pending: list[tuple[str, Sequence[Any]]],
+        last: tuple[str, Sequence[Any]] | None,
+        *,
+        commit: bool = False,
     ) -> None:
         # The driver quotes the parameters into the text (as it does for any statement); the
         # answers of the writes are read and dropped, the last statement's stays on the cursor.
@@ -116,7 +120,9 @@ class MysqlUnit(SqlUnit):
         kept = self._x(KEEP_HELD_LEASE, [owner, until, task_id, owner, at]).rowcount == 1
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+    def read_tasks_ahead(
+        self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]
+    ) -> None:
         """A batch's tasks in two round trips instead of two or three per task (see
         CLAIM_MANY_MYSQL): the leases taken or kept in one UPDATE and the tasks read with their
         processes in one query, then the states of the resumed tasks' nodes locked, in node id
@@ -128,8 +134,10 @@ class MysqlUnit(SqlUnit):
         mine = list(dict.fromkeys(resumed))
         held = HELD_BY_US.format(resumed=marks(len(mine))) if mine else ""
         # The UPDATE's count is not needed (the read says which rows are ours): it goes with the read.
-        self._later(CLAIM_MANY_MYSQL.format(marks=marks(len(ids)), held=held),
-                    [owner, until, *ids, at, *([owner, *mine] if mine else [])])
+        self._later(
+            CLAIM_MANY_MYSQL.format(marks=marks(len(ids)), held=held),
+            [owner, until, *ids, at, *([owner, *mine] if mine else [])],
+        )
         rows = self._all(MANY_WITH_PROCESS_OURS.format(marks=marks(len(ids))), [owner, until, *ids])
         ahead = self._tasks_ahead
         ahead.update(dict.fromkeys(ids))  # not there, or not ours: None
@@ -138,7 +146,11 @@ class MysqlUnit(SqlUnit):
         for r in rows:
             if not r[-1]:
                 continue  # leased by another runner (a fresh one that was not free, a resumed one taken over)
-            ahead[r[0]] = (_task_row(r[:n_task]), _process_row(r[n_task:_END]) if r[n_task] is not None else None, None)
+            ahead[r[0]] = (
+                _task_row(r[:n_task]),
+                _process_row(r[n_task:_END]) if r[n_task] is not None else None,
+                None,
+            )
             if r[0] in waiting:
                 nodes.append(r[3])  # its node's state: the result's compare-and-set comes next
         if nodes:
