@@ -16,14 +16,24 @@ from culm.storage.sql import mysql as mysql_dialect
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
-def store(request):
-    url = create_database(request.param)
+def _fresh_store(kind: str):
+    url = create_database(kind)
     upgrade_database(url)
     s = SqlStore(url)
     yield s
     s.dispose()
     drop_database(url)
+
+
+@pytest.fixture(params=["postgres", "mariadb"])
+def store(request):
+    yield from _fresh_store(request.param)
+
+
+@pytest.fixture
+def mysql_store():
+    """MariaDB only: what its multi-statement queries do."""
+    yield from _fresh_store("mariadb")
 
 
 def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
@@ -78,9 +88,8 @@ def test_text_that_looks_like_sql_is_stored_as_given(store):
         assert unit.get_state("q") is not None
 
 
-def test_mysql_sends_deferred_writes_in_queries_of_bounded_size(store, monkeypatch):
-    if store.dialect != "mysql":
-        pytest.skip("MySQL/MariaDB's multi-statement queries")
+def test_mysql_sends_deferred_writes_in_queries_of_bounded_size(mysql_store, monkeypatch):
+    store = mysql_store
     monkeypatch.setattr(mysql_dialect, "MAX_QUERY_CHARS", 600)  # a few writes per query
     with store.transaction() as unit:
         for i in range(40):
@@ -91,9 +100,8 @@ def test_mysql_sends_deferred_writes_in_queries_of_bounded_size(store, monkeypat
         assert unit.get_execution_data("n39") == ({}, {"i": 39})
 
 
-def test_mysql_writes_travel_with_the_next_read_in_one_query(store, monkeypatch):
-    if store.dialect != "mysql":
-        pytest.skip("MySQL/MariaDB's multi-statement queries")
+def test_mysql_writes_travel_with_the_next_read_in_one_query(mysql_store, monkeypatch):
+    store = mysql_store
     from pymysql.connections import Connection
 
     sent: list[str] = []
