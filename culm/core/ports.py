@@ -419,3 +419,8 @@ class WorkerRegistry(Protocol):
         """Delete a dead worker's row and free its leases; the freed task ids, None when another
         relay buried it first or it beat again."""
         ...
+
+    def free_leases(self, owner: str) -> list[str]:
+        """Free the leases a buried owner still holds (rows its last transaction had locked at
+        the burial); the freed task ids."""
+        ...

@@ -124,6 +124,7 @@ class TaskRelay:
         self.own = own  # this process's owner: never buried by its own relay
         self.watch = watch  # called at every look (the pool watch of run_worker)
         self._after_burial = 0.0  # until then (monotonic), each look also relays what waited a look
+        self._buried: list[str] = []  # the owners buried before then: leases they kept are freed
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
 
@@ -161,6 +162,8 @@ class TaskRelay:
         if self.registry is None:
             return 0
         buried = 0
+        if time.monotonic() >= self._after_burial:
+            self._buried = []  # the watch after the last burial is over
         for worker, silent in self.registry.dead(self.dead_after):
             if worker.owner == self.own:
                 continue
@@ -168,6 +171,7 @@ class TaskRelay:
             if freed is None:
                 continue  # another relay buried it, or it beat again
             buried += 1
+            self._buried.append(worker.owner)
             how = f"silent for {worker.silent_for:.1f} s" if silent else "its process is gone"
             logger.warning("worker %s (host %s, pid %d) is dead (%s): %d task(s) freed", worker.owner, worker.host,
                            worker.pid, how, len(freed))
@@ -176,6 +180,12 @@ class TaskRelay:
                 pass
             self._after_burial = time.monotonic() + self.dead_after
         elif time.monotonic() < self._after_burial:
+            # A transaction of the dead process still on the server at the burial kept the rows it
+            # locked (and their leases, see SqlWorkerRegistry.free_leases): free them now.
+            for owner in self._buried:
+                if freed := self.registry.free_leases(owner):
+                    logger.warning("worker %s (buried): %d more task(s) freed once its last transaction "
+                                   "ended", owner, len(freed))
             # Until the dead process's parent has noticed (a Celery master hands messages to a
             # killed pool process until its pool maintenance runs), messages can still go to it
             # after the pass above; they are acknowledged as lost with the process. Relay what has

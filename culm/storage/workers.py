@@ -170,6 +170,14 @@ class SqlWorkerRegistry:
                 return None
             return _free_leases(unit, owner)
 
+    def free_leases(self, owner: str) -> list[str]:
+        """Free the leases ``owner`` (buried) still holds. A process killed mid-transaction leaves
+        that transaction on the server for a moment (until it reads the closed socket and rolls
+        back, or, on MariaDB, runs a sent query ending with COMMIT to its end); the burial skips
+        the rows it locks, and they keep the dead owner's lease until this runs again."""
+        with self.store.transaction() as unit:
+            return _free_leases(unit, owner)
+
 
 def _free_leases(unit: SqlUnit, owner: str) -> list[str]:
     from culm.storage.sql.statements import marks as _marks

@@ -239,3 +239,42 @@ def test_after_a_burial_the_relay_also_sends_what_went_astray_meanwhile(runtime:
     wait_until(lambda: relay._after_burial < time.monotonic(), 5, 0.05, what="the watch after the burial to end")
     later = _due_task(rt, 0.5)
     assert relay.bury_dead() == 0 and later not in sent.ids  # the ordinary grace applies again
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_lease_the_dead_process_had_locked_is_freed_once_its_transaction_ends(kind: str, tmp_path: Path) -> None:
+    """A process killed mid-transaction leaves that transaction to the server for a moment: on
+    MariaDB a multi-statement query ending with COMMIT runs to its end, and a rollback waits until
+    the server reads the closed socket. Rows it had locked are skipped by the burial (SKIP LOCKED)
+    and keep the dead owner's lease; the relay frees them at its next looks after the burial, not
+    after the lease (30 s) and the grace (15 s) have run out."""
+    with embedded_runtime_on(kind, tmp_path / "unused.db") as rt:
+        registry = SqlWorkerRegistry(rt.store)
+        sent = _Sent()
+        relay = TaskRelay(rt.store, sent, interval=0.2, grace=15.0, registry=registry,  # type: ignore[arg-type]
+                          dead_after=2.0, check=0.2, own="me")
+        registry.register("runner-e", 2, "culm")
+        task_id = _due_task(rt, 1.0)
+        with rt.store.transaction() as unit:  # runner-e claimed it in an earlier, committed batch
+            unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["runner-e", now() + 30, task_id])
+        locked, release = threading.Event(), threading.Event()
+
+        def last_transaction() -> None:  # its last batch, still running on the server when it died
+            with rt.store.transaction() as unit:
+                unit._x("UPDATE culm_task SET claimed_until = ? WHERE id = ?", [now() + 30, task_id])
+                locked.set()
+                release.wait(30)
+
+        holder = threading.Thread(target=last_transaction)
+        holder.start()
+        try:
+            assert locked.wait(30)
+            _silence(rt, "runner-e", 10)
+            assert relay.bury_dead() == 1
+            assert _lease(rt, task_id)[0] == "runner-e" and sent.ids == []  # locked: skipped
+        finally:
+            release.set()
+            holder.join(30)
+        assert relay.bury_dead() == 0  # the next look, its transaction committed meanwhile
+        assert _lease(rt, task_id) == (None, None)
+        assert sent.ids == [task_id]
