@@ -265,7 +265,13 @@ def test_kill_9_of_one_pool_process_moves_its_work_within_5_s(
 ) -> None:
     """kill -9 of one Celery pool process (an OOM kill, say) while the worker's main process lives
     on and starts a new one: the relays see the process gone, free its leases and publish its
-    tasks; every pipeline finishes within 5 s and at most that process's calls run again."""
+    tasks; every pipeline finishes within 5 s and at most that process's calls run again.
+
+    The 5 s is not a race against load: the relays (one a second per worker) find the process gone
+    at their next look and the rest is a broker round trip, 0.1-1.2 s measured over 60 runs at a
+    load of 9-10 on 2 cores. A miss is a stall, not slowness: a task left to its lease (30 s) and
+    the relay grace (15 s), as when the burial skipped rows the dead process's last transaction
+    still locked. The failure message names the unfinished tasks' lease holders and relay times."""
     if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
         pytest.skip("needs /proc/<pid>/task/<pid>/children to find the pool processes")
     backend = own_backend(kind, tmp_path, DEFAULTS)
