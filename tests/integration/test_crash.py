@@ -147,14 +147,16 @@ def _why_unfinished(backend: Any, roots: list[str]) -> str:
             workers = conn.execute(text("SELECT owner, pid, beat_time FROM culm_worker")).all()
     finally:
         engine.dispose()
-    now_ = float(clock)
-    lines = [f"{len(roots)} pipeline(s) unfinished; their task rows (times relative to the database's now):"]
-    lines += [f"  root {r[0]} task {r[1]} {r[2]} node {r[3]} owner {r[4]} "
-              f"lease {'-' if r[5] is None else f'{float(r[5]) - now_:+.1f}'} s due {float(r[6]) - now_:+.1f} s "
-              f"relayed {'never' if r[7] is None else f'{float(r[7]) - now_:+.1f} s'}" for r in tasks]
+    now_, alive = float(clock), {str(w[0]) for w in workers}
+    lines = [f"{len(roots)} pipeline(s) unfinished; {len(tasks)} task row(s), the first 40 (times relative to "
+             "the database's now; an owner not registered was buried or never registered):"]
+    lines += [f"  root {r[0]} task {r[1]} {r[2]} owner {r[4]}{'' if r[4] is None or r[4] in alive else ' (NOT registered)'}"
+              f" lease {'-' if r[5] is None else f'{float(r[5]) - now_:+.1f} s'} due {float(r[6]) - now_:+.1f} s "
+              f"relayed {'never' if r[7] is None else f'{float(r[7]) - now_:+.1f} s'}" for r in tasks[:40]]
     lines += ["registered workers:"] + [f"  {w[0]} pid {w[1]} beat {float(w[2]) - now_:+.1f} s" for w in workers]
     for i in range(len(backend.workers)):
-        lines += [f"--- worker-{i}.log (tail) ---", *backend.worker_log(i).splitlines()[-25:]]
+        records = [line for line in backend.worker_log(i).splitlines() if line.startswith("[")]  # no banner
+        lines += [f"--- worker-{i}.log (last 25 records) ---", *records[-25:]]
     return "\n".join(lines)
 
 
