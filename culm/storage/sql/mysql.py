@@ -181,7 +181,7 @@ class MysqlDialect(Dialect):
             "pool_reset_on_return": None,
         }
 
-    def begin(self, raw: Any, *, write: bool) -> None:
+    def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.info.pop(_COMMITTED, None)
 
     def commit(self, raw: Any) -> None:
