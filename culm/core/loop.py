@@ -33,6 +33,7 @@ from culm.model.compiled import SUBPROCESS
 
 logger = logging.getLogger("culm.engine")
 
+
 @dataclass(slots=True, eq=False)
 class Item:
     """A task a runner holds: fresh, or back with the outcome of the user code it handed out."""
