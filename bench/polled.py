@@ -84,14 +84,12 @@ class SecondProcess:
     """A polling process on the same database (started once, reused by every repeat)."""
 
     def __init__(self, url: str, broker: str | None, options: dict[str, Any], interval: float) -> None:
-        from bench.scenarios import REPO
+        from bench.scenarios import home_env
 
-        env = dict(os.environ)
-        # The caller's path first: under bench.ab it names the culm being measured.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+        home, env = home_env()  # the culm this process measures
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _POLLER, url, broker or "", json.dumps(options), str(interval)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=home,
         )
         assert self.proc.stdout is not None
         if self.proc.stdout.readline().strip() != "ready":

@@ -26,6 +26,27 @@ from bench.trees import chain_pipeline, executed_nodes, normal_pipeline, small_p
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def culm_home() -> Path:
+    """The directory this process imported ``culm`` from, symlinks kept: the checkout being
+    measured. Under ``bench.ab --bench-here`` it is a scratch directory whose ``culm`` links to
+    the other checkout's and whose ``bench`` to this one's, while REPO (this file, symlinks
+    resolved) is this checkout; processes started for the measurement (``culm worker``, pollers)
+    start there, with it first on their path, so that they run the same culm as this process."""
+    import culm
+
+    return Path(os.path.abspath(culm.__file__)).parent.parent
+
+
+def home_env(**extra: str) -> tuple[Path, dict[str, str]]:
+    """The working directory and environment for a process that must run :func:`culm_home`'s culm
+    (``python -m`` and ``-c`` put their working directory first on ``sys.path``)."""
+    home = culm_home()
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(home), env.get("PYTHONPATH", "")) if p)
+    return home, env
+
+
 FULL_REPEATS = 3
 LATENCY_RUNS = 10
 WAIT_TIMEOUT = float(os.environ.get("CULM_BENCH_TIMEOUT", "900"))
@@ -301,15 +322,13 @@ class Cluster:
             store.dispose()
 
     def _start_workers(self, timeout: float = 60.0) -> None:
-        env = dict(os.environ, CULM_IMPORTS="bench.trees")
-        # The caller's path first: under bench.ab it names the culm being measured.
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(REPO)) if p)
+        home, env = home_env(CULM_IMPORTS="bench.trees")  # the culm this process measures
         for i in range(self.n):
             log = open(self.workdir / f"worker-{i}.log", "wb")  # noqa: SIM115 - owned by the child
             cmd = [sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", REDIS,
                    "--prefix", self.prefix, "--concurrency", str(WORKER_CONCURRENCY), "--import", "bench.trees",
                    "--loglevel", "INFO", *(["--pool", os.environ["CULM_BENCH_POOL"]] if os.environ.get("CULM_BENCH_POOL") else [])]
-            self.procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+            self.procs.append(subprocess.Popen(cmd, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
                                                start_new_session=True))
             log.close()
         # Ready = Celery logged " ready." (its consumer declared the queues): a message published

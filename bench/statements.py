@@ -6,7 +6,8 @@ process, one at a time, through the engine loop a ``culm worker`` runs (``Thread
 batch transaction, user code on its thread), without Celery: the follow-up tasks a commit makes
 are queued here instead of published, and each is handed to the loop once the one before it is
 done. It counts what psycopg sends: statements
-(each multi-row or combined write is one), ``BEGIN``/``COMMIT`` excluded, and transactions.
+(each multi-row or combined write is one), ``BEGIN``/``COMMIT``/``ROLLBACK`` excluded, transactions
+and rollbacks (those the driver sends to the server, the pool's on check-in included).
 Unlike timings, the counts do not depend on what else the machine is doing. ``--trace`` prints
 every statement of the last pipeline, grouped by task. ``--batched --pipelines 100`` submits the
 runs together and lets the batching loop of a worker process run them (transactions over many
@@ -28,6 +29,8 @@ from sqlalchemy.engine import make_url
 
 from bench.scenarios import PG_ADMIN, Cluster
 from bench.trees import normal_pipeline
+
+_ENDS = ("COMMIT", "ROLLBACK")  # counted apart from the statements
 
 
 class _Queue:
@@ -57,7 +60,8 @@ def _counting(log: list[str]) -> Iterator[None]:
         return
     import psycopg
 
-    execute, executemany, commit = psycopg.Cursor.execute, psycopg.Cursor.executemany, psycopg.Connection.commit
+    execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
+    commit, rollback = psycopg.Connection.commit, psycopg.Connection.rollback
 
     def counted_execute(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
         log.append(str(query))
@@ -72,8 +76,13 @@ def _counting(log: list[str]) -> Iterator[None]:
             log.append("COMMIT")
         commit(self)
 
+    def counted_rollback(self: Any) -> None:
+        if self.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:  # else psycopg sends none
+            log.append("ROLLBACK")
+        rollback(self)
+
     with _patched([(psycopg.Cursor, "execute", counted_execute), (psycopg.Cursor, "executemany", counted_executemany),
-                   (psycopg.Connection, "commit", counted_commit)]):
+                   (psycopg.Connection, "commit", counted_commit), (psycopg.Connection, "rollback", counted_rollback)]):
         yield
 
 
@@ -84,7 +93,7 @@ def _counting_pymysql(log: list[str]) -> Iterator[None]:
     counted as a transaction, whether sent alone or at the end of such a query."""
     from pymysql.connections import Connection
 
-    query, commit = Connection.query, Connection.commit
+    query, commit, rollback = Connection.query, Connection.commit, Connection.rollback
 
     def counted_query(self: Any, sql: Any, unbuffered: bool = False) -> Any:
         text = sql if isinstance(sql, str) else sql.decode(errors="replace")
@@ -100,7 +109,12 @@ def _counting_pymysql(log: list[str]) -> Iterator[None]:
         log.append("COMMIT")
         commit(self)
 
-    with _patched([(Connection, "query", counted_query), (Connection, "commit", counted_commit)]):
+    def counted_rollback(self: Any) -> None:
+        log.append("ROLLBACK")  # PyMySQL sends every one
+        rollback(self)
+
+    with _patched([(Connection, "query", counted_query), (Connection, "commit", counted_commit),
+                   (Connection, "rollback", counted_rollback)]):
         yield
 
 
@@ -153,17 +167,17 @@ def count(pipelines: int, trace: bool) -> dict[str, Any]:
                         tasks += 1
                         log.append(f"== task {task.kind} at node {task.node_id}")
                         run(task)
-                    statements = sum(1 for line in log if not line.startswith("==") and line != "COMMIT")
-                    per_pipeline.append((statements, log.count("COMMIT"), tasks))
+                    statements = sum(1 for line in log if not line.startswith("==") and line not in _ENDS)
+                    per_pipeline.append((statements, log.count("COMMIT"), tasks, log.count("ROLLBACK")))
         finally:
             loop.close()
             rt.close()
     if trace:
         for line in log:
             print(line if line.startswith("==") else "    " + " ".join(line.split())[:160])
-    statements, commits, tasks = per_pipeline[-1]
+    statements, commits, tasks, rollbacks = per_pipeline[-1]
     return {"shape": "normal_pipeline() (17 nodes)", "statements_per_pipeline": statements,
-            "transactions_per_pipeline": commits, "tasks_per_pipeline": tasks,
+            "transactions_per_pipeline": commits, "tasks_per_pipeline": tasks, "rollbacks_per_pipeline": rollbacks,
             "same_every_run": len(set(per_pipeline)) == 1}
 
 
@@ -183,9 +197,10 @@ def count_batched(pipelines: int) -> dict[str, Any]:
                 submit_and_wait(rt, [normal_pipeline() for _ in range(pipelines)])
         finally:
             rt.close()
-    statements = sum(1 for line in log if line != "COMMIT")
+    statements = sum(1 for line in log if line not in _ENDS)
     return {"shape": f"{pipelines} x normal_pipeline() submitted together, batched", "statements": statements,
-            "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT")}
+            "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT"),
+            "rollbacks": log.count("ROLLBACK")}
 
 
 def main(argv: list[str] | None = None) -> int:

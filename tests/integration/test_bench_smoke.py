@@ -129,3 +129,35 @@ def test_stored_pipelines_bench_reports_size_and_ratios(tmp_path: Path) -> None:
                        .stdout.splitlines()[-1])
     assert again["stored_pipelines"] == 300
     assert again["fill_s"] == 0.0  # found, not filled again
+
+
+def test_processes_started_for_a_measurement_run_the_measured_culm(tmp_path: Path) -> None:
+    """``bench.ab --bench-here``: side A runs this checkout's bench against the other checkout's
+    culm from a scratch directory of symlinks; the processes it starts (``culm worker``, pollers:
+    ``bench.scenarios.home_env``) must import that culm too, not this checkout's."""
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(REPO / "culm", other / "culm", ignore=shutil.ignore_patterns("__pycache__"))
+    (other / "bench").mkdir()
+    (other / "bench" / "one.py").write_text("")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    code = (
+        "import subprocess, sys\n"
+        "from pathlib import Path\n"
+        "from bench.ab import _with_this_bench\n"
+        f"place = _with_this_bench(Path({str(other)!r}), Path({str(scratch)!r}))\n"
+        "code = 'from bench.scenarios import home_env; import subprocess, sys; home, env = home_env(); '"
+        " 'print(subprocess.run([sys.executable, \"-c\", \"import culm; print(culm.__file__)\"], cwd=home, env=env,'"
+        " ' capture_output=True, text=True, check=True).stdout.strip())'\n"
+        "env = {k: v for k, v in __import__('os').environ.items() if k != 'PYTHONPATH'}\n"
+        "env['PYTHONPATH'] = str(place)\n"  # as bench.ab's run_one starts side A
+        "print(subprocess.run([sys.executable, '-c', code], cwd=place, env=env, capture_output=True, text=True,"
+        " check=True).stdout.strip())\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    started = Path(proc.stdout.strip().splitlines()[-1]).resolve()
+    assert started == (other / "culm" / "__init__.py").resolve(), started

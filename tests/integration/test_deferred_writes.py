@@ -140,3 +140,74 @@ def test_a_unit_that_only_took_row_locks_ends_its_transaction(store):
             )
     finally:
         other.dispose()
+
+
+def _lock_at_once(store, node_id):
+    """Lock ``node_id``'s state from another store (another connection) without waiting: raises
+    if any connection still holds the row."""
+    other = SqlStore(store.url, create=False)
+    try:
+        with other.transaction() as unit:
+            sql = unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE NOWAIT")
+            return unit._one(sql, [node_id])[0]
+    finally:
+        other.dispose()
+
+
+def test_a_connection_handed_back_mid_transaction_is_still_rolled_back(store):
+    """The pool skips its own rollback only where the store ended the transaction (MySQL: one round
+    trip fewer per unit); a connection handed back with a transaction open, here holding a row
+    lock, is still rolled back before anyone else gets it."""
+    with store.transaction() as unit:
+        unit.insert_state(_state("x"))
+    raw = store.engine.raw_connection()
+    cur = raw.cursor()
+    cur.execute(store._unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE"), ["x"])
+    assert cur.fetchall()[0][0] == "RUNNING"
+    raw.close()  # the lock taken above goes with the pool's rollback
+    assert _lock_at_once(store, "x") == "RUNNING"
+    with store.reading() as unit:  # the same pooled connection again: nothing left over
+        assert unit.get_state("x").name == "RUNNING"
+    assert _lock_at_once(store, "x") == "RUNNING"
+
+
+def _set_state(store, node_id, name):
+    other = SqlStore(store.url, create=False)
+    try:
+        with other.transaction() as unit:
+            unit._x(unit.adapt("UPDATE culm_state SET name = ? WHERE node_id = ?"), [name, node_id])
+    finally:
+        other.dispose()
+
+
+def test_a_snapshot_read_sees_one_moment_and_a_plain_read_sees_each_commit(store):
+    """A plain read-only unit (PostgreSQL: in autocommit, no BEGIN/ROLLBACK) sees what others
+    committed between its reads; a snapshot unit stays one transaction that sees neither."""
+    with store.transaction() as unit:
+        unit.insert_state(_state("x"))
+    with store.reading(snapshot=True) as unit:
+        assert unit.get_state("x").name == "RUNNING"
+        _set_state(store, "x", "FAILED")
+        assert unit.get_state("x").name == "RUNNING"
+    with store.reading() as unit:
+        assert unit.get_state("x").name == "FAILED"
+        _set_state(store, "x", "FINISHED")
+        assert unit.get_state("x").name == "FINISHED"
+
+
+def test_a_write_unit_after_read_units_is_still_one_transaction(store):
+    """Read units leave their pooled connection as they found it: a write unit that fails after
+    them on the same connections keeps none of its writes, and SQLAlchemy's own connections are
+    not left in autocommit."""
+    for _ in range(3):
+        with store.reading() as unit:
+            assert unit.get_state("x") is None
+    with pytest.raises(RuntimeError), store.transaction() as unit:
+        unit.insert_state(_state("x"))
+        assert unit.get_state("x") is not None  # sent (PostgreSQL: pipelined; MariaDB: with the read)
+        raise RuntimeError("undo")
+    with store.reading() as unit:
+        assert unit.get_state("x") is None
+    with store.engine.connect() as conn:
+        driver = conn.connection.driver_connection
+        assert not (driver.get_autocommit() if store.dialect == "mysql" else driver.autocommit)

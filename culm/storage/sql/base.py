@@ -1092,6 +1092,29 @@ def _ping_idle(engine: Engine) -> None:
             raise DisconnectionError("pooled connection is dead")
 
 
+# Marks (in a pooled connection's ``info``) a connection whose transaction the store has ended.
+ENDED = "culm_ended"
+
+
+def skip_needless_reset(engine: Engine) -> None:
+    """Let the pool skip its rollback on check-in when the store ended the transaction already.
+
+    The pool rolls back every connection handed back (``pool_reset_on_return``); the store's units
+    end their transactions themselves (:meth:`SqlStore._raw`), so on drivers that send every
+    rollback to the server (PyMySQL) that is a second, needless round trip per unit. For an engine
+    made with ``pool_reset_on_return=None``: a connection returned without the store's mark (its
+    end failed, or SQLAlchemy's own Connection did not reset it) is still rolled back here, and one
+    whose rollback fails is dropped by the pool.
+    """
+
+    @event.listens_for(engine, "reset")
+    def _reset(dbapi_conn: Any, record: Any, state: Any) -> None:
+        if record is not None and record.info.pop(ENDED, False):
+            return
+        if not state.transaction_was_reset:
+            dbapi_conn.rollback()
+
+
 class Dialect:
     """What a store does its own way on one kind of database: the traits and hooks each dialect
     module (culm.storage.sql.sqlite, postgres, mysql) sets; these defaults are a server's."""
@@ -1117,13 +1140,22 @@ class Dialect:
         """Set up ``store.engine`` (its event hooks) before the first connection."""
         _ping_idle(store.engine)
 
-    def begin(self, raw: Any, *, write: bool) -> None:
-        """Start a transaction on the DB-API connection ``raw`` (the driver's own begin, here)."""
+    def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
+        """Start a unit on the DB-API connection ``raw`` (the driver's own begin, here):
+        a write unit, or a read-only one (``snapshot``: its reads must see one snapshot)."""
 
     def commit(self, raw: Any) -> None:
         """Commit the transaction of a write unit on ``raw`` at its end (its last writes were
         sent by its ``flush(commit=True)``, which may have committed already)."""
         raw.commit()
+
+    def end_read(self, raw: Any) -> None:
+        """End a read-only unit on ``raw``: nothing it did is kept."""
+        raw.rollback()
+
+    def abort(self, raw: Any) -> None:
+        """End a unit on ``raw`` that raised: undo what it did."""
+        raw.rollback()
 
     def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
         """A unit answering hot reads from ``cache`` (culm.storage.cache)."""
@@ -1241,7 +1273,7 @@ class SqlStore:
             return
         reader = self._readers if self.traits.one_writer else None
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
-            with self._raw(write=False) as raw:
+            with self._raw(write=False, snapshot=snapshot) as raw:
                 unit = self._unit(raw)
                 if snapshot and self.traits.snapshot_read:
                     unit._x(self.traits.snapshot_read)
@@ -1281,7 +1313,7 @@ class SqlStore:
         return raw
 
     @contextlib.contextmanager
-    def _raw(self, *, write: bool, pinned: bool = False) -> Iterator[Any]:
+    def _raw(self, *, write: bool, pinned: bool = False, snapshot: bool = False) -> Iterator[Any]:
         # The DB-API connection directly: the hot path runs a handful of fixed statements per
         # transaction, and SQLAlchemy's per-transaction bookkeeping would cost more than they do.
         # ``pinned``: the store's one SQLite writer connection (the caller holds the write lock).
@@ -1291,15 +1323,19 @@ class SqlStore:
             raw = self._writer
         else:
             raw = self.engine.raw_connection()
+        info = raw.info
         try:
-            self.traits.begin(raw, write=write)
+            info.pop(ENDED, None)
+            self.traits.begin(raw, write=write, snapshot=snapshot)
             yield raw
             if write:
                 self.traits.commit(raw)
             else:
-                raw.rollback()
+                self.traits.end_read(raw)
+            info[ENDED] = True  # the pool need not roll back again (see skip_needless_reset)
         except BaseException:
-            raw.rollback()
+            self.traits.abort(raw)
+            info[ENDED] = True
             raise
         finally:
             if not pinned:

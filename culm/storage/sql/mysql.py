@@ -11,7 +11,15 @@ from typing import Any
 from sqlalchemy import event
 
 from culm.core.records import ProcessRecord, TaskRecord
-from culm.storage.sql.base import Dialect, SqlStore, SqlUnit, _process_row, _state_row, _task_row
+from culm.storage.sql.base import (
+    Dialect,
+    SqlStore,
+    SqlUnit,
+    _process_row,
+    _state_row,
+    _task_row,
+    skip_needless_reset,
+)
 from culm.storage.sql.statements import (
     ACK_CHILD,
     ACKS_OF,
@@ -165,10 +173,15 @@ class MysqlDialect(Dialect):
     snapshot_read = SNAPSHOT_READ
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        # Read what others committed (version checks, joins) rather than a snapshot.
-        return {**super().engine_options(memory=memory), "isolation_level": "READ COMMITTED"}
+        # Read what others committed (version checks, joins) rather than a snapshot. No rollback
+        # by the pool on check-in where the store ended the transaction (skip_needless_reset).
+        return {
+            **super().engine_options(memory=memory),
+            "isolation_level": "READ COMMITTED",
+            "pool_reset_on_return": None,
+        }
 
-    def begin(self, raw: Any, *, write: bool) -> None:
+    def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.info.pop(_COMMITTED, None)
 
     def commit(self, raw: Any) -> None:
@@ -180,6 +193,7 @@ class MysqlDialect(Dialect):
         MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
         a compare-and-set counts the rows it matched)."""
         super().prepare(store)
+        skip_needless_reset(store.engine)
         dbapi = store.engine.dialect.loaded_dbapi
         multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
 

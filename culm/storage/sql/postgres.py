@@ -100,6 +100,47 @@ class PostgresDialect(Dialect):
         super().prepare(store)
         _widen_psycopg_query_cache()
 
+    # A read-only unit that needs no snapshot runs in autocommit: each of its reads is a
+    # transaction of its own, as each already saw its own snapshot at READ COMMITTED, and it
+    # leaves no transaction to end. psycopg would otherwise send BEGIN before its first read and
+    # ROLLBACK after its last: two round trips of three for a poll's one SELECT. Switching is
+    # psycopg's own setting (nothing sent); every unit sets the mode it needs, and the connection
+    # goes back to the pool out of autocommit (or is dropped), as SQLAlchemy expects.
+
+    def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
+        alone = not write and not snapshot
+        conn = raw.driver_connection
+        if conn.autocommit != alone:
+            conn.autocommit = alone
+
+    def end_read(self, raw: Any) -> None:
+        if raw.driver_connection.autocommit:
+            self._leave_autocommit(raw)
+        else:
+            raw.rollback()
+
+    def abort(self, raw: Any) -> None:
+        try:
+            raw.rollback()  # nothing to undo (and nothing sent) in autocommit
+        finally:
+            if raw.driver_connection.autocommit:
+                self._leave_autocommit(raw)
+
+    @staticmethod
+    def _leave_autocommit(raw: Any) -> None:
+        conn = raw.driver_connection
+        if conn.info.transaction_status == psycopg_idle():
+            conn.autocommit = False
+        else:  # broken, or a statement still running: never hand it out again
+            raw.invalidate()
+
+
+def psycopg_idle() -> Any:
+    """psycopg's "no transaction open" status (imported late: psycopg is an optional extra)."""
+    from psycopg.pq import TransactionStatus
+
+    return TransactionStatus.IDLE
+
 
 def _widen_psycopg_query_cache() -> None:
     """Let psycopg keep the converted form of every statement culm sends, long ones included.

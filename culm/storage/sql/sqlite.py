@@ -85,7 +85,7 @@ class SqliteDialect(Dialect):
             read_only = conn.get_execution_options().get("culm_read_only", False)
             conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
-    def begin(self, raw: Any, *, write: bool) -> None:
+    def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.cursor().execute("BEGIN IMMEDIATE" if write else "BEGIN")
 
     def cached_unit(self, raw: Any, cache: Any) -> SqlUnit:
