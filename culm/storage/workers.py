@@ -40,6 +40,7 @@ _COLUMNS = "owner, host, pid, process_key, threads, prefix, started_time, beat_t
 _REGISTER = f"INSERT INTO culm_worker ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, {{now}}, {{now}})"
 _BEAT = "UPDATE culm_worker SET beat_time = {now} WHERE owner = ?"
 _UNREGISTER = "DELETE FROM culm_worker WHERE owner = ?"
+_REGISTERED = "SELECT 1 FROM culm_worker WHERE owner = ?"
 _LIST = f"SELECT {_COLUMNS}, {{now}} - beat_time FROM culm_worker ORDER BY host, pid"
 # Deleted only while still silent: a beat that came in meanwhile keeps the row (and the worker).
 _BURY_SILENT = "DELETE FROM culm_worker WHERE owner = ? AND beat_time < {now} - ?"
@@ -174,8 +175,13 @@ class SqlWorkerRegistry:
         """Free the leases ``owner`` (buried) still holds. A process killed mid-transaction leaves
         that transaction on the server for a moment (until it reads the closed socket and rolls
         back, or, on MariaDB, runs a sent query ending with COMMIT to its end); the burial skips
-        the rows it locks, and they keep the dead owner's lease until this runs again."""
+        the rows it locks, and they keep the dead owner's lease until this runs again.
+
+        Nothing is freed once ``owner`` has registered again (it was alive after all, and beats):
+        its leases are its own again."""
         with self.store.transaction() as unit:
+            if unit._one(_REGISTERED, [owner]) is not None:
+                return []
             return _free_leases(unit, owner)
 
 

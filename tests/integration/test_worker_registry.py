@@ -278,3 +278,22 @@ def test_a_lease_the_dead_process_had_locked_is_freed_once_its_transaction_ends(
         assert relay.bury_dead() == 0  # the next look, its transaction committed meanwhile
         assert _lease(rt, task_id) == (None, None)
         assert sent.ids == [task_id]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_watch_after_a_burial_leaves_a_worker_that_registered_again_alone(kind: str, tmp_path: Path) -> None:
+    """A worker taken for dead while alive (paused past dead_after) registers again and claims
+    work under the same owner: the relay's watch after the burial must not free those new leases."""
+    with embedded_runtime_on(kind, tmp_path / "unused.db") as rt:
+        registry = SqlWorkerRegistry(rt.store)
+        relay = TaskRelay(rt.store, _Sent(), interval=0.2, grace=15.0, registry=registry,  # type: ignore[arg-type]
+                          dead_after=2.0, check=0.2, own="me")
+        registry.register("runner-g", 2, "culm")
+        _silence(rt, "runner-g", 10)
+        assert relay.bury_dead() == 1
+        registry.register("runner-g", 2, "culm")  # it was alive after all
+        task_id = _due_task(rt, 1.0)
+        with rt.store.transaction() as unit:
+            unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["runner-g", now() + 30, task_id])
+        assert relay.bury_dead() == 0  # a look within the watch
+        assert _lease(rt, task_id)[0] == "runner-g"
