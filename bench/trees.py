@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from culm.builder import (
@@ -79,24 +80,18 @@ def normal_pipeline() -> dict[str, Any]:
 
 def wide_pipeline(branches: int = 100, length: int = 10) -> dict[str, Any]:
     """start -> parallel gateway -> ``branches`` x ``length`` acts -> converge -> end."""
-    start, end = EmptyStartEvent(), EmptyEndEvent()
-    pg, cg = ParallelGateway(), ConvergeGateway()
-    heads = []
-    for _ in range(branches):
-        head = _act()
-        tail = head
-        for _ in range(length - 1):
-            tail = tail.extend(_act())
-        heads.append(head)
-    start.extend(pg).connect(*heads).converge(cg).extend(end)
-    return build_tree(start, data=Data(inputs={"${a}": Var(type=Var.PLAIN, value="x"),
-                                              "${b}": Var(type=Var.PLAIN, value="y"),
-                                              "${n}": Var(type=Var.PLAIN, value="1")}))
+    return _wide(branches, length, lambda _i: _act())
 
 
 def waiting_pipeline(branches: int = 100, length: int = 10) -> dict[str, Any]:
     """``wide_pipeline`` whose branches each stop halfway, RUNNING, waiting for a callback: a
     running pipeline that stands still (what a poll of a running pipeline reads, repeatably)."""
+    return _wide(branches, length,
+                 lambda i: ServiceActivity(component_code="bench_callback") if i == length // 2 else _act())
+
+
+def _wide(branches: int, length: int, act_after_head: Callable[[int], ServiceActivity]) -> dict[str, Any]:
+    """The wide shape; ``act_after_head(i)`` makes a branch's activity i+1 (after its first)."""
     start, end = EmptyStartEvent(), EmptyEndEvent()
     pg, cg = ParallelGateway(), ConvergeGateway()
     heads = []
@@ -104,7 +99,7 @@ def waiting_pipeline(branches: int = 100, length: int = 10) -> dict[str, Any]:
         head = _act()
         tail = head
         for i in range(length - 1):
-            tail = tail.extend(ServiceActivity(component_code="bench_callback") if i == length // 2 else _act())
+            tail = tail.extend(act_after_head(i))
         heads.append(head)
     start.extend(pg).connect(*heads).converge(cg).extend(end)
     return build_tree(start, data=Data(inputs={"${a}": Var(type=Var.PLAIN, value="x"),
