@@ -10,7 +10,6 @@ from typing import Any
 from culm.cli.common import (
     EXIT_OK,
     UsageError,
-    add_broker,
     add_db,
     add_json,
     broker_url,
@@ -18,6 +17,7 @@ from culm.cli.common import (
     database_error,
     db_errors,
     db_url,
+    port_number,
     positive_seconds,
     print_json,
 )
@@ -38,11 +38,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     broker = broker_url(args)
     if not broker:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
-    port = args.metrics_port or int(os.environ.get("CULM_METRICS_PORT") or 0)
+    port = args.metrics_port or _metrics_port_from_environment()
     if port:
         from culm.web import start_worker_metrics
 
-        print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
+        try:
+            print(start_worker_metrics(port, args.pool, args.metrics_host), file=sys.stderr, flush=True)
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on {args.metrics_host}:{port}: "
+                             f"{exc.strerror or exc} (pick another --metrics-port or --metrics-host)") from exc
     # Imported here first: a missing or broken module is one clear line (and the working directory
     # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes,
     # and run_worker, which reads $CULM_IMPORTS again, does not import it twice.
@@ -57,6 +61,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise  # the database's own message, with its exit code
         raise UsageError(str(exc)) from exc
     return EXIT_OK
+
+
+def _metrics_port_from_environment() -> int | None:
+    text = os.environ.get("CULM_METRICS_PORT") or ""
+    if not text.strip():
+        return None
+    try:
+        return port_number(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"$CULM_METRICS_PORT: {exc}") from None
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -102,22 +116,29 @@ def register(sub: Any) -> None:
     """Add ``worker`` and ``db`` to the ``culm`` parser."""
     worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
     add_db(worker)
-    add_broker(worker, prefix=False)
+    worker.add_argument("--broker", metavar="URL",
+                        help="the Celery broker to take tasks from (default: $CULM_BROKER_URL)")
     worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     worker.add_argument("--concurrency", type=int, default=None, metavar="N",
                         help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
                              "the number of CPUs; each process runs user code on $CULM_WORKER_THREADS threads (8)")
-    worker.add_argument("--queues", default=None, metavar="Q1,Q2")
+    worker.add_argument("--queues", default=None, metavar="Q1,Q2",
+                        help="consume only these queues (default: every queue of --prefix)")
     worker.add_argument("--queue-suffix", default="", metavar="S",
                         help="consume the queues of runs started with queue=S")
     worker.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
                         help="queue name prefix, as given to the submitting runtimes (also $CULM_QUEUE_PREFIX)")
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
-    worker.add_argument("--loglevel", default="INFO", metavar="L")
-    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset)")
+    worker.add_argument("--loglevel", default="INFO", metavar="L",
+                        help="Celery's log level: DEBUG, INFO, WARNING, ERROR (default INFO)")
+    worker.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset); "
+                             "no token protects them")
+    worker.add_argument("--metrics-host", default=os.environ.get("CULM_METRICS_HOST") or "127.0.0.1", metavar="H",
+                        help="address the metrics are served on (default $CULM_METRICS_HOST, then 127.0.0.1: "
+                             "this machine only; 0.0.0.0 for every interface, where a scraper elsewhere reaches them)")
     worker.set_defaults(func=cmd_worker, own_logging=True)
 
     workers = sub.add_parser("workers", help="list the worker processes of a cluster and when each last beat")

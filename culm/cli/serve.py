@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import UsageError, db_url
+from culm.cli.common import UsageError, db_url, port_number
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -27,12 +27,31 @@ def _db(args: argparse.Namespace) -> str:
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or a name whose every address is one (``localhost``,
+    or an alias of 127.0.0.1 in /etc/hosts)."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
         return False
+    addresses = {str(info[4][0]).partition("%")[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _byte_count(text: str) -> int:
+    """An argparse type: a number of bytes above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes above 0, not {value}")
+    return value
 
 
 def _port_problem(host: str, port: int) -> str | None:
@@ -56,8 +75,8 @@ def _port_problem(host: str, port: int) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the REST API and console; on the embedded default this process also runs the engine."""
     if args.no_auth and not _is_loopback(args.host):
-        print(f"error: --no-auth serves only a loopback address (127.0.0.1, ::1, localhost), not {args.host!r}; "
-              "create a token with `culm token create --role admin` to serve other hosts", file=sys.stderr)
+        print(f"error: --no-auth serves only a loopback address (127.0.0.1, ::1, localhost, or a name of "
+              f"one), not {args.host!r}; create a token with `culm token create --role admin` to serve other hosts", file=sys.stderr)
         return 2
     try:
         import uvicorn
@@ -85,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "submits and reads (another process runs this database's engine)")
         auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
         print(f"culm serve on http://{args.host}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
-        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body)
+        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body, host=args.host)
         # Live-update streams never end by themselves: give them a moment, then close them.
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     timeout_graceful_shutdown=3)
@@ -164,15 +183,19 @@ def register(subparsers: Any) -> None:
     _add_db(serve)
     serve.add_argument("--broker", metavar="URL", help="Celery broker URL (default: $CULM_BROKER_URL); "
                        "with one, this service only submits and reads")
-    serve.add_argument("--prefix", default="culm", help="queue name prefix of the workers (with --broker)")
+    serve.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
+                       help="queue name prefix of the workers, with --broker (default: $CULM_QUEUE_PREFIX, "
+                            "then culm)")
     serve.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("--no-auth", action="store_true", help="no tokens needed; binds to loopback only")
-    serve.add_argument("--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES",
+    serve.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="no tokens needed; binds to loopback only (an address or a name of one)")
+    serve.add_argument("--max-body", type=_byte_count, default=4 * 1024 * 1024, metavar="BYTES",
                        help="largest request body accepted (default 4 MiB)")
-    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                       help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)
 
     token = subparsers.add_parser("token", help="create, revoke and list API tokens of `culm serve`")
