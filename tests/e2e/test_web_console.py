@@ -112,6 +112,9 @@ def test_sign_in_page_refuses_a_wrong_token_and_keeps_no_cookie(browser: Any, se
     browser.get(served.url + "/")
     browser.execute_script("sessionStorage.clear()")
     browser.get(served.url + "/#/")
+    find(browser, "#token")
+    # Signed out, the links to the pages that need a token are hidden (their own display:flex kept them shown).
+    assert browser.execute_script("return getComputedStyle(document.getElementById('nav')).display") == "none"
     find(browser, "#token").send_keys("culm_wrong_token")
     find(browser, "#signin button").click()
     wait_until(lambda: "unknown or revoked" in text(browser, "#signin-error"), 20, 0.05, what="the refusal")
@@ -221,6 +224,35 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
                what="the pipeline to finish after the callback")
     assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "yes"}
+
+
+def test_an_open_form_survives_live_changes_of_the_pipeline(browser: Any, served: Any) -> None:  # noqa: F811
+    """Typing a callback's data while the pipeline moves: each change redraws the panel, and the
+    form, its text and its focus stay as long as the node still waits for the callback."""
+    tree = showcase_tree(name="form-survives")
+    wait = node_id(tree, "approve")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(wait, "RUNNING")
+    sign_in(browser, served, "operator")
+    browser.get(f"{served.url}/#/p/{tree['id']}/n/{wait}")
+    click(browser, '#node-actions button[data-action="callback"]')
+    area = find(browser, "#callback-data")
+    area.clear()
+    area.send_keys('{"approved": "half-typed')
+    before = int(browser.execute_script("return document.getElementById('panel').dataset.updates"))
+    assert api.pause_pipeline(served.runtime, tree["id"]).result
+    wait_until(lambda: "SUSPENDED" in text(browser, "#pipeline-state"), 20, 0.05, what="the pause to show")
+    assert api.resume_pipeline(served.runtime, tree["id"]).result
+    wait_until(lambda: "RUNNING" in text(browser, "#pipeline-state"), 20, 0.05, what="the resume to show")
+    wait_until(lambda: int(browser.execute_script("return document.getElementById('panel').dataset.updates")) > before,
+               20, 0.05, what="the panel to be brought up to date")
+    assert browser.execute_script("return document.activeElement.id") == "callback-data"
+    area = find(browser, "#callback-data")
+    area.send_keys('"}')
+    assert area.get_attribute("value") == '{"approved": "half-typed"}'
+    find(browser, "#action-submit").click()
+    wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05, what="the pipeline to finish")
+    assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "half-typed"}
 
 
 def test_component_catalogue(browser: Any, served: Any) -> None:  # noqa: F811
