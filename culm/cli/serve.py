@@ -163,6 +163,8 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     runtime, tokens = _token_store(args)
     with runtime:
         items = tokens.list()
+    if not items:
+        print("no token yet: create one with `culm token create --role viewer|operator|admin`", file=sys.stderr)
     for t in items:
         made = datetime.fromtimestamp(t.created_time).strftime("%Y-%m-%d %H:%M:%S")
         status = "revoked" if t.revoked_time else "active"

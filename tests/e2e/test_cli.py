@@ -307,10 +307,19 @@ def _waiting_for_callback(tmp_path: Path) -> str | None:
 def test_a_run_waiting_for_a_callback_finishes_on_culm_callback_from_another_shell(tmp_path: Path) -> None:
     """README: under `culm run`, the callback example waits for `culm callback NODE --data ...`."""
     env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    run = subprocess.Popen([sys.executable, "-m", "culm.cli", "run", str(EXAMPLES / "callback_component.py")],
+    run = subprocess.Popen([sys.executable, "-m", "culm.cli", "run", str(EXAMPLES / "callback_component.py"),
+                            "--timeout", "60"],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         node = wait_until(lambda: _waiting_for_callback(tmp_path), 60, 0.2, what="the approval node to wait")
+        # The run says so, with the command to send (the id shown, as the README says).
+        assert run.stdout is not None
+        shown = ""
+        while "WAITING" not in shown:
+            shown = run.stdout.readline()
+            assert shown, "the run ended without saying that a node waits for a callback"
+        assert f"WAITING   node approval ({node}) for a callback; from another shell: " \
+               f"`culm callback {node} --data JSON`" in shown, shown
         called = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}')
         assert called.returncode == 0, called.stdout + called.stderr
         out, _ = run.communicate(timeout=60)
@@ -374,3 +383,27 @@ def test_culm_workers_says_what_its_threads_are(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "alive" in out.stdout and ", 8 user-code threads, prefix culm" in out.stdout, out.stdout
     assert "$CULM_WORKER_THREADS" in culm(tmp_path, "worker", "--help").stdout
+
+
+def test_logs_and_history_say_what_they_did_not_find(tmp_path: Path) -> None:
+    """`culm logs PIPELINE` printed nothing and exited 0; a node without log lines was as silent as
+    a typo; `history --loop 5` said the node had no earlier runs at all."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    out = culm(tmp_path, "logs", "order_1234")
+    assert out.returncode == 2 and out.stderr == (
+        "error: order_1234 is a pipeline: its nodes keep the logs (`culm status order_1234` lists them; "
+        "then `culm logs NODE`)\n")
+    out = culm(tmp_path, "logs", "order_start")
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "node order_start logged nothing\n"
+    retried = culm(tmp_path, "retry", "charge_card", "--data", '{"amount": 80}', "--import",
+                   str(EXAMPLES / "operator_session.py"))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    out = culm(tmp_path, "history", "charge_card", "--loop", "5")
+    assert out.returncode == 0 and out.stdout.startswith("node charge_card has no earlier runs in loop 5 ")
+    assert "amount 250 is over the limit" in culm(tmp_path, "history", "charge_card", "--loop", "1").stdout
+
+
+def test_an_empty_token_list_says_how_to_make_one(tmp_path: Path) -> None:
+    out = culm(tmp_path, "token", "list")
+    assert out.returncode == 0 and out.stdout == ""
+    assert out.stderr == "no token yet: create one with `culm token create --role viewer|operator|admin`\n"
