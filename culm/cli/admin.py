@@ -13,6 +13,7 @@ from culm.cli.common import (
     add_db,
     add_json,
     broker_url,
+    check_sqlite,
     console,
     database_error,
     db_errors,
@@ -78,6 +79,7 @@ def cmd_workers(args: argparse.Namespace) -> int:
     from culm.storage import SqlStore, SqlWorkerRegistry
 
     url = db_url(args)
+    check_sqlite(url, read_only=True)
     try:
         store = SqlStore(url)
         try:

@@ -150,7 +150,9 @@ def _sqlite_file(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def _check_sqlite(url: str, read_only: bool) -> None:
+def check_sqlite(url: str, read_only: bool) -> None:
+    """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one) or
+    can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
     path = _sqlite_file(url)
     if path is None:
         return
@@ -214,7 +216,7 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
     import culm
 
     url = db_url(args)
-    _check_sqlite(url, read_only)
+    check_sqlite(url, read_only)
     broker = broker_url(args)
     try:
         if broker and (run or not read_only):

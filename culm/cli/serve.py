@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import UsageError, db_url, port_number
+from culm.cli.common import UsageError, check_sqlite, db_url, port_number
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -113,10 +113,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_store(args: argparse.Namespace) -> Any:
+def _token_store(args: argparse.Namespace, read_only: bool) -> Any:
     import culm
     from culm.web import TokenStore
 
+    check_sqlite(_db(args), read_only)  # listing or revoking in the wrong folder creates no database
     runtime = culm.Runtime(_db(args), workers=0)
     try:
         return runtime, TokenStore(runtime.token_table())
@@ -128,7 +129,7 @@ def _token_store(args: argparse.Namespace) -> Any:
 def cmd_token_create(args: argparse.Namespace) -> int:
     from culm.web import TokenError
 
-    runtime, tokens = _token_store(args)
+    runtime, tokens = _token_store(args, read_only=False)
     with runtime:
         try:
             text, info = tokens.create(args.role, args.name)
@@ -146,7 +147,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     token_id = args.id
     if token_id.startswith(PREFIX) and token_id.count("_") >= 2:
         token_id = token_id.split("_", 2)[1]  # the whole token text was given
-    runtime, tokens = _token_store(args)
+    runtime, tokens = _token_store(args, read_only=True)
     with runtime:
         try:
             info = tokens.revoke(token_id)
@@ -160,7 +161,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    runtime, tokens = _token_store(args)
+    runtime, tokens = _token_store(args, read_only=True)
     with runtime:
         items = tokens.list()
     if not items:

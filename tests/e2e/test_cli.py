@@ -404,6 +404,16 @@ def test_logs_and_history_say_what_they_did_not_find(tmp_path: Path) -> None:
 
 
 def test_an_empty_token_list_says_how_to_make_one(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
     out = culm(tmp_path, "token", "list")
     assert out.returncode == 0 and out.stdout == ""
     assert out.stderr == "no token yet: create one with `culm token create --role viewer|operator|admin`\n"
+
+
+@pytest.mark.parametrize("args", [["workers"], ["token", "list"], ["token", "revoke", "abc"]])
+def test_reading_commands_of_admin_create_no_database(tmp_path: Path, args: list[str]) -> None:
+    """docs/cli.md: a read command never creates a database file; `workers` and `token list` did."""
+    out = culm(tmp_path, *args)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: no database at {tmp_path / 'cli.db'}: nothing has run there yet")
+    assert not (tmp_path / "cli.db").exists()
