@@ -103,7 +103,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "runs the engine" if runtime.dispatcher is not None else
             "submits and reads (another process runs this database's engine)")
         auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
-        print(f"culm serve on http://{args.host}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
+        where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address, as a URL writes it
+        print(f"culm serve on http://{where}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
         app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body, host=args.host)
         # Live-update streams never end by themselves: give them a moment, then close them.
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,

@@ -91,6 +91,22 @@ def test_no_auth_serves_the_loopback_name_it_was_asked_to_bind(tmp_path: Path) -
     assert f"culm serve on http://{alias}:{port}/" in out and "no authentication (loopback only)" in out
 
 
+def test_no_auth_on_ipv6_loopback_prints_a_url_that_works(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    proc, url = _serve(tmp_path, "--no-auth", "--host", "::1")
+    try:
+        assert httpx.get(url + "/api/v1/me", timeout=10).json()["role"] == "admin"
+    finally:
+        out = _stop(proc)
+    assert f"culm serve on {url}/ for " in out, out  # http://[::1]:PORT/, not http://::1:PORT/
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--port", "99999"], "argument --port: expected a port number from 1 to 65535, not 99999"),
     (["--port", "http"], "argument --port: expected a port number, not 'http'"),
@@ -130,7 +146,7 @@ def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL)
     host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
-    url = f"http://{host}:{port}"
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def up() -> bool:
         try:
