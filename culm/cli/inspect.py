@@ -183,7 +183,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.print(table)
     counts = " · ".join(f"{render.state_text(s)} {n}" for s, n in sorted(found["counts"].items()))
     shown = f"{args.offset + 1}-{args.offset + len(found['items'])}" if found["items"] else "none"
-    out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {counts}" if counts else ""))
+    # The counts ignore --state (they say what the other states hold): say so when it filtered.
+    where = "in every state: " if args.state else ""
+    out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {where}{counts}" if counts else ""))
     return EXIT_OK
 
 

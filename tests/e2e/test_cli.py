@@ -417,3 +417,14 @@ def test_reading_commands_of_admin_create_no_database(tmp_path: Path, args: list
     assert out.returncode == 4, out.stdout + out.stderr
     assert out.stderr.startswith(f"error: no database at {tmp_path / 'cli.db'}: nothing has run there yet")
     assert not (tmp_path / "cli.db").exists()
+
+
+def test_list_filtered_by_state_says_its_counts_are_of_every_state(tmp_path: Path) -> None:
+    """`culm list --state RUNNING` printed "1 pipeline(s), showing 1-1   FINISHED 1 · RUNNING 1":
+    a count of FINISHED pipelines under a list of RUNNING ones, unexplained."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    out = culm(tmp_path, "list", "--state", "RUNNING")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "1 pipeline(s), showing 1-1   in every state: FINISHED 1 · RUNNING 1"
+    assert culm(tmp_path, "list").stdout.splitlines()[-1] == "2 pipeline(s), showing 1-2   FINISHED 1 · RUNNING 1"
