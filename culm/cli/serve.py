@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import UsageError, check_sqlite, db_url, port_number
+from culm.cli.common import DatabaseError, UsageError, check_sqlite, db_url, port_number
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -99,6 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     broker = args.broker or os.environ.get("CULM_BROKER_URL") or None
     runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
+        _token_table(runtime)  # memory:// keeps no tokens: one line, before anything is served
         mode = "submits and reads (a broker's workers run the work)" if broker else (
             "runs the engine" if runtime.dispatcher is not None else
             "submits and reads (another process runs this database's engine)")
@@ -121,10 +122,21 @@ def _token_store(args: argparse.Namespace, read_only: bool) -> Any:
     check_sqlite(_db(args), read_only)  # listing or revoking in the wrong folder creates no database
     runtime = culm.Runtime(_db(args), workers=0)
     try:
-        return runtime, TokenStore(runtime.token_table())
+        return runtime, TokenStore(_token_table(runtime))
     except BaseException:
         runtime.close()
         raise
+
+
+def _token_table(runtime: Any) -> Any:
+    """The runtime's token table; a ``memory://`` runtime, which keeps none, is a :class:`DatabaseError`."""
+    from culm.errors import InvalidOperationError
+
+    try:
+        return runtime.token_table()
+    except InvalidOperationError as exc:
+        raise DatabaseError(f"{exc}: tokens and the service need a database (sqlite:///culm.db, "
+                            "postgresql://user@host/db or mysql://user@host/db)") from None
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:

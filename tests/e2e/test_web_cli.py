@@ -107,6 +107,15 @@ def test_no_auth_on_ipv6_loopback_prints_a_url_that_works(tmp_path: Path) -> Non
     assert f"culm serve on {url}/ for " in out, out  # http://[::1]:PORT/, not http://::1:PORT/
 
 
+@pytest.mark.parametrize("args", [["serve"], ["token", "create", "--role", "admin"], ["token", "list"]])
+def test_a_memory_database_is_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
+    res = culm(tmp_path, *args, "--db", "memory://")
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert res.stdout == "" and res.stderr == (
+        "error: API tokens live in a database; Runtime('memory://', embedded) keeps its data in memory: tokens "
+        "and the service need a database (sqlite:///culm.db, postgresql://user@host/db or mysql://user@host/db)\n")
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["--port", "99999"], "argument --port: expected a port number from 1 to 65535, not 99999"),
     (["--port", "http"], "argument --port: expected a port number, not 'http'"),
