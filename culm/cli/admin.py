@@ -9,6 +9,7 @@ from typing import Any
 
 from culm.cli.common import (
     EXIT_OK,
+    DatabaseError,
     UsageError,
     add_db,
     add_json,
@@ -23,7 +24,7 @@ from culm.cli.common import (
     print_json,
 )
 from culm.cli.loading import import_modules, import_names
-from culm.errors import CulmError
+from culm.errors import CulmError, InvalidOperationError
 from culm.runtime import WorkerWiring
 
 
@@ -88,6 +89,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
             store.dispose()
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: no registry to read
+        raise DatabaseError(str(exc)) from None
     rows = [{**w.as_dict(), "alive": w.silent_for <= args.dead_after} for w in found]
     if args.json:
         print_json(rows)
@@ -110,6 +113,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         version = upgrade_database(url)
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: no schema to migrate
+        raise DatabaseError(str(exc)) from None
     print(f"database schema is at version {version}")
     return EXIT_OK
 

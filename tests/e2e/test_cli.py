@@ -428,3 +428,11 @@ def test_list_filtered_by_state_says_its_counts_are_of_every_state(tmp_path: Pat
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == "1 pipeline(s), showing 1-1   in every state: FINISHED 1 · RUNNING 1"
     assert culm(tmp_path, "list").stdout.splitlines()[-1] == "2 pipeline(s), showing 1-2   FINISHED 1 · RUNNING 1"
+
+
+@pytest.mark.parametrize("args", [["workers"], ["db", "upgrade"]])
+def test_admin_commands_on_a_memory_database_are_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
+    out = culm(tmp_path, *args, "--db", "memory://")
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr == ("error: culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not 'memory' "
+                          "(database URL 'memory://')\n")
