@@ -288,6 +288,8 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
             raw = Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"{flag}: cannot read {raw[1:]}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{flag}: cannot read {raw[1:]}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return json_object(raw, flag)
 
 

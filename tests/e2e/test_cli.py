@@ -436,3 +436,10 @@ def test_admin_commands_on_a_memory_database_are_one_line_and_exit_4(tmp_path: P
     assert out.returncode == 4, out.stdout + out.stderr
     assert out.stderr == ("error: culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not 'memory' "
                           "(database URL 'memory://')\n")
+
+
+def test_data_from_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "blob.bin").write_bytes(b"\x00\xf3\xff binary")
+    out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--data", "@blob.bin")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == "error: --data: cannot read blob.bin: not UTF-8 text (invalid continuation byte at byte 1)\n"
