@@ -443,3 +443,11 @@ def test_data_from_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--data", "@blob.bin")
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr == "error: --data: cannot read blob.bin: not UTF-8 text (invalid continuation byte at byte 1)\n"
+
+
+def test_a_syntax_error_in_a_module_names_its_file_and_line(tmp_path: Path) -> None:
+    """It said "(at .../culm/cli/loading.py:81)": where culm imports, not where the mistake is."""
+    (tmp_path / "broken.py").write_text("x = 1\ndef build_pipeline(:\n")
+    out = culm(tmp_path, "run", "broken.py")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == f"error: broken.py: import failed: SyntaxError: invalid syntax (at {tmp_path / 'broken.py'}:2)\n"
