@@ -156,11 +156,15 @@ def check_sqlite(url: str, read_only: bool) -> None:
     path = _sqlite_file(url)
     if path is None:
         return
+    absolute = Path("/") / path
+    meant = not path.is_absolute() and (absolute.exists() if read_only else absolute.parent.is_dir())
+    hint = (f" (sqlite:///{path} is relative to the working directory; for {absolute}, write four "
+            f"slashes: sqlite:///{absolute})") if meant else ""
     if read_only and not path.exists():
         raise DatabaseError(f"no database at {path}: nothing has run there yet (pass --db or set "
-                            "$CULM_DATABASE_URL to the database your pipelines ran on)")
+                            f"$CULM_DATABASE_URL to the database your pipelines ran on){hint}")
     if not path.parent.is_dir():
-        raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist")
+        raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist{hint}")
     if not read_only and path.exists() and not os.access(path, os.W_OK):
         raise DatabaseError(f"cannot write the database {path}: the file is read-only")
     if not read_only and not path.exists() and not os.access(path.parent, os.W_OK):

@@ -451,3 +451,18 @@ def test_a_syntax_error_in_a_module_names_its_file_and_line(tmp_path: Path) -> N
     out = culm(tmp_path, "run", "broken.py")
     assert out.returncode == 2, out.stdout + out.stderr
     assert out.stderr == f"error: broken.py: import failed: SyntaxError: invalid syntax (at {tmp_path / 'broken.py'}:2)\n"
+
+
+def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_path: Path) -> None:
+    out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--db", "sqlite:///tmp/culm-trial.db")
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr == ("error: cannot create the database tmp/culm-trial.db: the directory tmp does not exist "
+                          "(sqlite:///tmp/culm-trial.db is relative to the working directory; for "
+                          "/tmp/culm-trial.db, write four slashes: sqlite:////tmp/culm-trial.db)\n")
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--new-ids", "--db", f"sqlite:///{tmp_path}/abs.db"
+                ).returncode == 0
+    relative = str(tmp_path / "abs.db").lstrip("/")
+    out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")
+    assert out.returncode == 4 and out.stderr.endswith(
+        f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
+        f"sqlite:////{relative})\n"), out.stderr
