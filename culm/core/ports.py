@@ -131,6 +131,11 @@ class Runs(Protocol):
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]: ...
 
+    # True when this unit's inserts of a new run fail on any id stored already (its root id or a
+    # node id: unique keys), with an error the store's ``is_duplicate`` recognises. A new run's
+    # ids are then checked by its commit, not read before it (a round trip fewer on a server).
+    refuses_duplicate_ids: bool
+
 
 class States(Protocol):
     """Node and pipeline states, written by compare-and-set on their version and name."""
@@ -368,6 +373,11 @@ class Store(Protocol):
         """Whether ``exc`` (raised by one of this store's units) means the database was interrupted
         (a lost connection, a restarting server, a deadlock victim) rather than the work being
         wrong: the same work is worth trying again. Only the store knows its driver's errors."""
+        ...
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
+        (see ``Runs.refuses_duplicate_ids``)."""
         ...
 
 

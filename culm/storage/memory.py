@@ -91,6 +91,7 @@ class MemoryUnit(TransactionView):
     """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
 
     dialect = "memory"
+    refuses_duplicate_ids = False  # a new run's ids are read first (culm.core.ports.Runs)
     feed_ordered = True  # one transaction at a time: seqs become visible in order
 
     @property
@@ -590,6 +591,10 @@ class MemoryStore:
 
     def is_interruption(self, exc: BaseException) -> bool:
         """Never: there is no server to lose (a crash is modelled by :meth:`reopen`, not raised)."""
+        return False
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Never: a new run's ids are read before they are stored (``refuses_duplicate_ids``)."""
         return False
 
     def reopen(self) -> MemoryStore:

@@ -211,3 +211,69 @@ def test_a_write_unit_after_read_units_is_still_one_transaction(store):
     with store.engine.connect() as conn:
         driver = conn.connection.driver_connection
         assert not (driver.get_autocommit() if store.dialect == "mysql" else driver.autocommit)
+
+
+def _sent_statements(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every statement the driver of ``kind`` sends from now on (PostgreSQL: psycopg's
+    cursor; MariaDB: PyMySQL's queries, a multi-statement query being one)."""
+    sent: list[str] = []
+    if kind == "postgres":
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+
+        def counted_execute(self, query, params=None, **kw):
+            sent.append(str(query))
+            return execute(self, query, params, **kw)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
+    else:
+        from pymysql.connections import Connection
+
+        query = Connection.query
+
+        def counted_query(self, sql, unbuffered=False):
+            sent.append(sql)
+            return query(self, sql, unbuffered)
+
+        monkeypatch.setattr(Connection, "query", counted_query)
+    return sent
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_new_run_is_stored_without_reading_its_ids_first_and_a_taken_id_is_still_refused(kind, monkeypatch):
+    """The unique keys of a new run's inserts check its ids at the commit: no read goes before the
+    writes (a round trip per run_pipeline), and a rerun or a reused node id is refused by name with
+    nothing stored."""
+    import copy
+
+    import culm
+    from culm import api
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+
+    url = create_database(kind)
+    upgrade_database(url)
+    rt = culm.Runtime(url, workers=0)  # submits only: nothing runs the tasks
+    try:
+        start, act = EmptyStartEvent(), ServiceActivity(component_code="example_component")
+        start.extend(act).extend(EmptyEndEvent())
+        tree = build_tree(start)
+        sent = _sent_statements(kind, monkeypatch)
+        assert api.run_pipeline(rt, tree).result
+        assert not [s for s in sent if "FROM culm_node" in s], sent
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
+
+        again = api.run_pipeline(rt, tree)
+        assert not again.result and f"pipeline {tree['id']} already exists" in again.message
+        other = copy.deepcopy(tree)
+        other["id"] = "p" + "2" * 32
+        reused = api.run_pipeline(rt, other)
+        assert not reused.result and "reuses node ids" in reused.message and act.id in reused.message
+        assert api.get_pipeline_states(rt, other["id"]).data == {}
+        with rt.store.reading() as unit:
+            assert unit.existing_node_ids([other["id"]]) == set()
+            assert [t.root_id for t in unit.pending_tasks(10**10, 100)] == [tree["id"]]
+    finally:
+        monkeypatch.undo()
+        rt.close()
+        drop_database(url)

@@ -206,6 +206,10 @@ class SqlUnit:
     outputs_upsert = OUTPUTS_UPSERT
     combine = staticmethod(_combined)  # deferred writes -> the statements that carry them
     listing_tables = LISTING_TABLES  # the FROM names of root states and pipeline names (listing)
+    # A new run's ids are checked by the unique keys of its inserts, at its commit, instead of a
+    # read before them (culm.core.ports.Runs.refuses_duplicate_ids): the server databases, whose
+    # read would be a round trip of its own while the inserts travel with the commit.
+    refuses_duplicate_ids = False
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
@@ -1173,6 +1177,12 @@ class Dialect:
         kinds = (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None))
         return tuple(k for k in kinds if isinstance(k, type) and issubclass(k, BaseException))
 
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (the driver's own error) is a unique key refusing a row. Only the
+        dialects whose units refuse a new run's taken ids by their keys answer (see
+        ``SqlUnit.refuses_duplicate_ids``)."""
+        return False
+
 
 def dialect_for(url: str) -> Dialect:
     """The one place a store's dialect is chosen, from its (normalised) database URL."""
@@ -1296,6 +1306,11 @@ class SqlStore:
         if isinstance(exc, DBAPIError):
             return bool(exc.connection_invalidated)
         return isinstance(exc, self._interruptions)
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
+        (:meth:`culm.core.ports.Store.is_duplicate`)."""
+        return self.traits.is_duplicate(exc)
 
     def _thread_reader(self) -> Any:
         """This thread's own read connection to the SQLite file, outside the pool.

@@ -74,6 +74,9 @@ def adapt_mysql(sql: str) -> str:
     return sql.replace("?", "%s").replace('"', "`")
 
 
+DUPLICATE_ENTRY = 1062  # MySQL/MariaDB: "Duplicate entry ... for key ...", a row a unique key refused
+
+
 class MysqlUnit(SqlUnit):
     """A transaction on MySQL/MariaDB. As on PostgreSQL, writes whose result nobody reads wait and
     go to the server with the next statement that needs an answer (a read, a compare-and-set on a
@@ -87,6 +90,7 @@ class MysqlUnit(SqlUnit):
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
     defers_writes = True
+    refuses_duplicate_ids = True
     combine = staticmethod(_in_order)
 
     def _send_deferred(
@@ -183,6 +187,10 @@ class MysqlDialect(Dialect):
 
     def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.info.pop(_COMMITTED, None)
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        args: tuple[Any, ...] = getattr(exc, "args", ())
+        return type(exc).__module__.startswith("pymysql") and bool(args) and args[0] == DUPLICATE_ENTRY
 
     def commit(self, raw: Any) -> None:
         if not raw.info.pop(_COMMITTED, False):  # else the unit's last query ended with COMMIT

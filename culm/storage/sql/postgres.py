@@ -21,6 +21,7 @@ from culm.storage.sql.statements import (
     marks,
 )
 
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a row a unique key refused
 _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
 
 
@@ -35,6 +36,7 @@ class PostgresUnit(SqlUnit):
 
     dialect = "postgresql"
     defers_writes = True
+    refuses_duplicate_ids = True
     adapt = staticmethod(adapt_pg)
 
     def _send_deferred(
@@ -99,6 +101,9 @@ class PostgresDialect(Dialect):
     def prepare(self, store: SqlStore) -> None:
         super().prepare(store)
         _widen_psycopg_query_cache()
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
 
     # A read-only unit that needs no snapshot runs in autocommit: each of its reads is a
     # transaction of its own, as each already saw its own snapshot at READ COMMITTED, and it
