@@ -161,7 +161,7 @@ def test_a_connection_handed_back_mid_transaction_is_still_rolled_back(store):
     with store.transaction() as unit:
         unit.insert_state(_state("x"))
     raw = store.engine.raw_connection()
-    cur = raw.cursor()
+    cur = store._unit.new_cursor(raw)  # as a unit sends its statements
     cur.execute(store._unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE"), ["x"])
     assert cur.fetchall()[0][0] == "RUNNING"
     raw.close()  # the lock taken above goes with the pool's rollback

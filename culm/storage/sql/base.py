@@ -213,7 +213,7 @@ class SqlUnit:
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
-        self._cur = conn.cursor()
+        self._cur = self.new_cursor(conn)
         self._sql = self.adapt
         self._plain_sql = self.adapt is same_sql  # statements go to the driver as written
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
@@ -249,6 +249,11 @@ class SqlUnit:
         self.changes_sent = 0
 
     # -- plumbing ---------------------------------------------------------------------------
+    @staticmethod
+    def new_cursor(conn: Any) -> Any:
+        """The cursor a unit sends its statements through (as ``adapt`` made them)."""
+        return conn.cursor()
+
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
         if self._deferred:
