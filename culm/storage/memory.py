@@ -273,12 +273,12 @@ class MemoryUnit(TransactionView):
                 changed["stack"] = list(fields["stack"])
             self._put("process", process_id, _changed(p, _copy_process, changed))
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]:
-        """Count one finished child of ``parent_id``; returns (acks so far, acks needed)."""
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
+        """Count one finished child of ``parent_id`` (which must exist); returns it, counted."""
         p = _copy_process(self._process(parent_id))
         p.ack_num += 1
         self._put("process", parent_id, p)
-        return p.ack_num, p.need_ack
+        return _copy_process(p)
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]

@@ -277,3 +277,40 @@ def test_a_new_run_is_stored_without_reading_its_ids_first_and_a_taken_id_is_sti
         monkeypatch.undo()
         rt.close()
         drop_database(url)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_last_branch_of_a_join_wakes_its_parent_without_reading_it_again(kind, monkeypatch):
+    """Each branch's ack returns the parent's process row with the count (PostgreSQL: RETURNING;
+    MariaDB: the read in the ack's own query), so the last one wakes the parent without another
+    round trip, and the pipeline still finishes with every branch run once."""
+    from engine_fixtures import finish, node_state
+
+    import culm
+    from culm import builder
+    from culm.storage.sql.statements import PROCESS_SELECT
+
+    url = create_database(kind)
+    upgrade_database(url)
+    rt = culm.Runtime(url, workers=2)
+    try:
+        start, pg = builder.EmptyStartEvent(), builder.ParallelGateway()
+        branches = [builder.ServiceActivity(component_code="example_component") for _ in range(3)]
+        start.extend(pg).connect(*branches).to(pg).converge(builder.ConvergeGateway()).extend(builder.EmptyEndEvent())
+        tree = builder.build_tree(start)
+        sent = _sent_statements(kind, monkeypatch)
+        finish(rt, tree, timeout=30)
+        monkeypatch.undo()
+        process_reads = [s for s in sent if PROCESS_SELECT in s]
+        if kind == "postgres":
+            assert process_reads == [], process_reads
+        else:
+            assert process_reads and all("ack_num = ack_num + 1" in s for s in process_reads), process_reads
+        assert sum("ack_num = ack_num + 1" in s for s in sent) == 3
+        for b in branches:
+            assert node_state(rt, b.id)["state"] == "FINISHED"
+            assert node_state(rt, b.id)["loop"] == 1 and node_state(rt, b.id)["retry"] == 0
+    finally:
+        monkeypatch.undo()
+        rt.close()
+        drop_database(url)

@@ -39,7 +39,6 @@ from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.sql.statements import (
     ACK_CHILD,
-    ACKS_OF,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
@@ -655,16 +654,17 @@ class SqlUnit:
             return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]:
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
         """Count one finished child; the row lock taken by the update serialises siblings."""
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(parent_id)
-        return self._count_ack(parent_id)
+        row = self._acked_row(parent_id)
+        return _process_row(row) if row else None
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+    def _acked_row(self, parent_id: str) -> Any:
+        """The ack's UPDATE, then the process row with it (each dialect in as few round trips as it can)."""
         self._x(ACK_CHILD, [parent_id])
-        row = self._one(ACKS_OF, [parent_id])
-        return int(row[0]), int(row[1])
+        return self._one(PROCESS_BY_ID, [parent_id])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]

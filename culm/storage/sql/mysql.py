@@ -22,13 +22,13 @@ from culm.storage.sql.base import (
 )
 from culm.storage.sql.statements import (
     ACK_CHILD,
-    ACKS_OF,
     CLAIM_MANY_MYSQL,
     DB_NOW_MYSQL,
     HELD_BY_US,
     KEEP_HELD_LEASE,
     MANY_WITH_PROCESS_OURS,
     OUTPUTS_UPSERT_MYSQL,
+    PROCESS_BY_ID,
     PROCESS_COLUMNS,
     SNAPSHOT_READ,
     STATES_IN_LOCKED,
@@ -115,12 +115,11 @@ class MysqlUnit(SqlUnit):
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+    def _acked_row(self, parent_id: str) -> Any:
         # The UPDATE locks the parent's row (serialising siblings) and the read that follows in
         # the same query sees the count with this child in it: one round trip for both.
         self._later(ACK_CHILD, [parent_id], (("culm_process", (parent_id,)),))
-        row = self._one(ACKS_OF, [parent_id])
-        return int(row[0]), int(row[1])
+        return self._one(PROCESS_BY_ID, [parent_id])
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]

@@ -104,9 +104,8 @@ class PostgresUnit(SqlUnit):
             if commit:
                 self.conn.driver_connection.commit()
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
-        row = self._one(ACK_CHILD_RETURNING, [parent_id])
-        return int(row[0]), int(row[1])
+    def _acked_row(self, parent_id: str) -> Any:
+        return self._one(ACK_CHILD_RETURNING, [parent_id])
 
     def _claim_with_process(
         self, task_id: str, lease: tuple[str, float, float]
