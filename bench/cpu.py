@@ -2,8 +2,10 @@
 
 ``embedded``: per-thread CPU clocks of the caller (``run_pipeline``), the engine thread and the
 user code, for the batch run together and for submitting first, then running.
-``distributed``: CPU seconds of the ``culm worker`` processes, the PostgreSQL backends, Redis and
-the submitting process during one batch (read from ``/proc/<pid>/stat``).
+``distributed``: CPU seconds of the ``culm worker`` processes (main and pool processes apart), the
+bench database's PostgreSQL backends (or MariaDB's server process), Redis and the submitting
+process during one batch on fresh workers, and with ``--batches N`` further batches on the same
+workers (read from ``/proc/<pid>/stat``).
 """
 
 from __future__ import annotations
