@@ -214,6 +214,9 @@ class MemoryUnit(TransactionView):
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         return {i: _copy_state(st) for i in node_ids if (st := self._get("state", i)) is not None}
 
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        return self.get_states(node_ids)  # one transaction at a time: nobody else can change them
+
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
 
