@@ -241,7 +241,10 @@ class Tasks(Protocol):
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None: ...
 
-    def release_leases(self, task_ids: Sequence[str] | None = None) -> None: ...
+    def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
+        """Free the leases of ``task_ids``; None: of every task and every schedule call (the sole
+        runner of an embedded database, starting after another died)."""
+        ...
 
 
 class NodeData(Protocol):

@@ -424,6 +424,10 @@ class MemoryUnit(TransactionView):
         rows = self._scan("task") if task_ids is None else list(self._each_task(task_ids))
         for task_id, row in rows:
             self._set_task(task_id, row, owner=None, claimed_until=None)
+        if task_ids is None:  # the schedule calls' leases too
+            for schedule_id, s in self._scan("schedule"):
+                if s.locked_until is not None:
+                    self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": None}))
 
     # -- node data, execution data, context -----------------------------------------------------
     def get_inputs_override(self, node_id: str) -> dict | None:

@@ -906,6 +906,9 @@ class SqlUnit:
     def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
         if task_ids is None:
             self._x("UPDATE culm_task SET owner = NULL, claimed_until = NULL")
+            # Schedule calls are leased too: a multiple callback's lock would hold its next call
+            # back until it ran out.
+            self._x("UPDATE culm_schedule SET locked_until = NULL WHERE locked_until IS NOT NULL")
             return
         ids = list(task_ids)
         if ids:
