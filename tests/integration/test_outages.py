@@ -190,3 +190,30 @@ def test_connections_cut_mid_batch(backend: DistributedBackend, cut: str) -> Non
         assert api.run_pipeline(rt, tree).result
     for tree in again:
         wait_until(lambda r=tree["id"]: _finished(rt, r), 30, 0.1, what=f"pipeline {tree['id']} to finish")
+
+
+def test_no_worker_running_shows_in_the_wait_reason(backend: DistributedBackend,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every worker stopped: the pipeline's entry says its steps are due and not taken, and names
+    where they wait; once a worker starts it takes them and the reason goes away."""
+    from culm.core import waits
+
+    monkeypatch.setattr(waits, "STALLED_AFTER", 0.5)  # read in this (the submitting) process
+    rt = backend.runtime()
+    backend.stop_workers()
+    try:
+        tree = _batch_tree(0.0)
+        assert api.run_pipeline(rt, tree).result
+        root = tree["id"]
+
+        def stalled() -> dict[str, Any] | None:
+            res = api.get_pipeline_states(rt, root)
+            found = res.data[root]["wait_reason"] if res.result else None
+            return found if found and found["kind"] == "stalled" else None
+
+        found = wait_until(stalled, 10, 0.1, what="the pipeline to say it is stalled")
+        assert found["nodes"] == [tree["start_event"]["id"]]
+    finally:
+        backend.ensure_workers(2)
+    wait_until(lambda: _finished(rt, root), 60, 0.1, what="the pipeline to finish once workers run")
+    assert api.get_pipeline_states(rt, root).data[root]["wait_reason"] is None
