@@ -109,16 +109,11 @@ def raw_data(engine: Engine, node_id: str) -> dict[str, Any]:
         graph = engine.graph(root_id, unit)
         node = graph.nodes[node_id]
         override = unit.get_inputs_override(node_id)
-    if override is not None:
-        raw = override
-    elif node.type == "SubProcess":
-        raw = node.raw.get("params") or {}
-    elif node.type == "ServiceActivity":
-        raw = (node.raw.get("component") or {}).get("inputs") or {}
-    else:
-        raw = {}
+    raw = override if override is not None else cdata.refer_lazy_inputs(node, cdata.node_inputs(node))
     render, _escape = cdata.split_inputs(raw)
-    inputs = {k: {"need_render": k in render, "value": v.get("value") if isinstance(v, dict) else v}
+    # A lazy input refers to the context variable that holds it, as bamboo shows it.
+    inputs = {k: {"need_render": k in render,
+                  "value": (v.get("context_key") or v.get("value")) if isinstance(v, dict) else v}
               for k, v in raw.items()}
     outputs = dict(cdata.output_mapping(graph, node))
     return {"inputs": inputs, "outputs": outputs}

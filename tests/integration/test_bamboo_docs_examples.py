@@ -86,11 +86,11 @@ def executed(states, pipeline):
 
 # -- README: quick start ---------------------------------------------------------------------------
 def test_quick_start_runs_three_nodes_to_finished(runtime):
-    from culm.builder import EmptyEndEvent as End, EmptyStartEvent as Start, ServiceActivity as Act, builder
+    from culm.builder import builder  # the quick start's star import brings ``builder`` along
 
-    start = Start()
-    act = Act(component_code="example_component")
-    end = End()
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="example_component")
+    end = EmptyEndEvent()
     start.extend(act).extend(end)
     pipeline = builder.build_tree(start)
 
@@ -466,7 +466,7 @@ class DocsPollService(Service):
         if status == 0:
             self.finish_schedule()
         elif status < 0:
-            data.outputs.ex_data = "task failed with code: %s" % status
+            data.outputs.ex_data = f"task failed with code: {status}"
             return False
         return True
 
@@ -508,7 +508,7 @@ class DocsCallbackService(Service):
     def schedule(self, data, parent_data, callback_data=None):
         status = self.callback_data["status"]
         if status < 0:
-            data.outputs.ex_data = "task failed with code: %s" % status
+            data.outputs.ex_data = f"task failed with code: {status}"
             return False
         self.finish_schedule()
 
@@ -519,7 +519,7 @@ class DocsMultiCallbackService(DocsCallbackService):
     def schedule(self, data, parent_data, callback_data=None):
         status = self.callback_data["status"]
         if status < 0:
-            data.outputs.ex_data = "task failed with code: %s" % status
+            data.outputs.ex_data = f"task failed with code: {status}"
             return False
         elif status < 1:
             return True

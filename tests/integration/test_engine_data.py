@@ -193,7 +193,8 @@ def test_lazy_activity_input_whose_get_value_raises_fails_the_activity(runtime):
     run(runtime, tree)
     wait_state(runtime, a.id, "FAILED")
     ex = outputs(runtime, a.id)["ex_data"]
-    assert "${x}" in ex and "t_lazy_raise" in ex and "lazy exploded" in ex
+    # As in bamboo, a lazy input lives in the context as ${<input key>_<node id>}.
+    assert f"${{x_{a.id}}} (input x)" in ex and "t_lazy_raise" in ex and "lazy exploded" in ex
     assert inputs(runtime, a.id)["x"] == "v"  # the raw value, as configured
     assert node_state(runtime, tree["id"])["state"] == "RUNNING"
 
