@@ -219,6 +219,17 @@ def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) 
     return commands.update_context_values(runtime.engine, _str_id(pipeline_id, "pipeline_id"), context_values)
 
 
+@_api
+def update_node_loop_times(runtime: Any, node_id: str, loop_times: int) -> None:
+    """Change the iteration count of a node loop (``loop_config.loop_times``) of a stored run.
+
+    The node reads it when an iteration ends: a count at or below the iterations already run ends
+    the loop after the current one. bamboo offers this as a method of its runtime; so does
+    :class:`culm.Runtime`, which raises where this returns a refusal.
+    """
+    commands.update_node_loop_times(runtime.engine, _str_id(node_id, "node_id"), loop_times)
+
+
 # -- queries --------------------------------------------------------------------------------
 @_api
 def list_pipelines(
@@ -382,7 +393,7 @@ __all__ = [
     "EngineAPIResult", "list_pipelines", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
     "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
-    "update_context_values", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
+    "update_context_values", "update_node_loop_times", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
     "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
     "get_pipeline_execution_time", "get_node_execution_time", "preview_node_inputs",

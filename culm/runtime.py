@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from culm.core.engine import Engine, Settings
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
-from culm.errors import InvalidOperationError
+from culm.errors import CulmError, InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
@@ -141,6 +141,21 @@ class Runtime:
         if self.dispatcher is None:
             return True
         return self.dispatcher.wait_idle(timeout)
+
+    def update_node_loop_times(self, node_id: str, loop_times: int) -> None:
+        """Change the iteration count of a node loop, as bamboo's runtime method of that name
+        (also :func:`culm.api.update_node_loop_times`, which returns a refusal instead of raising).
+
+        Raises:
+            NotFoundError: no stored run has that node.
+            InvalidOperationError: ``loop_times`` is not a non-negative integer, or the node has
+                no enabled ``loop_config``.
+        """
+        from culm import api
+
+        res = api.update_node_loop_times(self, node_id, loop_times)
+        if not res.result:
+            raise res.exc if isinstance(res.exc, CulmError) else InvalidOperationError(res.message)
 
     # -- the change feed (culm.storage.feed) --------------------------------------------------
     def changes(

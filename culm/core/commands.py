@@ -17,7 +17,7 @@ from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
 from culm.core.ports import StateFields, Unit
-from culm.core.records import ProcessRecord, StateRecord, new_id, new_version, now
+from culm.core.records import ContextValue, ProcessRecord, StateRecord, new_id, new_version, now
 from culm.core.run import Run, record_history
 from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step
@@ -464,3 +464,15 @@ def update_context_values(engine: Engine, pipeline_id: str, context_values: dict
         return updated
 
 
+def update_node_loop_times(engine: Engine, node_id: str, loop_times: int) -> None:
+    """Change how many iterations a node loop runs in all; the node reads it when an iteration ends
+    (bamboo's runtime method of the same name, which rewrites the node's ``loop_config``)."""
+    if isinstance(loop_times, bool) or not isinstance(loop_times, int) or loop_times < 0:
+        raise InvalidOperationError(f"loop_times for node {node_id} must be a non-negative integer, got {loop_times!r}")
+    with engine.step() as step:
+        _graph, node = _node(engine, step.unit, node_id)
+        if not node.loop_config:
+            raise InvalidOperationError(f"node {node_id} is a {node.type} without an enabled loop_config: "
+                                        "it has no loop count to change")
+        step.unit.upsert_context(node.pipeline_id,
+                                 [ContextValue(cdata.loop_times_key(node_id), cdata.PLAIN, loop_times)])

@@ -294,6 +294,17 @@ def condition_namespace(gathered: GatheredInputs, lazy: LazyResolver) -> dict[st
         return dctx.hydrate(gathered.needed, gathered.refs, lazy_resolver=lazy)
 
 
+# Context keys of this form hold the loop count update_node_loop_times gave a node; they are not
+# ``${...}`` keys, so no template can refer to them.
+LOOP_TIMES_PREFIX = "_loop_times:"
+
+
+def loop_times_key(node_id: str) -> str:
+    """The context key (in the context of the pipeline holding the node) of a node loop's count
+    as :func:`culm.api.update_node_loop_times` last set it."""
+    return LOOP_TIMES_PREFIX + node_id
+
+
 def output_mapping(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:
     """(source_key, context_key) pairs of ``node``, looked up in the pipeline that holds it."""
     return graph.pipelines[node.pipeline_id].output_map.get(node.id, ())

@@ -153,7 +153,7 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
         procs = unit.processes_of_root(root_id)
     context_values = [
         {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
-        for v in ctx.values()
+        for v in ctx.values() if not v.key.startswith(cdata.LOOP_TIMES_PREFIX)  # engine bookkeeping
     ]
     return {
         "context_values": context_values,
