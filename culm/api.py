@@ -103,8 +103,10 @@ def run_pipeline(
     with runtime.engine.submitting():
         if not isinstance(pipeline, dict):
             raise InvalidOperationError(f"pipeline must be a dict (a pipeline tree), got {type(pipeline).__name__}")
+        preset = tuple(set(ctx) if isinstance(ctx, dict) else set()
+                       for ctx in (root_pipeline_context, subprocess_context))
         prepared = prepare_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
-                                end_event_exists=events.library.has)
+                                end_event_exists=events.library.has, preset=(preset[0], preset[1]))
         tree = prepared.tree
         if start_node_id is not None:
             validate_start_node(tree, start_node_id)

@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from culm.core import commands
 from culm.core.engine import Engine, Settings
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
-from culm.errors import CulmError, InvalidOperationError
+from culm.errors import InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
@@ -151,11 +152,9 @@ class Runtime:
             InvalidOperationError: ``loop_times`` is not a non-negative integer, or the node has
                 no enabled ``loop_config``.
         """
-        from culm import api
-
-        res = api.update_node_loop_times(self, node_id, loop_times)
-        if not res.result:
-            raise res.exc if isinstance(res.exc, CulmError) else InvalidOperationError(res.message)
+        if not isinstance(node_id, str):
+            raise InvalidOperationError(f"node_id must be a string, got {node_id!r}")
+        commands.update_node_loop_times(self.engine, node_id, loop_times)
 
     # -- the change feed (culm.storage.feed) --------------------------------------------------
     def changes(

@@ -83,6 +83,17 @@ def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_validate_refuses_variables_that_need_each_other(tmp_path: Path) -> None:
+    tree = example_tree()
+    tree["data"]["inputs"].update({"${ping}": {"type": "splice", "value": "${pong}"},
+                                   "${pong}": {"type": "splice", "value": "${ping}!"}})
+    path = tmp_path / "cycle.json"
+    path.write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", str(path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "reference cycle between context variables: ${ping} -> ${pong} -> ${ping}" in out.stdout
+
+
 def test_validate_prints_syntax_warnings_without_failing(tmp_path: Path) -> None:
     tree = example_tree()
     node = next(iter(tree["activities"].values()))

@@ -342,3 +342,17 @@ def test_preview_leaves_node_outputs_and_passes_root_data(runtime):
     assert res.data["x"] == "${produced}"
     assert res.data["lz"]["value"] == 1 and res.data["lz"]["data"] == {"r": 2} and res.data["lz"]["inner_loop"] == -1
     refused(api.preview_node_inputs(runtime, tree, "e-unknown"), "e-unknown")
+
+
+def test_variables_that_need_each_other_are_refused_before_anything_is_stored(runtime):
+    a = echo("${ping}")
+    data = Data(inputs={"${ping}": Var(type=Var.SPLICE, value="${pong}"),
+                        "${pong}": Var(type=Var.SPLICE, value="${ping}!")})
+    tree = build_tree(chain(a), data=data)
+
+    refused(api.run_pipeline(runtime, tree), "reference cycle between context variables", "${ping} -> ${pong} -> ${ping}")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+    # A value the run presets for one of them breaks the cycle, as it does when the node runs.
+    finish(runtime, tree, root_pipeline_context={"${pong}": "pre"})
+    assert inputs(runtime, a.id)["x"] == "pre"
