@@ -712,3 +712,51 @@ def test_get_pipeline_states_while_running_then_finished(runtime):
                timeout=20)
     done = wait_finished(runtime, pipeline)[pipeline["id"]]
     assert done["archived_time"] >= done["started_time"]
+
+
+# -- signals.md --------------------------------------------------------------------------------------
+def test_the_runtime_signals_the_guide_lists(runtime):
+    from culm.signals import (  # bamboo: from pipeline.eri.signals import ...
+        execute_interrupt,
+        post_set_state,
+        pre_service_execute,
+        pre_service_schedule,
+        schedule_interrupt,
+    )
+
+    heard = []
+
+    def on_execute(sender, service, data, parent_data, **kwargs):
+        heard.append(("execute", type(service).__name__, data.get_one_of_inputs("who"), parent_data.inputs))
+
+    def on_schedule(sender, service, data, parent_data, callback_data, **kwargs):
+        heard.append(("schedule", type(service).__name__, data.get_one_of_inputs("who"), callback_data))
+
+    def on_state(sender, node_id, to_state, version, root_id, parent_id, loop, **kwargs):
+        heard.append(("state", node_id, to_state))
+
+    pre_service_execute.connect(on_execute)
+    pre_service_schedule.connect(on_schedule)
+    post_set_state.connect(on_state)
+    try:
+        start = EmptyStartEvent()
+        act = ServiceActivity(component_code="docs_guide_callback")
+        act.component.inputs.who = Var(type=Var.PLAIN, value="bamboo")
+        start.extend(act).extend(EmptyEndEvent())
+        pipeline = build_tree(start)
+        api.run_pipeline(runtime=runtime, pipeline=pipeline, root_pipeline_data={"operator": "admin"})
+        version = wait_node(runtime, act.id, "RUNNING")["version"]
+        wait_until(lambda: api.callback(runtime, act.id, version, {"status": 1}).result, timeout=20)
+        wait_finished(runtime, pipeline)
+        runtime.wait_idle(10)
+    finally:
+        pre_service_execute.disconnect(on_execute)
+        pre_service_schedule.disconnect(on_schedule)
+        post_set_state.disconnect(on_state)
+
+    assert ("execute", "DocsCallbackService", "bamboo", {"operator": "admin"}) in heard
+    assert ("schedule", "DocsCallbackService", "bamboo", {"status": 1}) in heard
+    assert ("state", act.id, "FINISHED") in heard
+    calls = [h[0] for h in heard if h[0] != "state"]
+    assert calls == ["execute", "schedule"]
+    assert execute_interrupt.name == "execute_interrupt" and schedule_interrupt.name == "schedule_interrupt"
