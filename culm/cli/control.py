@@ -17,6 +17,7 @@ from culm.cli.common import (
     EXIT_OK,
     NotFound,
     UsageError,
+    a_count,
     add_broker,
     add_db,
     an_id,
@@ -74,6 +75,8 @@ def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace
         "pause-node": ("node", "set a pause at", lambda rt, a: api.pause_node_appoint(rt, a.node)),
         "resume-node": ("node", "removed the pause at", lambda rt, a: api.resume_node_appoint(rt, a.node)),
         "set-context": ("id", "updated the context of", _set_context),
+        "loop-times": ("node", "changed the loop count of",
+                       lambda rt, a: api.update_node_loop_times(rt, a.node, a.loop_times)),
     }
 
 
@@ -93,7 +96,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context"):
+        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "loop-times"):
             check(call(rt, args), f"{args.command} {target}")
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
@@ -146,3 +149,5 @@ def register(sub: Any) -> None:
     command("resume-node", "remove a node's pause and let a branch parked there go on", "node", node)
     p = command("set-context", "overwrite context values of a running pipeline", "id", pipeline)
     p.add_argument("values", nargs="+", metavar="KEY=VALUE", help="context key (with or without ${}) and value")
+    p = command("loop-times", "change how many iterations a node loop (loop_config) runs in all", "node", node)
+    p.add_argument("loop_times", type=a_count, metavar="N", help="the new iteration count, 0 or more")

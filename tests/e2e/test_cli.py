@@ -94,6 +94,23 @@ def test_validate_refuses_variables_that_need_each_other(tmp_path: Path) -> None
     assert "reference cycle between context variables: ${ping} -> ${pong} -> ${ping}" in out.stdout
 
 
+def test_loop_times_changes_a_node_loop_and_refuses_what_is_not_one(tmp_path: Path) -> None:
+    tree = example_tree()
+    loop_node, other = list(tree["activities"])[:2]
+    tree["activities"][loop_node]["loop_config"] = {"enable": True, "loop_times": 2}
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps(tree))
+    assert culm(tmp_path, "run", str(path)).returncode == 0
+
+    changed = culm(tmp_path, "loop-times", loop_node, "5")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "changed the loop count of" in changed.stdout
+    negative = culm(tmp_path, "loop-times", loop_node, "-1")
+    assert negative.returncode == 2 and "expected a whole number, 0 or more" in negative.stderr
+    not_a_loop = culm(tmp_path, "loop-times", other, "3")
+    assert not_a_loop.returncode == 5 and "loop_config" in not_a_loop.stderr
+
+
 def test_validate_prints_syntax_warnings_without_failing(tmp_path: Path) -> None:
     tree = example_tree()
     node = next(iter(tree["activities"].values()))
