@@ -760,3 +760,39 @@ def test_the_runtime_signals_the_guide_lists(runtime):
     calls = [h[0] for h in heard if h[0] != "state"]
     assert calls == ["execute", "schedule"]
     assert execute_interrupt.name == "execute_interrupt" and schedule_interrupt.name == "schedule_interrupt"
+
+
+# -- the guides' habit: a new runtime object wherever one is needed ---------------------------------
+def test_runtimes_created_inline_share_one_runner(tmp_path, monkeypatch):
+    """The guides write ``api.run_pipeline(runtime=BambooDjangoRuntime(), ...)`` and then poll with
+    ``api.get_pipeline_states(BambooDjangoRuntime(), ...)``: each object is dropped at once. They
+    must neither start workers of their own nor let a dropped one give up the runner lock while its
+    threads go on (two runners on one file)."""
+    import gc
+    import threading
+
+    from culm import runtime as runtime_module
+
+    db = tmp_path / "inline.db"
+    monkeypatch.setenv("CULM_DATABASE_URL", f"sqlite:///{db}")
+    start = EmptyStartEvent()
+    acts = [ServiceActivity(component_code="pipe_example_component") for _ in range(5)]
+    tail = start
+    for act in acts:
+        tail = tail.extend(act)
+    tail.extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+    try:
+        assert api.run_pipeline(runtime=Runtime(), pipeline=pipeline).result is True
+        gc.collect()
+        threads = threading.active_count()
+        for _ in range(30):
+            api.get_pipeline_states(Runtime(), pipeline["id"])
+        gc.collect()
+        assert threading.active_count() <= threads
+        assert Runtime().engine is Runtime().engine
+        wait_until(lambda: states_of(Runtime(), pipeline)[pipeline["id"]]["state"] == "FINISHED", timeout=20)
+    finally:
+        core = runtime_module._SHARED.pop((str(db.resolve()), None), None)  # the process would end here
+        if core is not None:
+            core.close()
