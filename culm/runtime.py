@@ -83,17 +83,13 @@ class Runtime:
                     _SHARED[self._key] = core
             core.handles += 1
         self._core = core
-
-    @property
-    def store(self) -> Any:
-        return self._core.store
-
-    @property
-    def engine(self) -> Engine:
-        return self._core.engine
+        self.store: Any = core.store
+        self.engine: Engine = core.engine
 
     @property
     def dispatcher(self) -> Dispatcher | None:
+        """The worker threads (embedded, once this process runs the file's work) or the Celery
+        publisher; None while another process runs the work (this one stands by)."""
         return self._core.dispatcher
 
     @property
