@@ -222,6 +222,18 @@ def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) 
 
 
 @_api
+def update_node_outputs(runtime: Any, root_pipeline_id: str, node_id: str, context_values: dict) -> list:
+    """Before skipping a FAILED node whose outputs later nodes need: overwrite the root context
+    values given (``{"${key}": value}``; keys that do not exist are not created) and merge
+    ``{key: value}`` into the node's outputs, in one transaction (bamboo-pipeline's contrib
+    ``pipeline.contrib.mock.api.update_node_outputs``). Refused unless the pipeline is RUNNING and
+    the node FAILED; ``${_system}`` cannot be changed. ``data``: the context keys updated."""
+    limits.check_context_keys(context_values, f"context_values for node {node_id}")
+    return commands.update_node_outputs(runtime.engine, _str_id(root_pipeline_id, "root_pipeline_id"),
+                                        _str_id(node_id, "node_id"), context_values)
+
+
+@_api
 def update_node_loop_times(runtime: Any, node_id: str, loop_times: int) -> None:
     """Change the iteration count of a node loop (``loop_config.loop_times``) of a stored run.
 
@@ -395,7 +407,7 @@ __all__ = [
     "EngineAPIResult", "list_pipelines", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
     "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
-    "update_context_values", "update_node_loop_times", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
+    "update_context_values", "update_node_outputs", "update_node_loop_times", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
     "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
     "get_pipeline_execution_time", "get_node_execution_time", "preview_node_inputs",

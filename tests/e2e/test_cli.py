@@ -184,6 +184,24 @@ def test_run_without_the_component_module_is_refused_before_it_starts(tmp_path: 
     assert not (tmp_path / "cli.db").exists() or "running" not in out.stdout
 
 
+def test_set_outputs_of_a_failed_node_then_skip(tmp_path: Path) -> None:
+    tree = exploding_tree(tmp_path)
+    assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
+
+    out = culm(tmp_path, "set-outputs", "node_done", "who=mended", "answer=42")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "updated the outputs of" in out.stdout
+    from culm import Runtime, api
+
+    with Runtime(f"sqlite:///{tmp_path / 'cli.db'}", workers=0) as rt:
+        outputs = api.get_execution_data_outputs(rt, "node_done").data
+        context = {v["key"]: v["value"] for v in
+                   api.get_pipeline_debug_info(rt, "pipeline_cli_exploding").data["context_values"]}
+    assert outputs["who"] == "mended" and outputs["answer"] == 42 and context["${who}"] == "mended"
+    again = culm(tmp_path, "set-outputs", "node_greet", "who=x")
+    assert again.returncode == 5 and "FINISHED" in again.stderr
+
+
 def test_run_timeout_names_waiting_nodes(tmp_path: Path) -> None:
     out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "2")
     assert out.returncode == 1, out.stdout + out.stderr

@@ -796,3 +796,31 @@ def test_runtimes_created_inline_share_one_runner(tmp_path, monkeypatch):
         core = runtime_module._SHARED.pop((str(db.resolve()), None), None)  # the process would end here
         if core is not None:
             core.close()
+
+
+# -- update_node_output.md (contrib "mock") ------------------------------------------------------------
+def test_update_node_outputs_before_skipping_a_failed_node(runtime):
+    failing, reader = ServiceActivity(component_code="fac_cal_comp"), ServiceActivity(component_code="debug_node")
+    failing.component.inputs.n = Var(type=Var.PLAIN, value="no")
+    reader.component.inputs.code = Var(type=Var.SPLICE, value="${status_code}")
+    start = EmptyStartEvent()
+    start.extend(failing).extend(reader).extend(EmptyEndEvent())
+    pipeline = build_tree(start, data=Data(inputs={"${status_code}": Var(type=Var.PLAIN, value=200)}))
+    api.run_pipeline(runtime=runtime, pipeline=pipeline)
+    wait_node(runtime, failing.id, "FAILED")
+
+    res = api.update_node_outputs(runtime, pipeline["id"], failing.id, {"${status_code}": 500, "${absent}": 1})
+    assert res.result is True and res.data == ["${status_code}"]
+    outputs = api.get_execution_data_outputs(runtime, failing.id).data
+    assert outputs["status_code"] == 500 and outputs["absent"] == 1 and "ex_data" in outputs
+    for bad, fragment in ((("e" + "0" * 32, failing.id), "not"), ((pipeline["id"], reader.id), "has no state")):
+        refused = api.update_node_outputs(runtime, *bad, {"${status_code}": 1})
+        assert refused.result is False and fragment in refused.message
+    refused = api.update_node_outputs(runtime, pipeline["id"], failing.id, {"${_system}": {}})
+    assert refused.result is False and "${_system}" in refused.message
+
+    assert api.skip_node(runtime, failing.id).result is True
+    wait_finished(runtime, pipeline)
+    assert api.get_execution_data_inputs(runtime, reader.id).data["code"] == 500
+    late = api.update_node_outputs(runtime, pipeline["id"], failing.id, {"${status_code}": 1})
+    assert late.result is False and "FINISHED" in late.message
