@@ -300,8 +300,11 @@ def test_lazy_input_becomes_a_generated_context_variable(runtime):
     wait_finished(runtime, pipeline)
 
     assert api.get_data(runtime, act_1.id).data["inputs"]["param_2"] == {"need_render": True, "value": generated}
-    context = {cv["key"]: cv for cv in api.get_pipeline_debug_info(runtime, pipeline["id"]).data["context_values"]}
-    assert context[generated]["type"] == "lazy" and context[generated]["code"] == "upper_case"
+    info = api.get_pipeline_debug_info(runtime, pipeline["id"]).data
+    # Read as bamboo code reads its ContextValue / ProcessInfo objects, and as dicts.
+    context = {cv.key: cv for cv in info["contex_values"]}
+    assert info["processes"][0].root_pipeline_id == pipeline["id"] and info["processes"][0].dead is True
+    assert context[generated].type == "lazy" and context[generated]["code"] == "upper_case"
     assert context[generated]["value"] == "${word}" and "${word}" in context[generated]["references"]
     assert api.get_execution_data_inputs(runtime, act_1.id).data["param_2"] == "ABC"
 
