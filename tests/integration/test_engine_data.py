@@ -356,3 +356,27 @@ def test_variables_that_need_each_other_are_refused_before_anything_is_stored(ru
     # A value the run presets for one of them breaks the cycle, as it does when the node runs.
     finish(runtime, tree, root_pipeline_context={"${pong}": "pre"})
     assert inputs(runtime, a.id)["x"] == "pre"
+
+
+def test_a_lazy_input_of_a_run_stored_without_its_context_variable_still_resolves(tmp_path):
+    """Runs stored before culm kept lazy inputs in the context have no ``${<key>_<node id>}``
+    variable: the input is then resolved in place, as it was."""
+    import sqlite3
+
+    import culm
+
+    gated = ServiceActivity(component_code="t_gate")
+    gated.component.inputs.gate = Var(type=Var.PLAIN, value="lazy-legacy")
+    lazy = echo("v", vtype=Var.LAZY)
+    lazy.component.inputs.x = Var(type=Var.LAZY, custom_type="t_upper", value="${word}")
+    tree = build_tree(chain(gated, lazy), data=Data(inputs={"${word}": Var(type=Var.PLAIN, value="old run")}))
+    db = tmp_path / "t.db"
+    with culm.Runtime(f"sqlite:///{db}") as rt:
+        run(rt, tree)
+        wait_state(rt, gated.id, "RUNNING")
+        with sqlite3.connect(db) as conn:  # what an older version stored: no generated variable
+            gone = conn.execute("DELETE FROM culm_context_value WHERE key = ?", (f"${{x_{lazy.id}}}",)).rowcount
+        assert gone == 1
+        components.gate("lazy-legacy").set()
+        wait_state(rt, tree["id"], "FINISHED")
+        assert inputs(rt, lazy.id)["x"] == "OLD RUN"
