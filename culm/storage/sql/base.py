@@ -199,6 +199,7 @@ class SqlUnit:
 
     dialect = ""  # the SQLAlchemy dialect name
     lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
+    share_lock = " FOR SHARE"  # what makes a read take shared row locks (lock_rows only)
     defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL, MySQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
@@ -231,6 +232,8 @@ class SqlUnit:
         # States read ahead by prefetch_states (None: no row), kept current with this
         # transaction's own writes; plain reads of them are answered from here.
         self._state_view: dict[str, StateRecord | None] | None = None
+        # Server databases: the states read with a shared row lock (hold_states) in this transaction.
+        self._held: set[str] = set()
         # PostgreSQL: tasks read ahead by read_tasks_ahead, by task id: (task, process, locked
         # state of its node or None), or None when it is not there or leased by someone else; and
         # the processes written since (None: all of them).
@@ -375,6 +378,7 @@ class SqlUnit:
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
+            self._held.clear()  # a rolled-back savepoint gives back the row locks taken in it
             self._state_view = None
             self._tasks_ahead.clear()
             self._context_view.clear()
@@ -472,6 +476,25 @@ class SqlUnit:
             return {st.node_id: st} if st else {}
         rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
+
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        """The states of ``node_ids`` that exist, kept from changing by others until the commit.
+
+        On a server database the first read of each takes a shared row lock: a transaction that
+        would change one (a pause, a resume, a revoke) waits for this one's commit, so nothing this
+        transaction decides from them is overtaken. SQLite's single writer needs no lock.
+        """
+        ids = list(dict.fromkeys(node_ids))
+        fresh = [i for i in ids if i not in self._held] if self.lock_rows else []
+        if fresh:
+            rows = self._all(STATES_IN.format(marks=marks(len(fresh))) + " ORDER BY node_id" + self.share_lock, fresh)
+            self._held.update(fresh)
+            found = {r[0]: _state_row(r) for r in rows}
+            if self._state_view is None:
+                self._state_view = {}
+            for node_id in fresh:  # the latest commit (and our own writes): fresher than any view
+                self._state_view[node_id] = found.get(node_id)
+        return self.get_states(ids, mutable=())
 
     @property
     def prefetch(self) -> Prefetch | None:
@@ -883,6 +906,9 @@ class SqlUnit:
     def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
         if task_ids is None:
             self._x("UPDATE culm_task SET owner = NULL, claimed_until = NULL")
+            # Schedule calls are leased too: a multiple callback's lock would hold its next call
+            # back until it ran out.
+            self._x("UPDATE culm_schedule SET locked_until = NULL WHERE locked_until IS NOT NULL")
             return
         ids = list(task_ids)
         if ids:

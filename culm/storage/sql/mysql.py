@@ -83,6 +83,7 @@ class MysqlUnit(SqlUnit):
     savepoint) as on PostgreSQL."""
 
     dialect = "mysql"
+    share_lock = " LOCK IN SHARE MODE"  # MariaDB has no FOR SHARE
     adapt = staticmethod(adapt_mysql)
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
