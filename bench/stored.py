@@ -27,7 +27,8 @@ JSON payloads (trees, process stacks, data) are copied as they are: their sizes 
 inside them still name the seed's nodes. The kept counts of root pipelines per state
 (``culm_root_count``) are not copied: they are counted again once the copies are in. The filled
 database is kept for repeats: a SQLite file under ``--keep`` (``/tmp/culm-stored``), a PostgreSQL
-or MySQL database ``culm_stored_<N>``; ``--refill`` builds it again.
+or MySQL database ``culm_stored_<N>`` (``$CULM_BENCH_DB_PREFIX`` instead of ``culm_stored``: two
+people benchmarking on one server keep apart); ``--refill`` builds it again.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ SEED = 200  # pipelines run through the engine (at most); the rest are copies of
 COPIES_PER_STATEMENT = 20  # 4,000 pipelines per INSERT ... SELECT
 PG_ADMIN = os.environ.get("CULM_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MY_ADMIN = os.environ.get("CULM_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+DB_PREFIX = os.environ.get("CULM_BENCH_DB_PREFIX", "culm_stored")  # the server databases' names
 # Columns holding node, process or pipeline ids: a copy gives them fresh ids (empty and NULL stay).
 ID_COLUMNS = frozenset(
     {
@@ -460,7 +462,7 @@ def _kept(
             return url, 0.0
         _remove_sqlite(path)
     else:
-        name = f"culm_stored_{pipelines}"
+        name = f"{DB_PREFIX}_{pipelines}"
         url = _server_url(backend, name)
         if not refill and _stored(url) == pipelines:
             from culm.storage.migrate import upgrade_database
@@ -482,12 +484,12 @@ def _working_copy(backend: str, kept: str, keep: str) -> str:
         shutil.copyfile(kept.split(":///", 1)[1], path)
         return f"sqlite:///{path}"
     if backend == "postgresql":
-        _drop_and_create(backend, "culm_stored_work", template=make_url(kept).database)
-        return _server_url(backend, "culm_stored_work")
+        _drop_and_create(backend, f"{DB_PREFIX}_work", template=make_url(kept).database)
+        return _server_url(backend, f"{DB_PREFIX}_work")
     # MySQL has no template databases: every table copied, indexes and all (CREATE TABLE ... LIKE).
-    _drop_and_create(backend, "culm_stored_work")
+    _drop_and_create(backend, f"{DB_PREFIX}_work")
     source = make_url(kept).database
-    db = _Db(_server_url(backend, "culm_stored_work"))
+    db = _Db(_server_url(backend, f"{DB_PREFIX}_work"))
     try:
         tables = [r[0] for r in db.run("SELECT table_name FROM information_schema.tables"
                                        f" WHERE table_schema = '{source}'")]
@@ -497,7 +499,7 @@ def _working_copy(backend: str, kept: str, keep: str) -> str:
         db.run("ANALYZE TABLE " + ", ".join(f'"{t}"' for t in tables))
     finally:
         db.close()
-    return _server_url(backend, "culm_stored_work")
+    return _server_url(backend, f"{DB_PREFIX}_work")
 
 
 def _remove_sqlite(path: str) -> None:
@@ -511,7 +513,7 @@ def _empty(backend: str, keep: str) -> str:
         path = os.path.join(keep, "empty.db")
         _remove_sqlite(path)
         return f"sqlite:///{path}"
-    return _server_recreate(backend, "culm_stored_empty")
+    return _server_recreate(backend, f"{DB_PREFIX}_empty")
 
 
 def compare(
