@@ -104,6 +104,24 @@ def upgrade_database(url: str) -> str:
         store.dispose()
 
 
+def recount_database(url: str) -> dict[str, int]:
+    """Open ``url``, count its root pipelines per state again from their rows into the kept counts
+    that listing reads (``culm_root_count``), close it (``culm db recount``); returns the counts.
+
+    Needed only when root state rows were changed behind culm's writers: edited by hand, restored
+    from a partial copy, or written by a culm older than revision 0007 that kept running after
+    the upgrade. Safe while workers run: their commits wait for it, then add to the new count.
+    """
+    from culm.storage.sql import SqlStore
+
+    store = SqlStore(url)
+    try:
+        with store.transaction() as unit:
+            return unit.recount_roots()
+    finally:
+        store.dispose()
+
+
 def ensure_schema(store: SqlStore) -> None:
     """Upgrade an embedded (SQLite) database; refuse a server database that is not at head."""
     if _read_version_plainly(store) == HEAD_REVISION:
