@@ -68,14 +68,16 @@ def list_pipelines(
             return counts, []
         page_where += f" AND s.name IN ({', '.join('?' * len(query.states))})"
         page_params.extend(query.states)
-    # The page is chosen from the index alone (a root's root_id is its own id); only its rows are
-    # then read for their times and names.
+    # The page is chosen from the index alone (a root's root_id is its own id), read backwards in
+    # its own order (created_time, name, root_id), so no database sorts the roots to find the
+    # newest (MariaDB sorted all of them when ties were broken by root_id alone); only the page's
+    # rows are then read for their times and names.
     rows = fetch(
         "SELECT r.root_id, COALESCE(p.name, ''), r.name, r.created_time, t.started_time, t.archived_time"
         f" FROM (SELECT s.root_id, s.name, s.created_time FROM {states}{join} WHERE {page_where}"
-        " ORDER BY s.created_time DESC, s.root_id DESC LIMIT ? OFFSET ?) r"
+        " ORDER BY s.created_time DESC, s.name DESC, s.root_id DESC LIMIT ? OFFSET ?) r"
         " JOIN culm_state t ON t.node_id = r.root_id"
-        f" LEFT JOIN {pipelines} ON p.id = r.root_id ORDER BY r.created_time DESC, r.root_id DESC",
+        f" LEFT JOIN {pipelines} ON p.id = r.root_id ORDER BY r.created_time DESC, r.name DESC, r.root_id DESC",
         [*page_params, query.limit, query.offset],
     )
     return counts, [tuple(r) for r in rows]
