@@ -199,7 +199,7 @@ LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished 
 # transaction's net change, and the counts a listing reads (all shards summed).
 ROOT_COUNT_ADD = "UPDATE culm_root_count SET pipelines = pipelines + ? WHERE shard = ? AND name = ?"
 ROOT_COUNTS = "SELECT name, SUM(pipelines) FROM culm_root_count GROUP BY name"
-# Counting again from the root states (`culm db recount`, the migration's backfill): the counter
+# Counting again from the root states (`culm db recount`, `bench.stored` after its copies): the counter
 # rows locked first, in the writers' order, so a writer committing meanwhile waits and then adds
 # its change to the new count (its rows are not in the count: not committed when it was read).
 ROOT_COUNT_ROWS = "SELECT shard, name FROM culm_root_count ORDER BY shard, name"
