@@ -61,8 +61,8 @@ def counted_runtime(request, tmp_path):
 
 
 def test_counts_stay_exact_under_concurrent_pipelines_revoke_pause_and_pruning(counted_runtime):
-    """Pipelines submitted from several threads at once, run by the workers (two processes of two
-    threads each on a server): the kept counts equal a full count at every point checked."""
+    """Pipelines submitted from several threads at once, run by the workers (two `culm worker`s of two pool
+    processes each on a server): the kept counts equal a full count at every point checked."""
     rt = counted_runtime
     tag = uuid.uuid4().hex[:8]
     plain = [named_tree(f"plain-{tag}-{i}") for i in range(40)]
