@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 import weakref
@@ -37,6 +38,7 @@ from culm.core.records import (
 from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
+from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILD,
     ACKS_OF,
@@ -61,6 +63,13 @@ from culm.storage.sql.statements import (
     RELAY_CANDIDATES_LOCKED,
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
+    ROOT_COUNT_ADD,
+    ROOT_COUNT_INSERT,
+    ROOT_COUNT_ROWS,
+    ROOT_COUNT_ROWS_LOCKED,
+    ROOT_COUNT_SET,
+    ROOT_COUNTS_CLEAR,
+    ROOTS_COUNTED,
     SCHEDULE_BY_ID,
     SCHEDULE_OF_RUN,
     SCHEDULES_IN,
@@ -207,6 +216,7 @@ class SqlUnit:
     outputs_upsert = OUTPUTS_UPSERT
     combine = staticmethod(_combined)  # deferred writes -> the statements that carry them
     listing_tables = LISTING_TABLES  # the FROM names of root states and pipeline names (listing)
+    root_count_shards = ROOT_COUNT_SHARDS  # culm_root_count's shards used (SQLite: one writer, one)
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
@@ -303,6 +313,22 @@ class SqlUnit:
                             _append_key("culm_change"))
             else:
                 self._many(insert_sql("culm_change", CHANGE_COLUMNS), chunk)
+        self._count_roots(listing.root_deltas(rows))
+
+    def _count_roots(self, deltas: Mapping[str, int]) -> None:
+        """Add the net change of root pipelines per state to culm_root_count (the listing's counts).
+
+        The transaction's last writes, to the rows of one shard picked at random, in state-name
+        order: every writer takes its counter rows in one global order and wants no other lock
+        after them, so writers that meet on a shard queue for a commit's length and never
+        deadlock. (On PostgreSQL each is a statement of its own, not a part of a combined one,
+        whose parts run in no set order.)
+        """
+        if not deltas:
+            return
+        shard = random.randrange(self.root_count_shards)
+        for name in sorted(deltas):
+            self._later(ROOT_COUNT_ADD, [deltas[name], shard, name])
 
     def _drop_unsent(self) -> None:
         """Forget the writes still waiting to be sent (the part of the transaction that made them
@@ -401,6 +427,20 @@ class SqlUnit:
     def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
         """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
         return listing.list_pipelines(self._all, self.listing_tables, query)
+
+    def recount_roots(self) -> dict[str, int]:
+        """Count the root pipelines per state from their rows and make that the kept counts
+        (``culm db recount``: after rows were edited by hand, or written by a culm before 0007
+        while the database was at 0007); returns the counts."""
+        have = {(int(r[0]), str(r[1])) for r in self._all(ROOT_COUNT_ROWS_LOCKED if self.lock_rows
+                                                          else ROOT_COUNT_ROWS)}
+        counted = {str(r[0]): int(r[1]) for r in self._all(ROOTS_COUNTED)}
+        wanted = {(shard, name) for shard in range(ROOT_COUNT_SHARDS) for name in {*states.ALL_STATES, *counted}}
+        self._many(ROOT_COUNT_INSERT, sorted(wanted - have))
+        self._x(ROOT_COUNTS_CLEAR)
+        for name in sorted(counted):
+            self._x(ROOT_COUNT_SET, [counted[name], name])
+        return counted
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
         row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])

@@ -27,6 +27,7 @@ from culm.storage.sql.statements import (
     DB_NOW_MYSQL,
     HELD_BY_US,
     KEEP_HELD_LEASE,
+    LISTING_TABLES_MYSQL,
     MANY_WITH_PROCESS_OURS,
     OUTPUTS_UPSERT_MYSQL,
     PROCESS_COLUMNS,
@@ -89,6 +90,7 @@ class MysqlUnit(SqlUnit):
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
     defers_writes = True
     combine = staticmethod(_in_order)
+    listing_tables = LISTING_TABLES_MYSQL
 
     def _send_deferred(
         self,
