@@ -145,6 +145,12 @@ class States(Protocol):
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None
                    ) -> dict[str, StateRecord]: ...
 
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        """The states of ``node_ids`` (to read only), which no other transaction changes before
+        this one ends: what the engine decides from them (entering a node of a pipeline that is
+        not paused) is never overtaken by a command committed in between."""
+        ...
+
     def states_of_root(self, root_id: str) -> list[StateRecord]: ...
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]: ...
@@ -244,7 +250,10 @@ class Tasks(Protocol):
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None: ...
 
-    def release_leases(self, task_ids: Sequence[str] | None = None) -> None: ...
+    def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
+        """Free the leases of ``task_ids``; None: of every task and every schedule call (the sole
+        runner of an embedded database, starting after another died)."""
+        ...
 
 
 class NodeData(Protocol):

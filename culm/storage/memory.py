@@ -215,6 +215,9 @@ class MemoryUnit(TransactionView):
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         return {i: _copy_state(st) for i in node_ids if (st := self._get("state", i)) is not None}
 
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        return self.get_states(node_ids)  # one transaction at a time: nobody else can change them
+
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
 
@@ -422,6 +425,10 @@ class MemoryUnit(TransactionView):
         rows = self._scan("task") if task_ids is None else list(self._each_task(task_ids))
         for task_id, row in rows:
             self._set_task(task_id, row, owner=None, claimed_until=None)
+        if task_ids is None:  # the schedule calls' leases too
+            for schedule_id, s in self._scan("schedule"):
+                if s.locked_until is not None:
+                    self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": None}))
 
     # -- node data, execution data, context -----------------------------------------------------
     def get_inputs_override(self, node_id: str) -> dict | None:

@@ -26,6 +26,7 @@ from culm.storage.sql.statements import (
     DB_NOW_MYSQL,
     HELD_BY_US,
     KEEP_HELD_LEASE,
+    LISTING_TABLES_MYSQL,
     MANY_WITH_PROCESS_OURS,
     OUTPUTS_UPSERT_MYSQL,
     PROCESS_BY_ID,
@@ -86,12 +87,14 @@ class MysqlUnit(SqlUnit):
     savepoint) as on PostgreSQL."""
 
     dialect = "mysql"
+    share_lock = " LOCK IN SHARE MODE"  # MariaDB has no FOR SHARE
     adapt = staticmethod(adapt_mysql)
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
     defers_writes = True
     refuses_duplicate_ids = True
     combine = staticmethod(_in_order)
+    listing_tables = LISTING_TABLES_MYSQL
 
     def _send_deferred(
         self,
