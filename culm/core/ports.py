@@ -131,6 +131,11 @@ class Runs(Protocol):
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]: ...
 
+    # True when this unit's inserts of a new run fail on any id stored already (its root id or a
+    # node id: unique keys), with an error the store's ``is_duplicate`` recognises. A new run's
+    # ids are then checked by its commit, not read before it (a round trip fewer on a server).
+    refuses_duplicate_ids: bool
+
 
 class States(Protocol):
     """Node and pipeline states, written by compare-and-set on their version and name."""
@@ -192,7 +197,11 @@ class Processes(Protocol):
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None: ...
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]: ...
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
+        """Count one finished child of the process ``parent_id`` (its row locked until the commit);
+        returns that process as it is stored now, this child counted in ``ack_num`` (None: it is
+        not stored). The row comes with the count: the last child wakes the parent without a read."""
+        ...
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...
 
@@ -377,6 +386,11 @@ class Store(Protocol):
         """Whether ``exc`` (raised by one of this store's units) means the database was interrupted
         (a lost connection, a restarting server, a deadlock victim) rather than the work being
         wrong: the same work is worth trying again. Only the store knows its driver's errors."""
+        ...
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
+        (see ``Runs.refuses_duplicate_ids``)."""
         ...
 
 

@@ -261,11 +261,10 @@ def _join(step: Step, proc: ProcessRecord, node_id: str) -> None:
     proc.dead = True
     if proc.parent_id is None:
         return
-    ack, need = step.unit.ack_child(proc.parent_id)
-    if ack == need:
-        parent = step.unit.get_process(proc.parent_id)
-        if parent is None:
-            raise LookupError(f"process {proc.parent_id}, parent of process {proc.id}, is not stored")
+    parent = step.unit.ack_child(proc.parent_id)
+    if parent is None:
+        raise LookupError(f"process {proc.parent_id}, parent of process {proc.id}, is not stored")
+    if parent.ack_num == parent.need_ack:
         step.unit.update_process(parent.id, asleep=False, ack_num=0, need_ack=0, current_node_id=node_id)
         step.add_task(
             TaskRecord(new_id(), EXECUTE, parent.id, node_id, parent.root_id, due=now(),

@@ -41,7 +41,6 @@ from culm.storage.copies import copy_state as _copy_state
 from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILD,
-    ACKS_OF,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
@@ -216,11 +215,15 @@ class SqlUnit:
     outputs_upsert = OUTPUTS_UPSERT
     combine = staticmethod(_combined)  # deferred writes -> the statements that carry them
     listing_tables = LISTING_TABLES  # the FROM names of root states and pipeline names (listing)
+    # A new run's ids are checked by the unique keys of its inserts, at its commit, instead of a
+    # read before them (culm.core.ports.Runs.refuses_duplicate_ids): the server databases, whose
+    # read would be a round trip of its own while the inserts travel with the commit.
+    refuses_duplicate_ids = False
     root_count_shards = ROOT_COUNT_SHARDS  # culm_root_count's shards used (SQLite: one writer, one)
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
-        self._cur = conn.cursor()
+        self._cur = self.new_cursor(conn)
         self._sql = self.adapt
         self._plain_sql = self.adapt is same_sql  # statements go to the driver as written
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
@@ -258,6 +261,11 @@ class SqlUnit:
         self.changes_sent = 0
 
     # -- plumbing ---------------------------------------------------------------------------
+    @staticmethod
+    def new_cursor(conn: Any) -> Any:
+        """The cursor a unit sends its statements through (as ``adapt`` made them)."""
+        return conn.cursor()
+
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
         if self._deferred:
@@ -709,16 +717,17 @@ class SqlUnit:
             return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]:
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
         """Count one finished child; the row lock taken by the update serialises siblings."""
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(parent_id)
-        return self._count_ack(parent_id)
+        row = self._acked_row(parent_id)
+        return _process_row(row) if row else None
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+    def _acked_row(self, parent_id: str) -> Any:
+        """The ack's UPDATE, then the process row with it (each dialect in as few round trips as it can)."""
         self._x(ACK_CHILD, [parent_id])
-        row = self._one(ACKS_OF, [parent_id])
-        return int(row[0]), int(row[1])
+        return self._one(PROCESS_BY_ID, [parent_id])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
@@ -1239,6 +1248,12 @@ class Dialect:
         kinds = (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None))
         return tuple(k for k in kinds if isinstance(k, type) and issubclass(k, BaseException))
 
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (the driver's own error) is a unique key refusing a row. Only the
+        dialects whose units refuse a new run's taken ids by their keys answer (see
+        ``SqlUnit.refuses_duplicate_ids``)."""
+        return False
+
 
 def dialect_for(url: str) -> Dialect:
     """The one place a store's dialect is chosen, from its (normalised) database URL."""
@@ -1362,6 +1377,11 @@ class SqlStore:
         if isinstance(exc, DBAPIError):
             return bool(exc.connection_invalidated)
         return isinstance(exc, self._interruptions)
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
+        (:meth:`culm.core.ports.Store.is_duplicate`)."""
+        return self.traits.is_duplicate(exc)
 
     def _thread_reader(self) -> Any:
         """This thread's own read connection to the SQLite file, outside the pool.

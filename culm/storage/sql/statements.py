@@ -130,8 +130,8 @@ OUTPUTS_UPSERT = _OUTPUTS_INSERT + " ON CONFLICT (node_id) DO UPDATE SET outputs
 OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
 # One more child of a process finished; then its count and how many it waits for.
 ACK_CHILD = "UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?"
-ACKS_OF = "SELECT ack_num, need_ack FROM culm_process WHERE id = ?"
-ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING ack_num, need_ack"  # PostgreSQL: both in one statement
+# PostgreSQL: the ack and the process row after it in one statement.
+ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING " + ", ".join(PROCESS_COLUMNS)
 # A task's lease taken again by its owner (it ran out and nobody else took it).
 RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
 # MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
