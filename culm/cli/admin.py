@@ -127,6 +127,8 @@ def cmd_db_recount(args: argparse.Namespace) -> int:
         counts = recount_database(url)
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: nothing stored to count
+        raise DatabaseError(str(exc)) from None
     shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
     print(f"root pipelines counted again: {shown}")
     return EXIT_OK

@@ -321,7 +321,7 @@ def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Pa
     ("args", "usage", "message"),
     [
         (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts' (choose from 'run', "),
-        (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade'); did you mean 'upgrade'?"),
+        (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade', 'recount'); did you mean 'upgrade'?"),
         (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
         (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
         (["list", "--bogus", "1"], "usage: culm list ", "culm list: error: unrecognized arguments: --bogus 1"),
@@ -490,7 +490,7 @@ def test_list_filtered_by_state_says_its_counts_are_of_every_state(tmp_path: Pat
     assert culm(tmp_path, "list").stdout.splitlines()[-1] == "2 pipeline(s), showing 1-2   FINISHED 1 · RUNNING 1"
 
 
-@pytest.mark.parametrize("args", [["workers"], ["db", "upgrade"]])
+@pytest.mark.parametrize("args", [["workers"], ["db", "upgrade"], ["db", "recount"]])
 def test_admin_commands_on_a_memory_database_are_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
     out = culm(tmp_path, *args, "--db", "memory://")
     assert out.returncode == 4, out.stdout + out.stderr
