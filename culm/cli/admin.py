@@ -9,20 +9,22 @@ from typing import Any
 
 from culm.cli.common import (
     EXIT_OK,
+    DatabaseError,
     UsageError,
-    add_broker,
     add_db,
     add_json,
     broker_url,
+    check_sqlite,
     console,
     database_error,
     db_errors,
     db_url,
+    port_number,
     positive_seconds,
     print_json,
 )
 from culm.cli.loading import import_modules, import_names
-from culm.errors import CulmError
+from culm.errors import CulmError, InvalidOperationError
 from culm.runtime import WorkerWiring
 
 
@@ -38,11 +40,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     broker = broker_url(args)
     if not broker:
         raise UsageError("a broker is needed: pass --broker URL or set $CULM_BROKER_URL")
-    port = args.metrics_port or int(os.environ.get("CULM_METRICS_PORT") or 0)
+    port = args.metrics_port or _metrics_port_from_environment()
     if port:
         from culm.web import start_worker_metrics
 
-        print(start_worker_metrics(port, args.pool), file=sys.stderr, flush=True)
+        try:
+            print(start_worker_metrics(port, args.pool, args.metrics_host), file=sys.stderr, flush=True)
+        except OSError as exc:
+            raise UsageError(f"cannot serve metrics on {args.metrics_host}:{port}: "
+                             f"{exc.strerror or exc} (pick another --metrics-port or --metrics-host)") from exc
     # Imported here first: a missing or broken module is one clear line (and the working directory
     # is searched, as for `culm run`); a MODULE.py file stays loaded in the pool's forked processes,
     # and run_worker, which reads $CULM_IMPORTS again, does not import it twice.
@@ -59,11 +65,22 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _metrics_port_from_environment() -> int | None:
+    text = os.environ.get("CULM_METRICS_PORT") or ""
+    if not text.strip():
+        return None
+    try:
+        return port_number(text)
+    except argparse.ArgumentTypeError as exc:
+        raise UsageError(f"$CULM_METRICS_PORT: {exc}") from None
+
+
 def cmd_workers(args: argparse.Namespace) -> int:
     """List the registered worker processes: live ones, and silent ones the relays will bury."""
     from culm.storage import SqlStore, SqlWorkerRegistry
 
     url = db_url(args)
+    check_sqlite(url, read_only=True)
     try:
         store = SqlStore(url)
         try:
@@ -72,6 +89,8 @@ def cmd_workers(args: argparse.Namespace) -> int:
             store.dispose()
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: no registry to read
+        raise DatabaseError(str(exc)) from None
     rows = [{**w.as_dict(), "alive": w.silent_for <= args.dead_after} for w in found]
     if args.json:
         print_json(rows)
@@ -94,6 +113,8 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
         version = upgrade_database(url)
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: no schema to migrate
+        raise DatabaseError(str(exc)) from None
     print(f"database schema is at version {version}")
     return EXIT_OK
 
@@ -106,6 +127,8 @@ def cmd_db_recount(args: argparse.Namespace) -> int:
         counts = recount_database(url)
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: nothing stored to count
+        raise DatabaseError(str(exc)) from None
     shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
     print(f"root pipelines counted again: {shown}")
     return EXIT_OK
@@ -115,22 +138,29 @@ def register(sub: Any) -> None:
     """Add ``worker`` and ``db`` to the ``culm`` parser."""
     worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
     add_db(worker)
-    add_broker(worker, prefix=False)
+    worker.add_argument("--broker", metavar="URL",
+                        help="the Celery broker to take tasks from (default: $CULM_BROKER_URL)")
     worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     worker.add_argument("--concurrency", type=int, default=None, metavar="N",
                         help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
                              "the number of CPUs; each process runs user code on $CULM_WORKER_THREADS threads (8)")
-    worker.add_argument("--queues", default=None, metavar="Q1,Q2")
+    worker.add_argument("--queues", default=None, metavar="Q1,Q2",
+                        help="consume only these queues (default: every queue of --prefix)")
     worker.add_argument("--queue-suffix", default="", metavar="S",
                         help="consume the queues of runs started with queue=S")
     worker.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
                         help="queue name prefix, as given to the submitting runtimes (also $CULM_QUEUE_PREFIX)")
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
-    worker.add_argument("--loglevel", default="INFO", metavar="L")
-    worker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
-                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset)")
+    worker.add_argument("--loglevel", default="INFO", metavar="L",
+                        help="Celery's log level: DEBUG, INFO, WARNING, ERROR (default INFO)")
+    worker.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
+                        help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset); "
+                             "no token protects them")
+    worker.add_argument("--metrics-host", default=os.environ.get("CULM_METRICS_HOST") or "127.0.0.1", metavar="H",
+                        help="address the metrics are served on (default $CULM_METRICS_HOST, then 127.0.0.1: "
+                             "this machine only; 0.0.0.0 for every interface, where a scraper elsewhere reaches them)")
     worker.set_defaults(func=cmd_worker, own_logging=True)
 
     workers = sub.add_parser("workers", help="list the worker processes of a cluster and when each last beat")

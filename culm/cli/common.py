@@ -117,6 +117,17 @@ def positive_seconds(text: str) -> float:
     return value
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, not {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, not {port}")
+    return port
+
+
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON for scripts instead of text")
 
@@ -150,15 +161,21 @@ def _sqlite_file(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def _check_sqlite(url: str, read_only: bool) -> None:
+def check_sqlite(url: str, read_only: bool) -> None:
+    """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one) or
+    can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
     path = _sqlite_file(url)
     if path is None:
         return
+    absolute = Path("/") / path
+    meant = not path.is_absolute() and (absolute.exists() if read_only else absolute.parent.is_dir())
+    hint = (f" (sqlite:///{path} is relative to the working directory; for {absolute}, write four "
+            f"slashes: sqlite:///{absolute})") if meant else ""
     if read_only and not path.exists():
         raise DatabaseError(f"no database at {path}: nothing has run there yet (pass --db or set "
-                            "$CULM_DATABASE_URL to the database your pipelines ran on)")
+                            f"$CULM_DATABASE_URL to the database your pipelines ran on){hint}")
     if not path.parent.is_dir():
-        raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist")
+        raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist{hint}")
     if not read_only and path.exists() and not os.access(path, os.W_OK):
         raise DatabaseError(f"cannot write the database {path}: the file is read-only")
     if not read_only and not path.exists() and not os.access(path.parent, os.W_OK):
@@ -214,7 +231,7 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
     import culm
 
     url = db_url(args)
-    _check_sqlite(url, read_only)
+    check_sqlite(url, read_only)
     broker = broker_url(args)
     try:
         if broker and (run or not read_only):
@@ -286,6 +303,8 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
             raw = Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"{flag}: cannot read {raw[1:]}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{flag}: cannot read {raw[1:]}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     return json_object(raw, flag)
 
 

@@ -21,6 +21,7 @@ from culm.cli.common import (
     an_id,
     check,
     console,
+    err,
     open_runtime,
     positive_seconds,
     print_json,
@@ -182,7 +183,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         out.print(table)
     counts = " · ".join(f"{render.state_text(s)} {n}" for s, n in sorted(found["counts"].items()))
     shown = f"{args.offset + 1}-{args.offset + len(found['items'])}" if found["items"] else "none"
-    out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {counts}" if counts else ""))
+    # The counts ignore --state (they say what the other states hold): say so when it filtered.
+    where = "in every state: " if args.state else ""
+    out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {where}{counts}" if counts else ""))
     return EXIT_OK
 
 
@@ -192,6 +195,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     with open_runtime(args) as rt:
         entry = state_entry(rt, args.node)
+        if entry.get("root_id") == args.node:
+            raise UsageError(f"{args.node} is a pipeline: its nodes keep the logs (`culm status {args.node}` lists "
+                             "them; then `culm logs NODE`)")
         text = check(api.get_node_logs(rt, args.node, args.version))
         if args.version and not text:
             runs = check(api.get_node_histories(rt, args.node)) or []
@@ -203,6 +209,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for line in lines:
             print(line, flush=True)
         if not args.follow:
+            if not lines:  # on stderr: a script reading the lines reads none
+                err(f"node {args.node} logged nothing" + (f" in version {args.version}" if args.version else ""))
             return EXIT_OK
         seen = len(lines)
         while True:
@@ -228,7 +236,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         print_json(records)
         return EXIT_OK
     if not records:
-        print(f"node {args.node} has no earlier runs (histories are kept when a node is retried or looped)")
+        loop = f" in loop {args.loop}" if args.loop != -1 else ""
+        print(f"node {args.node} has no earlier runs{loop} (histories are kept when a node is retried or looped)")
         return EXIT_OK
     from rich.table import Table
 

@@ -29,6 +29,9 @@ def import_names(names: Sequence[str] | None) -> list[str]:
 
 def _short_error(exc: BaseException) -> str:
     """``Type: message`` plus the innermost frame, without the whole traceback."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        # The error is in the file, not in a frame that ran: the last frame is culm's importer.
+        return f"{type(exc).__name__}: {exc.msg} (at {exc.filename}:{exc.lineno})"
     frames = traceback.extract_tb(exc.__traceback__)
     user_frames = [f for f in frames if not f.filename.startswith("<")]
     where = f" (at {user_frames[-1].filename}:{user_frames[-1].lineno})" if user_frames else ""

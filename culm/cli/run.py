@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
@@ -93,23 +93,31 @@ def _started(entry: dict) -> tuple:
     return (at is None, at.timestamp() if at else 0.0, entry["id"])
 
 
-def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None,
-           stop_when_waiting: bool = False) -> tuple[str, dict[str, dict]]:
+def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, stop_when_waiting: bool = False,
+           on_callback: Callable[[dict], None] | None = None) -> tuple[str, dict[str, dict]]:
     """Poll until the pipeline ended or stopped moving: ``("ended"|"failed"|"waiting"|"timeout", flat)``.
 
     A pipeline stops moving when nothing runs but failed nodes (``"failed"``) or, with
     ``stop_when_waiting``, nodes that wait for a callback or an operator (``"waiting"``); a poll
-    always goes on by itself.
+    always goes on by itself. ``on_callback`` is told once of each run of a node that starts
+    waiting for a callback.
     """
     from culm import api
 
     deadline = time.monotonic() + timeout
     still_since: float | None = None
+    told: set[tuple[str, str]] = set()
     while True:
         flat = render.flatten(check(api.get_pipeline_states(rt, root_id)))
         if progress is not None:
             for entry in sorted(flat.values(), key=_started):
                 progress.show(entry["id"], entry["state"])
+        if on_callback is not None:
+            for entry in flat.values():
+                if (entry.get("wait_reason") or {}).get("kind") == "callback" \
+                        and (entry["id"], entry["version"]) not in told:
+                    told.add((entry["id"], entry["version"]))
+                    on_callback(entry)
         if flat.get(root_id, {}).get("state") in render.ENDED:
             return "ended", flat
         if _moving(flat, not stop_when_waiting):
@@ -263,9 +271,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
                       progress: Progress | None, cluster: bool, stop_when_waiting: bool = False) -> int:
+    db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
+
+    def tell(entry: dict) -> None:
+        # The run goes on waiting (up to --timeout): say what would move it on, and how.
+        stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
+        print(f"{stamp} {'WAITING':<9} node {render.label(entry['id'], info)} for a callback; from another shell: "
+              f"`culm callback {entry['id']} --data JSON{db}`", flush=True)
+
     try:
         with _stops_on_sigterm():
-            outcome, flat = follow(rt, root_id, args.timeout, progress, stop_when_waiting)
+            outcome, flat = follow(rt, root_id, args.timeout, progress, stop_when_waiting,
+                                   on_callback=None if stop_when_waiting else tell)
     except KeyboardInterrupt:
         err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster)}")
         return 130

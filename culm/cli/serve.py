@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import UsageError, db_url
+from culm.cli.common import DatabaseError, UsageError, check_sqlite, db_url, port_number
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -27,12 +27,31 @@ def _db(args: argparse.Namespace) -> str:
 
 
 def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address or a name whose every address is one (``localhost``,
+    or an alias of 127.0.0.1 in /etc/hosts)."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
         return False
+    addresses = {str(info[4][0]).partition("%")[0] for info in infos}
+    return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
+
+
+def _byte_count(text: str) -> int:
+    """An argparse type: a number of bytes above 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes above 0, not {value}")
+    return value
 
 
 def _port_problem(host: str, port: int) -> str | None:
@@ -56,8 +75,8 @@ def _port_problem(host: str, port: int) -> str | None:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the REST API and console; on the embedded default this process also runs the engine."""
     if args.no_auth and not _is_loopback(args.host):
-        print(f"error: --no-auth serves only a loopback address (127.0.0.1, ::1, localhost), not {args.host!r}; "
-              "create a token with `culm token create --role admin` to serve other hosts", file=sys.stderr)
+        print(f"error: --no-auth serves only a loopback address (127.0.0.1, ::1, localhost, or a name of "
+              f"one), not {args.host!r}; create a token with `culm token create --role admin` to serve other hosts", file=sys.stderr)
         return 2
     try:
         import uvicorn
@@ -80,12 +99,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     broker = args.broker or os.environ.get("CULM_BROKER_URL") or None
     runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
+        _token_table(runtime)  # memory:// keeps no tokens: one line, before anything is served
         mode = "submits and reads (a broker's workers run the work)" if broker else (
             "runs the engine" if runtime.dispatcher is not None else
             "submits and reads (another process runs this database's engine)")
         auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
-        print(f"culm serve on http://{args.host}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
-        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body)
+        where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address, as a URL writes it
+        print(f"culm serve on http://{where}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
+        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body, host=args.host)
         # Live-update streams never end by themselves: give them a moment, then close them.
         uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
                     timeout_graceful_shutdown=3)
@@ -94,22 +115,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _token_store(args: argparse.Namespace) -> Any:
+def _token_store(args: argparse.Namespace, read_only: bool) -> Any:
     import culm
     from culm.web import TokenStore
 
+    check_sqlite(_db(args), read_only)  # listing or revoking in the wrong folder creates no database
     runtime = culm.Runtime(_db(args), workers=0)
     try:
-        return runtime, TokenStore(runtime.token_table())
+        return runtime, TokenStore(_token_table(runtime))
     except BaseException:
         runtime.close()
         raise
 
 
+def _token_table(runtime: Any) -> Any:
+    """The runtime's token table; a ``memory://`` runtime, which keeps none, is a :class:`DatabaseError`."""
+    from culm.errors import InvalidOperationError
+
+    try:
+        return runtime.token_table()
+    except InvalidOperationError as exc:
+        raise DatabaseError(f"{exc}: tokens and the service need a database (sqlite:///culm.db, "
+                            "postgresql://user@host/db or mysql://user@host/db)") from None
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from culm.web import TokenError
 
-    runtime, tokens = _token_store(args)
+    runtime, tokens = _token_store(args, read_only=False)
     with runtime:
         try:
             text, info = tokens.create(args.role, args.name)
@@ -127,7 +160,7 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     token_id = args.id
     if token_id.startswith(PREFIX) and token_id.count("_") >= 2:
         token_id = token_id.split("_", 2)[1]  # the whole token text was given
-    runtime, tokens = _token_store(args)
+    runtime, tokens = _token_store(args, read_only=True)
     with runtime:
         try:
             info = tokens.revoke(token_id)
@@ -141,9 +174,11 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    runtime, tokens = _token_store(args)
+    runtime, tokens = _token_store(args, read_only=True)
     with runtime:
         items = tokens.list()
+    if not items:
+        print("no token yet: create one with `culm token create --role viewer|operator|admin`", file=sys.stderr)
     for t in items:
         made = datetime.fromtimestamp(t.created_time).strftime("%Y-%m-%d %H:%M:%S")
         status = "revoked" if t.revoked_time else "active"
@@ -164,15 +199,19 @@ def register(subparsers: Any) -> None:
     _add_db(serve)
     serve.add_argument("--broker", metavar="URL", help="Celery broker URL (default: $CULM_BROKER_URL); "
                        "with one, this service only submits and reads")
-    serve.add_argument("--prefix", default="culm", help="queue name prefix of the workers (with --broker)")
+    serve.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
+                       help="queue name prefix of the workers, with --broker (default: $CULM_QUEUE_PREFIX, "
+                            "then culm)")
     serve.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                        help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
-    serve.add_argument("--no-auth", action="store_true", help="no tokens needed; binds to loopback only")
-    serve.add_argument("--max-body", type=int, default=4 * 1024 * 1024, metavar="BYTES",
+    serve.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="no tokens needed; binds to loopback only (an address or a name of one)")
+    serve.add_argument("--max-body", type=_byte_count, default=4 * 1024 * 1024, metavar="BYTES",
                        help="largest request body accepted (default 4 MiB)")
-    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
+                       help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)
 
     token = subparsers.add_parser("token", help="create, revoke and list API tokens of `culm serve`")

@@ -87,7 +87,7 @@ async def _no_body() -> Message:
 
 
 def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAULT_MAX_BODY,
-               tokens: TokenStore | None = None) -> FastAPI:
+               tokens: TokenStore | None = None, host: str | None = None) -> FastAPI:
     """The service for ``runtime``.
 
     Args:
@@ -95,6 +95,8 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         auth_enabled: False only for ``culm serve --no-auth`` on a loopback address.
         max_body: largest accepted request body in bytes.
         tokens: the token store (default: the runtime's database).
+        host: the name the service binds (``culm serve --host``); without tokens, requests
+            addressed to it are served like those to ``localhost``.
 
     Raises:
         InvalidOperationError: ``runtime`` keeps its data in memory; tokens and metrics need a database.
@@ -114,7 +116,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
                   description="REST API of the culm workflow engine. Send `Authorization: Bearer <token>`.")
     app.state.runtime = runtime
     app.state.tokens = tokens
-    app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled)
+    app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled, own_names=[host] if host else [])
     app.state.hub = live.ChangeHub(runtime)
     app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)
     app.add_middleware(BodyLimit, limit=max_body)

@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from fastapi import Request
@@ -72,16 +72,19 @@ class Authenticator:
     Args:
         tokens: the token store.
         enabled: False for ``culm serve --no-auth`` (every request acts as admin).
+        own_names: host names the service was asked to bind (``culm serve --host vm``): without
+            tokens, requests addressed to them are served as those to ``localhost`` are.
     """
 
-    def __init__(self, tokens: TokenStore, enabled: bool = True) -> None:
+    def __init__(self, tokens: TokenStore, enabled: bool = True, own_names: Iterable[str] = ()) -> None:
         self.tokens = tokens
         self.enabled = enabled
+        self.own_names = frozenset(name.lower() for name in own_names)
         self.throttle = FailureThrottle()
 
     async def identify(self, request: Request) -> TokenInfo:
         if not self.enabled:
-            _only_from_this_machine(request)
+            _only_from_this_machine(request, self.own_names)
             return NO_AUTH
         client = request.client.host if request.client else "unknown"
         header = request.headers.get("authorization", "")
@@ -111,37 +114,40 @@ class Authenticator:
         return info
 
 
-def _loopback_host(netloc: str) -> bool:
-    """Whether ``host[:port]`` (a Host header, an Origin's address) names this machine."""
+def _loopback_host(netloc: str, own_names: frozenset[str]) -> bool:
+    """Whether ``host[:port]`` (a Host header, an Origin's address) names this machine: a loopback
+    address, ``localhost`` or one of ``own_names``, the names the service was told to bind."""
     host = netloc.lower()
     if host.startswith("["):  # [::1]:8765
         host = host[1 : host.find("]")]
     elif host.count(":") == 1:  # an IPv6 address without brackets has several
         host = host.partition(":")[0]
-    if host == "localhost":
+    if host == "localhost" or host in own_names:
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a DNS name: it may point at 127.0.0.1 today and elsewhere tomorrow
+    except ValueError:  # another DNS name: it may point at 127.0.0.1 today and elsewhere tomorrow
         return False
 
 
-def _only_from_this_machine(request: Request) -> None:
+def _only_from_this_machine(request: Request, own_names: frozenset[str]) -> None:
     """Without tokens (``culm serve --no-auth``), refuse what a web page elsewhere can send.
 
     A page on any site the operator visits may post a form to http://127.0.0.1:8765/... (a
     revoke needs no body), and a DNS name that points at 127.0.0.1 makes even its scripts
     same-origin. A browser names the page's origin in ``Origin`` and the name it used in
-    ``Host``: both must be this machine (the console's own requests are).
+    ``Host``: both must be this machine (the console's own requests are). The name the operator
+    bound (``culm serve --no-auth --host vm``, a name of a loopback address) counts as this
+    machine: nobody else's DNS decides what it points at.
 
     Raises:
         AuthError: 403 naming the header.
     """
     host = request.headers.get("host", "")
-    if host and not _loopback_host(host):
+    if host and not _loopback_host(host, own_names):
         raise AuthError(403, f"without tokens (--no-auth) only requests to a loopback name are served, not {host[:80]!r}")
     origin = request.headers.get("origin")
-    if origin is not None and not _loopback_host(origin.partition("://")[2].rstrip("/")):
+    if origin is not None and not _loopback_host(origin.partition("://")[2].rstrip("/"), own_names):
         raise AuthError(403, f"without tokens (--no-auth) only pages served from this machine may call the API, "
                              f"not {origin[:80]!r}")
 

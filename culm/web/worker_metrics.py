@@ -13,7 +13,7 @@ import tempfile
 from typing import Any
 
 
-def start_worker_metrics(port: int, pool: str | None, host: str = "0.0.0.0") -> str:
+def start_worker_metrics(port: int, pool: str | None, host: str = "127.0.0.1") -> str:
     """Serve the worker's metrics on ``host:port``; returns a line saying where.
 
     Args:

@@ -321,7 +321,7 @@ def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Pa
     ("args", "usage", "message"),
     [
         (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts' (choose from 'run', "),
-        (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade'); did you mean 'upgrade'?"),
+        (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade', 'recount'); did you mean 'upgrade'?"),
         (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
         (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
         (["list", "--bogus", "1"], "usage: culm list ", "culm list: error: unrecognized arguments: --bogus 1"),
@@ -367,10 +367,19 @@ def _waiting_for_callback(tmp_path: Path) -> str | None:
 def test_a_run_waiting_for_a_callback_finishes_on_culm_callback_from_another_shell(tmp_path: Path) -> None:
     """README: under `culm run`, the callback example waits for `culm callback NODE --data ...`."""
     env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
-    run = subprocess.Popen([sys.executable, "-m", "culm.cli", "run", str(EXAMPLES / "callback_component.py")],
+    run = subprocess.Popen([sys.executable, "-m", "culm.cli", "run", str(EXAMPLES / "callback_component.py"),
+                            "--timeout", "60"],
                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         node = wait_until(lambda: _waiting_for_callback(tmp_path), 60, 0.2, what="the approval node to wait")
+        # The run says so, with the command to send (the id shown, as the README says).
+        assert run.stdout is not None
+        shown = ""
+        while "WAITING" not in shown:
+            shown = run.stdout.readline()
+            assert shown, "the run ended without saying that a node waits for a callback"
+        assert f"WAITING   node approval ({node}) for a callback; from another shell: " \
+               f"`culm callback {node} --data JSON`" in shown, shown
         called = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}')
         assert called.returncode == 0, called.stdout + called.stderr
         out, _ = run.communicate(timeout=60)
@@ -434,3 +443,86 @@ def test_culm_workers_says_what_its_threads_are(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     assert "alive" in out.stdout and ", 8 user-code threads, prefix culm" in out.stdout, out.stdout
     assert "$CULM_WORKER_THREADS" in culm(tmp_path, "worker", "--help").stdout
+
+
+def test_logs_and_history_say_what_they_did_not_find(tmp_path: Path) -> None:
+    """`culm logs PIPELINE` printed nothing and exited 0; a node without log lines was as silent as
+    a typo; `history --loop 5` said the node had no earlier runs at all."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    out = culm(tmp_path, "logs", "order_1234")
+    assert out.returncode == 2 and out.stderr == (
+        "error: order_1234 is a pipeline: its nodes keep the logs (`culm status order_1234` lists them; "
+        "then `culm logs NODE`)\n")
+    out = culm(tmp_path, "logs", "order_start")
+    assert out.returncode == 0 and out.stdout == "" and out.stderr == "node order_start logged nothing\n"
+    retried = culm(tmp_path, "retry", "charge_card", "--data", '{"amount": 80}', "--import",
+                   str(EXAMPLES / "operator_session.py"))
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    out = culm(tmp_path, "history", "charge_card", "--loop", "5")
+    assert out.returncode == 0 and out.stdout.startswith("node charge_card has no earlier runs in loop 5 ")
+    assert "amount 250 is over the limit" in culm(tmp_path, "history", "charge_card", "--loop", "1").stdout
+
+
+def test_an_empty_token_list_says_how_to_make_one(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    out = culm(tmp_path, "token", "list")
+    assert out.returncode == 0 and out.stdout == ""
+    assert out.stderr == "no token yet: create one with `culm token create --role viewer|operator|admin`\n"
+
+
+@pytest.mark.parametrize("args", [["workers"], ["token", "list"], ["token", "revoke", "abc"]])
+def test_reading_commands_of_admin_create_no_database(tmp_path: Path, args: list[str]) -> None:
+    """docs/cli.md: a read command never creates a database file; `workers` and `token list` did."""
+    out = culm(tmp_path, *args)
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr.startswith(f"error: no database at {tmp_path / 'cli.db'}: nothing has run there yet")
+    assert not (tmp_path / "cli.db").exists()
+
+
+def test_list_filtered_by_state_says_its_counts_are_of_every_state(tmp_path: Path) -> None:
+    """`culm list --state RUNNING` printed "1 pipeline(s), showing 1-1   FINISHED 1 · RUNNING 1":
+    a count of FINISHED pipelines under a list of RUNNING ones, unexplained."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    out = culm(tmp_path, "list", "--state", "RUNNING")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == "1 pipeline(s), showing 1-1   in every state: FINISHED 1 · RUNNING 1"
+    assert culm(tmp_path, "list").stdout.splitlines()[-1] == "2 pipeline(s), showing 1-2   FINISHED 1 · RUNNING 1"
+
+
+@pytest.mark.parametrize("args", [["workers"], ["db", "upgrade"], ["db", "recount"]])
+def test_admin_commands_on_a_memory_database_are_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
+    out = culm(tmp_path, *args, "--db", "memory://")
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr == ("error: culm keeps its data in SQLite, PostgreSQL or MySQL/MariaDB, not 'memory' "
+                          "(database URL 'memory://')\n")
+
+
+def test_data_from_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "blob.bin").write_bytes(b"\x00\xf3\xff binary")
+    out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--data", "@blob.bin")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == "error: --data: cannot read blob.bin: not UTF-8 text (invalid continuation byte at byte 1)\n"
+
+
+def test_a_syntax_error_in_a_module_names_its_file_and_line(tmp_path: Path) -> None:
+    """It said "(at .../culm/cli/loading.py:81)": where culm imports, not where the mistake is."""
+    (tmp_path / "broken.py").write_text("x = 1\ndef build_pipeline(:\n")
+    out = culm(tmp_path, "run", "broken.py")
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert out.stderr == f"error: broken.py: import failed: SyntaxError: invalid syntax (at {tmp_path / 'broken.py'}:2)\n"
+
+
+def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_path: Path) -> None:
+    out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--db", "sqlite:///tmp/culm-trial.db")
+    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.stderr == ("error: cannot create the database tmp/culm-trial.db: the directory tmp does not exist "
+                          "(sqlite:///tmp/culm-trial.db is relative to the working directory; for "
+                          "/tmp/culm-trial.db, write four slashes: sqlite:////tmp/culm-trial.db)\n")
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--new-ids", "--db", f"sqlite:///{tmp_path}/abs.db"
+                ).returncode == 0
+    relative = str(tmp_path / "abs.db").lstrip("/")
+    out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")
+    assert out.returncode == 4 and out.stderr.endswith(
+        f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
+        f"sqlite:////{relative})\n"), out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import socket
@@ -55,6 +56,78 @@ def test_no_auth_serves_only_loopback(tmp_path: Path) -> None:
     assert "--no-auth serves only a loopback address" in res.stderr
 
 
+def _loopback_alias() -> str | None:
+    """This machine's host name when it names loopback addresses only (127.0.1.1 on Debian)."""
+    name = socket.gethostname()
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)}
+    except socket.gaierror:
+        return None
+    loopback = addresses and all(ipaddress.ip_address(a.partition("%")[0]).is_loopback for a in addresses)
+    return name if loopback and name != "localhost" else None
+
+
+def test_no_auth_serves_the_loopback_name_it_was_asked_to_bind(tmp_path: Path) -> None:
+    """`culm serve --no-auth --host vm` (vm an alias of 127.0.0.1): requests addressed to vm are the
+    operator's own; a DNS name elsewhere that points at 127.0.0.1 is still refused."""
+    alias = _loopback_alias()
+    if alias is None:
+        pytest.skip("this machine's host name does not name a loopback address")
+    proc, url = _serve(tmp_path, "--no-auth", "--host", alias)
+    port = url.rpartition(":")[2]
+    own = f"http://{alias}:{port}"
+    try:
+        res = httpx.get(own + "/api/v1/me", timeout=10)
+        assert res.status_code == 200 and res.json()["role"] == "admin", res.text
+        revoke = own + "/api/v1/pipelines/p1/revoke"
+        assert httpx.post(revoke, headers={"Origin": own}, timeout=10).status_code == 404  # the console's own
+        assert httpx.post(revoke, headers={"Host": f"{alias.upper()}:{port}"}, timeout=10).status_code == 404
+        for headers in ({"Origin": "https://evil.example"}, {"Host": f"rebound.example:{port}"},
+                        {"Host": f"{alias}.evil.example"}):
+            res = httpx.post(revoke, headers=headers, timeout=10)
+            assert res.status_code == 403 and "--no-auth" in res.json()["detail"], (headers, res.text)
+    finally:
+        out = _stop(proc)
+    assert f"culm serve on http://{alias}:{port}/" in out and "no authentication (loopback only)" in out
+
+
+def test_no_auth_on_ipv6_loopback_prints_a_url_that_works(tmp_path: Path) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    proc, url = _serve(tmp_path, "--no-auth", "--host", "::1")
+    try:
+        assert httpx.get(url + "/api/v1/me", timeout=10).json()["role"] == "admin"
+    finally:
+        out = _stop(proc)
+    assert f"culm serve on {url}/ for " in out, out  # http://[::1]:PORT/, not http://::1:PORT/
+
+
+@pytest.mark.parametrize("args", [["serve"], ["token", "create", "--role", "admin"], ["token", "list"]])
+def test_a_memory_database_is_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
+    res = culm(tmp_path, *args, "--db", "memory://")
+    assert res.returncode == 4, res.stdout + res.stderr
+    assert res.stdout == "" and res.stderr == (
+        "error: API tokens live in a database; Runtime('memory://', embedded) keeps its data in memory: tokens "
+        "and the service need a database (sqlite:///culm.db, postgresql://user@host/db or mysql://user@host/db)\n")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--port", "99999"], "argument --port: expected a port number from 1 to 65535, not 99999"),
+    (["--port", "http"], "argument --port: expected a port number, not 'http'"),
+    (["--max-body", "-5"], "argument --max-body: expected a number of bytes above 0, not -5"),
+    (["--no-auth", "--host", "192.0.2.7"], "--no-auth serves only a loopback address"),
+])
+def test_bad_serve_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
+    res = culm(tmp_path, "serve", *args)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+
+
 def test_a_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -74,13 +147,15 @@ def test_a_bad_import_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, str]:
+    """Start `culm serve` on a free port; its URL (at 127.0.0.1, or at the name given with --host)."""
     port = free_port()
     env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}", "PYTHONPATH": str(HERE),
            "CULM_IMPORTS": "web_components"}
     proc = subprocess.Popen([sys.executable, "-m", "culm.cli", "serve", "--port", str(port), *args], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             stdin=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    host = args[args.index("--host") + 1] if "--host" in args else "127.0.0.1"
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def up() -> bool:
         try:

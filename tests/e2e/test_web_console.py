@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from web_support import chain_tree, divide_tree, served, showcase_tree  # noqa: F401 - fixtures
+from web_support import ServerThread, chain_tree, divide_tree, free_port, served, showcase_tree  # noqa: F401 - fixtures
 
 from culm import api
+from culm.web.app import create_app
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -112,6 +113,9 @@ def test_sign_in_page_refuses_a_wrong_token_and_keeps_no_cookie(browser: Any, se
     browser.get(served.url + "/")
     browser.execute_script("sessionStorage.clear()")
     browser.get(served.url + "/#/")
+    find(browser, "#token")
+    # Signed out, the links to the pages that need a token are hidden (their own display:flex kept them shown).
+    assert browser.execute_script("return getComputedStyle(document.getElementById('nav')).display") == "none"
     find(browser, "#token").send_keys("culm_wrong_token")
     find(browser, "#signin button").click()
     wait_until(lambda: "unknown or revoked" in text(browser, "#signin-error"), 20, 0.05, what="the refusal")
@@ -221,6 +225,72 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
                what="the pipeline to finish after the callback")
     assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "yes"}
+
+
+def test_an_open_form_survives_live_changes_of_the_pipeline(browser: Any, served: Any) -> None:  # noqa: F811
+    """Typing a callback's data while the pipeline moves: each change redraws the panel, and the
+    form, its text and its focus stay as long as the node still waits for the callback."""
+    tree = showcase_tree(name="form-survives")
+    wait = node_id(tree, "approve")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(wait, "RUNNING")
+    sign_in(browser, served, "operator")
+    browser.get(f"{served.url}/#/p/{tree['id']}/n/{wait}")
+    click(browser, '#node-actions button[data-action="callback"]')
+    area = find(browser, "#callback-data")
+    area.clear()
+    area.send_keys('{"approved": "half-typed')
+    before = int(browser.execute_script("return document.getElementById('panel').dataset.updates"))
+    assert api.pause_pipeline(served.runtime, tree["id"]).result
+    wait_until(lambda: "SUSPENDED" in text(browser, "#pipeline-state"), 20, 0.05, what="the pause to show")
+    assert api.resume_pipeline(served.runtime, tree["id"]).result
+    wait_until(lambda: "RUNNING" in text(browser, "#pipeline-state"), 20, 0.05, what="the resume to show")
+    wait_until(lambda: int(browser.execute_script("return document.getElementById('panel').dataset.updates")) > before,
+               20, 0.05, what="the panel to be brought up to date")
+    assert browser.execute_script("return document.activeElement.id") == "callback-data"
+    area = find(browser, "#callback-data")
+    area.send_keys('"}')
+    assert area.get_attribute("value") == '{"approved": "half-typed"}'
+    find(browser, "#action-submit").click()
+    wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05, what="the pipeline to finish")
+    assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "half-typed"}
+
+
+def test_the_page_says_when_live_updates_stop_and_catches_up_when_they_return(browser: Any,  # noqa: F811
+                                                                             served: Any) -> None:  # noqa: F811
+    """The service stops under an open page: the header says the updates are lost (the page kept
+    showing what it knew, as if nothing moved); back, the notice goes and the page reads again."""
+    tree = showcase_tree(name="service-restarts")
+    wait = node_id(tree, "approve")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(wait, "RUNNING")
+    port = free_port()
+    with ServerThread(create_app(served.runtime), port) as second:
+        browser.get(second.url + "/")
+        browser.execute_script("sessionStorage.clear()")
+        browser.refresh()
+        find(browser, "#token").send_keys(served.tokens["operator"])
+        find(browser, "#signin button").click()
+        browser.get(f"{second.url}/#/p/{tree['id']}")
+        find(browser, f'#graph .node[data-node-id="{wait}"][data-state="RUNNING"]')
+        assert not find_displayed(browser, "#offline")
+    wait_until(lambda: find_displayed(browser, "#offline"), 20, 0.05, what="the notice that live updates stopped")
+    assert "Live updates lost" in text(browser, "#offline")
+    assert api.callback(served.runtime, wait, served_version(served, wait), {"approved": "while away"}).result
+    served.wait_state(tree["id"], "FINISHED")
+    with ServerThread(create_app(served.runtime), port):
+        wait_until(lambda: not find_displayed(browser, "#offline"), 30, 0.05, what="the notice to go")
+        wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
+                   what="the page to catch up with what happened meanwhile")
+
+
+def find_displayed(driver: Any, css: str) -> bool:
+    return bool(driver.execute_script(
+        "const e = document.querySelector(arguments[0]); return !!e && getComputedStyle(e).display !== 'none'", css))
+
+
+def served_version(service: Any, node: str) -> str:
+    return str(api.get_children_states(service.runtime, node).data[node]["version"])
 
 
 def test_component_catalogue(browser: Any, served: Any) -> None:  # noqa: F811

@@ -63,6 +63,12 @@ culm.canOperate = () => culm.me && (culm.me.role === "operator" || culm.me.role 
 culm.fmtTime = (v) => (v ? new Date(v).toLocaleString() : "-");
 culm.badge = (state) => el("span", { class: "badge s-" + (state || "none"), text: state || "not reached" });
 
+// Whether the live updates of the page arrive; when they stop (the service went away), the header
+// says so, for the page shows what it knew then, until the stream is back.
+culm.setLive = function (live) {
+  document.getElementById("offline").hidden = live;
+};
+
 // Server-sent events over fetch, so the bearer header can be sent (EventSource cannot).
 culm.follow = function (query, onEvent) {
   const controller = new AbortController();
@@ -71,7 +77,12 @@ culm.follow = function (query, onEvent) {
     while (!stopped) {
       try {
         const res = await fetch("/api/v1/events" + query, { headers: culm.headers(), signal: controller.signal });
+        if (res.status === 401 && culm.me) {
+          signOut("Your token was refused; sign in again.");
+          return;
+        }
         if (!res.ok) throw new Error("events: " + res.status);
+        culm.setLive(true);
         const reader = res.body.getReader();
         const decoder = new TextDecoder();
         let buffer = "";
@@ -94,6 +105,8 @@ culm.follow = function (query, onEvent) {
       } catch (e) {
         if (stopped) return;
       }
+      if (stopped) return;
+      culm.setLive(false);
       await new Promise((r) => setTimeout(r, 1000));
     }
   })();
@@ -110,6 +123,7 @@ function signOut(message) {
 
 function showSignIn(message) {
   stopView();
+  culm.setLive(true);
   document.getElementById("nav").hidden = true;
   document.getElementById("signout").hidden = true;
   document.getElementById("whoami").textContent = "";

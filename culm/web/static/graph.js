@@ -222,7 +222,8 @@
       head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
         el("h2", { text: (page.tree && page.tree.name) || pipelineId }), el("span", { class: "muted", text: pipelineId }),
         el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
-        el("span", { class: "legend" }, ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s))));
+        el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
+          ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s))));
     }
     async function refreshStates() {
       const data = await culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId));

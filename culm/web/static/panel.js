@@ -40,8 +40,8 @@
     return part;
   }
 
-  function actionForm(kind, node, info, submit) {
-    const box = el("form", { class: "action-form", id: "action-form" });
+  function actionForm(kind, op, node, info, submit) {
+    const box = el("form", { class: "action-form", id: "action-form", "data-op": op });
     let read;
     if (kind === "inputs") {
       const inputs = {};
@@ -87,6 +87,16 @@
     const ref = page.index[nodeId];
     const node = ref ? ref.node : { id: nodeId, type: "Pipeline" };
     const entry = page.states[nodeId];
+    // A live change elsewhere redraws the panel; an operator typing into a form of this node
+    // keeps it (and the text and focus) as long as the node's state still allows its command.
+    const open = panel.dataset.node === nodeId && panel.querySelector("#action-form");
+    if (open && culm.canOperate() && culm.actionsFor(node, entry).some(([, op]) => op === open.dataset.op)) {
+      panel.querySelector("#panel-state").replaceChildren(culm.badge(entry && entry.state));
+      const waiting = panel.querySelector("#wait-reason");
+      if (waiting && entry && entry.wait_reason) waiting.textContent = entry.wait_reason.text;
+      updated(panel);
+      return;
+    }
     let info;
     try {
       info = await culm.api("/api/v1/nodes/" + encodeURIComponent(nodeId));
@@ -116,7 +126,7 @@
           }
         };
         actions.append(el("button", { "data-action": op, text: label,
-          onclick: () => (form ? formSlot.replaceChildren(actionForm(form, node, info, send)) : send()) }));
+          onclick: () => (form ? formSlot.replaceChildren(actionForm(form, op, node, info, send)) : send()) }));
       }
     }
     const reason = entry && entry.wait_reason;
@@ -142,6 +152,13 @@
         : el("p", { class: "muted", text: "No earlier runs." })),
       section("Logs", el("pre", { id: "logs-view", text: info.logs || "(none)" })),
       section("Definition", el("pre", { text: json(node) }))].filter(Boolean));
+    panel.dataset.node = nodeId;
     panel.hidden = false;
+    updated(panel);
   };
+
+  // How many times the panel was brought up to date (pages and tests can tell a refresh happened).
+  function updated(panel) {
+    panel.dataset.updates = String(Number(panel.dataset.updates || 0) + 1);
+  }
 })();
