@@ -9,7 +9,7 @@ from culm.core import states
 from culm.core.engine import Engine
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.errors import InvalidOperationError
-from culm.model.compiled import Graph
+from culm.model.compiled import Graph, Node
 from culm.model.validator import PreparedTree
 
 
@@ -60,9 +60,12 @@ def run_pipeline(
         rows = [(root_id, root_id, root_id, "Pipeline")]
         rows.extend([(n.id, root_id, n.pipeline_id, n.type) for n in graph.nodes.values()])
         unit.add_nodes(rows)
+        members: dict[str, list[Node]] = {spec_id: [] for spec_id in graph.pipelines}
+        for node in graph.nodes.values():
+            members[node.pipeline_id].append(node)
         for spec in graph.pipelines.values():
             extra = root_pipeline_context if spec.id == root_id else subprocess_context
-            unit.insert_context(spec.id, cdata.context_values_for(spec, extra))
+            unit.insert_context(spec.id, cdata.context_values_for(spec, extra, members[spec.id]))
         root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
         step.create_state(root_state, 1)
         start = start_node_id or graph.pipelines[root_id].start_event_id
