@@ -136,7 +136,11 @@ def run_pipeline(
 # -- commands -------------------------------------------------------------------------------
 @_api
 def pause_pipeline(runtime: Any, pipeline_id: str) -> None:
-    """Pause a root pipeline or a subprocess: its processes park before their next node."""
+    """Pause a root pipeline or a subprocess: its processes park before their next node.
+
+    Nodes running when it returns finish; no node of the pipeline is entered after it returns
+    (on every backend: an engine step entering one commits first, or sees the pause).
+    """
     commands.pause_pipeline(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
 
 

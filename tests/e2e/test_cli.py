@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -289,6 +290,19 @@ def test_db_upgrade(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout == out.stdout
 
 
+def test_db_recount_counts_rows_written_behind_culm(tmp_path: Path) -> None:
+    """A root state edited by hand is not in `culm list`'s counts until `culm db recount`."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    db = tmp_path / "cli.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE culm_state SET name = 'FAILED' WHERE parent_id = '' AND root_id <> ''")
+    assert json.loads(culm(tmp_path, "list", "--json").stdout)["counts"] == {"FINISHED": 1}
+    out = culm(tmp_path, "db", "recount", "--db", f"sqlite:///{db}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "root pipelines counted again: FAILED 1\n"
+    assert json.loads(culm(tmp_path, "list", "--json").stdout)["counts"] == {"FAILED": 1}
+
+
 def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
     out = culm(tmp_path, "worker", env={"CULM_BROKER_URL": ""})
     assert out.returncode == 2
@@ -375,7 +389,7 @@ def test_logs_of_an_unknown_version_is_not_found(tmp_path: Path) -> None:
     assert culm(tmp_path, "logs", "node_greet", "--version", version).returncode == 0
 
 
-@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["run", "tree.json"], ["workers"], ["db", "upgrade"],
+@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["run", "tree.json"], ["workers"], ["db", "upgrade"], ["db", "recount"],
                                   ["token", "list"], ["serve", "--no-auth"]])
 def test_a_database_url_of_another_kind_is_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "tree.json").write_text(json.dumps(example_tree()))
