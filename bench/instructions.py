@@ -1,6 +1,6 @@
 """Instructions one embedded run costs, per thread, counted with callgrind.
 
-``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting] [--poll MS]`` runs itself under
+``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting|states_moving] [--poll MS]`` runs itself under
 ``valgrind --tool=callgrind`` and prints the instructions executed by the caller (the
 ``run_pipeline`` calls, and the polling loop with ``--poll``), the engine thread and the user-code
 threads, and the engine's batches. Wall time on this machine moves with everybody's load;
@@ -19,6 +19,7 @@ only with counts.
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import os
@@ -39,7 +40,9 @@ SHAPES = {
     "big": lambda: [wide_pipeline(100, 10)],
     "latency": lambda: [normal_pipeline()],
 }
-READS = {"states_big": 100, "states_small": 2000, "states_waiting": 100}  # get_pipeline_states calls counted
+READS = {"states_big": 100, "states_small": 2000, "states_waiting": 100,  # get_pipeline_states calls counted
+         "states_moving": 300}
+MOVES = 3  # states_moving: rounds of callbacks (each followed by one counted poll of every pipeline)
 MARKS = {"starmap_next": "caller", "dropwhile_next": "engine", "takewhile_next": "user code"}
 
 
@@ -112,16 +115,22 @@ def _reads(shape: str) -> dict[str, Any]:
     pipeline (``states_big``), 2,000 calls over 100 finished 17-node pipelines in turn
     (``states_small``), or 100 calls on a RUNNING 1,004-node pipeline whose 100 branches each
     wait for a callback halfway (``states_waiting``: 100 wait reasons, 101 live processes), after
-    one uncounted call each."""
+    one uncounted call each. ``states_moving``: what a poller of running pipelines reads, made
+    repeatable: 100 pipelines of 4 branches that each wait for a callback (``waiting_pipeline(4,
+    4)``, 20 nodes), polled once each; then MOVES times, one branch of each is called back (its
+    last nodes run, it reaches the converge gateway; uncounted) and every pipeline is polled once
+    more (300 counted calls, each catching up with ~4 changed nodes and reading the wait facts of
+    a pipeline still RUNNING)."""
     import culm
     from culm import api
 
     workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
     rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
     try:
-        shapes = {"states_big": lambda: [wide_pipeline(100, 10)], "states_waiting": lambda: [waiting_pipeline(100, 10)]}
+        shapes = {"states_big": lambda: [wide_pipeline(100, 10)], "states_waiting": lambda: [waiting_pipeline(100, 10)],
+                  "states_moving": lambda: [waiting_pipeline(4, 4) for _ in range(100)]}
         trees = shapes.get(shape, lambda: [normal_pipeline() for _ in range(100)])()
-        final = "RUNNING" if shape == "states_waiting" else "FINISHED"
+        final = "RUNNING" if shape in ("states_waiting", "states_moving") else "FINISHED"
         for tree in trees:
             api.run_pipeline(rt, tree)
         if not rt.wait_idle(600):
@@ -130,12 +139,37 @@ def _reads(shape: str) -> dict[str, Any]:
         for root in ids:
             if api.get_pipeline_states(rt, root).data[root]["state"] != final:
                 raise SystemExit(f"pipeline {root} is not {final}")
+        if shape == "states_moving":
+            _moving(rt, ids)
+            return {"calls": READS[shape]}
         calls = [(ids[i % len(ids)],) for i in range(READS[shape])]
+        gc.collect()  # see _moving
         list(itertools.starmap(lambda root: api.get_pipeline_states(rt, root), calls))
     finally:
         rt.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return {"calls": READS[shape]}
+
+
+def _moving(rt: Any, ids: list[str]) -> None:
+    """``states_moving``: MOVES rounds of one callback per pipeline (uncounted), each followed by
+    one counted ``get_pipeline_states`` of every pipeline."""
+    from culm import api
+
+    for _ in range(MOVES):
+        called = []  # first every pipeline's next waiting node, then the callbacks: the counted
+        for root in ids:  # polls below find exactly the changes the callbacks made
+            entries = api.get_pipeline_states(rt, root).data[root]["children"].values()
+            called.append(next(e for e in entries if (e["wait_reason"] or {}).get("kind") == "callback"))
+        for node in called:
+            if not api.callback(rt, node["id"], node["version"], {}).result:
+                raise SystemExit(f"the callback of node {node['id']} was refused")
+        if not rt.wait_idle(600):
+            raise SystemExit("the callbacks did not end in 600 s")
+        # A full collection (tens of millions of instructions with a runtime's heap) lands in a
+        # counted stretch or not depending on what ran before: start each from the same place.
+        gc.collect()
+        list(itertools.starmap(lambda root: api.get_pipeline_states(rt, root), [(root,) for root in ids]))
 
 
 def _count(path: Path) -> tuple[str | None, int]:

@@ -20,11 +20,14 @@ def _time(t: float | None) -> datetime | None:
 def state_entry(st: StateRecord, root_is_self: bool = False) -> dict[str, Any]:
     """One state in bamboo's result shape (misspelt ``root_id:`` key included on purpose)."""
     parent = st.node_id if root_is_self else st.parent_id
+    created = _time(st.created_time)
+    # A node's first run starts as its row is created: one (immutable) datetime serves both.
+    started = created if st.started_time == st.created_time else _time(st.started_time)
     return {
         "id": st.node_id, "state": st.name, "root_id:": st.root_id, "root_id": st.root_id, "parent_id": parent,
         "version": st.version, "loop": st.loop, "retry": st.retry, "skip": st.skip,
         "error_ignorable": st.error_ignored, "error_ignored": st.error_ignored,
-        "created_time": _time(st.created_time), "started_time": _time(st.started_time),
+        "created_time": created, "started_time": started,
         "archived_time": _time(st.archived_time), "children": {}, "wait_reason": None,
     }
 

@@ -61,6 +61,14 @@ def test_cpu_split_of_the_embedded_batch_runs() -> None:
 
 
 @pytest.mark.timeout(120)
+def test_polls_of_moving_pipelines_run_their_callbacks_and_counted_calls() -> None:
+    """``bench.instructions states_moving`` without valgrind (its ``--inside`` part): every round's
+    callbacks are accepted and the pipelines stay RUNNING for the counted polls."""
+    proc = run_module("bench.instructions", "states_moving", "--inside")
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"calls": 300}
+
+
+@pytest.mark.timeout(120)
 def test_statement_count_of_one_pipeline_on_postgresql() -> None:
     proc = run_module("bench.statements", "--pipelines", "2", "--trace")
     result = json.loads(proc.stdout.splitlines()[-1])

@@ -1363,8 +1363,9 @@ class SqlStore:
         raw = self._thread_reader()
         reader.busy = True
         try:
-            raw.cursor().execute("BEGIN")
-            yield self._unit(raw)
+            unit = self._unit(raw)
+            unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
+            yield unit
         finally:
             reader.busy = False
             raw.rollback()
