@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import itertools
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -76,7 +76,9 @@ _NODE_LABELS = {
     ast.MatMult: "the @ operator",
 }
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-CONTAINERS = (list, tuple, set, frozenset, dict)
+# Dict views are measured like the containers they show: str() of one is as long as its dict's.
+DICT_VIEWS: tuple[type[Collection[Any]], ...] = (type({}.keys()), type({}.values()), type({}.items()))
+CONTAINERS: tuple[type[Collection[Any]], ...] = (list, tuple, set, frozenset, dict, *DICT_VIEWS)
 SIZED = (str, bytes, list, tuple, set, frozenset, dict)
 _SCALAR_SIZE = 24
 
