@@ -35,6 +35,41 @@ class SleepComponent(Component):
     bound_service = SleepService
 
 
+GATE_WAIT = 120.0
+
+
+def hold_at_gate(gate: str, hold_after: int) -> None:
+    """Count this call in the file ``<gate>.calls``; past the first ``hold_after`` calls, wait until
+    the file ``gate`` exists (at most GATE_WAIT seconds).
+
+    A kill test opens the gate once it has killed, so the batch it kills cannot end before the
+    kill however little CPU the test process gets (on a loaded machine it once did)."""
+    with open(f"{gate}.calls", "a", encoding="utf-8") as fh:
+        fh.write("call\n")
+    with open(f"{gate}.calls", encoding="utf-8") as fh:
+        calls = sum(1 for _line in fh)
+    deadline = time.monotonic() + GATE_WAIT
+    while calls > hold_after and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+class GatedService(Service):
+    """Records the execution, then holds at the gate of its inputs ``gate`` and ``hold_after``
+    (:func:`hold_at_gate`)."""
+
+    def execute(self, data, parent_data):
+        record("execute", self.id)
+        hold_at_gate(data.get_one_of_inputs("gate"), int(data.get_one_of_inputs("hold_after")))
+        data.set_outputs("pid", os.getpid())
+        return True
+
+
+class GatedComponent(Component):
+    code = "dist_gated"
+    name = "gated"
+    bound_service = GatedService
+
+
 class PollService(Service):
     """Finishes on its third poll."""
 
