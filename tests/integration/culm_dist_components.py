@@ -20,10 +20,14 @@ def record(kind: str, node_id: str) -> None:
 
 
 class SleepService(Service):
-    """Sleeps ``seconds`` (input, default 0) and records the execution."""
+    """Records the execution and sleeps ``seconds`` (input, default 0); given an input ``gate``, holds
+    there first (:func:`hold_at_gate`, with input ``hold_after``)."""
 
     def execute(self, data, parent_data):
         record("execute", self.id)
+        gate = data.get_one_of_inputs("gate")
+        if gate:
+            hold_at_gate(gate, int(data.get_one_of_inputs("hold_after")))
         time.sleep(float(data.get_one_of_inputs("seconds", 0) or 0))
         data.set_outputs("pid", os.getpid())
         return True
@@ -51,23 +55,6 @@ def hold_at_gate(gate: str, hold_after: int) -> None:
     deadline = time.monotonic() + GATE_WAIT
     while calls > hold_after and not os.path.exists(gate) and time.monotonic() < deadline:
         time.sleep(0.01)
-
-
-class GatedService(Service):
-    """Records the execution, then holds at the gate of its inputs ``gate`` and ``hold_after``
-    (:func:`hold_at_gate`)."""
-
-    def execute(self, data, parent_data):
-        record("execute", self.id)
-        hold_at_gate(data.get_one_of_inputs("gate"), int(data.get_one_of_inputs("hold_after")))
-        data.set_outputs("pid", os.getpid())
-        return True
-
-
-class GatedComponent(Component):
-    code = "dist_gated"
-    name = "gated"
-    bound_service = GatedService
 
 
 class PollService(Service):

@@ -182,7 +182,7 @@ def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, with
     # however little CPU this process gets while it waits for 30 % (at a load of 8 the batch once
     # ended first).
     gate = backend.workdir / f"gate-{time.monotonic_ns()}"
-    trees = [batch_tree_of("dist_gated", gate=str(gate), hold_after=count * acts * 3 // 5) for _ in range(count)]
+    trees = [batch_tree_of("dist_sleep", gate=str(gate), hold_after=count * acts * 3 // 5) for _ in range(count)]
     for tree in trees:
         assert api.run_pipeline(rt, tree).result
     ours = {n for tree in trees for n in tree["activities"]}
