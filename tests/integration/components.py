@@ -455,6 +455,8 @@ def unstorable(kind: str) -> Any:
         for _ in range(5000):
             value = [value]
         return value
+    if kind == "large":  # over culm.model.limits.MAX_PAYLOAD_BYTES: MariaDB would drop the connection
+        return "x" * 7_000_001
     if kind == "surrogate":
         return "bad \udcff line"
     if kind == "nul":
@@ -463,7 +465,7 @@ def unstorable(kind: str) -> Any:
 
 
 class UnstorableService(Service):
-    """Returns a good output ``fine`` and, by ``inputs.kind``, an output ``bad`` (lock, deep) or a
+    """Returns a good output ``fine`` and, by ``inputs.kind``, an output ``bad`` (lock, deep, large) or a
     log line (surrogate, nul) the store cannot hold. ``inputs.on`` = "schedule" does it in the
     first poll instead of execute."""
 
