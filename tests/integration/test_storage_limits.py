@@ -86,6 +86,15 @@ def test_trees_the_store_cannot_hold_are_refused(runtime, case, change, fragment
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
 
 
+def test_a_tree_too_large_to_store_is_refused(runtime):
+    # MariaDB refused the 21 MB row with a dropped connection: "run_pipeline failed: InterfaceError: (0, '')".
+    tree, act = tree_with(lambda s, a: _input(a, "x", HUGE))
+    refused(api.run_pipeline(runtime, tree), tree["id"], "tree takes 21,00", "bytes once stored, over the 7,000,000")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+    fits, _ = tree_with(lambda s, a: _input(a, "x", HUGE[:400_000]))  # 2.8 MB, and twice that in outputs
+    finish(runtime, fits, timeout=30)
+
+
 def test_a_pipeline_name_the_store_cannot_hold_is_refused(runtime):
     tree, _ = tree_with(lambda s, a: None)
     tree["name"] = "report \udcff"  # names are kept in a column of their own, for listing
