@@ -14,6 +14,7 @@ from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
 from culm.errors import HydrationError, InvalidOperationError
+from culm.model import limits
 from culm.model.compiled import Graph, Node, PipelineSpec
 
 PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
@@ -80,6 +81,11 @@ def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
             if ref in vars_:
                 pending.extend(direct(ref))
         refs.discard(key)
+        if (size := limits.json_text_over(sorted(refs))) is not None:
+            raise InvalidOperationError(
+                f"context variable {key} refers to {len(refs)} keys (counting those through other variables), "
+                f"{size:,} bytes once stored: at most {limits.TEXT_BYTES:,} fit (a MySQL TEXT column)"
+            )
         budget -= len(refs)
         out.append(ContextValue(key, var.type, var.value, var.code, frozenset(refs)))
     return out

@@ -45,9 +45,11 @@ def text_problem(text: str) -> str | None:
     return None
 
 
-# Bytes of one stored log line: MySQL's and MariaDB's TEXT column (PostgreSQL and SQLite would take
-# more; the limit holds on every backend). A longer line is kept cut, with a note of what was cut.
-MAX_LOG_LINE_BYTES = 65_535
+# Bytes of a TEXT column on MySQL and MariaDB (PostgreSQL and SQLite would take more; the limit
+# holds on every backend): a log line, a context variable's references, a run's options.
+TEXT_BYTES = 65_535
+# A longer log line is kept cut, with a note of what was cut.
+MAX_LOG_LINE_BYTES = TEXT_BYTES
 
 
 def clip_log_line(line: str) -> str:
@@ -60,6 +62,15 @@ def clip_log_line(line: str) -> str:
     note = f" [... {len(line):,} characters in all, cut to fit a log line]"
     kept = data[: MAX_LOG_LINE_BYTES - len(note)].decode("utf-8", "ignore")  # a character cut in two goes
     return kept + note
+
+
+def json_text_over(items: list[str], limit: int = TEXT_BYTES) -> int | None:
+    """The length of ``items`` as JSON text when it is over ``limit`` (as a MySQL statement
+    escapes it), else None; ``items`` too short in all to be over are not encoded."""
+    if sum(map(len, items)) + 4 * len(items) <= limit // 8:  # a char is at most 7 bytes escaped, plus quotes
+        return None
+    size = payload_size(json.dumps(items, separators=(",", ":")))
+    return size if size > limit else None
 
 
 def payload_size(text: str) -> int:

@@ -18,9 +18,11 @@ from support import wait_until
 
 from culm import api
 from culm.builder import (
+    ConvergeGateway,
     Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    ParallelGateway,
     ServiceActivity,
     SubProcess,
     Var,
@@ -93,6 +95,33 @@ def test_a_tree_too_large_to_store_is_refused(runtime):
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
     fits, _ = tree_with(lambda s, a: _input(a, "x", HUGE[:400_000]))  # 2.8 MB, and twice that in outputs
     finish(runtime, fits, timeout=30)
+
+
+def test_a_tree_with_many_gateway_pairs_runs(runtime):
+    # 500 pairs of 64-character ids: their map (kept with the run's options, a TEXT column on
+    # MySQL) is 67 kB, and MariaDB failed the run with "Data too long for column 'options'".
+    start = tail = EmptyStartEvent()
+    first = None
+    for i in range(500):
+        pg, act, cg = ParallelGateway(id=f"pg{i:03}".ljust(64, "p")), ServiceActivity(component_code="t_echo"), \
+            ConvergeGateway(id=f"cg{i:03}".ljust(64, "c"))
+        first = first or act
+        tail = tail.extend(pg).connect(act).to(pg).converge(cg)
+    tail.extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, first.id, "FINISHED", timeout=30)  # the tree stored, read back and walked
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+
+
+def test_a_variable_referring_to_more_keys_than_a_text_column_holds_is_refused(runtime):
+    keys = ["${" + f"k{i:03}".ljust(250, "k") + "}" for i in range(300)]
+    data = {key: Var(type=Var.PLAIN, value=1) for key in keys}
+    data["${all}"] = Var(type=Var.SPLICE, value="".join(keys))
+    tree, _ = tree_with(lambda s, a: Data(inputs=data))
+    refused(api.run_pipeline(runtime, tree), "context variable ${all} refers to 300 keys",
+            "bytes once stored: at most 65,535 fit")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
 
 
 def test_a_pipeline_name_the_store_cannot_hold_is_refused(runtime):
