@@ -13,6 +13,7 @@ from typing import Any
 from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
+from culm.data.sandbox_guards import describe
 from culm.errors import HydrationError, InvalidOperationError
 from culm.model import limits
 from culm.model.compiled import Graph, Node, PipelineSpec
@@ -204,7 +205,7 @@ def _resolve_lazy(lazy: LazyResolver, var: dctx.ContextVar, rendered: Any) -> An
     try:
         return lazy(var, rendered)
     except Exception as exc:  # noqa: BLE001 - user code may raise anything; the node reports it
-        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
+        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {describe(exc)}") from exc
 
 
 def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:

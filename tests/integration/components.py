@@ -390,6 +390,8 @@ class RaiseVariable(LazyVariable):
     code = "t_lazy_raise"
 
     def get_value(self):
+        if self.value == "bare":
+            raise RecursionError  # no message: ex_data must still say what was raised
         raise RuntimeError("lazy exploded")
 
 
