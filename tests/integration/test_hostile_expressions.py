@@ -213,3 +213,18 @@ def test_inputs_that_render_too_large_to_store_fail_their_node(runtime):
     assert inputs(runtime, act.id)["x2"] == "\u4e2d" * 999000
     assert api.skip_node(runtime, act.id).result
     wait_pipeline(runtime, tree["id"], "FINISHED", timeout=30)
+
+
+def test_list_variables_sharing_each_other_cannot_multiply_past_the_render_budget(runtime):
+    """Variable i is a list holding variable i-1 twice (``[${a0}, ${a0}]``): no text is rendered,
+    only objects shared, yet 40 of them hold 2**40 items written out. Storing the inputs walked
+    them all inside the engine's transaction: the engine froze for every pipeline. Now a shared
+    object counts against the render budget as its text would."""
+    variables = {"${a0}": Var(type=Var.PLAIN, value="x" * 10)}
+    for i in range(1, 40):
+        variables[f"${{a{i}}}"] = Var(type=Var.SPLICE, value=[f"${{a{i - 1}}}", f"${{a{i - 1}}}"])
+    act = echo("${a39}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    ex = fails_beside_a_healthy_pipeline(runtime, build_tree(start, data=Data(inputs=variables)), act.id)
+    assert ex.startswith("inputs hydrate failed: variable ${a1") and "rendered text is longer than" in ex, ex
