@@ -40,7 +40,11 @@ def dumps(value: Any) -> str:
 
 
 def _encode(value: Any) -> str:
-    if not _looks_like_envelope(value) and not _json.keys_collide(value):
+    try:
+        collide = _json.keys_collide(value)
+    except _json.TooManyValuesError as exc:
+        raise UnstorableValueError(str(exc)) from None
+    if not _looks_like_envelope(value) and not collide:
         try:
             return _json.dumps(value)
         except (TypeError, ValueError, RecursionError):  # RecursionError: a value holding itself
