@@ -2,8 +2,10 @@
 
 ``embedded``: per-thread CPU clocks of the caller (``run_pipeline``), the engine thread and the
 user code, for the batch run together and for submitting first, then running.
-``distributed``: CPU seconds of the ``culm worker`` processes, the PostgreSQL backends, Redis and
-the submitting process during one batch (read from ``/proc/<pid>/stat``).
+``distributed``: CPU seconds of the ``culm worker`` processes (main and pool processes apart), the
+bench database's PostgreSQL backends (or MariaDB's server process), Redis and the submitting
+process during one batch on fresh workers, and with ``--batches N`` further batches on the same
+workers (read from ``/proc/<pid>/stat``).
 """
 
 from __future__ import annotations
@@ -52,33 +54,58 @@ def _db_server_word() -> str:
 
 
 def _db_label() -> str:
-    return "MariaDB server (all clients)" if _db_server_word() == "mariadbd" else "PostgreSQL"
+    return "MariaDB server (all clients)" if _db_server_word() == "mariadbd" else "PostgreSQL (this database's backends)"
 
 
-def distributed(workers: int, pipelines: int) -> None:
+def _db_pids(server: str, database: str) -> list[int]:
+    """The database server's processes that count: on PostgreSQL the backends of ``database``
+    only (their command line names it; other clients of the server are left out), on MariaDB its
+    one process."""
+    pids = _pids_with(server)
+    if server != "postgres:":
+        return pids
+    return [pid for pid in pids if f" {database} " in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def distributed(workers: int, pipelines: int, batches: int = 1) -> None:
+    """One batch on fresh workers (as ``distributed_batch_w2`` measures), then ``batches - 1``
+    more on the same workers; CPU seconds of each, per group of processes."""
+    from sqlalchemy.engine import make_url
+
     import culm
 
     with Cluster(workers) as cluster:
         rt = culm.Runtime(cluster.db_url, broker=REDIS, prefix=cluster.prefix)
         try:
-            worker_pids = [q for p in cluster.procs for q in (p.pid, *_children(p.pid))]
-            groups = {"workers": worker_pids, "redis": _pids_with("redis-server")}
-            trees = [normal_pipeline() for _ in range(pipelines)]
-            server = _db_server_word()
-            pg_before = set(_pids_with(server))
-            before = {name: _proc_cpu(pids) for name, pids in groups.items()}
-            pg_cpu_before = _proc_cpu(list(pg_before))
-            own = time.process_time()
-            elapsed = submit_and_wait(rt, trees, timeout=300)
-            own = time.process_time() - own
-            pg_after = set(_pids_with(server))
-            # Backends that appeared during the run count in full; older ones by their increase.
-            pg = _proc_cpu(list(pg_before)) - pg_cpu_before + _proc_cpu(list(pg_after - pg_before))
-            used = {name: _proc_cpu(pids) - before[name] for name, pids in groups.items()}
+            mains = [p.pid for p in cluster.procs]
+            groups = {"worker main processes": mains, "pool processes": [q for p in mains for q in _children(p)],
+                      "Redis": _pids_with("redis-server")}
+            server, database = _db_server_word(), make_url(cluster.db_url).database or ""
+            for batch in range(batches):
+                trees = [normal_pipeline() for _ in range(pipelines)]
+                db_before = set(_db_pids(server, database))
+                before = {name: _proc_cpu(pids) for name, pids in groups.items()}
+                db_cpu_before = _proc_cpu(list(db_before))
+                own = time.process_time()
+                elapsed = submit_and_wait(rt, trees, timeout=300)
+                own = time.process_time() - own
+                db_after = set(_db_pids(server, database))
+                # Backends that appeared during the run count in full; older ones by their increase.
+                db = _proc_cpu(list(db_before)) - db_cpu_before + _proc_cpu(list(db_after - db_before))
+                used = {name: _proc_cpu(pids) - before[name] for name, pids in groups.items()}
+                shown = ", ".join(f"{name} {cpu:.2f}" for name, cpu in used.items())
+                print(f"{pipelines} x normal_pipeline, {workers} workers, batch {batch + 1}"
+                      f"{' (fresh workers)' if batch == 0 else ''}: {elapsed:.3f} s wall; CPU seconds: {shown}, "
+                      f"{_db_label()} {db:.2f}, submitter {own:.2f}", flush=True)
         finally:
             rt.close()
-    print(f"{pipelines} x normal_pipeline, {workers} workers: {elapsed:.3f} s wall; CPU seconds: "
-          f"workers {used['workers']:.2f}, {_db_label()} {pg:.2f}, Redis {used['redis']:.2f}, submitter {own:.2f}")
 
 
 def embedded(pipelines: int) -> None:
@@ -149,11 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mode", choices=["embedded", "distributed"])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--pipelines", type=int, default=100)
+    parser.add_argument("--batches", type=int, default=1, help="distributed: batches on the same workers")
     args = parser.parse_args(argv)
     if args.mode == "embedded":
         embedded(args.pipelines)
     else:
-        distributed(args.workers, args.pipelines)
+        distributed(args.workers, args.pipelines, args.batches)
     return 0
 
 

@@ -11,8 +11,10 @@ pipelines (default 100,000) and compares it with an empty database of the same k
   feed (``runtime.changes(root, after=0)``: what ``culm watch`` reads first) and
   ``runtime.wait`` on a finished pipeline;
 
-and the database size per finished pipeline. ``--backend sqlite`` (the embedded default),
-``postgresql`` or both; one JSON line per backend.
+and ``list_pipelines`` as the console's first page asks it (the newest 50 with the counts per
+state), and the database size per finished pipeline. ``--backend sqlite`` (the embedded default),
+``postgresql``, ``mysql`` (MariaDB or MySQL), ``both`` (SQLite and PostgreSQL) or ``all``; one
+JSON line per backend.
 
 The fill (:func:`fill`) is fast and honest: :data:`SEED` pipelines run through the engine, then
 every row of every table the engine wrote for them (pipelines, nodes, states, processes, execution
@@ -22,9 +24,11 @@ random as the engine's uuids, so every index takes its rows at random places, as
 year of real runs) and with every time moved back by one seed run's span per copy (the copies are
 older than the seed and the feed's seq grows with time, as ``culm.storage.feed`` expects). The
 JSON payloads (trees, process stacks, data) are copied as they are: their sizes are real, the ids
-inside them still name the seed's nodes. The filled database is kept for repeats: a SQLite file
-under ``--keep`` (``/tmp/culm-stored``), a PostgreSQL database ``culm_stored_<N>``; ``--refill``
-builds it again.
+inside them still name the seed's nodes. The kept counts of root pipelines per state
+(``culm_root_count``) are not copied: they are counted again once the copies are in. The filled
+database is kept for repeats: a SQLite file under ``--keep`` (``/tmp/culm-stored``), a PostgreSQL
+or MySQL database ``culm_stored_<N>`` (``$CULM_BENCH_DB_PREFIX`` instead of ``culm_stored``: two
+people benchmarking on one server keep apart); ``--refill`` builds it again.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from bench.trees import normal_pipeline
 SEED = 200  # pipelines run through the engine (at most); the rest are copies of them
 COPIES_PER_STATEMENT = 20  # 4,000 pipelines per INSERT ... SELECT
 PG_ADMIN = os.environ.get("CULM_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MY_ADMIN = os.environ.get("CULM_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+DB_PREFIX = os.environ.get("CULM_BENCH_DB_PREFIX", "culm_stored")  # the server databases' names
 # Columns holding node, process or pipeline ids: a copy gives them fresh ids (empty and NULL stay).
 ID_COLUMNS = frozenset(
     {
@@ -79,8 +85,9 @@ TIME_COLUMNS = frozenset(
 )
 # Keys the database hands out: a copy leaves them to it.
 GENERATED = {"culm_history": "id", "culm_log": "id", "culm_change": "seq"}
-# Not pipeline data (the worker registry, API tokens, the schema version): not copied.
-SKIPPED = frozenset({"culm_worker", "culm_api_token", "culm_alembic_version"})
+# Not pipeline data (the worker registry, API tokens, the schema version), or kept counts of it
+# (counted again after the copies, see fill): not copied.
+SKIPPED = frozenset({"culm_worker", "culm_api_token", "culm_alembic_version", "culm_root_count"})
 
 
 def clone_id(value: str | None, copy: int) -> str | None:
@@ -161,10 +168,15 @@ class _Reader:
             if rt.wait(self.finished, 10) != "FINISHED":
                 raise SystemExit(f"{self.finished} did not wait to FINISHED")
 
+        def listing() -> None:  # the console's first page: the newest 50 and the counts per state
+            if not api.list_pipelines(rt).data["items"]:
+                raise SystemExit("list_pipelines listed nothing")
+
         return {
             "running_tree_ms": _median_ms(tree, calls),
             "feed_history_ms": _median_ms(history, calls),
             "wait_finished_ms": _median_ms(wait, calls),
+            "list_pipelines_ms": _median_ms(listing, calls),
         }
 
     def close(self) -> None:
@@ -212,10 +224,14 @@ def measure(url: str, rounds: int) -> dict[str, float]:
 
 
 class _Db:
-    """Just what the fill needs of a SQLite (sqlite3) or PostgreSQL (SQLAlchemy) connection."""
+    """Just what the fill needs of a SQLite (sqlite3), PostgreSQL or MySQL (SQLAlchemy) connection.
+
+    The SQL is written once, PostgreSQL's way: MySQL's session takes double-quoted names and
+    ``||`` as PostgreSQL does (ANSI_QUOTES, PIPES_AS_CONCAT)."""
 
     def __init__(self, url: str) -> None:
         self.sqlite = url.startswith("sqlite")
+        self.mysql = url.startswith("mysql")
         if self.sqlite:
             self.conn: Any = sqlite3.connect(url.split(":///", 1)[1], isolation_level=None)
             # Filling only: a big page cache, no sync (a crash here only loses a bench database).
@@ -227,14 +243,21 @@ class _Db:
 
             self.engine = create_engine(url, isolation_level="AUTOCOMMIT")
             self.conn = self.engine.connect()
+            if self.mysql:
+                self.run("SET SESSION sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES,PIPES_AS_CONCAT')")
 
     def run(self, sql: str) -> list[Any]:
         if self.sqlite:
             return self.conn.execute(sql).fetchall()
         from sqlalchemy import text
 
-        result = self.conn.execute(text(sql))
+        result = self.conn.execute(text(sql).execution_options(no_parameters=True))
         return result.fetchall() if result.returns_rows else []
+
+    @property
+    def schema_sql(self) -> str:
+        """The SQL naming the database's own schema, in information_schema."""
+        return "DATABASE()" if self.mysql else "current_schema()"
 
     def columns(self, table: str) -> list[str]:
         if self.sqlite:
@@ -243,7 +266,7 @@ class _Db:
             r[0]
             for r in self.run(
                 "SELECT column_name FROM information_schema.columns WHERE table_name = "
-                f"'{table}' AND table_schema = current_schema() ORDER BY ordinal_position"
+                f"'{table}' AND table_schema = {self.schema_sql} ORDER BY ordinal_position"
             )
         ]
 
@@ -254,7 +277,7 @@ class _Db:
             )
         else:
             found = self.run(
-                "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+                f"SELECT table_name FROM information_schema.tables WHERE table_schema = {self.schema_sql}"
                 " AND table_name LIKE 'culm!_%' ESCAPE '!'"
             )
         return sorted(r[0] for r in found if r[0] not in SKIPPED)
@@ -323,11 +346,28 @@ def fill(url: str, pipelines: int, say: Callable[[str], None] = lambda _m: None)
             db.run(f'DROP TABLE "seed_{table}"')
         if db.sqlite:
             db.run("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif db.mysql:
+            db.run("ANALYZE TABLE " + ", ".join(f'"{t}"' for t in tables))  # as InnoDB's own sampling would
         else:
             db.run("VACUUM ANALYZE")  # what autovacuum does to a grown database
-        return int(db.run("SELECT COUNT(*) FROM culm_pipeline")[0][0])
+        stored = int(db.run("SELECT COUNT(*) FROM culm_pipeline")[0][0])
     finally:
         db.close()
+    _recount(url)
+    return stored
+
+
+def _recount(url: str) -> None:
+    """Count the root pipelines per state again, as ``culm db recount`` does: the copies went in
+    behind the writers' backs."""
+    from culm.storage.sql import SqlStore
+
+    store = SqlStore(url)
+    try:
+        with store.transaction() as unit:
+            unit.recount_roots()
+    finally:
+        store.dispose()
 
 
 def _copy(db: _Db, table: str, order: str, *, seed_only: bool = False) -> None:
@@ -352,22 +392,32 @@ def _copy(db: _Db, table: str, order: str, *, seed_only: bool = False) -> None:
 # -- databases -------------------------------------------------------------------------------------
 
 
-def _pg_url(name: str) -> str:
-    return make_url(PG_ADMIN).set(database=name).render_as_string(hide_password=False)
+def _admin(backend: str) -> str:
+    return MY_ADMIN if backend == "mysql" else PG_ADMIN
 
 
-def _pg_recreate(name: str) -> str:
+def _server_url(backend: str, name: str) -> str:
+    return make_url(_admin(backend)).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_and_create(backend: str, name: str, template: str | None = None) -> None:
+    """A new empty server database ``name`` (PostgreSQL: a copy of ``template`` when given)."""
     from sqlalchemy import create_engine, text
 
-    engine = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    engine = create_engine(_admin(backend), isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:
-        conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE {name}"))
+        force = "" if backend == "mysql" else " WITH (FORCE)"
+        conn.execute(text(f"DROP DATABASE IF EXISTS {name}{force}"))
+        conn.execute(text(f"CREATE DATABASE {name}" + (f" TEMPLATE {template}" if template else "")))
     engine.dispose()
+
+
+def _server_recreate(backend: str, name: str) -> str:
+    _drop_and_create(backend, name)
     from culm.storage.migrate import upgrade_database
 
-    upgrade_database(_pg_url(name))  # `culm db upgrade`: a server database is migrated by its operator
-    return _pg_url(name)
+    upgrade_database(_server_url(backend, name))  # `culm db upgrade`: a server database is migrated by its operator
+    return _server_url(backend, name)
 
 
 def _stored(url: str) -> int | None:
@@ -385,12 +435,16 @@ def _stored(url: str) -> int | None:
 
 
 def size_bytes(url: str) -> int:
-    """The database's size on disk (SQLite: the file after a checkpoint)."""
+    """The database's size on disk (SQLite: the file after a checkpoint; MySQL: InnoDB's data and
+    index lengths, as its statistics last saw them)."""
     db = _Db(url)
     try:
         if db.sqlite:
             db.run("PRAGMA wal_checkpoint(TRUNCATE)")
             return os.path.getsize(url.split(":///", 1)[1])
+        if db.mysql:
+            return int(db.run("SELECT SUM(data_length + index_length) FROM information_schema.tables"
+                              " WHERE table_schema = DATABASE()")[0][0])
         return int(db.run("SELECT pg_database_size(current_database())")[0][0])
     finally:
         db.close()
@@ -408,14 +462,14 @@ def _kept(
             return url, 0.0
         _remove_sqlite(path)
     else:
-        name = f"culm_stored_{pipelines}"
-        url = _pg_url(name)
+        name = f"{DB_PREFIX}_{pipelines}"
+        url = _server_url(backend, name)
         if not refill and _stored(url) == pipelines:
             from culm.storage.migrate import upgrade_database
 
             upgrade_database(url)  # a database kept from an older culm
             return url, 0.0
-        url = _pg_recreate(name)
+        url = _server_recreate(backend, name)
     t0 = time.perf_counter()
     fill(url, pipelines, say)
     return url, time.perf_counter() - t0
@@ -423,20 +477,20 @@ def _kept(
 
 def _working_copy(backend: str, kept: str, keep: str) -> str:
     """A copy of the kept database to measure on (measuring adds pipelines; the kept one stays as
-    filled)."""
+    filled), except on MySQL (see below)."""
     if backend == "sqlite":
         path = os.path.join(keep, "work.db")
         _remove_sqlite(path)
         shutil.copyfile(kept.split(":///", 1)[1], path)
         return f"sqlite:///{path}"
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with engine.connect() as conn:
-        conn.execute(text("DROP DATABASE IF EXISTS culm_stored_work WITH (FORCE)"))
-        conn.execute(text(f"CREATE DATABASE culm_stored_work TEMPLATE {make_url(kept).database}"))
-    engine.dispose()
-    return _pg_url("culm_stored_work")
+    if backend == "postgresql":
+        _drop_and_create(backend, f"{DB_PREFIX}_work", template=make_url(kept).database)
+        return _server_url(backend, f"{DB_PREFIX}_work")
+    # MySQL has no template databases, and copying the tables row by row (CREATE TABLE ... LIKE,
+    # INSERT ... SELECT) took longer than the fill (over 7 minutes for a sixth of the rows, indexes
+    # built before or after them): the kept database is measured on itself, and the pipelines the
+    # measuring adds make the next run fill it again.
+    return kept
 
 
 def _remove_sqlite(path: str) -> None:
@@ -450,7 +504,7 @@ def _empty(backend: str, keep: str) -> str:
         path = os.path.join(keep, "empty.db")
         _remove_sqlite(path)
         return f"sqlite:///{path}"
-    return _pg_recreate("culm_stored_empty")
+    return _server_recreate(backend, f"{DB_PREFIX}_empty")
 
 
 def compare(
@@ -483,7 +537,8 @@ def compare(
     result.update({k: round(statistics.median(v), 4) for k, v in got.items()})
     say("timing the reads")
     result.update(reads(empty, full, pairs))
-    for k in ("batch_s", "run_pipeline_ms", "running_tree_ms", "feed_history_ms", "wait_finished_ms"):
+    for k in ("batch_s", "run_pipeline_ms", "running_tree_ms", "feed_history_ms", "wait_finished_ms",
+              "list_pipelines_ms"):
         result[f"full_over_empty_{k}"] = round(result[f"full_{k}"] / result[f"empty_{k}"], 3)
     return result
 
@@ -495,7 +550,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--pipelines", type=int, default=100_000, help="finished pipelines stored (default 100000)"
     )
-    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="sqlite")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "mysql", "both", "all"), default="sqlite",
+                        help="both: SQLite and PostgreSQL; all: and MySQL ($CULM_BENCH_MYSQL)")
     parser.add_argument("--rounds", type=int, default=3, help="batches per measurement (default 3)")
     parser.add_argument("--pairs", type=int, default=2, help="empty/full alternations (default 2)")
     parser.add_argument("--keep", default="/tmp/culm-stored", help="where the filled SQLite file is kept")
@@ -510,7 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"# {time.strftime('%H:%M:%S')} {msg}", flush=True)
 
-    for backend in ("sqlite", "postgresql") if args.backend == "both" else (args.backend,):
+    chosen = {"both": ("sqlite", "postgresql"), "all": ("sqlite", "postgresql", "mysql")}
+    for backend in chosen.get(args.backend, (args.backend,)):
         if args.fill_only:
             url, took = _kept(backend, args.pipelines, args.keep, args.refill, say)
             print(

@@ -103,8 +103,10 @@ def run_pipeline(
     with runtime.engine.submitting():
         if not isinstance(pipeline, dict):
             raise InvalidOperationError(f"pipeline must be a dict (a pipeline tree), got {type(pipeline).__name__}")
+        preset = tuple(set(ctx) if isinstance(ctx, dict) else set()
+                       for ctx in (root_pipeline_context, subprocess_context))
         prepared = prepare_tree(pipeline, cycle_tolerate=bool(cycle_tolerate), lazy_exists=variables.library.has,
-                                end_event_exists=events.library.has)
+                                end_event_exists=events.library.has, preset=(preset[0], preset[1]))
         tree = prepared.tree
         if start_node_id is not None:
             validate_start_node(tree, start_node_id)
@@ -134,7 +136,11 @@ def run_pipeline(
 # -- commands -------------------------------------------------------------------------------
 @_api
 def pause_pipeline(runtime: Any, pipeline_id: str) -> None:
-    """Pause a root pipeline or a subprocess: its processes park before their next node."""
+    """Pause a root pipeline or a subprocess: its processes park before their next node.
+
+    Nodes running when it returns finish; no node of the pipeline is entered after it returns
+    (on every backend: an engine step entering one commits first, or sees the pause).
+    """
     commands.pause_pipeline(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
 
 
@@ -217,6 +223,29 @@ def update_context_values(runtime: Any, pipeline_id: str, context_values: dict) 
     """Overwrite existing context variables of a running pipeline (``{"${key}": value}``)."""
     limits.check_context_keys(context_values, f"context_values for pipeline {pipeline_id}")
     return commands.update_context_values(runtime.engine, _str_id(pipeline_id, "pipeline_id"), context_values)
+
+
+@_api
+def update_node_outputs(runtime: Any, root_pipeline_id: str, node_id: str, context_values: dict) -> list:
+    """Before skipping a FAILED node whose outputs later nodes need: overwrite the root context
+    values given (``{"${key}": value}``; keys that do not exist are not created) and merge
+    ``{key: value}`` into the node's outputs, in one transaction (bamboo-pipeline's contrib
+    ``pipeline.contrib.mock.api.update_node_outputs``). Refused unless the pipeline is RUNNING and
+    the node FAILED; ``${_system}`` cannot be changed. ``data``: the context keys updated."""
+    limits.check_context_keys(context_values, f"context_values for node {node_id}")
+    return commands.update_node_outputs(runtime.engine, _str_id(root_pipeline_id, "root_pipeline_id"),
+                                        _str_id(node_id, "node_id"), context_values)
+
+
+@_api
+def update_node_loop_times(runtime: Any, node_id: str, loop_times: int) -> None:
+    """Change the iteration count of a node loop (``loop_config.loop_times``) of a stored run.
+
+    The node reads it when an iteration ends: a count at or below the iterations already run ends
+    the loop after the current one. bamboo offers this as a method of its runtime; so does
+    :class:`culm.Runtime`, which raises where this returns a refusal.
+    """
+    commands.update_node_loop_times(runtime.engine, _str_id(node_id, "node_id"), loop_times)
 
 
 # -- queries --------------------------------------------------------------------------------
@@ -382,7 +411,7 @@ __all__ = [
     "EngineAPIResult", "list_pipelines", "run_pipeline", "pause_pipeline", "resume_pipeline", "revoke_pipeline",
     "pause_node_appoint", "resume_node_appoint", "retry_node", "retry_subprocess", "skip_node",
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
-    "update_context_values", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
+    "update_context_values", "update_node_outputs", "update_node_loop_times", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
     "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
     "get_pipeline_execution_time", "get_node_execution_time", "preview_node_inputs",

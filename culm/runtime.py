@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from culm.core import commands
 from culm.core.engine import Engine, Settings
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
@@ -45,6 +46,11 @@ class Runtime:
     everything in this process's memory (:mod:`culm.storage.memory`): for tests and experiments,
     nothing survives the runtime.
 
+    Embedded runtimes of one process on one SQLite file (with the default workers and settings)
+    share one set of worker threads and connections: bamboo's guides create a runtime wherever
+    they need one (``api.get_pipeline_states(BambooDjangoRuntime(), ...)``), and each must not
+    start workers of its own. They stop when the last of them is closed (or with the process).
+
     Args:
         url: SQLAlchemy-style database URL, or ``memory://``.
         broker: Celery broker URL; when given, this runtime only submits and reads.
@@ -67,80 +73,47 @@ class Runtime:
         if broker and self.url == MEMORY_URL:
             raise InvalidOperationError("Runtime(\"memory://\") keeps its data in this process: workers behind a "
                                         f"broker ({broker}) cannot reach it; use a database URL")
-        self.store: Any = MemoryStore() if self.url == MEMORY_URL else SqlStore(self.url)
-        self._lock_file: Any = None
         self._closed = False
-        self._guard = threading.Lock()
-        self._stop = threading.Event()
-        self._standby: threading.Thread | None = None
-        if broker:
-            from culm.dispatch.celery import CeleryDispatcher
+        self._key = _shared_key(self.url, broker, workers, settings)
+        with _SHARED_LOCK:
+            core = _SHARED.get(self._key) if self._key is not None else None
+            if core is None:
+                core = _Core(self.url, broker, workers, settings, options)
+                if self._key is not None:
+                    _SHARED[self._key] = core
+            core.handles += 1
+        self._core = core
+        self.store: Any = core.store
+        self.engine: Engine = core.engine
 
-            publisher = CeleryDispatcher(broker, **options)
-            self.dispatcher: Dispatcher | None = publisher
-            self.engine = Engine(self.store, publisher, settings)
-            publisher.bind(self.engine)
-        else:
-            self._workers = 8 if workers is None else workers
-            threads = self._runner() if self._workers > 0 and self._take_runner_lock() else None
-            self.dispatcher = threads
-            self.engine = Engine(self.store, threads, settings)
-            if threads is not None:
-                threads.start(self.engine)
-            elif self._workers > 0:
-                self._standby = threading.Thread(target=self._stand_by, name="culm-standby", daemon=True)
-                self._standby.start()
+    @property
+    def dispatcher(self) -> Dispatcher | None:
+        """The worker threads (embedded, once this process runs the file's work) or the Celery
+        publisher; None while another process runs the work (this one stands by)."""
+        return self._core.dispatcher
 
     @property
     def embedded(self) -> bool:
         return not self.broker
-
-    def _take_runner_lock(self, *, quiet: bool = False) -> bool:
-        """Only one process runs the workers of a SQLite file; the lock dies with the process (a
-        process that wanted workers and did not get the lock stands by for it, see _stand_by)."""
-        path = self.store.database_file
-        if path is None:
-            return True
-        handle = open(path + ".runner-lock", "a+")  # noqa: SIM115 - held for the runtime's life
-        try:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            if not quiet:
-                logger.info("another process runs the workers of %s; this runtime submits and reads "
-                            "until that process exits", path)
-            return False
-        self._lock_file = handle
-        return True
-
-    def _runner(self) -> ThreadDispatcher:
-        from culm.dispatch.threads import ThreadDispatcher
-
-        # The engine may keep copies of its rows only where the runner lock makes it the sole
-        # runner: a SQLite database (a server database can have several embedded runners).
-        from culm.storage.cache import RecordCache
-
-        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.keeps_copies else None)
-
-    def _stand_by(self) -> None:
-        """Another process runs the work of this SQLite file: take the runner lock once it lets go
-        (it exited or was killed) and run the work from then on."""
-        while not self._stop.wait(STANDBY_SECONDS):
-            with self._guard:
-                if self._closed or not self._take_runner_lock(quiet=True):
-                    continue
-                dispatcher = self._runner()
-                self.dispatcher = dispatcher
-                self.engine.dispatcher = dispatcher
-                dispatcher.start(self.engine)  # the sweep takes over what the old runner left
-            logger.info("took over the workers of %s", self.store.database_file)
-            return
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Embedded only: wait until every queued and timed task has run (True) or time is up."""
         if self.dispatcher is None:
             return True
         return self.dispatcher.wait_idle(timeout)
+
+    def update_node_loop_times(self, node_id: str, loop_times: int) -> None:
+        """Change the iteration count of a node loop, as bamboo's runtime method of that name
+        (also :func:`culm.api.update_node_loop_times`, which returns a refusal instead of raising).
+
+        Raises:
+            NotFoundError: no stored run has that node.
+            InvalidOperationError: ``loop_times`` is not a non-negative integer, or the node has
+                no enabled ``loop_config``.
+        """
+        if not isinstance(node_id, str):
+            raise InvalidOperationError(f"node_id must be a string, got {node_id!r}")
+        commands.update_node_loop_times(self.engine, node_id, loop_times)
 
     # -- the change feed (culm.storage.feed) --------------------------------------------------
     def changes(
@@ -212,7 +185,121 @@ class Runtime:
         return self.store.engine
 
     def close(self) -> None:
-        """Stop this runtime's threads, then close its database connections."""
+        """Stop this runtime's threads, then close its database connections (those it shares
+        with other embedded runtimes of this process: when the last of them is closed)."""
+        with _SHARED_LOCK:
+            if self._closed:
+                return
+            self._closed = True
+            self._core.handles -= 1
+            last = self._core.handles == 0
+            if last and self._key is not None and _SHARED.get(self._key) is self._core:
+                del _SHARED[self._key]
+        if last:
+            self._core.close()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = f"broker={self.broker!r}" if self.broker else "embedded"
+        if isinstance(self.store, MemoryStore):
+            return f"Runtime({self.store.url!r}, {mode})"
+        return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"
+
+
+# Embedded runtimes of this process that share their workers, by database file (see Runtime).
+_SHARED: dict[tuple[str, int | None], _Core] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_key(url: str, broker: str | None, workers: int | None, settings: Settings | None) -> tuple[str, int | None] | None:
+    """The key under which embedded runtimes share a core: file-backed SQLite only (a database in
+    memory, ``memory://`` or a server database keeps one core per runtime), default settings, and
+    workers (a submit-only runtime, ``workers=0``, has nothing to share)."""
+    if broker or settings is not None or workers == 0 or not url.startswith("sqlite"):
+        return None
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if path in ("", ":memory:") or path.startswith("file:") or "?" in path:
+        return None
+    return os.path.realpath(path), workers
+
+
+class _Core:
+    """A runtime's store, engine and dispatcher, and (embedded) its hold on the runner lock."""
+
+    def __init__(self, url: str, broker: str | None, workers: int | None, settings: Settings | None,
+                 options: dict[str, Any]) -> None:
+        self.handles = 0
+        self.store: Any = MemoryStore() if url == MEMORY_URL else SqlStore(url)
+        self._lock_file: Any = None
+        self._closed = False
+        self._guard = threading.Lock()
+        self._stop = threading.Event()
+        self._standby: threading.Thread | None = None
+        if broker:
+            from culm.dispatch.celery import CeleryDispatcher
+
+            publisher = CeleryDispatcher(broker, **options)
+            self.dispatcher: Dispatcher | None = publisher
+            self.engine = Engine(self.store, publisher, settings)
+            publisher.bind(self.engine)
+        else:
+            self._workers = 8 if workers is None else workers
+            threads = self._runner() if self._workers > 0 and self._take_runner_lock() else None
+            self.dispatcher = threads
+            self.engine = Engine(self.store, threads, settings)
+            if threads is not None:
+                threads.start(self.engine)
+            elif self._workers > 0:
+                self._standby = threading.Thread(target=self._stand_by, name="culm-standby", daemon=True)
+                self._standby.start()
+
+    def _take_runner_lock(self, *, quiet: bool = False) -> bool:
+        """Only one process runs the workers of a SQLite file; the lock dies with the process (a
+        process that wanted workers and did not get the lock stands by for it, see _stand_by)."""
+        path = self.store.database_file
+        if path is None:
+            return True
+        handle = open(path + ".runner-lock", "a+")  # noqa: SIM115 - held for the runtime's life
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            if not quiet:
+                logger.info("another process runs the workers of %s; this runtime submits and reads "
+                            "until that process exits", path)
+            return False
+        self._lock_file = handle
+        return True
+
+    def _runner(self) -> ThreadDispatcher:
+        from culm.dispatch.threads import ThreadDispatcher
+
+        # The engine may keep copies of its rows only where the runner lock makes it the sole
+        # runner: a SQLite database (a server database can have several embedded runners).
+        from culm.storage.cache import RecordCache
+
+        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.keeps_copies else None)
+
+    def _stand_by(self) -> None:
+        """Another process runs the work of this SQLite file: take the runner lock once it lets go
+        (it exited or was killed) and run the work from then on."""
+        while not self._stop.wait(STANDBY_SECONDS):
+            with self._guard:
+                if self._closed or not self._take_runner_lock(quiet=True):
+                    continue
+                dispatcher = self._runner()
+                self.dispatcher = dispatcher
+                self.engine.dispatcher = dispatcher
+                dispatcher.start(self.engine)  # the sweep takes over what the old runner left
+            logger.info("took over the workers of %s", self.store.database_file)
+            return
+
+    def close(self) -> None:
         self._stop.set()
         with self._guard:
             if self._closed:
@@ -226,18 +313,6 @@ class Runtime:
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
-
-    def __enter__(self) -> Runtime:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        mode = f"broker={self.broker!r}" if self.broker else "embedded"
-        if isinstance(self.store, MemoryStore):
-            return f"Runtime({self.store.url!r}, {mode})"
-        return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"
 
 
 class WorkerWiring:

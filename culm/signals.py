@@ -11,6 +11,17 @@ Example::
         print(node_id, to_state)
 """
 
-from culm.core.signals import PipelineEvent, Signal, pipeline_event, post_set_state, receiver
+from culm.core.signals import (
+    PipelineEvent,
+    Signal,
+    execute_interrupt,
+    pipeline_event,
+    post_set_state,
+    pre_service_execute,
+    pre_service_schedule,
+    receiver,
+    schedule_interrupt,
+)
 
-__all__ = ["Signal", "PipelineEvent", "post_set_state", "pipeline_event", "receiver"]
+__all__ = ["Signal", "PipelineEvent", "post_set_state", "pipeline_event", "pre_service_execute",
+           "pre_service_schedule", "execute_interrupt", "schedule_interrupt", "receiver"]

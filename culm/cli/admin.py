@@ -98,6 +98,19 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_db_recount(args: argparse.Namespace) -> int:
+    from culm.storage import recount_database
+
+    url = db_url(args)
+    try:
+        counts = recount_database(url)
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+    shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
+    print(f"root pipelines counted again: {shown}")
+    return EXIT_OK
+
+
 def register(sub: Any) -> None:
     """Add ``worker`` and ``db`` to the ``culm`` parser."""
     worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
@@ -133,4 +146,7 @@ def register(sub: Any) -> None:
     upgrade = db_sub.add_parser("upgrade", help="apply the schema migrations")
     add_db(upgrade)
     upgrade.set_defaults(func=cmd_db_upgrade)
+    recount = db_sub.add_parser("recount", help="count the pipelines per state again (after rows were edited by hand)")
+    add_db(recount)
+    recount.set_defaults(func=cmd_db_recount)
 

@@ -87,6 +87,17 @@ def an_id(text: str) -> str:
     return text
 
 
+def a_count(text: str) -> int:
+    """An argparse type: a whole number, 0 or more (an iteration count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
+    return value
+
+
 def seconds(text: str) -> float:
     """An argparse type: a duration, 0 or more (``-1`` or ``nan`` would end a wait at once or never)."""
     try:

@@ -17,6 +17,7 @@ from culm.cli.common import (
     EXIT_OK,
     NotFound,
     UsageError,
+    a_count,
     add_broker,
     add_db,
     an_id,
@@ -54,6 +55,15 @@ def _set_context(rt: Any, args: argparse.Namespace) -> Any:
     return api.update_context_values(rt, args.id, values)
 
 
+def _set_outputs(rt: Any, args: argparse.Namespace) -> Any:
+    from culm import api
+
+    pairs = (split_assignment(i, "set-outputs", f"culm set-outputs {args.node}") for i in args.values)
+    values = {"${" + key + "}": value for key, value in pairs}
+    root_id = state_entry(rt, args.node).get("root_id") or args.node
+    return api.update_node_outputs(rt, root_id, args.node, values)
+
+
 def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace], Any]]]:
     """``{command: (target attribute, what it did, call)}``."""
     from culm import api
@@ -74,6 +84,9 @@ def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace
         "pause-node": ("node", "set a pause at", lambda rt, a: api.pause_node_appoint(rt, a.node)),
         "resume-node": ("node", "removed the pause at", lambda rt, a: api.resume_node_appoint(rt, a.node)),
         "set-context": ("id", "updated the context of", _set_context),
+        "set-outputs": ("node", "updated the outputs of", _set_outputs),
+        "loop-times": ("node", "changed the loop count of",
+                       lambda rt, a: api.update_node_loop_times(rt, a.node, a.loop_times)),
     }
 
 
@@ -93,7 +106,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context"):
+        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
             check(call(rt, args), f"{args.command} {target}")
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
@@ -146,3 +159,8 @@ def register(sub: Any) -> None:
     command("resume-node", "remove a node's pause and let a branch parked there go on", "node", node)
     p = command("set-context", "overwrite context values of a running pipeline", "id", pipeline)
     p.add_argument("values", nargs="+", metavar="KEY=VALUE", help="context key (with or without ${}) and value")
+    p = command("set-outputs", "before skipping a failed node: set the root context values and outputs it "
+                "would have written", "node", node)
+    p.add_argument("values", nargs="+", metavar="KEY=VALUE", help="context key (with or without ${}) and value")
+    p = command("loop-times", "change how many iterations a node loop (loop_config) runs in all", "node", node)
+    p.add_argument("loop_times", type=a_count, metavar="N", help="the new iteration count, 0 or more")

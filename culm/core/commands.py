@@ -17,7 +17,7 @@ from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
 from culm.core.ports import StateFields, Unit
-from culm.core.records import ProcessRecord, StateRecord, new_id, new_version, now
+from culm.core.records import ContextValue, ProcessRecord, StateRecord, new_id, new_version, now
 from culm.core.run import Run, record_history
 from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step
@@ -454,13 +454,53 @@ def update_context_values(engine: Engine, pipeline_id: str, context_values: dict
     with engine.step() as step:
         unit = step.unit
         _is_pipeline(unit, engine, pipeline_id)
-        current = unit.get_context(pipeline_id)
-        updated = [k for k in context_values if k in current]
+        return _overwrite_context(unit, pipeline_id, context_values)
+
+
+def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, Any]) -> list[str]:
+    """Give the existing keys among ``context_values`` plain values; returns those keys."""
+    current = unit.get_context(pipeline_id)
+    updated = [k for k in context_values if k in current]
+    if updated:
         merged = {k: dctx.ContextVar(k, v.type, v.value, v.code) for k, v in current.items()}
         for k in updated:
             merged[k] = dctx.ContextVar(k, cdata.PLAIN, context_values[k])
         # References of the whole context are recomputed: a plain value refers to nothing.
         unit.upsert_context(pipeline_id, cdata.with_references(merged))
+    return updated
+
+
+def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, context_values: dict[str, Any]) -> list[str]:
+    """bamboo-pipeline's contrib "update node outputs" (``pipeline.contrib.mock``): before a failed
+    node is skipped, give the root context values its outputs would have written, and record them
+    as its outputs; returns the context keys that existed and were updated."""
+    if not isinstance(context_values, dict):
+        raise InvalidOperationError("context_values must be a dict of {'${key}': value}")
+    if "${_system}" in context_values:
+        raise InvalidOperationError("${_system} is the engine's own context value and cannot be changed")
+    with engine.step() as step:
+        unit = step.unit
+        graph, node = _node(engine, unit, node_id)
+        if graph.root_id != root_pipeline_id:
+            raise InvalidOperationError(f"node {node_id} belongs to pipeline {graph.root_id}, not {root_pipeline_id}")
+        _require(_state(unit, root_pipeline_id, "pipeline"), (states.RUNNING,), "update node outputs in", "pipeline")
+        _require(_state(unit, node_id), (states.FAILED,), "update the outputs of")
+        updated = _overwrite_context(unit, root_pipeline_id, context_values)
+        inputs, outputs = unit.get_execution_data(node_id) or ({}, {})
+        outputs = {**outputs, **{dctx.deformat(k): v for k, v in context_values.items()}}
+        unit.set_execution_data(node_id, inputs, outputs)
         return updated
 
 
+def update_node_loop_times(engine: Engine, node_id: str, loop_times: int) -> None:
+    """Change how many iterations a node loop runs in all; the node reads it when an iteration ends
+    (bamboo's runtime method of the same name, which rewrites the node's ``loop_config``)."""
+    if isinstance(loop_times, bool) or not isinstance(loop_times, int) or loop_times < 0:
+        raise InvalidOperationError(f"loop_times for node {node_id} must be a non-negative integer, got {loop_times!r}")
+    with engine.step() as step:
+        _graph, node = _node(engine, step.unit, node_id)
+        if not node.loop_config:
+            raise InvalidOperationError(f"node {node_id} is a {node.type} without an enabled loop_config: "
+                                        "it has no loop count to change")
+        step.unit.upsert_context(node.pipeline_id,
+                                 [ContextValue(cdata.loop_times_key(node_id), cdata.PLAIN, loop_times)])

@@ -26,8 +26,14 @@ Fetch = Callable[[Iterable[str]], Mapping[str, ContextValue]]
 LazyResolver = Callable[[dctx.ContextVar, Any], Any]
 
 
-def context_values_for(spec: PipelineSpec, extra_plain: Mapping[str, Any] | None = None) -> list[ContextValue]:
-    """The variables a (sub)pipeline context starts with, with transitive references."""
+def context_values_for(
+    spec: PipelineSpec, extra_plain: Mapping[str, Any] | None = None, nodes: Iterable[Node] = ()
+) -> list[ContextValue]:
+    """The variables a (sub)pipeline context starts with, with transitive references.
+
+    ``nodes``: the pipeline's own nodes; each lazy input or param of theirs becomes a variable of
+    its own (:func:`lazy_inputs`), as bamboo makes them.
+    """
     vars_: dict[str, dctx.ContextVar] = {}
     for key, var in spec.inputs.items():
         if not isinstance(var, dict):
@@ -36,6 +42,9 @@ def context_values_for(spec: PipelineSpec, extra_plain: Mapping[str, Any] | None
             continue
         vtype = var.get("type", PLAIN)
         vars_[key] = dctx.ContextVar(key, vtype, var.get("value"), var.get("custom_type"))
+    for node in nodes:
+        for var in lazy_inputs(node).values():
+            vars_[var.key] = var
     for key, value in (extra_plain or {}).items():
         vars_[key] = dctx.ContextVar(key, PLAIN, value)
     return with_references(vars_)
@@ -113,6 +122,37 @@ def fetch_needed(fetch: Fetch, keys: Iterable[str]) -> dict[str, Any]:
     return found
 
 
+def node_inputs(node: Node) -> dict[str, Any]:
+    """The raw inputs of an activity (its component inputs) or a subprocess (its params)."""
+    if node.type == "SubProcess":
+        return node.raw.get("params") or {}
+    if node.type == "ServiceActivity":
+        return (node.raw.get("component") or {}).get("inputs") or {}
+    return {}
+
+
+def lazy_inputs(node: Node) -> dict[str, dctx.ContextVar]:
+    """``{input key: variable}``: the context variable ``${<input key>_<node id>}`` each lazy input
+    (or param) of ``node`` is kept in, in the context of the pipeline that holds the node."""
+    found = {}
+    for key, var in node_inputs(node).items():
+        if isinstance(var, dict) and var.get("type") == LAZY:
+            found[key] = dctx.ContextVar(dctx.lazy_input_key(key, node.id), LAZY, var.get("value"),
+                                         var.get("custom_type"))
+    return found
+
+
+def refer_lazy_inputs(node: Node, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` with each lazy input marked with the context key of its variable (``context_key``),
+    which rendering reads when the context has it (runs stored before culm kept lazy inputs in the
+    context have not: their inputs are resolved in place, as then)."""
+    out = dict(raw)
+    for key, var in raw.items():
+        if isinstance(var, dict) and var.get("type") == LAZY:
+            out[key] = {**var, "context_key": dctx.lazy_input_key(key, node.id)}
+    return out
+
+
 def split_inputs(raw: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Separate inputs that are rendered from those used verbatim (plain or need_render=False)."""
     render: dict[str, dict[str, Any]] = {}
@@ -155,6 +195,8 @@ def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:
     refs: set[str] = set()
     for var in render.values():
         refs |= template.references(var.get("value"))
+        if "context_key" in var:
+            refs.add(var["context_key"])
     return GatheredInputs(render, escape, frozenset(refs), fetch_needed(fetch, refs))
 
 
@@ -173,8 +215,15 @@ def finish_inputs(
     refs = gathered.refs
     rendered: dict[str, Any] = {}
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
-        namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+        try:
+            namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+        except HydrationError as exc:
+            raise HydrationError(_name_inputs(str(exc), gathered.render)) from exc
         for key, var in gathered.render.items():
+            context_key = var.get("context_key")
+            if context_key is not None and (name := dctx.deformat(context_key)) in namespace:
+                rendered[key] = namespace[name]
+                continue
             value = template.render(var.get("value"), namespace)
             if var.get("type") == LAZY:
                 lazy_var = dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type"))
@@ -182,6 +231,15 @@ def finish_inputs(
             rendered[key] = value
     rendered.update(gathered.escape)
     return rendered
+
+
+def _name_inputs(message: str, render: Mapping[str, dict[str, Any]]) -> str:
+    """``message`` with the input behind each generated lazy-input key it mentions."""
+    for key, var in render.items():
+        context_key = var.get("context_key")
+        if context_key and context_key in message:
+            message = message.replace(context_key, f"{context_key} (input {key})")
+    return message
 
 
 def render_inputs(
@@ -241,6 +299,17 @@ def condition_namespace(gathered: GatheredInputs, lazy: LazyResolver) -> dict[st
         return {}
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
         return dctx.hydrate(gathered.needed, gathered.refs, lazy_resolver=lazy)
+
+
+# Context keys of this form hold the loop count update_node_loop_times gave a node; they are not
+# ``${...}`` keys, so no template can refer to them.
+LOOP_TIMES_PREFIX = "_loop_times:"
+
+
+def loop_times_key(node_id: str) -> str:
+    """The context key (in the context of the pipeline holding the node) of a node loop's count
+    as :func:`culm.api.update_node_loop_times` last set it."""
+    return LOOP_TIMES_PREFIX + node_id
 
 
 def output_mapping(graph: Graph, node: Node) -> tuple[tuple[str, str], ...]:

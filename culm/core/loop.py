@@ -216,6 +216,7 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     resumed = [i.task.id for i in batch if i.task.kind == EXECUTE and i.waiting]
     prefetch.read_tasks_ahead(fresh, resumed, engine.lease())
     nodes: list[str] = []
+    stacks: list[str] = []
     pipelines: list[str] = []
     for task, proc in prefetch.tasks_read_ahead():
         if proc is None or proc.dead:
@@ -223,11 +224,13 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
         graph = engine.graph(proc.root_id, unit)
         if task.node_id in graph.nodes:
             ahead = graph.ahead_of_resume(task.node_id)
-            nodes += proc.stack
+            stacks += proc.stack
             nodes += ahead
-            pipelines += proc.stack
             pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
+    if stacks:
+        unit.hold_states(stacks)  # what every walk's first node entry holds (walker._enter), at once
     if nodes:
         prefetch.prefetch_states(nodes)
+    pipelines += stacks
     if pipelines:
         prefetch.prefetch_contexts(pipelines)

@@ -131,6 +131,11 @@ class Runs(Protocol):
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]: ...
 
+    # True when this unit's inserts of a new run fail on any id stored already (its root id or a
+    # node id: unique keys), with an error the store's ``is_duplicate`` recognises. A new run's
+    # ids are then checked by its commit, not read before it (a round trip fewer on a server).
+    refuses_duplicate_ids: bool
+
 
 class States(Protocol):
     """Node and pipeline states, written by compare-and-set on their version and name."""
@@ -139,6 +144,12 @@ class States(Protocol):
 
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None
                    ) -> dict[str, StateRecord]: ...
+
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        """The states of ``node_ids`` (to read only), which no other transaction changes before
+        this one ends: what the engine decides from them (entering a node of a pipeline that is
+        not paused) is never overtaken by a command committed in between."""
+        ...
 
     def states_of_root(self, root_id: str) -> list[StateRecord]: ...
 
@@ -186,7 +197,11 @@ class Processes(Protocol):
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None: ...
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]: ...
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
+        """Count one finished child of the process ``parent_id`` (its row locked until the commit);
+        returns that process as it is stored now, this child counted in ``ack_num`` (None: it is
+        not stored). The row comes with the count: the last child wakes the parent without a read."""
+        ...
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...
 
@@ -235,7 +250,10 @@ class Tasks(Protocol):
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None: ...
 
-    def release_leases(self, task_ids: Sequence[str] | None = None) -> None: ...
+    def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
+        """Free the leases of ``task_ids``; None: of every task and every schedule call (the sole
+        runner of an embedded database, starting after another died)."""
+        ...
 
 
 class NodeData(Protocol):
@@ -368,6 +386,11 @@ class Store(Protocol):
         """Whether ``exc`` (raised by one of this store's units) means the database was interrupted
         (a lost connection, a restarting server, a deadlock victim) rather than the work being
         wrong: the same work is worth trying again. Only the store knows its driver's errors."""
+        ...
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
+        (see ``Runs.refuses_duplicate_ids``)."""
         ...
 
 

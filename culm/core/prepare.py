@@ -10,7 +10,7 @@ from culm.core.engine import Engine
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.errors import InvalidOperationError
 from culm.model import limits
-from culm.model.compiled import Graph
+from culm.model.compiled import Graph, Node
 from culm.model.validator import PreparedTree
 
 
@@ -37,41 +37,56 @@ def run_pipeline(
         "pipeline": tree, "root_pipeline_data": root_pipeline_data,
         "root_pipeline_context": root_pipeline_context, "subprocess_context": subprocess_context,
     }
-    with engine.step(new_rows_only=True) as step:
-        unit = step.unit
-        # One read: every stored run indexes its root id and node ids in culm_node, and a state
-        # only ever exists for an indexed id.
-        taken = unit.existing_node_ids([root_id, *graph.nodes.keys()])
-        if root_id in taken:
-            raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")
-        if taken:
-            raise InvalidOperationError(
-                f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}"
-            )
-        step.event("pre_prepare_run_pipeline", **payload)
-        at = now()
-        options: dict[str, Any] = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
-        name = tree.get("name")
-        name = name if isinstance(name, str) else ""
-        if stored is not None and stored.text is not None and not _too_many_pairs(stored.converge_of):
-            options["converge_of"] = stored.converge_of
-            unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at, name=name)
-        else:
-            unit.add_pipeline(root_id, tree, root_pipeline_data, options, at, name=name)
-        rows = [(root_id, root_id, root_id, "Pipeline")]
-        rows.extend([(n.id, root_id, n.pipeline_id, n.type) for n in graph.nodes.values()])
-        unit.add_nodes(rows)
-        for spec in graph.pipelines.values():
-            extra = root_pipeline_context if spec.id == root_id else subprocess_context
-            unit.insert_context(spec.id, cdata.context_values_for(spec, extra))
-        root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
-        step.create_state(root_state, 1)
-        start = start_node_id or graph.pipelines[root_id].start_event_id
-        proc = ProcessRecord(new_id(), root_id, None, start, None, [root_id], priority=priority, queue=queue)
-        unit.insert_processes([proc])
-        step.add_task(TaskRecord(new_id(), EXECUTE, proc.id, start, root_id, due=at, priority=priority, queue=queue))
-        step.event("post_prepare_run_pipeline", **payload)
+    ids = [root_id, *graph.nodes.keys()]
+    try:
+        with engine.step(new_rows_only=True) as step:
+            unit = step.unit
+            # Every stored run indexes its root id and node ids in culm_node, and a state only ever
+            # exists for an indexed id. A unit whose unique keys refuse a taken id (a server
+            # database) is not asked first: the read would cost a round trip per run, while the
+            # commit that carries the inserts is one anyway.
+            if not unit.refuses_duplicate_ids:
+                _refuse_taken(root_id, unit.existing_node_ids(ids))
+            step.event("pre_prepare_run_pipeline", **payload)
+            at = now()
+            options: dict[str, Any] = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
+            name = tree.get("name")
+            name = name if isinstance(name, str) else ""
+            if stored is not None and stored.text is not None and not _too_many_pairs(stored.converge_of):
+                options["converge_of"] = stored.converge_of
+                unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at, name=name)
+            else:
+                unit.add_pipeline(root_id, tree, root_pipeline_data, options, at, name=name)
+            rows = [(root_id, root_id, root_id, "Pipeline")]
+            rows.extend([(n.id, root_id, n.pipeline_id, n.type) for n in graph.nodes.values()])
+            unit.add_nodes(rows)
+            members: dict[str, list[Node]] = {spec_id: [] for spec_id in graph.pipelines}
+            for node in graph.nodes.values():
+                members[node.pipeline_id].append(node)
+            for spec in graph.pipelines.values():
+                extra = root_pipeline_context if spec.id == root_id else subprocess_context
+                unit.insert_context(spec.id, cdata.context_values_for(spec, extra, members[spec.id]))
+            root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
+            step.create_state(root_state, 1)
+            start = start_node_id or graph.pipelines[root_id].start_event_id
+            proc = ProcessRecord(new_id(), root_id, None, start, None, [root_id], priority=priority, queue=queue)
+            unit.insert_processes([proc])
+            step.add_task(TaskRecord(new_id(), EXECUTE, proc.id, start, root_id, due=at, priority=priority, queue=queue))
+            step.event("post_prepare_run_pipeline", **payload)
+    except Exception as exc:
+        if not engine.store.is_duplicate(exc):
+            raise
+        with engine.store.reading() as unit:  # which ids were taken (a refusal names them)
+            _refuse_taken(root_id, unit.existing_node_ids(ids))
+        raise
     engine.remember_graph(graph)
+
+
+def _refuse_taken(root_id: str, taken: set[str]) -> None:
+    if root_id in taken:
+        raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")
+    if taken:
+        raise InvalidOperationError(f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}")
 
 
 def _too_many_pairs(converge_of: dict[str, str]) -> bool:

@@ -109,16 +109,11 @@ def raw_data(engine: Engine, node_id: str) -> dict[str, Any]:
         graph = engine.graph(root_id, unit)
         node = graph.nodes[node_id]
         override = unit.get_inputs_override(node_id)
-    if override is not None:
-        raw = override
-    elif node.type == "SubProcess":
-        raw = node.raw.get("params") or {}
-    elif node.type == "ServiceActivity":
-        raw = (node.raw.get("component") or {}).get("inputs") or {}
-    else:
-        raw = {}
+    raw = override if override is not None else cdata.refer_lazy_inputs(node, cdata.node_inputs(node))
     render, _escape = cdata.split_inputs(raw)
-    inputs = {k: {"need_render": k in render, "value": v.get("value") if isinstance(v, dict) else v}
+    # A lazy input refers to the context variable that holds it, as bamboo shows it.
+    inputs = {k: {"need_render": k in render,
+                  "value": (v.get("context_key") or v.get("value")) if isinstance(v, dict) else v}
               for k, v in raw.items()}
     outputs = dict(cdata.output_mapping(graph, node))
     return {"inputs": inputs, "outputs": outputs}
@@ -149,6 +144,19 @@ def node_logs(engine: Engine, node_id: str, version: str | None = None) -> str:
         return "\n".join(unit.logs(node_id, version))
 
 
+class Record(dict[str, Any]):
+    """A dict whose keys also read as attributes: bamboo answers debug queries with objects
+    (``ContextValue``, ``ProcessInfo``) and code written for it reads ``cv.key``, ``p.process_id``."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
 def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
     with engine.store.reading() as unit:
         root_id = unit.node_root(pipeline_id)
@@ -157,18 +165,18 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
         ctx = unit.get_context(pipeline_id)
         procs = unit.processes_of_root(root_id)
     context_values = [
-        {"key": v.key, "type": v.type, "value": v.value, "code": v.code, "references": sorted(v.references)}
-        for v in ctx.values()
+        Record(key=v.key, type=v.type, value=v.value, code=v.code, references=sorted(v.references))
+        for v in ctx.values() if not v.key.startswith(cdata.LOOP_TIMES_PREFIX)  # engine bookkeeping
     ]
     return {
         "context_values": context_values,
         # bamboo's key is misspelt; code written for bamboo reads it (same list).
         "contex_values": context_values,
         "processes": [
-            {"process_id": p.id, "parent_id": p.parent_id, "root_pipeline_id": p.root_id,
-             "current_node": p.current_node_id, "destination_id": p.destination_id, "pipeline_stack": p.stack,
-             "asleep": p.asleep, "suspended": p.suspended, "suspended_by": p.suspended_by, "dead": p.dead,
-             "ack_num": p.ack_num, "need_ack": p.need_ack}
+            Record(process_id=p.id, parent_id=p.parent_id, root_pipeline_id=p.root_id,
+                   current_node=p.current_node_id, destination_id=p.destination_id, pipeline_stack=p.stack,
+                   asleep=p.asleep, suspended=p.suspended, suspended_by=p.suspended_by, dead=p.dead,
+                   ack_num=p.ack_num, need_ack=p.need_ack)
             for p in procs
         ],
     }

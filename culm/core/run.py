@@ -104,9 +104,7 @@ class Run:
             override = self.unit.get_inputs_override(self.node.id)
             if override is not None:
                 return override
-        if self.node.type == "SubProcess":
-            return dict(self.node.raw.get("params") or {})
-        return dict((self.node.raw.get("component") or {}).get("inputs") or {})
+        return cdata.refer_lazy_inputs(self.node, cdata.node_inputs(self.node))
 
     def root_data(self) -> dict[str, Any]:
         return self.engine.root_data(self.root_id, self.unit)

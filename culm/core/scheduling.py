@@ -60,13 +60,16 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         unit.update_schedule(sched.id, expired=True)
         unit.delete_task(task_id)
         return None
-    if not unit.lock_schedule(sched.id, at + engine.settings.schedule_lock_seconds, at):
+    until = at + engine.settings.schedule_lock_seconds
+    if sched.type != "multiple_callback":
+        # A poll or a single callback has one task, which we hold: a lock on its schedule is that
+        # task's own, left by a runner that died (or lost the task) mid-call. Waiting for it to run
+        # out would stall the node for schedule_lock_seconds after every crash.
+        unit.update_schedule(sched.id, locked_until=until)
+    elif not unit.lock_schedule(sched.id, until, at):
         # Another call of the same schedule holds the lock (a second callback, or a worker that
         # died mid-call and whose lock has not run out yet): come back later, never drop the work.
-        retry_at = at + MULTI_CALLBACK_RETRY_SECONDS
-        if sched.type != "multiple_callback" and sched.locked_until:
-            retry_at = max(retry_at, sched.locked_until)
-        unit.update_task(task_id, due=retry_at, owner=None, claimed_until=None)
+        unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
         step.requeue(task_id)
         return None
     graph = engine.graph(proc.root_id, unit)

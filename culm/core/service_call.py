@@ -11,7 +11,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from culm.core import observe
+from culm.core import observe, signals
 from culm.core.records import now
 
 if TYPE_CHECKING:
@@ -135,6 +135,8 @@ class ServiceCall:
         hooks("node_enter")
         hooks("pre_execute")
         events.append(("pre_execute", ids))
+        if signals.pre_service_execute.has_receivers:
+            signals.pre_service_execute.send(ServiceCall, service=service, data=data, parent_data=parent)
         ex_data = None
         began = time.perf_counter()
         try:
@@ -175,6 +177,9 @@ class ServiceCall:
         hooks = _Hooks(service, data, parent, callback_data)
         hooks("pre_schedule")
         events.append(("pre_schedule", ids))
+        if signals.pre_service_schedule.has_receivers:
+            signals.pre_service_schedule.send(ServiceCall, service=service, data=data, parent_data=parent,
+                                              callback_data=callback_data)
         ex_data = None
         began = time.perf_counter()
         try:

@@ -122,5 +122,15 @@ class PipelineEvent:
 
 post_set_state = Signal("post_set_state")
 pipeline_event = Signal("pipeline_event")
+# Sent right before a component's execute / schedule, in the process that runs it, with the data
+# objects the call gets (bamboo-pipeline's signals of the same names).
+pre_service_execute = Signal("pre_service_execute")
+pre_service_schedule = Signal("pre_service_schedule")
+# bamboo sends these when a database error interrupts an engine step that it then replays. culm
+# never interrupts a step half-way (a step is one transaction, done again whole after an error),
+# so nothing sends them; they exist so that code connecting to them keeps importing.
+execute_interrupt = Signal("execute_interrupt")
+schedule_interrupt = Signal("schedule_interrupt")
 
-__all__ = ["Signal", "PipelineEvent", "post_set_state", "pipeline_event", "receiver"]
+__all__ = ["Signal", "PipelineEvent", "post_set_state", "pipeline_event", "pre_service_execute",
+           "pre_service_schedule", "execute_interrupt", "schedule_interrupt", "receiver"]

@@ -11,7 +11,11 @@ A *wait reason* is a dict ``{"kind", "text", ...}``; ``kind`` is one of
   node each missing branch stands at);
 * ``"failed"``: the node failed and waits for an operator (retry, skip or revoke);
 * ``"revoked"``: an operator revoked this subprocess; its pipeline cannot go on past it and waits
-  for the operator to revoke it too.
+  for the operator to revoke it too;
+* ``"stalled"`` (on the pipeline): a step of it has been due for over ``STALLED_AFTER`` seconds
+  and nothing has taken it: no worker runs (or reaches the broker or the database), or, on a
+  SQLite file, no process with workers holds its runner lock. ``since`` is when it fell due,
+  ``nodes`` where the steps wait. A poll overdue as long says so in its own reason (``overdue``).
 
 Nodes that run, have ended, or never stop (gateways, events) get none. The facts come from rows
 the engine keeps anyway (states, processes, schedules, schedule tasks, node types) and are read
@@ -28,12 +32,17 @@ from typing import Any
 
 from culm.core import states
 from culm.core.ports import Unit
-from culm.core.records import SCHEDULE, ProcessPosition, ScheduleRecord, StateRecord, TaskRecord
+from culm.core.records import EXECUTE, SCHEDULE, ProcessPosition, ScheduleRecord, StateRecord, TaskRecord
 
 SUBPROCESS = "SubProcess"
 PIPELINE = "Pipeline"
 MAY_WAIT = frozenset({states.FAILED, states.SUSPENDED, states.RUNNING, states.REVOKED})
 ACTIVITY = "ServiceActivity"
+# A step due for this long and not taken means nothing runs the work: a healthy runner takes a
+# step within milliseconds, and a backed-up queue shows itself well before a relay's grace (15 s).
+STALLED_AFTER = 10.0
+_CHECK = ("check that a worker runs and reaches the broker and the database (on a SQLite file: that a "
+          "process with workers has it open)")
 
 
 @dataclass
@@ -45,6 +54,7 @@ class WaitFacts:
     next_runs: Mapping[str, float] = field(default_factory=dict)  # due time of a schedule task, by schedule id
     processes: Sequence[ProcessPosition] = ()  # the live ones (not dead)
     candidates: Sequence[StateRecord] = ()  # the states that may wait (failed, suspended, running)
+    stalled: Sequence[TaskRecord] = ()  # execute tasks due for over STALLED_AFTER s, not started
 
 
 def _time(t: float) -> datetime:
@@ -78,6 +88,9 @@ def _scheduled(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict
                                   "next_poll": _time(due) if due is not None else None}
         if due is None:
             reason["text"] = "polls its service; a poll is under way"
+        elif due <= time.time() - STALLED_AFTER:
+            reason["overdue"] = True
+            reason["text"] = f"polls its service; a poll has been due for {time.time() - due:.0f} s and not taken: {_CHECK}"
         elif due <= time.time():
             reason["text"] = "polls its service; a poll is due now"
         else:
@@ -86,6 +99,14 @@ def _scheduled(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict
     many = " (several may arrive)" if sched.type == "multiple_callback" else ""
     return {"kind": "callback", "version": st.version,
             "text": f"waits for a callback{many} with version {st.version}"}
+
+
+def _stalled(tasks: Sequence[TaskRecord]) -> dict[str, Any]:
+    since = min(t.due for t in tasks)
+    nodes = sorted({t.node_id for t in tasks})
+    return {"kind": "stalled", "since": _time(since), "nodes": nodes,
+            "text": f"{len(tasks)} step(s) due for {time.time() - since:.0f} s and not taken (at "
+                    f"{', '.join(nodes[:5])}{', ...' if len(nodes) > 5 else ''}): {_CHECK}"}
 
 
 def _converge(proc: ProcessPosition, children: Iterable[ProcessPosition]) -> dict[str, Any]:
@@ -114,6 +135,8 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
                 }
         elif st.name == states.RUNNING and st.node_id in facts.schedules:
             reasons[st.node_id] = _scheduled(st, facts.schedules[st.node_id], facts)
+    if facts.stalled:
+        reasons.setdefault(facts.stalled[0].root_id, _stalled(facts.stalled))
     by_parent: dict[str, list[ProcessPosition]] = {}
     for p in facts.processes:
         if p.parent_id is not None:
@@ -155,6 +178,9 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         (st for st in candidates if st.name in live and st.root_id), None)
     if alive is not None:
         facts.processes = unit.live_process_positions(alive.root_id)
+        late = time.time() - STALLED_AFTER
+        facts.stalled = [t for t in unit.tasks_of_root(alive.root_id, EXECUTE)
+                         if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
     return facts

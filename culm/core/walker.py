@@ -148,15 +148,18 @@ def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task:
 
 def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, node_id: str) -> Run:
     unit = step.unit
+    # The pipelines around the node stay as read until our commit: a pause (resume, revoke) that
+    # commits after this read waits for us, so no node is entered after pause_pipeline returned.
+    stack_states = unit.hold_states(proc.stack)
     if node_id == proc.destination_id:
         _join(step, proc, node_id)
         raise _Stop
     proc.current_node_id = node_id
     prefetch = unit.prefetch
     if prefetch is not None:  # one read for the states this walk may need, not one per node entered
-        prefetch.prefetch_states([*proc.stack, *graph.ahead(node_id)])
-    found = unit.get_states([*proc.stack, node_id], mutable=(node_id,))  # the stack's are only read
-    _check_stack(unit, proc, found)
+        prefetch.prefetch_states(graph.ahead(node_id))
+    _check_stack(proc, stack_states)
+    found = unit.get_states([node_id], mutable=(node_id,))
     node = graph.node(node_id)
     st = found.get(node_id)
     root_id, parent_id = graph.root_id, node.pipeline_id
@@ -224,14 +227,19 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     return st
 
 
-def _check_stack(unit: Unit, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+    """Park or end the process if a pipeline around it is paused or its root revoked.
+
+    ``stack_states`` are held (``Unit.hold_states``): a resume committing after our read waits for
+    our commit, and then finds our process parked.
+    """
     root = stack_states.get(proc.stack[0])
     if root is not None and root.name == states.REVOKED:
         proc.dead = True
         raise _Stop
     for pid in proc.stack:
         st = stack_states.get(pid)
-        if st is not None and st.name == states.SUSPENDED and _confirm_suspended(unit, pid) is None:
+        if st is not None and st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, pid
             raise _Stop
 
@@ -253,11 +261,10 @@ def _join(step: Step, proc: ProcessRecord, node_id: str) -> None:
     proc.dead = True
     if proc.parent_id is None:
         return
-    ack, need = step.unit.ack_child(proc.parent_id)
-    if ack == need:
-        parent = step.unit.get_process(proc.parent_id)
-        if parent is None:
-            raise LookupError(f"process {proc.parent_id}, parent of process {proc.id}, is not stored")
+    parent = step.unit.ack_child(proc.parent_id)
+    if parent is None:
+        raise LookupError(f"process {proc.parent_id}, parent of process {proc.id}, is not stored")
+    if parent.ack_num == parent.need_ack:
         step.unit.update_process(parent.id, asleep=False, ack_num=0, need_ack=0, current_node_id=node_id)
         step.add_task(
             TaskRecord(new_id(), EXECUTE, parent.id, node_id, parent.root_id, due=now(),

@@ -51,6 +51,12 @@ def format_key(name: str) -> str:
     return f"${{{name}}}"
 
 
+def lazy_input_key(input_key: str, node_id: str) -> str:
+    """The context key bamboo generates for a lazy input or param ``input_key`` of node ``node_id``:
+    ``"${<input key>_<node id>}"`` (``${x}`` keys lose their braces first)."""
+    return format_key(f"{deformat(input_key)}_{node_id}")
+
+
 def var_references(var: ContextVar) -> frozenset[str]:
     """The ``${name}`` keys a variable's value refers to (none for a plain variable)."""
     if var.type == PLAIN:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from culm import _json
+from culm.data.context import lazy_input_key
 from culm.errors import TreeProblem
 from culm.model import limits
 from culm.model.flowgraph import (
@@ -34,6 +35,7 @@ LOOP_FLAGS = ("enable", "fail_skip", "retryable", "skippable")
 VAR_FLAGS = ("is_param", "need_render", "need_initialization")
 _PLAIN_OR_SPLICE = ("plain", "splice")  # a tuple: a damaged tree's type may be unhashable
 _CONTEXT_KEYED = ("data input", "param")
+_NODE_INPUTS = ("component input", "param")
 _CONTAINERS = (dict, list, tuple, set, frozenset)
 
 
@@ -409,6 +411,10 @@ class ShapeChecker:
                 continue
             at = f"{where}.{label_text(key)}" if keyed_where else where
             self._var(at, f"{what} {key!r}", var, activity_ids)
+            if what in _NODE_INPUTS and isinstance(var, dict) and var.get("type") == "lazy":
+                # A lazy input becomes a context variable of its own, keyed by input and node.
+                if problem := limits.column_problem(lazy_input_key(key, where), limits.KEY_LENGTH):
+                    self.add(where, f"{what} {key!r} is lazy: its context key {problem}")
 
     def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:
         if not isinstance(var, dict):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from culm.model.flowgraph import (
 from culm.model.gateways import check_streams, pair_gateways
 from culm.model.syntax_warnings import tree_warnings
 from culm.model.tree_shape import ShapeChecker, label
+from culm.model.variable_cycles import variable_cycle_problems
 
 __all__ = [
     "PreparedTree",
@@ -56,9 +57,11 @@ _ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": 
 def _analyse(
     tree: Any, cycle_tolerate: bool, component_exists: ComponentExists | None,
     lazy_exists: LazyExists | None, end_event_exists: EndEventExists | None,
+    preset: tuple[Collection[str], Collection[str]] = ((), ()),
 ) -> ShapeChecker:
     """The checker that walked ``tree``: every problem of it (``problems``), the graph of each of its
-    pipelines (``graphs``, root first), and whether a value holds dict keys JSON would merge."""
+    pipelines (``graphs``, root first), and whether a value holds dict keys JSON would merge.
+    ``preset``: the context keys a run presets in the root and in every subprocess."""
     checker = ShapeChecker(component_exists, lazy_exists, end_event_exists)
     try:
         checker.run(tree)
@@ -67,6 +70,8 @@ def _analyse(
             # Pairing a graph whose flows or degrees are wrong would only repeat those problems.
             if graph.sound and pair_gateways(graph, checker.add):
                 check_streams(graph, checker.add)
+        for problem in variable_cycle_problems(tree, *preset):
+            checker.add(problem.where, problem.message)
     except Exception as exc:  # the contract is "garbage in, problems out", never an exception
         checker.add(None, f"tree could not be validated: {type(exc).__name__}: {exc}")
     return checker
@@ -137,9 +142,14 @@ def process_tree(
 def prepare_tree(
     tree: Any, *, cycle_tolerate: bool = False, component_exists: ComponentExists | None = None,
     lazy_exists: LazyExists | None = None, end_event_exists: EndEventExists | None = None,
+    preset: tuple[Collection[str], Collection[str]] = ((), ()),
 ) -> PreparedTree:
-    """:func:`process_tree`, also returning the tree's JSON text and its gateway pairs."""
-    checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists)
+    """:func:`process_tree`, also returning the tree's JSON text and its gateway pairs.
+
+    ``preset``: the keys of ``root_pipeline_context`` and ``subprocess_context`` of the run it is
+    for: they give those variables plain values, so a reference cycle through them is none.
+    """
+    checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists, preset)
     problems, graphs = checker.problems, checker.graphs
     if problems:
         raise TreeInvalidError(problems)

@@ -6,7 +6,7 @@ the state names (see docs/architecture.md). What other packages may use is named
 """
 
 from culm.storage.memory import MemoryStore
-from culm.storage.migrate import upgrade_database
+from culm.storage.migrate import recount_database, upgrade_database
 from culm.storage.sql import SqlStore
 from culm.storage.workers import SqlWorkerRegistry
 
@@ -16,6 +16,7 @@ __all__ = [
     "MemoryStore",
     # the worker registry (`culm workers`; workers reach it through SqlStore.worker_registry)
     "SqlWorkerRegistry",
-    # `culm db upgrade`
+    # `culm db upgrade`, `culm db recount`
     "upgrade_database",
+    "recount_database",
 ]

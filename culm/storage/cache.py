@@ -317,13 +317,13 @@ class CachedUnit(SqliteUnit):
                 p.stack = list(p.stack)
         super().update_process(process_id, **fields)
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]:
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
         p = self.cache.processes.get(parent_id)
         if p is None:
             return super().ack_child(parent_id)
         self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
         p.ack_num += 1
-        return p.ack_num, p.need_ack
+        return _copy_process(p)
 
     def kill_processes_of_root(self, root_id: str) -> None:
         super().kill_processes_of_root(root_id)

@@ -91,6 +91,7 @@ class MemoryUnit(TransactionView):
     """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
 
     dialect = "memory"
+    refuses_duplicate_ids = False  # a new run's ids are read first (culm.core.ports.Runs)
     feed_ordered = True  # one transaction at a time: seqs become visible in order
 
     @property
@@ -214,6 +215,9 @@ class MemoryUnit(TransactionView):
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         return {i: _copy_state(st) for i in node_ids if (st := self._get("state", i)) is not None}
 
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        return self.get_states(node_ids)  # one transaction at a time: nobody else can change them
+
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
 
@@ -272,12 +276,12 @@ class MemoryUnit(TransactionView):
                 changed["stack"] = list(fields["stack"])
             self._put("process", process_id, _changed(p, _copy_process, changed))
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]:
-        """Count one finished child of ``parent_id``; returns (acks so far, acks needed)."""
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
+        """Count one finished child of ``parent_id`` (which must exist); returns it, counted."""
         p = _copy_process(self._process(parent_id))
         p.ack_num += 1
         self._put("process", parent_id, p)
-        return p.ack_num, p.need_ack
+        return _copy_process(p)
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]
@@ -421,6 +425,10 @@ class MemoryUnit(TransactionView):
         rows = self._scan("task") if task_ids is None else list(self._each_task(task_ids))
         for task_id, row in rows:
             self._set_task(task_id, row, owner=None, claimed_until=None)
+        if task_ids is None:  # the schedule calls' leases too
+            for schedule_id, s in self._scan("schedule"):
+                if s.locked_until is not None:
+                    self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": None}))
 
     # -- node data, execution data, context -----------------------------------------------------
     def get_inputs_override(self, node_id: str) -> dict | None:
@@ -590,6 +598,10 @@ class MemoryStore:
 
     def is_interruption(self, exc: BaseException) -> bool:
         """Never: there is no server to lose (a crash is modelled by :meth:`reopen`, not raised)."""
+        return False
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Never: a new run's ids are read before they are stored (``refuses_duplicate_ids``)."""
         return False
 
     def reopen(self) -> MemoryStore:

@@ -27,7 +27,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # a database already at it needs no Alembic: importing Alembic (with Mako and Pygments) would add
 # ~110 modules and ~30,000 objects to every process that opens a store, and every full garbage
 # collection in it would walk them.
-HEAD_REVISION = "0006"
+HEAD_REVISION = "0007"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Config:
@@ -100,6 +100,24 @@ def upgrade_database(url: str) -> str:
     store = SqlStore(url, create=False)
     try:
         return upgrade(store)
+    finally:
+        store.dispose()
+
+
+def recount_database(url: str) -> dict[str, int]:
+    """Open ``url``, count its root pipelines per state again from their rows into the kept counts
+    that listing reads (``culm_root_count``), close it (``culm db recount``); returns the counts.
+
+    Needed only when root state rows were changed behind culm's writers: edited by hand, restored
+    from a partial copy, or written by a culm older than revision 0007 that kept running after
+    the upgrade. Safe while workers run: their commits wait for it, then add to the new count.
+    """
+    from culm.storage.sql import SqlStore
+
+    store = SqlStore(url)
+    try:
+        with store.transaction() as unit:
+            return unit.recount_roots()
     finally:
         store.dispose()
 

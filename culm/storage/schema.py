@@ -81,6 +81,21 @@ _ROOTS = text("parent_id = ''")
 Index("ix_culm_state_roots", state.c.parent_id, state.c.created_time, state.c.name, state.c.root_id,
       sqlite_where=_ROOTS, postgresql_where=_ROOTS)
 
+# Root pipelines per state, for a listing's counts (culm.storage.listing): a few rows, whatever
+# the number of pipelines stored. A transaction that moves root states adds its net change per
+# state to the rows of ONE shard, picked at random, in its last statements before the commit
+# (SqlUnit._count_roots): concurrent writers rarely meet on a row, and when they do the second
+# waits only for the first one's commit. Every (shard, state) row exists from the migration on
+# (0007), so each change is a plain UPDATE by primary key: no insert races, no gap locks.
+ROOT_COUNT_SHARDS = 16
+root_count = Table(
+    "culm_root_count",
+    metadata,
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(32), primary_key=True),
+    Column("pipelines", BigInteger, nullable=False, default=0),
+)
+
 process = Table(
     "culm_process",
     metadata,

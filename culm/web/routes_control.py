@@ -172,6 +172,31 @@ def skip_conditional(request: Request, node_id: str, body: SkipConditionalBody) 
                                                        body.converge_gateway_id))
 
 
+class OutputsBody(BaseModel):
+    context_values: dict[str, Any] = Field(description='{"${key}": value}: root context values to overwrite '
+                                                       "(existing keys only) and outputs to record")
+
+
+@router.post("/nodes/{node_id}/outputs", summary="Before skipping a FAILED node: set the context values and "
+             "outputs it would have written", responses=responses(404, 409, 413, 422))
+def update_node_outputs(request: Request, node_id: str, body: OutputsBody) -> FastJSON:
+    state = unwrap(api.get_children_states(_rt(request), node_id))
+    if not state:
+        raise ProblemError(404, f"node {node_id} has no state: it does not exist or has not been reached")
+    root_id = state[node_id]["root_id:"] or node_id
+    return _done(api.update_node_outputs(_rt(request), root_id, node_id, body.context_values))
+
+
+class LoopTimesBody(BaseModel):
+    loop_times: int = Field(ge=0, description="how many iterations the node loop runs in all")
+
+
+@router.post("/nodes/{node_id}/loop-times", summary="Change how many iterations a node loop runs",
+             responses=responses(404, 409, 413, 422))
+def update_node_loop_times(request: Request, node_id: str, body: LoopTimesBody) -> FastJSON:
+    return _done(api.update_node_loop_times(_rt(request), node_id, body.loop_times))
+
+
 class PreviewBody(BaseModel):
     tree: dict[str, Any]
     node_id: str

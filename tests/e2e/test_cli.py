@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +84,34 @@ def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_validate_refuses_variables_that_need_each_other(tmp_path: Path) -> None:
+    tree = example_tree()
+    tree["data"]["inputs"].update({"${ping}": {"type": "splice", "value": "${pong}"},
+                                   "${pong}": {"type": "splice", "value": "${ping}!"}})
+    path = tmp_path / "cycle.json"
+    path.write_text(json.dumps(tree))
+    out = culm(tmp_path, "validate", str(path))
+    assert out.returncode == 2, out.stdout + out.stderr
+    assert "reference cycle between context variables: ${ping} -> ${pong} -> ${ping}" in out.stdout
+
+
+def test_loop_times_changes_a_node_loop_and_refuses_what_is_not_one(tmp_path: Path) -> None:
+    tree = example_tree()
+    loop_node, other = list(tree["activities"])[:2]
+    tree["activities"][loop_node]["loop_config"] = {"enable": True, "loop_times": 2}
+    path = tmp_path / "loop.json"
+    path.write_text(json.dumps(tree))
+    assert culm(tmp_path, "run", str(path)).returncode == 0
+
+    changed = culm(tmp_path, "loop-times", loop_node, "5")
+    assert changed.returncode == 0, changed.stdout + changed.stderr
+    assert "changed the loop count of" in changed.stdout
+    negative = culm(tmp_path, "loop-times", loop_node, "-1")
+    assert negative.returncode == 2 and "expected a whole number, 0 or more" in negative.stderr
+    not_a_loop = culm(tmp_path, "loop-times", other, "3")
+    assert not_a_loop.returncode == 5 and "loop_config" in not_a_loop.stderr
+
+
 def test_validate_prints_syntax_warnings_without_failing(tmp_path: Path) -> None:
     tree = example_tree()
     node = next(iter(tree["activities"].values()))
@@ -154,6 +183,24 @@ def test_run_without_the_component_module_is_refused_before_it_starts(tmp_path: 
     assert "explode (node_done): component 'cli_test_exploding' is not registered" in out.stderr
     assert "--import MODULE" in out.stderr
     assert not (tmp_path / "cli.db").exists() or "running" not in out.stdout
+
+
+def test_set_outputs_of_a_failed_node_then_skip(tmp_path: Path) -> None:
+    tree = exploding_tree(tmp_path)
+    assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
+
+    out = culm(tmp_path, "set-outputs", "node_done", "who=mended", "answer=42")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "updated the outputs of" in out.stdout
+    from culm import Runtime, api
+
+    with Runtime(f"sqlite:///{tmp_path / 'cli.db'}", workers=0) as rt:
+        outputs = api.get_execution_data_outputs(rt, "node_done").data
+        context = {v["key"]: v["value"] for v in
+                   api.get_pipeline_debug_info(rt, "pipeline_cli_exploding").data["context_values"]}
+    assert outputs["who"] == "mended" and outputs["answer"] == 42 and context["${who}"] == "mended"
+    again = culm(tmp_path, "set-outputs", "node_greet", "who=x")
+    assert again.returncode == 5 and "FINISHED" in again.stderr
 
 
 def test_run_timeout_names_waiting_nodes(tmp_path: Path) -> None:
@@ -243,6 +290,19 @@ def test_db_upgrade(tmp_path: Path) -> None:
     assert again.returncode == 0 and again.stdout == out.stdout
 
 
+def test_db_recount_counts_rows_written_behind_culm(tmp_path: Path) -> None:
+    """A root state edited by hand is not in `culm list`'s counts until `culm db recount`."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    db = tmp_path / "cli.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE culm_state SET name = 'FAILED' WHERE parent_id = '' AND root_id <> ''")
+    assert json.loads(culm(tmp_path, "list", "--json").stdout)["counts"] == {"FINISHED": 1}
+    out = culm(tmp_path, "db", "recount", "--db", f"sqlite:///{db}")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "root pipelines counted again: FAILED 1\n"
+    assert json.loads(culm(tmp_path, "list", "--json").stdout)["counts"] == {"FAILED": 1}
+
+
 def test_worker_without_broker_is_refused(tmp_path: Path) -> None:
     out = culm(tmp_path, "worker", env={"CULM_BROKER_URL": ""})
     assert out.returncode == 2
@@ -329,7 +389,7 @@ def test_logs_of_an_unknown_version_is_not_found(tmp_path: Path) -> None:
     assert culm(tmp_path, "logs", "node_greet", "--version", version).returncode == 0
 
 
-@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["run", "tree.json"], ["workers"], ["db", "upgrade"],
+@pytest.mark.parametrize("args", [["list"], ["status", "x"], ["run", "tree.json"], ["workers"], ["db", "upgrade"], ["db", "recount"],
                                   ["token", "list"], ["serve", "--no-auth"]])
 def test_a_database_url_of_another_kind_is_one_line_and_exit_4(tmp_path: Path, args: list[str]) -> None:
     (tmp_path / "tree.json").write_text(json.dumps(example_tree()))

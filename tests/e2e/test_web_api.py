@@ -398,6 +398,32 @@ def test_every_control_operation(served: Any, admin: httpx.Client) -> None:  # n
     assert admin.post(f"/api/v1/pipelines/{tree['id']}/revoke").status_code == 409
 
 
+def test_node_outputs_and_loop_times(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = divide_tree(0)
+    root = submit(admin, tree)
+    divide = node_id(tree, "divide")
+    served.wait_state(divide, "FAILED")
+    res = admin.post(f"/api/v1/nodes/{divide}/outputs", json={"context_values": {"${quotient}": 0}})
+    assert res.status_code == 200 and res.json()["data"] == []  # no such context value: outputs only
+    assert api.get_execution_data_outputs(served.runtime, divide).data["quotient"] == 0
+    no_loop = admin.post(f"/api/v1/nodes/{divide}/loop-times", json={"loop_times": 2})
+    assert no_loop.status_code == 409 and "loop_config" in no_loop.json()["detail"]
+    assert admin.post("/api/v1/nodes/nope/outputs", json={"context_values": {}}).status_code == 404
+    assert admin.post("/api/v1/nodes/nope/loop-times", json={"loop_times": 1}).status_code == 404
+    assert admin.post(f"/api/v1/nodes/{divide}/skip").status_code == 200
+    served.wait_state(root, "FINISHED")
+    late = admin.post(f"/api/v1/nodes/{divide}/outputs", json={"context_values": {}})
+    assert late.status_code == 409 and "FINISHED" in late.json()["detail"]
+
+    looped = divide_tree(1)
+    divide = node_id(looped, "divide")
+    looped["activities"][divide]["loop_config"] = {"enable": True, "loop_times": 1}
+    root = submit(admin, looped)
+    served.wait_state(root, "FINISHED")
+    assert admin.post(f"/api/v1/nodes/{divide}/loop-times", json={"loop_times": 3}).status_code == 200
+    assert admin.post(f"/api/v1/nodes/{divide}/loop-times", json={"loop_times": -1}).status_code == 422
+
+
 def test_failed_gateways_and_subprocess_are_skipped_and_retried(served: Any, admin: httpx.Client) -> None:  # noqa: F811
     tree = failing_gateways_tree()
     root = submit(admin, tree)

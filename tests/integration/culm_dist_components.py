@@ -21,13 +21,11 @@ def record(kind: str, node_id: str) -> None:
 
 class SleepService(Service):
     """Records the execution and sleeps ``seconds`` (input, default 0); given an input ``gate``, holds
-    there first (:func:`hold_at_gate`, with input ``hold_after``)."""
+    there first (:func:`hold`)."""
 
     def execute(self, data, parent_data):
         record("execute", self.id)
-        gate = data.get_one_of_inputs("gate")
-        if gate:
-            hold_at_gate(gate, int(data.get_one_of_inputs("hold_after")))
+        hold(data)
         time.sleep(float(data.get_one_of_inputs("seconds", 0) or 0))
         data.set_outputs("pid", os.getpid())
         return True
@@ -57,14 +55,22 @@ def hold_at_gate(gate: str, hold_after: int) -> None:
         time.sleep(0.01)
 
 
+def hold(data) -> None:
+    """Given inputs ``gate`` and ``hold_after``, :func:`hold_at_gate`."""
+    gate = data.get_one_of_inputs("gate")
+    if gate:
+        hold_at_gate(gate, int(data.get_one_of_inputs("hold_after")))
+
+
 class PollService(Service):
-    """Finishes on its third poll."""
+    """Finishes on its third poll; given an input ``gate``, its execute holds there first (:func:`hold`)."""
 
     __need_schedule__ = True
     interval = StaticIntervalGenerator(0)
 
     def execute(self, data, parent_data):
         record("execute", self.id)
+        hold(data)
         return True
 
     def schedule(self, data, parent_data, callback_data=None):

@@ -1,5 +1,6 @@
 """The fill of ``python -m bench.stored``: copies of real finished pipelines that read back as real
-ones (fresh ids, every table, the feed in time order), on SQLite and PostgreSQL."""
+ones (fresh ids, every table, the feed in time order, the kept counts per state counted again), on
+SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -21,13 +22,13 @@ pytestmark = pytest.mark.timeout(120)
 PIPELINES = 60  # 30 run for real (the largest divisor up to 30 here), then one copy of each
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", "postgres", "mariadb"])
 def empty_url(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(stored, "SEED", 30)
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'fill.db'}"
         return
-    url = create_database("postgres")
+    url = create_database(request.param)
     from culm.storage.migrate import upgrade_database
 
     upgrade_database(url)
@@ -46,8 +47,8 @@ def _rows(url: str, sql: str) -> list[tuple]:
 def _tables(url: str) -> list[str]:
     if url.startswith("sqlite"):
         return [r[0] for r in _rows(url, "SELECT name FROM sqlite_master WHERE type = 'table'")]
-    return [r[0] for r in _rows(url, "SELECT table_name FROM information_schema.tables "
-                                     "WHERE table_schema = current_schema()")]
+    schema = "DATABASE()" if url.startswith("mysql") else "current_schema()"
+    return [r[0] for r in _rows(url, f"SELECT table_name FROM information_schema.tables WHERE table_schema = {schema}")]
 
 
 def test_seed_size_divides_the_count():
@@ -86,3 +87,7 @@ def test_fill_copies_every_table_under_fresh_ids(empty_url):
         assert rt.wait(copy, 1) == "FINISHED"
         listed = api.list_pipelines(rt, limit=1000).data
         assert listed["total"] == PIPELINES and listed["counts"] == {"FINISHED": PIPELINES}
+        assert len(listed["items"]) == PIPELINES
+    # The kept counts (what the unfiltered list above reported) hold the copies: counted again.
+    assert _rows(empty_url, "SELECT name, SUM(pipelines) FROM culm_root_count GROUP BY name HAVING SUM(pipelines) <> 0") \
+        == [("FINISHED", PIPELINES)]

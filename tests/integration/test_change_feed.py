@@ -228,6 +228,8 @@ INDEXED = {
     "the tasks due": "PENDING_TASKS",
     "a pipeline's tasks": "TASKS_OF_ROOT",
     "the schedules of nodes": "SCHEDULES_IN",
+    "a root count's move at a commit": "ROOT_COUNT_ADD",
+    "counting the roots again": "ROOTS_COUNTED",
 }
 
 
@@ -245,3 +247,21 @@ def test_hot_statements_search_an_index(tmp_path, what):
     assert plan and not [p for p in plan if p.startswith("SCAN")], (what, plan)
     if what == "a root's changes":  # not the seq range of every pipeline's changes, filtered
         assert "ix_culm_change_root_seq" in plan[0], plan
+    if what == "counting the roots again":  # the root states only, not every node's
+        assert "ix_culm_state_roots" in plan[0], plan
+
+
+def test_the_kept_counts_are_read_from_their_own_few_rows(tmp_path):
+    """An unfiltered listing's counts read culm_root_count (16 shards x 12 states, whatever is
+    stored) and nothing else: no root state, no index over them."""
+    from culm.storage.sql import SqlStore, statements
+
+    store = SqlStore(f"sqlite:///{tmp_path / 'plan.db'}")
+    try:
+        with store.engine.connect() as conn:
+            plan = [str(r[-1]) for r in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statements.ROOT_COUNTS)]
+            rows = conn.exec_driver_sql("SELECT COUNT(*) FROM culm_root_count").scalar()
+    finally:
+        store.dispose()
+    assert plan and all("culm_root_count" in p or "B-TREE" in p for p in plan), plan
+    assert rows == 16 * 12

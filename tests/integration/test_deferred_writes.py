@@ -161,7 +161,7 @@ def test_a_connection_handed_back_mid_transaction_is_still_rolled_back(store):
     with store.transaction() as unit:
         unit.insert_state(_state("x"))
     raw = store.engine.raw_connection()
-    cur = raw.cursor()
+    cur = store._unit.new_cursor(raw)  # as a unit sends its statements
     cur.execute(store._unit.adapt("SELECT name FROM culm_state WHERE node_id = ? FOR UPDATE"), ["x"])
     assert cur.fetchall()[0][0] == "RUNNING"
     raw.close()  # the lock taken above goes with the pool's rollback
@@ -211,3 +211,106 @@ def test_a_write_unit_after_read_units_is_still_one_transaction(store):
     with store.engine.connect() as conn:
         driver = conn.connection.driver_connection
         assert not (driver.get_autocommit() if store.dialect == "mysql" else driver.autocommit)
+
+
+def _sent_statements(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every statement the driver of ``kind`` sends from now on (PostgreSQL: psycopg's
+    cursor; MariaDB: PyMySQL's queries, a multi-statement query being one)."""
+    sent: list[str] = []
+    if kind == "postgres":
+        import psycopg
+
+        execute = psycopg.Cursor.execute
+
+        def counted_execute(self, query, params=None, **kw):
+            sent.append(str(query))
+            return execute(self, query, params, **kw)
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
+    else:
+        from pymysql.connections import Connection
+
+        query = Connection.query
+
+        def counted_query(self, sql, unbuffered=False):
+            sent.append(sql)
+            return query(self, sql, unbuffered)
+
+        monkeypatch.setattr(Connection, "query", counted_query)
+    return sent
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_new_run_is_stored_without_reading_its_ids_first_and_a_taken_id_is_still_refused(kind, monkeypatch):
+    """The unique keys of a new run's inserts check its ids at the commit: no read goes before the
+    writes (a round trip per run_pipeline), and a rerun or a reused node id is refused by name with
+    nothing stored."""
+    import copy
+
+    import culm
+    from culm import api
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+
+    url = create_database(kind)
+    upgrade_database(url)
+    rt = culm.Runtime(url, workers=0)  # submits only: nothing runs the tasks
+    try:
+        start, act = EmptyStartEvent(), ServiceActivity(component_code="example_component")
+        start.extend(act).extend(EmptyEndEvent())
+        tree = build_tree(start)
+        sent = _sent_statements(kind, monkeypatch)
+        assert api.run_pipeline(rt, tree).result
+        assert not [s for s in sent if "FROM culm_node" in s], sent
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
+
+        again = api.run_pipeline(rt, tree)
+        assert not again.result and f"pipeline {tree['id']} already exists" in again.message
+        other = copy.deepcopy(tree)
+        other["id"] = "p" + "2" * 32
+        reused = api.run_pipeline(rt, other)
+        assert not reused.result and "reuses node ids" in reused.message and act.id in reused.message
+        assert api.get_pipeline_states(rt, other["id"]).data == {}
+        with rt.store.reading() as unit:
+            assert unit.existing_node_ids([other["id"]]) == set()
+            assert [t.root_id for t in unit.pending_tasks(10**10, 100)] == [tree["id"]]
+    finally:
+        monkeypatch.undo()
+        rt.close()
+        drop_database(url)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_last_branch_of_a_join_wakes_its_parent_without_reading_it_again(kind, monkeypatch):
+    """Each branch's ack returns the parent's process row with the count (PostgreSQL: RETURNING;
+    MariaDB: the read in the ack's own query), so the last one wakes the parent without another
+    round trip, and the pipeline still finishes with every branch run once."""
+    from engine_fixtures import finish, node_state
+
+    import culm
+    from culm import builder
+    from culm.storage.sql.statements import PROCESS_SELECT
+
+    url = create_database(kind)
+    upgrade_database(url)
+    rt = culm.Runtime(url, workers=2)
+    try:
+        start, pg = builder.EmptyStartEvent(), builder.ParallelGateway()
+        branches = [builder.ServiceActivity(component_code="example_component") for _ in range(3)]
+        start.extend(pg).connect(*branches).to(pg).converge(builder.ConvergeGateway()).extend(builder.EmptyEndEvent())
+        tree = builder.build_tree(start)
+        sent = _sent_statements(kind, monkeypatch)
+        finish(rt, tree, timeout=30)
+        monkeypatch.undo()
+        process_reads = [s for s in sent if PROCESS_SELECT in s]
+        if kind == "postgres":
+            assert process_reads == [], process_reads
+        else:
+            assert process_reads and all("ack_num = ack_num + 1" in s for s in process_reads), process_reads
+        assert sum("ack_num = ack_num + 1" in s for s in sent) == 3
+        for b in branches:
+            assert node_state(rt, b.id)["state"] == "FINISHED"
+            assert node_state(rt, b.id)["loop"] == 1 and node_state(rt, b.id)["retry"] == 0
+    finally:
+        monkeypatch.undo()
+        rt.close()
+        drop_database(url)

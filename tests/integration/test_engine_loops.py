@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from engine_fixtures import children, finish, inputs, node_state, outputs, refused, run, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -156,3 +157,76 @@ def test_node_inputs_see_their_own_loop_counter_through_a_node_output(runtime):
     # ${n} maps the node's own _loop: it is seeded before rendering, so each pass sees its own count.
     assert inputs(runtime, body.id)["x"] == 3
     assert [h["inputs"]["x"] for h in api.get_node_histories(runtime, body.id).data] == [1, 2]
+
+
+# -- update_node_loop_times -----------------------------------------------------------------------
+def _callback_loop(loop_times):
+    body = ServiceActivity(component_code="t_callback",
+                           loop_config={"enable": True, "loop_times": loop_times, "outputs_key": "${passes}"})
+    start = EmptyStartEvent()
+    start.extend(body).extend(EmptyEndEvent())
+    return build_tree(start, data=Data(outputs=["${passes}"])), body
+
+
+def _answer_pass(runtime, node_id, loop):
+    """Wait for iteration ``loop`` of a callback loop node and answer it."""
+    def waiting():
+        st = node_state(runtime, node_id)
+        return st if st and st["state"] == "RUNNING" and st["loop"] == loop else None
+
+    version = wait_until(waiting, what=f"iteration {loop} of {node_id}")["version"]
+    wait_until(lambda: api.callback(runtime, node_id, version, {"ok": True}).result, what=f"callback {loop}")
+
+
+@pytest.mark.parametrize(("configured", "updated", "passes"), [(2, 4, 4), (5, 1, 1)])
+def test_update_node_loop_times_changes_a_running_node_loop(runtime, configured, updated, passes):
+    tree, body = _callback_loop(configured)
+    run(runtime, tree)
+    wait_state(runtime, body.id, "RUNNING")
+
+    assert api.update_node_loop_times(runtime, body.id, updated).result is True
+    for loop in range(1, passes + 1):
+        _answer_pass(runtime, body.id, loop)
+
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert node_state(runtime, body.id)["loop"] == passes
+    collected = api.get_execution_data_outputs(runtime, tree["id"]).data["${passes}"]
+    assert [entry["inner_loop"] for entry in collected] == list(range(1, passes + 1))
+    # Bookkeeping stays out of the context bamboo code sees.
+    keys = {cv["key"] for cv in api.get_pipeline_debug_info(runtime, tree["id"]).data["context_values"]}
+    assert not any(key.startswith("_loop_times:") for key in keys)
+
+
+def test_update_node_loop_times_refusals(runtime):
+    tree, body = _callback_loop(2)
+    plain = ServiceActivity(component_code="t_attrs")
+    start = EmptyStartEvent()
+    start.extend(plain).extend(EmptyEndEvent())
+    other = build_tree(start)
+    run(runtime, tree)
+    run(runtime, other)
+
+    refused(api.update_node_loop_times(runtime, body.id, -1), body.id, "non-negative integer")
+    refused(api.update_node_loop_times(runtime, body.id, True), body.id, "non-negative integer")
+    refused(api.update_node_loop_times(runtime, plain.id, 3), plain.id, "loop_config")
+    refused(api.update_node_loop_times(runtime, "e" + "0" * 32, 3), "does not exist")
+    api.revoke_pipeline(runtime, tree["id"])
+
+
+def test_runtime_update_node_loop_times_raises_like_bamboo(tmp_path):
+    from culm import Runtime
+    from culm.errors import InvalidOperationError, NotFoundError
+
+    tree, body = _callback_loop(1)
+    with Runtime(f"sqlite:///{tmp_path / 'loops.db'}") as rt:
+        run(rt, tree)
+        wait_state(rt, body.id, "RUNNING")
+        rt.update_node_loop_times(body.id, 2)
+        with pytest.raises(InvalidOperationError, match="non-negative integer"):
+            rt.update_node_loop_times(body.id, "3")
+        with pytest.raises(NotFoundError):
+            rt.update_node_loop_times("e" + "1" * 32, 3)
+        for loop in (1, 2):
+            _answer_pass(rt, body.id, loop)
+        wait_state(rt, tree["id"], "FINISHED")
+        assert node_state(rt, body.id)["loop"] == 2

@@ -129,9 +129,10 @@ def test_a_stale_schedule_result_is_dropped_once_the_row_moved_on(tmp_path: Path
 
 @pytest.mark.parametrize("paused", ["root", "subprocess"])
 def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeypatch: Any, paused: str) -> None:
-    """On a server database a pause can commit after a walk read its stack: the walk then reached
-    the end event of the paused (sub)pipeline and died there (or slept where no resume would wake
-    it), leaving the run stuck. Simulated by a walk that does not look at its stack."""
+    """On a server database a pause could commit after a walk read its stack (before walks held
+    it, ``Unit.hold_states``): the walk then reached the end event of the paused (sub)pipeline and
+    died there (or slept where no resume would wake it), leaving the run stuck. The end event still
+    parks such a walk. Simulated by a walk that does not look at its stack."""
     act = ServiceActivity(component_code="t_none")
     sub = SubProcess(start=chain(act))
     tree = build_tree(chain(sub))
@@ -142,7 +143,7 @@ def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeyp
         invoke = _execute(rt, task.id)
         assert api.pause_pipeline(rt, pipeline_id).result
         with monkeypatch.context() as m:
-            m.setattr(walker, "_check_stack", lambda unit, proc, found: None)
+            m.setattr(walker, "_check_stack", lambda proc, found: None)
             assert _execute(rt, task.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
         assert check(read_snapshot(rt.engine, tree["id"])) == []
         assert api.resume_pipeline(rt, pipeline_id).result

@@ -125,3 +125,29 @@ def test_converge_names_the_missing_branches(runtime):
     assert got["branches"] == [bad.id]
     assert join.id in got["text"] and bad.id in got["text"]
     assert reason(runtime, bad.id)["kind"] == "failed"
+
+
+def test_a_pipeline_nothing_runs_says_it_is_stalled(tmp_path, monkeypatch):
+    """A SQLite file opened only by processes without workers: nothing runs its steps. The
+    pipeline's own entry says so once a step has been due for STALLED_AFTER seconds, naming the
+    node it waits at; a process with workers that opens the file then finishes it."""
+    import culm
+    from culm.core import waits
+
+    monkeypatch.setattr(waits, "STALLED_AFTER", 0.3)
+    db = f"sqlite:///{tmp_path}/idle.db"
+    tree, (act,) = chain("example_component")
+    with culm.Runtime(db, workers=0) as submitter:
+        assert submitter.dispatcher is None
+        run(submitter, tree)
+
+        def stalled():
+            found = node_state(submitter, tree["id"])["wait_reason"]
+            return found if found and found["kind"] == "stalled" else None
+
+        found = wait_until(stalled, 10, 0.05, what="the pipeline to say it is stalled")
+        assert found["nodes"] == [tree["start_event"]["id"]]
+        assert "worker" in found["text"] and "SQLite" in found["text"]
+        with culm.Runtime(db, workers=1):
+            wait_pipeline(submitter, tree["id"], timeout=20)
+        assert node_state(submitter, tree["id"])["wait_reason"] is None

@@ -146,38 +146,39 @@ def after_execute(run: Run, res: Any) -> Outcome:
 def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
     """Finish the node (maybe with an ignored error) and move on, or fail it."""
     node = run.node
-    mapped = _outputs_to_context(run, ok, outputs)
+    mapped, loop_times = _outputs_to_context(run, ok, outputs)
     if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
         run.finish(error_ignored=not ok)
         run.upsert_context(run.top_pipeline_id, mapped)
         if not ok and node.error_ignorable:
             return Next(node.target)  # type: ignore[arg-type]
-        return Next(_next_in_loop(run))
+        if run.state.inner_loop < loop_times:
+            return Next(node.id)  # the node loop has iterations left
+        return Next(node.target)  # type: ignore[arg-type]
     run.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
     run.upsert_context(run.top_pipeline_id, mapped)
     return SLEEP
 
 
-def _outputs_to_context(run: Run, ok: bool, outputs: dict[str, Any]) -> list[ContextValue]:
+def _outputs_to_context(run: Run, ok: bool, outputs: dict[str, Any]) -> tuple[list[ContextValue], int]:
+    """The context values ``outputs`` produce, and how many iterations the node loop runs in all
+    (0 without a loop). A loop node appends one entry per iteration to its ``outputs_key`` list."""
     cfg = run.node.loop_config
     if not cfg:
-        return cdata.mapped_outputs(run.graph, run.node, outputs)
+        return cdata.mapped_outputs(run.graph, run.node, outputs), 0
     key = cfg.get("outputs_key") or "outputs"
-    current = run.unit.get_context(run.top_pipeline_id, [key]).get(key)
+    # update_node_loop_times may have changed the configured count since the run started.
+    times_key = cdata.loop_times_key(run.node.id)
+    stored = run.unit.get_context(run.top_pipeline_id, [key, times_key])
+    current, times = stored.get(key), stored.get(times_key)
     items = list(current.value) if current is not None and isinstance(current.value, list) else []
     if run.state.inner_loop <= 1:
         items = []
     entry = dict(outputs.get("outputs") or {}) if isinstance(outputs.get("outputs"), dict) else {}
     entry.update(result=ok, inner_loop=run.state.inner_loop)
     items.append(entry)
-    return [ContextValue(key, "plain", items)]
-
-
-def _next_in_loop(run: Run) -> str:
-    cfg = run.node.loop_config
-    if cfg and run.state.inner_loop < int(cfg.get("loop_times") or 0):
-        return run.node.id
-    return run.node.target  # type: ignore[return-value]
+    loop_times = int(times.value if times is not None else cfg.get("loop_times") or 0)
+    return [ContextValue(key, "plain", items)], loop_times
 
 
 def start_schedule(run: Run, schedule_type: str) -> None:

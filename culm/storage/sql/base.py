@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import random
 import threading
 import time
 import weakref
@@ -37,9 +38,9 @@ from culm.core.records import (
 from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
+from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILD,
-    ACKS_OF,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
@@ -61,6 +62,13 @@ from culm.storage.sql.statements import (
     RELAY_CANDIDATES_LOCKED,
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
+    ROOT_COUNT_ADD,
+    ROOT_COUNT_INSERT,
+    ROOT_COUNT_ROWS,
+    ROOT_COUNT_ROWS_LOCKED,
+    ROOT_COUNT_SET,
+    ROOT_COUNTS_CLEAR,
+    ROOTS_COUNTED,
     SCHEDULE_BY_ID,
     SCHEDULE_OF_RUN,
     SCHEDULES_IN,
@@ -199,6 +207,7 @@ class SqlUnit:
 
     dialect = ""  # the SQLAlchemy dialect name
     lock_rows = True  # locking reads (FOR UPDATE, SKIP LOCKED) on a server database
+    share_lock = " FOR SHARE"  # what makes a read take shared row locks (lock_rows only)
     defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL, MySQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
@@ -206,10 +215,15 @@ class SqlUnit:
     outputs_upsert = OUTPUTS_UPSERT
     combine = staticmethod(_combined)  # deferred writes -> the statements that carry them
     listing_tables = LISTING_TABLES  # the FROM names of root states and pipeline names (listing)
+    # A new run's ids are checked by the unique keys of its inserts, at its commit, instead of a
+    # read before them (culm.core.ports.Runs.refuses_duplicate_ids): the server databases, whose
+    # read would be a round trip of its own while the inserts travel with the commit.
+    refuses_duplicate_ids = False
+    root_count_shards = ROOT_COUNT_SHARDS  # culm_root_count's shards used (SQLite: one writer, one)
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
-        self._cur = conn.cursor()
+        self._cur = self.new_cursor(conn)
         self._sql = self.adapt
         self._plain_sql = self.adapt is same_sql  # statements go to the driver as written
         # PostgreSQL: writes whose result nobody reads wait here and go to the server together,
@@ -231,6 +245,8 @@ class SqlUnit:
         # States read ahead by prefetch_states (None: no row), kept current with this
         # transaction's own writes; plain reads of them are answered from here.
         self._state_view: dict[str, StateRecord | None] | None = None
+        # Server databases: the states read with a shared row lock (hold_states) in this transaction.
+        self._held: set[str] = set()
         # PostgreSQL: tasks read ahead by read_tasks_ahead, by task id: (task, process, locked
         # state of its node or None), or None when it is not there or leased by someone else; and
         # the processes written since (None: all of them).
@@ -245,6 +261,11 @@ class SqlUnit:
         self.changes_sent = 0
 
     # -- plumbing ---------------------------------------------------------------------------
+    @staticmethod
+    def new_cursor(conn: Any) -> Any:
+        """The cursor a unit sends its statements through (as ``adapt`` made them)."""
+        return conn.cursor()
+
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
         if self._deferred:
@@ -300,6 +321,22 @@ class SqlUnit:
                             _append_key("culm_change"))
             else:
                 self._many(insert_sql("culm_change", CHANGE_COLUMNS), chunk)
+        self._count_roots(listing.root_deltas(rows))
+
+    def _count_roots(self, deltas: Mapping[str, int]) -> None:
+        """Add the net change of root pipelines per state to culm_root_count (the listing's counts).
+
+        The transaction's last writes, to the rows of one shard picked at random, in state-name
+        order: every writer takes its counter rows in one global order and wants no other lock
+        after them, so writers that meet on a shard queue for a commit's length and never
+        deadlock. (On PostgreSQL each is a statement of its own, not a part of a combined one,
+        whose parts run in no set order.)
+        """
+        if not deltas:
+            return
+        shard = random.randrange(self.root_count_shards)
+        for name in sorted(deltas):
+            self._later(ROOT_COUNT_ADD, [deltas[name], shard, name])
 
     def _drop_unsent(self) -> None:
         """Forget the writes still waiting to be sent (the part of the transaction that made them
@@ -375,6 +412,7 @@ class SqlUnit:
             if self._owned:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
+            self._held.clear()  # a rolled-back savepoint gives back the row locks taken in it
             self._state_view = None
             self._tasks_ahead.clear()
             self._context_view.clear()
@@ -397,6 +435,20 @@ class SqlUnit:
     def list_pipelines(self, query: PipelineQuery) -> tuple[dict[str, int], list[PipelineRow]]:
         """Counts per root state and one page of root pipelines (see :mod:`culm.storage.listing`)."""
         return listing.list_pipelines(self._all, self.listing_tables, query)
+
+    def recount_roots(self) -> dict[str, int]:
+        """Count the root pipelines per state from their rows and make that the kept counts
+        (``culm db recount``: after rows were edited by hand, or written by a culm before 0007
+        while the database was at 0007); returns the counts."""
+        have = {(int(r[0]), str(r[1])) for r in self._all(ROOT_COUNT_ROWS_LOCKED if self.lock_rows
+                                                          else ROOT_COUNT_ROWS)}
+        counted = {str(r[0]): int(r[1]) for r in self._all(ROOTS_COUNTED)}
+        wanted = {(shard, name) for shard in range(ROOT_COUNT_SHARDS) for name in {*states.ALL_STATES, *counted}}
+        self._many(ROOT_COUNT_INSERT, sorted(wanted - have))
+        self._x(ROOT_COUNTS_CLEAR)
+        for name in sorted(counted):
+            self._x(ROOT_COUNT_SET, [counted[name], name])
+        return counted
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
         row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
@@ -472,6 +524,25 @@ class SqlUnit:
             return {st.node_id: st} if st else {}
         rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
         return {r[0]: _state_row(r) for r in rows}
+
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        """The states of ``node_ids`` that exist, kept from changing by others until the commit.
+
+        On a server database the first read of each takes a shared row lock: a transaction that
+        would change one (a pause, a resume, a revoke) waits for this one's commit, so nothing this
+        transaction decides from them is overtaken. SQLite's single writer needs no lock.
+        """
+        ids = list(dict.fromkeys(node_ids))
+        fresh = [i for i in ids if i not in self._held] if self.lock_rows else []
+        if fresh:
+            rows = self._all(STATES_IN.format(marks=marks(len(fresh))) + " ORDER BY node_id" + self.share_lock, fresh)
+            self._held.update(fresh)
+            found = {r[0]: _state_row(r) for r in rows}
+            if self._state_view is None:
+                self._state_view = {}
+            for node_id in fresh:  # the latest commit (and our own writes): fresher than any view
+                self._state_view[node_id] = found.get(node_id)
+        return self.get_states(ids, mutable=())
 
     @property
     def prefetch(self) -> Prefetch | None:
@@ -646,16 +717,17 @@ class SqlUnit:
             return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
-    def ack_child(self, parent_id: str) -> tuple[int, int]:
+    def ack_child(self, parent_id: str) -> ProcessRecord | None:
         """Count one finished child; the row lock taken by the update serialises siblings."""
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(parent_id)
-        return self._count_ack(parent_id)
+        row = self._acked_row(parent_id)
+        return _process_row(row) if row else None
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+    def _acked_row(self, parent_id: str) -> Any:
+        """The ack's UPDATE, then the process row with it (each dialect in as few round trips as it can)."""
         self._x(ACK_CHILD, [parent_id])
-        row = self._one(ACKS_OF, [parent_id])
-        return int(row[0]), int(row[1])
+        return self._one(PROCESS_BY_ID, [parent_id])
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
@@ -883,6 +955,9 @@ class SqlUnit:
     def release_leases(self, task_ids: Sequence[str] | None = None) -> None:
         if task_ids is None:
             self._x("UPDATE culm_task SET owner = NULL, claimed_until = NULL")
+            # Schedule calls are leased too: a multiple callback's lock would hold its next call
+            # back until it ran out.
+            self._x("UPDATE culm_schedule SET locked_until = NULL WHERE locked_until IS NOT NULL")
             return
         ids = list(task_ids)
         if ids:
@@ -1173,6 +1248,12 @@ class Dialect:
         kinds = (getattr(dbapi, "OperationalError", None), getattr(dbapi, "InterfaceError", None))
         return tuple(k for k in kinds if isinstance(k, type) and issubclass(k, BaseException))
 
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (the driver's own error) is a unique key refusing a row. Only the
+        dialects whose units refuse a new run's taken ids by their keys answer (see
+        ``SqlUnit.refuses_duplicate_ids``)."""
+        return False
+
 
 def dialect_for(url: str) -> Dialect:
     """The one place a store's dialect is chosen, from its (normalised) database URL."""
@@ -1296,6 +1377,11 @@ class SqlStore:
         if isinstance(exc, DBAPIError):
             return bool(exc.connection_invalidated)
         return isinstance(exc, self._interruptions)
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
+        (:meth:`culm.core.ports.Store.is_duplicate`)."""
+        return self.traits.is_duplicate(exc)
 
     def _thread_reader(self) -> Any:
         """This thread's own read connection to the SQLite file, outside the pool.

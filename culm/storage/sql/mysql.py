@@ -22,13 +22,14 @@ from culm.storage.sql.base import (
 )
 from culm.storage.sql.statements import (
     ACK_CHILD,
-    ACKS_OF,
     CLAIM_MANY_MYSQL,
     DB_NOW_MYSQL,
     HELD_BY_US,
     KEEP_HELD_LEASE,
+    LISTING_TABLES_MYSQL,
     MANY_WITH_PROCESS_OURS,
     OUTPUTS_UPSERT_MYSQL,
+    PROCESS_BY_ID,
     PROCESS_COLUMNS,
     SNAPSHOT_READ,
     STATES_IN_LOCKED,
@@ -74,6 +75,9 @@ def adapt_mysql(sql: str) -> str:
     return sql.replace("?", "%s").replace('"', "`")
 
 
+DUPLICATE_ENTRY = 1062  # MySQL/MariaDB: "Duplicate entry ... for key ...", a row a unique key refused
+
+
 class MysqlUnit(SqlUnit):
     """A transaction on MySQL/MariaDB. As on PostgreSQL, writes whose result nobody reads wait and
     go to the server with the next statement that needs an answer (a read, a compare-and-set on a
@@ -83,11 +87,14 @@ class MysqlUnit(SqlUnit):
     savepoint) as on PostgreSQL."""
 
     dialect = "mysql"
+    share_lock = " LOCK IN SHARE MODE"  # MariaDB has no FOR SHARE
     adapt = staticmethod(adapt_mysql)
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
     defers_writes = True
+    refuses_duplicate_ids = True
     combine = staticmethod(_in_order)
+    listing_tables = LISTING_TABLES_MYSQL
 
     def _send_deferred(
         self,
@@ -111,12 +118,11 @@ class MysqlUnit(SqlUnit):
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
+    def _acked_row(self, parent_id: str) -> Any:
         # The UPDATE locks the parent's row (serialising siblings) and the read that follows in
         # the same query sees the count with this child in it: one round trip for both.
         self._later(ACK_CHILD, [parent_id], (("culm_process", (parent_id,)),))
-        row = self._one(ACKS_OF, [parent_id])
-        return int(row[0]), int(row[1])
+        return self._one(PROCESS_BY_ID, [parent_id])
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]
@@ -183,6 +189,10 @@ class MysqlDialect(Dialect):
 
     def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.info.pop(_COMMITTED, None)
+
+    def is_duplicate(self, exc: BaseException) -> bool:
+        args: tuple[Any, ...] = getattr(exc, "args", ())
+        return type(exc).__module__.startswith("pymysql") and bool(args) and args[0] == DUPLICATE_ENTRY
 
     def commit(self, raw: Any) -> None:
         if not raw.info.pop(_COMMITTED, False):  # else the unit's last query ended with COMMIT

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from culm.core.records import ProcessRecord, TaskRecord
-from culm.storage.sql.base import Dialect, SqlStore, SqlUnit, _process_row, _state_row, _task_row
+from culm.storage.sql.base import Dialect, SqlUnit, _process_row, _state_row, _task_row
 from culm.storage.sql.statements import (
     ACK_CHILD_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
@@ -21,12 +21,61 @@ from culm.storage.sql.statements import (
     marks,
 )
 
+UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a row a unique key refused
 _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
 
 
-@functools.lru_cache(maxsize=4096)
-def adapt_pg(sql: str) -> str:
-    return sql.replace("?", "%s")
+# Statements up to this long have their numbered form cached (culm's fixed statements); longer
+# ones are combined writes and multi-row inserts, whose texts vary from one transaction to the next.
+CACHED_SQL_LENGTH = 4096
+
+
+def numbered(sql: str) -> str:
+    """``sql`` with its ``?`` placeholders as PostgreSQL's ``$1``, ``$2``, ...
+
+    culm's SQL has no ``?`` other than its placeholders (see culm.storage.sql.statements).
+    """
+    if len(sql) <= CACHED_SQL_LENGTH:
+        return _numbered_cached(sql)
+    return _number(sql)
+
+
+def _number(sql: str) -> str:
+    parts = sql.split("?")
+    if len(parts) == 1:
+        return sql
+    while len(_MARKS) < len(parts) - 1:
+        _MARKS.append(f"${len(_MARKS) + 1}")
+    out = [""] * (2 * len(parts) - 1)
+    out[::2] = parts
+    out[1::2] = _MARKS[: len(parts) - 1]
+    return "".join(out)
+
+
+_MARKS: list[str] = []
+_numbered_cached = functools.lru_cache(maxsize=2048)(_number)
+
+
+@functools.cache
+def numbering_cursor() -> Any:
+    """The class of a psycopg cursor that takes culm's ``?`` statements and numbers them.
+
+    psycopg's default cursor turns ``%s`` placeholders into ``$n`` with a regular expression and a
+    tuple per placeholder, and caches that only for short statements: for a worker's combined
+    writes (hundreds of parameters, a different text in each transaction) it cost about a seventh
+    of the worker's CPU. A raw cursor sends ``$n`` as they are; numbering ``?`` is a split and a
+    join. (Made on first use: psycopg is an optional extra.)
+    """
+    from psycopg import RawCursor
+
+    class NumberingCursor(RawCursor):
+        def execute(self, query: Any, params: Any = None, **kw: Any) -> Any:
+            return super().execute(numbered(query), params, **kw)
+
+        def executemany(self, query: Any, params_seq: Any, **kw: Any) -> Any:
+            return super().executemany(numbered(query), params_seq, **kw)
+
+    return NumberingCursor
 
 
 class PostgresUnit(SqlUnit):
@@ -35,7 +84,13 @@ class PostgresUnit(SqlUnit):
 
     dialect = "postgresql"
     defers_writes = True
-    adapt = staticmethod(adapt_pg)
+    refuses_duplicate_ids = True
+    # Statements go to the cursor as written here, with ``?`` placeholders: numbering_cursor
+    # numbers them, combined writes included (their parts are joined before they are numbered).
+
+    @staticmethod
+    def new_cursor(conn: Any) -> Any:
+        return numbering_cursor()(conn.driver_connection)
 
     def _send_deferred(
         self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
@@ -49,9 +104,8 @@ class PostgresUnit(SqlUnit):
             if commit:
                 self.conn.driver_connection.commit()
 
-    def _count_ack(self, parent_id: str) -> tuple[int, int]:
-        row = self._one(ACK_CHILD_RETURNING, [parent_id])
-        return int(row[0]), int(row[1])
+    def _acked_row(self, parent_id: str) -> Any:
+        return self._one(ACK_CHILD_RETURNING, [parent_id])
 
     def _claim_with_process(
         self, task_id: str, lease: tuple[str, float, float]
@@ -96,9 +150,8 @@ class PostgresDialect(Dialect):
     db_now = DB_NOW_POSTGRES
     snapshot_read = SNAPSHOT_READ
 
-    def prepare(self, store: SqlStore) -> None:
-        super().prepare(store)
-        _widen_psycopg_query_cache()
+    def is_duplicate(self, exc: BaseException) -> bool:
+        return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
 
     # A read-only unit that needs no snapshot runs in autocommit: each of its reads is a
     # transaction of its own, as each already saw its own snapshot at READ COMMITTED, and it
@@ -141,29 +194,3 @@ def psycopg_idle() -> Any:
 
     return TransactionStatus.IDLE
 
-
-def _widen_psycopg_query_cache() -> None:
-    """Let psycopg keep the converted form of every statement culm sends, long ones included.
-
-    psycopg turns ``%s`` placeholders into ``$n`` with a regex scan, and caches the result only for
-    statements under 50 parameters and 4 KiB, in an LRU of 128. culm's combined writes and
-    multi-row INSERTs are longer but few in shape and sent over and over: rescanning them cost
-    milliseconds per transaction. Larger ones (a fork of hundreds of branches) are still scanned.
-    The knobs are psycopg internals, so a psycopg that no longer has them is left as it is
-    (slower, never wrong).
-    """
-    try:
-        from psycopg import _queries
-    except ImportError:
-        return
-    nocache = getattr(_queries, "_query2pg_nocache", None)
-    if nocache is None or not hasattr(_queries, "_query2pg") or getattr(_queries, "_culm_widened", False):
-        return
-    if not hasattr(_queries, "MAX_CACHED_STATEMENT_PARAMS") or not hasattr(_queries, "MAX_CACHED_STATEMENT_LENGTH"):
-        return
-    # Bounded: a cached entry holds a part per parameter, so the cap on parameters and entries
-    # keeps the worst case (trees of many different sizes) to a few tens of MB.
-    _queries._query2pg = functools.lru_cache(maxsize=512)(nocache)
-    _queries.MAX_CACHED_STATEMENT_PARAMS = 600
-    _queries.MAX_CACHED_STATEMENT_LENGTH = 32 * 1024
-    setattr(_queries, "_culm_widened", True)  # noqa: B010 - a mark on a module we do not own

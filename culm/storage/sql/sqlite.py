@@ -24,6 +24,7 @@ class SqliteUnit(SqlUnit):
     adapt = staticmethod(same_sql)
     feed_ordered = True
     listing_tables = LISTING_TABLES_SQLITE
+    root_count_shards = 1  # one writer at a time: nobody to spread the counter rows for
 
     def announce_change(self) -> None:
         from culm.storage.cache import bump_epoch

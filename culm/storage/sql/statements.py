@@ -130,8 +130,8 @@ OUTPUTS_UPSERT = _OUTPUTS_INSERT + " ON CONFLICT (node_id) DO UPDATE SET outputs
 OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
 # One more child of a process finished; then its count and how many it waits for.
 ACK_CHILD = "UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?"
-ACKS_OF = "SELECT ack_num, need_ack FROM culm_process WHERE id = ?"
-ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING ack_num, need_ack"  # PostgreSQL: both in one statement
+# PostgreSQL: the ack and the process row after it in one statement.
+ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING " + ", ".join(PROCESS_COLUMNS)
 # A task's lease taken again by its owner (it ran out and nobody else took it).
 RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
 # MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
@@ -195,6 +195,20 @@ SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
 
+# Root pipelines per state (culm_root_count, see culm.storage.schema): one shard's row moved by a
+# transaction's net change, and the counts a listing reads (all shards summed).
+ROOT_COUNT_ADD = "UPDATE culm_root_count SET pipelines = pipelines + ? WHERE shard = ? AND name = ?"
+ROOT_COUNTS = "SELECT name, SUM(pipelines) FROM culm_root_count GROUP BY name"
+# Counting again from the root states (`culm db recount`, `bench.stored` after its copies): the counter
+# rows locked first, in the writers' order, so a writer committing meanwhile waits and then adds
+# its change to the new count (its rows are not in the count: not committed when it was read).
+ROOT_COUNT_ROWS = "SELECT shard, name FROM culm_root_count ORDER BY shard, name"
+ROOT_COUNT_ROWS_LOCKED = ROOT_COUNT_ROWS + " FOR UPDATE"
+ROOT_COUNT_INSERT = "INSERT INTO culm_root_count (shard, name, pipelines) VALUES (?, ?, 0)"
+ROOTS_COUNTED = "SELECT name, COUNT(*) FROM culm_state WHERE parent_id = '' AND root_id <> '' GROUP BY name"
+ROOT_COUNTS_CLEAR = "UPDATE culm_root_count SET pipelines = 0 WHERE pipelines <> 0"
+ROOT_COUNT_SET = "UPDATE culm_root_count SET pipelines = ? WHERE shard = 0 AND name = ?"
+
 # What differs per dialect outside the unit's verbs (see each dialect's Dialect class).
 # The FROM names of a listing's root states and pipeline names (culm.storage.listing). SQLite's
 # planner, once ANALYZE has run, prefers the plain parent_id index (a row lookup per pipeline) and
@@ -202,6 +216,11 @@ LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished 
 LISTING_TABLES = ("culm_state s", "culm_pipeline p")
 LISTING_TABLES_SQLITE = ("culm_state s INDEXED BY ix_culm_state_roots",
                          "culm_pipeline p INDEXED BY ix_culm_pipeline_id_name")
+# MariaDB looks a listed pipeline's name up by primary key, in the row that holds its tree (InnoDB
+# keeps a few KiB of tree in the row): 23 s for a name filter over 100,000 pipelines, 2 s by the
+# (id, name) index.
+LISTING_TABLES_MYSQL = ("culm_state s FORCE INDEX (ix_culm_state_roots)",
+                        "culm_pipeline p FORCE INDEX (ix_culm_pipeline_id_name)")
 # The database's clock as epoch seconds (a float, compared with the worker registry's beat columns).
 DB_NOW_POSTGRES = "CAST(EXTRACT(EPOCH FROM clock_timestamp()) AS DOUBLE PRECISION)"
 DB_NOW_MYSQL = "UNIX_TIMESTAMP(SYSDATE(6))"
