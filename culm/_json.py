@@ -69,6 +69,9 @@ def keys_collide(value: Any) -> bool:
 
     Only a dict with a key that is not a str can; lists, tuples and dicts are walked for them
     without recursion, with exact type checks (this runs before every JSON write).
+
+    Raises:
+        TooManyValuesError: The walk went past MAX_WALK values.
     """
     cls = type(value)
     if cls is dict:
@@ -83,11 +86,24 @@ def keys_collide(value: Any) -> bool:
     return _walk(value)
 
 
+# Values a walk visits, counting one shared many times over: JSON would write each occurrence,
+# and more than this many are more text than a store keeps (culm.model.limits.MAX_PAYLOAD_BYTES).
+MAX_WALK = 3_500_000
+
+
+class TooManyValuesError(ValueError):
+    """A value holds more than MAX_WALK values, counting each occurrence of a shared one."""
+
+
 def _walk(value: Any) -> bool:
     stack = [(value, 0)]
     pop, push = stack.pop, stack.append
+    visited = 0
     while stack:
         item, depth = pop()
+        visited += len(item)
+        if visited > MAX_WALK:  # a list holding the one before twice, 40 deep, holds 2**40
+            raise TooManyValuesError(f"it holds more than {MAX_WALK:,} values, counting each repeat")
         if depth > _WALK_DEPTH:
             return False
         if isinstance(item, dict):

@@ -13,7 +13,9 @@ from typing import Any
 from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
+from culm.data.sandbox_guards import describe
 from culm.errors import HydrationError, InvalidOperationError
+from culm.model import limits
 from culm.model.compiled import Graph, Node, PipelineSpec
 
 PLAIN, SPLICE, LAZY = "plain", "splice", "lazy"
@@ -89,6 +91,11 @@ def with_references(vars_: Mapping[str, dctx.ContextVar]) -> list[ContextValue]:
             if ref in vars_:
                 pending.extend(direct(ref))
         refs.discard(key)
+        if (size := limits.json_text_over(sorted(refs))) is not None:
+            raise InvalidOperationError(
+                f"context variable {key} refers to {len(refs)} keys (counting those through other variables), "
+                f"{size:,} bytes once stored: at most {limits.TEXT_BYTES:,} fit (a MySQL TEXT column)"
+            )
         budget -= len(refs)
         out.append(ContextValue(key, var.type, var.value, var.code, frozenset(refs)))
     return out
@@ -256,7 +263,7 @@ def _resolve_lazy(lazy: LazyResolver, var: dctx.ContextVar, rendered: Any) -> An
     try:
         return lazy(var, rendered)
     except Exception as exc:  # noqa: BLE001 - user code may raise anything; the node reports it
-        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
+        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {describe(exc)}") from exc
 
 
 def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:

@@ -9,6 +9,7 @@ from culm.core import states
 from culm.core.engine import Engine
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.errors import InvalidOperationError
+from culm.model import limits
 from culm.model.compiled import Graph, Node
 from culm.model.validator import PreparedTree
 
@@ -51,7 +52,7 @@ def run_pipeline(
             options: dict[str, Any] = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
             name = tree.get("name")
             name = name if isinstance(name, str) else ""
-            if stored is not None and stored.text is not None:
+            if stored is not None and stored.text is not None and not _too_many_pairs(stored.converge_of):
                 options["converge_of"] = stored.converge_of
                 unit.add_pipeline(root_id, stored.text, root_pipeline_data, options, at, name=name)
             else:
@@ -86,3 +87,10 @@ def _refuse_taken(root_id: str, taken: set[str]) -> None:
         raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")
     if taken:
         raise InvalidOperationError(f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}")
+
+
+def _too_many_pairs(converge_of: dict[str, str]) -> bool:
+    """Whether a tree's gateway pairs would not fit in its options (a TEXT column on MySQL: 1,500
+    pairs of long ids failed the run there with "Data too long"); the tree is stored normalised
+    then, which needs none of them."""
+    return limits.json_text_over([i for pair in converge_of.items() for i in pair], limits.TEXT_BYTES - 1_000) is not None

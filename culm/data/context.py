@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from culm.data import template
+from culm.data.sandbox_guards import describe
 from culm.errors import ExpressionError, HydrationError
 
 PLAIN = "plain"
@@ -161,4 +162,4 @@ def _resolve(var: ContextVar, namespace: dict[str, Any], lazy_resolver: LazyReso
     try:
         return lazy_resolver(var, rendered)
     except Exception as exc:
-        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {exc}") from exc
+        raise HydrationError(f"lazy variable {var.key} (code {var.code!r}) failed: {describe(exc)}") from exc

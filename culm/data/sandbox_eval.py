@@ -20,6 +20,7 @@ from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_
 from culm.data.sandbox_format import percent_format, safe_format, spec_width
 from culm.data.sandbox_guards import (
     CONTAINERS,
+    DICT_VIEWS,
     FORBIDDEN_NAMES,
     POINTER_BYTES,
     SAFE_BUILTINS,
@@ -417,6 +418,11 @@ class Evaluator:
             self.ensure_int(right, "right operand")
         elif kind in _SET_MERGES and isinstance(left, set | frozenset) and isinstance(right, set | frozenset):
             self.hashed([*left, *right], "set result")
+        elif kind in _VIEW_OPERATORS and (isinstance(left, _SET_VIEWS) or isinstance(right, _SET_VIEWS)):
+            # A keys or items view takes any iterable as the other operand and builds a set of it
+            # in C (d.keys() ^ range(0, 20000*(2**61-1), 2**61-1) ran for 15 s): both operands
+            # become sets here, item by item under every limit; the result is the same set.
+            left, right = self.as_set(left, "left operand"), self.as_set(right, "right operand")
         if kind is ast.Pow:
             self.check_pow(left, right)
         elif kind is ast.Mult:
@@ -429,6 +435,9 @@ class Evaluator:
         elif kind is ast.Mod and isinstance(left, str):
             return self.built(percent_format(self, left, right))
         return self.built(_BINOPS[kind](left, right))
+
+    def as_set(self, operand: Any, what: str) -> set[Any]:
+        return set(self.hashed(self.take(operand, f"{what} of a set operator"), f"{what} of a set operator"))
 
     def check_pow(self, base: Any, exp: Any, mod: Any = None) -> None:
         if mod is not None:
@@ -504,6 +513,8 @@ class Evaluator:
 
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
 _SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
+_VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})
+_SET_VIEWS = DICT_VIEWS[0::2]  # keys and items views are set-like, values views are not
 
 _DISPATCH: dict[type, Callable[[Evaluator, Any, dict[str, Any]], Any]] = {
     node_type: getattr(Evaluator, f"e_{node_type.__name__.lower()}")

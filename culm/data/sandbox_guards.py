@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ast
 import itertools
+import sys
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from typing import Any
 
@@ -76,7 +77,9 @@ _NODE_LABELS = {
     ast.MatMult: "the @ operator",
 }
 _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
-CONTAINERS = (list, tuple, set, frozenset, dict)
+# Dict views are measured like the containers they show: str() of one is as long as its dict's.
+DICT_VIEWS: tuple[type[Collection[Any]], ...] = (type({}.keys()), type({}.values()), type({}.items()))
+CONTAINERS: tuple[type[Collection[Any]], ...] = (list, tuple, set, frozenset, dict, *DICT_VIEWS)
 SIZED = (str, bytes, list, tuple, set, frozenset, dict)
 _SCALAR_SIZE = 24
 
@@ -309,8 +312,27 @@ def clip(text: str, width: int = 80) -> str:
 
 
 def opaque(obj: Any) -> bool:
-    """True for objects whose attributes must stay out of reach (modules, types, callables, ...)."""
-    return callable(obj) or isinstance(obj, types.ModuleType) or type(obj).__module__ == "builtins"
+    """True for objects whose attributes must stay out of reach (modules, types, callables, objects
+    of the standard library but its value types, ...)."""
+    return (callable(obj) or isinstance(obj, types.ModuleType) or type(obj).__module__ == "builtins"
+            or _system_module(type(obj).__module__))
+
+
+# Standard-library modules whose objects are plain values (a date, a decimal, a UUID, a
+# SimpleNamespace): their attributes and methods only compute. Other standard-library objects
+# reach the system: a pathlib.Path in a context (a component's output, pickled) offered
+# read_text(), write_text() and unlink() on any path to every template; a logging.Logger its
+# manager and every handler.
+VALUE_MODULES = frozenset({"datetime", "decimal", "fractions", "uuid", "ipaddress", "zoneinfo", "types"})
+_system_modules: dict[str, bool] = {}
+
+
+def _system_module(module: str | None) -> bool:
+    known = _system_modules.get(module or "")
+    if known is None:
+        top = (module or "").partition(".")[0]
+        known = _system_modules[module or ""] = top in sys.stdlib_module_names and top not in VALUE_MODULES
+    return known
 
 
 def method_kind(obj: Any) -> str | None:
@@ -325,10 +347,13 @@ def method_kind(obj: Any) -> str | None:
 
 
 def user_method(func: Any) -> bool:
+    """A method, written in Python, of a plain object; not one a standard-library class gives a
+    subclass (a user's subclass of pathlib.Path still has no read_text() here)."""
     return (
         isinstance(func, types.MethodType)
         and isinstance(func.__func__, types.FunctionType)
         and not isinstance(func.__self__, type | types.ModuleType)
+        and not _system_module(func.__func__.__module__)
     )
 
 

@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from culm.data import sandbox
+from culm.data.sandbox_guards import CONTAINERS, measure
 from culm.errors import ExpressionError, ExpressionLimitError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
@@ -148,9 +149,23 @@ class _RenderState:
                 raise ExpressionLimitError(f"templates nested more than {MAX_RENDER_DEPTH} levels deep")
             return value
         if isinstance(value, dict):
-            return {key: self.render(item, depth + 1) for key, item in value.items()}
-        items = [self.render(item, depth + 1) for item in value]
+            return {key: self.item(item, depth + 1) for key, item in value.items()}
+        items = [self.item(item, depth + 1) for item in value]
         return items if isinstance(value, list) else tuple(items)
+
+    def item(self, value: Any, depth: int) -> Any:
+        """An item of a list, tuple or dict being rendered. A container it names (a sole ``${x}``)
+        is shared, not copied, so its size written out counts like text: 40 list variables each
+        holding the one before twice held 2**40 items, and writing them out froze the engine."""
+        rendered = self.render(value, depth)
+        if isinstance(value, str) and isinstance(rendered, CONTAINERS):
+            room = MAX_RENDER_OUTPUT - self.output
+            self.count(measure(rendered, room, 1 << 62, self.check_clock)[0])
+        return rendered
+
+    def check_clock(self) -> None:
+        if time.monotonic() > self.deadline:
+            raise ExpressionLimitError(f"rendering took longer than {RENDER_TIME_LIMIT} seconds")
 
     def render_str(self, text: str) -> Any:
         if "${" not in text:
@@ -183,8 +198,7 @@ class _RenderState:
         return True, obj
 
     def substitute(self, body: str, name: str | None, whole: str) -> str:
-        if time.monotonic() > self.deadline:
-            raise ExpressionLimitError(f"rendering took longer than {RENDER_TIME_LIMIT} seconds")
+        self.check_clock()
         try:
             if name is not None and name in self.namespace:
                 value = self.namespace[name]  # what the sandbox would return for a bare name
@@ -195,15 +209,19 @@ class _RenderState:
             raise
         except ExpressionError:
             text = whole
-        self.output += len(text)
+        self.count(len(text))
+        return text
+
+    def count(self, chars: int) -> None:
+        """Count ``chars`` characters of output, against this render's and the node's budgets."""
+        self.output += chars
         shared = getattr(_bound, "output", None)
         if shared is not None:
-            shared[0] -= len(text)
+            shared[0] -= chars
             if shared[0] < 0:
                 raise ExpressionLimitError("the templates of one node render more text than allowed in all")
         if self.output > MAX_RENDER_OUTPUT:
             raise ExpressionLimitError(f"rendered text is longer than {MAX_RENDER_OUTPUT} characters")
-        return text
 
 
 # (literal text before, fragment body or None, bare name or None, the fragment as written)

@@ -19,6 +19,12 @@ KEY_LENGTH = 255  # context keys, queue names, lazy variable codes
 # refused: rendering, copying and encoding them recurse once per level, and a value thousands of
 # levels deep would exhaust the interpreter's stack in the middle of a run.
 MAX_VALUE_DEPTH = 100
+# Bytes one stored payload (a node's inputs or its outputs, a context value, callback data, pipeline
+# data) may take once encoded, counting the escape each backslash and quote gets in a MySQL
+# statement. MariaDB refuses a statement over its max_allowed_packet (16 MiB by default) by dropping
+# the connection, which looks like any network fault: the engine would try the write again for
+# ever, its node RUNNING. A row holds at most two payloads (inputs and outputs): 2 x 7 MB fit.
+MAX_PAYLOAD_BYTES = 7_000_000
 
 
 def text_problem(text: str) -> str | None:
@@ -37,6 +43,40 @@ def text_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "a lone surrogate"
     return None
+
+
+# Bytes of a TEXT column on MySQL and MariaDB (PostgreSQL and SQLite would take more; the limit
+# holds on every backend): a log line, a context variable's references, a run's options.
+TEXT_BYTES = 65_535
+# A longer log line is kept cut, with a note of what was cut.
+MAX_LOG_LINE_BYTES = TEXT_BYTES
+
+
+def clip_log_line(line: str) -> str:
+    """``line``, or its start and a note of how much was cut when its UTF-8 is over MAX_LOG_LINE_BYTES."""
+    if len(line) <= MAX_LOG_LINE_BYTES // 4:  # at most 4 bytes a character: no need to encode
+        return line
+    data = line.encode("utf-8", "surrogatepass")
+    if len(data) <= MAX_LOG_LINE_BYTES:
+        return line
+    note = f" [... {len(line):,} characters in all, cut to fit a log line]"
+    kept = data[: MAX_LOG_LINE_BYTES - len(note)].decode("utf-8", "ignore")  # a character cut in two goes
+    return kept + note
+
+
+def json_text_over(items: list[str], limit: int = TEXT_BYTES) -> int | None:
+    """The length of ``items`` as JSON text when it is over ``limit`` (as a MySQL statement
+    escapes it), else None; ``items`` too short in all to be over are not encoded."""
+    if sum(map(len, items)) + 4 * len(items) <= limit // 8:  # a char is at most 7 bytes escaped, plus quotes
+        return None
+    size = payload_size(json.dumps(items, separators=(",", ":")))
+    return size if size > limit else None
+
+
+def payload_size(text: str) -> int:
+    """Bytes the encoded payload ``text`` takes in a MySQL statement (an upper estimate: stored
+    payloads are ASCII, JSON escapes the rest; the driver escapes backslashes and quotes)."""
+    return len(text) + text.count("\\") + text.count('"') + text.count("'")
 
 
 def column_problem(text: str, width: int) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from culm import _json
 from culm.errors import StartPositionInvalidError, TreeInvalidError, TreeProblem
+from culm.model import limits
 from culm.model.flowgraph import (
     CONDITIONAL_PARALLEL,
     CONVERGE,
@@ -156,6 +157,11 @@ def prepare_tree(
         result, text = _copy_tree(tree, exact=checker.merging_keys)
     except RecursionError:
         raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
+    if text is not None and (size := limits.payload_size(text)) > limits.MAX_PAYLOAD_BYTES:
+        # A tree JSON cannot hold (text None) meets the same limit when it is stored.
+        raise TreeInvalidError([TreeProblem(label(tree["id"]), (
+            f"tree takes {size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
+            "(culm.model.limits.MAX_PAYLOAD_BYTES); split the work into several pipelines"))])
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
     _normalise(result, converge_of)
     return PreparedTree(result, text, converge_of)

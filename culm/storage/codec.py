@@ -20,7 +20,7 @@ from typing import Any
 
 from culm import _json
 from culm.errors import UnstorableValueError
-from culm.model.limits import text_problem
+from culm.model.limits import MAX_PAYLOAD_BYTES, payload_size, text_problem
 
 _PICKLE_KEY = "__culm_pickle__"
 
@@ -36,7 +36,15 @@ def dumps(value: Any) -> str:
         UnstorableValueError: Neither JSON nor pickle takes the value (a lock, a value nested
             thousands of levels deep).
     """
-    if not _looks_like_envelope(value) and not _json.keys_collide(value):
+    return _sized(_encode(value))
+
+
+def _encode(value: Any) -> str:
+    try:
+        collide = _json.keys_collide(value)
+    except _json.TooManyValuesError as exc:
+        raise UnstorableValueError(str(exc)) from None
+    if not _looks_like_envelope(value) and not collide:
         try:
             return _json.dumps(value)
         except (TypeError, ValueError, RecursionError):  # RecursionError: a value holding itself
@@ -48,6 +56,13 @@ def dumps(value: Any) -> str:
     except Exception as exc:  # noqa: BLE001 - pickle raises many kinds (TypeError, PicklingError...)
         raise UnstorableValueError(f"neither JSON nor pickle takes it ({type(exc).__name__}: {exc})") from None
     return json.dumps({_PICKLE_KEY: blob})
+
+
+def _sized(text: str) -> str:
+    # Escapes at most double a text: a short one needs no counting (most payloads are small).
+    if len(text) > MAX_PAYLOAD_BYTES // 2 and (size := payload_size(text)) > MAX_PAYLOAD_BYTES:
+        raise UnstorableValueError(f"it takes {size:,} bytes once encoded, over the {MAX_PAYLOAD_BYTES:,} stored")
+    return text
 
 
 def dumps_fields(fields: Mapping[str, Any], what: str) -> str:
@@ -69,9 +84,39 @@ def dumps_fields(fields: Mapping[str, Any], what: str) -> str:
         except UnstorableValueError as exc:
             bad.append(key)
             reasons.append(f"{key!r}: {exc}")
-    if not bad:  # each value alone is fine, together not (e.g. too deep only as a whole)
-        raise UnstorableValueError(f"the {what} cannot be stored as a whole", what, [])
+    if not bad:  # each value alone is fine, together not: too deep, or too large, only as a whole
+        bad, reasons = _largest_until_small(fields)
+        if not bad:
+            raise UnstorableValueError(f"the {what} cannot be stored as a whole", what, [])
     raise UnstorableValueError(f"{what} the store cannot hold: " + "; ".join(reasons), what, bad)
+
+
+def _largest_until_small(fields: Mapping[str, Any]) -> tuple[list[Any], list[str]]:
+    """The keys of ``fields`` whose values, largest first, must go for the rest to be stored
+    (none when the rest still cannot be), with a reason for each."""
+    sizes = sorted(((payload_size(_encode(value)), key) for key, value in fields.items()),
+                   key=lambda pair: pair[0], reverse=True)
+    rest = dict(fields)
+    total = sum(size for size, _key in sizes)
+    bad: list[Any] = []
+    reasons: list[str] = []
+    for size, key in sizes:
+        if total <= MAX_PAYLOAD_BYTES and _storable(rest):
+            return bad, reasons
+        del rest[key]
+        total -= size
+        bad.append(key)
+        reasons.append(f"{key!r}: it takes {size:,} bytes once encoded, too many with the others "
+                       f"({MAX_PAYLOAD_BYTES:,} are stored in all)")
+    return bad, reasons
+
+
+def _storable(fields: Mapping[str, Any]) -> bool:
+    try:
+        dumps(fields)
+    except UnstorableValueError:
+        return False
+    return True
 
 
 def dumps_named(value: Any, what: str) -> str:

@@ -390,6 +390,8 @@ class RaiseVariable(LazyVariable):
     code = "t_lazy_raise"
 
     def get_value(self):
+        if self.value == "bare":
+            raise RecursionError  # no message: ex_data must still say what was raised
         raise RuntimeError("lazy exploded")
 
 
@@ -455,6 +457,13 @@ def unstorable(kind: str) -> Any:
         for _ in range(5000):
             value = [value]
         return value
+    if kind == "shared":  # 2**40 values written out: a walk over it froze the engine
+        value = []
+        for _ in range(40):
+            value = [value, value]
+        return value
+    if kind == "large":  # over culm.model.limits.MAX_PAYLOAD_BYTES: MariaDB would drop the connection
+        return "x" * 7_000_001
     if kind == "surrogate":
         return "bad \udcff line"
     if kind == "nul":
@@ -463,7 +472,7 @@ def unstorable(kind: str) -> Any:
 
 
 class UnstorableService(Service):
-    """Returns a good output ``fine`` and, by ``inputs.kind``, an output ``bad`` (lock, deep) or a
+    """Returns a good output ``fine`` and, by ``inputs.kind``, an output ``bad`` (lock, deep, shared, large) or a
     log line (surrogate, nul) the store cannot hold. ``inputs.on`` = "schedule" does it in the
     first poll instead of execute."""
 

@@ -19,6 +19,7 @@ import sys
 import time
 from typing import Any
 
+from culm_dist_components import hold_at_gate
 from support import wait_until
 
 import culm
@@ -35,6 +36,9 @@ from culm.builder import (
 from culm.components import Component, Service
 
 LOG = os.environ.get("CRASH_LOG", "")
+# Set by a kill test: calls past the first HOLD_AFTER wait at this gate until it is opened.
+GATE = os.environ.get("CRASH_GATE", "")
+HOLD_AFTER = int(os.environ.get("CRASH_HOLD_AFTER", "0"))
 
 
 class SlowService(Service):
@@ -43,6 +47,8 @@ class SlowService(Service):
     def execute(self, data: Any, parent_data: Any) -> bool:
         with open(LOG, "a") as fh:
             fh.write(f"start {self.id} {self.version}\n")
+        if GATE:
+            hold_at_gate(GATE, HOLD_AFTER)
         time.sleep(float(data.get_one_of_inputs("seconds", 0.05)))
         with open(LOG, "a") as fh:
             fh.write(f"done {self.id} {self.version}\n")
@@ -97,12 +103,14 @@ def chain_with_parallel() -> dict:
     return build_tree(start)
 
 
-def batch_tree_of(code: str) -> dict:
-    """Eight instant activities of component ``code``: two in a row, three in parallel, three in a row."""
+def batch_tree_of(code: str, **inputs: Any) -> dict:
+    """Eight instant activities of component ``code`` (with plain ``inputs``, ``seconds`` 0 by
+    default): two in a row, three in parallel, three in a row."""
 
     def act() -> ServiceActivity:
         node = ServiceActivity(component_code=code)
-        node.component.inputs.seconds = Var(type=Var.PLAIN, value=0.0)
+        for key, value in {"seconds": 0.0, **inputs}.items():
+            setattr(node.component.inputs, key, Var(type=Var.PLAIN, value=value))
         return node
 
     start, end = EmptyStartEvent(), EmptyEndEvent()

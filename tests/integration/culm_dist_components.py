@@ -20,10 +20,12 @@ def record(kind: str, node_id: str) -> None:
 
 
 class SleepService(Service):
-    """Sleeps ``seconds`` (input, default 0) and records the execution."""
+    """Records the execution and sleeps ``seconds`` (input, default 0); given an input ``gate``, holds
+    there first (:func:`hold`)."""
 
     def execute(self, data, parent_data):
         record("execute", self.id)
+        hold(data)
         time.sleep(float(data.get_one_of_inputs("seconds", 0) or 0))
         data.set_outputs("pid", os.getpid())
         return True
@@ -35,14 +37,40 @@ class SleepComponent(Component):
     bound_service = SleepService
 
 
+GATE_WAIT = 120.0
+
+
+def hold_at_gate(gate: str, hold_after: int) -> None:
+    """Count this call in the file ``<gate>.calls``; past the first ``hold_after`` calls, wait until
+    the file ``gate`` exists (at most GATE_WAIT seconds).
+
+    A kill test opens the gate once it has killed, so the batch it kills cannot end before the
+    kill however little CPU the test process gets (on a loaded machine it once did)."""
+    with open(f"{gate}.calls", "a", encoding="utf-8") as fh:
+        fh.write("call\n")
+    with open(f"{gate}.calls", encoding="utf-8") as fh:
+        calls = sum(1 for _line in fh)
+    deadline = time.monotonic() + GATE_WAIT
+    while calls > hold_after and not os.path.exists(gate) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def hold(data) -> None:
+    """Given inputs ``gate`` and ``hold_after``, :func:`hold_at_gate`."""
+    gate = data.get_one_of_inputs("gate")
+    if gate:
+        hold_at_gate(gate, int(data.get_one_of_inputs("hold_after")))
+
+
 class PollService(Service):
-    """Finishes on its third poll."""
+    """Finishes on its third poll; given an input ``gate``, its execute holds there first (:func:`hold`)."""
 
     __need_schedule__ = True
     interval = StaticIntervalGenerator(0)
 
     def execute(self, data, parent_data):
         record("execute", self.id)
+        hold(data)
         return True
 
     def schedule(self, data, parent_data, callback_data=None):

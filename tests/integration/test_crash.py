@@ -26,8 +26,10 @@ APP_PATH = os.pathsep.join((str(APP.parent), str(APP.parent.parent)))
 pytestmark = pytest.mark.timeout(90)
 
 
-def _spawn(mode: str, db: str, log: Path, *extra: str) -> subprocess.Popen:
+def _spawn(mode: str, db: str, log: Path, *extra: str, gate: Path | None = None, hold_after: int = 0) -> subprocess.Popen:
     env = {**os.environ, "CRASH_LOG": str(log), "PYTHONPATH": APP_PATH}
+    if gate is not None:
+        env.update(CRASH_GATE=str(gate), CRASH_HOLD_AFTER=str(hold_after))
     return subprocess.Popen([sys.executable, str(APP), mode, db, *extra], stdout=subprocess.PIPE, env=env, text=True)
 
 
@@ -82,14 +84,19 @@ def test_kill_9_mid_batch_reruns_at_most_the_user_code_pool(tmp_path: Path, work
     """Results of user code are committed as they come back, and no more calls start than there are
     threads: a crash re-runs at most ``workers`` calls (those running, and those whose results had
     not been committed), however many nodes were ready and however far the engine thread lagged."""
-    db, log = f"sqlite:///{tmp_path}/batch.db", tmp_path / "exec.log"
+    db, log, gate = f"sqlite:///{tmp_path}/batch.db", tmp_path / "exec.log", tmp_path / "gate"
     count, acts = 60, 8
-    first = _spawn("batch", db, log, str(count), str(workers))
+    # Calls past 60 % of the batch wait at a gate opened after the kill: the kill lands mid-batch
+    # however little CPU this process gets while it waits for 30 %.
+    first = _spawn("batch", db, log, str(count), str(workers), gate=gate, hold_after=count * acts * 3 // 5)
     roots = json.loads(first.stdout.readline())
-    wait_until(lambda: sum(1 for w in _lines(log) if w[0] == "done") >= 0.3 * count * acts, 30, 0.005,
-               what="30 % of the batch to run")
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait(10)
+    try:
+        wait_until(lambda: sum(1 for w in _lines(log) if w[0] == "done") >= 0.3 * count * acts, 30, 0.005,
+                   what="30 % of the batch to run")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(10)
+    finally:
+        gate.touch()
     before = collections.Counter(w[1] for w in _lines(log) if w[0] == "start")
     with culm.Runtime(db, workers=0) as runtime:
         committed = {n for r in roots for n, e in api.get_pipeline_states(runtime, r).data[r]["children"].items()
@@ -172,7 +179,11 @@ def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, with
     monkeypatch.delenv("CULM_WORKER_THREADS")
     rt = backend.runtime()
     count, acts = 40, 8
-    trees = [batch_tree_of(code) for _ in range(count)]
+    # Calls past 60 % of the batch wait at a gate opened after the kill: the kill lands mid-batch
+    # however little CPU this process gets while it waits for 30 % (at a load of 8 the batch once
+    # ended first).
+    gate = backend.workdir / f"gate-{time.monotonic_ns()}"
+    trees = [batch_tree_of(code, gate=str(gate), hold_after=count * acts * 3 // 5) for _ in range(count)]
     for tree in trees:
         assert api.run_pipeline(rt, tree).result
     ours = {n for tree in trees for n in tree["activities"]}
@@ -180,11 +191,14 @@ def _kill_a_worker_mid_batch(backend: Any, monkeypatch: pytest.MonkeyPatch, with
     def executed() -> collections.Counter[str]:
         return collections.Counter({n: c for n, c in backend.executions().items() if n in ours})
 
-    wait_until(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01,
-               what="30 % of the batch to run")
-    (kill or type(backend).kill_worker)(backend, victim)
-    killed_at = time.monotonic()
-    before = executed()
+    try:
+        wait_until(lambda: sum(executed().values()) >= 0.3 * count * acts, 60, 0.01,
+                   what="30 % of the batch to run")
+        (kill or type(backend).kill_worker)(backend, victim)
+        killed_at = time.monotonic()
+        before = executed()
+    finally:
+        gate.touch()
     assert sum(before.values()) < count * acts, "the batch ended before the kill"
 
     def unfinished() -> list[str]:

@@ -199,6 +199,20 @@ def test_lazy_activity_input_whose_get_value_raises_fails_the_activity(runtime):
     assert node_state(runtime, tree["id"])["state"] == "RUNNING"
 
 
+def test_a_lazy_variable_raising_an_exception_without_a_message_is_named(runtime):
+    a = echo("v", vtype=Var.LAZY)
+    a.component.inputs.x = Var(type=Var.LAZY, custom_type="t_lazy_raise", value="bare")
+    b = echo("${y}")
+    tree = build_tree(chain(a, b), data=Data(inputs={"${y}": Var(type=Var.LAZY, custom_type="t_lazy_raise", value="bare")}))
+    run(runtime, tree)
+    wait_state(runtime, a.id, "FAILED")
+    ex = outputs(runtime, a.id)["ex_data"]
+    assert "lazy variable ${x" in ex and ex.endswith("(code 't_lazy_raise') failed: RecursionError"), ex
+    assert api.skip_node(runtime, a.id).result
+    wait_state(runtime, b.id, "FAILED")
+    assert "lazy variable ${y} (code 't_lazy_raise') failed: RecursionError" in outputs(runtime, b.id)["ex_data"]
+
+
 def test_lazy_subprocess_param_whose_get_value_raises_fails_the_subprocess(runtime):
     inner = echo("${p}")
     sub = SubProcess(start=chain(inner), data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="default")}),

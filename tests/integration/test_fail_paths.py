@@ -35,9 +35,9 @@ pytestmark = pytest.mark.timeout(120)
 QUIET_SECONDS = 6.0
 
 # (inputs.kind, inputs.on): what the component returns that the store cannot hold, and in which call.
-CASES = [(kind, on) for on in ("execute", "schedule") for kind in ("lock", "deep", "surrogate", "nul")]
-FAULT = {"lock": "'bad'", "deep": "'bad'", "surrogate": "line 2 holds a lone surrogate",
-         "nul": "line 2 holds a NUL character"}
+CASES = [(kind, on) for on in ("execute", "schedule") for kind in ("lock", "deep", "shared", "large", "surrogate", "nul")]
+FAULT = {"lock": "'bad'", "deep": "'bad'", "shared": "'bad': it holds more than 3,500,000 values", "large": "'bad': it takes 7,000,005 bytes once encoded",
+         "surrogate": "line 2 holds a lone surrogate", "nul": "line 2 holds a NUL character"}
 
 
 def task_rows(runtime: Any, root_id: str) -> int:

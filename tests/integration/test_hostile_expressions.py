@@ -12,6 +12,7 @@ import resource
 import pytest
 from engine_fixtures import inputs, node_state, outputs, run, wait_pipeline, wait_state
 
+from culm import api
 from culm.builder import (
     ConditionalParallelGateway,
     ConvergeGateway,
@@ -88,13 +89,18 @@ def test_hostile_gateway_condition_fails_its_gateway(runtime):
     start.extend(gw).connect(a, b).to(gw).converge(cg).extend(EmptyEndEvent())
     gw.add_condition(0, "${len(set([i * (2**61 - 1) for i in range(20000)]))} > 0")
     gw.add_condition(1, "1 == 1")
-    tree = build_tree(start)
+    assert "condition" in fails_beside_a_healthy_pipeline(runtime, build_tree(start), gw.id)
+
+
+def fails_beside_a_healthy_pipeline(runtime, tree: dict, node_id: str) -> str:
+    """Run ``tree`` and a healthy pipeline; the healthy one finishes, node ``node_id`` of ``tree``
+    fails. Returns its ``ex_data``."""
     healthy, _ = healthy_tree()
     run(runtime, tree)
     run(runtime, healthy)
     wait_pipeline(runtime, healthy["id"], "FINISHED", timeout=30)
-    wait_state(runtime, gw.id, "FAILED", timeout=30)
-    assert "condition" in outputs(runtime, gw.id)["ex_data"]
+    wait_state(runtime, node_id, "FAILED", timeout=30)
+    return outputs(runtime, node_id)["ex_data"]
 
 
 def test_hostile_subprocess_param_fails_the_subprocess(runtime):
@@ -188,3 +194,37 @@ def test_a_hostile_input_grows_the_embedded_process_less_than_the_bound(tmp_path
         assert any(phrase in outputs(rt, act.id)["ex_data"] for phrase in phrases)
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     assert grown < MEMORY_BOUND, f"peak RSS grew by {grown / 1e6:.0f} MB"
+
+
+def test_inputs_that_render_too_large_to_store_fail_their_node(runtime):
+    """Three short templates render 999,000 CJK characters each (inside every render bound); JSON
+    writes each as a 6-character escape, 21 MB in all with a MySQL statement's escapes: MariaDB dropped the connection at every
+    attempt (over its 16 MiB packet) and the node stayed RUNNING for ever. Now the inputs over
+    culm.model.limits.MAX_PAYLOAD_BYTES are left out and the node fails, on every backend."""
+    act = ServiceActivity(component_code="t_echo")
+    for key in ("x0", "x1", "x2"):
+        act.component.inputs[key] = Var(type=Var.SPLICE, value="${'\u4e2d' * 999000}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    ex = fails_beside_a_healthy_pipeline(runtime, tree, act.id)
+    assert "could not be stored: inputs the store cannot hold: 'x0': it takes 6,993,00" in ex, ex
+    assert "'x1'" in ex and "'x2'" not in ex, ex
+    assert inputs(runtime, act.id)["x2"] == "\u4e2d" * 999000
+    assert api.skip_node(runtime, act.id).result
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=30)
+
+
+def test_list_variables_sharing_each_other_cannot_multiply_past_the_render_budget(runtime):
+    """Variable i is a list holding variable i-1 twice (``[${a0}, ${a0}]``): no text is rendered,
+    only objects shared, yet 40 of them hold 2**40 items written out. Storing the inputs walked
+    them all inside the engine's transaction: the engine froze for every pipeline. Now a shared
+    object counts against the render budget as its text would."""
+    variables = {"${a0}": Var(type=Var.PLAIN, value="x" * 10)}
+    for i in range(1, 40):
+        variables[f"${{a{i}}}"] = Var(type=Var.SPLICE, value=[f"${{a{i - 1}}}", f"${{a{i - 1}}}"])
+    act = echo("${a39}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    ex = fails_beside_a_healthy_pipeline(runtime, build_tree(start, data=Data(inputs=variables)), act.id)
+    assert ex.startswith("inputs hydrate failed: variable ${a1") and "rendered text is longer than" in ex, ex

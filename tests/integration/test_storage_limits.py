@@ -18,9 +18,11 @@ from support import wait_until
 
 from culm import api
 from culm.builder import (
+    ConvergeGateway,
     Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    ParallelGateway,
     ServiceActivity,
     SubProcess,
     Var,
@@ -29,6 +31,11 @@ from culm.builder import (
 from culm.model import limits
 
 pytestmark = pytest.mark.timeout(60)
+
+
+# Over limits.MAX_PAYLOAD_BYTES once encoded (JSON writes each character as a 6-character escape,
+# its backslash escaped again in a MySQL statement): 21 MB, over MariaDB's 16 MiB packet.
+HUGE = "\u4e2d" * 3_000_000
 
 
 def nested(depth: int) -> list:
@@ -81,6 +88,42 @@ def test_trees_the_store_cannot_hold_are_refused(runtime, case, change, fragment
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
 
 
+def test_a_tree_too_large_to_store_is_refused(runtime):
+    # MariaDB refused the 21 MB row with a dropped connection: "run_pipeline failed: InterfaceError: (0, '')".
+    tree, act = tree_with(lambda s, a: _input(a, "x", HUGE))
+    refused(api.run_pipeline(runtime, tree), tree["id"], "tree takes 21,00", "bytes once stored, over the 7,000,000")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+    fits, _ = tree_with(lambda s, a: _input(a, "x", HUGE[:400_000]))  # 2.8 MB, and twice that in outputs
+    finish(runtime, fits, timeout=30)
+
+
+def test_a_tree_with_many_gateway_pairs_runs(runtime):
+    # 500 pairs of 64-character ids: their map (kept with the run's options, a TEXT column on
+    # MySQL) is 67 kB, and MariaDB failed the run with "Data too long for column 'options'".
+    start = tail = EmptyStartEvent()
+    first = None
+    for i in range(500):
+        pg, act, cg = ParallelGateway(id=f"pg{i:03}".ljust(64, "p")), ServiceActivity(component_code="t_echo"), \
+            ConvergeGateway(id=f"cg{i:03}".ljust(64, "c"))
+        first = first or act
+        tail = tail.extend(pg).connect(act).to(pg).converge(cg)
+    tail.extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, first.id, "FINISHED", timeout=30)  # the tree stored, read back and walked
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+
+
+def test_a_variable_referring_to_more_keys_than_a_text_column_holds_is_refused(runtime):
+    keys = ["${" + f"k{i:03}".ljust(250, "k") + "}" for i in range(300)]
+    data = {key: Var(type=Var.PLAIN, value=1) for key in keys}
+    data["${all}"] = Var(type=Var.SPLICE, value="".join(keys))
+    tree, _ = tree_with(lambda s, a: Data(inputs=data))
+    refused(api.run_pipeline(runtime, tree), "context variable ${all} refers to 300 keys",
+            "bytes once stored: at most 65,535 fit")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
 def test_a_pipeline_name_the_store_cannot_hold_is_refused(runtime):
     tree, _ = tree_with(lambda s, a: None)
     tree["name"] = "report \udcff"  # names are kept in a column of their own, for listing
@@ -116,11 +159,13 @@ def test_subprocess_param_keys_are_context_keys(runtime):
 def test_run_pipeline_arguments_the_store_cannot_hold_are_refused(runtime, argument):
     for bad, fragments in (({"d": nested(5000)}, ["nested more than 100 levels deep"]),
                            ({"lock": threading.Lock()}, ["lock"]),
-                           ({"${k\x00}": 1}, ["NUL character"])):
+                           ({"${k\x00}": 1}, ["NUL character"]),
+                           ({"${huge}": HUGE}, ["${huge}", "it takes 21,000,004 bytes once encoded"])):
         if argument == "root_pipeline_data" and "${k\x00}" in bad:
             continue  # pipeline data keys live inside the stored value: a NUL there is fine
         tree = with_subprocess()
-        refused(api.run_pipeline(runtime, tree, **{argument: bad}), argument if "lock" not in bad else "", *fragments)
+        named = argument if not {"lock", "${huge}"} & set(bad) else ""
+        refused(api.run_pipeline(runtime, tree, **{argument: bad}), named, *fragments)
         assert api.get_pipeline_states(runtime, tree["id"]).data == {}
     refused(api.run_pipeline(runtime, with_subprocess(), queue="q" * 300), "queue", "at most 255")
 
@@ -141,16 +186,36 @@ def test_payloads_of_commands_the_store_cannot_hold_are_refused(runtime):
     tree = build_tree(start, data=Data(inputs={"${k}": Var(type=Var.PLAIN, value="before")}))
     run(runtime, tree)
     wait_state(runtime, fail.id, "FAILED")
-    for data, fragment in ((nested(5000), "retry data for node"), ({"x": threading.Lock()}, "'x'")):
+    for data, fragment in ((nested(5000), "retry data for node"), ({"x": threading.Lock()}, "'x'"),
+                           ({"x": HUGE}, "'x': it takes 21,000,0")):
         refused(api.retry_node(runtime, fail.id, data=data), fail.id, fragment)
         assert node_state(runtime, fail.id)["state"] == "FAILED" and node_state(runtime, fail.id)["retry"] == 0
-    for values, fragment in (({"${k}": nested(5000)}, "nested more than 100"), ({"${k}": threading.Lock()}, "${k}")):
+    for values, fragment in (({"${k}": nested(5000)}, "nested more than 100"), ({"${k}": threading.Lock()}, "${k}"),
+                             ({"${k}": HUGE}, "${k}")):
         refused(api.update_context_values(runtime, tree["id"], values), fragment)
     assert api.skip_node(runtime, fail.id).result
     version = wait_state(runtime, cb.id, "RUNNING")["version"]
     wait_until(lambda: outputs(runtime, cb.id).get("waiting"), 10, what="the callback node to wait")
-    for data, fragment in ((nested(5000), "nested more than 100"), ({"x": threading.Lock()}, "callback data")):
+    for data, fragment in ((nested(5000), "nested more than 100"), ({"x": threading.Lock()}, "callback data"),
+                           ({"x": HUGE}, "bytes once encoded")):
         refused(api.callback(runtime, cb.id, version, data), cb.id, fragment)
     assert api.callback(runtime, cb.id, version, {"k": "${k}"}).result  # nothing of the refused ones stayed
     wait_state(runtime, tree["id"], "FINISHED")
     assert outputs(runtime, cb.id)["callback_data"] == {"k": "${k}"}
+
+
+def test_a_log_line_longer_than_a_text_column_is_kept_cut(runtime):
+    """A log line over MySQL's TEXT column (65,535 bytes) failed its node on MariaDB alone, with the
+    driver's "Data too long" and every log line lost; its length comes from an input, so from a
+    template too. On every backend the line is now kept cut, with a note, and the node finishes."""
+    act = ServiceActivity(component_code="t_log")
+    act.component.inputs.who = Var(type=Var.SPLICE, value="${'\u4e2d' * 30000}")  # 90,000 bytes of UTF-8
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    finish(runtime, build_tree(start), timeout=30)
+    logs = api.get_node_logs(runtime, act.id).data
+    first = logs.split("\n")[0]
+    assert first.startswith("[INFO] hello " + "\u4e2d" * 21000), first[:40]
+    assert first.endswith("\u4e2d [... 30,013 characters in all, cut to fit a log line]"), first[-80:]
+    assert len(first.encode()) <= limits.MAX_LOG_LINE_BYTES
+    assert "second line" in logs.split("\n")[1]

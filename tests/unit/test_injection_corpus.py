@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -123,6 +124,16 @@ ESCAPES = [
     "${d.update(a=1)}",
     "${d.setdefault('a', 1)}",
     "${s.__len__()}",
+    # standard-library objects in a context (a component's output, pickled): reading is a walk,
+    # calling a method reaches the system (found probing, session 10)
+    "${path.write_text('pwned')}",
+    "${path.parent.joinpath('canary').touch()}",
+    "${path.read_text()}",
+    "${sub.write_text('pwned')}",
+    "${sub.parent.joinpath('canary').touch()}",
+    "${log.manager.root.setLevel(50)}",
+    "${log.setLevel(50)}",
+    "${log.handlers}",
 ]
 
 RESOURCES = [
@@ -158,16 +169,30 @@ RESOURCES = [
 
 
 @pytest.fixture
-def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    import logging
+
     monkeypatch.setenv("CULM_CANARY_SECRET", SECRET)
-    return tmp_path / "canary"
+    root, ours = logging.getLogger().level, logging.getLogger("culm.canary").level
+    yield tmp_path / "canary"
+    logging.getLogger().setLevel(root)  # an escape that got through must not fail the next payload
+    logging.getLogger("culm.canary").setLevel(ours)
 
 
-def namespace() -> dict[str, Any]:
+class SubPath(type(Path())):  # type: ignore[misc]
+    """A user's subclass of a standard-library class: its inherited methods stay out of reach."""
+
+
+def namespace(canary: Path | None = None) -> dict[str, Any]:
+    import logging
     import sys
 
     # Dangerous objects are present on purpose: reaching them must still lead nowhere.
+    path = canary or Path("/nonexistent/canary")
     return {
+        "path": path,
+        "sub": SubPath(path),
+        "log": logging.getLogger("culm.canary"),
         "s": "text",
         "d": {"k": "v"},
         "x": 1,
@@ -190,17 +215,19 @@ def inert(value: Any) -> bool:
 
 
 def check_payload(payload: str, canary: Path) -> None:
+    import logging
+
     text = payload.replace(CANARY, str(canary))
     start = time.monotonic()
     try:
-        rendered = template.render(text, namespace())
+        rendered = template.render(text, namespace(canary))
     except ExpressionError:
         rendered = None
     assert time.monotonic() - start < 2, payload
     for match in template.FRAGMENT.finditer(text):
         start = time.monotonic()
         try:
-            value = sandbox.evaluate(match.group(1), namespace())
+            value = sandbox.evaluate(match.group(1), namespace(canary))
         except ExpressionError:
             continue
         finally:
@@ -208,6 +235,7 @@ def check_payload(payload: str, canary: Path) -> None:
         assert inert(value), f"{payload!r} evaluated to {type(value).__name__}"
         assert SECRET not in sandbox.safe_str(value)
     assert not canary.exists(), payload
+    assert logging.getLogger().level == logging.WARNING and logging.getLogger("culm.canary").level == 0, payload
     assert rendered is None or SECRET not in sandbox.safe_str(rendered)
     assert template.render("${x + 1}", namespace()) == "2"
 

@@ -103,12 +103,27 @@ MEMORY = [
     "[[0] * 1000 for i in range(1000)]",
 ]
 
+# dict.keys() and dict.items() are set-like: their operators build a set from any iterable in C,
+# past the checks that set() and set methods go through (found probing, session 10).
+DICT_VIEWS = [
+    f"dict(a=1).keys() ^ range(0, 20000*{P}, {P})",
+    f"dict(a=1).keys() | [i*{P} for i in range(20000)]",
+    f"len(range(0, 20000*{P}, {P}) | dict(a=1).keys())",
+    f"dict(a=1).items() - [(i*{P}, 0) for i in range(20000)]",
+    f"dict(a=1).keys() ^ (i*{P} for i in range(20000))",
+    "len(dict(a=1).keys() | enumerate('a'*10**6))",
+    "len(dict(a=1).keys() | range(10**6))",
+    "dict(a=1).keys() - range(10**6)",
+    "dict(a=1).keys() & zip(range(10**6), range(10**6))",
+]
+
 PAYLOADS = [
     *(pytest.param(p, id=f"hash-{i}") for i, p in enumerate(HASH_COLLISIONS)),
     *(pytest.param(p, id=f"materialised-{i}") for i, p in enumerate(MATERIALISED)),
     *(pytest.param(p, id=f"bigint-{i}") for i, p in enumerate(BIG_INTS)),
     *(pytest.param(p, id=f"strings-{i}") for i, p in enumerate(STRINGS)),
     *(pytest.param(p, id=f"memory-{i}") for i, p in enumerate(MEMORY)),
+    *(pytest.param(p, id=f"dictview-{i}") for i, p in enumerate(DICT_VIEWS)),
 ]
 
 
@@ -130,7 +145,7 @@ def bounded(call: Any) -> tuple[BaseException | None, float, int]:
 
 def test_the_corpus_covers_every_class() -> None:
     assert len(PAYLOADS) >= 60
-    assert min(map(len, (HASH_COLLISIONS, MATERIALISED, BIG_INTS, STRINGS, MEMORY))) >= 8
+    assert min(map(len, (HASH_COLLISIONS, MATERIALISED, BIG_INTS, STRINGS, MEMORY, DICT_VIEWS))) >= 8
 
 
 def test_the_memory_ceiling_leaves_room_for_the_values_given() -> None:
@@ -181,6 +196,10 @@ def test_payload_in_a_gateway_condition_is_refused(payload: str) -> None:
          (["a", "b"], ["a", "b"], ["x", "y"], "0-1-2")),
         ("sum([[1], [2]], []), [1] * 3 + [2]", ([1, 2], [1, 1, 1, 2])),
         ("len(str(10**3999)), -(10**3999) // 10**3998", (4000, -10)),
+        ("dict(a=1, b=2).keys() | ['c'], dict(a=1).keys() & 'ab', ['a', 'z'] - dict(a=1).keys()",
+         ({"a", "b", "c"}, {"a"}, {"z"})),
+        ("dict(a=1).items() ^ [('b', 2)], set() | dict(a=1).keys(), sorted(dict(b=1, a=2).keys())",
+         ({("a", 1), ("b", 2)}, {"a"}, ["a", "b"])),
     ],
 )
 def test_harmless_neighbours_still_work(expr: str, expected: object) -> None:
@@ -226,3 +245,12 @@ def test_the_variables_of_one_node_cannot_add_up_past_the_ceiling() -> None:
     assert peak < MEMORY_BOUND
     few = {k: raw[k] for k in list(raw)[:3]}
     assert [len(v) for v in cdata.render_inputs(few, fetch, lambda var, value: value).values()] == [999001] * 3
+
+
+def test_a_dict_view_is_measured_before_it_is_turned_into_text() -> None:
+    # str() of a view is as long as its dict's: refused from its measure, not after 9 MB of text.
+    names = {"d": {i: "a" * 9000 for i in range(1000)}}
+    for expr in ("d.values()", "d.items()", "'%s' % (d.values(),)", "str(d.items())"):
+        with pytest.raises(ExpressionLimitError, match="too large to render|formatted string"):
+            template.render("${" + expr + "}", names)
+    assert template.render("${dict(a=1).items()}", {}) == "dict_items([('a', 1)])"

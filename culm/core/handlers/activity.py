@@ -13,6 +13,7 @@ from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRec
 from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall
 from culm.errors import CulmError, UnstorableValueError
+from culm.model.limits import clip_log_line
 
 
 def execute(run: Run) -> Outcome:
@@ -107,8 +108,8 @@ def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
 
 def _log_rows(run: Run, logs: list[tuple[float, str]]) -> list[LogRow]:
     st = run.state
-    return [{"node_id": run.node.id, "version": st.version, "loop": st.loop, "created_time": t, "line": line}
-            for t, line in logs]
+    return [{"node_id": run.node.id, "version": st.version, "loop": st.loop, "created_time": t,
+             "line": clip_log_line(line)} for t, line in logs]
 
 
 def _refused(res: CallResult, problems: list[str]) -> CallResult:
