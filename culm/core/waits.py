@@ -148,6 +148,14 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
     return reasons
 
 
+def _moved_since(t: float, records: Sequence[StateRecord], root: StateRecord | None) -> bool:
+    """Whether a node of ``records`` (or the root) started or ended after ``t``: then a runner took
+    a step of this pipeline lately, and the stalled check need not read its tasks (a poller of a
+    moving pipeline pays nothing for it)."""
+    return any((st.started_time or 0.0) > t or (st.archived_time or 0.0) > t
+               for st in (*records, *((root,) if root is not None else ())))
+
+
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
 
@@ -179,8 +187,9 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     if alive is not None:
         facts.processes = unit.live_process_positions(alive.root_id)
         late = time.time() - STALLED_AFTER
-        facts.stalled = [t for t in unit.tasks_of_root(alive.root_id, EXECUTE)
-                         if t.running_version is None and t.due < late]
+        if not _moved_since(late, records, root):  # a pipeline that moves has a runner
+            facts.stalled = [t for t in unit.tasks_of_root(alive.root_id, EXECUTE)
+                             if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
     return facts
