@@ -59,6 +59,12 @@ class UserCall:
     def task(self) -> TaskRecord:
         return self.item.task
 
+    @property
+    def node_id(self) -> str:
+        """The node whose code this is (an execute task names the node its process set out from)."""
+        invoke = self.item.invoke
+        return invoke.node_id if invoke is not None and invoke.node_id else self.task.node_id
+
     def returned(self, outcome: object) -> Item:
         """The item, holding ``outcome`` for the batch that applies it."""
         item = self.item

@@ -42,7 +42,8 @@ ACTIVITY = "ServiceActivity"
 # step within milliseconds, and a backed-up queue shows itself well before a relay's grace (15 s).
 STALLED_AFTER = 10.0
 _CHECK = ("check that a worker runs and reaches the broker and the database (on a SQLite file: that a "
-          "process with workers has it open)")
+          "process with workers has it open), and that its user-code threads are not all held by calls "
+          "that do not return (its log says so)")
 
 
 @dataclass

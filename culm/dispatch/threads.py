@@ -39,6 +39,8 @@ MAX_BATCH = 256
 # does not trade the write lock with them task by task; QUIET bridges the gap between one call
 # and the next of a submitting loop. A pipeline started alone waits QUIET once.
 HOLD_MAX = 0.020
+# Every user-code thread held by a call running longer than this (seconds) is logged as a warning.
+BUSY_AFTER = 60.0
 QUIET = 0.0005
 
 
@@ -53,6 +55,9 @@ class _UserCodePool:
         self._jobs: queue.SimpleQueue[tuple[UserCall, Callable[[], object]] | None] = queue.SimpleQueue()
         self._done = done
         self._closed = False
+        self.size = size
+        # What each thread runs now, and since when (monotonic): read by long_calls().
+        self.running: dict[str, tuple[UserCall, float]] = {}
         self._threads = [threading.Thread(target=self._work, name=f"culm-user_{i}", daemon=True) for i in range(size)]
         for t in self._threads:
             t.start()
@@ -69,11 +74,20 @@ class _UserCodePool:
             if job is None:
                 return
             call, run = job
+            me = threading.current_thread().name
+            self.running[me] = (call, time.monotonic())
             try:
                 outcome = run()
             except BaseException as exc:  # noqa: BLE001 - the outcome of the call
                 outcome = exc
+            finally:
+                del self.running[me]
             self._done(call, outcome)
+
+    def long_calls(self, longer_than: float) -> list[tuple[UserCall, float]]:
+        """The calls running for over ``longer_than`` seconds, with how long each has run."""
+        at = time.monotonic()
+        return [(call, at - since) for call, since in list(self.running.values()) if at - since > longer_than]
 
     def shutdown(self) -> None:
         """Drop calls not started yet (their task rows stay for the next runner); stop the threads
@@ -164,6 +178,8 @@ class ThreadDispatcher:
         # committed yet (at most ``workers``: what a kill -9 makes run again).
         self._calls: collections.deque[UserCall] = collections.deque()
         self._in_flight = 0
+        self.busy_after = BUSY_AFTER
+        self._busy_said = False  # the warning of _watch_long_calls was logged for this spell
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -426,10 +442,30 @@ class ThreadDispatcher:
             for t in due:
                 self._ready.put(Item(t))
             if time.monotonic() >= next_sweep:
+                self._watch_long_calls()
                 if self.sole_runner:
                     self.sweep()
                     self._checkpoint()
                 next_sweep = time.monotonic() + self.sweep_interval
+
+    def _watch_long_calls(self) -> None:
+        """Say so in the log when every user-code thread is held by a call running for over
+        BUSY_AFTER seconds: nothing else's user code can start until one returns (a component that
+        never returns holds its thread for good; forced_fail_activity cannot take it back)."""
+        pool = self._pool
+        if pool is None:
+            return
+        long = pool.long_calls(self.busy_after)
+        if len(long) < pool.size:
+            self._busy_said = False
+            return
+        if not self._busy_said:
+            self._busy_said = True
+            held = ", ".join(f"node {call.node_id} of pipeline {call.task.root_id} ({took:.0f} s)"
+                             for call, took in sorted(long, key=lambda x: -x[1]))
+            logger.warning("all %d user-code threads are held by calls running for over %g s: %s; "
+                           "other pipelines' components wait until one returns (make those calls "
+                           "return, or give the runtime more workers)", pool.size, self.busy_after, held)
 
     def _checkpoint(self) -> None:
         try:
