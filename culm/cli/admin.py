@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from culm.cli.common import (
@@ -105,30 +106,28 @@ def cmd_workers(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _on_database(args: argparse.Namespace, action: Callable[[str], Any]) -> Any:
+    """``action(url)`` on the command's database, its failures as the CLI's database errors."""
+    url = db_url(args)
+    try:
+        return action(url)
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: no schema to migrate, nothing stored to count
+        raise DatabaseError(str(exc)) from None
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from culm.storage import upgrade_database
 
-    url = db_url(args)
-    try:
-        version = upgrade_database(url)
-    except db_errors() as exc:
-        raise database_error(exc, url) from exc
-    except InvalidOperationError as exc:  # memory://: no schema to migrate
-        raise DatabaseError(str(exc)) from None
-    print(f"database schema is at version {version}")
+    print(f"database schema is at version {_on_database(args, upgrade_database)}")
     return EXIT_OK
 
 
 def cmd_db_recount(args: argparse.Namespace) -> int:
     from culm.storage import recount_database
 
-    url = db_url(args)
-    try:
-        counts = recount_database(url)
-    except db_errors() as exc:
-        raise database_error(exc, url) from exc
-    except InvalidOperationError as exc:  # memory://: nothing stored to count
-        raise DatabaseError(str(exc)) from None
+    counts = _on_database(args, recount_database)
     shown = ", ".join(f"{name} {n}" for name, n in sorted(counts.items())) or "none"
     print(f"root pipelines counted again: {shown}")
     return EXIT_OK

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -87,15 +87,22 @@ def an_id(text: str) -> str:
     return text
 
 
-def a_count(text: str) -> int:
-    """An argparse type: a whole number, 0 or more (an iteration count)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number, 0 or more, not {text!r}")
-    return value
+def whole_number(least: int, what: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least``, described as ``what`` when refused."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"expected {what}, not {value}")
+        return value
+
+    return parse
+
+
+a_count = whole_number(0, "a whole number, 0 or more")  # an iteration count
 
 
 def seconds(text: str) -> float:

@@ -14,7 +14,7 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import DatabaseError, UsageError, check_sqlite, db_url, port_number
+from culm.cli.common import DatabaseError, UsageError, check_sqlite, db_url, port_number, whole_number
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -43,15 +43,7 @@ def _is_loopback(host: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a).is_loopback for a in addresses)
 
 
-def _byte_count(text: str) -> int:
-    """An argparse type: a number of bytes above 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes, not {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of bytes above 0, not {value}")
-    return value
+_byte_count = whole_number(1, "a number of bytes above 0")
 
 
 def _port_problem(host: str, port: int) -> str | None:
