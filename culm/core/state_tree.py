@@ -107,6 +107,11 @@ class StateTrees:
                 kept = self._refreshed(unit, root_id, kept, build)
             return kept
 
+    def tree_of(self, root_id: str) -> Tree | None:
+        """The tree kept for ``root_id`` as last read (None when none is kept), for inspection."""
+        with self._lock:
+            return self._kept.get(root_id)
+
     def _read(self, unit: Unit, root_id: str, build: Build) -> Tree:
         self.full_reads += 1
         at = time.monotonic()
