@@ -93,6 +93,28 @@ def _started(entry: dict) -> tuple:
     return (at is None, at.timestamp() if at else 0.0, entry["id"])
 
 
+class Stillness:
+    """Tells when a pipeline stopped moving: nothing of it ran for :data:`STILL_SECONDS` but failed
+    nodes (``"failed"``: bamboo keeps such a pipeline RUNNING until an operator acts) or, unless
+    ``waiting_moves``, nodes that wait for a callback or an operator (``"waiting"``)."""
+
+    def __init__(self, waiting_moves: bool) -> None:
+        self.waiting_moves = waiting_moves
+        self.since: float | None = None
+
+    def stopped(self, flat: dict[str, dict]) -> str | None:
+        """``"failed"``, ``"waiting"`` or None (still moving, or not still for long enough yet)."""
+        if _moving(flat, self.waiting_moves):
+            self.since = None
+            return None
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self.since < STILL_SECONDS:
+            return None
+        return "failed" if any(e["state"] == "FAILED" for e in flat.values()) else "waiting"
+
+
 def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, stop_when_waiting: bool = False,
            on_callback: Callable[[dict], None] | None = None) -> tuple[str, dict[str, dict]]:
     """Poll until the pipeline ended or stopped moving: ``("ended"|"failed"|"waiting"|"timeout", flat)``.
@@ -105,7 +127,7 @@ def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, sto
     from culm import api
 
     deadline = time.monotonic() + timeout
-    still_since: float | None = None
+    still = Stillness(waiting_moves=not stop_when_waiting)
     told: set[tuple[str, str]] = set()
     while True:
         flat = render.flatten(check(api.get_pipeline_states(rt, root_id)))
@@ -120,16 +142,41 @@ def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, sto
                     on_callback(entry)
         if flat.get(root_id, {}).get("state") in render.ENDED:
             return "ended", flat
-        if _moving(flat, not stop_when_waiting):
-            still_since = None
-        elif still_since is None:
-            still_since = time.monotonic()
-        elif time.monotonic() - still_since >= STILL_SECONDS:
-            failed = any(e["state"] == "FAILED" for e in flat.values())
-            return ("failed" if failed else "waiting"), flat
+        stopped = still.stopped(flat)
+        if stopped is not None:
+            return stopped, flat
         if time.monotonic() >= deadline:
             return "timeout", flat
         time.sleep(POLL_SECONDS)
+
+
+def ex_data_text(rt: Any, node_id: str) -> str:
+    """A failed node's ``ex_data`` as text (``(no ex_data)`` when it left none)."""
+    from culm import api
+
+    return ex_data_of(api.get_execution_data_outputs(rt, node_id).data or {})
+
+
+def ex_data_of(outputs: dict) -> str:
+    """The ``ex_data`` of a node's outputs as text (``(no ex_data)`` when there is none)."""
+    ex_data = outputs.get("ex_data")
+    return str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
+
+
+def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
+                   ex_data: dict[str, str]) -> list[str]:
+    """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
+    then each failed node with its ``ex_data`` (``ex_data``: by node id)."""
+    failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
+    if not failed:
+        return []
+    root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
+    lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
+             f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)"]
+    for node_id in failed:
+        lines.append(f"FAILED {render.label(node_id, info)}")
+        lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
+    return lines
 
 
 @contextmanager
@@ -174,8 +221,6 @@ def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
 def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: str, flat: dict[str, dict],
              args: argparse.Namespace, cluster: bool) -> int:
     """Print how the run stands and return the exit code (0 only when FINISHED)."""
-    from culm import api
-
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
     if outcome == "ended":
         print(f"pipeline {root_id} {root_state}")
@@ -190,16 +235,9 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
             print(f"  still RUNNING: {render.label(node_id, info)}")
         elif reason and reason["kind"] != "failed":
             print(f"  {render.label(node_id, info)}: {reason['text']}")
-    failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
-    if failed:
-        print(f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-              f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)")
-    for node_id in failed:
-        ex_data = (api.get_execution_data_outputs(rt, node_id).data or {}).get("ex_data")
-        print(f"FAILED {render.label(node_id, info)}")
-        text = str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
-        for line in text.splitlines() or [""]:
-            print(f"    {line}")
+    failed = {n: ex_data_text(rt, n) for n, e in flat.items() if e["state"] == "FAILED"}
+    for line in failure_report(root_id, flat, info, failed):
+        print(line)
     if outcome in ("timeout", "waiting"):
         print(continue_hint(args, root_id, cluster))
     return EXIT_FAILED

@@ -526,3 +526,47 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
     assert out.returncode == 4 and out.stderr.endswith(
         f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
         f"sqlite:////{relative})\n"), out.stderr
+
+
+def test_watch_stops_on_a_pipeline_held_by_a_failed_node_naming_it_with_its_ex_data(tmp_path: Path) -> None:
+    """bamboo keeps a pipeline RUNNING while a node is FAILED and nothing else runs: `culm watch` used
+    to wait for it for ever; it now stops as `culm run` does, naming the node and its ex_data."""
+    tree = exploding_tree(tmp_path)
+    assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
+    out = culm(tmp_path, "watch", "pipeline_cli_exploding", "--interval", "0.1", timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "FAILED explode (node_done)" in lines
+    assert any("RuntimeError: the disk is on fire" in line for line in lines[lines.index("FAILED explode (node_done)"):])
+    assert "pipeline pipeline_cli_exploding is RUNNING with 1 failed node(s); retry with" in out.stdout
+    assert "Traceback" not in out.stderr
+    status = culm(tmp_path, "status", "pipeline_cli_exploding")
+    assert status.returncode == 1 and "RuntimeError: the disk is on fire" in status.stdout
+
+
+def test_watch_watches_a_paused_pipeline_on_and_exits_1_on_a_revoked_one(tmp_path: Path) -> None:
+    """A SUSPENDED pipeline can be resumed: watch stays; a REVOKED one has ended: exit 1."""
+    out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "1")
+    assert out.returncode == 1 and "waits for a callback" in out.stdout, out.stdout + out.stderr
+    root = json.loads(culm(tmp_path, "list", "--json").stdout)["items"][0]["id"]
+    assert culm(tmp_path, "pause", root).returncode == 0
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    watch = subprocess.Popen([sys.executable, "-m", "culm.cli", "watch", root, "--interval", "0.1",
+                              "--progress-every", "0.2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        assert watch.stdout is not None
+        # Progress lines come every 0.2 s: ten of them, and the paused pipeline is still watched
+        # (the watch stops a pipeline held by failed nodes after 1 s of stillness).
+        progress = 0
+        while progress < 10:
+            line = watch.stdout.readline()
+            assert line, f"watch stopped on a paused pipeline (exit {watch.wait()})"
+            progress += "nodes finished" in line
+        assert watch.poll() is None
+        assert culm(tmp_path, "revoke", root).returncode == 0
+        rest, _ = watch.communicate(timeout=60)
+    finally:
+        watch.kill()
+    assert watch.returncode == 1, rest
+    assert "REVOKED" in rest
