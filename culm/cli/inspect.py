@@ -190,14 +190,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- logs and history ---------------------------------------------------------------------------
+def _node_entry(rt: Any, node_id: str, command: str, what: str) -> dict:
+    """The state entry of a node; a pipeline's id is a usage mistake (exit 2) that says what to do."""
+    entry = state_entry(rt, node_id)
+    if entry.get("root_id") == node_id:
+        raise UsageError(f"{node_id} is a pipeline: its nodes keep {what} (`culm status {node_id}` lists "
+                         f"them; then `culm {command} NODE`)")
+    return entry
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from culm import api
 
     with open_runtime(args) as rt:
-        entry = state_entry(rt, args.node)
-        if entry.get("root_id") == args.node:
-            raise UsageError(f"{args.node} is a pipeline: its nodes keep the logs (`culm status {args.node}` lists "
-                             "them; then `culm logs NODE`)")
+        entry = _node_entry(rt, args.node, "logs", "the logs")
         text = check(api.get_node_logs(rt, args.node, args.version))
         if args.version and not text:
             runs = check(api.get_node_histories(rt, args.node)) or []
@@ -230,7 +236,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     from culm import api
 
     with open_runtime(args) as rt:
-        state_entry(rt, args.node)
+        _node_entry(rt, args.node, "history", "their earlier runs")
         records = check(api.get_node_histories(rt, args.node, args.loop))
     if args.json:
         print_json(records)

@@ -10,16 +10,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from culm.cli import render
 from culm.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    Refused,
     UsageError,
     add_broker,
     add_db,
+    an_id,
     broker_url,
     check,
     db_url,
@@ -293,18 +295,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
         started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
         if not started.result:
-            problems = getattr(started.exc, "problems", None) or []
-            if problems:
-                err(f"invalid pipeline tree: {len(problems)} problem(s)")
-                print_problems(problems, info, sys.stderr)
-            else:
-                err(f"refused: {started.message}")
-            if isinstance(root_id, str) and api.get_pipeline_states(rt, root_id).data:
-                err(f"hint: pipeline {root_id} already ran in this database; pass --new-ids to run "
-                    "the tree again under fresh ids")
-            return EXIT_USAGE
+            _refused_run(started, info)
         assert isinstance(root_id, str)
         return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+
+
+def _refused_run(started: Any, info: dict[str, tuple[str, str]]) -> NoReturn:
+    """A run the engine did not start: an invalid tree is the caller's input (exit 2, each problem
+    listed); a tree id that already ran here is the engine's refusal (exit 5)."""
+    from culm.errors import InvalidOperationError
+
+    problems = getattr(started.exc, "problems", None) or []
+    if problems:
+        print_problems(problems, info, sys.stderr)
+        raise UsageError(f"invalid pipeline tree: {len(problems)} problem(s)")
+    if isinstance(started.exc, InvalidOperationError):  # its ids ran here before
+        raise Refused(f"{started.message}; pass --new-ids to run the tree again under fresh ids")
+    check(started, bad_input=True)  # a database failure (exit 4), else the input (exit 2)
+    raise UsageError(started.message)
 
 
 def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
@@ -369,7 +377,7 @@ def register(sub: Any) -> None:
     """Add ``run`` and ``validate`` to the ``culm`` parser."""
     run = sub.add_parser("run", help="run a pipeline to its end (embedded), or submit it to a cluster's workers")
     run.add_argument("source", nargs="?", metavar="TREE.json|MODULE.py")
-    run.add_argument("--attach", metavar="ID", help="continue (and follow) a pipeline an earlier run left unfinished")
+    run.add_argument("--attach", type=an_id, metavar="ID", help="continue (and follow) a pipeline an earlier run left unfinished")
     add_db(run)
     add_broker(run)
     run.add_argument("--data", metavar="JSON",

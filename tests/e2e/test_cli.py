@@ -146,7 +146,8 @@ def test_run_json_tree_then_status(tmp_path: Path) -> None:
 def test_run_same_tree_twice_needs_new_ids(tmp_path: Path) -> None:
     assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
     again = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
-    assert again.returncode == 2 and "--new-ids" in again.stderr
+    assert again.returncode == 5 and "--new-ids" in again.stderr  # the engine refused a taken id
+    assert again.stderr.splitlines()[-1].startswith("error: pipeline pipeline_example_tree already exists")
     fresh = culm(tmp_path, "run", "--new-ids", str(EXAMPLES / "tree.json"))
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert "FINISHED" in fresh.stdout and "pipeline_example_tree" not in fresh.stdout
@@ -570,3 +571,15 @@ def test_watch_watches_a_paused_pipeline_on_and_exits_1_on_a_revoked_one(tmp_pat
         watch.kill()
     assert watch.returncode == 1, rest
     assert "REVOKED" in rest
+
+
+def test_a_retry_the_engine_accepts_exits_0_even_when_the_node_fails_again(tmp_path: Path) -> None:
+    """docs/cli.md: a control command's exit code says the engine accepted it; the lines it prints
+    while following name the node that failed again, and `culm status` exits 1."""
+    tree = exploding_tree(tmp_path)
+    assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
+    out = culm(tmp_path, "retry", "node_done", "--import", "exploding")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "retried explode (node_done)" in out.stdout
+    assert "FAILED explode (node_done)" in out.stdout and "RuntimeError: the disk is on fire" in out.stdout
+    assert culm(tmp_path, "status", "pipeline_cli_exploding").returncode == 1
