@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -529,12 +530,48 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
         f"sqlite:////{relative})\n"), out.stderr
 
 
-def test_watch_stops_on_a_pipeline_held_by_a_failed_node_naming_it_with_its_ex_data(tmp_path: Path) -> None:
+def _watch_on_a_terminal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """`culm watch` with a terminal as its stdout (the live view): exit code and what it showed."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "culm.cli", "watch", *args], cwd=tmp_path, env=env,
+                            stdout=child, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    shown = b""
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, "the watch did not end within 60 s"
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the watch ended: the terminal closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return proc.wait(30), shown.decode(errors="replace").replace("\r", "")
+    finally:
+        proc.kill()
+        os.close(main)
+
+
+@pytest.mark.parametrize("stdout", ["pipe", "terminal"])
+def test_watch_stops_on_a_pipeline_held_by_a_failed_node_naming_it_with_its_ex_data(tmp_path: Path,
+                                                                                     stdout: str) -> None:
     """bamboo keeps a pipeline RUNNING while a node is FAILED and nothing else runs: `culm watch` used
     to wait for it for ever; it now stops as `culm run` does, naming the node and its ex_data."""
     tree = exploding_tree(tmp_path)
     assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
-    out = culm(tmp_path, "watch", "pipeline_cli_exploding", "--interval", "0.1", timeout=60)
+    args = ("pipeline_cli_exploding", "--interval", "0.1")
+    if stdout == "terminal":
+        code, text = _watch_on_a_terminal(tmp_path, *args)
+        out = subprocess.CompletedProcess([], code, text, "")
+    else:
+        out = culm(tmp_path, "watch", *args, timeout=60)
     assert out.returncode == 1, out.stdout + out.stderr
     lines = out.stdout.splitlines()
     assert "FAILED explode (node_done)" in lines
