@@ -232,6 +232,17 @@ def cmd_logs(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
 
 
+def _loop_number(text: str) -> int:
+    """An argparse type: a loop number, 1 or more (-1, the default, means every loop)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a loop number, 1 or more, not {text!r}") from None
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"expected a loop number, 1 or more (loops count from 1), not {value}")
+    return value
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from culm import api
 
@@ -356,7 +367,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("history", help="earlier runs of a node (retries and loops)")
     p.add_argument("node", type=an_id, metavar="NODE")
-    p.add_argument("--loop", type=int, default=-1, metavar="N", help="only loop N")
+    p.add_argument("--loop", type=_loop_number, default=-1, metavar="N", help="only loop N (1 or more)")
     add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_history)

@@ -29,6 +29,7 @@ from culm.cli.common import (
     open_runtime,
     parse_json_object,
     seconds,
+    state_entry,
 )
 from culm.cli.loading import apply_settings, import_names, load_tree
 from culm.model import with_new_ids
@@ -345,9 +346,9 @@ def _attach(args: argparse.Namespace) -> int:
         root_id = args.attach
         states = check(api.get_pipeline_states(rt, root_id))
         if not states:
-            from culm.cli.common import NotFound
-
-            raise NotFound(f"no pipeline with id {root_id} in this database")
+            pipeline = state_entry(rt, root_id).get("root_id")  # NotFound: no such id at all
+            raise UsageError(f"{root_id} is a node of pipeline {pipeline}: attach the pipeline "
+                             f"(`culm run --attach {pipeline}`)")
         info = render.node_info(check(api.get_pipeline_tree(rt, root_id)))
         if getattr(rt, "dispatcher", None) is None and not cluster:
             print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)

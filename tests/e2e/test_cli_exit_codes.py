@@ -150,6 +150,22 @@ def test_worker_option_mistakes_exit_2(workdir: Path, mistake: list[str]) -> Non
     one_error(culm(workdir, *WORKER, *mistake), 2)
 
 
+# Other mistakes that were taken as something else: a node for a pipeline (exit 3, "no pipeline"),
+# a loop number that no loop has (exit 0, "no earlier runs in loop -5").
+MISTAKES = [
+    (["run", "--attach", NODE], f"{NODE} is a node of pipeline {PIPELINE}: attach the pipeline"),
+    (["history", NODE, "--loop", "-5"], "expected a loop number, 1 or more"),
+    (["history", NODE, "--loop", "0"], "expected a loop number, 1 or more"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), MISTAKES, ids=[" ".join(a) for a, _ in MISTAKES])
+def test_a_mistaken_id_or_number_exits_2(workdir: Path, args: list[str], message: str) -> None:
+    out = culm(workdir, *args)
+    one_error(out, 2)
+    assert message in out.stderr
+
+
 @pytest.mark.parametrize("command", ["worker", "run", "retry", "serve"])
 def test_a_broker_url_of_no_known_kind_exits_2(workdir: Path, command: str) -> None:
     args = {"worker": [], "run": [TREE, "--new-ids"], "retry": [NODE], "serve": ["--port", _free_port()]}[command]
