@@ -81,8 +81,9 @@ def run_pipeline(
         # The key refused an id that no stored run holds now: a run of the same ids that was
         # being stored at the same moment, and was rolled back.
         raise InvalidOperationError(
-            f"pipeline {root_id} was refused by a unique key of the database, though no stored run holds "
-            f"its ids now (a run of the same ids at the same moment, rolled back since?): run it again") from exc
+            f"pipeline {root_id} was refused by a unique key of the database as if it already exists, though no "
+            f"stored run holds its ids now (a run of the same ids at the same moment, rolled back since?): "
+            f"run it again") from exc
     engine.remember_graph(graph)
 
 

@@ -91,6 +91,7 @@ def test_a_unique_key_refusal_with_no_taken_id_names_the_pipeline(kind: str, tmp
         assert not refused.result
         assert isinstance(refused.exc, InvalidOperationError), repr(refused.exc)
         assert f"pipeline {RACED}" in refused.message and "run it again" in refused.message
+        assert "already exists" in refused.message  # the service answers 409, as for a taken id
         assert heard.events == []
         assert api.get_pipeline_states(rt, RACED).data == {}  # nothing of it was stored
         assert api.run_pipeline(rt, _tree()).result  # and other runs go on
