@@ -135,6 +135,7 @@ def test_long_templates_render_but_are_not_kept_in_the_caches():
     ("${reversed(lst)}", "<list_reverseiterator object>"),
     ("${[zip(lst), (x for x in lst)]}", "[<zip object>, <generator object>]"),
     ("${str(zip(lst))}", "<zip object>"),
+    ("${'%r and %s' % ((x for x in lst), zip(lst))}", "<generator object> and <zip object>"),
     ("${range(3)}", "range(0, 3)"),  # a text of its own, kept
     ("${sum(x for x in lst)}", "6"),  # consumed: the value, as before
     ("${', '.join(str(x) for x in lst)}", "1, 2, 3"),
@@ -149,6 +150,7 @@ def test_objects_from_the_context_render_without_a_memory_address() -> None:
     def helper() -> None: ...
 
     ns = {"gen": (x for x in [1]), "fn": helper, "obj": object()}
+    assert render("${'%s' % (obj,)}", ns) == "<object object>"
     assert render("${gen} ${fn} ${obj}", ns) == (
         "<generator object> <function test_objects_from_the_context_render_without_a_memory_address.<locals>.helper> "
         "<object object>")
