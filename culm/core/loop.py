@@ -23,11 +23,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from culm.core import faults, scheduling, walker
+from culm.core import faults, scheduling, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
 from culm.core.ports import RowCopies, Unit
-from culm.core.records import EXECUTE, TaskRecord
+from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
 from culm.core.step import Step
 from culm.model.compiled import SUBPROCESS
 
@@ -167,6 +167,9 @@ def advance(engine: Engine, step: Step, item: Item) -> UserCall | None:
         return UserCall(item, invoke.call) if invoke is not None else None
     if item.waiting:
         scheduling.schedule_apply(engine, step, task.id, item.result)
+        return None
+    if task.kind == TIMEOUT:
+        timeouts.fire(engine, step, task.id)
         return None
     call = scheduling.schedule_prepare(engine, step, task.id)
     return UserCall(item, call) if call is not None else None

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from culm.core.loop import Item, UserCall, commit_batch
 from culm.core.ports import RowCopies
-from culm.core.records import TaskRecord, now
+from culm.core.records import TIMEOUT, TaskRecord, now
 
 logger = logging.getLogger("culm.dispatch")
 
@@ -166,6 +166,7 @@ class ThreadDispatcher:
         self._timers: list[tuple[float, int, TaskRecord]] = []
         self._seq = 0
         self._known: set[str] = set()
+        self._deadlines: set[str] = set()  # node deadlines on the timer heap, not due yet
         self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._pool: _UserCodePool | None = None
@@ -220,12 +221,15 @@ class ThreadDispatcher:
         at = now()
         with self._lock:
             for t in tasks:
-                if t is None or t.id in self._known:
+                if t is None or t.id in self._known or t.id in self._deadlines:
                     continue
-                self._known.add(t.id)
                 if t.due <= at:
+                    self._known.add(t.id)
                     self._ready.put(Item(t))
                 else:
+                    # A node's deadline is not work on hand until it falls due (wait_idle does
+                    # not wait for it, and the node usually ends first and drops its row).
+                    (self._deadlines if t.kind == TIMEOUT else self._known).add(t.id)
                     self._seq += 1
                     heapq.heappush(self._timers, (t.due, self._seq, t))
                     self._lock.notify_all()
@@ -269,7 +273,7 @@ class ThreadDispatcher:
             logger.exception("sweeping the task table failed")
             return 0
         with self._lock:
-            fresh = [t for t in pending if t.id not in self._known]
+            fresh = [t for t in pending if t.id not in self._known and t.id not in self._deadlines]
         self.submit(fresh)
         return len(fresh)
 
@@ -435,7 +439,11 @@ class ThreadDispatcher:
             with self._lock:
                 at = now()
                 while self._timers and self._timers[0][0] <= at:
-                    due.append(heapq.heappop(self._timers)[2])
+                    task = heapq.heappop(self._timers)[2]
+                    if task.id in self._deadlines:
+                        self._deadlines.discard(task.id)
+                        self._known.add(task.id)
+                    due.append(task)
                 if not due:
                     wait = self._timers[0][0] - at if self._timers else self.sweep_interval
                     self._lock.wait(max(0.0, min(wait, next_sweep - time.monotonic())))
