@@ -136,16 +136,20 @@ def test_retry_after_a_timeout_gets_a_fresh_deadline(runtime, gate_name):
     assert len(api.get_node_histories(runtime, act.id).data) == 2
 
 
-def test_a_node_that_finishes_before_its_deadline_is_left_alone(runtime):
-    act = timed("t_echo", 1, x="in time")
-    tree = build_tree(chain(act))
-    root = wait_pipeline(runtime, run(runtime, tree), "FINISHED", timeout=20)
-    entry = root["children"][act.id]
-    seq = runtime.last_change_seq()
-    # Past its deadline (1 s after it started), nothing happens to it.
-    nothing_changes(runtime, tree["id"], seq, seconds=1.5)
-    assert node_state(runtime, act.id)["version"] == entry["version"]
-    out = outputs(runtime, act.id)
+def test_a_node_that_finishes_before_its_deadline_is_left_alone(runtime, gate_name):
+    in_time = timed("t_echo", 1, x="in time")
+    hung = timed("t_gate", 2, gate=gate_name)
+    tree = build_tree(chain(in_time, hung))
+    run(runtime, tree)
+    entry = wait_state(runtime, in_time.id, "FINISHED", timeout=20)
+
+    # The next node times out 2 s after it started: by then the first node's deadline (1 s after
+    # its start) has long passed, and it changed nothing.
+    wait_state(runtime, hung.id, "FAILED", timeout=20)
+    timed_out(runtime, hung.id, 2)
+    now = node_state(runtime, in_time.id)
+    assert now["state"] == "FINISHED" and now["version"] == entry["version"]
+    out = outputs(runtime, in_time.id)
     assert out["out"] == "in time!" and "ex_data" not in out and "_timed_out" not in out
 
 
