@@ -13,6 +13,7 @@ from typing import Any
 
 import components
 import pytest
+from backends import BACKENDS, own_backend
 from engine_fixtures import chain, node_state, outputs, refused, run, wait_idle, wait_pipeline, wait_state
 from support import wait_until
 
@@ -166,3 +167,22 @@ def test_a_bad_timeout_config_is_refused_naming_node_and_field(runtime, config, 
     tree["activities"][act.id]["timeout_config"] = config  # as a JSON tree gives it
     refused(api.run_pipeline(runtime, tree), act.id, field)
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_deadlines_fire_while_every_worker_thread_hangs(name, tmp_path, gate_name):
+    """A deadline runs no user code: it must not wait for room that the hung calls hold."""
+    # 2 pool processes, each with 1 thread and room for 1 task on hand: 2 hung calls fill them.
+    backend = own_backend(name, tmp_path, env={"CULM_WORKER_THREADS": "1", "CULM_WORKER_BACKLOG": "1"})
+    try:
+        backend.start_workers(1)
+        runtime = backend.runtime()
+        acts = [timed("t_gate", 2, gate=gate_name) for _ in range(2)]
+        for act in acts:
+            run(runtime, build_tree(chain(act)))
+        for act in acts:
+            wait_state(runtime, act.id, "FAILED", timeout=40)
+            timed_out(runtime, act.id, 2)
+    finally:
+        components.gate(gate_name).set()
+        backend.teardown()
