@@ -197,14 +197,15 @@ def compile_tree(tree: dict[str, Any]) -> Graph:
     nodes: dict[str, Node] = {}
     pipelines: dict[str, PipelineSpec] = {}
     pending: list[tuple[dict[str, Any], str | None]] = [(tree, None)]
+    timed: list[str] = []
     while pending:
         pipe, parent = pending.pop()
-        _compile_one(pipe, parent, nodes, pipelines, pending)
-    return Graph(tree["id"], nodes, pipelines, frozenset(n.id for n in nodes.values() if n.timeout is not None))
+        _compile_one(pipe, parent, nodes, pipelines, pending, timed)
+    return Graph(tree["id"], nodes, pipelines, frozenset(timed))
 
 
 def _compile_one(pipe: dict[str, Any], parent: str | None, nodes: dict[str, Node], pipelines: dict[str, PipelineSpec],
-                 pending: list[tuple[dict[str, Any], str | None]]) -> None:
+                 pending: list[tuple[dict[str, Any], str | None]], timed: list[str]) -> None:
     pid = pipe["id"]
     flows = pipe.get("flows", {})
     data = pipe.get("data") or {}
@@ -236,7 +237,11 @@ def _compile_one(pipe: dict[str, Any], parent: str | None, nodes: dict[str, Node
         default = None
         if ntype in (EXCLUSIVE, CONDITIONAL_PARALLEL):
             conds, default = _conditions(raw, flows)
-        timeout = node_timeout(raw) if ntype == ACTIVITY and "timeout_config" in raw else None
+        timeout = None
+        if "timeout_config" in raw and ntype == ACTIVITY:
+            timeout = node_timeout(raw)
+            if timeout is not None:
+                timed.append(raw["id"])
         # Positional: a frozen dataclass built by keyword costs a third more, once per node.
         nodes[raw["id"]] = Node(raw["id"], ntype, raw.get("name"), pid, flow_ids, targets, raw,
                                 raw.get("converge_gateway_id"), conds, default, end_code, timeout)

@@ -281,8 +281,9 @@ class ShapeChecker:
         self._component(nid, node.get("component"), activity_ids)
         if node.get("loop_config") is not None:
             self._loop_config(nid, node["loop_config"])
-        for problem in timeouts.config_problems(node.get("timeout_config")):
-            self.add(nid, problem)
+        if node.get("timeout_config") is not None:
+            for problem in timeouts.config_problems(node["timeout_config"]):
+                self.add(nid, problem)
         if node.get("events") is not None and not isinstance(node["events"], dict):
             self.add(nid, "events must be a dict")
 
