@@ -23,6 +23,7 @@ from culm.core import commands, states
 from culm.core.engine import Engine
 from culm.core.records import TIMEOUT
 from culm.core.step import Step
+from culm.model.compiled import Node
 from culm.model.timeouts import FORCED_FAIL_AND_SKIP, NodeTimeout
 
 logger = logging.getLogger("culm.engine")
@@ -50,20 +51,29 @@ def fire(engine: Engine, step: Step, task_id: str) -> None:
     procs = [p for p in unit.processes_at(task.node_id) if not p.dead]
     if node is None or timeout is None or not procs:
         return
-    skip = timeout.action == FORCED_FAIL_AND_SKIP and node.can_skip
-    ex_data = timed_out_text(task.node_id, timeout, skip)
+    unskippable = _unskippable(node, len(procs)) if timeout.action == FORCED_FAIL_AND_SKIP else None
+    ex_data = timed_out_text(task.node_id, timeout, unskippable)
     logger.warning("%s (pipeline %s)", ex_data, task.root_id)
     commands.force_fail(engine, step, node, st, procs, ex_data, extra={"_timed_out": True})
-    if skip:
+    if timeout.action == FORCED_FAIL_AND_SKIP and unskippable is None:
         commands.skip_failed(engine, step, node, st)
 
 
-def timed_out_text(node_id: str, timeout: NodeTimeout, skipped: bool) -> str:
-    """The ``ex_data`` of a node its timeout failed."""
+def _unskippable(node: Node, processes: int) -> str | None:
+    """Why a timed-out node cannot be skipped (what ``skip_node`` would refuse), or None."""
+    if not node.can_skip:
+        return "the node is not skippable"
+    if processes != 1:
+        return f"{processes} processes stand on the node, a skip moves exactly one"
+    return None
+
+
+def timed_out_text(node_id: str, timeout: NodeTimeout, unskippable: str | None = None) -> str:
+    """The ``ex_data`` of a node its timeout failed (``unskippable``: why a skip was left out)."""
     text = (f"timed out after {timeout.seconds} s: node {node_id} ran longer than its timeout_config "
             f"allows (action {timeout.action})")
-    if skipped:
-        return text + "; skipped, the pipeline goes on"
-    if timeout.action == FORCED_FAIL_AND_SKIP:
-        return text + "; not skipped: the node is not skippable"
-    return text
+    if timeout.action != FORCED_FAIL_AND_SKIP:
+        return text
+    if unskippable is not None:
+        return f"{text}; not skipped: {unskippable}"
+    return text + "; skipped, the pipeline goes on"

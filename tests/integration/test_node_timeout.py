@@ -115,6 +115,16 @@ def test_callback_that_never_comes_is_failed_and_skipped_and_the_pipeline_goes_o
     refused(api.callback(runtime, act.id, old_version, {"ok": True}), act.id)
 
 
+def test_fail_and_skip_of_an_unskippable_node_only_fails_it_and_says_why(runtime):
+    act = timed("t_callback", 1, action="forced_fail_and_skip")
+    act.skippable = False
+    tree = build_tree(chain(act))
+    run(runtime, tree)
+    wait_state(runtime, act.id, "FAILED", timeout=20)
+    assert timed_out(runtime, act.id, 1)["ex_data"].endswith("not skipped: the node is not skippable")
+    assert node_state(runtime, tree["id"])["state"] == "RUNNING"
+
+
 def test_retry_after_a_timeout_gets_a_fresh_deadline(runtime, gate_name):
     act = timed("t_gate", 1, gate=gate_name)
     tree = build_tree(chain(act))
