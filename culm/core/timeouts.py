@@ -21,7 +21,7 @@ import logging
 
 from culm.core import commands, states
 from culm.core.engine import Engine
-from culm.core.records import TIMEOUT
+from culm.core.records import TIMEOUT, ProcessRecord
 from culm.core.step import Step
 from culm.model.compiled import Node
 from culm.model.timeouts import FORCED_FAIL_AND_SKIP, NodeTimeout
@@ -51,7 +51,7 @@ def fire(engine: Engine, step: Step, task_id: str) -> None:
     procs = [p for p in unit.processes_at(task.node_id) if not p.dead]
     if node is None or timeout is None or not procs:
         return
-    unskippable = _unskippable(node, len(procs)) if timeout.action == FORCED_FAIL_AND_SKIP else None
+    unskippable = _unskippable(node, procs) if timeout.action == FORCED_FAIL_AND_SKIP else None
     ex_data = timed_out_text(task.node_id, timeout, unskippable)
     logger.warning("%s (pipeline %s)", ex_data, task.root_id)
     commands.force_fail(engine, step, node, st, procs, ex_data, extra={"_timed_out": True})
@@ -59,12 +59,15 @@ def fire(engine: Engine, step: Step, task_id: str) -> None:
         commands.skip_failed(engine, step, node, st)
 
 
-def _unskippable(node: Node, processes: int) -> str | None:
+def _unskippable(node: Node, procs: list[ProcessRecord]) -> str | None:
     """Why a timed-out node cannot be skipped (what ``skip_node`` would refuse), or None."""
     if not node.can_skip:
         return "the node is not skippable"
-    if processes != 1:
-        return f"{processes} processes stand on the node, a skip moves exactly one"
+    if len(procs) != 1:
+        return f"{len(procs)} processes stand on the node, a skip moves exactly one"
+    if procs[0].suspended:
+        # A replay of its task met a paused pipeline and parked the process on the node.
+        return "its pipeline is paused; skip it once the pipeline is resumed"
     return None
 
 
