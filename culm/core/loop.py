@@ -86,6 +86,19 @@ class Committed:
         """The follow-up tasks the batch wrote (their rows are committed)."""
         return self.step.tasks
 
+    @property
+    def cut_off(self) -> list[tuple[str, str]]:
+        """(node id, version) of the runs whose user code a node timeout cut off: any call of
+        theirs still running is stale (its result will be discarded)."""
+        return self.step.cut_off
+
+    def is_cut_off(self, call: UserCall) -> bool:
+        """Whether ``call`` (handed out earlier) belongs to a run this batch cut off."""
+        invoke = call.item.invoke
+        if invoke is not None:  # an execute: the walker recorded the run's version
+            return (invoke.node_id, invoke.version or "") in self.step.cut_off
+        return any(node_id == call.task.node_id for node_id, _ in self.step.cut_off)  # a schedule call
+
     def fire(self) -> None:
         """Send the signals and run the hooks of the committed transaction."""
         self.step.fire()

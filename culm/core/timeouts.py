@@ -55,6 +55,7 @@ def fire(engine: Engine, step: Step, task_id: str) -> None:
     ex_data = timed_out_text(task.node_id, timeout, unskippable)
     logger.warning("%s (pipeline %s)", ex_data, task.root_id)
     commands.force_fail(engine, step, node, st, procs, ex_data, extra={"_timed_out": True})
+    step.cut_off.append((task.node_id, task.running_version or ""))
     if timeout.action == FORCED_FAIL_AND_SKIP and unskippable is None:
         commands.skip_failed(engine, step, node, st)
 

@@ -17,6 +17,7 @@ from backends import BACKENDS, own_backend
 from engine_fixtures import chain, node_state, outputs, refused, run, wait_idle, wait_pipeline, wait_state
 from support import wait_until
 
+import culm
 from culm import api
 from culm.builder import ServiceActivity, Var, build_tree
 
@@ -199,3 +200,24 @@ def test_deadlines_fire_while_every_worker_thread_hangs(name, tmp_path, gate_nam
     finally:
         components.gate(gate_name).set()
         backend.teardown()
+
+
+def test_embedded_runtime_takes_back_the_thread_of_a_timed_out_call(tmp_path, gate_name):
+    """One user-code thread, held by a call that does not return: once its node times out, the
+    next pipeline's components run (on a thread started in its place), long before the call ends."""
+    with culm.Runtime(f"sqlite:///{tmp_path}/one.db", workers=1) as runtime:
+        hung = timed("t_gate", 1, gate=gate_name)
+        first = build_tree(chain(hung))
+        run(runtime, first)
+        wait_state(runtime, hung.id, "RUNNING")
+        after = ServiceActivity(component_code="t_echo")
+        second = build_tree(chain(after))
+        run(runtime, second)
+
+        wait_pipeline(runtime, second["id"], "FINISHED", timeout=8)  # the gate gives up only after 15 s
+        assert node_state(runtime, hung.id)["state"] == "FAILED"
+        components.gate(gate_name).set()
+        assert runtime.wait_idle(10)  # the late call came back, its result discarded
+        assert "late" not in outputs(runtime, hung.id)
+        third = build_tree(chain(ServiceActivity(component_code="t_echo")))
+        wait_pipeline(runtime, run(runtime, third), "FINISHED")
