@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from culm.core import states
+from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import as_result, make_call, record_call, settle
 from culm.core.outcomes import Next
@@ -148,3 +148,6 @@ def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs
         run.step.requeue(task_id)
     else:
         unit.delete_task(task_id)
+        if revoking.revoked_around(unit, run.proc.stack):
+            # Failed in a revoked pipeline: nobody may retry or skip it, the process ends here.
+            unit.update_process(run.proc.id, dead=True)
