@@ -49,12 +49,14 @@ def still_working(unit: Unit, root_id: str, live: Sequence[ProcessRecord]) -> se
     if not running:
         return set()
     at_run = {(p.id, p.current_node_id) for p in candidates if p.current_node_id in running}
-    keep = {s.process_id for s in unit.live_schedules(list(running))
-            if s.type == "poll" and not s.expired and running.get(s.node_id) == s.version
-            and (s.process_id, s.node_id) in at_run}
-    keep.update(t.process_id for t in unit.tasks_of_root(root_id, EXECUTE)
-                if t.running_version is not None and running.get(t.node_id) == t.running_version
-                and (t.process_id, t.node_id) in at_run)
+    # Executes before schedules: a step committing between the two reads (an execute whose result
+    # starts the polls) then shows in one of them at least.
+    keep = {t.process_id for t in unit.tasks_of_root(root_id, EXECUTE)
+            if t.running_version is not None and running.get(t.node_id) == t.running_version
+            and (t.process_id, t.node_id) in at_run}
+    keep.update(s.process_id for s in unit.live_schedules(list(running))
+                if s.type == "poll" and not s.expired and running.get(s.node_id) == s.version
+                and (s.process_id, s.node_id) in at_run)
     return keep
 
 

@@ -459,7 +459,8 @@ def test_revoke_while_a_poll_runs_then_the_poll_fails(runtime):
     wait_idle(runtime)
     assert node_state(runtime, tree["id"])["state"] == "REVOKED"
     assert after.id not in children(runtime, tree["id"])
-    assert _all_ended(runtime, tree["id"])  # nobody may retry or skip it: its process ended
+    # nobody may retry or skip it: its process ended
+    wait_until(lambda: _all_ended(runtime, tree["id"]), what="every process to end")
     refused(api.retry_node(runtime, p.id), p.id, "revoked")
 
 
