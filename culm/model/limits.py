@@ -9,6 +9,7 @@ from here.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from culm.errors import InvalidOperationError
@@ -25,6 +26,25 @@ MAX_VALUE_DEPTH = 100
 # the connection, which looks like any network fault: the engine would try the write again for
 # ever, its node RUNNING. A row holds at most two payloads (inputs and outputs): 2 x 7 MB fit.
 MAX_PAYLOAD_BYTES = 7_000_000
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment variable ``name``, else ``default``."""
+    text = os.environ.get(name, "").strip().replace("_", "").replace(",", "")
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"${name} must be a whole number >= 1, got {os.environ[name]!r}")
+    return int(text)
+
+
+# Nodes (events, activities, gateways, subprocesses, at every depth) and flows one tree may have;
+# read at every validation, so a program may set them, and $CULM_MAX_TREE_NODES and
+# $CULM_MAX_TREE_FLOWS set them for a process (a `culm serve`, a worker). Memory grows with the
+# count: about 2.5 KB a node to validate and store a tree, about 4.5 KB a node while it runs
+# (docs/data-and-variables.md). bamboo's own reference is a 100,000-node tree.
+MAX_TREE_NODES = _env_count("CULM_MAX_TREE_NODES", 100_000)
+MAX_TREE_FLOWS = _env_count("CULM_MAX_TREE_FLOWS", 200_000)
 
 
 def text_problem(text: str) -> str | None:
@@ -77,6 +97,12 @@ def payload_size(text: str) -> int:
     """Bytes the encoded payload ``text`` takes in a MySQL statement (an upper estimate: stored
     payloads are ASCII, JSON escapes the rest; the driver escapes backslashes and quotes)."""
     return len(text) + text.count("\\") + text.count('"') + text.count("'")
+
+
+def pickled_payload_size(blob_bytes: int) -> int:
+    """Bytes a payload pickled to ``blob_bytes`` bytes takes once stored: base64 in a small JSON
+    envelope (:mod:`culm.storage.codec`), with room to spare for the envelope's key."""
+    return 4 * ((blob_bytes + 2) // 3) + 64
 
 
 def column_problem(text: str, width: int) -> str | None:

@@ -7,7 +7,7 @@ or returns a normalised deep copy ready for the engine.
 
 from __future__ import annotations
 
-import copy
+import pickle
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -154,11 +154,13 @@ def prepare_tree(
     if problems:
         raise TreeInvalidError(problems)
     try:
-        result, text = _copy_tree(tree, exact=checker.merging_keys)
+        result, text, size = _copy_tree(tree, exact=checker.merging_keys)
     except RecursionError:
         raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
-    if text is not None and (size := limits.payload_size(text)) > limits.MAX_PAYLOAD_BYTES:
-        # A tree JSON cannot hold (text None) meets the same limit when it is stored.
+    except Exception as exc:  # noqa: BLE001 - pickle raises many kinds (TypeError, PicklingError...)
+        raise TreeInvalidError([TreeProblem(label(tree["id"]), (
+            f"tree holds a value neither JSON nor pickle takes ({type(exc).__name__}: {exc})"))])
+    if size > limits.MAX_PAYLOAD_BYTES:
         raise TreeInvalidError([TreeProblem(label(tree["id"]), (
             f"tree takes {size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
             "(culm.model.limits.MAX_PAYLOAD_BYTES); split the work into several pipelines"))])
@@ -173,20 +175,25 @@ def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, 
     return tree
 
 
-def _copy_tree(tree: dict[str, Any], *, exact: bool) -> tuple[dict[str, Any], str | None]:
+def _copy_tree(tree: dict[str, Any], *, exact: bool) -> tuple[dict[str, Any], str | None, int]:
+    """A copy of ``tree`` as storing it gives it back, its JSON text (None when it is pickled),
+    and the bytes it takes once stored (an upper estimate for a pickled tree)."""
     # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
-    # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied,
-    # and so is one with ``exact`` (a variable's value holds dict keys JSON would merge,
-    # ``{1: "a", "1": "b"}``: the stored tree keeps them, see culm.storage.codec).
+    # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is pickled, and so
+    # is one with ``exact`` (a variable's value holds dict keys JSON would merge,
+    # ``{1: "a", "1": "b"}``: the stored tree keeps them, see culm.storage.codec); its pickle is
+    # its copy and its size, so a tree too large to store is refused before anything else is
+    # built from it (it was refused by the store, after its node index and contexts).
     if not exact:
         try:
             # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
-            # recurses until RecursionError instead, and is deep-copied.
+            # recurses until RecursionError instead, and is pickled.
             text = _json.dumps(tree)
-            return _json.loads(text), text
+            return _json.loads(text), text, limits.payload_size(text)
         except (TypeError, ValueError, RecursionError):
             pass
-    return copy.deepcopy(tree), None
+    blob = pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL)
+    return pickle.loads(blob), None, limits.pickled_payload_size(len(blob))  # noqa: S301 - our own bytes
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -97,6 +97,41 @@ def test_a_tree_too_large_to_store_is_refused(runtime):
     finish(runtime, fits, timeout=30)
 
 
+def test_a_pickled_tree_too_large_to_store_is_refused_by_validation(runtime):
+    # A tree holding a set is stored pickled. It was validated, indexed and given its contexts,
+    # then refused by the store with "it takes 10,666,768 bytes once encoded, over the 7,000,000
+    # stored", naming no pipeline (a 99,000-node one: after 6 s and 330 MB).
+    tree, act = tree_with(lambda s, a: _input(a, "x", {"a" * 8_000_000}))
+    refused(api.run_pipeline(runtime, tree), tree["id"], "tree takes 10,66", "bytes once stored, over the 7,000,000")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+    fits, act = tree_with(lambda s, a: _input(a, "x", {"a" * 2_000_000}))  # a pickled tree under the limit runs
+    finish(runtime, fits, timeout=30)
+    assert outputs(runtime, act.id)["x"] == {"a" * 2_000_000}
+
+
+def rows_of_acts(outer: int, inner: int) -> dict:
+    """start -> ``outer`` acts -> a subprocess of ``inner`` acts -> end."""
+    start, end, sub_start = EmptyStartEvent(), EmptyEndEvent(), EmptyStartEvent()
+    tail = sub_start
+    for _ in range(inner):
+        tail = tail.extend(ServiceActivity(component_code="t_echo"))
+    tail.extend(EmptyEndEvent())
+    tail = start
+    for _ in range(outer):
+        tail = tail.extend(ServiceActivity(component_code="t_echo"))
+    tail.extend(SubProcess(start=sub_start)).extend(end)
+    return build_tree(start)
+
+
+def test_a_tree_with_more_nodes_than_allowed_is_refused_naming_the_count(runtime, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_TREE_NODES", 12)
+    finish(runtime, rows_of_acts(1, 6), timeout=30)  # 4 nodes around the subprocess, 8 in it: 12
+    tree = rows_of_acts(2, 6)
+    refused(api.run_pipeline(runtime, tree), f"{tree['id']}: tree is too large: it has 13 nodes and 11 flows, over the 12 nodes",
+            "culm.model.limits.MAX_TREE_NODES")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
 def test_a_tree_with_many_gateway_pairs_runs(runtime):
     # 500 pairs of 64-character ids: their map (kept with the run's options, a TEXT column on
     # MySQL) is 67 kB, and MariaDB failed the run with "Data too long for column 'options'".
