@@ -319,6 +319,8 @@ HOOK_NAMES = (
 def _recorder(name):
     def hook(self, data, parent_data, callback_data=None):
         HOOK_CALLS.append((self.id, name, callback_data))
+        if data.get_one_of_inputs("hook_raises") == "exit":
+            raise SystemExit(f"hook {name} exited")
         if data.get_one_of_inputs("hook_raises"):
             raise RuntimeError(f"hook {name} raised")
         return True
