@@ -82,13 +82,9 @@ def test_refused_command_sends_nothing(runtime, recorder):
     assert len(recorder.states) == before_states and len(recorder.events) == before_events
 
 
-def test_raising_receiver_changes_nothing(runtime):
-    calls = []
-
-    def bad(**kw):
-        calls.append(kw)
-        raise RuntimeError("receiver exploded")
-
+def skip_a_failure_with(runtime, bad) -> None:
+    """With ``bad`` receiving both signals: a node fails, is skipped, its pipeline finishes, and a
+    second pipeline runs to its end."""
     signals.post_set_state.connect(bad)
     signals.pipeline_event.connect(bad)
     try:
@@ -99,9 +95,20 @@ def test_raising_receiver_changes_nothing(runtime):
         assert api.skip_node(runtime, a.id).result
         wait_state(runtime, tree["id"], "FINISHED")
         assert api.get_execution_data(runtime, a.id).result
+        finish(runtime, build_tree(chain(ServiceActivity(component_code="t_echo"))))
     finally:
         signals.post_set_state.disconnect(bad)
         signals.pipeline_event.disconnect(bad)
+
+
+def test_raising_receiver_changes_nothing(runtime):
+    calls = []
+
+    def bad(**kw):
+        calls.append(kw)
+        raise RuntimeError("receiver exploded")
+
+    skip_a_failure_with(runtime, bad)
     assert calls
 
 
@@ -117,19 +124,7 @@ def test_a_receiver_raising_a_base_exception_changes_nothing(runtime, exc):
     def bad(**kw):
         raise exc
 
-    signals.post_set_state.connect(bad)
-    signals.pipeline_event.connect(bad)
-    try:
-        a = ServiceActivity(component_code="t_fail")
-        tree = build_tree(chain(a))
-        run(runtime, tree)
-        wait_state(runtime, a.id, "FAILED")
-        assert api.skip_node(runtime, a.id).result
-        wait_state(runtime, tree["id"], "FINISHED")
-        finish(runtime, build_tree(chain(ServiceActivity(component_code="t_echo"))))
-    finally:
-        signals.post_set_state.disconnect(bad)
-        signals.pipeline_event.disconnect(bad)
+    skip_a_failure_with(runtime, bad)
 
 
 # -- pipeline_event ---------------------------------------------------------------------------
