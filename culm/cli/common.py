@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from culm._json import viewable
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -283,9 +285,22 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def shown(value: Any) -> str:
+    """``repr(value)``, or that of :func:`culm._json.viewable` when Python cannot write it (an int
+    of more than 4,300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return repr(viewable(value))
+
+
 def print_json(value: Any) -> None:
     """``value`` as indented JSON on stdout (datetimes as ISO 8601 text)."""
-    sys.stdout.write(json.dumps(value, indent=2, default=_plain, ensure_ascii=False) + "\n")
+    try:
+        text = json.dumps(value, indent=2, default=_plain, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):  # a NaN, a tuple key, a value holding itself...
+        text = json.dumps(viewable(value), indent=2, default=_plain, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

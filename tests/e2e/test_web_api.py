@@ -23,6 +23,7 @@ from web_support import (  # noqa: F401 - fixtures
 )
 
 from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -258,6 +259,27 @@ def test_nan_and_infinities_in_data_are_answered_as_strict_json(served: Any, adm
     assert strict(admin.get(f"/api/v1/nodes/{act}"))["execution_data"]["inputs"]["divisor"] == "NaN"
     assert strict(admin.get(f"/api/v1/pipelines/{root}/tree"))["activities"][act]["component"]["inputs"]["divisor"][
         "value"] == "NaN"
+
+
+@pytest.mark.parametrize(("kind", "shown"), [
+    ("long int", "<an integer of 16,610 bits, too long to show>"), ("tuple key", {"(1, 2)": "pair"}),
+    ("holds itself", ["a", "<cycle>"]), ("set", [3]),
+])
+def test_outputs_json_cannot_write_are_shown(served: Any, admin: httpx.Client, kind: str, shown: Any) -> None:  # noqa: F811
+    # The long int and the tuple key were a 500; the value holding itself, a request that never
+    # ended, its thread walking the value for ever.
+    start, act = EmptyStartEvent(), ServiceActivity(component_code="web_awkward")
+    act.component.inputs.kind = Var(type=Var.PLAIN, value=kind)
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(tree["id"], "FINISHED")
+    for path in (f"/api/v1/nodes/{act.id}/execution-data", f"/api/v1/nodes/{act.id}"):
+        res = admin.get(path, timeout=10)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        outputs = body["outputs"] if "outputs" in body else body["execution_data"]["outputs"]
+        assert outputs["out"] == shown
 
 
 def test_oversized_bodies_are_refused_with_413_and_nothing_stored(served: Any, admin: httpx.Client) -> None:  # noqa: F811

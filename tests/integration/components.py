@@ -587,3 +587,20 @@ class GatedCallbackComponent(Component):
     code = "t_callback_gated"
     name = "gated callback"
     bound_service = GatedCallbackService
+
+
+class AwkwardService(Service):
+    """Outputs what JSON cannot write as it is: an int too long to write as text, a NaN, a tuple
+    key, a list that holds itself (``culm status --outputs`` shows them)."""
+
+    def execute(self, data, parent_data):
+        itself: list = ["a"]
+        itself.append(itself)
+        data.outputs.update(long=10**5000, nan=float("nan"), pair={(1, 2): "p"}, itself=itself)
+        return True
+
+
+class AwkwardComponent(Component):
+    code = "t_awkward"
+    name = "awkward outputs"
+    bound_service = AwkwardService
