@@ -330,6 +330,11 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
     return json_object(raw, flag)
 
 
+# Python refuses to read an int of more digits than this (a defence of its own: converting one
+# costs time quadratic in its length); JSON text holding one is refused with this message.
+LONG_NUMBER = f"a number in it has more than {sys.get_int_max_str_digits():,} digits (more than Python reads)"
+
+
 def json_object(text: str, where: str, what: str = "") -> dict:
     """``text`` parsed as a JSON object; :class:`UsageError` naming ``where`` otherwise."""
     try:
@@ -339,6 +344,8 @@ def json_object(text: str, where: str, what: str = "") -> dict:
     except RecursionError:
         raise UsageError(f"{where.rstrip(':')}: arrays or objects nested too deeply to be read "
                          "(culm keeps values at most 100 levels deep)") from None
+    except ValueError:  # an int of more digits than Python reads
+        raise UsageError(f"{where.rstrip(':')}: {LONG_NUMBER}") from None
     if not isinstance(data, dict):
         kind = f"an object ({what})" if what else "a JSON object"
         raise UsageError(f"{where.rstrip(':')} must be {kind}, got {type(data).__name__}")

@@ -219,6 +219,17 @@ def test_a_body_nested_too_deeply_to_parse_says_so(admin: httpx.Client) -> None:
     assert res.json()["detail"].startswith("the request body nests arrays or objects too deeply to be read")
 
 
+@pytest.mark.parametrize(("body", "detail"), [
+    (b'{"tree": {"id": ' + b"9" * 5_000 + b"}}", "the request body holds a number of more than 4,300 digits"),
+    (b'{"tree": {"id": "p\xff"}}', "the request body is not UTF-8 text (invalid start byte at byte 18)"),
+])
+def test_a_body_python_cannot_read_says_why(admin: httpx.Client, body: bytes, detail: str) -> None:
+    # Both were "the request body could not be read: ValueError" (or UnicodeDecodeError).
+    for path in ("/api/v1/pipelines", "/api/v1/validate"):
+        res = admin.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert res.status_code == 400 and res.json()["detail"].startswith(detail), res.text
+
+
 def test_a_key_twice_in_one_object_is_refused_naming_it(served: Any, admin: httpx.Client) -> None:  # noqa: F811
     """JSON parsers keep the last of two equal keys: a second flow under one id silently replaced
     the first, and the tree ran without it."""
