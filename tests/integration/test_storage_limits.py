@@ -8,6 +8,7 @@ from deep inside a run.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -130,6 +131,35 @@ def test_a_tree_with_more_nodes_than_allowed_is_refused_naming_the_count(runtime
     refused(api.run_pipeline(runtime, tree), f"{tree['id']}: tree is too large: it has 13 nodes and 11 flows, over the 12 nodes",
             "culm.model.limits.MAX_TREE_NODES")
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+def test_ids_and_keys_that_differ_only_by_case_run_or_are_refused_naming_them(runtime, request):
+    # MariaDB's tables compare text ignoring case, accents and trailing spaces (its default
+    # collation): `${ip}` and `${IP}` in one tree, or ids 'step1' and 'STEP1', were
+    # "run_pipeline failed: IntegrityError: (1062, "Duplicate entry ...")" with a traceback, and
+    # an id 'stép' after a stored 'step' was refused as if it were the same.
+    mariadb = request.node.callspec.params["runtime"].startswith("mariadb")
+    echo = ServiceActivity(component_code="t_echo")
+    echo.component.inputs.x = Var(type=Var.SPLICE, value="${ip}-${IP}")
+    start = EmptyStartEvent()
+    start.extend(echo).extend(EmptyEndEvent())
+    keys = build_tree(start, data=Data(inputs={"${ip}": Var(type=Var.PLAIN, value="1"),
+                                               "${IP}": Var(type=Var.PLAIN, value="2")}))
+    ids, (step, step_upper) = rows_of_acts(2, 1), ("step" + keys["id"][1:9], "STEP" + keys["id"][1:9])
+    first, second = (a for a in ids["activities"] if ids["activities"][a]["type"] == "ServiceActivity")
+    text = json.dumps(ids).replace(first, step).replace(second, step_upper)
+    ids = json.loads(text)
+    for tree, fragments in ((keys, ["context keys '${ip}' and '${IP}' are one key to the database"]),
+                            (ids, [f"node ids '{step}' and '{step_upper}' are one id to the database"])):
+        res = api.run_pipeline(runtime, tree)
+        if mariadb:
+            refused(res, tree["id"], *fragments, "ignoring case, accents and trailing spaces")
+            assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+        else:
+            assert res.result, res.message
+            wait_state(runtime, tree["id"], "FINISHED", timeout=30)
+    if not mariadb:
+        assert outputs(runtime, echo.id)["x"] == "1-2"
 
 
 def test_a_tree_with_many_gateway_pairs_runs(runtime):
