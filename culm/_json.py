@@ -96,30 +96,34 @@ class TooManyValuesError(ValueError):
 
 
 def _walk(value: Any) -> bool:
-    stack = [(value, 0)]
-    pop, push = stack.pop, stack.append
+    # One level at a time, each occurrence of a shared container counted again (as JSON would
+    # write it); no (container, depth) pairs to build, which cost more than the checks.
+    level = [value]
     visited = 0
-    while stack:
-        item, depth = pop()
-        visited += len(item)
-        if visited > MAX_WALK:  # a list holding the one before twice, 40 deep, holds 2**40
-            raise TooManyValuesError(f"it holds more than {MAX_WALK:,} values, counting each repeat")
-        if depth > _WALK_DEPTH:
+    for _ in range(_WALK_DEPTH + 1):
+        below: list[Any] = []
+        push = below.append
+        for item in level:
+            visited += len(item)
+            if visited > MAX_WALK:  # a list holding the one before twice, 40 deep, holds 2**40
+                raise TooManyValuesError(f"it holds more than {MAX_WALK:,} values, counting each repeat")
+            if isinstance(item, dict):
+                for key in item:
+                    if type(key) is not str:
+                        if _dict_collides(item):
+                            return True
+                        break
+                children: Any = item.values()
+            else:
+                children = item
+            for child in children:
+                cls = type(child)
+                if cls is dict or cls is list or cls is tuple or (
+                        cls is not str and isinstance(child, dict | list | tuple)):
+                    push(child)
+        if not below:
             return False
-        if isinstance(item, dict):
-            for key in item:
-                if type(key) is not str:
-                    if _dict_collides(item):
-                        return True
-                    break
-            children: Any = item.values()
-        else:
-            children = item
-        for child in children:
-            cls = type(child)
-            if cls is dict or cls is list or cls is tuple or (
-                    cls is not str and isinstance(child, dict | list | tuple)):
-                push((child, depth + 1))
+        level = below
     return False
 
 
