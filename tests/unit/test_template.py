@@ -125,3 +125,17 @@ def test_long_templates_render_but_are_not_kept_in_the_caches():
     assert references(text) == {"${a}"}
     after = (template._compiled.cache_info().currsize, template._text_references.cache_info().currsize)
     assert after == before
+
+
+class _NoText:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_a_value_that_cannot_become_text_leaves_its_fragment_as_written():
+    # A lazy variable's object whose __str__ raises, an int of more than 4,300 digits (a
+    # component's output): the exception went out of the render, and the node failed with a
+    # traceback of the engine's render code as its ex_data.
+    for value in (_NoText(), 10**5000):
+        assert render("v=${x}!", {"x": value}) == "v=${x}!"
+        assert render("${x}", {"x": value}) is value  # a fragment alone gives the value itself
