@@ -28,13 +28,20 @@ MAX_VALUE_DEPTH = 100
 MAX_PAYLOAD_BYTES = 7_000_000
 
 
+# What is wrong with the environment variables read below, for the validator to report (a
+# ValueError at import would be a traceback out of any `import culm`).
+ENVIRONMENT_PROBLEMS: list[str] = []
+
+
 def _env_count(name: str, default: int) -> int:
-    """A whole number >= 1 from the environment variable ``name``, else ``default``."""
+    """A whole number >= 1 from the environment variable ``name``, else ``default`` (and a note
+    in ENVIRONMENT_PROBLEMS when it is set to anything else)."""
     text = os.environ.get(name, "").strip().replace("_", "").replace(",", "")
     if not text:
         return default
     if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"${name} must be a whole number >= 1, got {os.environ[name]!r}")
+        ENVIRONMENT_PROBLEMS.append(f"${name} must be a whole number >= 1, got {os.environ[name]!r}")
+        return default
     return int(text)
 
 

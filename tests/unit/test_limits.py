@@ -101,8 +101,11 @@ def test_the_tree_limits_are_read_from_the_environment(value, expected):
     assert out.stdout.strip() == expected, out.stderr
 
 
-def test_a_bad_tree_limit_in_the_environment_names_the_variable():
+def test_a_bad_tree_limit_in_the_environment_names_the_variable(tmp_path):
+    # It was a ValueError traceback out of `import culm` (and so out of every culm command).
+    (tmp_path / "tree.json").write_text("{}")
     env = {**os.environ, "CULM_MAX_TREE_FLOWS": "lots"}
-    out = subprocess.run([sys.executable, "-c", "import culm.model.limits"], env=env, capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode != 0 and "$CULM_MAX_TREE_FLOWS must be a whole number >= 1, got 'lots'" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "culm", "validate", str(tmp_path / "tree.json")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "tree not validated: $CULM_MAX_TREE_FLOWS must be a whole number >= 1, got 'lots'" in out.stdout + out.stderr
