@@ -162,6 +162,23 @@ def test_ids_and_keys_that_differ_only_by_case_run_or_are_refused_naming_them(ru
         assert outputs(runtime, echo.id)["x"] == "1-2"
 
 
+def test_commands_naming_an_id_that_differs_only_by_case_find_nothing(runtime):
+    # On MariaDB a read by id found the row of the stored lookalike: "revoke_pipeline failed:
+    # KeyError: 'PCASE...'" with a traceback, instead of "does not exist".
+    wait = ServiceActivity(component_code="t_callback")
+    start = EmptyStartEvent()
+    start.extend(wait).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, wait.id, "RUNNING")
+    root, node = tree["id"].upper(), wait.id.upper()
+    refused(api.revoke_pipeline(runtime, root), f"pipeline {root} does not exist")
+    refused(api.pause_pipeline(runtime, root), root)
+    refused(api.forced_fail_activity(runtime, node), node)
+    assert api.get_pipeline_states(runtime, root).data == {}
+    assert node_state(runtime, wait.id)["state"] == "RUNNING"
+
+
 def test_a_tree_with_many_gateway_pairs_runs(runtime):
     # 500 pairs of 64-character ids: their map (kept with the run's options, a TEXT column on
     # MySQL) is 67 kB, and MariaDB failed the run with "Data too long for column 'options'".
