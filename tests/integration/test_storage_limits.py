@@ -165,13 +165,10 @@ def test_ids_and_keys_that_differ_only_by_case_run_or_are_refused_naming_them(ru
 def test_commands_naming_an_id_that_differs_only_by_case_find_nothing(runtime):
     # On MariaDB a read by id found the row of the stored lookalike: "revoke_pipeline failed:
     # KeyError: 'PCASE...'" with a traceback, instead of "does not exist".
-    wait = ServiceActivity(component_code="t_callback")
-    start = EmptyStartEvent()
+    wait, start = ServiceActivity(component_code="t_callback"), EmptyStartEvent()
     start.extend(wait).extend(EmptyEndEvent())
-    tree = build_tree(start)
-    run(runtime, tree)
+    root, node = run(runtime, build_tree(start)).upper(), wait.id.upper()
     wait_state(runtime, wait.id, "RUNNING")
-    root, node = tree["id"].upper(), wait.id.upper()
     refused(api.revoke_pipeline(runtime, root), f"pipeline {root} does not exist")
     refused(api.pause_pipeline(runtime, root), root)
     refused(api.forced_fail_activity(runtime, node), node)
