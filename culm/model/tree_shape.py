@@ -14,7 +14,7 @@ from typing import Any
 from culm import _json
 from culm.data.context import lazy_input_key
 from culm.errors import TreeProblem
-from culm.model import limits
+from culm.model import limits, timeouts
 from culm.model.flowgraph import (
     ACTIVITY_TYPES,
     CONDITIONAL_TYPES,
@@ -300,9 +300,11 @@ class ShapeChecker:
         self._component(nid, node.get("component"), activity_ids)
         if node.get("loop_config") is not None:
             self._loop_config(nid, node["loop_config"])
-        for extra in ("timeout_config", "events"):
-            if node.get(extra) is not None and not isinstance(node[extra], dict):
-                self.add(nid, f"{extra} must be a dict")
+        if node.get("timeout_config") is not None:
+            for problem in timeouts.config_problems(node["timeout_config"]):
+                self.add(nid, problem)
+        if node.get("events") is not None and not isinstance(node["events"], dict):
+            self.add(nid, "events must be a dict")
 
     def _component(self, nid: str, component: Any, activity_ids: set[str]) -> None:
         if not isinstance(component, dict):
