@@ -8,9 +8,11 @@ are listed in docs/distributed.md ("The storage contract").
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ import pytest
 from backends import create_database, drop_database
 from test_faults import kill_sessions
 
-from culm import states
+from culm import _json, states
 from culm.core.records import EXECUTE, HistoryRecord, ProcessRecord, StateRecord, TaskRecord
 from culm.errors import UnstorableValueError
+from culm.model.limits import MAX_PAYLOAD_BYTES, payload_size
 from culm.storage.memory import MemoryStore
 from culm.storage.migrate import upgrade_database
 from culm.storage.sql import SqlStore
@@ -352,6 +355,28 @@ def test_histories_and_logs_read_back_in_order_per_loop(store: Store) -> None:
         unit.retag_logs(node, "v1", "v9")
     with store.reading() as unit:
         assert unit.logs(node, "v1") == [] and len(unit.logs(node, "v9")) == 6
+
+
+def test_a_large_tree_is_stored_compressed_and_read_back_exactly(store: Store) -> None:
+    """A tree over MAX_PAYLOAD_BYTES as JSON that compresses under it is stored (a 10,000-node tree
+    takes ~7 MB as JSON); a value that merely looks like the compressed envelope is kept as it is."""
+    root, lookalike = _ids(2)
+    nodes = {f"n{i:05d}": {"id": f"n{i:05d}", "type": "ServiceActivity", "incoming": [f"f{i}"],
+                           "outgoing": f"f{i + 1}", "component": {"code": "example_component", "inputs": {}},
+                           "error_ignorable": False, "skippable": True, "retryable": True} for i in range(32_000)}
+    tree = {"id": root, "activities": nodes, "flows": {}}
+    assert payload_size(_json.dumps(tree)) > MAX_PAYLOAD_BYTES  # as a MySQL statement counts it
+    fake = {_json.ZLIB_KEY: base64.b64encode(zlib.compress(b'"not culm\'s"')).decode("ascii")}
+    with store.transaction() as unit:
+        unit.add_pipeline(root, tree, {}, {}, at=1.0)
+        unit.add_pipeline(lookalike, {"id": lookalike, "data": fake}, {}, {}, at=1.0)
+        unit.set_execution_data(lookalike, {"x": fake}, {})
+    with store.reading() as unit:
+        stored = unit.get_pipeline(root)
+        assert stored is not None and stored[0] == tree
+        other = unit.get_pipeline(lookalike)
+        assert other is not None and other[0] == {"id": lookalike, "data": fake}
+        assert unit.get_execution_data(lookalike) == ({"x": fake}, {})
 
 
 # -- execution data -------------------------------------------------------------------------------

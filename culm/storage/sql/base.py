@@ -427,7 +427,7 @@ class SqlUnit:
         """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope);
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
-            "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps_named(tree, f"tree of pipeline {root_id}"),
+            "id": root_id, "tree": codec.dumps_tree(tree, root_id),
             "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
