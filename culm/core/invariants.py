@@ -218,9 +218,17 @@ def _check_path(snap: Snapshot) -> list[Violation]:
         for target in node.targets:
             need(target, f"after finished {node.id}")
     for node_id, st in sts.items():
-        if st.name in (states.RUNNING, states.FAILED, states.READY, states.LOOP_READY) and node_id != snap.root_id:
+        if st.name in (states.RUNNING, states.FAILED, states.READY, states.LOOP_READY) and node_id != snap.root_id \
+                and not _lifted_appointment(st):
             found.append(Violation("unfinished_path", node_id, f"{st.name} in a FINISHED pipeline"))
     return _unique(found)
+
+
+def _lifted_appointment(st: StateRecord) -> bool:
+    """A READY row that ``resume_node_appoint`` left on a node never entered (an appointed pause on a
+    branch the run did not take, as bamboo leaves it): not on the path, and nothing is owed to it.
+    A node on the path is still required FINISHED above; a retried node has ``retry`` > 0."""
+    return st.name == states.READY and st.started_time is None and st.retry == 0
 
 
 def _check_converges(snap: Snapshot, live: list[ProcessRecord]) -> list[Violation]:

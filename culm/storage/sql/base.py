@@ -266,6 +266,22 @@ class SqlUnit:
         """The cursor a unit sends its statements through (as ``adapt`` made them)."""
         return conn.cursor()
 
+    @contextlib.contextmanager
+    def closing(self) -> Iterator[None]:
+        """Close the unit's cursor when the block ends, however it ends.
+
+        A statement read only in part (``fetchone`` of several rows) holds SQLite's read snapshot
+        on the connection past the commit, for as long as its cursor lives, and a unit that raised
+        lives on in the exception's reference cycle until the garbage collector runs. On the store's
+        one writer connection every write then failed at once with "database is locked"
+        (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not wait out) once another process had
+        written; a reader kept an old snapshot.
+        """
+        try:
+            yield
+        finally:
+            self._cur.close()
+
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
         if self._deferred:
@@ -1329,8 +1345,9 @@ class SqlStore:
                 else:
                     unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
-                yield unit
-                unit.flush(commit=True)
+                with unit.closing():
+                    yield unit
+                    unit.flush(commit=True)
         except BaseException:
             if cache is not None:
                 cache.clear()  # rolled back (or the commit failed): the copies may hold undone writes
@@ -1356,16 +1373,18 @@ class SqlStore:
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False, snapshot=snapshot) as raw:
                 unit = self._unit(raw)
-                if snapshot and self.traits.snapshot_read:
-                    unit._x(self.traits.snapshot_read)
-                yield unit
+                with unit.closing():
+                    if snapshot and self.traits.snapshot_read:
+                        unit._x(self.traits.snapshot_read)
+                    yield unit
             return
         raw = self._thread_reader()
         reader.busy = True
         try:
             unit = self._unit(raw)
-            unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
-            yield unit
+            with unit.closing():
+                unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
+                yield unit
         finally:
             reader.busy = False
             raw.rollback()
