@@ -295,6 +295,14 @@ class Schedules(Protocol):
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool: ...
 
+    def take_abandoned_schedule_lock(self, schedule_id: str, root_id: str, task_id: str, until: float,
+                                     at: float) -> bool:
+        """Lock a schedule whose lock holder is gone: when no task of root ``root_id`` on that
+        schedule but ``task_id`` holds a live lease at ``at``, set its lock to ``until``, provided it
+        is still the lock just read (of two takers, one wins). The lock row names no holder; the
+        holder of a schedule call is the task running it, and a dead worker's task lost its lease."""
+        ...
+
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None: ...
 
     def has_callback(self, node_id: str, version: str) -> bool: ...

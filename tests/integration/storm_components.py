@@ -79,7 +79,8 @@ class CallbackService(_Recorded):
 
 
 class MultiCallbackService(_Recorded):
-    """Takes callbacks until one says ``done``; one that says ``{"ok": False}`` fails it."""
+    """Takes callbacks until one says ``done`` (counting them in ``received``); one that says
+    ``{"ok": False}`` fails it; ``ms`` and ``gate`` hold the call (a sleep; until a file exists)."""
 
     __need_schedule__ = True
     __multi_callback_enabled__ = True
@@ -89,6 +90,10 @@ class MultiCallbackService(_Recorded):
         record("callback", self)
         payload = callback_data or {}
         time.sleep(float(payload.get("ms", 0)) / 1000)
+        if payload.get("gate"):  # held until that file exists (bounded): a test kills the call meanwhile
+            deadline = time.monotonic() + 60
+            while not os.path.exists(payload["gate"]) and time.monotonic() < deadline:
+                time.sleep(0.01)
         data.outputs.received = int(data.get_one_of_outputs("received", 0) or 0) + 1
         if not payload.get("ok", True):
             return False

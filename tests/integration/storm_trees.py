@@ -56,6 +56,7 @@ class TreeMaker:
     """Builds one random tree into a :class:`Forest`."""
 
     ACTS = (("s_plain", 4), ("s_flaky", 3), ("s_poll", 3), ("s_callback", 3), ("s_multi", 2))
+    MS = (0, 0, 5, 20)  # how long a call sleeps, picked per activity
 
     def __init__(self, rng: random.Random, forest: Forest, size: int = 8, depth: int = 2) -> None:
         self.rng, self.forest, self.size, self.depth = rng, forest, size, depth
@@ -76,7 +77,7 @@ class TreeMaker:
         codes, weights = zip(*self.ACTS, strict=True)
         code = self.rng.choices(codes, weights=weights)[0]
         a = b.ServiceActivity(component_code=code)
-        a.component.inputs.ms = b.Var(type=b.Var.PLAIN, value=self.rng.choice((0, 0, 5, 20)))
+        a.component.inputs.ms = b.Var(type=b.Var.PLAIN, value=self.rng.choice(self.MS))
         if code == "s_poll":
             a.component.inputs.polls = b.Var(type=b.Var.PLAIN, value=self.rng.randint(1, 4))
         self.forest.activities.append(a.id)

@@ -60,6 +60,7 @@ from culm.storage.sql.statements import (
     PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
+    RELOCK_SCHEDULE,
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
     ROOT_COUNT_ADD,
@@ -70,6 +71,8 @@ from culm.storage.sql.statements import (
     ROOT_COUNTS_CLEAR,
     ROOTS_COUNTED,
     SCHEDULE_BY_ID,
+    SCHEDULE_CALL_HELD,
+    SCHEDULE_LOCK,
     SCHEDULE_OF_RUN,
     SCHEDULES_IN,
     STATE_BY_ID,
@@ -1106,6 +1109,17 @@ class SqlUnit:
         n = self._x("UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND (locked_until IS NULL "
                     "OR locked_until < ?)", [until, schedule_id, at]).rowcount
         return n == 1
+
+    def take_abandoned_schedule_lock(self, schedule_id: str, root_id: str, task_id: str, until: float,
+                                     at: float) -> bool:
+        row = self._one(SCHEDULE_LOCK, [schedule_id])
+        if row is None:
+            return False
+        if row[0] is None:
+            return self.lock_schedule(schedule_id, until, at)  # freed since
+        if self._one(SCHEDULE_CALL_HELD, [root_id, schedule_id, task_id, at]) is not None:
+            return False
+        return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("culm_callback_data",
