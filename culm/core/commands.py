@@ -169,6 +169,17 @@ def _kill_processes_inside(unit: Unit, root_id: str, subprocess_id: str) -> None
 
 # -- appointment pause ----------------------------------------------------------------------
 def pause_node_appoint(engine: Engine, node_id: str) -> None:
+    try:
+        _pause_node_appoint(engine, node_id)
+    except Exception as exc:
+        if not engine.store.is_duplicate(exc):
+            raise
+        # The node had no row when we read, and another call (or the engine entering the node)
+        # inserted one before our commit: appoint again, over that row.
+        _pause_node_appoint(engine, node_id)
+
+
+def _pause_node_appoint(engine: Engine, node_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)

@@ -12,7 +12,9 @@ version, and an operator then drives every pipeline to its end.
 from __future__ import annotations
 
 import gc
+import threading
 from pathlib import Path
+from typing import Any
 
 import components  # noqa: F401 - registers the t_* components
 import pytest
@@ -53,3 +55,41 @@ def test_a_refused_command_leaves_no_read_open_on_the_sqlite_writer(tmp_path: Pa
             del refusal
     finally:
         gc.enable()
+
+
+def test_concurrent_appointments_on_a_node_not_reached_are_all_answered(runtime: Any) -> None:
+    """``pause_node_appoint`` on a node not reached yet creates its state row. Two at once on a
+    server database both found no row and both inserted one: the second's commit hit the primary
+    key and came back as "pause_node_appoint failed: IntegrityError: Duplicate entry" (a MariaDB
+    storm met it). The loser now does its work again over the row the winner made."""
+    answers: list[Any] = []
+    for _ in range(4):
+        later = ServiceActivity(component_code="t_none")
+        start = EmptyStartEvent()
+        start.extend(ServiceActivity(component_code="t_callback")).extend(later).extend(EmptyEndEvent())
+        root = run(runtime, build_tree(start))
+        answers += fire_together(CALLERS, lambda _i, node=later.id: api.pause_node_appoint(runtime, node))
+        assert api.revoke_pipeline(runtime, root).result
+    bad = [a.message for a in answers if not a.result and ("failed" in a.message or "Duplicate" in a.message)]
+    assert not bad, bad
+    assert any(a.result for a in answers)
+
+
+CALLERS = 8
+
+
+def fire_together(n: int, call: Any) -> list[Any]:
+    """``call(i)`` from ``n`` threads released together; their answers."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+
+    def one(i: int) -> None:
+        barrier.wait(30)
+        results[i] = call(i)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
