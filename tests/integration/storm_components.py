@@ -1,7 +1,6 @@
 """Components of the random-tree storms (``storm_trees.py``): each records every call it makes.
 
-A call appends ``<kind> <node_id> <version> <pid>`` to the file named by ``$CULM_STORM_LOG`` (append
-mode: one short write is atomic, in threads and in worker processes alike), so a storm counts how
+A call appends ``<kind> <node_id> <version> <pid>`` to :func:`log_path` (append mode: one short write is atomic, in threads and in worker processes alike), so a storm counts how
 often a node's ``execute`` ran for one version. Codes start with ``s_``; worker processes import
 this module through ``CULM_IMPORTS``.
 """
@@ -14,10 +13,15 @@ import time
 from culm.components import Component, Service, StaticIntervalGenerator
 
 
+def log_path() -> str:
+    """``$CULM_STORM_LOG``, else a file in the tests' shared directory (emptied before each test)."""
+    from components import SHARED_DIR
+
+    return os.environ.get("CULM_STORM_LOG") or str(SHARED_DIR / "storm-calls")
+
+
 def record(kind: str, service: Service) -> None:
-    log = os.environ.get("CULM_STORM_LOG")
-    if not log:
-        return
+    log = log_path()
     line = f"{kind} {service.id} {service.version} {os.getpid()}\n".encode()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:

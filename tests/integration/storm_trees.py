@@ -3,20 +3,22 @@
 A tree is made of blocks picked at random, nested up to a depth: activities (plain, failing,
 polling, single- and multiple-callback, see ``storm_components.py``), parallel, exclusive and
 conditional parallel gateways with their converge gateways, subprocesses and graph loops. Callers
-fire :func:`fire` from as many threads or processes as they like, then :func:`check_all` asks the
-invariant checker (:mod:`culm.core.invariants`) about every pipeline and counts the executions
-the components recorded, and :func:`drive` acts as an operator until every pipeline has ended.
+fire :func:`fire` (:func:`storm`: from many threads for a while) from as many processes as they
+like; :func:`check_then_drive` asks the invariant checker (:mod:`culm.core.invariants`) about
+every pipeline and acts as an operator until every pipeline has ended, and :func:`repeated` counts
+the executions the components recorded more than once for one node version.
 
-Run by hand for storms bigger than the suite's::
-
-    python tests/integration/storm_trees.py --seed 1 --pipelines 30 --threads 12 --calls 600
+A second process joins a storm with ``python storm_trees.py runner|client ...`` (see :func:`main`).
 """
 
 from __future__ import annotations
 
 import collections
+import json
 import random
+import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,15 +53,24 @@ class Forest:
         with self.lock:
             self.calls.append(line)
 
+    def ids(self) -> str:
+        """The ids calls aim at, as JSON (for another process: ``Forest(**json.loads(...))``)."""
+        return json.dumps({k: getattr(self, k) for k in ("roots", "activities", "multis", "pipes")})
+
+    def unclear(self) -> list[str]:
+        """Refusals that are no clear answer: an unexpected error (the API's "<call> failed: ...")."""
+        return [c for c in self.calls if " failed: " in c]
+
 
 class TreeMaker:
     """Builds one random tree into a :class:`Forest`."""
 
     ACTS = (("s_plain", 4), ("s_flaky", 3), ("s_poll", 3), ("s_callback", 3), ("s_multi", 2))
-    MS = (0, 0, 5, 20)  # how long a call sleeps, picked per activity
 
-    def __init__(self, rng: random.Random, forest: Forest, size: int = 8, depth: int = 2) -> None:
-        self.rng, self.forest, self.size, self.depth = rng, forest, size, depth
+    def __init__(self, rng: random.Random, forest: Forest, size: int = 8, depth: int = 2,
+                 ms: tuple[int, ...] = (0, 0, 5, 20)) -> None:
+        """``ms``: how long a call sleeps, one of these picked per activity."""
+        self.rng, self.forest, self.size, self.depth, self.ms = rng, forest, size, depth, ms
 
     def tree(self) -> dict[str, Any]:
         start = b.EmptyStartEvent()
@@ -77,7 +88,7 @@ class TreeMaker:
         codes, weights = zip(*self.ACTS, strict=True)
         code = self.rng.choices(codes, weights=weights)[0]
         a = b.ServiceActivity(component_code=code)
-        a.component.inputs.ms = b.Var(type=b.Var.PLAIN, value=self.rng.choice(self.MS))
+        a.component.inputs.ms = b.Var(type=b.Var.PLAIN, value=self.rng.choice(self.ms))
         if code == "s_poll":
             a.component.inputs.polls = b.Var(type=b.Var.PLAIN, value=self.rng.randint(1, 4))
         self.forest.activities.append(a.id)
@@ -144,10 +155,11 @@ class TreeMaker:
         return gw, cg, share * n + 2
 
 
-def make_forest(rng: random.Random, pipelines: int, size: int = 8, depth: int = 2) -> Forest:
+def make_forest(rng: random.Random, pipelines: int, size: int = 8, depth: int = 2,
+                ms: tuple[int, ...] = (0, 0, 5, 20)) -> Forest:
     forest = Forest()
     for _ in range(pipelines):
-        TreeMaker(rng, forest, size, depth).tree()
+        TreeMaker(rng, forest, size, depth, ms).tree()
     return forest
 
 
@@ -171,7 +183,7 @@ def fire(runtime: Any, forest: Forest, rng: random.Random) -> str:
     calls["multi_done"] = lambda: api.callback(runtime, act, version(runtime, act), {"done": True, "n": n})
     res = calls[op]()
     target = pipe if op in ("pause", "resume", "revoke") else act
-    forest.note(f"{op} {target} -> {res.result} {'' if res.result else res.message[:120]}")
+    forest.note(f"{op} {target} -> {res.result} {'' if res.result else res.message[:160]}")
     assert res.result or (res.message and "Traceback" not in res.message), res
     return op
 
@@ -213,3 +225,76 @@ def ended(runtime: Any, forest: Forest) -> dict[str, str]:
 
 def report(forest: Forest, found: list[Any], when: str, last: int = 60) -> str:
     return f"{when}: " + "; ".join(map(str, found))[:6000] + "\nlast calls:\n  " + "\n  ".join(forest.calls[-last:])
+
+
+def storm(runtime: Any, forest: Forest, seed: int, threads: int, seconds: float) -> int:
+    """Fire calls from ``threads`` threads for ``seconds``; returns how many were fired."""
+    fired = [0] * threads
+
+    def caller(i: int) -> None:
+        rng, end = random.Random(seed * 1000 + i), time.monotonic() + seconds
+        while time.monotonic() < end:
+            fired[i] += 1
+            if fire(runtime, forest, rng) == "breathe":
+                time.sleep(0.05)
+
+    workers = [threading.Thread(target=caller, args=(i,)) for i in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(seconds + 120)
+    return sum(fired)
+
+
+def settle(runtime: Any, forest: Forest, timeout: float) -> None:
+    """Wait (bounded) until no pipeline has a task left; fails naming what is left."""
+    left: list[Any] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        left = [(t.kind, t.node_id) for s in read_snapshots(runtime.engine, forest.roots).values() for t in s.tasks]
+        if not left:
+            return
+        time.sleep(0.05)
+    raise AssertionError(report(forest, left, f"tasks left after {timeout} s"))
+
+
+def check_then_drive(runtime: Any, forest: Forest, seed: int, settle_for: float = 30.0, rounds: int = 30) -> None:
+    """Settle, check every pipeline, then act as an operator (checking after each round) until
+    every pipeline is FINISHED or REVOKED; fails with what broke and the last calls fired."""
+    settle(runtime, forest, settle_for)
+    found = violations(runtime, forest)
+    assert not found, report(forest, found, "after the storm")
+    rng = random.Random(seed)
+    for round_ in range(rounds):
+        snaps = read_snapshots(runtime.engine, forest.roots)
+        if not [r for r, snap in snaps.items() if operate(runtime, snap, rng)]:
+            return
+        settle(runtime, forest, settle_for)
+        found = violations(runtime, forest)
+        assert not found, report(forest, found, f"operator round {round_}")
+    raise AssertionError(report(forest, [], f"not ended after {rounds} rounds: {ended(runtime, forest)}"))
+
+
+def main(argv: list[str]) -> None:
+    """``runner|client URL IDS_FILE SEED THREADS SECONDS [BROKER PREFIX]``: storm the pipelines
+    of IDS_FILE (:meth:`Forest.ids`) from another process. A ``runner`` runs the SQLite file's work
+    (it holds the runner lock) and stays up after its storm until it is killed; a ``client``
+    prints ``{"calls": n, "unclear": [...]}`` and exits."""
+    import culm
+
+    role, url, ids, seed, threads, seconds = argv[:6]
+    options = {"broker": argv[6], "prefix": argv[7]} if len(argv) > 6 else {}
+    runtime = culm.Runtime(url, **options)
+    if role == "runner":
+        assert runtime.dispatcher is not None, "another process runs this file's work"
+    print("ready", flush=True)
+    forest = Forest(**json.loads(Path(ids).read_text()))
+    fired = storm(runtime, forest, int(seed), int(threads), float(seconds))
+    print(json.dumps({"calls": fired, "unclear": forest.unclear()}), flush=True)
+    if role == "runner":
+        time.sleep(600)
+    runtime.close()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
