@@ -336,6 +336,10 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
         conv = graph.nodes.get(converge_gateway_id)
         if conv is None or conv.type != g.CONVERGE:
             raise InvalidOperationError(f"{converge_gateway_id} is not a ConvergeGateway of this pipeline")
+        if node.converge_gateway_id and converge_gateway_id != node.converge_gateway_id:
+            # Branches told to meet elsewhere pass their own converge and strand the run.
+            raise InvalidOperationError(f"{converge_gateway_id} is not the converge gateway of {node_id}: its "
+                                        f"branches meet at {node.converge_gateway_id}")
         st = _state(unit, node_id)
         _require(st, (states.FAILED,), "skip")
         proc = _sleeping_process(unit, node_id)
