@@ -34,7 +34,7 @@ from culm.core.snapshots import read_snapshots
 # Calls and their weights; "breathe" lets the engine run a little before the next call.
 OPS = {"pause": 6, "resume": 8, "appoint": 6, "unappoint": 8, "retry": 5, "retry_ok": 8, "skip": 6,
        "force_fail": 5, "callback": 10, "callback_fail": 3, "multi": 10, "multi_done": 5, "revoke": 0.05,
-       "breathe": 8}
+       "skip_gateway": 3, "breathe": 8}
 
 
 @dataclass
@@ -46,6 +46,7 @@ class Forest:
     activities: list[str] = field(default_factory=list)
     multis: list[str] = field(default_factory=list)
     pipes: list[str] = field(default_factory=list)  # roots and subprocesses
+    gateways: dict[str, str] = field(default_factory=dict)  # exclusive and conditional parallel -> root
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,7 +56,7 @@ class Forest:
 
     def ids(self) -> str:
         """The ids calls aim at, as JSON (for another process: ``Forest(**json.loads(...))``)."""
-        return json.dumps({k: getattr(self, k) for k in ("roots", "activities", "multis", "pipes")})
+        return json.dumps({k: getattr(self, k) for k in ("roots", "activities", "multis", "pipes", "gateways")})
 
     def unclear(self) -> list[str]:
         """Refusals that are no clear answer: an unexpected error (the API's "<call> failed: ...")."""
@@ -79,6 +80,7 @@ class TreeMaker:
         start.extend(head)
         tail.extend(b.EmptyEndEvent())
         tree = b.build_tree(start, data=b.Data(inputs=loops))
+        self.forest.gateways.update({g: tree["id"] for g, root in self.forest.gateways.items() if not root})
         self.forest.roots.append(tree["id"])
         self.forest.pipes.append(tree["id"])
         self.forest.trees.append(tree)
@@ -139,14 +141,18 @@ class TreeMaker:
         n = self.rng.randint(2, 3)
         share = max(1, (size - 2) // n)
         gw: b.Element
+        # One conditional gateway in four fails (its conditions name no variable): an operator skips it.
+        yes, no = ("${no_such_key} == 1", "${no_such_key} == 0") if self.rng.random() < 0.25 else ("1 == 1", "1 == 0")
         if kind == "parallel":
             gw = b.ParallelGateway()
         elif kind == "exclusive":
             chosen = self.rng.randrange(n)
-            gw = b.ExclusiveGateway(conditions={i: "1 == 1" if i == chosen else "1 == 0" for i in range(n)})
+            gw = b.ExclusiveGateway(conditions={i: yes if i == chosen else no for i in range(n)})
         else:
-            gw = b.ConditionalParallelGateway(conditions={i: "1 == 1" if i == 0 or self.rng.random() < 0.5 else "1 == 0"
+            gw = b.ConditionalParallelGateway(conditions={i: yes if i == 0 or self.rng.random() < 0.5 else no
                                                         for i in range(n)})
+        if kind != "parallel":
+            self.forest.gateways[gw.id] = ""  # its root is known once the tree is built
         cg = b.ConvergeGateway()
         for _ in range(n):
             h, t = self.block(share, depth - 1, loops)
@@ -172,8 +178,8 @@ def start_all(runtime: Any, forest: Forest) -> None:
 def fire(runtime: Any, forest: Forest, rng: random.Random) -> str:
     """Fire one random control call (or "breathe", left to the caller); returns the op."""
     op = rng.choices(list(OPS), weights=list(OPS.values()))[0]
-    if op == "breathe":
-        return op
+    if op == "breathe" or (op == "skip_gateway" and not forest.gateways):
+        return "breathe"
     act = rng.choice(forest.multis if op in ("multi", "multi_done") and forest.multis else forest.activities)
     pipe = rng.choice(forest.pipes)
     n = rng.randrange(1000)
@@ -181,6 +187,9 @@ def fire(runtime: Any, forest: Forest, rng: random.Random) -> str:
     version = storm_ops.version_of
     calls["multi"] = lambda: api.callback(runtime, act, version(runtime, act), {"ok": True, "n": n, "ms": 20})
     calls["multi_done"] = lambda: api.callback(runtime, act, version(runtime, act), {"done": True, "n": n})
+    if op == "skip_gateway":
+        act = rng.choice(list(forest.gateways))
+        calls[op] = lambda: skip_gateway(runtime, act, rng, forest.gateways[act])
     res = calls[op]()
     target = pipe if op in ("pause", "resume", "revoke") else act
     forest.note(f"{op} {target} -> {res.result} {'' if res.result else res.message[:160]}")
@@ -188,9 +197,26 @@ def fire(runtime: Any, forest: Forest, rng: random.Random) -> str:
     return op
 
 
+def skip_gateway(runtime: Any, gateway_id: str, rng: random.Random, root_or_graph: Any) -> Any:
+    """Skip a (failed) exclusive or conditional parallel gateway along one or more of its flows."""
+    graph = root_or_graph
+    if isinstance(graph, str):
+        with runtime.engine.store.reading() as unit:
+            graph = runtime.engine.graph(root_or_graph, unit)
+    node = graph.nodes[gateway_id]
+    if node.type == "ExclusiveGateway":
+        return api.skip_exclusive_gateway(runtime, gateway_id, rng.choice(node.flows))
+    flows = rng.sample(list(node.flows), rng.randint(1, len(node.flows)))
+    return api.skip_conditional_parallel_gateway(runtime, gateway_id, flows, node.converge_gateway_id)
+
+
 def operate(runtime: Any, snap: Snapshot, rng: random.Random) -> bool:
-    """Act on what an operator sees in one pipeline (a multiple callback is told it is done);
-    returns False once it has ended."""
+    """Act on what an operator sees in one pipeline (a failed gateway is skipped, a multiple
+    callback is told it is done); returns False once it has ended."""
+    for node_id, st in snap.states.items():
+        node = snap.graph.nodes.get(node_id)
+        if st.name == "FAILED" and node is not None and node.type in ("ExclusiveGateway", "ConditionalParallelGateway"):
+            skip_gateway(runtime, node_id, rng, snap.graph)
     return storm_ops.operate(runtime, snap, rng, {"ok": True, "done": True, "n": -1})
 
 

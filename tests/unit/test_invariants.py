@@ -172,3 +172,13 @@ def test_a_lifted_appointment_on_a_branch_not_taken_is_no_unfinished_path():
     assert check(Snapshot(graph, sts, [])) == []
     sts[other.id] = dataclasses.replace(sts[other.id], retry=1)
     assert [(v.kind, v.subject) for v in check(Snapshot(graph, sts, []))] == [("unfinished_path", other.id)]
+
+
+def test_a_running_activity_without_a_live_process_on_it_is_orphaned():
+    graph, n = _graph()
+    sts, procs, tasks = _running_fork(graph, n, states.RUNNING)
+    tasks.append(TaskRecord("t-a", "execute", "ca", n["a"], graph.root_id))
+    assert check(Snapshot(graph, sts, procs, tasks)) == []
+    procs[1].current_node_id = n["cg"]  # the branch process moved on (its task too), its node still RUNNING
+    found = [(v.kind, v.subject) for v in check(Snapshot(graph, sts, procs, tasks))]
+    assert found == [("orphan_running", n["a"])]
