@@ -510,8 +510,7 @@ class MemoryUnit(TransactionView):
         self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
         return True
 
-    def take_abandoned_schedule_lock(self, schedule_id: str, root_id: str, task_id: str, until: float,
-                                     at: float) -> bool:
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
         s = self._get("schedule", schedule_id)
         if s is None:
             return False

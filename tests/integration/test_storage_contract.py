@@ -551,10 +551,10 @@ def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: Store)
         assert [s.id for s in unit.schedules_of_nodes([node, "no-such-node"])] == [sid]  # finished ones too
 
 
-def test_a_schedule_lock_whose_holder_lost_its_lease_is_taken_over(store: Store) -> None:
-    """The lock names no holder: a task of the schedule with a live lease holds it. Once that
-    lease is freed (its worker was buried) another task of the schedule takes the lock at once;
-    of two takers, one wins."""
+def test_a_schedule_call_lock_is_held_by_the_task_with_a_live_lease(store: Store) -> None:
+    """The lock names no holder: a task of the schedule with a live lease holds it, past the
+    lock's time too. Once that lease is freed (its worker was buried) another task of the
+    schedule takes the lock at once; of two takers, one wins."""
     from culm.core.records import SCHEDULE, ScheduleRecord
 
     sid, node, root, held, *waiting = _ids(4 + THREADS)
@@ -565,14 +565,16 @@ def test_a_schedule_lock_whose_holder_lost_its_lease_is_taken_over(store: Store)
         assert unit.lock_schedule(sid, 130.0, 100.0)
     with store.transaction() as unit:
         assert not unit.lock_schedule(sid, 140.0, 110.0)
-        assert not unit.take_abandoned_schedule_lock(sid, root, waiting[0], 140.0, 110.0)  # its holder lives
+        assert not unit.lock_schedule_call(sid, root, waiting[0], 140.0, 110.0)  # its holder lives
+        unit.extend_leases("dead-worker", [held], 150.0)  # its call runs on past the lock's time
+        assert not unit.lock_schedule_call(sid, root, waiting[0], 160.0, 135.0)
     with store.transaction() as unit:
         unit.release_leases([held])  # the dead worker is buried
 
     def take(i: int) -> bool:
         with store.transaction() as unit:  # each runner claims its callback's task, then the lock
             assert unit.claim_task(waiting[i], f"runner-{i}", 140.0, 110.0) is not None
-            return unit.take_abandoned_schedule_lock(sid, root, waiting[i], 140.0, 110.0)
+            return unit.lock_schedule_call(sid, root, waiting[i], 140.0, 110.0)
 
     assert _all_in_threads(THREADS, take).count(True) == 1
     with store.reading() as unit:

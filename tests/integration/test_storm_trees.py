@@ -238,3 +238,29 @@ def test_kill_9_of_a_worker_mid_storm(kind: str, tmp_path: Path, monkeypatch: py
         assert sum(again.values()) <= 4
     finally:
         backend.teardown()
+
+
+def test_a_long_multiple_callback_call_keeps_its_lock_while_it_runs(runtime: Any) -> None:
+    """A multiple callback's calls run one at a time under a lock on the schedule, which lasts
+    the lease's length (3 s for the test workers, 30 s on the defaults) and is not extended while
+    the call runs (its task's lease is). A call running longer let the next callback in beside it:
+    both read the outputs before either was applied, and one call's outputs were lost. The lock
+    is held while its holder's task has a live lease."""
+    start, node = EmptyStartEvent(), ServiceActivity(component_code="s_multi")
+    start.extend(node).extend(EmptyEndEvent())
+    run(runtime, build_tree(start))
+    version = wait_until(lambda: api.get_children_states(runtime, node.id).data.get(node.id, {}).get("version")
+                         if _log().exists() else None, 20, 0.05, what="the node to wait for callbacks")
+    assert api.callback(runtime, node.id, version, {"ms": 5000}).result
+    wait_until(lambda: "callback" in _log().read_text(), 20, 0.02, what="the long call to start")
+    assert api.callback(runtime, node.id, version, {}).result
+
+    def received() -> Any:
+        return api.get_execution_data_outputs(runtime, node.id).data.get("received")
+
+    # Side by side, both calls read received == 0 and both wrote 1; one after the other, 2.
+    wait_until(lambda: _log().read_text().count("callback") == 2 and received() == 2, 30, 0.05,
+               what="both calls applied, one after the other")
+    assert api.callback(runtime, node.id, version, {"done": True}).result
+    wait_state(runtime, node.id, "FINISHED", timeout=20)
+    assert received() == 3

@@ -47,6 +47,7 @@ from culm.storage.sql.statements import (
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
+    LOCK_FREE_SCHEDULE,
     NODE_COLUMNS,
     NODE_INSERT,
     NOTE_INNER_LOOPS,
@@ -1110,15 +1111,12 @@ class SqlUnit:
                     "OR locked_until < ?)", [until, schedule_id, at]).rowcount
         return n == 1
 
-    def take_abandoned_schedule_lock(self, schedule_id: str, root_id: str, task_id: str, until: float,
-                                     at: float) -> bool:
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
         row = self._one(SCHEDULE_LOCK, [schedule_id])
-        if row is None:
+        if row is None or self._one(SCHEDULE_CALL_HELD, [root_id, schedule_id, task_id, at]) is not None:
             return False
         if row[0] is None:
-            return self.lock_schedule(schedule_id, until, at)  # freed since
-        if self._one(SCHEDULE_CALL_HELD, [root_id, schedule_id, task_id, at]) is not None:
-            return False
+            return int(self._x(LOCK_FREE_SCHEDULE, [until, schedule_id]).rowcount) == 1
         return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:

@@ -193,6 +193,7 @@ PRUNE_CHANGES = (
 SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
 SCHEDULE_LOCK = "SELECT locked_until FROM culm_schedule WHERE id = ?"
 RELOCK_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND locked_until = ?"
+LOCK_FREE_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND locked_until IS NULL"
 # A task of the schedule (but the asking one) that a live runner holds: the one running its call.
 SCHEDULE_CALL_HELD = ("SELECT id FROM culm_task WHERE root_id = ? AND schedule_id = ? AND id <> ? "
                       "AND owner IS NOT NULL AND claimed_until >= ?")
