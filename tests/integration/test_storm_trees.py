@@ -264,3 +264,44 @@ def test_a_long_multiple_callback_call_keeps_its_lock_while_it_runs(runtime: Any
     assert api.callback(runtime, node.id, version, {"done": True}).result
     wait_state(runtime, node.id, "FINISHED", timeout=20)
     assert received() == 3
+
+
+CLOSE_WHILE_CALLING = """
+import sys, threading, time
+import storm_trees, random, culm
+from culm import api
+forest = storm_trees.make_forest(random.Random(3), 10, 10)
+rt = culm.Runtime(sys.argv[1])
+storm_trees.start_all(rt, forest)
+answers = []
+
+def caller(i):
+    end = time.monotonic() + 2.5
+    while time.monotonic() < end:
+        node = forest.activities[i % len(forest.activities)]
+        answers.append(api.get_children_states(rt, node))
+        answers.append(api.pause_pipeline(rt, forest.roots[i % len(forest.roots)]))
+
+threads = [threading.Thread(target=caller, args=(i,)) for i in range(8)]
+for t in threads:
+    t.start()
+time.sleep(1)
+rt.close()
+for t in threads:
+    t.join()
+closed = sum(1 for a in answers if not a.result and "is closed" in a.message)
+print(len(answers), closed, flush=True)
+"""
+
+
+def test_closing_a_runtime_while_threads_call_it(tmp_path: Path) -> None:
+    """``Runtime.close()`` while other threads still called the API closed each thread's SQLite
+    read connection under the statement that thread was running: the process died of a
+    segmentation fault. Now a reader's connection is closed only between its reads, and calls on
+    a closed runtime are refused, saying so."""
+    proc = subprocess.run([sys.executable, "-X", "faulthandler", "-c", CLOSE_WHILE_CALLING,
+                           f"sqlite:///{tmp_path}/close.db"], capture_output=True, text=True, timeout=90,
+                          env={**os.environ, "PYTHONPATH": PATHS})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    calls, refused_closed = map(int, proc.stdout.split())
+    assert calls > 0 and refused_closed > 0

@@ -1326,7 +1326,9 @@ class SqlStore:
         self._writer: Any = None
         # SQLite files: each reading thread's own connection (see _thread_reader).
         self._readers = threading.local()
-        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Each reader connection with the lock its thread holds while it reads: dispose() takes it
+        # before closing the connection (closing one mid-statement crashed the process).
+        self._all_readers: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
@@ -1393,13 +1395,16 @@ class SqlStore:
         raw = self._thread_reader()
         reader.busy = True
         try:
-            unit = self._unit(raw)
-            with unit.closing():
-                unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
-                yield unit
+            with self._all_readers.get(raw) or threading.Lock():
+                unit = self._unit(raw)
+                try:
+                    with unit.closing():
+                        unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
+                        yield unit
+                finally:
+                    raw.rollback()
         finally:
             reader.busy = False
-            raw.rollback()
 
     def is_interruption(self, exc: BaseException) -> bool:
         """A lost connection, a restarting server, a deadlock: worth trying the same work again
@@ -1427,7 +1432,7 @@ class SqlStore:
             raw = self.engine.raw_connection()
             raw.detach()
             self._readers.raw = raw
-            self._all_readers.add(raw)
+            self._all_readers[raw] = threading.Lock()
         return raw
 
     @contextlib.contextmanager
@@ -1476,8 +1481,9 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
-        for reader in list(self._all_readers):
-            reader.close()  # a thread still holding one gets "closed database" on its next read
+        for reader, guard in list(self._all_readers.items()):
+            with guard:  # never under a statement another thread is running on it
+                reader.close()  # a thread still holding one gets "closed database" on its next read
         self._all_readers.clear()
         self._readers = threading.local()
         self.engine.dispose()
