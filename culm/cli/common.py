@@ -157,7 +157,26 @@ def db_url(args: argparse.Namespace) -> str:
 
 
 def broker_url(args: argparse.Namespace) -> str | None:
-    return getattr(args, "broker", None) or os.environ.get("CULM_BROKER_URL") or None
+    """``--broker``, else ``$CULM_BROKER_URL``, else None; a URL of no broker Celery knows
+    (``nope://``) is a :class:`UsageError`, not kombu's ``KeyError`` traceback."""
+    url = getattr(args, "broker", None) or os.environ.get("CULM_BROKER_URL") or None
+    if url:
+        _check_broker(url)
+    return url
+
+
+def _check_broker(url: str) -> None:
+    try:
+        from kombu import Connection
+        from kombu.transport import resolve_transport
+    except ImportError:  # no Celery: the command that needs one says so
+        return
+    try:
+        resolve_transport(Connection(url).transport_cls)
+    except (KeyError, ImportError, ValueError) as exc:
+        reason = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise UsageError(f"cannot use the broker URL {_safe(url)!r}: {reason} (examples: "
+                         "redis://host:6379/0, amqp://user:password@host:5672//)") from None
 
 
 # -- the runtime --------------------------------------------------------------------------------

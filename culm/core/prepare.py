@@ -78,7 +78,12 @@ def run_pipeline(
             raise
         with engine.store.reading() as unit:  # which ids were taken (a refusal names them)
             _refuse_taken(root_id, unit.existing_node_ids(ids))
-        raise
+        # The key refused an id that no stored run holds now: a run of the same ids that was
+        # being stored at the same moment, and was rolled back.
+        raise InvalidOperationError(
+            f"pipeline {root_id} was refused by a unique key of the database as if it already exists, though no "
+            f"stored run holds its ids now (a run of the same ids at the same moment, rolled back since?): "
+            f"run it again") from exc
     engine.remember_graph(graph)
 
 
