@@ -270,9 +270,9 @@ class SqlUnit:
         """The cursor a unit sends its statements through (as ``adapt`` made them)."""
         return conn.cursor()
 
-    @contextlib.contextmanager
-    def closing(self) -> Iterator[None]:
-        """Close the unit's cursor when the block ends, however it ends.
+    def close(self) -> None:
+        """Close the unit's cursor; its store calls this when the unit's transaction ends, however
+        it ends.
 
         A statement read only in part (``fetchone`` of several rows) holds SQLite's read snapshot
         on the connection past the commit, for as long as its cursor lives, and a unit that raised
@@ -281,10 +281,7 @@ class SqlUnit:
         (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not wait out) once another process had
         written; a reader kept an old snapshot.
         """
-        try:
-            yield
-        finally:
-            self._cur.close()
+        self._cur.close()
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
@@ -1359,9 +1356,11 @@ class SqlStore:
                 else:
                     unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
-                with unit.closing():
+                try:
                     yield unit
                     unit.flush(commit=True)
+                finally:
+                    unit.close()
         except BaseException:
             if cache is not None:
                 cache.clear()  # rolled back (or the commit failed): the copies may hold undone writes
@@ -1387,21 +1386,23 @@ class SqlStore:
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False, snapshot=snapshot) as raw:
                 unit = self._unit(raw)
-                with unit.closing():
+                try:
                     if snapshot and self.traits.snapshot_read:
                         unit._x(self.traits.snapshot_read)
                     yield unit
+                finally:
+                    unit.close()
             return
-        raw = self._thread_reader()
+        raw, guard = self._thread_reader()
         reader.busy = True
         try:
-            with self._all_readers.get(raw) or threading.Lock():
+            with guard:
                 unit = self._unit(raw)
                 try:
-                    with unit.closing():
-                        unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
-                        yield unit
+                    unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
+                    yield unit
                 finally:
+                    unit.close()
                     raw.rollback()
         finally:
             reader.busy = False
@@ -1420,20 +1421,21 @@ class SqlStore:
         (:meth:`culm.core.ports.Store.is_duplicate`)."""
         return self.traits.is_duplicate(exc)
 
-    def _thread_reader(self) -> Any:
+    def _thread_reader(self) -> tuple[Any, threading.Lock]:
         """This thread's own read connection to the SQLite file, outside the pool.
 
         Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
         return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
         the writer. The connection lives as long as its thread (dispose() closes what is left).
         """
-        raw = getattr(self._readers, "raw", None)
+        readers = self._readers
+        raw = getattr(readers, "raw", None)
         if raw is None:
             raw = self.engine.raw_connection()
             raw.detach()
-            self._readers.raw = raw
-            self._all_readers[raw] = threading.Lock()
-        return raw
+            readers.raw, readers.guard = raw, threading.Lock()
+            self._all_readers[raw] = readers.guard
+        return raw, readers.guard
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False, snapshot: bool = False) -> Iterator[Any]:
