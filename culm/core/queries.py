@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,13 +65,18 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
-def _kept_wait_facts(unit: Unit, root_id: str, tree: Tree) -> waits.WaitFacts:
+def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree) -> waits.WaitFacts:
     """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
     reads): only the other rows the waiting nodes need are read (none for a finished pipeline)."""
     if tree.may_wait is None:
         may_wait = waits.MAY_WAIT
         tree.may_wait = [r for r in tree.records.values() if r.name in may_wait]
-    return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id))
+    return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit))
+
+
+def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:
+    """``timed(root_id)``: the activities of that pipeline with an enabled timeout."""
+    return lambda root_id: engine.graph(root_id, unit).timed
 
 
 def _copy(entry: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +94,7 @@ def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) ->
         kept = tree.entries
         if root_id not in kept:
             return {}
-        facts = _kept_wait_facts(unit, root_id, tree)
+        facts = _kept_wait_facts(engine, unit, root_id, tree)
     entry = _copy(kept[root_id])
     children = {}
     for node_id, e in kept.items():  # _copy inlined: it runs for every node at every poll
@@ -113,7 +119,7 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
             return {}
         kids = [k for k in unit.states_of_parent(node_id) if k.node_id != node_id]
         root = unit.get_state(st.root_id) if st.root_id and st.root_id != node_id else None
-        facts = waits.read_facts(unit, [st, *kids], root)
+        facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit))
     entry = state_entry(st, root_is_self=st.root_id == node_id)
     entry["children"] = {k.node_id: state_entry(k) for k in kids}
     _add_wait_reasons(facts, entry, entry["children"])
