@@ -295,6 +295,16 @@ class Schedules(Protocol):
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool: ...
 
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        """Lock a schedule for the call of task ``task_id`` (root ``root_id``) until ``until``.
+
+        The lock row names no holder: the holder is the task of the schedule with a live lease at
+        ``at`` (a heartbeat keeps it while the call runs). Refused while another task holds one,
+        whatever the lock's time says; else the lock is set, provided it is still the one just
+        read (of two takers, one wins). So a dead worker's lock is taken over once its leases are
+        freed, and a call running past the lock's time keeps it."""
+        ...
+
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None: ...
 
     def has_callback(self, node_id: str, version: str) -> bool: ...

@@ -351,6 +351,12 @@ class CachedUnit(SqliteUnit):
             self.cache.tasks[t.id] = _copy_task(t)
         return t
 
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        # Tasks taken from the copies carry no lease in the file (see claim_task), so the holder of
+        # a call cannot be found by its lease here: the lock's time decides. No lock outlives this
+        # process's runner: the process that takes the file over frees every lock (release_leases).
+        return self.lock_schedule(schedule_id, until, at)
+
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False
     ) -> tuple[TaskRecord | None, ProcessRecord | None]:

@@ -510,6 +510,18 @@ class MemoryUnit(TransactionView):
         self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
         return True
 
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        s = self._get("schedule", schedule_id)
+        if s is None:
+            return False
+        held = any(t.rec.schedule_id == schedule_id and t.rec.id != task_id and t.owner is not None
+                   and t.claimed_until is not None and t.claimed_until >= at
+                   for _, t in self._where("task", "root", root_id))
+        if held:
+            return False
+        self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
+        return True
+
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("callback", callback_id,
                      (node_id, version, codec.dumps_named(data, f"callback data for node {node_id}")))

@@ -576,6 +576,37 @@ def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: Store)
         assert [s.id for s in unit.schedules_of_nodes([node, "no-such-node"])] == [sid]  # finished ones too
 
 
+def test_a_schedule_call_lock_is_held_by_the_task_with_a_live_lease(store: Store) -> None:
+    """The lock names no holder: a task of the schedule with a live lease holds it, past the
+    lock's time too. Once that lease is freed (its worker was buried) another task of the
+    schedule takes the lock at once; of two takers, one wins."""
+    from culm.core.records import SCHEDULE, ScheduleRecord
+
+    sid, node, root, held, *waiting = _ids(4 + THREADS)
+    with store.transaction() as unit:
+        unit.insert_schedule(ScheduleRecord(sid, node, "v1", "p", "multiple_callback"))
+        unit.insert_tasks([TaskRecord(t, SCHEDULE, "p", node, root, schedule_id=sid) for t in (held, *waiting)])
+        assert unit.claim_task(held, "dead-worker", 130.0, 100.0) is not None
+        assert unit.lock_schedule(sid, 130.0, 100.0)
+    with store.transaction() as unit:
+        assert not unit.lock_schedule(sid, 140.0, 110.0)
+        assert not unit.lock_schedule_call(sid, root, waiting[0], 140.0, 110.0)  # its holder lives
+        unit.extend_leases("dead-worker", [held], 150.0)  # its call runs on past the lock's time
+        assert not unit.lock_schedule_call(sid, root, waiting[0], 160.0, 135.0)
+    with store.transaction() as unit:
+        unit.release_leases([held])  # the dead worker is buried
+
+    def take(i: int) -> bool:
+        with store.transaction() as unit:  # each runner claims its callback's task, then the lock
+            assert unit.claim_task(waiting[i], f"runner-{i}", 140.0, 110.0) is not None
+            return unit.lock_schedule_call(sid, root, waiting[i], 140.0, 110.0)
+
+    assert _all_in_threads(THREADS, take).count(True) == 1
+    with store.reading() as unit:
+        sched = unit.get_schedule(sid)
+        assert sched is not None and sched.locked_until == 140.0
+
+
 def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None:
     root, a, b, missing = _ids(4)
     _seed_state(store, a, root)

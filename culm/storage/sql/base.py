@@ -47,6 +47,7 @@ from culm.storage.sql.statements import (
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
+    LOCK_FREE_SCHEDULE,
     NODE_COLUMNS,
     NODE_INSERT,
     NOTE_INNER_LOOPS,
@@ -60,6 +61,7 @@ from culm.storage.sql.statements import (
     PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
+    RELOCK_SCHEDULE,
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
     ROOT_COUNT_ADD,
@@ -70,6 +72,8 @@ from culm.storage.sql.statements import (
     ROOT_COUNTS_CLEAR,
     ROOTS_COUNTED,
     SCHEDULE_BY_ID,
+    SCHEDULE_CALL_HELD,
+    SCHEDULE_LOCK,
     SCHEDULE_OF_RUN,
     SCHEDULES_IN,
     STATE_BY_ID,
@@ -265,6 +269,19 @@ class SqlUnit:
     def new_cursor(conn: Any) -> Any:
         """The cursor a unit sends its statements through (as ``adapt`` made them)."""
         return conn.cursor()
+
+    def close(self) -> None:
+        """Close the unit's cursor; its store calls this when the unit's transaction ends, however
+        it ends.
+
+        A statement read only in part (``fetchone`` of several rows) holds SQLite's read snapshot
+        on the connection past the commit, for as long as its cursor lives, and a unit that raised
+        lives on in the exception's reference cycle until the garbage collector runs. On the store's
+        one writer connection every write then failed at once with "database is locked"
+        (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not wait out) once another process had
+        written; a reader kept an old snapshot.
+        """
+        self._cur.close()
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
@@ -1096,6 +1113,14 @@ class SqlUnit:
                     "OR locked_until < ?)", [until, schedule_id, at]).rowcount
         return n == 1
 
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        row = self._one(SCHEDULE_LOCK, [schedule_id])
+        if row is None or self._one(SCHEDULE_CALL_HELD, [root_id, schedule_id, task_id, at]) is not None:
+            return False
+        if row[0] is None:
+            return int(self._x(LOCK_FREE_SCHEDULE, [until, schedule_id]).rowcount) == 1
+        return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
+
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("culm_callback_data",
                      [{"id": callback_id, "node_id": node_id, "version": version,
@@ -1303,7 +1328,9 @@ class SqlStore:
         self._writer: Any = None
         # SQLite files: each reading thread's own connection (see _thread_reader).
         self._readers = threading.local()
-        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Each reader connection with the lock its thread holds while it reads: dispose() takes it
+        # before closing the connection (closing one mid-statement crashed the process).
+        self._all_readers: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
@@ -1334,8 +1361,11 @@ class SqlStore:
                 else:
                     unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
-                yield unit
-                unit.flush(commit=True)
+                try:
+                    yield unit
+                    unit.flush(commit=True)
+                finally:
+                    unit.close()
         except BaseException:
             if cache is not None:
                 cache.clear()  # rolled back (or the commit failed): the copies may hold undone writes
@@ -1361,19 +1391,26 @@ class SqlStore:
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False, snapshot=snapshot) as raw:
                 unit = self._unit(raw)
-                if snapshot and self.traits.snapshot_read:
-                    unit._x(self.traits.snapshot_read)
-                yield unit
+                try:
+                    if snapshot and self.traits.snapshot_read:
+                        unit._x(self.traits.snapshot_read)
+                    yield unit
+                finally:
+                    unit.close()
             return
-        raw = self._thread_reader()
+        raw, guard = self._thread_reader()
         reader.busy = True
         try:
-            unit = self._unit(raw)
-            unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
-            yield unit
+            with guard:
+                unit = self._unit(raw)
+                try:
+                    unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
+                    yield unit
+                finally:
+                    unit.close()
+                    raw.rollback()
         finally:
             reader.busy = False
-            raw.rollback()
 
     def is_interruption(self, exc: BaseException) -> bool:
         """A lost connection, a restarting server, a deadlock: worth trying the same work again
@@ -1389,20 +1426,21 @@ class SqlStore:
         (:meth:`culm.core.ports.Store.is_duplicate`)."""
         return self.traits.is_duplicate(exc)
 
-    def _thread_reader(self) -> Any:
+    def _thread_reader(self) -> tuple[Any, threading.Lock]:
         """This thread's own read connection to the SQLite file, outside the pool.
 
         Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
         return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
         the writer. The connection lives as long as its thread (dispose() closes what is left).
         """
-        raw = getattr(self._readers, "raw", None)
+        readers = self._readers
+        raw = getattr(readers, "raw", None)
         if raw is None:
             raw = self.engine.raw_connection()
             raw.detach()
-            self._readers.raw = raw
-            self._all_readers.add(raw)
-        return raw
+            readers.raw, readers.guard = raw, threading.Lock()
+            self._all_readers[raw] = readers.guard
+        return raw, readers.guard
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False, snapshot: bool = False) -> Iterator[Any]:
@@ -1450,8 +1488,9 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
-        for reader in list(self._all_readers):
-            reader.close()  # a thread still holding one gets "closed database" on its next read
+        for reader, guard in list(self._all_readers.items()):
+            with guard:  # never under a statement another thread is running on it
+                reader.close()  # a thread still holding one gets "closed database" on its next read
         self._all_readers.clear()
         self._readers = threading.local()
         self.engine.dispose()

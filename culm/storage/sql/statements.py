@@ -191,6 +191,12 @@ PRUNE_CHANGES = (
     " WHERE s.node_id = culm_change.root_id AND s.root_id = s.node_id AND s.name IN (?, ?))"
 )
 SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
+SCHEDULE_LOCK = "SELECT locked_until FROM culm_schedule WHERE id = ?"
+RELOCK_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND locked_until = ?"
+LOCK_FREE_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND locked_until IS NULL"
+# A task of the schedule (but the asking one) that a live runner holds: the one running its call.
+SCHEDULE_CALL_HELD = ("SELECT id FROM culm_task WHERE root_id = ? AND schedule_id = ? AND id <> ? "
+                      "AND owner IS NOT NULL AND claimed_until >= ?")
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
