@@ -233,10 +233,6 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
             stacks += proc.stack
             nodes += ahead
             pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
-    if stacks:
-        unit.hold_states(stacks)  # what every walk's first node entry holds (walker._enter), at once
-    if nodes:
-        prefetch.prefetch_states(nodes)
-    pipelines += stacks
-    if pipelines:
-        prefetch.prefetch_contexts(pipelines)
+    # What every walk's first node entry holds (walker._enter), the states the walks may need and
+    # the contexts they may read: one round trip for all three on a server database.
+    prefetch.read_walks_ahead(stacks, nodes, pipelines + stacks)

@@ -345,6 +345,11 @@ class Prefetch(Protocol):
         """Read the contexts of ``pipeline_ids`` (up to ``limit`` values in all)."""
         ...
 
+    def read_walks_ahead(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        """``Unit.hold_states(held)``, :meth:`prefetch_states` of ``nodes`` and
+        :meth:`prefetch_contexts` of ``pipelines``, their statements sent together."""
+        ...
+
 
 class Unit(Runs, States, Changes, Processes, Tasks, NodeData, Schedules, Histories, Protocol):
     """One transaction offering every verb the core needs."""

@@ -118,6 +118,25 @@ class MysqlUnit(SqlUnit):
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
+    def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        if len(reads) < 2:
+            return super()._all_together(reads)
+        cur = self._cur
+        writes = [cur.mogrify(sql, params) for sql, params in self._take_deferred()]
+        texts = [*writes, *(cur.mogrify(self._sql(sql), params) for sql, params in reads)]
+        answers: list[list[Any]] = []
+        skip = len(writes)  # the writes' answers are read and dropped
+        for run in _up_to(texts, MAX_QUERY_CHARS):
+            cur.execute(";\n".join(run))
+            while True:
+                if skip:
+                    skip -= 1
+                else:
+                    answers.append(list(cur.fetchall()))
+                if not cur.nextset():
+                    break
+        return answers
+
     def _acked_row(self, parent_id: str) -> Any:
         # The UPDATE locks the parent's row (serialising siblings) and the read that follows in
         # the same query sees the count with this child in it: one round trip for both.

@@ -104,6 +104,18 @@ class PostgresUnit(SqlUnit):
             if commit:
                 self.conn.driver_connection.commit()
 
+    def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        if len(reads) < 2:
+            return super()._all_together(reads)
+        cursors = [self.new_cursor(self.conn) for _ in reads]  # a cursor keeps one answer
+        pending = self._take_deferred() if self._deferred else []
+        with self.conn.driver_connection.pipeline():
+            for sql, params in pending:
+                self._cur.execute(sql, params)
+            for cur, (sql, params) in zip(cursors, reads, strict=True):
+                cur.execute(sql, params)
+        return [cur.fetchall() for cur in cursors]
+
     def _acked_row(self, parent_id: str) -> Any:
         return self._one(ACK_CHILD_RETURNING, [parent_id])
 
