@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from culm.core import faults, scheduling, walker
+from culm.core import faults, joins, scheduling, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
 from culm.core.ports import RowCopies, Unit
@@ -147,6 +147,7 @@ def _commit(
                 done.append(item.task.id)
             else:
                 calls.append(call)
+        joins.settle(step)  # the batch's children at their converge gateways, counted at once
     return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
 
 
@@ -178,8 +179,11 @@ def _advance_isolated(engine: Engine, step: Step, item: Item) -> UserCall | None
     resumed = item.waiting
     try:
         with step.unit.savepoint():
-            return advance(engine, step, item)
+            call = advance(engine, step, item)
+            joins.settle(step)  # its joins counted inside its savepoint
+            return call
     except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
+        step.joins.clear()
         if engine.store.is_interruption(exc):
             raise
         _fail_task(engine, step, item, resumed, exc)

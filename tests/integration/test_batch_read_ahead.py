@@ -131,11 +131,11 @@ def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
     return StateRecord(node_id, "root", "root" if node_id != "root" else "", name, "v1", created_time=1.0)
 
 
-def _locked_elsewhere(store: SqlStore, node_id: str) -> bool:
-    """Whether another connection finds the state row locked (it asks for it without waiting)."""
+def _locked_elsewhere(store: SqlStore, row_id: str, table: str = "culm_state", key: str = "node_id") -> bool:
+    """Whether another connection finds the row locked (it asks for it without waiting)."""
     with store.engine.connect() as conn:
         try:
-            conn.exec_driver_sql(f"SELECT node_id FROM culm_state WHERE node_id = '{node_id}' FOR UPDATE NOWAIT")
+            conn.exec_driver_sql(f"SELECT {key} FROM {table} WHERE {key} = '{row_id}' FOR UPDATE NOWAIT")
         except Exception:  # noqa: BLE001 - the driver's "lock not available"
             return True
         finally:
@@ -185,3 +185,20 @@ def test_a_state_held_or_written_here_is_held_without_a_read_and_its_writes_wait
         assert unit.get_state("root").name == "FINISHED"
     with store.reading() as unit:
         assert (unit.get_state("root").name, unit.get_state("sub").name) == ("FINISHED", "RUNNING")
+
+
+def test_children_of_several_parents_are_counted_in_one_round_trip(store, monkeypatch):
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "gw", None, ["root"], need_ack=3) for p in ("pa", "pb")])
+    with store.transaction() as unit:
+        unit.update_process("pa", asleep=True)  # a deferred write: it travels with the acks
+        trips = round_trips(store.dialect, monkeypatch)
+        acked = unit.ack_children({"pb": 1, "pa": 2, "gone": 1})
+        assert len(trips) == 1, trips
+        monkeypatch.undo()
+        assert {p: (r.ack_num, r.need_ack) for p, r in acked.items()} == {"pa": (2, 3), "pb": (1, 3)}
+        assert acked["pa"].asleep and not acked["pb"].asleep
+        assert all(_locked_elsewhere(store, p, "culm_process", "id") for p in ("pa", "pb"))
+    with store.reading() as unit:
+        assert (unit.get_process("pa").ack_num, unit.get_process("pb").ack_num) == (2, 1)
+

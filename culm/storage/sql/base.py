@@ -40,7 +40,7 @@ from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
-    ACK_CHILD,
+    ACK_CHILDREN,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
@@ -55,6 +55,7 @@ from culm.storage.sql.statements import (
     PROCESS_BY_ID,
     PROCESS_BY_ID_LOCKED,
     PROCESSES_AT,
+    PROCESSES_IN,
     PROCESSES_OF_ROOT,
     PROCESSES_SUSPENDED_BY,
     PRUNE_CHANGES,
@@ -597,8 +598,7 @@ class SqlUnit:
             view[node_id] = found.get(node_id)
         self._state_view = view
 
-    def read_walks_ahead(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str],
-                         limit: int = CONTEXTS_AHEAD) -> None:
+    def read_walks_ahead(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
         """:meth:`hold_states` of ``held`` (answered later from what it read), :meth:`prefetch_states`
         of ``nodes`` and :meth:`prefetch_contexts` of ``pipelines``: on a server database their
         statements go together, in one round trip (with the deferred writes before them)."""
@@ -610,14 +610,14 @@ class SqlUnit:
         state_reads = self._states_reads(missing) if missing else []
         reads += state_reads
         if contexts:
-            reads.append(self._contexts_read(contexts, limit))
+            reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
         answers = self._all_together(reads)
         if fresh:
             self._take_held(fresh, answers[0])
         if missing:
             self._take_states(missing, [r for rows in answers[bool(fresh) : bool(fresh) + len(state_reads)] for r in rows])
         if contexts:
-            self._take_contexts(contexts, answers[-1], limit)
+            self._take_contexts(contexts, answers[-1], CONTEXTS_AHEAD)
 
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
@@ -771,17 +771,21 @@ class SqlUnit:
             return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
-    def ack_child(self, parent_id: str) -> ProcessRecord | None:
-        """Count one finished child; the row lock taken by the update serialises siblings."""
+    def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
+        """Count finished children, in parent id order (one lock order for every writer); the row
+        locks taken by the updates serialise siblings."""
+        acks = [(counts[pid], pid) for pid in sorted(counts)]
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
-            self._procs_written.add(parent_id)
-        row = self._acked_row(parent_id)
-        return _process_row(row) if row else None
+            self._procs_written.update(counts)
+        return {row[0]: _process_row(row) for row in self._acked_rows(acks)}
 
-    def _acked_row(self, parent_id: str) -> Any:
-        """The ack's UPDATE, then the process row with it (each dialect in as few round trips as it can)."""
-        self._x(ACK_CHILD, [parent_id])
-        return self._one(PROCESS_BY_ID, [parent_id])
+    def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
+        """The acks' UPDATEs, then the process rows with them (each dialect in as few round trips
+        as it can)."""
+        for n, pid in acks:
+            self._x(ACK_CHILDREN, [n, pid])
+        ids = [pid for _, pid in acks]
+        return self._all(PROCESSES_IN.format(marks=marks(len(ids))), ids)
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
