@@ -28,7 +28,7 @@ class Step:
 
     unit: Unit
     tasks: list[TaskRecord] = field(default_factory=list)
-    joins: list[Join] = field(default_factory=list)  # counted before the commit (walker.settle_joins)
+    joins: list[Join] = field(default_factory=list)  # counted before the commit (joins.settle)
     events: list[tuple[signals.Signal, dict[str, Any]]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)

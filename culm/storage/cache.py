@@ -319,7 +319,8 @@ class CachedUnit(SqliteUnit):
 
     def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
         kept = {pid: p for pid in counts if (p := self.cache.processes.get(pid)) is not None}
-        acked = super().ack_children({pid: n for pid, n in counts.items() if pid not in kept}) if len(kept) < len(counts) else {}
+        others = {pid: n for pid, n in counts.items() if pid not in kept}
+        acked = super().ack_children(others) if others else {}
         for pid, p in sorted(kept.items()):
             self._x(ACK_CHILDREN, [counts[pid], pid])
             p.ack_num += counts[pid]

@@ -611,13 +611,13 @@ class SqlUnit:
         reads += state_reads
         if contexts:
             reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
-        answers = self._all_together(reads)
+        answers = iter(self._all_together(reads))  # in the order of ``reads``
         if fresh:
-            self._take_held(fresh, answers[0])
+            self._take_held(fresh, next(answers))
         if missing:
-            self._take_states(missing, [r for rows in answers[bool(fresh) : bool(fresh) + len(state_reads)] for r in rows])
+            self._take_states(missing, [r for _ in state_reads for r in next(answers)])
         if contexts:
-            self._take_contexts(contexts, answers[-1], CONTEXTS_AHEAD)
+            self._take_contexts(contexts, next(answers), CONTEXTS_AHEAD)
 
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
