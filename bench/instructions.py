@@ -1,6 +1,6 @@
 """Instructions one embedded run costs, per thread, counted with callgrind.
 
-``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting|states_moving] [--poll MS]`` runs itself under
+``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting|states_moving|states_big_moving] [--poll MS]`` runs itself under
 ``valgrind --tool=callgrind`` and prints the instructions executed by the caller (the
 ``run_pipeline`` calls, and the polling loop with ``--poll``), the engine thread and the user-code
 threads, and the engine's batches. Wall time on this machine moves with everybody's load;
@@ -41,8 +41,10 @@ SHAPES = {
     "latency": lambda: [normal_pipeline()],
 }
 READS = {"states_big": 100, "states_small": 2000, "states_waiting": 100,  # get_pipeline_states calls counted
-         "states_moving": 300}
-MOVES = 3  # states_moving: rounds of callbacks (each followed by one counted poll of every pipeline)
+         "states_moving": 300, "states_big_moving": 9}
+# states_moving / states_big_moving: rounds of callbacks (each followed by one counted poll of
+# every pipeline), and callbacks per pipeline in a round.
+MOVES = {"states_moving": (3, 1), "states_big_moving": (9, 10)}
 MARKS = {"starmap_next": "caller", "dropwhile_next": "engine", "takewhile_next": "user code"}
 
 
@@ -120,7 +122,9 @@ def _reads(shape: str) -> dict[str, Any]:
     4)``, 20 nodes), polled once each; then MOVES times, one branch of each is called back (its
     last nodes run, it reaches the converge gateway; uncounted) and every pipeline is polled once
     more (300 counted calls, each catching up with ~4 changed nodes and reading the wait facts of
-    a pipeline still RUNNING)."""
+    a pipeline still RUNNING). ``states_big_moving``: the same on ``waiting_pipeline(100, 10)``
+    (1,004 nodes), 10 branches called back per round, 9 rounds: each counted poll catches up
+    with ~40 changed nodes of the big pipeline as the engine left them (9 counted calls)."""
     import culm
     from culm import api
 
@@ -128,9 +132,10 @@ def _reads(shape: str) -> dict[str, Any]:
     rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
     try:
         shapes = {"states_big": lambda: [wide_pipeline(100, 10)], "states_waiting": lambda: [waiting_pipeline(100, 10)],
-                  "states_moving": lambda: [waiting_pipeline(4, 4) for _ in range(100)]}
+                  "states_moving": lambda: [waiting_pipeline(4, 4) for _ in range(100)],
+                  "states_big_moving": lambda: [waiting_pipeline(100, 10)]}
         trees = shapes.get(shape, lambda: [normal_pipeline() for _ in range(100)])()
-        final = "RUNNING" if shape in ("states_waiting", "states_moving") else "FINISHED"
+        final = "RUNNING" if shape in ("states_waiting", *MOVES) else "FINISHED"
         for tree in trees:
             api.run_pipeline(rt, tree)
         if not rt.wait_idle(600):
@@ -139,8 +144,8 @@ def _reads(shape: str) -> dict[str, Any]:
         for root in ids:
             if api.get_pipeline_states(rt, root).data[root]["state"] != final:
                 raise SystemExit(f"pipeline {root} is not {final}")
-        if shape == "states_moving":
-            _moving(rt, ids)
+        if shape in MOVES:
+            _moving(rt, ids, *MOVES[shape])
             return {"calls": READS[shape]}
         calls = [(ids[i % len(ids)],) for i in range(READS[shape])]
         gc.collect()  # see _moving
@@ -151,16 +156,18 @@ def _reads(shape: str) -> dict[str, Any]:
     return {"calls": READS[shape]}
 
 
-def _moving(rt: Any, ids: list[str]) -> None:
-    """``states_moving``: MOVES rounds of one callback per pipeline (uncounted), each followed by
-    one counted ``get_pipeline_states`` of every pipeline."""
+def _moving(rt: Any, ids: list[str], rounds: int, per_pipeline: int) -> None:
+    """``states_moving``, ``states_big_moving``: ``rounds`` rounds of ``per_pipeline`` callbacks
+    per pipeline (uncounted), each followed by one counted ``get_pipeline_states`` of every pipeline."""
     from culm import api
 
-    for _ in range(MOVES):
-        called = []  # first every pipeline's next waiting node, then the callbacks: the counted
+    for _ in range(rounds):
+        called = []  # first every pipeline's next waiting nodes, then the callbacks: the counted
         for root in ids:  # polls below find exactly the changes the callbacks made
             entries = api.get_pipeline_states(rt, root).data[root]["children"].values()
-            called.append(next(e for e in entries if (e["wait_reason"] or {}).get("kind") == "callback"))
+            waiting = sorted((e for e in entries if (e["wait_reason"] or {}).get("kind") == "callback"),
+                             key=lambda e: e["id"])
+            called.extend(waiting[:per_pipeline])
         for node in called:
             if not api.callback(rt, node["id"], node["version"], {}).result:
                 raise SystemExit(f"the callback of node {node['id']} was refused")

@@ -23,10 +23,13 @@ from culm.cli.common import (
     port_number,
     positive_seconds,
     print_json,
+    whole_number,
 )
 from culm.cli.loading import import_modules, import_names
 from culm.errors import CulmError, InvalidOperationError
 from culm.runtime import WorkerWiring
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -35,7 +38,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UsageError(f"the Celery worker is not available: {exc} (install culm[celery])") from exc
 
-    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues else None
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()] if args.queues is not None else None
+    if queues == []:
+        raise UsageError(f"--queues {args.queues!r}: names no queue (give Q1,Q2, or leave it out for every "
+                         "queue of --prefix)")
     if queues is None and args.queue_suffix:
         queues = queue_names(args.queue_suffix, args.prefix)
     broker = broker_url(args)
@@ -64,6 +70,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
             raise  # the database's own message, with its exit code
         raise UsageError(str(exc)) from exc
     return EXIT_OK
+
+
+def _log_level(text: str) -> str:
+    """An argparse type: one of Celery's log levels, in any case."""
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(LOG_LEVELS)}, not {text!r}")
+    return level
 
 
 def _metrics_port_from_environment() -> int | None:
@@ -141,7 +155,8 @@ def register(sub: Any) -> None:
                         help="the Celery broker to take tasks from (default: $CULM_BROKER_URL)")
     worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                         help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
-    worker.add_argument("--concurrency", type=int, default=None, metavar="N",
+    worker.add_argument("--concurrency", type=whole_number(1, "a number of processes, 1 or more"), default=None,
+                        metavar="N",
                         help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
                              "the number of CPUs; each process runs user code on $CULM_WORKER_THREADS threads (8)")
     worker.add_argument("--queues", default=None, metavar="Q1,Q2",
@@ -152,7 +167,7 @@ def register(sub: Any) -> None:
                         help="queue name prefix, as given to the submitting runtimes (also $CULM_QUEUE_PREFIX)")
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
-    worker.add_argument("--loglevel", default="INFO", metavar="L",
+    worker.add_argument("--loglevel", default="INFO", type=_log_level, metavar="L",
                         help="Celery's log level: DEBUG, INFO, WARNING, ERROR (default INFO)")
     worker.add_argument("--metrics-port", type=port_number, default=None, metavar="PORT",
                         help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset); "

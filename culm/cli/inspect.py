@@ -25,8 +25,10 @@ from culm.cli.common import (
     open_runtime,
     positive_seconds,
     print_json,
+    shown,
     state_entry,
 )
+from culm.cli.run import Stillness, ex_data_of, failure_report
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -51,7 +53,7 @@ class Described:
             lines = text.splitlines() or [""]
             notes[node_id] = [f"ex_data: {lines[0]}", *(f"         {line}" for line in lines[1:])]
         for node_id, data in self.outputs.items():
-            notes.setdefault(node_id, []).extend(f"output {k} = {v!r}" for k, v in data.items()
+            notes.setdefault(node_id, []).extend(f"output {k} = {shown(v)}" for k, v in data.items()
                                                  if k != "ex_data" and not k.startswith("_"))
         return notes
 
@@ -90,8 +92,7 @@ def describe(rt: Any, target: str, outputs: bool = False) -> Described:
             continue
         data = api.get_execution_data_outputs(rt, node_id).data or {}
         if node["state"] == "FAILED":
-            ex_data = data.get("ex_data")
-            found.ex_data[node_id] = str(ex_data).rstrip() if ex_data not in (None, "") else "(none)"
+            found.ex_data[node_id] = ex_data_of(data)
         if outputs:
             found.outputs[node_id] = data
     return found
@@ -190,14 +191,20 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- logs and history ---------------------------------------------------------------------------
+def _node_entry(rt: Any, node_id: str, command: str, what: str) -> dict:
+    """The state entry of a node; a pipeline's id is a usage mistake (exit 2) that says what to do."""
+    entry = state_entry(rt, node_id)
+    if entry.get("root_id") == node_id:
+        raise UsageError(f"{node_id} is a pipeline: its nodes keep {what} (`culm status {node_id}` lists "
+                         f"them; then `culm {command} NODE`)")
+    return entry
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from culm import api
 
     with open_runtime(args) as rt:
-        entry = state_entry(rt, args.node)
-        if entry.get("root_id") == args.node:
-            raise UsageError(f"{args.node} is a pipeline: its nodes keep the logs (`culm status {args.node}` lists "
-                             "them; then `culm logs NODE`)")
+        entry = _node_entry(rt, args.node, "logs", "the logs")
         text = check(api.get_node_logs(rt, args.node, args.version))
         if args.version and not text:
             runs = check(api.get_node_histories(rt, args.node)) or []
@@ -226,11 +233,22 @@ def cmd_logs(args: argparse.Namespace) -> int:
             time.sleep(args.interval)
 
 
+def _loop_number(text: str) -> int:
+    """An argparse type: a loop number, 1 or more (-1, the default, means every loop)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a loop number, 1 or more, not {text!r}") from None
+    if value < 1 and value != -1:
+        raise argparse.ArgumentTypeError(f"expected a loop number, 1 or more (loops count from 1), not {value}")
+    return value
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from culm import api
 
     with open_runtime(args) as rt:
-        state_entry(rt, args.node)
+        _node_entry(rt, args.node, "history", "their earlier runs")
         records = check(api.get_node_histories(rt, args.node, args.loop))
     if args.json:
         print_json(records)
@@ -264,8 +282,17 @@ def cmd_watch(args: argparse.Namespace) -> int:
         return _watch_lines(rt, args, found)
 
 
-def _ended(found: Described) -> bool:
-    return found.entry["state"] in render.ENDED
+def _ended(found: Described, still: Stillness) -> bool:
+    """The pipeline ended, or stopped with nothing running but failed nodes (bamboo keeps it
+    RUNNING then); a pipeline that waits (a callback, a poll, a pause) is watched on."""
+    return found.entry["state"] in render.ENDED or still.stopped(found.flat) == "failed"
+
+
+def _conclude(found: Described) -> int:
+    """The failed nodes with their ex_data, as ``culm run`` prints them; the exit code."""
+    for line in failure_report(found.root_id, found.flat, found.info, found.ex_data):
+        print(line, flush=True)
+    return found.outcome
 
 
 def _watch_live(rt: Any, args: argparse.Namespace, found: Described) -> int:
@@ -275,18 +302,20 @@ def _watch_live(rt: Any, args: argparse.Namespace, found: Described) -> int:
     def view(f: Described) -> Group:
         return Group(render.state_tree(f.entry, f.info, f.notes), render.progress_line(f.flat, f.root_id))
 
+    still = Stillness(waiting_moves=True)
     with Live(view(found), console=console(), refresh_per_second=4) as live:
-        while not _ended(found):
+        while not _ended(found, still):
             time.sleep(args.interval)
             found = describe(rt, args.id)
             live.update(view(found))
-    return found.outcome
+    return _conclude(found)
 
 
 def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
     """One line per state change (and a progress line now and then) when stdout is not a terminal."""
     last: dict[str, tuple[str, str]] = {}
     progress_at = time.monotonic()
+    still = Stillness(waiting_moves=True)
     while True:
         for node_id, entry in sorted(found.flat.items(), key=lambda kv: str(kv[1].get("created_time"))):
             seen = (entry["state"], (entry.get("wait_reason") or {}).get("text", ""))
@@ -295,9 +324,9 @@ def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
                 waits = f" — waits: {seen[1]}" if seen[1] else ""
                 print(f"{datetime.now().strftime('%H:%M:%S')} {entry['state']:<9} "
                       f"{render.label(node_id, found.info)}{waits}", flush=True)
-        if _ended(found):
+        if _ended(found, still):
             print(render.progress_line(found.flat, found.root_id), flush=True)
-            return found.outcome
+            return _conclude(found)
         if time.monotonic() - progress_at >= args.progress_every:
             progress_at = time.monotonic()
             print(render.progress_line(found.flat, found.root_id), flush=True)
@@ -339,12 +368,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("history", help="earlier runs of a node (retries and loops)")
     p.add_argument("node", type=an_id, metavar="NODE")
-    p.add_argument("--loop", type=int, default=-1, metavar="N", help="only loop N")
+    p.add_argument("--loop", type=_loop_number, default=-1, metavar="N", help="only loop N (1 or more)")
     add_db(p)
     add_json(p)
     p.set_defaults(func=cmd_history)
 
-    p = sub.add_parser("watch", help="follow a pipeline live until it ends")
+    p = sub.add_parser("watch", help="follow a pipeline live until it ends or only failed nodes hold it")
     p.add_argument("id", type=an_id, metavar="ID")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help="seconds between refreshes")
     p.add_argument("--progress-every", type=positive_seconds, default=10.0, metavar="S",

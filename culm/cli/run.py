@@ -10,16 +10,18 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from culm.cli import render
 from culm.cli.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    Refused,
     UsageError,
     add_broker,
     add_db,
+    an_id,
     broker_url,
     check,
     db_url,
@@ -27,6 +29,7 @@ from culm.cli.common import (
     open_runtime,
     parse_json_object,
     seconds,
+    state_entry,
 )
 from culm.cli.loading import apply_settings, import_names, load_tree
 from culm.model import with_new_ids
@@ -93,6 +96,28 @@ def _started(entry: dict) -> tuple:
     return (at is None, at.timestamp() if at else 0.0, entry["id"])
 
 
+class Stillness:
+    """Tells when a pipeline stopped moving: nothing of it ran for :data:`STILL_SECONDS` but failed
+    nodes (``"failed"``: bamboo keeps such a pipeline RUNNING until an operator acts) or, unless
+    ``waiting_moves``, nodes that wait for a callback or an operator (``"waiting"``)."""
+
+    def __init__(self, waiting_moves: bool) -> None:
+        self.waiting_moves = waiting_moves
+        self.since: float | None = None
+
+    def stopped(self, flat: dict[str, dict]) -> str | None:
+        """``"failed"``, ``"waiting"`` or None (still moving, or not still for long enough yet)."""
+        if _moving(flat, self.waiting_moves):
+            self.since = None
+            return None
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self.since < STILL_SECONDS:
+            return None
+        return "failed" if any(e["state"] == "FAILED" for e in flat.values()) else "waiting"
+
+
 def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, stop_when_waiting: bool = False,
            on_callback: Callable[[dict], None] | None = None) -> tuple[str, dict[str, dict]]:
     """Poll until the pipeline ended or stopped moving: ``("ended"|"failed"|"waiting"|"timeout", flat)``.
@@ -105,7 +130,7 @@ def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, sto
     from culm import api
 
     deadline = time.monotonic() + timeout
-    still_since: float | None = None
+    still = Stillness(waiting_moves=not stop_when_waiting)
     told: set[tuple[str, str]] = set()
     while True:
         flat = render.flatten(check(api.get_pipeline_states(rt, root_id)))
@@ -120,16 +145,41 @@ def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, sto
                     on_callback(entry)
         if flat.get(root_id, {}).get("state") in render.ENDED:
             return "ended", flat
-        if _moving(flat, not stop_when_waiting):
-            still_since = None
-        elif still_since is None:
-            still_since = time.monotonic()
-        elif time.monotonic() - still_since >= STILL_SECONDS:
-            failed = any(e["state"] == "FAILED" for e in flat.values())
-            return ("failed" if failed else "waiting"), flat
+        stopped = still.stopped(flat)
+        if stopped is not None:
+            return stopped, flat
         if time.monotonic() >= deadline:
             return "timeout", flat
         time.sleep(POLL_SECONDS)
+
+
+def ex_data_text(rt: Any, node_id: str) -> str:
+    """A failed node's ``ex_data`` as text (``(no ex_data)`` when it left none)."""
+    from culm import api
+
+    return ex_data_of(api.get_execution_data_outputs(rt, node_id).data or {})
+
+
+def ex_data_of(outputs: dict) -> str:
+    """The ``ex_data`` of a node's outputs as text (``(no ex_data)`` when there is none)."""
+    ex_data = outputs.get("ex_data")
+    return str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
+
+
+def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
+                   ex_data: dict[str, str]) -> list[str]:
+    """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
+    then each failed node with its ``ex_data`` (``ex_data``: by node id)."""
+    failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
+    if not failed:
+        return []
+    root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
+    lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
+             f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)"]
+    for node_id in failed:
+        lines.append(f"FAILED {render.label(node_id, info)}")
+        lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
+    return lines
 
 
 @contextmanager
@@ -174,8 +224,6 @@ def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
 def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: str, flat: dict[str, dict],
              args: argparse.Namespace, cluster: bool) -> int:
     """Print how the run stands and return the exit code (0 only when FINISHED)."""
-    from culm import api
-
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
     if outcome == "ended":
         print(f"pipeline {root_id} {root_state}")
@@ -190,16 +238,9 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
             print(f"  still RUNNING: {render.label(node_id, info)}")
         elif reason and reason["kind"] != "failed":
             print(f"  {render.label(node_id, info)}: {reason['text']}")
-    failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
-    if failed:
-        print(f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-              f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)")
-    for node_id in failed:
-        ex_data = (api.get_execution_data_outputs(rt, node_id).data or {}).get("ex_data")
-        print(f"FAILED {render.label(node_id, info)}")
-        text = str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
-        for line in text.splitlines() or [""]:
-            print(f"    {line}")
+    failed = {n: ex_data_text(rt, n) for n, e in flat.items() if e["state"] == "FAILED"}
+    for line in failure_report(root_id, flat, info, failed):
+        print(line)
     if outcome in ("timeout", "waiting"):
         print(continue_hint(args, root_id, cluster))
     return EXIT_FAILED
@@ -255,18 +296,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
         started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
         if not started.result:
-            problems = getattr(started.exc, "problems", None) or []
-            if problems:
-                err(f"invalid pipeline tree: {len(problems)} problem(s)")
-                print_problems(problems, info, sys.stderr)
-            else:
-                err(f"refused: {started.message}")
-            if isinstance(root_id, str) and api.get_pipeline_states(rt, root_id).data:
-                err(f"hint: pipeline {root_id} already ran in this database; pass --new-ids to run "
-                    "the tree again under fresh ids")
-            return EXIT_USAGE
+            _refused_run(started, info)
         assert isinstance(root_id, str)
         return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+
+
+def _refused_run(started: Any, info: dict[str, tuple[str, str]]) -> NoReturn:
+    """A run the engine did not start: an invalid tree is the caller's input (exit 2, each problem
+    listed); a tree id that already ran here is the engine's refusal (exit 5)."""
+    from culm.errors import InvalidOperationError
+
+    problems = getattr(started.exc, "problems", None) or []
+    if problems:
+        print_problems(problems, info, sys.stderr)
+        raise UsageError(f"invalid pipeline tree: {len(problems)} problem(s)")
+    if isinstance(started.exc, InvalidOperationError):  # its ids ran here before
+        raise Refused(f"{started.message}; pass --new-ids to run the tree again under fresh ids")
+    check(started, bad_input=True)  # a database failure (exit 4), else the input (exit 2)
+    raise UsageError(started.message)
 
 
 def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
@@ -299,9 +346,9 @@ def _attach(args: argparse.Namespace) -> int:
         root_id = args.attach
         states = check(api.get_pipeline_states(rt, root_id))
         if not states:
-            from culm.cli.common import NotFound
-
-            raise NotFound(f"no pipeline with id {root_id} in this database")
+            pipeline = state_entry(rt, root_id).get("root_id")  # NotFound: no such id at all
+            raise UsageError(f"{root_id} is a node of pipeline {pipeline}: attach the pipeline "
+                             f"(`culm run --attach {pipeline}`)")
         info = render.node_info(check(api.get_pipeline_tree(rt, root_id)))
         if getattr(rt, "dispatcher", None) is None and not cluster:
             print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
@@ -331,7 +378,7 @@ def register(sub: Any) -> None:
     """Add ``run`` and ``validate`` to the ``culm`` parser."""
     run = sub.add_parser("run", help="run a pipeline to its end (embedded), or submit it to a cluster's workers")
     run.add_argument("source", nargs="?", metavar="TREE.json|MODULE.py")
-    run.add_argument("--attach", metavar="ID", help="continue (and follow) a pipeline an earlier run left unfinished")
+    run.add_argument("--attach", type=an_id, metavar="ID", help="continue (and follow) a pipeline an earlier run left unfinished")
     add_db(run)
     add_broker(run)
     run.add_argument("--data", metavar="JSON",

@@ -14,7 +14,15 @@ import socket
 import sys
 from typing import Any
 
-from culm.cli.common import DatabaseError, UsageError, check_sqlite, db_url, port_number, whole_number
+from culm.cli.common import (
+    DatabaseError,
+    UsageError,
+    broker_url,
+    check_sqlite,
+    db_url,
+    port_number,
+    whole_number,
+)
 from culm.cli.loading import import_modules, import_names
 
 DEFAULT_DB = "sqlite:///culm.db"
@@ -88,7 +96,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    broker = args.broker or os.environ.get("CULM_BROKER_URL") or None
+    broker = broker_url(args)  # an unknown kind of broker: exit 2, before anything is served
     runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
         _token_table(runtime)  # memory:// keeps no tokens: one line, before anything is served

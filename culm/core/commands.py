@@ -279,14 +279,21 @@ def skip_node(engine: Engine, node_id: str) -> None:
             raise InvalidOperationError(f"node {node_id} is not skippable")
         st = _state(unit, node_id)
         _require(st, (states.FAILED,), "skip")
-        proc = _sleeping_process(unit, node_id)
-        step.event("pre_skip_node", node_id=node_id)
-        step.after.append(_service_hook(engine, unit, node, st, "pre_skip_node"))
-        record_history(unit, st)
-        _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
-        _wake(step, proc, node.target)  # type: ignore[arg-type]
-        step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
-        step.event("post_skip_node", node_id=node_id)
+        skip_failed(engine, step, node, st)
+
+
+def skip_failed(engine: Engine, step: Step, node: g.Node, st: StateRecord) -> None:
+    """Skip the FAILED activity or start event ``node`` (``st`` read with a row lock): FINISHED
+    with ``skip`` set, its run kept in the history, its process woken at the next node."""
+    unit = step.unit
+    proc = _sleeping_process(unit, node.id)
+    step.event("pre_skip_node", node_id=node.id)
+    step.after.append(_service_hook(engine, unit, node, st, "pre_skip_node"))
+    record_history(unit, st)
+    _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
+    _wake(step, proc, node.target)  # type: ignore[arg-type]
+    step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
+    step.event("post_skip_node", node_id=node.id)
 
 
 def skip_exclusive_gateway(engine: Engine, node_id: str, flow_id: str) -> None:
@@ -350,22 +357,32 @@ def forced_fail_activity(engine: Engine, node_id: str, ex_data: str, *, signal: 
         procs = [p for p in unit.processes_at(node_id) if not p.dead]
         if not procs:
             raise InvalidOperationError(f"node {node_id} has no live process on it")
-        step.event("pre_forced_fail_activity", node_id=node_id, ex_data=ex_data)
-        step.after.append(_service_hook(engine, unit, node, st, "pre_forced_fail_activity"))
-        inputs, outputs = unit.get_execution_data(node_id) or ({}, {})
-        outputs = {**outputs, "ex_data": ex_data, "_forced_failed": True}
-        unit.set_execution_data(node_id, inputs, outputs)
-        old = st.version
-        sent = len(step.events)
-        _cas(step, st, states.FAILED, {"version": new_version(), "archived_time": now()})
-        if not signal:
-            del step.events[sent:]
-        for proc in procs:
-            unit.update_process(proc.id, asleep=True)
-        unit.retag_logs(node_id, old, st.version)
-        step.after.append(_service_hook(engine, unit, node, st, "post_forced_fail_activity"))
-        step.event("post_forced_fail_activity", node_id=node_id, ex_data=ex_data, old_version=old,
-                   new_version=st.version)
+        force_fail(engine, step, node, st, procs, ex_data, signal=signal)
+
+
+def force_fail(engine: Engine, step: Step, node: g.Node, st: StateRecord, procs: list[ProcessRecord],
+               ex_data: str, *, signal: bool = True, extra: dict[str, Any] | None = None) -> None:
+    """Fail the RUNNING activity ``node`` (``st`` read with a row lock) whose live processes are
+    ``procs``: ``ex_data`` (and ``extra``) join its outputs, a new version makes any late result of
+    its user code stale, its processes sleep until an operator retries or skips it."""
+    unit = step.unit
+    node_id = node.id
+    step.event("pre_forced_fail_activity", node_id=node_id, ex_data=ex_data)
+    step.after.append(_service_hook(engine, unit, node, st, "pre_forced_fail_activity"))
+    inputs, outputs = unit.get_execution_data(node_id) or ({}, {})
+    outputs = {**outputs, "ex_data": ex_data, "_forced_failed": True, **(extra or {})}
+    unit.set_execution_data(node_id, inputs, outputs)
+    old = st.version
+    sent = len(step.events)
+    _cas(step, st, states.FAILED, {"version": new_version(), "archived_time": now()})
+    if not signal:
+        del step.events[sent:]
+    for proc in procs:
+        unit.update_process(proc.id, asleep=True)
+    unit.retag_logs(node_id, old, st.version)
+    step.after.append(_service_hook(engine, unit, node, st, "post_forced_fail_activity"))
+    step.event("post_forced_fail_activity", node_id=node_id, ex_data=ex_data, old_version=old,
+               new_version=st.version)
 
 
 def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | None) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from culm.core import states
 from culm.core.engine import Engine
 from culm.core.ports import StateFields, Unit
-from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_version, now
+from culm.core.records import EXECUTE, TIMEOUT, ProcessRecord, StateRecord, TaskRecord, new_version, now
 from culm.core.run import record_history
 from culm.core.step import Step
 
@@ -32,6 +32,8 @@ def describe(task: TaskRecord, resumed: bool, exc: BaseException) -> str:
     """``ex_data`` for a task whose step raised: what the engine did, on which node, and why."""
     if task.kind == EXECUTE:
         doing = "applying the result of the user code of" if resumed else "walking the process from"
+    elif task.kind == TIMEOUT:
+        doing = "enforcing the timeout of"
     else:
         doing = "applying the schedule result of" if resumed else "preparing a schedule call of"
     trace = "".join(traceback.format_exception(exc))

@@ -23,11 +23,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from culm.core import faults, joins, scheduling, walker
+from culm.core import faults, joins, scheduling, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
 from culm.core.ports import RowCopies, Unit
-from culm.core.records import EXECUTE, TaskRecord
+from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
 from culm.core.step import Step
 from culm.model.compiled import SUBPROCESS
 
@@ -85,6 +85,19 @@ class Committed:
     def tasks(self) -> list[TaskRecord]:
         """The follow-up tasks the batch wrote (their rows are committed)."""
         return self.step.tasks
+
+    @property
+    def cut_off(self) -> list[tuple[str, str]]:
+        """(node id, version) of the runs whose user code a node timeout cut off: any call of
+        theirs still running is stale (its result will be discarded)."""
+        return self.step.cut_off
+
+    def is_cut_off(self, call: UserCall) -> bool:
+        """Whether ``call`` (handed out earlier) belongs to a run this batch cut off."""
+        invoke = call.item.invoke
+        if invoke is not None:  # an execute: the walker recorded the run's version
+            return (invoke.node_id, invoke.version or "") in self.step.cut_off
+        return any(node_id == call.task.node_id for node_id, _ in self.step.cut_off)  # a schedule call
 
     def fire(self) -> None:
         """Send the signals and run the hooks of the committed transaction."""
@@ -168,6 +181,9 @@ def advance(engine: Engine, step: Step, item: Item) -> UserCall | None:
         return UserCall(item, invoke.call) if invoke is not None else None
     if item.waiting:
         scheduling.schedule_apply(engine, step, task.id, item.result)
+        return None
+    if task.kind == TIMEOUT:
+        timeouts.fire(engine, step, task.id)
         return None
     call = scheduling.schedule_prepare(engine, step, task.id)
     return UserCall(item, call) if call is not None else None

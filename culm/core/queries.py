@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,6 +11,7 @@ from culm.core import waits
 from culm.core.engine import Engine
 from culm.core.ports import Unit
 from culm.core.records import StateRecord
+from culm.core.state_tree import Tree
 from culm.errors import NotFoundError
 
 
@@ -19,16 +21,37 @@ def _time(t: float | None) -> datetime | None:
 
 def state_entry(st: StateRecord, root_is_self: bool = False) -> dict[str, Any]:
     """One state in bamboo's result shape (misspelt ``root_id:`` key included on purpose)."""
+    entry = kept_entry(st, root_is_self)
+    entry["children"] = {}
+    return entry
+
+
+def kept_entry(st: StateRecord, root_is_self: bool, before: tuple[StateRecord, dict[str, Any]] | None = None,
+               ) -> dict[str, Any]:
+    """:func:`state_entry` without its ``children`` dict (None): the kept trees hold these, and a
+    dict holding no container is one the garbage collector never scans (:mod:`culm.core.state_tree`).
+
+    ``before``: the record and entry kept for this node until now; their datetimes are reused
+    where the times are the same (a node that ended keeps its created and started times).
+    """
     parent = st.node_id if root_is_self else st.parent_id
-    created = _time(st.created_time)
+    if before is not None and before[0].created_time == st.created_time:
+        created = before[1]["created_time"]
+    else:
+        created = _time(st.created_time)
     # A node's first run starts as its row is created: one (immutable) datetime serves both.
-    started = created if st.started_time == st.created_time else _time(st.started_time)
+    if st.started_time == st.created_time:
+        started = created
+    elif before is not None and before[0].started_time == st.started_time:
+        started = before[1]["started_time"]
+    else:
+        started = _time(st.started_time)
     return {
         "id": st.node_id, "state": st.name, "root_id:": st.root_id, "root_id": st.root_id, "parent_id": parent,
         "version": st.version, "loop": st.loop, "retry": st.retry, "skip": st.skip,
         "error_ignorable": st.error_ignored, "error_ignored": st.error_ignored,
         "created_time": created, "started_time": started,
-        "archived_time": _time(st.archived_time), "children": {}, "wait_reason": None,
+        "archived_time": _time(st.archived_time), "children": None, "wait_reason": None,
     }
 
 
@@ -42,11 +65,18 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
-def _kept_wait_facts(unit: Unit, root_id: str, records: dict[str, StateRecord]) -> waits.WaitFacts:
+def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree) -> waits.WaitFacts:
     """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
     reads): only the other rows the waiting nodes need are read (none for a finished pipeline)."""
-    may_wait = waits.MAY_WAIT
-    return waits.read_facts(unit, [r for r in records.values() if r.name in may_wait], root=records.get(root_id))
+    if tree.may_wait is None:
+        may_wait = waits.MAY_WAIT
+        tree.may_wait = [r for r in tree.records.values() if r.name in may_wait]
+    return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit))
+
+
+def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:
+    """``timed(root_id)``: the activities of that pipeline with an enabled timeout."""
+    return lambda root_id: engine.graph(root_id, unit).timed
 
 
 def _copy(entry: dict[str, Any]) -> dict[str, Any]:
@@ -60,11 +90,11 @@ def _copy(entry: dict[str, Any]) -> dict[str, Any]:
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
     with engine.store.reading() as unit:
         # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
-        tree = engine.state_trees.tree(unit, root_id, state_entry)
+        tree = engine.state_trees.tree(unit, root_id, kept_entry)
         kept = tree.entries
         if root_id not in kept:
             return {}
-        facts = _kept_wait_facts(unit, root_id, tree.records)
+        facts = _kept_wait_facts(engine, unit, root_id, tree)
     entry = _copy(kept[root_id])
     children = {}
     for node_id, e in kept.items():  # _copy inlined: it runs for every node at every poll
@@ -89,7 +119,7 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
             return {}
         kids = [k for k in unit.states_of_parent(node_id) if k.node_id != node_id]
         root = unit.get_state(st.root_id) if st.root_id and st.root_id != node_id else None
-        facts = waits.read_facts(unit, [st, *kids], root)
+        facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit))
     entry = state_entry(st, root_is_self=st.root_id == node_id)
     entry["children"] = {k.node_id: state_entry(k) for k in kids}
     _add_wait_reasons(facts, entry, entry["children"])

@@ -148,6 +148,9 @@ class ProcessRecord:
 
 EXECUTE = "execute"
 SCHEDULE = "schedule"
+# A node's deadline (an activity's timeout_config): due when the node has run too long; its
+# ``running_version`` is the run it watches (culm.core.timeouts). It runs no user code.
+TIMEOUT = "timeout"
 
 
 @dataclass(slots=True)

@@ -31,7 +31,8 @@ from culm.core.ports import Unit
 from culm.core.records import StateRecord
 
 Entry = dict[str, Any]
-Build = Callable[[StateRecord, bool], Entry]
+# (state row, whether it is the root's own, the row and entry kept for that node until now) -> entry
+Build = Callable[[StateRecord, bool, "tuple[StateRecord, Entry] | None"], Entry]
 
 # Changes to catch up with above which forgetting every kept tree is cheaper.
 MAX_CATCH_UP = 20_000
@@ -52,13 +53,16 @@ class Tree:
     """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
     the entries they hand out)."""
 
-    __slots__ = ("entries", "records", "dirty", "read_at")
+    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
         self.entries = entries  # {node_id: entry built from it}
         self.dirty: set[str] = set()  # nodes with changes the rows do not show yet
         self.read_at = read_at  # when every row was last read (monotonic)
+        # The records in a state that may wait, once a reader asked (the rows never change: an
+        # idle pipeline's polls pick them out of its 1,004 rows once, not at every poll).
+        self.may_wait: list[StateRecord] | None = None
 
 
 class StateTrees:
@@ -103,11 +107,16 @@ class StateTrees:
                 kept = self._refreshed(unit, root_id, kept, build)
             return kept
 
+    def tree_of(self, root_id: str) -> Tree | None:
+        """The tree kept for ``root_id`` as last read (None when none is kept), for inspection."""
+        with self._lock:
+            return self._kept.get(root_id)
+
     def _read(self, unit: Unit, root_id: str, build: Build) -> Tree:
         self.full_reads += 1
         at = time.monotonic()
         records = {r.node_id: r for r in unit.states_of_root(root_id)}
-        return Tree(records, {node_id: build(r, node_id == root_id) for node_id, r in records.items()}, at)
+        return Tree(records, {node_id: build(r, node_id == root_id, None) for node_id, r in records.items()}, at)
 
     def _forget(self) -> None:
         self._kept.clear()
@@ -164,8 +173,9 @@ class StateTrees:
         records, entries = dict(kept.records), dict(kept.entries)
         for node_id, st in unit.get_states(kept.dirty).items():
             if st.root_id == root_id:  # a state created ahead of its node may get its root later
+                before = records.get(node_id)
+                entries[node_id] = build(st, node_id == root_id, None if before is None else (before, entries[node_id]))
                 records[node_id] = st
-                entries[node_id] = build(st, node_id == root_id)
         fresh = Tree(records, entries, kept.read_at)
         self._keep(root_id, fresh)
         return fresh

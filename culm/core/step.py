@@ -32,6 +32,9 @@ class Step:
     events: list[tuple[signals.Signal, dict[str, Any]]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)
+    # (node id, version) of runs a node timeout failed in this transaction: user code of theirs
+    # still running is cut off (culm.core.timeouts); a runner may take its thread back.
+    cut_off: list[tuple[str, str]] = field(default_factory=list)
 
     def add_task(self, task: TaskRecord) -> None:
         self.unit.insert_tasks([task])

@@ -4,6 +4,8 @@ A *wait reason* is a dict ``{"kind", "text", ...}``; ``kind`` is one of
 
 * ``"callback"``: a service waits for ``culm.api.callback`` (``version`` is the one to send);
 * ``"poll"``: a service polls; ``next_poll`` is when (a tz-aware datetime), ``polls`` how often so far;
+  a poll or callback wait of a node whose ``timeout_config`` enables a timeout also has
+  ``deadline``: when the timeout's action runs if the node is still RUNNING then;
 * ``"paused"``: an operator paused this pipeline or subprocess (``resume`` goes on);
 * ``"pause_appointed"``: an operator set a pause at this node (``reached`` says whether a branch stands
   there already; ``resume-node`` goes on);
@@ -25,14 +27,22 @@ only when a state could need them, so a finished pipeline costs no extra read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from culm.core import states
 from culm.core.ports import Unit
-from culm.core.records import EXECUTE, SCHEDULE, ProcessPosition, ScheduleRecord, StateRecord, TaskRecord
+from culm.core.records import (
+    EXECUTE,
+    SCHEDULE,
+    TIMEOUT,
+    ProcessPosition,
+    ScheduleRecord,
+    StateRecord,
+    TaskRecord,
+)
 
 SUBPROCESS = "SubProcess"
 PIPELINE = "Pipeline"
@@ -56,6 +66,7 @@ class WaitFacts:
     processes: Sequence[ProcessPosition] = ()  # the live ones (not dead)
     candidates: Sequence[StateRecord] = ()  # the states that may wait (failed, suspended, running)
     stalled: Sequence[TaskRecord] = ()  # execute tasks due for over STALLED_AFTER s, not started
+    deadlines: Mapping[str, float] = field(default_factory=dict)  # node id -> when its timeout fires
 
 
 def _time(t: float) -> datetime:
@@ -83,6 +94,15 @@ def _suspended(st: StateRecord, kind: str | None, facts: WaitFacts) -> dict[str,
 
 
 def _scheduled(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict[str, Any]:
+    reason = _schedule_wait(st, sched, facts)
+    deadline = facts.deadlines.get(st.node_id)
+    if deadline is not None:
+        reason["deadline"] = _time(deadline)
+        reason["text"] += f"; times out at {_time(deadline).astimezone().strftime('%H:%M:%S')} (timeout_config)"
+    return reason
+
+
+def _schedule_wait(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict[str, Any]:
     if sched.type == "poll":
         due = facts.next_runs.get(sched.id)
         reason: dict[str, Any] = {"kind": "poll", "polls": sched.times,
@@ -149,6 +169,15 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
     return reasons
 
 
+def _deadlines(unit: Unit, root_id: str, versions: Mapping[str, str], timed: Callable[[str], Collection[str]],
+               waiting: Mapping[str, ScheduleRecord]) -> dict[str, float]:
+    """When the timeouts of the waiting nodes with one fire, by node id (read only if there are)."""
+    if not set(waiting).intersection(timed(root_id)):
+        return {}
+    return {t.node_id: t.due for t in unit.tasks_of_root(root_id, TIMEOUT)
+            if t.node_id in waiting and versions.get(t.node_id) == t.running_version}
+
+
 def _moved_since(t: float, records: Sequence[StateRecord], root: StateRecord | None) -> bool:
     """Whether a node of ``records`` (or the root) started or ended after ``t``: then a runner took
     a step of this pipeline lately, and the stalled check need not read its tasks (a poller of a
@@ -157,13 +186,16 @@ def _moved_since(t: float, records: Sequence[StateRecord], root: StateRecord | N
                for st in (*records, *((root,) if root is not None else ())))
 
 
-def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None) -> WaitFacts:
+def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
+               timed: Callable[[str], Collection[str]] | None = None) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
 
     Args:
         unit: a reading unit of the store.
         records: the states of one pipeline (or of a node and its children).
         root: the state of their root pipeline, when ``records`` do not hold it.
+        timed: ``timed(root_id)``, the nodes of that pipeline with an enabled timeout; asked only
+            when a node waits for a poll or a callback (then its deadline is read).
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -181,6 +213,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         if any(s.type == "poll" for s in current):
             tasks: list[TaskRecord] = unit.tasks_of_root(running[0].root_id, SCHEDULE)
             facts.next_runs = {t.schedule_id: t.due for t in tasks if t.schedule_id and not t.callback_id}
+        if current and timed is not None:
+            facts.deadlines = _deadlines(unit, running[0].root_id, versions, timed, facts.schedules)
     # Processes (converging forks, parked branches) matter only while something is alive.
     live = (states.RUNNING, states.SUSPENDED)
     alive = root if root is not None and root.name in live else next(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import re
 import sys
 import types
 from collections.abc import Callable, Collection, Mapping
@@ -363,9 +364,33 @@ def render_limited(value: Any, limit: int) -> str:
 
     Raises:
         ExpressionLimitError: The value is too big to turn into text.
+        ExpressionError: Turning it into text raised.
     """
     if isinstance(value, str):
         return value
     if size_of(value, limit, lambda: None) > limit:
         raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")
-    return str(value)
+    try:
+        text = str(value)
+    except Exception as exc:  # noqa: BLE001 - an object's own __str__ (a lazy variable's value), an int
+        # of more than 4,300 digits: a value that cannot become text fails like an expression does
+        raise ExpressionError(f"{type(value).__name__} value cannot be turned into text "
+                              f"({type(exc).__name__}: {exc})") from None
+    return without_addresses(text)
+
+
+# CPython writes a memory address into the text of an object that has no text of its own: a lazy
+# iterator (generator, zip, enumerate, reversed, map, filter), a function, a plain object
+# ("<generator object <genexpr> at 0x7f3a...>"), alone or inside a list or dict. The address
+# changes from run to run and tells the layout of the worker's memory: rendered text keeps the kind
+# of object ("<generator object>", "<function f>") and never the address. A range, a slice or a
+# dict view has a text of its own ("range(0, 3)") and keeps it.
+_OBJECT_AT = re.compile(r"<(\w+) object(?: \S+?)? at 0x[0-9a-fA-F]+>")
+_AT = re.compile(r" at 0x[0-9a-fA-F]+>")
+
+
+def without_addresses(text: str) -> str:
+    """``text`` (an object's ``str()``) with CPython's memory addresses taken out."""
+    if " at 0x" not in text:
+        return text
+    return _AT.sub(">", _OBJECT_AT.sub(r"<\1 object>", text))

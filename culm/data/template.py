@@ -15,7 +15,7 @@ from functools import lru_cache
 from typing import Any
 
 from culm.data import sandbox
-from culm.data.sandbox_guards import CONTAINERS, measure
+from culm.data.sandbox_guards import CONTAINERS, measure, without_addresses
 from culm.errors import ExpressionError, ExpressionLimitError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
@@ -202,9 +202,11 @@ class _RenderState:
         try:
             if name is not None and name in self.namespace:
                 value = self.namespace[name]  # what the sandbox would return for a bare name
+                text = sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output)
             else:
                 value = sandbox.evaluate(body, self.namespace, deadline=self.deadline)
-            text = sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output)
+                # text an expression made ('%r' % (gen,)) holds no memory address either
+                text = without_addresses(sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output))
         except ExpressionLimitError:
             raise
         except ExpressionError:

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from culm import _retry as retry
 from culm._retry import is_lock_victim
 from culm.core.ports import Store
-from culm.core.records import TaskRecord, now
+from culm.core.records import TIMEOUT, TaskRecord, now
 from culm.dispatch.threads import ThreadDispatcher
 
 if TYPE_CHECKING:
@@ -96,6 +96,13 @@ class WorkerRunner:
         Returns False when the runner is shutting down or time ran out: the message should go back
         to the broker.
         """
+        if kind == TIMEOUT:
+            # A node's deadline runs no user code: it needs no room, and it must fire even when
+            # every thread here is held by a call that never returns (the very call it cuts off).
+            if self._draining or self.loop.stopping:
+                return False
+            self.loop.submit([TaskRecord(task_id, kind, "", "", "")])
+            return True
         if not self._short_calls():
             timeout = 0.0  # room comes back only when a slow call ends: let another worker take it
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -27,9 +27,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from culm.core.loop import Item, UserCall, commit_batch
+from culm.core.loop import Committed, Item, UserCall, commit_batch
 from culm.core.ports import RowCopies
-from culm.core.records import TaskRecord, now
+from culm.core.records import TIMEOUT, TaskRecord, now
 
 logger = logging.getLogger("culm.dispatch")
 
@@ -58,6 +58,9 @@ class _UserCodePool:
         self.size = size
         # What each thread runs now, and since when (monotonic): read by long_calls().
         self.running: dict[str, tuple[UserCall, float]] = {}
+        # Threads let go of (retire): each ends once its call returns; another took its place.
+        self._retiring: set[str] = set()
+        self._spawned = 0
         self._threads = [threading.Thread(target=self._work, name=f"culm-user_{i}", daemon=True) for i in range(size)]
         for t in self._threads:
             t.start()
@@ -83,11 +86,34 @@ class _UserCodePool:
             finally:
                 del self.running[me]
             self._done(call, outcome)
+            if me in self._retiring:
+                self._retiring.discard(me)
+                return
 
     def long_calls(self, longer_than: float) -> list[tuple[UserCall, float]]:
-        """The calls running for over ``longer_than`` seconds, with how long each has run."""
+        """The calls running for over ``longer_than`` seconds, with how long each has run (calls
+        whose thread was let go of do not count: another thread took its place)."""
         at = time.monotonic()
-        return [(call, at - since) for call, since in list(self.running.values()) if at - since > longer_than]
+        return [(call, at - since) for name, (call, since) in list(self.running.items())
+                if at - since > longer_than and name not in self._retiring]
+
+    def busy_calls(self) -> list[UserCall]:
+        """The calls running now."""
+        return [call for call, _ in list(self.running.values())]
+
+    def let_go(self, call: UserCall) -> bool:
+        """Start a new thread in place of the one running ``call`` (a call that may never return,
+        whose result is stale anyway); that one ends once ``call`` returns. False when ``call``
+        is not running (any more)."""
+        name = next((n for n, (c, _) in list(self.running.items()) if c is call), None)
+        if name is None or name in self._retiring or self._closed:
+            return False
+        self._retiring.add(name)
+        self._spawned += 1
+        thread = threading.Thread(target=self._work, name=f"culm-user_{self.size + self._spawned - 1}", daemon=True)
+        self._threads.append(thread)
+        thread.start()
+        return True
 
     def shutdown(self) -> None:
         """Drop calls not started yet (their task rows stay for the next runner); stop the threads
@@ -166,6 +192,7 @@ class ThreadDispatcher:
         self._timers: list[tuple[float, int, TaskRecord]] = []
         self._seq = 0
         self._known: set[str] = set()
+        self._deadlines: set[str] = set()  # node deadlines on the timer heap, not due yet
         self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._pool: _UserCodePool | None = None
@@ -180,6 +207,9 @@ class ThreadDispatcher:
         self._in_flight = 0
         self.busy_after = BUSY_AFTER
         self._busy_said = False  # the warning of _watch_long_calls was logged for this spell
+        # Engine thread only: items whose call a node timeout cut off and whose slot was freed
+        # then (see _let_go); their result, when it comes, frees nothing more.
+        self._let_go_items: set[Item] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -220,12 +250,15 @@ class ThreadDispatcher:
         at = now()
         with self._lock:
             for t in tasks:
-                if t is None or t.id in self._known:
+                if t is None or t.id in self._known or t.id in self._deadlines:
                     continue
-                self._known.add(t.id)
                 if t.due <= at:
+                    self._known.add(t.id)
                     self._ready.put(Item(t))
                 else:
+                    # A node's deadline is not work on hand until it falls due (wait_idle does
+                    # not wait for it, and the node usually ends first and drops its row).
+                    (self._deadlines if t.kind == TIMEOUT else self._known).add(t.id)
                     self._seq += 1
                     heapq.heappush(self._timers, (t.due, self._seq, t))
                     self._lock.notify_all()
@@ -269,7 +302,7 @@ class ThreadDispatcher:
             logger.exception("sweeping the task table failed")
             return 0
         with self._lock:
-            fresh = [t for t in pending if t.id not in self._known]
+            fresh = [t for t in pending if t.id not in self._known and t.id not in self._deadlines]
         self.submit(fresh)
         return len(fresh)
 
@@ -345,7 +378,7 @@ class ThreadDispatcher:
             return
         logger.error("a batch of %d tasks failed", len(batch), exc_info=exc)
         self._forget([i.task.id for i in batch])
-        self._release(sum(1 for i in batch if i.waiting))  # their results are dropped
+        self._release(self._slots_of([i for i in batch if i.waiting]))  # their results are dropped
 
     def _take_ready(self, batch: list[Item]) -> None:
         """Move ready items into ``batch`` (up to MAX_BATCH) without waiting."""
@@ -373,7 +406,9 @@ class ThreadDispatcher:
         self._follow_ups(committed.tasks)
         committed.fire()
         self._calls.extend(committed.calls)
-        self._release(len(committed.applied))  # their results are durable now
+        self._release(self._slots_of(committed.applied))  # their results are durable now
+        if committed.cut_off and self._policy is None:
+            self._let_go(committed)
         if self._policy is not None:
             self._policy.batch_committed()
 
@@ -382,6 +417,28 @@ class ThreadDispatcher:
         the write lock (results of user code, another thread's submissions) joins it."""
         self._take_ready(batch)
         self._in_batch = len(batch)
+
+    def _slots_of(self, items: list[Item]) -> int:
+        """How many in-flight slots the calls of ``items`` (now over) still held."""
+        if not self._let_go_items:
+            return len(items)
+        held = sum(1 for i in items if i not in self._let_go_items)
+        self._let_go_items.difference_update(items)
+        return held
+
+    def _let_go(self, committed: Committed) -> None:
+        """Embedded runtime: a node timeout cut off runs whose user code may still be running (a
+        call that never returns). Its result is stale, and it ran once: a crash does not run it
+        again (its node moved on). So its slot is freed and a new thread takes its place, and the
+        pool keeps ``workers`` threads for live work (the old one ends when the call returns)."""
+        assert self._pool is not None
+        for call in self._pool.busy_calls():
+            if call.item not in self._let_go_items and committed.is_cut_off(call) and self._pool.let_go(call):
+                self._let_go_items.add(call.item)
+                self._in_flight -= 1
+                logger.warning("node %s timed out while its user code ran; that call's thread is let go of "
+                               "and another runs user code in its place", call.node_id)
+        self._release(0)
 
     def _release(self, committed: int) -> None:
         """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""
@@ -435,7 +492,11 @@ class ThreadDispatcher:
             with self._lock:
                 at = now()
                 while self._timers and self._timers[0][0] <= at:
-                    due.append(heapq.heappop(self._timers)[2])
+                    task = heapq.heappop(self._timers)[2]
+                    if task.id in self._deadlines:
+                        self._deadlines.discard(task.id)
+                        self._known.add(task.id)
+                    due.append(task)
                 if not due:
                     wait = self._timers[0][0] - at if self._timers else self.sweep_interval
                     self._lock.wait(max(0.0, min(wait, next_sweep - time.monotonic())))

@@ -4,7 +4,7 @@ What other packages may use is named here; :mod:`culm.builder` and :mod:`culm.va
 public faces with bamboo's names.
 """
 
-from culm.model import limits
+from culm.model import limits, timeouts
 from culm.model.compiled import compile_tree
 from culm.model.tree_ids import walk_tree, with_new_ids
 from culm.model.validator import prepare_tree, tree_warnings, validate_tree
@@ -20,4 +20,6 @@ __all__ = [
     "with_new_ids",
     # the sizes every id, key and value must fit in
     "limits",
+    # node timeouts (timeout_config): the actions and the rules of a config
+    "timeouts",
 ]

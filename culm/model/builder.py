@@ -325,8 +325,9 @@ class ServiceActivity(Element):
         outgoing: Initial list of successor elements.
         version: Component version (None: ``"legacy"``).
         loop_config: Node-level loop settings (``loop_times``, ``fail_skip``...).
-        timeout_config: bamboo-pipeline's contrib node-timeout settings: written to the tree and
-            **ignored**, like ``timeout``.
+        timeout_config: bamboo-pipeline's contrib node timeout, ``{"enable": True, "action":
+            "forced_fail" | "forced_fail_and_skip", "seconds": N}``: enforced by the engine (see
+            docs/node-timeout.md).
     """
 
     def __init__(

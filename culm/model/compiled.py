@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from culm.model.timeouts import NodeTimeout, node_timeout
+
 START = "EmptyStartEvent"
 END = "EmptyEndEvent"
 ACTIVITY = "ServiceActivity"
@@ -44,6 +46,7 @@ class Node:
     conditions: tuple[Condition, ...] = ()
     default: Condition | None = None
     end_code: str | None = None
+    timeout: NodeTimeout | None = None  # an activity's enabled timeout_config
 
     @property
     def target(self) -> str | None:
@@ -107,6 +110,7 @@ class Graph:
     root_id: str
     nodes: dict[str, Node]
     pipelines: dict[str, PipelineSpec]
+    timed: frozenset[str] = frozenset()  # the activities with an enabled timeout
     _ahead: dict[tuple[str, int], list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def node(self, node_id: str) -> Node:
@@ -193,14 +197,15 @@ def compile_tree(tree: dict[str, Any]) -> Graph:
     nodes: dict[str, Node] = {}
     pipelines: dict[str, PipelineSpec] = {}
     pending: list[tuple[dict[str, Any], str | None]] = [(tree, None)]
+    timed: list[str] = []
     while pending:
         pipe, parent = pending.pop()
-        _compile_one(pipe, parent, nodes, pipelines, pending)
-    return Graph(tree["id"], nodes, pipelines)
+        _compile_one(pipe, parent, nodes, pipelines, pending, timed)
+    return Graph(tree["id"], nodes, pipelines, frozenset(timed))
 
 
 def _compile_one(pipe: dict[str, Any], parent: str | None, nodes: dict[str, Node], pipelines: dict[str, PipelineSpec],
-                 pending: list[tuple[dict[str, Any], str | None]]) -> None:
+                 pending: list[tuple[dict[str, Any], str | None]], timed: list[str]) -> None:
     pid = pipe["id"]
     flows = pipe.get("flows", {})
     data = pipe.get("data") or {}
@@ -232,8 +237,13 @@ def _compile_one(pipe: dict[str, Any], parent: str | None, nodes: dict[str, Node
         default = None
         if ntype in (EXCLUSIVE, CONDITIONAL_PARALLEL):
             conds, default = _conditions(raw, flows)
+        timeout = None
+        if "timeout_config" in raw and ntype == ACTIVITY:
+            timeout = node_timeout(raw)
+            if timeout is not None:
+                timed.append(raw["id"])
         # Positional: a frozen dataclass built by keyword costs a third more, once per node.
         nodes[raw["id"]] = Node(raw["id"], ntype, raw.get("name"), pid, flow_ids, targets, raw,
-                                raw.get("converge_gateway_id"), conds, default, end_code)
+                                raw.get("converge_gateway_id"), conds, default, end_code, timeout)
         if ntype == SUBPROCESS:
             pending.append((raw["pipeline"], pid))

@@ -1,9 +1,9 @@
 """Tree settings culm accepts and ignores, as bamboo-engine does, and the warning that says so.
 
-An activity's ``timeout`` (bamboo-engine 2.x dropped its engine-side timeout monitor) and
-``timeout_config`` (bamboo-pipeline's contrib node-timeout settings) are kept in the tree but
-nothing enforces them. A run whose tree sets either logs one warning per process, so that nobody
-believes a node is guarded by a timeout that nothing enforces.
+An activity's ``timeout`` (bamboo-engine 2.x dropped its engine-side timeout monitor) is kept in
+the tree but nothing enforces it. A run whose tree sets it logs one warning per process, so that
+nobody believes a node is guarded by a timeout that nothing enforces. (An activity's
+``timeout_config``, bamboo-pipeline's contrib node timeout, is enforced: :mod:`culm.core.timeouts`.)
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ _warned = False
 
 
 def ignored_timeouts(tree: Any) -> Iterator[tuple[str, str]]:
-    """``(activity id, field)`` of every activity, subprocesses included, that sets a timeout."""
+    """``(activity id, "timeout")`` of every activity, subprocesses included, that sets the
+    ``timeout`` culm ignores."""
     if not isinstance(tree, dict):
         return
     activities = tree.get("activities")
@@ -40,9 +41,6 @@ def ignored_timeouts(tree: Any) -> Iterator[tuple[str, str]]:
             continue
         if act.get("timeout") is not None:
             yield str(act_id), "timeout"
-        config = act.get("timeout_config")
-        if isinstance(config, dict) and config and config.get("enable", True) is not False:
-            yield str(act_id), "timeout_config"
 
 
 def warn_ignored_timeouts(tree: Any) -> bool:
@@ -60,7 +58,7 @@ def warn_ignored_timeouts(tree: Any) -> bool:
     node_id, field = found
     message = (
         f"activity {node_id} sets {field!r}, which culm ignores as bamboo-engine does: nothing stops a node "
-        "that runs too long (this warning is given once per process)"
+        "that runs too long unless its timeout_config enables a timeout (this warning is given once per process)"
     )
     logger.warning(message)
     try:

@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,7 +147,8 @@ def test_run_json_tree_then_status(tmp_path: Path) -> None:
 def test_run_same_tree_twice_needs_new_ids(tmp_path: Path) -> None:
     assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
     again = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
-    assert again.returncode == 2 and "--new-ids" in again.stderr
+    assert again.returncode == 5 and "--new-ids" in again.stderr  # the engine refused a taken id
+    assert again.stderr.splitlines()[-1].startswith("error: pipeline pipeline_example_tree already exists")
     fresh = culm(tmp_path, "run", "--new-ids", str(EXAMPLES / "tree.json"))
     assert fresh.returncode == 0, fresh.stdout + fresh.stderr
     assert "FINISHED" in fresh.stdout and "pipeline_example_tree" not in fresh.stdout
@@ -239,6 +241,12 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         ("[" * 100_000 + "]" * 100_000, ["validate", "broken.json"], "broken.json: arrays or objects nested too deeply"),
         (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "[" * 5_000 + "]" * 5_000],
          "arrays or objects nested too deeply"),
+        # Python reads no int of more than 4,300 digits: each was a ValueError traceback (exit 1)
+        ('{"id": ' + "9" * 5_000 + "}", ["validate", "broken.json"],
+         "broken.json: a number in it has more than 4,300 digits"),
+        ("{}", ["run", "broken.json", "--data", '{"a": ' + "9" * 5_000 + "}"],
+         "--data: a number in it has more than 4,300 digits"),
+        (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "9" * 5_000], "more than 4,300 digits"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
         (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),
@@ -526,3 +534,95 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
     assert out.returncode == 4 and out.stderr.endswith(
         f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
         f"sqlite:////{relative})\n"), out.stderr
+
+
+def _watch_on_a_terminal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """`culm watch` with a terminal as its stdout (the live view): exit code and what it showed."""
+    import pty
+    import select
+
+    main, child = pty.openpty()
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}", "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "culm.cli", "watch", *args], cwd=tmp_path, env=env,
+                            stdout=child, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    shown = b""
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            ready, _, _ = select.select([main], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready and time.monotonic() < deadline, "the watch did not end within 60 s"
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the watch ended: the terminal closed
+                break
+            if not chunk:
+                break
+            shown += chunk
+        return proc.wait(30), shown.decode(errors="replace").replace("\r", "")
+    finally:
+        proc.kill()
+        os.close(main)
+
+
+@pytest.mark.parametrize("stdout", ["pipe", "terminal"])
+def test_watch_stops_on_a_pipeline_held_by_a_failed_node_naming_it_with_its_ex_data(tmp_path: Path,
+                                                                                     stdout: str) -> None:
+    """bamboo keeps a pipeline RUNNING while a node is FAILED and nothing else runs: `culm watch` used
+    to wait for it for ever; it now stops as `culm run` does, naming the node and its ex_data."""
+    tree = exploding_tree(tmp_path)
+    assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
+    args = ("pipeline_cli_exploding", "--interval", "0.1")
+    if stdout == "terminal":
+        code, text = _watch_on_a_terminal(tmp_path, *args)
+        out = subprocess.CompletedProcess([], code, text, "")
+    else:
+        out = culm(tmp_path, "watch", *args, timeout=60)
+    assert out.returncode == 1, out.stdout + out.stderr
+    lines = out.stdout.splitlines()
+    assert "FAILED explode (node_done)" in lines
+    assert any("RuntimeError: the disk is on fire" in line for line in lines[lines.index("FAILED explode (node_done)"):])
+    assert "pipeline pipeline_cli_exploding is RUNNING with 1 failed node(s); retry with" in out.stdout
+    assert "Traceback" not in out.stderr
+    status = culm(tmp_path, "status", "pipeline_cli_exploding")
+    assert status.returncode == 1 and "RuntimeError: the disk is on fire" in status.stdout
+
+
+def test_watch_watches_a_paused_pipeline_on_and_exits_1_on_a_revoked_one(tmp_path: Path) -> None:
+    """A SUSPENDED pipeline can be resumed: watch stays; a REVOKED one has ended: exit 1."""
+    out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "1")
+    assert out.returncode == 1 and "waits for a callback" in out.stdout, out.stdout + out.stderr
+    root = json.loads(culm(tmp_path, "list", "--json").stdout)["items"][0]["id"]
+    assert culm(tmp_path, "pause", root).returncode == 0
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    watch = subprocess.Popen([sys.executable, "-m", "culm.cli", "watch", root, "--interval", "0.1",
+                              "--progress-every", "0.2"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        assert watch.stdout is not None
+        # Progress lines come every 0.2 s: ten of them, and the paused pipeline is still watched
+        # (the watch stops a pipeline held by failed nodes after 1 s of stillness).
+        progress = 0
+        while progress < 10:
+            line = watch.stdout.readline()
+            assert line, f"watch stopped on a paused pipeline (exit {watch.wait()})"
+            progress += "nodes finished" in line
+        assert watch.poll() is None
+        assert culm(tmp_path, "revoke", root).returncode == 0
+        rest, _ = watch.communicate(timeout=60)
+    finally:
+        watch.kill()
+    assert watch.returncode == 1, rest
+    assert "REVOKED" in rest
+
+
+def test_a_retry_the_engine_accepts_exits_0_even_when_the_node_fails_again(tmp_path: Path) -> None:
+    """docs/cli.md: a control command's exit code says the engine accepted it; the lines it prints
+    while following name the node that failed again, and `culm status` exits 1."""
+    tree = exploding_tree(tmp_path)
+    assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
+    out = culm(tmp_path, "retry", "node_done", "--import", "exploding")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "retried explode (node_done)" in out.stdout
+    assert "FAILED explode (node_done)" in out.stdout and "RuntimeError: the disk is on fire" in out.stdout
+    assert culm(tmp_path, "status", "pipeline_cli_exploding").returncode == 1

@@ -13,11 +13,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +31,7 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 from support import wait_until
+from worker_guard import SESSION, kill_marked_workers
 
 import culm
 from culm.storage import migrate
@@ -130,12 +134,18 @@ class DistributedBackend:
         migrate.upgrade_database(self.db_url)
 
     def teardown(self) -> None:
-        for rt in self._runtimes:
-            rt.close()
-        self.stop_workers()
-        self._delete_queues()
-        if self.db_url:
-            drop_database(self.db_url)
+        """Stop the workers whatever else fails (a runtime that will not close, a pytest timeout
+        or Ctrl-C in the middle): a worker left running outlives the session (``worker_guard``)."""
+        try:
+            for rt in self._runtimes:
+                rt.close()
+        finally:
+            try:
+                self.stop_workers()
+            finally:
+                self._delete_queues()
+                if self.db_url:
+                    drop_database(self.db_url)
 
     def runtime(self, **options: Any) -> culm.Runtime:
         """A submitting runtime on this backend (closed at teardown)."""
@@ -171,7 +181,8 @@ class DistributedBackend:
             index = len(self.workers)
             log = open(self.workdir / f"worker-{index}.log", "wb")  # noqa: SIM115 - owned by the child
             proc = subprocess.Popen(
-                [*wrapper, *self.worker_command()], cwd=REPO, env=self.worker_env(), stdout=log, stderr=subprocess.STDOUT,
+                [*_dies_with_this_process(), *wrapper, *self.worker_command()], cwd=REPO, env=self.worker_env(),
+                stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: kill_worker takes the pool children too
             )
             log.close()
@@ -214,19 +225,27 @@ class DistributedBackend:
         self.workers[index] = None
 
     def stop_workers(self, timeout: float = 15.0) -> None:
-        for proc in self.workers:
-            if proc is not None and proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for proc in self.workers:
-            if proc is None:
-                continue
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-        self.workers = [None for _ in self.workers]
+        """A warm shutdown (SIGTERM to each worker's process group), then SIGKILL for whatever is
+        left after ``timeout``, or as soon as the wait is cut short (a pytest timeout, Ctrl-C): every
+        process of this backend's workers is gone when it returns or raises."""
+        procs = [proc for proc in self.workers if proc is not None]
+        try:
+            for proc in procs:
+                _signal_group(proc, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+        finally:
+            for proc in procs:
+                _signal_group(proc, signal.SIGKILL)
+            # Pool processes whose main process exited (and was reaped: its group id may be
+            # another process's by now) are found by the session's mark and this prefix.
+            kill_marked_workers(SESSION, self.prefix)
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(5)
+            self.workers = [None for _ in self.workers]
 
     def worker_log(self, index: int) -> str:
         return (self.workdir / f"worker-{index}.log").read_text(errors="replace")
@@ -245,6 +264,23 @@ class DistributedBackend:
         from culm.dispatch.celery import delete_queues
 
         delete_queues(self.broker_url, self.prefix)
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send ``sig`` to a worker's process group, while its main process is not reaped yet (the
+    group id is its pid, which cannot be taken by another process until then)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+
+
+def _dies_with_this_process() -> tuple[str, ...]:
+    """A command prefix that kills the worker when this process dies, however it dies (SIGKILL,
+    ``os._exit``): no teardown runs then. Only from the main thread: the kernel's signal follows
+    the thread that started the child, and a helper thread's end would kill the worker."""
+    if threading.current_thread() is not threading.main_thread() or not shutil.which("setpriv"):
+        return ()
+    return ("setpriv", "--pdeathsig", "KILL")
 
 
 BACKENDS = {
@@ -307,5 +343,13 @@ class BackendPool:
         return self.shared[name]
 
     def close(self) -> None:
+        """Tear every backend down, even when one's teardown fails (the first failure is raised
+        after all have been torn down)."""
+        failures: list[BaseException] = []
         for backend in self.backends.values():
-            backend.teardown()
+            try:
+                backend.teardown()
+            except BaseException as exc:  # noqa: BLE001 - a KeyboardInterrupt must not skip the others
+                failures.append(exc)
+        if failures:
+            raise failures[0]

@@ -14,6 +14,10 @@ integration suite:
 * ``server_database`` (function scope, parametrized ``"postgres"`` / ``"mariadb"``) yields the URL
   of an empty database created for the test and dropped after it.
 
+Every ``culm worker`` a session starts is stopped at teardown whatever fails in it, dies with the
+session's process, and is looked for at the session's end: ``tests/worker_guard.py`` (loaded by
+``tests/conftest.py``) kills any left and fails the session, naming them.
+
 A backend whose services are unreachable is skipped on a developer machine and FAILS in CI
 (``CI=true``): the distributed runtime is never silently left untested there.
 

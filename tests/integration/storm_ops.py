@@ -41,8 +41,8 @@ class Storm:
     subprocesses: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)  # what was fired, for a failure message
 
-    def act(self, code: str, **plain: Any) -> ServiceActivity:
-        a = ServiceActivity(component_code=code)
+    def act(self, code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
+        a = ServiceActivity(component_code=code, timeout_config=timeout_config)
         for key, value in plain.items():
             setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
         self.activities.append(a.id)
@@ -53,9 +53,10 @@ class Storm:
         shape = rng.randrange(3)
         if shape == 2:
             return build_tree(chain(self.act("t_none"), self.act("t_fail", x=1), self.act("t_poll"),
-                                    self.act("t_callback")))
+                                    self.act("t_callback", timeout(rng))))
         start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
-        branches = [self.act("t_fail", x=1), self.act("t_callback"), self.act("t_poll", polls=3)]
+        branches = [self.act("t_fail", x=1), self.act("t_callback", timeout(rng)),
+                    self.act("t_poll", timeout(rng), polls=3)]
         if shape == 1:
             sub = SubProcess(start=chain(self.act("t_callback"), self.act("t_fail", x=2)))
             self.subprocesses.append(sub.id)
@@ -65,6 +66,13 @@ class Storm:
 
     def report(self, found: list[Any], when: str) -> str:
         return f"{when}: " + "; ".join(map(str, found)) + "\ncalls:\n  " + "\n  ".join(self.calls)
+
+
+def timeout(rng: random.Random) -> dict[str, Any] | None:
+    """A node timeout for half the waiting activities (their deadline races the storm's calls)."""
+    if rng.random() < 0.5:
+        return None
+    return {"enable": True, "action": rng.choice(("forced_fail", "forced_fail_and_skip")), "seconds": rng.choice((1, 3))}
 
 
 def chain(*nodes: Any) -> EmptyStartEvent:

@@ -214,6 +214,7 @@ def test_timeout_is_accepted_ignored_and_said_to_be(runtime):
     with pytest.warns(ignored.IgnoredSettingWarning, match=act.id):
         finish(runtime, pipeline)
 
-    # Accepted as bamboo-engine accepts it: kept in the tree, and the node runs as without it.
+    # `timeout` is accepted as bamboo-engine accepts it: kept in the tree, and the node runs as
+    # without it; the node ends well within its timeout_config's second, which changes nothing.
     assert node_state(runtime, act.id)["state"] == "FINISHED"
     assert outputs(runtime, act.id)["_result"] is True

@@ -61,11 +61,13 @@ def test_cpu_split_of_the_embedded_batch_runs() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_polls_of_moving_pipelines_run_their_callbacks_and_counted_calls() -> None:
-    """``bench.instructions states_moving`` without valgrind (its ``--inside`` part): every round's
-    callbacks are accepted and the pipelines stay RUNNING for the counted polls."""
-    proc = run_module("bench.instructions", "states_moving", "--inside")
-    assert json.loads(proc.stdout.splitlines()[-1]) == {"calls": 300}
+@pytest.mark.parametrize(("shape", "calls"), [("states_moving", 300), ("states_big_moving", 9)])
+def test_polls_of_moving_pipelines_run_their_callbacks_and_counted_calls(shape: str, calls: int) -> None:
+    """``bench.instructions states_moving`` / ``states_big_moving`` without valgrind (their
+    ``--inside`` part): every round's callbacks are accepted and the pipelines stay RUNNING for the
+    counted polls."""
+    proc = run_module("bench.instructions", shape, "--inside")
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"calls": calls}
 
 
 @pytest.mark.timeout(120)

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import components
 import pytest
 from engine_fixtures import chain, run, wait_state
@@ -68,6 +70,23 @@ def test_entries_handed_out_are_copies(runtime):
     for child in first[root]["children"].values():
         child["children"]["x"] = "mangled"
     assert api.get_pipeline_states(runtime, root).data == fresh_read(runtime, root)
+
+
+def test_kept_entries_hold_no_container_for_the_garbage_collector(runtime):
+    """A kept entry's ``children`` dict is made at each read, so the kept trees (up to 200,000
+    nodes) add nothing to what each garbage collection scans; every entry handed out still has a
+    ``children`` dict of its own."""
+    first, second = act(x=1), act(x=2)
+    tree = build_tree(chain(first, second))
+    root = tree["id"]
+    run(runtime, tree)
+    wait_state(runtime, root, "FINISHED")
+    handed = assert_current(runtime, root)
+    kept = runtime.engine.state_trees.tree_of(root)
+    assert kept is not None and set(kept.entries) == {root, *handed["children"]}
+    assert [node for node, e in kept.entries.items() if gc.is_tracked(e)] == []
+    children = [e["children"] for e in handed["children"].values()]
+    assert children == [{}] * len(children) and len({id(c) for c in children}) == len(children)
 
 
 def test_a_pipeline_read_long_ago_is_read_in_full(runtime, monkeypatch):

@@ -125,3 +125,48 @@ def test_long_templates_render_but_are_not_kept_in_the_caches():
     assert references(text) == {"${a}"}
     after = (template._compiled.cache_info().currsize, template._text_references.cache_info().currsize)
     assert after == before
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("${(x * 2 for x in lst)}", "<generator object>"),
+    ("sum: ${(x for x in lst)}!", "sum: <generator object>!"),
+    ("${zip(lst, lst)}", "<zip object>"),
+    ("${enumerate(lst)}", "<enumerate object>"),
+    ("${reversed(lst)}", "<list_reverseiterator object>"),
+    ("${[zip(lst), (x for x in lst)]}", "[<zip object>, <generator object>]"),
+    ("${str(zip(lst))}", "<zip object>"),
+    ("${'%r and %s' % ((x for x in lst), zip(lst))}", "<generator object> and <zip object>"),
+    ("${range(3)}", "range(0, 3)"),  # a text of its own, kept
+    ("${sum(x for x in lst)}", "6"),  # consumed: the value, as before
+    ("${', '.join(str(x) for x in lst)}", "1, 2, 3"),
+])
+def test_a_lazy_iterator_renders_without_a_memory_address(text: str, expected: str) -> None:
+    """CPython's text of a generator or zip holds its address (`<generator object ... at 0x7f...>`):
+    it changed from run to run and told the worker's memory layout to whoever reads the outputs."""
+    assert render(text, NS) == expected
+
+
+def test_objects_from_the_context_render_without_a_memory_address() -> None:
+    def helper() -> None: ...
+
+    ns = {"gen": (x for x in [1]), "fn": helper, "obj": object()}
+    assert render("${'%s' % (obj,)}", ns) == "<object object>"
+    assert render("${gen} ${fn} ${obj}", ns) == (
+        "<generator object> <function test_objects_from_the_context_render_without_a_memory_address.<locals>.helper> "
+        "<object object>")
+    assert render("plain text at 0x7f00> stays", ns) == "plain text at 0x7f00> stays"  # not an object's text
+    assert render("${t}", {"t": "a str value <x object at 0x10> is kept"}) == "a str value <x object at 0x10> is kept"
+
+
+class _NoText:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_a_value_that_cannot_become_text_leaves_its_fragment_as_written():
+    # A lazy variable's object whose __str__ raises, an int of more than 4,300 digits (a
+    # component's output): the exception went out of the render, and the node failed with a
+    # traceback of the engine's render code as its ex_data.
+    for value in (_NoText(), 10**5000):
+        assert render("v=${x}!", {"x": value}) == "v=${x}!"
+        assert render("${x}", {"x": value}) is value  # a fragment alone gives the value itself

@@ -6,7 +6,7 @@ import traceback
 from typing import Any
 
 from culm.core import data as cdata
-from culm.core import rendering, states
+from culm.core import deadlines, rendering, states
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.ports import LogRow
 from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRecord, TaskRecord, new_id, now
@@ -22,6 +22,8 @@ def execute(run: Run) -> Outcome:
     Inputs are rendered here when that is quick, else with the call on the user-code pool
     (:mod:`culm.core.rendering`); the stored variables they need are read here.
     """
+    if run.node.timeout is not None:
+        deadlines.arm(run)
     raw = run.raw_inputs()
     run.seed_loop_outputs(run.top_pipeline_id)
     gathered = cdata.gather_inputs(raw, run.fetch_from(run.top_pipeline_id))
@@ -146,6 +148,8 @@ def after_execute(run: Run, res: Any) -> Outcome:
 def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
     """Finish the node (maybe with an ignored error) and move on, or fail it."""
     node = run.node
+    if node.timeout is not None:
+        deadlines.disarm(run)
     mapped, loop_times = _outputs_to_context(run, ok, outputs)
     if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
         run.finish(error_ignored=not ok)

@@ -1,0 +1,223 @@
+"""Node timeouts (an activity's ``timeout_config``) on every backend: SQLite, the memory store,
+PostgreSQL + Redis and MariaDB + RabbitMQ with real workers.
+
+A hung component is ``t_gate`` (execute) or ``t_poll_gate`` (its first poll), held at a gate the
+test opens only at the end, so that the late result of the cut-off call comes back and is seen to
+be discarded.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import components
+import pytest
+from backends import BACKENDS, own_backend
+from engine_fixtures import chain, node_state, outputs, refused, run, wait_idle, wait_pipeline, wait_state
+from support import wait_until
+
+import culm
+from culm import api
+from culm.builder import ServiceActivity, Var, build_tree
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def timed(code: str, seconds: int, action: str = "forced_fail", **inputs: Any) -> ServiceActivity:
+    act = ServiceActivity(component_code=code,
+                          timeout_config={"enable": True, "action": action, "seconds": seconds})
+    for key, value in inputs.items():
+        setattr(act.component.inputs, key, Var(type=Var.PLAIN, value=value))
+    return act
+
+
+@pytest.fixture
+def gate_name():
+    """A gate of this test's own; opened at teardown so that no hung call outlives the test."""
+    name = f"hang-{uuid.uuid4().hex[:8]}"
+    yield name
+    components.gate(name).set()
+
+
+def timed_out(runtime: Any, node_id: str, seconds: int) -> dict[str, Any]:
+    out = outputs(runtime, node_id)
+    assert out["ex_data"].startswith(f"timed out after {seconds} s: node {node_id}"), out
+    assert out["_timed_out"] is True
+    return out
+
+
+def nothing_changes(runtime: Any, root_id: str, after: int, seconds: float = 1.5) -> None:
+    """No state of the pipeline changes for ``seconds`` (a bounded wait on the change feed)."""
+    moved = [(c.node_id, c.from_state, c.to_state)
+             for c in runtime.changes(root_id=root_id, after=after, timeout=seconds) if c.from_state != c.to_state]
+    assert moved == []
+
+
+def test_hung_execute_is_failed_at_its_deadline_and_its_late_result_discarded(runtime, gate_name):
+    act = timed("t_gate", 1, gate=gate_name)
+    tree = build_tree(chain(act))
+    run(runtime, tree)
+
+    entry = wait_state(runtime, act.id, "FAILED", timeout=20)
+    timed_out(runtime, act.id, 1)
+    assert entry["started_time"] is not None and (entry["archived_time"] - entry["started_time"]).total_seconds() >= 1
+
+    # The call comes back after the timeout: its result ("late") is stale and changes nothing.
+    seq = runtime.last_change_seq()
+    components.gate(gate_name).set()
+    wait_idle(runtime)
+    nothing_changes(runtime, tree["id"], seq)
+    assert node_state(runtime, act.id)["state"] == "FAILED"
+    assert "late" not in outputs(runtime, act.id)
+
+
+def test_hung_poll_is_failed_at_its_deadline(runtime, gate_name):
+    act = timed("t_poll_gate", 1, gate=gate_name)
+    tree = build_tree(chain(act))
+    run(runtime, tree)
+
+    wait_state(runtime, act.id, "FAILED", timeout=20)
+    timed_out(runtime, act.id, 1)
+    seq = runtime.last_change_seq()
+    components.gate(gate_name).set()
+    wait_idle(runtime)
+    nothing_changes(runtime, tree["id"], seq)
+    assert node_state(runtime, act.id)["state"] == "FAILED"
+    assert "late" not in outputs(runtime, act.id)
+
+
+def test_callback_that_never_comes_is_failed_and_skipped_and_the_pipeline_goes_on(runtime):
+    act = timed("t_callback", 3, action="forced_fail_and_skip")
+    after = ServiceActivity(component_code="t_echo")
+    tree = build_tree(chain(act, after))
+    run(runtime, tree)
+
+    # While it waits, its wait reason says when it times out.
+    def waiting() -> Any:
+        root = api.get_pipeline_states(runtime, tree["id"]).data.get(tree["id"])
+        return root and (root["children"].get(act.id) or {}).get("wait_reason")
+
+    reason = wait_until(waiting, 10, what="the callback wait reason")
+    assert reason["kind"] == "callback" and reason["deadline"] is not None
+    started = node_state(runtime, act.id)["started_time"]
+    assert abs((reason["deadline"] - started).total_seconds() - 3) < 0.01
+    assert "times out at" in reason["text"]
+    old_version = reason["version"]
+
+    root = wait_pipeline(runtime, tree["id"], "FINISHED", timeout=20)
+    entry = root["children"][act.id]
+    assert entry["state"] == "FINISHED" and entry["skip"] is True
+    assert root["children"][after.id]["state"] == "FINISHED"
+    assert timed_out(runtime, act.id, 3)["ex_data"].endswith("skipped, the pipeline goes on")
+    # The failed run is kept in the history before the skip; a callback for it now is refused.
+    (history,) = api.get_node_histories(runtime, act.id).data
+    assert history["version"] != entry["version"] and history["outputs"]["_timed_out"] is True
+    refused(api.callback(runtime, act.id, old_version, {"ok": True}), act.id)
+
+
+def test_fail_and_skip_of_an_unskippable_node_only_fails_it_and_says_why(runtime):
+    act = timed("t_callback", 1, action="forced_fail_and_skip")
+    act.skippable = False
+    tree = build_tree(chain(act))
+    run(runtime, tree)
+    wait_state(runtime, act.id, "FAILED", timeout=20)
+    assert timed_out(runtime, act.id, 1)["ex_data"].endswith("not skipped: the node is not skippable")
+    assert node_state(runtime, tree["id"])["state"] == "RUNNING"
+
+
+def test_retry_after_a_timeout_gets_a_fresh_deadline(runtime, gate_name):
+    act = timed("t_gate", 1, gate=gate_name)
+    tree = build_tree(chain(act))
+    run(runtime, tree)
+    first = wait_state(runtime, act.id, "FAILED", timeout=20)
+
+    assert api.retry_node(runtime, act.id).result
+    # The retried run hangs too and is failed again, one deadline after its own start.
+    second = wait_until(lambda: (e := node_state(runtime, act.id))["state"] == "FAILED" and e["retry"] == 1 and e,
+                        20, what="the retried run to time out")
+    assert second["version"] != first["version"]
+    assert (second["archived_time"] - second["started_time"]).total_seconds() >= 1
+    timed_out(runtime, act.id, 1)
+
+    # Once the component answers in time, a retry finishes and the pipeline with it.
+    components.gate(gate_name).set()
+    assert api.retry_node(runtime, act.id).result
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=20)
+    assert outputs(runtime, act.id)["late"] == "result after release"
+    # Both timed-out runs are in the history, each saying so.
+    histories = api.get_node_histories(runtime, act.id).data
+    assert [h["version"] for h in histories] == [first["version"], second["version"]]
+    assert all(h["outputs"]["ex_data"].startswith("timed out after 1 s") for h in histories)
+
+
+def test_a_node_that_finishes_before_its_deadline_is_left_alone(runtime, gate_name):
+    in_time = timed("t_echo", 1, x="in time")
+    hung = timed("t_gate", 2, gate=gate_name)
+    tree = build_tree(chain(in_time, hung))
+    run(runtime, tree)
+    entry = wait_state(runtime, in_time.id, "FINISHED", timeout=20)
+
+    # The next node times out 2 s after it started: by then the first node's deadline (1 s after
+    # its start) has long passed, and it changed nothing.
+    wait_state(runtime, hung.id, "FAILED", timeout=20)
+    timed_out(runtime, hung.id, 2)
+    now = node_state(runtime, in_time.id)
+    assert now["state"] == "FINISHED" and now["version"] == entry["version"]
+    out = outputs(runtime, in_time.id)
+    assert out["out"] == "in time!" and "ex_data" not in out and "_timed_out" not in out
+
+
+@pytest.mark.parametrize(("config", "field"), [
+    ({"enable": True, "action": "forced_fail", "seconds": 0}, "timeout_config.seconds"),
+    ({"enable": True, "action": "forced_fail", "seconds": 2.5}, "timeout_config.seconds"),
+    ({"enable": True, "action": "forced_fail", "seconds": "5"}, "timeout_config.seconds"),
+    ({"enable": True, "action": "explode", "seconds": 5}, "timeout_config.action"),
+    ({"enable": "yes", "action": "forced_fail", "seconds": 5}, "timeout_config.enable"),
+])
+def test_a_bad_timeout_config_is_refused_naming_node_and_field(runtime, config, field):
+    act = ServiceActivity(component_code="t_echo")
+    tree = build_tree(chain(act))
+    tree["activities"][act.id]["timeout_config"] = config  # as a JSON tree gives it
+    refused(api.run_pipeline(runtime, tree), act.id, field)
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+@pytest.mark.parametrize("name", list(BACKENDS))
+def test_deadlines_fire_while_every_worker_thread_hangs(name, tmp_path, gate_name):
+    """A deadline runs no user code: it must not wait for room that the hung calls hold."""
+    # 2 pool processes, each with 1 thread and room for 1 task on hand: 2 hung calls fill them.
+    backend = own_backend(name, tmp_path, env={"CULM_WORKER_THREADS": "1", "CULM_WORKER_BACKLOG": "1"})
+    try:
+        backend.start_workers(1)
+        runtime = backend.runtime()
+        acts = [timed("t_gate", 2, gate=gate_name) for _ in range(2)]
+        for act in acts:
+            run(runtime, build_tree(chain(act)))
+        for act in acts:
+            wait_state(runtime, act.id, "FAILED", timeout=40)
+            timed_out(runtime, act.id, 2)
+    finally:
+        components.gate(gate_name).set()
+        backend.teardown()
+
+
+def test_embedded_runtime_takes_back_the_thread_of_a_timed_out_call(tmp_path, gate_name):
+    """One user-code thread, held by a call that does not return: once its node times out, the
+    next pipeline's components run (on a thread started in its place), long before the call ends."""
+    with culm.Runtime(f"sqlite:///{tmp_path}/one.db", workers=1) as runtime:
+        hung = timed("t_gate", 1, gate=gate_name)
+        first = build_tree(chain(hung))
+        run(runtime, first)
+        wait_state(runtime, hung.id, "RUNNING")
+        after = ServiceActivity(component_code="t_echo")
+        second = build_tree(chain(after))
+        run(runtime, second)
+
+        wait_pipeline(runtime, second["id"], "FINISHED", timeout=8)  # the gate gives up only after 15 s
+        assert node_state(runtime, hung.id)["state"] == "FAILED"
+        components.gate(gate_name).set()
+        assert runtime.wait_idle(10)  # the late call came back, its result discarded
+        assert "late" not in outputs(runtime, hung.id)
+        third = build_tree(chain(ServiceActivity(component_code="t_echo")))
+        wait_pipeline(runtime, run(runtime, third), "FINISHED")
