@@ -26,7 +26,7 @@ import contextlib
 import operator
 import threading
 import time
-from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, Unpack
 
@@ -276,12 +276,15 @@ class MemoryUnit(TransactionView):
                 changed["stack"] = list(fields["stack"])
             self._put("process", process_id, _changed(p, _copy_process, changed))
 
-    def ack_child(self, parent_id: str) -> ProcessRecord | None:
-        """Count one finished child of ``parent_id`` (which must exist); returns it, counted."""
-        p = _copy_process(self._process(parent_id))
-        p.ack_num += 1
-        self._put("process", parent_id, p)
-        return _copy_process(p)
+    def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
+        """Count finished children of each parent (which must exist); returns them, counted."""
+        acked = {}
+        for parent_id in sorted(counts):
+            p = _copy_process(self._process(parent_id))
+            p.ack_num += counts[parent_id]
+            self._put("process", parent_id, p)
+            acked[parent_id] = _copy_process(p)
+        return acked
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]

@@ -539,7 +539,7 @@ def test_child_acks_are_counted_once_each_under_concurrency(store: Store) -> Non
 
     def ack(_i: int) -> tuple[int, int]:
         with store.transaction() as unit:
-            proc = unit.ack_child(parent)
+            proc = unit.ack_children({parent: 1}).get(parent)
             assert proc is not None and proc.id == parent and proc.root_id == root and proc.stack == [root]
             return proc.ack_num, proc.need_ack
 
@@ -547,7 +547,7 @@ def test_child_acks_are_counted_once_each_under_concurrency(store: Store) -> Non
     assert sorted(counts) == [(n, THREADS) for n in range(1, THREADS + 1)]
     if store.dialect != "memory":  # (the memory store refuses an unknown process outright)
         with store.transaction() as unit:
-            assert unit.ack_child(_ids(1)[0]) is None
+            assert unit.ack_children({_ids(1)[0]: 1}) == {}
     with store.reading() as unit:
         proc = unit.get_process(parent)
     assert proc is not None and proc.ack_num == THREADS

@@ -128,10 +128,10 @@ def upsert_sql_mysql(table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -
 _OUTPUTS_INSERT = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
 OUTPUTS_UPSERT = _OUTPUTS_INSERT + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
 OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
-# One more child of a process finished; then its count and how many it waits for.
-ACK_CHILD = "UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?"
+# More children of a process finished; then its count and how many it waits for.
+ACK_CHILDREN = "UPDATE culm_process SET ack_num = ack_num + ? WHERE id = ?"
 # PostgreSQL: the ack and the process row after it in one statement.
-ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING " + ", ".join(PROCESS_COLUMNS)
+ACK_CHILDREN_RETURNING = ACK_CHILDREN + " RETURNING " + ", ".join(PROCESS_COLUMNS)
 # A task's lease taken again by its owner (it ran out and nobody else took it).
 RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
 # MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
@@ -164,6 +164,7 @@ NOTE_INNER_LOOPS = ('INSERT INTO culm_change (root_id, node_id, from_state, to_s
                     "WHERE parent_id = ? AND inner_loop <> 0")
 RESET_INNER_LOOPS = "UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ? AND inner_loop <> 0"
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
+PROCESSES_IN = PROCESS_SELECT + " WHERE id IN ({marks})"
 PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
 LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
