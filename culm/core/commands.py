@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from culm.core import data as cdata
-from culm.core import states
+from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
@@ -55,12 +55,20 @@ def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str =
 def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str) -> None:
     """Refuse ``action`` on a node of a revoked pipeline, saying so.
 
-    A revoke kills the run's processes, so the later checks would refuse too, but with an
-    internal reason ("no live process") that does not tell the operator what happened.
+    A revoke kills the run's processes (but the polling ones, which end by themselves), so the
+    later checks would mostly refuse too, but with an internal reason ("no live process") that does
+    not tell the operator what happened. The pipelines around the node count, not only the root.
     """
-    root = unit.get_state(graph.root_id)
-    if root is not None and root.name == states.REVOKED:
-        raise InvalidOperationError(f"cannot {action} node {node_id}: its pipeline {graph.root_id} is revoked")
+    around = [graph.root_id]
+    pid = graph.nodes[node_id].pipeline_id if node_id in graph.nodes else graph.root_id
+    while pid != graph.root_id and pid in graph.nodes:
+        around.append(pid)
+        pid = graph.nodes[pid].pipeline_id
+    found = unit.get_states(around)
+    for pipeline_id in around:
+        st = found.get(pipeline_id)
+        if st is not None and st.name == states.REVOKED:
+            raise InvalidOperationError(f"cannot {action} node {node_id}: its pipeline {pipeline_id} is revoked")
 
 
 def _sleeping_process(unit: Unit, node_id: str) -> ProcessRecord:
@@ -149,22 +157,12 @@ def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.REVOKED, {"archived_time": now()})
-        # Nothing of a revoked run (or subprocess) may move again: stop its processes and pending
-        # work now. A revoked subprocess never hands back to its parent: the root stays RUNNING,
-        # its wait reason says so, and the operator revokes the root to end the run.
-        if st.root_id == pipeline_id:
-            unit.kill_processes_of_root(pipeline_id)
-            unit.delete_tasks_of_root(pipeline_id)
-        else:
-            _kill_processes_inside(unit, st.root_id, pipeline_id)
+        # Nothing of a revoked run (or subprocess) enters a node again: its processes stop now,
+        # but the ones whose node polls (or runs its execute) end by themselves once that is done
+        # (bamboo's rule: culm.core.revoking). A revoked subprocess never hands back to its parent:
+        # the root stays RUNNING, its wait reason says so, and the operator revokes the root.
+        revoking.stop_processes(unit, st.root_id or pipeline_id, pipeline_id)
         step.event("post_revoke_pipeline", pipeline_id=pipeline_id)
-
-
-def _kill_processes_inside(unit: Unit, root_id: str, subprocess_id: str) -> None:
-    inside = [p.id for p in unit.processes_of_root(root_id) if subprocess_id in p.stack and not p.dead]
-    for process_id in inside:
-        unit.update_process(process_id, dead=True)
-    unit.delete_tasks_of_processes(inside)
 
 
 # -- appointment pause ----------------------------------------------------------------------

@@ -16,7 +16,9 @@ seen so far. It reports, as :class:`Violation` values:
 * ``orphan_running``: a RUNNING activity of a running (or paused) pipeline that no live process is
   on (nothing will ever finish or fail it);
 * ``unfinished_path``: a FINISHED pipeline where a node on the path it took is not FINISHED;
-* ``alive_after_end``: a FINISHED or REVOKED pipeline that still has live processes;
+* ``alive_after_end``: a FINISHED pipeline that still has live processes, or a REVOKED one with a
+  live process whose node does not poll or run its execute (a revoke lets those end by themselves,
+  :mod:`culm.core.revoking`; any other is stranded);
 * ``early_converge``: a converge gateway passed while a branch of its fork has not arrived.
 
 An operator wait (a FAILED node, a paused node or pipeline, a callback) counts as able to move:
@@ -30,7 +32,15 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from culm.core import states
-from culm.core.records import ProcessRecord, ScheduleRecord, StateRecord, TaskRecord, Transition
+from culm.core.records import (
+    EXECUTE,
+    SCHEDULE,
+    ProcessRecord,
+    ScheduleRecord,
+    StateRecord,
+    TaskRecord,
+    Transition,
+)
 from culm.model import compiled as g
 
 # A state row is created by entering a node (RUNNING) or by an appointed pause before it is reached.
@@ -88,9 +98,13 @@ def check(snap: Snapshot, transitions: Iterable[Transition] = ()) -> list[Violat
     if root is None:
         return found + [Violation("stuck", snap.root_id, "the pipeline has no state row")]
     live = [p for p in snap.processes if not p.dead]
-    if root.name in (states.FINISHED, states.REVOKED):
-        found += [Violation("alive_after_end", p.id, f"process at {p.current_node_id} is alive in a {root.name} "
+    if root.name == states.FINISHED:
+        found += [Violation("alive_after_end", p.id, f"process at {p.current_node_id} is alive in a FINISHED "
                             "pipeline") for p in live]
+    elif root.name == states.REVOKED:
+        found += [Violation("alive_after_end", p.id, f"process at {p.current_node_id} is alive in a REVOKED "
+                            "pipeline, and its node neither polls nor runs its execute") for p in live
+                  if not _ends_by_itself(snap, p)]
     if root.name == states.FINISHED:
         found += _check_path(snap)
     if root.name in (states.RUNNING, states.SUSPENDED) and not _revoked_subprocess(snap):
@@ -102,6 +116,30 @@ def check(snap: Snapshot, transitions: Iterable[Transition] = ()) -> list[Violat
             found.append(Violation("stuck", snap.root_id, "RUNNING with no live process: nothing can finish it"))
     found += _check_converges(snap, live)
     return found
+
+
+def _ends_by_itself(snap: Snapshot, p: ProcessRecord) -> bool:
+    """Whether ``p``, alive in a revoked pipeline, is one a revoke lets end by itself
+    (:mod:`culm.core.revoking`): its node's current run polls (a live poll schedule and its task),
+    or runs its execute (the task holds that run's version), or the poll just ended and the task
+    of its next step (which ends it) is queued."""
+    st = snap.states.get(p.current_node_id)
+    for t in snap.tasks:
+        if t.process_id != p.id:
+            continue
+        if t.kind == EXECUTE and t.running_version is None:
+            if not p.asleep and t.node_id == p.current_node_id:
+                return True
+        elif st is None or st.name != states.RUNNING:
+            continue
+        elif t.kind == EXECUTE and t.running_version == st.version:
+            return True
+        elif t.kind == SCHEDULE and any(
+            s.id == t.schedule_id and s.version == st.version and s.process_id == p.id and s.type == "poll"
+            and not s.finished and not s.expired for s in snap.schedules
+        ):
+            return True
+    return False
 
 
 def _revoked_subprocess(snap: Snapshot) -> bool:

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from culm.core import states
+from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import as_result, make_call, record_call, settle
 from culm.core.outcomes import Next
@@ -88,11 +88,15 @@ def _await_schedule(step: Step, task: TaskRecord, st: StateRecord | None, at: fl
     if sched is not None:
         unit.update_task(task.id, schedule_id=sched.id)
         return sched
-    if st is not None and st.name == states.RUNNING and st.version == task.running_version:
+    proc = unit.get_process(task.process_id)
+    if proc is None or proc.dead:
+        # Its process ended (a revoke: the execute's replay met the revoked pipeline): the schedule
+        # can never appear, and the callback was for nothing.
+        unit.delete_task(task.id)
+    elif st is not None and st.name == states.RUNNING and st.version == task.running_version:
         # The execute may still be under way; if its process is parked on a pause, the schedule
         # cannot appear before a resume: look again now and then, not twenty times a second.
-        proc = unit.get_process(task.process_id)
-        wait = PARKED_CALLBACK_RETRY_SECONDS if proc is not None and proc.suspended else EARLY_CALLBACK_RETRY_SECONDS
+        wait = PARKED_CALLBACK_RETRY_SECONDS if proc.suspended else EARLY_CALLBACK_RETRY_SECONDS
         unit.update_task(task.id, due=at + wait, owner=None, claimed_until=None)
         step.requeue(task.id)
     else:
@@ -149,3 +153,6 @@ def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs
         run.step.requeue(task_id)
     else:
         unit.delete_task(task_id)
+        if revoking.revoked_around(unit, run.proc.stack):
+            # Failed in a revoked pipeline: nobody may retry or skip it, the process ends here.
+            unit.update_process(run.proc.id, dead=True)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 
-from culm.core import commands, states
+from culm.core import commands, revoking, states
 from culm.core.engine import Engine
 from culm.core.records import TIMEOUT, ProcessRecord
 from culm.core.step import Step
@@ -56,6 +56,11 @@ def fire(engine: Engine, step: Step, task_id: str) -> None:
     logger.warning("%s (pipeline %s)", ex_data, task.root_id)
     commands.force_fail(engine, step, node, st, procs, ex_data, extra={"_timed_out": True})
     step.cut_off.append((task.node_id, task.running_version or ""))
+    if revoking.revoked_around(unit, procs[0].stack):
+        # A poll its pipeline's revoke let go on (culm.core.revoking): failed, its process ends.
+        for proc in procs:
+            unit.update_process(proc.id, dead=True)
+        return
     if timeout.action == FORCED_FAIL_AND_SKIP and unskippable is None:
         commands.skip_failed(engine, step, node, st)
 

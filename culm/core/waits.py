@@ -5,7 +5,9 @@ A *wait reason* is a dict ``{"kind", "text", ...}``; ``kind`` is one of
 * ``"callback"``: a service waits for ``culm.api.callback`` (``version`` is the one to send);
 * ``"poll"``: a service polls; ``next_poll`` is when (a tz-aware datetime), ``polls`` how often so far;
   a poll or callback wait of a node whose ``timeout_config`` enables a timeout also has
-  ``deadline``: when the timeout's action runs if the node is still RUNNING then;
+  ``deadline``: when the timeout's action runs if the node is still RUNNING then; one inside a
+  revoked pipeline has ``revoked`` (True) and its text says so: polls go on until the service
+  finishes or fails, then the branch ends; a callback is refused;
 * ``"paused"``: an operator paused this pipeline or subprocess (``resume`` goes on);
 * ``"pause_appointed"``: an operator set a pause at this node (``reached`` says whether a branch stands
   there already; ``resume-node`` goes on);
@@ -67,6 +69,8 @@ class WaitFacts:
     candidates: Sequence[StateRecord] = ()  # the states that may wait (failed, suspended, running)
     stalled: Sequence[TaskRecord] = ()  # execute tasks due for over STALLED_AFTER s, not started
     deadlines: Mapping[str, float] = field(default_factory=dict)  # node id -> when its timeout fires
+    # node id -> the revoked pipeline around it, for the waiting (RUNNING) nodes inside one
+    revoked_in: Mapping[str, str] = field(default_factory=dict)
 
 
 def _time(t: float) -> datetime:
@@ -99,6 +103,17 @@ def _scheduled(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict
     if deadline is not None:
         reason["deadline"] = _time(deadline)
         reason["text"] += f"; times out at {_time(deadline).astimezone().strftime('%H:%M:%S')} (timeout_config)"
+    return reason
+
+
+def _revoked_wait(reason: dict[str, Any], pipeline_id: str) -> dict[str, Any]:
+    """A poll or callback wait inside a revoked pipeline: what becomes of it (culm.core.revoking)."""
+    reason["revoked"] = True
+    if reason["kind"] == "poll":
+        reason["text"] += (f"; pipeline {pipeline_id} is revoked: the polls go on until the service finishes or "
+                           "fails, then this branch ends (nothing after it runs)")
+    else:
+        reason["text"] += f"; pipeline {pipeline_id} is revoked: callbacks are refused, the node never moves again"
     return reason
 
 
@@ -156,6 +171,8 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
                 }
         elif st.name == states.RUNNING and st.node_id in facts.schedules:
             reasons[st.node_id] = _scheduled(st, facts.schedules[st.node_id], facts)
+            if st.node_id in facts.revoked_in:
+                _revoked_wait(reasons[st.node_id], facts.revoked_in[st.node_id])
     if facts.stalled:
         reasons.setdefault(facts.stalled[0].root_id, _stalled(facts.stalled))
     by_parent: dict[str, list[ProcessPosition]] = {}
@@ -184,6 +201,24 @@ def _moved_since(t: float, records: Sequence[StateRecord], root: StateRecord | N
     moving pipeline pays nothing for it)."""
     return any((st.started_time or 0.0) > t or (st.archived_time or 0.0) > t
                for st in (*records, *((root,) if root is not None else ())))
+
+
+def _revoked_in(records: Sequence[StateRecord], root: StateRecord | None,
+                waiting: Sequence[StateRecord]) -> dict[str, str]:
+    """For the ``waiting`` nodes inside a revoked pipeline (the root or a subprocess around them,
+    as far as ``records`` and ``root`` show them), that pipeline's id."""
+    by_id = {st.node_id: st for st in (*records, *((root,) if root is not None else ()))}
+    revoked = {nid for nid, st in by_id.items() if st.name == states.REVOKED}
+    found: dict[str, str] = {}
+    if not revoked:
+        return found
+    for st in waiting:
+        pid, seen = st.parent_id, 0
+        while pid and pid not in revoked and pid in by_id and pid != st.root_id and seen < 64:
+            pid, seen = by_id[pid].parent_id, seen + 1
+        if pid in revoked or st.root_id in revoked:
+            found[st.node_id] = pid if pid in revoked else st.root_id
+    return found
 
 
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
@@ -215,6 +250,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             facts.next_runs = {t.schedule_id: t.due for t in tasks if t.schedule_id and not t.callback_id}
         if current and timed is not None:
             facts.deadlines = _deadlines(unit, running[0].root_id, versions, timed, facts.schedules)
+        if current:
+            facts.revoked_in = _revoked_in(records, root, [st for st in running if st.node_id in facts.schedules])
     # Processes (converging forks, parked branches) matter only while something is alive.
     live = (states.RUNNING, states.SUSPENDED)
     alive = root if root is not None and root.name in live else next(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import cast
 
-from culm.core import handlers, states
+from culm.core import handlers, revoking, states
 from culm.core.engine import Engine
 from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
 from culm.core.ports import ProcessFields, StateFields, Unit
@@ -99,6 +99,10 @@ def _advance(
             return Invoke(outcome.call, outcome.resume, node_id, version)
         if isinstance(outcome, Sleep):
             proc.asleep = True
+            # A call's result applied without entering a node (whose walk checks the stack): if the
+            # pipeline was revoked meanwhile, only a poll may go on (culm.core.revoking).
+            if run is None and revoking.ends_after_call(step, proc):
+                proc.dead = True
         elif isinstance(outcome, Die):
             proc.dead = True
     except _Stop:
@@ -151,6 +155,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     # The pipelines around the node stay as read until our commit: a pause (resume, revoke) that
     # commits after this read waits for us, so no node is entered after pause_pipeline returned.
     stack_states = unit.hold_states(proc.stack)
+    _check_revoked(proc, stack_states)  # before a join too: a revoked run's converge never runs
     if node_id == proc.destination_id:
         _join(step, proc, node_id)
         raise _Stop
@@ -227,16 +232,21 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     return st
 
 
+def _check_revoked(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+    """End the process if a pipeline around it is revoked: the root (bamboo checks only that), or a
+    subprocess (culm stops what runs inside a revoked subprocess too). Only a process whose node
+    polled (or ran its execute) when the revoke came still walks (culm.core.revoking): it dies here."""
+    if any(st.name == states.REVOKED for st in stack_states.values()):
+        proc.dead = True
+        raise _Stop
+
+
 def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
-    """Park or end the process if a pipeline around it is paused or its root revoked.
+    """Park the process if a pipeline around it is paused.
 
     ``stack_states`` are held (``Unit.hold_states``): a resume committing after our read waits for
     our commit, and then finds our process parked.
     """
-    root = stack_states.get(proc.stack[0])
-    if root is not None and root.name == states.REVOKED:
-        proc.dead = True
-        raise _Stop
     for pid in proc.stack:
         st = stack_states.get(pid)
         if st is not None and st.name == states.SUSPENDED:

@@ -214,11 +214,15 @@ class PollComponent(Component):
 
 
 class PollGateService(PollService):
-    """A poll that holds its first ``schedule`` call until ``gate(inputs.gate)`` is set."""
+    """A poll that holds its first ``schedule`` call until ``gate(inputs.gate)`` is set; then it
+    finishes, or fails if ``inputs.fail``."""
 
     def schedule(self, data, parent_data, callback_data=None):
         gate(data.inputs.gate).wait(timeout=15)
         data.outputs.late = True
+        if data.get_one_of_inputs("fail", False):
+            data.outputs.ex_data = "poll failed after the gate"
+            return False
         self.finish_schedule()
         return True
 
@@ -227,6 +231,21 @@ class PollGateComponent(Component):
     code = "t_poll_gate"
     name = "poll gate"
     bound_service = PollGateService
+
+
+class GatePollService(PollService):
+    """An ``execute`` held until ``gate(inputs.gate)`` is set, then polls (``polls`` times, default 2)."""
+
+    def execute(self, data, parent_data):
+        gate(data.inputs.gate).wait(timeout=15)
+        data.outputs.count = 0
+        return True
+
+
+class GatePollComponent(Component):
+    code = "t_gate_poll"
+    name = "gate then poll"
+    bound_service = GatePollService
 
 
 class PollRaiseService(PollService):
@@ -259,6 +278,21 @@ class CallbackComponent(Component):
     code = "t_callback"
     name = "callback"
     bound_service = CallbackService
+
+
+class GateCallbackService(CallbackService):
+    """An ``execute`` held until ``gate(inputs.gate)`` is set, then waits for one callback."""
+
+    def execute(self, data, parent_data):
+        gate(data.inputs.gate).wait(timeout=15)
+        data.outputs.executed = True
+        return True
+
+
+class GateCallbackComponent(Component):
+    code = "t_gate_callback"
+    name = "gate then callback"
+    bound_service = GateCallbackService
 
 
 class SlowPollService(Service):

@@ -27,6 +27,7 @@ from culm.builder import (
     Var,
     build_tree,
 )
+from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,12 +50,12 @@ def _not_reached(runtime, root_id, node_ids):
     assert not set(node_ids) & set(children(runtime, root_id))
 
 
-def _nested_parallel(count=5):
+def _nested_parallel(count=5, gate=_gate):
     """bamboo's nested parallel block: pg_1 forks pg_2 and ``count`` held branches; pg_2 forks
-    ``count`` more; each held branch then runs a debug_node."""
+    ``count`` more; each held branch (``gate()``) then runs a debug_node."""
     start, pg_1, pg_2, cg_1, cg_2, end = (EmptyStartEvent(), ParallelGateway(), ParallelGateway(),
                                           ConvergeGateway(), ConvergeGateway(), EmptyEndEvent())
-    gates_1, gates_2 = [_gate() for _ in range(count)], [_gate() for _ in range(count)]
+    gates_1, gates_2 = [gate() for _ in range(count)], [gate() for _ in range(count)]
     acts_1 = [ServiceActivity(component_code="debug_node") for _ in range(count)]
     acts_2 = [ServiceActivity(component_code="debug_node") for _ in range(count)]
     for gate, act in zip(gates_1 + gates_2, acts_1 + acts_2, strict=True):
@@ -234,14 +235,29 @@ def test_pause_activities_in_nested_parallel(runtime):
 
 
 # -- revoke ----------------------------------------------------------------------------------------
-def test_revoke_pipeline_with_nested_parallel(runtime):
-    b, pid = _run_nested_parallel(runtime)
-    assert api.revoke_pipeline(runtime, pid).result
+def _timer():
+    act = ServiceActivity(component_code="sleep_timer")
+    act.component.inputs.bk_timing = Var(type=Var.PLAIN, value=2)
+    return act
 
-    wait_all(runtime, pid, _ids(b["start"], b["pg_1"], b["pg_2"]), "FINISHED")
+
+def test_revoke_pipeline_with_nested_parallel(runtime):
+    """bamboo's test: 10 polling sleep_timers, revoked while they poll. Their polls go on until the
+    timers finish; the processes then die instead of entering the debug nodes after them."""
+    b = _nested_parallel(gate=_timer)
+    pid = run(runtime, build_tree(b["start"]), root_pipeline_data={})
+    for timer in b["gates"]:
+        wait_until(lambda t=timer: "timing_time" in (api.get_execution_data_outputs(runtime, t.id).data or {}),
+                   what=f"the first poll of {timer.id}")
+    assert api.revoke_pipeline(runtime, pid).result
     assert node_state(runtime, pid)["state"] == "REVOKED"
+
+    wait_all(runtime, pid, _ids(b["start"], b["pg_1"], b["pg_2"], *b["gates"]), "FINISHED")
     wait_idle(runtime)
+    assert node_state(runtime, pid)["state"] == "REVOKED"
     _not_reached(runtime, pid, _ids(b["cg_1"], b["cg_2"], b["end"], *b["acts_1"], *b["acts_2"]))
+    snap = read_snapshot(runtime.engine, pid)
+    assert all(p.dead for p in snap.processes) and not snap.tasks
 
 
 # -- forced failures -------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import components
 import pytest
 from engine_fixtures import (
+    chain,
     children,
     finish,
     inputs,
@@ -26,12 +27,14 @@ from culm.builder import (
     EmptyStartEvent,
     ExclusiveGateway,
     NodeOutput,
+    ParallelGateway,
     Params,
     ServiceActivity,
     SubProcess,
     Var,
     build_tree,
 )
+from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -423,6 +426,10 @@ def test_revoke_pipeline_stops_flow(runtime, recorder):
     st = node_state(runtime, tree["id"])
     assert st["state"] == "REVOKED" and st["archived_time"] is not None
     components.gate("revoke").set()
+    # The execute under way when the revoke came ends and its result is recorded (as in bamboo);
+    # its process then dies instead of entering the next node.
+    wait_state(runtime, g.id, "FINISHED")
+    assert outputs(runtime, g.id)["late"] == "result after release"
     wait_idle(runtime)
     assert after.id not in children(runtime, tree["id"])
     assert node_state(runtime, tree["id"])["state"] == "REVOKED"
@@ -430,6 +437,76 @@ def test_revoke_pipeline_stops_flow(runtime, recorder):
     refused(api.pause_pipeline(runtime, tree["id"]), tree["id"], "REVOKED")
     refused(api.resume_pipeline(runtime, tree["id"]), tree["id"], "REVOKED")
     assert recorder.events_of("post_revoke_pipeline") == [{"pipeline_id": tree["id"]}]
+
+
+def _all_ended(runtime, root_id):
+    snap = read_snapshot(runtime.engine, root_id)
+    return all(p.dead for p in snap.processes) and not snap.tasks
+
+
+def test_revoke_while_a_poll_runs_then_the_poll_fails(runtime):
+    p, after = act("t_poll_gate", gate="revoke-poll-fail", fail=True), act()
+    tree, _ = line(p, after)
+    run(runtime, tree)
+    wait_until(lambda: "count" in outputs(runtime, p.id), what="execute to finish")
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    # The poll goes on (its call is held at the gate), and its wait reason says the pipeline is revoked.
+    reason = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][p.id]["wait_reason"]
+    assert reason["kind"] == "poll" and reason["revoked"] and "revoked" in reason["text"]
+    components.gate("revoke-poll-fail").set()
+    wait_state(runtime, p.id, "FAILED")
+    assert outputs(runtime, p.id)["ex_data"] == "poll failed after the gate"
+    wait_idle(runtime)
+    assert node_state(runtime, tree["id"])["state"] == "REVOKED"
+    assert after.id not in children(runtime, tree["id"])
+    # nobody may retry or skip it: its process ended
+    wait_until(lambda: _all_ended(runtime, tree["id"]), what="every process to end")
+    refused(api.retry_node(runtime, p.id), p.id, "revoked")
+
+
+def test_revoke_while_an_execute_runs_then_it_polls_or_waits(runtime):
+    # An execute under way ends; if it asks for polls they go on to the end (bamboo would poll
+    # too); if it asks for a callback the process ends, as callbacks to a revoked pipeline are refused.
+    polls, cb = act("t_gate_poll", gate="revoke-exec"), act("t_gate_callback", gate="revoke-exec")
+    after_poll, after_cb = act(), act()
+    start, pg, cg, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    start.extend(pg).connect(polls, cb)
+    polls.extend(after_poll)
+    cb.extend(after_cb)
+    pg.converge(cg).extend(end)
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, polls.id, "RUNNING")
+    st = wait_state(runtime, cb.id, "RUNNING")
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    components.gate("revoke-exec").set()
+    wait_state(runtime, polls.id, "FINISHED")
+    assert outputs(runtime, polls.id)["count"] == 2
+    wait_until(lambda: outputs(runtime, cb.id).get("executed"), what="the callback node's execute")
+    wait_until(lambda: _all_ended(runtime, tree["id"]), what="every process to end")
+    refused(api.callback(runtime, cb.id, st["version"], {}), cb.id, "revoked")
+    assert node_state(runtime, cb.id)["state"] == "RUNNING"
+    assert not {after_poll.id, after_cb.id, cg.id, end.id} & set(children(runtime, tree["id"]))
+
+
+def test_revoke_a_subprocess_while_a_poll_inside_runs(runtime):
+    # The same rule inside a revoked subprocess: the poll ends, nothing after it in the subprocess runs.
+    p, inner_after, after = act("t_poll_gate", gate="revoke-sub-poll"), act(), act()
+    sub = SubProcess(start=chain(p, inner_after))
+    tree, _ = line(sub, after)
+    run(runtime, tree)
+    wait_until(lambda: "count" in outputs(runtime, p.id), what="execute to finish")
+    assert api.revoke_pipeline(runtime, sub.id).result
+    entry = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]
+    reason = entry["children"][p.id]["wait_reason"]
+    assert reason["kind"] == "poll" and reason["revoked"] and sub.id in reason["text"]
+    components.gate("revoke-sub-poll").set()
+    wait_state(runtime, p.id, "FINISHED")
+    wait_idle(runtime)
+    assert not {inner_after.id, after.id} & set(children(runtime, tree["id"]))
+    assert node_state(runtime, tree["id"])["state"] == "RUNNING"  # held by the revoked subprocess
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    wait_until(lambda: _all_ended(runtime, tree["id"]), what="every process to end")
 
 
 def test_revoke_suspended_pipeline_and_failed_node(runtime):

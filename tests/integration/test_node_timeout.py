@@ -20,6 +20,7 @@ from support import wait_until
 import culm
 from culm import api
 from culm.builder import ServiceActivity, Var, build_tree
+from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -85,6 +86,30 @@ def test_hung_poll_is_failed_at_its_deadline(runtime, gate_name):
     nothing_changes(runtime, tree["id"], seq)
     assert node_state(runtime, act.id)["state"] == "FAILED"
     assert "late" not in outputs(runtime, act.id)
+
+
+def test_poll_going_on_after_a_revoke_still_times_out_and_its_branch_ends(runtime, gate_name):
+    # A revoke lets a poll go on (culm.core.revoking); its deadline stays: at the timeout it is
+    # force-failed, not skipped (nothing may run after it), and its process ends.
+    act = timed("t_poll_gate", 2, action="forced_fail_and_skip", gate=gate_name)
+    after = ServiceActivity(component_code="t_echo")
+    tree = build_tree(chain(act, after))
+    run(runtime, tree)
+    wait_until(lambda: "count" in outputs(runtime, act.id), what="execute to finish")
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+
+    wait_state(runtime, act.id, "FAILED", timeout=20)
+    timed_out(runtime, act.id, 2)
+    components.gate(gate_name).set()
+    wait_idle(runtime)
+    assert node_state(runtime, act.id)["state"] == "FAILED"
+    assert node_state(runtime, after.id) is None
+
+    def ended() -> bool:  # the cut-off poll's task goes once its late result is dropped
+        snap = read_snapshot(runtime.engine, tree["id"])
+        return all(p.dead for p in snap.processes) and not snap.tasks
+
+    wait_until(ended, what="every process and task to end")
 
 
 def test_callback_that_never_comes_is_failed_and_skipped_and_the_pipeline_goes_on(runtime):

@@ -246,3 +246,26 @@ def test_a_replayed_call_of_a_node_skipped_meanwhile_is_dropped(tmp_path: Path) 
         assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
         assert api.get_children_states(rt, act.id).data[act.id]["loop"] == 1
         assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
+def test_an_early_callback_of_a_process_a_revoke_ended_is_dropped(tmp_path: Path) -> None:
+    """Seed 21: a callback came while the node's execute ran; the pipeline was revoked (the process
+    kept: its execute was under way), then the runner crashed and the execute's replay met the
+    revoked pipeline and ended the process. The early callback then looked for its schedule every
+    0.05 s for ever; it must be dropped."""
+    act = ServiceActivity(component_code="t_callback")
+    tree = build_tree(chain(act, ServiceActivity(component_code="t_none")))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        task = _start(rt, inline, tree)
+        assert _execute(rt, task.id) is not None  # the execute is handed out ... and lost
+        version = api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["children"][act.id]["version"]
+        assert api.callback(rt, act.id, version, {"ok": True}).result
+        (early,) = inline.take()
+        assert api.revoke_pipeline(rt, tree["id"]).result
+        _restart(rt)
+        assert _execute(rt, task.id) is None  # the replay meets the revoked pipeline: the process ends
+        with rt.engine.step() as step:
+            assert scheduling.schedule_prepare(rt.engine, step, early.id) is None
+        assert _tasks(rt) == [] and inline.take() == []
+        assert check(read_snapshot(rt.engine, tree["id"])) == []

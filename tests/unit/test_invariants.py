@@ -124,6 +124,33 @@ def test_live_processes_after_the_end():
     assert _kinds(check(Snapshot(graph, sts, [_proc(graph, "p", n["a"], asleep=True)]))) == ["alive_after_end"]
 
 
+def test_a_revoked_pipeline_lets_only_polls_and_running_executes_end_by_themselves():
+    graph, n = _graph()
+    sts = _finished(graph, n)
+    sts[graph.root_id].name = states.REVOKED
+    sts[n["a"]] = _st(graph, n["a"], states.RUNNING)
+    poller = _proc(graph, "p", n["a"], asleep=True)
+    poll = ScheduleRecord("s", n["a"], "v1", "p", "poll")
+    poll_task = TaskRecord("t", "schedule", "p", n["a"], graph.root_id, schedule_id="s")
+    assert check(Snapshot(graph, sts, [poller], [poll_task], [poll])) == []
+    # its execute under way (the task holds the run's version)
+    running = TaskRecord("t", "execute", "p", n["a"], graph.root_id, running_version="v1")
+    assert check(Snapshot(graph, sts, [_proc(graph, "p", n["a"])], [running])) == []
+    # the poll ended: the step that ends the process is queued
+    sts[n["a"]].name = states.FINISHED
+    follow = TaskRecord("t", "execute", "p", n["b"], graph.root_id)
+    assert check(Snapshot(graph, sts, [_proc(graph, "p", n["b"])], [follow])) == []
+    # stranded: a callback wait, a poll without its task, a poll of an older run, a failed node
+    sts[n["a"]].name = states.RUNNING
+    callback = ScheduleRecord("s", n["a"], "v1", "p", "callback")
+    assert _kinds(check(Snapshot(graph, sts, [poller], [poll_task], [callback]))) == ["alive_after_end"]
+    assert _kinds(check(Snapshot(graph, sts, [poller], [], [poll]))) == ["alive_after_end"]
+    old = ScheduleRecord("s", n["a"], "v0", "p", "poll")
+    assert _kinds(check(Snapshot(graph, sts, [poller], [poll_task], [old]))) == ["alive_after_end"]
+    sts[n["a"]].name = states.FAILED
+    assert _kinds(check(Snapshot(graph, sts, [poller], [poll_task], [poll]))) == ["alive_after_end"]
+
+
 def test_a_converge_passed_with_a_branch_out_is_early():
     graph, n = _graph()
     sts, procs, tasks = _running_fork(graph, n, states.RUNNING)
