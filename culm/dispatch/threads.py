@@ -45,13 +45,14 @@ QUIET = 0.0005
 
 
 class _UserCodePool:
-    """Threads that run user code and hand each outcome to ``done(call, outcome)``.
+    """Threads that run user code and hand each outcome to ``done(call, outcome, let_go)``
+    (``let_go``: the call's thread was let go of while it ran, see :meth:`let_go`).
 
     Leaner than a ThreadPoolExecutor (no futures, no callbacks): one queue in, one call out. An
     exception the call raises is its outcome (the handlers turn it into a failed node).
     """
 
-    def __init__(self, size: int, done: Callable[[UserCall, object], None]) -> None:
+    def __init__(self, size: int, done: Callable[[UserCall, object, bool], None]) -> None:
         self._jobs: queue.SimpleQueue[tuple[UserCall, Callable[[], object]] | None] = queue.SimpleQueue()
         self._done = done
         self._closed = False
@@ -60,6 +61,7 @@ class _UserCodePool:
         self.running: dict[str, tuple[UserCall, float]] = {}
         # Threads let go of (retire): each ends once its call returns; another took its place.
         self._retiring: set[str] = set()
+        self._retire_lock = threading.Lock()  # a call ends, or its thread is let go of: one of the two first
         self._spawned = 0
         self._threads = [threading.Thread(target=self._work, name=f"culm-user_{i}", daemon=True) for i in range(size)]
         for t in self._threads:
@@ -84,10 +86,12 @@ class _UserCodePool:
             except BaseException as exc:  # noqa: BLE001 - the outcome of the call
                 outcome = exc
             finally:
-                del self.running[me]
-            self._done(call, outcome)
-            if me in self._retiring:
-                self._retiring.discard(me)
+                with self._retire_lock:
+                    del self.running[me]
+                    retiring = me in self._retiring
+                    self._retiring.discard(me)
+            self._done(call, outcome, retiring)
+            if retiring:
                 return
 
     def long_calls(self, longer_than: float) -> list[tuple[UserCall, float]]:
@@ -105,10 +109,11 @@ class _UserCodePool:
         """Start a new thread in place of the one running ``call`` (a call that may never return,
         whose result is stale anyway); that one ends once ``call`` returns. False when ``call``
         is not running (any more)."""
-        name = next((n for n, (c, _) in list(self.running.items()) if c is call), None)
-        if name is None or name in self._retiring or self._closed:
-            return False
-        self._retiring.add(name)
+        with self._retire_lock:
+            name = next((n for n, (c, _) in list(self.running.items()) if c is call), None)
+            if name is None or name in self._retiring or self._closed:
+                return False
+            self._retiring.add(name)
         self._spawned += 1
         thread = threading.Thread(target=self._work, name=f"culm-user_{self.size + self._spawned - 1}", daemon=True)
         self._threads.append(thread)
@@ -141,7 +146,9 @@ class LoopPolicy(Protocol):
         ...
 
     def call_returned(self) -> None:
-        """Pool thread: a call's outcome is back, before the engine thread hears of it."""
+        """A call no longer holds its room: on a pool thread, its outcome is back (before the
+        engine thread hears of it); on the engine thread, a node timeout cut it off and its
+        thread was let go of (its outcome, when it comes, calls nothing more). Once per call."""
         ...
 
     def batch_committed(self) -> None:
@@ -407,7 +414,7 @@ class ThreadDispatcher:
         committed.fire()
         self._calls.extend(committed.calls)
         self._release(self._slots_of(committed.applied))  # their results are durable now
-        if committed.cut_off and self._policy is None:
+        if committed.cut_off:
             self._let_go(committed)
         if self._policy is not None:
             self._policy.batch_committed()
@@ -427,15 +434,18 @@ class ThreadDispatcher:
         return held
 
     def _let_go(self, committed: Committed) -> None:
-        """Embedded runtime: a node timeout cut off runs whose user code may still be running (a
-        call that never returns). Its result is stale, and it ran once: a crash does not run it
-        again (its node moved on). So its slot is freed and a new thread takes its place, and the
-        pool keeps ``workers`` threads for live work (the old one ends when the call returns)."""
+        """A node timeout cut off runs whose user code may still be running (a call that never
+        returns). Its result is stale, and it ran once: a crash does not run it again (its node
+        moved on). So its slot is freed and a new thread takes its place, and the pool keeps
+        ``workers`` threads for live work (the old one ends when the call returns); a worker's
+        runner counts the call's room free too (:meth:`LoopPolicy.call_returned`)."""
         assert self._pool is not None
         for call in self._pool.busy_calls():
             if call.item not in self._let_go_items and committed.is_cut_off(call) and self._pool.let_go(call):
                 self._let_go_items.add(call.item)
                 self._in_flight -= 1
+                if self._policy is not None:
+                    self._policy.call_returned()
                 logger.warning("node %s timed out while its user code ran; that call's thread is let go of "
                                "and another runs user code in its place", call.node_id)
         self._release(0)
@@ -456,8 +466,8 @@ class ThreadDispatcher:
             self._in_flight -= 1
             self._forget([call.task.id])
 
-    def _requeue(self, call: UserCall, outcome: object) -> None:
-        if self._policy is not None:
+    def _requeue(self, call: UserCall, outcome: object, let_go: bool) -> None:
+        if self._policy is not None and not let_go:  # else its room was freed when it was let go of
             self._policy.call_returned()
         self._ready.put(call.returned(outcome))
 
