@@ -96,33 +96,97 @@ class TooManyValuesError(ValueError):
 
 
 def _walk(value: Any) -> bool:
-    stack = [(value, 0)]
-    pop, push = stack.pop, stack.append
+    # One level at a time, each occurrence of a shared container counted again (as JSON would
+    # write it); no (container, depth) pairs to build, which cost more than the checks.
+    level = [value]
     visited = 0
-    while stack:
-        item, depth = pop()
-        visited += len(item)
-        if visited > MAX_WALK:  # a list holding the one before twice, 40 deep, holds 2**40
-            raise TooManyValuesError(f"it holds more than {MAX_WALK:,} values, counting each repeat")
-        if depth > _WALK_DEPTH:
+    for _ in range(_WALK_DEPTH + 1):
+        below: list[Any] = []
+        push = below.append
+        for item in level:
+            visited += len(item)
+            if visited > MAX_WALK:  # a list holding the one before twice, 40 deep, holds 2**40
+                raise TooManyValuesError(f"it holds more than {MAX_WALK:,} values, counting each repeat")
+            if isinstance(item, dict):
+                for key in item:
+                    if type(key) is not str:
+                        if _dict_collides(item):
+                            return True
+                        break
+                children: Any = item.values()
+            else:
+                children = item
+            for child in children:
+                cls = type(child)
+                if cls is dict or cls is list or cls is tuple or (
+                        cls is not str and isinstance(child, dict | list | tuple)):
+                    push(child)
+        if not below:
             return False
-        if isinstance(item, dict):
-            for key in item:
-                if type(key) is not str:
-                    if _dict_collides(item):
-                        return True
-                    break
-            children: Any = item.values()
-        else:
-            children = item
-        for child in children:
-            cls = type(child)
-            if cls is dict or cls is list or cls is tuple or (
-                    cls is not str and isinstance(child, dict | list | tuple)):
-                push((child, depth + 1))
+        level = below
     return False
 
 
 def _dict_collides(item: dict) -> bool:
     keys = [k for k in item if isinstance(k, _JSON_KEYS)]  # other keys: JSON refuses the dict
     return len(keys) == len(item) and len({k if isinstance(k, str) else dumps(k) for k in keys}) != len(keys)
+
+
+# What :func:`viewable` shows of a value: this many levels and values (counting each repeat of a
+# shared one), the rest marked as cut.
+VIEW_DEPTH = 200
+VIEW_VALUES = 200_000
+_INT_DIGITS = 4000  # Python refuses to write an int of more than 4,300 digits as text
+_SCALARS = (str, bool, type(None))
+
+
+def viewable(value: Any) -> Any:
+    """``value`` as any JSON encoder can write it with ``allow_nan=False``, for showing it (a web
+    answer, ``culm ... --json``); stored values are never changed.
+
+    A NaN or infinity becomes ``"NaN"``, ``"Infinity"`` or ``"-Infinity"``; an int too long to
+    write as text, a note of its size; a dict key JSON cannot hold, its ``repr``; tuples and sets,
+    lists; a container that holds itself, ``"<cycle>"``; what is nested deeper than VIEW_DEPTH or
+    comes after VIEW_VALUES values, a note that it was cut.
+    Other objects are left for the encoder's ``default``.
+    """
+    return _View().of(value, 0)
+
+
+class _View:
+    def __init__(self) -> None:
+        self.walked = 0
+        self.on_path: set[int] = set()
+
+    def of(self, value: Any, depth: int) -> Any:
+        if isinstance(value, _SCALARS):
+            return value
+        if isinstance(value, float):
+            return value if value - value == 0 else "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
+        if isinstance(value, int):
+            bits = value.bit_length()
+            return value if bits < _INT_DIGITS * 3 else f"<an integer of {bits:,} bits, too long to show>"
+        if not isinstance(value, dict | list | tuple | set | frozenset):
+            return value
+        self.walked += len(value)
+        if depth >= VIEW_DEPTH or self.walked > VIEW_VALUES:
+            return f"<cut: nested more than {VIEW_DEPTH} levels deep or more than {VIEW_VALUES:,} values in all>"
+        if id(value) in self.on_path:
+            return "<cycle>"
+        self.on_path.add(id(value))
+        try:
+            if isinstance(value, dict):
+                return {self.key(k): self.of(v, depth + 1) for k, v in value.items()}
+            return [self.of(v, depth + 1) for v in value]
+        finally:
+            self.on_path.discard(id(value))
+
+    def key(self, key: Any) -> Any:
+        if isinstance(key, str | bool | type(None)):
+            return key
+        if isinstance(key, int | float):
+            return self.of(key, 0)
+        try:
+            return repr(key)[:1000]
+        except Exception:  # noqa: BLE001 - a key object whose repr fails is still shown
+            return f"<a {type(key).__name__} key>"

@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from culm._json import viewable
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -302,9 +304,22 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def shown(value: Any) -> str:
+    """``repr(value)``, or that of :func:`culm._json.viewable` when Python cannot write it (an int
+    of more than 4,300 digits)."""
+    try:
+        return repr(value)
+    except ValueError:
+        return repr(viewable(value))
+
+
 def print_json(value: Any) -> None:
     """``value`` as indented JSON on stdout (datetimes as ISO 8601 text)."""
-    sys.stdout.write(json.dumps(value, indent=2, default=_plain, ensure_ascii=False) + "\n")
+    try:
+        text = json.dumps(value, indent=2, default=_plain, ensure_ascii=False, allow_nan=False)
+    except (ValueError, TypeError, RecursionError):  # a NaN, a tuple key, a value holding itself...
+        text = json.dumps(viewable(value), indent=2, default=_plain, ensure_ascii=False, allow_nan=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 
@@ -334,6 +349,11 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
     return json_object(raw, flag)
 
 
+# Python refuses to read an int of more digits than this (a defence of its own: converting one
+# costs time quadratic in its length); JSON text holding one is refused with this message.
+LONG_NUMBER = f"a number in it has more than {sys.get_int_max_str_digits():,} digits (more than Python reads)"
+
+
 def json_object(text: str, where: str, what: str = "") -> dict:
     """``text`` parsed as a JSON object; :class:`UsageError` naming ``where`` otherwise."""
     try:
@@ -343,6 +363,8 @@ def json_object(text: str, where: str, what: str = "") -> dict:
     except RecursionError:
         raise UsageError(f"{where.rstrip(':')}: arrays or objects nested too deeply to be read "
                          "(culm keeps values at most 100 levels deep)") from None
+    except ValueError:  # an int of more digits than Python reads
+        raise UsageError(f"{where.rstrip(':')}: {LONG_NUMBER}") from None
     if not isinstance(data, dict):
         kind = f"an object ({what})" if what else "a JSON object"
         raise UsageError(f"{where.rstrip(':')} must be {kind}, got {type(data).__name__}")

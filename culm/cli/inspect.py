@@ -25,6 +25,7 @@ from culm.cli.common import (
     open_runtime,
     positive_seconds,
     print_json,
+    shown,
     state_entry,
 )
 from culm.cli.run import Stillness, ex_data_of, failure_report
@@ -52,7 +53,7 @@ class Described:
             lines = text.splitlines() or [""]
             notes[node_id] = [f"ex_data: {lines[0]}", *(f"         {line}" for line in lines[1:])]
         for node_id, data in self.outputs.items():
-            notes.setdefault(node_id, []).extend(f"output {k} = {v!r}" for k, v in data.items()
+            notes.setdefault(node_id, []).extend(f"output {k} = {shown(v)}" for k, v in data.items()
                                                  if k != "ex_data" and not k.startswith("_"))
         return notes
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from culm.cli.common import UsageError, json_object
+from culm.cli.common import LONG_NUMBER, UsageError, json_object
 
 
 def import_names(names: Sequence[str] | None) -> list[str]:
@@ -138,6 +138,8 @@ def parse_value(text: str) -> Any:
         return text
     except RecursionError:
         raise UsageError(f"value {text[:40]!r}...: arrays or objects nested too deeply to be read") from None
+    except ValueError:  # an int of more digits than Python reads
+        raise UsageError(f"value {text[:40]!r}...: {LONG_NUMBER}") from None
 
 
 def split_assignment(item: str, flag: str, example: str = "") -> tuple[str, Any]:

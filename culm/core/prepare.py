@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+from collections.abc import Iterable
 from typing import Any
 
 from culm.core import data as cdata
@@ -38,6 +40,7 @@ def run_pipeline(
         "root_pipeline_context": root_pipeline_context, "subprocess_context": subprocess_context,
     }
     ids = [root_id, *graph.nodes.keys()]
+    contexts = _contexts(graph, root_pipeline_context, subprocess_context)
     try:
         with engine.step(new_rows_only=True) as step:
             unit = step.unit
@@ -46,7 +49,7 @@ def run_pipeline(
             # database) is not asked first: the read would cost a round trip per run, while the
             # commit that carries the inserts is one anyway.
             if not unit.refuses_duplicate_ids:
-                _refuse_taken(root_id, unit.existing_node_ids(ids))
+                _refuse_taken(root_id, unit.existing_node_ids(ids), ids)
             step.event("pre_prepare_run_pipeline", **payload)
             at = now()
             options: dict[str, Any] = {"start_node_id": start_node_id, "priority": priority, "queue": queue}
@@ -60,12 +63,8 @@ def run_pipeline(
             rows = [(root_id, root_id, root_id, "Pipeline")]
             rows.extend([(n.id, root_id, n.pipeline_id, n.type) for n in graph.nodes.values()])
             unit.add_nodes(rows)
-            members: dict[str, list[Node]] = {spec_id: [] for spec_id in graph.pipelines}
-            for node in graph.nodes.values():
-                members[node.pipeline_id].append(node)
-            for spec in graph.pipelines.values():
-                extra = root_pipeline_context if spec.id == root_id else subprocess_context
-                unit.insert_context(spec.id, cdata.context_values_for(spec, extra, members[spec.id]))
+            for pipeline_id, values in contexts.items():
+                unit.insert_context(pipeline_id, values)
             root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
             step.create_state(root_state, 1)
             start = start_node_id or graph.pipelines[root_id].start_event_id
@@ -77,7 +76,8 @@ def run_pipeline(
         if not engine.store.is_duplicate(exc):
             raise
         with engine.store.reading() as unit:  # which ids were taken (a refusal names them)
-            _refuse_taken(root_id, unit.existing_node_ids(ids))
+            _refuse_taken(root_id, unit.existing_node_ids(ids), ids)
+        _refuse_lookalikes(root_id, ids, contexts)
         # The key refused an id that no stored run holds now: a run of the same ids that was
         # being stored at the same moment, and was rolled back.
         raise InvalidOperationError(
@@ -87,11 +87,57 @@ def run_pipeline(
     engine.remember_graph(graph)
 
 
-def _refuse_taken(root_id: str, taken: set[str]) -> None:
-    if root_id in taken:
-        raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once")
+def _contexts(graph: Graph, root_context: dict[str, Any], subprocess_context: dict[str, Any]) -> dict[str, list[Any]]:
+    """The variables each (sub)pipeline context of a new run starts with."""
+    members: dict[str, list[Node]] = {spec_id: [] for spec_id in graph.pipelines}
+    for node in graph.nodes.values():
+        members[node.pipeline_id].append(node)
+    return {spec.id: cdata.context_values_for(spec, root_context if spec.id == graph.root_id else subprocess_context,
+                                              members[spec.id]) for spec in graph.pipelines.values()}
+
+
+# MySQL and MariaDB compare text columns by the database's collation, by default one that ignores
+# case, accents and trailing spaces (utf8mb4_general_ci): two ids or keys a tree holds apart are
+# one to them, and their unique keys refuse the second.
+_LOOKALIKE = "this database compares ids and keys ignoring case, accents and trailing spaces (MySQL and MariaDB do by default)"
+
+
+def _folded(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).rstrip(" ")
+
+
+def _lookalike(texts: Iterable[str]) -> tuple[str, str] | None:
+    """Two of ``texts`` that differ only by case, accents or trailing spaces, or None."""
+    seen: dict[str, str] = {}
+    for text in texts:
+        other = seen.setdefault(_folded(text), text)
+        if other != text:
+            return other, text
+    return None
+
+
+def _refuse_taken(root_id: str, taken: set[str], ids: list[str]) -> None:
+    lookalikes = sorted(taken - set(ids))
+    note = f" ({_LOOKALIKE}: {lookalikes[:5]} stored, the tree's differ only so)" if lookalikes else ""
+    if root_id in taken or any(_folded(t) == _folded(root_id) for t in taken):
+        raise InvalidOperationError(f"pipeline {root_id} already exists: a tree id can run only once{note}")
     if taken:
-        raise InvalidOperationError(f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}")
+        raise InvalidOperationError(f"pipeline {root_id} reuses node ids of another pipeline: {sorted(taken)[:5]}{note}")
+
+
+def _refuse_lookalikes(root_id: str, ids: list[str], contexts: dict[str, list[Any]]) -> None:
+    """Refuse a run that the database refused for two of its ids or context keys that it holds
+    to be one (see _LOOKALIKE), naming them."""
+    if pair := _lookalike(ids):
+        raise InvalidOperationError(f"pipeline {root_id}: node ids {pair[0]!r} and {pair[1]!r} are one id to the "
+                                    f"database, which cannot store both: {_LOOKALIKE}; rename one")
+    for pipeline_id, values in contexts.items():
+        if pair := _lookalike(value.key for value in values):
+            where = "" if pipeline_id == root_id else f" of subprocess {pipeline_id}"
+            raise InvalidOperationError(
+                f"pipeline {root_id}: context keys {pair[0]!r} and {pair[1]!r}{where} are one key to the "
+                f"database, which cannot store both: {_LOOKALIKE}; rename one")
 
 
 def _too_many_pairs(converge_of: dict[str, str]) -> bool:

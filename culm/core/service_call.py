@@ -238,7 +238,8 @@ class _Hooks:
                 hook(self.data, self.parent)
             else:
                 hook(self.data, self.parent, callback_data=self.callback_data)
-        except Exception:  # noqa: BLE001 - hooks never change outcomes
+        except BaseException as exc:  # noqa: BLE001 - hooks never change outcomes (SystemExit neither)
+            signals.reraise_interrupt(exc)
             hook_logger.exception("hook %s of %s raised", name, type(self.service).__name__)
 
 

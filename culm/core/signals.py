@@ -32,6 +32,15 @@ logger = logging.getLogger("culm.signals")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def reraise_interrupt(exc: BaseException) -> None:
+    """Raise ``exc`` again when it is the caller's Ctrl-C (a KeyboardInterrupt on the main thread);
+    any other exception user code raises where it must not change an outcome (a receiver, a
+    hook) is the user code's failure, SystemExit and GeneratorExit included: let through, it
+    killed the engine thread that sent it, with its node RUNNING for ever."""
+    if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise exc
+
+
 class Signal:
     """A list of receivers, each called as ``receiver(signal=self, sender=sender, **named)``."""
 
@@ -83,7 +92,8 @@ class Signal:
                 continue
             try:
                 responses.append((receiver, receiver(signal=self, sender=sender, **named)))
-            except Exception as exc:
+            except BaseException as exc:  # noqa: BLE001 - see reraise_interrupt
+                reraise_interrupt(exc)
                 logger.exception("receiver %r of signal %s raised", receiver, self.name)
                 responses.append((receiver, exc))
         return responses

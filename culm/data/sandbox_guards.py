@@ -364,12 +364,19 @@ def render_limited(value: Any, limit: int) -> str:
 
     Raises:
         ExpressionLimitError: The value is too big to turn into text.
+        ExpressionError: Turning it into text raised.
     """
     if isinstance(value, str):
         return value
     if size_of(value, limit, lambda: None) > limit:
         raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")
-    return without_addresses(str(value))
+    try:
+        text = str(value)
+    except Exception as exc:  # noqa: BLE001 - an object's own __str__ (a lazy variable's value), an int
+        # of more than 4,300 digits: a value that cannot become text fails like an expression does
+        raise ExpressionError(f"{type(value).__name__} value cannot be turned into text "
+                              f"({type(exc).__name__}: {exc})") from None
+    return without_addresses(text)
 
 
 # CPython writes a memory address into the text of an object that has no text of its own: a lazy

@@ -9,6 +9,7 @@ from here.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from culm.errors import InvalidOperationError
@@ -25,6 +26,32 @@ MAX_VALUE_DEPTH = 100
 # the connection, which looks like any network fault: the engine would try the write again for
 # ever, its node RUNNING. A row holds at most two payloads (inputs and outputs): 2 x 7 MB fit.
 MAX_PAYLOAD_BYTES = 7_000_000
+
+
+# What is wrong with the environment variables read below, for the validator to report (a
+# ValueError at import would be a traceback out of any `import culm`).
+ENVIRONMENT_PROBLEMS: list[str] = []
+
+
+def _env_count(name: str, default: int) -> int:
+    """A whole number >= 1 from the environment variable ``name``, else ``default`` (and a note
+    in ENVIRONMENT_PROBLEMS when it is set to anything else)."""
+    text = os.environ.get(name, "").strip().replace("_", "").replace(",", "")
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        ENVIRONMENT_PROBLEMS.append(f"${name} must be a whole number >= 1, got {os.environ[name]!r}")
+        return default
+    return int(text)
+
+
+# Nodes (events, activities, gateways, subprocesses, at every depth) and flows one tree may have;
+# read at every validation, so a program may set them, and $CULM_MAX_TREE_NODES and
+# $CULM_MAX_TREE_FLOWS set them for a process (a `culm serve`, a worker). Memory grows with the
+# count: about 2.5 KB a node to validate and store a tree, about 4.5 KB a node while it runs
+# (docs/data-and-variables.md). bamboo's own reference is a 100,000-node tree.
+MAX_TREE_NODES = _env_count("CULM_MAX_TREE_NODES", 100_000)
+MAX_TREE_FLOWS = _env_count("CULM_MAX_TREE_FLOWS", 200_000)
 
 
 def text_problem(text: str) -> str | None:
@@ -79,6 +106,12 @@ def payload_size(text: str) -> int:
     return len(text) + text.count("\\") + text.count('"') + text.count("'")
 
 
+def pickled_payload_size(blob_bytes: int) -> int:
+    """Bytes a payload pickled to ``blob_bytes`` bytes takes once stored: base64 in a small JSON
+    envelope (:mod:`culm.storage.codec`), with room to spare for the envelope's key."""
+    return 4 * ((blob_bytes + 2) // 3) + 64
+
+
 def column_problem(text: str, width: int) -> str | None:
     """What keeps ``text`` out of a text column ``width`` characters wide, or None."""
     if len(text) > width:
@@ -94,23 +127,24 @@ def too_deep(value: Any, limit: int = MAX_VALUE_DEPTH) -> bool:
     """Whether ``value`` nests dicts, lists, tuples or sets more than ``limit`` levels deep.
 
     A value that contains itself is not deep for that (pickle stores it as it is). Without
-    recursion; a first walk goes depth first and stops past ``limit``, and only a value it finds
-    too deep is measured exactly (:func:`nesting`, which sees cycles).
+    recursion, one level at a time: a container shared by several parents counts once per level,
+    and only a value with containers still below ``limit`` levels is measured exactly
+    (:func:`nesting`, which sees cycles). A level at a time costs a quarter of a walk that keeps
+    a stack of (container, depth) pairs, for a value of many small lists (root data of 4 MB).
     """
     if not isinstance(value, _CONTAINERS):
         return False
-    walked: dict[int, int] = {}  # a container shared by several parents is walked once per depth
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > limit:
-            return nesting(value) > limit
-        if walked.get(id(item), 0) >= depth:
-            continue
-        walked[id(item)] = depth
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, _CONTAINERS))
-    return False
+    level: Any = (value,)
+    for _ in range(limit):
+        below: dict[int, Any] = {}
+        for item in level:
+            for child in item.values() if isinstance(item, dict) else item:
+                if isinstance(child, _CONTAINERS):
+                    below[id(child)] = child
+        if not below:
+            return False
+        level = below.values()
+    return nesting(value) > limit
 
 
 def nesting(value: Any) -> int:

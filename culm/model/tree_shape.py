@@ -25,8 +25,6 @@ from culm.model.flowgraph import (
     PipelineGraph,
 )
 
-MAX_NODES = 100_000
-MAX_FLOWS = 200_000
 MAX_DEPTH = 64
 VAR_TYPES = ("plain", "splice", "lazy")
 PLAIN_END = "EmptyEndEvent"
@@ -54,6 +52,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def tree_size(tree: Any) -> tuple[int, int]:
+    """How many nodes and flows ``tree`` has, its subprocesses' included (counted as the validator
+    sees them: the start and end event of each pipeline, its activities and gateways, its flows).
+
+    Counts without building anything, so a tree far over the limits is refused before its
+    validation costs memory; parts that are not dicts count nothing (the validator names them).
+    """
+    nodes = flows = 0
+    work: list[tuple[Any, int]] = [(tree, 0)]
+    while work:
+        pipe, depth = work.pop()
+        if not isinstance(pipe, dict):
+            continue
+        activities, gateways, links = (pipe.get(key) for key in ("activities", "gateways", "flows"))
+        activities = activities if isinstance(activities, dict) else {}
+        nodes += 2 + len(activities) + (len(gateways) if isinstance(gateways, dict) else 0)
+        flows += len(links) if isinstance(links, dict) else 0
+        if depth < MAX_DEPTH:  # deeper is refused anyway, and a tree holding itself must end
+            work.extend((act["pipeline"], depth + 1) for act in activities.values()
+                        if isinstance(act, dict) and act.get("type") == SUBPROCESS and "pipeline" in act)
+    return nodes, flows
+
+
 @dataclass
 class _Pending:
     tree: Any
@@ -71,8 +92,6 @@ class ShapeChecker:
     problems: list[TreeProblem] = field(default_factory=list)
     graphs: list[PipelineGraph] = field(default_factory=list)
     _ids: set[str] = field(default_factory=set)
-    _nodes: int = 0
-    _flows: int = 0
     # A variable's value holds a dict whose keys JSON would merge: copy the tree exactly.
     merging_keys: bool = False
 
@@ -81,7 +100,17 @@ class ShapeChecker:
         self.problems.append(TreeProblem(where, message))
 
     def run(self, tree: Any) -> None:
-        """Check ``tree`` and every nested subprocess tree."""
+        """Check ``tree`` and every nested subprocess tree (none when the tree is too large)."""
+        if limits.ENVIRONMENT_PROBLEMS:  # the bounds below are not what the operator asked for
+            self.add(None, "tree not validated: " + "; ".join(limits.ENVIRONMENT_PROBLEMS))
+            return
+        nodes, flows = tree_size(tree)
+        if nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS:
+            where = label(tree.get("id")) if isinstance(tree, dict) else None
+            self.add(where, f"tree is too large: it has {nodes:,} nodes and {flows:,} flows, over the {limits.MAX_TREE_NODES:,} "
+                            f"nodes and {limits.MAX_TREE_FLOWS:,} flows a tree may have (culm.model.limits."
+                            "MAX_TREE_NODES, MAX_TREE_FLOWS); split the work into several pipelines")
+            return
         work = [_Pending(tree, None, 0)]
         while work:
             item = work.pop()
@@ -146,8 +175,6 @@ class ShapeChecker:
         activities = self._section(pipe, "activities", graph.id, required=False)
         gateways = self._section(pipe, "gateways", graph.id, required=False)
         flows = self._section(pipe, "flows", graph.id, required=True)
-        if not self._within_size(graph.id, len(activities) + len(gateways) + 2, len(flows)):
-            return []
         self._flows_of(flows, graph)
         out_by_node: dict[str, set[str]] = {}
         if any(isinstance(g, dict) and isinstance(g.get("type"), str) and g["type"] in CONDITIONAL_TYPES
@@ -180,14 +207,6 @@ class ShapeChecker:
             if isinstance(name, str) and (problem := limits.text_problem(name)):
                 self.add(pid, f"pipeline name holds {problem}")  # kept in a column for listing
         return pid
-
-    def _within_size(self, where: str, nodes: int, flows: int) -> bool:
-        self._nodes += nodes
-        self._flows += flows
-        if self._nodes > MAX_NODES or self._flows > MAX_FLOWS:
-            self.add(where, f"tree is too large: at most {MAX_NODES} nodes and {MAX_FLOWS} flows are allowed")
-            return False
-        return True
 
     def _flows_of(self, flows: dict[Any, Any], graph: PipelineGraph) -> None:
         for key, flow in flows.items():

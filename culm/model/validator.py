@@ -7,7 +7,7 @@ or returns a normalised deep copy ready for the engine.
 
 from __future__ import annotations
 
-import copy
+import pickle
 from collections import deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ from culm.model.flowgraph import (
 )
 from culm.model.gateways import check_streams, pair_gateways
 from culm.model.syntax_warnings import tree_warnings
-from culm.model.tree_shape import ShapeChecker, label
+from culm.model.tree_shape import ShapeChecker, label, tree_size
 from culm.model.variable_cycles import variable_cycle_problems
 
 __all__ = [
@@ -149,19 +149,32 @@ def prepare_tree(
     ``preset``: the keys of ``root_pipeline_context`` and ``subprocess_context`` of the run it is
     for: they give those variables plain values, so a reference cycle through them is none.
     """
+    # Encoded first (storing needs it anyway), so a tree too large to store is refused before its
+    # analysis builds a graph of every node (a 99,000-node tree: 6 s and 160 MB, then refused).
+    encoded: _Encoded | None = None
+    failure: BaseException | None = None
+    if isinstance(tree, dict) and not _over_count(tree):
+        try:
+            encoded = _encode(tree, exact=False)
+        except Exception as exc:  # noqa: BLE001 - named after the analysis, which may say where
+            failure = exc
+    if encoded is not None:
+        _check_size(tree, encoded)
     checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists, preset)
     problems, graphs = checker.problems, checker.graphs
     if problems:
         raise TreeInvalidError(problems)
-    try:
-        result, text = _copy_tree(tree, exact=checker.merging_keys)
-    except RecursionError:
-        raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
-    if text is not None and (size := limits.payload_size(text)) > limits.MAX_PAYLOAD_BYTES:
-        # A tree JSON cannot hold (text None) meets the same limit when it is stored.
-        raise TreeInvalidError([TreeProblem(label(tree["id"]), (
-            f"tree takes {size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
-            "(culm.model.limits.MAX_PAYLOAD_BYTES); split the work into several pipelines"))])
+    if failure is not None or (encoded is not None and checker.merging_keys and encoded.text is not None):
+        try:
+            encoded = _encode(tree, exact=True)
+        except RecursionError:
+            raise TreeInvalidError([TreeProblem(None, "tree values are nested too deeply to copy")])
+        except Exception as exc:  # noqa: BLE001 - pickle raises many kinds (TypeError, PicklingError...)
+            raise TreeInvalidError([TreeProblem(label(tree["id"]), (
+                f"tree holds a value neither JSON nor pickle takes ({type(exc).__name__}: {exc})"))])
+        _check_size(tree, encoded)
+    assert encoded is not None  # a tree without problems is a dict within the count
+    result, text = encoded.copy(), encoded.text
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
     _normalise(result, converge_of)
     return PreparedTree(result, text, converge_of)
@@ -173,20 +186,49 @@ def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, 
     return tree
 
 
-def _copy_tree(tree: dict[str, Any], *, exact: bool) -> tuple[dict[str, Any], str | None]:
-    # A JSON round trip copies a plain tree several times faster than deepcopy, and gives the
-    # tree exactly as storing it would. A tree JSON cannot hold (sets, objects) is deep-copied,
-    # and so is one with ``exact`` (a variable's value holds dict keys JSON would merge,
+@dataclass(frozen=True)
+class _Encoded:
+    """A tree as it is stored: JSON text, or (``text`` None) a pickle, and the bytes it takes."""
+
+    text: str | None
+    blob: bytes
+    size: int
+
+    def copy(self) -> dict[str, Any]:
+        """The tree as storing it gives it back."""
+        tree: dict[str, Any] = _json.loads(self.text) if self.text is not None else pickle.loads(self.blob)  # noqa: S301
+        return tree
+
+
+def _encode(tree: dict[str, Any], *, exact: bool) -> _Encoded:
+    """``tree`` encoded as the store keeps it, with the bytes it takes (an upper estimate for a
+    pickle). Raises what JSON and pickle raise for a value neither takes."""
+    # JSON where it keeps the tree (a round trip copies a plain tree several times faster than
+    # deepcopy, and gives it exactly as storing it would); a pickle for a tree JSON cannot hold
+    # (sets, objects), or with ``exact`` (a variable's value holds dict keys JSON would merge,
     # ``{1: "a", "1": "b"}``: the stored tree keeps them, see culm.storage.codec).
     if not exact:
         try:
             # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
-            # recurses until RecursionError instead, and is deep-copied.
+            # recurses until RecursionError instead, and is pickled.
             text = _json.dumps(tree)
-            return _json.loads(text), text
+            return _Encoded(text, b"", limits.payload_size(text))
         except (TypeError, ValueError, RecursionError):
             pass
-    return copy.deepcopy(tree), None
+    blob = pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL)
+    return _Encoded(None, blob, limits.pickled_payload_size(len(blob)))
+
+
+def _over_count(tree: dict[str, Any]) -> bool:
+    nodes, flows = tree_size(tree)
+    return nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS
+
+
+def _check_size(tree: dict[str, Any], encoded: _Encoded) -> None:
+    if encoded.size > limits.MAX_PAYLOAD_BYTES:
+        raise TreeInvalidError([TreeProblem(label(tree.get("id")), (
+            f"tree takes {encoded.size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
+            "(culm.model.limits.MAX_PAYLOAD_BYTES); split the work into several pipelines"))])
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -148,7 +148,7 @@ class MemoryUnit(TransactionView):
     # -- pipelines and nodes --------------------------------------------------------------------
     def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,
                      name: str = "") -> None:
-        row = (tree if isinstance(tree, str) else codec.dumps(tree),
+        row = (tree if isinstance(tree, str) else codec.dumps_named(tree, f"tree of pipeline {root_id}"),
                codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
                codec.dumps(options), at, name[:255])
         self._insert("pipeline", root_id, row)

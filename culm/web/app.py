@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,18 @@ def _add_error_handlers(app: FastAPI) -> None:
             if isinstance(exc.__cause__, RecursionError):
                 return problem(400, "the request body nests arrays or objects too deeply to be read "
                                     "(JSON values are refused past about 1,000 levels; culm keeps at most 100)")
-            return problem(400, f"the request body could not be read: {type(exc.__cause__).__name__}")
+            return problem(400, _unreadable(exc.__cause__))
         return problem(exc.status_code, str(exc.detail))
+
+
+def _unreadable(cause: BaseException) -> str:
+    """Why the framework could not read a request body."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the request body is not UTF-8 text ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return (f"the request body holds a number of more than {sys.get_int_max_str_digits():,} digits "
+                "(more than Python reads)")
+    return f"the request body could not be read: {type(cause).__name__}"
 
 
 _JSON_KINDS = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from culm._json import viewable
 from culm.errors import CulmError, InvalidOperationError, NotFoundError, TreeInvalidError
 from culm.model.limits import duplicate_key
 
@@ -42,36 +42,17 @@ class FastJSON(JSONResponse):
     A NaN or an infinity (a component's output, a tree's input) is sent as the string ``"NaN"``,
     ``"Infinity"`` or ``"-Infinity"``: Python writes them as bare ``NaN``, which is not JSON, and a
     browser's ``JSON.parse`` then refuses the whole answer (the console could not show the node).
+    An int too long to write, a key JSON cannot hold (a tuple), a value that holds itself: see
+    :func:`culm._json.viewable` (each was a 500, the last one a request that never ended).
     """
 
     def render(self, content: Any) -> bytes:
         try:
             text = json.dumps(content, default=_default, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        except ValueError:  # rare: only then is the content walked
-            text = json.dumps(_finite(content), default=_default, ensure_ascii=False, separators=(",", ":"))
+        except (ValueError, TypeError, RecursionError):  # rare: only then is the content walked
+            text = json.dumps(viewable(content), default=_default, ensure_ascii=False, separators=(",", ":"),
+                              allow_nan=False)
         return text.encode()
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float replaced by its name (iterative: data may be deep)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else ("NaN" if value != value else "Infinity" if value > 0 else "-Infinity")
-    if not isinstance(value, dict | list | tuple):
-        return value
-    root: list[Any] = [value]
-    stack: list[tuple[Any, Any]] = [(root, 0)]  # (container to fill, key or index in it)
-    while stack:
-        parent, key = stack.pop()
-        item = parent[key]
-        if isinstance(item, float) and not math.isfinite(item):
-            parent[key] = _finite(item)
-        elif isinstance(item, dict):
-            fields = parent[key] = dict(item)
-            stack.extend((fields, k) for k in fields)
-        elif isinstance(item, list | tuple):
-            items = parent[key] = list(item)
-            stack.extend((items, i) for i in range(len(items)))
-    return root[0]
 
 
 class ProblemError(HTTPException):

@@ -241,6 +241,12 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         ("[" * 100_000 + "]" * 100_000, ["validate", "broken.json"], "broken.json: arrays or objects nested too deeply"),
         (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "[" * 5_000 + "]" * 5_000],
          "arrays or objects nested too deeply"),
+        # Python reads no int of more than 4,300 digits: each was a ValueError traceback (exit 1)
+        ('{"id": ' + "9" * 5_000 + "}", ["validate", "broken.json"],
+         "broken.json: a number in it has more than 4,300 digits"),
+        ("{}", ["run", "broken.json", "--data", '{"a": ' + "9" * 5_000 + "}"],
+         "--data: a number in it has more than 4,300 digits"),
+        (None, ["run", str(EXAMPLES / "tree.json"), "--set", "who=" + "9" * 5_000], "more than 4,300 digits"),
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
         (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),

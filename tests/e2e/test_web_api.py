@@ -23,6 +23,7 @@ from web_support import (  # noqa: F401 - fixtures
 )
 
 from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -218,6 +219,17 @@ def test_a_body_nested_too_deeply_to_parse_says_so(admin: httpx.Client) -> None:
     assert res.json()["detail"].startswith("the request body nests arrays or objects too deeply to be read")
 
 
+@pytest.mark.parametrize(("body", "detail"), [
+    (b'{"tree": {"id": ' + b"9" * 5_000 + b"}}", "the request body holds a number of more than 4,300 digits"),
+    (b'{"tree": {"id": "p\xff"}}', "the request body is not UTF-8 text (invalid start byte at byte 18)"),
+])
+def test_a_body_python_cannot_read_says_why(admin: httpx.Client, body: bytes, detail: str) -> None:
+    # Both were "the request body could not be read: ValueError" (or UnicodeDecodeError).
+    for path in ("/api/v1/pipelines", "/api/v1/validate"):
+        res = admin.post(path, content=body, headers={"Content-Type": "application/json"})
+        assert res.status_code == 400 and res.json()["detail"].startswith(detail), res.text
+
+
 def test_a_key_twice_in_one_object_is_refused_naming_it(served: Any, admin: httpx.Client) -> None:  # noqa: F811
     """JSON parsers keep the last of two equal keys: a second flow under one id silently replaced
     the first, and the tree ran without it."""
@@ -258,6 +270,27 @@ def test_nan_and_infinities_in_data_are_answered_as_strict_json(served: Any, adm
     assert strict(admin.get(f"/api/v1/nodes/{act}"))["execution_data"]["inputs"]["divisor"] == "NaN"
     assert strict(admin.get(f"/api/v1/pipelines/{root}/tree"))["activities"][act]["component"]["inputs"]["divisor"][
         "value"] == "NaN"
+
+
+@pytest.mark.parametrize(("kind", "shown"), [
+    ("long int", "<an integer of 16,610 bits, too long to show>"), ("tuple key", {"(1, 2)": "pair"}),
+    ("holds itself", ["a", "<cycle>"]), ("set", [3]),
+])
+def test_outputs_json_cannot_write_are_shown(served: Any, admin: httpx.Client, kind: str, shown: Any) -> None:  # noqa: F811
+    # The long int and the tuple key were a 500; the value holding itself, a request that never
+    # ended, its thread walking the value for ever.
+    start, act = EmptyStartEvent(), ServiceActivity(component_code="web_awkward")
+    act.component.inputs.kind = Var(type=Var.PLAIN, value=kind)
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(tree["id"], "FINISHED")
+    for path in (f"/api/v1/nodes/{act.id}/execution-data", f"/api/v1/nodes/{act.id}"):
+        res = admin.get(path, timeout=10)
+        assert res.status_code == 200, res.text
+        body = res.json()
+        outputs = body["outputs"] if "outputs" in body else body["execution_data"]["outputs"]
+        assert outputs["out"] == shown
 
 
 def test_oversized_bodies_are_refused_with_413_and_nothing_stored(served: Any, admin: httpx.Client) -> None:  # noqa: F811

@@ -56,3 +56,32 @@ class ExplodingVariable(LazyVariable):
 
     def get_value(self):
         raise RuntimeError("the lazy variable exploded")
+
+
+def _holding_itself() -> list:
+    value: list = ["a"]
+    value.append(value)
+    return value
+
+
+# What a component may return that JSON cannot write as it is (the store pickles them).
+AWKWARD_OUTPUTS = {
+    "long int": lambda: 10**5000,
+    "tuple key": lambda: {(1, 2): "pair"},
+    "holds itself": _holding_itself,
+    "set": lambda: {3},
+}
+
+
+class AwkwardService(Service):
+    """Outputs ``out``: the value of AWKWARD_OUTPUTS named by the input ``kind``."""
+
+    def execute(self, data, parent_data):
+        data.outputs.out = AWKWARD_OUTPUTS[data.get_one_of_inputs("kind")]()
+        return True
+
+
+class AwkwardComponent(Component):
+    code = "web_awkward"
+    name = "Output a value JSON cannot write"
+    bound_service = AwkwardService

@@ -232,6 +232,10 @@ class HookRaiseService(HookMixin, RaiseService):
     pass
 
 
+class HookMultiCallbackService(HookMixin, MultiCallbackService):
+    pass
+
+
 def _component(code, service):
     """Define (and so register) a component ``code`` bound to ``service``."""
     return type(f"Bs{service.__name__}Component", (Component,), {
@@ -254,6 +258,7 @@ COMPONENTS = {
     "hook_fail_ctrl_node": HookFailCtrlService,
     "hook_callback_node": HookCallbackService,
     "hook_interrupt_raise_test": HookRaiseService,
+    "hook_multi_callback_node": HookMultiCallbackService,
 }
 for _code, _service in COMPONENTS.items():
     globals()[f"Bs{_service.__name__}Component"] = _component(_code, _service)

@@ -319,6 +319,8 @@ HOOK_NAMES = (
 def _recorder(name):
     def hook(self, data, parent_data, callback_data=None):
         HOOK_CALLS.append((self.id, name, callback_data))
+        if data.get_one_of_inputs("hook_raises") == "exit":
+            raise SystemExit(f"hook {name} exited")
         if data.get_one_of_inputs("hook_raises"):
             raise RuntimeError(f"hook {name} raised")
         return True
@@ -585,3 +587,20 @@ class GatedCallbackComponent(Component):
     code = "t_callback_gated"
     name = "gated callback"
     bound_service = GatedCallbackService
+
+
+class AwkwardService(Service):
+    """Outputs what JSON cannot write as it is: an int too long to write as text, a NaN, a tuple
+    key, a list that holds itself (``culm status --outputs`` shows them)."""
+
+    def execute(self, data, parent_data):
+        itself: list = ["a"]
+        itself.append(itself)
+        data.outputs.update(long=10**5000, nan=float("nan"), pair={(1, 2): "p"}, itself=itself)
+        return True
+
+
+class AwkwardComponent(Component):
+    code = "t_awkward"
+    name = "awkward outputs"
+    bound_service = AwkwardService

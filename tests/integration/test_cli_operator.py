@@ -285,6 +285,21 @@ def test_run_set_overrides_a_declared_input_and_refuses_others(embedded: Cli) ->
     assert values["${who}"] == "world"
 
 
+def test_status_shows_outputs_json_cannot_write(embedded: Cli) -> None:
+    # An int of more than 4,300 digits was a traceback in both forms; --json wrote a NaN as a bare
+    # NaN (not JSON), and failed on the tuple key and on the list holding itself.
+    path, tree, (node,) = tree_file(embedded, "t_awkward")
+    assert embedded("run", str(path)).returncode == 0
+    human = embedded("status", tree["id"], "--outputs")
+    assert human.returncode == 0 and "output long = '<an integer of 16,610 bits, too long to show>'" in human.stdout
+    found = embedded("status", tree["id"], "--outputs", "--json")
+    assert found.returncode == 0, found.stderr
+    outputs = json.loads(found.stdout, parse_constant=lambda name: pytest.fail(f"{name} in {found.stdout}"))[
+        "tree"]["children"][node]["outputs"]
+    assert outputs["long"] == "<an integer of 16,610 bits, too long to show>" and outputs["nan"] == "NaN"
+    assert outputs["pair"] == {"(1, 2)": "p"} and outputs["itself"] == ["a", "<cycle>"]
+
+
 def test_logs_and_follow(embedded: Cli) -> None:
     path, tree, (node,) = tree_file(embedded, "t_log")
     assert embedded("run", str(path)).returncode == 0

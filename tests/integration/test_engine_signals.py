@@ -82,13 +82,9 @@ def test_refused_command_sends_nothing(runtime, recorder):
     assert len(recorder.states) == before_states and len(recorder.events) == before_events
 
 
-def test_raising_receiver_changes_nothing(runtime):
-    calls = []
-
-    def bad(**kw):
-        calls.append(kw)
-        raise RuntimeError("receiver exploded")
-
+def skip_a_failure_with(runtime, bad) -> None:
+    """With ``bad`` receiving both signals: a node fails, is skipped, its pipeline finishes, and a
+    second pipeline runs to its end."""
     signals.post_set_state.connect(bad)
     signals.pipeline_event.connect(bad)
     try:
@@ -99,10 +95,36 @@ def test_raising_receiver_changes_nothing(runtime):
         assert api.skip_node(runtime, a.id).result
         wait_state(runtime, tree["id"], "FINISHED")
         assert api.get_execution_data(runtime, a.id).result
+        finish(runtime, build_tree(chain(ServiceActivity(component_code="t_echo"))))
     finally:
         signals.post_set_state.disconnect(bad)
         signals.pipeline_event.disconnect(bad)
+
+
+def test_raising_receiver_changes_nothing(runtime):
+    calls = []
+
+    def bad(**kw):
+        calls.append(kw)
+        raise RuntimeError("receiver exploded")
+
+    skip_a_failure_with(runtime, bad)
     assert calls
+
+
+class ReceiverQuit(BaseException):
+    """Not an Exception: what a receiver raises that an ``except Exception`` does not catch."""
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), GeneratorExit(), ReceiverQuit("quit")],
+                         ids=["SystemExit", "GeneratorExit", "BaseException"])
+def test_a_receiver_raising_a_base_exception_changes_nothing(runtime, exc):
+    # It went through: out of run_pipeline to the caller after the commit, and out of the engine
+    # thread ("Exception in thread culm-engine"), which died; every pipeline stayed RUNNING.
+    def bad(**kw):
+        raise exc
+
+    skip_a_failure_with(runtime, bad)
 
 
 # -- pipeline_event ---------------------------------------------------------------------------
@@ -268,6 +290,20 @@ def test_raising_hooks_change_nothing(runtime, hook_calls):
     assert api.retry_node(runtime, failing.id, data={"mode": "ok", "hook_raises": True}).result
     wait_state(runtime, tree["id"], "FINISHED")
     assert "node_finish" in hooks_of(hook_calls, failing.id)
+
+
+def test_hooks_raising_system_exit_change_nothing(runtime, hook_calls):
+    # A hook that raised SystemExit failed its node (pre_execute: the component never ran), and
+    # one of a command (pre_retry_node) went out of retry_node to the caller.
+    ok, failing = hook_act(hook_raises="exit"), hook_act(mode="fail", hook_raises="exit")
+    tree = build_tree(chain(ok, failing))
+    run(runtime, tree)
+    wait_state(runtime, failing.id, "FAILED")
+    assert node_state(runtime, ok.id)["state"] == "FINISHED"
+    assert outputs(runtime, ok.id)["_result"] is True
+    assert api.retry_node(runtime, failing.id, data={"mode": "ok", "hook_raises": "exit"}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert "pre_retry_node" in hooks_of(hook_calls, failing.id)
 
 
 def test_post_set_state_for_appointment_pause_of_unreached_node(runtime, recorder):

@@ -8,6 +8,7 @@ from deep inside a run.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -95,6 +96,84 @@ def test_a_tree_too_large_to_store_is_refused(runtime):
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
     fits, _ = tree_with(lambda s, a: _input(a, "x", HUGE[:400_000]))  # 2.8 MB, and twice that in outputs
     finish(runtime, fits, timeout=30)
+
+
+def test_a_pickled_tree_too_large_to_store_is_refused_by_validation(runtime):
+    # A tree holding a set is stored pickled. It was validated, indexed and given its contexts,
+    # then refused by the store with "it takes 10,666,768 bytes once encoded, over the 7,000,000
+    # stored", naming no pipeline (a 99,000-node one: after 6 s and 330 MB).
+    tree, act = tree_with(lambda s, a: _input(a, "x", {"a" * 8_000_000}))
+    refused(api.run_pipeline(runtime, tree), tree["id"], "tree takes 10,66", "bytes once stored, over the 7,000,000")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+    fits, act = tree_with(lambda s, a: _input(a, "x", {"a" * 2_000_000}))  # a pickled tree under the limit runs
+    finish(runtime, fits, timeout=30)
+    assert outputs(runtime, act.id)["x"] == {"a" * 2_000_000}
+
+
+def rows_of_acts(outer: int, inner: int) -> dict:
+    """start -> ``outer`` acts -> a subprocess of ``inner`` acts -> end."""
+    start, end, sub_start = EmptyStartEvent(), EmptyEndEvent(), EmptyStartEvent()
+    tail = sub_start
+    for _ in range(inner):
+        tail = tail.extend(ServiceActivity(component_code="t_echo"))
+    tail.extend(EmptyEndEvent())
+    tail = start
+    for _ in range(outer):
+        tail = tail.extend(ServiceActivity(component_code="t_echo"))
+    tail.extend(SubProcess(start=sub_start)).extend(end)
+    return build_tree(start)
+
+
+def test_a_tree_with_more_nodes_than_allowed_is_refused_naming_the_count(runtime, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_TREE_NODES", 12)
+    finish(runtime, rows_of_acts(1, 6), timeout=30)  # 4 nodes around the subprocess, 8 in it: 12
+    tree = rows_of_acts(2, 6)
+    refused(api.run_pipeline(runtime, tree), f"{tree['id']}: tree is too large: it has 13 nodes and 11 flows, over the 12 nodes",
+            "culm.model.limits.MAX_TREE_NODES")
+    assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+
+
+def test_ids_and_keys_that_differ_only_by_case_run_or_are_refused_naming_them(runtime, request):
+    # MariaDB's tables compare text ignoring case, accents and trailing spaces (its default
+    # collation): `${ip}` and `${IP}` in one tree, or ids 'step1' and 'STEP1', were
+    # "run_pipeline failed: IntegrityError: (1062, "Duplicate entry ...")" with a traceback, and
+    # an id 'stép' after a stored 'step' was refused as if it were the same.
+    mariadb = request.node.callspec.params["runtime"].startswith("mariadb")
+    echo = ServiceActivity(component_code="t_echo")
+    echo.component.inputs.x = Var(type=Var.SPLICE, value="${ip}-${IP}")
+    start = EmptyStartEvent()
+    start.extend(echo).extend(EmptyEndEvent())
+    keys = build_tree(start, data=Data(inputs={"${ip}": Var(type=Var.PLAIN, value="1"),
+                                               "${IP}": Var(type=Var.PLAIN, value="2")}))
+    ids, (step, step_upper) = rows_of_acts(2, 1), ("step" + keys["id"][1:9], "STEP" + keys["id"][1:9])
+    first, second = (a for a in ids["activities"] if ids["activities"][a]["type"] == "ServiceActivity")
+    text = json.dumps(ids).replace(first, step).replace(second, step_upper)
+    ids = json.loads(text)
+    for tree, fragments in ((keys, ["context keys '${ip}' and '${IP}' are one key to the database"]),
+                            (ids, [f"node ids '{step}' and '{step_upper}' are one id to the database"])):
+        res = api.run_pipeline(runtime, tree)
+        if mariadb:
+            refused(res, tree["id"], *fragments, "ignoring case, accents and trailing spaces")
+            assert api.get_pipeline_states(runtime, tree["id"]).data == {}
+        else:
+            assert res.result, res.message
+            wait_state(runtime, tree["id"], "FINISHED", timeout=30)
+    if not mariadb:
+        assert outputs(runtime, echo.id)["x"] == "1-2"
+
+
+def test_commands_naming_an_id_that_differs_only_by_case_find_nothing(runtime):
+    # On MariaDB a read by id found the row of the stored lookalike: "revoke_pipeline failed:
+    # KeyError: 'PCASE...'" with a traceback, instead of "does not exist".
+    wait, start = ServiceActivity(component_code="t_callback"), EmptyStartEvent()
+    start.extend(wait).extend(EmptyEndEvent())
+    root, node = run(runtime, build_tree(start)).upper(), wait.id.upper()
+    wait_state(runtime, wait.id, "RUNNING")
+    refused(api.revoke_pipeline(runtime, root), f"pipeline {root} does not exist")
+    refused(api.pause_pipeline(runtime, root), root)
+    refused(api.forced_fail_activity(runtime, node), node)
+    assert api.get_pipeline_states(runtime, root).data == {}
+    assert node_state(runtime, wait.id)["state"] == "RUNNING"
 
 
 def test_a_tree_with_many_gateway_pairs_runs(runtime):

@@ -79,3 +79,25 @@ def test_a_tree_with_a_cyclic_value_is_copied_not_refused():
     assert prepared.text is None  # not JSON: stored through the codec instead
     copied = prepared.tree["activities"][act.id]["component"]["inputs"]["x"]["value"]
     assert copied is not cyclic and copied[1] is copied
+
+
+def test_viewable_values_are_written_by_any_json_encoder():
+    from culm._json import VIEW_DEPTH, VIEW_VALUES, viewable
+
+    itself: list = [1]
+    itself.append(itself)
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    shared: list = [1]
+    for _ in range(40):  # 2**40 values written out
+        shared = [shared, shared]
+    value = {"nan": float("nan"), "inf": float("-inf"), "long": -(10**5000), (1, 2): {3}, 1.5: (1,),
+             "itself": itself, "deep": deep, "shared": shared}
+    shown = json.loads(json.dumps(viewable(value), allow_nan=False))
+    assert shown["nan"] == "NaN" and shown["inf"] == "-Infinity" and shown["(1, 2)"] == [3] and shown["1.5"] == [1]
+    assert shown["long"] == "<an integer of 16,610 bits, too long to show>" and shown["itself"] == [1, "<cycle>"]
+    cut = f"<cut: nested more than {VIEW_DEPTH} levels deep or more than {VIEW_VALUES:,} values in all>"
+    assert json.dumps(shown["deep"]).count("[") == VIEW_DEPTH - 1 and cut in json.dumps(shown["deep"])
+    assert cut in json.dumps(shown["shared"])
+    assert viewable(value["nan"]) == "NaN" and viewable([2**80]) == [2**80]  # what JSON writes is kept

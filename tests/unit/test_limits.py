@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from culm import _json
@@ -76,3 +80,32 @@ def test_keys_collide_stops_on_a_value_that_contains_itself():
 ])
 def test_duplicate_keys_are_found_in_any_object(text, key):
     assert limits.duplicate_key(text) == key
+
+
+def test_tree_size_counts_every_pipeline_and_ends_on_a_tree_holding_itself():
+    from culm.model.tree_shape import MAX_DEPTH, tree_size
+
+    sub = {"id": "s", "activities": {"a": {"type": "ServiceActivity"}}, "flows": {"f": {}, "g": {}}}
+    tree = {"id": "p", "activities": {"s": {"type": "SubProcess", "pipeline": sub}, "b": {}},
+            "gateways": {"g": {}}, "flows": {"f1": {}}}
+    assert tree_size(tree) == (2 + 3 + 2 + 1, 3)
+    sub["activities"]["self"] = {"type": "SubProcess", "pipeline": sub}  # validation refuses it; counting ends
+    assert tree_size(tree) == (5 + 4 * MAX_DEPTH, 1 + 2 * MAX_DEPTH)  # counted to the depth validation allows
+
+
+@pytest.mark.parametrize(("value", "expected"), [("5000", "5000"), ("1_000_000", "1000000"), ("", "100000")])
+def test_the_tree_limits_are_read_from_the_environment(value, expected):
+    env = {**os.environ, "CULM_MAX_TREE_NODES": value}
+    out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_TREE_NODES)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == expected, out.stderr
+
+
+def test_a_bad_tree_limit_in_the_environment_names_the_variable(tmp_path):
+    # It was a ValueError traceback out of `import culm` (and so out of every culm command).
+    (tmp_path / "tree.json").write_text("{}")
+    env = {**os.environ, "CULM_MAX_TREE_FLOWS": "lots"}
+    out = subprocess.run([sys.executable, "-m", "culm", "validate", str(tmp_path / "tree.json")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "tree not validated: $CULM_MAX_TREE_FLOWS must be a whole number >= 1, got 'lots'" in out.stdout + out.stderr

@@ -156,3 +156,17 @@ def test_objects_from_the_context_render_without_a_memory_address() -> None:
         "<object object>")
     assert render("plain text at 0x7f00> stays", ns) == "plain text at 0x7f00> stays"  # not an object's text
     assert render("${t}", {"t": "a str value <x object at 0x10> is kept"}) == "a str value <x object at 0x10> is kept"
+
+
+class _NoText:
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_a_value_that_cannot_become_text_leaves_its_fragment_as_written():
+    # A lazy variable's object whose __str__ raises, an int of more than 4,300 digits (a
+    # component's output): the exception went out of the render, and the node failed with a
+    # traceback of the engine's render code as its ex_data.
+    for value in (_NoText(), 10**5000):
+        assert render("v=${x}!", {"x": value}) == "v=${x}!"
+        assert render("${x}", {"x": value}) is value  # a fragment alone gives the value itself

@@ -427,7 +427,7 @@ class SqlUnit:
         """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope);
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
-            "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps(tree),
+            "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps_named(tree, f"tree of pipeline {root_id}"),
             "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
@@ -471,9 +471,12 @@ class SqlUnit:
         else:
             self._insert("culm_node", [dict(zip(NODE_COLUMNS, r, strict=True)) for r in rows])
 
+    # MySQL and MariaDB compare ids by the table's collation, by default ignoring case, accents
+    # and trailing spaces: a read by id may find the row of another id ('PCASE1' finds 'pcase1'),
+    # which the reads below drop (a command naming it failed with a KeyError, not "not found").
     def node_root(self, node_id: str) -> str | None:
-        row = self._one("SELECT root_id FROM culm_node WHERE id = ?", [node_id])
-        return row[0] if row else None
+        row = self._one("SELECT root_id, id FROM culm_node WHERE id = ?", [node_id])
+        return row[0] if row and row[1] == node_id else None
 
     def node_types(self, ids: Sequence[str]) -> dict[str, str]:
         """``{node_id: type}`` of the indexed ids among ``ids`` (the root's type is ``Pipeline``)."""
@@ -481,7 +484,8 @@ class SqlUnit:
         for i in range(0, len(ids), 500):
             chunk = list(ids[i : i + 500])
             found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk))
-        return found
+        wanted = set(ids)
+        return {i: t for i, t in found.items() if i in wanted}
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -501,7 +505,7 @@ class SqlUnit:
             known = view[node_id]
             return _copy_state(known) if known is not None else None
         row = self._one(STATE_BY_ID_LOCKED if for_update and self.lock_rows else STATE_BY_ID, [node_id])
-        st = _state_row(row) if row is not None else None
+        st = _state_row(row) if row is not None and row[0] == node_id else None
         if view is not None and node_id in view:
             view[node_id] = _copy_state(st) if st is not None else None
         if st is not None and for_update and self._owned is not None:
@@ -523,7 +527,8 @@ class SqlUnit:
             st = self.get_state(ids[0])
             return {st.node_id: st} if st else {}
         rows = self._all(STATES_IN.format(marks=marks(len(ids))), ids)
-        return {r[0]: _state_row(r) for r in rows}
+        wanted = set(ids)
+        return {r[0]: _state_row(r) for r in rows if r[0] in wanted}
 
     def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
         """The states of ``node_ids`` that exist, kept from changing by others until the commit.
