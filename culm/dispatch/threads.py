@@ -25,9 +25,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from culm.core.loop import Committed, Item, UserCall, commit_batch
+from culm.core.loop import Item, UserCall, commit_batch
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 
@@ -41,6 +42,10 @@ MAX_BATCH = 256
 HOLD_MAX = 0.020
 # Every user-code thread held by a call running longer than this (seconds) is logged as a warning.
 BUSY_AFTER = 60.0
+# A call running longer than this (seconds) has its run looked up at every sweep interval: one
+# that another process cut off (its node timed out there, an operator force-failed it) lets its
+# thread go, as a cut-off this process committed does.
+STALE_AFTER = 1.0
 QUIET = 0.0005
 
 
@@ -133,6 +138,16 @@ class _UserCodePool:
             self._jobs.put(None)
 
 
+@dataclass(slots=True, eq=False)
+class _LetGo:
+    """Queued for the engine thread: let go of the calls of these runs ((node id, version))."""
+
+    runs: set[tuple[str, str]]
+
+    def holds(self, call: UserCall) -> bool:
+        return _run_of(call) in self.runs
+
+
 class LoopPolicy(Protocol):
     """What the owner of a :class:`ThreadDispatcher` decides about its engine loop.
 
@@ -160,6 +175,12 @@ class LoopPolicy(Protocol):
         same items (results of user code included) are tried again, or None: they are dropped and
         their rows stay for whoever sweeps or relays the task table."""
         ...
+
+
+def _run_of(call: UserCall) -> tuple[str, str]:
+    """(node id, version) of the run a call belongs to (an execute's; a schedule call: no version)."""
+    invoke = call.item.invoke
+    return (invoke.node_id, invoke.version or "") if invoke is not None else (call.task.node_id, "")
 
 
 class ThreadDispatcher:
@@ -195,7 +216,7 @@ class ThreadDispatcher:
         self.cache = cache
         self.sweep_interval = sweep_interval
         self.engine: Any = None
-        self._ready: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[Item | _LetGo | None] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, TaskRecord]] = []
         self._seq = 0
         self._known: set[str] = set()
@@ -356,6 +377,9 @@ class ThreadDispatcher:
             first = self._ready.get()
             if first is None:
                 return
+            if isinstance(first, _LetGo):
+                self._let_go(first.holds)
+                continue
             batch = [first]
             self._take_ready(batch)
             # Read without the lock: a quick "nothing under way" needs no lock per batch. Calls
@@ -397,6 +421,9 @@ class ThreadDispatcher:
             if item is None:
                 self._stopping.set()
                 return
+            if isinstance(item, _LetGo):
+                self._let_go(item.holds)
+                continue
             batch.append(item)
 
     def _run_batch(self, batch: list[Item]) -> None:
@@ -415,7 +442,7 @@ class ThreadDispatcher:
         self._calls.extend(committed.calls)
         self._release(self._slots_of(committed.applied))  # their results are durable now
         if committed.cut_off:
-            self._let_go(committed)
+            self._let_go(committed.is_cut_off)
         if self._policy is not None:
             self._policy.batch_committed()
 
@@ -433,7 +460,7 @@ class ThreadDispatcher:
         self._let_go_items.difference_update(items)
         return held
 
-    def _let_go(self, committed: Committed) -> None:
+    def _let_go(self, is_cut_off: Callable[[UserCall], bool]) -> None:
         """A node timeout cut off runs whose user code may still be running (a call that never
         returns). Its result is stale, and it ran once: a crash does not run it again (its node
         moved on). So its slot is freed and a new thread takes its place, and the pool keeps
@@ -441,7 +468,7 @@ class ThreadDispatcher:
         runner counts the call's room free too (:meth:`LoopPolicy.call_returned`)."""
         assert self._pool is not None
         for call in self._pool.busy_calls():
-            if call.item not in self._let_go_items and committed.is_cut_off(call) and self._pool.let_go(call):
+            if call.item not in self._let_go_items and is_cut_off(call) and self._pool.let_go(call):
                 self._let_go_items.add(call.item)
                 self._in_flight -= 1
                 if self._policy is not None:
@@ -514,6 +541,7 @@ class ThreadDispatcher:
                 self._ready.put(Item(t))
             if time.monotonic() >= next_sweep:
                 self._watch_long_calls()
+                self._find_stale_calls()
                 if self.sole_runner:
                     self.sweep()
                     self._checkpoint()
@@ -537,6 +565,26 @@ class ThreadDispatcher:
             logger.warning("all %d user-code threads are held by calls running for over %g s: %s; "
                            "other pipelines' components wait until one returns (make those calls "
                            "return, or give the runtime more workers)", pool.size, self.busy_after, held)
+
+    def _find_stale_calls(self) -> None:
+        """Timer thread: calls of execute running for over STALE_AFTER seconds whose run has moved
+        on in the database (cut off by a deadline another process fired, force-failed by an
+        operator): the engine thread lets go of them (:meth:`_let_go`)."""
+        pool = self._pool
+        long = [call for call, _ in pool.long_calls(STALE_AFTER)] if pool is not None else []
+        runs = {_run_of(call) for call in long if call.item.invoke is not None}
+        if not runs:
+            return
+        try:
+            with self.engine.store.reading() as unit:
+                found = unit.get_states([node_id for node_id, _ in runs])
+        except Exception:  # noqa: BLE001 - looked up again at the next sweep interval
+            logger.debug("looking up the runs of long calls failed", exc_info=True)
+            return
+        stale = {(node_id, version) for node_id, version in runs
+                 if node_id not in found or found[node_id].version != version}
+        if stale:
+            self._ready.put(_LetGo(stale))
 
     def _checkpoint(self) -> None:
         try:
