@@ -50,22 +50,32 @@ class _Queue:
 
 
 @contextmanager
-def _counting(log: list[str]) -> Iterator[None]:
+def _counting(log: list[str], trips: collections.Counter[str] | None = None) -> Iterator[None]:
     """Record every statement and commit the database driver sends while the block runs (a
     measuring patch): psycopg on PostgreSQL, PyMySQL on MySQL/MariaDB (``CULM_BENCH_PG`` a
-    ``mysql+pymysql://`` URL)."""
+    ``mysql+pymysql://`` URL). ``trips["round trips"]`` counts the round trips: on PostgreSQL a
+    statement or commit sent outside a pipeline, or a whole pipeline; on MySQL every query."""
+    trips = trips if trips is not None else collections.Counter()
     if make_url(PG_ADMIN).get_backend_name() in ("mysql", "mariadb"):
-        with _counting_pymysql(log):
+        with _counting_pymysql(log, trips):
             yield
         return
     import psycopg
 
     execute, executemany = psycopg.Cursor.execute, psycopg.Cursor.executemany
     commit, rollback = psycopg.Connection.commit, psycopg.Connection.rollback
+    pipeline = psycopg.Connection.pipeline
 
     def counted_execute(self: Any, query: Any, params: Any = None, **kw: Any) -> Any:
         log.append(str(query))
+        trips["round trips"] += self.connection._pipeline is None
         return execute(self, query, params, **kw)
+
+    @contextmanager
+    def counted_pipeline(self: Any) -> Iterator[Any]:
+        trips["round trips"] += 1
+        with pipeline(self) as p:
+            yield p
 
     def counted_executemany(self: Any, query: Any, params: Any, **kw: Any) -> Any:
         log.append(f"(many) {query}")
@@ -74,6 +84,7 @@ def _counting(log: list[str]) -> Iterator[None]:
     def counted_commit(self: Any) -> None:
         if self.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             log.append("COMMIT")
+            trips["round trips"] += self._pipeline is None
         commit(self)
 
     def counted_rollback(self: Any) -> None:
@@ -82,12 +93,13 @@ def _counting(log: list[str]) -> Iterator[None]:
         rollback(self)
 
     with _patched([(psycopg.Cursor, "execute", counted_execute), (psycopg.Cursor, "executemany", counted_executemany),
-                   (psycopg.Connection, "commit", counted_commit), (psycopg.Connection, "rollback", counted_rollback)]):
+                   (psycopg.Connection, "commit", counted_commit), (psycopg.Connection, "rollback", counted_rollback),
+                   (psycopg.Connection, "pipeline", counted_pipeline)]):
         yield
 
 
 @contextmanager
-def _counting_pymysql(log: list[str]) -> Iterator[None]:
+def _counting_pymysql(log: list[str], trips: collections.Counter[str]) -> Iterator[None]:
     """PyMySQL: every query sent is one round trip (culm's deferred writes travel as one
     multi-statement query, an ``executemany`` of an INSERT as multi-row INSERTs); a commit is
     counted as a transaction, whether sent alone or at the end of such a query."""
@@ -97,6 +109,7 @@ def _counting_pymysql(log: list[str]) -> Iterator[None]:
 
     def counted_query(self: Any, sql: Any, unbuffered: bool = False) -> Any:
         text = sql if isinstance(sql, str) else sql.decode(errors="replace")
+        trips["round trips"] += 1
         if text == "COMMIT":
             log.append("COMMIT")
         elif text.endswith(";\nCOMMIT"):
@@ -107,10 +120,12 @@ def _counting_pymysql(log: list[str]) -> Iterator[None]:
 
     def counted_commit(self: Any) -> None:
         log.append("COMMIT")
+        trips["round trips"] += 1
         commit(self)
 
     def counted_rollback(self: Any) -> None:
         log.append("ROLLBACK")  # PyMySQL sends every one
+        trips["round trips"] += 1
         rollback(self)
 
     with _patched([(Connection, "query", counted_query), (Connection, "commit", counted_commit),
@@ -193,14 +208,16 @@ def count_batched(pipelines: int) -> dict[str, Any]:
         try:
             submit_and_wait(rt, [normal_pipeline() for _ in range(10)])  # warm
             log: list[str] = []
-            with _counting(log):
+            trips: collections.Counter[str] = collections.Counter()
+            with _counting(log, trips):
                 submit_and_wait(rt, [normal_pipeline() for _ in range(pipelines)])
         finally:
             rt.close()
     statements = sum(1 for line in log if line not in _ENDS)
     return {"shape": f"{pipelines} x normal_pipeline() submitted together, batched", "statements": statements,
             "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT"),
-            "rollbacks": log.count("ROLLBACK")}
+            "rollbacks": log.count("ROLLBACK"), "round_trips": trips["round trips"],
+            "round_trips_per_pipeline": round(trips["round trips"] / pipelines, 1)}
 
 
 def main(argv: list[str] | None = None) -> int:

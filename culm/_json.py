@@ -8,7 +8,9 @@ those of ``json`` with ``separators=(",", ":")``.
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 from typing import Any
 
 try:
@@ -190,3 +192,26 @@ class _View:
             return repr(key)[:1000]
         except Exception:  # noqa: BLE001 - a key object whose repr fails is still shown
             return f"<a {type(key).__name__} key>"
+
+
+# A stored text over this many characters is kept zlib-compressed when that makes it shorter
+# (see :func:`shrunk`): a tree repeats the same keys on every node, so a 10,000-node tree of
+# ~7 MB becomes ~1.4 MB and fits the limit of what one stored payload may take.
+SHRINK_OVER = 1_000_000
+ZLIB_KEY = "__culm_zlib__"
+
+
+def shrunk(text: str) -> str:
+    """``text`` as a store keeps it: itself, or when it is long and compresses, a JSON envelope
+    ``{ZLIB_KEY: base64 of zlib of text}`` (ASCII: nothing for a driver to escape), which
+    :func:`unshrunk` turns back into ``text``."""
+    if len(text) <= SHRINK_OVER:
+        return text
+    packed = base64.b64encode(zlib.compress(text.encode("utf-8", "surrogatepass"), 6)).decode("ascii")
+    envelope = dumps({ZLIB_KEY: packed})
+    return envelope if len(envelope) < len(text) else text
+
+
+def unshrunk(packed: str) -> str:
+    """The text a :func:`shrunk` envelope's value ``packed`` holds."""
+    return zlib.decompress(base64.b64decode(packed)).decode("utf-8", "surrogatepass")

@@ -50,6 +50,10 @@ def _api(fn: Callable[P, Any]) -> Callable[P, EngineAPIResult]:
         if getattr(runtime, "engine", None) is None:
             exc = InvalidOperationError(f"{fn.__name__}: the first argument must be a culm.Runtime, got {runtime!r}")
             return EngineAPIResult(False, str(exc), exc)
+        if getattr(runtime, "closed", False):
+            # Its connections are closed (or being closed): a call would fail in the driver.
+            exc = InvalidOperationError(f"{fn.__name__}: {runtime!r} is closed; open a new culm.Runtime")
+            return EngineAPIResult(False, str(exc), exc)
         try:
             # One call is one transaction: a deadlock victim is run again, never a refusal.
             data = retrying(lambda: fn(*args, **kwargs), fn.__name__)

@@ -87,6 +87,11 @@ class Runtime:
         self.engine: Engine = core.engine
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (API calls on it are then refused)."""
+        return self._closed
+
+    @property
     def dispatcher(self) -> Dispatcher | None:
         """The worker threads (embedded, once this process runs the file's work) or the Celery
         publisher; None while another process runs the work (this one stands by)."""

@@ -169,6 +169,17 @@ def _kill_processes_inside(unit: Unit, root_id: str, subprocess_id: str) -> None
 
 # -- appointment pause ----------------------------------------------------------------------
 def pause_node_appoint(engine: Engine, node_id: str) -> None:
+    try:
+        _pause_node_appoint(engine, node_id)
+    except Exception as exc:
+        if not engine.store.is_duplicate(exc):
+            raise
+        # The node had no row when we read, and another call (or the engine entering the node)
+        # inserted one before our commit: appoint again, over that row.
+        _pause_node_appoint(engine, node_id)
+
+
+def _pause_node_appoint(engine: Engine, node_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
@@ -332,6 +343,10 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
         conv = graph.nodes.get(converge_gateway_id)
         if conv is None or conv.type != g.CONVERGE:
             raise InvalidOperationError(f"{converge_gateway_id} is not a ConvergeGateway of this pipeline")
+        if node.converge_gateway_id and converge_gateway_id != node.converge_gateway_id:
+            # Branches told to meet elsewhere pass their own converge and strand the run.
+            raise InvalidOperationError(f"{converge_gateway_id} is not the converge gateway of {node_id}: its "
+                                        f"branches meet at {node.converge_gateway_id}")
         st = _state(unit, node_id)
         _require(st, (states.FAILED,), "skip")
         proc = _sleeping_process(unit, node_id)

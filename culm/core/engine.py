@@ -11,6 +11,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from culm.core import joins
 from culm.core.ports import Dispatcher, Lease, Store, Unit, UserData
 from culm.core.records import new_id, now
 from culm.core.state_tree import StateTrees
@@ -66,6 +67,7 @@ class Engine:
                 unit.announce_change()
             step = Step(unit)
             yield step
+            joins.settle(step)  # children that reached their converge gateways in its walks
         # Signals go out before the tasks do: a receiver hears of this commit's state changes
         # before any the engine makes next on the same nodes (commit order, node by node).
         step.send_signals()

@@ -13,6 +13,8 @@ seen so far. It reports, as :class:`Violation` values:
 * ``stranded_process``: a live process that nothing can move: no task of its own, not parked on a
   paused node or pipeline, not asleep on a FAILED node or a callback wait, not waiting for children;
 * ``stuck``: a RUNNING pipeline with no live process (so nothing can ever finish it);
+* ``orphan_running``: a RUNNING activity of a running (or paused) pipeline that no live process is
+  on (nothing will ever finish or fail it);
 * ``unfinished_path``: a FINISHED pipeline where a node on the path it took is not FINISHED;
 * ``alive_after_end``: a FINISHED or REVOKED pipeline that still has live processes;
 * ``early_converge``: a converge gateway passed while a branch of its fork has not arrived.
@@ -95,6 +97,7 @@ def check(snap: Snapshot, transitions: Iterable[Transition] = ()) -> list[Violat
         # (A revoked subprocess holds its run up until the operator revokes the root: its wait
         # reason says so, and nothing else in the run needs to move.)
         found += _check_movers(snap, live)
+        found += _check_running_activities(snap, live)
         if root.name == states.RUNNING and not live:
             found.append(Violation("stuck", snap.root_id, "RUNNING with no live process: nothing can finish it"))
     found += _check_converges(snap, live)
@@ -167,6 +170,15 @@ def _check_movers(snap: Snapshot, live: list[ProcessRecord]) -> list[Violation]:
     return found
 
 
+def _check_running_activities(snap: Snapshot, live: list[ProcessRecord]) -> list[Violation]:
+    """Every RUNNING activity has a live process on it (else nothing will ever end its run)."""
+    at = {p.current_node_id for p in live}
+    return [Violation("orphan_running", node_id, "RUNNING with no live process on it: nothing will end its run")
+            for node_id, st in snap.states.items()
+            if st.name == states.RUNNING and node_id not in at and node_id in snap.graph.nodes
+            and snap.graph.nodes[node_id].type == g.ACTIVITY]
+
+
 def _waits_visibly(snap: Snapshot, p: ProcessRecord, parents: set[str]) -> bool:
     if p.suspended:
         by = snap.states.get(p.suspended_by or "")
@@ -218,9 +230,17 @@ def _check_path(snap: Snapshot) -> list[Violation]:
         for target in node.targets:
             need(target, f"after finished {node.id}")
     for node_id, st in sts.items():
-        if st.name in (states.RUNNING, states.FAILED, states.READY, states.LOOP_READY) and node_id != snap.root_id:
+        if st.name in (states.RUNNING, states.FAILED, states.READY, states.LOOP_READY) and node_id != snap.root_id \
+                and not _lifted_appointment(st):
             found.append(Violation("unfinished_path", node_id, f"{st.name} in a FINISHED pipeline"))
     return _unique(found)
+
+
+def _lifted_appointment(st: StateRecord) -> bool:
+    """A READY row that ``resume_node_appoint`` left on a node never entered (an appointed pause on a
+    branch the run did not take, as bamboo leaves it): not on the path, and nothing is owed to it.
+    A node on the path is still required FINISHED above; a retried node has ``retry`` > 0."""
+    return st.name == states.READY and st.started_time is None and st.retry == 0
 
 
 def _check_converges(snap: Snapshot, live: list[ProcessRecord]) -> list[Violation]:

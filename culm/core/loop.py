@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from culm.core import faults, scheduling, timeouts, walker
+from culm.core import faults, joins, scheduling, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
 from culm.core.ports import RowCopies, Unit
@@ -162,6 +162,7 @@ def _commit(
                 done.append(item.task.id)
             else:
                 calls.append(call)
+        joins.settle(step)  # the batch's children at their converge gateways, counted at once
         if calls and time.monotonic() - began > engine.settings.lease_seconds / 3:
             _renew_leases(engine, unit, calls)
     return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
@@ -207,8 +208,11 @@ def _advance_isolated(engine: Engine, step: Step, item: Item) -> UserCall | None
     resumed = item.waiting
     try:
         with step.unit.savepoint():
-            return advance(engine, step, item)
+            call = advance(engine, step, item)
+            joins.settle(step)  # its joins counted inside its savepoint
+            return call
     except Exception as exc:  # noqa: BLE001 - this task's changes are undone, not the batch's
+        step.joins.clear()
         if engine.store.is_interruption(exc):
             raise
         _fail_task(engine, step, item, resumed, exc)
@@ -262,10 +266,6 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
             stacks += proc.stack
             nodes += ahead
             pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
-    if stacks:
-        unit.hold_states(stacks)  # what every walk's first node entry holds (walker._enter), at once
-    if nodes:
-        prefetch.prefetch_states(nodes)
-    pipelines += stacks
-    if pipelines:
-        prefetch.prefetch_contexts(pipelines)
+    # What every walk's first node entry holds (walker._enter), the states the walks may need and
+    # the contexts they may read: one round trip for all three on a server database.
+    prefetch.read_walks_ahead(stacks, nodes, pipelines + stacks)

@@ -18,7 +18,7 @@ their columns as keywords typed by a change record (``StateWrite``, ``ProcessFie
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Iterable, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
@@ -197,10 +197,11 @@ class Processes(Protocol):
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None: ...
 
-    def ack_child(self, parent_id: str) -> ProcessRecord | None:
-        """Count one finished child of the process ``parent_id`` (its row locked until the commit);
-        returns that process as it is stored now, this child counted in ``ack_num`` (None: it is
-        not stored). The row comes with the count: the last child wakes the parent without a read."""
+    def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
+        """Count ``counts[parent_id]`` more finished children of each process ``parent_id`` (their
+        rows locked until the commit, in id order); returns those processes as they are stored now,
+        these children counted in ``ack_num`` (a process not stored is left out). The rows come
+        with the counts: the last child wakes its parent without a read."""
         ...
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...
@@ -295,6 +296,16 @@ class Schedules(Protocol):
 
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool: ...
 
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        """Lock a schedule for the call of task ``task_id`` (root ``root_id``) until ``until``.
+
+        The lock row names no holder: the holder is the task of the schedule with a live lease at
+        ``at`` (a heartbeat keeps it while the call runs). Refused while another task holds one,
+        whatever the lock's time says; else the lock is set, provided it is still the one just
+        read (of two takers, one wins). So a dead worker's lock is taken over once its leases are
+        freed, and a call running past the lock's time keeps it."""
+        ...
+
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None: ...
 
     def has_callback(self, node_id: str, version: str) -> bool: ...
@@ -343,6 +354,11 @@ class Prefetch(Protocol):
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
         """Read the contexts of ``pipeline_ids`` (up to ``limit`` values in all)."""
+        ...
+
+    def read_walks_ahead(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        """``Unit.hold_states(held)``, :meth:`prefetch_states` of ``nodes`` and
+        :meth:`prefetch_contexts` of ``pipelines``, their statements sent together."""
         ...
 
 

@@ -66,9 +66,10 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         # task's own, left by a runner that died (or lost the task) mid-call. Waiting for it to run
         # out would stall the node for schedule_lock_seconds after every crash.
         unit.update_schedule(sched.id, locked_until=until)
-    elif not unit.lock_schedule(sched.id, until, at):
-        # Another call of the same schedule holds the lock (a second callback, or a worker that
-        # died mid-call and whose lock has not run out yet): come back later, never drop the work.
+    elif not unit.lock_schedule_call(sched.id, task.root_id, task_id, until, at):
+        # Another call of the same schedule holds the lock, however long it runs (a worker that
+        # died mid-call holds it no more once its task's lease is freed; see the store's
+        # lock_schedule_call): come back later, never drop the work.
         unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
         step.requeue(task_id)
         return None

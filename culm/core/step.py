@@ -13,12 +13,22 @@ from culm.core.records import StateRecord, TaskRecord
 from culm.core.transitions import NEXT, NOWHERE, IllegalTransitionError
 
 
+@dataclass(frozen=True, slots=True)
+class Join:
+    """A child process that reached its converge gateway (``node_id``) in this transaction."""
+
+    parent_id: str
+    child_id: str
+    node_id: str
+
+
 @dataclass
 class Step:
     """Collects follow-up tasks, signals and hooks while a transaction is open."""
 
     unit: Unit
     tasks: list[TaskRecord] = field(default_factory=list)
+    joins: list[Join] = field(default_factory=list)  # counted before the commit (joins.settle)
     events: list[tuple[signals.Signal, dict[str, Any]]] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
     began: float = field(default_factory=time.perf_counter)

@@ -16,7 +16,7 @@ from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
 from culm.core.ports import ProcessFields, StateFields, Unit
 from culm.core.records import EXECUTE, ProcessRecord, StateRecord, TaskRecord, new_id, new_version, now
 from culm.core.run import Run, VersionLostError
-from culm.core.step import Step
+from culm.core.step import Join, Step
 from culm.model.compiled import SUBPROCESS, Graph, Node
 
 logger = logging.getLogger("culm.engine")
@@ -257,19 +257,11 @@ def _confirm_suspended(unit: Unit, node_id: str) -> StateRecord | None:
 
 
 def _join(step: Step, proc: ProcessRecord, node_id: str) -> None:
-    """A child reached its converge gateway; the last one to arrive wakes the parent there."""
+    """A child reached its converge gateway: counted before the commit, with the other children
+    that joined in the same transaction (:func:`culm.core.joins.settle`)."""
     proc.dead = True
-    if proc.parent_id is None:
-        return
-    parent = step.unit.ack_child(proc.parent_id)
-    if parent is None:
-        raise LookupError(f"process {proc.parent_id}, parent of process {proc.id}, is not stored")
-    if parent.ack_num == parent.need_ack:
-        step.unit.update_process(parent.id, asleep=False, ack_num=0, need_ack=0, current_node_id=node_id)
-        step.add_task(
-            TaskRecord(new_id(), EXECUTE, parent.id, node_id, parent.root_id, due=now(),
-                       priority=parent.priority, queue=parent.queue)
-        )
+    if proc.parent_id is not None:
+        step.joins.append(Join(proc.parent_id, proc.id, node_id))
 
 
 def execute_task_for(proc: ProcessRecord, node_id: str) -> TaskRecord:

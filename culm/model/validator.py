@@ -225,9 +225,12 @@ def _over_count(tree: dict[str, Any]) -> bool:
 
 
 def _check_size(tree: dict[str, Any], encoded: _Encoded) -> None:
-    if encoded.size > limits.MAX_PAYLOAD_BYTES:
+    size = encoded.size
+    if size > limits.MAX_PAYLOAD_BYTES and encoded.text is not None:  # a large tree is stored compressed
+        size = min(size, limits.payload_size(_json.shrunk(encoded.text)))
+    if size > limits.MAX_PAYLOAD_BYTES:
         raise TreeInvalidError([TreeProblem(label(tree.get("id")), (
-            f"tree takes {encoded.size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
+            f"tree takes {size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
             "(culm.model.limits.MAX_PAYLOAD_BYTES); split the work into several pipelines"))])
 
 

@@ -38,7 +38,7 @@ from culm.storage.copies import copy_state as _copy_state
 from culm.storage.copies import copy_task as _copy_task
 from culm.storage.sql.base import SqlUnit, _state_params, _state_row
 from culm.storage.sql.sqlite import SqliteUnit
-from culm.storage.sql.statements import STATE_COLUMNS, STATE_INDEX, STATE_INSERT
+from culm.storage.sql.statements import ACK_CHILDREN, STATE_COLUMNS, STATE_INDEX, STATE_INSERT
 
 # A pipeline context holding a value whose stored text is longer than this is not kept (it is
 # read from the database each time), so large data cannot multiply across the kept pipelines.
@@ -317,13 +317,15 @@ class CachedUnit(SqliteUnit):
                 p.stack = list(p.stack)
         super().update_process(process_id, **fields)
 
-    def ack_child(self, parent_id: str) -> ProcessRecord | None:
-        p = self.cache.processes.get(parent_id)
-        if p is None:
-            return super().ack_child(parent_id)
-        self._x("UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?", [parent_id])
-        p.ack_num += 1
-        return _copy_process(p)
+    def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
+        kept = {pid: p for pid in counts if (p := self.cache.processes.get(pid)) is not None}
+        others = {pid: n for pid, n in counts.items() if pid not in kept}
+        acked = super().ack_children(others) if others else {}
+        for pid, p in sorted(kept.items()):
+            self._x(ACK_CHILDREN, [counts[pid], pid])
+            p.ack_num += counts[pid]
+            acked[pid] = _copy_process(p)
+        return acked
 
     def kill_processes_of_root(self, root_id: str) -> None:
         super().kill_processes_of_root(root_id)
@@ -350,6 +352,12 @@ class CachedUnit(SqliteUnit):
         if t is not None:
             self.cache.tasks[t.id] = _copy_task(t)
         return t
+
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        # Tasks taken from the copies carry no lease in the file (see claim_task), so the holder of
+        # a call cannot be found by its lease here: the lock's time decides. No lock outlives this
+        # process's runner: the process that takes the file over frees every lock (release_leases).
+        return self.lock_schedule(schedule_id, until, at)
 
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False

@@ -127,6 +127,20 @@ def dumps_named(value: Any, what: str) -> str:
         raise UnstorableValueError(f"{what}: {exc}", what) from None
 
 
+def dumps_tree(tree: dict | str, root_id: str) -> str:
+    """A pipeline's tree (the dict, or its JSON text already encoded) as the store keeps it:
+    compressed when that makes a large tree shorter (:func:`culm._json.shrunk`).
+
+    Raises:
+        UnstorableValueError: The tree cannot be stored, naming the pipeline.
+    """
+    what = f"tree of pipeline {root_id}"
+    try:
+        return _sized(_json.shrunk(tree if isinstance(tree, str) else _encode(tree)))
+    except UnstorableValueError as exc:
+        raise UnstorableValueError(f"{what}: {exc}", what) from None
+
+
 def dumps_variable(pipeline_id: str, key: str, value: Any) -> str:
     """:func:`dumps` of a context value, its refusal naming the variable and its pipeline."""
     try:
@@ -146,7 +160,7 @@ def check_log_lines(rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def _looks_like_envelope(value: Any) -> bool:
-    return isinstance(value, dict) and len(value) == 1 and _PICKLE_KEY in value
+    return isinstance(value, dict) and len(value) == 1 and (_PICKLE_KEY in value or _json.ZLIB_KEY in value)
 
 
 def loads(text: str | None) -> Any:
@@ -155,5 +169,7 @@ def loads(text: str | None) -> Any:
         return None
     value = _json.loads(text)
     if _looks_like_envelope(value):
+        if _json.ZLIB_KEY in value:  # written by dumps_tree only: a lookalike is in a pickle envelope
+            return loads(_json.unshrunk(value[_json.ZLIB_KEY]))
         return pickle.loads(base64.b64decode(value[_PICKLE_KEY]))  # noqa: S301 - written by dumps only
     return value

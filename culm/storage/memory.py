@@ -26,7 +26,7 @@ import contextlib
 import operator
 import threading
 import time
-from collections.abc import Callable, Collection, Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar, Unpack
 
@@ -148,7 +148,7 @@ class MemoryUnit(TransactionView):
     # -- pipelines and nodes --------------------------------------------------------------------
     def add_pipeline(self, root_id: str, tree: dict | str, root_data: dict, options: dict, at: float,
                      name: str = "") -> None:
-        row = (tree if isinstance(tree, str) else codec.dumps_named(tree, f"tree of pipeline {root_id}"),
+        row = (codec.dumps_tree(tree, root_id),
                codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
                codec.dumps(options), at, name[:255])
         self._insert("pipeline", root_id, row)
@@ -276,12 +276,15 @@ class MemoryUnit(TransactionView):
                 changed["stack"] = list(fields["stack"])
             self._put("process", process_id, _changed(p, _copy_process, changed))
 
-    def ack_child(self, parent_id: str) -> ProcessRecord | None:
-        """Count one finished child of ``parent_id`` (which must exist); returns it, counted."""
-        p = _copy_process(self._process(parent_id))
-        p.ack_num += 1
-        self._put("process", parent_id, p)
-        return _copy_process(p)
+    def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
+        """Count finished children of each parent (which must exist); returns them, counted."""
+        acked = {}
+        for parent_id in sorted(counts):
+            p = _copy_process(self._process(parent_id))
+            p.ack_num += counts[parent_id]
+            self._put("process", parent_id, p)
+            acked[parent_id] = _copy_process(p)
+        return acked
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]
@@ -506,6 +509,18 @@ class MemoryUnit(TransactionView):
     def lock_schedule(self, schedule_id: str, until: float, at: float) -> bool:
         s = self._get("schedule", schedule_id)
         if s is None or (s.locked_until is not None and s.locked_until >= at):
+            return False
+        self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
+        return True
+
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        s = self._get("schedule", schedule_id)
+        if s is None:
+            return False
+        held = any(t.rec.schedule_id == schedule_id and t.rec.id != task_id and t.owner is not None
+                   and t.claimed_until is not None and t.claimed_until >= at
+                   for _, t in self._where("task", "root", root_id))
+        if held:
             return False
         self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
         return True

@@ -89,12 +89,13 @@ def version_of(runtime: Any, node_id: str) -> str:
     return (res.data or {}).get(node_id, {}).get("version", "v-none")
 
 
-def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
-    """Fire one random control call (or pick "breathe", left to the caller); returns the op."""
-    act = rng.choice(storm.activities)
-    pipe = rng.choice(storm.roots + storm.subprocesses)
-    op = rng.choices(list(OPS), weights=list(OPS.values()))[0]
-    calls: dict[str, Callable[[], Any]] = {
+def control_calls(runtime: Any, act: str, pipe: str, extra: dict[str, Any] | None = None) -> dict[str, Callable[[], Any]]:
+    """Each op of OPS (but "breathe") as a call at activity ``act`` or pipeline ``pipe``;
+    ``extra`` goes into every callback payload."""
+    def back(payload: dict[str, Any]) -> Callable[[], Any]:
+        return lambda: api.callback(runtime, act, version_of(runtime, act), {**payload, **(extra or {})})
+
+    return {
         "pause": lambda: api.pause_pipeline(runtime, pipe),
         "resume": lambda: api.resume_pipeline(runtime, pipe),
         "appoint": lambda: api.pause_node_appoint(runtime, act),
@@ -103,10 +104,18 @@ def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
         "retry_ok": lambda: api.retry_node(runtime, act, data=dict(RETRY_OK)),
         "skip": lambda: api.skip_node(runtime, act),
         "force_fail": lambda: api.forced_fail_activity(runtime, act, "forced by the storm"),
-        "callback": lambda: api.callback(runtime, act, version_of(runtime, act), {"ok": True}),
-        "callback_fail": lambda: api.callback(runtime, act, version_of(runtime, act), {"ok": False}),
+        "callback": back({"ok": True}),
+        "callback_fail": back({"ok": False}),
         "revoke": lambda: api.revoke_pipeline(runtime, pipe),
     }
+
+
+def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
+    """Fire one random control call (or pick "breathe", left to the caller); returns the op."""
+    act = rng.choice(storm.activities)
+    pipe = rng.choice(storm.roots + storm.subprocesses)
+    op = rng.choices(list(OPS), weights=list(OPS.values()))[0]
+    calls = control_calls(runtime, act, pipe)
     if op == "breathe":
         storm.calls.append("breathe")
         return op
@@ -117,8 +126,10 @@ def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
     return op
 
 
-def operate(runtime: Any, snap: Snapshot, rng: random.Random) -> bool:
-    """Act on what an operator sees in one pipeline; returns False once it has ended."""
+def operate(runtime: Any, snap: Snapshot, rng: random.Random, payload: dict[str, Any] | None = None) -> bool:
+    """Act on what an operator sees in one pipeline; returns False once it has ended.
+
+    ``payload``: what a waiting callback node is called back with (``{"ok": True}``)."""
     sts, root = snap.states, snap.root_id
     if sts[root].name in (states.FINISHED, states.REVOKED):
         return False
@@ -139,7 +150,7 @@ def operate(runtime: Any, snap: Snapshot, rng: random.Random) -> bool:
             else:
                 api.retry_node(runtime, node_id, data=dict(RETRY_OK))
         elif st.name == states.RUNNING and (node_id, st.version) in open_callbacks:
-            api.callback(runtime, node_id, st.version, {"ok": True})
+            api.callback(runtime, node_id, st.version, dict(payload or {"ok": True}))
         elif st.name == states.REVOKED and node.type == "SubProcess":
             # A revoked subprocess holds its run up for good: the operator ends the run.
             assert api.revoke_pipeline(runtime, root).result

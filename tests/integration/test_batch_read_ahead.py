@@ -1,11 +1,13 @@
 """A batch's reads up front (PostgreSQL, MySQL/MariaDB): tasks claimed and read with their
-processes in one or two statements, contexts read per pipeline, both kept true to the
-transaction's own writes."""
+processes in one or two statements, the walks' held states, states and contexts in one round
+trip, all kept true to the transaction's own writes; a state row the transaction holds is not
+read again, and a compare-and-set on it waits for the commit like any other write."""
 
 from __future__ import annotations
 
 import pytest
 from backends import create_database, drop_database
+from driver_log import round_trips
 
 from culm.core.records import EXECUTE, ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage.migrate import upgrade_database
@@ -123,3 +125,80 @@ def test_tasks_deleted_before_their_turn_are_gone(store):
         unit.kill_processes_of_root("root")
         unit.delete_tasks_of_root("root")  # a revoke in the same transaction
         assert unit.task_with_process("t1", LEASE) == (None, None)
+
+
+def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
+    return StateRecord(node_id, "root", "root" if node_id != "root" else "", name, "v1", created_time=1.0)
+
+
+def _locked_elsewhere(store: SqlStore, row_id: str, table: str = "culm_state", key: str = "node_id") -> bool:
+    """Whether another connection finds the row locked (it asks for it without waiting)."""
+    with store.engine.connect() as conn:
+        try:
+            conn.exec_driver_sql(f"SELECT {key} FROM {table} WHERE {key} = '{row_id}' FOR UPDATE NOWAIT")
+        except Exception:  # noqa: BLE001 - the driver's "lock not available"
+            return True
+        finally:
+            conn.rollback()
+    return False
+
+
+def test_held_states_states_and_contexts_are_read_ahead_in_one_round_trip(store, monkeypatch):
+    with store.transaction() as unit:
+        unit.insert_state(_state("root"))
+        unit.insert_state(_state("s1", "FINISHED"))
+        unit.insert_context("root", [ContextValue("${a}", "plain", 1)])
+    with store.transaction() as unit:
+        unit.insert_state(_state("s2"))  # a deferred write: it travels with the reads, which see it
+        trips = round_trips(store.dialect, monkeypatch)
+        unit.read_walks_ahead(["root"], ["s1", "s2", "gone"], ["root", "nothing"])
+        assert len(trips) == 1, trips
+        held = unit.hold_states(["root"])
+        states = unit.get_states(["s1", "s2", "gone"])
+        contexts = unit.get_context("root"), unit.get_context("nothing")
+        assert len(trips) == 1, trips  # answered from what was read ahead
+        monkeypatch.undo()
+        assert held["root"].name == "RUNNING"
+        assert {k: v.name for k, v in states.items()} == {"s1": "FINISHED", "s2": "RUNNING"}
+        assert {k: v.value for k, v in contexts[0].items()} == {"${a}": 1} and contexts[1] == {}
+        assert _locked_elsewhere(store, "root")  # held until the commit
+        assert not _locked_elsewhere(store, "s1")  # read, not locked
+    assert not _locked_elsewhere(store, "root")
+    with store.reading() as unit:
+        assert unit.get_state("s2").name == "RUNNING"
+
+
+def test_a_state_held_or_written_here_is_held_without_a_read_and_its_writes_wait(store, monkeypatch):
+    with store.transaction() as unit:
+        unit.insert_state(_state("root"))
+    with store.transaction() as unit:
+        unit.hold_states(["root"])
+        unit.insert_state(_state("sub"))  # entering a subprocess: its state is new, and ours
+        trips = round_trips(store.dialect, monkeypatch)
+        held = unit.hold_states(["root", "sub"])
+        assert not unit.update_state("root", expect_version="v0", name="FAILED")  # an old version
+        assert unit.update_state("root", expect_version="v1", expect_names=["RUNNING"], name="FINISHED")
+        assert not unit.update_state("root", expect_version="v1", expect_names=["RUNNING"], name="FAILED")
+        assert trips == [], trips  # the hold is known, so is each outcome: the write waits
+        monkeypatch.undo()
+        assert {k: v.name for k, v in held.items()} == {"root": "RUNNING", "sub": "RUNNING"}
+        assert unit.get_state("root").name == "FINISHED"
+    with store.reading() as unit:
+        assert (unit.get_state("root").name, unit.get_state("sub").name) == ("FINISHED", "RUNNING")
+
+
+def test_children_of_several_parents_are_counted_in_one_round_trip(store, monkeypatch):
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "gw", None, ["root"], need_ack=3) for p in ("pa", "pb")])
+    with store.transaction() as unit:
+        unit.update_process("pa", asleep=True)  # a deferred write: it travels with the acks
+        trips = round_trips(store.dialect, monkeypatch)
+        acked = unit.ack_children({"pb": 1, "pa": 2, "gone": 1})
+        assert len(trips) == 1, trips
+        monkeypatch.undo()
+        assert {p: (r.ack_num, r.need_ack) for p, r in acked.items()} == {"pa": (2, 3), "pb": (1, 3)}
+        assert acked["pa"].asleep and not acked["pb"].asleep
+        assert all(_locked_elsewhere(store, p, "culm_process", "id") for p in ("pa", "pb"))
+    with store.reading() as unit:
+        assert (unit.get_process("pa").ack_num, unit.get_process("pb").ack_num) == (2, 1)
+

@@ -323,3 +323,44 @@ def test_kill_9_of_a_worker_mid_poll_does_not_wait_for_its_locks(
         assert reruns <= WORKER_POOL
     finally:
         backend.teardown()
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_kill_9_of_a_worker_mid_multiple_callback_does_not_wait_for_its_lock(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A multiple-callback node's calls share one lock on its schedule (30 s on the defaults). The
+    lock row records no holder, so when the worker running a call was killed, the next callback
+    waited for the dead call's lock to run out: 30 s. The lock's holder is the task of that
+    schedule with a live lease; when no other task has one, the lock is the dead call's and the
+    next call takes it over at once."""
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("CULM_STORM_LOG", str(log))  # storm_components records its calls there
+    backend = own_backend(kind, tmp_path, DEFAULTS)
+    try:
+        backend.start_workers(2)
+        rt = backend.runtime()
+        start, node = EmptyStartEvent(), ServiceActivity(component_code="s_multi")
+        start.extend(node).extend(EmptyEndEvent())
+        tree = build_tree(start)
+        assert api.run_pipeline(rt, tree).result
+        version = wait_until(lambda: log.exists() and api.get_children_states(rt, node.id).data[node.id]["version"],
+                             20, 0.05, what="the node to wait for callbacks")
+        gate = tmp_path / "held-callback"
+        assert api.callback(rt, node.id, version, {"gate": str(gate)}).result
+        pid = wait_until(lambda: [int(w[3]) for w in _lines(log) if w[0] == "callback"], 20, 0.02,
+                         what="the first callback to run")[0]
+        [victim] = [i for i in backend.alive() if backend.workers[i].pid == os.getpgid(pid)]
+        backend.kill_worker(victim)
+        killed_at = time.monotonic()
+        gate.touch()
+        assert api.callback(rt, node.id, version, {"done": True}).result
+        wait_until(lambda: api.get_children_states(rt, node.id).data[node.id]["state"] == "FINISHED", 45, 0.05,
+                   what="the node to finish")
+        took = time.monotonic() - killed_at
+        print(f"\n{kind}: the multiple-callback node finished {took:.1f} s after the kill (lock 30 s)")
+        assert took < 12, f"the next callback waited {took:.1f} s for the dead call's lock"
+    finally:
+        backend.teardown()

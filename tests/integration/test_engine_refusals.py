@@ -15,6 +15,7 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ExclusiveGateway,
+    ParallelGateway,
     ServiceActivity,
     SubProcess,
     build_tree,
@@ -184,3 +185,24 @@ def test_bad_arguments_refused(runtime):
     refused(api.get_pipeline_states(runtime, None))
     refused(api.run_pipeline(runtime, simple_tree()[0], root_pipeline_data="x"))
     refused(api.run_pipeline(runtime, simple_tree()[0], priority=999))
+
+
+def test_skipping_a_conditional_parallel_gateway_to_another_converge_is_refused(runtime):
+    """``skip_conditional_parallel_gateway`` took any converge gateway of the pipeline: given the
+    converge of a later fork, its branches were told to meet where they never arrive, passed their
+    own converge, and left the pipeline RUNNING with a process asleep that nothing would wake. The
+    only converge it may name is the gateway's own."""
+    start = EmptyStartEvent()
+    cpg = ConditionalParallelGateway(conditions={0: "${missing} == 1", 1: "${missing} == 2"})
+    a, b, c, d, e = (ServiceActivity(component_code="t_none") for _ in range(5))
+    own, pg, later = ConvergeGateway(), ParallelGateway(), ConvergeGateway()
+    start.extend(cpg).connect(a, b).converge(own).extend(c).extend(pg).connect(d, e).converge(later)
+    later.extend(EmptyEndEvent())
+    tree = build_tree(start)
+    root = run(runtime, tree)
+    wait_state(runtime, cpg.id, "FAILED")
+    flows = list(tree["gateways"][cpg.id]["outgoing"])
+    refused(api.skip_conditional_parallel_gateway(runtime, cpg.id, flows, later.id), later.id, own.id)
+    assert node_state(runtime, cpg.id)["state"] == "FAILED"
+    assert api.skip_conditional_parallel_gateway(runtime, cpg.id, flows, own.id).result
+    wait_state(runtime, root, "FINISHED")

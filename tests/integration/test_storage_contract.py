@@ -8,9 +8,11 @@ are listed in docs/distributed.md ("The storage contract").
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import threading
 import uuid
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ import pytest
 from backends import create_database, drop_database
 from test_faults import kill_sessions
 
-from culm import states
+from culm import _json, states
 from culm.core.records import EXECUTE, HistoryRecord, ProcessRecord, StateRecord, TaskRecord
 from culm.errors import UnstorableValueError
+from culm.model.limits import MAX_PAYLOAD_BYTES, payload_size
 from culm.storage.memory import MemoryStore
 from culm.storage.migrate import upgrade_database
 from culm.storage.sql import SqlStore
@@ -354,6 +357,28 @@ def test_histories_and_logs_read_back_in_order_per_loop(store: Store) -> None:
         assert unit.logs(node, "v1") == [] and len(unit.logs(node, "v9")) == 6
 
 
+def test_a_large_tree_is_stored_compressed_and_read_back_exactly(store: Store) -> None:
+    """A tree over MAX_PAYLOAD_BYTES as JSON that compresses under it is stored (a 10,000-node tree
+    takes ~7 MB as JSON); a value that merely looks like the compressed envelope is kept as it is."""
+    root, lookalike = _ids(2)
+    nodes = {f"n{i:05d}": {"id": f"n{i:05d}", "type": "ServiceActivity", "incoming": [f"f{i}"],
+                           "outgoing": f"f{i + 1}", "component": {"code": "example_component", "inputs": {}},
+                           "error_ignorable": False, "skippable": True, "retryable": True} for i in range(32_000)}
+    tree = {"id": root, "activities": nodes, "flows": {}}
+    assert payload_size(_json.dumps(tree)) > MAX_PAYLOAD_BYTES  # as a MySQL statement counts it
+    fake = {_json.ZLIB_KEY: base64.b64encode(zlib.compress(b'"not culm\'s"')).decode("ascii")}
+    with store.transaction() as unit:
+        unit.add_pipeline(root, tree, {}, {}, at=1.0)
+        unit.add_pipeline(lookalike, {"id": lookalike, "data": fake}, {}, {}, at=1.0)
+        unit.set_execution_data(lookalike, {"x": fake}, {})
+    with store.reading() as unit:
+        stored = unit.get_pipeline(root)
+        assert stored is not None and stored[0] == tree
+        other = unit.get_pipeline(lookalike)
+        assert other is not None and other[0] == {"id": lookalike, "data": fake}
+        assert unit.get_execution_data(lookalike) == ({"x": fake}, {})
+
+
 # -- execution data -------------------------------------------------------------------------------
 
 
@@ -514,7 +539,7 @@ def test_child_acks_are_counted_once_each_under_concurrency(store: Store) -> Non
 
     def ack(_i: int) -> tuple[int, int]:
         with store.transaction() as unit:
-            proc = unit.ack_child(parent)
+            proc = unit.ack_children({parent: 1}).get(parent)
             assert proc is not None and proc.id == parent and proc.root_id == root and proc.stack == [root]
             return proc.ack_num, proc.need_ack
 
@@ -522,7 +547,7 @@ def test_child_acks_are_counted_once_each_under_concurrency(store: Store) -> Non
     assert sorted(counts) == [(n, THREADS) for n in range(1, THREADS + 1)]
     if store.dialect != "memory":  # (the memory store refuses an unknown process outright)
         with store.transaction() as unit:
-            assert unit.ack_child(_ids(1)[0]) is None
+            assert unit.ack_children({_ids(1)[0]: 1}) == {}
     with store.reading() as unit:
         proc = unit.get_process(parent)
     assert proc is not None and proc.ack_num == THREADS
@@ -549,6 +574,37 @@ def test_a_schedule_is_locked_by_one_caller_until_the_lock_expires(store: Store)
         assert sched is not None and (sched.locked_until, sched.times, sched.finished) == (130.0, 3, True)
         assert unit.live_schedules([node]) == []
         assert [s.id for s in unit.schedules_of_nodes([node, "no-such-node"])] == [sid]  # finished ones too
+
+
+def test_a_schedule_call_lock_is_held_by_the_task_with_a_live_lease(store: Store) -> None:
+    """The lock names no holder: a task of the schedule with a live lease holds it, past the
+    lock's time too. Once that lease is freed (its worker was buried) another task of the
+    schedule takes the lock at once; of two takers, one wins."""
+    from culm.core.records import SCHEDULE, ScheduleRecord
+
+    sid, node, root, held, *waiting = _ids(4 + THREADS)
+    with store.transaction() as unit:
+        unit.insert_schedule(ScheduleRecord(sid, node, "v1", "p", "multiple_callback"))
+        unit.insert_tasks([TaskRecord(t, SCHEDULE, "p", node, root, schedule_id=sid) for t in (held, *waiting)])
+        assert unit.claim_task(held, "dead-worker", 130.0, 100.0) is not None
+        assert unit.lock_schedule(sid, 130.0, 100.0)
+    with store.transaction() as unit:
+        assert not unit.lock_schedule(sid, 140.0, 110.0)
+        assert not unit.lock_schedule_call(sid, root, waiting[0], 140.0, 110.0)  # its holder lives
+        unit.extend_leases("dead-worker", [held], 150.0)  # its call runs on past the lock's time
+        assert not unit.lock_schedule_call(sid, root, waiting[0], 160.0, 135.0)
+    with store.transaction() as unit:
+        unit.release_leases([held])  # the dead worker is buried
+
+    def take(i: int) -> bool:
+        with store.transaction() as unit:  # each runner claims its callback's task, then the lock
+            assert unit.claim_task(waiting[i], f"runner-{i}", 140.0, 110.0) is not None
+            return unit.lock_schedule_call(sid, root, waiting[i], 140.0, 110.0)
+
+    assert _all_in_threads(THREADS, take).count(True) == 1
+    with store.reading() as unit:
+        sched = unit.get_schedule(sid)
+        assert sched is not None and sched.locked_until == 140.0
 
 
 def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None:

@@ -9,6 +9,7 @@ from deep inside a run.
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +38,8 @@ pytestmark = pytest.mark.timeout(60)
 # Over limits.MAX_PAYLOAD_BYTES once encoded (JSON writes each character as a 6-character escape,
 # its backslash escaped again in a MySQL statement): 21 MB, over MariaDB's 16 MiB packet.
 HUGE = "\u4e2d" * 3_000_000
+# As large, and it does not compress (a large tree is stored compressed): 3,000,000 CJK characters drawn at random.
+NOISE = "".join(chr(c) for c in random.Random(11).choices(range(0x4E00, 0x9FA5), k=3_000_000))
 
 
 def nested(depth: int) -> list:
@@ -91,11 +94,20 @@ def test_trees_the_store_cannot_hold_are_refused(runtime, case, change, fragment
 
 def test_a_tree_too_large_to_store_is_refused(runtime):
     # MariaDB refused the 21 MB row with a dropped connection: "run_pipeline failed: InterfaceError: (0, '')".
-    tree, act = tree_with(lambda s, a: _input(a, "x", HUGE))
-    refused(api.run_pipeline(runtime, tree), tree["id"], "tree takes 21,00", "bytes once stored, over the 7,000,000")
+    tree, act = tree_with(lambda s, a: _input(a, "x", NOISE))  # ~10 MB once compressed
+    refused(api.run_pipeline(runtime, tree), tree["id"], "tree takes 10,", "bytes once stored, over the 7,000,000")
     assert api.get_pipeline_states(runtime, tree["id"]).data == {}
     fits, _ = tree_with(lambda s, a: _input(a, "x", HUGE[:400_000]))  # 2.8 MB, and twice that in outputs
     finish(runtime, fits, timeout=30)
+
+
+def test_a_large_tree_that_compresses_runs_and_a_value_too_large_fails_its_node_naming_it(runtime):
+    # The tree is stored compressed (21 MB of JSON escapes of one character), so it is accepted;
+    # the input itself is stored as it is and cannot be: the node fails, naming it.
+    tree, act = tree_with(lambda s, a: _input(a, "x", HUGE))
+    assert api.run_pipeline(runtime, tree).result
+    wait_state(runtime, act.id, "FAILED", timeout=60)
+    assert "'x': it takes 21,000,004 bytes once encoded, over the 7,000,000 stored" in outputs(runtime, act.id)["ex_data"]
 
 
 def test_a_pickled_tree_too_large_to_store_is_refused_by_validation(runtime):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from culm import states
 from culm.builder import (
     ConvergeGateway,
     EmptyEndEvent,
     EmptyStartEvent,
+    ExclusiveGateway,
     ParallelGateway,
     ServiceActivity,
     build_tree,
@@ -152,3 +155,30 @@ def test_each_write_starts_where_the_last_one_ended():
         "bad_transition n: written RUNNING -> FINISHED, but its last recorded state was FAILED"]
     assert [v.message for v in check_transitions([Transition("n", None, states.RUNNING)], last)] == [
         "created again as RUNNING (was FINISHED)"]
+
+
+def test_a_lifted_appointment_on_a_branch_not_taken_is_no_unfinished_path():
+    """``pause_node_appoint`` makes a row for a node not reached yet; ``resume_node_appoint`` then
+    leaves it READY (as bamboo does). On an exclusive branch the run did not take, that READY row
+    stays in the FINISHED pipeline: nothing is owed to it (the storms of test_storm_trees.py met
+    it). A retried node left READY (``retry`` > 0) still is a finding."""
+    start, end, eg, cg = EmptyStartEvent(), EmptyEndEvent(), ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"}), \
+        ConvergeGateway()
+    taken, other = ServiceActivity(component_code="x"), ServiceActivity(component_code="y")
+    start.extend(eg).connect(taken, other).converge(cg).extend(end)
+    graph = compile_tree(process_tree(build_tree(start)))
+    sts = {k: _st(graph, k, states.FINISHED) for k in (graph.root_id, start.id, eg.id, taken.id, cg.id, end.id)}
+    sts[other.id] = _st(graph, other.id, states.READY)
+    assert check(Snapshot(graph, sts, [])) == []
+    sts[other.id] = dataclasses.replace(sts[other.id], retry=1)
+    assert [(v.kind, v.subject) for v in check(Snapshot(graph, sts, []))] == [("unfinished_path", other.id)]
+
+
+def test_a_running_activity_without_a_live_process_on_it_is_orphaned():
+    graph, n = _graph()
+    sts, procs, tasks = _running_fork(graph, n, states.RUNNING)
+    tasks.append(TaskRecord("t-a", "execute", "ca", n["a"], graph.root_id))
+    assert check(Snapshot(graph, sts, procs, tasks)) == []
+    procs[1].current_node_id = n["cg"]  # the branch process moved on (its task too), its node still RUNNING
+    found = [(v.kind, v.subject) for v in check(Snapshot(graph, sts, procs, tasks))]
+    assert found == [("orphan_running", n["a"])]

@@ -49,11 +49,15 @@ def _ended(run: Run, resolved: Any) -> Outcome:
     pipeline_id = run.top_pipeline_id
     spec = run.graph.pipelines[pipeline_id]
     outputs: dict[str, Any] = {k: resolved.get(k, k) for k in spec.outputs}
-    holder = run.unit.get_state(pipeline_id, for_update=True)
+    # Held (a shared row lock on a server database) from the first read of it in this transaction
+    # (walker._enter holds the stack; a walk resumed after end-event code or rendering holds it
+    # here): a pause committing after that read waits for our commit, and the finishing write
+    # below has a known outcome, so it waits for the commit too instead of a read of its own.
+    holder = run.unit.hold_states([pipeline_id]).get(pipeline_id)
     if holder is not None and holder.name == states.SUSPENDED:
-        # Paused after this walk read its stack (another transaction, on a server database): the
-        # pipeline cannot finish while paused, and no one would wake a process that slept here.
-        # Park on the pause; resuming runs the end event again.
+        # Paused while user code or rendering ran (the walk parks on a paused stack at every node
+        # it enters): the pipeline cannot finish while paused, and no one would wake a process
+        # that slept here. Park on the pause; resuming runs the end event again.
         run.proc.suspended, run.proc.suspended_by = True, pipeline_id
         return SLEEP
     run.finish()

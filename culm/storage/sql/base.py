@@ -40,13 +40,14 @@ from culm.storage import codec, listing
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
-    ACK_CHILD,
+    ACK_CHILDREN,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
+    LOCK_FREE_SCHEDULE,
     NODE_COLUMNS,
     NODE_INSERT,
     NOTE_INNER_LOOPS,
@@ -55,11 +56,13 @@ from culm.storage.sql.statements import (
     PROCESS_BY_ID,
     PROCESS_BY_ID_LOCKED,
     PROCESSES_AT,
+    PROCESSES_IN,
     PROCESSES_OF_ROOT,
     PROCESSES_SUSPENDED_BY,
     PRUNE_CHANGES,
     RELAY_CANDIDATES,
     RELAY_CANDIDATES_LOCKED,
+    RELOCK_SCHEDULE,
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
     ROOT_COUNT_ADD,
@@ -70,6 +73,8 @@ from culm.storage.sql.statements import (
     ROOT_COUNTS_CLEAR,
     ROOTS_COUNTED,
     SCHEDULE_BY_ID,
+    SCHEDULE_CALL_HELD,
+    SCHEDULE_LOCK,
     SCHEDULE_OF_RUN,
     SCHEDULES_IN,
     STATE_BY_ID,
@@ -159,6 +164,7 @@ def _row_key(table: str, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...] |
 
 
 MAX_COMBINED = 64  # writes per combined statement
+CONTEXTS_AHEAD = 2000  # context values a batch reads ahead at most (more: each read takes its keys)
 
 
 def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
@@ -232,9 +238,10 @@ class SqlUnit:
         # Each entry is (sql, params, keys): ``keys`` lists the rows the write touches as (table,
         # primary key) pairs, or is None when they are not known (see _combined).
         self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if self.defers_writes else None
-        # PostgreSQL: [version, name] of the state rows this transaction holds locked (read FOR
-        # UPDATE, inserted or updated here). Nobody else can change them before the commit, so a
-        # compare-and-set on one has a known outcome and can be deferred like any other write.
+        # PostgreSQL, MySQL: [version, name] of the state rows this transaction holds locked (read
+        # FOR UPDATE or held with a shared lock, inserted or updated here). Nobody else can change
+        # them before the commit, so a compare-and-set on one has a known outcome and can be
+        # deferred like any other write.
         self._owned: dict[str, list[str]] | None = {} if self.defers_writes else None
         # PostgreSQL: the parameters of state rows whose INSERT is still deferred, by node id. A
         # compare-and-set on such a row before they are sent is folded into them: an event or a
@@ -265,6 +272,19 @@ class SqlUnit:
     def new_cursor(conn: Any) -> Any:
         """The cursor a unit sends its statements through (as ``adapt`` made them)."""
         return conn.cursor()
+
+    def close(self) -> None:
+        """Close the unit's cursor; its store calls this when the unit's transaction ends, however
+        it ends.
+
+        A statement read only in part (``fetchone`` of several rows) holds SQLite's read snapshot
+        on the connection past the commit, for as long as its cursor lives, and a unit that raised
+        lives on in the exception's reference cycle until the garbage collector runs. On the store's
+        one writer connection every write then failed at once with "database is locked"
+        (SQLITE_BUSY_SNAPSHOT, which the busy timeout does not wait out) once another process had
+        written; a reader kept an old snapshot.
+        """
+        self._cur.close()
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         cur = self._cur
@@ -427,7 +447,7 @@ class SqlUnit:
         """``tree``: the tree, or its JSON text already encoded (a dict object, not an envelope);
         ``name``: the tree's name, kept apart for listing."""
         self._insert("culm_pipeline", [{
-            "id": root_id, "tree": tree if isinstance(tree, str) else codec.dumps_named(tree, f"tree of pipeline {root_id}"),
+            "id": root_id, "tree": codec.dumps_tree(tree, root_id),
             "root_data": codec.dumps_fields(root_data, f"root_pipeline_data of pipeline {root_id}"),
             "options": codec.dumps(options), "created_time": at, "name": name[:255],
         }])
@@ -538,16 +558,35 @@ class SqlUnit:
         transaction decides from them is overtaken. SQLite's single writer needs no lock.
         """
         ids = list(dict.fromkeys(node_ids))
-        fresh = [i for i in ids if i not in self._held] if self.lock_rows else []
+        fresh = self._to_hold(ids)
         if fresh:
-            rows = self._all(STATES_IN.format(marks=marks(len(fresh))) + " ORDER BY node_id" + self.share_lock, fresh)
-            self._held.update(fresh)
-            found = {r[0]: _state_row(r) for r in rows}
-            if self._state_view is None:
-                self._state_view = {}
-            for node_id in fresh:  # the latest commit (and our own writes): fresher than any view
-                self._state_view[node_id] = found.get(node_id)
+            self._take_held(fresh, self._all(*self._hold_read(fresh)))
         return self.get_states(ids, mutable=())
+
+    def _to_hold(self, ids: Iterable[str]) -> list[str]:
+        """Which of ``ids`` a hold still has to read and lock: none on SQLite, nor the rows this
+        transaction holds already (held, or locked by its own writes, as a subprocess's state it
+        has just inserted, and known to its view)."""
+        if not self.lock_rows:
+            return []
+        view, owned = self._state_view or {}, self._owned or {}
+        return [i for i in ids if i not in self._held and not (i in owned and i in view)]
+
+    def _hold_read(self, fresh: Sequence[str]) -> tuple[str, Sequence[str]]:
+        return STATES_IN.format(marks=marks(len(fresh))) + " ORDER BY node_id" + self.share_lock, fresh
+
+    def _take_held(self, fresh: Sequence[str], rows: Sequence[Any]) -> None:
+        self._held.update(fresh)
+        found = {r[0]: _state_row(r) for r in rows}
+        if self._state_view is None:
+            self._state_view = {}
+        for node_id in fresh:  # the latest commit (and our own writes): fresher than any view
+            self._state_view[node_id] = found.get(node_id)
+        if self._owned is not None:
+            # Nobody else can change a row held until our commit: a compare-and-set on it has a
+            # known outcome and waits like any other write (see _owned).
+            for node_id, st in found.items():
+                self._owned.setdefault(node_id, [st.version, st.name])
 
     @property
     def prefetch(self) -> Prefetch | None:
@@ -561,18 +600,50 @@ class SqlUnit:
         as of this statement plus this transaction's own writes; locking reads still go to the
         database. A row another transaction commits meanwhile is seen as if it came a moment later.
         """
+        missing = self._states_missing(node_ids)
+        if missing:
+            self._take_states(missing, [r for read in self._states_reads(missing) for r in self._all(*read)])
+
+    def _states_missing(self, node_ids: Iterable[str]) -> list[str]:
         view = self._state_view if self._state_view is not None else {}
-        missing = [i for i in dict.fromkeys(node_ids) if i not in view]
-        if not missing:
-            return
-        found = {}
-        for i in range(0, len(missing), 500):
-            chunk = missing[i : i + 500]
-            for r in self._all(STATES_IN.format(marks=marks(len(chunk))), chunk):
-                found[r[0]] = _state_row(r)
+        return [i for i in dict.fromkeys(node_ids) if i not in view]
+
+    @staticmethod
+    def _states_reads(missing: Sequence[str]) -> list[tuple[str, Sequence[str]]]:
+        return [(STATES_IN.format(marks=marks(len(chunk))), chunk)
+                for chunk in (missing[i : i + 500] for i in range(0, len(missing), 500))]
+
+    def _take_states(self, missing: Sequence[str], rows: Sequence[Any]) -> None:
+        view = self._state_view if self._state_view is not None else {}
+        found = {r[0]: _state_row(r) for r in rows}
         for node_id in missing:
             view[node_id] = found.get(node_id)
         self._state_view = view
+
+    def read_walks_ahead(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        """:meth:`hold_states` of ``held`` (answered later from what it read), :meth:`prefetch_states`
+        of ``nodes`` and :meth:`prefetch_contexts` of ``pipelines``: on a server database their
+        statements go together, in one round trip (with the deferred writes before them)."""
+        fresh = self._to_hold(dict.fromkeys(held))
+        holding = set(fresh)
+        missing = [i for i in self._states_missing(nodes) if i not in holding]
+        contexts = self._contexts_missing(pipelines)
+        reads = [self._hold_read(fresh)] if fresh else []
+        state_reads = self._states_reads(missing) if missing else []
+        reads += state_reads
+        if contexts:
+            reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
+        answers = iter(self._all_together(reads))  # in the order of ``reads``
+        if fresh:
+            self._take_held(fresh, next(answers))
+        if missing:
+            self._take_states(missing, [r for _ in state_reads for r in next(answers)])
+        if contexts:
+            self._take_contexts(contexts, next(answers), CONTEXTS_AHEAD)
+
+    def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
+        return [self._all(sql, params) for sql, params in reads]
 
     def last_change_seq(self) -> int:
         row = self._one("SELECT MAX(seq) FROM culm_change")
@@ -722,17 +793,21 @@ class SqlUnit:
             return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
-    def ack_child(self, parent_id: str) -> ProcessRecord | None:
-        """Count one finished child; the row lock taken by the update serialises siblings."""
+    def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
+        """Count finished children, in parent id order (one lock order for every writer); the row
+        locks taken by the updates serialise siblings."""
+        acks = [(counts[pid], pid) for pid in sorted(counts)]
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
-            self._procs_written.add(parent_id)
-        row = self._acked_row(parent_id)
-        return _process_row(row) if row else None
+            self._procs_written.update(counts)
+        return {row[0]: _process_row(row) for row in self._acked_rows(acks)}
 
-    def _acked_row(self, parent_id: str) -> Any:
-        """The ack's UPDATE, then the process row with it (each dialect in as few round trips as it can)."""
-        self._x(ACK_CHILD, [parent_id])
-        return self._one(PROCESS_BY_ID, [parent_id])
+    def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
+        """The acks' UPDATEs, then the process rows with them (each dialect in as few round trips
+        as it can)."""
+        for n, pid in acks:
+            self._x(ACK_CHILDREN, [n, pid])
+        ids = [pid for _, pid in acks]
+        return self._all(PROCESSES_IN.format(marks=marks(len(ids))), ids)
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
@@ -1001,15 +1076,23 @@ class SqlUnit:
         self._later(self.outputs_upsert, [node_id, codec.dumps({}), codec.dumps(outputs)],
                     (("culm_execution_data", (node_id,)),))
 
-    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = 2000) -> None:
+    def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = CONTEXTS_AHEAD) -> None:
         """Read the contexts of ``pipeline_ids`` in one statement, for the reads this transaction is
         about to make (rendering the inputs of a batch of activities). Skipped when they hold more
         than ``limit`` values: then each read takes only the keys it needs."""
-        missing = [i for i in dict.fromkeys(pipeline_ids) if i not in self._context_view]
-        if not missing:
-            return
-        rows = self._all('SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value'
-                         f' WHERE pipeline_id IN ({marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
+        missing = self._contexts_missing(pipeline_ids)
+        if missing:
+            self._take_contexts(missing, self._all(*self._contexts_read(missing, limit)), limit)
+
+    def _contexts_missing(self, pipeline_ids: Iterable[str]) -> list[str]:
+        return [i for i in dict.fromkeys(pipeline_ids) if i not in self._context_view]
+
+    @staticmethod
+    def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[str]]:
+        return ('SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value'
+                f' WHERE pipeline_id IN ({marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
+
+    def _take_contexts(self, missing: Sequence[str], rows: Sequence[Any], limit: int) -> None:
         if len(rows) > limit:
             return
         view = self._context_view
@@ -1103,6 +1186,14 @@ class SqlUnit:
         n = self._x("UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND (locked_until IS NULL "
                     "OR locked_until < ?)", [until, schedule_id, at]).rowcount
         return n == 1
+
+    def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
+        row = self._one(SCHEDULE_LOCK, [schedule_id])
+        if row is None or self._one(SCHEDULE_CALL_HELD, [root_id, schedule_id, task_id, at]) is not None:
+            return False
+        if row[0] is None:
+            return int(self._x(LOCK_FREE_SCHEDULE, [until, schedule_id]).rowcount) == 1
+        return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         self._insert("culm_callback_data",
@@ -1311,7 +1402,9 @@ class SqlStore:
         self._writer: Any = None
         # SQLite files: each reading thread's own connection (see _thread_reader).
         self._readers = threading.local()
-        self._all_readers: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Each reader connection with the lock its thread holds while it reads: dispose() takes it
+        # before closing the connection (closing one mid-statement crashed the process).
+        self._all_readers: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
         # The change feed's readers; told after each commit that recorded changes.
         from culm.storage.feed import ChangeFeed
 
@@ -1342,8 +1435,11 @@ class SqlStore:
                 else:
                     unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
-                yield unit
-                unit.flush(commit=True)
+                try:
+                    yield unit
+                    unit.flush(commit=True)
+                finally:
+                    unit.close()
         except BaseException:
             if cache is not None:
                 cache.clear()  # rolled back (or the commit failed): the copies may hold undone writes
@@ -1369,19 +1465,26 @@ class SqlStore:
         if reader is None or getattr(reader, "busy", False):  # a read inside a read: a pooled one
             with self._raw(write=False, snapshot=snapshot) as raw:
                 unit = self._unit(raw)
-                if snapshot and self.traits.snapshot_read:
-                    unit._x(self.traits.snapshot_read)
-                yield unit
+                try:
+                    if snapshot and self.traits.snapshot_read:
+                        unit._x(self.traits.snapshot_read)
+                    yield unit
+                finally:
+                    unit.close()
             return
-        raw = self._thread_reader()
+        raw, guard = self._thread_reader()
         reader.busy = True
         try:
-            unit = self._unit(raw)
-            unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
-            yield unit
+            with guard:
+                unit = self._unit(raw)
+                try:
+                    unit._x("BEGIN")  # on the unit's own cursor: a poll pays for one cursor, not two
+                    yield unit
+                finally:
+                    unit.close()
+                    raw.rollback()
         finally:
             reader.busy = False
-            raw.rollback()
 
     def is_interruption(self, exc: BaseException) -> bool:
         """A lost connection, a restarting server, a deadlock: worth trying the same work again
@@ -1397,20 +1500,21 @@ class SqlStore:
         (:meth:`culm.core.ports.Store.is_duplicate`)."""
         return self.traits.is_duplicate(exc)
 
-    def _thread_reader(self) -> Any:
+    def _thread_reader(self) -> tuple[Any, threading.Lock]:
         """This thread's own read connection to the SQLite file, outside the pool.
 
         Pollers read often: checking a pooled connection out and in (and SQLAlchemy's reset on
         return) cost as much as reading a 17-node state tree. In WAL mode a reader never waits for
         the writer. The connection lives as long as its thread (dispose() closes what is left).
         """
-        raw = getattr(self._readers, "raw", None)
+        readers = self._readers
+        raw = getattr(readers, "raw", None)
         if raw is None:
             raw = self.engine.raw_connection()
             raw.detach()
-            self._readers.raw = raw
-            self._all_readers.add(raw)
-        return raw
+            readers.raw, readers.guard = raw, threading.Lock()
+            self._all_readers[raw] = readers.guard
+        return raw, readers.guard
 
     @contextlib.contextmanager
     def _raw(self, *, write: bool, pinned: bool = False, snapshot: bool = False) -> Iterator[Any]:
@@ -1458,8 +1562,9 @@ class SqlStore:
                 writer, self._writer = self._writer, None
                 if writer is not None:
                     writer.close()
-        for reader in list(self._all_readers):
-            reader.close()  # a thread still holding one gets "closed database" on its next read
+        for reader, guard in list(self._all_readers.items()):
+            with guard:  # never under a statement another thread is running on it
+                reader.close()  # a thread still holding one gets "closed database" on its next read
         self._all_readers.clear()
         self._readers = threading.local()
         self.engine.dispose()

@@ -21,7 +21,7 @@ from culm.storage.sql.base import (
     skip_needless_reset,
 )
 from culm.storage.sql.statements import (
-    ACK_CHILD,
+    ACK_CHILDREN,
     CLAIM_MANY_MYSQL,
     DB_NOW_MYSQL,
     HELD_BY_US,
@@ -29,8 +29,8 @@ from culm.storage.sql.statements import (
     LISTING_TABLES_MYSQL,
     MANY_WITH_PROCESS_OURS,
     OUTPUTS_UPSERT_MYSQL,
-    PROCESS_BY_ID,
     PROCESS_COLUMNS,
+    PROCESSES_IN,
     SNAPSHOT_READ,
     STATES_IN_LOCKED,
     TASK_COLUMNS,
@@ -118,11 +118,32 @@ class MysqlUnit(SqlUnit):
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
-    def _acked_row(self, parent_id: str) -> Any:
-        # The UPDATE locks the parent's row (serialising siblings) and the read that follows in
-        # the same query sees the count with this child in it: one round trip for both.
-        self._later(ACK_CHILD, [parent_id], (("culm_process", (parent_id,)),))
-        return self._one(PROCESS_BY_ID, [parent_id])
+    def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        if len(reads) < 2:
+            return super()._all_together(reads)
+        cur = self._cur
+        writes = [cur.mogrify(sql, params) for sql, params in self._take_deferred()]
+        texts = [*writes, *(cur.mogrify(self._sql(sql), params) for sql, params in reads)]
+        answers: list[list[Any]] = []
+        skip = len(writes)  # the writes' answers are read and dropped
+        for run in _up_to(texts, MAX_QUERY_CHARS):
+            cur.execute(";\n".join(run))
+            while True:
+                if skip:
+                    skip -= 1
+                else:
+                    answers.append(list(cur.fetchall()))
+                if not cur.nextset():
+                    break
+        return answers
+
+    def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
+        # The UPDATEs lock the parents' rows (serialising siblings) and the read that follows in
+        # the same query sees the counts with these children in them: one round trip for all.
+        for n, pid in acks:
+            self._later(ACK_CHILDREN, [n, pid], (("culm_process", (pid,)),))
+        ids = [pid for _, pid in acks]
+        return self._all(PROCESSES_IN.format(marks=marks(len(ids))), ids)
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]

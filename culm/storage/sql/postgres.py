@@ -9,7 +9,7 @@ from typing import Any
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import Dialect, SqlUnit, _process_row, _state_row, _task_row
 from culm.storage.sql.statements import (
-    ACK_CHILD_RETURNING,
+    ACK_CHILDREN_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
     CLAIM_WITH_PROCESS,
     DB_NOW_POSTGRES,
@@ -104,8 +104,21 @@ class PostgresUnit(SqlUnit):
             if commit:
                 self.conn.driver_connection.commit()
 
-    def _acked_row(self, parent_id: str) -> Any:
-        return self._one(ACK_CHILD_RETURNING, [parent_id])
+    def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        if len(reads) < 2:
+            return super()._all_together(reads)
+        cursors = [self.new_cursor(self.conn) for _ in reads]  # a cursor keeps one answer
+        pending = self._take_deferred() if self._deferred else []
+        with self.conn.driver_connection.pipeline():
+            for sql, params in pending:
+                self._cur.execute(sql, params)
+            for cur, (sql, params) in zip(cursors, reads, strict=True):
+                cur.execute(sql, params)
+        return [cur.fetchall() for cur in cursors]
+
+    def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
+        answers = self._all_together([(ACK_CHILDREN_RETURNING, [n, pid]) for n, pid in acks])
+        return [rows[0] for rows in answers if rows]
 
     def _claim_with_process(
         self, task_id: str, lease: tuple[str, float, float]

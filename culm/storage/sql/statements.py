@@ -128,10 +128,10 @@ def upsert_sql_mysql(table: str, cols: tuple[str, ...], keys: tuple[str, ...]) -
 _OUTPUTS_INSERT = "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)"
 OUTPUTS_UPSERT = _OUTPUTS_INSERT + " ON CONFLICT (node_id) DO UPDATE SET outputs = excluded.outputs"
 OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VALUES(outputs)"
-# One more child of a process finished; then its count and how many it waits for.
-ACK_CHILD = "UPDATE culm_process SET ack_num = ack_num + 1 WHERE id = ?"
+# More children of a process finished; then its count and how many it waits for.
+ACK_CHILDREN = "UPDATE culm_process SET ack_num = ack_num + ? WHERE id = ?"
 # PostgreSQL: the ack and the process row after it in one statement.
-ACK_CHILD_RETURNING = ACK_CHILD + " RETURNING " + ", ".join(PROCESS_COLUMNS)
+ACK_CHILDREN_RETURNING = ACK_CHILDREN + " RETURNING " + ", ".join(PROCESS_COLUMNS)
 # A task's lease taken again by its owner (it ran out and nobody else took it).
 RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
 # MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
@@ -164,6 +164,7 @@ NOTE_INNER_LOOPS = ('INSERT INTO culm_change (root_id, node_id, from_state, to_s
                     "WHERE parent_id = ? AND inner_loop <> 0")
 RESET_INNER_LOOPS = "UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ? AND inner_loop <> 0"
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
+PROCESSES_IN = PROCESS_SELECT + " WHERE id IN ({marks})"
 PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
 LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
@@ -191,6 +192,12 @@ PRUNE_CHANGES = (
     " WHERE s.node_id = culm_change.root_id AND s.root_id = s.node_id AND s.name IN (?, ?))"
 )
 SCHEDULE_BY_ID = SCHEDULE_SELECT + " WHERE id = ?"
+SCHEDULE_LOCK = "SELECT locked_until FROM culm_schedule WHERE id = ?"
+RELOCK_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND locked_until = ?"
+LOCK_FREE_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND locked_until IS NULL"
+# A task of the schedule (but the asking one) that a live runner holds: the one running its call.
+SCHEDULE_CALL_HELD = ("SELECT id FROM culm_task WHERE root_id = ? AND schedule_id = ? AND id <> ? "
+                      "AND owner IS NOT NULL AND claimed_until >= ?")
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"

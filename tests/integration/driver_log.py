@@ -1,0 +1,47 @@
+"""What the database driver sends, recorded by round trip (tests that count round trips)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def round_trips(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every round trip the driver of ``kind`` ("postgres"/"postgresql" or "mariadb"/"mysql")
+    makes from now on (until ``monkeypatch.undo()``): one entry each, its statements with their
+    parameters. psycopg: a statement sent outside a pipeline, or a whole pipeline; PyMySQL: a
+    query, multi-statement ones included (their parameters are quoted into the text)."""
+    trips: list[str] = []
+    if kind.startswith("postgres"):
+        from contextlib import contextmanager
+
+        import psycopg
+
+        execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
+
+        def counted_execute(self, query, params=None, **kw):
+            sent = f"{query} {params!r}"
+            if self.connection._pipeline is None:
+                trips.append(sent)
+            else:
+                trips[-1] += "\n" + sent  # one more statement of the pipeline's round trip
+            return execute(self, query, params, **kw)
+
+        @contextmanager
+        def counted_pipeline(self):
+            trips.append("(pipeline)")
+            with pipeline(self) as p:
+                yield p
+
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
+        monkeypatch.setattr(psycopg.Connection, "pipeline", counted_pipeline)
+    else:
+        from pymysql.connections import Connection
+
+        query = Connection.query
+
+        def counted_query(self, sql, unbuffered=False):
+            trips.append(sql)
+            return query(self, sql, unbuffered)
+
+        monkeypatch.setattr(Connection, "query", counted_query)
+    return trips
