@@ -20,6 +20,7 @@ runner tries it again or leaves the rows for a sweep.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,6 +148,7 @@ def _commit(
     ``saved`` collects each item's fields before it runs."""
     calls: list[UserCall] = []
     done: list[str] = []
+    began = time.monotonic()
     with engine.store.transaction(cache=cache) as unit:
         if joining is not None:
             joining(batch)
@@ -161,7 +163,18 @@ def _commit(
             else:
                 calls.append(call)
         joins.settle(step)  # the batch's children at their converge gateways, counted at once
+        if calls and time.monotonic() - began > engine.settings.lease_seconds / 3:
+            _renew_leases(engine, unit, calls)
     return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
+
+
+def _renew_leases(engine: Engine, unit: Unit, calls: list[UserCall]) -> None:
+    """A slow batch (a result the store took seconds to refuse, say): the leases it took as it
+    began may run out before the heartbeat, which skips the rows a batch holds, extends them. Renew
+    the leases of the tasks whose user code starts after the commit, so that no relay hands them
+    to another runner meanwhile (which would run that code a second time)."""
+    owner, until, _ = engine.lease()
+    unit.extend_leases(owner, [call.task.id for call in calls], until)
 
 
 def _restore(batch: list[Item], saved: list[_Saved]) -> None:

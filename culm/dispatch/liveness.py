@@ -78,10 +78,10 @@ class LeaseHeartbeat:
     def beat(self) -> None:
         ids = self.state.runner.task_ids()
         if ids:
-            # Its UPDATE locks the rows in the server's scan order, so on MariaDB it is often the
-            # victim of a deadlock with this process's own engine batch. Run it again at once: a
-            # lost beat or two and the leases run out, the relay hands the tasks to another worker
-            # while this one still runs them, and both apply results to the same rows.
+            # It skips the rows a transaction holds (this process's own engine batch, above all:
+            # waiting for it held back every other lease and the registry beat). Should it still
+            # be a deadlock victim, run it again at once: a lost beat or two and the leases run
+            # out, the relay hands the tasks to another worker while this one still runs them.
             retry.retrying(lambda: self._extend(ids), "extending leases")
 
     def _extend(self, ids: list[str]) -> None:

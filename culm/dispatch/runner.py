@@ -9,6 +9,8 @@ share its database with other workers (it composes that loop and sets its policy
   the optimistic pass fails), and user code runs on the runner's own threads;
 * a task is claimed with a lease when it is first advanced, so a duplicate message, or the same
   task handed to two workers, runs once; a heartbeat extends the leases of the tasks on hand;
+* a call a node timeout cut off holds no room: its thread is let go of (it ends when the call
+  returns, its result discarded) and a new one takes its place, as on the embedded runtime;
 * the process takes on one task per user-code thread, or SHORT_CALL_QUEUE per thread while its
   calls are short (under SHORT_CALL_SECONDS on average), counting those in user code, being
   advanced and queued; and at most ``backlog`` tasks in all;
@@ -82,7 +84,7 @@ class WorkerRunner:
         self._draining = False
         self._start_lock = threading.Lock()
         self._call_seconds = 0.0  # moving average of user-code call durations
-        self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet
+        self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet (nor let go of)
         self._victims = 0  # deadlock victims in a row (engine thread only)
 
     @property
@@ -189,6 +191,8 @@ class WorkerRunner:
         return timed
 
     def call_returned(self) -> None:
+        """A call's outcome is back, or a node timeout cut it off and its thread was let go of (a
+        hung call holds no room: another thread runs user code in its place)."""
         room = self.loop.condition
         with room:
             self._in_user_code -= 1

@@ -25,9 +25,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from culm.core.loop import Committed, Item, UserCall, commit_batch
+from culm.core.loop import Item, UserCall, commit_batch
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 
@@ -41,17 +42,22 @@ MAX_BATCH = 256
 HOLD_MAX = 0.020
 # Every user-code thread held by a call running longer than this (seconds) is logged as a warning.
 BUSY_AFTER = 60.0
+# A call running longer than this (seconds) has its run looked up at every sweep interval: one
+# that another process cut off (its node timed out there, an operator force-failed it) lets its
+# thread go, as a cut-off this process committed does.
+STALE_AFTER = 1.0
 QUIET = 0.0005
 
 
 class _UserCodePool:
-    """Threads that run user code and hand each outcome to ``done(call, outcome)``.
+    """Threads that run user code and hand each outcome to ``done(call, outcome, let_go)``
+    (``let_go``: the call's thread was let go of while it ran, see :meth:`let_go`).
 
     Leaner than a ThreadPoolExecutor (no futures, no callbacks): one queue in, one call out. An
     exception the call raises is its outcome (the handlers turn it into a failed node).
     """
 
-    def __init__(self, size: int, done: Callable[[UserCall, object], None]) -> None:
+    def __init__(self, size: int, done: Callable[[UserCall, object, bool], None]) -> None:
         self._jobs: queue.SimpleQueue[tuple[UserCall, Callable[[], object]] | None] = queue.SimpleQueue()
         self._done = done
         self._closed = False
@@ -60,6 +66,7 @@ class _UserCodePool:
         self.running: dict[str, tuple[UserCall, float]] = {}
         # Threads let go of (retire): each ends once its call returns; another took its place.
         self._retiring: set[str] = set()
+        self._retire_lock = threading.Lock()  # a call ends, or its thread is let go of: one of the two first
         self._spawned = 0
         self._threads = [threading.Thread(target=self._work, name=f"culm-user_{i}", daemon=True) for i in range(size)]
         for t in self._threads:
@@ -84,10 +91,12 @@ class _UserCodePool:
             except BaseException as exc:  # noqa: BLE001 - the outcome of the call
                 outcome = exc
             finally:
-                del self.running[me]
-            self._done(call, outcome)
-            if me in self._retiring:
-                self._retiring.discard(me)
+                with self._retire_lock:
+                    del self.running[me]
+                    retiring = me in self._retiring
+                    self._retiring.discard(me)
+            self._done(call, outcome, retiring)
+            if retiring:
                 return
 
     def long_calls(self, longer_than: float) -> list[tuple[UserCall, float]]:
@@ -105,10 +114,11 @@ class _UserCodePool:
         """Start a new thread in place of the one running ``call`` (a call that may never return,
         whose result is stale anyway); that one ends once ``call`` returns. False when ``call``
         is not running (any more)."""
-        name = next((n for n, (c, _) in list(self.running.items()) if c is call), None)
-        if name is None or name in self._retiring or self._closed:
-            return False
-        self._retiring.add(name)
+        with self._retire_lock:
+            name = next((n for n, (c, _) in list(self.running.items()) if c is call), None)
+            if name is None or name in self._retiring or self._closed:
+                return False
+            self._retiring.add(name)
         self._spawned += 1
         thread = threading.Thread(target=self._work, name=f"culm-user_{self.size + self._spawned - 1}", daemon=True)
         self._threads.append(thread)
@@ -128,6 +138,16 @@ class _UserCodePool:
             self._jobs.put(None)
 
 
+@dataclass(slots=True, eq=False)
+class _LetGo:
+    """Queued for the engine thread: let go of the calls of these runs ((node id, version))."""
+
+    runs: set[tuple[str, str]]
+
+    def holds(self, call: UserCall) -> bool:
+        return _run_of(call) in self.runs
+
+
 class LoopPolicy(Protocol):
     """What the owner of a :class:`ThreadDispatcher` decides about its engine loop.
 
@@ -141,7 +161,9 @@ class LoopPolicy(Protocol):
         ...
 
     def call_returned(self) -> None:
-        """Pool thread: a call's outcome is back, before the engine thread hears of it."""
+        """A call no longer holds its room: on a pool thread, its outcome is back (before the
+        engine thread hears of it); on the engine thread, a node timeout cut it off and its
+        thread was let go of (its outcome, when it comes, calls nothing more). Once per call."""
         ...
 
     def batch_committed(self) -> None:
@@ -153,6 +175,12 @@ class LoopPolicy(Protocol):
         same items (results of user code included) are tried again, or None: they are dropped and
         their rows stay for whoever sweeps or relays the task table."""
         ...
+
+
+def _run_of(call: UserCall) -> tuple[str, str]:
+    """(node id, version) of the run a call belongs to (an execute's; a schedule call: no version)."""
+    invoke = call.item.invoke
+    return (invoke.node_id, invoke.version or "") if invoke is not None else (call.task.node_id, "")
 
 
 class ThreadDispatcher:
@@ -188,7 +216,7 @@ class ThreadDispatcher:
         self.cache = cache
         self.sweep_interval = sweep_interval
         self.engine: Any = None
-        self._ready: queue.SimpleQueue[Item | None] = queue.SimpleQueue()
+        self._ready: queue.SimpleQueue[Item | _LetGo | None] = queue.SimpleQueue()
         self._timers: list[tuple[float, int, TaskRecord]] = []
         self._seq = 0
         self._known: set[str] = set()
@@ -349,6 +377,9 @@ class ThreadDispatcher:
             first = self._ready.get()
             if first is None:
                 return
+            if isinstance(first, _LetGo):
+                self._let_go(first.holds)
+                continue
             batch = [first]
             self._take_ready(batch)
             # Read without the lock: a quick "nothing under way" needs no lock per batch. Calls
@@ -390,6 +421,9 @@ class ThreadDispatcher:
             if item is None:
                 self._stopping.set()
                 return
+            if isinstance(item, _LetGo):
+                self._let_go(item.holds)
+                continue
             batch.append(item)
 
     def _run_batch(self, batch: list[Item]) -> None:
@@ -407,8 +441,8 @@ class ThreadDispatcher:
         committed.fire()
         self._calls.extend(committed.calls)
         self._release(self._slots_of(committed.applied))  # their results are durable now
-        if committed.cut_off and self._policy is None:
-            self._let_go(committed)
+        if committed.cut_off:
+            self._let_go(committed.is_cut_off)
         if self._policy is not None:
             self._policy.batch_committed()
 
@@ -426,16 +460,19 @@ class ThreadDispatcher:
         self._let_go_items.difference_update(items)
         return held
 
-    def _let_go(self, committed: Committed) -> None:
-        """Embedded runtime: a node timeout cut off runs whose user code may still be running (a
-        call that never returns). Its result is stale, and it ran once: a crash does not run it
-        again (its node moved on). So its slot is freed and a new thread takes its place, and the
-        pool keeps ``workers`` threads for live work (the old one ends when the call returns)."""
+    def _let_go(self, is_cut_off: Callable[[UserCall], bool]) -> None:
+        """A node timeout cut off runs whose user code may still be running (a call that never
+        returns). Its result is stale, and it ran once: a crash does not run it again (its node
+        moved on). So its slot is freed and a new thread takes its place, and the pool keeps
+        ``workers`` threads for live work (the old one ends when the call returns); a worker's
+        runner counts the call's room free too (:meth:`LoopPolicy.call_returned`)."""
         assert self._pool is not None
         for call in self._pool.busy_calls():
-            if call.item not in self._let_go_items and committed.is_cut_off(call) and self._pool.let_go(call):
+            if call.item not in self._let_go_items and is_cut_off(call) and self._pool.let_go(call):
                 self._let_go_items.add(call.item)
                 self._in_flight -= 1
+                if self._policy is not None:
+                    self._policy.call_returned()
                 logger.warning("node %s timed out while its user code ran; that call's thread is let go of "
                                "and another runs user code in its place", call.node_id)
         self._release(0)
@@ -456,8 +493,8 @@ class ThreadDispatcher:
             self._in_flight -= 1
             self._forget([call.task.id])
 
-    def _requeue(self, call: UserCall, outcome: object) -> None:
-        if self._policy is not None:
+    def _requeue(self, call: UserCall, outcome: object, let_go: bool) -> None:
+        if self._policy is not None and not let_go:  # else its room was freed when it was let go of
             self._policy.call_returned()
         self._ready.put(call.returned(outcome))
 
@@ -504,6 +541,7 @@ class ThreadDispatcher:
                 self._ready.put(Item(t))
             if time.monotonic() >= next_sweep:
                 self._watch_long_calls()
+                self._find_stale_calls()
                 if self.sole_runner:
                     self.sweep()
                     self._checkpoint()
@@ -527,6 +565,26 @@ class ThreadDispatcher:
             logger.warning("all %d user-code threads are held by calls running for over %g s: %s; "
                            "other pipelines' components wait until one returns (make those calls "
                            "return, or give the runtime more workers)", pool.size, self.busy_after, held)
+
+    def _find_stale_calls(self) -> None:
+        """Timer thread: calls of execute running for over STALE_AFTER seconds whose run has moved
+        on in the database (cut off by a deadline another process fired, force-failed by an
+        operator): the engine thread lets go of them (:meth:`_let_go`)."""
+        pool = self._pool
+        long = [call for call, _ in pool.long_calls(STALE_AFTER)] if pool is not None else []
+        runs = {_run_of(call) for call in long if call.item.invoke is not None}
+        if not runs:
+            return
+        try:
+            with self.engine.store.reading() as unit:
+                found = unit.get_states([node_id for node_id, _ in runs])
+        except Exception:  # noqa: BLE001 - looked up again at the next sweep interval
+            logger.debug("looking up the runs of long calls failed", exc_info=True)
+            return
+        stale = {(node_id, version) for node_id, version in runs
+                 if node_id not in found or found[node_id].version != version}
+        if stale:
+            self._ready.put(_LetGo(stale))
 
     def _checkpoint(self) -> None:
         try:

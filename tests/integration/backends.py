@@ -127,6 +127,7 @@ class DistributedBackend:
         self.exec_log.touch()
         self.db_url = ""
         self.workers: list[subprocess.Popen[bytes] | None] = []
+        self.concurrency = 2  # pool processes per worker
         self._runtimes: list[culm.Runtime] = []
 
     # lifecycle
@@ -158,7 +159,7 @@ class DistributedBackend:
     def worker_command(self) -> list[str]:
         return [
             sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", self.broker_url,
-            "--prefix", self.prefix, "--concurrency", "2", "--loglevel", "INFO",
+            "--prefix", self.prefix, "--concurrency", str(self.concurrency), "--loglevel", "INFO",
         ]
 
     def worker_env(self) -> dict[str, str]:

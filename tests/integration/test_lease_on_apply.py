@@ -22,8 +22,8 @@ from backends import embedded_runtime_on
 
 import culm
 from culm import api
-from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
-from culm.core import walker
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.core import loop, walker
 from culm.core.records import now
 
 pytestmark = pytest.mark.timeout(120)
@@ -108,3 +108,48 @@ def test_a_result_is_dropped_when_another_runner_holds_the_task(runtime: culm.Ru
     assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
     assert api.get_node_histories(rt, first).data == []
     assert api.get_node_histories(rt, second).data == []
+
+
+def _first_task(rt: culm.Runtime, act: ServiceActivity) -> str:
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    start.extend(act).extend(end)
+    tree = build_tree(start)
+    assert api.run_pipeline(rt, tree).result
+    with rt.store.reading() as unit:
+        (task_id,) = [r[0] for r in unit._all("SELECT id FROM culm_task WHERE root_id = ?", [tree["id"]])]
+    return task_id
+
+
+def test_a_slow_batch_renews_the_leases_of_the_calls_it_hands_out(runtime: culm.Runtime) -> None:
+    # A batch that takes long (here: a result the store takes about a second to refuse) claimed
+    # its fresh tasks as it began. The heartbeat skips the rows a batch holds, so without a
+    # renewal their leases could run out just after the commit, while their calls start: a relay
+    # would hand them to another runner, which would run the same user code again.
+    rt = runtime
+    rt.engine.settings.lease_seconds = 0.15  # shorter than the batch, however fast the machine
+    slow = ServiceActivity(component_code="t_unstorable")
+    slow.component.inputs.kind = Var(type=Var.PLAIN, value="shared")
+    slow.component.inputs.on = Var(type=Var.PLAIN, value="execute")
+    (call,) = loop.commit_batch(rt.engine, [loop.Item(_task(rt, _first_task(rt, slow)))]).calls
+    resumed = call.returned(call.run())  # its result: a value of 2**40 items the store refuses
+    fresh = loop.Item(_task(rt, _first_task(rt, ServiceActivity(component_code="t_echo"))))
+    began = now()
+    committed = loop.commit_batch(rt.engine, [fresh, resumed])
+    ended = now()
+    assert ended - began > rt.engine.settings.lease_seconds / 3, "the batch was not slow"
+    assert [c.item for c in committed.calls] == [fresh]
+    assert "could not be stored" in api.get_execution_data_outputs(rt, slow.id).data["ex_data"]
+    owner, until = _lease_of(rt, fresh.task.id)
+    assert owner == rt.engine.owner
+    # Taken as the batch began, it would have run out before the commit; renewed at its end.
+    assert until > began + rt.engine.settings.lease_seconds + (ended - began) / 2, (until - began, ended - began)
+
+
+def _task(rt: culm.Runtime, task_id: str) -> Any:
+    with rt.store.reading() as unit:
+        return unit.get_task(task_id)
+
+
+def _lease_of(rt: culm.Runtime, task_id: str) -> tuple[str, float]:
+    with rt.store.reading() as unit:
+        return unit._one("SELECT owner, claimed_until FROM culm_task WHERE id = ?", [task_id])

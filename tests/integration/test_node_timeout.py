@@ -227,20 +227,49 @@ def test_deadlines_fire_while_every_worker_thread_hangs(name, tmp_path, gate_nam
         backend.teardown()
 
 
+def hung_then_next(runtime: Any, gate_name: str, within: float, operator: bool = False) -> ServiceActivity:
+    """Start a call that hangs (its node times out after 1 s, or with ``operator`` the test
+    force-fails it, from this process), then another pipeline, which must finish ``within``
+    seconds (the hung call gives up only after 15 s); returns the hung node."""
+    hung = timed("t_gate", 60 if operator else 1, gate=gate_name)
+    run(runtime, build_tree(chain(hung)))
+    wait_state(runtime, hung.id, "RUNNING")
+    if operator:
+        assert api.forced_fail_activity(runtime, hung.id, ex_data="stuck").result
+    second = build_tree(chain(ServiceActivity(component_code="t_echo")))
+    run(runtime, second)
+    wait_pipeline(runtime, second["id"], "FINISHED", timeout=within)
+    assert node_state(runtime, hung.id)["state"] == "FAILED"
+    return hung
+
+
+@pytest.mark.parametrize("operator", [False, True], ids=["timeout", "forced_fail"])
+def test_worker_takes_back_the_room_of_a_timed_out_call(tmp_path, gate_name, operator):
+    """``culm worker --concurrency 1`` with one user-code thread, held by a call that does not
+    return: once its node times out, the worker has room again and the next pipeline's component
+    runs there (on a thread started in its place), long before the call ends. Likewise when
+    another process cut the call off (an operator's forced fail here; a deadline that another
+    worker process fired): the worker finds its run moved on in the database."""
+    backend = own_backend("postgres-redis", tmp_path, env={"CULM_WORKER_THREADS": "1"})
+    backend.concurrency = 1
+    try:
+        backend.start_workers(1)
+        runtime = backend.runtime()
+        hung = hung_then_next(runtime, gate_name, within=10, operator=operator)
+        components.gate(gate_name).set()
+        third = build_tree(chain(ServiceActivity(component_code="t_echo")))
+        wait_pipeline(runtime, run(runtime, third), "FINISHED")  # the late call came back; room is right
+        assert "late" not in outputs(runtime, hung.id)
+    finally:
+        components.gate(gate_name).set()
+        backend.teardown()
+
+
 def test_embedded_runtime_takes_back_the_thread_of_a_timed_out_call(tmp_path, gate_name):
     """One user-code thread, held by a call that does not return: once its node times out, the
     next pipeline's components run (on a thread started in its place), long before the call ends."""
     with culm.Runtime(f"sqlite:///{tmp_path}/one.db", workers=1) as runtime:
-        hung = timed("t_gate", 1, gate=gate_name)
-        first = build_tree(chain(hung))
-        run(runtime, first)
-        wait_state(runtime, hung.id, "RUNNING")
-        after = ServiceActivity(component_code="t_echo")
-        second = build_tree(chain(after))
-        run(runtime, second)
-
-        wait_pipeline(runtime, second["id"], "FINISHED", timeout=8)  # the gate gives up only after 15 s
-        assert node_state(runtime, hung.id)["state"] == "FAILED"
+        hung = hung_then_next(runtime, gate_name, within=8)
         components.gate(gate_name).set()
         assert runtime.wait_idle(10)  # the late call came back, its result discarded
         assert "late" not in outputs(runtime, hung.id)

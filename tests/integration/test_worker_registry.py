@@ -156,18 +156,60 @@ def test_leases_are_extended_only_for_their_owner_after_a_burial(runtime: culm.R
 
 
 class _Runner:
+    def __init__(self, on_hand: list[str] | None = None) -> None:
+        self.on_hand = on_hand or []
+
     def task_ids(self) -> list[str]:
-        return []
+        return list(self.on_hand)
 
 
 class _Process:
     """What a LeaseHeartbeat reads of its worker process: store, registry, owner, runner."""
 
-    def __init__(self, rt: culm.Runtime, owner: str) -> None:
+    def __init__(self, rt: culm.Runtime, owner: str, on_hand: list[str] | None = None) -> None:
         self.store = rt.store
         self.registry = SqlWorkerRegistry(rt.store)
         self.engine = type("EngineOwner", (), {"owner": owner})()
-        self.runner = _Runner()
+        self.runner = _Runner(on_hand)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_heartbeat_never_waits_for_its_own_engine_batch(kind: str, tmp_path: Path) -> None:
+    """A long batch of the worker's engine (a result the store takes seconds to refuse) holds
+    the row of one task on hand: the beat still extends the leases of the others at once, and
+    stamps the registry, instead of waiting for that batch while the other leases run out (the
+    relay then handed those tasks to another worker, which ran their user code again)."""
+    with embedded_runtime_on(kind, tmp_path / "beat.db") as rt:
+        ids = sorted(_due_task(rt, 0.0) for _ in range(2))
+        for task_id in ids:
+            assert _step(rt, "runner-a", task_id, None, claim=True) is not None  # its call is on hand
+        with rt.store.transaction() as unit:
+            unit.extend_leases("runner-a", ids, now() + 1)  # about to run out
+        heartbeat = LeaseHeartbeat(_Process(rt, "runner-a", ids), 30.0, 1.0, 2, "culm")  # type: ignore[arg-type]
+        heartbeat.beat_registry()
+        held, release = threading.Event(), threading.Event()
+
+        def engine_batch() -> None:  # the worker's own engine, inside a long batch
+            with rt.store.transaction() as unit:
+                unit._one("SELECT id FROM culm_task WHERE id = ? FOR UPDATE", [ids[0]])
+                held.set()
+                release.wait(30)
+
+        batch = threading.Thread(target=engine_batch, daemon=True)
+        batch.start()
+        try:
+            assert held.wait(10)
+            beat = threading.Thread(target=heartbeat.beat, daemon=True)
+            beat.start()
+            beat.join(5)
+            assert not beat.is_alive(), "the heartbeat waited for the engine's batch"
+            assert _lease(rt, ids[1])[1] > now() + 20  # extended while the batch went on
+            assert _lease(rt, ids[0])[1] < now() + 2  # the batch's row: left for the next beat
+        finally:
+            release.set()
+            batch.join(10)
+        heartbeat.beat()
+        assert _lease(rt, ids[0])[1] > now() + 20
 
 
 def test_a_worker_taken_for_dead_registers_again_at_its_next_beat(

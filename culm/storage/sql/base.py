@@ -1027,7 +1027,15 @@ class SqlUnit:
             self._x(f"UPDATE culm_task SET published = ? WHERE id IN ({marks(len(ids))})", [published, *ids])
 
     def extend_leases(self, owner: str, task_ids: Sequence[str], until: float) -> None:
+        """Extend ``owner``'s leases of ``task_ids`` to ``until``. On a server database a row
+        another transaction holds is skipped, never waited for: the heartbeat must not wait for
+        its own engine's batch (a long one would hold back every other lease, and the registry
+        beat, until they ran out); the batch's rows are locked and so cannot be taken over, and
+        the next beat extends them."""
         ids = list(task_ids)
+        if ids and self.lock_rows:
+            ids = [r[0] for r in self._all(f"SELECT id FROM culm_task WHERE id IN ({marks(len(ids))}) AND owner = ? "
+                                           "ORDER BY id FOR UPDATE SKIP LOCKED", [*ids, owner])]
         if ids:
             self._x(f"UPDATE culm_task SET claimed_until = ? WHERE owner = ? AND id IN ({marks(len(ids))})",
                     [until, owner, *ids])
