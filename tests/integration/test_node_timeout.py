@@ -64,13 +64,17 @@ def test_hung_execute_is_failed_at_its_deadline_and_its_late_result_discarded(ru
     timed_out(runtime, act.id, 1)
     assert entry["started_time"] is not None and (entry["archived_time"] - entry["started_time"]).total_seconds() >= 1
 
-    # The call comes back after the timeout: its result ("late") is stale and changes nothing.
+    late_result_changes_nothing(runtime, tree["id"], act.id, gate_name)
+
+
+def late_result_changes_nothing(runtime, root_id, act_id, gate_name):
+    """The hung call comes back after its timeout: its result ("late") is stale and changes nothing."""
     seq = runtime.last_change_seq()
     components.gate(gate_name).set()
     wait_idle(runtime)
-    nothing_changes(runtime, tree["id"], seq)
-    assert node_state(runtime, act.id)["state"] == "FAILED"
-    assert "late" not in outputs(runtime, act.id)
+    nothing_changes(runtime, root_id, seq)
+    assert node_state(runtime, act_id)["state"] == "FAILED"
+    assert "late" not in outputs(runtime, act_id)
 
 
 def test_hung_poll_is_failed_at_its_deadline(runtime, gate_name):
@@ -80,12 +84,7 @@ def test_hung_poll_is_failed_at_its_deadline(runtime, gate_name):
 
     wait_state(runtime, act.id, "FAILED", timeout=20)
     timed_out(runtime, act.id, 1)
-    seq = runtime.last_change_seq()
-    components.gate(gate_name).set()
-    wait_idle(runtime)
-    nothing_changes(runtime, tree["id"], seq)
-    assert node_state(runtime, act.id)["state"] == "FAILED"
-    assert "late" not in outputs(runtime, act.id)
+    late_result_changes_nothing(runtime, tree["id"], act.id, gate_name)
 
 
 def test_poll_going_on_after_a_revoke_still_times_out_and_its_branch_ends(runtime, gate_name):
