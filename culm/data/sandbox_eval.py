@@ -95,6 +95,7 @@ class BoundMethod:
 # Different keys of one set or dict that may share a hash: legitimate data rarely has two.
 MAX_HASH_COLLISIONS = 64
 _CHUNK = 256
+_DRAIN_CHUNK = 64  # smaller: an item of a zip of many iterables is a tuple of as many
 
 
 def _no_tick() -> None:
@@ -219,6 +220,21 @@ class Evaluator:
             self.reserve(mem, what)
         return items
 
+    @staticmethod
+    def lazy(iterable: Any) -> bool:
+        """True for an iterator (zip, enumerate, reversed, a generator): consuming one in C runs
+        code the clock cannot see, for as long as the iterator has items (a zip of 900 ranges of
+        a million items each is 900 million steps inside one all() or one "in")."""
+        return type(iterable) not in _SIZED_TYPES and isinstance(iterable, Iterator)
+
+    def drain(self, iterable: Any) -> Iterator[list[Any]]:
+        """The items of ``iterable`` in chunks, the clock read before each (nothing is kept)."""
+        source = iter(iterable)
+        self.check_clock()
+        while chunk := list(itertools.islice(source, _DRAIN_CHUNK)):
+            yield chunk
+            self.check_clock()
+
     def hashed(self, items: list[Any], what: str) -> list[Any]:
         """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
 
@@ -283,7 +299,12 @@ class Evaluator:
         left = self.eval(node.left, scope)
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.eval(comparator, scope)
-            if not _COMPARE[type(op)](left, right):
+            kind = type(op)
+            if kind in _MEMBERSHIP and self.lazy(right):
+                found = any(left in chunk for chunk in self.drain(right))
+                if found is not (kind is ast.In):
+                    return False
+            elif not _COMPARE[kind](left, right):
                 return False
             left = right
         return True
@@ -511,6 +532,8 @@ class Evaluator:
         return found
 
 
+_MEMBERSHIP = frozenset({ast.In, ast.NotIn})
+_SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
 _SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})

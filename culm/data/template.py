@@ -11,22 +11,29 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from culm.data import sandbox
+from culm.data.memo import WeightedMemo
 from culm.data.sandbox_guards import CONTAINERS, measure, without_addresses
 from culm.errors import ExpressionError, ExpressionLimitError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
+# (literal text before, fragment body or None, bare name or None, the fragment as written)
+_Piece = tuple[str, "str | None", "str | None", str]
 MAX_RENDER_OUTPUT = 1_000_000
 RENDER_TIME_LIMIT = 1.0
 MAX_RENDER_DEPTH = 100
 # Text all the templates of one node (its inputs and the variables they need) may render in all.
 MAX_NODE_RENDER_OUTPUT = 4 * MAX_RENDER_OUTPUT
 # Only texts up to this length are remembered by the per-text caches, so that many large distinct
-# templates cannot fill memory (4,096 entries each).
+# templates cannot fill memory: 4,096 entries each, and at most CACHE_WEIGHT pieces (fragments and
+# the text between them) or names in all (4,096 texts of 4 KB with 590 fragments each held 800 MB
+# when only entries were counted).
 MAX_CACHED_TEXT = 4096
+CACHE_WEIGHT = 50_000
+COMPILED: WeightedMemo[str, tuple[tuple[_Piece, ...], str | None]] = WeightedMemo(4096, CACHE_WEIGHT)
+REFERENCES: WeightedMemo[str, frozenset[str]] = WeightedMemo(4096, CACHE_WEIGHT)
 
 _NESTED = re.compile(r"\s*([A-Za-z_]\w*)((?:\[(?:'\w+'|\"\w+\"|-?\d+)\])+)\s*")
 _INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
@@ -89,10 +96,13 @@ def references(value: Any) -> set[str]:
     return found
 
 
-@lru_cache(maxsize=4096)
 def _text_references(text: str) -> frozenset[str]:
     # Templates repeat across nodes and runs: derive each string's references once.
-    return _references_of(text)
+    found = REFERENCES.data.get(text)
+    if found is None:
+        found = _references_of(text)
+        REFERENCES.keep(text, found, len(found) + 1)
+    return found
 
 
 def _references_of(text: str) -> frozenset[str]:
@@ -226,14 +236,13 @@ class _RenderState:
             raise ExpressionLimitError(f"rendered text is longer than {MAX_RENDER_OUTPUT} characters")
 
 
-# (literal text before, fragment body or None, bare name or None, the fragment as written)
-_Piece = tuple[str, "str | None", "str | None", str]
-
-
-@lru_cache(maxsize=4096)
 def _compiled(text: str) -> tuple[tuple[_Piece, ...], str | None]:
     """:func:`_compile`, once per text (templates repeat across nodes and runs)."""
-    return _compile(text)
+    found = COMPILED.data.get(text)
+    if found is None:
+        found = _compile(text)
+        COMPILED.keep(text, found, len(found[0]))
+    return found
 
 
 def _compile(text: str) -> tuple[tuple[_Piece, ...], str | None]:
