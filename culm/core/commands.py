@@ -23,6 +23,7 @@ from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step
 from culm.core.walker import execute_task_for
 from culm.data import context as dctx
+from culm.data import template
 from culm.errors import InvalidOperationError, NotFoundError
 from culm.model import compiled as g
 
@@ -223,6 +224,11 @@ def resume_node_appoint(engine: Engine, node_id: str) -> None:
 def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None) -> None:
     if data is not None and not isinstance(data, dict):
         raise InvalidOperationError(f"retry data for node {node_id} must be a dict, got {type(data).__name__}")
+    inputs = None if data is None else _retry_inputs(data)
+    if inputs is not None:
+        count = sum(template.fragment_count(v["value"]) for v in inputs.values() if v["need_render"])
+        if problem := template.too_many_fragments(count, f"the templates of the retry data for node {node_id}"):
+            raise InvalidOperationError(problem)
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
@@ -237,8 +243,8 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         if node.type == g.SUBPROCESS:
             _step_out_of(unit, proc, node_id)  # as bamboo, a failed SubProcess retries here too
         record_history(unit, st)
-        if data is not None:
-            unit.set_inputs_override(node_id, _retry_inputs(data))
+        if inputs is not None:
+            unit.set_inputs_override(node_id, inputs)
         _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
                                       "archived_time": None})
         _wake(step, proc, node_id)

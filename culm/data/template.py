@@ -35,6 +35,14 @@ CACHE_WEIGHT = 50_000
 COMPILED: WeightedMemo[str, tuple[tuple[_Piece, ...], str | None]] = WeightedMemo(4096, CACHE_WEIGHT)
 REFERENCES: WeightedMemo[str, frozenset[str]] = WeightedMemo(4096, CACHE_WEIGHT)
 
+# "${" the templates of one node may hold: its inputs or params (or a gateway's conditions) and
+# the variables they need. Each fragment is parsed on its own, tens of microseconds, before any
+# clock can stop it: six inputs of 100,000 fragments each held the engine thread for 17 s.
+MAX_NODE_FRAGMENTS = 10_000
+# "${" the variables (data inputs) of one tree, every subprocess included, may hold: checking a
+# tree parses each of them (600,000 took 16 s of the call that submitted the tree).
+MAX_TREE_VARIABLE_FRAGMENTS = 50_000
+
 _NESTED = re.compile(r"\s*([A-Za-z_]\w*)((?:\[(?:'\w+'|\"\w+\"|-?\d+)\])+)\s*")
 _INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
 
@@ -82,6 +90,21 @@ class output_bound:  # noqa: N801 - used as a function: ``with output_bound(char
 
     def __exit__(self, *exc: object) -> None:
         _bound.output = self.outer
+
+
+def fragment_count(value: Any) -> int:
+    """How many ``${`` the strings of ``value`` where templates are looked for hold in all (an
+    upper bound of their fragments, counted in C without parsing any)."""
+    if isinstance(value, str):
+        return value.count("${")
+    return sum(text.count("${") for text in _strings(value))
+
+
+def too_many_fragments(count: int, what: str) -> str | None:
+    """Why ``count`` fragments are too many for ``what`` (one node's templates), or None."""
+    if count <= MAX_NODE_FRAGMENTS:
+        return None
+    return f"{what} hold {count:,} ${{...}} fragments, over the {MAX_NODE_FRAGMENTS:,} one node's templates may hold"
 
 
 def references(value: Any) -> set[str]:

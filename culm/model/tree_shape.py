@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from culm import _json
+from culm.data import template
 from culm.data.context import lazy_input_key
 from culm.errors import TreeProblem
 from culm.model import limits, timeouts
@@ -94,6 +95,8 @@ class ShapeChecker:
     _ids: set[str] = field(default_factory=set)
     # A variable's value holds a dict whose keys JSON would merge: copy the tree exactly.
     merging_keys: bool = False
+    # "${" in the variables (data inputs) of every pipeline of the tree.
+    variable_fragments: int = 0
 
     def add(self, where: str | None, message: str) -> None:
         """Record one problem."""
@@ -115,6 +118,16 @@ class ShapeChecker:
         while work:
             item = work.pop()
             work.extend(self._pipeline(item))
+        if self.too_many_fragments:
+            where = label(tree.get("id")) if isinstance(tree, dict) else None
+            self.add(where, f"the variables of the tree hold {self.variable_fragments:,} ${{...}} fragments, over the "
+                            f"{template.MAX_TREE_VARIABLE_FRAGMENTS:,} a tree may have")
+
+    @property
+    def too_many_fragments(self) -> bool:
+        """Whether the tree's variables hold too many fragments to parse them all (the checks of
+        reference cycles and of fragment syntax are skipped then)."""
+        return self.variable_fragments > template.MAX_TREE_VARIABLE_FRAGMENTS
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -370,6 +383,10 @@ class ShapeChecker:
         if not isinstance(conditions, dict):
             self.add(nid, "conditions must be a dict keyed by outgoing flow id")
             conditions = {}
+        texts = [c.get("evaluate") for c in conditions.values() if isinstance(c, dict)]
+        count = sum(template.fragment_count(t) for t in texts if isinstance(t, str))
+        if problem := template.too_many_fragments(count, "the templates of its conditions"):
+            self.add(nid, problem)
         for flow_id, condition in conditions.items():
             if flow_id not in outgoing:
                 self.add(nid, f"condition key {label(flow_id)} is not an outgoing flow of this gateway")
@@ -418,6 +435,7 @@ class ShapeChecker:
         # Keys of data inputs and params become context keys, kept in a column of their own.
         width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
         longest = width if width is not None else 1 << 30
+        self._fragments(where, what, variables)
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
@@ -436,6 +454,22 @@ class ShapeChecker:
                 # A lazy input becomes a context variable of its own, keyed by input and node.
                 if problem := limits.column_problem(lazy_input_key(key, where), limits.KEY_LENGTH):
                     self.add(where, f"{what} {key!r} is lazy: its context key {problem}")
+
+    def _fragments(self, where: str, what: str, variables: dict[Any, Any]) -> None:
+        """Count the ``${`` of the rendered variables: a node's inputs or params together, and each
+        data input (also counted towards the tree's total)."""
+        total = 0
+        for key, var in variables.items():
+            if var.__class__ is not dict or var.get("type", "plain") == "plain" or var.get("need_render") is False:
+                continue
+            count = template.fragment_count(var.get("value"))
+            total += count
+            if what not in _NODE_INPUTS and (problem := template.too_many_fragments(count, f"the templates of {what} {label(key)}")):
+                self.add(where, problem)
+        if what in _NODE_INPUTS and (problem := template.too_many_fragments(total, f"the templates of its {what}s")):
+            self.add(where, problem)
+        elif what not in _NODE_INPUTS:
+            self.variable_fragments += total
 
     def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:
         if not isinstance(var, dict):
