@@ -11,7 +11,7 @@ docs/data-and-variables.md.
 from __future__ import annotations
 
 import pytest
-from engine_fixtures import outputs, refused, run, wait_pipeline, wait_state
+from engine_fixtures import chain, outputs, refused, run, wait_pipeline, wait_state
 
 from culm import api
 from culm.builder import (
@@ -39,12 +39,7 @@ def echo(**values: str) -> ServiceActivity:
 
 
 def line(*nodes, data: Data | None = None) -> dict:
-    start = EmptyStartEvent()
-    tail = start
-    for node in nodes:
-        tail = tail.extend(node)
-    tail.extend(EmptyEndEvent())
-    return build_tree(start, data=data)
+    return build_tree(chain(*nodes), data=data)
 
 
 def distinct(count: int) -> str:
