@@ -26,6 +26,9 @@ RENDER_TIME_LIMIT = 1.0
 MAX_RENDER_DEPTH = 100
 # Text all the templates of one node (its inputs and the variables they need) may render in all.
 MAX_NODE_RENDER_OUTPUT = 4 * MAX_RENDER_OUTPUT
+# Seconds all the templates of one node may take to render in all (each render has
+# RENDER_TIME_LIMIT of its own): 10,000 inputs of 0.3 s each would hold a thread for an hour.
+NODE_RENDER_TIME_LIMIT = 10.0
 # Only texts up to this length are remembered by the per-text caches, so that many large distinct
 # templates cannot fill memory: 4,096 entries each, and at most CACHE_WEIGHT pieces (fragments and
 # the text between them) or names in all (4,096 texts of 4 KB with 590 fragments each held 800 MB
@@ -75,21 +78,27 @@ class time_bound:  # noqa: N801 - used as a function: ``with time_bound(seconds)
 
 class output_bound:  # noqa: N801 - used as a function: ``with output_bound(chars)``
     """All renderings on this thread inside the block together produce at most ``chars``
-    characters of text (each one also stays under MAX_RENDER_OUTPUT): many variables or inputs
-    of one node, each just under the limit, would otherwise add up to gigabytes."""
+    characters of text (each one also stays under MAX_RENDER_OUTPUT), and end within
+    NODE_RENDER_TIME_LIMIT seconds: many variables or inputs of one node, each just under the
+    limits, would otherwise add up to gigabytes, or to hours (10,000 inputs of 0.3 s each)."""
 
-    __slots__ = ("chars", "outer")
+    __slots__ = ("chars", "outer", "outer_deadline")
 
     def __init__(self, chars: int) -> None:
         self.chars = chars
         self.outer: list[int] | None = None
+        self.outer_deadline: float | None = None
 
     def __enter__(self) -> None:
         outer = self.outer = getattr(_bound, "output", None)
-        _bound.output = [self.chars] if outer is None else outer
+        self.outer_deadline = getattr(_bound, "node_deadline", None)
+        if outer is None:
+            _bound.output = [self.chars]
+            _bound.node_deadline = time.monotonic() + NODE_RENDER_TIME_LIMIT
 
     def __exit__(self, *exc: object) -> None:
         _bound.output = self.outer
+        _bound.node_deadline = self.outer_deadline
 
 
 def fragment_count(value: Any) -> int:
@@ -160,7 +169,7 @@ def render(value: Any, namespace: Mapping[str, Any], nested_objects: bool = Fals
 
 
 class _RenderState:
-    __slots__ = ("namespace", "nested_objects", "deadline", "output")
+    __slots__ = ("namespace", "nested_objects", "deadline", "output", "node_late")
 
     def __init__(self, namespace: Mapping[str, Any], nested_objects: bool) -> None:
         self.namespace = namespace
@@ -170,6 +179,10 @@ class _RenderState:
         bound = getattr(_bound, "deadline", None)
         if bound is not None and bound < self.deadline:
             self.deadline = bound
+        node = getattr(_bound, "node_deadline", None)
+        self.node_late = False  # whether the node's time runs out first
+        if node is not None and node < self.deadline:
+            self.deadline, self.node_late = node, True
         self.output = 0
 
     def render(self, value: Any, depth: int) -> Any:
@@ -198,7 +211,12 @@ class _RenderState:
 
     def check_clock(self) -> None:
         if time.monotonic() > self.deadline:
-            raise ExpressionLimitError(f"rendering took longer than {RENDER_TIME_LIMIT} seconds")
+            raise ExpressionLimitError(self.too_late())
+
+    def too_late(self) -> str:
+        if self.node_late:
+            return f"the templates of one node took longer than {NODE_RENDER_TIME_LIMIT} seconds to render in all"
+        return f"rendering took longer than {RENDER_TIME_LIMIT} seconds"
 
     def render_str(self, text: str) -> Any:
         if "${" not in text:
@@ -241,6 +259,8 @@ class _RenderState:
                 # text an expression made ('%r' % (gen,)) holds no memory address either
                 text = without_addresses(sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output))
         except ExpressionLimitError:
+            if self.node_late and time.monotonic() > self.deadline:
+                raise ExpressionLimitError(self.too_late()) from None
             raise
         except ExpressionError:
             text = whole

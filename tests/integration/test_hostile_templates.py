@@ -128,3 +128,23 @@ def test_retry_data_with_too_many_fragments_is_refused_and_the_node_stays_failed
     assert wait_state(runtime, act.id, "FAILED")["retry"] == 0
     res = api.retry_node(runtime, act.id, data={"ok": distinct(LIMIT + 1), "_escape_render_keys": ["ok"]})
     assert res.result, res.message  # not rendered: no fragments to parse
+
+
+def test_inputs_that_each_render_in_time_but_not_together_fail_the_node(tmp_path, monkeypatch):
+    """Embedded only: the limits are made generous per expression and short per node here, in this
+    process (a worker process keeps its own)."""
+    import culm
+    from culm.data import sandbox
+
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "RENDER_TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "NODE_RENDER_TIME_LIMIT", 0.3)
+    act = echo(**{f"x{i}": f"${{len([x for x in range(20000)]) + {i}}}" for i in range(400)})
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
+        ok, ok_act = healthy()
+        run(rt, line(act))
+        run(rt, ok)
+        wait_pipeline(rt, ok["id"], "FINISHED", timeout=30)
+        wait_state(rt, act.id, "FAILED", timeout=30)
+        ex = outputs(rt, act.id)["ex_data"]
+    assert ex.startswith("inputs hydrate failed") and "took longer than 0.3 seconds to render in all" in ex, ex
