@@ -70,6 +70,7 @@ def b_str(ev: Evaluator, *args: Any, **kwargs: Any) -> str:
 
 def b_int(ev: Evaluator, *args: Any, **kwargs: Any) -> int:
     text = args[0] if args else None
+    ev.ensure_number(text, "int()")
     if isinstance(text, str | bytes) and len(text) > ev.lim.max_int_bits + 64:
         # base 2 needs max_int_bits digits; decimal text is capped by Python itself, but
         # power-of-two bases are not (int('f' * 10**6, 16) is linear, then // on it quadratic)
@@ -96,6 +97,7 @@ def b_round(ev: Evaluator, number: Any, ndigits: Any = None) -> Any:
     # round(1, -10**9) would compute 10**(10**9) inside CPython.
     if isinstance(ndigits, int) and abs(ndigits) > ev.lim.max_int_digits:
         raise ExpressionLimitError(f"round() ndigits over {ev.lim.max_int_digits}")
+    ev.ensure_number(number, "round()")
     return round(number, ndigits)
 
 

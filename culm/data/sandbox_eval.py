@@ -14,6 +14,8 @@ import operator
 import time
 import types
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
@@ -179,8 +181,23 @@ class Evaluator:
         if value.bit_length() > self.lim.max_int_bits:
             raise ExpressionLimitError(f"{what} would exceed {self.lim.max_int_digits} digits")
 
+    def ensure_number(self, value: Any, what: str) -> None:
+        """Refuse a Decimal or Fraction whose conversion to an int or to fixed-point text would
+        build more than max_int_digits digits (int(Decimal('1e999999999')) is a billion-digit
+        int; a context holds one whenever a component returns money or a run is given one)."""
+        if isinstance(value, Decimal):
+            if value.is_finite() and abs(value.adjusted()) > self.lim.max_int_digits:
+                raise ExpressionLimitError(
+                    f"{what}: a Decimal of exponent {value.adjusted()} would exceed {self.lim.max_int_digits} digits"
+                )
+        elif isinstance(value, Fraction):
+            self.ensure_int(value.numerator, f"{what}: the numerator of a Fraction")
+            self.ensure_int(value.denominator, f"{what}: the denominator of a Fraction")
+
     def built(self, value: Any) -> Any:
         """Check and charge a freshly built value."""
+        if isinstance(value, Fraction):
+            self.ensure_number(value, "Fraction result")
         if isinstance(value, SIZED):
             self.ensure_length(len(value), f"{type(value).__name__} result")
             size, mem = self.measure(value)
@@ -370,6 +387,7 @@ class Evaluator:
                 else str(value)
             )
             self.built(value)  # each piece is charged as it is made, not only the joined result
+        self.ensure_number(value, "formatted value")
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
         self.ensure_length(self.size(value) + spec_width(self.lim, spec), "formatted value")
         return self.built(format(value, spec))
@@ -465,6 +483,11 @@ class Evaluator:
             # any sign: pow(a, -e, m) inverts a modulo m, then raises the inverse to e
             if any(isinstance(v, int) and v.bit_length() > 4096 for v in (base, exp, mod)):
                 raise ExpressionLimitError("pow() with a modulus takes operands of at most 4096 bits")
+            return
+        if isinstance(base, Fraction) and isinstance(exp, int):
+            bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+            if bits * abs(exp) > self.lim.max_int_bits:
+                raise ExpressionLimitError(f"Fraction result of ** would exceed {self.lim.max_int_digits} digits")
             return
         if not (isinstance(base, int) and isinstance(exp, int)) or exp < 0 or abs(base) <= 1:
             return

@@ -54,6 +54,7 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
             raise ExpressionError(
                 f"format field {{{clip(field, 40)}}} is not allowed (no attribute or index access)"
             )
+        ev.ensure_number(arg, "formatted value")
         estimate += spec_width(ev.lim, spec or "") + PER_FIELD_SLACK + ev.size(arg)
     ev.ensure_length(estimate, "formatted string")
     return str.format_map(fmt, mapping) if mapping is not None else str.format(fmt, *args, **kwargs)
@@ -69,6 +70,8 @@ def percent_format(ev: Evaluator, fmt: str, args: Any) -> str:
             estimate += ev.size(args[key])
     if not by_key:
         estimate += ev.size(args)
+    for value in args.values() if by_key else args if isinstance(args, tuple) else (args,):
+        ev.ensure_number(value, "%-formatted value")  # %d of a Decimal converts it to an int
     ev.ensure_length(estimate, "%-formatted string")
     return fmt % args
 

@@ -148,3 +148,24 @@ def test_inputs_that_each_render_in_time_but_not_together_fail_the_node(tmp_path
         wait_state(rt, act.id, "FAILED", timeout=30)
         ex = outputs(rt, act.id)["ex_data"]
     assert ex.startswith("inputs hydrate failed") and "took longer than 0.3 seconds to render in all" in ex, ex
+
+
+def test_a_decimal_too_large_to_convert_fails_its_node_and_the_worker_goes_on(runtime):
+    """int() of a Decimal('1e999999999') in a context (a component returning money, a tree given one)
+    built a billion-digit int: the worker's thread never came back."""
+    from decimal import Decimal
+
+    act = echo(x="${int(amount)}")
+    tree = line(act, data=Data(inputs={"${amount}": Var(type=Var.PLAIN, value=Decimal("1e999999999"))}))
+    ok, ok_act = healthy()
+    run(runtime, tree)
+    run(runtime, ok)
+    wait_pipeline(runtime, ok["id"], "FINISHED", timeout=30)
+    wait_state(runtime, act.id, "FAILED", timeout=30)
+    ex = outputs(runtime, act.id)["ex_data"]
+    assert ex.startswith("inputs hydrate failed") and "Decimal of exponent 999999999" in ex, ex
+    fine = echo(x="${int(amount) + 1}")
+    finished = line(fine, data=Data(inputs={"${amount}": Var(type=Var.PLAIN, value=Decimal("41.5"))}))
+    run(runtime, finished)
+    wait_pipeline(runtime, finished["id"], "FINISHED", timeout=30)  # the same worker still renders
+    assert outputs(runtime, fine.id)["out"] == "42!"
