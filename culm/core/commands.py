@@ -26,6 +26,7 @@ from culm.core.walker import execute_task_for
 from culm.data import context as dctx
 from culm.errors import InvalidOperationError, NotFoundError
 from culm.model import compiled as g
+from culm.model import limits
 
 
 # -- lookups --------------------------------------------------------------------------------
@@ -521,8 +522,8 @@ def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, con
 def update_node_loop_times(engine: Engine, node_id: str, loop_times: int) -> None:
     """Change how many iterations a node loop runs in all; the node reads it when an iteration ends
     (bamboo's runtime method of the same name, which rewrites the node's ``loop_config``)."""
-    if isinstance(loop_times, bool) or not isinstance(loop_times, int) or loop_times < 0:
-        raise InvalidOperationError(f"loop_times for node {node_id} must be a non-negative integer, got {loop_times!r}")
+    if problem := limits.loop_times_problem(loop_times, least=0):
+        raise InvalidOperationError(f"loop_times for node {node_id} {problem}")
     with engine.step() as step:
         _graph, node = _node(engine, step.unit, node_id)
         if not node.loop_config:

@@ -372,6 +372,29 @@ def test_activity_flags_and_loop_config():
     assert validate_tree(tree) == []
 
 
+@pytest.mark.parametrize("times", [10**12, 2.5, "3", True, None, -1, 10_001])
+def test_loop_times_out_of_range_is_refused_naming_node_and_field(times):
+    tree = make_tree(LINE)
+    tree["activities"]["b"]["loop_config"] = {"enable": True, "loop_times": times}
+    (problem,) = validate_tree(tree)
+    assert problem.where == "b"
+    assert problem.message.startswith("loop_config.loop_times must be a whole number from 1 to 10,000")
+    assert "$CULM_MAX_LOOP_TIMES" in problem.message and repr(times)[:12] in problem.message
+
+
+def test_loop_times_cap_is_read_at_every_validation(monkeypatch):
+    from culm.model import limits
+
+    tree = make_tree(LINE)
+    tree["activities"]["b"]["loop_config"] = {"enable": True, "loop_times": 10_000}
+    assert validate_tree(tree) == []
+    monkeypatch.setattr(limits, "MAX_LOOP_TIMES", 50)
+    (problem,) = validate_tree(tree)
+    assert problem.where == "b" and "from 1 to 50 " in problem.message
+    tree["activities"]["b"]["loop_config"]["loop_times"] = 50
+    assert validate_tree(tree) == []
+
+
 def test_variable_types_and_lazy_variables():
     tree = make_tree(LINE)
     tree["data"]["inputs"] = {
