@@ -359,6 +359,8 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
     if raw is None:
         return None
     if raw.startswith("@"):
+        if not raw[1:].strip():
+            raise UsageError(f"{flag} {raw!r}: expected a file name after @ (@FILE)")
         try:
             raw = Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:

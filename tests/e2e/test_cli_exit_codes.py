@@ -186,6 +186,7 @@ EMPTY_VALUES = [
     (["run", TREE, "--new-ids", "--prefix", ""], "argument --prefix: expected a queue name prefix"),
     (["validate", TREE, "--import", ""], "argument --import: expected a module name or .py file"),
     (["retry", NODE, "--broker", ""], "argument --broker: expected a broker URL"),
+    (["retry", NODE, "--data", "@"], "--data '@': expected a file name after @"),
     (["retry", NODE, "--timeout", "-1"], "argument --timeout: expected a number of seconds, 0 or more"),
     (["skip-exclusive-gateway", NODE, "--flow", ""], "argument --flow: expected an id"),
     (["skip-conditional-parallel-gateway", NODE, "--flows", "", "--converge", "node_end"],
