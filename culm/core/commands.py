@@ -229,7 +229,8 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "retry")
-        new_inputs = retry_inputs(node, data) if data is not None else None
+        new_inputs = None if data is None else retry_inputs(
+            node, data, lambda keys: unit.get_context(node_id, keys).keys())
         if not node.can_retry:
             raise InvalidOperationError(f"node {node_id} is not retryable")
         st = _state(unit, node_id)

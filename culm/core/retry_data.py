@@ -9,15 +9,18 @@ stored and then lost, or stored as something else, is refused naming the node an
 - ``_escape_render_keys`` that is not a list of keys of ``data`` (a string would escape its
   letters; a name not in ``data`` would leave the input meant rendered verbatim);
 - ``_loop`` or ``_inner_loop`` for an activity (the engine sets them on every run);
-- for a SubProcess, a key that is neither one of its params nor an input of its pipeline (the value
-  would land in a context variable nothing reads), or one no context key column holds;
+- for a SubProcess, a key that is neither one of its params, nor a variable of its pipeline's
+  context, nor referenced (``${key}``) anywhere in its pipeline: the value would land in a context
+  variable nothing reads; and a key no context key column holds;
 - any key for a node that has no inputs (a gateway, an event): nothing would read them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
+from culm.data.template import references
 from culm.errors import InvalidOperationError
 from culm.model import compiled as g
 from culm.model.limits import KEY_LENGTH, column_problem
@@ -26,8 +29,10 @@ ESCAPE_KEY = "_escape_render_keys"
 ENGINE_INPUTS = ("_loop", "_inner_loop")  # set by the engine on every run of an activity
 
 
-def retry_inputs(node: g.Node, data: Any) -> dict[str, Any]:
+def retry_inputs(node: g.Node, data: Any, in_context: Callable[[list[str]], Collection[str]]) -> dict[str, Any]:
     """The raw inputs ``data`` gives ``node``, as the store keeps them.
+
+    ``in_context(keys)``: which of ``keys`` the context of a SubProcess's pipeline holds now.
 
     Raises:
         InvalidOperationError: ``data`` would corrupt the node or be lost; the message names the
@@ -50,7 +55,7 @@ def retry_inputs(node: g.Node, data: Any) -> dict[str, Any]:
                 raise InvalidOperationError(f"{what}: key {key!r} is set by the engine on every run; "
                                             "a value given for it would be lost")
     elif node.type == g.SUBPROCESS:
-        _check_params(what, node, data)
+        _check_params(what, node, data, in_context)
     return {k: {"type": "splice", "value": v, "need_render": k not in escape} for k, v in data.items()}
 
 
@@ -70,17 +75,19 @@ def _escape_keys(what: str, data: dict[Any, Any]) -> set[str]:
     return set(escape)
 
 
-def _check_params(what: str, node: g.Node, data: dict[str, Any]) -> None:
-    """A SubProcess's params become context variables of its pipeline: only the ones it has count."""
-    pipeline = node.raw.get("pipeline")
-    pipeline_data = pipeline.get("data") if isinstance(pipeline, dict) else None
-    child_inputs = pipeline_data.get("inputs") if isinstance(pipeline_data, dict) else None
-    known = set(node.raw.get("params") or {}) | set(child_inputs or {})
+def _check_params(what: str, node: g.Node, data: dict[str, Any],
+                  in_context: Callable[[list[str]], Collection[str]]) -> None:
+    """A SubProcess's params become context variables of its pipeline: only keys it reads count."""
     for key in data:
         if problem := column_problem(key, KEY_LENGTH):
             raise InvalidOperationError(f"{what}: key {key!r:.100} {problem}")
-        if key not in known:
-            shown = ", ".join(sorted(known)) or "none"
-            raise InvalidOperationError(
-                f"{what}: key {key!r} is neither a param of this SubProcess nor an input of its pipeline "
-                f"(those are: {shown}); nothing would read it")
+    declared = set(node.raw.get("params") or {})
+    unknown = [k for k in data if k not in declared]
+    if unknown:
+        read = references(node.raw.get("pipeline")) | set(in_context(unknown))
+        unknown = [k for k in unknown if k not in read]
+    if unknown:
+        shown = ", ".join(sorted(declared)) or "none"
+        raise InvalidOperationError(
+            f"{what}: key {unknown[0]!r} is neither a param of this SubProcess ({shown}) nor a variable its "
+            "pipeline has or refers to (keys are written ${name}); nothing would read it")

@@ -305,7 +305,7 @@ def test_retry_node_retries_a_failed_subprocess_with_new_params(runtime):
     failed = wait_state(runtime, sub.id, "FAILED")
     refused(api.retry_node(runtime, sub.id, data="nope"), sub.id)
     refused(api.retry_node(runtime, sub.id, data={"p": "given"}), f"retry data for node {sub.id}",
-            "key 'p' is neither a param of this SubProcess nor an input of its pipeline", "${p}")
+            "key 'p' is neither a param of this SubProcess (${p}) nor a variable its pipeline has or refers to")
     assert api.retry_node(runtime, sub.id, data={"${p}": "given"}).result
     wait_state(runtime, tree["id"], "FINISHED")
     assert outputs(runtime, inner.id)["out"] == "given!"
