@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from culm.builder import Data, EmptyEndEvent, EmptyStartEvent, Params, ServiceActivity, SubProcess, Var, build_tree
+from culm.builder import (
+    Data,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    Params,
+    ServiceActivity,
+    SubProcess,
+    Var,
+    build_tree,
+)
 from culm.core.retry_data import retry_inputs
 from culm.errors import InvalidOperationError
 from culm.model.compiled import compile_tree
