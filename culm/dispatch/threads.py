@@ -130,8 +130,8 @@ class _UserCodePool:
     def abandoned(self) -> list[tuple[UserCall, float]]:
         """The calls whose thread was let go of and that still run, with how long each has run."""
         at = time.monotonic()
-        with self._retire_lock:
-            return [(call, at - since) for name, (call, since) in self.running.items() if name in self._retiring]
+        with self._retire_lock:  # list(): a thread starting a call adds to ``running`` without the lock
+            return [(call, at - since) for name, (call, since) in list(self.running.items()) if name in self._retiring]
 
     def let_go(self, call: UserCall) -> bool:
         """Start a new thread in place of the one running ``call`` (a call that may never return,
