@@ -169,3 +169,28 @@ def test_a_decimal_too_large_to_convert_fails_its_node_and_the_worker_goes_on(ru
     run(runtime, finished)
     wait_pipeline(runtime, finished["id"], "FINISHED", timeout=30)  # the same worker still renders
     assert outputs(runtime, fine.id)["out"] == "42!"
+
+
+def test_a_preview_through_nested_subprocesses_shares_one_time_budget(tmp_path, monkeypatch):
+    """Each subprocess's params render well within the node budget; twenty of them, nested, do not."""
+    import culm
+    from culm.builder import Params, SubProcess
+    from culm.data import sandbox
+
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "RENDER_TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "NODE_RENDER_TIME_LIMIT", 0.3)
+    inner = echo(x="${p}")
+    stack = []
+    node = inner
+    for level in range(20):
+        start = EmptyStartEvent()
+        start.extend(node).extend(EmptyEndEvent())
+        node = SubProcess(start=start, data=Data(inputs={"${p}": Var(type=Var.PLAIN, value="")}),
+                          params=Params({"${p}": Var(type=Var.SPLICE,
+                                                     value=f"${{len([x for x in range(20000)]) + {level}}}")}))
+        stack.insert(0, node.id)
+    tree = line(node)
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
+        res = api.preview_node_inputs(rt, tree, inner.id, subprocess_stack=stack)
+    refused(res, "took longer than 0.3 seconds to render in all")
