@@ -13,6 +13,7 @@ import math
 import operator
 import time
 import types
+from collections import UserString
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from fractions import Fraction
@@ -24,6 +25,7 @@ from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
     FORBIDDEN_NAMES,
+    OTHER_SEQUENCES,
     POINTER_BYTES,
     SAFE_BUILTINS,
     SAFE_METHODS,
@@ -203,10 +205,14 @@ class Evaluator:
             size, mem = self.measure(value)
             self.ensure_size(size, f"{type(value).__name__} result")
             self.charge(size, mem)
-        elif type(value) is int and value.bit_length() > self.lim.max_int_bits:
-            # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists here,
-            # so // % and str() on one stay cheap
-            self.ensure_int(value, "integer result")
+        elif type(value) is int:
+            if value.bit_length() > self.lim.max_int_bits:
+                # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists
+                # here, so // % and str() on one stay cheap
+                self.ensure_int(value, "integer result")
+        elif isinstance(value, OTHER_SEQUENCES):
+            self.ensure_length(len(value), f"{type(value).__name__} result")
+            self.charge(len(value), POINTER_BYTES * len(value))
         return value
 
     def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:
@@ -471,7 +477,7 @@ class Evaluator:
                 raise ExpressionLimitError(
                     f"integer result of << would exceed {self.lim.max_int_digits} digits"
                 )
-        elif kind is ast.Mod and isinstance(left, str):
+        elif kind is ast.Mod and isinstance(left, _FORMATTED):
             return self.built(percent_format(self, left, right))
         return self.built(_BINOPS[kind](left, right))
 
@@ -511,6 +517,8 @@ class Evaluator:
         if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int) and times > 1:
             self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
             self.ensure_size(self.size(seq) * times, f"repeated {type(seq).__name__}")
+        elif isinstance(seq, OTHER_SEQUENCES) and isinstance(times, int) and times > 1:
+            self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
 
     # -- attributes and methods
 
@@ -555,6 +563,9 @@ class Evaluator:
         return found
 
 
+# Values "%" formats: str, and those a context may hold (a component's bytes; a bytearray or a
+# UserString formatted b'%999999999d' % 1 into gigabytes unchecked).
+_FORMATTED = (str, bytes, bytearray, UserString)
 _MEMBERSHIP = frozenset({ast.In, ast.NotIn})
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})

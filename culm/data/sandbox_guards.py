@@ -7,12 +7,14 @@ would be once rendered.
 
 from __future__ import annotations
 
+import array
 import ast
+import collections
 import itertools
 import re
 import sys
 import types
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sized
 from typing import Any
 
 from culm.data.memo import WeightedMemo
@@ -85,6 +87,10 @@ _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 DICT_VIEWS: tuple[type[Collection[Any]], ...] = (type({}.keys()), type({}.values()), type({}.items()))
 CONTAINERS: tuple[type[Collection[Any]], ...] = (list, tuple, set, frozenset, dict, *DICT_VIEWS)
 SIZED = (str, bytes, list, tuple, set, frozenset, dict)
+# Other sequences a context may hold (a component's output), which * and + repeat and "%" formats:
+# checked by their length only (deque([1]) * 10**9 held 8 GB).
+OTHER_SEQUENCES: tuple[type[Sized], ...] = (bytearray, collections.deque, array.array, collections.UserList,
+                                     collections.UserString)
 _SCALAR_SIZE = 24
 
 

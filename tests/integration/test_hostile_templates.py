@@ -194,3 +194,16 @@ def test_a_preview_through_nested_subprocesses_shares_one_time_budget(tmp_path, 
     with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
         res = api.preview_node_inputs(rt, tree, inner.id, subprocess_stack=stack)
     refused(res, "took longer than 0.3 seconds to render in all")
+
+
+def test_bytes_formatted_too_wide_fail_their_node_and_the_worker_goes_on(runtime):
+    """b'%999999999d' % 1 (a component's bytes in a context) built a gigabyte before any check."""
+    act = echo(x="${b % 1}")
+    tree = line(act, data=Data(inputs={"${b}": Var(type=Var.PLAIN, value=b"%999999999d")}))
+    ok, ok_act = healthy()
+    run(runtime, tree)
+    run(runtime, ok)
+    wait_pipeline(runtime, ok["id"], "FINISHED", timeout=30)
+    wait_state(runtime, act.id, "FAILED", timeout=30)
+    ex = outputs(runtime, act.id)["ex_data"]
+    assert ex.startswith("inputs hydrate failed") and "%-format width 999999999 is over 1000" in ex, ex

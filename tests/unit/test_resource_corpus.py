@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from array import array
+from collections import UserList, UserString, deque
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -340,3 +342,24 @@ def test_decimal_and_fraction_values_of_a_usual_size_still_convert() -> None:
     assert sandbox.evaluate("int(ratio), round(ratio), ratio ** 3, '%.1f' % ratio", names) == (
         3, 4, Fraction(343, 8), "3.5")
     assert template.render("total: ${int(price) + 1}", names) == "total: 1235"
+
+
+# Sequences a context may hold besides str and list (a component's bytes, a deque, an array):
+# "%" and "*" on them ran unchecked: b'%999999999d' % 1 took 950 MB, a bytearray's 2.8 GB, and
+# deque([1]) * 10**9 8 GB (found probing, session 12).
+SEQUENCE_NAMES = {"b": b"%999999999d", "ba": bytearray(b"%999999999d"), "us": UserString("%999999999d"),
+                  "dq": deque([1, 2]), "arr": array("d", [1.0]), "ul": UserList([1]), "small": b"%3d|%s"}
+SEQUENCES = ["b % 1", "ba % (1,)", "us % 1", "small[0:3] * 400000 % tuple(range(400000))", "ba * 10**9",
+             "dq * 10**9", "10**9 * arr", "ul * 10**9"]
+
+
+@pytest.mark.parametrize("payload", SEQUENCES)
+def test_other_sequences_are_sized_before_they_are_formatted_or_repeated(payload: str) -> None:
+    raised, elapsed, peak = bounded(lambda: sandbox.evaluate(payload, SEQUENCE_NAMES))
+    assert isinstance(raised, ExpressionLimitError), f"{payload!r} gave {raised!r}"
+    assert elapsed < SECONDS and peak < MEMORY_BOUND
+
+
+def test_other_sequences_of_a_usual_size_still_format_and_repeat() -> None:
+    assert sandbox.evaluate("small % (5, small[0:1]), len(dq * 3), us[0:1] * 2", SEQUENCE_NAMES) == (
+        b"  5|%", 6, UserString("%%"))
