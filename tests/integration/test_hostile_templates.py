@@ -52,6 +52,19 @@ def healthy() -> tuple[dict, ServiceActivity]:
     return line(act, data=Data(inputs={"${n}": Var(type=Var.PLAIN, value=41)})), act
 
 
+def failed_beside_a_healthy_pipeline(runtime, tree: dict, act: ServiceActivity) -> str:
+    """Run ``tree`` and a healthy pipeline: the healthy one finishes, ``act`` fails; its ex_data."""
+    ok, ok_act = healthy()
+    run(runtime, tree)
+    run(runtime, ok)
+    wait_pipeline(runtime, ok["id"], "FINISHED", timeout=30)
+    assert outputs(runtime, ok_act.id)["out"] == "41!"
+    wait_state(runtime, act.id, "FAILED", timeout=30)
+    ex = outputs(runtime, act.id)["ex_data"]
+    assert ex.startswith("inputs hydrate failed"), ex
+    return ex
+
+
 def test_inputs_with_too_many_fragments_are_refused_naming_the_node(runtime):
     act = echo(x=distinct(LIMIT // 2), y=distinct(LIMIT // 2 + 1))
     refused(api.run_pipeline(runtime, line(act)), act.id, "component inputs", f"{LIMIT + 1:,}", "fragments")
@@ -92,16 +105,8 @@ def test_inputs_and_the_variables_they_need_over_the_limit_fail_the_node_beside_
     # Each under the limit, so the tree is valid; together over it once the node gathers them.
     act = echo(x="${v}" + distinct(LIMIT // 2))
     data = Data(inputs={"${v}": Var(type=Var.SPLICE, value=distinct(LIMIT // 2 + 1))})
-    tree = line(act, data=data)
-    ok, ok_act = healthy()
-    run(runtime, tree)
-    run(runtime, ok)
-    wait_pipeline(runtime, ok["id"], "FINISHED", timeout=30)
-    assert outputs(runtime, ok_act.id)["out"] == "41!"
-    wait_state(runtime, act.id, "FAILED", timeout=30)
-    ex = outputs(runtime, act.id)["ex_data"]
-    assert ex.startswith("inputs hydrate failed") and "variables they need" in ex, ex
-    assert f"{LIMIT + 2:,}" in ex, ex
+    ex = failed_beside_a_healthy_pipeline(runtime, line(act, data=data), act)
+    assert "variables they need" in ex and f"{LIMIT + 2:,}" in ex, ex
 
 
 def test_conditions_and_the_variables_they_need_over_the_limit_fail_the_gateway(runtime):
@@ -141,13 +146,8 @@ def test_inputs_that_each_render_in_time_but_not_together_fail_the_node(tmp_path
     monkeypatch.setattr(template, "NODE_RENDER_TIME_LIMIT", 0.3)
     act = echo(**{f"x{i}": f"${{len([x for x in range(20000)]) + {i}}}" for i in range(400)})
     with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
-        ok, ok_act = healthy()
-        run(rt, line(act))
-        run(rt, ok)
-        wait_pipeline(rt, ok["id"], "FINISHED", timeout=30)
-        wait_state(rt, act.id, "FAILED", timeout=30)
-        ex = outputs(rt, act.id)["ex_data"]
-    assert ex.startswith("inputs hydrate failed") and "took longer than 0.3 seconds to render in all" in ex, ex
+        ex = failed_beside_a_healthy_pipeline(rt, line(act), act)
+    assert "took longer than 0.3 seconds to render in all" in ex, ex
 
 
 def test_a_decimal_too_large_to_convert_fails_its_node_and_the_worker_goes_on(runtime):
@@ -157,13 +157,7 @@ def test_a_decimal_too_large_to_convert_fails_its_node_and_the_worker_goes_on(ru
 
     act = echo(x="${int(amount)}")
     tree = line(act, data=Data(inputs={"${amount}": Var(type=Var.PLAIN, value=Decimal("1e999999999"))}))
-    ok, ok_act = healthy()
-    run(runtime, tree)
-    run(runtime, ok)
-    wait_pipeline(runtime, ok["id"], "FINISHED", timeout=30)
-    wait_state(runtime, act.id, "FAILED", timeout=30)
-    ex = outputs(runtime, act.id)["ex_data"]
-    assert ex.startswith("inputs hydrate failed") and "Decimal of exponent 999999999" in ex, ex
+    assert "Decimal of exponent 999999999" in failed_beside_a_healthy_pipeline(runtime, tree, act)
     fine = echo(x="${int(amount) + 1}")
     finished = line(fine, data=Data(inputs={"${amount}": Var(type=Var.PLAIN, value=Decimal("41.5"))}))
     run(runtime, finished)
@@ -200,10 +194,4 @@ def test_bytes_formatted_too_wide_fail_their_node_and_the_worker_goes_on(runtime
     """b'%999999999d' % 1 (a component's bytes in a context) built a gigabyte before any check."""
     act = echo(x="${b % 1}")
     tree = line(act, data=Data(inputs={"${b}": Var(type=Var.PLAIN, value=b"%999999999d")}))
-    ok, ok_act = healthy()
-    run(runtime, tree)
-    run(runtime, ok)
-    wait_pipeline(runtime, ok["id"], "FINISHED", timeout=30)
-    wait_state(runtime, act.id, "FAILED", timeout=30)
-    ex = outputs(runtime, act.id)["ex_data"]
-    assert ex.startswith("inputs hydrate failed") and "%-format width 999999999 is over 1000" in ex, ex
+    assert "%-format width 999999999 is over 1000" in failed_beside_a_healthy_pipeline(runtime, tree, act)
