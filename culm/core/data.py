@@ -195,8 +195,9 @@ def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:
     render, escape = split_inputs(raw)
     count = 0
     for var in render.values():
-        count += template.fragment_count(var.get("value"))
-    if problem := template.too_many_fragments(count, "the templates of its inputs"):
+        value = var.get("value")
+        count += value.count("${") if value.__class__ is str else template.fragment_count(value)
+    if count > template.MAX_NODE_FRAGMENTS and (problem := template.too_many_fragments(count, "the templates of its inputs")):
         return GatheredInputs(render, escape, frozenset(), {}, problem)  # parsing them would take seconds
     refs: set[str] = set()
     for var in render.values():
@@ -204,8 +205,9 @@ def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:
         if "context_key" in var:
             refs.add(var["context_key"])
     needed = fetch_needed(fetch, refs)
-    problem = template.too_many_fragments(count + _needed_fragments(needed),
-                                          "the templates of its inputs and the variables they need")
+    problem = None
+    if needed and (count := count + _needed_fragments(needed)) > template.MAX_NODE_FRAGMENTS:
+        problem = template.too_many_fragments(count, "the templates of its inputs and the variables they need")
     return GatheredInputs(render, escape, frozenset(refs), needed, problem)
 
 
@@ -214,7 +216,8 @@ def _needed_fragments(needed: Mapping[str, Any]) -> int:
     count = 0
     for cv in needed.values():
         if getattr(cv, "type", PLAIN) != PLAIN:
-            count += template.fragment_count(cv.value)
+            value = cv.value
+            count += value.count("${") if value.__class__ is str else template.fragment_count(value)
     return count
 
 

@@ -198,8 +198,6 @@ class Evaluator:
 
     def built(self, value: Any) -> Any:
         """Check and charge a freshly built value."""
-        if isinstance(value, Fraction):
-            self.ensure_number(value, "Fraction result")
         if isinstance(value, SIZED):
             self.ensure_length(len(value), f"{type(value).__name__} result")
             size, mem = self.measure(value)
@@ -210,9 +208,12 @@ class Evaluator:
                 # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists
                 # here, so // % and str() on one stay cheap
                 self.ensure_int(value, "integer result")
-        elif isinstance(value, OTHER_SEQUENCES):
-            self.ensure_length(len(value), f"{type(value).__name__} result")
-            self.charge(len(value), POINTER_BYTES * len(value))
+        elif type(value) in _RARE_RESULTS:  # exact types: isinstance() of an ABC costs every call
+            if type(value) is Fraction:
+                self.ensure_number(value, "Fraction result")
+            else:
+                self.ensure_length(len(value), f"{type(value).__name__} result")
+                self.charge(len(value), POINTER_BYTES * len(value))
         return value
 
     def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:
@@ -323,7 +324,7 @@ class Evaluator:
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.eval(comparator, scope)
             kind = type(op)
-            if kind in _MEMBERSHIP and self.lazy(right):
+            if kind in _MEMBERSHIP and self.lazy(right) and not hasattr(type(right), "__contains__"):
                 found = any(left in chunk for chunk in self.drain(right))
                 if found is not (kind is ast.In):
                     return False
@@ -477,7 +478,7 @@ class Evaluator:
                 raise ExpressionLimitError(
                     f"integer result of << would exceed {self.lim.max_int_digits} digits"
                 )
-        elif kind is ast.Mod and isinstance(left, _FORMATTED):
+        elif kind is ast.Mod and (isinstance(left, _FORMATTED) or type(left) is UserString):
             return self.built(percent_format(self, left, right))
         return self.built(_BINOPS[kind](left, right))
 
@@ -565,7 +566,8 @@ class Evaluator:
 
 # Values "%" formats: str, and those a context may hold (a component's bytes; a bytearray or a
 # UserString formatted b'%999999999d' % 1 into gigabytes unchecked).
-_FORMATTED = (str, bytes, bytearray, UserString)
+_FORMATTED = (str, bytes, bytearray)
+_RARE_RESULTS = frozenset({Fraction, *OTHER_SEQUENCES})
 _MEMBERSHIP = frozenset({ast.In, ast.NotIn})
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})

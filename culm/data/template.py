@@ -37,6 +37,8 @@ MAX_CACHED_TEXT = 4096
 CACHE_WEIGHT = 50_000
 COMPILED: WeightedMemo[str, tuple[tuple[_Piece, ...], str | None]] = WeightedMemo(4096, CACHE_WEIGHT)
 REFERENCES: WeightedMemo[str, frozenset[str]] = WeightedMemo(4096, CACHE_WEIGHT)
+_known_compiled = COMPILED.data.get  # the memos keep their dicts when emptied
+_known_references = REFERENCES.data.get
 
 # "${" the templates of one node may hold: its inputs or params (or a gateway's conditions) and
 # the variables they need. Each fragment is parsed on its own, tens of microseconds, before any
@@ -124,7 +126,12 @@ def references(value: Any) -> set[str]:
     """
     found: set[str] = set()
     for text in _strings(value):
-        found.update(_text_references(text) if len(text) <= MAX_CACHED_TEXT else _references_of(text))
+        if "${" not in text:
+            continue
+        if len(text) > MAX_CACHED_TEXT:
+            found.update(_references_of(text))
+        else:
+            found.update(_known_references(text) or _text_references(text))
     return found
 
 
@@ -221,7 +228,10 @@ class _RenderState:
     def render_str(self, text: str) -> Any:
         if "${" not in text:
             return text
-        pieces, sole = _compiled(text) if len(text) <= MAX_CACHED_TEXT else _compile(text)
+        if len(text) > MAX_CACHED_TEXT:
+            pieces, sole = _compile(text)
+        else:
+            pieces, sole = _known_compiled(text) or _compiled(text)
         if sole is not None:
             found, raw = self.raw_object(sole)
             if found:

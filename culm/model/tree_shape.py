@@ -430,7 +430,7 @@ class ShapeChecker:
         # Keys of data inputs and params become context keys, kept in a column of their own.
         width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
         longest = width if width is not None else 1 << 30
-        self._fragments(where, what, variables)
+        fragments = 0  # "${" of the rendered variables
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
@@ -439,32 +439,32 @@ class ShapeChecker:
                 self._key(where, what, key, width)
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
-                if isinstance(var["value"], _CONTAINERS):
-                    self._value(f"{where}.{label_text(key)}" if keyed_where else where, f"{what} {key!r}",
-                                var["value"])
+                value = var["value"]
+                if var["type"] == "splice":
+                    count = value.count("${") if value.__class__ is str else template.fragment_count(value)
+                    fragments += count if count <= template.MAX_NODE_FRAGMENTS else self._fragments(where, what, key, value)
+                if isinstance(value, _CONTAINERS):
+                    self._value(f"{where}.{label_text(key)}" if keyed_where else where, f"{what} {key!r}", value)
                 continue
             at = f"{where}.{label_text(key)}" if keyed_where else where
             self._var(at, f"{what} {key!r}", var, activity_ids)
+            if isinstance(var, dict) and var.get("type", "plain") != "plain" and var.get("need_render") is not False:
+                fragments += self._fragments(where, what, key, var.get("value"))
             if what in _NODE_INPUTS and isinstance(var, dict) and var.get("type") == "lazy":
                 # A lazy input becomes a context variable of its own, keyed by input and node.
                 if problem := limits.column_problem(lazy_input_key(key, where), limits.KEY_LENGTH):
                     self.add(where, f"{what} {key!r} is lazy: its context key {problem}")
+        if what not in _NODE_INPUTS:
+            self.variable_fragments += fragments
+        elif fragments > template.MAX_NODE_FRAGMENTS:
+            self.add(where, template.too_many_fragments(fragments, f"the templates of its {what}s") or "")
 
-    def _fragments(self, where: str, what: str, variables: dict[Any, Any]) -> None:
-        """Count the ``${`` of the rendered variables: a node's inputs or params together, and each
-        data input (also counted towards the tree's total)."""
-        total = 0
-        for key, var in variables.items():
-            if var.__class__ is not dict or var.get("type", "plain") == "plain" or var.get("need_render") is False:
-                continue
-            count = template.fragment_count(var.get("value"))
-            total += count
-            if what not in _NODE_INPUTS and (problem := template.too_many_fragments(count, f"the templates of {what} {label(key)}")):
-                self.add(where, problem)
-        if what in _NODE_INPUTS and (problem := template.too_many_fragments(total, f"the templates of its {what}s")):
-            self.add(where, problem)
-        elif what not in _NODE_INPUTS:
-            self.variable_fragments += total
+    def _fragments(self, where: str, what: str, key: str, value: Any) -> int:
+        """The ``${`` of one rendered variable's value; a data input over the limit is a problem."""
+        count = value.count("${") if value.__class__ is str else template.fragment_count(value)
+        if count > template.MAX_NODE_FRAGMENTS and what not in _NODE_INPUTS:
+            self.add(where, template.too_many_fragments(count, f"the templates of {what} {label(key)}") or "")
+        return count
 
     def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:
         if not isinstance(var, dict):
