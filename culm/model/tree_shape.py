@@ -99,12 +99,13 @@ class ShapeChecker:
         """Record one problem."""
         self.problems.append(TreeProblem(where, message))
 
-    def run(self, tree: Any) -> None:
-        """Check ``tree`` and every nested subprocess tree (none when the tree is too large)."""
+    def run(self, tree: Any, size: tuple[int, int] | None = None) -> None:
+        """Check ``tree`` and every nested subprocess tree (none when the tree is too large).
+        ``size``: its :func:`tree_size`, when the caller counted it already."""
         if limits.ENVIRONMENT_PROBLEMS:  # the bounds below are not what the operator asked for
             self.add(None, "tree not validated: " + "; ".join(limits.ENVIRONMENT_PROBLEMS))
             return
-        nodes, flows = tree_size(tree)
+        nodes, flows = size if size is not None else tree_size(tree)
         if nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS:
             where = label(tree.get("id")) if isinstance(tree, dict) else None
             self.add(where, f"tree is too large: it has {nodes:,} nodes and {flows:,} flows, over the {limits.MAX_TREE_NODES:,} "
@@ -209,7 +210,14 @@ class ShapeChecker:
         return pid
 
     def _flows_of(self, flows: dict[Any, Any], graph: PipelineGraph) -> None:
+        ids, edges = self._ids, graph.flows
         for key, flow in flows.items():
+            if flow.__class__ is dict and key.__class__ is str and key and flow.get("id") == key and key not in ids:
+                source, target = flow.get("source"), flow.get("target")
+                if source.__class__ is str and target.__class__ is str:  # nearly every flow: nothing to report
+                    ids.add(key)
+                    edges[key] = (source, target)
+                    continue
             if not isinstance(flow, dict) or not isinstance(flow.get("id"), str) or not flow.get("id"):
                 self.add(label(key), "flow must be a dict with a non-empty string id")
                 graph.sound = False
