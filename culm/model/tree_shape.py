@@ -300,7 +300,7 @@ class ShapeChecker:
 
     def _service_activity(self, nid: str, node: dict[str, Any], activity_ids: set[str]) -> None:
         for flag in ACTIVITY_FLAGS:
-            if flag in node and not isinstance(node[flag], bool):
+            if node.get(flag, False).__class__ is not bool:  # bool has no subclasses
                 self.add(nid, f"{flag} must be a bool")
         timeout = node.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
@@ -324,7 +324,8 @@ class ShapeChecker:
             version = None
         if not isinstance(code, str) or not code:
             self.add(nid, "component code must be a non-empty string")
-        elif not self._ask(nid, f"component {code!r}", self.component_exists, code, version):
+        elif self.component_exists is not None and not self._ask(
+                nid, f"component {code!r}", self.component_exists, code, version):
             shown = f"{code!r} version {version!r}" if version else repr(code)
             self.add(nid, f"component {shown} is not registered")
         self._vars(nid, component.get("inputs"), "component input", activity_ids, keyed_where=False)
