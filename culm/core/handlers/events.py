@@ -10,6 +10,11 @@ from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue, now
 from culm.core.run import Run, stored_state
+from culm.model import compiled as g
+
+# Kept in an executable end event's outputs while its walk is parked on a pause after the code
+# returned (the run's version): the walk resumed later finishes without running the code again.
+CODE_RAN = "_end_code_ran"
 
 
 def start(run: Run) -> Outcome:
@@ -57,8 +62,11 @@ def _ended(run: Run, resolved: Any) -> Outcome:
     if holder is not None and holder.name == states.SUSPENDED:
         # Paused while user code or rendering ran (the walk parks on a paused stack at every node
         # it enters): the pipeline cannot finish while paused, and no one would wake a process
-        # that slept here. Park on the pause; resuming runs the end event again.
+        # that slept here. Park on the pause; resuming enters the end event again, which then
+        # only finishes: an executable end event's code ran already and must not run twice.
         run.proc.suspended, run.proc.suspended_by = True, pipeline_id
+        if run.node.type == g.EXECUTABLE_END:
+            run.unit.set_execution_outputs(run.node.id, {**_outputs(run), CODE_RAN: run.state.version})
         return SLEEP
     run.finish()
     if pipeline_id == run.root_id:
@@ -93,9 +101,21 @@ def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> O
     return Next(sub_node.target)  # type: ignore[arg-type]
 
 
+def _outputs(run: Run) -> dict[str, Any]:
+    data = run.unit.get_execution_data(run.node.id)
+    return dict(data[1]) if data else {}
+
+
 def executable_end(run: Run) -> Outcome:
-    """Run the user's end-event code outside the transaction, then end like an empty end event."""
+    """Run the user's end-event code outside the transaction, then end like an empty end event
+    (only end, if the code ran for this run already and its walk parked on a pause)."""
     from culm.components import events as plugins
+
+    outputs = _outputs(run)
+    if outputs.get(CODE_RAN) == run.state.version:
+        del outputs[CODE_RAN]
+        run.unit.set_execution_outputs(run.node.id, outputs)
+        return end(run)
 
     code = run.node.end_code or ""
     stack = list(run.proc.stack)
