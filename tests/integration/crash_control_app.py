@@ -30,8 +30,6 @@ import threading
 import time
 from typing import Any
 
-from support import wait_until
-
 import culm
 from culm import api
 from culm import builder as b
@@ -45,10 +43,11 @@ LOOPS = 3
 
 
 def record(*words: object) -> None:
-    """Append one line (and this process's id) to the log, durable before going on."""
+    """Append one line (and this process's id and group: a ``culm worker``'s pool processes share
+    its group) to the log, durable before going on."""
     fd = os.open(os.environ["CRASH_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, (" ".join(map(str, (*words, os.getpid()))) + "\n").encode())
+        os.write(fd, (" ".join(map(str, (*words, os.getpid(), os.getpgid(0)))) + "\n").encode())
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -255,10 +254,13 @@ def fire(runtime: culm.Runtime, roots: list[str], rng: random.Random) -> bool:
     return True
 
 
-def fire_forever(runtime: culm.Runtime, roots: list[str], seed: int) -> None:
+def fire_forever(runtime: culm.Runtime, roots: list[str], seed: int, stop: threading.Event | None = None) -> None:
+    """Fire calls until every pipeline has ended (``ended`` is recorded) or ``stop`` is set."""
     rng = random.Random(seed)
     random.seed(seed)
     while fire(runtime, roots, rng):
+        if stop is not None and stop.is_set():
+            return
         time.sleep(rng.uniform(0, 0.02))
     record("ended", "-", "-")
 
@@ -266,6 +268,8 @@ def fire_forever(runtime: culm.Runtime, roots: list[str], seed: int) -> None:
 def main() -> None:
     mode, db, workers, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     assert mode == "run", mode
+    from support import wait_until  # (not at the top: worker processes import this module too)
+
     runtime = culm.Runtime(db, workers=workers)
     wait_until(lambda: runtime.dispatcher is not None, 20, 0.02, what="this process to run the file's work")
     roots = sys.argv[5:]

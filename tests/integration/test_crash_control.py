@@ -27,15 +27,18 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-import crash_control_app  # noqa: F401 - registers the cc_* components here too
+import crash_control_app  # registers the cc_* components here too
 import pytest
 import storm_trees
+from backends import WORKER_ENV, own_backend
 from support import wait_until
 
 import culm
+from culm import api
 from culm.core.snapshots import read_snapshots
 
 APP = Path(__file__).with_name("crash_control_app.py")
@@ -68,14 +71,14 @@ def _kill_mid_call(proc: subprocess.Popen[str], log: Path, rng: random.Random) -
     pid = str(proc.pid)
 
     def ours(kind: str) -> int:
-        return sum(1 for w in _lines(log) if w[0] == kind and w[-1] == pid)
+        return sum(1 for w in _lines(log) if w[0] == kind and w[-2] == pid)
 
     wait_until(lambda: ours("exec") >= 30 or ours("ended"), 30, 0.01, what=f"30 execute calls in {pid}")
     time.sleep(rng.uniform(0, 0.5))
     mid_call = False
     end = time.monotonic() + 3
     while time.monotonic() < end and not ours("ended"):
-        calls = [w for w in _lines(log) if w[-1] == pid and w[0] in ("op", "ok")]
+        calls = [w for w in _lines(log) if w[-2] == pid and w[0] in ("op", "ok")]
         if calls and calls[-1][0] == "op":
             mid_call = True
             break
@@ -102,61 +105,149 @@ def _describe(rt: culm.Runtime, roots: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _reruns(log: Path) -> dict[tuple[str, ...], list[str]]:
-    """Key of a user-code call recorded more than once -> the pids that recorded it, in order."""
-    pids: dict[tuple[str, ...], list[str]] = collections.defaultdict(list)
+def _reruns(log: Path) -> dict[tuple[str, ...], list[tuple[str, str]]]:
+    """Key of a user-code call recorded more than once -> (pid, group) of each call, in order."""
+    runs: dict[tuple[str, ...], list[tuple[str, str]]] = collections.defaultdict(list)
     for w in _lines(log):
         if w[0] in ("exec", "sched", "end"):
-            pids[tuple(w[:3])].append(w[3])
-    return {k: p for k, p in pids.items() if len(p) > 1}
+            runs[tuple(w[:3])].append((w[-2], w[-1]))
+    return {k: r for k, r in runs.items() if len(r) > 1}
+
+
+class Kill:
+    """One kill -9: of a process (``pid``) or of a worker's whole group (``group``), the states
+    its death left, and how many calls it may have had in flight."""
+
+    def __init__(self, bound: int, states: dict[str, tuple[str, str]], pid: str = "", group: str = "") -> None:
+        self.bound, self.states, self.pid, self.group = bound, states, pid, group
+
+    def owns(self, pid: str, group: str) -> bool:
+        return pid == self.pid or group == self.group
+
+
+def _check_reruns(log: Path, kills: list[Kill]) -> list[int]:
+    """Every call that ran again was in flight in a killed process (for an execute: its node
+    RUNNING in that very version when the process died), ran again once, elsewhere, and no kill
+    re-ran more calls than it had in flight; how many each kill re-ran."""
+    per_kill = [0] * len(kills)
+    for key, runs in _reruns(log).items():
+        assert len(runs) == 2, f"{key} ran {len(runs)} times: {runs}"
+        (pid, group), (again, _) = runs
+        [k] = [i for i, kill in enumerate(kills) if kill.owns(pid, group)] or [None]
+        assert k is not None and again != pid, f"{key} ran again, first in {pid} which was not killed: {runs}"
+        per_kill[k] += 1
+        if key[0] == "exec":
+            state, version = kills[k].states.get(key[1], ("never run", ""))
+            assert (state, version) == ("RUNNING", key[2]), \
+                f"{key} ran again, but when {pid} died the node was {state} in version {version}"
+    assert all(n <= kill.bound for n, kill in zip(per_kill, kills, strict=True)), \
+        [(n, kill.bound) for n, kill in zip(per_kill, kills, strict=True)]
+    return per_kill
+
+
+def _drive_to_the_end(rt: culm.Runtime, roots: list[str], settle_for: float) -> dict[str, str]:
+    """Check every pipeline, then act as an operator until each has ended; their states."""
+    forest = storm_trees.Forest(roots=roots)
+    found = storm_trees.violations(rt, forest)
+    assert not found, "; ".join(map(str, found)) + "\n" + _describe(rt, roots)
+    try:
+        storm_trees.check_then_drive(rt, forest, SEED, settle_for=settle_for)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_describe(rt, roots)}") from None
+    ended = storm_trees.ended(rt, forest)
+    assert set(ended.values()) <= {"FINISHED", "REVOKED"}, ended
+    return ended
+
+
+def _unclear(log: Path) -> list[str]:
+    return [" ".join(w) for w in _lines(log) if w[0] == "unclear"]
 
 
 def test_kill_9_during_control_calls_then_restart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db, log = f"sqlite:///{tmp_path}/crash.db", tmp_path / "calls.log"
     monkeypatch.setenv("CRASH_LOG", str(log))  # this process runs the cc_* components last
     rng = random.Random(SEED)
-    killed: dict[str, dict[str, tuple[str, str]]] = {}  # pid -> the states its death left
+    kills: list[Kill] = []
     procs: list[subprocess.Popen[str]] = []
     try:
         procs.append(_spawn(db, log, SEED))
         roots = json.loads(procs[0].stdout.readline())  # type: ignore[union-attr]
         mid = [_kill_mid_call(procs[0], log, rng)]
-        killed[str(procs[0].pid)] = _states(db, roots)
+        kills.append(Kill(WORKERS, _states(db, roots), pid=str(procs[0].pid)))
         procs.append(_spawn(db, log, SEED + 1, *roots))
         assert json.loads(procs[1].stdout.readline()) == roots  # type: ignore[union-attr]
         mid.append(_kill_mid_call(procs[1], log, rng))
-        killed[str(procs[1].pid)] = _states(db, roots)
+        kills.append(Kill(WORKERS, _states(db, roots), pid=str(procs[1].pid)))
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-
-    unclear = [" ".join(w) for w in _lines(log) if w[0] == "unclear"]
-    assert not unclear, unclear[:10]
-    forest = storm_trees.Forest(roots=roots)
+    assert not _unclear(log), _unclear(log)[:10]
     with culm.Runtime(db, workers=WORKERS) as rt:
         wait_until(lambda: rt.dispatcher is not None, 20, 0.05, what="this process to take the file over")
-        found = storm_trees.violations(rt, forest)
-        assert not found, "; ".join(map(str, found))
-        try:
-            storm_trees.check_then_drive(rt, forest, SEED, settle_for=30)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{_describe(rt, roots)}") from None
-        ended = storm_trees.ended(rt, forest)
-    assert set(ended.values()) <= {"FINISHED", "REVOKED"}, ended
-
-    reruns = _reruns(log)
-    per_kill: collections.Counter[str] = collections.Counter()
-    for key, pids in reruns.items():
-        assert len(pids) == 2, f"{key} ran {len(pids)} times: {pids}"
-        dead = pids[0]
-        assert dead in killed and pids[1] != dead, f"{key} ran again in the same process: {pids}"
-        per_kill[dead] += 1
-        if key[0] == "exec":
-            state, version = killed[dead].get(key[1], ("never run", ""))
-            assert (state, version) == ("RUNNING", key[2]), \
-                f"{key} ran again, but when {dead} died the node was {state} in version {version}"
-    print(f"\nkills landed mid-call: {mid}; calls run again per kill: {dict(per_kill)}; ended: "
+        ended = _drive_to_the_end(rt, roots, 30)
+    per_kill = _check_reruns(log, kills)
+    print(f"\nkills landed mid-call: {mid}; calls run again per kill: {per_kill} (bound {WORKERS}); ended: "
           f"{collections.Counter(ended.values())}")
-    assert all(n <= WORKERS for n in per_kill.values()), per_kill
+
+
+THREADS = 2  # per pool process of a worker
+POOL = 2 * THREADS  # a worker: --concurrency 2 processes
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_kill_9_of_workers_during_control_calls(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same pipelines and calls on a cluster of three ``culm worker`` processes (2 pool
+    processes x 2 threads): one worker is killed with ``kill -9`` (its whole group) and another
+    started, then one pool process of another worker is killed (its worker starts a new one).
+    The killed work is taken over (nothing stays RUNNING with nothing scheduled: the operator's
+    rounds find every step taken within the settle bound), the checker finds nothing, and a kill
+    re-ran at most the calls it had in flight (a worker its pool, a pool process its threads)."""
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("CRASH_LOG", str(log))
+    monkeypatch.setenv("CULM_WORKER_THREADS", str(THREADS))
+    backend = own_backend(kind, tmp_path, {"CULM_IMPORTS": WORKER_ENV["CULM_IMPORTS"] + ",crash_control_app"})
+    stop = threading.Event()
+    try:
+        backend.start_workers(3)
+        rt = backend.runtime()
+        trees = [crash_control_app.tree(i) for i in range(8)]
+        for tree in trees:
+            assert api.run_pipeline(rt, tree).result
+        roots = [t["id"] for t in trees]
+        operator = threading.Thread(target=crash_control_app.fire_forever, args=(rt, roots, SEED, stop))
+        operator.start()
+
+        def executes() -> int:
+            return sum(1 for w in _lines(log) if w[0] == "exec")
+
+        def states() -> dict[str, tuple[str, str]]:
+            return {n: (st.name, st.version) for snap in read_snapshots(rt.engine, roots).values()
+                    for n, st in snap.states.items()}
+
+        wait_until(lambda: executes() >= 40, 60, 0.02, what="40 execute calls")
+        victim = backend.alive()[0]
+        group = str(backend.workers[victim].pid)
+        backend.kill_worker(victim)
+        kills = [Kill(POOL, states(), group=group)]
+        backend.start_workers(1)
+        seen = executes()
+        wait_until(lambda: executes() >= seen + 30 or not operator.is_alive(), 60, 0.02, what="30 more executes")
+        pool = [int(p) for w in backend.alive() for p in
+                Path(f"/proc/{backend.workers[w].pid}/task/{backend.workers[w].pid}/children").read_text().split()]
+        ran = [w[-2] for w in _lines(log) if w[0] in ("exec", "sched") and int(w[-2]) in pool]
+        pid = ran[-1] if ran else str(pool[0])
+        os.kill(int(pid), signal.SIGKILL)
+        kills.append(Kill(THREADS, states(), pid=pid))
+        time.sleep(random.Random(SEED).uniform(0.5, 1.5))  # the operator goes on a while after the kill
+        stop.set()
+        operator.join(30)
+        assert not _unclear(log), _unclear(log)[:10]
+        ended = _drive_to_the_end(rt, roots, 45)
+        per_kill = _check_reruns(log, kills)
+        print(f"\n{kind}: calls run again per kill: {per_kill} (bounds {POOL}, {THREADS}); ended: "
+              f"{collections.Counter(ended.values())}")
+    finally:
+        stop.set()
+        backend.teardown()
