@@ -1,4 +1,5 @@
-"""The app of test_crash_control.py: ``python crash_control_app.py run DB WORKERS SEED [ROOT...]``.
+"""The app of test_crash_control.py: ``python crash_control_app.py run DB WORKERS SEED [ROOT...]``
+(or ``end_render DB GATE``: starts :func:`end_render_tree`, prints its id, waits to be killed).
 
 ``run`` with no roots builds PIPELINES pipelines (:func:`tree`), starts them and prints their ids
 as a JSON list; with roots it reopens the file and carries on with those. Then a thread fires
@@ -35,6 +36,7 @@ from culm import api
 from culm import builder as b
 from culm.components import Component, Service, StaticIntervalGenerator
 from culm.components.events import ExecutableEndEvent
+from culm.components.variables import LazyVariable
 from culm.core.invariants import Snapshot
 from culm.core.snapshots import read_snapshots
 
@@ -137,6 +139,28 @@ class RecordedEnd(ExecutableEndEvent):
     def execute(self, in_subprocess: bool, root_pipeline_id: str, current_pipeline_id: str) -> None:
         record("end", current_pipeline_id, root_pipeline_id)
         time.sleep(0.01)
+
+
+class GatedVariable(LazyVariable):
+    """Records ``render <gate>`` and waits (bounded) until the file named by its value exists."""
+
+    code = "cc_gated"
+
+    def get_value(self) -> str:
+        record("render", self.value, "-")
+        deadline = time.monotonic() + 30
+        while not os.path.exists(self.value) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "rendered"
+
+
+def end_render_tree(gate: str) -> dict[str, Any]:
+    """start -> activity -> executable end event, the pipeline's output a lazy variable held at
+    ``gate``: the outputs render on the user-code pool after the end event's code returned."""
+    start = b.EmptyStartEvent()
+    start.extend(act("cc_plain")).extend(b.ExecutableEndEvent(type="cc_end"))
+    data = b.Data(inputs={"${slow}": b.Var(type=b.Var.LAZY, custom_type="cc_gated", value=gate)}, outputs=["${slow}"])
+    return b.build_tree(start, data=data)
 
 
 def _component(code: str, service: type[Service]) -> None:
@@ -266,10 +290,17 @@ def fire_forever(runtime: culm.Runtime, roots: list[str], seed: int, stop: threa
 
 
 def main() -> None:
-    mode, db, workers, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    mode, db = sys.argv[1], sys.argv[2]
+    if mode == "end_render":
+        runtime = culm.Runtime(db, workers=2)
+        t = end_render_tree(sys.argv[3])
+        assert api.run_pipeline(runtime, t).result
+        print(json.dumps([t["id"]]), flush=True)
+        time.sleep(3600)
     assert mode == "run", mode
     from support import wait_until  # (not at the top: worker processes import this module too)
 
+    workers, seed = int(sys.argv[3]), int(sys.argv[4])
     runtime = culm.Runtime(db, workers=workers)
     wait_until(lambda: runtime.dispatcher is not None, 20, 0.02, what="this process to run the file's work")
     roots = sys.argv[5:]

@@ -192,6 +192,32 @@ def test_kill_9_during_control_calls_then_restart(tmp_path: Path, monkeypatch: p
           f"{collections.Counter(ended.values())}")
 
 
+def test_kill_9_while_the_outputs_render_after_the_end_event_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An executable end event whose pipeline outputs render on the user-code pool (a lazy
+    variable): its code's result is committed, then the rendering is handed out. A kill -9 during
+    the rendering replayed the end event from the start, running its code again although its
+    result had been committed. Only the rendering (the call in flight) runs again now."""
+    db, log, gate = f"sqlite:///{tmp_path}/end.db", tmp_path / "calls.log", tmp_path / "gate"
+    monkeypatch.setenv("CRASH_LOG", str(log))
+    env = {**os.environ, "PYTHONPATH": APP_PATH}
+    first = subprocess.Popen([sys.executable, str(APP), "end_render", db, str(gate)], stdout=subprocess.PIPE,
+                             env=env, text=True)
+    try:
+        [root] = json.loads(first.stdout.readline())  # type: ignore[union-attr]
+        wait_until(lambda: [w for w in _lines(log) if w[0] == "render"], 30, 0.01, what="the outputs to render")
+    finally:
+        first.kill()
+        first.wait(10)
+    gate.touch()
+    with culm.Runtime(db, workers=2) as rt:
+        wait_until(lambda: api.get_pipeline_states(rt, root).data[root]["state"] == "FINISHED", 30, 0.05,
+                   what="the pipeline to finish")
+        assert api.get_execution_data_outputs(rt, root).data == {"${slow}": "rendered"}
+        end_id = read_snapshots(rt.engine, [root])[root].graph.pipelines[root].end_event_id
+        assert api.get_execution_data_outputs(rt, end_id).data == {}, "the end event keeps no mark of its run"
+    assert [w[0] for w in _lines(log) if w[0] in ("end", "render")] == ["end", "render", "render"]
+
+
 THREADS = 2  # per pool process of a worker
 POOL = 2 * THREADS  # a worker: --concurrency 2 processes
 

@@ -12,8 +12,10 @@ from culm.core.records import ContextValue, now
 from culm.core.run import Run, stored_state
 from culm.model import compiled as g
 
-# Kept in an executable end event's outputs while its walk is parked on a pause after the code
-# returned (the run's version): the walk resumed later finishes without running the code again.
+# Kept in an executable end event's outputs (with the run's version) from the commit of its code's
+# result until the pipeline ends, when the walk goes on in a later step: parked on a pause, or once
+# the pipeline's outputs have rendered on the pool. The walk entering the end event again (a resume,
+# a replay after a crash) then only ends the pipeline: the code ran for this run, never twice.
 CODE_RAN = "_end_code_ran"
 
 
@@ -65,9 +67,9 @@ def _ended(run: Run, resolved: Any) -> Outcome:
         # that slept here. Park on the pause; resuming enters the end event again, which then
         # only finishes: an executable end event's code ran already and must not run twice.
         run.proc.suspended, run.proc.suspended_by = True, pipeline_id
-        if run.node.type == g.EXECUTABLE_END:
-            run.unit.set_execution_outputs(run.node.id, {**_outputs(run), CODE_RAN: run.state.version})
+        _code_ran(run, True)
         return SLEEP
+    _code_ran(run, False)
     run.finish()
     if pipeline_id == run.root_id:
         return _finish_root(run, outputs)
@@ -108,13 +110,10 @@ def _outputs(run: Run) -> dict[str, Any]:
 
 def executable_end(run: Run) -> Outcome:
     """Run the user's end-event code outside the transaction, then end like an empty end event
-    (only end, if the code ran for this run already and its walk parked on a pause)."""
+    (only end, if the code ran for this run already: CODE_RAN)."""
     from culm.components import events as plugins
 
-    outputs = _outputs(run)
-    if outputs.get(CODE_RAN) == run.state.version:
-        del outputs[CODE_RAN]
-        run.unit.set_execution_outputs(run.node.id, outputs)
+    if _outputs(run).get(CODE_RAN) == run.state.version:
         return end(run)
 
     code = run.node.end_code or ""
@@ -135,6 +134,21 @@ def executable_end(run: Run) -> Outcome:
         if ex_data:
             run.fail_node(ex_data)
             return SLEEP
-        return end(run)
+        outcome = end(run)
+        if isinstance(outcome, Invoke):  # the outputs render on the pool first
+            _code_ran(run, True)
+        return outcome
 
     return Invoke(call, resume)
+
+
+def _code_ran(run: Run, ran: bool) -> None:
+    """Mark (``ran``) or unmark an executable end event's run as one whose code ran (CODE_RAN)."""
+    if run.node.type != g.EXECUTABLE_END:
+        return
+    outputs = _outputs(run)
+    if ran and outputs.get(CODE_RAN) != run.state.version:
+        run.unit.set_execution_outputs(run.node.id, {**outputs, CODE_RAN: run.state.version})
+    elif not ran and CODE_RAN in outputs:
+        del outputs[CODE_RAN]
+        run.unit.set_execution_outputs(run.node.id, outputs)
