@@ -1,5 +1,6 @@
 """The app of test_crash_control.py: ``python crash_control_app.py run DB WORKERS SEED [ROOT...]``
-(or ``end_render DB GATE``: starts :func:`end_render_tree`, prints its id, waits to be killed).
+(or ``end_render DB GATE``: starts :func:`end_render_tree`, prints its id, waits to be killed; or
+``revoke DB N``: :func:`revoke_all_under_way`).
 
 ``run`` with no roots builds PIPELINES pipelines (:func:`tree`), starts them and prints their ids
 as a JSON list; with roots it reopens the file and carries on with those. Then a thread fires
@@ -163,6 +164,37 @@ def end_render_tree(gate: str) -> dict[str, Any]:
     return b.build_tree(start, data=data)
 
 
+def revoke_tree() -> dict[str, Any]:
+    """A parallel gateway into a slow execute, a poll (6 polls after a slow execute), a callback
+    wait and a subprocess running a slow execute: a revoke finds them all under way."""
+    start, pg, cg = b.EmptyStartEvent(), b.ParallelGateway(), b.ConvergeGateway()
+    sub_start = b.EmptyStartEvent()
+    sub_start.extend(act("cc_plain", 400)).extend(b.EmptyEndEvent())
+    start.extend(pg).connect(act("cc_plain", 400), act("cc_poll", 200, polls=6), act("cc_callback"),
+                             b.SubProcess(start=sub_start)).converge(cg).extend(b.EmptyEndEvent())
+    return b.build_tree(start)
+
+
+def revoke_all_under_way(runtime: culm.Runtime, count: int) -> None:
+    """Start ``count`` revoke_tree pipelines, print their ids, and revoke each once its executes
+    are under way (recording the calls); then wait to be killed."""
+    trees = [revoke_tree() for _ in range(count)]
+    for t in trees:
+        assert api.run_pipeline(runtime, t).result
+    print(json.dumps([t["id"] for t in trees]), flush=True)
+    for t in trees:
+        nodes = set(t["activities"])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with open(os.environ["CRASH_LOG"]) as fh:
+                if len(nodes & {w.split()[1] for w in fh if w.startswith("exec ")}) >= 3:
+                    break
+            time.sleep(0.01)
+        record("op", "revoke", t["id"])
+        record("ok", "revoke", t["id"], api.revoke_pipeline(runtime, t["id"]).result)
+    time.sleep(3600)
+
+
 def _component(code: str, service: type[Service]) -> None:
     type(f"{service.__name__}Component", (Component,), {"code": code, "name": code, "bound_service": service})
 
@@ -291,6 +323,8 @@ def fire_forever(runtime: culm.Runtime, roots: list[str], seed: int, stop: threa
 
 def main() -> None:
     mode, db = sys.argv[1], sys.argv[2]
+    if mode == "revoke":
+        revoke_all_under_way(culm.Runtime(db, workers=8), int(sys.argv[3]))
     if mode == "end_render":
         runtime = culm.Runtime(db, workers=2)
         t = end_render_tree(sys.argv[3])

@@ -218,6 +218,45 @@ def test_kill_9_while_the_outputs_render_after_the_end_event_code(tmp_path: Path
     assert [w[0] for w in _lines(log) if w[0] in ("end", "render")] == ["end", "render", "render"]
 
 
+def test_kill_9_after_revokes_while_executes_and_polls_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pipelines revoked while their executes (in the root and in a subprocess) and polls run,
+    then kill -9 before those end. A revoke lets them end by themselves (culm.core.revoking); after
+    the restart the cut executes' processes end where they stand (a revoked run enters no node
+    again, and the execute is not run again), the polls go on to their end, every pipeline stays
+    REVOKED with no process left alive, and the checker finds nothing."""
+    db, log = f"sqlite:///{tmp_path}/revoke.db", tmp_path / "calls.log"
+    monkeypatch.setenv("CRASH_LOG", str(log))
+    log.touch()
+    env = {**os.environ, "PYTHONPATH": APP_PATH}
+    first = subprocess.Popen([sys.executable, str(APP), "revoke", db, "6"], stdout=subprocess.PIPE, env=env, text=True)
+    try:
+        roots = json.loads(first.stdout.readline())  # type: ignore[union-attr]
+        wait_until(lambda: sum(1 for w in _lines(log) if w[0] == "ok") == len(roots), 60, 0.01,
+                   what="every pipeline to be revoked")
+    finally:
+        first.kill()
+        first.wait(10)
+    assert all(w[3] == "True" for w in _lines(log) if w[0] == "ok")
+    kills = [Kill(8, _states(db, roots), pid=str(first.pid))]
+    with culm.Runtime(db, workers=0) as runtime:
+        working = [p.current_node_id for s in read_snapshots(runtime.engine, roots).values() for p in s.processes
+                   if not p.dead]
+    assert working, "the kill came after every revoked run's calls had ended"
+    at_kill = len(_lines(log))
+    with culm.Runtime(db, workers=8) as rt:
+        forest = storm_trees.Forest(roots=roots)
+        storm_trees.settle(rt, forest, 30)
+        found = storm_trees.violations(rt, forest)
+        assert not found, "; ".join(map(str, found)) + "\n" + _describe(rt, roots)
+        snaps = read_snapshots(rt.engine, roots)
+    assert {r: s.states[r].name for r, s in snaps.items()} == dict.fromkeys(roots, "REVOKED")
+    assert not [p for s in snaps.values() for p in s.processes if not p.dead]
+    after = [w for w in _lines(log)[at_kill:] if w[0] in ("exec", "end")]
+    assert not after, f"a revoked run ran an execute after the restart: {after}"
+    per_kill = _check_reruns(log, kills)
+    print(f"\nrevoked under way, then kill -9 with {len(working)} call(s) still working: {per_kill[0]} ran again")
+
+
 THREADS = 2  # per pool process of a worker
 POOL = 2 * THREADS  # a worker: --concurrency 2 processes
 
