@@ -15,8 +15,10 @@ none of the crashed batch's state changes). Recovery is what a restarted runner 
 leases, sweep the task table).
 
 After every step the invariants are checked (:mod:`culm.core.invariants`): no stuck or stranded
-pipeline, every state transition in the table, converge gateways never early; and no node's
-``execute`` runs twice for one version unless a crash or a lease expiry happened in between.
+pipeline, every state transition in the table, converge gateways never early; no node's
+``execute`` runs twice for one version unless a crash or a lease expiry happened in between, and
+none whose result a batch committed is handed out again, crash or not (an executable end event's
+code included: the pipelines end with one, t_record_end).
 After the storm the simulation stops injecting and drives every pipeline to its end as an operator
 would. Ids, versions and the clock come from the seed, so a failure replays exactly::
 
@@ -35,7 +37,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ from culm.core import loop, records
 from culm.core.engine import Engine, Settings
 from culm.core.invariants import Violation, check, check_transitions
 from culm.core.loop import UserCall
+from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, TaskRecord
 from culm.core.snapshots import read_snapshot, read_snapshots
 from culm.dispatch.inline import InlineDispatcher
@@ -62,6 +65,16 @@ from culm.storage.sql import SqlStore
 BACKENDS = {"memory": "memory://", "sqlite": "sqlite:///:memory:"}
 LEASE_SECONDS = 30.0
 START_CLOCK = 1_700_000_000.0
+
+
+def _noting(invoke: Invoke, applied: list[tuple[str, str | None]]) -> Invoke:
+    """``invoke``, noting in ``applied`` its (node, version) once its result has been applied."""
+    def resume(run: Any, result: Any) -> Any:
+        outcome = invoke.resume(run, result)
+        applied.append((invoke.node_id, invoke.version))
+        return outcome
+
+    return replace(invoke, resume=resume)
 
 
 class Crash(Exception):
@@ -164,11 +177,14 @@ class Simulation:
         # Bumped by every crash or lease expiry: the items made after it belong to another runner.
         self.runner = 0
         self.executed: dict[tuple[str, str | None], int] = {}
+        # (node, version) of the executes whose result a batch applied and committed: they never
+        # run again, crash or lease expiry in between or not.
+        self.applied: set[tuple[str, str | None]] = set()
         self.steps: list[str] = []
         self.feed_seq = 0  # the change feed is read (and its transitions checked) up to here
         self.last_states: dict[str, str] = {}
         self.items = 0
-        self.storm = Storm()
+        self.storm = Storm(executable_ends=True)
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -255,18 +271,27 @@ class Simulation:
         if crash:
             self.steps.append("CRASH before the batch commits")
             committed = self.engine.store.feed.last_seq()
+        applied: list[tuple[str, str | None]] = []
+        for item in batch:
+            if item.waiting and item.invoke is not None and item.task.kind == EXECUTE:
+                item.invoke = _noting(item.invoke, applied)
         try:
             with self.engine.step() as step:
                 handed_out = [item for item in batch if self._advance(step, item) is not None]
                 if crash:
                     self._restart()  # the process dies holding the open transaction
                     raise Crash
+            self.applied.update(applied)
         except Crash:
             self._recover()
             if self.engine.store.feed.last_seq() != committed:
                 self._fail([], "the crashed batch left state changes behind")
             return
         for item in handed_out:
+            invoke = item.invoke
+            if item.task.kind == EXECUTE and invoke is not None and (invoke.node_id, invoke.version) in self.applied:
+                self._fail([], f"node {invoke.node_id} version {invoke.version}: an execute handed out again although "
+                           "the result of an earlier one was committed")
             # Even a runner that lost its lease and goes on hands out user code only while it holds
             # the task (applying a result takes the lease again, or drops the result if another
             # runner has the task): the next node's code runs once, however the runners interleave.
@@ -293,6 +318,7 @@ class Simulation:
             self.steps.append(f"user execute {invoke.node_id} {invoke.version} #{item.number}")
             if item.epoch >= 0 and self.executed.get(key) == item.epoch:
                 self._fail([], f"node {invoke.node_id} version {invoke.version} executed twice without a crash")
+
             self.executed[key] = item.epoch
         else:
             self.steps.append(f"user schedule {item.task.node_id}")
