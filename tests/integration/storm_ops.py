@@ -41,8 +41,8 @@ class Storm:
     activities: list[str] = field(default_factory=list)
     subprocesses: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)  # what was fired, for a failure message
-    # End the root of the parallel shapes and the subprocess with an executable end event
-    # (t_record_end), whose code is user code a pause or a crash may cut too.
+    # End every pipeline and the subprocess with an executable end event (t_record_end), whose
+    # code is user code a pause or a crash may cut too, and make the chain's first node a loop.
     executable_ends: bool = False
 
     def act(self, code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
@@ -56,8 +56,11 @@ class Storm:
         """One of three shapes: parallel branches, a subprocess in a branch, or a chain."""
         shape = rng.randrange(3)
         if shape == 2:
-            return build_tree(chain(self.act("t_none"), self.act("t_fail", x=1), self.act("t_poll"),
-                                    self.act("t_callback", timeout(rng))))
+            first = self.act("t_none")
+            if self.executable_ends:  # (the simulation's trees) a node loop too
+                first.loop_config = {"enable": True, "loop_times": 3}
+            return build_tree(chain(first, self.act("t_fail", x=1), self.act("t_poll"),
+                                    self.act("t_callback", timeout(rng)), end=self._end()))
         start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
         branches = [self.act("t_fail", x=1), self.act("t_callback", timeout(rng)),
                     self.act("t_poll", timeout(rng), polls=3)]
