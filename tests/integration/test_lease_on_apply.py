@@ -121,17 +121,17 @@ def _first_task(rt: culm.Runtime, act: ServiceActivity) -> str:
 
 
 def test_a_slow_batch_renews_the_leases_of_the_calls_it_hands_out(runtime: culm.Runtime) -> None:
-    # A batch that takes long (here: a result the store takes about a second to refuse) claimed
+    # A batch that takes long (here: a 7 MB result the store encodes, then refuses) claimed
     # its fresh tasks as it began. The heartbeat skips the rows a batch holds, so without a
     # renewal their leases could run out just after the commit, while their calls start: a relay
     # would hand them to another runner, which would run the same user code again.
     rt = runtime
-    rt.engine.settings.lease_seconds = 0.15  # shorter than the batch, however fast the machine
+    rt.engine.settings.lease_seconds = 0.01  # shorter than the batch, however fast the machine
     slow = ServiceActivity(component_code="t_unstorable")
-    slow.component.inputs.kind = Var(type=Var.PLAIN, value="shared")
+    slow.component.inputs.kind = Var(type=Var.PLAIN, value="large")
     slow.component.inputs.on = Var(type=Var.PLAIN, value="execute")
     (call,) = loop.commit_batch(rt.engine, [loop.Item(_task(rt, _first_task(rt, slow)))]).calls
-    resumed = call.returned(call.run())  # its result: a value of 2**40 items the store refuses
+    resumed = call.returned(call.run())  # its result: a text over the store's payload limit
     fresh = loop.Item(_task(rt, _first_task(rt, ServiceActivity(component_code="t_echo"))))
     began = now()
     committed = loop.commit_batch(rt.engine, [fresh, resumed])
