@@ -254,6 +254,11 @@ class SqlUnit:
         self._state_view: dict[str, StateRecord | None] | None = None
         # Server databases: the states read with a shared row lock (hold_states) in this transaction.
         self._held: set[str] = set()
+        # Server databases: node ids whose state row this transaction inserted and that no state row
+        # written here names as its parent since. Rows are never deleted, so such a node has no
+        # children stored: reset_inner_loops has nothing to reset (a subprocess entered the first
+        # time, in every run that reaches one) and sends nothing.
+        self._childless: set[str] = set()
         # PostgreSQL: tasks read ahead by read_tasks_ahead, by task id: (task, process, locked
         # state of its node or None), or None when it is not there or leased by someone else; and
         # the processes written since (None: all of them).
@@ -433,6 +438,7 @@ class SqlUnit:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
             self._held.clear()  # a rolled-back savepoint gives back the row locks taken in it
+            self._childless.clear()
             self._state_view = None
             self._tasks_ahead.clear()
             self._context_view.clear()
@@ -694,6 +700,8 @@ class SqlUnit:
             self._unsent_states[rec.node_id] = params
         if self._owned is not None:
             self._owned[rec.node_id] = [rec.version, rec.name]
+            self._childless.discard(rec.parent_id)
+            self._childless.add(rec.node_id)
 
     def update_state(
         self,
@@ -706,6 +714,8 @@ class SqlUnit:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
         if self._locked_ahead:
             self._locked_ahead.pop(node_id, None)
+        if self._childless and "parent_id" in fields:
+            self._childless.discard(fields["parent_id"])
         done = self._cas_state(node_id, expect_version, expect_names, fields)
         view = self._state_view
         if view is not None and node_id in view:
@@ -760,6 +770,8 @@ class SqlUnit:
         # deferred like any write whose result is not read (no round trip of their own on
         # PostgreSQL). Later compare-and-sets must not be folded into INSERTs queued before them,
         # or they would be applied ahead of them.
+        if parent_id in self._childless:
+            return  # its row is new: no child row stored (nor a kept copy of one)
         self._unsent_states.clear()
         if self._deferred is None:  # it runs now: no row noted (a first entry), nothing to reset
             if self._x(NOTE_INNER_LOOPS, [time.time(), parent_id]).rowcount:
@@ -893,7 +905,8 @@ class SqlUnit:
         if self._owned is not None:
             self._owned[st.node_id] = [st.version, st.name]
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
+                         resumed_at: Sequence[str] = ()) -> None:
         """PostgreSQL, MySQL: answer this transaction's coming ``task_with_process`` calls for a
         batch of tasks with two or three statements instead of one or more each: ``fresh`` tasks are claimed with ``lease``
         and read with their processes, ``resumed`` ones (their user code ran) are read with their

@@ -136,7 +136,9 @@ class PostgresUnit(SqlUnit):
             self._lock_ahead(_state_row(row[_END:-2]))
         return self._task_and_process(row[:_END])
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
+                         resumed_at: Sequence[str] = ()) -> None:
+        # (resumed_at unused: the resumed tasks' read locks their nodes' states by a join)
         owner, until, at = lease
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
