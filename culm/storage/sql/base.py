@@ -634,18 +634,28 @@ class SqlUnit:
         holding = set(fresh)
         missing = [i for i in self._states_missing(nodes) if i not in holding]
         contexts = self._contexts_missing(pipelines)
+        held_rows, state_rows, context_rows = self._read_walks(fresh, missing, contexts)
+        if fresh:
+            self._take_held(fresh, held_rows)
+        if missing:
+            self._take_states(missing, state_rows)
+        if contexts:
+            self._take_contexts(contexts, context_rows, CONTEXTS_AHEAD)
+
+    def _read_walks(
+        self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """The rows of read_walks_ahead's three reads (each may be empty): the held states (read
+        with a shared lock, in node id order), the other states, the contexts."""
         reads = [self._hold_read(fresh)] if fresh else []
         state_reads = self._states_reads(missing) if missing else []
         reads += state_reads
         if contexts:
             reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
         answers = iter(self._all_together(reads))  # in the order of ``reads``
-        if fresh:
-            self._take_held(fresh, next(answers))
-        if missing:
-            self._take_states(missing, [r for _ in state_reads for r in next(answers)])
-        if contexts:
-            self._take_contexts(contexts, next(answers), CONTEXTS_AHEAD)
+        held_rows = next(answers) if fresh else []
+        state_rows = [r for _ in state_reads for r in next(answers)]
+        return held_rows, state_rows, next(answers) if contexts else []
 
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
