@@ -358,3 +358,31 @@ def test_a_node_whose_state_row_is_new_has_no_inner_loops_to_reset(store, monkey
     with store.reading() as unit:
         got = {n: st.inner_loop for n, st in unit.get_states(["c1", "other", "c3"]).items()}
     assert got == {"c1": 0, "other": 0, "c3": 0}
+
+
+def test_a_rows_second_update_waiting_with_the_first_is_merged_into_it(store, monkeypatch):
+    """Two deferred UPDATEs of a row by its id (a process saved by a handler, then by its walk)
+    go as one UPDATE in the first one's place, with the later values; not when a write queued
+    between them may touch the row (then both go, in order)."""
+    from culm.core.records import ProcessRecord
+
+    kind = "postgres" if store.engine.dialect.name.startswith("postgres") else "mariadb"
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "start", None, ["root"]) for p in ("p1", "p2")])
+    trips = round_trips(kind, monkeypatch)
+    with store.transaction() as unit:
+        unit.update_process("p1", asleep=True, current_node_id="a")
+        unit.update_process("p2", current_node_id="x")  # another row: no matter
+        unit.update_process("p1", current_node_id="b", stack=["root", "sub"])
+        unit.update_process("p2", dead=True)
+        unit.kill_processes_of_root("elsewhere")  # rows unknown: sent at once, p1 and p2 with it
+        unit.update_process("p1", need_ack=2)
+        unit.reset_inner_loops("no-such-parent")  # a write on rows not known here
+        unit.update_process("p1", ack_num=1)
+    monkeypatch.undo()
+    sent = "\n".join(trips)
+    assert sent.count("UPDATE culm_process SET") == 5, sent  # p1, p2, kill, then p1 twice
+    with store.reading() as unit:
+        p1, p2 = unit.get_process("p1"), unit.get_process("p2")
+    assert (p1.asleep, p1.current_node_id, p1.stack, p1.need_ack, p1.ack_num) == (True, "b", ["root", "sub"], 2, 1)
+    assert (p2.current_node_id, p2.dead) == ("x", True)

@@ -238,6 +238,11 @@ class SqlUnit:
         # Each entry is (sql, params, keys): ``keys`` lists the rows the write touches as (table,
         # primary key) pairs, or is None when they are not known (see _combined).
         self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if self.defers_writes else None
+        # Deferred UPDATEs of a row by its id (a process, a task, a schedule), by (table, (id,)): their
+        # place in _deferred and their fields so far. A second UPDATE of the row is merged into the
+        # first while no write queued since may touch the row (a write on it or on unknown rows
+        # removes the entry): a process saved by a handler and again by its walk is one UPDATE.
+        self._merging: dict[tuple[str, tuple[Any, ...]], tuple[int, dict[str, Any]]] = {}
         # PostgreSQL, MySQL: [version, name] of the state rows this transaction holds locked (read
         # FOR UPDATE or held with a shared lock, inserted or updated here). Nobody else can change
         # them before the commit, so a compare-and-set on one has a known outcome and can be
@@ -309,6 +314,12 @@ class SqlUnit:
             self._cur.execute(sql if self._plain_sql else self._sql(sql),
                               params if type(params) in _SEQUENCES else tuple(params))
         else:
+            if self._merging:  # a row this write may touch: a later UPDATE of it must follow it
+                if key is None:
+                    self._merging.clear()
+                else:
+                    for row in key:
+                        self._merging.pop(row, None)
             self._deferred.append((self._sql(sql), params, key))
 
     def flush(self, *, commit: bool = False) -> None:
@@ -373,6 +384,7 @@ class SqlUnit:
         """Hand over the deferred writes, as few statements as they can be (_combined)."""
         pending = self._deferred or []
         self._deferred = []
+        self._merging.clear()
         self._unsent_states.clear()
         return self.combine(pending)
 
@@ -394,8 +406,21 @@ class SqlUnit:
 
     def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> None:
         # Every caller's key_sql starts with "<primary key> = ?": the row is known.
-        self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
-                    ((table, (key_params[0],)),))
+        row = (table, (key_params[0],))
+        if key_sql != "id = ?" or self._deferred is None:  # a compare-and-set, or sent at once
+            self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params], (row,))
+            return
+        merging = self._merging.get(row)
+        if merging is not None:
+            # The row's UPDATE still waits and no write queued since may touch the row: one UPDATE
+            # of the row, in the earlier one's place, with the later values (the same outcome).
+            at, merged = merging
+            merged.update(fields)
+            self._deferred[at] = (self._sql(update_sql(table, tuple(merged), key_sql)), [*merged.values(), *key_params],
+                                  (row,))
+            return
+        self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params], (row,))
+        self._merging[row] = (len(self._deferred) - 1, dict(fields))
 
     def _insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
