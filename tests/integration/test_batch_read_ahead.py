@@ -114,6 +114,29 @@ def test_resumed_tasks_read_with_the_nodes_their_calls_ran_at_lock_those_states_
             "n-p1": "FINISHED", "n-p3": "FINISHED"}
 
 
+def test_a_batch_of_fresh_and_resumed_tasks_is_claimed_and_read_in_one_round_trip(store, monkeypatch):
+    _seed(store)  # t2 is leased by a live worker
+    with store.transaction() as unit:
+        unit.insert_processes([_process("p4")])
+        unit.insert_tasks([_task("t4", "p4")])
+        for tid in ("t3", "t4"):  # their calls ran: they are ours
+            unit.claim_task(tid, *LEASE)
+    with store.transaction() as unit:
+        trips = round_trips(store.dialect, monkeypatch)
+        unit.read_tasks_ahead(["t1", "t2"], ["t3", "t4"], LEASE, ["n-p3", "n-p4"])
+        assert len(trips) == 1, trips
+        monkeypatch.undo()
+        assert {t.id for t, _ in unit.tasks_read_ahead()} == {"t1", "t3", "t4"}
+        assert unit.task_with_process("t2", LEASE) == (None, None)
+        assert unit.task_with_process("t1", LEASE)[0].id == "t1"
+        assert unit.task_with_process("t3", LEASE, held=True)[1].id == "p3"
+        assert _locked_elsewhere(store, "n-p3")
+        assert unit.update_state("n-p3", expect_version="v1", name="FINISHED")
+    with store.reading() as unit:
+        assert unit.get_state("n-p3").name == "FINISHED"
+        assert unit._one("SELECT owner FROM culm_task WHERE id = ?", ["t1"])[0] == "me"
+
+
 def test_resumed_tasks_another_runner_holds_are_dropped_and_ours_kept(store):
     _seed(store)  # t2 is leased by a live worker; t3's lease (none) is ours to take again
     with store.transaction() as unit:

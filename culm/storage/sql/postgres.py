@@ -175,11 +175,13 @@ class PostgresUnit(SqlUnit):
         owner, until, at = lease
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
-        for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
-                                 (resumed, MANY_WITH_PROCESS_AND_STATE, [])):
-            if len(ids) < 2:
-                continue
-            rows = self._all(sql.format(marks=marks(len(ids))), [*params, *ids])
+        # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip.
+        reads = [(ids, sql.format(marks=marks(len(ids))), [*params, *ids])
+                 for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
+                                          (resumed, MANY_WITH_PROCESS_AND_STATE, []))
+                 if len(ids) >= 2]
+        answers = self._all_together([(sql, params) for _, sql, params in reads])
+        for (ids, _, _), rows in zip(reads, answers, strict=True):
             ahead.update(dict.fromkeys(ids))
             for r in rows:
                 st = None
