@@ -14,7 +14,7 @@ from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
 from culm.data.sandbox_guards import describe
-from culm.errors import HydrationError, InvalidOperationError
+from culm.errors import ExpressionLimitError, HydrationError, InvalidOperationError
 from culm.model import limits
 from culm.model.compiled import Graph, Node, PipelineSpec
 
@@ -176,6 +176,7 @@ class GatheredInputs:
     escape: dict[str, Any]
     refs: frozenset[str]
     needed: dict[str, Any]
+    problem: str | None = None  # why rendering must fail without starting (too many fragments)
 
     @property
     def lazy(self) -> bool:
@@ -192,12 +193,32 @@ class GatheredInputs:
 def gather_inputs(raw: Mapping[str, Any], fetch: Fetch) -> GatheredInputs:
     """Split a node's raw inputs and read every stored variable their templates refer to."""
     render, escape = split_inputs(raw)
+    count = 0
+    for var in render.values():
+        value = var.get("value")
+        count += value.count("${") if value.__class__ is str else template.fragment_count(value)
+    if count > template.MAX_NODE_FRAGMENTS and (problem := template.too_many_fragments(count, "the templates of its inputs")):
+        return GatheredInputs(render, escape, frozenset(), {}, problem)  # parsing them would take seconds
     refs: set[str] = set()
     for var in render.values():
         refs |= template.references(var.get("value"))
         if "context_key" in var:
             refs.add(var["context_key"])
-    return GatheredInputs(render, escape, frozenset(refs), fetch_needed(fetch, refs))
+    needed = fetch_needed(fetch, refs)
+    problem = None
+    if needed and (count := count + _needed_fragments(needed)) > template.MAX_NODE_FRAGMENTS:
+        problem = template.too_many_fragments(count, "the templates of its inputs and the variables they need")
+    return GatheredInputs(render, escape, frozenset(refs), needed, problem)
+
+
+def _needed_fragments(needed: Mapping[str, Any]) -> int:
+    """``${`` in the values of the rendered variables among ``needed``."""
+    count = 0
+    for cv in needed.values():
+        if getattr(cv, "type", PLAIN) != PLAIN:
+            value = cv.value
+            count += value.count("${") if value.__class__ is str else template.fragment_count(value)
+    return count
 
 
 def finish_inputs(
@@ -209,6 +230,8 @@ def finish_inputs(
         HydrationError: a needed variable could not be resolved.
         ExpressionLimitError: a template went over a bound.
     """
+    if gathered.problem is not None:
+        raise ExpressionLimitError(gathered.problem)
     needed = dict(gathered.needed)
     for key, value in (extra or {}).items():
         needed[key] = dctx.ContextVar(key, PLAIN, value)
@@ -269,7 +292,9 @@ def _resolve_lazy(lazy: LazyResolver, var: dctx.ContextVar, rendered: Any) -> An
 def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:
     """Read context keys (``${x}`` form) and everything they reference, for :func:`resolved_keys`."""
     keys = frozenset(keys)
-    return GatheredInputs({}, {}, keys, fetch_needed(fetch, keys))
+    needed = fetch_needed(fetch, keys)
+    problem = template.too_many_fragments(_needed_fragments(needed), "the variables it resolves")
+    return GatheredInputs({}, {}, keys, needed, problem)
 
 
 def resolved_keys(gathered: GatheredInputs, lazy: LazyResolver) -> dict[str, Any]:
@@ -287,14 +312,23 @@ def resolve_keys(
 
 def gather_conditions(exprs: Iterable[str], fetch: Fetch) -> GatheredInputs:
     """Read every stored variable the conditions ``exprs`` refer to (see :func:`condition_namespace`)."""
+    exprs = list(exprs)
+    count = sum(map(template.fragment_count, exprs))
+    if problem := template.too_many_fragments(count, "the templates of its conditions"):
+        return GatheredInputs({}, {}, frozenset(), {}, problem)
     refs: set[str] = set()
     for expr in exprs:
         refs |= template.references(expr)
-    return GatheredInputs({}, {}, frozenset(refs), fetch_needed(fetch, refs) if refs else {})
+    needed = fetch_needed(fetch, refs) if refs else {}
+    problem = template.too_many_fragments(count + _needed_fragments(needed),
+                                          "the templates of its conditions and the variables they need")
+    return GatheredInputs({}, {}, frozenset(refs), needed, problem)
 
 
 def condition_namespace(gathered: GatheredInputs, lazy: LazyResolver) -> dict[str, Any]:
     """Bare-name namespace with every variable the gathered conditions refer to; no storage access."""
+    if gathered.problem is not None:
+        raise ExpressionLimitError(gathered.problem)
     if not gathered.refs:
         return {}
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):

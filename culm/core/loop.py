@@ -43,6 +43,7 @@ class Item:
     invoke: Invoke | None = None  # execute tasks: the Invoke whose outcome ``result`` is
     waiting: bool = False  # True once its user code ran and ``result`` holds its outcome
     result: object = None
+    times: int | None = None  # schedule tasks: which call of its schedule was handed out (its times then)
 
 
 @dataclass(slots=True, eq=False)
@@ -193,13 +194,16 @@ def advance(engine: Engine, step: Step, item: Item) -> UserCall | None:
         item.invoke, item.waiting, item.result = invoke, False, None
         return UserCall(item, invoke.call) if invoke is not None else None
     if item.waiting:
-        scheduling.schedule_apply(engine, step, task.id, item.result)
+        scheduling.schedule_apply(engine, step, task.id, item.result, item.times)
         return None
     if task.kind == TIMEOUT:
         timeouts.fire(engine, step, task.id)
         return None
-    call = scheduling.schedule_prepare(engine, step, task.id)
-    return UserCall(item, call) if call is not None else None
+    prepared = scheduling.prepare_call(engine, step, task.id)
+    if prepared is None:
+        return None
+    call, item.times = prepared
+    return UserCall(item, call)
 
 
 def _advance_isolated(engine: Engine, step: Step, item: Item) -> UserCall | None:

@@ -8,13 +8,24 @@ from typing import Any
 from culm.core import data as cdata
 from culm.core.records import ContextValue
 from culm.data import context as dctx
+from culm.data import template
 from culm.errors import InvalidOperationError, NotFoundError
 from culm.model import compiled as g
 
 
 def preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], root_data: dict[str, Any],
             parent_params: dict[str, Any]) -> dict[str, Any]:
-    """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first)."""
+    """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first).
+
+    Every render of the preview shares one node's budgets of time and text (a stack of 64
+    subprocesses, each with its own, held a request for ten minutes).
+    """
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        return _preview(tree, node_id, subprocess_stack, root_data, parent_params)
+
+
+def _preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], root_data: dict[str, Any],
+             parent_params: dict[str, Any]) -> dict[str, Any]:
     from culm.components import variables
     from culm.model.validator import process_tree
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Any
 
+from culm.data import template
 from culm.data.template import references
 from culm.errors import InvalidOperationError
 from culm.model import compiled as g
@@ -46,6 +47,9 @@ def retry_inputs(node: g.Node, data: Any, in_context: Callable[[list[str]], Coll
     for key in data:
         if not isinstance(key, str):
             raise InvalidOperationError(f"{what}: key {key!r} must be a string (an input's name)")
+    count = sum(template.fragment_count(v) for k, v in data.items() if k not in escape)
+    if problem := template.too_many_fragments(count, f"the templates of the {what}"):
+        raise InvalidOperationError(problem)  # each is parsed on its own, before any clock can stop it
     if data and node.type not in (g.ACTIVITY, g.SUBPROCESS):
         raise InvalidOperationError(f"{what}: node {node.id} is a {node.type}, which has no inputs to replace "
                                     f"(keys given: {', '.join(sorted(data))})")

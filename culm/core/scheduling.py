@@ -25,11 +25,18 @@ PARKED_CALLBACK_RETRY_SECONDS = 1.0
 
 def schedule_prepare(engine: Engine, step: Step, task_id: str) -> Callable[[], CallResult] | None:
     """Claim the task and check the schedule is still current; returns the call to make."""
+    prepared = prepare_call(engine, step, task_id)
+    return prepared[0] if prepared is not None else None
+
+
+def prepare_call(engine: Engine, step: Step, task_id: str) -> tuple[Callable[[], CallResult], int] | None:
+    """:func:`schedule_prepare`, and which call of its schedule the call is (the schedule's
+    ``times`` now, for :func:`schedule_apply` to tell a stale result of a poll)."""
     prepared = _prepare(engine, step, task_id)
     if prepared is None:
         return None
     call, times, callback_data = prepared
-    return functools.partial(call.schedule, times, callback_data)
+    return functools.partial(call.schedule, times, callback_data), times
 
 
 def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int, object] | None:
@@ -104,8 +111,9 @@ def _await_schedule(step: Step, task: TaskRecord, st: StateRecord | None, at: fl
     return None
 
 
-def schedule_apply(engine: Engine, step: Step, task_id: str, result: object) -> None:
-    """Apply the result of one ``schedule`` call (in the transaction after the call)."""
+def schedule_apply(engine: Engine, step: Step, task_id: str, result: object, times: int | None = None) -> None:
+    """Apply the result of one ``schedule`` call (in the transaction after the call); ``times``:
+    the schedule's call count when the call was handed out (:func:`prepare_call`)."""
     unit = step.unit
     task = unit.get_task(task_id)
     if task is None or task.kind != SCHEDULE or task.schedule_id is None:
@@ -116,6 +124,13 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: object) -> 
     sched = unit.get_schedule(task.schedule_id)
     if sched is None:
         raise LookupError(f"schedule {task.schedule_id} of task {task_id} (node {task.node_id}) is not stored")
+    if times is not None and sched.type == "poll" and sched.times != times:
+        # Our lease ran out mid-call, another runner took the poll over and its call of the same
+        # poll was applied (it counted, and requeued the row for the next poll): this result is
+        # stale. Applying it too counted one poll twice, its outputs computed from before the other.
+        logger.warning("dropping a stale result of poll %d of node %s (task %s): another runner's counted",
+                       times + 1, task.node_id, task_id)
+        return
     st = unit.get_state(task.node_id, for_update=True)
     proc = unit.get_process(sched.process_id)
     if st is None or st.version != sched.version or st.name != states.RUNNING or proc is None or proc.dead:

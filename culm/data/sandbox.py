@@ -17,14 +17,16 @@ import ast
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
+from culm.data.memo import WeightedMemo
 from culm.data.sandbox_eval import Evaluator
 from culm.data.sandbox_guards import (
     FORBIDDEN_ATTRIBUTES,
     FORBIDDEN_NAMES,
+    PARSE_CACHE_NODES,
     PARSE_CACHE_SIZE,
+    PARSED,
     SAFE_BUILTINS,
     clip,
     collect_free,
@@ -37,6 +39,7 @@ from culm.errors import ExpressionError, ExpressionLimitError
 __all__ = [
     "FORBIDDEN_ATTRIBUTES",
     "FORBIDDEN_NAMES",
+    "PARSE_CACHE_NODES",
     "PARSE_CACHE_SIZE",
     "SAFE_BUILTINS",
     "ExpressionError",
@@ -162,7 +165,11 @@ _memo: dict[tuple[Any, ...], Any] = {}
 _ABSENT = object()
 _KEY_TYPES = (str, int, bool, type(None))
 _MEMO_TYPES = frozenset({str, int, float, bool, type(None)})
-_loaded_names: dict[str, tuple[str, ...]] = {}
+# Names per expression, bounded by how many names they hold in all (an expression loads up to
+# 1,000 distinct ones: a count of entries alone let 1,024 of them hold 100 MB).
+NAMES_CACHE_NAMES = 50_000
+_loaded_names: WeightedMemo[str, tuple[str, ...]] = WeightedMemo(PARSE_CACHE_SIZE, NAMES_CACHE_NAMES)
+_free_names_memo: WeightedMemo[str, frozenset[str]] = WeightedMemo(PARSE_CACHE_SIZE, NAMES_CACHE_NAMES)
 
 
 def _small(value: Any) -> bool:
@@ -176,13 +183,11 @@ def _small(value: Any) -> bool:
 def _loaded(expr: str, tree: ast.Expression) -> tuple[str, ...]:
     """Every name ``expr`` (parsed as ``tree``) loads from outside its comprehensions, safe
     builtins included (a caller's value shadows them); once per expression."""
-    loaded = _loaded_names.get(expr)
+    loaded = _loaded_names.data.get(expr)
     if loaded is None:
-        if len(_loaded_names) >= PARSE_CACHE_SIZE:
-            _loaded_names.clear()
         found: set[str] = set()
         collect_free(tree.body, frozenset(), found)
-        loaded = _loaded_names[expr] = tuple(sorted(found))
+        loaded = _loaded_names.keep(expr, tuple(sorted(found)), len(found) + 1)
     return loaded
 
 
@@ -223,12 +228,11 @@ def parse(expr: str, limits: Limits | None = None) -> ast.Expression:
 
 def free_names(expr: str) -> frozenset[str]:
     """Return the names ``expr`` loads from outside (not comprehension locals, not safe builtins)."""
-    return _free_names_cached(expr)
-
-
-@lru_cache(maxsize=PARSE_CACHE_SIZE)
-def _free_names_cached(expr: str) -> frozenset[str]:
-    return frozenset(_loaded(expr, parse(expr))) - SAFE_BUILTINS
+    names = _free_names_memo.data.get(expr)
+    if names is None:
+        names = frozenset(_loaded(expr, parse(expr))) - SAFE_BUILTINS
+        _free_names_memo.keep(expr, names, len(names) + 1)
+    return names
 
 
 def safe_str(value: Any, limit: int | None = None) -> str:
@@ -240,4 +244,4 @@ def safe_str(value: Any, limit: int | None = None) -> str:
     return render_limited(value, MAX_SEQUENCE_LENGTH if limit is None else limit)
 
 
-_parse_cached = parse_cached  # the cache itself, for callers that inspect it
+_parsed = PARSED  # the memo of parsed expressions, for callers that inspect it

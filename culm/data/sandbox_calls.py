@@ -70,6 +70,7 @@ def b_str(ev: Evaluator, *args: Any, **kwargs: Any) -> str:
 
 def b_int(ev: Evaluator, *args: Any, **kwargs: Any) -> int:
     text = args[0] if args else None
+    ev.ensure_number(text, "int()")
     if isinstance(text, str | bytes) and len(text) > ev.lim.max_int_bits + 64:
         # base 2 needs max_int_bits digits; decimal text is capped by Python itself, but
         # power-of-two bases are not (int('f' * 10**6, 16) is linear, then // on it quadratic)
@@ -96,6 +97,7 @@ def b_round(ev: Evaluator, number: Any, ndigits: Any = None) -> Any:
     # round(1, -10**9) would compute 10**(10**9) inside CPython.
     if isinstance(ndigits, int) and abs(ndigits) > ev.lim.max_int_digits:
         raise ExpressionLimitError(f"round() ndigits over {ev.lim.max_int_digits}")
+    ev.ensure_number(number, "round()")
     return round(number, ndigits)
 
 
@@ -145,6 +147,18 @@ def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
     return dict(pairs, **kwargs)
 
 
+def b_all(ev: Evaluator, iterable: Any) -> bool:
+    if not ev.lazy(iterable):
+        return all(iterable)
+    return all(all(chunk) for chunk in ev.drain(iterable))
+
+
+def b_any(ev: Evaluator, iterable: Any) -> bool:
+    if not ev.lazy(iterable):
+        return any(iterable)
+    return any(any(chunk) for chunk in ev.drain(iterable))
+
+
 def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(ev: Evaluator, *args: Any, **kwargs: Any) -> Any:
         if len(args) == 1 and not _walkable(ev, args[0]):  # one iterable: take it first, so that no lazy one runs unchecked in C
@@ -158,11 +172,12 @@ def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda _ev, *args, **kwargs: fn(*args, **kwargs)
 
 
-# all, any, enumerate, zip and reversed stay lazy: they hold nothing, and whatever consumes them
-# is one of the builtins above, a comprehension (checked per item) or a bounded container.
+# enumerate, zip and reversed stay lazy: they hold nothing, and whatever consumes them is one of the
+# builtins above, all() or any() (a lazy iterable in chunks, the clock read between them), "in"
+# (the same), a comprehension (checked per item) or a bounded container.
 BUILTINS: dict[str, Callable[..., Any]] = {
     "str": b_str, "int": b_int, "range": b_range, "pow": b_pow, "round": b_round, "sum": b_sum,
     "list": b_list, "tuple": b_tuple, "sorted": b_sorted, "set": b_set, "dict": b_dict,
-    "min": _extreme(min), "max": _extreme(max),
-    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, len, all, any, slice, enumerate, zip, reversed)},
+    "min": _extreme(min), "max": _extreme(max), "all": b_all, "any": b_any,
+    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, len, slice, enumerate, zip, reversed)},
 }  # fmt: skip

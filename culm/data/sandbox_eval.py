@@ -13,7 +13,10 @@ import math
 import operator
 import time
 import types
+from collections import UserString
 from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
@@ -22,6 +25,7 @@ from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
     FORBIDDEN_NAMES,
+    OTHER_SEQUENCES,
     POINTER_BYTES,
     SAFE_BUILTINS,
     SAFE_METHODS,
@@ -95,6 +99,7 @@ class BoundMethod:
 # Different keys of one set or dict that may share a hash: legitimate data rarely has two.
 MAX_HASH_COLLISIONS = 64
 _CHUNK = 256
+_DRAIN_CHUNK = 64  # smaller: an item of a zip of many iterables is a tuple of as many
 
 
 def _no_tick() -> None:
@@ -178,6 +183,19 @@ class Evaluator:
         if value.bit_length() > self.lim.max_int_bits:
             raise ExpressionLimitError(f"{what} would exceed {self.lim.max_int_digits} digits")
 
+    def ensure_number(self, value: Any, what: str) -> None:
+        """Refuse a Decimal or Fraction whose conversion to an int or to fixed-point text would
+        build more than max_int_digits digits (int(Decimal('1e999999999')) is a billion-digit
+        int; a context holds one whenever a component returns money or a run is given one)."""
+        if isinstance(value, Decimal):
+            if value.is_finite() and abs(value.adjusted()) > self.lim.max_int_digits:
+                raise ExpressionLimitError(
+                    f"{what}: a Decimal of exponent {value.adjusted()} would exceed {self.lim.max_int_digits} digits"
+                )
+        elif isinstance(value, Fraction):
+            self.ensure_int(value.numerator, f"{what}: the numerator of a Fraction")
+            self.ensure_int(value.denominator, f"{what}: the denominator of a Fraction")
+
     def built(self, value: Any) -> Any:
         """Check and charge a freshly built value."""
         if isinstance(value, SIZED):
@@ -185,10 +203,17 @@ class Evaluator:
             size, mem = self.measure(value)
             self.ensure_size(size, f"{type(value).__name__} result")
             self.charge(size, mem)
-        elif type(value) is int and value.bit_length() > self.lim.max_int_bits:
-            # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists here,
-            # so // % and str() on one stay cheap
-            self.ensure_int(value, "integer result")
+        elif type(value) is int:
+            if value.bit_length() > self.lim.max_int_bits:
+                # however it was made (int('f' * 10**6, 16), a | b, ...): no bigger int ever exists
+                # here, so // % and str() on one stay cheap
+                self.ensure_int(value, "integer result")
+        elif type(value) in _RARE_RESULTS:  # exact types: isinstance() of an ABC costs every call
+            if type(value) is Fraction:
+                self.ensure_number(value, "Fraction result")
+            else:
+                self.ensure_length(len(value), f"{type(value).__name__} result")
+                self.charge(len(value), POINTER_BYTES * len(value))
         return value
 
     def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:
@@ -218,6 +243,21 @@ class Evaluator:
         if not returned:
             self.reserve(mem, what)
         return items
+
+    @staticmethod
+    def lazy(iterable: Any) -> bool:
+        """True for an iterator (zip, enumerate, reversed, a generator): consuming one in C runs
+        code the clock cannot see, for as long as the iterator has items (a zip of 900 ranges of
+        a million items each is 900 million steps inside one all() or one "in")."""
+        return type(iterable) not in _SIZED_TYPES and isinstance(iterable, Iterator)
+
+    def drain(self, iterable: Any) -> Iterator[list[Any]]:
+        """The items of ``iterable`` in chunks, the clock read before each (nothing is kept)."""
+        source = iter(iterable)
+        self.check_clock()
+        while chunk := list(itertools.islice(source, _DRAIN_CHUNK)):
+            yield chunk
+            self.check_clock()
 
     def hashed(self, items: list[Any], what: str) -> list[Any]:
         """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
@@ -283,7 +323,12 @@ class Evaluator:
         left = self.eval(node.left, scope)
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.eval(comparator, scope)
-            if not _COMPARE[type(op)](left, right):
+            kind = type(op)
+            if kind in _MEMBERSHIP and self.lazy(right) and not hasattr(type(right), "__contains__"):
+                found = any(left in chunk for chunk in self.drain(right))
+                if found is not (kind is ast.In):
+                    return False
+            elif not _COMPARE[kind](left, right):
                 return False
             left = right
         return True
@@ -349,6 +394,7 @@ class Evaluator:
                 else str(value)
             )
             self.built(value)  # each piece is charged as it is made, not only the joined result
+        self.ensure_number(value, "formatted value")
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
         self.ensure_length(self.size(value) + spec_width(self.lim, spec), "formatted value")
         return self.built(format(value, spec))
@@ -432,7 +478,7 @@ class Evaluator:
                 raise ExpressionLimitError(
                     f"integer result of << would exceed {self.lim.max_int_digits} digits"
                 )
-        elif kind is ast.Mod and isinstance(left, str):
+        elif kind is ast.Mod and (isinstance(left, _FORMATTED) or type(left) is UserString):
             return self.built(percent_format(self, left, right))
         return self.built(_BINOPS[kind](left, right))
 
@@ -444,6 +490,11 @@ class Evaluator:
             # any sign: pow(a, -e, m) inverts a modulo m, then raises the inverse to e
             if any(isinstance(v, int) and v.bit_length() > 4096 for v in (base, exp, mod)):
                 raise ExpressionLimitError("pow() with a modulus takes operands of at most 4096 bits")
+            return
+        if isinstance(base, Fraction) and isinstance(exp, int):
+            bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+            if bits * abs(exp) > self.lim.max_int_bits:
+                raise ExpressionLimitError(f"Fraction result of ** would exceed {self.lim.max_int_digits} digits")
             return
         if not (isinstance(base, int) and isinstance(exp, int)) or exp < 0 or abs(base) <= 1:
             return
@@ -467,6 +518,8 @@ class Evaluator:
         if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int) and times > 1:
             self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
             self.ensure_size(self.size(seq) * times, f"repeated {type(seq).__name__}")
+        elif isinstance(seq, OTHER_SEQUENCES) and isinstance(times, int) and times > 1:
+            self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
 
     # -- attributes and methods
 
@@ -511,6 +564,12 @@ class Evaluator:
         return found
 
 
+# Values "%" formats: str, and those a context may hold (a component's bytes; a bytearray or a
+# UserString formatted b'%999999999d' % 1 into gigabytes unchecked).
+_FORMATTED = (str, bytes, bytearray)
+_RARE_RESULTS = frozenset({Fraction, *OTHER_SEQUENCES})
+_MEMBERSHIP = frozenset({ast.In, ast.NotIn})
+_SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
 _SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})

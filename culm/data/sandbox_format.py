@@ -9,6 +9,7 @@ indexes are refused outright.
 from __future__ import annotations
 
 import string
+from collections import UserString
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -54,21 +55,25 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
             raise ExpressionError(
                 f"format field {{{clip(field, 40)}}} is not allowed (no attribute or index access)"
             )
+        ev.ensure_number(arg, "formatted value")
         estimate += spec_width(ev.lim, spec or "") + PER_FIELD_SLACK + ev.size(arg)
     ev.ensure_length(estimate, "formatted string")
     return str.format_map(fmt, mapping) if mapping is not None else str.format(fmt, *args, **kwargs)
 
 
-def percent_format(ev: Evaluator, fmt: str, args: Any) -> str:
-    """``fmt % args``, sized before it runs."""
+def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
+    """``fmt % args`` (a str, bytes, bytearray or UserString), sized before it runs."""
     estimate = len(fmt)
     by_key = isinstance(args, Mapping)
-    for key, width in percent_fields(fmt, ev.lim.max_format_width):
+    text = fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
+    for key, width in percent_fields(text, ev.lim.max_format_width):
         estimate += width + PER_FIELD_SLACK
         if by_key and key is not None and key in args:
             estimate += ev.size(args[key])
     if not by_key:
         estimate += ev.size(args)
+    for value in args.values() if by_key else args if isinstance(args, tuple) else (args,):
+        ev.ensure_number(value, "%-formatted value")  # %d of a Decimal converts it to an int
     ev.ensure_length(estimate, "%-formatted string")
     return fmt % args
 

@@ -11,22 +11,42 @@ import re
 import threading
 import time
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Any
 
 from culm.data import sandbox
+from culm.data.memo import WeightedMemo
 from culm.data.sandbox_guards import CONTAINERS, measure, without_addresses
 from culm.errors import ExpressionError, ExpressionLimitError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
+# (literal text before, fragment body or None, bare name or None, the fragment as written)
+_Piece = tuple[str, "str | None", "str | None", str]
 MAX_RENDER_OUTPUT = 1_000_000
 RENDER_TIME_LIMIT = 1.0
 MAX_RENDER_DEPTH = 100
 # Text all the templates of one node (its inputs and the variables they need) may render in all.
 MAX_NODE_RENDER_OUTPUT = 4 * MAX_RENDER_OUTPUT
+# Seconds all the templates of one node may take to render in all (each render has
+# RENDER_TIME_LIMIT of its own): 10,000 inputs of 0.3 s each would hold a thread for an hour.
+NODE_RENDER_TIME_LIMIT = 10.0
 # Only texts up to this length are remembered by the per-text caches, so that many large distinct
-# templates cannot fill memory (4,096 entries each).
+# templates cannot fill memory: 4,096 entries each, and at most CACHE_WEIGHT pieces (fragments and
+# the text between them) or names in all (4,096 texts of 4 KB with 590 fragments each held 800 MB
+# when only entries were counted).
 MAX_CACHED_TEXT = 4096
+CACHE_WEIGHT = 50_000
+COMPILED: WeightedMemo[str, tuple[tuple[_Piece, ...], str | None]] = WeightedMemo(4096, CACHE_WEIGHT)
+REFERENCES: WeightedMemo[str, frozenset[str]] = WeightedMemo(4096, CACHE_WEIGHT)
+_known_compiled = COMPILED.data.get  # the memos keep their dicts when emptied
+_known_references = REFERENCES.data.get
+
+# "${" the templates of one node may hold: its inputs or params (or a gateway's conditions) and
+# the variables they need. Each fragment is parsed on its own, tens of microseconds, before any
+# clock can stop it: six inputs of 100,000 fragments each held the engine thread for 17 s.
+MAX_NODE_FRAGMENTS = 10_000
+# "${" the variables (data inputs) of one tree, every subprocess included, may hold: checking a
+# tree parses each of them (600,000 took 16 s of the call that submitted the tree).
+MAX_TREE_VARIABLE_FRAGMENTS = 50_000
 
 _NESTED = re.compile(r"\s*([A-Za-z_]\w*)((?:\[(?:'\w+'|\"\w+\"|-?\d+)\])+)\s*")
 _INDEX = re.compile(r"\[(?:'(\w+)'|\"(\w+)\"|(-?\d+))\]")
@@ -60,21 +80,42 @@ class time_bound:  # noqa: N801 - used as a function: ``with time_bound(seconds)
 
 class output_bound:  # noqa: N801 - used as a function: ``with output_bound(chars)``
     """All renderings on this thread inside the block together produce at most ``chars``
-    characters of text (each one also stays under MAX_RENDER_OUTPUT): many variables or inputs
-    of one node, each just under the limit, would otherwise add up to gigabytes."""
+    characters of text (each one also stays under MAX_RENDER_OUTPUT), and end within
+    NODE_RENDER_TIME_LIMIT seconds: many variables or inputs of one node, each just under the
+    limits, would otherwise add up to gigabytes, or to hours (10,000 inputs of 0.3 s each)."""
 
-    __slots__ = ("chars", "outer")
+    __slots__ = ("chars", "outer", "outer_deadline")
 
     def __init__(self, chars: int) -> None:
         self.chars = chars
         self.outer: list[int] | None = None
+        self.outer_deadline: float | None = None
 
     def __enter__(self) -> None:
         outer = self.outer = getattr(_bound, "output", None)
-        _bound.output = [self.chars] if outer is None else outer
+        self.outer_deadline = getattr(_bound, "node_deadline", None)
+        if outer is None:
+            _bound.output = [self.chars]
+            _bound.node_deadline = time.monotonic() + NODE_RENDER_TIME_LIMIT
 
     def __exit__(self, *exc: object) -> None:
         _bound.output = self.outer
+        _bound.node_deadline = self.outer_deadline
+
+
+def fragment_count(value: Any) -> int:
+    """How many ``${`` the strings of ``value`` where templates are looked for hold in all (an
+    upper bound of their fragments, counted in C without parsing any)."""
+    if isinstance(value, str):
+        return value.count("${")
+    return sum(text.count("${") for text in _strings(value))
+
+
+def too_many_fragments(count: int, what: str) -> str | None:
+    """Why ``count`` fragments are too many for ``what`` (one node's templates), or None."""
+    if count <= MAX_NODE_FRAGMENTS:
+        return None
+    return f"{what} hold {count:,} ${{...}} fragments, over the {MAX_NODE_FRAGMENTS:,} one node's templates may hold"
 
 
 def references(value: Any) -> set[str]:
@@ -85,14 +126,22 @@ def references(value: Any) -> set[str]:
     """
     found: set[str] = set()
     for text in _strings(value):
-        found.update(_text_references(text) if len(text) <= MAX_CACHED_TEXT else _references_of(text))
+        if "${" not in text:
+            continue
+        if len(text) > MAX_CACHED_TEXT:
+            found.update(_references_of(text))
+        else:
+            found.update(_known_references(text) or _text_references(text))
     return found
 
 
-@lru_cache(maxsize=4096)
 def _text_references(text: str) -> frozenset[str]:
     # Templates repeat across nodes and runs: derive each string's references once.
-    return _references_of(text)
+    found = REFERENCES.data.get(text)
+    if found is None:
+        found = _references_of(text)
+        REFERENCES.keep(text, found, len(found) + 1)
+    return found
 
 
 def _references_of(text: str) -> frozenset[str]:
@@ -127,7 +176,7 @@ def render(value: Any, namespace: Mapping[str, Any], nested_objects: bool = Fals
 
 
 class _RenderState:
-    __slots__ = ("namespace", "nested_objects", "deadline", "output")
+    __slots__ = ("namespace", "nested_objects", "deadline", "output", "node_late")
 
     def __init__(self, namespace: Mapping[str, Any], nested_objects: bool) -> None:
         self.namespace = namespace
@@ -137,6 +186,10 @@ class _RenderState:
         bound = getattr(_bound, "deadline", None)
         if bound is not None and bound < self.deadline:
             self.deadline = bound
+        node = getattr(_bound, "node_deadline", None)
+        self.node_late = False  # whether the node's time runs out first
+        if node is not None and node < self.deadline:
+            self.deadline, self.node_late = node, True
         self.output = 0
 
     def render(self, value: Any, depth: int) -> Any:
@@ -165,12 +218,20 @@ class _RenderState:
 
     def check_clock(self) -> None:
         if time.monotonic() > self.deadline:
-            raise ExpressionLimitError(f"rendering took longer than {RENDER_TIME_LIMIT} seconds")
+            raise ExpressionLimitError(self.too_late())
+
+    def too_late(self) -> str:
+        if self.node_late:
+            return f"the templates of one node took longer than {NODE_RENDER_TIME_LIMIT} seconds to render in all"
+        return f"rendering took longer than {RENDER_TIME_LIMIT} seconds"
 
     def render_str(self, text: str) -> Any:
         if "${" not in text:
             return text
-        pieces, sole = _compiled(text) if len(text) <= MAX_CACHED_TEXT else _compile(text)
+        if len(text) > MAX_CACHED_TEXT:
+            pieces, sole = _compile(text)
+        else:
+            pieces, sole = _known_compiled(text) or _compiled(text)
         if sole is not None:
             found, raw = self.raw_object(sole)
             if found:
@@ -208,6 +269,8 @@ class _RenderState:
                 # text an expression made ('%r' % (gen,)) holds no memory address either
                 text = without_addresses(sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output))
         except ExpressionLimitError:
+            if self.node_late and time.monotonic() > self.deadline:
+                raise ExpressionLimitError(self.too_late()) from None
             raise
         except ExpressionError:
             text = whole
@@ -226,14 +289,13 @@ class _RenderState:
             raise ExpressionLimitError(f"rendered text is longer than {MAX_RENDER_OUTPUT} characters")
 
 
-# (literal text before, fragment body or None, bare name or None, the fragment as written)
-_Piece = tuple[str, "str | None", "str | None", str]
-
-
-@lru_cache(maxsize=4096)
 def _compiled(text: str) -> tuple[tuple[_Piece, ...], str | None]:
     """:func:`_compile`, once per text (templates repeat across nodes and runs)."""
-    return _compile(text)
+    found = COMPILED.data.get(text)
+    if found is None:
+        found = _compile(text)
+        COMPILED.keep(text, found, len(found[0]))
+    return found
 
 
 def _compile(text: str) -> tuple[tuple[_Piece, ...], str | None]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from culm import _json
+from culm.data import template
 from culm.data.context import lazy_input_key
 from culm.errors import TreeProblem
 from culm.model import limits, timeouts
@@ -90,6 +91,8 @@ class ShapeChecker:
     _ids: set[str] = field(default_factory=set)
     # A variable's value holds a dict whose keys JSON would merge: copy the tree exactly.
     merging_keys: bool = False
+    # "${" in the variables (data inputs) of every pipeline of the tree.
+    variable_fragments: int = 0
 
     def add(self, where: str | None, message: str) -> None:
         """Record one problem."""
@@ -112,6 +115,16 @@ class ShapeChecker:
         while work:
             item = work.pop()
             work.extend(self._pipeline(item))
+        if self.too_many_fragments:
+            where = label(tree.get("id")) if isinstance(tree, dict) else None
+            self.add(where, f"the variables of the tree hold {self.variable_fragments:,} ${{...}} fragments, over the "
+                            f"{template.MAX_TREE_VARIABLE_FRAGMENTS:,} a tree may have")
+
+    @property
+    def too_many_fragments(self) -> bool:
+        """Whether the tree's variables hold too many fragments to parse them all (the checks of
+        reference cycles and of fragment syntax are skipped then)."""
+        return self.variable_fragments > template.MAX_TREE_VARIABLE_FRAGMENTS
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -374,6 +387,10 @@ class ShapeChecker:
         if not isinstance(conditions, dict):
             self.add(nid, "conditions must be a dict keyed by outgoing flow id")
             conditions = {}
+        texts = [c.get("evaluate") for c in conditions.values() if isinstance(c, dict)]
+        count = sum(template.fragment_count(t) for t in texts if isinstance(t, str))
+        if problem := template.too_many_fragments(count, "the templates of its conditions"):
+            self.add(nid, problem)
         for flow_id, condition in conditions.items():
             if flow_id not in outgoing:
                 self.add(nid, f"condition key {label(flow_id)} is not an outgoing flow of this gateway")
@@ -422,6 +439,7 @@ class ShapeChecker:
         # Keys of data inputs and params become context keys, kept in a column of their own.
         width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
         longest = width if width is not None else 1 << 30
+        fragments = 0  # "${" of the rendered variables
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
@@ -430,16 +448,32 @@ class ShapeChecker:
                 self._key(where, what, key, width)
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
-                if isinstance(var["value"], _CONTAINERS):
-                    self._value(f"{where}.{label_text(key)}" if keyed_where else where, f"{what} {key!r}",
-                                var["value"])
+                value = var["value"]
+                if var["type"] == "splice":
+                    count = value.count("${") if value.__class__ is str else template.fragment_count(value)
+                    fragments += count if count <= template.MAX_NODE_FRAGMENTS else self._fragments(where, what, key, value)
+                if isinstance(value, _CONTAINERS):
+                    self._value(f"{where}.{label_text(key)}" if keyed_where else where, f"{what} {key!r}", value)
                 continue
             at = f"{where}.{label_text(key)}" if keyed_where else where
             self._var(at, f"{what} {key!r}", var, activity_ids)
+            if isinstance(var, dict) and var.get("type", "plain") != "plain" and var.get("need_render") is not False:
+                fragments += self._fragments(where, what, key, var.get("value"))
             if what in _NODE_INPUTS and isinstance(var, dict) and var.get("type") == "lazy":
                 # A lazy input becomes a context variable of its own, keyed by input and node.
                 if problem := limits.column_problem(lazy_input_key(key, where), limits.KEY_LENGTH):
                     self.add(where, f"{what} {key!r} is lazy: its context key {problem}")
+        if what not in _NODE_INPUTS:
+            self.variable_fragments += fragments
+        elif fragments > template.MAX_NODE_FRAGMENTS:
+            self.add(where, template.too_many_fragments(fragments, f"the templates of its {what}s") or "")
+
+    def _fragments(self, where: str, what: str, key: str, value: Any) -> int:
+        """The ``${`` of one rendered variable's value; a data input over the limit is a problem."""
+        count = value.count("${") if value.__class__ is str else template.fragment_count(value)
+        if count > template.MAX_NODE_FRAGMENTS and what not in _NODE_INPUTS:
+            self.add(where, template.too_many_fragments(count, f"the templates of {what} {label(key)}") or "")
+        return count
 
     def _var(self, where: str, what: str, var: Any, activity_ids: set[str]) -> None:
         if not isinstance(var, dict):

@@ -71,8 +71,9 @@ def _analyse(
             # Pairing a graph whose flows or degrees are wrong would only repeat those problems.
             if graph.sound and pair_gateways(graph, checker.add):
                 check_streams(graph, checker.add)
-        for problem in variable_cycle_problems(tree, *preset):
-            checker.add(problem.where, problem.message)
+        if not checker.too_many_fragments:  # parsing them all would take seconds; refused anyway
+            for problem in variable_cycle_problems(tree, *preset):
+                checker.add(problem.where, problem.message)
     except Exception as exc:  # the contract is "garbage in, problems out", never an exception
         checker.add(None, f"tree could not be validated: {type(exc).__name__}: {exc}")
     return checker

@@ -460,6 +460,17 @@ class RecordEnd(ExecutableEndEvent):
             fh.write(json.dumps([in_subprocess, root_pipeline_id, current_pipeline_id]) + "\n")
 
 
+class GateEnd(ExecutableEndEvent):
+    """Records its call as t_record_end does, then waits (bounded) for the gate named "end"."""
+
+    code = "t_gate_end"
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        with open(SHARED_DIR / "end-calls", "a") as fh:
+            fh.write(json.dumps([in_subprocess, root_pipeline_id, current_pipeline_id]) + "\n")
+        gate("end").wait(30)
+
+
 class RaiseEnd(ExecutableEndEvent):
     code = "t_raise_end"
 

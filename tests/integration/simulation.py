@@ -15,8 +15,11 @@ none of the crashed batch's state changes). Recovery is what a restarted runner 
 leases, sweep the task table).
 
 After every step the invariants are checked (:mod:`culm.core.invariants`): no stuck or stranded
-pipeline, every state transition in the table, converge gateways never early; and no node's
-``execute`` runs twice for one version unless a crash or a lease expiry happened in between.
+pipeline, every state transition in the table, converge gateways never early; no node's
+``execute`` runs twice for one version unless a crash or a lease expiry happened in between, and
+none whose result a batch committed is handed out again, crash or not (an executable end event's
+code included: the pipelines end with one, t_record_end); a schedule call (a poll, a callback)
+counts once: a batch counts only calls it applies, each never counted before.
 After the storm the simulation stops injecting and drives every pipeline to its end as an operator
 would. Ids, versions and the clock come from the seed, so a failure replays exactly::
 
@@ -35,7 +38,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,8 @@ from culm.core import loop, records
 from culm.core.engine import Engine, Settings
 from culm.core.invariants import Violation, check, check_transitions
 from culm.core.loop import UserCall
-from culm.core.records import EXECUTE, TaskRecord
+from culm.core.outcomes import Invoke
+from culm.core.records import EXECUTE, SCHEDULE, TaskRecord
 from culm.core.snapshots import read_snapshot, read_snapshots
 from culm.dispatch.inline import InlineDispatcher
 from culm.model import builder
@@ -62,6 +66,16 @@ from culm.storage.sql import SqlStore
 BACKENDS = {"memory": "memory://", "sqlite": "sqlite:///:memory:"}
 LEASE_SECONDS = 30.0
 START_CLOCK = 1_700_000_000.0
+
+
+def _noting(invoke: Invoke, applied: list[tuple[str, str | None]]) -> Invoke:
+    """``invoke``, noting in ``applied`` its (node, version) once its result has been applied."""
+    def resume(run: Any, result: Any) -> Any:
+        outcome = invoke.resume(run, result)
+        applied.append((invoke.node_id, invoke.version))
+        return outcome
+
+    return replace(invoke, resume=resume)
 
 
 class Crash(Exception):
@@ -81,6 +95,7 @@ class Item(loop.Item):
     epoch: int = 0  # the simulation's epoch when the user code was handed out
     owner: str = ""  # the runner holding this item (the lease owner its engine steps use)
     call: UserCall | None = None
+    poll: tuple[str, int] | None = None  # a schedule call handed out: (schedule, its times then)
 
 
 class _SeededBits:
@@ -164,11 +179,16 @@ class Simulation:
         # Bumped by every crash or lease expiry: the items made after it belong to another runner.
         self.runner = 0
         self.executed: dict[tuple[str, str | None], int] = {}
+        # (node, version) of the executes whose result a batch applied and committed: they never
+        # run again, crash or lease expiry in between or not.
+        self.applied: set[tuple[str, str | None]] = set()
+        # (schedule, times) of the schedule calls (polls, callbacks) whose result was committed.
+        self.polled: set[tuple[str, int]] = set()
         self.steps: list[str] = []
         self.feed_seq = 0  # the change feed is read (and its transitions checked) up to here
         self.last_states: dict[str, str] = {}
         self.items = 0
-        self.storm = Storm()
+        self.storm = Storm(executable_ends=True)
 
     # -- driving ---------------------------------------------------------------------------
     def run(self) -> int:
@@ -255,24 +275,63 @@ class Simulation:
         if crash:
             self.steps.append("CRASH before the batch commits")
             committed = self.engine.store.feed.last_seq()
+        applied: list[tuple[str, str | None]] = []
+        for item in batch:
+            if item.waiting and item.invoke is not None and item.task.kind == EXECUTE:
+                item.invoke = _noting(item.invoke, applied)
+        # Schedule calls back with their result: schedule -> (its count before the batch, the calls).
+        returning: dict[str, tuple[int | None, set[int]]] = {}
+        for item in batch:
+            if item.waiting and item.task.kind == SCHEDULE and item.poll:
+                returning.setdefault(item.poll[0], (self._times(item.poll[0]), set()))[1].add(item.poll[1])
         try:
             with self.engine.step() as step:
                 handed_out = [item for item in batch if self._advance(step, item) is not None]
                 if crash:
                     self._restart()  # the process dies holding the open transaction
                     raise Crash
+            self.applied.update(applied)
+            for schedule_id, (before, calls) in returning.items():
+                after = self._times(schedule_id)
+                counted = range(before, after) if before is not None and after is not None else range(0)
+                # Each call counted is one back in this batch, and was never counted before: a stale
+                # call (its runner lost the lease; another's call of the same poll counted) is not.
+                if not set(counted) <= calls or any((schedule_id, t) in self.polled for t in counted):
+                    self._fail([], f"schedule {schedule_id}: calls {[t + 1 for t in counted]} counted, of "
+                               f"calls {sorted(t + 1 for t in calls)} back in this batch: a stale one counted")
+                self.polled.update((schedule_id, t) for t in counted)
         except Crash:
             self._recover()
             if self.engine.store.feed.last_seq() != committed:
                 self._fail([], "the crashed batch left state changes behind")
             return
         for item in handed_out:
+            invoke = item.invoke
+            if item.task.kind == EXECUTE and invoke is not None and (invoke.node_id, invoke.version) in self.applied:
+                self._fail([], f"node {invoke.node_id} version {invoke.version}: an execute handed out again although "
+                           "the result of an earlier one was committed")
+            item.poll = self._schedule_call(item.task.id) if item.task.kind == SCHEDULE else None
+            if item.poll in self.polled:
+                self._fail([], f"node {item.task.node_id}: schedule call {item.poll[1] + 1} handed out again "  # type: ignore[index]
+                           "although its result was committed")
             # Even a runner that lost its lease and goes on hands out user code only while it holds
             # the task (applying a result takes the lease again, or drops the result if another
             # runner has the task): the next node's code runs once, however the runners interleave.
             item.epoch = self.epoch
             self.running.append(item)
         self._absorb()
+
+    def _schedule_call(self, task_id: str) -> tuple[str, int] | None:
+        """(schedule, times) of a schedule task's call: which call of its schedule it is."""
+        with self.engine.store.reading() as unit:
+            task = unit.get_task(task_id)
+            sched = unit.get_schedule(task.schedule_id) if task is not None and task.schedule_id else None
+            return (sched.id, sched.times) if sched is not None else None
+
+    def _times(self, schedule_id: str) -> int | None:
+        with self.engine.store.reading() as unit:
+            sched = unit.get_schedule(schedule_id)
+            return sched.times if sched is not None else None
 
     def _advance(self, step: Any, item: Item) -> UserCall | None:
         """``item``'s share of a batch transaction: the engine loop's own step for one item
@@ -293,6 +352,7 @@ class Simulation:
             self.steps.append(f"user execute {invoke.node_id} {invoke.version} #{item.number}")
             if item.epoch >= 0 and self.executed.get(key) == item.epoch:
                 self._fail([], f"node {invoke.node_id} version {invoke.version} executed twice without a crash")
+
             self.executed[key] = item.epoch
         else:
             self.steps.append(f"user schedule {item.task.node_id}")

@@ -17,6 +17,7 @@ from culm.builder import (
     ConvergeGateway,
     EmptyEndEvent,
     EmptyStartEvent,
+    ExecutableEndEvent,
     ParallelGateway,
     ServiceActivity,
     SubProcess,
@@ -40,6 +41,9 @@ class Storm:
     activities: list[str] = field(default_factory=list)
     subprocesses: list[str] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)  # what was fired, for a failure message
+    # End every pipeline and the subprocess with an executable end event (t_record_end), whose
+    # code is user code a pause or a crash may cut too, and make the chain's first node a loop.
+    executable_ends: bool = False
 
     def act(self, code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
         a = ServiceActivity(component_code=code, timeout_config=timeout_config)
@@ -52,17 +56,23 @@ class Storm:
         """One of three shapes: parallel branches, a subprocess in a branch, or a chain."""
         shape = rng.randrange(3)
         if shape == 2:
-            return build_tree(chain(self.act("t_none"), self.act("t_fail", x=1), self.act("t_poll"),
-                                    self.act("t_callback", timeout(rng))))
+            first = self.act("t_none")
+            if self.executable_ends:  # (the simulation's trees) a node loop too
+                first.loop_config = {"enable": True, "loop_times": 3}
+            return build_tree(chain(first, self.act("t_fail", x=1), self.act("t_poll"),
+                                    self.act("t_callback", timeout(rng)), end=self._end()))
         start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
         branches = [self.act("t_fail", x=1), self.act("t_callback", timeout(rng)),
                     self.act("t_poll", timeout(rng), polls=3)]
         if shape == 1:
-            sub = SubProcess(start=chain(self.act("t_callback"), self.act("t_fail", x=2)))
+            sub = SubProcess(start=chain(self.act("t_callback"), self.act("t_fail", x=2), end=self._end()))
             self.subprocesses.append(sub.id)
             branches.append(sub)
-        start.extend(pg).connect(*branches).converge(cg).extend(self.act("t_none")).extend(EmptyEndEvent())
+        start.extend(pg).connect(*branches).converge(cg).extend(self.act("t_none")).extend(self._end())
         return build_tree(start)
+
+    def _end(self) -> Any:
+        return ExecutableEndEvent(type="t_record_end") if self.executable_ends else EmptyEndEvent()
 
     def report(self, found: list[Any], when: str) -> str:
         return f"{when}: " + "; ".join(map(str, found)) + "\ncalls:\n  " + "\n  ".join(self.calls)
@@ -75,12 +85,12 @@ def timeout(rng: random.Random) -> dict[str, Any] | None:
     return {"enable": True, "action": rng.choice(("forced_fail", "forced_fail_and_skip")), "seconds": rng.choice((1, 3))}
 
 
-def chain(*nodes: Any) -> EmptyStartEvent:
+def chain(*nodes: Any, end: Any = None) -> EmptyStartEvent:
     start = EmptyStartEvent()
     tail: Any = start
     for n in nodes:
         tail = tail.extend(n)
-    tail.extend(EmptyEndEvent())
+    tail.extend(end if end is not None else EmptyEndEvent())
     return start
 
 

@@ -41,6 +41,8 @@ HOSTILE = [
     pytest.param("${pow(3, -(10**3999), 10**3999 + 1)}", ("4096 bits",), id="negative-pow-modulus"),
     pytest.param("${('a,' * 500000).split(',')}", ("memory",), id="split"),
     pytest.param("${[[x] for x in range(10**6)]}", ("memory", "longer than"), id="memory"),
+    pytest.param("${[all(zip(" + ", ".join(["r"] * 600) + ")) for r in [range(10**6)]]}", ("longer than",),
+                 id="lazy-consumer"),
 ]
 
 

@@ -10,12 +10,21 @@ its user code) after the pause had returned.
 
 from __future__ import annotations
 
+import components
 import pytest
 from engine_fixtures import children, run, wait_idle
 from support import wait_until
 
 from culm import api
-from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+from culm.builder import (
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ExecutableEndEvent,
+    ServiceActivity,
+    SubProcess,
+    build_tree,
+)
+from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -63,3 +72,35 @@ def test_no_node_is_entered_after_pause_pipeline_returns(runtime):
         wait_until(lambda r=root_id: api.get_pipeline_states(runtime, r).data[r]["state"] == "FINISHED", 30, 0.05,
                    what=f"{root_id} to finish after resume")
         assert all(s == "FINISHED" for s in children(runtime, root_id).values())
+
+
+@pytest.mark.parametrize("paused", ["root", "subprocess"])
+def test_a_pause_while_end_event_code_runs_does_not_run_it_again(runtime, paused):
+    """A pipeline paused while its executable end event's code runs cannot finish: the walk parks
+    on the pause once the code returned. Resuming it finished the pipeline by entering the end
+    event again, which ran its code a second time (no crash, no lost lease: a silent repeat). The
+    parked walk now records that the code ran for that run, and the resumed one only finishes."""
+    end = ExecutableEndEvent(type="t_gate_end")
+    start, sub_start = EmptyStartEvent(), EmptyStartEvent()
+    if paused == "root":
+        start.extend(ServiceActivity(component_code="example_component")).extend(end)
+    else:
+        sub_start.extend(ServiceActivity(component_code="example_component")).extend(end)
+        start.extend(SubProcess(start=sub_start)).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    pipeline = tree["id"] if paused == "root" else tree["flows"][tree["start_event"]["outgoing"]]["target"]
+    run(runtime, tree)
+    wait_until(components.end_calls, 20, 0.02, what="the end event's code to start")
+    assert api.pause_pipeline(runtime, pipeline).result
+    components.gate("end").set()
+
+    def parked() -> bool:
+        return any(p.suspended and p.current_node_id == end.id
+                   for p in read_snapshot(runtime.engine, tree["id"]).processes)
+
+    wait_until(parked, 20, 0.05, what="the walk to park on the pause once the code returned")
+    assert api.resume_pipeline(runtime, pipeline).result
+    wait_until(lambda: api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["state"] == "FINISHED",
+               20, 0.05, what="the pipeline to finish")
+    assert components.end_calls() == [(paused != "root", tree["id"], pipeline)]
+    assert api.get_children_states(runtime, end.id).data[end.id]["state"] == "FINISHED"

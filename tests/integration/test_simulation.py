@@ -69,6 +69,34 @@ def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch)
     assert "stranded_process" in failures[0][1]
 
 
+def test_the_simulation_catches_a_committed_execute_handed_out_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put back a bug the control-call crash test found (an executable end event's code ran again
+    when its pipeline, paused while the code ran, was resumed): seed 263 of the heavier storm must
+    fail, naming the end event whose committed run was handed out again. The simulation holds
+    every execute (an end event's code included) to "a result committed never runs again", crash
+    or lease expiry in between or not."""
+    from culm.core.handlers import events
+
+    monkeypatch.setattr(events, "_code_ran", lambda run, ran: None)
+    failures, _steps = run_seeds([263], storm_steps=120, pipelines=3)
+    assert [seed for seed, _ in failures] == [263]
+    assert "handed out again although the result of an earlier one was committed" in failures[0][1]
+
+
+def test_the_simulation_catches_a_stale_poll_result_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put back a bug it found: a poll's result whose runner lost its lease, applied after the
+    result of the runner that took the poll over (one poll counted twice). Seed 60 of the CI's
+    storm must fail (61, 62, 74 and 77 do too), saying a stale call was counted."""
+    from culm.core import scheduling
+
+    apply = scheduling.schedule_apply
+    monkeypatch.setattr(scheduling, "schedule_apply",
+                        lambda engine, step, task_id, result, times=None: apply(engine, step, task_id, result))
+    failures, _steps = run_seeds([60], storm_steps=60, pipelines=2)
+    assert [seed for seed, _ in failures] == [60]
+    assert "a stale one counted" in failures[0][1]
+
+
 def test_the_storms_inject_crashes_and_lease_expiries() -> None:
     """The CI's storm really crashes (mid-transaction and between steps) and lets leases run out
     (the simulation checks at each crash that the batch left no state change behind)."""

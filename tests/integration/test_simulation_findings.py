@@ -127,6 +127,37 @@ def test_a_stale_schedule_result_is_dropped_once_the_row_moved_on(tmp_path: Path
         assert check(read_snapshot(rt.engine, tree["id"])) == []
 
 
+def test_a_stale_poll_result_is_not_counted_on_top_of_the_runner_that_took_it_over(tmp_path: Path) -> None:
+    """Runner A's poll call runs while its lease runs out; runner B takes the poll over, runs the
+    same poll and applies it (the row is requeued for the next poll). A's result came back after
+    and was applied too: one poll counted twice, its outputs computed from before B's. A result
+    names which call of its schedule it is (``prepare_call``), and a stale one is dropped."""
+    rt, inline = _runtime(tmp_path)
+    poll = ServiceActivity(component_code="t_poll")
+    poll.component.inputs.polls = Var(type=Var.PLAIN, value=3)
+    tree = build_tree(chain(poll))
+    with rt:
+        task = _start(rt, inline, tree)
+        invoke = _execute(rt, task.id)
+        assert _execute(rt, task.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        (sched,) = inline.take()
+        with rt.engine.step() as step:
+            a_call, a_times = scheduling.prepare_call(rt.engine, step, sched.id)  # type: ignore[misc]
+        a_result = a_call()  # ... while A's lease runs out
+        _restart(rt)  # B takes the task over
+        with rt.engine.step() as step:
+            b_call, b_times = scheduling.prepare_call(rt.engine, step, sched.id)  # type: ignore[misc]
+        assert (a_times, b_times) == (0, 0)
+        with rt.engine.step() as step:
+            scheduling.schedule_apply(rt.engine, step, sched.id, b_call(), b_times)
+        with rt.engine.step() as step:
+            scheduling.schedule_apply(rt.engine, step, sched.id, a_result, a_times)  # stale: dropped
+        with rt.store.reading() as unit:
+            assert unit.get_schedule(unit.get_task(sched.id).schedule_id).times == 1  # type: ignore[union-attr]
+        assert api.get_execution_data_outputs(rt, poll.id).data["count"] == 1
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
 @pytest.mark.parametrize("paused", ["root", "subprocess"])
 def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeypatch: Any, paused: str) -> None:
     """On a server database a pause could commit after a walk read its stack (before walks held

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from array import array
+from collections import UserList, UserString, deque
+from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pytest
@@ -117,6 +121,23 @@ DICT_VIEWS = [
     "dict(a=1).keys() & zip(range(10**6), range(10**6))",
 ]
 
+# all(), any() and "in" consumed an iterator in C: a zip of 600 ranges of a million items ran 4 s
+# inside one all(), past the 0.5 s limit, the clock unread (found probing, session 12).
+R = ", ".join(["r"] * 600)
+R30 = ", ".join(["r"] * 30)
+ZIPS = ", ".join([f"zip({R30})"] * 20)
+LAZY_CONSUMERS = [
+    f"[all(zip({R})) for r in [range(10**6)]]",
+    f"[(None,) in zip({R}) for r in [range(10**6)]]",
+    f"[-1 not in zip({R}) for r in [range(10**6)]]",
+    f"[all(enumerate(zip({R}))) for r in [range(10**6)]]",
+    f"[0 in enumerate(zip({R})) for r in [range(10**6)]]",
+    f"[all(zip({ZIPS})) for r in [range(10**6)]]",
+    f"[0 < 1 in zip({ZIPS}) for r in [range(10**6)]]",
+    f"[any(x is None for x in [0]) or all(zip({R})) for r in [range(10**6)]]",
+    f"[all(zip(reversed(r), {R})) for r in [range(10**6)]]",
+]
+
 PAYLOADS = [
     *(pytest.param(p, id=f"hash-{i}") for i, p in enumerate(HASH_COLLISIONS)),
     *(pytest.param(p, id=f"materialised-{i}") for i, p in enumerate(MATERIALISED)),
@@ -124,6 +145,7 @@ PAYLOADS = [
     *(pytest.param(p, id=f"strings-{i}") for i, p in enumerate(STRINGS)),
     *(pytest.param(p, id=f"memory-{i}") for i, p in enumerate(MEMORY)),
     *(pytest.param(p, id=f"dictview-{i}") for i, p in enumerate(DICT_VIEWS)),
+    *(pytest.param(p, id=f"lazy-{i}") for i, p in enumerate(LAZY_CONSUMERS)),
 ]
 
 
@@ -145,7 +167,8 @@ def bounded(call: Any) -> tuple[BaseException | None, float, int]:
 
 def test_the_corpus_covers_every_class() -> None:
     assert len(PAYLOADS) >= 60
-    assert min(map(len, (HASH_COLLISIONS, MATERIALISED, BIG_INTS, STRINGS, MEMORY, DICT_VIEWS))) >= 8
+    classes = (HASH_COLLISIONS, MATERIALISED, BIG_INTS, STRINGS, MEMORY, DICT_VIEWS, LAZY_CONSUMERS)
+    assert min(map(len, classes)) >= 8
 
 
 def test_the_memory_ceiling_leaves_room_for_the_values_given() -> None:
@@ -200,6 +223,10 @@ def test_payload_in_a_gateway_condition_is_refused(payload: str) -> None:
          ({"a", "b", "c"}, {"a"}, {"z"})),
         ("dict(a=1).items() ^ [('b', 2)], set() | dict(a=1).keys(), sorted(dict(b=1, a=2).keys())",
          ({("a", 1), ("b", 2)}, {"a"}, ["a", "b"])),
+        ("all(zip('ab', 'cd')), any(reversed([0, 1])), (1, 'b') in enumerate('ab'), 3 not in zip([3])",
+         (True, True, True, True)),
+        ("all(zip()), any(enumerate([])), 1 < 2 in zip([2]), [x in zip([1], [2]) for x in [(1, 2), (2, 1)]]",
+         (True, False, False, [True, False])),
     ],
 )
 def test_harmless_neighbours_still_work(expr: str, expected: object) -> None:
@@ -254,3 +281,85 @@ def test_a_dict_view_is_measured_before_it_is_turned_into_text() -> None:
         with pytest.raises(ExpressionLimitError, match="too large to render|formatted string"):
             template.render("${" + expr + "}", names)
     assert template.render("${dict(a=1).items()}", {}) == "dict_items([('a', 1)])"
+
+
+def test_the_templates_of_one_node_share_one_time_budget(monkeypatch) -> None:
+    # Each input renders within every limit of its own; 400 of them took 400 times as long, an
+    # hour for 10,000 inputs of 0.3 s (found probing, session 12). Generous per-expression limits
+    # here, so that only the node's budget can stop them, whatever the machine's load.
+    from culm.core import data as cdata
+
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "RENDER_TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "NODE_RENDER_TIME_LIMIT", 0.3)
+    raw = {f"x{i}": {"type": "splice", "value": f"${{len([x for x in range(20000)]) + {i}}}"} for i in range(400)}
+    start = time.monotonic()
+    with pytest.raises(ExpressionLimitError, match="templates of one node took longer than 0.3 seconds"):
+        cdata.render_inputs(raw, lambda keys: {}, lambda var, value: value)
+    # 400 x 20,000 comprehension steps take 12 s of CPU here; the budget stops them in 0.3 s
+    # (plus one input's work, however loaded the machine)
+    assert time.monotonic() - start < 3.0
+    few = dict(list(raw.items())[:2])
+    assert cdata.render_inputs(few, lambda keys: {}, lambda var, value: value) == {"x0": "20000", "x1": "20001"}
+
+
+def test_the_conditions_of_one_gateway_share_one_time_budget(monkeypatch) -> None:
+    from culm.core.data import GatheredInputs
+    from culm.core.handlers.gateways import _judge
+    from culm.model.compiled import Condition
+
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "RENDER_TIME_LIMIT", 60.0)
+    monkeypatch.setattr(template, "NODE_RENDER_TIME_LIMIT", 0.3)
+    conds = [Condition(f"f{i}", f"t{i}", f"${{len([x for x in range(20000)]) + {i}}} == 0") for i in range(400)]
+    start = time.monotonic()
+    verdict = _judge(conds, GatheredInputs({}, {}, frozenset(), {}), lambda var, value: value, False, None, {})
+    assert isinstance(verdict, str) and "took longer than 0.3 seconds to render in all" in verdict, verdict
+    assert time.monotonic() - start < 3.0
+
+
+# A Decimal or a Fraction in a context (a component returning money, a run given one) converted to
+# an int or to fixed-point text: int(Decimal('1e999999999')) builds a billion-digit int, for
+# minutes; '{:f}' of it took 1.9 GB (found probing, session 12).
+NUMBER_NAMES = {"d": Decimal("1e999999999"), "tiny": Decimal("1e-999999999"), "half": Fraction(3, 2),
+                "huge": Fraction(10**5000, 3)}
+NUMBERS = ["int(d)", "round(d)", "round(d, 2)", "'%d' % d", "'%i' % (d,)", "'%(d)d' % dict(d=d)", "'%f' % tiny",
+           "'{:f}'.format(d)", "'{x:.2f}'.format_map(dict(x=tiny))", "f'{d:f}'", "f'{tiny:f}'", "half ** 10**7",
+           "int(huge)", "round(huge)", "'%d' % huge"]
+
+
+@pytest.mark.parametrize("payload", NUMBERS)
+def test_decimal_and_fraction_values_are_refused_before_they_convert(payload: str) -> None:
+    raised, elapsed, peak = bounded(lambda: sandbox.evaluate(payload, NUMBER_NAMES))
+    assert isinstance(raised, ExpressionLimitError) and "4000 digits" in str(raised), f"{payload!r} gave {raised!r}"
+    assert elapsed < SECONDS and peak < MEMORY_BOUND
+
+
+def test_decimal_and_fraction_values_of_a_usual_size_still_convert() -> None:
+    names = {"price": Decimal("1234.565"), "ratio": Fraction(7, 2)}
+    assert sandbox.evaluate("int(price), round(price, 1), '%d' % price, f'{price:.2f}', '{:f}'.format(price)",
+                            names) == (1234, Decimal("1234.6"), "1234", "1234.56", "1234.565")
+    assert sandbox.evaluate("int(ratio), round(ratio), ratio ** 3, '%.1f' % ratio", names) == (
+        3, 4, Fraction(343, 8), "3.5")
+    assert template.render("total: ${int(price) + 1}", names) == "total: 1235"
+
+
+# Sequences a context may hold besides str and list (a component's bytes, a deque, an array):
+# "%" and "*" on them ran unchecked: b'%999999999d' % 1 took 950 MB, a bytearray's 2.8 GB, and
+# deque([1]) * 10**9 8 GB (found probing, session 12).
+SEQUENCE_NAMES = {"b": b"%999999999d", "ba": bytearray(b"%999999999d"), "us": UserString("%999999999d"),
+                  "dq": deque([1, 2]), "arr": array("d", [1.0]), "ul": UserList([1]), "small": b"%3d|%s"}
+SEQUENCES = ["b % 1", "ba % (1,)", "us % 1", "small[0:3] * 400000 % tuple(range(400000))", "ba * 10**9",
+             "dq * 10**9", "10**9 * arr", "ul * 10**9"]
+
+
+@pytest.mark.parametrize("payload", SEQUENCES)
+def test_other_sequences_are_sized_before_they_are_formatted_or_repeated(payload: str) -> None:
+    raised, elapsed, peak = bounded(lambda: sandbox.evaluate(payload, SEQUENCE_NAMES))
+    assert isinstance(raised, ExpressionLimitError), f"{payload!r} gave {raised!r}"
+    assert elapsed < SECONDS and peak < MEMORY_BOUND
+
+
+def test_other_sequences_of_a_usual_size_still_format_and_repeat() -> None:
+    assert sandbox.evaluate("small % (5, small[0:1]), len(dq * 3), us[0:1] * 2", SEQUENCE_NAMES) == (
+        b"  5|%", 6, UserString("%%"))

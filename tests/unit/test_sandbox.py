@@ -220,7 +220,7 @@ def test_shared_deadline_is_respected() -> None:
 
 def test_parse_cache_returns_the_same_tree() -> None:
     assert sandbox.parse("a + 1") is sandbox.parse("a + 1")
-    assert sandbox._parse_cached.cache_info().maxsize == sandbox.PARSE_CACHE_SIZE
+    assert sandbox._parsed.max_entries == sandbox.PARSE_CACHE_SIZE
 
 
 def test_free_names_skip_locals_and_builtins() -> None:

@@ -10,6 +10,13 @@ from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue, now
 from culm.core.run import Run, stored_state
+from culm.model import compiled as g
+
+# Kept in an executable end event's outputs (with the run's version) from the commit of its code's
+# result until the pipeline ends, when the walk goes on in a later step: parked on a pause, or once
+# the pipeline's outputs have rendered on the pool. The walk entering the end event again (a resume,
+# a replay after a crash) then only ends the pipeline: the code ran for this run, never twice.
+CODE_RAN = "_end_code_ran"
 
 
 def start(run: Run) -> Outcome:
@@ -57,9 +64,12 @@ def _ended(run: Run, resolved: Any) -> Outcome:
     if holder is not None and holder.name == states.SUSPENDED:
         # Paused while user code or rendering ran (the walk parks on a paused stack at every node
         # it enters): the pipeline cannot finish while paused, and no one would wake a process
-        # that slept here. Park on the pause; resuming runs the end event again.
+        # that slept here. Park on the pause; resuming enters the end event again, which then
+        # only finishes: an executable end event's code ran already and must not run twice.
         run.proc.suspended, run.proc.suspended_by = True, pipeline_id
+        _code_ran(run, True)
         return SLEEP
+    _code_ran(run, False)
     run.finish()
     if pipeline_id == run.root_id:
         return _finish_root(run, outputs)
@@ -93,9 +103,18 @@ def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> O
     return Next(sub_node.target)  # type: ignore[arg-type]
 
 
+def _outputs(run: Run) -> dict[str, Any]:
+    data = run.unit.get_execution_data(run.node.id)
+    return dict(data[1]) if data else {}
+
+
 def executable_end(run: Run) -> Outcome:
-    """Run the user's end-event code outside the transaction, then end like an empty end event."""
+    """Run the user's end-event code outside the transaction, then end like an empty end event
+    (only end, if the code ran for this run already: CODE_RAN)."""
     from culm.components import events as plugins
+
+    if _outputs(run).get(CODE_RAN) == run.state.version:
+        return end(run)
 
     code = run.node.end_code or ""
     stack = list(run.proc.stack)
@@ -115,6 +134,21 @@ def executable_end(run: Run) -> Outcome:
         if ex_data:
             run.fail_node(ex_data)
             return SLEEP
-        return end(run)
+        outcome = end(run)
+        if isinstance(outcome, Invoke):  # the outputs render on the pool first
+            _code_ran(run, True)
+        return outcome
 
     return Invoke(call, resume)
+
+
+def _code_ran(run: Run, ran: bool) -> None:
+    """Mark (``ran``) or unmark an executable end event's run as one whose code ran (CODE_RAN)."""
+    if run.node.type != g.EXECUTABLE_END:
+        return
+    outputs = _outputs(run)
+    if ran and outputs.get(CODE_RAN) != run.state.version:
+        run.unit.set_execution_outputs(run.node.id, {**outputs, CODE_RAN: run.state.version})
+    elif not ran and CODE_RAN in outputs:
+        del outputs[CODE_RAN]
+        run.unit.set_execution_outputs(run.node.id, outputs)

@@ -96,6 +96,14 @@ def _judge(
     first_only: bool, func: Callable[..., bool] | None, extra_info: dict[str, Any],
 ) -> list[Condition] | str:
     """The conditions that hold, in stored order, or why evaluating them failed; no storage access."""
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):  # one budget for every condition
+        return _judge_bounded(conds, gathered, lazy, first_only, func, extra_info)
+
+
+def _judge_bounded(
+    conds: tuple[Condition, ...] | list[Condition], gathered: cdata.GatheredInputs, lazy: cdata.LazyResolver,
+    first_only: bool, func: Callable[..., bool] | None, extra_info: dict[str, Any],
+) -> list[Condition] | str:
     try:
         namespace = cdata.condition_namespace(gathered, lazy)
     except CulmError as exc:
