@@ -256,8 +256,10 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     if prefetch is None:
         return
     fresh = [i.task.id for i in batch if i.task.kind == EXECUTE and not i.waiting]
-    resumed = [i.task.id for i in batch if i.task.kind == EXECUTE and i.waiting]
-    prefetch.read_tasks_ahead(fresh, resumed, engine.lease())
+    back = [i for i in batch if i.task.kind == EXECUTE and i.waiting]
+    # Where their calls ran (the walk set the task's node to it): MySQL locks those states with the read.
+    at = [i.invoke.node_id for i in back if i.invoke is not None and i.invoke.node_id]
+    prefetch.read_tasks_ahead(fresh, [i.task.id for i in back], engine.lease(), at)
     nodes: list[str] = []
     stacks: list[str] = []
     pipelines: list[str] = []

@@ -338,10 +338,14 @@ class Prefetch(Protocol):
     offers none: its :attr:`Unit.prefetch` is None.
     """
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease) -> None:
+    def read_tasks_ahead(
+        self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease, resumed_at: Sequence[str] = ()
+    ) -> None:
         """Answer the transaction's coming ``task_with_process`` calls for a batch: ``fresh``
-        tasks claimed with ``lease``, ``resumed`` ones read while still held. A unit may do
-        nothing here (each task is then read by its own call)."""
+        tasks claimed with ``lease``, ``resumed`` ones read while still held. ``resumed_at``: the
+        nodes the resumed tasks' user code ran at, as the runner knows them (a hint: a unit may
+        lock their states with the read; a task whose row names another node is served as if
+        there were no hint). A unit may do nothing here (each task is then read by its own call)."""
         ...
 
     def tasks_read_ahead(self) -> list[tuple[TaskRecord, ProcessRecord | None]]:

@@ -80,6 +80,63 @@ def test_resumed_tasks_come_with_their_nodes_state_locked(store):
         assert unit.get_state("n-p3").name == "FINISHED"
 
 
+def test_resumed_tasks_read_with_the_nodes_their_calls_ran_at_lock_those_states_in_one_round_trip(store, monkeypatch):
+    """The runner names the nodes the resumed tasks' calls ran at: their states are locked in the
+    round trip that claims and reads the tasks (MariaDB sent a second query for them). A node
+    named wrongly costs that second query, and the state of the node the row names is locked all
+    the same."""
+    _seed(store)
+    with store.transaction() as unit:
+        unit.insert_state(StateRecord("n-p1", "root", "root", "RUNNING", "v1", created_time=1.0))
+        for tid in ("t1", "t3"):  # their calls ran: they are ours
+            unit.claim_task(tid, *LEASE)
+    with store.transaction() as unit:
+        trips = round_trips(store.dialect, monkeypatch)
+        unit.read_tasks_ahead([], ["t1", "t3"], LEASE, ["n-p3", "n-p1"])
+        assert len(trips) == 1, trips
+        monkeypatch.undo()
+        assert _locked_elsewhere(store, "n-p3") and _locked_elsewhere(store, "n-p1")
+        task, _ = unit.task_with_process("t3", LEASE, held=True)
+        assert task.id == "t3"
+        trips = round_trips(store.dialect, monkeypatch)
+        assert unit.get_state("n-p3", for_update=True).version == "v1"  # known: no read
+        assert unit.update_state("n-p3", expect_version="v1", name="FINISHED")  # deferred
+        assert trips == []
+        monkeypatch.undo()
+    with store.transaction() as unit:
+        unit.read_tasks_ahead([], ["t1", "t3"], LEASE, ["n-elsewhere"])  # not where the rows say
+        assert _locked_elsewhere(store, "n-p1") and not _locked_elsewhere(store, "n-elsewhere-none")
+        task, _ = unit.task_with_process("t1", LEASE, held=True)
+        assert task.id == "t1"
+        assert unit.update_state("n-p1", expect_version="v1", name="FINISHED")
+    with store.reading() as unit:
+        assert {n: st.name for n, st in unit.get_states(["n-p1", "n-p3"]).items()} == {
+            "n-p1": "FINISHED", "n-p3": "FINISHED"}
+
+
+def test_a_batch_of_fresh_and_resumed_tasks_is_claimed_and_read_in_one_round_trip(store, monkeypatch):
+    _seed(store)  # t2 is leased by a live worker
+    with store.transaction() as unit:
+        unit.insert_processes([_process("p4")])
+        unit.insert_tasks([_task("t4", "p4")])
+        for tid in ("t3", "t4"):  # their calls ran: they are ours
+            unit.claim_task(tid, *LEASE)
+    with store.transaction() as unit:
+        trips = round_trips(store.dialect, monkeypatch)
+        unit.read_tasks_ahead(["t1", "t2"], ["t3", "t4"], LEASE, ["n-p3", "n-p4"])
+        assert len(trips) == 1, trips
+        monkeypatch.undo()
+        assert {t.id for t, _ in unit.tasks_read_ahead()} == {"t1", "t3", "t4"}
+        assert unit.task_with_process("t2", LEASE) == (None, None)
+        assert unit.task_with_process("t1", LEASE)[0].id == "t1"
+        assert unit.task_with_process("t3", LEASE, held=True)[1].id == "p3"
+        assert _locked_elsewhere(store, "n-p3")
+        assert unit.update_state("n-p3", expect_version="v1", name="FINISHED")
+    with store.reading() as unit:
+        assert unit.get_state("n-p3").name == "FINISHED"
+        assert unit._one("SELECT owner FROM culm_task WHERE id = ?", ["t1"])[0] == "me"
+
+
 def test_resumed_tasks_another_runner_holds_are_dropped_and_ours_kept(store):
     _seed(store)  # t2 is leased by a live worker; t3's lease (none) is ours to take again
     with store.transaction() as unit:

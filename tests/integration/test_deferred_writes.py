@@ -329,3 +329,60 @@ def test_a_pipeline_and_its_subprocess_end_without_reading_their_states_again(ki
         monkeypatch.undo()
         rt.close()
         drop_database(url)
+
+
+def test_a_node_whose_state_row_is_new_has_no_inner_loops_to_reset(store, monkeypatch):
+    """reset_inner_loops (a subprocess entered) sends nothing for a node whose state row this very
+    transaction inserted (rows are never deleted: no child row can be stored), as long as no child
+    row was written here since; otherwise it resets as before."""
+    kind = "postgres" if store.engine.dialect.name.startswith("postgres") else "mariadb"
+    trips = round_trips(kind, monkeypatch)
+    with store.transaction() as unit:
+        unit.insert_state(StateRecord("sub", "root", "root", "RUNNING", "v1", created_time=1.0))
+        unit.reset_inner_loops("sub")  # first entry: nothing to reset
+        unit.insert_state(StateRecord("c1", "root", "sub", "FINISHED", "v1", inner_loop=2, created_time=1.0))
+        unit.insert_state(StateRecord("other", "root", "", "FINISHED", "v1", inner_loop=3, created_time=1.0))
+    sent_first = "\n".join(trips)
+    assert "inner_loop <> 0" not in sent_first, sent_first
+    with store.transaction() as unit:
+        unit.insert_state(StateRecord("sub2", "root", "root", "RUNNING", "v1", created_time=1.0))
+        unit.reset_inner_loops("sub2")
+        # an appointed row (no parent yet) becomes a child of the new row: the next reset is sent
+        assert unit.update_state("other", expect_version="v1", parent_id="sub2")
+        unit.reset_inner_loops("sub2")  # entered again in the same transaction (a loop)
+        unit.insert_state(StateRecord("sub3", "root", "root", "RUNNING", "v1", created_time=1.0))
+        unit.insert_state(StateRecord("c3", "root", "sub3", "FINISHED", "v1", inner_loop=2, created_time=1.0))
+        unit.reset_inner_loops("sub3")  # a child row written since: reset
+        unit.reset_inner_loops("sub")  # a row of an earlier transaction: reset
+    monkeypatch.undo()
+    with store.reading() as unit:
+        got = {n: st.inner_loop for n, st in unit.get_states(["c1", "other", "c3"]).items()}
+    assert got == {"c1": 0, "other": 0, "c3": 0}
+
+
+def test_a_rows_second_update_waiting_with_the_first_is_merged_into_it(store, monkeypatch):
+    """Two deferred UPDATEs of a row by its id (a process saved by a handler, then by its walk)
+    go as one UPDATE in the first one's place, with the later values; not when a write queued
+    between them may touch the row (then both go, in order)."""
+    from culm.core.records import ProcessRecord
+
+    kind = "postgres" if store.engine.dialect.name.startswith("postgres") else "mariadb"
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "start", None, ["root"]) for p in ("p1", "p2")])
+    trips = round_trips(kind, monkeypatch)
+    with store.transaction() as unit:
+        unit.update_process("p1", asleep=True, current_node_id="a")
+        unit.update_process("p2", current_node_id="x")  # another row: no matter
+        unit.update_process("p1", current_node_id="b", stack=["root", "sub"])
+        unit.update_process("p2", dead=True)
+        unit.kill_processes_of_root("elsewhere")  # rows unknown: sent at once, p1 and p2 with it
+        unit.update_process("p1", need_ack=2)
+        unit.reset_inner_loops("no-such-parent")  # a write on rows not known here
+        unit.update_process("p1", ack_num=1)
+    monkeypatch.undo()
+    sent = "\n".join(trips)
+    assert sent.count("UPDATE culm_process SET") == 5, sent  # p1, p2, kill, then p1 twice
+    with store.reading() as unit:
+        p1, p2 = unit.get_process("p1"), unit.get_process("p2")
+    assert (p1.asleep, p1.current_node_id, p1.stack, p1.need_ack, p1.ack_num) == (True, "b", ["root", "sub"], 2, 1)
+    assert (p2.current_node_id, p2.dead) == ("x", True)

@@ -238,6 +238,11 @@ class SqlUnit:
         # Each entry is (sql, params, keys): ``keys`` lists the rows the write touches as (table,
         # primary key) pairs, or is None when they are not known (see _combined).
         self._deferred: list[tuple[str, Sequence[Any], Any]] | None = [] if self.defers_writes else None
+        # Deferred UPDATEs of a row by its id (a process, a task, a schedule), by (table, (id,)): their
+        # place in _deferred and their fields so far. A second UPDATE of the row is merged into the
+        # first while no write queued since may touch the row (a write on it or on unknown rows
+        # removes the entry): a process saved by a handler and again by its walk is one UPDATE.
+        self._merging: dict[tuple[str, tuple[Any, ...]], tuple[int, dict[str, Any]]] = {}
         # PostgreSQL, MySQL: [version, name] of the state rows this transaction holds locked (read
         # FOR UPDATE or held with a shared lock, inserted or updated here). Nobody else can change
         # them before the commit, so a compare-and-set on one has a known outcome and can be
@@ -254,6 +259,11 @@ class SqlUnit:
         self._state_view: dict[str, StateRecord | None] | None = None
         # Server databases: the states read with a shared row lock (hold_states) in this transaction.
         self._held: set[str] = set()
+        # Server databases: node ids whose state row this transaction inserted and that no state row
+        # written here names as its parent since. Rows are never deleted, so such a node has no
+        # children stored: reset_inner_loops has nothing to reset (a subprocess entered the first
+        # time, in every run that reaches one) and sends nothing.
+        self._childless: set[str] = set()
         # PostgreSQL: tasks read ahead by read_tasks_ahead, by task id: (task, process, locked
         # state of its node or None), or None when it is not there or leased by someone else; and
         # the processes written since (None: all of them).
@@ -304,6 +314,12 @@ class SqlUnit:
             self._cur.execute(sql if self._plain_sql else self._sql(sql),
                               params if type(params) in _SEQUENCES else tuple(params))
         else:
+            if self._merging:  # a row this write may touch: a later UPDATE of it must follow it
+                if key is None:
+                    self._merging.clear()
+                else:
+                    for row in key:
+                        self._merging.pop(row, None)
             self._deferred.append((self._sql(sql), params, key))
 
     def flush(self, *, commit: bool = False) -> None:
@@ -368,6 +384,7 @@ class SqlUnit:
         """Hand over the deferred writes, as few statements as they can be (_combined)."""
         pending = self._deferred or []
         self._deferred = []
+        self._merging.clear()
         self._unsent_states.clear()
         return self.combine(pending)
 
@@ -389,8 +406,21 @@ class SqlUnit:
 
     def _update_later(self, table: str, key_sql: str, key_params: Sequence[Any], fields: Mapping[str, Any]) -> None:
         # Every caller's key_sql starts with "<primary key> = ?": the row is known.
-        self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params],
-                    ((table, (key_params[0],)),))
+        row = (table, (key_params[0],))
+        if key_sql != "id = ?" or self._deferred is None:  # a compare-and-set, or sent at once
+            self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params], (row,))
+            return
+        merging = self._merging.get(row)
+        if merging is not None:
+            # The row's UPDATE still waits and no write queued since may touch the row: one UPDATE
+            # of the row, in the earlier one's place, with the later values (the same outcome).
+            at, merged = merging
+            merged.update(fields)
+            self._deferred[at] = (self._sql(update_sql(table, tuple(merged), key_sql)), [*merged.values(), *key_params],
+                                  (row,))
+            return
+        self._later(update_sql(table, tuple(fields), key_sql), [*fields.values(), *key_params], (row,))
+        self._merging[row] = (len(self._deferred) - 1, dict(fields))
 
     def _insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
@@ -433,6 +463,7 @@ class SqlUnit:
                 self._owned.clear()  # what the undone part locked or wrote is no longer known
             self._locked_ahead.clear()
             self._held.clear()  # a rolled-back savepoint gives back the row locks taken in it
+            self._childless.clear()
             self._state_view = None
             self._tasks_ahead.clear()
             self._context_view.clear()
@@ -628,18 +659,28 @@ class SqlUnit:
         holding = set(fresh)
         missing = [i for i in self._states_missing(nodes) if i not in holding]
         contexts = self._contexts_missing(pipelines)
+        held_rows, state_rows, context_rows = self._read_walks(fresh, missing, contexts)
+        if fresh:
+            self._take_held(fresh, held_rows)
+        if missing:
+            self._take_states(missing, state_rows)
+        if contexts:
+            self._take_contexts(contexts, context_rows, CONTEXTS_AHEAD)
+
+    def _read_walks(
+        self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        """The rows of read_walks_ahead's three reads (each may be empty): the held states (read
+        with a shared lock, in node id order), the other states, the contexts."""
         reads = [self._hold_read(fresh)] if fresh else []
         state_reads = self._states_reads(missing) if missing else []
         reads += state_reads
         if contexts:
             reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
         answers = iter(self._all_together(reads))  # in the order of ``reads``
-        if fresh:
-            self._take_held(fresh, next(answers))
-        if missing:
-            self._take_states(missing, [r for _ in state_reads for r in next(answers)])
-        if contexts:
-            self._take_contexts(contexts, next(answers), CONTEXTS_AHEAD)
+        held_rows = next(answers) if fresh else []
+        state_rows = [r for _ in state_reads for r in next(answers)]
+        return held_rows, state_rows, next(answers) if contexts else []
 
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
@@ -694,6 +735,8 @@ class SqlUnit:
             self._unsent_states[rec.node_id] = params
         if self._owned is not None:
             self._owned[rec.node_id] = [rec.version, rec.name]
+            self._childless.discard(rec.parent_id)
+            self._childless.add(rec.node_id)
 
     def update_state(
         self,
@@ -706,6 +749,8 @@ class SqlUnit:
         """Compare-and-set: write ``fields`` only if version and state name still match."""
         if self._locked_ahead:
             self._locked_ahead.pop(node_id, None)
+        if self._childless and "parent_id" in fields:
+            self._childless.discard(fields["parent_id"])
         done = self._cas_state(node_id, expect_version, expect_names, fields)
         view = self._state_view
         if view is not None and node_id in view:
@@ -760,6 +805,8 @@ class SqlUnit:
         # deferred like any write whose result is not read (no round trip of their own on
         # PostgreSQL). Later compare-and-sets must not be folded into INSERTs queued before them,
         # or they would be applied ahead of them.
+        if parent_id in self._childless:
+            return  # its row is new: no child row stored (nor a kept copy of one)
         self._unsent_states.clear()
         if self._deferred is None:  # it runs now: no row noted (a first entry), nothing to reset
             if self._x(NOTE_INNER_LOOPS, [time.time(), parent_id]).rowcount:
@@ -893,7 +940,8 @@ class SqlUnit:
         if self._owned is not None:
             self._owned[st.node_id] = [st.version, st.name]
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
+                         resumed_at: Sequence[str] = ()) -> None:
         """PostgreSQL, MySQL: answer this transaction's coming ``task_with_process`` calls for a
         batch of tasks with two or three statements instead of one or more each: ``fresh`` tasks are claimed with ``lease``
         and read with their processes, ``resumed`` ones (their user code ran) are read with their

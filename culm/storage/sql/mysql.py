@@ -156,12 +156,16 @@ class MysqlUnit(SqlUnit):
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
 
     def read_tasks_ahead(
-        self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]
+        self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
+        resumed_at: Sequence[str] = (),
     ) -> None:
-        """A batch's tasks in two round trips instead of two or three per task (see
-        CLAIM_MANY_MYSQL): the leases taken or kept in one UPDATE and the tasks read with their
-        processes in one query, then the states of the resumed tasks' nodes locked, in node id
-        order (the lock order stays: task rows first, then states; process rows are only read)."""
+        """A batch's tasks in one round trip instead of two or three per task (see
+        CLAIM_MANY_MYSQL): the leases taken or kept in one UPDATE, the tasks read with their
+        processes, and the states of the nodes the resumed tasks' calls ran at (``resumed_at``)
+        locked, in node id order, all in one multi-statement query. The lock order stays: task rows
+        first, then states; process rows are only read. A resumed task whose row names a node not
+        in ``resumed_at`` has that state locked in a query of its own, as before the hint; a state
+        locked for a task that turns out not to be ours stays locked, unused, until the commit."""
         ids = list(dict.fromkeys([*fresh, *resumed]))
         if len(ids) < 2:
             return
@@ -173,7 +177,13 @@ class MysqlUnit(SqlUnit):
             CLAIM_MANY_MYSQL.format(marks=marks(len(ids)), held=held),
             [owner, until, *ids, at, *([owner, *mine] if mine else [])],
         )
-        rows = self._all(MANY_WITH_PROCESS_OURS.format(marks=marks(len(ids))), [owner, until, *ids])
+        read = (MANY_WITH_PROCESS_OURS.format(marks=marks(len(ids))), [owner, until, *ids])
+        hinted = sorted(set(resumed_at)) if mine else []
+        if hinted:
+            rows, locked_rows = self._all_together([read, (STATES_IN_LOCKED.format(marks=marks(len(hinted))), hinted)])
+        else:
+            rows, locked_rows = self._all(*read), []
+        locked = {st.node_id: st for st in map(_state_row, locked_rows)}
         ahead = self._tasks_ahead
         ahead.update(dict.fromkeys(ids))  # not there, or not ours: None
         n_task, waiting = len(TASK_COLUMNS), set(mine)
@@ -186,10 +196,13 @@ class MysqlUnit(SqlUnit):
                 _process_row(r[n_task:_END]) if r[n_task] is not None else None,
                 None,
             )
-            if r[0] in waiting:
-                nodes.append(r[3])  # its node's state: the result's compare-and-set comes next
+            if r[0] in waiting:  # its node's state: the result's compare-and-set comes next
+                if r[3] in locked:
+                    self._lock_ahead(locked[r[3]])
+                elif r[3] not in hinted:
+                    nodes.append(r[3])  # not where the runner thought: lock it now
         if nodes:
-            for st in self._all(STATES_IN_LOCKED.format(marks=marks(len(nodes))), nodes):
+            for st in self._all(STATES_IN_LOCKED.format(marks=marks(len(nodes))), sorted(set(nodes))):
                 self._lock_ahead(_state_row(st))
 
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from culm.core.records import ProcessRecord, TaskRecord
-from culm.storage.sql.base import Dialect, SqlUnit, _process_row, _state_row, _task_row
+from culm.storage.sql.base import CONTEXTS_AHEAD, Dialect, SqlUnit, _process_row, _state_row, _task_row
 from culm.storage.sql.statements import (
     ACK_CHILDREN_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
@@ -16,6 +16,7 @@ from culm.storage.sql.statements import (
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
     SNAPSHOT_READ,
+    STATE_COLUMNS,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
     marks,
@@ -23,6 +24,9 @@ from culm.storage.sql.statements import (
 
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a row a unique key refused
 _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
+CONTEXT_WIDTH = 6  # the columns of SqlUnit._contexts_read
+_NO_CONTEXT = ", ".join(["NULL"] * CONTEXT_WIDTH)  # a state row's padding in the walks' one read
+_NO_STATE = ", ".join(["NULL"] * len(STATE_COLUMNS))
 
 
 # Statements up to this long have their numbered form cached (culm's fixed statements); longer
@@ -116,6 +120,35 @@ class PostgresUnit(SqlUnit):
                 cur.execute(sql, params)
         return [cur.fetchall() for cur in cursors]
 
+    def _read_walks(
+        self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
+    ) -> tuple[list[Any], list[Any], list[Any]]:
+        # One statement instead of up to three (each costs the driver and the server a statement's
+        # work, pipelined or not): the held states locked first, in node id order, in a
+        # materialised WITH; each row tagged with the read it answers, a state row padded to a
+        # context row's width and the other way round.
+        if sum(map(bool, (fresh, missing, contexts))) < 2:
+            return super()._read_walks(fresh, missing, contexts)
+        head, parts, params = "", [], list[str]()
+        if fresh:
+            sql, ids = self._hold_read(fresh)
+            head = f"WITH h AS MATERIALIZED ({sql}) "
+            parts.append(f"SELECT 0, h.*, {_NO_CONTEXT} FROM h")
+            params += ids
+        for sql, ids in self._states_reads(missing) if missing else ():
+            parts.append(sql.replace("SELECT ", "SELECT 1, ", 1).replace(" FROM ", f", {_NO_CONTEXT} FROM ", 1))
+            params += ids
+        if contexts:
+            sql, ids = self._contexts_read(contexts, CONTEXTS_AHEAD)
+            parts.append(f"SELECT 2, {_NO_STATE}, c.* FROM ({sql}) c")
+            params += ids
+        rows = self._all(head + " UNION ALL ".join(parts), params)
+        got: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+        width = len(STATE_COLUMNS) + 1
+        for r in rows:
+            got[r[0]].append(r[1:width] if r[0] < 2 else r[width:])
+        return got
+
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         answers = self._all_together([(ACK_CHILDREN_RETURNING, [n, pid]) for n, pid in acks])
         return [rows[0] for rows in answers if rows]
@@ -136,15 +169,19 @@ class PostgresUnit(SqlUnit):
             self._lock_ahead(_state_row(row[_END:-2]))
         return self._task_and_process(row[:_END])
 
-    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float]) -> None:
+    def read_tasks_ahead(self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
+                         resumed_at: Sequence[str] = ()) -> None:
+        # (resumed_at unused: the resumed tasks' read locks their nodes' states by a join)
         owner, until, at = lease
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
-        for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
-                                 (resumed, MANY_WITH_PROCESS_AND_STATE, [])):
-            if len(ids) < 2:
-                continue
-            rows = self._all(sql.format(marks=marks(len(ids))), [*params, *ids])
+        # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip.
+        reads = [(ids, sql.format(marks=marks(len(ids))), [*params, *ids])
+                 for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
+                                          (resumed, MANY_WITH_PROCESS_AND_STATE, []))
+                 if len(ids) >= 2]
+        answers = self._all_together([(sql, params) for _, sql, params in reads])
+        for (ids, _, _), rows in zip(reads, answers, strict=True):
             ahead.update(dict.fromkeys(ids))
             for r in rows:
                 st = None
