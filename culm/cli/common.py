@@ -155,6 +155,9 @@ def db_url(args: argparse.Namespace) -> str:
         raise DatabaseError(f"cannot use the database URL {_safe(url)!r}: culm keeps its data in SQLite, "
                             f"PostgreSQL or MySQL/MariaDB, not {backend!r} (examples: sqlite:///culm.db, "
                             "postgresql://user@host/db, mysql://user@host/db)")
+    if not scheme:  # `--db culm.db`: a path where a URL belongs
+        raise DatabaseError(f"cannot use the database URL {url!r}: it is a path, not a URL; for that SQLite "
+                            f"file write sqlite:///{url}")
     return url
 
 

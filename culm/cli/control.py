@@ -29,7 +29,7 @@ from culm.cli.common import (
     state_entry,
 )
 from culm.cli.loading import import_modules, import_names, split_assignment
-from culm.cli.run import Progress, progress_by_signal, wait_and_conclude
+from culm.cli.run import Progress, progress_by_signal, require_components, wait_and_conclude
 
 FOLLOW_TIMEOUT = 600.0
 
@@ -110,6 +110,9 @@ def cmd_control(args: argparse.Namespace) -> int:
             check(call(rt, args), f"{args.command} {target}")
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
+        if args.command != "revoke":
+            require_components(rt, root_id, tree.data, f"{args.command} {target}",
+                               ", or pass --no-follow to only record the command")
         progress = Progress(root_id, info)
         progress.hold()  # listening before the command, so that none of its changes is missed
         with progress_by_signal(rt, progress) as polled:

@@ -213,12 +213,37 @@ def _stops_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _imports_option(args: argparse.Namespace) -> str:
+    """`` --import X`` for every module this run imported: a ``MODULE.py`` it ran, and ``--import``."""
+    names = list(getattr(args, "imports", None) or [])
+    source = getattr(args, "source", None)
+    if source and str(source).endswith(".py") and source not in names:
+        names.insert(0, source)
+    return "".join(f" --import {name}" for name in names)
+
+
 def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
     if cluster:
         return (f"the workers go on with it: follow it with `culm watch {root_id}{db}`, "
                 f"see it with `culm status {root_id}{db}`")
-    return f"continue it with `culm run --attach {root_id}{db}` (or stop it with `culm revoke {root_id}{db}`)"
+    return (f"continue it with `culm run --attach {root_id}{_imports_option(args)}{db}` "
+            f"(or stop it with `culm revoke {root_id}{db}`)")
+
+
+def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str = "") -> None:
+    """When this process runs the pipeline's work, every component its stored tree names must be
+    registered here: else exit 2 before anything is done (its nodes would fail naming the code)."""
+    from culm.validator import tree_problems
+
+    if getattr(rt, "dispatcher", None) is None or getattr(rt, "broker", None) or not isinstance(tree, dict):
+        return
+    missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0]
+                      for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")})
+    if missing:
+        raise UsageError(f"{doing}: pipeline {root_id} uses component(s) {', '.join(missing)} that are not "
+                         "registered in this process, which would run its nodes: name the modules that define "
+                         f"them with --import MODULE (or $CULM_IMPORTS){other}")
 
 
 def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: str, flat: dict[str, dict],
@@ -349,7 +374,10 @@ def _attach(args: argparse.Namespace) -> int:
             pipeline = state_entry(rt, root_id).get("root_id")  # NotFound: no such id at all
             raise UsageError(f"{root_id} is a node of pipeline {pipeline}: attach the pipeline "
                              f"(`culm run --attach {pipeline}`)")
-        info = render.node_info(check(api.get_pipeline_tree(rt, root_id)))
+        tree = check(api.get_pipeline_tree(rt, root_id))
+        info = render.node_info(tree)
+        if not cluster and states[root_id]["state"] not in ("FINISHED", "REVOKED"):
+            require_components(rt, root_id, tree, f"run --attach {root_id}")
         if getattr(rt, "dispatcher", None) is None and not cluster:
             print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
         with progress_by_signal(rt, Progress(root_id, info)) as polled:

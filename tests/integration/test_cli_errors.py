@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from backends import PG_ADMIN, REPO
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -125,3 +127,52 @@ def test_validate_names_nodes_flags_and_reports_one_typo_once(tmp_path: Path) ->
     assert out.returncode == 2
     assert out.stdout.splitlines() == [f"body ({body.id}): node is on a cycle; pass --cycle-tolerate to allow loops"]
     assert culm(tmp_path, "validate", "cycle.json", "--cycle-tolerate").returncode == 0
+
+
+def test_ctrl_c_then_attach_or_call_back_without_the_components_module(tmp_path: Path) -> None:
+    # A new user's session: Ctrl-C on `culm run MODULE.py` while a node waits for its callback,
+    # then the printed command to go on. That command named no module, so the attached run (and a
+    # callback from another shell) ran the node's schedule without its component: the node FAILED
+    # with "no component 'example_approval' ... is registered". Now the hint carries --import, and
+    # a command that would run the pipeline's nodes without their components is refused up front.
+
+    example = str(EXAMPLES / "callback_component.py")
+    env = dict(os.environ, CULM_DATABASE_URL=f"sqlite:///{tmp_path / 'err.db'}")
+    env.pop("CULM_IMPORTS", None)
+    env.pop("CULM_BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "culm", "run", example], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        def waiting() -> bool:
+            lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+            return "WAITING" in lines[-1] or proc.poll() is not None
+        wait_until(waiting, 90, 0, what="the WAITING line")
+        proc.send_signal(signal.SIGINT)
+        _, err_text = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err_text, err_text
+    root = lines[0].split("pipeline ")[1].split()[0]
+    node = lines[-1].split("`culm callback ")[1].split()[0]
+    assert f"continue it with `culm run --attach {root} --import {example}`" in err_text
+
+    one_error(culm(tmp_path, "run", "--attach", root), 2, f"pipeline {root} uses component(s) 'example_approval'",
+              "--import MODULE")
+    one_error(culm(tmp_path, "callback", node, "--data", '{"approve": true}'), 2, "'example_approval'", "--no-follow")
+    status = json.loads(culm(tmp_path, "status", root, "--json").stdout)["tree"]
+    assert status["state"] == "RUNNING" and status["children"][node]["wait_reason"]["kind"] == "callback"
+
+    done = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}', "--import", example)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"pipeline {root} FINISHED" in done.stdout
+
+
+def test_a_path_given_as_the_database_url_names_the_url_to_write(tmp_path: Path) -> None:
+    one_error(culm(tmp_path, "list", "--db", "culm.db"), 4, "'culm.db': it is a path, not a URL",
+              "write sqlite:///culm.db")
+    one_error(culm(tmp_path, "list", db=str(tmp_path / "x.db")), 4, f"write sqlite:///{tmp_path / 'x.db'}")
+    assert not list(tmp_path.iterdir())
