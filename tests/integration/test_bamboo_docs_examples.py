@@ -1,6 +1,7 @@
 """bamboo-engine's user guide, example by example, on culm's embedded runtime (SQLite): the README
-quick start, the builder guide and the orchestration guide (``test_bamboo_docs_guides.py`` has the
-component, lazy variable, engine API and signals guides).
+quick start, the builder guide and the orchestration guide, its validity rules included
+(``test_bamboo_docs_guides.py`` has the component, lazy variable, engine API, signals, hook
+signals, start position and node timeout guides).
 
 Each test rebuilds one example with only the imports swapped, as ``docs/migrating-from-bamboo.md``
 maps them, and asserts what the guide says happens: node states, outputs, context values. The
@@ -327,3 +328,66 @@ def test_data_input_and_params(runtime, with_params):
     wait_finished(runtime, pipeline)
     expected = "value_1" if with_params else "default_value"
     assert api.get_execution_data_inputs(runtime, sub_act_1.id).data["param_1"] == expected
+
+
+# -- flow_orchestration.md: what makes a pipeline valid ---------------------------------------------
+def _acts(n):
+    return [ServiceActivity(component_code="example_component") for _ in range(n)]
+
+
+def test_gateway_pairings_the_guide_allows_run(runtime):
+    # Exclusive gateways may share a converge gateway, with each other and with a parallel
+    # gateway; an exclusive gateway may have none (a "hanging" one, its branches meet at the end).
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    eg_1 = ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"})
+    eg_2 = ExclusiveGateway(conditions={0: "1 == 0", 1: "1 == 1"})
+    a, b, c, d = _acts(4)
+    hanging = ExclusiveGateway(conditions={0: "1 == 0", 1: "1 == 1"})
+    e, f = _acts(2)
+    start.extend(pg).connect(a, eg_1)
+    eg_1.connect(b, eg_2)
+    eg_2.connect(c, d)
+    for node in (a, b, c, d):
+        node.extend(cg)
+    cg.extend(hanging).connect(e, f).converge(end)
+    pipeline = build_tree(start)
+
+    ran = run_to_the_end(runtime, pipeline)
+    assert {a.id, b.id, cg.id, f.id} <= ran and not {eg_2.id, c.id, d.id, e.id} & ran
+
+
+def test_structures_the_guide_forbids_are_refused_naming_the_node(runtime):
+    def refused(start, node, fragment):
+        pipeline = build_tree(start)
+        res = api.run_pipeline(runtime=runtime, pipeline=pipeline)
+        assert res.result is False and node.id in res.message and fragment in res.message, res.message
+        assert not api.get_pipeline_states(runtime=runtime, root_id=pipeline["id"]).data
+
+    # An activity has one outgoing flow.
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    a, b, c = _acts(3)
+    start.extend(a).connect(b, c)
+    b.extend(end)
+    c.extend(end)
+    refused(start, a, "needs 1 outgoing flow")
+
+    # Every branch of a parallel gateway reaches the one converge gateway it pairs with.
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    a, b = _acts(2)
+    start.extend(pg).connect(a, b)
+    a.extend(cg).extend(end)
+    b.extend(end)
+    refused(start, pg, "must reach its converge gateway")
+
+    # A parallel branch may not leave for the main branch except through its converge gateway.
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    eg = ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"})
+    a, b = _acts(2)
+    start.extend(pg).connect(a, b)
+    a.extend(cg)
+    b.extend(eg).connect(cg, end)
+    cg.extend(end)
+    refused(start, eg, "must reach a converge gateway")

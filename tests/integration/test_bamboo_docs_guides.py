@@ -1,6 +1,7 @@
 """bamboo-engine's user guide, continued (see ``test_bamboo_docs_examples.py``): the component
 guide, the lazy variable guide, the engine API reference, the signals guide, the hook signals
-guide (every ``pipeline_event`` type it lists), the "update node outputs" guide, and the guides' habit of creating a runtime wherever one is needed. The components
+guide (every ``pipeline_event`` type it lists), the start-position guide, the node timeout guide,
+the "update node outputs" guide, and the guides' habit of creating a runtime wherever one is needed. The components
 they define are in ``bamboo_docs_support``.
 """
 
@@ -431,6 +432,35 @@ def test_run_pipeline_from_a_chosen_node_and_the_guides_rules(runtime):
                             root_pipeline_context={"${fac}": 6}).result is True
     ran = executed(wait_finished(runtime, pipeline), pipeline)
     assert ids["a"] in ran and ids["b"] not in ran and ids["fac"] not in ran
+
+
+# -- node_timeout_introduction.md (contrib node timeout) -----------------------------------------------
+def test_node_timeout_guide_steps_without_a_scanner(runtime):
+    # bamboo: from pipeline.contrib.node_timeout.api import apply_node_timout_configs, batch_create_node_timeout_config
+    from culm.contrib.node_timeout.api import apply_node_timout_configs, batch_create_node_timeout_config
+
+    start = EmptyStartEvent()
+    failed = ServiceActivity(component_code="docs_guide_callback")  # never called back
+    skipped = ServiceActivity(component_code="docs_guide_callback")
+    start.extend(failed).extend(skipped).extend(EmptyEndEvent())
+    pipeline_tree = build_tree(start)
+
+    # 1. apply the configs to the tree; 2. record them; 3. run; 4. look at what the timeouts did.
+    configs = {failed.id: {"enable": True, "action": "forced_fail", "seconds": 1},
+               skipped.id: {"enable": True, "action": "forced_fail_and_skip", "seconds": 1}}
+    new_pipeline_tree = apply_node_timout_configs(pipeline_tree, configs)
+    created = batch_create_node_timeout_config(new_pipeline_tree["id"], new_pipeline_tree)
+    assert created["result"] is True and {c.node_id for c in created["data"]} == {failed.id, skipped.id}
+    assert api.run_pipeline(runtime=runtime, pipeline=new_pipeline_tree).result is True
+
+    wait_node(runtime, failed.id, "FAILED")
+    outputs = api.get_execution_data_outputs(runtime, failed.id).data
+    assert "1" in outputs["ex_data"] and outputs["_timed_out"] is True
+    assert api.skip_node(runtime=runtime, node_id=failed.id).result is True
+    states = wait_finished(runtime, new_pipeline_tree)  # the second node timed out and was skipped
+    entry = states[new_pipeline_tree["id"]]["children"][skipped.id]
+    assert entry["state"] == "FINISHED" and entry["skip"] is True
+    assert api.get_execution_data_outputs(runtime, skipped.id).data["_timed_out"] is True
 
 
 # -- the guides' habit: a new runtime object wherever one is needed ---------------------------------
