@@ -330,8 +330,14 @@ def console() -> Any:
     """The rich console for human output (colour only on a terminal)."""
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 when the reader left (`culm status ID | head`): 1 means "the pipeline
+            # failed" here. The command's own handler sends the rest nowhere and exits 0.
+            raise BrokenPipeError
+
     # Piped output (scripts, logs, tests) is not cut to 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return _Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def err(message: str) -> None:

@@ -176,3 +176,17 @@ def test_a_path_given_as_the_database_url_names_the_url_to_write(tmp_path: Path)
               "write sqlite:///culm.db")
     one_error(culm(tmp_path, "list", db=str(tmp_path / "x.db")), 4, f"write sqlite:///{tmp_path / 'x.db'}")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [["status", "pipeline_example_tree"], ["status", "pipeline_example_tree", "--outputs"],
+                                  ["list"], ["history", "node_done"]])
+def test_a_reader_that_leaves_early_is_no_failure(tmp_path: Path, args: list[str]) -> None:
+    # `culm status ID | head -1`: rich exited 1 on the closed pipe, and 1 says "the pipeline failed".
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    env = dict(os.environ, CULM_DATABASE_URL=f"sqlite:///{tmp_path / 'err.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "culm", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err_text = proc.stderr.read().decode()
+    assert proc.wait(timeout=100) == 0 and err_text == "", err_text
