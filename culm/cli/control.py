@@ -112,7 +112,9 @@ def cmd_control(args: argparse.Namespace) -> int:
             return EXIT_OK
         if args.command != "revoke":
             require_components(rt, root_id, tree.data, f"{args.command} {target}",
-                               ", or pass --no-follow to only record the command")
+                               ", or pass --no-follow to only record the command",
+                               runs=target if args.command in ("retry", "callback") else None,
+                               stops=target if args.command in ("skip", "force-fail") else None)
         progress = Progress(root_id, info)
         progress.hold()  # listening before the command, so that none of its changes is missed
         with progress_by_signal(rt, progress) as polled:

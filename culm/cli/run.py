@@ -231,15 +231,24 @@ def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
             f"(or stop it with `culm revoke {root_id}{db}`)")
 
 
-def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str = "") -> None:
-    """When this process runs the pipeline's work, every component its stored tree names must be
-    registered here: else exit 2 before anything is done (its nodes would fail naming the code)."""
+def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str = "",
+                       runs: str | None = None, stops: str | None = None) -> None:
+    """When this process runs the pipeline's work, every component of a node that may still run
+    (not reached, waiting, or ``runs``: the node a retry or callback runs) must be registered here:
+    else exit 2 before anything is done (the node would fail naming the code). A FAILED or finished
+    node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again."""
+    from culm import api
     from culm.validator import tree_problems
 
     if getattr(rt, "dispatcher", None) is None or getattr(rt, "broker", None) or not isinstance(tree, dict):
         return
-    missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0]
-                      for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")})
+    problems = [p for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")]
+    if not problems:
+        return
+    flat = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {}).get("children") or {}
+    ended = ("FINISHED", "FAILED", "REVOKED")
+    missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0] for p in problems
+                      if p.where == runs or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
     if missing:
         raise UsageError(f"{doing}: pipeline {root_id} uses component(s) {', '.join(missing)} that are not "
                          "registered in this process, which would run its nodes: name the modules that define "

@@ -190,3 +190,16 @@ def test_a_reader_that_leaves_early_is_no_failure(tmp_path: Path, args: list[str
     proc.stdout.close()  # the reader is gone before the first line
     err_text = proc.stderr.read().decode()
     assert proc.wait(timeout=100) == 0 and err_text == "", err_text
+
+
+def test_giving_up_on_a_node_needs_no_component_module(tmp_path: Path) -> None:
+    # The operator force-fails and skips a node whose module this shell does not import: neither
+    # runs that node's component, so neither is refused, and the rest of the pipeline runs on.
+    example = str(EXAMPLES / "callback_component.py")
+    waiting = culm(tmp_path, "run", example, "--timeout", "3")
+    assert waiting.returncode == 1 and "timed out after 3s" in waiting.stdout, waiting.stdout + waiting.stderr
+    root = waiting.stdout.split("pipeline ")[1].split()[0]
+    node = waiting.stdout.split("`culm callback ")[1].split()[0]
+    assert culm(tmp_path, "force-fail", node).returncode == 0
+    skipped = culm(tmp_path, "skip", node)
+    assert skipped.returncode == 0 and f"pipeline {root} FINISHED" in skipped.stdout, skipped.stdout + skipped.stderr
