@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -40,6 +41,15 @@ POLL_SECONDS = 0.1
 STILL_SECONDS = 1.0
 
 
+def _say(line: str) -> None:
+    """Print a progress line; when the reader left (`culm run X | head`), the rest goes nowhere
+    (these lines come from the engine's threads, where a BrokenPipeError was logged as an error)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 class Progress:
     """Prints one line per node state change, from signals or from polled state trees."""
 
@@ -58,7 +68,7 @@ class Progress:
         with self._lock:
             held, self._held = self._held or [], None
         for line in held:
-            print(line, flush=True)
+            _say(line)
 
     def show(self, node_id: str, state: str, note: str = "") -> None:
         with self._lock:
@@ -71,7 +81,7 @@ class Progress:
             if self._held is not None:
                 self._held.append(line)
                 return
-        print(line, flush=True)
+        _say(line)
 
     def on_set_state(self, node_id: str, to_state: str, root_id: str, **_: Any) -> None:
         if root_id == self.root_id:
@@ -324,13 +334,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cluster = bool(broker_url(args))
     if not cluster:
         _check_tree(tree, info, args.cycle_tolerate)
-    with open_runtime(args, read_only=False, run=True) as rt, \
-            progress_by_signal(rt, Progress(str(root_id), info)) as polled:
-        where = "submitted to the workers" if cluster else "running"
-        print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+    progress = Progress(str(root_id), info)
+    progress.hold()  # a refused run says so alone; the first lines wait for the "running:" one
+    with open_runtime(args, read_only=False, run=True) as rt, progress_by_signal(rt, progress) as polled:
         started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
         if not started.result:
             _refused_run(started, info)
+        where = "submitted to the workers" if cluster else "running"
+        print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+        progress.release()
         assert isinstance(root_id, str)
         return wait_and_conclude(rt, args, root_id, info, polled, cluster)
 

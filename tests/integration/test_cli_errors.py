@@ -203,3 +203,26 @@ def test_giving_up_on_a_node_needs_no_component_module(tmp_path: Path) -> None:
     assert culm(tmp_path, "force-fail", node).returncode == 0
     skipped = culm(tmp_path, "skip", node)
     assert skipped.returncode == 0 and f"pipeline {root} FINISHED" in skipped.stdout, skipped.stdout + skipped.stderr
+
+
+def test_run_piped_into_a_reader_that_leaves_logs_no_receiver_errors(tmp_path: Path) -> None:
+    # `culm run X | head -1`: the progress lines come from the engine's signal receivers, where the
+    # closed pipe was logged as "ERROR culm.signals: receiver ... raised", once per state change.
+    env = dict(os.environ, CULM_DATABASE_URL=f"sqlite:///{tmp_path / 'err.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "culm", "run", str(EXAMPLES / "operator_session.py")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"running: pipeline order_1234")
+    proc.stdout.close()
+    err_text = proc.stderr.read().decode()
+    assert proc.wait(timeout=100) in (0, 1) and "raised" not in err_text and "Traceback" not in err_text, err_text
+    status = culm(tmp_path, "status", "order_1234", "--json")  # the run itself went on to the failure
+    assert json.loads(status.stdout)["tree"]["children"]["charge_card"]["state"] == "FAILED"
+
+
+def test_a_refused_run_prints_no_running_line(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    again = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
+    assert again.returncode == 5 and again.stdout == "", again.stdout
+    one_error(again, 5, "already exists", "--new-ids")
