@@ -127,7 +127,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     if found.failed:
         out.print(f"[red]{len(found.failed)} failed node(s)[/]: retry with `culm retry NODE [--data JSON]`, "
                   "skip with `culm skip NODE`, or stop with `culm revoke PIPELINE`")
+    root = found.flat.get(found.root_id, {})
+    moving = any(e["state"] in ("READY", "RUNNING") and (e.get("wait_reason") or {}).get("kind") != "callback"
+                 for n, e in found.flat.items() if n != found.root_id)
+    if root.get("state") == "RUNNING" and moving and not _runner_alive(rt):
+        out.print(f"[yellow]no process runs the work of {rt.store.database_file} now[/]: its RUNNING nodes wait "
+                  f"for one; continue with `culm run --attach {found.root_id} --import MODULE`", soft_wrap=True)
     return found.outcome
+
+
+def _runner_alive(rt: Any) -> bool:
+    """Whether a process holds the runner lock of this SQLite file (True for other databases,
+    whose workers the registry tells about: `culm workers`)."""
+    import fcntl
+
+    path = getattr(rt.store, "database_file", None)
+    if not path:
+        return True
+    try:
+        with open(path + ".runner-lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a runner holds it
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return True
+    return False
 
 
 # -- list ---------------------------------------------------------------------------------------
