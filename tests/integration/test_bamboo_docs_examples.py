@@ -1,5 +1,6 @@
 """bamboo-engine's user guide, example by example, on culm's embedded runtime (SQLite): the README
-quick start, the builder guide and the orchestration guide, its validity rules included
+quick start, the builder guide, the built tree's schema guide (its example tree runs as pasted)
+and the orchestration guide, its validity rules included
 (``test_bamboo_docs_guides.py`` has the component, lazy variable, engine API, signals, hook
 signals, start position and node timeout guides).
 
@@ -391,3 +392,50 @@ def test_structures_the_guide_forbids_are_refused_naming_the_node(runtime):
     b.extend(eg).connect(cg, end)
     cg.extend(end)
     refused(start, eg, "must reach a converge gateway")
+
+
+# -- builded_pipeline_tree_schema.md ------------------------------------------------------------------
+SCHEMA_GUIDE_TREE = {  # the guide's example of a built tree, as a literal (Python's False/None)
+    "activities": {"eb456a70affdf47ae9d96c5d196d36b09": {
+        "component": {"code": "example_component", "inputs": {}}, "error_ignorable": False,
+        "id": "eb456a70affdf47ae9d96c5d196d36b09", "incoming": ["f216d744eae614b71b3ca88002fe81439"], "name": "",
+        "optional": False, "outgoing": "f42b0a808b63f4315bb9b51159617797c", "retryable": True, "skippable": True,
+        "timeout": None, "type": "ServiceActivity"}},
+    "data": {"inputs": {}, "outputs": []},
+    "end_event": {"id": "e1f45d04d298a4a1e8510fb6d7dd496d2", "incoming": ["f42b0a808b63f4315bb9b51159617797c"],
+                  "name": "", "outgoing": "", "type": "EmptyEndEvent"},
+    "flows": {
+        "f216d744eae614b71b3ca88002fe81439": {"id": "f216d744eae614b71b3ca88002fe81439", "is_default": False,
+                                              "source": "e817acc99284348cf9caa45fe0dd0cff4",
+                                              "target": "eb456a70affdf47ae9d96c5d196d36b09"},
+        "f42b0a808b63f4315bb9b51159617797c": {"id": "f42b0a808b63f4315bb9b51159617797c", "is_default": False,
+                                              "source": "eb456a70affdf47ae9d96c5d196d36b09",
+                                              "target": "e1f45d04d298a4a1e8510fb6d7dd496d2"}},
+    "gateways": {},
+    "id": "pa08352b3bded40768f90912731820b87",
+    "start_event": {"id": "e817acc99284348cf9caa45fe0dd0cff4", "incoming": "", "name": "",
+                    "outgoing": "f216d744eae614b71b3ca88002fe81439", "type": "EmptyStartEvent"},
+}
+
+
+def test_the_schema_guides_tree_is_what_build_tree_gives_and_runs(runtime):
+    import copy
+
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="example_component")
+    start.extend(act).extend(EmptyEndEvent())
+    built = build_tree(start)
+    # Every field the guide's schema names, with its type.
+    assert set(SCHEMA_GUIDE_TREE) <= set(built)
+    assert set(SCHEMA_GUIDE_TREE["activities"]["eb456a70affdf47ae9d96c5d196d36b09"]) <= set(built["activities"][act.id])
+    for key in ("start_event", "end_event"):
+        assert set(SCHEMA_GUIDE_TREE[key]) <= set(built[key])
+    assert isinstance(built["end_event"]["incoming"], list) and isinstance(built["start_event"]["outgoing"], str)
+    assert all(set(flow) == {"id", "is_default", "source", "target"} for flow in built["flows"].values())
+    assert built["data"] == {"inputs": {}, "outputs": []}
+
+    # The guide's tree, pasted as it is, runs.
+    pipeline = copy.deepcopy(SCHEMA_GUIDE_TREE)
+    ran = run_to_the_end(runtime, pipeline)
+    assert ran == {"e817acc99284348cf9caa45fe0dd0cff4", "eb456a70affdf47ae9d96c5d196d36b09",
+                   "e1f45d04d298a4a1e8510fb6d7dd496d2"}
