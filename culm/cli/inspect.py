@@ -127,13 +127,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     if found.failed:
         out.print(f"[red]{len(found.failed)} failed node(s)[/]: retry with `culm retry NODE [--data JSON]`, "
                   "skip with `culm skip NODE`, or stop with `culm revoke PIPELINE`")
+    note = _no_runner_note(rt, found)
+    if note:
+        out.print(f"[yellow]{note}[/]", soft_wrap=True)
+    return found.outcome
+
+
+def _no_runner_note(rt: Any, found: Described) -> str:
+    """On a SQLite file whose runner lock nobody holds, while nodes of the pipeline are due to
+    move: that nothing moves them, and how to continue ("" otherwise)."""
     root = found.flat.get(found.root_id, {})
     moving = any(e["state"] in ("READY", "RUNNING") and (e.get("wait_reason") or {}).get("kind") != "callback"
                  for n, e in found.flat.items() if n != found.root_id)
-    if root.get("state") == "RUNNING" and moving and not _runner_alive(rt):
-        out.print(f"[yellow]no process runs the work of {rt.store.database_file} now[/]: its RUNNING nodes wait "
-                  f"for one; continue with `culm run --attach {found.root_id} --import MODULE`", soft_wrap=True)
-    return found.outcome
+    if root.get("state") != "RUNNING" or not moving or _runner_alive(rt):
+        return ""
+    return (f"no process runs the work of {rt.store.database_file} now: its RUNNING nodes wait for one; "
+            f"continue with `culm run --attach {found.root_id} --import MODULE`")
 
 
 def _runner_alive(rt: Any) -> bool:
@@ -300,6 +309,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if found.entry["id"] != found.root_id:
             raise UsageError(f"{args.id} is a node of pipeline {found.root_id}: watch the pipeline "
                              f"(`culm watch {found.root_id}`)")
+        note = _no_runner_note(rt, found)
+        if note:
+            err(f"note: {note}")
         if sys.stdout.isatty():
             return _watch_live(rt, args, found)
         return _watch_lines(rt, args, found)

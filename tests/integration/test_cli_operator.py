@@ -331,6 +331,16 @@ def test_status_says_when_no_process_runs_the_files_work(embedded: Cli) -> None:
     assert status.returncode == 0, status.stdout + status.stderr
     assert "no process runs the work of" in status.stdout, status.stdout
     assert f"`culm run --attach {tree['id']} --import MODULE`" in status.stdout
+    # `culm watch` said nothing and waited for ever: it now says so first (and Ctrl-C stops it).
+    watch = subprocess.Popen([sys.executable, "-m", "culm", "watch", tree["id"]], cwd=embedded.cwd,
+                             env=embedded.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert watch.stderr is not None
+        assert watch.stderr.readline().startswith("note: no process runs the work of")
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, watch_err = watch.communicate(timeout=60)
+    assert watch.returncode == 130 and "Traceback" not in watch_err, watch_err
 
     # While a process runs it (here: the attached run), no such note.
     proc = subprocess.Popen([sys.executable, "-m", "culm", "run", "--attach", tree["id"]], cwd=embedded.cwd,
