@@ -103,6 +103,9 @@ def cmd_control(args: argparse.Namespace) -> int:
         except NotFound:
             entry = None  # a node not reached yet (pause-node); the engine knows whether it exists
         root_id = (entry or {}).get("root_id") or target
+        if attr == "node" and entry is not None and root_id == target:  # like `culm logs PIPELINE`: exit 2
+            raise UsageError(f"{target} is a pipeline: `culm {args.command}` takes one of its nodes "
+                             f"(`culm status {target}` lists them)")
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster

@@ -89,6 +89,9 @@ def test_a_read_only_database_file(tmp_path: Path) -> None:
     (["retry", "node_done"], 5, ("FINISHED", "expected FAILED")),
     (["status", "ghost"], 3, ("no pipeline or node with id ghost",)),
     (["watch", "node_done"], 2, ("is a node of pipeline pipeline_example_tree",)),
+    (["retry", "pipeline_example_tree"], 2, ("is a pipeline: `culm retry` takes one of its nodes",
+                                            "`culm status pipeline_example_tree` lists them")),
+    (["force-fail", "pipeline_example_tree", "--no-follow"], 2, ("is a pipeline: `culm force-fail`",)),
 ])
 def test_bad_input_on_a_database_with_a_finished_run(tmp_path: Path, args: list[str], code: int,
                                                      fragments: tuple[str, ...]) -> None:
