@@ -201,15 +201,24 @@ SHRINK_OVER = 1_000_000
 ZLIB_KEY = "__culm_zlib__"
 
 
-def shrunk(text: str) -> str:
+class ShrunkText(str):
+    """A text :func:`shrunk` already made: shrinking it again returns it as it is (compressing a
+    7 MB tree costs ~0.2 s of CPU; validation measures it so, and storing it then needs no second go)."""
+
+    __slots__ = ()
+
+
+def shrunk(text: str) -> ShrunkText:
     """``text`` as a store keeps it: itself, or when it is long and compresses, a JSON envelope
     ``{ZLIB_KEY: base64 of zlib of text}`` (ASCII: nothing for a driver to escape), which
-    :func:`unshrunk` turns back into ``text``."""
-    if len(text) <= SHRINK_OVER:
+    :func:`unshrunk` turns back into ``text``. A :class:`ShrunkText` is returned as it is."""
+    if isinstance(text, ShrunkText):
         return text
+    if len(text) <= SHRINK_OVER:
+        return ShrunkText(text)
     packed = base64.b64encode(zlib.compress(text.encode("utf-8", "surrogatepass"), 6)).decode("ascii")
     envelope = dumps({ZLIB_KEY: packed})
-    return envelope if len(envelope) < len(text) else text
+    return ShrunkText(envelope if len(envelope) < len(text) else text)
 
 
 def unshrunk(packed: str) -> str:

@@ -12,7 +12,9 @@ from culm.cli.common import (
     EXIT_OK,
     DatabaseError,
     UsageError,
+    a_text,
     add_db,
+    add_imports,
     add_json,
     broker_url,
     check_sqlite,
@@ -151,10 +153,9 @@ def register(sub: Any) -> None:
     """Add ``worker`` and ``db`` to the ``culm`` parser."""
     worker = sub.add_parser("worker", help="run a Celery worker for the distributed runtime")
     add_db(worker)
-    worker.add_argument("--broker", metavar="URL",
+    worker.add_argument("--broker", metavar="URL", type=a_text("a broker URL"),
                         help="the Celery broker to take tasks from (default: $CULM_BROKER_URL)")
-    worker.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                        help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
+    add_imports(worker)
     worker.add_argument("--concurrency", type=whole_number(1, "a number of processes, 1 or more"), default=None,
                         metavar="N",
                         help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
@@ -163,7 +164,7 @@ def register(sub: Any) -> None:
                         help="consume only these queues (default: every queue of --prefix)")
     worker.add_argument("--queue-suffix", default="", metavar="S",
                         help="consume the queues of runs started with queue=S")
-    worker.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
+    worker.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"), type=a_text("a queue name prefix"),
                         help="queue name prefix, as given to the submitting runtimes (also $CULM_QUEUE_PREFIX)")
     worker.add_argument("--pool", default=None, choices=["prefork", "threads", "solo"],
                         help="Celery pool (default prefork; solo runs tasks in the worker process itself)")
@@ -173,6 +174,7 @@ def register(sub: Any) -> None:
                         help="serve Prometheus metrics on PORT (default $CULM_METRICS_PORT; none if unset); "
                              "no token protects them")
     worker.add_argument("--metrics-host", default=os.environ.get("CULM_METRICS_HOST") or "127.0.0.1", metavar="H",
+                        type=a_text("an address"),
                         help="address the metrics are served on (default $CULM_METRICS_HOST, then 127.0.0.1: "
                              "this machine only; 0.0.0.0 for every interface, where a scraper elsewhere reaches them)")
     worker.set_defaults(func=cmd_worker, own_logging=True)

@@ -67,18 +67,37 @@ class Refused(CliError):
 
 # -- options ------------------------------------------------------------------------------------
 def add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="URL",
+    p.add_argument("--db", metavar="URL", type=a_text("a database URL"),
                    help="database URL (default: $CULM_DATABASE_URL, then sqlite:///culm.db)")
 
 
 def add_broker(p: argparse.ArgumentParser, prefix: bool = True) -> None:
-    p.add_argument("--broker", metavar="URL",
+    p.add_argument("--broker", metavar="URL", type=a_text("a broker URL"),
                    help="Celery broker of a cluster (default: $CULM_BROKER_URL); work then goes to "
                         "`culm worker` processes")
     if prefix:
         p.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"), metavar="P",
+                       type=a_text("a queue name prefix"),
                        help="the cluster's queue name prefix, as its workers were given (default: "
                             "$CULM_QUEUE_PREFIX, then culm)")
+
+
+def add_imports(p: argparse.ArgumentParser,
+                help: str = "module defining components; repeat or comma-separate (also $CULM_IMPORTS)") -> None:
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   type=a_text("a module name or .py file"), help=help)
+
+
+def a_text(what: str) -> Callable[[str], str]:
+    """An argparse type: a value that is not empty nor only blanks (``--db ''`` would quietly mean
+    the default database, ``--version ''`` the current version: a usage mistake, exit 2)."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}")
+        return text
+
+    return parse
 
 
 def an_id(text: str) -> str:
@@ -349,6 +368,8 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
     if raw is None:
         return None
     if raw.startswith("@"):
+        if not raw[1:].strip():
+            raise UsageError(f"{flag} {raw!r}: expected a file name after @ (@FILE)")
         try:
             raw = Path(raw[1:]).read_text(encoding="utf-8")
         except OSError as exc:

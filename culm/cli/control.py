@@ -18,8 +18,10 @@ from culm.cli.common import (
     NotFound,
     UsageError,
     a_count,
+    a_text,
     add_broker,
     add_db,
+    add_imports,
     an_id,
     broker_url,
     check,
@@ -135,8 +137,7 @@ def register(sub: Any) -> None:
         p.add_argument(target, type=an_id, metavar=target.upper(), help=target_help)
         add_db(p)
         add_broker(p)
-        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                       help="module defining components (the embedded runtime runs them on after the command)")
+        add_imports(p, "module defining components (the embedded runtime runs them on after the command)")
         p.add_argument("--no-follow", action="store_true",
                        help="only record the command; do not run the pipeline on in this process")
         p.add_argument("--timeout", type=seconds, default=FOLLOW_TIMEOUT, metavar="S",
@@ -153,16 +154,17 @@ def register(sub: Any) -> None:
     command("retry-subprocess", "retry a subprocess node that failed on entry", "node", node)
     command("skip", "mark a failed node finished and go on after it", "node", node)
     p = command("skip-exclusive-gateway", "let a failed exclusive gateway go on along one flow", "node", node)
-    p.add_argument("--flow", required=True, metavar="F", help="the flow id to take")
+    p.add_argument("--flow", required=True, type=an_id, metavar="F", help="the flow id to take")
     p = command("skip-conditional-parallel-gateway", "let a failed conditional parallel gateway fork along flows",
                 "node", node)
-    p.add_argument("--flows", required=True, nargs="+", metavar="F", help="the flow ids to take")
-    p.add_argument("--converge", required=True, metavar="C", help="the converge gateway id that joins them")
+    p.add_argument("--flows", required=True, nargs="+", type=an_id, metavar="F", help="the flow ids to take")
+    p.add_argument("--converge", required=True, type=an_id, metavar="C", help="the converge gateway id that joins them")
     p = command("force-fail", "fail a running node now", "node", node)
-    p.add_argument("--ex-data", default="failed by an operator", metavar="TEXT", help="the failure message")
+    p.add_argument("--ex-data", default="failed by an operator", type=a_text("a failure message"), metavar="TEXT",
+                   help="the failure message")
     p = command("callback", "deliver a callback to a waiting node", "node", node)
     p.add_argument("--data", metavar="JSON", help="the callback payload: JSON object or @FILE")
-    p.add_argument("--version", metavar="V", help="the node's version (default: its current one)")
+    p.add_argument("--version", metavar="V", type=a_text("a version"), help="the node's version (default: its current one)")
     command("pause-node", "set a pause before a node (a breakpoint)", "node", node)
     command("resume-node", "remove a node's pause and let a branch parked there go on", "node", node)
     p = command("set-context", "overwrite context values of a running pipeline", "id", pipeline)

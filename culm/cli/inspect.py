@@ -16,6 +16,7 @@ from culm.cli.common import (
     EXIT_OK,
     NotFound,
     UsageError,
+    a_text,
     add_db,
     add_json,
     an_id,
@@ -182,9 +183,12 @@ def parse_when(text: str | None, flag: str) -> datetime | None:
 
 
 def _states_option(values: list[str] | None) -> list[str] | None:
-    if not values:
+    if values is None:
         return None
-    return [s.strip().upper() for v in values for s in v.split(",") if s.strip()]
+    for value in values:  # "" or "RUNNING," would filter on no state, or quietly on fewer
+        if not all(part.strip() for part in value.split(",")):
+            raise UsageError(f"--state {value!r}: expected STATE or STATE,STATE,... with no empty state")
+    return [s.strip().upper() for v in values for s in v.split(",")]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -375,7 +379,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("list", help="list pipelines, newest first, with counts per state")
     p.add_argument("--state", action="append", metavar="STATE",
                    help="only these states (RUNNING, FINISHED, REVOKED, SUSPENDED...); repeat or comma-separate")
-    p.add_argument("--name", metavar="TEXT", help="only pipelines whose name contains TEXT (any case)")
+    p.add_argument("--name", metavar="TEXT", type=a_text("a part of a pipeline name"), help="only pipelines whose name contains TEXT (any case)")
     p.add_argument("--since", metavar="AGE|DATE", help="created at most this long ago (30m, 2h, 7d) or since DATE")
     p.add_argument("--before", metavar="AGE|DATE", help="created before this age or DATE")
     p.add_argument("--limit", type=int, default=50, metavar="N", help="at most N pipelines (default 50, max 1000)")
@@ -396,7 +400,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("logs", help="the lines a node's component logged")
     p.add_argument("node", type=an_id, metavar="NODE")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the node stops")
-    p.add_argument("--version", metavar="V", help="a run's version (default: the current one)")
+    p.add_argument("--version", metavar="V", type=a_text("a version"), help="a run's version (default: the current one)")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help=argparse.SUPPRESS)
     add_db(p)
     p.set_defaults(func=cmd_logs)

@@ -22,6 +22,7 @@ from culm.cli.common import (
     UsageError,
     add_broker,
     add_db,
+    add_imports,
     an_id,
     broker_url,
     check,
@@ -434,7 +435,7 @@ def register(sub: Any) -> None:
                      help="root pipeline data (what components read from parent_data): a JSON object or @FILE")
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                      help="override a context input the tree declares (--set who=world sets ${who}); repeat")
-    _add_imports(run)
+    add_imports(run)
     run.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT, metavar="S",
                      help=f"stop following after S seconds (default {DEFAULT_TIMEOUT:g}); the pipeline stays")
     run.add_argument("--cycle-tolerate", action="store_true", help="allow loop-back flows")
@@ -444,11 +445,9 @@ def register(sub: Any) -> None:
 
     validate = sub.add_parser("validate", help="list every problem of a pipeline tree (exit 2 if any)")
     validate.add_argument("source", metavar="TREE.json|MODULE.py")
-    _add_imports(validate)
+    add_imports(validate)
     validate.add_argument("--cycle-tolerate", action="store_true", help="allow loop-back flows")
     validate.set_defaults(func=cmd_validate)
 
 
-def _add_imports(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                   help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
+

@@ -17,6 +17,10 @@ from typing import Any
 from culm.cli.common import (
     DatabaseError,
     UsageError,
+    a_text,
+    add_db,
+    add_imports,
+    an_id,
     broker_url,
     check_sqlite,
     db_url,
@@ -194,24 +198,19 @@ def cmd_token_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="URL", help="database URL (default: $CULM_DATABASE_URL, then sqlite:///culm.db)")
-
-
 def register(subparsers: Any) -> None:
     """Add ``serve`` and ``token`` (create, revoke, list) to an argparse subparsers object."""
     from culm.web import ROLES
 
     serve = subparsers.add_parser("serve", help="REST API and web console")
-    _add_db(serve)
-    serve.add_argument("--broker", metavar="URL", help="Celery broker URL (default: $CULM_BROKER_URL); "
+    add_db(serve)
+    serve.add_argument("--broker", metavar="URL", type=a_text("a broker URL"), help="Celery broker URL (default: $CULM_BROKER_URL); "
                        "with one, this service only submits and reads")
-    serve.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"),
+    serve.add_argument("--prefix", default=os.environ.get("CULM_QUEUE_PREFIX", "culm"), type=a_text("a queue name prefix"),
                        help="queue name prefix of the workers, with --broker (default: $CULM_QUEUE_PREFIX, "
                             "then culm)")
-    serve.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
-                       help="module defining components; repeat or comma-separate (also $CULM_IMPORTS)")
-    serve.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    add_imports(serve)
+    serve.add_argument("--host", default=DEFAULT_HOST, type=a_text("an address"), help=f"address to bind (default {DEFAULT_HOST})")
     serve.add_argument("--port", type=port_number, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
     serve.add_argument("--no-auth", action="store_true",
                        help="no tokens needed; binds to loopback only (an address or a name of one)")
@@ -226,12 +225,12 @@ def register(subparsers: Any) -> None:
     create = token_sub.add_parser("create", help="create a token and print it (once)")
     create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--name", default="", help="a note saying whose token it is")
-    _add_db(create)
+    add_db(create)
     create.set_defaults(func=cmd_token_create)
     revoke = token_sub.add_parser("revoke", help="revoke a token by its id (or its whole text)")
-    revoke.add_argument("id", metavar="ID")
-    _add_db(revoke)
+    revoke.add_argument("id", type=an_id, metavar="ID")
+    add_db(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
     listing = token_sub.add_parser("list", help="list tokens (never their secrets)")
-    _add_db(listing)
+    add_db(listing)
     listing.set_defaults(func=cmd_token_list)

@@ -18,6 +18,7 @@ from culm.core.handlers.activity import schedule_task
 from culm.core.handlers.gateways import fork
 from culm.core.ports import StateFields, Unit
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, new_id, new_version, now
+from culm.core.retry_data import retry_inputs
 from culm.core.run import Run, record_history
 from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step
@@ -25,6 +26,7 @@ from culm.core.walker import execute_task_for
 from culm.data import context as dctx
 from culm.errors import InvalidOperationError, NotFoundError
 from culm.model import compiled as g
+from culm.model import limits
 
 
 # -- lookups --------------------------------------------------------------------------------
@@ -227,6 +229,8 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "retry")
+        new_inputs = None if data is None else retry_inputs(
+            node, data, lambda keys: unit.get_context(node_id, keys).keys())
         if not node.can_retry:
             raise InvalidOperationError(f"node {node_id} is not retryable")
         st = _state(unit, node_id)
@@ -237,19 +241,13 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         if node.type == g.SUBPROCESS:
             _step_out_of(unit, proc, node_id)  # as bamboo, a failed SubProcess retries here too
         record_history(unit, st)
-        if data is not None:
-            unit.set_inputs_override(node_id, _retry_inputs(data))
+        if new_inputs is not None:
+            unit.set_inputs_override(node_id, new_inputs)
         _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
                                       "archived_time": None})
         _wake(step, proc, node_id)
         step.after.append(_service_hook(engine, unit, node, st, "post_retry_node"))
         step.event("post_retry_node", node_id=node_id, data=data)
-
-
-def _retry_inputs(data: dict[str, Any]) -> dict[str, Any]:
-    data = dict(data)
-    escape = set(data.pop("_escape_render_keys", None) or ())
-    return {k: {"type": "splice", "value": v, "need_render": k not in escape} for k, v in data.items()}
 
 
 def retry_subprocess(engine: Engine, node_id: str) -> None:
@@ -525,8 +523,8 @@ def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, con
 def update_node_loop_times(engine: Engine, node_id: str, loop_times: int) -> None:
     """Change how many iterations a node loop runs in all; the node reads it when an iteration ends
     (bamboo's runtime method of the same name, which rewrites the node's ``loop_config``)."""
-    if isinstance(loop_times, bool) or not isinstance(loop_times, int) or loop_times < 0:
-        raise InvalidOperationError(f"loop_times for node {node_id} must be a non-negative integer, got {loop_times!r}")
+    if problem := limits.loop_times_problem(loop_times, least=0):
+        raise InvalidOperationError(f"loop_times for node {node_id} {problem}")
     with engine.step() as step:
         _graph, node = _node(engine, step.unit, node_id)
         if not node.loop_config:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from culm.core import observe, signals
 from culm.core.records import now
+from culm.model.limits import walk_problem
 
 if TYPE_CHECKING:
     from culm.components import DataObject, Service
@@ -119,7 +120,7 @@ class ServiceCall:
         return DataObject(dict(self.inputs), dict(self.outputs)), DataObject(dict(self.root_data), {})
 
     def _result(self, data: DataObject, logger: NodeLogger, ok: bool, **kw: Any) -> CallResult:
-        return CallResult(ok, dict(data.inputs), dict(data.outputs), logs=logger.lines, **kw)
+        return _screened(CallResult(ok, dict(data.inputs), dict(data.outputs), logs=logger.lines, **kw))
 
     def execute(self) -> CallResult:
         """Create a fresh service and run ``execute`` with the execute-path hooks."""
@@ -208,6 +209,30 @@ class ServiceCall:
                            schedule_after=after)
         res.events = events
         return res
+
+
+_CONTAINERS = (dict, list, tuple)
+
+
+def _screened(res: CallResult) -> CallResult:
+    """``res``, failed, without each input or output holding more values than a store keeps.
+
+    Counting them (a list holding the one before twice, 40 deep, holds 2**40) costs up to 0.5 s
+    of CPU: here, on the user-code thread, instead of in the engine's write transaction, whose
+    store would refuse the same values (:func:`culm.core.handlers.activity.record_call`, which
+    words its refusal the same way, is the check for everything else).
+    """
+    problems = []
+    for what, part in (("inputs", res.inputs), ("outputs", res.outputs)):
+        for key in [k for k, v in part.items() if isinstance(v, _CONTAINERS)]:
+            if problem := walk_problem(part[key]):
+                del part[key]
+                problems.append(f"{what} the store cannot hold: {key!r}: {problem} (left out)")
+    if problems:
+        said = f"the result could not be stored: {'; '.join(problems)}"
+        res.ok, res.need_schedule, res.schedule_done = False, False, False
+        res.ex_data = f"{res.ex_data}\n{said}" if res.ex_data else said
+    return res
 
 
 def _next_interval(service: Service, times: int) -> float:

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import heapq
 import logging
+import os
 import queue
 import threading
 import time
@@ -47,6 +48,22 @@ BUSY_AFTER = 60.0
 # thread go, as a cut-off this process committed does.
 STALE_AFTER = 1.0
 QUIET = 0.0005
+# Threads let go of (a node timeout cut their call off) that may still run at once: Python cannot
+# stop them, so a component that never returns would leave one thread behind per timeout, for
+# ever. Past this many, a cut-off call keeps its thread and slot until one of them returns (the
+# log says so); $CULM_MAX_ABANDONED_THREADS sets it.
+MAX_ABANDONED = 64
+
+
+def _max_abandoned() -> int:
+    text = os.environ.get("CULM_MAX_ABANDONED_THREADS", "").strip()
+    if not text:
+        return MAX_ABANDONED
+    if not text.isdigit():
+        logger.warning("$CULM_MAX_ABANDONED_THREADS must be a whole number >= 0, got %r: using %d",
+                       text, MAX_ABANDONED)
+        return MAX_ABANDONED
+    return int(text)
 
 
 class _UserCodePool:
@@ -109,6 +126,12 @@ class _UserCodePool:
     def busy_calls(self) -> list[UserCall]:
         """The calls running now."""
         return [call for call, _ in list(self.running.values())]
+
+    def abandoned(self) -> list[tuple[UserCall, float]]:
+        """The calls whose thread was let go of and that still run, with how long each has run."""
+        at = time.monotonic()
+        with self._retire_lock:  # list(): a thread starting a call adds to ``running`` without the lock
+            return [(call, at - since) for name, (call, since) in list(self.running.items()) if name in self._retiring]
 
     def let_go(self, call: UserCall) -> bool:
         """Start a new thread in place of the one running ``call`` (a call that may never return,
@@ -238,6 +261,8 @@ class ThreadDispatcher:
         # Engine thread only: items whose call a node timeout cut off and whose slot was freed
         # then (see _let_go); their result, when it comes, frees nothing more.
         self._let_go_items: set[Item] = set()
+        self.max_abandoned = _max_abandoned()  # threads let go of that may run at once
+        self._cap_said = False  # the warning of _keep_at_cap was logged for this spell
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -467,8 +492,16 @@ class ThreadDispatcher:
         ``workers`` threads for live work (the old one ends when the call returns); a worker's
         runner counts the call's room free too (:meth:`LoopPolicy.call_returned`)."""
         assert self._pool is not None
+        abandoned = len(self._pool.abandoned())
+        self._cap_said = self._cap_said and abandoned >= self.max_abandoned
         for call in self._pool.busy_calls():
-            if call.item not in self._let_go_items and is_cut_off(call) and self._pool.let_go(call):
+            if call.item in self._let_go_items or not is_cut_off(call):
+                continue
+            if abandoned >= self.max_abandoned:
+                self._keep_at_cap(call)
+                continue
+            if self._pool.let_go(call):
+                abandoned += 1
                 self._let_go_items.add(call.item)
                 self._in_flight -= 1
                 if self._policy is not None:
@@ -476,6 +509,27 @@ class ThreadDispatcher:
                 logger.warning("node %s timed out while its user code ran; that call's thread is let go of "
                                "and another runs user code in its place", call.node_id)
         self._release(0)
+
+    def _keep_at_cap(self, call: UserCall) -> None:
+        """A cut-off call keeps its thread: ``max_abandoned`` threads already run calls cut off.
+        Its slot is freed when it returns, or once one of those returns (the timer thread finds
+        its run moved on: :meth:`_find_stale_calls`)."""
+        if self._cap_said:
+            return
+        self._cap_said = True
+        held = ", ".join(f"node {c.node_id} of pipeline {c.task.root_id} ({took:.0f} s)"
+                         for c, took in sorted(self._pool.abandoned(), key=lambda x: -x[1])[:10]) if self._pool else ""
+        logger.warning("node %s timed out while its user code ran, but %d threads already run calls cut off "
+                       "that have not returned (%s%s): this call keeps its user-code thread, and other pipelines' "
+                       "components have one fewer, until one of those returns (make them return; "
+                       "$CULM_MAX_ABANDONED_THREADS sets the bound)", call.node_id, self.max_abandoned, held,
+                       ", ..." if self.max_abandoned > 10 else "")
+
+    def abandoned_calls(self) -> list[tuple[str, str, float]]:
+        """(node id, pipeline id, seconds running) of each call a node timeout (or an operator's
+        forced fail) cut off whose thread still runs it: at most ``max_abandoned``."""
+        pool = self._pool
+        return [(c.node_id, c.task.root_id, took) for c, took in pool.abandoned()] if pool is not None else []
 
     def _release(self, committed: int) -> None:
         """Engine thread: ``committed`` calls in flight are over; start waiting calls in their slots."""

@@ -457,6 +457,10 @@ class ConditionalParallelGateway(_ConditionalGateway):
 # ---------------------------------------------------------------------------------------------
 
 
+# A subprocess's pipeline still to build: its start event, the tree to fill, its data.
+_Nested = tuple[Element, dict[str, Any], "Data | Mapping[str, Any] | None"]
+
+
 def _empty_tree(tree_id: str) -> dict[str, Any]:
     return {
         "id": tree_id, "start_event": None, "end_event": None,
@@ -475,6 +479,9 @@ def _data_dict(data: Data | Mapping[str, Any] | None) -> dict[str, Any]:
 def build_tree(start_elem: Element, id: str | None = None, data: Data | Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Build the pipeline tree reachable from ``start_elem``.
 
+    Subprocesses are built one after the other, not by recursion, so any nesting depth builds
+    (validation refuses a tree nested more than 64 subprocesses deep, naming the subprocess).
+
     Args:
         start_elem: The :class:`EmptyStartEvent` of the pipeline.
         id: Pipeline id; a fresh ``p…`` id when omitted.
@@ -482,8 +489,26 @@ def build_tree(start_elem: Element, id: str | None = None, data: Data | Mapping[
 
     Returns:
         The tree dict in bamboo's schema (JSON-serialisable when the values are).
+
+    Raises:
+        ValueError: A subprocess has no start event, or holds itself (at any depth).
     """
-    tree = _empty_tree(id or unique_id("p"))
+    root = _empty_tree(id or unique_id("p"))
+    pending: list[tuple[Element, dict[str, Any], Data | Mapping[str, Any] | None, tuple[str, ...]]] = [
+        (start_elem, root, data, ())]
+    while pending:
+        start, tree, tree_data, outer = pending.pop()
+        for sub_start, sub_tree, sub_data in _fill(tree, start, tree_data):
+            if sub_tree["id"] in outer:
+                raise ValueError(f"subprocess {sub_tree['id']} holds itself: its pipeline reaches it again "
+                                 f"{len(outer) - outer.index(sub_tree['id'])} level(s) down")
+            pending.append((sub_start, sub_tree, sub_data, (*outer, tree["id"])))
+    return root
+
+
+def _fill(tree: dict[str, Any], start_elem: Element, data: Data | Mapping[str, Any] | None) -> list[_Nested]:
+    """Place every element reachable from ``start_elem`` in ``tree``; returns each subprocess with
+    the empty tree its pipeline is still to be built in (its start event, that tree, its data)."""
     order = _collect(start_elem)
     outgoing = {elem.id: [unique_id("f") for _ in elem.outgoing] for elem in order}
     incoming: dict[str, list[str]] = {elem.id: [] for elem in order}
@@ -491,10 +516,12 @@ def build_tree(start_elem: Element, id: str | None = None, data: Data | Mapping[
         for flow_id, target in zip(outgoing[elem.id], elem.outgoing, strict=True):
             tree["flows"][flow_id] = {"id": flow_id, "source": elem.id, "target": target.id, "is_default": False}
             incoming[target.id].append(flow_id)
+    subs = []
     for elem in order:
-        _place(tree, elem, incoming[elem.id], outgoing[elem.id])
+        if (nested := _place(tree, elem, incoming[elem.id], outgoing[elem.id])) is not None:
+            subs.append(nested)
     tree["data"] = _data_dict(data)
-    return tree
+    return subs
 
 
 def _collect(start_elem: Element) -> list[Element]:
@@ -519,7 +546,8 @@ def _single(flow_ids: list[str]) -> str | list[str]:
     return "" if not flow_ids else list(flow_ids)
 
 
-def _place(tree: dict[str, Any], elem: Element, incoming: list[str], outgoing: list[str]) -> None:
+def _place(tree: dict[str, Any], elem: Element, incoming: list[str], outgoing: list[str]) -> _Nested | None:
+    """Put ``elem`` in ``tree``; for a subprocess, return what building its pipeline needs."""
     base = {"id": elem.id, "name": elem.name, "type": elem.type(), "incoming": incoming}
     if isinstance(elem, EmptyStartEvent):
         tree["start_event"] = {**base, "incoming": "", "outgoing": _single(outgoing)}
@@ -528,10 +556,13 @@ def _place(tree: dict[str, Any], elem: Element, incoming: list[str], outgoing: l
     elif isinstance(elem, ServiceActivity):
         tree["activities"][elem.id] = _activity_node(elem, base, outgoing)
     elif isinstance(elem, SubProcess):
+        if elem.start is None:
+            raise ValueError(f"subprocess {elem.id} has no start event")
+        sub_tree = _empty_tree(elem.id)
         tree["activities"][elem.id] = {
-            **base, "outgoing": _single(outgoing), "params": elem.params_dict(),
-            "pipeline": _subprocess_tree(elem),
+            **base, "outgoing": _single(outgoing), "params": elem.params_dict(), "pipeline": sub_tree,
         }
+        return elem.start, sub_tree, elem.data
     elif isinstance(elem, _ConditionalGateway):
         tree["gateways"][elem.id] = _conditional_gateway_node(elem, base, outgoing)
     elif isinstance(elem, ParallelGateway):
@@ -540,6 +571,7 @@ def _place(tree: dict[str, Any], elem: Element, incoming: list[str], outgoing: l
         tree["gateways"][elem.id] = {**base, "outgoing": _single(outgoing)}
     else:
         raise TypeError(f"element {elem.id} of type {type(elem).__name__} cannot be placed in a tree")
+    return None
 
 
 def _activity_node(elem: ServiceActivity, base: dict[str, Any], outgoing: list[str]) -> dict[str, Any]:
@@ -553,13 +585,6 @@ def _activity_node(elem: ServiceActivity, base: dict[str, Any], outgoing: list[s
     if elem.timeout_config is not None:
         node["timeout_config"] = dict(elem.timeout_config)
     return node
-
-
-def _subprocess_tree(elem: SubProcess) -> dict[str, Any]:
-    if elem.start is None:
-        raise ValueError(f"subprocess {elem.id} has no start event")
-    # Nesting depth is the subprocess depth (small), not the graph length, so recursion is safe.
-    return build_tree(elem.start, id=elem.id, data=elem.data)
 
 
 def _conditional_gateway_node(elem: _ConditionalGateway, base: dict[str, Any], outgoing: list[str]) -> dict[str, Any]:

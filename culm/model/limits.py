@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from culm import _json
 from culm.errors import InvalidOperationError
 
 ID_LENGTH = 64  # pipeline and node ids (bamboo's are 33 characters)
@@ -52,6 +53,22 @@ def _env_count(name: str, default: int) -> int:
 # (docs/data-and-variables.md). bamboo's own reference is a 100,000-node tree.
 MAX_TREE_NODES = _env_count("CULM_MAX_TREE_NODES", 100_000)
 MAX_TREE_FLOWS = _env_count("CULM_MAX_TREE_FLOWS", 200_000)
+# Iterations one node loop (``loop_config.loop_times``) may ask for, checked by the validator and by
+# update_node_loop_times; $CULM_MAX_LOOP_TIMES sets it for a process. Each iteration stores a
+# history row and rewrites the loop's output list (one entry per iteration so far), so a loop of
+# 10**12 would run for ever and its list would outgrow MAX_PAYLOAD_BYTES long before; the engine's
+# rerun limit (Settings.rerun_limit, bamboo's 100) also fails the node after that many re-entries.
+MAX_LOOP_TIMES = _env_count("CULM_MAX_LOOP_TIMES", 10_000)
+
+
+def loop_times_problem(value: Any, *, least: int) -> str | None:
+    """Why ``value`` is no iteration count of a node loop (a whole number from ``least`` to
+    :data:`MAX_LOOP_TIMES`, read now), or None."""
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_LOOP_TIMES:
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        return (f"must be a whole number from {least} to {MAX_LOOP_TIMES:,} "
+                f"(culm.model.limits.MAX_LOOP_TIMES, $CULM_MAX_LOOP_TIMES), got {shown}")
+    return None
 
 
 def text_problem(text: str) -> str | None:
@@ -171,6 +188,20 @@ def _children(item: Any) -> list[Any]:
         return []
     values = item.values() if isinstance(item, dict) else item
     return [c for c in values if isinstance(c, _CONTAINERS)]
+
+
+def walk_problem(value: Any) -> str | None:
+    """Why the store would refuse ``value`` for the values JSON would write out (more than
+    :data:`culm._json.MAX_WALK`, each repeat of a shared one counted), or None.
+
+    Finding out walks up to 3.5 million values (~0.25 s of CPU): a caller that can, asks before
+    its write transaction, so that the store's own check (the same walk) then finds nothing.
+    """
+    try:
+        _json.keys_collide(value)
+    except _json.TooManyValuesError as exc:
+        return str(exc)
+    return None
 
 
 def check_payload(value: Any, what: str) -> None:

@@ -48,10 +48,6 @@ def label_text(value: str) -> str:
     return value if value.isprintable() else repr(value)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def tree_size(tree: Any) -> tuple[int, int]:
     """How many nodes and flows ``tree`` has, its subprocesses' included (counted as the validator
     sees them: the start and end event of each pipeline, its activities and gateways, its flows).
@@ -328,9 +324,8 @@ class ShapeChecker:
         for flag in LOOP_FLAGS:
             if flag in config and not isinstance(config[flag], bool):
                 self.add(nid, f"loop_config.{flag} must be a bool")
-        times = config.get("loop_times")
-        if config.get("enable") is True and not (isinstance(times, int) and _is_int(times) and times >= 1):
-            self.add(nid, "loop_config.loop_times must be an integer >= 1 when the loop is enabled")
+        if config.get("enable") is True and (problem := limits.loop_times_problem(config.get("loop_times"), least=1)):
+            self.add(nid, f"loop_config.loop_times {problem} when the loop is enabled")
         key = config.get("outputs_key")
         if key is not None and (not isinstance(key, str) or not key):
             self.add(nid, "loop_config.outputs_key must be a non-empty string")

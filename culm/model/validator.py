@@ -100,9 +100,11 @@ def validate_tree(
 class PreparedTree:
     """A validated tree ready to run: its normalised copy, and what storing it needs.
 
-    ``text`` is the argument as JSON, before normalising, when it is plain JSON (None otherwise);
-    :func:`renormalise` with ``converge_of`` turns that text's tree into ``tree`` again, so a run
-    can store the text it already has instead of encoding the normalised copy once more.
+    ``text`` is the argument as JSON, before normalising, when it is plain JSON (None otherwise),
+    already compressed as the store keeps it (a :class:`culm._json.ShrunkText`) when measuring a
+    large tree took that; :func:`renormalise` with ``converge_of`` turns the tree read back from it
+    into ``tree`` again, so a run stores the text it already has instead of encoding (and
+    compressing) the normalised copy once more.
     """
 
     tree: dict[str, Any]
@@ -158,8 +160,7 @@ def prepare_tree(
             encoded = _encode(tree, exact=False)
         except Exception as exc:  # noqa: BLE001 - named after the analysis, which may say where
             failure = exc
-    if encoded is not None:
-        _check_size(tree, encoded)
+    packed = _check_size(tree, encoded) if encoded is not None else None
     checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists, preset)
     problems, graphs = checker.problems, checker.graphs
     if problems:
@@ -172,9 +173,10 @@ def prepare_tree(
         except Exception as exc:  # noqa: BLE001 - pickle raises many kinds (TypeError, PicklingError...)
             raise TreeInvalidError([TreeProblem(label(tree["id"]), (
                 f"tree holds a value neither JSON nor pickle takes ({type(exc).__name__}: {exc})"))])
-        _check_size(tree, encoded)
+        packed = _check_size(tree, encoded)
     assert encoded is not None  # a tree without problems is a dict within the count
-    result, text = encoded.copy(), encoded.text
+    result = encoded.copy()
+    text = packed if packed is not None and encoded.text is not None else encoded.text
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
     _normalise(result, converge_of)
     return PreparedTree(result, text, converge_of)
@@ -224,14 +226,17 @@ def _over_count(tree: dict[str, Any]) -> bool:
     return nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS
 
 
-def _check_size(tree: dict[str, Any], encoded: _Encoded) -> None:
-    size = encoded.size
+def _check_size(tree: dict[str, Any], encoded: _Encoded) -> _json.ShrunkText | None:
+    """Refuse a tree too large to store; returns its text as stored when measuring it took that."""
+    size, packed = encoded.size, None
     if size > limits.MAX_PAYLOAD_BYTES and encoded.text is not None:  # a large tree is stored compressed
-        size = min(size, limits.payload_size(_json.shrunk(encoded.text)))
+        packed = _json.shrunk(encoded.text)
+        size = min(size, limits.payload_size(packed))
     if size > limits.MAX_PAYLOAD_BYTES:
         raise TreeInvalidError([TreeProblem(label(tree.get("id")), (
             f"tree takes {size:,} bytes once stored, over the {limits.MAX_PAYLOAD_BYTES:,} a store holds "
             "(culm.model.limits.MAX_PAYLOAD_BYTES); split the work into several pipelines"))])
+    return packed
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -128,15 +128,16 @@ def dumps_named(value: Any, what: str) -> str:
 
 
 def dumps_tree(tree: dict | str, root_id: str) -> str:
-    """A pipeline's tree (the dict, or its JSON text already encoded) as the store keeps it:
-    compressed when that makes a large tree shorter (:func:`culm._json.shrunk`).
+    """A pipeline's tree (the dict, or its JSON text already encoded, or already shrunk) as the
+    store keeps it: compressed when that makes a large tree shorter (:func:`culm._json.shrunk`).
 
     Raises:
         UnstorableValueError: The tree cannot be stored, naming the pipeline.
     """
     what = f"tree of pipeline {root_id}"
     try:
-        return _sized(_json.shrunk(tree if isinstance(tree, str) else _encode(tree)))
+        # str(): the drivers get a plain str, not the ShrunkText marking it done
+        return _sized(str(_json.shrunk(tree if isinstance(tree, str) else _encode(tree))))
     except UnstorableValueError as exc:
         raise UnstorableValueError(f"{what}: {exc}", what) from None
 

@@ -166,6 +166,51 @@ def test_a_mistaken_id_or_number_exits_2(workdir: Path, args: list[str], message
     assert message in out.stderr
 
 
+# Empty values (and blank ones) once meant "the default" or "nothing" and exited 0, or reached the
+# engine as a refusal (exit 5): `--db ''` used the default database, `--version ''` the current version.
+EMPTY_VALUES = [
+    (["logs", NODE, "--version", ""], "argument --version: expected a version, not ''"),
+    (["logs", NODE, "--version", " "], "argument --version: expected a version, not ' '"),
+    (["callback", NODE, "--data", "{}", "--version", ""], "argument --version: expected a version"),
+    (["list", "--state", ""], "--state '': expected STATE or STATE,STATE,... with no empty state"),
+    (["list", "--state", "RUNNING,"], "--state 'RUNNING,': expected STATE"),
+    (["list", "--state", ","], "--state ',': expected STATE"),
+    (["list", "--state", "NOPE"], "state 'NOPE' is not a state"),
+    (["list", "--name", ""], "argument --name: expected a part of a pipeline name"),
+    (["list", "--limit", "-1"], "--limit -1: expected a number of pipelines from 0 to 1000"),
+    (["list", "--offset", "-1"], "--offset -1: expected 0 or more"),
+    (["list", "--since", ""], "--since '': expected an age"),
+    (["list", "--db", ""], "argument --db: expected a database URL"),
+    (["status", PIPELINE, "--db", " "], "argument --db: expected a database URL"),
+    (["run", TREE, "--new-ids", "--broker", ""], "argument --broker: expected a broker URL"),
+    (["run", TREE, "--new-ids", "--prefix", ""], "argument --prefix: expected a queue name prefix"),
+    (["validate", TREE, "--import", ""], "argument --import: expected a module name or .py file"),
+    (["retry", NODE, "--broker", ""], "argument --broker: expected a broker URL"),
+    (["retry", NODE, "--data", "@"], "--data '@': expected a file name after @"),
+    (["retry", NODE, "--timeout", "-1"], "argument --timeout: expected a number of seconds, 0 or more"),
+    (["skip-exclusive-gateway", NODE, "--flow", ""], "argument --flow: expected an id"),
+    (["skip-conditional-parallel-gateway", NODE, "--flows", "", "--converge", "node_end"],
+     "argument --flows: expected an id"),
+    (["skip-conditional-parallel-gateway", NODE, "--flows", "flow_1", "--converge", ""],
+     "argument --converge: expected an id"),
+    (["force-fail", NODE, "--ex-data", ""], "argument --ex-data: expected a failure message"),
+    (["loop-times", NODE, "-1"], "expected a whole number, 0 or more"),
+    (["watch", PIPELINE, "--interval", "-1"], "expected a number of seconds, 0 or more"),
+    (["token", "revoke", ""], "argument ID: expected an id"),
+    (["serve", "--host", "", "--port", "1"], "argument --host: expected an address"),
+    ([*WORKER, "--prefix", ""], "argument --prefix: expected a queue name prefix"),
+    ([*WORKER, "--metrics-host", ""], "argument --metrics-host: expected an address"),
+    (["worker", "--broker", ""], "argument --broker: expected a broker URL"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), EMPTY_VALUES, ids=[" ".join(a) or "''" for a, _ in EMPTY_VALUES])
+def test_an_empty_or_negative_option_value_exits_2(workdir: Path, args: list[str], message: str) -> None:
+    out = culm(workdir, *args)
+    one_error(out, 2)
+    assert message in out.stderr
+
+
 @pytest.mark.parametrize("command", ["worker", "run", "retry", "serve"])
 def test_a_broker_url_of_no_known_kind_exits_2(workdir: Path, command: str) -> None:
     args = {"worker": [], "run": [TREE, "--new-ids"], "retry": [NODE], "serve": ["--port", _free_port()]}[command]

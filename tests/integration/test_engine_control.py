@@ -219,6 +219,45 @@ def test_retry_node_escape_render_keys(runtime):
     assert "_escape_render_keys" not in raw
 
 
+def test_retry_node_refuses_data_it_would_lose_or_change(runtime):
+    # bamboo stores whatever it is given; culm refuses what would be stored as something else or
+    # read by nothing, naming the node and the key, and leaves the node FAILED with its inputs.
+    a = act("t_fail", x="first")
+    tree, _ = line(a)
+    run(runtime, tree)
+    wait_state(runtime, a.id, "FAILED")
+    for data, said in (
+        ({1: "x", "ok": True}, "key 1 must be a string"),
+        ({"ok": True, "y": "${v}", "_escape_render_keys": "y"}, "_escape_render_keys must be a list"),
+        ({"ok": True, "_escape_render_keys": ["nope"]}, "_escape_render_keys names 'nope'"),
+        ({"ok": True, "_loop": 7}, "key '_loop' is set by the engine"),
+        ({"ok": True, "_inner_loop": 7}, "key '_inner_loop' is set by the engine"),
+    ):
+        refused(api.retry_node(runtime, a.id, data=data), f"retry data for node {a.id}", said)
+    failed = node_state(runtime, a.id)
+    assert failed["state"] == "FAILED" and failed["retry"] == 0
+    assert api.get_data(runtime, a.id).data["inputs"] == {"x": {"need_render": False, "value": "first"}}
+    # Keys the tree did not give the node are the component's to read, as in bamboo.
+    assert api.retry_node(runtime, a.id, data={"ok": True, "extra": 1, "_escape_render_keys": ["extra"]}).result
+    wait_state(runtime, tree["id"], "FINISHED")
+    assert inputs(runtime, a.id)["extra"] == 1
+
+
+def test_retry_node_refuses_data_for_a_node_without_inputs(runtime):
+    gw = ExclusiveGateway(conditions={0: "1 == 2", 1: "1 == 3"})  # no flow to take: it fails
+    left, right = act(), act()
+    start = EmptyStartEvent()
+    start.extend(gw).connect(left, right).to(gw).converge(ConvergeGateway()).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    wait_state(runtime, gw.id, "FAILED")
+    refused(api.retry_node(runtime, gw.id, data={"x": 1}), f"retry data for node {gw.id}",
+            "ExclusiveGateway, which has no inputs")
+    assert node_state(runtime, gw.id)["retry"] == 0
+    assert api.retry_node(runtime, gw.id, data={}).result  # nothing to lose
+    wait_until(lambda: node_state(runtime, gw.id)["retry"] == 1 and node_state(runtime, gw.id)["state"] == "FAILED")
+
+
 def test_retry_refusals(runtime):
     not_retryable = ServiceActivity(component_code="t_fail", retryable=False)
     tree, _ = line(not_retryable)
@@ -265,6 +304,8 @@ def test_retry_node_retries_a_failed_subprocess_with_new_params(runtime):
     run(runtime, tree)
     failed = wait_state(runtime, sub.id, "FAILED")
     refused(api.retry_node(runtime, sub.id, data="nope"), sub.id)
+    refused(api.retry_node(runtime, sub.id, data={"p": "given"}), f"retry data for node {sub.id}",
+            "key 'p' is neither a param of this SubProcess (${p}) nor a variable its pipeline has or refers to")
     assert api.retry_node(runtime, sub.id, data={"${p}": "given"}).result
     wait_state(runtime, tree["id"], "FINISHED")
     assert outputs(runtime, inner.id)["out"] == "given!"

@@ -131,3 +131,37 @@ def test_an_engine_step_that_raises_fails_the_node_it_walked_from(runtime):
     wait_state(runtime, act.id, "FAILED", timeout=30)
     assert calls("execute", act.id) == 1
 
+
+
+def test_a_result_with_too_many_values_is_refused_on_the_user_code_thread(tmp_path, monkeypatch):
+    """Counting the values of a result holding 2**40 (up to 0.5 s of CPU) happens before the
+    engine's write transaction, on the thread that ran the component; the node fails as before."""
+    import threading
+
+    import culm
+    from culm import _json
+
+    refused_on: list[str] = []
+    real = _json.keys_collide
+
+    def counted(value: Any) -> bool:
+        try:
+            return real(value)
+        except _json.TooManyValuesError:
+            refused_on.append(threading.current_thread().name)
+            raise
+
+    monkeypatch.setattr(_json, "keys_collide", counted)
+    acts = [unstorable_act("shared", on) for on in ("execute", "schedule")]
+    start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    start.extend(pg).connect(*acts).to(pg).converge(cg).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as runtime:
+        run(runtime, tree)
+        for act in acts:
+            wait_state(runtime, act.id, "FAILED", timeout=30)
+            out = outputs(runtime, act.id)
+            assert ("the result could not be stored: outputs the store cannot hold: 'bad': it holds more than "
+                    "3,500,000 values, counting each repeat (left out)") in out["ex_data"], out
+            assert out["fine"] == 1 and "bad" not in out and out["_result"] is False
+    assert len(refused_on) == 2 and all(name.startswith("culm-user_") for name in refused_on), refused_on

@@ -274,3 +274,35 @@ def test_embedded_runtime_takes_back_the_thread_of_a_timed_out_call(tmp_path, ga
         assert "late" not in outputs(runtime, hung.id)
         third = build_tree(chain(ServiceActivity(component_code="t_echo")))
         wait_pipeline(runtime, run(runtime, third), "FINISHED")
+
+
+def test_threads_left_to_cut_off_calls_are_bounded_and_named(tmp_path, caplog):
+    """Each timed-out call that never returns used to leave one more thread running, for ever. Past
+    ``max_abandoned`` such threads, a cut-off call keeps its own thread (the log names it) until
+    one of them returns; then the next sweep lets go of it."""
+    first, second = (f"hang-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    try:
+        with culm.Runtime(f"sqlite:///{tmp_path}/cap.db", workers=2) as runtime:
+            run(runtime, build_tree(chain(ServiceActivity(component_code="t_echo"))))  # starts the threads
+            dispatcher = runtime.dispatcher
+            dispatcher.max_abandoned = 1
+            hung = [timed("t_gate", 1, gate=name) for name in (first, second)]
+            for act in hung:
+                run(runtime, build_tree(chain(act)))
+                wait_state(runtime, act.id, "FAILED", timeout=20)
+                timed_out(runtime, act.id, 1)
+            wait_until(lambda: "keeps its user-code thread" in caplog.text, what="the warning at the bound")
+            assert f"node {hung[1].id} timed out" in caplog.text and hung[0].id in caplog.text
+            # one thread let go of; the second call, still running, kept its own (it is not listed)
+            assert [c[0] for c in dispatcher.abandoned_calls()] == [hung[0].id]
+            third = build_tree(chain(ServiceActivity(component_code="t_echo")))
+            wait_pipeline(runtime, run(runtime, third), "FINISHED")  # one thread is still free
+            components.gate(first).set()  # the first cut-off call returns: room to let go of the second
+            wait_until(lambda: [c[0] for c in dispatcher.abandoned_calls()] == [hung[1].id], 10,
+                       what="the second cut-off call's thread to be let go of")
+            components.gate(second).set()
+            assert runtime.wait_idle(10)
+            assert [c[0] for c in dispatcher.abandoned_calls()] == []
+    finally:
+        components.gate(first).set()
+        components.gate(second).set()

@@ -351,3 +351,44 @@ def test_ten_thousand_node_chain_builds():
     node.extend(EmptyEndEvent())
     tree = build_tree(start)
     assert len(tree["activities"]) == 10_000 and len(tree["flows"]) == 10_001
+
+
+def _nested(depth: int) -> tuple[EmptyStartEvent, list[SubProcess]]:
+    """A start event whose pipeline holds ``depth`` subprocesses, each inside the one before."""
+    inner = EmptyStartEvent()
+    inner.extend(ServiceActivity(component_code="example_component")).extend(EmptyEndEvent())
+    subs = []
+    for _ in range(depth):
+        subs.append(SubProcess(start=inner))
+        inner = EmptyStartEvent()
+        inner.extend(subs[-1]).extend(EmptyEndEvent())
+    return inner, subs
+
+
+def test_deeply_nested_subprocesses_build_and_validation_names_the_one_too_deep():
+    # build_tree recursed once per level: a RecursionError at about 1,000 levels.
+    start, subs = _nested(3000)
+    tree = build_tree(start)
+    pipe, depth = tree, 0
+    node = next(iter(pipe["activities"].values()))
+    while node["type"] == "SubProcess":
+        pipe, depth = node["pipeline"], depth + 1
+        assert pipe["id"] == node["id"]
+        node = next(iter(pipe["activities"].values()))
+    assert depth == 3000 and node["component"]["code"] == "example_component"
+    problems = validate_tree(tree)
+    too_deep = subs[3000 - 65]  # the outermost is the last built: level 65 is 65th from the end
+    assert [(p.where, p.message) for p in problems] == [
+        (too_deep.id, "subprocesses are nested more than 64 levels deep")]
+    start64, _ = _nested(64)
+    assert validate_tree(build_tree(start64)) == []
+
+
+def test_a_subprocess_holding_itself_is_refused_by_name():
+    inner = EmptyStartEvent()
+    sub = SubProcess(start=inner)
+    inner.extend(ServiceActivity(component_code="example_component")).extend(sub).extend(EmptyEndEvent())
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    with pytest.raises(ValueError, match=f"subprocess {sub.id} holds itself"):
+        build_tree(start)

@@ -101,6 +101,13 @@ def test_the_tree_limits_are_read_from_the_environment(value, expected):
     assert out.stdout.strip() == expected, out.stderr
 
 
+def test_the_loop_times_cap_is_read_from_the_environment():
+    env = {**os.environ, "CULM_MAX_LOOP_TIMES": "250"}
+    out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_LOOP_TIMES)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "250", out.stderr
+
+
 def test_a_bad_tree_limit_in_the_environment_names_the_variable(tmp_path):
     # It was a ValueError traceback out of `import culm` (and so out of every culm command).
     (tmp_path / "tree.json").write_text("{}")
