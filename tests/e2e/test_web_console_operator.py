@@ -203,3 +203,21 @@ def test_a_token_revoked_mid_session_signs_out_without_a_stray_error(browser: An
     browser.get(f"{served.url}/#/")
     wait_until(lambda: "Your token was refused" in text(browser, "#signin-error"), 30, 0.05, what="the sign-in page")
     assert browser.execute_script("return document.getElementById('toast').hidden") is True, text(browser, "#toast")
+
+
+def test_the_list_marks_running_pipelines_that_wait_on_failed_nodes(browser: Any, served: Any) -> None:  # noqa: F811
+    # A pipeline with a failed node stays RUNNING (as in bamboo): the list looked the same as for
+    # one that runs fine. The REST list says how many nodes failed; the console shows it.
+    failing = divide_tree(0, name="list-marks-failing")
+    fine = divide_tree(1, name="list-marks-fine", wait=True)
+    for tree in (failing, fine):
+        assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(node_id(failing, "divide"), "FAILED")
+    served.wait_state(node_id(fine, "approve"), "RUNNING")
+    with served.client("viewer") as client:
+        items = {i["id"]: i for i in client.get("/api/v1/pipelines", params={"state": "RUNNING"}).json()["items"]}
+    assert items[failing["id"]]["failed_nodes"] == 1 and items[fine["id"]]["failed_nodes"] == 0
+    sign_in(browser, served, "viewer")
+    row = find(browser, f'#pipelines tr[data-id="{failing["id"]}"]')
+    assert "1 failed node(s)" in row.text
+    assert "failed node" not in find(browser, f'#pipelines tr[data-id="{fine["id"]}"]').text

@@ -230,7 +230,9 @@ function listPage(view, params) {
     table.replaceChildren(el("tr", {}, ["Name", "Id", "State", "Created", "Started", "Ended"].map((h) => el("th", { text: h }))),
       ...data.items.map((p) => el("tr", { "data-id": p.id },
         el("td", {}, el("a", { href: "#/p/" + encodeURIComponent(p.id), text: p.name || "(no name)" })),
-        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state)),
+        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes
+          ? el("span", { class: "failed-nodes", title: "nodes that failed and wait for an operator (retry, skip or revoke)",
+            text: ` ${p.failed_nodes} failed node(s)` }) : null),
         el("td", { text: culm.fmtTime(p.created_time) }), el("td", { text: culm.fmtTime(p.started_time) }),
         el("td", { text: culm.fmtTime(p.archived_time) }))));
     if (!data.items.length) {
