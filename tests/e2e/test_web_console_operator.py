@@ -165,6 +165,8 @@ def test_a_viewer_is_told_why_there_are_no_buttons(browser: Any, served: Any) ->
 
 
 def test_empty_lists_say_why(browser: Any, served: Any, tmp_path: Path) -> None:  # noqa: F811
+    tree = divide_tree(1, name="one-to-list")
+    assert api.run_pipeline(served.runtime, tree).result
     sign_in(browser, served, "viewer")
     browser.get(f"{served.url}/#/?name=no-pipeline-is-called-this")
     wait_until(lambda: "No pipeline matches these filters" in text(browser, "#list-empty"), 20, 0.05,
@@ -221,3 +223,26 @@ def test_the_list_marks_running_pipelines_that_wait_on_failed_nodes(browser: Any
     row = find(browser, f'#pipelines tr[data-id="{failing["id"]}"]')
     assert "1 failed node(s)" in row.text
     assert "failed node" not in find(browser, f'#pipelines tr[data-id="{fine["id"]}"]').text
+
+
+def test_the_list_follows_nodes_that_fail_and_are_skipped(browser: Any, served: Any) -> None:  # noqa: F811
+    # The list followed root pipelines' own changes only, and a node's failure does not change its
+    # pipeline's state: the count came with the next reload. Now it comes and goes live.
+    tree = divide_tree(1, name="list-follows", wait=True)
+    wait = node_id(tree, "approve")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(wait, "RUNNING")
+    sign_in(browser, served, "viewer")
+    find(browser, f'#pipelines tr[data-id="{tree["id"]}"]')
+    # The first read, then the one the stream's "hello" asks for: from here on only live changes reload.
+    wait_until(lambda: int(browser.execute_script("return document.getElementById('pipelines').dataset.loads || 0"))
+               >= 2, 20, 0.05, what="the list to follow the stream")
+    browser.execute_script("window.__sameDocument = true")
+    assert api.forced_fail_activity(served.runtime, wait, "stop").result
+    row = f'#pipelines tr[data-id="{tree["id"]}"]'
+    wait_until(lambda: "1 failed node(s)" in text(browser, row), 20, 0.05, what="the count to appear")
+    assert api.skip_node(served.runtime, wait).result
+    served.wait_state(tree["id"], "FINISHED")
+    wait_until(lambda: "FINISHED" in text(browser, row) and "failed node" not in text(browser, row), 20, 0.05,
+               what="the count to go")
+    assert browser.execute_script("return window.__sameDocument") is True

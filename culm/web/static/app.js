@@ -235,6 +235,7 @@ function listPage(view, params) {
             text: ` ${p.failed_nodes} failed node(s)` }) : null),
         el("td", { text: culm.fmtTime(p.created_time) }), el("td", { text: culm.fmtTime(p.started_time) }),
         el("td", { text: culm.fmtTime(p.archived_time) }))));
+    table.dataset.loads = String(Number(table.dataset.loads || 0) + 1); // how many reads so far (tests wait on it)
     if (!data.items.length) {
       const filtered = state || name || after || before;
       table.append(el("tr", {}, el("td", { colspan: 6, class: "muted", id: "list-empty" }, filtered
