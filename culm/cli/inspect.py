@@ -204,6 +204,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             rt, state=_states_option(args.state), name=args.name, created_after=since,
             created_before=before, limit=args.limit, offset=args.offset,
         ), bad_input=True)
+        failed = {} if args.json else _failed_counts(rt, found["items"])
     if args.json:
         print_json(found)
         return EXIT_OK
@@ -213,7 +214,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for column in ("ID", "NAME", "STATE", "CREATED", "DURATION"):
         table.add_column(column)
     for item in found["items"]:
-        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]),
+        stuck = f" [red]({failed[item['id']]} failed)[/]" if failed.get(item["id"]) else ""
+        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]) + stuck,
                       render.when(item["created_time"]), render.span(render.seconds(item)))
     out = console()
     if found["items"]:
@@ -224,6 +226,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     where = "in every state: " if args.state else ""
     out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {where}{counts}" if counts else ""))
     return EXIT_OK
+
+
+def _failed_counts(rt: Any, items: list[dict]) -> dict[str, int]:
+    """How many nodes failed in each RUNNING pipeline of ``items`` (bamboo keeps such a pipeline
+    RUNNING; the list says so, as the console does)."""
+    from culm import api
+
+    counts = {}
+    for item in items:
+        if item["state"] == "RUNNING":
+            children = (api.get_pipeline_states(rt, item["id"]).data or {}).get(item["id"], {}).get("children") or {}
+            counts[item["id"]] = sum(1 for entry in children.values() if entry["state"] == "FAILED")
+    return counts
 
 
 # -- logs and history ---------------------------------------------------------------------------

@@ -353,3 +353,14 @@ def test_status_says_when_no_process_runs_the_files_work(embedded: Cli) -> None:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
     assert embedded("revoke", tree["id"]).returncode == 0
+
+
+def test_list_marks_running_pipelines_with_failed_nodes(embedded: Cli) -> None:
+    path, tree, (node,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(path)).returncode == 1
+    listed = embedded("list")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(tree["id"]))
+    assert "RUNNING (1 failed)" in row, listed.stdout
+    assert embedded("skip", node).returncode == 0
+    row = next(line for line in embedded("list").stdout.splitlines() if line.startswith(tree["id"]))
+    assert "FINISHED" in row and "failed" not in row
