@@ -71,11 +71,7 @@ def check_connections(graph: PipelineGraph, add: AddProblem, cycle_tolerate: boo
     _index_flows(graph)
     # A flow dropped for a mistyped end is reported once: the nodes it touched are not blamed again
     # for the flow it lacks (declared lists, degrees), nor is anything for being cut off by it.
-    excused = _touched_by(graph, graph.dropped)
-    for node_id in graph.kinds:
-        if node_id not in excused:
-            _check_declared(graph, node_id, add)
-            _check_degree(graph, node_id, add)
+    _check_nodes(graph, _touched_by(graph, graph.dropped), add)
     _check_targets(graph, add)
     if graph.start_id is None:
         graph.sound = False
@@ -120,6 +116,30 @@ def _index_flows(graph: PipelineGraph) -> None:
     for flow_id, (source, target) in graph.flows.items():
         graph.out_flows[source].append(flow_id)
         graph.in_flows[target].append(flow_id)
+
+
+def _check_nodes(graph: PipelineGraph, excused: set[str], add: AddProblem) -> None:
+    """:func:`_check_declared` and :func:`_check_degree` of every node not ``excused``."""
+    in_flows, out_flows, declared_in, declared_out = graph.in_flows, graph.out_flows, graph.declared_in, graph.declared_out
+    for node_id, kind in graph.kinds.items():
+        if node_id in excused:
+            continue
+        ins, outs, out_value = in_flows[node_id], out_flows[node_id], declared_out[node_id]
+        min_in, max_in, min_out, max_out = _DEGREE_RULES[kind]
+        if (min_in <= len(ins) <= max_in and min_out <= len(outs) <= max_out
+                and (out_value.__class__ is list) == (kind in BRANCHING_TYPES)
+                and _names_exactly(declared_in[node_id], ins) and _names_exactly(out_value, outs)):
+            continue  # nearly every node: nothing to report, decided without building anything
+        _check_declared(graph, node_id, add)
+        _check_degree(graph, node_id, add)
+
+
+def _names_exactly(value: Any, actual: list[str]) -> bool:
+    """Whether a declared incoming/outgoing names ``actual`` in a way :func:`_check_declared`
+    accepts without looking further (False says only: let it look)."""
+    if value.__class__ is str:
+        return actual[0] == value if len(actual) == 1 else not (value or actual)
+    return value.__class__ is list and value == actual
 
 
 def _as_flow_list(value: Any) -> list[Any] | None:
@@ -202,24 +222,26 @@ def _depth_first(graph: PipelineGraph) -> None:
     A flow to a node still on the DFS stack closes a cycle; calling those flows "back" flows
     and ignoring them leaves a DAG whose postorder lists every node after all its successors.
     """
-    assert graph.start_id is not None
-    on_stack = {graph.start_id}
-    graph.reachable = {graph.start_id}
-    stack: list[tuple[str, int]] = [(graph.start_id, 0)]
+    start = graph.start_id
+    assert start is not None
+    on_stack = {start}
+    reachable = graph.reachable = {start}
+    out_flows, flows, postorder, back_flows = graph.out_flows, graph.flows, graph.postorder, graph.back_flows
+    stack: list[tuple[str, int]] = [(start, 0)]
     while stack:
         node_id, index = stack[-1]
-        outs = graph.out_flows[node_id]
+        outs = out_flows[node_id]
         if index == len(outs):
             stack.pop()
             on_stack.discard(node_id)
-            graph.postorder.append(node_id)
+            postorder.append(node_id)
             continue
         stack[-1] = (node_id, index + 1)
         flow_id = outs[index]
-        nxt = graph.target(flow_id)
+        nxt = flows[flow_id][1]
         if nxt in on_stack:
-            graph.back_flows.add(flow_id)
-        elif nxt not in graph.reachable:
-            graph.reachable.add(nxt)
+            back_flows.add(flow_id)
+        elif nxt not in reachable:
+            reachable.add(nxt)
             on_stack.add(nxt)
             stack.append((nxt, 0))

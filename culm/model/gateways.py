@@ -16,7 +16,17 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from itertools import count
 
-from culm.model.flowgraph import CONVERGE, END, EXCLUSIVE, PARALLEL_TYPES, AddProblem, PipelineGraph
+from culm.model.flowgraph import (
+    CONVERGE,
+    END,
+    EXCLUSIVE,
+    PARALLEL_TYPES,
+    SERVICE,
+    START,
+    SUBPROCESS,
+    AddProblem,
+    PipelineGraph,
+)
 
 STOP, FINISH, LOOP, BROKEN = "stop", "finish", "loop", "broken"
 
@@ -36,6 +46,7 @@ class Reach:
 
 
 _FINISH, _LOOP, _BROKEN = Reach(FINISH), Reach(LOOP), Reach(BROKEN)
+_WALKED_THROUGH = frozenset({START, SERVICE, SUBPROCESS})  # one way out, nothing to pair
 
 
 class _Pairing:
@@ -54,19 +65,23 @@ class _Pairing:
                 self.forward_in[target] += 1
 
     def run(self) -> None:
+        reach, reach_of = self.reach, self._reach_of
         for node_id in self.graph.postorder:
-            self.reach[node_id] = self._reach_of(node_id)
+            reach[node_id] = reach_of(node_id)
         self._check_main_line()
 
     def _follow(self, node_id: str) -> Reach:
         """Where the walk goes after a single-successor node."""
-        forward = self.graph.forward_out(node_id)
+        graph = self.graph
+        forward = graph.forward_out(node_id)
         if forward:
-            return self.reach[self.graph.target(forward[0])]
-        return _LOOP if self.graph.out_flows[node_id] else _FINISH
+            return self.reach[graph.flows[forward[0]][1]]
+        return _LOOP if graph.out_flows[node_id] else _FINISH
 
     def _reach_of(self, node_id: str) -> Reach:
         kind = self.graph.kinds[node_id]
+        if kind in _WALKED_THROUGH:
+            return self._follow(node_id)
         if kind == END:
             return _FINISH
         if kind == CONVERGE:
@@ -175,17 +190,18 @@ def check_streams(graph: PipelineGraph, add: AddProblem) -> None:
             clashed.add(node_id)
             add(node_id, message)
 
+    kinds, flows = graph.kinds, graph.flows
     for node_id in reversed(graph.postorder):
         current = stream.get(node_id)
         if current is None:  # only downstream of a node already reported
             continue
-        forks = graph.kinds[node_id] in PARALLEL_TYPES
+        forks = kinds[node_id] in PARALLEL_TYPES
         for flow_id in graph.forward_out(node_id):
             candidate = current
             if forks:
                 candidate = next(new_stream)
                 owner[candidate] = (node_id, current)
-            target = graph.target(flow_id)
+            target = flows[flow_id][1]
             if target in parallel_of:
                 gateway, enclosing = owner.get(candidate, (None, candidate))
                 if gateway != parallel_of[target]:

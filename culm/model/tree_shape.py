@@ -95,12 +95,13 @@ class ShapeChecker:
         """Record one problem."""
         self.problems.append(TreeProblem(where, message))
 
-    def run(self, tree: Any) -> None:
-        """Check ``tree`` and every nested subprocess tree (none when the tree is too large)."""
+    def run(self, tree: Any, size: tuple[int, int] | None = None) -> None:
+        """Check ``tree`` and every nested subprocess tree (none when the tree is too large).
+        ``size``: its :func:`tree_size`, when the caller counted it already."""
         if limits.ENVIRONMENT_PROBLEMS:  # the bounds below are not what the operator asked for
             self.add(None, "tree not validated: " + "; ".join(limits.ENVIRONMENT_PROBLEMS))
             return
-        nodes, flows = tree_size(tree)
+        nodes, flows = size if size is not None else tree_size(tree)
         if nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS:
             where = label(tree.get("id")) if isinstance(tree, dict) else None
             self.add(where, f"tree is too large: it has {nodes:,} nodes and {flows:,} flows, over the {limits.MAX_TREE_NODES:,} "
@@ -205,7 +206,14 @@ class ShapeChecker:
         return pid
 
     def _flows_of(self, flows: dict[Any, Any], graph: PipelineGraph) -> None:
+        ids, edges = self._ids, graph.flows
         for key, flow in flows.items():
+            if flow.__class__ is dict and key.__class__ is str and key and flow.get("id") == key and key not in ids:
+                source, target = flow.get("source"), flow.get("target")
+                if source.__class__ is str and target.__class__ is str:  # nearly every flow: nothing to report
+                    ids.add(key)
+                    edges[key] = (source, target)
+                    continue
             if not isinstance(flow, dict) or not isinstance(flow.get("id"), str) or not flow.get("id"):
                 self.add(label(key), "flow must be a dict with a non-empty string id")
                 graph.sound = False
@@ -288,7 +296,7 @@ class ShapeChecker:
 
     def _service_activity(self, nid: str, node: dict[str, Any], activity_ids: set[str]) -> None:
         for flag in ACTIVITY_FLAGS:
-            if flag in node and not isinstance(node[flag], bool):
+            if node.get(flag, False).__class__ is not bool:  # bool has no subclasses
                 self.add(nid, f"{flag} must be a bool")
         timeout = node.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
@@ -312,7 +320,8 @@ class ShapeChecker:
             version = None
         if not isinstance(code, str) or not code:
             self.add(nid, "component code must be a non-empty string")
-        elif not self._ask(nid, f"component {code!r}", self.component_exists, code, version):
+        elif self.component_exists is not None and not self._ask(
+                nid, f"component {code!r}", self.component_exists, code, version):
             shown = f"{code!r} version {version!r}" if version else repr(code)
             self.add(nid, f"component {shown} is not registered")
         self._vars(nid, component.get("inputs"), "component input", activity_ids, keyed_where=False)

@@ -57,14 +57,15 @@ _ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": 
 def _analyse(
     tree: Any, cycle_tolerate: bool, component_exists: ComponentExists | None,
     lazy_exists: LazyExists | None, end_event_exists: EndEventExists | None,
-    preset: tuple[Collection[str], Collection[str]] = ((), ()),
+    preset: tuple[Collection[str], Collection[str]] = ((), ()), size: tuple[int, int] | None = None,
 ) -> ShapeChecker:
     """The checker that walked ``tree``: every problem of it (``problems``), the graph of each of its
     pipelines (``graphs``, root first), and whether a value holds dict keys JSON would merge.
-    ``preset``: the context keys a run presets in the root and in every subprocess."""
+    ``preset``: the context keys a run presets in the root and in every subprocess; ``size``: the
+    tree's :func:`tree_size` when the caller counted it already."""
     checker = ShapeChecker(component_exists, lazy_exists, end_event_exists)
     try:
-        checker.run(tree)
+        checker.run(tree, size)
         for graph in checker.graphs:
             check_connections(graph, checker.add, cycle_tolerate)
             # Pairing a graph whose flows or degrees are wrong would only repeat those problems.
@@ -155,13 +156,14 @@ def prepare_tree(
     # analysis builds a graph of every node (a 99,000-node tree: 6 s and 160 MB, then refused).
     encoded: _Encoded | None = None
     failure: BaseException | None = None
-    if isinstance(tree, dict) and not _over_count(tree):
+    size = tree_size(tree) if isinstance(tree, dict) else None
+    if size is not None and not _over_count(size):
         try:
             encoded = _encode(tree, exact=False)
         except Exception as exc:  # noqa: BLE001 - named after the analysis, which may say where
             failure = exc
     packed = _check_size(tree, encoded) if encoded is not None else None
-    checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists, preset)
+    checker = _analyse(tree, cycle_tolerate, component_exists, lazy_exists, end_event_exists, preset, size)
     problems, graphs = checker.problems, checker.graphs
     if problems:
         raise TreeInvalidError(problems)
@@ -221,8 +223,8 @@ def _encode(tree: dict[str, Any], *, exact: bool) -> _Encoded:
     return _Encoded(None, blob, limits.pickled_payload_size(len(blob)))
 
 
-def _over_count(tree: dict[str, Any]) -> bool:
-    nodes, flows = tree_size(tree)
+def _over_count(size: tuple[int, int]) -> bool:
+    nodes, flows = size
     return nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS
 
 

@@ -101,3 +101,9 @@ def test_viewable_values_are_written_by_any_json_encoder():
     assert json.dumps(shown["deep"]).count("[") == VIEW_DEPTH - 1 and cut in json.dumps(shown["deep"])
     assert cut in json.dumps(shown["shared"])
     assert viewable(value["nan"]) == "NaN" and viewable([2**80]) == [2**80]  # what JSON writes is kept
+
+
+@pytest.mark.parametrize("ids", [[], ["p1", "n2"], ("a",), ["é\u2028", 'q"\\', "\ud800", "${x}"]])
+def test_ids_are_written_as_the_codec_writes_any_value(ids):
+    assert codec.dumps_ids(ids) == codec.dumps(ids)
+    assert codec.loads(codec.dumps_ids(ids)) == list(ids)

@@ -819,3 +819,31 @@ def test_a_large_tree_that_compresses_is_accepted() -> None:
     tree["data"] = {"inputs": {"${big}": {"type": "plain", "value": "x" * 7_100_000}}}
     prepared = prepare_tree(tree, component_exists=lambda code, version: True)
     assert prepared.tree["data"]["inputs"]["${big}"]["value"] == "x" * 7_100_000
+
+
+def test_connections_the_quick_pass_leaves_are_judged_in_full():
+    # The common shapes pass without building sets; every other shape gets the full checks,
+    # with the same messages in the same order as before there was a quick pass.
+    reordered = make_tree(PARALLEL)
+    reordered["gateways"]["cg"]["incoming"].reverse()  # another order than the flows': still right
+    reordered["activities"]["a"]["incoming"] = "root:pg-a"  # a string for one flow
+    assert validate_tree(reordered) == []
+    tree = make_tree("s>pg pg>a pg>b a>cg b>cg cg>end")
+    tree["activities"]["a"]["outgoing"] = ["root:a-cg"]  # a list on a single-outgoing node
+    tree["activities"]["b"]["incoming"] = ""  # none declared, one flow
+    tree["gateways"]["pg"]["outgoing"] = "root:pg-a"  # a string on a branching node
+    tree["end_event"]["incoming"] = ["root:cg-end", "root:cg-end"]  # a duplicate
+    tree["activities"]["b"]["skippable"] = "yes"
+    tree["flows"]["root:b-cg"]["source"] = 3
+    assert [(p.where, p.message) for p in validate_tree(tree)] == [
+        ('root:b-cg', 'flow source and target must be node id strings'),
+        ('b', 'skippable must be a bool'),
+        ('end', "incoming lists ['root:cg-end', 'root:cg-end'] but the flows are ['root:cg-end']"),
+        ('a', 'outgoing of a ServiceActivity must be a single flow id string'),
+        ('b', "incoming lists [] but the flows are ['root:pg-b']"),
+        ('b', "outgoing lists ['root:b-cg'] but the flows are []"),
+        ('b', 'a ServiceActivity needs 1 outgoing flow(s), it has 0'),
+        ('pg', 'outgoing of a ParallelGateway must be a list of flow ids'),
+        ('pg', "outgoing lists ['root:pg-a'] but the flows are ['root:pg-a', 'root:pg-b']"),
+        ('cg', "incoming lists ['root:a-cg', 'root:b-cg'] but the flows are ['root:a-cg']"),
+    ]

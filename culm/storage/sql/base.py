@@ -775,7 +775,7 @@ class SqlUnit:
     def insert_processes(self, recs: Sequence[ProcessRecord]) -> None:
         self._insert("culm_process", [
             {"id": r.id, "root_id": r.root_id, "parent_id": r.parent_id, "current_node_id": r.current_node_id,
-             "destination_id": r.destination_id, "stack": codec.dumps(r.stack), "asleep": r.asleep,
+             "destination_id": r.destination_id, "stack": codec.dumps_ids(r.stack), "asleep": r.asleep,
              "suspended": r.suspended, "suspended_by": r.suspended_by, "dead": r.dead, "ack_num": r.ack_num,
              "need_ack": r.need_ack, "priority": r.priority, "queue": r.queue, "last_heartbeat": r.last_heartbeat}
             for r in recs
@@ -789,7 +789,7 @@ class SqlUnit:
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.add(process_id)
         if "stack" in fields:
-            self._update_later("culm_process", "id = ?", [process_id], {**fields, "stack": codec.dumps(fields["stack"])})
+            self._update_later("culm_process", "id = ?", [process_id], {**fields, "stack": codec.dumps_ids(fields["stack"])})
             return
         self._update_later("culm_process", "id = ?", [process_id], fields)
 
@@ -1142,7 +1142,7 @@ class SqlUnit:
         value = codec.dumps_variable(pipeline_id, v.key, v.value)
         return {
             "pipeline_id": pipeline_id, "key": v.key, "type": v.type, "value": value,
-            "code": v.code, "refs": codec.dumps(sorted(v.references)),
+            "code": v.code, "refs": codec.dumps_ids(sorted(v.references)),
         }
 
     # -- schedules and callbacks ----------------------------------------------------------
