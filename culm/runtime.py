@@ -210,10 +210,21 @@ class Runtime:
         self.close()
 
     def __repr__(self) -> str:
-        mode = f"broker={self.broker!r}" if self.broker else "embedded"
+        mode = f"broker={_hide_password(self.broker)!r}" if self.broker else "embedded"
         if isinstance(self.store, MemoryStore):
             return f"Runtime({self.store.url!r}, {mode})"
         return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"
+
+
+def _hide_password(url: str) -> str:
+    """``amqp://guest:***@host//``: a broker URL as it may be shown (printed, logged)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 # Embedded runtimes of this process that share their workers, by database file (see Runtime).

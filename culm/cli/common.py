@@ -174,6 +174,9 @@ def db_url(args: argparse.Namespace) -> str:
         raise DatabaseError(f"cannot use the database URL {_safe(url)!r}: culm keeps its data in SQLite, "
                             f"PostgreSQL or MySQL/MariaDB, not {backend!r} (examples: sqlite:///culm.db, "
                             "postgresql://user@host/db, mysql://user@host/db)")
+    if not scheme:  # `--db culm.db`: a path where a URL belongs
+        raise DatabaseError(f"cannot use the database URL {url!r}: it is a path, not a URL; for that SQLite "
+                            f"file write sqlite:///{url}")
     return url
 
 
@@ -346,8 +349,14 @@ def console() -> Any:
     """The rich console for human output (colour only on a terminal)."""
     from rich.console import Console
 
+    class _Console(Console):
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 when the reader left (`culm status ID | head`): 1 means "the pipeline
+            # failed" here. The command's own handler sends the rest nowhere and exits 0.
+            raise BrokenPipeError
+
     # Piped output (scripts, logs, tests) is not cut to 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return _Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def err(message: str) -> None:

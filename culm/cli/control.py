@@ -31,7 +31,7 @@ from culm.cli.common import (
     state_entry,
 )
 from culm.cli.loading import import_modules, import_names, split_assignment
-from culm.cli.run import Progress, progress_by_signal, wait_and_conclude
+from culm.cli.run import Progress, progress_by_signal, require_components, wait_and_conclude
 
 FOLLOW_TIMEOUT = 600.0
 
@@ -105,6 +105,9 @@ def cmd_control(args: argparse.Namespace) -> int:
         except NotFound:
             entry = None  # a node not reached yet (pause-node); the engine knows whether it exists
         root_id = (entry or {}).get("root_id") or target
+        if attr == "node" and entry is not None and root_id == target:  # like `culm logs PIPELINE`: exit 2
+            raise UsageError(f"{target} is a pipeline: `culm {args.command}` takes one of its nodes "
+                             f"(`culm status {target}` lists them)")
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
@@ -112,6 +115,11 @@ def cmd_control(args: argparse.Namespace) -> int:
             check(call(rt, args), f"{args.command} {target}")
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
+        if args.command != "revoke":
+            require_components(rt, root_id, tree.data, f"{args.command} {target}",
+                               ", or pass --no-follow to only record the command",
+                               runs=target if args.command in ("retry", "callback") else None,
+                               stops=target if args.command in ("skip", "force-fail") else None)
         progress = Progress(root_id, info)
         progress.hold()  # listening before the command, so that none of its changes is missed
         with progress_by_signal(rt, progress) as polled:

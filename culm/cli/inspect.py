@@ -128,7 +128,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     if found.failed:
         out.print(f"[red]{len(found.failed)} failed node(s)[/]: retry with `culm retry NODE [--data JSON]`, "
                   "skip with `culm skip NODE`, or stop with `culm revoke PIPELINE`")
+    note = _no_runner_note(rt, found)
+    if note:
+        out.print(f"[yellow]{note}[/]", soft_wrap=True)
     return found.outcome
+
+
+def _no_runner_note(rt: Any, found: Described) -> str:
+    """On a SQLite file whose runner lock nobody holds, while nodes of the pipeline are due to
+    move: that nothing moves them, and how to continue ("" otherwise)."""
+    root = found.flat.get(found.root_id, {})
+    moving = any(e["state"] in ("READY", "RUNNING") and (e.get("wait_reason") or {}).get("kind") != "callback"
+                 for n, e in found.flat.items() if n != found.root_id)
+    if root.get("state") != "RUNNING" or not moving or _runner_alive(rt):
+        return ""
+    return (f"no process runs the work of {rt.store.database_file} now: its RUNNING nodes wait for one; "
+            f"continue with `culm run --attach {found.root_id} --import MODULE`")
+
+
+def _runner_alive(rt: Any) -> bool:
+    """Whether a process holds the runner lock of this SQLite file (True for other databases,
+    whose workers the registry tells about: `culm workers`)."""
+    import fcntl
+
+    path = getattr(rt.store, "database_file", None)
+    if not path:
+        return True
+    try:
+        with open(path + ".runner-lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)  # fails while a runner holds it
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    except OSError:
+        return True
+    return False
 
 
 # -- list ---------------------------------------------------------------------------------------
@@ -172,6 +204,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             rt, state=_states_option(args.state), name=args.name, created_after=since,
             created_before=before, limit=args.limit, offset=args.offset,
         ), bad_input=True)
+        failed = {} if args.json else _failed_counts(rt, found["items"])
     if args.json:
         print_json(found)
         return EXIT_OK
@@ -181,7 +214,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     for column in ("ID", "NAME", "STATE", "CREATED", "DURATION"):
         table.add_column(column)
     for item in found["items"]:
-        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]),
+        stuck = f" [red]({failed[item['id']]} failed)[/]" if failed.get(item["id"]) else ""
+        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]) + stuck,
                       render.when(item["created_time"]), render.span(render.seconds(item)))
     out = console()
     if found["items"]:
@@ -192,6 +226,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     where = "in every state: " if args.state else ""
     out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {where}{counts}" if counts else ""))
     return EXIT_OK
+
+
+def _failed_counts(rt: Any, items: list[dict]) -> dict[str, int]:
+    """How many nodes failed in each RUNNING pipeline of ``items`` (bamboo keeps such a pipeline
+    RUNNING; the list says so, as the console does)."""
+    from culm import api
+
+    counts = {}
+    for item in items:
+        if item["state"] == "RUNNING":
+            children = (api.get_pipeline_states(rt, item["id"]).data or {}).get(item["id"], {}).get("children") or {}
+            counts[item["id"]] = sum(1 for entry in children.values() if entry["state"] == "FAILED")
+    return counts
 
 
 # -- logs and history ---------------------------------------------------------------------------
@@ -281,6 +328,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
         if found.entry["id"] != found.root_id:
             raise UsageError(f"{args.id} is a node of pipeline {found.root_id}: watch the pipeline "
                              f"(`culm watch {found.root_id}`)")
+        note = _no_runner_note(rt, found)
+        if note:
+            err(f"note: {note}")
         if sys.stdout.isatty():
             return _watch_live(rt, args, found)
         return _watch_lines(rt, args, found)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -41,6 +42,15 @@ POLL_SECONDS = 0.1
 STILL_SECONDS = 1.0
 
 
+def _say(line: str) -> None:
+    """Print a progress line; when the reader left (`culm run X | head`), the rest goes nowhere
+    (these lines come from the engine's threads, where a BrokenPipeError was logged as an error)."""
+    try:
+        print(line, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 class Progress:
     """Prints one line per node state change, from signals or from polled state trees."""
 
@@ -59,7 +69,7 @@ class Progress:
         with self._lock:
             held, self._held = self._held or [], None
         for line in held:
-            print(line, flush=True)
+            _say(line)
 
     def show(self, node_id: str, state: str, note: str = "") -> None:
         with self._lock:
@@ -72,7 +82,7 @@ class Progress:
             if self._held is not None:
                 self._held.append(line)
                 return
-        print(line, flush=True)
+        _say(line)
 
     def on_set_state(self, node_id: str, to_state: str, root_id: str, **_: Any) -> None:
         if root_id == self.root_id:
@@ -214,12 +224,46 @@ def _stops_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _imports_option(args: argparse.Namespace) -> str:
+    """`` --import X`` for every module this run imported: a ``MODULE.py`` it ran, and ``--import``."""
+    names = list(getattr(args, "imports", None) or [])
+    source = getattr(args, "source", None)
+    if source and str(source).endswith(".py") and source not in names:
+        names.insert(0, source)
+    return "".join(f" --import {name}" for name in names)
+
+
 def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
     if cluster:
         return (f"the workers go on with it: follow it with `culm watch {root_id}{db}`, "
                 f"see it with `culm status {root_id}{db}`")
-    return f"continue it with `culm run --attach {root_id}{db}` (or stop it with `culm revoke {root_id}{db}`)"
+    return (f"continue it with `culm run --attach {root_id}{_imports_option(args)}{db}` "
+            f"(or stop it with `culm revoke {root_id}{db}`)")
+
+
+def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str = "",
+                       runs: str | None = None, stops: str | None = None) -> None:
+    """When this process runs the pipeline's work, every component of a node that may still run
+    (not reached, waiting, or ``runs``: the node a retry or callback runs) must be registered here:
+    else exit 2 before anything is done (the node would fail naming the code). A FAILED or finished
+    node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again."""
+    from culm import api
+    from culm.validator import tree_problems
+
+    if getattr(rt, "dispatcher", None) is None or getattr(rt, "broker", None) or not isinstance(tree, dict):
+        return
+    problems = [p for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")]
+    if not problems:
+        return
+    flat = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {}).get("children") or {}
+    ended = ("FINISHED", "FAILED", "REVOKED")
+    missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0] for p in problems
+                      if p.where == runs or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
+    if missing:
+        raise UsageError(f"{doing}: pipeline {root_id} uses component(s) {', '.join(missing)} that are not "
+                         "registered in this process, which would run its nodes: name the modules that define "
+                         f"them with --import MODULE (or $CULM_IMPORTS){other}")
 
 
 def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: str, flat: dict[str, dict],
@@ -291,13 +335,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     cluster = bool(broker_url(args))
     if not cluster:
         _check_tree(tree, info, args.cycle_tolerate)
-    with open_runtime(args, read_only=False, run=True) as rt, \
-            progress_by_signal(rt, Progress(str(root_id), info)) as polled:
-        where = "submitted to the workers" if cluster else "running"
-        print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+    progress = Progress(str(root_id), info)
+    progress.hold()  # a refused run says so alone; the first lines wait for the "running:" one
+    with open_runtime(args, read_only=False, run=True) as rt, progress_by_signal(rt, progress) as polled:
         started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
         if not started.result:
             _refused_run(started, info)
+        where = "submitted to the workers" if cluster else "running"
+        print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+        progress.release()
         assert isinstance(root_id, str)
         return wait_and_conclude(rt, args, root_id, info, polled, cluster)
 
@@ -350,7 +396,10 @@ def _attach(args: argparse.Namespace) -> int:
             pipeline = state_entry(rt, root_id).get("root_id")  # NotFound: no such id at all
             raise UsageError(f"{root_id} is a node of pipeline {pipeline}: attach the pipeline "
                              f"(`culm run --attach {pipeline}`)")
-        info = render.node_info(check(api.get_pipeline_tree(rt, root_id)))
+        tree = check(api.get_pipeline_tree(rt, root_id))
+        info = render.node_info(tree)
+        if not cluster and states[root_id]["state"] not in ("FINISHED", "REVOKED"):
+            require_components(rt, root_id, tree, f"run --attach {root_id}")
         if getattr(rt, "dispatcher", None) is None and not cluster:
             print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
         with progress_by_signal(rt, Progress(root_id, info)) as polled:

@@ -103,7 +103,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     broker = broker_url(args)  # an unknown kind of broker: exit 2, before anything is served
     runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
-        _token_table(runtime)  # memory:// keeps no tokens: one line, before anything is served
+        table = _token_table(runtime)  # memory:// keeps no tokens: one line, before anything is served
+        if not args.no_auth:
+            from culm.web import TokenStore
+
+            if not any(t.revoked_time is None for t in TokenStore(table).list()):
+                db = f" --db {args.db}" if args.db else ""
+                print(f"warning: this database has no token yet, so every request will be refused (401): create "
+                      f"one with `culm token create --role admin{db}`", file=sys.stderr, flush=True)
         mode = "submits and reads (a broker's workers run the work)" if broker else (
             "runs the engine" if runtime.dispatcher is not None else
             "submits and reads (another process runs this database's engine)")

@@ -135,9 +135,11 @@ class ChangeHub:
             subs = [s for s in self._subs if s.loop is loop]
         for change, text in batch:
             root = change["root_id"]
-            is_root = change["node_id"] == root
+            # Without a root: the roots' own changes, and a node failing or leaving FAILED (a
+            # RUNNING pipeline's count of failed nodes, which the list shows, changes with it).
+            listed = change["node_id"] == root or "FAILED" in (change["to_state"], change["from_state"])
             for sub in subs:
-                if sub.root_id == root or (sub.root_id is None and is_root):
+                if sub.root_id == root or (sub.root_id is None and listed):
                     sub.add(text)
                     self.delivered += 1
 

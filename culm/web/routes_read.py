@@ -48,6 +48,13 @@ def list_pipelines(
     found = api.list_pipelines(_rt(request), state=state, name=name, created_after=created_after,
                                    created_before=created_before, limit=limit, offset=offset)
     data = unwrap(found)
+    # A RUNNING pipeline may be stuck on failed nodes (bamboo keeps it RUNNING): each such item says
+    # how many, so that the list shows which pipelines wait for an operator.
+    for item in data["items"]:
+        if item["state"] == "RUNNING":
+            states = api.get_pipeline_states(_rt(request), item["id"]).data or {}
+            children = states.get(item["id"], {}).get("children") or {}
+            item["failed_nodes"] = sum(1 for entry in children.values() if entry["state"] == "FAILED")
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 

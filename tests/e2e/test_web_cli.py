@@ -191,7 +191,17 @@ def test_serve_runs_the_engine_on_the_embedded_default(tmp_path: Path) -> None:
     finally:
         out = _stop(proc)
     assert "runs the engine" in out and "bearer tokens required" in out
+    assert "has no token yet" not in out
     assert proc.returncode == 0
+
+
+def test_serve_warns_when_the_database_has_no_live_token(tmp_path: Path) -> None:
+    # A new user starts `culm serve` before creating a token (or on another database than the one
+    # `culm token create` wrote to): every request was a 401, with nothing on the terminal to say why.
+    proc, _url = _serve(tmp_path)
+    out = _stop(proc)
+    assert "warning: this database has no token yet, so every request will be refused (401)" in out, out
+    assert "`culm token create --role admin`" in out
 
 
 def test_serve_no_auth_on_loopback_needs_no_token(tmp_path: Path) -> None:

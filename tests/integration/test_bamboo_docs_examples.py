@@ -1,6 +1,8 @@
 """bamboo-engine's user guide, example by example, on culm's embedded runtime (SQLite): the README
-quick start, the builder guide and the orchestration guide (``test_bamboo_docs_guides.py`` has the
-component, lazy variable, engine API and signals guides).
+quick start, the builder guide, the built tree's schema guide (its example tree runs as pasted)
+and the orchestration guide, its validity rules included
+(``test_bamboo_docs_guides.py`` has the component, lazy variable, engine API, signals, hook
+signals, start position and node timeout guides).
 
 Each test rebuilds one example with only the imports swapped, as ``docs/migrating-from-bamboo.md``
 maps them, and asserts what the guide says happens: node states, outputs, context values. The
@@ -327,3 +329,113 @@ def test_data_input_and_params(runtime, with_params):
     wait_finished(runtime, pipeline)
     expected = "value_1" if with_params else "default_value"
     assert api.get_execution_data_inputs(runtime, sub_act_1.id).data["param_1"] == expected
+
+
+# -- flow_orchestration.md: what makes a pipeline valid ---------------------------------------------
+def _acts(n):
+    return [ServiceActivity(component_code="example_component") for _ in range(n)]
+
+
+def test_gateway_pairings_the_guide_allows_run(runtime):
+    # Exclusive gateways may share a converge gateway, with each other and with a parallel
+    # gateway; an exclusive gateway may have none (a "hanging" one, its branches meet at the end).
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    eg_1 = ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"})
+    eg_2 = ExclusiveGateway(conditions={0: "1 == 0", 1: "1 == 1"})
+    a, b, c, d = _acts(4)
+    hanging = ExclusiveGateway(conditions={0: "1 == 0", 1: "1 == 1"})
+    e, f = _acts(2)
+    start.extend(pg).connect(a, eg_1)
+    eg_1.connect(b, eg_2)
+    eg_2.connect(c, d)
+    for node in (a, b, c, d):
+        node.extend(cg)
+    cg.extend(hanging).connect(e, f).converge(end)
+    pipeline = build_tree(start)
+
+    ran = run_to_the_end(runtime, pipeline)
+    assert {a.id, b.id, cg.id, f.id} <= ran and not {eg_2.id, c.id, d.id, e.id} & ran
+
+
+def test_structures_the_guide_forbids_are_refused_naming_the_node(runtime):
+    def refused(start, node, fragment):
+        pipeline = build_tree(start)
+        res = api.run_pipeline(runtime=runtime, pipeline=pipeline)
+        assert res.result is False and node.id in res.message and fragment in res.message, res.message
+        assert not api.get_pipeline_states(runtime=runtime, root_id=pipeline["id"]).data
+
+    # An activity has one outgoing flow.
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    a, b, c = _acts(3)
+    start.extend(a).connect(b, c)
+    b.extend(end)
+    c.extend(end)
+    refused(start, a, "needs 1 outgoing flow")
+
+    # Every branch of a parallel gateway reaches the one converge gateway it pairs with.
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    a, b = _acts(2)
+    start.extend(pg).connect(a, b)
+    a.extend(cg).extend(end)
+    b.extend(end)
+    refused(start, pg, "must reach its converge gateway")
+
+    # A parallel branch may not leave for the main branch except through its converge gateway.
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    pg, cg = ParallelGateway(), ConvergeGateway()
+    eg = ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"})
+    a, b = _acts(2)
+    start.extend(pg).connect(a, b)
+    a.extend(cg)
+    b.extend(eg).connect(cg, end)
+    cg.extend(end)
+    refused(start, eg, "must reach a converge gateway")
+
+
+# -- builded_pipeline_tree_schema.md ------------------------------------------------------------------
+SCHEMA_GUIDE_TREE = {  # the guide's example of a built tree, as a literal (Python's False/None)
+    "activities": {"eb456a70affdf47ae9d96c5d196d36b09": {
+        "component": {"code": "example_component", "inputs": {}}, "error_ignorable": False,
+        "id": "eb456a70affdf47ae9d96c5d196d36b09", "incoming": ["f216d744eae614b71b3ca88002fe81439"], "name": "",
+        "optional": False, "outgoing": "f42b0a808b63f4315bb9b51159617797c", "retryable": True, "skippable": True,
+        "timeout": None, "type": "ServiceActivity"}},
+    "data": {"inputs": {}, "outputs": []},
+    "end_event": {"id": "e1f45d04d298a4a1e8510fb6d7dd496d2", "incoming": ["f42b0a808b63f4315bb9b51159617797c"],
+                  "name": "", "outgoing": "", "type": "EmptyEndEvent"},
+    "flows": {
+        "f216d744eae614b71b3ca88002fe81439": {"id": "f216d744eae614b71b3ca88002fe81439", "is_default": False,
+                                              "source": "e817acc99284348cf9caa45fe0dd0cff4",
+                                              "target": "eb456a70affdf47ae9d96c5d196d36b09"},
+        "f42b0a808b63f4315bb9b51159617797c": {"id": "f42b0a808b63f4315bb9b51159617797c", "is_default": False,
+                                              "source": "eb456a70affdf47ae9d96c5d196d36b09",
+                                              "target": "e1f45d04d298a4a1e8510fb6d7dd496d2"}},
+    "gateways": {},
+    "id": "pa08352b3bded40768f90912731820b87",
+    "start_event": {"id": "e817acc99284348cf9caa45fe0dd0cff4", "incoming": "", "name": "",
+                    "outgoing": "f216d744eae614b71b3ca88002fe81439", "type": "EmptyStartEvent"},
+}
+
+
+def test_the_schema_guides_tree_is_what_build_tree_gives_and_runs(runtime):
+    import copy
+
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="example_component")
+    start.extend(act).extend(EmptyEndEvent())
+    built = build_tree(start)
+    # Every field the guide's schema names, with its type.
+    assert set(SCHEMA_GUIDE_TREE) <= set(built)
+    assert set(SCHEMA_GUIDE_TREE["activities"]["eb456a70affdf47ae9d96c5d196d36b09"]) <= set(built["activities"][act.id])
+    for key in ("start_event", "end_event"):
+        assert set(SCHEMA_GUIDE_TREE[key]) <= set(built[key])
+    assert isinstance(built["end_event"]["incoming"], list) and isinstance(built["start_event"]["outgoing"], str)
+    assert all(set(flow) == {"id", "is_default", "source", "target"} for flow in built["flows"].values())
+    assert built["data"] == {"inputs": {}, "outputs": []}
+
+    # The guide's tree, pasted as it is, runs.
+    pipeline = copy.deepcopy(SCHEMA_GUIDE_TREE)
+    ran = run_to_the_end(runtime, pipeline)
+    assert ran == {"e817acc99284348cf9caa45fe0dd0cff4", "eb456a70affdf47ae9d96c5d196d36b09",
+                   "e1f45d04d298a4a1e8510fb6d7dd496d2"}

@@ -1,6 +1,7 @@
 """bamboo-engine's user guide, continued (see ``test_bamboo_docs_examples.py``): the component
-guide, the lazy variable guide, the engine API reference, the signals guide, the "update node
-outputs" guide, and the guides' habit of creating a runtime wherever one is needed. The components
+guide, the lazy variable guide, the engine API reference, the signals guide, the hook signals
+guide (every ``pipeline_event`` type it lists), the start-position guide, the node timeout guide,
+the "update node outputs" guide, and the guides' habit of creating a runtime wherever one is needed. The components
 they define are in ``bamboo_docs_support``.
 """
 
@@ -269,6 +270,197 @@ def test_the_runtime_signals_the_guide_lists(runtime):
     calls = [h[0] for h in heard if h[0] != "state"]
     assert calls == ["execute", "schedule"]
     assert execute_interrupt.name == "execute_interrupt" and schedule_interrupt.name == "schedule_interrupt"
+
+
+# -- engine_hook_signals.md ---------------------------------------------------------------------------
+# The guide's event types, each with the keys of its payload. Where the guide and bamboo's code
+# disagree, culm sends what the code sends (shared spec, bamboo-features 8.2): pause/revoke/resume
+# carry ``pipeline_id``, node_enter and the two node failures carry no ``ex_data`` (the node's
+# outputs hold it), and pipeline_finish carries ``pipeline_id``.
+HOOK_GUIDE_EVENTS = {
+    "pre_prepare_run_pipeline": {"pipeline", "root_pipeline_data", "root_pipeline_context", "subprocess_context"},
+    "post_prepare_run_pipeline": {"pipeline", "root_pipeline_data", "root_pipeline_context", "subprocess_context"},
+    "pre_pause_pipeline": {"pipeline_id"}, "post_pause_pipeline": {"pipeline_id"},
+    "pre_revoke_pipeline": {"pipeline_id"}, "post_revoke_pipeline": {"pipeline_id"},
+    "pre_resume_pipeline": {"pipeline_id"}, "post_resume_pipeline": {"pipeline_id"},
+    "pre_resume_node": {"node_id"}, "post_resume_node": {"node_id"},
+    "pre_pause_node": {"node_id"}, "post_pause_node": {"node_id"},
+    "pre_retry_node": {"node_id", "data"}, "post_retry_node": {"node_id", "data"},
+    "pre_skip_node": {"node_id"}, "post_skip_node": {"node_id"},
+    "pre_skip_exclusive_gateway": {"node_id", "flow_id"}, "post_skip_exclusive_gateway": {"node_id", "flow_id"},
+    "pre_skip_conditional_parallel_gateway": {"node_id", "flow_ids", "converge_gateway_id"},
+    "post_skip_conditional_parallel_gateway": {"node_id", "flow_ids", "converge_gateway_id"},
+    "pre_forced_fail_activity": {"node_id", "ex_data"},
+    "post_forced_fail_activity": {"node_id", "ex_data", "old_version", "new_version"},
+    "pre_callback": {"node_id", "version", "data"}, "post_callback": {"node_id", "version", "data"},
+    "pre_retry_subprocess": {"node_id"}, "post_retry_subprocess": {"node_id"},
+    "node_execute_fail": {"root_pipeline_id", "node_id"}, "node_schedule_fail": {"root_pipeline_id", "node_id"},
+    "node_enter": {"root_pipeline_id", "node_id"}, "node_finish": {"root_pipeline_id", "node_id"},
+    "pipeline_finish": {"pipeline_id"},
+}
+
+
+def test_every_event_type_of_the_hook_signals_guide_reaches_its_receiver(runtime):
+    from culm.signals import pipeline_event  # bamboo: from pipeline.eri.signals import pipeline_event
+
+    heard = []
+
+    def event_dispatcher(sender, event, **kwargs):  # the guide's receiver
+        heard.append((event.event_type, event.data))
+
+    pipeline_event.connect(receiver=event_dispatcher)
+    try:
+        # One pipeline for the node commands, run to its end: a failing execute retried, a callback
+        # wait paused around, force-failed, skipped; a node paused before it is reached and called
+        # back; a schedule that fails, skipped.
+        start = EmptyStartEvent()
+        bad = ServiceActivity(component_code="fac_cal_comp")
+        bad.component.inputs.n = Var(type=Var.PLAIN, value="not an int")
+        waiting = ServiceActivity(component_code="docs_guide_callback")
+        answered = ServiceActivity(component_code="docs_guide_callback")
+        polled = ServiceActivity(component_code="interrupt_raise_test")
+        polled.component.inputs.schedule_raise = Var(type=Var.PLAIN, value=True)
+        start.extend(bad).extend(waiting).extend(answered).extend(polled).extend(EmptyEndEvent())
+        pipeline = build_tree(start)
+        api.run_pipeline(runtime=runtime, pipeline=pipeline)
+        wait_node(runtime, bad.id, "FAILED")
+        assert api.pause_node_appoint(runtime=runtime, node_id=answered.id).result
+        assert api.resume_node_appoint(runtime=runtime, node_id=answered.id).result
+        assert api.retry_node(runtime=runtime, node_id=bad.id, data={"n": 3}).result
+        wait_node(runtime, waiting.id, "RUNNING")
+        assert api.pause_pipeline(runtime=runtime, pipeline_id=pipeline["id"]).result
+        assert api.resume_pipeline(runtime=runtime, pipeline_id=pipeline["id"]).result
+        assert api.forced_fail_activity(runtime=runtime, node_id=waiting.id, ex_data="by me").result
+        wait_node(runtime, waiting.id, "FAILED")
+        assert api.skip_node(runtime=runtime, node_id=waiting.id).result
+        version = wait_node(runtime, answered.id, "RUNNING")["version"]
+        wait_until(lambda: api.callback(runtime, answered.id, version, {"status": 1}).result, timeout=20)
+        wait_node(runtime, polled.id, "FAILED")
+        assert api.skip_node(runtime=runtime, node_id=polled.id).result
+        wait_finished(runtime, pipeline)
+
+        # One for the gateway skips and the subprocess retry, then revoked.
+        start = EmptyStartEvent()
+        eg = ExclusiveGateway(conditions={0: "${x} == 1", 1: "${x} == 2"})
+        a, b = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="example_component")
+        cpg = ConditionalParallelGateway(conditions={0: "${x} == 1", 1: "${x} == 2"})
+        c, d = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="example_component")
+        cg = ConvergeGateway()
+        sub_start = EmptyStartEvent()
+        sub_start.extend(ServiceActivity(component_code="example_component")).extend(EmptyEndEvent())
+        sub = SubProcess(start=sub_start, params={"${y}": Var(type=Var.LAZY, custom_type="raise_variable", value="")})
+        start.extend(eg).connect(a, b).to(eg).converge(cpg).connect(c, d).to(cpg).converge(cg).extend(sub).extend(
+            EmptyEndEvent())
+        gateways = build_tree(start, data=Data(inputs={"${x}": Var(type=Var.PLAIN, value=3)}))
+        api.run_pipeline(runtime=runtime, pipeline=gateways)
+        wait_node(runtime, eg.id, "FAILED")
+        flow = next(f for f, v in gateways["flows"].items() if v["source"] == eg.id and v["target"] == b.id)
+        assert api.skip_exclusive_gateway(runtime=runtime, node_id=eg.id, flow_id=flow).result
+        wait_node(runtime, cpg.id, "FAILED")
+        flows = [f for f, v in gateways["flows"].items() if v["source"] == cpg.id]
+        assert api.skip_conditional_parallel_gateway(runtime=runtime, node_id=cpg.id, flow_ids=flows,
+                                                     converge_gateway_id=cg.id).result
+        wait_node(runtime, sub.id, "FAILED")
+        assert api.retry_subprocess(runtime=runtime, node_id=sub.id).result
+        wait_node(runtime, sub.id, "FAILED")
+        assert api.revoke_pipeline(runtime=runtime, pipeline_id=gateways["id"]).result
+        runtime.wait_idle(10)
+    finally:
+        pipeline_event.disconnect(event_dispatcher)
+
+    payloads = {}
+    for event_type, data in heard:
+        payloads.setdefault(event_type, []).append(data)
+    assert set(HOOK_GUIDE_EVENTS) <= set(payloads), sorted(set(HOOK_GUIDE_EVENTS) - set(payloads))
+    for event_type, keys in HOOK_GUIDE_EVENTS.items():
+        assert all(set(data) == keys for data in payloads[event_type]), (event_type, payloads[event_type])
+    assert {"node_id": bad.id, "data": {"n": 3}} in payloads["post_retry_node"]
+    assert {"node_id": answered.id, "version": version, "data": {"status": 1}} in payloads["post_callback"]
+    assert {"root_pipeline_id": pipeline["id"], "node_id": bad.id} in payloads["node_execute_fail"]
+    assert {"root_pipeline_id": pipeline["id"], "node_id": polled.id} in payloads["node_schedule_fail"]
+    assert {"node_id": eg.id, "flow_id": flow} in payloads["post_skip_exclusive_gateway"]
+    assert {"node_id": sub.id} in payloads["post_retry_subprocess"]
+    assert payloads["pipeline_finish"] == [{"pipeline_id": pipeline["id"]}]
+    assert payloads["post_revoke_pipeline"] == [{"pipeline_id": gateways["id"]}]
+
+
+# -- start_the_pipeline_at_the_specified_location.md -------------------------------------------------
+def _start_position_tree():
+    """start -> fac -> exclusive gateway (-> a | -> b) -> converge -> parallel (c, d) -> converge ->
+    subprocess -> end, under fresh ids; fac's output feeds ``${fac}``, which the gateway reads."""
+    start = EmptyStartEvent()
+    fac = ServiceActivity(component_code="fac_cal_comp")
+    fac.component.inputs.n = Var(type=Var.PLAIN, value=3)
+    eg = ExclusiveGateway(conditions={0: "${fac} == 6", 1: "${fac} != 6"})
+    a, b = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="example_component")
+    eg_join = ConvergeGateway()
+    pg, pg_join = ParallelGateway(), ConvergeGateway()
+    c, d = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="example_component")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(ServiceActivity(component_code="example_component")).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start)
+    end = EmptyEndEvent()
+    start.extend(fac).extend(eg).connect(a, b).to(eg).converge(eg_join).extend(pg).connect(c, d).to(pg).converge(
+        pg_join).extend(sub).extend(end)
+    data = Data(inputs={"${fac}": NodeOutput(type=Var.SPLICE, source_act=fac.id, source_key="factorial_of_n")})
+    nodes = dict(start=start, fac=fac, eg=eg, a=a, b=b, eg_join=eg_join, c=c, pg_join=pg_join, d=d, sub=sub, end=end)
+    return build_tree(start, data=data), {name: node.id for name, node in nodes.items()}
+
+
+def test_run_pipeline_from_a_chosen_node_and_the_guides_rules(runtime):
+    # The guide's rules: not a node inside a parallel gateway, not a converge gateway, not a
+    # subprocess, not an end event. Each is refused (result False, naming the node); nothing runs.
+    for name in ("c", "eg_join", "pg_join", "sub", "end"):
+        pipeline, ids = _start_position_tree()
+        res = api.run_pipeline(runtime=runtime, pipeline=pipeline, start_node_id=ids[name],
+                               root_pipeline_context={"${fac}": 6})
+        assert res.result is False and ids[name] in res.message, (name, res.message)
+        assert not states_of(runtime, pipeline)
+
+    # A node inside an exclusive gateway may start the run; root_pipeline_context supplies what
+    # the skipped nodes would have written.
+    pipeline, ids = _start_position_tree()
+    assert api.run_pipeline(runtime=runtime, pipeline=pipeline, start_node_id=ids["b"],
+                            root_pipeline_context={"${fac}": 6}).result is True
+    ran = executed(wait_finished(runtime, pipeline), pipeline)
+    assert {ids[n] for n in ("b", "c", "d", "sub", "end")} <= ran
+    assert not {ids[n] for n in ("start", "fac", "eg", "a")} & ran
+
+    # The exclusive gateway itself, on the main line: it reads the ${fac} the run was given.
+    pipeline, ids = _start_position_tree()
+    assert api.run_pipeline(runtime=runtime, pipeline=pipeline, start_node_id=ids["eg"],
+                            root_pipeline_context={"${fac}": 6}).result is True
+    ran = executed(wait_finished(runtime, pipeline), pipeline)
+    assert ids["a"] in ran and ids["b"] not in ran and ids["fac"] not in ran
+
+
+# -- node_timeout_introduction.md (contrib node timeout) -----------------------------------------------
+def test_node_timeout_guide_steps_without_a_scanner(runtime):
+    # bamboo: from pipeline.contrib.node_timeout.api import apply_node_timout_configs, batch_create_node_timeout_config
+    from culm.contrib.node_timeout.api import apply_node_timout_configs, batch_create_node_timeout_config
+
+    start = EmptyStartEvent()
+    failed = ServiceActivity(component_code="docs_guide_callback")  # never called back
+    skipped = ServiceActivity(component_code="docs_guide_callback")
+    start.extend(failed).extend(skipped).extend(EmptyEndEvent())
+    pipeline_tree = build_tree(start)
+
+    # 1. apply the configs to the tree; 2. record them; 3. run; 4. look at what the timeouts did.
+    configs = {failed.id: {"enable": True, "action": "forced_fail", "seconds": 1},
+               skipped.id: {"enable": True, "action": "forced_fail_and_skip", "seconds": 1}}
+    new_pipeline_tree = apply_node_timout_configs(pipeline_tree, configs)
+    created = batch_create_node_timeout_config(new_pipeline_tree["id"], new_pipeline_tree)
+    assert created["result"] is True and {c.node_id for c in created["data"]} == {failed.id, skipped.id}
+    assert api.run_pipeline(runtime=runtime, pipeline=new_pipeline_tree).result is True
+
+    wait_node(runtime, failed.id, "FAILED")
+    outputs = api.get_execution_data_outputs(runtime, failed.id).data
+    assert "1" in outputs["ex_data"] and outputs["_timed_out"] is True
+    assert api.skip_node(runtime=runtime, node_id=failed.id).result is True
+    states = wait_finished(runtime, new_pipeline_tree)  # the second node timed out and was skipped
+    entry = states[new_pipeline_tree["id"]]["children"][skipped.id]
+    assert entry["state"] == "FINISHED" and entry["skip"] is True
+    assert api.get_execution_data_outputs(runtime, skipped.id).data["_timed_out"] is True
 
 
 # -- the guides' habit: a new runtime object wherever one is needed ---------------------------------

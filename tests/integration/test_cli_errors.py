@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from backends import PG_ADMIN, REPO
+from support import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -87,6 +89,9 @@ def test_a_read_only_database_file(tmp_path: Path) -> None:
     (["retry", "node_done"], 5, ("FINISHED", "expected FAILED")),
     (["status", "ghost"], 3, ("no pipeline or node with id ghost",)),
     (["watch", "node_done"], 2, ("is a node of pipeline pipeline_example_tree",)),
+    (["retry", "pipeline_example_tree"], 2, ("is a pipeline: `culm retry` takes one of its nodes",
+                                            "`culm status pipeline_example_tree` lists them")),
+    (["force-fail", "pipeline_example_tree", "--no-follow"], 2, ("is a pipeline: `culm force-fail`",)),
 ])
 def test_bad_input_on_a_database_with_a_finished_run(tmp_path: Path, args: list[str], code: int,
                                                      fragments: tuple[str, ...]) -> None:
@@ -125,3 +130,102 @@ def test_validate_names_nodes_flags_and_reports_one_typo_once(tmp_path: Path) ->
     assert out.returncode == 2
     assert out.stdout.splitlines() == [f"body ({body.id}): node is on a cycle; pass --cycle-tolerate to allow loops"]
     assert culm(tmp_path, "validate", "cycle.json", "--cycle-tolerate").returncode == 0
+
+
+def test_ctrl_c_then_attach_or_call_back_without_the_components_module(tmp_path: Path) -> None:
+    # A new user's session: Ctrl-C on `culm run MODULE.py` while a node waits for its callback,
+    # then the printed command to go on. That command named no module, so the attached run (and a
+    # callback from another shell) ran the node's schedule without its component: the node FAILED
+    # with "no component 'example_approval' ... is registered". Now the hint carries --import, and
+    # a command that would run the pipeline's nodes without their components is refused up front.
+
+    example = str(EXAMPLES / "callback_component.py")
+    env = dict(os.environ, CULM_DATABASE_URL=f"sqlite:///{tmp_path / 'err.db'}")
+    env.pop("CULM_IMPORTS", None)
+    env.pop("CULM_BROKER_URL", None)
+    proc = subprocess.Popen([sys.executable, "-m", "culm", "run", example], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        def waiting() -> bool:
+            lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+            return "WAITING" in lines[-1] or proc.poll() is not None
+        wait_until(waiting, 90, 0, what="the WAITING line")
+        proc.send_signal(signal.SIGINT)
+        _, err_text = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in err_text, err_text
+    root = lines[0].split("pipeline ")[1].split()[0]
+    node = lines[-1].split("`culm callback ")[1].split()[0]
+    assert f"continue it with `culm run --attach {root} --import {example}`" in err_text
+
+    one_error(culm(tmp_path, "run", "--attach", root), 2, f"pipeline {root} uses component(s) 'example_approval'",
+              "--import MODULE")
+    one_error(culm(tmp_path, "callback", node, "--data", '{"approve": true}'), 2, "'example_approval'", "--no-follow")
+    status = json.loads(culm(tmp_path, "status", root, "--json").stdout)["tree"]
+    assert status["state"] == "RUNNING" and status["children"][node]["wait_reason"]["kind"] == "callback"
+
+    done = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}', "--import", example)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"pipeline {root} FINISHED" in done.stdout
+
+
+def test_a_path_given_as_the_database_url_names_the_url_to_write(tmp_path: Path) -> None:
+    one_error(culm(tmp_path, "list", "--db", "culm.db"), 4, "'culm.db': it is a path, not a URL",
+              "write sqlite:///culm.db")
+    one_error(culm(tmp_path, "list", db=str(tmp_path / "x.db")), 4, f"write sqlite:///{tmp_path / 'x.db'}")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args", [["status", "pipeline_example_tree"], ["status", "pipeline_example_tree", "--outputs"],
+                                  ["list"], ["history", "node_done"]])
+def test_a_reader_that_leaves_early_is_no_failure(tmp_path: Path, args: list[str]) -> None:
+    # `culm status ID | head -1`: rich exited 1 on the closed pipe, and 1 says "the pipeline failed".
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    env = dict(os.environ, CULM_DATABASE_URL=f"sqlite:///{tmp_path / 'err.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "culm", *args], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    err_text = proc.stderr.read().decode()
+    assert proc.wait(timeout=100) == 0 and err_text == "", err_text
+
+
+def test_giving_up_on_a_node_needs_no_component_module(tmp_path: Path) -> None:
+    # The operator force-fails and skips a node whose module this shell does not import: neither
+    # runs that node's component, so neither is refused, and the rest of the pipeline runs on.
+    example = str(EXAMPLES / "callback_component.py")
+    waiting = culm(tmp_path, "run", example, "--timeout", "3")
+    assert waiting.returncode == 1 and "timed out after 3s" in waiting.stdout, waiting.stdout + waiting.stderr
+    root = waiting.stdout.split("pipeline ")[1].split()[0]
+    node = waiting.stdout.split("`culm callback ")[1].split()[0]
+    assert culm(tmp_path, "force-fail", node).returncode == 0
+    skipped = culm(tmp_path, "skip", node)
+    assert skipped.returncode == 0 and f"pipeline {root} FINISHED" in skipped.stdout, skipped.stdout + skipped.stderr
+
+
+def test_run_piped_into_a_reader_that_leaves_logs_no_receiver_errors(tmp_path: Path) -> None:
+    # `culm run X | head -1`: the progress lines come from the engine's signal receivers, where the
+    # closed pipe was logged as "ERROR culm.signals: receiver ... raised", once per state change.
+    env = dict(os.environ, CULM_DATABASE_URL=f"sqlite:///{tmp_path / 'err.db'}")
+    proc = subprocess.Popen([sys.executable, "-m", "culm", "run", str(EXAMPLES / "operator_session.py")],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().startswith(b"running: pipeline order_1234")
+    proc.stdout.close()
+    err_text = proc.stderr.read().decode()
+    assert proc.wait(timeout=100) in (0, 1) and "raised" not in err_text and "Traceback" not in err_text, err_text
+    status = culm(tmp_path, "status", "order_1234", "--json")  # the run itself went on to the failure
+    assert json.loads(status.stdout)["tree"]["children"]["charge_card"]["state"] == "FAILED"
+
+
+def test_a_refused_run_prints_no_running_line(tmp_path: Path) -> None:
+    assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
+    again = culm(tmp_path, "run", str(EXAMPLES / "tree.json"))
+    assert again.returncode == 5 and again.stdout == "", again.stdout
+    one_error(again, 5, "already exists", "--new-ids")

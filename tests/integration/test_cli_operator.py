@@ -319,3 +319,48 @@ def test_list_filters_pages_and_closed_pipe(embedded: Cli) -> None:
     piped = subprocess.run(f"{sys.executable} -m culm list | head -1", shell=True, cwd=embedded.cwd,
                            env=embedded.env(), capture_output=True, text=True, timeout=60)
     assert piped.stdout.startswith("ID") and piped.stderr == ""
+
+
+def test_status_says_when_no_process_runs_the_files_work(embedded: Cli) -> None:
+    # A run stopped (--timeout, Ctrl-C) while a node polls: the pipeline stays RUNNING, and nothing
+    # moves it until a process takes the file's runner lock. `culm status` now says so, and how.
+    path, tree, (node,) = tree_file(embedded, "t_slow_poll")
+    stopped = embedded("run", str(path), "--timeout", "2")
+    assert stopped.returncode == 1 and "timed out after 2s" in stopped.stdout, stopped.stdout + stopped.stderr
+    status = embedded("status", tree["id"])
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "no process runs the work of" in status.stdout, status.stdout
+    assert f"`culm run --attach {tree['id']} --import MODULE`" in status.stdout
+    # `culm watch` said nothing and waited for ever: it now says so first (and Ctrl-C stops it).
+    watch = subprocess.Popen([sys.executable, "-m", "culm", "watch", tree["id"]], cwd=embedded.cwd,
+                             env=embedded.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert watch.stderr is not None
+        assert watch.stderr.readline().startswith("note: no process runs the work of")
+    finally:
+        watch.send_signal(signal.SIGINT)
+        _, watch_err = watch.communicate(timeout=60)
+    assert watch.returncode == 130 and "Traceback" not in watch_err, watch_err
+
+    # While a process runs it (here: the attached run), no such note.
+    proc = subprocess.Popen([sys.executable, "-m", "culm", "run", "--attach", tree["id"]], cwd=embedded.cwd,
+                            env=embedded.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: "no process runs" not in embedded("status", tree["id"]).stdout or proc.poll() is not None,
+                   60, 0.3, what="the note to go once the attached run holds the file")
+        assert proc.poll() is None, proc.communicate()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert embedded("revoke", tree["id"]).returncode == 0
+
+
+def test_list_marks_running_pipelines_with_failed_nodes(embedded: Cli) -> None:
+    path, tree, (node,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(path)).returncode == 1
+    listed = embedded("list")
+    row = next(line for line in listed.stdout.splitlines() if line.startswith(tree["id"]))
+    assert "RUNNING (1 failed)" in row, listed.stdout
+    assert embedded("skip", node).returncode == 0
+    row = next(line for line in embedded("list").stdout.splitlines() if line.startswith(tree["id"]))
+    assert "FINISHED" in row and "failed" not in row

@@ -183,6 +183,8 @@ def test_work_whose_publish_failed_is_relayed(distributed_backend):
     rt = culm.Runtime(backend.db_url, broker=dead_broker, prefix=backend.prefix,
                       broker_connection_timeout=0.5)
     try:
+        # `culm run` and `culm serve` print the runtime: never the broker's password.
+        assert f"broker='{scheme}://guest:***@127.0.0.1:9//'" in repr(rt) and "guest:guest" not in repr(rt)
         tree, acts = parallel_tree()
         assert api.run_pipeline(rt, tree).result
     finally:

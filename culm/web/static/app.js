@@ -37,7 +37,12 @@ culm.api = async function (path, options = {}) {
   const res = await fetch(path, opts);
   if (res.status === 401 && culm.me) {
     signOut("Your token was refused; sign in again.");
-    throw new Error("unauthorized");
+  }
+  if (res.status === 401 && !culm.me && path !== "/api/v1/me") {
+    // Signed out (now, or by another request of the page a moment ago): the sign-in page says why.
+    const gone = new Error("unauthorized");
+    gone.status = 401;
+    throw gone;
   }
   const type = res.headers.get("content-type") || "";
   const body = type.includes("json") ? await res.json() : await res.text();
@@ -50,12 +55,14 @@ culm.api = async function (path, options = {}) {
   return body;
 };
 
-culm.toast = function (text) {
+// A short note at the bottom of the page; an error (a refused command) is red and stays longer.
+culm.toast = function (text, error) {
   const t = document.getElementById("toast");
   t.textContent = text;
+  t.classList.toggle("error", !!error);
   t.hidden = false;
   clearTimeout(culm._toastTimer);
-  culm._toastTimer = setTimeout(() => (t.hidden = true), 5000);
+  culm._toastTimer = setTimeout(() => (t.hidden = true), error ? 12000 : 5000);
 };
 
 culm.canOperate = () => culm.me && (culm.me.role === "operator" || culm.me.role === "admin");
@@ -223,10 +230,19 @@ function listPage(view, params) {
     table.replaceChildren(el("tr", {}, ["Name", "Id", "State", "Created", "Started", "Ended"].map((h) => el("th", { text: h }))),
       ...data.items.map((p) => el("tr", { "data-id": p.id },
         el("td", {}, el("a", { href: "#/p/" + encodeURIComponent(p.id), text: p.name || "(no name)" })),
-        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state)),
+        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes
+          ? el("span", { class: "failed-nodes", title: "nodes that failed and wait for an operator (retry, skip or revoke)",
+            text: ` ${p.failed_nodes} failed node(s)` }) : null),
         el("td", { text: culm.fmtTime(p.created_time) }), el("td", { text: culm.fmtTime(p.started_time) }),
         el("td", { text: culm.fmtTime(p.archived_time) }))));
-    if (!data.items.length) table.append(el("tr", {}, el("td", { colspan: 6, class: "muted", text: "No pipeline matches." })));
+    table.dataset.loads = String(Number(table.dataset.loads || 0) + 1); // how many reads so far (tests wait on it)
+    if (!data.items.length) {
+      const filtered = state || name || after || before;
+      table.append(el("tr", {}, el("td", { colspan: 6, class: "muted", id: "list-empty" }, filtered
+        ? ["No pipeline matches these filters. ", el("a", { href: "#/", text: "Show all pipelines" })]
+        : ["No pipelines in this database yet. Start one with ", el("code", { text: "culm run TREE.json" }),
+          " on the same database, or POST its tree to ", el("code", { text: "/api/v1/pipelines" }), "."])));
+    }
     pager.replaceChildren(
       el("button", { text: "‹ Newer", disabled: offset === 0, onclick: () => go({ offset: Math.max(0, offset - limit) }) }),
       el("span", { class: "muted", text: `${data.total ? offset + 1 : 0}–${Math.min(offset + limit, data.total)} of ${data.total}` }),
@@ -234,7 +250,7 @@ function listPage(view, params) {
   }
   let timer = null;
   const stop = culm.follow("", () => { clearTimeout(timer); timer = setTimeout(() => load().catch(() => {}), 300); });
-  load().catch((e) => e.message !== "unauthorized" && culm.toast("Could not load pipelines: " + e.message));
+  load().catch((e) => e.status !== 401 && culm.toast("Could not load pipelines: " + e.message, true));
   return () => { stop(); clearTimeout(timer); };
 }
 
@@ -252,7 +268,7 @@ function componentsPage(view) {
         el("td", {}, el("code", { text: c.code })), el("td", { text: c.name }), el("td", { text: c.version }),
         el("td", { text: c.group }), el("td", { text: c.callback ? "callback" : c.need_schedule ? "polling" : "once" }),
         el("td", {}, fmt(c.inputs_format)), el("td", {}, fmt(c.outputs_format))))));
-  }).catch((e) => culm.toast("Could not load components: " + e.message));
+  }).catch((e) => e.status !== 401 && culm.toast("Could not load components: " + e.message, true));
   return null;
 }
 

@@ -203,10 +203,18 @@
       const g = page.selected && page.drawn && page.drawn.byId[page.selected];
       if (g) g.classList.add("selected");
     }
-    function select(id) {
+    function select(id, reveal) {
       page.selected = id;
       history.replaceState(null, "", "#/p/" + encodeURIComponent(pipelineId) + "/n/" + encodeURIComponent(id));
+      // A node inside a closed subprocess: open the subprocesses around it first.
+      let shut = false;
+      for (let up = reveal && page.index[id] && page.index[id].parent; up; up = page.index[up] && page.index[up].parent) {
+        if (!page.expanded.has(up)) { page.expanded.add(up); shut = true; }
+      }
+      if (shut) redraw();
       markSelected();
+      const g = reveal && page.drawn && page.drawn.byId[id];
+      if (g) g.scrollIntoView({ block: "center", inline: "center" });
       culm.showPanel(panel, page, id, refreshStates);
     }
     function renderHead() {
@@ -214,16 +222,34 @@
       const actions = el("span", { class: "actions", id: "pipeline-actions" });
       if (culm.canOperate() && root) {
         const act = (label, op, cls) => el("button", { class: cls, "data-action": op, text: label, onclick: async () => {
+          // A revoke is for good: ask first.
+          if (op === "revoke" && !window.confirm(`Revoke pipeline ${name()}? It stops for good: `
+            + "it cannot be resumed, and its nodes cannot be retried or skipped.")) return;
           try { await culm.api(`/api/v1/pipelines/${encodeURIComponent(pipelineId)}/${op}`, { method: "POST" });
-            culm.toast(label + ": done"); refreshStates(); } catch (e) { culm.toast(label + " refused: " + e.message); } } });
+            culm.toast(label + ": done"); refreshStates(); } catch (e) { if (e.status !== 401) culm.toast(label + " refused: " + e.message, true); } } });
         if (root.state === "RUNNING") actions.append(act("Pause", "pause"), act("Revoke", "revoke", "danger"));
         if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
       }
       head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
-        el("h2", { text: (page.tree && page.tree.name) || pipelineId }), el("span", { class: "muted", text: pipelineId }),
+        el("h2", { text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : null,
         el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
         el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
-          ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s))));
+          ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s))), attention());
+    }
+    const name = () => (page.tree && page.tree.name) || pipelineId;
+    // The nodes that wait for someone (failed, waiting for a callback, stopped at a pause), each a
+    // link that opens its panel: in a big graph they may be far off screen.
+    function attention() {
+      const waiting = Object.entries(page.states).filter(([id, e]) => id !== pipelineId && page.index[id]
+        && (e.state === "FAILED" || (e.wait_reason && ["callback", "pause_appointed"].includes(e.wait_reason.kind))));
+      if (!waiting.length) return null;
+      const what = (e) => (e.state === "FAILED" ? "failed" : e.wait_reason.kind === "callback" ? "waits for a callback" : "paused here");
+      const failed = waiting.some(([, e]) => e.state === "FAILED");
+      return el("div", { id: "attention", class: "attention" + (failed ? "" : " calm") },
+        `${waiting.length} node(s) need attention: `,
+        waiting.slice(0, 10).flatMap(([id, e], i) => [i ? ", " : "", el("a", { href: "#", "data-node": id,
+          onclick: (ev) => { ev.preventDefault(); select(id, true); } }, (page.index[id].node.name || id) + " (" + what(e) + ")")]),
+        waiting.length > 10 ? ` and ${waiting.length - 10} more` : "");
     }
     async function refreshStates() {
       const data = await culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId));
@@ -261,10 +287,12 @@
         redraw();
         wrap.setAttribute("data-render-ms", String(Math.round(performance.now() - started)));
         wrap.setAttribute("data-ready", "1");
-        if (page.selected) select(page.selected);
+        if (page.selected) select(page.selected, true);
         stop = culm.follow("?root_id=" + encodeURIComponent(pipelineId), onChange);
       } catch (e) {
-        view.replaceChildren(el("p", { class: "error", id: "page-error", text: "Cannot show pipeline " + pipelineId + ": " + e.message }));
+        if (e.status === 401) return; // signed out: the sign-in page says why
+        view.replaceChildren(el("p", { class: "error", id: "page-error", text: "Cannot show pipeline " + pipelineId + ": " + e.message }),
+          el("a", { href: "#/", text: "‹ Pipelines" }));
       }
     })();
     return () => { stop(); clearTimeout(pending); };

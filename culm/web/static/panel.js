@@ -77,7 +77,7 @@
     box.addEventListener("submit", (ev) => {
       ev.preventDefault();
       let body;
-      try { body = read(); } catch (e) { culm.toast("Not valid JSON: " + e.message); return; }
+      try { body = read(); } catch (e) { culm.toast("Not valid JSON: " + e.message, true); return; }
       submit(body);
     });
     return box;
@@ -122,12 +122,17 @@
             formSlot.replaceChildren();
             refresh();
           } catch (e) {
-            culm.toast(label + " refused: " + e.message);
+            if (e.status !== 401) culm.toast(label + " refused: " + e.message, true);
           }
         };
         actions.append(el("button", { "data-action": op, text: label,
           onclick: () => (form ? formSlot.replaceChildren(actionForm(form, op, node, info, send)) : send()) }));
       }
+    }
+    if (!culm.canOperate() && culm.actionsFor(node, entry).length) {
+      actions.append(el("span", { class: "muted", id: "read-only", text: "Your token has the " + culm.me.role
+        + " role: it may look but not act; " + culm.actionsFor(node, entry).map(([label]) => label.toLowerCase()).join(", ")
+        + " need an operator or admin token." }));
     }
     const reason = entry && entry.wait_reason;
     panel.replaceChildren(...[
