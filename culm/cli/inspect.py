@@ -231,14 +231,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 def _failed_counts(rt: Any, items: list[dict]) -> dict[str, int]:
     """How many nodes failed in each RUNNING pipeline of ``items`` (bamboo keeps such a pipeline
     RUNNING; the list says so, as the console does)."""
-    from culm import api
+    from culm.core import listing
 
-    counts = {}
-    for item in items:
-        if item["state"] == "RUNNING":
-            children = (api.get_pipeline_states(rt, item["id"]).data or {}).get(item["id"], {}).get("children") or {}
-            counts[item["id"]] = sum(1 for entry in children.values() if entry["state"] == "FAILED")
-    return counts
+    return listing.failed_nodes(rt.engine, items)
 
 
 # -- logs and history ---------------------------------------------------------------------------

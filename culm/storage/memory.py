@@ -221,6 +221,11 @@ class MemoryUnit(TransactionView):
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "root", root_id)]
 
+    def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
+        counts = {root_id: sum(st.name == states.FAILED for _, st in self._where("state", "root", root_id))
+                  for root_id in dict.fromkeys(root_ids)}
+        return {root_id: n for root_id, n in counts.items() if n}
+
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "parent", parent_id)]
 

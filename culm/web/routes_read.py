@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from culm import api
+from culm.core import listing
 from culm.web import auth, live
 from culm.web.problems import FastJSON, ProblemError, responses, unique_keys, unwrap
 from culm.web.tokens import TokenInfo
@@ -50,11 +51,10 @@ def list_pipelines(
     data = unwrap(found)
     # A RUNNING pipeline may be stuck on failed nodes (bamboo keeps it RUNNING): each such item says
     # how many, so that the list shows which pipelines wait for an operator.
+    failed = listing.failed_nodes(_rt(request).engine, data["items"])
     for item in data["items"]:
-        if item["state"] == "RUNNING":
-            states = api.get_pipeline_states(_rt(request), item["id"]).data or {}
-            children = states.get(item["id"], {}).get("children") or {}
-            item["failed_nodes"] = sum(1 for entry in children.values() if entry["state"] == "FAILED")
+        if item["id"] in failed:
+            item["failed_nodes"] = failed[item["id"]]
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 

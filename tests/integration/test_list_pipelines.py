@@ -85,3 +85,26 @@ def test_filters_pages_and_counts(runtime):
 ])
 def test_bad_arguments_are_refused(runtime, kwargs, fragments):
     refused(api.list_pipelines(runtime, **kwargs), *fragments)
+
+
+def test_failed_nodes_of_a_page_counts_each_running_pipeline_in_one_read(runtime):
+    from culm.core import listing
+
+    tag = uuid.uuid4().hex[:8]
+    done = finish(runtime, named_tree(f"done-{tag}"))["id"]
+    failing_tree = named_tree(f"failing-{tag}", code="t_fail", sub=True)
+    failing = run(runtime, failing_tree)
+    wait_state(runtime, next(node_id for node_id, node in failing_tree["activities"].items()
+                             if node.get("component", {}).get("code") == "t_fail"), "FAILED")
+    gated = named_tree(f"gated-{tag}", code="t_gate")
+    waiting = run(runtime, gated)
+    wait_state(runtime, next(iter(gated["activities"])), "RUNNING")
+    try:
+        items = api.list_pipelines(runtime, name=tag).data["items"]
+        assert {item["id"]: item["state"] for item in items} == {done: "FINISHED", failing: "RUNNING",
+                                                                 waiting: "RUNNING"}
+        # Only RUNNING pipelines are counted; one with no failed node counts 0.
+        assert listing.failed_nodes(runtime.engine, items) == {failing: 1, waiting: 0}
+        assert listing.failed_nodes(runtime.engine, [i for i in items if i["id"] == done]) == {}
+    finally:
+        gate(f"gated-{tag}").set()

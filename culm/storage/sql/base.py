@@ -722,6 +722,17 @@ class SqlUnit:
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(STATES_OF_ROOT, [root_id])]
 
+    def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
+        # One query through ix_culm_state_root_id for a page of pipelines, not a state tree each.
+        counts: dict[str, int] = {}
+        ids = list(dict.fromkeys(root_ids))
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            rows = self._all(f"SELECT root_id, COUNT(*) FROM culm_state WHERE root_id IN ({marks(len(chunk))}) "
+                             "AND name = ? GROUP BY root_id", [*chunk, states.FAILED])
+            counts.update((str(r[0]), int(r[1])) for r in rows)
+        return counts
+
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
 
