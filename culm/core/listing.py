@@ -78,18 +78,6 @@ def list_pipelines(engine: Engine, query: PipelineQuery) -> dict[str, Any]:
     return {"total": sum(counts.get(s, 0) for s in chosen), "counts": counts, "items": items}
 
 
-def failed_nodes(engine: Engine, items: list[dict[str, Any]]) -> dict[str, int]:
-    """How many nodes are FAILED in each RUNNING pipeline of ``items`` (a page of
-    :func:`list_pipelines`): bamboo keeps a pipeline with failed nodes RUNNING, so a list shows
-    which ones wait for an operator. One query for the page."""
-    running = [item["id"] for item in items if item["state"] == states.RUNNING]
-    if not running:
-        return {}
-    with engine.store.reading() as unit:
-        found = unit.failed_node_counts(running)
-    return {root_id: found.get(root_id, 0) for root_id in running}
-
-
 def pipeline_tree(engine: Engine, pipeline_id: str) -> dict[str, Any]:
     """The tree a root pipeline was started with, as stored."""
     with engine.store.reading() as unit:

@@ -12,7 +12,6 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from culm import api
-from culm.core import listing
 from culm.web import auth, live
 from culm.web.problems import FastJSON, ProblemError, responses, unique_keys, unwrap
 from culm.web.tokens import TokenInfo
@@ -51,10 +50,12 @@ def list_pipelines(
     data = unwrap(found)
     # A RUNNING pipeline may be stuck on failed nodes (bamboo keeps it RUNNING): each such item says
     # how many, so that the list shows which pipelines wait for an operator.
-    failed = listing.failed_nodes(_rt(request).engine, data["items"])
-    for item in data["items"]:
-        if item["id"] in failed:
-            item["failed_nodes"] = failed[item["id"]]
+    running = [item for item in data["items"] if item["state"] == "RUNNING"]
+    if running:
+        with _rt(request).store.reading() as unit:  # one grouped read for the page
+            failed = unit.failed_node_counts([item["id"] for item in running])
+        for item in running:
+            item["failed_nodes"] = failed.get(item["id"], 0)
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 
