@@ -66,6 +66,8 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     ex_data = describe(task, resumed, exc)
     if task.schedule_id:
         unit.update_schedule(task.schedule_id, finished=True, locked_until=None)
+        if st is not None:  # every end of a schedule is in the feed (state_tree.Tree)
+            step.note(st)
     if st is not None and st.name == states.SUSPENDED:
         unit.update_process(proc.id, current_node_id=node_id, suspended=True, suspended_by=node_id, asleep=True)
         return None

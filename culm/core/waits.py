@@ -221,8 +221,24 @@ def _revoked_in(records: Sequence[StateRecord], root: StateRecord | None,
     return found
 
 
+def _live_schedules(unit: Unit, node_ids: list[str],
+                    known: dict[str, list[ScheduleRecord]] | None) -> list[ScheduleRecord]:
+    """The live schedules of ``node_ids``: read, or taken from ``known`` (those read before, by
+    node id: a kept tree's, see :class:`culm.core.state_tree.Tree`), which the ones read join."""
+    if known is None:
+        return unit.live_schedules(node_ids)
+    missing = [node_id for node_id in node_ids if node_id not in known]
+    if missing:
+        read: dict[str, list[ScheduleRecord]] = {node_id: [] for node_id in missing}
+        for sched in unit.live_schedules(missing):
+            read[sched.node_id].append(sched)
+        known.update(read)
+    return [sched for node_id in node_ids for sched in known[node_id]]
+
+
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
-               timed: Callable[[str], Collection[str]] | None = None) -> WaitFacts:
+               timed: Callable[[str], Collection[str]] | None = None,
+               known_schedules: dict[str, list[ScheduleRecord]] | None = None) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
 
     Args:
@@ -231,6 +247,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         root: the state of their root pipeline, when ``records`` do not hold it.
         timed: ``timed(root_id)``, the nodes of that pipeline with an enabled timeout; asked only
             when a node waits for a poll or a callback (then its deadline is read).
+        known_schedules: the live schedules read before, by node id, for nodes whose schedules
+            have not changed since (a kept tree's); the ones read here are added to it.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -243,7 +261,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         facts.node_types = unit.node_types(odd)
     if running:
         versions = {st.node_id: st.version for st in running}
-        current = [s for s in unit.live_schedules(list(versions)) if versions.get(s.node_id) == s.version]
+        current = [s for s in _live_schedules(unit, list(versions), known_schedules)
+                   if versions.get(s.node_id) == s.version]
         facts.schedules = {s.node_id: s for s in current}
         if any(s.type == "poll" for s in current):
             tasks: list[TaskRecord] = unit.tasks_of_root(running[0].root_id, SCHEDULE)
