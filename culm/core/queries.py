@@ -72,7 +72,7 @@ def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree) -> wa
         may_wait = waits.MAY_WAIT
         tree.may_wait = [r for r in tree.records.values() if r.name in may_wait]
     return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit),
-                            known_schedules=tree.schedules)
+                            kept=tree.facts)
 
 
 def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:

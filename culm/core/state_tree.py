@@ -28,8 +28,8 @@ from typing import Any
 
 from culm.core.feed_cursor import FeedCursor
 from culm.core.ports import Unit
-from culm.core.records import ScheduleRecord, StateRecord
-from culm.core.waits import MAY_WAIT
+from culm.core.records import StateRecord
+from culm.core.waits import MAY_WAIT, KeptFacts
 
 Entry = dict[str, Any]
 # (state row, whether it is the root's own, the row and entry kept for that node until now) -> entry
@@ -54,7 +54,7 @@ class Tree:
     """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
     the entries they hand out)."""
 
-    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait", "schedules")
+    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait", "facts")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
@@ -65,11 +65,10 @@ class Tree:
         # change: an idle pipeline's polls pick them out of its 1,004 rows once, not at every poll;
         # a refresh carries them over and looks at the changed rows only).
         self.may_wait: list[StateRecord] | None = None
-        # The live schedules of nodes, by node id, as the wait reasons last read them: a node's
-        # stay valid until the feed names the node (every write of a schedule's existence, count
-        # or end writes a note for its node: culm.core.handlers.activity, culm.core.scheduling,
-        # culm.core.faults), so a poll reads those of the changed nodes only.
-        self.schedules: dict[str, list[ScheduleRecord]] = {}
+        # What the wait reasons read besides the rows (waits.KeptFacts): a node's live schedules
+        # stay valid until the feed names the node, the live processes until it names any node
+        # of the pipeline; so a poll of a pipeline that stood still reads none of them again.
+        self.facts = KeptFacts()
 
 
 class StateTrees:
@@ -185,9 +184,10 @@ class StateTrees:
                 records[node_id] = st
         fresh = Tree(records, entries, kept.read_at)
         changed = kept.dirty
-        fresh.schedules = dict(kept.schedules)  # one copy in C: a reader outside the lock may add to it
+        schedules = dict(kept.facts.schedules)  # one copy in C: a reader outside the lock may add to it
         for node_id in changed:
-            fresh.schedules.pop(node_id, None)
+            schedules.pop(node_id, None)
+        fresh.facts = KeptFacts(schedules)  # the processes are read again
         if kept.may_wait is not None:  # only the changed rows are looked at again, not all 1,004
             fresh.may_wait = [r for r in kept.may_wait if r.node_id not in changed]
             fresh.may_wait += [r for node_id in changed if (r := records.get(node_id)) is not None

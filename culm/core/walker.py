@@ -103,6 +103,7 @@ def _advance(
             # pipeline was revoked meanwhile, only a poll may go on (culm.core.revoking).
             if run is None and revoking.ends_after_call(step, proc):
                 proc.dead = True
+                _note_quiet_move(step, proc)
         elif isinstance(outcome, Die):
             proc.dead = True
     except _Stop:
@@ -155,7 +156,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     # The pipelines around the node stay as read until our commit: a pause (resume, revoke) that
     # commits after this read waits for us, so no node is entered after pause_pipeline returned.
     stack_states = unit.hold_states(proc.stack)
-    _check_revoked(proc, stack_states)  # before a join too: a revoked run's converge never runs
+    _check_revoked(step, proc, stack_states)  # before a join too: a revoked run's converge never runs
     if node_id == proc.destination_id:
         _join(step, proc, node_id)
         raise _Stop
@@ -163,7 +164,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     prefetch = unit.prefetch
     if prefetch is not None:  # one read for the states this walk may need, not one per node entered
         prefetch.prefetch_states(graph.ahead(node_id))
-    _check_stack(proc, stack_states)
+    _check_stack(step, proc, stack_states)
     found = unit.get_states([node_id], mutable=(node_id,))
     node = graph.node(node_id)
     st = found.get(node_id)
@@ -190,6 +191,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
             st.root_id, st.parent_id = graph.root_id, node.pipeline_id
             step.note(st)  # no transition: the kept trees must learn the row is the root's now
         proc.suspended, proc.suspended_by = True, node.id
+        _note_quiet_move(step, proc)
         raise _Stop
     if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:
         run = Run(engine, step, graph, proc, node, st)
@@ -226,22 +228,33 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         now_st = unit.get_state(node.id, for_update=True)
         if now_st is not None and now_st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, node.id  # park on the pause, as if we had seen it
+            _note_quiet_move(step, proc)
         else:
             proc.asleep = True
         raise _Stop
     return st
 
 
-def _check_revoked(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _note_quiet_move(step: Step, proc: ProcessRecord) -> None:
+    """``proc`` parks or ends without a state write of its pipeline: a note on the root's row tells
+    the change feed's readers (the wait reasons kept with a state tree say where branches stand and
+    which wait on a pause: culm.core.waits.KeptFacts)."""
+    root = step.unit.get_state(proc.root_id)
+    if root is not None:
+        step.note(root)
+
+
+def _check_revoked(step: Step, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     """End the process if a pipeline around it is revoked: the root (bamboo checks only that), or a
     subprocess (culm stops what runs inside a revoked subprocess too). Only a process whose node
     polled (or ran its execute) when the revoke came still walks (culm.core.revoking): it dies here."""
     if any(st.name == states.REVOKED for st in stack_states.values()):
         proc.dead = True
+        _note_quiet_move(step, proc)
         raise _Stop
 
 
-def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _check_stack(step: Step, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     """Park the process if a pipeline around it is paused.
 
     ``stack_states`` are held (``Unit.hold_states``): a resume committing after our read waits for
@@ -251,6 +264,7 @@ def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> N
         st = stack_states.get(pid)
         if st is not None and st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, pid
+            _note_quiet_move(step, proc)
             raise _Stop
 
 

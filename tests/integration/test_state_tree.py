@@ -164,7 +164,7 @@ def test_a_kept_tree_follows_the_schedules_of_its_running_nodes(runtime):
     entry = api.get_pipeline_states(runtime, root).data[root]  # kept: the execute is held, no schedule
     assert entry["children"][node.id]["wait_reason"] is None
     kept = runtime.engine.state_trees.tree_of(root)
-    assert kept is not None and kept.schedules.get(node.id) == []
+    assert kept is not None and kept.facts.schedules.get(node.id) == []
 
     def polls_shown(count):
         def shown():
