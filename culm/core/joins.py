@@ -23,12 +23,6 @@ def settle(step: Step) -> None:
         return
     parents = step.unit.ack_children(collections.Counter(j.parent_id for j in joins))
     woken: set[str] = set()
-    for forked in parents.values():
-        # The converge wait shown on the fork's gateway (culm.core.waits) lists the branches still
-        # out: the feed's readers learn it changed (a child died and was counted, nothing else moved).
-        fork = step.unit.get_state(forked.current_node_id) if forked.current_node_id else None
-        if fork is not None:
-            step.note(fork)
     for join in joins:
         parent = parents.get(join.parent_id)
         if parent is None:
