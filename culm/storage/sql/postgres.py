@@ -13,14 +13,15 @@ from culm.storage.sql.statements import (
     ACK_CHILDREN_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
     CLAIM_WITH_PROCESS,
+    CONTEXTS_ANY,
     DB_NOW_POSTGRES,
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
     SNAPSHOT_READ,
     STATE_COLUMNS,
+    STATES_ANY,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
-    marks,
 )
 
 if TYPE_CHECKING:
@@ -124,6 +125,19 @@ class PostgresUnit(SqlUnit):
                 cur.execute(sql, params)
         return [cur.fetchall() for cur in cursors]
 
+    # Reads by a list of ids take the list as one array (see STATES_ANY): one text whatever its
+    # length, so each is prepared once per connection, the walks' one read below included.
+    def _hold_read(self, fresh: Sequence[str]) -> tuple[str, Sequence[Any]]:
+        return STATES_ANY + " ORDER BY node_id" + self.share_lock, [list(fresh)]
+
+    @staticmethod
+    def _states_reads(missing: Sequence[str]) -> list[tuple[str, Sequence[Any]]]:
+        return [(STATES_ANY, [list(missing)])]
+
+    @staticmethod
+    def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[Any]]:
+        return f"{CONTEXTS_ANY} LIMIT {int(limit) + 1}", [list(missing)]
+
     def _read_walks(
         self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
     ) -> tuple[list[Any], list[Any], list[Any]]:
@@ -180,7 +194,7 @@ class PostgresUnit(SqlUnit):
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
         # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip.
-        reads = [(ids, sql.format(marks=marks(len(ids))), [*params, *ids])
+        reads = [(ids, sql, [*params, list(ids)])
                  for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
                                           (resumed, MANY_WITH_PROCESS_AND_STATE, []))
                  if len(ids) >= 2]
