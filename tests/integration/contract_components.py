@@ -168,3 +168,34 @@ class SinkEnd:
 
 add_sink_type("cc_sink")
 FlowNodeClsFactory.register_node("cc_sink", SinkEnd)
+
+
+def _log_signals(path: str) -> None:
+    """Record every signal this process sends, as receivers written for bamboo see them."""
+    import json
+    import os
+
+    from culm import signals
+
+    def receiver(sender, **kwargs):
+        sig = kwargs.pop("signal")
+        event = kwargs.pop("event", None)
+        line = {"pid": os.getpid(), "signal": "post_set_state" if sig is signals.post_set_state else "pipeline_event",
+                "sender_is_class": isinstance(sender, type), "named": sorted(kwargs) + (["event"] if event else []),
+                "node_id": kwargs.get("node_id"), "to_state": kwargs.get("to_state"),
+                "event_type": getattr(event, "event_type", None)}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    signals.post_set_state.connect(receiver)
+    signals.pipeline_event.connect(receiver)
+
+
+def _signal_log_from_env() -> None:
+    import os
+
+    if os.environ.get("CULM_CONTRACT_SIGNAL_LOG"):
+        _log_signals(os.environ["CULM_CONTRACT_SIGNAL_LOG"])
+
+
+_signal_log_from_env()

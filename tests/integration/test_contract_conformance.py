@@ -350,6 +350,7 @@ class HarnessBackend(DistributedBackend):
     def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path) -> None:
         super().__init__(name, db_kind, broker_url, workdir)
         self.vhost = ""
+        self.signal_log = workdir / "signals.jsonl"
 
     def setup(self) -> None:
         if self.broker_url.startswith("amqp"):
@@ -371,6 +372,7 @@ class HarnessBackend(DistributedBackend):
     def worker_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k == "CULMTEST_SESSION"}
         env["CULM_IMPORTS"] = "contract_components"
+        env["CULM_CONTRACT_SIGNAL_LOG"] = str(self.signal_log)
         env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO)])
         return env
 
@@ -668,3 +670,152 @@ def test_pause_resume_and_forced_fail_of_a_polling_node(rt):
     wait_for(rt, pid, "FINISHED")
     assert api.get_children_states(rt, waiting).data[waiting]["skip"] is True
     assert _state(rt, after) == "FINISHED"
+
+
+def test_workers_send_signals_django_style_in_their_own_process(harness):
+    """Distributed mode: the worker that made a change sends the signals, after the commit."""
+    import json
+
+    for name in HARNESS:
+        backend = harness(name)
+        rt = backend.runtime()
+        tree = line(act("cc_attrs"))
+        node = next(iter(tree["activities"]))
+        pid = start_run(rt, tree)
+        wait_for(rt, pid, "FINISHED")
+
+        def seen(log: Path = backend.signal_log, ids: tuple[str, str] = (pid, node)) -> list[dict[str, Any]]:
+            lines = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+            got = [x for x in lines if x["node_id"] in ids or x["signal"] == "pipeline_event"]
+            done = any(x["node_id"] == ids[0] and x["to_state"] == "FINISHED" for x in got)
+            return got if done else []
+
+        got = wait_until(seen, 30, 0.1, what=f"{name}: the worker's signals")
+        states = [x for x in got if x["signal"] == "post_set_state"]
+        assert {"RUNNING", "FINISHED"} <= {x["to_state"] for x in states if x["node_id"] == node}
+        for x in states:
+            assert x["named"] == sorted(["node_id", "to_state", "version", "root_id", "parent_id", "loop"])
+            assert x["sender_is_class"] and x["pid"] != os.getpid()
+        assert any(x["signal"] == "pipeline_event" and x["named"] == ["event"] and x["event_type"] for x in got)
+
+
+def test_hooks_get_callback_data_only_when_there_is_one(tmp_path):
+    """Embedded (hooks run in this process): every hook called as hook(data, parent_data), with
+    callback_data= added for the callback, schedule and finish hooks of a callback node only; no
+    pause hook for a node not reached; resume hooks never."""
+    cc.HOOK_CALLS.clear()
+    with culm.Runtime(f"sqlite:///{tmp_path}/h.db") as rt:
+        tree = line(act("cc_callback"), act("cc_callback"))
+        a, b = list(tree["activities"])
+        pid = start_run(rt, tree)
+        wait_until(lambda: api.get_execution_data_outputs(rt, a).data.get("version_seen"), 30, 0.05, what="a waits")
+        assert api.pause_node_appoint(rt, b).result  # not reached: no service hook
+        assert api.callback(rt, a, api.get_children_states(rt, a).data[a]["version"], {"x": 1}).result
+        wait_for(rt, b, "SUSPENDED")
+        assert api.resume_node_appoint(rt, b).result
+        wait_until(lambda: api.get_execution_data_outputs(rt, b).data.get("version_seen"), 30, 0.05, what="b waits")
+        assert api.forced_fail_activity(rt, b, "stop").result
+        wait_for(rt, b, "FAILED")
+        assert api.skip_node(rt, b).result
+        wait_for(rt, pid, "FINISHED")
+        rt.wait_idle(10)
+    calls = {node: [(hook, kw, data) for n, hook, kw, data in cc.HOOK_CALLS if n == node] for node in (a, b)}
+    with_data = ("callback_data",), {"x": 1}
+    assert calls[a] == [("node_enter", (), None), ("pre_execute", (), None), ("post_execute", (), None),
+                        ("pre_callback", *with_data), ("post_callback", *with_data),
+                        ("pre_schedule", *with_data), ("post_schedule", *with_data), ("node_finish", *with_data)]
+    assert calls[b] == [("node_enter", (), None), ("pre_execute", (), None), ("post_execute", (), None),
+                        ("pre_forced_fail_activity", (), None), ("post_forced_fail_activity", (), None),
+                        ("pre_skip_node", (), None), ("post_skip_node", (), None)]
+
+
+def test_legacy_facade_on_the_default_runtime(tmp_path):
+    """``culm.legacy`` uses the default runtime: $CULM_DATABASE_URL (here a file of the test's)."""
+    script = f"""
+import sys, time
+sys.path[:0] = [{str(HERE)!r}]
+import contract_components
+from test_contract_conformance import line, act
+from culm.legacy import PipelineParser, task_service
+tree = line(act("cc_fail", ok=False))
+node = next(iter(tree["activities"]))
+obj = PipelineParser(tree).parse()
+assert obj.id == tree["id"]
+task_service.run_pipeline(obj)
+deadline = time.monotonic() + 30
+while task_service.get_state(obj.id)["children"].get(node, {{}}).get("state") != "FAILED":
+    assert time.monotonic() < deadline, task_service.get_state(obj.id)
+    time.sleep(0.05)
+state = task_service.get_state(obj.id)
+assert {{"children", "state", "loop", "retry", "skip", "start_time", "finish_time"}} <= set(state), state
+assert state["state"] == "RUNNING"
+task_service.skip_activity(node)
+while task_service.get_state(obj.id)["state"] != "FINISHED":
+    assert time.monotonic() < deadline, task_service.get_state(obj.id)
+    time.sleep(0.05)
+print("legacy ok", task_service.get_state(obj.id)["children"][node]["skip"])
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k == "CULMTEST_SESSION"}
+    env["CULM_DATABASE_URL"] = f"sqlite:///{tmp_path}/legacy.db"
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent), str(REPO)])
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "legacy ok True" in out.stdout
+
+
+CLI_MODULE = '''
+import contract_components  # noqa: F401 - registers cc_fail
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+
+
+def build_pipeline():
+    start = EmptyStartEvent()
+    node = ServiceActivity(component_code="cc_fail", id="cli_node")
+    node.component.inputs.ok = Var(type=Var.SPLICE, value="${ok}")
+    start.extend(node).extend(EmptyEndEvent())
+    return build_tree(start, id="cli_pipe", data={"inputs": {"${ok}": {"type": "plain", "value": False}},
+                                                 "outputs": []})
+'''
+
+
+def test_command_line_exit_codes_as_the_harness_sees_them(tmp_path):
+    """0 done, 1 pipeline failed (run, status), 2 bad input, 3 not found, 4 database, 5 refused;
+    a TREE.json finds its components through $CULM_IMPORTS."""
+    import json
+
+    (tmp_path / "flow.py").write_text(CLI_MODULE)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k == "CULMTEST_SESSION"}
+    env.update(CULM_DATABASE_URL=f"sqlite:///{tmp_path}/cli.db", CULM_IMPORTS="contract_components",
+               PYTHONPATH=os.pathsep.join([str(HERE), str(REPO)]))
+
+    def culm_cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "culm", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=120)
+
+    ran = culm_cli("run", "flow.py")
+    assert ran.returncode == 1 and "cli_node" in ran.stdout + ran.stderr and "cc_fail: ok is false" in ran.stdout
+    status = culm_cli("status", "cli_pipe", "--json")
+    assert status.returncode == 1 and json.loads(status.stdout)["failed"] == ["cli_node"]
+    assert culm_cli("retry", "cli_node", "--data", '{"ok": true}').returncode == 0
+    wait_until(lambda: culm_cli("status", "cli_pipe").returncode == 0, 60, 0.2, what="the retried run to finish")
+    shown = culm_cli("show", "cli_pipe", "--json")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["tree"]["state"] == "FINISHED"
+    assert culm_cli("history", "cli_node").returncode == 0 and culm_cli("logs", "cli_node").returncode == 0
+    assert culm_cli("list").returncode == 0
+    assert culm_cli("status", "ghost").returncode == 3
+    assert culm_cli("retry", "cli_node").returncode == 5  # FINISHED: the engine refuses
+    assert culm_cli("status").returncode == 2
+    assert culm_cli("status", "cli_pipe", "--db", "postgresql://127.0.0.1:1/x").returncode == 4
+
+    import contract_components  # noqa: F401 - the tree names cc_attrs
+
+    tree = line(act("cc_attrs", value="${fragment"))
+    (tmp_path / "tree.json").write_text(json.dumps(tree))
+    checked = culm_cli("validate", "tree.json")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert culm_cli("run", "tree.json").returncode == 0  # components from $CULM_IMPORTS
+    tree["flows"][tree["start_event"]["outgoing"]]["target"] = "nowhere"
+    (tmp_path / "bad.json").write_text(json.dumps(tree))
+    bad = culm_cli("validate", "bad.json")
+    assert bad.returncode == 2 and "nowhere" in bad.stdout + bad.stderr
