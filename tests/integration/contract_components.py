@@ -47,7 +47,7 @@ class FailUnlessOkService(Service):
         if not data.get_one_of_inputs("ok", False):
             data.set_outputs("ex_data", "cc_fail: ok is false")
             return False
-        return True
+        return None  # None succeeds, as True does
 
 
 class FailUnlessOkComponent(Component):

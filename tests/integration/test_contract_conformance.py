@@ -334,6 +334,41 @@ def test_signal_receivers_are_held_strongly_and_called_django_style(tmp_path):
     assert any(sig is signals.pipeline_event for sig, _, _ in got)
 
 
+def test_refusals_send_nothing_and_a_raising_receiver_changes_nothing(tmp_path):
+    from culm import signals
+
+    heard: list[Any] = []
+
+    def listen(sender, **kwargs):
+        heard.append(kwargs)
+
+    def explode(sender, **kwargs):
+        raise RuntimeError("receiver explodes")
+
+    with culm.Runtime(f"sqlite:///{tmp_path}/r.db") as rt:
+        tree = line(act("cc_fail", ok=False))
+        node = next(iter(tree["activities"]))
+        pid = start_run(rt, tree)
+        wait_for(rt, node, "FAILED")
+        rt.wait_idle(10)
+        for sig in (signals.post_set_state, signals.pipeline_event):
+            sig.connect(listen)
+            sig.connect(explode)
+        try:
+            assert not api.resume_pipeline(rt, pid).result and not api.forced_fail_activity(rt, node, "x").result
+            assert not api.run_pipeline(rt, tree).result
+            assert not api.run_pipeline(rt, line(act("cc_attrs"), id=7)).result
+            assert heard == []
+            assert api.retry_node(rt, node, data={"ok": True}).result  # its receivers raise: still done
+            wait_for(rt, pid, "FINISHED")
+            rt.wait_idle(10)
+            assert any(kw.get("node_id") == pid and kw.get("to_state") == "FINISHED" for kw in heard)
+        finally:
+            for sig in (signals.post_set_state, signals.pipeline_event):
+                sig.disconnect(listen)
+                sig.disconnect(explode)
+
+
 def _state(rt: Any, node_id: str) -> str | None:
     res = api.get_children_states(rt, node_id)
     assert res.result, res.message
@@ -643,6 +678,15 @@ def test_executable_end_events_run_and_fail_retryably(rt, end_type):
     wait_for(rt, end_id, "FAILED")  # fails again, as its code still refuses: retried, not refused
 
 
+def test_an_exception_fails_the_node_with_its_traceback(rt):
+    tree = line(act("cc_raise"))
+    node = next(iter(tree["activities"]))
+    start_run(rt, tree)
+    wait_for(rt, node, "FAILED")
+    out = api.get_execution_data_outputs(rt, node).data
+    assert out["_result"] is False and "Traceback" in out["ex_data"] and "cc_raise exploded" in out["ex_data"]
+
+
 def test_unregistered_component_fails_with_its_code(rt):
     tree = line(act("cc_never_registered"))
     node = next(iter(tree["activities"]))
@@ -697,6 +741,34 @@ def test_workers_send_signals_django_style_in_their_own_process(harness):
             assert x["named"] == sorted(["node_id", "to_state", "version", "root_id", "parent_id", "loop"])
             assert x["sender_is_class"] and x["pid"] != os.getpid()
         assert any(x["signal"] == "pipeline_event" and x["named"] == ["event"] and x["event_type"] for x in got)
+        _command_signals_in_the_callers_process(rt)
+
+
+def _command_signals_in_the_callers_process(rt: Any) -> None:
+    """A command's signals are sent by the process that called it, once it is committed."""
+    from culm import signals
+
+    heard: list[tuple[str, Any]] = []
+
+    def listen(sender, **kwargs):
+        event = kwargs.get("event")
+        heard.append((kwargs["node_id"], kwargs["to_state"]) if event is None else ("event", event.event_type))
+
+    tree = line(act("cc_callback"))
+    node = next(iter(tree["activities"]))
+    pid = start_run(rt, tree)
+    wait_until(lambda: api.get_execution_data_outputs(rt, node).data.get("version_seen"), 30, 0.05, what="it waits")
+    signals.post_set_state.connect(listen)
+    signals.pipeline_event.connect(listen)
+    try:
+        assert api.pause_pipeline(rt, pid).result
+        assert (pid, "SUSPENDED") in heard and ("event", "post_pause_pipeline") in heard
+        assert _state(rt, pid) == "SUSPENDED"
+        assert api.revoke_pipeline(rt, pid).result
+        assert (pid, "REVOKED") in heard
+    finally:
+        signals.post_set_state.disconnect(listen)
+        signals.pipeline_event.disconnect(listen)
 
 
 def test_hooks_get_callback_data_only_when_there_is_one(tmp_path):
