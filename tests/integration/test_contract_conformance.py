@@ -212,6 +212,80 @@ def test_builder_chaining_methods_return_what_bamboos_do():
     assert ServiceActivity(component_code="x", version="2").component.version == "2"
 
 
+# Other functions whose arguments the contract names: (callable, expected, leading parameters to skip).
+def _named_signatures() -> dict[str, tuple[Any, list[tuple[str, Any]], int]]:
+    from culm import legacy, signals, states, validator
+    from culm.builder import ServiceActivity, Var, build_tree
+    from culm.components import DataObject, StaticIntervalGenerator, library
+    from culm.events import ExecutableEndEvent, FlowNodeClsFactory
+    from culm.variables import LazyVariable
+
+    return {
+        "build_tree": (build_tree, [("start", EMPTY), ("id", None), ("data", None)], 0),
+        "Var": (Var, [("type", EMPTY), ("value", EMPTY), ("custom_type", None)], 0),
+        "StaticIntervalGenerator": (StaticIntervalGenerator, [("seconds", EMPTY)], 0),
+        "library.get": (library.get, [("code", EMPTY), ("version", None)], 0),
+        "library.versions": (library.versions, [("code", EMPTY)], 0),
+        "get_one_of_inputs": (DataObject.get_one_of_inputs, [("key", EMPTY), ("default", None)], 1),
+        "get_one_of_outputs": (DataObject.get_one_of_outputs, [("key", EMPTY), ("default", None)], 1),
+        "set_outputs": (DataObject.set_outputs, [("key", EMPTY), ("value", EMPTY)], 1),
+        "can_transit": (states.can_transit, [("from_state", EMPTY), ("to_state", EMPTY)], 0),
+        "LazyVariable.get_value": (LazyVariable.get_value, [], 1),
+        "ExecutableEndEvent.execute": (ExecutableEndEvent.execute, [("in_subprocess", EMPTY),
+                                                                    ("root_pipeline_id", EMPTY),
+                                                                    ("current_pipeline_id", EMPTY)], 1),
+        "register_node": (FlowNodeClsFactory.register_node, [("key", EMPTY), ("node_cls", EMPTY)], 0),
+        "get_allowed_start_node_ids": (validator.get_allowed_start_node_ids, [("pipeline_tree", EMPTY)], 0),
+        "validate_pipeline_start_node": (validator.validate_pipeline_start_node,
+                                         [("pipeline", EMPTY), ("node_id", EMPTY)], 0),
+        "get_skipped_execute_node_ids": (validator.get_skipped_execute_node_ids,
+                                         [("pipeline_tree", EMPTY), ("start_node_id", EMPTY), ("validate", True)], 0),
+        "validate_and_process_pipeline": (validator.validate_and_process_pipeline,
+                                          [("pipeline", EMPTY), ("cycle_tolerate", False)], 0),
+        "add_sink_type": (validator.add_sink_type, [("node_type", EMPTY)], 0),
+        "connect": (signals.post_set_state.connect, [("receiver", EMPTY)], 0),
+        "disconnect": (signals.post_set_state.disconnect, [("receiver", EMPTY)], 0),
+        "PipelineParser": (legacy.PipelineParser, [("pipeline_tree", EMPTY)], 0),
+    }
+
+
+@pytest.mark.parametrize("name", list(_named_signatures()))
+def test_named_arguments_of_the_other_modules(name):
+    func, expected, skip = _named_signatures()[name]
+    _assert_parameters(func, expected, skip)
+
+
+def test_service_activity_keywords():
+    """The contract writes them as keywords; the positional order is bamboo's (``component_code,
+    error_ignorable, timeout, skippable, retryable``), so bamboo code passing them by position works."""
+    from culm.builder import ServiceActivity
+
+    params = inspect.signature(ServiceActivity).parameters
+    expected = {"component_code": None, "version": None, "error_ignorable": False, "timeout": None,
+                "skippable": True, "retryable": True}
+    assert {name: params[name].default for name in expected} == expected
+    assert list(params)[:5] == ["component_code", "error_ignorable", "timeout", "skippable", "retryable"]
+
+
+def test_bamboos_own_argument_names_still_work():
+    """The contract names two arguments unlike bamboo does; both names are taken."""
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+    from culm.components import StaticIntervalGenerator
+
+    start = EmptyStartEvent()
+    start.extend(ServiceActivity(component_code="cc_attrs")).extend(EmptyEndEvent())
+    assert build_tree(start=start, id="p1")["start_event"]["id"] == build_tree(start_elem=start, id="p1")[
+        "start_event"]["id"] == start.id
+    with pytest.raises(TypeError):
+        build_tree()
+    with pytest.raises(TypeError):
+        build_tree(start, start_elem=start)
+    assert StaticIntervalGenerator(seconds=3).next() == StaticIntervalGenerator(interval=3).next() == \
+        StaticIntervalGenerator(3).next() == 3
+    with pytest.raises(TypeError):
+        StaticIntervalGenerator()
+
+
 # -- components, variables, end events -----------------------------------------------------------
 def test_service_methods_and_class_attributes():
     from culm.components import Service
@@ -268,8 +342,13 @@ def test_demo_components_yield_to_users_classes():
 
     for code in ("example_component", "pipe_example_component"):
         assert (code, "legacy") in library
-        mine = _define(Component, {"code": code, "name": "mine", "bound_service": Service}, "users_app", "Mine")
-        assert library.get(code) is mine
+        demo = library.get(code)
+        try:
+            mine = _define(Component, {"code": code, "name": "mine", "bound_service": Service}, "users_app", "Mine")
+            assert library.get(code) is mine
+        finally:  # the other tests of this process run the demo components
+            library.unregister(code)
+            library.register(demo)
 
 
 # -- validator ---------------------------------------------------------------------------------
