@@ -215,7 +215,7 @@ def test_builder_chaining_methods_return_what_bamboos_do():
 # Other functions whose arguments the contract names: (callable, expected, leading parameters to skip).
 def _named_signatures() -> dict[str, tuple[Any, list[tuple[str, Any]], int]]:
     from culm import legacy, signals, states, validator
-    from culm.builder import ServiceActivity, Var, build_tree
+    from culm.builder import Var, build_tree
     from culm.components import DataObject, StaticIntervalGenerator, library
     from culm.events import ExecutableEndEvent, FlowNodeClsFactory
     from culm.variables import LazyVariable
