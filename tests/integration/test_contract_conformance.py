@@ -21,7 +21,7 @@ from typing import Any
 
 import contract_components as cc
 import pytest
-from backends import AMQP, REDIS, DistributedBackend, reachable, unavailable
+from backends import AMQP, REDIS, HarnessBackend, reachable, unavailable
 from support import wait_until
 
 import culm
@@ -455,55 +455,6 @@ def _state(rt: Any, node_id: str) -> str | None:
     return entry and entry["state"]
 
 
-# -- backends started the way the harness starts them ------------------------------------------------
-class HarnessBackend(DistributedBackend):
-    """``culm worker --db URL --broker URL``: default queue names and concurrency, plugins from
-    ``$CULM_IMPORTS`` only. Default queue names are shared by every deployment on a broker, so this
-    backend gets a broker of its own: a fresh RabbitMQ virtual host, or a Redis database number."""
-
-    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path) -> None:
-        super().__init__(name, db_kind, broker_url, workdir)
-        self.vhost = ""
-        self.signal_log = workdir / "signals.jsonl"
-
-    def setup(self) -> None:
-        if self.broker_url.startswith("amqp"):
-            self.vhost = f"culm_contract_{uuid.uuid4().hex[:8]}"
-            for args in (["add_vhost", self.vhost], ["set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"]):
-                subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
-            self.broker_url = f"{AMQP.rstrip('/')}/{self.vhost}"
-        else:
-            self.broker_url = REDIS.rsplit("/", 1)[0] + "/13"
-            import redis
-
-            redis.Redis.from_url(self.broker_url).flushdb()
-        self.prefix = self.broker_url  # stop_workers finds pool processes by this word of their argv
-        super().setup()
-
-    def worker_command(self) -> list[str]:
-        return [sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", self.broker_url]
-
-    def worker_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k == "CULMTEST_SESSION"}
-        env["CULM_IMPORTS"] = "contract_components"
-        env["CULM_CONTRACT_SIGNAL_LOG"] = str(self.signal_log)
-        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO)])
-        return env
-
-    def runtime(self, **options: Any) -> culm.Runtime:
-        rt = culm.Runtime(self.db_url, broker=self.broker_url, **options)
-        self._runtimes.append(rt)
-        return rt
-
-    def _delete_queues(self) -> None:
-        if self.vhost:
-            subprocess.run(["rabbitmqctl", "delete_vhost", self.vhost], capture_output=True, timeout=60)
-        else:
-            import redis
-
-            redis.Redis.from_url(self.broker_url).flushdb()
-
-
 HARNESS = {"postgres-redis": ("postgres", REDIS, 5432, 6379), "mariadb-rabbitmq": ("mariadb", AMQP, 3306, 5672)}
 
 
@@ -517,7 +468,8 @@ def harness(tmp_path_factory):
             for port in (db_port, broker_port):
                 if not reachable("127.0.0.1", port):
                     unavailable(f"{name}: nothing listens on 127.0.0.1:{port}")
-            backend = HarnessBackend(name, db_kind, broker, tmp_path_factory.mktemp(f"harness-{name}"))
+            backend = HarnessBackend(name, db_kind, broker, tmp_path_factory.mktemp(f"harness-{name}"),
+                                     imports="contract_components")
             started[name] = backend
             backend.setup()
             backend.start_workers(2)
