@@ -910,6 +910,11 @@ def test_command_line_exit_codes_as_the_harness_sees_them(tmp_path):
     assert culm_cli("retry", "cli_node").returncode == 5  # FINISHED: the engine refuses
     assert culm_cli("status").returncode == 2
     assert culm_cli("status", "cli_pipe", "--db", "postgresql://127.0.0.1:1/x").returncode == 4
+    created = culm_cli("token", "create", "--role", "viewer")
+    token_id = created.stdout.strip().split("_")[1]
+    assert created.returncode == 0 and culm_cli("token", "revoke", token_id).returncode == 0
+    assert culm_cli("token", "revoke", token_id).returncode == 5 and culm_cli("token", "revoke", "ghost").returncode == 3
+    assert culm_cli("token", "create", "--role", "king").returncode == 2
 
     import contract_components  # noqa: F401 - the tree names cc_attrs
 
