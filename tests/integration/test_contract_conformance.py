@@ -115,6 +115,22 @@ def test_api_function_arguments(name):
     _assert_parameters(func, SIGNATURES[name], skip=1)
 
 
+def test_runtime_urls_of_the_contract(tmp_path, monkeypatch):
+    """Runtime() is SQLite from $CULM_DATABASE_URL or ./culm.db; :memory: and files; a context manager."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CULM_DATABASE_URL", raising=False)
+    with culm.Runtime() as rt:
+        assert repr(rt) == "Runtime('sqlite:///culm.db', embedded)" and (tmp_path / "culm.db").exists()
+    monkeypatch.setenv("CULM_DATABASE_URL", f"sqlite:///{tmp_path}/env.db")
+    with culm.Runtime() as rt:
+        assert (tmp_path / "env.db").exists() and api.get_pipeline_states(rt, "x").result
+    with culm.Runtime("sqlite:///:memory:") as rt:
+        assert repr(rt) == "Runtime('sqlite:///:memory:', embedded)"
+        tree = line(act("cc_attrs"))
+        wait_for(rt, start_run(rt, tree), "FINISHED")
+    assert not list(tmp_path.glob("*memory*"))
+
+
 def test_result_envelope_attributes():
     res = api.get_data(culm.Runtime("memory://"), "ghost")
     assert isinstance(res, api.EngineAPIResult)
