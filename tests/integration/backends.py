@@ -294,6 +294,9 @@ class HarnessBackend(DistributedBackend):
             self.broker_url = _claim_redis_database()
         self.prefix = self.broker_url  # stop_workers finds pool processes by this word of their argv
         super().setup()
+        # The URLs as the contract writes them: postgresql://, mysql://, no driver named.
+        scheme, rest = self.db_url.split("://", 1)
+        self.db_url = f"{scheme.split('+')[0].replace('mariadb', 'mysql')}://{rest}"
 
     def worker_command(self) -> list[str]:
         return [sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", self.broker_url]
