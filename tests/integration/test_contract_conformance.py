@@ -943,3 +943,26 @@ def test_command_line_exit_codes_as_the_harness_sees_them(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(tree))
     bad = culm_cli("validate", "bad.json")
     assert bad.returncode == 2 and "nowhere" in bad.stdout + bad.stderr
+
+
+def test_preview_inputs_and_update_context_values(rt):
+    from culm.builder import Var
+
+    tree = _builder_tree()
+    sub = next(a for a in tree["activities"].values() if a["type"] == "SubProcess")
+    inner = next(iter(sub["pipeline"]["activities"]))
+    first = tree["flows"][tree["start_event"]["outgoing"]]["target"]
+    assert api.preview_node_inputs(rt, tree, first).data == {"value": 1}
+    assert api.preview_node_inputs(rt, tree, sub["id"]).data == {"${sub_in}": "t"}
+    assert api.preview_node_inputs(rt, tree, inner, [sub["id"]]).data == {"value": "t"}
+    assert api.get_pipeline_states(rt, tree["id"]).data == {}  # a preview runs nothing
+
+    tree = line(act("cc_callback"), act("cc_attrs", value=Var(type=Var.SPLICE, value="${k}")),
+                data={"inputs": {"${k}": {"type": "plain", "value": "old"}}, "outputs": []})
+    waiting, reader = list(tree["activities"])
+    pid = start_run(rt, tree)
+    wait_until(lambda: api.get_execution_data_outputs(rt, waiting).data.get("version_seen"), 30, 0.05, what="it waits")
+    assert api.update_context_values(rt, pid, {"${k}": "new"}).result
+    assert api.callback(rt, waiting, api.get_children_states(rt, waiting).data[waiting]["version"], {}).result
+    wait_for(rt, pid, "FINISHED")
+    assert api.get_execution_data_outputs(rt, reader).data["echo"] == "new"
