@@ -966,3 +966,42 @@ def test_preview_inputs_and_update_context_values(rt):
     assert api.callback(rt, waiting, api.get_children_states(rt, waiting).data[waiting]["version"], {}).result
     wait_for(rt, pid, "FINISHED")
     assert api.get_execution_data_outputs(rt, reader).data["echo"] == "new"
+
+
+@pytest.mark.parametrize("name", list(HARNESS))
+def test_command_line_on_a_cluster(harness, tmp_path, name):
+    """`culm run TREE.json --db URL --broker URL` hands the run to the workers (it defines no
+    component itself); status, logs and a control command work on the cluster's database."""
+    import json
+
+    backend = harness(name)
+    tree = line(act("cc_attrs", value="from the CLI"), act("cc_callback"))
+    first, waiting = list(tree["activities"])
+    (tmp_path / "tree.json").write_text(json.dumps(tree))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k == "CULMTEST_SESSION"}
+    env["PYTHONPATH"] = str(REPO)
+    where = ["--db", backend.db_url]
+
+    def culm_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "culm", *args], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    ran = subprocess.Popen([sys.executable, "-m", "culm", "run", "tree.json", *where, "--broker", backend.broker_url],
+                           cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        rt = backend.runtime()
+        wait_until(lambda: api.get_execution_data_outputs(rt, waiting).data.get("version_seen"), 60, 0.1,
+                   what="the run to reach the callback node")
+        assert culm_cli("logs", first, *where).stdout.count(f"attrs of {first}") == 1
+        version = api.get_children_states(rt, waiting).data[waiting]["version"]
+        called = culm_cli("callback", waiting, "--data", '{"ok": 1}', *where, "--broker", backend.broker_url)
+        assert called.returncode == 0, called.stderr
+        out, err = ran.communicate(timeout=120)
+    finally:
+        if ran.poll() is None:
+            ran.kill()
+    assert ran.returncode == 0, out + err
+    assert api.get_execution_data_outputs(rt, waiting).data["callback_data"] == {"ok": 1}
+    assert api.get_execution_data_outputs(rt, first).data["echo"] == "from the CLI"
+    assert version and culm_cli("status", tree["id"], *where).returncode == 0
+    assert culm_cli("status", "ghost", *where).returncode == 3
