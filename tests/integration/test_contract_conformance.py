@@ -167,15 +167,15 @@ def test_retry_with_new_data_keeps_histories_in_order(rt):
     hist = api.get_node_histories(rt, node)
     assert hist.result and len(hist.data) == 2
     for i, h in enumerate(hist.data):
-        assert set(h) == {"id", "node_id", "started_time", "archived_time", "loop", "retry", "skip", "version",
-                          "inputs", "outputs"}
+        assert list(h) == ["id", "node_id", "started_time", "archived_time", "loop", "retry", "skip", "version",
+                           "inputs", "outputs"]  # the contract's order
         assert h["node_id"] == node and h["retry"] == i and h["started_time"].tzinfo is not None
     assert hist.data[0]["archived_time"] <= hist.data[1]["archived_time"]
     assert [h["inputs"]["ok"] for h in hist.data] == [False, False]
     assert api.get_execution_data_inputs(rt, node).data["ok"] is True
     short = api.get_node_short_histories(rt, node).data
-    assert [set(h) for h in short] == [{"id", "node_id", "started_time", "archived_time", "loop", "skip",
-                                        "version"}] * 2
+    assert [list(h) for h in short] == [["id", "node_id", "started_time", "archived_time", "loop", "skip",
+                                         "version"]] * 2
     assert [h["id"] for h in short] == [h["id"] for h in hist.data]
     assert api.get_node_histories(rt, node, loop=1).data == hist.data
     assert api.get_node_histories(rt, node, loop=2).data == []
