@@ -386,3 +386,50 @@ def test_a_rows_second_update_waiting_with_the_first_is_merged_into_it(store, mo
         p1, p2 = unit.get_process("p1"), unit.get_process("p2")
     assert (p1.asleep, p1.current_node_id, p1.stack, p1.need_ack, p1.ack_num) == (True, "b", ["root", "sub"], 2, 1)
     assert (p2.current_node_id, p2.dead) == ("x", True)
+
+
+def test_mysql_merges_inserts_and_deletes_of_one_shape_within_a_run_of_distinct_rows(mysql_store, monkeypatch):
+    """MariaDB: INSERTs of one table and columns (upserts too) waiting in one query go as one
+    multi-row INSERT, DELETEs of task rows by id as one DELETE, in the first one's place; not
+    past a write on rows not known (a new run starts), nor past a write to one of their rows.
+    The rows stored are what the writes one by one would have left."""
+    from culm.core.records import ProcessRecord, TaskRecord
+
+    store = mysql_store
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord("p1", "root", None, "start", None, ["root"])])
+        unit.insert_tasks([TaskRecord(t, "execute", "p1", "a", "root") for t in ("t1", "t2", "t3")])
+        unit.set_execution_outputs("a", {"old": True})
+    trips = round_trips("mariadb", monkeypatch)
+    with store.transaction() as unit:
+        unit.insert_state(_state("a"))
+        unit.set_execution_outputs("a", {"x": 1})  # an upsert of an existing row
+        unit.update_process("p1", current_node_id="a")
+        unit.delete_task("t1")
+        unit.insert_state(_state("b"))  # joins a's INSERT
+        unit.set_execution_outputs("b", {"x": 2})  # joins a's upsert
+        unit.delete_task("t2")  # joins t1's DELETE
+        assert unit.update_state("a", expect_version="v1", name="FINISHED")  # folded into its INSERT
+        unit.update_task("t3", node_id="b")
+        unit.delete_task("t3")  # a row the run touched: a new run
+        unit.insert_state(_state("c"))  # may not move ahead of t3's UPDATE: a new INSERT
+        unit.reset_inner_loops("a-parent-of-nothing")  # rows not known: a new run
+        unit.insert_state(_state("d"))
+    monkeypatch.undo()
+    sent = ";\n".join(trips).split(";\n")
+    inserts = [s for s in sent if s.startswith("INSERT INTO culm_state")]
+    assert len(inserts) == 3, sent  # a+b, c, d
+    assert inserts[0].count("'a'") == 1 and inserts[0].count("'b'") == 1, inserts[0]
+    assert len([s for s in sent if s.startswith("INSERT INTO culm_execution_data")]) == 1, sent
+    deletes = [s for s in sent if s.startswith("DELETE FROM culm_task")]
+    assert len(deletes) == 2 and "IN (" in deletes[0], deletes
+    assert sent.index(deletes[0]) < sent.index(next(s for s in sent if s.startswith("UPDATE culm_task"))) < sent.index(
+        deletes[1]) < sent.index(inserts[1])
+    with store.reading() as unit:
+        states = unit.get_states(["a", "b", "c", "d"])
+        assert {n: st.name for n, st in states.items()} == {"a": "FINISHED", "b": "RUNNING", "c": "RUNNING",
+                                                            "d": "RUNNING"}
+        assert unit.get_execution_data("a") == ({}, {"x": 1})
+        assert unit.get_execution_data("b") == ({}, {"x": 2})
+        assert unit.get_process("p1").current_node_id == "a"
+        assert [unit.get_task(t) for t in ("t1", "t2", "t3")] == [None, None, None]

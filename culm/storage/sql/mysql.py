@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -49,11 +50,66 @@ MAX_QUERY_CHARS = 1 << 20
 _COMMITTED = "culm_committed"
 
 
-def _in_order(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
-    """Deferred writes as they are: the statements of a multi-statement query run one after the
-    other, so unlike PostgreSQL's combined statement (culm.storage.sql.base._combined) no two
-    writes need keeping apart."""
-    return [(sql, params) for sql, params, _ in pending]
+# Writes several of which merge into one statement: a plain or upserting INSERT whose values are
+# placeholders only (its rows' groups are repeated), a DELETE of one row by its key (an IN list).
+_INSERT_VALUES = re.compile(r"(INSERT INTO \S+ \([^()]*\) VALUES )(\((?:%s, ?)*%s\))(?:, \2)*((?: ON DUPLICATE KEY UPDATE .*)?)",
+                            re.DOTALL)
+_DELETE_ONE = re.compile(r"(DELETE FROM \S+ WHERE \w+) = %s")
+MAX_MERGED_ROWS = 500  # rows per INSERT or DELETE made of several (as _insert's chunks)
+
+
+@functools.lru_cache(maxsize=512)
+def _mergeable(sql: str) -> tuple[str, str, str, int] | None:
+    """How statements of this text merge, or None: (head, one row's part, tail, parameters per
+    row); the merged text is head, the rows' parts joined by ", ", tail."""
+    m = _INSERT_VALUES.fullmatch(sql)
+    if m is not None:
+        return m[1], m[2], m[3], m[2].count("%s")
+    m = _DELETE_ONE.fullmatch(sql)
+    return None if m is None else (m[1] + " IN (", "%s", ")", 1)
+
+
+def _merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes in order, INSERTs of one shape merged into one multi-row INSERT and
+    DELETEs of one row by key into one DELETE (see _mergeable).
+
+    The statements of a multi-statement query run one after the other, but each still costs the
+    server a parse and an execution: a batch inserting a state row per node entered sent as many
+    INSERTs. A later write joins an earlier one of the same shape (table, columns, upsert tail) of
+    the same run, a run being what PostgreSQL's combined statement may reorder freely
+    (culm.storage.sql.base._combined): writes to rows all known and all distinct. So the rows it
+    moves ahead of are not ones any write in between touches, as for PostgreSQL's parts; a write
+    whose rows are unknown, or one touching a row the run touched, starts a new run. In a
+    multi-row upsert each row meets its own duplicate (VALUES(col) is that row's value).
+    """
+    out: list[tuple[str, Sequence[Any]]] = []
+    joinable: dict[tuple[str, str], int] = {}  # (head, tail) of a mergeable write -> its place in out
+    merged: dict[int, list[Any]] = {}  # place in out -> [shape, parameters, rows] of a merge
+    touched: set[Any] = set()
+    for sql, params, keys in pending:
+        if keys is None or not touched.isdisjoint(keys):
+            joinable.clear()
+            touched.clear()
+        shape = None
+        if keys is not None:
+            touched.update(keys)
+            shape = _mergeable(sql)
+        if shape is None:
+            out.append((sql, params))
+            continue
+        at = joinable.get((shape[0], shape[2]))
+        rows = len(params) // shape[3]
+        if at is not None:
+            into = merged.setdefault(at, [shape, list(out[at][1]), len(out[at][1]) // shape[3]])
+            if into[2] + rows <= MAX_MERGED_ROWS:
+                into[1].extend(params)
+                into[2] += rows
+                continue
+        joinable[shape[0], shape[2]] = len(out)
+        out.append((sql, params))
+    for at, ((head, row, tail, _), params, rows) in merged.items():
+        out[at] = (head + ", ".join([row] * rows) + tail, params)
+    return out
 
 
 def _up_to(texts: list[str], limit: int) -> Iterator[list[str]]:
@@ -93,7 +149,7 @@ class MysqlUnit(SqlUnit):
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
     defers_writes = True
     refuses_duplicate_ids = True
-    combine = staticmethod(_in_order)
+    combine = staticmethod(_merged)
     listing_tables = LISTING_TABLES_MYSQL
 
     def _send_deferred(
