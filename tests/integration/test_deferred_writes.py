@@ -433,3 +433,33 @@ def test_mysql_merges_inserts_and_deletes_of_one_shape_within_a_run_of_distinct_
         assert unit.get_execution_data("b") == ({}, {"x": 2})
         assert unit.get_process("p1").current_node_id == "a"
         assert [unit.get_task(t) for t in ("t1", "t2", "t3")] == [None, None, None]
+
+
+def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_store, monkeypatch):
+    """MariaDB: a read-only unit that needs no snapshot (a poll) sends its SELECTs and nothing
+    else (its connection is in autocommit: no ROLLBACK to end it), sees each commit, and leaves
+    its pooled connection holding no metadata lock (an ALTER TABLE goes through at once)."""
+    from pymysql.connections import Connection
+    from sqlalchemy import text
+
+    store = mysql_store
+    with store.transaction() as unit:
+        unit.insert_state(_state("r"))
+    with store.reading() as unit:  # the plain reads' pool connects (and its dialect starts) here
+        unit.get_state("r")
+    trips = round_trips("mariadb", monkeypatch)
+    rollback = Connection.rollback
+    monkeypatch.setattr(Connection, "rollback", lambda self: (trips.append("ROLLBACK"), rollback(self))[1])
+    with store.reading() as unit:
+        assert unit.get_state("r").name == "RUNNING"
+        assert unit.get_state("none") is None
+    with store.transaction() as unit:
+        assert unit.update_state("r", expect_version="v1", name="FINISHED")
+    with store.reading() as unit:
+        assert unit.get_state("r").name == "FINISHED"
+    monkeypatch.undo()
+    reads = [t for t in trips if not t.startswith("UPDATE")]
+    assert len(reads) == 3 and all(t.startswith("SELECT") for t in reads), trips
+    with store.engine.connect() as conn:  # the read connections now idle in their pool
+        conn.execute(text("SET SESSION lock_wait_timeout = 5"))
+        conn.execute(text("ALTER TABLE culm_state COMMENT = 'read units hold no lock'"))

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine, create_engine
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
@@ -19,6 +20,7 @@ from culm.storage.sql.base import (
     _process_row,
     _state_row,
     _task_row,
+    ping_idle,
     skip_needless_reset,
 )
 from culm.storage.sql.statements import (
@@ -48,6 +50,7 @@ MAX_QUERY_CHARS = 1 << 20
 # that the store's commit sends none. The server's status flags cannot tell: PyMySQL keeps those
 # of OK packets only, and a transaction that only read would look committed.
 _COMMITTED = "culm_committed"
+_AUTOCOMMIT = "culm_autocommit"  # marks (in a pooled connection's ``info``) one of the plain reads' pool
 
 
 # Writes several of which merge into one statement: a plain or upserting INSERT whose values are
@@ -293,10 +296,37 @@ class MysqlDialect(Dialect):
         MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
         a compare-and-set counts the rows it matched)."""
         super().prepare(store)
-        skip_needless_reset(store.engine)
-        dbapi = store.engine.dialect.loaded_dbapi
-        multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
+        _allow_multi_statements(store.engine)
 
-        @event.listens_for(store.engine, "do_connect")
-        def _allow_multi_statements(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
-            params["client_flag"] = params.get("client_flag", 0) | multi
+    # A read-only unit that needs no snapshot (a poll: one SELECT) runs on a connection of its own
+    # pool that is in autocommit, set once when it connects: each read is then a transaction of
+    # its own, as each already saw its own snapshot at READ COMMITTED, and there is no transaction
+    # left to end. In a transaction it cost a ROLLBACK, a round trip of its own (PyMySQL sends
+    # every one); and leaving the transaction open would keep, on an idle pooled connection, the
+    # metadata locks of the tables it read (an ALTER TABLE would wait for them).
+
+    def plain_reads_engine(self, store: SqlStore) -> Engine:
+        engine = create_engine(store.url, future=True,
+                               **{**self.engine_options(memory=False), "isolation_level": "AUTOCOMMIT"})
+        ping_idle(engine)
+        skip_needless_reset(engine)
+        _allow_multi_statements(engine)
+
+        @event.listens_for(engine, "connect")
+        def _mark_autocommit(_dbapi_conn: Any, record: Any) -> None:
+            record.info[_AUTOCOMMIT] = True
+
+        return engine
+
+    def end_read(self, raw: Any) -> None:
+        if not raw.info.get(_AUTOCOMMIT):
+            raw.rollback()
+
+
+def _allow_multi_statements(engine: Engine) -> None:
+    dbapi = engine.dialect.loaded_dbapi
+    multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
+
+    @event.listens_for(engine, "do_connect")
+    def _add_flag(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        params["client_flag"] = params.get("client_flag", 0) | multi
