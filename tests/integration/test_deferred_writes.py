@@ -463,3 +463,37 @@ def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_
     with store.engine.connect() as conn:  # the read connections now idle in their pool
         conn.execute(text("SET SESSION lock_wait_timeout = 5"))
         conn.execute(text("ALTER TABLE culm_state COMMENT = 'read units hold no lock'"))
+
+
+def test_mysql_merges_updates_of_single_rows_keeping_each_rows_conditions(mysql_store, monkeypatch):
+    """MariaDB: UPDATEs of one row each by key, setting the same columns, go as one UPDATE (each
+    column a CASE on the key); a compare-and-set keeps its own conditions, row by row. The rows
+    stored are what the UPDATEs one by one would have left; an UPDATE of a row the run touched
+    is not merged."""
+    from culm.core.records import ProcessRecord
+
+    store = mysql_store
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "start", None, ["root"]) for p in ("p1", "p2", "p3")])
+        for node_id in ("s1", "s2"):
+            unit.insert_state(_state(node_id))
+    trips = round_trips("mariadb", monkeypatch)
+    with store.transaction() as unit:
+        assert set(unit.hold_states(["s1", "s2"])) == {"s1", "s2"}  # locked here: their CAS are deferred
+        unit.update_process("p1", current_node_id="a", asleep=True)
+        assert unit.update_state("s1", expect_version="v1", expect_names=["RUNNING"], name="FINISHED")
+        unit.update_process("p2", current_node_id="b", asleep=False)
+        assert unit.update_state("s2", expect_version="v1", expect_names=["RUNNING"], name="FAILED")
+        unit.update_process("p3", current_node_id="c", asleep=True)
+        unit.update_task("p1", node_id="x")  # another table, a row that is no process: no matter
+    monkeypatch.undo()
+    sent = trips[-1].split(";\n")
+    processes = [s for s in sent if s.startswith("UPDATE culm_process")]
+    states = [s for s in sent if s.startswith("UPDATE culm_state")]
+    assert len(processes) == 1 and "CASE id" in processes[0], sent
+    assert len(states) == 1 and states[0].count("version = 'v1'") == 2, sent
+    with store.reading() as unit:
+        got = {p: (r.current_node_id, r.asleep) for p in ("p1", "p2", "p3") if (r := unit.get_process(p))}
+        names = {n: st.name for n, st in unit.get_states(["s1", "s2"]).items()}
+    assert got == {"p1": ("a", True), "p2": ("b", False), "p3": ("c", True)}
+    assert names == {"s1": "FINISHED", "s2": "FAILED"}

@@ -3,6 +3,7 @@ together as one multi-statement query, a batch's tasks read ahead."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import re
@@ -53,41 +54,91 @@ _COMMITTED = "culm_committed"
 _AUTOCOMMIT = "culm_autocommit"  # marks (in a pooled connection's ``info``) one of the plain reads' pool
 
 
-# Writes several of which merge into one statement: a plain or upserting INSERT whose values are
-# placeholders only (its rows' groups are repeated), a DELETE of one row by its key (an IN list).
+# Writes several of which merge into one statement (see _merged): a plain or upserting INSERT
+# whose values are placeholders only, a DELETE of one row by its key, an UPDATE of one row by its
+# key (with conditions on that row) that sets columns to values.
 _INSERT_VALUES = re.compile(r"(INSERT INTO \S+ \([^()]*\) VALUES )(\((?:%s, ?)*%s\))(?:, \2)*((?: ON DUPLICATE KEY UPDATE .*)?)",
                             re.DOTALL)
 _DELETE_ONE = re.compile(r"(DELETE FROM \S+ WHERE \w+) = %s")
+_UPDATE_ONE = re.compile(r"UPDATE (\S+) SET ((?:`?\w+`? = %s, )*`?\w+`? = %s) WHERE (\w+) = %s"
+                         r"((?: AND (?:\w+ = %s|\w+ IS NULL|\w+ IN \((?:%s, )*%s\)))*)")
 MAX_MERGED_ROWS = 500  # rows per INSERT or DELETE made of several (as _insert's chunks)
+MAX_MERGED_UPDATES = 50  # rows per UPDATE made of several (each row's values are looked up in a CASE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rows:
+    """INSERTs (or DELETEs) that merge into one: ``head``, each row's ``part``, ``tail``."""
+
+    head: str
+    part: str
+    tail: str
+    width: int  # parameters per row
+    limit: int = MAX_MERGED_ROWS
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, list[Any]]:
+        params = [v for block in blocks for v in block]
+        return self.head + ", ".join([self.part] * (len(params) // self.width)) + self.tail, params
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Cases:
+    """UPDATEs of one row each that merge into one: each column set to a CASE on the key, the
+    rows picked by their keys (and their own conditions, kept row by row)."""
+
+    head: str  # "UPDATE <table> SET "
+    cols: tuple[str, ...]
+    key: str
+    tail: str  # the conditions after "<key> = %s", or ""
+    width: int
+    limit: int = MAX_MERGED_UPDATES
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, list[Any]]:
+        n, k = len(blocks), len(self.cols)
+        when = " ".join(["WHEN %s THEN %s"] * n)
+        sets = ", ".join(f"{c} = CASE {self.key} {when} END" for c in self.cols)
+        if self.tail:
+            where = " OR ".join([f"({self.key} = %s{self.tail})"] * n)
+            picks = [v for block in blocks for v in block[k:]]
+        else:
+            where = f"{self.key} IN ({', '.join(['%s'] * n)})"
+            picks = [block[k] for block in blocks]
+        params = [v for i in range(k) for block in blocks for v in (block[k], block[i])]
+        return f"{self.head}{sets} WHERE {where}", params + picks
 
 
 @functools.lru_cache(maxsize=512)
-def _mergeable(sql: str) -> tuple[str, str, str, int] | None:
-    """How statements of this text merge, or None: (head, one row's part, tail, parameters per
-    row); the merged text is head, the rows' parts joined by ", ", tail."""
+def _mergeable(sql: str) -> _Rows | _Cases | None:
+    """How writes of this text merge with others of the same shape, or None."""
     m = _INSERT_VALUES.fullmatch(sql)
     if m is not None:
-        return m[1], m[2], m[3], m[2].count("%s")
+        return _Rows(m[1], m[2], m[3], m[2].count("%s"))
     m = _DELETE_ONE.fullmatch(sql)
-    return None if m is None else (m[1] + " IN (", "%s", ")", 1)
+    if m is not None:
+        return _Rows(m[1] + " IN (", "%s", ")", 1)
+    m = _UPDATE_ONE.fullmatch(sql)
+    if m is not None:
+        cols = tuple(part.split(" = ")[0] for part in m[2].split(", "))
+        return _Cases(f"UPDATE {m[1]} SET ", cols, m[3], m[4], len(cols) + 1 + m[4].count("%s"))
+    return None
 
 
 def _merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
-    """Deferred writes in order, INSERTs of one shape merged into one multi-row INSERT and
-    DELETEs of one row by key into one DELETE (see _mergeable).
+    """Deferred writes in order, several of one shape merged into one statement (_mergeable):
+    INSERTs into one multi-row INSERT, DELETEs and UPDATEs of single rows into one of them all.
 
     The statements of a multi-statement query run one after the other, but each still costs the
     server a parse and an execution: a batch inserting a state row per node entered sent as many
-    INSERTs. A later write joins an earlier one of the same shape (table, columns, upsert tail) of
-    the same run, a run being what PostgreSQL's combined statement may reorder freely
-    (culm.storage.sql.base._combined): writes to rows all known and all distinct. So the rows it
-    moves ahead of are not ones any write in between touches, as for PostgreSQL's parts; a write
-    whose rows are unknown, or one touching a row the run touched, starts a new run. In a
+    INSERTs. A later write joins an earlier one of the same shape (table, columns, conditions,
+    upsert tail) of the same run, a run being what PostgreSQL's combined statement may reorder
+    freely (culm.storage.sql.base._combined): writes to rows all known and all distinct. So the
+    rows it moves ahead of are not ones any write in between touches, as for PostgreSQL's parts;
+    a write whose rows are unknown, or one touching a row the run touched, starts a new run. In a
     multi-row upsert each row meets its own duplicate (VALUES(col) is that row's value).
     """
     out: list[tuple[str, Sequence[Any]]] = []
-    joinable: dict[tuple[str, str], int] = {}  # (head, tail) of a mergeable write -> its place in out
-    merged: dict[int, list[Any]] = {}  # place in out -> [shape, parameters, rows] of a merge
+    joinable: dict[_Rows | _Cases, int] = {}  # the shape of a mergeable write -> its place in out
+    merged: dict[int, tuple[_Rows | _Cases, list[Sequence[Any]]]] = {}  # place -> shape, each write's params
     touched: set[Any] = set()
     for sql, params, keys in pending:
         if keys is None or not touched.isdisjoint(keys):
@@ -100,18 +151,16 @@ def _merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str
         if shape is None:
             out.append((sql, params))
             continue
-        at = joinable.get((shape[0], shape[2]))
-        rows = len(params) // shape[3]
+        at = joinable.get(shape)
         if at is not None:
-            into = merged.setdefault(at, [shape, list(out[at][1]), len(out[at][1]) // shape[3]])
-            if into[2] + rows <= MAX_MERGED_ROWS:
-                into[1].extend(params)
-                into[2] += rows
+            _, blocks = merged.setdefault(at, (shape, [out[at][1]]))
+            if sum(map(len, blocks)) + len(params) <= shape.limit * shape.width:
+                blocks.append(params)
                 continue
-        joinable[shape[0], shape[2]] = len(out)
+        joinable[shape] = len(out)
         out.append((sql, params))
-    for at, ((head, row, tail, _), params, rows) in merged.items():
-        out[at] = (head + ", ".join([row] * rows) + tail, params)
+    for at, (shape, blocks) in merged.items():
+        out[at] = shape.merge(blocks)
     return out
 
 
@@ -296,6 +345,7 @@ class MysqlDialect(Dialect):
         MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
         a compare-and-set counts the rows it matched)."""
         super().prepare(store)
+        skip_needless_reset(store.engine)
         _allow_multi_statements(store.engine)
 
     # A read-only unit that needs no snapshot (a poll: one SELECT) runs on a connection of its own
