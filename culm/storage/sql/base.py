@@ -507,6 +507,15 @@ class SqlUnit:
             return None
         return codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])
 
+    def get_pipelines(self, root_ids: Sequence[str]) -> dict[str, tuple[dict, dict, dict]]:
+        out = {}
+        for i in range(0, len(root_ids), 500):
+            chunk = root_ids[i : i + 500]
+            sql = f"SELECT id, tree, root_data, options FROM culm_pipeline WHERE id IN ({marks(len(chunk))})"
+            for row in self._all(sql, chunk):
+                out[row[0]] = codec.loads(row[1]), codec.loads(row[2]), codec.loads(row[3])
+        return out
+
     def pipeline_created(self, root_id: str) -> float | None:
         row = self._one("SELECT created_time FROM culm_pipeline WHERE id = ?", [root_id])
         return float(row[0]) if row else None
