@@ -1,0 +1,83 @@
+"""What one component call leaves behind is bounded: its log lines and its failure text, on every
+runtime (embedded, and real ``culm worker`` processes on PostgreSQL + Redis and MariaDB + RabbitMQ).
+
+Found probing (session 13): a component that logged 2,000,000 lines in one ``execute`` held
+1.1 GB in the worker until it returned and the engine's write transaction for 19 s storing them;
+one that raised an exception with a 50 MB message failed its node with an *engine error* (the
+failure text went over the stored payload limit at each of three attempts to store it), its own
+message lost. The limits are documented in docs/data-and-variables.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+from engine_fixtures import finish, node_state, outputs, run, wait_pipeline, wait_state
+from support import wait_until
+
+from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.model import limits
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def single(code: str, **inputs: object) -> tuple[dict, ServiceActivity]:
+    start, act = EmptyStartEvent(), ServiceActivity(component_code=code)
+    for key, value in inputs.items():
+        setattr(act.component.inputs, key, Var(type=Var.PLAIN, value=value))
+    start.extend(act).extend(EmptyEndEvent())
+    return build_tree(start), act
+
+
+def healthy_beside(runtime, tree: dict) -> None:
+    """Run ``tree`` and a healthy pipeline after it: the healthy one finishes with its output."""
+    ok, ok_act = single("t_echo", x="fine")
+    run(runtime, tree)
+    finish(runtime, ok, timeout=60)
+    assert outputs(runtime, ok_act.id)["out"] == "fine!"
+
+
+def test_a_call_keeps_a_bounded_number_of_log_lines_and_says_how_many_went(runtime):
+    count = limits.MAX_CALL_LOG_LINES + 4_321
+    tree, act = single("t_log_flood", lines=count)
+    healthy_beside(runtime, tree)
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=60)
+    assert outputs(runtime, act.id)["logged"] is True
+    lines = api.get_node_logs(runtime, act.id).data.split("\n")
+    assert len(lines) == limits.MAX_CALL_LOG_LINES + 1
+    assert lines[0] == "[INFO] item 0 " and lines[-2] == f"[INFO] item {limits.MAX_CALL_LOG_LINES - 1} "
+    assert lines[-1].startswith("[WARNING] 4,321 more log lines (") and "MAX_CALL_LOG_LINES" in lines[-1], lines[-1]
+
+
+def test_a_call_keeps_a_bounded_number_of_log_characters(runtime):
+    width = 60_000  # each line under a TEXT column, 100 of them over the call's characters
+    tree, act = single("t_log_flood", lines=100, width=width)
+    finish(runtime, tree, timeout=60)
+    lines = api.get_node_logs(runtime, act.id).data.split("\n")
+    kept = limits.MAX_CALL_LOG_CHARS // len(f"[INFO] item 10 {'w' * width}")
+    assert len(lines) == kept + 1, len(lines)
+    assert sum(map(len, lines[:-1])) <= limits.MAX_CALL_LOG_CHARS
+    assert lines[-1].startswith(f"[WARNING] {100 - kept} more log lines ("), lines[-1][:80]
+
+
+@pytest.mark.parametrize("how", ["raise", "ex_data"])
+def test_a_huge_failure_text_is_kept_cut_and_the_node_fails_as_itself(runtime, how):
+    """20 MB of failure text (over the 7 MB a payload may take): the node fails with its own text,
+    cut in the middle, and its other outputs kept; never an engine error."""
+    tree, act = single("t_huge_failure", size=20_000_000, how=how)
+    healthy_beside(runtime, tree)
+    wait_state(runtime, act.id, "FAILED", timeout=60)
+    out = outputs(runtime, act.id)
+    ex = out["ex_data"]
+    assert len(ex) <= limits.MAX_EX_DATA_CHARS
+    assert "engine error" not in ex and "could not be stored" not in ex, ex[:300]
+    start = "Traceback (most recent call last)" if how == "raise" else "head yyy"
+    assert ex.startswith(start), ex[:80]
+    assert ex.endswith("x tail\n" if how == "raise" else "y tail"), ex[-80:]
+    assert "characters cut: ex_data keeps the first and the last" in ex
+    assert out["partial"] == "kept" and out["_result"] is False
+    # the node is as retryable as any failed one
+    assert api.retry_node(runtime, act.id).result
+    wait_until(lambda: (node_state(runtime, act.id) or {}).get("retry") == 1
+               and node_state(runtime, act.id)["state"] == "FAILED", 60, what="the retried node to fail again")
+    assert len(outputs(runtime, act.id)["ex_data"]) <= limits.MAX_EX_DATA_CHARS
