@@ -206,6 +206,20 @@ class HugeFailureComponent(Component):
     bound_service = HugeFailureService
 
 
+class LoopOutputService(Service):
+    """Outputs ``outputs``: a dict holding ``size`` characters, which a node loop collects."""
+
+    def execute(self, data, parent_data):
+        data.outputs.outputs = {"k": "o" * data.get_one_of_inputs("size")}
+        return True
+
+
+class LoopOutputComponent(Component):
+    code = "t_loop_output"
+    name = "loop output"
+    bound_service = LoopOutputService
+
+
 class GateService(Service):
     """Waits (bounded) until the test sets ``gate(inputs.gate)``, then succeeds with ``late``."""
 

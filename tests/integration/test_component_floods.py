@@ -5,7 +5,7 @@ Found probing (session 13): a component that logged 2,000,000 lines in one ``exe
 1.1 GB in the worker until it returned and the engine's write transaction for 19 s storing them;
 one that raised an exception with a 50 MB message failed its node with an *engine error* (the
 failure text went over the stored payload limit at each of three attempts to store it), its own
-message lost. The limits are documented in docs/data-and-variables.md.
+message lost; so did a node loop whose collected outputs grew past that limit. The limits are documented in docs/data-and-variables.md.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from engine_fixtures import finish, node_state, outputs, run, wait_pipeline, wai
 from support import wait_until
 
 from culm import api
-from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.builder import Data, EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
 from culm.model import limits
 
 pytestmark = pytest.mark.timeout(120)
@@ -81,3 +81,26 @@ def test_a_huge_failure_text_is_kept_cut_and_the_node_fails_as_itself(runtime, h
     wait_until(lambda: (node_state(runtime, act.id) or {}).get("retry") == 1
                and node_state(runtime, act.id)["state"] == "FAILED", 60, what="the retried node to fail again")
     assert len(outputs(runtime, act.id)["ex_data"]) <= limits.MAX_EX_DATA_CHARS
+
+
+def test_a_loop_whose_collected_outputs_outgrow_the_store_fails_saying_so(runtime):
+    """Each iteration's outputs fit (2.5 MB); the list a node loop collects them in does not at the
+    third: the node fails naming the variable and the iteration, the list keeps the first two."""
+    start = EmptyStartEvent()
+    body = ServiceActivity(component_code="t_loop_output",
+                           loop_config={"enable": True, "loop_times": 5, "outputs_key": "${passes}"})
+    body.component.inputs.size = Var(type=Var.PLAIN, value=2_500_000)
+    start.extend(body).extend(EmptyEndEvent())
+    tree = build_tree(start, data=Data(outputs=["${passes}"]))
+    healthy_beside(runtime, tree)
+    wait_state(runtime, body.id, "FAILED", timeout=60)
+    out = outputs(runtime, body.id)
+    ex = out["ex_data"]
+    assert ex.startswith(f"node {body.id}: the outputs of its loop iterations could not be kept in context "
+                         "variable '${passes}' at iteration 3 ("), ex[:200]
+    assert "bytes once encoded, over the 7,000,000 stored" in ex and "engine error" not in ex, ex
+    assert out["outputs"] == {"k": "o" * 2_500_000} and out["_result"] is False
+    assert api.skip_node(runtime, body.id).result
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=60)
+    passes = outputs(runtime, tree["id"])["${passes}"]
+    assert [(p["inner_loop"], len(p["k"])) for p in passes] == [(1, 2_500_000), (2, 2_500_000)]
