@@ -1,11 +1,14 @@
-"""What one component call leaves behind is bounded: its log lines and its failure text, on every
-runtime (embedded, and real ``culm worker`` processes on PostgreSQL + Redis and MariaDB + RabbitMQ).
+"""What one node leaves behind is bounded: a component call's log lines and failure text, a node
+loop's collected outputs, a gateway's failure text, on every runtime (embedded, and real
+``culm worker`` processes on PostgreSQL + Redis and MariaDB + RabbitMQ).
 
 Found probing (session 13): a component that logged 2,000,000 lines in one ``execute`` held
 1.1 GB in the worker until it returned and the engine's write transaction for 19 s storing them;
 one that raised an exception with a 50 MB message failed its node with an *engine error* (the
 failure text went over the stored payload limit at each of three attempts to store it), its own
-message lost; so did a node loop whose collected outputs grew past that limit. The limits are documented in docs/data-and-variables.md.
+message lost; so did a node loop whose collected outputs grew past that limit. An exclusive
+gateway whose 1,000 long conditions all held wrote them all into its failure text (8.8 MB): the
+engine failed its *start event* instead, with an engine error. The limits are documented in docs/data-and-variables.md.
 """
 
 from __future__ import annotations
@@ -15,7 +18,16 @@ from engine_fixtures import finish, node_state, outputs, run, wait_pipeline, wai
 from support import wait_until
 
 from culm import api
-from culm.builder import Data, EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+from culm.builder import (
+    ConvergeGateway,
+    Data,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ExclusiveGateway,
+    ServiceActivity,
+    Var,
+    build_tree,
+)
 from culm.model import limits
 
 pytestmark = pytest.mark.timeout(120)
@@ -104,3 +116,20 @@ def test_a_loop_whose_collected_outputs_outgrow_the_store_fails_saying_so(runtim
     wait_pipeline(runtime, tree["id"], "FINISHED", timeout=60)
     passes = outputs(runtime, tree["id"])["${passes}"]
     assert [(p["inner_loop"], len(p["k"])) for p in passes] == [(1, 2_500_000), (2, 2_500_000)]
+
+
+def test_a_gateway_failure_quoting_many_long_conditions_is_kept_cut(runtime):
+    same = "'" + "a" * 4400 + "'"
+    conditions = {i: f"{same} == {same} and {i} == {i}" for i in range(1000)}
+    start, eg, cg = EmptyStartEvent(), ExclusiveGateway(conditions=conditions), ConvergeGateway()
+    branches = [ServiceActivity(component_code="t_none") for _ in conditions]
+    start.extend(eg).connect(*branches).to(eg).converge(cg).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    healthy_beside(runtime, tree)
+    wait_state(runtime, eg.id, "FAILED", timeout=60)
+    assert node_state(runtime, start.id)["state"] == "FINISHED"
+    ex = outputs(runtime, eg.id)["ex_data"]
+    assert ex.startswith(f"multiple conditions meet: [\"{same} == {same} and 0 == 0\""), ex[:100]
+    assert ex.endswith("and 999 == 999\"]") and len(ex) <= limits.MAX_EX_DATA_CHARS, ex[-100:]
+    assert api.skip_exclusive_gateway(runtime, eg.id, tree["gateways"][eg.id]["outgoing"][0]).result
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=60)
