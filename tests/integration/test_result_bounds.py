@@ -8,7 +8,8 @@ one that raised an exception with a 50 MB message failed its node with an *engin
 failure text went over the stored payload limit at each of three attempts to store it), its own
 message lost; so did a node loop whose collected outputs grew past that limit. An exclusive
 gateway whose 1,000 long conditions all held wrote them all into its failure text (8.8 MB): the
-engine failed its *start event* instead, with an engine error. The limits are documented in docs/data-and-variables.md.
+engine failed its *start event* instead, with an engine error; and a pipeline whose outputs fit
+one by one but not together failed its end event with an engine error naming neither. The limits are documented in docs/data-and-variables.md.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ExclusiveGateway,
+    NodeOutput,
     ServiceActivity,
+    SubProcess,
     Var,
     build_tree,
 )
@@ -133,3 +136,29 @@ def test_a_gateway_failure_quoting_many_long_conditions_is_kept_cut(runtime):
     assert ex.endswith("and 999 == 999\"]") and len(ex) <= limits.MAX_EX_DATA_CHARS, ex[-100:]
     assert api.skip_exclusive_gateway(runtime, eg.id, tree["gateways"][eg.id]["outgoing"][0]).result
     wait_pipeline(runtime, tree["id"], "FINISHED", timeout=60)
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["root", "subprocess"])
+def test_pipeline_outputs_too_large_together_fail_the_end_event_naming_them(runtime, nested):
+    first, second = ServiceActivity(component_code="t_loop_output"), ServiceActivity(component_code="t_loop_output")
+    for act in (first, second):
+        act.component.inputs.size = Var(type=Var.PLAIN, value=4_000_000)
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    start.extend(first).extend(second).extend(end)
+    data = Data(inputs={"${a}": NodeOutput(source_act=first.id, source_key="outputs"),
+                        "${b}": NodeOutput(source_act=second.id, source_key="outputs")}, outputs=["${a}", "${b}"])
+    if nested:
+        sub, outer = SubProcess(start=start, data=data), EmptyStartEvent()
+        outer.extend(sub).extend(EmptyEndEvent())
+        tree, pipeline_id = build_tree(outer), sub.id
+    else:
+        tree = build_tree(start, data=data)
+        pipeline_id = tree["id"]
+    healthy_beside(runtime, tree)
+    wait_state(runtime, end.id, "FAILED", timeout=60)
+    ex = outputs(runtime, end.id)["ex_data"]
+    assert ex.startswith(f"pipeline {pipeline_id}: its outputs ['${{a}}', '${{b}}'] could not be stored together: "
+                         "it takes 8,000,"), ex
+    assert ex.endswith("bytes once encoded, over the 7,000,000 stored"), ex
+    assert node_state(runtime, pipeline_id)["state"] == "RUNNING"
+    assert outputs(runtime, second.id)["outputs"] == {"k": "o" * 4_000_000}
