@@ -9,7 +9,8 @@ failure text went over the stored payload limit at each of three attempts to sto
 message lost; so did a node loop whose collected outputs grew past that limit. An exclusive
 gateway whose 1,000 long conditions all held wrote them all into its failure text (8.8 MB): the
 engine failed its *start event* instead, with an engine error; and a pipeline whose outputs fit
-one by one but not together failed its end event with an engine error naming neither. The limits are documented in docs/data-and-variables.md.
+one by one but not together failed its end event with an engine error naming neither, and so did
+a subprocess's params. The limits are documented in docs/data-and-variables.md.
 """
 
 from __future__ import annotations
@@ -161,4 +162,24 @@ def test_pipeline_outputs_too_large_together_fail_the_end_event_naming_them(runt
                          "it takes 8,000,"), ex
     assert ex.endswith("bytes once encoded, over the 7,000,000 stored"), ex
     assert node_state(runtime, pipeline_id)["state"] == "RUNNING"
+    assert outputs(runtime, second.id)["outputs"] == {"k": "o" * 4_000_000}
+
+
+def test_subprocess_params_too_large_together_fail_the_subprocess_naming_one(runtime):
+    first, second = ServiceActivity(component_code="t_loop_output"), ServiceActivity(component_code="t_loop_output")
+    for act in (first, second):
+        act.component.inputs.size = Var(type=Var.PLAIN, value=4_000_000)
+    inner = EmptyStartEvent()
+    inner.extend(ServiceActivity(component_code="t_none")).extend(EmptyEndEvent())
+    sub = SubProcess(start=inner, params={"${p}": Var(type=Var.SPLICE, value="${a}"),
+                                          "${q}": Var(type=Var.SPLICE, value="${b}")})
+    start = EmptyStartEvent()
+    start.extend(first).extend(second).extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start, data=Data(inputs={"${a}": NodeOutput(source_act=first.id, source_key="outputs"),
+                                               "${b}": NodeOutput(source_act=second.id, source_key="outputs")}))
+    healthy_beside(runtime, tree)
+    wait_state(runtime, sub.id, "FAILED", timeout=60)
+    ex = outputs(runtime, sub.id)["ex_data"]
+    assert ex.startswith("subprocess params hydrate failed: inputs the store cannot hold: '${"), ex
+    assert "too many with the others (7,000,000 are stored in all)" in ex and "engine error" not in ex, ex
     assert outputs(runtime, second.id)["outputs"] == {"k": "o" * 4_000_000}
