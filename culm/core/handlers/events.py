@@ -8,7 +8,7 @@ from typing import Any
 from culm.core import data as cdata
 from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
-from culm.core.records import ContextValue, now
+from culm.core.records import ContextValue, StateRecord, now
 from culm.core.run import Run, stored_state
 from culm.errors import UnstorableValueError
 from culm.model import compiled as g
@@ -70,8 +70,8 @@ def _ended(run: Run, resolved: Any) -> Outcome:
         run.proc.suspended, run.proc.suspended_by = True, pipeline_id
         _code_ran(run, True)
         return SLEEP
-    if pipeline_id != run.root_id:
-        sub_state = stored_state(run.unit, pipeline_id)
+    sub_state = stored_state(run.unit, pipeline_id) if pipeline_id != run.root_id else None
+    if sub_state is not None:
         outputs["_loop"], outputs["_inner_loop"] = sub_state.loop, sub_state.inner_loop
     try:  # the store encodes them before it writes anything
         run.unit.set_execution_outputs(pipeline_id, outputs)
@@ -83,9 +83,9 @@ def _ended(run: Run, resolved: Any) -> Outcome:
         return SLEEP
     _code_ran(run, False)
     run.finish()
-    if pipeline_id == run.root_id:
+    if sub_state is None:
         return _finish_root(run)
-    return _finish_subprocess(run, pipeline_id, outputs)
+    return _finish_subprocess(run, sub_state, outputs)
 
 
 def _error(res: Any) -> str:
@@ -100,8 +100,8 @@ def _finish_root(run: Run) -> Outcome:
     return DIE
 
 
-def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> Outcome:
-    sub_state = stored_state(run.unit, pipeline_id)
+def _finish_subprocess(run: Run, sub_state: StateRecord, outputs: dict[str, Any]) -> Outcome:
+    pipeline_id = sub_state.node_id
     if not run.step.set_state(sub_state, states.FINISHED, {"archived_time": now()}, expect=(states.RUNNING,)):
         return SLEEP
     run.proc.stack = run.proc.stack[:-1]
