@@ -28,9 +28,20 @@ class NodeLogger:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.lines: list[tuple[float, str]] = []
+        self.kept: list[tuple[float, str]] = []
         self.chars = 0
         self.dropped = self.dropped_chars = 0
+        self.dropped_at = 0.0
+
+    @property
+    def lines(self) -> list[tuple[float, str]]:
+        """The lines kept, then (when some were not) one saying how many went."""
+        if not self.dropped:
+            return self.kept
+        note = (f"[WARNING] {self.dropped:,} more log lines ({self.dropped_chars:,} characters) of this call were "
+                f"not kept: a call keeps {limits.MAX_CALL_LOG_LINES:,} lines and {limits.MAX_CALL_LOG_CHARS:,} "
+                "characters at most (culm.model.limits.MAX_CALL_LOG_LINES, MAX_CALL_LOG_CHARS)")
+        return [*self.kept, (self.dropped_at, note)]
 
     def _log(self, level: int, msg: object, *args: object, exc_info: object = None, **_: object) -> None:
         text = str(msg) % args if args else str(msg)
@@ -38,22 +49,14 @@ class NodeLogger:
             text += "\n" + traceback.format_exc()
         component_logger.log(level, "[%s] %s", self.node_id, text)
         line = clip_log_line(f"[{logging.getLevelName(level)}] {text}")
-        if self.dropped or len(self.lines) >= limits.MAX_CALL_LOG_LINES or self.chars + len(line) > limits.MAX_CALL_LOG_CHARS:
-            self._drop(len(line))
+        if self.dropped or len(self.kept) >= limits.MAX_CALL_LOG_LINES or self.chars + len(line) > limits.MAX_CALL_LOG_CHARS:
+            if not self.dropped:
+                self.dropped_at = now()
+            self.dropped += 1  # past the call's bounds: counted, not kept
+            self.dropped_chars += len(line)
             return
         self.chars += len(line)
-        self.lines.append((now(), line))
-
-    def _drop(self, chars: int) -> None:
-        """Count a line past the call's bounds; the last line kept says how many went."""
-        if not self.dropped:
-            self.lines.append((now(), ""))
-        self.dropped += 1
-        self.dropped_chars += chars
-        self.lines[-1] = (self.lines[-1][0], (
-            f"[WARNING] {self.dropped:,} more log lines ({self.dropped_chars:,} characters) of this call were not "
-            f"kept: a call keeps {limits.MAX_CALL_LOG_LINES:,} lines and {limits.MAX_CALL_LOG_CHARS:,} characters "
-            "at most (culm.model.limits.MAX_CALL_LOG_LINES, MAX_CALL_LOG_CHARS)"))
+        self.kept.append((now(), line))
 
     def debug(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.DEBUG, msg, *args, **kw)
