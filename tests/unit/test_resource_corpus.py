@@ -328,7 +328,11 @@ NUMBER_NAMES = {"d": Decimal("1e999999999"), "tiny": Decimal("1e-999999999"), "h
                 "huge": Fraction(10**5000, 3)}
 NUMBERS = ["int(d)", "round(d)", "round(d, 2)", "'%d' % d", "'%i' % (d,)", "'%(d)d' % dict(d=d)", "'%f' % tiny",
            "'{:f}'.format(d)", "'{x:.2f}'.format_map(dict(x=tiny))", "f'{d:f}'", "f'{tiny:f}'", "half ** 10**7",
-           "int(huge)", "round(huge)", "'%d' % huge"]
+           "int(huge)", "round(huge)", "'%d' % huge",
+           # a Fraction of denominator 1 as the exponent: an exact power inside Fraction.__rpow__ /
+           # __pow__ (10 ** Fraction(10**8) ran for minutes; found probing, session 13)
+           "10 ** (half * 0 + 10**8)", "pow(10, half * 0 + 10**8)", "(half * 0 + 7) ** (half * 0 + 10**8)",
+           "10 ** (half * 0 - 10**8)", "half ** (half * 0 - 10**8)"]
 
 
 @pytest.mark.parametrize("payload", NUMBERS)
@@ -344,6 +348,8 @@ def test_decimal_and_fraction_values_of_a_usual_size_still_convert() -> None:
                             names) == (1234, Decimal("1234.6"), "1234", "1234.56", "1234.565")
     assert sandbox.evaluate("int(ratio), round(ratio), ratio ** 3, '%.1f' % ratio", names) == (
         3, 4, Fraction(343, 8), "3.5")
+    assert sandbox.evaluate("2 ** (ratio * 0 + 10), ratio ** (ratio * 0 - 2), 4 ** (ratio - 3), 1 ** (ratio * 0 + 10**8)",
+                            names) == (1024, Fraction(4, 49), 2.0, 1)
     assert template.render("total: ${int(price) + 1}", names) == "total: 1235"
 
 
