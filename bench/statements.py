@@ -102,7 +102,9 @@ def _counting(log: list[str], trips: collections.Counter[str] | None = None) -> 
 def _counting_pymysql(log: list[str], trips: collections.Counter[str]) -> Iterator[None]:
     """PyMySQL: every query sent is one round trip (culm's deferred writes travel as one
     multi-statement query, an ``executemany`` of an INSERT as multi-row INSERTs); a commit is
-    counted as a transaction, whether sent alone or at the end of such a query."""
+    counted as a transaction, whether sent alone or at the end of such a query.
+    ``trips["server statements"]``: the statements of those queries, each of which the server
+    parses and runs (COMMITs not counted)."""
     from pymysql.connections import Connection
 
     query, commit, rollback = Connection.query, Connection.commit, Connection.rollback
@@ -110,6 +112,8 @@ def _counting_pymysql(log: list[str], trips: collections.Counter[str]) -> Iterat
     def counted_query(self: Any, sql: Any, unbuffered: bool = False) -> Any:
         text = sql if isinstance(sql, str) else sql.decode(errors="replace")
         trips["round trips"] += 1
+        # What the server parses and runs: each statement of a multi-statement query, COMMIT aside.
+        trips["server statements"] += text.count(";\n") + 1 - text.endswith("COMMIT")
         if text == "COMMIT":
             log.append("COMMIT")
         elif text.endswith(";\nCOMMIT"):
@@ -220,6 +224,8 @@ def count_batched(pipelines: int) -> dict[str, Any]:
            "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT"),
            "rollbacks": log.count("ROLLBACK"), "round_trips": trips["round trips"],
            "round_trips_per_pipeline": round(trips["round trips"] / pipelines, 1)}
+    if "server statements" in trips:
+        out["server_statements_per_pipeline"] = round(trips["server statements"] / pipelines, 1)
     if postgres:
         out["unprepared"] = trips["unprepared"]  # sent as text, parsed and planned by the server
         out.update(scans)

@@ -353,4 +353,4 @@ class WorkerWiring:
 
     def after_fork(self, store: Store) -> None:
         if isinstance(store, SqlStore):
-            store.engine.dispose(close=False)  # the parent still uses them: forget, do not close
+            store.forget_inherited_connections()  # the parent still uses them: forget, do not close

@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from culm.core import joins
@@ -92,6 +92,19 @@ class Engine:
         stored = unit.get_pipeline(root_id)
         if stored is None:
             raise LookupError(f"pipeline {root_id} is not stored")
+        return self._compiled(root_id, stored)
+
+    def read_graphs(self, root_ids: Iterable[str], unit: Unit) -> None:
+        """Compile the graphs of ``root_ids`` not compiled yet, their pipelines read in one
+        statement (a batch's runs: one round trip, not one per run, on a server database)."""
+        with self._graphs_lock:
+            missing = [r for r in dict.fromkeys(root_ids) if r not in self._graphs]
+        if len(missing) < 2:
+            return  # one (or none): graph() reads it as it is needed
+        for root_id, stored in unit.get_pipelines(missing).items():
+            self._compiled(root_id, stored)
+
+    def _compiled(self, root_id: str, stored: tuple[UserData, UserData, UserData]) -> Graph:
         tree, root_data, options = stored
         self._keep_root_data(root_id, root_data)  # read with the tree: root_data() needs no read of its own
         if "converge_of" in options:  # stored as given to run_pipeline, before normalising

@@ -21,6 +21,7 @@ from culm.core.ports import StateFields, Unit
 from culm.core.records import EXECUTE, TIMEOUT, ProcessRecord, StateRecord, TaskRecord, new_version, now
 from culm.core.run import record_history
 from culm.core.step import Step
+from culm.model.limits import clip_ex_data
 
 logger = logging.getLogger("culm.engine")
 
@@ -37,8 +38,8 @@ def describe(task: TaskRecord, resumed: bool, exc: BaseException) -> str:
     else:
         doing = "applying the schedule result of" if resumed else "preparing a schedule call of"
     trace = "".join(traceback.format_exception(exc))
-    return (f"engine error while {doing} node {task.node_id or '?'} (task {task.id}): "
-            f"{type(exc).__name__}: {exc}\n{trace}")
+    return clip_ex_data(f"engine error while {doing} node {task.node_id or '?'} (task {task.id}): "
+                        f"{type(exc).__name__}: {exc}\n{trace}")
 
 
 def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resumed: bool) -> str | None:

@@ -263,9 +263,9 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     nodes: list[str] = []
     stacks: list[str] = []
     pipelines: list[str] = []
-    for task, proc in prefetch.tasks_read_ahead():
-        if proc is None or proc.dead:
-            continue
+    live = [(task, proc) for task, proc in prefetch.tasks_read_ahead() if proc is not None and not proc.dead]
+    engine.read_graphs((proc.root_id for _, proc in live), unit)  # the runs new to this process: one read
+    for task, proc in live:
         graph = engine.graph(proc.root_id, unit)
         if task.node_id in graph.nodes:
             ahead = graph.ahead_of_resume(task.node_id)

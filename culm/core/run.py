@@ -14,6 +14,7 @@ from culm.core.records import ContextValue, HistoryRecord, ProcessRecord, StateR
 from culm.core.step import Step
 from culm.data import context as dctx
 from culm.model.compiled import Graph, Node
+from culm.model.limits import clip_ex_data
 
 
 class VersionLostError(Exception):
@@ -58,7 +59,9 @@ class Run:
         """Mark the node FAILED, store ``ex_data`` in its outputs and put the process to sleep."""
         out = dict(outputs or {})
         if ex_data is not None:
-            out["ex_data"] = ex_data
+            # the text may quote the node's inputs or conditions (a gateway whose 1,000 conditions
+            # of 9,000 characters all held: 9 MB, over what a payload may take)
+            out["ex_data"] = clip_ex_data(ex_data)
         if outputs is None:
             out.setdefault("_result", False)
             out.setdefault("_loop", self.state.loop)

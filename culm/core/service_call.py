@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from culm.core import observe, signals
 from culm.core.records import now
-from culm.model.limits import walk_problem
+from culm.model import limits
+from culm.model.limits import clip_ex_data, clip_log_line, walk_problem
 
 if TYPE_CHECKING:
     from culm.components import DataObject, Service
@@ -27,14 +28,35 @@ class NodeLogger:
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self.lines: list[tuple[float, str]] = []
+        self.kept: list[tuple[float, str]] = []
+        self.chars = 0
+        self.dropped = self.dropped_chars = 0
+        self.dropped_at = 0.0
+
+    @property
+    def lines(self) -> list[tuple[float, str]]:
+        """The lines kept, then (when some were not) one saying how many went."""
+        if not self.dropped:
+            return self.kept
+        note = (f"[WARNING] {self.dropped:,} more log lines ({self.dropped_chars:,} characters) of this call were "
+                f"not kept: a call keeps {limits.MAX_CALL_LOG_LINES:,} lines and {limits.MAX_CALL_LOG_CHARS:,} "
+                "characters at most (culm.model.limits.MAX_CALL_LOG_LINES, MAX_CALL_LOG_CHARS)")
+        return [*self.kept, (self.dropped_at, note)]
 
     def _log(self, level: int, msg: object, *args: object, exc_info: object = None, **_: object) -> None:
         text = str(msg) % args if args else str(msg)
         if exc_info:
             text += "\n" + traceback.format_exc()
-        self.lines.append((now(), f"[{logging.getLevelName(level)}] {text}"))
         component_logger.log(level, "[%s] %s", self.node_id, text)
+        line = clip_log_line(f"[{logging.getLevelName(level)}] {text}")
+        if self.dropped or len(self.kept) >= limits.MAX_CALL_LOG_LINES or self.chars + len(line) > limits.MAX_CALL_LOG_CHARS:
+            if not self.dropped:
+                self.dropped_at = now()
+            self.dropped += 1  # past the call's bounds: counted, not kept
+            self.dropped_chars += len(line)
+            return
+        self.chars += len(line)
+        self.kept.append((now(), line))
 
     def debug(self, msg: object, *args: object, **kw: object) -> None:
         self._log(logging.DEBUG, msg, *args, **kw)
@@ -74,6 +96,10 @@ class CallResult:
     schedule_after: float = -1
     logs: list[tuple[float, str]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.ex_data is not None and len(self.ex_data) > limits.MAX_EX_DATA_CHARS:
+            self.ex_data = clip_ex_data(self.ex_data)
 
 
 def not_here_message(exc: Exception) -> str:
@@ -143,7 +169,7 @@ class ServiceCall:
         try:
             ok = service.execute(data, parent) is not False
         except Exception:  # noqa: BLE001 - component failure is a node failure
-            ok, ex_data = False, traceback.format_exc()
+            ok, ex_data = False, clip_ex_data(traceback.format_exc())
             hooks("node_execute_exception")
             events.append(("node_execute_exception", {**ids, "ex_data": ex_data}))
         if observe.call_observer is not None:
@@ -186,7 +212,7 @@ class ServiceCall:
         try:
             ok = service.schedule(data, parent, callback_data) is not False
         except Exception:  # noqa: BLE001
-            ok, ex_data = False, traceback.format_exc()
+            ok, ex_data = False, clip_ex_data(traceback.format_exc())
             hooks("node_schedule_exception")
             events.append(("node_schedule_exception", {**ids, "ex_data": ex_data}))
         if observe.call_observer is not None:
@@ -223,6 +249,9 @@ def _screened(res: CallResult) -> CallResult:
     words its refusal the same way, is the check for everything else).
     """
     problems = []
+    own = res.outputs.get("ex_data")  # a component's own failure text, as long as a traceback may be
+    if type(own) is str and len(own) > limits.MAX_EX_DATA_CHARS:
+        res.outputs["ex_data"] = clip_ex_data(own)
     for what, part in (("inputs", res.inputs), ("outputs", res.outputs)):
         for key in [k for k, v in part.items() if isinstance(v, _CONTAINERS)]:
             if problem := walk_problem(part[key]):

@@ -491,6 +491,12 @@ class Evaluator:
             if any(isinstance(v, int) and v.bit_length() > 4096 for v in (base, exp, mod)):
                 raise ExpressionLimitError("pow() with a modulus takes operands of at most 4096 bits")
             return
+        if isinstance(exp, Fraction) and exp.denominator == 1 and isinstance(base, int | Fraction):
+            # an exact power, whatever the sign: int ** Fraction(10**8) is 10 ** 10**8 inside
+            # Fraction.__rpow__, Fraction(10) ** Fraction(-10**8) is Fraction(1, 10 ** 10**8)
+            exp = exp.numerator
+            if isinstance(base, int) and abs(base) > 1:
+                base = Fraction(base)
         if isinstance(base, Fraction) and isinstance(exp, int):
             bits = max(base.numerator.bit_length(), base.denominator.bit_length())
             if bits * abs(exp) > self.lim.max_int_bits:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import string
 from collections import UserString
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_guards import clip
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from culm.data.sandbox_eval import Evaluator
 
 PER_FIELD_SLACK = 400  # a float rendered with %f can take ~320 characters
+_CLOCK_EVERY = 4095  # fields or % signs between two readings of the clock (a mask)
 
 
 def spec_width(lim: Limits, spec: str) -> int:
@@ -42,7 +43,10 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
     positional = () if mapping is not None else args
     named = mapping if mapping is not None else kwargs
     estimate, auto = len(fmt), 0
-    for _literal, field, spec, _conv in string.Formatter().parse(fmt):
+    for index, (_literal, field, spec, _conv) in enumerate(string.Formatter().parse(fmt)):
+        if not index & _CLOCK_EVERY:  # a text of a million characters has up to 500,000 fields
+            ev.check_clock()
+            ev.ensure_length(estimate, "formatted string")
         if field is None:
             continue
         if field == "":
@@ -66,8 +70,9 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     estimate = len(fmt)
     by_key = isinstance(args, Mapping)
     text = fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
-    for key, width in percent_fields(text, ev.lim.max_format_width):
+    for key, width in percent_fields(text, ev.lim.max_format_width, ev.check_clock):
         estimate += width + PER_FIELD_SLACK
+        ev.ensure_length(estimate, "%-formatted string")
         if by_key and key is not None and key in args:
             estimate += ev.size(args[key])
     if not by_key:
@@ -77,11 +82,15 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     ev.ensure_length(estimate, "%-formatted string")
     return fmt % args
 
-def percent_fields(fmt: str, max_width: int) -> Iterator[tuple[str | None, int]]:
-    """Yield ``(mapping key, width + precision)`` for each ``%`` conversion, parsed like CPython."""
-    i, n = 0, len(fmt)
+def percent_fields(fmt: str, max_width: int, tick: Callable[[], None]) -> Iterator[tuple[str | None, int]]:
+    """Yield ``(mapping key, width + precision)`` for each ``%`` conversion, parsed like CPython;
+    ``tick`` is called every few thousand ``%`` signs (``'%%' * 499999`` has half a million)."""
+    i, n, seen = 0, len(fmt), 0
     while (i := fmt.find("%", i)) >= 0:
         i += 1
+        seen += 1
+        if not seen & _CLOCK_EVERY:
+            tick()
         key = None
         if i < n and fmt[i] == "(":
             depth, start = 1, i + 1

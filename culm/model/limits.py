@@ -108,6 +108,29 @@ def clip_log_line(line: str) -> str:
     return kept + note
 
 
+# What one component call may log (``self.logger``): past either bound the call's further lines are
+# counted, not kept, and its last kept line says how many went. Every line is held in the worker's
+# memory until the call returns and stored inside the engine's write transaction: 2,000,000 lines of
+# one execute took 1.1 GB and held the transaction for 19 s. Read at every call.
+MAX_CALL_LOG_LINES = 10_000
+MAX_CALL_LOG_CHARS = 4_000_000
+# Characters of the ex_data a failed call records (its traceback, or the text a component sets):
+# the first and the last half are kept. An exception whose message was 50 MB failed the node with
+# an engine error, the component's own message lost. Read at every call.
+MAX_EX_DATA_CHARS = 100_000
+
+
+def clip_ex_data(text: str) -> str:
+    """``text``, or its start and end around a note of the cut, ``MAX_EX_DATA_CHARS`` at most in all
+    (so clipping it again changes nothing)."""
+    limit = MAX_EX_DATA_CHARS
+    if len(text) <= limit:
+        return text
+    half = max(limit - 256, 0) // 2  # the note takes under 256 characters
+    return (f"{text[:half]}\n[... {len(text) - 2 * half:,} of {len(text):,} characters cut: ex_data keeps "
+            f"the first and the last {half:,} (culm.model.limits.MAX_EX_DATA_CHARS)]\n{text[-half:]}")
+
+
 def json_text_over(items: list[str], limit: int = TEXT_BYTES) -> int | None:
     """The length of ``items`` as JSON text when it is over ``limit`` (as a MySQL statement
     escapes it), else None; ``items`` too short in all to be over are not encoded."""

@@ -161,6 +161,9 @@ class MemoryUnit(TransactionView):
         row = self._get("pipeline", root_id)
         return (codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])) if row else None
 
+    def get_pipelines(self, root_ids: Sequence[str]) -> dict[str, tuple[dict, dict, dict]]:
+        return {root_id: got for root_id in root_ids if (got := self.get_pipeline(root_id)) is not None}
+
     def get_root_data(self, root_id: str) -> dict:
         row = self._get("pipeline", root_id)
         return codec.loads(row[1]) if row else {}

@@ -171,6 +171,55 @@ class LogComponent(Component):
     bound_service = LogService
 
 
+class LogFloodService(Service):
+    """Logs ``lines`` lines of ``width`` characters each (a component logging per item of a large batch)."""
+
+    def execute(self, data, parent_data):
+        width = data.get_one_of_inputs("width", 0)
+        for i in range(data.get_one_of_inputs("lines")):
+            self.logger.info("item %d %s", i, "w" * width)
+        data.outputs.logged = True
+        return True
+
+
+class LogFloodComponent(Component):
+    code = "t_log_flood"
+    name = "log flood"
+    bound_service = LogFloodService
+
+
+class HugeFailureService(Service):
+    """Fails with a failure text of ``size`` characters: an exception's message, or ``ex_data`` it sets."""
+
+    def execute(self, data, parent_data):
+        size = data.get_one_of_inputs("size")
+        data.outputs.partial = "kept"
+        if data.get_one_of_inputs("how") == "ex_data":
+            data.outputs.ex_data = "head " + "y" * size + " tail"
+            return False
+        raise ValueError("head " + "x" * size + " tail")
+
+
+class HugeFailureComponent(Component):
+    code = "t_huge_failure"
+    name = "huge failure text"
+    bound_service = HugeFailureService
+
+
+class LoopOutputService(Service):
+    """Outputs ``outputs``: a dict holding ``size`` characters, which a node loop collects."""
+
+    def execute(self, data, parent_data):
+        data.outputs.outputs = {"k": "o" * data.get_one_of_inputs("size")}
+        return True
+
+
+class LoopOutputComponent(Component):
+    code = "t_loop_output"
+    name = "loop output"
+    bound_service = LoopOutputService
+
+
 class GateService(Service):
     """Waits (bounded) until the test sets ``gate(inputs.gate)``, then succeeds with ``late``."""
 

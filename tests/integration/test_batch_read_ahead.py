@@ -259,3 +259,52 @@ def test_children_of_several_parents_are_counted_in_one_round_trip(store, monkey
     with store.reading() as unit:
         assert (unit.get_process("pa").ack_num, unit.get_process("pb").ack_num) == (2, 1)
 
+
+
+def test_a_batch_of_runs_new_to_the_engine_reads_their_pipelines_in_one_statement(store, monkeypatch):
+    """A worker process meets each run for the first time in a batch: the pipelines of all the
+    batch's runs it has not compiled yet are read in one statement, not one per run, and every
+    task of the batch moves on as it would have."""
+    import contextlib
+
+    import culm
+    from culm import api, builder
+    from culm.core.engine import Engine
+    from culm.core.loop import Item, commit_batch
+    from culm.core.records import TaskRecord
+
+    class Held:  # a dispatcher that keeps the tasks a commit makes, for the batch below
+        def __init__(self) -> None:
+            self.tasks: list[TaskRecord] = []
+
+        def submit(self, tasks):
+            self.tasks.extend(t for t in tasks if t is not None)
+
+        def submitting(self):
+            return contextlib.nullcontext()
+
+        def close(self) -> None:
+            pass
+
+    held = Held()
+    rt = culm.Runtime(store.url, workers=0)
+    try:
+        rt.engine.dispatcher = held
+        ids = []
+        for _ in range(3):
+            start = builder.EmptyStartEvent()
+            start.extend(builder.ServiceActivity(component_code="example_component")).extend(builder.EmptyEndEvent())
+            tree = builder.build_tree(start)
+            assert api.run_pipeline(rt, tree).result
+            ids.append(tree["id"])
+    finally:
+        rt.close()
+    engine = Engine(store, Held())  # a fresh process: no graph compiled
+    trips = round_trips(store.dialect, monkeypatch)
+    committed = commit_batch(engine, [Item(TaskRecord(t.id, t.kind, "", "", "")) for t in held.tasks])
+    monkeypatch.undo()
+    sent = "\n".join(trips)
+    assert sent.count("FROM culm_pipeline") == 1, sent
+    assert len(committed.calls) == 3  # each run's first activity's code handed out
+    with store.reading() as unit:
+        assert all(unit.get_state(root).name == "RUNNING" for root in ids)

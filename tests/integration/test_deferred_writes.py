@@ -386,3 +386,114 @@ def test_a_rows_second_update_waiting_with_the_first_is_merged_into_it(store, mo
         p1, p2 = unit.get_process("p1"), unit.get_process("p2")
     assert (p1.asleep, p1.current_node_id, p1.stack, p1.need_ack, p1.ack_num) == (True, "b", ["root", "sub"], 2, 1)
     assert (p2.current_node_id, p2.dead) == ("x", True)
+
+
+def test_mysql_merges_inserts_and_deletes_of_one_shape_within_a_run_of_distinct_rows(mysql_store, monkeypatch):
+    """MariaDB: INSERTs of one table and columns (upserts too) waiting in one query go as one
+    multi-row INSERT, DELETEs of task rows by id as one DELETE, in the first one's place; not
+    past a write on rows not known (a new run starts), nor past a write to one of their rows.
+    The rows stored are what the writes one by one would have left."""
+    from culm.core.records import ProcessRecord, TaskRecord
+
+    store = mysql_store
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord("p1", "root", None, "start", None, ["root"])])
+        unit.insert_tasks([TaskRecord(t, "execute", "p1", "a", "root") for t in ("t1", "t2", "t3")])
+        unit.set_execution_outputs("a", {"old": True})
+    trips = round_trips("mariadb", monkeypatch)
+    with store.transaction() as unit:
+        unit.insert_state(_state("a"))
+        unit.set_execution_outputs("a", {"x": 1})  # an upsert of an existing row
+        unit.update_process("p1", current_node_id="a")
+        unit.delete_task("t1")
+        unit.insert_state(_state("b"))  # joins a's INSERT
+        unit.set_execution_outputs("b", {"x": 2})  # joins a's upsert
+        unit.delete_task("t2")  # joins t1's DELETE
+        assert unit.update_state("a", expect_version="v1", name="FINISHED")  # folded into its INSERT
+        unit.update_task("t3", node_id="b")
+        unit.delete_task("t3")  # a row the run touched: a new run
+        unit.insert_state(_state("c"))  # may not move ahead of t3's UPDATE: a new INSERT
+        unit.reset_inner_loops("a-parent-of-nothing")  # rows not known: a new run
+        unit.insert_state(_state("d"))
+    monkeypatch.undo()
+    sent = ";\n".join(trips).split(";\n")
+    inserts = [s for s in sent if s.startswith("INSERT INTO culm_state")]
+    assert len(inserts) == 3, sent  # a+b, c, d
+    assert inserts[0].count("'a'") == 1 and inserts[0].count("'b'") == 1, inserts[0]
+    assert len([s for s in sent if s.startswith("INSERT INTO culm_execution_data")]) == 1, sent
+    deletes = [s for s in sent if s.startswith("DELETE FROM culm_task")]
+    assert len(deletes) == 2 and "IN (" in deletes[0], deletes
+    assert sent.index(deletes[0]) < sent.index(next(s for s in sent if s.startswith("UPDATE culm_task"))) < sent.index(
+        deletes[1]) < sent.index(inserts[1])
+    with store.reading() as unit:
+        states = unit.get_states(["a", "b", "c", "d"])
+        assert {n: st.name for n, st in states.items()} == {"a": "FINISHED", "b": "RUNNING", "c": "RUNNING",
+                                                            "d": "RUNNING"}
+        assert unit.get_execution_data("a") == ({}, {"x": 1})
+        assert unit.get_execution_data("b") == ({}, {"x": 2})
+        assert unit.get_process("p1").current_node_id == "a"
+        assert [unit.get_task(t) for t in ("t1", "t2", "t3")] == [None, None, None]
+
+
+def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_store, monkeypatch):
+    """MariaDB: a read-only unit that needs no snapshot (a poll) sends its SELECTs and nothing
+    else (its connection is in autocommit: no ROLLBACK to end it), sees each commit, and leaves
+    its pooled connection holding no metadata lock (an ALTER TABLE goes through at once)."""
+    from pymysql.connections import Connection
+    from sqlalchemy import text
+
+    store = mysql_store
+    with store.transaction() as unit:
+        unit.insert_state(_state("r"))
+    with store.reading() as unit:  # the plain reads' pool connects (and its dialect starts) here
+        unit.get_state("r")
+    trips = round_trips("mariadb", monkeypatch)
+    rollback = Connection.rollback
+    monkeypatch.setattr(Connection, "rollback", lambda self: (trips.append("ROLLBACK"), rollback(self))[1])
+    with store.reading() as unit:
+        assert unit.get_state("r").name == "RUNNING"
+        assert unit.get_state("none") is None
+    with store.transaction() as unit:
+        assert unit.update_state("r", expect_version="v1", name="FINISHED")
+    with store.reading() as unit:
+        assert unit.get_state("r").name == "FINISHED"
+    monkeypatch.undo()
+    reads = [t for t in trips if not t.startswith("UPDATE")]
+    assert len(reads) == 3 and all(t.startswith("SELECT") for t in reads), trips
+    with store.engine.connect() as conn:  # the read connections now idle in their pool
+        conn.execute(text("SET SESSION lock_wait_timeout = 5"))
+        conn.execute(text("ALTER TABLE culm_state COMMENT = 'read units hold no lock'"))
+
+
+def test_mysql_merges_updates_of_single_rows_keeping_each_rows_conditions(mysql_store, monkeypatch):
+    """MariaDB: UPDATEs of one row each by key, setting the same columns, go as one UPDATE (each
+    column a CASE on the key); a compare-and-set keeps its own conditions, row by row. The rows
+    stored are what the UPDATEs one by one would have left; an UPDATE of a row the run touched
+    is not merged."""
+    from culm.core.records import ProcessRecord
+
+    store = mysql_store
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "start", None, ["root"]) for p in ("p1", "p2", "p3")])
+        for node_id in ("s1", "s2"):
+            unit.insert_state(_state(node_id))
+    trips = round_trips("mariadb", monkeypatch)
+    with store.transaction() as unit:
+        assert set(unit.hold_states(["s1", "s2"])) == {"s1", "s2"}  # locked here: their CAS are deferred
+        unit.update_process("p1", current_node_id="a", asleep=True)
+        assert unit.update_state("s1", expect_version="v1", expect_names=["RUNNING"], name="FINISHED")
+        unit.update_process("p2", current_node_id="b", asleep=False)
+        assert unit.update_state("s2", expect_version="v1", expect_names=["RUNNING"], name="FAILED")
+        unit.update_process("p3", current_node_id="c", asleep=True)
+        unit.update_task("p1", node_id="x")  # another table, a row that is no process: no matter
+    monkeypatch.undo()
+    sent = trips[-1].split(";\n")
+    processes = [s for s in sent if s.startswith("UPDATE culm_process")]
+    states = [s for s in sent if s.startswith("UPDATE culm_state")]
+    assert len(processes) == 1 and "CASE id" in processes[0], sent
+    assert len(states) == 1 and states[0].count("version = 'v1'") == 2, sent
+    with store.reading() as unit:
+        got = {p: (r.current_node_id, r.asleep) for p in ("p1", "p2", "p3") if (r := unit.get_process(p))}
+        names = {n: st.name for n, st in unit.get_states(["s1", "s2"]).items()}
+    assert got == {"p1": ("a", True), "p2": ("b", False), "p3": ("c", True)}
+    assert names == {"s1": "FINISHED", "s2": "FAILED"}

@@ -379,6 +379,19 @@ def test_a_large_tree_is_stored_compressed_and_read_back_exactly(store: Store) -
         assert unit.get_execution_data(lookalike) == ({"x": fake}, {})
 
 
+
+def test_several_pipelines_are_read_at_once_and_unknown_ones_left_out(store: Store) -> None:
+    a, b, unknown = _ids(3)
+    with store.transaction() as unit:
+        unit.add_pipeline(a, {"id": a}, {"x": 1}, {"o": True}, at=1.0)
+        unit.add_pipeline(b, {"id": b}, {}, {}, at=2.0)
+    with store.reading() as unit:
+        got = unit.get_pipelines([a, unknown, b])
+        assert got == {a: ({"id": a}, {"x": 1}, {"o": True}), b: ({"id": b}, {}, {})}
+        assert got[a] == unit.get_pipeline(a)
+        assert unit.get_pipelines([]) == {}
+
+
 # -- execution data -------------------------------------------------------------------------------
 
 

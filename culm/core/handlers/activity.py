@@ -151,17 +151,36 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
     if node.timeout is not None:
         deadlines.disarm(run)
     mapped, loop_times = _outputs_to_context(run, ok, outputs)
+    if node.loop_config and not _kept_loop_outputs(run, mapped, outputs):
+        return SLEEP
     if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
         run.finish(error_ignored=not ok)
-        run.upsert_context(run.top_pipeline_id, mapped)
+        if not node.loop_config:
+            run.upsert_context(run.top_pipeline_id, mapped)
         if not ok and node.error_ignorable:
             return Next(node.target)  # type: ignore[arg-type]
         if run.state.inner_loop < loop_times:
             return Next(node.id)  # the node loop has iterations left
         return Next(node.target)  # type: ignore[arg-type]
     run.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
-    run.upsert_context(run.top_pipeline_id, mapped)
+    if not node.loop_config:
+        run.upsert_context(run.top_pipeline_id, mapped)
     return SLEEP
+
+
+def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any]) -> bool:
+    """Store the list a node loop collects its iterations' outputs in; when it grew past what the
+    store holds, fail the node saying so (the list stays as the iterations before left it) and
+    return False. The store encodes the value before writing anything, so nothing is half done."""
+    try:
+        run.upsert_context(run.top_pipeline_id, mapped)
+    except UnstorableValueError as exc:
+        st = run.state
+        run.fail(f"node {run.node.id}: the outputs of its loop iterations could not be kept in context variable "
+                 f"{mapped[0].key!r} at iteration {st.inner_loop} ({exc}); it holds those of the iterations "
+                 "before", outputs={**outputs, "_result": False})
+        return False
+    return True
 
 
 def _outputs_to_context(run: Run, ok: bool, outputs: dict[str, Any]) -> tuple[list[ContextValue], int]:

@@ -8,8 +8,9 @@ from typing import Any
 from culm.core import data as cdata
 from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
-from culm.core.records import ContextValue, now
+from culm.core.records import ContextValue, StateRecord, now
 from culm.core.run import Run, stored_state
+from culm.errors import UnstorableValueError
 from culm.model import compiled as g
 
 # Kept in an executable end event's outputs (with the run's version) from the commit of its code's
@@ -69,31 +70,38 @@ def _ended(run: Run, resolved: Any) -> Outcome:
         run.proc.suspended, run.proc.suspended_by = True, pipeline_id
         _code_ran(run, True)
         return SLEEP
+    sub_state = stored_state(run.unit, pipeline_id) if pipeline_id != run.root_id else None
+    if sub_state is not None:
+        outputs["_loop"], outputs["_inner_loop"] = sub_state.loop, sub_state.inner_loop
+    try:  # the store encodes them before it writes anything
+        run.unit.set_execution_outputs(pipeline_id, outputs)
+    except UnstorableValueError as exc:
+        # each output fits, together they may not (two of 4 MB): fail here, naming them, instead
+        # of an engine error
+        run.fail(None, outputs={"ex_data": f"pipeline {pipeline_id}: its outputs {list(spec.outputs)} could "
+                                           f"not be stored together: {exc}"})
+        return SLEEP
     _code_ran(run, False)
     run.finish()
-    if pipeline_id == run.root_id:
-        return _finish_root(run, outputs)
-    return _finish_subprocess(run, pipeline_id, outputs)
+    if sub_state is None:
+        return _finish_root(run)
+    return _finish_subprocess(run, sub_state, outputs)
 
 
 def _error(res: Any) -> str:
     return res.error if isinstance(res, rendering.RenderFailed) else repr(res)
 
 
-def _finish_root(run: Run, outputs: dict[str, Any]) -> Outcome:
+def _finish_root(run: Run) -> Outcome:
     unit = run.unit
     root = stored_state(unit, run.root_id)
-    unit.set_execution_outputs(run.root_id, outputs)
     if run.step.set_state(root, states.FINISHED, {"archived_time": now()}, expect=(states.RUNNING,)):
         run.step.event("pipeline_finish", pipeline_id=run.root_id)
     return DIE
 
 
-def _finish_subprocess(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> Outcome:
-    unit = run.unit
-    sub_state = stored_state(unit, pipeline_id)
-    outputs["_loop"], outputs["_inner_loop"] = sub_state.loop, sub_state.inner_loop
-    unit.set_execution_outputs(pipeline_id, outputs)
+def _finish_subprocess(run: Run, sub_state: StateRecord, outputs: dict[str, Any]) -> Outcome:
+    pipeline_id = sub_state.node_id
     if not run.step.set_state(sub_state, states.FINISHED, {"archived_time": now()}, expect=(states.RUNNING,)):
         return SLEEP
     run.proc.stack = run.proc.stack[:-1]

@@ -9,7 +9,7 @@ from culm.core import rendering
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue
 from culm.core.run import Run
-from culm.errors import CulmError
+from culm.errors import CulmError, UnstorableValueError
 
 
 def enter(run: Run) -> Outcome:
@@ -48,7 +48,11 @@ def _failed(run: Run, error: str) -> Outcome:
 
 def _step_in(run: Run, params: dict[str, Any]) -> Outcome:
     node = run.node
-    run.unit.set_execution_data(node.id, params, {})
+    try:  # the store encodes them before it writes anything
+        run.unit.set_execution_data(node.id, params, {})
+    except UnstorableValueError as exc:
+        # each param fits, together they may not (two of 4 MB): the subprocess fails naming them
+        return _failed(run, str(exc))
     run.upsert_context(node.id, [ContextValue(k, "plain", v) for k, v in params.items()])
     run.proc.stack = [*run.proc.stack, node.id]
     return Next(run.graph.pipelines[node.id].start_event_id)

@@ -507,6 +507,15 @@ class SqlUnit:
             return None
         return codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])
 
+    def get_pipelines(self, root_ids: Sequence[str]) -> dict[str, tuple[dict, dict, dict]]:
+        out = {}
+        for i in range(0, len(root_ids), 500):
+            chunk = root_ids[i : i + 500]
+            sql = f"SELECT id, tree, root_data, options FROM culm_pipeline WHERE id IN ({marks(len(chunk))})"
+            for row in self._all(sql, chunk):
+                out[row[0]] = codec.loads(row[1]), codec.loads(row[2]), codec.loads(row[3])
+        return out
+
     def pipeline_created(self, root_id: str) -> float | None:
         row = self._one("SELECT created_time FROM culm_pipeline WHERE id = ?", [root_id])
         return float(row[0]) if row else None
@@ -1304,7 +1313,7 @@ class SqlUnit:
 PING_AFTER_IDLE = 1.0  # seconds a pooled server connection may sit unused before it is pinged
 
 
-def _ping_idle(engine: Engine) -> None:
+def ping_idle(engine: Engine) -> None:
     """Ping a pooled connection on checkout only when it sat unused for ``PING_AFTER_IDLE``.
 
     A server restart, an idle timeout or a killed session hits connections that wait in the pool,
@@ -1371,12 +1380,17 @@ class Dialect:
 
     def engine_options(self, *, memory: bool) -> dict[str, Any]:
         """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
-        transaction; _ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
+        transaction; ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
         return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
 
     def prepare(self, store: SqlStore) -> None:
         """Set up ``store.engine`` (its event hooks) before the first connection."""
-        _ping_idle(store.engine)
+        ping_idle(store.engine)
+
+    def plain_reads_engine(self, store: SqlStore) -> Engine | None:
+        """An engine of its own for the read-only units that need no snapshot (a poll), or None:
+        they use ``store.engine`` like every other unit."""
+        return None
 
     def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         """Start a unit on the DB-API connection ``raw`` (the driver's own begin, here):
@@ -1456,6 +1470,7 @@ class SqlStore:
         self._unit = dialect.unit
         self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
         dialect.prepare(self)
+        self._plain_reads = dialect.plain_reads_engine(self) or self.engine
         self._interruptions = dialect.interruptions(self.engine)
         # SQLite allows one writer; queueing writers here is far cheaper than SQLite's busy wait.
         self._write_lock = threading.RLock() if dialect.one_writer else None
@@ -1589,7 +1604,7 @@ class SqlStore:
                 self._writer = self.engine.raw_connection()
             raw = self._writer
         else:
-            raw = self.engine.raw_connection()
+            raw = (self.engine if write or snapshot else self._plain_reads).raw_connection()
         info = raw.info
         try:
             info.pop(ENDED, None)
@@ -1636,6 +1651,14 @@ class SqlStore:
         self._all_readers.clear()
         self._readers = threading.local()
         self.engine.dispose()
+        if self._plain_reads is not self.engine:
+            self._plain_reads.dispose()
+
+    def forget_inherited_connections(self) -> None:
+        """In a forked child: drop the pooled connections the parent still uses, unclosed."""
+        self.engine.dispose(close=False)
+        if self._plain_reads is not self.engine:
+            self._plain_reads.dispose(close=False)
 
 
 __all__ = ["SqlStore", "SqlUnit", "SchemaOutdatedError", "normalise_url"]

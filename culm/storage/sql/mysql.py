@@ -3,12 +3,15 @@ together as one multi-statement query, a batch's tasks read ahead."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
+import re
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy.engine import Engine, create_engine
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
@@ -18,6 +21,7 @@ from culm.storage.sql.base import (
     _process_row,
     _state_row,
     _task_row,
+    ping_idle,
     skip_needless_reset,
 )
 from culm.storage.sql.statements import (
@@ -47,13 +51,117 @@ MAX_QUERY_CHARS = 1 << 20
 # that the store's commit sends none. The server's status flags cannot tell: PyMySQL keeps those
 # of OK packets only, and a transaction that only read would look committed.
 _COMMITTED = "culm_committed"
+_AUTOCOMMIT = "culm_autocommit"  # marks (in a pooled connection's ``info``) one of the plain reads' pool
 
 
-def _in_order(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
-    """Deferred writes as they are: the statements of a multi-statement query run one after the
-    other, so unlike PostgreSQL's combined statement (culm.storage.sql.base._combined) no two
-    writes need keeping apart."""
-    return [(sql, params) for sql, params, _ in pending]
+# Writes several of which merge into one statement (see _merged): a plain or upserting INSERT
+# whose values are placeholders only, a DELETE of one row by its key, an UPDATE of one row by its
+# key (with conditions on that row) that sets columns to values.
+_INSERT_VALUES = re.compile(r"(INSERT INTO \S+ \([^()]*\) VALUES )(\((?:%s, ?)*%s\))(?:, \2)*((?: ON DUPLICATE KEY UPDATE .*)?)",
+                            re.DOTALL)
+_DELETE_ONE = re.compile(r"(DELETE FROM \S+ WHERE \w+) = %s")
+_UPDATE_ONE = re.compile(r"UPDATE (\S+) SET ((?:`?\w+`? = %s, )*`?\w+`? = %s) WHERE (\w+) = %s"
+                         r"((?: AND (?:\w+ = %s|\w+ IS NULL|\w+ IN \((?:%s, )*%s\)))*)")
+MAX_MERGED_ROWS = 500  # rows per INSERT or DELETE made of several (as _insert's chunks)
+MAX_MERGED_UPDATES = 50  # rows per UPDATE made of several (each row's values are looked up in a CASE)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Rows:
+    """INSERTs (or DELETEs) that merge into one: ``head``, each row's ``part``, ``tail``."""
+
+    head: str
+    part: str
+    tail: str
+    width: int  # parameters per row
+    limit: int = MAX_MERGED_ROWS
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, list[Any]]:
+        params = [v for block in blocks for v in block]
+        return self.head + ", ".join([self.part] * (len(params) // self.width)) + self.tail, params
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Cases:
+    """UPDATEs of one row each that merge into one: each column set to a CASE on the key, the
+    rows picked by their keys (and their own conditions, kept row by row)."""
+
+    head: str  # "UPDATE <table> SET "
+    cols: tuple[str, ...]
+    key: str
+    tail: str  # the conditions after "<key> = %s", or ""
+    width: int
+    limit: int = MAX_MERGED_UPDATES
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, list[Any]]:
+        n, k = len(blocks), len(self.cols)
+        when = " ".join(["WHEN %s THEN %s"] * n)
+        sets = ", ".join(f"{c} = CASE {self.key} {when} END" for c in self.cols)
+        if self.tail:
+            where = " OR ".join([f"({self.key} = %s{self.tail})"] * n)
+            picks = [v for block in blocks for v in block[k:]]
+        else:
+            where = f"{self.key} IN ({', '.join(['%s'] * n)})"
+            picks = [block[k] for block in blocks]
+        params = [v for i in range(k) for block in blocks for v in (block[k], block[i])]
+        return f"{self.head}{sets} WHERE {where}", params + picks
+
+
+@functools.lru_cache(maxsize=512)
+def _mergeable(sql: str) -> _Rows | _Cases | None:
+    """How writes of this text merge with others of the same shape, or None."""
+    m = _INSERT_VALUES.fullmatch(sql)
+    if m is not None:
+        return _Rows(m[1], m[2], m[3], m[2].count("%s"))
+    m = _DELETE_ONE.fullmatch(sql)
+    if m is not None:
+        return _Rows(m[1] + " IN (", "%s", ")", 1)
+    m = _UPDATE_ONE.fullmatch(sql)
+    if m is not None:
+        cols = tuple(part.split(" = ")[0] for part in m[2].split(", "))
+        return _Cases(f"UPDATE {m[1]} SET ", cols, m[3], m[4], len(cols) + 1 + m[4].count("%s"))
+    return None
+
+
+def _merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes in order, several of one shape merged into one statement (_mergeable):
+    INSERTs into one multi-row INSERT, DELETEs and UPDATEs of single rows into one of them all.
+
+    The statements of a multi-statement query run one after the other, but each still costs the
+    server a parse and an execution: a batch inserting a state row per node entered sent as many
+    INSERTs. A later write joins an earlier one of the same shape (table, columns, conditions,
+    upsert tail) of the same run, a run being what PostgreSQL's combined statement may reorder
+    freely (culm.storage.sql.base._combined): writes to rows all known and all distinct. So the
+    rows it moves ahead of are not ones any write in between touches, as for PostgreSQL's parts;
+    a write whose rows are unknown, or one touching a row the run touched, starts a new run. In a
+    multi-row upsert each row meets its own duplicate (VALUES(col) is that row's value).
+    """
+    out: list[tuple[str, Sequence[Any]]] = []
+    joinable: dict[_Rows | _Cases, int] = {}  # the shape of a mergeable write -> its place in out
+    merged: dict[int, tuple[_Rows | _Cases, list[Sequence[Any]]]] = {}  # place -> shape, each write's params
+    touched: set[Any] = set()
+    for sql, params, keys in pending:
+        if keys is None or not touched.isdisjoint(keys):
+            joinable.clear()
+            touched.clear()
+        shape = None
+        if keys is not None:
+            touched.update(keys)
+            shape = _mergeable(sql)
+        if shape is None:
+            out.append((sql, params))
+            continue
+        at = joinable.get(shape)
+        if at is not None:
+            _, blocks = merged.setdefault(at, (shape, [out[at][1]]))
+            if sum(map(len, blocks)) + len(params) <= shape.limit * shape.width:
+                blocks.append(params)
+                continue
+        joinable[shape] = len(out)
+        out.append((sql, params))
+    for at, (shape, blocks) in merged.items():
+        out[at] = shape.merge(blocks)
+    return out
 
 
 def _up_to(texts: list[str], limit: int) -> Iterator[list[str]]:
@@ -93,7 +201,7 @@ class MysqlUnit(SqlUnit):
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
     defers_writes = True
     refuses_duplicate_ids = True
-    combine = staticmethod(_in_order)
+    combine = staticmethod(_merged)
     listing_tables = LISTING_TABLES_MYSQL
 
     def _send_deferred(
@@ -238,9 +346,37 @@ class MysqlDialect(Dialect):
         a compare-and-set counts the rows it matched)."""
         super().prepare(store)
         skip_needless_reset(store.engine)
-        dbapi = store.engine.dialect.loaded_dbapi
-        multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
+        _allow_multi_statements(store.engine)
 
-        @event.listens_for(store.engine, "do_connect")
-        def _allow_multi_statements(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
-            params["client_flag"] = params.get("client_flag", 0) | multi
+    # A read-only unit that needs no snapshot (a poll: one SELECT) runs on a connection of its own
+    # pool that is in autocommit, set once when it connects: each read is then a transaction of
+    # its own, as each already saw its own snapshot at READ COMMITTED, and there is no transaction
+    # left to end. In a transaction it cost a ROLLBACK, a round trip of its own (PyMySQL sends
+    # every one); and leaving the transaction open would keep, on an idle pooled connection, the
+    # metadata locks of the tables it read (an ALTER TABLE would wait for them).
+
+    def plain_reads_engine(self, store: SqlStore) -> Engine:
+        engine = create_engine(store.url, future=True,
+                               **{**self.engine_options(memory=False), "isolation_level": "AUTOCOMMIT"})
+        ping_idle(engine)
+        skip_needless_reset(engine)
+        _allow_multi_statements(engine)
+
+        @event.listens_for(engine, "connect")
+        def _mark_autocommit(_dbapi_conn: Any, record: Any) -> None:
+            record.info[_AUTOCOMMIT] = True
+
+        return engine
+
+    def end_read(self, raw: Any) -> None:
+        if not raw.info.get(_AUTOCOMMIT):
+            raw.rollback()
+
+
+def _allow_multi_statements(engine: Engine) -> None:
+    dbapi = engine.dialect.loaded_dbapi
+    multi = importlib.import_module(dbapi.__name__ + ".constants.CLIENT").MULTI_STATEMENTS
+
+    @event.listens_for(engine, "do_connect")
+    def _add_flag(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
+        params["client_flag"] = params.get("client_flag", 0) | multi
