@@ -9,11 +9,10 @@ the command that replays it step by step.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
-from simulation import Simulation, parse_seeds, replay_command, run_seeds
+from simulation import Simulation, parse_seeds, quiet_engine, replay_command, run_seeds
 
 SEEDS = parse_seeds(os.environ.get("CULM_SIM_SEEDS", "1-2000"))
 BACKEND = os.environ.get("CULM_SIM_BACKEND", "memory")
@@ -25,12 +24,8 @@ CHUNKS = [SEEDS[i : i + CHUNK] for i in range(0, len(SEEDS), CHUNK)]
 
 @pytest.fixture(autouse=True)
 def _quiet_engine_warnings():
-    """Stale results dropped after simulated lease losses are expected by the thousand."""
-    logger = logging.getLogger("culm.engine")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+    with quiet_engine():
+        yield
 
 
 @pytest.mark.timeout(900)
