@@ -32,8 +32,9 @@ from culm.core.invariants import Snapshot
 OPS = {"pause": 6, "resume": 8, "appoint": 8, "unappoint": 8, "retry": 6, "retry_ok": 8, "skip": 6,
        "force_fail": 5, "callback": 10, "callback_fail": 4, "revoke": 1, "breathe": 6}
 # The data operations, fired only at a storm with ``data_ops`` (the simulation's): they need its
-# chain's exclusive gateway (routed by ${route}) and node loop.
-DATA_OPS = {"context": 5, "skip_gateway": 4, "loop_times": 3}
+# chain's exclusive gateway (routed by ${route}) and node loop, and the forks' multiple-callback
+# branch.
+DATA_OPS = {"context": 5, "skip_gateway": 4, "loop_times": 3, "multi": 10}
 # Retry data that makes t_fail succeed and t_poll finish at its first poll.
 RETRY_OK = {"ok": True, "x": 3, "polls": 1}
 
@@ -53,6 +54,14 @@ class Storm:
     data_ops: bool = False
     gateways: dict[str, list[str]] = field(default_factory=dict)  # exclusive gateway -> its outgoing flows
     loops: list[str] = field(default_factory=list)  # activities with a node loop
+    # Multiple-callback activities (t_multi_callback, in the routed chain): every callback a storm
+    # with data_ops sends carries the next ``n`` (next_n), so each run's ``received`` must rise.
+    multis: list[str] = field(default_factory=list)
+    sent: int = 0
+
+    def next_n(self) -> int:
+        self.sent += 1
+        return self.sent
 
     def act(self, code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
         a = ServiceActivity(component_code=code, timeout_config=timeout_config)
@@ -76,6 +85,10 @@ class Storm:
         start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
         branches = [self.act("t_fail", x=1), self.act("t_callback", timeout(rng)),
                     self.act("t_poll", timeout(rng), polls=3)]
+        if self.data_ops:  # a branch waiting for many callbacks
+            multi = self.act("t_multi_callback")
+            self.multis.append(multi.id)
+            branches.append(multi)
         if shape == 1:
             sub = SubProcess(start=chain(self.act("t_callback"), self.act("t_fail", x=2), end=self._end()))
             self.subprocesses.append(sub.id)
@@ -158,7 +171,7 @@ def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
         return op
     if op in DATA_OPS:
         return op
-    calls = control_calls(runtime, act, pipe)
+    calls = control_calls(runtime, act, pipe, {"n": storm.next_n()} if storm.data_ops else None)
     target = pipe if op in ("pause", "resume", "revoke") else act
     res = calls[op]()
     storm.calls.append(f"{op} {target} -> {res.result}")
@@ -176,6 +189,13 @@ def _fire_data_op(runtime: Any, storm: Storm, rng: random.Random, op: str) -> st
         gw = rng.choice(sorted(storm.gateways))
         flow = rng.choice(storm.gateways[gw])
         res, target = api.skip_exclusive_gateway(runtime, gw, flow), f"{gw} flow={flow}"
+    elif op == "multi" and storm.multis:  # several callbacks in a row, each with the next n
+        node = rng.choice(storm.multis)
+        for _ in range(rng.randint(1, 3)):
+            n = storm.next_n()
+            res = api.callback(runtime, node, version_of(runtime, node), {"ok": rng.random() > 0.05, "n": n})
+            storm.calls.append(f"multi {node} n={n} -> {res.result}")
+        return op
     elif op == "loop_times" and storm.loops:
         node, times = rng.choice(storm.loops), rng.randint(1, 5)
         res, target = api.update_node_loop_times(runtime, node, times), f"{node} times={times}"
@@ -195,8 +215,11 @@ def operate(runtime: Any, snap: Snapshot, rng: random.Random, payload: dict[str,
         return False
     if sts[root].name == states.SUSPENDED:
         assert api.resume_pipeline(runtime, root).result
+    # A node whose callbacks are still on their way gets no more: the operator waits for those
+    # (a multiple-callback node takes them one at a time; time passes only while nothing is due).
+    on_the_way = {t.node_id for t in snap.tasks if t.callback_id is not None}
     open_callbacks = {(s.node_id, s.version) for s in snap.schedules
-                      if s.type != "poll" and not s.finished and not s.expired}
+                      if s.type != "poll" and not s.finished and not s.expired and s.node_id not in on_the_way}
     for node_id, st in sts.items():
         node = snap.graph.nodes.get(node_id)
         if node is None:
