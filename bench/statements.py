@@ -203,21 +203,60 @@ def count_batched(pipelines: int) -> dict[str, Any]:
     import culm
     from bench.scenarios import submit_and_wait
 
+    postgres = make_url(PG_ADMIN).get_backend_name() == "postgresql"
     with Cluster(0) as cluster:
         rt = culm.Runtime(cluster.db_url)
         try:
             submit_and_wait(rt, [normal_pipeline() for _ in range(10)])  # warm
             log: list[str] = []
             trips: collections.Counter[str] = collections.Counter()
-            with _counting(log, trips):
+            with _counting(log, trips), (_counting_prepared(trips) if postgres else contextlib.nullcontext()):
                 submit_and_wait(rt, [normal_pipeline() for _ in range(pipelines)])
         finally:
-            rt.close()
+            rt.close()  # its sessions end: the server has their table counts
+        scans = _table_scans(cluster.db_url) if postgres else {}
     statements = sum(1 for line in log if line not in _ENDS)
-    return {"shape": f"{pipelines} x normal_pipeline() submitted together, batched", "statements": statements,
-            "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT"),
-            "rollbacks": log.count("ROLLBACK"), "round_trips": trips["round trips"],
-            "round_trips_per_pipeline": round(trips["round trips"] / pipelines, 1)}
+    out = {"shape": f"{pipelines} x normal_pipeline() submitted together, batched", "statements": statements,
+           "statements_per_pipeline": round(statements / pipelines, 1), "transactions": log.count("COMMIT"),
+           "rollbacks": log.count("ROLLBACK"), "round_trips": trips["round trips"],
+           "round_trips_per_pipeline": round(trips["round trips"] / pipelines, 1)}
+    if postgres:
+        out["unprepared"] = trips["unprepared"]  # sent as text, parsed and planned by the server
+        out.update(scans)
+    return out
+
+
+@contextmanager
+def _counting_prepared(counts: collections.Counter[str]) -> Iterator[None]:
+    """Count the statements psycopg sends without a prepared statement (``counts["unprepared"]``):
+    it prepares a text on its fifth run on a connection (a measuring patch of its internals)."""
+    from psycopg import _preparing
+
+    get = _preparing.PrepareManager.get
+
+    def counted_get(self: Any, query: Any, prepare: Any = None) -> Any:
+        got = get(self, query, prepare)
+        counts["unprepared"] += got[0] is _preparing.Prepare.NO
+        return got
+
+    with _patched([(_preparing.PrepareManager, "get", counted_get)]):
+        yield
+
+
+def _table_scans(url: str) -> dict[str, Any]:
+    """Sequential scans of culm's tables (and rows they read) and analyses, over the database's
+    life (warm-up included): the server's own counts."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT relname, seq_scan, seq_tup_read, analyze_count FROM pg_stat_user_tables"
+                                     " WHERE relname LIKE 'culm%' ORDER BY relname")).all()
+    finally:
+        engine.dispose()
+    return {"seq_scans": {r[0]: [int(r[1]), int(r[2])] for r in rows if r[1]},
+            "seq_rows": sum(int(r[2]) for r in rows), "analyses": sum(int(r[3]) for r in rows)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -213,7 +214,11 @@ class Runtime:
         mode = f"broker={_hide_password(self.broker)!r}" if self.broker else "embedded"
         if isinstance(self.store, MemoryStore):
             return f"Runtime({self.store.url!r}, {mode})"
-        return f"Runtime({self.store.engine.url.render_as_string(hide_password=True)!r}, {mode})"
+        url = self.store.engine.url
+        shown = url.render_as_string(hide_password=True)
+        if url.get_backend_name() == "sqlite":  # a file path as given: `:memory:`, not `%3Amemory%3A`
+            shown = urllib.parse.unquote(shown)
+        return f"Runtime({shown!r}, {mode})"
 
 
 def _hide_password(url: str) -> str:

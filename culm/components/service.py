@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 from culm.components import io as _io
 
@@ -78,12 +78,19 @@ class StaticIntervalGenerator(AbstractIntervalGenerator):
     """Waits the same number of seconds before every poll.
 
     Args:
-        interval: The wait in seconds.
+        seconds: The wait in seconds (the contract's name).
+        interval: ``seconds`` under bamboo's name.
+
+    Raises:
+        TypeError: neither or both of ``seconds`` and ``interval`` given.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, seconds: float | None = None, *, interval: float | None = None) -> None:
         super().__init__()
-        self.interval = interval
+        if (seconds is None) == (interval is None):
+            raise TypeError("StaticIntervalGenerator takes the wait once: StaticIntervalGenerator(seconds) "
+                            "or StaticIntervalGenerator(interval=seconds)")
+        self.interval: float = seconds if seconds is not None else cast(float, interval)
 
     def next(self) -> float:
         """Returns the fixed interval."""

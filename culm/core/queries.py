@@ -157,12 +157,16 @@ def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False)
         records = unit.histories(node_id, loop)
     out = []
     for h in records:
+        # Keys in the contract's order; a short history is the same without retry, inputs, outputs.
         item: dict[str, Any] = {
             "id": h.id, "node_id": h.node_id, "started_time": _time(h.started_time),
-            "archived_time": _time(h.archived_time), "loop": h.loop, "skip": h.skip, "version": h.version,
+            "archived_time": _time(h.archived_time), "loop": h.loop,
         }
         if not short:
-            item.update(retry=h.retry, inputs=h.inputs, outputs=h.outputs)
+            item["retry"] = h.retry
+        item.update(skip=h.skip, version=h.version)
+        if not short:
+            item.update(inputs=h.inputs, outputs=h.outputs)
         out.append(item)
     return out
 

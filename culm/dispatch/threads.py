@@ -611,6 +611,7 @@ class ThreadDispatcher:
                 if self.sole_runner:
                     self.sweep()
                     self._checkpoint()
+                self._keep_statistics()
                 next_sweep = time.monotonic() + self.sweep_interval
 
     def _watch_long_calls(self) -> None:
@@ -653,6 +654,12 @@ class ThreadDispatcher:
             return
         if stale:
             self._ready.put(_LetGo(stale))
+
+    def _keep_statistics(self) -> None:
+        try:
+            self.engine.store.keep_statistics()
+        except Exception:  # noqa: BLE001 - tried again at the next sweep; plans only, never results
+            logger.debug("analysing grown tables failed", exc_info=True)
 
     def _checkpoint(self) -> None:
         try:

@@ -476,29 +476,36 @@ def _data_dict(data: Data | Mapping[str, Any] | None) -> dict[str, Any]:
     return {"inputs": {}, "outputs": []}
 
 
-def build_tree(start_elem: Element, id: str | None = None, data: Data | Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Build the pipeline tree reachable from ``start_elem``.
+def build_tree(start: Element | None = None, id: str | None = None, data: Data | Mapping[str, Any] | None = None,
+               *, start_elem: Element | None = None) -> dict[str, Any]:
+    """Build the pipeline tree reachable from ``start``.
 
     Subprocesses are built one after the other, not by recursion, so any nesting depth builds
     (validation refuses a tree nested more than 64 subprocesses deep, naming the subprocess).
 
     Args:
-        start_elem: The :class:`EmptyStartEvent` of the pipeline.
+        start: The :class:`EmptyStartEvent` of the pipeline (the contract's name).
         id: Pipeline id; a fresh ``p…`` id when omitted.
         data: The pipeline's :class:`Data` (or a dict); default ``{"inputs": {}, "outputs": []}``.
+        start_elem: ``start`` under bamboo's name (its builder guide calls ``build_tree(start_elem=...)``).
 
     Returns:
         The tree dict in bamboo's schema (JSON-serialisable when the values are).
 
     Raises:
+        TypeError: neither or both of ``start`` and ``start_elem`` given.
         ValueError: A subprocess has no start event, or holds itself (at any depth).
     """
+    if (start is None) == (start_elem is None):
+        raise TypeError("build_tree() takes the start event once: build_tree(start) or build_tree(start_elem=start)")
+    first = start if start is not None else start_elem
+    assert first is not None  # checked above; for the type checker
     root = _empty_tree(id or unique_id("p"))
     pending: list[tuple[Element, dict[str, Any], Data | Mapping[str, Any] | None, tuple[str, ...]]] = [
-        (start_elem, root, data, ())]
+        (first, root, data, ())]
     while pending:
-        start, tree, tree_data, outer = pending.pop()
-        for sub_start, sub_tree, sub_data in _fill(tree, start, tree_data):
+        pipeline_start, tree, tree_data, outer = pending.pop()
+        for sub_start, sub_tree, sub_data in _fill(tree, pipeline_start, tree_data):
             if sub_tree["id"] in outer:
                 raise ValueError(f"subprocess {sub_tree['id']} holds itself: its pipeline reaches it again "
                                  f"{len(outer) - outer.index(sub_tree['id'])} level(s) down")

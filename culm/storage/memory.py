@@ -647,6 +647,9 @@ class MemoryStore:
     def checkpoint(self) -> None:
         """Nothing to copy: there is no log."""
 
+    def keep_statistics(self) -> None:
+        """No planner: nothing to analyse."""
+
     def dispose(self) -> None:
         """Nothing to close (the data goes with the object)."""
 

@@ -6,6 +6,10 @@
 * :class:`DistributedBackend`: a freshly created and migrated database, a private queue prefix on
   the broker, and running worker processes (short leases, fast relay); :class:`BackendPool` keeps
   one per kind (:data:`BACKENDS`) for a test session. The fixtures over them are in ``conftest.py``.
+* :class:`HarnessBackend`: workers started as the acceptance harness starts them (``culm worker --db
+  URL --broker URL``, plugins from ``$CULM_IMPORTS`` only), on a broker of their own; with
+  ``CULM_TEST_HARNESS_WORKERS=1`` the pool's backends are of this kind, so that any distributed test
+  runs against such workers.
 * :func:`unavailable`: skip on a developer machine, FAIL in CI (``CI=true``), where every backend
   must be tested.
 """
@@ -268,6 +272,71 @@ class DistributedBackend:
         delete_queues(self.broker_url, self.prefix)
 
 
+class HarnessBackend(DistributedBackend):
+    """``culm worker --db URL --broker URL``: default queue names and concurrency, plugins from
+    ``$CULM_IMPORTS`` only. Default queue names are shared by every deployment on a broker, so this
+    backend gets a broker of its own: a fresh RabbitMQ virtual host, or a Redis database number."""
+
+    def __init__(self, name: str, db_kind: str, broker_url: str, workdir: Path,
+                 imports: str = WORKER_ENV["CULM_IMPORTS"]) -> None:
+        super().__init__(name, db_kind, broker_url, workdir)
+        self.imports = imports
+        self.vhost = ""
+        self.signal_log = workdir / "signals.jsonl"
+
+    def setup(self) -> None:
+        if self.broker_url.startswith("amqp"):
+            self.vhost = f"culm_contract_{uuid.uuid4().hex[:8]}"
+            for args in (["add_vhost", self.vhost], ["set_permissions", "-p", self.vhost, "guest", ".*", ".*", ".*"]):
+                subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+            self.broker_url = f"{AMQP.rstrip('/')}/{self.vhost}"
+        else:
+            self.broker_url = _claim_redis_database()
+        self.prefix = self.broker_url  # stop_workers finds pool processes by this word of their argv
+        super().setup()
+        # The URLs as the contract writes them: postgresql://, mysql://, no driver named.
+        scheme, rest = self.db_url.split("://", 1)
+        self.db_url = f"{scheme.split('+')[0].replace('mariadb', 'mysql')}://{rest}"
+
+    def worker_command(self) -> list[str]:
+        return [sys.executable, "-m", "culm", "worker", "--db", self.db_url, "--broker", self.broker_url]
+
+    def worker_env(self) -> dict[str, str]:
+        # The harness's environment: no culm setting of ours (leases, relay), only the test plugins'.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k.startswith("CULM_TEST_")}
+        env["CULM_IMPORTS"] = self.imports
+        env["CULM_TEST_EXEC_LOG"] = str(self.exec_log)
+        env["CULM_CONTRACT_SIGNAL_LOG"] = str(self.signal_log)
+        env["PYTHONPATH"] = os.pathsep.join([str(HERE), str(REPO)])
+        return env
+
+    def runtime(self, **options: Any) -> culm.Runtime:
+        rt = culm.Runtime(self.db_url, broker=self.broker_url, **options)
+        self._runtimes.append(rt)
+        return rt
+
+    def _delete_queues(self) -> None:
+        if self.vhost:
+            subprocess.run(["rabbitmqctl", "delete_vhost", self.vhost], capture_output=True, timeout=60)
+        else:
+            import redis
+
+            redis.Redis.from_url(self.broker_url).flushdb()
+
+
+def _claim_redis_database() -> str:
+    """A Redis database (of 4..15) that no other harness backend holds: a claim key set if absent
+    (expiring, should a session die without its teardown); the teardown empties the database."""
+    import redis
+
+    base = REDIS.rsplit("/", 1)[0]
+    for number in range(15, 3, -1):
+        url = f"{base}/{number}"
+        if redis.Redis.from_url(url).set("culm-harness-claim", SESSION, nx=True, ex=3600):
+            return url
+    raise AssertionError("every Redis database 4..15 is claimed by another harness backend")
+
+
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     """Send ``sig`` to a worker's process group, while its main process is not reaped yet (the
     group id is its pid, which cannot be taken by another process until then)."""
@@ -332,7 +401,8 @@ class BackendPool:
             for host, port in (db_addr, broker_addr):
                 if not reachable(host, port):
                     unavailable(f"{name}: nothing listens on {host}:{port}")
-            backend = DistributedBackend(name, db_kind, broker, self.tmp_path_factory.mktemp(name))
+            kind = HarnessBackend if os.environ.get("CULM_TEST_HARNESS_WORKERS") else DistributedBackend
+            backend = kind(name, db_kind, broker, self.tmp_path_factory.mktemp(name))
             self.backends[name] = backend
             backend.setup()
             backend.start_workers(2)

@@ -605,7 +605,7 @@ class SqlUnit:
         view, owned = self._state_view or {}, self._owned or {}
         return [i for i in ids if i not in self._held and not (i in owned and i in view)]
 
-    def _hold_read(self, fresh: Sequence[str]) -> tuple[str, Sequence[str]]:
+    def _hold_read(self, fresh: Sequence[str]) -> tuple[str, Sequence[Any]]:
         return STATES_IN.format(marks=marks(len(fresh))) + " ORDER BY node_id" + self.share_lock, fresh
 
     def _take_held(self, fresh: Sequence[str], rows: Sequence[Any]) -> None:
@@ -642,7 +642,7 @@ class SqlUnit:
         return [i for i in dict.fromkeys(node_ids) if i not in view]
 
     @staticmethod
-    def _states_reads(missing: Sequence[str]) -> list[tuple[str, Sequence[str]]]:
+    def _states_reads(missing: Sequence[str]) -> list[tuple[str, Sequence[Any]]]:
         return [(STATES_IN.format(marks=marks(len(chunk))), chunk)
                 for chunk in (missing[i : i + 500] for i in range(0, len(missing), 500))]
 
@@ -1149,7 +1149,7 @@ class SqlUnit:
         return [i for i in dict.fromkeys(pipeline_ids) if i not in self._context_view]
 
     @staticmethod
-    def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[str]]:
+    def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[Any]]:
         return ('SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value'
                 f' WHERE pipeline_id IN ({marks(len(missing))}) LIMIT {int(limit) + 1}', missing)
 
@@ -1413,6 +1413,10 @@ class Dialect:
     def checkpoint(self, store: SqlStore) -> None:
         """Move committed log pages into the database, if the database has such a step."""
 
+    def keep_statistics(self, store: SqlStore) -> None:
+        """Give the planner statistics of culm's tables where the server has left them far behind
+        the tables' size, if this database needs it (PostgreSQL without autovacuum)."""
+
     def interruptions(self, engine: Engine) -> tuple[type[BaseException], ...]:
         """The driver's own errors that mean the database was interrupted (a lost connection, a
         restarting server, a deadlock victim). The hot path talks to the DB-API driver directly,
@@ -1623,6 +1627,11 @@ class SqlStore:
     def checkpoint(self) -> None:
         """SQLite files: copy committed WAL pages into the database without blocking anyone."""
         self.traits.checkpoint(self)
+
+    def keep_statistics(self) -> None:
+        """PostgreSQL: analyse culm's tables that have doubled since they were last analysed (every
+        runner calls it about once a second; see PostgresDialect.keep_statistics)."""
+        self.traits.keep_statistics(self)
 
     def dispose(self) -> None:
         lock = self._write_lock

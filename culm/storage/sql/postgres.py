@@ -4,23 +4,28 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from culm.core.records import ProcessRecord, TaskRecord
+from culm.storage.schema import metadata
 from culm.storage.sql.base import CONTEXTS_AHEAD, Dialect, SqlUnit, _process_row, _state_row, _task_row
 from culm.storage.sql.statements import (
     ACK_CHILDREN_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
     CLAIM_WITH_PROCESS,
+    CONTEXTS_ANY,
     DB_NOW_POSTGRES,
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
     SNAPSHOT_READ,
     STATE_COLUMNS,
+    STATES_ANY,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
-    marks,
 )
+
+if TYPE_CHECKING:
+    from culm.storage.sql.base import SqlStore
 
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a row a unique key refused
 _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
@@ -120,6 +125,19 @@ class PostgresUnit(SqlUnit):
                 cur.execute(sql, params)
         return [cur.fetchall() for cur in cursors]
 
+    # Reads by a list of ids take the list as one array (see STATES_ANY): one text whatever its
+    # length, so each is prepared once per connection, the walks' one read below included.
+    def _hold_read(self, fresh: Sequence[str]) -> tuple[str, Sequence[Any]]:
+        return STATES_ANY + " ORDER BY node_id" + self.share_lock, [list(fresh)]
+
+    @staticmethod
+    def _states_reads(missing: Sequence[str]) -> list[tuple[str, Sequence[Any]]]:
+        return [(STATES_ANY, [list(missing)])]
+
+    @staticmethod
+    def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[Any]]:
+        return f"{CONTEXTS_ANY} LIMIT {int(limit) + 1}", [list(missing)]
+
     def _read_walks(
         self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
     ) -> tuple[list[Any], list[Any], list[Any]]:
@@ -129,7 +147,7 @@ class PostgresUnit(SqlUnit):
         # context row's width and the other way round.
         if sum(map(bool, (fresh, missing, contexts))) < 2:
             return super()._read_walks(fresh, missing, contexts)
-        head, parts, params = "", [], list[str]()
+        head, parts, params = "", [], list[Any]()
         if fresh:
             sql, ids = self._hold_read(fresh)
             head = f"WITH h AS MATERIALIZED ({sql}) "
@@ -176,7 +194,7 @@ class PostgresUnit(SqlUnit):
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
         # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip.
-        reads = [(ids, sql.format(marks=marks(len(ids))), [*params, *ids])
+        reads = [(ids, sql, [*params, list(ids)])
                  for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
                                           (resumed, MANY_WITH_PROCESS_AND_STATE, []))
                  if len(ids) >= 2]
@@ -194,6 +212,16 @@ class PostgresUnit(SqlUnit):
 
 
 
+# keep_statistics: a table is analysed once it holds ANALYZE_FROM rows and twice the rows it held
+# at its last analysis (never analysed: any number), and only by one process at a time (the lock).
+ANALYZE_FROM = 100
+_ANALYZE_LOCK = 0x63756C6D  # "culm": the advisory lock key of keep_statistics
+_GROWN = ("SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid = s.relid"
+          " WHERE s.schemaname = current_schema() AND s.relname = ANY(CAST(%s AS text[]))"
+          " AND s.n_live_tup >= %s AND s.n_live_tup > 2 * GREATEST(c.reltuples, 0)"
+          " AND pg_has_role(c.relowner, 'USAGE') ORDER BY s.relname")  # ANALYZE skips others' tables
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     unit = PostgresUnit
@@ -202,6 +230,30 @@ class PostgresDialect(Dialect):
 
     def is_duplicate(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
+
+    def keep_statistics(self, store: SqlStore) -> None:
+        """Analyse culm's tables that have doubled since PostgreSQL last analysed them.
+
+        A server with autovacuum off (a CI machine, some managed setups) never analyses them:
+        the planner then guesses a table's rows from its width, and a prepared statement (psycopg
+        prepares one on its fifth run) keeps the plan it got while the table was small, a
+        sequential scan, for as long as the connection lives (nothing invalidates it). Analysing
+        as a table doubles costs a few analyses in all and makes every cached plan on it be made
+        again. With autovacuum on (it analyses after 10 % of changes) this finds nothing to do.
+        One read; ANALYZE only by the process that gets the lock, never waiting long for a
+        table's lock (a migration, a VACUUM).
+        """
+        raw = store.engine.raw_connection()
+        try:
+            conn: Any = raw.driver_connection
+            with conn.transaction():
+                cur = conn.cursor()
+                grown = [r[0] for r in cur.execute(_GROWN, [sorted(metadata.tables), ANALYZE_FROM])]
+                if grown and cur.execute("SELECT pg_try_advisory_xact_lock(%s)", [_ANALYZE_LOCK]).fetchone()[0]:
+                    cur.execute("SET LOCAL lock_timeout = '1s'")
+                    cur.execute("ANALYZE " + ", ".join(grown))  # culm's own table names, as listed
+        finally:
+            raw.close()
 
     # A read-only unit that needs no snapshot runs in autocommit: each of its reads is a
     # transaction of its own, as each already saw its own snapshot at READ COMMITTED, and it

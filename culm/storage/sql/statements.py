@@ -64,13 +64,14 @@ CLAIM_WITH_PROCESS = (
     + " FROM t" + _JOIN_PROCESS
 )
 # PostgreSQL, a batch's fresh tasks: claim them all and read them with their processes at once
-# ({marks}: one ? per task id).
+# (the last ?: the task ids as one array, so the text is the same however many: see STATES_ANY).
 CLAIM_MANY_WITH_PROCESS = (
     "WITH t AS (UPDATE culm_task SET owner = ?, claimed_until = ? WHERE (claimed_until IS NULL OR claimed_until < ?)"
-    " AND id IN ({marks}) RETURNING " + ", ".join(TASK_COLUMNS) + ") SELECT " + _T_AND_P + " FROM t" + _JOIN_PROCESS
+    " AND id = ANY(?) RETURNING " + ", ".join(TASK_COLUMNS) + ") SELECT " + _T_AND_P + " FROM t" + _JOIN_PROCESS
 )
-# PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once.
-MANY_WITH_PROCESS_AND_STATE = _held_with_state("id IN ({marks}) ORDER BY id")  # one lock order
+# PostgreSQL, a batch's resumed tasks: task, process and the node's state (locked), all at once
+# (?: the task ids as one array).
+MANY_WITH_PROCESS_AND_STATE = _held_with_state("id = ANY(?) ORDER BY id")  # one lock order
 # MySQL/MariaDB, a batch's tasks (neither UPDATE ... RETURNING nor FOR UPDATE OF there). First one
 # UPDATE takes the lease of the fresh tasks that are free and keeps (or takes again) the lease of
 # the resumed ones still ours ({marks}: one ? per task id; {held}: HELD_BY_US, or nothing when no
@@ -156,6 +157,10 @@ STATE_BY_ID = STATE_SELECT + " WHERE node_id = ?"
 STATE_BY_ID_LOCKED = STATE_BY_ID + " FOR UPDATE"
 STATES_IN = STATE_SELECT + " WHERE node_id IN ({marks})"
 STATES_IN_LOCKED = STATES_IN + " ORDER BY node_id FOR UPDATE"  # one lock order
+# PostgreSQL: the ids as one array parameter, not a ? each. psycopg prepares a statement on its
+# fifth run of the same text: an IN list's text differs with its length, an array's never does.
+STATES_ANY = STATE_SELECT + " WHERE node_id = ANY(?)"
+CONTEXTS_ANY = 'SELECT pipeline_id, "key", type, value, code, refs FROM culm_context_value WHERE pipeline_id = ANY(?)'
 STATES_OF_ROOT = STATE_SELECT + " WHERE root_id = ?"
 STATES_OF_PARENT = STATE_SELECT + " WHERE parent_id = ?"
 # reset_inner_loops: a change-feed note for each row it is about to change, then the reset.
