@@ -160,8 +160,10 @@ def register(sub: Any) -> None:
     p.add_argument("--flows", required=True, nargs="+", type=an_id, metavar="F", help="the flow ids to take")
     p.add_argument("--converge", required=True, type=an_id, metavar="C", help="the converge gateway id that joins them")
     p = command("force-fail", "fail a running node now", "node", node)
-    p.add_argument("--ex-data", default="failed by an operator", type=a_text("a failure message"), metavar="TEXT",
-                   help="the failure message")
+    # Any text, the empty one included, as forced_fail_activity (and bamboo's) takes it and the REST
+    # API does; the default is the REST API's and the console's.
+    p.add_argument("--ex-data", default="forced to fail by an operator", metavar="TEXT",
+                   help="the failure message stored as the node's ex_data (any text, '' included)")
     p = command("callback", "deliver a callback to a waiting node", "node", node)
     p.add_argument("--data", metavar="JSON", help="the callback payload: JSON object or @FILE")
     p.add_argument("--version", metavar="V", type=a_text("a version"), help="the node's version (default: its current one)")

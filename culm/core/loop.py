@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from culm.core import faults, joins, scheduling, timeouts, walker
+from culm.core import faults, joins, observe, scheduling, states, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
 from culm.core.ports import RowCopies, Unit
@@ -275,3 +275,27 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     # What every walk's first node entry holds (walker._enter), the states the walks may need and
     # the contexts they may read: one round trip for all three on a server database.
     prefetch.read_walks_ahead(stacks, nodes, pipelines + stacks)
+
+
+def moved_on(unit: Unit, runs: set[tuple[str, str]], schedules: dict[str, str]) -> set[tuple[str, str]]:
+    """Which of the runs of calls still running have moved on in the database (a deadline cut them
+    off, an operator force-failed them): of ``runs``, the (node id, version) of executes whose node
+    has another version now; of ``schedules`` (schedule id -> node id, for schedule calls), the
+    (node id, "") of those whose schedule is no longer its RUNNING node's current one."""
+    found = unit.get_states([node_id for node_id, _ in runs] + list(schedules.values()))
+    gone = {(node_id, version) for node_id, version in runs
+            if node_id not in found or found[node_id].version != version}
+    for schedule_id, node_id in schedules.items():
+        sched, st = unit.get_schedule(schedule_id), found.get(node_id)
+        if sched is None or sched.finished or sched.expired or st is None or st.version != sched.version \
+                or st.name != states.RUNNING:
+            gone.add((node_id, ""))
+    return gone
+
+
+def abandoned_threads(count: int) -> None:
+    """A dispatcher now has ``count`` threads let go of that still run cut-off calls: tell a
+    metrics exporter, if one listens (:mod:`culm.core.observe`)."""
+    report = observe.abandoned_observer
+    if report is not None:
+        report(count)

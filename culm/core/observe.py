@@ -1,4 +1,4 @@
-"""Timing hooks for a metrics exporter (``culm.web.metrics``); both are None, and free, unless one is set.
+"""Hooks for a metrics exporter (``culm.web.metrics``); each is None, and free, unless one is set.
 
 The core cannot import the exporter (it depends on the core, not the other way round), so the
 exporter installs plain callables here. They run outside any transaction and must be fast.
@@ -14,3 +14,7 @@ call_observer: Callable[[str, str, str | None, bool, bool, float], None] | None 
 
 #: ``(seconds,)`` after each committed engine step (one transaction and its follow-up work).
 step_observer: Callable[[float], None] | None = None
+
+#: ``(count,)`` whenever the number of user-code threads let go of (a node timeout cut their call
+#: off, see ``culm.dispatch.threads``) that still run changes in this process: how many now.
+abandoned_observer: Callable[[int], None] | None = None

@@ -314,7 +314,15 @@ class Schedules(Protocol):
         freed, and a call running past the lock's time keeps it."""
         ...
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None: ...
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+        """Keep a callback accepted for run ``version`` of the node, numbered after the run's
+        earlier ones (the caller holds the node's state row, so numbers never clash)."""
+        ...
+
+    def first_callback_task(self, root_id: str, node_id: str, version: str) -> str | None:
+        """Of the tasks still carrying a callback of run ``version`` of the node, the one whose
+        callback was accepted first (None when none waits)."""
+        ...
 
     def has_callback(self, node_id: str, version: str) -> bool: ...
 

@@ -11,6 +11,7 @@ from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import as_result, make_call, record_call, settle
 from culm.core.outcomes import Next
+from culm.core.ports import Unit
 from culm.core.records import EXECUTE, SCHEDULE, ScheduleRecord, StateRecord, TaskRecord, now
 from culm.core.run import Run, VersionLostError
 from culm.core.service_call import CallResult, ServiceCall
@@ -73,10 +74,10 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         # task's own, left by a runner that died (or lost the task) mid-call. Waiting for it to run
         # out would stall the node for schedule_lock_seconds after every crash.
         unit.update_schedule(sched.id, locked_until=until)
-    elif not unit.lock_schedule_call(sched.id, task.root_id, task_id, until, at):
-        # Another call of the same schedule holds the lock, however long it runs (a worker that
-        # died mid-call holds it no more once its task's lease is freed; see the store's
-        # lock_schedule_call): come back later, never drop the work.
+    elif not _callback_turn(unit, task, sched, until, at):
+        # An earlier callback waits, or another call of the same schedule holds the lock however
+        # long it runs (a worker that died mid-call holds it no more once its task's lease is
+        # freed; see the store's lock_schedule_call): come back later, never drop the work.
         unit.update_task(task_id, due=at + MULTI_CALLBACK_RETRY_SECONDS, owner=None, claimed_until=None)
         step.requeue(task_id)
         return None
@@ -86,6 +87,19 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
     callback_data = unit.get_callback(task.callback_id) if task.callback_id else None
     call = make_call(run, dict(exec_data[0]), dict(exec_data[1]))
     return call, sched.times, callback_data
+
+
+def _callback_turn(unit: Unit, task: TaskRecord, sched: ScheduleRecord, until: float, at: float) -> bool:
+    """Whether the callback ``task`` carries may run now, and if so lock the schedule for it.
+
+    A multiple-callback node's ``schedule()`` sees its callbacks one at a time, in the order they
+    were accepted (as bamboo's callback data rows keep): only the task of the first one still
+    waiting may call. Its row lives until its result is applied, so the next one waits for it
+    however long the call runs: one call at a time by construction, not by the lock's time.
+    """
+    if unit.first_callback_task(task.root_id, task.node_id, sched.version) != task.id:
+        return False
+    return bool(unit.lock_schedule_call(sched.id, task.root_id, task.id, until, at))
 
 
 def _await_schedule(step: Step, task: TaskRecord, st: StateRecord | None, at: float) -> ScheduleRecord | None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from culm.core.loop import Item, UserCall, commit_batch
+from culm.core.loop import Item, UserCall, abandoned_threads, commit_batch, moved_on
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 
@@ -263,6 +263,7 @@ class ThreadDispatcher:
         self._let_go_items: set[Item] = set()
         self.max_abandoned = _max_abandoned()  # threads let go of that may run at once
         self._cap_said = False  # the warning of _keep_at_cap was logged for this spell
+        self._report_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -508,7 +509,16 @@ class ThreadDispatcher:
                     self._policy.call_returned()
                 logger.warning("node %s timed out while its user code ran; that call's thread is let go of "
                                "and another runs user code in its place", call.node_id)
+                self._report_abandoned()
         self._release(0)
+
+    def _report_abandoned(self) -> None:
+        """Tell a metrics exporter how many threads let go of still run (see culm.core.observe)."""
+        # Counted and told under one lock: of a pool thread's report (its call returned) and the
+        # engine thread's (it let go of one), the one counted last is the one told last.
+        with self._report_lock:
+            if self._pool is not None:
+                abandoned_threads(len(self._pool.abandoned()))
 
     def _keep_at_cap(self, call: UserCall) -> None:
         """A cut-off call keeps its thread: ``max_abandoned`` threads already run calls cut off.
@@ -550,6 +560,8 @@ class ThreadDispatcher:
     def _requeue(self, call: UserCall, outcome: object, let_go: bool) -> None:
         if self._policy is not None and not let_go:  # else its room was freed when it was let go of
             self._policy.call_returned()
+        if let_go:  # one thread let go of fewer
+            self._report_abandoned()
         self._ready.put(call.returned(outcome))
 
     def _put_back(self, batch: list[Item]) -> None:
@@ -622,22 +634,24 @@ class ThreadDispatcher:
                            "return, or give the runtime more workers)", pool.size, self.busy_after, held)
 
     def _find_stale_calls(self) -> None:
-        """Timer thread: calls of execute running for over STALE_AFTER seconds whose run has moved
-        on in the database (cut off by a deadline another process fired, force-failed by an
-        operator): the engine thread lets go of them (:meth:`_let_go`)."""
+        """Timer thread: calls running for over STALE_AFTER seconds whose run has moved on in the
+        database (cut off by a deadline another process fired, force-failed by an operator, or cut
+        off here while every thread let go of was taken: kept at the cap): the engine thread lets
+        go of them (:meth:`_let_go`). An execute's run is its node's version; a schedule call's
+        (a poll, a callback) is its schedule's, which must still be the RUNNING node's."""
         pool = self._pool
         long = [call for call, _ in pool.long_calls(STALE_AFTER)] if pool is not None else []
         runs = {_run_of(call) for call in long if call.item.invoke is not None}
-        if not runs:
+        schedules = {call.task.schedule_id: call.task.node_id for call in long
+                     if call.item.invoke is None and call.task.schedule_id is not None}
+        if not runs and not schedules:
             return
         try:
             with self.engine.store.reading() as unit:
-                found = unit.get_states([node_id for node_id, _ in runs])
+                stale = moved_on(unit, runs, schedules)
         except Exception:  # noqa: BLE001 - looked up again at the next sweep interval
             logger.debug("looking up the runs of long calls failed", exc_info=True)
             return
-        stale = {(node_id, version) for node_id, version in runs
-                 if node_id not in found or found[node_id].version != version}
         if stale:
             self._ready.put(_LetGo(stale))
 

@@ -355,9 +355,12 @@ class CachedUnit(SqliteUnit):
 
     def lock_schedule_call(self, schedule_id: str, root_id: str, task_id: str, until: float, at: float) -> bool:
         # Tasks taken from the copies carry no lease in the file (see claim_task), so the holder of
-        # a call cannot be found by its lease here: the lock's time decides. No lock outlives this
-        # process's runner: the process that takes the file over frees every lock (release_leases).
-        return self.lock_schedule(schedule_id, until, at)
+        # a call cannot be found by its lease here, and no time is needed: the core asks only for
+        # the task whose turn it is (first_callback_task), whose row lives until its result is
+        # applied, and this process, the file's sole runner, never runs one task twice at once. So
+        # no other call of the schedule can be under way; the lock's time is only recorded.
+        self.update_schedule(schedule_id, locked_until=until)
+        return True
 
     def task_with_process(
         self, task_id: str, lease: tuple[str, float, float] | None = None, *, held: bool = False

@@ -534,8 +534,19 @@ class MemoryUnit(TransactionView):
         return True
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
-        self._insert("callback", callback_id,
-                     (node_id, version, codec.dumps_named(data, f"callback data for node {node_id}")))
+        text = codec.dumps_named(data, f"callback data for node {node_id}")
+        seq = 1 + max((row[3] for _, row in self._where("callback", "node", node_id) if row[1] == version), default=0)
+        self._insert("callback", callback_id, (node_id, version, text, seq))
+
+    def first_callback_task(self, root_id: str, node_id: str, version: str) -> str | None:
+        waiting = []
+        for _, t in self._where("task", "root", root_id):
+            rec = t.rec
+            if rec.node_id == node_id and rec.running_version == version and rec.callback_id is not None:
+                row = self._get("callback", rec.callback_id)
+                if row is not None:
+                    waiting.append((row[3], rec.callback_id, rec.id))
+        return min(waiting)[2] if waiting else None
 
     def has_callback(self, node_id: str, version: str) -> bool:
         """Whether a callback was accepted for this run (``version``) of the node."""

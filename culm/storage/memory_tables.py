@@ -37,7 +37,7 @@ TABLES: dict[str, dict[str, Callable[[Any], Any]]] = {
     "execution_data": {},  # node_id -> (inputs text, outputs text)
     "context": {"pipeline": operator.itemgetter(0)},  # (pipeline_id, key) -> (pipeline_id, type, text, code, refs)
     "schedule": {"node": operator.attrgetter("node_id")},
-    "callback": {"node": operator.itemgetter(0)},  # id -> (node_id, version, data text)
+    "callback": {"node": operator.itemgetter(0)},  # id -> (node_id, version, data text, seq)
     "history": {"node": operator.itemgetter(0)},  # id -> (node_id, HistoryRecord, inputs text, outputs text)
     "log": {"node": operator.itemgetter(0)},  # id -> (node_id, version, loop, created_time, line)
 }

@@ -187,6 +187,9 @@ callback_data = Table(
     Column("node_id", String(ID), nullable=False, index=True),
     Column("version", String(ID), nullable=False),
     Column("data", BigText, nullable=False),
+    # 1, 2, ... per run of the node (node_id, version), in the order the callbacks were accepted
+    # (migration 0008): a multiple-callback node's schedule() sees them in that order.
+    Column("seq", Integer, nullable=False, server_default="0"),
 )
 
 history = Table(

@@ -62,11 +62,17 @@ class EngineMetrics:
                                  ["hostname"], **kw)
         self.transitions = Counter("culm_state_changes_total", "Node state writes by target state",
                                    ["hostname", "to_state"], **kw)
+        # Summed over a prefork worker's pool processes (live ones only).
+        self.abandoned = Gauge("culm_abandoned_threads", "User-code threads let go of because a node timeout "
+                               "cut their call off, still running that call (at most $CULM_MAX_ABANDONED_THREADS "
+                               "per process)", ["hostname"], multiprocess_mode="livesum", **kw)
 
     def install(self) -> None:
         """Start observing this process's engine."""
         observe.call_observer = self.on_call
         observe.step_observer = self.on_step
+        observe.abandoned_observer = self.on_abandoned
+        self.abandoned.labels(HOST).set(0)
         signals.pipeline_event.connect(self.on_event, weak=False)
         signals.post_set_state.connect(self.on_state, weak=False)
 
@@ -75,6 +81,8 @@ class EngineMetrics:
             observe.call_observer = None
         if observe.step_observer == self.on_step:
             observe.step_observer = None
+        if observe.abandoned_observer == self.on_abandoned:
+            observe.abandoned_observer = None
         signals.pipeline_event.disconnect(self.on_event)
         signals.post_set_state.disconnect(self.on_state)
 
@@ -87,6 +95,9 @@ class EngineMetrics:
 
     def on_step(self, seconds: float) -> None:
         self.step_time.labels(HOST).observe(seconds)
+
+    def on_abandoned(self, count: int) -> None:
+        self.abandoned.labels(HOST).set(count)
 
     def on_event(self, event: Any = None, **_: Any) -> None:
         if getattr(event, "event_type", None) == "post_callback":

@@ -193,7 +193,6 @@ EMPTY_VALUES = [
      "argument --flows: expected an id"),
     (["skip-conditional-parallel-gateway", NODE, "--flows", "flow_1", "--converge", ""],
      "argument --converge: expected an id"),
-    (["force-fail", NODE, "--ex-data", ""], "argument --ex-data: expected a failure message"),
     (["loop-times", NODE, "-1"], "expected a whole number, 0 or more"),
     (["watch", PIPELINE, "--interval", "-1"], "expected a number of seconds, 0 or more"),
     (["token", "revoke", ""], "argument ID: expected an id"),

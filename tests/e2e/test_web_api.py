@@ -558,6 +558,7 @@ def test_metrics_in_prometheus_format(served: Any, admin: httpx.Client) -> None:
                  "engine_running_processes", "culm_engine_step_seconds_bucket", "culm_web_sse_clients",
                  "culm_callbacks_total", "culm_state_changes_total"):
         assert name in text, name
+    assert re.search(r'culm_abandoned_threads\{hostname="[^"]+"\} 0\.0', text)
 
 
 # -- the schema ---------------------------------------------------------------------------------

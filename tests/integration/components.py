@@ -390,7 +390,9 @@ class SlowPollComponent(Component):
 
 
 class MultiCallbackService(Service):
-    """Collects every callback; finishes when a payload has ``done``."""
+    """Collects every callback's ``n``; finishes when a payload has ``done``, fails when it has
+    ``fail`` (or ``"ok": False``). A payload with ``gate`` holds its call until that gate opens;
+    every call is counted ("multi_call" in calls())."""
 
     __need_schedule__ = True
     __multi_callback_enabled__ = True
@@ -401,8 +403,11 @@ class MultiCallbackService(Service):
         return True
 
     def schedule(self, data, parent_data, callback_data=None):
+        count_call("multi_call", self.id)
+        if callback_data.get("gate"):
+            gate(callback_data["gate"]).wait(60)
         data.outputs.received = [*data.outputs.received, callback_data["n"]]
-        if callback_data.get("fail"):
+        if callback_data.get("fail") or callback_data.get("ok") is False:
             return False
         if callback_data.get("done"):
             self.finish_schedule()

@@ -15,8 +15,10 @@ from typing import Any
 from culm import api, states
 from culm.builder import (
     ConvergeGateway,
+    Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    ExclusiveGateway,
     ExecutableEndEvent,
     ParallelGateway,
     ServiceActivity,
@@ -29,6 +31,10 @@ from culm.core.invariants import Snapshot
 # Calls and their weights; "breathe" lets the engine run a little before the next call.
 OPS = {"pause": 6, "resume": 8, "appoint": 8, "unappoint": 8, "retry": 6, "retry_ok": 8, "skip": 6,
        "force_fail": 5, "callback": 10, "callback_fail": 4, "revoke": 1, "breathe": 6}
+# The data operations, fired only at a storm with ``data_ops`` (the simulation's): they need its
+# chain's exclusive gateway (routed by ${route}) and node loop, and the forks' multiple-callback
+# branch.
+DATA_OPS = {"context": 5, "skip_gateway": 4, "loop_times": 3, "multi": 10}
 # Retry data that makes t_fail succeed and t_poll finish at its first poll.
 RETRY_OK = {"ok": True, "x": 3, "polls": 1}
 
@@ -44,6 +50,18 @@ class Storm:
     # End every pipeline and the subprocess with an executable end event (t_record_end), whose
     # code is user code a pause or a crash may cut too, and make the chain's first node a loop.
     executable_ends: bool = False
+    # Put an exclusive gateway routed by ${route} in the chain, and fire DATA_OPS too.
+    data_ops: bool = False
+    gateways: dict[str, list[str]] = field(default_factory=dict)  # exclusive gateway -> its outgoing flows
+    loops: list[str] = field(default_factory=list)  # activities with a node loop
+    # Multiple-callback activities (t_multi_callback, in the routed chain): every callback a storm
+    # with data_ops sends carries the next ``n`` (next_n), so each run's ``received`` must rise.
+    multis: list[str] = field(default_factory=list)
+    sent: int = 0
+
+    def next_n(self) -> int:
+        self.sent += 1
+        return self.sent
 
     def act(self, code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
         a = ServiceActivity(component_code=code, timeout_config=timeout_config)
@@ -59,17 +77,37 @@ class Storm:
             first = self.act("t_none")
             if self.executable_ends:  # (the simulation's trees) a node loop too
                 first.loop_config = {"enable": True, "loop_times": 3}
+                self.loops.append(first.id)
+            if self.data_ops:
+                return self._routed_chain(rng, first)
             return build_tree(chain(first, self.act("t_fail", x=1), self.act("t_poll"),
                                     self.act("t_callback", timeout(rng)), end=self._end()))
         start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
         branches = [self.act("t_fail", x=1), self.act("t_callback", timeout(rng)),
                     self.act("t_poll", timeout(rng), polls=3)]
+        if self.data_ops:  # a branch waiting for many callbacks
+            multi = self.act("t_multi_callback")
+            self.multis.append(multi.id)
+            branches.append(multi)
         if shape == 1:
             sub = SubProcess(start=chain(self.act("t_callback"), self.act("t_fail", x=2), end=self._end()))
             self.subprocesses.append(sub.id)
             branches.append(sub)
         start.extend(pg).connect(*branches).converge(cg).extend(self.act("t_none")).extend(self._end())
         return build_tree(start)
+
+    def _routed_chain(self, rng: random.Random, first: ServiceActivity) -> dict[str, Any]:
+        """The chain with an exclusive gateway after its failing node: ${route} 1 or 2 picks a
+        branch, 0 (or anything else) fails the gateway until an operator skips it along a flow,
+        or changes ${route} and retries it."""
+        start, eg, cg = EmptyStartEvent(), ExclusiveGateway(conditions={0: "${route} == 1", 1: "${route} == 2"}), \
+            ConvergeGateway()
+        start.extend(first).extend(self.act("t_fail", x=1)).extend(eg).connect(
+            self.act("t_none"), self.act("t_poll")).converge(cg).extend(
+            self.act("t_callback", timeout(rng))).extend(self._end())
+        tree = build_tree(start, data=Data(inputs={"${route}": Var(type=Var.PLAIN, value=rng.choice((0, 1, 2)))}))
+        self.gateways[eg.id] = list(tree["gateways"][eg.id]["outgoing"])
+        return tree
 
     def _end(self) -> Any:
         return ExecutableEndEvent(type="t_record_end") if self.executable_ends else EmptyEndEvent()
@@ -124,13 +162,45 @@ def fire(runtime: Any, storm: Storm, rng: random.Random) -> str:
     """Fire one random control call (or pick "breathe", left to the caller); returns the op."""
     act = rng.choice(storm.activities)
     pipe = rng.choice(storm.roots + storm.subprocesses)
-    op = rng.choices(list(OPS), weights=list(OPS.values()))[0]
-    calls = control_calls(runtime, act, pipe)
+    ops = {**OPS, **DATA_OPS} if storm.data_ops else OPS
+    op = rng.choices(list(ops), weights=list(ops.values()))[0]
+    if op in DATA_OPS:
+        op = _fire_data_op(runtime, storm, rng, op)
     if op == "breathe":
         storm.calls.append("breathe")
         return op
+    if op in DATA_OPS:
+        return op
+    calls = control_calls(runtime, act, pipe, {"n": storm.next_n()} if storm.data_ops else None)
     target = pipe if op in ("pause", "resume", "revoke") else act
     res = calls[op]()
+    storm.calls.append(f"{op} {target} -> {res.result}")
+    assert res.result or (res.message and "Traceback" not in res.message), res
+    return op
+
+
+def _fire_data_op(runtime: Any, storm: Storm, rng: random.Random, op: str) -> str:
+    """Fire data op ``op`` of DATA_OPS; "breathe" when the storm has nothing it aims at."""
+    if op == "context":
+        root = rng.choice(storm.roots)
+        route = rng.choice((0, 1, 2))
+        res, target = api.update_context_values(runtime, root, {"${route}": route}), f"{root} route={route}"
+    elif op == "skip_gateway" and storm.gateways:
+        gw = rng.choice(sorted(storm.gateways))
+        flow = rng.choice(storm.gateways[gw])
+        res, target = api.skip_exclusive_gateway(runtime, gw, flow), f"{gw} flow={flow}"
+    elif op == "multi" and storm.multis:  # several callbacks in a row, each with the next n
+        node = rng.choice(storm.multis)
+        for _ in range(rng.randint(1, 3)):
+            n = storm.next_n()
+            res = api.callback(runtime, node, version_of(runtime, node), {"ok": rng.random() > 0.05, "n": n})
+            storm.calls.append(f"multi {node} n={n} -> {res.result}")
+        return op
+    elif op == "loop_times" and storm.loops:
+        node, times = rng.choice(storm.loops), rng.randint(1, 5)
+        res, target = api.update_node_loop_times(runtime, node, times), f"{node} times={times}"
+    else:
+        return "breathe"
     storm.calls.append(f"{op} {target} -> {res.result}")
     assert res.result or (res.message and "Traceback" not in res.message), res
     return op
@@ -145,8 +215,11 @@ def operate(runtime: Any, snap: Snapshot, rng: random.Random, payload: dict[str,
         return False
     if sts[root].name == states.SUSPENDED:
         assert api.resume_pipeline(runtime, root).result
+    # A node whose callbacks are still on their way gets no more: the operator waits for those
+    # (a multiple-callback node takes them one at a time; time passes only while nothing is due).
+    on_the_way = {t.node_id for t in snap.tasks if t.callback_id is not None}
     open_callbacks = {(s.node_id, s.version) for s in snap.schedules
-                      if s.type != "poll" and not s.finished and not s.expired}
+                      if s.type != "poll" and not s.finished and not s.expired and s.node_id not in on_the_way}
     for node_id, st in sts.items():
         node = snap.graph.nodes.get(node_id)
         if node is None:
@@ -154,6 +227,12 @@ def operate(runtime: Any, snap: Snapshot, rng: random.Random, payload: dict[str,
         if st.name == states.SUSPENDED:
             resume = api.resume_pipeline if node.type == "SubProcess" else api.resume_node_appoint
             resume(runtime, node_id)
+        elif st.name == states.FAILED and node.type == "ExclusiveGateway":
+            if rng.random() < 0.5:
+                api.skip_exclusive_gateway(runtime, node_id, rng.choice(node.flows))
+            else:  # the operator routes the pipeline and tries the gateway again
+                api.update_context_values(runtime, node.pipeline_id, {"${route}": rng.choice((1, 2))})
+                api.retry_node(runtime, node_id)
         elif st.name == states.FAILED:
             if rng.random() < 0.5:
                 api.skip_node(runtime, node_id)

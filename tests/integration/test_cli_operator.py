@@ -211,6 +211,7 @@ def test_skip_force_fail_pause_node_and_set_context(cli: Cli) -> None:
     assert failed.returncode == 0, failed.stderr
     cli.wait_state(first, "FAILED")
     assert "ex_data: operator gave up" in cli("status", root).stdout
+    assert cli.json("status", first)["tree"]["ex_data"] == "operator gave up"
     assert cli("skip", first).returncode == 0
     cli.wait_state(second, "SUSPENDED")
     assert cli.json("status", second)["tree"]["wait_reason"]["kind"] == "pause_appointed"
@@ -219,6 +220,26 @@ def test_skip_force_fail_pause_node_and_set_context(cli: Cli) -> None:
     assert cli("skip", second).returncode == 0
     cli.wait_state(root, "FINISHED")
     assert cli.json("status", first)["tree"]["skip"] is True
+
+
+def test_force_fail_takes_any_failure_message_as_the_api_does(cli: Cli) -> None:
+    """``forced_fail_activity(node_id, ex_data: str)`` takes any string, as bamboo's does, and so does
+    the REST API: ``--ex-data ''`` stores an empty ex_data (it used to exit 2); no option stores
+    the REST API's default."""
+    path, tree, (first, second) = tree_file(cli, "t_callback", "t_callback")
+    cli("run", str(path), "--timeout", "1")
+    cli.wait_state(first, "RUNNING")
+    emptied = cli("force-fail", first, "--ex-data", "")
+    assert emptied.returncode == 0, emptied.stderr
+    cli.wait_state(first, "FAILED")
+    with culm.Runtime(cli.db, workers=0) as rt:
+        assert api.get_execution_data_outputs(rt, first).data["ex_data"] == ""
+    assert cli("skip", first).returncode == 0
+    cli.wait_state(second, "RUNNING")
+    assert cli("force-fail", second).returncode == 0
+    cli.wait_state(second, "FAILED")
+    with culm.Runtime(cli.db, workers=0) as rt:
+        assert api.get_execution_data_outputs(rt, second).data["ex_data"] == "forced to fail by an operator"
 
 
 def test_engine_refusals_exit_5_and_unknown_ids_exit_3(cli: Cli) -> None:

@@ -4,6 +4,7 @@ received its callback. A multi-callback node takes them all."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -90,3 +91,39 @@ def test_concurrent_callbacks_to_a_multi_callback_node_are_all_taken(runtime):
     assert sorted(outputs(runtime, act.id)["received"]) == list(range(CALLERS))
     assert api.callback(runtime, act.id, version, {"n": CALLERS, "done": True}).result
     wait_state(runtime, tree["id"], "FINISHED", timeout=30)
+
+
+ORDERED = 12
+
+
+def test_quick_callbacks_to_a_multi_callback_node_run_in_the_order_accepted(runtime):
+    # bamboo keeps one callback-data row per callback; schedule() must see them in the order the
+    # callback calls were accepted, however the tasks that carry them are picked up.
+    tree, act, version = waiting_node(runtime, "t_multi_callback")
+    for n in range(ORDERED):
+        assert api.callback(runtime, act.id, version, {"n": n}).result
+    assert api.callback(runtime, act.id, version, {"n": ORDERED, "done": True}).result
+    wait_state(runtime, tree["id"], "FINISHED", timeout=60)
+    assert outputs(runtime, act.id)["received"] == list(range(ORDERED + 1))
+
+
+
+def test_a_multi_callback_call_longer_than_the_lock_keeps_the_next_one_waiting(runtime):
+    # The schedule lock's time once decided on embedded SQLite: a call running past it let the next
+    # callback's call run beside it, and one of the two results was lost. The turn of the callback
+    # now decides, whatever the time.
+    runtime.engine.settings.schedule_lock_seconds = 0.01  # embedded; workers keep their own
+    tree, act, version = waiting_node(runtime, "t_multi_callback")
+    assert api.callback(runtime, act.id, version, {"n": 0, "gate": "slow-call"}).result
+    wait_until(lambda: calls("multi_call", act.id) == 1, 30, what="the first call to start")
+    assert api.callback(runtime, act.id, version, {"n": 1}).result
+    # Long past the lock's time (and past many of the second task's tries): still one call.
+    with contextlib.suppress(AssertionError):
+        wait_until(lambda: calls("multi_call", act.id) > 1, 1.5)
+    assert calls("multi_call", act.id) == 1, "the second callback ran while the first call was still under way"
+    gate("slow-call").set()
+    wait_until(lambda: outputs(runtime, act.id).get("received") == [0, 1], 30, what="both callbacks to be applied")
+    assert calls("multi_call", act.id) == 2
+    assert api.callback(runtime, act.id, version, {"n": 2, "done": True}).result
+    wait_state(runtime, tree["id"], "FINISHED", timeout=30)
+    assert outputs(runtime, act.id)["received"] == [0, 1, 2]

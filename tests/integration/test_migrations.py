@@ -236,3 +236,69 @@ def test_a_sqlite_file_at_0005_gets_the_feed_index_when_opened(tmp_path):
         assert "ix_culm_change_root_seq" in " ".join(str(row[-1]) for row in plan)
     finally:
         store.dispose()
+
+
+def _callback_columns(store: SqlStore) -> set[str]:
+    from sqlalchemy import inspect
+
+    with store.engine.connect() as conn:
+        return {c["name"] for c in inspect(conn).get_columns("culm_callback_data")}
+
+
+def _store_callback_at_0007(store: SqlStore) -> None:
+    with store.engine.begin() as conn:
+        command.upgrade(migrate.alembic_config(conn), "0007")
+        conn.exec_driver_sql("INSERT INTO culm_callback_data (id, node_id, version, data) "
+                             "VALUES ('cb-old', 'n1', 'v1', '{\"n\": 0}')")
+
+
+def _check_callbacks_numbered(store: SqlStore) -> None:
+    """The row kept from 0007 comes first (number 0); callbacks accepted since are numbered after it."""
+    from culm.core.records import SCHEDULE, TaskRecord
+
+    assert "seq" in _callback_columns(store)
+    with store.transaction() as unit:
+        unit.insert_callback("cb-new", "n1", "v1", {"n": 1})
+        unit.insert_tasks([TaskRecord(t, SCHEDULE, "p", "n1", "r1", callback_id=c, running_version="v1")
+                           for t, c in (("t-new", "cb-new"), ("t-old", "cb-old"))])
+    with store.reading() as unit:
+        assert unit.get_callback("cb-old") == {"n": 0}
+        assert unit.first_callback_task("r1", "n1", "v1") == "t-old"
+    with store.engine.connect() as conn:
+        assert dict(conn.exec_driver_sql("SELECT id, seq FROM culm_callback_data").fetchall()) == \
+            {"cb-old": 0, "cb-new": 1}
+
+
+def test_revision_0008_numbers_callbacks_and_downgrades_cleanly(server_database):
+    """0007 -> 0008 adds ``culm_callback_data.seq`` (0 for the rows kept); back to 0007 drops it
+    and keeps the rows."""
+    store = SqlStore(server_database, create=False)
+    try:
+        _store_callback_at_0007(store)
+        assert "seq" not in _callback_columns(store)
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0008")
+        assert migrate.current_version(store) == "0008"
+        _check_callbacks_numbered(store)
+        with store.engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0007")
+        assert "seq" not in _callback_columns(store)
+        with store.engine.connect() as conn:
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM culm_callback_data").scalar() == 2
+    finally:
+        store.dispose()
+
+
+def test_a_sqlite_file_at_0007_gets_callback_numbers_when_opened(tmp_path):
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = SqlStore(url, create=False)
+    try:
+        _store_callback_at_0007(store)
+    finally:
+        store.dispose()
+    store = SqlStore(url)  # the version check upgrades an embedded file
+    try:
+        assert migrate.current_version(store) == "0008"
+        _check_callbacks_numbered(store)
+    finally:
+        store.dispose()

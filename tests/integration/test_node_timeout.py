@@ -276,6 +276,51 @@ def test_embedded_runtime_takes_back_the_thread_of_a_timed_out_call(tmp_path, ga
         wait_pipeline(runtime, run(runtime, third), "FINISHED")
 
 
+def test_a_poll_call_kept_at_the_bound_is_let_go_of_once_there_is_room_and_counted(tmp_path):
+    """A poll's call cut off at the bound kept its thread for as long as it ran: only executes were
+    looked up again. Now a schedule call whose schedule is no longer its node's RUNNING run is let
+    go of at the next sweep once there is room, and shows in abandoned_calls() and in the
+    ``culm_abandoned_threads`` gauge of the Prometheus metrics."""
+    from prometheus_client import CollectorRegistry
+
+    from culm.web.metrics import HOST, EngineMetrics
+
+    first, second = (f"hang-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    registry = CollectorRegistry()
+    metrics = EngineMetrics(registry)
+    metrics.install()
+
+    def gauge() -> float | None:
+        return registry.get_sample_value("culm_abandoned_threads", {"hostname": HOST})
+
+    try:
+        with culm.Runtime(f"sqlite:///{tmp_path}/cap.db", workers=2) as runtime:
+            run(runtime, build_tree(chain(ServiceActivity(component_code="t_echo"))))  # starts the threads
+            dispatcher = runtime.dispatcher
+            dispatcher.max_abandoned = 1
+            assert gauge() == 0
+            hung, poll = timed("t_gate", 1, gate=first), timed("t_poll_gate", 1, gate=second)
+            for act in (hung, poll):
+                run(runtime, build_tree(chain(act)))
+                wait_state(runtime, act.id, "FAILED", timeout=20)
+                timed_out(runtime, act.id, 1)
+            wait_until(lambda: [c[0] for c in dispatcher.abandoned_calls()] == [hung.id] and gauge() == 1, 10,
+                       what="the execute's thread to be let go of")
+            components.gate(first).set()  # the execute returns: room for the poll's call
+            wait_until(lambda: [c[0] for c in dispatcher.abandoned_calls()] == [poll.id] and gauge() == 1, 10,
+                       what="the poll call's thread to be let go of")
+            # the operator retries the failed poll: it runs on a thread of the pool again
+            components.gate(second).set()
+            assert api.retry_node(runtime, poll.id).result
+            wait_state(runtime, poll.id, "FINISHED", timeout=20)
+            wait_until(lambda: dispatcher.abandoned_calls() == [] and gauge() == 0, 10,
+                       what="the cut-off poll call to return")
+    finally:
+        metrics.uninstall()
+        components.gate(first).set()
+        components.gate(second).set()
+
+
 def test_threads_left_to_cut_off_calls_are_bounded_and_named(tmp_path, caplog):
     """Each timed-out call that never returns used to leave one more thread running, for ever. Past
     ``max_abandoned`` such threads, a cut-off call keeps its own thread (the log names it) until

@@ -127,7 +127,7 @@ def test_revision_0007_counts_the_stored_pipelines_and_downgrades_cleanly(server
     from sqlalchemy import inspect
 
     expected = _store_rows_at_0006(server_database)
-    assert migrate.upgrade_database(server_database) == "0007" == migrate.HEAD_REVISION
+    assert migrate.upgrade_database(server_database) == migrate.HEAD_REVISION
     store = SqlStore(server_database)
     try:
         assert kept_and_counted(store) == (expected, expected)
@@ -171,7 +171,7 @@ def test_a_sqlite_file_with_pipelines_gets_its_counts_when_opened(tmp_path):
     finally:
         store.dispose()
     with culm.Runtime(url) as rt:  # opening upgrades an embedded file
-        assert migrate.current_version(rt.store) == "0007"
+        assert migrate.current_version(rt.store) == migrate.HEAD_REVISION
         assert assert_exact(rt.store) == before
         assert api.list_pipelines(rt).data["counts"] == before
 

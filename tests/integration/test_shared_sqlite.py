@@ -137,3 +137,49 @@ def test_a_second_culm_run_finishes_after_the_first_is_killed(tmp_path: Path) ->
 def _root_states(path: Path) -> list[str]:
     with contextlib.closing(sqlite3.connect(path)) as conn:
         return [r[0] for r in conn.execute("SELECT name FROM culm_state WHERE node_id = root_id")]
+
+
+# A runner that imports the tests' components (t_multi_callback among them).
+COMPONENTS_RUNNER = ("import sys, culm, components; rt = culm.Runtime(sys.argv[1]); print('ready', flush=True); "
+                     "sys.stdin.readline(); rt.close()")
+
+
+def test_callbacks_taken_by_a_standby_run_in_order_across_a_runner_killed_mid_call(tmp_path: Path) -> None:
+    """The multiple-callback order and its one-call-at-a-time rule hold with two processes on one
+    file: this process (standing by) accepts the callbacks, the runner runs them; the runner is
+    killed inside the first call, this process takes over, runs that call again and the others after
+    it, in the order they were accepted."""
+    import components
+    from engine_fixtures import outputs
+
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+
+    db = f"sqlite:///{tmp_path}/shared.db"
+    first = _runner(tmp_path, "-c", COMPONENTS_RUNNER, db)
+    try:
+        with culm.Runtime(db) as rt:
+            assert rt.dispatcher is None
+            start, act = EmptyStartEvent(), ServiceActivity(component_code="t_multi_callback")
+            start.extend(act).extend(EmptyEndEvent())
+            tree = build_tree(start)
+            assert api.run_pipeline(rt, tree).result
+            wait_until(lambda: outputs(rt, act.id).get("_result") is True, 30, 0.05, what="the node to wait")
+            version = api.get_children_states(rt, act.id).data[act.id]["version"]
+            assert api.callback(rt, act.id, version, {"n": 0, "gate": "shared-multi"}).result
+            for n in range(1, 5):
+                assert api.callback(rt, act.id, version, {"n": n}).result
+            wait_until(lambda: components.calls("multi_call", act.id) == 1, 30, 0.05, what="the first call to start")
+            os.kill(first.pid, signal.SIGKILL)  # inside the first call
+            first.wait(30)
+            assert components.calls("multi_call", act.id) == 1, "a later callback ran beside the first call"
+            components.gate("shared-multi").set()
+            wait_until(lambda: rt.dispatcher is not None, 10, 0.1, what="this process to take the runner lock")
+            assert api.callback(rt, act.id, version, {"n": 5, "done": True}).result
+            wait_until(lambda: _state(rt, tree["id"]) == "FINISHED", 30, 0.1, what="the pipeline to finish here")
+            assert outputs(rt, act.id)["received"] == [0, 1, 2, 3, 4, 5]
+            assert components.calls("multi_call", act.id) == 7  # the first call, cut by the kill, ran again
+    finally:
+        components.gate("shared-multi").set()
+        if first.poll() is None:
+            first.kill()
+            first.wait(30)

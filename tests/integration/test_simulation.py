@@ -9,11 +9,10 @@ the command that replays it step by step.
 
 from __future__ import annotations
 
-import logging
 import os
 
 import pytest
-from simulation import Simulation, parse_seeds, replay_command, run_seeds
+from simulation import Simulation, parse_seeds, quiet_engine, replay_command, run_seeds
 
 SEEDS = parse_seeds(os.environ.get("CULM_SIM_SEEDS", "1-2000"))
 BACKEND = os.environ.get("CULM_SIM_BACKEND", "memory")
@@ -25,12 +24,8 @@ CHUNKS = [SEEDS[i : i + CHUNK] for i in range(0, len(SEEDS), CHUNK)]
 
 @pytest.fixture(autouse=True)
 def _quiet_engine_warnings():
-    """Stale results dropped after simulated lease losses are expected by the thousand."""
-    logger = logging.getLogger("culm.engine")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
+    with quiet_engine():
+        yield
 
 
 @pytest.mark.timeout(900)
@@ -54,8 +49,8 @@ def test_a_seed_replays_exactly() -> None:
 
 def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch) -> None:
     """Put back a bug the simulation found (a resumed process parked mid-run slept on its own
-    RUNNING node for good): seed 14 must fail, naming the stranded process (seeds 1, 14, 15, 28
-    do since half the storm's waiting activities have node timeouts; 26 and 12 did before)."""
+    RUNNING node for good): seed 4 must fail, naming the stranded process (seeds 4, 5, 8, 44 do
+    since the storm fires data operations and multiple callbacks too; 14, 26 and 12 did before)."""
     from culm.core import commands, walker
 
     def unsuspend_without_replay(step, by):
@@ -64,8 +59,8 @@ def test_the_simulation_catches_a_stranding_bug(monkeypatch: pytest.MonkeyPatch)
             step.add_task(walker.execute_task_for(proc, proc.current_node_id))
 
     monkeypatch.setattr(commands, "_unsuspend", unsuspend_without_replay)
-    failures, _steps = run_seeds([14], storm_steps=60, pipelines=2)
-    assert [seed for seed, _ in failures] == [14]
+    failures, _steps = run_seeds([4], storm_steps=60, pipelines=2)
+    assert [seed for seed, _ in failures] == [4]
     assert "stranded_process" in failures[0][1]
 
 
@@ -78,22 +73,24 @@ def test_the_simulation_catches_a_committed_execute_handed_out_again(monkeypatch
     from culm.core.handlers import events
 
     monkeypatch.setattr(events, "_code_ran", lambda run, ran: None)
-    failures, _steps = run_seeds([263], storm_steps=120, pipelines=3)
+    # Without the data operations: none of seeds 1-600 of the storm with them catches it.
+    failures, _steps = run_seeds([263], storm_steps=120, pipelines=3, data_ops=False)
     assert [seed for seed, _ in failures] == [263]
     assert "handed out again although the result of an earlier one was committed" in failures[0][1]
 
 
 def test_the_simulation_catches_a_stale_poll_result_counted(monkeypatch: pytest.MonkeyPatch) -> None:
     """Put back a bug it found: a poll's result whose runner lost its lease, applied after the
-    result of the runner that took the poll over (one poll counted twice). Seed 60 of the CI's
-    storm must fail (61, 62, 74 and 77 do too), saying a stale call was counted."""
+    result of the runner that took the poll over (one poll counted twice). Seed 4 of the CI's
+    storm must fail (22, 28 and 89 do too; 60, 61, 62, 74 and 77 did before the storm's data
+    operations), saying a stale call was counted."""
     from culm.core import scheduling
 
     apply = scheduling.schedule_apply
     monkeypatch.setattr(scheduling, "schedule_apply",
                         lambda engine, step, task_id, result, times=None: apply(engine, step, task_id, result))
-    failures, _steps = run_seeds([60], storm_steps=60, pipelines=2)
-    assert [seed for seed, _ in failures] == [60]
+    failures, _steps = run_seeds([4], storm_steps=60, pipelines=2)
+    assert [seed for seed, _ in failures] == [4]
     assert "a stale one counted" in failures[0][1]
 
 
@@ -108,3 +105,16 @@ def test_the_storms_inject_crashes_and_lease_expiries() -> None:
             for what in seen:
                 seen[what] += step.startswith(what)
     assert all(seen.values()), seen
+
+
+def test_the_simulation_catches_callbacks_out_of_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Put back the old multiple-callback rule (any callback of the schedule may call once the lock
+    is free): seed 3 of the CI's storm must fail (6, 8 and 15 do too), saying a node's schedule()
+    saw callbacks out of the order they were accepted."""
+    from culm.core import scheduling
+
+    monkeypatch.setattr(scheduling, "_callback_turn", lambda unit, task, sched, until, at: bool(
+        unit.lock_schedule_call(sched.id, task.root_id, task.id, until, at)))
+    failures, _steps = run_seeds([3], storm_steps=60, pipelines=2)
+    assert [seed for seed, _ in failures] == [3]
+    assert "not in the order they were accepted" in failures[0][1]

@@ -620,6 +620,32 @@ def test_a_schedule_call_lock_is_held_by_the_task_with_a_live_lease(store: Store
         assert sched is not None and sched.locked_until == 140.0
 
 
+def test_callbacks_take_their_turn_in_the_order_they_were_accepted(store: Store) -> None:
+    """Each callback of a run is numbered after the run's earlier ones (another run's do not
+    count); the task whose turn it is carries the first callback still waiting, and the next one's
+    once that task is gone."""
+    from culm.core.records import SCHEDULE
+
+    node, root, *cbs = _ids(6)
+    tasks = _ids(4)
+    with store.transaction() as unit:
+        for i, cb in enumerate(cbs):
+            unit.insert_callback(cb, node, "v2" if i == 3 else "v1", {"n": i})
+        # Task rows in another order than their callbacks': the callbacks' order decides.
+        unit.insert_tasks([TaskRecord(tasks[i], SCHEDULE, "p", node, root, callback_id=cbs[i], running_version=v)
+                           for i, v in ((2, "v1"), (0, "v1"), (3, "v2"), (1, "v1"))])
+    with store.reading() as unit:
+        assert unit.first_callback_task(root, node, "v1") == tasks[0]
+        assert unit.first_callback_task(root, node, "v2") == tasks[3]
+        assert unit.first_callback_task(root, node, "v3") is None
+        assert unit.get_callback(cbs[2]) == {"n": 2}
+    for expected in (tasks[1], tasks[2], None):
+        with store.transaction() as unit:
+            unit.delete_task(unit.first_callback_task(root, node, "v1"))
+        with store.reading() as unit:
+            assert unit.first_callback_task(root, node, "v1") == expected
+
+
 def test_states_read_ahead_see_the_transactions_own_writes(store: Store) -> None:
     root, a, b, missing = _ids(4)
     _seed_state(store, a, root)

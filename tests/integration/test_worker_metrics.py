@@ -78,6 +78,7 @@ def test_prefork_worker_serves_the_sum_of_its_pool(tmp_path: Path) -> None:
         assert echo and float(echo.group(1)) == 6.0, text[:3000]
         assert re.search(r'engine_execute_failed_count_total\{hostname="[^"]+",type="t_fail_legacy"\} 3\.0', text)
         assert "engine_node_execute_time_bucket" in text and "culm_engine_step_seconds_count" in text
+        assert re.search(r'culm_abandoned_threads\{hostname="[^"]+"\} 0\.0', text)  # summed over live ones
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)

@@ -41,9 +41,11 @@ from culm.storage.copies import copy_state as _copy_state
 from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
+    CALLBACK_SEQ,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
+    FIRST_CALLBACK_TASK,
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
@@ -1264,9 +1266,17 @@ class SqlUnit:
         return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+        text = codec.dumps_named(data, f"callback data for node {node_id}")
+        # The caller holds the node's state row (SQLite: the write lock), so no other callback of
+        # the run takes the same number.
+        last = self._one(CALLBACK_SEQ, [node_id, version])
+        seq = int(last[0]) + 1 if last and last[0] is not None else 1
         self._insert("culm_callback_data",
-                     [{"id": callback_id, "node_id": node_id, "version": version,
-                       "data": codec.dumps_named(data, f"callback data for node {node_id}")}])
+                     [{"id": callback_id, "node_id": node_id, "version": version, "data": text, "seq": seq}])
+
+    def first_callback_task(self, root_id: str, node_id: str, version: str) -> str | None:
+        row = self._one(FIRST_CALLBACK_TASK, [root_id, node_id, version])
+        return str(row[0]) if row else None
 
     def has_callback(self, node_id: str, version: str) -> bool:
         """Whether a callback was accepted for this run (``version``) of the node."""

@@ -203,6 +203,12 @@ LOCK_FREE_SCHEDULE = "UPDATE culm_schedule SET locked_until = ? WHERE id = ? AND
 # A task of the schedule (but the asking one) that a live runner holds: the one running its call.
 SCHEDULE_CALL_HELD = ("SELECT id FROM culm_task WHERE root_id = ? AND schedule_id = ? AND id <> ? "
                       "AND owner IS NOT NULL AND claimed_until >= ?")
+# The callback task of a run whose turn it is: the one whose callback was accepted first (migration
+# 0008's ``seq``; ids break the ties of rows stored before it) among those still waiting.
+FIRST_CALLBACK_TASK = ("SELECT t.id FROM culm_task t JOIN culm_callback_data c ON c.id = t.callback_id "
+                       "WHERE t.root_id = ? AND t.node_id = ? AND t.running_version = ? "
+                       "ORDER BY c.seq, c.id LIMIT 1")
+CALLBACK_SEQ = "SELECT MAX(seq) FROM culm_callback_data WHERE node_id = ? AND version = ?"
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"

@@ -168,9 +168,14 @@
     return { root, byId };
   }
 
+  // A pause an operator set on a node no branch has reached yet (SUSPENDED, but nothing stands there).
+  culm.pauseAhead = (entry) => Boolean(entry && entry.wait_reason && entry.wait_reason.kind === "pause_appointed"
+    && !entry.wait_reason.reached);
+
   function paint(grp, entry) {
     const state = entry ? entry.state : "none";
     grp.setAttribute("data-state", state);
+    if (culm.pauseAhead(entry)) grp.setAttribute("data-pause", "ahead"); else grp.removeAttribute("data-pause");
     const title = grp.querySelector("title");
     if (title) title.textContent = `${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
       + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : "");
@@ -234,7 +239,9 @@
         el("h2", { text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : null,
         el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
         el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
-          ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s))), attention());
+          ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s)),
+          el("span", { class: "badge pause-ahead", title: "an operator set a pause on this node before any branch reached it",
+            text: "pause set ahead" })), attention());
     }
     const name = () => (page.tree && page.tree.name) || pipelineId;
     // The nodes that wait for someone (failed, waiting for a callback, stopped at a pause), each a
@@ -243,7 +250,8 @@
       const waiting = Object.entries(page.states).filter(([id, e]) => id !== pipelineId && page.index[id]
         && (e.state === "FAILED" || (e.wait_reason && ["callback", "pause_appointed"].includes(e.wait_reason.kind))));
       if (!waiting.length) return null;
-      const what = (e) => (e.state === "FAILED" ? "failed" : e.wait_reason.kind === "callback" ? "waits for a callback" : "paused here");
+      const what = (e) => (e.state === "FAILED" ? "failed" : e.wait_reason.kind === "callback" ? "waits for a callback"
+        : culm.pauseAhead(e) ? "pause set ahead" : "paused here");
       const failed = waiting.some(([, e]) => e.state === "FAILED");
       return el("div", { id: "attention", class: "attention" + (failed ? "" : " calm") },
         `${waiting.length} node(s) need attention: `,

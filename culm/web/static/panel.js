@@ -19,7 +19,7 @@
         out.push(["Force fail", "forced-fail", "exdata"]);
       }
       if (s === null || s === "READY") out.push(["Pause here", "pause"]);
-      if (s === "SUSPENDED") out.push(["Resume", "resume"]);
+      if (s === "SUSPENDED") out.push([culm.pauseAhead(entry) ? "Remove the pause" : "Resume", "resume"]);
     } else if (node.type === "SubProcess") {
       if (s === "FAILED") out.push(["Retry subprocess", "retry-subprocess"]);
       if (s === "RUNNING") out.push(["Pause subprocess", "pipeline:pause"]);
