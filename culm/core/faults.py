@@ -67,11 +67,15 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     ex_data = describe(task, resumed, exc)
     if task.schedule_id:
         unit.update_schedule(task.schedule_id, finished=True, locked_until=None)
+        if st is not None:  # every end of a schedule is in the feed (state_tree.Tree)
+            step.note(st)
     if st is not None and st.name == states.SUSPENDED:
         unit.update_process(proc.id, current_node_id=node_id, suspended=True, suspended_by=node_id, asleep=True)
+        step.note(st)  # the process parks on the pause without a state write (waits.KeptFacts)
         return None
     if st is not None and st.name not in (states.RUNNING, states.FINISHED, *_VIA_RUNNING):
         unit.update_process(proc.id, current_node_id=node_id, asleep=True)
+        step.note(st)  # the process moves without a state write (waits.KeptFacts)
         return None  # FAILED already, or REVOKED: nothing more to show
     _write_failed(engine, step, proc.root_id, node_id, st)
     inputs, outputs = _execution_data(unit, node_id)

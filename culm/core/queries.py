@@ -68,10 +68,11 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
 def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree) -> waits.WaitFacts:
     """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
     reads): only the other rows the waiting nodes need are read (none for a finished pipeline)."""
-    if tree.may_wait is None:
+    if tree.may_wait is None:  # a tree read in full (a refresh carries them over: culm.core.state_tree)
         may_wait = waits.MAY_WAIT
         tree.may_wait = [r for r in tree.records.values() if r.name in may_wait]
-    return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit))
+    return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit),
+                            kept=tree.facts)
 
 
 def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:

@@ -157,6 +157,7 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: object, tim
     run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
     res, outputs = record_call(run, as_result(result, {}))
     unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
+    step.note(st)  # a poll counted, the node still RUNNING: the wait reasons kept with a tree show the count
     try:
         _conclude(run, task_id, sched.id, res, outputs)
     except VersionLostError:
@@ -173,6 +174,7 @@ def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs
             unit.delete_task(task_id)
         return
     unit.update_schedule(schedule_id, finished=True)
+    run.step.note(run.state)  # every end of a schedule is in the feed (state_tree.Tree), whatever follows
     outcome = settle(run, res.ok, outputs)
     if isinstance(outcome, Next):
         # The same task row now drives the process on from the next node.

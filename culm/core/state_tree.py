@@ -29,6 +29,7 @@ from typing import Any
 from culm.core.feed_cursor import FeedCursor
 from culm.core.ports import Unit
 from culm.core.records import StateRecord
+from culm.core.waits import MAY_WAIT, KeptFacts
 
 Entry = dict[str, Any]
 # (state row, whether it is the root's own, the row and entry kept for that node until now) -> entry
@@ -53,16 +54,21 @@ class Tree:
     """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
     the entries they hand out)."""
 
-    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait")
+    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait", "facts")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
         self.entries = entries  # {node_id: entry built from it}
         self.dirty: set[str] = set()  # nodes with changes the rows do not show yet
         self.read_at = read_at  # when every row was last read (monotonic)
-        # The records in a state that may wait, once a reader asked (the rows never change: an
-        # idle pipeline's polls pick them out of its 1,004 rows once, not at every poll).
+        # The records in a state that may wait (waits.MAY_WAIT), once a reader asked (the rows never
+        # change: an idle pipeline's polls pick them out of its 1,004 rows once, not at every poll;
+        # a refresh carries them over and looks at the changed rows only).
         self.may_wait: list[StateRecord] | None = None
+        # What the wait reasons read besides the rows (waits.KeptFacts): a node's live schedules
+        # stay valid until the feed names the node, the live processes until it names any node
+        # of the pipeline; so a poll of a pipeline that stood still reads none of them again.
+        self.facts = KeptFacts()
 
 
 class StateTrees:
@@ -177,6 +183,15 @@ class StateTrees:
                 entries[node_id] = build(st, node_id == root_id, None if before is None else (before, entries[node_id]))
                 records[node_id] = st
         fresh = Tree(records, entries, kept.read_at)
+        changed = kept.dirty
+        schedules = dict(kept.facts.schedules)  # one copy in C: a reader outside the lock may add to it
+        for node_id in changed:
+            schedules.pop(node_id, None)
+        fresh.facts = KeptFacts(schedules)  # the processes are read again
+        if kept.may_wait is not None:  # only the changed rows are looked at again, not all 1,004
+            fresh.may_wait = [r for r in kept.may_wait if r.node_id not in changed]
+            fresh.may_wait += [r for node_id in changed if (r := records.get(node_id)) is not None
+                               and r.name in MAY_WAIT]
         self._keep(root_id, fresh)
         return fresh
 

@@ -221,8 +221,38 @@ def _revoked_in(records: Sequence[StateRecord], root: StateRecord | None,
     return found
 
 
+@dataclass
+class KeptFacts:
+    """Facts read for a kept state tree (:class:`culm.core.state_tree.Tree`), valid until the
+    change feed names what they are about: a reader takes them from here and adds what it reads.
+
+    Every write of a schedule's existence, count or end writes a feed note for its node
+    (:mod:`culm.core.handlers.activity`, :mod:`culm.core.scheduling`, :mod:`culm.core.faults`), and
+    every write of a live process's position comes with a state change or note of its pipeline
+    (the simulation checks both after every step: ``tests/integration/simulation.py``).
+    """
+
+    schedules: dict[str, list[ScheduleRecord]] = field(default_factory=dict)  # live ones, by node id
+    processes: list[ProcessPosition] | None = None  # the pipeline's live ones (None: not read)
+
+
+def _live_schedules(unit: Unit, node_ids: list[str], kept: KeptFacts | None) -> list[ScheduleRecord]:
+    """The live schedules of ``node_ids``: read, or taken from ``kept``, which the ones read join."""
+    if kept is None:
+        return unit.live_schedules(node_ids)
+    known = kept.schedules
+    missing = [node_id for node_id in node_ids if node_id not in known]
+    if missing:
+        read: dict[str, list[ScheduleRecord]] = {node_id: [] for node_id in missing}
+        for sched in unit.live_schedules(missing):
+            read[sched.node_id].append(sched)
+        known.update(read)
+    return [sched for node_id in node_ids for sched in known[node_id]]
+
+
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
-               timed: Callable[[str], Collection[str]] | None = None) -> WaitFacts:
+               timed: Callable[[str], Collection[str]] | None = None,
+               kept: KeptFacts | None = None) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
 
     Args:
@@ -231,6 +261,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         root: the state of their root pipeline, when ``records`` do not hold it.
         timed: ``timed(root_id)``, the nodes of that pipeline with an enabled timeout; asked only
             when a node waits for a poll or a callback (then its deadline is read).
+        kept: the facts kept with the tree ``records`` come from (taken from there, and what is
+            read here is added to it).
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -243,7 +275,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         facts.node_types = unit.node_types(odd)
     if running:
         versions = {st.node_id: st.version for st in running}
-        current = [s for s in unit.live_schedules(list(versions)) if versions.get(s.node_id) == s.version]
+        current = [s for s in _live_schedules(unit, list(versions), kept)
+                   if versions.get(s.node_id) == s.version]
         facts.schedules = {s.node_id: s for s in current}
         if any(s.type == "poll" for s in current):
             tasks: list[TaskRecord] = unit.tasks_of_root(running[0].root_id, SCHEDULE)
@@ -257,7 +290,12 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     alive = root if root is not None and root.name in live else next(
         (st for st in candidates if st.name in live and st.root_id), None)
     if alive is not None:
-        facts.processes = unit.live_process_positions(alive.root_id)
+        if kept is None:
+            facts.processes = unit.live_process_positions(alive.root_id)
+        else:
+            if kept.processes is None:
+                kept.processes = unit.live_process_positions(alive.root_id)
+            facts.processes = kept.processes
         late = time.time() - STALLED_AFTER
         if not _moved_since(late, records, root):  # a pipeline that moves has a runner
             facts.stalled = [t for t in unit.tasks_of_root(alive.root_id, EXECUTE)

@@ -103,6 +103,7 @@ def _advance(
             # pipeline was revoked meanwhile, only a poll may go on (culm.core.revoking).
             if run is None and revoking.ends_after_call(step, proc):
                 proc.dead = True
+                _note_quiet_move(step, proc)
         elif isinstance(outcome, Die):
             proc.dead = True
     except _Stop:
@@ -155,15 +156,18 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
     # The pipelines around the node stay as read until our commit: a pause (resume, revoke) that
     # commits after this read waits for us, so no node is entered after pause_pipeline returned.
     stack_states = unit.hold_states(proc.stack)
-    _check_revoked(proc, stack_states)  # before a join too: a revoked run's converge never runs
+    _check_revoked(step, proc, stack_states)  # before a join too: a revoked run's converge never runs
     if node_id == proc.destination_id:
         _join(step, proc, node_id)
+        # The converge wait of the fork lists the branches still out: this one is counted without a
+        # state write, so a note on a pipeline around it (held above: no read of its own).
+        _note_quiet_move(step, proc, stack_states)
         raise _Stop
     proc.current_node_id = node_id
     prefetch = unit.prefetch
     if prefetch is not None:  # one read for the states this walk may need, not one per node entered
         prefetch.prefetch_states(graph.ahead(node_id))
-    _check_stack(proc, stack_states)
+    _check_stack(step, proc, stack_states)
     found = unit.get_states([node_id], mutable=(node_id,))
     node = graph.node(node_id)
     st = found.get(node_id)
@@ -190,6 +194,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
             st.root_id, st.parent_id = graph.root_id, node.pipeline_id
             step.note(st)  # no transition: the kept trees must learn the row is the root's now
         proc.suspended, proc.suspended_by = True, node.id
+        step.note(st)  # the process parks without a state write (waits.KeptFacts: "reached")
         raise _Stop
     if st.name == states.FINISHED and node.type != SUBPROCESS and st.loop > engine.settings.rerun_limit:
         run = Run(engine, step, graph, proc, node, st)
@@ -226,22 +231,36 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         now_st = unit.get_state(node.id, for_update=True)
         if now_st is not None and now_st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, node.id  # park on the pause, as if we had seen it
+            step.note(now_st)  # the process parks without a state write (waits.KeptFacts: "reached")
         else:
             proc.asleep = True
         raise _Stop
     return st
 
 
-def _check_revoked(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _note_quiet_move(step: Step, proc: ProcessRecord, held: dict[str, StateRecord] | None = None) -> None:
+    """``proc`` parks, ends or is counted at a converge without a state write of its pipeline: a
+    note on the row of a pipeline around it (one of ``held``, else the root's, read) tells the change
+    feed's readers (the wait reasons kept with a state tree say where branches stand and which wait
+    on a pause: culm.core.waits.KeptFacts)."""
+    around = next((held[pid] for pid in reversed(proc.stack) if pid in held), None) if held else None
+    if around is None:
+        around = step.unit.get_state(proc.root_id)
+    if around is not None:
+        step.note(around)
+
+
+def _check_revoked(step: Step, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     """End the process if a pipeline around it is revoked: the root (bamboo checks only that), or a
     subprocess (culm stops what runs inside a revoked subprocess too). Only a process whose node
     polled (or ran its execute) when the revoke came still walks (culm.core.revoking): it dies here."""
     if any(st.name == states.REVOKED for st in stack_states.values()):
         proc.dead = True
+        _note_quiet_move(step, proc, stack_states)
         raise _Stop
 
 
-def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
+def _check_stack(step: Step, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:
     """Park the process if a pipeline around it is paused.
 
     ``stack_states`` are held (``Unit.hold_states``): a resume committing after our read waits for
@@ -251,6 +270,7 @@ def _check_stack(proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> N
         st = stack_states.get(pid)
         if st is not None and st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, pid
+            step.note(st)  # the process parks without a state write (waits.KeptFacts)
             raise _Stop
 
 

@@ -17,7 +17,10 @@ Notes. A row whose ``from_state`` equals its ``to_state`` is no transition (the 
 has none from a state to itself): it tells the kept state trees (:mod:`culm.core.state_tree`) that
 a state row changed in a field the feed does not carry (``Step.note``: inner loops reset when a
 subprocess is entered again; an appointed pause's row written by an older version joining its
-root). :meth:`ChangeFeed.changes` and :meth:`ChangeFeed.wait` skip notes.
+root), or that what a node's wait reason is read from moved without a state write (a schedule
+created, a poll counted or a schedule ended; a branch that parks, ends or is counted at its
+converge gateway: :class:`culm.core.waits.KeptFacts`). :meth:`ChangeFeed.changes` and
+:meth:`ChangeFeed.wait` skip notes.
 
 Waking. A commit by this process wakes the readers of the same store at once (the embedded
 engine); other readers poll the primary key, backing off from :data:`POLL_MIN` to

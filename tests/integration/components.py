@@ -357,6 +357,32 @@ class SlowPollService(Service):
         return True
 
 
+class GatedPollsService(Service):
+    """Each step held by its own gate: ``execute`` until ``gate(f"{inputs.gate}-execute")``, poll n
+    (1, 2) until ``gate(f"{inputs.gate}-poll{n}")``; finishes after the second poll."""
+
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0)
+
+    def execute(self, data, parent_data):
+        gate(f"{data.inputs.gate}-execute").wait(timeout=15)
+        data.outputs.count = 0
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        data.outputs.count += 1
+        gate(f"{data.inputs.gate}-poll{data.outputs.count}").wait(timeout=15)
+        if data.outputs.count >= 2:
+            self.finish_schedule()
+        return True
+
+
+class GatedPollsComponent(Component):
+    code = "t_gated_polls"
+    name = "gated polls"
+    bound_service = GatedPollsService
+
+
 class SlowPollComponent(Component):
     code = "t_slow_poll"
     name = "slow poll"

@@ -19,7 +19,9 @@ pipeline, every state transition in the table, converge gateways never early; no
 ``execute`` runs twice for one version unless a crash or a lease expiry happened in between, and
 none whose result a batch committed is handed out again, crash or not (an executable end event's
 code included: the pipelines end with one, t_record_end); a schedule call (a poll, a callback)
-counts once: a batch counts only calls it applies, each never counted before.
+counts once: a batch counts only calls it applies, each never counted before. A poller's kept
+state trees (the engine's, read after every step) give what a full read gives, wait reasons
+included: every write that moves a wait reason without a state change is in the change feed.
 After the storm the simulation stops injecting and drives every pipeline to its end as an operator
 would. Ids, versions and the clock come from the seed, so a failure replays exactly::
 
@@ -50,13 +52,14 @@ import components  # noqa: F401 - registers the t_* components
 from storm_ops import Storm, fire, operate
 
 import culm
-from culm.core import loop, records
+from culm.core import loop, queries, records
 from culm.core.engine import Engine, Settings
 from culm.core.invariants import Violation, check, check_transitions
 from culm.core.loop import UserCall
 from culm.core.outcomes import Invoke
 from culm.core.records import EXECUTE, SCHEDULE, TaskRecord
 from culm.core.snapshots import read_snapshot, read_snapshots
+from culm.core.state_tree import StateTrees
 from culm.dispatch.inline import InlineDispatcher
 from culm.model import builder
 from culm.storage import migrate
@@ -441,10 +444,29 @@ class Simulation:
         for snap in read_snapshots(self.engine, self.storm.roots).values():
             found += check(snap)
         found += self._callback_order()
+        found += self._kept_trees_current()
         if found:
             self._fail(found, f"after {what}")
         if self.trace:
             print(self.steps[-1] if self.steps else what)
+
+    def _kept_trees_current(self) -> list[Violation]:
+        """A poller's kept state trees (the engine's, read after every step) give what a full read
+        gives, wait reasons included: every write those look at is in the change feed."""
+        found = []
+        for root in self.storm.roots:
+            kept = _without_texts(queries.pipeline_states(self.engine, root))
+            poller, self.engine.state_trees = self.engine.state_trees, StateTrees()
+            try:
+                full = _without_texts(queries.pipeline_states(self.engine, root))
+            finally:
+                self.engine.state_trees = poller
+            if kept != full:
+                differ = sorted(n for n in {*kept.get(root, {}).get("children", {}), root}
+                                if _entry(kept, root, n) != _entry(full, root, n))
+                found.append(Violation("kept-tree", root, f"a poll differs from a full read at {differ}: "
+                                       f"{[_entry(kept, root, n) for n in differ]} != {[_entry(full, root, n) for n in differ]}"))
+        return found
 
     def _callback_order(self) -> list[Violation]:
         """A multiple-callback node's ``schedule()`` saw its run's callbacks in the order they were
@@ -464,6 +486,21 @@ class Simulation:
         tail = "\n  ".join(self.steps[-25:])
         raise SimulationFailure(f"seed {self.seed}, step {len(self.steps)}, {when}: "
                                 + "; ".join(map(str, found)) + f"\nlast steps:\n  {tail}")
+
+
+def _without_texts(data: dict[str, Any]) -> dict[str, Any]:
+    """A state tree with its wait reasons' texts left out (a text may name seconds of the wall
+    clock, which moves between two reads)."""
+    for root_entry in data.values():
+        for entry in (root_entry, *root_entry["children"].values()):
+            if entry["wait_reason"] is not None:
+                entry["wait_reason"] = {k: v for k, v in entry["wait_reason"].items() if k != "text"}
+    return data
+
+
+def _entry(data: dict[str, Any], root: str, node_id: str) -> Any:
+    root_entry = data.get(root, {})
+    return root_entry if node_id == root else root_entry.get("children", {}).get(node_id)
 
 
 @contextlib.contextmanager

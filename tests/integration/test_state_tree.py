@@ -29,6 +29,15 @@ def fresh_read(runtime, root_id, flat=True):
     return api.get_pipeline_states(runtime, root_id, flat_children=flat).data
 
 
+def full_read_keeping(runtime, root_id):
+    """:func:`fresh_read`, the poller's kept trees left in place."""
+    poller = runtime.engine.state_trees
+    try:
+        return fresh_read(runtime, root_id)
+    finally:
+        runtime.engine.state_trees = poller
+
+
 def assert_current(runtime, root_id):
     kept_flat = api.get_pipeline_states(runtime, root_id).data
     kept_nested = api.get_pipeline_states(runtime, root_id, flat_children=False).data
@@ -87,6 +96,90 @@ def test_kept_entries_hold_no_container_for_the_garbage_collector(runtime):
     assert [node for node, e in kept.entries.items() if gc.is_tracked(e)] == []
     children = [e["children"] for e in handed["children"].values()]
     assert children == [{}] * len(children) and len({id(c) for c in children}) == len(children)
+
+
+def test_the_rows_that_may_wait_follow_the_changes(runtime):
+    """A refresh carries the kept tree's may-wait rows over and looks at the changed rows only:
+    after every move they are what a look at every row picks, and the wait reasons those of a
+    full read."""
+    from support import wait_until
+
+    from culm.builder import ConvergeGateway, EmptyEndEvent, EmptyStartEvent, ParallelGateway
+    from culm.core import waits
+
+    waiting = [act("t_callback") for _ in range(3)]
+    start, fork, join, end = EmptyStartEvent(), ParallelGateway(), ConvergeGateway(), EmptyEndEvent()
+    for i, node in enumerate(waiting):
+        after = act(x=i)
+        node.extend(after)
+        node.successor_id = after.id
+    start.extend(fork).connect(*waiting).converge(join).extend(end)
+    tree = build_tree(start)
+    root = tree["id"]
+    run(runtime, tree)
+
+    def kept_read():
+        """A poll through the kept tree; its may-wait rows are those a look at every row picks."""
+        data = api.get_pipeline_states(runtime, root).data
+        kept = runtime.engine.state_trees.tree_of(root)
+        assert kept is not None and kept.may_wait is not None
+        rescan = [r for r in kept.records.values() if r.name in waits.MAY_WAIT]
+        assert sorted(r.node_id for r in kept.may_wait) == sorted(r.node_id for r in rescan)
+        return data
+
+    def settled(what, done):
+        """Polled until ``done`` and a poll equals a full read (wait reasons too)."""
+        def reached():
+            data = kept_read()
+            return done(data[root]) and data == full_read_keeping(runtime, root)
+
+        wait_until(reached, timeout=20, what=what)
+        return kept_read()[root]
+
+    def kinds(entry):
+        return [((entry["children"].get(n.id) or {}).get("wait_reason") or {}).get("kind") for n in waiting]
+
+    entry = settled("every branch waits for its callback", lambda e: kinds(e) == ["callback"] * 3)
+    for i, node in enumerate(waiting):
+        version = entry["children"][node.id]["wait_reason"]["version"]
+        assert api.callback(runtime, node.id, version, {}).result
+        entry = settled(f"the branch of {node.id} ended",
+                        lambda e, i=i, after=node.successor_id: kinds(e) == [None] * (i + 1) + ["callback"] * (2 - i)
+                        and (e["children"].get(after) or {}).get("state") == "FINISHED"
+                        and (i < 2 or e["state"] == "FINISHED"))
+    assert entry["state"] == "FINISHED" and entry["wait_reason"] is None
+
+
+def test_a_kept_tree_follows_the_schedules_of_its_running_nodes(runtime):
+    """A schedule is created, and each poll counted, while its node stays RUNNING: the feed notes
+    both, so the wait reason read through a kept tree (whose nodes' schedules are kept until the
+    feed names the node) follows, as a full read does."""
+    from support import wait_until
+
+    node = act("t_gated_polls", gate="tree-polls")
+    tree = build_tree(chain(node))
+    root = tree["id"]
+    run(runtime, tree)
+    wait_state(runtime, node.id, "RUNNING")
+    entry = api.get_pipeline_states(runtime, root).data[root]  # kept: the execute is held, no schedule
+    assert entry["children"][node.id]["wait_reason"] is None
+    kept = runtime.engine.state_trees.tree_of(root)
+    assert kept is not None and kept.facts.schedules.get(node.id) == []
+
+    def polls_shown(count):
+        def shown():
+            data = api.get_pipeline_states(runtime, root).data
+            got = data[root]["children"][node.id]["wait_reason"] or {}
+            return got.get("kind") == "poll" and got["polls"] == count and data == full_read_keeping(runtime, root)
+        return shown
+
+    components.gate("tree-polls-execute").set()  # the schedule is created, poll 1 is held
+    wait_until(polls_shown(0), timeout=20, what=f"node {node.id} waits for its first poll")
+    components.gate("tree-polls-poll1").set()  # poll 1 counted, poll 2 is held
+    wait_until(polls_shown(1), timeout=20, what=f"node {node.id} polled once")
+    components.gate("tree-polls-poll2").set()
+    wait_state(runtime, root, "FINISHED")
+    assert_current(runtime, root)
 
 
 def test_a_pipeline_read_long_ago_is_read_in_full(runtime, monkeypatch):

@@ -208,6 +208,7 @@ def start_schedule(run: Run, schedule_type: str) -> None:
     """Create the schedule of this run; a poll starts at once, callbacks wait for ``callback()``."""
     sched = ScheduleRecord(new_id(), run.node.id, run.state.version, run.proc.id, schedule_type)
     run.unit.insert_schedule(sched)
+    run.step.note(run.state)  # the node stays RUNNING: the feed's readers learn of its schedule (state_tree.Tree)
     if schedule_type == "poll":
         run.step.add_task(schedule_task(run.proc, run.node.id, sched.id, due=now()))
 
