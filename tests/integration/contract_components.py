@@ -35,7 +35,7 @@ class RuntimeAttrsService(Service):
 
 class RuntimeAttrsComponent(Component):
     name = "runtime attributes"
-    code = "cc_attrs"
+    code = "ct_attrs"
     bound_service = RuntimeAttrsService
 
 
@@ -45,25 +45,25 @@ class FailUnlessOkService(Service):
     def execute(self, data, parent_data):
         data.set_outputs("seen_ok", data.get_one_of_inputs("ok", False))
         if not data.get_one_of_inputs("ok", False):
-            data.set_outputs("ex_data", "cc_fail: ok is false")
+            data.set_outputs("ex_data", "ct_fail: ok is false")
             return False
         return None  # None succeeds, as True does
 
 
 class FailUnlessOkComponent(Component):
     name = "fail unless ok"
-    code = "cc_fail"
+    code = "ct_fail"
     bound_service = FailUnlessOkService
 
 
 class RaiseService(Service):
     def execute(self, data, parent_data):
-        raise ValueError("cc_raise exploded")
+        raise ValueError("ct_raise exploded")
 
 
 class RaiseComponent(Component):
     name = "raise"
-    code = "cc_raise"
+    code = "ct_raise"
     bound_service = RaiseService
 
 
@@ -104,7 +104,7 @@ for _hook in HOOKS:
 
 class CallbackComponent(Component):
     name = "callback"
-    code = "cc_callback"
+    code = "ct_callback"
     version = "2.0"
     bound_service = CallbackService
 
@@ -128,34 +128,34 @@ class PollService(Service):
 
 class PollComponent(Component):
     name = "poll"
-    code = "cc_poll"
+    code = "ct_poll"
     bound_service = PollService
 
 
 class TaggedVariable(LazyVariable):
     """``value|pipeline_data["who"]|inner_loop``."""
 
-    code = "cc_tagged"
+    code = "ct_tagged"
 
     def get_value(self):
         return f"{self.value}|{self.pipeline_data.get('who')}|{self.inner_loop}"
 
 
 class BrokenVariable(LazyVariable):
-    code = "cc_broken"
+    code = "ct_broken"
 
     def get_value(self):
-        raise RuntimeError("cc_broken cannot say")
+        raise RuntimeError("ct_broken cannot say")
 
 
 class RecordingEnd(ExecutableEndEvent):
     """Ends a pipeline; an end event has no outputs, so the tests see its run by its state."""
 
-    code = "cc_end"
+    code = "ct_end"
 
     def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
         if root_pipeline_id.startswith("explode"):
-            raise RuntimeError(f"cc_end refuses {current_pipeline_id}")
+            raise RuntimeError(f"ct_end refuses {current_pipeline_id}")
 
 
 class SinkEnd:
@@ -163,11 +163,11 @@ class SinkEnd:
 
     def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
         if root_pipeline_id.startswith("explode"):
-            raise RuntimeError("cc_sink refuses")
+            raise RuntimeError("ct_sink refuses")
 
 
-add_sink_type("cc_sink")
-FlowNodeClsFactory.register_node("cc_sink", SinkEnd)
+add_sink_type("ct_sink")
+FlowNodeClsFactory.register_node("ct_sink", SinkEnd)
 
 
 def _log_signals(path: str) -> None:

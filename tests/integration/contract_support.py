@@ -1,12 +1,12 @@
 """Helpers of the contract conformance tests (``test_contract_surface.py``,
-``test_contract_conformance.py``): small trees of the ``cc_*`` plugins and bounded waits on the
+``test_contract_conformance.py``): small trees of the ``ct_*`` plugins and bounded waits on the
 public query API."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import contract_components  # noqa: F401 - registers the cc_* plugins the trees use
+import contract_components  # noqa: F401 - registers the ct_* plugins the trees use
 from support import wait_until
 
 from culm import api
@@ -32,18 +32,18 @@ def builder_tree() -> dict[str, Any]:
     )
 
     inner = EmptyStartEvent()
-    inner_act = ServiceActivity(component_code="cc_attrs")
+    inner_act = ServiceActivity(component_code="ct_attrs")
     inner_act.component.inputs.value = Var(type=Var.SPLICE, value="${sub_in}")
     inner.extend(inner_act).extend(EmptyEndEvent())
     sub = SubProcess(start=inner, data=Data(inputs={"${sub_in}": DataInput(type=Var.PLAIN, value="d")}),
                      params={"${sub_in}": Var(type=Var.SPLICE, value="${top}")})
-    start, act = EmptyStartEvent(), ServiceActivity(component_code="cc_attrs", version="legacy", error_ignorable=True,
+    start, act = EmptyStartEvent(), ServiceActivity(component_code="ct_attrs", version="legacy", error_ignorable=True,
                                                     timeout=None, skippable=False, retryable=False)
     act.component.inputs.value = Var(type=Var.PLAIN, value=1)
     pg, cg, eg, end = ParallelGateway(), ConvergeGateway(), ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"}), \
         EmptyEndEvent()
-    other = ServiceActivity(component_code="cc_attrs")
-    start.extend(act).extend(pg).connect(sub, ServiceActivity(component_code="cc_attrs")).to(pg).converge(cg) \
+    other = ServiceActivity(component_code="ct_attrs")
+    start.extend(act).extend(pg).connect(sub, ServiceActivity(component_code="ct_attrs")).to(pg).converge(cg) \
         .extend(eg).connect(end, other)
     other.extend(end)
     data = Data(inputs={"${top}": Var(type=Var.PLAIN, value="t"),
@@ -94,7 +94,7 @@ def act(code: str, **inputs: Any) -> Any:
     """An activity of ``code`` with plain inputs (or the ``Var`` given)."""
     from culm.builder import ServiceActivity, Var
 
-    node = ServiceActivity(component_code=code, version="2.0" if code == "cc_callback" else None)
+    node = ServiceActivity(component_code=code, version="2.0" if code == "ct_callback" else None)
     for key, value in inputs.items():
         setattr(node.component.inputs, key, value if isinstance(value, Var) else Var(type=Var.PLAIN, value=value))
     return node

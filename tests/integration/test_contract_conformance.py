@@ -137,7 +137,7 @@ def test_unknown_ids_as_the_contract_says(rt):
 
 
 def test_refusals_name_the_id_and_state_and_send_nothing(rt):
-    tree = line(act("cc_attrs"))
+    tree = line(act("ct_attrs"))
     node = next(iter(tree["activities"]))
     pid = start_run(rt, tree)
     wait_for(rt, pid, "FINISHED")
@@ -152,13 +152,13 @@ def test_refusals_name_the_id_and_state_and_send_nothing(rt):
 
 
 def test_retry_with_new_data_keeps_histories_in_order(rt):
-    tree = line(act("cc_fail", ok=False))
+    tree = line(act("ct_fail", ok=False))
     node = next(iter(tree["activities"]))
     pid = start_run(rt, tree)
     wait_for(rt, node, "FAILED")
     assert state_of(rt, pid) == "RUNNING"  # a failed node does not fail its pipeline
     failed = api.get_execution_data_outputs(rt, node).data
-    assert failed["_result"] is False and failed["ex_data"] == "cc_fail: ok is false"
+    assert failed["_result"] is False and failed["ex_data"] == "ct_fail: ok is false"
     assert api.retry_node(rt, node, data={"ok": False}).result
     wait_until(lambda: api.get_children_states(rt, node).data[node]["retry"] == 1 and state_of(rt, node) == "FAILED",
                30, 0.05, what="the first retry to fail")
@@ -182,7 +182,7 @@ def test_retry_with_new_data_keeps_histories_in_order(rt):
 
 
 def test_callback_takes_the_current_version_and_passes_the_payload(rt):
-    tree = line(act("cc_callback"))
+    tree = line(act("ct_callback"))
     node = next(iter(tree["activities"]))
     pid = start_run(rt, tree)
     wait_until(lambda: api.get_execution_data_outputs(rt, node).data.get("version_seen"), 30, 0.05,
@@ -199,34 +199,34 @@ def test_callback_takes_the_current_version_and_passes_the_payload(rt):
 def test_lazy_variables_value_pipeline_data_inner_loop(rt):
     from culm.builder import Var
 
-    tree = line(act("cc_attrs", value=Var(type=Var.LAZY, custom_type="cc_tagged", value="${a}-x")),
+    tree = line(act("ct_attrs", value=Var(type=Var.LAZY, custom_type="ct_tagged", value="${a}-x")),
                 data={"inputs": {"${a}": {"type": "plain", "value": "A"}}, "outputs": []})
     node = next(iter(tree["activities"]))
     pid = start_run(rt, tree, root_pipeline_data={"who": "me"})
     wait_for(rt, pid, "FINISHED")
     assert api.get_execution_data_outputs(rt, node).data["echo"] == "A-x|me|1"
 
-    broken = line(act("cc_attrs", value=Var(type=Var.LAZY, custom_type="cc_broken", value="v")))
+    broken = line(act("ct_attrs", value=Var(type=Var.LAZY, custom_type="ct_broken", value="v")))
     node = next(iter(broken["activities"]))
     start_run(rt, broken)
     wait_for(rt, node, "FAILED")
     ex_data = api.get_execution_data_outputs(rt, node).data["ex_data"]
-    assert "value" in ex_data and "cc_broken cannot say" in ex_data
+    assert "value" in ex_data and "ct_broken cannot say" in ex_data
 
-    unknown = line(act("cc_attrs", value=Var(type=Var.LAZY, custom_type="cc_nowhere", value="v")))
+    unknown = line(act("ct_attrs", value=Var(type=Var.LAZY, custom_type="ct_nowhere", value="v")))
     res = api.run_pipeline(rt, unknown)
-    assert res.result is False and "cc_nowhere" in res.message
+    assert res.result is False and "ct_nowhere" in res.message
     assert api.get_pipeline_states(rt, unknown["id"]).data == {}
 
 
-@pytest.mark.parametrize("end_type", ["cc_end", "cc_sink"])
+@pytest.mark.parametrize("end_type", ["ct_end", "ct_sink"])
 def test_executable_end_events_run_and_fail_retryably(rt, end_type):
     from culm.builder import ExecutableEndEvent
 
-    tree = line(act("cc_attrs"), end=ExecutableEndEvent(type=end_type))
+    tree = line(act("ct_attrs"), end=ExecutableEndEvent(type=end_type))
     assert tree["end_event"]["type"] == end_type
     wait_for(rt, start_run(rt, tree), "FINISHED")
-    bad = line(act("cc_attrs"), end=ExecutableEndEvent(type=end_type), id=f"explode{uuid.uuid4().hex}"[:33])
+    bad = line(act("ct_attrs"), end=ExecutableEndEvent(type=end_type), id=f"explode{uuid.uuid4().hex}"[:33])
     end_id = bad["end_event"]["id"]
     pid = start_run(rt, bad)
     wait_for(rt, end_id, "FAILED")
@@ -237,26 +237,26 @@ def test_executable_end_events_run_and_fail_retryably(rt, end_type):
 
 
 def test_an_exception_fails_the_node_with_its_traceback(rt):
-    tree = line(act("cc_raise"))
+    tree = line(act("ct_raise"))
     node = next(iter(tree["activities"]))
     start_run(rt, tree)
     wait_for(rt, node, "FAILED")
     out = api.get_execution_data_outputs(rt, node).data
-    assert out["_result"] is False and "Traceback" in out["ex_data"] and "cc_raise exploded" in out["ex_data"]
+    assert out["_result"] is False and "Traceback" in out["ex_data"] and "ct_raise exploded" in out["ex_data"]
 
 
 def test_unregistered_component_fails_with_its_code(rt):
-    tree = line(act("cc_never_registered"))
+    tree = line(act("ct_never_registered"))
     node = next(iter(tree["activities"]))
     pid = start_run(rt, tree)
     wait_for(rt, node, "FAILED")
-    assert "cc_never_registered" in api.get_execution_data_outputs(rt, node).data["ex_data"]
+    assert "ct_never_registered" in api.get_execution_data_outputs(rt, node).data["ex_data"]
     assert api.revoke_pipeline(rt, pid).result
     wait_for(rt, pid, "REVOKED")
 
 
 def test_pause_resume_and_forced_fail_of_a_polling_node(rt):
-    tree = line(act("cc_callback"), act("cc_attrs"))
+    tree = line(act("ct_callback"), act("ct_attrs"))
     waiting, after = list(tree["activities"])
     pid = start_run(rt, tree)
     wait_until(lambda: api.get_execution_data_outputs(rt, waiting).data.get("version_seen"), 30, 0.05,
@@ -281,7 +281,7 @@ def test_workers_send_signals_django_style_in_their_own_process(harness):
     for name in HARNESS:
         backend = harness(name)
         rt = backend.runtime()
-        tree = line(act("cc_attrs"))
+        tree = line(act("ct_attrs"))
         node = next(iter(tree["activities"]))
         pid = start_run(rt, tree)
         wait_for(rt, pid, "FINISHED")
@@ -312,7 +312,7 @@ def _command_signals_in_the_callers_process(rt: Any) -> None:
         event = kwargs.get("event")
         heard.append((kwargs["node_id"], kwargs["to_state"]) if event is None else ("event", event.event_type))
 
-    tree = line(act("cc_callback"))
+    tree = line(act("ct_callback"))
     node = next(iter(tree["activities"]))
     pid = start_run(rt, tree)
     wait_until(lambda: api.get_execution_data_outputs(rt, node).data.get("version_seen"), 30, 0.05, what="it waits")
@@ -335,7 +335,7 @@ def test_hooks_get_callback_data_only_when_there_is_one(tmp_path):
     pause hook for a node not reached; resume hooks never."""
     cc.HOOK_CALLS.clear()
     with culm.Runtime(f"sqlite:///{tmp_path}/h.db") as rt:
-        tree = line(act("cc_callback"), act("cc_callback"))
+        tree = line(act("ct_callback"), act("ct_callback"))
         a, b = list(tree["activities"])
         pid = start_run(rt, tree)
         wait_until(lambda: api.get_execution_data_outputs(rt, a).data.get("version_seen"), 30, 0.05, what="a waits")
@@ -367,7 +367,7 @@ sys.path[:0] = [{str(HERE)!r}]
 import contract_components
 from contract_support import line, act
 from culm.legacy import PipelineParser, task_service
-tree = line(act("cc_fail", ok=False))
+tree = line(act("ct_fail", ok=False))
 node = next(iter(tree["activities"]))
 obj = PipelineParser(tree).parse()
 assert obj.id == tree["id"]
@@ -395,13 +395,13 @@ print("legacy ok", task_service.get_state(obj.id)["children"][node]["skip"])
 
 
 CLI_MODULE = '''
-import contract_components  # noqa: F401 - registers cc_fail
+import contract_components  # noqa: F401 - registers ct_fail
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
 
 
 def build_pipeline():
     start = EmptyStartEvent()
-    node = ServiceActivity(component_code="cc_fail", id="cli_node")
+    node = ServiceActivity(component_code="ct_fail", id="cli_node")
     node.component.inputs.ok = Var(type=Var.SPLICE, value="${ok}")
     start.extend(node).extend(EmptyEndEvent())
     return build_tree(start, id="cli_pipe", data={"inputs": {"${ok}": {"type": "plain", "value": False}},
@@ -424,7 +424,7 @@ def test_command_line_exit_codes_as_the_harness_sees_them(tmp_path):
                               text=True, timeout=120)
 
     ran = culm_cli("run", "flow.py")
-    assert ran.returncode == 1 and "cli_node" in ran.stdout + ran.stderr and "cc_fail: ok is false" in ran.stdout
+    assert ran.returncode == 1 and "cli_node" in ran.stdout + ran.stderr and "ct_fail: ok is false" in ran.stdout
     status = culm_cli("status", "cli_pipe", "--json")
     assert status.returncode == 1 and json.loads(status.stdout)["failed"] == ["cli_node"]
     assert culm_cli("retry", "cli_node", "--data", '{"ok": true}').returncode == 0
@@ -443,9 +443,9 @@ def test_command_line_exit_codes_as_the_harness_sees_them(tmp_path):
     assert culm_cli("token", "revoke", token_id).returncode == 5 and culm_cli("token", "revoke", "ghost").returncode == 3
     assert culm_cli("token", "create", "--role", "king").returncode == 2
 
-    import contract_components  # noqa: F401 - the tree names cc_attrs
+    import contract_components  # noqa: F401 - the tree names ct_attrs
 
-    tree = line(act("cc_attrs", value="${fragment"))
+    tree = line(act("ct_attrs", value="${fragment"))
     (tmp_path / "tree.json").write_text(json.dumps(tree))
     checked = culm_cli("validate", "tree.json")
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -468,7 +468,7 @@ def test_preview_inputs_and_update_context_values(rt):
     assert api.preview_node_inputs(rt, tree, inner, [sub["id"]]).data == {"value": "t"}
     assert api.get_pipeline_states(rt, tree["id"]).data == {}  # a preview runs nothing
 
-    tree = line(act("cc_callback"), act("cc_attrs", value=Var(type=Var.SPLICE, value="${k}")),
+    tree = line(act("ct_callback"), act("ct_attrs", value=Var(type=Var.SPLICE, value="${k}")),
                 data={"inputs": {"${k}": {"type": "plain", "value": "old"}}, "outputs": []})
     waiting, reader = list(tree["activities"])
     pid = start_run(rt, tree)
@@ -486,7 +486,7 @@ def test_command_line_on_a_cluster(harness, tmp_path, name):
     import json
 
     backend = harness(name)
-    tree = line(act("cc_attrs", value="from the CLI"), act("cc_callback"))
+    tree = line(act("ct_attrs", value="from the CLI"), act("ct_callback"))
     first, waiting = list(tree["activities"])
     (tmp_path / "tree.json").write_text(json.dumps(tree))
     env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_") or k == "CULMTEST_SESSION"}

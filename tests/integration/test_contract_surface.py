@@ -118,7 +118,7 @@ def test_runtime_urls_of_the_contract(tmp_path, monkeypatch):
         assert (tmp_path / "env.db").exists() and api.get_pipeline_states(rt, "x").result
     with culm.Runtime("sqlite:///:memory:") as rt:
         assert repr(rt) == "Runtime('sqlite:///:memory:', embedded)"
-        tree = line(act("cc_attrs"))
+        tree = line(act("ct_attrs"))
         wait_for(rt, start_run(rt, tree), "FINISHED")
     assert not list(tmp_path.glob("*memory*"))
 
@@ -157,7 +157,7 @@ def test_build_tree_writes_bamboos_schema_with_33_char_ids():
     assert isinstance(tree["end_event"]["incoming"], list) and tree["end_event"]["outgoing"] == ""
     act = next(a for a in tree["activities"].values() if a.get("error_ignorable"))
     assert act["type"] == "ServiceActivity" and isinstance(act["incoming"], list) and isinstance(act["outgoing"], str)
-    assert act["component"]["code"] == "cc_attrs" and act["component"]["inputs"]["value"] == \
+    assert act["component"]["code"] == "ct_attrs" and act["component"]["inputs"]["value"] == \
         {"type": "plain", "value": 1}
     assert (act["skippable"], act["retryable"], act["optional"]) == (False, False, False)
     sub = next(a for a in tree["activities"].values() if a["type"] == "SubProcess")
@@ -245,7 +245,7 @@ def test_bamboos_own_argument_names_still_work():
     from culm.components import StaticIntervalGenerator
 
     start = EmptyStartEvent()
-    start.extend(ServiceActivity(component_code="cc_attrs")).extend(EmptyEndEvent())
+    start.extend(ServiceActivity(component_code="ct_attrs")).extend(EmptyEndEvent())
     assert build_tree(start=start, id="p1")["start_event"]["id"] == build_tree(start_elem=start, id="p1")[
         "start_event"]["id"] == start.id
     with pytest.raises(TypeError):
@@ -272,16 +272,16 @@ def test_service_methods_and_class_attributes():
 def test_component_library():
     from culm.components import ComponentNotFoundError, library
 
-    assert library.get("cc_attrs") is library.get("cc_attrs", "legacy")
-    assert library.get("cc_attrs").bound_service is cc.RuntimeAttrsService
-    assert library.get("cc_callback", "2.0") is cc.CallbackComponent
-    assert "cc_callback" in library.codes() and library.versions("cc_callback") == ["2.0"]
-    assert cc.CallbackComponent in library.all() and ("cc_callback", "2.0") in library
-    assert ("cc_callback", "legacy") not in library
+    assert library.get("ct_attrs") is library.get("ct_attrs", "legacy")
+    assert library.get("ct_attrs").bound_service is cc.RuntimeAttrsService
+    assert library.get("ct_callback", "2.0") is cc.CallbackComponent
+    assert "ct_callback" in library.codes() and library.versions("ct_callback") == ["2.0"]
+    assert cc.CallbackComponent in library.all() and ("ct_callback", "2.0") in library
+    assert ("ct_callback", "legacy") not in library
     with pytest.raises(ComponentNotFoundError):
-        library.get("cc_callback")
+        library.get("ct_callback")
     with pytest.raises(ComponentNotFoundError):
-        library.get("cc_nowhere", "1")
+        library.get("ct_nowhere", "1")
 
 
 def _define(base: type, attrs: dict[str, Any], module: str, qualname: str) -> type:
@@ -295,17 +295,17 @@ def test_conflicting_plugins_raise_and_redefinitions_replace(kind):
     from culm.events import EndEventConflictError, ExecutableEndEvent
     from culm.variables import LazyVariable, VariableConflictError
 
-    code = f"cc_conflict_{kind}_{uuid.uuid4().hex[:6]}"
+    code = f"ct_conflict_{kind}_{uuid.uuid4().hex[:6]}"
     base, attrs, error = {
         "component": (Component, {"code": code, "name": "n", "bound_service": Service}, ComponentConflictError),
         "variable": (LazyVariable, {"code": code, "get_value": lambda self: 1}, VariableConflictError),
         "end_event": (ExecutableEndEvent, {"code": code, "execute": lambda self, *a: None}, EndEventConflictError),
     }[kind]
     assert issubclass(error, PluginConflictError)
-    _define(base, attrs, "cc_mod_a", "First")
-    _define(base, attrs, "cc_mod_a", "First")  # the same class again (a reloaded module): no error
+    _define(base, attrs, "ct_mod_a", "First")
+    _define(base, attrs, "ct_mod_a", "First")  # the same class again (a reloaded module): no error
     with pytest.raises(error) as info:
-        _define(base, attrs, "cc_mod_b", "Second")
+        _define(base, attrs, "ct_mod_b", "Second")
     assert "First" in str(info.value) and "Second" in str(info.value)
 
 
@@ -366,7 +366,7 @@ def test_signal_receivers_are_held_strongly_and_called_django_style(tmp_path):
 
     gc.collect()
     start = EmptyStartEvent()
-    start.extend(ServiceActivity(component_code="cc_attrs")).extend(EmptyEndEvent())
+    start.extend(ServiceActivity(component_code="ct_attrs")).extend(EmptyEndEvent())
     tree = build_tree(start)
     with culm.Runtime(f"sqlite:///{tmp_path}/s.db") as rt:
         assert api.run_pipeline(rt, tree).result
@@ -397,7 +397,7 @@ def test_refusals_send_nothing_and_a_raising_receiver_changes_nothing(tmp_path):
         raise RuntimeError("receiver explodes")
 
     with culm.Runtime(f"sqlite:///{tmp_path}/r.db") as rt:
-        tree = line(act("cc_fail", ok=False))
+        tree = line(act("ct_fail", ok=False))
         node = next(iter(tree["activities"]))
         pid = start_run(rt, tree)
         wait_for(rt, node, "FAILED")
@@ -408,7 +408,7 @@ def test_refusals_send_nothing_and_a_raising_receiver_changes_nothing(tmp_path):
         try:
             assert not api.resume_pipeline(rt, pid).result and not api.forced_fail_activity(rt, node, "x").result
             assert not api.run_pipeline(rt, tree).result
-            assert not api.run_pipeline(rt, line(act("cc_attrs"), id=7)).result
+            assert not api.run_pipeline(rt, line(act("ct_attrs"), id=7)).result
             assert heard == []
             assert api.retry_node(rt, node, data={"ok": True}).result  # its receivers raise: still done
             wait_for(rt, pid, "FINISHED")
