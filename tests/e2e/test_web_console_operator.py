@@ -159,8 +159,11 @@ def test_a_viewer_is_told_why_there_are_no_buttons(browser: Any, served: Any) ->
     served.wait_state(act, "FAILED")
     sign_in(browser, served, "viewer")
     browser.get(f"{served.url}/#/p/{tree['id']}/n/{act}")
-    note = find(browser, "#read-only").text
-    assert "viewer role" in note and "retry, skip need an operator or admin token" in note
+    find(browser, "#read-only")
+    # Read in the page, not through an element handle: the panel redraws on live changes.
+    wait_until(lambda: "viewer role" in text(browser, "#read-only")
+               and "retry, skip need an operator or admin token" in " ".join(text(browser, "#read-only").split()),
+               20, 0.05, what="the viewer's note naming the role and what it lacks")
     assert count(browser, "#node-actions button") == 0
 
 

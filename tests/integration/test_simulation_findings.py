@@ -174,7 +174,7 @@ def test_an_end_reached_while_paused_parks_until_resumed(tmp_path: Path, monkeyp
         invoke = _execute(rt, task.id)
         assert api.pause_pipeline(rt, pipeline_id).result
         with monkeypatch.context() as m:
-            m.setattr(walker, "_check_stack", lambda proc, found: None)
+            m.setattr(walker, "_check_stack", lambda step, proc, found: None)
             assert _execute(rt, task.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
         assert check(read_snapshot(rt.engine, tree["id"])) == []
         assert api.resume_pipeline(rt, pipeline_id).result
