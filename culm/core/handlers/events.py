@@ -52,7 +52,7 @@ def end(run: Run) -> Outcome:
 
 def _ended(run: Run, resolved: Any) -> Outcome:
     if not isinstance(resolved, dict):
-        run.fail(None, outputs={"ex_data": f"pipeline outputs hydrate failed: {_error(resolved)}"})
+        run.fail(f"pipeline outputs hydrate failed: {_error(resolved)}", outputs={})
         return SLEEP
     pipeline_id = run.top_pipeline_id
     spec = run.graph.pipelines[pipeline_id]
@@ -78,8 +78,8 @@ def _ended(run: Run, resolved: Any) -> Outcome:
     except UnstorableValueError as exc:
         # each output fits, together they may not (two of 4 MB): fail here, naming them, instead
         # of an engine error
-        run.fail(None, outputs={"ex_data": f"pipeline {pipeline_id}: its outputs {list(spec.outputs)} could "
-                                           f"not be stored together: {exc}"})
+        run.fail(f"pipeline {pipeline_id}: its outputs {list(spec.outputs)} could not be stored together: {exc}",
+                 outputs={})  # ex_data alone (clipped as every failure text), as for a hydrate failure
         return SLEEP
     _code_ran(run, False)
     run.finish()
