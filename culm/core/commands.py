@@ -95,8 +95,7 @@ def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
 def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str) -> None:
     root_id = unit.node_root(pipeline_id)
     if root_id is None:
-        # A subprocess not entered yet has no row either: the operator is told it may be that.
-        raise NotFoundError(f"pipeline {pipeline_id} does not exist or has not been reached yet")
+        raise NotFoundError(f"pipeline {pipeline_id} does not exist")
     if root_id != pipeline_id and engine.graph(root_id, unit).nodes[pipeline_id].type != g.SUBPROCESS:
         raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
 

@@ -144,15 +144,3 @@ def test_a_subprocess_paused_while_its_params_render_parks_and_resumes(runtime):
     wait_state(runtime, root, "FINISHED", timeout=20)
     assert inputs(runtime, sub.id) == {"${g}": "opened"}
 
-
-def test_pausing_a_subprocess_not_reached_yet_says_so(runtime):
-    """A storm's refusal said "pipeline <subprocess id> does not exist" for a subprocess of a
-    running pipeline that its process had not reached yet."""
-    wait = ServiceActivity(component_code="t_callback")
-    sub = SubProcess(start=chain(ServiceActivity(component_code="t_none")))
-    root = run(runtime, build_tree(chain(wait, sub)))
-    wait_state(runtime, wait.id, "RUNNING")
-    for call in (api.pause_pipeline, api.resume_pipeline, api.revoke_pipeline):
-        res = call(runtime, sub.id)
-        assert not res.result and res.message == f"pipeline {sub.id} does not exist or has not been reached yet"
-    assert api.revoke_pipeline(runtime, root).result
