@@ -98,36 +98,6 @@ def test_kept_entries_hold_no_container_for_the_garbage_collector(runtime):
     assert children == [{}] * len(children) and len({id(c) for c in children}) == len(children)
 
 
-def test_a_poll_copies_untracked_until_it_hands_them_out(runtime):
-    """The entries a read hands out are copied untracked, and get their ``children`` dicts (and
-    so become tracked) only once every copy and dict is allocated: a young collection starting
-    inside a poll finds none of them alive to promote toward the oldest generation, whose growth
-    starts the process's full collections. What is handed out is a full read's, both shapes,
-    wait reasons included."""
-    from support import wait_until
-
-    from culm.core import queries
-
-    tree = build_tree(chain(act("t_callback"), act(x=1), act(x=2)))
-    root = tree["id"]
-    run(runtime, tree)
-    def waits() -> bool:
-        return any(e["wait_reason"] for e in api.get_pipeline_states(runtime, root).data[root]["children"].values())
-
-    wait_until(waits, what="the callback node waits")
-    kept = runtime.engine.state_trees.tree_of(root)
-    assert kept is not None
-    for flat in (True, False):
-        copies = queries._Copies(kept.entries, root)
-        made = [copies.entry, *copies.children.values()]
-        assert [e["id"] for e in made if gc.is_tracked(e)] == []
-        copies.handed_out(flat)
-        assert all(gc.is_tracked(e) for e in made)
-    flat, nested = (api.get_pipeline_states(runtime, root, flat_children=f).data for f in (True, False))
-    assert flat == fresh_read(runtime, root) and nested == fresh_read(runtime, root, flat=False)
-    assert any(e["wait_reason"] for e in flat[root]["children"].values())
-
-
 def test_the_rows_that_may_wait_follow_the_changes(runtime):
     """A refresh carries the kept tree's may-wait rows over and looks at the changed rows only:
     after every move they are what a look at every row picks, and the wait reasons those of a
