@@ -148,11 +148,16 @@ class _Updates(NamedTuple):
             else:
                 where.append(f"t.{column} IN ({', '.join(f'v.c{at + i}' for i in range(n))})")
             at += n
+        # The keys once more as a list: the rows are then found by the key's index. Joined to the
+        # VALUES list alone, the planner may hash it and scan the table whole, which on a server
+        # that never vacuums means every dead task row ever deleted.
+        key, at = self.conditions[0][0], len(self.sets)
+        where.append(f"t.{key} IN ({', '.join('?' * len(blocks))})")
         sets = ", ".join(f"{c} = v.c{i}" for i, c in enumerate(self.sets))
         names = ", ".join(f"c{i}" for i in range(self.width))
         sql = (f"UPDATE {self.table} AS t SET {sets} FROM (VALUES {rows}) AS v ({names}) "
                f"WHERE {' AND '.join(where)}")
-        return sql, [v for block in blocks for v in block]
+        return sql, [*(v for block in blocks for v in block), *(block[at] for block in blocks)]
 
 
 @functools.cache
