@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(60)
 LEASE = ("me", 2e9, 1e9)  # owner, until, now
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
+@pytest.fixture(params=["postgres", "mariadb", "mysqlclient"])  # mysqlclient: MariaDB through the C driver
 def store(request):
     url = create_database(request.param)
     upgrade_database(url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import threading
 import time
@@ -104,12 +105,28 @@ if TYPE_CHECKING:
 
 
 def normalise_url(url: str) -> str:
-    """Pick the drivers culm installs for bare ``postgresql://`` and ``mysql://`` URLs."""
+    """Pick the drivers culm installs for bare ``postgresql://`` and ``mysql://`` URLs: psycopg;
+    mysqlclient (``culm[mysqlclient]``, a C driver) where it is installed, else PyMySQL."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("mysql://") or url.startswith("mariadb://"):
-        return "mysql+pymysql://" + url.split("://", 1)[1]
+        return f"mysql+{mysql_driver()}://" + url.split("://", 1)[1]
     return url
+
+
+def mysql_driver() -> str:
+    """The driver a bare ``mysql://`` URL gets: ``mysqldb`` (mysqlclient 2.2 or later, which has
+    the ``Cursor.mogrify`` the deferred writes use) where installed, else ``pymysql``."""
+    return "mysqldb" if _mysqlclient_usable() else "pymysql"
+
+
+@functools.cache
+def _mysqlclient_usable() -> bool:
+    try:
+        import MySQLdb  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False
+    return tuple(MySQLdb.version_info[:2]) >= (2, 2)
 
 
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are

@@ -221,8 +221,8 @@ class MysqlUnit(SqlUnit):
             texts.append("COMMIT")  # the store's commit then sends none (MysqlDialect.commit)
         for run in _up_to(texts, MAX_QUERY_CHARS):
             cur.execute(";\n".join(run))  # no parameters: the text is sent as it is
-            while cur.nextset():
-                pass
+            for _ in range(len(run) - 1):  # to the last answer, unread (mysqlclient reads one it leaves)
+                cur.nextset()
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
@@ -334,7 +334,7 @@ class MysqlDialect(Dialect):
 
     def is_duplicate(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(exc, "args", ())
-        return type(exc).__module__.startswith("pymysql") and bool(args) and args[0] == DUPLICATE_ENTRY
+        return type(exc).__module__.startswith(("pymysql", "MySQLdb")) and bool(args) and args[0] == DUPLICATE_ENTRY
 
     def commit(self, raw: Any) -> None:
         if not raw.info.pop(_COMMITTED, False):  # else the unit's last query ended with COMMIT
