@@ -653,6 +653,11 @@ class SqlUnit:
         MySQL's a batch's tasks too (``read_tasks_ahead``): each statement is a round trip."""
         return self
 
+    walks_with_claim = False  # MySQL: expect_walks' reads go with the claim's query
+
+    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        return  # MySQL's unit sends them with the claim; the others read them in read_walks_ahead
+
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
         to make (the nodes a walk may enter before it stops). Reads answered from it see the rows
