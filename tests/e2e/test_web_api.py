@@ -333,6 +333,15 @@ def test_state_tree_node_data_histories_and_logs(served: Any, admin: httpx.Clien
     assert admin.get(f"/api/v1/nodes/{act}/state").json()["state"] == "FAILED"
     assert admin.get(f"/api/v1/nodes/{act}/data").json()["inputs"]["divisor"]["value"] == 0
     assert "dividing 100 by 0" in admin.get(f"/api/v1/nodes/{act}/logs").text
+    logged = admin.get(f"/api/v1/nodes/{act}/logs").text.splitlines()
+    page = admin.get(f"/api/v1/nodes/{act}/logs", params={"offset": 0, "limit": 1})
+    assert page.text.splitlines() == logged[:1]
+    assert (page.headers["X-Culm-Log-Total"], page.headers["X-Culm-Log-Offset"]) == (str(len(logged)), "0")
+    tail = admin.get(f"/api/v1/nodes/{act}/logs", params={"limit": 1})
+    assert tail.text.splitlines() == logged[-1:] and tail.headers["X-Culm-Log-Offset"] == str(len(logged) - 1)
+    for bad in ({"limit": 0}, {"limit": 10_001}, {"offset": -1}):
+        res = admin.get(f"/api/v1/nodes/{act}/logs", params=bad)
+        assert res.status_code == 422 and next(iter(bad)) in res.text, res.text
     assert admin.get(f"/api/v1/nodes/{act}/histories").json() == []
     assert admin.get(f"/api/v1/nodes/{act}/histories", params={"loop": "first"}).status_code == 422
 
