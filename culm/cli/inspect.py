@@ -282,7 +282,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 
 # Lines one read of `culm logs` prints (and the most --limit takes): the API's page bound.
-LOG_PAGE_LINES = 10_000
+LOG_PAGE_LINES = 20_000
 
 
 def _say_left_out(node_id: str, page: dict, end: int) -> None:
@@ -429,7 +429,7 @@ def register(sub: Any) -> None:
     p.add_argument("--offset", type=whole_number(0, "a line number, 0 or more"), metavar="N",
                    help="print from line N (0-based; default: the last --limit lines)")
     p.add_argument("--limit", type=whole_number(1, f"a number of lines, 1 to {LOG_PAGE_LINES}", LOG_PAGE_LINES), metavar="N",
-                   help=f"print at most N lines (1 to {LOG_PAGE_LINES:,}, the default; fewer past 4,000,000 characters)")
+                   help=f"print at most N lines (1 to {LOG_PAGE_LINES:,}, the default; fewer past 8,000,000 characters)")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help=argparse.SUPPRESS)
     add_db(p)
     p.set_defaults(func=cmd_logs)

@@ -667,7 +667,7 @@ def test_logs_print_a_page_and_say_which_lines_they_left_out(tmp_path: Path) -> 
         out.stderr.endswith("; the next: --offset 3\n"), out.stderr
     out = culm(tmp_path, "logs", "node_five", "--limit", "2")
     assert out.stdout.splitlines() == lines[3:] and out.stderr.endswith("the earlier: --offset 0 --limit 3\n")
-    for bad, said in ((["--limit", "0"], "argument --limit: expected a number of lines, 1 to 10000, not 0"),
+    for bad, said in ((["--limit", "0"], "argument --limit: expected a number of lines, 1 to 20000, not 0"),
                       (["--offset", "-1"], "argument --offset: expected a line number, 0 or more, not -1")):
         out = culm(tmp_path, "logs", "node_five", *bad)
         assert out.returncode == 2 and said in out.stderr, out.stderr

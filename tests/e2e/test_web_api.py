@@ -339,7 +339,7 @@ def test_state_tree_node_data_histories_and_logs(served: Any, admin: httpx.Clien
     assert (page.headers["X-Culm-Log-Total"], page.headers["X-Culm-Log-Offset"]) == (str(len(logged)), "0")
     tail = admin.get(f"/api/v1/nodes/{act}/logs", params={"limit": 1})
     assert tail.text.splitlines() == logged[-1:] and tail.headers["X-Culm-Log-Offset"] == str(len(logged) - 1)
-    for bad in ({"limit": 0}, {"limit": 10_001}, {"offset": -1}):
+    for bad in ({"limit": 0}, {"limit": 20_001}, {"offset": -1}):
         res = admin.get(f"/api/v1/nodes/{act}/logs", params=bad)
         assert res.status_code == 422 and next(iter(bad)) in res.text, res.text
     assert admin.get(f"/api/v1/nodes/{act}/histories").json() == []
@@ -421,9 +421,11 @@ def test_every_control_operation(served: Any, admin: httpx.Client) -> None:  # n
     root = submit(admin, tree)
     wait = node_id(tree, "approve")
     served.wait_state(wait, "RUNNING")
-    assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={"ex_data": "stop"}).status_code == 200
+    huge = "stop " * 600_000  # 3 MB: cut to limits.MAX_EX_DATA_CHARS as every failure text
+    assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={"ex_data": huge}).status_code == 200
     served.wait_state(wait, "FAILED")
-    assert api.get_execution_data_outputs(served.runtime, wait).data["ex_data"] == "stop"
+    stored = api.get_execution_data_outputs(served.runtime, wait).data["ex_data"]
+    assert len(stored) <= 100_000 and stored.startswith("stop stop") and "3,000,000 characters" in stored
     assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={}).status_code == 409
     assert admin.post(f"/api/v1/nodes/{wait}/skip").status_code == 200
     served.wait_state(root, "FINISHED")

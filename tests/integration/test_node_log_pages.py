@@ -71,8 +71,8 @@ def test_pages_cover_every_line_once_in_order(runtime, logged, monkeypatch):
 
 def test_bad_page_arguments_are_refused_naming_them(runtime, logged):
     for kwargs, named in (({"offset": -1}, "offset must be a line number"), ({"offset": "3"}, "offset"),
-                          ({"limit": 0}, "limit must be a whole number from 1 to 10,000"),
-                          ({"limit": 10_001}, "limit"), ({"limit": True}, "limit"), ({"version": ""}, "version")):
+                          ({"limit": 0}, "limit must be a whole number from 1 to 20,000"),
+                          ({"limit": 20_001}, "limit"), ({"limit": True}, "limit"), ({"version": ""}, "version")):
         res = api.get_node_log_page(runtime, logged, **kwargs)
         assert not res.result and named in res.message, (kwargs, res.message)
     unknown = api.get_node_log_page(runtime, "n_never_created")
