@@ -138,8 +138,10 @@ def test_a_burst_of_callbacks_is_handed_on_as_each_is_applied(runtime, monkeypat
     # A callback waiting for its turn looked again every MULTI_CALLBACK_RETRY_SECONDS, so a burst
     # of N took about N x 0.2 s (8.9 s for 50 on embedded SQLite). The one whose turn comes is now
     # woken when the one before it is applied. In this process the look-again is pushed out of
-    # reach, so only the wake-ups can finish the burst; workers keep theirs, and are held to half
-    # of what looking again alone would take.
+    # reach, so only the wake-ups can finish the burst (embedded runtimes: the proof, whatever
+    # the load). Workers keep theirs (1 s); their bound is loose for loaded machines: a burst took
+    # 25 s on PostgreSQL + Redis at load 9 and over 120 s on MariaDB + RabbitMQ at load 20 before,
+    # 2.4-5.6 s and 25 s after (tests/integration/test_extra_callbacks.py, docs/performance.md).
     monkeypatch.setattr(scheduling, "MULTI_CALLBACK_RETRY_SECONDS", 600.0)
     tree, act, version = waiting_node(runtime, "t_multi_callback")
     began = time.monotonic()
@@ -150,4 +152,5 @@ def test_a_burst_of_callbacks_is_handed_on_as_each_is_applied(runtime, monkeypat
     took = time.monotonic() - began
     assert outputs(runtime, act.id)["received"] == list(range(BURST + 1))
     assert calls("multi_call", act.id) == BURST + 1
-    assert took < BURST * 0.2 / 2, f"a burst of {BURST + 1} callbacks took {took:.1f} s"
+    bound = BURST * 0.2 / 2 if runtime.embedded else 60.0
+    assert took < bound, f"a burst of {BURST + 1} callbacks took {took:.1f} s"
