@@ -1334,9 +1334,16 @@ class SqlUnit:
         codec.check_log_lines(rows)
         self._insert("culm_log", rows)
 
-    def logs(self, node_id: str, version: str) -> list[str]:
-        rows = self._all("SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id", [node_id, version])
-        return [r[0] for r in rows]
+    def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
+        sql = "SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id"
+        if count is not None or first:
+            # MySQL has no OFFSET without LIMIT: "no count" is the largest BIGINT.
+            sql += f" LIMIT {int(count) if count is not None else 2**63 - 1} OFFSET {int(first)}"
+        return [r[0] for r in self._all(sql, [node_id, version])]
+
+    def log_count(self, node_id: str, version: str) -> int:
+        row = self._one("SELECT COUNT(*) FROM culm_log WHERE node_id = ? AND version = ?", [node_id, version])
+        return int(row[0]) if row else 0
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
