@@ -358,6 +358,16 @@ class Prefetch(Protocol):
     offers none: its :attr:`Unit.prefetch` is None.
     """
 
+    # Whether expect_walks is worth calling: the unit can send the walks' reads with the claim.
+    walks_with_claim: bool
+
+    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        """The :meth:`read_walks_ahead` the runner expects to make once the batch's tasks are read
+        (from the graphs it has compiled already): a unit may send those reads with the claim's
+        query, so that the later call finds them done. A guess that turns out wrong costs only
+        what it read (the later call reads what is still missing)."""
+        ...
+
     def read_tasks_ahead(
         self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease, resumed_at: Sequence[str] = ()
     ) -> None:
