@@ -1,0 +1,83 @@
+"""Text for a terminal: what a pipeline's author or a component wrote cannot steer it.
+
+Node and pipeline names, ids, failure texts, wait reasons and log lines reach ``culm``'s output
+as they were written. Raw, an escape sequence among them clears the screen, rewrites the
+window's title, prints a link whose text lies about its target or hides the lines before it
+(``\\r``, cursor moves), and a right-to-left override reorders what follows it. Every such
+character is written as its ``\\uXXXX`` escape instead: C0 controls other than tab and newline,
+DEL, C1 controls (``\\x9b`` starts a sequence as ESC ``[`` does) and the Unicode bidirectional
+controls. JSON output keeps its meaning: JSON already escapes C0 controls, and ``\\u009b`` inside a
+JSON string is the character it stands for.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TextIO
+
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def shown(text: str) -> str:
+    """``text`` with every character that could steer a terminal written as its escape."""
+    return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
+
+
+class SafeStream:
+    """A text stream writing :func:`shown` of everything written to it (``print`` to stdout and
+    stderr while a command runs); ``unescaped`` is the stream below, for rich, whose own colour
+    codes must pass (it escapes what it is given itself: :func:`safe_console`)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.unescaped = stream
+
+    def write(self, text: str) -> int:
+        self.unescaped.write(shown(text))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def isatty(self) -> bool:
+        """False: a library that colours what it writes on a terminal (uvicorn's and Celery's log
+        lines) would see its own codes escaped. ``culm`` asks :func:`on_terminal`."""
+        return False
+
+    def __getattr__(self, name: str) -> Any:  # flush, fileno, encoding, buffer...
+        return getattr(self.unescaped, name)
+
+
+def on_terminal() -> bool:
+    """Whether standard output is a terminal, under a :class:`SafeStream` or not."""
+    import sys
+
+    return bool(getattr(sys.stdout, "unescaped", sys.stdout).isatty())
+
+
+def safe_console(**kwargs: Any) -> Any:
+    """A rich console writing to the stream under a :class:`SafeStream` (or stdout) that escapes the
+    text it renders, not the colour and cursor codes it makes itself."""
+    import sys
+
+    from rich.console import Console
+    from rich.segment import Segment
+
+    class _Console(Console):
+        def render(self, renderable: Any, options: Any = None) -> Any:
+            for segment in super().render(renderable, options):
+                if segment.control or not _UNSAFE.search(segment.text):
+                    yield segment
+                else:
+                    yield Segment(shown(segment.text), segment.style)
+
+        def on_broken_pipe(self) -> None:
+            # rich exits 1 when the reader left (`culm status ID | head`): 1 means "the pipeline
+            # failed" here. The command's own handler sends the rest nowhere and exits 0.
+            raise BrokenPipeError
+
+    return _Console(file=getattr(sys.stdout, "unescaped", None), **kwargs)
