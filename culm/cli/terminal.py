@@ -22,13 +22,13 @@ def _escaped(match: re.Match[str]) -> str:
     return f"\\u{ord(match.group()):04x}"
 
 
-def shown(text: str) -> str:
+def inert(text: str) -> str:
     """``text`` with every character that could steer a terminal written as its escape."""
     return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
 
 
 class SafeStream:
-    """A text stream writing :func:`shown` of everything written to it (``print`` to stdout and
+    """A text stream writing :func:`inert` of everything written to it (``print`` to stdout and
     stderr while a command runs); ``unescaped`` is the stream below, for rich, whose own colour
     codes must pass (it escapes what it is given itself: :func:`safe_console`)."""
 
@@ -36,7 +36,7 @@ class SafeStream:
         self.unescaped = stream
 
     def write(self, text: str) -> int:
-        self.unescaped.write(shown(text))
+        self.unescaped.write(inert(text))
         return len(text)
 
     def writelines(self, lines: Any) -> None:
@@ -73,7 +73,7 @@ def safe_console(**kwargs: Any) -> Any:
                 if segment.control or not _UNSAFE.search(segment.text):
                     yield segment
                 else:
-                    yield Segment(shown(segment.text), segment.style)
+                    yield Segment(inert(segment.text), segment.style)
 
         def on_broken_pipe(self) -> None:
             # rich exits 1 when the reader left (`culm status ID | head`): 1 means "the pipeline
