@@ -65,7 +65,7 @@ class ProblemError(HTTPException):
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
            413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
-           500: "Internal server error"}
+           429: "Too many requests", 500: "Internal server error"}
 
 
 def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> JSONResponse:
@@ -74,7 +74,7 @@ def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = No
                             "detail": detail}
     if problems is not None:
         body["problems"] = problems
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {"Retry-After": "1"} if status == 429 else None
     return FastJSON(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 
