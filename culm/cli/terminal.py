@@ -1,30 +1,14 @@
 """Text for a terminal: what a pipeline's author or a component wrote cannot steer it.
 
 Node and pipeline names, ids, failure texts, wait reasons and log lines reach ``culm``'s output
-as they were written. Raw, an escape sequence among them clears the screen, rewrites the
-window's title, prints a link whose text lies about its target or hides the lines before it
-(``\\r``, cursor moves), and a right-to-left override reorders what follows it. Every such
-character is written as its ``\\uXXXX`` escape instead: C0 controls other than tab and newline,
-DEL, C1 controls (``\\x9b`` starts a sequence as ESC ``[`` does) and the Unicode bidirectional
-controls. JSON output keeps its meaning: JSON already escapes C0 controls, and ``\\u009b`` inside a
-JSON string is the character it stands for.
+as they were written; everything a command prints goes through :func:`culm._printable.inert`.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any, TextIO
 
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _escaped(match: re.Match[str]) -> str:
-    return f"\\u{ord(match.group()):04x}"
-
-
-def inert(text: str) -> str:
-    """``text`` with every character that could steer a terminal written as its escape."""
-    return _UNSAFE.sub(_escaped, text) if _UNSAFE.search(text) else text
+from culm._printable import UNSAFE, inert
 
 
 class SafeStream:
@@ -70,7 +54,7 @@ def safe_console(**kwargs: Any) -> Any:
     class _Console(Console):
         def render(self, renderable: Any, options: Any = None) -> Any:
             for segment in super().render(renderable, options):
-                if segment.control or not _UNSAFE.search(segment.text):
+                if segment.control or not UNSAFE.search(segment.text):
                     yield segment
                 else:
                     yield Segment(inert(segment.text), segment.style)
