@@ -104,7 +104,58 @@ def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
     rendered = template.render(expr, escaped)
     if not isinstance(rendered, str):
         rendered = sandbox.safe_str(rendered, MAX_CONDITION_LENGTH)
+    if rendered != expr and syntax_problem(rendered) is None:
+        _check_spliced(expr, escaped)
     return evaluate_condition(rendered)
+
+
+def _check_spliced(expr: str, namespace: Mapping[str, Any]) -> None:
+    """Refuse a condition whose variables' values would change its meaning, not only its operands.
+
+    A value is spliced into the condition's text: ``x == x or y`` as ``${name}`` turned
+    ``${name} == 'bob'`` into a condition that always holds, and ``x' == 'x' or 'y`` did the same to
+    ``'${name}' == 'bob'``. A fragment standing alone must render to one operand (a value or a
+    parenthesised list), and one inside quotes must not hold its quote character.
+    """
+    quote = ""
+    last = 0
+    for match in template.FRAGMENT.finditer(expr):
+        quote = _quote_after(expr[last:match.start()], quote)
+        last = match.end()
+        value = template.render(match.group(0), namespace)
+        text = value if isinstance(value, str) else sandbox.safe_str(value, MAX_CONDITION_LENGTH)
+        if text == match.group(0):
+            continue  # not rendered: the condition reads it as a name, as it reads any identifier
+        if quote:
+            if quote in text:
+                raise ConditionSyntaxError(
+                    f"the value of {match.group(0)} ({_clip(text)!r}) holds the quote {quote} that encloses it "
+                    "in the condition: it would end the quoted text and add to the condition")
+        elif not _one_operand(text):
+            raise ConditionSyntaxError(
+                f"the value of {match.group(0)} ({_clip(text)!r}) is not one operand: a condition takes a "
+                "variable's value as one value or list, never as operators or further comparisons")
+
+
+def _quote_after(text: str, quote: str) -> str:
+    """The quote open after ``text``, when ``quote`` was open before it ("" for none)."""
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+    return quote
+
+
+def _one_operand(text: str) -> bool:
+    try:
+        tokens = _tokenize(text)
+        parser = _Parser(tokens)
+        parser.operand()
+    except (_Fail, ExpressionError):
+        return False
+    return parser.pos == len(tokens)
 
 
 def _escape(value: Any) -> Any:
