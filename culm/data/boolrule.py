@@ -37,6 +37,7 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _WORD_OPERATORS = frozenset({"in", "notin", "issuperset", "notissuperset"})
+_WORDS = _WORD_OPERATORS | {"and", "or"}
 _ESCAPES = {r"\t": "\t", r"\n": "\n", r"\f": "\f", r"\r": "\r"}
 
 
@@ -149,6 +150,8 @@ def _quote_after(text: str, quote: str) -> str:
 
 
 def _one_operand(text: str) -> bool:
+    if text.isdecimal() or (text.isidentifier() and text.lower() not in _WORDS):
+        return True  # the common value: no tokens to make
     try:
         tokens = _tokenize(text)
         parser = _Parser(tokens)
