@@ -1,14 +1,15 @@
 """Text for a terminal: what a pipeline's author or a component wrote cannot steer it.
 
 Node and pipeline names, ids, failure texts, wait reasons and log lines reach ``culm``'s output
-as they were written; everything a command prints goes through :func:`culm._printable.inert`.
+as they were written; everything a command prints goes through :func:`culm.model.printable.inert`
+(exported as ``culm.model.inert``).
 """
 
 from __future__ import annotations
 
 from typing import Any, TextIO
 
-from culm._printable import UNSAFE, inert
+from culm.model import inert
 
 
 class SafeStream:
@@ -54,10 +55,8 @@ def safe_console(**kwargs: Any) -> Any:
     class _Console(Console):
         def render(self, renderable: Any, options: Any = None) -> Any:
             for segment in super().render(renderable, options):
-                if segment.control or not UNSAFE.search(segment.text):
-                    yield segment
-                else:
-                    yield Segment(inert(segment.text), segment.style)
+                text = segment.text if segment.control else inert(segment.text)
+                yield segment if text is segment.text else Segment(text, segment.style)
 
         def on_broken_pipe(self) -> None:
             # rich exits 1 when the reader left (`culm status ID | head`): 1 means "the pipeline

@@ -11,11 +11,11 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from culm._printable import log_line
 from culm.core import observe, signals
 from culm.core.records import now
 from culm.model import limits
 from culm.model.limits import clip_ex_data, clip_log_line, walk_problem
+from culm.model.printable import log_line
 
 if TYPE_CHECKING:
     from culm.components import DataObject, Service
