@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +30,7 @@ from culm.cli.common import (
     whole_number,
 )
 from culm.cli.run import Stillness, ex_data_of, failure_report
+from culm.cli.terminal import on_terminal
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -341,7 +341,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         note = _no_runner_note(rt, found)
         if note:
             err(f"note: {note}")
-        if sys.stdout.isatty():
+        if on_terminal():
             return _watch_live(rt, args, found)
         return _watch_lines(rt, args, found)
 

@@ -160,6 +160,20 @@ def pickled_payload_size(blob_bytes: int) -> int:
     return 4 * ((blob_bytes + 2) // 3) + 64
 
 
+def id_text_problem(ident: str) -> str | None:
+    """What keeps ``ident`` from being a pipeline or node id besides its column, or None.
+
+    An id is written into every log line about its node, into URLs and command lines: a newline
+    in one forged whole lines of a worker's log, an escape sequence steered the terminal showing
+    it, a bidirectional override showed it reversed. Only printable characters (and spaces) are
+    taken.
+    """
+    if ident.isprintable():
+        return None
+    bad = next(char for char in ident if not char.isprintable())
+    return f"holds the character {bad!r}, which cannot be printed (ids take printable characters only)"
+
+
 def column_problem(text: str, width: int) -> str | None:
     """What keeps ``text`` out of a text column ``width`` characters wide, or None."""
     if len(text) > width:

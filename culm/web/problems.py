@@ -78,6 +78,8 @@ def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = No
         body["problems"] = problems
     if status == 401:
         headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    elif status == 429:
+        headers = {"Retry-After": "1", **(headers or {})}
     return FastJSON(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 

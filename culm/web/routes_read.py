@@ -224,7 +224,10 @@ def validate(body: ValidateBody) -> FastJSON:
 async def events(request: Request, root_id: str | None = Query(None, description="one pipeline; all roots if absent"),
                  ) -> StreamingResponse:
     hub: live.ChangeHub = request.app.state.hub
-    sub = hub.subscribe(root_id)
+    try:
+        sub = hub.subscribe(root_id, request.client.host if request.client else "unknown")
+    except live.TooManyStreams as exc:
+        raise ProblemError(429, f"{exc}: close one first (the console holds one per tab)") from None
     return StreamingResponse(_stream(request, sub), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
