@@ -108,7 +108,7 @@ def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
     if not isinstance(rendered, str):  # the whole condition is one variable's value
         rendered = sandbox.safe_str(rendered, MAX_CONDITION_LENGTH)
         parts = [("", expr, rendered)]
-    if rendered != expr and syntax_problem(rendered) is None:
+    if rendered != expr and not _whole(expr, parts) and syntax_problem(rendered) is None:
         _check_spliced(parts)
     return evaluate_condition(rendered)
 
@@ -136,6 +136,12 @@ def _check_spliced(parts: list[tuple[str, str, str]]) -> None:
             raise ConditionSyntaxError(
                 f"the value of {fragment} ({_clip(text)!r}) is not one operand: a condition takes a "
                 "variable's value as one value or list, never as operators or further comparisons")
+
+
+def _whole(expr: str, parts: list[tuple[str, str, str]]) -> bool:
+    """Whether the condition is one fragment alone (``${cond}``): its author gave a variable the
+    whole condition, as bamboo allows, so its value is read as a condition, not as an operand."""
+    return len(parts) == 1 and expr.strip() == parts[0][1]
 
 
 def _quote_after(text: str, quote: str) -> str:

@@ -71,3 +71,14 @@ def test_a_quote_of_the_other_kind_is_text():
     assert evaluate_gateway_condition("'${v}' == 'say \"hi\"'", {"v": 'say "hi"'}) is True
     with pytest.raises(ConditionSyntaxError, match=r"the value of \$\{v\} \('1 == 1\) or \(1'\) is not one operand"):
         evaluate_gateway_condition("(${v} == 2)", {"v": "1 == 1) or (1"})
+
+
+@pytest.mark.parametrize(("value", "holds"), [("1 == 1", True), ("2 == 3 or 3 in (3, 4)", True),
+                                              ("'a' == 'b'", False)])
+def test_a_condition_that_is_one_variable_alone_reads_its_value_as_the_condition(value, holds):
+    # bamboo renders the text and then parses it: an author who gave a variable the whole
+    # condition chose to let its value be the condition, so it is not an injection.
+    assert evaluate_gateway_condition("${cond}", {"cond": value}) is holds
+    assert evaluate_gateway_condition("  ${cond} ", {"cond": value}) is holds
+    with pytest.raises(ConditionSyntaxError, match="is not one operand"):
+        evaluate_gateway_condition("${cond} and 1 == 1", {"cond": value})
