@@ -487,3 +487,62 @@ def test_mysql_merges_updates_of_single_rows_keeping_each_rows_conditions(mysql_
         names = {n: st.name for n, st in unit.get_states(["s1", "s2"]).items()}
     assert got == {"p1": ("a", True), "p2": ("b", False), "p3": ("c", True)}
     assert names == {"s1": "FINISHED", "s2": "FAILED"}
+
+
+@pytest.fixture
+def pg_store():
+    """PostgreSQL only: what its combined statements do."""
+    yield from _fresh_store("postgres")
+
+
+def test_postgres_merges_the_writes_of_one_text_in_a_combined_statement(pg_store, monkeypatch):
+    """PostgreSQL: writes of one text waiting in one run of a combined statement (distinct rows)
+    go as one part: INSERTs (upserts too) as one multi-row INSERT, DELETEs by key as one, UPDATEs
+    of single rows as one UPDATE joined to their values, each row keeping its own conditions, a
+    column set to NULL in every row included. The rows stored are what the writes one by one
+    would have left; a write to a row the run touched is not merged."""
+    from culm.core.records import ProcessRecord, TaskRecord
+
+    store = pg_store
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "start", None, ["root"], suspended_by="op")
+                               for p in ("p1", "p2", "p3")])
+        unit.insert_tasks([TaskRecord(t, "execute", "p1", "a", "root") for t in ("t1", "t2", "t3")])
+        for node_id in ("s1", "s2", "s3"):
+            unit.insert_state(_state(node_id))
+        unit.set_execution_outputs("a", {"old": True})
+    trips = round_trips("postgres", monkeypatch)
+    with store.transaction() as unit:
+        assert set(unit.hold_states(["s1", "s2", "s3"])) == {"s1", "s2", "s3"}  # locked: their CAS are deferred
+        unit.insert_state(_state("a"))
+        unit.set_execution_outputs("a", {"x": 1})  # an upsert of an existing row
+        unit.update_process("p1", current_node_id="a", asleep=True, suspended_by=None)
+        assert unit.update_state("s1", expect_version="v1", expect_names=["RUNNING"], name="FINISHED")
+        unit.delete_task("t1")
+        unit.insert_state(_state("b"))
+        unit.set_execution_outputs("b", {"x": 2})
+        unit.update_process("p2", current_node_id="b", asleep=False, suspended_by=None)
+        assert unit.update_state("s2", expect_version="v1", expect_names=["RUNNING"], name="FAILED")
+        assert not unit.update_state("s3", expect_version="v2", name="FAILED")  # not its version: no write
+        unit.delete_task("t2")
+        unit.update_process("p3", current_node_id="c", asleep=True, suspended_by=None)
+        unit.update_process("p3", priority=7)  # merged into p3's UPDATE (a row's second UPDATE)
+        unit.update_task("t3", node_id="b")
+        unit.delete_task("t3")  # a row the run touched: a new run
+    monkeypatch.undo()
+    combined = [s for s in trips[-1].split("\n") if s.startswith("WITH w0 AS")]
+    assert len(combined) == 1, trips[-1]
+    parts = combined[0].split(" SELECT 1 ")[0]
+    assert parts.count("INSERT INTO culm_state") == 1 and parts.count("INSERT INTO culm_execution_data") == 1, parts
+    assert parts.count("UPDATE culm_process AS t") == 1 and parts.count("UPDATE culm_state AS t") == 1, parts
+    assert parts.count("DELETE FROM culm_task WHERE id IN (") == 1, parts
+    assert "DELETE FROM culm_task WHERE id = ?" in trips[-1] or "DELETE FROM culm_task WHERE id = $" in trips[-1]
+    with store.reading() as unit:
+        procs = {p: unit.get_process(p) for p in ("p1", "p2", "p3")}
+        names = {n: st.name for n, st in unit.get_states(["a", "b", "s1", "s2", "s3"]).items()}
+        assert unit.get_execution_data("a") == ({}, {"x": 1})
+        assert unit.get_execution_data("b") == ({}, {"x": 2})
+        assert [unit.get_task(t) for t in ("t1", "t2", "t3")] == [None, None, None]
+    assert {p: (r.current_node_id, r.asleep, r.suspended_by, r.priority) for p, r in procs.items() if r} == {
+        "p1": ("a", True, None, 100), "p2": ("b", False, None, 100), "p3": ("c", True, None, 7)}
+    assert names == {"a": "RUNNING", "b": "RUNNING", "s1": "FINISHED", "s2": "FAILED", "s3": "RUNNING"}

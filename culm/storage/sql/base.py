@@ -8,7 +8,7 @@ import random
 import threading
 import time
 import weakref
-from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
@@ -186,23 +186,35 @@ MAX_COMBINED = 64  # writes per combined statement
 CONTEXTS_AHEAD = 2000  # context values a batch reads ahead at most (more: each read takes its keys)
 
 
+Parts = list[tuple[str, Sequence[Any]]]
+
+
 def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes as few statements (see combined_runs)."""
+    return combined_runs(pending, None)
+
+
+def combined_runs(pending: Sequence[tuple[str, Sequence[Any], Any]],
+                  merge: Callable[[Parts], Parts] | None) -> list[tuple[str, Sequence[Any]]]:
     """Deferred writes as few statements: runs of writes to distinct rows become one statement.
 
     PostgreSQL runs the data-modifying parts of a WITH query exactly once, in an unspecified order
     and against the same snapshot, so parts of one statement must not touch the same row (nor a
     row another part inserts). A write whose rows are unknown (key None) is sent on its own; a
     write to a row the current run already touches starts a new run. Runs keep their order.
+    ``merge`` may make a run's writes fewer before they are combined (they may be reordered
+    freely: see culm.storage.sql.postgres.merge_parts).
     """
     out: list[tuple[str, Sequence[Any]]] = []
     run: list[tuple[str, Sequence[Any]]] = []
     touched: set[Any] = set()
 
     def close() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append((with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
+        parts = merge(run) if merge is not None and len(run) > 1 else run
+        if len(parts) == 1:
+            out.append(parts[0])
+        elif parts:
+            out.append((with_sql(tuple(q for q, _ in parts)), [v for _, p in parts for v in p]))
         run.clear()
         touched.clear()
 
