@@ -247,7 +247,8 @@ def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str 
     """When this process runs the pipeline's work, every component of a node that may still run
     (not reached, waiting, or ``runs``: the node a retry or callback runs) must be registered here:
     else exit 2 before anything is done (the node would fail naming the code). A FAILED or finished
-    node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again."""
+    node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again; so is
+    a pipeline that is FINISHED or REVOKED, and a ``runs`` node that is: the engine refuses the command."""
     from culm import api
     from culm.validator import tree_problems
 
@@ -256,10 +257,14 @@ def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str 
     problems = [p for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")]
     if not problems:
         return
-    flat = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {}).get("children") or {}
+    root = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {})
+    if root.get("state") in ("FINISHED", "REVOKED"):
+        return  # nothing of it runs again: the engine's refusal (exit 5) says why, not a missing import
+    flat = root.get("children") or {}
     ended = ("FINISHED", "FAILED", "REVOKED")
     missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0] for p in problems
-                      if p.where == runs or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
+                      if (p.where == runs and flat.get(p.where, {}).get("state") not in ("FINISHED", "REVOKED"))
+                      or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
     if missing:
         raise UsageError(f"{doing}: pipeline {root_id} uses component(s) {', '.join(missing)} that are not "
                          "registered in this process, which would run its nodes: name the modules that define "

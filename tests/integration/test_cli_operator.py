@@ -385,3 +385,30 @@ def test_list_marks_running_pipelines_with_failed_nodes(embedded: Cli) -> None:
     assert embedded("skip", node).returncode == 0
     row = next(line for line in embedded("list").stdout.splitlines() if line.startswith(tree["id"]))
     assert "FINISHED" in row and "failed" not in row
+
+
+def test_a_command_the_engine_refuses_exits_5_without_the_components_imported(embedded: Cli) -> None:
+    # A new user's trial: `culm callback NODE` / `culm retry NODE` on a node of a FINISHED (or
+    # REVOKED) pipeline, without --import, was told to import the pipeline's components (exit 2),
+    # although nothing of it would run: the engine's refusal is the answer (exit 5).
+    path, tree, (node,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(path)).returncode == 1
+    assert embedded("skip", node).returncode == 0
+    embedded.wait_state(tree["id"], "FINISHED")
+    revoked_path, revoked, (waiting,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(revoked_path)).returncode == 1
+    assert embedded("revoke", revoked["id"]).returncode == 0
+    bare = dict(embedded.env())
+    bare.pop("CULM_IMPORTS")
+    for target, args in ((node, ["retry", node]), (node, ["callback", node, "--data", "{}"]),
+                         (waiting, ["retry", waiting]), (waiting, ["callback", waiting])):
+        out = subprocess.run([sys.executable, "-m", "culm", *args], cwd=embedded.cwd, env=bare, text=True,
+                             capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert out.returncode == 5, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith(f"error: {args[0]} {target}: cannot ") and "--import" not in out.stderr, out.stderr
+    # A pipeline that can still run its nodes is still refused before anything changes (exit 2).
+    live_path, live, (failed,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(live_path)).returncode == 1
+    out = subprocess.run([sys.executable, "-m", "culm", "retry", failed], cwd=embedded.cwd, env=bare, text=True,
+                         capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "'t_fail' that are not registered in this process" in out.stderr, out.stderr
