@@ -178,15 +178,16 @@ def ex_data_of(outputs: dict) -> str:
 
 
 def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
-                   ex_data: dict[str, str]) -> list[str]:
+                   ex_data: dict[str, str], imports: str = "") -> list[str]:
     """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
-    then each failed node with its ``ex_data`` (``ex_data``: by node id)."""
+    then each failed node with its ``ex_data`` (``ex_data``: by node id; ``imports``: the
+    `` --import X`` a retry needs when it runs the node in its own process)."""
     failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
     if not failed:
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
     lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-             f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)"]
+             f"`culm retry NODE [--data JSON]{imports}`, skip with `culm skip NODE{imports}` (see `culm status {root_id}`)"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
         lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
@@ -289,7 +290,7 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
         elif reason and reason["kind"] != "failed":
             print(f"  {render.label(node_id, info)}: {reason['text']}")
     failed = {n: ex_data_text(rt, n) for n, e in flat.items() if e["state"] == "FAILED"}
-    for line in failure_report(root_id, flat, info, failed):
+    for line in failure_report(root_id, flat, info, failed, "" if cluster else _imports_option(args)):
         print(line)
     if outcome in ("timeout", "waiting"):
         print(continue_hint(args, root_id, cluster))
