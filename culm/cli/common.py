@@ -108,15 +108,16 @@ def an_id(text: str) -> str:
     return text
 
 
-def whole_number(least: int, what: str) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``least``, described as ``what`` when refused."""
+def whole_number(least: int, what: str, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least`` (at most ``most``), described as
+    ``what`` when refused."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
-        if value < least:
+        if value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected {what}, not {value}")
         return value
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from backends import create_database, drop_database
-from driver_log import round_trips
+from driver_log import rollbacks, round_trips
 
 from culm.core.records import StateRecord
 from culm.storage.migrate import upgrade_database
@@ -26,15 +26,16 @@ def _fresh_store(kind: str):
     drop_database(url)
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
+# "mysqlclient": MariaDB through the C driver (culm[mysqlclient]) instead of PyMySQL.
+@pytest.fixture(params=["postgres", "mariadb", "mysqlclient"])
 def store(request):
     yield from _fresh_store(request.param)
 
 
-@pytest.fixture
-def mysql_store():
-    """MariaDB only: what its multi-statement queries do."""
-    yield from _fresh_store("mariadb")
+@pytest.fixture(params=["mariadb", "mysqlclient"])
+def mysql_store(request):
+    """MariaDB only (through either driver): what its multi-statement queries do."""
+    yield from _fresh_store(request.param)
 
 
 def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
@@ -103,22 +104,13 @@ def test_mysql_sends_deferred_writes_in_queries_of_bounded_size(mysql_store, mon
 
 def test_mysql_writes_travel_with_the_next_read_in_one_query(mysql_store, monkeypatch):
     store = mysql_store
-    from pymysql.connections import Connection
-
-    sent: list[str] = []
-    query = Connection.query
-
-    def counted(self, sql, unbuffered=False):
-        sent.append(sql)
-        return query(self, sql, unbuffered)
-
     with store.transaction() as unit:
         unit.insert_state(_state("w"))
-        monkeypatch.setattr(Connection, "query", counted)
+        sent = round_trips("mariadb", monkeypatch)
         unit.set_execution_outputs("w", {"x": 1})
         unit.update_process("p-none", current_node_id="w")  # no such row: a write all the same
         assert unit.get_execution_data("w") == ({}, {"x": 1})
-        monkeypatch.setattr(Connection, "query", query)
+        monkeypatch.undo()
     assert len(sent) == 1 and sent[0].count(";\n") == 3  # state, outputs, process, then the read
 
 
@@ -439,7 +431,6 @@ def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_
     """MariaDB: a read-only unit that needs no snapshot (a poll) sends its SELECTs and nothing
     else (its connection is in autocommit: no ROLLBACK to end it), sees each commit, and leaves
     its pooled connection holding no metadata lock (an ALTER TABLE goes through at once)."""
-    from pymysql.connections import Connection
     from sqlalchemy import text
 
     store = mysql_store
@@ -448,8 +439,7 @@ def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_
     with store.reading() as unit:  # the plain reads' pool connects (and its dialect starts) here
         unit.get_state("r")
     trips = round_trips("mariadb", monkeypatch)
-    rollback = Connection.rollback
-    monkeypatch.setattr(Connection, "rollback", lambda self: (trips.append("ROLLBACK"), rollback(self))[1])
+    rollbacks(monkeypatch, trips)
     with store.reading() as unit:
         assert unit.get_state("r").name == "RUNNING"
         assert unit.get_state("none") is None
