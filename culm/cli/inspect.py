@@ -375,17 +375,30 @@ def _watch_live(rt: Any, args: argparse.Namespace, found: Described) -> int:
     return _conclude(found)
 
 
+def _wait_key(reason: dict | None) -> Any:
+    """What makes a wait new for ``culm watch``: a stalled step or an overdue poll says how many
+    seconds it has been due, and that count alone (a new text every second) is no change."""
+    if not reason:
+        return ""
+    if reason.get("kind") == "stalled":
+        return ("stalled", str(reason.get("since")), tuple(reason.get("nodes") or ()))
+    if reason.get("overdue"):
+        return ("overdue", reason.get("kind"), str(reason.get("next_poll")), reason.get("polls"))
+    return reason.get("text", "")
+
+
 def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
     """One line per state change (and a progress line now and then) when stdout is not a terminal."""
-    last: dict[str, tuple[str, str]] = {}
+    last: dict[str, tuple[str, Any]] = {}
     progress_at = time.monotonic()
     still = Stillness(waiting_moves=True)
     while True:
         for node_id, entry in sorted(found.flat.items(), key=lambda kv: str(kv[1].get("created_time"))):
-            seen = (entry["state"], (entry.get("wait_reason") or {}).get("text", ""))
+            reason = entry.get("wait_reason") or {}
+            seen = (entry["state"], _wait_key(reason))
             if last.get(node_id) != seen:
                 last[node_id] = seen
-                waits = f" — waits: {seen[1]}" if seen[1] else ""
+                waits = f" — waits: {reason['text']}" if reason.get("text") else ""
                 print(f"{datetime.now().strftime('%H:%M:%S')} {entry['state']:<9} "
                       f"{render.label(node_id, found.info)}{waits}", flush=True)
         if _ended(found, still):
