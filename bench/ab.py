@@ -39,6 +39,8 @@ def run_one(checkout: Path, name: str, repeats: int | None, quick: bool) -> dict
         raise SystemExit(f"bench.one {name} failed in {checkout} (exit {proc.returncode}):\n"
                          f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(lines[-1])
+    if "median_s" not in result:  # skipped, or not every pipeline finished: say why, and where
+        raise SystemExit(f"bench.one {name} in {checkout} measured nothing: {lines[-1][:2000]}")
     return result
 
 

@@ -1,6 +1,6 @@
 """Instructions one embedded run costs, per thread, counted with callgrind.
 
-``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting|states_moving|states_big_moving] [--poll MS]`` runs itself under
+``python -m bench.instructions [batch|big|latency|states_big|states_small|states_waiting|states_moving|states_big_moving|states_big_dropped|states_waiting_dropped] [--poll MS]`` runs itself under
 ``valgrind --tool=callgrind`` and prints the instructions executed by the caller (the
 ``run_pipeline`` calls, and the polling loop with ``--poll``), the engine thread and the user-code
 threads, and the engine's batches. Wall time on this machine moves with everybody's load;
@@ -19,6 +19,7 @@ only with counts.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import itertools
 import json
@@ -41,7 +42,10 @@ SHAPES = {
     "latency": lambda: [normal_pipeline()],
 }
 READS = {"states_big": 100, "states_small": 2000, "states_waiting": 100,  # get_pipeline_states calls counted
-         "states_moving": 300, "states_big_moving": 9}
+         "states_moving": 300, "states_big_moving": 9, "states_big_dropped": 100, "states_waiting_dropped": 100}
+# Read shapes whose caller drops each result before the next call, as a polling loop does (the
+# others keep every result until the last call: the garbage collector then scans them all).
+DROPPED = {"states_big_dropped": "states_big", "states_waiting_dropped": "states_waiting"}
 # states_moving / states_big_moving: rounds of callbacks (each followed by one counted poll of
 # every pipeline), and callbacks per pipeline in a round.
 MOVES = {"states_moving": (3, 1), "states_big_moving": (9, 10)}
@@ -124,10 +128,14 @@ def _reads(shape: str) -> dict[str, Any]:
     more (300 counted calls, each catching up with ~4 changed nodes and reading the wait facts of
     a pipeline still RUNNING). ``states_big_moving``: the same on ``waiting_pipeline(100, 10)``
     (1,004 nodes), 10 branches called back per round, 9 rounds: each counted poll catches up
-    with ~40 changed nodes of the big pipeline as the engine left them (9 counted calls)."""
+    with ~40 changed nodes of the big pipeline as the engine left them (9 counted calls).
+    ``states_big_dropped``, ``states_waiting_dropped``: ``states_big``, ``states_waiting`` with
+    each result dropped before the next call (a polling loop's pattern; the others keep all 100)."""
     import culm
     from culm import api
 
+    dropped = shape in DROPPED
+    shape = DROPPED.get(shape, shape)
     workdir = tempfile.mkdtemp(prefix="culm-bench-instr-")
     rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
     try:
@@ -149,7 +157,11 @@ def _reads(shape: str) -> dict[str, Any]:
             return {"calls": READS[shape]}
         calls = [(ids[i % len(ids)],) for i in range(READS[shape])]
         gc.collect()  # see _moving
-        list(itertools.starmap(lambda root: api.get_pipeline_states(rt, root), calls))
+        results = itertools.starmap(lambda root: api.get_pipeline_states(rt, root), calls)
+        if dropped:
+            collections.deque(results, maxlen=0)
+        else:
+            list(results)
     finally:
         rt.close()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -32,7 +32,9 @@ from typing import Any
 
 from bench.trees import executed_nodes
 
-MARIADB_ADMIN = os.environ.get("CULM_BENCH_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/mysql")
+# MariaDB as a bare URL gets it: the driver the culm under test picks for it (normalise_url:
+# mysqlclient where installed, else PyMySQL); CULM_BENCH_MARIADB names one (mysql+pymysql://...).
+MARIADB_ADMIN = os.environ.get("CULM_BENCH_MARIADB", "mysql://root@127.0.0.1:3306/mysql")
 STUCK = frozenset({"FAILED", "REVOKED", "SUSPENDED"})
 
 # A second process that polls: reads the root ids on stdin, polls until all are FINISHED and
@@ -216,8 +218,9 @@ def run_polled(spec: Any) -> dict[str, Any]:
         cluster_rss = None
     else:
         from bench.scenarios import PG_ADMIN, REDIS, _service_name
+        from culm.storage.sql import normalise_url
 
-        admin = MARIADB_ADMIN if spec.extra["db"] == "mariadb" else PG_ADMIN
+        admin = normalise_url(MARIADB_ADMIN) if spec.extra["db"] == "mariadb" else PG_ADMIN
         with Cluster(spec.workers, admin=admin) as cluster:
             options = {"prefix": cluster.prefix}
             rt = culm.Runtime(cluster.db_url, broker=REDIS, **options)
@@ -226,7 +229,9 @@ def run_polled(spec: Any) -> dict[str, Any]:
             finally:
                 rt.close()
             cluster_rss = cluster.worker_peak_rss_mb()
-        backend = f"{_service_name(admin)} + {_service_name(REDIS)}, {spec.workers} culm worker, database reused"
+        driver = admin.split("://", 1)[0].partition("+")[2]
+        backend = (f"{_service_name(admin)} ({driver}) + {_service_name(REDIS)}, {spec.workers} culm worker, "
+                   "database reused")
     pipelines = got.pop("pipelines")  # every one was seen FINISHED, or a BenchFailure was raised
     out = summarise(spec, got.pop("times"), got.pop("nodes"), pipelines, pipelines, backend)
     out.update(got, interval_ms=round(spec.extra["interval"] * 1000), poller=spec.extra["poller"])

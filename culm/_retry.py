@@ -46,7 +46,7 @@ def is_lock_victim(exc: BaseException) -> bool:
         if getattr(e, "sqlstate", None) in _PG_STATES:
             return True
         args = getattr(e, "args", ())
-        if type(e).__module__.startswith("pymysql") and args and args[0] in _MY_CODES:
+        if type(e).__module__.startswith(("pymysql", "MySQLdb")) and args and args[0] in _MY_CODES:
             return True
         todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
     return False

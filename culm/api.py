@@ -353,6 +353,28 @@ def get_node_logs(runtime: Any, node_id: str, version: str | None = None) -> str
 
 
 @_api
+def get_node_log_page(runtime: Any, node_id: str, version: str | None = None, offset: int | None = None,
+                      limit: int = 1000) -> dict:
+    """A page of the lines a component logged (``get_node_logs`` returns at most
+    ``limits.MAX_LOG_PAGE_LINES`` of them): up to ``limit`` lines from line ``offset`` (0-based;
+    None: the last ``limit``), fewer when they pass ``limits.MAX_LOG_PAGE_CHARS``.
+
+    ``data``: ``{"node_id", "version", "total", "offset", "lines"}``; ``offset`` is the first
+    returned line's number, so the next page starts at ``offset + len(lines)``. An unknown node
+    gives ``total`` 0 and no lines, as ``get_node_logs`` gives ``""``.
+    """
+    if offset is not None and (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0):
+        raise InvalidOperationError(f"get_node_log_page: offset must be a line number, 0 or more (or None for "
+                                    f"the last lines), got {offset!r}")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= limits.MAX_LOG_PAGE_LINES:
+        raise InvalidOperationError(f"get_node_log_page: limit must be a whole number from 1 to "
+                                    f"{limits.MAX_LOG_PAGE_LINES:,}, got {limit!r}")
+    if version is not None:
+        _str_id(version, "version")
+    return queries.node_log_page(runtime.engine, _str_id(node_id, "node_id"), version, offset, limit)
+
+
+@_api
 def get_pipeline_debug_info(runtime: Any, pipeline_id: str) -> dict:
     """Context values and processes of a pipeline."""
     return queries.pipeline_debug_info(runtime.engine, _str_id(pipeline_id, "pipeline_id"))
@@ -417,6 +439,6 @@ __all__ = [
     "skip_exclusive_gateway", "skip_conditional_parallel_gateway", "forced_fail_activity", "callback",
     "update_context_values", "update_node_outputs", "update_node_loop_times", "get_pipeline_tree", "get_pipeline_states", "get_children_states", "get_execution_data_inputs",
     "get_execution_data_outputs", "get_execution_data", "get_data", "get_node_histories",
-    "get_node_short_histories", "get_node_logs", "get_pipeline_debug_info", "get_node_debug_info",
+    "get_node_short_histories", "get_node_logs", "get_node_log_page", "get_pipeline_debug_info", "get_node_debug_info",
     "get_pipeline_execution_time", "get_node_execution_time", "preview_node_inputs",
 ]

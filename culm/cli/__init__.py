@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from culm.cli.common import EXIT_USAGE, CliError, database_error, db_errors, db_url
+from culm.cli.terminal import SafeStream
 
 # Command groups, each a module of this package with register(subparsers).
 GROUPS: tuple[str, ...] = ("run", "inspect", "control", "admin", "serve")
@@ -123,6 +124,23 @@ def _quiet_closed_pipe() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``culm`` command; returns the exit code."""
+    with _terminal_safe():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def _terminal_safe() -> Iterator[None]:
+    """While a command runs, what it prints cannot steer the terminal (:mod:`culm.cli.terminal`):
+    names, failure texts and log lines come from trees and components, not from the operator."""
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SafeStream(out), SafeStream(err)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = out, err
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the command's own parser, with its usage, not the top level's

@@ -108,15 +108,16 @@ def an_id(text: str) -> str:
     return text
 
 
-def whole_number(least: int, what: str) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``least``, described as ``what`` when refused."""
+def whole_number(least: int, what: str, most: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``least`` (at most ``most``), described as
+    ``what`` when refused."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {what}, not {text!r}") from None
-        if value < least:
+        if value < least or (most is not None and value > most):
             raise argparse.ArgumentTypeError(f"expected {what}, not {value}")
         return value
 
@@ -346,17 +347,12 @@ def print_json(value: Any) -> None:
 
 
 def console() -> Any:
-    """The rich console for human output (colour only on a terminal)."""
-    from rich.console import Console
-
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            # rich exits 1 when the reader left (`culm status ID | head`): 1 means "the pipeline
-            # failed" here. The command's own handler sends the rest nowhere and exits 0.
-            raise BrokenPipeError
+    """The rich console for human output (colour only on a terminal; text that could steer the
+    terminal escaped: :mod:`culm.cli.terminal`)."""
+    from culm.cli.terminal import on_terminal, safe_console
 
     # Piped output (scripts, logs, tests) is not cut to 80 columns.
-    return _Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+    return safe_console(highlight=False, width=None if on_terminal() else 200)
 
 
 def err(message: str) -> None:

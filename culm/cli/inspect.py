@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,8 +27,10 @@ from culm.cli.common import (
     print_json,
     shown,
     state_entry,
+    whole_number,
 )
 from culm.cli.run import Stillness, ex_data_of, failure_report
+from culm.cli.terminal import on_terminal
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -250,32 +251,47 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     with open_runtime(args) as rt:
         entry = _node_entry(rt, args.node, "logs", "the logs")
-        text = check(api.get_node_logs(rt, args.node, args.version))
-        if args.version and not text:
+        limit = args.limit or LOG_PAGE_LINES
+        page = check(api.get_node_log_page(rt, args.node, args.version, args.offset, limit))
+        if args.version and not page["total"]:
             runs = check(api.get_node_histories(rt, args.node)) or []
             known = [entry.get("version"), *(h.get("version") for h in runs)]
             if args.version not in known:
                 raise NotFound(f"node {args.node} has no version {args.version} (its versions: "
                                f"{', '.join(str(v) for v in known if v)}; see `culm history {args.node}`)")
-        lines = text.splitlines() if text else []
-        for line in lines:
+        for line in page["lines"]:
             print(line, flush=True)
+        seen = page["offset"] + len(page["lines"])
+        _say_left_out(args.node, page, seen)
         if not args.follow:
-            if not lines:  # on stderr: a script reading the lines reads none
+            if not page["total"]:  # on stderr: a script reading the lines reads none
                 err(f"node {args.node} logged nothing" + (f" in version {args.version}" if args.version else ""))
             return EXIT_OK
-        seen = len(lines)
         while True:
             entry = check(api.get_children_states(rt, args.node)).get(args.node, {})
-            text = check(api.get_node_logs(rt, args.node, args.version))
-            lines = text.splitlines() if text else []
-            for line in lines[seen:]:
+            page = check(api.get_node_log_page(rt, args.node, args.version, seen, LOG_PAGE_LINES))
+            for line in page["lines"]:
                 print(line, flush=True)
-            seen = max(seen, len(lines))
+            seen += len(page["lines"])
+            if len(page["lines"]) == LOG_PAGE_LINES:
+                continue  # more may be there already
             if entry.get("state") in ("FINISHED", "FAILED", "REVOKED") or (entry.get("wait_reason") or {}).get(
                     "kind") in ("failed", "paused", "pause_appointed"):
                 return EXIT_OK
             time.sleep(args.interval)
+
+
+# Lines one read of `culm logs` prints (and the most --limit takes): the API's page bound.
+LOG_PAGE_LINES = 20_000
+
+
+def _say_left_out(node_id: str, page: dict, end: int) -> None:
+    """On stderr (a script reads only lines): which lines of the run were not printed, and how to."""
+    first, total = page["offset"], page["total"]
+    if first == 0 and end >= total:
+        return
+    err(f"lines {first + 1:,}-{end:,} of {total:,} logged by node {node_id} (version {page['version']}); "
+        + (f"the next: --offset {end}" if end < total else f"the earlier: --offset 0 --limit {min(first, LOG_PAGE_LINES)}"))
 
 
 def _loop_number(text: str) -> int:
@@ -325,7 +341,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         note = _no_runner_note(rt, found)
         if note:
             err(f"note: {note}")
-        if sys.stdout.isatty():
+        if on_terminal():
             return _watch_live(rt, args, found)
         return _watch_lines(rt, args, found)
 
@@ -359,17 +375,30 @@ def _watch_live(rt: Any, args: argparse.Namespace, found: Described) -> int:
     return _conclude(found)
 
 
+def _wait_key(reason: dict | None) -> Any:
+    """What makes a wait new for ``culm watch``: a stalled step or an overdue poll says how many
+    seconds it has been due, and that count alone (a new text every second) is no change."""
+    if not reason:
+        return ""
+    if reason.get("kind") == "stalled":
+        return ("stalled", str(reason.get("since")), tuple(reason.get("nodes") or ()))
+    if reason.get("overdue"):
+        return ("overdue", reason.get("kind"), str(reason.get("next_poll")), reason.get("polls"))
+    return reason.get("text", "")
+
+
 def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
     """One line per state change (and a progress line now and then) when stdout is not a terminal."""
-    last: dict[str, tuple[str, str]] = {}
+    last: dict[str, tuple[str, Any]] = {}
     progress_at = time.monotonic()
     still = Stillness(waiting_moves=True)
     while True:
         for node_id, entry in sorted(found.flat.items(), key=lambda kv: str(kv[1].get("created_time"))):
-            seen = (entry["state"], (entry.get("wait_reason") or {}).get("text", ""))
+            reason = entry.get("wait_reason") or {}
+            seen = (entry["state"], _wait_key(reason))
             if last.get(node_id) != seen:
                 last[node_id] = seen
-                waits = f" — waits: {seen[1]}" if seen[1] else ""
+                waits = f" — waits: {reason['text']}" if reason.get("text") else ""
                 print(f"{datetime.now().strftime('%H:%M:%S')} {entry['state']:<9} "
                       f"{render.label(node_id, found.info)}{waits}", flush=True)
         if _ended(found, still):
@@ -410,6 +439,10 @@ def register(sub: Any) -> None:
     p.add_argument("node", type=an_id, metavar="NODE")
     p.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the node stops")
     p.add_argument("--version", metavar="V", type=a_text("a version"), help="a run's version (default: the current one)")
+    p.add_argument("--offset", type=whole_number(0, "a line number, 0 or more"), metavar="N",
+                   help="print from line N (0-based; default: the last --limit lines)")
+    p.add_argument("--limit", type=whole_number(1, f"a number of lines, 1 to {LOG_PAGE_LINES}", LOG_PAGE_LINES), metavar="N",
+                   help=f"print at most N lines (1 to {LOG_PAGE_LINES:,}, the default; fewer past 8,000,000 characters)")
     p.add_argument("--interval", type=positive_seconds, default=0.5, metavar="S", help=argparse.SUPPRESS)
     add_db(p)
     p.set_defaults(func=cmd_logs)

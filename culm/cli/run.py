@@ -178,15 +178,16 @@ def ex_data_of(outputs: dict) -> str:
 
 
 def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
-                   ex_data: dict[str, str]) -> list[str]:
+                   ex_data: dict[str, str], imports: str = "") -> list[str]:
     """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
-    then each failed node with its ``ex_data`` (``ex_data``: by node id)."""
+    then each failed node with its ``ex_data`` (``ex_data``: by node id; ``imports``: the
+    `` --import X`` a retry needs when it runs the node in its own process)."""
     failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
     if not failed:
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
     lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-             f"`culm retry NODE [--data JSON]`, skip with `culm skip NODE` (see `culm status {root_id}`)"]
+             f"`culm retry NODE [--data JSON]{imports}`, skip with `culm skip NODE{imports}` (see `culm status {root_id}`)"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
         lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
@@ -247,7 +248,8 @@ def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str 
     """When this process runs the pipeline's work, every component of a node that may still run
     (not reached, waiting, or ``runs``: the node a retry or callback runs) must be registered here:
     else exit 2 before anything is done (the node would fail naming the code). A FAILED or finished
-    node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again."""
+    node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again; so is
+    a pipeline that is FINISHED or REVOKED, and a ``runs`` node that is: the engine refuses the command."""
     from culm import api
     from culm.validator import tree_problems
 
@@ -256,10 +258,14 @@ def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str 
     problems = [p for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")]
     if not problems:
         return
-    flat = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {}).get("children") or {}
+    root = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {})
+    if root.get("state") in ("FINISHED", "REVOKED"):
+        return  # nothing of it runs again: the engine's refusal (exit 5) says why, not a missing import
+    flat = root.get("children") or {}
     ended = ("FINISHED", "FAILED", "REVOKED")
     missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0] for p in problems
-                      if p.where == runs or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
+                      if (p.where == runs and flat.get(p.where, {}).get("state") not in ("FINISHED", "REVOKED"))
+                      or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
     if missing:
         raise UsageError(f"{doing}: pipeline {root_id} uses component(s) {', '.join(missing)} that are not "
                          "registered in this process, which would run its nodes: name the modules that define "
@@ -284,7 +290,7 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
         elif reason and reason["kind"] != "failed":
             print(f"  {render.label(node_id, info)}: {reason['text']}")
     failed = {n: ex_data_text(rt, n) for n, e in flat.items() if e["state"] == "FAILED"}
-    for line in failure_report(root_id, flat, info, failed):
+    for line in failure_report(root_id, flat, info, failed, "" if cluster else _imports_option(args)):
         print(line)
     if outcome in ("timeout", "waiting"):
         print(continue_hint(args, root_id, cluster))

@@ -120,13 +120,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
         auth = "no authentication (loopback only)" if args.no_auth else "bearer tokens required"
         where = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address, as a URL writes it
         print(f"culm serve on http://{where}:{args.port}/ for {runtime!r}: {mode}; {auth}", flush=True)
-        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body, host=args.host)
+        app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body, host=args.host,
+                         max_previews=args.max_previews)
         # Live-update streams never end by themselves: give them a moment, then close them.
         # An idle connection is kept longer than clients keep theirs (httpx: 5 s, uvicorn's default
         # too): a server closing first races a request sent on it at that moment, which the client
         # sees as "Server disconnected without sending a response" (a storm of REST calls met it).
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                    timeout_graceful_shutdown=3, timeout_keep_alive=KEEP_ALIVE_SECONDS)
+        # uvicorn.run would swallow Ctrl-C (exit 0); its Server raises it again once shut down, so
+        # `culm serve` exits 130 as every culm command does when interrupted.
+        uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                      access_log=False, timeout_graceful_shutdown=3,
+                                      timeout_keep_alive=KEEP_ALIVE_SECONDS)).run()
     finally:
         runtime.close()
     return 0
@@ -222,6 +226,8 @@ def register(subparsers: Any) -> None:
                        help="no tokens needed; binds to loopback only (an address or a name of one)")
     serve.add_argument("--max-body", type=_byte_count, default=4 * 1024 * 1024, metavar="BYTES",
                        help="largest request body accepted (default 4 MiB)")
+    serve.add_argument("--max-previews", type=whole_number(1, "a number of previews, 1 or more"), default=4,
+                       metavar="N", help="previews rendered at once; more are answered 429 (default 4)")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                        help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)

@@ -378,6 +378,9 @@ def force_fail(engine: Engine, step: Step, node: g.Node, st: StateRecord, procs:
     its user code stale, its processes sleep until an operator retries or skips it."""
     unit = step.unit
     node_id = node.id
+    # Cut like every failure text (a 20 MB message was refused as over the payload limit, naming
+    # neither the node nor the command): the node fails, its ex_data says what was cut.
+    ex_data = limits.clip_ex_data(ex_data)
     step.event("pre_forced_fail_activity", node_id=node_id, ex_data=ex_data)
     step.after.append(_service_hook(engine, unit, node, st, "pre_forced_fail_activity"))
     inputs, outputs = unit.get_execution_data(node_id) or ({}, {})

@@ -94,6 +94,11 @@ class Engine:
             raise LookupError(f"pipeline {root_id} is not stored")
         return self._compiled(root_id, stored)
 
+    def known_graph(self, root_id: str) -> Graph | None:
+        """The graph of ``root_id`` if it is compiled already (None: it would have to be read)."""
+        with self._graphs_lock:
+            return self._graphs.get(root_id)
+
     def read_graphs(self, root_ids: Iterable[str], unit: Unit) -> None:
         """Compile the graphs of ``root_ids`` not compiled yet, their pipelines read in one
         statement (a batch's runs: one round trip, not one per run, on a server database)."""

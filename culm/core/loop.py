@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from culm.core import faults, joins, observe, scheduling, states, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
-from culm.core.ports import RowCopies, Unit
+from culm.core.ports import Prefetch, RowCopies, Unit
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
 from culm.core.step import Step
 from culm.model.compiled import SUBPROCESS
@@ -259,6 +259,8 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     back = [i for i in batch if i.task.kind == EXECUTE and i.waiting]
     # Where their calls ran (the walk set the task's node to it): MySQL locks those states with the read.
     at = [i.invoke.node_id for i in back if i.invoke is not None and i.invoke.node_id]
+    if prefetch.walks_with_claim:
+        _expect_walks(engine, prefetch, batch)
     prefetch.read_tasks_ahead(fresh, [i.task.id for i in back], engine.lease(), at)
     nodes: list[str] = []
     stacks: list[str] = []
@@ -275,6 +277,37 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     # What every walk's first node entry holds (walker._enter), the states the walks may need and
     # the contexts they may read: one round trip for all three on a server database.
     prefetch.read_walks_ahead(stacks, nodes, pipelines + stacks)
+
+
+def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item]) -> None:
+    """What _read_ahead's walk reads will be for the items whose graphs are compiled already, as
+    the runner knows their nodes before the tasks are read (MySQL sends these reads with the
+    claim): the stack a process has at a node is the chain of pipelines around it."""
+    held: list[str] = []
+    nodes: list[str] = []
+    pipelines: list[str] = []
+    for item in batch:
+        task = item.task
+        if task.kind != EXECUTE:
+            continue
+        graph = engine.known_graph(task.root_id)
+        invoke = item.invoke
+        node_id = invoke.node_id if item.waiting and invoke is not None and invoke.node_id else task.node_id
+        node = graph.nodes.get(node_id) if graph is not None else None
+        if graph is None or node is None:
+            continue
+        stack = []
+        pid: str | None = node.pipeline_id
+        while pid is not None and pid in graph.pipelines:
+            stack.append(pid)
+            pid = graph.pipelines[pid].parent_pipeline_id
+        ahead = graph.ahead_of_resume(node_id)
+        held += stack
+        nodes += ahead
+        pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)
+        pipelines += stack
+    if nodes:
+        prefetch.expect_walks(held, nodes, pipelines)
 
 
 def moved_on(unit: Unit, runs: set[tuple[str, str]], schedules: dict[str, str]) -> set[tuple[str, str]]:

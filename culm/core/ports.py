@@ -340,7 +340,11 @@ class Histories(Protocol):
 
     def add_logs(self, rows: Sequence[LogRow]) -> None: ...
 
-    def logs(self, node_id: str, version: str) -> list[str]: ...
+    def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
+        """The run's lines in the order logged, from the ``first`` (0-based), at most ``count``."""
+        ...
+
+    def log_count(self, node_id: str, version: str) -> int: ...
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None: ...
 
@@ -353,6 +357,16 @@ class Prefetch(Protocol):
     A unit that has nothing to gain (its reads are lookups in memory, or in copies it keeps)
     offers none: its :attr:`Unit.prefetch` is None.
     """
+
+    # Whether expect_walks is worth calling: the unit can send the walks' reads with the claim.
+    walks_with_claim: bool
+
+    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        """The :meth:`read_walks_ahead` the runner expects to make once the batch's tasks are read
+        (from the graphs it has compiled already): a unit may send those reads with the claim's
+        query, so that the later call finds them done. A guess that turns out wrong costs only
+        what it read (the later call reads what is still missing)."""
+        ...
 
     def read_tasks_ahead(
         self, fresh: Sequence[str], resumed: Sequence[str], lease: Lease, resumed_at: Sequence[str] = ()

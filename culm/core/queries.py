@@ -13,6 +13,7 @@ from culm.core.ports import Unit
 from culm.core.records import StateRecord
 from culm.core.state_tree import Tree
 from culm.errors import NotFoundError
+from culm.model import limits
 
 
 def _time(t: float | None) -> datetime | None:
@@ -173,13 +174,68 @@ def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False)
 
 
 def node_logs(engine: Engine, node_id: str, version: str | None = None) -> str:
+    """The run's lines as one text: all of them, or the last ones within the page bounds
+    (limits.MAX_LOG_PAGE_LINES / MAX_LOG_PAGE_CHARS) under a first line saying how many were left
+    out and how to page them."""
+    page = node_log_page(engine, node_id, version, None, limits.MAX_LOG_PAGE_LINES)
+    lines = page["lines"]
+    if page["offset"]:
+        lines = [f"[culm: the first {page['offset']:,} of {page['total']:,} lines of node {node_id} "
+                 f"(version {page['version']}) are left out: one read returns at most "
+                 f"{limits.MAX_LOG_PAGE_LINES:,} lines / {limits.MAX_LOG_PAGE_CHARS:,} characters; page them with "
+                 f"culm.api.get_node_log_page(runtime, node_id, version, offset, limit), "
+                 f"`culm logs NODE --offset N`, or GET /api/v1/nodes/{{id}}/logs?offset=N&limit=M]", *lines]
+    return "\n".join(lines)
+
+
+def node_log_page(engine: Engine, node_id: str, version: str | None, offset: int | None,
+                  limit: int) -> dict[str, Any]:
+    """Up to ``limit`` lines of a run from line ``offset`` (0-based; None: the last ones), fewer when
+    they pass limits.MAX_LOG_PAGE_CHARS: ``{"node_id", "version", "total", "offset", "lines"}``,
+    ``offset`` being the first line's number."""
     with engine.store.reading() as unit:
         if version is None:
             st = unit.get_state(node_id)
-            if st is None:
-                return ""
-            version = st.version
-        return "\n".join(unit.logs(node_id, version))
+            version = st.version if st is not None else None
+        total = unit.log_count(node_id, version) if version is not None else 0
+        if offset is None:
+            first, lines = _last_lines(unit, node_id, version, total, limit) if total else (0, [])
+        else:
+            first, lines = offset, _lines_from(unit, node_id, version, offset, min(limit, max(total - offset, 0)))
+    return {"node_id": node_id, "version": version, "total": total, "offset": first, "lines": lines}
+
+
+def _lines_from(unit: Unit, node_id: str, version: str | None, first: int, count: int) -> list[str]:
+    budget, at = limits.MAX_LOG_PAGE_CHARS, first
+    out: list[str] = []
+    while len(out) < count:
+        chunk = unit.logs(node_id, version or "", at, min(limits.LOG_READ_CHUNK, count - len(out)))
+        for line in chunk:
+            budget -= len(line) + 1
+            if budget < 0 and out:
+                return out
+            out.append(line)
+        if not chunk:
+            break
+        at += len(chunk)
+    return out
+
+
+def _last_lines(unit: Unit, node_id: str, version: str | None, total: int, count: int) -> tuple[int, list[str]]:
+    budget, kept, at = limits.MAX_LOG_PAGE_CHARS, 0, total
+    chunks: list[list[str]] = []
+    while kept < count and at > 0:
+        start = max(at - limits.LOG_READ_CHUNK, total - count, 0)
+        chunk = unit.logs(node_id, version or "", start, at - start)
+        for i in range(len(chunk) - 1, -1, -1):
+            budget -= len(chunk[i]) + 1
+            if budget < 0 and (kept or i < len(chunk) - 1):
+                chunks.append(chunk[i + 1:])
+                return start + i + 1, [line for c in reversed(chunks) for line in c]
+        chunks.append(chunk)
+        kept += len(chunk)
+        at = start
+    return at, [line for c in reversed(chunks) for line in c]
 
 
 class Record(dict[str, Any]):

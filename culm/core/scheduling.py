@@ -19,7 +19,10 @@ from culm.core.step import Step
 
 logger = logging.getLogger("culm.engine")
 
-MULTI_CALLBACK_RETRY_SECONDS = 0.2
+# A multiple callback that is not first in line is woken when the one before it is applied
+# (_wake_next_callback); it also looks again after this long, should that wake-up be lost (a crash
+# between the commit and the hand-over, a message the broker dropped).
+MULTI_CALLBACK_RETRY_SECONDS = 1.0
 EARLY_CALLBACK_RETRY_SECONDS = 0.05
 PARKED_CALLBACK_RETRY_SECONDS = 1.0
 
@@ -152,16 +155,34 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: object, tim
         # Only while the row is still this schedule call: another runner's copy may have applied
         # its result since we read it, making the row the execute that drives the process on.
         unit.delete_task(task_id, as_read=task)
-        return
-    graph = engine.graph(proc.root_id, unit)
-    run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-    res, outputs = record_call(run, as_result(result, {}))
-    unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
-    step.note(st)  # a poll counted, the node still RUNNING: the wait reasons kept with a tree show the count
-    try:
-        _conclude(run, task_id, sched.id, res, outputs)
-    except VersionLostError:
-        unit.delete_task(task_id, as_read=task)
+    else:
+        graph = engine.graph(proc.root_id, unit)
+        run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
+        res, outputs = record_call(run, as_result(result, {}))
+        unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
+        step.note(st)  # a poll counted, the node still RUNNING: the wait reasons kept with a tree show the count
+        try:
+            _conclude(run, task_id, sched.id, res, outputs)
+        except VersionLostError:
+            unit.delete_task(task_id, as_read=task)
+    if sched.type == "multiple_callback":
+        _wake_next_callback(step, task, sched.version)
+
+
+def _wake_next_callback(step: Step, task: TaskRecord, version: str) -> None:
+    """The callback after ``task``'s (now applied, its row gone or moved on) may call: hand its
+    task to the dispatcher now rather than at its next look (MULTI_CALLBACK_RETRY_SECONDS).
+
+    Its row is free: a runner that found it was not its turn gave it back in the transaction
+    that looked, and the row lock orders that transaction and this one (READ COMMITTED on the
+    servers, one writer on SQLite), so either this one sees it free and makes it due, or that
+    one looks after this one's commit and finds it first in line.
+    """
+    unit = step.unit
+    next_id = unit.first_callback_task(task.root_id, task.node_id, version)
+    if next_id is not None and next_id != task.id:
+        unit.update_task(next_id, due=now(), owner=None, claimed_until=None)
+        step.requeue(next_id)
 
 
 def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs: dict[str, Any]) -> None:

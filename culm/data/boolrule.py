@@ -37,6 +37,7 @@ _TOKEN = re.compile(
     re.VERBOSE,
 )
 _WORD_OPERATORS = frozenset({"in", "notin", "issuperset", "notissuperset"})
+_WORDS = _WORD_OPERATORS | {"and", "or"}
 _ESCAPES = {r"\t": "\t", r"\n": "\n", r"\f": "\f", r"\r": "\r"}
 
 
@@ -101,10 +102,69 @@ def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
     multi-line value stays inside its quotes; the string literal turns them back.
     """
     escaped = {key: _escape(value) for key, value in namespace.items()}
-    rendered = template.render(expr, escaped)
-    if not isinstance(rendered, str):
+    if "${" not in expr:
+        return evaluate_condition(expr)
+    rendered, parts = template.render_parts(expr, escaped)
+    if not isinstance(rendered, str):  # the whole condition is one variable's value
         rendered = sandbox.safe_str(rendered, MAX_CONDITION_LENGTH)
+        parts = [("", expr, rendered)]
+    if rendered != expr and not _whole(expr, parts) and syntax_problem(rendered) is None:
+        _check_spliced(parts)
     return evaluate_condition(rendered)
+
+
+def _check_spliced(parts: list[tuple[str, str, str]]) -> None:
+    """Refuse a condition whose variables' values would change its meaning, not only its operands.
+
+    A value is spliced into the condition's text: ``x == x or y`` as ``${name}`` turned
+    ``${name} == 'bob'`` into a condition that always holds, and ``x' == 'x' or 'y`` did the same to
+    ``'${name}' == 'bob'``. A fragment standing alone must render to one operand (a value or a
+    parenthesised list), and one inside quotes must not hold its quote character. ``parts``:
+    (literal before, fragment, the text it became) of each fragment, in order.
+    """
+    quote = ""
+    for literal, fragment, text in parts:
+        quote = _quote_after(literal, quote)
+        if text == fragment:
+            continue  # not rendered: the condition reads it as a name, as it reads any identifier
+        if quote:
+            if quote in text:
+                raise ConditionSyntaxError(
+                    f"the value of {fragment} ({_clip(text)!r}) holds the quote {quote} that encloses it "
+                    "in the condition: it would end the quoted text and add to the condition")
+        elif not _one_operand(text):
+            raise ConditionSyntaxError(
+                f"the value of {fragment} ({_clip(text)!r}) is not one operand: a condition takes a "
+                "variable's value as one value or list, never as operators or further comparisons")
+
+
+def _whole(expr: str, parts: list[tuple[str, str, str]]) -> bool:
+    """Whether the condition is one fragment alone (``${cond}``): its author gave a variable the
+    whole condition, as bamboo allows, so its value is read as a condition, not as an operand."""
+    return len(parts) == 1 and expr.strip() == parts[0][1]
+
+
+def _quote_after(text: str, quote: str) -> str:
+    """The quote open after ``text``, when ``quote`` was open before it ("" for none)."""
+    for char in text:
+        if quote:
+            if char == quote:
+                quote = ""
+        elif char in "'\"":
+            quote = char
+    return quote
+
+
+def _one_operand(text: str) -> bool:
+    if text.isdecimal() or (text.isidentifier() and text.lower() not in _WORDS):
+        return True  # the common value: no tokens to make
+    try:
+        tokens = _tokenize(text)
+        parser = _Parser(tokens)
+        parser.operand()
+    except (_Fail, ExpressionError):
+        return False
+    return parser.pos == len(tokens)
 
 
 def _escape(value: Any) -> Any:

@@ -175,6 +175,14 @@ def render(value: Any, namespace: Mapping[str, Any], nested_objects: bool = Fals
     return state.render(value, 0)
 
 
+def render_parts(text: str, namespace: Mapping[str, Any]) -> tuple[Any, list[tuple[str, str, str]]]:
+    """:func:`render` of one string, with (literal before, fragment, the text it became) of each
+    fragment substituted: for a caller that must know what each value added (a gateway condition).
+    The parts are empty when ``text`` is one fragment naming a raw object (returned as it is)."""
+    parts: list[tuple[str, str, str]] = []
+    return _RenderState(namespace, False).render_str(text, parts), parts
+
+
 class _RenderState:
     __slots__ = ("namespace", "nested_objects", "deadline", "output", "node_late")
 
@@ -225,7 +233,9 @@ class _RenderState:
             return f"the templates of one node took longer than {NODE_RENDER_TIME_LIMIT} seconds to render in all"
         return f"rendering took longer than {RENDER_TIME_LIMIT} seconds"
 
-    def render_str(self, text: str) -> Any:
+    def render_str(self, text: str, parts: list[tuple[str, str, str]] | None = None) -> Any:
+        """``text`` rendered; ``parts`` (when given) gets (literal before, fragment, its text) of
+        each fragment substituted (none when ``text`` is one fragment naming a raw object)."""
         if "${" not in text:
             return text
         if len(text) > MAX_CACHED_TEXT:
@@ -241,6 +251,8 @@ class _RenderState:
             out.append(literal)
             if body is not None:
                 out.append(self.substitute(body, name, whole))
+                if parts is not None:
+                    parts.append((literal, whole, out[-1]))
         return "".join(out)
 
     def raw_object(self, body: str) -> tuple[bool, Any]:

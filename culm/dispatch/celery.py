@@ -487,7 +487,13 @@ def run_worker(
         # handed to the runner; at DEBUG they stay.
         for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+    stopped_by: list[str] = []
+
+    def note_shutdown(sender: Any = None, sig: str = "", **_kw: Any) -> None:
+        stopped_by.append(sig)
+
     signals.worker_ready.connect(start_relay, weak=False)
+    signals.worker_shutting_down.connect(note_shutdown, weak=False)
     worker = app.Worker(
         hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
         queues=queues,
@@ -504,3 +510,8 @@ def run_worker(
         for relay in relays:
             relay.stop()
         signals.worker_ready.disconnect(start_relay)
+        signals.worker_shutting_down.disconnect(note_shutdown)
+    if "SIGINT" in stopped_by:
+        # Celery stops warmly on Ctrl-C and returns: say it was interrupted (`culm worker` exits 130
+        # as every culm command does; SIGTERM stays a normal stop, exit 0, as process managers expect).
+        raise KeyboardInterrupt

@@ -244,6 +244,10 @@ class ThreadDispatcher:
         self._seq = 0
         self._known: set[str] = set()
         self._deadlines: set[str] = set()  # node deadlines on the timer heap, not due yet
+        # Other tasks on the timer heap: id -> (seq, due) of the entry that counts. A task handed
+        # in again with an earlier due (a multiple callback woken when the one before it is
+        # applied) gets a new entry; the old one is skipped when it comes up.
+        self._timed: dict[str, tuple[int, float]] = {}
         self._lock = threading.Condition()
         self._threads: list[threading.Thread] = []
         self._pool: _UserCodePool | None = None
@@ -304,16 +308,25 @@ class ThreadDispatcher:
         at = now()
         with self._lock:
             for t in tasks:
-                if t is None or t.id in self._known or t.id in self._deadlines:
+                if t is None or t.id in self._deadlines:
                     continue
+                if t.id in self._known:
+                    timed = self._timed.get(t.id)
+                    if timed is None or t.due >= timed[1]:
+                        continue  # queued, under way, or timed no later: handed out once
+                    del self._timed[t.id]  # brought forward: its old heap entry no longer counts
                 if t.due <= at:
                     self._known.add(t.id)
                     self._ready.put(Item(t))
                 else:
                     # A node's deadline is not work on hand until it falls due (wait_idle does
                     # not wait for it, and the node usually ends first and drops its row).
-                    (self._deadlines if t.kind == TIMEOUT else self._known).add(t.id)
                     self._seq += 1
+                    if t.kind == TIMEOUT:
+                        self._deadlines.add(t.id)
+                    else:
+                        self._known.add(t.id)
+                        self._timed[t.id] = (self._seq, t.due)
                     heapq.heappush(self._timers, (t.due, self._seq, t))
                     self._lock.notify_all()
 
@@ -595,10 +608,14 @@ class ThreadDispatcher:
             with self._lock:
                 at = now()
                 while self._timers and self._timers[0][0] <= at:
-                    task = heapq.heappop(self._timers)[2]
+                    _, seq, task = heapq.heappop(self._timers)
                     if task.id in self._deadlines:
                         self._deadlines.discard(task.id)
                         self._known.add(task.id)
+                    elif self._timed.get(task.id, (None,))[0] == seq:
+                        del self._timed[task.id]
+                    else:
+                        continue  # brought forward since (see submit): that entry counts
                     due.append(task)
                 if not due:
                     wait = self._timers[0][0] - at if self._timers else self.sweep_interval

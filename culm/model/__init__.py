@@ -6,6 +6,7 @@ public faces with bamboo's names.
 
 from culm.model import limits, timeouts
 from culm.model.compiled import compile_tree
+from culm.model.printable import inert
 from culm.model.tree_ids import walk_tree, with_new_ids
 from culm.model.validator import prepare_tree, tree_warnings, validate_tree
 
@@ -22,4 +23,6 @@ __all__ = [
     "limits",
     # node timeouts (timeout_config): the actions and the rules of a config
     "timeouts",
+    # text for a terminal or a log: control characters written as escapes
+    "inert",
 ]

@@ -114,6 +114,14 @@ def clip_log_line(line: str) -> str:
 # one execute took 1.1 GB and held the transaction for 19 s. Read at every call.
 MAX_CALL_LOG_LINES = 10_000
 MAX_CALL_LOG_CHARS = 4_000_000
+# What one read of a run's log lines returns (get_node_logs, get_node_log_page, the REST endpoint,
+# `culm logs`): a poller logging for days under one version holds millions of lines, and reading
+# them all took memory without bound. Lines are read LOG_READ_CHUNK at a time until either bound:
+# twice what one call may keep (MAX_CALL_LOG_LINES + its note, MAX_CALL_LOG_CHARS), so one call's
+# lines always fit in one read.
+MAX_LOG_PAGE_LINES = 20_000
+MAX_LOG_PAGE_CHARS = 8_000_000
+LOG_READ_CHUNK = 256
 # Characters of the ex_data a failed call records (its traceback, or the text a component sets):
 # the first and the last half are kept. An exception whose message was 50 MB failed the node with
 # an engine error, the component's own message lost. Read at every call.
@@ -150,6 +158,20 @@ def pickled_payload_size(blob_bytes: int) -> int:
     """Bytes a payload pickled to ``blob_bytes`` bytes takes once stored: base64 in a small JSON
     envelope (:mod:`culm.storage.codec`), with room to spare for the envelope's key."""
     return 4 * ((blob_bytes + 2) // 3) + 64
+
+
+def id_text_problem(ident: str) -> str | None:
+    """What keeps ``ident`` from being a pipeline or node id besides its column, or None.
+
+    An id is written into every log line about its node, into URLs and command lines: a newline
+    in one forged whole lines of a worker's log, an escape sequence steered the terminal showing
+    it, a bidirectional override showed it reversed. Only printable characters (and spaces) are
+    taken.
+    """
+    if ident.isprintable():
+        return None
+    bad = next(char for char in ident if not char.isprintable())
+    return f"holds the character {bad!r}, which cannot be printed (ids take printable characters only)"
 
 
 def column_problem(text: str, width: int) -> str | None:

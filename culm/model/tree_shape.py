@@ -144,9 +144,9 @@ class ShapeChecker:
         if ident in self._ids:
             self.add(ident, "id is used more than once in the tree")
         self._ids.add(ident)
-        if not stored or (len(ident) <= limits.ID_LENGTH and ident.isascii() and "\x00" not in ident):
+        if not stored or (len(ident) <= limits.ID_LENGTH and ident.isascii() and ident.isprintable()):
             return  # the common case costs no call
-        if problem := limits.column_problem(ident, limits.ID_LENGTH):
+        if problem := limits.column_problem(ident, limits.ID_LENGTH) or limits.id_text_problem(ident):
             self.add(label_text(ident), f"id {problem}")
 
     def _key(self, where: str, what: str, key: str, width: int | None) -> None:

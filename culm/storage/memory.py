@@ -577,8 +577,12 @@ class MemoryUnit(TransactionView):
         return sorted(((k, row) for k, row in self._where("log", "node", node_id) if row[1] == version),
                       key=operator.itemgetter(0))
 
-    def logs(self, node_id: str, version: str) -> list[str]:
-        return [row[4] for _, row in self._logs_of(node_id, version)]
+    def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
+        rows = self._logs_of(node_id, version)[first:None if count is None else first + count]
+        return [row[4] for _, row in rows]
+
+    def log_count(self, node_id: str, version: str) -> int:
+        return len(self._logs_of(node_id, version))
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         for key, row in self._logs_of(node_id, old_version):

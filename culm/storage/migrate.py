@@ -158,7 +158,7 @@ def _is_known(version: str | None) -> bool:
 
 # The drivers culm picks for a bare ``postgresql://`` or ``mysql://`` URL (normalise_url), left out of
 # the URL shown to the user: the hint ``culm db upgrade --db URL`` shows the URL as they wrote it.
-_DEFAULT_DRIVERS = {"postgresql+psycopg": "postgresql", "mysql+pymysql": "mysql"}
+_DEFAULT_DRIVERS = {"postgresql+psycopg": "postgresql", "mysql+pymysql": "mysql", "mysql+mysqldb": "mysql"}
 
 
 def _display_url(store: SqlStore) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,10 @@ from culm.web.tokens import TokenStore
 
 STATIC = Path(__file__).with_name("static")
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
+# Previews rendered at once (each may take up to the 10 s render budget on a thread of the server's
+# pool, 40 threads shared by every request): past it a preview is answered 429 at once, so a storm
+# of previews cannot hold the threads the console, the states and the commands need.
+DEFAULT_MAX_PREVIEWS = 4
 
 
 class BodyTooLarge(Exception):
@@ -88,7 +93,8 @@ async def _no_body() -> Message:
 
 
 def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAULT_MAX_BODY,
-               tokens: TokenStore | None = None, host: str | None = None) -> FastAPI:
+               tokens: TokenStore | None = None, host: str | None = None,
+               max_previews: int = DEFAULT_MAX_PREVIEWS) -> FastAPI:
     """The service for ``runtime``.
 
     Args:
@@ -98,6 +104,7 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
         tokens: the token store (default: the runtime's database).
         host: the name the service binds (``culm serve --host``); without tokens, requests
             addressed to it are served like those to ``localhost``.
+        max_previews: previews rendered at once; more are answered 429 with ``Retry-After``.
 
     Raises:
         InvalidOperationError: ``runtime`` keeps its data in memory; tokens and metrics need a database.
@@ -120,6 +127,8 @@ def create_app(runtime: Any, *, auth_enabled: bool = True, max_body: int = DEFAU
     app.state.auth = auth.Authenticator(app.state.tokens, enabled=auth_enabled, own_names=[host] if host else [])
     app.state.hub = live.ChangeHub(runtime)
     app.state.metrics = metrics.ServiceMetrics(runtime, app.state.hub)
+    app.state.max_previews = max_previews
+    app.state.preview_slots = threading.BoundedSemaphore(max_previews)
     app.add_middleware(BodyLimit, limit=max_body)
     _add_error_handlers(app)
     app.include_router(routes_read.router)
@@ -149,7 +158,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ProblemError)
     async def _problem(request: Request, exc: ProblemError) -> Response:
-        return problem(exc.status_code, str(exc.detail), exc.problems)
+        return problem(exc.status_code, str(exc.detail), exc.problems, dict(exc.headers or {}))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:

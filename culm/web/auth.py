@@ -17,7 +17,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from culm.web.tokens import TokenInfo, TokenStore
+from culm.web.tokens import TokenChecksBusy, TokenInfo, TokenStore
 
 # Failures a client may make before it is slowed down, and how the delay grows (seconds).
 FREE_FAILURES = 3
@@ -95,7 +95,11 @@ class Authenticator:
         wait = self.throttle.delay(client)
         if wait:
             await asyncio.sleep(wait)
-        info = await run_in_threadpool(self.tokens.check, token.strip())
+        try:
+            info = await run_in_threadpool(self.tokens.check, token.strip())
+        except TokenChecksBusy:
+            self.throttle.failed(client)  # a flood from one client slows that client down too
+            raise AuthError(429, "too many tokens are being checked at once: try again in a moment") from None
         if info is None:
             self.throttle.failed(client)
             raise AuthError(401, "the token is unknown or revoked")

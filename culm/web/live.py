@@ -24,6 +24,17 @@ def sse_event(change: dict[str, Any]) -> str:
 
 #: Events a slow client may have waiting before it is told to reload instead.
 BACKLOG = 20_000
+# Live streams one process serves at once, and one client address holds at once (a browser opens
+# at most 6 connections to one server over HTTP/1.1; a console tab holds one stream). Each stream
+# holds a connection and a file descriptor for as long as the client keeps it: without a bound, a
+# viewer token opening thousands exhausted the service's file descriptors (1,024 by default) and
+# slowed every change's delivery.
+MAX_STREAMS = 1_000
+MAX_STREAMS_PER_CLIENT = 32
+
+
+class TooManyStreams(Exception):
+    """A new live stream would go past MAX_STREAMS or MAX_STREAMS_PER_CLIENT."""
 
 
 class Subscription:
@@ -33,10 +44,12 @@ class Subscription:
     thousand idle watchers hold no thread, and a busy one writes what piled up in one chunk.
     """
 
-    def __init__(self, hub: ChangeHub, root_id: str | None, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, hub: ChangeHub, root_id: str | None, loop: asyncio.AbstractEventLoop,
+                 client: str = "") -> None:
         self.hub = hub
         self.root_id = root_id
         self.loop = loop
+        self.client = client
         self.pending: list[str] = []
         self.wake = asyncio.Event()
         self.overflowed = False
@@ -81,16 +94,27 @@ class ChangeHub:
     def __init__(self, runtime: Any) -> None:
         self.runtime = runtime
         self._subs: set[Subscription] = set()
+        self._per_client: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outbox: dict[asyncio.AbstractEventLoop, list[tuple[dict[str, Any], str]]] = {}
         self.delivered = 0
 
-    def subscribe(self, root_id: str | None) -> Subscription:
-        """A new subscription, fed on the running event loop."""
-        sub = Subscription(self, root_id, asyncio.get_running_loop())
+    def subscribe(self, root_id: str | None, client: str = "") -> Subscription:
+        """A new subscription of ``client`` (its address), fed on the running event loop.
+
+        Raises:
+            TooManyStreams: the process serves MAX_STREAMS streams, or ``client`` holds
+                MAX_STREAMS_PER_CLIENT, already.
+        """
+        sub = Subscription(self, root_id, asyncio.get_running_loop(), client)
         with self._lock:
+            if len(self._subs) >= MAX_STREAMS:
+                raise TooManyStreams(f"this service already serves {MAX_STREAMS:,} live streams")
+            if self._per_client.get(client, 0) >= MAX_STREAMS_PER_CLIENT:
+                raise TooManyStreams(f"this client already holds {MAX_STREAMS_PER_CLIENT} live streams")
+            self._per_client[client] = self._per_client.get(client, 0) + 1
             self._subs.add(sub)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="culm-web-changes", daemon=True)
@@ -99,7 +123,13 @@ class ChangeHub:
 
     def unsubscribe(self, sub: Subscription) -> None:
         with self._lock:
-            self._subs.discard(sub)
+            if sub in self._subs:
+                self._subs.discard(sub)
+                left = self._per_client[sub.client] - 1
+                if left:
+                    self._per_client[sub.client] = left
+                else:
+                    del self._per_client[sub.client]
 
     @property
     def subscribers(self) -> int:

@@ -58,23 +58,28 @@ class FastJSON(JSONResponse):
 class ProblemError(HTTPException):
     """An HTTP error that is answered as a problem document."""
 
-    def __init__(self, status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(status, detail)
+    def __init__(self, status: int, detail: str, problems: list[dict[str, Any]] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status, detail, headers)
         self.problems = problems
 
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
            413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
-           500: "Internal server error"}
+           429: "Too many requests", 500: "Internal server error"}
 
 
-def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None) -> JSONResponse:
+def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
     """A problem+json response."""
     body: dict[str, Any] = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status,
                             "detail": detail}
     if problems is not None:
         body["problems"] = problems
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
+    elif status == 429:
+        headers = {"Retry-After": "1", **(headers or {})}
     return FastJSON(body, status_code=status, media_type=PROBLEM_TYPE, headers=headers)
 
 

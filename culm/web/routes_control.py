@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, Field
 
 from culm import api
@@ -205,11 +206,25 @@ class PreviewBody(BaseModel):
     parent_params: dict[str, Any] | None = None
 
 
+PREVIEW_RETRY_AFTER = 2  # seconds: a preview takes 10 s at most, most take far less
+
+
 @router.post("/preview", summary="What a node's inputs render to, without running it",
-             responses=responses(404, 413, 422))
-def preview(request: Request, body: PreviewBody) -> FastJSON:
-    return FastJSON(unwrap(api.preview_node_inputs(_rt(request), body.tree, body.node_id, body.subprocess_stack,
-                                                   body.data, body.parent_params)))
+             responses=responses(404, 413, 422, 429))
+async def preview(request: Request, body: PreviewBody) -> FastJSON:
+    # Async so that a refused preview never waits for (or holds) a thread of the pool.
+    slots = request.app.state.preview_slots
+    if not slots.acquire(blocking=False):
+        most = request.app.state.max_previews
+        raise ProblemError(429, f"too many previews: {most} are being rendered, the most this server renders at "
+                                f"once (each may take up to 10 s); try again in {PREVIEW_RETRY_AFTER} s",
+                           headers={"Retry-After": str(PREVIEW_RETRY_AFTER)})
+    try:
+        result = await run_in_threadpool(api.preview_node_inputs, _rt(request), body.tree, body.node_id,
+                                         body.subprocess_stack, body.data, body.parent_params)
+    finally:
+        slots.release()
+    return FastJSON(unwrap(result))
 
 
 # -- tokens (admin) ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from culm import api
+from culm.model.limits import MAX_LOG_PAGE_LINES
 from culm.web import auth, live
 from culm.web.problems import FastJSON, ProblemError, responses, unique_keys, unwrap
 from culm.web.tokens import TokenInfo
@@ -146,9 +147,24 @@ def histories(request: Request, node_id: str, loop: int = -1, short: bool = Fals
 
 @router.get("/nodes/{node_id}/logs", summary="Lines the node's component logged (current version by default)",
             response_class=PlainTextResponse, responses=responses(404))
-def logs(request: Request, node_id: str, version: str | None = None) -> PlainTextResponse:
+def logs(
+    request: Request,
+    node_id: str,
+    version: str | None = None,
+    offset: int | None = Query(None, ge=0, description="first line to return (0-based); absent: the last lines"),
+    limit: int | None = Query(None, ge=1, le=MAX_LOG_PAGE_LINES, description="most lines to return"),
+) -> PlainTextResponse:
+    """Without ``offset`` and ``limit``: what ``culm.api.get_node_logs`` returns (every line, or the
+    last ones under a first line saying how many were left out). With either: that page's lines
+    only; the headers ``X-Culm-Log-Total`` (lines the run logged) and ``X-Culm-Log-Offset`` (the
+    first returned line's number) let a client page on."""
     _known_node(request, node_id)
-    return PlainTextResponse(unwrap(api.get_node_logs(_rt(request), node_id, version)))
+    rt = _rt(request)
+    if offset is None and limit is None:
+        return PlainTextResponse(unwrap(api.get_node_logs(rt, node_id, version)))
+    page = unwrap(api.get_node_log_page(rt, node_id, version, offset, limit or 1000))
+    return PlainTextResponse("\n".join(page["lines"]), headers={
+        "X-Culm-Log-Total": str(page["total"]), "X-Culm-Log-Offset": str(page["offset"])})
 
 
 def component_catalogue() -> list[dict[str, Any]]:
@@ -208,7 +224,10 @@ def validate(body: ValidateBody) -> FastJSON:
 async def events(request: Request, root_id: str | None = Query(None, description="one pipeline; all roots if absent"),
                  ) -> StreamingResponse:
     hub: live.ChangeHub = request.app.state.hub
-    sub = hub.subscribe(root_id)
+    try:
+        sub = hub.subscribe(root_id, request.client.host if request.client else "unknown")
+    except live.TooManyStreams as exc:
+        raise ProblemError(429, f"{exc}: close one first (the console holds one per tab)") from None
     return StreamingResponse(_stream(request, sub), media_type="text/event-stream",
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 

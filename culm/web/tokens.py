@@ -28,6 +28,15 @@ _RANK = {role: i for i, role in enumerate(ROLES)}
 PREFIX = "culm_"
 # scrypt cost: 16 MiB and ~30-60 ms per check on this project's machine; paid once per token and process.
 _N, _R, _P = 2**14, 8, 1
+# Secrets hashed at once in one process. A token's id is no secret (`culm token list` shows it, a
+# viewer knows their own): 200 requests at once with a known id and wrong secrets each hashed,
+# held every thread of the web server (a verified token's request took 18 s) and 780 MB. Past the
+# bound a request is answered 429 without hashing; tokens verified before are not hashed again.
+MAX_CONCURRENT_CHECKS = 2
+
+
+class TokenChecksBusy(Exception):
+    """Every slot for hashing a presented secret is taken: try again in a moment."""
 USE_RECORD_SECONDS = 60.0
 
 
@@ -91,6 +100,7 @@ class TokenStore:
         self._verified: dict[bytes, str] = {}
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._hashing = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
 
     def create(self, role: str, name: str = "") -> tuple[str, TokenInfo]:
         """Store a new token; returns its text (shown once, never stored) and its record.
@@ -128,7 +138,12 @@ class TokenStore:
         return [_info(r) for r in self.table.all()]
 
     def check(self, token: str) -> TokenInfo | None:
-        """The live (not revoked) token that ``token`` is, or None."""
+        """The live (not revoked) token that ``token`` is, or None.
+
+        Raises:
+            TokenChecksBusy: ``token`` was not verified before and MAX_CONCURRENT_CHECKS secrets are
+                being hashed now.
+        """
         digest = hashlib.sha256(token.encode()).digest()
         token_id = self._verified.get(digest)
         if token_id is not None:
@@ -143,7 +158,13 @@ class TokenStore:
         row = self.table.get(parts[1])
         if row is None or row.revoked_time is not None:
             return None
-        if not hmac.compare_digest(_hash(parts[2], bytes.fromhex(row.salt)), row.secret_hash):
+        if not self._hashing.acquire(blocking=False):
+            raise TokenChecksBusy(f"{MAX_CONCURRENT_CHECKS} token checks are under way")
+        try:
+            matches = hmac.compare_digest(_hash(parts[2], bytes.fromhex(row.salt)), row.secret_hash)
+        finally:
+            self._hashing.release()
+        if not matches:
             return None
         with self._lock:
             if len(self._verified) > 10_000:

@@ -626,3 +626,48 @@ def test_a_retry_the_engine_accepts_exits_0_even_when_the_node_fails_again(tmp_p
     assert "retried explode (node_done)" in out.stdout
     assert "FAILED explode (node_done)" in out.stdout and "RuntimeError: the disk is on fire" in out.stdout
     assert culm(tmp_path, "status", "pipeline_cli_exploding").returncode == 1
+
+
+FIVE_LINES = '''
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+from culm.components import Component, Service
+
+
+class FiveLines(Service):
+    def execute(self, data, parent_data):
+        for i in range(5):
+            self.logger.info("line %d", i)
+        return True
+
+
+class FiveLinesComponent(Component):
+    code = "cli_five_lines"
+    name = "five lines"
+    bound_service = FiveLines
+
+
+def build_pipeline():
+    start = EmptyStartEvent()
+    start.extend(ServiceActivity(id="node_five", component_code="cli_five_lines")).extend(EmptyEndEvent())
+    return build_tree(start)
+'''
+
+
+def test_logs_print_a_page_and_say_which_lines_they_left_out(tmp_path: Path) -> None:
+    """`culm logs` read every line of a run at once (a poller logging for days); it now prints one
+    bounded page (the last lines by default) and says on stderr which lines it did not print."""
+    (tmp_path / "five.py").write_text(FIVE_LINES)
+    assert culm(tmp_path, "run", "five.py").returncode == 0
+    lines = [f"[INFO] line {i}" for i in range(5)]
+    out = culm(tmp_path, "logs", "node_five")
+    assert (out.returncode, out.stdout.splitlines(), out.stderr) == (0, lines, "")
+    out = culm(tmp_path, "logs", "node_five", "--offset", "1", "--limit", "2")
+    assert (out.returncode, out.stdout.splitlines()) == (0, lines[1:3])
+    assert out.stderr.startswith("lines 2-3 of 5 logged by node node_five (version ") and \
+        out.stderr.endswith("; the next: --offset 3\n"), out.stderr
+    out = culm(tmp_path, "logs", "node_five", "--limit", "2")
+    assert out.stdout.splitlines() == lines[3:] and out.stderr.endswith("the earlier: --offset 0 --limit 3\n")
+    for bad, said in ((["--limit", "0"], "argument --limit: expected a number of lines, 1 to 20000, not 0"),
+                      (["--offset", "-1"], "argument --offset: expected a line number, 0 or more, not -1")):
+        out = culm(tmp_path, "logs", "node_five", *bad)
+        assert out.returncode == 2 and said in out.stderr, out.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -333,6 +334,15 @@ def test_state_tree_node_data_histories_and_logs(served: Any, admin: httpx.Clien
     assert admin.get(f"/api/v1/nodes/{act}/state").json()["state"] == "FAILED"
     assert admin.get(f"/api/v1/nodes/{act}/data").json()["inputs"]["divisor"]["value"] == 0
     assert "dividing 100 by 0" in admin.get(f"/api/v1/nodes/{act}/logs").text
+    logged = admin.get(f"/api/v1/nodes/{act}/logs").text.splitlines()
+    page = admin.get(f"/api/v1/nodes/{act}/logs", params={"offset": 0, "limit": 1})
+    assert page.text.splitlines() == logged[:1]
+    assert (page.headers["X-Culm-Log-Total"], page.headers["X-Culm-Log-Offset"]) == (str(len(logged)), "0")
+    tail = admin.get(f"/api/v1/nodes/{act}/logs", params={"limit": 1})
+    assert tail.text.splitlines() == logged[-1:] and tail.headers["X-Culm-Log-Offset"] == str(len(logged) - 1)
+    for bad in ({"limit": 0}, {"limit": 20_001}, {"offset": -1}):
+        res = admin.get(f"/api/v1/nodes/{act}/logs", params=bad)
+        assert res.status_code == 422 and next(iter(bad)) in res.text, res.text
     assert admin.get(f"/api/v1/nodes/{act}/histories").json() == []
     assert admin.get(f"/api/v1/nodes/{act}/histories", params={"loop": "first"}).status_code == 422
 
@@ -412,9 +422,15 @@ def test_every_control_operation(served: Any, admin: httpx.Client) -> None:  # n
     root = submit(admin, tree)
     wait = node_id(tree, "approve")
     served.wait_state(wait, "RUNNING")
-    assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={"ex_data": "stop"}).status_code == 200
+    # Over MAX_EX_DATA_CHARS (lowered here: the service takes 64 KiB bodies): cut as every failure text.
+    from culm.model import limits
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(limits, "MAX_EX_DATA_CHARS", 1_000)
+        assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={"ex_data": "stop " * 10_000}).status_code == 200
     served.wait_state(wait, "FAILED")
-    assert api.get_execution_data_outputs(served.runtime, wait).data["ex_data"] == "stop"
+    stored = api.get_execution_data_outputs(served.runtime, wait).data["ex_data"]
+    assert len(stored) <= 1_000 and stored.startswith("stop stop") and "50,000 characters" in stored, stored
     assert admin.post(f"/api/v1/nodes/{wait}/forced-fail", json={}).status_code == 409
     assert admin.post(f"/api/v1/nodes/{wait}/skip").status_code == 200
     served.wait_state(root, "FINISHED")
@@ -508,6 +524,47 @@ def test_preview_renders_inputs(admin: httpx.Client) -> None:
     assert unknown.status_code in (400, 404) and "nope" in unknown.json()["detail"], unknown.text
     assert admin.post("/api/v1/preview", json={"tree": {}, "node_id": "nope"}).status_code == 422
     assert admin.post("/api/v1/preview", json={"tree": tree}).status_code == 422
+
+
+def test_a_storm_of_previews_leaves_the_service_responsive(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    """A preview may render for 10 s on a thread of the server's pool (40, shared by every request):
+    60 at once held them all, and the console, states and commands waited. Past 4 at once a
+    preview is now answered 429 at once, with Retry-After; the rest of the service answers."""
+    import web_components
+
+    tree = divide_tree(7)
+    act = node_id(tree, "divide")
+    tree["activities"][act]["component"]["inputs"]["divisor"] = {"type": "splice", "value": "${slow}"}
+    tree["data"]["inputs"]["${slow}"] = {"type": "lazy", "custom_type": "web_lazy_slow", "value": 60}
+    root = submit(admin, divide_tree(4))
+    web_components.SLOW_RELEASE.clear()
+    web_components.SLOW_STARTED.clear()
+
+    def one_preview(_: int) -> httpx.Response:
+        with client(served, "operator", timeout=90) as c:
+            return c.post("/api/v1/preview", json={"tree": tree, "node_id": act})
+
+    pool = ThreadPoolExecutor(60)
+    try:
+        storm = [pool.submit(one_preview, i) for i in range(60)]
+        wait_until(lambda: sum(f.done() for f in storm) == 56, 60, what="56 previews to be refused")
+        assert len(web_components.SLOW_STARTED) == 4  # the 4 held still hold their threads
+        with client(served, "viewer", timeout=5) as viewer:  # a pool held by previews answered none of these
+            for path in ("/api/v1/pipelines", f"/api/v1/pipelines/{root}", "/api/v1/me", "/"):
+                assert viewer.get(path).status_code == 200, path
+        with client(served, "operator", timeout=5) as operator:
+            assert operator.post(f"/api/v1/pipelines/{root}/pause").status_code in (200, 409)
+        refused = [f.result() for f in storm if f.done()]
+        assert all(r.status_code == 429 for r in refused), {r.status_code for r in refused}
+        assert refused[0].headers["Retry-After"] == "2"
+        assert refused[0].json()["detail"] == ("too many previews: 4 are being rendered, the most this server renders "
+                                               "at once (each may take up to 10 s); try again in 2 s")
+    finally:
+        web_components.SLOW_RELEASE.set()
+        pool.shutdown(wait=True)
+    held = [f.result() for f in storm if f.result().status_code != 429]
+    assert len(held) == 4 and all(r.status_code == 200 and r.json()["divisor"] == "slow" for r in held)
+    assert admin.post("/api/v1/preview", json={"tree": tree, "node_id": act}).status_code == 200  # slots given back
 
 
 # -- live updates and metrics ------------------------------------------------------------------

@@ -249,3 +249,16 @@ def test_the_list_follows_nodes_that_fail_and_are_skipped(browser: Any, served: 
     wait_until(lambda: "FINISHED" in text(browser, row) and "failed node" not in text(browser, row), 20, 0.05,
                what="the count to go")
     assert browser.execute_script("return window.__sameDocument") is True
+
+
+def test_a_click_anywhere_on_a_pipelines_row_opens_it(browser: Any, served: Any) -> None:  # noqa: F811
+    # A new user's trial: clicking a row of the list (its id, its state) did nothing; only the name
+    # was a link. The whole row opens the pipeline now, on the failed node's attention line.
+    failing = divide_tree(0, name="row-opens")
+    assert api.run_pipeline(served.runtime, failing).result
+    served.wait_state(node_id(failing, "divide"), "FAILED")
+    sign_in(browser, served, "operator")
+    click(browser, f'#pipelines tr[data-id="{failing["id"]}"] td.muted')  # the id cell, no link in it
+    find(browser, '#graph-wrap[data-ready="1"]', 60)
+    assert browser.current_url.endswith("#/p/" + failing["id"])
+    wait_until(lambda: "divide (failed)" in text(browser, "#attention"), 20, 0.05, what="the attention line")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 from culm.components import Component, Service
 from culm.components.io import InputItem, IntItemSchema, OutputItem
 from culm.variables import LazyVariable
@@ -56,6 +58,23 @@ class ExplodingVariable(LazyVariable):
 
     def get_value(self):
         raise RuntimeError("the lazy variable exploded")
+
+
+# A preview storm's renders are held here (test_web_api), each counted as it starts.
+SLOW_RELEASE = threading.Event()
+SLOW_STARTED: list[int] = []
+
+
+class SlowVariable(LazyVariable):
+    """Gives its value once SLOW_RELEASE is set (at most ``value`` seconds): a preview rendering
+    it holds a thread of the service that long."""
+
+    code = "web_lazy_slow"
+
+    def get_value(self):
+        SLOW_STARTED.append(1)
+        SLOW_RELEASE.wait(float(self.value))
+        return "slow"
 
 
 def _holding_itself() -> list:

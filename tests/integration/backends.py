@@ -79,7 +79,15 @@ def reachable(url_host: str, port: int) -> bool:
 
 
 def create_database(kind: str) -> str:
-    """Create an empty database ``culm_test_<random>``; returns its URL (skips if unreachable)."""
+    """Create an empty database ``culm_test_<random>``; returns its URL (skips if unreachable).
+
+    ``kind``: "postgres", "mariadb" (the driver of ``CULM_TEST_MYSQL``, PyMySQL by default) or
+    "mysqlclient" (MariaDB through the C driver, ``culm[mysqlclient]``)."""
+    if kind == "mysqlclient":
+        from culm.storage.sql.base import mysql_driver
+
+        if mysql_driver() != "mysqldb":
+            unavailable("mysqlclient >= 2.2 is not installed (pip install 'culm[mysqlclient]')")
     admin = PG_ADMIN if kind == "postgres" else MY_ADMIN
     name = f"culm_test_{uuid.uuid4().hex[:10]}"
     engine = create_engine(admin, isolation_level="AUTOCOMMIT")
@@ -93,6 +101,8 @@ def create_database(kind: str) -> str:
     base = engine.url.set(database=name)
     if kind != "postgres":
         base = base.update_query_dict({"charset": "utf8mb4"})
+    if kind == "mysqlclient":
+        base = base.set(drivername="mysql+mysqldb")
     return base.render_as_string(hide_password=False)
 
 
@@ -358,6 +368,8 @@ BACKENDS = {
     "postgres-redis": ("postgres", REDIS, ("127.0.0.1", 5432), ("127.0.0.1", 6379)),
     "mariadb-rabbitmq": ("mariadb", AMQP, ("127.0.0.1", 3306), ("127.0.0.1", 5672)),
 }
+# Backends only some tests ask for (own_backend): MariaDB through the C driver (culm[mysqlclient]).
+OWN_BACKENDS = {**BACKENDS, "mysqlclient-redis": ("mysqlclient", REDIS, ("127.0.0.1", 3306), ("127.0.0.1", 6379))}
 
 
 @contextmanager
@@ -378,7 +390,7 @@ def embedded_runtime_on(kind: str, sqlite_file: Path) -> Iterator[culm.Runtime]:
 def own_backend(name: str, workdir: Path, env: dict[str, str | None] | None = None) -> DistributedBackend:
     """A backend of its own (database, queue prefix, no workers yet) for a test that needs workers
     set up unlike the session's; the caller tears it down. Skips (fails in CI) when unreachable."""
-    db_kind, broker, db_addr, broker_addr = BACKENDS[name]
+    db_kind, broker, db_addr, broker_addr = OWN_BACKENDS[name]
     for host, port in (db_addr, broker_addr):
         if not reachable(host, port):
             unavailable(f"{name}: nothing listens on {host}:{port}")

@@ -5,7 +5,8 @@
 ``callback`` starts a pipeline with a callback node, calls back once it waits, then kills itself.
 ``batch N WORKERS`` starts N pipelines of instant activities on WORKERS user-code threads, prints
 their ids as a JSON list, then keeps running until killed.
-``serve`` holds the runner lock (printing ``ready``) until a line comes on stdin, then closes.
+``serve`` holds the runner lock (printing ``ready``) until a line comes on stdin, then closes (printing
+``closing`` first).
 ``resume_all WORKERS ROOT...`` opens the database on WORKERS threads and waits until every root is
 FINISHED, printing how many are not and how long it took.
 """
@@ -42,16 +43,16 @@ HOLD_AFTER = int(os.environ.get("CRASH_HOLD_AFTER", "0"))
 
 
 class SlowService(Service):
-    """Sleeps a little and logs one line per execution (node id, version)."""
+    """Sleeps a little and logs one line per execution (node id, version, process id)."""
 
     def execute(self, data: Any, parent_data: Any) -> bool:
         with open(LOG, "a") as fh:
-            fh.write(f"start {self.id} {self.version}\n")
+            fh.write(f"start {self.id} {self.version} {os.getpid()}\n")
         if GATE:
             hold_at_gate(GATE, HOLD_AFTER)
         time.sleep(float(data.get_one_of_inputs("seconds", 0.05)))
         with open(LOG, "a") as fh:
-            fh.write(f"done {self.id} {self.version}\n")
+            fh.write(f"done {self.id} {self.version} {os.getpid()}\n")
         return True
 
 
@@ -148,6 +149,7 @@ def main() -> None:
     if mode == "serve":
         print("ready", flush=True)
         sys.stdin.readline()
+        print("closing", flush=True)  # a test may now let a call it holds return (see CRASH_GATE)
         runtime.close()
     elif mode == "start":
         tree = chain_with_parallel()

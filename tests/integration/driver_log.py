@@ -44,4 +44,35 @@ def round_trips(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
             return query(self, sql, unbuffered)
 
         monkeypatch.setattr(Connection, "query", counted_query)
+        mysqlclient = _mysqlclient_cursor()
+        if mysqlclient is not None:  # the C driver's cursors send every query through _query
+            sent = mysqlclient._query
+
+            def counted_cursor_query(self, q):
+                trips.append(q.decode() if isinstance(q, bytes) else q)
+                return sent(self, q)
+
+            monkeypatch.setattr(mysqlclient, "_query", counted_cursor_query)
     return trips
+
+
+def rollbacks(monkeypatch: pytest.MonkeyPatch, trips: list[str]) -> None:
+    """MySQL/MariaDB: also record each ROLLBACK the driver sends (PyMySQL or mysqlclient) in ``trips``."""
+    from pymysql.connections import Connection
+
+    drivers = [Connection]
+    if _mysqlclient_cursor() is not None:
+        from MySQLdb.connections import Connection as CConnection
+
+        drivers.append(CConnection)
+    for cls in drivers:
+        rollback = cls.rollback
+        monkeypatch.setattr(cls, "rollback", lambda self, rollback=rollback: (trips.append("ROLLBACK"), rollback(self))[1])
+
+
+def _mysqlclient_cursor():
+    try:
+        from MySQLdb.cursors import BaseCursor
+    except ImportError:
+        return None
+    return BaseCursor

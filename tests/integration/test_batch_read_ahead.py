@@ -5,6 +5,8 @@ read again, and a compare-and-set on it waits for the commit like any other writ
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from backends import create_database, drop_database
 from driver_log import round_trips
@@ -18,7 +20,7 @@ pytestmark = pytest.mark.timeout(60)
 LEASE = ("me", 2e9, 1e9)  # owner, until, now
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
+@pytest.fixture(params=["postgres", "mariadb", "mysqlclient"])  # mysqlclient: MariaDB through the C driver
 def store(request):
     url = create_database(request.param)
     upgrade_database(url)
@@ -184,6 +186,43 @@ def test_tasks_deleted_before_their_turn_are_gone(store):
         assert unit.task_with_process("t1", LEASE) == (None, None)
 
 
+class Held:
+    """A dispatcher that keeps the tasks a commit makes, for the batches a test runs itself."""
+
+    def __init__(self) -> None:
+        self.tasks: list[TaskRecord] = []
+
+    def submit(self, tasks):
+        self.tasks.extend(t for t in tasks if t is not None)
+
+    def submitting(self):
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        pass
+
+
+def _three_runs(store: SqlStore) -> tuple[Held, list[str]]:
+    """Three runs of start -> activity -> end, started; their first tasks (kept, not run) and ids."""
+    import culm
+    from culm import api, builder
+
+    held = Held()
+    rt = culm.Runtime(store.url, workers=0)
+    try:
+        rt.engine.dispatcher = held
+        ids = []
+        for _ in range(3):
+            start = builder.EmptyStartEvent()
+            start.extend(builder.ServiceActivity(component_code="example_component")).extend(builder.EmptyEndEvent())
+            tree = builder.build_tree(start)
+            assert api.run_pipeline(rt, tree).result
+            ids.append(tree["id"])
+    finally:
+        rt.close()
+    return held, ids
+
+
 def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
     return StateRecord(node_id, "root", "root" if node_id != "root" else "", name, "v1", created_time=1.0)
 
@@ -223,6 +262,39 @@ def test_held_states_states_and_contexts_are_read_ahead_in_one_round_trip(store,
     assert not _locked_elsewhere(store, "root")
     with store.reading() as unit:
         assert unit.get_state("s2").name == "RUNNING"
+
+
+def test_walks_expected_before_the_claim_are_read_with_it_and_a_wrong_guess_read_after(store, monkeypatch):
+    """MariaDB: the walks' reads the runner expects (expect_walks, from the graphs it knows) go in
+    the query that claims and reads the batch's tasks, so the walks' own read after it finds
+    nothing left to read; what the guess missed is read then. The held states keep their shared
+    locks until the commit. PostgreSQL reads them after the claim, as before."""
+    _seed(store)
+    with store.transaction() as unit:
+        unit.insert_state(_state("root"))
+        unit.insert_state(_state("s1", "FINISHED"))
+        unit.insert_context("root", [ContextValue("${a}", "plain", 1)])
+    mysql = store.dialect == "mysql"
+    with store.transaction() as unit:
+        trips = round_trips(store.dialect, monkeypatch)
+        unit.expect_walks(["root"], ["s1", "gone"], ["root"])
+        unit.read_tasks_ahead(["t1", "t2"], [], LEASE)
+        assert len(trips) == 1, trips
+        unit.read_walks_ahead(["root"], ["s1", "gone"], ["root"])  # as expected: nothing left to read
+        assert len(trips) == (1 if mysql else 2), trips
+        unit.read_walks_ahead(["root"], ["s1", "n-p3"], ["root"])  # n-p3 was not guessed: read now
+        assert len(trips) == (2 if mysql else 3), trips
+        held = unit.hold_states(["root"])
+        states = unit.get_states(["s1", "gone", "n-p3"])
+        context = unit.get_context("root")
+        assert len(trips) == (2 if mysql else 3), trips  # answered from what was read ahead
+        monkeypatch.undo()
+        assert {t.id for t, _ in unit.tasks_read_ahead()} == {"t1"}
+        assert held["root"].name == "RUNNING"
+        assert {k: v.name for k, v in states.items()} == {"s1": "FINISHED", "n-p3": "RUNNING"}
+        assert {k: v.value for k, v in context.items()} == {"${a}": 1}
+        assert _locked_elsewhere(store, "root")  # held until the commit
+    assert not _locked_elsewhere(store, "root")
 
 
 def test_a_state_held_or_written_here_is_held_without_a_read_and_its_writes_wait(store, monkeypatch):
@@ -265,40 +337,10 @@ def test_a_batch_of_runs_new_to_the_engine_reads_their_pipelines_in_one_statemen
     """A worker process meets each run for the first time in a batch: the pipelines of all the
     batch's runs it has not compiled yet are read in one statement, not one per run, and every
     task of the batch moves on as it would have."""
-    import contextlib
-
-    import culm
-    from culm import api, builder
     from culm.core.engine import Engine
     from culm.core.loop import Item, commit_batch
-    from culm.core.records import TaskRecord
 
-    class Held:  # a dispatcher that keeps the tasks a commit makes, for the batch below
-        def __init__(self) -> None:
-            self.tasks: list[TaskRecord] = []
-
-        def submit(self, tasks):
-            self.tasks.extend(t for t in tasks if t is not None)
-
-        def submitting(self):
-            return contextlib.nullcontext()
-
-        def close(self) -> None:
-            pass
-
-    held = Held()
-    rt = culm.Runtime(store.url, workers=0)
-    try:
-        rt.engine.dispatcher = held
-        ids = []
-        for _ in range(3):
-            start = builder.EmptyStartEvent()
-            start.extend(builder.ServiceActivity(component_code="example_component")).extend(builder.EmptyEndEvent())
-            tree = builder.build_tree(start)
-            assert api.run_pipeline(rt, tree).result
-            ids.append(tree["id"])
-    finally:
-        rt.close()
+    held, ids = _three_runs(store)
     engine = Engine(store, Held())  # a fresh process: no graph compiled
     trips = round_trips(store.dialect, monkeypatch)
     committed = commit_batch(engine, [Item(TaskRecord(t.id, t.kind, "", "", "")) for t in held.tasks])
@@ -308,3 +350,25 @@ def test_a_batch_of_runs_new_to_the_engine_reads_their_pipelines_in_one_statemen
     assert len(committed.calls) == 3  # each run's first activity's code handed out
     with store.reading() as unit:
         assert all(unit.get_state(root).name == "RUNNING" for root in ids)
+
+
+def test_a_batch_of_runs_the_engine_knows_reads_its_walks_with_the_claim(store, monkeypatch):
+    """A batch of resumed tasks whose runs' graphs the engine has compiled: the runner names the
+    walks' reads before the claim (the nodes ahead, the stacks from the graph), so on MariaDB the
+    batch is two round trips, the claim with every read and the writes with the commit (PostgreSQL:
+    its walks' read after the claim, three). Every run moves on as it would have."""
+    from culm.core.engine import Engine
+    from culm.core.loop import Item, commit_batch
+
+    held, ids = _three_runs(store)
+    engine = Engine(store, Held())
+    committed = commit_batch(engine, [Item(t) for t in held.tasks])  # their activities' code handed out
+    assert len(committed.calls) == 3
+    back = [call.returned(call.run()) for call in committed.calls]
+    trips = round_trips(store.dialect, monkeypatch)
+    after = commit_batch(engine, back)
+    monkeypatch.undo()
+    assert len(trips) == (2 if store.dialect == "mysql" else 3), "\n".join(trips)
+    assert after.calls == [] and sorted(after.done) == sorted(i.task.id for i in back)
+    with store.reading() as unit:
+        assert all(unit.get_state(root).name == "FINISHED" for root in ids)

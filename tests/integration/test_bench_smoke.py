@@ -71,6 +71,15 @@ def test_polls_of_moving_pipelines_run_their_callbacks_and_counted_calls(shape: 
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("shape", ["states_big_dropped", "states_waiting_dropped"])
+def test_polls_that_drop_each_result_count_their_calls(shape: str) -> None:
+    """``bench.instructions states_big_dropped`` / ``states_waiting_dropped`` without valgrind:
+    the pipeline reaches the state its reads expect and the 100 counted calls run."""
+    proc = run_module("bench.instructions", shape, "--inside")
+    assert json.loads(proc.stdout.splitlines()[-1]) == {"calls": 100}
+
+
+@pytest.mark.timeout(120)
 def test_statement_count_of_one_pipeline_on_postgresql() -> None:
     proc = run_module("bench.statements", "--pipelines", "2", "--trace")
     result = json.loads(proc.stdout.splitlines()[-1])

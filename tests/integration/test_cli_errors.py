@@ -15,6 +15,9 @@ import pytest
 from backends import PG_ADMIN, REPO
 from support import wait_until
 
+from culm import Runtime as culm_runtime
+from culm import api
+
 pytestmark = pytest.mark.timeout(120)
 
 EXAMPLES = REPO / "examples"
@@ -203,7 +206,14 @@ def test_giving_up_on_a_node_needs_no_component_module(tmp_path: Path) -> None:
     assert waiting.returncode == 1 and "timed out after 3s" in waiting.stdout, waiting.stdout + waiting.stderr
     root = waiting.stdout.split("pipeline ")[1].split()[0]
     node = waiting.stdout.split("`culm callback ")[1].split()[0]
-    assert culm(tmp_path, "force-fail", node).returncode == 0
+    # A failure text over MAX_EX_DATA_CHARS is cut as every failure text is (API, REST alike).
+    forced = culm(tmp_path, "force-fail", node, "--ex-data", "E" * 60_000 + "F" * 60_000)
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    with culm_runtime(f"sqlite:///{tmp_path / 'err.db'}") as rt:
+        assert api.get_children_states(rt, node).data[node]["state"] == "FAILED"
+        stored = api.get_execution_data_outputs(rt, node).data["ex_data"]
+    assert len(stored) <= 100_000 and "120,000 characters" in stored, stored[49_000:49_400]
+    assert stored.startswith("E" * 49_000) and stored.endswith("F" * 49_000)
     skipped = culm(tmp_path, "skip", node)
     assert skipped.returncode == 0 and f"pipeline {root} FINISHED" in skipped.stdout, skipped.stdout + skipped.stderr
 

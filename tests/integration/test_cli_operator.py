@@ -385,3 +385,60 @@ def test_list_marks_running_pipelines_with_failed_nodes(embedded: Cli) -> None:
     assert embedded("skip", node).returncode == 0
     row = next(line for line in embedded("list").stdout.splitlines() if line.startswith(tree["id"]))
     assert "FINISHED" in row and "failed" not in row
+
+
+def test_a_command_the_engine_refuses_exits_5_without_the_components_imported(embedded: Cli) -> None:
+    # A new user's trial: `culm callback NODE` / `culm retry NODE` on a node of a FINISHED (or
+    # REVOKED) pipeline, without --import, was told to import the pipeline's components (exit 2),
+    # although nothing of it would run: the engine's refusal is the answer (exit 5).
+    path, tree, (node,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(path)).returncode == 1
+    assert embedded("skip", node).returncode == 0
+    embedded.wait_state(tree["id"], "FINISHED")
+    revoked_path, revoked, (waiting,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(revoked_path)).returncode == 1
+    assert embedded("revoke", revoked["id"]).returncode == 0
+    bare = dict(embedded.env())
+    bare.pop("CULM_IMPORTS")
+    for target, args in ((node, ["retry", node]), (node, ["callback", node, "--data", "{}"]),
+                         (waiting, ["retry", waiting]), (waiting, ["callback", waiting])):
+        out = subprocess.run([sys.executable, "-m", "culm", *args], cwd=embedded.cwd, env=bare, text=True,
+                             capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert out.returncode == 5, (args, out.stdout, out.stderr)
+        assert out.stderr.startswith(f"error: {args[0]} {target}: cannot ") and "--import" not in out.stderr, out.stderr
+    # A pipeline that can still run its nodes is still refused before anything changes (exit 2).
+    live_path, live, (failed,) = tree_file(embedded, "t_fail")
+    assert embedded("run", str(live_path)).returncode == 1
+    out = subprocess.run([sys.executable, "-m", "culm", "retry", failed], cwd=embedded.cwd, env=bare, text=True,
+                         capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and "'t_fail' that are not registered in this process" in out.stderr, out.stderr
+
+
+def test_watch_prints_a_stalled_wait_once_not_every_second(embedded: Cli) -> None:
+    # A new user's trial: `culm watch` of a pipeline whose step nobody takes printed the same
+    # 300-character "stalled" line every second, its only change the "due for N s" count.
+    path, tree, (node,) = tree_file(embedded, "t_fail")
+    root = tree["id"]
+    assert embedded("run", str(path)).returncode == 1  # then nobody runs the file's work
+    assert embedded("retry", node, "--no-follow").returncode == 0  # a step due, not taken
+
+    def stalled() -> Any:
+        out = embedded("status", root, "--json")
+        reason = json.loads(out.stdout)["tree"].get("wait_reason") or {}
+        return reason if reason.get("kind") == "stalled" else None
+
+    first = wait_until(stalled, 60, 0.3, what="the pipeline to be reported stalled")
+    watch = subprocess.Popen([sys.executable, "-m", "culm", "watch", root, "--interval", "0.2"], cwd=embedded.cwd,
+                             env=embedded.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # The reason's text changes every second ("due for N s"); watch it change three times.
+        since = float(first["text"].split(" due for ", 1)[1].split(" s ", 1)[0])
+        wait_until(lambda: float(stalled()["text"].split(" due for ", 1)[1].split(" s ", 1)[0]) >= since + 3,
+                   60, 0.3, what="the stalled count to move on")
+    finally:
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=60)
+    assert watch.returncode == 130 and "Traceback" not in err, err
+    lines = [line for line in out.splitlines() if "not taken" in line]
+    assert len(lines) == 1 and root in lines[0], out
+    assert embedded("revoke", root).returncode == 0

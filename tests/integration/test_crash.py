@@ -276,7 +276,7 @@ def test_kill_9_of_a_worker_with_default_settings_moves_its_work_within_seconds(
         backend.teardown()
 
 
-@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq", "mysqlclient-redis"])
 def test_kill_9_of_one_pool_process_moves_its_work_within_5_s(
     kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

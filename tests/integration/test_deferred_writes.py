@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 from backends import create_database, drop_database
-from driver_log import round_trips
+from driver_log import rollbacks, round_trips
 
 from culm.core.records import StateRecord
 from culm.storage.migrate import upgrade_database
@@ -26,15 +26,16 @@ def _fresh_store(kind: str):
     drop_database(url)
 
 
-@pytest.fixture(params=["postgres", "mariadb"])
+# "mysqlclient": MariaDB through the C driver (culm[mysqlclient]) instead of PyMySQL.
+@pytest.fixture(params=["postgres", "mariadb", "mysqlclient"])
 def store(request):
     yield from _fresh_store(request.param)
 
 
-@pytest.fixture
-def mysql_store():
-    """MariaDB only: what its multi-statement queries do."""
-    yield from _fresh_store("mariadb")
+@pytest.fixture(params=["mariadb", "mysqlclient"])
+def mysql_store(request):
+    """MariaDB only (through either driver): what its multi-statement queries do."""
+    yield from _fresh_store(request.param)
 
 
 def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
@@ -103,22 +104,13 @@ def test_mysql_sends_deferred_writes_in_queries_of_bounded_size(mysql_store, mon
 
 def test_mysql_writes_travel_with_the_next_read_in_one_query(mysql_store, monkeypatch):
     store = mysql_store
-    from pymysql.connections import Connection
-
-    sent: list[str] = []
-    query = Connection.query
-
-    def counted(self, sql, unbuffered=False):
-        sent.append(sql)
-        return query(self, sql, unbuffered)
-
     with store.transaction() as unit:
         unit.insert_state(_state("w"))
-        monkeypatch.setattr(Connection, "query", counted)
+        sent = round_trips("mariadb", monkeypatch)
         unit.set_execution_outputs("w", {"x": 1})
         unit.update_process("p-none", current_node_id="w")  # no such row: a write all the same
         assert unit.get_execution_data("w") == ({}, {"x": 1})
-        monkeypatch.setattr(Connection, "query", query)
+        monkeypatch.undo()
     assert len(sent) == 1 and sent[0].count(";\n") == 3  # state, outputs, process, then the read
 
 
@@ -439,7 +431,6 @@ def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_
     """MariaDB: a read-only unit that needs no snapshot (a poll) sends its SELECTs and nothing
     else (its connection is in autocommit: no ROLLBACK to end it), sees each commit, and leaves
     its pooled connection holding no metadata lock (an ALTER TABLE goes through at once)."""
-    from pymysql.connections import Connection
     from sqlalchemy import text
 
     store = mysql_store
@@ -448,8 +439,7 @@ def test_mysql_plain_reads_cost_their_reads_alone_and_hold_no_table_after(mysql_
     with store.reading() as unit:  # the plain reads' pool connects (and its dialect starts) here
         unit.get_state("r")
     trips = round_trips("mariadb", monkeypatch)
-    rollback = Connection.rollback
-    monkeypatch.setattr(Connection, "rollback", lambda self: (trips.append("ROLLBACK"), rollback(self))[1])
+    rollbacks(monkeypatch, trips)
     with store.reading() as unit:
         assert unit.get_state("r").name == "RUNNING"
         assert unit.get_state("none") is None
@@ -497,3 +487,62 @@ def test_mysql_merges_updates_of_single_rows_keeping_each_rows_conditions(mysql_
         names = {n: st.name for n, st in unit.get_states(["s1", "s2"]).items()}
     assert got == {"p1": ("a", True), "p2": ("b", False), "p3": ("c", True)}
     assert names == {"s1": "FINISHED", "s2": "FAILED"}
+
+
+@pytest.fixture
+def pg_store():
+    """PostgreSQL only: what its combined statements do."""
+    yield from _fresh_store("postgres")
+
+
+def test_postgres_merges_the_writes_of_one_text_in_a_combined_statement(pg_store, monkeypatch):
+    """PostgreSQL: writes of one text waiting in one run of a combined statement (distinct rows)
+    go as one part: INSERTs (upserts too) as one multi-row INSERT, DELETEs by key as one, UPDATEs
+    of single rows as one UPDATE joined to their values, each row keeping its own conditions, a
+    column set to NULL in every row included. The rows stored are what the writes one by one
+    would have left; a write to a row the run touched is not merged."""
+    from culm.core.records import ProcessRecord, TaskRecord
+
+    store = pg_store
+    with store.transaction() as unit:
+        unit.insert_processes([ProcessRecord(p, "root", None, "start", None, ["root"], suspended_by="op")
+                               for p in ("p1", "p2", "p3")])
+        unit.insert_tasks([TaskRecord(t, "execute", "p1", "a", "root") for t in ("t1", "t2", "t3")])
+        for node_id in ("s1", "s2", "s3"):
+            unit.insert_state(_state(node_id))
+        unit.set_execution_outputs("a", {"old": True})
+    trips = round_trips("postgres", monkeypatch)
+    with store.transaction() as unit:
+        assert set(unit.hold_states(["s1", "s2", "s3"])) == {"s1", "s2", "s3"}  # locked: their CAS are deferred
+        unit.insert_state(_state("a"))
+        unit.set_execution_outputs("a", {"x": 1})  # an upsert of an existing row
+        unit.update_process("p1", current_node_id="a", asleep=True, suspended_by=None)
+        assert unit.update_state("s1", expect_version="v1", expect_names=["RUNNING"], name="FINISHED")
+        unit.delete_task("t1")
+        unit.insert_state(_state("b"))
+        unit.set_execution_outputs("b", {"x": 2})
+        unit.update_process("p2", current_node_id="b", asleep=False, suspended_by=None)
+        assert unit.update_state("s2", expect_version="v1", expect_names=["RUNNING"], name="FAILED")
+        assert not unit.update_state("s3", expect_version="v2", name="FAILED")  # not its version: no write
+        unit.delete_task("t2")
+        unit.update_process("p3", current_node_id="c", asleep=True, suspended_by=None)
+        unit.update_process("p3", priority=7)  # merged into p3's UPDATE (a row's second UPDATE)
+        unit.update_task("t3", node_id="b")
+        unit.delete_task("t3")  # a row the run touched: a new run
+    monkeypatch.undo()
+    combined = [s for s in trips[-1].split("\n") if s.startswith("WITH w0 AS")]
+    assert len(combined) == 1, trips[-1]
+    parts = combined[0].split(" SELECT 1 ")[0]
+    assert parts.count("INSERT INTO culm_state") == 1 and parts.count("INSERT INTO culm_execution_data") == 1, parts
+    assert parts.count("UPDATE culm_process AS t") == 1 and parts.count("UPDATE culm_state AS t") == 1, parts
+    assert parts.count("DELETE FROM culm_task WHERE id IN (") == 1, parts
+    assert "DELETE FROM culm_task WHERE id = ?" in trips[-1] or "DELETE FROM culm_task WHERE id = $" in trips[-1]
+    with store.reading() as unit:
+        procs = {p: unit.get_process(p) for p in ("p1", "p2", "p3")}
+        names = {n: st.name for n, st in unit.get_states(["a", "b", "s1", "s2", "s3"]).items()}
+        assert unit.get_execution_data("a") == ({}, {"x": 1})
+        assert unit.get_execution_data("b") == ({}, {"x": 2})
+        assert [unit.get_task(t) for t in ("t1", "t2", "t3")] == [None, None, None]
+    assert {p: (r.current_node_id, r.asleep, r.suspended_by, r.priority) for p, r in procs.items() if r} == {
+        "p1": ("a", True, None, 100), "p2": ("b", False, None, 100), "p3": ("c", True, None, 7)}
+    assert names == {"a": "RUNNING", "b": "RUNNING", "s1": "FINISHED", "s2": "FAILED", "s3": "RUNNING"}

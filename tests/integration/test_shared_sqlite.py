@@ -30,8 +30,8 @@ BARE_RUNNER = ("import sys, culm; rt = culm.Runtime(sys.argv[1]); print('ready',
                "sys.stdin.readline(); rt.close()")
 
 
-def _runner(tmp_path: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": APP_PATH}
+def _runner(tmp_path: Path, *args: str, env_extra: dict[str, str] | None = None) -> subprocess.Popen:
+    env = {**os.environ, "CRASH_LOG": str(tmp_path / "exec.log"), "PYTHONPATH": APP_PATH, **(env_extra or {})}
     proc = subprocess.Popen([sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
@@ -51,28 +51,42 @@ def test_a_live_process_takes_over_when_the_runner_exits(
     monkeypatch.setattr(crash_app, "LOG", str(tmp_path / "exec.log"))  # where its component writes
 
     db = f"sqlite:///{tmp_path}/shared.db"
-    first = _runner(tmp_path, str(APP), "serve", db)
+    # The runner's 4th call waits at a gate until it is exiting: under load it once ran the whole
+    # pipeline before this process saw progress and told it to exit (nothing left to take over).
+    gate = tmp_path / "gate"
+    first = _runner(tmp_path, str(APP), "serve", db, env_extra={"CRASH_GATE": str(gate), "CRASH_HOLD_AFTER": "3"})
     with culm.Runtime(db) as rt:
         assert rt.dispatcher is None, "the lock is the first process's: this one submits and stands by"
         tree = crash_app.chain_with_parallel()
         assert api.run_pipeline(rt, tree).result
         root = tree["id"]
-        # The first process runs it...
-        wait_until(lambda: sum(1 for e in api.get_pipeline_states(rt, root).data[root]["children"].values()
-                               if e["state"] == "FINISHED") >= 4, 30, 0.1, what="the runner to make progress")
+        # The first process runs it, up to the call held at the gate...
+        calls = Path(f"{gate}.calls")
+        wait_until(lambda: calls.exists() and len(calls.read_text().splitlines()) == 4, 60, 0.1,
+                   what="the runner to make progress up to its 4th call")
+        assert _state(rt, root) == "RUNNING"
         if exit_how == "close":
-            assert first.stdin is not None
+            assert first.stdin is not None and first.stdout is not None
             first.stdin.write("close\n")
             first.stdin.flush()
+            assert first.stdout.readline().strip() == "closing"
+            gate.touch()  # the held call returns while the runner closes: its result is not committed there
         else:
             os.kill(first.pid, signal.SIGKILL)
-        first.wait(30)
-        assert _state(rt, root) == "RUNNING", "the runner finished before it exited: nothing to take over"
-        # ...and this one takes over what it left.
-        wait_until(lambda: rt.dispatcher is not None, 10, 0.1, what="this process to take the runner lock")
-        wait_until(lambda: _state(rt, root) == "FINISHED", 30, 0.1, what="the pipeline to finish here")
+            gate.touch()
+        first.wait(60)
+        # ...and this one takes over what it left. (It may have finished before this line runs: a
+        # closing runner frees the lock before its interpreter has exited. Asserting RUNNING here
+        # was what failed under load; the log below says who ran what.)
+        wait_until(lambda: rt.dispatcher is not None, 60, 0.1, what="this process to take the runner lock")
+        wait_until(lambda: _state(rt, root) == "FINISHED", 120, 0.1, what="the pipeline to finish here")
         children = api.get_pipeline_states(rt, root).data[root]["children"]
         assert all(e["state"] == "FINISHED" for e in children.values())
+        assert len(children) == 1 + 18 + 2 + 1  # start, 18 activities, two gateways, end
+    done = [line.split() for line in (tmp_path / "exec.log").read_text().splitlines() if line.startswith("done ")]
+    by_first = {w[1] for w in done if w[3] == str(first.pid)}
+    by_this = {w[1] for w in done if w[3] == str(os.getpid())}
+    assert len(by_first) <= 4 and len(by_this) >= 14 and len(by_first | by_this) == 18, (by_first, by_this)
 
 
 def test_missing_component_names_the_process_then_retry_from_one_that_has_it(

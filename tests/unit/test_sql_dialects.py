@@ -20,9 +20,29 @@ from culm.storage.sql.sqlite import SqliteDialect, SqliteUnit
     ("postgresql+psycopg://u:p@db/culm", PostgresDialect),
     ("mysql+pymysql://u:p@db/culm", MysqlDialect),
     ("mariadb+pymysql://u:p@db/culm", MysqlDialect),
+    ("mysql+mysqldb://u:p@db/culm", MysqlDialect),
 ])
 def test_the_url_names_the_dialect(url: str, dialect: type) -> None:
     assert type(dialect_for(url)) is dialect
+
+
+def test_a_bare_mysql_url_gets_mysqlclient_where_installed_and_pymysql_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from culm.storage.sql import base
+
+    try:
+        import MySQLdb  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        installed = False
+    else:
+        installed = tuple(MySQLdb.version_info[:2]) >= (2, 2)
+    expected = "mysqldb" if installed else "pymysql"
+    assert base.normalise_url("mysql://u:p@db/culm") == f"mysql+{expected}://u:p@db/culm"
+    assert base.normalise_url("mariadb://u:p@db/culm") == f"mysql+{expected}://u:p@db/culm"
+    assert base.normalise_url("mysql+pymysql://u:p@db/culm") == "mysql+pymysql://u:p@db/culm"  # as named
+    monkeypatch.setattr(base, "_mysqlclient_usable", lambda: False)  # not installed (or older than 2.2)
+    assert base.normalise_url("mysql://u:p@db/culm") == "mysql+pymysql://u:p@db/culm"
 
 
 def test_each_dialect_brings_its_own_unit() -> None:

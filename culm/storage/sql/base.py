@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import threading
 import time
 import weakref
-from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
@@ -104,12 +105,28 @@ if TYPE_CHECKING:
 
 
 def normalise_url(url: str) -> str:
-    """Pick the drivers culm installs for bare ``postgresql://`` and ``mysql://`` URLs."""
+    """Pick the drivers culm installs for bare ``postgresql://`` and ``mysql://`` URLs: psycopg;
+    mysqlclient (``culm[mysqlclient]``, a C driver) where it is installed, else PyMySQL."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("mysql://") or url.startswith("mariadb://"):
-        return "mysql+pymysql://" + url.split("://", 1)[1]
+        return f"mysql+{mysql_driver()}://" + url.split("://", 1)[1]
     return url
+
+
+def mysql_driver() -> str:
+    """The driver a bare ``mysql://`` URL gets: ``mysqldb`` (mysqlclient 2.2 or later, which has
+    the ``Cursor.mogrify`` the deferred writes use) where installed, else ``pymysql``."""
+    return "mysqldb" if _mysqlclient_usable() else "pymysql"
+
+
+@functools.cache
+def _mysqlclient_usable() -> bool:
+    try:
+        import MySQLdb  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:
+        return False
+    return tuple(MySQLdb.version_info[:2]) >= (2, 2)
 
 
 _SEQUENCES = (list, tuple)  # parameters every driver takes as they are
@@ -169,23 +186,35 @@ MAX_COMBINED = 64  # writes per combined statement
 CONTEXTS_AHEAD = 2000  # context values a batch reads ahead at most (more: each read takes its keys)
 
 
+Parts = list[tuple[str, Sequence[Any]]]
+
+
 def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes as few statements (see combined_runs)."""
+    return combined_runs(pending, None)
+
+
+def combined_runs(pending: Sequence[tuple[str, Sequence[Any], Any]],
+                  merge: Callable[[Parts], Parts] | None) -> list[tuple[str, Sequence[Any]]]:
     """Deferred writes as few statements: runs of writes to distinct rows become one statement.
 
     PostgreSQL runs the data-modifying parts of a WITH query exactly once, in an unspecified order
     and against the same snapshot, so parts of one statement must not touch the same row (nor a
     row another part inserts). A write whose rows are unknown (key None) is sent on its own; a
     write to a row the current run already touches starts a new run. Runs keep their order.
+    ``merge`` may make a run's writes fewer before they are combined (they may be reordered
+    freely: see culm.storage.sql.postgres.merge_parts).
     """
     out: list[tuple[str, Sequence[Any]]] = []
     run: list[tuple[str, Sequence[Any]]] = []
     touched: set[Any] = set()
 
     def close() -> None:
-        if len(run) == 1:
-            out.append(run[0])
-        elif run:
-            out.append((with_sql(tuple(q for q, _ in run)), [v for _, p in run for v in p]))
+        parts = merge(run) if merge is not None and len(run) > 1 else run
+        if len(parts) == 1:
+            out.append(parts[0])
+        elif parts:
+            out.append((with_sql(tuple(q for q, _ in parts)), [v for _, p in parts for v in p]))
         run.clear()
         touched.clear()
 
@@ -635,6 +664,11 @@ class SqlUnit:
         """Every SQL unit reads a walk's states ahead (``prefetch_states``), PostgreSQL's and
         MySQL's a batch's tasks too (``read_tasks_ahead``): each statement is a round trip."""
         return self
+
+    walks_with_claim = False  # MySQL: expect_walks' reads go with the claim's query
+
+    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        return  # MySQL's unit sends them with the claim; the others read them in read_walks_ahead
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
@@ -1312,9 +1346,16 @@ class SqlUnit:
         codec.check_log_lines(rows)
         self._insert("culm_log", rows)
 
-    def logs(self, node_id: str, version: str) -> list[str]:
-        rows = self._all("SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id", [node_id, version])
-        return [r[0] for r in rows]
+    def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
+        sql = "SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id"
+        if count is not None or first:
+            # MySQL has no OFFSET without LIMIT: "no count" is the largest BIGINT.
+            sql += f" LIMIT {int(count) if count is not None else 2**63 - 1} OFFSET {int(first)}"
+        return [r[0] for r in self._all(sql, [node_id, version])]
+
+    def log_count(self, node_id: str, version: str) -> int:
+        row = self._one("SELECT COUNT(*) FROM culm_log WHERE node_id = ? AND version = ?", [node_id, version])
+        return int(row[0]) if row else 0
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import importlib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine, create_engine
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
+    CONTEXTS_AHEAD,
     Dialect,
     SqlStore,
     SqlUnit,
@@ -221,8 +222,8 @@ class MysqlUnit(SqlUnit):
             texts.append("COMMIT")  # the store's commit then sends none (MysqlDialect.commit)
         for run in _up_to(texts, MAX_QUERY_CHARS):
             cur.execute(";\n".join(run))  # no parameters: the text is sent as it is
-            while cur.nextset():
-                pass
+            for _ in range(len(run) - 1):  # to the last answer, unread (mysqlclient reads one it leaves)
+                cur.nextset()
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
@@ -263,6 +264,41 @@ class MysqlUnit(SqlUnit):
         kept = self._x(KEEP_HELD_LEASE, [owner, until, task_id, owner, at]).rowcount == 1
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
 
+    walks_with_claim = True
+    _expected: tuple[Sequence[str], Sequence[str], Sequence[str]] | None = None
+
+    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+        self._expected = (held, nodes, pipelines)  # sent with the claim (read_tasks_ahead)
+
+    def _expected_reads(self) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], None]]:
+        """The reads of the walks expect_walks announced (read_walks_ahead's, in its order: the
+        held states with their shared locks, the other states, the contexts), and what takes
+        their answers in."""
+        expected, self._expected = self._expected, None
+        if expected is None:
+            return [], lambda answers: None
+        held, nodes, pipelines = expected
+        fresh = self._to_hold(dict.fromkeys(held))
+        holding = set(fresh)
+        missing = [i for i in self._states_missing(nodes) if i not in holding]
+        contexts = self._contexts_missing(pipelines)
+        reads = [self._hold_read(fresh)] if fresh else []
+        state_reads = self._states_reads(missing) if missing else []
+        reads += state_reads
+        if contexts:
+            reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
+
+        def take(answers: list[list[Any]]) -> None:
+            got = iter(answers)
+            if fresh:
+                self._take_held(fresh, next(got))
+            if missing:
+                self._take_states(missing, [r for _ in state_reads for r in next(got)])
+            if contexts:
+                self._take_contexts(contexts, next(got), CONTEXTS_AHEAD)
+
+        return reads, take
+
     def read_tasks_ahead(
         self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
         resumed_at: Sequence[str] = (),
@@ -273,9 +309,12 @@ class MysqlUnit(SqlUnit):
         locked, in node id order, all in one multi-statement query. The lock order stays: task rows
         first, then states; process rows are only read. A resumed task whose row names a node not
         in ``resumed_at`` has that state locked in a query of its own, as before the hint; a state
-        locked for a task that turns out not to be ours stays locked, unused, until the commit."""
+        locked for a task that turns out not to be ours stays locked, unused, until the commit.
+        The walks' reads announced by expect_walks follow in the same query (held states, with
+        their shared locks, after the task rows and the locked states: the lock order stays)."""
         ids = list(dict.fromkeys([*fresh, *resumed]))
         if len(ids) < 2:
+            self._expected = None  # no read ahead: the walks read as they go
             return
         owner, until, at = lease
         mine = list(dict.fromkeys(resumed))
@@ -287,10 +326,13 @@ class MysqlUnit(SqlUnit):
         )
         read = (MANY_WITH_PROCESS_OURS.format(marks=marks(len(ids))), [owner, until, *ids])
         hinted = sorted(set(resumed_at)) if mine else []
+        reads: list[tuple[str, Sequence[Any]]] = [read]
         if hinted:
-            rows, locked_rows = self._all_together([read, (STATES_IN_LOCKED.format(marks=marks(len(hinted))), hinted)])
-        else:
-            rows, locked_rows = self._all(*read), []
+            reads.append((STATES_IN_LOCKED.format(marks=marks(len(hinted))), hinted))
+        walks, take_walks = self._expected_reads()
+        answers = self._all_together(reads + walks)
+        rows, locked_rows = answers[0], answers[1] if hinted else []
+        take_walks(answers[len(reads):])
         locked = {st.node_id: st for st in map(_state_row, locked_rows)}
         ahead = self._tasks_ahead
         ahead.update(dict.fromkeys(ids))  # not there, or not ours: None
@@ -334,7 +376,7 @@ class MysqlDialect(Dialect):
 
     def is_duplicate(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(exc, "args", ())
-        return type(exc).__module__.startswith("pymysql") and bool(args) and args[0] == DUPLICATE_ENTRY
+        return type(exc).__module__.startswith(("pymysql", "MySQLdb")) and bool(args) and args[0] == DUPLICATE_ENTRY
 
     def commit(self, raw: Any) -> None:
         if not raw.info.pop(_COMMITTED, False):  # else the unit's last query ended with COMMIT

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.schema import metadata
-from culm.storage.sql.base import CONTEXTS_AHEAD, Dialect, SqlUnit, _process_row, _state_row, _task_row
+from culm.storage.sql.base import (
+    CONTEXTS_AHEAD,
+    Dialect,
+    Parts,
+    SqlUnit,
+    _process_row,
+    _state_row,
+    _task_row,
+    combined_runs,
+)
 from culm.storage.sql.statements import (
     ACK_CHILDREN_RETURNING,
     CLAIM_MANY_WITH_PROCESS,
@@ -87,12 +97,136 @@ def numbering_cursor() -> Any:
     return NumberingCursor
 
 
+# -- merging the writes of a combined statement ---------------------------------------------------
+# Each part of a combined write (a WITH query, see culm.storage.sql.base._combined) is planned and
+# started by the server on its own: a batch's run of 40 parts (an execution data upsert, a state
+# update, a process update, a task delete per task...) cost ~1 ms of planning alone. Parts of one
+# run touch distinct rows and run in no set order against one snapshot, so parts of one shape
+# merge into one part with the same outcome: INSERTs into one multi-row INSERT (an upsert's rows
+# each meet their own conflict: their keys are distinct), DELETEs by key into one by a key list,
+# and UPDATEs of one row by key into one UPDATE joined to a VALUES list of each row's values.
+_INSERT = re.compile(r"(INSERT INTO \S+ \([^()]*\) VALUES )(\((?:\?, ?)*\?\))(?:, ?\2)*((?: ON CONFLICT .*)?)", re.DOTALL)
+_DELETE = re.compile(r"(DELETE FROM \S+ WHERE \S+) = \?")
+_UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\S+ = \?, )*\S+ = \?) WHERE (\S+ = \?(?: AND (?:\S+ = \?|\S+ IS NULL|\S+ IN \((?:\?, ?)*\?\)))*)")
+_CONDITION = re.compile(r"(\S+) (?:(=) \?|(IS NULL)|IN \(((?:\?, ?)*\?)\))")
+
+
+class _Rows(NamedTuple):
+    """INSERTs (or DELETEs) that merge into one: ``head``, each row's ``part``, ``tail``."""
+
+    head: str
+    part: str
+    tail: str
+    width: int  # parameters per row
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, Sequence[Any]]:
+        params = [v for block in blocks for v in block]
+        return self.head + ", ".join([self.part] * (len(params) // self.width)) + self.tail, params
+
+
+class _Updates(NamedTuple):
+    """UPDATEs of one row each that merge into one, joined to the rows' values by their keys."""
+
+    table: str
+    sets: tuple[str, ...]  # the columns set, as written
+    conditions: tuple[tuple[str, str, int], ...]  # (column, "=" | "IN" | "IS NULL", its parameters)
+    width: int
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, Sequence[Any]]:
+        # The first row's values are cast to their columns' types: the VALUES list takes its
+        # column types from them (a parameter sent as text or NULL would make a column text).
+        types = _column_types(self.table)
+        cols = [*self.sets, *(c for c, _, n in self.conditions for _ in range(n))]
+        first = "(" + ", ".join(f"CAST(? AS {types[c.strip(chr(34))]})" for c in cols) + ")"
+        rows = ", ".join([first, *["(" + ",".join("?" * self.width) + ")"] * (len(blocks) - 1)])
+        where, at = [], len(self.sets)
+        for column, op, n in self.conditions:
+            if op == "IS NULL":
+                where.append(f"t.{column} IS NULL")
+            elif op == "=":
+                where.append(f"t.{column} = v.c{at}")
+            else:
+                where.append(f"t.{column} IN ({', '.join(f'v.c{at + i}' for i in range(n))})")
+            at += n
+        # The keys once more as a list: the rows are then found by the key's index. Joined to the
+        # VALUES list alone, the planner may hash it and scan the table whole, which on a server
+        # that never vacuums means every dead task row ever deleted.
+        key, at = self.conditions[0][0], len(self.sets)
+        where.append(f"t.{key} IN ({', '.join('?' * len(blocks))})")
+        sets = ", ".join(f"{c} = v.c{i}" for i, c in enumerate(self.sets))
+        names = ", ".join(f"c{i}" for i in range(self.width))
+        sql = (f"UPDATE {self.table} AS t SET {sets} FROM (VALUES {rows}) AS v ({names}) "
+               f"WHERE {' AND '.join(where)}")
+        return sql, [*(v for block in blocks for v in block), *(block[at] for block in blocks)]
+
+
+@functools.cache
+def _column_types(table: str) -> dict[str, str]:
+    """The PostgreSQL type of each column of one of culm's tables, without a length (a cast to
+    VARCHAR(n) would cut a longer value instead of refusing it as the column does)."""
+    from sqlalchemy.dialects import postgresql
+
+    dialect = postgresql.dialect()
+    return {c.name: re.sub(r"\(\d+\)", "", c.type.compile(dialect=dialect)) for c in metadata.tables[table].c}
+
+
+@functools.lru_cache(maxsize=512)
+def _shape(sql: str) -> _Rows | _Updates | None:
+    """How writes of this text merge with others of the same text, or None."""
+    m = _INSERT.fullmatch(sql)
+    if m is not None:
+        return _Rows(m[1], m[2], m[3], m[2].count("?"))
+    m = _DELETE.fullmatch(sql)
+    if m is not None:
+        return _Rows(m[1] + " IN (", "?", ")", 1)
+    m = _UPDATE.fullmatch(sql)
+    if m is not None and m[1] in metadata.tables:
+        sets = tuple(part.split(" = ")[0] for part in m[2].split(", "))
+        conditions = tuple((c[1], c[2] or c[3] or "IN", c[4].count("?") if c[4] else int(bool(c[2])))
+                           for c in _CONDITION.finditer(m[3]))
+        columns = _column_types(m[1])
+        if all(c.strip('"') in columns for c in (*sets, *(c for c, _, _ in conditions))):
+            return _Updates(m[1], sets, conditions, len(sets) + sum(n for _, _, n in conditions))
+    return None
+
+
+def merge_parts(run: Parts) -> Parts:
+    """The writes of one run of a combined statement (distinct rows, no set order), those of one
+    text merged into one write (see _Rows and _Updates), in the place of the first."""
+    out: Parts = []
+    merging: dict[str, tuple[int, list[Sequence[Any]]]] = {}  # text -> its place in out, each write's params
+    for sql, params in run:
+        shape = _shape(sql)
+        if shape is None:
+            out.append((sql, params))
+            continue
+        found = merging.get(sql)
+        if found is None:
+            merging[sql] = (len(out), [params])
+            out.append((sql, params))
+        else:
+            found[1].append(params)
+    for sql, (at, blocks) in merging.items():
+        if len(blocks) > 1:
+            shape = _shape(sql)
+            assert shape is not None
+            out[at] = shape.merge(blocks)
+    return out
+
+
+def combined_and_merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:
+    """Deferred writes as few statements (culm.storage.sql.base.combined_runs), each run's writes of
+    one text merged (merge_parts)."""
+    return combined_runs(pending, merge_parts)
+
+
 class PostgresUnit(SqlUnit):
     """A transaction on PostgreSQL: writes whose result nobody reads wait and go together with the
     next statement that needs an answer (see SqlUnit._later); reads that lock, lock in the read."""
 
     dialect = "postgresql"
     defers_writes = True
+    combine = staticmethod(combined_and_merged)
     refuses_duplicate_ids = True
     # Statements go to the cursor as written here, with ``?`` placeholders: numbering_cursor
     # numbers them, combined writes included (their parts are joined before they are numbered).

@@ -228,7 +228,9 @@ function listPage(view, params) {
         class: "chip s-" + s + (s === state ? " active" : ""), "data-state": s,
         onclick: () => go({ state: s }), text: s + " " + data.counts[s] })));
     table.replaceChildren(el("tr", {}, ["Name", "Id", "State", "Created", "Started", "Ended"].map((h) => el("th", { text: h }))),
-      ...data.items.map((p) => el("tr", { "data-id": p.id },
+      ...data.items.map((p) => el("tr", { "data-id": p.id, class: "row-link", title: "open this pipeline",
+        // the whole row opens the pipeline (not only its name), unless text is being selected (to copy an id)
+        onclick: (ev) => { if (!ev.target.closest("a") && !String(window.getSelection())) location.hash = "#/p/" + encodeURIComponent(p.id); } },
         el("td", {}, el("a", { href: "#/p/" + encodeURIComponent(p.id), text: p.name || "(no name)" })),
         el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes
           ? el("span", { class: "failed-nodes", title: "nodes that failed and wait for an operator (retry, skip or revoke)",

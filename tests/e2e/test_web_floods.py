@@ -1,0 +1,122 @@
+"""Floods a token holder (or anyone knowing a token's id) could send cannot take the web service down.
+
+Found probing (session 14): a token's id is no secret (`culm token list` shows it, a viewer knows
+their own), and each presented secret not verified before is hashed with scrypt (16 MiB, ~40 ms).
+200 requests at once with a known id and wrong secrets were each hashed: the server's threads were
+all busy hashing (a verified token's request took 18 s instead of milliseconds), it used 8.8 s of
+CPU and peaked at 780 MB. The per-client throttle did not help: it is read before the failure is
+counted, so requests sent together all pass it. Now at most ``MAX_CONCURRENT_CHECKS`` secrets are
+hashed at once in a process; a request past that is answered 429 (``Retry-After: 1``) unhashed.
+
+Live streams (``/api/v1/events``) each hold a connection and a file descriptor for as long as the
+client keeps them: a viewer could open thousands (the service's descriptors are 1,024 by default).
+Now a process serves at most ``live.MAX_STREAMS`` and one client address holds at most
+``live.MAX_STREAMS_PER_CLIENT``; past either the request is answered 429.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from support import wait_until
+from web_support import served  # noqa: F401 - fixture
+
+from culm.web import live, tokens
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def other_client(served: Any, token: str) -> httpx.Client:  # noqa: F811
+    """A client from another loopback address than the flood's (the throttle is per address)."""
+    return httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {token}"}, timeout=60,
+                        transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+
+
+def test_wrong_secrets_sent_at_once_are_not_all_hashed_and_others_are_served(served: Any) -> None:  # noqa: F811
+    viewer = served.tokens["viewer"]
+    token_id = viewer.split("_")[1]
+    with other_client(served, viewer) as good:
+        assert good.get("/api/v1/me").status_code == 200  # verified once: never hashed again
+
+    answers: list[httpx.Response] = []
+    start = threading.Barrier(81)
+
+    def attack() -> None:
+        with httpx.Client(base_url=served.url, timeout=60,
+                          headers={"Authorization": f"Bearer culm_{token_id}_not-the-secret"}) as bad:
+            start.wait()
+            answers.append(bad.get("/api/v1/me"))
+
+    threads = [threading.Thread(target=attack) for _ in range(80)]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    with other_client(served, viewer) as good:
+        began = time.monotonic()
+        assert good.get("/api/v1/me").status_code == 200
+        assert time.monotonic() - began < 5  # 18 s before, behind 200 hashes
+    for thread in threads:
+        thread.join(60)
+
+    codes = sorted({a.status_code for a in answers})
+    assert codes == [401, 429], codes
+    busy = [a for a in answers if a.status_code == 429]
+    assert len(busy) > len(answers) // 2, f"{len(busy)} of {len(answers)} were turned away unhashed"
+    assert busy[0].headers["Retry-After"] == "1"
+    assert busy[0].json()["detail"] == "too many tokens are being checked at once: try again in a moment"
+    assert tokens.MAX_CONCURRENT_CHECKS == 2
+
+    # Every slot was given back: a token never verified before is hashed and accepted.
+    fresh, _ = served.app.state.tokens.create("viewer", "after the flood")
+    with other_client(served, fresh) as after:
+        assert after.get("/api/v1/me").status_code == 200
+
+
+async def open_streams(served: Any, token: str, count: int, address: str) -> list[tuple[Any, Any, bytes]]:  # noqa: F811
+    """``count`` live streams from ``address``: (reader, writer, first bytes) each."""
+    port = int(served.url.rsplit(":", 1)[1])
+    opened = []
+    for _ in range(count):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(address, 0))
+        writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        await writer.drain()
+        first = await asyncio.wait_for(reader.read(4096), 30)
+        if not first.startswith(b"HTTP/1.1 200"):  # a refusal: its body may come in a later read
+            while not first.endswith(b"}"):
+                first += await asyncio.wait_for(reader.read(4096), 30)
+        opened.append((reader, writer, first))
+    return opened
+
+
+def test_live_streams_are_bounded_per_client_and_per_process(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    viewer = served.tokens["viewer"]
+    hub = served.app.state.hub
+
+    async def scenario() -> None:
+        held = await open_streams(served, viewer, live.MAX_STREAMS_PER_CLIENT, "127.0.0.1")
+        assert all(first.startswith(b"HTTP/1.1 200") for _r, _w, first in held)
+        [(_r, _w, refused)] = await open_streams(served, viewer, 1, "127.0.0.1")
+        assert refused.startswith(b"HTTP/1.1 429") and b"Retry-After: 1" in refused.replace(b"retry-after", b"Retry-After")
+        assert b"already holds 32 live streams" in refused
+        [(_r, other, elsewhere)] = await open_streams(served, viewer, 1, "127.0.0.2")
+        assert elsewhere.startswith(b"HTTP/1.1 200")  # another client is served
+
+        monkeypatch.setattr(live, "MAX_STREAMS", hub.subscribers)  # the process is full now
+        [(_r, _w, full)] = await open_streams(served, viewer, 1, "127.0.0.3")
+        assert full.startswith(b"HTTP/1.1 429") and b"already serves" in full
+        monkeypatch.undo()
+
+        for _reader, writer, _first in held:  # closed streams give their places back
+            writer.close()
+        other.close()
+        await asyncio.to_thread(wait_until, lambda: hub.subscribers == 0, 30, 0.05, what="the streams to close")
+        [(_r, again, first)] = await open_streams(served, viewer, 1, "127.0.0.1")
+        assert first.startswith(b"HTTP/1.1 200")
+        again.close()
+
+    asyncio.run(scenario())

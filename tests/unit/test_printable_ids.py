@@ -1,0 +1,56 @@
+"""Pipeline and node ids take printable characters only.
+
+Found probing (session 14): an id is written into the worker's log lines about its node ("node %s
+timed out ..."), into URLs and into command lines; a tree whose activity id held a newline forged
+whole log lines, one holding ``ESC [2J`` cleared the terminal of whoever read that log, one holding
+U+202E showed the id reversed. The validator refused only NUL and lone surrogates.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import culm
+from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+from culm.errors import TreeInvalidError
+from culm.validator import tree_problems
+
+BAD = ["a\nERROR culm.core forged line", "a\rb", "a\x1b[2Jb", "a\x9b31mb", "a\u202eb", "a\u200bb", "a\x7fb",
+       "a\u2028b"]
+
+
+def tree_with_activity_id(ident: str) -> dict:
+    start, act = EmptyStartEvent(), ServiceActivity(component_code="example_component")
+    start.extend(act).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    node = tree["activities"].pop(act.id)
+    tree["activities"][ident] = {**node, "id": ident}
+    for flow in tree["flows"].values():
+        for end in ("source", "target"):
+            if flow[end] == act.id:
+                flow[end] = ident
+    return tree
+
+
+@pytest.mark.parametrize("ident", BAD)
+def test_an_id_that_cannot_be_printed_is_refused_naming_the_character(ident: str) -> None:
+    problems = [str(p) for p in tree_problems(tree_with_activity_id(ident))]
+    bad = next(char for char in ident[1:] if not char.isprintable())
+    assert problems == [f"{ident!r}: id holds the character {bad!r}, which cannot be printed "
+                        "(ids take printable characters only)"]
+
+
+@pytest.mark.parametrize("ident", ["a\nforged", "p\x1b]0;title\x07"])
+def test_run_pipeline_refuses_it_and_the_runtime_goes_on(ident: str) -> None:
+    bad_node = tree_with_activity_id(ident)
+    bad_root = tree_with_activity_id("node_1")
+    bad_root["id"] = ident
+    with culm.Runtime("memory://") as rt:
+        for tree in (bad_node, bad_root):
+            refused = api.run_pipeline(rt, tree)
+            assert refused.result is False and isinstance(refused.exc, TreeInvalidError)
+            assert f"{ident!r}: id holds the character" in refused.message
+        healthy = tree_with_activity_id("node 1 (spaces and é are printable)")
+        api.run_pipeline(rt, healthy)
+        assert rt.wait(healthy["id"], timeout=30) == "FINISHED"
