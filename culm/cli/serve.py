@@ -34,6 +34,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
 
 
+KEEP_ALIVE_SECONDS = 75  # as nginx's keepalive_timeout: longer than client pools keep idle connections
+
+
 def _db(args: argparse.Namespace) -> str:
     return db_url(args)
 
@@ -120,10 +123,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         app = create_app(runtime, auth_enabled=not args.no_auth, max_body=args.max_body, host=args.host,
                          max_previews=args.max_previews)
         # Live-update streams never end by themselves: give them a moment, then close them.
+        # An idle connection is kept longer than clients keep theirs (httpx: 5 s, uvicorn's default
+        # too): a server closing first races a request sent on it at that moment, which the client
+        # sees as "Server disconnected without sending a response" (a storm of REST calls met it).
         # uvicorn.run would swallow Ctrl-C (exit 0); its Server raises it again once shut down, so
         # `culm serve` exits 130 as every culm command does when interrupted.
         uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                      access_log=False, timeout_graceful_shutdown=3)).run()
+                                      access_log=False, timeout_graceful_shutdown=3,
+                                      timeout_keep_alive=KEEP_ALIVE_SECONDS)).run()
     finally:
         runtime.close()
     return 0

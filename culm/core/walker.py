@@ -54,19 +54,30 @@ def execute_step(
         # heartbeat) and another runner ran the same call and went on. Its result counts.
         logger.warning("dropping a stale result for task %s (node %s)", task_id, pending[0].node_id)
         return None
-    if pending is None and task.running_version is not None and _moved_on(unit, task):
+    graph = engine.graph(proc.root_id, unit)
+    if pending is None and task.running_version is not None and _moved_on(unit, graph, task):
         # A replay (after a crash or a lost lease) of a call whose node an operator has since
         # failed and retried or skipped: the process goes on from the task that command made.
         # Walking this one would enter the node again as if it were a loop.
         unit.delete_task(task_id)
         return None
-    graph = engine.graph(proc.root_id, unit)
     return _advance(engine, step, graph, proc, task, pending)
 
 
-def _moved_on(unit: Unit, task: TaskRecord) -> bool:
+def _moved_on(unit: Unit, graph: Graph, task: TaskRecord) -> bool:
     st = unit.get_state(task.node_id)
+    if st is not None and _paused_on_entry(graph, st, task):
+        return False  # the walk parks the process on the paused subprocess (_reenter)
     return st is None or st.name != states.RUNNING or st.version != task.running_version
+
+
+def _paused_on_entry(graph: Graph, st: StateRecord, task: TaskRecord) -> bool:
+    """A SubProcess paused (``pause_pipeline``) while its process was entering it: its params
+    rendered on the user-code pool. Its process never stepped in, so nothing else parks it: it
+    must park on the subprocess, and the resume replays the entry (``_unsuspend``)."""
+    node = graph.nodes.get(st.node_id)
+    return (node is not None and node.type == SUBPROCESS and st.name == states.SUSPENDED
+            and st.version == task.running_version)
 
 
 def call_user_code(invoke: Invoke) -> object:
@@ -144,6 +155,11 @@ def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task:
     invoke, result = pending
     node = graph.node(task.node_id)
     st = step.unit.get_state(node.id, for_update=True)
+    if st is not None and _paused_on_entry(graph, st, task):
+        # The result is dropped: the resume renders the params again, as a replay does.
+        proc.suspended, proc.suspended_by = True, node.id
+        step.note(st)  # the process parks without a state write (waits.KeptFacts: "reached")
+        raise _Stop
     if st is None or st.version != task.running_version or st.name != states.RUNNING:
         raise VersionLostError(node.id)
     run = Run(engine, step, graph, proc, node, st)

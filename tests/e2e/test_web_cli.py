@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -221,3 +222,31 @@ def test_serve_no_auth_on_loopback_needs_no_token(tmp_path: Path) -> None:
     finally:
         out = _stop(proc)
     assert "no authentication (loopback only)" in out
+
+
+def test_serve_keeps_an_idle_connection_longer_than_clients_do(tmp_path: Path) -> None:
+    """A storm of REST calls (tests/integration/storm_driver.py) got "Server disconnected without
+    sending a response": uvicorn closed connections idle for 5 s, httpx reuses them for 5 s, and a
+    request sent on one as the server closed it was lost. The server now keeps them 75 s, so a
+    client's pool lets them go first. A connection idle for 6 s still answers."""
+    proc, url = _serve(tmp_path, "--no-auth")
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            request = f"GET /api/v1/me HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n".encode()
+            conn.sendall(request)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+            idle_until = time.monotonic() + 6  # the connection idles past uvicorn's default of 5 s
+            while time.monotonic() < idle_until:
+                time.sleep(0.1)
+            conn.setblocking(False)
+            try:
+                closed = conn.recv(1, socket.MSG_PEEK) == b""  # b"": the server closed it
+            except BlockingIOError:
+                closed = False  # open, nothing to read
+            assert not closed, "the server closed a connection idle for 6 s"
+            conn.setblocking(True)
+            conn.sendall(request)
+            assert conn.recv(65536).startswith(b"HTTP/1.1 200")
+    finally:
+        _stop(proc)

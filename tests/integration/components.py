@@ -521,6 +521,17 @@ class SlowVariable(LazyVariable):
         return "slow"
 
 
+class GateVariable(LazyVariable):
+    """Waits (bounded) for the gate named by its value, then resolves to "opened": a test acts
+    while the value renders on the user-code pool."""
+
+    code = "t_lazy_gate"
+
+    def get_value(self):
+        gate(str(self.value)).wait(30)
+        return "opened"
+
+
 class CountingVariable(LazyVariable):
     """A different value each time it is resolved (to show pre_render_keys freezing)."""
 

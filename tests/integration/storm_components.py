@@ -11,6 +11,8 @@ import os
 import time
 
 from culm.components import Component, Service, StaticIntervalGenerator
+from culm.events import ExecutableEndEvent
+from culm.variables import LazyVariable
 
 
 def log_path() -> str:
@@ -21,8 +23,12 @@ def log_path() -> str:
 
 
 def record(kind: str, service: Service) -> None:
+    record_line(kind, service.id, service.version)
+
+
+def record_line(kind: str, node_id: str, version: str) -> None:
     log = log_path()
-    line = f"{kind} {service.id} {service.version} {os.getpid()}\n".encode()
+    line = f"{kind} {node_id} {version} {os.getpid()}\n".encode()
     fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     try:
         os.write(fd, line)
@@ -54,6 +60,15 @@ class FlakyService(_Recorded):
             return True
         data.outputs.ex_data = "s_flaky said no"
         return False
+
+
+class RaisingService(_Recorded):
+    """Raises (an error path, not a returned False) unless input ``ok`` is truthy."""
+
+    def outcome(self, data) -> bool:
+        if data.get_one_of_inputs("ok"):
+            return True
+        raise RuntimeError("s_raise blew up")
 
 
 class PollService(_Recorded):
@@ -106,6 +121,28 @@ class MultiCallbackService(_Recorded):
         return True
 
 
+class RecordedEnd(ExecutableEndEvent):
+    """An executable end event recording ``end <pipeline> - <pid>``: it runs once per pipeline or
+    subprocess run (the storms' trees never enter a subprocess twice)."""
+
+    code = "s_end"
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        record_line("end", current_pipeline_id, "-")
+
+
+class MarkGate(LazyVariable):
+    """A subprocess parameter that fails the subprocess on entry while its value (``${mark}`` of
+    the parent) is 0: an operator sets ``${mark}`` and retries the subprocess."""
+
+    code = "s_mark_gate"
+
+    def get_value(self):
+        if str(self.value).strip() in ("0", ""):
+            raise ValueError("s_mark_gate: ${mark} is 0; set it and retry the subprocess")
+        return self.value
+
+
 def _component(code: str, service: type[Service]) -> type[Component]:
     return type(f"{service.__name__}Component", (Component,), {"code": code, "name": code, "bound_service": service})
 
@@ -113,6 +150,7 @@ def _component(code: str, service: type[Service]) -> type[Component]:
 CODES = {
     "s_plain": _component("s_plain", PlainService),
     "s_flaky": _component("s_flaky", FlakyService),
+    "s_raise": _component("s_raise", RaisingService),
     "s_poll": _component("s_poll", PollService),
     "s_callback": _component("s_callback", CallbackService),
     "s_multi": _component("s_multi", MultiCallbackService),

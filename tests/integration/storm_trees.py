@@ -47,6 +47,8 @@ class Forest:
     multis: list[str] = field(default_factory=list)
     pipes: list[str] = field(default_factory=list)  # roots and subprocesses
     gateways: dict[str, str] = field(default_factory=dict)  # exclusive and conditional parallel -> root
+    subs: list[str] = field(default_factory=list)  # subprocess nodes
+    loops: list[str] = field(default_factory=list)  # activities with a node loop (loop_config)
     calls: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -56,7 +58,8 @@ class Forest:
 
     def ids(self) -> str:
         """The ids calls aim at, as JSON (for another process: ``Forest(**json.loads(...))``)."""
-        return json.dumps({k: getattr(self, k) for k in ("roots", "activities", "multis", "pipes", "gateways")})
+        return json.dumps({k: getattr(self, k) for k in ("roots", "activities", "multis", "pipes", "gateways", "subs",
+                                                        "loops")})
 
     def unclear(self) -> list[str]:
         """Refusals that are no clear answer: an unexpected error (the API's "<call> failed: ...")."""
@@ -67,18 +70,27 @@ class TreeMaker:
     """Builds one random tree into a :class:`Forest`."""
 
     ACTS = (("s_plain", 4), ("s_flaky", 3), ("s_poll", 3), ("s_callback", 3), ("s_multi", 2))
+    RICH_ACTS = (*ACTS, ("s_raise", 2))
 
     def __init__(self, rng: random.Random, forest: Forest, size: int = 8, depth: int = 2,
-                 ms: tuple[int, ...] = (0, 0, 5, 20)) -> None:
-        """``ms``: how long a call sleeps, one of these picked per activity."""
+                 ms: tuple[int, ...] = (0, 0, 5, 20), rich: bool = False) -> None:
+        """``ms``: how long a call sleeps, one of these picked per activity. ``rich``: also raising
+        activities, error-ignorable ones, node loops, node timeouts, executable end events (s_end)
+        and a context value ``${mark}`` that every activity's input ``mark`` renders."""
         self.rng, self.forest, self.size, self.depth, self.ms = rng, forest, size, depth, ms
+        self.rich = rich
+
+    def end(self) -> b.Element:
+        return b.ExecutableEndEvent(type="s_end") if self.rich else b.EmptyEndEvent()
 
     def tree(self) -> dict[str, Any]:
         start = b.EmptyStartEvent()
         loops: dict[str, Any] = {}
         head, tail = self.block(self.size, self.depth, loops)
         start.extend(head)
-        tail.extend(b.EmptyEndEvent())
+        tail.extend(self.end())
+        if self.rich:
+            loops["${mark}"] = b.Var(type=b.Var.PLAIN, value=0)
         tree = b.build_tree(start, data=b.Data(inputs=loops))
         self.forest.gateways.update({g: tree["id"] for g, root in self.forest.gateways.items() if not root})
         self.forest.roots.append(tree["id"])
@@ -87,9 +99,11 @@ class TreeMaker:
         return tree
 
     def act(self) -> b.ServiceActivity:
-        codes, weights = zip(*self.ACTS, strict=True)
+        codes, weights = zip(*(self.RICH_ACTS if self.rich else self.ACTS), strict=True)
         code = self.rng.choices(codes, weights=weights)[0]
         a = b.ServiceActivity(component_code=code)
+        if self.rich:
+            self.enrich(a, code)
         a.component.inputs.ms = b.Var(type=b.Var.PLAIN, value=self.rng.choice(self.ms))
         if code == "s_poll":
             a.component.inputs.polls = b.Var(type=b.Var.PLAIN, value=self.rng.randint(1, 4))
@@ -97,6 +111,20 @@ class TreeMaker:
         if code == "s_multi":
             self.forest.multis.append(a.id)
         return a
+
+    def enrich(self, a: b.ServiceActivity, code: str) -> None:
+        """What a rich tree adds to an activity: an ignorable failure, a node loop, a node timeout."""
+        a.component.inputs.mark = b.Var(type=b.Var.SPLICE, value="${mark}")
+        if code in ("s_flaky", "s_raise") and self.rng.random() < 0.3:
+            a.error_ignorable = True
+        if code in ("s_plain", "s_flaky") and self.rng.random() < 0.25:
+            a.loop_config = {"enable": True, "loop_times": self.rng.randint(2, 3)}
+            self.forest.loops.append(a.id)
+        if code in ("s_poll", "s_callback", "s_multi") and self.rng.random() < 0.3:
+            a.timeout_config = {"enable": True, "action": self.rng.choice(("forced_fail", "forced_fail_and_skip")),
+                                "seconds": self.rng.randint(1, 4)}
+        if code == "s_poll" and self.rng.random() < 0.3:
+            a.component.inputs.polls = b.Var(type=b.Var.PLAIN, value=self.rng.randint(20, 60))
 
     def block(self, size: int, depth: int, loops: dict[str, Any]) -> tuple[b.Element, b.Element]:
         """A chain of about ``size`` nodes; returns its first and last element."""
@@ -131,9 +159,13 @@ class TreeMaker:
             start = b.EmptyStartEvent()
             h, t = self.block(max(1, size // 2), depth - 1, inner)
             start.extend(h)
-            t.extend(b.EmptyEndEvent())
-            sub = b.SubProcess(start=start, data=b.Data(inputs=inner))
+            t.extend(self.end())
+            params = {}
+            if self.rich and depth == self.depth and self.rng.random() < 0.5:  # its parent is the root
+                params["${gate}"] = b.Var(type=b.Var.LAZY, custom_type="s_mark_gate", value="${mark}")
+            sub = b.SubProcess(start=start, data=b.Data(inputs=inner), params=params)
             self.forest.pipes.append(sub.id)
+            self.forest.subs.append(sub.id)
             return sub, sub, max(1, size // 2) + 1
         return self.fork(kind, size, depth, loops)
 
@@ -162,10 +194,10 @@ class TreeMaker:
 
 
 def make_forest(rng: random.Random, pipelines: int, size: int = 8, depth: int = 2,
-                ms: tuple[int, ...] = (0, 0, 5, 20)) -> Forest:
+                ms: tuple[int, ...] = (0, 0, 5, 20), rich: bool = False) -> Forest:
     forest = Forest()
     for _ in range(pipelines):
-        TreeMaker(rng, forest, size, depth, ms).tree()
+        TreeMaker(rng, forest, size, depth, ms, rich).tree()
     return forest
 
 
@@ -217,6 +249,9 @@ def operate(runtime: Any, snap: Snapshot, rng: random.Random) -> bool:
         node = snap.graph.nodes.get(node_id)
         if st.name == "FAILED" and node is not None and node.type in ("ExclusiveGateway", "ConditionalParallelGateway"):
             skip_gateway(runtime, node_id, rng, snap.graph)
+        if st.name == "FAILED" and node is not None and node.type == "SubProcess":  # failed on entry (s_mark_gate)
+            api.update_context_values(runtime, snap.root_id, {"${mark}": rng.randint(1, 9)})
+            api.retry_subprocess(runtime, node_id)
     return storm_ops.operate(runtime, snap, rng, {"ok": True, "done": True, "n": -1})
 
 

@@ -114,3 +114,33 @@ def test_revoke_root_while_inside_subprocess(runtime):
         wait_idle(runtime)
     assert later.id not in children(runtime, tree["id"])
     assert node_state(runtime, tree["id"])["state"] == "REVOKED"
+
+
+def test_a_subprocess_paused_while_its_params_render_parks_and_resumes(runtime):
+    """A storm found it (storm_driver.py, PostgreSQL seed 5): a subprocess whose params render on
+    the user-code pool (a lazy variable) was paused meanwhile; the rendered params came back to a
+    SUSPENDED node and were dropped as stale, which deleted the process's task and left it awake
+    at the subprocess node with nothing to run it. Once resumed, the subprocess stayed RUNNING for
+    ever. The process now parks on the paused subprocess and the resume steps it in."""
+    from components import gate
+    from support import wait_until
+
+    from culm.core.invariants import check
+    from culm.core.snapshots import read_snapshot
+
+    inner = chain(ServiceActivity(component_code="t_none"))
+    sub = SubProcess(start=inner, params=Params({"${g}": Var(type=Var.LAZY, custom_type="t_lazy_gate",
+                                                             value="sub-params")}))
+    root = run(runtime, build_tree(chain(sub)))
+    wait_state(runtime, sub.id, "RUNNING")
+    assert api.pause_pipeline(runtime, sub.id).result
+    gate("sub-params").set()
+    wait_until(lambda: not read_snapshot(runtime.engine, root).tasks, 20, 0.02,
+               what="the rendered params to come back to the paused subprocess")
+    assert check(read_snapshot(runtime.engine, root)) == []
+    assert node_state(runtime, sub.id)["state"] == "SUSPENDED"
+    res = api.resume_pipeline(runtime, sub.id)
+    assert res.result, res.message
+    wait_state(runtime, root, "FINISHED", timeout=20)
+    assert inputs(runtime, sub.id) == {"${g}": "opened"}
+
