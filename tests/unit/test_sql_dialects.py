@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import culm
 from culm.errors import InvalidOperationError
 from culm.storage.sql import SqlStore
 from culm.storage.sql.base import dialect_for
@@ -92,3 +93,12 @@ def test_a_store_exposes_its_dialects_traits(tmp_path: Path) -> None:
     finally:
         files.dispose()
         memory.dispose()
+
+
+@pytest.mark.parametrize("url", [":memory:", "culm.db", "postgres//culm:secret@db/culm"])
+def test_a_runtime_given_no_database_url_names_it_and_the_forms_it_takes(url: str) -> None:
+    with pytest.raises(InvalidOperationError) as caught:
+        culm.Runtime(url)
+    message = str(caught.value)
+    assert "is not a database URL" in message and "sqlite:///:memory:" in message and "memory://" in message
+    assert "secret" not in message and repr(url.replace(":secret@", ":***@")) in message

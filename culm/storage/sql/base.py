@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import re
 import threading
 import time
 import weakref
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Unpack
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine, make_url
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from culm.core import states
 from culm.core.ports import (
@@ -1489,7 +1490,12 @@ class Dialect:
 
 def dialect_for(url: str) -> Dialect:
     """The one place a store's dialect is chosen, from its (normalised) database URL."""
-    backend = make_url(url).get_backend_name()
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise InvalidOperationError(
+            f"{re.sub(r':[^:@/]*@', ':***@', url)!r} is not a database URL: culm takes sqlite:///path/to/file.db, sqlite:///:memory:, "
+            "postgresql://user@host/db, mysql://user@host/db or memory://") from None
     if backend == "sqlite":
         from culm.storage.sql.sqlite import SqliteDialect
 
