@@ -18,6 +18,7 @@ import hmac
 import secrets
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -31,7 +32,8 @@ _N, _R, _P = 2**14, 8, 1
 # Secrets hashed at once in one process. A token's id is no secret (`culm token list` shows it, a
 # viewer knows their own): 200 requests at once with a known id and wrong secrets each hashed,
 # held every thread of the web server (a verified token's request took 18 s) and 780 MB. Past the
-# bound a request is answered 429 without hashing; tokens verified before are not hashed again.
+# bound a request is answered 429 without hashing; tokens verified before are not hashed again, and
+# requests presenting the same text at once share one hash (TokenStore._matches).
 MAX_CONCURRENT_CHECKS = 2
 
 
@@ -101,6 +103,7 @@ class TokenStore:
         self._used: dict[str, float] = {}
         self._lock = threading.Lock()
         self._hashing = threading.BoundedSemaphore(MAX_CONCURRENT_CHECKS)
+        self._pending: dict[bytes, Future[bool]] = {}  # texts being hashed now: their outcome
 
     def create(self, role: str, name: str = "") -> tuple[str, TokenInfo]:
         """Store a new token; returns its text (shown once, never stored) and its record.
@@ -158,13 +161,7 @@ class TokenStore:
         row = self.table.get(parts[1])
         if row is None or row.revoked_time is not None:
             return None
-        if not self._hashing.acquire(blocking=False):
-            raise TokenChecksBusy(f"{MAX_CONCURRENT_CHECKS} token checks are under way")
-        try:
-            matches = hmac.compare_digest(_hash(parts[2], bytes.fromhex(row.salt)), row.secret_hash)
-        finally:
-            self._hashing.release()
-        if not matches:
+        if not self._matches(digest, parts[2], row):
             return None
         with self._lock:
             if len(self._verified) > 10_000:
@@ -172,6 +169,34 @@ class TokenStore:
             self._verified[digest] = row.id
         self._note_use(row.id)
         return _info(row)
+
+    def _matches(self, digest: bytes, secret: str, row: Any) -> bool:
+        """Whether ``secret`` is the token's: hashed once for every request presenting the same
+        text at once (a console's first requests with a new token come together: they wait for
+        one hash rather than each take a slot), at most MAX_CONCURRENT_CHECKS texts at a time."""
+        with self._lock:
+            pending = self._pending.get(digest)
+            mine = pending is None
+            if pending is None:
+                pending = self._pending[digest] = Future()
+        if not mine:
+            return bool(pending.result())  # raises TokenChecksBusy as the hashing request did
+        try:
+            if not self._hashing.acquire(blocking=False):
+                raise TokenChecksBusy(f"{MAX_CONCURRENT_CHECKS} token checks are under way")
+            try:
+                matches = hmac.compare_digest(_hash(secret, bytes.fromhex(row.salt)), row.secret_hash)
+            finally:
+                self._hashing.release()
+        except BaseException as exc:
+            pending.set_exception(exc)
+            raise
+        else:
+            pending.set_result(matches)
+            return matches
+        finally:
+            with self._lock:
+                del self._pending[digest]
 
     def _note_use(self, token_id: str) -> None:
         """Record when a token was used, at most once a minute per token and process (not a write
