@@ -51,11 +51,15 @@ def browser() -> Any:
 
 
 def find(driver: Any, css: str, timeout: float = 20) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
 
     def present() -> Any:
         found = driver.find_elements(By.CSS_SELECTOR, css)
-        return found[0] if found and found[0].is_displayed() else None
+        try:
+            return found[0] if found and found[0].is_displayed() else None
+        except StaleElementReferenceException:
+            return None  # redrawn between finding and looking (live changes): look again
 
     return wait_until(present, timeout, 0.05, what=f"{css} in the page")
 
