@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import random
 import re
@@ -188,6 +189,22 @@ CONTEXTS_AHEAD = 2000  # context values a batch reads ahead at most (more: each 
 
 
 Parts = list[tuple[str, Sequence[Any]]]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MergedRows:
+    """Writes of one text, each adding rows, that merge into one (a dialect's deferred writes):
+    INSERTs as ``head`` + each row's ``part`` + ``tail``, DELETEs by a key list likewise."""
+
+    head: str
+    part: str
+    tail: str
+    width: int  # parameters per row
+    limit: int = 500  # rows one merged write holds at most, where the dialect bounds them (MySQL)
+
+    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, list[Any]]:
+        params = [v for block in blocks for v in block]
+        return self.head + ", ".join([self.part] * (len(params) // self.width)) + self.tail, params
 
 
 def _combined(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str, Sequence[Any]]]:

@@ -17,6 +17,7 @@ from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
     Dialect,
+    MergedRows,
     SqlStore,
     SqlUnit,
     _process_row,
@@ -68,21 +69,6 @@ MAX_MERGED_UPDATES = 50  # rows per UPDATE made of several (each row's values ar
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Rows:
-    """INSERTs (or DELETEs) that merge into one: ``head``, each row's ``part``, ``tail``."""
-
-    head: str
-    part: str
-    tail: str
-    width: int  # parameters per row
-    limit: int = MAX_MERGED_ROWS
-
-    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, list[Any]]:
-        params = [v for block in blocks for v in block]
-        return self.head + ", ".join([self.part] * (len(params) // self.width)) + self.tail, params
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Cases:
     """UPDATEs of one row each that merge into one: each column set to a CASE on the key, the
     rows picked by their keys (and their own conditions, kept row by row)."""
@@ -109,14 +95,14 @@ class _Cases:
 
 
 @functools.lru_cache(maxsize=512)
-def _mergeable(sql: str) -> _Rows | _Cases | None:
+def _mergeable(sql: str) -> MergedRows | _Cases | None:
     """How writes of this text merge with others of the same shape, or None."""
     m = _INSERT_VALUES.fullmatch(sql)
     if m is not None:
-        return _Rows(m[1], m[2], m[3], m[2].count("%s"))
+        return MergedRows(m[1], m[2], m[3], m[2].count("%s"), MAX_MERGED_ROWS)
     m = _DELETE_ONE.fullmatch(sql)
     if m is not None:
-        return _Rows(m[1] + " IN (", "%s", ")", 1)
+        return MergedRows(m[1] + " IN (", "%s", ")", 1, MAX_MERGED_ROWS)
     m = _UPDATE_ONE.fullmatch(sql)
     if m is not None:
         cols = tuple(part.split(" = ")[0] for part in m[2].split(", "))
@@ -138,8 +124,8 @@ def _merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> list[tuple[str
     multi-row upsert each row meets its own duplicate (VALUES(col) is that row's value).
     """
     out: list[tuple[str, Sequence[Any]]] = []
-    joinable: dict[_Rows | _Cases, int] = {}  # the shape of a mergeable write -> its place in out
-    merged: dict[int, tuple[_Rows | _Cases, list[Sequence[Any]]]] = {}  # place -> shape, each write's params
+    joinable: dict[MergedRows | _Cases, int] = {}  # the shape of a mergeable write -> its place in out
+    merged: dict[int, tuple[MergedRows | _Cases, list[Sequence[Any]]]] = {}  # place -> shape, each write's params
     touched: set[Any] = set()
     for sql, params, keys in pending:
         if keys is None or not touched.isdisjoint(keys):

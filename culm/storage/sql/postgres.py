@@ -12,6 +12,7 @@ from culm.storage.schema import metadata
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
     Dialect,
+    MergedRows,
     Parts,
     SqlUnit,
     _process_row,
@@ -111,19 +112,6 @@ _UPDATE = re.compile(r"UPDATE (\w+) SET ((?:\S+ = \?, )*\S+ = \?) WHERE (\S+ = \
 _CONDITION = re.compile(r"(\S+) (?:(=) \?|(IS NULL)|IN \(((?:\?, ?)*\?)\))")
 
 
-class _Rows(NamedTuple):
-    """INSERTs (or DELETEs) that merge into one: ``head``, each row's ``part``, ``tail``."""
-
-    head: str
-    part: str
-    tail: str
-    width: int  # parameters per row
-
-    def merge(self, blocks: list[Sequence[Any]]) -> tuple[str, Sequence[Any]]:
-        params = [v for block in blocks for v in block]
-        return self.head + ", ".join([self.part] * (len(params) // self.width)) + self.tail, params
-
-
 class _Updates(NamedTuple):
     """UPDATEs of one row each that merge into one, joined to the rows' values by their keys."""
 
@@ -171,14 +159,14 @@ def _column_types(table: str) -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=512)
-def _shape(sql: str) -> _Rows | _Updates | None:
+def _shape(sql: str) -> MergedRows | _Updates | None:
     """How writes of this text merge with others of the same text, or None."""
     m = _INSERT.fullmatch(sql)
     if m is not None:
-        return _Rows(m[1], m[2], m[3], m[2].count("?"))
+        return MergedRows(m[1], m[2], m[3], m[2].count("?"))
     m = _DELETE.fullmatch(sql)
     if m is not None:
-        return _Rows(m[1] + " IN (", "?", ")", 1)
+        return MergedRows(m[1] + " IN (", "?", ")", 1)
     m = _UPDATE.fullmatch(sql)
     if m is not None and m[1] in metadata.tables:
         sets = tuple(part.split(" = ")[0] for part in m[2].split(", "))
@@ -192,7 +180,7 @@ def _shape(sql: str) -> _Rows | _Updates | None:
 
 def merge_parts(run: Parts) -> Parts:
     """The writes of one run of a combined statement (distinct rows, no set order), those of one
-    text merged into one write (see _Rows and _Updates), in the place of the first."""
+    text merged into one write (see MergedRows and _Updates), in the place of the first."""
     out: Parts = []
     merging: dict[str, tuple[int, list[Sequence[Any]]]] = {}  # text -> its place in out, each write's params
     for sql, params in run:
