@@ -23,6 +23,7 @@ from culm.web.tokens import TokenChecksBusy, TokenInfo, TokenStore
 FREE_FAILURES = 3
 MAX_DELAY = 5.0
 FAILURE_MEMORY = 600.0
+MAX_CLIENTS = 100_000  # addresses whose failures are remembered
 
 NO_AUTH = TokenInfo("no-auth", "admin", "culm serve --no-auth", 0.0, None, None)
 
@@ -54,12 +55,14 @@ class FailureThrottle:
     def failed(self, client: str) -> None:
         now = time.monotonic()
         with self._lock:
-            count, last = self._failures.get(client, (0, 0.0))
+            count, last = self._failures.pop(client, (0, 0.0))
             if now - last > FAILURE_MEMORY:
                 count = 0
-            self._failures[client] = (count + 1, now)
-            if len(self._failures) > 100_000:
-                self._failures.clear()
+            self._failures[client] = (count + 1, now)  # last in the dict: the latest failure
+            if len(self._failures) > MAX_CLIENTS:
+                # The oldest failure goes, not every count: emptied, the table let whoever fills it
+                # (an IPv6 client has 2**64 addresses) wipe the count of a client guessing tokens.
+                del self._failures[next(iter(self._failures))]
 
     def succeeded(self, client: str) -> None:
         with self._lock:
@@ -98,7 +101,9 @@ class Authenticator:
         try:
             info = await run_in_threadpool(self.tokens.check, token.strip())
         except TokenChecksBusy:
-            self.throttle.failed(client)  # a flood from one client slows that client down too
+            # Not a failure: the token may well be good, and the slots are taken by whoever floods
+            # (on another address, or the same one behind a proxy). Counted, three 429s put a good
+            # client behind the throttle's delays. A flood is slowed by its own wrong secrets (401s).
             raise AuthError(429, "too many tokens are being checked at once: try again in a moment") from None
         if info is None:
             self.throttle.failed(client)

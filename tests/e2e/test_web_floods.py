@@ -97,6 +97,49 @@ def test_a_new_token_sent_by_many_requests_at_once_is_hashed_once_and_all_are_se
     assert [a.status_code for a in answers] == [200] * 12
 
 
+def test_busy_answers_do_not_slow_a_good_client_down(served: Any) -> None:  # noqa: F811
+    # Found probing (session 15): a 429 (every hashing slot taken by someone else's flood) counted as
+    # a failed token, so a client with a good new token that was turned away three times was then
+    # held back 0.25 s, doubling to 5 s, on every later request, by a flood it had no part in.
+    fresh, _ = served.app.state.tokens.create("viewer", "turned away while busy")
+    hashing = served.app.state.tokens._hashing  # both slots held: as during another client's flood
+    for _ in range(tokens.MAX_CONCURRENT_CHECKS):
+        assert hashing.acquire(blocking=False)
+    try:
+        with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {fresh}"}, timeout=60,
+                          transport=httpx.HTTPTransport(local_address="127.0.0.4")) as client:
+            assert [client.get("/api/v1/me").status_code for _ in range(6)] == [429] * 6
+    finally:
+        for _ in range(tokens.MAX_CONCURRENT_CHECKS):
+            hashing.release()
+    throttle = served.app.state.auth.throttle
+    assert throttle.delay("127.0.0.4") == 0.0  # was 2.0 s after six 429s
+    with other_client(served, fresh) as client:
+        assert client.get("/api/v1/me").status_code == 200
+    # Wrong secrets still count: the flood is slowed by its own 401s.
+    token_id = fresh.split("_")[1]
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer culm_{token_id}_wrong"}, timeout=60,
+                      transport=httpx.HTTPTransport(local_address="127.0.0.5")) as bad:
+        assert [bad.get("/api/v1/me").status_code for _ in range(4)] == [401] * 4
+    assert throttle.delay("127.0.0.5") == 0.5  # the fourth failure: 0.25 s doubled
+
+
+def test_the_failure_table_forgets_its_oldest_client_not_every_one(served: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    # A full table was emptied: whoever fills it (an IPv6 client holds 2**64 addresses; a peer
+    # whose X-Forwarded-For is trusted names any) wiped the count of a client guessing tokens.
+    from culm.web import auth
+
+    monkeypatch.setattr(auth, "MAX_CLIENTS", 50)
+    throttle = auth.FailureThrottle()
+    for _ in range(5):
+        throttle.failed("guesser")
+    for n in range(60):
+        throttle.failed(f"2001:db8::{n:x}")
+        throttle.failed("guesser")  # still guessing: its count stays among the latest
+    assert throttle.delay("guesser") == auth.MAX_DELAY
+    assert throttle.delay("2001:db8::0") == 0.0  # forgotten: the oldest
+
+
 async def open_streams(served: Any, token: str, count: int, address: str) -> list[tuple[Any, Any, bytes]]:  # noqa: F811
     """``count`` live streams from ``address``: (reader, writer, first bytes) each."""
     port = int(served.url.rsplit(":", 1)[1])
