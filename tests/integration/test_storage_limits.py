@@ -373,3 +373,17 @@ def test_a_mysql_server_whose_packets_are_too_small_is_refused_at_open(tmp_path,
         assert "Traceback" not in res.stderr
     finally:
         drop_database(url)
+
+
+def test_a_loop_number_no_column_holds_is_refused_naming_it(runtime):
+    # Found probing (session 15): GET /api/v1/nodes/ID/histories?loop=10**30 answered 500 on SQLite
+    # (the driver's OverflowError); PostgreSQL and MariaDB answered [].
+    act = ServiceActivity(component_code="t_attrs", loop_config={"enable": True, "loop_times": 2})
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    finish(runtime, build_tree(start))
+    for read in (api.get_node_histories, api.get_node_short_histories):
+        for loop in (10**30, -2, "1", True):
+            refused(read(runtime, act.id, loop), "loop must be -1 (every loop) or a loop number from 0 to 2**62")
+        assert [h["loop"] for h in read(runtime, act.id, 1).data] == [1]
+        assert read(runtime, act.id, 2**62).data == []
