@@ -89,7 +89,7 @@ class Authenticator:
         if not self.enabled:
             _only_from_this_machine(request, self.own_names)
             return NO_AUTH
-        client = request.client.host if request.client else "unknown"
+        client = client_key(request)
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -121,6 +121,26 @@ class Authenticator:
         if not info.allows(role):
             raise AuthError(403, f"this needs the {role} role; the token has the {info.role} role")
         return info
+
+
+def client_key(request: Request) -> str:
+    """The client a per-address limit counts a request against (the bad-token throttle, live streams).
+
+    An IPv6 address counts by its /64 network: that is what one subscriber is given, so one client
+    holds 2**64 addresses, and counted one by one it slipped past every per-address limit by
+    rotating them. An IPv4 address mapped into IPv6 counts as itself. What is no address (a name a
+    trusted proxy's X-Forwarded-For gave) is cut to 64 characters.
+    """
+    host = request.client.host if request.client else "unknown"
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _loopback_host(netloc: str, own_names: frozenset[str]) -> bool:

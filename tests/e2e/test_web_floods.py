@@ -183,3 +183,41 @@ def test_live_streams_are_bounded_per_client_and_per_process(served: Any, monkey
         again.close()
 
     asyncio.run(scenario())
+
+
+def test_an_ipv6_client_counts_by_its_network_not_each_address(served: Any) -> None:  # noqa: F811
+    # Found probing (session 15): the per-address limits counted each IPv6 address on its own, and
+    # one subscriber holds a /64 (2**64 addresses): rotating them slipped past the bad-token throttle
+    # and the live streams' per-client bound. The addresses come here through X-Forwarded-For, which
+    # the test server trusts from 127.0.0.1 (uvicorn's default, `culm serve --trusted-proxies`).
+    viewer = served.tokens["viewer"]
+    port = int(served.url.rsplit(":", 1)[1])
+
+    async def stream_from(address: str) -> tuple[asyncio.StreamWriter, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {viewer}\r\n"
+                     f"X-Forwarded-For: {address}\r\n\r\n".encode())
+        await writer.drain()
+        return writer, await asyncio.wait_for(reader.read(4096), 30)
+
+    async def scenario() -> None:
+        held = [await stream_from(f"2001:db8::{n + 1:x}") for n in range(live.MAX_STREAMS_PER_CLIENT)]
+        assert all(first.startswith(b"HTTP/1.1 200") for _, first in held)
+        refused = await stream_from("2001:db8::ffff:1")
+        assert refused[1].startswith(b"HTTP/1.1 429"), refused[1]
+        elsewhere = await stream_from("2001:db8:0:1::1")  # another /64: another client
+        assert elsewhere[1].startswith(b"HTTP/1.1 200")
+        for writer, _ in [*held, refused, elsewhere]:
+            writer.close()
+        hub = served.app.state.hub
+        await asyncio.to_thread(wait_until, lambda: hub.subscribers == 0, 30, 0.05, what="the streams to close")
+
+    asyncio.run(scenario())
+    token_id = viewer.split("_")[1]
+    for n in range(4):
+        with httpx.Client(base_url=served.url, timeout=60, headers={
+                "Authorization": f"Bearer culm_{token_id}_wrong", "X-Forwarded-For": f"2001:db8:0:7::{n + 1}"}) as bad:
+            assert bad.get("/api/v1/me").status_code == 401
+    throttle = served.app.state.auth.throttle
+    assert throttle.delay("2001:db8:0:7::/64") == 0.5  # four failures of one network
+    assert throttle.delay("2001:db8:0:7::1") == 0.0  # no address is counted on its own
