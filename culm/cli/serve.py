@@ -149,7 +149,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # sees as "Server disconnected without sending a response" (a storm of REST calls met it).
         # uvicorn.run would swallow Ctrl-C (exit 0); its Server raises it again once shut down, so
         # `culm serve` exits 130 as every culm command does when interrupted.
+        from culm.web import counted_protocol
+
+        _more_descriptors()
         uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                      http=counted_protocol(args.trusted_proxies),
                                       access_log=False, timeout_graceful_shutdown=3,
                                       proxy_headers=bool(args.trusted_proxies),
                                       forwarded_allow_ips=args.trusted_proxies or None,
@@ -157,6 +161,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         runtime.close()
     return 0
+
+
+def _more_descriptors() -> None:
+    """Raise this process's soft limit of open files to its hard limit (at most 65,536): each
+    connection and live stream holds one, and the usual soft limit of 1,024 is soon reached."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # kept as it is: the per-client bound still holds
 
 
 def _token_store(args: argparse.Namespace, read_only: bool) -> Any:

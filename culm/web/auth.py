@@ -131,7 +131,11 @@ def client_key(request: Request) -> str:
     rotating them. An IPv4 address mapped into IPv6 counts as itself. What is no address (a name a
     trusted proxy's X-Forwarded-For gave) is cut to 64 characters.
     """
-    host = request.client.host if request.client else "unknown"
+    return address_key(request.client.host if request.client else "unknown")
+
+
+def address_key(host: str) -> str:
+    """The client ``host`` counts as for a per-address limit (see :func:`client_key`)."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

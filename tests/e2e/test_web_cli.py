@@ -296,3 +296,43 @@ def test_trusted_proxies_decide_which_address_the_per_client_limits_count(
             conn.close()
     finally:
         _stop(proc)
+
+
+def test_one_client_holding_connections_open_cannot_take_the_service_down(tmp_path: Path) -> None:
+    """Found probing (session 15): 1,100 connections from one client, each sending part of a request's
+    headers and no more, used up the service's 1,024 file descriptors: every other request timed
+    out. Now a client past MAX_CONNECTIONS_PER_CLIENT has its further connections closed at once."""
+    from culm.web.connections import MAX_CONNECTIONS_PER_CLIENT
+
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "")
+    port = int(url.rsplit(":", 1)[1])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS_PER_CLIENT + 16):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(b"GET /api/v1/me HTTP/1.1\r\nHost: localhost\r\n")  # the headers never end
+            held.append(conn)
+
+        def closed_by_the_server() -> int:
+            count = 0
+            for conn in held:
+                conn.setblocking(False)
+                try:
+                    count += conn.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open, waiting for the rest of its headers
+                except ConnectionResetError:
+                    count += 1
+            return count
+
+        wait_until(lambda: closed_by_the_server() == 16, 30, 0.2, what="the 16 connections past the bound to close")
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+        assert other.get(url + "/api/v1/me").status_code == 200  # another client is served
+        for conn in held:
+            conn.close()
+        wait_until(lambda: httpx.get(url + "/api/v1/me", timeout=10).status_code == 200, 30, 0.2,
+                   what="the client's connections to be given back")
+    finally:
+        for conn in held:
+            conn.close()
+        _stop(proc)
