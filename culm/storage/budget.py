@@ -1,0 +1,35 @@
+"""What one root pipeline may store in all (:data:`culm.model.limits.MAX_PIPELINE_STORED_BYTES`).
+
+A store checks a write of a node's payloads (its inputs and outputs, a history of them) against the
+budget only when the write is over :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes: then it
+reads what the node's root pipeline holds already (one statement on a database) and refuses the
+write when both together would be over. Ordinary writes cost nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from culm.errors import StoredBytesBudgetError
+from culm.model import limits
+
+
+def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]]) -> None:
+    """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``)
+    of node ``node_id`` that would take its root pipeline past its budget. ``held()`` reads the
+    root pipeline's id, the bytes it holds besides what the write replaces, and the bytes the
+    write replaces: a write no larger than what it replaces is never refused (failing a node
+    rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
+
+    Raises:
+        StoredBytesBudgetError: Naming the node, the size, what is held and the budget.
+    """
+    if size <= limits.STORED_BYTES_CHECK_AT:
+        return
+    budget = limits.MAX_PIPELINE_STORED_BYTES
+    root_id, others, replaced = held()
+    if size > replaced and others + size > budget:
+        raise StoredBytesBudgetError(
+            f"node {node_id}: storing its {field} ({size:,} bytes) would take pipeline {root_id} to "
+            f"{others + size:,} bytes stored, over the {budget:,} one pipeline may store "
+            "(culm.model.limits.MAX_PIPELINE_STORED_BYTES, $CULM_MAX_PIPELINE_STORED_BYTES)", field, [])
