@@ -152,3 +152,16 @@ class StampVariable(LazyVariable):
 
     def get_value(self):
         return f"{self.value}-{uuid.uuid4().hex[:12]}"
+
+
+class ReturnsService(Service):
+    """Returns its input ``give``: bamboo judges what ``execute`` returns by its truth."""
+
+    def execute(self, data, parent_data):
+        return data.inputs.give
+
+
+class ReturnsComponent(Component):
+    name = "returns"
+    code = "ci_returns"
+    bound_service = ReturnsService

@@ -87,6 +87,24 @@ def test_a_dict_ex_data_is_kept_as_the_component_wrote_it(rt):
     wait_for(rt, pid, "FINISHED")
 
 
+def test_what_execute_returns_counts_by_its_truth(rt):
+    """None and True succeed, False fails (the contract); bamboo judges any other value by its
+    truth: ``"done"`` succeeds, ``0`` fails."""
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+
+    start, nodes = EmptyStartEvent(), [ServiceActivity(component_code="ci_returns") for _ in range(4)]
+    tail = start
+    for node, give in zip(nodes, [None, True, "done", 0], strict=True):
+        node.component.inputs.give = Var(type=Var.PLAIN, value=give)
+        tail = tail.extend(node)
+    tail.extend(EmptyEndEvent())
+    pid = start_run(rt, build_tree(start))
+    wait_for(rt, nodes[-1].id, "FAILED")
+    assert [state_of(rt, n.id) for n in nodes] == ["FINISHED", "FINISHED", "FINISHED", "FAILED"]
+    assert [api.get_execution_data_outputs(rt, n.id).data["_result"] for n in nodes] == [True, True, True, False]
+    assert state_of(rt, pid) == "RUNNING"
+
+
 def _hand_written_tree() -> tuple[dict[str, Any], dict[str, str]]:
     """A tree as a bamboo user writes one by hand (no builder): flows without ``id``, ``incoming``
     as a string, no ``name`` / ``optional`` / ``timeout`` / ``is_default`` / component ``version``,
