@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import datetime
 import importlib
+import os
 import sys
 import uuid
 from typing import Any
@@ -362,3 +363,83 @@ def test_a_users_example_component_replaces_the_demo(rt):
     finally:  # every other test of this process runs the demo
         library.unregister("example_component")
         library.register(demo)
+
+
+WORKER_EVENTS = {  # spec 8.2: the events of executing nodes, with their payloads' keys
+    "node_enter": {"root_pipeline_id", "node_id"}, "pre_execute": {"root_pipeline_id", "node_id"},
+    "post_execute": {"root_pipeline_id", "node_id"}, "node_finish": {"root_pipeline_id", "node_id"},
+    "node_execute_fail": {"root_pipeline_id", "node_id"},
+    "node_execute_exception": {"root_pipeline_id", "node_id", "ex_data"},
+    "pre_schedule": {"root_pipeline_id", "node_id"}, "post_schedule": {"root_pipeline_id", "node_id"},
+    "node_schedule_fail": {"root_pipeline_id", "node_id"}, "pipeline_finish": {"pipeline_id"},
+}
+
+
+@pytest.mark.parametrize("name", ["postgres-redis", "mariadb-rabbitmq"])
+def test_workers_send_every_execution_event_with_bamboos_payload(harness, name):
+    """A receiver a worker connects (in a module of ``$CULM_IMPORTS``) hears each event of the nodes
+    that worker runs, with spec 8.2's payload, Django-style; the caller's process hears the
+    commands' events."""
+    import json
+
+    from culm import signals
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+
+    backend = harness(name)
+    rt = backend.runtime()
+    heard: list[tuple[str, dict[str, Any]]] = []
+
+    def receiver(sender, **kwargs):
+        heard.append((kwargs["event"].event_type, dict(kwargs["event"].data)))
+
+    start, raising, failing, waiting = EmptyStartEvent(), ServiceActivity(component_code="ct_raise"), \
+        ServiceActivity(component_code="ci_returns"), ServiceActivity(component_code="ci_multi_callback")
+    failing.component.inputs.give = Var(type=Var.PLAIN, value=0)
+    start.extend(raising).extend(failing).extend(waiting).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    pid = tree["id"]
+    signals.pipeline_event.connect(receiver)
+    try:
+        start_run(rt, tree)
+        wait_for(rt, raising.id, "FAILED")
+        assert api.skip_node(rt, raising.id).result
+        wait_for(rt, failing.id, "FAILED")
+        assert api.retry_node(rt, failing.id, data={"give": 1}).result
+        wait_until(lambda: api.get_execution_data_outputs(rt, waiting.id).data.get("received") == []
+                   and state_of(rt, waiting.id) == "RUNNING", 30, 0.05, what="the node to wait for callbacks")
+        version = api.get_children_states(rt, waiting.id).data[waiting.id]["version"]
+        assert api.callback(rt, waiting.id, version, {"n": 1}).result
+        assert api.callback(rt, waiting.id, version, {"fail": True}).result
+        wait_for(rt, waiting.id, "FAILED")
+        assert api.skip_node(rt, waiting.id).result
+        wait_for(rt, pid, "FINISHED")
+    finally:
+        signals.pipeline_event.disconnect(receiver)
+    ids = {pid, raising.id, failing.id, waiting.id}
+
+    def worker_events() -> list[dict[str, Any]]:
+        lines = [json.loads(x) for x in backend.signal_log.read_text().splitlines()]
+        got = [x for x in lines if x["signal"] == "pipeline_event" and (x["data"] or {}).get("node_id", (
+            x["data"] or {}).get("pipeline_id")) in ids]
+        return got if any(x["event_type"] == "pipeline_finish" for x in got) else []
+
+    got = wait_until(worker_events, 30, 0.1, what="the workers' events")
+    assert all(x["pid"] != os.getpid() and x["sender_is_class"] and x["named"] == ["event"]
+               for x in got)
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for x in got:
+        by_type.setdefault(x["event_type"], []).append(x["data"])
+    assert set(WORKER_EVENTS) <= set(by_type), sorted(set(WORKER_EVENTS) - set(by_type))
+    for event_type, keys in WORKER_EVENTS.items():
+        assert all(set(data) == keys for data in by_type[event_type]), (event_type, by_type[event_type])
+    assert by_type["pipeline_finish"] == [{"pipeline_id": pid}]
+    assert {"root_pipeline_id": pid, "node_id": failing.id} in by_type["node_execute_fail"]
+    assert "ct_raise exploded" in by_type["node_execute_exception"][0]["ex_data"]
+    assert {"root_pipeline_id": pid, "node_id": waiting.id} in by_type["node_schedule_fail"]
+    assert not {"pre_retry_node", "pre_callback", "pre_skip_node"} & set(by_type)  # the caller's, below
+    mine = {event_type for event_type, _ in heard}
+    assert {"pre_prepare_run_pipeline", "post_prepare_run_pipeline", "pre_skip_node", "post_skip_node",
+            "pre_retry_node", "post_retry_node", "pre_callback", "post_callback"} <= mine
+    assert ("post_retry_node", {"node_id": failing.id, "data": {"give": 1}}) in heard
+    assert ("post_callback", {"node_id": waiting.id, "version": version, "data": {"fail": True}}) in heard
+    assert not set(WORKER_EVENTS) & mine  # executed on the workers, not here
