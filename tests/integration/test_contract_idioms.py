@@ -443,3 +443,46 @@ def test_workers_send_every_execution_event_with_bamboos_payload(harness, name):
     assert ("post_retry_node", {"node_id": failing.id, "data": {"give": 1}}) in heard
     assert ("post_callback", {"node_id": waiting.id, "version": version, "data": {"fail": True}}) in heard
     assert not set(WORKER_EVENTS) & mine  # executed on the workers, not here
+
+
+def test_bamboos_engine_settings_on_an_embedded_runtime(tmp_path):
+    """bamboo's engine settings as ``culm.Settings`` (embedded: a worker process has its defaults):
+    ``PIPELINE_EXCLUSIVE_GATEWAY_STRATEGY`` FIRST takes the first of several true conditions,
+    ``PIPELINE_EXCLUSIVE_GATEWAY_EXPR_FUNC`` replaces boolrule, and ``ENABLE_RENDER_OBJ_BY_MAKO_STRING``
+    makes a sole ``${d['k'][1]}`` give the object (it was ignored: the text came out)."""
+    import culm
+    from culm.builder import (
+        ConvergeGateway,
+        Data,
+        EmptyEndEvent,
+        EmptyStartEvent,
+        ExclusiveGateway,
+        Var,
+        build_tree,
+    )
+    from culm.builder import ServiceActivity as Act
+
+    seen: list[tuple[str, dict[str, Any], Any]] = []
+
+    def expr_func(expr, context, extra_info=None):
+        seen.append((expr, dict(context), extra_info))
+        return expr.startswith("yes")
+
+    def run(settings: Any, conditions: dict[int, str]) -> tuple[list[str], dict[str, Any]]:
+        start, gw, a, b = EmptyStartEvent(), ExclusiveGateway(conditions=conditions, extra_info={"who": "me"}), \
+            Act(component_code="ci_echo"), Act(component_code="ci_echo")
+        a.component.inputs.value = Var(type=Var.SPLICE, value="${d['k'][1]}")
+        start.extend(gw).connect(a, b).to(gw).converge(ConvergeGateway()).extend(EmptyEndEvent())
+        tree = build_tree(start, data=Data(inputs={"${d}": Var(type=Var.PLAIN, value={"k": [1, {"z": 2}]})}))
+        with culm.Runtime(f"sqlite:///{tmp_path}/{uuid.uuid4().hex}.db", settings=settings) as runtime:
+            pid = start_run(runtime, tree)
+            wait_for(runtime, pid, "FINISHED")
+            taken = ["a" if state_of(runtime, a.id) else "", "b" if state_of(runtime, b.id) else ""]
+            return taken, api.get_execution_data_inputs(runtime, a.id).data
+
+    assert run(culm.Settings(gateway_strategy=2), {0: "1 == 1", 1: "2 == 2"})[0] == ["a", ""]
+    taken, inputs = run(culm.Settings(expr_func=expr_func, render_nested_objects=True),
+                        {0: "yes ${d['k'][0]}", 1: "no"})
+    assert taken == ["a", ""] and inputs["value"] == {"z": 2}
+    assert ("yes 1", {"d": {"k": [1, {"z": 2}]}}, {"who": "me"}) in seen
+    assert run(culm.Settings(), {0: "1 == 1", 1: "1 == 0"})[1]["value"] == "{'z': 2}"  # bamboo's default: text
