@@ -284,6 +284,19 @@ def test_component_library():
         library.get("ct_nowhere", "1")
 
 
+def test_bamboos_component_library_class_methods():
+    """Code written against bamboo-pipeline's ``ComponentLibrary`` class methods keeps working."""
+    from culm.components import ComponentNotFoundError
+    from culm.components.library import ComponentLibrary
+
+    assert ComponentLibrary.get_component_class("ct_callback", "2.0") is cc.CallbackComponent
+    assert ComponentLibrary.get_component_class("ct_attrs") is cc.RuntimeAttrsComponent
+    assert ComponentLibrary.get_component("ct_attrs", {"value": 1}).data_dict == {"value": 1}
+    assert cc.CallbackComponent in ComponentLibrary.component_list()
+    with pytest.raises(ComponentNotFoundError):
+        ComponentLibrary.get_component_class("ct_callback")
+
+
 def _define(base: type, attrs: dict[str, Any], module: str, qualname: str) -> type:
     return type(qualname, (base,), {**attrs, "__module__": module, "__qualname__": qualname})
 
