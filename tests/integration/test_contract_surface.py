@@ -142,6 +142,8 @@ def test_states_table_has_a_row_for_every_state():
         assert isinstance(to_states, frozenset) and to_states <= set(states.TRANSITIONS)
     assert states.can_transit("READY", "RUNNING") and not states.can_transit("FINISHED", "READY")
     assert states.can_transit("NOPE", "READY") is False and states.can_transit("READY", "NOPE") is False
+    # bamboo's other names: the StateType enum and the table as TRANSITION
+    assert [states.StateType[n].value for n in eight] == eight and states.TRANSITION is states.TRANSITIONS
 
 
 # -- builder: bamboo's schema --------------------------------------------------------------------
