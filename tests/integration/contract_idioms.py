@@ -165,3 +165,17 @@ class ReturnsComponent(Component):
     name = "returns"
     code = "ci_returns"
     bound_service = ReturnsService
+
+
+class LoopStepService(Service):
+    """One iteration of a node loop: fails at iteration ``fail_at``, else reports its step."""
+
+    def execute(self, data, parent_data):
+        data.outputs.outputs = {"step": data.inputs._inner_loop}
+        return data.inputs._inner_loop != data.get_one_of_inputs("fail_at")
+
+
+class LoopStepComponent(Component):
+    name = "loop step"
+    code = "ci_loop_step"
+    bound_service = LoopStepService

@@ -486,3 +486,45 @@ def test_bamboos_engine_settings_on_an_embedded_runtime(tmp_path):
     assert taken == ["a", ""] and inputs["value"] == {"z": 2}
     assert ("yes 1", {"d": {"k": [1, {"z": 2}]}}, {"who": "me"}) in seen
     assert run(culm.Settings(), {0: "1 == 1", 1: "1 == 0"})[1]["value"] == "{'z': 2}"  # bamboo's default: text
+
+
+@pytest.mark.parametrize("how", ["loop_retry", "loop_skip"])
+def test_loop_retry_and_loop_skip_of_a_node_loop(rt, how):
+    """Spec 1.2: ``retry_node(loop_retry=True)`` runs the failed iteration again (LOOP_READY, the
+    counters kept, ``retry`` unchanged, its entry replaced in the collected list);
+    ``skip_node(loop_skip=True)`` skips that iteration only and the loop goes on. A node loop whose
+    ``loop_config`` does not allow them, or a node without one, is refused."""
+    from culm.builder import Data, EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
+
+    config = {"enable": True, "loop_times": 3, "retryable": True, "skippable": True, "outputs_key": "${steps}"}
+    start, node = EmptyStartEvent(), ServiceActivity(component_code="ci_loop_step", loop_config=config)
+    node.component.inputs.fail_at = Var(type=Var.PLAIN, value=2)
+    start.extend(node).extend(EmptyEndEvent())
+    tree = build_tree(start, data=Data(outputs=["${steps}"]))
+    pid = start_run(rt, tree)
+    wait_for(rt, node.id, "FAILED")
+    failed = api.get_children_states(rt, node.id).data[node.id]
+    assert (failed["loop"], failed["retry"]) == (2, 0)
+    assert not api.retry_node(rt, node.id, loop_retry=True, data={"fail_at": "x", "_loop": 1}).result
+    if how == "loop_retry":
+        assert api.retry_node(rt, node.id, data={"fail_at": 0}, loop_retry=True).result
+    else:
+        assert api.skip_node(rt, node.id, loop_skip=True).result
+    wait_for(rt, pid, "FINISHED")
+    entry = api.get_children_states(rt, node.id).data[node.id]
+    steps = api.get_execution_data_outputs(rt, pid).data["${steps}"]
+    assert (entry["loop"], entry["retry"]) == (3, 0)
+    if how == "loop_retry":
+        assert [(s["step"], s["result"]) for s in steps] == [(1, True), (2, True), (3, True)]
+    else:
+        assert [(s["step"], s["result"]) for s in steps] == [(1, True), (2, False), (3, True)]
+        # the failed run (kept by the skip), then the skipped one (kept when the next iteration enters)
+        assert [h["skip"] for h in api.get_node_histories(rt, node.id).data if h["loop"] == 2] == [False, True]
+
+    plain = ServiceActivity(component_code="ct_fail")
+    start = EmptyStartEvent()
+    start.extend(plain).extend(EmptyEndEvent())
+    start_run(rt, build_tree(start))
+    wait_for(rt, plain.id, "FAILED")
+    for res in (api.retry_node(rt, plain.id, loop_retry=True), api.skip_node(rt, plain.id, loop_skip=True)):
+        assert not res.result and plain.id in res.message and "loop_config" in res.message
