@@ -1,7 +1,7 @@
 """Text for a terminal: what a pipeline's author or a component wrote cannot steer it.
 
 Node and pipeline names, ids, failure texts, wait reasons and log lines reach ``culm``'s output
-as they were written; everything a command prints goes through :func:`culm.model.printable.inert`
+as they were written; everything a command prints goes through :func:`culm._printable.inert`
 (exported as ``culm.model.inert``).
 """
 

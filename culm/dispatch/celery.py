@@ -45,13 +45,14 @@ from typing import Any, Protocol
 
 from celery import Celery, signals
 
+from culm._printable import engine_logger
 from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
 
-logger = logging.getLogger("culm.dispatch.celery")
+logger = engine_logger("culm.dispatch.celery")
 
 TASK_NAME = "culm.run_task"
 EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
