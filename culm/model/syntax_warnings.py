@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from culm.data import boolrule, sandbox, template
 from culm.errors import ExpressionError, TreeProblem
 
 _PLACEHOLDER = "0"  # what a fragment stands for when a condition's syntax is checked
@@ -38,8 +39,6 @@ class _Checker:
             self.skipped += 1
             return None
         self.left -= 1
-        from culm.data import sandbox  # here: a process that checks no tree (`culm pause`) never loads it
-
         try:
             sandbox.parse(body)
             found = None
@@ -99,8 +98,6 @@ def _items(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
 def _variables(check: _Checker, where: str | None, kind: str, variables: Any) -> list[TreeProblem]:
     if not isinstance(variables, dict):
         return []
-    from culm.data import template
-
     found: list[TreeProblem] = []
     for key, var in variables.items():
         if not isinstance(var, dict) or var.get("type", "plain") not in _RENDERED_TYPES:
@@ -115,8 +112,6 @@ def _variables(check: _Checker, where: str | None, kind: str, variables: Any) ->
 def _conditions(check: _Checker, where: str, conditions: Any) -> list[TreeProblem]:
     if not isinstance(conditions, dict):
         return []
-    from culm.data import boolrule, template
-
     found: list[TreeProblem] = []
     for flow_id, condition in conditions.items():
         text = condition.get("evaluate") if isinstance(condition, dict) else None
@@ -133,8 +128,6 @@ def _conditions(check: _Checker, where: str, conditions: Any) -> list[TreeProble
 
 def fragment_problems(text: str, check: _Checker | None = None) -> list[str]:
     """Why each ``${...}`` of ``text`` that will stay text at run time does not parse."""
-    from culm.data import template
-
     check = check or _Checker()
     problems: list[str] = []
     starts = set()

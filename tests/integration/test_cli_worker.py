@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
@@ -35,19 +37,26 @@ class CliWorkers(DistributedBackend):
                 "--prefix", self.prefix, "--queue-suffix", "cli", "--pool", "solo", "--loglevel", "INFO"]
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def cli_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+@contextlib.contextmanager
+def started(request: pytest.FixtureRequest, tmp_path: Any, kind: type[DistributedBackend], workers: int) -> Iterator[Any]:
+    """A backend of ``kind`` on the services ``request.param`` names, with ``workers`` workers."""
     db_kind, broker, *addresses = BACKENDS[request.param]
     for host, port in addresses:
         if not reachable(host, port):
             unavailable(f"{request.param}: nothing listens on {host}:{port}")
-    backend = CliWorkers(request.param, db_kind, broker, tmp_path)
+    backend = kind(request.param, db_kind, broker, tmp_path)
     try:
         backend.setup()
-        backend.start_workers(2)
+        backend.start_workers(workers)
         yield backend
     finally:
         backend.teardown()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def cli_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    with started(request, tmp_path, CliWorkers, 2) as backend:
+        yield backend
 
 
 def test_solo_workers_on_a_queue_run_a_parallel_pipeline(cli_backend):
@@ -96,17 +105,8 @@ def test_culm_workers_lists_the_live_worker_processes(cli_backend):
 
 @pytest.fixture(params=sorted(BACKENDS))
 def prefork_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
-    db_kind, broker, *addresses = BACKENDS[request.param]
-    for host, port in addresses:
-        if not reachable(host, port):
-            unavailable(f"{request.param}: nothing listens on {host}:{port}")
-    backend = DistributedBackend(request.param, db_kind, broker, tmp_path)  # prefork, 2 pool processes
-    try:
-        backend.setup()
-        backend.start_workers(1)
+    with started(request, tmp_path, DistributedBackend, 1) as backend:  # prefork, 2 pool processes
         yield backend
-    finally:
-        backend.teardown()
 
 
 def test_culm_workers_lists_the_pool_processes_before_any_task(prefork_backend):
