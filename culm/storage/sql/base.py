@@ -276,6 +276,7 @@ class SqlUnit:
     # The SQL function giving a stored text's bytes (payloads are ASCII, so characters will do;
     # PostgreSQL's OCTET_LENGTH reads a toasted value's header only, LENGTH the whole value).
     octet_length = "LENGTH"
+    remembers_budget_counts = False  # budget.check may count a root from memory (root_of; SQLite)
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -1202,8 +1203,13 @@ class SqlUnit:
         anything is written."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, but_execution_data=True))
+                     lambda: self.stored_bytes(node_id, but_execution_data=True), self._counted_root(node_id))
         self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
+
+    def _counted_root(self, node_id: str) -> Callable[[], str | None] | None:
+        """How budget.check finds ``node_id``'s root where it may count from memory (a store whose
+        counting reads every value whole: see ``remembers_budget_counts``), else None."""
+        return (lambda: self.node_root(node_id)) if self.remembers_budget_counts else None
 
     def stored_bytes(self, node_id: str, but_execution_data: bool = False) -> tuple[str, int, int]:
         """The id of the root pipeline of ``node_id``, the bytes of payloads it holds (its nodes'
@@ -1377,7 +1383,8 @@ class SqlUnit:
     def add_history(self, rec: HistoryRecord) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id),
+                     self._counted_root(rec.node_id))
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
