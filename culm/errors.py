@@ -120,3 +120,8 @@ class UnstorableValueError(CulmError):
         super().__init__(message)
         self.field = field
         self.keys: list = list(keys or [])
+
+
+class StoredBytesBudgetError(UnstorableValueError):
+    """A write would take what one root pipeline stores past its budget
+    (:data:`culm.model.limits.MAX_PIPELINE_STORED_BYTES`)."""

@@ -19,7 +19,7 @@ from culm.core.handlers.gateways import fork
 from culm.core.ports import StateFields, Unit
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, new_id, new_version, now
 from culm.core.retry_data import retry_inputs
-from culm.core.run import Run, record_history
+from culm.core.run import Run, record_history, store_failure
 from culm.core.service_call import dispatch_readonly_hook
 from culm.core.step import Step
 from culm.core.walker import execute_task_for
@@ -266,7 +266,7 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None,
         step.after.append(_service_hook(engine, unit, node, st, "pre_retry_node"))
         if node.type == g.SUBPROCESS:
             _step_out_of(unit, proc, node_id)  # as bamboo, a failed SubProcess retries here too
-        record_history(unit, st)
+        record_history(unit, st, within_budget=True)
         if new_inputs is not None:
             unit.set_inputs_override(node_id, new_inputs)
         if loop_retry:
@@ -292,7 +292,7 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
         proc = _sleeping_process(unit, node_id)
         step.event("pre_retry_subprocess", node_id=node_id)
         _step_out_of(unit, proc, node_id)
-        record_history(unit, st)
+        record_history(unit, st, within_budget=True)
         _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
                                       "archived_time": None})
         _wake(step, proc, node_id)
@@ -419,7 +419,7 @@ def force_fail(engine: Engine, step: Step, node: g.Node, st: StateRecord, procs:
     step.after.append(_service_hook(engine, unit, node, st, "pre_forced_fail_activity"))
     inputs, outputs = unit.get_execution_data(node_id) or ({}, {})
     outputs = {**outputs, "ex_data": ex_data, "_forced_failed": True, **(extra or {})}
-    unit.set_execution_data(node_id, inputs, outputs)
+    store_failure(unit, node_id, inputs, outputs)
     old = st.version
     sent = len(step.events)
     _cas(step, st, states.FAILED, {"version": new_version(), "archived_time": now()})

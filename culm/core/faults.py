@@ -19,7 +19,7 @@ from culm.core import states
 from culm.core.engine import Engine
 from culm.core.ports import StateFields, Unit
 from culm.core.records import EXECUTE, TIMEOUT, ProcessRecord, StateRecord, TaskRecord, new_version, now
-from culm.core.run import record_history
+from culm.core.run import record_history, store_failure
 from culm.core.step import Step
 from culm.model.limits import clip_ex_data
 
@@ -80,7 +80,7 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
     _write_failed(engine, step, proc.root_id, node_id, st)
     inputs, outputs = _execution_data(unit, node_id)
     loop = st.loop if st is not None else 1
-    unit.set_execution_data(node_id, inputs, {**outputs, "ex_data": ex_data, "_result": False, "_loop": loop})
+    store_failure(unit, node_id, inputs, {**outputs, "ex_data": ex_data, "_result": False, "_loop": loop})
     unit.update_process(proc.id, current_node_id=node_id, asleep=True)
     return node_id
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from culm.core import data as cdata
@@ -13,6 +13,7 @@ from culm.core.ports import StateFields, Unit, UserData
 from culm.core.records import ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
 from culm.core.step import Step
 from culm.data import context as dctx
+from culm.errors import StoredBytesBudgetError
 from culm.model.compiled import Graph, Node
 from culm.model.limits import clip_ex_data
 
@@ -67,7 +68,7 @@ class Run:
             out.setdefault("_loop", self.state.loop)
             out.setdefault("_inner_loop", self.state.inner_loop)
         old = self.unit.get_execution_data(self.node.id)
-        self.unit.set_execution_data(self.node.id, inputs if inputs is not None else (old[0] if old else {}), out)
+        store_failure(self.unit, self.node.id, inputs if inputs is not None else (old[0] if old else {}), out)
         self.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
         self.proc.asleep = True
 
@@ -148,8 +149,32 @@ def stored_state(unit: Unit, node_id: str) -> StateRecord:
     return st
 
 
-def record_history(unit: Unit, st: StateRecord) -> None:
-    """Keep a node's current run (state counters and execution data) before it is run again."""
+def record_history(unit: Unit, st: StateRecord, *, within_budget: bool = False) -> None:
+    """Keep a node's current run (state counters and execution data) before it is run again.
+
+    A history that would take the pipeline past what it may store (StoredBytesBudgetError) is
+    kept without its inputs and outputs, a note in their place, so that a skip or a loop still
+    moves on; ``within_budget`` (a retry, which an operator asks for) raises the error instead.
+    """
     exec_data: tuple[UserData, UserData] = unit.get_execution_data(st.node_id) or ({}, {})
-    unit.add_history(HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
-                                   st.version, exec_data[0], exec_data[1]))
+    rec = HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
+                        st.version, exec_data[0], exec_data[1])
+    try:
+        unit.add_history(rec)
+    except StoredBytesBudgetError as exc:
+        if within_budget:
+            raise
+        unit.add_history(replace(rec, inputs={}, outputs={"_left_out": clip_ex_data(str(exc))}))
+
+
+def store_failure(unit: Unit, node_id: str, inputs: UserData, outputs: UserData) -> None:
+    """Store the execution data of a node being failed. When they would take the pipeline past
+    what it may store, its ``ex_data`` (cut short) and the reason are stored alone, so that the
+    node still fails where an operator sees it."""
+    try:
+        unit.set_execution_data(node_id, inputs, outputs)
+    except StoredBytesBudgetError as exc:
+        said = str(outputs.get("ex_data", ""))
+        said = said if len(said) <= 2_000 else f"{said[:2_000]} [...]"
+        kept: dict[str, Any] = {key: outputs[key] for key in ("_result", "_loop", "_inner_loop") if key in outputs}
+        unit.set_execution_data(node_id, {}, {**kept, "ex_data": f"{said}\n(inputs and outputs left out: {exc})"})

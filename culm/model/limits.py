@@ -60,6 +60,17 @@ MAX_TREE_FLOWS = _env_count("CULM_MAX_TREE_FLOWS", 200_000)
 # rerun limit (Settings.rerun_limit, bamboo's 100) also fails the node after that many re-entries.
 MAX_LOOP_TIMES = _env_count("CULM_MAX_LOOP_TIMES", 10_000)
 
+# Stored bytes of payloads one root pipeline may hold in all: its nodes' (and its subprocesses'
+# nodes') inputs and outputs, inputs set by an operator, and every history kept of them. Each node's
+# payload is bounded, and so is the number of nodes, but not their product: 100 parallel activities
+# rendering four ``${'x' * 999999}`` each stored 401 MB. A write of a payload over
+# STORED_BYTES_CHECK_AT bytes reads what the pipeline holds first (one statement) and is refused when
+# it would go past the budget; smaller writes are never checked, so a pipeline may go past it by up
+# to that much per write. Both read at every write; $CULM_MAX_PIPELINE_STORED_BYTES sets the budget
+# for a process (docs/data-and-variables.md).
+MAX_PIPELINE_STORED_BYTES = _env_count("CULM_MAX_PIPELINE_STORED_BYTES", 256_000_000)
+STORED_BYTES_CHECK_AT = 65_536
+
 
 def loop_times_problem(value: Any, *, least: int) -> str | None:
     """Why ``value`` is no iteration count of a node loop (a whole number from ``least`` to

@@ -43,7 +43,7 @@ from culm.core.records import (
     StateRecord,
     TaskRecord,
 )
-from culm.storage import codec
+from culm.storage import budget, codec
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_process as _copy_process
 from culm.storage.copies import copy_schedule as _copy_schedule
@@ -456,7 +456,25 @@ class MemoryUnit(TransactionView):
     def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
         """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         row = (codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs"))
+        budget.check(node_id, "inputs" if len(row[0]) >= len(row[1]) else "outputs", len(row[0]) + len(row[1]),
+                     lambda: self.stored_bytes(node_id, but_execution_data=True))
         self._put("execution_data", node_id, row)
+
+    def stored_bytes(self, node_id: str, but_execution_data: bool = False) -> tuple[str, int, int]:
+        """The root pipeline of ``node_id``, the bytes of payloads it holds and those of the
+        execution data of ``node_id`` apart (as SqlUnit's)."""
+        root_id = self.node_root(node_id)
+        if root_id is None:
+            return node_id, 0, 0
+        held = 0
+        for other, _row in self._where("node", "root", root_id):
+            data = self._get("execution_data", other)
+            held += len(data[0]) + len(data[1]) if data else 0
+            held += len(self._get("node_data", other) or "")
+            held += sum(len(h[2]) + len(h[3]) for _, h in self._where("history", "node", other))
+        own = self._get("execution_data", node_id) if but_execution_data else None
+        replaced = len(own[0]) + len(own[1]) if own else 0
+        return root_id, held - replaced, replaced
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -560,6 +578,7 @@ class MemoryUnit(TransactionView):
     # -- histories and logs ---------------------------------------------------------------------
     def add_history(self, rec: HistoryRecord) -> None:
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
         self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:

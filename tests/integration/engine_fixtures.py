@@ -7,7 +7,8 @@ polling of the public query API; nothing sleeps a fixed time.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import components  # noqa: F401 - registers the t_* components, variables and end events
@@ -34,13 +35,20 @@ def runtime(request, tmp_path):
     per test), or a submitting runtime of a session-wide PostgreSQL + Redis / MariaDB + RabbitMQ
     backend with real worker processes."""
     if request.param in EMBEDDED:
-        rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db" if request.param == "sqlite" else "memory://")
-        try:
+        with embedded_runtime(request.param, tmp_path) as rt:
             yield rt
-        finally:
-            rt.close()
         return
     yield request.getfixturevalue("backend_pool").shared_runtime(request.param)
+
+
+@contextlib.contextmanager
+def embedded_runtime(kind: str, tmp_path: Any) -> Iterator[culm.Runtime]:
+    """An embedded runtime of ``kind`` (one of EMBEDDED): a fresh SQLite file, or a memory store."""
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db" if kind == "sqlite" else "memory://")
+    try:
+        yield rt
+    finally:
+        rt.close()
 
 
 @pytest.fixture

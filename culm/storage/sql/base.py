@@ -39,7 +39,7 @@ from culm.core.records import (
     TaskRecord,
 )
 from culm.errors import InvalidOperationError, SchemaOutdatedError
-from culm.storage import codec, listing
+from culm.storage import budget, codec, listing
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
@@ -273,6 +273,10 @@ class SqlUnit:
     share_lock = " FOR SHARE"  # what makes a read take shared row locks (lock_rows only)
     defers_writes = False  # writes wait for the next statement that needs an answer (PostgreSQL, MySQL)
     adapt = staticmethod(same_sql)  # a statement as written here -> as the driver takes it
+    # The SQL function giving a stored text's bytes (payloads are ASCII, so characters will do;
+    # PostgreSQL's OCTET_LENGTH reads a toasted value's header only, LENGTH the whole value).
+    octet_length = "LENGTH"
+    remembers_budget_counts = False  # budget.check may count a root from memory (root_of; SQLite)
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -1195,11 +1199,39 @@ class SqlUnit:
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
     def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
-        """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
-        self._upsert("culm_execution_data",
-                     {"node_id": node_id, "inputs": codec.dumps_fields(inputs, "inputs"),
-                      "outputs": codec.dumps_fields(outputs, "outputs")},
-                     ["node_id"])
+        """Raises UnstorableValueError (naming the keys at fault), or StoredBytesBudgetError, before
+        anything is written."""
+        texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
+        budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
+                     lambda: self.stored_bytes(node_id, but_execution_data=True), self._counted_root(node_id))
+        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
+
+    def _counted_root(self, node_id: str) -> Callable[[], str | None] | None:
+        """How budget.check finds ``node_id``'s root where it may count from memory (a store whose
+        counting reads every value whole: see ``remembers_budget_counts``), else None."""
+        return (lambda: self.node_root(node_id)) if self.remembers_budget_counts else None
+
+    def stored_bytes(self, node_id: str, but_execution_data: bool = False) -> tuple[str, int, int]:
+        """The id of the root pipeline of ``node_id``, the bytes of payloads it holds (its nodes'
+        execution data, inputs overrides and histories) and, when ``but_execution_data``, the
+        execution data of ``node_id`` itself apart (a write is about to replace it; else 0).
+        By culm_node's root_id index and each table's node_id key or index."""
+        size = self.octet_length
+        own = (f"(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = r.id)"
+               if but_execution_data else "0")
+        row = self._one(
+            "SELECT r.root_id,"
+            f" (SELECT COALESCE(SUM({size}(e.inputs) + {size}(e.outputs)), 0) FROM culm_node m"
+            "  JOIN culm_execution_data e ON e.node_id = m.id WHERE m.root_id = r.root_id),"
+            f" (SELECT COALESCE(SUM({size}(h.inputs) + {size}(h.outputs)), 0) FROM culm_node m"
+            "  JOIN culm_history h ON h.node_id = m.id WHERE m.root_id = r.root_id),"
+            f" (SELECT COALESCE(SUM({size}(d.inputs)), 0) FROM culm_node m"
+            f"  JOIN culm_node_data d ON d.node_id = m.id WHERE m.root_id = r.root_id), {own}"
+            " FROM culm_node r WHERE r.id = ?", [node_id])
+        if row is None:
+            return node_id, 0, 0
+        replaced = int(row[4] or 0)
+        return row[0], int(row[1]) + int(row[2]) + int(row[3]) - replaced, replaced
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -1349,10 +1381,14 @@ class SqlUnit:
 
     # -- histories and logs ---------------------------------------------------------------
     def add_history(self, rec: HistoryRecord) -> None:
+        """Raises StoredBytesBudgetError before anything is written."""
+        texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id),
+                     self._counted_root(rec.node_id))
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
-            "inputs": codec.dumps(rec.inputs), "outputs": codec.dumps(rec.outputs),
+            "inputs": texts[0], "outputs": texts[1],
         }])
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:

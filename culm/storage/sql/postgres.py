@@ -222,6 +222,7 @@ class PostgresUnit(SqlUnit):
 
     dialect = "postgresql"
     defers_writes = True
+    octet_length = "OCTET_LENGTH"
     combine = staticmethod(combined_and_merged)
     refuses_duplicate_ids = True
     # Statements go to the cursor as written here, with ``?`` placeholders: numbering_cursor

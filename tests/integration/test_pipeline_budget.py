@@ -1,0 +1,134 @@
+"""What one pipeline stores in all is bounded (culm.model.limits.MAX_PIPELINE_STORED_BYTES), on every
+runtime: the embedded ones (SQLite, the memory store) and real workers on PostgreSQL + Redis and
+MariaDB + RabbitMQ, whose processes are given the budget by $CULM_MAX_PIPELINE_STORED_BYTES.
+
+Found probing (session 15): each node's rendered inputs are bounded and so is the number of nodes,
+not their product: a 106 KB tree of 100 parallel activities each rendering four ``${'x' * 999999}``
+stored 401 MB in 18 s, and each retry of a node with 3 MB inputs kept another 3 MB history.
+"""
+
+from __future__ import annotations
+
+import pytest
+from backends import own_backend
+from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
+
+from culm import api
+from culm.builder import (
+    ConvergeGateway,
+    EmptyEndEvent,
+    EmptyStartEvent,
+    ParallelGateway,
+    ServiceActivity,
+    Var,
+    build_tree,
+)
+from culm.core import invariants
+from culm.core.snapshots import read_snapshot
+from culm.model import limits
+
+pytestmark = pytest.mark.timeout(240)
+
+BUDGET = 20_000_000
+MB = "${'x' * 999999}"
+
+
+@pytest.fixture(params=["sqlite", "memory", "postgres-redis", "mariadb-rabbitmq"])
+def small_budget(request, tmp_path, monkeypatch):
+    """A runtime whose engine lets one pipeline store BUDGET bytes."""
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    if request.param in EMBEDDED:
+        with embedded_runtime(request.param, tmp_path) as rt:
+            yield rt
+        return
+    backend = own_backend(request.param, tmp_path, env={"CULM_MAX_PIPELINE_STORED_BYTES": str(BUDGET)})
+    try:
+        backend.start_workers(1)
+        yield backend.runtime()
+    finally:
+        backend.teardown()
+
+
+def activity(code: str, *templates: str) -> ServiceActivity:
+    act = ServiceActivity(component_code=code)
+    for i, value in enumerate(templates):
+        setattr(act.component.inputs, f"p{i}", Var(type=Var.SPLICE, value=value))
+    return act
+
+
+def parallel(acts: list[ServiceActivity]) -> dict:
+    start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    start.extend(pg).connect(*acts).converge(cg).extend(EmptyEndEvent())
+    return build_tree(start)
+
+
+def line(*acts: ServiceActivity) -> dict:
+    tail = start = EmptyStartEvent()
+    for act in acts:
+        tail = tail.extend(act)
+    tail.extend(EmptyEndEvent())
+    return build_tree(start)
+
+
+def stored(rt, node_id: str) -> int:
+    with rt.store.reading() as unit:
+        _root, others, _own = unit.stored_bytes(node_id)
+    return others
+
+
+def never_stuck(rt, root_id: str) -> None:
+    assert invariants.check(read_snapshot(rt.engine, root_id)) == []
+
+
+def test_an_amplifying_tree_fails_the_nodes_past_the_budget_naming_it(small_budget):
+    rt = small_budget
+    acts = [activity("t_none", MB, MB, MB, MB) for _ in range(10)]  # 10 x 4 MB: twice the budget
+    tree = parallel(acts)
+    run(rt, tree)
+    ends = {act.id: wait_state(rt, act.id, ("FINISHED", "FAILED"), timeout=120)["state"] for act in acts}
+    failed = [node_id for node_id, state in ends.items() if state == "FAILED"]
+    assert 5 <= len(failed) < 10, ends  # 4 fit; 5 or more do not
+    for node_id in failed:
+        ex = api.get_execution_data(rt, node_id).data["outputs"]["ex_data"]
+        assert f"node {node_id}: storing its inputs (4,000," in ex, ex
+        assert "over the 20,000,000 one pipeline may store" in ex and "MAX_PIPELINE_STORED_BYTES" in ex, ex
+        assert api.get_execution_data(rt, node_id).data["inputs"] == {}  # left out, not stored
+    assert stored(rt, acts[0].id) <= BUDGET + limits.STORED_BYTES_CHECK_AT * len(acts)
+    never_stuck(rt, tree["id"])
+    for node_id in failed:  # an operator moves it on: the pipeline finishes
+        api.skip_node(rt, node_id)
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_a_big_pipeline_under_the_budget_finishes(small_budget):
+    rt = small_budget
+    half = "${'y' * 750000}"
+    acts = [activity("t_echo", half, half) for _ in range(4)]  # 4 x 1.5 MB in, the same out: 12 MB
+    tree = line(*acts)
+    run(rt, tree)
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+    assert all(len(api.get_execution_data(rt, a.id).data["outputs"]["p1"]) == 750_000 for a in acts)
+
+
+def test_a_retry_past_the_budget_is_refused_and_the_node_can_be_skipped(small_budget):
+    rt = small_budget
+    act = activity("t_fail", MB, MB, MB)  # 3 MB of inputs, failing at every run
+    tree = line(act)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    retries = 0
+    while True:  # each retry keeps another 3 MB history
+        res = api.retry_node(rt, act.id)
+        if not res.result:
+            break
+        retries += 1
+        wait_state(rt, act.id, "FAILED", timeout=60)
+        assert wait_state(rt, act.id, "FAILED")["retry"] == retries
+    assert retries == 5, retries  # 3 MB run + 5 x 3 MB histories + the 3 MB run again = 18 MB
+    assert f"node {act.id}: storing its history (3,000," in res.message and "MAX_PIPELINE_STORED_BYTES" in res.message
+    assert wait_state(rt, act.id, "FAILED")["retry"] == retries  # nothing moved
+    assert len(api.get_node_histories(rt, act.id).data) == retries
+    assert stored(rt, act.id) <= BUDGET
+    never_stuck(rt, tree["id"])
+    api.skip_node(rt, act.id)
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
