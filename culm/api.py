@@ -8,17 +8,17 @@ what is wrong and where; nothing raises.
 from __future__ import annotations
 
 import functools
-import logging
 import traceback
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
+from culm._printable import engine_logger
 from culm._retry import retrying
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
 from culm.model import limits
 
-logger = logging.getLogger("culm.api")
+logger = engine_logger("culm.api")
 
 P = ParamSpec("P")
 
@@ -173,10 +173,12 @@ def resume_node_appoint(runtime: Any, node_id: str) -> None:
 
 
 @_api
-def retry_node(runtime: Any, node_id: str, data: dict | None = None) -> None:
-    """Run a FAILED node again, optionally with new raw inputs (which replace the old ones)."""
+def retry_node(runtime: Any, node_id: str, data: dict | None = None, loop_retry: bool = False) -> None:
+    """Run a FAILED node again, optionally with new raw inputs (which replace the old ones).
+    ``loop_retry``: run only the failed iteration of its node loop again (its ``loop_config`` must
+    be ``retryable``), keeping the loop's counters."""
     limits.check_payload(data, f"retry data for node {node_id}")
-    commands.retry_node(runtime.engine, _str_id(node_id, "node_id"), data)
+    commands.retry_node(runtime.engine, _str_id(node_id, "node_id"), data, bool(loop_retry))
 
 
 @_api
@@ -186,9 +188,11 @@ def retry_subprocess(runtime: Any, node_id: str) -> None:
 
 
 @_api
-def skip_node(runtime: Any, node_id: str) -> None:
-    """Mark a FAILED activity (or start event) FINISHED and go on after it."""
-    commands.skip_node(runtime.engine, _str_id(node_id, "node_id"))
+def skip_node(runtime: Any, node_id: str, loop_skip: bool = False) -> None:
+    """Mark a FAILED activity (or start event) FINISHED and go on after it. ``loop_skip``: skip
+    only the failed iteration of its node loop (its ``loop_config`` must be ``skippable``); the
+    loop goes on with its next iteration while there are any."""
+    commands.skip_node(runtime.engine, _str_id(node_id, "node_id"), bool(loop_skip))
 
 
 @_api

@@ -11,17 +11,17 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from culm._printable import engine_logger
 from culm.core import observe, signals
 from culm.core.records import now
 from culm.model import limits
 from culm.model.limits import clip_ex_data, clip_log_line, walk_problem
-from culm.model.printable import log_line
 
 if TYPE_CHECKING:
     from culm.components import DataObject, Service
 
-hook_logger = logging.getLogger("culm.hooks")
-component_logger = logging.getLogger("culm.component")
+hook_logger = engine_logger("culm.hooks")
+component_logger = engine_logger("culm.component")
 
 
 class NodeLogger:
@@ -48,7 +48,7 @@ class NodeLogger:
         text = str(msg) % args if args else str(msg)
         if exc_info:
             text += "\n" + traceback.format_exc()
-        component_logger.log(level, "[%s] %s", self.node_id, log_line(text))  # the process log: no forged lines
+        component_logger.log(level, "[%s] %s", self.node_id, text)  # escaped by the logger's filter (InertRecords)
         line = clip_log_line(f"[{logging.getLevelName(level)}] {text}")
         if self.dropped or len(self.kept) >= limits.MAX_CALL_LOG_LINES or self.chars + len(line) > limits.MAX_CALL_LOG_CHARS:
             if not self.dropped:
@@ -111,6 +111,13 @@ def not_here_message(exc: Exception) -> str:
             "lock of a SQLite file), then retry the node (api.retry_node)")
 
 
+def succeeded(returned: object) -> bool:
+    """Whether what ``execute`` or ``schedule`` returned is a success: None (no return) or a true
+    value, as bamboo judges it (``0``, ``""`` or an empty dict fail there too). A value whose truth
+    cannot be told raises, and the call fails with that traceback."""
+    return True if returned is None else bool(returned)
+
+
 @dataclass
 class ServiceCall:
     """The fixed facts of one component call."""
@@ -168,7 +175,7 @@ class ServiceCall:
         ex_data = None
         began = time.perf_counter()
         try:
-            ok = service.execute(data, parent) is not False
+            ok = succeeded(service.execute(data, parent))
         except Exception:  # noqa: BLE001 - component failure is a node failure
             ok, ex_data = False, clip_ex_data(traceback.format_exc())
             hooks("node_execute_exception")
@@ -211,7 +218,7 @@ class ServiceCall:
         ex_data = None
         began = time.perf_counter()
         try:
-            ok = service.schedule(data, parent, callback_data) is not False
+            ok = succeeded(service.schedule(data, parent, callback_data))
         except Exception:  # noqa: BLE001
             ok, ex_data = False, clip_ex_data(traceback.format_exc())
             hooks("node_schedule_exception")

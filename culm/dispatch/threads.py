@@ -21,7 +21,6 @@ import collections
 import contextlib
 import gc
 import heapq
-import logging
 import os
 import queue
 import threading
@@ -30,11 +29,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from culm._printable import engine_logger
 from culm.core.loop import Item, UserCall, abandoned_threads, commit_batch, moved_on
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 
-logger = logging.getLogger("culm.dispatch")
+logger = engine_logger("culm.dispatch")
 
 MAX_BATCH = 256
 # While threads are inside run_pipeline, the engine holds a ready batch back (up to HOLD_MAX
