@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import heapq
 import os
 import queue
@@ -53,6 +54,72 @@ QUIET = 0.0005
 # ever. Past this many, a cut-off call keeps its thread and slot until one of them returns (the
 # log says so); $CULM_MAX_ABANDONED_THREADS sets it.
 MAX_ABANDONED = 64
+
+
+# The garbage collector's first threshold while an engine thread runs in this process (see
+# _Collector); $CULM_GC_THRESHOLD sets it, "off" leaves the interpreter's collector as it is.
+GC_THRESHOLD = 5000
+PYTHON_GC_DEFAULTS = (700, 10, 10)
+
+
+class _Collector:
+    """The interpreter's collector thresholds while engine threads run in this process.
+
+    An engine step allocates thousands of short-lived containers (records, row tuples, rendered
+    inputs). With Python's first threshold of 700, a young collection runs every few hundred of
+    them, and whatever is alive at every tenth (a batch half done, a poll's copies) moves to the
+    oldest generation, whose growth sets off full collections of the whole heap (every module,
+    the kept graphs and rows: 30-70 ms each in a warm runtime). At 5,000 the short-lived objects
+    are gone before most young collections, far fewer reach the old generation, and full
+    collections become rare (docs/performance.md, "The collector's first threshold").
+
+    Process-wide, so applied only where the host left Python's defaults (700, 10, 10) as they were,
+    and put back when the last engine thread of the process stops, if nobody changed them since.
+    $CULM_GC_THRESHOLD: a whole number sets the first threshold (whatever the host set), ``off``
+    leaves the collector alone.
+    """
+
+    _lock = threading.Lock()
+    _users = 0
+    _restore: tuple[int, ...] | None = None  # what to put back, when this set the thresholds
+    _set: tuple[int, ...] | None = None
+
+    @classmethod
+    def acquire(cls) -> None:
+        with cls._lock:
+            cls._users += 1
+            if cls._users > 1:
+                return
+            wanted = _gc_threshold()
+            current = gc.get_threshold()
+            if wanted is None or (wanted[1] and current != PYTHON_GC_DEFAULTS):
+                return
+            cls._restore, cls._set = current, (wanted[0], *current[1:])
+            gc.set_threshold(*cls._set)
+
+    @classmethod
+    def release(cls) -> None:
+        with cls._lock:
+            cls._users = max(0, cls._users - 1)
+            if cls._users or cls._restore is None:
+                return
+            if gc.get_threshold() == cls._set:  # nobody changed them since
+                gc.set_threshold(*cls._restore)
+            cls._restore = cls._set = None
+
+
+def _gc_threshold() -> tuple[int, bool] | None:
+    """(first threshold, only over Python's defaults) from $CULM_GC_THRESHOLD; None: leave it."""
+    text = os.environ.get("CULM_GC_THRESHOLD", "").strip()
+    if not text:
+        return GC_THRESHOLD, True
+    if text.lower() == "off":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        logger.warning("$CULM_GC_THRESHOLD must be a whole number >= 1 or 'off', got %r: using %d",
+                       text, GC_THRESHOLD)
+        return GC_THRESHOLD, True
+    return int(text), False
 
 
 def _max_abandoned() -> int:
@@ -268,6 +335,7 @@ class ThreadDispatcher:
         self.max_abandoned = _max_abandoned()  # threads let go of that may run at once
         self._cap_said = False  # the warning of _keep_at_cap was logged for this spell
         self._report_lock = threading.Lock()
+        self._collector = False  # this dispatcher holds the collector's thresholds (see _Collector)
 
     # -- lifecycle ------------------------------------------------------------------------
     def start(self, engine: Any) -> None:
@@ -277,6 +345,8 @@ class ThreadDispatcher:
             with engine.store.transaction() as unit:
                 unit.release_leases()  # we are the only runner of this database: old leases are void
         self._pool = _UserCodePool(max(1, self.workers), self._requeue)
+        _Collector.acquire()
+        self._collector = True
         self._spawn(self._engine_loop, "culm-engine")
         self._spawn(self._clock, "culm-timer")
         if self.sole_runner:
@@ -299,6 +369,9 @@ class ThreadDispatcher:
         self._threads.clear()
         if self._pool is not None:
             self._pool.shutdown()
+        if self._collector:
+            self._collector = False
+            _Collector.release()
 
     # -- submission -----------------------------------------------------------------------
     def submit(self, tasks: Sequence[TaskRecord]) -> None:
