@@ -195,6 +195,13 @@ class Changes(Protocol):
         """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq order."""
         ...
 
+    def read_together(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """The answers of several plain reads, each ``(verb, args)`` answered as ``verb(*args)``
+        would be, in order; on a server database in one round trip. The verbs: ``read_changes``,
+        ``states_of_root``, ``get_states``, ``node_types``, ``live_schedules``, ``live_process_positions``,
+        ``tasks_of_root`` (a poll's reads: culm.core.state_tree)."""
+        ...
+
 
 class Processes(Protocol):
     """The persisted threads of execution walking a pipeline's graph."""
