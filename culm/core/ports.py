@@ -34,6 +34,7 @@ from culm.core.records import (
     TaskRecord,
     WorkerInfo,
 )
+from culm.errors import InvalidOperationError
 
 # A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
 Lease = tuple[str, float, float]
@@ -174,6 +175,18 @@ class States(Protocol):
         """Set ``inner_loop`` to 0 on the states under ``parent_id``; each row changed goes to the
         change feed as a note (``from_state == to_state``)."""
         ...
+
+
+# The reads Changes.read_together sends together (a poll's: culm.core.state_tree).
+READ_TOGETHER = frozenset({"read_changes", "states_of_root", "get_states", "node_types", "live_schedules",
+                           "live_process_positions", "tasks_of_root"})
+
+
+def refuse_unknown_reads(calls: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    """Refuse, naming them, the verbs of ``calls`` that read_together does not send."""
+    unknown = [verb for verb, _ in calls if verb not in READ_TOGETHER]
+    if unknown:
+        raise InvalidOperationError(f"read_together cannot read {unknown}: it reads {sorted(READ_TOGETHER)}")
 
 
 class Changes(Protocol):

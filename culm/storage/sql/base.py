@@ -26,6 +26,7 @@ from culm.core.ports import (
     ScheduleFields,
     StateWrite,
     TaskFields,
+    refuse_unknown_reads,
 )
 from culm.core.records import (
     ContextValue,
@@ -751,15 +752,10 @@ class SqlUnit:
     # -- several plain reads in one round trip (culm.core.ports.Changes.read_together) -----------
     # Each verb a poll reads, as (its statements, what makes its answer of their rows): the verb
     # itself runs them one by one, read_together sends those of several verbs together.
-    TOGETHER = frozenset({"read_changes", "states_of_root", "get_states", "node_types", "live_schedules",
-                          "live_process_positions", "tasks_of_root"})
-
     def read_together(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
         """The answers of several plain reads, each ``(verb, args)`` answered as ``verb(*args)``
         would; on a server database their statements go in one round trip."""
-        unknown = [verb for verb, _ in calls if verb not in self.TOGETHER]
-        if unknown:
-            raise InvalidOperationError(f"read_together cannot read {unknown}: it reads {sorted(self.TOGETHER)}")
+        refuse_unknown_reads(calls)
         # One by one where nothing is gained together (SQLite runs them in turn anyway, and a unit
         # that keeps copies answers some of them itself) or a view answers get_states.
         if len(calls) < 2 or self._state_view is not None or type(self)._all_together is SqlUnit._all_together:
