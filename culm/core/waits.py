@@ -310,8 +310,9 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         root_id = running[0].root_id
         polls = any(s.type == "poll" for s in current)
         timeouts = bool(current) and timed is not None and bool(set(facts.schedules).intersection(timed(root_id)))
-        tasks = iter(unit.read_together([("tasks_of_root", (root_id, kind))
-                                         for kind, wanted in ((SCHEDULE, polls), (TIMEOUT, timeouts)) if wanted]))
+        reads = [("tasks_of_root", (root_id, kind)) for kind, wanted in ((SCHEDULE, polls), (TIMEOUT, timeouts))
+                 if wanted]
+        tasks = iter(unit.read_together(reads) if reads else ())
         if polls:
             facts.next_runs = {t.schedule_id: t.due for t in next(tasks) if t.schedule_id and not t.callback_id}
         if timeouts:
