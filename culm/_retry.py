@@ -13,13 +13,14 @@ without depending on one another.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-logger = logging.getLogger("culm.storage")
+from culm._printable import engine_logger
+
+logger = engine_logger("culm.storage")
 
 T = TypeVar("T")
 

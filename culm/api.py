@@ -8,17 +8,17 @@ what is wrong and where; nothing raises.
 from __future__ import annotations
 
 import functools
-import logging
 import traceback
 from collections.abc import Callable
 from typing import Any, ParamSpec
 
+from culm._printable import engine_logger
 from culm._retry import retrying
 from culm.core import commands, prepare, queries
 from culm.errors import CulmError, InvalidOperationError, NotFoundError
 from culm.model import limits
 
-logger = logging.getLogger("culm.api")
+logger = engine_logger("culm.api")
 
 P = ParamSpec("P")
 

@@ -8,7 +8,6 @@ takes it).
 from __future__ import annotations
 
 import fcntl
-import logging
 import os
 import threading
 import time
@@ -16,6 +15,7 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from culm._printable import engine_logger
 from culm.core import commands
 from culm.core.engine import Engine, Settings
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from culm.storage.gauges import WorkGauges
     from culm.storage.tokens import SqlTokenTable
 
-logger = logging.getLogger("culm.runtime")
+logger = engine_logger("culm.runtime")
 
 DEFAULT_URL = "sqlite:///culm.db"
 # How often a process without the runner lock of its SQLite file tries to take it.

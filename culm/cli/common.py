@@ -347,6 +347,17 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
+def print_table(table: Any) -> None:
+    """A rich table on stdout without the spaces rich pads its last column with (a line ending in
+    blanks: `culm list | cat -A`, a diff of two listings)."""
+    from culm.cli.terminal import unescaped_stdout
+
+    out = console()
+    with out.capture() as captured:
+        out.print(table)
+    unescaped_stdout().write("".join(line.rstrip(" ") + "\n" for line in captured.get().splitlines()))
+
+
 def console() -> Any:
     """The rich console for human output (colour only on a terminal; text that could steer the
     terminal escaped: :mod:`culm.cli.terminal`)."""

@@ -150,7 +150,7 @@ def register(sub: Any) -> None:
     command("resume", "resume a paused pipeline or subprocess", "id", pipeline)
     command("revoke", "revoke a pipeline for good", "id", pipeline)
     p = command("retry", "run a failed node again", "node", node)
-    p.add_argument("--data", metavar="JSON", help="new raw inputs (replace the node's inputs): JSON object or @FILE")
+    p.add_argument("--data", metavar="'{...}'", help="new raw inputs (replace the node's inputs): JSON object or @FILE")
     command("retry-subprocess", "retry a subprocess node that failed on entry", "node", node)
     command("skip", "mark a failed node finished and go on after it", "node", node)
     p = command("skip-exclusive-gateway", "let a failed exclusive gateway go on along one flow", "node", node)
@@ -165,7 +165,7 @@ def register(sub: Any) -> None:
     p.add_argument("--ex-data", default="forced to fail by an operator", metavar="TEXT",
                    help="the failure message stored as the node's ex_data (any text, '' included)")
     p = command("callback", "deliver a callback to a waiting node", "node", node)
-    p.add_argument("--data", metavar="JSON", help="the callback payload: JSON object or @FILE")
+    p.add_argument("--data", metavar="'{...}'", help="the callback payload: JSON object or @FILE")
     p.add_argument("--version", metavar="V", type=a_text("a version"), help="the node's version (default: its current one)")
     command("pause-node", "set a pause before a node (a breakpoint)", "node", node)
     command("resume-node", "remove a node's pause and let a branch parked there go on", "node", node)

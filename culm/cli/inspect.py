@@ -25,6 +25,7 @@ from culm.cli.common import (
     open_runtime,
     positive_seconds,
     print_json,
+    print_table,
     shown,
     state_entry,
     whole_number,
@@ -127,12 +128,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     out.print(render.state_tree(found.entry, found.info, found.notes))
     out.print(render.progress_line(found.flat, found.root_id) if found.root_id in found.flat else "")
     if found.failed:
-        out.print(f"[red]{len(found.failed)} failed node(s)[/]: retry with `culm retry NODE [--data JSON]`, "
-                  "skip with `culm skip NODE`, or stop with `culm revoke PIPELINE`")
+        out.print(_failed_hint(rt, len(found.failed)), soft_wrap=True)
     note = _no_runner_note(rt, found)
     if note:
         out.print(f"[yellow]{note}[/]", soft_wrap=True)
     return found.outcome
+
+
+def _failed_hint(rt: Any, count: int) -> str:
+    """How to go on from failed nodes. On a SQLite file the retry or skip runs the pipeline on in
+    its own process, which needs the components: the hint asks for the ``--import`` (status cannot
+    know which module ``culm run`` was given); a server database's workers have theirs."""
+    imports = " --import MODULE" if getattr(rt.store, "database_file", None) else ""
+    which = (" (MODULE: the module or .py file that defines the components, as given to `culm run`)"
+             if imports else "")
+    return (f"[red]{count} failed node(s)[/]: retry with `culm retry NODE [--data '{{...}}']{imports}`, "
+            f"skip with `culm skip NODE{imports}`, or stop with `culm revoke PIPELINE`{which}")
 
 
 def _no_runner_note(rt: Any, found: Described) -> str:
@@ -220,7 +231,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                       render.when(item["created_time"]), render.span(render.seconds(item)))
     out = console()
     if found["items"]:
-        out.print(table)
+        print_table(table)
     counts = " · ".join(f"{render.state_text(s)} {n}" for s, n in sorted(found["counts"].items()))
     shown = f"{args.offset + 1}-{args.offset + len(found['items'])}" if found["items"] else "none"
     # The counts ignore --state (they say what the other states hold): say so when it filtered.
@@ -327,7 +338,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         ex_data = str((h.get("outputs") or {}).get("ex_data") or "").splitlines()
         table.add_row(str(h["loop"]), str(h["retry"]), render.when(h["started_time"]), render.span(render.seconds(h)),
                       "yes" if h["skip"] else "", ex_data[0] if ex_data else "")
-    console().print(table)
+    print_table(table)
     return EXIT_OK
 
 

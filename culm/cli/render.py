@@ -5,11 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.markup import escape
-from rich.text import Text
-from rich.tree import Tree
+if TYPE_CHECKING:  # rich is imported where it draws: a control command (`culm pause`) never loads it
+    from rich.tree import Tree
 
 ENDED = frozenset({"FINISHED", "REVOKED"})
 COLOURS = {"FINISHED": "green", "FAILED": "bold red", "RUNNING": "yellow", "SUSPENDED": "magenta",
@@ -87,6 +86,8 @@ def state_text(state: str) -> str:
 
 
 def _title(entry: dict, info: dict[str, tuple[str, str]]) -> str:
+    from rich.markup import escape
+
     name, kind = info.get(entry["id"], ("", ""))
     parts = [f"[bold]{escape(name)}[/]" if name else "", f"[dim]{kind}[/]" if kind else "",
              escape(entry["id"]), state_text(entry["state"]), span(seconds(entry))]
@@ -105,6 +106,8 @@ def _ordered(children: Iterable[dict]) -> list[dict]:
 
 def state_tree(root: dict, info: dict[str, tuple[str, str]], notes: dict[str, list[str]]) -> Tree:
     """A rich tree of ``root`` (a nested state entry) with ``notes`` lines under their nodes."""
+    from rich.tree import Tree
+
     tree = Tree(_title(root, info))
     _notes(tree, root, notes)
     stack = [(tree, root)]
@@ -118,6 +121,8 @@ def state_tree(root: dict, info: dict[str, tuple[str, str]], notes: dict[str, li
 
 
 def _notes(branch: Tree, entry: dict, notes: dict[str, list[str]]) -> None:
+    from rich.text import Text
+
     reason = entry.get("wait_reason")
     if reason:
         branch.add(Text(f"waits: {reason['text']}", style="magenta"))

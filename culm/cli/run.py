@@ -187,7 +187,7 @@ def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[st
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
     lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-             f"`culm retry NODE [--data JSON]{imports}`, skip with `culm skip NODE{imports}` (see `culm status {root_id}`)"]
+             f"`culm retry NODE [--data '{{...}}']{imports}`, skip with `culm skip NODE{imports}` (see `culm status {root_id}`)"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
         lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
@@ -377,7 +377,7 @@ def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dic
         # The run goes on waiting (up to --timeout): say what would move it on, and how.
         stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
         print(f"{stamp} {'WAITING':<9} node {render.label(entry['id'], info)} for a callback; from another shell: "
-              f"`culm callback {entry['id']} --data JSON{db}`", flush=True)
+              f"`culm callback {entry['id']} --data '{{...}}'{db}`", flush=True)
 
     try:
         with _stops_on_sigterm():
@@ -437,7 +437,7 @@ def register(sub: Any) -> None:
     run.add_argument("--attach", type=an_id, metavar="ID", help="continue (and follow) a pipeline an earlier run left unfinished")
     add_db(run)
     add_broker(run)
-    run.add_argument("--data", metavar="JSON",
+    run.add_argument("--data", metavar="'{...}'",
                      help="root pipeline data (what components read from parent_data): a JSON object or @FILE")
     run.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
                      help="override a context input the tree declares (--set who=world sets ${who}); repeat")

@@ -1,7 +1,7 @@
 """Text for a terminal: what a pipeline's author or a component wrote cannot steer it.
 
 Node and pipeline names, ids, failure texts, wait reasons and log lines reach ``culm``'s output
-as they were written; everything a command prints goes through :func:`culm.model.printable.inert`
+as they were written; everything a command prints goes through :func:`culm._printable.inert`
 (exported as ``culm.model.inert``).
 """
 
@@ -37,11 +37,17 @@ class SafeStream:
         return getattr(self.unescaped, name)
 
 
-def on_terminal() -> bool:
-    """Whether standard output is a terminal, under a :class:`SafeStream` or not."""
+def unescaped_stdout() -> TextIO:
+    """The stream under a :class:`SafeStream` standard output (or stdout): for text a rich console
+    rendered, which escaped it already (:func:`safe_console`)."""
     import sys
 
-    return bool(getattr(sys.stdout, "unescaped", sys.stdout).isatty())
+    return getattr(sys.stdout, "unescaped", sys.stdout)  # type: ignore[no-any-return]
+
+
+def on_terminal() -> bool:
+    """Whether standard output is a terminal, under a :class:`SafeStream` or not."""
+    return bool(unescaped_stdout().isatty())
 
 
 def safe_console(**kwargs: Any) -> Any:

@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Any, ClassVar, cast
 
+from culm._printable import engine_logger
 from culm.components import io as _io
 
 __all__ = [
@@ -38,7 +39,7 @@ SCHEDULE_MULTIPLE_CALLBACK = "multiple_callback"
 #: Output keys the engine writes itself on every execute and schedule.
 RESERVED_OUTPUT_KEYS = frozenset({"_result", "_loop", "_inner_loop"})
 
-_DEFAULT_LOGGER = logging.getLogger("culm.component")
+_DEFAULT_LOGGER = engine_logger("culm.component")
 
 
 # --------------------------------------------------------------------------- interval generators

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 import threading
@@ -11,6 +10,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from culm._printable import engine_logger
 from culm.core import joins
 from culm.core.ports import Dispatcher, Lease, Store, Unit, UserData
 from culm.core.records import new_id, now
@@ -18,7 +18,7 @@ from culm.core.state_tree import StateTrees
 from culm.core.step import Step
 from culm.model.compiled import Graph, compile_tree
 
-logger = logging.getLogger("culm.engine")
+logger = engine_logger("culm.engine")
 
 GATEWAY_STRATEGY_ONLY = 1
 GATEWAY_STRATEGY_FIRST = 2

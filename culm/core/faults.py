@@ -11,10 +11,10 @@ any other (after fixing the cause). Should even that fail, :func:`fail_minimal` 
 
 from __future__ import annotations
 
-import logging
 import traceback
 from typing import Any
 
+from culm._printable import engine_logger
 from culm.core import states
 from culm.core.engine import Engine
 from culm.core.ports import StateFields, Unit
@@ -23,7 +23,7 @@ from culm.core.run import record_history
 from culm.core.step import Step
 from culm.model.limits import clip_ex_data
 
-logger = logging.getLogger("culm.engine")
+logger = engine_logger("culm.engine")
 
 # States a node is failed from by way of RUNNING (the transition table has no direct edge).
 _VIA_RUNNING = frozenset({states.READY, states.LOOP_READY})

@@ -19,11 +19,11 @@ runner tries it again or leaves the rows for a sweep.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from culm._printable import engine_logger
 from culm.core import faults, joins, observe, scheduling, states, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
@@ -32,7 +32,7 @@ from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
 from culm.core.step import Step
 from culm.model.compiled import SUBPROCESS
 
-logger = logging.getLogger("culm.engine")
+logger = engine_logger("culm.engine")
 
 
 @dataclass(slots=True, eq=False)

@@ -6,6 +6,7 @@ from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
+from culm._printable import log_line
 from culm.core import data as cdata
 from culm.core import waits
 from culm.core.engine import Engine
@@ -200,7 +201,7 @@ def node_log_page(engine: Engine, node_id: str, version: str | None, offset: int
     """Up to ``limit`` lines of a run from line ``offset`` (0-based; None: the last ones), fewer when
     they pass limits.MAX_LOG_PAGE_CHARS: ``{"node_id", "version", "total", "offset", "lines"}``,
     ``offset`` being the first line's number."""
-    with engine.store.reading() as unit:
+    with engine.store.reading(snapshot=True) as unit:  # the count and the lines of one moment
         if version is None:
             st = unit.get_state(node_id)
             version = st.version if st is not None else None
@@ -208,15 +209,22 @@ def node_log_page(engine: Engine, node_id: str, version: str | None, offset: int
         if offset is None:
             first, lines = _last_lines(unit, node_id, version, total, limit) if total else (0, [])
         else:
-            first, lines = offset, _lines_from(unit, node_id, version, offset, min(limit, max(total - offset, 0)))
-    return {"node_id": node_id, "version": version, "total": total, "offset": first, "lines": lines}
+            first, lines = offset, _lines_from(unit, node_id, version, offset, min(limit, max(total - offset, 0)), total)
+    # As the process log shows them (culm._printable.log_line): a line a component logged
+    # cannot forge others after it (a newline in a message, a traceback's own lines are indented)
+    # nor steer the terminal of whoever reads it (`culm logs`, curl of the REST endpoint).
+    return {"node_id": node_id, "version": version, "total": total, "offset": first,
+            "lines": [log_line(line) for line in lines]}
 
 
-def _lines_from(unit: Unit, node_id: str, version: str | None, first: int, count: int) -> list[str]:
+def _lines_from(unit: Unit, node_id: str, version: str | None, first: int, count: int, total: int) -> list[str]:
     budget, at = limits.MAX_LOG_PAGE_CHARS, first
     out: list[str] = []
     while len(out) < count:
-        chunk = unit.logs(node_id, version or "", at, min(limits.LOG_READ_CHUNK, count - len(out)))
+        n = min(limits.LOG_READ_CHUNK, count - len(out))
+        # An offset passes over the lines before it: past the middle, from the end is shorter.
+        chunk = (unit.last_logs(node_id, version or "", total - at - n, n) if at > total // 2
+                 else unit.logs(node_id, version or "", at, n))
         for line in chunk:
             budget -= len(line) + 1
             if budget < 0 and out:
@@ -233,7 +241,7 @@ def _last_lines(unit: Unit, node_id: str, version: str | None, total: int, count
     chunks: list[list[str]] = []
     while kept < count and at > 0:
         start = max(at - limits.LOG_READ_CHUNK, total - count, 0)
-        chunk = unit.logs(node_id, version or "", start, at - start)
+        chunk = unit.last_logs(node_id, version or "", total - at, at - start)
         for i in range(len(chunk) - 1, -1, -1):
             budget -= len(chunk[i]) + 1
             if budget < 0 and (kept or i < len(chunk) - 1):

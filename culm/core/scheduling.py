@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
+from culm._printable import engine_logger
 from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import as_result, make_call, record_call, settle
@@ -17,7 +17,7 @@ from culm.core.run import Run, VersionLostError
 from culm.core.service_call import CallResult, ServiceCall
 from culm.core.step import Step
 
-logger = logging.getLogger("culm.engine")
+logger = engine_logger("culm.engine")
 
 # A multiple callback that is not first in line is woken when the one before it is applied
 # (_wake_next_callback); it also looks again after this long, should that wake-up be lost (a crash

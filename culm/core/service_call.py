@@ -11,17 +11,17 @@ import traceback
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from culm._printable import engine_logger
 from culm.core import observe, signals
 from culm.core.records import now
 from culm.model import limits
 from culm.model.limits import clip_ex_data, clip_log_line, walk_problem
-from culm.model.printable import log_line
 
 if TYPE_CHECKING:
     from culm.components import DataObject, Service
 
-hook_logger = logging.getLogger("culm.hooks")
-component_logger = logging.getLogger("culm.component")
+hook_logger = engine_logger("culm.hooks")
+component_logger = engine_logger("culm.component")
 
 
 class NodeLogger:
@@ -48,7 +48,7 @@ class NodeLogger:
         text = str(msg) % args if args else str(msg)
         if exc_info:
             text += "\n" + traceback.format_exc()
-        component_logger.log(level, "[%s] %s", self.node_id, log_line(text))  # the process log: no forged lines
+        component_logger.log(level, "[%s] %s", self.node_id, text)  # escaped by the logger's filter (InertRecords)
         line = clip_log_line(f"[{logging.getLevelName(level)}] {text}")
         if self.dropped or len(self.kept) >= limits.MAX_CALL_LOG_LINES or self.chars + len(line) > limits.MAX_CALL_LOG_CHARS:
             if not self.dropped:

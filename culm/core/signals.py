@@ -22,12 +22,13 @@ Example::
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-logger = logging.getLogger("culm.signals")
+from culm._printable import engine_logger
+
+logger = engine_logger("culm.signals")
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -17,8 +17,7 @@ was cut off finds a new version and is discarded by the walk that applies it.
 
 from __future__ import annotations
 
-import logging
-
+from culm._printable import engine_logger
 from culm.core import commands, revoking, states
 from culm.core.engine import Engine
 from culm.core.records import TIMEOUT, ProcessRecord
@@ -26,7 +25,7 @@ from culm.core.step import Step
 from culm.model.compiled import Node
 from culm.model.timeouts import FORCED_FAIL_AND_SKIP, NodeTimeout
 
-logger = logging.getLogger("culm.engine")
+logger = engine_logger("culm.engine")
 
 
 def fire(engine: Engine, step: Step, task_id: str) -> None:

@@ -7,9 +7,9 @@ an activity costs one commit and pure nodes cost none of their own.
 
 from __future__ import annotations
 
-import logging
 from typing import cast
 
+from culm._printable import engine_logger
 from culm.core import handlers, revoking, states
 from culm.core.engine import Engine
 from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
@@ -19,7 +19,7 @@ from culm.core.run import Run, VersionLostError
 from culm.core.step import Join, Step
 from culm.model.compiled import SUBPROCESS, Graph, Node
 
-logger = logging.getLogger("culm.engine")
+logger = engine_logger("culm.engine")
 
 # User code handed out and what it returned (or raised), to apply in the next transaction.
 Pending = tuple[Invoke, object]

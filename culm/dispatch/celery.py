@@ -45,13 +45,14 @@ from typing import Any, Protocol
 
 from celery import Celery, signals
 
+from culm._printable import engine_logger
 from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
 from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
 from culm.errors import CulmError
 
-logger = logging.getLogger("culm.dispatch.celery")
+logger = engine_logger("culm.dispatch.celery")
 
 TASK_NAME = "culm.run_task"
 EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
@@ -327,12 +328,24 @@ def worker_state() -> _ProcessState:
 
 @signals.worker_process_init.connect
 def _after_fork(**_kw: Any) -> None:
-    """A forked pool child must not use its parent's database connections."""
+    """A forked pool child must not use its parent's database connections. It then sets itself up
+    (and registers: `culm workers` lists it) at once, not at its first task, on a thread of its
+    own: Celery kills a child whose init takes over a few seconds, and a first task waits for the
+    set-up (``worker_state``'s lock) rather than starting another."""
     global _state
     inherited = _state
     if inherited is not None and inherited.pid != os.getpid() and _config is not None:
         _config.wiring.after_fork(inherited.store)
         _state = None
+    if _config is not None:
+        threading.Thread(target=_set_up_early, name="culm-pool-setup", daemon=True).start()
+
+
+def _set_up_early() -> None:
+    try:
+        worker_state()
+    except Exception:  # noqa: BLE001 - the first task sets the process up again
+        logger.warning("could not set this pool process up yet; its first task will", exc_info=True)
 
 
 @signals.worker_process_shutdown.connect

@@ -14,7 +14,6 @@ See docs/distributed.md, "Dead workers".
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -22,13 +21,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from culm import _retry as retry
+from culm._printable import engine_logger
 from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import now
 
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher, _ProcessState
 
-logger = logging.getLogger("culm.dispatch.liveness")
+logger = engine_logger("culm.dispatch.liveness")
 
 
 class LeaseHeartbeat:

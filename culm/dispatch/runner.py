@@ -29,7 +29,6 @@ share its database with other workers (it composes that loop and sets its policy
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,6 +36,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from culm import _retry as retry
+from culm._printable import engine_logger
 from culm._retry import is_lock_victim
 from culm.core.ports import Store
 from culm.core.records import TIMEOUT, TaskRecord, now
@@ -45,7 +45,7 @@ from culm.dispatch.threads import ThreadDispatcher
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher
 
-logger = logging.getLogger("culm.dispatch.runner")
+logger = engine_logger("culm.dispatch.runner")
 
 DB_RETRY_SECONDS = 2.0
 # While user-code calls take under SHORT_CALL_SECONDS on average, a process takes on up to

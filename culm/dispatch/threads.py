@@ -20,7 +20,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import heapq
-import logging
 import os
 import queue
 import threading
@@ -29,11 +28,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from culm._printable import engine_logger
 from culm.core.loop import Item, UserCall, abandoned_threads, commit_batch, moved_on
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 
-logger = logging.getLogger("culm.dispatch")
+logger = engine_logger("culm.dispatch")
 
 MAX_BATCH = 256
 # While threads are inside run_pipeline, the engine holds a ready batch back (up to HOLD_MAX

@@ -8,13 +8,14 @@ nobody believes a node is guarded by a timeout that nothing enforces. (An activi
 
 from __future__ import annotations
 
-import logging
 import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-logger = logging.getLogger("culm.ignored")
+from culm._printable import engine_logger
+
+logger = engine_logger("culm.ignored")
 
 __all__ = ["IgnoredSettingWarning", "ignored_timeouts", "warn_ignored_timeouts"]
 

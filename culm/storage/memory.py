@@ -599,6 +599,11 @@ class MemoryUnit(TransactionView):
         rows = self._logs_of(node_id, version)[first:None if count is None else first + count]
         return [row[4] for _, row in rows]
 
+    def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
+        rows = self._logs_of(node_id, version)
+        end = max(len(rows) - skip, 0)
+        return [row[4] for _, row in rows[max(end - count, 0):end]]
+
     def log_count(self, node_id: str, version: str) -> int:
         return len(self._logs_of(node_id, version))
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import inspect
 
 from culm.errors import SchemaOutdatedError
-from culm.storage import schema as s
+from culm.storage.names import TASK_TABLE, VERSION_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -27,7 +27,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # a database already at it needs no Alembic: importing Alembic (with Mako and Pygments) would add
 # ~110 modules and ~30,000 objects to every process that opens a store, and every full garbage
 # collection in it would walk them.
-HEAD_REVISION = "0008"
+HEAD_REVISION = "0009"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Config:
@@ -56,15 +56,15 @@ def head_version() -> str:
 def _read_version(conn: Any) -> str | None:
     from alembic.runtime.migration import MigrationContext
 
-    return MigrationContext.configure(conn, opts={"version_table": s.VERSION_TABLE}).get_current_revision()
+    return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def _read_version_plainly(store: SqlStore) -> str | None:
     """The recorded revision read with plain SQL (None: no version table, or no single row)."""
     with store.engine.connect() as conn:
-        if not inspect(conn).has_table(s.VERSION_TABLE):
+        if not inspect(conn).has_table(VERSION_TABLE):
             return None
-        rows = conn.exec_driver_sql(f"SELECT version_num FROM {s.VERSION_TABLE}").fetchall()
+        rows = conn.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").fetchall()
     return str(rows[0][0]) if len(rows) == 1 else None
 
 
@@ -75,7 +75,7 @@ def current_version(store: SqlStore) -> str | None:
 
 
 def _check_not_foreign(conn: Any, url: str) -> None:
-    if _read_version(conn) is None and inspect(conn).has_table(s.task.name):
+    if _read_version(conn) is None and inspect(conn).has_table(TASK_TABLE):
         raise SchemaOutdatedError(
             f"the database at {url} holds culm tables without a migration record (made by a "
             "pre-release culm); drop them or use a fresh database"

@@ -24,6 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 
 from culm.model import limits
+from culm.storage.names import ROOT_COUNT_SHARDS, TASK_TABLE, VERSION_TABLE  # noqa: F401 - also read from here
 
 metadata = MetaData()
 
@@ -33,9 +34,8 @@ KEY = limits.KEY_LENGTH
 # MySQL's TEXT stops at 64 KiB; execution data and trees can be far larger.
 BigText = Text().with_variant(mysql.LONGTEXT(), "mysql").with_variant(mysql.LONGTEXT(), "mariadb")
 
-# The schema's version lives in Alembic's table (see culm/storage/migrations); a change here needs a
-# new revision there.
-VERSION_TABLE = "culm_alembic_version"
+# The schema's version lives in Alembic's table VERSION_TABLE (see culm/storage/migrations); a
+# change here needs a new revision there.
 
 pipeline = Table(
     "culm_pipeline",
@@ -87,7 +87,7 @@ Index("ix_culm_state_roots", state.c.parent_id, state.c.created_time, state.c.na
 # (SqlUnit._count_roots): concurrent writers rarely meet on a row, and when they do the second
 # waits only for the first one's commit. Every (shard, state) row exists from the migration on
 # (0007), so each change is a plain UPDATE by primary key: no insert races, no gap locks.
-ROOT_COUNT_SHARDS = 16
+# ROOT_COUNT_SHARDS rows per state (culm.storage.names).
 root_count = Table(
     "culm_root_count",
     metadata,
@@ -117,7 +117,7 @@ process = Table(
 )
 
 task = Table(
-    "culm_task",
+    TASK_TABLE,
     metadata,
     Column("id", String(ID), primary_key=True),
     Column("kind", String(16), nullable=False),
@@ -216,7 +216,7 @@ log = Table(
     Column("loop", Integer, nullable=False),
     Column("created_time", Double, nullable=False),
     Column("line", Text, nullable=False),
-    Index("ix_culm_log_node_version", "node_id", "version"),
+    Index("ix_culm_log_node_version_id", "node_id", "version", "id"),
 )
 
 # The state-change feed (culm.storage.feed): every state write appends a row in the same

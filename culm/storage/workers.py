@@ -23,17 +23,17 @@ Per-task leases stay as the fallback for a worker whose row is missing (it could
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from typing import TYPE_CHECKING
 
+from culm._printable import engine_logger
 from culm.core.records import WorkerInfo
 
 if TYPE_CHECKING:
     from culm.storage.sql import SqlStore, SqlUnit
 
-logger = logging.getLogger("culm.storage.workers")
+logger = engine_logger("culm.storage.workers")
 
 # {now}: the database's clock as epoch seconds, the dialect's ``db_now`` (filled in once per registry).
 _COLUMNS = "owner, host, pid, process_key, threads, prefix, started_time, beat_time"

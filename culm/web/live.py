@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import threading
 from typing import Any
 
-logger = logging.getLogger("culm.web")
+from culm._printable import engine_logger
+
+logger = engine_logger("culm.web")
 
 
 def _change_dict(change: Any) -> dict[str, Any]:

@@ -387,7 +387,7 @@ def test_a_run_waiting_for_a_callback_finishes_on_culm_callback_from_another_she
             shown = run.stdout.readline()
             assert shown, "the run ended without saying that a node waits for a callback"
         assert f"WAITING   node approval ({node}) for a callback; from another shell: " \
-               f"`culm callback {node} --data JSON`" in shown, shown
+               f"`culm callback {node} --data '{{...}}'`" in shown, shown
         called = culm(tmp_path, "callback", node, "--data", '{"approve": true, "approver": "me"}')
         assert called.returncode == 0, called.stdout + called.stderr
         out, _ = run.communicate(timeout=60)
@@ -671,3 +671,45 @@ def test_logs_print_a_page_and_say_which_lines_they_left_out(tmp_path: Path) -> 
                       (["--offset", "-1"], "argument --offset: expected a line number, 0 or more, not -1")):
         out = culm(tmp_path, "logs", "node_five", *bad)
         assert out.returncode == 2 and said in out.stderr, out.stderr
+
+
+def test_the_status_hint_asks_for_the_import_the_retry_needs_and_tables_end_without_blanks(tmp_path: Path) -> None:
+    """Found by a new user's trial (session 14): `culm status`'s failed-node hint gave a `culm retry`
+    that, on a SQLite file, is refused without `--import` (it runs the node); `culm list` and
+    `culm history` padded their last column with spaces. The hint's `--data` placeholder is
+    `'{...}'` (it read `--data JSON`, as if JSON were the value), and the hinted retry works."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    status = culm(tmp_path, "status", "order_1234")
+    assert status.returncode == 1
+    assert status.stdout.splitlines()[-1] == (
+        "1 failed node(s): retry with `culm retry NODE [--data '{...}'] --import MODULE`, skip with "
+        "`culm skip NODE --import MODULE`, or stop with `culm revoke PIPELINE` (MODULE: the module or .py "
+        "file that defines the components, as given to `culm run`)")
+    retried = culm(tmp_path, "retry", "charge_card", "--data", '{"amount": 80}', "--import",
+                   str(EXAMPLES / "operator_session.py"))
+    assert retried.returncode == 0 and "pipeline order_1234 FINISHED" in retried.stdout, retried.stdout + retried.stderr
+    for args in (("list",), ("history", "charge_card")):
+        out = culm(tmp_path, *args)
+        assert out.returncode == 0 and len(out.stdout.splitlines()) >= 2, out.stdout + out.stderr
+        assert [line for line in out.stdout.splitlines() if line != line.rstrip()] == [], args
+    assert "--data '{...}'" in culm(tmp_path, "retry", "--help").stdout
+
+
+def test_a_control_command_loads_no_table_definitions_rich_or_sandbox(tmp_path: Path) -> None:
+    """A control call's start is most of its time (storm5 saw 4-10 s per call under load): `culm
+    pause` on a SQLite file needs SQLAlchemy and the engine, not the schema's Table objects (with
+    the PostgreSQL and MySQL dialects their options load), rich (it prints one plain line) or
+    Alembic (the file is at head)."""
+    out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "1")
+    assert out.returncode == 1 and "waits for a callback" in out.stdout, out.stdout + out.stderr
+    root = json.loads(culm(tmp_path, "list", "--json").stdout)["items"][0]["id"]
+    probe = ("import sys\nfrom culm.cli import main\n"
+             f"code = main(['pause', {root!r}, '--db', {'sqlite:///' + str(tmp_path / 'cli.db')!r}])\n"
+             "heavy = ('rich', 'culm.storage.schema', 'sqlalchemy.dialects.postgresql', 'sqlalchemy.dialects.mysql',\n"
+             "         'alembic')\n"
+             "print(code, sorted(m for m in heavy if m in sys.modules))\n")
+    shown = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1] == "0 []", shown.stdout
+    states = json.loads(culm(tmp_path, "status", root, "--json").stdout)
+    assert states["tree"]["state"] == "SUSPENDED"

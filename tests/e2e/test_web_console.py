@@ -337,3 +337,26 @@ def test_a_thousand_node_pipeline_renders_in_under_two_seconds(browser: Any, ser
     shown = time.monotonic() - began
     print(f"1,000 nodes ran in {ran:.1f} s; the page showed them all FINISHED after {shown:.1f} s")
     assert browser.execute_script("return window.__sameDocument") is True
+
+
+def test_names_with_control_and_bidirectional_characters_show_escaped(browser: Any, served: Any) -> None:  # noqa: F811
+    """A tree's names may hold any character (bamboo takes them): the console shows each one that
+    could mislead as its \\uXXXX escape, as `culm` does. A right-to-left override in a node's name
+    showed the rest of it reversed ("divide\\u202efdp.exe" read "divideexe.pdf")."""
+    tree = divide_tree(0, name="report\u202egnp.exe")
+    act = node_id(tree, "divide")
+    tree["activities"][act]["name"] = "divide\u202efdp.exe\x1b[2J"
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(act, "FAILED")
+    sign_in(browser, served, "operator")
+    row = f'#pipelines tr[data-id="{tree["id"]}"]'
+    wait_until(lambda: "report\\u202egnp.exe" in text(browser, row), 20, 0.05, what="the escaped pipeline name")
+    assert "\u202e" not in text(browser, row)
+    click(browser, f"{row} a")
+    node = f'#graph .node[data-node-id="{act}"]'
+    find(browser, node)
+    assert text(browser, f"{node} text") == "divide\\u202efdp.exe\\u001b[2J"[:28]
+    find(browser, node).click()
+    find(browser, "#ex-data-view")
+    shown = text(browser, "#panel")
+    assert "divide\\u202efdp.exe\\u001b[2J" in shown and "\u202e" not in shown and "\x1b" not in shown

@@ -435,8 +435,9 @@ def _recorder(name):
         HOOK_CALLS.append((self.id, name, callback_data))
         if data.get_one_of_inputs("hook_raises") == "exit":
             raise SystemExit(f"hook {name} exited")
-        if data.get_one_of_inputs("hook_raises"):
-            raise RuntimeError(f"hook {name} raised")
+        raises = data.get_one_of_inputs("hook_raises")
+        if raises:  # a text: the exception's message ends with it (a forged log line, say)
+            raise RuntimeError(f"hook {name} raised" + (f": {raises}" if isinstance(raises, str) else ""))
         return True
 
     hook.__name__ = name

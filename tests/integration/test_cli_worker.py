@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import culm_dist_components  # noqa: F401 - the test process builds trees with the same codes
@@ -35,19 +37,26 @@ class CliWorkers(DistributedBackend):
                 "--prefix", self.prefix, "--queue-suffix", "cli", "--pool", "solo", "--loglevel", "INFO"]
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-def cli_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+@contextlib.contextmanager
+def started(request: pytest.FixtureRequest, tmp_path: Any, kind: type[DistributedBackend], workers: int) -> Iterator[Any]:
+    """A backend of ``kind`` on the services ``request.param`` names, with ``workers`` workers."""
     db_kind, broker, *addresses = BACKENDS[request.param]
     for host, port in addresses:
         if not reachable(host, port):
             unavailable(f"{request.param}: nothing listens on {host}:{port}")
-    backend = CliWorkers(request.param, db_kind, broker, tmp_path)
+    backend = kind(request.param, db_kind, broker, tmp_path)
     try:
         backend.setup()
-        backend.start_workers(2)
+        backend.start_workers(workers)
         yield backend
     finally:
         backend.teardown()
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def cli_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    with started(request, tmp_path, CliWorkers, 2) as backend:
+        yield backend
 
 
 def test_solo_workers_on_a_queue_run_a_parallel_pipeline(cli_backend):
@@ -92,3 +101,27 @@ def test_culm_workers_lists_the_live_worker_processes(cli_backend):
     assert first is not None
     cli_backend.stop_worker(0)  # SIGTERM: a warm shutdown
     assert {r["pid"] for r in listed()} == pids - {first.pid}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def prefork_backend(request: pytest.FixtureRequest, tmp_path: Any) -> Any:
+    with started(request, tmp_path, DistributedBackend, 1) as backend:  # prefork, 2 pool processes
+        yield backend
+
+
+def test_culm_workers_lists_the_pool_processes_before_any_task(prefork_backend):
+    """A prefork worker's pool processes register when they start, not at their first task (they
+    were missing from `culm workers` until work came): with nothing submitted, the list holds the
+    worker and its two pool processes, each alive."""
+    [worker] = [p for p in prefork_backend.workers if p is not None]
+
+    def listed() -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "culm.cli", "workers", "--db", prefork_backend.db_url, "--json"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    rows = wait_until(lambda: len(found := listed()) == 3 and found, 30, 0.5, what="the worker and its 2 pool processes")
+    assert worker.pid in {r["pid"] for r in rows} and all(r["alive"] for r in rows)
+    children = subprocess.run(["pgrep", "-P", str(worker.pid)], capture_output=True, text=True).stdout.split()
+    assert {r["pid"] for r in rows} == {worker.pid, *map(int, children)}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from alembic import command
@@ -141,6 +143,19 @@ def test_a_sqlite_database_of_an_unknown_revision_is_refused_clearly(tmp_path):
         SqlStore(url)
 
 
+def _sqlite_file_at(tmp_path, revision: str, fill: Callable[[SqlStore], Any]) -> tuple[str, Any]:
+    """A SQLite file migrated to ``revision`` and filled by ``fill`` (closed again): its URL and
+    what ``fill`` returned."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    store = SqlStore(url, create=False)
+    try:
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), revision)
+        return url, fill(store)
+    finally:
+        store.dispose()
+
+
 def test_revision_0005_adds_the_worker_registry_and_downgrades_cleanly(server_database):
     """0004 -> 0005 adds ``culm_worker`` (the worker registry) and nothing else; back to 0004 drops it."""
     from sqlalchemy import inspect
@@ -214,15 +229,11 @@ def test_revision_0006_indexes_the_change_feed_by_root_and_downgrades_cleanly(se
 def test_a_sqlite_file_at_0005_gets_the_feed_index_when_opened(tmp_path):
     """An embedded database of the previous culm is upgraded on open, its feed rows kept, and a
     root's changes are then read through the new index (no pass over other pipelines' rows)."""
-    url = f"sqlite:///{tmp_path / 'c.db'}"
-    store = SqlStore(url, create=False)
-    try:
-        with store.engine.begin() as conn:
-            command.upgrade(migrate.alembic_config(conn), "0005")
+    def fill(store: SqlStore) -> list:
         _record_changes(store)
-        before = _feed_of(store, "root-b")
-    finally:
-        store.dispose()
+        return _feed_of(store, "root-b")
+
+    url, before = _sqlite_file_at(tmp_path, "0005", fill)
     store = SqlStore(url)  # the version check upgrades an embedded file
     try:
         assert migrate.current_version(store) == migrate.HEAD_REVISION
@@ -298,7 +309,80 @@ def test_a_sqlite_file_at_0007_gets_callback_numbers_when_opened(tmp_path):
         store.dispose()
     store = SqlStore(url)  # the version check upgrades an embedded file
     try:
-        assert migrate.current_version(store) == "0008"
+        assert migrate.current_version(store) == migrate.HEAD_REVISION
         _check_callbacks_numbered(store)
+    finally:
+        store.dispose()
+
+
+def _log_indexes(store: SqlStore) -> dict[str, list[str]]:
+    from sqlalchemy import inspect
+
+    with store.engine.connect() as conn:
+        return {ix["name"]: ix["column_names"] for ix in inspect(conn).get_indexes("culm_log")}
+
+
+def _store_logs(store: SqlStore, runs: int = 3, lines: int = 400) -> None:
+    """``lines`` lines for each of ``runs`` runs of one node, interleaved as concurrent runs log."""
+    with store.transaction() as unit:
+        unit.add_logs([{"node_id": "n1", "version": f"v{r}", "loop": 1, "created_time": float(i),
+                        "line": f"[INFO] v{r} line {i}"} for i in range(lines) for r in range(runs)])
+
+
+def _tail_plan(store: SqlStore) -> str:
+    """The database's plan of the tail read of one run (culm.storage.sql.statements.LOG_TAIL)."""
+    from culm.storage.sql.statements import LOG_TAIL
+
+    explain = {"sqlite": "EXPLAIN QUERY PLAN "}.get(store.engine.dialect.name, "EXPLAIN ")
+    with store.reading() as unit:
+        rows = unit._all(explain + LOG_TAIL + " LIMIT 10 OFFSET 0", ["n1", "v1", "v1"])
+    return " | ".join(" ".join(str(v) for v in row) for row in rows)
+
+
+def _sorts(plan: str) -> bool:
+    """Whether a plan sorts the rows (PostgreSQL "Sort", SQLite "TEMP B-TREE", MySQL "filesort")."""
+    return any(word in plan for word in ("Sort", "TEMP B-TREE", "filesort"))
+
+
+def test_revision_0009_reads_a_log_tail_in_index_order_and_downgrades_cleanly(server_database):
+    """0008 -> 0009 replaces the (node_id, version) index of culm_log by (node_id, version, id):
+    a run's last lines are read from the index's end, not sorted out of all the run's lines; the
+    rows stay, each run's lines read the same; back to 0008 restores the old index."""
+    store = SqlStore(server_database, create=False)
+    try:
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0008")
+        _store_logs(store)
+        assert _log_indexes(store) == {"ix_culm_log_node_version": ["node_id", "version"]}
+        with store.reading() as unit:
+            before = unit.logs("n1", "v1")
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0009")
+        assert migrate.current_version(store) == "0009"
+        assert _log_indexes(store) == {"ix_culm_log_node_version_id": ["node_id", "version", "id"]}
+        if store.engine.dialect.name == "postgresql":
+            with store.engine.begin() as conn:
+                conn.exec_driver_sql("ANALYZE culm_log")
+        plan = _tail_plan(store)
+        assert "ix_culm_log_node_version_id" in plan and not _sorts(plan), plan
+        with store.reading() as unit:
+            assert unit.logs("n1", "v1") == before == [f"[INFO] v1 line {i}" for i in range(400)]
+            assert unit.last_logs("n1", "v1", 5, 3) == [f"[INFO] v1 line {i}" for i in (392, 393, 394)]
+        with store.engine.begin() as conn:
+            command.downgrade(migrate.alembic_config(conn), "0008")
+        assert _log_indexes(store) == {"ix_culm_log_node_version": ["node_id", "version"]}
+    finally:
+        store.dispose()
+
+
+def test_a_sqlite_file_at_0008_gets_the_log_index_when_opened(tmp_path):
+    """SQLite's old index already ended with the rowid (culm_log.id): its tail read did not sort
+    either; the file is upgraded on open and reads through the new index."""
+    url, _ = _sqlite_file_at(tmp_path, "0008", _store_logs)
+    store = SqlStore(url)  # the version check upgrades an embedded file
+    try:
+        assert migrate.current_version(store) == "0009"
+        plan = _tail_plan(store)
+        assert "ix_culm_log_node_version_id" in plan and not _sorts(plan), plan
     finally:
         store.dispose()

@@ -18,16 +18,16 @@ Where culm differs (docs/node-timeout.md says why):
 from __future__ import annotations
 
 import copy
-import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from culm._printable import engine_logger
 from culm.errors import TreeInvalidError, TreeProblem
 from culm.model.timeouts import ACTIONS as ACTIONS  # re-exported: bamboo users read the action names here
 from culm.model.timeouts import config_problems, is_enabled
 
-logger = logging.getLogger("culm.contrib.node_timeout")
+logger = engine_logger("culm.contrib.node_timeout")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,8 @@ from typing import Any
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from culm.storage.schema import VERSION_TABLE, metadata
+from culm.storage.names import VERSION_TABLE
+from culm.storage.schema import metadata
 
 config = context.config
 

@@ -43,7 +43,7 @@ from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import codec, listing
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
-from culm.storage.schema import ROOT_COUNT_SHARDS
+from culm.storage.names import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
     CALLBACK_SEQ,
@@ -55,6 +55,8 @@ from culm.storage.sql.statements import (
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     LOCK_FREE_SCHEDULE,
+    LOG_LINES,
+    LOG_TAIL,
     NODE_COLUMNS,
     NODE_INSERT,
     NOTE_INNER_LOOPS,
@@ -1426,11 +1428,17 @@ class SqlUnit:
         self._insert("culm_log", rows)
 
     def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
-        sql = "SELECT line FROM culm_log WHERE node_id = ? AND version = ? ORDER BY id"
+        sql = LOG_LINES
         if count is not None or first:
             # MySQL has no OFFSET without LIMIT: "no count" is the largest BIGINT.
             sql += f" LIMIT {int(count) if count is not None else 2**63 - 1} OFFSET {int(first)}"
-        return [r[0] for r in self._all(sql, [node_id, version])]
+        return [r[0] for r in self._all(sql, [node_id, version, version])]
+
+    def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
+        # Backwards along ix_culm_log_node_version_id (0009) from the run's last line: a tail of a
+        # run of millions of lines reads its own rows only, not the millions before them.
+        sql = f"{LOG_TAIL} LIMIT {int(count)} OFFSET {int(skip)}"
+        return [r[0] for r in reversed(self._all(sql, [node_id, version, version]))]
 
     def log_count(self, node_id: str, version: str) -> int:
         row = self._one("SELECT COUNT(*) FROM culm_log WHERE node_id = ? AND version = ?", [node_id, version])

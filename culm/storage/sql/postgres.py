@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm.core.records import ProcessRecord, TaskRecord
-from culm.storage.schema import metadata
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
     Dialect,
@@ -157,8 +156,17 @@ def _column_types(table: str) -> dict[str, str]:
     VARCHAR(n) would cut a longer value instead of refusing it as the column does)."""
     from sqlalchemy.dialects import postgresql
 
+    from culm.storage.schema import metadata
+
     dialect = postgresql.dialect()
     return {c.name: re.sub(r"\(\d+\)", "", c.type.compile(dialect=dialect)) for c in metadata.tables[table].c}
+
+
+@functools.cache
+def _table_names() -> frozenset[str]:
+    from culm.storage.schema import metadata
+
+    return frozenset(metadata.tables)
 
 
 @functools.lru_cache(maxsize=512)
@@ -171,7 +179,7 @@ def _shape(sql: str) -> MergedRows | _Updates | None:
     if m is not None:
         return MergedRows(m[1] + " IN (", "?", ")", 1)
     m = _UPDATE.fullmatch(sql)
-    if m is not None and m[1] in metadata.tables:
+    if m is not None and m[1] in _table_names():
         sets = tuple(part.split(" = ")[0] for part in m[2].split(", "))
         conditions = tuple((c[1], c[2] or c[3] or "IN", c[4].count("?") if c[4] else int(bool(c[2])))
                            for c in _CONDITION.finditer(m[3]))
@@ -377,7 +385,7 @@ class PostgresDialect(Dialect):
             conn: Any = raw.driver_connection
             with conn.transaction():
                 cur = conn.cursor()
-                grown = [r[0] for r in cur.execute(_GROWN, [sorted(metadata.tables), ANALYZE_FROM])]
+                grown = [r[0] for r in cur.execute(_GROWN, [sorted(_table_names()), ANALYZE_FROM])]
                 if grown and cur.execute("SELECT pg_try_advisory_xact_lock(%s)", [_ANALYZE_LOCK]).fetchone()[0]:
                     cur.execute("SET LOCAL lock_timeout = '1s'")
                     cur.execute("ANALYZE " + ", ".join(grown))  # culm's own table names, as listed

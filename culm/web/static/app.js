@@ -6,15 +6,22 @@ const culm = (window.culm = {});
 const TOKEN_KEY = "culm.token";
 const STATES = ["CREATED", "READY", "RUNNING", "SUSPENDED", "BLOCKED", "FINISHED", "FAILED", "REVOKED"];
 
+// Text from trees and components (names, failure texts, log lines) shown as the command line shows
+// it (culm._printable.inert): control characters, C1 controls and the Unicode bidirectional controls
+// as \uXXXX escapes. Raw, a right-to-left override in a node's name showed the rest of the line
+// reversed (a name could pass for another); a control character showed as nothing.
+const UNSAFE = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+culm.inert = (text) => String(text).replace(UNSAFE, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+
 culm.el = function (tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
-    else if (k === "text") node.textContent = v;
+    else if (k === "text") node.textContent = culm.inert(v);
     else node.setAttribute(k, v === true ? "" : v);
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c.nodeType ? c : String(c));
+  for (const c of children.flat()) if (c !== null && c !== undefined) node.append(c.nodeType ? c : culm.inert(c));
   return node;
 };
 const el = culm.el;
@@ -58,7 +65,7 @@ culm.api = async function (path, options = {}) {
 // A short note at the bottom of the page; an error (a refused command) is red and stays longer.
 culm.toast = function (text, error) {
   const t = document.getElementById("toast");
-  t.textContent = text;
+  t.textContent = culm.inert(text);
   t.classList.toggle("error", !!error);
   t.hidden = false;
   clearTimeout(culm._toastTimer);
@@ -148,7 +155,7 @@ function showSignIn(message) {
       await start();
     } catch (e) {
       sessionStorage.removeItem(TOKEN_KEY);
-      error.textContent = e.status === 401 ? "That token is unknown or revoked." : String(e.message || e);
+      error.textContent = e.status === 401 ? "That token is unknown or revoked." : culm.inert(e.message || e);
     }
   });
   document.getElementById("view").replaceChildren(form);
@@ -159,7 +166,7 @@ async function start() {
   culm.me = await culm.api("/api/v1/me");
   document.getElementById("nav").hidden = false;
   document.getElementById("signout").hidden = culm.me.id === "no-auth";
-  document.getElementById("whoami").textContent = culm.me.role + (culm.me.name ? " · " + culm.me.name : "");
+  document.getElementById("whoami").textContent = culm.inert(culm.me.role + (culm.me.name ? " · " + culm.me.name : ""));
   route();
 }
 

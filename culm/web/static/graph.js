@@ -131,7 +131,7 @@
         const box = svg("g", { class: "cluster-box", "data-node-id": id });
         box.append(svg("rect", { class: "cluster", x: d.x - d.width / 2, y: d.y - d.height / 2, width: d.width, height: d.height, rx: 6 }));
         const t = svg("text", { x: d.x - d.width / 2 + 18, y: d.y - d.height / 2 + 12 });
-        t.textContent = d.node.name || id;
+        t.textContent = culm.inert(d.node.name || id);
         const toggle = svg("text", { class: "toggle", "data-toggle": id, x: d.x - d.width / 2 + 5, y: d.y - d.height / 2 + 12 });
         toggle.textContent = "−";
         toggle.style.pointerEvents = "all";
@@ -149,7 +149,7 @@
       grp.append(shape);
       const below = /Event$/.test(n.type);
       const text = svg("text", { "text-anchor": "middle", y: n.type in GATEWAY ? 5 : below ? 32 : 4, class: below ? "below" : "" });
-      text.textContent = n.type in GATEWAY ? GATEWAY[n.type] : /Event$/.test(n.type) ? (n.name || "") : d.label.slice(0, 28);
+      text.textContent = culm.inert(n.type in GATEWAY ? GATEWAY[n.type] : /Event$/.test(n.type) ? (n.name || "") : d.label.slice(0, 28));
       grp.append(text);
       if (n.type === "SubProcess") {
         const toggle = svg("text", { class: "toggle", "data-toggle": id, x: -d.width / 2 + 4, y: -8 });
@@ -177,8 +177,8 @@
     grp.setAttribute("data-state", state);
     if (culm.pauseAhead(entry)) grp.setAttribute("data-pause", "ahead"); else grp.removeAttribute("data-pause");
     const title = grp.querySelector("title");
-    if (title) title.textContent = `${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
-      + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : "");
+    if (title) title.textContent = culm.inert(`${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
+      + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : ""));
   }
 
   culm.pipelinePage = function (view, pipelineId, selected) {

@@ -93,7 +93,7 @@
     if (open && culm.canOperate() && culm.actionsFor(node, entry).some(([, op]) => op === open.dataset.op)) {
       panel.querySelector("#panel-state").replaceChildren(culm.badge(entry && entry.state));
       const waiting = panel.querySelector("#wait-reason");
-      if (waiting && entry && entry.wait_reason) waiting.textContent = entry.wait_reason.text;
+      if (waiting && entry && entry.wait_reason) waiting.textContent = culm.inert(entry.wait_reason.text);
       updated(panel);
       return;
     }
