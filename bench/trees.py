@@ -34,7 +34,8 @@ class NoopComponent(Component):
 
 
 class CallbackService(Service):
-    """Waits for one ``api.callback`` (never sent by the benchmarks): a branch that stands still."""
+    """Waits for one ``api.callback`` (sent by no timed benchmark): a branch that stands still.
+    A callback with ``{"ok": False}`` fails the node (``bench.poll_trips``: a failed node's poll)."""
 
     __need_schedule__ = True
     interval = None
@@ -44,7 +45,7 @@ class CallbackService(Service):
 
     def schedule(self, data: Any, parent_data: Any, callback_data: Any = None) -> bool:
         self.finish_schedule()
-        return True
+        return bool((callback_data or {}).get("ok", True))
 
 
 class CallbackComponent(Component):

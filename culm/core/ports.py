@@ -34,6 +34,7 @@ from culm.core.records import (
     TaskRecord,
     WorkerInfo,
 )
+from culm.errors import InvalidOperationError
 
 # A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
 Lease = tuple[str, float, float]
@@ -176,6 +177,18 @@ class States(Protocol):
         ...
 
 
+# The reads Changes.read_together sends together (a poll's: culm.core.state_tree).
+READ_TOGETHER = frozenset({"read_changes", "states_of_root", "get_states", "node_types", "live_schedules",
+                           "live_process_positions", "tasks_of_root"})
+
+
+def refuse_unknown_reads(calls: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    """Refuse, naming them, the verbs of ``calls`` that read_together does not send."""
+    unknown = [verb for verb, _ in calls if verb not in READ_TOGETHER]
+    if unknown:
+        raise InvalidOperationError(f"read_together cannot read {unknown}: it reads {sorted(READ_TOGETHER)}")
+
+
 class Changes(Protocol):
     """The change feed: one row per state write, written with the commit."""
 
@@ -193,6 +206,13 @@ class Changes(Protocol):
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
         """Up to ``limit`` changes with ``after`` < seq <= ``upto`` (of one root when given), in seq order."""
+        ...
+
+    def read_together(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """The answers of several plain reads, each ``(verb, args)`` answered as ``verb(*args)``
+        would be, in order; on a server database in one round trip. The verbs: ``read_changes``,
+        ``states_of_root``, ``get_states``, ``node_types``, ``live_schedules``, ``live_process_positions``,
+        ``tasks_of_root`` (a poll's reads: culm.core.state_tree)."""
         ...
 
 

@@ -11,7 +11,7 @@ from culm.core import data as cdata
 from culm.core import waits
 from culm.core.engine import Engine
 from culm.core.ports import Unit
-from culm.core.records import StateRecord
+from culm.core.records import StateRecord, TaskRecord
 from culm.core.state_tree import Tree
 from culm.errors import NotFoundError
 from culm.model import limits
@@ -67,14 +67,16 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
-def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree) -> waits.WaitFacts:
+def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
+                     execute_tasks: list[TaskRecord] | None) -> waits.WaitFacts:
     """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
-    reads): only the other rows the waiting nodes need are read (none for a finished pipeline)."""
+    reads): only the other rows the waiting nodes need are read (none for a finished pipeline);
+    ``execute_tasks``: the pipeline's EXECUTE tasks when they were read with the rows."""
     if tree.may_wait is None:  # a tree read in full (a refresh carries them over: culm.core.state_tree)
         may_wait = waits.MAY_WAIT
         tree.may_wait = [r for r in tree.records.values() if r.name in may_wait]
     return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit),
-                            kept=tree.facts)
+                            kept=tree.facts, execute_tasks=execute_tasks)
 
 
 def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:
@@ -93,11 +95,11 @@ def _copy(entry: dict[str, Any]) -> dict[str, Any]:
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
     with engine.store.reading() as unit:
         # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
-        tree = engine.state_trees.tree(unit, root_id, kept_entry)
+        tree, execute_tasks = engine.state_trees.tree(unit, root_id, kept_entry)
         kept = tree.entries
         if root_id not in kept:
             return {}
-        facts = _kept_wait_facts(engine, unit, root_id, tree)
+        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks)
     entry = _copy(kept[root_id])
     children = {}
     for node_id, e in kept.items():  # _copy inlined: it runs for every node at every poll

@@ -23,13 +23,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
+from culm.core import states
 from culm.core.feed_cursor import FeedCursor
 from culm.core.ports import Unit
-from culm.core.records import StateRecord
-from culm.core.waits import MAY_WAIT, KeptFacts
+from culm.core.records import EXECUTE, ProcessPosition, ScheduleRecord, StateRecord, TaskRecord
+from culm.core.waits import MAY_WAIT, STALLED_AFTER, KeptFacts, moved_since
 
 Entry = dict[str, Any]
 # (state row, whether it is the root's own, the row and entry kept for that node until now) -> entry
@@ -42,6 +43,8 @@ MAX_CATCH_UP = 20_000
 SETTLE = 1.0
 REREAD_AFTER = 10.0
 BATCH = 1000  # change rows per read on server databases
+UNBOUNDED = 2**62  # server databases: read the feed to its end (the rows read say where that is)
+ALL = "*"  # (a node id no pipeline has) the catch-up forgot every kept tree
 # Server databases: rows below a hole are read again (for a write committing late) at most this
 # often, not at every call: a poller of a hundred pipelines calls a hundred times per round.
 WINDOW_EVERY = SETTLE / 4
@@ -91,37 +94,39 @@ class StateTrees:
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
         self.full_reads = 0  # trees read in full so far (every other call read only what changed)
 
-    def tree(self, unit: Unit, root_id: str, build: Build) -> Tree:
+    def tree(self, unit: Unit, root_id: str, build: Build) -> tuple[Tree, list[TaskRecord] | None]:
         """The rows and entries of every state of ``root_id`` (the root's own included; none when
-        it is unknown), current as of this unit's reads."""
+        it is unknown), current as of this unit's reads; and the pipeline's EXECUTE tasks when
+        they were read with them (for the wait reasons' stalled check), else None."""
         with self._lock:
+            if not unit.feed_ordered:
+                return self._tree_unordered(unit, root_id, build)
             last = unit.last_change_seq()  # this read's snapshot on SQLite: every state read below is as of it
             if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
-                return self._read(unit, root_id, build)
-            if unit.feed_ordered:
-                self._catch_up(unit, last)
-            else:
-                self._catch_up_unordered(unit, last)
+                return self._read(unit, root_id, build), None
+            self._catch_up(unit, last)
             kept = self._kept.get(root_id)
-            if kept is None or (not unit.feed_ordered and time.monotonic() - kept.read_at > REREAD_AFTER):
+            if kept is None:
                 tree = self._read(unit, root_id, build)
                 if tree.records:
                     self._keep(root_id, tree)
-                return tree
+                return tree, None
             self._kept.move_to_end(root_id)
             if kept.dirty:
-                kept = self._refreshed(unit, root_id, kept, build)
-            return kept
+                # (In turn, not together: SQLite has no round trips to save, and read_facts then
+                # reads the schedules of the nodes that run, not of every changed one.)
+                kept = self._refreshed(unit, root_id, kept, build, unit.get_states(kept.dirty), None)
+            return kept, None
 
     def tree_of(self, root_id: str) -> Tree | None:
         """The tree kept for ``root_id`` as last read (None when none is kept), for inspection."""
         with self._lock:
             return self._kept.get(root_id)
 
-    def _read(self, unit: Unit, root_id: str, build: Build) -> Tree:
+    def _read(self, unit: Unit, root_id: str, build: Build, rows: list[StateRecord] | None = None) -> Tree:
         self.full_reads += 1
         at = time.monotonic()
-        records = {r.node_id: r for r in unit.states_of_root(root_id)}
+        records = {r.node_id: r for r in (unit.states_of_root(root_id) if rows is None else rows)}
         return Tree(records, {node_id: build(r, node_id == root_id, None) for node_id, r in records.items()}, at)
 
     def _forget(self) -> None:
@@ -142,17 +147,78 @@ class StateTrees:
                     found.dirty.add(node_id)
         self._seq = last
 
-    def _catch_up_unordered(self, unit: Unit, last: int) -> None:
-        """Rows that may become visible out of seq order (PostgreSQL, MySQL): each row marks its
-        node dirty the first time it is seen, and the cursor moves past holes once they settle."""
+    # -- server databases: rows visible out of seq order -----------------------------------------
+    # A poll costs one round trip whatever it finds: the feed is read from the cursor on (no
+    # MAX(seq) first: the rows read say how far it goes), and the reads the asked pipeline needs
+    # anyway go in the same round trip: its rows when it is not kept (or kept too long), or the
+    # rows, live schedules and processes of its nodes already marked dirty by an earlier call's
+    # catch-up (a poller of many pipelines), and its EXECUTE tasks when the stalled check will
+    # want them. Only changes this read itself finds for the pipeline take a second round trip.
+
+    def _tree_unordered(self, unit: Unit, root_id: str, build: Build) -> tuple[Tree, list[TaskRecord] | None]:
+        kept = self._kept.get(root_id)
+        old = None  # a tree kept too long: read in full again (see REREAD_AFTER)
+        if kept is not None and time.monotonic() - kept.read_at > REREAD_AFTER:
+            old, kept = kept, None
+        calls: list[tuple[str, tuple[Any, ...]]] = []
+        ahead: set[str] = set()  # dirty nodes whose rows go with the feed's read
+        if kept is None:
+            calls.append(("states_of_root", (root_id,)))
+            if old is not None and old.may_wait is not None:
+                # What its wait reasons read last time, read again with the rows (what they need
+                # besides is read after them, as for a first read).
+                ahead = {r.node_id for r in old.may_wait if r.name == states.RUNNING}
+                calls += _refresh_calls(root_id, ahead, _alive(old, root_id))[1:]
+        elif kept.dirty:
+            ahead = set(kept.dirty)
+            calls += _refresh_calls(root_id, ahead, _alive(kept, root_id))
+        basis = kept if kept is not None else old  # what the pipeline looked like last time
+        stalled = basis is not None and _alive(basis, root_id) and _stalled_check(basis, root_id)
+        if stalled:
+            calls.append(("tasks_of_root", (root_id, EXECUTE)))
+        caught = self._catch_up_unordered(unit, calls, root_id)
+        if caught is None:  # far behind: every kept tree was forgotten
+            tree = self._read(unit, root_id, build)
+            if tree.records:
+                self._keep(root_id, tree)
+            return tree, None
+        answers, late = caught
+        execute = answers.pop() if stalled else None
+        if kept is None:
+            tree = self._read(unit, root_id, build, answers[0])
+            if not tree.records:
+                return tree, execute
+            if old is not None:
+                tree.facts = _facts_read(ahead, answers[1:], old.facts.node_types)
+            tree.dirty |= late  # named by the feed after the rows were read: read again below
+            self._keep(root_id, tree)
+            kept, ahead, answers = tree, set(), []
+        else:
+            self._kept.move_to_end(root_id)
+        if not kept.dirty:
+            return kept, execute
+        # The nodes read ahead are current, unless a later batch of this catch-up named them again.
+        rest = (kept.dirty - ahead) | (late & ahead)
+        if ahead:
+            kept = self._refreshed(unit, root_id, kept, build, *answers, keep_processes=not rest)
+            if not rest:
+                return kept, execute
+            kept.dirty = rest
+        reads = unit.read_together(_refresh_calls(root_id, rest, _alive(kept, root_id)))
+        return self._refreshed(unit, root_id, kept, build, *reads), execute
+
+    def _catch_up_unordered(self, unit: Unit, calls: list[tuple[str, tuple[Any, ...]]],
+                            root_id: str) -> tuple[list[Any], set[str]] | None:
+        """Read the feed from the cursor on, each row marking its node dirty the first time it is
+        seen; the cursor moves past holes once they settle. ``calls`` go with the first read
+        (read_together): returns their answers and the nodes of ``root_id`` named by rows read
+        after them (none unless the catch-up takes more than one batch), or None when it was so
+        far behind that it forgot every kept tree instead."""
         cursor = self._cursor
-        if cursor is None or last - cursor.position > MAX_CATCH_UP:
-            if cursor is not None:
-                self._forget()
-            cursor = self._cursor = FeedCursor(max(0, last - START_BACK), ordered=False, contiguous=True,
-                                               settle=SETTLE)
+        if cursor is None:
+            cursor = self._cursor = FeedCursor(max(0, unit.last_change_seq() - START_BACK), ordered=False,
+                                               contiguous=True, settle=SETTLE)
             self._top = self._window_at = 0
-        self._seq = max(self._seq, last)
         kept = self._kept
         after = cursor.position
         now = time.monotonic()
@@ -160,24 +226,40 @@ class StateTrees:
             after = self._top  # only new rows: the holes below are looked at again soon
         else:
             self._window_at = now
-        self._top = max(self._top, last)
-        while last > after:
-            rows = unit.read_changes(after, last, None, BATCH)
+        rows, *answers = unit.read_together([("read_changes", (after, UNBOUNDED, None, BATCH)), *calls])
+        late: set[str] = set()
+        first = True
+        while True:
             at = time.monotonic()
             for change in rows:
                 if cursor.first_sight(change.seq, at):
                     found = kept.get(change.root_id)
                     if found is not None:
                         found.dirty.add(change.node_id)
-            if len(rows) < BATCH:
-                cursor.read_upto(last, at)
-                break
+                    if not first and change.root_id == root_id:
+                        late.add(change.node_id)
+            if not rows:
+                return answers, late
             after = rows[-1].seq
+            self._top = max(self._top, after)
             cursor.read_upto(after, at)
+            if len(rows) < BATCH:
+                return answers, late
+            if first and unit.last_change_seq() - cursor.position > MAX_CATCH_UP:
+                self._forget()  # cheaper than marking: start again near the end
+                self._cursor = None
+                return None
+            first = False
+            rows = unit.read_changes(after, UNBOUNDED, None, BATCH)
 
-    def _refreshed(self, unit: Unit, root_id: str, kept: Tree, build: Build) -> Tree:
+    def _refreshed(self, unit: Unit, root_id: str, kept: Tree, build: Build, states_read: dict[str, StateRecord],
+                   schedules_read: list[ScheduleRecord] | None, processes: list[ProcessPosition] | None = None,
+                   *, keep_processes: bool = True) -> Tree:
+        """``kept`` with the rows of its dirty nodes as read (``states_read``), and the live
+        schedules of those nodes (``schedules_read``) and the pipeline's live processes
+        (``processes``) in its kept facts (None: not read; read_facts reads what it needs)."""
         records, entries = dict(kept.records), dict(kept.entries)
-        for node_id, st in unit.get_states(kept.dirty).items():
+        for node_id, st in states_read.items():
             if st.root_id == root_id:  # a state created ahead of its node may get its root later
                 before = records.get(node_id)
                 entries[node_id] = build(st, node_id == root_id, None if before is None else (before, entries[node_id]))
@@ -187,7 +269,10 @@ class StateTrees:
         schedules = dict(kept.facts.schedules)  # one copy in C: a reader outside the lock may add to it
         for node_id in changed:
             schedules.pop(node_id, None)
-        fresh.facts = KeptFacts(schedules)  # the processes are read again
+        if schedules_read is not None:
+            schedules.update(_facts_read(states_read, [schedules_read], {}).schedules)
+        # The processes as read with the rows (None: read again when asked).
+        fresh.facts = KeptFacts(schedules, processes if keep_processes else None, kept.facts.node_types)
         if kept.may_wait is not None:  # only the changed rows are looked at again, not all 1,004
             fresh.may_wait = [r for r in kept.may_wait if r.node_id not in changed]
             fresh.may_wait += [r for node_id in changed if (r := records.get(node_id)) is not None
@@ -202,3 +287,39 @@ class StateTrees:
         while self._nodes > self.max_nodes and len(self._kept) > 1:
             _, gone = self._kept.popitem(last=False)
             self._nodes -= len(gone.records)
+
+
+def _alive(tree: Tree, root_id: str) -> bool:
+    """Whether the pipeline's root was RUNNING or SUSPENDED as ``tree`` last read it."""
+    root = tree.records.get(root_id)
+    return root is not None and root.name in (states.RUNNING, states.SUSPENDED)
+
+
+def _refresh_calls(root_id: str, nodes: Collection[str], alive: bool) -> list[tuple[str, tuple[Any, ...]]]:
+    """The reads of a refresh of ``nodes`` (read_together): their rows, their live schedules,
+    and, while the pipeline is alive, its live processes (any change may have moved one)."""
+    ids = sorted(nodes)
+    calls: list[tuple[str, tuple[Any, ...]]] = [("get_states", (ids,)), ("live_schedules", (ids,))]
+    if alive:
+        calls.append(("live_process_positions", (root_id,)))
+    return calls
+
+
+def _facts_read(nodes: Collection[str], answers: list[Any], node_types: dict[str, str]) -> KeptFacts:
+    """Kept facts from the answers of ``_refresh_calls(...)[1:]`` for ``nodes`` (the live
+    schedules, and the live processes when they were read), and the node types known."""
+    schedules: dict[str, list[ScheduleRecord]] = {node_id: [] for node_id in nodes}
+    if answers:
+        for sched in answers[0]:
+            if sched.node_id in schedules:  # (MySQL's collation matches ids of another case too)
+                schedules[sched.node_id].append(sched)
+    return KeptFacts(schedules, answers[1] if len(answers) > 1 else None, node_types)
+
+
+def _stalled_check(tree: Tree, root_id: str) -> bool:
+    """Whether the wait reasons of ``tree`` as kept will look for stalled steps (no node of it
+    started or ended for STALLED_AFTER seconds: culm.core.waits.read_facts). Rows read since
+    only move that later, so a tree that will not look is never mistaken for one that will."""
+    if tree.may_wait is None:
+        return False
+    return not moved_since(time.time() - STALLED_AFTER, tree.may_wait, tree.records.get(root_id))

@@ -186,16 +186,13 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
     return reasons
 
 
-def _deadlines(unit: Unit, root_id: str, versions: Mapping[str, str], timed: Callable[[str], Collection[str]],
-               waiting: Mapping[str, ScheduleRecord]) -> dict[str, float]:
-    """When the timeouts of the waiting nodes with one fire, by node id (read only if there are)."""
-    if not set(waiting).intersection(timed(root_id)):
-        return {}
-    return {t.node_id: t.due for t in unit.tasks_of_root(root_id, TIMEOUT)
-            if t.node_id in waiting and versions.get(t.node_id) == t.running_version}
+def _deadlines(versions: Mapping[str, str], waiting: Mapping[str, ScheduleRecord],
+               tasks: Sequence[TaskRecord]) -> dict[str, float]:
+    """When the timeouts of the waiting nodes fire, by node id, from the pipeline's TIMEOUT tasks."""
+    return {t.node_id: t.due for t in tasks if t.node_id in waiting and versions.get(t.node_id) == t.running_version}
 
 
-def _moved_since(t: float, records: Sequence[StateRecord], root: StateRecord | None) -> bool:
+def moved_since(t: float, records: Sequence[StateRecord], root: StateRecord | None) -> bool:
     """Whether a node of ``records`` (or the root) started or ended after ``t``: then a runner took
     a step of this pipeline lately, and the stalled check need not read its tasks (a poller of a
     moving pipeline pays nothing for it)."""
@@ -229,31 +226,21 @@ class KeptFacts:
     Every write of a schedule's existence, count or end writes a feed note for its node
     (:mod:`culm.core.handlers.activity`, :mod:`culm.core.scheduling`, :mod:`culm.core.faults`), and
     every write of a live process's position comes with a state change or note of its pipeline
-    (the simulation checks both after every step: ``tests/integration/simulation.py``).
+    (the simulation checks both after every step: ``tests/integration/simulation.py``). A node's
+    type never changes.
     """
 
     schedules: dict[str, list[ScheduleRecord]] = field(default_factory=dict)  # live ones, by node id
     processes: list[ProcessPosition] | None = None  # the pipeline's live ones (None: not read)
-
-
-def _live_schedules(unit: Unit, node_ids: list[str], kept: KeptFacts | None) -> list[ScheduleRecord]:
-    """The live schedules of ``node_ids``: read, or taken from ``kept``, which the ones read join."""
-    if kept is None:
-        return unit.live_schedules(node_ids)
-    known = kept.schedules
-    missing = [node_id for node_id in node_ids if node_id not in known]
-    if missing:
-        read: dict[str, list[ScheduleRecord]] = {node_id: [] for node_id in missing}
-        for sched in unit.live_schedules(missing):
-            read[sched.node_id].append(sched)
-        known.update(read)
-    return [sched for node_id in node_ids for sched in known[node_id]]
+    node_types: dict[str, str] = field(default_factory=dict)  # of the nodes asked about so far
 
 
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
                timed: Callable[[str], Collection[str]] | None = None,
-               kept: KeptFacts | None = None) -> WaitFacts:
-    """Read the rows :func:`wait_reasons` needs for ``records``, and only those.
+               kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None) -> WaitFacts:
+    """Read the rows :func:`wait_reasons` needs for ``records``, and only those: those that do
+    not depend on each other together (one round trip on a server database), then the tasks the
+    waiting nodes' schedules need.
 
     Args:
         unit: a reading unit of the store.
@@ -263,6 +250,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             when a node waits for a poll or a callback (then its deadline is read).
         kept: the facts kept with the tree ``records`` come from (taken from there, and what is
             read here is added to it).
+        execute_tasks: the pipeline's EXECUTE tasks, when the caller read them already (with the
+            change feed: culm.core.state_tree); the stalled check then reads none.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -271,35 +260,69 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     facts = WaitFacts(candidates=candidates)
     odd = [st.node_id for st in candidates if st.name != states.RUNNING]
     running = [st for st in candidates if st.name == states.RUNNING]
-    if odd:
-        facts.node_types = unit.node_types(odd)
-    if running:
-        versions = {st.node_id: st.version for st in running}
-        current = [s for s in _live_schedules(unit, list(versions), kept)
-                   if versions.get(s.node_id) == s.version]
-        facts.schedules = {s.node_id: s for s in current}
-        if any(s.type == "poll" for s in current):
-            tasks: list[TaskRecord] = unit.tasks_of_root(running[0].root_id, SCHEDULE)
-            facts.next_runs = {t.schedule_id: t.due for t in tasks if t.schedule_id and not t.callback_id}
-        if current and timed is not None:
-            facts.deadlines = _deadlines(unit, running[0].root_id, versions, timed, facts.schedules)
-        if current:
-            facts.revoked_in = _revoked_in(records, root, [st for st in running if st.node_id in facts.schedules])
     # Processes (converging forks, parked branches) matter only while something is alive.
     live = (states.RUNNING, states.SUSPENDED)
     alive = root if root is not None and root.name in live else next(
         (st for st in candidates if st.name in live and st.root_id), None)
-    if alive is not None:
+    known_types = kept.node_types if kept is not None else {}
+    types_missing = [node_id for node_id in odd if node_id not in known_types]
+    known_schedules = kept.schedules if kept is not None else {}
+    schedules_missing = list(dict.fromkeys(st.node_id for st in running if st.node_id not in known_schedules))
+    processes = kept.processes if kept is not None else None
+    late = time.time() - STALLED_AFTER
+    stalled_check = alive is not None and not moved_since(late, records, root)  # a pipeline that moves has a runner
+    calls: list[tuple[str, tuple[Any, ...]]] = []
+    if types_missing:
+        calls.append(("node_types", (types_missing,)))
+    if schedules_missing:
+        calls.append(("live_schedules", (schedules_missing,)))
+    if alive is not None and processes is None:
+        calls.append(("live_process_positions", (alive.root_id,)))
+    if stalled_check and execute_tasks is None and alive is not None:
+        calls.append(("tasks_of_root", (alive.root_id, EXECUTE)))
+    answers = iter(unit.read_together(calls) if calls else ())
+    if types_missing:
+        found_types: dict[str, str] = next(answers)
         if kept is None:
-            facts.processes = unit.live_process_positions(alive.root_id)
+            known_types = found_types
         else:
-            if kept.processes is None:
-                kept.processes = unit.live_process_positions(alive.root_id)
-            facts.processes = kept.processes
-        late = time.time() - STALLED_AFTER
-        if not _moved_since(late, records, root):  # a pipeline that moves has a runner
-            facts.stalled = [t for t in unit.tasks_of_root(alive.root_id, EXECUTE)
-                             if t.running_version is None and t.due < late]
+            known_types.update(found_types)  # a node's type never changes
+    facts.node_types = {node_id: known_types[node_id] for node_id in odd if node_id in known_types}
+    if schedules_missing:
+        read: dict[str, list[ScheduleRecord]] = {node_id: [] for node_id in schedules_missing}
+        for sched in next(answers):
+            if sched.node_id in read:  # (MySQL's collation matches ids of another case too)
+                read[sched.node_id].append(sched)
+        if kept is None:
+            known_schedules = read
+        else:
+            known_schedules.update(read)
+    if alive is not None and processes is None:
+        processes = next(answers)
+        if kept is not None:
+            kept.processes = processes
+    if stalled_check and execute_tasks is None:
+        execute_tasks = next(answers)
+    if running:
+        versions = {st.node_id: st.version for st in running}
+        current = [s for node_id in versions for s in known_schedules[node_id] if versions[node_id] == s.version]
+        facts.schedules = {s.node_id: s for s in current}
+        root_id = running[0].root_id
+        polls = any(s.type == "poll" for s in current)
+        timeouts = bool(current) and timed is not None and bool(set(facts.schedules).intersection(timed(root_id)))
+        reads = [("tasks_of_root", (root_id, kind)) for kind, wanted in ((SCHEDULE, polls), (TIMEOUT, timeouts))
+                 if wanted]
+        tasks = iter(unit.read_together(reads) if reads else ())
+        if polls:
+            facts.next_runs = {t.schedule_id: t.due for t in next(tasks) if t.schedule_id and not t.callback_id}
+        if timeouts:
+            facts.deadlines = _deadlines(versions, facts.schedules, next(tasks))
+        if current:
+            facts.revoked_in = _revoked_in(records, root, [st for st in running if st.node_id in facts.schedules])
+    if alive is not None:
+        facts.processes = processes or []
+        if stalled_check:
+            facts.stalled = [t for t in execute_tasks or () if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
     return facts

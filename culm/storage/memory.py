@@ -31,7 +31,15 @@ from dataclasses import dataclass, replace
 from typing import Any, TypeVar, Unpack
 
 from culm.core import states
-from culm.core.ports import LogRow, PipelineRow, ProcessFields, ScheduleFields, StateWrite, TaskFields
+from culm.core.ports import (
+    LogRow,
+    PipelineRow,
+    ProcessFields,
+    ScheduleFields,
+    StateWrite,
+    TaskFields,
+    refuse_unknown_reads,
+)
 from culm.core.records import (
     ContextValue,
     HistoryRecord,
@@ -130,6 +138,11 @@ class MemoryUnit(TransactionView):
         if root_id is not None:
             rows = [c for c in rows if c.root_id == root_id]
         return rows[:limit]
+
+    def read_together(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """Each ``(verb, args)`` answered as ``verb(*args)`` (no round trips to save here)."""
+        refuse_unknown_reads(calls)
+        return [getattr(self, verb)(*args) for verb, args in calls]
 
     def change_time_from(self, seq: int) -> float | None:
         rows = self._db.feed.between(seq - 1, self.last_change_seq())

@@ -356,3 +356,32 @@ def test_a_second_process_polling_a_sqlite_file_keeps_its_tree(tmp_path):
         assert summary == {"full_reads_after_first": 0}  # every later poll read only what changed
         mine = api.get_pipeline_states(rt, root).data[root]["children"]
         assert polls[-1]["nodes"] == sorted([k, v["state"]] for k, v in mine.items())
+
+
+def test_reads_sent_together_answer_as_each_read_alone(runtime):
+    """``Unit.read_together`` (one round trip on a server database) answers each read as its verb
+    does alone, on every store; a verb it does not send is refused, naming it."""
+    from support import wait_until
+
+    from culm.core.records import EXECUTE
+    from culm.errors import InvalidOperationError
+
+    waiting = act("t_callback")
+    tree = build_tree(chain(act(x=1), waiting))
+    root = run(runtime, tree)
+    wait_until(lambda: (full_read(runtime, root)[root]["children"].get(waiting.id, {}).get("wait_reason") or {}).get(
+        "kind") == "callback", timeout=30, what="the activity waits for its callback")
+    ids = sorted(full_read(runtime, root)[root]["children"])
+    calls = [("read_changes", (0, 2**62, None, 1000)), ("states_of_root", (root,)), ("get_states", (ids,)),
+             ("node_types", (ids,)), ("live_schedules", (ids,)), ("live_process_positions", (root,)),
+             ("tasks_of_root", (root, EXECUTE)), ("live_schedules", ([],))]
+    with runtime.engine.store.reading() as unit:
+        together = unit.read_together(calls)
+        alone = [getattr(unit, verb)(*args) for verb, args in calls]
+        with pytest.raises(InvalidOperationError, match="get_state"):
+            unit.read_together([("get_state", (root,)), ("get_states", (ids,))])
+    assert [r for r in together[0] if r.root_id == root] == [r for r in alone[0] if r.root_id == root]
+    assert sorted(together[1], key=lambda st: st.node_id) == sorted(alone[1], key=lambda st: st.node_id)
+    assert together[2:] == alone[2:]
+    assert [s.node_id for s in together[4]] == [waiting.id]  # the read found what a poll needs
+    assert together[5] and together[3]

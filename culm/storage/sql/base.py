@@ -26,6 +26,7 @@ from culm.core.ports import (
     ScheduleFields,
     StateWrite,
     TaskFields,
+    refuse_unknown_reads,
 )
 from culm.core.records import (
     ContextValue,
@@ -159,6 +160,10 @@ def _process_row(r: Sequence[Any]) -> ProcessRecord:
 
 def _task_row(r: Sequence[Any]) -> TaskRecord:
     return TaskRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
+
+
+# A verb's reads and what makes its answer of their rows (SqlUnit.read_together).
+_Plan = tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], Any]]
 
 
 def _schedule_row(r: Sequence[Any]) -> ScheduleRecord:
@@ -601,12 +606,7 @@ class SqlUnit:
 
     def node_types(self, ids: Sequence[str]) -> dict[str, str]:
         """``{node_id: type}`` of the indexed ids among ``ids`` (the root's type is ``Pipeline``)."""
-        found: dict[str, str] = {}
-        for i in range(0, len(ids), 500):
-            chunk = list(ids[i : i + 500])
-            found.update(self._all(f"SELECT id, type FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk))
-        wanted = set(ids)
-        return {i: t for i, t in found.items() if i in wanted}
+        return self._answer(self._plan_node_types(ids))
 
     def existing_node_ids(self, ids: Iterable[str]) -> set[str]:
         ids = list(ids)
@@ -761,6 +761,62 @@ class SqlUnit:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
         return [self._all(sql, params) for sql, params in reads]
 
+    # -- several plain reads in one round trip (culm.core.ports.Changes.read_together) -----------
+    # Each verb a poll reads, as (its statements, what makes its answer of their rows): the verb
+    # itself runs them one by one, read_together sends those of several verbs together.
+    def read_together(self, calls: Sequence[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """The answers of several plain reads, each ``(verb, args)`` answered as ``verb(*args)``
+        would; on a server database their statements go in one round trip."""
+        refuse_unknown_reads(calls)
+        # One by one where nothing is gained together (SQLite runs them in turn anyway, and a unit
+        # that keeps copies answers some of them itself) or a view answers get_states.
+        if len(calls) < 2 or self._state_view is not None or type(self)._all_together is SqlUnit._all_together:
+            return [getattr(self, verb)(*args) for verb, args in calls]
+        plans = [getattr(self, "_plan_" + verb)(*args) for verb, args in calls]
+        answers = iter(self._all_together([read for reads, _ in plans for read in reads]))
+        return [make([next(answers) for _ in reads]) for reads, make in plans]
+
+    def _answer(self, plan: _Plan) -> Any:
+        reads, make = plan
+        return make([self._all(sql, params) for sql, params in reads])
+
+    def _plan_read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> _Plan:
+        read: tuple[str, list[Any]] = ((CHANGES_BETWEEN, [after, upto, limit]) if root_id is None
+                                       else (CHANGES_OF_ROOT_BETWEEN, [after, upto, root_id, limit]))
+        return [read], lambda answers: [
+            StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in answers[0]]
+
+    def _plan_node_types(self, ids: Sequence[str]) -> _Plan:
+        chunks = [list(ids[i : i + 500]) for i in range(0, len(ids), 500)]
+
+        def make(answers: list[list[Any]]) -> dict[str, str]:
+            wanted = set(ids)  # MySQL's collation matches ids of another case too
+            return {r[0]: r[1] for rows in answers for r in rows if r[0] in wanted}
+
+        return [(f"SELECT id, type FROM culm_node WHERE id IN ({marks(len(chunk))})", chunk) for chunk in chunks], make
+
+    def _plan_states_of_root(self, root_id: str) -> _Plan:
+        return [(STATES_OF_ROOT, [root_id])], lambda answers: [_state_row(r) for r in answers[0]]
+
+    def _plan_get_states(self, node_ids: Iterable[str]) -> _Plan:
+        ids = list(dict.fromkeys(node_ids))
+        return (self._states_reads(ids) if ids else []), lambda answers: {
+            r[0]: _state_row(r) for rows in answers for r in rows}
+
+    def _plan_live_schedules(self, node_ids: Sequence[str]) -> _Plan:
+        ids = list(node_ids)
+        reads: list[tuple[str, Sequence[Any]]] = [
+            (LIVE_SCHEDULES_IN.format(marks=marks(len(chunk))), [*chunk, False])
+            for chunk in (ids[i : i + 500] for i in range(0, len(ids), 500))]
+        return reads, lambda answers: [_schedule_row(r) for rows in answers for r in rows]
+
+    def _plan_live_process_positions(self, root_id: str) -> _Plan:
+        return [(LIVE_POSITIONS_OF_ROOT, [root_id, False])], lambda answers: [
+            ProcessPosition._make(r) for r in answers[0]]
+
+    def _plan_tasks_of_root(self, root_id: str, kind: str) -> _Plan:
+        return [(TASKS_OF_ROOT, [root_id, kind])], lambda answers: [_task_row(r) for r in answers[0]]
+
     def last_change_seq(self) -> int:
         row = self._one("SELECT MAX(seq) FROM culm_change")
         return int(row[0]) if row and row[0] is not None else 0
@@ -777,11 +833,7 @@ class SqlUnit:
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
         """Up to ``limit`` recorded changes with ``after`` < seq <= ``upto`` (of one root when
         given), in seq order."""
-        if root_id is None:
-            rows = self._all(CHANGES_BETWEEN, [after, upto, limit])
-        else:
-            rows = self._all(CHANGES_OF_ROOT_BETWEEN, [after, upto, root_id, limit])
-        return [StateChange(int(r[0]), r[1], r[2], r[3], r[4], r[5], int(r[6]), float(r[7])) for r in rows]
+        return self._answer(self._plan_read_changes(after, upto, root_id, limit))
 
     def change_time_from(self, seq: int) -> float | None:
         """The time of the first recorded change whose seq is ``seq`` or above."""
@@ -795,7 +847,7 @@ class SqlUnit:
         return max(int(cur.rowcount), 0)
 
     def states_of_root(self, root_id: str) -> list[StateRecord]:
-        return [_state_row(r) for r in self._all(STATES_OF_ROOT, [root_id])]
+        return self._answer(self._plan_states_of_root(root_id))
 
     def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
         # One query through ix_culm_state_root_id for a page of pipelines, not a state tree each.
@@ -946,7 +998,7 @@ class SqlUnit:
         return [_process_row(r) for r in self._all(PROCESSES_OF_ROOT, [root_id])]
 
     def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
-        return [ProcessPosition._make(r) for r in self._all(LIVE_POSITIONS_OF_ROOT, [root_id, False])]
+        return self._answer(self._plan_live_process_positions(root_id))
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])
@@ -1062,7 +1114,7 @@ class SqlUnit:
 
     def tasks_of_root(self, root_id: str, kind: str) -> list[TaskRecord]:
         """The pending tasks of one kind of a root pipeline."""
-        return [_task_row(r) for r in self._all(TASKS_OF_ROOT, [root_id, kind])]
+        return self._answer(self._plan_tasks_of_root(root_id, kind))
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._one(TASK_BY_ID, [task_id])
@@ -1334,12 +1386,7 @@ class SqlUnit:
 
     def live_schedules(self, node_ids: Sequence[str]) -> list[ScheduleRecord]:
         """The unfinished schedules of ``node_ids`` (any version: the caller compares)."""
-        found: list[ScheduleRecord] = []
-        for i in range(0, len(node_ids), 500):
-            chunk = list(node_ids[i : i + 500])
-            found.extend(_schedule_row(r) for r in self._all(
-                LIVE_SCHEDULES_IN.format(marks=marks(len(chunk))), [*chunk, False]))
-        return found
+        return self._answer(self._plan_live_schedules(node_ids))
 
     def update_schedule(self, schedule_id: str, **fields: Unpack[ScheduleFields]) -> None:
         self._update_later("culm_schedule", "id = ?", [schedule_id], fields)

@@ -14,7 +14,9 @@ from culm.storage.sql.base import (
     MergedRows,
     Parts,
     SqlUnit,
+    _Plan,
     _process_row,
+    _schedule_row,
     _state_row,
     _task_row,
     combined_runs,
@@ -25,6 +27,7 @@ from culm.storage.sql.statements import (
     CLAIM_WITH_PROCESS,
     CONTEXTS_ANY,
     DB_NOW_POSTGRES,
+    LIVE_SCHEDULES_ANY,
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
     SNAPSHOT_READ,
@@ -264,6 +267,10 @@ class PostgresUnit(SqlUnit):
     @staticmethod
     def _states_reads(missing: Sequence[str]) -> list[tuple[str, Sequence[Any]]]:
         return [(STATES_ANY, [list(missing)])]
+
+    def _plan_live_schedules(self, node_ids: Sequence[str]) -> _Plan:
+        reads: list[tuple[str, Sequence[Any]]] = [(LIVE_SCHEDULES_ANY, [list(node_ids), False])] if node_ids else []
+        return reads, lambda answers: [_schedule_row(r) for rows in answers for r in rows]
 
     @staticmethod
     def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[Any]]:

@@ -212,6 +212,7 @@ CALLBACK_SEQ = "SELECT MAX(seq) FROM culm_callback_data WHERE node_id = ? AND ve
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
+LIVE_SCHEDULES_ANY = SCHEDULE_SELECT + " WHERE node_id = ANY(?) AND finished = ?"  # PostgreSQL (see STATES_ANY)
 
 # Root pipelines per state (culm_root_count, see culm.storage.schema): one shard's row moved by a
 # transaction's net change, and the counts a listing reads (all shards summed).
