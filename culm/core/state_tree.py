@@ -100,7 +100,7 @@ class StateTrees:
         they were read with them (for the wait reasons' stalled check), else None."""
         with self._lock:
             if not unit.feed_ordered:
-                return self._tree_unordered(unit, root_id, build)
+                return self._tree_settled(unit, root_id, build)
             last = unit.last_change_seq()  # this read's snapshot on SQLite: every state read below is as of it
             if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
                 return self._read(unit, root_id, build), None
@@ -155,6 +155,23 @@ class StateTrees:
     # catch-up (a poller of many pipelines), and its EXECUTE tasks when the stalled check will
     # want them. Only changes this read itself finds for the pipeline take a second round trip.
 
+    def _tree_settled(self, unit: Unit, root_id: str, build: Build) -> tuple[Tree, list[TaskRecord] | None]:
+        """``_tree_unordered``, read in full again when the root's state changed. A writer slower
+        than SETTLE between taking its seq and committing leaves a hole the cursor gives up on, so
+        a kept tree may miss a change until REREAD_AFTER: a root read FINISHED with a child still
+        RUNNING. Every change before the root's own committed before it, so a full read after
+        seeing the root move holds them all (one read per root transition)."""
+        before = self._kept.get(root_id)
+        was = None if before is None else before.records.get(root_id)
+        full_reads = self.full_reads
+        tree, execute = self._tree_unordered(unit, root_id, build)
+        now = tree.records.get(root_id)
+        if was is not None and now is not None and now.name != was.name and self.full_reads == full_reads:
+            tree = self._read(unit, root_id, build)
+            if tree.records:
+                self._keep(root_id, tree)
+        return tree, execute
+
     def _tree_unordered(self, unit: Unit, root_id: str, build: Build) -> tuple[Tree, list[TaskRecord] | None]:
         kept = self._kept.get(root_id)
         old = None  # a tree kept too long: read in full again (see REREAD_AFTER)
@@ -176,7 +193,7 @@ class StateTrees:
         stalled = basis is not None and _alive(basis, root_id) and _stalled_check(basis, root_id)
         if stalled:
             calls.append(("tasks_of_root", (root_id, EXECUTE)))
-        caught = self._catch_up_unordered(unit, calls, root_id)
+        caught = self._catch_up_unordered(unit, calls, root_id, window=bool(kept is not None and kept.dirty))
         if caught is None:  # far behind: every kept tree was forgotten
             tree = self._read(unit, root_id, build)
             if tree.records:
@@ -208,12 +225,18 @@ class StateTrees:
         return self._refreshed(unit, root_id, kept, build, *reads), execute
 
     def _catch_up_unordered(self, unit: Unit, calls: list[tuple[str, tuple[Any, ...]]],
-                            root_id: str) -> tuple[list[Any], set[str]] | None:
+                            root_id: str, window: bool) -> tuple[list[Any], set[str]] | None:
         """Read the feed from the cursor on, each row marking its node dirty the first time it is
         seen; the cursor moves past holes once they settle. ``calls`` go with the first read
         (read_together): returns their answers and the nodes of ``root_id`` named by rows read
         after them (none unless the catch-up takes more than one batch), or None when it was so
-        far behind that it forgot every kept tree instead."""
+        far behind that it forgot every kept tree instead.
+
+        Between window reads only rows above the top are read, but a change of ``root_id`` may
+        sit in a hole below it (its seq taken before rows read already, committed after that read)
+        while a later change it caused is above: its root FINISHED read with a child still
+        RUNNING. So the window is read whenever the asked pipeline moved: at once when an earlier
+        call marked it (``window``), else right after a read found it."""
         cursor = self._cursor
         if cursor is None:
             cursor = self._cursor = FeedCursor(max(0, unit.last_change_seq() - START_BACK), ordered=False,
@@ -222,7 +245,8 @@ class StateTrees:
         kept = self._kept
         after = cursor.position
         now = time.monotonic()
-        if after < self._top and now - self._window_at < WINDOW_EVERY:
+        above_top = not window and after < self._top and now - self._window_at < WINDOW_EVERY
+        if above_top:
             after = self._top  # only new rows: the holes below are looked at again soon
         else:
             self._window_at = now
@@ -231,18 +255,23 @@ class StateTrees:
         first = True
         while True:
             at = time.monotonic()
+            moved = False
             for change in rows:
+                moved = moved or change.root_id == root_id
                 if cursor.first_sight(change.seq, at):
                     found = kept.get(change.root_id)
                     if found is not None:
                         found.dirty.add(change.node_id)
                     if not first and change.root_id == root_id:
                         late.add(change.node_id)
-            if not rows:
-                return answers, late
-            after = rows[-1].seq
-            self._top = max(self._top, after)
-            cursor.read_upto(after, at)
+            if rows:
+                after = rows[-1].seq
+                self._top = max(self._top, after)
+                cursor.read_upto(after, at)
+            if above_top and moved:  # read the holes below the top too (see above)
+                above_top, first, self._window_at = False, False, at
+                rows = unit.read_changes(cursor.position, UNBOUNDED, None, BATCH)
+                continue
             if len(rows) < BATCH:
                 return answers, late
             if first and unit.last_change_seq() - cursor.position > MAX_CATCH_UP:

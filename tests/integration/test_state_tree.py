@@ -264,7 +264,8 @@ def full_read(runtime, root_id):
 def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
     """On every backend (on PostgreSQL and MariaDB the writers are worker processes, and the feed
     may show rows out of seq order): after the first read of a pipeline, polls read only the
-    states the feed names, and each equals a full read."""
+    states the feed names, and each equals a full read. (On a server database the poll that sees
+    the root's state change reads the tree whole once: StateTrees._tree_settled.)"""
     from support import wait_until
 
     first = act("t_gate", gate="tree-changed", x=1)
@@ -286,7 +287,7 @@ def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
     wait_until(finished, timeout=30, interval=0.002, what="the pipeline FINISHED, seen by the kept tree")
     assert polls[-1] == full_read(runtime, root)
     assert len(polls[-1][root]["children"]) > len(held[root]["children"])
-    assert trees.full_reads == reads
+    assert trees.full_reads - reads <= 1
 
 
 POLLER = """
