@@ -314,10 +314,11 @@ def check(res: Any, what: str = "", bad_input: bool = False) -> Any:
         return res.data
     from sqlalchemy.exc import SQLAlchemyError
 
+    from culm._retry import is_outage
     from culm.errors import NotFoundError
 
     message = f"{what}: {res.message}" if what else res.message
-    if isinstance(res.exc, SQLAlchemyError | OSError):
+    if isinstance(res.exc, SQLAlchemyError) or (res.exc is not None and is_outage(res.exc)):
         raise DatabaseError(message)
     if isinstance(res.exc, NotFoundError):
         raise NotFound(message)
