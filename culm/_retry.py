@@ -8,7 +8,8 @@ command is retried here, a few times with a growing, jittered pause, and never s
 refusal; an engine batch is retried by its runner (:mod:`culm.dispatch.runner`).
 
 A leaf module (standard library only), so that the API, the dispatchers and the store share it
-without depending on one another.
+without depending on one another; the CLI and the service ask it whether a failed call was an
+outage of the database (:func:`is_outage`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,16 @@ MAX_PAUSE = 0.5
 _PG_STATES = frozenset({"40001", "40P01"})
 # MySQL / MariaDB error codes: lock wait timeout, deadlock found when trying to get lock.
 _MY_CODES = frozenset({1205, 1213})
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` says the database could not be reached or used (a lost connection, a
+    server that is down or out of connections): a driver's PEP 249 ``OperationalError`` or
+    ``InterfaceError`` (culm's stores speak to the drivers directly, so theirs come through
+    unwrapped), SQLAlchemy's wrapping of one, or an ``OSError``. Not a fault of the caller's or
+    the engine's: the same call may work in a moment."""
+    names = {c.__name__ for c in type(exc).__mro__}
+    return isinstance(exc, OSError) or bool(names & {"OperationalError", "InterfaceError"})
 
 
 def is_lock_victim(exc: BaseException) -> bool:

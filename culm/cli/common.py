@@ -272,13 +272,18 @@ def db_errors(files: bool = False) -> tuple[type[BaseException], ...]:
 
 
 @contextlib.contextmanager
-def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool = False) -> Iterator[Any]:
+def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool = False,
+                 submits: bool = False) -> Iterator[Any]:
     """A runtime on the command's database.
 
     Args:
         args: the parsed options (``--db``, ``--broker``).
         read_only: the command only reads: a missing SQLite file is an error, never created.
         run: an embedded runtime should run work (worker threads), not only submit and read.
+        submits: the command makes work (a control call, even with ``--no-follow``): with a broker,
+            the runtime publishes it to the workers. Without, the work is only a committed row,
+            which a cluster's workers find only when their relay looks for forgotten rows
+            (``CULM_RELAY_GRACE``, 15 s, later).
     """
     import culm
 
@@ -286,7 +291,7 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
     check_sqlite(url, read_only)
     broker = broker_url(args)
     try:
-        if broker and (run or not read_only):
+        if broker and (run or submits or not read_only):
             rt = culm.Runtime(url, broker=broker, prefix=getattr(args, "prefix", "culm"))
         else:
             rt = culm.Runtime(url, workers=None if run else 0)
@@ -309,10 +314,11 @@ def check(res: Any, what: str = "", bad_input: bool = False) -> Any:
         return res.data
     from sqlalchemy.exc import SQLAlchemyError
 
+    from culm._retry import is_outage
     from culm.errors import NotFoundError
 
     message = f"{what}: {res.message}" if what else res.message
-    if isinstance(res.exc, SQLAlchemyError | OSError):
+    if isinstance(res.exc, SQLAlchemyError) or (res.exc is not None and is_outage(res.exc)):
         raise DatabaseError(message)
     if isinstance(res.exc, NotFoundError):
         raise NotFound(message)

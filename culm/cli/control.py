@@ -3,7 +3,8 @@
 On the embedded runtime, when no other process runs this database's work, the command then runs
 the pipeline on (in this process) until it ends or stops moving, printing each state change, as
 ``culm run --attach`` does; ``--no-follow`` only records the command. With a cluster (``--broker``)
-the workers go on with it; without one, they pick the command's work up from the database.
+the command publishes its work to the workers (``--no-follow`` or not); without one, they pick the
+command's work up from the database when their relay looks for it (``CULM_RELAY_GRACE`` later).
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def cmd_control(args: argparse.Namespace) -> int:
     target = getattr(args, attr)
     import_modules(import_names(args.imports))
     cluster = bool(broker_url(args))
-    with open_runtime(args, read_only=True, run=not args.no_follow) as rt:
+    with open_runtime(args, read_only=True, run=not args.no_follow, submits=True) as rt:
         from culm import api
 
         try:

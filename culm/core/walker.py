@@ -218,6 +218,12 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         step.set_state(st, states.RUNNING, versioned=False, signal=False)
         run.fail(f"node execution exceed rerun limit {engine.settings.rerun_limit}")
         raise _Stop
+    if st.name == states.RUNNING and node.type == SUBPROCESS and node.id not in proc.stack:
+        # A subprocess paused before its process stepped in (READY after retry_subprocess) and
+        # resumed before the process's task ran: resume_pipeline made it RUNNING, and nothing was
+        # parked for it to wake. Nobody is inside (its pipeline is entered only through this
+        # process): the process steps in now, with the run's version, as a replay of the entry does.
+        return st
     if st.name not in states.ENTERABLE_STATES:
         proc.asleep = True  # a duplicate or stale message: the node is busy or waits for an operator
         raise _Stop

@@ -147,7 +147,12 @@ class TaskRelay:
         for task in tasks:
             self.dispatcher.publish(task, at)
         if tasks:
-            logger.info("relayed %d task(s)", len(tasks))
+            # Overdue ones are work whose message never led to a run (lost, never sent, or held
+            # by a dead worker); the others are timers not marked published yet (their submitter
+            # marks them just after its publish): a duplicate message at worst.
+            overdue = sum(1 for t in tasks if t.due <= at - grace)
+            logger.info("relayed %d task(s): %d overdue, %d timer(s) due soon", len(tasks), overdue,
+                        len(tasks) - overdue)
         return len(tasks)
 
     def bury_dead(self) -> int:

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from culm._json import viewable
+from culm._retry import is_outage
 from culm.errors import CulmError, InvalidOperationError, NotFoundError, TreeInvalidError
 from culm.model.limits import duplicate_key
 
@@ -66,7 +67,7 @@ class ProblemError(HTTPException):
 
 _TITLES = {400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found", 409: "Conflict",
            413: "Content too large", 415: "Unsupported media type", 422: "Unprocessable content",
-           429: "Too many requests", 500: "Internal server error"}
+           429: "Too many requests", 500: "Internal server error", 503: "Service unavailable"}
 
 
 def problem(status: int, detail: str, problems: list[dict[str, Any]] | None = None,
@@ -93,11 +94,17 @@ def unwrap(result: Any) -> Any:
 
     Raises:
         ProblemError: 422 for an invalid tree, 404 for an unknown id, 409 for a refused command,
-            400 for any other mistake of the caller, 500 for a fault of the engine.
+            400 for any other mistake of the caller, 503 (``Retry-After: 2``) when the database
+            cannot be reached or used (as the CLI's exit 4), 500 for a fault of the engine.
     """
     if result.result:
         return result.data
     exc = result.exc
+    if exc is not None and is_outage(exc):
+        # An outage, or a server out of connections: not the engine's fault, and the same call
+        # may work in a moment. A 500 said "Internal server error" and a client gave up.
+        raise ProblemError(503, f"the database cannot be reached or used: {result.message}",
+                           headers={"Retry-After": "2"})
     if isinstance(exc, TreeInvalidError):
         raise ProblemError(422, result.message, tree_problems(exc))
     if isinstance(exc, NotFoundError):

@@ -27,6 +27,11 @@ CI runs a bounded variant (``test_storm_driver.py``). A longer run, e.g. five se
     .venv/bin/python tests/integration/storm_driver.py --backend both --seeds 1-5 --seconds 90 \\
         --pipelines 30
 
+``--cli-only N --relay-grace 3600 --kill-every 0 0``: every control call through ``culm``
+processes from N threads (one firing random calls, the others an operator's, see :func:`needed`),
+with no kill and a relay that never looks in time, so each command's work must reach the workers
+through its own publish.
+
 (``--help`` for the rest; ``--harness`` starts the workers exactly as the acceptance harness does:
 ``culm worker --db URL --broker URL``, default leases and concurrency, so a kill's work is taken
 over only after the default 30 s lease). Every random choice comes from the seed; the engine's own
@@ -68,8 +73,10 @@ OPS = {"pause": 5, "resume": 8, "pause_sub": 3, "resume_sub": 5, "appoint": 5, "
        "breathe": 6}
 # Retry data: makes s_flaky and s_raise succeed and s_poll finish at its first poll.
 RETRY_OK = {"ok": True, "polls": 1, "ms": 0}
-REFUSED_REST = (404, 409, 413, 422)
-REFUSED_CLI = (3, 5)
+# Clear answers besides success: the contract's refusals, and a database the server could not
+# reach or use (REST 503, CLI exit 4: a PostgreSQL out of connections, shared with other tests).
+REFUSED_REST = (404, 409, 413, 422, 503)
+REFUSED_CLI = (3, 4, 5)
 
 
 @dataclass
@@ -204,11 +211,14 @@ class Rest:
 
 
 class Cli:
-    """Calls through ``culm`` commands (``--no-follow``: the workers go on with the work)."""
+    """Calls through ``culm`` commands (``--no-follow``: the workers go on with the work; with
+    ``follow``, a random half without it: on a cluster the command then records and returns too,
+    through the runtime it opens to run work)."""
 
-    def __init__(self, db: str, broker: str, prefix: str) -> None:
+    def __init__(self, db: str, broker: str, prefix: str, follow: random.Random | None = None) -> None:
         self.db, self.cluster = ["--db", db], ["--broker", broker, "--prefix", prefix]
         self.env = {**os.environ, "PYTHONPATH": PATHS}
+        self.follow = follow
 
     def argv(self, call: Call) -> list[str]:
         t, a = call.target, call.args
@@ -233,7 +243,8 @@ class Cli:
 
     def __call__(self, call: Call) -> tuple[bool, str]:
         argv = self.argv(call)
-        done = self.run(*argv[:2], "--no-follow", *argv[2:], cluster=True)
+        follow = self.follow is not None and self.follow.random() < 0.5
+        done = self.run(*argv[:2], *(() if follow else ("--no-follow",)), *argv[2:], cluster=True)
         if done.returncode == 0:
             return True, ""
         text = (done.stderr or done.stdout).strip()
@@ -292,6 +303,47 @@ def fire_loop(forest: Forest, graphs: dict[str, Any], rng: random.Random, send: 
                 t.join(120)
             continue
         tally.add(how, call, *send(call), forest)
+
+
+def needed(rt: Any, root: str, graph: Any, rng: random.Random) -> Call | None:
+    """A call an operator would make at pipeline ``root`` now, as its states read (the storm's
+    random calls are mostly refused: these are mostly accepted, so each makes work to publish)."""
+    res = api.get_pipeline_states(rt, root)
+    if not res.result:
+        return None
+    tree = res.data[root]
+    if tree["state"] in ("FINISHED", "REVOKED"):
+        return None
+    calls = [Call("resume", root)] if tree["state"] == "SUSPENDED" else [Call("pause", root)]
+    for node_id, st in tree["children"].items():
+        node = graph.nodes.get(node_id)
+        if node is None:
+            continue
+        if st["state"] == "FAILED" and node.type == "ServiceActivity":
+            calls += [Call("retry_ok", node_id, {"data": dict(RETRY_OK)}), Call("skip", node_id)]
+        elif st["state"] == "FAILED" and node.type in ("ExclusiveGateway", "ConditionalParallelGateway"):
+            op = "skip_eg" if node.type == "ExclusiveGateway" else "skip_cpg"
+            calls.append(Call(op, node_id, {"flow": rng.choice(node.flows)} if op == "skip_eg" else
+                              {"flows": list(node.flows), "converge": node.converge_gateway_id}))
+        elif st["state"] == "SUSPENDED":
+            calls.append(Call("resume_sub" if node.type == "SubProcess" else "unappoint", node_id))
+        elif st["state"] == "RUNNING" and node.type == "ServiceActivity":
+            calls.append(Call("callback", node_id, {"data": {"ok": True, "done": True, "n": rng.randrange(1000)}}))
+    # The pause is one of many: a pipeline is mostly moved on, now and then held.
+    return rng.choice(calls[1:] or calls) if rng.random() > 0.15 else calls[0]
+
+
+def operator_loop(rt: Any, forest: Forest, graphs: dict[str, Any], rng: random.Random,
+                  send: Callable[[Call], tuple[bool, str]], tally: Tally, until: float) -> None:
+    """Until ``until``: pick a started pipeline, make the call its states need (:func:`needed`)
+    through ``send``."""
+    while time.monotonic() < until:
+        started = sorted(graphs)
+        call = needed(rt, root, graphs[root], rng) if (root := rng.choice(started) if started else "") else None
+        if call is None:
+            time.sleep(0.2)
+            continue
+        tally.add("cli-op", call, *send(call), forest)
 
 
 def graphs_of(rt: Any, roots: list[str]) -> dict[str, Any]:
@@ -376,6 +428,13 @@ def reruns(log: Path, kills: Kills, bound: int) -> tuple[int, list[str]]:
                 per_kill[k] += 1
     broken += [f"kill {k} re-ran {n} calls (bound {bound})" for k, n in per_kill.items() if n > bound]
     return again, broken
+
+
+def relayed_lines(backend: Any) -> list[str]:
+    """The relay's lines in the backend's worker logs that relayed overdue tasks (work whose
+    message never led to a run; not timers whose submitter had not marked them published yet)."""
+    return [line for i in range(len(backend.workers)) for line in backend.worker_log(i).splitlines()
+            if "relayed" in line and "task(s)" in line and " 0 overdue" not in line]
 
 
 def queue_prefix(backend: Any) -> str:
@@ -492,9 +551,16 @@ class Outcome:
 def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: int = 10, seconds: float = 20.0,
               threads: int = 4, burst: int = 6, workers: int = 2, kill_every: tuple[float, float] = (3.0, 7.0),
               rest: bool = True, cli: bool = True, client: bool = True, harness: bool = False,
-              settle_for: float = 60.0) -> Outcome:
+              settle_for: float = 60.0, cli_only: int = 0, relay_grace: float | None = None) -> Outcome:
     """One seeded storm on backend ``kind`` (``postgres-redis`` or ``mariadb-rabbitmq``); raises
-    AssertionError naming what broke and the last calls."""
+    AssertionError naming what broke and the last calls.
+
+    ``cli_only``: every control call through ``culm`` processes, from this many threads (bursts
+    of ``burst`` processes at once), half of them without ``--no-follow``; no API caller, REST or
+    second process. ``relay_grace``: the workers' ``CULM_RELAY_GRACE``; one of a minute or more
+    with no kill (``kill_every`` 0) means nothing may wait for the relay: every task must arrive
+    through its own publish, so a task left unpublished fails the settle, and any "relayed" line
+    in a worker's log fails the storm."""
     from backends import HarnessBackend, own_backend
 
     began = time.monotonic()
@@ -512,7 +578,11 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
         backend.setup()
         settle_for = max(settle_for, 120.0)  # a killed worker's leases run out after 30 s
     else:
-        backend = own_backend(kind, workdir)
+        backend = own_backend(kind, workdir, env=None if relay_grace is None else
+                              {"CULM_RELAY_GRACE": f"{relay_grace:g}"})
+    if cli_only:
+        threads, rest, client, cli = 0, False, False, True
+    quiet_relay = kill_every[0] <= 0 and relay_grace is not None and relay_grace >= 60 and not harness
     procs: list[subprocess.Popen[Any]] = []
     tally = Tally()
     kills = Kills()
@@ -525,7 +595,8 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
             res = api.run_pipeline(rt, tree, cycle_tolerate=True)
             assert res.result, res.message
         graphs = graphs_of(rt, forest.roots[:first])
-        cli_caller = Cli(backend.db_url, backend.broker_url, queue_prefix(backend))
+        cli_caller = Cli(backend.db_url, backend.broker_url, queue_prefix(backend),
+                         follow=random.Random(seed) if cli_only else None)
         server = None
         if rest:
             proc, server = serve(backend, workdir)
@@ -541,7 +612,11 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
                 forest, graphs, random.Random(seed * 1000 + 101), server, "rest", tally, until, burst)))
         if cli:
             callers.append(threading.Thread(target=fire_loop, args=(
-                forest, graphs, random.Random(seed * 1000 + 102), cli_caller, "cli", tally, until)))
+                forest, graphs, random.Random(seed * 1000 + 102), cli_caller, "cli", tally, until,
+                burst // 2 if cli_only else 0)))
+            callers += [threading.Thread(target=operator_loop, args=(
+                rt, forest, graphs, random.Random(seed * 1000 + 103 + i), cli_caller, tally, until))
+                for i in range(cli_only - 1)]
             callers.append(threading.Thread(target=_status_reader, args=(forest, graphs, cli_caller, tally, until)))
         callers.append(threading.Thread(target=starter, args=(rt, forest, graphs, forest.trees[first:], until,
                                                              tally)))
@@ -565,6 +640,10 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
             raise AssertionError(f"{exc}\n{diagnose(rt, forest, str(exc).split('last calls:')[0])}") from None
         drift = coherent(rt, forest, server, cli_caller if cli else None)
         assert not drift, "\n".join(drift[:10])
+        if quiet_relay:
+            relayed = relayed_lines(backend)
+            assert not relayed, ("tasks reached a worker only through the relay (their publish never arrived):\n"
+                                 + "\n".join(relayed[:10]))
         bound = (8 if harness else threads_per_process) * backend.concurrency
         if harness:
             bound = 8 * (os.cpu_count() or 1)
@@ -665,6 +744,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("--harness", action="store_true", help="workers as the harness starts them (default leases)")
     p.add_argument("--no-rest", action="store_true")
     p.add_argument("--no-cli", action="store_true")
+    p.add_argument("--cli-only", type=int, default=0, metavar="N",
+                   help="every control call through culm processes, from N threads (no API, REST or second process)")
+    p.add_argument("--relay-grace", type=float, default=None, metavar="S",
+                   help="the workers' CULM_RELAY_GRACE; 60 or more with --kill-every 0 0: no task may need the relay")
     args = p.parse_args(argv)
     os.environ.setdefault("CULM_TEST_SHARED_DIR", tempfile.mkdtemp(prefix="culm-storm-shared-"))
     kinds = ["postgres-redis", "mariadb-rabbitmq"] if args.backend == "both" else [args.backend]
@@ -677,7 +760,8 @@ def main(argv: list[str]) -> int:
             try:
                 outcome = run_storm(kind, seed, workdir, args.pipelines, args.size, args.seconds, args.threads,
                                     workers=args.workers, kill_every=tuple(args.kill_every),
-                                    rest=not args.no_rest, cli=not args.no_cli, harness=args.harness)
+                                    rest=not args.no_rest, cli=not args.no_cli, harness=args.harness,
+                                    cli_only=args.cli_only, relay_grace=args.relay_grace)
                 print(outcome.line(), flush=True)
             except AssertionError as exc:
                 failed += 1

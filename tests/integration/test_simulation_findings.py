@@ -16,7 +16,7 @@ from storm_ops import chain
 
 import culm
 from culm import api
-from culm.builder import ServiceActivity, SubProcess, Var, build_tree
+from culm.builder import Data, Params, ServiceActivity, SubProcess, Var, build_tree
 from culm.core import scheduling, walker
 from culm.core.invariants import check
 from culm.core.records import SCHEDULE
@@ -300,3 +300,41 @@ def test_an_early_callback_of_a_process_a_revoke_ended_is_dropped(tmp_path: Path
             assert scheduling.schedule_prepare(rt.engine, step, early.id) is None
         assert _tasks(rt) == [] and inline.take() == []
         assert check(read_snapshot(rt.engine, tree["id"])) == []
+
+
+def _drive(rt: culm.Runtime, inline: InlineDispatcher, first: Any = None) -> None:
+    """Run every task (``first``, then what the inline dispatcher holds) and its user code until none is left."""
+    todo = [first] if first is not None else inline.take()
+    while todo:
+        for task in todo:
+            invoke = _execute(rt, task.id)
+            while invoke is not None:
+                invoke = _execute(rt, task.id, (invoke, walker.call_user_code(invoke)), claim=False)
+        todo = inline.take()
+
+
+def test_a_subprocess_paused_and_resumed_before_its_retry_stepped_in_is_entered(tmp_path: Path) -> None:
+    """retry_subprocess makes a subprocess that failed on entry READY and wakes its process with a
+    task; a pause (READY -> SUSPENDED) and a resume (-> RUNNING) of the subprocess both commit before
+    that task runs, so nothing was parked for the resume to wake. The task then found the
+    subprocess RUNNING, took itself for a stale message and put the process to sleep with no task:
+    stranded for good (the storm driver found it: seed 6 on PostgreSQL + Redis)."""
+    import storm_components  # noqa: F401 - registers s_mark_gate
+
+    inner = chain(ServiceActivity(component_code="t_none"))
+    sub = SubProcess(start=inner, params=Params({"${gate}": Var(type=Var.LAZY, custom_type="s_mark_gate",
+                                                                value="${mark}")}))
+    tree = build_tree(chain(sub), data=Data(inputs={"${mark}": Var(type=Var.PLAIN, value=0)}))
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        _drive(rt, inline, _start(rt, inline, tree))
+        assert node_state_name(rt, sub.id) == "FAILED"  # ${mark} is 0: the params did not render
+        assert api.update_context_values(rt, tree["id"], {"${mark}": 5}).result
+        assert api.retry_subprocess(rt, sub.id).result
+        (retried,) = inline.take()
+        assert api.pause_pipeline(rt, sub.id).result
+        assert api.resume_pipeline(rt, sub.id).result
+        assert inline.take() == []  # no process was parked on the pause
+        _drive(rt, inline, retried)
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"

@@ -4,7 +4,8 @@ Each run: rich random trees on two ``culm worker`` processes (components from ``
 every control call from API threads (with bursts), a second process, a real ``culm serve`` and
 ``culm`` commands, ``culm status`` reading, a worker killed with ``kill -9`` and restarted every
 few seconds; then the never-stuck checker, an operator driving every pipeline to its end, the CLI
-and REST agreeing with the API, and re-run executions only where a kill caught them.
+and REST agreeing with the API, and re-run executions only where a kill caught them. A CLI-only
+storm (no kill, a relay that never looks in time) checks that every command's work is published.
 
 ``CULM_STORM_DRIVER_SEEDS=1-5`` runs those seeds; longer storms: the module docstring of
 ``storm_driver.py`` (``python tests/integration/storm_driver.py --help``).
@@ -39,6 +40,19 @@ def test_storm_of_every_control_call_with_kill_9_of_workers(kind: str, seed: int
     outcome = run_storm(kind, seed, tmp_path, pipelines=10, size=10, seconds=15)
     print("\n" + outcome.line())
     assert outcome.kills >= 1 and set(outcome.ended) <= {"FINISHED", "REVOKED"}
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_storm_of_control_calls_through_cli_processes_only_needs_no_relay(kind: str, tmp_path: Path) -> None:
+    """Every call a ``culm`` process (random ones, bursts, and an operator's mostly accepted ones),
+    half with ``--no-follow``; no kill, and workers whose relay grace is 10 minutes: each call's work
+    must reach the workers through its own publish (a ``--no-follow`` command's work waited for the
+    relay, 15 s on the default grace: the settle or the relayed-lines check fails then)."""
+    outcome = run_storm(kind, 1, tmp_path, pipelines=6, size=8, seconds=20, kill_every=(0, 0), cli_only=3,
+                        burst=4, relay_grace=600)
+    print("\n" + outcome.line())
+    assert outcome.fired.get("cli-op", 0) > outcome.refused.get("cli-op", 0)  # some calls made work
+    assert outcome.again == 0 and set(outcome.ended) <= {"FINISHED", "REVOKED"}
 
 
 @pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
