@@ -154,7 +154,7 @@ def _commit(
         if joining is not None:
             joining(batch)
         step = Step(unit)
-        if not isolate and len(batch) > 1:
+        if not isolate and (len(batch) > 1 or _walks_with_claim(unit)):
             _read_ahead(engine, unit, batch)
         for item in batch:
             saved.append((item.invoke, item.waiting, item.result))
@@ -167,6 +167,14 @@ def _commit(
         if calls and time.monotonic() - began > engine.settings.lease_seconds / 3:
             _renew_leases(engine, unit, calls)
     return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
+
+
+def _walks_with_claim(unit: Unit) -> bool:
+    """Whether the unit reads a batch's expected walks with its claim: then a batch of one task
+    whose graph is compiled here reads ahead too (claim and walks in one round trip); one whose
+    graph is not (a task named by a message, its row not read yet) reads as it goes."""
+    prefetch = unit.prefetch
+    return prefetch is not None and prefetch.walks_with_claim
 
 
 def _renew_leases(engine: Engine, unit: Unit, calls: list[UserCall]) -> None:
