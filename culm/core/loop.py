@@ -298,9 +298,13 @@ def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item]) -> None
         task = item.task
         if task.kind != EXECUTE:
             continue
-        graph = engine.known_graph(task.root_id)
         invoke = item.invoke
-        node_id = invoke.node_id if item.waiting and invoke is not None and invoke.node_id else task.node_id
+        back = item.waiting and invoke is not None and invoke.node_id
+        # A task a message named is only an id until its walk reads the row: its call's Invoke
+        # knows the run and the node, once back from the user code.
+        root_id = invoke.root_id or task.root_id if back and invoke is not None else task.root_id
+        graph = engine.known_graph(root_id) if root_id else None
+        node_id = invoke.node_id if back and invoke is not None else task.node_id
         node = graph.nodes.get(node_id) if graph is not None else None
         if graph is None or node is None:
             continue

@@ -373,12 +373,15 @@ def test_a_batch_of_runs_the_engine_knows_reads_its_walks_with_the_claim(store, 
         assert all(unit.get_state(root).name == "FINISHED" for root in ids)
 
 
-def test_a_batch_of_one_task_whose_graph_is_known_claims_and_reads_its_walk_in_one_round_trip(store, monkeypatch):
+@pytest.mark.parametrize("named", ["row", "message"])
+def test_a_batch_of_one_task_whose_graph_is_known_claims_and_reads_its_walk_in_one_round_trip(store, monkeypatch, named):
     """A worker's batch is often one task (its runs step one node at a time). When the engine has
     compiled that run's graph, the lone task is read ahead like a batch: its claim (or, back from
     its user code, its locking read) and its walk's reads in one round trip, then the writes with
-    the commit: two in all, fresh and resumed (a lone task read as its walk went: four or more).
-    The run moves on as it would have."""
+    the commit: two in all (a lone task read as its walk went: four or more). A task a message
+    named (``message``: only its id and kind, as a worker gets it) reads as it goes the first time;
+    back from its user code its call knows the run and the node, so it is read ahead too. The run
+    moves on as it would have."""
     from culm.core.engine import Engine
     from culm.core.loop import Item, commit_batch
 
@@ -388,9 +391,10 @@ def test_a_batch_of_one_task_whose_graph_is_known_claims_and_reads_its_walk_in_o
     with store.reading() as unit:
         engine.graph(task.root_id, unit)  # compiled here already (a follow-up of a run it stepped)
     trips = round_trips(store.dialect, monkeypatch)
-    committed = commit_batch(engine, [Item(task)])
+    item = Item(task if named == "row" else TaskRecord(task.id, task.kind, "", "", ""))
+    committed = commit_batch(engine, [item])
     monkeypatch.undo()
-    assert len(trips) == 2, "\n".join(trips)
+    assert len(trips) == 2 if named == "row" else len(trips) > 2, "\n".join(trips)
     assert len(committed.calls) == 1  # the activity's code handed out
     back = committed.calls[0].returned(committed.calls[0].run())
     trips = round_trips(store.dialect, monkeypatch)
