@@ -170,9 +170,10 @@ def _commit(
 
 
 def _walks_with_claim(unit: Unit) -> bool:
-    """Whether the unit reads a batch's expected walks with its claim: then a batch of one task
-    whose graph is compiled here reads ahead too (claim and walks in one round trip); one whose
-    graph is not (a task named by a message, its row not read yet) reads as it goes."""
+    """Whether the unit reads a batch's expected walks with its claim (PostgreSQL, MySQL): then a
+    batch of one task reads ahead too. Its graph compiled here, its claim and its walk's reads go
+    in one round trip; a task a message named (its row not read yet) is claimed, then its walk's
+    reads go together in a second."""
     prefetch = unit.prefetch
     return prefetch is not None and prefetch.walks_with_claim
 

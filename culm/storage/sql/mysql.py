@@ -265,7 +265,7 @@ class MysqlUnit(SqlUnit):
         The walks' reads announced by expect_walks follow in the same query (held states, with
         their shared locks, after the task rows and the locked states: the lock order stays)."""
         ids = list(dict.fromkeys([*fresh, *resumed]))
-        if not ids or (len(ids) < 2 and self._expected is None):  # a lone task: read by its own call
+        if not ids:
             self._expected = None  # no read ahead: the walks read as they go
             return
         owner, until, at = lease

@@ -320,15 +320,13 @@ class PostgresUnit(SqlUnit):
         owner, until, at = lease
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
-        # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip.
-        # A lone task is read by its own call, unless walks are expected: then every task is
-        # claimed (or locked) before the walks' shared locks are taken, the lock order of every
-        # runner (task rows, then states).
-        least = 1 if self._expected is not None else 2
+        # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip,
+        # lone tasks included. Every task is claimed (or locked) before the expected walks'
+        # shared locks are taken: the lock order of every runner (task rows, then states).
         reads = [(ids, sql, [*params, list(ids)])
                  for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
                                           (resumed, MANY_WITH_PROCESS_AND_STATE, []))
-                 if len(ids) >= least]
+                 if ids]
         if not reads:
             self._expected = None  # no read ahead: the walks read as they go
             return
