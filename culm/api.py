@@ -173,10 +173,12 @@ def resume_node_appoint(runtime: Any, node_id: str) -> None:
 
 
 @_api
-def retry_node(runtime: Any, node_id: str, data: dict | None = None) -> None:
-    """Run a FAILED node again, optionally with new raw inputs (which replace the old ones)."""
+def retry_node(runtime: Any, node_id: str, data: dict | None = None, loop_retry: bool = False) -> None:
+    """Run a FAILED node again, optionally with new raw inputs (which replace the old ones).
+    ``loop_retry``: run only the failed iteration of its node loop again (its ``loop_config`` must
+    be ``retryable``), keeping the loop's counters."""
     limits.check_payload(data, f"retry data for node {node_id}")
-    commands.retry_node(runtime.engine, _str_id(node_id, "node_id"), data)
+    commands.retry_node(runtime.engine, _str_id(node_id, "node_id"), data, bool(loop_retry))
 
 
 @_api
@@ -186,9 +188,11 @@ def retry_subprocess(runtime: Any, node_id: str) -> None:
 
 
 @_api
-def skip_node(runtime: Any, node_id: str) -> None:
-    """Mark a FAILED activity (or start event) FINISHED and go on after it."""
-    commands.skip_node(runtime.engine, _str_id(node_id, "node_id"))
+def skip_node(runtime: Any, node_id: str, loop_skip: bool = False) -> None:
+    """Mark a FAILED activity (or start event) FINISHED and go on after it. ``loop_skip``: skip
+    only the failed iteration of its node loop (its ``loop_config`` must be ``skippable``); the
+    loop goes on with its next iteration while there are any."""
+    commands.skip_node(runtime.engine, _str_id(node_id, "node_id"), bool(loop_skip))
 
 
 @_api
@@ -336,14 +340,24 @@ def get_data(runtime: Any, node_id: str) -> dict:
 
 @_api
 def get_node_histories(runtime: Any, node_id: str, loop: int = -1) -> list:
-    """Earlier runs of a node, oldest first."""
-    return queries.histories(runtime.engine, _str_id(node_id, "node_id"), loop)
+    """Earlier runs of a node, oldest first (the inputs and outputs of the newest only within
+    ``limits.MAX_HISTORY_READ_CHARS``; the others name what was left out in ``left_out``)."""
+    return queries.histories(runtime.engine, _str_id(node_id, "node_id"), _loop_filter(loop))
 
 
 @_api
 def get_node_short_histories(runtime: Any, node_id: str, loop: int = -1) -> list:
     """Earlier runs of a node without inputs, outputs and retry."""
-    return queries.histories(runtime.engine, _str_id(node_id, "node_id"), loop, short=True)
+    return queries.histories(runtime.engine, _str_id(node_id, "node_id"), _loop_filter(loop), short=True)
+
+
+def _loop_filter(loop: object) -> int:
+    """``loop`` when it is -1 (every loop) or a loop number a database column takes (SQLite refused
+    ``loop=10**30`` with an OverflowError out of the driver: a 500 from the REST service)."""
+    if not isinstance(loop, int) or isinstance(loop, bool) or not -1 <= loop <= 2**62:
+        shown = repr(loop) if len(repr(loop)) <= 40 else f"{repr(loop)[:40]}..."
+        raise InvalidOperationError(f"loop must be -1 (every loop) or a loop number from 0 to 2**62, got {shown}")
+    return loop
 
 
 @_api

@@ -101,6 +101,10 @@ class SchemaOutdatedError(CulmError):
     """The database schema is older than this version of culm expects."""
 
 
+class DatabaseSettingsError(CulmError):
+    """The database server is set up in a way culm cannot store its data safely with."""
+
+
 class ConditionSyntaxError(ExpressionError):
     """A gateway condition is not valid condition (boolrule) syntax."""
 

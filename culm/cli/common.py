@@ -235,9 +235,9 @@ def check_sqlite(url: str, read_only: bool) -> None:
 
 def database_error(exc: BaseException, url: str) -> DatabaseError:
     """One line that says what is wrong with the database at ``url``."""
-    from culm.errors import SchemaOutdatedError
+    from culm.errors import DatabaseSettingsError, SchemaOutdatedError
 
-    if isinstance(exc, SchemaOutdatedError):
+    if isinstance(exc, (SchemaOutdatedError, DatabaseSettingsError)):
         return DatabaseError(str(exc))
     detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()
     first = detail[0] if detail else type(exc).__name__
@@ -264,9 +264,10 @@ def db_errors(files: bool = False) -> tuple[type[BaseException], ...]:
     """The exceptions that mean the database cannot be used (``files``: opening its file too)."""
     from sqlalchemy.exc import SQLAlchemyError
 
-    from culm.errors import SchemaOutdatedError
+    from culm.errors import DatabaseSettingsError, SchemaOutdatedError
 
-    found: tuple[type[BaseException], ...] = (SQLAlchemyError, SchemaOutdatedError, ModuleNotFoundError)
+    found: tuple[type[BaseException], ...] = (SQLAlchemyError, SchemaOutdatedError, DatabaseSettingsError,
+                                              ModuleNotFoundError)
     return (*found, OSError) if files else found
 
 

@@ -60,6 +60,27 @@ def _is_loopback(host: str) -> bool:
 
 _byte_count = whole_number(1, "a number of bytes above 0")
 
+# Proxies whose X-Forwarded-For names the client (uvicorn's default: a proxy on this machine).
+# The address it names is the one the per-address limits count (bad-token throttle, live streams).
+DEFAULT_TRUSTED_PROXIES = "127.0.0.1,::1"
+
+
+def trusted_proxies(text: str) -> str:
+    """An argparse type: addresses and networks (``10.0.0.0/8``) separated by commas, ``*`` (any
+    peer), or nothing (no peer is trusted). uvicorn takes a malformed entry for a name no peer
+    has, without a word: the proxy would be distrusted, every client one address to the limits."""
+    entries = [e.strip() for e in text.split(",") if e.strip()]
+    if entries == ["*"]:
+        return "*"
+    for entry in entries:
+        try:
+            ipaddress.ip_network(entry, strict=False) if "/" in entry else ipaddress.ip_address(entry)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{entry[:80]!r} is no IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, ::1; or '*' alone, "
+                "or '' for none)") from None
+    return ",".join(entries)
+
 
 def _port_problem(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on (in use, no such address), or None when it can."""
@@ -128,12 +149,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # sees as "Server disconnected without sending a response" (a storm of REST calls met it).
         # uvicorn.run would swallow Ctrl-C (exit 0); its Server raises it again once shut down, so
         # `culm serve` exits 130 as every culm command does when interrupted.
+        from culm.web import counted_protocol
+
+        _more_descriptors()
         uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                      http=counted_protocol(args.trusted_proxies),
                                       access_log=False, timeout_graceful_shutdown=3,
+                                      proxy_headers=bool(args.trusted_proxies),
+                                      forwarded_allow_ips=args.trusted_proxies or None,
                                       timeout_keep_alive=KEEP_ALIVE_SECONDS)).run()
     finally:
         runtime.close()
     return 0
+
+
+def _more_descriptors() -> None:
+    """Raise this process's soft limit of open files to its hard limit (at most 65,536): each
+    connection and live stream holds one, and the usual soft limit of 1,024 is soon reached."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 65_536 if hard == resource.RLIM_INFINITY else min(hard, 65_536)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            pass  # kept as it is: the per-client bound still holds
 
 
 def _token_store(args: argparse.Namespace, read_only: bool) -> Any:
@@ -228,6 +271,11 @@ def register(subparsers: Any) -> None:
                        help="largest request body accepted (default 4 MiB)")
     serve.add_argument("--max-previews", type=whole_number(1, "a number of previews, 1 or more"), default=4,
                        metavar="N", help="previews rendered at once; more are answered 429 (default 4)")
+    serve.add_argument("--trusted-proxies", metavar="ADDRESSES",
+                       type=trusted_proxies, default=os.environ.get("CULM_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES),
+                       help="peers whose X-Forwarded-For header names the client, as addresses or networks separated "
+                            "by commas; '' trusts none, '*' any (default: $CULM_TRUSTED_PROXIES, then "
+                            f"{DEFAULT_TRUSTED_PROXIES})")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                        help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)

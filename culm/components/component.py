@@ -50,6 +50,8 @@ class ComponentMeta(type):
             return  # the Component base itself
         cls.group_name = module_attr(cls, "__group_name__") or cls.__module__.rsplit(".", 1)[-1].title()
         cls.group_icon = module_attr(cls, "__group_icon__")
+        if not namespace.get("version", True):  # bamboo: a falsy version means the default one
+            cls.version = DEFAULT_VERSION
         if registration_ignored(cls):
             return
         problems = _definition_problems(cls)
@@ -65,7 +67,8 @@ class Component(metaclass=ComponentMeta):
         code: Identity of the component, unique together with ``version``.
         name: Display name.
         bound_service: The :class:`~culm.components.service.Service` subclass that runs it.
-        version: Version of the code, ``"legacy"`` unless set.
+        version: Version of the code, ``"legacy"`` unless set (``None`` or ``""`` also mean ``"legacy"``,
+            as in bamboo).
         is_default_version: Whether forms should offer this version first.
         form, output_form, desc, base, embedded_form: Presentation metadata, unused by the engine.
         group_name, group_icon: Set from the module's ``__group_name__`` / ``__group_icon__``.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from culm.components.registry import PluginRegistry
 from culm.errors import PluginConflictError, PluginNotFoundError
@@ -106,6 +106,23 @@ class ComponentLibrary:
 
     def __len__(self) -> int:
         return len(self._registry)
+
+    # bamboo-pipeline's ``ComponentLibrary`` class methods, on the library culm registers into, so
+    # that code calling ``ComponentLibrary.get_component_class(code)`` keeps working.
+    @staticmethod
+    def get_component_class(component_code: str, version: str | None = None) -> type[Component]:
+        """bamboo's name for :func:`get` (raises :class:`ComponentNotFoundError`)."""
+        return _library.get(component_code, version)
+
+    @staticmethod
+    def get_component(component_code: str, data_dict: dict[str, Any], version: str | None = None) -> Component:
+        """An instance of the component class of ``component_code`` describing ``data_dict``."""
+        return _library.get(component_code, version)(data_dict)
+
+    @staticmethod
+    def component_list() -> list[type[Component]]:
+        """bamboo's name for :func:`all`."""
+        return _library.all()
 
 
 _library = ComponentLibrary()

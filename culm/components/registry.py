@@ -34,8 +34,9 @@ K = TypeVar("K", bound=Hashable)
 P = TypeVar("P", bound=type)
 
 
-class PluginDefinitionError(CulmError):
-    """A plugin class is missing a required attribute or has one of the wrong type."""
+class PluginDefinitionError(CulmError, ValueError):
+    """A plugin class is missing a required attribute or has one of the wrong type (a
+    ``ValueError`` too, as bamboo's metaclasses raise for a component without a name or code)."""
 
 
 def qualified_name(cls: type) -> str:

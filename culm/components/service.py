@@ -397,11 +397,13 @@ class Service(_Hooks):
         self._schedule_finished = False
 
     def execute(self, data: DataObject, parent_data: DataObject) -> bool | None:
-        """Runs the node's work once; return False to fail, True or None to succeed."""
+        """Runs the node's work once; return False to fail, True or None to succeed (as in bamboo, any
+        other value counts by its truth: ``0`` or ``""`` fails)."""
         raise NotImplementedError(f"{type(self).__qualname__} must implement execute(data, parent_data)")
 
     def schedule(self, data: DataObject, parent_data: DataObject, callback_data: Any = None) -> bool | None:
-        """Runs once per poll or callback; ``callback_data`` is the callback payload or None."""
+        """Runs once per poll or callback; ``callback_data`` is the callback payload or None. Returns as
+        :meth:`execute` does."""
         return True
 
     def rollback(self, data: DataObject, parent_data: DataObject, rollback_data: Any = None) -> bool | None:

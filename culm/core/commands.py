@@ -222,7 +222,31 @@ def resume_node_appoint(engine: Engine, node_id: str) -> None:
 
 
 # -- retry and skip -------------------------------------------------------------------------
-def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None) -> None:
+def _loop_times(unit: Unit, node: g.Node, flag: str, what: str) -> int:
+    """How many iterations the node loop of ``node`` runs in all, when its ``loop_config`` allows
+    ``flag`` (``retryable`` / ``skippable``); refused otherwise."""
+    cfg = node.loop_config
+    if not cfg or not cfg.get(flag):
+        raise InvalidOperationError(f"node {node.id} cannot {what}: it has no enabled loop_config with {flag} true")
+    stored = unit.get_context(node.pipeline_id, [cdata.loop_times_key(node.id)]).get(cdata.loop_times_key(node.id))
+    times = stored.value if stored is not None else cfg.get("loop_times")
+    if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+        raise InvalidOperationError(f"node {node.id} cannot {what}: its loop_config has no loop_times")
+    return times
+
+
+def _drop_last_loop_output(unit: Unit, node: g.Node) -> None:
+    """A loop retry runs the failed iteration again: its entry leaves the collected outputs list
+    (bamboo's intent; its code empties the list instead)."""
+    key = (node.loop_config or {}).get("outputs_key") or "outputs"
+    current = unit.get_context(node.pipeline_id, [key]).get(key)
+    if current is not None and isinstance(current.value, list) and current.value:
+        unit.upsert_context(node.pipeline_id, [ContextValue(key, "plain", current.value[:-1])])
+
+
+def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None, loop_retry: bool = False) -> None:
+    """Run a FAILED node again; ``loop_retry``: run the failed iteration of its node loop again
+    (counters kept, state LOOP_READY) instead of the whole loop from its first iteration."""
     if data is not None and not isinstance(data, dict):
         raise InvalidOperationError(f"retry data for node {node_id} must be a dict, got {type(data).__name__}")
     with engine.step() as step:
@@ -231,7 +255,9 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         _refuse_if_revoked(unit, graph, node_id, "retry")
         new_inputs = None if data is None else retry_inputs(
             node, data, lambda keys: unit.get_context(node_id, keys).keys())
-        if not node.can_retry:
+        if loop_retry:
+            _loop_times(unit, node, "retryable", "loop-retry")
+        elif not node.can_retry:
             raise InvalidOperationError(f"node {node_id} is not retryable")
         st = _state(unit, node_id)
         _require(st, (states.FAILED,), "retry")
@@ -243,8 +269,12 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None)
         record_history(unit, st)
         if new_inputs is not None:
             unit.set_inputs_override(node_id, new_inputs)
-        _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
-                                      "archived_time": None})
+        if loop_retry:
+            _drop_last_loop_output(unit, node)
+            _cas(step, st, states.LOOP_READY, {"version": new_version(), "started_time": None, "archived_time": None})
+        else:
+            _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
+                                          "archived_time": None})
         _wake(step, proc, node_id)
         step.after.append(_service_hook(engine, unit, node, st, "post_retry_node"))
         step.event("post_retry_node", node_id=node_id, data=data)
@@ -275,30 +305,34 @@ def _step_out_of(unit: Unit, proc: ProcessRecord, subprocess_id: str) -> None:
         unit.update_process(proc.id, stack=proc.stack[:-1])
 
 
-def skip_node(engine: Engine, node_id: str) -> None:
+def skip_node(engine: Engine, node_id: str, loop_skip: bool = False) -> None:
+    """Skip a FAILED activity or start event; ``loop_skip``: skip only the failed iteration of its
+    node loop, which goes on with the next iteration while there are any."""
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type not in (g.ACTIVITY, g.START):
             raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities and start events skip")
-        if not node.can_skip:
+        times = _loop_times(unit, node, "skippable", "loop-skip") if loop_skip else 0
+        if not loop_skip and not node.can_skip:
             raise InvalidOperationError(f"node {node_id} is not skippable")
         st = _state(unit, node_id)
         _require(st, (states.FAILED,), "skip")
-        skip_failed(engine, step, node, st)
+        skip_failed(engine, step, node, st, node.id if st.inner_loop < times else None)
 
 
-def skip_failed(engine: Engine, step: Step, node: g.Node, st: StateRecord) -> None:
+def skip_failed(engine: Engine, step: Step, node: g.Node, st: StateRecord, next_id: str | None = None) -> None:
     """Skip the FAILED activity or start event ``node`` (``st`` read with a row lock): FINISHED
-    with ``skip`` set, its run kept in the history, its process woken at the next node."""
+    with ``skip`` set, its run kept in the history, its process woken at the next node (``next_id``,
+    by default the node's target)."""
     unit = step.unit
     proc = _sleeping_process(unit, node.id)
     step.event("pre_skip_node", node_id=node.id)
     step.after.append(_service_hook(engine, unit, node, st, "pre_skip_node"))
     record_history(unit, st)
     _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
-    _wake(step, proc, node.target)  # type: ignore[arg-type]
+    _wake(step, proc, next_id or node.target)  # type: ignore[arg-type]
     step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
     step.event("post_skip_node", node_id=node.id)
 

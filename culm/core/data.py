@@ -222,9 +222,12 @@ def _needed_fragments(needed: Mapping[str, Any]) -> int:
 
 
 def finish_inputs(
-    gathered: GatheredInputs, lazy: LazyResolver, extra: Mapping[str, Any] | None = None
+    gathered: GatheredInputs, lazy: LazyResolver, extra: Mapping[str, Any] | None = None,
+    nested_objects: bool = False,
 ) -> dict[str, Any]:
-    """Render gathered inputs; no storage access.
+    """Render gathered inputs; no storage access. ``nested_objects``: a sole ``${name['key'][0]}``
+    fragment gives the object it points at (``Settings.render_nested_objects``, bamboo's
+    ``ENABLE_RENDER_OBJ_BY_MAKO_STRING``).
 
     Raises:
         HydrationError: a needed variable could not be resolved.
@@ -247,7 +250,7 @@ def finish_inputs(
             if context_key is not None and (name := dctx.deformat(context_key)) in namespace:
                 rendered[key] = namespace[name]
                 continue
-            value = template.render(var.get("value"), namespace)
+            value = template.render(var.get("value"), namespace, nested_objects)
             if var.get("type") == LAZY:
                 lazy_var = dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type"))
                 value = _resolve_lazy(lazy, lazy_var, value)

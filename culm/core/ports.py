@@ -336,7 +336,12 @@ class Histories(Protocol):
 
     def add_history(self, rec: HistoryRecord) -> None: ...
 
-    def histories(self, node_id: str, loop: int = -1) -> list[HistoryRecord]: ...
+    def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
+        """A node's histories, oldest first. With ``payload_chars``, the inputs and outputs of the
+        newest ones are read while their stored text fits in that many characters in all (the
+        newest's always, unless it is 0); the others come with ``{}`` and ``left_out`` set to the
+        characters not read."""
+        ...
 
     def add_logs(self, rows: Sequence[LogRow]) -> None: ...
 

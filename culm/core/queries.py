@@ -156,7 +156,7 @@ def raw_data(engine: Engine, node_id: str) -> dict[str, Any]:
 
 def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False) -> list[dict[str, Any]]:
     with engine.store.reading() as unit:
-        records = unit.histories(node_id, loop)
+        records = unit.histories(node_id, loop, 0 if short else limits.MAX_HISTORY_READ_CHARS)
     out = []
     for h in records:
         # Keys in the contract's order; a short history is the same without retry, inputs, outputs.
@@ -169,6 +169,11 @@ def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False)
         item.update(skip=h.skip, version=h.version)
         if not short:
             item.update(inputs=h.inputs, outputs=h.outputs)
+            if h.left_out is not None:
+                item["left_out"] = (
+                    f"inputs and outputs ({h.left_out:,} characters stored) left out: one read returns the newest "
+                    f"histories' within {limits.MAX_HISTORY_READ_CHARS:,} characters "
+                    f"(culm.model.limits.MAX_HISTORY_READ_CHARS); read one loop's with loop={h.loop}")
         out.append(item)
     return out
 

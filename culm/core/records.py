@@ -214,6 +214,8 @@ class HistoryRecord:
     version: str
     inputs: dict[str, Any]
     outputs: dict[str, Any]
+    # Stored characters of its inputs and outputs when they were not read (see Histories.histories).
+    left_out: int | None = None
 
 
 @dataclass(frozen=True)

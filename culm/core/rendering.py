@@ -45,6 +45,12 @@ def raw_values(raw: dict[str, Any]) -> dict[str, Any]:
     return {k: var.get("value") if isinstance(var, dict) else var for k, var in raw.items()}
 
 
+def nested_objects(run: Run) -> bool:
+    """Whether a sole ``${name['key'][0]}`` fragment gives the object it points at (the engine's
+    ``Settings.render_nested_objects``)."""
+    return run.engine.settings.render_nested_objects
+
+
 def render_inline(run: Run, gathered: cdata.GatheredInputs) -> dict[str, Any] | None:
     """Render on the engine thread if that is quick; None when it must go to the pool.
 
@@ -55,7 +61,7 @@ def render_inline(run: Run, gathered: cdata.GatheredInputs) -> dict[str, Any] | 
         return None
     with template.time_bound(INLINE_RENDER_SECONDS) as deadline:
         try:
-            return cdata.finish_inputs(gathered, run.lazy_resolver())
+            return cdata.finish_inputs(gathered, run.lazy_resolver(), nested_objects=nested_objects(run))
         except CulmError:
             if time.monotonic() < deadline:  # a real failure, not the inline time running out
                 raise
@@ -67,10 +73,11 @@ def render_later(
 ) -> Callable[[], dict[str, Any] | RenderFailed]:
     """A call that renders ``gathered`` with nothing from the transaction (for the pool)."""
     lazy = run.detached_lazy_resolver(run.root_data() if root_data is None else root_data)
+    nested = nested_objects(run)
 
     def render() -> dict[str, Any] | RenderFailed:
         try:
-            return cdata.finish_inputs(gathered, lazy)
+            return cdata.finish_inputs(gathered, lazy, nested_objects=nested)
         except CulmError as exc:
             return RenderFailed(str(exc), raw_values(raw))
 

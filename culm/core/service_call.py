@@ -111,6 +111,13 @@ def not_here_message(exc: Exception) -> str:
             "lock of a SQLite file), then retry the node (api.retry_node)")
 
 
+def succeeded(returned: object) -> bool:
+    """Whether what ``execute`` or ``schedule`` returned is a success: None (no return) or a true
+    value, as bamboo judges it (``0``, ``""`` or an empty dict fail there too). A value whose truth
+    cannot be told raises, and the call fails with that traceback."""
+    return True if returned is None else bool(returned)
+
+
 @dataclass
 class ServiceCall:
     """The fixed facts of one component call."""
@@ -168,7 +175,7 @@ class ServiceCall:
         ex_data = None
         began = time.perf_counter()
         try:
-            ok = service.execute(data, parent) is not False
+            ok = succeeded(service.execute(data, parent))
         except Exception:  # noqa: BLE001 - component failure is a node failure
             ok, ex_data = False, clip_ex_data(traceback.format_exc())
             hooks("node_execute_exception")
@@ -211,7 +218,7 @@ class ServiceCall:
         ex_data = None
         began = time.perf_counter()
         try:
-            ok = service.schedule(data, parent, callback_data) is not False
+            ok = succeeded(service.schedule(data, parent, callback_data))
         except Exception:  # noqa: BLE001
             ok, ex_data = False, clip_ex_data(traceback.format_exc())
             hooks("node_schedule_exception")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import Enum
 from types import MappingProxyType
 
 CREATED = "CREATED"
@@ -48,6 +49,27 @@ TRANSITIONS: Mapping[str, frozenset[str]] = MappingProxyType(
 )
 
 
+class StateType(Enum):
+    """Every state as an enum member whose value is its name (bamboo's ``StateType``)."""
+
+    CREATED = CREATED
+    READY = READY
+    LOOP_READY = LOOP_READY
+    RUNNING = RUNNING
+    SUSPENDED = SUSPENDED
+    BLOCKED = BLOCKED
+    FINISHED = FINISHED
+    FAILED = FAILED
+    REVOKED = REVOKED
+    ROLLING_BACK = ROLLING_BACK
+    ROLL_BACK_SUCCESS = ROLL_BACK_SUCCESS
+    ROLL_BACK_FAILED = ROLL_BACK_FAILED
+
+
+#: The transition table under bamboo's name.
+TRANSITION = TRANSITIONS
+
+
 def can_transit(from_state: str, to_state: str) -> bool:
     """Whether the table allows ``from_state`` -> ``to_state`` (False for an unknown state)."""
     allowed = TRANSITIONS.get(from_state)
@@ -58,5 +80,5 @@ __all__ = [
     "CREATED", "READY", "LOOP_READY", "RUNNING", "SUSPENDED", "BLOCKED", "FINISHED", "FAILED",
     "REVOKED", "ROLLING_BACK", "ROLL_BACK_SUCCESS", "ROLL_BACK_FAILED", "ALL_STATES",
     "ARCHIVED_STATES", "SLEEP_STATES", "CHILDREN_IGNORE_STATES", "ENTERABLE_STATES",
-    "TRANSITIONS", "can_transit",
+    "TRANSITIONS", "can_transit", "StateType", "TRANSITION",
 ]

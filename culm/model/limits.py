@@ -122,6 +122,13 @@ MAX_CALL_LOG_CHARS = 4_000_000
 MAX_LOG_PAGE_LINES = 20_000
 MAX_LOG_PAGE_CHARS = 8_000_000
 LOG_READ_CHUNK = 256
+# Stored characters of inputs and outputs one read of a node's histories returns (get_node_histories,
+# the REST node and histories endpoints, `culm history`): the newest runs' in full while they fit
+# (the newest's always: at most 2 x MAX_PAYLOAD_BYTES), the older ones without them. A history is
+# kept at every retry and loop, each a copy of the node's inputs (up to 4,000,000 characters rendered
+# from a template of a few bytes) and outputs: a viewer opening a node retried a thousand times read
+# gigabytes into the service's memory. Read at every call.
+MAX_HISTORY_READ_CHARS = 16_000_000
 # Characters of the ex_data a failed call records (its traceback, or the text a component sets):
 # the first and the last half are kept. An exception whose message was 50 MB failed the node with
 # an engine error, the component's own message lost. Read at every call.

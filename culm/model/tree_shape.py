@@ -221,17 +221,20 @@ class ShapeChecker:
     def _flows_of(self, flows: dict[Any, Any], graph: PipelineGraph) -> None:
         ids, edges = self._ids, graph.flows
         for key, flow in flows.items():
-            if flow.__class__ is dict and key.__class__ is str and key and flow.get("id") == key and key not in ids:
+            # bamboo reads a flow by its key and never its "id": a flow without one is taken.
+            if flow.__class__ is dict and key.__class__ is str and key and flow.get("id", key) == key and key not in ids:
                 source, target = flow.get("source"), flow.get("target")
                 if source.__class__ is str and target.__class__ is str:  # nearly every flow: nothing to report
                     ids.add(key)
                     edges[key] = (source, target)
                     continue
-            if not isinstance(flow, dict) or not isinstance(flow.get("id"), str) or not flow.get("id"):
+            if isinstance(flow, dict) and "id" not in flow and isinstance(key, str) and key:
+                pass  # no "id": the key is the id
+            elif not isinstance(flow, dict) or not isinstance(flow.get("id"), str) or not flow.get("id"):
                 self.add(label(key), "flow must be a dict with a non-empty string id")
                 graph.sound = False
                 continue
-            if flow["id"] != key:
+            elif flow["id"] != key:
                 self.add(label(key), f"flow key does not match its id {flow['id']!r}")
                 graph.sound = False
                 continue

@@ -180,3 +180,16 @@ def loads(text: str | None) -> Any:
             return loads(_json.unshrunk(value[_json.ZLIB_KEY]))
         return pickle.loads(base64.b64decode(value[_PICKLE_KEY]))  # noqa: S301 - written by dumps only
     return value
+
+
+def payloads_within(sizes: Sequence[tuple[int, int]], budget: int) -> list[int]:
+    """The ids among ``sizes`` (``(id, stored characters)``, oldest first) whose payloads are read
+    within ``budget`` characters in all, newest first: the newest always (unless ``budget`` is 0),
+    the ones before it while they fit."""
+    wanted: list[int] = []
+    for row_id, size in reversed(sizes):
+        if budget <= 0 or (size > budget and wanted):
+            break
+        wanted.append(row_id)
+        budget -= size
+    return wanted

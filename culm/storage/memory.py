@@ -44,6 +44,7 @@ from culm.core.records import (
     TaskRecord,
 )
 from culm.storage import codec
+from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_process as _copy_process
 from culm.storage.copies import copy_schedule as _copy_schedule
 from culm.storage.copies import copy_state as _copy_state
@@ -561,10 +562,14 @@ class MemoryUnit(TransactionView):
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
         self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
 
-    def histories(self, node_id: str, loop: int = -1) -> list[HistoryRecord]:
-        found = sorted(self._where("history", "node", node_id), key=operator.itemgetter(0))
-        return [replace(h, id=hid, inputs=codec.loads(inputs), outputs=codec.loads(outputs))
-                for hid, (_, h, inputs, outputs) in found if loop == -1 or h.loop == loop]
+    def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
+        found = [(hid, row) for hid, row in sorted(self._where("history", "node", node_id), key=operator.itemgetter(0))
+                 if loop == -1 or row[1].loop == loop]
+        sizes = [(hid, len(row[2]) + len(row[3])) for hid, row in found]
+        wanted = {hid for hid, _ in sizes} if payload_chars is None else set(payloads_within(sizes, payload_chars))
+        return [replace(h, id=hid, inputs=codec.loads(inputs), outputs=codec.loads(outputs)) if hid in wanted
+                else replace(h, id=hid, left_out=len(inputs) + len(outputs))
+                for hid, (_, h, inputs, outputs) in found]
 
     def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""

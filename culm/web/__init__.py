@@ -14,10 +14,12 @@ from culm.web.worker_metrics import start_worker_metrics
 
 if TYPE_CHECKING:
     from culm.web.app import create_app
+    from culm.web.connections import counted_protocol
 
 __all__ = [
     # the service
     "create_app",
+    "counted_protocol",
     # its tokens
     "TokenStore",
     "TokenError",
@@ -35,4 +37,8 @@ def __getattr__(name: str) -> Any:
         from culm.web.app import create_app
 
         return create_app
+    if name == "counted_protocol":  # uvicorn's protocol: the `web` extra too
+        from culm.web.connections import counted_protocol
+
+        return counted_protocol
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

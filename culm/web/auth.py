@@ -23,6 +23,7 @@ from culm.web.tokens import TokenChecksBusy, TokenInfo, TokenStore
 FREE_FAILURES = 3
 MAX_DELAY = 5.0
 FAILURE_MEMORY = 600.0
+MAX_CLIENTS = 100_000  # addresses whose failures are remembered
 
 NO_AUTH = TokenInfo("no-auth", "admin", "culm serve --no-auth", 0.0, None, None)
 
@@ -54,12 +55,14 @@ class FailureThrottle:
     def failed(self, client: str) -> None:
         now = time.monotonic()
         with self._lock:
-            count, last = self._failures.get(client, (0, 0.0))
+            count, last = self._failures.pop(client, (0, 0.0))
             if now - last > FAILURE_MEMORY:
                 count = 0
-            self._failures[client] = (count + 1, now)
-            if len(self._failures) > 100_000:
-                self._failures.clear()
+            self._failures[client] = (count + 1, now)  # last in the dict: the latest failure
+            if len(self._failures) > MAX_CLIENTS:
+                # The oldest failure goes, not every count: emptied, the table let whoever fills it
+                # (an IPv6 client has 2**64 addresses) wipe the count of a client guessing tokens.
+                del self._failures[next(iter(self._failures))]
 
     def succeeded(self, client: str) -> None:
         with self._lock:
@@ -86,7 +89,7 @@ class Authenticator:
         if not self.enabled:
             _only_from_this_machine(request, self.own_names)
             return NO_AUTH
-        client = request.client.host if request.client else "unknown"
+        client = client_key(request)
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -98,7 +101,9 @@ class Authenticator:
         try:
             info = await run_in_threadpool(self.tokens.check, token.strip())
         except TokenChecksBusy:
-            self.throttle.failed(client)  # a flood from one client slows that client down too
+            # Not a failure: the token may well be good, and the slots are taken by whoever floods
+            # (on another address, or the same one behind a proxy). Counted, three 429s put a good
+            # client behind the throttle's delays. A flood is slowed by its own wrong secrets (401s).
             raise AuthError(429, "too many tokens are being checked at once: try again in a moment") from None
         if info is None:
             self.throttle.failed(client)
@@ -116,6 +121,30 @@ class Authenticator:
         if not info.allows(role):
             raise AuthError(403, f"this needs the {role} role; the token has the {info.role} role")
         return info
+
+
+def client_key(request: Request) -> str:
+    """The client a per-address limit counts a request against (the bad-token throttle, live streams).
+
+    An IPv6 address counts by its /64 network: that is what one subscriber is given, so one client
+    holds 2**64 addresses, and counted one by one it slipped past every per-address limit by
+    rotating them. An IPv4 address mapped into IPv6 counts as itself. What is no address (a name a
+    trusted proxy's X-Forwarded-For gave) is cut to 64 characters.
+    """
+    return address_key(request.client.host if request.client else "unknown")
+
+
+def address_key(host: str) -> str:
+    """The client ``host`` counts as for a per-address limit (see :func:`client_key`)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 def _loopback_host(netloc: str, own_names: frozenset[str]) -> bool:

@@ -225,7 +225,7 @@ async def events(request: Request, root_id: str | None = Query(None, description
                  ) -> StreamingResponse:
     hub: live.ChangeHub = request.app.state.hub
     try:
-        sub = hub.subscribe(root_id, request.client.host if request.client else "unknown")
+        sub = hub.subscribe(root_id, auth.client_key(request))
     except live.TooManyStreams as exc:
         raise ProblemError(429, f"{exc}: close one first (the console holds one per tab)") from None
     return StreamingResponse(_stream(request, sub), media_type="text/event-stream",

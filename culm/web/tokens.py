@@ -116,6 +116,12 @@ class TokenStore:
             raise TokenError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
         if len(name) > NAME_LENGTH:
             raise TokenError(f"the name is {len(name)} characters long; at most {NAME_LENGTH} are stored")
+        if not name.isprintable():
+            # `culm token list` prints one line a token: a newline in a name (an admin's POST
+            # /api/v1/tokens) forged a line listing a token that does not exist.
+            bad = next(char for char in name if not char.isprintable())
+            raise TokenError(f"the name holds the character {bad!r}, which cannot be printed (names take "
+                             "printable characters only)")
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         salt = secrets.token_bytes(16)

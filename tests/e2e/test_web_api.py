@@ -149,6 +149,19 @@ def test_admin_creates_lists_and_revokes_tokens(served: Any, admin: httpx.Client
     assert bad.status_code == 422 and "viewer, operator, admin" in bad.json()["detail"]
 
 
+def test_a_token_name_that_would_forge_a_line_of_the_token_list_is_refused(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    # Found probing (session 15): `culm token list` prints a line a token and escaped escapes but
+    # not newlines: a name from an admin's POST forged a line listing an admin token that is not there.
+    before = [t["id"] for t in admin.get("/api/v1/tokens").json()]
+    forged = "ci\n0123456789abcdef  admin    active  created 2026-12-06 10:00:00  used never"
+    for name in (forged, "tab\there", "bell\x07", "rtl\u202eevil"):
+        bad = admin.post("/api/v1/tokens", json={"role": "viewer", "name": name})
+        assert bad.status_code == 422, bad.text
+        assert "which cannot be printed (names take printable characters only)" in bad.json()["detail"]
+    assert [t["id"] for t in admin.get("/api/v1/tokens").json()] == before  # nothing stored
+    assert admin.post("/api/v1/tokens", json={"role": "viewer", "name": "ci runner – ünïcode"}).status_code == 201
+
+
 # -- submitting and validating ------------------------------------------------------------------
 
 

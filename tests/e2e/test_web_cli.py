@@ -122,6 +122,8 @@ def test_a_memory_database_is_one_line_and_exit_4(tmp_path: Path, args: list[str
     (["--port", "http"], "argument --port: expected a port number, not 'http'"),
     (["--max-body", "-5"], "argument --max-body: expected a number of bytes above 0, not -5"),
     (["--no-auth", "--host", "192.0.2.7"], "--no-auth serves only a loopback address"),
+    (["--trusted-proxies", "10.0.0.0/33"], "argument --trusted-proxies: '10.0.0.0/33' is no IP address or network"),
+    (["--trusted-proxies", "proxy.local"], "argument --trusted-proxies: 'proxy.local' is no IP address or network"),
 ])
 def test_bad_serve_options_are_one_line_and_exit_2(tmp_path: Path, args: list[str], message: str) -> None:
     res = culm(tmp_path, "serve", *args)
@@ -268,3 +270,69 @@ def _response(conn: socket.socket) -> bytes:
         assert chunk, f"the server closed the connection mid-body: {data!r}"
         body += chunk
     return head + b"\r\n\r\n" + body
+
+
+@pytest.mark.parametrize(("trusted", "forged_are_apart"), [(None, True), ("", False), ("10.0.0.0/8,192.0.2.1", False)])
+def test_trusted_proxies_decide_which_address_the_per_client_limits_count(
+        tmp_path: Path, trusted: str | None, forged_are_apart: bool) -> None:
+    """A live stream limit counts a client's address: from a trusted proxy (by default this machine,
+    as uvicorn has it) the one its X-Forwarded-For names; from any other peer the peer's own."""
+    from culm.web import live
+
+    token = culm(tmp_path, "token", "create", "--role", "viewer").stdout.strip()
+    proc, url = _serve(tmp_path, *([] if trusted is None else ["--trusted-proxies", trusted]))
+    try:
+        port = int(url.rsplit(":", 1)[1])
+        held = []
+        for n in range(live.MAX_STREAMS_PER_CLIENT + 1):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            held.append(conn)
+            conn.sendall(f"GET /api/v1/events HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n"
+                         f"X-Forwarded-For: 198.51.100.{n}\r\n\r\n".encode())
+            first = conn.recv(4096)
+        last_status = first.split(b"\r\n", 1)[0]
+        assert last_status == (b"HTTP/1.1 200 OK" if forged_are_apart else b"HTTP/1.1 429 Too Many Requests"), first
+        for conn in held:
+            conn.close()
+    finally:
+        _stop(proc)
+
+
+def test_one_client_holding_connections_open_cannot_take_the_service_down(tmp_path: Path) -> None:
+    """Found probing (session 15): 1,100 connections from one client, each sending part of a request's
+    headers and no more, used up the service's 1,024 file descriptors: every other request timed
+    out. Now a client past MAX_CONNECTIONS_PER_CLIENT has its further connections closed at once."""
+    from culm.web.connections import MAX_CONNECTIONS_PER_CLIENT
+
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "")
+    port = int(url.rsplit(":", 1)[1])
+    held: list[socket.socket] = []
+    try:
+        for _ in range(MAX_CONNECTIONS_PER_CLIENT + 16):
+            conn = socket.create_connection(("127.0.0.1", port), timeout=30)
+            conn.sendall(b"GET /api/v1/me HTTP/1.1\r\nHost: localhost\r\n")  # the headers never end
+            held.append(conn)
+
+        def closed_by_the_server() -> int:
+            count = 0
+            for conn in held:
+                conn.setblocking(False)
+                try:
+                    count += conn.recv(1) == b""
+                except BlockingIOError:
+                    pass  # still open, waiting for the rest of its headers
+                except ConnectionResetError:
+                    count += 1
+            return count
+
+        wait_until(lambda: closed_by_the_server() == 16, 30, 0.2, what="the 16 connections past the bound to close")
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"), timeout=30)
+        assert other.get(url + "/api/v1/me").status_code == 200  # another client is served
+        for conn in held:
+            conn.close()
+        wait_until(lambda: httpx.get(url + "/api/v1/me", timeout=10).status_code == 200, 30, 0.2,
+                   what="the client's connections to be given back")
+    finally:
+        for conn in held:
+            conn.close()
+        _stop(proc)

@@ -11,6 +11,8 @@ integration suite:
   ``backend.executions()`` to count component executions recorded by ``culm_dist_components``.
 * ``runtime``, ``hook_calls``, ``recorder``: the engine behaviour tests' fixtures, defined in
   ``engine_fixtures.py`` and exposed here.
+* ``harness``, ``rt``: the contract conformance tests' fixtures (harness-style workers), defined in
+  ``contract_support.py`` and exposed here.
 * ``server_database`` (function scope, parametrized ``"postgres"`` / ``"mariadb"``) yields the URL
   of an empty database created for the test and dropped after it.
 
@@ -77,3 +79,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 # Engine behaviour tests (tests/integration/test_engine_*.py): their fixtures live in engine_fixtures.py.
 from engine_fixtures import EMBEDDED, _fresh_shared_state, hook_calls, recorder, runtime  # noqa: E402,F401,I001
+
+# Contract conformance tests (test_contract_*.py): harness-style workers; see contract_support.py.
+from contract_support import harness, rt  # noqa: E402,F401,I001

@@ -183,9 +183,9 @@ def _log_signals(path: str) -> None:
         line = {"pid": os.getpid(), "signal": "post_set_state" if sig is signals.post_set_state else "pipeline_event",
                 "sender_is_class": isinstance(sender, type), "named": sorted(kwargs) + (["event"] if event else []),
                 "node_id": kwargs.get("node_id"), "to_state": kwargs.get("to_state"),
-                "event_type": getattr(event, "event_type", None)}
+                "event_type": getattr(event, "event_type", None), "data": getattr(event, "data", None)}
         with open(path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+            fh.write(json.dumps(line, default=repr) + "\n")
 
     signals.post_set_state.connect(receiver)
     signals.pipeline_event.connect(receiver)

@@ -1,15 +1,61 @@
 """Helpers of the contract conformance tests (``test_contract_surface.py``,
-``test_contract_conformance.py``): small trees of the ``ct_*`` plugins and bounded waits on the
-public query API."""
+``test_contract_conformance.py``, ``test_contract_idioms.py``): small trees of the ``ct_*``
+plugins, bounded waits on the public query API, and the ``harness`` / ``rt`` fixtures (exposed by
+``conftest.py``): embedded SQLite, and PostgreSQL + Redis and MariaDB + RabbitMQ with ``culm
+worker`` processes started as the acceptance harness starts them, loading the test plugins through
+``$CULM_IMPORTS`` only (:data:`HARNESS_IMPORTS`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import contract_components  # noqa: F401 - registers the ct_* plugins the trees use
+import pytest
+from backends import AMQP, REDIS, HarnessBackend, reachable, unavailable
 from support import wait_until
 
+import culm
 from culm import api
+
+HARNESS = {"postgres-redis": ("postgres", REDIS, 5432, 6379), "mariadb-rabbitmq": ("mariadb", AMQP, 3306, 5672)}
+# The plugin modules the harness's workers import: the contract's ct_* plugins, the bamboo idioms'
+# ci_* ones, and a user's own ``example_component`` (only the workers load that one: in the test
+# process it would replace the demo component for every other test of the session).
+HARNESS_IMPORTS = "contract_components,contract_idioms,contract_idioms_example"
+
+
+@pytest.fixture(scope="session")
+def harness(tmp_path_factory):
+    """``harness(name)``: the harness-style backend ``name`` (of :data:`HARNESS`), started on first
+    use with two workers and torn down at the session's end."""
+    started: dict[str, HarnessBackend] = {}
+
+    def get(name: str) -> HarnessBackend:
+        if name not in started:
+            db_kind, broker, db_port, broker_port = HARNESS[name]
+            for port in (db_port, broker_port):
+                if not reachable("127.0.0.1", port):
+                    unavailable(f"{name}: nothing listens on 127.0.0.1:{port}")
+            backend = HarnessBackend(name, db_kind, broker, tmp_path_factory.mktemp(f"harness-{name}"),
+                                     imports=HARNESS_IMPORTS)
+            started[name] = backend
+            backend.setup()
+            backend.start_workers(2)
+        return started[name]
+
+    yield get
+    for backend in started.values():
+        backend.teardown()
+
+
+@pytest.fixture(params=["sqlite", "postgres-redis", "mariadb-rabbitmq"])
+def rt(request, tmp_path, harness):
+    """A runtime on each runtime the acceptance harness judges."""
+    if request.param == "sqlite":
+        with culm.Runtime(f"sqlite:///{tmp_path}/c.db") as runtime:
+            yield runtime
+        return
+    yield harness(request.param).runtime()
 
 
 def builder_tree() -> dict[str, Any]:

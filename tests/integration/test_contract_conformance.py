@@ -20,8 +20,7 @@ from typing import Any
 
 import contract_components as cc
 import pytest
-from backends import AMQP, REDIS, HarnessBackend, reachable, unavailable
-from contract_support import STATE_KEYS, act, builder_tree, line, start_run, state_of, wait_for, walk
+from contract_support import HARNESS, STATE_KEYS, act, builder_tree, line, start_run, state_of, wait_for, walk
 from support import wait_until
 
 import culm
@@ -30,40 +29,6 @@ from culm import api
 pytestmark = pytest.mark.timeout(300)
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-
-HARNESS = {"postgres-redis": ("postgres", REDIS, 5432, 6379), "mariadb-rabbitmq": ("mariadb", AMQP, 3306, 5672)}
-
-
-@pytest.fixture(scope="module")
-def harness(tmp_path_factory):
-    started: dict[str, HarnessBackend] = {}
-
-    def get(name: str) -> HarnessBackend:
-        if name not in started:
-            db_kind, broker, db_port, broker_port = HARNESS[name]
-            for port in (db_port, broker_port):
-                if not reachable("127.0.0.1", port):
-                    unavailable(f"{name}: nothing listens on 127.0.0.1:{port}")
-            backend = HarnessBackend(name, db_kind, broker, tmp_path_factory.mktemp(f"harness-{name}"),
-                                     imports="contract_components")
-            started[name] = backend
-            backend.setup()
-            backend.start_workers(2)
-        return started[name]
-
-    yield get
-    for backend in started.values():
-        backend.teardown()
-
-
-@pytest.fixture(params=["sqlite", "postgres-redis", "mariadb-rabbitmq"])
-def rt(request, tmp_path, harness):
-    if request.param == "sqlite":
-        with culm.Runtime(f"sqlite:///{tmp_path}/c.db") as runtime:
-            yield runtime
-        return
-    yield harness(request.param).runtime()
-
 
 def test_state_entries_runtime_attributes_and_logs(rt):
     """Shapes of get_pipeline_states (flat and nested), only reached nodes, the runtime attributes

@@ -142,6 +142,8 @@ def test_states_table_has_a_row_for_every_state():
         assert isinstance(to_states, frozenset) and to_states <= set(states.TRANSITIONS)
     assert states.can_transit("READY", "RUNNING") and not states.can_transit("FINISHED", "READY")
     assert states.can_transit("NOPE", "READY") is False and states.can_transit("READY", "NOPE") is False
+    # bamboo's other names: the StateType enum and the table as TRANSITION
+    assert [states.StateType[n].value for n in eight] == eight and states.TRANSITION is states.TRANSITIONS
 
 
 # -- builder: bamboo's schema --------------------------------------------------------------------
@@ -282,6 +284,19 @@ def test_component_library():
         library.get("ct_callback")
     with pytest.raises(ComponentNotFoundError):
         library.get("ct_nowhere", "1")
+
+
+def test_bamboos_component_library_class_methods():
+    """Code written against bamboo-pipeline's ``ComponentLibrary`` class methods keeps working."""
+    from culm.components import ComponentNotFoundError
+    from culm.components.library import ComponentLibrary
+
+    assert ComponentLibrary.get_component_class("ct_callback", "2.0") is cc.CallbackComponent
+    assert ComponentLibrary.get_component_class("ct_attrs") is cc.RuntimeAttrsComponent
+    assert ComponentLibrary.get_component("ct_attrs", {"value": 1}).data_dict == {"value": 1}
+    assert cc.CallbackComponent in ComponentLibrary.component_list()
+    with pytest.raises(ComponentNotFoundError):
+        ComponentLibrary.get_component_class("ct_callback")
 
 
 def _define(base: type, attrs: dict[str, Any], module: str, qualname: str) -> type:

@@ -195,3 +195,26 @@ def test_bytes_formatted_too_wide_fail_their_node_and_the_worker_goes_on(runtime
     act = echo(x="${b % 1}")
     tree = line(act, data=Data(inputs={"${b}": Var(type=Var.PLAIN, value=b"%999999999d")}))
     assert "%-format width 999999999 is over 1000" in failed_beside_a_healthy_pipeline(runtime, tree, act)
+
+
+def test_a_read_of_histories_returns_the_payloads_of_the_newest_within_a_bound(runtime, monkeypatch):
+    # Found probing (session 15): every retry and loop keeps a history holding the node's inputs
+    # (up to 4,000,000 characters rendered from a template of a few bytes) and outputs, and one read
+    # returned them all: a viewer opening a node retried a thousand times (GET /api/v1/nodes/ID, the
+    # console's node panel, `culm history`) read gigabytes into the service's memory.
+    from culm.model import limits
+
+    act = ServiceActivity(component_code="t_attrs", loop_config={"enable": True, "loop_times": 6})
+    act.component.inputs.big = Var(type=Var.SPLICE, value="${'x' * 900000}")
+    tree = line(act)
+    run(runtime, tree)
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=60)
+    monkeypatch.setattr(limits, "MAX_HISTORY_READ_CHARS", 2_000_000)
+    every = api.get_node_histories(runtime, act.id).data
+    assert [h["loop"] for h in every] == [1, 2, 3, 4, 5]  # every run is listed, oldest first
+    assert [len(h["inputs"].get("big", "")) for h in every] == [0, 0, 0, 900_000, 900_000]
+    left = every[0]["left_out"]
+    assert left.startswith("inputs and outputs (9") and "left out" in left and "MAX_HISTORY_READ_CHARS" in left
+    assert "read one loop's with loop=1" in left and "left_out" not in every[4]
+    assert len(api.get_node_histories(runtime, act.id, loop=1).data[0]["inputs"]["big"]) == 900_000
+    assert [h["loop"] for h in api.get_node_short_histories(runtime, act.id).data] == [1, 2, 3, 4, 5]

@@ -357,6 +357,24 @@ def test_histories_and_logs_read_back_in_order_per_loop(store: Store) -> None:
         assert unit.logs(node, "v1") == [] and len(unit.logs(node, "v9")) == 6
 
 
+def test_histories_read_within_a_budget_keep_the_newest_payloads(store: Store) -> None:
+    node = _ids()[0]
+    with store.transaction() as unit:
+        for n in range(5):
+            unit.add_history(HistoryRecord(0, node, 1.0, 2.0, 1 + n // 3, False, n, f"v{n}", {"in": "x" * 1000},
+                                           {"n": n}))
+    with store.reading() as unit:
+        assert all(h.left_out is None and h.inputs for h in unit.histories(node))  # no budget: all, as before
+        read = unit.histories(node, payload_chars=2_100)  # each stores ~1,020 characters: two fit
+        assert [h.retry for h in read] == [0, 1, 2, 3, 4]  # every history, oldest first
+        assert [h.outputs for h in read] == [{}, {}, {}, {"n": 3}, {"n": 4}]
+        assert [h.left_out is not None and h.left_out > 1_000 for h in read] == [True, True, True, False, False]
+        assert [h.retry for h in unit.histories(node, payload_chars=10) if h.left_out is None] == [4]  # the newest
+        assert all(h.left_out and h.inputs == {} for h in unit.histories(node, payload_chars=0))
+        assert [(h.loop, h.outputs) for h in unit.histories(node, loop=1, payload_chars=1_100)] == [
+            (1, {}), (1, {}), (1, {"n": 2})]
+
+
 def test_a_large_tree_is_stored_compressed_and_read_back_exactly(store: Store) -> None:
     """A tree over MAX_PAYLOAD_BYTES as JSON that compresses under it is stored (a 10,000-node tree
     takes ~7 MB as JSON); a value that merely looks like the compressed envelope is kept as it is."""

@@ -310,3 +310,80 @@ def test_a_log_line_longer_than_a_text_column_is_kept_cut(runtime):
     assert first.endswith("\u4e2d [... 30,013 characters in all, cut to fit a log line]"), first[-80:]
     assert len(first.encode()) <= limits.MAX_LOG_LINE_BYTES
     assert "second line" in logs.split("\n")[1]
+
+
+@pytest.mark.parametrize("kind", ["mariadb", "mysqlclient"])
+def test_a_mysql_server_that_would_cut_values_is_strict_for_culm(kind):
+    # Found probing (session 15): on a server whose sql_mode is not strict (MySQL before 5.7, or
+    # sql_mode='' in a my.cnf; simulated by the URL's init_command) a value too long for its column
+    # was stored cut with a warning nobody reads: a check of culm's that missed one kept data corrupted.
+    from backends import create_database, drop_database
+    from sqlalchemy.exc import DataError
+
+    from culm.storage.migrate import upgrade
+    from culm.storage.sql.base import SqlStore
+
+    url = create_database(kind)
+    store = SqlStore(url + "&init_command=SET sql_mode=''", create=False)
+    try:
+        upgrade(store)
+        with store.engine.connect() as conn:
+            with pytest.raises(DataError, match="Data too long for column 'name'"):
+                conn.exec_driver_sql("INSERT INTO culm_api_token (id, role, name, salt, secret_hash, created_time) "
+                                     "VALUES ('t', 'viewer', %s, 's', 'h', 1)", ("n" * 300,))
+            assert conn.exec_driver_sql("SELECT COUNT(*) FROM culm_api_token").scalar() == 0
+    finally:
+        store.engine.dispose()
+        drop_database(url)
+
+
+def test_a_mysql_server_whose_packets_are_too_small_is_refused_at_open(tmp_path, monkeypatch):
+    # A statement over max_allowed_packet (4 MiB by default on MySQL 5.7) is answered by a dropped
+    # connection, which looks like a network fault: a node with 5 MB of inputs would have had its
+    # write sent again for ever, RUNNING. Now the runtime (and the CLI) refuses such a server at once.
+    import subprocess
+    import sys
+
+    from backends import create_database, drop_database
+
+    import culm
+    from culm.errors import DatabaseSettingsError
+    from culm.storage.sql import mysql
+
+    url = create_database("mariadb")
+    try:
+        monkeypatch.setattr(mysql, "LEAST_PACKET_BYTES", 64 * 1024 * 1024)  # this server has 16 MiB
+        with pytest.raises(DatabaseSettingsError, match=r"max_allowed_packet is 16,777,216 bytes; culm needs at "
+                                                        r"least 67,108,864 .* max_allowed_packet=64M under \[mysqld\]"):
+            culm.Runtime(url)
+        monkeypatch.undo()
+        from culm.storage.migrate import upgrade
+        from culm.storage.sql.base import SqlStore
+
+        store = SqlStore(url, create=False)  # 16 MiB is enough
+        upgrade(store)
+        store.engine.dispose()
+        culm.Runtime(url, workers=0).close()
+        code = ("import sys; from culm.storage.sql import mysql; mysql.LEAST_PACKET_BYTES = 1 << 30; "
+                "from culm.cli import main; sys.exit(main(['list', '--db', sys.argv[1]]))")
+        res = subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, timeout=120,
+                             cwd=tmp_path)
+        assert res.returncode == 4, res.stderr
+        assert "max_allowed_packet is 16,777,216 bytes; culm needs at least 1,073,741,824" in res.stderr
+        assert "Traceback" not in res.stderr
+    finally:
+        drop_database(url)
+
+
+def test_a_loop_number_no_column_holds_is_refused_naming_it(runtime):
+    # Found probing (session 15): GET /api/v1/nodes/ID/histories?loop=10**30 answered 500 on SQLite
+    # (the driver's OverflowError); PostgreSQL and MariaDB answered [].
+    act = ServiceActivity(component_code="t_attrs", loop_config={"enable": True, "loop_times": 2})
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    finish(runtime, build_tree(start))
+    for read in (api.get_node_histories, api.get_node_short_histories):
+        for loop in (10**30, -2, "1", True):
+            refused(read(runtime, act.id, loop), "loop must be -1 (every loop) or a loop number from 0 to 2**62")
+        assert [h["loop"] for h in read(runtime, act.id, 1).data] == [1]
+        assert read(runtime, act.id, 2**62).data == []

@@ -363,8 +363,17 @@ def test_missing_attribute_is_a_definition_error(code, missing):
     with pytest.raises(ComponentDefinitionError) as info:
         type("Broken", (Component,), namespace)
     assert "pkg.bad.Broken" in str(info.value) and missing in str(info.value)
-    assert isinstance(info.value, CulmError)
+    assert isinstance(info.value, CulmError) and isinstance(info.value, ValueError)  # bamboo raises ValueError
     assert not library.has(code)
+
+
+@pytest.mark.parametrize("falsy", [None, ""])
+def test_a_falsy_version_is_the_default_one(code, falsy):
+    """bamboo's metaclass sets a falsy ``version`` to "legacy"; a class written so registers there."""
+    namespace = {"__module__": "tests.fake_plugins", "code": code, "name": "n", "bound_service": NoopService,
+                 "version": falsy}
+    cls = type("Falsy", (Component,), namespace)
+    assert cls.version == "legacy" and library.get(code) is cls and library.versions(code) == ["legacy"]
 
 
 def test_bound_service_must_be_a_service_subclass(code):

@@ -159,6 +159,19 @@ def test_node_key_must_match_id_and_ids_be_strings():
     assert {"a", "7"} <= wheres(problems)
 
 
+def test_a_flow_without_id_is_known_by_its_key():
+    """bamboo reads a flow by its key and never its ``id``: a flow without one is valid; one with a
+    wrong or empty ``id`` is not."""
+    tree = make_tree(LINE)
+    for flow in tree["flows"].values():
+        del flow["id"]
+    assert validate_tree(tree) == []
+    assert "id" not in process_tree(tree)["flows"]["root:a-b"]  # the tree as given
+    tree["flows"]["root:a-b"]["id"] = ""
+    tree["flows"]["root:b-end"]["id"] = "other"
+    assert {"root:a-b", "root:b-end"} <= wheres(validate_tree(tree))
+
+
 def test_flow_to_unknown_node():
     tree = make_tree(LINE)
     tree["flows"]["root:a-b"]["target"] = "ghost"

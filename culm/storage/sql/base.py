@@ -40,6 +40,7 @@ from culm.core.records import (
 )
 from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import codec, listing
+from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.schema import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
@@ -138,6 +139,11 @@ def _state_params(rec: StateRecord) -> list[Any]:
     """The parameters of STATE_INSERT for ``rec`` (a list: a deferred INSERT may take changes)."""
     return [rec.node_id, rec.root_id, rec.parent_id, rec.name, rec.version, rec.loop, rec.inner_loop, rec.retry,
             rec.skip, rec.error_ignored, rec.created_time, rec.started_time, rec.archived_time]
+
+
+def _history(r: Sequence[Any], inputs: dict[str, Any], outputs: dict[str, Any],
+             left_out: int | None = None) -> HistoryRecord:
+    return HistoryRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], inputs, outputs, left_out)
 
 
 def _state_row(r: Sequence[Any]) -> StateRecord:
@@ -1380,17 +1386,25 @@ class SqlUnit:
             "inputs": codec.dumps(rec.inputs), "outputs": codec.dumps(rec.outputs),
         }])
 
-    def histories(self, node_id: str, loop: int = -1) -> list[HistoryRecord]:
-        sql = ('SELECT id, node_id, started_time, archived_time, "loop", skip, retry, version, inputs, outputs '
-               "FROM culm_history WHERE node_id = ?")
+    def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
+        where = "WHERE node_id = ?"
         params: list[Any] = [node_id]
         if loop != -1:
-            sql += ' AND "loop" = ?'
+            where += ' AND "loop" = ?'
             params.append(loop)
-        return [
-            HistoryRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], codec.loads(r[8]), codec.loads(r[9]))
-            for r in self._all(sql + " ORDER BY id", params)
-        ]
+        head = 'SELECT id, node_id, started_time, archived_time, "loop", skip, retry, version'
+        if payload_chars is None:
+            return [_history(r, codec.loads(r[8]), codec.loads(r[9]))
+                    for r in self._all(f"{head}, inputs, outputs FROM culm_history {where} ORDER BY id", params)]
+        rows = self._all(f"{head}, LENGTH(inputs) + LENGTH(outputs) FROM culm_history {where} ORDER BY id", params)
+        wanted = payloads_within([(r[0], r[8]) for r in rows], payload_chars)
+        texts: dict[int, tuple[str, str]] = {}
+        for i in range(0, len(wanted), 500):
+            chunk = wanted[i : i + 500]
+            texts.update((r[0], (r[1], r[2])) for r in self._all(
+                f"SELECT id, inputs, outputs FROM culm_history WHERE id IN ({marks(len(chunk))})", chunk))
+        return [_history(r, codec.loads(texts[r[0]][0]), codec.loads(texts[r[0]][1])) if r[0] in texts
+                else _history(r, {}, {}, int(r[8])) for r in rows]
 
     def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""

@@ -14,6 +14,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine
 
 from culm.core.records import ProcessRecord, TaskRecord
+from culm.errors import DatabaseSettingsError
 from culm.storage.sql.base import (
     Dialect,
     MergedRows,
@@ -341,6 +342,7 @@ class MysqlDialect(Dialect):
         super().prepare(store)
         skip_needless_reset(store.engine)
         _allow_multi_statements(store.engine)
+        check_packet_size(store.engine)
 
     # A read-only unit that needs no snapshot (a poll: one SELECT) runs on a connection of its own
     # pool that is in autocommit, set once when it connects: each read is then a transaction of
@@ -374,3 +376,38 @@ def _allow_multi_statements(engine: Engine) -> None:
     @event.listens_for(engine, "do_connect")
     def _add_flag(_dialect: Any, _record: Any, _args: Any, params: dict[str, Any]) -> None:
         params["client_flag"] = params.get("client_flag", 0) | multi
+        # A server whose sql_mode is not strict (MySQL before 5.7, sql_mode='' in a my.cnf) stores
+        # a value too long for its column cut, with a warning nobody reads: a tree or a payload
+        # that some check of culm's missed would be kept corrupted. Strict, it is refused. Added to
+        # the session's mode (the server's other flags stay), after any init_command of the URL.
+        params["init_command"] = "; ".join(filter(None, [params.get("init_command"), STRICT_MODE]))
+
+
+STRICT_MODE = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
+# The server's max_allowed_packet culm needs: one row holds two payloads of up to
+# limits.MAX_PAYLOAD_BYTES. A statement over it is answered by dropping the connection, which looks
+# like a network fault: the engine would send the write again for ever, its node RUNNING.
+LEAST_PACKET_BYTES = 16 * 1024 * 1024
+
+
+def check_packet_size(engine: Engine) -> None:
+    """Refuse, at the first connection, a server whose max_allowed_packet is under LEAST_PACKET_BYTES.
+
+    Raises:
+        DatabaseSettingsError: naming the setting, its value and how to raise it.
+    """
+
+    @event.listens_for(engine, "first_connect")
+    def _check(dbapi_conn: Any, _record: Any) -> None:
+        cursor = dbapi_conn.cursor()
+        try:
+            cursor.execute("SELECT @@GLOBAL.max_allowed_packet")
+            packet = int(cursor.fetchone()[0])
+        finally:
+            cursor.close()
+        if packet < LEAST_PACKET_BYTES:
+            raise DatabaseSettingsError(
+                f"the MySQL server's max_allowed_packet is {packet:,} bytes; culm needs at least "
+                f"{LEAST_PACKET_BYTES:,} to store its largest rows: set max_allowed_packet={LEAST_PACKET_BYTES >> 20}M under "
+                f"[mysqld] in the server's configuration (or SET GLOBAL max_allowed_packet={LEAST_PACKET_BYTES}) and "
+                "connect again")

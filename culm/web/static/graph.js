@@ -41,7 +41,7 @@
         boxes[n.id] = { node: n, label, parent, height: event ? 36 : gateway ? 44 : 40,
           width: event ? 36 : gateway ? 44 : Math.min(200, Math.max(110, label.length * 7 + 20)) };
       }
-      for (const f of Object.values(t.flows || {})) flows.push({ v: f.source, w: f.target, name: f.id });
+      for (const [key, f] of Object.entries(t.flows || {})) flows.push({ v: f.source, w: f.target, name: f.id || key });
     }
     add(tree, null);
     // Flows into and out of an opened subprocess join its start and end events (nested ones too).
