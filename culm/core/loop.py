@@ -154,7 +154,7 @@ def _commit(
         if joining is not None:
             joining(batch)
         step = Step(unit)
-        if not isolate and len(batch) > 1:
+        if not isolate and (len(batch) > 1 or _walks_with_claim(unit)):
             _read_ahead(engine, unit, batch)
         for item in batch:
             saved.append((item.invoke, item.waiting, item.result))
@@ -167,6 +167,15 @@ def _commit(
         if calls and time.monotonic() - began > engine.settings.lease_seconds / 3:
             _renew_leases(engine, unit, calls)
     return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
+
+
+def _walks_with_claim(unit: Unit) -> bool:
+    """Whether the unit reads a batch's expected walks with its claim (PostgreSQL, MySQL): then a
+    batch of one task reads ahead too. Its graph compiled here, its claim and its walk's reads go
+    in one round trip; a task a message named (its row not read yet) is claimed, then its walk's
+    reads go together in a second."""
+    prefetch = unit.prefetch
+    return prefetch is not None and prefetch.walks_with_claim
 
 
 def _renew_leases(engine: Engine, unit: Unit, calls: list[UserCall]) -> None:
@@ -290,9 +299,13 @@ def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item]) -> None
         task = item.task
         if task.kind != EXECUTE:
             continue
-        graph = engine.known_graph(task.root_id)
         invoke = item.invoke
-        node_id = invoke.node_id if item.waiting and invoke is not None and invoke.node_id else task.node_id
+        back = item.waiting and invoke is not None and invoke.node_id
+        # A task a message named is only an id until its walk reads the row: its call's Invoke
+        # knows the run and the node, once back from the user code.
+        root_id = invoke.root_id or task.root_id if back and invoke is not None else task.root_id
+        graph = engine.known_graph(root_id) if root_id else None
+        node_id = invoke.node_id if back and invoke is not None else task.node_id
         node = graph.nodes.get(node_id) if graph is not None else None
         if graph is None or node is None:
             continue

@@ -32,7 +32,9 @@ class Invoke:
     """User code must run outside the transaction; ``resume`` takes its result in the next one.
 
     The walker fills in where the task stood when the call was handed out (``node_id``,
-    ``version``), so that a result arriving after another runner took the task over is dropped.
+    ``version``), so that a result arriving after another runner took the task over is dropped,
+    and the run's root (``root_id``: a runner handed only the task's id knows it from here, and
+    reads the walk that applies the result ahead, with its claim).
     """
 
     call: Callable[[], object]
@@ -41,6 +43,7 @@ class Invoke:
     resume: Callable[[Run, Any], Outcome]
     node_id: str = ""
     version: str | None = None
+    root_id: str = ""
 
 
 Outcome = Next | Sleep | Die | Invoke

@@ -107,7 +107,7 @@ def _advance(
             node_id = proc.current_node_id
             step.unit.update_task(task.id, node_id=node_id, running_version=version)
             _save_process(step, proc, before)
-            return Invoke(outcome.call, outcome.resume, node_id, version)
+            return Invoke(outcome.call, outcome.resume, node_id, version, proc.root_id)
         if isinstance(outcome, Sleep):
             proc.asleep = True
             # A call's result applied without entering a node (whose walk checks the stack): if the

@@ -270,7 +270,8 @@ class DistributedBackend:
     def executions(self, kind: str = "execute") -> collections.Counter[str]:
         """How many times each node ran ``kind`` (execute, poll, callback) in any worker."""
         counts: collections.Counter[str] = collections.Counter()
-        for line in self.exec_log.read_text().splitlines():
+        # Whole lines only: a worker may be writing the last one as it is read.
+        for line in self.exec_log.read_text().split("\n")[:-1]:
             k, node_id, *_ = line.split()
             if k == kind:
                 counts[node_id] += 1

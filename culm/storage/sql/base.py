@@ -695,10 +695,27 @@ class SqlUnit:
         MySQL's a batch's tasks too (``read_tasks_ahead``): each statement is a round trip."""
         return self
 
-    walks_with_claim = False  # MySQL: expect_walks' reads go with the claim's query
+    # MySQL, PostgreSQL: expect_walks' reads go with the claim (read_tasks_ahead); SQLite: never read ahead
+    walks_with_claim = False
+    _expected: tuple[Sequence[str], Sequence[str], Sequence[str]] | None = None
 
     def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
-        return  # MySQL's unit sends them with the claim; the others read them in read_walks_ahead
+        self._expected = (held, nodes, pipelines)  # sent with the claim (read_tasks_ahead)
+
+    def _expected_reads(self) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], None]]:
+        """The reads of the walks expect_walks announced (read_walks_ahead's: the held states
+        with their shared locks, the other states, the contexts; as the dialect sends them), and
+        what takes their answers in. Once: a second call finds nothing announced."""
+        expected, self._expected = self._expected, None
+        if expected is None:
+            return [], lambda answers: None
+        fresh, missing, contexts = self._walks_missing(*expected)
+        reads, split = self._walk_reads(fresh, missing, contexts)
+
+        def take(answers: list[list[Any]]) -> None:
+            self._take_walks(fresh, missing, contexts, split(answers))
+
+        return reads, take
 
     def prefetch_states(self, node_ids: Iterable[str]) -> None:
         """Read the states of ``node_ids`` in one statement, for the reads this transaction is about
@@ -730,11 +747,22 @@ class SqlUnit:
         """:meth:`hold_states` of ``held`` (answered later from what it read), :meth:`prefetch_states`
         of ``nodes`` and :meth:`prefetch_contexts` of ``pipelines``: on a server database their
         statements go together, in one round trip (with the deferred writes before them)."""
+        fresh, missing, contexts = self._walks_missing(held, nodes, pipelines)
+        if fresh or missing or contexts:
+            reads, split = self._walk_reads(fresh, missing, contexts)
+            self._take_walks(fresh, missing, contexts, split(self._all_together(reads)))
+
+    def _walks_missing(
+        self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]
+    ) -> tuple[list[str], list[str], list[str]]:
+        """Of read_walks_ahead's ids, those still to read: states to hold, other states, contexts."""
         fresh = self._to_hold(dict.fromkeys(held))
         holding = set(fresh)
-        missing = [i for i in self._states_missing(nodes) if i not in holding]
-        contexts = self._contexts_missing(pipelines)
-        held_rows, state_rows, context_rows = self._read_walks(fresh, missing, contexts)
+        return fresh, [i for i in self._states_missing(nodes) if i not in holding], self._contexts_missing(pipelines)
+
+    def _take_walks(self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str],
+                    rows: tuple[list[Any], list[Any], list[Any]]) -> None:
+        held_rows, state_rows, context_rows = rows
         if fresh:
             self._take_held(fresh, held_rows)
         if missing:
@@ -742,20 +770,25 @@ class SqlUnit:
         if contexts:
             self._take_contexts(contexts, context_rows, CONTEXTS_AHEAD)
 
-    def _read_walks(
+    def _walk_reads(
         self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
-    ) -> tuple[list[Any], list[Any], list[Any]]:
-        """The rows of read_walks_ahead's three reads (each may be empty): the held states (read
-        with a shared lock, in node id order), the other states, the contexts."""
+    ) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], tuple[list[Any], list[Any], list[Any]]]]:
+        """The statements of read_walks_ahead's three reads (each may be empty: the held states,
+        read with a shared lock in node id order; the other states; the contexts), and what splits
+        their answers (in the order of the statements) into those three reads' rows."""
         reads = [self._hold_read(fresh)] if fresh else []
         state_reads = self._states_reads(missing) if missing else []
         reads += state_reads
         if contexts:
             reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
-        answers = iter(self._all_together(reads))  # in the order of ``reads``
-        held_rows = next(answers) if fresh else []
-        state_rows = [r for _ in state_reads for r in next(answers)]
-        return held_rows, state_rows, next(answers) if contexts else []
+
+        def split(answers: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+            got = iter(answers)
+            held_rows = next(got) if fresh else []
+            state_rows = [r for _ in state_reads for r in next(got)]
+            return held_rows, state_rows, next(got) if contexts else []
+
+        return reads, split
 
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""

@@ -7,7 +7,7 @@ import dataclasses
 import functools
 import importlib
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -16,7 +16,6 @@ from sqlalchemy.engine import Engine, create_engine
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.errors import DatabaseSettingsError
 from culm.storage.sql.base import (
-    CONTEXTS_AHEAD,
     Dialect,
     MergedRows,
     SqlStore,
@@ -251,40 +250,7 @@ class MysqlUnit(SqlUnit):
         kept = self._x(KEEP_HELD_LEASE, [owner, until, task_id, owner, at]).rowcount == 1
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
 
-    walks_with_claim = True
-    _expected: tuple[Sequence[str], Sequence[str], Sequence[str]] | None = None
-
-    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
-        self._expected = (held, nodes, pipelines)  # sent with the claim (read_tasks_ahead)
-
-    def _expected_reads(self) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], None]]:
-        """The reads of the walks expect_walks announced (read_walks_ahead's, in its order: the
-        held states with their shared locks, the other states, the contexts), and what takes
-        their answers in."""
-        expected, self._expected = self._expected, None
-        if expected is None:
-            return [], lambda answers: None
-        held, nodes, pipelines = expected
-        fresh = self._to_hold(dict.fromkeys(held))
-        holding = set(fresh)
-        missing = [i for i in self._states_missing(nodes) if i not in holding]
-        contexts = self._contexts_missing(pipelines)
-        reads = [self._hold_read(fresh)] if fresh else []
-        state_reads = self._states_reads(missing) if missing else []
-        reads += state_reads
-        if contexts:
-            reads.append(self._contexts_read(contexts, CONTEXTS_AHEAD))
-
-        def take(answers: list[list[Any]]) -> None:
-            got = iter(answers)
-            if fresh:
-                self._take_held(fresh, next(got))
-            if missing:
-                self._take_states(missing, [r for _ in state_reads for r in next(got)])
-            if contexts:
-                self._take_contexts(contexts, next(got), CONTEXTS_AHEAD)
-
-        return reads, take
+    walks_with_claim = True  # expect_walks' reads go in the claim's query (read_tasks_ahead)
 
     def read_tasks_ahead(
         self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],
@@ -300,7 +266,7 @@ class MysqlUnit(SqlUnit):
         The walks' reads announced by expect_walks follow in the same query (held states, with
         their shared locks, after the task rows and the locked states: the lock order stays)."""
         ids = list(dict.fromkeys([*fresh, *resumed]))
-        if len(ids) < 2:
+        if not ids:
             self._expected = None  # no read ahead: the walks read as they go
             return
         owner, until, at = lease

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm.core.records import ProcessRecord, TaskRecord
@@ -219,6 +219,15 @@ def combined_and_merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> li
     return combined_runs(pending, merge_parts)
 
 
+def _split_walks(answers: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
+    """The rows of the walks' one read (PostgresUnit._walk_reads), by the read each answers."""
+    got: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    width = len(STATE_COLUMNS) + 1
+    for r in answers[0]:
+        got[r[0]].append(r[1:width] if r[0] < 2 else r[width:])
+    return got
+
+
 class PostgresUnit(SqlUnit):
     """A transaction on PostgreSQL: writes whose result nobody reads wait and go together with the
     next statement that needs an answer (see SqlUnit._later); reads that lock, lock in the read."""
@@ -226,6 +235,7 @@ class PostgresUnit(SqlUnit):
     dialect = "postgresql"
     defers_writes = True
     octet_length = "OCTET_LENGTH"
+    walks_with_claim = True  # expect_walks' read goes in the claim's pipeline (read_tasks_ahead)
     combine = staticmethod(combined_and_merged)
     refuses_duplicate_ids = True
     # Statements go to the cursor as written here, with ``?`` placeholders: numbering_cursor
@@ -276,15 +286,15 @@ class PostgresUnit(SqlUnit):
     def _contexts_read(missing: Sequence[str], limit: int) -> tuple[str, Sequence[Any]]:
         return f"{CONTEXTS_ANY} LIMIT {int(limit) + 1}", [list(missing)]
 
-    def _read_walks(
+    def _walk_reads(
         self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
-    ) -> tuple[list[Any], list[Any], list[Any]]:
+    ) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], tuple[list[Any], list[Any], list[Any]]]]:
         # One statement instead of up to three (each costs the driver and the server a statement's
         # work, pipelined or not): the held states locked first, in node id order, in a
         # materialised WITH; each row tagged with the read it answers, a state row padded to a
         # context row's width and the other way round.
         if sum(map(bool, (fresh, missing, contexts))) < 2:
-            return super()._read_walks(fresh, missing, contexts)
+            return super()._walk_reads(fresh, missing, contexts)
         head, parts, params = "", [], list[Any]()
         if fresh:
             sql, ids = self._hold_read(fresh)
@@ -298,12 +308,7 @@ class PostgresUnit(SqlUnit):
             sql, ids = self._contexts_read(contexts, CONTEXTS_AHEAD)
             parts.append(f"SELECT 2, {_NO_STATE}, c.* FROM ({sql}) c")
             params += ids
-        rows = self._all(head + " UNION ALL ".join(parts), params)
-        got: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-        width = len(STATE_COLUMNS) + 1
-        for r in rows:
-            got[r[0]].append(r[1:width] if r[0] < 2 else r[width:])
-        return got
+        return [(head + " UNION ALL ".join(parts), params)], _split_walks
 
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         answers = self._all_together([(ACK_CHILDREN_RETURNING, [n, pid]) for n, pid in acks])
@@ -331,13 +336,22 @@ class PostgresUnit(SqlUnit):
         owner, until, at = lease
         ahead = self._tasks_ahead
         n_task, end = len(TASK_COLUMNS), len(TASK_COLUMNS) + len(PROCESS_COLUMNS)
-        # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip.
+        # The fresh tasks' claim, then the resumed ones' locking read: pipelined, one round trip,
+        # lone tasks included. Every task is claimed (or locked) before the expected walks'
+        # shared locks are taken: the lock order of every runner (task rows, then states).
         reads = [(ids, sql, [*params, list(ids)])
                  for ids, sql, params in ((fresh, CLAIM_MANY_WITH_PROCESS, [owner, until, at]),
                                           (resumed, MANY_WITH_PROCESS_AND_STATE, []))
-                 if len(ids) >= 2]
-        answers = self._all_together([(sql, params) for _, sql, params in reads])
-        for (ids, _, _), rows in zip(reads, answers, strict=True):
+                 if ids]
+        if not reads:
+            self._expected = None  # no read ahead: the walks read as they go
+            return
+        # The walks' read the runner expects goes in the same pipeline, after the claim and the
+        # resumed tasks' locks (the lock order stays: task rows, then states).
+        walks, take_walks = self._expected_reads()
+        answers = self._all_together([(sql, params) for _, sql, params in reads] + walks)
+        take_walks(answers[len(reads):])
+        for (ids, _, _), rows in zip(reads, answers[: len(reads)], strict=True):
             ahead.update(dict.fromkeys(ids))
             for r in rows:
                 st = None
