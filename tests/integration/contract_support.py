@@ -24,10 +24,12 @@ HARNESS = {"postgres-redis": ("postgres", REDIS, 5432, 6379), "mariadb-rabbitmq"
 HARNESS_IMPORTS = "contract_components,contract_idioms,contract_idioms_example"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def harness(tmp_path_factory):
     """``harness(name)``: the harness-style backend ``name`` (of :data:`HARNESS`), started on first
-    use with two workers and torn down at the session's end."""
+    use with two workers and torn down at the module's end (held for the whole session, its
+    workers' connections counted against the servers' limits in every later module: the storm
+    tests then met "too many clients")."""
     started: dict[str, HarnessBackend] = {}
 
     def get(name: str) -> HarnessBackend:
