@@ -111,7 +111,7 @@ def test_fail_status_retry_with_new_data_finished(cli: Cli) -> None:
     root = tree["id"]
     out = run_until_failed(cli, path, tree)
     assert f"FAILED step1 ({node})" in out.stdout and "t_fail said no" in out.stdout
-    assert "culm retry NODE" in out.stdout
+    assert f"culm retry {node} [--data" in out.stdout  # the one failed node named: the hint can be pasted
 
     status = cli("status", root)
     assert status.returncode == 1
