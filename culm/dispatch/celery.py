@@ -1,7 +1,8 @@
 """CeleryDispatcher and the ``culm worker`` process: the distributed runtime.
 
 Durable work is a row in ``culm_task``, committed with the change that causes it (an outbox). The
-broker only carries task ids, so a message may be lost or delivered twice without harm:
+broker only carries task ids (and hints, see below), so a message may be lost or delivered twice
+without harm:
 
 * :class:`CeleryDispatcher` publishes each committed task id right after the commit, to
   ``culm_execute`` / ``culm_schedule`` when due, to ``culm_timer`` with a countdown when not;

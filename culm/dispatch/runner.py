@@ -1,6 +1,7 @@
 """WorkerRunner: how a ``culm worker`` process runs the tasks its Celery messages name.
 
-A message carries only a task id; the row is the durable work (see :mod:`culm.dispatch.celery`).
+A message carries a task id (and a hint of its run, node and walk reads); the row is the durable
+work (see :mod:`culm.dispatch.celery`).
 The Celery task hands the id to this process's runner and returns, so the process takes its next
 message at once. The runner is the embedded engine loop (:class:`ThreadDispatcher`) set up to
 share its database with other workers (it composes that loop and sets its policy):
