@@ -75,9 +75,9 @@ def _end_transaction():
     if _shapes and _role() == "engine":
         shape = " | ".join("+".join(trip) for trip in _txn)
         _txn.clear()
-        key = "shape " + shape
         with _lock:
-            _counts[key] = _counts.get(key, 0) + 1
+            for key in ("shape " + shape, f"trips {len(shape.split(' | '))}"):
+                _counts[key] = _counts.get(key, 0) + 1
 
 
 def _count(what):
@@ -263,6 +263,12 @@ def _batches(
                 )
                 out.append(line)
                 print(json.dumps(line), flush=True)
+                by_trips = {int(k[6:]): v for k, v in used.items() if k.startswith("trips ") and v}
+                if by_trips:
+                    print(
+                        "  transactions by round trips: "
+                        + ", ".join(f"{n}: {by_trips[n]}" for n in sorted(by_trips))
+                    )
                 shapes = sorted(
                     ((v, k[6:]) for k, v in used.items() if k.startswith("shape ") and v), reverse=True
                 )
