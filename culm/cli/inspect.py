@@ -414,7 +414,7 @@ def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
             seen = (entry["state"], _wait_key(reason))
             if last.get(node_id) != seen:
                 last[node_id] = seen
-                waits = f" — waits: {reason['text']}" if reason.get("text") else ""
+                waits = f" — {render.waits_line(reason['text'])}" if reason.get("text") else ""
                 print(f"{datetime.now().strftime('%H:%M:%S')} {entry['state']:<9} "
                       f"{render.label(node_id, found.info)}{waits}", flush=True)
         if _ended(found, still):
