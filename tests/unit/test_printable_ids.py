@@ -54,3 +54,46 @@ def test_run_pipeline_refuses_it_and_the_runtime_goes_on(ident: str) -> None:
         healthy = tree_with_activity_id("node 1 (spaces and é are printable)")
         api.run_pipeline(rt, healthy)
         assert rt.wait(healthy["id"], timeout=30) == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    ("ident", "problem"),
+    [
+        ("\u0430pprove", "mixes Cyrillic and Latin letters ('\u0430' and 'p')"),  # a Cyrillic а, then Latin
+        ("\u0394t_check", "mixes Greek and Latin letters ('\u0394' and 't')"),
+        ("\uff4e1", "is not in Unicode's NFKC form ('\\uff4e1'): it looks like 'n1' ('n1')"),  # a fullwidth n
+        (
+            "cafe\u0301",
+            "is not in Unicode's NFKC form ('cafe\\u0301'): it looks like 'caf\u00e9' ('caf\\xe9')",
+        ),
+        ("x\u00b2", "is not in Unicode's NFKC form ('x\\xb2'): it looks like 'x2' ('x2')"),
+    ],
+)
+def test_an_id_that_can_look_like_another_is_refused_naming_it(ident: str, problem: str) -> None:
+    """Found probing (session 16): `approve` and `аpprove` (a Cyrillic а), `n1` and `ｎ1`, or `café`
+    written with a composed é and with e + an accent were two ids that read as one; an operator
+    who retried "the" node retried whichever their copy held. Such an id is refused, so that two
+    ids that look the same are never both in a tree (or in the store)."""
+    problems = [str(p) for p in tree_problems(tree_with_activity_id(ident))]
+    assert len(problems) == 1 and problems[0].startswith(f"{ident}: id {problem}"), problems
+    with culm.Runtime("memory://") as rt:
+        refused = api.run_pipeline(rt, tree_with_activity_id(ident))
+        assert (
+            refused.result is False
+            and isinstance(refused.exc, TreeInvalidError)
+            and problem in refused.message
+        )
+
+
+@pytest.mark.parametrize(
+    "ident",
+    [
+        "caf\u00e9",
+        "\u041f\u0440\u0438\u0432\u0435\u0442",
+        "\u03b1\u03b2\u03b3",
+        "\u627f\u8a8dstep1",
+        "node 1 (spaces and \u00e9 are printable)",
+    ],
+)
+def test_ids_in_one_script_or_with_ideographs_are_taken(ident: str) -> None:
+    assert tree_problems(tree_with_activity_id(ident)) == []
