@@ -190,7 +190,24 @@ def id_text_problem(ident: str) -> str | None:
     if not ident.isprintable():
         bad = next(char for char in ident if not char.isprintable())
         return f"holds the character {bad!r}, which cannot be printed (ids take printable characters only)"
+    if "/" in ident or ident in (".", ".."):
+        return _url_problem(ident)
     return None if ident.isascii() else _lookalike_problem(ident)
+
+
+def _url_problem(ident: str) -> str | None:
+    """Why ``ident`` cannot be one segment of a URL's path, or None.
+
+    Found probing (session 16): a node id holding a ``/`` ran, and failed, but the REST API and
+    the console, which address a node as ``/api/v1/nodes/ID``, answered 404 for it, escaped or
+    not (servers decode ``%2F`` before routing): nobody there could retry or skip it. ``.`` and
+    ``..`` are taken by clients for steps in the path, and never reach the server as they are.
+    """
+    if "/" in ident:
+        return "holds a '/', which the REST API and the console cannot address (a node is /api/v1/nodes/ID): write it without one"
+    if ident in (".", ".."):
+        return f"is {ident!r}, which URLs take for a step in their path (the REST API and the console could not address it)"
+    return None
 
 
 # Scripts whose letters look alike (Latin a, Cyrillic а, Greek α): an id whose letters come from

@@ -97,3 +97,26 @@ def test_an_id_that_can_look_like_another_is_refused_naming_it(ident: str, probl
 )
 def test_ids_in_one_script_or_with_ideographs_are_taken(ident: str) -> None:
     assert tree_problems(tree_with_activity_id(ident)) == []
+
+
+@pytest.mark.parametrize(
+    ("ident", "problem"),
+    [
+        ("a/b", "id holds a '/', which the REST API and the console cannot address"),
+        ("x/retry", "id holds a '/', which the REST API and the console cannot address"),
+        ("..", "id is '..', which URLs take for a step in their path"),
+        (".", "id is '.', which URLs take for a step in their path"),
+    ],
+)
+def test_an_id_no_url_can_address_is_refused_naming_it(ident: str, problem: str) -> None:
+    """Found probing (session 16): a node id holding a '/' ran and failed, and then the REST API
+    and the console answered 404 for it, escaped or not: nobody there could retry or skip it."""
+    assert [str(p) for p in tree_problems(tree_with_activity_id(ident))] == [f"{ident}: {problem}" + (
+        " (a node is /api/v1/nodes/ID): write it without one" if "/" in ident else
+        " (the REST API and the console could not address it)")]
+    bad_root = tree_with_activity_id("node_1")
+    bad_root["id"] = ident
+    with culm.Runtime("memory://") as rt:
+        refused = api.run_pipeline(rt, bad_root)
+        assert refused.result is False and isinstance(refused.exc, TreeInvalidError) and problem in refused.message
+    assert tree_problems(tree_with_activity_id("a\\b?c#d...")) == []  # an escaped URL carries these
