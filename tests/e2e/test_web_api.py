@@ -271,6 +271,13 @@ def test_a_lone_surrogate_echoed_in_problems_is_answered_escaped(served: Any, ad
     assert admin.get("/api/v1/pipelines").json()["total"] == before
 
 
+@pytest.mark.parametrize("offset", ["4611686018427387905", "99999999999999999999999999"])
+def test_a_list_offset_past_what_is_taken_is_a_422_naming_it(admin: httpx.Client, offset: str) -> None:
+    # Found probing (session 16): it was a 409 Conflict, as if the pipelines had changed.
+    res = admin.get(f"/api/v1/pipelines?offset={offset}")
+    assert res.status_code == 422 and res.json()["detail"].startswith("query.offset: "), res.text
+
+
 def test_a_body_that_is_not_sent_as_json_says_so(admin: httpx.Client) -> None:
     res = admin.post("/api/v1/pipelines", content=b'{"tree": {}}', headers={"Content-Type": "text/plain"})
     assert res.status_code == 422
