@@ -278,8 +278,9 @@ def register(subparsers: Any) -> None:
                             "by commas; '' trusts none, '*' any (default: $CULM_TRUSTED_PROXIES, then "
                             f"{DEFAULT_TRUSTED_PROXIES})")
     serve.add_argument("--request-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
-                       help="time a request's head may take to arrive, from its first byte; its body must then "
-                            "come at 1,000 bytes a second or more; a slower one is answered 408 (default 30)")
+                       help="time a request's head may take to arrive, from its first byte (its body must then "
+                            "come at 1,000 bytes a second or more; a slower one is answered 408), and an answer may "
+                            "wait unread by its client before the connection is dropped (default 30)")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                        help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)

@@ -117,3 +117,43 @@ def test_request_timeout_must_be_a_positive_number(tmp_path: Path) -> None:
             timeout=60,
         )
         assert done.returncode == 2 and "--request-timeout" in done.stderr, (bad, done.stderr)
+
+
+def test_an_answer_left_unread_has_its_connection_dropped(tmp_path: Path) -> None:
+    """Found probing (session 16): 200 connections that each asked for a pipeline's 3.5 MB tree and
+    read nothing took the service from 104 MB to 512 MB, held for as long as the clients liked."""
+    import httpx
+    from web_support import divide_tree
+
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "", "--request-timeout", "2")
+    port = int(url.rsplit(":", 1)[1])
+    tree = divide_tree(1)
+    tree["data"] = {"inputs": {"${big}": {"type": "plain", "value": "x" * 3_000_000}}, "outputs": {}}
+    try:
+        assert httpx.post(url + "/api/v1/pipelines", json={"tree": tree}, timeout=60).status_code == 201
+        request = f"GET /api/v1/pipelines/{tree['id']}/tree HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", port))
+        # Three answers of 3 MB asked at once: more than the kernel's buffers take (4 MB at most),
+        # so the rest waits in the server's memory, unread.
+        conn.sendall(request * 3)
+        time.sleep(6)  # the client reads nothing for three times the timeout
+        conn.settimeout(20)
+        got, ended = 0, False
+        try:
+            while chunk := conn.recv(1 << 20):
+                got += len(chunk)
+        except ConnectionResetError:
+            ended = True
+        except TimeoutError:
+            pass  # the old server: the connection stayed, its answers all sent
+        else:
+            ended = True
+        conn.close()
+        assert ended and got < 3 * 3_000_000, (
+            f"{got:,} bytes read, connection {'ended' if ended else 'still open'}"
+        )
+        assert httpx.get(url + "/api/v1/me", timeout=30).status_code == 200
+    finally:
+        _stop(proc)
