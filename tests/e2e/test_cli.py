@@ -85,6 +85,19 @@ def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_validate_and_run_print_an_id_holding_a_lone_surrogate_escaped(tmp_path: Path) -> None:
+    # Found probing (session 16): JSON may write half of a UTF-16 pair ("\\ud800"); `culm validate`
+    # printed the first problem naming such an id, then died with a UnicodeEncodeError traceback
+    # at the next, which names the pipeline by its raw id.
+    path = tmp_path / "surrogate.json"
+    path.write_text('{"id": "p\\ud800", "start_event": {}}')
+    for args in (["validate", str(path)], ["run", str(path)]):
+        out = culm(tmp_path, *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "id holds a lone surrogate" in out.stdout + out.stderr
+        assert "p\\ud800: pipeline key 'flows' must be a dict" in out.stdout + out.stderr  # escaped: no stream encodes it
+
+
 def test_validate_refuses_variables_that_need_each_other(tmp_path: Path) -> None:
     tree = example_tree()
     tree["data"]["inputs"].update({"${ping}": {"type": "splice", "value": "${pong}"},
