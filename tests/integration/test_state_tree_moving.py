@@ -21,14 +21,7 @@ from engine_fixtures import run, wait_state
 from support import wait_until
 
 from culm import api
-from culm.builder import (
-    ConvergeGateway,
-    EmptyEndEvent,
-    EmptyStartEvent,
-    ParallelGateway,
-    ServiceActivity,
-    build_tree,
-)
+from culm import builder as b
 from culm.core import state_tree
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,18 +30,18 @@ pytestmark = pytest.mark.timeout(120)
 def wide_tree(branches: int, length: int) -> tuple[dict[str, Any], list[str]]:
     """start -> parallel gateway -> ``branches`` x (``length`` echoes, a callback, an echo) ->
     converge -> end; the ids of the callback nodes."""
-    start, end, fork, join = EmptyStartEvent(), EmptyEndEvent(), ParallelGateway(), ConvergeGateway()
+    start, end, fork, join = b.EmptyStartEvent(), b.EmptyEndEvent(), b.ParallelGateway(), b.ConvergeGateway()
     heads, waits = [], []
     for _ in range(branches):
-        head = tail = ServiceActivity(component_code="t_echo")
+        head = tail = b.ServiceActivity(component_code="t_echo")
         for _ in range(length - 1):
-            tail = tail.extend(ServiceActivity(component_code="t_echo"))
-        waiting = ServiceActivity(component_code="t_callback")
+            tail = tail.extend(b.ServiceActivity(component_code="t_echo"))
+        waiting = b.ServiceActivity(component_code="t_callback")
         waits.append(waiting.id)
-        tail.extend(waiting).extend(ServiceActivity(component_code="t_echo"))
+        tail.extend(waiting).extend(b.ServiceActivity(component_code="t_echo"))
         heads.append(head)
     start.extend(fork).connect(*heads).converge(join).extend(end)
-    return build_tree(start), waits
+    return b.build_tree(start), waits
 
 
 class SnapshotPolls:
