@@ -7,6 +7,7 @@ takes it).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import threading
@@ -16,10 +17,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from culm._printable import engine_logger
+from culm.components.imports import env_modules, import_modules
 from culm.core import commands
-from culm.core.engine import Engine, Settings
+from culm.core.engine import Engine
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
+from culm.core.settings import Settings, process_settings
 from culm.errors import InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
@@ -56,7 +59,10 @@ class Runtime:
         url: SQLAlchemy-style database URL, or ``memory://``.
         broker: Celery broker URL; when given, this runtime only submits and reads.
         workers: worker threads of an embedded runtime (0 = submit and read only).
-        settings: engine settings.
+        settings: engine settings; default: the process's (:func:`culm.configure`, ``$CULM_*``).
+
+    An embedded runtime imports the modules named in ``$CULM_IMPORTS`` first, as ``culm worker``
+    does (:class:`culm.errors.PluginImportError` when one cannot be imported).
     """
 
     def __init__(
@@ -255,6 +261,11 @@ class _Core:
     def __init__(self, url: str, broker: str | None, workers: int | None, settings: Settings | None,
                  options: dict[str, Any]) -> None:
         self.handles = 0
+        if not broker:
+            # Its threads run the work, as a `culm worker` does: they load the same plugins (and
+            # the culm.configure calls in them), before anything is opened.
+            import_modules(env_modules())
+        settings = settings or process_settings()  # a bad $CULM_* value is refused before anything opens
         self.store: Any = MemoryStore() if url == MEMORY_URL else SqlStore(url)
         self._lock_file: Any = None
         self._closed = False
@@ -344,11 +355,15 @@ class WorkerWiring:
     """
 
     def check(self, db: str) -> None:
+        process_settings()  # a bad $CULM_* setting stops the worker here, not in each pool process
         SqlStore(db).dispose()  # opening it refuses an outdated schema
 
     def build(self, db: str, runner: WorkerRunner, lease_seconds: float) -> tuple[Store, Engine, WorkerRegistry]:
         store = SqlStore(db)
-        settings = Settings(lease_seconds=lease_seconds, schedule_lock_seconds=lease_seconds)
+        # The process's defaults: what a module of $CULM_IMPORTS gave culm.configure (imported
+        # before the pool forks) or the CULM_* variables; the leases are the worker's own.
+        settings = dataclasses.replace(process_settings(), lease_seconds=lease_seconds,
+                                       schedule_lock_seconds=lease_seconds)
         return store, Engine(store, runner, settings), store.worker_registry()
 
     def after_fork(self, store: Store) -> None:

@@ -30,22 +30,19 @@ stopping worker lets its tasks reach their next commit, 30), ``CULM_IMPORTS`` (c
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from celery import Celery, signals
 
 from culm._printable import engine_logger
+from culm.components.imports import env_modules, import_modules
 from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
@@ -395,36 +392,7 @@ def import_components(modules: Iterable[str]) -> list[str]:
     A name ending in ``.py`` is a file (as ``culm run`` and ``culm worker --import`` take it),
     imported under its stem unless a module loaded from that file is there already.
     """
-    names = [m.strip() for m in modules if m.strip()]
-    names += [m.strip() for m in os.environ.get("CULM_IMPORTS", "").split(",") if m.strip()]
-    seen: list[str] = []
-    for name in names:
-        if name not in seen:
-            if name.endswith(".py"):
-                _import_file(Path(name))
-            else:
-                importlib.import_module(name)
-            seen.append(name)
-    return seen
-
-
-def _import_file(path: Path) -> None:
-    """Import the module file ``path`` once (``culm worker`` has usually loaded it already)."""
-    target = path.resolve()
-    for module in list(sys.modules.values()):
-        where = getattr(module, "__file__", None)
-        if where and Path(where).resolve() == target:
-            return
-    spec = importlib.util.spec_from_file_location(target.stem, target)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{path} is not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[target.stem] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(target.stem, None)
-        raise
+    return import_modules([*modules, *env_modules()], source="--import or $CULM_IMPORTS")
 
 
 def _env_float(name: str, default: float) -> float:

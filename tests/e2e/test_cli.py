@@ -283,7 +283,7 @@ def test_bad_module_is_reported_without_traceback(tmp_path: Path) -> None:
 
 def test_status_of_unknown_id(tmp_path: Path) -> None:
     out = culm(tmp_path, "status", "nothing_here")
-    assert out.returncode == 4 and "no database at" in out.stderr  # and none was created
+    assert out.returncode == 3 and "no database at" in out.stderr  # and none was created
     assert not (tmp_path / "cli.db").exists()
     assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
     out = culm(tmp_path, "status", "nothing_here")
@@ -482,7 +482,7 @@ def test_an_empty_token_list_says_how_to_make_one(tmp_path: Path) -> None:
 def test_reading_commands_of_admin_create_no_database(tmp_path: Path, args: list[str]) -> None:
     """docs/cli.md: a read command never creates a database file; `workers` and `token list` did."""
     out = culm(tmp_path, *args)
-    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.returncode == 3, out.stdout + out.stderr
     assert out.stderr.startswith(f"error: no database at {tmp_path / 'cli.db'}: nothing has run there yet")
     assert not (tmp_path / "cli.db").exists()
 
