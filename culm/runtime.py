@@ -265,7 +265,7 @@ class _Core:
             # Its threads run the work, as a `culm worker` does: they load the same plugins (and
             # the culm.configure calls in them), before anything is opened.
             import_modules(env_modules())
-        settings = settings or process_settings()  # a bad $CULM_* value is refused before anything opens
+        process_settings()  # a bad $CULM_* value is refused before anything opens
         self.store: Any = MemoryStore() if url == MEMORY_URL else SqlStore(url)
         self._lock_file: Any = None
         self._closed = False

@@ -54,8 +54,9 @@ def import_modules(names: Iterable[str], source: str = f"${ENV}") -> list[str]:
             try:
                 _import_file(Path(name)) if name.endswith(".py") else importlib.import_module(name)
             except Exception as exc:
-                raise PluginImportError(f"cannot import {name!r} (named in {source}): "
-                                        f"{type(exc).__name__}: {exc}") from exc
+                raise PluginImportError(
+                    f"cannot import {name!r} (named in {source}): {type(exc).__name__}: {exc}"
+                ) from exc
             seen.append(name)
     return seen
 

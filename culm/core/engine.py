@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
@@ -30,8 +31,9 @@ class Engine:
     def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
-        # None: the process's defaults (culm.configure, $CULM_*), one object shared by such engines
-        self.settings = settings or process_settings()
+        # None: a copy of the process's defaults (culm.configure, $CULM_*) as they are now; each
+        # engine's own, so that changing one runtime's settings leaves the others as they were
+        self.settings = settings or dataclasses.replace(process_settings())
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self._graphs: OrderedDict[str, Graph] = OrderedDict()
         self._root_data: OrderedDict[str, UserData] = OrderedDict()

@@ -44,12 +44,19 @@ def _problems(s: Settings) -> list[str]:
     found = []
     if type(s.rerun_limit) is not int or s.rerun_limit < 0:
         found.append(f"Settings.rerun_limit must be an integer >= 0, got {s.rerun_limit!r}")
-    if s.gateway_strategy not in (GATEWAY_STRATEGY_ONLY, GATEWAY_STRATEGY_FIRST) or type(s.gateway_strategy) is bool:
-        found.append(f"Settings.gateway_strategy must be {GATEWAY_STRATEGY_ONLY} (ONLY) or {GATEWAY_STRATEGY_FIRST} "
-                     f"(FIRST), as bamboo's PIPELINE_EXCLUSIVE_GATEWAY_STRATEGY; got {s.gateway_strategy!r}")
+    if (
+        s.gateway_strategy not in (GATEWAY_STRATEGY_ONLY, GATEWAY_STRATEGY_FIRST)
+        or type(s.gateway_strategy) is bool
+    ):
+        found.append(
+            f"Settings.gateway_strategy must be {GATEWAY_STRATEGY_ONLY} (ONLY) or {GATEWAY_STRATEGY_FIRST} "
+            f"(FIRST), as bamboo's PIPELINE_EXCLUSIVE_GATEWAY_STRATEGY; got {s.gateway_strategy!r}"
+        )
     if s.expr_func is not None and not callable(s.expr_func):
-        found.append(f"Settings.expr_func must be a function (expr, context, extra_info) -> bool or None, "
-                     f"got {s.expr_func!r}")
+        found.append(
+            f"Settings.expr_func must be a function (expr, context, extra_info) -> bool or None, "
+            f"got {s.expr_func!r}"
+        )
     if type(s.render_nested_objects) is not bool:
         found.append(f"Settings.render_nested_objects must be True or False, got {s.render_nested_objects!r}")
     for name in ("lease_seconds", "schedule_lock_seconds"):
@@ -66,17 +73,30 @@ ENV = {
     "expr_func": "CULM_EXPR_FUNC",
     "render_nested_objects": "CULM_RENDER_NESTED_OBJECTS",
 }
-_STRATEGIES = {"only": GATEWAY_STRATEGY_ONLY, "1": GATEWAY_STRATEGY_ONLY,
-               "first": GATEWAY_STRATEGY_FIRST, "2": GATEWAY_STRATEGY_FIRST}
-_BOOLS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+_STRATEGIES = {
+    "only": GATEWAY_STRATEGY_ONLY,
+    "1": GATEWAY_STRATEGY_ONLY,
+    "first": GATEWAY_STRATEGY_FIRST,
+    "2": GATEWAY_STRATEGY_FIRST,
+}
+_BOOLS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
 
 _lock = threading.Lock()
 _process: Settings | None = None
 
 
 def process_settings() -> Settings:
-    """The process's default settings (one object: a later :func:`configure` changes it for every
-    engine using it). Read from the environment the first time.
+    """The process's default settings, read from the environment the first time. A runtime or worker
+    created without ``settings=`` takes a copy of them as they are then.
 
     Raises:
         SettingsError: a ``CULM_*`` variable of :data:`ENV` holds a value culm cannot use.
@@ -91,8 +111,8 @@ def process_settings() -> Settings:
 def configure(**changes: Any) -> dict[str, Any]:
     """Change the process's default settings, as bamboo's Django settings are set for every process:
     call it in a module of ``$CULM_IMPORTS`` (``culm worker`` and embedded runtimes import them) so
-    that the workers evaluate gateways and render templates as the code expects. A runtime created
-    with ``settings=`` keeps its own.
+    that the workers evaluate gateways and render templates as the code expects. Runtimes created
+    before the call keep the settings they were created with, as do those given ``settings=``.
 
     Returns:
         The previous values of the settings changed (``configure(**previous)`` restores them).
@@ -104,7 +124,9 @@ def configure(**changes: Any) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(Settings)}
     unknown = sorted(set(changes) - names)
     if unknown:
-        raise SettingsError(f"culm.configure: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise SettingsError(
+            f"culm.configure: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
     checked = dataclasses.replace(current, **changes)  # raises SettingsError on a bad value
     with _lock:
         previous = {name: getattr(current, name) for name in changes}
