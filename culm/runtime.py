@@ -13,13 +13,13 @@ import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from culm._printable import engine_logger
-from culm.components.imports import env_modules, import_modules
 from culm.core import commands
 from culm.core.engine import Engine
+from culm.core.plugin_imports import env_modules, import_modules
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
 from culm.core.settings import Settings, process_settings
@@ -353,6 +353,9 @@ class WorkerWiring:
     The Celery worker builds them once per pool process, after the fork: a fresh store on the
     database, and an engine whose dispatcher is the process's :class:`~culm.dispatch.runner.WorkerRunner`.
     """
+
+    def import_plugins(self, modules: Iterable[str]) -> list[str]:
+        return import_modules([*modules, *env_modules()], source="--import or $CULM_IMPORTS")
 
     def check(self, db: str) -> None:
         process_settings()  # a bad $CULM_* setting stops the worker here, not in each pool process

@@ -42,7 +42,6 @@ from typing import Any, Protocol
 from celery import Celery, signals
 
 from culm._printable import engine_logger
-from culm.components.imports import env_modules, import_modules
 from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import SCHEDULE, TaskRecord, now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
@@ -246,6 +245,11 @@ class WorkerWiring(Protocol):
     after the fork) and hands over the process's runner as the engine's dispatcher.
     """
 
+    def import_plugins(self, modules: Iterable[str]) -> list[str]:
+        """Import the plugin modules ``modules`` and those of ``$CULM_IMPORTS`` (comma-separated);
+        a ``.py`` name is a file. Returns the names imported (each once)."""
+        ...
+
     def check(self, db: str) -> None:
         """Refuse a database this culm cannot run on (an outdated schema) before anything starts."""
         ...
@@ -386,15 +390,6 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
 # -- the worker ---------------------------------------------------------------------------------
 
 
-def import_components(modules: Iterable[str]) -> list[str]:
-    """Import the given modules and those named in ``$CULM_IMPORTS`` (comma-separated).
-
-    A name ending in ``.py`` is a file (as ``culm run`` and ``culm worker --import`` take it),
-    imported under its stem unless a module loaded from that file is there already.
-    """
-    return import_modules([*modules, *env_modules()], source="--import or $CULM_IMPORTS")
-
-
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
@@ -433,7 +428,7 @@ def run_worker(
     if beat <= 0 or dead_after < 2 * beat:
         raise CulmError(f"CULM_WORKER_DEAD_AFTER ({dead_after:g}) must be at least twice CULM_WORKER_BEAT ({beat:g}), "
                         "which must be above 0: otherwise live workers are taken for dead")
-    import_components(imports)
+    wiring.import_plugins(imports)
     wiring.check(db)  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
     queues = queues or queue_names(prefix=prefix)

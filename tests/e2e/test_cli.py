@@ -421,7 +421,9 @@ def test_the_worker_imports_a_module_file_named_in_culm_imports(tmp_path: Path, 
     """`culm run` takes a MODULE.py from $CULM_IMPORTS; run_worker, which reads it again, used to
     `import_module("comp.py")` and stop the worker with ModuleNotFoundError."""
     from culm.components import library
-    from culm.dispatch.celery import import_components
+    from culm.runtime import WorkerWiring
+
+    import_components = WorkerWiring().import_plugins
 
     path = tmp_path / "cli_worker_file_comp.py"
     path.write_text(FAILING_COMPONENT.replace("cli_test_exploding", "cli_worker_file_comp") + "RUNS = [1]\n")
