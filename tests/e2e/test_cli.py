@@ -533,7 +533,7 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
                 ).returncode == 0
     relative = str(tmp_path / "abs.db").lstrip("/")
     out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")
-    assert out.returncode == 4 and out.stderr.endswith(
+    assert out.returncode == 3 and out.stderr.endswith(
         f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
         f"sqlite:////{relative})\n"), out.stderr
 
