@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import urllib.parse
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,8 @@ class Runtime:
         if broker and self.url == MEMORY_URL:
             raise InvalidOperationError("Runtime(\"memory://\") keeps its data in this process: workers behind a "
                                         f"broker ({broker}) cannot reach it; use a database URL")
+        if broker and settings is not None:
+            _warn_local_settings(settings)
         self._closed = False
         self._key = _shared_key(self.url, broker, workers, settings)
         with _SHARED_LOCK:
@@ -241,6 +244,23 @@ def _hide_password(url: str) -> str:
 # Embedded runtimes of this process that share their workers, by database file (see Runtime).
 _SHARED: dict[tuple[str, int | None], _Core] = {}
 _SHARED_LOCK = threading.Lock()
+
+
+# The settings the workers read when they run the work (not this process's, when it only submits).
+WORKER_SETTINGS = ("rerun_limit", "gateway_strategy", "expr_func", "render_nested_objects")
+
+
+def _warn_local_settings(settings: Settings) -> None:
+    """Say so when ``settings`` given to a distributed runtime differ from the process's defaults
+    where only the workers act on them: silently, the workers would run with their own."""
+    defaults = process_settings()
+    differ = [name for name in WORKER_SETTINGS if getattr(settings, name) != getattr(defaults, name)]
+    if differ:
+        message = (f"culm.Runtime(..., broker=..., settings=...): {', '.join(differ)} apply to this process only "
+                   "(preview_node_inputs); the `culm worker` processes run the work with their own: set them with "
+                   "culm.configure(...) in a module of $CULM_IMPORTS, or CULM_* variables, where the workers run")
+        logger.warning("%s", message)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 def _shared_key(url: str, broker: str | None, workers: int | None, settings: Settings | None) -> tuple[str, int | None] | None:

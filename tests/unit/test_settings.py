@@ -127,3 +127,22 @@ def test_an_embedded_runtime_imports_culm_imports_first(monkeypatch, tmp_path):
         "ModuleNotFoundError",
     ):
         culm.Runtime("memory://")
+
+
+def test_settings_given_to_a_distributed_runtime_say_the_workers_keep_theirs(fresh_defaults, tmp_path):
+    """The workers evaluate gateways and render templates: a distributed runtime's own ``settings=``
+    reach none of them, which it says instead of letting the gateway strategy differ silently."""
+    import warnings
+
+    url, broker = f"sqlite:///{tmp_path}/d.db", "redis://127.0.0.1:1/0"
+    with pytest.warns(
+        UserWarning,
+        match=r"gateway_strategy, render_nested_objects apply to this process only.*"
+        r"culm.configure\(...\) in a module of \$CULM_IMPORTS",
+    ):
+        culm.Runtime(
+            url, broker=broker, settings=culm.Settings(gateway_strategy=2, render_nested_objects=True)
+        ).close()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the leases are this process's own: nothing to say
+        culm.Runtime(url, broker=broker, settings=culm.Settings(lease_seconds=5)).close()
