@@ -119,6 +119,10 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
         root = unit.get_state(st.root_id) if st.root_id and st.root_id != node_id else None
         facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit))
     entry = state_entry(st, root_is_self=st.root_id == node_id)
+    # bamboo's get_children_states gives the asked node's root id as its parent_id, whatever its
+    # depth (a subprocess inside another one says the root, not the subprocess holding it);
+    # code that walks these entries by parent_id was written against that.
+    entry["parent_id"] = st.root_id
     entry["children"] = {k.node_id: state_entry(k) for k in kids}
     _add_wait_reasons(facts, entry, entry["children"])
     return {node_id: entry}

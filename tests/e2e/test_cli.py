@@ -296,7 +296,7 @@ def test_bad_module_is_reported_without_traceback(tmp_path: Path) -> None:
 
 def test_status_of_unknown_id(tmp_path: Path) -> None:
     out = culm(tmp_path, "status", "nothing_here")
-    assert out.returncode == 4 and "no database at" in out.stderr  # and none was created
+    assert out.returncode == 3 and "no database at" in out.stderr  # and none was created
     assert not (tmp_path / "cli.db").exists()
     assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
     out = culm(tmp_path, "status", "nothing_here")
@@ -434,7 +434,9 @@ def test_the_worker_imports_a_module_file_named_in_culm_imports(tmp_path: Path, 
     """`culm run` takes a MODULE.py from $CULM_IMPORTS; run_worker, which reads it again, used to
     `import_module("comp.py")` and stop the worker with ModuleNotFoundError."""
     from culm.components import library
-    from culm.dispatch.celery import import_components
+    from culm.runtime import WorkerWiring
+
+    import_components = WorkerWiring().import_plugins
 
     path = tmp_path / "cli_worker_file_comp.py"
     path.write_text(FAILING_COMPONENT.replace("cli_test_exploding", "cli_worker_file_comp") + "RUNS = [1]\n")
@@ -495,7 +497,7 @@ def test_an_empty_token_list_says_how_to_make_one(tmp_path: Path) -> None:
 def test_reading_commands_of_admin_create_no_database(tmp_path: Path, args: list[str]) -> None:
     """docs/cli.md: a read command never creates a database file; `workers` and `token list` did."""
     out = culm(tmp_path, *args)
-    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.returncode == 3, out.stdout + out.stderr
     assert out.stderr.startswith(f"error: no database at {tmp_path / 'cli.db'}: nothing has run there yet")
     assert not (tmp_path / "cli.db").exists()
 
@@ -544,7 +546,7 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
                 ).returncode == 0
     relative = str(tmp_path / "abs.db").lstrip("/")
     out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")
-    assert out.returncode == 4 and out.stderr.endswith(
+    assert out.returncode == 3 and out.stderr.endswith(
         f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
         f"sqlite:////{relative})\n"), out.stderr
 
