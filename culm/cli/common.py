@@ -223,8 +223,8 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def check_sqlite(url: str, read_only: bool) -> None:
-    """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one) or
-    can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
+    """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one;
+    :class:`NotFound` when it does not) or can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
     path = _sqlite_file(url)
     if path is None:
         return
@@ -233,7 +233,9 @@ def check_sqlite(url: str, read_only: bool) -> None:
     hint = (f" (sqlite:///{path} is relative to the working directory; for {absolute}, write four "
             f"slashes: sqlite:///{absolute})") if meant else ""
     if read_only and not path.exists():
-        raise DatabaseError(f"no database at {path}: nothing has run there yet (pass --db or set "
+        # The contract's "not found" (exit 3): no file means no pipeline, node or token of any id
+        # there; the database itself is not at fault (exit 4 is for one that cannot be used).
+        raise NotFound(f"no database at {path}: nothing has run there yet (pass --db or set "
                             f"$CULM_DATABASE_URL to the database your pipelines ran on){hint}")
     if not path.parent.is_dir():
         raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist{hint}")
@@ -296,6 +298,7 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
             (``CULM_RELAY_GRACE``, 15 s, later).
     """
     import culm
+    from culm.errors import PluginImportError, SettingsError
 
     url = db_url(args)
     check_sqlite(url, read_only)
@@ -308,6 +311,8 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
             rt = culm.Runtime(url, workers=None if run else 0)
     except db_errors(files=True) as exc:
         raise database_error(exc, url) from exc
+    except (SettingsError, PluginImportError) as exc:
+        raise UsageError(str(exc)) from None  # a CULM_* variable or a module of $CULM_IMPORTS
     try:
         yield rt
     except db_errors() as exc:

@@ -36,17 +36,13 @@ stopping worker lets its tasks reach their next commit, 30), ``CULM_IMPORTS`` (c
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from celery import Celery, signals
@@ -273,6 +269,11 @@ class WorkerWiring(Protocol):
     after the fork) and hands over the process's runner as the engine's dispatcher.
     """
 
+    def import_plugins(self, modules: Iterable[str]) -> list[str]:
+        """Import the plugin modules ``modules`` and those of ``$CULM_IMPORTS`` (comma-separated);
+        a ``.py`` name is a file. Returns the names imported (each once)."""
+        ...
+
     def check(self, db: str) -> None:
         """Refuse a database this culm cannot run on (an outdated schema) before anything starts."""
         ...
@@ -431,44 +432,6 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
 # -- the worker ---------------------------------------------------------------------------------
 
 
-def import_components(modules: Iterable[str]) -> list[str]:
-    """Import the given modules and those named in ``$CULM_IMPORTS`` (comma-separated).
-
-    A name ending in ``.py`` is a file (as ``culm run`` and ``culm worker --import`` take it),
-    imported under its stem unless a module loaded from that file is there already.
-    """
-    names = [m.strip() for m in modules if m.strip()]
-    names += [m.strip() for m in os.environ.get("CULM_IMPORTS", "").split(",") if m.strip()]
-    seen: list[str] = []
-    for name in names:
-        if name not in seen:
-            if name.endswith(".py"):
-                _import_file(Path(name))
-            else:
-                importlib.import_module(name)
-            seen.append(name)
-    return seen
-
-
-def _import_file(path: Path) -> None:
-    """Import the module file ``path`` once (``culm worker`` has usually loaded it already)."""
-    target = path.resolve()
-    for module in list(sys.modules.values()):
-        where = getattr(module, "__file__", None)
-        if where and Path(where).resolve() == target:
-            return
-    spec = importlib.util.spec_from_file_location(target.stem, target)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{path} is not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[target.stem] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(target.stem, None)
-        raise
-
-
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
@@ -526,7 +489,7 @@ def run_worker(
     if beat <= 0 or dead_after < 2 * beat:
         raise CulmError(f"CULM_WORKER_DEAD_AFTER ({dead_after:g}) must be at least twice CULM_WORKER_BEAT ({beat:g}), "
                         "which must be above 0: otherwise live workers are taken for dead")
-    import_components(imports)
+    wiring.import_plugins(imports)
     wiring.check(db)  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
     queues = queues or queue_names(prefix=prefix)
