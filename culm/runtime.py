@@ -293,9 +293,9 @@ class _Core:
         self._stop = threading.Event()
         self._standby: threading.Thread | None = None
         if broker:
-            from culm.dispatch.celery import CeleryDispatcher
+            from culm.dispatch.publisher import LazyCeleryDispatcher
 
-            publisher = CeleryDispatcher(broker, **options)
+            publisher = LazyCeleryDispatcher(broker, **options)
             self.dispatcher: Dispatcher | None = publisher
             self.engine = Engine(self.store, publisher, settings)
             publisher.bind(self.engine)

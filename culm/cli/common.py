@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -181,16 +182,25 @@ def db_url(args: argparse.Namespace) -> str:
     return url
 
 
-def broker_url(args: argparse.Namespace) -> str | None:
+def broker_url(args: argparse.Namespace, check: bool = True) -> str | None:
     """``--broker``, else ``$CULM_BROKER_URL``, else None; a URL of no broker Celery knows
-    (``nope://``) is a :class:`UsageError`, not kombu's ``KeyError`` traceback."""
+    (``nope://``) is a :class:`UsageError`, not kombu's ``KeyError`` traceback (``check``: the
+    command uses the broker; a read only names it, from the environment, and does not look)."""
     url = getattr(args, "broker", None) or os.environ.get("CULM_BROKER_URL") or None
-    if url:
+    if url and check:
         _check_broker(url)
     return url
 
 
+# Broker schemes whose kombu transport needs only this client library: known without importing
+# kombu (a third of a second with Celery; a control command the engine refuses never needs it).
+_PLAIN_BROKERS = {"redis": "redis", "rediss": "redis", "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp"}
+
+
 def _check_broker(url: str) -> None:
+    client = _PLAIN_BROKERS.get(url.partition("://")[0].lower()) if "://" in url else None
+    if client is not None and (client in sys.modules or importlib.util.find_spec(client) is not None):
+        return
     try:
         from kombu import Connection
         from kombu.transport import resolve_transport
@@ -292,9 +302,10 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
 
     url = db_url(args)
     check_sqlite(url, read_only)
-    broker = broker_url(args)
+    uses_broker = run or submits or not read_only
+    broker = broker_url(args, check=uses_broker)
     try:
-        if broker and (run or submits or not read_only):
+        if broker and uses_broker:
             rt = culm.Runtime(url, broker=broker, prefix=getattr(args, "prefix", "culm"))
         else:
             rt = culm.Runtime(url, workers=None if run else 0)

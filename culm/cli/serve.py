@@ -248,7 +248,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         made = datetime.fromtimestamp(t.created_time).strftime("%Y-%m-%d %H:%M:%S")
         status = "revoked" if t.revoked_time else "active"
         used = datetime.fromtimestamp(t.last_used_time).strftime("%Y-%m-%d %H:%M") if t.last_used_time else "never"
-        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  used {used:<16}  {t.name}")
+        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  used {used:<16}  {t.name}".rstrip(" "))
     return 0
 
 

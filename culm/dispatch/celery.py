@@ -437,6 +437,25 @@ def _env_float(name: str, default: float) -> float:
     return float(raw) if raw else default
 
 
+# The default number of pool processes of a `culm worker` is the number of CPUs, at most this.
+# Each pool process is a whole engine: a runner with CULM_WORKER_THREADS user-code threads (8)
+# and a database pool of up to 10 (+20 overflow) connections. Its Celery task only hands a task
+# id to that runner, so a second process adds parallelism for CPU-bound components (one GIL each)
+# and overlaps one engine loop's commit waits with another's, and every process adds connections.
+# Celery's own default (every CPU) on a 64-CPU machine is 64 engines and up to 1,920 connections,
+# against PostgreSQL's default max_connections of 100: more is a sizing decision for the
+# operator (docs/distributed.md, "Scaling"), not a default. On this project's 2-CPU machine, and
+# any with 4 CPUs or fewer, the default is Celery's as before.
+DEFAULT_CONCURRENCY_CAP = 4
+
+
+def default_concurrency(cpus: int | None = None) -> int:
+    """The pool size of a worker started without ``--concurrency``: the CPUs, 1 to
+    :data:`DEFAULT_CONCURRENCY_CAP`."""
+    found = os.cpu_count() if cpus is None else cpus
+    return max(1, min(found or 1, DEFAULT_CONCURRENCY_CAP))
+
+
 def run_worker(
     db: str,
     broker: str,
@@ -456,7 +475,7 @@ def run_worker(
         db: database URL (must be migrated: ``culm db upgrade``).
         broker: broker URL.
         imports: modules defining components (``$CULM_IMPORTS`` is added).
-        concurrency: pool size (Celery's default: the number of CPUs).
+        concurrency: pool size (default :func:`default_concurrency`: the number of CPUs, at most 4).
         queues: queue names to consume; default the execute, schedule and timer queues.
         loglevel: Celery log level.
         pool: Celery pool (``prefork``, ``threads``, ``solo``); default prefork.
@@ -515,7 +534,7 @@ def run_worker(
     worker = app.Worker(
         hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
         queues=queues,
-        concurrency=concurrency,
+        concurrency=concurrency or default_concurrency(),
         pool_cls=pool or "prefork",
         loglevel=loglevel,
         without_gossip=True,

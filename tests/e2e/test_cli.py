@@ -341,7 +341,7 @@ def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "usage", "message"),
     [
-        (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts' (choose from 'run', "),
+        (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts'; did you mean 'status'?"),
         (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade', 'recount'); did you mean 'upgrade'?"),
         (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
         (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
@@ -697,8 +697,8 @@ def test_the_status_hint_asks_for_the_import_the_retry_needs_and_tables_end_with
     status = culm(tmp_path, "status", "order_1234")
     assert status.returncode == 1
     assert status.stdout.splitlines()[-1] == (
-        "1 failed node(s): retry with `culm retry NODE [--data '{...}'] --import MODULE`, skip with "
-        "`culm skip NODE --import MODULE`, or stop with `culm revoke PIPELINE` (MODULE: the module or .py "
+        "1 failed node(s): retry with `culm retry charge_card [--data '{...}'] --import MODULE`, skip with "
+        "`culm skip charge_card --import MODULE`, or stop with `culm revoke order_1234` (MODULE: the module or .py "
         "file that defines the components, as given to `culm run`)")
     retried = culm(tmp_path, "retry", "charge_card", "--data", '{"amount": 80}', "--import",
                    str(EXAMPLES / "operator_session.py"))
