@@ -24,7 +24,7 @@ from culm.core.plugin_imports import env_modules, import_modules
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
 from culm.core.settings import Settings, process_settings
-from culm.errors import InvalidOperationError
+from culm.errors import InvalidOperationError, PluginImportError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
@@ -63,7 +63,8 @@ class Runtime:
         settings: engine settings; default: the process's (:func:`culm.configure`, ``$CULM_*``).
 
     An embedded runtime imports the modules named in ``$CULM_IMPORTS`` first, as ``culm worker``
-    does (:class:`culm.errors.PluginImportError` when one cannot be imported).
+    does (one it cannot import is a ``RuntimeWarning`` naming it: the process may define its
+    plugins itself, say when the variable was set for its workers).
     """
 
     def __init__(
@@ -283,8 +284,15 @@ class _Core:
         self.handles = 0
         if not broker:
             # Its threads run the work, as a `culm worker` does: they load the same plugins (and
-            # the culm.configure calls in them), before anything is opened.
-            import_modules(env_modules())
+            # the culm.configure calls in them), before anything is opened. A module that cannot
+            # be imported is said, not raised: the process may have defined its plugins itself
+            # (the variable set for its workers), and a node needing a missing one fails naming it.
+            try:
+                import_modules(env_modules())
+            except PluginImportError as exc:
+                message = f"culm.Runtime: {exc}; going on without it"
+                logger.warning("%s", message)
+                warnings.warn(message, RuntimeWarning, stacklevel=3)
         process_settings()  # a bad $CULM_* value is refused before anything opens
         self.store: Any = MemoryStore() if url == MEMORY_URL else SqlStore(url)
         self._lock_file: Any = None

@@ -103,7 +103,6 @@ def test_an_embedded_runtime_imports_culm_imports_first(monkeypatch, tmp_path):
     """The contract loads components through ``$CULM_IMPORTS``; an embedded runtime's threads run
     the work, so it imports them as ``culm worker`` does (it did not: the component was missing)."""
     from culm.components import library
-    from culm.errors import PluginImportError
 
     (tmp_path / "c7_env_plugin.py").write_text(
         "from culm.components import Component, Service\n"
@@ -120,13 +119,14 @@ def test_an_embedded_runtime_imports_culm_imports_first(monkeypatch, tmp_path):
         import sys
 
         sys.modules.pop("c7_env_plugin", None)
+    # A module it cannot import is said (the process may define its plugins itself), not raised.
     monkeypatch.setenv("CULM_IMPORTS", "c7_no_such_plugin")
-    with pytest.raises(
-        PluginImportError,
+    with pytest.warns(
+        RuntimeWarning,
         match=r"cannot import 'c7_no_such_plugin' \(named in \$CULM_IMPORTS\): "
         "ModuleNotFoundError",
     ):
-        culm.Runtime("memory://")
+        culm.Runtime("memory://").close()
 
 
 def test_settings_given_to_a_distributed_runtime_say_the_workers_keep_theirs(fresh_defaults, tmp_path):
