@@ -20,7 +20,7 @@ from culm.core import commands
 from culm.core.engine import Engine, Settings
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
-from culm.errors import InvalidOperationError
+from culm.errors import CulmError, InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
@@ -184,6 +184,16 @@ class Runtime:
         from culm.storage.gauges import read_work_gauges
 
         return read_work_gauges(self._database_engine("the work gauges"), time.time())
+
+    def database_problem(self, exc: BaseException) -> CulmError | None:
+        """What ``exc``, raised by a call on this runtime, says is wrong with its database, as an
+        error naming the cause and the fix (a culm table missing: :class:`SchemaMissingError`),
+        or None when it says nothing such."""
+        if isinstance(self.store, MemoryStore):
+            return None
+        from culm.storage.migrate import schema_missing_error
+
+        return schema_missing_error(self.store, exc)
 
     def _database_engine(self, what: str) -> Any:
         if isinstance(self.store, MemoryStore):
