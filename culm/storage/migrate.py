@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
+from culm._retry import causes
 from culm.errors import SchemaMissingError, SchemaOutdatedError
 from culm.storage.names import TASK_TABLE, VERSION_TABLE
 
@@ -178,17 +179,10 @@ _MISSING_TABLE = re.compile(
 
 def missing_table(exc: BaseException) -> str | None:
     """The table ``exc`` (or an exception it wraps) says is missing, or None."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
+    for e in causes(exc):
         found = _MISSING_TABLE.search(str(e))
         if found:
             return next(name for name in found.groups() if name)
-        todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
     return None
 
 

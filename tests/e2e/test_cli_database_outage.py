@@ -86,17 +86,32 @@ class Cluster:
         self._run(str(_tool("initdb")), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=20 -c fsync=off"
-        self._run(str(_tool("pg_ctl")), "-D", str(self.data), "-l", str(self.root / "log"), "-o", options, "-w",
-                  "start")
+        options = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=20 -c fsync=off"
+        )
+        self._run(
+            str(_tool("pg_ctl")),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
 
     def crash(self) -> None:
         """Every server process killed at once (``immediate``: no checkpoint, as after a crash)."""
         self._run(str(_tool("pg_ctl")), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def stop(self) -> None:
-        subprocess.run([*self.as_user, str(_tool("pg_ctl")), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
-                       capture_output=True, timeout=120, cwd=self.root)
+        subprocess.run(
+            [*self.as_user, str(_tool("pg_ctl")), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+            capture_output=True,
+            timeout=120,
+            cwd=self.root,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +134,10 @@ def cluster() -> Iterator[Cluster]:
         found.start()
         assert culm(root, "db", "upgrade", db=found.url).returncode == 0
         # A run that stays RUNNING: submitted by a runtime without workers, so no step is taken.
-        script = ("import culm, json, sys; from culm import api; rt = culm.Runtime(sys.argv[1], workers=0); "
-                  f"r = api.run_pipeline(rt, json.load(open({TREE!r}))); rt.close(); sys.exit(0 if r.result else 1)")
+        script = (
+            "import culm, json, sys; from culm import api; rt = culm.Runtime(sys.argv[1], workers=0); "
+            f"r = api.run_pipeline(rt, json.load(open({TREE!r}))); rt.close(); sys.exit(0 if r.result else 1)"
+        )
         assert subprocess.run([sys.executable, "-c", script, found.url], timeout=90).returncode == 0
         found.stop()
         yield found
@@ -136,8 +153,9 @@ def culm(cwd: Path, *args: str, db: str, held: Path | None = None) -> subprocess
     if held is not None:
         env["CULM_TEST_OPENED"], env["CULM_TEST_GO"] = str(held / "opened"), str(held / "go")
         argv = [sys.executable, "-c", HELD, *args]
-    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=90,
-                          stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL
+    )
 
 
 def one_error(out: subprocess.CompletedProcess, code: int) -> str:
@@ -179,8 +197,9 @@ def test_a_database_killed_mid_command_exits_4(cluster: Cluster, tmp_path: Path,
     cluster.start()
     try:
         result: list[subprocess.CompletedProcess] = []
-        runner = threading.Thread(target=lambda: result.append(culm(tmp_path, *MID_CALL[name], db=cluster.url,
-                                                                     held=tmp_path)))
+        runner = threading.Thread(
+            target=lambda: result.append(culm(tmp_path, *MID_CALL[name], db=cluster.url, held=tmp_path))
+        )
         runner.start()
         _poll(lambda: (tmp_path / "opened").exists() or not runner.is_alive(), 90, f"`culm {name}` to open")
         assert (tmp_path / "opened").exists(), result
