@@ -56,11 +56,13 @@ class Engine:
 
     # -- transactions ---------------------------------------------------------------------
     @contextlib.contextmanager
-    def step(self, *, new_rows_only: bool = False) -> Iterator[Step]:
+    def step(self, *, new_rows_only: bool = False, graph: Graph | None = None) -> Iterator[Step]:
         """A transaction whose tasks are dispatched and signals sent after it commits.
 
         Unless it only inserts rows of a new run (``new_rows_only``), it announces that it changes
         existing rows, so an embedded engine drops its copies of them (``culm.storage.cache``).
+        ``graph``: a new run's compiled graph, kept once the run is committed and before its tasks
+        are dispatched (a distributed dispatcher names the first walk's reads in the message).
         """
         with self.store.transaction() as unit:
             if not new_rows_only:
@@ -68,6 +70,8 @@ class Engine:
             step = Step(unit)
             yield step
             joins.settle(step)  # children that reached their converge gateways in its walks
+        if graph is not None:
+            self.remember_graph(graph)
         # Signals go out before the tasks do: a receiver hears of this commit's state changes
         # before any the engine makes next on the same nodes (commit order, node by node).
         step.send_signals()

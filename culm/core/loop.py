@@ -30,9 +30,13 @@ from culm.core.outcomes import Invoke
 from culm.core.ports import Prefetch, RowCopies, Unit
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
 from culm.core.step import Step
-from culm.model.compiled import SUBPROCESS
+from culm.model.compiled import SUBPROCESS, Graph
 
 logger = engine_logger("culm.engine")
+
+# The reads a walk from a node makes as it enters it: the states it holds (the pipelines around
+# the node), the states it may enter, the contexts it may read (see expected_walk).
+Walk = tuple[list[str], list[str], list[str]]
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +48,9 @@ class Item:
     waiting: bool = False  # True once its user code ran and ``result`` holds its outcome
     result: object = None
     times: int | None = None  # schedule tasks: which call of its schedule was handed out (its times then)
+    # A fresh execute task of a run whose graph this process has not compiled: the walk's reads
+    # as its message said (see expected_walk), sent with the claim together with the run's tree.
+    walk: Walk | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -289,38 +296,54 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
 
 
 def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item]) -> None:
-    """What _read_ahead's walk reads will be for the items whose graphs are compiled already, as
-    the runner knows their nodes before the tasks are read (MySQL sends these reads with the
-    claim): the stack a process has at a node is the chain of pipelines around it."""
+    """What _read_ahead's walk reads will be, as the runner knows the items' nodes before the
+    tasks are read (the unit sends these reads with the claim): from the graphs compiled here
+    already; for a fresh task of a run not compiled here, from what its message said
+    (``Item.walk``), the run's tree then read with the claim too."""
     held: list[str] = []
     nodes: list[str] = []
     pipelines: list[str] = []
+    trees: list[str] = []
     for item in batch:
         task = item.task
         if task.kind != EXECUTE:
             continue
         invoke = item.invoke
         back = item.waiting and invoke is not None and invoke.node_id
-        # A task a message named is only an id until its walk reads the row: its call's Invoke
-        # knows the run and the node, once back from the user code.
+        # A task a message named is only an id (and, from a message of this version, its run and
+        # node) until its walk reads the row: its call's Invoke knows the run and the node, once
+        # back from the user code.
         root_id = invoke.root_id or task.root_id if back and invoke is not None else task.root_id
-        graph = engine.known_graph(root_id) if root_id else None
         node_id = invoke.node_id if back and invoke is not None else task.node_id
-        node = graph.nodes.get(node_id) if graph is not None else None
-        if graph is None or node is None:
+        graph = engine.known_graph(root_id) if root_id else None
+        walk = expected_walk(graph, node_id) if graph is not None else None
+        if graph is None and root_id:
+            trees.append(root_id)  # compiled after the claim, its tree read with it
+            walk = item.walk if not back else None
+        if walk is None:
             continue
-        stack = []
-        pid: str | None = node.pipeline_id
-        while pid is not None and pid in graph.pipelines:
-            stack.append(pid)
-            pid = graph.pipelines[pid].parent_pipeline_id
-        ahead = graph.ahead_of_resume(node_id)
-        held += stack
-        nodes += ahead
-        pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)
-        pipelines += stack
-    if nodes:
-        prefetch.expect_walks(held, nodes, pipelines)
+        held += walk[0]
+        nodes += walk[1]
+        pipelines += walk[2]
+    if nodes or trees:
+        prefetch.expect_walks(held, nodes, pipelines, trees)
+
+
+def expected_walk(graph: Graph, node_id: str) -> Walk | None:
+    """The reads of a walk that sets out from (or resumes at) ``node_id`` of ``graph``: the
+    pipelines around the node (the stack the walk holds), the nodes it may enter, the contexts it
+    may read. None: no such node. A publisher that has the graph puts this in a task's message
+    (:mod:`culm.dispatch.celery`), so a worker that has not compiled the run reads it with the claim."""
+    node = graph.nodes.get(node_id)
+    if node is None:
+        return None
+    stack = []
+    pid: str | None = node.pipeline_id
+    while pid is not None and pid in graph.pipelines:
+        stack.append(pid)
+        pid = graph.pipelines[pid].parent_pipeline_id
+    ahead = graph.ahead_of_resume(node_id)
+    return stack, ahead, [*(n for n in ahead if graph.nodes[n].type == SUBPROCESS), *stack]
 
 
 def moved_on(unit: Unit, runs: set[tuple[str, str]], schedules: dict[str, str]) -> set[tuple[str, str]]:

@@ -391,11 +391,15 @@ class Prefetch(Protocol):
     # Whether expect_walks is worth calling: the unit can send the walks' reads with the claim.
     walks_with_claim: bool
 
-    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
+    def expect_walks(
+        self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str], trees: Sequence[str] = ()
+    ) -> None:
         """The :meth:`read_walks_ahead` the runner expects to make once the batch's tasks are read
-        (from the graphs it has compiled already): a unit may send those reads with the claim's
-        query, so that the later call finds them done. A guess that turns out wrong costs only
-        what it read (the later call reads what is still missing)."""
+        (from the graphs it has compiled already, or from what a task's message said): a unit may
+        send those reads with the claim's query, so that the later call finds them done, and read
+        the stored pipelines of ``trees`` (runs the runner has not compiled) with them, for its
+        coming ``get_pipeline(s)`` calls. A guess that turns out wrong costs only what it read
+        (the later call reads what is still missing)."""
         ...
 
     def read_tasks_ahead(

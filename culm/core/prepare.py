@@ -42,7 +42,7 @@ def run_pipeline(
     ids = [root_id, *graph.nodes.keys()]
     contexts = _contexts(graph, root_pipeline_context, subprocess_context)
     try:
-        with engine.step(new_rows_only=True) as step:
+        with engine.step(new_rows_only=True, graph=graph) as step:
             unit = step.unit
             # Every stored run indexes its root id and node ids in culm_node, and a state only ever
             # exists for an indexed id. A unit whose unique keys refuse a taken id (a server
@@ -84,7 +84,6 @@ def run_pipeline(
             f"pipeline {root_id} was refused by a unique key of the database as if it already exists, though no "
             f"stored run holds its ids now (a run of the same ids at the same moment, rolled back since?): "
             f"run it again") from exc
-    engine.remember_graph(graph)
 
 
 def _contexts(graph: Graph, root_context: dict[str, Any], subprocess_context: dict[str, Any]) -> dict[str, list[Any]]:

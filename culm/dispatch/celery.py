@@ -1,12 +1,18 @@
 """CeleryDispatcher and the ``culm worker`` process: the distributed runtime.
 
 Durable work is a row in ``culm_task``, committed with the change that causes it (an outbox). The
-broker only carries task ids, so a message may be lost or delivered twice without harm:
+broker only carries task ids (and hints, see below), so a message may be lost or delivered twice
+without harm:
 
 * :class:`CeleryDispatcher` publishes each committed task id right after the commit, to
   ``culm_execute`` / ``culm_schedule`` when due, to ``culm_timer`` with a countdown when not;
 * the Celery task ``culm.run_task`` hands the id to its process's runner, whose step claims the row with a lease,
   so a redelivered or duplicated message finds it leased or gone;
+* an execute task's message also says, in its ``culm_hint`` header, the task's run and node and,
+  where the publisher has the run's graph, the reads its walk will make: a runner that has not
+  compiled the run claims the task, reads the walk and the run's tree in one round trip. The
+  header is only a guess (the row decides), and a message without it (from an older culm) is
+  run as before; an older worker ignores the header (Celery keeps unknown headers to itself);
 * a relay thread in every worker re-publishes rows whose message never came through (the
   submitter died after its commit, the broker lost the message, a lease ran out);
 * every worker process registers in the worker registry (``culm_worker``) and beats its row
@@ -46,15 +52,20 @@ from typing import Any, Protocol
 from celery import Celery, signals
 
 from culm._printable import engine_logger
+from culm.core.loop import expected_walk
 from culm.core.ports import Store, WorkerRegistry
-from culm.core.records import SCHEDULE, TaskRecord, now
+from culm.core.records import EXECUTE, SCHEDULE, TaskRecord, now
 from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
-from culm.dispatch.runner import DB_RETRY_SECONDS, WorkerRunner, is_interruption
+from culm.dispatch.runner import DB_RETRY_SECONDS, TaskHint, WorkerRunner, is_interruption
 from culm.errors import CulmError
 
 logger = engine_logger("culm.dispatch.celery")
 
 TASK_NAME = "culm.run_task"
+# The header of an execute task's message naming its run, node and walk (see task_hint); at most
+# MAX_HINT_IDS ids a list (a walk's reads are bounded by the graph's look-ahead, far below).
+HINT_HEADER = "culm_hint"
+MAX_HINT_IDS = 2000
 EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
 # Longest countdown handed to the broker. Further timers wait in the table for the relay: brokers
 # hold countdown messages unacknowledged in a worker, and RabbitMQ's consumer_timeout (30 min) or
@@ -193,10 +204,12 @@ class CeleryDispatcher:
             countdown = due_in
         elif countdown > 0.05:
             queue = self.queue_for(replace(task, due=now() + countdown), now())[0]
+        hint = self._hint(task)
         try:
             self.app.send_task(
                 TASK_NAME,
                 args=[task.id, task.kind],
+                headers={HINT_HEADER: hint} if hint is not None else None,
                 queue=queue,
                 routing_key=queue,
                 countdown=countdown or None,
@@ -207,6 +220,17 @@ class CeleryDispatcher:
         except Exception:  # noqa: BLE001 - the row is committed; the relay publishes it later
             logger.warning("could not publish task %s to %s; the relay will", task.id, queue, exc_info=True)
             return False
+
+    def _hint(self, task: TaskRecord) -> dict[str, Any] | None:
+        """What an execute task's message says besides its id (see :func:`task_hint`)."""
+        if task.kind != EXECUTE or not task.root_id or not task.node_id:
+            return None
+        hint: dict[str, Any] = {"root": task.root_id, "node": task.node_id}
+        graph = self.engine.known_graph(task.root_id) if self.engine is not None else None
+        walk = expected_walk(graph, task.node_id) if graph is not None else None
+        if walk is not None and all(len(ids) <= MAX_HINT_IDS for ids in walk):
+            hint["walk"] = [list(ids) for ids in walk]
+        return hint
 
     def _record(self, sent: list[str], held: list[str]) -> None:
         # Only timers are marked: the relay looks for unpublished timers ahead of time, while due
@@ -360,11 +384,28 @@ def _drain(**_kw: Any) -> None:
         state.heartbeat.stop()  # and leaves the registry: nothing is left on hand
 
 
+def task_hint(raw: object) -> TaskHint | None:
+    """The ``culm_hint`` header of a message as the runner takes it: (root id, node id, the walk's
+    reads or None); None for a message without one (an older publisher) or with one this culm
+    does not read as such (it is only a guess: the task row decides)."""
+    if not isinstance(raw, dict):
+        return None
+    root_id, node_id, walk = raw.get("root"), raw.get("node"), raw.get("walk")
+    if not (isinstance(root_id, str) and isinstance(node_id, str) and root_id and node_id):
+        return None
+    if not (isinstance(walk, list) and len(walk) == 3
+            and all(isinstance(ids, list) and len(ids) <= MAX_HINT_IDS and all(isinstance(i, str) for i in ids)
+                    for ids in walk)):
+        return root_id, node_id, None
+    return root_id, node_id, (walk[0], walk[1], walk[2])
+
+
 def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
     """The Celery task: hand the task to this process's runner (which may wait for room).
 
     The message is acknowledged once the runner has the task: the row is the durable work, and a
-    lease, the heartbeat and the relay cover a worker that dies with it on hand.
+    lease, the heartbeat and the relay cover a worker that dies with it on hand. The arguments stay
+    those of every earlier culm (id, kind); what newer publishers add rides in a header.
     """
     state = worker_state()
     try:
@@ -380,7 +421,8 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
             logger.warning("database unavailable for task %s; retrying", task_id, exc_info=True)
             raise self.retry(exc=exc, countdown=DB_RETRY_SECONDS, max_retries=None) from None
         raise
-    if not state.runner.accept(task_id, kind, timeout=ACCEPT_WAIT):
+    hint = task_hint(getattr(self.request, HINT_HEADER, None))
+    if not state.runner.accept(task_id, kind, timeout=ACCEPT_WAIT, hint=hint):
         # Shutting down, or no room: the message goes back for another worker.
         countdown = min(MAX_BOUNCE, FIRST_BOUNCE * 2 ** min(self.request.retries or 0, 16))
         raise self.retry(countdown=countdown, max_retries=None)

@@ -1,6 +1,7 @@
 """WorkerRunner: how a ``culm worker`` process runs the tasks its Celery messages name.
 
-A message carries only a task id; the row is the durable work (see :mod:`culm.dispatch.celery`).
+A message carries a task id (and a hint of its run, node and walk reads); the row is the durable
+work (see :mod:`culm.dispatch.celery`).
 The Celery task hands the id to this process's runner and returns, so the process takes its next
 message at once. The runner is the embedded engine loop (:class:`ThreadDispatcher`) set up to
 share its database with other workers (it composes that loop and sets its policy):
@@ -38,8 +39,9 @@ from typing import TYPE_CHECKING, Any
 from culm import _retry as retry
 from culm._printable import engine_logger
 from culm._retry import is_lock_victim
+from culm.core.loop import Walk
 from culm.core.ports import Store
-from culm.core.records import TIMEOUT, TaskRecord, now
+from culm.core.records import EXECUTE, TIMEOUT, TaskRecord, now
 from culm.dispatch.threads import ThreadDispatcher
 
 if TYPE_CHECKING:
@@ -52,6 +54,9 @@ DB_RETRY_SECONDS = 2.0
 # SHORT_CALL_QUEUE calls per thread; otherwise one per thread (idle workers take the rest).
 SHORT_CALL_SECONDS = 0.02
 SHORT_CALL_QUEUE = 16
+
+# What a message says of an execute task besides its id: its run, its node, its walk's reads (or None).
+TaskHint = tuple[str, str, Walk | None]
 
 
 def is_interruption(exc: BaseException, store: Store) -> bool:
@@ -92,9 +97,11 @@ class WorkerRunner:
         return self.loop.engine
 
     # -- messages in ----------------------------------------------------------------------
-    def accept(self, task_id: str, kind: str, timeout: float | None = None) -> bool:
+    def accept(self, task_id: str, kind: str, timeout: float | None = None, hint: TaskHint | None = None) -> bool:
         """Take the task a message names, once this process has room (waits up to ``timeout``).
 
+        ``hint``: what the message said of an execute task besides its id (its run, its node and
+        perhaps its walk's reads): the claim then reads the walk (and the run's tree) with it.
         Returns False when the runner is shutting down or time ran out: the message should go back
         to the broker.
         """
@@ -119,8 +126,12 @@ class WorkerRunner:
                 room.wait(0.05 if left is None else min(0.05, left))
             if self._draining or self.loop.stopping:
                 return False
-        # Only id and kind are known; the walk reads the row, and its lease makes a duplicate a no-op.
-        self.loop.submit([TaskRecord(task_id, kind, "", "", "")])
+        # The walk reads the row (the hint is only a guess), and its lease makes a duplicate a no-op.
+        if hint is None or kind != EXECUTE:
+            self.loop.submit([TaskRecord(task_id, kind, "", "", "")])
+        else:
+            root_id, node_id, walk = hint
+            self.loop.submit([TaskRecord(task_id, kind, "", node_id, root_id)], {task_id: walk} if walk else None)
         return True
 
     def _has_room(self) -> bool:

@@ -25,12 +25,12 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from culm._printable import engine_logger
-from culm.core.loop import Item, UserCall, abandoned_threads, commit_batch, moved_on
+from culm.core.loop import Item, UserCall, Walk, abandoned_threads, commit_batch, moved_on
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 
@@ -374,8 +374,9 @@ class ThreadDispatcher:
             _Collector.release()
 
     # -- submission -----------------------------------------------------------------------
-    def submit(self, tasks: Sequence[TaskRecord]) -> None:
-        """Queue committed tasks: due ones now, future ones on the timer heap."""
+    def submit(self, tasks: Sequence[TaskRecord], walks: Mapping[str, Walk] | None = None) -> None:
+        """Queue committed tasks: due ones now, future ones on the timer heap. ``walks``: by task
+        id, the walk reads a task's message named (see ``culm.core.loop.Item.walk``)."""
         if self.engine is None or self._stopping.is_set():
             return
         at = now()
@@ -390,7 +391,7 @@ class ThreadDispatcher:
                     del self._timed[t.id]  # brought forward: its old heap entry no longer counts
                 if t.due <= at:
                     self._known.add(t.id)
-                    self._ready.put(Item(t))
+                    self._ready.put(Item(t, walk=walks.get(t.id)) if walks else Item(t))
                 else:
                     # A node's deadline is not work on hand until it falls due (wait_idle does
                     # not wait for it, and the node usually ends first and drops its row).

@@ -373,6 +373,24 @@ def test_a_batch_of_runs_the_engine_knows_reads_its_walks_with_the_claim(store, 
         assert all(unit.get_state(root).name == "FINISHED" for root in ids)
 
 
+def _back_in_two_round_trips(store, monkeypatch, engine, committed, task, ids) -> None:
+    """The activity's code handed out by ``committed`` runs; its result is applied in two round
+    trips (its locking read with the walk's reads, the writes with the commit) and ends the run
+    of ``task`` alone."""
+    from culm.core.loop import commit_batch
+
+    assert len(committed.calls) == 1  # the activity's code handed out
+    back = committed.calls[0].returned(committed.calls[0].run())
+    trips = round_trips(store.dialect, monkeypatch)
+    after = commit_batch(engine, [back])
+    monkeypatch.undo()
+    assert len(trips) == 2, "\n".join(trips)
+    assert after.calls == [] and after.done == [task.id]
+    with store.reading() as unit:
+        assert unit.get_state(task.root_id).name == "FINISHED"
+        assert all(unit.get_state(root).name == "RUNNING" for root in ids if root != task.root_id)
+
+
 @pytest.mark.parametrize("named", ["row", "message"])
 def test_a_batch_of_one_task_whose_graph_is_known_claims_and_reads_its_walk_in_one_round_trip(store, monkeypatch, named):
     """A worker's batch is often one task (its runs step one node at a time). When the engine has
@@ -395,13 +413,49 @@ def test_a_batch_of_one_task_whose_graph_is_known_claims_and_reads_its_walk_in_o
     committed = commit_batch(engine, [item])
     monkeypatch.undo()
     assert len(trips) == (2 if named == "row" else 3), "\n".join(trips)
-    assert len(committed.calls) == 1  # the activity's code handed out
-    back = committed.calls[0].returned(committed.calls[0].run())
+    _back_in_two_round_trips(store, monkeypatch, engine, committed, task, ids)
+
+
+@pytest.mark.parametrize("message", ["ids only", "run and node", "run, node and walk"])
+def test_a_task_of_a_run_new_to_the_process_reads_its_tree_and_walk_with_the_claim(store, monkeypatch, message):
+    """The first task of a run a worker has not compiled (the submitter stored the run): a message
+    of an older culm names only its id (claim, then the run's tree, then the walk's reads, then the
+    writes with the commit: four round trips); one that names the run and the node lets the claim
+    read the tree (three); one that also names the walk's reads, as a publisher that has the graph
+    sends it, reads tree and walk with the claim (two). The run moves on as it would have."""
+    from culm.core.engine import Engine
+    from culm.core.loop import Item, commit_batch, expected_walk
+
+    held, ids = _three_runs(store)
+    task = held.tasks[0]
+    with store.reading() as unit:
+        walk = expected_walk(Engine(store, Held()).graph(task.root_id, unit), task.node_id)
+    engine = Engine(store, Held())  # this process has compiled none of the runs
+    item = {
+        "ids only": Item(TaskRecord(task.id, task.kind, "", "", "")),
+        "run and node": Item(TaskRecord(task.id, task.kind, "", task.node_id, task.root_id)),
+        "run, node and walk": Item(TaskRecord(task.id, task.kind, "", task.node_id, task.root_id), walk=walk),
+    }[message]
     trips = round_trips(store.dialect, monkeypatch)
-    after = commit_batch(engine, [back])
+    committed = commit_batch(engine, [item])
     monkeypatch.undo()
-    assert len(trips) == 2, "\n".join(trips)
-    assert after.calls == [] and after.done == [task.id]
+    assert len(trips) == {"ids only": 4, "run and node": 3, "run, node and walk": 2}[message], "\n".join(trips)
+    _back_in_two_round_trips(store, monkeypatch, engine, committed, task, ids)
+
+
+def test_a_wrong_walk_in_a_message_costs_only_its_reads(store, monkeypatch):
+    """A message's walk is a guess: one naming nodes of another run (or none at all) leaves the
+    walk to read what it needs after the claim, and the run moves on as it would have."""
+    from culm.core.engine import Engine
+    from culm.core.loop import Item, commit_batch
+
+    held, ids = _three_runs(store)
+    task, other = held.tasks[0], held.tasks[1]
+    engine = Engine(store, Held())
+    wrong = ([other.root_id], [other.node_id, "no-such-node"], [other.root_id])
+    committed = commit_batch(engine, [Item(TaskRecord(task.id, task.kind, "", task.node_id, task.root_id), walk=wrong)])
+    back = committed.calls[0].returned(committed.calls[0].run())
+    assert commit_batch(engine, [back]).done == [task.id]
     with store.reading() as unit:
         assert unit.get_state(task.root_id).name == "FINISHED"
-        assert all(unit.get_state(root).name == "RUNNING" for root in ids if root != task.root_id)
+        assert unit.get_state(other.root_id).name == "RUNNING" and unit.get_state(other.node_id) is None

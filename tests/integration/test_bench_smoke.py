@@ -53,6 +53,18 @@ def test_quick_bench_prints_a_table() -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("backend", ["postgresql", "mariadb"])
+def test_worker_round_trips_are_counted(backend: str) -> None:
+    """``bench.worker_trips``: the workers' tracer counts their engine threads' round trips and
+    transactions (at least two round trips and one commit per pipeline: its first task's claim and
+    its commit), and ``--shapes`` prints them by round trips."""
+    proc = run_module("bench.worker_trips", "--backend", backend, "--pipelines", "3", "--batches", "1", "--shapes")
+    (line,) = [json.loads(text) for text in proc.stdout.splitlines() if text.startswith("{")]
+    assert line["engine_round_trips"] >= 2 * 3 and line["engine_transactions"] >= 3, line
+    assert "transactions by round trips" in proc.stdout and "COMMIT" in proc.stdout, proc.stdout
+
+
+@pytest.mark.timeout(120)
 def test_cpu_split_of_the_embedded_batch_runs() -> None:
     proc = run_module("bench.cpu", "embedded", "--pipelines", "5")
     lines = proc.stdout.splitlines()

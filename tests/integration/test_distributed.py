@@ -194,6 +194,41 @@ def test_work_whose_publish_failed_is_relayed(distributed_backend):
     assert all(backend.executions()[a] == 1 for a in acts)
 
 
+def test_messages_of_an_older_publisher_are_run(distributed_backend):
+    """A message as culm sent it before the ``culm_hint`` header (its task's id and kind, or, older
+    still, its id alone: a submitter or a relay of an earlier version) is run as every other; the
+    pipelines' follow-ups go out as this version sends them."""
+    from culm.core.records import now
+    from culm.dispatch.celery import TASK_NAME
+
+    rt = distributed_backend.runtime()
+    dispatcher = rt.engine.dispatcher
+    kept: list[Any] = []
+
+    class Keep:  # the runtime stores the runs; their first messages are sent below, the old way
+        submit = staticmethod(kept.extend)
+
+        def submitting(self) -> Any:
+            return dispatcher.submitting()
+
+    rt.engine.dispatcher = Keep()
+    try:
+        trees = [parallel_tree(), parallel_tree()]
+        for tree, _ in trees:
+            assert api.run_pipeline(rt, tree).result
+    finally:
+        rt.engine.dispatcher = dispatcher
+    assert len(kept) == 2
+    for task, args in zip(kept, ([kept[0].id, kept[0].kind], [kept[1].id]), strict=True):
+        queue = dispatcher.queue_for(task, now())[0]
+        dispatcher.app.send_task(TASK_NAME, args=args, queue=queue, routing_key=queue)
+    for tree, acts in trees:
+        st = wait_finished(rt, tree["id"])
+        assert {st["children"][a]["state"] for a in acts} == {"FINISHED"}
+    executions = distributed_backend.executions()
+    assert all(executions[a] == 1 for _, acts in trees for a in acts)
+
+
 def test_callback_component_is_finished_by_a_callback(distributed_backend):
     rt = distributed_backend.runtime()
     tree, act = single_tree("dist_callback")

@@ -335,6 +335,9 @@ class SqlUnit:
         # the processes written since (None: all of them).
         self._tasks_ahead: dict[str, tuple[TaskRecord, ProcessRecord | None, StateRecord | None] | None] = {}
         self._procs_written: set[str] | None = set()
+        # Stored pipelines (tree, root data, options as stored) read with the claim for the runs
+        # expect_walks named as not compiled yet: get_pipeline(s) answers from here.
+        self._trees_ahead: dict[str, tuple[Any, Any, Any]] = {}
         # Context rows read ahead by prefetch_contexts, by pipeline id and key, as stored (each
         # read decodes its own copy), kept current with this transaction's own writes.
         self._context_view: dict[str, dict[str, Sequence[Any]]] = {}
@@ -568,19 +571,28 @@ class SqlUnit:
         return counted
 
     def get_pipeline(self, root_id: str) -> tuple[dict, dict, dict] | None:
-        row = self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
+        ahead = self._trees_ahead.pop(root_id, None)
+        row = ahead or self._one("SELECT tree, root_data, options FROM culm_pipeline WHERE id = ?", [root_id])
         if row is None:
             return None
         return codec.loads(row[0]), codec.loads(row[1]), codec.loads(row[2])
 
     def get_pipelines(self, root_ids: Sequence[str]) -> dict[str, tuple[dict, dict, dict]]:
         out = {}
-        for i in range(0, len(root_ids), 500):
-            chunk = root_ids[i : i + 500]
-            sql = f"SELECT id, tree, root_data, options FROM culm_pipeline WHERE id IN ({marks(len(chunk))})"
-            for row in self._all(sql, chunk):
+        ahead = self._trees_ahead
+        for root_id in [r for r in root_ids if r in ahead]:
+            tree, data, options = ahead.pop(root_id)
+            out[root_id] = codec.loads(tree), codec.loads(data), codec.loads(options)
+        rest = [r for r in root_ids if r not in out]
+        for i in range(0, len(rest), 500):
+            chunk = rest[i : i + 500]
+            for row in self._all(*self._pipelines_read(chunk)):
                 out[row[0]] = codec.loads(row[1]), codec.loads(row[2]), codec.loads(row[3])
         return out
+
+    @staticmethod
+    def _pipelines_read(root_ids: Sequence[str]) -> tuple[str, Sequence[Any]]:
+        return f"SELECT id, tree, root_data, options FROM culm_pipeline WHERE id IN ({marks(len(root_ids))})", root_ids
 
     def pipeline_created(self, root_id: str) -> float | None:
         row = self._one("SELECT created_time FROM culm_pipeline WHERE id = ?", [root_id])
@@ -697,23 +709,33 @@ class SqlUnit:
 
     # MySQL, PostgreSQL: expect_walks' reads go with the claim (read_tasks_ahead); SQLite: never read ahead
     walks_with_claim = False
-    _expected: tuple[Sequence[str], Sequence[str], Sequence[str]] | None = None
+    _expected: tuple[Sequence[str], Sequence[str], Sequence[str], Sequence[str]] | None = None
 
-    def expect_walks(self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str]) -> None:
-        self._expected = (held, nodes, pipelines)  # sent with the claim (read_tasks_ahead)
+    def expect_walks(
+        self, held: Sequence[str], nodes: Sequence[str], pipelines: Sequence[str], trees: Sequence[str] = ()
+    ) -> None:
+        self._expected = (held, nodes, pipelines, trees)  # sent with the claim (read_tasks_ahead)
 
     def _expected_reads(self) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], None]]:
         """The reads of the walks expect_walks announced (read_walks_ahead's: the held states
-        with their shared locks, the other states, the contexts; as the dialect sends them), and
-        what takes their answers in. Once: a second call finds nothing announced."""
+        with their shared locks, the other states, the contexts; as the dialect sends them), then
+        the trees it named (a plain read, after every lock), and what takes their answers in.
+        Once: a second call finds nothing announced."""
         expected, self._expected = self._expected, None
         if expected is None:
             return [], lambda answers: None
-        fresh, missing, contexts = self._walks_missing(*expected)
+        held, nodes, pipelines, trees = expected
+        fresh, missing, contexts = self._walks_missing(held, nodes, pipelines)
         reads, split = self._walk_reads(fresh, missing, contexts)
+        walks = len(reads)
+        roots = [r for r in dict.fromkeys(trees) if r not in self._trees_ahead][:500]
+        if roots:
+            reads = [*reads, self._pipelines_read(roots)]
 
         def take(answers: list[list[Any]]) -> None:
-            self._take_walks(fresh, missing, contexts, split(answers))
+            self._take_walks(fresh, missing, contexts, split(answers[:walks]))
+            for row in answers[walks] if roots else ():
+                self._trees_ahead[row[0]] = (row[1], row[2], row[3])
 
         return reads, take
 
