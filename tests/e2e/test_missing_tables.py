@@ -138,3 +138,21 @@ def test_the_api_result_names_the_missing_table(tmp_path: Path) -> None:
         assert runtime.database_problem(ValueError("no such column: x")) is None
     finally:
         runtime.close()
+
+
+def test_a_token_check_on_a_database_missing_its_token_table_answers_503(tmp_path: Path) -> None:
+    path = tmp_path / "auth.db"
+    runtime = culm.Runtime(f"sqlite:///{path}", workers=0)
+    try:
+        app = create_app(runtime)
+        token, _ = app.state.tokens.create("viewer", "test")
+        client = TestClient(app, base_url="http://127.0.0.1", raise_server_exceptions=False)
+        headers = {"Authorization": f"Bearer {token}"}
+        assert client.get("/api/v1/pipelines", headers=headers).status_code == 200
+        with sqlite3.connect(path) as conn:
+            conn.execute("DROP TABLE culm_api_token")
+        answer = client.get("/api/v1/pipelines", headers=headers)
+        assert answer.status_code == 503, answer.text  # was a 500
+        assert "has no culm table culm_api_token" in answer.json()["detail"], answer.text
+    finally:
+        runtime.close()
