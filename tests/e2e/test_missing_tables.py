@@ -128,16 +128,13 @@ def test_rest_answers_503_naming_the_missing_table_and_the_fix(tmp_path: Path) -
 
 def test_the_api_result_names_the_missing_table(tmp_path: Path) -> None:
     path = tmp_path / "api.db"
-    runtime = culm.Runtime(f"sqlite:///{path}", workers=0)
-    try:
+    with culm.Runtime(f"sqlite:///{path}", workers=0) as runtime:
         drop(path)
         result = api.get_pipeline_states(runtime, PIPELINE)
         assert not result.result and isinstance(result.exc, culm.errors.SchemaMissingError)
         assert "has no culm table culm_state" in result.message, result.message
         # Another failure is not mistaken for one.
         assert runtime.database_problem(ValueError("no such column: x")) is None
-    finally:
-        runtime.close()
 
 
 def test_a_token_check_on_a_database_missing_its_token_table_answers_503(tmp_path: Path) -> None:
