@@ -2,14 +2,16 @@
 
     python -m bench.log_tail POSTGRESQL_URL [LINES]
 
-URL names an empty database of its own (it is migrated to 0008, filled, migrated to 0009).
+URL names an empty database of its own (it is migrated to 0008, filled, migrated to 0009, then to
+0010, which counts the stored lines per run once: ``culm_log_count``).
 LINES lines (default 1,000,000) are stored for one run of a node, one row in five while 1,000
 other nodes log the other four, then LINES / 2 lines of those other nodes after the run ended. Printed: PostgreSQL's plan and execution time (``EXPLAIN ANALYZE``) of the
 last page of 1,000 lines as culm read it before 0009 (ascending by id from the offset
 ``LINES - 1000``, under the (node_id, version) index) and as it reads it now (backwards from the
 run's end, ``LOG_TAIL``, under (node_id, version, id)), and the wall time of
 ``culm.api.get_node_log_page`` for the last page and for a page at nine tenths of the run with
-the new index (both count the run's lines first: ``total``).
+the new index (both read the run's line count, ``total``: since 0010 one row of ``culm_log_count``,
+before it a count of all the run's lines, whose plan is printed too).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from alembic import command
 
 from culm.storage import migrate
 from culm.storage.sql import SqlStore
-from culm.storage.sql.statements import LOG_TAIL
+from culm.storage.sql.statements import LOG_COUNT, LOG_TAIL
 
 PAGE = 1000
 
@@ -61,6 +63,11 @@ def main(url: str, lines: int) -> None:
             conn.exec_driver_sql("ANALYZE culm_log")
         _show("0009, the read before 0009 (ascending from the offset)", _explain(store, old))
         _show("0009, the tail read now (LOG_TAIL, backwards from the end)", _explain(store, f"{LOG_TAIL} LIMIT {PAGE} OFFSET 0"))
+        _show("0009, a page's total as counted before 0010 (all the run's lines)",
+              _explain(store, "SELECT COUNT(*) FROM culm_log WHERE node_id = ? AND version = ?"))
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0010")  # counts the stored lines once
+        _show("0010, a page's total now (LOG_COUNT, one row)", _explain(store, LOG_COUNT))
     finally:
         store.dispose()
     import culm

@@ -25,7 +25,8 @@ year of real runs) and with every time moved back by one seed run's span per cop
 older than the seed and the feed's seq grows with time, as ``culm.storage.feed`` expects). The
 JSON payloads (trees, process stacks, data) are copied as they are: their sizes are real, the ids
 inside them still name the seed's nodes. The kept counts of root pipelines per state
-(``culm_root_count``) are not copied: they are counted again once the copies are in. The filled
+(``culm_root_count``) are not copied: they are counted again once the copies are in; the stored
+bytes per root and lines per run (revision 0010) are counted by the triggers as the copies go in. The filled
 database is kept for repeats: a SQLite file under ``--keep`` (``/tmp/culm-stored``), a PostgreSQL
 or MySQL database ``culm_stored_<N>`` (``$CULM_BENCH_DB_PREFIX`` instead of ``culm_stored``: two
 people benchmarking on one server keep apart); ``--refill`` builds it again.
@@ -87,7 +88,10 @@ TIME_COLUMNS = frozenset(
 GENERATED = {"culm_history": "id", "culm_log": "id", "culm_change": "seq"}
 # Not pipeline data (the worker registry, API tokens, the schema version), or kept counts of it
 # (counted again after the copies, see fill): not copied.
-SKIPPED = frozenset({"culm_worker", "culm_api_token", "culm_alembic_version", "culm_root_count"})
+# culm_root_bytes and culm_log_count are kept by the database's triggers (revision 0010): they count
+# the copies as they go in (culm_node first, so each copied row finds its root).
+SKIPPED = frozenset({"culm_worker", "culm_api_token", "culm_alembic_version", "culm_root_count", "culm_root_bytes",
+                     "culm_log_count"})
 
 
 def clone_id(value: str | None, copy: int) -> str | None:
@@ -316,7 +320,7 @@ def fill(url: str, pipelines: int, say: Callable[[str], None] = lambda _m: None)
     copies = pipelines // seed - 1
     db = _Db(url)
     try:
-        tables = db.tables()
+        tables = sorted(db.tables(), key=lambda t: t != "culm_node")  # nodes first: see SKIPPED
         for table in tables:
             db.run(f'CREATE TABLE "seed_{table}" AS SELECT * FROM "{table}"')
         lo, hi = db.run('SELECT MIN("time"), MAX("time") FROM culm_change')[0]

@@ -5,7 +5,7 @@ The public face of the package. Engine API functions live in :mod:`culm.api`, th
 """
 
 from culm import states
-from culm.core import Settings, StateChange
+from culm.core import GATEWAY_STRATEGY_FIRST, GATEWAY_STRATEGY_ONLY, Settings, StateChange, configure
 from culm.errors import (
     CulmError,
     InvalidOperationError,
@@ -22,6 +22,9 @@ __all__ = [
     # runtime
     "Runtime",
     "Settings",
+    "configure",
+    "GATEWAY_STRATEGY_ONLY",
+    "GATEWAY_STRATEGY_FIRST",
     "StateChange",
     # states
     "states",

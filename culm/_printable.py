@@ -5,7 +5,9 @@ them clears a terminal, rewrites its title or prints a lying link, ``\\r`` and c
 came before, a bidirectional override shows the rest reversed, and a newline in a log message
 starts a line that looks like the log's own. :func:`inert` writes every such character as its
 ``\\uXXXX`` escape: C0 controls other than tab and newline, DEL, C1 controls (``\\x9b`` starts a
-sequence as ESC ``[`` does) and the Unicode bidirectional controls. JSON keeps its meaning through
+sequence as ESC ``[`` does), the Unicode bidirectional controls, and surrogates (half of a UTF-16
+pair, which a JSON text may hold as ``\\ud800``: no stream encodes one, and ``culm validate`` of
+a tree with such an id died with a traceback, found probing session 16). JSON keeps its meaning through
 it: JSON escapes C0 controls itself, and ``\\u009b`` inside a JSON string is the character it
 stands for.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 import re
 
-UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _escaped(match: re.Match[str]) -> str:

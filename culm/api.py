@@ -456,9 +456,13 @@ def preview_node_inputs(
 ) -> dict:
     """What a ServiceActivity's inputs (or a SubProcess's params) render to, without running it."""
     from culm.core.preview import preview
+    from culm.core.settings import process_settings
 
+    # Rendered as the runtime's workers render (its settings, else the process's defaults).
+    engine = getattr(runtime, "engine", None)
+    settings = engine.settings if engine is not None else process_settings()
     return preview(pipeline, node_id, list(subprocess_stack), _opt_dict(root_pipeline_data, "root_pipeline_data"),
-                   _opt_dict(parent_params, "parent_params"))
+                   _opt_dict(parent_params, "parent_params"), nested_objects=settings.render_nested_objects)
 
 
 __all__ = [

@@ -110,6 +110,15 @@ class DatabaseSettingsError(CulmError):
     """The database server is set up in a way culm cannot store its data safely with."""
 
 
+class SettingsError(CulmError, ValueError):
+    """An engine setting (``culm.Settings``, ``culm.configure`` or a ``CULM_*`` variable) that culm
+    cannot use; the message names the setting and the value."""
+
+
+class PluginImportError(CulmError, ImportError):
+    """A module named by ``$CULM_IMPORTS`` could not be imported; the message names it and why."""
+
+
 class ConditionSyntaxError(ExpressionError):
     """A gateway condition is not valid condition (boolrule) syntax."""
 

@@ -7,19 +7,23 @@ takes it).
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from culm._printable import engine_logger
 from culm.core import commands
-from culm.core.engine import Engine, Settings
+from culm.core.engine import Engine
+from culm.core.plugin_imports import env_modules, import_modules
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
+from culm.core.settings import Settings, process_settings
 from culm.errors import CulmError, InvalidOperationError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
@@ -56,7 +60,10 @@ class Runtime:
         url: SQLAlchemy-style database URL, or ``memory://``.
         broker: Celery broker URL; when given, this runtime only submits and reads.
         workers: worker threads of an embedded runtime (0 = submit and read only).
-        settings: engine settings.
+        settings: engine settings; default: the process's (:func:`culm.configure`, ``$CULM_*``).
+
+    An embedded runtime imports the modules named in ``$CULM_IMPORTS`` first, as ``culm worker``
+    does (:class:`culm.errors.PluginImportError` when one cannot be imported).
     """
 
     def __init__(
@@ -74,6 +81,8 @@ class Runtime:
         if broker and self.url == MEMORY_URL:
             raise InvalidOperationError("Runtime(\"memory://\") keeps its data in this process: workers behind a "
                                         f"broker ({broker}) cannot reach it; use a database URL")
+        if broker and settings is not None:
+            _warn_local_settings(settings)
         self._closed = False
         self._key = _shared_key(self.url, broker, workers, settings)
         with _SHARED_LOCK:
@@ -247,6 +256,23 @@ _SHARED: dict[tuple[str, int | None], _Core] = {}
 _SHARED_LOCK = threading.Lock()
 
 
+# The settings the workers read when they run the work (not this process's, when it only submits).
+WORKER_SETTINGS = ("rerun_limit", "gateway_strategy", "expr_func", "render_nested_objects")
+
+
+def _warn_local_settings(settings: Settings) -> None:
+    """Say so when ``settings`` given to a distributed runtime differ from the process's defaults
+    where only the workers act on them: silently, the workers would run with their own."""
+    defaults = process_settings()
+    differ = [name for name in WORKER_SETTINGS if getattr(settings, name) != getattr(defaults, name)]
+    if differ:
+        message = (f"culm.Runtime(..., broker=..., settings=...): {', '.join(differ)} apply to this process only "
+                   "(preview_node_inputs); the `culm worker` processes run the work with their own: set them with "
+                   "culm.configure(...) in a module of $CULM_IMPORTS, or CULM_* variables, where the workers run")
+        logger.warning("%s", message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def _shared_key(url: str, broker: str | None, workers: int | None, settings: Settings | None) -> tuple[str, int | None] | None:
     """The key under which embedded runtimes share a core: file-backed SQLite only (a database in
     memory, ``memory://`` or a server database keeps one core per runtime), default settings, and
@@ -265,6 +291,11 @@ class _Core:
     def __init__(self, url: str, broker: str | None, workers: int | None, settings: Settings | None,
                  options: dict[str, Any]) -> None:
         self.handles = 0
+        if not broker:
+            # Its threads run the work, as a `culm worker` does: they load the same plugins (and
+            # the culm.configure calls in them), before anything is opened.
+            import_modules(env_modules())
+        process_settings()  # a bad $CULM_* value is refused before anything opens
         self.store: Any = MemoryStore() if url == MEMORY_URL else SqlStore(url)
         self._lock_file: Any = None
         self._closed = False
@@ -272,9 +303,9 @@ class _Core:
         self._stop = threading.Event()
         self._standby: threading.Thread | None = None
         if broker:
-            from culm.dispatch.celery import CeleryDispatcher
+            from culm.dispatch.publisher import LazyCeleryDispatcher
 
-            publisher = CeleryDispatcher(broker, **options)
+            publisher = LazyCeleryDispatcher(broker, **options)
             self.dispatcher: Dispatcher | None = publisher
             self.engine = Engine(self.store, publisher, settings)
             publisher.bind(self.engine)
@@ -353,12 +384,19 @@ class WorkerWiring:
     database, and an engine whose dispatcher is the process's :class:`~culm.dispatch.runner.WorkerRunner`.
     """
 
+    def import_plugins(self, modules: Iterable[str]) -> list[str]:
+        return import_modules([*modules, *env_modules()], source="--import or $CULM_IMPORTS")
+
     def check(self, db: str) -> None:
+        process_settings()  # a bad $CULM_* setting stops the worker here, not in each pool process
         SqlStore(db).dispose()  # opening it refuses an outdated schema
 
     def build(self, db: str, runner: WorkerRunner, lease_seconds: float) -> tuple[Store, Engine, WorkerRegistry]:
         store = SqlStore(db)
-        settings = Settings(lease_seconds=lease_seconds, schedule_lock_seconds=lease_seconds)
+        # The process's defaults: what a module of $CULM_IMPORTS gave culm.configure (imported
+        # before the pool forks) or the CULM_* variables; the leases are the worker's own.
+        settings = dataclasses.replace(process_settings(), lease_seconds=lease_seconds,
+                                       schedule_lock_seconds=lease_seconds)
         return store, Engine(store, runner, settings), store.worker_registry()
 
     def after_fork(self, store: Store) -> None:

@@ -40,6 +40,36 @@ def _version() -> str:
         return "unknown"
 
 
+# Shown under a command's `--help` (a new user's first question is what a call looks like).
+EXAMPLES: dict[str, str] = {
+    "run": "culm run examples/quickstart.py\n"
+           "culm run tree.json --import myproject.components --set who=world --data '{\"order\": 7}'",
+    "status": "culm status order_1234\nculm status order_1234 --outputs --json",
+    "list": "culm list --state RUNNING,FAILED --since 2h",
+    "logs": "culm logs charge_card --follow",
+    "watch": "culm watch order_1234",
+    "retry": "culm retry charge_card\n"
+             "culm retry charge_card --data '{\"amount\": 80}' --import examples/operator_session.py",
+    "callback": "culm callback approve_node --data '{\"approve\": true, \"approver\": \"me\"}'",
+    "set-context": "culm set-context order_1234 who=world retries=3",
+    "serve": "culm serve --no-auth                      # this machine only, no token\n"
+             "culm token create --role operator && culm serve --host 0.0.0.0",
+    "worker": "culm worker --db postgresql://culm@db/culm --broker redis://mq:6379/0 --import myproject.components",
+}
+
+
+class _SubParsers(argparse._SubParsersAction):  # type: ignore[type-arg]
+    """Each command's ``--help`` starts with the line ``culm --help`` gives it (argparse shows only
+    the usage) and ends with examples where :data:`EXAMPLES` has some."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        kwargs.setdefault("description", kwargs.get("help"))
+        if name in EXAMPLES:
+            kwargs.setdefault("epilog", "examples:\n" + "".join(f"  {line}\n" for line in EXAMPLES[name].splitlines()))
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        return super().add_parser(name, **kwargs)  # type: ignore[no-any-return]
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, which also suggests the nearest choice for a mistyped one (``culm stauts``).
 
@@ -50,11 +80,16 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self.register("action", "parsers", _SubParsers)
 
     def error(self, message: str) -> NoReturn:
         found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
         if found:
-            close = difflib.get_close_matches(found[1], re.findall(r"'([^']*)'", found[2]), n=1)
+            choices = re.findall(r"'([^']*)'", found[2])
+            close = difflib.get_close_matches(found[1], choices, n=1)
+            if len(choices) > 8:  # the 28 commands are `culm --help`'s to list, not one error line's
+                message = f"{message[:found.start()]}invalid choice: {found[1]!r}" + (
+                    f" (see `{self.prog} --help` for the choices)" if not close else "")
             if close:
                 message = f"{message}; did you mean {close[0]!r}?"
         super().error(message)
@@ -151,6 +186,9 @@ def _terminal_safe() -> Iterator[None]:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
+    if not (sys.argv[1:] if argv is None else argv):  # `culm` alone: what it can do, not only its usage
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     args, extra = parser.parse_known_args(argv)
     if extra:  # named by the command's own parser, with its usage, not the top level's
         words = list(sys.argv[1:] if argv is None else argv)

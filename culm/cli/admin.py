@@ -159,7 +159,8 @@ def register(sub: Any) -> None:
     worker.add_argument("--concurrency", type=whole_number(1, "a number of processes, 1 or more"), default=None,
                         metavar="N",
                         help="Celery pool size: processes (prefork) or threads (threads) taking messages, default "
-                             "the number of CPUs; each process runs user code on $CULM_WORKER_THREADS threads (8)")
+                             "the number of CPUs, at most 4 (more: size it against the database's "
+                             "max_connections); each process runs user code on $CULM_WORKER_THREADS threads (8)")
     worker.add_argument("--queues", default=None, metavar="Q1,Q2",
                         help="consume only these queues (default: every queue of --prefix)")
     worker.add_argument("--queue-suffix", default="", metavar="S",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -181,16 +182,25 @@ def db_url(args: argparse.Namespace) -> str:
     return url
 
 
-def broker_url(args: argparse.Namespace) -> str | None:
+def broker_url(args: argparse.Namespace, check: bool = True) -> str | None:
     """``--broker``, else ``$CULM_BROKER_URL``, else None; a URL of no broker Celery knows
-    (``nope://``) is a :class:`UsageError`, not kombu's ``KeyError`` traceback."""
+    (``nope://``) is a :class:`UsageError`, not kombu's ``KeyError`` traceback (``check``: the
+    command uses the broker; a read only names it, from the environment, and does not look)."""
     url = getattr(args, "broker", None) or os.environ.get("CULM_BROKER_URL") or None
-    if url:
+    if url and check:
         _check_broker(url)
     return url
 
 
+# Broker schemes whose kombu transport needs only this client library: known without importing
+# kombu (a third of a second with Celery; a control command the engine refuses never needs it).
+_PLAIN_BROKERS = {"redis": "redis", "rediss": "redis", "amqp": "amqp", "amqps": "amqp", "pyamqp": "amqp"}
+
+
 def _check_broker(url: str) -> None:
+    client = _PLAIN_BROKERS.get(url.partition("://")[0].lower()) if "://" in url else None
+    if client is not None and (client in sys.modules or importlib.util.find_spec(client) is not None):
+        return
     try:
         from kombu import Connection
         from kombu.transport import resolve_transport
@@ -213,8 +223,8 @@ def _sqlite_file(url: str) -> Path | None:
 
 
 def check_sqlite(url: str, read_only: bool) -> None:
-    """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one) or
-    can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
+    """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one;
+    :class:`NotFound` when it does not) or can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
     path = _sqlite_file(url)
     if path is None:
         return
@@ -223,7 +233,9 @@ def check_sqlite(url: str, read_only: bool) -> None:
     hint = (f" (sqlite:///{path} is relative to the working directory; for {absolute}, write four "
             f"slashes: sqlite:///{absolute})") if meant else ""
     if read_only and not path.exists():
-        raise DatabaseError(f"no database at {path}: nothing has run there yet (pass --db or set "
+        # The contract's "not found" (exit 3): no file means no pipeline, node or token of any id
+        # there; the database itself is not at fault (exit 4 is for one that cannot be used).
+        raise NotFound(f"no database at {path}: nothing has run there yet (pass --db or set "
                             f"$CULM_DATABASE_URL to the database your pipelines ran on){hint}")
     if not path.parent.is_dir():
         raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} does not exist{hint}")
@@ -286,17 +298,21 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
             (``CULM_RELAY_GRACE``, 15 s, later).
     """
     import culm
+    from culm.errors import PluginImportError, SettingsError
 
     url = db_url(args)
     check_sqlite(url, read_only)
-    broker = broker_url(args)
+    uses_broker = run or submits or not read_only
+    broker = broker_url(args, check=uses_broker)
     try:
-        if broker and (run or submits or not read_only):
+        if broker and uses_broker:
             rt = culm.Runtime(url, broker=broker, prefix=getattr(args, "prefix", "culm"))
         else:
             rt = culm.Runtime(url, workers=None if run else 0)
     except db_errors(files=True) as exc:
         raise database_error(exc, url) from exc
+    except (SettingsError, PluginImportError) as exc:
+        raise UsageError(str(exc)) from None  # a CULM_* variable or a module of $CULM_IMPORTS
     try:
         yield rt
     except db_errors() as exc:

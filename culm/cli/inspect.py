@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ from culm.cli.common import (
     state_entry,
     whole_number,
 )
-from culm.cli.run import Stillness, ex_data_of, failure_report
+from culm.cli.run import Stillness, ex_data_of, failure_report, node_word
 from culm.cli.terminal import on_terminal
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -128,22 +129,26 @@ def cmd_status(args: argparse.Namespace) -> int:
     out.print(render.state_tree(found.entry, found.info, found.notes))
     out.print(render.progress_line(found.flat, found.root_id) if found.root_id in found.flat else "")
     if found.failed:
-        out.print(_failed_hint(rt, len(found.failed)), soft_wrap=True)
+        out.print(_failed_hint(rt, found.failed, found.root_id), soft_wrap=True)
     note = _no_runner_note(rt, found)
     if note:
         out.print(f"[yellow]{note}[/]", soft_wrap=True)
     return found.outcome
 
 
-def _failed_hint(rt: Any, count: int) -> str:
-    """How to go on from failed nodes. On a SQLite file the retry or skip runs the pipeline on in
-    its own process, which needs the components: the hint asks for the ``--import`` (status cannot
-    know which module ``culm run`` was given); a server database's workers have theirs."""
+def _failed_hint(rt: Any, failed: list[str], root_id: str) -> str:
+    """How to go on from failed nodes (one: its id, so that the command can be pasted). On a SQLite
+    file the retry or skip runs the pipeline on in its own process, which needs the components: the
+    hint asks for the ``--import`` (status cannot know which module ``culm run`` was given); a server
+    database's workers have theirs."""
+    from rich.markup import escape
+
     imports = " --import MODULE" if getattr(rt.store, "database_file", None) else ""
     which = (" (MODULE: the module or .py file that defines the components, as given to `culm run`)"
              if imports else "")
-    return (f"[red]{count} failed node(s)[/]: retry with `culm retry NODE [--data '{{...}}']{imports}`, "
-            f"skip with `culm skip NODE{imports}`, or stop with `culm revoke PIPELINE`{which}")
+    node, root = escape(node_word(failed)), escape(shlex.quote(root_id))
+    return (f"[red]{len(failed)} failed node(s)[/]: retry with `culm retry {node} [--data '{{...}}']{imports}`, "
+            f"skip with `culm skip {node}{imports}`, or stop with `culm revoke {root}`{which}")
 
 
 def _no_runner_note(rt: Any, found: Described) -> str:
@@ -409,7 +414,7 @@ def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
             seen = (entry["state"], _wait_key(reason))
             if last.get(node_id) != seen:
                 last[node_id] = seen
-                waits = f" — waits: {reason['text']}" if reason.get("text") else ""
+                waits = f" — {render.waits_line(reason['text'])}" if reason.get("text") else ""
                 print(f"{datetime.now().strftime('%H:%M:%S')} {entry['state']:<9} "
                       f"{render.label(node_id, found.info)}{waits}", flush=True)
         if _ended(found, still):

@@ -120,12 +120,18 @@ def state_tree(root: dict, info: dict[str, tuple[str, str]], notes: dict[str, li
     return tree
 
 
+def waits_line(text: str) -> str:
+    """``waits: <why>``; a reason that already says it waits (``waits for a callback...``) is not
+    prefixed again (it read ``waits: waits for a callback``)."""
+    return text if text.startswith("waits ") else f"waits: {text}"
+
+
 def _notes(branch: Tree, entry: dict, notes: dict[str, list[str]]) -> None:
     from rich.text import Text
 
     reason = entry.get("wait_reason")
     if reason:
-        branch.add(Text(f"waits: {reason['text']}", style="magenta"))
+        branch.add(Text(waits_line(reason["text"]), style="magenta"))
     for line in notes.get(entry["id"], []):
         branch.add(Text(line, style="dim" if not line.startswith("ex_data") else "red"))
 

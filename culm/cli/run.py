@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -177,6 +178,12 @@ def ex_data_of(outputs: dict) -> str:
     return str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
 
 
+def node_word(failed: Sequence[str]) -> str:
+    """What a hint writes for the node to retry or skip: the one failed node's id (quoted for the
+    shell), so that the command can be pasted as it is; ``NODE`` when several failed."""
+    return shlex.quote(failed[0]) if len(failed) == 1 else "NODE"
+
+
 def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
                    ex_data: dict[str, str], imports: str = "") -> list[str]:
     """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
@@ -186,8 +193,10 @@ def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[st
     if not failed:
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
+    node = node_word(failed)
     lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-             f"`culm retry NODE [--data '{{...}}']{imports}`, skip with `culm skip NODE{imports}` (see `culm status {root_id}`)"]
+             f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` "
+             f"(see `culm status {shlex.quote(root_id)}`)"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
         lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])

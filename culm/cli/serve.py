@@ -25,6 +25,7 @@ from culm.cli.common import (
     check_sqlite,
     db_url,
     port_number,
+    positive_seconds,
     whole_number,
 )
 from culm.cli.loading import import_modules, import_names
@@ -153,7 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         _more_descriptors()
         uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
-                                      http=counted_protocol(args.trusted_proxies),
+                                      http=counted_protocol(args.trusted_proxies, args.request_timeout),
                                       access_log=False, timeout_graceful_shutdown=3,
                                       proxy_headers=bool(args.trusted_proxies),
                                       forwarded_allow_ips=args.trusted_proxies or None,
@@ -247,7 +248,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
         made = datetime.fromtimestamp(t.created_time).strftime("%Y-%m-%d %H:%M:%S")
         status = "revoked" if t.revoked_time else "active"
         used = datetime.fromtimestamp(t.last_used_time).strftime("%Y-%m-%d %H:%M") if t.last_used_time else "never"
-        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  used {used:<16}  {t.name}")
+        print(f"{t.id}  {t.role:<8} {status:<7} created {made}  used {used:<16}  {t.name}".rstrip(" "))
     return 0
 
 
@@ -276,6 +277,10 @@ def register(subparsers: Any) -> None:
                        help="peers whose X-Forwarded-For header names the client, as addresses or networks separated "
                             "by commas; '' trusts none, '*' any (default: $CULM_TRUSTED_PROXIES, then "
                             f"{DEFAULT_TRUSTED_PROXIES})")
+    serve.add_argument("--request-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                       help="time a request's head may take to arrive, from its first byte (its body must then "
+                            "come at 1,000 bytes a second or more; a slower one is answered 408), and an answer may "
+                            "wait unread by its client before the connection is dropped (default 30)")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                        help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)

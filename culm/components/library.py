@@ -102,6 +102,9 @@ class ComponentLibrary:
         return self._registry.unregister((code, version or DEFAULT_VERSION))
 
     def __contains__(self, key: object) -> bool:
+        # (code, None) means the default version, as get(code, None) does
+        if isinstance(key, tuple) and len(key) == 2 and key[1] is None:
+            key = (key[0], DEFAULT_VERSION)
         return key in self._registry
 
     def __len__(self) -> int:

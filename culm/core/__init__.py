@@ -7,13 +7,24 @@ use is named here.
 """
 
 from culm.core import invariants, observe, ports, records, signals, states, transitions
-from culm.core.engine import Engine, Settings
+from culm.core.engine import Engine
 from culm.core.records import StateChange
+from culm.core.settings import (
+    GATEWAY_STRATEGY_FIRST,
+    GATEWAY_STRATEGY_ONLY,
+    Settings,
+    configure,
+    process_settings,
+)
 
 __all__ = [
     # the engine and its settings
     "Engine",
     "Settings",
+    "configure",
+    "process_settings",
+    "GATEWAY_STRATEGY_ONLY",
+    "GATEWAY_STRATEGY_FIRST",
     # states, the transition table and the signals sent after committed changes
     "states",
     "transitions",

@@ -516,6 +516,12 @@ def update_context_values(engine: Engine, pipeline_id: str, context_values: dict
     """Overwrite existing variables with plain values; returns the keys that were updated."""
     if not isinstance(context_values, dict):
         raise InvalidOperationError("context_values must be a dict of {'${key}': value}")
+    for key in context_values:
+        # A key the tree cannot have (bamboo's keys are ${name}) would be ignored without a word.
+        if not (isinstance(key, str) and key.startswith("${") and key.endswith("}") and len(key) > 3):
+            hint = f": write it as the tree does, '${{{key}}}'" if isinstance(key, str) and key.isidentifier() else ""
+            raise InvalidOperationError(f"update_context_values of pipeline {pipeline_id}: key {key!r} is not a "
+                                        f"context key{hint}")
     with engine.step() as step:
         unit = step.unit
         _is_pipeline(unit, engine, pipeline_id)

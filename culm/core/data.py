@@ -242,7 +242,7 @@ def finish_inputs(
     rendered: dict[str, Any] = {}
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
         try:
-            namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy) if refs else {}
+            namespace = dctx.hydrate(needed, refs, lazy_resolver=lazy, nested_objects=nested_objects) if refs else {}
         except HydrationError as exc:
             raise HydrationError(_name_inputs(str(exc), gathered.render)) from exc
         for key, var in gathered.render.items():
@@ -273,6 +273,7 @@ def render_inputs(
     fetch: Fetch,
     lazy: LazyResolver,
     extra: Mapping[str, Any] | None = None,
+    nested_objects: bool = False,
 ) -> dict[str, Any]:
     """Render a node's raw inputs against its pipeline context (:func:`gather_inputs`, then
     :func:`finish_inputs`).
@@ -281,7 +282,7 @@ def render_inputs(
         HydrationError: a needed variable could not be resolved.
         ExpressionLimitError: a template went over a bound.
     """
-    return finish_inputs(gather_inputs(raw, fetch), lazy, extra)
+    return finish_inputs(gather_inputs(raw, fetch), lazy, extra, nested_objects)
 
 
 def _resolve_lazy(lazy: LazyResolver, var: dctx.ContextVar, rendered: Any) -> Any:
@@ -300,9 +301,9 @@ def gather_keys(keys: Iterable[str], fetch: Fetch) -> GatheredInputs:
     return GatheredInputs({}, {}, keys, needed, problem)
 
 
-def resolved_keys(gathered: GatheredInputs, lazy: LazyResolver) -> dict[str, Any]:
+def resolved_keys(gathered: GatheredInputs, lazy: LazyResolver, nested_objects: bool = False) -> dict[str, Any]:
     """``{key: value}`` of the gathered keys that resolve; no storage access."""
-    namespace = condition_namespace(gathered, lazy)
+    namespace = condition_namespace(gathered, lazy, nested_objects)
     return {k: namespace[dctx.deformat(k)] for k in gathered.refs if dctx.deformat(k) in namespace}
 
 
@@ -328,14 +329,14 @@ def gather_conditions(exprs: Iterable[str], fetch: Fetch) -> GatheredInputs:
     return GatheredInputs({}, {}, frozenset(refs), needed, problem)
 
 
-def condition_namespace(gathered: GatheredInputs, lazy: LazyResolver) -> dict[str, Any]:
+def condition_namespace(gathered: GatheredInputs, lazy: LazyResolver, nested_objects: bool = False) -> dict[str, Any]:
     """Bare-name namespace with every variable the gathered conditions refer to; no storage access."""
     if gathered.problem is not None:
         raise ExpressionLimitError(gathered.problem)
     if not gathered.refs:
         return {}
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
-        return dctx.hydrate(gathered.needed, gathered.refs, lazy_resolver=lazy)
+        return dctx.hydrate(gathered.needed, gathered.refs, lazy_resolver=lazy, nested_objects=nested_objects)
 
 
 # Context keys of this form hold the loop count update_node_loop_times gave a node; they are not

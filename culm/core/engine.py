@@ -3,39 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 
 from culm._printable import engine_logger
 from culm.core import joins
 from culm.core.ports import Dispatcher, Lease, Store, Unit, UserData
 from culm.core.records import new_id, now
+from culm.core.settings import Settings, process_settings
 from culm.core.state_tree import StateTrees
 from culm.core.step import Step
 from culm.model.compiled import Graph, compile_tree
 
 logger = engine_logger("culm.engine")
-
-GATEWAY_STRATEGY_ONLY = 1
-GATEWAY_STRATEGY_FIRST = 2
-
-
-@dataclass
-class Settings:
-    """Engine settings (bamboo's names in comments)."""
-
-    rerun_limit: int = 100  # BAMBOO_DJANGO_ERI_NODE_RERUN_LIMIT
-    gateway_strategy: int = GATEWAY_STRATEGY_ONLY  # PIPELINE_EXCLUSIVE_GATEWAY_STRATEGY
-    # PIPELINE_EXCLUSIVE_GATEWAY_EXPR_FUNC(expr, context, extra_info) -> bool; None = boolrule
-    expr_func: Callable[..., bool] | None = None
-    lease_seconds: float = 60.0
-    schedule_lock_seconds: float = 60.0
-    render_nested_objects: bool = False  # ENABLE_RENDER_OBJ_BY_MAKO_STRING
-
 
 class Engine:
     """What every engine step reads besides the store: graphs, root data, settings, the lease owner.
@@ -47,7 +31,9 @@ class Engine:
     def __init__(self, store: Store, dispatcher: Dispatcher | None = None, settings: Settings | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
-        self.settings = settings or Settings()
+        # None: a copy of the process's defaults (culm.configure, $CULM_*) as they are now; each
+        # engine's own, so that changing one runtime's settings leaves the others as they were
+        self.settings = settings or dataclasses.replace(process_settings())
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
         self._graphs: OrderedDict[str, Graph] = OrderedDict()
         self._root_data: OrderedDict[str, UserData] = OrderedDict()

@@ -14,18 +14,19 @@ from culm.model import compiled as g
 
 
 def preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], root_data: dict[str, Any],
-            parent_params: dict[str, Any]) -> dict[str, Any]:
-    """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first).
+            parent_params: dict[str, Any], nested_objects: bool = False) -> dict[str, Any]:
+    """Render the inputs of ``node_id`` (inside ``subprocess_stack``, outer first);
+    ``nested_objects`` as the runtime's ``Settings.render_nested_objects``.
 
     Every render of the preview shares one node's budgets of time and text (a stack of 64
     subprocesses, each with its own, held a request for ten minutes).
     """
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
-        return _preview(tree, node_id, subprocess_stack, root_data, parent_params)
+        return _preview(tree, node_id, subprocess_stack, root_data, parent_params, nested_objects)
 
 
 def _preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], root_data: dict[str, Any],
-             parent_params: dict[str, Any]) -> dict[str, Any]:
+             parent_params: dict[str, Any], nested_objects: bool) -> dict[str, Any]:
     from culm.components import variables
     from culm.model.validator import process_tree
 
@@ -43,7 +44,8 @@ def _preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], ro
         sub = graph.nodes.get(sub_id)
         if sub is None or sub.type != g.SUBPROCESS or sub.pipeline_id != pipeline_id:
             raise NotFoundError(f"subprocess {sub_id} is not in pipeline {pipeline_id}")
-        params = cdata.render_inputs(sub.raw.get("params") or {}, _fetch(context), lazy)
+        params = cdata.render_inputs(sub.raw.get("params") or {}, _fetch(context), lazy,
+                                     nested_objects=nested_objects)
         pipeline_id = sub_id
         context = _context(graph.pipelines[sub_id], params)
     node = graph.nodes.get(node_id)
@@ -55,7 +57,7 @@ def _preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], ro
         raw = node.raw.get("params") or {}
     else:
         raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities and subprocesses have inputs")
-    return cdata.render_inputs(raw, _fetch(context), lazy)
+    return cdata.render_inputs(raw, _fetch(context), lazy, nested_objects=nested_objects)
 
 
 def _plain(value: Any) -> Any:

@@ -97,6 +97,8 @@ class CallResult:
     schedule_after: float = -1
     logs: list[tuple[float, str]] = field(default_factory=list)
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # What execute/schedule returned, kept as ``_result`` the way bamboo keeps it (None: True).
+    returned: Any = None
 
     def __post_init__(self) -> None:
         if self.ex_data is not None and len(self.ex_data) > limits.MAX_EX_DATA_CHARS:
@@ -109,6 +111,17 @@ def not_here_message(exc: Exception) -> str:
             "the process that runs this database's work must import every component its pipelines use: "
             "import the module that registers it there (a `culm worker` or the runtime holding the runner "
             "lock of a SQLite file), then retry the node (api.retry_node)")
+
+
+def result_value(returned: object) -> Any:
+    """What bamboo stores as ``_result`` for what ``execute``/``schedule`` returned: True for None,
+    the value itself otherwise (``"done"``, ``0``). A value that is not a JSON scalar (a list, an
+    object) is stored as its truth: bamboo would pickle it, culm's store keeps JSON only."""
+    if returned is None:
+        return True
+    if isinstance(returned, bool | int | float | str):
+        return returned
+    return bool(returned)
 
 
 def succeeded(returned: object) -> bool:
@@ -172,12 +185,13 @@ class ServiceCall:
         events.append(("pre_execute", ids))
         if signals.pre_service_execute.has_receivers:
             signals.pre_service_execute.send(ServiceCall, service=service, data=data, parent_data=parent)
-        ex_data = None
+        ex_data, returned = None, None
         began = time.perf_counter()
         try:
-            ok = succeeded(service.execute(data, parent))
+            returned = service.execute(data, parent)
+            ok = succeeded(returned)
         except Exception:  # noqa: BLE001 - component failure is a node failure
-            ok, ex_data = False, clip_ex_data(traceback.format_exc())
+            ok, ex_data, returned = False, clip_ex_data(traceback.format_exc()), False
             hooks("node_execute_exception")
             events.append(("node_execute_exception", {**ids, "ex_data": ex_data}))
         if observe.call_observer is not None:
@@ -193,7 +207,8 @@ class ServiceCall:
         if (ok and not need_schedule) or (not ok and self.error_ignorable):
             hooks("node_finish")
         stype = service.schedule_type() if need_schedule else None
-        res = self._result(data, logger, ok, ex_data=ex_data, need_schedule=need_schedule, schedule_type=stype)
+        res = self._result(data, logger, ok, ex_data=ex_data, need_schedule=need_schedule, schedule_type=stype,
+                           returned=result_value(returned))
         res.events = events
         return res
 
@@ -215,12 +230,13 @@ class ServiceCall:
         if signals.pre_service_schedule.has_receivers:
             signals.pre_service_schedule.send(ServiceCall, service=service, data=data, parent_data=parent,
                                               callback_data=callback_data)
-        ex_data = None
+        ex_data, returned = None, None
         began = time.perf_counter()
         try:
-            ok = succeeded(service.schedule(data, parent, callback_data))
+            returned = service.schedule(data, parent, callback_data)
+            ok = succeeded(returned)
         except Exception:  # noqa: BLE001
-            ok, ex_data = False, clip_ex_data(traceback.format_exc())
+            ok, ex_data, returned = False, clip_ex_data(traceback.format_exc()), False
             hooks("node_schedule_exception")
             events.append(("node_schedule_exception", {**ids, "ex_data": ex_data}))
         if observe.call_observer is not None:
@@ -240,7 +256,7 @@ class ServiceCall:
         if done or (not ok and self.error_ignorable):
             hooks("node_finish")
         res = self._result(data, logger, ok, ex_data=ex_data, schedule_type=stype, schedule_done=done,
-                           schedule_after=after)
+                           schedule_after=after, returned=result_value(returned))
         res.events = events
         return res
 

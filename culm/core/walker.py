@@ -276,10 +276,11 @@ def _check_revoked(step: Step, proc: ProcessRecord, stack_states: dict[str, Stat
     """End the process if a pipeline around it is revoked: the root (bamboo checks only that), or a
     subprocess (culm stops what runs inside a revoked subprocess too). Only a process whose node
     polled (or ran its execute) when the revoke came still walks (culm.core.revoking): it dies here."""
-    if any(st.name == states.REVOKED for st in stack_states.values()):
-        proc.dead = True
-        _note_quiet_move(step, proc, stack_states)
-        raise _Stop
+    for st in stack_states.values():  # a loop, not any() over a generator: every node entered pays
+        if st.name == states.REVOKED:
+            proc.dead = True
+            _note_quiet_move(step, proc, stack_states)
+            raise _Stop
 
 
 def _check_stack(step: Step, proc: ProcessRecord, stack_states: dict[str, StateRecord]) -> None:

@@ -82,6 +82,7 @@ def hydrate(
     keys: Iterable[str],
     *,
     lazy_resolver: LazyResolver | None = None,
+    nested_objects: bool = False,
 ) -> dict[str, Any]:
     """Resolve ``keys`` and everything they need.
 
@@ -90,6 +91,8 @@ def hydrate(
         keys: The ``${name}`` keys wanted; unknown ones are ignored.
         lazy_resolver: Called as ``lazy_resolver(var, rendered_value)`` for each lazy variable;
             without one a lazy variable resolves to its rendered value.
+        nested_objects: a splice or lazy value that is a sole ``${name['key'][0]}`` fragment
+            gives the object it points at (bamboo's ``ENABLE_RENDER_OBJ_BY_MAKO_STRING``).
 
     Returns:
         ``{bare name: value}`` for the requested keys and all their transitive references.
@@ -116,7 +119,7 @@ def hydrate(
     resolved: dict[str, Any] = {}
     for key in _dependency_order(refs):
         namespace = {deformat(ref): resolved[ref] for ref in refs[key] if ref in resolved}
-        resolved[key] = _resolve(variables[key], namespace, lazy_resolver)
+        resolved[key] = _resolve(variables[key], namespace, lazy_resolver, nested_objects)
     return {deformat(key): value for key, value in resolved.items()}
 
 
@@ -148,13 +151,14 @@ def _dependency_order(refs: Mapping[str, frozenset[str]]) -> list[str]:
     return order
 
 
-def _resolve(var: ContextVar, namespace: dict[str, Any], lazy_resolver: LazyResolver | None) -> Any:
+def _resolve(var: ContextVar, namespace: dict[str, Any], lazy_resolver: LazyResolver | None,
+             nested_objects: bool = False) -> Any:
     if var.type not in VAR_TYPES:
         raise HydrationError(f"variable {var.key} has unknown type {var.type!r}")
     if var.type == PLAIN:
         return var.value
     try:
-        rendered = template.render(var.value, namespace)
+        rendered = template.render(var.value, namespace, nested_objects)
     except ExpressionError as exc:
         raise HydrationError(f"variable {var.key} could not be rendered: {exc}") from exc
     if var.type == SPLICE or lazy_resolver is None:

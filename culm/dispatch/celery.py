@@ -36,17 +36,13 @@ stopping worker lets its tasks reach their next commit, 30), ``CULM_IMPORTS`` (c
 from __future__ import annotations
 
 import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import socket
-import sys
 import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Protocol
 
 from celery import Celery, signals
@@ -273,6 +269,11 @@ class WorkerWiring(Protocol):
     after the fork) and hands over the process's runner as the engine's dispatcher.
     """
 
+    def import_plugins(self, modules: Iterable[str]) -> list[str]:
+        """Import the plugin modules ``modules`` and those of ``$CULM_IMPORTS`` (comma-separated);
+        a ``.py`` name is a file. Returns the names imported (each once)."""
+        ...
+
     def check(self, db: str) -> None:
         """Refuse a database this culm cannot run on (an outdated schema) before anything starts."""
         ...
@@ -431,47 +432,28 @@ def _run_task(self: Any, task_id: str, kind: str | None = None) -> None:
 # -- the worker ---------------------------------------------------------------------------------
 
 
-def import_components(modules: Iterable[str]) -> list[str]:
-    """Import the given modules and those named in ``$CULM_IMPORTS`` (comma-separated).
-
-    A name ending in ``.py`` is a file (as ``culm run`` and ``culm worker --import`` take it),
-    imported under its stem unless a module loaded from that file is there already.
-    """
-    names = [m.strip() for m in modules if m.strip()]
-    names += [m.strip() for m in os.environ.get("CULM_IMPORTS", "").split(",") if m.strip()]
-    seen: list[str] = []
-    for name in names:
-        if name not in seen:
-            if name.endswith(".py"):
-                _import_file(Path(name))
-            else:
-                importlib.import_module(name)
-            seen.append(name)
-    return seen
-
-
-def _import_file(path: Path) -> None:
-    """Import the module file ``path`` once (``culm worker`` has usually loaded it already)."""
-    target = path.resolve()
-    for module in list(sys.modules.values()):
-        where = getattr(module, "__file__", None)
-        if where and Path(where).resolve() == target:
-            return
-    spec = importlib.util.spec_from_file_location(target.stem, target)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"{path} is not an importable Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[target.stem] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(target.stem, None)
-        raise
-
-
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     return float(raw) if raw else default
+
+
+# The default number of pool processes of a `culm worker` is the number of CPUs, at most this.
+# Each pool process is a whole engine: a runner with CULM_WORKER_THREADS user-code threads (8)
+# and a database pool of up to 10 (+20 overflow) connections. Its Celery task only hands a task
+# id to that runner, so a second process adds parallelism for CPU-bound components (one GIL each)
+# and overlaps one engine loop's commit waits with another's, and every process adds connections.
+# Celery's own default (every CPU) on a 64-CPU machine is 64 engines and up to 1,920 connections,
+# against PostgreSQL's default max_connections of 100: more is a sizing decision for the
+# operator (docs/distributed.md, "Scaling"), not a default. On this project's 2-CPU machine, and
+# any with 4 CPUs or fewer, the default is Celery's as before.
+DEFAULT_CONCURRENCY_CAP = 4
+
+
+def default_concurrency(cpus: int | None = None) -> int:
+    """The pool size of a worker started without ``--concurrency``: the CPUs, 1 to
+    :data:`DEFAULT_CONCURRENCY_CAP`."""
+    found = os.cpu_count() if cpus is None else cpus
+    return max(1, min(found or 1, DEFAULT_CONCURRENCY_CAP))
 
 
 def run_worker(
@@ -493,7 +475,7 @@ def run_worker(
         db: database URL (must be migrated: ``culm db upgrade``).
         broker: broker URL.
         imports: modules defining components (``$CULM_IMPORTS`` is added).
-        concurrency: pool size (Celery's default: the number of CPUs).
+        concurrency: pool size (default :func:`default_concurrency`: the number of CPUs, at most 4).
         queues: queue names to consume; default the execute, schedule and timer queues.
         loglevel: Celery log level.
         pool: Celery pool (``prefork``, ``threads``, ``solo``); default prefork.
@@ -507,7 +489,7 @@ def run_worker(
     if beat <= 0 or dead_after < 2 * beat:
         raise CulmError(f"CULM_WORKER_DEAD_AFTER ({dead_after:g}) must be at least twice CULM_WORKER_BEAT ({beat:g}), "
                         "which must be above 0: otherwise live workers are taken for dead")
-    import_components(imports)
+    wiring.import_plugins(imports)
     wiring.check(db)  # refuses an outdated schema before anything starts
     app = make_celery_app(broker, prefix=prefix)
     queues = queues or queue_names(prefix=prefix)
@@ -552,7 +534,7 @@ def run_worker(
     worker = app.Worker(
         hostname=f"culm-{os.getpid()}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}",
         queues=queues,
-        concurrency=concurrency,
+        concurrency=concurrency or default_concurrency(),
         pool_cls=pool or "prefork",
         loglevel=loglevel,
         without_gossip=True,

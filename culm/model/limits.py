@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from typing import Any
 
 from culm import _json
@@ -186,10 +187,56 @@ def id_text_problem(ident: str) -> str | None:
     it, a bidirectional override showed it reversed. Only printable characters (and spaces) are
     taken.
     """
-    if ident.isprintable():
-        return None
-    bad = next(char for char in ident if not char.isprintable())
-    return f"holds the character {bad!r}, which cannot be printed (ids take printable characters only)"
+    if not ident.isprintable():
+        bad = next(char for char in ident if not char.isprintable())
+        return f"holds the character {bad!r}, which cannot be printed (ids take printable characters only)"
+    if "/" in ident or ident in (".", ".."):
+        return _url_problem(ident)
+    return None if ident.isascii() else _lookalike_problem(ident)
+
+
+def _url_problem(ident: str) -> str | None:
+    """Why ``ident`` cannot be one segment of a URL's path, or None.
+
+    Found probing (session 16): a node id holding a ``/`` ran, and failed, but the REST API and
+    the console, which address a node as ``/api/v1/nodes/ID``, answered 404 for it, escaped or
+    not (servers decode ``%2F`` before routing): nobody there could retry or skip it. ``.`` and
+    ``..`` are taken by clients for steps in the path, and never reach the server as they are.
+    """
+    if "/" in ident:
+        return "holds a '/', which the REST API and the console cannot address (a node is /api/v1/nodes/ID): write it without one"
+    if ident in (".", ".."):
+        return f"is {ident!r}, which URLs take for a step in their path (the REST API and the console could not address it)"
+    return None
+
+
+# Scripts whose letters look alike (Latin a, Cyrillic а, Greek α): an id whose letters come from
+# two of them is the classic forgery of another id (Unicode TR 39's "highly restrictive" level).
+_CONFUSABLE_SCRIPTS = frozenset({"LATIN", "GREEK", "CYRILLIC"})
+
+
+def _lookalike_problem(ident: str) -> str | None:
+    """Why ``ident`` (printable, not ASCII) can look like another id it is not, or None.
+
+    Found probing (session 16): a tree could hold ``approve`` and ``аpprove`` (a Cyrillic а), or
+    ``n1`` and ``ｎ1`` (a fullwidth n), or ``é`` written as one character and as ``e`` plus an
+    accent: one id to a person's eye, two to the engine. An operator who retried "the" node
+    retried whichever their terminal's copy held.
+    """
+    normal = unicodedata.normalize("NFKC", ident)
+    if normal != ident:
+        return (f"is not in Unicode's NFKC form ({ascii(ident)}): it looks like {normal!r} ({ascii(normal)}), a different id "
+                "(ids take characters in their composed, compatibility-free form; write that)")
+    seen: dict[str, str] = {}
+    for char in ident:
+        if not char.isalpha():
+            continue
+        script = "LATIN" if char.isascii() else unicodedata.name(char, "").partition(" ")[0]
+        if script in _CONFUSABLE_SCRIPTS and seen.setdefault(script, char) == char and len(seen) > 1:
+            (first, one), (second, other) = list(seen.items())[:2]
+            return (f"mixes {first.title()} and {second.title()} letters ({one!r} and {other!r}), so it can look "
+                    "like another id: write each id in one of them")
+    return None
 
 
 def column_problem(text: str, width: int) -> str | None:

@@ -144,7 +144,8 @@ class ShapeChecker:
         if ident in self._ids:
             self.add(ident, "id is used more than once in the tree")
         self._ids.add(ident)
-        if not stored or (len(ident) <= limits.ID_LENGTH and ident.isascii() and ident.isprintable()):
+        if not stored or (len(ident) <= limits.ID_LENGTH and ident.isascii() and ident.isprintable()
+                          and "/" not in ident and ident not in (".", "..")):
             return  # the common case costs no call
         if problem := limits.column_problem(ident, limits.ID_LENGTH) or limits.id_text_problem(ident):
             self.add(label_text(ident), f"id {problem}")

@@ -208,6 +208,10 @@ class CachedUnit(SqliteUnit):
             self.cache.clear()
             raise
 
+    def hold_states(self, node_ids: Iterable[str]) -> dict[str, StateRecord]:
+        # SQLite's single writer holds every row until the commit: nothing to lock or read first.
+        return self.get_states(node_ids, mutable=())
+
     def get_states(self, node_ids: Iterable[str], *, mutable: Container[str] | None = None) -> dict[str, StateRecord]:
         c = self.cache
         found: dict[str, StateRecord] = {}

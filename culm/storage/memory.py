@@ -460,7 +460,9 @@ class MemoryUnit(TransactionView):
         return codec.loads(self._get("node_data", node_id))
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._put("node_data", node_id, codec.dumps_fields(inputs, f"inputs of node {node_id}"))
+        text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        self._put("node_data", node_id, text)
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._get("execution_data", node_id)
@@ -470,12 +472,13 @@ class MemoryUnit(TransactionView):
         """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         row = (codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs"))
         budget.check(node_id, "inputs" if len(row[0]) >= len(row[1]) else "outputs", len(row[0]) + len(row[1]),
-                     lambda: self.stored_bytes(node_id, but_execution_data=True))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
         self._put("execution_data", node_id, row)
 
-    def stored_bytes(self, node_id: str, but_execution_data: bool = False) -> tuple[str, int, int]:
-        """The root pipeline of ``node_id``, the bytes of payloads it holds and those of the
-        execution data of ``node_id`` apart (as SqlUnit's)."""
+    def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
+        """The root pipeline of ``node_id``, the bytes of payloads it holds (as SqlUnit's: execution
+        data, inputs overrides, histories, callback data, log lines and context values) and those
+        of the row of ``node_id`` in ``replacing`` apart. Summed at each call: a test store."""
         root_id = self.node_root(node_id)
         if root_id is None:
             return node_id, 0, 0
@@ -485,8 +488,14 @@ class MemoryUnit(TransactionView):
             held += len(data[0]) + len(data[1]) if data else 0
             held += len(self._get("node_data", other) or "")
             held += sum(len(h[2]) + len(h[3]) for _, h in self._where("history", "node", other))
-        own = self._get("execution_data", node_id) if but_execution_data else None
-        replaced = len(own[0]) + len(own[1]) if own else 0
+            held += sum(len(c[2]) for _, c in self._where("callback", "node", other))
+            held += sum(len(r[4]) for _, r in self._where("log", "node", other))
+            held += sum(len(v[2]) for _, v in self._where("context", "pipeline", other))
+        replaced = 0
+        if replacing == "culm_execution_data" and (own := self._get("execution_data", node_id)):
+            replaced = len(own[0]) + len(own[1])
+        elif replacing == "culm_node_data":
+            replaced = len(self._get("node_data", node_id) or "")
         return root_id, held - replaced, replaced
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:

@@ -15,3 +15,5 @@ VERSION_TABLE = "culm_alembic_version"
 TASK_TABLE = "culm_task"
 # Rows per state of culm_root_count (see the comment above ``root_count`` in culm.storage.schema).
 ROOT_COUNT_SHARDS = 16
+# Counter rows a root pipeline's stored bytes may be spread over (culm_root_bytes, revision 0010).
+ROOT_BYTES_SHARDS = 16

@@ -96,6 +96,29 @@ root_count = Table(
     Column("pipelines", BigInteger, nullable=False, default=0),
 )
 
+# Stored bytes per root pipeline (its nodes' execution data, inputs overrides, histories, callback
+# data and log lines, its pipelines' context values), for its budget (culm.storage.budget), and log
+# lines per run of a node (a log page's total). Database triggers keep both in the writing
+# transaction (migration 0010): no write path can miss them, no process has to add them up.
+# PostgreSQL and MySQL add to the row of the session's shard (the connection's id modulo
+# ROOT_BYTES_SHARDS), so writers of one pipeline on other connections rarely wait for each other;
+# a root's bytes are the sum of its rows. No row: nothing stored.
+root_bytes = Table(
+    "culm_root_bytes",
+    metadata,
+    Column("root_id", String(ID), primary_key=True),
+    Column("shard", Integer, primary_key=True, autoincrement=False),
+    Column("bytes", BigInteger, nullable=False),
+)
+
+log_count = Table(
+    "culm_log_count",
+    metadata,
+    Column("node_id", String(ID), primary_key=True),
+    Column("version", String(ID), primary_key=True),
+    Column("line_count", BigInteger, nullable=False),
+)
+
 process = Table(
     "culm_process",
     metadata,

@@ -7,12 +7,28 @@ client's request timed out. The server's protocol counts connections per client 
 client by its /64 network, as the other per-address limits do) and closes, as soon as it is
 accepted, a connection past :data:`MAX_CONNECTIONS_PER_CLIENT`. A peer that is a trusted proxy is
 not counted: every client behind it shares its address, and the proxy bounds its own.
+
+That bound alone leaves the same attack open from many addresses (session 16: uvicorn sets no time
+to receive a request, so one connection from each of 2,000 addresses, each having sent part of a
+request's head, is held for ever). A request must also arrive in bounded time: its head within
+:data:`REQUEST_SECONDS` of its first byte (or of the connection's opening), its body at no less than
+:data:`MIN_BODY_RATE` bytes a second after that (Apache's mod_reqtimeout has the same two rules).
+A request that does not is answered 408 and its connection closed. The time the application takes
+is not counted: a connection whose whole request has arrived, or whose reading the server paused
+(its application has not yet read what came), is never timed out.
+
+The same holds for reading the answer: a client that asks for a large one (a tree of 4 MB) and
+does not read it keeps it in the server's memory (200 such connections took a service from 104 MB
+to 512 MB, held for as long as the clients kept them, session 16). A connection whose answer waits
+unread (the transport's buffer over its high-water mark) for as long as the request timeout is
+dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
@@ -21,14 +37,22 @@ from culm.web.auth import address_key
 
 # A browser opens at most 6 connections to one server over HTTP/1.1; a script's pool, tens.
 MAX_CONNECTIONS_PER_CLIENT = 64
+# Seconds a request's head may take to arrive, from its first byte (`culm serve --request-timeout`).
+REQUEST_SECONDS = 30.0
+# Bytes a second a request's body must arrive at, on average, once REQUEST_SECONDS have passed: a
+# 4 MiB body (the default --max-body) may take 30 s + 70 min; a client sending less pays bandwidth.
+MIN_BODY_RATE = 1_000
 
 
-def counted_protocol(trusted_proxies: str) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol, refusing a client's connections past MAX_CONNECTIONS_PER_CLIENT.
+def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECONDS) -> type[asyncio.Protocol]:
+    """uvicorn's HTTP protocol, refusing a client's connections past MAX_CONNECTIONS_PER_CLIENT and
+    closing (408) a connection whose request does not arrive in time.
 
     Args:
         trusted_proxies: the peers not counted, as ``culm serve --trusted-proxies`` takes them
             (addresses and networks separated by commas, ``*`` for any, ``''`` for none).
+        request_seconds: the time a request's head may take (see REQUEST_SECONDS, MIN_BODY_RATE),
+            and an answer may wait unread.
     """
     networks = [] if trusted_proxies.strip() == "*" else [
         ipaddress.ip_network(e.strip(), strict=False) for e in trusted_proxies.split(",") if e.strip()]
@@ -44,9 +68,14 @@ def counted_protocol(trusted_proxies: str) -> type[asyncio.Protocol]:
 
     class CountedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _culm_client: str | None = None
+        _culm_timer: asyncio.TimerHandle | None = None
+        _culm_started = 0.0  # when the request being received began (its first byte)
+        _culm_bytes = 0  # bytes of it received so far
+        _culm_stall: asyncio.TimerHandle | None = None  # while an answer waits unread
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
+            self._culm_start_request()
             peer = transport.get_extra_info("peername")
             host = str(peer[0]) if peer else ""
             if not host or trusted(host):
@@ -58,7 +87,68 @@ def counted_protocol(trusted_proxies: str) -> type[asyncio.Protocol]:
             held[key] = held.get(key, 0) + 1
             self._culm_client = key
 
+        def data_received(self, data: bytes) -> None:
+            if self._culm_timer is None:
+                self._culm_start_request()
+            self._culm_bytes += len(data)
+            super().data_received(data)
+            if self._culm_request_in():
+                self._culm_stop_timer()
+
+        def _culm_start_request(self) -> None:
+            self._culm_started, self._culm_bytes = time.monotonic(), 0
+            self._culm_timer = self.loop.call_later(request_seconds, self._culm_check)
+
+        def _culm_stop_timer(self) -> None:
+            if self._culm_timer is not None:
+                self._culm_timer.cancel()
+                self._culm_timer = None
+
+        def _culm_request_in(self) -> bool:
+            """Whether the whole of the current request has arrived (the application has it)."""
+            cycle = self.cycle
+            return cycle is not None and not cycle.response_complete and not cycle.more_body
+
+        def _culm_check(self) -> None:
+            self._culm_timer = None
+            if self.transport.is_closing() or self._culm_request_in():
+                return
+            now = time.monotonic()
+            if self.flow.read_paused:  # the application has not read what came: not the client's doing
+                self._culm_started, self._culm_bytes = now - request_seconds / 2, 0
+                self._culm_timer = self.loop.call_later(request_seconds / 2, self._culm_check)
+                return
+            deadline = self._culm_started + request_seconds + self._culm_bytes / MIN_BODY_RATE
+            if now < deadline:
+                self._culm_timer = self.loop.call_later(deadline - now, self._culm_check)
+                return
+            self._culm_time_out()
+
+        def _culm_time_out(self) -> None:
+            if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+                body = (f"the request did not arrive in time: its head must arrive within {request_seconds:g} s "
+                        f"of its first byte, its body at {MIN_BODY_RATE:,} bytes a second or more after that "
+                        f"(got {self._culm_bytes:,} bytes in {time.monotonic() - self._culm_started:.0f} s)\n").encode()
+                self.transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                                     b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            self.transport.close()
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._culm_stall is None:
+                self._culm_stall = self.loop.call_later(request_seconds, self.transport.abort)
+
+        def resume_writing(self) -> None:
+            if self._culm_stall is not None:
+                self._culm_stall.cancel()
+                self._culm_stall = None
+            super().resume_writing()
+
         def connection_lost(self, exc: Exception | None) -> None:
+            self._culm_stop_timer()
+            if self._culm_stall is not None:
+                self._culm_stall.cancel()
+                self._culm_stall = None
             key = self._culm_client
             if key is not None:
                 self._culm_client = None

@@ -51,7 +51,8 @@ class FastJSON(JSONResponse):
     ``"Infinity"`` or ``"-Infinity"``: Python writes them as bare ``NaN``, which is not JSON, and a
     browser's ``JSON.parse`` then refuses the whole answer (the console could not show the node).
     An int too long to write, a key JSON cannot hold (a tuple), a value that holds itself: see
-    :func:`culm._json.viewable` (each was a 500, the last one a request that never ended).
+    :func:`culm._json.viewable` (each was a 500, the last one a request that never ended). A lone
+    surrogate in a string is written as its JSON escape.
     """
 
     def render(self, content: Any) -> bytes:
@@ -60,7 +61,9 @@ class FastJSON(JSONResponse):
         except (ValueError, TypeError, RecursionError):  # rare: only then is the content walked
             text = json.dumps(viewable(content), default=_default, ensure_ascii=False, separators=(",", ":"),
                               allow_nan=False)
-        return text.encode()
+        # A lone surrogate (a JSON body may hold one: "\ud800") cannot be UTF-8: it is sent escaped,
+        # as ensure_ascii would (an id echoed in a tree's problems was a 500, found probing session 16).
+        return text.encode("utf-8", "backslashreplace")
 
 
 class ProblemError(HTTPException):

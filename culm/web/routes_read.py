@@ -42,7 +42,7 @@ def list_pipelines(
     created_after: datetime | None = None,
     created_before: datetime | None = None,
     limit: int = Query(50, ge=1, le=LIST_LIMIT_MAX),
-    offset: int = Query(0, ge=0),
+    offset: int = Query(0, ge=0, le=2**62),  # as culm.api.list_pipelines takes it
 ) -> FastJSON:
     if state is not None and state not in STATES:
         raise ProblemError(422, f"state must be one of {', '.join(STATES)}, got {state!r}")

@@ -85,6 +85,19 @@ def test_validate_bad_tree_lists_every_problem(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
+def test_validate_and_run_print_an_id_holding_a_lone_surrogate_escaped(tmp_path: Path) -> None:
+    # Found probing (session 16): JSON may write half of a UTF-16 pair ("\\ud800"); `culm validate`
+    # printed the first problem naming such an id, then died with a UnicodeEncodeError traceback
+    # at the next, which names the pipeline by its raw id.
+    path = tmp_path / "surrogate.json"
+    path.write_text('{"id": "p\\ud800", "start_event": {}}')
+    for args in (["validate", str(path)], ["run", str(path)]):
+        out = culm(tmp_path, *args)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+        assert "id holds a lone surrogate" in out.stdout + out.stderr
+        assert "p\\ud800: pipeline key 'flows' must be a dict" in out.stdout + out.stderr  # escaped: no stream encodes it
+
+
 def test_validate_refuses_variables_that_need_each_other(tmp_path: Path) -> None:
     tree = example_tree()
     tree["data"]["inputs"].update({"${ping}": {"type": "splice", "value": "${pong}"},
@@ -283,7 +296,7 @@ def test_bad_module_is_reported_without_traceback(tmp_path: Path) -> None:
 
 def test_status_of_unknown_id(tmp_path: Path) -> None:
     out = culm(tmp_path, "status", "nothing_here")
-    assert out.returncode == 4 and "no database at" in out.stderr  # and none was created
+    assert out.returncode == 3 and "no database at" in out.stderr  # and none was created
     assert not (tmp_path / "cli.db").exists()
     assert culm(tmp_path, "run", str(EXAMPLES / "tree.json")).returncode == 0
     out = culm(tmp_path, "status", "nothing_here")
@@ -328,7 +341,7 @@ def test_worker_with_a_missing_module_names_the_module_not_a_driver(tmp_path: Pa
 @pytest.mark.parametrize(
     ("args", "usage", "message"),
     [
-        (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts' (choose from 'run', "),
+        (["stauts", "x"], "usage: culm [-h]", "invalid choice: 'stauts'; did you mean 'status'?"),
         (["db", "upgrde"], "usage: culm db ", "invalid choice: 'upgrde' (choose from 'upgrade', 'recount'); did you mean 'upgrade'?"),
         (["token", "create", "--role", "viewr"], "usage: culm token create ", "did you mean 'viewer'?"),
         (["run", "tree.json", "--frobnicate"], "usage: culm run ", "culm run: error: unrecognized arguments: --frobnicate"),
@@ -421,7 +434,9 @@ def test_the_worker_imports_a_module_file_named_in_culm_imports(tmp_path: Path, 
     """`culm run` takes a MODULE.py from $CULM_IMPORTS; run_worker, which reads it again, used to
     `import_module("comp.py")` and stop the worker with ModuleNotFoundError."""
     from culm.components import library
-    from culm.dispatch.celery import import_components
+    from culm.runtime import WorkerWiring
+
+    import_components = WorkerWiring().import_plugins
 
     path = tmp_path / "cli_worker_file_comp.py"
     path.write_text(FAILING_COMPONENT.replace("cli_test_exploding", "cli_worker_file_comp") + "RUNS = [1]\n")
@@ -482,7 +497,7 @@ def test_an_empty_token_list_says_how_to_make_one(tmp_path: Path) -> None:
 def test_reading_commands_of_admin_create_no_database(tmp_path: Path, args: list[str]) -> None:
     """docs/cli.md: a read command never creates a database file; `workers` and `token list` did."""
     out = culm(tmp_path, *args)
-    assert out.returncode == 4, out.stdout + out.stderr
+    assert out.returncode == 3, out.stdout + out.stderr
     assert out.stderr.startswith(f"error: no database at {tmp_path / 'cli.db'}: nothing has run there yet")
     assert not (tmp_path / "cli.db").exists()
 
@@ -531,7 +546,7 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
                 ).returncode == 0
     relative = str(tmp_path / "abs.db").lstrip("/")
     out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")
-    assert out.returncode == 4 and out.stderr.endswith(
+    assert out.returncode == 3 and out.stderr.endswith(
         f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
         f"sqlite:////{relative})\n"), out.stderr
 
@@ -682,8 +697,8 @@ def test_the_status_hint_asks_for_the_import_the_retry_needs_and_tables_end_with
     status = culm(tmp_path, "status", "order_1234")
     assert status.returncode == 1
     assert status.stdout.splitlines()[-1] == (
-        "1 failed node(s): retry with `culm retry NODE [--data '{...}'] --import MODULE`, skip with "
-        "`culm skip NODE --import MODULE`, or stop with `culm revoke PIPELINE` (MODULE: the module or .py "
+        "1 failed node(s): retry with `culm retry charge_card [--data '{...}'] --import MODULE`, skip with "
+        "`culm skip charge_card --import MODULE`, or stop with `culm revoke order_1234` (MODULE: the module or .py "
         "file that defines the components, as given to `culm run`)")
     retried = culm(tmp_path, "retry", "charge_card", "--data", '{"amount": 80}', "--import",
                    str(EXAMPLES / "operator_session.py"))

@@ -17,6 +17,7 @@ from fastapi.testclient import TestClient
 
 import culm
 from culm import api
+from culm.storage.migrate import HEAD_REVISION
 from culm.web.app import create_app
 
 pytestmark = pytest.mark.timeout(300)
@@ -92,9 +93,10 @@ def test_a_command_on_a_database_missing_culm_tables_exits_4_naming_table_and_fi
     assert out.returncode == 4, (out.returncode, out.stdout, out.stderr)
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "has no culm table culm_" in last, last
-    assert "records schema revision 0009" in last and f"culm db upgrade --db sqlite:///{dropped}" in last, (
-        last
-    )
+    assert (
+        f"records schema revision {HEAD_REVISION}" in last
+        and f"culm db upgrade --db sqlite:///{dropped}" in last
+    ), last
 
 
 def test_rest_answers_503_naming_the_missing_table_and_the_fix(tmp_path: Path) -> None:

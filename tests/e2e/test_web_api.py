@@ -258,6 +258,26 @@ def test_a_key_twice_in_one_object_is_refused_naming_it(served: Any, admin: http
     assert admin.get("/api/v1/pipelines").json()["total"] == before
 
 
+def test_a_lone_surrogate_echoed_in_problems_is_answered_escaped(served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    """Found probing (session 16): a tree whose id was "\\ud800" (JSON may escape half of a UTF-16
+    pair) had its problems answered 500: the id echoed in them could not be written as UTF-8."""
+    before = admin.get("/api/v1/pipelines").json()["total"]
+    for path in ("/api/v1/validate", "/api/v1/pipelines"):
+        res = admin.post(path, content=b'{"tree": {"id": "p\\ud800"}}', headers={"Content-Type": "application/json"})
+        assert res.status_code in (200, 422), res.text
+        problems = res.json()["problems"]
+        assert any(p["message"] == "id holds a lone surrogate" for p in problems), problems
+        assert "p\ud800" in {p["node_id"] for p in problems}  # the id as sent, escaped in the JSON text
+    assert admin.get("/api/v1/pipelines").json()["total"] == before
+
+
+@pytest.mark.parametrize("offset", ["4611686018427387905", "99999999999999999999999999"])
+def test_a_list_offset_past_what_is_taken_is_a_422_naming_it(admin: httpx.Client, offset: str) -> None:
+    # Found probing (session 16): it was a 409 Conflict, as if the pipelines had changed.
+    res = admin.get(f"/api/v1/pipelines?offset={offset}")
+    assert res.status_code == 422 and res.json()["detail"].startswith("query.offset: "), res.text
+
+
 def test_a_body_that_is_not_sent_as_json_says_so(admin: httpx.Client) -> None:
     res = admin.post("/api/v1/pipelines", content=b'{"tree": {}}', headers={"Content-Type": "text/plain"})
     assert res.status_code == 422

@@ -5,7 +5,6 @@ Set ``CULM_SCREENSHOTS=docs`` to write the README's screenshots into ``docs/``.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -147,10 +146,11 @@ def test_failed_node_is_red_with_its_error_then_retried_with_new_inputs(browser:
     assert buttons == ["retry", "skip"]
     screenshot(browser, "console-node.png", tmp_path)
     find(browser, '#node-actions button[data-action="retry"]').click()
-    area = find(browser, "#retry-inputs")
-    assert json.loads(area.get_attribute("value")) == {"divisor": 0}
-    area.clear()
-    area.send_keys('{"divisor": 4}')
+    divisor = find(browser, '#retry-fields [data-key="divisor"]')  # one field per input, typed
+    assert (divisor.get_attribute("value"), divisor.get_attribute("data-kind")) == ("0", "number")
+    divisor.clear()
+    divisor.send_keys("4")
+    wait_until(lambda: text(browser, "#retry-changes") == "Changes: divisor: 0 → 4", 10, 0.05, what="the change shown")
     find(browser, "#action-submit").click()
     # The page follows the change feed: no reload, the node and the pipeline turn FINISHED.
     find(browser, f'#graph .node[data-node-id="{act}"][data-state="FINISHED"]', 30)

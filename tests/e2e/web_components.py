@@ -104,3 +104,22 @@ class AwkwardComponent(Component):
     code = "web_awkward"
     name = "Output a value JSON cannot write"
     bound_service = AwkwardService
+
+
+class OrderService(Service):
+    """Takes inputs of every JSON kind (``amount`` int, ``note`` text, ``express`` bool, ``tags``
+    list); fails above an amount of 100, else outputs them as ``got``."""
+
+    def execute(self, data, parent_data):
+        amount = data.get_one_of_inputs("amount")
+        if not isinstance(amount, int) or amount > 100:
+            data.outputs.ex_data = f"amount {amount!r} is over the limit of 100"
+            return False
+        data.outputs.got = {k: data.get_one_of_inputs(k) for k in ("amount", "note", "express", "tags")}
+        return True
+
+
+class OrderComponent(Component):
+    code = "web_order"
+    name = "Take an order"
+    bound_service = OrderService

@@ -30,6 +30,12 @@ def harness(tmp_path_factory):
     use with two workers and torn down at the module's end (held for the whole session, its
     workers' connections counted against the servers' limits in every later module: the storm
     tests then met "too many clients")."""
+    yield from harness_backends(tmp_path_factory, HARNESS_IMPORTS, workers=2)
+
+
+def harness_backends(tmp_path_factory: Any, imports: str, workers: int):
+    """The body of a module-scoped fixture giving ``get(name)``: the harness-style backend ``name``
+    whose workers import ``imports``, started on first use, torn down when the fixture ends."""
     started: dict[str, HarnessBackend] = {}
 
     def get(name: str) -> HarnessBackend:
@@ -39,10 +45,10 @@ def harness(tmp_path_factory):
                 if not reachable("127.0.0.1", port):
                     unavailable(f"{name}: nothing listens on 127.0.0.1:{port}")
             backend = HarnessBackend(name, db_kind, broker, tmp_path_factory.mktemp(f"harness-{name}"),
-                                     imports=HARNESS_IMPORTS)
+                                     imports=imports)
             started[name] = backend
             backend.setup()
-            backend.start_workers(2)
+            backend.start_workers(workers)
         return started[name]
 
     yield get

@@ -91,3 +91,6 @@ def test_fill_copies_every_table_under_fresh_ids(empty_url):
     # The kept counts (what the unfiltered list above reported) hold the copies: counted again.
     assert _rows(empty_url, "SELECT name, SUM(pipelines) FROM culm_root_count GROUP BY name HAVING SUM(pipelines) <> 0") \
         == [("FINISHED", PIPELINES)]
+    # The stored bytes of each copy (revision 0010's triggers) are its seed's, kept under its own root.
+    held = _rows(empty_url, "SELECT root_id, SUM(bytes) FROM culm_root_bytes GROUP BY root_id")
+    assert len(held) == PIPELINES and all(int(b) > 0 for _r, b in held), held[:3]

@@ -44,7 +44,7 @@ def one_error(out: subprocess.CompletedProcess, code: int, *fragments: str) -> N
 @pytest.mark.parametrize("args", [["status", "p1"], ["list"], ["logs", "n1"], ["history", "n1"], ["watch", "p1"],
                                   ["retry", "n1"], ["run", "--attach", "p1"]])
 def test_a_read_or_control_command_never_creates_a_database(tmp_path: Path, args: list[str]) -> None:
-    one_error(culm(tmp_path, *args), 4, "no database at", "err.db")
+    one_error(culm(tmp_path, *args), 3, "no database at", "err.db")
     assert not list(tmp_path.iterdir())
 
 

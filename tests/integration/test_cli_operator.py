@@ -111,7 +111,7 @@ def test_fail_status_retry_with_new_data_finished(cli: Cli) -> None:
     root = tree["id"]
     out = run_until_failed(cli, path, tree)
     assert f"FAILED step1 ({node})" in out.stdout and "t_fail said no" in out.stdout
-    assert "culm retry NODE" in out.stdout
+    assert f"culm retry {node} [--data" in out.stdout  # the one failed node named: the hint can be pasted
 
     status = cli("status", root)
     assert status.returncode == 1
@@ -159,7 +159,8 @@ def test_callback_pause_resume_and_watch(cli: Cli) -> None:
     assert f"step1 ({node}): waits for a callback with version" in out.stdout
 
     status = cli("status", root)
-    assert status.returncode == 0 and "waits: waits for a callback" in status.stdout
+    assert status.returncode == 0 and "└── waits for a callback with version" in status.stdout
+    assert "waits: waits" not in status.stdout  # said once
     assert cli("pause", root).returncode == 0
     paused = cli.json("status", root)
     assert paused["tree"]["state"] == "SUSPENDED" and paused["tree"]["wait_reason"]["kind"] == "paused"

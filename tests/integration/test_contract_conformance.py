@@ -388,6 +388,13 @@ def test_command_line_exit_codes_as_the_harness_sees_them(tmp_path):
         return subprocess.run([sys.executable, "-m", "culm", *args], cwd=tmp_path, env=env, capture_output=True,
                               text=True, timeout=120)
 
+    # No database file where the default points (./culm.db): nothing there has that id.
+    (tmp_path / "empty").mkdir()
+    fresh = {k: v for k, v in env.items() if k != "CULM_DATABASE_URL"}
+    ghost = subprocess.run([sys.executable, "-m", "culm", "status", "ghost"], cwd=tmp_path / "empty", env=fresh,
+                           capture_output=True, text=True, timeout=120)
+    assert ghost.returncode == 3 and "no database at culm.db" in ghost.stderr, ghost.stderr
+    assert not list((tmp_path / "empty").iterdir())
     ran = culm_cli("run", "flow.py")
     assert ran.returncode == 1 and "cli_node" in ran.stdout + ran.stderr and "ct_fail: ok is false" in ran.stdout
     status = culm_cli("status", "cli_pipe", "--json")

@@ -90,7 +90,8 @@ def test_a_dict_ex_data_is_kept_as_the_component_wrote_it(rt):
 
 def test_what_execute_returns_counts_by_its_truth(rt):
     """None and True succeed, False fails (the contract); bamboo judges any other value by its
-    truth: ``"done"`` succeeds, ``0`` fails."""
+    truth: ``"done"`` succeeds, ``0`` fails, and keeps the value itself as ``_result`` (culm
+    stored the bool)."""
     from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
 
     start, nodes = EmptyStartEvent(), [ServiceActivity(component_code="ci_returns") for _ in range(4)]
@@ -102,7 +103,8 @@ def test_what_execute_returns_counts_by_its_truth(rt):
     pid = start_run(rt, build_tree(start))
     wait_for(rt, nodes[-1].id, "FAILED")
     assert [state_of(rt, n.id) for n in nodes] == ["FINISHED", "FINISHED", "FINISHED", "FAILED"]
-    assert [api.get_execution_data_outputs(rt, n.id).data["_result"] for n in nodes] == [True, True, True, False]
+    # bamboo keeps what execute returned as `_result` (None: True)
+    assert [api.get_execution_data_outputs(rt, n.id).data["_result"] for n in nodes] == [True, True, "done", 0]
     assert state_of(rt, pid) == "RUNNING"
 
 
@@ -528,3 +530,29 @@ def test_loop_retry_and_loop_skip_of_a_node_loop(rt, how):
     wait_for(rt, plain.id, "FAILED")
     for res in (api.retry_node(rt, plain.id, loop_retry=True), api.skip_node(rt, plain.id, loop_skip=True)):
         assert not res.result and plain.id in res.message and "loop_config" in res.message
+
+
+def test_children_states_of_a_nested_subprocess_give_the_root_as_its_parent(rt):
+    """bamboo's ``get_children_states`` puts the asked node's *root* id in its entry's ``parent_id``
+    (``"parent_id": parent_state.root_id``), at any depth; its children keep their own parent (the
+    asked node). culm gave a subprocess inside another one the outer subprocess as its parent."""
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, build_tree
+
+    inner2 = EmptyStartEvent()
+    act = ServiceActivity(component_code="ci_echo")
+    inner2.extend(act).extend(EmptyEndEvent())
+    sub2 = SubProcess(start=inner2)
+    inner1 = EmptyStartEvent()
+    inner1.extend(sub2).extend(EmptyEndEvent())
+    sub1 = SubProcess(start=inner1)
+    start = EmptyStartEvent()
+    start.extend(sub1).extend(EmptyEndEvent())
+    pid = start_run(rt, build_tree(start))
+    wait_for(rt, pid, "FINISHED")
+    for node_id in (pid, sub1.id, sub2.id):
+        entry = api.get_children_states(rt, node_id).data[node_id]
+        assert (entry["parent_id"], entry["root_id:"]) == (pid, pid), node_id
+        assert entry["children"] and {c["parent_id"] for c in entry["children"].values()} == {node_id}
+    assert act.id in api.get_children_states(rt, sub2.id).data[sub2.id]["children"]
+    nested = api.get_pipeline_states(rt, pid, flat_children=False).data[pid]
+    assert nested["children"][sub1.id]["children"][sub2.id]["parent_id"] == sub1.id  # the state's own parent

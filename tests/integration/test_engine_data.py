@@ -252,6 +252,10 @@ def test_update_context_values(runtime):
 
 def test_update_context_values_refusals(runtime):
     refused(api.update_context_values(runtime, "p" + "0" * 32, {"${a}": 1}), "p" + "0" * 32)
+    # a key no tree can have was ignored without a word (a user who wrote "a" for "${a}")
+    refused(api.update_context_values(runtime, "p" + "0" * 32, {"${a}": 1, "a": 2}), "key 'a' is not a context key",
+            "'${a}'")
+    refused(api.update_context_values(runtime, "p" + "0" * 32, {1: 2}), "key 1 is not a context key")
 
 
 def test_preview_node_inputs(runtime):

@@ -381,8 +381,24 @@ def test_a_sqlite_file_at_0008_gets_the_log_index_when_opened(tmp_path):
     url, _ = _sqlite_file_at(tmp_path, "0008", _store_logs)
     store = SqlStore(url)  # the version check upgrades an embedded file
     try:
-        assert migrate.current_version(store) == "0009"
+        assert migrate.current_version(store) == migrate.HEAD_REVISION
         plan = _tail_plan(store)
         assert "ix_culm_log_node_version_id" in plan and not _sorts(plan), plan
+    finally:
+        store.dispose()
+
+
+def test_a_sqlite_file_at_0009_gets_its_stored_counts_when_opened(tmp_path):
+    """0010 counts what a file stores (bytes per root pipeline, lines per run) when it is opened."""
+    url, _ = _sqlite_file_at(tmp_path, "0009", _store_logs)
+    store = SqlStore(url)
+    try:
+        assert migrate.current_version(store) == "0010"
+        with store.reading() as unit:
+            assert unit.log_count("n1", "v1") == 400
+        with store.engine.connect() as conn:
+            kept = conn.exec_driver_sql("SELECT SUM(bytes) FROM culm_root_bytes").scalar()
+            real = conn.exec_driver_sql("SELECT SUM(LENGTH(line)) FROM culm_log").scalar()
+        assert kept == real > 0
     finally:
         store.dispose()

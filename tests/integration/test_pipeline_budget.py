@@ -132,3 +132,23 @@ def test_a_retry_past_the_budget_is_refused_and_the_node_can_be_skipped(small_bu
     never_stuck(rt, tree["id"])
     api.skip_node(rt, act.id)
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_retry_inputs_past_the_budget_are_refused_naming_the_node(small_budget):
+    """An operator's new inputs for a retry are checked too (they were counted, never checked)."""
+    rt = small_budget
+    bigs = [activity("t_none", MB, MB, MB, MB) for _ in range(3)]  # 12 MB
+    big, failing = bigs[0], activity("t_fail", MB, MB, MB)  # + 3 MB, + its 3 MB history at a retry
+    tree = line(*bigs, failing)
+    run(rt, tree)
+    wait_state(rt, failing.id, "FAILED", timeout=60)
+    res = api.retry_node(rt, failing.id, {"p0": "z" * 3_000_000, "p1": "z" * 3_000_000})  # 6 MB more
+    assert not res.result
+    assert f"node {failing.id}: storing its inputs (6,000," in res.message, res.message
+    assert "MAX_PIPELINE_STORED_BYTES" in res.message and "20,000,000" in res.message, res.message
+    assert wait_state(rt, failing.id, "FAILED")["retry"] == 0  # nothing moved, nothing lost
+    assert len(api.get_execution_data(rt, big.id).data["inputs"]["p0"]) == 999_999
+    assert stored(rt, failing.id) <= BUDGET
+    res = api.retry_node(rt, failing.id, {"p0": "small", "p1": "", "p2": ""})  # smaller inputs fit
+    assert res.result, res.message
+    never_stuck(rt, tree["id"])

@@ -304,7 +304,7 @@ def test_defining_a_component_registers_it(code):
     cls = make_component(code)
     assert library.get(code) is cls
     assert library.get(code, "legacy") is cls
-    assert (code, "legacy") in library and library.has(code) and code in library.codes()
+    assert (code, "legacy") in library and (code, None) in library and library.has(code) and code in library.codes()
     assert library.versions(code) == ["legacy"] and cls in library.all()
     assert cls.version == "legacy" and cls.is_default_version is False
 

@@ -128,7 +128,10 @@ def _reserved(run: Run, res: CallResult, plain: dict[str, Any]) -> dict[str, Any
     outputs = dict(plain)
     if res.ex_data is not None:
         outputs["ex_data"] = res.ex_data
-    outputs["_result"] = res.ok
+    # bamboo keeps what the component returned ("done", 0); a result failed by culm itself (a
+    # value the store refused) or without a return value of its own is the bool.
+    returned = res.returned
+    outputs["_result"] = returned if returned is not None and bool(returned) == res.ok else res.ok
     outputs["_loop"], outputs["_inner_loop"] = run.state.loop, run.state.inner_loop
     return outputs
 
@@ -198,7 +201,7 @@ def _outputs_to_context(run: Run, ok: bool, outputs: dict[str, Any]) -> tuple[li
     if run.state.inner_loop <= 1:
         items = []
     entry = dict(outputs.get("outputs") or {}) if isinstance(outputs.get("outputs"), dict) else {}
-    entry.update(result=ok, inner_loop=run.state.inner_loop)
+    entry.update(result=outputs.get("_result", ok), inner_loop=run.state.inner_loop)
     items.append(entry)
     loop_times = int(times.value if times is not None else cfg.get("loop_times") or 0)
     return [ContextValue(key, "plain", items)], loop_times

@@ -27,7 +27,7 @@ def start(run: Run) -> Outcome:
     if not spec.pre_render_keys:
         return _started(run, {})
     gathered = cdata.gather_keys(spec.pre_render_keys, run.fetch_from(spec.id))
-    return rendering.resolve_then(run, gathered, lambda lazy: cdata.resolved_keys(gathered, lazy), _started)
+    return rendering.resolve_then(run, gathered, lambda lazy: cdata.resolved_keys(gathered, lazy, rendering.nested_objects(run)), _started)
 
 
 def _started(run: Run, values: Any) -> Outcome:
@@ -47,7 +47,7 @@ def end(run: Run) -> Outcome:
     if not spec.outputs:
         return _ended(run, {})
     gathered = cdata.gather_keys(spec.outputs, run.fetch_from(pipeline_id))
-    return rendering.resolve_then(run, gathered, lambda lazy: cdata.resolved_keys(gathered, lazy), _ended)
+    return rendering.resolve_then(run, gathered, lambda lazy: cdata.resolved_keys(gathered, lazy, rendering.nested_objects(run)), _ended)
 
 
 def _ended(run: Run, resolved: Any) -> Outcome:

@@ -8,10 +8,10 @@ from typing import Any
 
 from culm.core import data as cdata
 from culm.core import rendering
-from culm.core.engine import GATEWAY_STRATEGY_FIRST
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import EXECUTE, ProcessRecord, TaskRecord, new_id, now
 from culm.core.run import Run
+from culm.core.settings import GATEWAY_STRATEGY_FIRST
 from culm.data import boolrule, template
 from culm.errors import CulmError, ExpressionError
 from culm.model.compiled import Condition

@@ -43,7 +43,7 @@ from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import budget, codec, listing
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
-from culm.storage.names import ROOT_COUNT_SHARDS
+from culm.storage.names import ROOT_BYTES_SHARDS, ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
     CALLBACK_SEQ,
@@ -55,6 +55,7 @@ from culm.storage.sql.statements import (
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     LOCK_FREE_SCHEDULE,
+    LOG_COUNT,
     LOG_LINES,
     LOG_TAIL,
     NODE_COLUMNS,
@@ -74,6 +75,9 @@ from culm.storage.sql.statements import (
     RELOCK_SCHEDULE,
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
+    ROOT_BYTES_HELD,
+    ROOT_BYTES_LOCK,
+    ROOT_BYTES_OWN,
     ROOT_COUNT_ADD,
     ROOT_COUNT_INSERT,
     ROOT_COUNT_ROWS,
@@ -281,7 +285,8 @@ class SqlUnit:
     # The SQL function giving a stored text's bytes (payloads are ASCII, so characters will do;
     # PostgreSQL's OCTET_LENGTH reads a toasted value's header only, LENGTH the whole value).
     octet_length = "LENGTH"
-    remembers_budget_counts = False  # budget.check may count a root from memory (root_of; SQLite)
+    # Locks every counter row of a root pipeline (budget checks; see stored_bytes): ROOT_BYTES_LOCK.
+    root_bytes_lock = ROOT_BYTES_LOCK
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -1298,8 +1303,11 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
-        self._upsert("culm_node_data", {"node_id": node_id, "inputs": codec.dumps_fields(inputs, f"inputs of node {node_id}")},
-                     ["node_id"])
+        """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
+        before anything is written."""
+        text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
@@ -1310,35 +1318,25 @@ class SqlUnit:
         anything is written."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, but_execution_data=True), self._counted_root(node_id))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
         self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
 
-    def _counted_root(self, node_id: str) -> Callable[[], str | None] | None:
-        """How budget.check finds ``node_id``'s root where it may count from memory (a store whose
-        counting reads every value whole: see ``remembers_budget_counts``), else None."""
-        return (lambda: self.node_root(node_id)) if self.remembers_budget_counts else None
-
-    def stored_bytes(self, node_id: str, but_execution_data: bool = False) -> tuple[str, int, int]:
-        """The id of the root pipeline of ``node_id``, the bytes of payloads it holds (its nodes'
-        execution data, inputs overrides and histories) and, when ``but_execution_data``, the
-        execution data of ``node_id`` itself apart (a write is about to replace it; else 0).
-        By culm_node's root_id index and each table's node_id key or index."""
-        size = self.octet_length
-        own = (f"(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = r.id)"
-               if but_execution_data else "0")
-        row = self._one(
-            "SELECT r.root_id,"
-            f" (SELECT COALESCE(SUM({size}(e.inputs) + {size}(e.outputs)), 0) FROM culm_node m"
-            "  JOIN culm_execution_data e ON e.node_id = m.id WHERE m.root_id = r.root_id),"
-            f" (SELECT COALESCE(SUM({size}(h.inputs) + {size}(h.outputs)), 0) FROM culm_node m"
-            "  JOIN culm_history h ON h.node_id = m.id WHERE m.root_id = r.root_id),"
-            f" (SELECT COALESCE(SUM({size}(d.inputs)), 0) FROM culm_node m"
-            f"  JOIN culm_node_data d ON d.node_id = m.id WHERE m.root_id = r.root_id), {own}"
-            " FROM culm_node r WHERE r.id = ?", [node_id])
+    def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
+        """The id of the root pipeline of ``node_id``, the bytes it stores (culm_root_bytes, kept by
+        the triggers of revision 0010) and, when ``replacing`` names ``culm_execution_data`` or
+        ``culm_node_data``, the bytes of ``node_id``'s row there apart (a write is about to replace
+        it; else 0). A server database first locks the root's counter rows, all of them (made when
+        missing), so that writers of the root still in flight are waited for and counted, and
+        none adds to them before this transaction ends."""
+        own = ROOT_BYTES_OWN.get(replacing or "", "0").format(size=self.octet_length)
+        row = self._one(f"SELECT n.root_id, {own} FROM culm_node n WHERE n.id = ?", [node_id])
         if row is None:
             return node_id, 0, 0
-        replaced = int(row[4] or 0)
-        return row[0], int(row[1]) + int(row[2]) + int(row[3]) - replaced, replaced
+        root_id, replaced = str(row[0]), int(row[1] or 0)
+        if self.lock_rows:
+            self._later(self.root_bytes_lock, [v for shard in range(ROOT_BYTES_SHARDS) for v in (root_id, shard)])
+        held = self._one(ROOT_BYTES_HELD, [root_id])
+        return root_id, int(held[0] or 0) - replaced, replaced
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -1485,8 +1483,7 @@ class SqlUnit:
     def add_history(self, rec: HistoryRecord) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id),
-                     self._counted_root(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
@@ -1532,7 +1529,8 @@ class SqlUnit:
         return [r[0] for r in reversed(self._all(sql, [node_id, version, version]))]
 
     def log_count(self, node_id: str, version: str) -> int:
-        row = self._one("SELECT COUNT(*) FROM culm_log WHERE node_id = ? AND version = ?", [node_id, version])
+        # Kept by the triggers of revision 0010: one row by primary key, not a count of the lines.
+        row = self._one(LOG_COUNT, [node_id, version])
         return int(row[0]) if row else 0
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:

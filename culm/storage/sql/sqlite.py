@@ -26,12 +26,9 @@ class SqliteUnit(SqlUnit):
     feed_ordered = True
     listing_tables = LISTING_TABLES_SQLITE
     root_count_shards = 1  # one writer at a time: nobody to spread the counter rows for
-    # SQLite's LENGTH reads a text whole to count its characters (1.4 s for a pipeline holding
-    # 250 MB); OCTET_LENGTH (3.43 and later) reads the record header only.
+    # SQLite's LENGTH reads a text whole to count its characters; OCTET_LENGTH (3.43 and later)
+    # reads the record header only (the size of the one row a budget-checked write replaces).
     octet_length = "OCTET_LENGTH" if sqlite3.sqlite_version_info >= (3, 43) else "LENGTH"
-    # ...and holds the file's write lock meanwhile: count a root again only every few seconds, or
-    # near its budget (culm.storage.budget). One embedded runtime sees every checked write.
-    remembers_budget_counts = True
 
     def announce_change(self) -> None:
         from culm.storage.cache import bump_epoch

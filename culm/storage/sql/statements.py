@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 
+from culm.storage.names import ROOT_BYTES_SHARDS
+
 STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
                   "error_ignored", "created_time", "started_time", "archived_time")
 NODE_COLUMNS = ("id", "root_id", "pipeline_id", "type")
@@ -256,3 +258,20 @@ SNAPSHOT_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 _LOG_RUN = "FROM culm_log WHERE node_id = ? AND version >= ? AND version <= ?"
 LOG_LINES = f"SELECT line {_LOG_RUN} ORDER BY version, id"
 LOG_TAIL = f"SELECT line {_LOG_RUN} ORDER BY version DESC, id DESC"
+
+# A root pipeline's stored bytes (culm_root_bytes, kept by the triggers of revision 0010): the sum
+# of its counter rows; ROOT_BYTES_OWN: the bytes of a node's row a write replaces ({size}: the
+# dialect's byte-length function), by table.
+ROOT_BYTES_HELD = "SELECT SUM(bytes) FROM culm_root_bytes WHERE root_id = ?"
+ROOT_BYTES_OWN = {
+    "culm_execution_data": "(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",
+    "culm_node_data": "(SELECT {size}(inputs) FROM culm_node_data WHERE node_id = n.id)",
+}
+# Server databases: every counter row of a root locked, in shard order, the missing ones made (an
+# insert waits for a writer's uncommitted insert of the same row): a budget check then sees every
+# write of the root, committed before it or waiting for it. (root_id, shard) per shard.
+_ROOT_BYTES_ROWS = "INSERT INTO culm_root_bytes (root_id, shard, bytes) VALUES " + ", ".join(["(?, ?, 0)"] * ROOT_BYTES_SHARDS)
+ROOT_BYTES_LOCK = _ROOT_BYTES_ROWS + " ON CONFLICT (root_id, shard) DO UPDATE SET bytes = culm_root_bytes.bytes"
+ROOT_BYTES_LOCK_MYSQL = _ROOT_BYTES_ROWS + " ON DUPLICATE KEY UPDATE bytes = bytes"
+# The lines of one run of a node (culm_log_count, revision 0010).
+LOG_COUNT = "SELECT line_count FROM culm_log_count WHERE node_id = ? AND version = ?"

@@ -207,9 +207,9 @@ function listPage(view, params) {
     for (const [k, v] of [...next]) if (!v || v === "0") next.delete(k);
     location.hash = "#/?" + next.toString();
   };
-  const stateSel = el("select", { id: "f-state", onchange: () => go({ state: stateSel.value }) },
+  const stateSel = el("select", { id: "f-state", "aria-label": "state", onchange: () => go({ state: stateSel.value }) },
     el("option", { value: "", text: "any state" }), STATES.map((s) => el("option", { value: s, text: s, selected: s === state })));
-  const nameIn = el("input", { id: "f-name", placeholder: "name contains", value: name });
+  const nameIn = el("input", { id: "f-name", placeholder: "name contains", "aria-label": "name contains", value: name });
   const afterIn = el("input", { id: "f-after", type: "date", value: after, title: "created on or after" });
   const beforeIn = el("input", { id: "f-before", type: "date", value: before, title: "created before" });
   const filters = el("form", { class: "filters", onsubmit: (e) => { e.preventDefault();
@@ -230,15 +230,17 @@ function listPage(view, params) {
     const data = await culm.api("/api/v1/pipelines?" + q.toString());
     const total = Object.values(data.counts).reduce((a, b) => a + b, 0);
     counts.replaceChildren(
-      el("span", { class: "chip" + (state ? "" : " active"), onclick: () => go({ state: "" }), text: "all " + total }),
-      ...STATES.filter((s) => data.counts[s]).map((s) => el("span", {
+      el("button", { type: "button", class: "chip" + (state ? "" : " active"), "aria-pressed": String(!state),
+        onclick: () => go({ state: "" }), text: "all " + total }),
+      ...STATES.filter((s) => data.counts[s]).map((s) => el("button", { type: "button", "aria-pressed": String(s === state),
         class: "chip s-" + s + (s === state ? " active" : ""), "data-state": s,
         onclick: () => go({ state: s }), text: s + " " + data.counts[s] })));
     table.replaceChildren(el("tr", {}, ["Name", "Id", "State", "Created", "Started", "Ended"].map((h) => el("th", { text: h }))),
       ...data.items.map((p) => el("tr", { "data-id": p.id, class: "row-link", title: "open this pipeline",
         // the whole row opens the pipeline (not only its name), unless text is being selected (to copy an id)
         onclick: (ev) => { if (!ev.target.closest("a") && !String(window.getSelection())) location.hash = "#/p/" + encodeURIComponent(p.id); } },
-        el("td", {}, el("a", { href: "#/p/" + encodeURIComponent(p.id), text: p.name || "(no name)" })),
+        el("td", { class: "name-cell" }, el("a", { href: "#/p/" + encodeURIComponent(p.id), class: "clamp",
+          title: p.name ? culm.inert(p.name) : null, text: p.name || "(no name)" })),
         el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes
           ? el("span", { class: "failed-nodes", title: "nodes that failed and wait for an operator (retry, skip or revoke)",
             text: ` ${p.failed_nodes} failed node(s)` }) : null),

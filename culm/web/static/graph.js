@@ -161,6 +161,13 @@
       const title = svg("title");
       grp.append(title);
       grp.addEventListener("click", () => onSelect(id));
+      // Keyboard: Tab reaches every node, Enter or Space opens its panel.
+      grp.setAttribute("tabindex", "0");
+      grp.setAttribute("role", "button");
+      grp.addEventListener("keydown", (ev) => {
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onSelect(id); }
+        else if ((ev.key === "+" || ev.key === "-") && n.type === "SubProcess") { ev.preventDefault(); onToggle(id); }
+      });
       nodes.append(grp);
       byId[id] = grp;
       paint(grp, states[id]);
@@ -176,6 +183,10 @@
     const state = entry ? entry.state : "none";
     grp.setAttribute("data-state", state);
     if (culm.pauseAhead(entry)) grp.setAttribute("data-pause", "ahead"); else grp.removeAttribute("data-pause");
+    const n = grp.getAttribute("data-node-id");
+    const label = grp.querySelector("text");
+    grp.setAttribute("aria-label", culm.inert(`${grp.getAttribute("data-type") || "node"} ${(label && label.textContent) || n}: `
+      + (entry ? entry.state : "not reached") + (grp.getAttribute("data-type") === "SubProcess" ? " (+ or - opens or closes it)" : "")));
     const title = grp.querySelector("title");
     if (title) title.textContent = culm.inert(`${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
       + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : ""));
@@ -201,7 +212,10 @@
     }
     function toggle(id) {
       if (page.expanded.has(id)) page.expanded.delete(id); else page.expanded.add(id);
+      const focused = document.activeElement && document.activeElement.closest && document.activeElement.closest("#graph");
       redraw();
+      const g = focused && page.drawn.byId[id];
+      if (g) g.focus(); // the keyboard's place survives the redraw
     }
     function markSelected() {
       for (const g of wrap.querySelectorAll(".node.selected")) g.classList.remove("selected");
@@ -236,7 +250,7 @@
         if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
       }
       head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
-        el("h2", { text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : null,
+        el("h2", { class: "clamp", title: culm.inert(name()), text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : null,
         el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
         el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
           ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s)),

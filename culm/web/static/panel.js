@@ -40,31 +40,175 @@
     return part;
   }
 
-  function actionForm(kind, op, node, info, submit) {
-    const box = el("form", { class: "action-form", id: "action-form", "data-op": op });
+  // A value shown short (the list of changes a retry would make).
+  const brief = (v) => { const t = JSON.stringify(v); return t === undefined ? String(v) : t.length > 60 ? t.slice(0, 57) + "…" : t; };
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+
+  // One field per input, typed as its current value: text stays text, a number must be a number,
+  // true/false is a choice, anything else (lists, objects, null) is JSON checked as it is typed.
+  // Returns { row, read } where read() gives { value } or { problem }.
+  function inputField(key, value, index) {
+    const id = "retry-field-" + index;
+    const kind = value === null ? "json" : Array.isArray(value) ? "json" : typeof value === "string" ? "text"
+      : typeof value === "number" ? "number" : typeof value === "boolean" ? "boolean" : "json";
+    let field, read;
+    if (kind === "boolean") {
+      field = el("select", { id }, el("option", { value: "true", text: "true" }), el("option", { value: "false", text: "false" }));
+      field.value = String(value);
+      read = () => ({ value: field.value === "true" });
+    } else if (kind === "number") {
+      field = el("input", { id, type: "text", inputmode: "decimal", autocomplete: "off" });
+      field.value = String(value);
+      read = () => {
+        const t = field.value.trim();
+        return /^-?(0|[1-9]\d*)(\.\d+)?([eE][+-]?\d+)?$/.test(t) && Number.isFinite(Number(t))
+          ? { value: JSON.parse(t) } : { problem: `${key}: expected a number, not ${JSON.stringify(field.value)}` };
+      };
+    } else if (kind === "text" && value.length <= 80 && !value.includes("\n")) {
+      field = el("input", { id, type: "text", autocomplete: "off", spellcheck: "false" });
+      field.value = value;
+      read = () => ({ value: field.value });
+    } else if (kind === "text") {
+      field = el("textarea", { id, rows: Math.min(8, value.split("\n").length + 1), spellcheck: "false" });
+      field.value = value;
+      read = () => ({ value: field.value });
+    } else {
+      field = el("textarea", { id, rows: Math.min(8, json(value).split("\n").length), spellcheck: "false" });
+      field.value = json(value);
+      read = () => {
+        try { return { value: JSON.parse(field.value) }; } catch (e) { return { problem: `${key}: not valid JSON (${e.message})` }; }
+      };
+    }
+    field.setAttribute("data-key", key);
+    field.setAttribute("data-kind", kind);
+    const label = el("label", { for: id, class: "input-key", text: key });
+    const hint = el("span", { class: "muted input-kind", text: kind === "json" ? "JSON" : kind });
+    return { row: el("div", { class: "input-row" }, label, field, hint), field, read };
+  }
+
+  // The retry form: the node's inputs as fields (or as one JSON object), what would change, and a
+  // Retry button that sends nothing it cannot read. Unchanged, it retries with the inputs as they
+  // are (no new inputs); changed, it sends every input (a retry's inputs replace the old ones).
+  function retryForm(box, info) {
+    const before = {};
+    for (const [k, v] of Object.entries((info.execution_data && info.execution_data.inputs) || {})) {
+      if (!RESERVED.has(k)) before[k] = v;
+    }
+    let fields = [];
+    const list = el("div", { class: "input-fields", id: "retry-fields" });
+    const area = el("textarea", { id: "retry-inputs", rows: 8, spellcheck: "false", hidden: true,
+      "aria-label": "every input as one JSON object" });
+    const asJson = el("input", { type: "checkbox", id: "retry-as-json" });
+    const changes = el("div", { id: "retry-changes", class: "changes", "aria-live": "polite" });
+    const build = (values) => {
+      fields = Object.entries(values).map(([k, v], i) => inputField(k, v, i));
+      list.replaceChildren(...(fields.length ? fields.map((f) => f.row)
+        : [el("p", { class: "muted", text: "This node has no inputs; edit as JSON to give some." })]));
+    };
+    build(before);
+    // { inputs, problem }: what the form holds now.
+    const current = (json_ = asJson.checked) => {
+      if (json_) {
+        let value;
+        try { value = JSON.parse(area.value || "{}"); } catch (e) { return { problem: "not valid JSON: " + e.message }; }
+        if (value === null || typeof value !== "object" || Array.isArray(value)) return { problem: "the inputs must be one JSON object {...}" };
+        return { inputs: value };
+      }
+      const inputs = {};
+      for (const f of fields) {
+        const got = f.read();
+        if (got.problem) return { problem: got.problem, field: f.field };
+        inputs[f.field.getAttribute("data-key")] = got.value;
+      }
+      return { inputs };
+    };
+    const describe = () => {
+      const now = current();
+      if (now.problem) {
+        changes.className = "changes error";
+        changes.textContent = culm.inert(now.problem);
+        return now;
+      }
+      const lines = [];
+      for (const [k, v] of Object.entries(now.inputs)) {
+        if (!(k in before)) lines.push(`${k}: new, ${brief(v)}`);
+        else if (!same(before[k], v)) lines.push(`${k}: ${brief(before[k])} → ${brief(v)}`);
+      }
+      for (const k of Object.keys(before)) if (!(k in now.inputs)) lines.push(`${k}: removed`);
+      changes.className = "changes";
+      changes.replaceChildren(lines.length
+        ? el("span", { text: "Changes: " + lines.join("; ") })
+        : el("span", { class: "muted", text: "No change: Retry runs the node again with the inputs it has." }));
+      return { ...now, changed: lines.length > 0 };
+    };
+    asJson.addEventListener("change", () => {
+      // The mode being left is the one to read (the box has already changed).
+      const now = current(!asJson.checked);
+      if (asJson.checked) {
+        area.value = json(now.problem ? before : now.inputs);
+      } else {
+        if (now.problem) { asJson.checked = true; describe(); return; }
+        build(now.inputs);
+      }
+      list.hidden = asJson.checked;
+      area.hidden = !asJson.checked;
+      describe();
+    });
+    box.addEventListener("input", describe);
+    box.addEventListener("change", describe);
+    box.append(el("p", { class: "muted form-note", text: "Retry with these inputs. Leave them as they are to retry "
+        + "unchanged; a change replaces the node's inputs with all of the values below." }),
+      list, area, el("label", { class: "as-json" }, asJson, " edit as JSON"), changes);
+    describe();
+    return () => {
+      const now = describe();
+      if (now.problem) {
+        if (now.field) now.field.focus(); else area.focus();
+        throw new Error(now.problem);
+      }
+      return now.changed ? { inputs: now.inputs } : undefined;
+    };
+  }
+
+  // A JSON object typed into ``area``: checked as it is typed, its problem shown under it.
+  function jsonObjectArea(box, id, labelText, initial) {
+    const area = el("textarea", { id, rows: 4, spellcheck: "false" });
+    area.value = initial;
+    const problem = el("div", { class: "changes", id: id + "-problem", "aria-live": "polite" });
+    const read = () => {
+      let value;
+      try { value = JSON.parse(area.value || "{}"); } catch (e) { throw new Error("not valid JSON: " + e.message); }
+      if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error("expected one JSON object {...}");
+      return value;
+    };
+    const check = () => {
+      try { read(); problem.textContent = ""; problem.className = "changes"; } catch (e) {
+        problem.textContent = culm.inert(e.message); problem.className = "changes error";
+      }
+    };
+    area.addEventListener("input", check);
+    box.append(el("label", { for: id, text: labelText }), area, problem);
+    return () => {
+      try { return read(); } catch (e) { check(); area.focus(); throw e; }
+    };
+  }
+
+  function actionForm(kind, op, label, node, info, submit, close) {
+    const box = el("form", { class: "action-form", id: "action-form", "data-op": op, "aria-label": label });
     let read;
     if (kind === "inputs") {
-      const inputs = {};
-      for (const [k, v] of Object.entries((info.execution_data && info.execution_data.inputs) || {})) {
-        if (!RESERVED.has(k)) inputs[k] = v;
-      }
-      const area = el("textarea", { id: "retry-inputs", rows: 6 });
-      area.value = json(inputs);
-      box.append(el("label", { text: "New inputs (JSON; replace the old ones)" }), area);
-      read = () => ({ inputs: JSON.parse(area.value || "{}") });
+      read = retryForm(box, info);
     } else if (kind === "callback") {
-      const area = el("textarea", { id: "callback-data", rows: 4 });
-      area.value = "{}";
-      box.append(el("label", { text: "Callback data (JSON)" }), area);
-      read = () => ({ data: JSON.parse(area.value || "{}") });
+      const data = jsonObjectArea(box, "callback-data", "Callback data (a JSON object)", "{}");
+      read = () => ({ data: data() });
     } else if (kind === "exdata") {
       const input = el("input", { id: "ex-data", value: "forced to fail by an operator", style: "width:100%" });
-      box.append(el("label", { text: "Reason (ex_data)" }), input);
+      box.append(el("label", { for: "ex-data", text: "Reason (ex_data)" }), input);
       read = () => ({ ex_data: input.value });
     } else if (kind === "flow") {
       const outgoing = [].concat(node.outgoing || []);
       const sel = el("select", { id: "skip-flow" }, outgoing.map((f) => el("option", { value: f, text: f })));
-      box.append(el("label", { text: "Go on along flow " }), sel);
+      box.append(el("label", { for: "skip-flow", text: "Go on along flow " }), sel);
       read = () => ({ flow_id: sel.value });
     } else if (kind === "flows") {
       const outgoing = [].concat(node.outgoing || []);
@@ -73,13 +217,21 @@
       read = () => ({ flow_ids: checks.filter((c) => c.checked).map((c) => c.value),
         converge_gateway_id: node.converge_gateway_id });
     }
-    box.append(el("div", { class: "actions" }, el("button", { class: "primary", type: "submit", id: "action-submit", text: "Send" })));
+    box.append(el("div", { class: "actions" },
+      el("button", { class: "primary", type: "submit", id: "action-submit", text: label }),
+      el("button", { type: "button", id: "action-cancel", text: "Cancel", onclick: close })));
     box.addEventListener("submit", (ev) => {
       ev.preventDefault();
       let body;
-      try { body = read(); } catch (e) { culm.toast("Not valid JSON: " + e.message, true); return; }
+      try { body = read(); } catch (e) { culm.toast(label + ": " + e.message, true); return; }
       submit(body);
     });
+    // Keyboard: Ctrl+Enter (or Cmd+Enter) sends from a text area, Escape closes the form.
+    box.addEventListener("keydown", (ev) => {
+      if (ev.key === "Enter" && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); box.requestSubmit(); }
+      if (ev.key === "Escape") { ev.preventDefault(); close(); }
+    });
+    setTimeout(() => { const first = box.querySelector("input:not([type=checkbox]), select, textarea:not([hidden])"); if (first) first.focus(); }, 0);
     return box;
   }
 
@@ -125,8 +277,14 @@
             if (e.status !== 401) culm.toast(label + " refused: " + e.message, true);
           }
         };
-        actions.append(el("button", { "data-action": op, text: label,
-          onclick: () => (form ? formSlot.replaceChildren(actionForm(form, op, node, info, send)) : send()) }));
+        const button = el("button", { "data-action": op, text: label + (form ? "…" : ""), "aria-expanded": form ? "false" : null,
+          onclick: () => {
+            if (!form) { send(); return; }
+            const close = () => { formSlot.replaceChildren(); button.setAttribute("aria-expanded", "false"); button.focus(); };
+            formSlot.replaceChildren(actionForm(form, op, label, node, info, send, close));
+            button.setAttribute("aria-expanded", "true");
+          } });
+        actions.append(button);
       }
     }
     if (!culm.canOperate() && culm.actionsFor(node, entry).length) {
@@ -136,7 +294,7 @@
     }
     const reason = entry && entry.wait_reason;
     panel.replaceChildren(...[
-      el("h3", { id: "panel-title", text: node.name || nodeId }),
+      el("h3", { id: "panel-title", class: "clamp", title: culm.inert(node.name || nodeId), text: node.name || nodeId }),
       el("table", { class: "kv" },
         el("tr", {}, el("td", { text: "id" }), el("td", {}, el("code", { text: nodeId }))),
         el("tr", {}, el("td", { text: "type" }), el("td", { text: node.type + (node.component ? " · " + node.component.code : "") })),
