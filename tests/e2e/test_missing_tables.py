@@ -6,14 +6,12 @@ a bare driver error ("OperationalError: no such table: culm_state")."""
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from test_cli_exit_codes import culm as culm_cli  # the same call: CULM_DATABASE_URL=codes.db in cwd
 
 import culm
 from culm import api
@@ -54,20 +52,6 @@ def dropped(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert culm_cli(folder, "run", TREE).returncode == 0
     drop(folder / "codes.db")
     return folder
-
-
-def culm_cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CULM_")}
-    env["CULM_DATABASE_URL"] = f"sqlite:///{cwd / 'codes.db'}"
-    return subprocess.run(
-        [sys.executable, "-m", "culm", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 COMMANDS = {
