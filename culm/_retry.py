@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from culm._printable import engine_logger
@@ -48,6 +48,18 @@ def is_outage(exc: BaseException) -> bool:
 def is_lock_victim(exc: BaseException) -> bool:
     """True when ``exc`` (or an exception it wraps) says the server rolled the transaction back
     to break a deadlock or a serialization conflict."""
+    for e in causes(exc):
+        if getattr(e, "sqlstate", None) in _PG_STATES:
+            return True
+        args = getattr(e, "args", ())
+        if type(e).__module__.startswith(("pymysql", "MySQLdb")) and args and args[0] in _MY_CODES:
+            return True
+    return False
+
+
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every exception it wraps (SQLAlchemy's ``orig``, ``__cause__``, ``__context__``),
+    each once."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [exc]
     while todo:
@@ -55,13 +67,8 @@ def is_lock_victim(exc: BaseException) -> bool:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if getattr(e, "sqlstate", None) in _PG_STATES:
-            return True
-        args = getattr(e, "args", ())
-        if type(e).__module__.startswith(("pymysql", "MySQLdb")) and args and args[0] in _MY_CODES:
-            return True
+        yield e
         todo += [getattr(e, "orig", None), e.__cause__, e.__context__]
-    return False
 
 
 def pause(attempt: int) -> float:

@@ -62,6 +62,9 @@ def _api(fn: Callable[P, Any]) -> Callable[P, EngineAPIResult]:
         except TypeError as exc:  # wrong arguments from the caller
             return EngineAPIResult(False, f"{fn.__name__}: {exc}", exc, None, traceback.format_exc())
         except Exception as exc:
+            problem = _database_problem(runtime, exc)
+            if problem is not None:  # an operator's matter, named with its fix, not a traceback
+                return EngineAPIResult(False, f"{fn.__name__}: {problem}", problem, None, traceback.format_exc())
             logger.exception("%s failed", fn.__name__)
             return EngineAPIResult(False, f"{fn.__name__} failed: {type(exc).__name__}: {exc}", exc, None,
                                    traceback.format_exc())
@@ -70,6 +73,17 @@ def _api(fn: Callable[P, Any]) -> Callable[P, EngineAPIResult]:
         return EngineAPIResult(True, "success", None, data)
 
     return wrapper
+
+
+def _database_problem(runtime: Any, exc: Exception) -> CulmError | None:
+    explain = getattr(runtime, "database_problem", None)
+    if explain is None:
+        return None
+    try:
+        problem = explain(exc)
+    except Exception:  # noqa: BLE001 - explaining must not hide the original failure
+        return None
+    return problem if isinstance(problem, CulmError) else None
 
 
 def _str_id(value: Any, name: str) -> str:

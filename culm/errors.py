@@ -101,6 +101,11 @@ class SchemaOutdatedError(CulmError):
     """The database schema is older than this version of culm expects."""
 
 
+class SchemaMissingError(SchemaOutdatedError):
+    """A table of culm's schema is missing from the database (dropped, never created, or left out
+    of a partial restore); the message names the table and how to make the schema whole."""
+
+
 class DatabaseSettingsError(CulmError):
     """The database server is set up in a way culm cannot store its data safely with."""
 

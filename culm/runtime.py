@@ -24,7 +24,7 @@ from culm.core.plugin_imports import env_modules, import_modules
 from culm.core.ports import Dispatcher, Store, WorkerRegistry
 from culm.core.records import StateChange
 from culm.core.settings import Settings, process_settings
-from culm.errors import InvalidOperationError, PluginImportError
+from culm.errors import CulmError, InvalidOperationError, PluginImportError
 from culm.storage.memory import URL as MEMORY_URL
 from culm.storage.memory import MemoryStore
 from culm.storage.sql import SqlStore
@@ -194,6 +194,16 @@ class Runtime:
         from culm.storage.gauges import read_work_gauges
 
         return read_work_gauges(self._database_engine("the work gauges"), time.time())
+
+    def database_problem(self, exc: BaseException) -> CulmError | None:
+        """What ``exc``, raised by a call on this runtime, says is wrong with its database, as an
+        error naming the cause and the fix (a culm table missing: :class:`SchemaMissingError`),
+        or None when it says nothing such."""
+        if isinstance(self.store, MemoryStore):
+            return None
+        from culm.storage.migrate import schema_missing_error
+
+        return schema_missing_error(self.store, exc)
 
     def _database_engine(self, what: str) -> Any:
         if isinstance(self.store, MemoryStore):

@@ -139,16 +139,25 @@ class _OneLineFormatter(logging.Formatter):
         return f"{record.levelname} {record.name}: {record.getMessage()}"
 
 
+# The database drivers' own loggers: with no handler, Python's last-resort handler printed their
+# records with a traceback ("Exception during reset or similar" from SQLAlchemy's pool, psycopg's
+# "error ignored terminating ...") when the server died in the middle of a command, before the
+# command's own ``error:`` line (exit 4).
+_ONE_LINE_LOGGERS = ("culm", "sqlalchemy", "psycopg", "pymysql", "MySQLdb")
+
+
 @contextlib.contextmanager
 def _engine_logs_one_line() -> Iterator[None]:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter())
-    logger = logging.getLogger("culm")
-    logger.addHandler(handler)
+    loggers = [logging.getLogger(name) for name in _ONE_LINE_LOGGERS]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
+        for logger in loggers:
+            logger.removeHandler(handler)
 
 
 def _quiet_closed_pipe() -> None:

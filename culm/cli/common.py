@@ -317,6 +317,10 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
         yield rt
     except db_errors() as exc:
         raise database_error(exc, url) from exc
+    except DatabaseError as exc:  # a call's refusal (check): one line naming the database, as at opening
+        # (a driver's text may span lines: psycopg adds "\n\tIs the server running on that host...")
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise DatabaseError(text if _safe(url) in text else f"cannot use the database {_safe(url)}: {text}") from exc
     finally:
         rt.close()
 
@@ -331,10 +335,11 @@ def check(res: Any, what: str = "", bad_input: bool = False) -> Any:
     from sqlalchemy.exc import SQLAlchemyError
 
     from culm._retry import is_outage
-    from culm.errors import NotFoundError
+    from culm.errors import DatabaseSettingsError, NotFoundError, SchemaOutdatedError
 
     message = f"{what}: {res.message}" if what else res.message
-    if isinstance(res.exc, SQLAlchemyError) or (res.exc is not None and is_outage(res.exc)):
+    unusable = (SQLAlchemyError, SchemaOutdatedError, DatabaseSettingsError)
+    if isinstance(res.exc, unusable) or (res.exc is not None and is_outage(res.exc)):
         raise DatabaseError(message)
     if isinstance(res.exc, NotFoundError):
         raise NotFound(message)

@@ -56,6 +56,14 @@ def _prepare(engine: Engine, step: Step, task_id: str) -> tuple[ServiceCall, int
         unit.update_task(task_id, owner=None, claimed_until=None)
         step.requeue(task_id)
         return None
+    if task.due > at:
+        # Not due yet: a second message of this timer (a relay sends one while the submitter has
+        # not marked it published; a broker's countdown runs on another clock), or the message of
+        # the poll before this one, arriving after that poll moved ``due`` on. Running it now
+        # would call the component early, out of its interval: hand the row back to wait.
+        unit.update_task(task_id, owner=None, claimed_until=None)
+        step.requeue(task_id)
+        return None
     st = unit.get_state(task.node_id)
     if task.schedule_id is None and task.callback_id is not None:
         sched = _await_schedule(step, task, st, at)

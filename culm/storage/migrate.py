@@ -9,12 +9,14 @@ migration there is an operator's decision, not a side effect of starting a worke
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect
 
-from culm.errors import SchemaOutdatedError
+from culm._retry import causes
+from culm.errors import SchemaMissingError, SchemaOutdatedError
 from culm.storage.names import TASK_TABLE, VERSION_TABLE
 
 if TYPE_CHECKING:
@@ -165,3 +167,44 @@ def _display_url(store: SqlStore) -> str:
     url = store.engine.url
     bare = _DEFAULT_DRIVERS.get(url.drivername)
     return (url.set(drivername=bare) if bare else url).render_as_string(hide_password=True)
+
+
+# How each server names a missing table: SQLite "no such table: culm_state", PostgreSQL (SQLSTATE
+# 42P01) 'relation "culm_state" does not exist', MySQL/MariaDB (error 1146) "Table
+# 'test.culm_state' doesn't exist".
+_MISSING_TABLE = re.compile(
+    r"no such table: (?:\w+\.)?(\w+)|relation \"(?:\w+\.)?(\w+)\" does not exist|Table '(?:\w+\.)?(\w+)' doesn't exist"
+)
+
+
+def missing_table(exc: BaseException) -> str | None:
+    """The table ``exc`` (or an exception it wraps) says is missing, or None."""
+    for e in causes(exc):
+        found = _MISSING_TABLE.search(str(e))
+        if found:
+            return next(name for name in found.groups() if name)
+    return None
+
+
+def schema_missing_error(store: SqlStore, exc: BaseException) -> SchemaMissingError | None:
+    """A :class:`SchemaMissingError` naming the table ``exc`` found missing and the way to make
+    the schema whole, or None when ``exc`` is about something else."""
+    table = missing_table(exc)
+    if table is None:
+        return None
+    url = _display_url(store)
+    try:
+        version = _read_version_plainly(store)
+    except Exception:  # noqa: BLE001 - the database went away meanwhile: the advice covers both
+        version = "unknown"
+    if version is None:
+        return SchemaMissingError(
+            f"the database at {url} has no culm table {table}: culm's schema is not there (never "
+            f"created, or dropped); run `culm db upgrade --db {url}` to create it"
+        )
+    return SchemaMissingError(
+        f"the database at {url} has no culm table {table}, although it records schema revision "
+        f"{version}: its tables were dropped, or only part of it was restored. Restore it from a "
+        f"backup; or, to start afresh without its pipelines, drop every culm_* table (with "
+        f"{VERSION_TABLE}) and run `culm db upgrade --db {url}`"
+    )

@@ -17,6 +17,7 @@ from typing import Any
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from culm._retry import is_outage
 from culm.web.tokens import TokenChecksBusy, TokenInfo, TokenStore
 
 # Failures a client may make before it is slowed down, and how the delay grows (seconds).
@@ -105,6 +106,11 @@ class Authenticator:
             # (on another address, or the same one behind a proxy). Counted, three 429s put a good
             # client behind the throttle's delays. A flood is slowed by its own wrong secrets (401s).
             raise AuthError(429, "too many tokens are being checked at once: try again in a moment") from None
+        except Exception as exc:
+            unusable = _database_unusable(request, exc)
+            if unusable is None:
+                raise
+            raise unusable from exc
         if info is None:
             self.throttle.failed(client)
             raise AuthError(401, "the token is unknown or revoked")
@@ -198,6 +204,18 @@ def _require(role: str) -> Callable[[Request], Awaitable[TokenInfo]]:
 viewer = _require("viewer")
 operator = _require("operator")
 admin = _require("admin")
+
+
+def _database_unusable(request: Request, exc: Exception) -> AuthError | None:
+    """A 503 when checking a token met a database that is down or must be mended first (culm's
+    tables missing), as the API's calls answer; None for any other failure. It was a 500."""
+    explain = getattr(runtime_of(request), "database_problem", None)
+    problem = explain(exc) if explain is not None else None
+    if problem is not None:
+        return AuthError(503, f"the database cannot be used: {problem}")
+    if is_outage(exc):
+        return AuthError(503, f"the database cannot be reached or used: {type(exc).__name__}: {exc}")
+    return None
 
 
 def runtime_of(request: Request) -> Any:

@@ -13,7 +13,14 @@ from starlette.concurrency import run_in_threadpool
 
 from culm._json import viewable
 from culm._retry import is_outage
-from culm.errors import CulmError, InvalidOperationError, NotFoundError, TreeInvalidError
+from culm.errors import (
+    CulmError,
+    DatabaseSettingsError,
+    InvalidOperationError,
+    NotFoundError,
+    SchemaOutdatedError,
+    TreeInvalidError,
+)
 from culm.model.limits import duplicate_key
 
 PROBLEM_TYPE = "application/problem+json"
@@ -108,6 +115,10 @@ def unwrap(result: Any) -> Any:
         # may work in a moment. A 500 said "Internal server error" and a client gave up.
         raise ProblemError(503, f"the database cannot be reached or used: {result.message}",
                            headers={"Retry-After": "2"})
+    if isinstance(exc, SchemaOutdatedError | DatabaseSettingsError):
+        # The database is unusable until an operator acts (the message says how): not the
+        # caller's mistake (400) nor the engine's fault (500); no Retry-After, a retry will not help.
+        raise ProblemError(503, f"the database cannot be used: {result.message}")
     if isinstance(exc, TreeInvalidError):
         raise ProblemError(422, result.message, tree_problems(exc))
     if isinstance(exc, NotFoundError):
