@@ -90,7 +90,8 @@ _BOOLS = {
     "off": False,
 }
 
-_lock = threading.Lock()
+_lock = threading.RLock()
+_building = threading.local()  # on while this thread reads the environment (imports $CULM_EXPR_FUNC's module)
 _process: Settings | None = None
 
 
@@ -103,8 +104,23 @@ def process_settings() -> Settings:
     """
     global _process
     with _lock:
+        if _process is not None:
+            return _process
+        if getattr(_building, "on", False):
+            # The module $CULM_EXPR_FUNC names calls culm.configure as it is imported (it waited
+            # for itself on the lock for ever before): its settings start from the other
+            # variables, and the function joins them once its import is done, unless configured.
+            _process = Settings(**_from_env(os.environ, but=("expr_func",)))
+            return _process
+        _building.on = True
+        try:
+            values = _from_env(os.environ)
+        finally:
+            _building.on = False
         if _process is None:
-            _process = Settings(**_from_env(os.environ))
+            _process = Settings(**values)
+        elif "expr_func" in values and _process.expr_func is None:
+            _process.expr_func = values["expr_func"]
         return _process
 
 
@@ -135,10 +151,10 @@ def configure(**changes: Any) -> dict[str, Any]:
     return previous
 
 
-def _from_env(env: Any) -> dict[str, Any]:
+def _from_env(env: Any, but: tuple[str, ...] = ()) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field, var in ENV.items():
-        raw = (env.get(var) or "").strip()
+        raw = (env.get(var) or "").strip() if field not in but else ""
         if raw:
             values[field] = _parse(field, var, raw)
     return values

@@ -79,6 +79,33 @@ def test_culm_variables_give_the_first_defaults(fresh_defaults, monkeypatch):
     )
 
 
+@pytest.mark.parametrize("order", ["function first", "configure first"])
+def test_the_module_of_culm_expr_func_may_call_configure_as_it_loads(fresh_defaults, monkeypatch, tmp_path, order):
+    """A settings module named by $CULM_EXPR_FUNC that calls culm.configure while it is imported:
+    reading the environment waited for itself on the settings lock for ever."""
+    import sys
+    import threading
+
+    name = f"c16_expr_settings_{order.split()[0]}"
+    parts = ["def decide(expr, context, extra_info):\n    return True\n",
+             "import culm\nculm.configure(gateway_strategy=2, rerun_limit=3)\n"]
+    (tmp_path / f"{name}.py").write_text("".join(parts if order == "function first" else parts[::-1]))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("CULM_EXPR_FUNC", f"{name}:decide")
+    monkeypatch.setenv("CULM_RERUN_LIMIT", "7")
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(cs.process_settings()), daemon=True)
+    try:
+        reader.start()
+        reader.join(20)
+        assert not reader.is_alive(), "process_settings() waited for itself"
+        settings = got[0]
+        assert (settings.gateway_strategy, settings.rerun_limit) == (2, 3)  # configure wins over CULM_*
+        assert settings.expr_func is sys.modules[name].decide
+    finally:
+        sys.modules.pop(name, None)
+
+
 @pytest.mark.parametrize(
     ("var", "value", "fragment"),
     [
