@@ -8,9 +8,10 @@ and survives a crash with the writes it counts.
 
 A store checks a write of a node's payloads against the budget only when the write is over
 :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes: it reads the root's counter (a few rows by
-primary key, however much the pipeline holds; a server database locks them first, so writers of the
-same pipeline in flight are waited for and counted) and refuses the write when the bytes held plus
-the write would be over. Ordinary writes cost nothing more: the triggers count them inside the
+primary key, however much the pipeline holds: what was committed before and this transaction's own
+writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
+pass its budget by what they have in flight) and refuses the write when the bytes held plus the
+write would be over. Ordinary writes cost nothing more: the triggers count them inside the
 database, with no statement of their own.
 """
 

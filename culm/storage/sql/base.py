@@ -43,7 +43,7 @@ from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import budget, codec, listing
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
-from culm.storage.names import ROOT_BYTES_SHARDS, ROOT_COUNT_SHARDS
+from culm.storage.names import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
     CALLBACK_SEQ,
@@ -76,7 +76,6 @@ from culm.storage.sql.statements import (
     RESET_INNER_LOOPS,
     RETAKE_LEASE,
     ROOT_BYTES_HELD,
-    ROOT_BYTES_LOCK,
     ROOT_BYTES_OWN,
     ROOT_COUNT_ADD,
     ROOT_COUNT_INSERT,
@@ -285,8 +284,6 @@ class SqlUnit:
     # The SQL function giving a stored text's bytes (payloads are ASCII, so characters will do;
     # PostgreSQL's OCTET_LENGTH reads a toasted value's header only, LENGTH the whole value).
     octet_length = "LENGTH"
-    # Locks every counter row of a root pipeline (budget checks; see stored_bytes): ROOT_BYTES_LOCK.
-    root_bytes_lock = ROOT_BYTES_LOCK
     feed_ordered = False  # the change feed becomes visible in seq order (one writer at a time)
     upsert_statement = staticmethod(upsert_sql)  # upsert_sql(table, cols, keys)
     outputs_upsert = OUTPUTS_UPSERT
@@ -1325,16 +1322,16 @@ class SqlUnit:
         """The id of the root pipeline of ``node_id``, the bytes it stores (culm_root_bytes, kept by
         the triggers of revision 0010) and, when ``replacing`` names ``culm_execution_data`` or
         ``culm_node_data``, the bytes of ``node_id``'s row there apart (a write is about to replace
-        it; else 0). A server database first locks the root's counter rows, all of them (made when
-        missing), so that writers of the root still in flight are waited for and counted, and
-        none adds to them before this transaction ends."""
+        it; else 0). The counter rows are read, not locked: writes of the root committed before
+        the read and this transaction's own are counted; another transaction's still in flight
+        are not, so writers racing on one pipeline may pass its budget by what they have in flight.
+        (Locking all of them, in shard order, deadlocked with the rows the triggers lock at each
+        writer's earlier, smaller writes: review16.)"""
         own = ROOT_BYTES_OWN.get(replacing or "", "0").format(size=self.octet_length)
         row = self._one(f"SELECT n.root_id, {own} FROM culm_node n WHERE n.id = ?", [node_id])
         if row is None:
             return node_id, 0, 0
         root_id, replaced = str(row[0]), int(row[1] or 0)
-        if self.lock_rows:
-            self._later(self.root_bytes_lock, [v for shard in range(ROOT_BYTES_SHARDS) for v in (root_id, shard)])
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
 

@@ -37,7 +37,6 @@ from culm.storage.sql.statements import (
     OUTPUTS_UPSERT_MYSQL,
     PROCESS_COLUMNS,
     PROCESSES_IN,
-    ROOT_BYTES_LOCK_MYSQL,
     SNAPSHOT_READ,
     STATES_IN_LOCKED,
     TASK_COLUMNS,
@@ -191,7 +190,6 @@ class MysqlUnit(SqlUnit):
     refuses_duplicate_ids = True
     combine = staticmethod(_merged)
     listing_tables = LISTING_TABLES_MYSQL
-    root_bytes_lock = ROOT_BYTES_LOCK_MYSQL
 
     def _send_deferred(
         self,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import functools
 
-from culm.storage.names import ROOT_BYTES_SHARDS
-
 STATE_COLUMNS = ("node_id", "root_id", "parent_id", "name", "version", '"loop"', "inner_loop", "retry", "skip",
                   "error_ignored", "created_time", "started_time", "archived_time")
 NODE_COLUMNS = ("id", "root_id", "pipeline_id", "type")
@@ -267,11 +265,5 @@ ROOT_BYTES_OWN = {
     "culm_execution_data": "(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",
     "culm_node_data": "(SELECT {size}(inputs) FROM culm_node_data WHERE node_id = n.id)",
 }
-# Server databases: every counter row of a root locked, in shard order, the missing ones made (an
-# insert waits for a writer's uncommitted insert of the same row): a budget check then sees every
-# write of the root, committed before it or waiting for it. (root_id, shard) per shard.
-_ROOT_BYTES_ROWS = "INSERT INTO culm_root_bytes (root_id, shard, bytes) VALUES " + ", ".join(["(?, ?, 0)"] * ROOT_BYTES_SHARDS)
-ROOT_BYTES_LOCK = _ROOT_BYTES_ROWS + " ON CONFLICT (root_id, shard) DO UPDATE SET bytes = culm_root_bytes.bytes"
-ROOT_BYTES_LOCK_MYSQL = _ROOT_BYTES_ROWS + " ON DUPLICATE KEY UPDATE bytes = bytes"
 # The lines of one run of a node (culm_log_count, revision 0010).
 LOG_COUNT = "SELECT line_count FROM culm_log_count WHERE node_id = ? AND version = ?"
