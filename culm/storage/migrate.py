@@ -172,8 +172,11 @@ def _display_url(store: SqlStore) -> str:
 # How each server names a missing table: SQLite "no such table: culm_state", PostgreSQL (SQLSTATE
 # 42P01) 'relation "culm_state" does not exist', MySQL/MariaDB (error 1146) "Table
 # 'test.culm_state' doesn't exist".
+# Only culm's own tables: a user's table missing (a signal receiver's, an expression function's)
+# is not a culm schema to upgrade.
 _MISSING_TABLE = re.compile(
-    r"no such table: (?:\w+\.)?(\w+)|relation \"(?:\w+\.)?(\w+)\" does not exist|Table '(?:\w+\.)?(\w+)' doesn't exist"
+    r"no such table: (?:\w+\.)?(culm_\w+)|relation \"(?:\w+\.)?(culm_\w+)\" does not exist"
+    r"|Table '(?:\w+\.)?(culm_\w+)' doesn't exist"
 )
 
 

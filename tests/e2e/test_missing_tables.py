@@ -139,3 +139,22 @@ def test_a_token_check_on_a_database_missing_its_token_table_answers_503(tmp_pat
         assert "has no culm table culm_api_token" in answer.json()["detail"], answer.text
     finally:
         runtime.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "table"),
+    [
+        ("no such table: culm_state", "culm_state"),
+        ('relation "public.culm_task" does not exist', "culm_task"),
+        ("Table 'test.culm_log' doesn't exist", "culm_log"),
+        ("no such table: myapp_audit", None),
+        ('relation "audit" does not exist', None),
+        ("Table 'test.audit' doesn't exist", None),
+    ],
+)
+def test_only_a_missing_culm_table_is_a_missing_schema(message: str, table: str | None) -> None:
+    """A user's table missing (read by a signal receiver or an expression function through an API
+    call) is not culm's schema to upgrade: it was answered 503 'run culm db upgrade'."""
+    from culm.storage.migrate import missing_table
+
+    assert missing_table(RuntimeError(message)) == table
