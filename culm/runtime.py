@@ -62,7 +62,7 @@ class Runtime:
         workers: worker threads of an embedded runtime (0 = submit and read only).
         settings: engine settings; default: the process's (:func:`culm.configure`, ``$CULM_*``).
 
-    An embedded runtime imports the modules named in ``$CULM_IMPORTS`` first, as ``culm worker``
+    An embedded runtime with worker threads imports the modules named in ``$CULM_IMPORTS`` first, as ``culm worker``
     does (one it cannot import is a ``RuntimeWarning`` naming it: the process may define its
     plugins itself, say when the variable was set for its workers).
     """
@@ -292,7 +292,7 @@ class _Core:
     def __init__(self, url: str, broker: str | None, workers: int | None, settings: Settings | None,
                  options: dict[str, Any]) -> None:
         self.handles = 0
-        if not broker:
+        if not broker and workers != 0:
             # Its threads run the work, as a `culm worker` does: they load the same plugins (and
             # the culm.configure calls in them), before anything is opened. A module that cannot
             # be imported is said, not raised: the process may have defined its plugins itself

@@ -128,7 +128,9 @@ def configure(**changes: Any) -> dict[str, Any]:
     """Change the process's default settings, as bamboo's Django settings are set for every process:
     call it in a module of ``$CULM_IMPORTS`` (``culm worker`` and embedded runtimes import them) so
     that the workers evaluate gateways and render templates as the code expects. Runtimes created
-    before the call keep the settings they were created with, as do those given ``settings=``.
+    before the call keep the settings they were created with, as do those given ``settings=`` and
+    one created after it on the same SQLite file as a runtime still open from before (it shares
+    that runtime's engine).
 
     Returns:
         The previous values of the settings changed (``configure(**previous)`` restores them).
