@@ -62,6 +62,10 @@ TASK_NAME = "culm.run_task"
 # MAX_HINT_IDS ids a list (a walk's reads are bounded by the graph's look-ahead, far below).
 HINT_HEADER = "culm_hint"
 MAX_HINT_IDS = 2000
+# A walk no bigger than this (its ids' characters, about its JSON) rides in the header: a message's
+# headers must fit one AMQP frame (RabbitMQ's frame_max: 128 KiB by default), else the send fails,
+# and the relay's would fail the same way for ever.
+MAX_HINT_WALK_CHARS = 32_000
 EXECUTE_QUEUE, SCHEDULE_QUEUE, TIMER_QUEUE = "execute", "schedule", "timer"
 # Longest countdown handed to the broker. Further timers wait in the table for the relay: brokers
 # hold countdown messages unacknowledged in a worker, and RabbitMQ's consumer_timeout (30 min) or
@@ -224,7 +228,8 @@ class CeleryDispatcher:
         hint: dict[str, Any] = {"root": task.root_id, "node": task.node_id}
         graph = self.engine.known_graph(task.root_id) if self.engine is not None else None
         walk = expected_walk(graph, task.node_id) if graph is not None else None
-        if walk is not None and all(len(ids) <= MAX_HINT_IDS for ids in walk):
+        if (walk is not None and all(len(ids) <= MAX_HINT_IDS for ids in walk)
+                and sum(len(i) + 4 for ids in walk for i in ids) <= MAX_HINT_WALK_CHARS):
             hint["walk"] = [list(ids) for ids in walk]
         return hint
 

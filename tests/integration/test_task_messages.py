@@ -104,3 +104,32 @@ def test_a_publisher_without_the_graph_names_the_run_and_node_only():
     assert (
         dispatcher._hint(TaskRecord("t", EXECUTE, "", "", "")) is None
     )  # a bare id (the relay's drain, say)
+
+
+def test_a_walk_too_big_for_one_frame_stays_out_of_the_header():
+    """A wide parallel gateway with long ids: its walk's ids fit MAX_HINT_IDS but not one AMQP
+    frame (RabbitMQ's 128 KiB), and a send that fails would fail again at every relay round."""
+    import json
+
+    from culm.builder import (
+        ConvergeGateway,
+        EmptyEndEvent,
+        EmptyStartEvent,
+        ParallelGateway,
+        ServiceActivity,
+        build_tree,
+    )
+    from culm.dispatch.celery import MAX_HINT_WALK_CHARS
+    from culm.model.compiled import compile_tree
+
+    start = EmptyStartEvent(id="s" + "x" * 60)
+    fork, join = ParallelGateway(id="f" + "x" * 60), ConvergeGateway(id="j" + "x" * 60)
+    branches = [ServiceActivity(id=f"a{i:03d}" + "x" * 59, component_code="example_component") for i in range(800)]
+    start.extend(fork).connect(*branches).converge(join).extend(EmptyEndEvent(id="e" + "x" * 60))
+    graph = compile_tree(build_tree(start))
+    dispatcher = CeleryDispatcher("", app=make_celery_app("memory://", prefix="msgs3"))
+    dispatcher.engine = _Graphs(graph)
+    hint = dispatcher._hint(TaskRecord("t", EXECUTE, "p", fork.id, graph.root_id))  # walks into 800 branches
+    assert hint == {"root": graph.root_id, "node": fork.id}  # run and node only
+    small = dispatcher._hint(TaskRecord("t", EXECUTE, "p", branches[0].id, graph.root_id))
+    assert "walk" in small and len(json.dumps(small)) <= MAX_HINT_WALK_CHARS
