@@ -124,7 +124,9 @@ def test_a_walk_too_big_for_one_frame_stays_out_of_the_header():
 
     start = EmptyStartEvent(id="s" + "x" * 60)
     fork, join = ParallelGateway(id="f" + "x" * 60), ConvergeGateway(id="j" + "x" * 60)
-    branches = [ServiceActivity(id=f"a{i:03d}" + "x" * 59, component_code="example_component") for i in range(800)]
+    branches = [
+        ServiceActivity(id=f"a{i:03d}" + "x" * 59, component_code="example_component") for i in range(800)
+    ]
     start.extend(fork).connect(*branches).converge(join).extend(EmptyEndEvent(id="e" + "x" * 60))
     graph = compile_tree(build_tree(start))
     dispatcher = CeleryDispatcher("", app=make_celery_app("memory://", prefix="msgs3"))
