@@ -14,7 +14,7 @@ from alembic import command
 from backends import create_database, drop_database
 
 from culm.core.records import ContextValue, HistoryRecord
-from culm.errors import StoredBytesBudgetError
+from culm.errors import DatabaseSettingsError, StoredBytesBudgetError
 from culm.model import limits
 from culm.storage import migrate
 from culm.storage.sql import SqlStore
@@ -152,7 +152,9 @@ def test_a_check_counts_other_connections_writes_once_committed_and_never_waits_
     try:
         with store.transaction() as unit:
             _pipeline(unit)
-            unit.add_nodes([(OTHER, ROOT, ROOT, "ServiceActivity"), (NODE + "q", ROOT, ROOT, "ServiceActivity")])
+            unit.add_nodes(
+                [(OTHER, ROOT, ROOT, "ServiceActivity"), (NODE + "q", ROOT, ROOT, "ServiceActivity")]
+            )
         if not url.startswith("sqlite"):  # SQLite: one writer at a time, nothing can be in flight
             writing, release = threading.Event(), threading.Event()
 
@@ -207,5 +209,44 @@ def test_revision_0010_counts_what_a_0009_database_stores_and_downgrades(url):
         with store.engine.begin() as conn:
             command.upgrade(migrate.alembic_config(conn), "0010")
         assert _counted(store, ROOT)[0] + _counted(store, "q" * 32)[0] == _counted(store)[1]
+    finally:
+        store.dispose()
+
+
+def test_revision_0010_refused_a_trigger_on_mysql_undoes_itself_and_can_run_again(url):
+    """MySQL commits each DDL statement: a trigger the server refuses (with binary logging on, only
+    a user with SUPER may create one) left the new tables and the triggers made so far behind, and
+    every later `culm db upgrade` failed on them (review16). A trigger name taken in advance makes
+    the last CREATE TRIGGER fail here."""
+    import sqlalchemy as sa
+
+    if not url.startswith("mysql"):
+        pytest.skip("PostgreSQL and SQLite run the revision in one transaction")
+    store = _open(url, at="0009")
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER culm_log_lines_delete AFTER DELETE ON culm_log FOR EACH ROW SET @x = 1"
+                )
+            )
+        with (
+            store.engine.begin() as conn,
+            pytest.raises(DatabaseSettingsError, match="still at revision 0009"),
+        ):
+            command.upgrade(migrate.alembic_config(conn), "0010")
+        with store.engine.begin() as conn:
+            tables = set(sa.inspect(conn).get_table_names())
+            triggers = {r[0] for r in conn.execute(sa.text("SHOW TRIGGERS"))}
+            at = conn.execute(sa.text("SELECT version_num FROM culm_alembic_version")).scalar()
+        assert at == "0009" and not {"culm_root_bytes", "culm_log_count"} & tables
+        assert triggers == {"culm_log_lines_delete"}
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER culm_log_lines_delete"))
+        _fill(store, ROOT)
+        with store.engine.begin() as conn:
+            command.upgrade(migrate.alembic_config(conn), "0010")
+        kept, real = _counted(store)
+        assert kept == real and real > 10_000
     finally:
         store.dispose()

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from culm.errors import DatabaseSettingsError
+
 revision = "0010"
 down_revision = "0009"
 branch_labels = None
@@ -50,8 +52,11 @@ def upgrade() -> None:
     # Triggers first: on PostgreSQL (transactional DDL) they lock the tables until the counts below
     # are committed, so no write falls between the two. MySQL commits each DDL statement: stop the
     # workers while `culm db upgrade` runs (as for every revision).
-    for sql in _triggers(dialect):
-        op.execute(sql)
+    if dialect in ("mysql", "mariadb"):
+        _create_or_undo(_triggers(dialect))
+    else:
+        for sql in _triggers(dialect):
+            op.execute(sql)
     size = "OCTET_LENGTH" if dialect == "postgresql" else "LENGTH"
     parts = " UNION ALL ".join(
         f"SELECT COALESCE(n.root_id, t.{key}) AS r, {' + '.join(f'{size}(t.{c})' for c in cols)} AS b "
@@ -65,6 +70,36 @@ def upgrade() -> None:
         "INSERT INTO culm_log_count (node_id, version, line_count) "
         "SELECT node_id, version, COUNT(*) FROM culm_log GROUP BY node_id, version"
     )
+
+
+def _create_or_undo(statements: list[str]) -> None:
+    """MySQL commits each DDL statement: a trigger it refuses (with binary logging on, only a user
+    with SUPER may create one unless log_bin_trust_function_creators is set) would leave the new
+    tables and the triggers made so far behind, and the next `culm db upgrade` failing on them.
+    Undo those, then say what to do."""
+    made: list[str] = []
+    try:
+        for sql in statements:
+            op.execute(sql)
+            made.append(sql.split()[2])  # CREATE TRIGGER <name> ...
+    except Exception as exc:
+        for name in made:
+            op.execute(f"DROP TRIGGER IF EXISTS {name}")
+        op.drop_table("culm_log_count")
+        op.drop_table("culm_root_bytes")
+        code = getattr(getattr(exc, "orig", None), "args", (None,))[0]
+        hint = (
+            " With binary logging on, the server lets only a user with SUPER create triggers: set"
+            " log_bin_trust_function_creators=1 on the server (a parameter group on managed MySQL),"
+            " or run `culm db upgrade` as such a user."
+            if code == 1419
+            else ""
+        )
+        raise DatabaseSettingsError(
+            f"revision 0010 could not create the triggers that count each pipeline's stored bytes and "
+            f"log lines ({getattr(exc, "orig", None) or exc}); it undid what it had made, the database is still "
+            f"at revision 0009.{hint}"
+        ) from exc
 
 
 def downgrade() -> None:
