@@ -97,7 +97,7 @@ def _create_or_undo(statements: list[str]) -> None:
         )
         raise DatabaseSettingsError(
             f"revision 0010 could not create the triggers that count each pipeline's stored bytes and "
-            f"log lines ({getattr(exc, "orig", None) or exc}); it undid what it had made, the database is still "
+            f"log lines ({getattr(exc, 'orig', None) or exc}); it undid what it had made, the database is still "
             f"at revision 0009.{hint}"
         ) from exc
 
