@@ -73,7 +73,8 @@ def test_appointed_node_inside_subprocess_has_the_subprocess_as_parent(runtime):
     tree, _ = line(sub)
     run(runtime, tree)
     assert api.pause_node_appoint(runtime, inner.id).result
-    entry = node_state(runtime, inner.id)
+    # Read in the pipeline's tree: get_children_states gives its asked node the root as parent_id (bamboo).
+    entry = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][inner.id]
     assert (entry["root_id"], entry["parent_id"]) == (tree["id"], sub.id)
     assert api.resume_node_appoint(runtime, inner.id).result
     components.gate("strand-sub").set()
