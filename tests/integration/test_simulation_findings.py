@@ -13,6 +13,7 @@ from typing import Any
 import components  # noqa: F401 - registers the t_* components
 import pytest
 from storm_ops import chain
+from support import wait_until
 
 import culm
 from culm import api
@@ -240,6 +241,8 @@ def test_an_early_callback_waits_calmly_while_its_process_is_parked(tmp_path: Pa
         (woken,) = inline.take()
         invoke = _execute(rt, woken.id)
         assert _execute(rt, woken.id, (invoke, walker.call_user_code(invoke)), claim=False) is None
+        # The parked callback's message comes when it is due (one handed out before is handed back).
+        wait_until(lambda: records_now() >= again.due, 10, 0.05, what="the parked callback to be due")
         with rt.engine.step() as step:
             call = scheduling.schedule_prepare(rt.engine, step, early.id)
         with rt.engine.step() as step:

@@ -50,7 +50,15 @@ def test_a_worker_of_an_older_culm_takes_a_hinted_message_as_the_call_it_always_
         calls.append(((task_id, kind), {}, getattr(self.request, HINT_HEADER, None)))
         got.set()
 
-    app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)(old_run_task)
+    # Celery adds every task made with app.task (shared by default) to each app it finalizes later:
+    # culm's own, made by an earlier test's make_celery_app, took this name here in CI. Finalize,
+    # drop it, make the old task now, and keep it from reaching other apps.
+    app.finalize(auto=True)
+    app.tasks.pop(TASK_NAME, None)
+    app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, shared=False, lazy=False)(
+        old_run_task
+    )
+    assert getattr(app.tasks[TASK_NAME].run, "__func__", None) is old_run_task
     graph, start_id = _graph()
     dispatcher = CeleryDispatcher("", app=app)
     dispatcher.engine = _Graphs(graph)
