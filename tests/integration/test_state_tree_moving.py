@@ -141,10 +141,22 @@ def test_polls_that_find_changes_equal_a_full_read_after_every_round(runtime):
             return all(children.get(n, {}).get("state") == "FINISHED" for n in after.values())
 
         wait_until(moved_on, timeout=30, interval=0.002, what="the called-back branches ran to the converge")
-        assert api.get_pipeline_states(runtime, root).data == _full(runtime, root)
-        assert api.get_pipeline_states(runtime, root, flat_children=False).data == _full(
-            runtime, root, flat=False
-        )
+        if _ordered(runtime):
+            assert api.get_pipeline_states(runtime, root).data == _full(runtime, root)
+            assert api.get_pipeline_states(runtime, root, flat_children=False).data == _full(
+                runtime, root, flat=False
+            )
+        else:  # a server's feed may show a change late (out of seq order): equal within the re-read
+            wait_until(
+                lambda: (
+                    api.get_pipeline_states(runtime, root).data == _full(runtime, root)
+                    and api.get_pipeline_states(runtime, root, flat_children=False).data
+                    == _full(runtime, root, flat=False)
+                ),
+                timeout=state_tree.REREAD_AFTER + state_tree.SETTLE + 10,
+                interval=0.2,
+                what="the polls to equal a full read",
+            )
     wait_state(runtime, root, "FINISHED", timeout=30)
     assert api.get_pipeline_states(runtime, root).data == _full(runtime, root)
 
