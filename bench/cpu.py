@@ -188,7 +188,7 @@ def distributed(workers: int, pipelines: int, batches: int = 1, interval: float 
                       f"{' (fresh workers)' if batch == 0 else ''}: {elapsed:.3f} s wall; CPU seconds: {shown}, "
                       f"{_db_label()} {sum(db.values()):.2f}, submitter {own:.2f}", flush=True)
                 detail = [f"pool processes' main threads (Celery) {celery_in_pools:.2f}",
-                          f"submitter's other threads {own - thread:.2f}"]
+                          f"submitter's other threads {max(0.0, own - thread):.2f}"]
                 if phases is not None:
                     detail.insert(0, f"submitting {phases[1]:.2f} CPU-s in {phases[0]:.3f} s wall, "
                                      f"polling {phases[2]:.2f} CPU-s ({phases[3]} polls)")
