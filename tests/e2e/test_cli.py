@@ -207,6 +207,11 @@ def test_set_outputs_of_a_failed_node_then_skip(tmp_path: Path) -> None:
     out = culm(tmp_path, "set-outputs", "node_done", "who=mended", "answer=42")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "updated the outputs of" in out.stdout
+    # ${answer} is not a context value: as in bamboo it reaches only the outputs, and a note says so
+    # (it went by without a word).
+    assert "note: the pipeline pipeline_cli_exploding has no context value ${answer}: set only in the outputs of " \
+        "node_done" in out.stderr, out.stderr
+    assert "${who}" not in out.stderr
     from culm import Runtime, api
 
     with Runtime(f"sqlite:///{tmp_path / 'cli.db'}", workers=0) as rt:
