@@ -157,3 +157,40 @@ def test_an_answer_left_unread_has_its_connection_dropped(tmp_path: Path) -> Non
         assert httpx.get(url + "/api/v1/me", timeout=30).status_code == 200
     finally:
         _stop(proc)
+
+
+def test_an_answer_read_slowly_but_steadily_arrives_whole(tmp_path: Path) -> None:
+    """Review 16 (R1): the connection was dropped once its answer had stayed over the buffer's
+    high-water mark for a whole --request-timeout, even while the client read it meanwhile. A client
+    that reads at MIN_BODY_RATE or more gets the whole answer, however long that takes."""
+    import httpx
+    from web_support import divide_tree
+
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "", "--request-timeout", "1")
+    port = int(url.rsplit(":", 1)[1])
+    tree = divide_tree(1)
+    tree["data"] = {"inputs": {"${big}": {"type": "plain", "value": "x" * 3_000_000}}, "outputs": {}}
+    try:
+        assert httpx.post(url + "/api/v1/pipelines", json={"tree": tree}, timeout=60).status_code == 201
+        one = httpx.get(f"{url}/api/v1/pipelines/{tree['id']}/tree", timeout=60)
+        request = f"GET /api/v1/pipelines/{tree['id']}/tree HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
+        conn = socket.socket()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        conn.connect(("127.0.0.1", port))
+        conn.sendall(request * 3)  # 9 MB of answers: most of them wait in the server's buffer
+        conn.settimeout(30)
+        got, began = 0, time.monotonic()
+        try:
+            while chunk := conn.recv(32768):  # a few KB at a time (its small buffer): many seconds in all
+                got += len(chunk)
+                if got >= 3 * len(one.content):
+                    break
+                time.sleep(0.01)
+        except ConnectionResetError:
+            pass
+        conn.close()
+        assert got >= 3 * len(one.content), (
+            f"{got:,} of {3 * len(one.content):,} bytes read in {time.monotonic() - began:.1f} s, then dropped"
+        )
+    finally:
+        _stop(proc)
