@@ -93,6 +93,12 @@ def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace
     }
 
 
+def _accepted(res: Any, command: str, target: str) -> None:
+    """Raise the refusal of ``command`` on ``target``, its message as the engine gave it when that
+    names the target already (``cannot retry node X: ...``), else after ``command target: ``."""
+    check(res, "" if target in (res.message or "") else f"{command} {target}")
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     attr, done, call = _operations()[args.command]
     target = getattr(args, attr)
@@ -113,7 +119,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
         if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
-            check(call(rt, args), f"{args.command} {target}")
+            _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
         if args.command != "revoke":
@@ -124,7 +130,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         progress = Progress(root_id, info)
         progress.hold()  # listening before the command, so that none of its changes is missed
         with progress_by_signal(rt, progress) as polled:
-            check(call(rt, args), f"{args.command} {target}")
+            _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             progress.release()
             wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)
