@@ -35,6 +35,10 @@ from culm.cli.loading import import_modules, import_names, split_assignment
 from culm.cli.run import Progress, progress_by_signal, require_components, wait_and_conclude
 
 FOLLOW_TIMEOUT = 600.0
+# The state a node command's target must be in for the engine to take it; in any other, the
+# command is only sent (the engine refuses it, naming the state) and nothing else is checked first.
+NEEDS = {"retry": "FAILED", "retry-subprocess": "FAILED", "skip": "FAILED", "skip-exclusive-gateway": "FAILED",
+         "skip-conditional-parallel-gateway": "FAILED", "force-fail": "RUNNING", "callback": "RUNNING"}
 
 
 def _callback(rt: Any, args: argparse.Namespace) -> Any:
@@ -118,7 +122,10 @@ def cmd_control(args: argparse.Namespace) -> int:
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
+        # A command its target's state refuses anyway: say why the engine refuses it, not (first)
+        # that the components to run what follows are missing.
+        hopeless = entry is not None and entry.get("state") != NEEDS.get(args.command, entry.get("state"))
+        if args.no_follow or not runner or entry is None or hopeless or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
             _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
