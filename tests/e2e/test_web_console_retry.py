@@ -222,3 +222,16 @@ def test_retry_form_as_json_sends_untouched_templates_as_written(
     changes_say(browser, "amount: 250 → 5")
     got = retried_got(browser, served, act)
     assert got == {"amount": 5, "note": "bob-note", "express": False, "tags": "typed"}
+
+
+def test_an_unknown_pipeline_is_said_once(browser: Any, served: Any) -> None:  # noqa: F811
+    """A new user's trial: "Cannot show pipeline ghost: pipeline ghost does not exist ..."."""
+    sign_in(browser, served, "viewer")
+    browser.get(f"{served.url}/#/p/ghost_{uuid.uuid4().hex[:6]}")
+    try:
+        wait_until(lambda: "ghost_" in text(browser, "#page-error"), 20, 0.05, what="the page's error")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; the page says {text(browser, 'body')[:300]!r}") from None
+    said = text(browser, "#page-error")
+    # The server's reason, capitalised: "No pipeline with id ghost_..." (not after "Cannot show pipeline ghost_...: ")
+    assert said.startswith(("No pipeline with id ghost_", "Pipeline ghost_")) and said.count("ghost_") == 1, said

@@ -313,7 +313,10 @@
         stop = culm.follow("?root_id=" + encodeURIComponent(pipelineId), onChange);
       } catch (e) {
         if (e.status === 401) return; // signed out: the sign-in page says why
-        view.replaceChildren(el("p", { class: "error", id: "page-error", text: "Cannot show pipeline " + pipelineId + ": " + e.message }),
+        // The server's reason as it is when it names the pipeline ("pipeline X does not exist"), said once.
+        const said = e.message.includes(pipelineId) ? e.message.charAt(0).toUpperCase() + e.message.slice(1)
+          : "Cannot show pipeline " + pipelineId + ": " + e.message;
+        view.replaceChildren(el("p", { class: "error", id: "page-error", text: said }),
           el("a", { href: "#/", text: "‹ Pipelines" }));
       }
     })();
