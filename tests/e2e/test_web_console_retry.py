@@ -188,6 +188,8 @@ def test_retry_form_sends_templates_as_written_unless_their_field_changed(
                                Var(type=Var.PLAIN, value=["${customer}"]))
     assert field(browser, "note").get_attribute("value") == "ann-note"  # what the last run had
     assert "${customer}-note" in text(browser, "#retry-fields")  # and what it is written as
+    # A pipeline without a name: its head showed "null" after its id (the trial's screenshot).
+    assert "null" not in text(browser, ".pipeline-head"), text(browser, ".pipeline-head")
     # A field that cannot be read keeps the form as fields, the edit kept.
     amount = field(browser, "amount")
     amount.clear()

@@ -250,7 +250,7 @@
         if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
       }
       head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
-        el("h2", { class: "clamp", title: culm.inert(name()), text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : null,
+        el("h2", { class: "clamp", title: culm.inert(name()), text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : "", // (DOM's replaceChildren writes null as "null")
         el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
         el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
           ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s)),

@@ -82,9 +82,11 @@
     field.setAttribute("data-key", key);
     field.setAttribute("data-kind", kind);
     const label = el("label", { for: id, class: "input-key", text: key });
-    const hint = el("span", { class: "muted input-kind", text: (kind === "json" ? "JSON" : kind)
-      + (written === undefined ? "" : " · from " + brief(written) + ", sent as written unless changed") });
-    return { row: el("div", { class: "input-row" }, label, field, hint), field, read };
+    const hint = el("span", { class: "muted input-kind", text: kind === "json" ? "JSON" : kind });
+    const row = el("div", { class: "input-row" }, label, field, hint);
+    // An input the tree wrote as a template: said on a line of its own, under its field.
+    return { row: written === undefined ? row : el("div", { class: "input-block" }, row, el("div", { class: "muted input-written",
+      text: "from " + brief(written) + ", sent as written unless changed" })), field, read };
   }
 
   // The retry form: the node's inputs as fields (or as one JSON object), what would change, and a
