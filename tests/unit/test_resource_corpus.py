@@ -319,7 +319,7 @@ def test_the_templates_of_one_node_share_one_time_budget(monkeypatch) -> None:
 
 def test_the_conditions_of_one_gateway_share_one_time_budget(monkeypatch) -> None:
     from culm.core.data import GatheredInputs
-    from culm.core.handlers.gateways import _judge
+    from culm.core.handlers.gateways import _How, _judge
     from culm.model.compiled import Condition
 
     monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)
@@ -328,7 +328,8 @@ def test_the_conditions_of_one_gateway_share_one_time_budget(monkeypatch) -> Non
     on_cpu_clock(monkeypatch)
     conds = [Condition(f"f{i}", f"t{i}", f"${{len([x for x in range(20000)]) + {i}}} == 0") for i in range(400)]
     start = time.thread_time()
-    verdict = _judge(conds, GatheredInputs({}, {}, frozenset(), {}), lambda var, value: value, False, None, {})
+    how = _How(first_only=False, func=None, extra_info={}, nested_objects=False)
+    verdict = _judge(conds, GatheredInputs({}, {}, frozenset(), {}), lambda var, value: value, how)
     assert isinstance(verdict, str) and "took longer than 0.3 seconds to render in all" in verdict, verdict
     assert time.thread_time() - start < 3.0
 
