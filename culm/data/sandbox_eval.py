@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
-from culm.data.sandbox_format import percent_format, safe_format, spec_width
+from culm.data.sandbox_format import format_width, percent_format, safe_format
 from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
@@ -396,7 +396,7 @@ class Evaluator:
             self.built(value)  # each piece is charged as it is made, not only the joined result
         self.ensure_number(value, "formatted value")
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
-        self.ensure_length(self.size(value) + spec_width(self.lim, spec), "formatted value")
+        self.ensure_length(self.size(value) + format_width(self.lim, value, spec), "formatted value")
         return self.built(format(value, spec))
 
     # -- comprehensions
