@@ -253,7 +253,8 @@ def finish_inputs(
             try:
                 value = template.render(var.get("value"), namespace, nested_objects)
             except ExpressionError as exc:  # the node's ex_data says which of its inputs failed
-                raise type(exc)(f"input {key!r}: {exc}") from exc
+                kind = "param" if key.startswith("${") else "input"  # a subprocess's params are ${keys}
+                raise type(exc)(f"{kind} {key!r}: {exc}") from exc
             if var.get("type") == LAZY:
                 lazy_var = dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type"))
                 value = _resolve_lazy(lazy, lazy_var, value)

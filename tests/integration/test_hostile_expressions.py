@@ -118,7 +118,7 @@ def test_hostile_subprocess_param_fails_the_subprocess(runtime):
     run(runtime, tree)
     wait_state(runtime, sub.id, "FAILED", timeout=30)
     ex = outputs(runtime, sub.id)["ex_data"]
-    assert ex.startswith("subprocess params hydrate failed") and "digits" in ex
+    assert ex.startswith("subprocess params hydrate failed: param '${p}': ") and "digits" in ex, ex
     assert node_state(runtime, inner.id) is None
 
 
