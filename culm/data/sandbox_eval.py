@@ -32,7 +32,7 @@ from culm.data.sandbox_guards import (
     SIZED,
     TABLE_BYTES,
     check_attribute_name,
-    clip,
+    check_subscript,
     measure,
     method_kind,
     opaque,
@@ -339,10 +339,7 @@ class Evaluator:
     def e_subscript(self, node: ast.Subscript, scope: dict[str, Any]) -> Any:
         obj = self.eval(node.value, scope)
         key = self.eval(node.slice, scope)
-        if callable(obj) or isinstance(obj, types.ModuleType):
-            raise ExpressionError(f"subscripting {type(obj).__name__} objects is not allowed")
-        if isinstance(key, str) and key.startswith("__"):
-            raise ExpressionError(f"subscript key {clip(key)!r} is forbidden (double underscore)")
+        check_subscript(obj, key)
         if isinstance(key, slice):  # a copy: charged like any other value built
             return self.built(obj[key])
         return obj[key]
