@@ -33,6 +33,7 @@ from culm.data.sandbox_guards import (
     TABLE_BYTES,
     check_attribute_name,
     check_subscript,
+    int_digits,
     measure,
     method_kind,
     opaque,
@@ -173,7 +174,9 @@ class Evaluator:
 
     def ensure_length(self, length: int, what: str) -> None:
         if length > self.lim.max_sequence:
-            raise ExpressionLimitError(f"{what} would be {length} long, over {self.lim.max_sequence}")
+            # a length computed from a 4,000-digit int would write all its digits into ex_data
+            told = length if length < 10**15 else f"about 10**{int_digits(length) - 1}"
+            raise ExpressionLimitError(f"{what} would be {told} long, over {self.lim.max_sequence}")
 
     def ensure_size(self, size: int, what: str) -> None:
         if size > self.lim.max_value_size:
