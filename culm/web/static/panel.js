@@ -278,7 +278,8 @@
     try {
       info = await culm.api("/api/v1/nodes/" + encodeURIComponent(nodeId));
     } catch (e) {
-      info = { execution_data: null, histories: [], logs: "", data: {} };
+      // A node not reached yet is a 404 whose detail says so: shown as the panel's note.
+      info = { execution_data: null, histories: [], logs: "", data: {}, problem: e.status === 401 ? "" : e.message };
     }
     if (page.selected !== nodeId) return; // another node was picked meanwhile
     const outputs = (info.execution_data && info.execution_data.outputs) || {};
@@ -328,6 +329,7 @@
         reason ? el("tr", {}, el("td", { text: "waiting" }), el("td", { id: "wait-reason", text: reason.text })) : null,
         entry ? el("tr", {}, el("td", { text: "started" }), el("td", { text: culm.fmtTime(entry.started_time) })) : null,
         entry ? el("tr", {}, el("td", { text: "ended" }), el("td", { text: culm.fmtTime(entry.archived_time) })) : null),
+      info.problem ? el("p", { class: "muted", id: "node-problem", text: culm.inert(info.problem) }) : null,
       actions, formSlot,
       outputs.ex_data ? section("Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view", text: String(outputs.ex_data) })) : null,
       section("Inputs", el("pre", { id: "inputs-view", text: json(inputs) })),
