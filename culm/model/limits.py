@@ -108,11 +108,28 @@ TEXT_BYTES = 65_535
 MAX_LOG_LINE_BYTES = TEXT_BYTES
 
 
+def storable_text(text: str) -> str:
+    """``text`` with what no backend can hold (see :func:`text_problem`) written as its Python
+    escape: a NUL as ``\\x00``, a lone surrogate as ``\\udcff``; other text is returned as it is."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def clip_log_line(line: str) -> str:
-    """``line``, or its start and a note of how much was cut when its UTF-8 is over MAX_LOG_LINE_BYTES."""
+    """``line`` as a log line is stored: what no backend can hold escaped (:func:`storable_text`;
+    a component logging text decoded with ``surrogateescape`` keeps its node's outcome), and cut
+    to its start and a note of how much was cut when its UTF-8 is over MAX_LOG_LINE_BYTES."""
+    line = storable_text(line)
     if len(line) <= MAX_LOG_LINE_BYTES // 4:  # at most 4 bytes a character: no need to encode
         return line
-    data = line.encode("utf-8", "surrogatepass")
+    data = line.encode("utf-8")
     if len(data) <= MAX_LOG_LINE_BYTES:
         return line
     note = f" [... {len(line):,} characters in all, cut to fit a log line]"
