@@ -71,6 +71,12 @@ MAX_LOOP_TIMES = _env_count("CULM_MAX_LOOP_TIMES", 10_000)
 # for a process (docs/data-and-variables.md).
 MAX_PIPELINE_STORED_BYTES = _env_count("CULM_MAX_PIPELINE_STORED_BYTES", 256_000_000)
 STORED_BYTES_CHECK_AT = 65_536
+# Stored bytes of payloads all root pipelines may hold together, checked with each pipeline's
+# budget (the same writes, over STORED_BYTES_CHECK_AT); 0: no bound. A pipeline's budget bounds what
+# retries of its nodes keep, not what retries over many pipelines keep. Off unless set
+# ($CULM_MAX_STORED_BYTES): what a store may fill depends on its disk, and each check it makes
+# sums the counter rows of every pipeline (docs/data-and-variables.md).
+MAX_STORED_BYTES = _env_count("CULM_MAX_STORED_BYTES", 0)
 
 
 def loop_times_problem(value: Any, *, least: int) -> str | None:

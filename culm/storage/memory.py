@@ -461,7 +461,7 @@ class MemoryUnit(TransactionView):
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
         self._put("node_data", node_id, text)
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
@@ -472,7 +472,7 @@ class MemoryUnit(TransactionView):
         """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         row = (codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs"))
         budget.check(node_id, "inputs" if len(row[0]) >= len(row[1]) else "outputs", len(row[0]) + len(row[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
         self._put("execution_data", node_id, row)
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -482,21 +482,26 @@ class MemoryUnit(TransactionView):
         root_id = self.node_root(node_id)
         if root_id is None:
             return node_id, 0, 0
-        held = 0
-        for other, _row in self._where("node", "root", root_id):
-            data = self._get("execution_data", other)
-            held += len(data[0]) + len(data[1]) if data else 0
-            held += len(self._get("node_data", other) or "")
-            held += sum(len(h[2]) + len(h[3]) for _, h in self._where("history", "node", other))
-            held += sum(len(c[2]) for _, c in self._where("callback", "node", other))
-            held += sum(len(r[4]) for _, r in self._where("log", "node", other))
-            held += sum(len(v[2]) for _, v in self._where("context", "pipeline", other))
+        held = sum(self._node_bytes(other) for other, _row in self._where("node", "root", root_id))
         replaced = 0
         if replacing == "culm_execution_data" and (own := self._get("execution_data", node_id)):
             replaced = len(own[0]) + len(own[1])
         elif replacing == "culm_node_data":
             replaced = len(self._get("node_data", node_id) or "")
         return root_id, held - replaced, replaced
+
+    def _node_bytes(self, node_id: str) -> int:
+        data = self._get("execution_data", node_id)
+        held = len(data[0]) + len(data[1]) if data else 0
+        held += len(self._get("node_data", node_id) or "")
+        held += sum(len(h[2]) + len(h[3]) for _, h in self._where("history", "node", node_id))
+        held += sum(len(c[2]) for _, c in self._where("callback", "node", node_id))
+        held += sum(len(r[4]) for _, r in self._where("log", "node", node_id))
+        return held + sum(len(v[2]) for _, v in self._where("context", "pipeline", node_id))
+
+    def all_stored_bytes(self) -> int:
+        """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""
+        return sum(self._node_bytes(node_id) for node_id, _row in self._scan("node"))
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -600,7 +605,7 @@ class MemoryUnit(TransactionView):
     # -- histories and logs ---------------------------------------------------------------------
     def add_history(self, rec: HistoryRecord) -> None:
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes)
         self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:

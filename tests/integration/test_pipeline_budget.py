@@ -152,3 +152,55 @@ def test_retry_inputs_past_the_budget_are_refused_naming_the_node(small_budget):
     res = api.retry_node(rt, failing.id, {"p0": "small", "p1": "", "p2": ""})  # smaller inputs fit
     assert res.result, res.message
     never_stuck(rt, tree["id"])
+
+
+STORE_BUDGET = 16_000_000
+
+
+@pytest.fixture(params=["sqlite", "memory", "postgres-redis", "mariadb-rabbitmq"])
+def small_store(request, tmp_path, monkeypatch):
+    """A runtime whose engine lets one pipeline store BUDGET bytes and all of them STORE_BUDGET."""
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", STORE_BUDGET)
+    if request.param in EMBEDDED:
+        with embedded_runtime(request.param, tmp_path) as rt:
+            yield rt
+        return
+    backend = own_backend(request.param, tmp_path, env={"CULM_MAX_PIPELINE_STORED_BYTES": str(BUDGET),
+                                                         "CULM_MAX_STORED_BYTES": str(STORE_BUDGET)})
+    try:
+        backend.start_workers(1)
+        yield backend.runtime()
+    finally:
+        backend.teardown()
+
+
+def retry_until_refused(rt, node_id: str) -> tuple[int, str]:
+    """Retry a failing node until a retry is refused: how many were taken, and the refusal."""
+    retries = 0
+    while (res := api.retry_node(rt, node_id)).result:
+        retries += 1
+        assert wait_state(rt, node_id, "FAILED", timeout=60)["retry"] == retries
+    return retries, res.message
+
+
+def test_a_retry_storm_across_pipelines_stops_at_the_store_budget(small_store):
+    # Found probing (session 16): each pipeline's budget bounds what retries of its nodes keep, not
+    # what all pipelines keep: a storm of retries over many pipelines filled the disk, budget by budget.
+    rt = small_store
+    first, second = activity("t_fail", MB, MB, MB), activity("t_fail", MB, MB, MB)  # 3 MB each run
+    trees = [line(first), line(second)]
+    for tree, act in zip(trees, (first, second), strict=True):
+        run(rt, tree)
+        wait_state(rt, act.id, "FAILED", timeout=60)
+    retries, said = retry_until_refused(rt, first.id)
+    assert retries == 3, retries  # the two runs' 6 MB + 3 MB a history: a 4th is past 16 MB (the first holds 15)
+    assert f"node {first.id} of pipeline {trees[0]['id']}: storing its history (3,000," in said, said
+    assert "over the 16,000,000 all pipelines may store" in said and "MAX_STORED_BYTES" in said, said
+    assert retry_until_refused(rt, second.id)[0] == 0  # the store is full: the second is refused at once
+    assert len(api.get_node_histories(rt, first.id).data) == retries  # nothing lost
+    assert wait_state(rt, second.id, "FAILED")["retry"] == 0
+    for tree, act in zip(trees, (first, second), strict=True):  # an operator still moves them on
+        assert api.skip_node(rt, act.id).result
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        never_stuck(rt, tree["id"])

@@ -46,6 +46,7 @@ from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
+    ALL_ROOT_BYTES,
     CALLBACK_SEQ,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
@@ -1303,7 +1304,7 @@ class SqlUnit:
         """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
         before anything is written."""
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
         self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
@@ -1315,7 +1316,7 @@ class SqlUnit:
         anything is written."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
         self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -1334,6 +1335,11 @@ class SqlUnit:
         root_id, replaced = str(row[0]), int(row[1] or 0)
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
+
+    def all_stored_bytes(self) -> int:
+        """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
+        row = self._one(ALL_ROOT_BYTES, [])
+        return int(row[0] or 0) if row else 0
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -1480,7 +1486,7 @@ class SqlUnit:
     def add_history(self, rec: HistoryRecord) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
