@@ -26,7 +26,8 @@ from culm.model import limits
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
           total: Callable[[], int] | None = None) -> None:
-    """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``)
+    """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
+    ``"callback data"``)
     of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
     together past :data:`~culm.model.limits.MAX_STORED_BYTES` when that is set. ``held()`` reads the
     root pipeline's id, the bytes it holds besides what the write replaces, and the bytes the

@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 from backends import own_backend
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (
@@ -204,3 +205,29 @@ def test_a_retry_storm_across_pipelines_stops_at_the_store_budget(small_store):
         assert api.skip_node(rt, act.id).result
         wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
         never_stuck(rt, tree["id"])
+
+
+def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
+    # Found probing (session 16): callback data was counted, never checked: a node taking many
+    # callbacks stored each one (7 MB apiece allowed), 25 of 1 MB took a 20 MB pipeline to 25 MB,
+    # and a storm of them had no bound at all.
+    rt = small_budget
+    act = ServiceActivity(component_code="t_multi_callback")
+    tree = line(act)
+    run(rt, tree)
+    version = wait_state(rt, act.id, "RUNNING", timeout=60)["version"]
+    wait_until(lambda: api.callback(rt, act.id, version, {"n": -1}).result, 30, 0.05, what="the node to wait")
+    taken, refusal = [], ""
+    for n in range(25):  # 25 MB: past the 20 MB budget
+        res = api.callback(rt, act.id, version, {"n": n, "pad": "x" * 1_000_000})
+        if not res.result:
+            refusal = res.message
+            break
+        taken.append(n)
+    assert 15 <= len(taken) < 25, len(taken)
+    assert f"node {act.id}: storing its callback data (1,000," in refusal, refusal
+    assert "MAX_PIPELINE_STORED_BYTES" in refusal, refusal
+    assert stored(rt, act.id) <= BUDGET + limits.STORED_BYTES_CHECK_AT
+    assert api.callback(rt, act.id, version, {"n": 99, "done": True}).result  # small data still goes
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+    assert api.get_execution_data(rt, act.id).data["outputs"]["received"] == [-1, *taken, 99]  # nothing lost
