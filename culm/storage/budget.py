@@ -25,7 +25,7 @@ from culm.model import limits
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
-          total: Callable[[], int] | None = None) -> None:
+          total: Callable[[], int] | None = None, *, always: bool = False) -> None:
     """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
     ``"callback data"``)
     of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
@@ -33,12 +33,14 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     root pipeline's id, the bytes it holds besides what the write replaces, and the bytes the
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
-    ``total()`` reads the bytes every pipeline holds.
+    ``total()`` reads the bytes every pipeline holds. A write of at most
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (data
+    sent from outside the engine, such as a callback's: a storm of small ones passed any budget).
 
     Raises:
         StoredBytesBudgetError: Naming the node, the size, what is held and the budget.
     """
-    if size <= limits.STORED_BYTES_CHECK_AT:
+    if size <= limits.STORED_BYTES_CHECK_AT and not always:
         return
     budget = limits.MAX_PIPELINE_STORED_BYTES
     root_id, others, replaced = held()

@@ -582,7 +582,8 @@ class MemoryUnit(TransactionView):
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
-        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes)
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+                     always=True)
         seq = 1 + max((row[3] for _, row in self._where("callback", "node", node_id) if row[1] == version), default=0)
         self._insert("callback", callback_id, (node_id, version, text, seq))
 

@@ -231,3 +231,33 @@ def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
     assert api.callback(rt, act.id, version, {"n": 99, "done": True}).result  # small data still goes
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
     assert api.get_execution_data(rt, act.id).data["outputs"]["received"] == [-1, *taken, 99]  # nothing lost
+
+
+def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch):
+    # Found probing (session 16): writes under STORED_BYTES_CHECK_AT are never checked, so a storm
+    # of 60 KB callbacks passed any budget, one unchecked write after another. Callback data comes
+    # from outside the engine: every callback is checked (one read of the pipeline's counter rows).
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 2_000_000)  # checked where the callback is sent
+    rt = small_budget
+    act = ServiceActivity(component_code="t_multi_callback")
+    tree = line(act)
+    run(rt, tree)
+    version = wait_state(rt, act.id, "RUNNING", timeout=60)["version"]
+    wait_until(lambda: api.callback(rt, act.id, version, {"n": -1}).result, 30, 0.05, what="the node to wait")
+    taken = 0
+    while (res := api.callback(rt, act.id, version, {"n": taken, "pad": "x" * 60_000})).result:
+        taken += 1
+        assert taken < 50, "60 KB callbacks went past a 2 MB budget"
+    assert f"node {act.id}: storing its callback data (60,0" in res.message and "2,000,000" in res.message, res.message
+    assert stored(rt, act.id) <= 2_000_000
+
+    def received() -> list:
+        return api.get_execution_data(rt, act.id).data["outputs"]["received"]
+
+    wait_until(lambda: len(received()) == taken + 1, 60, 0.1, what="every callback taken to run")  # none lost
+    assert received() == [-1, *range(taken)]
+    assert wait_state(rt, act.id, "RUNNING")["version"] == version  # still waiting: an operator moves it on
+    assert api.forced_fail_activity(rt, act.id, "storm").result
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)

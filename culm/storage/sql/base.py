@@ -1463,7 +1463,8 @@ class SqlUnit:
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
-        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes)
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+                     always=True)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
         last = self._one(CALLBACK_SEQ, [node_id, version])
