@@ -354,7 +354,7 @@ class Schedules(Protocol):
 class Histories(Protocol):
     """Past runs of nodes and the log lines of their user code."""
 
-    def add_history(self, rec: HistoryRecord) -> None: ...
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None: ...
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
         """A node's histories, oldest first. With ``payload_chars``, the inputs and outputs of the

@@ -606,9 +606,10 @@ class MemoryUnit(TransactionView):
         return codec.loads(row[2]) if row else None
 
     # -- histories and logs ---------------------------------------------------------------------
-    def add_history(self, rec: HistoryRecord) -> None:
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes)
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+                     always=always)
         self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:

@@ -181,6 +181,7 @@ def retry_until_refused(rt, node_id: str) -> tuple[int, str]:
     retries = 0
     while (res := api.retry_node(rt, node_id)).result:
         retries += 1
+        assert retries < 40, "the retries went on past the budget"
         assert wait_state(rt, node_id, "FAILED", timeout=60)["retry"] == retries
     return retries, res.message
 
@@ -259,5 +260,23 @@ def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch
     assert wait_state(rt, act.id, "RUNNING")["version"] == version  # still waiting: an operator moves it on
     assert api.forced_fail_activity(rt, act.id, "storm").result
     wait_state(rt, act.id, "FAILED", timeout=60)
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_small_retries_cannot_pass_the_budget_either(small_budget, monkeypatch):
+    # Found probing (session 16): a history under STORED_BYTES_CHECK_AT is never checked, so a storm
+    # of retries of a node with 60 KB inputs passed any budget, one unchecked history after another.
+    # A retry is an operator's: its history is checked whatever its size.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)  # checked where the retry is asked
+    rt = small_budget
+    act = activity("t_fail", "${'x' * 60000}")
+    tree = line(act)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    retries, said = retry_until_refused(rt, act.id)
+    assert 5 <= retries < 20, retries
+    assert f"node {act.id}: storing its history (60," in said and "1,000,000" in said, said
+    assert len(api.get_node_histories(rt, act.id).data) == retries  # nothing lost
     assert api.skip_node(rt, act.id).result
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
