@@ -208,16 +208,23 @@ def test_a_retry_storm_across_pipelines_stops_at_the_store_budget(small_store):
         never_stuck(rt, tree["id"])
 
 
-def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
-    # Found probing (session 16): callback data was counted, never checked: a node taking many
-    # callbacks stored each one (7 MB apiece allowed), 25 of 1 MB took a 20 MB pipeline to 25 MB,
-    # and a storm of them had no bound at all.
-    rt = small_budget
+def waiting_for_callbacks(rt) -> tuple[dict, ServiceActivity, str]:
+    """A pipeline whose node takes many callbacks, once it has taken one (``n`` -1): the tree, the
+    node and its version."""
     act = ServiceActivity(component_code="t_multi_callback")
     tree = line(act)
     run(rt, tree)
     version = wait_state(rt, act.id, "RUNNING", timeout=60)["version"]
     wait_until(lambda: api.callback(rt, act.id, version, {"n": -1}).result, 30, 0.05, what="the node to wait")
+    return tree, act, version
+
+
+def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
+    # Found probing (session 16): callback data was counted, never checked: a node taking many
+    # callbacks stored each one (7 MB apiece allowed), 25 of 1 MB took a 20 MB pipeline to 25 MB,
+    # and a storm of them had no bound at all.
+    rt = small_budget
+    tree, act, version = waiting_for_callbacks(rt)
     taken, refusal = [], ""
     for n in range(25):  # 25 MB: past the 20 MB budget
         res = api.callback(rt, act.id, version, {"n": n, "pad": "x" * 1_000_000})
@@ -240,11 +247,7 @@ def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch
     # from outside the engine: every callback is checked (one read of the pipeline's counter rows).
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 2_000_000)  # checked where the callback is sent
     rt = small_budget
-    act = ServiceActivity(component_code="t_multi_callback")
-    tree = line(act)
-    run(rt, tree)
-    version = wait_state(rt, act.id, "RUNNING", timeout=60)["version"]
-    wait_until(lambda: api.callback(rt, act.id, version, {"n": -1}).result, 30, 0.05, what="the node to wait")
+    tree, act, version = waiting_for_callbacks(rt)
     taken = 0
     while (res := api.callback(rt, act.id, version, {"n": taken, "pad": "x" * 60_000})).result:
         taken += 1
