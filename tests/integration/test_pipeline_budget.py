@@ -17,6 +17,7 @@ from support import wait_until
 from culm import api
 from culm.builder import (
     ConvergeGateway,
+    Data,
     EmptyEndEvent,
     EmptyStartEvent,
     ParallelGateway,
@@ -63,12 +64,16 @@ def parallel(acts: list[ServiceActivity]) -> dict:
     return build_tree(start)
 
 
-def line(*acts: ServiceActivity) -> dict:
+def line_start(*acts: ServiceActivity) -> EmptyStartEvent:
     tail = start = EmptyStartEvent()
     for act in acts:
         tail = tail.extend(act)
     tail.extend(EmptyEndEvent())
-    return build_tree(start)
+    return start
+
+
+def line(*acts: ServiceActivity) -> dict:
+    return build_tree(line_start(*acts))
 
 
 def stored(rt, node_id: str) -> int:
@@ -283,3 +288,25 @@ def test_small_retries_cannot_pass_the_budget_either(small_budget, monkeypatch):
     assert len(api.get_node_histories(rt, act.id).data) == retries  # nothing lost
     assert api.skip_node(rt, act.id).result
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_context_updates_cannot_pass_the_budget(small_budget, monkeypatch):
+    # Found probing (session 16): context values were counted, never checked, so an operator's
+    # update_context_values, 600 KB into each of a pipeline's 60 variables, took a 20 MB pipeline to 36 MB.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 5_000_000)  # checked where the update is asked
+    rt = small_budget
+    act = activity("t_fail", "x")
+    tree = build_tree(line_start(act), data=Data(inputs={f"${{k{i}}}": Var(type=Var.PLAIN, value="") for i in range(60)}))
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    taken = 0
+    while (res := api.update_context_values(rt, tree["id"], {f"${{k{taken}}}": "x" * 600_000})).result:
+        taken += 1
+        assert taken < 60, "context updates went past the budget"
+    assert 5 <= taken < 9, taken
+    assert f"pipeline {tree['id']}" in res.message and "context values" in res.message, res.message
+    assert "5,000,000" in res.message, res.message
+    assert stored(rt, act.id) <= 5_000_000
+    debug = api.get_pipeline_debug_info(rt, tree["id"])
+    assert debug.result, debug.message
+    assert api.update_context_values(rt, tree["id"], {"${k0}": "small"}).result  # a smaller value still goes
