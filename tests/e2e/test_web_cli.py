@@ -278,7 +278,7 @@ def test_trusted_proxies_decide_which_address_the_per_client_limits_count(
         tmp_path: Path, trusted: str | None, forged_are_apart: bool) -> None:
     """A live stream limit counts a client's address: from a trusted proxy the one its
     X-Forwarded-For names; from any other peer the peer's own. No proxy is trusted unless named
-    (found probing, session 16: trusting this machine by default, as uvicorn has it, let any local
+    (found probing, session 17: trusting this machine by default, as uvicorn has it, let any local
     process, or a tunnel ending on this machine, name any address it liked to the limits)."""
     from culm.web import live
 

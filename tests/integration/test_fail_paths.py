@@ -95,7 +95,7 @@ def test_results_the_store_cannot_hold_fail_their_nodes_once(runtime):
 
 
 def test_log_lines_no_backend_can_hold_are_kept_escaped_and_the_node_keeps_its_outcome(runtime):
-    # Found probing (session 16): a component logging a lone surrogate or a NUL (text decoded with
+    # Found probing (session 17): a component logging a lone surrogate or a NUL (text decoded with
     # surrogateescape, a C string) failed its node, "log lines the store cannot hold", though the
     # call itself had succeeded. Now such a line is kept escaped and the node finishes.
     tree, acts = run_side_by_side(runtime, LOG_CASES)

@@ -192,7 +192,7 @@ def retry_until_refused(rt, node_id: str) -> tuple[int, str]:
 
 
 def test_a_retry_storm_across_pipelines_stops_at_the_store_budget(small_store):
-    # Found probing (session 16): each pipeline's budget bounds what retries of its nodes keep, not
+    # Found probing (session 17): each pipeline's budget bounds what retries of its nodes keep, not
     # what all pipelines keep: a storm of retries over many pipelines filled the disk, budget by budget.
     rt = small_store
     first, second = activity("t_fail", MB, MB, MB), activity("t_fail", MB, MB, MB)  # 3 MB each run
@@ -225,7 +225,7 @@ def waiting_for_callbacks(rt) -> tuple[dict, ServiceActivity, str]:
 
 
 def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
-    # Found probing (session 16): callback data was counted, never checked: a node taking many
+    # Found probing (session 17): callback data was counted, never checked: a node taking many
     # callbacks stored each one (7 MB apiece allowed), 25 of 1 MB took a 20 MB pipeline to 25 MB,
     # and a storm of them had no bound at all.
     rt = small_budget
@@ -247,7 +247,7 @@ def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
 
 
 def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch):
-    # Found probing (session 16): writes under STORED_BYTES_CHECK_AT are never checked, so a storm
+    # Found probing (session 17): writes under STORED_BYTES_CHECK_AT are never checked, so a storm
     # of 60 KB callbacks passed any budget, one unchecked write after another. Callback data comes
     # from outside the engine: every callback is checked (one read of the pipeline's counter rows).
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 2_000_000)  # checked where the callback is sent
@@ -273,7 +273,7 @@ def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch
 
 
 def test_small_retries_cannot_pass_the_budget_either(small_budget, monkeypatch):
-    # Found probing (session 16): a history under STORED_BYTES_CHECK_AT is never checked, so a storm
+    # Found probing (session 17): a history under STORED_BYTES_CHECK_AT is never checked, so a storm
     # of retries of a node with 60 KB inputs passed any budget, one unchecked history after another.
     # A retry is an operator's: its history is checked whatever its size.
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)  # checked where the retry is asked
@@ -291,7 +291,7 @@ def test_small_retries_cannot_pass_the_budget_either(small_budget, monkeypatch):
 
 
 def test_context_updates_cannot_pass_the_budget(small_budget, monkeypatch):
-    # Found probing (session 16): context values were counted, never checked, so an operator's
+    # Found probing (session 17): context values were counted, never checked, so an operator's
     # update_context_values, 600 KB into each of a pipeline's 60 variables, took a 20 MB pipeline to 36 MB.
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 5_000_000)  # checked where the update is asked
     rt = small_budget

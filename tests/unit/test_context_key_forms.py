@@ -1,6 +1,6 @@
 """Context keys that no reference can reach are refused (culm.model.tree_shape).
 
-Found probing (session 16): a ``${...}`` reference is read as a Python name, and Python reads
+Found probing (session 17): a ``${...}`` reference is read as a Python name, and Python reads
 names in Unicode's NFKC form. So a tree's variables ``${é}`` (one character) and ``${é}`` (``e``
 plus a combining accent) were both kept, looked the same in the console, and every reference
 (however written) read the first: the second could never be reached, and a reviewer reading the
