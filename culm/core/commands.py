@@ -8,10 +8,10 @@ names the id and what was wrong.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
-from culm import _json
 from culm.core import data as cdata
 from culm.core import revoking, states
 from culm.core.engine import Engine
@@ -550,8 +550,8 @@ def _json_size(value: Any) -> int:
     """Characters of ``value`` as JSON; 0 for a value JSON cannot hold (the store pickles it, or
     refuses it naming the key)."""
     try:
-        return len(_json.dumps(value))
-    except (TypeError, ValueError):
+        return len(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
         return 0
 
 
