@@ -8,6 +8,7 @@ names the id and what was wrong.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -532,6 +533,10 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
     """Give the existing keys among ``context_values`` plain values; returns those keys."""
     current = unit.get_context(pipeline_id)
     updated = [k for k in context_values if k in current]
+    # An operator's values were counted, never checked: 600 KB into each of 60 variables took a
+    # pipeline past its budget. What they add (their JSON text over the values they replace) is.
+    unit.check_stored_growth(pipeline_id, "context values", sum(
+        _json_size(context_values[k]) - _json_size(current[k].value) for k in updated))
     if updated:
         merged = {k: dctx.ContextVar(k, v.type, v.value, v.code) for k, v in current.items()}
         for k in updated:
@@ -539,6 +544,15 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
         # References of the whole context are recomputed: a plain value refers to nothing.
         unit.upsert_context(pipeline_id, cdata.with_references(merged))
     return updated
+
+
+def _json_size(value: Any) -> int:
+    """Characters of ``value`` as JSON; 0 for a value JSON cannot hold (the store pickles it, or
+    refuses it naming the key)."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        return 0
 
 
 def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, context_values: dict[str, Any]) -> list[str]:

@@ -303,6 +303,10 @@ class NodeData(Protocol):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+        """Raise StoredBytesBudgetError when ``size`` more bytes would take the root pipeline of
+        ``node_id`` (a node or a pipeline) past its budget, or every pipeline past theirs."""
+        ...
 
 
 class Schedules(Protocol):
@@ -354,7 +358,7 @@ class Schedules(Protocol):
 class Histories(Protocol):
     """Past runs of nodes and the log lines of their user code."""
 
-    def add_history(self, rec: HistoryRecord) -> None: ...
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None: ...
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
         """A node's histories, oldest first. With ``payload_chars``, the inputs and outputs of the

@@ -46,6 +46,7 @@ from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
+    ALL_ROOT_BYTES,
     CALLBACK_SEQ,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
@@ -1304,7 +1305,7 @@ class SqlUnit:
         """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
         before anything is written."""
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
         self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
@@ -1316,7 +1317,7 @@ class SqlUnit:
         anything is written."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
         self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -1335,6 +1336,16 @@ class SqlUnit:
         root_id, replaced = str(row[0]), int(row[1] or 0)
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
+
+    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+        """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
+        if size > 0:
+            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+
+    def all_stored_bytes(self) -> int:
+        """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
+        row = self._one(ALL_ROOT_BYTES, [])
+        return int(row[0] or 0) if row else 0
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -1456,7 +1467,10 @@ class SqlUnit:
         return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+        """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+                     always=True)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
         last = self._one(CALLBACK_SEQ, [node_id, version])
@@ -1478,10 +1492,11 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     # -- histories and logs ---------------------------------------------------------------
-    def add_history(self, rec: HistoryRecord) -> None:
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+                     always=always)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,

@@ -263,6 +263,8 @@ LOG_AT = "SELECT line_no, line FROM culm_log WHERE node_id = ? AND version = ? A
 # of its counter rows; ROOT_BYTES_OWN: the bytes of a node's row a write replaces ({size}: the
 # dialect's byte-length function), by table.
 ROOT_BYTES_HELD = "SELECT SUM(bytes) FROM culm_root_bytes WHERE root_id = ?"
+# Every root pipeline's stored bytes together (for culm.model.limits.MAX_STORED_BYTES).
+ALL_ROOT_BYTES = "SELECT SUM(bytes) FROM culm_root_bytes"
 ROOT_BYTES_OWN = {
     "culm_execution_data": "(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",
     "culm_node_data": "(SELECT {size}(inputs) FROM culm_node_data WHERE node_id = n.id)",
