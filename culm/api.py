@@ -348,7 +348,8 @@ def get_execution_data(runtime: Any, node_id: str) -> dict:
 
 @_api
 def get_data(runtime: Any, node_id: str) -> dict:
-    """The raw (not rendered) inputs and output mapping of a node."""
+    """The raw (not rendered) inputs and output mapping of a node; refused (``culm.errors.NodeNotReachedError``)
+    for a node no process has reached yet, as the contract says (bamboo answers from its data rows)."""
     return queries.raw_data(runtime.engine, _str_id(node_id, "node_id"))
 
 
@@ -410,7 +411,8 @@ def get_pipeline_debug_info(runtime: Any, pipeline_id: str) -> dict:
 
 @_api
 def get_node_debug_info(runtime: Any, node_id: str) -> dict:
-    """Definition, data and state of a node."""
+    """Definition, data and state of a node; refused (``culm.errors.NodeNotReachedError``) for a node no
+    process has reached yet (``get_pipeline_tree`` shows its definition)."""
     return queries.node_debug_info(runtime.engine, _str_id(node_id, "node_id"))
 
 

@@ -11,6 +11,11 @@ class NotFoundError(CulmError):
     """A pipeline, node, schedule or datum does not exist."""
 
 
+class NodeNotReachedError(NotFoundError):
+    """A node is in a stored tree but no process has reached it yet (it has no state), so it has no
+    data to show; ``get_pipeline_tree`` shows its definition."""
+
+
 class InvalidOperationError(CulmError):
     """A command is not allowed in the current state of its target."""
 

@@ -63,9 +63,10 @@ def _is_loopback(host: str) -> bool:
 
 _byte_count = whole_number(1, "a number of bytes above 0")
 
-# Proxies whose X-Forwarded-For names the client (uvicorn's default: a proxy on this machine).
-# The address it names is the one the per-address limits count (bad-token throttle, live streams).
-DEFAULT_TRUSTED_PROXIES = "127.0.0.1,::1"
+# Proxies whose X-Forwarded-For names the client: none unless named. The address it names is the
+# one the per-address limits count (bad-token throttle, live streams); uvicorn trusts 127.0.0.1 by
+# default, which let any process on this machine (or a tunnel ending on it) name any address it liked.
+DEFAULT_TRUSTED_PROXIES = ""
 
 
 def trusted_proxies(text: str) -> str:
@@ -282,12 +283,13 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--trusted-proxies", metavar="ADDRESSES",
                        type=trusted_proxies, default=os.environ.get("CULM_TRUSTED_PROXIES", DEFAULT_TRUSTED_PROXIES),
                        help="peers whose X-Forwarded-For header names the client, as addresses or networks separated "
-                            "by commas; '' trusts none, '*' any (default: $CULM_TRUSTED_PROXIES, then "
-                            f"{DEFAULT_TRUSTED_PROXIES})")
+                            "by commas, e.g. 127.0.0.1 for a proxy on this machine; '' trusts none, '*' any (default: "
+                            "$CULM_TRUSTED_PROXIES, then none)")
     serve.add_argument("--request-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                        help="time a request's head may take to arrive, from its first byte (its body must then "
                             "come at 1,000 bytes a second or more; a slower one is answered 408), and an answer may "
-                            "wait unread by its client before the connection is dropped (default 30)")
+                            "wait in the server's memory, its client reading under 1,000 bytes a second, before "
+                            "the connection is dropped (default 30)")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                        help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)

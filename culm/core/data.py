@@ -14,7 +14,7 @@ from culm.core.records import ContextValue
 from culm.data import context as dctx
 from culm.data import template
 from culm.data.sandbox_guards import describe
-from culm.errors import ExpressionLimitError, HydrationError, InvalidOperationError
+from culm.errors import ExpressionError, ExpressionLimitError, HydrationError, InvalidOperationError
 from culm.model import limits
 from culm.model.compiled import Graph, Node, PipelineSpec
 
@@ -250,7 +250,11 @@ def finish_inputs(
             if context_key is not None and (name := dctx.deformat(context_key)) in namespace:
                 rendered[key] = namespace[name]
                 continue
-            value = template.render(var.get("value"), namespace, nested_objects)
+            try:
+                value = template.render(var.get("value"), namespace, nested_objects)
+            except ExpressionError as exc:  # the node's ex_data says which of its inputs failed
+                kind = "param" if key.startswith("${") else "input"  # a subprocess's params are ${keys}
+                raise type(exc)(f"{kind} {key!r}: {exc}") from exc
             if var.get("type") == LAZY:
                 lazy_var = dctx.ContextVar(dctx.format_key(dctx.deformat(key)), LAZY, value, var.get("custom_type"))
                 value = _resolve_lazy(lazy, lazy_var, value)

@@ -303,6 +303,10 @@ class NodeData(Protocol):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+        """Raise StoredBytesBudgetError when ``size`` more bytes would take the root pipeline of
+        ``node_id`` (a node or a pipeline) past its budget, or every pipeline past theirs."""
+        ...
 
 
 class Schedules(Protocol):
@@ -354,7 +358,7 @@ class Schedules(Protocol):
 class Histories(Protocol):
     """Past runs of nodes and the log lines of their user code."""
 
-    def add_history(self, rec: HistoryRecord) -> None: ...
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None: ...
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
         """A node's histories, oldest first. With ``payload_chars``, the inputs and outputs of the
@@ -367,6 +371,12 @@ class Histories(Protocol):
 
     def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
         """The run's lines in the order logged, from the ``first`` (0-based), at most ``count``."""
+        ...
+
+    def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
+        """Like :meth:`logs`, found by the lines' stored numbers instead of passing over the lines
+        before ``first``; None when the line numbered ``first`` has none (stored before numbers
+        were kept)."""
         ...
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:

@@ -13,7 +13,7 @@ from culm.core.engine import Engine
 from culm.core.ports import Unit
 from culm.core.records import StateRecord, TaskRecord
 from culm.core.state_tree import Tree
-from culm.errors import NotFoundError
+from culm.errors import NodeNotReachedError, NotFoundError
 from culm.model import limits
 
 
@@ -133,11 +133,24 @@ def execution_data(engine: Engine, node_id: str) -> tuple[dict[str, Any], dict[s
         return unit.get_execution_data(node_id)
 
 
+def _reached_root(unit: Unit, node_id: str, what: str) -> tuple[str, StateRecord]:
+    """The root id and state of a node a process has reached. A node only in a stored tree is
+    refused as the contract says (bamboo answers ``get_data`` from its data rows)."""
+    root_id = unit.node_root(node_id)
+    if root_id is None:
+        raise NotFoundError(f"node {node_id} does not exist")
+    st = unit.get_state(node_id)
+    if st is None:
+        raise NodeNotReachedError(
+            f"node {node_id} has not been reached yet (it has no state): it is in pipeline {root_id}'s tree, "
+            f"and its {what} can be read once a process reaches it; get_pipeline_tree({root_id}) shows its "
+            f"definition")
+    return root_id, st
+
+
 def raw_data(engine: Engine, node_id: str) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        root_id = unit.node_root(node_id)
-        if root_id is None:
-            raise NotFoundError(f"node {node_id} does not exist")
+        root_id, _st = _reached_root(unit, node_id, "data")
         if root_id == node_id:
             root_data = unit.get_root_data(root_id)
             return {"inputs": {k: {"need_render": False, "value": v} for k, v in root_data.items()}, "outputs": {}}
@@ -219,9 +232,12 @@ def _lines_from(unit: Unit, node_id: str, version: str | None, first: int, count
     out: list[str] = []
     while len(out) < count:
         n = min(limits.LOG_READ_CHUNK, count - len(out))
-        # An offset passes over the lines before it: past the middle, from the end is shorter.
-        chunk = (unit.last_logs(node_id, version or "", total - at - n, n) if at > total // 2
-                 else unit.logs(node_id, version or "", at, n))
+        chunk = unit.logs_at(node_id, version or "", at, n)
+        if chunk is None:
+            # Lines stored unnumbered: an offset passes over the lines before it (past the
+            # middle, from the end is shorter).
+            chunk = (unit.last_logs(node_id, version or "", total - at - n, n) if at > total // 2
+                     else unit.logs(node_id, version or "", at, n))
         for line in chunk:
             budget -= len(line) + 1
             if budget < 0 and out:
@@ -290,17 +306,14 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
 
 def node_debug_info(engine: Engine, node_id: str) -> dict[str, Any]:
     with engine.store.reading() as unit:
-        root_id = unit.node_root(node_id)
-        if root_id is None:
-            raise NotFoundError(f"node {node_id} does not exist")
+        root_id, st = _reached_root(unit, node_id, "debug info")
         graph = engine.graph(root_id, unit)
-        st = unit.get_state(node_id)
         exec_data = unit.get_execution_data(node_id)
     node = graph.nodes.get(node_id)
     return {
         "node": node.raw if node else {"id": node_id, "type": "Pipeline"},
         "data": raw_data(engine, node_id),
-        "state": state_entry(st) if st else None,
+        "state": state_entry(st),
         "execution_data": {"inputs": exec_data[0], "outputs": exec_data[1]} if exec_data else None,
         "err": [],
     }

@@ -154,13 +154,14 @@ def record_history(unit: Unit, st: StateRecord, *, within_budget: bool = False) 
 
     A history that would take the pipeline past what it may store (StoredBytesBudgetError) is
     kept without its inputs and outputs, a note in their place, so that a skip or a loop still
-    moves on; ``within_budget`` (a retry, which an operator asks for) raises the error instead.
+    moves on; ``within_budget`` (a retry, which an operator asks for) raises the error instead,
+    and checks the history whatever its size (a storm of retries of small ones passed any budget).
     """
     exec_data: tuple[UserData, UserData] = unit.get_execution_data(st.node_id) or ({}, {})
     rec = HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
                         st.version, exec_data[0], exec_data[1])
     try:
-        unit.add_history(rec)
+        unit.add_history(rec, always=within_budget)
     except StoredBytesBudgetError as exc:
         if within_budget:
             raise

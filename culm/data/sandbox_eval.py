@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
-from culm.data.sandbox_format import percent_format, safe_format, spec_width
+from culm.data.sandbox_format import format_width, percent_format, safe_format
 from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
@@ -32,7 +32,8 @@ from culm.data.sandbox_guards import (
     SIZED,
     TABLE_BYTES,
     check_attribute_name,
-    clip,
+    check_subscript,
+    int_digits,
     measure,
     method_kind,
     opaque,
@@ -173,7 +174,9 @@ class Evaluator:
 
     def ensure_length(self, length: int, what: str) -> None:
         if length > self.lim.max_sequence:
-            raise ExpressionLimitError(f"{what} would be {length} long, over {self.lim.max_sequence}")
+            # a length computed from a 4,000-digit int would write all its digits into ex_data
+            told = length if length < 10**15 else f"about 10**{int_digits(length) - 1}"
+            raise ExpressionLimitError(f"{what} would be {told} long, over {self.lim.max_sequence}")
 
     def ensure_size(self, size: int, what: str) -> None:
         if size > self.lim.max_value_size:
@@ -339,10 +342,7 @@ class Evaluator:
     def e_subscript(self, node: ast.Subscript, scope: dict[str, Any]) -> Any:
         obj = self.eval(node.value, scope)
         key = self.eval(node.slice, scope)
-        if callable(obj) or isinstance(obj, types.ModuleType):
-            raise ExpressionError(f"subscripting {type(obj).__name__} objects is not allowed")
-        if isinstance(key, str) and key.startswith("__"):
-            raise ExpressionError(f"subscript key {clip(key)!r} is forbidden (double underscore)")
+        check_subscript(obj, key)
         if isinstance(key, slice):  # a copy: charged like any other value built
             return self.built(obj[key])
         return obj[key]
@@ -396,7 +396,7 @@ class Evaluator:
             self.built(value)  # each piece is charged as it is made, not only the joined result
         self.ensure_number(value, "formatted value")
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
-        self.ensure_length(self.size(value) + spec_width(self.lim, spec), "formatted value")
+        self.ensure_length(self.size(value) + format_width(self.lim, value, spec), "formatted value")
         return self.built(format(value, spec))
 
     # -- comprehensions

@@ -8,6 +8,7 @@ indexes are refused outright.
 
 from __future__ import annotations
 
+import datetime
 import string
 from collections import UserString
 from collections.abc import Callable, Iterator, Mapping
@@ -36,6 +37,26 @@ def spec_width(lim: Limits, spec: str) -> int:
     return total
 
 
+# Characters one strftime directive may write, but a time zone's name: %c writes 24 ("Mon Jan  1
+# 00:00:00 2024"), %z up to 16 ("+HH:MM:SS.ffffff"); its spec is 2 characters.
+STRFTIME_DIRECTIVE = 32
+
+
+def format_width(lim: Limits, value: Any, spec: str) -> int:
+    """The characters formatting ``value`` with ``spec`` may add to the value's own text.
+
+    A date, datetime or time formats with strftime: its spec is not a width but a pattern whose
+    every directive writes up to :data:`STRFTIME_DIRECTIVE` characters, and ``%Z`` the zone's
+    whole name (``'{:%c%c...}'.format(when)`` wrote 12 million characters from a spec of one
+    million, 87 MB, before any check saw the result).
+    """
+    width = spec_width(lim, spec)
+    if isinstance(value, datetime.date | datetime.time) and "%" in spec:
+        zone = value.tzname() if isinstance(value, datetime.datetime | datetime.time) else None
+        width += len(spec) + spec.count("%") * (STRFTIME_DIRECTIVE + len(zone or ""))
+    return width
+
+
 def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str, Any], mapping: Any) -> str:
     """``fmt.format(*args, **kwargs)`` (or ``format_map(mapping)``), sized before it runs."""
     if not isinstance(fmt, str):
@@ -60,7 +81,7 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
                 f"format field {{{clip(field, 40)}}} is not allowed (no attribute or index access)"
             )
         ev.ensure_number(arg, "formatted value")
-        estimate += spec_width(ev.lim, spec or "") + PER_FIELD_SLACK + ev.size(arg)
+        estimate += format_width(ev.lim, arg, spec or "") + PER_FIELD_SLACK + ev.size(arg)
     ev.ensure_length(estimate, "formatted string")
     return str.format_map(fmt, mapping) if mapping is not None else str.format(fmt, *args, **kwargs)
 

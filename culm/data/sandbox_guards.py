@@ -162,6 +162,15 @@ def check_attribute_name(attr: str) -> None:
         raise ExpressionError(f"attribute {attr!r} is forbidden")
 
 
+def check_subscript(obj: Any, key: Any) -> None:
+    """Refuse ``obj[key]`` on a callable or a module (a class's ``__class_getitem__`` runs) or with a
+    double-underscore text key; the sandbox and a template's nested-object path share this rule."""
+    if callable(obj) or isinstance(obj, types.ModuleType):
+        raise ExpressionError(f"subscripting {type(obj).__name__} objects is not allowed")
+    if isinstance(key, str) and key.startswith("__"):
+        raise ExpressionError(f"subscript key {clip(key)!r} is forbidden (double underscore)")
+
+
 def _check_constant(value: Any, max_int_digits: int) -> None:
     if value is None or isinstance(value, str | bool | float | complex):
         return

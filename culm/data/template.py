@@ -15,7 +15,7 @@ from typing import Any
 
 from culm.data import sandbox
 from culm.data.memo import WeightedMemo
-from culm.data.sandbox_guards import CONTAINERS, measure, without_addresses
+from culm.data.sandbox_guards import CONTAINERS, check_subscript, measure, without_addresses
 from culm.errors import ExpressionError, ExpressionLimitError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
@@ -267,8 +267,10 @@ class _RenderState:
         obj = self.namespace[match.group(1)]
         try:
             for word, dq_word, number in _INDEX.findall(match.group(2)):
-                obj = obj[int(number)] if number else obj[word or dq_word]
-        except (LookupError, TypeError):
+                key = int(number) if number else word or dq_word
+                check_subscript(obj, key)  # the sandbox's rule: the expression would be refused
+                obj = obj[key]
+        except (LookupError, TypeError, ExpressionError):
             return False, None
         return True, obj
 

@@ -71,6 +71,12 @@ MAX_LOOP_TIMES = _env_count("CULM_MAX_LOOP_TIMES", 10_000)
 # for a process (docs/data-and-variables.md).
 MAX_PIPELINE_STORED_BYTES = _env_count("CULM_MAX_PIPELINE_STORED_BYTES", 256_000_000)
 STORED_BYTES_CHECK_AT = 65_536
+# Stored bytes of payloads all root pipelines may hold together, checked with each pipeline's
+# budget (the same writes, over STORED_BYTES_CHECK_AT); 0: no bound. A pipeline's budget bounds what
+# retries of its nodes keep, not what retries over many pipelines keep. Off unless set
+# ($CULM_MAX_STORED_BYTES): what a store may fill depends on its disk, and each check it makes
+# sums the counter rows of every pipeline (docs/data-and-variables.md).
+MAX_STORED_BYTES = _env_count("CULM_MAX_STORED_BYTES", 0)
 
 
 def loop_times_problem(value: Any, *, least: int) -> str | None:
@@ -108,11 +114,28 @@ TEXT_BYTES = 65_535
 MAX_LOG_LINE_BYTES = TEXT_BYTES
 
 
+def storable_text(text: str) -> str:
+    """``text`` with what no backend can hold (see :func:`text_problem`) written as its Python
+    escape: a NUL as ``\\x00``, a lone surrogate as ``\\udcff``; other text is returned as it is."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def clip_log_line(line: str) -> str:
-    """``line``, or its start and a note of how much was cut when its UTF-8 is over MAX_LOG_LINE_BYTES."""
+    """``line`` as a log line is stored: what no backend can hold escaped (:func:`storable_text`;
+    a component logging text decoded with ``surrogateescape`` keeps its node's outcome), and cut
+    to its start and a note of how much was cut when its UTF-8 is over MAX_LOG_LINE_BYTES."""
+    line = storable_text(line)
     if len(line) <= MAX_LOG_LINE_BYTES // 4:  # at most 4 bytes a character: no need to encode
         return line
-    data = line.encode("utf-8", "surrogatepass")
+    data = line.encode("utf-8")
     if len(data) <= MAX_LOG_LINE_BYTES:
         return line
     note = f" [... {len(line):,} characters in all, cut to fit a log line]"

@@ -7,6 +7,7 @@ with the nodes and flows that are well formed enough for the graph checks.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -155,6 +156,11 @@ class ShapeChecker:
         problem = limits.column_problem(key, width if width is not None else len(key))
         if problem:
             self.add(where, f"{what} key {key!r} {problem}")
+        elif what in _CONTEXT_KEYED and not key.isascii() and (normal := unicodedata.normalize("NFKC", key)) != key:
+            # A reference is read as a Python name, in NFKC form: no reference reaches this key, and
+            # it looks like (or is) a key that one does reach.
+            self.add(where, f"{what} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): every reference "
+                            f"to it reads {normal!r} ({ascii(normal)}) instead, so it can never be reached; write that")
 
     def _value(self, where: str, what: str, value: Any) -> None:
         if not isinstance(value, _CONTAINERS):

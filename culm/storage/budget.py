@@ -12,7 +12,8 @@ primary key, however much the pipeline holds: what was committed before and this
 writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
 pass its budget by what they have in flight) and refuses the write when the bytes held plus the
 write would be over. Ordinary writes cost nothing more: the triggers count them inside the
-database, with no statement of their own.
+database, with no statement of their own. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
+set, such a write also reads the sum of every pipeline's counter rows and is refused past it.
 """
 
 from __future__ import annotations
@@ -23,17 +24,23 @@ from culm.errors import StoredBytesBudgetError
 from culm.model import limits
 
 
-def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]]) -> None:
-    """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``)
-    of node ``node_id`` that would take its root pipeline past its budget. ``held()`` reads the
+def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
+          total: Callable[[], int] | None = None, *, always: bool = False) -> None:
+    """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
+    ``"callback data"``)
+    of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
+    together past :data:`~culm.model.limits.MAX_STORED_BYTES` when that is set. ``held()`` reads the
     root pipeline's id, the bytes it holds besides what the write replaces, and the bytes the
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
+    ``total()`` reads the bytes every pipeline holds. A write of at most
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (data
+    sent from outside the engine, such as a callback's: a storm of small ones passed any budget).
 
     Raises:
         StoredBytesBudgetError: Naming the node, the size, what is held and the budget.
     """
-    if size <= limits.STORED_BYTES_CHECK_AT:
+    if size <= limits.STORED_BYTES_CHECK_AT and not always:
         return
     budget = limits.MAX_PIPELINE_STORED_BYTES
     root_id, others, replaced = held()
@@ -42,6 +49,15 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
             f"node {node_id}: storing its {field} ({size:,} bytes) would take pipeline {root_id} to "
             f"{others + size:,} bytes stored, over the {budget:,} one pipeline may store "
             "(culm.model.limits.MAX_PIPELINE_STORED_BYTES, $CULM_MAX_PIPELINE_STORED_BYTES)",
+            field,
+            [],
+        )
+    everything = limits.MAX_STORED_BYTES
+    if everything and total is not None and size > replaced and (after := total() - replaced + size) > everything:
+        raise StoredBytesBudgetError(
+            f"node {node_id} of pipeline {root_id}: storing its {field} ({size:,} bytes) would take the "
+            f"store to {after:,} bytes stored, over the {everything:,} all pipelines may store "
+            "(culm.model.limits.MAX_STORED_BYTES, $CULM_MAX_STORED_BYTES)",
             field,
             [],
         )

@@ -461,7 +461,7 @@ class MemoryUnit(TransactionView):
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
         self._put("node_data", node_id, text)
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
@@ -472,7 +472,7 @@ class MemoryUnit(TransactionView):
         """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
         row = (codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs"))
         budget.check(node_id, "inputs" if len(row[0]) >= len(row[1]) else "outputs", len(row[0]) + len(row[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
         self._put("execution_data", node_id, row)
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -482,21 +482,31 @@ class MemoryUnit(TransactionView):
         root_id = self.node_root(node_id)
         if root_id is None:
             return node_id, 0, 0
-        held = 0
-        for other, _row in self._where("node", "root", root_id):
-            data = self._get("execution_data", other)
-            held += len(data[0]) + len(data[1]) if data else 0
-            held += len(self._get("node_data", other) or "")
-            held += sum(len(h[2]) + len(h[3]) for _, h in self._where("history", "node", other))
-            held += sum(len(c[2]) for _, c in self._where("callback", "node", other))
-            held += sum(len(r[4]) for _, r in self._where("log", "node", other))
-            held += sum(len(v[2]) for _, v in self._where("context", "pipeline", other))
+        held = sum(self._node_bytes(other) for other, _row in self._where("node", "root", root_id))
         replaced = 0
         if replacing == "culm_execution_data" and (own := self._get("execution_data", node_id)):
             replaced = len(own[0]) + len(own[1])
         elif replacing == "culm_node_data":
             replaced = len(self._get("node_data", node_id) or "")
         return root_id, held - replaced, replaced
+
+    def _node_bytes(self, node_id: str) -> int:
+        data = self._get("execution_data", node_id)
+        held = len(data[0]) + len(data[1]) if data else 0
+        held += len(self._get("node_data", node_id) or "")
+        held += sum(len(h[2]) + len(h[3]) for _, h in self._where("history", "node", node_id))
+        held += sum(len(c[2]) for _, c in self._where("callback", "node", node_id))
+        held += sum(len(r[4]) for _, r in self._where("log", "node", node_id))
+        return held + sum(len(v[2]) for _, v in self._where("context", "pipeline", node_id))
+
+    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+        """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
+        if size > 0:
+            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+
+    def all_stored_bytes(self) -> int:
+        """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""
+        return sum(self._node_bytes(node_id) for node_id, _row in self._scan("node"))
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -575,7 +585,10 @@ class MemoryUnit(TransactionView):
         return True
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+        """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+                     always=True)
         seq = 1 + max((row[3] for _, row in self._where("callback", "node", node_id) if row[1] == version), default=0)
         self._insert("callback", callback_id, (node_id, version, text, seq))
 
@@ -598,9 +611,10 @@ class MemoryUnit(TransactionView):
         return codec.loads(row[2]) if row else None
 
     # -- histories and logs ---------------------------------------------------------------------
-    def add_history(self, rec: HistoryRecord) -> None:
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+                     always=always)
         self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
 
     def histories(self, node_id: str, loop: int = -1, payload_chars: int | None = None) -> list[HistoryRecord]:
@@ -626,6 +640,9 @@ class MemoryUnit(TransactionView):
     def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
         rows = self._logs_of(node_id, version)[first:None if count is None else first + count]
         return [row[4] for _, row in rows]
+
+    def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
+        return self.logs(node_id, version, first, count)
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         rows = self._logs_of(node_id, version)

@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from culm import api
+from culm.errors import NodeNotReachedError
 from culm.model.limits import MAX_LOG_PAGE_LINES
 from culm.web import auth, live
 from culm.web.problems import FastJSON, ProblemError, responses, unique_keys, unwrap
@@ -104,6 +105,7 @@ def pipeline_debug(request: Request, pipeline_id: str) -> FastJSON:
 @router.get("/nodes/{node_id}", summary="A node: definition, raw data, state, execution data, histories, logs",
             responses=responses(404))
 def node(request: Request, node_id: str) -> FastJSON:
+    """404 for a node not reached yet too, its detail saying so (``get_node_debug_info`` refuses it)."""
     rt = _rt(request)
     info = unwrap(api.get_node_debug_info(rt, node_id))
     info["histories"] = unwrap(api.get_node_histories(rt, node_id))
@@ -135,7 +137,11 @@ def raw_data(request: Request, node_id: str) -> FastJSON:
 
 
 def _known_node(request: Request, node_id: str) -> None:
-    unwrap(api.get_node_debug_info(_rt(request), node_id))
+    """404 for an id no stored tree has; a node not reached yet passes (its histories are ``[]``
+    and its logs empty, as ``culm.api`` answers)."""
+    found = api.get_data(_rt(request), node_id)
+    if not isinstance(found.exc, NodeNotReachedError):
+        unwrap(found)
 
 
 @router.get("/nodes/{node_id}/histories", summary="Earlier runs of a node, oldest first", responses=responses(404))

@@ -406,6 +406,22 @@ def test_unknown_ids_get_404(admin: httpx.Client) -> None:
     assert admin.post("/api/v1/pipelines/nope/context", json={"context_values": {}}).status_code == 404
 
 
+def test_a_node_not_reached_yet_is_a_404_saying_so_with_empty_histories_and_logs(
+        served: Any, admin: httpx.Client) -> None:  # noqa: F811
+    tree = showcase_tree()
+    submit(admin, tree)
+    served.wait_state(node_id(tree, "approve"), "RUNNING")
+    end = tree["end_event"]["id"]  # after the join, which waits for "approve"
+    for path in (f"/api/v1/nodes/{end}", f"/api/v1/nodes/{end}/data"):
+        res = admin.get(path)
+        assert res.status_code == 404, path
+        assert f"node {end} has not been reached yet (it has no state)" in res.json()["detail"], path
+    assert admin.get(f"/api/v1/nodes/{end}/histories").json() == []
+    logs = admin.get(f"/api/v1/nodes/{end}/logs")
+    assert logs.status_code == 200 and logs.text == ""
+    assert admin.get(f"/api/v1/nodes/{node_id(tree, 'approve')}").json()["state"]["state"] == "RUNNING"
+
+
 def test_component_catalogue_has_formats(admin: httpx.Client) -> None:
     items = {c["code"]: c for c in admin.get("/api/v1/components").json()}
     divide = items["web_divide"]

@@ -41,14 +41,21 @@ def pause_of(driver: Any, node: str) -> str:
         "return g ? (g.getAttribute('data-pause') || '') : '';", node))
 
 
-def test_an_appointed_pause_ahead_of_the_branch_is_shown_and_taken_back(browser: Any, served: Any) -> None:  # noqa: F811
+def open_waiting(browser: Any, served: Any, role: str) -> tuple[str, str, str]:  # noqa: F811
+    """Run ``waiting_then_after`` until "approve" waits and open its page signed in as ``role``:
+    the ids of the pipeline, "approve" and "after"."""
     tree = waiting_then_after()
     root, approve, after = tree["id"], node_id(tree, "approve"), node_id(tree, "after")
     assert api.run_pipeline(served.runtime, tree).result
     served.wait_state(approve, "RUNNING")
-    sign_in(browser, served, "operator")
+    sign_in(browser, served, role)
     browser.get(f"{served.url}/#/p/{root}")
     wait_until(lambda: state_of(browser, approve) == "RUNNING", 20, 0.05, what="the page")
+    return root, approve, after
+
+
+def test_an_appointed_pause_ahead_of_the_branch_is_shown_and_taken_back(browser: Any, served: Any) -> None:  # noqa: F811
+    root, approve, after = open_waiting(browser, served, "operator")
     assert state_of(browser, after) == "none"
     assert api.pause_node_appoint(served.runtime, after).result  # the page is open: a live change
     with served.client("viewer") as viewer:  # REST: the node's state and why it will wait
@@ -70,3 +77,15 @@ def test_an_appointed_pause_ahead_of_the_branch_is_shown_and_taken_back(browser:
     wait_until(lambda: state_of(browser, after) == "READY" and pause_of(browser, after) == "", 20, 0.05,
                what="the node repainted")
     assert "after" not in text(browser, "#attention")
+
+
+def test_the_panel_of_a_node_not_reached_yet_says_so(browser: Any, served: Any) -> None:  # noqa: F811
+    """``GET /api/v1/nodes/{id}`` is a 404 for such a node (``get_node_debug_info`` refuses it):
+    the panel still shows the node from the tree, with the refusal's text as its note."""
+    _root, _approve, after = open_waiting(browser, served, "viewer")
+    find(browser, f'#graph .node[data-node-id="{after}"]').click()
+    wait_until(lambda: "has not been reached yet" in text(browser, "#node-problem"), 20, 0.05,
+               what="the panel's note")
+    assert text(browser, "#panel-title") == "after"
+    assert "not reached" in text(browser, "#panel-state")
+    assert "web_divide" in text(browser, "#panel")

@@ -20,6 +20,7 @@ from culm.builder import (
     Var,
     build_tree,
 )
+from culm.errors import NodeNotReachedError, NotFoundError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -220,19 +221,38 @@ def test_unknown_ids_refused_by_data_queries(runtime, name):
 
 
 def test_not_reached_node_answers_like_unknown(runtime):
+    """The contract: a node in a stored tree that no process has reached answers as an unknown id:
+    empty data from the polling queries, a refusal naming it from the three data queries (bamboo's
+    ``get_data`` answers it from its data rows). Reached nodes, the running subprocess and the root
+    keep their answers."""
     gate = ServiceActivity(component_code="t_callback")
     later = ServiceActivity(component_code="example_component")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(gate).extend(later).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start)
+    after = ServiceActivity(component_code="example_component")
     start = EmptyStartEvent()
-    start.extend(gate).extend(later).extend(EmptyEndEvent())
+    start.extend(sub).extend(after).extend(EmptyEndEvent())
     tree = build_tree(start)
     run(runtime, tree)
     wait_state(runtime, gate.id, "RUNNING")
-    assert api.get_children_states(runtime, later.id).data == {}
-    assert api.get_execution_data_outputs(runtime, later.id).data == {}
-    assert api.get_node_histories(runtime, later.id).data == []
-    assert api.get_node_logs(runtime, later.id).data == ""
-    refused(api.get_execution_data(runtime, later.id), later.id)
-    assert node_state(runtime, later.id) is None
+    for pending in (later.id, after.id):
+        assert api.get_children_states(runtime, pending).data == {}
+        assert api.get_execution_data_outputs(runtime, pending).data == {}
+        assert api.get_node_histories(runtime, pending).data == []
+        assert api.get_node_short_histories(runtime, pending).data == []
+        assert api.get_node_logs(runtime, pending).data == ""
+        refused(api.get_execution_data(runtime, pending), pending)
+        for name in ("get_data", "get_node_debug_info"):
+            res = getattr(api, name)(runtime, pending)
+            refused(res, pending, "not been reached yet", "no state")
+            assert isinstance(res.exc, NodeNotReachedError) and isinstance(res.exc, NotFoundError)
+        assert node_state(runtime, pending) is None
+    for reached in (gate.id, sub.id, tree["id"]):
+        assert set(api.get_data(runtime, reached).data) == {"inputs", "outputs"}
+        info = api.get_node_debug_info(runtime, reached).data
+        assert info["state"]["id"] == reached and info["state"]["state"] == "RUNNING"
+    assert api.get_node_debug_info(runtime, gate.id).data["node"]["id"] == gate.id
 
 
 def test_pipeline_outputs_after_finish(runtime):

@@ -7,6 +7,7 @@ The full payload corpus, with its time and memory checks per payload, is
 
 from __future__ import annotations
 
+import datetime
 import resource
 
 import pytest
@@ -117,7 +118,7 @@ def test_hostile_subprocess_param_fails_the_subprocess(runtime):
     run(runtime, tree)
     wait_state(runtime, sub.id, "FAILED", timeout=30)
     ex = outputs(runtime, sub.id)["ex_data"]
-    assert ex.startswith("subprocess params hydrate failed") and "digits" in ex
+    assert ex.startswith("subprocess params hydrate failed: param '${p}': ") and "digits" in ex, ex
     assert node_state(runtime, inner.id) is None
 
 
@@ -230,3 +231,22 @@ def test_list_variables_sharing_each_other_cannot_multiply_past_the_render_budge
     start.extend(act).extend(EmptyEndEvent())
     ex = fails_beside_a_healthy_pipeline(runtime, build_tree(start, data=Data(inputs=variables)), act.id)
     assert ex.startswith("inputs hydrate failed: variable ${a1") and "rendered text is longer than" in ex, ex
+
+
+
+def test_a_strftime_pattern_too_long_fails_its_node_before_it_formats(runtime):
+    """A datetime in the context formatted with a pattern of half a million %c (24 characters
+    each): refused from the pattern's length before strftime runs, the input named; the pipeline
+    stays operable: a retry with a usual pattern finishes it."""
+    act = echo("${('%c:' % 123 + '%c' * 490000 + '%c' % 125).format(when)}")
+    after = echo("${when.year}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(after).extend(EmptyEndEvent())
+    when = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    tree = build_tree(start, data=Data(inputs={"${when}": Var(type=Var.PLAIN, value=when)}))
+    ex = fails_beside_a_healthy_pipeline(runtime, tree, act.id)
+    assert ex.startswith("inputs hydrate failed") and "formatted string would be" in ex, ex
+    assert "input 'x'" in ex, ex
+    assert api.retry_node(runtime, act.id, {"x": "${('%c:%%Y' % 123 + '%c' % 125).format(when)}"}).result
+    wait_pipeline(runtime, tree["id"], "FINISHED", timeout=30)
+    assert (outputs(runtime, act.id)["out"], outputs(runtime, after.id)["out"]) == ("2024!", "2024!")

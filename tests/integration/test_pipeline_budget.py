@@ -12,10 +12,12 @@ from __future__ import annotations
 import pytest
 from backends import own_backend
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import (
     ConvergeGateway,
+    Data,
     EmptyEndEvent,
     EmptyStartEvent,
     ParallelGateway,
@@ -62,12 +64,16 @@ def parallel(acts: list[ServiceActivity]) -> dict:
     return build_tree(start)
 
 
-def line(*acts: ServiceActivity) -> dict:
+def line_start(*acts: ServiceActivity) -> EmptyStartEvent:
     tail = start = EmptyStartEvent()
     for act in acts:
         tail = tail.extend(act)
     tail.extend(EmptyEndEvent())
-    return build_tree(start)
+    return start
+
+
+def line(*acts: ServiceActivity) -> dict:
+    return build_tree(line_start(*acts))
 
 
 def stored(rt, node_id: str) -> int:
@@ -152,3 +158,155 @@ def test_retry_inputs_past_the_budget_are_refused_naming_the_node(small_budget):
     res = api.retry_node(rt, failing.id, {"p0": "small", "p1": "", "p2": ""})  # smaller inputs fit
     assert res.result, res.message
     never_stuck(rt, tree["id"])
+
+
+STORE_BUDGET = 16_000_000
+
+
+@pytest.fixture(params=["sqlite", "memory", "postgres-redis", "mariadb-rabbitmq"])
+def small_store(request, tmp_path, monkeypatch):
+    """A runtime whose engine lets one pipeline store BUDGET bytes and all of them STORE_BUDGET."""
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", STORE_BUDGET)
+    if request.param in EMBEDDED:
+        with embedded_runtime(request.param, tmp_path) as rt:
+            yield rt
+        return
+    backend = own_backend(request.param, tmp_path, env={"CULM_MAX_PIPELINE_STORED_BYTES": str(BUDGET),
+                                                         "CULM_MAX_STORED_BYTES": str(STORE_BUDGET)})
+    try:
+        backend.start_workers(1)
+        yield backend.runtime()
+    finally:
+        backend.teardown()
+
+
+def retry_until_refused(rt, node_id: str) -> tuple[int, str]:
+    """Retry a failing node until a retry is refused: how many were taken, and the refusal."""
+    retries = 0
+    while (res := api.retry_node(rt, node_id)).result:
+        retries += 1
+        assert retries < 40, "the retries went on past the budget"
+        assert wait_state(rt, node_id, "FAILED", timeout=60)["retry"] == retries
+    return retries, res.message
+
+
+def test_a_retry_storm_across_pipelines_stops_at_the_store_budget(small_store):
+    # Found probing (session 17): each pipeline's budget bounds what retries of its nodes keep, not
+    # what all pipelines keep: a storm of retries over many pipelines filled the disk, budget by budget.
+    rt = small_store
+    first, second = activity("t_fail", MB, MB, MB), activity("t_fail", MB, MB, MB)  # 3 MB each run
+    trees = [line(first), line(second)]
+    for tree, act in zip(trees, (first, second), strict=True):
+        run(rt, tree)
+        wait_state(rt, act.id, "FAILED", timeout=60)
+    retries, said = retry_until_refused(rt, first.id)
+    assert retries == 3, retries  # the two runs' 6 MB + 3 MB a history: a 4th is past 16 MB (the first holds 15)
+    assert f"node {first.id} of pipeline {trees[0]['id']}: storing its history (3,000," in said, said
+    assert "over the 16,000,000 all pipelines may store" in said and "MAX_STORED_BYTES" in said, said
+    assert retry_until_refused(rt, second.id)[0] == 0  # the store is full: the second is refused at once
+    assert len(api.get_node_histories(rt, first.id).data) == retries  # nothing lost
+    assert wait_state(rt, second.id, "FAILED")["retry"] == 0
+    for tree, act in zip(trees, (first, second), strict=True):  # an operator still moves them on
+        assert api.skip_node(rt, act.id).result
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        never_stuck(rt, tree["id"])
+
+
+def waiting_for_callbacks(rt) -> tuple[dict, ServiceActivity, str]:
+    """A pipeline whose node takes many callbacks, once it has taken one (``n`` -1): the tree, the
+    node and its version."""
+    act = ServiceActivity(component_code="t_multi_callback")
+    tree = line(act)
+    run(rt, tree)
+    version = wait_state(rt, act.id, "RUNNING", timeout=60)["version"]
+    wait_until(lambda: api.callback(rt, act.id, version, {"n": -1}).result, 30, 0.05, what="the node to wait")
+    return tree, act, version
+
+
+def test_a_callback_storm_stops_at_the_budget_naming_the_node(small_budget):
+    # Found probing (session 17): callback data was counted, never checked: a node taking many
+    # callbacks stored each one (7 MB apiece allowed), 25 of 1 MB took a 20 MB pipeline to 25 MB,
+    # and a storm of them had no bound at all.
+    rt = small_budget
+    tree, act, version = waiting_for_callbacks(rt)
+    taken, refusal = [], ""
+    for n in range(25):  # 25 MB: past the 20 MB budget
+        res = api.callback(rt, act.id, version, {"n": n, "pad": "x" * 1_000_000})
+        if not res.result:
+            refusal = res.message
+            break
+        taken.append(n)
+    assert 15 <= len(taken) < 25, len(taken)
+    assert f"node {act.id}: storing its callback data (1,000," in refusal, refusal
+    assert "MAX_PIPELINE_STORED_BYTES" in refusal, refusal
+    assert stored(rt, act.id) <= BUDGET + limits.STORED_BYTES_CHECK_AT
+    assert api.callback(rt, act.id, version, {"n": 99, "done": True}).result  # small data still goes
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+    assert api.get_execution_data(rt, act.id).data["outputs"]["received"] == [-1, *taken, 99]  # nothing lost
+
+
+def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch):
+    # Found probing (session 17): writes under STORED_BYTES_CHECK_AT are never checked, so a storm
+    # of 60 KB callbacks passed any budget, one unchecked write after another. Callback data comes
+    # from outside the engine: every callback is checked (one read of the pipeline's counter rows).
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 2_000_000)  # checked where the callback is sent
+    rt = small_budget
+    tree, act, version = waiting_for_callbacks(rt)
+    taken = 0
+    while (res := api.callback(rt, act.id, version, {"n": taken, "pad": "x" * 60_000})).result:
+        taken += 1
+        assert taken < 50, "60 KB callbacks went past a 2 MB budget"
+    assert f"node {act.id}: storing its callback data (60,0" in res.message and "2,000,000" in res.message, res.message
+    assert stored(rt, act.id) <= 2_000_000
+
+    def received() -> list:
+        return api.get_execution_data(rt, act.id).data["outputs"]["received"]
+
+    wait_until(lambda: len(received()) == taken + 1, 60, 0.1, what="every callback taken to run")  # none lost
+    assert received() == [-1, *range(taken)]
+    assert wait_state(rt, act.id, "RUNNING")["version"] == version  # still waiting: an operator moves it on
+    assert api.forced_fail_activity(rt, act.id, "storm").result
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_small_retries_cannot_pass_the_budget_either(small_budget, monkeypatch):
+    # Found probing (session 17): a history under STORED_BYTES_CHECK_AT is never checked, so a storm
+    # of retries of a node with 60 KB inputs passed any budget, one unchecked history after another.
+    # A retry is an operator's: its history is checked whatever its size.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)  # checked where the retry is asked
+    rt = small_budget
+    act = activity("t_fail", "${'x' * 60000}")
+    tree = line(act)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    retries, said = retry_until_refused(rt, act.id)
+    assert 5 <= retries < 20, retries
+    assert f"node {act.id}: storing its history (60," in said and "1,000,000" in said, said
+    assert len(api.get_node_histories(rt, act.id).data) == retries  # nothing lost
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_context_updates_cannot_pass_the_budget(small_budget, monkeypatch):
+    # Found probing (session 17): context values were counted, never checked, so an operator's
+    # update_context_values, 600 KB into each of a pipeline's 60 variables, took a 20 MB pipeline to 36 MB.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 5_000_000)  # checked where the update is asked
+    rt = small_budget
+    act = activity("t_fail", "x")
+    tree = build_tree(line_start(act), data=Data(inputs={f"${{k{i}}}": Var(type=Var.PLAIN, value="") for i in range(60)}))
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    taken = 0
+    while (res := api.update_context_values(rt, tree["id"], {f"${{k{taken}}}": "x" * 600_000})).result:
+        taken += 1
+        assert taken < 60, "context updates went past the budget"
+    assert 5 <= taken < 9, taken
+    assert f"pipeline {tree['id']}" in res.message and "context values" in res.message, res.message
+    assert "5,000,000" in res.message, res.message
+    assert stored(rt, act.id) <= 5_000_000
+    debug = api.get_pipeline_debug_info(rt, tree["id"])
+    assert debug.result, debug.message
+    assert api.update_context_values(rt, tree["id"], {"${k0}": "small"}).result  # a smaller value still goes

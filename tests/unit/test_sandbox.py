@@ -239,3 +239,14 @@ def test_safe_str_refuses_huge_values() -> None:
     assert safe_str([1, 2]) == "[1, 2]"
     with pytest.raises(ExpressionLimitError):
         safe_str([[0] * 1000] * 2000)
+
+
+@pytest.mark.parametrize(("expr", "told"), [("[0] * 10**3999", "about 10**3999"), ("'a' * 10**20", "about 10**20"),
+                                             ("'a' * 10**7", "10000000")])
+def test_a_length_refused_is_told_briefly(expr: str, told: str) -> None:
+    """A length computed from a 4,000-digit int wrote all 4,000 digits into the error (and the
+    node's ex_data)."""
+    with pytest.raises(ExpressionLimitError) as refused:
+        evaluate(expr, {})
+    assert f"would be {told} long, over 1000000" in str(refused.value)
+    assert len(str(refused.value)) < 200

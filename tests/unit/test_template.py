@@ -76,6 +76,27 @@ def test_nested_object_lookup_is_opt_in() -> None:
     assert render("${d['nope']}", NS, nested_objects=True) == "${d['nope']}"
 
 
+class _Subscriptable:
+    """A class a context may hold (pickled by reference): subscripting it runs its own code."""
+
+    seen: list[object] = []
+
+    def __class_getitem__(cls, key: object) -> object:
+        cls.seen.append(key)
+        return ("reached", key)
+
+
+def test_nested_object_lookup_keeps_the_sandboxs_subscript_rules() -> None:
+    """The nested-object path subscripted a class (running its __class_getitem__) and took
+    double-underscore keys, both of which the sandbox refuses: such a fragment now stays text."""
+    names = {"t": _Subscriptable, "cfg": {"__k": 1, "k": {"__j": 2}}}
+    for fragment in ("${t['x']}", "${t[0]}", "${cfg['__k']}", "${cfg['k']['__j']}"):
+        assert render(fragment, names, nested_objects=True) == fragment
+        assert render(fragment, names) == fragment
+    assert _Subscriptable.seen == []
+    assert render("${cfg['k']}", names, nested_objects=True) == {"__j": 2}
+
+
 def test_limit_errors_propagate() -> None:
     with pytest.raises(ExpressionLimitError):
         render("${9**9**9**9}", NS)

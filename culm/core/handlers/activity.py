@@ -70,8 +70,10 @@ def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
 def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
     """Store a call's logs and execution data and queue its events.
 
-    A part of the result the store cannot hold (an output no serialiser takes, a log line with a
-    NUL character) is left out, or kept escaped for a log line, and the call counts as failed with
+    A log line with what no backend can hold (a NUL, a lone surrogate) was escaped when it was
+    logged (:func:`culm.model.limits.clip_log_line`) and changes nothing. A part of the result the
+    store cannot hold all the same (an output no serialiser takes) is left out, or kept escaped
+    for a log line, and the call counts as failed with
     ``ex_data`` naming that part: the component ran once and its node fails visibly, instead of
     a write that fails at every attempt (and the component run again after each one).
 

@@ -46,6 +46,7 @@ from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
+    ALL_ROOT_BYTES,
     CALLBACK_SEQ,
     CHANGE_COLUMNS,
     CHANGES_BETWEEN,
@@ -55,6 +56,7 @@ from culm.storage.sql.statements import (
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     LOCK_FREE_SCHEDULE,
+    LOG_AT,
     LOG_COUNT,
     LOG_LINES,
     LOG_TAIL,
@@ -1303,7 +1305,7 @@ class SqlUnit:
         """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
         before anything is written."""
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"))
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
         self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
@@ -1315,7 +1317,7 @@ class SqlUnit:
         anything is written."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"))
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
         self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -1334,6 +1336,16 @@ class SqlUnit:
         root_id, replaced = str(row[0]), int(row[1] or 0)
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
+
+    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+        """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
+        if size > 0:
+            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+
+    def all_stored_bytes(self) -> int:
+        """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
+        row = self._one(ALL_ROOT_BYTES, [])
+        return int(row[0] or 0) if row else 0
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -1455,7 +1467,10 @@ class SqlUnit:
         return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
     def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+        """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+                     always=True)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
         last = self._one(CALLBACK_SEQ, [node_id, version])
@@ -1477,10 +1492,11 @@ class SqlUnit:
         return codec.loads(row[0]) if row else None
 
     # -- histories and logs ---------------------------------------------------------------
-    def add_history(self, rec: HistoryRecord) -> None:
+    def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id))
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+                     always=always)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,
@@ -1510,7 +1526,18 @@ class SqlUnit:
     def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
         codec.check_log_lines(rows)
-        self._insert("culm_log", rows)
+        # Numbered from the run's count (kept by the triggers of 0010, this transaction's earlier
+        # lines included: deferred writes go with the read): a page from an offset seeks (logs_at).
+        # One run's lines are written by the one worker that holds its claim.
+        numbered: list[dict[str, Any]] = []
+        nexts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            run = (r["node_id"], r["version"])
+            if run not in nexts:
+                nexts[run] = self.log_count(*run)
+            numbered.append({**r, "line_no": nexts[run]})
+            nexts[run] += 1
+        self._insert("culm_log", numbered)
 
     def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
         sql = LOG_LINES
@@ -1518,6 +1545,14 @@ class SqlUnit:
             # MySQL has no OFFSET without LIMIT: "no count" is the largest BIGINT.
             sql += f" LIMIT {int(count) if count is not None else 2**63 - 1} OFFSET {int(first)}"
         return [r[0] for r in self._all(sql, [node_id, version, version])]
+
+    def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
+        # Along ix_culm_log_node_version_line (0011) from the line numbered ``first``; None when
+        # that line has no number (stored before 0011): the caller walks to it instead.
+        rows = self._all(f"{LOG_AT} LIMIT {int(count)}", [node_id, version, int(first)])
+        if not rows or rows[0][0] != first:
+            return None
+        return [r[1] for r in rows]
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         # Backwards along ix_culm_log_node_version_id (0009) from the run's last line: a tail of a
