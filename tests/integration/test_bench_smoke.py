@@ -111,6 +111,25 @@ def test_polls_that_drop_each_result_count_their_calls(shape: str) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("case, rows_bytes", [("context", 20 * len('"v"')), ("execution", 20 * len('{"a": 1}{"_result": true, "_loop": 1, "_inner_loop": 1}'))])
+def test_trigger_cost_writes_are_payloads_the_triggers_count(tmp_path: Path, case: str, rows_bytes: int) -> None:
+    """``bench.trigger_cost``'s measured writes without valgrind, on a database at the head
+    revision: they are payload writes revision 0010's triggers count, under the root of the
+    nodes they name (a change of the schema or the triggers that the bench no longer exercises
+    fails here)."""
+    import sqlite3
+
+    import culm
+
+    db = tmp_path / "head.db"
+    culm.Runtime(f"sqlite:///{db}", workers=0).close()
+    run_module("bench.trigger_cost", "--inside", str(db), case, "--rows", "20")
+    with sqlite3.connect(db) as conn:
+        held = conn.execute("SELECT root_id, SUM(bytes) FROM culm_root_bytes GROUP BY root_id").fetchall()
+    assert held == [("r", rows_bytes)]
+
+
+@pytest.mark.timeout(120)
 def test_statement_count_of_one_pipeline_on_postgresql() -> None:
     proc = run_module("bench.statements", "--pipelines", "2", "--trace")
     result = json.loads(proc.stdout.splitlines()[-1])
