@@ -48,6 +48,7 @@ from culm.storage.sql.statements import (
     ACK_CHILDREN,
     CALLBACK_SEQ,
     CHANGE_COLUMNS,
+    CHANGED_PAIRS,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
     FIRST_CALLBACK_TASK,
@@ -878,10 +879,11 @@ class SqlUnit:
         row = self._one("SELECT MAX(seq) FROM culm_change")
         return int(row[0]) if row and row[0] is not None else 0
 
-    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        """(root_id, node_id) of the recorded changes whose seq is in (after, upto], each pair once
-        (a node that moved twice between two polls is read again once)."""
-        return self._all("SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?", [after, upto])
+    def changes_since(self, after: int, most: int) -> tuple[int, list[tuple[str, str]]]:
+        """The highest seq, and the (root_id, node_id) of the recorded changes whose seq is in
+        (after, after + most], each pair once (a node that moved twice between two polls is read
+        again once)."""
+        return self.last_change_seq(), self._all(CHANGED_PAIRS, [after, after + most])
 
     def first_change_seq(self) -> int | None:
         row = self._one("SELECT MIN(seq) FROM culm_change")
