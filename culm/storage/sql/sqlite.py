@@ -10,13 +10,7 @@ from sqlalchemy.pool import StaticPool
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import Dialect, SqlStore, SqlUnit
-from culm.storage.sql.statements import (
-    CHANGED_PAIRS_AND_LAST_SQLITE,
-    DB_NOW_SQLITE,
-    LISTING_TABLES_SQLITE,
-    TASK_WITH_PROCESS_HELD,
-    same_sql,
-)
+from culm.storage.sql.statements import DB_NOW_SQLITE, LISTING_TABLES_SQLITE, TASK_WITH_PROCESS_HELD, same_sql
 
 # WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
 # every second in the background, so writers (run_pipeline's caller among them) rarely have to.
@@ -40,11 +34,6 @@ class SqliteUnit(SqlUnit):
         from culm.storage.cache import bump_epoch
 
         bump_epoch(self)
-
-    def changes_since(self, after: int, most: int) -> tuple[int, list[tuple[str, str]]]:
-        rows = self._all(CHANGED_PAIRS_AND_LAST_SQLITE, [after, after + most])
-        last = next((r[0] for r in rows if r[1] is None), None)  # the MAX row (the feed's ids are never NULL)
-        return int(last or 0), [r for r in rows if r[1] is not None]
 
     def _task_held(
         self, task_id: str, lease: tuple[str, float, float]

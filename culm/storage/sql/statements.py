@@ -191,11 +191,6 @@ RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concur
 CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
 CHANGED_PAIRS = "SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?"
-# SQLite: the highest seq (the first row, its node id NULL) and the pairs above ``after`` in one
-# statement, so a poll's catch-up pays for one statement (the poller competes with the engine for
-# the interpreter lock, which Python 3.11's sqlite3 gives up and takes back at every statement).
-CHANGED_PAIRS_AND_LAST_SQLITE = ("SELECT MAX(seq), NULL FROM culm_change UNION ALL "
-                                 "SELECT * FROM (" + CHANGED_PAIRS + ")")
 # Old changes of ended pipelines in a seq range: each row's root state looked up by key (an IN over
 # the ended roots would read every state row of every stored pipeline at each chunk).
 PRUNE_CHANGES = (
