@@ -36,6 +36,10 @@ from culm.cli.loading import import_modules, import_names, split_assignment
 from culm.cli.run import Progress, progress_by_signal, require_components, wait_and_conclude
 
 FOLLOW_TIMEOUT = 600.0
+# The state a node command's target must be in for the engine to take it; in any other, the
+# command is only sent (the engine refuses it, naming the state) and nothing else is checked first.
+NEEDS = {"retry": "FAILED", "retry-subprocess": "FAILED", "skip": "FAILED", "skip-exclusive-gateway": "FAILED",
+         "skip-conditional-parallel-gateway": "FAILED", "force-fail": "RUNNING", "callback": "RUNNING"}
 
 
 def _callback(rt: Any, args: argparse.Namespace) -> Any:
@@ -100,6 +104,12 @@ def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace
     }
 
 
+def _accepted(res: Any, command: str, target: str) -> None:
+    """Raise the refusal of ``command`` on ``target``, its message as the engine gave it when that
+    names the target already (``cannot retry node X: ...``), else after ``command target: ``."""
+    check(res, "" if target in (res.message or "") else f"{command} {target}")
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     attr, done, call = _operations()[args.command]
     target = getattr(args, attr)
@@ -119,8 +129,11 @@ def cmd_control(args: argparse.Namespace) -> int:
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
-            check(call(rt, args), f"{args.command} {target}")
+        # A command its target's state refuses anyway: say why the engine refuses it, not (first)
+        # that the components to run what follows are missing.
+        hopeless = entry is not None and entry.get("state") != NEEDS.get(args.command, entry.get("state"))
+        if args.no_follow or not runner or entry is None or hopeless or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
+            _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
         if args.command != "revoke":
@@ -131,7 +144,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         progress = Progress(root_id, info)
         progress.hold()  # listening before the command, so that none of its changes is missed
         with progress_by_signal(rt, progress) as polled:
-            check(call(rt, args), f"{args.command} {target}")
+            _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             progress.release()
             wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)

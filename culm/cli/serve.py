@@ -287,7 +287,8 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--request-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                        help="time a request's head may take to arrive, from its first byte (its body must then "
                             "come at 1,000 bytes a second or more; a slower one is answered 408), and an answer may "
-                            "wait unread by its client before the connection is dropped (default 30)")
+                            "wait in the server's memory, its client reading under 1,000 bytes a second, before "
+                            "the connection is dropped (default 30)")
     serve.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"],
                        help="the web server's log level (default warning)")
     serve.set_defaults(func=cmd_serve)

@@ -286,7 +286,7 @@ def retry_subprocess(engine: Engine, node_id: str) -> None:
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "retry")
         if node.type != g.SUBPROCESS:
-            raise InvalidOperationError(f"node {node_id} is a {node.type}, not a SubProcess")
+            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}, not a SubProcess")
         st = _state(unit, node_id)
         _require(st, (states.FAILED,), "retry")
         proc = _sleeping_process(unit, node_id)
@@ -313,7 +313,7 @@ def skip_node(engine: Engine, node_id: str, loop_skip: bool = False) -> None:
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type not in (g.ACTIVITY, g.START):
-            raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities and start events skip")
+            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}: only activities and start events skip")
         times = _loop_times(unit, node, "skippable", "loop-skip") if loop_skip else 0
         if not loop_skip and not node.can_skip:
             raise InvalidOperationError(f"node {node_id} is not skippable")
@@ -343,7 +343,7 @@ def skip_exclusive_gateway(engine: Engine, node_id: str, flow_id: str) -> None:
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type != g.EXCLUSIVE:
-            raise InvalidOperationError(f"node {node_id} is a {node.type}, not an ExclusiveGateway")
+            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}, not an ExclusiveGateway")
         target = node.target_of_flow(flow_id)
         if target is None:
             raise InvalidOperationError(f"flow {flow_id} is not an outgoing flow of gateway {node_id}")
@@ -363,7 +363,7 @@ def skip_conditional_parallel_gateway(engine: Engine, node_id: str, flow_ids: li
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "skip")
         if node.type != g.CONDITIONAL_PARALLEL:
-            raise InvalidOperationError(f"node {node_id} is a {node.type}, not a ConditionalParallelGateway")
+            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}, not a ConditionalParallelGateway")
         if not isinstance(flow_ids, (list, tuple)) or not flow_ids:
             raise InvalidOperationError(f"flow_ids for gateway {node_id} must be a non-empty list")
         targets = [node.target_of_flow(f) for f in flow_ids]
@@ -396,7 +396,7 @@ def forced_fail_activity(engine: Engine, node_id: str, ex_data: str, *, signal: 
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "force-fail")
         if node.type != g.ACTIVITY:
-            raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities can be force-failed")
+            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}: only activities can be force-failed")
         st = _state(unit, node_id)
         _require(st, (states.RUNNING,), "force-fail")
         procs = [p for p in unit.processes_at(node_id) if not p.dead]
@@ -571,7 +571,7 @@ def update_node_loop_times(engine: Engine, node_id: str, loop_times: int) -> Non
     with engine.step() as step:
         _graph, node = _node(engine, step.unit, node_id)
         if not node.loop_config:
-            raise InvalidOperationError(f"node {node_id} is a {node.type} without an enabled loop_config: "
+            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)} without an enabled loop_config: "
                                         "it has no loop count to change")
         step.unit.upsert_context(node.pipeline_id,
                                  [ContextValue(cdata.loop_times_key(node_id), cdata.PLAIN, loop_times)])

@@ -371,6 +371,12 @@ class Histories(Protocol):
         """The run's lines in the order logged, from the ``first`` (0-based), at most ``count``."""
         ...
 
+    def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
+        """Like :meth:`logs`, found by the lines' stored numbers instead of passing over the lines
+        before ``first``; None when the line numbered ``first`` has none (stored before numbers
+        were kept)."""
+        ...
+
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         """The ``count`` lines logged before the run's last ``skip``, in the order logged: a tail
         read from the end, without passing over the lines before it."""

@@ -56,7 +56,7 @@ def _preview(tree: dict[str, Any], node_id: str, subprocess_stack: list[str], ro
     elif node.type == g.SUBPROCESS:
         raw = node.raw.get("params") or {}
     else:
-        raise InvalidOperationError(f"node {node_id} is a {node.type}: only activities and subprocesses have inputs")
+        raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}: only activities and subprocesses have inputs")
     return cdata.render_inputs(raw, _fetch(context), lazy, nested_objects=nested_objects)
 
 

@@ -227,9 +227,12 @@ def _lines_from(unit: Unit, node_id: str, version: str | None, first: int, count
     out: list[str] = []
     while len(out) < count:
         n = min(limits.LOG_READ_CHUNK, count - len(out))
-        # An offset passes over the lines before it: past the middle, from the end is shorter.
-        chunk = (unit.last_logs(node_id, version or "", total - at - n, n) if at > total // 2
-                 else unit.logs(node_id, version or "", at, n))
+        chunk = unit.logs_at(node_id, version or "", at, n)
+        if chunk is None:
+            # Lines stored unnumbered: an offset passes over the lines before it (past the
+            # middle, from the end is shorter).
+            chunk = (unit.last_logs(node_id, version or "", total - at - n, n) if at > total // 2
+                     else unit.logs(node_id, version or "", at, n))
         for line in chunk:
             budget -= len(line) + 1
             if budget < 0 and out:

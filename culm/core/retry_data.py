@@ -51,7 +51,7 @@ def retry_inputs(node: g.Node, data: Any, in_context: Callable[[list[str]], Coll
     if problem := template.too_many_fragments(count, f"the templates of the {what}"):
         raise InvalidOperationError(problem)  # each is parsed on its own, before any clock can stop it
     if data and node.type not in (g.ACTIVITY, g.SUBPROCESS):
-        raise InvalidOperationError(f"{what}: node {node.id} is a {node.type}, which has no inputs to replace "
+        raise InvalidOperationError(f"{what}: node {node.id} is {g.a_type(node.type)}, which has no inputs to replace "
                                     f"(keys given: {', '.join(sorted(data))})")
     if node.type == g.ACTIVITY:
         for key in ENGINE_INPUTS:

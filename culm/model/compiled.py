@@ -157,6 +157,11 @@ class Graph:
         return found
 
 
+def a_type(node_type: str) -> str:
+    """``node_type`` with its article, for messages: "an EmptyStartEvent", "a ServiceActivity"."""
+    return f"{'an' if node_type[:1] in 'AEIOU' else 'a'} {node_type}"
+
+
 def _as_list(value: Any) -> list[str]:
     if value in (None, ""):
         return []

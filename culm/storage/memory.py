@@ -630,6 +630,9 @@ class MemoryUnit(TransactionView):
         rows = self._logs_of(node_id, version)[first:None if count is None else first + count]
         return [row[4] for _, row in rows]
 
+    def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
+        return self.logs(node_id, version, first, count)
+
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         rows = self._logs_of(node_id, version)
         end = max(len(rows) - skip, 0)

@@ -29,7 +29,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # a database already at it needs no Alembic: importing Alembic (with Mako and Pygments) would add
 # ~110 modules and ~30,000 objects to every process that opens a store, and every full garbage
 # collection in it would walk them.
-HEAD_REVISION = "0010"
+HEAD_REVISION = "0011"
 
 
 def alembic_config(connection: Any = None, url: str | None = None) -> Config:

@@ -239,7 +239,11 @@ log = Table(
     Column("loop", Integer, nullable=False),
     Column("created_time", Double, nullable=False),
     Column("line", Text, nullable=False),
+    # The line's number in its run (0-based), given by the writer from culm_log_count (0011): a
+    # page from an offset seeks ix_culm_log_node_version_line. NULL for lines stored before 0011.
+    Column("line_no", BigInteger, nullable=True),
     Index("ix_culm_log_node_version_id", "node_id", "version", "id"),
+    Index("ix_culm_log_node_version_line", "node_id", "version", "line_no"),
 )
 
 # The state-change feed (culm.storage.feed): every state write appends a row in the same

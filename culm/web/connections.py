@@ -20,20 +20,30 @@ is not counted: a connection whose whole request has arrived, or whose reading t
 The same holds for reading the answer: a client that asks for a large one (a tree of 4 MB) and
 does not read it keeps it in the server's memory (200 such connections took a service from 104 MB
 to 512 MB, held for as long as the clients kept them, session 16). A connection whose answer waits
-unread (the transport's buffer over its high-water mark) for as long as the request timeout is
-dropped.
+unread (the transport's buffer over its high-water mark) for as long as the request timeout, and
+whose client read less than :data:`MIN_BODY_RATE` bytes a second of it meanwhile, is dropped; a
+client that reads a large answer slowly but steadily gets all of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import struct
 import time
 from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from culm.web.auth import address_key
+
+try:
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ  # on a socket: the bytes sent but not yet acknowledged, and unsent
+except (ImportError, AttributeError):  # Windows
+    _OUTQ = None
 
 # A browser opens at most 6 connections to one server over HTTP/1.1; a script's pool, tens.
 MAX_CONNECTIONS_PER_CLIENT = 64
@@ -72,6 +82,7 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         _culm_started = 0.0  # when the request being received began (its first byte)
         _culm_bytes = 0  # bytes of it received so far
         _culm_stall: asyncio.TimerHandle | None = None  # while an answer waits unread
+        _culm_unread = 0  # bytes of the answer the client had not read at the last look
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -136,7 +147,34 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         def pause_writing(self) -> None:
             super().pause_writing()
             if self._culm_stall is None:
-                self._culm_stall = self.loop.call_later(request_seconds, self.transport.abort)
+                self._culm_unread = self._culm_unread_bytes()
+                self._culm_stall = self.loop.call_later(request_seconds, self._culm_check_reading)
+
+        def _culm_unread_bytes(self) -> int:
+            """Bytes written that the client has not read yet: the transport's buffer and, where the
+            system tells (Linux), the socket's send queue. The kernel's queue takes megabytes and
+            hands the transport's buffer on only in bursts, so the buffer alone can stand still for
+            seconds while the client reads steadily."""
+            unread = int(self.transport.get_write_buffer_size())
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None and _OUTQ is not None:
+                try:
+                    unread += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+                except OSError:
+                    pass
+            return unread
+
+        def _culm_check_reading(self) -> None:
+            """An answer has waited over the high-water mark for ``request_seconds``: the client
+            keeps the connection if it read at least MIN_BODY_RATE bytes a second meanwhile (while
+            writing is paused the application adds nothing, so the buffer only shrinks as it reads)."""
+            unread = self._culm_unread_bytes()
+            if self._culm_unread - unread < MIN_BODY_RATE * request_seconds:
+                self._culm_stall = None
+                self.transport.abort()
+                return
+            self._culm_unread = unread
+            self._culm_stall = self.loop.call_later(request_seconds, self._culm_check_reading)
 
         def resume_writing(self) -> None:
             if self._culm_stall is not None:

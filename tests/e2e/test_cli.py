@@ -738,3 +738,18 @@ def test_a_control_command_loads_no_table_definitions_rich_or_sandbox(tmp_path: 
     assert shown.stdout.splitlines()[-1] == "0 []", shown.stdout
     states = json.loads(culm(tmp_path, "status", root, "--json").stdout)
     assert states["tree"]["state"] == "SUSPENDED"
+
+
+@pytest.mark.parametrize(("command", "line"), [
+    ("callback", "error: cannot call back node charge_card: its state is FAILED, expected RUNNING"),
+    ("force-fail", "error: cannot force-fail node charge_card: its state is FAILED, expected RUNNING"),
+])
+def test_a_command_the_node_s_state_refuses_says_so_before_asking_for_components(
+        tmp_path: Path, command: str, line: str) -> None:
+    """A new user's trial: `culm callback charge_card` on the FAILED node, without --import, was
+    told to name the modules of component 'charge' (exit 2); the node's state refuses it anyway."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    out = culm(tmp_path, command, "charge_card")
+    assert (out.returncode, out.stderr) == (5, line + "\n"), out.stdout + out.stderr
+    status = culm(tmp_path, "status", "order_1234", "--json")
+    assert '"FAILED"' in status.stdout  # nothing changed

@@ -234,4 +234,20 @@ def test_an_unreachable_database_exits_4(workdir: Path, name: str, args: list[st
 
 @pytest.mark.parametrize(("name", "args"), _rows("refused"), ids=[n for n, _ in _rows("refused")])
 def test_a_refused_command_exits_5(workdir: Path, name: str, args: list[str]) -> None:
-    one_error(culm(workdir, *args), 5)
+    out = culm(workdir, *args)
+    one_error(out, 5)
+    # Said once: not `error: retry node_done: cannot retry node node_done: ...`
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.count(args[1]) <= 1 or name in ("run", "token revoke"), last
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["retry", NODE], f"error: cannot retry node {NODE}: its state is FINISHED, expected FAILED"),
+    (["force-fail", "node_start"], "error: node node_start is an EmptyStartEvent: only activities can be force-failed"),
+    (["skip-exclusive-gateway", NODE, "--flow", "f"], f"error: node {NODE} is a ServiceActivity, not an ExclusiveGateway"),
+    (["resume", PIPELINE], f"error: cannot resume pipeline {PIPELINE}: its state is FINISHED, expected SUSPENDED"),
+])
+def test_a_refusal_is_the_engine_s_reason_said_once(workdir: Path, args: list[str], line: str) -> None:
+    out = culm(workdir, *args)
+    one_error(out, 5)
+    assert out.stderr.strip().splitlines()[-1] == line, out.stderr

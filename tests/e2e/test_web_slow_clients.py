@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from support import wait_until
@@ -119,25 +120,39 @@ def test_request_timeout_must_be_a_positive_number(tmp_path: Path) -> None:
         assert done.returncode == 2 and "--request-timeout" in done.stderr, (bad, done.stderr)
 
 
-def test_an_answer_left_unread_has_its_connection_dropped(tmp_path: Path) -> None:
-    """Found probing (session 16): 200 connections that each asked for a pipeline's 3.5 MB tree and
-    read nothing took the service from 104 MB to 512 MB, held for as long as the clients liked."""
+def _three_big_answers_asked(tmp_path: Path, timeout: str) -> tuple[Any, str, socket.socket, int]:
+    """`culm serve --request-timeout TIMEOUT` holding a pipeline whose tree is 3 MB, and a client
+    with a small receive buffer that has asked for that tree three times at once: more than the
+    kernel's buffers take (4 MB at most), so the rest waits in the server's memory. The server,
+    the tree's URL, the client's socket, the size of one answer's body."""
     import httpx
     from web_support import divide_tree
 
-    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "", "--request-timeout", "2")
-    port = int(url.rsplit(":", 1)[1])
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "", "--request-timeout", timeout)
     tree = divide_tree(1)
     tree["data"] = {"inputs": {"${big}": {"type": "plain", "value": "x" * 3_000_000}}, "outputs": {}}
     try:
         assert httpx.post(url + "/api/v1/pipelines", json={"tree": tree}, timeout=60).status_code == 201
+        size = len(httpx.get(f"{url}/api/v1/pipelines/{tree['id']}/tree", timeout=60).content)
         request = f"GET /api/v1/pipelines/{tree['id']}/tree HTTP/1.1\r\nHost: localhost\r\n\r\n".encode()
         conn = socket.socket()
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        conn.connect(("127.0.0.1", port))
-        # Three answers of 3 MB asked at once: more than the kernel's buffers take (4 MB at most),
-        # so the rest waits in the server's memory, unread.
+        conn.connect(("127.0.0.1", int(url.rsplit(":", 1)[1])))
         conn.sendall(request * 3)
+    except BaseException:
+        _stop(proc)
+        raise
+    return proc, f"{url}/api/v1/pipelines/{tree['id']}/tree", conn, size
+
+
+def test_an_answer_left_unread_has_its_connection_dropped(tmp_path: Path) -> None:
+    """Found probing (session 16): 200 connections that each asked for a pipeline's 3.5 MB tree and
+    read nothing took the service from 104 MB to 512 MB, held for as long as the clients liked."""
+    import httpx
+
+    proc, tree_url, conn, _ = _three_big_answers_asked(tmp_path, "2")
+    url = tree_url.split("/api/")[0]
+    try:
         time.sleep(6)  # the client reads nothing for three times the timeout
         conn.settimeout(20)
         got, ended = 0, False
@@ -155,5 +170,29 @@ def test_an_answer_left_unread_has_its_connection_dropped(tmp_path: Path) -> Non
             f"{got:,} bytes read, connection {'ended' if ended else 'still open'}"
         )
         assert httpx.get(url + "/api/v1/me", timeout=30).status_code == 200
+    finally:
+        _stop(proc)
+
+
+def test_an_answer_read_slowly_but_steadily_arrives_whole(tmp_path: Path) -> None:
+    """Review 16 (R1): the connection was dropped once its answer had stayed over the buffer's
+    high-water mark for a whole --request-timeout, even while the client read it meanwhile. A client
+    that reads at MIN_BODY_RATE or more gets the whole answer, however long that takes."""
+    proc, _, conn, size = _three_big_answers_asked(tmp_path, "1")
+    try:
+        conn.settimeout(30)
+        got, began = 0, time.monotonic()
+        try:
+            while chunk := conn.recv(32768):  # a few KB at a time (its small buffer): many seconds in all
+                got += len(chunk)
+                if got >= 3 * size:
+                    break
+                time.sleep(0.01)
+        except ConnectionResetError:
+            pass
+        conn.close()
+        assert got >= 3 * size, (
+            f"{got:,} of {3 * size:,} bytes read in {time.monotonic() - began:.1f} s, then dropped"
+        )
     finally:
         _stop(proc)

@@ -221,3 +221,29 @@ def test_processes_started_for_a_measurement_run_the_measured_culm(tmp_path: Pat
     assert proc.returncode == 0, proc.stderr[-2000:]
     started = Path(proc.stdout.strip().splitlines()[-1]).resolve()
     assert started == (other / "culm" / "__init__.py").resolve(), started
+
+
+@pytest.mark.timeout(120)
+def test_upgrade_bench_times_each_revision_and_leaves_the_database_at_the_head(tmp_path: Path) -> None:
+    from culm.storage import migrate
+    from culm.storage.sql import SqlStore
+
+    url = f"sqlite:///{tmp_path / 'up.db'}"
+    store = SqlStore(url)
+    try:
+        with store.transaction() as unit:
+            unit.add_pipeline("r" * 32, {"id": "r" * 32}, {}, {}, 0.0)
+            unit.add_nodes([("r" * 32, "r" * 32, "r" * 32, "Pipeline"), ("n" * 32, "r" * 32, "r" * 32, "ServiceActivity")])
+            unit.set_execution_data("n" * 32, {"i": "x" * 500}, {})
+    finally:
+        store.dispose()
+    line = json.loads(run_module("bench.upgrade", url).stdout.splitlines()[-1])
+    assert line["rows"]["culm_execution_data"] == 1 and line["down_to"] == "0009"
+    assert {"up_to_0010_s", f"up_to_{migrate.HEAD_REVISION}_s"} <= line.keys()
+    store = SqlStore(url, create=False)
+    try:
+        assert migrate.current_version(store) == migrate.HEAD_REVISION
+        with store.reading() as unit:  # 0010's backfill counted what the file stores
+            assert unit.stored_bytes("n" * 32)[1] >= 500
+    finally:
+        store.dispose()

@@ -56,6 +56,7 @@ from culm.storage.sql.statements import (
     LIVE_POSITIONS_OF_ROOT,
     LIVE_SCHEDULES_IN,
     LOCK_FREE_SCHEDULE,
+    LOG_AT,
     LOG_COUNT,
     LOG_LINES,
     LOG_TAIL,
@@ -1515,7 +1516,18 @@ class SqlUnit:
     def add_logs(self, rows: Sequence[LogRow]) -> None:
         """Raises UnstorableValueError (naming the lines at fault) before anything is written."""
         codec.check_log_lines(rows)
-        self._insert("culm_log", rows)
+        # Numbered from the run's count (kept by the triggers of 0010, this transaction's earlier
+        # lines included: deferred writes go with the read): a page from an offset seeks (logs_at).
+        # One run's lines are written by the one worker that holds its claim.
+        numbered: list[dict[str, Any]] = []
+        nexts: dict[tuple[str, str], int] = {}
+        for r in rows:
+            run = (r["node_id"], r["version"])
+            if run not in nexts:
+                nexts[run] = self.log_count(*run)
+            numbered.append({**r, "line_no": nexts[run]})
+            nexts[run] += 1
+        self._insert("culm_log", numbered)
 
     def logs(self, node_id: str, version: str, first: int = 0, count: int | None = None) -> list[str]:
         sql = LOG_LINES
@@ -1523,6 +1535,14 @@ class SqlUnit:
             # MySQL has no OFFSET without LIMIT: "no count" is the largest BIGINT.
             sql += f" LIMIT {int(count) if count is not None else 2**63 - 1} OFFSET {int(first)}"
         return [r[0] for r in self._all(sql, [node_id, version, version])]
+
+    def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
+        # Along ix_culm_log_node_version_line (0011) from the line numbered ``first``; None when
+        # that line has no number (stored before 0011): the caller walks to it instead.
+        rows = self._all(f"{LOG_AT} LIMIT {int(count)}", [node_id, version, int(first)])
+        if not rows or rows[0][0] != first:
+            return None
+        return [r[1] for r in rows]
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         # Backwards along ix_culm_log_node_version_id (0009) from the run's last line: a tail of a

@@ -257,6 +257,8 @@ SNAPSHOT_READ = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"
 _LOG_RUN = "FROM culm_log WHERE node_id = ? AND version >= ? AND version <= ?"
 LOG_LINES = f"SELECT line {_LOG_RUN} ORDER BY version, id"
 LOG_TAIL = f"SELECT line {_LOG_RUN} ORDER BY version DESC, id DESC"
+# A run's lines from a line number on (0011), along ix_culm_log_node_version_line.
+LOG_AT = "SELECT line_no, line FROM culm_log WHERE node_id = ? AND version = ? AND line_no >= ? ORDER BY line_no"
 
 # A root pipeline's stored bytes (culm_root_bytes, kept by the triggers of revision 0010): the sum
 # of its counter rows; ROOT_BYTES_OWN: the bytes of a node's row a write replaces ({size}: the

@@ -250,7 +250,7 @@
         if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
       }
       head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
-        el("h2", { class: "clamp", title: culm.inert(name()), text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : null,
+        el("h2", { class: "clamp", title: culm.inert(name()), text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : "", // (DOM's replaceChildren writes null as "null")
         el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
         el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
           ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s)),
@@ -313,7 +313,10 @@
         stop = culm.follow("?root_id=" + encodeURIComponent(pipelineId), onChange);
       } catch (e) {
         if (e.status === 401) return; // signed out: the sign-in page says why
-        view.replaceChildren(el("p", { class: "error", id: "page-error", text: "Cannot show pipeline " + pipelineId + ": " + e.message }),
+        // The server's reason as it is when it names the pipeline ("pipeline X does not exist"), said once.
+        const said = e.message.includes(pipelineId) ? e.message.charAt(0).toUpperCase() + e.message.slice(1)
+          : "Cannot show pipeline " + pipelineId + ": " + e.message;
+        view.replaceChildren(el("p", { class: "error", id: "page-error", text: said }),
           el("a", { href: "#/", text: "‹ Pipelines" }));
       }
     })();

@@ -47,7 +47,7 @@
   // One field per input, typed as its current value: text stays text, a number must be a number,
   // true/false is a choice, anything else (lists, objects, null) is JSON checked as it is typed.
   // Returns { row, read } where read() gives { value } or { problem }.
-  function inputField(key, value, index) {
+  function inputField(key, value, index, written) {
     const id = "retry-field-" + index;
     const kind = value === null ? "json" : Array.isArray(value) ? "json" : typeof value === "string" ? "text"
       : typeof value === "number" ? "number" : typeof value === "boolean" ? "boolean" : "json";
@@ -83,17 +83,38 @@
     field.setAttribute("data-kind", kind);
     const label = el("label", { for: id, class: "input-key", text: key });
     const hint = el("span", { class: "muted input-kind", text: kind === "json" ? "JSON" : kind });
-    return { row: el("div", { class: "input-row" }, label, field, hint), field, read };
+    const row = el("div", { class: "input-row" }, label, field, hint);
+    // An input the tree wrote as a template: said on a line of its own, under its field.
+    return { row: written === undefined ? row : el("div", { class: "input-block" }, row, el("div", { class: "muted input-written",
+      text: "from " + brief(written) + ", sent as written unless changed" })), field, read };
   }
 
   // The retry form: the node's inputs as fields (or as one JSON object), what would change, and a
   // Retry button that sends nothing it cannot read. Unchanged, it retries with the inputs as they
   // are (no new inputs); changed, it sends every input (a retry's inputs replace the old ones).
+  // The fields show the values the last run rendered; an input left as it was is sent as written
+  // in the tree (a ``${...}`` template, rendered again by the retry; a plain value kept verbatim),
+  // so that changing one field does not freeze the others at what they rendered to last time.
   function retryForm(box, info) {
     const before = {};
     for (const [k, v] of Object.entries((info.execution_data && info.execution_data.inputs) || {})) {
       if (!RESERVED.has(k)) before[k] = v;
     }
+    const raw = (info.data && info.data.inputs) || {};
+    const templated = (k) => k in raw && raw[k].need_render !== false && !same(raw[k].value, before[k]);
+    const writtenOf = (values) => Object.fromEntries(Object.keys(values).filter(templated).map((k) => [k, raw[k].value]));
+    // What the retry sends for what the form holds: unchanged inputs as written.
+    const toSend = (inputs) => {
+      const out = {}, escape = [];
+      for (const [k, v] of Object.entries(inputs)) {
+        if (k in raw && k in before && same(v, before[k])) {
+          out[k] = raw[k].value;
+          if (raw[k].need_render === false && JSON.stringify(raw[k].value).includes("${")) escape.push(k);
+        } else out[k] = v;
+      }
+      if (escape.length) out._escape_render_keys = [...(Array.isArray(out._escape_render_keys) ? out._escape_render_keys : []), ...escape];
+      return out;
+    };
     let fields = [];
     const list = el("div", { class: "input-fields", id: "retry-fields" });
     const area = el("textarea", { id: "retry-inputs", rows: 8, spellcheck: "false", hidden: true,
@@ -101,7 +122,8 @@
     const asJson = el("input", { type: "checkbox", id: "retry-as-json" });
     const changes = el("div", { id: "retry-changes", class: "changes", "aria-live": "polite" });
     const build = (values) => {
-      fields = Object.entries(values).map(([k, v], i) => inputField(k, v, i));
+      const written = writtenOf(values);
+      fields = Object.entries(values).map(([k, v], i) => inputField(k, v, i, same(v, before[k]) ? written[k] : undefined));
       list.replaceChildren(...(fields.length ? fields.map((f) => f.row)
         : [el("p", { class: "muted", text: "This node has no inputs; edit as JSON to give some." })]));
     };
@@ -145,7 +167,10 @@
       // The mode being left is the one to read (the box has already changed).
       const now = current(!asJson.checked);
       if (asJson.checked) {
-        area.value = json(now.problem ? before : now.inputs);
+        // A field that cannot be read keeps the form as fields: starting the JSON from the original
+        // inputs would silently drop every edit made so far.
+        if (now.problem) { asJson.checked = false; describe(); if (now.field) now.field.focus(); return; }
+        area.value = json(now.inputs);
       } else {
         if (now.problem) { asJson.checked = true; describe(); return; }
         build(now.inputs);
@@ -166,7 +191,7 @@
         if (now.field) now.field.focus(); else area.focus();
         throw new Error(now.problem);
       }
-      return now.changed ? { inputs: now.inputs } : undefined;
+      return now.changed ? { inputs: toSend(now.inputs) } : undefined;
     };
   }
 
