@@ -200,8 +200,10 @@ class Changes(Protocol):
 
     def last_change_seq(self) -> int: ...
 
-    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        """(root_id, node_id) of the changes with ``after`` < seq <= ``upto``, each pair once."""
+    def changes_since(self, after: int, most: int) -> tuple[int, list[tuple[str, str]]]:
+        """The highest seq this unit sees (as ``last_change_seq``), and the (root_id, node_id) of
+        the changes with ``after`` < seq <= ``after + most``, each pair once: a poller's catch-up
+        (its pairs are incomplete when the highest seq is above ``after + most``)."""
         ...
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:

@@ -75,8 +75,16 @@ def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
     if tree.may_wait is None:  # a tree read in full (a refresh carries them over: culm.core.state_tree)
         may_wait = waits.MAY_WAIT
         tree.may_wait = [r for r in tree.records.values() if r.name in may_wait]
-    return waits.read_facts(unit, tree.may_wait, root=tree.records.get(root_id), timed=_timed(engine, unit),
-                            kept=tree.facts, execute_tasks=execute_tasks)
+    # Before any fork no process has branches (culm.core.waits.read_facts); a graph not compiled
+    # here (another process runs the pipeline) is not read just for that: the processes are.
+    # Asked only when no processes are kept (an idle poll keeps them and pays nothing for this).
+    records = tree.records
+    forked = True
+    if tree.facts.processes is None:
+        graph = engine.known_graph(root_id)
+        forked = graph is None or any(node_id in records for node_id in graph.forks)
+    return waits.read_facts(unit, tree.may_wait, root=records.get(root_id), timed=_timed(engine, unit),
+                            kept=tree.facts, execute_tasks=execute_tasks, forked=forked)
 
 
 def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:

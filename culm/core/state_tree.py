@@ -101,10 +101,11 @@ class StateTrees:
         with self._lock:
             if not unit.feed_ordered:
                 return self._tree_settled(unit, root_id, build)
-            last = unit.last_change_seq()  # this read's snapshot on SQLite: every state read below is as of it
+            # This read's snapshot on SQLite: every state read below is as of it.
+            last, changed = unit.changes_since(self._seq, MAX_CATCH_UP)
             if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
                 return self._read(unit, root_id, build), None
-            self._catch_up(unit, last)
+            self._catch_up(last, changed)
             kept = self._kept.get(root_id)
             if kept is None:
                 tree = self._read(unit, root_id, build)
@@ -133,15 +134,16 @@ class StateTrees:
         self._kept.clear()
         self._nodes = 0
 
-    def _catch_up(self, unit: Unit, last: int) -> None:
-        """Rows visible in seq order (SQLite, the memory store): everything up to ``last`` is there."""
+    def _catch_up(self, last: int, changed: list[tuple[str, str]]) -> None:
+        """Rows visible in seq order (SQLite, the memory store): everything up to ``last`` is
+        there, and ``changed`` names the nodes that moved since ``self._seq`` (Unit.changes_since)."""
         if last == self._seq:
             return
         if last - self._seq > MAX_CATCH_UP:
             self._forget()
         elif self._kept:
             kept = self._kept
-            for root_id, node_id in unit.changes_between(self._seq, last):
+            for root_id, node_id in changed:
                 found = kept.get(root_id)
                 if found is not None:
                     found.dirty.add(node_id)

@@ -237,7 +237,8 @@ class KeptFacts:
 
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
                timed: Callable[[str], Collection[str]] | None = None,
-               kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None) -> WaitFacts:
+               kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None,
+               forked: bool = True) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those: those that do
     not depend on each other together (one round trip on a server database), then the tasks the
     waiting nodes' schedules need.
@@ -252,6 +253,10 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             read here is added to it).
         execute_tasks: the pipeline's EXECUTE tasks, when the caller read them already (with the
             change feed: culm.core.state_tree); the stalled check then reads none.
+        forked: False when no forking gateway of the pipeline has a state in ``records`` (the
+            caller knows its graph): then no process has branches, no converge waits, and the
+            live processes are read only for a SUSPENDED node (a poller of a pipeline that has
+            not forked yet reads them at none of its polls).
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -264,6 +269,9 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     live = (states.RUNNING, states.SUSPENDED)
     alive = root if root is not None and root.name in live else next(
         (st for st in candidates if st.name in live and st.root_id), None)
+    # Processes answer two questions: which branches a fork waits for (none before a fork) and
+    # whether a branch reached an appointed pause (a SUSPENDED node).
+    wants_processes = alive is not None and (forked or any(st.name == states.SUSPENDED for st in candidates))
     known_types = kept.node_types if kept is not None else {}
     types_missing = [node_id for node_id in odd if node_id not in known_types]
     known_schedules = kept.schedules if kept is not None else {}
@@ -276,7 +284,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
         calls.append(("node_types", (types_missing,)))
     if schedules_missing:
         calls.append(("live_schedules", (schedules_missing,)))
-    if alive is not None and processes is None:
+    if alive is not None and wants_processes and processes is None:
         calls.append(("live_process_positions", (alive.root_id,)))
     if stalled_check and execute_tasks is None and alive is not None:
         calls.append(("tasks_of_root", (alive.root_id, EXECUTE)))
@@ -297,7 +305,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             known_schedules = read
         else:
             known_schedules.update(read)
-    if alive is not None and processes is None:
+    if wants_processes and processes is None:
         processes = next(answers)
         if kept is not None:
             kept.processes = processes

@@ -111,6 +111,7 @@ class Graph:
     nodes: dict[str, Node]
     pipelines: dict[str, PipelineSpec]
     timed: frozenset[str] = frozenset()  # the activities with an enabled timeout
+    forks: frozenset[str] = frozenset()  # the gateways that start child processes (parallel, conditional parallel)
     _ahead: dict[tuple[str, int], list[str]] = field(default_factory=dict, repr=False, compare=False)
 
     def node(self, node_id: str) -> Node:
@@ -206,7 +207,8 @@ def compile_tree(tree: dict[str, Any]) -> Graph:
     while pending:
         pipe, parent = pending.pop()
         _compile_one(pipe, parent, nodes, pipelines, pending, timed)
-    return Graph(tree["id"], nodes, pipelines, frozenset(timed))
+    forks = frozenset(node_id for node_id, node in nodes.items() if node.type in (PARALLEL, CONDITIONAL_PARALLEL))
+    return Graph(tree["id"], nodes, pipelines, frozenset(timed), forks)
 
 
 def _compile_one(pipe: dict[str, Any], parent: str | None, nodes: dict[str, Node], pipelines: dict[str, PipelineSpec],

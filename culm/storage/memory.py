@@ -130,8 +130,11 @@ class MemoryUnit(TransactionView):
         seqs = self._db.feed.seqs
         return seqs[0] if seqs else None
 
-    def changes_between(self, after: int, upto: int) -> list[tuple[str, str]]:
-        return list(dict.fromkeys((c.root_id, c.node_id) for c in self._db.feed.between(after, upto)))
+    def changes_since(self, after: int, most: int) -> tuple[int, list[tuple[str, str]]]:
+        last = self.last_change_seq()
+        if last <= after:
+            return last, []
+        return last, list(dict.fromkeys((c.root_id, c.node_id) for c in self._db.feed.between(after, after + most)))
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
         rows = self._db.feed.between(after, upto)

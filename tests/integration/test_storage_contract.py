@@ -479,7 +479,10 @@ def test_feed_reads_by_range_root_and_limit(store: Store) -> None:
         assert unit.change_time_from(mine[-1].seq) == mine[-1].time
         assert unit.change_time_from(last + 1) is None
         assert unit.pipeline_created(root) == 123.5 and unit.pipeline_created(other) is None
-        assert (root, node) in unit.changes_between(before, last)
+        seen, pairs = unit.changes_since(before, last - before)
+        assert seen == last and sorted(pairs) == sorted([(root, node), (other, node)])  # each pair once
+        assert unit.changes_since(before, mine[0].seq - before) == (last, [(root, node)])  # up to after + most
+        assert unit.changes_since(last, 10) == (last, [])
 
 
 def test_reset_inner_loops_notes_each_row_it_changes_in_the_feed(store: Store) -> None:

@@ -151,3 +151,38 @@ def test_a_pipeline_nothing_runs_says_it_is_stalled(tmp_path, monkeypatch):
         with culm.Runtime(db, workers=1):
             wait_pipeline(submitter, tree["id"], timeout=20)
         assert node_state(submitter, tree["id"])["wait_reason"] is None
+
+
+def test_polls_before_a_fork_read_no_processes_and_after_it_name_the_branches(tmp_path):
+    """Before its first fork a pipeline has no branches to wait for: its polls read no process
+    rows (a poller of a pipeline that has not forked pays nothing for the converge reason). Once
+    it forked, they read them again and the fork names the branch it waits for."""
+    import culm
+
+    first = ServiceActivity(component_code="t_callback")
+    fork, join = ParallelGateway(), ConvergeGateway()
+    good, waiting = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="t_callback")
+    start = EmptyStartEvent()
+    start.extend(first).extend(fork).connect(good, waiting).to(fork).converge(join).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    with culm.Runtime(f"sqlite:///{tmp_path}/fork.db") as rt:
+        run(rt, tree)
+        wait_until(lambda: (reason(rt, first.id) or {}).get("kind") == "callback", what="the first callback wait")
+        seen: list[str] = []
+        raw, _ = rt.store._thread_reader()  # this thread's read connection (get_pipeline_states reads on it)
+        raw.dbapi_connection.set_trace_callback(seen.append)
+
+        def polled(node_id: str) -> dict | None:
+            data = api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]
+            return data["children"][node_id]["wait_reason"]
+
+        assert polled(first.id)["kind"] == "callback"
+        assert seen and not [s for s in seen if "culm_process" in s]
+        assert api.callback(rt, first.id, node_state(rt, first.id)["version"], {"ok": True}).result
+        wait_state(rt, good.id, "FINISHED")
+        seen.clear()
+        got = wait_until(lambda: polled(fork.id), what="the fork's converge reason")
+        assert got["kind"] == "converge" and got["branches"] == [waiting.id]
+        assert [s for s in seen if "culm_process" in s]
+        assert api.callback(rt, waiting.id, node_state(rt, waiting.id)["version"], {"ok": True}).result
+        wait_pipeline(rt, tree["id"])

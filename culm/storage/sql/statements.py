@@ -190,6 +190,7 @@ RELAY_CANDIDATES = (
 RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concurrent relays split them
 CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
+CHANGED_PAIRS = "SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?"
 # Old changes of ended pipelines in a seq range: each row's root state looked up by key (an IN over
 # the ended roots would read every state row of every stored pipeline at each chunk).
 PRUNE_CHANGES = (
