@@ -129,9 +129,20 @@ class MariaServer:
         self.proc: subprocess.Popen | None = None
 
     def init(self) -> None:
-        subprocess.run([str(_maria_tool("mariadb-install-db")), "--no-defaults", *self.user, f"--datadir={self.data}",
-                        "--auth-root-authentication-method=normal", "--skip-test-db"],
-                       check=True, capture_output=True, timeout=180, cwd=self.root)
+        subprocess.run(
+            [
+                str(_maria_tool("mariadb-install-db")),
+                "--no-defaults",
+                *self.user,
+                f"--datadir={self.data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+            cwd=self.root,
+        )
         self.start()
         self._sql("CREATE DATABASE culm")
         self.stop()
@@ -147,11 +158,25 @@ class MariaServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [str(_maria_tool("mariadbd")), "--no-defaults", *self.user, f"--datadir={self.data}",
-             f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.root / 'sock'}",
-             f"--pid-file={self.root / 'pid'}", f"--log-error={self.root / 'log'}", "--skip-log-bin",
-             "--innodb-buffer-pool-size=32M", "--innodb-flush-log-at-trx-commit=0", "--max-connections=40"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.root)
+            [
+                str(_maria_tool("mariadbd")),
+                "--no-defaults",
+                *self.user,
+                f"--datadir={self.data}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.root / 'sock'}",
+                f"--pid-file={self.root / 'pid'}",
+                f"--log-error={self.root / 'log'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--max-connections=40",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.root,
+        )
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, (self.root / "log").read_text()
@@ -275,7 +300,9 @@ MID_CALL = {
 
 
 @pytest.mark.parametrize("name", list(MID_CALL))
-def test_a_database_killed_mid_command_exits_4(cluster: Cluster | MariaServer, tmp_path: Path, name: str) -> None:
+def test_a_database_killed_mid_command_exits_4(
+    cluster: Cluster | MariaServer, tmp_path: Path, name: str
+) -> None:
     cluster.start()
     try:
         result: list[subprocess.CompletedProcess] = []
@@ -295,7 +322,9 @@ def test_a_database_killed_mid_command_exits_4(cluster: Cluster | MariaServer, t
     assert "database" in last and str(cluster.port) in last, last
 
 
-def test_the_held_command_runs_normally_on_a_live_database(cluster: Cluster | MariaServer, tmp_path: Path) -> None:
+def test_the_held_command_runs_normally_on_a_live_database(
+    cluster: Cluster | MariaServer, tmp_path: Path
+) -> None:
     # The hold itself changes nothing: with the server left up the same command succeeds.
     cluster.start()
     try:
