@@ -11,6 +11,7 @@ from typing import Any
 from culm.cli.common import (
     EXIT_OK,
     DatabaseError,
+    NotFound,
     UsageError,
     a_text,
     add_db,
@@ -22,6 +23,7 @@ from culm.cli.common import (
     database_error,
     db_errors,
     db_url,
+    err,
     port_number,
     positive_seconds,
     print_json,
@@ -94,20 +96,14 @@ def _metrics_port_from_environment() -> int | None:
 
 def cmd_workers(args: argparse.Namespace) -> int:
     """List the registered worker processes: live ones, and silent ones the relays will bury."""
-    from culm.storage import SqlStore, SqlWorkerRegistry
-
     url = db_url(args)
-    check_sqlite(url, read_only=True)
     try:
-        store = SqlStore(url)
-        try:
-            found = SqlWorkerRegistry(store).workers()
-        finally:
-            store.dispose()
-    except db_errors() as exc:
-        raise database_error(exc, url) from exc
-    except InvalidOperationError as exc:  # memory://: no registry to read
-        raise DatabaseError(str(exc)) from None
+        check_sqlite(url, read_only=True)
+    except NotFound as missing:  # no file, no worker: as `culm list` answers there (exit 0)
+        err(f"note: {missing}")
+        found = []
+    else:
+        found = _registered_workers(url)
     rows = [{**w.as_dict(), "alive": w.silent_for <= args.dead_after} for w in found]
     if args.json:
         print_json(rows)
@@ -120,6 +116,21 @@ def cmd_workers(args: argparse.Namespace) -> int:
         out.print(f"{r['host']} pid {r['pid']}  {state}, last beat {r['silent_for']:.1f} s ago, "
                   f"{r['threads']} user-code threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
     return EXIT_OK
+
+
+def _registered_workers(url: str) -> list[Any]:
+    from culm.storage import SqlStore, SqlWorkerRegistry
+
+    try:
+        store = SqlStore(url)
+        try:
+            return SqlWorkerRegistry(store).workers()
+        finally:
+            store.dispose()
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+    except InvalidOperationError as exc:  # memory://: no registry to read
+        raise DatabaseError(str(exc)) from None
 
 
 def _on_database(args: argparse.Namespace, action: Callable[[str], Any]) -> Any:

@@ -26,6 +26,7 @@ from culm.cli.common import (
     an_id,
     broker_url,
     check,
+    err,
     open_runtime,
     parse_json_object,
     seconds,
@@ -64,7 +65,13 @@ def _set_outputs(rt: Any, args: argparse.Namespace) -> Any:
     pairs = (split_assignment(i, "set-outputs", f"culm set-outputs {args.node}") for i in args.values)
     values = {"${" + key + "}": value for key, value in pairs}
     root_id = state_entry(rt, args.node).get("root_id") or args.node
-    return api.update_node_outputs(rt, root_id, args.node, values)
+    result = api.update_node_outputs(rt, root_id, args.node, values)
+    if result.result and (only_outputs := [k for k in values if k not in result.data]):
+        # As in bamboo, a key the root context does not have still goes into the node's outputs;
+        # say so, since the nodes after it read the context.
+        err(f"note: the pipeline {root_id} has no context value {', '.join(only_outputs)}: set only in "
+            f"the outputs of {args.node}")
+    return result
 
 
 def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace], Any]]]:

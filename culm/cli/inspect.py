@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import shlex
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +23,9 @@ from culm.cli.common import (
     add_json,
     an_id,
     check,
+    check_sqlite,
     console,
+    db_url,
     err,
     open_runtime,
     positive_seconds,
@@ -216,7 +220,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.offset < 0:
         raise UsageError(f"--offset {args.offset}: expected 0 or more")
     since, before = parse_when(args.since, "--since"), parse_when(args.before, "--before")  # mistakes first
-    with open_runtime(args) as rt:
+    missing = _missing_database(args)
+    with open_runtime(args) if missing is None else _no_database(missing) as rt:
         found = check(api.list_pipelines(
             rt, state=_states_option(args.state), name=args.name, created_after=since,
             created_before=before, limit=args.limit, offset=args.offset,
@@ -243,6 +248,27 @@ def cmd_list(args: argparse.Namespace) -> int:
     where = "in every state: " if args.state else ""
     out.print(f"{found['total']} pipeline(s), showing {shown}" + (f"   {where}{counts}" if counts else ""))
     return EXIT_OK
+
+
+def _missing_database(args: argparse.Namespace) -> NotFound | None:
+    """Why there is no SQLite file where ``list`` looks; None when there is one (or a server)."""
+    try:
+        check_sqlite(db_url(args), read_only=True)
+    except NotFound as missing:
+        return missing
+    return None
+
+
+@contextlib.contextmanager
+def _no_database(missing: NotFound) -> Iterator[Any]:
+    """No file, no pipeline: ``list`` answers as on a new database (exit 0; its options checked as
+    there), with a note on stderr saying why, for a mistyped path. Only an id that is not there is
+    "not found" (exit 3). Nothing is created."""
+    import culm
+
+    err(f"note: {missing}")
+    with culm.Runtime("memory://", workers=0) as rt:
+        yield rt
 
 
 def _failed_counts(rt: Any, items: list[dict]) -> dict[str, int]:

@@ -16,6 +16,7 @@ from typing import Any
 
 from culm.cli.common import (
     DatabaseError,
+    NotFound,
     UsageError,
     a_text,
     add_db,
@@ -24,6 +25,7 @@ from culm.cli.common import (
     broker_url,
     check_sqlite,
     db_url,
+    err,
     port_number,
     positive_seconds,
     whole_number,
@@ -239,9 +241,14 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def cmd_token_list(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    runtime, tokens = _token_store(args, read_only=True)
-    with runtime:
-        items = tokens.list()
+    try:
+        runtime, tokens = _token_store(args, read_only=True)
+    except NotFound as missing:  # no file, no token: as `culm list` answers there (exit 0)
+        err(f"note: {missing}")
+        items = []
+    else:
+        with runtime:
+            items = tokens.list()
     if not items:
         print("no token yet: create one with `culm token create --role viewer|operator|admin`", file=sys.stderr)
     for t in items:

@@ -95,8 +95,12 @@ def syntax_problem(expr: str) -> str | None:
     return None
 
 
-def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
+def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any], nested_objects: bool = False) -> bool:
     """Render ``expr`` with ``namespace`` (bare names), then evaluate it as a condition.
+
+    ``nested_objects`` (the engine's ``Settings.render_nested_objects``, bamboo's
+    ``ENABLE_RENDER_OBJ_BY_MAKO_STRING``): a condition that is one ``${d['k'][0]}`` fragment takes
+    the value it points at, as a condition that is one ``${name}`` does.
 
     Raw ``\\n``, ``\\r`` and ``\\t`` in string values are escaped first, as bamboo does, so a
     multi-line value stays inside its quotes; the string literal turns them back.
@@ -104,7 +108,7 @@ def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any]) -> bool:
     escaped = {key: _escape(value) for key, value in namespace.items()}
     if "${" not in expr:
         return evaluate_condition(expr)
-    rendered, parts = template.render_parts(expr, escaped)
+    rendered, parts = template.render_parts(expr, escaped, nested_objects)
     if not isinstance(rendered, str):  # the whole condition is one variable's value
         rendered = sandbox.safe_str(rendered, MAX_CONDITION_LENGTH)
         parts = [("", expr, rendered)]

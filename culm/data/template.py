@@ -175,12 +175,14 @@ def render(value: Any, namespace: Mapping[str, Any], nested_objects: bool = Fals
     return state.render(value, 0)
 
 
-def render_parts(text: str, namespace: Mapping[str, Any]) -> tuple[Any, list[tuple[str, str, str]]]:
+def render_parts(
+    text: str, namespace: Mapping[str, Any], nested_objects: bool = False,
+) -> tuple[Any, list[tuple[str, str, str]]]:
     """:func:`render` of one string, with (literal before, fragment, the text it became) of each
     fragment substituted: for a caller that must know what each value added (a gateway condition).
     The parts are empty when ``text`` is one fragment naming a raw object (returned as it is)."""
     parts: list[tuple[str, str, str]] = []
-    return _RenderState(namespace, False).render_str(text, parts), parts
+    return _RenderState(namespace, nested_objects).render_str(text, parts), parts
 
 
 class _RenderState:

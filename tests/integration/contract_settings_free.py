@@ -7,8 +7,11 @@ from culm.components import Component, Service
 
 
 def only_yes(expr, context, extra_info=None):
+    if expr == {"z": 2}:  # a condition that is one ${d['k'][1]}: its object, with render_nested_objects
+        return extra_info == {"who": "me"}
     return (
-        expr.startswith("yes")
+        isinstance(expr, str)
+        and expr.startswith("yes")
         and context.get("d", {}).get("k", [None])[0] == 1
         and extra_info == {"who": "me"}
     )

@@ -510,10 +510,16 @@ def test_update_node_outputs_before_skipping_a_failed_node(runtime):
     api.run_pipeline(runtime=runtime, pipeline=pipeline)
     wait_node(runtime, failing.id, "FAILED")
 
-    res = api.update_node_outputs(runtime, pipeline["id"], failing.id, {"${status_code}": 500, "${absent}": 1})
+    # As bamboo's update_pipeline_context: every key goes into the outputs (a ${key} without its
+    # braces, a bare key as it is); only the root context's existing ${keys} are overwritten, and
+    # ``data`` names them, so a caller sees which keys the nodes after it will read.
+    res = api.update_node_outputs(runtime, pipeline["id"], failing.id,
+                                  {"${status_code}": 500, "${absent}": 1, "raw": 7})
     assert res.result is True and res.data == ["${status_code}"]
     outputs = api.get_execution_data_outputs(runtime, failing.id).data
-    assert outputs["status_code"] == 500 and outputs["absent"] == 1 and "ex_data" in outputs
+    assert outputs["status_code"] == 500 and outputs["absent"] == 1 and outputs["raw"] == 7 and "ex_data" in outputs
+    context = {v["key"] for v in api.get_pipeline_debug_info(runtime, pipeline["id"]).data["context_values"]}
+    assert "${absent}" not in context and "raw" not in context and "${raw}" not in context
     for bad, fragment in ((("e" + "0" * 32, failing.id), "not"), ((pipeline["id"], reader.id), "has no state")):
         refused = api.update_node_outputs(runtime, *bad, {"${status_code}": 1})
         assert refused.result is False and fragment in refused.message

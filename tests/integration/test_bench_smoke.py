@@ -65,6 +65,25 @@ def test_worker_round_trips_are_counted(backend: str) -> None:
 
 
 @pytest.mark.timeout(120)
+def test_cpu_split_of_the_polled_distributed_batch_names_submitting_polling_and_the_servers_clients() -> None:
+    """``bench.cpu distributed --polled 10`` on PostgreSQL: per batch, the submitter's CPU split
+    into submitting and polling (with the polls made), Celery's part of the pool processes, and
+    the bench database's backends' CPU attributed to the workers' pool processes and the
+    submitter (every backend of the run has one of the cluster's processes as its client)."""
+    import re
+
+    proc = run_module("bench.cpu", "distributed", "--pipelines", "4", "--batches", "1", "--polled", "10")
+    head, detail = [line for line in proc.stdout.splitlines() if line.strip()][-2:]
+    assert "batch 1 (fresh workers)" in head and "pool processes" in head, proc.stdout
+    polls = re.search(r"polling [0-9.]+ CPU-s \((\d+) polls\)", detail)
+    assert polls and int(polls.group(1)) >= 4, detail
+    assert "submitting" in detail and "pool processes' main threads (Celery)" in detail, detail
+    clients = dict(re.findall(r"(workers' pool processes|submitter|others) ([0-9.]+)", detail.split("PostgreSQL by client:")[1]))
+    assert float(clients["workers' pool processes"]) > 0 and "submitter" in clients, detail
+    assert float(clients.get("others", "0")) == 0, detail
+
+
+@pytest.mark.timeout(120)
 def test_cpu_split_of_the_embedded_batch_runs() -> None:
     proc = run_module("bench.cpu", "embedded", "--pipelines", "5")
     lines = proc.stdout.splitlines()

@@ -41,10 +41,27 @@ def one_error(out: subprocess.CompletedProcess, code: int, *fragments: str) -> N
         assert fragment in out.stderr, (fragment, out.stderr)
 
 
-@pytest.mark.parametrize("args", [["status", "p1"], ["list"], ["logs", "n1"], ["history", "n1"], ["watch", "p1"],
+@pytest.mark.parametrize("args", [["status", "p1"], ["logs", "n1"], ["history", "n1"], ["watch", "p1"],
                                   ["retry", "n1"], ["run", "--attach", "p1"]])
 def test_a_read_or_control_command_never_creates_a_database(tmp_path: Path, args: list[str]) -> None:
     one_error(culm(tmp_path, *args), 3, "no database at", "err.db")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("options", [[], ["--json"], ["--state", "RUNNING,FAILED", "--since", "2h"]])
+def test_list_on_a_missing_file_lists_nothing(tmp_path: Path, options: list[str]) -> None:
+    """No file, no pipeline: `culm list` answers as on a new database (exit 0, nothing listed) with a
+    note saying there is no database there, and creates none. It exited 3 ("not found"), which the
+    contract keeps for an id that is not there."""
+    out = culm(tmp_path, "list", *options)
+    assert out.returncode == 0, (out.stdout, out.stderr)
+    assert out.stderr.startswith(f"note: no database at {tmp_path / 'err.db'}: nothing has run there yet"), out.stderr
+    if "--json" in options:
+        assert json.loads(out.stdout) == {"total": 0, "counts": {}, "items": []}
+    else:
+        assert "0 pipeline(s), showing none" in out.stdout
+    assert not list(tmp_path.iterdir())
+    one_error(culm(tmp_path, "list", "--state", "BOGUS"), 2, "'BOGUS' is not a state")  # checked as anywhere
     assert not list(tmp_path.iterdir())
 
 

@@ -41,21 +41,25 @@ def configured(tmp_path_factory):
 
 def settings_tree() -> tuple[dict[str, Any], dict[str, str]]:
     """An exclusive gateway whose two conditions both hold for ``only_yes`` (FIRST takes ``a``; with
-    ONLY the gateway would fail; boolrule could not evaluate ``yes 1``), then ``c`` whose input is
-    the splice variable ``${s}`` = ``${d['k'][1]}``, also the pipeline's output."""
+    ONLY the gateway would fail; boolrule could not evaluate ``yes 1``), a second one whose first
+    condition is the sole fragment ``${d['k'][1]}`` (``only_yes`` holds for its object, as bamboo
+    renders a condition like an input; its text would leave the first condition false and take
+    ``y``), then ``c`` whose input is the splice variable ``${s}`` = ``${d['k'][1]}``, also the
+    pipeline's output."""
     from culm import builder as b
 
     start = b.EmptyStartEvent()
     gw = b.ExclusiveGateway(conditions={0: "yes ${d['k'][0]}", 1: "yes too"}, extra_info={"who": "me"})
-    first, second, c = (b.ServiceActivity(component_code="cs_echo") for _ in range(3))
+    gw2 = b.ExclusiveGateway(conditions={0: "${d['k'][1]}", 1: "yes too"}, extra_info={"who": "me"})
+    first, second, x, y, c = (b.ServiceActivity(component_code="cs_echo") for _ in range(5))
     c.component.inputs.value = b.Var(type=b.Var.SPLICE, value="${s}")
-    start.extend(gw).connect(first, second).to(gw).converge(b.ConvergeGateway()).extend(c).extend(
-        b.EmptyEndEvent()
-    )
+    start.extend(gw).connect(first, second).to(gw).converge(b.ConvergeGateway()).extend(gw2).connect(x, y).to(
+        gw2
+    ).converge(b.ConvergeGateway()).extend(c).extend(b.EmptyEndEvent())
     d = b.Var(type=b.Var.PLAIN, value={"k": [1, {"z": 2}]})
     s = b.Var(type=b.Var.SPLICE, value="${d['k'][1]}")
     tree = b.build_tree(start, data=b.Data(inputs={"${d}": d, "${s}": s}, outputs=["${s}"]))
-    return tree, {"a": first.id, "b": second.id, "c": c.id, "gw": gw.id}
+    return tree, {"a": first.id, "b": second.id, "c": c.id, "gw": gw.id, "gw2": gw2.id, "x": x.id, "y": y.id}
 
 
 def assert_configured_run(rt: Any, tree: dict[str, Any], ids: dict[str, str]) -> None:
@@ -64,6 +68,8 @@ def assert_configured_run(rt: Any, tree: dict[str, Any], ids: dict[str, str]) ->
     wait_for(rt, ids["c"], "FINISHED", "FAILED")
     assert state_of(rt, ids["gw"]) == "FINISHED", api.get_execution_data_outputs(rt, ids["gw"]).data
     assert (state_of(rt, ids["a"]), state_of(rt, ids["b"])) == ("FINISHED", None)  # FIRST, through only_yes
+    assert state_of(rt, ids["gw2"]) == "FINISHED", api.get_execution_data_outputs(rt, ids["gw2"]).data
+    assert (state_of(rt, ids["x"]), state_of(rt, ids["y"])) == ("FINISHED", None)  # the object reached only_yes
     assert api.get_execution_data_inputs(rt, ids["c"]).data["value"] == {"z": 2}  # the object, not its text
     assert api.get_execution_data_outputs(rt, ids["c"]).data["value"] == {"z": 2}
     wait_for(rt, pid, "FINISHED")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from culm.core import data as cdata
@@ -69,9 +70,10 @@ def _decide(run: Run, first_only: bool, take: Callable[[Run, list[Condition]], O
     gathered = cdata.gather_conditions([c.evaluate for c in conds], run.fetch_from(run.top_pipeline_id))
     func = run.engine.settings.expr_func
     extra_info = run.node.raw.get("extra_info") or {}
+    how = _How(first_only, func, extra_info, rendering.nested_objects(run))
 
     def judge(lazy: cdata.LazyResolver) -> list[Condition] | str:
-        return _judge(conds, gathered, lazy, first_only, func, extra_info)
+        return _judge(conds, gathered, lazy, how)
 
     def resume(run: Run, verdict: Any) -> Outcome:
         if isinstance(verdict, BaseException):  # escaped the guards of _judge
@@ -91,18 +93,28 @@ def _decide(run: Run, first_only: bool, take: Callable[[Run, list[Condition]], O
     return Invoke(lambda: judge(lazy), resume)
 
 
+@dataclass(frozen=True, slots=True)
+class _How:
+    """How a gateway judges its conditions: the engine's settings and the node's ``extra_info``."""
+
+    first_only: bool
+    func: Callable[..., bool] | None
+    extra_info: dict[str, Any]
+    nested_objects: bool
+
+
 def _judge(
     conds: tuple[Condition, ...] | list[Condition], gathered: cdata.GatheredInputs, lazy: cdata.LazyResolver,
-    first_only: bool, func: Callable[..., bool] | None, extra_info: dict[str, Any],
+    how: _How,
 ) -> list[Condition] | str:
     """The conditions that hold, in stored order, or why evaluating them failed; no storage access."""
     with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):  # one budget for every condition
-        return _judge_bounded(conds, gathered, lazy, first_only, func, extra_info)
+        return _judge_bounded(conds, gathered, lazy, how)
 
 
 def _judge_bounded(
     conds: tuple[Condition, ...] | list[Condition], gathered: cdata.GatheredInputs, lazy: cdata.LazyResolver,
-    first_only: bool, func: Callable[..., bool] | None, extra_info: dict[str, Any],
+    how: _How,
 ) -> list[Condition] | str:
     try:
         namespace = cdata.condition_namespace(gathered, lazy)
@@ -111,14 +123,14 @@ def _judge_bounded(
     hits = []
     for cond in conds:
         try:
-            ok = _holds(cond, namespace, func, extra_info)
+            ok = _holds(cond, namespace, how)
         except ExpressionError as exc:
             return f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc}"
         except Exception as exc:  # noqa: BLE001 - a custom expression function may raise anything
             return f"evaluate condition of flow {cond.flow_id} failed: {cond.evaluate!r}: {exc!r}"
         if ok:
             hits.append(cond)
-            if first_only:
+            if how.first_only:
                 break
     return hits
 
@@ -134,11 +146,13 @@ def _or_default(run: Run, hits: list[Condition]) -> list[Condition] | None:
     return [run.node.default]
 
 
-def _holds(cond: Condition, namespace: dict[str, Any], func: Callable[..., bool] | None, extra_info: dict[str, Any]) -> bool:
-    if func is None:
-        return boolrule.evaluate_gateway_condition(cond.evaluate, namespace)
-    rendered = template.render(cond.evaluate, namespace)
-    return bool(func(rendered, namespace, extra_info=extra_info))
+def _holds(cond: Condition, namespace: dict[str, Any], how: _How) -> bool:
+    # bamboo renders a condition as it renders an input, so ENABLE_RENDER_OBJ_BY_MAKO_STRING also
+    # hands a sole ${d['k'][0]} fragment's object to the expression function.
+    if how.func is None:
+        return boolrule.evaluate_gateway_condition(cond.evaluate, namespace, how.nested_objects)
+    rendered = template.render(cond.evaluate, namespace, nested_objects=how.nested_objects)
+    return bool(how.func(rendered, namespace, extra_info=how.extra_info))
 
 
 def fork(run: Run, targets: list[str], destination: str | None) -> None:
