@@ -397,7 +397,14 @@ class WorkerWiring:
 
     def check(self, db: str) -> None:
         process_settings()  # a bad $CULM_* setting stops the worker here, not in each pool process
-        SqlStore(db).dispose()  # opening it refuses an outdated schema
+        store = SqlStore(db)  # opening it refuses an outdated schema
+        try:
+            if not store.traits.migrates_at_open:
+                from culm.storage.migrate import check_tables
+
+                check_tables(store)  # and one at head with a table dropped: one clear error, not a spin
+        finally:
+            store.dispose()
 
     def build(self, db: str, runner: WorkerRunner, lease_seconds: float) -> tuple[Store, Engine, WorkerRegistry]:
         store = SqlStore(db)

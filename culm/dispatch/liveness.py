@@ -31,6 +31,39 @@ if TYPE_CHECKING:
 logger = engine_logger("culm.dispatch.liveness")
 
 
+class _FailureLog:
+    """Logs a failed pass of a beat or relay loop. A culm table missing (dropped under a running
+    worker) is said as one line naming the table and the fix, at most once a minute per loop,
+    instead of the driver's traceback at every beat; any other failure keeps its traceback."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._said: dict[str, float] = {}
+
+    def failed(self, what: str) -> None:
+        import sys
+
+        exc = sys.exc_info()[1]
+        problem = self._schema_problem(exc) if exc is not None else None
+        if problem is None:
+            logger.warning("%s failed", what, exc_info=True)
+            return
+        last = self._said.get(problem)
+        if last is not None and time.monotonic() - last < 60.0:
+            return
+        self._said[problem] = time.monotonic()
+        logger.error("%s failed: %s", what, problem)
+
+    def _schema_problem(self, exc: BaseException) -> str | None:
+        from culm.storage.migrate import missing_table, schema_missing_error
+        from culm.storage.sql import SqlStore
+
+        if not isinstance(self.store, SqlStore) or missing_table(exc) is None:
+            return None
+        found = schema_missing_error(self.store, exc)
+        return None if found is None else str(found)
+
+
 class LeaseHeartbeat:
     """Beats this process's row of the worker registry every ``beat_seconds``, and extends the
     leases of the tasks it is running every third of a lease (its own thread: user code on the
@@ -43,6 +76,7 @@ class LeaseHeartbeat:
         self.beat_seconds = beat_seconds
         self._row = (threads, prefix)  # what its registry row says besides owner, host and pid
         self._registered = False
+        self._failures = _FailureLog(state.store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-lease-heartbeat", daemon=True)
 
@@ -95,14 +129,14 @@ class LeaseHeartbeat:
             try:
                 self.beat_registry()
             except Exception:  # noqa: BLE001 - the next beat tries again, before the row looks dead
-                logger.warning("beating the worker registry failed", exc_info=True)
+                self._failures.failed("beating the worker registry")
             if time.monotonic() < next_extend:
                 continue
             next_extend = time.monotonic() + extend_every
             try:
                 self.beat()
             except Exception:  # noqa: BLE001 - retried at the next beat, well before expiry
-                logger.warning("extending leases failed", exc_info=True)
+                self._failures.failed("extending leases")
 
 
 class TaskRelay:
@@ -125,6 +159,7 @@ class TaskRelay:
         self.watch = watch  # called at every look (the pool watch of run_worker)
         self._after_burial = 0.0  # until then (monotonic), each look also relays what waited a look
         self._buried: list[str] = []  # the owners buried before then: leases they kept are freed
+        self._failures = _FailureLog(store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-relay", daemon=True)
 
@@ -211,7 +246,7 @@ class TaskRelay:
             try:
                 self.bury_dead()
             except Exception:  # noqa: BLE001 - the next look tries again
-                logger.warning("looking for dead workers failed", exc_info=True)
+                self._failures.failed("looking for dead workers")
             if time.monotonic() < next_relay:
                 continue
             next_relay = time.monotonic() + self.interval
@@ -219,7 +254,7 @@ class TaskRelay:
                 while self.relay_once() == self.batch and not self._stop.is_set():
                     pass
             except Exception:  # noqa: BLE001 - the next tick tries again
-                logger.warning("relay pass failed", exc_info=True)
+                self._failures.failed("relay pass")
 
 
 def _exited(pid: int) -> bool:

@@ -189,12 +189,33 @@ def missing_table(exc: BaseException) -> str | None:
     return None
 
 
+def check_tables(store: SqlStore) -> None:
+    """Refuse a database at head that lacks one of culm's tables (dropped, or only part of it
+    restored): the version check alone passes it, and a worker would then meet the missing table
+    in every beat and task. One inspection of the table names.
+
+    Raises:
+        SchemaMissingError: naming the first missing table and the fix.
+    """
+    from culm.storage.schema import metadata
+
+    with store.engine.connect() as conn:
+        present = set(inspect(conn).get_table_names())
+    missing = sorted(set(metadata.tables) - present)
+    if missing:
+        raise _missing_table_error(store, missing[0])
+
+
 def schema_missing_error(store: SqlStore, exc: BaseException) -> SchemaMissingError | None:
     """A :class:`SchemaMissingError` naming the table ``exc`` found missing and the way to make
     the schema whole, or None when ``exc`` is about something else."""
     table = missing_table(exc)
     if table is None:
         return None
+    return _missing_table_error(store, table)
+
+
+def _missing_table_error(store: SqlStore, table: str) -> SchemaMissingError:
     url = _display_url(store)
     try:
         version = _read_version_plainly(store)

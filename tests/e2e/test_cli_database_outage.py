@@ -1,11 +1,13 @@
-"""The CLI's exit codes when the database dies in the middle of a command, on a real PostgreSQL.
+"""The CLI's exit codes when the database dies in the middle of a command, on a real PostgreSQL
+and a real MariaDB.
 
 The contract's exit 4 ("database unreachable or unusable") was tested only with a server that was
-never there. Here a private PostgreSQL cluster (``initdb`` + ``pg_ctl`` in a temporary directory, on
-a port of its own: the shared server is never touched) is stopped with ``pg_ctl -m immediate`` (its
-processes killed, as a crash) while each command runs: after it opened its runtime (connected,
-checked the schema), before its call. Each command must then end at once with exit 4, one
-``error:`` line naming the database, and no traceback; never hang, never exit 0 or 5.
+never there. Here a private server in a temporary directory, on a port of its own (the shared
+servers are never touched): a PostgreSQL cluster (``initdb`` + ``pg_ctl``), stopped with ``pg_ctl
+-m immediate`` (its processes killed, as a crash), or a ``mariadbd`` (``mariadb-install-db``),
+killed with ``kill -9``, while each command runs: after it opened its runtime (connected, checked
+the schema), before its call. Each command must then end at once with exit 4, one ``error:`` line
+naming the database, and no traceback; never hang, never exit 0 or 5.
 
 A second set drops culm's tables under a database at head (a partial restore, a ``DROP TABLE``
 by hand): every command exits 4 with an error naming the missing table and the fix.
@@ -114,8 +116,92 @@ class Cluster:
         )
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
+class MariaServer:
+    """A private ``mariadbd`` with its own data directory and port, run as the ``mysql`` user when
+    we are root; its crash is ``kill -9`` of the server process."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.data, self.port = root, root / "data", _free_port()
+        self.url = f"mysql://root@127.0.0.1:{self.port}/culm"
+        self.user = ["--user=mysql"] if os.geteuid() == 0 else []
+        if self.user:
+            shutil.chown(root, "mysql")
+        self.proc: subprocess.Popen | None = None
+
+    def init(self) -> None:
+        subprocess.run(
+            [
+                str(_maria_tool("mariadb-install-db")),
+                "--no-defaults",
+                *self.user,
+                f"--datadir={self.data}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=180,
+            cwd=self.root,
+        )
+        self.start()
+        self._sql("CREATE DATABASE culm")
+        self.stop()
+
+    def _sql(self, statement: str) -> None:
+        import pymysql
+
+        conn = pymysql.connect(host="127.0.0.1", port=self.port, user="root", password="", connect_timeout=5)
+        try:
+            conn.cursor().execute(statement)
+        finally:
+            conn.close()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                str(_maria_tool("mariadbd")),
+                "--no-defaults",
+                *self.user,
+                f"--datadir={self.data}",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.root / 'sock'}",
+                f"--pid-file={self.root / 'pid'}",
+                f"--log-error={self.root / 'log'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                "--innodb-flush-log-at-trx-commit=0",
+                "--max-connections=40",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=self.root,
+        )
+
+        def up() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, (self.root / "log").read_text()
+            try:
+                self._sql("SELECT 1")
+            except Exception:
+                return False
+            return True
+
+        _poll(up, 120, f"the private mariadbd on port {self.port}")
+
+    def crash(self) -> None:
+        """The server process killed at once (InnoDB recovers at the next start)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(60)
+
+    stop = crash
+
+
+def _maria_tool(name: str) -> str | None:
+    return shutil.which(name) or next((str(p) for p in (Path("/usr/sbin") / name,) if p.exists()), None)
+
+
+def _private_postgres() -> Cluster:
     if _tool("initdb") is None or _tool("pg_ctl") is None:
         pytest.skip("no initdb/pg_ctl to start a private PostgreSQL cluster")
     try:
@@ -128,7 +214,28 @@ def cluster() -> Iterator[Cluster]:
     # Not under pytest's own temporary directory: it is private to us, and the server runs as postgres.
     root = Path(tempfile.mkdtemp(prefix="culm_private_pg_"))
     root.chmod(0o755)
-    found = Cluster(root)
+    return Cluster(root)
+
+
+def _private_mariadb() -> MariaServer:
+    if _maria_tool("mariadb-install-db") is None or _maria_tool("mariadbd") is None:
+        pytest.skip("no mariadb-install-db/mariadbd to start a private MariaDB")
+    try:
+        import pwd
+
+        if os.geteuid() == 0:
+            pwd.getpwnam("mysql")
+    except KeyError:
+        pytest.skip("running as root and no mysql user to run a private MariaDB as")
+    root = Path(tempfile.mkdtemp(prefix="culm_private_maria_"))
+    root.chmod(0o755)
+    return MariaServer(root)
+
+
+@pytest.fixture(scope="module", params=["postgres", "mariadb"])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster | MariaServer]:
+    found = _private_postgres() if request.param == "postgres" else _private_mariadb()
+    root = found.root
     try:
         found.init()
         found.start()
@@ -193,7 +300,9 @@ MID_CALL = {
 
 
 @pytest.mark.parametrize("name", list(MID_CALL))
-def test_a_database_killed_mid_command_exits_4(cluster: Cluster, tmp_path: Path, name: str) -> None:
+def test_a_database_killed_mid_command_exits_4(
+    cluster: Cluster | MariaServer, tmp_path: Path, name: str
+) -> None:
     cluster.start()
     try:
         result: list[subprocess.CompletedProcess] = []
@@ -213,7 +322,9 @@ def test_a_database_killed_mid_command_exits_4(cluster: Cluster, tmp_path: Path,
     assert "database" in last and str(cluster.port) in last, last
 
 
-def test_the_held_command_runs_normally_on_a_live_database(cluster: Cluster, tmp_path: Path) -> None:
+def test_the_held_command_runs_normally_on_a_live_database(
+    cluster: Cluster | MariaServer, tmp_path: Path
+) -> None:
     # The hold itself changes nothing: with the server left up the same command succeeds.
     cluster.start()
     try:

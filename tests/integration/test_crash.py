@@ -225,6 +225,7 @@ def _wait_for_burial(backend: Any, how: str) -> None:
     wait_until(logged, 5, 0.05, what=f"a relay to log the killed process dead ({how})")
 
 
+@pytest.mark.timeout(240)  # its own bounded waits: 60 s to 30 %, 120 s to the end (the module's 90 s cut them)
 @pytest.mark.parametrize("distributed_backend", ["postgres-redis"], indirect=True)
 def test_kill_9_of_a_worker_reruns_at_most_its_user_code_pool(
     distributed_backend: Any, monkeypatch: pytest.MonkeyPatch
@@ -250,6 +251,25 @@ def _can_unshare() -> bool:
         return False
 
 
+def _kill_noting_survivors(noted: dict[str, Any]) -> Any:
+    """A ``kill`` for :func:`_kill_a_worker_mid_batch` that notes the process ids of the workers
+    left alive (main and pool processes) and the wall-clock time of the kill. The killed worker's
+    calls are then those of any other process id: it may run in a PID namespace of its own (its
+    processes log the ids they see there), so its own ids cannot be read from here."""
+    def kill(backend: Any, victim: int) -> None:
+        alive: set[str] = set()
+        for i in backend.alive():
+            if i == victim:
+                continue
+            main = backend.workers[i].pid
+            alive |= {str(main), *Path(f"/proc/{main}/task/{main}/children").read_text().split()}
+        noted.update(alive=alive, at=time.time())
+        backend.kill_worker(victim)
+
+    return kill
+
+
+@pytest.mark.timeout(240)
 @pytest.mark.parametrize("where", ["same-host", "another-host"])
 @pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
 def test_kill_9_of_a_worker_with_default_settings_moves_its_work_within_seconds(
@@ -258,19 +278,36 @@ def test_kill_9_of_a_worker_with_default_settings_moves_its_work_within_seconds(
     """The same kill with every worker on its DEFAULT settings (a 30 s lease, a 15 s relay grace):
     the relays find the dead worker in the registry, free its leases and publish its tasks, and at
     most the killed worker's pool of calls runs again. On the same host its processes are seen to
-    be gone at the relays' next look, and every pipeline finishes within 5 s of the kill; from
-    another host it is found by its silence (CULM_WORKER_DEAD_AFTER, 3 s), so within 3 s more."""
+    be gone at the relays' next look, and each node the killed worker was calling is called again
+    within 5 s of the kill; from another host it is found by its silence (CULM_WORKER_DEAD_AFTER,
+    3 s), so within 3 s more.
+
+    The bound is on the moving of the killed worker's work, not on the whole batch: the calls left
+    after the kill (~110) only have to finish, in a time of the machine's load. The whole batch
+    within 5 s failed once at a load of ~25 (session 16) while its 3.1-4.2 s is what it takes at
+    load 20-25 (session 17): that bound measured the machine, not the relays."""
     wrapper = ANOTHER_HOST if where == "another-host" else ()
     if wrapper and not _can_unshare():
         pytest.skip("cannot run a worker in a PID namespace of its own here (unshare needs privileges)")
+    if not Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists():
+        pytest.skip("needs /proc/<pid>/task/<pid>/children to find the pool processes")
     backend = own_backend(kind, tmp_path, DEFAULTS)
+    noted: dict[str, Any] = {}
     try:
         backend.start_workers(2)
         within, how = (5.0, "its process is gone") if not wrapper else (5.0 + 3.0, "silent for")
-        before, reruns, took = _kill_a_worker_mid_batch(backend, monkeypatch, within, wrapper)
+        before, reruns, took = _kill_a_worker_mid_batch(backend, monkeypatch, 90.0, wrapper,
+                                                        kill=_kill_noting_survivors(noted))
+        calls = [line.split() for line in backend.exec_log.read_text().splitlines()]
+        victims = {pid for _, _, pid, at in calls if float(at) <= noted["at"]} - noted["alive"]
+        resumed = _resumed_after(backend.exec_log, victims, noted["at"])
         print(f"\n{kind} worker kill -9 ({where}), default settings: {before} calls before the kill, {reruns} ran "
-              f"again (pool {WORKER_POOL}); every pipeline finished {took:.1f} s after the kill")
+              f"again (pool {WORKER_POOL}); its {len(resumed)} nodes called again "
+              f"{min(resumed.values(), default=0):.1f}-{max(resumed.values(), default=0):.1f} s after the kill; "
+              f"every pipeline finished {took:.1f} s after it")
         assert reruns <= WORKER_POOL
+        late = {n: round(s, 1) for n, s in resumed.items() if s > within}
+        assert not late, f"the killed worker's nodes were called again only after {late} s (bound {within} s)"
         _wait_for_burial(backend, how)
     finally:
         backend.teardown()

@@ -104,6 +104,27 @@ def test_worker_refuses_outdated_schema(server_database):
     assert "culm db upgrade --db" in proc.stderr
 
 
+def test_worker_refuses_a_database_at_head_missing_a_culm_table(server_database):
+    # The version check passes (the version table is there); the worker met the missing tables in
+    # every beat and logged the driver's traceback each second. Now: exit 4 and one line.
+    migrate.upgrade_database(server_database)
+    store = SqlStore(server_database)
+    try:
+        with store.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE culm_worker")
+    finally:
+        store.dispose()
+    proc = subprocess.run(
+        [sys.executable, "-m", "culm", "worker", "--db", server_database, "--broker", REDIS],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 4, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr and "does not exist" not in proc.stderr.replace("doesn't", ""), proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "has no culm table culm_worker" in last, last
+    assert "culm db upgrade --db" in last, last
+
+
 @pytest.mark.parametrize("where", ["file", "memory"])
 def test_sqlite_is_upgraded_on_open(tmp_path, where):
     url = f"sqlite:///{tmp_path / 'c.db'}" if where == "file" else "sqlite:///:memory:"
