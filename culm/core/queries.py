@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +68,37 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
+def _hand_out_reasons(reasons: dict[str, dict[str, Any]], root: dict[str, Any],
+                      entries: dict[str, dict[str, Any]]) -> None:
+    """Set ``wait_reason`` on the entries from ``reasons`` kept with a tree: each a copy (with
+    copies of its lists: ``branches``, ``nodes``), so a caller that changes its result changes
+    nothing the next poll hands out. The other values are str, int, bool, None or datetime."""
+    for node_id, reason in reasons.items():
+        entry = root if node_id == root["id"] else entries.get(node_id)
+        if entry is not None:
+            out = entry["wait_reason"] = reason.copy()
+            for key, value in out.items():
+                if type(value) is list:
+                    out[key] = value.copy()
+
+
+def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
+                  execute_tasks: list[TaskRecord] | None) -> dict[str, dict[str, Any]]:
+    """The wait reasons of a kept tree's pipeline, ``{node_id: reason}`` (kept with the tree: copy
+    what is handed out). A poll that finds the tree as the previous one left it (the feed named
+    none of its nodes: the same Tree and kept facts) reuses that poll's reasons while they hold
+    (WaitFacts.reusable_until: none counts time or rests on rows without a feed, such as the poll
+    and timeout tasks, and the stalled check has not turned on); it reads and makes nothing."""
+    kept = tree.reasons
+    facts_kept = tree.facts
+    if kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes and time.time() < kept[3]:
+        return kept[2]
+    facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks)
+    reasons = waits.wait_reasons(facts) if facts.candidates else {}
+    tree.reasons = (facts_kept, facts_kept.processes, reasons, facts.reusable_until)
+    return reasons
+
+
 def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
                      execute_tasks: list[TaskRecord] | None) -> waits.WaitFacts:
     """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
@@ -99,7 +131,7 @@ def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) ->
         kept = tree.entries
         if root_id not in kept:
             return {}
-        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks)
+        reasons = _kept_reasons(engine, unit, root_id, tree, execute_tasks)
     children = {}
     # dict.copy() copies the key table whole (a {**entry} literal inserts key by key, a third
     # slower); the root is taken out after the loop rather than compared with at every node.
@@ -114,7 +146,8 @@ def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) ->
             parent = e["parent_id"]
             holder = entry if parent == root_id else children.get(parent, entry)
             holder["children"][node_id] = e
-    _add_wait_reasons(facts, entry, children)
+    if reasons:
+        _hand_out_reasons(reasons, entry, children)
     return {root_id: entry}
 
 

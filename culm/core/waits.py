@@ -28,6 +28,7 @@ only when a state could need them, so a finished pipeline costs no extra read.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,11 @@ class WaitFacts:
     deadlines: Mapping[str, float] = field(default_factory=dict)  # node id -> when its timeout fires
     # node id -> the revoked pipeline around it, for the waiting (RUNNING) nodes inside one
     revoked_in: Mapping[str, str] = field(default_factory=dict)
+    # (read_facts) Until when (time.time()) these facts, and the reasons made of them, stay what a
+    # new read_facts of the same rows and kept facts would give: 0.0 when they hold rows with no
+    # feed of their own (poll and timeout tasks, the stalled check's EXECUTE tasks) or texts
+    # counting time; else when the stalled check turns on (inf when the pipeline is not alive).
+    reusable_until: float = 0.0
 
 
 def _time(t: float) -> datetime:
@@ -311,6 +317,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             kept.processes = processes
     if stalled_check and execute_tasks is None:
         execute_tasks = next(answers)
+    polls = timeouts = False
     if running:
         versions = {st.node_id: st.version for st in running}
         current = [s for node_id in versions for s in known_schedules[node_id] if versions[node_id] == s.version]
@@ -333,4 +340,13 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             facts.stalled = [t for t in execute_tasks or () if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
+    if not (stalled_check or polls or timeouts):
+        facts.reusable_until = math.inf if alive is None else _last_move(records, root) + STALLED_AFTER
     return facts
+
+
+def _last_move(records: Sequence[StateRecord], root: StateRecord | None) -> float:
+    """When a node of ``records`` (or the root) last started or ended: the stalled check of
+    :func:`read_facts` looks for stalled steps from STALLED_AFTER seconds after that on."""
+    return max((max(st.started_time or 0.0, st.archived_time or 0.0)
+                for st in (*records, *((root,) if root is not None else ()))), default=0.0)
