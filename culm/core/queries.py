@@ -84,18 +84,27 @@ def _hand_out_reasons(reasons: dict[str, dict[str, Any]], root: dict[str, Any],
 
 def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
                   execute_tasks: list[TaskRecord] | None) -> dict[str, dict[str, Any]]:
-    """The wait reasons of a kept tree's pipeline, ``{node_id: reason}`` (kept with the tree: copy
-    what is handed out). A poll that finds the tree as the previous one left it (the feed named
-    none of its nodes: the same Tree and kept facts) reuses that poll's reasons while they hold
-    (WaitFacts.reusable_until: none counts time or rests on rows without a feed, such as the poll
-    and timeout tasks, and the stalled check has not turned on); it reads and makes nothing."""
+    """The wait reasons of a kept tree's pipeline, ``{node_id: reason}`` (may be kept with the
+    tree: copy what is handed out). A poll that finds the tree as the previous one left it (the
+    feed named none of its nodes: the same Tree and kept facts) reuses that poll's reasons when
+    they may serve again (WaitFacts.reusable: none counts time or rests on rows without a feed,
+    such as poll and timeout tasks): it makes no facts and no reasons. Only the stalled check,
+    which counts time and reads tasks, is made at every poll once it is due (waits.stalled_since)."""
     kept = tree.reasons
     facts_kept = tree.facts
-    if kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes and time.time() < kept[3]:
-        return kept[2]
-    facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks)
-    reasons = waits.wait_reasons(facts) if facts.candidates else {}
-    tree.reasons = (facts_kept, facts_kept.processes, reasons, facts.reusable_until)
+    if kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes:
+        reasons, alive_root, stall_at = kept[2], kept[3], kept[4]
+    else:
+        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks)
+        reasons = waits.wait_reasons(facts) if facts.candidates else {}
+        alive_root = facts.alive_root
+        assert tree.may_wait is not None  # (set by _kept_wait_facts)
+        stall_at = waits.stalled_since(tree.may_wait, tree.records.get(root_id)) if alive_root else 0.0
+        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at) if facts.reusable else None
+    if alive_root is not None and time.time() >= stall_at and alive_root not in reasons:
+        note = waits.stalled_note(unit, alive_root, execute_tasks)
+        if note is not None:
+            reasons = {**reasons, alive_root: note}  # (a copy: the kept reasons stay as made)
     return reasons
 
 
@@ -116,7 +125,7 @@ def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
         graph = engine.known_graph(root_id)
         forked = graph is None or any(node_id in records for node_id in graph.forks)
     return waits.read_facts(unit, tree.may_wait, root=records.get(root_id), timed=_timed(engine, unit),
-                            kept=tree.facts, execute_tasks=execute_tasks, forked=forked)
+                            kept=tree.facts, execute_tasks=execute_tasks, forked=forked, stalled=False)
 
 
 def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:

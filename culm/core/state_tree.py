@@ -73,9 +73,10 @@ class Tree:
         # of the pipeline; so a poll of a pipeline that stood still reads none of them again.
         self.facts = KeptFacts()
         # The wait reasons made from this tree's rows and facts, for the polls that find it
-        # unchanged (culm.core.queries.pipeline_states): (the KeptFacts and processes they were
-        # made from, {node_id: reason}, until when they hold: WaitFacts.reusable_until), or None.
-        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry], float] | None = None
+        # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
+        # made from, {node_id: reason}, the live root's id and from when its stalled check is
+        # made (waits.stalled_since); None when none may be reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry], str | None, float] | None = None
 
 
 class StateTrees:

@@ -28,7 +28,6 @@ only when a state could need them, so a finished pipeline costs no extra read.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,11 +71,12 @@ class WaitFacts:
     deadlines: Mapping[str, float] = field(default_factory=dict)  # node id -> when its timeout fires
     # node id -> the revoked pipeline around it, for the waiting (RUNNING) nodes inside one
     revoked_in: Mapping[str, str] = field(default_factory=dict)
-    # (read_facts) Until when (time.time()) these facts, and the reasons made of them, stay what a
-    # new read_facts of the same rows and kept facts would give: 0.0 when they hold rows with no
-    # feed of their own (poll and timeout tasks, the stalled check's EXECUTE tasks) or texts
-    # counting time; else when the stalled check turns on (inf when the pipeline is not alive).
-    reusable_until: float = 0.0
+    # (read_facts) Whether these facts, and the reasons made of them, stay what a new read_facts
+    # of the same rows and kept facts would give: none rests on rows without a feed of their own
+    # (poll and timeout tasks: a poll taken, a timeout's task) nor counts time (a poll's texts);
+    # the stalled check, which does both, is then left to the caller (stalled_since, stalled_note).
+    reusable: bool = False
+    alive_root: str | None = None  # the pipeline the stalled check looks at (None: it ended)
 
 
 def _time(t: float) -> datetime:
@@ -244,7 +244,7 @@ class KeptFacts:
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
                timed: Callable[[str], Collection[str]] | None = None,
                kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None,
-               forked: bool = True) -> WaitFacts:
+               forked: bool = True, stalled: bool = True) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those: those that do
     not depend on each other together (one round trip on a server database), then the tasks the
     waiting nodes' schedules need.
@@ -263,6 +263,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             caller knows its graph): then no process has branches, no converge waits, and the
             live processes are read only for a SUSPENDED node (a poller of a pipeline that has
             not forked yet reads them at none of its polls).
+        stalled: False to leave the stalled check out (the caller makes it: stalled_since,
+            stalled_note); then ``reusable`` says whether the facts may serve again.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -284,7 +286,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     schedules_missing = list(dict.fromkeys(st.node_id for st in running if st.node_id not in known_schedules))
     processes = kept.processes if kept is not None else None
     late = time.time() - STALLED_AFTER
-    stalled_check = alive is not None and not moved_since(late, records, root)  # a pipeline that moves has a runner
+    # A pipeline that moves has a runner.
+    stalled_check = stalled and alive is not None and not moved_since(late, records, root)
     calls: list[tuple[str, tuple[Any, ...]]] = []
     if types_missing:
         calls.append(("node_types", (types_missing,)))
@@ -340,13 +343,24 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             facts.stalled = [t for t in execute_tasks or () if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
-    if not (stalled_check or polls or timeouts):
-        facts.reusable_until = math.inf if alive is None else _last_move(records, root) + STALLED_AFTER
+    facts.reusable = not (stalled or polls or timeouts)
+    facts.alive_root = alive.root_id if alive is not None else None
     return facts
 
 
-def _last_move(records: Sequence[StateRecord], root: StateRecord | None) -> float:
-    """When a node of ``records`` (or the root) last started or ended: the stalled check of
-    :func:`read_facts` looks for stalled steps from STALLED_AFTER seconds after that on."""
-    return max((max(st.started_time or 0.0, st.archived_time or 0.0)
+def stalled_since(records: Sequence[StateRecord], root: StateRecord | None) -> float:
+    """From when on (time.time()) :func:`read_facts` of ``records`` and ``root`` would make the
+    stalled check: STALLED_AFTER seconds after a node of them (or the root) last started or ended."""
+    last = max((max(st.started_time or 0.0, st.archived_time or 0.0)
                 for st in (*records, *((root,) if root is not None else ()))), default=0.0)
+    return last + STALLED_AFTER
+
+
+def stalled_note(unit: Unit, root_id: str, execute_tasks: Sequence[TaskRecord] | None) -> dict[str, Any] | None:
+    """The stalled check :func:`read_facts` makes (with ``stalled=True``) for the live pipeline
+    ``root_id``: its ``"stalled"`` reason, or None when no step of it has been due for over
+    STALLED_AFTER seconds untaken. ``execute_tasks``: its EXECUTE tasks when read already."""
+    late = time.time() - STALLED_AFTER
+    tasks = unit.tasks_of_root(root_id, EXECUTE) if execute_tasks is None else execute_tasks
+    found = [t for t in tasks if t.running_version is None and t.due < late]
+    return _stalled(found) if found else None

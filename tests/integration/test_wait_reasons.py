@@ -260,7 +260,8 @@ def test_idle_polls_reuse_the_reasons_and_hand_out_copies(tmp_path, monkeypatch)
 def test_idle_polls_still_count_time(tmp_path, monkeypatch):
     """The reasons that depend on the clock still change between polls that find nothing new in
     the feed: a pipeline nobody runs says nothing at first, then (STALLED_AFTER later, the feed
-    unmoved) that it is stalled, then how long that has been, counted on."""
+    unmoved) that it is stalled, then how long that has been, counted on; and its polls make the
+    wait facts once (the first poll's serve the others: only the stalled check is made again)."""
     import culm
     from culm.core import waits
 
@@ -269,6 +270,7 @@ def test_idle_polls_still_count_time(tmp_path, monkeypatch):
     tree, (act,) = chain("example_component")
     with culm.Runtime(db, workers=0) as submitter:
         run(submitter, tree)
+        calls = _counting_read_facts(monkeypatch)
 
         def root_reason() -> dict | None:
             return api.get_pipeline_states(submitter, tree["id"]).data[tree["id"]]["wait_reason"]
@@ -286,3 +288,4 @@ def test_idle_polls_still_count_time(tmp_path, monkeypatch):
                              what="the stalled time counted on")
         assert later["since"] == counted["since"] and later["nodes"] == counted["nodes"]
         assert submitter.engine.state_trees.tree_of(tree["id"]) is kept
+        assert calls[0] == 1
