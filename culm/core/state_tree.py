@@ -74,9 +74,10 @@ class Tree:
         self.facts = KeptFacts()
         # The wait reasons made from this tree's rows and facts, for the polls that find it
         # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
-        # made from, {node_id: reason}, the live root's id and from when its stalled check is
-        # made (waits.stalled_since); None when none may be reused (waits.WaitFacts.reusable).
-        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry], str | None, float] | None = None
+        # made from, {node_id: reason} (None: seen once, kept at the next poll), the live root's
+        # id and from when its stalled check is made (waits.stalled_since); None when none may be
+        # reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None, float] | None = None
 
 
 class StateTrees:

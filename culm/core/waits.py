@@ -72,9 +72,10 @@ class WaitFacts:
     # node id -> the revoked pipeline around it, for the waiting (RUNNING) nodes inside one
     revoked_in: Mapping[str, str] = field(default_factory=dict)
     # (read_facts) Whether these facts, and the reasons made of them, stay what a new read_facts
-    # of the same rows and kept facts would give: none rests on rows without a feed of their own
-    # (poll and timeout tasks: a poll taken, a timeout's task) nor counts time (a poll's texts);
-    # the stalled check, which does both, is then left to the caller (stalled_since, stalled_note).
+    # of the same rows and kept facts would give, the stalled check left out: none rests on rows
+    # without a feed of their own (poll and timeout tasks: a poll taken, a timeout's task) nor
+    # counts time (a poll's texts). The stalled check, which does both, is then the caller's
+    # (read_facts(stalled=False), stalled_since, stalled_note).
     reusable: bool = False
     alive_root: str | None = None  # the pipeline the stalled check looks at (None: it ended)
 
@@ -264,7 +265,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             live processes are read only for a SUSPENDED node (a poller of a pipeline that has
             not forked yet reads them at none of its polls).
         stalled: False to leave the stalled check out (the caller makes it: stalled_since,
-            stalled_note); then ``reusable`` says whether the facts may serve again.
+            stalled_note); ``reusable`` says whether the facts may then serve again.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -343,7 +344,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             facts.stalled = [t for t in execute_tasks or () if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
-    facts.reusable = not (stalled or polls or timeouts)
+    facts.reusable = not (polls or timeouts)
     facts.alive_root = alive.root_id if alive is not None else None
     return facts
 
