@@ -49,10 +49,15 @@ def _state(unit: Unit, node_id: str, what: str = "node") -> StateRecord:
 
 
 def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str = "node") -> None:
-    if st.name not in allowed:
-        raise InvalidOperationError(
-            f"cannot {action} {what} {st.node_id}: its state is {st.name}, expected {' or '.join(allowed)}"
-        )
+    if st.name in allowed:
+        return
+    if action == "pause" and st.name == states.SUSPENDED:
+        wrong = f"it is already paused (its state is {st.name})"
+    elif action == "resume" and allowed == (states.SUSPENDED,):
+        wrong = f"it is not paused (its state is {st.name})"
+    else:
+        wrong = f"its state is {st.name}, expected {' or '.join(allowed)}"
+    raise InvalidOperationError(f"cannot {action} {what} {st.node_id}: {wrong}")
 
 
 def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str) -> None:
@@ -198,6 +203,8 @@ def _pause_node_appoint(engine: Engine, node_id: str) -> None:
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")
+            if st.name == states.SUSPENDED:
+                _require(st, (), "pause")  # says it is already paused
             if not states.can_transit(st.name, states.SUSPENDED):
                 raise InvalidOperationError(f"node {node_id} is {st.name}: it cannot be paused")
             _cas(step, st, states.SUSPENDED)
@@ -536,7 +543,7 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
     # An operator's values were counted, never checked: 600 KB into each of 60 variables took a
     # pipeline past its budget. What they add (their JSON text over the values they replace) is.
     unit.check_stored_growth(pipeline_id, "context values", sum(
-        _json_size(context_values[k]) - _json_size(current[k].value) for k in updated))
+        _json_size(context_values[k]) - _json_size(current[k].value) for k in updated), "pipeline")
     if updated:
         merged = {k: dctx.ContextVar(k, v.type, v.value, v.code) for k, v in current.items()}
         for k in updated:

@@ -305,9 +305,10 @@ class NodeData(Protocol):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
-    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+    def check_stored_growth(self, node_id: str, field: str, size: int, what: str = "node") -> None:
         """Raise StoredBytesBudgetError when ``size`` more bytes would take the root pipeline of
-        ``node_id`` (a node or a pipeline) past its budget, or every pipeline past theirs."""
+        ``node_id`` (a node or a pipeline: ``what`` says which, for the message) past its budget, or
+        every pipeline past theirs."""
         ...
 
 

@@ -25,7 +25,7 @@ from culm.model import limits
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
-          total: Callable[[], int] | None = None, *, always: bool = False) -> None:
+          total: Callable[[], int] | None = None, *, always: bool = False, what: str = "node") -> None:
     """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
     ``"callback data"``)
     of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
@@ -36,6 +36,7 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     ``total()`` reads the bytes every pipeline holds. A write of at most
     :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (data
     sent from outside the engine, such as a callback's: a storm of small ones passed any budget).
+    ``what`` is what ``node_id`` is, for the message: ``"pipeline"`` for a pipeline's context values.
 
     Raises:
         StoredBytesBudgetError: Naming the node, the size, what is held and the budget.
@@ -44,9 +45,11 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
         return
     budget = limits.MAX_PIPELINE_STORED_BYTES
     root_id, others, replaced = held()
+    subject = f"{what} {node_id}"
     if size > replaced and others + size > budget:
         raise StoredBytesBudgetError(
-            f"node {node_id}: storing its {field} ({size:,} bytes) would take pipeline {root_id} to "
+            f"{subject}: storing its {field} ({size:,} bytes) would take "
+            f"{'it' if node_id == root_id else f'pipeline {root_id}'} to "
             f"{others + size:,} bytes stored, over the {budget:,} one pipeline may store "
             "(culm.model.limits.MAX_PIPELINE_STORED_BYTES, $CULM_MAX_PIPELINE_STORED_BYTES)",
             field,
@@ -55,7 +58,8 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     everything = limits.MAX_STORED_BYTES
     if everything and total is not None and size > replaced and (after := total() - replaced + size) > everything:
         raise StoredBytesBudgetError(
-            f"node {node_id} of pipeline {root_id}: storing its {field} ({size:,} bytes) would take the "
+            f"{subject if node_id == root_id else f'{subject} of pipeline {root_id}'}: storing its {field} "
+            f"({size:,} bytes) would take the "
             f"store to {after:,} bytes stored, over the {everything:,} all pipelines may store "
             "(culm.model.limits.MAX_STORED_BYTES, $CULM_MAX_STORED_BYTES)",
             field,

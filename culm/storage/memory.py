@@ -502,10 +502,11 @@ class MemoryUnit(TransactionView):
         held += sum(len(r[4]) for _, r in self._where("log", "node", node_id))
         return held + sum(len(v[2]) for _, v in self._where("context", "pipeline", node_id))
 
-    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+    def check_stored_growth(self, node_id: str, field: str, size: int, what: str = "node") -> None:
         """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
         if size > 0:
-            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True,
+                         what=what)
 
     def all_stored_bytes(self) -> int:
         """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""

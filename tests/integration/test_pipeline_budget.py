@@ -304,7 +304,9 @@ def test_context_updates_cannot_pass_the_budget(small_budget, monkeypatch):
         taken += 1
         assert taken < 60, "context updates went past the budget"
     assert 5 <= taken < 9, taken
-    assert f"pipeline {tree['id']}" in res.message and "context values" in res.message, res.message
+    # the pipeline is called a pipeline (it was "node P: storing its context values ...")
+    assert res.message.startswith(f"pipeline {tree['id']}: storing its context values (600,"), res.message
+    assert "would take it to " in res.message, res.message
     assert "5,000,000" in res.message, res.message
     assert stored(rt, act.id) <= 5_000_000
     debug = api.get_pipeline_debug_info(rt, tree["id"])

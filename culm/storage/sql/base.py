@@ -1342,10 +1342,11 @@ class SqlUnit:
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
 
-    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
+    def check_stored_growth(self, node_id: str, field: str, size: int, what: str = "node") -> None:
         """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
         if size > 0:
-            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True,
+                         what=what)
 
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
