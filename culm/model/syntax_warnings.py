@@ -8,6 +8,7 @@ before a run, so :func:`tree_warnings` names each one with its node id and posit
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,9 +69,11 @@ def tree_warnings(tree: Any) -> list[TreeProblem]:
             continue
         pid = pipeline.get("id") if isinstance(pipeline.get("id"), str) else None
         found += _variables(check, pid, "data input", _field(pipeline.get("data"), "inputs"))
+        found += _key_forms(pid, "data input", _field(pipeline.get("data"), "inputs"))
         for nid, node in _items(pipeline.get("activities")):
             if node.get("type") == "SubProcess":
                 found += _variables(check, nid, "param", node.get("params"))
+                found += _key_forms(nid, "param", node.get("params"))
                 pending.append(node.get("pipeline"))
             else:
                 found += _variables(check, nid, "component input", _field(node.get("component"), "inputs"))
@@ -93,6 +96,21 @@ def _items(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         for nid, node in nodes.items():
             if isinstance(nid, str) and isinstance(node, dict):
                 yield nid, node
+
+
+def _key_forms(where: str | None, kind: str, variables: Any) -> list[TreeProblem]:
+    """A context key not in Unicode's NFKC form: a ``${...}`` reference is read as a Python name, in
+    NFKC form, so no reference reaches it (data.outputs, a splice's source_key and
+    update_context_values do). Two keys of one form are refused by the validator instead."""
+    if not isinstance(variables, dict):
+        return []
+    found: list[TreeProblem] = []
+    for key in variables:
+        if isinstance(key, str) and not key.isascii() and (normal := unicodedata.normalize("NFKC", key)) != key:
+            found.append(TreeProblem(where, f"{kind} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): a "
+                                            f"${{...}} reference to it reads {normal!r} instead, so only data.outputs, "
+                                            "a splice's source_key or update_context_values reach it"))
+    return found
 
 
 def _variables(check: _Checker, where: str | None, kind: str, variables: Any) -> list[TreeProblem]:

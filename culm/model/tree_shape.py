@@ -156,11 +156,26 @@ class ShapeChecker:
         problem = limits.column_problem(key, width if width is not None else len(key))
         if problem:
             self.add(where, f"{what} key {key!r} {problem}")
-        elif what in _CONTEXT_KEYED and not key.isascii() and (normal := unicodedata.normalize("NFKC", key)) != key:
-            # A reference is read as a Python name, in NFKC form: no reference reaches this key, and
-            # it looks like (or is) a key that one does reach.
-            self.add(where, f"{what} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): every reference "
-                            f"to it reads {normal!r} ({ascii(normal)}) instead, so it can never be reached; write that")
+
+    def _form(self, where: str, what: str, key: str, variables: dict[Any, Any],
+              forms: dict[str, str] | None) -> dict[str, str] | None:
+        """Refuse ``key`` when another key of the same context has its NFKC form.
+
+        A ``${...}`` reference is read as a Python name, in NFKC form: of two such keys a reference
+        reaches one only, and a reader cannot tell which. A key alone in its form is kept (bamboo
+        ran it; data.outputs, a splice's source_key or update_context_values still reach it):
+        :func:`~culm.model.syntax_warnings.tree_warnings` warns of it."""
+        normal = unicodedata.normalize("NFKC", key)
+        if normal == key:
+            return forms
+        forms = {} if forms is None else forms
+        other = normal if normal in variables else forms.get(normal)
+        if other is not None:
+            self.add(where, f"{what} key {key!r} is not in Unicode's NFKC form ({ascii(key)}) and {other!r} "
+                            f"({ascii(other)}) of the same context has the same form {normal!r}: every reference "
+                            f"to either reads {normal!r}, so one of them can never be reached; rename one")
+        forms.setdefault(normal, key)
+        return forms
 
     def _value(self, where: str, what: str, value: Any) -> None:
         if not isinstance(value, _CONTAINERS):
@@ -450,12 +465,15 @@ class ShapeChecker:
         width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
         longest = width if width is not None else 1 << 30
         fragments = 0  # "${" of the rendered variables
+        forms: dict[str, str] | None = None  # NFKC form -> key, of the keys not in that form
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
                 continue
             if len(key) > longest or "\x00" in key or not key.isascii():  # the common case costs no call
                 self._key(where, what, key, width)
+                if what in _CONTEXT_KEYED and not key.isascii():
+                    forms = self._form(where, what, key, variables, forms)
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
                 value = var["value"]
