@@ -8,6 +8,8 @@ before a run, so :func:`tree_warnings` names each one with its node id and posit
 
 from __future__ import annotations
 
+import io
+import tokenize
 import unicodedata
 from collections.abc import Iterator
 from typing import Any
@@ -107,9 +109,10 @@ def _key_forms(where: str | None, kind: str, variables: Any) -> list[TreeProblem
     found: list[TreeProblem] = []
     for key in variables:
         if isinstance(key, str) and not key.isascii() and (normal := unicodedata.normalize("NFKC", key)) != key:
-            found.append(TreeProblem(where, f"{kind} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): a "
-                                            f"${{...}} reference to it reads {normal!r} instead, so only data.outputs, "
-                                            "a splice's source_key or update_context_values reach it"))
+            found.append(TreeProblem(where, f"{kind} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): no "
+                                            f"${{...}} reference reaches it (Python reads a reference's names in NFKC "
+                                            f"form, which is {normal!r} here); data.outputs, a splice's source_key "
+                                            "and update_context_values do"))
     return found
 
 
@@ -155,6 +158,11 @@ def fragment_problems(text: str, check: _Checker | None = None) -> list[str]:
         if why is not None:
             problems.append(f"{match.group(0)!r} at position {match.start()} does not parse ({why}); "
                             "it will stay text")
+        elif not match.group(1).isascii() and (renamed := _renamed(match.group(1))):
+            problems.append(f"{match.group(0)!r} at position {match.start()} names "
+                            + ", ".join(f"{name!r} ({ascii(name)}), which reads as {normal!r}" for name, normal in renamed)
+                            + ": Python reads names in Unicode's NFKC form, so it reads that key, not one written "
+                              "as the name is")
     position = text.find("${")
     while position >= 0:
         if position not in starts:
@@ -162,3 +170,13 @@ def fragment_problems(text: str, check: _Checker | None = None) -> list[str]:
                             "'$', '{', '}' or '#'); it will stay text")
         position = text.find("${", position + 2)
     return problems
+
+
+def _renamed(body: str) -> list[tuple[str, str]]:
+    """The names in a fragment that are not in NFKC form, each with the name Python reads."""
+    try:
+        names = [t.string for t in tokenize.generate_tokens(io.StringIO(body).readline) if t.type == tokenize.NAME]
+    except (tokenize.TokenError, SyntaxError):  # it parsed (sandbox.parse): not expected
+        return []
+    return [(name, normal) for name in dict.fromkeys(names)
+            if not name.isascii() and (normal := unicodedata.normalize("NFKC", name)) != name]

@@ -94,3 +94,18 @@ def test_a_key_alone_in_its_form_is_kept_with_a_warning_and_runs(tmp_path) -> No
             assert time.monotonic() < deadline and state == "RUNNING", state
             time.sleep(0.05)
         assert api.get_execution_data_outputs(rt, tree["id"]).data == {key: 5}
+
+
+def test_a_reference_written_in_another_form_is_named_by_a_warning() -> None:
+    """`${ｃount}` (fullwidth c) reads the key `${count}`: taken, as bamboo took it, and warned of."""
+    from culm.model import tree_warnings
+
+    start, act = bd.EmptyStartEvent(), bd.ServiceActivity(component_code="example_component")
+    act.component.inputs.x = bd.Var(type=bd.Var.SPLICE, value="n=${\uff43ount + 1} s=${'\uff08'} c=${count}")
+    start.extend(act).extend(bd.EmptyEndEvent())
+    tree = bd.build_tree(start, data=bd.Data(inputs={"${count}": bd.Var(type=bd.Var.PLAIN, value=1)}))
+    assert validate_tree(tree) == []
+    warnings = tree_warnings(tree)
+    assert [w.where for w in warnings] == [act.id], warnings  # the string literal and ${count}: nothing
+    assert "'${\uff43ount + 1}' at position 2 names '\uff43ount'" in warnings[0].message, warnings
+    assert "reads as 'count'" in warnings[0].message and "NFKC" in warnings[0].message, warnings
