@@ -177,6 +177,30 @@ class ShapeChecker:
         forms.setdefault(normal, key)
         return forms
 
+    def _params_beside_inputs(self, nid: str, node: dict[str, Any]) -> None:
+        """The params of a subprocess and its pipeline's data inputs are keys of one context: refuse
+        a param and an input that are different keys of one NFKC form (see :meth:`_form`)."""
+        params, pipe = node.get("params"), node.get("pipeline")
+        inputs = pipe.get("data") if isinstance(pipe, dict) else None
+        inputs = inputs.get("inputs") if isinstance(inputs, dict) else None
+        if not isinstance(params, dict) or not isinstance(inputs, dict):
+            return
+        if all(not isinstance(key, str) or key.isascii() for key in (*params, *inputs)):
+            return  # the common case: ASCII keys are their own NFKC form
+        forms: dict[str, str] = {}
+        for key in inputs:
+            if isinstance(key, str):
+                forms.setdefault(key if key.isascii() else unicodedata.normalize("NFKC", key), key)
+        for key in params:
+            if isinstance(key, str) and key not in inputs:
+                normal = key if key.isascii() else unicodedata.normalize("NFKC", key)
+                other = forms.get(normal)
+                if other is not None and other != key:
+                    self.add(nid, f"param key {key!r} ({ascii(key)}) and data input {other!r} ({ascii(other)}) of its "
+                                  f"pipeline are different keys of one context with the same NFKC form {normal!r}: "
+                                  "every reference to either reads that one, so one of them can never be reached; "
+                                  "rename one")
+
     def _value(self, where: str, what: str, value: Any) -> None:
         if not isinstance(value, _CONTAINERS):
             return
@@ -381,6 +405,7 @@ class ShapeChecker:
 
     def _subprocess(self, nid: str, node: dict[str, Any], activity_ids: set[str], depth: int) -> list[_Pending]:
         self._vars(nid, node.get("params"), "param", activity_ids, keyed_where=False)
+        self._params_beside_inputs(nid, node)
         if depth + 1 > MAX_DEPTH:
             self.add(nid, f"subprocesses are nested more than {MAX_DEPTH} levels deep")
             return []

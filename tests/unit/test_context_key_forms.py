@@ -109,3 +109,17 @@ def test_a_reference_written_in_another_form_is_named_by_a_warning() -> None:
     assert [w.where for w in warnings] == [act.id], warnings  # the string literal and ${count}: nothing
     assert "'${\uff43ount + 1}' at position 2 names '\uff43ount'" in warnings[0].message, warnings
     assert "reads as 'count'" in warnings[0].message and "NFKC" in warnings[0].message, warnings
+
+
+@pytest.mark.parametrize(("param", "data_input"), [("${\uff43ount}", "${count}"), ("${count}", "${\uff43ount}")])
+def test_a_param_and_an_input_of_its_subprocess_sharing_a_form_are_refused(param: str, data_input: str) -> None:
+    """A subprocess's params and its pipeline's data inputs are keys of one context."""
+    start, sub_start = bd.EmptyStartEvent(), bd.EmptyStartEvent()
+    sub_start.extend(bd.ServiceActivity(component_code="example_component")).extend(bd.EmptyEndEvent())
+    sub = bd.SubProcess(start=sub_start, data=bd.Data(inputs={data_input: bd.Var(type=bd.Var.PLAIN, value=1)}),
+                        params=bd.Params({param: bd.Var(type=bd.Var.PLAIN, value=3)}))
+    start.extend(sub).extend(bd.EmptyEndEvent())
+    problems = validate_tree(bd.build_tree(start))
+    assert [p.where for p in problems] == [sub.id], problems
+    assert f"param key {param!r}" in problems[0].message and f"data input {data_input!r}" in problems[0].message
+    assert "'${count}'" in problems[0].message, problems
