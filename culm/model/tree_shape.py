@@ -90,6 +90,8 @@ class ShapeChecker:
     problems: list[TreeProblem] = field(default_factory=list)
     graphs: list[PipelineGraph] = field(default_factory=list)
     _ids: set[str] = field(default_factory=set)
+    _subprocesses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _non_ascii_context_keys: bool = False  # some data input or param key is not ASCII
     # A variable's value holds a dict whose keys JSON would merge: copy the tree exactly.
     merging_keys: bool = False
     # "${" in the variables (data inputs) of every pipeline of the tree.
@@ -116,6 +118,9 @@ class ShapeChecker:
         while work:
             item = work.pop()
             work.extend(self._pipeline(item))
+        if self._non_ascii_context_keys:  # rare: ASCII keys are their own NFKC form
+            for nid, node in self._subprocesses:
+                self._params_beside_inputs(nid, node)
         if self.too_many_fragments:
             where = label(tree.get("id")) if isinstance(tree, dict) else None
             self.add(where, f"the variables of the tree hold {self.variable_fragments:,} ${{...}} fragments, over the "
@@ -185,8 +190,6 @@ class ShapeChecker:
         inputs = inputs.get("inputs") if isinstance(inputs, dict) else None
         if not isinstance(params, dict) or not isinstance(inputs, dict):
             return
-        if all(not isinstance(key, str) or key.isascii() for key in (*params, *inputs)):
-            return  # the common case: ASCII keys are their own NFKC form
         forms: dict[str, str] = {}
         for key in inputs:
             if isinstance(key, str):
@@ -405,7 +408,7 @@ class ShapeChecker:
 
     def _subprocess(self, nid: str, node: dict[str, Any], activity_ids: set[str], depth: int) -> list[_Pending]:
         self._vars(nid, node.get("params"), "param", activity_ids, keyed_where=False)
-        self._params_beside_inputs(nid, node)
+        self._subprocesses.append((nid, node))
         if depth + 1 > MAX_DEPTH:
             self.add(nid, f"subprocesses are nested more than {MAX_DEPTH} levels deep")
             return []
@@ -498,6 +501,7 @@ class ShapeChecker:
             if len(key) > longest or "\x00" in key or not key.isascii():  # the common case costs no call
                 self._key(where, what, key, width)
                 if what in _CONTEXT_KEYED and not key.isascii():
+                    self._non_ascii_context_keys = True
                     forms = self._form(where, what, key, variables, forms)
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
