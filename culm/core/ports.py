@@ -379,7 +379,8 @@ class Histories(Protocol):
     def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
         """Like :meth:`logs`, found by the lines' stored numbers instead of passing over the lines
         before ``first``; None when the line numbered ``first`` has none (stored before numbers
-        were kept)."""
+        were kept). Fewer than ``count`` when the numbers stop being consecutive (lines a writer of
+        an older release stored unnumbered follow): the caller reads on from there."""
         ...
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:

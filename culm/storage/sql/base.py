@@ -1554,11 +1554,14 @@ class SqlUnit:
 
     def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
         # Along ix_culm_log_node_version_line (0011) from the line numbered ``first``; None when
-        # that line has no number (stored before 0011): the caller walks to it instead.
+        # that line has no number (stored before 0011): the caller walks to it instead. Only the
+        # consecutive numbers are kept: lines an older worker wrote unnumbered in the middle of a
+        # run (after `culm db upgrade`) lie between two numbers, and the caller walks over them.
         rows = self._all(f"{LOG_AT} LIMIT {int(count)}", [node_id, version, int(first)])
-        if not rows or rows[0][0] != first:
-            return None
-        return [r[1] for r in rows]
+        kept = 0
+        while kept < len(rows) and rows[kept][0] == first + kept:
+            kept += 1
+        return [r[1] for r in rows[:kept]] if kept else None
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         # Backwards along ix_culm_log_node_version_id (0009) from the run's last line: a tail of a
