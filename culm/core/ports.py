@@ -491,6 +491,11 @@ class Store(Protocol):
         (see ``Runs.refuses_duplicate_ids``)."""
         ...
 
+    def schema_problem(self, exc: BaseException) -> str | None:
+        """What to tell an operator when ``exc`` says one of culm's tables is missing (dropped
+        under a running process): the table and the fix, in one line; None for any other error."""
+        ...
+
 
 @runtime_checkable
 class Dispatcher(Protocol):

@@ -714,6 +714,10 @@ class MemoryStore:
         """Never: a new run's ids are read before they are stored (``refuses_duplicate_ids``)."""
         return False
 
+    def schema_problem(self, exc: BaseException) -> str | None:
+        """Never: the memory store has no tables to lose."""
+        return None
+
     def reopen(self) -> MemoryStore:
         """A new store over what this one committed, as after a crash and a restart: a
         transaction still open here can no longer commit."""

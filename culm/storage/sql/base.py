@@ -1851,6 +1851,13 @@ class SqlStore:
         (:meth:`culm.core.ports.Store.is_duplicate`)."""
         return self.traits.is_duplicate(exc)
 
+    def schema_problem(self, exc: BaseException) -> str | None:
+        """A missing culm table named with its fix (:meth:`culm.core.ports.Store.schema_problem`)."""
+        from culm.storage.migrate import schema_missing_error
+
+        found = schema_missing_error(self, exc)
+        return None if found is None else str(found)
+
     def _thread_reader(self) -> tuple[Any, threading.Lock]:
         """This thread's own read connection to the SQLite file, outside the pool.
 
