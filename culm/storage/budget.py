@@ -18,10 +18,11 @@ set, such a write also reads the sum of every pipeline's counter rows and is ref
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from culm.errors import StoredBytesBudgetError
+from culm.errors import StoredBytesBudgetError, UnstorableValueError
 from culm.model import limits
+from culm.storage import codec
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
@@ -61,3 +62,17 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
             field,
             [],
         )
+
+
+def growth(replaced: Iterable[object], values: Iterable[object]) -> int:
+    """The bytes ``values`` take over ``replaced`` once stored, each measured as the store writes it
+    (:func:`culm.storage.codec.dumps`: escaped JSON, so 6 bytes a CJK character and 12 an emoji,
+    or a pickled envelope). A value the codec refuses counts 0: its write is refused, naming it."""
+    return sum(map(_stored_size, values)) - sum(map(_stored_size, replaced))
+
+
+def _stored_size(value: object) -> int:
+    try:
+        return len(codec.dumps(value))
+    except UnstorableValueError:
+        return 0
