@@ -7,7 +7,9 @@ write's bytes to the root's counter rows in the writing transaction (revision 00
 and survives a crash with the writes it counts.
 
 A store checks a write of a node's payloads against the budget only when the write is over
-:data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes: it reads the root's counter (a few rows by
+:data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, or when the caller asks for the check
+whatever the size (a retry's history, each callback of a node taking many, the growth of an
+operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
 writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
 pass its budget by what they have in flight) and refuses the write when the bytes held plus the
@@ -35,8 +37,9 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
     ``total()`` reads the bytes every pipeline holds. A write of at most
-    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (data
-    sent from outside the engine, such as a callback's: a storm of small ones passed any budget).
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (what
+    can come in a storm of small writes, such as the callbacks of a node taking many: they passed
+    any budget; a run's single callback is not, so a pipeline at its budget still takes it).
 
     Raises:
         StoredBytesBudgetError: Naming the node, the size, what is held and the budget.
