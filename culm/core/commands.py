@@ -8,7 +8,6 @@ names the id and what was wrong.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -489,7 +488,12 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
         step.event("pre_callback", node_id=node_id, version=version, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
         callback_id = new_id()
-        unit.insert_callback(callback_id, node_id, version, data)
+        # Only a run taking many callbacks can be stormed with small ones: each of its callbacks is
+        # checked against the budget whatever its size. A run taking one (refused above once it holds
+        # it) is checked like the engine's own writes, only past STORED_BYTES_CHECK_AT bytes: a
+        # pipeline at its budget (tree data and logs are counted, not checked) still takes its
+        # approval and finishes.
+        unit.insert_callback(callback_id, node_id, version, data, always=multi)
         task = schedule_task(proc, node_id, schedule_id, due=now(), callback_id=callback_id)
         task.running_version = version
         step.add_task(task)
@@ -541,9 +545,9 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
     current = unit.get_context(pipeline_id)
     updated = [k for k in context_values if k in current]
     # An operator's values were counted, never checked: 600 KB into each of 60 variables took a
-    # pipeline past its budget. What they add (their JSON text over the values they replace) is.
-    unit.check_stored_growth(pipeline_id, "context values", sum(
-        _json_size(context_values[k]) - _json_size(current[k].value) for k in updated), "pipeline")
+    # pipeline past its budget. What they add (their stored text over the values they replace,
+    # measured by the store as it writes them: escaped JSON, 6 bytes a CJK character) is.
+    unit.check_context_growth(pipeline_id, [current[k].value for k in updated], [context_values[k] for k in updated])
     if updated:
         merged = {k: dctx.ContextVar(k, v.type, v.value, v.code) for k, v in current.items()}
         for k in updated:
@@ -551,15 +555,6 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
         # References of the whole context are recomputed: a plain value refers to nothing.
         unit.upsert_context(pipeline_id, cdata.with_references(merged))
     return updated
-
-
-def _json_size(value: Any) -> int:
-    """Characters of ``value`` as JSON; 0 for a value JSON cannot hold (the store pickles it, or
-    refuses it naming the key)."""
-    try:
-        return len(json.dumps(value, ensure_ascii=False))
-    except (TypeError, ValueError, RecursionError):
-        return 0
 
 
 def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, context_values: dict[str, Any]) -> list[str]:

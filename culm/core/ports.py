@@ -305,10 +305,10 @@ class NodeData(Protocol):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
-    def check_stored_growth(self, node_id: str, field: str, size: int, what: str = "node") -> None:
-        """Raise StoredBytesBudgetError when ``size`` more bytes would take the root pipeline of
-        ``node_id`` (a node or a pipeline: ``what`` says which, for the message) past its budget, or
-        every pipeline past theirs."""
+    def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
+        """Raise StoredBytesBudgetError when storing ``values`` in place of ``replaced`` (context
+        values of pipeline ``pipeline_id``, measured as this store writes them) would take its root
+        pipeline past its budget, or every pipeline past theirs; checked whatever the size."""
         ...
 
 
@@ -341,9 +341,14 @@ class Schedules(Protocol):
         freed, and a call running past the lock's time keeps it."""
         ...
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object, *,
+                        always: bool = True) -> None:
         """Keep a callback accepted for run ``version`` of the node, numbered after the run's
-        earlier ones (the caller holds the node's state row, so numbers never clash)."""
+        earlier ones (the caller holds the node's state row, so numbers never clash).
+
+        Raises StoredBytesBudgetError when its data would take the root pipeline past its budget:
+        checked whatever its size when ``always``, else only past
+        :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes (like the engine's own writes)."""
         ...
 
     def first_callback_task(self, root_id: str, node_id: str, version: str) -> str | None:

@@ -7,7 +7,9 @@ write's bytes to the root's counter rows in the writing transaction (revision 00
 and survives a crash with the writes it counts.
 
 A store checks a write of a node's payloads against the budget only when the write is over
-:data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes: it reads the root's counter (a few rows by
+:data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, or when the caller asks for the check
+whatever the size (a retry's history, each callback of a node taking many, the growth of an
+operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
 writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
 pass its budget by what they have in flight) and refuses the write when the bytes held plus the
@@ -18,10 +20,11 @@ set, such a write also reads the sum of every pipeline's counter rows and is ref
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from culm.errors import StoredBytesBudgetError
+from culm.errors import StoredBytesBudgetError, UnstorableValueError
 from culm.model import limits
+from culm.storage import codec
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
@@ -34,8 +37,9 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
     ``total()`` reads the bytes every pipeline holds. A write of at most
-    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (data
-    sent from outside the engine, such as a callback's: a storm of small ones passed any budget).
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (what
+    can come in a storm of small writes, such as the callbacks of a node taking many: they passed
+    any budget; a run's single callback is not, so a pipeline at its budget still takes it).
     ``what`` is what ``node_id`` is, for the message: ``"pipeline"`` for a pipeline's context values.
 
     Raises:
@@ -65,3 +69,17 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
             field,
             [],
         )
+
+
+def growth(replaced: Iterable[object], values: Iterable[object]) -> int:
+    """The bytes ``values`` take over ``replaced`` once stored, each measured as the store writes it
+    (:func:`culm.storage.codec.dumps`: escaped JSON, so 6 bytes a CJK character and 12 an emoji,
+    or a pickled envelope). A value the codec refuses counts 0: its write is refused, naming it."""
+    return sum(map(_stored_size, values)) - sum(map(_stored_size, replaced))
+
+
+def _stored_size(value: object) -> int:
+    try:
+        return len(codec.dumps(value))
+    except UnstorableValueError:
+        return 0

@@ -1342,11 +1342,12 @@ class SqlUnit:
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
 
-    def check_stored_growth(self, node_id: str, field: str, size: int, what: str = "node") -> None:
-        """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
-        if size > 0:
-            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True,
-                         what=what)
+    def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
+        """Raises StoredBytesBudgetError when ``values`` in place of ``replaced`` would not fit
+        (checked whatever the size)."""
+        if (size := budget.growth(replaced, values)) > 0:
+            budget.check(pipeline_id, "context values", size, lambda: self.stored_bytes(pipeline_id),
+                         self.all_stored_bytes, always=True, what="pipeline")
 
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
@@ -1472,11 +1473,12 @@ class SqlUnit:
             return int(self._x(LOCK_FREE_SCHEDULE, [until, schedule_id]).rowcount) == 1
         return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object, *,
+                        always: bool = True) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
         budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
-                     always=True)
+                     always=always)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
         last = self._one(CALLBACK_SEQ, [node_id, version])
