@@ -305,6 +305,7 @@ class NodeData(Protocol):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+
     def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
         """Raise StoredBytesBudgetError when storing ``values`` in place of ``replaced`` (context
         values of pipeline ``pipeline_id``, measured as this store writes them) would take its root
