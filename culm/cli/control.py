@@ -10,6 +10,7 @@ command's work up from the database when their relay looks for it (``CULM_RELAY_
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -107,7 +108,12 @@ def _operations() -> dict[str, tuple[str, str, Callable[[Any, argparse.Namespace
 def _accepted(res: Any, command: str, target: str) -> None:
     """Raise the refusal of ``command`` on ``target``, its message as the engine gave it when that
     names the target already (``cannot retry node X: ...``), else after ``command target: ``."""
-    check(res, "" if target in (res.message or "") else f"{command} {target}")
+    check(res, "" if names(res.message or "", target) else f"{command} {target}")
+
+
+def names(message: str, target: str) -> bool:
+    """Whether ``message`` names the id ``target`` as a whole (``n1`` is not named by ``n10``)."""
+    return re.search(rf"(?<![\w-]){re.escape(target)}(?![\w-])", message) is not None
 
 
 def cmd_control(args: argparse.Namespace) -> int:

@@ -127,7 +127,15 @@ def load_tree(source: str, imports: Sequence[str] | None) -> dict:
         raise UsageError(f"{source}: no such file")
     if path.suffix == ".py":
         return _tree_from_module(path)
-    return _tree_from_json(path)
+    if path.suffix.lower() == ".json":
+        return _tree_from_json(path)
+    # Another name (a tree saved as tree.txt, or no extension) is still read as JSON; when that
+    # fails, "invalid JSON" alone did not tell a user who gave README.md what culm wanted.
+    try:
+        return _tree_from_json(path)
+    except UsageError as exc:
+        detail = str(exc).removeprefix(str(path)).removeprefix(":").strip()
+        raise UsageError(f"{source}: expected a TREE.json or a MODULE.py; read as JSON, it fails: {detail}") from None
 
 
 def parse_value(text: str) -> Any:

@@ -8,7 +8,6 @@ names the id and what was wrong.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -49,10 +48,15 @@ def _state(unit: Unit, node_id: str, what: str = "node") -> StateRecord:
 
 
 def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str = "node") -> None:
-    if st.name not in allowed:
-        raise InvalidOperationError(
-            f"cannot {action} {what} {st.node_id}: its state is {st.name}, expected {' or '.join(allowed)}"
-        )
+    if st.name in allowed:
+        return
+    if action == "pause" and st.name == states.SUSPENDED:
+        wrong = f"it is already paused (its state is {st.name})"
+    elif action == "resume" and allowed == (states.SUSPENDED,):
+        wrong = f"it is not paused (its state is {st.name})"
+    else:
+        wrong = f"its state is {st.name}, expected {' or '.join(allowed)}"
+    raise InvalidOperationError(f"cannot {action} {what} {st.node_id}: {wrong}")
 
 
 def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str) -> None:
@@ -198,6 +202,8 @@ def _pause_node_appoint(engine: Engine, node_id: str) -> None:
         else:
             if st.name == states.RUNNING:
                 raise InvalidOperationError(f"node {node_id} is RUNNING: only a node not running yet can be paused")
+            if st.name == states.SUSPENDED:
+                _require(st, (), "pause")  # says it is already paused
             if not states.can_transit(st.name, states.SUSPENDED):
                 raise InvalidOperationError(f"node {node_id} is {st.name}: it cannot be paused")
             _cas(step, st, states.SUSPENDED)
@@ -482,7 +488,12 @@ def callback(engine: Engine, node_id: str, version: str, data: dict[str, Any] | 
         step.event("pre_callback", node_id=node_id, version=version, data=data)
         step.after.append(_service_hook(engine, unit, node, st, "pre_callback", data))
         callback_id = new_id()
-        unit.insert_callback(callback_id, node_id, version, data)
+        # Only a run taking many callbacks can be stormed with small ones: each of its callbacks is
+        # checked against the budget whatever its size. A run taking one (refused above once it holds
+        # it) is checked like the engine's own writes, only past STORED_BYTES_CHECK_AT bytes: a
+        # pipeline at its budget (tree data and logs are counted, not checked) still takes its
+        # approval and finishes.
+        unit.insert_callback(callback_id, node_id, version, data, always=multi)
         task = schedule_task(proc, node_id, schedule_id, due=now(), callback_id=callback_id)
         task.running_version = version
         step.add_task(task)
@@ -534,9 +545,9 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
     current = unit.get_context(pipeline_id)
     updated = [k for k in context_values if k in current]
     # An operator's values were counted, never checked: 600 KB into each of 60 variables took a
-    # pipeline past its budget. What they add (their JSON text over the values they replace) is.
-    unit.check_stored_growth(pipeline_id, "context values", sum(
-        _json_size(context_values[k]) - _json_size(current[k].value) for k in updated))
+    # pipeline past its budget. What they add (their stored text over the values they replace,
+    # measured by the store as it writes them: escaped JSON, 6 bytes a CJK character) is.
+    unit.check_context_growth(pipeline_id, [current[k].value for k in updated], [context_values[k] for k in updated])
     if updated:
         merged = {k: dctx.ContextVar(k, v.type, v.value, v.code) for k, v in current.items()}
         for k in updated:
@@ -544,15 +555,6 @@ def _overwrite_context(unit: Unit, pipeline_id: str, context_values: dict[str, A
         # References of the whole context are recomputed: a plain value refers to nothing.
         unit.upsert_context(pipeline_id, cdata.with_references(merged))
     return updated
-
-
-def _json_size(value: Any) -> int:
-    """Characters of ``value`` as JSON; 0 for a value JSON cannot hold (the store pickles it, or
-    refuses it naming the key)."""
-    try:
-        return len(json.dumps(value, ensure_ascii=False))
-    except (TypeError, ValueError, RecursionError):
-        return 0
 
 
 def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, context_values: dict[str, Any]) -> list[str]:

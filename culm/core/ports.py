@@ -305,9 +305,11 @@ class NodeData(Protocol):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
-    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
-        """Raise StoredBytesBudgetError when ``size`` more bytes would take the root pipeline of
-        ``node_id`` (a node or a pipeline) past its budget, or every pipeline past theirs."""
+
+    def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
+        """Raise StoredBytesBudgetError when storing ``values`` in place of ``replaced`` (context
+        values of pipeline ``pipeline_id``, measured as this store writes them) would take its root
+        pipeline past its budget, or every pipeline past theirs; checked whatever the size."""
         ...
 
 
@@ -340,9 +342,14 @@ class Schedules(Protocol):
         freed, and a call running past the lock's time keeps it."""
         ...
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object, *,
+                        always: bool = True) -> None:
         """Keep a callback accepted for run ``version`` of the node, numbered after the run's
-        earlier ones (the caller holds the node's state row, so numbers never clash)."""
+        earlier ones (the caller holds the node's state row, so numbers never clash).
+
+        Raises StoredBytesBudgetError when its data would take the root pipeline past its budget:
+        checked whatever its size when ``always``, else only past
+        :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes (like the engine's own writes)."""
         ...
 
     def first_callback_task(self, root_id: str, node_id: str, version: str) -> str | None:
@@ -378,7 +385,8 @@ class Histories(Protocol):
     def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
         """Like :meth:`logs`, found by the lines' stored numbers instead of passing over the lines
         before ``first``; None when the line numbered ``first`` has none (stored before numbers
-        were kept)."""
+        were kept). Fewer than ``count`` when the numbers stop being consecutive (lines a writer of
+        an older release stored unnumbered follow): the caller reads on from there."""
         ...
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
@@ -487,6 +495,11 @@ class Store(Protocol):
     def is_duplicate(self, exc: BaseException) -> bool:
         """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
         (see ``Runs.refuses_duplicate_ids``)."""
+        ...
+
+    def schema_problem(self, exc: BaseException) -> str | None:
+        """What to tell an operator when ``exc`` says one of culm's tables is missing (dropped
+        under a running process): the table and the fix, in one line; None for any other error."""
         ...
 
 

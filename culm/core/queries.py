@@ -9,7 +9,7 @@ from typing import Any
 
 from culm._printable import log_line
 from culm.core import data as cdata
-from culm.core import waits
+from culm.core import states, waits
 from culm.core.engine import Engine
 from culm.core.ports import Unit
 from culm.core.records import StateRecord, TaskRecord
@@ -206,6 +206,12 @@ def _reached_root(unit: Unit, node_id: str, what: str) -> tuple[str, StateRecord
         raise NotFoundError(f"node {node_id} does not exist")
     st = unit.get_state(node_id)
     if st is None:
+        root = unit.get_state(root_id)
+        if root is not None and root.name in (states.FINISHED, states.REVOKED):
+            # No process will reach it: a branch the pipeline did not take, or one it left when revoked.
+            raise NodeNotReachedError(
+                f"node {node_id} was not reached: its pipeline {root_id} ended ({root.name}) without reaching "
+                f"it, so it has no {what}; get_pipeline_tree({root_id}) shows its definition")
         raise NodeNotReachedError(
             f"node {node_id} has not been reached yet (it has no state): it is in pipeline {root_id}'s tree, "
             f"and its {what} can be read once a process reaches it; get_pipeline_tree({root_id}) shows its "

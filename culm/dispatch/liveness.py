@@ -40,11 +40,9 @@ class _FailureLog:
         self.store = store
         self._said: dict[str, float] = {}
 
-    def failed(self, what: str) -> None:
-        import sys
-
-        exc = sys.exc_info()[1]
-        problem = self._schema_problem(exc) if exc is not None else None
+    def failed(self, what: str, exc: BaseException) -> None:
+        """Called from the ``except`` block that caught ``exc``."""
+        problem = self.store.schema_problem(exc)
         if problem is None:
             logger.warning("%s failed", what, exc_info=True)
             return
@@ -53,15 +51,6 @@ class _FailureLog:
             return
         self._said[problem] = time.monotonic()
         logger.error("%s failed: %s", what, problem)
-
-    def _schema_problem(self, exc: BaseException) -> str | None:
-        from culm.storage.migrate import missing_table, schema_missing_error
-        from culm.storage.sql import SqlStore
-
-        if not isinstance(self.store, SqlStore) or missing_table(exc) is None:
-            return None
-        found = schema_missing_error(self.store, exc)
-        return None if found is None else str(found)
 
 
 class LeaseHeartbeat:
@@ -128,15 +117,15 @@ class LeaseHeartbeat:
         while not self._stop.wait(min(self.beat_seconds, extend_every)):
             try:
                 self.beat_registry()
-            except Exception:  # noqa: BLE001 - the next beat tries again, before the row looks dead
-                self._failures.failed("beating the worker registry")
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again, before the row looks dead
+                self._failures.failed("beating the worker registry", exc)
             if time.monotonic() < next_extend:
                 continue
             next_extend = time.monotonic() + extend_every
             try:
                 self.beat()
-            except Exception:  # noqa: BLE001 - retried at the next beat, well before expiry
-                self._failures.failed("extending leases")
+            except Exception as exc:  # noqa: BLE001 - retried at the next beat, well before expiry
+                self._failures.failed("extending leases", exc)
 
 
 class TaskRelay:
@@ -245,16 +234,16 @@ class TaskRelay:
                     logger.warning("looking at the pool processes failed", exc_info=True)
             try:
                 self.bury_dead()
-            except Exception:  # noqa: BLE001 - the next look tries again
-                self._failures.failed("looking for dead workers")
+            except Exception as exc:  # noqa: BLE001 - the next look tries again
+                self._failures.failed("looking for dead workers", exc)
             if time.monotonic() < next_relay:
                 continue
             next_relay = time.monotonic() + self.interval
             try:
                 while self.relay_once() == self.batch and not self._stop.is_set():
                     pass
-            except Exception:  # noqa: BLE001 - the next tick tries again
-                self._failures.failed("relay pass")
+            except Exception as exc:  # noqa: BLE001 - the next tick tries again
+                self._failures.failed("relay pass", exc)
 
 
 def _exited(pid: int) -> bool:

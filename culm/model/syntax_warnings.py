@@ -8,6 +8,9 @@ before a run, so :func:`tree_warnings` names each one with its node id and posit
 
 from __future__ import annotations
 
+import io
+import tokenize
+import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,9 +71,11 @@ def tree_warnings(tree: Any) -> list[TreeProblem]:
             continue
         pid = pipeline.get("id") if isinstance(pipeline.get("id"), str) else None
         found += _variables(check, pid, "data input", _field(pipeline.get("data"), "inputs"))
+        found += _key_forms(pid, "data input", _field(pipeline.get("data"), "inputs"))
         for nid, node in _items(pipeline.get("activities")):
             if node.get("type") == "SubProcess":
                 found += _variables(check, nid, "param", node.get("params"))
+                found += _key_forms(nid, "param", node.get("params"))
                 pending.append(node.get("pipeline"))
             else:
                 found += _variables(check, nid, "component input", _field(node.get("component"), "inputs"))
@@ -93,6 +98,22 @@ def _items(nodes: Any) -> Iterator[tuple[str, dict[str, Any]]]:
         for nid, node in nodes.items():
             if isinstance(nid, str) and isinstance(node, dict):
                 yield nid, node
+
+
+def _key_forms(where: str | None, kind: str, variables: Any) -> list[TreeProblem]:
+    """A context key not in Unicode's NFKC form: a ``${...}`` reference is read as a Python name, in
+    NFKC form, so no reference reaches it (data.outputs, a splice's source_key and
+    update_context_values do). Two keys of one form are refused by the validator instead."""
+    if not isinstance(variables, dict):
+        return []
+    found: list[TreeProblem] = []
+    for key in variables:
+        if isinstance(key, str) and not key.isascii() and (normal := unicodedata.normalize("NFKC", key)) != key:
+            found.append(TreeProblem(where, f"{kind} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): no "
+                                            f"${{...}} reference reaches it (Python reads a reference's names in NFKC "
+                                            f"form, which is {normal!r} here); data.outputs, a splice's source_key "
+                                            "and update_context_values do"))
+    return found
 
 
 def _variables(check: _Checker, where: str | None, kind: str, variables: Any) -> list[TreeProblem]:
@@ -137,6 +158,11 @@ def fragment_problems(text: str, check: _Checker | None = None) -> list[str]:
         if why is not None:
             problems.append(f"{match.group(0)!r} at position {match.start()} does not parse ({why}); "
                             "it will stay text")
+        elif not match.group(1).isascii() and (renamed := _renamed(match.group(1))):
+            problems.append(f"{match.group(0)!r} at position {match.start()} names "
+                            + ", ".join(f"{name!r} ({ascii(name)}), which reads as {normal!r}" for name, normal in renamed)
+                            + ": Python reads names in Unicode's NFKC form, so it reads that key, not one written "
+                              "as the name is")
     position = text.find("${")
     while position >= 0:
         if position not in starts:
@@ -144,3 +170,13 @@ def fragment_problems(text: str, check: _Checker | None = None) -> list[str]:
                             "'$', '{', '}' or '#'); it will stay text")
         position = text.find("${", position + 2)
     return problems
+
+
+def _renamed(body: str) -> list[tuple[str, str]]:
+    """The names in a fragment that are not in NFKC form, each with the name Python reads."""
+    try:
+        names = [t.string for t in tokenize.generate_tokens(io.StringIO(body).readline) if t.type == tokenize.NAME]
+    except (tokenize.TokenError, SyntaxError):  # it parsed (sandbox.parse): not expected
+        return []
+    return [(name, normal) for name in dict.fromkeys(names)
+            if not name.isascii() and (normal := unicodedata.normalize("NFKC", name)) != name]

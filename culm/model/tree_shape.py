@@ -90,6 +90,8 @@ class ShapeChecker:
     problems: list[TreeProblem] = field(default_factory=list)
     graphs: list[PipelineGraph] = field(default_factory=list)
     _ids: set[str] = field(default_factory=set)
+    _subprocesses: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _non_ascii_context_keys: bool = False  # some data input or param key is not ASCII
     # A variable's value holds a dict whose keys JSON would merge: copy the tree exactly.
     merging_keys: bool = False
     # "${" in the variables (data inputs) of every pipeline of the tree.
@@ -116,6 +118,9 @@ class ShapeChecker:
         while work:
             item = work.pop()
             work.extend(self._pipeline(item))
+        if self._non_ascii_context_keys:  # rare: ASCII keys are their own NFKC form
+            for nid, node in self._subprocesses:
+                self._params_beside_inputs(nid, node)
         if self.too_many_fragments:
             where = label(tree.get("id")) if isinstance(tree, dict) else None
             self.add(where, f"the variables of the tree hold {self.variable_fragments:,} ${{...}} fragments, over the "
@@ -156,11 +161,48 @@ class ShapeChecker:
         problem = limits.column_problem(key, width if width is not None else len(key))
         if problem:
             self.add(where, f"{what} key {key!r} {problem}")
-        elif what in _CONTEXT_KEYED and not key.isascii() and (normal := unicodedata.normalize("NFKC", key)) != key:
-            # A reference is read as a Python name, in NFKC form: no reference reaches this key, and
-            # it looks like (or is) a key that one does reach.
-            self.add(where, f"{what} key {key!r} is not in Unicode's NFKC form ({ascii(key)}): every reference "
-                            f"to it reads {normal!r} ({ascii(normal)}) instead, so it can never be reached; write that")
+
+    def _form(self, where: str, what: str, key: str, variables: dict[Any, Any],
+              forms: dict[str, str] | None) -> dict[str, str] | None:
+        """Refuse ``key`` when another key of the same context has its NFKC form.
+
+        A ``${...}`` reference is read as a Python name, in NFKC form: of two such keys a reference
+        reaches one only, and a reader cannot tell which. A key alone in its form is kept (bamboo
+        ran it; data.outputs, a splice's source_key or update_context_values still reach it):
+        :func:`~culm.model.syntax_warnings.tree_warnings` warns of it."""
+        normal = unicodedata.normalize("NFKC", key)
+        if normal == key:
+            return forms
+        forms = {} if forms is None else forms
+        other = normal if normal in variables else forms.get(normal)
+        if other is not None:
+            self.add(where, f"{what} key {key!r} is not in Unicode's NFKC form ({ascii(key)}) and {other!r} "
+                            f"({ascii(other)}) of the same context has the same form {normal!r}: every reference "
+                            f"to either reads {normal!r}, so one of them can never be reached; rename one")
+        forms.setdefault(normal, key)
+        return forms
+
+    def _params_beside_inputs(self, nid: str, node: dict[str, Any]) -> None:
+        """The params of a subprocess and its pipeline's data inputs are keys of one context: refuse
+        a param and an input that are different keys of one NFKC form (see :meth:`_form`)."""
+        params, pipe = node.get("params"), node.get("pipeline")
+        inputs = pipe.get("data") if isinstance(pipe, dict) else None
+        inputs = inputs.get("inputs") if isinstance(inputs, dict) else None
+        if not isinstance(params, dict) or not isinstance(inputs, dict):
+            return
+        forms: dict[str, str] = {}
+        for key in inputs:
+            if isinstance(key, str):
+                forms.setdefault(key if key.isascii() else unicodedata.normalize("NFKC", key), key)
+        for key in params:
+            if isinstance(key, str) and key not in inputs:
+                normal = key if key.isascii() else unicodedata.normalize("NFKC", key)
+                other = forms.get(normal)
+                if other is not None and other != key:
+                    self.add(nid, f"param key {key!r} ({ascii(key)}) and data input {other!r} ({ascii(other)}) of its "
+                                  f"pipeline are different keys of one context with the same NFKC form {normal!r}: "
+                                  "every reference to either reads that one, so one of them can never be reached; "
+                                  "rename one")
 
     def _value(self, where: str, what: str, value: Any) -> None:
         if not isinstance(value, _CONTAINERS):
@@ -366,6 +408,7 @@ class ShapeChecker:
 
     def _subprocess(self, nid: str, node: dict[str, Any], activity_ids: set[str], depth: int) -> list[_Pending]:
         self._vars(nid, node.get("params"), "param", activity_ids, keyed_where=False)
+        self._subprocesses.append((nid, node))
         if depth + 1 > MAX_DEPTH:
             self.add(nid, f"subprocesses are nested more than {MAX_DEPTH} levels deep")
             return []
@@ -450,12 +493,16 @@ class ShapeChecker:
         width = limits.KEY_LENGTH if what in _CONTEXT_KEYED else None
         longest = width if width is not None else 1 << 30
         fragments = 0  # "${" of the rendered variables
+        forms: dict[str, str] | None = None  # NFKC form -> key, of the keys not in that form
         for key, var in variables.items():
             if not isinstance(key, str):
                 self.add(where, f"{what} key {key!r} must be a string")
                 continue
             if len(key) > longest or "\x00" in key or not key.isascii():  # the common case costs no call
                 self._key(where, what, key, width)
+                if what in _CONTEXT_KEYED and not key.isascii():
+                    self._non_ascii_context_keys = True
+                    forms = self._form(where, what, key, variables, forms)
             if var.__class__ is dict and len(var) == 2 and var.get("type") in _PLAIN_OR_SPLICE and "value" in var:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
                 value = var["value"]

@@ -7,7 +7,9 @@ write's bytes to the root's counter rows in the writing transaction (revision 00
 and survives a crash with the writes it counts.
 
 A store checks a write of a node's payloads against the budget only when the write is over
-:data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes: it reads the root's counter (a few rows by
+:data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, or when the caller asks for the check
+whatever the size (a retry's history, each callback of a node taking many, the growth of an
+operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
 writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
 pass its budget by what they have in flight) and refuses the write when the bytes held plus the
@@ -18,14 +20,15 @@ set, such a write also reads the sum of every pipeline's counter rows and is ref
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
-from culm.errors import StoredBytesBudgetError
+from culm.errors import StoredBytesBudgetError, UnstorableValueError
 from culm.model import limits
+from culm.storage import codec
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
-          total: Callable[[], int] | None = None, *, always: bool = False) -> None:
+          total: Callable[[], int] | None = None, *, always: bool = False, what: str = "node") -> None:
     """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
     ``"callback data"``)
     of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
@@ -34,8 +37,10 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
     ``total()`` reads the bytes every pipeline holds. A write of at most
-    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (data
-    sent from outside the engine, such as a callback's: a storm of small ones passed any budget).
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (what
+    can come in a storm of small writes, such as the callbacks of a node taking many: they passed
+    any budget; a run's single callback is not, so a pipeline at its budget still takes it).
+    ``what`` is what ``node_id`` is, for the message: ``"pipeline"`` for a pipeline's context values.
 
     Raises:
         StoredBytesBudgetError: Naming the node, the size, what is held and the budget.
@@ -44,9 +49,11 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
         return
     budget = limits.MAX_PIPELINE_STORED_BYTES
     root_id, others, replaced = held()
+    subject = f"{what} {node_id}"
     if size > replaced and others + size > budget:
         raise StoredBytesBudgetError(
-            f"node {node_id}: storing its {field} ({size:,} bytes) would take pipeline {root_id} to "
+            f"{subject}: storing its {field} ({size:,} bytes) would take "
+            f"{'it' if node_id == root_id else f'pipeline {root_id}'} to "
             f"{others + size:,} bytes stored, over the {budget:,} one pipeline may store "
             "(culm.model.limits.MAX_PIPELINE_STORED_BYTES, $CULM_MAX_PIPELINE_STORED_BYTES)",
             field,
@@ -55,9 +62,24 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     everything = limits.MAX_STORED_BYTES
     if everything and total is not None and size > replaced and (after := total() - replaced + size) > everything:
         raise StoredBytesBudgetError(
-            f"node {node_id} of pipeline {root_id}: storing its {field} ({size:,} bytes) would take the "
+            f"{subject if node_id == root_id else f'{subject} of pipeline {root_id}'}: storing its {field} "
+            f"({size:,} bytes) would take the "
             f"store to {after:,} bytes stored, over the {everything:,} all pipelines may store "
             "(culm.model.limits.MAX_STORED_BYTES, $CULM_MAX_STORED_BYTES)",
             field,
             [],
         )
+
+
+def growth(replaced: Iterable[object], values: Iterable[object]) -> int:
+    """The bytes ``values`` take over ``replaced`` once stored, each measured as the store writes it
+    (:func:`culm.storage.codec.dumps`: escaped JSON, so 6 bytes a CJK character and 12 an emoji,
+    or a pickled envelope). A value the codec refuses counts 0: its write is refused, naming it."""
+    return sum(map(_stored_size, values)) - sum(map(_stored_size, replaced))
+
+
+def _stored_size(value: object) -> int:
+    try:
+        return len(codec.dumps(value))
+    except UnstorableValueError:
+        return 0

@@ -502,10 +502,12 @@ class MemoryUnit(TransactionView):
         held += sum(len(r[4]) for _, r in self._where("log", "node", node_id))
         return held + sum(len(v[2]) for _, v in self._where("context", "pipeline", node_id))
 
-    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
-        """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
-        if size > 0:
-            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+    def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
+        """Raises StoredBytesBudgetError when ``values`` in place of ``replaced`` would not fit
+        (checked whatever the size)."""
+        if (size := budget.growth(replaced, values)) > 0:
+            budget.check(pipeline_id, "context values", size, lambda: self.stored_bytes(pipeline_id),
+                         self.all_stored_bytes, always=True, what="pipeline")
 
     def all_stored_bytes(self) -> int:
         """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""
@@ -587,11 +589,12 @@ class MemoryUnit(TransactionView):
         self._put("schedule", schedule_id, _changed(s, _copy_schedule, {"locked_until": until}))
         return True
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object, *,
+                        always: bool = True) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
         budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
-                     always=True)
+                     always=always)
         seq = 1 + max((row[3] for _, row in self._where("callback", "node", node_id) if row[1] == version), default=0)
         self._insert("callback", callback_id, (node_id, version, text, seq))
 
@@ -712,6 +715,10 @@ class MemoryStore:
     def is_duplicate(self, exc: BaseException) -> bool:
         """Never: a new run's ids are read before they are stored (``refuses_duplicate_ids``)."""
         return False
+
+    def schema_problem(self, exc: BaseException) -> str | None:
+        """Never: the memory store has no tables to lose."""
+        return None
 
     def reopen(self) -> MemoryStore:
         """A new store over what this one committed, as after a crash and a restart: a

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import struct
 import time
 from typing import Any
@@ -53,6 +54,22 @@ REQUEST_SECONDS = 30.0
 # 4 MiB body (the default --max-body) may take 30 s + 70 min; a client sending less pays bandwidth.
 MIN_BODY_RATE = 1_000
 
+_log = logging.getLogger("uvicorn.error")  # what `culm serve` prints its own lines with
+_warned = False  # the process said once that a peer it does not trust sent X-Forwarded-For
+
+
+def _warn_untrusted_forwarding(peer: str) -> None:
+    """Say once per process that ``peer`` sent X-Forwarded-For and is not trusted (session 17: a
+    service behind a local proxy that was never named would count all clients as one, silently)."""
+    global _warned
+    if _warned:
+        return
+    _warned = True
+    _log.warning("a request from %s carries X-Forwarded-For, but %s is not a trusted proxy: the header is "
+                 "ignored and the per-client limits count %s itself (every client behind it as one). If it is "
+                 "your proxy, name it with `culm serve --trusted-proxies` (or $CULM_TRUSTED_PROXIES); "
+                 "this is said once", peer, peer, peer)
+
 
 def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECONDS) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol, refusing a client's connections past MAX_CONNECTIONS_PER_CLIENT and
@@ -76,6 +93,18 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
             return False
         return trust_all or any(address in net for net in networks)
 
+    def _watching(app: Any) -> Any:
+        """``app``, warning of the first request that carries X-Forwarded-For from an untrusted peer
+        (the scope's client is still the peer here: outside uvicorn's proxy-headers middleware)."""
+        async def watched(scope: Any, receive: Any, send: Any) -> None:
+            if not _warned and scope.get("type") in ("http", "websocket"):
+                client = scope.get("client")
+                peer = str(client[0]) if client else ""
+                if peer and not trusted(peer) and any(k == b"x-forwarded-for" for k, _ in scope.get("headers", ())):
+                    _warn_untrusted_forwarding(peer)
+            await app(scope, receive, send)
+        return watched
+
     class CountedProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
         _culm_client: str | None = None
         _culm_timer: asyncio.TimerHandle | None = None
@@ -83,6 +112,11 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         _culm_bytes = 0  # bytes of it received so far
         _culm_stall: asyncio.TimerHandle | None = None  # while an answer waits unread
         _culm_unread = 0  # bytes of the answer the client had not read at the last look
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if not trust_all and not _warned:
+                self.app = _watching(self.app)  # type: ignore[has-type]
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)

@@ -268,6 +268,10 @@ def test_run_invalid_tree_is_refused_with_every_problem(tmp_path: Path) -> None:
         (None, ["run", "x.json", "--import", "no_such_module_here"], "no_such_module_here"),
         (None, ["validate", "missing.py"], "no such file"),
         (None, ["run", "."], "error: .: a folder, not a tree file (give a TREE.json or a MODULE.py)"),
+        # a README given by mistake was only "invalid JSON", not what culm wanted instead
+        (None, ["run", "README.md"], "error: README.md: expected a TREE.json or a MODULE.py; read as JSON, it "
+                                     "fails: invalid JSON: Expecting value: line 1 column 1 (char 0)"),
+        (None, ["validate", "README.md"], "error: README.md: expected a TREE.json or a MODULE.py"),
         (None, ["list", "--limit", "-1"], "error: --limit -1: expected a number of pipelines from 0 to 1000"),
         (None, ["list", "--offset", "-5"], "error: --offset -5: expected 0 or more"),
         (None, ["status", ""], "argument ID: expected an id, not ''"),  # was exit 5, "refused"
@@ -284,6 +288,7 @@ def test_user_mistakes_give_one_line_and_exit_2(tmp_path: Path, setup: str | Non
     if setup is not None:
         (tmp_path / "broken.json").write_text(setup)
     (tmp_path / "x.json").write_text("{}")
+    (tmp_path / "README.md").write_text("# My pipelines\n\nRun them with culm.\n")
     out = culm(tmp_path, *args)
     assert out.returncode == 2
     assert message in out.stderr
@@ -555,8 +560,8 @@ def test_a_relative_sqlite_path_that_was_meant_absolute_says_four_slashes(tmp_pa
     assert culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--new-ids", "--db", f"sqlite:///{tmp_path}/abs.db"
                 ).returncode == 0
     relative = str(tmp_path / "abs.db").lstrip("/")
-    out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")
-    assert out.returncode == 3 and out.stderr.endswith(
+    out = culm(tmp_path, "list", "--db", f"sqlite:///{relative}")  # lists nothing there, with a note
+    assert out.returncode == 0 and out.stderr.startswith("note: no database at") and out.stderr.endswith(
         f"(sqlite:///{relative} is relative to the working directory; for /{relative}, write four slashes: "
         f"sqlite:////{relative})\n"), out.stderr
 
@@ -639,6 +644,26 @@ def test_watch_watches_a_paused_pipeline_on_and_exits_1_on_a_revoked_one(tmp_pat
         watch.kill()
     assert watch.returncode == 1, rest
     assert "REVOKED" in rest
+
+
+def test_pausing_a_paused_pipeline_or_resuming_a_running_one_says_so(tmp_path: Path) -> None:
+    """A second `culm pause` is refused (exit 5) saying the pipeline is already paused, not that
+    SUSPENDED is not READY or RUNNING or LOOP_READY; a `culm resume` of a running one, that it is not paused."""
+    out = culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "1")
+    assert out.returncode == 1 and "waits for a callback" in out.stdout, out.stdout + out.stderr
+    root = json.loads(culm(tmp_path, "list", "--json").stdout)["items"][0]["id"]
+    assert culm(tmp_path, "pause", root).returncode == 0
+    again = culm(tmp_path, "pause", root)
+    assert again.returncode == 5, again.stdout + again.stderr
+    assert again.stderr.strip().splitlines()[-1] == (
+        f"error: cannot pause pipeline {root}: it is already paused (its state is SUSPENDED)")
+    assert culm(tmp_path, "resume", root, "--no-follow").returncode == 0
+    running = culm(tmp_path, "resume", root, "--no-follow")
+    assert running.returncode == 5, running.stdout + running.stderr
+    assert running.stderr.strip().splitlines()[-1] == (
+        f"error: cannot resume pipeline {root}: it is not paused (its state is RUNNING)")
+    status = json.loads(culm(tmp_path, "status", root, "--json").stdout)
+    assert status["tree"]["state"] == "RUNNING", status["tree"]
 
 
 def test_a_retry_the_engine_accepts_exits_0_even_when_the_node_fails_again(tmp_path: Path) -> None:

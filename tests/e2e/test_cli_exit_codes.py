@@ -245,7 +245,7 @@ def test_a_refused_command_exits_5(workdir: Path, name: str, args: list[str]) ->
     (["retry", NODE], f"error: cannot retry node {NODE}: its state is FINISHED, expected FAILED"),
     (["force-fail", "node_start"], "error: node node_start is an EmptyStartEvent: only activities can be force-failed"),
     (["skip-exclusive-gateway", NODE, "--flow", "f"], f"error: node {NODE} is a ServiceActivity, not an ExclusiveGateway"),
-    (["resume", PIPELINE], f"error: cannot resume pipeline {PIPELINE}: its state is FINISHED, expected SUSPENDED"),
+    (["resume", PIPELINE], f"error: cannot resume pipeline {PIPELINE}: it is not paused (its state is FINISHED)"),
 ])
 def test_a_refusal_is_the_engine_s_reason_said_once(workdir: Path, args: list[str], line: str) -> None:
     out = culm(workdir, *args)

@@ -68,7 +68,7 @@ def test_pause_and_resume_pipeline(runtime):
     wait_state(runtime, gate_act.id, "FINISHED")
     wait_idle(runtime)
     assert after.id not in children(runtime, tree["id"])
-    refused(api.pause_pipeline(runtime, tree["id"]), tree["id"], "SUSPENDED")
+    refused(api.pause_pipeline(runtime, tree["id"]), f"pipeline {tree['id']}: it is already paused (its state is SUSPENDED)")
     assert api.resume_pipeline(runtime, tree["id"]).result
     wait_state(runtime, tree["id"], "FINISHED")
     assert node_state(runtime, after.id)["state"] == "FINISHED"
@@ -77,7 +77,7 @@ def test_pause_and_resume_pipeline(runtime):
 def test_resume_running_pipeline_refused(runtime):
     tree, _ = line(act("t_callback"))
     run(runtime, tree)
-    refused(api.resume_pipeline(runtime, tree["id"]), tree["id"], "RUNNING")
+    refused(api.resume_pipeline(runtime, tree["id"]), f"pipeline {tree['id']}: it is not paused (its state is RUNNING)")
     assert node_state(runtime, tree["id"])["state"] == "RUNNING"
 
 
@@ -136,6 +136,7 @@ def test_pause_node_appoint_before_reached_and_resume(runtime):
     wait_state(runtime, first.id, "RUNNING")
     assert api.pause_node_appoint(runtime, second.id).result
     assert node_state(runtime, second.id)["state"] == "SUSPENDED"
+    refused(api.pause_node_appoint(runtime, second.id), f"node {second.id}: it is already paused (its state is SUSPENDED)")
     components.gate("appoint").set()
     wait_state(runtime, first.id, "FINISHED")
     wait_idle(runtime)
@@ -168,7 +169,7 @@ def test_pause_node_appoint_refusals(runtime):
     refused(api.pause_node_appoint(runtime, sub.id), sub.id)
     wait_state(runtime, running.id, "RUNNING")
     refused(api.pause_node_appoint(runtime, running.id), running.id, "RUNNING")
-    refused(api.resume_node_appoint(runtime, running.id), running.id, "RUNNING")
+    refused(api.resume_node_appoint(runtime, running.id), f"node {running.id}: it is not paused (its state is RUNNING)")
     assert node_state(runtime, running.id)["state"] == "RUNNING"
 
 

@@ -10,9 +10,11 @@ from engine_fixtures import finish, node_state, outputs, refused, run, wait_stat
 
 from culm import api
 from culm.builder import (
+    ConvergeGateway,
     Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    ExclusiveGateway,
     NodeOutput,
     Params,
     ServiceActivity,
@@ -253,6 +255,22 @@ def test_not_reached_node_answers_like_unknown(runtime):
         info = api.get_node_debug_info(runtime, reached).data
         assert info["state"]["id"] == reached and info["state"]["state"] == "RUNNING"
     assert api.get_node_debug_info(runtime, gate.id).data["node"]["id"] == gate.id
+
+
+def test_a_node_an_ended_pipeline_never_reached_is_refused_saying_so(runtime):
+    """Found reviewing (session 17): a node on a branch a FINISHED pipeline did not take was
+    refused saying its data "can be read once a process reaches it"; none will."""
+    taken, skipped = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="example_component")
+    start, gate = EmptyStartEvent(), ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 0"})
+    start.extend(gate).connect(taken, skipped).converge(ConvergeGateway()).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    finish(runtime, tree)
+    for name in ("get_data", "get_node_debug_info"):
+        res = getattr(api, name)(runtime, skipped.id)
+        refused(res, skipped.id, f"its pipeline {tree['id']} ended (FINISHED) without reaching it")
+        assert "once a process reaches it" not in res.message
+        assert isinstance(res.exc, NodeNotReachedError)
+    assert set(api.get_data(runtime, taken.id).data) == {"inputs", "outputs"}
 
 
 def test_pipeline_outputs_after_finish(runtime):

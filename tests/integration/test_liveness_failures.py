@@ -26,8 +26,8 @@ def _fail_on_missing_table(store: SqlStore, log: _FailureLog, what: str) -> None
     try:
         with store.engine.connect() as conn:
             conn.exec_driver_sql("SELECT owner FROM culm_worker")
-    except Exception:  # noqa: BLE001 - as the loops catch it
-        log.failed(what)
+    except Exception as exc:  # noqa: BLE001 - as the loops catch it
+        log.failed(what, exc)
     else:
         raise AssertionError("culm_worker was not dropped")
 
@@ -53,8 +53,8 @@ def test_another_failure_keeps_its_traceback_every_time(store: SqlStore, caplog)
         for _ in range(3):
             try:
                 raise ConnectionError("broker went away")
-            except ConnectionError:
-                log.failed("relay pass")
+            except ConnectionError as exc:
+                log.failed("relay pass", exc)
     records = [r for r in caplog.records if r.name == "culm.dispatch.liveness"]
     assert [r.getMessage() for r in records] == ["relay pass failed"] * 3
     assert all(r.levelno == logging.WARNING and r.exc_info is not None for r in records)

@@ -135,3 +135,24 @@ def test_revision_0011_keeps_older_lines_unnumbered_pages_them_all_and_downgrade
         assert _numbers(store, "n1", "v1") == [None] * 70
     finally:
         store.dispose()
+
+
+def test_lines_an_older_worker_wrote_unnumbered_in_the_middle_of_a_run_are_not_skipped(url):
+    """Found reviewing (session 17): a worker of the previous release still writing after
+    `culm db upgrade` leaves unnumbered lines between numbered ones; a page that started at a
+    numbered line jumped over them (offset 5, limit 10 gave lines 5-9, then 20-24)."""
+    store = SqlStore(url, create=False)
+    try:
+        _migrate(store, "head")
+        _add(store, "n1", "v1", range(0, 10))
+        _add_old(store, "n1", "v1", range(10, 20))
+        _add(store, "n1", "v1", range(20, 30))
+        assert _numbers(store, "n1", "v1") == list(range(10)) + [None] * 10 + list(range(20, 30))
+        with store.reading() as unit:
+            assert unit.logs_at("n1", "v1", 5, 10) == [f"n1 v1 line {i}" for i in range(5, 10)]  # the numbered run only
+            assert unit.logs_at("n1", "v1", 12, 5) is None
+        for offset, limit in ((5, 10), (0, 30), (9, 2), (15, 10), (19, 11), (25, 10)):
+            page = _page(store, "n1", "v1", offset, limit)
+            assert page["lines"] == [f"n1 v1 line {i}" for i in range(offset, min(offset + limit, 30))], (offset, limit)
+    finally:
+        store.dispose()

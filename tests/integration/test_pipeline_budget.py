@@ -272,6 +272,28 @@ def test_small_callbacks_cannot_pass_the_budget_either(small_budget, monkeypatch
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
 
 
+def test_a_single_small_callback_goes_to_a_pipeline_at_its_budget(small_budget, monkeypatch):
+    # Found reviewing (session 17): once every callback was checked, a pipeline at its budget (tree
+    # data, log lines and the engine's own values are counted, not checked) could never take even
+    # a 32-byte approval for a node that takes one: the node waited for an operator. Only a run
+    # taking many callbacks can be stormed: a run's single callback is checked only when big.
+    rt = small_budget
+    act = ServiceActivity(component_code="t_callback")
+    data = Data(inputs={"${big}": Var(type=Var.PLAIN, value="a" * 999_900)})
+    tree = build_tree(line_start(act), data=data)
+    run(rt, tree)
+    version = wait_state(rt, act.id, "RUNNING", timeout=60)["version"]
+    held = stored(rt, act.id)
+    assert held > 999_900, held
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", held)  # at its budget, checked where the callback is sent
+    big = api.callback(rt, act.id, version, {"ok": True, "pad": "x" * 100_000})
+    assert not big.result and f"node {act.id}: storing its callback data (100," in big.message, big.message
+    res = api.callback(rt, act.id, version, {"ok": True, "by": "me"})
+    assert res.result, res.message
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+    assert api.get_execution_data(rt, act.id).data["outputs"]["callback_data"] == {"ok": True, "by": "me"}
+
+
 def test_small_retries_cannot_pass_the_budget_either(small_budget, monkeypatch):
     # Found probing (session 17): a history under STORED_BYTES_CHECK_AT is never checked, so a storm
     # of retries of a node with 60 KB inputs passed any budget, one unchecked history after another.
@@ -304,9 +326,33 @@ def test_context_updates_cannot_pass_the_budget(small_budget, monkeypatch):
         taken += 1
         assert taken < 60, "context updates went past the budget"
     assert 5 <= taken < 9, taken
-    assert f"pipeline {tree['id']}" in res.message and "context values" in res.message, res.message
+    # the pipeline is called a pipeline (it was "node P: storing its context values ...")
+    assert res.message.startswith(f"pipeline {tree['id']}: storing its context values (600,"), res.message
+    assert "would take it to " in res.message, res.message
     assert "5,000,000" in res.message, res.message
     assert stored(rt, act.id) <= 5_000_000
     debug = api.get_pipeline_debug_info(rt, tree["id"])
     assert debug.result, debug.message
     assert api.update_context_values(rt, tree["id"], {"${k0}": "small"}).result  # a smaller value still goes
+
+
+def test_non_ascii_context_updates_are_measured_as_stored(small_budget, monkeypatch):
+    # Found reviewing (session 17): an update was measured in characters, but the store writes
+    # escaped JSON (6 bytes a CJK character, 12 an emoji): "中" * 300,000 in place of 900 KB of
+    # ASCII went through a 1 MB budget and the pipeline stored 1.8 MB.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)  # checked where the update is asked
+    rt = small_budget
+    act = activity("t_fail", "x")
+    tree = build_tree(line_start(act), data=Data(inputs={"${x}": Var(type=Var.PLAIN, value="a")}))
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    assert api.update_context_values(rt, tree["id"], {"${x}": "a" * 900_000}).result
+    for text, grows in (("\u4e2d" * 300_000, "900,000"), ("\U0001f600" * 90_000, "180,000")):
+        res = api.update_context_values(rt, tree["id"], {"${x}": text})
+        assert not res.result, len(text)
+        assert f"storing its context values ({grows} bytes)" in res.message and "1,000,000" in res.message, res.message
+    assert stored(rt, act.id) <= 1_000_000
+    assert api.update_context_values(rt, tree["id"], {"${x}": "\u4e2d" * 100_000}).result  # 600 KB stored: fits
+    assert stored(rt, act.id) <= 1_000_000
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)

@@ -1342,10 +1342,12 @@ class SqlUnit:
         held = self._one(ROOT_BYTES_HELD, [root_id])
         return root_id, int(held[0] or 0) - replaced, replaced
 
-    def check_stored_growth(self, node_id: str, field: str, size: int) -> None:
-        """Raises StoredBytesBudgetError when ``size`` more bytes would not fit (checked whatever the size)."""
-        if size > 0:
-            budget.check(node_id, field, size, lambda: self.stored_bytes(node_id), self.all_stored_bytes, always=True)
+    def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
+        """Raises StoredBytesBudgetError when ``values`` in place of ``replaced`` would not fit
+        (checked whatever the size)."""
+        if (size := budget.growth(replaced, values)) > 0:
+            budget.check(pipeline_id, "context values", size, lambda: self.stored_bytes(pipeline_id),
+                         self.all_stored_bytes, always=True, what="pipeline")
 
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
@@ -1471,11 +1473,12 @@ class SqlUnit:
             return int(self._x(LOCK_FREE_SCHEDULE, [until, schedule_id]).rowcount) == 1
         return int(self._x(RELOCK_SCHEDULE, [until, schedule_id, row[0]]).rowcount) == 1
 
-    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object) -> None:
+    def insert_callback(self, callback_id: str, node_id: str, version: str, data: object, *,
+                        always: bool = True) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
         budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
-                     always=True)
+                     always=always)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
         last = self._one(CALLBACK_SEQ, [node_id, version])
@@ -1553,11 +1556,14 @@ class SqlUnit:
 
     def logs_at(self, node_id: str, version: str, first: int, count: int) -> list[str] | None:
         # Along ix_culm_log_node_version_line (0011) from the line numbered ``first``; None when
-        # that line has no number (stored before 0011): the caller walks to it instead.
+        # that line has no number (stored before 0011): the caller walks to it instead. Only the
+        # consecutive numbers are kept: lines an older worker wrote unnumbered in the middle of a
+        # run (after `culm db upgrade`) lie between two numbers, and the caller walks over them.
         rows = self._all(f"{LOG_AT} LIMIT {int(count)}", [node_id, version, int(first)])
-        if not rows or rows[0][0] != first:
-            return None
-        return [r[1] for r in rows]
+        kept = 0
+        while kept < len(rows) and rows[kept][0] == first + kept:
+            kept += 1
+        return [r[1] for r in rows[:kept]] if kept else None
 
     def last_logs(self, node_id: str, version: str, skip: int, count: int) -> list[str]:
         # Backwards along ix_culm_log_node_version_id (0009) from the run's last line: a tail of a
@@ -1846,6 +1852,13 @@ class SqlStore:
         """Whether ``exc`` (raised by one of this store's units) is a unique key refusing a row
         (:meth:`culm.core.ports.Store.is_duplicate`)."""
         return self.traits.is_duplicate(exc)
+
+    def schema_problem(self, exc: BaseException) -> str | None:
+        """A missing culm table named with its fix (:meth:`culm.core.ports.Store.schema_problem`)."""
+        from culm.storage.migrate import schema_missing_error
+
+        found = schema_missing_error(self, exc)
+        return None if found is None else str(found)
 
     def _thread_reader(self) -> tuple[Any, threading.Lock]:
         """This thread's own read connection to the SQLite file, outside the pool.
