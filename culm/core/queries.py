@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -67,8 +68,58 @@ def _add_wait_reasons(facts: waits.WaitFacts, root: dict[str, Any], entries: dic
             entry["wait_reason"] = reason
 
 
+def _hand_out_reasons(reasons: dict[str, dict[str, Any]], root: dict[str, Any],
+                      entries: dict[str, dict[str, Any]]) -> None:
+    """Set ``wait_reason`` on the entries from ``reasons`` kept with a tree: each a copy (with
+    copies of its lists: ``branches``, ``nodes``), so a caller that changes its result changes
+    nothing the next poll hands out. The other values are str, int, bool, None or datetime."""
+    for node_id, reason in reasons.items():
+        entry = root if node_id == root["id"] else entries.get(node_id)
+        if entry is not None:
+            out = entry["wait_reason"] = reason.copy()
+            for key, value in out.items():
+                if type(value) is list:
+                    out[key] = value.copy()
+
+
+def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
+                  execute_tasks: list[TaskRecord] | None) -> tuple[dict[str, dict[str, Any]], bool]:
+    """The wait reasons of a kept tree's pipeline, ``{node_id: reason}``, and whether they are
+    kept with the tree (then what is handed out must be copies).
+
+    A poll that finds the tree as an earlier one left it (the feed named none of its nodes: the
+    same Tree and kept facts) reuses the reasons made then, when they may serve again
+    (WaitFacts.reusable: none counts time or rests on rows without a feed, such as poll and
+    timeout tasks): it makes no facts and no reasons. Only the stalled check, which counts time
+    and reads tasks, is made at every poll once it is due (waits.stalled_since). Reasons are kept
+    from a tree's second poll on: a moving pipeline's polls each see a new tree once, and pay
+    nothing for keeping (nor for copying) reasons no later poll would reuse."""
+    kept = tree.reasons
+    facts_kept = tree.facts
+    seen = kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes
+    if seen and kept is not None and kept[2] is not None:
+        reasons, alive_root, stall_at = kept[2], kept[3], kept[4]
+    elif not seen:  # the first poll of this tree: made as before, the stalled check included
+        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=True)
+        # (A first sight of reusable facts is noted: the next poll of the same tree keeps them.)
+        tree.reasons = (facts_kept, facts_kept.processes, None, None, 0.0) if facts.reusable else None
+        return (waits.wait_reasons(facts) if facts.candidates else {}), False
+    else:  # the second: made without the stalled check, and kept (the check made below)
+        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=False)
+        reasons = waits.wait_reasons(facts) if facts.candidates else {}
+        alive_root = facts.alive_root
+        # (The same rows as read_facts' own check: the tree's may_wait, set by _kept_wait_facts.)
+        stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(root_id)) if alive_root else 0.0
+        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at)
+    if alive_root is not None and time.time() >= stall_at and alive_root not in reasons:
+        note = waits.stalled_note(unit, alive_root, execute_tasks)
+        if note is not None:
+            reasons = {**reasons, alive_root: note}  # (a copy: the kept reasons stay as made)
+    return reasons, True
+
+
 def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
-                     execute_tasks: list[TaskRecord] | None) -> waits.WaitFacts:
+                     execute_tasks: list[TaskRecord] | None, stalled: bool) -> waits.WaitFacts:
     """Wait facts for a pipeline whose rows came from the kept trees (current as of this unit's
     reads): only the other rows the waiting nodes need are read (none for a finished pipeline);
     ``execute_tasks``: the pipeline's EXECUTE tasks when they were read with the rows."""
@@ -84,7 +135,7 @@ def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
         graph = engine.known_graph(root_id)
         forked = graph is None or any(node_id in records for node_id in graph.forks)
     return waits.read_facts(unit, tree.may_wait, root=records.get(root_id), timed=_timed(engine, unit),
-                            kept=tree.facts, execute_tasks=execute_tasks, forked=forked)
+                            kept=tree.facts, execute_tasks=execute_tasks, forked=forked, stalled=stalled)
 
 
 def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:
@@ -99,7 +150,7 @@ def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) ->
         kept = tree.entries
         if root_id not in kept:
             return {}
-        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks)
+        reasons, shared = _kept_reasons(engine, unit, root_id, tree, execute_tasks)
     children = {}
     # dict.copy() copies the key table whole (a {**entry} literal inserts key by key, a third
     # slower); the root is taken out after the loop rather than compared with at every node.
@@ -114,7 +165,13 @@ def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) ->
             parent = e["parent_id"]
             holder = entry if parent == root_id else children.get(parent, entry)
             holder["children"][node_id] = e
-    _add_wait_reasons(facts, entry, children)
+    if shared:
+        _hand_out_reasons(reasons, entry, children)
+    else:  # made for this poll alone
+        for node_id, reason in reasons.items():
+            waiting = entry if node_id == root_id else children.get(node_id)
+            if waiting is not None:
+                waiting["wait_reason"] = reason
     return {root_id: entry}
 
 

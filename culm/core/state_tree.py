@@ -57,7 +57,7 @@ class Tree:
     """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
     the entries they hand out)."""
 
-    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait", "facts")
+    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait", "facts", "reasons")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
@@ -72,6 +72,12 @@ class Tree:
         # stay valid until the feed names the node, the live processes until it names any node
         # of the pipeline; so a poll of a pipeline that stood still reads none of them again.
         self.facts = KeptFacts()
+        # The wait reasons made from this tree's rows and facts, for the polls that find it
+        # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
+        # made from, {node_id: reason} (None: seen once, kept at the next poll), the live root's
+        # id and from when its stalled check is made (waits.stalled_since); None when none may be
+        # reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None, float] | None = None
 
 
 class StateTrees:

@@ -71,6 +71,13 @@ class WaitFacts:
     deadlines: Mapping[str, float] = field(default_factory=dict)  # node id -> when its timeout fires
     # node id -> the revoked pipeline around it, for the waiting (RUNNING) nodes inside one
     revoked_in: Mapping[str, str] = field(default_factory=dict)
+    # (read_facts) Whether these facts, and the reasons made of them, stay what a new read_facts
+    # of the same rows and kept facts would give, the stalled check left out: none rests on rows
+    # without a feed of their own (poll and timeout tasks: a poll taken, a timeout's task) nor
+    # counts time (a poll's texts). The stalled check, which does both, is then the caller's
+    # (read_facts(stalled=False), stalled_since, stalled_note).
+    reusable: bool = False
+    alive_root: str | None = None  # the pipeline the stalled check looks at (None: it ended)
 
 
 def _time(t: float) -> datetime:
@@ -238,7 +245,7 @@ class KeptFacts:
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
                timed: Callable[[str], Collection[str]] | None = None,
                kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None,
-               forked: bool = True) -> WaitFacts:
+               forked: bool = True, stalled: bool = True) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those: those that do
     not depend on each other together (one round trip on a server database), then the tasks the
     waiting nodes' schedules need.
@@ -257,6 +264,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             caller knows its graph): then no process has branches, no converge waits, and the
             live processes are read only for a SUSPENDED node (a poller of a pipeline that has
             not forked yet reads them at none of its polls).
+        stalled: False to leave the stalled check out (the caller makes it: stalled_since,
+            stalled_note); ``reusable`` says whether the facts may then serve again.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -278,7 +287,8 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     schedules_missing = list(dict.fromkeys(st.node_id for st in running if st.node_id not in known_schedules))
     processes = kept.processes if kept is not None else None
     late = time.time() - STALLED_AFTER
-    stalled_check = alive is not None and not moved_since(late, records, root)  # a pipeline that moves has a runner
+    # A pipeline that moves has a runner.
+    stalled_check = stalled and alive is not None and not moved_since(late, records, root)
     calls: list[tuple[str, tuple[Any, ...]]] = []
     if types_missing:
         calls.append(("node_types", (types_missing,)))
@@ -311,6 +321,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             kept.processes = processes
     if stalled_check and execute_tasks is None:
         execute_tasks = next(answers)
+    polls = timeouts = False
     if running:
         versions = {st.node_id: st.version for st in running}
         current = [s for node_id in versions for s in known_schedules[node_id] if versions[node_id] == s.version]
@@ -333,4 +344,24 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             facts.stalled = [t for t in execute_tasks or () if t.running_version is None and t.due < late]
         # A fork's converge wait hangs on its (finished) gateway: any node may carry a reason now.
         facts.candidates = candidates or [alive]
+    facts.reusable = not (polls or timeouts)
+    facts.alive_root = alive.root_id if alive is not None else None
     return facts
+
+
+def stalled_since(records: Sequence[StateRecord], root: StateRecord | None) -> float:
+    """From when on (time.time()) :func:`read_facts` of ``records`` and ``root`` would make the
+    stalled check: STALLED_AFTER seconds after a node of them (or the root) last started or ended."""
+    last = max((max(st.started_time or 0.0, st.archived_time or 0.0)
+                for st in (*records, *((root,) if root is not None else ()))), default=0.0)
+    return last + STALLED_AFTER
+
+
+def stalled_note(unit: Unit, root_id: str, execute_tasks: Sequence[TaskRecord] | None) -> dict[str, Any] | None:
+    """The stalled check :func:`read_facts` makes (with ``stalled=True``) for the live pipeline
+    ``root_id``: its ``"stalled"`` reason, or None when no step of it has been due for over
+    STALLED_AFTER seconds untaken. ``execute_tasks``: its EXECUTE tasks when read already."""
+    late = time.time() - STALLED_AFTER
+    tasks = unit.tasks_of_root(root_id, EXECUTE) if execute_tasks is None else execute_tasks
+    found = [t for t in tasks if t.running_version is None and t.due < late]
+    return _stalled(found) if found else None

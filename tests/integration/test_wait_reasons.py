@@ -186,3 +186,111 @@ def test_polls_before_a_fork_read_no_processes_and_after_it_name_the_branches(tm
         assert [s for s in seen if "culm_process" in s]
         assert api.callback(rt, waiting.id, node_state(rt, waiting.id)["version"], {"ok": True}).result
         wait_pipeline(rt, tree["id"])
+
+
+def _counting_read_facts(monkeypatch) -> list[int]:
+    """Count the calls of culm.core.waits.read_facts (get_pipeline_states makes its facts there)."""
+    from culm.core import waits
+
+    calls = [0]
+    real = waits.read_facts
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(waits, "read_facts", counted)
+    return calls
+
+
+def test_idle_polls_reuse_the_reasons_and_hand_out_copies(tmp_path, monkeypatch):
+    """A pipeline that stands still (a fork waiting for a callback branch): a poll that finds the
+    change feed where the previous poll left it makes no wait facts (the previous ones hold), and
+    what it hands out is equal to a first read's; a caller that changes its result (a reason's
+    text, the fork's list of branches) changes nothing the next poll hands out. Once the feed
+    moves (the callback), the reasons are made again."""
+    import culm
+
+    fork, join = ParallelGateway(), ConvergeGateway()
+    good, waiting = ServiceActivity(component_code="example_component"), ServiceActivity(component_code="t_callback")
+    start = EmptyStartEvent()
+    start.extend(fork).connect(good, waiting).to(fork).converge(join).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    with culm.Runtime(f"sqlite:///{tmp_path}/idle.db") as rt:
+        run(rt, tree)
+        wait_state(rt, good.id, "FINISHED")
+        wait_until(lambda: (reason(rt, waiting.id) or {}).get("kind") == "callback", what="the callback wait")
+        calls = _counting_read_facts(monkeypatch)
+
+        def poll() -> dict:
+            return api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]
+
+        poll()  # (reasons are kept from a tree's second poll on)
+        first = poll()
+        kept = rt.engine.state_trees.tree_of(tree["id"])
+        made = calls[0]
+        converge = first["children"][fork.id]["wait_reason"]
+        assert converge["kind"] == "converge" and converge["branches"] == [waiting.id]
+        assert first["children"][waiting.id]["wait_reason"]["kind"] == "callback"
+        fresh = culm.Runtime(f"sqlite:///{tmp_path}/idle.db", workers=0)
+        try:  # a full read by another runtime of the same file: what every poll must hand out
+            expected = api.get_pipeline_states(fresh, tree["id"]).data[tree["id"]]
+        finally:
+            fresh.close()
+        assert first == expected
+        made = calls[0]  # (the other runtime made its own)
+        converge["branches"].append("not-a-node")
+        converge["text"] = "changed by the caller"
+        first["children"][waiting.id]["wait_reason"]["version"] = "changed"
+        del first["children"][good.id]
+        second = poll()
+        assert rt.engine.state_trees.tree_of(tree["id"]) is kept  # nothing moved in between
+        assert calls[0] == made  # the facts of the previous poll were reused
+        assert second == expected
+        assert second["children"][fork.id]["wait_reason"] is not converge
+        third = poll()
+        assert third == expected and calls[0] == made
+        assert api.callback(rt, waiting.id, node_state(rt, waiting.id)["version"], {"ok": True}).result
+        wait_pipeline(rt, tree["id"])
+        done = poll()
+        assert calls[0] > made  # the feed moved: the facts were made again
+        assert done["state"] == "FINISHED"
+        assert all(child["wait_reason"] is None for child in done["children"].values())
+
+
+def test_idle_polls_still_count_time(tmp_path, monkeypatch):
+    """The reasons that depend on the clock still change between polls that find nothing new in
+    the feed: a pipeline nobody runs says nothing at first, then (STALLED_AFTER later, the feed
+    unmoved) that it is stalled, then how long that has been, counted on; and its polls make the
+    wait facts twice (a tree's second poll keeps them for the others: only the stalled check is
+    made again)."""
+    import culm
+    from culm.core import waits
+
+    monkeypatch.setattr(waits, "STALLED_AFTER", 1.0)
+    db = f"sqlite:///{tmp_path}/stalled.db"
+    tree, (act,) = chain("example_component")
+    with culm.Runtime(db, workers=0) as submitter:
+        run(submitter, tree)
+        calls = _counting_read_facts(monkeypatch)
+
+        polls = [0]
+
+        def root_reason() -> dict | None:
+            polls[0] += 1
+            return api.get_pipeline_states(submitter, tree["id"]).data[tree["id"]]["wait_reason"]
+
+        assert root_reason() is None  # (the pipeline started less than a second ago)
+        kept = submitter.engine.state_trees.tree_of(tree["id"])
+        assert kept is not None
+        found = wait_until(lambda: (root_reason() or {}).get("kind") == "stalled" and root_reason(), 10, 0.05,
+                           what="the pipeline to say it is stalled")
+        assert submitter.engine.state_trees.tree_of(tree["id"]) is kept  # no feed row in between
+        found["text"] = "changed by the caller"
+        later = wait_until(lambda: (r := root_reason()) and r["text"] != found["text"] and r, 10, 0.05,
+                           what="a stalled text")
+        counted = wait_until(lambda: (r := root_reason()) and r["text"] != later["text"] and r, 10, 0.05,
+                             what="the stalled time counted on")
+        assert later["since"] == counted["since"] and later["nodes"] == counted["nodes"]
+        assert submitter.engine.state_trees.tree_of(tree["id"]) is kept
+        assert calls[0] == 2 and polls[0] >= 5
