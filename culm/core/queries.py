@@ -110,7 +110,9 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
         alive_root = facts.alive_root
         # (The same rows as read_facts' own check: the tree's may_wait, set by _kept_wait_facts.)
         stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(root_id)) if alive_root else 0.0
-        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at)
+        # (Kept only while the facts still say they may be: a fact that can change without a feed row
+        # makes them unreusable, and then every poll makes them again.)
+        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at) if facts.reusable else None
     if alive_root is not None and time.time() >= stall_at and alive_root not in reasons:
         note = waits.stalled_note(unit, alive_root, execute_tasks)
         if note is not None:
