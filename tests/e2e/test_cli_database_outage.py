@@ -167,7 +167,7 @@ class MariaServer:
                 "--bind-address=127.0.0.1",
                 f"--socket={self.root / 'sock'}",
                 f"--pid-file={self.root / 'pid'}",
-                f"--log-error={self.root / 'log'}",
+                f"--log-error={self.root / 'log.err'}",  # (a name without .err gets it added)
                 "--skip-log-bin",
                 "--innodb-buffer-pool-size=32M",
                 "--innodb-flush-log-at-trx-commit=0",
@@ -179,7 +179,7 @@ class MariaServer:
         )
 
         def up() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (self.root / "log").read_text()
+            assert self.proc is not None and self.proc.poll() is None, (self.root / "log.err").read_text()
             try:
                 self._sql("SELECT 1")
             except Exception:
