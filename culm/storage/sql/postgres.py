@@ -249,6 +249,17 @@ class PostgresUnit(SqlUnit):
         self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
     ) -> None:
         cur = self._cur
+        if _carries_megabytes(pending, last):
+            # A big payload goes one statement at a time: sent in psycopg's pipeline, a statement of
+            # megabytes (a node's inputs near the payload limit) left the server waiting for the rest
+            # of it and the worker waiting for answers, for ever (seen on CI, session 17).
+            for sql, params in pending:
+                cur.execute(sql, params)
+            if last is not None:
+                cur.execute(*last)
+            if commit:
+                self.conn.driver_connection.commit()
+            return
         with self.conn.driver_connection.pipeline():  # psycopg sends them all, then reads the answers
             for sql, params in pending:
                 cur.execute(sql, params)
@@ -448,3 +459,15 @@ def psycopg_idle() -> Any:
 
     return TransactionStatus.IDLE
 
+
+_PIPELINED_BYTES = 1 << 20  # statements whose text parameters pass this go one at a time
+
+
+def _carries_megabytes(pending: Sequence[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None) -> bool:
+    """Whether the text parameters of these statements pass :data:`_PIPELINED_BYTES` together."""
+    size = 0
+    for _sql, params in [*pending, *([last] if last is not None else [])]:
+        size += sum(len(p) for p in params if isinstance(p, str | bytes))
+        if size > _PIPELINED_BYTES:
+            return True
+    return False
