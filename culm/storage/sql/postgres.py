@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm.core.records import ProcessRecord, TaskRecord
@@ -249,18 +250,14 @@ class PostgresUnit(SqlUnit):
         self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
     ) -> None:
         cur = self._cur
-        if _carries_megabytes(pending, last):
-            # A big payload goes one statement at a time: sent in psycopg's pipeline, a statement of
-            # megabytes (a node's inputs near the payload limit) left the server waiting for the rest
-            # of it and the worker waiting for answers, for ever (seen on CI, session 17).
-            for sql, params in pending:
-                cur.execute(sql, params)
-            if last is not None:
-                cur.execute(*last)
-            if commit:
-                self.conn.driver_connection.commit()
-            return
-        with self.conn.driver_connection.pipeline():  # psycopg sends them all, then reads the answers
+        # psycopg's pipeline sends them all, then reads the answers; a big payload goes one statement
+        # at a time instead: pipelined, a statement of megabytes (a node's inputs near the payload
+        # limit) left the server waiting for the rest of it and the worker waiting for answers, for
+        # ever (seen on CI, session 17).
+        together: AbstractContextManager[Any] = (
+            nullcontext() if _carries_megabytes(pending, last) else self.conn.driver_connection.pipeline()
+        )
+        with together:
             for sql, params in pending:
                 cur.execute(sql, params)
             if last is not None:
