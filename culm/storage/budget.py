@@ -20,7 +20,8 @@ set, such a write also reads the sum of every pipeline's counter rows and is ref
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from culm.errors import StoredBytesBudgetError, UnstorableValueError
 from culm.model import limits
@@ -69,6 +70,15 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
             field,
             [],
         )
+
+
+def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
+    """Refuse context ``values`` written in place of ``replaced`` that would take pipeline
+    ``pipeline_id``'s root past its budget (or every pipeline past theirs), whatever their size.
+    ``unit``: a store's unit, with ``stored_bytes`` and ``all_stored_bytes``."""
+    if (size := growth(replaced, values)) > 0:
+        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.all_stored_bytes,
+              always=True, what="pipeline")
 
 
 def growth(replaced: Iterable[object], values: Iterable[object]) -> int:

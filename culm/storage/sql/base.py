@@ -1345,9 +1345,7 @@ class SqlUnit:
     def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
         """Raises StoredBytesBudgetError when ``values`` in place of ``replaced`` would not fit
         (checked whatever the size)."""
-        if (size := budget.growth(replaced, values)) > 0:
-            budget.check(pipeline_id, "context values", size, lambda: self.stored_bytes(pipeline_id),
-                         self.all_stored_bytes, always=True, what="pipeline")
+        budget.check_context_growth(self, pipeline_id, replaced, values)
 
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
