@@ -116,13 +116,13 @@ def test_a_loop_back_is_cut_and_the_tree_left_as_it_was():
 def test_a_hand_written_tree_and_a_chosen_token_maker():
     tree = {
         "id": "p", "data": {"inputs": {}, "outputs": []},
-        "start_event": {"id": "s", "type": "bd.EmptyStartEvent", "incoming": "", "outgoing": "f1"},
-        "end_event": {"id": "e", "type": "bd.EmptyEndEvent", "incoming": ["f4", "f5"], "outgoing": ""},
-        "activities": {"a": {"id": "a", "type": "bd.ServiceActivity", "incoming": ["f2"], "outgoing": "f4",
+        "start_event": {"id": "s", "type": "EmptyStartEvent", "incoming": "", "outgoing": "f1"},
+        "end_event": {"id": "e", "type": "EmptyEndEvent", "incoming": ["f4", "f5"], "outgoing": ""},
+        "activities": {"a": {"id": "a", "type": "ServiceActivity", "incoming": ["f2"], "outgoing": "f4",
                              "component": {"code": "example_component", "inputs": {}}},
-                       "b": {"id": "b", "type": "bd.ServiceActivity", "incoming": ["f3"], "outgoing": ["f5"],
+                       "b": {"id": "b", "type": "ServiceActivity", "incoming": ["f3"], "outgoing": ["f5"],
                              "component": {"code": "example_component", "inputs": {}}}},
-        "gateways": {"g": {"id": "g", "type": "bd.ExclusiveGateway", "incoming": ["f1"], "outgoing": ["f2", "f3"],
+        "gateways": {"g": {"id": "g", "type": "ExclusiveGateway", "incoming": ["f1"], "outgoing": ["f2", "f3"],
                            "conditions": {"f2": {"evaluate": "1 == 1"}, "f3": {"evaluate": "1 == 0"}}}},
         "flows": {f"f{i}": {"id": f"f{i}", "source": s, "target": t, "is_default": False}
                   for i, (s, t) in enumerate([("s", "g"), ("g", "a"), ("g", "b"), ("a", "e"), ("b", "e")], 1)},
