@@ -30,7 +30,9 @@ CI runs a bounded variant (``test_storm_driver.py``). A longer run, e.g. five se
 ``--cli-only N --relay-grace 3600 --kill-every 0 0``: every control call through ``culm``
 processes from N threads (one firing random calls, the others an operator's, see :func:`needed`),
 with no kill and a relay that never looks in time, so each command's work must reach the workers
-through its own publish.
+through its own publish. Add ``--min-calls 150``: on a loaded machine a ``culm`` process takes
+seconds, and a storm of 30 s made a dozen calls; the CLI callers then go on until they made 150
+(at most ``--max-seconds``).
 
 (``--help`` for the rest; ``--harness`` starts the workers exactly as the acceptance harness does:
 ``culm worker --db URL --broker URL``, default leases and concurrency, so a kill's work is taken
@@ -275,11 +277,19 @@ class Tally:
         forest.note(f"{how} {call.op} {call.target} -> {ok} {message[:160]}")
 
 
+Until = float | Callable[[], bool]
+
+
+def going(until: Until) -> bool:
+    """Whether the callers go on: before ``until`` (monotonic), or while ``until()`` says so."""
+    return until() if callable(until) else time.monotonic() < until
+
+
 def fire_loop(forest: Forest, graphs: dict[str, Any], rng: random.Random, send: Callable[[Call], tuple[bool, str]],
-              how: str, tally: Tally, until: float, burst: int = 0, pause: float = 0.05) -> None:
-    """Fire random calls through ``send`` until ``until`` (monotonic); a burst fires one call from
+              how: str, tally: Tally, until: Until, burst: int = 0, pause: float = 0.05) -> None:
+    """Fire random calls through ``send`` while :func:`going`; a burst fires one call from
     ``burst`` threads at once."""
-    while time.monotonic() < until:
+    while going(until):
         call = pick(forest, rng, graphs)
         if call is None or call.op == "breathe":
             time.sleep(pause)
@@ -334,10 +344,10 @@ def needed(rt: Any, root: str, graph: Any, rng: random.Random) -> Call | None:
 
 
 def operator_loop(rt: Any, forest: Forest, graphs: dict[str, Any], rng: random.Random,
-                  send: Callable[[Call], tuple[bool, str]], tally: Tally, until: float) -> None:
-    """Until ``until``: pick a started pipeline, make the call its states need (:func:`needed`)
+                  send: Callable[[Call], tuple[bool, str]], tally: Tally, until: Until) -> None:
+    """While :func:`going`: pick a started pipeline, make the call its states need (:func:`needed`)
     through ``send``."""
-    while time.monotonic() < until:
+    while going(until):
         started = sorted(graphs)
         call = needed(rt, root, graphs[root], rng) if (root := rng.choice(started) if started else "") else None
         if call is None:
@@ -556,7 +566,8 @@ class Outcome:
 def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: int = 10, seconds: float = 20.0,
               threads: int = 4, burst: int = 6, workers: int = 2, kill_every: tuple[float, float] = (3.0, 7.0),
               rest: bool = True, cli: bool = True, client: bool = True, harness: bool = False,
-              settle_for: float = 60.0, cli_only: int = 0, relay_grace: float | None = None) -> Outcome:
+              settle_for: float = 60.0, cli_only: int = 0, relay_grace: float | None = None,
+              min_calls: int = 0, max_seconds: float = 900.0) -> Outcome:
     """One seeded storm on backend ``kind`` (``postgres-redis`` or ``mariadb-rabbitmq``); raises
     AssertionError naming what broke and the last calls.
 
@@ -565,7 +576,10 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
     second process. ``relay_grace``: the workers' ``CULM_RELAY_GRACE``; one of a minute or more
     with no kill (``kill_every`` 0) means nothing may wait for the relay: every task must arrive
     through its own publish, so a task left unpublished fails the settle, and any "relayed" line
-    in a worker's log fails the storm."""
+    in a worker's log fails the storm. ``min_calls``: the CLI callers (random and operator) go on
+    past ``seconds`` until they have made this many calls (at a loaded machine's pace a ``culm``
+    process takes seconds, and a storm of a fixed length made only a dozen), at most
+    ``max_seconds`` in all."""
     from backends import HarnessBackend, own_backend
 
     began = time.monotonic()
@@ -609,6 +623,17 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
         if client:
             procs.append(_client(backend, forest, workdir, seed, seconds))
         until = time.monotonic() + seconds
+        cap = time.monotonic() + max(seconds, max_seconds)
+
+        def cli_going() -> bool:
+            at = time.monotonic()
+            if at < until:
+                return True
+            with tally.lock:
+                made = sum(n for how, n in tally.fired.items() if how.startswith("cli"))
+            return at < cap and made < min_calls
+
+        cli_until: Until = cli_going if min_calls else until
         callers = [threading.Thread(target=fire_loop, args=(
             forest, graphs, random.Random(seed * 1000 + i), lambda c: by_api(rt, c), "api", tally, until,
             burst if i == 0 else 0)) for i in range(threads)]
@@ -617,12 +642,13 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
                 forest, graphs, random.Random(seed * 1000 + 101), server, "rest", tally, until, burst)))
         if cli:
             callers.append(threading.Thread(target=fire_loop, args=(
-                forest, graphs, random.Random(seed * 1000 + 102), cli_caller, "cli", tally, until,
+                forest, graphs, random.Random(seed * 1000 + 102), cli_caller, "cli", tally, cli_until,
                 burst // 2 if cli_only else 0)))
             callers += [threading.Thread(target=operator_loop, args=(
-                rt, forest, graphs, random.Random(seed * 1000 + 103 + i), cli_caller, tally, until))
+                rt, forest, graphs, random.Random(seed * 1000 + 103 + i), cli_caller, tally, cli_until))
                 for i in range(cli_only - 1)]
-            callers.append(threading.Thread(target=_status_reader, args=(forest, graphs, cli_caller, tally, until)))
+            callers.append(threading.Thread(target=_status_reader, args=(forest, graphs, cli_caller, tally,
+                                                                         cli_until)))
         callers.append(threading.Thread(target=starter, args=(rt, forest, graphs, forest.trees[first:], until,
                                                              tally)))
         if kill_every[0] > 0:
@@ -631,7 +657,7 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
         for t in callers:
             t.start()
         for t in callers:
-            t.join(seconds + 300)
+            t.join(max(seconds, max_seconds if min_calls else 0) + 300)
         if client:
             out, _ = procs[-1].communicate(timeout=120)
             theirs = json.loads(out.strip().splitlines()[-1])
@@ -673,10 +699,10 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
                 os.environ[k] = v
 
 
-def _status_reader(forest: Forest, graphs: dict[str, Any], cli: Cli, tally: Tally, until: float) -> None:
+def _status_reader(forest: Forest, graphs: dict[str, Any], cli: Cli, tally: Tally, until: Until) -> None:
     """``culm status ID --json`` of random started pipelines during the storm: a state tree, exit 0 or 1."""
     rng = random.Random(len(forest.roots))
-    while time.monotonic() < until:
+    while going(until):
         root = rng.choice(sorted(graphs))
         done = cli.run("status", root, "--json")
         ok = done.returncode in (0, 1) and "Traceback" not in done.stderr
@@ -751,6 +777,9 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-cli", action="store_true")
     p.add_argument("--cli-only", type=int, default=0, metavar="N",
                    help="every control call through culm processes, from N threads (no API, REST or second process)")
+    p.add_argument("--min-calls", type=int, default=0, metavar="N",
+                   help="the CLI callers go on past --seconds until they made N calls (at most --max-seconds)")
+    p.add_argument("--max-seconds", type=float, default=900.0, help="the bound of --min-calls")
     p.add_argument("--relay-grace", type=float, default=None, metavar="S",
                    help="the workers' CULM_RELAY_GRACE; 60 or more with --kill-every 0 0: no task may need the relay")
     args = p.parse_args(argv)
@@ -766,7 +795,8 @@ def main(argv: list[str]) -> int:
                 outcome = run_storm(kind, seed, workdir, args.pipelines, args.size, args.seconds, args.threads,
                                     workers=args.workers, kill_every=tuple(args.kill_every),
                                     rest=not args.no_rest, cli=not args.no_cli, harness=args.harness,
-                                    cli_only=args.cli_only, relay_grace=args.relay_grace)
+                                    cli_only=args.cli_only, relay_grace=args.relay_grace,
+                                    min_calls=args.min_calls, max_seconds=args.max_seconds)
                 print(outcome.line(), flush=True)
             except AssertionError as exc:
                 failed += 1
