@@ -382,11 +382,30 @@ _GROWN = ("SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid 
           " AND pg_has_role(c.relowner, 'USAGE') ORDER BY s.relname")  # ANALYZE skips others' tables
 
 
+# Every connection asks its server (PostgreSQL 14 and later) to check, this often while a statement
+# runs, that the client is still there, and to end the statement and the session when it is not. A
+# worker process that died, or that its EngineWatchdog ended (culm.dispatch.liveness), may leave a
+# statement running for ever (a lock wait, a wedged trigger): without the check it kept its
+# transaction's row locks, and with them the leases the relays free only once it ends.
+CLIENT_CHECK_MS = 5000
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     unit = PostgresUnit
     db_now = DB_NOW_POSTGRES
     snapshot_read = SNAPSHOT_READ
+
+    def prepare(self, store: SqlStore) -> None:
+        super().prepare(store)
+        from sqlalchemy import event
+
+        @event.listens_for(store.engine, "connect")
+        def _check_client(dbapi_conn: Any, _record: Any) -> None:
+            if dbapi_conn.info.server_version >= 140000:  # one round trip per new connection
+                dbapi_conn.autocommit = True
+                dbapi_conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+                dbapi_conn.autocommit = False
 
     def is_duplicate(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
