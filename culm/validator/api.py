@@ -1,29 +1,6 @@
 """``bamboo_engine.validator.api`` under culm: the same functions as :mod:`culm.validator`."""
 
-from culm.validator import (
-    StartPositionInvalidError,
-    StartPositionInvalidException,
-    TreeInvalidError,
-    add_sink_type,
-    get_allowed_start_node_ids,
-    get_skipped_execute_node_ids,
-    sink_types,
-    tree_problems,
-    tree_warnings,
-    validate_and_process_pipeline,
-    validate_pipeline_start_node,
-)
+from culm.validator import *  # noqa: F403  (the package's public names, listed in its __all__)
+from culm.validator import __all__ as _package_names
 
-__all__ = [
-    "StartPositionInvalidError",
-    "StartPositionInvalidException",
-    "TreeInvalidError",
-    "add_sink_type",
-    "get_allowed_start_node_ids",
-    "get_skipped_execute_node_ids",
-    "sink_types",
-    "tree_problems",
-    "tree_warnings",
-    "validate_and_process_pipeline",
-    "validate_pipeline_start_node",
-]
+__all__ = [name for name in _package_names if name != "api"]
