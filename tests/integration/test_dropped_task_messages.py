@@ -110,7 +110,7 @@ def _errors(backend: Any) -> list[str]:
     found = []
     for i in range(len(backend.workers)):
         for line in backend.worker_log(i).splitlines():
-            if any(word in line for word in ("ERROR", "CRITICAL", "Traceback", "raised", "Retry in")):
+            if any(word in line for word in ("ERROR", "CRITICAL", "Traceback", "raised", "database unavailable")):
                 found.append(f"worker {i}: {line[:300]}")
     return found
 
