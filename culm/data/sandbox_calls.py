@@ -141,6 +141,7 @@ def b_set(ev: Evaluator, iterable: Any = ()) -> set[Any]:
 
 
 def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
+    ev.reach(source, "iterating")
     pairs = ev.take(source.items() if isinstance(source, Mapping) else source, "dict()")
     keys = [pair[0] for pair in pairs if isinstance(pair, list | tuple) and pair]
     ev.hashed(keys + list(kwargs), "dict()")
@@ -148,12 +149,14 @@ def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
 
 
 def b_all(ev: Evaluator, iterable: Any) -> bool:
+    ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
         return all(iterable)
     return all(all(chunk) for chunk in ev.drain(iterable))
 
 
 def b_any(ev: Evaluator, iterable: Any) -> bool:
+    ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
         return any(iterable)
     return any(any(chunk) for chunk in ev.drain(iterable))
@@ -172,6 +175,18 @@ def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda _ev, *args, **kwargs: fn(*args, **kwargs)
 
 
+def _reaching(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``fn``, its arguments refused first when their protocol is their own code (``zip(f)``
+    takes the file's iterator at once; consuming the zip reads it)."""
+
+    def call(ev: Evaluator, *args: Any, **kwargs: Any) -> Any:
+        for arg in args:
+            ev.reach(arg, what)
+        return fn(*args, **kwargs)
+
+    return call
+
+
 # enumerate, zip and reversed stay lazy: they hold nothing, and whatever consumes them is one of the
 # builtins above, all() or any() (a lazy iterable in chunks, the clock read between them), "in"
 # (the same), a comprehension (checked per item) or a bounded container.
@@ -179,5 +194,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "str": b_str, "int": b_int, "range": b_range, "pow": b_pow, "round": b_round, "sum": b_sum,
     "list": b_list, "tuple": b_tuple, "sorted": b_sorted, "set": b_set, "dict": b_dict,
     "min": _extreme(min), "max": _extreme(max), "all": b_all, "any": b_any,
-    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, len, slice, enumerate, zip, reversed)},
+    "len": _reaching(len, "measuring"),
+    **{fn.__name__: _reaching(fn, "iterating") for fn in (enumerate, zip, reversed)},
+    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, slice)},
 }  # fmt: skip

@@ -90,7 +90,10 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     """``fmt % args`` (a str, bytes, bytearray or UserString), sized before it runs."""
     estimate = len(fmt)
     by_key = isinstance(args, Mapping)
-    text = fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
+    if not isinstance(args, tuple) and "%(" in text_of(fmt):
+        # "%(key)s" indexes whatever is not a tuple, a Mapping or not (a client's __getitem__)
+        ev.reach(args, "formatting from")
+    text = text_of(fmt)
     for key, width in percent_fields(text, ev.lim.max_format_width, ev.check_clock):
         estimate += width + PER_FIELD_SLACK
         ev.ensure_length(estimate, "%-formatted string")
@@ -102,6 +105,11 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
         ev.ensure_number(value, "%-formatted value")  # %d of a Decimal converts it to an int
     ev.ensure_length(estimate, "%-formatted string")
     return fmt % args
+
+def text_of(fmt: Any) -> str:
+    """The text of a ``%`` format (a str, bytes, bytearray or UserString)."""
+    return fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
+
 
 def percent_fields(fmt: str, max_width: int, tick: Callable[[], None]) -> Iterator[tuple[str | None, int]]:
     """Yield ``(mapping key, width + precision)`` for each ``%`` conversion, parsed like CPython;

@@ -10,7 +10,7 @@ import pytest
 
 from culm.data import sandbox
 from culm.data.sandbox import SAFE_BUILTINS, Limits, evaluate, free_names, safe_str
-from culm.errors import ExpressionError, ExpressionLimitError
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,7 +76,7 @@ def test_names_shadow_builtins_and_plain_objects_expose_public_data() -> None:
     assert evaluate("obj.name.upper() + str(obj.items[1])", {"obj": obj}) == "N2"
 
 
-def test_methods_of_user_objects_can_be_called() -> None:
+def test_methods_of_user_objects_are_called_only_when_the_deployment_trusts_its_templates(monkeypatch) -> None:
     class Lazy:
         def __init__(self) -> None:
             self.value = 2
@@ -84,6 +84,9 @@ def test_methods_of_user_objects_can_be_called() -> None:
         def double(self) -> int:
             return self.value * 2
 
+    with pytest.raises(ExpressionRefusedError, match="method 'double'.*v.double"):
+        evaluate("v.double() + 1", {"v": Lazy()})
+    monkeypatch.setattr(sandbox, "TRUST_CONTEXT_OBJECTS", True)
     assert evaluate("v.double() + 1", {"v": Lazy()}) == 5
 
 
