@@ -107,7 +107,7 @@ class Limits:
         values = (
             MAX_EXPRESSION_LENGTH, MAX_AST_NODES, MAX_AST_DEPTH, MAX_INT_DIGITS, MAX_SEQUENCE_LENGTH,
             MAX_VALUE_SIZE, MAX_ALLOCATION, MAX_STEPS, TIME_LIMIT, MAX_FORMAT_WIDTH, MAX_MEMORY,
-            TRUST_CONTEXT_OBJECTS is True,
+            bool(TRUST_CONTEXT_OBJECTS),
         )  # fmt: skip
         known = _CURRENT_LIMITS.get(values)
         if known is None:
