@@ -38,6 +38,8 @@ def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ..
         if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
             hits = min(hits, args[2])
         ev.ensure_length(len(text) + hits * (len(args[1]) - len(args[0])), "str.replace() result")
+    elif name in _CASE_MAPS and not text.isascii() and 3 * len(text) > ev.lim.max_sequence:
+        _size_case_map(ev, text, name)
     elif name == "join" and len(args) == 1:
         items = ev.take(args[0], "str.join() input")
         total = sum(len(i) for i in items if isinstance(i, str)) + len(text) * max(len(items) - 1, 0)
@@ -53,6 +55,25 @@ def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ..
         ev.ensure_length(pieces, f"str.{name}() result")
         ev.reserve(pieces * _PIECE_BYTES + len(text), f"str.{name}() result")
     return args
+
+
+# Case mappings that may turn one character into up to three ("ß".upper() is "SS", "ﬃ".upper()
+# "FFI", "İ".lower() "i" and a combining dot); ASCII text keeps its length.
+_CASE_MAPS = frozenset({"upper", "lower", "casefold", "swapcase", "title", "capitalize"})
+_CASE_CHUNK = 65_536
+
+
+def _size_case_map(ev: Evaluator, text: str, name: str) -> None:
+    """Refuse ``text.<name>()`` when its result would be too long, measured a chunk at a time (the
+    clock read between them) before the whole result is built: "ß" * 3,000,000 upper-cased built 6
+    million characters before any check. A chunk's first letter may be cased as a word's start
+    where the whole text would not: 2 characters of slack each."""
+    mapping = getattr(str, name)
+    total = 0
+    for start in range(0, len(text), _CASE_CHUNK):
+        total += len(mapping(text[start : start + _CASE_CHUNK])) + 2
+        ev.ensure_length(total - 2, f"str.{name}() result")
+        ev.check_clock()
 
 
 def precheck_set_method(ev: Evaluator, items: Any, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
