@@ -100,7 +100,7 @@ def read_attribute(obj: Any, attr: str) -> Any:
         ExpressionRefusedError: the attribute is a method, a property, or not stored at all.
     """
     if isinstance(obj, enum.Enum) and attr in ("name", "value"):
-        return getattr(obj, attr)
+        return object.__getattribute__(obj, attr)
     owner, found = _class_attribute(type(obj), attr)
     data_descriptor = found is not _ABSENT and (
         hasattr(type(found), "__set__") or hasattr(type(found), "__delete__")
@@ -114,10 +114,11 @@ def read_attribute(obj: Any, attr: str) -> Any:
             f"attribute {attr!r} of a {kind_name(obj)} object is refused: it is not stored on the "
             f"object (its class computes it); {_HINT}"
         )
+    # object.__getattribute__, not getattr: a class's own __getattribute__ is its code too
     if isinstance(found, types.MemberDescriptorType) or not hasattr(type(found), "__get__"):
-        return getattr(obj, attr)  # a slot, or plain data kept on the class
+        return object.__getattribute__(obj, attr)  # a slot, or plain data kept on the class
     if owner is not None and _top(owner.__module__) in VALUE_MODULES and not callable(found):
-        return getattr(obj, attr)  # a value type's field on a subclass of it (a datetime's year)
+        return object.__getattribute__(obj, attr)  # a value type's field on a subclass (a datetime's year)
     what = "method" if callable(found) or isinstance(found, classmethod | staticmethod) else "property"
     raise ExpressionRefusedError(
         f"{what} {attr!r} of a {kind_name(obj)} object is refused: it runs the object's code; {_HINT}"

@@ -167,3 +167,21 @@ def test_a_trusted_deployment_lets_templates_use_the_objects(monkeypatch: pytest
     monkeypatch.setattr(sandbox, "TRUST_CONTEXT_OBJECTS", True)
     assert evaluate("client.get('/x') + client.token + str(len(client))", NAMES) == "/xt0"
     assert RAN == ["/x", "token", "len"]
+
+
+def test_an_objects_own_getattribute_does_not_run_for_a_data_read() -> None:
+    class Watching:
+        __slots__ = ("x",)
+        label = "w"
+
+        def __init__(self) -> None:
+            self.x = 1
+
+        def __getattribute__(self, name: str):
+            RAN.append(name)
+            return object.__getattribute__(self, name)
+
+    watching = Watching()
+    RAN.clear()
+    assert evaluate("watching.x + len(watching.label)", {"watching": watching}) == 2
+    assert "x" not in RAN and "label" not in RAN  # (isinstance() asks it for __class__, as Python does)
