@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import collections
-import datetime
 import enum
 import inspect
 import itertools
@@ -24,7 +23,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
-from culm.data.sandbox_format import STRFTIME_DIRECTIVE, format_width, percent_format, safe_format
+from culm.data.sandbox_format import format_width, percent_format, safe_format, strftime_width
 from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
@@ -636,9 +635,7 @@ def precheck_value_method(ev: Evaluator, obj: Any, name: str, args: tuple[Any, .
     if name == "strftime":
         pattern = args[0] if args else kwargs.get("format")
         if isinstance(pattern, str):
-            zone = obj.tzname() if isinstance(obj, datetime.datetime | datetime.time) else None
-            width = len(pattern) + pattern.count("%") * (STRFTIME_DIRECTIVE + len(zone or ""))
-            ev.ensure_length(width, "strftime() result")
+            ev.ensure_length(strftime_width(ev.lim, obj, pattern), "strftime() result")
         return
     for value in (obj, *args, *kwargs.values()):
         ev.ensure_number(value, f"Decimal.{name}()")

@@ -185,3 +185,13 @@ def test_an_objects_own_getattribute_does_not_run_for_a_data_read() -> None:
     RAN.clear()
     assert evaluate("watching.x + len(watching.label)", {"watching": watching}) == 2
     assert "x" not in RAN and "label" not in RAN  # (isinstance() asks it for __class__, as Python does)
+
+
+def test_a_strftime_width_counts_before_it_formats() -> None:
+    # glibc pads "%_999d" to 999 characters: 2,000 of them wrote 1,998,000 characters before the
+    # result's length was checked (found probing, session 18)
+    with pytest.raises(ExpressionLimitError, match=r"strftime\(\) result would be"):
+        evaluate("when.strftime('%_999d' * 2000)", NAMES)
+    with pytest.raises(ExpressionLimitError, match=r"strftime\(\) width"):
+        evaluate("when.strftime('%_9999999d')", NAMES)
+    assert evaluate("when.strftime('report-2024-%m-%_3d')", NAMES) == "report-2024-05-  6"
