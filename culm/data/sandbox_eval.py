@@ -613,9 +613,10 @@ class Evaluator:
             precheck_value_method(self, obj, name, args, kwargs)
         # a subclass of str, dict, ... calls the built-in type's own method, never an override
         # (its code is the component's, as a client's methods are)
-        base = next((kind for kind in _METHOD_BASES if isinstance(obj, kind)), None)
-        if base is not None and type(obj) is not base:
-            return self.built(getattr(base, name)(obj, *args, **kwargs))
+        if type(obj) not in _METHOD_TYPES:
+            base = next((kind for kind in _METHOD_BASES if isinstance(obj, kind)), None)
+            if base is not None:
+                return self.built(getattr(base, name)(obj, *args, **kwargs))
         return self.built(getattr(obj, name)(*args, **kwargs))
 
     # -- builtins
@@ -652,6 +653,7 @@ _PROTOCOL_TYPES = frozenset({
     types.GeneratorType, collections.deque,
 })  # fmt: skip
 _METHOD_BASES = (str, bool, int, float, list, tuple, dict, frozenset, set)
+_METHOD_TYPES = frozenset(_METHOD_BASES)
 _TUPLE_FIELD = type(getattr(collections.namedtuple("_T", "f"), "f"))  # noqa: B009 - a namedtuple's field getter
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
