@@ -20,11 +20,14 @@ from culm.builder import (
     ConditionalParallelGateway,
     ConvergeGateway,
     Data,
+    DataInput,
     EmptyEndEvent,
     EmptyStartEvent,
     ExclusiveGateway,
     NodeOutput,
+    Params,
     ServiceActivity,
+    SubProcess,
     Var,
     build_tree,
 )
@@ -123,3 +126,32 @@ def test_a_trusted_deployment_lets_templates_call_output_objects(runtime, monkey
     assert outputs(runtime, user.id)["out"] == "fetched /health!"
     assert client_calls() == [*before, "get /health"]
     wait_pipeline(runtime, tree["id"], "FINISHED")
+
+
+
+def test_a_subprocess_param_cannot_call_an_output_object(runtime):
+    producer = ServiceActivity(component_code="t_client")
+    sub = SubProcess(start=chain(echo("${p}")), data=Data(inputs={"${p}": DataInput(type=Var.PLAIN, value="")}),
+                     params=Params({"${p}": Var(type=Var.SPLICE, value="${client.get('/p')}")}))
+    data = Data(inputs={"${client}": NodeOutput(source_act=producer.id, source_key="client")})
+    tree = build_tree(chain(producer, sub), data=data)
+    before = client_calls()
+    run(runtime, tree)
+    wait_state(runtime, sub.id, "FAILED", timeout=30)
+    ex = outputs(runtime, sub.id)["ex_data"]
+    assert "param '${p}'" in ex and "method 'get'" in ex and "client.get" in ex, ex
+    assert client_calls() == before
+
+
+def test_a_splice_variable_cannot_call_an_output_object(runtime):
+    producer = ServiceActivity(component_code="t_client")
+    user = echo("${s}")
+    data = Data(inputs={"${client}": NodeOutput(source_act=producer.id, source_key="client"),
+                        "${s}": Var(type=Var.SPLICE, value="${client.get('/s')}")})
+    tree = build_tree(chain(producer, user), data=data)
+    before = client_calls()
+    run(runtime, tree)
+    wait_state(runtime, user.id, "FAILED", timeout=30)
+    ex = outputs(runtime, user.id)["ex_data"]
+    assert "${s}" in ex and "method 'get'" in ex, ex
+    assert client_calls() == before
