@@ -564,14 +564,14 @@ class Evaluator:
 
     def attribute(self, obj: Any, attr: str) -> Any:
         check_attribute_name(attr)
-        if isinstance(obj, enum.Enum) and attr in ("name", "value"):
-            return getattr(obj, attr)  # an IntEnum member is an int too
+        if issubclass(type(obj), enum.Enum) and attr in ("name", "value"):
+            return object.__getattribute__(obj, attr)  # an IntEnum member is an int too
         kind = method_kind(obj)
         if kind is not None:
             if attr in SAFE_METHODS[kind]:
                 return BoundMethod(self, obj, attr)
             if kind == "tuple" and self.namedtuple_field(obj, attr):
-                return getattr(obj, attr)
+                return object.__getattribute__(obj, attr)
             raise ExpressionError(f"{type(obj).__name__}.{attr} is not an allowed method")
         if opaque(obj):
             raise ExpressionError(f"attribute access on {type(obj).__name__} objects is not allowed")
@@ -605,16 +605,16 @@ class Evaluator:
             if mapping is not None:
                 self.reach(mapping, "formatting from")
             return self.built(safe_format(self, obj, args, kwargs, mapping))
-        if isinstance(obj, str):
+        if issubclass(type(obj), str):
             args = precheck_str_method(self, obj, name, args, kwargs)
-        elif isinstance(obj, set | frozenset) and args:
+        elif issubclass(type(obj), set | frozenset) and args:
             args = precheck_set_method(self, obj, name, args)
         elif name == "strftime" or isinstance(obj, Decimal):
             precheck_value_method(self, obj, name, args, kwargs)
         # a subclass of str, dict, ... calls the built-in type's own method, never an override
         # (its code is the component's, as a client's methods are)
         if type(obj) not in _METHOD_TYPES:
-            base = next((kind for kind in _METHOD_BASES if isinstance(obj, kind)), None)
+            base = next((kind for kind in _METHOD_BASES if issubclass(type(obj), kind)), None)
             if base is not None:
                 return self.built(getattr(base, name)(obj, *args, **kwargs))
         return self.built(getattr(obj, name)(*args, **kwargs))

@@ -99,7 +99,7 @@ def read_attribute(obj: Any, attr: str) -> Any:
     Raises:
         ExpressionRefusedError: the attribute is a method, a property, or not stored at all.
     """
-    if isinstance(obj, enum.Enum) and attr in ("name", "value"):
+    if issubclass(type(obj), enum.Enum) and attr in ("name", "value"):
         return object.__getattribute__(obj, attr)
     owner, found = _class_attribute(type(obj), attr)
     data_descriptor = found is not _ABSENT and (
@@ -134,10 +134,9 @@ def _class_attribute(kind: type, attr: str) -> tuple[type | None, Any]:
 
 
 def _instance_dict(obj: Any) -> dict[str, Any] | None:
-    try:
-        own = object.__getattribute__(obj, "__dict__")
-    except AttributeError:
-        return None
+    if type(_class_attribute(type(obj), "__dict__")[1]) is not types.GetSetDescriptorType:
+        return None  # no instance dict, or a class that made __dict__ a property of its own
+    own = object.__getattribute__(obj, "__dict__")
     return own if type(own) is dict else None
 
 
@@ -154,7 +153,7 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
     module = _top(kind.__module__)
     if module in _PROTOCOL_MODULES:
         return None
-    if isinstance(obj, _BUILTIN_CONTAINERS) and not any(
+    if issubclass(kind, _BUILTIN_CONTAINERS) and not any(
         _top(owner.__module__) not in _PROTOCOL_MODULES
         for owner in kind.__mro__
         for name in _PROTOCOL_METHODS

@@ -195,3 +195,26 @@ def test_a_strftime_width_counts_before_it_formats() -> None:
     with pytest.raises(ExpressionLimitError, match=r"strftime\(\) width"):
         evaluate("when.strftime('%_9999999d')", NAMES)
     assert evaluate("when.strftime('report-2024-%m-%_3d')", NAMES) == "report-2024-05-  6"
+
+
+def test_an_object_claiming_another_class_gets_nothing_of_it() -> None:
+    class Claiming:
+        """Claims to be a str and an enum member (as a Mock(spec=str) does)."""
+
+        @property
+        def __class__(self):
+            return str
+
+        def count(self, *args):
+            RAN.append("count")
+            return 0
+
+        @property
+        def name(self):
+            RAN.append("name")
+            return "n"
+
+    for expr in ("obj.replace('a', 'b')", "obj.name", "obj.count('a')", "[x for x in obj]"):
+        with pytest.raises(Exception):  # noqa: B017, PT011 - refused or a TypeError, either way nothing of it ran
+            evaluate(expr, {"obj": Claiming()})
+    assert RAN == []
