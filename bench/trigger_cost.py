@@ -6,9 +6,7 @@ the engine makes most, as the engine sends them, on a copy of it as it is and on
 its triggers: N context rows inserted in one ``executemany`` (what ``run_pipeline`` writes), and
 N execution-data rows written then replaced (what an activity's enter and its call's outcome
 write). The difference per row is what a trigger firing costs: a ``culm_node`` lookup and an
-upsert of the root's counter row (``culm_root_bytes``), inside SQLite. ``self_counted``: the same
-writes as culm's own connection sends them since the triggers' upsert is left out of its first
-writes (culm.storage.sql.sqlite.SelfCount), the counter then checked against the bytes stored.
+upsert of the root's counter row (``culm_root_bytes``), inside SQLite.
 """
 
 from __future__ import annotations
@@ -30,60 +28,34 @@ EXECUTION = ("INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES 
 CASES = ("context", "execution")
 
 
-def _writes(db: Path, case: str, rows: int, self_counted: bool = False) -> None:
+def _writes(db: Path, case: str, rows: int) -> None:
     """The measured writes (in the valgrind child), inside ``itertools.starmap``, which
-    callgrind counts; the nodes they name are written first, uncounted, as the engine does.
-    ``self_counted``: as culm's own connection sends them on SQLite (culm.storage.sql.sqlite):
-    first writes prepared without the triggers' counter upsert, their bytes added per root in
-    one statement at the end; a replacement tried as a first write, then counted by the trigger."""
-    from culm.storage.sql import sqlite as culm_sqlite
-
+    callgrind counts; the nodes they name are written first, uncounted, as the engine does."""
     conn = sqlite3.connect(db, isolation_level=None)
-    flag = culm_sqlite.SelfCount()
-    conn.set_authorizer(flag.authorizer)
     conn.execute("BEGIN IMMEDIATE")
     conn.executemany("INSERT INTO culm_node (id, root_id, pipeline_id, type) VALUES (?, 'r', 'r', 'x')",
                      [(f"n{i}",) for i in range(rows)])
 
-    def own(sql: str, params: list[tuple[str, ...]]) -> int:
-        flag.on = True
-        try:
-            return conn.executemany(sql, params).rowcount if len(params) > 1 else conn.execute(sql, params[0]).rowcount
-        finally:
-            flag.on = False
-
     def write() -> None:
-        counted: dict[str, int] = {}
         if case == "context":
-            values = [(f"n{i}", "${k}", "plain", '"v"', None, "[]") for i in range(rows)]
-            if self_counted:
-                own(culm_sqlite.CONTEXT_NEW, values)
-                counted = {f"n{i}": 3 for i in range(rows)}
-            else:
-                conn.executemany(CONTEXT, [v[:4] + v[5:] for v in values])
-        else:
-            for outputs in ("{}", '{"_result": true, "_loop": 1, "_inner_loop": 1}'):
-                for i in range(rows):
-                    params = (f"n{i}", '{"a": 1}', outputs)
-                    if self_counted and own(culm_sqlite.EXECUTION_DATA_NEW, [params]):
-                        counted[params[0]] = counted.get(params[0], 0) + len(params[1]) + len(params[2])
-                    else:
-                        conn.execute(EXECUTION, params)
-        if counted:
-            conn.execute(culm_sqlite.OWN_BYTES_ADD, [json.dumps(counted)])
+            conn.executemany(CONTEXT, [(f"n{i}", "${k}", "plain", '"v"', "[]") for i in range(rows)])
+            return
+        for outputs in ("{}", '{"_result": true, "_loop": 1, "_inner_loop": 1}'):
+            for i in range(rows):
+                conn.execute(EXECUTION, (f"n{i}", '{"a": 1}', outputs))
 
     list(itertools.starmap(write, [()]))
     conn.execute("COMMIT")
     conn.close()
 
 
-def _count(db: Path, case: str, rows: int, self_counted: bool = False) -> int:
+def _count(db: Path, case: str, rows: int) -> int:
     """Instructions of ``_writes`` on ``db``, counted by callgrind."""
     out = db.with_suffix(f".{case}.cg")
     proc = subprocess.run(
         ["valgrind", "--tool=callgrind", "--collect-atstart=no", "--toggle-collect=starmap_next",
          f"--callgrind-out-file={out}", sys.executable, "-m", "bench.trigger_cost", "--inside", str(db), case,
-         "--rows", str(rows), *(["--self-counted"] if self_counted else [])],
+         "--rows", str(rows)],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     total = re.search(r"^(?:totals|summary): (\d+)", out.read_text(errors="replace"), re.M) if out.exists() else None
     if proc.returncode != 0 or total is None:
@@ -99,48 +71,33 @@ def measure(rows: int) -> dict[str, float]:
     try:
         culm.Runtime(f"sqlite:///{work}/head.db", workers=0).close()
         result: dict[str, float] = {}
-        for how in ("with", "without", "self_counted"):
+        for triggers in (True, False):
             for case in CASES:
-                db = work / f"{case}-{how}.db"
+                db = work / f"{case}-{triggers}.db"
                 shutil.copy(work / "head.db", db)
-                if how == "without":
+                if not triggers:
                     with sqlite3.connect(db) as conn:
                         names = conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall()
                         for (name,) in names:
                             conn.execute(f"DROP TRIGGER {name}")
                 writes = rows * (1 if case == "context" else 2)
-                key = f"{case}_{how}_triggers_instr_per_row" if how != "self_counted" else f"{case}_self_counted_instr_per_row"
-                result[key] = round(_count(db, case, rows, how == "self_counted") / writes)
-                if how == "self_counted":
-                    _check_counts(db)
+                key = f"{case}_{'with' if triggers else 'without'}_triggers_instr_per_row"
+                result[key] = round(_count(db, case, rows) / writes)
         for case in CASES:
             result[f"{case}_trigger_instr_per_row"] = (result[f"{case}_with_triggers_instr_per_row"]
                                                        - result[f"{case}_without_triggers_instr_per_row"])
-            result[f"{case}_self_counted_over_no_triggers_instr_per_row"] = (
-                result[f"{case}_self_counted_instr_per_row"] - result[f"{case}_without_triggers_instr_per_row"])
         return result
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _check_counts(db: Path) -> None:
-    """The self-counted writes left the counter equal to the bytes stored."""
-    with sqlite3.connect(db) as conn:
-        kept = conn.execute("SELECT SUM(bytes) FROM culm_root_bytes WHERE root_id = 'r'").fetchone()[0]
-        real = conn.execute("SELECT (SELECT COALESCE(SUM(LENGTH(inputs) + LENGTH(outputs)), 0) FROM culm_execution_data)"
-                            " + (SELECT COALESCE(SUM(LENGTH(value)), 0) FROM culm_context_value)").fetchone()[0]
-    if kept != real:
-        raise SystemExit(f"self-counted writes: counter {kept}, stored {real}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.trigger_cost", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500, help="rows per case (default 500)")
     parser.add_argument("--inside", nargs=2, metavar=("DB", "CASE"), help=argparse.SUPPRESS)
-    parser.add_argument("--self-counted", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.inside:
-        _writes(Path(args.inside[0]), args.inside[1], args.rows, args.self_counted)
+        _writes(Path(args.inside[0]), args.inside[1], args.rows)
         return 0
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed")

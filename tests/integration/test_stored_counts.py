@@ -313,12 +313,12 @@ def _recount_by_root(path) -> tuple[dict[str, int], dict[str, int]]:
 
 
 def test_sqlite_counts_stay_exact_with_culm_and_foreign_writers_mixed(tmp_path):
-    """On SQLite culm's own first writes of a node's execution data and a run's context rows count
-    their bytes themselves (the triggers' upsert left out of those statements on culm's
-    connections); every other writer is counted by the unchanged triggers: a plain sqlite3
-    connection (also with trusted_schema off), the sqlite3 shell, culm's replacements. The
-    counters equal a recount after all of it, a savepoint rolled back takes its counted bytes
-    with it, and a budget read inside the transaction sees the bytes counted so far."""
+    """On SQLite the triggers count every writer's bytes: culm's writes (first writes, replacements,
+    a pipeline's own execution data row, which has no culm_node row), a plain sqlite3 connection
+    with trusted_schema off (its triggers may call no function a connection must register), the
+    sqlite3 shell. The counters equal a recount after all of it; a savepoint rolled back takes its
+    bytes with it, and a budget read inside the transaction sees the bytes written so far. (The
+    guard for any change that lets culm count its own writes instead: trigger9.)"""
     import shutil
     import sqlite3
     import subprocess

@@ -1323,10 +1323,7 @@ class SqlUnit:
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
                      lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
-        self._write_execution_data(node_id, texts[0], texts[1])
-
-    def _write_execution_data(self, node_id: str, inputs: str, outputs: str) -> None:
-        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": inputs, "outputs": outputs}, ["node_id"])
+        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
         """The id of the root pipeline of ``node_id``, the bytes it stores (culm_root_bytes, kept by
@@ -1337,7 +1334,6 @@ class SqlUnit:
         are not, so writers racing on one pipeline may pass its budget by what they have in flight.
         (Locking all of them, in shard order, deadlocked with the rows the triggers lock at each
         writer's earlier, smaller writes: review16.)"""
-        self._count_own_bytes()
         own = ROOT_BYTES_OWN.get(replacing or "", "0").format(size=self.octet_length)
         row = self._one(f"SELECT n.root_id, {own} FROM culm_node n WHERE n.id = ?", [node_id])
         if row is None:
@@ -1353,21 +1349,12 @@ class SqlUnit:
 
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
-        self._count_own_bytes()
         row = self._one(ALL_ROOT_BYTES, [])
         return int(row[0] or 0) if row else 0
 
-    def _count_own_bytes(self) -> None:
-        """Add the bytes of this transaction's writes that counted themselves to their roots'
-        counter rows (SQLite: see culm.storage.sql.sqlite.SqliteUnit); elsewhere the triggers
-        count every write as it is made."""
-
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
-        self._write_outputs(node_id, codec.dumps(outputs))
-
-    def _write_outputs(self, node_id: str, outputs: str) -> None:
-        self._later(self.outputs_upsert, [node_id, codec.dumps({}), outputs],
+        self._later(self.outputs_upsert, [node_id, codec.dumps({}), codec.dumps(outputs)],
                     (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = CONTEXTS_AHEAD) -> None:
@@ -1417,9 +1404,6 @@ class SqlUnit:
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
         rows = [self._context_row(pipeline_id, v) for v in values]
         self._note_context(pipeline_id, rows)
-        self._insert_context(pipeline_id, rows)
-
-    def _insert_context(self, pipeline_id: str, rows: list[dict]) -> None:
         self._insert("culm_context_value", rows)
 
     def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
