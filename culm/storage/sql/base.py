@@ -50,6 +50,7 @@ from culm.storage.sql.statements import (
     CALLBACK_SEQ,
     CHANGE_COLUMNS,
     CHANGED_PAIRS,
+    CHANGED_STATES,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
     FIRST_CALLBACK_TASK,
@@ -889,6 +890,13 @@ class SqlUnit:
         +7 % instructions over 300 polls of moving pipelines, docs/performance.md, feed8)."""
         last = self.last_change_seq()
         return last, (self._all(CHANGED_PAIRS, [after, after + most]) if last > after else [])
+
+    def changed_states(self, root_id: str, after: int, upto: int) -> list[tuple[str, StateRecord | None]]:
+        """Each node of ``root_id`` the feed names in (``after``, ``upto``], once, with its state
+        row or None: one statement, so a poll of a moving pipeline fetches neither the feed's
+        rows nor an IN list of their ids (docs/performance.md, observe9)."""
+        return [(r[0], _state_row(r[1:]) if r[1] is not None else None)
+                for r in self._all(CHANGED_STATES, [root_id, after, upto])]
 
     def first_change_seq(self) -> int | None:
         row = self._one("SELECT MIN(seq) FROM culm_change")
