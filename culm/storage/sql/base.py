@@ -269,6 +269,18 @@ def combined_runs(pending: Sequence[tuple[str, Sequence[Any], Any]],
     return out
 
 
+def cas_where(node_id: str, expect_version: str | None, names: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a state's compare-and-set."""
+    where, params = "node_id = ?", [node_id]
+    if expect_version is not None:
+        where += " AND version = ?"
+        params.append(expect_version)
+    if names is not None:
+        where += f" AND name IN ({marks(len(names))})"
+        params.extend(names)
+    return where, params
+
+
 class SqlUnit:
     """One database transaction, offering the domain verbs the core needs.
 
@@ -975,14 +987,8 @@ class SqlUnit:
     def _cas_state(
         self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: Mapping[str, Any]
     ) -> bool:
-        where, params = "node_id = ?", [node_id]
         names = list(expect_names) if expect_names is not None else None
-        if expect_version is not None:
-            where += " AND version = ?"
-            params.append(expect_version)
-        if names is not None:
-            where += f" AND name IN ({marks(len(names))})"
-            params.extend(names)
+        where, params = cas_where(node_id, expect_version, names)
         owned = self._owned.get(node_id) if self._owned is not None else None
         if owned is not None:
             if (expect_version is not None and expect_version != owned[0]) or (names is not None
