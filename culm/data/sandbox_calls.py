@@ -217,5 +217,6 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "min": _extreme(min), "max": _extreme(max), "all": b_all, "any": b_any,
     "len": _reaching(len, "measuring"),
     **{fn.__name__: _reaching(fn, "iterating") for fn in (enumerate, zip, reversed)},
-    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, slice)},
+    "bool": lambda ev, *args: ev.truth(*args) if args else False,
+    **{fn.__name__: _plain(fn) for fn in (float, abs, slice)},
 }  # fmt: skip
