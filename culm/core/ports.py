@@ -296,7 +296,10 @@ class NodeData(Protocol):
 
     def get_execution_data(self, node_id: str) -> tuple[UserData, UserData] | None: ...
 
-    def set_execution_data(self, node_id: str, inputs: UserData, outputs: UserData) -> None: ...
+    def set_execution_data(self, node_id: str, inputs: UserData, outputs: UserData, *, always: bool = False) -> None:
+        """Store a node's inputs and outputs; past :data:`~culm.model.limits.STORED_BYTES_CHECK_AT`
+        bytes, or whatever their size when ``always`` (an operator's write), checked against the
+        stored-bytes budget first (StoredBytesBudgetError, nothing written)."""
 
     def set_execution_outputs(self, node_id: str, outputs: UserData) -> None: ...
 

@@ -15,11 +15,13 @@ writes; another writer's still in flight is not waited for, so writers racing on
 pass its budget by what they have in flight) and refuses the write when the bytes held plus the
 write would be over. Ordinary writes cost nothing more: the triggers count them inside the
 database, with no statement of their own. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
-set, such a write also reads the sum of every pipeline's counter rows and is refused past it.
+set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
+the sum of every counter row, read again only near that bound or once a second).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -29,7 +31,7 @@ from culm.storage import codec
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
-          total: Callable[[], int] | None = None, *, always: bool = False, what: str = "node") -> None:
+          total: Callable[[int], int] | None = None, *, always: bool = False, what: str = "node") -> None:
     """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
     ``"callback data"``)
     of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
@@ -37,7 +39,8 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     root pipeline's id, the bytes it holds besides what the write replaces, and the bytes the
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
-    ``total()`` reads the bytes every pipeline holds. A write of at most
+    ``total(grows)`` tells the bytes every pipeline would hold once the write adds ``grows``
+    (:meth:`StoreTotal.after`). A write of at most
     :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (what
     can come in a storm of small writes, such as the callbacks of a node taking many: they passed
     any budget; a run's single callback is not, so a pipeline at its budget still takes it).
@@ -61,7 +64,7 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
             [],
         )
     everything = limits.MAX_STORED_BYTES
-    if everything and total is not None and size > replaced and (after := total() - replaced + size) > everything:
+    if everything and total is not None and size > replaced and (after := total(size - replaced)) > everything:
         raise StoredBytesBudgetError(
             f"{subject if node_id == root_id else f'{subject} of pipeline {root_id}'}: storing its {field} "
             f"({size:,} bytes) would take the "
@@ -75,9 +78,9 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
 def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
     """Refuse context ``values`` written in place of ``replaced`` that would take pipeline
     ``pipeline_id``'s root past its budget (or every pipeline past theirs), whatever their size.
-    ``unit``: a store's unit, with ``stored_bytes`` and ``all_stored_bytes``."""
+    ``unit``: a store's unit, with ``stored_bytes`` and ``stored_total_after``."""
     if (size := growth(replaced, values)) > 0:
-        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.all_stored_bytes,
+        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.stored_total_after,
               always=True, what="pipeline")
 
 
@@ -93,3 +96,38 @@ def _stored_size(value: object) -> int:
         return len(codec.dumps(value))
     except UnstorableValueError:
         return 0
+
+
+# StoreTotal: a process reads every pipeline's counter rows again when its last read is older than
+# this, or when a write would leave less than 1/TOTAL_SLACK_SHARE of MAX_STORED_BYTES free.
+TOTAL_FRESH_SECONDS = 1.0
+TOTAL_SLACK_SHARE = 8
+
+
+class StoreTotal:
+    """What every root pipeline of one store holds together, for
+    :data:`~culm.model.limits.MAX_STORED_BYTES`, as this process last read it (the sum of every
+    counter row: one statement over as many rows as the pipelines have counters, 16 a pipeline on
+    a server) plus what the writes it let through since then add.
+
+    Summing at every checked write made each cost grow with the number of pipelines stored. The
+    sum is read again when the last read is over :data:`TOTAL_FRESH_SECONDS` old, or when the
+    write would leave less than 1/:data:`TOTAL_SLACK_SHARE` of the bound free: near the bound the
+    check is as exact as a read at every write; far from it, the store can pass the bound only if
+    other processes (or this one's unchecked writes, at most ``STORED_BYTES_CHECK_AT`` bytes each)
+    store more than that share of it within one such second. A write refused, or rolled back,
+    after it was added here counts until the next read (the estimate errs high, never low).
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple[float, int] = (float("-inf"), 0)  # (monotonic time of the read, bytes)
+
+    def after(self, read: Callable[[], int], grows: int) -> int:
+        """The bytes all pipelines would hold once a write adds ``grows``; ``read()`` sums them."""
+        bound, (at, known), now = limits.MAX_STORED_BYTES, self._seen, time.monotonic()
+        if now - at < TOTAL_FRESH_SECONDS and known + grows <= bound - bound // TOTAL_SLACK_SHARE:
+            self._seen = (at, known + grows)
+            return known + grows
+        known = read()
+        self._seen = (now, known + grows)
+        return known + grows

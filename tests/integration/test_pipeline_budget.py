@@ -9,11 +9,13 @@ stored 401 MB in 18 s, and each retry of a node with 3 MB inputs kept another 3 
 
 from __future__ import annotations
 
+import components  # noqa: F401 - registers the t_* components
 import pytest
 from backends import own_backend
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
 from support import wait_until
 
+import culm
 from culm import api
 from culm.builder import (
     ConvergeGateway,
@@ -25,9 +27,16 @@ from culm.builder import (
     Var,
     build_tree,
 )
-from culm.core import invariants
+from culm.components import library
+from culm.core import invariants, walker
+from culm.core.records import HistoryRecord
 from culm.core.snapshots import read_snapshot
+from culm.dispatch.inline import InlineDispatcher
+from culm.errors import StoredBytesBudgetError
 from culm.model import limits
+from culm.storage import budget
+from culm.storage.sql import SqlStore
+from culm.storage.sql.base import SqlUnit
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -356,3 +365,122 @@ def test_non_ascii_context_updates_are_measured_as_stored(small_budget, monkeypa
     assert stored(rt, act.id) <= 1_000_000
     assert api.skip_node(rt, act.id).result
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_node_outputs_an_operator_sets_are_checked_whatever_their_size(small_budget, monkeypatch):
+    # Found reviewing (session 18): update_node_outputs stored its outputs unchecked under
+    # STORED_BYTES_CHECK_AT (only its context values were checked), and each call may add keys the
+    # context lacks: 60 KB of outputs went into a pipeline at its budget. An operator's write is
+    # checked whatever its size, as update_context_values and a retry's are.
+    rt = small_budget
+    act = activity("t_fail", "x")
+    tree = build_tree(line_start(act), data=Data(inputs={"${k}": Var(type=Var.PLAIN, value="")}))
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    room = stored(rt, act.id) + 50_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)  # checked where the update is asked
+    before = api.get_execution_data(rt, act.id).data["outputs"]
+    res = api.update_node_outputs(rt, tree["id"], act.id, {"${k}": "small", "${new}": "x" * 60_000})
+    assert not res.result
+    assert res.message.startswith(f"node {act.id}: storing its outputs (60,"), res.message
+    assert f"over the {room:,} one pipeline may store" in res.message, res.message
+    assert api.get_execution_data(rt, act.id).data["outputs"] == before  # nothing written, nothing lost
+    assert api.get_pipeline_debug_info(rt, tree["id"]).result
+    assert stored(rt, act.id) <= room
+    res = api.update_node_outputs(rt, tree["id"], act.id, {"${k}": "small", "${new}": "fits"})
+    assert res.result and res.data == ["${k}"], res.message
+    assert api.get_execution_data(rt, act.id).data["outputs"]["new"] == "fits"
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_an_early_callback_to_a_component_unknown_here_is_checked_as_a_single_one_first(tmp_path, monkeypatch):
+    # Found reviewing (session 18): a callback coming before its node's schedule is saved, to a
+    # component the receiving process does not import (culm serve, where only workers do), was
+    # checked as one of many whatever its size: a pipeline at its budget refused a node's single
+    # approval. Its run's first callback is checked as a single one; the ones after it (it may
+    # take many) whatever their size, so a storm of them passes the budget by one small callback.
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/early.db", workers=0)
+    inline = InlineDispatcher()
+    rt.engine.dispatcher = inline
+    act = ServiceActivity(component_code="t_callback")
+    tree = build_tree(line_start(act), data=Data(inputs={"${big}": Var(type=Var.PLAIN, value="a" * 100_000)}))
+    with rt:
+        assert api.run_pipeline(rt, tree).result
+        (task,) = inline.take()
+        with rt.engine.step() as step:  # the component's execute is handed out: no schedule yet
+            assert walker.execute_step(rt.engine, step, task.id, None, claim=True) is not None
+        version = api.get_children_states(rt, act.id).data[act.id]["version"]
+        held = stored(rt, act.id)
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", held)  # at its budget
+        known = library.get
+
+        def unknown_here(code: str, version: str | None = None):
+            if code == "t_callback":
+                raise LookupError(f"component {code} is not imported by this process")
+            return known(code, version)
+
+        monkeypatch.setattr(library, "get", unknown_here)
+        first = api.callback(rt, act.id, version, {"ok": True})
+        assert first.result, first.message
+        second = api.callback(rt, act.id, version, {"ok": True, "again": 1})
+        assert not second.result
+        assert f"node {act.id}: storing its callback data (" in second.message, second.message
+        assert f"over the {held:,} one pipeline may store" in second.message, second.message
+        big = api.callback(rt, act.id, version, {"pad": "x" * 100_000})
+        assert not big.result and "MAX_PIPELINE_STORED_BYTES" in big.message, big.message
+        with rt.store.reading() as unit:
+            assert unit.has_callback(act.id, version)
+        assert stored(rt, act.id) <= held + limits.STORED_BYTES_CHECK_AT
+
+
+def _history(node_id: str, i: int, size: int) -> HistoryRecord:
+    return HistoryRecord(0, node_id, 0.0, 1.0, 1, False, i, "v", {"i": "x" * size}, {})
+
+
+def test_the_store_total_is_summed_near_its_bound_only(tmp_path, monkeypatch):
+    # Found reviewing (session 18): with $CULM_MAX_STORED_BYTES set, each checked write summed every
+    # pipeline's counter rows, a cost growing with the pipelines stored (a storm of small
+    # multi-callbacks: one sum a callback). A process sums them again only near the bound (or once
+    # a second): far from it the checks of 7 MB of writes read the sum once, near it every write
+    # reads it, and sees what another process wrote.
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", 8_000_000)  # re-read past 7,000,000 (an eighth free)
+    monkeypatch.setattr(budget, "TOTAL_FRESH_SECONDS", 3600.0, raising=False)  # however loaded the machine
+    sums: list[int] = []
+    summed = SqlUnit.all_stored_bytes
+
+    def counted(unit: SqlUnit) -> int:
+        sums.append(summed(unit))
+        return sums[-1]
+
+    monkeypatch.setattr(SqlUnit, "all_stored_bytes", counted)
+    url = f"sqlite:///{tmp_path}/total.db"
+    here, other = SqlStore(url), SqlStore(url)
+    try:
+        for root in ("p" * 32, "q" * 32):
+            with here.transaction() as unit:
+                unit.add_pipeline(root, {"id": root}, {}, {}, 0.0)
+                unit.add_nodes([(root, root, root, "Pipeline"), (root[:31] + "n", root, root, "ServiceActivity")])
+        mine, theirs = "p" * 31 + "n", "q" * 31 + "n"
+        for i in range(6):  # far from the bound: one sum
+            with here.transaction() as unit:
+                unit.add_history(_history(mine, i, 999_990), always=True)
+        assert len(sums) == 1, sums
+        with other.transaction() as unit:  # another process: reads the sum itself
+            unit.add_history(_history(theirs, 0, 999_990), always=True)
+        with here.transaction() as unit:  # 7 MB by its count: at the slack's edge, not read
+            unit.add_history(_history(mine, 6, 999_990), always=True)
+        assert len(sums) == 2, sums
+        with pytest.raises(StoredBytesBudgetError) as refused, here.transaction() as unit:  # 9 MB: read, refused
+            unit.add_history(_history(mine, 7, 999_990), always=True)
+        assert sums[-1] == 8_000_000, sums  # the other process's megabyte counted
+        assert f"node {mine} of pipeline {'p' * 32}: storing its history (1,000,000 bytes) would take the store to " \
+               "9,000,000 bytes stored, over the 8,000,000 all pipelines may store" in str(refused.value)
+        with here.transaction() as unit:  # a small write near the bound reads the sum too
+            with pytest.raises(StoredBytesBudgetError):
+                unit.add_history(_history(mine, 8, 10), always=True)
+            assert unit.all_stored_bytes() == 8_000_000  # nothing lost, nothing more
+        assert len(sums) == 5, sums
+    finally:
+        here.dispose()
+        other.dispose()

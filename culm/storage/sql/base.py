@@ -297,6 +297,7 @@ class SqlUnit:
     # read would be a round trip of its own while the inserts travel with the commit.
     refuses_duplicate_ids = False
     root_count_shards = ROOT_COUNT_SHARDS  # culm_root_count's shards used (SQLite: one writer, one)
+    totals: budget.StoreTotal | None = None  # its store's, set by SqlStore.transaction
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
@@ -1310,19 +1311,20 @@ class SqlUnit:
         """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
         before anything is written."""
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.stored_total_after)
         self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
-    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
+    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict, *, always: bool = False) -> None:
         """Raises UnstorableValueError (naming the keys at fault), or StoredBytesBudgetError, before
-        anything is written."""
+        anything is written (``always``: checked whatever the size, see :func:`budget.check`)."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.stored_total_after,
+                     always=always)
         self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -1351,6 +1353,14 @@ class SqlUnit:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
         row = self._one(ALL_ROOT_BYTES, [])
         return int(row[0] or 0) if row else 0
+
+    def stored_total_after(self, grows: int) -> int:
+        """The bytes every root pipeline would store once a write adds ``grows``: read by
+        :meth:`all_stored_bytes` near :data:`~culm.model.limits.MAX_STORED_BYTES` or once a second,
+        else this store's estimate (:class:`culm.storage.budget.StoreTotal`)."""
+        if self.totals is None:
+            return self.all_stored_bytes() + grows
+        return self.totals.after(self.all_stored_bytes, grows)
 
     def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
@@ -1475,7 +1485,7 @@ class SqlUnit:
                         always: bool = True) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
-        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.stored_total_after,
                      always=always)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
@@ -1501,7 +1511,7 @@ class SqlUnit:
     def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.stored_total_after,
                      always=always)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
@@ -1760,6 +1770,8 @@ class SqlStore:
         from culm.storage.feed import ChangeFeed
 
         self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered, indexed_by_root=True)
+        # What every pipeline stores together, as this process last read it (MAX_STORED_BYTES).
+        self.totals = budget.StoreTotal()
         if create:
             self.ensure_schema()
 
@@ -1786,6 +1798,7 @@ class SqlStore:
                 else:
                     unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
+                unit.totals = self.totals
                 try:
                     yield unit
                     unit.flush(commit=True)
