@@ -9,6 +9,9 @@ stored 401 MB in 18 s, and each retry of a node with 3 MB inputs kept another 3 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import components  # noqa: F401 - registers the t_* components
 import pytest
 from backends import own_backend
@@ -484,3 +487,60 @@ def test_the_store_total_is_summed_near_its_bound_only(tmp_path, monkeypatch):
     finally:
         here.dispose()
         other.dispose()
+
+
+RACERS = 8
+
+
+def race(call) -> list:
+    """``call(i)`` from RACERS threads at once; their results, in order."""
+    gate = threading.Barrier(RACERS)
+
+    def one(i: int):
+        gate.wait(timeout=30)
+        return call(i)
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        return list(pool.map(one, range(RACERS)))
+
+
+@pytest.fixture(params=["sqlite", "postgres-redis"])
+def racing_budget(request, tmp_path, monkeypatch):
+    """small_budget on the databases whose writers race differently (one writer; row locks)."""
+    yield from small_budget.__wrapped__(request, tmp_path, monkeypatch)
+
+
+def test_racing_callbacks_of_one_node_do_not_pass_the_budget(racing_budget, monkeypatch):
+    # Measured (session 18): the checks of callbacks to one node are made holding its state row
+    # (SQLite: the write lock), so each sees the ones committed before it: 8 racing callbacks of
+    # 100 KB, room for 2, take exactly 2 (no overshoot) on SQLite and PostgreSQL.
+    rt = racing_budget
+    _tree, act, version = waiting_for_callbacks(rt)
+    room = stored(rt, act.id) + 250_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    results = race(lambda i: api.callback(rt, act.id, version, {"n": i, "pad": "x" * 100_000}))
+    taken = [r for r in results if r.result]
+    assert len(taken) == 2, [r.message for r in results]
+    assert all("MAX_PIPELINE_STORED_BYTES" in r.message for r in results if not r.result)
+    assert stored(rt, act.id) <= room
+
+
+def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_budget, monkeypatch):
+    # Measured (session 18): update_context_values read what the pipeline holds without waiting for
+    # another update of it in flight: on PostgreSQL 8 racing updates of 100 KB, room for 2, took
+    # up to 8 (700 KB past the budget). Each now holds the pipeline's state row while it checks and
+    # writes (as update_node_outputs does), so they are checked one by one.
+    rt = racing_budget
+    act = activity("t_fail", "x")
+    data = Data(inputs={f"${{k{i}}}": Var(type=Var.PLAIN, value="") for i in range(RACERS)})
+    tree = build_tree(line_start(act), data=data)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    room = stored(rt, act.id) + 250_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    results = race(lambda i: api.update_context_values(rt, tree["id"], {f"${{k{i}}}": "x" * 100_000}))
+    taken = [r for r in results if r.result]
+    assert len(taken) == 2, [r.message for r in results]
+    assert all(f"pipeline {tree['id']}: storing its context values (100," in r.message
+               for r in results if not r.result)
+    assert stored(rt, act.id) <= room
