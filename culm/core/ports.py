@@ -301,7 +301,10 @@ class NodeData(Protocol):
         bytes, or whatever their size when ``always`` (an operator's write), checked against the
         stored-bytes budget first (StoredBytesBudgetError, nothing written)."""
 
-    def set_execution_outputs(self, node_id: str, outputs: UserData) -> None: ...
+    def set_execution_outputs(self, node_id: str, outputs: UserData, *, checked: bool = False) -> None:
+        """Replace a node's outputs, keeping its inputs; ``checked`` (a pipeline's outputs): past
+        :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, checked against the stored-bytes
+        budget first (StoredBytesBudgetError, nothing written)."""
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]: ...
 

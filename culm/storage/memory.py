@@ -493,6 +493,8 @@ class MemoryUnit(TransactionView):
             replaced = len(own[0]) + len(own[1])
         elif replacing == "culm_node_data":
             replaced = len(self._get("node_data", node_id) or "")
+        elif replacing == "outputs" and (own := self._get("execution_data", node_id)):
+            replaced = len(own[1])
         return root_id, held - replaced, replaced
 
     def _node_bytes(self, node_id: str) -> int:
@@ -517,10 +519,14 @@ class MemoryUnit(TransactionView):
         """:meth:`all_stored_bytes` once a write adds ``grows`` (summed at each call: a test store)."""
         return self.all_stored_bytes() + grows
 
-    def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
-        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
+    def set_execution_outputs(self, node_id: str, outputs: dict, *, checked: bool = False) -> None:
+        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs);
+        ``checked``: past STORED_BYTES_CHECK_AT bytes, checked against the budget first."""
         old = self._get("execution_data", node_id)
         text = codec.dumps(outputs)
+        if checked:
+            budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs"),
+                         self.stored_total_after)
         self._put("execution_data", node_id, (old[0] if old else codec.dumps({}), text))
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:

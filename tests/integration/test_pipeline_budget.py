@@ -544,3 +544,33 @@ def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_bu
     assert all(f"pipeline {tree['id']}: storing its context values (100," in r.message
                for r in results if not r.result)
     assert stored(rt, act.id) <= room
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_pipelines_outputs_are_checked_against_the_budget(store, tmp_path, monkeypatch):
+    # Found probing (session 18): a pipeline's outputs (its end event's, a subprocess's each time
+    # it ends) were written unchecked whatever their size: 1,000 subprocesses giving out a 100 KB
+    # value stored 100 MB more past any budget. Over STORED_BYTES_CHECK_AT they are checked like a
+    # node's outputs; past the budget the end event fails naming them, nothing stored is lost, and
+    # a retry goes on once there is room.
+    act, end = ServiceActivity(component_code="t_fail"), EmptyEndEvent()
+    start = EmptyStartEvent()
+    start.extend(act).extend(end)
+    data = Data(inputs={"${big}": Var(type=Var.PLAIN, value="b" * 100_000)}, outputs=["${big}"])
+    tree = build_tree(start, data=data)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, act.id, "FAILED", timeout=60)
+        held = stored(rt, act.id)
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", held + 50_000)
+        assert api.skip_node(rt, act.id).result
+        said = wait_state(rt, end.id, "FAILED", timeout=60)
+        ex_data = api.get_execution_data_outputs(rt, end.id).data["ex_data"]
+        assert f"pipeline {tree['id']}: its outputs ['${{big}}'] could not be stored" in ex_data, (said, ex_data)
+        assert f"over the {held + 50_000:,} one pipeline may store" in ex_data, ex_data
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
+        assert stored(rt, act.id) <= held + 50_000
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+        assert api.retry_node(rt, end.id).result
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        assert api.get_execution_data_outputs(rt, tree["id"]).data["${big}"] == "b" * 100_000

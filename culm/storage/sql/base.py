@@ -1330,8 +1330,8 @@ class SqlUnit:
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
         """The id of the root pipeline of ``node_id``, the bytes it stores (culm_root_bytes, kept by
         the triggers of revision 0010) and, when ``replacing`` names ``culm_execution_data`` or
-        ``culm_node_data``, the bytes of ``node_id``'s row there apart (a write is about to replace
-        it; else 0). The counter rows are read, not locked: writes of the root committed before
+        ``culm_node_data``, the bytes of ``node_id``'s row there apart (``outputs``: of its
+        execution data's outputs; a write is about to replace them; else 0). The counter rows are read, not locked: writes of the root committed before
         the read and this transaction's own are counted; another transaction's still in flight
         are not, so writers racing on one pipeline may pass its budget by what they have in flight.
         (Locking all of them, in shard order, deadlocked with the rows the triggers lock at each
@@ -1362,10 +1362,15 @@ class SqlUnit:
             return self.all_stored_bytes() + grows
         return self.totals.after(self.all_stored_bytes, grows)
 
-    def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
-        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
-        self._later(self.outputs_upsert, [node_id, codec.dumps({}), codec.dumps(outputs)],
-                    (("culm_execution_data", (node_id,)),))
+    def set_execution_outputs(self, node_id: str, outputs: dict, *, checked: bool = False) -> None:
+        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs).
+        ``checked``: past :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, checked against
+        the budget first (StoredBytesBudgetError, nothing written)."""
+        text = codec.dumps(outputs)
+        if checked:
+            budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs"),
+                         self.stored_total_after)
+        self._later(self.outputs_upsert, [node_id, codec.dumps({}), text], (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = CONTEXTS_AHEAD) -> None:
         """Read the contexts of ``pipeline_ids`` in one statement, for the reads this transaction is
