@@ -574,3 +574,24 @@ def test_a_pipelines_outputs_are_checked_against_the_budget(store, tmp_path, mon
         assert api.retry_node(rt, end.id).result
         wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
         assert api.get_execution_data_outputs(rt, tree["id"]).data["${big}"] == "b" * 100_000
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_loops_small_histories_cannot_pass_the_budget(store, tmp_path, monkeypatch):
+    # Found probing (session 18): a node entered again (a loop's iteration) kept its run's history
+    # unchecked under STORED_BYTES_CHECK_AT: 30 iterations of 60 KB inputs stored 1.8 MB past a
+    # 1 MB budget, and MAX_LOOP_TIMES (10,000) of them 600 MB. Each is checked; one past the budget
+    # is kept without its data, naming the budget, and the loop goes on to its end.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)
+    body = activity("t_none", "${'x' * 60000}")
+    body.loop_config = {"enable": True, "loop_times": 30}
+    tree = line(body)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+        histories = api.get_node_histories(rt, body.id).data
+        assert len(histories) == 29
+        left_out = [h for h in histories if "_left_out" in h["outputs"]]
+        assert 10 <= len(left_out) < 29, len(left_out)
+        assert "over the 1,000,000 one pipeline may store" in left_out[0]["outputs"]["_left_out"]
+        assert stored(rt, body.id) <= 1_000_000 + 2 * limits.STORED_BYTES_CHECK_AT
