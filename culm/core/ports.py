@@ -301,6 +301,10 @@ class NodeData(Protocol):
         bytes, or whatever their size when ``always`` (an operator's write), checked against the
         stored-bytes budget first (StoredBytesBudgetError, nothing written)."""
 
+    def check_new_pipeline(self, root_id: str) -> None:
+        """Refuse (StoredBytesBudgetError) the run ``root_id`` this unit just wrote when what it
+        holds would take every pipeline past :data:`~culm.model.limits.MAX_STORED_BYTES`."""
+
     def set_execution_outputs(self, node_id: str, outputs: UserData, *, checked: bool = False) -> None:
         """Replace a node's outputs, keeping its inputs; ``checked`` (a pipeline's outputs): past
         :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, checked against the stored-bytes

@@ -11,8 +11,9 @@ A store checks a write of a node's payloads against the budget only when the wri
 whatever the size (a retry's history, each callback of a node taking many, the growth of an
 operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
-writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
-pass its budget by what they have in flight) and refuses the write when the bytes held plus the
+writes; another writer's still in flight is not waited for, so writers racing on one pipeline
+that share no row lock may pass its budget by what they have in flight: the callbacks of one node
+hold its state row, and an operator's context or outputs update the root's, so those do not) and refuses the write when the bytes held plus the
 write would be over. Ordinary writes cost nothing more: the triggers count them inside the
 database, with no statement of their own. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
 set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
@@ -82,6 +83,20 @@ def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object]
     if (size := growth(replaced, values)) > 0:
         check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.stored_total_after,
               always=True, what="pipeline")
+
+
+def check_new_pipeline(unit: Any, root_id: str) -> None:
+    """Refuse a new run, root pipeline ``root_id`` just written in ``unit`` (its context values are
+    what it holds), that would take every pipeline together past
+    :data:`~culm.model.limits.MAX_STORED_BYTES` (when set): else a storm of runs each presetting
+    megabytes of context filled the store however it was bounded. ``unit``: a store's unit, with
+    ``stored_bytes`` and ``stored_total_after``."""
+    if not limits.MAX_STORED_BYTES:
+        return
+    _root, held, _own = unit.stored_bytes(root_id)
+    if held > 0:
+        check(root_id, "context values", held, lambda: (root_id, 0, 0),
+              lambda grows: unit.stored_total_after(grows, counted=held), always=True, what="pipeline")
 
 
 def growth(replaced: Iterable[object], values: Iterable[object]) -> int:

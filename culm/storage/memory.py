@@ -511,13 +511,19 @@ class MemoryUnit(TransactionView):
         (checked whatever the size)."""
         budget.check_context_growth(self, pipeline_id, replaced, values)
 
+    def check_new_pipeline(self, root_id: str) -> None:
+        """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction
+        would take every pipeline past MAX_STORED_BYTES (:func:`budget.check_new_pipeline`)."""
+        budget.check_new_pipeline(self, root_id)
+
     def all_stored_bytes(self) -> int:
         """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""
         return sum(self._node_bytes(node_id) for node_id, _row in self._scan("node"))
 
-    def stored_total_after(self, grows: int) -> int:
-        """:meth:`all_stored_bytes` once a write adds ``grows`` (summed at each call: a test store)."""
-        return self.all_stored_bytes() + grows
+    def stored_total_after(self, grows: int, *, counted: int = 0) -> int:
+        """:meth:`all_stored_bytes` once a write adds ``grows``, ``counted`` of them written already
+        (summed at each call: a test store)."""
+        return self.all_stored_bytes() - counted + grows
 
     def set_execution_outputs(self, node_id: str, outputs: dict, *, checked: bool = False) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs);

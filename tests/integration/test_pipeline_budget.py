@@ -595,3 +595,30 @@ def test_a_loops_small_histories_cannot_pass_the_budget(store, tmp_path, monkeyp
         assert 10 <= len(left_out) < 29, len(left_out)
         assert "over the 1,000,000 one pipeline may store" in left_out[0]["outputs"]["_left_out"]
         assert stored(rt, body.id) <= 1_000_000 + 2 * limits.STORED_BYTES_CHECK_AT
+
+
+def test_new_runs_cannot_pass_the_store_budget(small_store, monkeypatch):
+    # Found probing (session 18): a new run's context values (its tree's and what run_pipeline
+    # presets) were stored unchecked against $CULM_MAX_STORED_BYTES, so a storm of runs each
+    # holding 300 KB filled the store past any bound. A run that would take it past is refused,
+    # naming it and the bound, and nothing of it is stored.
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", 1_000_000)  # checked where the run is asked
+    rt = small_store
+    started: list[str] = []
+    for _ in range(10):
+        act = activity("t_fail", "x")
+        data = Data(inputs={"${big}": Var(type=Var.PLAIN, value="b" * 300_000)})
+        tree = build_tree(line_start(act), data=data)
+        res = api.run_pipeline(rt, tree)
+        if not res.result:
+            break
+        started.append(tree["id"])
+        wait_state(rt, act.id, "FAILED", timeout=60)
+    assert len(started) == 3, (started, res.message)
+    assert res.message.startswith(f"pipeline {tree['id']}: storing its context values (300,"), res.message
+    assert "over the 1,000,000 all pipelines may store" in res.message, res.message
+    assert api.get_pipeline_states(rt, tree["id"]).data == {}  # nothing of it stored
+    with rt.store.reading() as unit:
+        assert unit.all_stored_bytes() <= 1_000_000
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", 0)
+    assert api.run_pipeline(rt, tree).result  # the same tree goes once there is room

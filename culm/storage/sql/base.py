@@ -1349,18 +1349,24 @@ class SqlUnit:
         (checked whatever the size)."""
         budget.check_context_growth(self, pipeline_id, replaced, values)
 
+    def check_new_pipeline(self, root_id: str) -> None:
+        """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction
+        would take every pipeline past MAX_STORED_BYTES (:func:`budget.check_new_pipeline`)."""
+        budget.check_new_pipeline(self, root_id)
+
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
         row = self._one(ALL_ROOT_BYTES, [])
         return int(row[0] or 0) if row else 0
 
-    def stored_total_after(self, grows: int) -> int:
+    def stored_total_after(self, grows: int, *, counted: int = 0) -> int:
         """The bytes every root pipeline would store once a write adds ``grows``: read by
         :meth:`all_stored_bytes` near :data:`~culm.model.limits.MAX_STORED_BYTES` or once a second,
-        else this store's estimate (:class:`culm.storage.budget.StoreTotal`)."""
+        else this store's estimate (:class:`culm.storage.budget.StoreTotal`). ``counted``: bytes of
+        ``grows`` this transaction wrote already (a read counts them)."""
         if self.totals is None:
-            return self.all_stored_bytes() + grows
-        return self.totals.after(self.all_stored_bytes, grows)
+            return self.all_stored_bytes() - counted + grows
+        return self.totals.after(lambda: self.all_stored_bytes() - counted, grows)
 
     def set_execution_outputs(self, node_id: str, outputs: dict, *, checked: bool = False) -> None:
         """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs).
