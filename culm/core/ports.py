@@ -301,6 +301,11 @@ class NodeData(Protocol):
         bytes, or whatever their size when ``always`` (an operator's write), checked against the
         stored-bytes budget first (StoredBytesBudgetError, nothing written)."""
 
+    def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
+        """Refuse (StoredBytesBudgetError) ``size`` bytes of log lines of ``node_id`` past the
+        stored-bytes budget: checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when
+        ``always``."""
+
     def check_new_pipeline(self, root_id: str) -> None:
         """Refuse (StoredBytesBudgetError) the run ``root_id`` this unit just wrote when what it
         holds would take every pipeline past :data:`~culm.model.limits.MAX_STORED_BYTES`."""

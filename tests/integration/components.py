@@ -262,6 +262,30 @@ class PollComponent(Component):
     bound_service = PollService
 
 
+class LoggingPollService(Service):
+    """Polls ``polls`` times, logging a line of ``width`` characters at each poll."""
+
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0)
+
+    def execute(self, data, parent_data):
+        data.outputs.count = 0
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        data.outputs.count += 1
+        self.logger.info("poll %d %s", data.outputs.count, "w" * data.get_one_of_inputs("width", 0))
+        if data.outputs.count >= data.get_one_of_inputs("polls", 2):
+            self.finish_schedule()
+        return True
+
+
+class LoggingPollComponent(Component):
+    code = "t_poll_log"
+    name = "logging poll"
+    bound_service = LoggingPollService
+
+
 class PollGateService(PollService):
     """A poll that holds its first ``schedule`` call until ``gate(inputs.gate)`` is set; then it
     finishes, or fails if ``inputs.fail``."""

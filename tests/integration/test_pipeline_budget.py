@@ -622,3 +622,24 @@ def test_new_runs_cannot_pass_the_store_budget(small_store, monkeypatch):
         assert unit.all_stored_bytes() <= 1_000_000
     monkeypatch.setattr(limits, "MAX_STORED_BYTES", 0)
     assert api.run_pipeline(rt, tree).result  # the same tree goes once there is room
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_polls_log_lines_cannot_pass_the_budget(store, tmp_path, monkeypatch):
+    # Found probing (session 18): log lines were counted, never checked, and a node polls as long
+    # as its component says: 40 polls logging 50 KB each stored 2 MB past a 1 MB budget, and a
+    # node polling for ever had no bound. A schedule call's lines are checked whatever their size
+    # (an execute's past STORED_BYTES_CHECK_AT); past the budget one line saying so is kept in
+    # their place, and the node goes on.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)
+    act = ServiceActivity(component_code="t_poll_log")
+    act.component.inputs.polls = Var(type=Var.PLAIN, value=40)
+    act.component.inputs.width = Var(type=Var.PLAIN, value=50_000)
+    tree = line(act)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+        logs = api.get_node_logs(rt, act.id).data
+        assert "poll 1 www" in logs
+        assert "log lines of this call not kept: node " in logs and "over the 1,000,000 one pipeline may store" in logs
+        assert stored(rt, act.id) <= 1_000_000
