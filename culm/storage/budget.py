@@ -85,6 +85,27 @@ def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object]
               always=True, what="pipeline")
 
 
+class UnitChecks:
+    """The budget checks a store's unit offers the engine (culm.core.ports.Unit), written once for
+    the SQL and memory units: they read ``stored_bytes`` and ``stored_total_after``."""
+
+    def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
+        raise NotImplementedError
+
+    def stored_total_after(self, grows: int, *, counted: int = 0) -> int:
+        raise NotImplementedError
+
+    def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
+        """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
+        fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
+        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id), self.stored_total_after, always=always)
+
+    def check_new_pipeline(self, root_id: str) -> None:
+        """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction
+        would take every pipeline past MAX_STORED_BYTES (:func:`check_new_pipeline`)."""
+        check_new_pipeline(self, root_id)
+
+
 def check_new_pipeline(unit: Any, root_id: str) -> None:
     """Refuse a new run, root pipeline ``root_id`` just written in ``unit`` (its context values are
     what it holds), that would take every pipeline together past

@@ -96,7 +96,7 @@ def _unknown(fields: Iterable[str], allowed: Container[str], table: str) -> None
         raise MemoryStoreError(f"table {table} has no column(s) {', '.join(sorted(bad))}")
 
 
-class MemoryUnit(TransactionView):
+class MemoryUnit(TransactionView, budget.UnitChecks):
     """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
 
     dialect = "memory"
@@ -510,17 +510,6 @@ class MemoryUnit(TransactionView):
         """Raises StoredBytesBudgetError when ``values`` in place of ``replaced`` would not fit
         (checked whatever the size)."""
         budget.check_context_growth(self, pipeline_id, replaced, values)
-
-    def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
-        """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
-        fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
-        budget.check(node_id, "log lines", size, lambda: self.stored_bytes(node_id), self.stored_total_after,
-                     always=always)
-
-    def check_new_pipeline(self, root_id: str) -> None:
-        """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction
-        would take every pipeline past MAX_STORED_BYTES (:func:`budget.check_new_pipeline`)."""
-        budget.check_new_pipeline(self, root_id)
 
     def all_stored_bytes(self) -> int:
         """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""

@@ -262,22 +262,12 @@ class PollComponent(Component):
     bound_service = PollService
 
 
-class LoggingPollService(Service):
-    """Polls ``polls`` times, logging a line of ``width`` characters at each poll."""
-
-    __need_schedule__ = True
-    interval = StaticIntervalGenerator(0)
-
-    def execute(self, data, parent_data):
-        data.outputs.count = 0
-        return True
+class LoggingPollService(PollService):
+    """PollService logging a line of ``width`` characters at each poll."""
 
     def schedule(self, data, parent_data, callback_data=None):
-        data.outputs.count += 1
-        self.logger.info("poll %d %s", data.outputs.count, "w" * data.get_one_of_inputs("width", 0))
-        if data.outputs.count >= data.get_one_of_inputs("polls", 2):
-            self.finish_schedule()
-        return True
+        self.logger.info("poll %d %s", data.outputs.count + 1, "w" * data.get_one_of_inputs("width", 0))
+        return super().schedule(data, parent_data, callback_data)
 
 
 class LoggingPollComponent(Component):

@@ -268,7 +268,7 @@ def combined_runs(pending: Sequence[tuple[str, Sequence[Any], Any]],
     return out
 
 
-class SqlUnit:
+class SqlUnit(budget.UnitChecks):
     """One database transaction, offering the domain verbs the core needs.
 
     Statements go straight to the DB-API cursor: they are few and fixed, and skipping the
@@ -1348,17 +1348,6 @@ class SqlUnit:
         """Raises StoredBytesBudgetError when ``values`` in place of ``replaced`` would not fit
         (checked whatever the size)."""
         budget.check_context_growth(self, pipeline_id, replaced, values)
-
-    def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
-        """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
-        fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
-        budget.check(node_id, "log lines", size, lambda: self.stored_bytes(node_id), self.stored_total_after,
-                     always=always)
-
-    def check_new_pipeline(self, root_id: str) -> None:
-        """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction
-        would take every pipeline past MAX_STORED_BYTES (:func:`budget.check_new_pipeline`)."""
-        budget.check_new_pipeline(self, root_id)
 
     def all_stored_bytes(self) -> int:
         """The bytes every root pipeline stores together (culm_root_bytes: every counter row)."""
