@@ -1325,7 +1325,10 @@ class SqlUnit(budget.UnitChecks):
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
                      lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.stored_total_after,
                      always=always)
-        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
+        self._write_execution_data(node_id, texts[0], texts[1])
+
+    def _write_execution_data(self, node_id: str, inputs: str, outputs: str) -> None:
+        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": inputs, "outputs": outputs}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
         """The id of the root pipeline of ``node_id``, the bytes it stores (culm_root_bytes, kept by
@@ -1371,7 +1374,11 @@ class SqlUnit(budget.UnitChecks):
         if checked:
             budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs"),
                          self.stored_total_after)
-        self._later(self.outputs_upsert, [node_id, codec.dumps({}), text], (("culm_execution_data", (node_id,)),))
+        self._write_outputs(node_id, text)
+
+    def _write_outputs(self, node_id: str, outputs: str) -> None:
+        self._later(self.outputs_upsert, [node_id, codec.dumps({}), outputs],
+                    (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = CONTEXTS_AHEAD) -> None:
         """Read the contexts of ``pipeline_ids`` in one statement, for the reads this transaction is
