@@ -50,6 +50,7 @@ from culm.storage.sql.statements import (
     CALLBACK_SEQ,
     CHANGE_COLUMNS,
     CHANGED_PAIRS,
+    CHANGED_STATES,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
     FIRST_CALLBACK_TASK,
@@ -266,6 +267,18 @@ def combined_runs(pending: Sequence[tuple[str, Sequence[Any], Any]],
         touched.update(keys)
     close()
     return out
+
+
+def cas_where(node_id: str, expect_version: str | None, names: Sequence[str] | None) -> tuple[str, list[Any]]:
+    """The WHERE clause (and its parameters) of a state's compare-and-set."""
+    where, params = "node_id = ?", [node_id]
+    if expect_version is not None:
+        where += " AND version = ?"
+        params.append(expect_version)
+    if names is not None:
+        where += f" AND name IN ({marks(len(names))})"
+        params.extend(names)
+    return where, params
 
 
 class SqlUnit:
@@ -890,6 +903,13 @@ class SqlUnit:
         last = self.last_change_seq()
         return last, (self._all(CHANGED_PAIRS, [after, after + most]) if last > after else [])
 
+    def changed_states(self, root_id: str, after: int, upto: int) -> list[tuple[str, StateRecord | None]]:
+        """Each node of ``root_id`` the feed names in (``after``, ``upto``], once, with its state
+        row or None: one statement, so a poll of a moving pipeline fetches neither the feed's
+        rows nor an IN list of their ids (docs/performance.md, observe9)."""
+        return [(r[0], _state_row(r[1:]) if r[1] is not None else None)
+                for r in self._all(CHANGED_STATES, [root_id, after, upto])]
+
     def first_change_seq(self) -> int | None:
         row = self._one("SELECT MIN(seq) FROM culm_change")
         return int(row[0]) if row and row[0] is not None else None
@@ -967,14 +987,8 @@ class SqlUnit:
     def _cas_state(
         self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: Mapping[str, Any]
     ) -> bool:
-        where, params = "node_id = ?", [node_id]
         names = list(expect_names) if expect_names is not None else None
-        if expect_version is not None:
-            where += " AND version = ?"
-            params.append(expect_version)
-        if names is not None:
-            where += f" AND name IN ({marks(len(names))})"
-            params.extend(names)
+        where, params = cas_where(node_id, expect_version, names)
         owned = self._owned.get(node_id) if self._owned is not None else None
         if owned is not None:
             if (expect_version is not None and expect_version != owned[0]) or (names is not None
