@@ -1692,6 +1692,13 @@ class Dialect:
         """Set up ``store.engine`` (its event hooks) before the first connection."""
         ping_idle(store.engine)
 
+    def end_own_sessions(self, store: SqlStore) -> int:
+        """End, on the server, the sessions this process opened on ``store``'s engine (a process
+        about to exit because its engine thread is stuck: their transactions are rolled back and
+        their row locks released now, not when the server finds the client gone). Returns how many;
+        0 where the server ends them itself soon enough (PostgreSQL's client check)."""
+        return 0
+
     def plain_reads_engine(self, store: SqlStore) -> Engine | None:
         """An engine of its own for the read-only units that need no snapshot (a poll), or None:
         they use ``store.engine`` like every other unit."""
@@ -1942,6 +1949,11 @@ class SqlStore:
         finally:
             if not pinned:
                 raw.close()
+
+    def end_own_sessions(self) -> int:
+        """End this process's server sessions on this store (its dialect's ``end_own_sessions``):
+        culm.dispatch.liveness.EngineWatchdog, before it ends a process whose engine is stuck."""
+        return self.traits.end_own_sessions(self)
 
     def worker_registry(self) -> SqlWorkerRegistry:
         """The worker registry in this store's database (``culm.storage.workers``)."""
