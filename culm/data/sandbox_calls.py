@@ -172,15 +172,15 @@ def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
 def b_all(ev: Evaluator, iterable: Any) -> bool:
     ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
-        return all(iterable)
-    return all(all(chunk) for chunk in ev.drain(iterable))
+        return all(ev.truths(iterable))
+    return all(all(ev.truths(chunk)) for chunk in ev.drain(iterable))
 
 
 def b_any(ev: Evaluator, iterable: Any) -> bool:
     ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
-        return any(iterable)
-    return any(any(chunk) for chunk in ev.drain(iterable))
+        return any(ev.truths(iterable))
+    return any(any(ev.truths(chunk)) for chunk in ev.drain(iterable))
 
 
 def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -287,6 +287,15 @@ class Evaluator:
             raise refusal
         return bool(value)
 
+    def truths(self, items: Any) -> Any:
+        """``items``, after :meth:`truth` of one item of each kind whose truth it refuses: before
+        all() or any() tests them in C (one pass over their types, in C too)."""
+        if not self.lim.trust_objects and type(items) not in (str, bytes, range):
+            for kind in set(map(type, items)) - _PROTOCOL_TYPES:
+                if hasattr(kind, "__len__") and not hasattr(kind, "__bool__"):
+                    self.truth(next(item for item in items if type(item) is kind))
+        return items
+
     def drain(self, iterable: Any) -> Iterator[list[Any]]:
         """The items of ``iterable`` in chunks, the clock read before each (nothing is kept)."""
         self.reach(iterable, "iterating")

@@ -137,6 +137,8 @@ def test_data_of_objects_and_methods_of_values_are_used(expr: str, expected: obj
         ("[x for x in [1] if client]", "testing the truth of"),
         ("not client", "testing the truth of"),
         ("bool(client)", "testing the truth of"),
+        ("any([0, client])", "testing the truth of"),
+        ("all(x for x in [1, client])", "testing the truth of"),
         ("'%(k)s' % client", "formatting from"),
         ("'{k}'.format_map(client)", "formatting from"),
         ("dict(client)", "iterating"),
@@ -185,6 +187,8 @@ def test_the_truth_of_an_object_without_its_own_len_is_tested() -> None:
         1, False, True, 3, [5]]
     assert evaluate("[not point, bool({}), [] or 'e', 'x' if over == 0 else 'y', color and 1]", NAMES) == [
         False, False, "e", "y", 1]
+    assert evaluate("[any([0, row, point]), all([row, 1, 'a', over == 1]), any(x for x in [0, slotted])]", NAMES) == [
+        True, False, True]
 
 
 def test_an_objects_own_getattribute_does_not_run_for_a_data_read() -> None:
