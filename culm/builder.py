@@ -35,6 +35,7 @@ from culm.model.builder import (
     Var,
     build_tree,
 )
+from culm.model.rollback_tokens import generate_pipeline_token
 
 # bamboo's quick start writes ``from bamboo_engine.builder import *`` and then
 # ``builder.build_tree(...)``: its star import also exported the ``builder`` submodule. This module
@@ -50,4 +51,6 @@ __all__ = [
     "InitializedRewritableNodeOutput",
     # building
     "build_tree", "builder",
+    # rollback tokens (bamboo's builder.generate_pipeline_token)
+    "generate_pipeline_token",
 ]

@@ -100,21 +100,15 @@ class StaticIntervalGenerator(AbstractIntervalGenerator):
 
 
 class NullIntervalGenerator(AbstractIntervalGenerator):
-    """Polls again without waiting; a base for custom generators."""
-
-    def next(self) -> int:
-        """Returns 0 so callers can always sleep on the result."""
-        super().next()
-        return 0
+    """Counts polls and names no wait, as bamboo's does: ``next()`` returns None, which the engine
+    takes as "poll again at once" (bamboo hands None to Celery as no countdown). A base for custom
+    generators."""
 
 
 class LinearIntervalGenerator(AbstractIntervalGenerator):
-    """Waits ``count`` seconds: 1, 2, 3, ..."""
-
-    def next(self) -> int:
-        """Returns the advanced count."""
-        super().next()
-        return self.count
+    """bamboo's placeholder for a linear back-off: like :class:`NullIntervalGenerator` it counts
+    polls and returns None (poll again at once). Subclass it and return ``self.count`` after
+    ``super().next()`` for waits of 1, 2, 3... seconds, as bamboo's component guide does."""
 
 
 # --------------------------------------------------------------------------- data object

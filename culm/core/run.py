@@ -51,9 +51,16 @@ class Run:
         if not self.step.set_state(self.state, to, fields, expect=expect):
             raise VersionLostError(self.node.id)
 
-    def finish(self, *, error_ignored: bool = False) -> None:
+    def finish(self, *, error_ignored: bool = False, announce: bool = True) -> None:
+        """FINISHED; ``announce`` sends the ``node_finish`` event, which bamboo's engine sends only
+        for a node its process moves on from (not a forking gateway, whose process waits for the
+        branches, nor a node loop going round again)."""
         self.set_state(states.FINISHED, {"archived_time": now(), "error_ignored": error_ignored},
                        expect=(states.RUNNING,))
+        if announce:
+            self.announce_finish()
+
+    def announce_finish(self) -> None:
         self.step.event("node_finish", root_pipeline_id=self.root_id, node_id=self.node.id)
 
     def fail(self, ex_data: str | None, outputs: Mapping[str, Any] | None = None, inputs: Any = None) -> None:

@@ -148,6 +148,40 @@ def test_pipeline_events_of_a_run(runtime, recorder):
         assert set(event) == {"event_type", "data"}
 
 
+def test_node_finish_is_sent_where_bamboos_engine_sends_it(runtime, recorder):
+    """bamboo's engine sends node_finish for a node its process moves on from: not for a parallel
+    or conditional parallel gateway (the process waits for the branches), for a subprocess node as
+    the process goes into it (not when it ends), and for a node loop once, as it leaves, unless the
+    node polls (then after each schedule phase). node_enter: every node each time it runs."""
+    from culm.builder import ConditionalParallelGateway, ConvergeGateway, ParallelGateway
+
+    inner_start, inner = EmptyStartEvent(), ServiceActivity(component_code="example_component")
+    inner_end = EmptyEndEvent()
+    inner_start.extend(inner).extend(inner_end)
+    sub = SubProcess(start=inner_start)
+    fork, join = ParallelGateway(), ConvergeGateway()
+    pick, pick_join = ConditionalParallelGateway(conditions={0: "1 == 1", 1: "1 == 1"}), ConvergeGateway()
+    left, right, one, two = (ServiceActivity(component_code="example_component") for _ in range(4))
+    looped = ServiceActivity(component_code="example_component", loop_config={"enable": True, "loop_times": 3})
+    polled = ServiceActivity(component_code="t_poll", loop_config={"enable": True, "loop_times": 2})
+    start, end = EmptyStartEvent(), EmptyEndEvent()
+    start.extend(fork).connect(left, right)
+    fork.converge(join).extend(pick).connect(one, two)
+    pick.converge(pick_join).extend(sub).extend(looped).extend(polled).extend(end)
+    tree = build_tree(start)
+    root = tree["id"]
+    finish(runtime, tree)
+    wait_idle(runtime)
+    finished = [e["node_id"] for e in recorder.events_of("node_finish") if e["root_pipeline_id"] == root]
+    assert sorted(finished) == sorted([
+        start.id, left.id, right.id, join.id, one.id, two.id, pick_join.id, sub.id, inner_start.id, inner.id,
+        inner_end.id, looped.id, polled.id, polled.id, end.id])
+    entered = [e["node_id"] for e in recorder.events_of("node_enter") if e["root_pipeline_id"] == root]
+    assert sorted(entered) == sorted([
+        start.id, fork.id, left.id, right.id, join.id, pick.id, one.id, two.id, pick_join.id, sub.id,
+        inner_start.id, inner.id, inner_end.id, *[looped.id] * 3, *[polled.id] * 2, end.id])
+
+
 def test_pipeline_events_of_failures(runtime, recorder):
     fail, boom = ServiceActivity(component_code="t_fail"), ServiceActivity(component_code="t_raise")
     t1, t2 = build_tree(chain(fail)), build_tree(chain(boom))

@@ -180,8 +180,22 @@ def test_interval_generators():
     assert _waits(DefaultIntervalGenerator()) == [1, 4, 9, 16]
     assert _waits(SquareIntervalGenerator()) == [1, 4, 9, 16]
     assert _waits(StaticIntervalGenerator(5)) == [5, 5, 5, 5]
-    assert _waits(LinearIntervalGenerator()) == [1, 2, 3, 4]
-    assert _waits(NullIntervalGenerator()) == [0, 0, 0, 0]
+
+
+def test_null_and_linear_generators_count_and_name_no_wait_as_bamboos_do():
+    # bamboo's NullIntervalGenerator and LinearIntervalGenerator only count: next() returns None,
+    # which the engine reads as "poll again at once".
+    for generator in (NullIntervalGenerator(), LinearIntervalGenerator()):
+        assert _waits(generator) == [None, None, None, None] and generator.count == 4
+
+
+def test_a_linear_generator_subclassed_as_bamboos_guide_does():
+    class Linear(LinearIntervalGenerator):
+        def next(self):
+            super().next()
+            return self.count
+
+    assert _waits(Linear()) == [1, 2, 3, 4]
 
 
 def test_interval_generator_count_can_be_restored():

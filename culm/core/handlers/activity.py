@@ -150,8 +150,10 @@ def after_execute(run: Run, res: Any) -> Outcome:
     return settle(run, res.ok, outputs)
 
 
-def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
-    """Finish the node (maybe with an ignored error) and move on, or fail it."""
+def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = False) -> Outcome:
+    """Finish the node (maybe with an ignored error) and move on, or fail it; ``scheduled``: after
+    its schedule phase, where bamboo sends ``node_finish`` even for a node loop going round again
+    (after ``execute`` it sends it only when the node moves on)."""
     node = run.node
     if node.timeout is not None:
         deadlines.disarm(run)
@@ -159,14 +161,11 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any]) -> Outcome:
     if node.loop_config and not _kept_loop_outputs(run, mapped, outputs):
         return SLEEP
     if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
-        run.finish(error_ignored=not ok)
+        again = (ok or not node.error_ignorable) and run.state.inner_loop < loop_times
+        run.finish(error_ignored=not ok, announce=scheduled or not again)
         if not node.loop_config:
             run.upsert_context(run.top_pipeline_id, mapped)
-        if not ok and node.error_ignorable:
-            return Next(node.target)  # type: ignore[arg-type]
-        if run.state.inner_loop < loop_times:
-            return Next(node.id)  # the node loop has iterations left
-        return Next(node.target)  # type: ignore[arg-type]
+        return Next(node.id if again else node.target)  # type: ignore[arg-type]
     run.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
     if not node.loop_config:
         run.upsert_context(run.top_pipeline_id, mapped)

@@ -107,7 +107,6 @@ def _finish_subprocess(run: Run, sub_state: StateRecord, outputs: dict[str, Any]
     run.proc.stack = run.proc.stack[:-1]
     sub_node = run.graph.node(pipeline_id)
     run.upsert_context(run.proc.stack[-1], cdata.mapped_outputs(run.graph, sub_node, outputs))
-    run.step.event("node_finish", root_pipeline_id=run.root_id, node_id=pipeline_id)
     return Next(sub_node.target)  # type: ignore[arg-type]
 
 

@@ -26,7 +26,7 @@ def converge(run: Run) -> Outcome:
 
 def parallel(run: Run) -> Outcome:
     """Fork one child process per outgoing branch; the parent waits for all of them."""
-    run.finish()
+    run.finish(announce=False)
     fork(run, list(run.node.targets), run.node.converge_gateway_id)
     return SLEEP
 
@@ -51,7 +51,7 @@ def _take_one(run: Run, hits: list[Condition]) -> Outcome:
 
 
 def _take_all(run: Run, hits: list[Condition]) -> Outcome:
-    run.finish()
+    run.finish(announce=False)
     fork(run, [c.target_id for c in hits], run.node.converge_gateway_id)
     return SLEEP
 

@@ -55,4 +55,7 @@ def _step_in(run: Run, params: dict[str, Any]) -> Outcome:
         return _failed(run, str(exc))
     run.upsert_context(node.id, [ContextValue(k, "plain", v) for k, v in params.items()])
     run.proc.stack = [*run.proc.stack, node.id]
+    # bamboo's engine sends node_finish for a subprocess node as its process moves on into it
+    # (the node itself stays RUNNING), not when the subprocess ends
+    run.announce_finish()
     return Next(run.graph.pipelines[node.id].start_event_id)
