@@ -51,7 +51,7 @@ from culm._printable import engine_logger
 from culm.core.loop import expected_walk
 from culm.core.ports import Store, WorkerRegistry
 from culm.core.records import EXECUTE, SCHEDULE, TaskRecord, now
-from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay, pool_watch
+from culm.dispatch.liveness import EngineWatchdog, LeaseHeartbeat, TaskRelay, pool_watch
 from culm.dispatch.runner import DB_RETRY_SECONDS, TaskHint, WorkerRunner, is_interruption
 from culm.errors import CulmError
 
@@ -308,6 +308,7 @@ class WorkerConfig:
     drain_seconds: float = 30.0
     beat_seconds: float = 1.0  # between two beats of this process's registry row
     dead_after: float = 3.0  # a worker whose row has not been beaten this long is buried
+    stuck_after: float = 60.0  # a process whose engine thread is in one batch this long exits (0: never)
     prefix: str = "culm"
 
 
@@ -320,6 +321,7 @@ class _ProcessState:
     runner: WorkerRunner
     registry: WorkerRegistry
     heartbeat: LeaseHeartbeat | None = None
+    watchdog: EngineWatchdog | None = None
 
 
 _config: WorkerConfig | None = None
@@ -352,6 +354,8 @@ def worker_state() -> _ProcessState:
         state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds, _config.beat_seconds, _config.threads,
                                          _config.prefix)
         state.heartbeat.start()
+        state.watchdog = EngineWatchdog(state, _config.stuck_after, check=_config.beat_seconds)
+        state.watchdog.start()
         _state = state
         return state
 
@@ -388,6 +392,8 @@ def _drain(**_kw: Any) -> None:
     state.runner.drain(_config.drain_seconds)  # the heartbeat keeps the leases meanwhile
     if state.heartbeat is not None:
         state.heartbeat.stop()  # and leaves the registry: nothing is left on hand
+    if state.watchdog is not None:
+        state.watchdog.stop()
 
 
 def task_hint(raw: object) -> TaskHint | None:
@@ -511,6 +517,7 @@ def run_worker(
         drain_seconds=_env_float("CULM_DRAIN_SECONDS", 30.0),
         beat_seconds=beat,
         dead_after=dead_after,
+        stuck_after=_env_float("CULM_ENGINE_STUCK_AFTER", 60.0),
         prefix=prefix,
     )
     configure_worker(config)

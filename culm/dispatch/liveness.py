@@ -7,6 +7,9 @@
   beat, buries the workers found dead (silent longer than ``CULM_WORKER_DEAD_AFTER``, or their
   process on this host gone), freeing their leases and publishing their work at once, and every
   ``CULM_RELAY_INTERVAL`` re-publishes task rows whose message never led to a run;
+* :class:`EngineWatchdog` (one thread per worker process) ends the process when its engine
+  thread has been in one batch (a database transaction) for ``CULM_ENGINE_STUCK_AFTER`` seconds:
+  the beat alone would keep the leases of a process whose engine never comes back;
 * :func:`pool_watch` makes Celery's prefork pool take note of a killed pool process at once.
 
 See docs/distributed.md, "Dead workers".
@@ -14,9 +17,12 @@ See docs/distributed.md, "Dead workers".
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +92,11 @@ class LeaseHeartbeat:
         except Exception:  # noqa: BLE001 - the relays bury the silent row instead (no tasks to free)
             logger.warning("could not leave the worker registry", exc_info=True)
 
+    def halt(self) -> None:
+        """Stop beating and extending leases, staying in the registry (EngineWatchdog: the relays
+        then take this process for dead and free its leases)."""
+        self._stop.set()
+
     def _register(self) -> None:
         self.state.registry.register(self.state.engine.owner, *self._row)
         self._registered = True
@@ -126,6 +137,70 @@ class LeaseHeartbeat:
                 self.beat()
             except Exception as exc:  # noqa: BLE001 - retried at the next beat, well before expiry
                 self._failures.failed("extending leases", exc)
+
+
+ENGINE_STUCK_EXIT = 70  # the exit status of a worker process its EngineWatchdog ended (EX_SOFTWARE)
+
+
+class EngineWatchdog:
+    """Ends this worker process when its engine thread has been in one batch for ``stuck_after``
+    seconds (see docs/distributed.md, "A stuck engine").
+
+    The engine thread's batch is a database transaction and the engine's own steps, never user
+    code. One that does not end (a statement waiting for ever on a wedged connection, a lock never
+    released) holds its tasks' rows, while the heartbeat, on other connections, keeps beating and
+    extending their leases: no other worker would ever take them, the pipeline RUNNING with no
+    reason shown. The watchdog (its own thread; it makes no database call) logs why, with where the
+    engine thread is, stops the beat and exits with :data:`ENGINE_STUCK_EXIT`. The relays of the
+    other workers find the process gone (or silent) and hand its tasks on, as for a killed worker;
+    the database ends the process's transactions when it finds the client gone (PostgreSQL checks
+    every few seconds, see culm.storage.sql.postgres.CLIENT_CHECK_MS). ``stuck_after`` 0: off.
+    """
+
+    def __init__(self, state: _ProcessState, stuck_after: float, check: float = 1.0,
+                 exit: Callable[[int], None] = os._exit) -> None:
+        self.state = state
+        self.stuck_after = stuck_after
+        self.check = check
+        self._exit = exit
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="culm-engine-watchdog", daemon=True)
+
+    def start(self) -> None:
+        if self.stuck_after > 0:
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def look(self) -> bool:
+        """Whether the engine thread is stuck; if so, log it, stop the beat and exit."""
+        age, thread = self.state.runner.loop.batch_age()
+        if age < self.stuck_after:
+            return False
+        frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
+        where = "".join(traceback.format_stack(frame, limit=12)) if frame is not None else "(not found)\n"
+        on_hand = len(self.state.runner.task_ids())
+        logger.error(
+            "the engine thread has been in one batch (its database transaction) for %.0f s, over "
+            "CULM_ENGINE_STUCK_AFTER (%g s): this worker process (%s, pid %d) stops beating and exits "
+            "with status %d, so that the other workers take over its %d task(s) on hand. "
+            "The engine thread is at:\n%s",
+            age, self.stuck_after, self.state.engine.owner, os.getpid(), ENGINE_STUCK_EXIT, on_hand, where.rstrip())
+        if self.state.heartbeat is not None:
+            self.state.heartbeat.halt()
+        for handler in {*logging.getLogger().handlers, *logger.handlers}:
+            handler.flush()  # the line above is out before the process ends
+        self._exit(ENGINE_STUCK_EXIT)
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.check):
+            try:
+                if self.look():
+                    return
+            except Exception:  # noqa: BLE001 - the next look tries again
+                logger.warning("looking at the engine thread failed", exc_info=True)
 
 
 class TaskRelay:

@@ -320,6 +320,8 @@ class ThreadDispatcher:
         self._pool: _UserCodePool | None = None
         self._stopping = threading.Event()
         self._in_batch = 0  # items the engine thread is advancing now
+        self._batch_began: float | None = None  # monotonic start of the batch under way (engine thread)
+        self._engine_thread: threading.Thread | None = None
         self._submits = threading.Condition()
         self._submitting = 0  # threads inside run_pipeline
         self._submitted_at = 0.0  # when the last of them left it
@@ -348,6 +350,7 @@ class ThreadDispatcher:
         _Collector.acquire()
         self._collector = True
         self._spawn(self._engine_loop, "culm-engine")
+        self._engine_thread = self._threads[-1]
         self._spawn(self._clock, "culm-timer")
         if self.sole_runner:
             self.sweep()
@@ -503,13 +506,24 @@ class ThreadDispatcher:
                 self._hold()
                 self._take_ready(batch)
             self._in_batch = len(batch)
+            self._batch_began = time.monotonic()
             try:
                 self._run_batch(batch)
             except Exception as exc:  # noqa: BLE001 - nothing of it was committed
                 self._batch_failed(batch, exc)
+            self._batch_began = None
             with self._lock:
                 self._in_batch = 0
                 self._notify()
+
+    def batch_age(self) -> tuple[float, threading.Thread | None]:
+        """How long the engine thread has been in the batch under way (0.0: none), and the thread.
+
+        A batch is the engine's own work: its database transaction and the engine's steps, never
+        user code (that runs on the pool's threads). Read without a lock, from another thread
+        (culm.dispatch.liveness.EngineWatchdog)."""
+        began = self._batch_began
+        return (0.0 if began is None else time.monotonic() - began), self._engine_thread
 
     def _batch_failed(self, batch: list[Item], exc: Exception) -> None:
         """A batch could not commit, even task by task: tried again if the policy says so, else

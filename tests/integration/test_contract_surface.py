@@ -47,6 +47,10 @@ NAMES = {
     "culm.events": ["ExecutableEndEvent", "EndEventConflictError", "FlowNodeClsFactory"],
     "culm.validator": ["get_allowed_start_node_ids", "validate_pipeline_start_node",
                        "get_skipped_execute_node_ids", "validate_and_process_pipeline", "add_sink_type"],
+    # bamboo's code writes both ``from bamboo_engine.validator import api`` and
+    # ``from bamboo_engine.validator.api import ...``
+    "culm.validator.api": ["get_allowed_start_node_ids", "validate_pipeline_start_node",
+                           "get_skipped_execute_node_ids", "validate_and_process_pipeline", "add_sink_type"],
     "culm.errors": ["PluginConflictError", "StartPositionInvalidError", "StartPositionInvalidException",
                     "TreeInvalidError"],
     "culm.signals": ["post_set_state", "pipeline_event"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm.core.records import ProcessRecord, TaskRecord
@@ -250,20 +249,21 @@ class PostgresUnit(SqlUnit):
         self, pending: list[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None, *, commit: bool = False
     ) -> None:
         cur = self._cur
-        # psycopg's pipeline sends them all, then reads the answers; a big payload goes one statement
-        # at a time instead: pipelined, a statement of megabytes (a node's inputs near the payload
-        # limit) left the server waiting for the rest of it and the worker waiting for answers, for
-        # ever (seen on CI, session 17).
-        together: AbstractContextManager[Any] = (
-            nullcontext() if _carries_megabytes(pending, last) else self.conn.driver_connection.pipeline()
-        )
-        with together:
+        # psycopg's pipeline sends them all, then reads the answers (one round trip). The commit is
+        # one more statement of the pipeline, not psycopg's Connection.commit(): inside a pipeline
+        # that sends COMMIT and a Sync, flushes once and then only waits to read (psycopg 3.3.9,
+        # BasePipeline._sync_gen fetches without flushing), so a message bigger than the socket
+        # buffers (a node's inputs of a few hundred kB, a server busy with an earlier statement)
+        # stayed half sent: the server waited for its rest (ClientRead), the worker for answers,
+        # for ever (CI, session 17). Leaving the pipeline sends its Sync and flushes until all is
+        # sent, reading meanwhile; one Sync instead of two. tests/integration/test_pipeline_big_writes.py
+        with self.conn.driver_connection.pipeline():
             for sql, params in pending:
                 cur.execute(sql, params)
             if last is not None:
                 cur.execute(*last)
             if commit:
-                self.conn.driver_connection.commit()
+                cur.execute("COMMIT", prepare=False)
 
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         if len(reads) < 2:
@@ -382,11 +382,30 @@ _GROWN = ("SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid 
           " AND pg_has_role(c.relowner, 'USAGE') ORDER BY s.relname")  # ANALYZE skips others' tables
 
 
+# Every connection asks its server (PostgreSQL 14 and later) to check, this often while a statement
+# runs, that the client is still there, and to end the statement and the session when it is not. A
+# worker process that died, or that its EngineWatchdog ended (culm.dispatch.liveness), may leave a
+# statement running for ever (a lock wait, a wedged trigger): without the check it kept its
+# transaction's row locks, and with them the leases the relays free only once it ends.
+CLIENT_CHECK_MS = 5000
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     unit = PostgresUnit
     db_now = DB_NOW_POSTGRES
     snapshot_read = SNAPSHOT_READ
+
+    def prepare(self, store: SqlStore) -> None:
+        super().prepare(store)
+        from sqlalchemy import event
+
+        @event.listens_for(store.engine, "connect")
+        def _check_client(dbapi_conn: Any, _record: Any) -> None:
+            if dbapi_conn.info.server_version >= 140000:  # one round trip per new connection
+                dbapi_conn.autocommit = True
+                dbapi_conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
+                dbapi_conn.autocommit = False
 
     def is_duplicate(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
@@ -456,15 +475,3 @@ def psycopg_idle() -> Any:
 
     return TransactionStatus.IDLE
 
-
-_PIPELINED_BYTES = 1 << 20  # statements whose text parameters pass this go one at a time
-
-
-def _carries_megabytes(pending: Sequence[tuple[str, Sequence[Any]]], last: tuple[str, Sequence[Any]] | None) -> bool:
-    """Whether the text parameters of these statements pass :data:`_PIPELINED_BYTES` together."""
-    size = 0
-    for _sql, params in [*pending, *([last] if last is not None else [])]:
-        size += sum(len(p) for p in params if isinstance(p, str | bytes))
-        if size > _PIPELINED_BYTES:
-            return True
-    return False

@@ -8,7 +8,8 @@ For "start at a chosen node" and custom end events::
     validator.validate_pipeline_start_node(tree, node_id)  # raises StartPositionInvalidError
     validator.get_skipped_execute_node_ids(tree, node_id)  # what such a run leaves out
 
-``from culm.validator import api`` works as bamboo's ``from bamboo_engine.validator import api``.
+``from culm.validator import api`` and ``from culm.validator.api import ...`` work as bamboo's
+``bamboo_engine.validator`` imports do.
 The rules themselves live in :mod:`culm.model.validator`; this module only adapts the names, and
 adds :func:`tree_problems` and :func:`tree_warnings`, which ``culm validate``, the service's
 ``/validate`` and the v3 parser share.
@@ -16,7 +17,6 @@ adds :func:`tree_problems` and :func:`tree_warnings`, which ``culm validate``, t
 
 from __future__ import annotations
 
-import sys
 import threading
 from typing import Any
 
@@ -151,5 +151,6 @@ def sink_types() -> list[str]:
         return sorted(_sink_types)
 
 
-# bamboo's code imports ``api`` from ``bamboo_engine.validator``; this module stands in for it.
-api = sys.modules[__name__]
+# bamboo's code imports ``api`` from ``bamboo_engine.validator``, or names from
+# ``bamboo_engine.validator.api``: the submodule holds the same functions.
+from culm.validator import api  # noqa: E402  (it reads the names above)

@@ -1,0 +1,68 @@
+"""EngineWatchdog: a worker process whose engine thread is in one batch past CULM_ENGINE_STUCK_AFTER
+says so, with where that thread is, stops its beat and exits (tests/integration/test_stuck_engine.py
+runs it in real workers)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from types import SimpleNamespace
+from typing import Any
+
+from culm.dispatch.liveness import ENGINE_STUCK_EXIT, EngineWatchdog
+
+
+class _Beat:
+    halted = False
+
+    def halt(self) -> None:
+        self.halted = True
+
+
+def _state(batch_age: float, thread: threading.Thread) -> Any:
+    loop = SimpleNamespace(batch_age=lambda: (batch_age, thread))
+    runner = SimpleNamespace(loop=loop, task_ids=lambda: ["t1", "t2"])
+    return SimpleNamespace(runner=runner, engine=SimpleNamespace(owner="host:1:abc"), heartbeat=_Beat())
+
+
+def _waiting_in_the_database(release: threading.Event) -> None:
+    release.wait(30)  # stands for the driver's wait
+
+
+def test_a_batch_past_the_bound_is_logged_with_its_stack_and_ends_the_process(caplog) -> None:
+    release = threading.Event()
+    engine = threading.Thread(target=_waiting_in_the_database, args=(release,), name="culm-engine", daemon=True)
+    engine.start()
+    exits: list[int] = []
+    try:
+        state = _state(61.0, engine)
+        watchdog = EngineWatchdog(state, stuck_after=60.0, exit=exits.append)
+        with caplog.at_level(logging.ERROR, logger="culm.dispatch.liveness"):
+            assert watchdog.look()
+    finally:
+        release.set()
+    assert exits == [ENGINE_STUCK_EXIT] and state.heartbeat.halted
+    (record,) = [r for r in caplog.records if r.name == "culm.dispatch.liveness"]
+    message = record.getMessage()
+    assert message.startswith("the engine thread has been in one batch (its database transaction) for 61 s, over "
+                              "CULM_ENGINE_STUCK_AFTER (60 s): this worker process (host:1:abc, pid ")
+    assert "take over its 2 task(s) on hand" in message
+    assert "in _waiting_in_the_database" in message  # where the engine thread waits
+
+
+def test_a_batch_under_the_bound_or_no_batch_leaves_the_process_alone() -> None:
+    exits: list[int] = []
+    for age in (0.0, 59.9):
+        state = _state(age, threading.current_thread())
+        assert not EngineWatchdog(state, stuck_after=60.0, exit=exits.append).look()
+        assert not state.heartbeat.halted
+    assert exits == []
+
+
+def test_zero_turns_the_watchdog_off() -> None:
+    exits: list[int] = []
+    watchdog = EngineWatchdog(_state(1e9, threading.current_thread()), stuck_after=0.0, check=0.01, exit=exits.append)
+    watchdog.start()
+    assert all(t.name != "culm-engine-watchdog" for t in threading.enumerate())  # no thread to look
+    watchdog.stop()
+    assert exits == []
