@@ -98,6 +98,12 @@ class ExpressionLimitError(ExpressionError):
     """An expression went over a time, size or complexity bound."""
 
 
+class ExpressionRefusedError(ExpressionError):
+    """An expression reached for what an object a component put in the context can do (call its
+    methods, run its properties, iterate or index it) and the sandbox refused: the node fails
+    naming the expression, instead of the fragment staying text."""
+
+
 class HydrationError(CulmError):
     """Context variables needed by a node could not be resolved."""
 

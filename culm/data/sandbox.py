@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ast
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,7 @@ from culm.data.sandbox_guards import (
     parse_cached,
     render_limited,
 )
-from culm.errors import ExpressionError, ExpressionLimitError
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 __all__ = [
     "FORBIDDEN_ATTRIBUTES",
@@ -44,6 +45,7 @@ __all__ = [
     "SAFE_BUILTINS",
     "ExpressionError",
     "ExpressionLimitError",
+    "ExpressionRefusedError",
     "Limits",
     "evaluate",
     "free_names",
@@ -64,7 +66,12 @@ MAX_FORMAT_WIDTH = 1_000
 # Bytes an evaluation may build (an upper estimate, counted before or as values are built, never
 # credited back): with the values it is given, the most one evaluation can grow a process by.
 MAX_MEMORY = 32_000_000
-
+# Whether templates may do whatever the objects in a context offer: call their methods, run their
+# properties, iterate and index them (culm.data.sandbox_objects says what they may do otherwise).
+# Objects a component outputs or a lazy variable builds may reach the network, the disk or a
+# database (a requests.Session, a client, a file): only a deployment whose templates are written by
+# people trusted with the workers' access should set it (``$CULM_TRUST_CONTEXT_OBJECTS=1``).
+TRUST_CONTEXT_OBJECTS = os.environ.get("CULM_TRUST_CONTEXT_OBJECTS", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 _CURRENT_LIMITS: dict[tuple[Any, ...], Limits] = {}
@@ -91,6 +98,7 @@ class Limits:
     time_limit: float
     max_format_width: int
     max_memory: int
+    trust_objects: bool = False
 
     @classmethod
     def current(cls) -> Limits:
@@ -99,6 +107,7 @@ class Limits:
         values = (
             MAX_EXPRESSION_LENGTH, MAX_AST_NODES, MAX_AST_DEPTH, MAX_INT_DIGITS, MAX_SEQUENCE_LENGTH,
             MAX_VALUE_SIZE, MAX_ALLOCATION, MAX_STEPS, TIME_LIMIT, MAX_FORMAT_WIDTH, MAX_MEMORY,
+            bool(TRUST_CONTEXT_OBJECTS),
         )  # fmt: skip
         known = _CURRENT_LIMITS.get(values)
         if known is None:
@@ -141,6 +150,8 @@ def evaluate(
     ev = Evaluator(names, limits, deadline)
     try:
         value = ev.eval(tree.body, {})
+    except ExpressionRefusedError as exc:
+        raise ExpressionRefusedError(f"{exc} (in expression {clip(expr)!r})") from None
     except ExpressionError:
         raise
     except (RecursionError, MemoryError):

@@ -38,6 +38,8 @@ def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ..
         if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
             hits = min(hits, args[2])
         ev.ensure_length(len(text) + hits * (len(args[1]) - len(args[0])), "str.replace() result")
+    elif name in _CASE_MAPS and not text.isascii() and 3 * len(text) > ev.lim.max_sequence:
+        _size_case_map(ev, text, name)
     elif name == "join" and len(args) == 1:
         items = ev.take(args[0], "str.join() input")
         total = sum(len(i) for i in items if isinstance(i, str)) + len(text) * max(len(items) - 1, 0)
@@ -53,6 +55,25 @@ def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ..
         ev.ensure_length(pieces, f"str.{name}() result")
         ev.reserve(pieces * _PIECE_BYTES + len(text), f"str.{name}() result")
     return args
+
+
+# Case mappings that may turn one character into up to three ("ß".upper() is "SS", "ﬃ".upper()
+# "FFI", "İ".lower() "i" and a combining dot); ASCII text keeps its length.
+_CASE_MAPS = frozenset({"upper", "lower", "casefold", "swapcase", "title", "capitalize"})
+_CASE_CHUNK = 65_536
+
+
+def _size_case_map(ev: Evaluator, text: str, name: str) -> None:
+    """Refuse ``text.<name>()`` when its result would be too long, measured a chunk at a time (the
+    clock read between them) before the whole result is built: "ß" * 3,000,000 upper-cased built 6
+    million characters before any check. A chunk's first letter may be cased as a word's start
+    where the whole text would not: 2 characters of slack each."""
+    mapping = getattr(str, name)
+    total = 0
+    for start in range(0, len(text), _CASE_CHUNK):
+        total += len(mapping(text[start : start + _CASE_CHUNK])) + 2
+        ev.ensure_length(total - 2, f"str.{name}() result")
+        ev.check_clock()
 
 
 def precheck_set_method(ev: Evaluator, items: Any, name: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -141,6 +162,7 @@ def b_set(ev: Evaluator, iterable: Any = ()) -> set[Any]:
 
 
 def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
+    ev.reach(source, "iterating")
     pairs = ev.take(source.items() if isinstance(source, Mapping) else source, "dict()")
     keys = [pair[0] for pair in pairs if isinstance(pair, list | tuple) and pair]
     ev.hashed(keys + list(kwargs), "dict()")
@@ -148,12 +170,14 @@ def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
 
 
 def b_all(ev: Evaluator, iterable: Any) -> bool:
+    ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
         return all(iterable)
     return all(all(chunk) for chunk in ev.drain(iterable))
 
 
 def b_any(ev: Evaluator, iterable: Any) -> bool:
+    ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
         return any(iterable)
     return any(any(chunk) for chunk in ev.drain(iterable))
@@ -172,6 +196,18 @@ def _plain(fn: Callable[..., Any]) -> Callable[..., Any]:
     return lambda _ev, *args, **kwargs: fn(*args, **kwargs)
 
 
+def _reaching(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
+    """``fn``, its arguments refused first when their protocol is their own code (``zip(f)``
+    takes the file's iterator at once; consuming the zip reads it)."""
+
+    def call(ev: Evaluator, *args: Any, **kwargs: Any) -> Any:
+        for arg in args:
+            ev.reach(arg, what)
+        return fn(*args, **kwargs)
+
+    return call
+
+
 # enumerate, zip and reversed stay lazy: they hold nothing, and whatever consumes them is one of the
 # builtins above, all() or any() (a lazy iterable in chunks, the clock read between them), "in"
 # (the same), a comprehension (checked per item) or a bounded container.
@@ -179,5 +215,7 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "str": b_str, "int": b_int, "range": b_range, "pow": b_pow, "round": b_round, "sum": b_sum,
     "list": b_list, "tuple": b_tuple, "sorted": b_sorted, "set": b_set, "dict": b_dict,
     "min": _extreme(min), "max": _extreme(max), "all": b_all, "any": b_any,
-    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, len, slice, enumerate, zip, reversed)},
+    "len": _reaching(len, "measuring"),
+    **{fn.__name__: _reaching(fn, "iterating") for fn in (enumerate, zip, reversed)},
+    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, slice)},
 }  # fmt: skip

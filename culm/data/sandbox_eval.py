@@ -8,6 +8,9 @@ and :mod:`culm.data.sandbox_format` before they run.
 from __future__ import annotations
 
 import ast
+import collections
+import enum
+import inspect
 import itertools
 import math
 import operator
@@ -20,7 +23,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_calls import BUILTINS, precheck_set_method, precheck_str_method
-from culm.data.sandbox_format import format_width, percent_format, safe_format
+from culm.data.sandbox_format import format_width, percent_format, safe_format, strftime_width
 from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
@@ -38,6 +41,14 @@ from culm.data.sandbox_guards import (
     method_kind,
     opaque,
     user_method,
+)
+from culm.data.sandbox_objects import (
+    protocol_refusal,
+    python_value_method,
+    read_attribute,
+    refused_call,
+    value_method,
+    value_object,
 )
 from culm.errors import ExpressionError, ExpressionLimitError
 
@@ -227,7 +238,9 @@ class Evaluator:
         (:meth:`built` charges it then).
         """
         if isinstance(iterable, str | list | tuple | dict | set | frozenset) and len(iterable) < 64:
+            self.reach(iterable, "iterating")
             return list(iterable)
+        self.reach(iterable, "iterating")
         items: list[Any] = []
         source = iter(iterable)
         size = mem = 0
@@ -254,8 +267,18 @@ class Evaluator:
         a million items each is 900 million steps inside one all() or one "in")."""
         return type(iterable) not in _SIZED_TYPES and isinstance(iterable, Iterator)
 
+    def reach(self, obj: Any, what: str) -> None:
+        """Refuse iterating, indexing, measuring or testing membership of an object whose protocol
+        is its own code (a file, a client), unless the limits trust the context's objects."""
+        if type(obj) in _PROTOCOL_TYPES or self.lim.trust_objects:
+            return
+        refusal = protocol_refusal(obj, what)
+        if refusal is not None:
+            raise refusal
+
     def drain(self, iterable: Any) -> Iterator[list[Any]]:
         """The items of ``iterable`` in chunks, the clock read before each (nothing is kept)."""
+        self.reach(iterable, "iterating")
         source = iter(iterable)
         self.check_clock()
         while chunk := list(itertools.islice(source, _DRAIN_CHUNK)):
@@ -327,6 +350,8 @@ class Evaluator:
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.eval(comparator, scope)
             kind = type(op)
+            if kind in _MEMBERSHIP:
+                self.reach(right, "testing membership in")
             if kind in _MEMBERSHIP and self.lazy(right) and not hasattr(type(right), "__contains__"):
                 found = any(left in chunk for chunk in self.drain(right))
                 if found is not (kind is ast.In):
@@ -343,6 +368,7 @@ class Evaluator:
         obj = self.eval(node.value, scope)
         key = self.eval(node.slice, scope)
         check_subscript(obj, key)
+        self.reach(obj, "indexing")
         if isinstance(key, slice):  # a copy: charged like any other value built
             return self.built(obj[key])
         return obj[key]
@@ -358,8 +384,12 @@ class Evaluator:
         func = self.eval(node.func, scope)
         args = [self.eval(arg, scope) for arg in node.args]
         kwargs = {kw.arg: self.eval(kw.value, scope) for kw in node.keywords if kw.arg}
-        if isinstance(func, Builtin | BoundMethod) or user_method(func):
+        if isinstance(func, Builtin | BoundMethod):
             return func(*args, **kwargs)
+        if user_method(func):
+            if self.lim.trust_objects or python_value_method(func):
+                return func(*args, **kwargs)
+            raise refused_call(func)
         raise ExpressionError(f"calling {type(func).__name__} objects is not allowed")
 
     def e_list(self, node: ast.List, scope: dict[str, Any]) -> Any:
@@ -405,7 +435,9 @@ class Evaluator:
         self, generators: list[ast.comprehension], local: dict[str, Any], index: int = 0
     ) -> Iterator[None]:
         gen = generators[index]
-        for item in self.eval(gen.iter, local):
+        source = self.eval(gen.iter, local)
+        self.reach(source, "iterating")
+        for item in source:
             self.tick()
             self.bind(gen.target, item, local)
             if all(self.eval(cond, local) for cond in gen.ifs):
@@ -419,6 +451,7 @@ class Evaluator:
             local[target.id] = value
             return
         elts = target.elts  # type: ignore[attr-defined]
+        self.reach(value, "unpacking")
         values = tuple(itertools.islice(iter(value), len(elts) + 1))
         if len(values) != len(elts):
             raise ExpressionError(f"cannot unpack {len(values)} values into {len(elts)} names")
@@ -531,32 +564,59 @@ class Evaluator:
 
     def attribute(self, obj: Any, attr: str) -> Any:
         check_attribute_name(attr)
+        if issubclass(type(obj), enum.Enum) and attr in ("name", "value"):
+            return object.__getattribute__(obj, attr)  # an IntEnum member is an int too
         kind = method_kind(obj)
         if kind is not None:
             if attr in SAFE_METHODS[kind]:
                 return BoundMethod(self, obj, attr)
+            if kind == "tuple" and self.namedtuple_field(obj, attr):
+                return object.__getattribute__(obj, attr)
             raise ExpressionError(f"{type(obj).__name__}.{attr} is not an allowed method")
         if opaque(obj):
             raise ExpressionError(f"attribute access on {type(obj).__name__} objects is not allowed")
-        value = getattr(obj, attr)
+        if value_object(obj):
+            if value_method(obj, attr):
+                return BoundMethod(self, obj, attr)
+            value = getattr(obj, attr)
+        elif self.lim.trust_objects:
+            value = getattr(obj, attr)
+        else:
+            value = read_attribute(obj, attr)
         if isinstance(value, type | types.ModuleType):
             raise ExpressionError(
                 f"attribute {attr!r} refers to a {type(value).__name__}, which is not allowed"
             )
         return value
 
+    def namedtuple_field(self, obj: tuple[Any, ...], attr: str) -> bool:
+        fields = getattr(type(obj), "_fields", ())
+        if not (isinstance(fields, tuple) and attr in fields):
+            return False
+        return self.lim.trust_objects or type(inspect.getattr_static(type(obj), attr, None)) is _TUPLE_FIELD
+
     def call_method(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.tick()
         self.check_clock()
-        if name in ("format", "format_map"):
+        if name in ("format", "format_map") and isinstance(obj, str):
             mapping = args[0] if name == "format_map" and len(args) == 1 and not kwargs else None
             if name == "format_map" and mapping is None:
                 raise ExpressionError("format_map() takes exactly one mapping")
+            if mapping is not None:
+                self.reach(mapping, "formatting from")
             return self.built(safe_format(self, obj, args, kwargs, mapping))
-        if isinstance(obj, str):
+        if issubclass(type(obj), str):
             args = precheck_str_method(self, obj, name, args, kwargs)
-        elif isinstance(obj, set | frozenset) and args:
+        elif issubclass(type(obj), set | frozenset) and args:
             args = precheck_set_method(self, obj, name, args)
+        elif name == "strftime" or isinstance(obj, Decimal):
+            precheck_value_method(self, obj, name, args, kwargs)
+        # a subclass of str, dict, ... calls the built-in type's own method, never an override
+        # (its code is the component's, as a client's methods are)
+        if type(obj) not in _METHOD_TYPES:
+            base = next((kind for kind in _METHOD_BASES if issubclass(type(obj), kind)), None)
+            if base is not None:
+                return self.built(getattr(base, name)(obj, *args, **kwargs))
         return self.built(getattr(obj, name)(*args, **kwargs))
 
     # -- builtins
@@ -570,11 +630,31 @@ class Evaluator:
         return found
 
 
+def precheck_value_method(ev: Evaluator, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Size a date's strftime from its pattern (``d.strftime('%c' * 5000)``), and refuse a Decimal
+    method on an operand whose exponent is over ``max_int_digits`` digits."""
+    if name == "strftime":
+        pattern = args[0] if args else kwargs.get("format")
+        if isinstance(pattern, str):
+            ev.ensure_length(strftime_width(ev.lim, obj, pattern), "strftime() result")
+        return
+    for value in (obj, *args, *kwargs.values()):
+        ev.ensure_number(value, f"Decimal.{name}()")
+
+
 # Values "%" formats: str, and those a context may hold (a component's bytes; a bytearray or a
 # UserString formatted b'%999999999d' % 1 into gigabytes unchecked).
 _FORMATTED = (str, bytes, bytearray)
 _RARE_RESULTS = frozenset({Fraction, *OTHER_SEQUENCES})
 _MEMBERSHIP = frozenset({ast.In, ast.NotIn})
+# Built-in types whose protocols (iteration, indexing, len, in) an expression always uses directly.
+_PROTOCOL_TYPES = frozenset({
+    str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS, enumerate, zip, reversed,
+    types.GeneratorType, collections.deque,
+})  # fmt: skip
+_METHOD_BASES = (str, bool, int, float, list, tuple, dict, frozenset, set)
+_METHOD_TYPES = frozenset(_METHOD_BASES)
+_TUPLE_FIELD = type(getattr(collections.namedtuple("_T", "f"), "f"))  # noqa: B009 - a namedtuple's field getter
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
 _SET_MERGES = frozenset({ast.BitOr, ast.BitXor})

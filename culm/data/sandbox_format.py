@@ -9,6 +9,7 @@ indexes are refused outright.
 from __future__ import annotations
 
 import datetime
+import re
 import string
 from collections import UserString
 from collections.abc import Callable, Iterator, Mapping
@@ -40,6 +41,24 @@ def spec_width(lim: Limits, spec: str) -> int:
 # Characters one strftime directive may write, but a time zone's name: %c writes 24 ("Mon Jan  1
 # 00:00:00 2024"), %z up to 16 ("+HH:MM:SS.ffffff"); its spec is 2 characters.
 STRFTIME_DIRECTIVE = 32
+
+
+# A strftime directive: flags, a width glibc pads to ("%_999d" is 999 characters), a modifier.
+_DIRECTIVE = re.compile(r"%[-_0^#]*(\d*)[EO]?")
+
+
+def strftime_width(lim: Limits, value: Any, pattern: str) -> int:
+    """The characters ``value.strftime(pattern)`` may write: each directive its width or
+    :data:`STRFTIME_DIRECTIVE` plus the time zone's name, whichever is more, and the rest as is."""
+    zone = value.tzname() if isinstance(value, datetime.datetime | datetime.time) else None
+    directive = STRFTIME_DIRECTIVE + len(zone or "")
+    total = len(pattern)
+    for match in _DIRECTIVE.finditer(pattern):
+        digits = match.group(1)
+        if len(digits) > 6 or (digits and int(digits) > lim.max_format_width):
+            raise ExpressionLimitError(f"strftime() width {clip(digits, 12)} is over {lim.max_format_width}")
+        total += max(int(digits or 0), directive)
+    return total
 
 
 def format_width(lim: Limits, value: Any, spec: str) -> int:
@@ -90,7 +109,10 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     """``fmt % args`` (a str, bytes, bytearray or UserString), sized before it runs."""
     estimate = len(fmt)
     by_key = isinstance(args, Mapping)
-    text = fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
+    if not isinstance(args, tuple) and "%(" in text_of(fmt):
+        # "%(key)s" indexes whatever is not a tuple, a Mapping or not (a client's __getitem__)
+        ev.reach(args, "formatting from")
+    text = text_of(fmt)
     for key, width in percent_fields(text, ev.lim.max_format_width, ev.check_clock):
         estimate += width + PER_FIELD_SLACK
         ev.ensure_length(estimate, "%-formatted string")
@@ -102,6 +124,11 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
         ev.ensure_number(value, "%-formatted value")  # %d of a Decimal converts it to an int
     ev.ensure_length(estimate, "%-formatted string")
     return fmt % args
+
+def text_of(fmt: Any) -> str:
+    """The text of a ``%`` format (a str, bytes, bytearray or UserString)."""
+    return fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
+
 
 def percent_fields(fmt: str, max_width: int, tick: Callable[[], None]) -> Iterator[tuple[str | None, int]]:
     """Yield ``(mapping key, width + precision)`` for each ``%`` conversion, parsed like CPython;

@@ -16,7 +16,8 @@ from typing import Any
 from culm.data import sandbox
 from culm.data.memo import WeightedMemo
 from culm.data.sandbox_guards import CONTAINERS, check_subscript, measure, without_addresses
-from culm.errors import ExpressionError, ExpressionLimitError
+from culm.data.sandbox_objects import protocol_refusal
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
 # (literal text before, fragment body or None, bare name or None, the fragment as written)
@@ -269,6 +270,8 @@ class _RenderState:
             for word, dq_word, number in _INDEX.findall(match.group(2)):
                 key = int(number) if number else word or dq_word
                 check_subscript(obj, key)  # the sandbox's rule: the expression would be refused
+                if protocol_refusal(obj, "indexing") is not None and not sandbox.Limits.current().trust_objects:
+                    return False, None  # evaluated as an expression, which fails the node naming it
                 obj = obj[key]
         except (LookupError, TypeError, ExpressionError):
             return False, None
@@ -284,6 +287,8 @@ class _RenderState:
                 value = sandbox.evaluate(body, self.namespace, deadline=self.deadline)
                 # text an expression made ('%r' % (gen,)) holds no memory address either
                 text = without_addresses(sandbox.safe_str(value, MAX_RENDER_OUTPUT - self.output))
+        except ExpressionRefusedError:
+            raise  # the node fails naming the expression: a refused capability is not a typo
         except ExpressionLimitError:
             if self.node_late and time.monotonic() > self.deadline:
                 raise ExpressionLimitError(self.too_late()) from None

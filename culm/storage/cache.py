@@ -36,9 +36,9 @@ from culm.storage import codec
 from culm.storage.copies import copy_process as _copy_process
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.copies import copy_task as _copy_task
-from culm.storage.sql.base import SqlUnit, _state_params, _state_row
+from culm.storage.sql.base import SqlUnit, _state_params, _state_row, cas_where
 from culm.storage.sql.sqlite import SqliteUnit
-from culm.storage.sql.statements import ACK_CHILDREN, STATE_COLUMNS, STATE_INDEX, STATE_INSERT
+from culm.storage.sql.statements import ACK_CHILDREN, STATE_COLUMNS, STATE_INDEX, STATE_INSERT, update_sql
 
 # A pipeline context holding a value whose stored text is longer than this is not kept (it is
 # read from the database each time), so large data cannot multiply across the kept pipelines.
@@ -135,27 +135,38 @@ class CachedUnit(SqliteUnit):
         # gateway is entered and left in one step: its finishing compare-and-set is decided on
         # the copy and folded into the INSERT, one statement instead of two. They go out, in
         # one executemany, before any other statement that could read or touch culm_state (every
-        # immediate statement, reset_inner_loops) and before the commit.
+        # statement whose answer is read, reset_inner_loops) and before the commit. A write to
+        # another row, a kept state's compare-and-set among them (_cas_kept), does not send them.
         self._unsent_inserts: dict[str, list[Any]] = {}
+        # Children counted on kept parents (ack_children) and not sent yet, by parent process id.
+        # An increment commutes with every other write but one that sets ``ack_num``: the wake
+        # of the parent (joins.settle), whose UPDATE then replaces it. Sent with the INSERTs above.
+        self._unsent_acks: dict[str, int] = {}
 
-    # -- unsent state INSERTs ---------------------------------------------------------------
+    # -- unsent state INSERTs and child counts ----------------------------------------------
     def _send_inserts(self) -> None:
+        if self._unsent_acks:
+            self._cur.executemany(ACK_CHILDREN, [[n, pid] for pid, n in sorted(self._unsent_acks.items())])
+            self._unsent_acks.clear()
+        if not self._unsent_inserts:
+            return
         rows = list(self._unsent_inserts.values())
         self._unsent_inserts.clear()
         self._cur.executemany(STATE_INSERT, rows)
 
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self._unsent_inserts:
+        if self._unsent_inserts or self._unsent_acks:
             self._send_inserts()
         return super()._x(sql, params)
 
     def flush(self, *, commit: bool = False) -> None:
-        if self._unsent_inserts:
+        if self._unsent_inserts or self._unsent_acks:
             self._send_inserts()
         super().flush(commit=commit)
 
     def _drop_unsent(self) -> None:
         self._unsent_inserts.clear()
+        self._unsent_acks.clear()
         super()._drop_unsent()
 
     # -- states ---------------------------------------------------------------------------
@@ -245,7 +256,7 @@ class CachedUnit(SqliteUnit):
     ) -> bool:
         unsent = self._unsent_inserts.get(node_id)
         if unsent is None or not fields.keys() <= STATE_INDEX.keys():
-            return super()._cas_state(node_id, expect_version, expect_names, fields)
+            return self._cas_kept(node_id, expect_version, expect_names, fields)
         # The row exists only in this transaction, as ``unsent``: compare and set right there.
         if expect_version is not None and unsent[_VERSION] != expect_version:
             return False
@@ -253,6 +264,26 @@ class CachedUnit(SqliteUnit):
             return False
         for k, v in fields.items():
             unsent[STATE_INDEX[k]] = v
+        return True
+
+    def _cas_kept(
+        self, node_id: str, expect_version: str | None, expect_names: Iterable[str] | None, fields: Mapping[str, Any]
+    ) -> bool:
+        """A compare-and-set of a stored row: decided on its kept copy when there is one, which is
+        the row as this transaction sees it (the write transaction holds the file, and the copies
+        are dropped when anyone else wrote). The UPDATE is then sent as a write whose count
+        nobody reads: it does not send the unsent INSERTs ahead of it (they touch other rows), so
+        they go together at the next read or the commit."""
+        kept = self.cache.states.get(node_id)
+        if kept is None:
+            return super()._cas_state(node_id, expect_version, expect_names, fields)
+        names = list(expect_names) if expect_names is not None else None
+        if (expect_version is not None and kept.version != expect_version) or (
+            names is not None and kept.name not in names
+        ):
+            return False
+        where, params = cas_where(node_id, expect_version, names)
+        self._later(update_sql("culm_state", tuple(fields), where), [*fields.values(), *params])
         return True
 
     def update_state(
@@ -270,18 +301,23 @@ class CachedUnit(SqliteUnit):
         return ok
 
     def reset_inner_loops(self, parent_id: str) -> None:
-        if self._unsent_inserts:
-            self._send_inserts()  # the UPDATE must see them
-        super().reset_inner_loops(parent_id)
         c = self.cache
         root = c.roots.get(c.node_root.get(parent_id, ""))
         if root is None:
+            self._send_inserts()  # the UPDATE must see them
+            super().reset_inner_loops(parent_id)
             self._reset_inner_loops_anywhere(parent_id)
             return
-        for nid in root.nodes:
-            st = c.states.get(nid)
-            if st is not None and st.parent_id == parent_id:
-                st.inner_loop = 0
+        # The copies hold every state row of a loaded root (the unsent ones too): when none of the
+        # parent's children has an inner loop to reset, both statements would change no row and
+        # note none (a subprocess entered the first time), so none is sent.
+        children = [st for nid in root.nodes if (st := c.states.get(nid)) is not None and st.parent_id == parent_id]
+        if not any(st.inner_loop for st in children):
+            return
+        self._send_inserts()  # the UPDATE must see them
+        super().reset_inner_loops(parent_id)
+        for st in children:
+            st.inner_loop = 0
 
     def _reset_inner_loops_anywhere(self, parent_id: str) -> None:
         # Not expected (a parent's nodes belong to the parent's root), but no copy may stay stale.
@@ -314,6 +350,8 @@ class CachedUnit(SqliteUnit):
         return p
 
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
+        if "ack_num" in fields:
+            self._unsent_acks.pop(process_id, None)  # replaced by this write
         p = self.cache.processes.get(process_id)
         if p is not None:
             _apply(p, fields)
@@ -326,7 +364,7 @@ class CachedUnit(SqliteUnit):
         others = {pid: n for pid, n in counts.items() if pid not in kept}
         acked = super().ack_children(others) if others else {}
         for pid, p in sorted(kept.items()):
-            self._x(ACK_CHILDREN, [counts[pid], pid])
+            self._unsent_acks[pid] = self._unsent_acks.get(pid, 0) + counts[pid]
             p.ack_num += counts[pid]
             acked[pid] = _copy_process(p)
         return acked

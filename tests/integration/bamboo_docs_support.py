@@ -178,18 +178,3 @@ class FormatSupportCurrentTime(LazyVariable):
     def get_value(self):
         time_format = self.value.get("time_format", "%Y-%m-%d %H:%M:%S").strip()
         return datetime.datetime.now().strftime(time_format)
-
-
-# custom_end_event.md: the end event is defined and registered where the application starts, as the
-# guide advises, with only the imports changed.
-from culm.events import ExecutableEndEvent, FlowNodeClsFactory  # noqa: E402 - bamboo: pipeline.core.flow
-from culm.validator import api as validator_api  # noqa: E402 - bamboo: from bamboo_engine.validator import api
-
-
-class CustomExecutableEndEvent(ExecutableEndEvent):
-    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
-        print("it is executed")
-
-
-validator_api.add_sink_type("CustomExecutableEndEvent")
-FlowNodeClsFactory.register_node("CustomExecutableEndEvent", CustomExecutableEndEvent)

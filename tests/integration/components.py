@@ -262,6 +262,20 @@ class PollComponent(Component):
     bound_service = PollService
 
 
+class LoggingPollService(PollService):
+    """PollService logging a line of ``width`` characters at each poll."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        self.logger.info("poll %d %s", data.outputs.count + 1, "w" * data.get_one_of_inputs("width", 0))
+        return super().schedule(data, parent_data, callback_data)
+
+
+class LoggingPollComponent(Component):
+    code = "t_poll_log"
+    name = "logging poll"
+    bound_service = LoggingPollService
+
+
 class PollGateService(PollService):
     """A poll that holds its first ``schedule`` call until ``gate(inputs.gate)`` is set; then it
     finishes, or fails if ``inputs.fail``."""
@@ -741,3 +755,65 @@ class AwkwardComponent(Component):
     code = "t_awkward"
     name = "awkward outputs"
     bound_service = AwkwardService
+
+
+# -- objects that reach outside, put into the context (templates must not use what they can do) --
+def client_calls() -> list[str]:
+    """What every :class:`ReachingClient` was made to do, in any process (one line each)."""
+    path = SHARED_DIR / "client-calls"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+class ReachingClient:
+    """Stands for a ``requests.Session``, a database connection: its methods, its property and its
+    iteration would reach the network; here each records itself in a shared file."""
+
+    kind = "http"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def _record(self, what: str) -> None:
+        with (SHARED_DIR / "client-calls").open("a") as calls:
+            calls.write(what + "\n")
+
+    def get(self, path: str) -> str:
+        self._record(f"get {path}")
+        return f"fetched {path}"
+
+    @property
+    def token(self) -> str:
+        self._record("token")
+        return "s3cret"
+
+    def __iter__(self):
+        self._record("iter")
+        return iter(["row"])
+
+    def __getitem__(self, key: str) -> str:
+        self._record(f"getitem {key}")
+        return "row"
+
+
+class ClientService(Service):
+    """Outputs ``client``: a :class:`ReachingClient` for the ``url`` input (stored pickled)."""
+
+    def execute(self, data, parent_data):
+        data.outputs.client = ReachingClient(data.get_one_of_inputs("url") or "http://svc")
+        return True
+
+
+class ClientComponent(Component):
+    code = "t_client"
+    name = "client"
+    bound_service = ClientService
+
+
+class OpenFileVariable(LazyVariable):
+    """An open file, for the path its value names: a lazy variable's value is never stored, so
+    a template meets the file object itself."""
+
+    code = "t_lazy_file"
+
+    def get_value(self):
+        return open(self.value)  # noqa: SIM115 - the object a careless lazy variable hands out

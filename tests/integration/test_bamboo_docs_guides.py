@@ -272,23 +272,6 @@ def test_the_runtime_signals_the_guide_lists(runtime):
     assert execute_interrupt.name == "execute_interrupt" and schedule_interrupt.name == "schedule_interrupt"
 
 
-# -- custom_end_event.md ------------------------------------------------------------------------------
-def test_the_custom_end_event_guide(runtime, capsys):
-    # the guide's second block, with its class registered in bamboo_docs_support
-    start = EmptyStartEvent()
-    buy_ticket = ServiceActivity(component_code="example_component", name="example_component")
-    end = ExecutableEndEvent(type="CustomExecutableEndEvent")  # the type is the registered name
-    start.extend(buy_ticket).extend(end)
-    pipeline_data = Data()
-    pipeline = build_tree(start, data=pipeline_data)
-    api.run_pipeline(runtime=runtime, pipeline=pipeline)
-
-    wait_finished(runtime, pipeline)
-    assert pipeline["end_event"]["type"] == "CustomExecutableEndEvent"
-    assert executed(states_of(runtime, pipeline), pipeline) >= {start.id, buy_ticket.id, end.id}
-    assert "it is executed" in capsys.readouterr().out
-
-
 # -- engine_hook_signals.md ---------------------------------------------------------------------------
 # The guide's event types, each with the keys of its payload. Where the guide and bamboo's code
 # disagree, culm sends what the code sends (shared spec, bamboo-features 8.2): pause/revoke/resume

@@ -181,9 +181,10 @@ def _state(node_id: str, name: str = "RUNNING"):
     return StateRecord(node_id, "root", "root", name, "v1", 1, 1, 0, False, False, 1.0, 1.0, None)
 
 
-def _stored(store, node_id):
+def _stored(store, row_id, verb="get_state"):
+    """A state (or with ``verb`` "get_process", a process) as stored, read by another unit."""
     with store.reading() as unit:
-        return unit.get_state(node_id)
+        return getattr(unit, verb)(row_id)
 
 
 def test_a_state_finished_in_its_own_transaction_is_stored_finished(fold_store):
@@ -224,3 +225,51 @@ def test_an_undone_savepoint_takes_its_unsent_inserts_with_it(fold_store):
             raise RuntimeError("undo this part")
     assert _stored(store, "a") is not None
     assert _stored(store, "b") is None
+
+
+def test_a_stored_state_is_compared_on_its_copy_and_set(fold_store):
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        unit.insert_state(_state("a"))
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+        unit.insert_state(_state("b"))  # not sent yet: the compare-and-sets below leave it waiting
+        assert not unit.update_state("a", expect_version="v0", name="FINISHED")  # wrong version
+        assert not unit.update_state("a", expect_names=["FAILED"], name="FINISHED")  # wrong state
+        assert unit.update_state("a", expect_version="v1", expect_names=["RUNNING"], name="FINISHED",
+                                 archived_time=2.0)
+        assert not unit.update_state("a", expect_names=["RUNNING"], name="FAILED")  # it is FINISHED now
+        assert {s.node_id: s.name for s in unit.states_of_root("root")} == {
+            "root": "RUNNING", "a": "FINISHED", "b": "RUNNING"}
+    st = _stored(store, "a")
+    assert (st.name, st.archived_time, st.version) == ("FINISHED", 2.0, "v1")
+    assert _stored(store, "b").name == "RUNNING"
+
+
+def test_children_counted_on_a_kept_parent_are_stored(fold_store):
+    from culm.core.records import ProcessRecord
+
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+        unit.insert_processes([ProcessRecord("p", "root", None, "a", None, ["root"], asleep=True, need_ack=3)])
+    with store.transaction(cache=cache) as unit:  # one child, then another: the parent sleeps on
+        assert unit.ack_children({"p": 1})["p"].ack_num == 1
+        assert unit.ack_children({"p": 1})["p"].ack_num == 2
+    assert _stored(store, "p", "get_process").ack_num == 2
+    with store.transaction(cache=cache) as unit:  # a read through SQL sees the count not sent yet
+        assert unit.ack_children({"p": 1})["p"].ack_num == 3
+        assert [p.ack_num for p in unit.processes_of_root("root")] == [3]
+        unit.update_process("p", asleep=False, ack_num=0, need_ack=0, current_node_id="b")  # the wake
+    stored = _stored(store, "p", "get_process")
+    assert (stored.ack_num, stored.need_ack, stored.asleep, stored.current_node_id) == (0, 0, False, "b")
+    with store.transaction(cache=cache) as unit:  # the last child and the wake in one transaction
+        unit.update_process("p", asleep=True, need_ack=1)
+        assert unit.ack_children({"p": 1})["p"].ack_num == 1
+        unit.update_process("p", asleep=False, ack_num=0, need_ack=0)
+    assert (_stored(store, "p", "get_process").ack_num, _stored(store, "p", "get_process").asleep) == (0, False)
+    with store.transaction(cache=cache) as unit:  # a count undone with its savepoint is not stored
+        with pytest.raises(RuntimeError), unit.savepoint():
+            unit.ack_children({"p": 1})
+            raise RuntimeError("undo this part")
+    assert _stored(store, "p", "get_process").ack_num == 0

@@ -286,3 +286,90 @@ def test_revision_0010_refused_a_trigger_on_mysql_undoes_itself_and_can_run_agai
         assert kept == real and real > 10_000
     finally:
         store.dispose()
+
+
+# Each root's stored bytes counted from its rows (a key's root as the triggers find it), on SQLite.
+_BY_ROOT = " UNION ALL ".join(
+    f"SELECT COALESCE(n.root_id, t.{key}) AS r, {size} AS b FROM {table} t LEFT JOIN culm_node n ON n.id = t.{key}"
+    for table, key, size in (
+        ("culm_execution_data", "node_id", "LENGTH(t.inputs) + LENGTH(t.outputs)"),
+        ("culm_node_data", "node_id", "LENGTH(t.inputs)"),
+        ("culm_history", "node_id", "LENGTH(t.inputs) + LENGTH(t.outputs)"),
+        ("culm_context_value", "pipeline_id", "LENGTH(t.value)"),
+        ("culm_callback_data", "node_id", "LENGTH(t.data)"),
+        ("culm_log", "node_id", "LENGTH(t.line)"),
+    )
+)
+
+
+def _recount_by_root(path) -> tuple[dict[str, int], dict[str, int]]:
+    """Each root's bytes recounted from its rows, and as its counter rows hold them."""
+    import sqlite3
+
+    with sqlite3.connect(path) as conn:
+        real = dict(conn.execute(f"SELECT r, SUM(b) FROM ({_BY_ROOT}) x GROUP BY r").fetchall())
+        kept = dict(conn.execute("SELECT root_id, SUM(bytes) FROM culm_root_bytes GROUP BY root_id").fetchall())
+    return {r: b for r, b in real.items() if b}, {r: b for r, b in kept.items() if b}
+
+
+def test_sqlite_counts_stay_exact_with_culm_and_foreign_writers_mixed(tmp_path):
+    """On SQLite the triggers count every writer's bytes: culm's writes (first writes, replacements,
+    a pipeline's own execution data row, which has no culm_node row), a plain sqlite3 connection
+    with trusted_schema off (its triggers may call no function a connection must register), the
+    sqlite3 shell. The counters equal a recount after all of it; a savepoint rolled back takes its
+    bytes with it, and a budget read inside the transaction sees the bytes written so far. (The
+    guard for any change that lets culm count its own writes instead: trigger9.)"""
+    import shutil
+    import sqlite3
+    import subprocess
+
+    path = tmp_path / "mixed.db"
+    store = _open(f"sqlite:///{path}")
+    roots = ["a" * 32, "b" * 32]
+    try:
+        for root in roots:
+            _fill(store, root)
+        foreign = sqlite3.connect(path, isolation_level=None)
+        foreign.execute("PRAGMA trusted_schema=OFF")
+        for i, root in enumerate(roots):
+            node, sub = NODE + root[:1], SUB + root[:1]
+            with store.transaction() as unit:
+                unit.add_nodes([(f"x{i}{j}" + "0" * 28, root, sub, "ServiceActivity") for j in range(5)])
+                for j in range(5):
+                    unit.set_execution_data(f"x{i}{j}" + "0" * 28, {"i": "p" * (10 + j)}, {"o": "q" * j})
+                unit.insert_context(sub, [ContextValue(f"${{k{j}}}", "plain", "v" * (j + 1)) for j in range(4)])
+                unit.set_execution_outputs(root, {"end": "e" * 40})  # a pipeline's own row, no culm_node row
+                assert unit.stored_bytes(node)[1] == _recount_by_root_in(unit, root)
+                with pytest.raises(RuntimeError), unit.savepoint():
+                    unit.set_execution_data(f"x{i}9" + "0" * 28, {"i": "w" * 500}, {})
+                    raise RuntimeError("undone")
+            foreign.execute("BEGIN")
+            foreign.execute(
+                "INSERT INTO culm_execution_data (node_id, inputs, outputs) VALUES (?, ?, ?)",
+                (f"x{i}5" + "0" * 28, '{"f":1}', "{}"),
+            )
+            foreign.execute("UPDATE culm_execution_data SET outputs = ? WHERE node_id = ?", ('{"o":"' + "z" * 99 + '"}',
+                                                                                            f"x{i}0" + "0" * 28))
+            foreign.execute("DELETE FROM culm_context_value WHERE pipeline_id = ? AND \"key\" = '${k0}'", (sub,))
+            foreign.execute("COMMIT")
+            with store.transaction() as unit:  # replaced by culm: the triggers count these
+                unit.set_execution_data(f"x{i}1" + "0" * 28, {}, {"o": "r" * 77})
+                unit.set_execution_outputs(root, {"end": "e" * 4})
+        shell = shutil.which("sqlite3")
+        if shell is not None:
+            script = (
+                f"INSERT INTO culm_context_value (pipeline_id, \"key\", type, value, refs) "
+                f"VALUES ('{roots[0]}', '${{shell}}', 'plain', '\"{'s' * 60}\"', '[]');"
+                f"UPDATE culm_execution_data SET inputs = '{{}}' WHERE node_id = 'x12{'0' * 28}';"
+            )
+            subprocess.run([shell, str(path), script], check=True, capture_output=True, timeout=60)
+        foreign.close()
+        real, kept = _recount_by_root(path)
+        assert set(roots) <= set(real) and kept == real
+    finally:
+        store.dispose()
+
+
+def _recount_by_root_in(unit, root: str) -> int:
+    """A root's stored bytes counted from its rows, inside ``unit``'s transaction."""
+    return int(unit._one(f"SELECT SUM(b) FROM ({_BY_ROOT}) x WHERE r = ?", [root])[0])

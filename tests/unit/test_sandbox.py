@@ -10,7 +10,7 @@ import pytest
 
 from culm.data import sandbox
 from culm.data.sandbox import SAFE_BUILTINS, Limits, evaluate, free_names, safe_str
-from culm.errors import ExpressionError, ExpressionLimitError
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -76,7 +76,7 @@ def test_names_shadow_builtins_and_plain_objects_expose_public_data() -> None:
     assert evaluate("obj.name.upper() + str(obj.items[1])", {"obj": obj}) == "N2"
 
 
-def test_methods_of_user_objects_can_be_called() -> None:
+def test_methods_of_user_objects_are_called_only_when_the_deployment_trusts_its_templates(monkeypatch) -> None:
     class Lazy:
         def __init__(self) -> None:
             self.value = 2
@@ -84,6 +84,9 @@ def test_methods_of_user_objects_can_be_called() -> None:
         def double(self) -> int:
             return self.value * 2
 
+    with pytest.raises(ExpressionRefusedError, match="method 'double'.*v.double"):
+        evaluate("v.double() + 1", {"v": Lazy()})
+    monkeypatch.setattr(sandbox, "TRUST_CONTEXT_OBJECTS", True)
     assert evaluate("v.double() + 1", {"v": Lazy()}) == 5
 
 
@@ -250,3 +253,26 @@ def test_a_length_refused_is_told_briefly(expr: str, told: str) -> None:
         evaluate(expr, {})
     assert f"would be {told} long, over 1000000" in str(refused.value)
     assert len(str(refused.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("method", "text"),
+    [
+        ("upper", "ß" * 600_000),  # "SS": each letter becomes two
+        ("casefold", "ß" * 600_000),
+        ("swapcase", "ß" * 600_000),
+        ("title", "ﬃ " * 400_000),  # "Ffi ": the ligature becomes three letters
+        ("capitalize", "İ" * 600_000),  # lowered: "i" and a combining dot
+        ("lower", "İ" * 600_000),
+    ],
+)
+def test_a_case_mapping_that_would_grow_a_text_past_the_limit_is_refused_before_it_runs(method, text) -> None:
+    # Found probing (session 18): the result was built in full, then refused: "ß" * 3,000,000 (a
+    # value a component may return) upper-cased into 6 million characters, 42 MB, 0.4 s.
+    with pytest.raises(ExpressionLimitError, match=rf"str\.{method}\(\) result would be"):
+        evaluate(f"s.{method}()", {"s": text})
+
+
+def test_a_long_case_mapping_that_does_not_grow_past_the_limit_runs() -> None:
+    assert evaluate("s.upper()", {"s": "é" * 900_000}) == "É" * 900_000
+    assert evaluate("s.title()", {"s": "ß" * 400_000}) == "Ss" + "ß" * 399_999

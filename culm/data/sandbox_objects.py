@@ -1,0 +1,166 @@
+"""What an expression may do with an object a component or a lazy variable put in the context.
+
+A context may hold any object a component returned (pickled in the store and read back) or a lazy
+variable's ``get_value`` built (never stored): a ``requests.Session``, a client holding a
+connection, a file. Their methods and properties are code that reaches the network, the disk or a
+database, and the template that calls them is untrusted: ``${sess.get("http://169.254.169.254/")}``
+is a request from the worker. So, unless a deployment trusts its templates
+(``culm.data.sandbox.TRUST_CONTEXT_OBJECTS``, ``$CULM_TRUST_CONTEXT_OBJECTS``), an expression:
+
+* calls methods of ``str``, ``int``, ``float``, ``list``, ``tuple``, ``dict`` and ``set`` (those in
+  ``SAFE_METHODS``; on a subclass, the built-in type's own method, never an override), of the
+  standard library's value types (the methods of :data:`VALUE_METHODS` and those ``fractions``,
+  ``ipaddress`` and ``uuid`` write in Python), and nothing else;
+* reads attributes of other objects only where they hold data: an instance's own attribute (a
+  dataclass field, ``self.x = ...``), a slot, a plain class attribute, a namedtuple's field, an
+  enum member's ``name`` and ``value``; never a method, a property or what ``__getattr__`` makes;
+* iterates, indexes, measures (``len``) and tests membership (``in``) only of built-in values,
+  the standard library's value and container types (``collections``, ``array``) and subclasses of
+  built-in containers that keep their protocol methods: a file iterated is a file read, a client's
+  ``__getitem__`` a query.
+
+A refusal raises :class:`~culm.errors.ExpressionRefusedError`: the node fails naming the
+expression (a fragment the sandbox cannot evaluate otherwise stays text, as bamboo does).
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import enum
+import types
+from typing import Any
+
+from culm.data.sandbox_guards import VALUE_MODULES
+from culm.errors import ExpressionRefusedError
+
+_DATE = frozenset("isoformat strftime weekday isoweekday isocalendar toordinal replace ctime".split())
+_TIME_OF_DAY = frozenset("utcoffset tzname dst".split())
+# Methods written in C of the standard library's value types that an expression may call: each
+# only computes a value from the object (strftime is sized first, like a format spec).
+VALUE_METHODS: dict[type, frozenset[str]] = {
+    datetime.datetime: _DATE | _TIME_OF_DAY | {"date", "time", "timetz", "timestamp", "astimezone"},
+    datetime.date: _DATE,
+    datetime.time: frozenset({"isoformat", "strftime", "replace"}) | _TIME_OF_DAY,
+    datetime.timedelta: frozenset({"total_seconds"}),
+    datetime.tzinfo: _TIME_OF_DAY,
+    decimal.Decimal: frozenset(
+        "quantize normalize to_integral_value adjusted is_finite is_infinite is_nan is_zero is_signed "
+        "copy_abs copy_negate".split()
+    ),
+}
+
+# Modules whose types iterate, index and measure what they hold, and nothing else.
+_PROTOCOL_MODULES = VALUE_MODULES | {"builtins", "collections", "array"}
+# The protocol methods a subclass of a built-in container must not override to stay a value.
+_PROTOCOL_METHODS = ("__iter__", "__getitem__", "__contains__", "__len__", "__missing__", "__reversed__",
+                     "keys", "items", "values", "get")
+_BUILTIN_CONTAINERS = (list, tuple, dict, set, frozenset, str, bytes, bytearray)
+_ABSENT = object()
+_HINT = ("templates may call methods of str, int, float, list, tuple, dict, set and of the standard "
+         "library's value types only, and read data attributes of other objects "
+         "(culm.data.sandbox.TRUST_CONTEXT_OBJECTS, $CULM_TRUST_CONTEXT_OBJECTS=1, lifts this for "
+         "trusted templates)")
+
+
+def _top(module: str | None) -> str:
+    return (module or "").partition(".")[0]
+
+
+def kind_name(obj: Any) -> str:
+    kind = type(obj)
+    module = kind.__module__
+    return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
+
+
+def value_object(obj: Any) -> bool:
+    """An object of a standard-library value type (a date, a Decimal, a UUID, a SimpleNamespace)."""
+    return _top(type(obj).__module__) in VALUE_MODULES
+
+
+def value_method(obj: Any, attr: str) -> bool:
+    """Whether ``attr`` is a C method of a value type an expression may call on ``obj``."""
+    for klass in type(obj).__mro__:
+        allowed = VALUE_METHODS.get(klass)
+        if allowed is not None:
+            return attr in allowed
+    return False
+
+
+def python_value_method(func: Any) -> bool:
+    """A method written in Python by a value module (``Fraction.limit_denominator``,
+    ``IPv4Network.subnet_of``): it only computes."""
+    return _top(func.__func__.__module__) in VALUE_MODULES
+
+
+def read_attribute(obj: Any, attr: str) -> Any:
+    """``obj.attr`` for an object outside the sandbox's values, when the attribute holds data.
+
+    Raises:
+        ExpressionRefusedError: the attribute is a method, a property, or not stored at all.
+    """
+    if issubclass(type(obj), enum.Enum) and attr in ("name", "value"):
+        return object.__getattribute__(obj, attr)
+    owner, found = _class_attribute(type(obj), attr)
+    data_descriptor = found is not _ABSENT and (
+        hasattr(type(found), "__set__") or hasattr(type(found), "__delete__")
+    )
+    if not data_descriptor:
+        own = _instance_dict(obj)
+        if own is not None and attr in own:
+            return own[attr]
+    if found is _ABSENT:
+        raise ExpressionRefusedError(
+            f"attribute {attr!r} of a {kind_name(obj)} object is refused: it is not stored on the "
+            f"object (its class computes it); {_HINT}"
+        )
+    # object.__getattribute__, not getattr: a class's own __getattribute__ is its code too
+    if isinstance(found, types.MemberDescriptorType) or not hasattr(type(found), "__get__"):
+        return object.__getattribute__(obj, attr)  # a slot, or plain data kept on the class
+    if owner is not None and _top(owner.__module__) in VALUE_MODULES and not callable(found):
+        return object.__getattribute__(obj, attr)  # a value type's field on a subclass (a datetime's year)
+    what = "method" if callable(found) or isinstance(found, classmethod | staticmethod) else "property"
+    raise ExpressionRefusedError(
+        f"{what} {attr!r} of a {kind_name(obj)} object is refused: it runs the object's code; {_HINT}"
+    )
+
+
+def _class_attribute(kind: type, attr: str) -> tuple[type | None, Any]:
+    for klass in kind.__mro__:
+        found = klass.__dict__.get(attr, _ABSENT)
+        if found is not _ABSENT:
+            return klass, found
+    return None, _ABSENT
+
+
+def _instance_dict(obj: Any) -> dict[str, Any] | None:
+    if type(_class_attribute(type(obj), "__dict__")[1]) is not types.GetSetDescriptorType:
+        return None  # no instance dict, or a class that made __dict__ a property of its own
+    own = object.__getattribute__(obj, "__dict__")
+    return own if type(own) is dict else None
+
+
+def refused_call(func: Any) -> ExpressionRefusedError:
+    owner = getattr(func, "__self__", None)
+    name = getattr(func, "__name__", type(func).__name__)
+    where = f" of a {kind_name(owner)} object" if owner is not None else ""
+    return ExpressionRefusedError(f"calling {name}{where} is refused: {_HINT}")
+
+
+def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
+    """Why ``what`` (iterating, indexing, ``len``, ``in``) of ``obj`` is refused, or None."""
+    kind = type(obj)
+    module = _top(kind.__module__)
+    if module in _PROTOCOL_MODULES:
+        return None
+    if issubclass(kind, _BUILTIN_CONTAINERS) and not any(
+        _top(owner.__module__) not in _PROTOCOL_MODULES
+        for owner in kind.__mro__
+        for name in _PROTOCOL_METHODS
+        if name in owner.__dict__
+    ):
+        return None  # a namedtuple, a subclass of dict that keeps dict's own protocol
+    return ExpressionRefusedError(
+        f"{what} a {kind_name(obj)} object is refused: it runs the object's code (a file iterated "
+        f"is read, a client indexed is queried); {_HINT}"
+    )
