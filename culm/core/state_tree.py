@@ -57,13 +57,16 @@ class Tree:
     """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
     the entries they hand out)."""
 
-    __slots__ = ("entries", "records", "dirty", "read_at", "may_wait", "facts", "reasons")
+    __slots__ = ("entries", "records", "dirty", "read_at", "seq", "may_wait", "facts", "reasons")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
         self.entries = entries  # {node_id: entry built from it}
         self.dirty: set[str] = set()  # nodes with changes the rows do not show yet
         self.read_at = read_at  # when every row was last read (monotonic)
+        # Rows visible in seq order (SQLite, the memory store): the feed's seq this tree is caught up
+        # with: every change up to it is in the rows, or its node is in ``dirty``.
+        self.seq = 0
         # The records in a state that may wait (waits.MAY_WAIT), once a reader asked (the rows never
         # change: an idle pipeline's polls pick them out of its 1,004 rows once, not at every poll;
         # a refresh carries them over and looks at the changed rows only).
@@ -86,14 +89,18 @@ class StateTrees:
     One cursor in the feed serves every kept pipeline: each call reads the changes since the
     previous call (whichever pipeline that was for) once, and marks their nodes dirty in the
     pipelines kept. So a poller of a hundred pipelines scans each change once, not once per
-    pipeline.
+    pipeline. Rows visible in seq order (SQLite, the memory store), a call for the same pipeline
+    as the previous one (a poller of one pipeline) reads only that pipeline's changes instead,
+    with the rows of the nodes they name, in one statement (:meth:`_tree_own`): each kept tree
+    knows the seq it is caught up with (``Tree.seq``; nodes changed since are marked dirty).
     """
 
     def __init__(self, max_nodes: int = 200_000) -> None:
         self.max_nodes = max_nodes
         self._kept: OrderedDict[str, Tree] = OrderedDict()
         self._nodes = 0
-        self._seq = 0  # the highest feed seq caught up with
+        self._seq = 0  # rows visible in seq order: the common cursor, caught up with by every kept tree
+        self._last_root: str | None = None  # ... and the pipeline the previous call was for
         self._cursor: FeedCursor | None = None  # server databases: where the catch-up stands
         self._top = 0  # server databases: every seq up to here was read at least once
         self._window_at = 0.0  # ... and when the rows above the cursor were last read again
@@ -107,7 +114,11 @@ class StateTrees:
         with self._lock:
             if not unit.feed_ordered:
                 return self._tree_settled(unit, root_id, build)
-            # This read's snapshot on SQLite: every state read below is as of it.
+            # Two ways to catch up (both in this read's snapshot: every state read below is as of it).
+            kept = self._kept.get(root_id)
+            if kept is not None and self._last_root == root_id:
+                return self._tree_own(unit, root_id, kept, build), None
+            self._last_root = root_id
             last, changed = unit.changes_since(self._seq, MAX_CATCH_UP)
             if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
                 return self._read(unit, root_id, build), None
@@ -115,6 +126,7 @@ class StateTrees:
             kept = self._kept.get(root_id)
             if kept is None:
                 tree = self._read(unit, root_id, build)
+                tree.seq = last
                 if tree.records:
                     self._keep(root_id, tree)
                 return tree, None
@@ -123,7 +135,40 @@ class StateTrees:
                 # (In turn, not together: SQLite has no round trips to save, and read_facts then
                 # reads the schedules of the nodes that run, not of every changed one.)
                 kept = self._refreshed(unit, root_id, kept, build, unit.get_states(kept.dirty), None)
+            kept.seq = last
             return kept, None
+
+    def _tree_own(self, unit: Unit, root_id: str, kept: Tree, build: Build) -> Tree:
+        """Rows visible in seq order, asked for the same pipeline as the previous call (one
+        pipeline polled): only its own changes since its tree was last caught up, the rows of the
+        nodes they name read in one statement through the feed's index by root. Other kept trees
+        are not marked (the feed's rows of every pipeline are not read): the next call for another
+        pipeline catches up from the common cursor, which this leaves where it was."""
+        last = unit.last_change_seq()
+        if last < self._seq or last < kept.seq:  # an older snapshot than the kept trees (a concurrent reader)
+            return self._read(unit, root_id, build)
+        self._kept.move_to_end(root_id)
+        if last == kept.seq and not kept.dirty:  # the feed has not moved since this tree was caught up
+            return kept
+        if last - kept.seq > MAX_CATCH_UP:  # cheaper read whole
+            tree = self._read(unit, root_id, build)
+            tree.seq = last
+            if tree.records:
+                self._keep(root_id, tree)
+            return tree
+        named = unit.changed_states(root_id, kept.seq, last) if last > kept.seq else []
+        rows = {node_id: st for node_id, st in named if st is not None}
+        changed = {node_id for node_id, _ in named}
+        # Marked by an earlier catch-up from the common cursor (already in ``named`` unless older).
+        if kept.dirty - changed:
+            rows.update(unit.get_states(kept.dirty - changed))
+            changed |= kept.dirty
+        if not changed:
+            kept.seq = last
+            return kept
+        fresh = self._refreshed(unit, root_id, kept, build, rows, None, changed=changed)
+        fresh.seq = last
+        return fresh
 
     def tree_of(self, root_id: str) -> Tree | None:
         """The tree kept for ``root_id`` as last read (None when none is kept), for inspection."""
@@ -291,10 +336,11 @@ class StateTrees:
 
     def _refreshed(self, unit: Unit, root_id: str, kept: Tree, build: Build, states_read: dict[str, StateRecord],
                    schedules_read: list[ScheduleRecord] | None, processes: list[ProcessPosition] | None = None,
-                   *, keep_processes: bool = True) -> Tree:
-        """``kept`` with the rows of its dirty nodes as read (``states_read``), and the live
-        schedules of those nodes (``schedules_read``) and the pipeline's live processes
-        (``processes``) in its kept facts (None: not read; read_facts reads what it needs)."""
+                   *, keep_processes: bool = True, changed: Collection[str] | None = None) -> Tree:
+        """``kept`` with the rows of its dirty nodes (``changed`` when given) as read
+        (``states_read``), and the live schedules of those nodes (``schedules_read``) and the
+        pipeline's live processes (``processes``) in its kept facts (None: not read; read_facts
+        reads what it needs)."""
         records, entries = dict(kept.records), dict(kept.entries)
         for node_id, st in states_read.items():
             if st.root_id == root_id:  # a state created ahead of its node may get its root later
@@ -302,7 +348,8 @@ class StateTrees:
                 entries[node_id] = build(st, node_id == root_id, None if before is None else (before, entries[node_id]))
                 records[node_id] = st
         fresh = Tree(records, entries, kept.read_at)
-        changed = kept.dirty
+        if changed is None:
+            changed = kept.dirty
         schedules = dict(kept.facts.schedules)  # one copy in C: a reader outside the lock may add to it
         for node_id in changed:
             schedules.pop(node_id, None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from culm.core import data as cdata
@@ -11,8 +12,8 @@ from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.ports import LogRow
 from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
-from culm.core.service_call import CallResult, ServiceCall
-from culm.errors import CulmError, UnstorableValueError
+from culm.core.service_call import CallResult, ServiceCall, finishes, moves_on
+from culm.errors import CulmError, StoredBytesBudgetError, UnstorableValueError
 from culm.model.limits import clip_log_line
 
 
@@ -52,11 +53,21 @@ def execute(run: Run) -> Outcome:
 
 def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> ServiceCall:
     node, st = run.node, run.state
+    cfg = node.loop_config or {}
     return ServiceCall(
         code=node.code, version=node.version, node_id=node.id, state_version=st.version, root_id=run.root_id,
         top_pipeline_id=run.top_pipeline_id, loop=st.loop, inner_loop=st.inner_loop, inputs=inputs,
         outputs=outputs, root_data=run.root_data(), error_ignorable=node.error_ignorable,
+        fail_skip=bool(cfg.get("fail_skip")), loop_left=_loop_times(run) - st.inner_loop if cfg else 0,
     )
+
+
+def _loop_times(run: Run) -> int:
+    """How many iterations the node loop runs in all (update_node_loop_times may have changed the
+    configured count since the run started)."""
+    times_key = cdata.loop_times_key(run.node.id)
+    times = run.unit.get_context(run.top_pipeline_id, [times_key]).get(times_key)
+    return int(times.value if times is not None else (run.node.loop_config or {}).get("loop_times") or 0)
 
 
 def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
@@ -67,7 +78,7 @@ def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
     return CallResult(False, inputs, {}, ex_data=text)
 
 
-def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
+def record_call(run: Run, res: CallResult, *, repeated: bool = False) -> tuple[CallResult, dict[str, Any]]:
     """Store a call's logs and execution data and queue its events.
 
     A log line with what no backend can hold (a NUL, a lone surrogate) was escaped when it was
@@ -77,6 +88,10 @@ def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
     ``ex_data`` naming that part: the component ran once and its node fails visibly, instead of
     a write that fails at every attempt (and the component run again after each one).
 
+    Its log lines are checked against the stored-bytes budget past STORED_BYTES_CHECK_AT bytes,
+    or whatever their size when ``repeated`` (a schedule call: a node polling for ever logged
+    past any budget); past it one line saying so is kept in their place.
+
     Returns:
         The result as recorded (``res``, or a failed copy of it) and its outputs with the reserved
         keys (``ex_data``, ``_result``, ``_loop``, ``_inner_loop``).
@@ -84,6 +99,11 @@ def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
     unit, node_id = run.unit, run.node.id
     problems: list[str] = []
     if res.logs:
+        rows = _log_rows(run, res.logs)
+        try:
+            unit.check_logs(node_id, sum(len(r["line"]) for r in rows), always=repeated)
+        except StoredBytesBudgetError as exc:
+            res = replace(res, logs=[(res.logs[-1][0], f"[culm: {len(rows):,} log lines of this call not kept: {exc}]")])
         try:
             unit.add_logs(_log_rows(run, res.logs))
         except UnstorableValueError as exc:
@@ -160,8 +180,9 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
     mapped, loop_times = _outputs_to_context(run, ok, outputs)
     if node.loop_config and not _kept_loop_outputs(run, mapped, outputs):
         return SLEEP
-    if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
-        again = (ok or not node.error_ignorable) and run.state.inner_loop < loop_times
+    fail_skip = bool((node.loop_config or {}).get("fail_skip"))
+    if finishes(ok, node.error_ignorable, fail_skip):
+        again = not moves_on(ok, node.error_ignorable, fail_skip, loop_times - run.state.inner_loop)
         run.finish(error_ignored=not ok, announce=scheduled or not again)
         if not node.loop_config:
             run.upsert_context(run.top_pipeline_id, mapped)

@@ -191,6 +191,11 @@ RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concur
 CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
 CHANGED_PAIRS = "SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?"
+# The nodes of one root the feed names in a seq range (through ix_culm_change_root_seq), each once,
+# with their state rows (NULLs: none); the state tree's catch-up (culm.core.state_tree).
+CHANGED_STATES = ("SELECT c.node_id, " + ", ".join("s." + c for c in STATE_COLUMNS)
+                  + " FROM (SELECT DISTINCT node_id FROM culm_change WHERE root_id = ? AND seq > ? AND seq <= ?) c"
+                  " LEFT JOIN culm_state s ON s.node_id = c.node_id")
 # Old changes of ended pipelines in a seq range: each row's root state looked up by key (an IN over
 # the ended roots would read every state row of every stored pipeline at each chunk).
 PRUNE_CHANGES = (
@@ -269,6 +274,7 @@ ALL_ROOT_BYTES = "SELECT SUM(bytes) FROM culm_root_bytes"
 ROOT_BYTES_OWN = {
     "culm_execution_data": "(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",
     "culm_node_data": "(SELECT {size}(inputs) FROM culm_node_data WHERE node_id = n.id)",
+    "outputs": "(SELECT {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",  # set_execution_outputs
 }
 # The lines of one run of a node (culm_log_count, revision 0010).
 LOG_COUNT = "SELECT line_count FROM culm_log_count WHERE node_id = ? AND version = ?"
