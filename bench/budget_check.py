@@ -1,6 +1,7 @@
 """What a budget check costs on a pipeline holding MEGABYTES MB (culm.storage.budget).
 
     python -m bench.budget_check URL [MEGABYTES]
+    python -m bench.budget_check URL --counters ROWS [--writes N]
 
 URL names an empty database of its own (SQLite file, PostgreSQL or MariaDB): it is migrated to head
 and one root pipeline is given MEGABYTES (default 120) histories of 1 MB each. Printed: the count as
@@ -8,16 +9,26 @@ culm made it before revision 0010 (every stored value of the pipeline summed; Po
 with the pages read, a figure that does not depend on the machine's load) and the check now
 (``SqlUnit.stored_bytes``: the root's counter rows), with their wall times (load-dependent) and
 results.
+
+``--counters ROWS``: the cost of $CULM_MAX_STORED_BYTES (culm.model.limits.MAX_STORED_BYTES) with
+ROWS counter rows stored (``culm_root_bytes``, 16 a pipeline on a server): N (default 200) small
+callbacks checked whatever their size, each in its transaction, far from the bound; printed: how
+many of them summed every counter row, each way (a sum at every check, as before session 18, and
+``budget.StoreTotal``: again only near the bound or once a second), the wall time of the writes
+(load-dependent) and, on PostgreSQL, the pages one sum reads.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 from culm.core.records import HistoryRecord
-from culm.storage import migrate
+from culm.model import limits
+from culm.storage import budget, migrate
 from culm.storage.sql import SqlStore
+from culm.storage.sql.base import SqlUnit
+from culm.storage.sql.statements import ALL_ROOT_BYTES
 
 ROOT, NODE = "r" * 32, "n" * 32
 
@@ -78,5 +89,55 @@ def main(url: str, megabytes: int) -> None:
         store.dispose()
 
 
+def counters(url: str, rows: int, writes: int) -> None:
+    store = SqlStore(url, create=False)
+    limits.MAX_STORED_BYTES = 10**15  # set, and far away
+    sums = [0]
+    summed = SqlUnit.all_stored_bytes
+
+    def counted(unit: SqlUnit) -> int:
+        sums[0] += 1
+        return summed(unit)
+
+    SqlUnit.all_stored_bytes = counted  # type: ignore[method-assign]
+    try:
+        migrate.upgrade(store)
+        with store.transaction() as unit:
+            unit.add_pipeline(ROOT, {"id": ROOT}, {}, {}, 0.0)
+            unit.add_nodes([(ROOT, ROOT, ROOT, "Pipeline"), (NODE, ROOT, ROOT, "ServiceActivity")])
+        with store.engine.begin() as conn:
+            for start in range(0, rows, 10_000):
+                conn.exec_driver_sql(
+                    "INSERT INTO culm_root_bytes (root_id, shard, bytes) VALUES "
+                    + ", ".join(f"('{i // 16:032d}', {i % 16}, 1000)" for i in range(start, min(rows, start + 10_000)))
+                )
+        for way, totals in (("a sum at every check (before)", None), ("StoreTotal (now)", budget.StoreTotal())):
+            store.totals = totals  # type: ignore[assignment]
+            sums[0] = 0
+            began = time.perf_counter()
+            for i in range(writes):
+                with store.transaction() as unit:
+                    unit.insert_callback(f"{way[0]}{i:031d}", NODE, "v", {"n": i}, always=True)
+            spent = time.perf_counter() - began
+            print(f"{rows:,} counter rows, {writes} checked callbacks, {way}: {sums[0]} sums of every counter row,"
+                  f" {spent:.2f} s wall")
+        if store.engine.dialect.name == "postgresql":
+            with store.engine.connect() as conn:
+                plan = conn.exec_driver_sql("EXPLAIN (ANALYZE, BUFFERS) " + ALL_ROOT_BYTES).fetchall()
+            print("   one sum: " + next(str(r[0]) for r in plan if "Buffers" in str(r[0])).strip())
+    finally:
+        SqlUnit.all_stored_bytes = summed  # type: ignore[method-assign]
+        store.dispose()
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 120)
+    parser = argparse.ArgumentParser(prog="python -m bench.budget_check")
+    parser.add_argument("url")
+    parser.add_argument("megabytes", nargs="?", type=int, default=120)
+    parser.add_argument("--counters", type=int, default=None, metavar="ROWS")
+    parser.add_argument("--writes", type=int, default=200)
+    args = parser.parse_args()
+    if args.counters is None:
+        main(args.url, args.megabytes)
+    else:
+        counters(args.url, args.counters, args.writes)

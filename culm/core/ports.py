@@ -302,9 +302,24 @@ class NodeData(Protocol):
 
     def get_execution_data(self, node_id: str) -> tuple[UserData, UserData] | None: ...
 
-    def set_execution_data(self, node_id: str, inputs: UserData, outputs: UserData) -> None: ...
+    def set_execution_data(self, node_id: str, inputs: UserData, outputs: UserData, *, always: bool = False) -> None:
+        """Store a node's inputs and outputs; past :data:`~culm.model.limits.STORED_BYTES_CHECK_AT`
+        bytes, or whatever their size when ``always`` (an operator's write), checked against the
+        stored-bytes budget first (StoredBytesBudgetError, nothing written)."""
 
-    def set_execution_outputs(self, node_id: str, outputs: UserData) -> None: ...
+    def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
+        """Refuse (StoredBytesBudgetError) ``size`` bytes of log lines of ``node_id`` past the
+        stored-bytes budget: checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when
+        ``always``."""
+
+    def check_new_pipeline(self, root_id: str) -> None:
+        """Refuse (StoredBytesBudgetError) the run ``root_id`` this unit just wrote when what it
+        holds would take every pipeline past :data:`~culm.model.limits.MAX_STORED_BYTES`."""
+
+    def set_execution_outputs(self, node_id: str, outputs: UserData, *, checked: bool = False) -> None:
+        """Replace a node's outputs, keeping its inputs; ``checked`` (a pipeline's outputs): past
+        :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, checked against the stored-bytes
+        budget first (StoredBytesBudgetError, nothing written)."""
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]: ...
 

@@ -65,6 +65,8 @@ def run_pipeline(
             unit.add_nodes(rows)
             for pipeline_id, values in contexts.items():
                 unit.insert_context(pipeline_id, values)
+            if limits.MAX_STORED_BYTES:  # a storm of runs presetting megabytes each filled the store
+                unit.check_new_pipeline(root_id)
             root_state = StateRecord(root_id, root_id, "", states.RUNNING, new_version(), 1, 1, 0, False, False, at, at)
             step.create_state(root_state, 1)
             start = start_node_id or graph.pipelines[root_id].start_event_id

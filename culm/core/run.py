@@ -132,8 +132,8 @@ class Run:
         if values:
             self.unit.upsert_context(pipeline_id, values)
 
-    def record_history(self) -> None:
-        record_history(self.unit, self.state)
+    def record_history(self, *, always: bool = False) -> None:
+        record_history(self.unit, self.state, always=always)
 
 
 def lazy_resolver(root_data: Callable[[], dict[str, Any]], inner_loop: int) -> cdata.LazyResolver:
@@ -156,19 +156,20 @@ def stored_state(unit: Unit, node_id: str) -> StateRecord:
     return st
 
 
-def record_history(unit: Unit, st: StateRecord, *, within_budget: bool = False) -> None:
+def record_history(unit: Unit, st: StateRecord, *, within_budget: bool = False, always: bool = False) -> None:
     """Keep a node's current run (state counters and execution data) before it is run again.
 
     A history that would take the pipeline past what it may store (StoredBytesBudgetError) is
     kept without its inputs and outputs, a note in their place, so that a skip or a loop still
     moves on; ``within_budget`` (a retry, which an operator asks for) raises the error instead,
-    and checks the history whatever its size (a storm of retries of small ones passed any budget).
+    and checks the history whatever its size (a storm of retries of small ones passed any budget);
+    so does ``always`` (a node entered again: a loop's iterations, up to MAX_LOOP_TIMES of them).
     """
     exec_data: tuple[UserData, UserData] = unit.get_execution_data(st.node_id) or ({}, {})
     rec = HistoryRecord(0, st.node_id, st.started_time, st.archived_time, st.loop, st.skip, st.retry,
                         st.version, exec_data[0], exec_data[1])
     try:
-        unit.add_history(rec, always=within_budget)
+        unit.add_history(rec, always=within_budget or always)
     except StoredBytesBudgetError as exc:
         if within_budget:
             raise

@@ -166,7 +166,7 @@ def schedule_apply(engine: Engine, step: Step, task_id: str, result: object, tim
     else:
         graph = engine.graph(proc.root_id, unit)
         run = Run(engine, step, graph, proc, graph.node(task.node_id), st)
-        res, outputs = record_call(run, as_result(result, {}))
+        res, outputs = record_call(run, as_result(result, {}), repeated=True)
         unit.update_schedule(sched.id, times=sched.times + 1, locked_until=None)
         step.note(st)  # a poll counted, the node still RUNNING: the wait reasons kept with a tree show the count
         try:

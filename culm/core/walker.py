@@ -231,7 +231,10 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
     fields: StateFields = {"started_time": at, "archived_time": None}
     loop = -1
     if st.name == states.FINISHED:
-        Run(engine, step, graph, proc, node, st).record_history()
+        # Entered again (a node loop's next iteration, a flow looping back): checked against the
+        # budget whatever its size, or 10,000 iterations of 60 KB histories (each under
+        # STORED_BYTES_CHECK_AT) passed any budget; one past it is kept without its data.
+        Run(engine, step, graph, proc, node, st).record_history(always=True)
         loop = st.loop + 1
         fields.update(
             {"loop": loop, "inner_loop": st.inner_loop + 1, "version": new_version(), "skip": False,

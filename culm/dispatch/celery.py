@@ -527,7 +527,7 @@ def run_worker(
         state = worker_state()
         relay = TaskRelay(state.store, state.dispatcher, config.relay_interval, config.relay_grace,
                           registry=state.registry, dead_after=config.dead_after, check=config.beat_seconds,
-                          own=state.engine.owner, watch=pool_watch(sender))
+                          own=state.engine.owner, watch=pool_watch(sender), free_for=config.lease_seconds)
         relay.start()
         relays.append(relay)
 

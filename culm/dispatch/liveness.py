@@ -140,6 +140,7 @@ class LeaseHeartbeat:
                 self._failures.failed("extending leases", exc)
 
 
+END_SESSIONS_WAIT = 12.0  # seconds EngineWatchdog waits for the KILLs (a connect and a read, 5 s each)
 ENGINE_STUCK_EXIT = 70  # the exit status of a worker process its EngineWatchdog ended (EX_SOFTWARE)
 LOCK_QUESTION_SECONDS = 6.0  # the longest the watchdog waits for the database's answer about lock waits
 
@@ -151,8 +152,8 @@ class EngineWatchdog:
     Timed is the transaction and the engine's own steps in it; not what follows its commit
     (signal receivers and after-commit hooks: user code; broker publishes), nor a wait for a lock
     another session holds (asked of the store on a connection of its own, PostgreSQL only: the
-    next worker would wait for the same lock). A transaction that does not end (a statement waiting for ever on a wedged connection, a lock never
-    released) holds its tasks' rows, while the heartbeat, on other connections, keeps beating and
+    next worker would wait for the same lock). A transaction that does not end (a statement
+    waiting for ever on a wedged connection, a server-side hang) holds its tasks' rows, while the heartbeat, on other connections, keeps beating and
     extending their leases: no other worker would ever take them, the pipeline RUNNING with no
     reason shown. The watchdog (its own thread; its one database call, the lock question, is
     bounded and a failure of it counts as stuck) logs why, with where the
@@ -211,6 +212,7 @@ class EngineWatchdog:
             age, self.stuck_after, self.state.engine.owner, os.getpid(), ENGINE_STUCK_EXIT, on_hand, where.rstrip())
         if self.state.heartbeat is not None:
             self.state.heartbeat.halt()
+        self.end_sessions()
         for handler in {*logging.getLogger().handlers, *logger.handlers}:
             handler.flush()  # the line above is out before the process ends
         self._exit(ENGINE_STUCK_EXIT)
@@ -240,6 +242,28 @@ class EngineWatchdog:
         asker.join(LOCK_QUESTION_SECONDS)
         return answer[0] if answer else 0
 
+    def end_sessions(self) -> None:
+        """Have the database end this process's sessions, where it would not soon find them gone
+        on its own (MariaDB/MySQL: KILL, see culm.storage.sql.mysql), so the stuck statement's row
+        locks go with the process and the relays free its leases at its burial. Given at most
+        :data:`END_SESSIONS_WAIT` seconds: a database that does not answer is one reason to be stuck."""
+        end = getattr(self.state.store, "end_own_sessions", None)
+        if end is None:
+            return
+        said: list[str] = []
+
+        def run() -> None:
+            try:
+                said.append(f"ended {end()} database session(s) of this process")
+            except Exception as exc:  # noqa: BLE001 - the process exits all the same
+                said.append(f"could not end this process's database sessions: {exc!r}")
+
+        thread = threading.Thread(target=run, name="culm-end-sessions", daemon=True)
+        thread.start()
+        thread.join(END_SESSIONS_WAIT)
+        logger.warning("%s", said[0] if said else f"ending this process's database sessions took over "
+                     f"{END_SESSIONS_WAIT:g} s: exiting without")
+
     def _loop(self) -> None:
         while not self._stop.wait(self.check):
             try:
@@ -256,7 +280,7 @@ class TaskRelay:
     def __init__(self, store: Store, dispatcher: CeleryDispatcher, interval: float = 2.0,
                  grace: float = 15.0, batch: int = 500, *, registry: WorkerRegistry | None = None,
                  dead_after: float = 3.0, check: float = 1.0, own: str = "",
-                 watch: Callable[[], None] | None = None) -> None:
+                 watch: Callable[[], None] | None = None, free_for: float = 0.0) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.interval = interval
@@ -268,6 +292,10 @@ class TaskRelay:
         self.own = own  # this process's owner: never buried by its own relay
         self.watch = watch  # called at every look (the pool watch of run_worker)
         self._after_burial = 0.0  # until then (monotonic), each look also relays what waited a look
+        # How long after a burial the leases the dead owner still held are looked for again (at
+        # least dead_after; run_worker: the lease length, after which they run out anyway).
+        self.free_for = max(free_for, dead_after)
+        self._free_until = 0.0  # until then (monotonic), each look frees what the buried kept
         self._buried: list[str] = []  # the owners buried before then: leases they kept are freed
         self._failures = _FailureLog(store)
         self._stop = threading.Event()
@@ -312,7 +340,7 @@ class TaskRelay:
         if self.registry is None:
             return 0
         buried = 0
-        if time.monotonic() >= self._after_burial:
+        if time.monotonic() >= self._free_until:
             self._buried = []  # the watch after the last burial is over
         for worker, silent in self.registry.dead(self.dead_after):
             if worker.owner == self.own:
@@ -329,13 +357,24 @@ class TaskRelay:
             while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
                 pass
             self._after_burial = time.monotonic() + self.dead_after
-        elif time.monotonic() < self._after_burial:
-            # A transaction of the dead process still on the server at the burial kept the rows it
-            # locked (and their leases, see SqlWorkerRegistry.free_leases): free them now.
-            for owner in self._buried:
-                if freed := self.registry.free_leases(owner):
-                    logger.warning("worker %s (buried): %d more task(s) freed once its last transaction "
-                                   "ended", owner, len(freed))
+            self._free_until = time.monotonic() + self.free_for
+            return buried
+        # A transaction of the dead process still on the server at the burial kept the rows it
+        # locked (and their leases, see SqlWorkerRegistry.free_leases): free them once it ends (a
+        # vanished client's statement ended by the server, PostgreSQL's client check; a lock wait
+        # at its timeout), rather than when the lease runs out. Only rows no transaction locks
+        # are freed: the dead process's own never ran on after it (it is gone, or buried silent
+        # as before), and a freed task is claimed again under a lease of its own.
+        freed_late = 0
+        for owner in self._buried:
+            if freed := self.registry.free_leases(owner):
+                freed_late += len(freed)
+                logger.warning("worker %s (buried): %d more task(s) freed once its last transaction "
+                               "ended", owner, len(freed))
+        if freed_late:
+            while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
+                pass
+        if time.monotonic() < self._after_burial:
             # Until the dead process's parent has noticed (a Celery master hands messages to a
             # killed pool process until its pool maintenance runs), messages can still go to it
             # after the pass above; they are acknowledged as lost with the process. Relay what has

@@ -74,8 +74,9 @@ STORED_BYTES_CHECK_AT = 65_536
 # Stored bytes of payloads all root pipelines may hold together, checked with each pipeline's
 # budget (the same writes, over STORED_BYTES_CHECK_AT); 0: no bound. A pipeline's budget bounds what
 # retries of its nodes keep, not what retries over many pipelines keep. Off unless set
-# ($CULM_MAX_STORED_BYTES): what a store may fill depends on its disk, and each check it makes
-# sums the counter rows of every pipeline (docs/data-and-variables.md).
+# ($CULM_MAX_STORED_BYTES): what a store may fill depends on its disk. Also checked at each new run.
+# The sum of every pipeline's counter rows is read again only near the bound or once a second
+# (culm.storage.budget.StoreTotal; docs/data-and-variables.md).
 MAX_STORED_BYTES = _env_count("CULM_MAX_STORED_BYTES", 0)
 
 

@@ -11,15 +11,18 @@ A store checks a write of a node's payloads against the budget only when the wri
 whatever the size (a retry's history, each callback of a node taking many, the growth of an
 operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
-writes; another writer's still in flight is not waited for, so writers racing on one pipeline may
-pass its budget by what they have in flight) and refuses the write when the bytes held plus the
+writes; another writer's still in flight is not waited for, so writers racing on one pipeline
+that share no row lock may pass its budget by what they have in flight: the callbacks of one node
+hold its state row, and an operator's context or outputs update the root's, so those do not) and refuses the write when the bytes held plus the
 write would be over. Ordinary writes cost nothing more: the triggers count them inside the
 database, with no statement of their own. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
-set, such a write also reads the sum of every pipeline's counter rows and is refused past it.
+set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
+the sum of every counter row, read again only near that bound or once a second).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -29,7 +32,7 @@ from culm.storage import codec
 
 
 def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int, int]],
-          total: Callable[[], int] | None = None, *, always: bool = False, what: str = "node") -> None:
+          total: Callable[[int], int] | None = None, *, always: bool = False, what: str = "node") -> None:
     """Refuse a write of ``size`` bytes of ``field`` (``"inputs"``, ``"outputs"``, ``"history"``,
     ``"callback data"``)
     of node ``node_id`` that would take its root pipeline past its budget, or every pipeline
@@ -37,7 +40,8 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
     root pipeline's id, the bytes it holds besides what the write replaces, and the bytes the
     write replaces: a write no larger than what it replaces is never refused (failing a node
     rewrites its stored inputs, and a pipeline at its budget can still fail, skip and finish).
-    ``total()`` reads the bytes every pipeline holds. A write of at most
+    ``total(grows)`` tells the bytes every pipeline would hold once the write adds ``grows``
+    (:meth:`StoreTotal.after`). A write of at most
     :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes is checked only when ``always`` (what
     can come in a storm of small writes, such as the callbacks of a node taking many: they passed
     any budget; a run's single callback is not, so a pipeline at its budget still takes it).
@@ -61,7 +65,7 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
             [],
         )
     everything = limits.MAX_STORED_BYTES
-    if everything and total is not None and size > replaced and (after := total() - replaced + size) > everything:
+    if everything and total is not None and size > replaced and (after := total(size - replaced)) > everything:
         raise StoredBytesBudgetError(
             f"{subject if node_id == root_id else f'{subject} of pipeline {root_id}'}: storing its {field} "
             f"({size:,} bytes) would take the "
@@ -75,10 +79,45 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
 def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
     """Refuse context ``values`` written in place of ``replaced`` that would take pipeline
     ``pipeline_id``'s root past its budget (or every pipeline past theirs), whatever their size.
-    ``unit``: a store's unit, with ``stored_bytes`` and ``all_stored_bytes``."""
+    ``unit``: a store's unit, with ``stored_bytes`` and ``stored_total_after``."""
     if (size := growth(replaced, values)) > 0:
-        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.all_stored_bytes,
+        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.stored_total_after,
               always=True, what="pipeline")
+
+
+class UnitChecks:
+    """The budget checks a store's unit offers the engine (culm.core.ports.Unit), written once for
+    the SQL and memory units: they read ``stored_bytes`` and ``stored_total_after``."""
+
+    def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
+        raise NotImplementedError
+
+    def stored_total_after(self, grows: int, *, counted: int = 0) -> int:
+        raise NotImplementedError
+
+    def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
+        """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
+        fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
+        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id), self.stored_total_after, always=always)
+
+    def check_new_pipeline(self, root_id: str) -> None:
+        """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction
+        would take every pipeline past MAX_STORED_BYTES (:func:`check_new_pipeline`)."""
+        check_new_pipeline(self, root_id)
+
+
+def check_new_pipeline(unit: Any, root_id: str) -> None:
+    """Refuse a new run, root pipeline ``root_id`` just written in ``unit`` (its context values are
+    what it holds), that would take every pipeline together past
+    :data:`~culm.model.limits.MAX_STORED_BYTES` (when set): else a storm of runs each presetting
+    megabytes of context filled the store however it was bounded. ``unit``: a store's unit, with
+    ``stored_bytes`` and ``stored_total_after``."""
+    if not limits.MAX_STORED_BYTES:
+        return
+    _root, held, _own = unit.stored_bytes(root_id)
+    if held > 0:
+        check(root_id, "context values", held, lambda: (root_id, 0, 0),
+              lambda grows: unit.stored_total_after(grows, counted=held), always=True, what="pipeline")
 
 
 def growth(replaced: Iterable[object], values: Iterable[object]) -> int:
@@ -93,3 +132,38 @@ def _stored_size(value: object) -> int:
         return len(codec.dumps(value))
     except UnstorableValueError:
         return 0
+
+
+# StoreTotal: a process reads every pipeline's counter rows again when its last read is older than
+# this, or when a write would leave less than 1/TOTAL_SLACK_SHARE of MAX_STORED_BYTES free.
+TOTAL_FRESH_SECONDS = 1.0
+TOTAL_SLACK_SHARE = 8
+
+
+class StoreTotal:
+    """What every root pipeline of one store holds together, for
+    :data:`~culm.model.limits.MAX_STORED_BYTES`, as this process last read it (the sum of every
+    counter row: one statement over as many rows as the pipelines have counters, 16 a pipeline on
+    a server) plus what the writes it let through since then add.
+
+    Summing at every checked write made each cost grow with the number of pipelines stored. The
+    sum is read again when the last read is over :data:`TOTAL_FRESH_SECONDS` old, or when the
+    write would leave less than 1/:data:`TOTAL_SLACK_SHARE` of the bound free: near the bound the
+    check is as exact as a read at every write; far from it, the store can pass the bound only if
+    other processes (or this one's unchecked writes, at most ``STORED_BYTES_CHECK_AT`` bytes each)
+    store more than that share of it within one such second. A write refused, or rolled back,
+    after it was added here counts until the next read (the estimate errs high, never low).
+    """
+
+    def __init__(self) -> None:
+        self._seen: tuple[float, int] = (float("-inf"), 0)  # (monotonic time of the read, bytes)
+
+    def after(self, read: Callable[[], int], grows: int) -> int:
+        """The bytes all pipelines would hold once a write adds ``grows``; ``read()`` sums them."""
+        bound, (at, known), now = limits.MAX_STORED_BYTES, self._seen, time.monotonic()
+        if now - at < TOTAL_FRESH_SECONDS and known + grows <= bound - bound // TOTAL_SLACK_SHARE:
+            self._seen = (at, known + grows)
+            return known + grows
+        known = read()
+        self._seen = (now, known + grows)
+        return known + grows

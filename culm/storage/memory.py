@@ -96,7 +96,7 @@ def _unknown(fields: Iterable[str], allowed: Container[str], table: str) -> None
         raise MemoryStoreError(f"table {table} has no column(s) {', '.join(sorted(bad))}")
 
 
-class MemoryUnit(TransactionView):
+class MemoryUnit(TransactionView, budget.UnitChecks):
     """One transaction of a :class:`MemoryStore`, offering the verbs the core needs (as ``SqlUnit``)."""
 
     dialect = "memory"
@@ -469,18 +469,20 @@ class MemoryUnit(TransactionView):
 
     def set_inputs_override(self, node_id: str, inputs: dict) -> None:
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.stored_total_after)
         self._put("node_data", node_id, text)
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._get("execution_data", node_id)
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
-    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
-        """Raises UnstorableValueError (naming the keys at fault) before anything is written."""
+    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict, *, always: bool = False) -> None:
+        """Raises UnstorableValueError (naming the keys at fault), or StoredBytesBudgetError, before
+        anything is written (``always``: checked whatever the size)."""
         row = (codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs"))
         budget.check(node_id, "inputs" if len(row[0]) >= len(row[1]) else "outputs", len(row[0]) + len(row[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.stored_total_after,
+                     always=always)
         self._put("execution_data", node_id, row)
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
@@ -496,6 +498,8 @@ class MemoryUnit(TransactionView):
             replaced = len(own[0]) + len(own[1])
         elif replacing == "culm_node_data":
             replaced = len(self._get("node_data", node_id) or "")
+        elif replacing == "outputs" and (own := self._get("execution_data", node_id)):
+            replaced = len(own[1])
         return root_id, held - replaced, replaced
 
     def _node_bytes(self, node_id: str) -> int:
@@ -516,10 +520,19 @@ class MemoryUnit(TransactionView):
         """The bytes of payloads every root pipeline holds together (as :meth:`stored_bytes`)."""
         return sum(self._node_bytes(node_id) for node_id, _row in self._scan("node"))
 
-    def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
-        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
+    def stored_total_after(self, grows: int, *, counted: int = 0) -> int:
+        """:meth:`all_stored_bytes` once a write adds ``grows``, ``counted`` of them written already
+        (summed at each call: a test store)."""
+        return self.all_stored_bytes() - counted + grows
+
+    def set_execution_outputs(self, node_id: str, outputs: dict, *, checked: bool = False) -> None:
+        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs);
+        ``checked``: past STORED_BYTES_CHECK_AT bytes, checked against the budget first."""
         old = self._get("execution_data", node_id)
         text = codec.dumps(outputs)
+        if checked:
+            budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs"),
+                         self.stored_total_after)
         self._put("execution_data", node_id, (old[0] if old else codec.dumps({}), text))
 
     def get_context(self, pipeline_id: str, keys: Iterable[str] | None = None) -> dict[str, ContextValue]:
@@ -596,7 +609,7 @@ class MemoryUnit(TransactionView):
                         always: bool = True) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
-        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.stored_total_after,
                      always=always)
         seq = 1 + max((row[3] for _, row in self._where("callback", "node", node_id) if row[1] == version), default=0)
         self._insert("callback", callback_id, (node_id, version, text, seq))
@@ -622,7 +635,7 @@ class MemoryUnit(TransactionView):
     # -- histories and logs ---------------------------------------------------------------------
     def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.stored_total_after,
                      always=always)
         self._put("history", self._next_id("history"), (rec.node_id, replace(rec, inputs={}, outputs={}), *texts))
 

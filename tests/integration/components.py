@@ -262,6 +262,20 @@ class PollComponent(Component):
     bound_service = PollService
 
 
+class LoggingPollService(PollService):
+    """PollService logging a line of ``width`` characters at each poll."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        self.logger.info("poll %d %s", data.outputs.count + 1, "w" * data.get_one_of_inputs("width", 0))
+        return super().schedule(data, parent_data, callback_data)
+
+
+class LoggingPollComponent(Component):
+    code = "t_poll_log"
+    name = "logging poll"
+    bound_service = LoggingPollService
+
+
 class PollGateService(PollService):
     """A poll that holds its first ``schedule`` call until ``gate(inputs.gate)`` is set; then it
     finishes, or fails if ``inputs.fail``."""

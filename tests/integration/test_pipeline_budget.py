@@ -9,11 +9,16 @@ stored 401 MB in 18 s, and each retry of a node with 3 MB inputs kept another 3 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import components  # noqa: F401 - registers the t_* components
 import pytest
 from backends import own_backend
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
 from support import wait_until
 
+import culm
 from culm import api
 from culm.builder import (
     ConvergeGateway,
@@ -25,9 +30,16 @@ from culm.builder import (
     Var,
     build_tree,
 )
-from culm.core import invariants
+from culm.components import library
+from culm.core import invariants, walker
+from culm.core.records import HistoryRecord
 from culm.core.snapshots import read_snapshot
+from culm.dispatch.inline import InlineDispatcher
+from culm.errors import StoredBytesBudgetError
 from culm.model import limits
+from culm.storage import budget
+from culm.storage.sql import SqlStore
+from culm.storage.sql.base import SqlUnit
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -356,3 +368,278 @@ def test_non_ascii_context_updates_are_measured_as_stored(small_budget, monkeypa
     assert stored(rt, act.id) <= 1_000_000
     assert api.skip_node(rt, act.id).result
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_node_outputs_an_operator_sets_are_checked_whatever_their_size(small_budget, monkeypatch):
+    # Found reviewing (session 18): update_node_outputs stored its outputs unchecked under
+    # STORED_BYTES_CHECK_AT (only its context values were checked), and each call may add keys the
+    # context lacks: 60 KB of outputs went into a pipeline at its budget. An operator's write is
+    # checked whatever its size, as update_context_values and a retry's are.
+    rt = small_budget
+    act = activity("t_fail", "x")
+    tree = build_tree(line_start(act), data=Data(inputs={"${k}": Var(type=Var.PLAIN, value="")}))
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    room = stored(rt, act.id) + 50_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)  # checked where the update is asked
+    before = api.get_execution_data(rt, act.id).data["outputs"]
+    res = api.update_node_outputs(rt, tree["id"], act.id, {"${k}": "small", "${new}": "x" * 60_000})
+    assert not res.result
+    assert res.message.startswith(f"node {act.id}: storing its outputs (60,"), res.message
+    assert f"over the {room:,} one pipeline may store" in res.message, res.message
+    assert api.get_execution_data(rt, act.id).data["outputs"] == before  # nothing written, nothing lost
+    assert api.get_pipeline_debug_info(rt, tree["id"]).result
+    assert stored(rt, act.id) <= room
+    res = api.update_node_outputs(rt, tree["id"], act.id, {"${k}": "small", "${new}": "fits"})
+    assert res.result and res.data == ["${k}"], res.message
+    assert api.get_execution_data(rt, act.id).data["outputs"]["new"] == "fits"
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+def test_an_early_callback_to_a_component_unknown_here_is_checked_as_a_single_one_first(tmp_path, monkeypatch):
+    # Found reviewing (session 18): a callback coming before its node's schedule is saved, to a
+    # component the receiving process does not import (culm serve, where only workers do), was
+    # checked as one of many whatever its size: a pipeline at its budget refused a node's single
+    # approval. Its run's first callback is checked as a single one; the ones after it (it may
+    # take many) whatever their size, so a storm of them passes the budget by one small callback.
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/early.db", workers=0)
+    inline = InlineDispatcher()
+    rt.engine.dispatcher = inline
+    act = ServiceActivity(component_code="t_callback")
+    tree = build_tree(line_start(act), data=Data(inputs={"${big}": Var(type=Var.PLAIN, value="a" * 100_000)}))
+    with rt:
+        assert api.run_pipeline(rt, tree).result
+        (task,) = inline.take()
+        with rt.engine.step() as step:  # the component's execute is handed out: no schedule yet
+            assert walker.execute_step(rt.engine, step, task.id, None, claim=True) is not None
+        version = api.get_children_states(rt, act.id).data[act.id]["version"]
+        held = stored(rt, act.id)
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", held)  # at its budget
+        known = library.get
+
+        def unknown_here(code: str, version: str | None = None):
+            if code == "t_callback":
+                raise LookupError(f"component {code} is not imported by this process")
+            return known(code, version)
+
+        monkeypatch.setattr(library, "get", unknown_here)
+        first = api.callback(rt, act.id, version, {"ok": True})
+        assert first.result, first.message
+        second = api.callback(rt, act.id, version, {"ok": True, "again": 1})
+        assert not second.result
+        assert f"node {act.id}: storing its callback data (" in second.message, second.message
+        assert f"over the {held:,} one pipeline may store" in second.message, second.message
+        big = api.callback(rt, act.id, version, {"pad": "x" * 100_000})
+        assert not big.result and "MAX_PIPELINE_STORED_BYTES" in big.message, big.message
+        with rt.store.reading() as unit:
+            assert unit.has_callback(act.id, version)
+        assert stored(rt, act.id) <= held + limits.STORED_BYTES_CHECK_AT
+
+
+def _history(node_id: str, i: int, size: int) -> HistoryRecord:
+    return HistoryRecord(0, node_id, 0.0, 1.0, 1, False, i, "v", {"i": "x" * size}, {})
+
+
+def test_the_store_total_is_summed_near_its_bound_only(tmp_path, monkeypatch):
+    # Found reviewing (session 18): with $CULM_MAX_STORED_BYTES set, each checked write summed every
+    # pipeline's counter rows, a cost growing with the pipelines stored (a storm of small
+    # multi-callbacks: one sum a callback). A process sums them again only near the bound (or once
+    # a second): far from it the checks of 7 MB of writes read the sum once, near it every write
+    # reads it, and sees what another process wrote.
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", 8_000_000)  # re-read past 7,000,000 (an eighth free)
+    monkeypatch.setattr(budget, "TOTAL_FRESH_SECONDS", 3600.0, raising=False)  # however loaded the machine
+    sums: list[int] = []
+    summed = SqlUnit.all_stored_bytes
+
+    def counted(unit: SqlUnit) -> int:
+        sums.append(summed(unit))
+        return sums[-1]
+
+    monkeypatch.setattr(SqlUnit, "all_stored_bytes", counted)
+    url = f"sqlite:///{tmp_path}/total.db"
+    here, other = SqlStore(url), SqlStore(url)
+    try:
+        for root in ("p" * 32, "q" * 32):
+            with here.transaction() as unit:
+                unit.add_pipeline(root, {"id": root}, {}, {}, 0.0)
+                unit.add_nodes([(root, root, root, "Pipeline"), (root[:31] + "n", root, root, "ServiceActivity")])
+        mine, theirs = "p" * 31 + "n", "q" * 31 + "n"
+        for i in range(6):  # far from the bound: one sum
+            with here.transaction() as unit:
+                unit.add_history(_history(mine, i, 999_990), always=True)
+        assert len(sums) == 1, sums
+        with other.transaction() as unit:  # another process: reads the sum itself
+            unit.add_history(_history(theirs, 0, 999_990), always=True)
+        with here.transaction() as unit:  # 7 MB by its count: at the slack's edge, not read
+            unit.add_history(_history(mine, 6, 999_990), always=True)
+        assert len(sums) == 2, sums
+        with pytest.raises(StoredBytesBudgetError) as refused, here.transaction() as unit:  # 9 MB: read, refused
+            unit.add_history(_history(mine, 7, 999_990), always=True)
+        assert sums[-1] == 8_000_000, sums  # the other process's megabyte counted
+        assert f"node {mine} of pipeline {'p' * 32}: storing its history (1,000,000 bytes) would take the store to " \
+               "9,000,000 bytes stored, over the 8,000,000 all pipelines may store" in str(refused.value)
+        with here.transaction() as unit:  # a small write near the bound reads the sum too
+            with pytest.raises(StoredBytesBudgetError):
+                unit.add_history(_history(mine, 8, 10), always=True)
+            assert unit.all_stored_bytes() == 8_000_000  # nothing lost, nothing more
+        assert len(sums) == 5, sums
+    finally:
+        here.dispose()
+        other.dispose()
+
+
+RACERS = 8
+
+
+def race(call) -> list:
+    """``call(i)`` from RACERS threads at once; their results, in order."""
+    gate = threading.Barrier(RACERS)
+
+    def one(i: int):
+        gate.wait(timeout=30)
+        return call(i)
+
+    with ThreadPoolExecutor(RACERS) as pool:
+        return list(pool.map(one, range(RACERS)))
+
+
+@pytest.fixture(params=["sqlite", "postgres-redis"])
+def racing_budget(request, tmp_path, monkeypatch):
+    """small_budget on the databases whose writers race differently (one writer; row locks)."""
+    yield from small_budget.__wrapped__(request, tmp_path, monkeypatch)
+
+
+def test_racing_callbacks_of_one_node_do_not_pass_the_budget(racing_budget, monkeypatch):
+    # Measured (session 18): the checks of callbacks to one node are made holding its state row
+    # (SQLite: the write lock), so each sees the ones committed before it: 8 racing callbacks of
+    # 100 KB, room for 2, take exactly 2 (no overshoot) on SQLite and PostgreSQL.
+    rt = racing_budget
+    _tree, act, version = waiting_for_callbacks(rt)
+    room = stored(rt, act.id) + 250_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    results = race(lambda i: api.callback(rt, act.id, version, {"n": i, "pad": "x" * 100_000}))
+    taken = [r for r in results if r.result]
+    assert len(taken) == 2, [r.message for r in results]
+    assert all("MAX_PIPELINE_STORED_BYTES" in r.message for r in results if not r.result)
+    assert stored(rt, act.id) <= room
+
+
+def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_budget, monkeypatch):
+    # Measured (session 18): update_context_values read what the pipeline holds without waiting for
+    # another update of it in flight: on PostgreSQL 8 racing updates of 100 KB, room for 2, took
+    # up to 8 (700 KB past the budget). Each now holds the pipeline's state row while it checks and
+    # writes (as update_node_outputs does), so they are checked one by one.
+    rt = racing_budget
+    act = activity("t_fail", "x")
+    data = Data(inputs={f"${{k{i}}}": Var(type=Var.PLAIN, value="") for i in range(RACERS)})
+    tree = build_tree(line_start(act), data=data)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    room = stored(rt, act.id) + 250_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    results = race(lambda i: api.update_context_values(rt, tree["id"], {f"${{k{i}}}": "x" * 100_000}))
+    taken = [r for r in results if r.result]
+    assert len(taken) == 2, [r.message for r in results]
+    assert all(f"pipeline {tree['id']}: storing its context values (100," in r.message
+               for r in results if not r.result)
+    assert stored(rt, act.id) <= room
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_pipelines_outputs_are_checked_against_the_budget(store, tmp_path, monkeypatch):
+    # Found probing (session 18): a pipeline's outputs (its end event's, a subprocess's each time
+    # it ends) were written unchecked whatever their size: 1,000 subprocesses giving out a 100 KB
+    # value stored 100 MB more past any budget. Over STORED_BYTES_CHECK_AT they are checked like a
+    # node's outputs; past the budget the end event fails naming them, nothing stored is lost, and
+    # a retry goes on once there is room.
+    act, end = ServiceActivity(component_code="t_fail"), EmptyEndEvent()
+    start = EmptyStartEvent()
+    start.extend(act).extend(end)
+    data = Data(inputs={"${big}": Var(type=Var.PLAIN, value="b" * 100_000)}, outputs=["${big}"])
+    tree = build_tree(start, data=data)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, act.id, "FAILED", timeout=60)
+        held = stored(rt, act.id)
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", held + 50_000)
+        assert api.skip_node(rt, act.id).result
+        said = wait_state(rt, end.id, "FAILED", timeout=60)
+        ex_data = api.get_execution_data_outputs(rt, end.id).data["ex_data"]
+        assert f"pipeline {tree['id']}: its outputs ['${{big}}'] could not be stored" in ex_data, (said, ex_data)
+        assert f"over the {held + 50_000:,} one pipeline may store" in ex_data, ex_data
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
+        assert stored(rt, act.id) <= held + 50_000
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+        assert api.retry_node(rt, end.id).result
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        assert api.get_execution_data_outputs(rt, tree["id"]).data["${big}"] == "b" * 100_000
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_loops_small_histories_cannot_pass_the_budget(store, tmp_path, monkeypatch):
+    # Found probing (session 18): a node entered again (a loop's iteration) kept its run's history
+    # unchecked under STORED_BYTES_CHECK_AT: 30 iterations of 60 KB inputs stored 1.8 MB past a
+    # 1 MB budget, and MAX_LOOP_TIMES (10,000) of them 600 MB. Each is checked; one past the budget
+    # is kept without its data, naming the budget, and the loop goes on to its end.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)
+    body = activity("t_none", "${'x' * 60000}")
+    body.loop_config = {"enable": True, "loop_times": 30}
+    tree = line(body)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+        histories = api.get_node_histories(rt, body.id).data
+        assert len(histories) == 29
+        left_out = [h for h in histories if "_left_out" in h["outputs"]]
+        assert 10 <= len(left_out) < 29, len(left_out)
+        assert "over the 1,000,000 one pipeline may store" in left_out[0]["outputs"]["_left_out"]
+        assert stored(rt, body.id) <= 1_000_000 + 2 * limits.STORED_BYTES_CHECK_AT
+
+
+def test_new_runs_cannot_pass_the_store_budget(small_store, monkeypatch):
+    # Found probing (session 18): a new run's context values (its tree's and what run_pipeline
+    # presets) were stored unchecked against $CULM_MAX_STORED_BYTES, so a storm of runs each
+    # holding 300 KB filled the store past any bound. A run that would take it past is refused,
+    # naming it and the bound, and nothing of it is stored.
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", 1_000_000)  # checked where the run is asked
+    rt = small_store
+    started: list[str] = []
+    for _ in range(10):
+        act = activity("t_fail", "x")
+        data = Data(inputs={"${big}": Var(type=Var.PLAIN, value="b" * 300_000)})
+        tree = build_tree(line_start(act), data=data)
+        res = api.run_pipeline(rt, tree)
+        if not res.result:
+            break
+        started.append(tree["id"])
+        wait_state(rt, act.id, "FAILED", timeout=60)
+    assert len(started) == 3, (started, res.message)
+    assert res.message.startswith(f"pipeline {tree['id']}: storing its context values (300,"), res.message
+    assert "over the 1,000,000 all pipelines may store" in res.message, res.message
+    assert api.get_pipeline_states(rt, tree["id"]).data == {}  # nothing of it stored
+    with rt.store.reading() as unit:
+        assert unit.all_stored_bytes() <= 1_000_000
+    monkeypatch.setattr(limits, "MAX_STORED_BYTES", 0)
+    assert api.run_pipeline(rt, tree).result  # the same tree goes once there is room
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_polls_log_lines_cannot_pass_the_budget(store, tmp_path, monkeypatch):
+    # Found probing (session 18): log lines were counted, never checked, and a node polls as long
+    # as its component says: 40 polls logging 50 KB each stored 2 MB past a 1 MB budget, and a
+    # node polling for ever had no bound. A schedule call's lines are checked whatever their size
+    # (an execute's past STORED_BYTES_CHECK_AT); past the budget one line saying so is kept in
+    # their place, and the node goes on.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)
+    act = ServiceActivity(component_code="t_poll_log")
+    act.component.inputs.polls = Var(type=Var.PLAIN, value=40)
+    act.component.inputs.width = Var(type=Var.PLAIN, value=50_000)
+    tree = line(act)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+        logs = api.get_node_logs(rt, act.id).data
+        assert "poll 1 www" in logs
+        assert "log lines of this call not kept: node " in logs and "over the 1,000,000 one pipeline may store" in logs
+        assert stored(rt, act.id) <= 1_000_000

@@ -4,8 +4,10 @@ The heartbeat beats on connections of its own, so a worker whose engine thread w
 a statement (here: a trigger that sleeps in the first write of one node's execution data; on CI,
 session 17, psycopg's pipelined commit left half sent) kept beating and kept its tasks' leases: the
 pipeline stayed RUNNING with no reason shown. Its EngineWatchdog now logs why and ends the process
-after CULM_ENGINE_STUCK_AFTER, PostgreSQL ends the statement of the vanished client
-(client_connection_check_interval), and another worker takes the task over.
+after CULM_ENGINE_STUCK_AFTER, the statement of the vanished client ends (PostgreSQL:
+client_connection_check_interval; MariaDB: the watchdog KILLs its process's sessions before it
+exits), and another worker takes the task over, freed by the relays once the statement's row locks
+are gone rather than when its lease runs out.
 """
 
 from __future__ import annotations
@@ -38,16 +40,43 @@ END $$ LANGUAGE plpgsql;
 CREATE TRIGGER culm_test_wedge BEFORE INSERT OR UPDATE ON culm_execution_data
     FOR EACH ROW EXECUTE FUNCTION culm_test_wedge();
 """
+SLEEPING = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()")
+
+# MariaDB: a trigger per event, the sequence shared. Not a SLEEP: MariaDB looks every 5 s whether
+# a sleeping statement's client is still there (the sleep then ends, and the rest of the query, its
+# COMMIT too, runs on). A lock wait it does not end before innodb_lock_wait_timeout (50 s), nor a
+# long statement before its end: the trigger waits for a row the test holds locked meanwhile.
+WEDGE_MARIADB = ["CREATE SEQUENCE culm_test_wedge", "CREATE TABLE culm_test_lock (id INT PRIMARY KEY)",
+                 "INSERT INTO culm_test_lock VALUES (1)"] + [f"""
+CREATE TRIGGER culm_test_wedge_{event} BEFORE {event} ON culm_execution_data FOR EACH ROW
+BEGIN
+    IF NEW.node_id = '{{node}}' AND NEXTVAL(culm_test_wedge) = 1 THEN
+        SELECT id INTO @culm_test_locked FROM culm_test_lock WHERE id = 1 FOR UPDATE;
+    END IF;
+END""" for event in ("INSERT", "UPDATE")]
+SLEEPING_MARIADB = ("SELECT count(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
+                    "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()")
+# Where the engine thread is waiting, as its stack in the watchdog's line names it.
+DRIVERS = {"postgres-redis": ("psycopg",), "mariadb-rabbitmq": ("pymysql", "MySQLdb")}
+# Leases as long as the default's share of the test's clock: the takeover must not wait for them.
+LEASE_SECONDS = "30"
 
 
-def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(tmp_path: Path) -> None:
-    backend = own_backend("postgres-redis", tmp_path, env={"CULM_ENGINE_STUCK_AFTER": "3"})
+@pytest.mark.parametrize("name", ["postgres-redis", "mariadb-rabbitmq"])
+def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(name: str, tmp_path: Path) -> None:
+    backend = own_backend(name, tmp_path, env={"CULM_ENGINE_STUCK_AFTER": "3", "CULM_LEASE_SECONDS": LEASE_SECONDS})
     admin = create_engine(backend.db_url, isolation_level="AUTOCOMMIT")
+    mariadb = name.startswith("mariadb")
+    holder = admin.connect()
     try:
         act = ServiceActivity(component_code="dist_sleep")
         tree = build_tree(chain(act))
         with admin.connect() as conn:
-            conn.exec_driver_sql(WEDGE.format(node=act.id))
+            for statement in WEDGE_MARIADB if mariadb else [WEDGE]:
+                conn.exec_driver_sql(statement.format(node=act.id))
+        if mariadb:  # the row the wedged statement waits for, locked until the test ends
+            holder.exec_driver_sql("BEGIN")
+            holder.exec_driver_sql("SELECT id FROM culm_test_lock WHERE id = 1 FOR UPDATE")
         backend.concurrency = 1
         backend.start_workers(2)
         runtime = backend.runtime()
@@ -57,7 +86,9 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(tmp_
         def finished() -> bool:
             return api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
 
-        wait_until(finished, 90, 0.2, what="the pipeline to finish on the other worker")
+        # Stuck after 3 s, the process gone, buried within a look or two, the task freed as soon
+        # as the wedged statement's locks are gone: well before the 30 s lease runs out.
+        wait_until(finished, 25, 0.2, what="the pipeline to finish on the other worker")
         took = time.monotonic() - began
 
         logs = [backend.worker_log(i) for i in range(2)]
@@ -65,11 +96,10 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(tmp_
         assert len(said) == 1, said  # one process was stuck, and said so once
         assert re.search(r"for \d+ s, over CULM_ENGINE_STUCK_AFTER \(3 s\): this worker process \(.+, pid \d+\) "
                          rf"stops beating and exits with status {ENGINE_STUCK_EXIT}", said[0]), said[0]
-        assert "psycopg" in "".join(logs)  # where the engine thread was: in the driver's wait
+        assert any(driver in "".join(logs) for driver in DRIVERS[name])  # the engine thread: in the driver's wait
         # The wedged statement ended with its client: no session sleeps in the trigger any more.
         with admin.connect() as conn:
-            sleeping = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' "
-                                         "AND datname = current_database()")).scalar()
+            sleeping = conn.execute(text(SLEEPING_MARIADB if mariadb else SLEEPING)).scalar()
         assert sleeping == 0
         # The wedged write is that of the call's outputs: its result was never committed, so the
         # call ran again on the other worker, once, as after a kill -9 of a worker in the middle of a
@@ -77,6 +107,9 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(tmp_
         assert backend.executions()[act.id] == 2, backend.executions()
         print(f"finished {took:.1f} s after the run (engine stuck after 3 s)\n" + said[0])
     finally:
+        if mariadb:
+            holder.exec_driver_sql("ROLLBACK")
+        holder.close()
         admin.dispose()
         backend.teardown()
 

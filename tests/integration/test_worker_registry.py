@@ -283,18 +283,22 @@ def test_after_a_burial_the_relay_also_sends_what_went_astray_meanwhile(runtime:
     assert relay.bury_dead() == 0 and later not in sent.ids  # the ordinary grace applies again
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["soon", "past-dead-after"])
 @pytest.mark.parametrize("kind", ["postgres", "mariadb"])
-def test_a_lease_the_dead_process_had_locked_is_freed_once_its_transaction_ends(kind: str, tmp_path: Path) -> None:
+def test_a_lease_the_dead_process_had_locked_is_freed_once_its_transaction_ends(kind: str, late: bool,
+                                                                                 tmp_path: Path) -> None:
     """A process killed mid-transaction leaves that transaction to the server for a moment: on
     MariaDB a multi-statement query ending with COMMIT runs to its end, and a rollback waits until
     the server reads the closed socket. Rows it had locked are skipped by the burial (SKIP LOCKED)
     and keep the dead owner's lease; the relay frees them at its next looks after the burial, not
-    after the lease (30 s) and the grace (15 s) have run out."""
+    after the lease (30 s) and the grace (15 s) have run out. ``late``: the transaction outlives
+    dead_after (a stuck statement the server ends seconds after its client exited, PostgreSQL's
+    client check): the relay still looks, for free_for (run_worker: the lease length)."""
     with embedded_runtime_on(kind, tmp_path / "unused.db") as rt:
         registry = SqlWorkerRegistry(rt.store)
         sent = _Sent()
         relay = TaskRelay(rt.store, sent, interval=0.2, grace=15.0, registry=registry,  # type: ignore[arg-type]
-                          dead_after=2.0, check=0.2, own="me")
+                          dead_after=1.0, check=0.2, own="me", free_for=30.0)
         registry.register("runner-e", 2, "culm")
         task_id = _due_task(rt, 1.0)
         with rt.store.transaction() as unit:  # runner-e claimed it in an earlier, committed batch
@@ -314,6 +318,9 @@ def test_a_lease_the_dead_process_had_locked_is_freed_once_its_transaction_ends(
             _silence(rt, "runner-e", 10)
             assert relay.bury_dead() == 1
             assert _lease(rt, task_id)[0] == "runner-e" and sent.ids == []  # locked: skipped
+            if late:
+                wait_until(lambda: relay._after_burial < time.monotonic(), 5, 0.05, what="dead_after to pass")
+                assert relay.bury_dead() == 0 and _lease(rt, task_id)[0] == "runner-e"  # still locked
         finally:
             release.set()
             holder.join(30)

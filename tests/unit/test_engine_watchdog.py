@@ -19,10 +19,22 @@ class _Beat:
         self.halted = True
 
 
-def _state(batch_age: float, thread: threading.Thread) -> Any:
+def _state(batch_age: float, thread: threading.Thread, store: Any = None) -> Any:
     loop = SimpleNamespace(batch_age=lambda: (batch_age, thread))
     runner = SimpleNamespace(loop=loop, task_ids=lambda: ["t1", "t2"])
-    return SimpleNamespace(runner=runner, engine=SimpleNamespace(owner="host:1:abc"), heartbeat=_Beat())
+    return SimpleNamespace(runner=runner, engine=SimpleNamespace(owner="host:1:abc"), heartbeat=_Beat(),
+                           store=SimpleNamespace() if store is None else store)
+
+
+class _Sessions:
+    """A store whose database sessions the process can end (MariaDB: KILL)."""
+
+    def __init__(self) -> None:
+        self.open = 3
+
+    def end_own_sessions(self) -> int:
+        ended, self.open = self.open, 0
+        return ended
 
 
 def _waiting_in_the_database(release: threading.Event) -> None:
@@ -114,3 +126,14 @@ def test_a_slow_signal_receiver_is_user_code_not_a_stuck_engine(tmp_path) -> Non
         watchdog.stop()
         post_set_state.disconnect(receiver)
         runtime.close()
+
+
+def test_the_process_ends_its_database_sessions_before_it_exits(caplog) -> None:
+    store = _Sessions()
+    open_at_exit: list[int] = []
+    state = _state(61.0, threading.current_thread(), store)
+    watchdog = EngineWatchdog(state, stuck_after=60.0, exit=lambda _status: open_at_exit.append(store.open))
+    with caplog.at_level(logging.WARNING, logger="culm.dispatch.liveness"):
+        assert watchdog.look()
+    assert open_at_exit == [0]  # the row locks of the stuck statement go with the process
+    assert "ended 3 database session(s) of this process" in caplog.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 from typing import Any
 
 from culm.core import data as cdata
@@ -12,7 +13,7 @@ from culm.core.ports import LogRow
 from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall
-from culm.errors import CulmError, UnstorableValueError
+from culm.errors import CulmError, StoredBytesBudgetError, UnstorableValueError
 from culm.model.limits import clip_log_line
 
 
@@ -67,7 +68,7 @@ def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
     return CallResult(False, inputs, {}, ex_data=text)
 
 
-def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
+def record_call(run: Run, res: CallResult, *, repeated: bool = False) -> tuple[CallResult, dict[str, Any]]:
     """Store a call's logs and execution data and queue its events.
 
     A log line with what no backend can hold (a NUL, a lone surrogate) was escaped when it was
@@ -77,6 +78,10 @@ def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
     ``ex_data`` naming that part: the component ran once and its node fails visibly, instead of
     a write that fails at every attempt (and the component run again after each one).
 
+    Its log lines are checked against the stored-bytes budget past STORED_BYTES_CHECK_AT bytes,
+    or whatever their size when ``repeated`` (a schedule call: a node polling for ever logged
+    past any budget); past it one line saying so is kept in their place.
+
     Returns:
         The result as recorded (``res``, or a failed copy of it) and its outputs with the reserved
         keys (``ex_data``, ``_result``, ``_loop``, ``_inner_loop``).
@@ -84,6 +89,11 @@ def record_call(run: Run, res: CallResult) -> tuple[CallResult, dict[str, Any]]:
     unit, node_id = run.unit, run.node.id
     problems: list[str] = []
     if res.logs:
+        rows = _log_rows(run, res.logs)
+        try:
+            unit.check_logs(node_id, sum(len(r["line"]) for r in rows), always=repeated)
+        except StoredBytesBudgetError as exc:
+            res = replace(res, logs=[(res.logs[-1][0], f"[culm: {len(rows):,} log lines of this call not kept: {exc}]")])
         try:
             unit.add_logs(_log_rows(run, res.logs))
         except UnstorableValueError as exc:

@@ -73,11 +73,11 @@ def _ended(run: Run, resolved: Any) -> Outcome:
     sub_state = stored_state(run.unit, pipeline_id) if pipeline_id != run.root_id else None
     if sub_state is not None:
         outputs["_loop"], outputs["_inner_loop"] = sub_state.loop, sub_state.inner_loop
-    try:  # the store encodes them before it writes anything
-        run.unit.set_execution_outputs(pipeline_id, outputs)
+    try:  # the store encodes them (and checks them against the budget) before it writes anything
+        run.unit.set_execution_outputs(pipeline_id, outputs, checked=True)
     except UnstorableValueError as exc:
-        # each output fits, together they may not (two of 4 MB): fail here, naming them, instead
-        # of an engine error
+        # each output fits, together they may not (two of 4 MB), or not in what the pipeline may
+        # store (StoredBytesBudgetError): fail here, naming them, instead of an engine error
         run.fail(f"pipeline {pipeline_id}: its outputs {list(spec.outputs)} could not be stored together: {exc}",
                  outputs={})  # ex_data alone (clipped as every failure text), as for a hydrate failure
         return SLEEP

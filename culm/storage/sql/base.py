@@ -281,7 +281,7 @@ def cas_where(node_id: str, expect_version: str | None, names: Sequence[str] | N
     return where, params
 
 
-class SqlUnit:
+class SqlUnit(budget.UnitChecks):
     """One database transaction, offering the domain verbs the core needs.
 
     Statements go straight to the DB-API cursor: they are few and fixed, and skipping the
@@ -310,6 +310,7 @@ class SqlUnit:
     # read would be a round trip of its own while the inserts travel with the commit.
     refuses_duplicate_ids = False
     root_count_shards = ROOT_COUNT_SHARDS  # culm_root_count's shards used (SQLite: one writer, one)
+    totals: budget.StoreTotal | None = None  # its store's, set by SqlStore.transaction
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn  # a DB-API connection (pool-proxied)
@@ -1324,26 +1325,30 @@ class SqlUnit:
         """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
         before anything is written."""
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.all_stored_bytes)
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.stored_total_after)
         self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
         row = self._one("SELECT inputs, outputs FROM culm_execution_data WHERE node_id = ?", [node_id])
         return (codec.loads(row[0]), codec.loads(row[1])) if row else None
 
-    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict) -> None:
+    def set_execution_data(self, node_id: str, inputs: dict, outputs: dict, *, always: bool = False) -> None:
         """Raises UnstorableValueError (naming the keys at fault), or StoredBytesBudgetError, before
-        anything is written."""
+        anything is written (``always``: checked whatever the size, see :func:`budget.check`)."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.all_stored_bytes)
-        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": texts[0], "outputs": texts[1]}, ["node_id"])
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.stored_total_after,
+                     always=always)
+        self._write_execution_data(node_id, texts[0], texts[1])
+
+    def _write_execution_data(self, node_id: str, inputs: str, outputs: str) -> None:
+        self._upsert("culm_execution_data", {"node_id": node_id, "inputs": inputs, "outputs": outputs}, ["node_id"])
 
     def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
         """The id of the root pipeline of ``node_id``, the bytes it stores (culm_root_bytes, kept by
         the triggers of revision 0010) and, when ``replacing`` names ``culm_execution_data`` or
-        ``culm_node_data``, the bytes of ``node_id``'s row there apart (a write is about to replace
-        it; else 0). The counter rows are read, not locked: writes of the root committed before
+        ``culm_node_data``, the bytes of ``node_id``'s row there apart (``outputs``: of its
+        execution data's outputs; a write is about to replace them; else 0). The counter rows are read, not locked: writes of the root committed before
         the read and this transaction's own are counted; another transaction's still in flight
         are not, so writers racing on one pipeline may pass its budget by what they have in flight.
         (Locking all of them, in shard order, deadlocked with the rows the triggers lock at each
@@ -1366,9 +1371,27 @@ class SqlUnit:
         row = self._one(ALL_ROOT_BYTES, [])
         return int(row[0] or 0) if row else 0
 
-    def set_execution_outputs(self, node_id: str, outputs: dict) -> None:
-        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs)."""
-        self._later(self.outputs_upsert, [node_id, codec.dumps({}), codec.dumps(outputs)],
+    def stored_total_after(self, grows: int, *, counted: int = 0) -> int:
+        """The bytes every root pipeline would store once a write adds ``grows``: read by
+        :meth:`all_stored_bytes` near :data:`~culm.model.limits.MAX_STORED_BYTES` or once a second,
+        else this store's estimate (:class:`culm.storage.budget.StoreTotal`). ``counted``: bytes of
+        ``grows`` this transaction wrote already (a read counts them)."""
+        if self.totals is None:
+            return self.all_stored_bytes() - counted + grows
+        return self.totals.after(lambda: self.all_stored_bytes() - counted, grows)
+
+    def set_execution_outputs(self, node_id: str, outputs: dict, *, checked: bool = False) -> None:
+        """Replace a node's outputs, keeping its inputs (a node without a row gets empty inputs).
+        ``checked``: past :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, checked against
+        the budget first (StoredBytesBudgetError, nothing written)."""
+        text = codec.dumps(outputs)
+        if checked:
+            budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs"),
+                         self.stored_total_after)
+        self._write_outputs(node_id, text)
+
+    def _write_outputs(self, node_id: str, outputs: str) -> None:
+        self._later(self.outputs_upsert, [node_id, codec.dumps({}), outputs],
                     (("culm_execution_data", (node_id,)),))
 
     def prefetch_contexts(self, pipeline_ids: Iterable[str], limit: int = CONTEXTS_AHEAD) -> None:
@@ -1489,7 +1512,7 @@ class SqlUnit:
                         always: bool = True) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         text = codec.dumps_named(data, f"callback data for node {node_id}")
-        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.all_stored_bytes,
+        budget.check(node_id, "callback data", len(text), lambda: self.stored_bytes(node_id), self.stored_total_after,
                      always=always)
         # The caller holds the node's state row (SQLite: the write lock), so no other callback of
         # the run takes the same number.
@@ -1515,7 +1538,7 @@ class SqlUnit:
     def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.all_stored_bytes,
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.stored_total_after,
                      always=always)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
@@ -1669,6 +1692,13 @@ class Dialect:
         """Set up ``store.engine`` (its event hooks) before the first connection."""
         ping_idle(store.engine)
 
+    def end_own_sessions(self, store: SqlStore) -> int:
+        """End, on the server, the sessions this process opened on ``store``'s engine (a process
+        about to exit because its engine thread is stuck: their transactions are rolled back and
+        their row locks released now, not when the server finds the client gone). Returns how many;
+        0 where the server ends them itself soon enough (PostgreSQL's client check)."""
+        return 0
+
     def plain_reads_engine(self, store: SqlStore) -> Engine | None:
         """An engine of its own for the read-only units that need no snapshot (a poll), or None:
         they use ``store.engine`` like every other unit."""
@@ -1779,6 +1809,8 @@ class SqlStore:
         from culm.storage.feed import ChangeFeed
 
         self.feed = ChangeFeed(self, ordered=dialect.unit.feed_ordered, indexed_by_root=True)
+        # What every pipeline stores together, as this process last read it (MAX_STORED_BYTES).
+        self.totals = budget.StoreTotal()
         if create:
             self.ensure_schema()
 
@@ -1805,6 +1837,7 @@ class SqlStore:
                 else:
                     unit = self.traits.cached_unit(raw, cache)
                     cache.sync(unit)
+                unit.totals = self.totals
                 try:
                     yield unit
                     unit.flush(commit=True)
@@ -1921,6 +1954,11 @@ class SqlStore:
         finally:
             if not pinned:
                 raw.close()
+
+    def end_own_sessions(self) -> int:
+        """End this process's server sessions on this store (its dialect's ``end_own_sessions``):
+        culm.dispatch.liveness.EngineWatchdog, before it ends a process whose engine is stuck."""
+        return self.traits.end_own_sessions(self)
 
     def worker_registry(self) -> SqlWorkerRegistry:
         """The worker registry in this store's database (``culm.storage.workers``)."""

@@ -6,7 +6,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
+import os
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -343,6 +345,11 @@ class MysqlDialect(Dialect):
         skip_needless_reset(store.engine)
         _allow_multi_statements(store.engine)
         check_packet_size(store.engine)
+        _note_sessions(store.engine)
+
+    def end_own_sessions(self, store: SqlStore) -> int:
+        """KILL every server session this process opened, on any store (see :data:`_SESSIONS`)."""
+        return _kill_own_sessions(store.engine)
 
     # A read-only unit that needs no snapshot (a poll: one SELECT) runs on a connection of its own
     # pool that is in autocommit, set once when it connects: each read is then a transaction of
@@ -367,6 +374,66 @@ class MysqlDialect(Dialect):
     def end_read(self, raw: Any) -> None:
         if not raw.info.get(_AUTOCOMMIT):
             raw.rollback()
+
+
+# The server's ids of the sessions this process opened (pid, id): culm.dispatch.liveness's
+# EngineWatchdog ends them (KILL) before it ends a process whose engine thread is stuck. MariaDB
+# and MySQL have no check for a vanished client while a statement runs (PostgreSQL's
+# client_connection_check_interval): a statement of a process gone keeps running, and keeps its
+# transaction's row locks (and with them the leases the relays would free), until it ends on its
+# own (a lock wait at innodb_lock_wait_timeout, 50 s by default; a long statement at its end; only
+# SLEEP() looks for its client, every 5 s). The ids are the drivers' own (thread_id(): no round
+# trip), of every engine of this process's stores; pairs noted in a parent before a fork are not
+# the child's (the pid tells).
+_SESSIONS: set[tuple[int, int]] = set()
+_SESSIONS_LOCK = threading.Lock()
+_SESSION = "culm_session"  # the (pid, id) of a pooled connection, in its ``info``
+UNKNOWN_THREAD = 1094  # KILL of a session that has ended meanwhile
+KILL_TIMEOUT = 5  # seconds: the KILLs' own connection gives up on a server that does not answer
+
+
+def _note_sessions(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _noted(dbapi_conn: Any, record: Any) -> None:
+        key = (os.getpid(), int(dbapi_conn.thread_id()))
+        record.info[_SESSION] = key
+        with _SESSIONS_LOCK:
+            _SESSIONS.add(key)
+
+    @event.listens_for(engine, "close")
+    def _gone(_dbapi_conn: Any, record: Any) -> None:
+        key = record.info.pop(_SESSION, None)
+        with _SESSIONS_LOCK:
+            _SESSIONS.discard(key)
+
+
+def _kill_own_sessions(engine: Engine) -> int:
+    """KILL the sessions this process opened, but the one sending the KILLs (on a connection
+    of its own, never one of the pool's: the stuck engine thread holds one). Returns how many."""
+    pid = os.getpid()
+    with _SESSIONS_LOCK:
+        ids = sorted(i for p, i in _SESSIONS if p == pid)
+    if not ids:
+        return 0
+    killed = 0
+    args, params = engine.dialect.create_connect_args(engine.url)
+    params = {**params, "connect_timeout": KILL_TIMEOUT, "read_timeout": KILL_TIMEOUT}
+    raw = engine.dialect.connect(*args, **params)
+    try:
+        cur = raw.cursor()
+        own = int(raw.thread_id())
+        for i in ids:
+            if i == own:
+                continue
+            try:
+                cur.execute(f"KILL CONNECTION {int(i)}")
+                killed += 1
+            except Exception as exc:  # noqa: BLE001 - ended meanwhile
+                if not (getattr(exc, "args", ()) and exc.args[0] == UNKNOWN_THREAD):
+                    raise
+    finally:
+        raw.close()
+    return killed
 
 
 def _allow_multi_statements(engine: Engine) -> None:

@@ -274,6 +274,7 @@ ALL_ROOT_BYTES = "SELECT SUM(bytes) FROM culm_root_bytes"
 ROOT_BYTES_OWN = {
     "culm_execution_data": "(SELECT {size}(inputs) + {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",
     "culm_node_data": "(SELECT {size}(inputs) FROM culm_node_data WHERE node_id = n.id)",
+    "outputs": "(SELECT {size}(outputs) FROM culm_execution_data WHERE node_id = n.id)",  # set_execution_outputs
 }
 # The lines of one run of a node (culm_log_count, revision 0010).
 LOG_COUNT = "SELECT line_count FROM culm_log_count WHERE node_id = ? AND version = ?"
