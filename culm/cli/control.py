@@ -135,14 +135,16 @@ def cmd_control(args: argparse.Namespace) -> int:
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        # A command its target's state refuses anyway: say why the engine refuses it, not (first)
-        # that the components to run what follows are missing.
-        hopeless = entry is not None and entry.get("state") != NEEDS.get(args.command, entry.get("state"))
-        if args.no_follow or not runner or entry is None or hopeless or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
+        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
             _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             return EXIT_OK
-        if args.command != "revoke":
+        # A command its target's state (as read just now) refuses: say why the engine refuses it, not
+        # (first) that the components to run what follows are missing. The state read is only a
+        # guess: the node may move before the command lands (RUNNING -> FAILED, review 17 R4), so
+        # whether to follow is the engine's answer to the command itself, never this read.
+        hopeless = entry.get("state") != NEEDS.get(args.command, entry.get("state"))
+        if args.command != "revoke" and not hopeless:
             require_components(rt, root_id, tree.data, f"{args.command} {target}",
                                ", or pass --no-follow to only record the command",
                                runs=target if args.command in ("retry", "callback") else None,

@@ -394,9 +394,12 @@ def _ended(found: Described, still: Stillness) -> bool:
     return found.entry["state"] in render.ENDED or still.stopped(found.flat) == "failed"
 
 
-def _conclude(found: Described) -> int:
-    """The failed nodes with their ex_data, as ``culm run`` prints them; the exit code."""
-    for line in failure_report(found.root_id, found.flat, found.info, found.ex_data):
+def _conclude(rt: Any, found: Described) -> int:
+    """The failed nodes with their ex_data, as ``culm run`` prints them; the exit code. The retry and
+    skip it suggests ask for ``--import`` where ``culm status`` does (a new user's trial: the hint
+    without it led straight to exit 2, "name the modules that define them with --import")."""
+    imports = " --import MODULE" if getattr(rt.store, "database_file", None) else ""
+    for line in failure_report(found.root_id, found.flat, found.info, found.ex_data, imports):
         print(line, flush=True)
     return found.outcome
 
@@ -414,7 +417,7 @@ def _watch_live(rt: Any, args: argparse.Namespace, found: Described) -> int:
             time.sleep(args.interval)
             found = describe(rt, args.id)
             live.update(view(found))
-    return _conclude(found)
+    return _conclude(rt, found)
 
 
 def _wait_key(reason: dict | None) -> Any:
@@ -445,7 +448,7 @@ def _watch_lines(rt: Any, args: argparse.Namespace, found: Described) -> int:
                       f"{render.label(node_id, found.info)}{waits}", flush=True)
         if _ended(found, still):
             print(render.progress_line(found.flat, found.root_id), flush=True)
-            return _conclude(found)
+            return _conclude(rt, found)
         if time.monotonic() - progress_at >= args.progress_every:
             progress_at = time.monotonic()
             print(render.progress_line(found.flat, found.root_id), flush=True)

@@ -131,6 +131,23 @@ def succeeded(returned: object) -> bool:
     return True if returned is None else bool(returned)
 
 
+def finishes(ok: bool, error_ignorable: bool, fail_skip: bool) -> bool:
+    """Whether an activity whose ``execute`` (or schedule phase) ended ``ok`` finishes (or fails)."""
+    return ok or error_ignorable or fail_skip
+
+
+def moves_on(ok: bool, error_ignorable: bool, fail_skip: bool, loop_left: int) -> bool:
+    """Whether an activity whose ``execute`` (or schedule phase) ended ``ok`` finishes and moves on
+    to the next node: not when it fails, nor when its node loop goes round again (a failure an
+    ``error_ignorable`` node ignores ends the loop; ``fail_skip`` goes on with the next iteration).
+    The engine's ``node_finish`` event and the service's ``node_finish`` hook are both sent by
+    this rule (spec 7.4 step 8)."""
+    if not finishes(ok, error_ignorable, fail_skip):
+        return False
+    again = (ok or not error_ignorable) and loop_left > 0
+    return not again
+
+
 @dataclass
 class ServiceCall:
     """The fixed facts of one component call."""
@@ -147,6 +164,8 @@ class ServiceCall:
     outputs: dict[str, Any]
     root_data: dict[str, Any]
     error_ignorable: bool
+    fail_skip: bool = False  # the node loop's ``fail_skip``
+    loop_left: int = 0  # node loop iterations after this one (0: none, or no loop)
 
     def _service(self, logger: NodeLogger) -> Service:
         from culm.components import ComponentNotFoundError, library
@@ -204,7 +223,7 @@ class ServiceCall:
         if not ok and not self.error_ignorable:
             hooks("node_execute_fail")
             events.append(("node_execute_fail", ids))
-        if (ok and not need_schedule) or (not ok and self.error_ignorable):
+        if not need_schedule and moves_on(ok, self.error_ignorable, self.fail_skip, self.loop_left):
             hooks("node_finish")
         stype = service.schedule_type() if need_schedule else None
         res = self._result(data, logger, ok, ex_data=ex_data, need_schedule=need_schedule, schedule_type=stype,
@@ -253,8 +272,8 @@ class ServiceCall:
         if not ok and not self.error_ignorable:
             hooks("node_schedule_fail")
             events.append(("node_schedule_fail", ids))
-        if done or (not ok and self.error_ignorable):
-            hooks("node_finish")
+        if done or (not ok and finishes(ok, self.error_ignorable, self.fail_skip)):
+            hooks("node_finish")  # after each schedule phase, as the engine's node_finish (spec 7.5)
         res = self._result(data, logger, ok, ex_data=ex_data, schedule_type=stype, schedule_done=done,
                            schedule_after=after, returned=result_value(returned))
         res.events = events

@@ -172,15 +172,15 @@ def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
 def b_all(ev: Evaluator, iterable: Any) -> bool:
     ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
-        return all(iterable)
-    return all(all(chunk) for chunk in ev.drain(iterable))
+        return all(ev.truths(iterable))
+    return all(all(ev.truths(chunk)) for chunk in ev.drain(iterable))
 
 
 def b_any(ev: Evaluator, iterable: Any) -> bool:
     ev.reach(iterable, "iterating")
     if not ev.lazy(iterable):
-        return any(iterable)
-    return any(any(chunk) for chunk in ev.drain(iterable))
+        return any(ev.truths(iterable))
+    return any(any(ev.truths(chunk)) for chunk in ev.drain(iterable))
 
 
 def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -217,5 +217,6 @@ BUILTINS: dict[str, Callable[..., Any]] = {
     "min": _extreme(min), "max": _extreme(max), "all": b_all, "any": b_any,
     "len": _reaching(len, "measuring"),
     **{fn.__name__: _reaching(fn, "iterating") for fn in (enumerate, zip, reversed)},
-    **{fn.__name__: _plain(fn) for fn in (bool, float, abs, slice)},
+    "bool": lambda ev, *args: ev.truth(*args) if args else False,
+    **{fn.__name__: _plain(fn) for fn in (float, abs, slice)},
 }  # fmt: skip

@@ -276,6 +276,26 @@ class Evaluator:
         if refusal is not None:
             raise refusal
 
+    def truth(self, value: Any) -> bool:
+        """``bool(value)``; refused, as ``len(value)`` is, for an object whose class measures it
+        with its own ``__len__`` (a queryset counts its rows) and has no ``__bool__``."""
+        kind = type(value)
+        if kind in _PROTOCOL_TYPES or self.lim.trust_objects or not hasattr(kind, "__len__") or hasattr(kind, "__bool__"):
+            return bool(value)
+        refusal = protocol_refusal(value, "testing the truth of")
+        if refusal is not None:
+            raise refusal
+        return bool(value)
+
+    def truths(self, items: Any) -> Any:
+        """``items``, after :meth:`truth` of one item of each kind whose truth it refuses: before
+        all() or any() tests them in C (one pass over their types, in C too)."""
+        if not self.lim.trust_objects and type(items) not in (str, bytes, range):
+            for kind in set(map(type, items)) - _PROTOCOL_TYPES:
+                if hasattr(kind, "__len__") and not hasattr(kind, "__bool__"):
+                    self.truth(next(item for item in items if type(item) is kind))
+        return items
+
     def drain(self, iterable: Any) -> Iterator[list[Any]]:
         """The items of ``iterable`` in chunks, the clock read before each (nothing is kept)."""
         self.reach(iterable, "iterating")
@@ -334,6 +354,8 @@ class Evaluator:
         return self.binop(node.op, self.eval(node.left, scope), self.eval(node.right, scope))
 
     def e_unaryop(self, node: ast.UnaryOp, scope: dict[str, Any]) -> Any:
+        if isinstance(node.op, ast.Not):
+            return not self.truth(self.eval(node.operand, scope))
         return self.built(_UNARYOPS[type(node.op)](self.eval(node.operand, scope)))
 
     def e_boolop(self, node: ast.BoolOp, scope: dict[str, Any]) -> Any:
@@ -341,7 +363,7 @@ class Evaluator:
         value = None
         for sub in node.values:
             value = self.eval(sub, scope)
-            if bool(value) is not is_and:
+            if self.truth(value) is not is_and:
                 return value
         return value
 
@@ -362,7 +384,7 @@ class Evaluator:
         return True
 
     def e_ifexp(self, node: ast.IfExp, scope: dict[str, Any]) -> Any:
-        return self.eval(node.body if self.eval(node.test, scope) else node.orelse, scope)
+        return self.eval(node.body if self.truth(self.eval(node.test, scope)) else node.orelse, scope)
 
     def e_subscript(self, node: ast.Subscript, scope: dict[str, Any]) -> Any:
         obj = self.eval(node.value, scope)
@@ -440,7 +462,7 @@ class Evaluator:
         for item in source:
             self.tick()
             self.bind(gen.target, item, local)
-            if all(self.eval(cond, local) for cond in gen.ifs):
+            if all(self.truth(self.eval(cond, local)) for cond in gen.ifs):
                 if index + 1 == len(generators):
                     yield None
                 else:

@@ -153,11 +153,28 @@ class _Walk:
 
     def __init__(self, tokens: dict[str, str], make: Callable[[], str]) -> None:
         self.tokens, self.make = tokens, make
+        # (node id, token) -> where the line from that node with that token ends: the branches
+        # of an exclusive gateway that rejoin at an ordinary node would each walk the rest of the
+        # tree again (2**k walks after k such gateways); the second walk would write the same
+        # tokens, so it is not made.
+        self.ends: dict[tuple[str, str], dict[str, Any] | None] = {}
 
     def line(self, tree: dict[str, Any], node: dict[str, Any], token: str) -> dict[str, Any] | None:
         """Walks on from ``node`` (whose token is written); returns the converge gateway or end
         event the line runs into, or None where it stops (a loop-back was its only way on)."""
+        passed: list[tuple[str, str]] = []
+        end = self._line(tree, node, token, passed)
+        for key in passed:
+            self.ends[key] = end
+        return end
+
+    def _line(self, tree: dict[str, Any], node: dict[str, Any], token: str,
+              passed: list[tuple[str, str]]) -> dict[str, Any] | None:
         while True:
+            key = (node["id"], token)
+            if key in self.ends:
+                return self.ends[key]
+            passed.append(key)
             kind = node.get("type")
             if node["id"] == tree["end_event"]["id"] or kind == "ConvergeGateway":
                 return node

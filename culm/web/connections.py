@@ -22,7 +22,13 @@ does not read it keeps it in the server's memory (200 such connections took a se
 to 512 MB, held for as long as the clients kept them, session 16). A connection whose answer waits
 unread (the transport's buffer over its high-water mark) for as long as the request timeout, and
 whose client read less than :data:`MIN_BODY_RATE` bytes a second of it meanwhile, is dropped; a
-client that reads a large answer slowly but steadily gets all of it.
+client that reads a large answer slowly but steadily gets all of it, within :data:`ANSWER_SECONDS`.
+That rate alone let a client reading just over 1,000 bytes a second hold a 4 MB answer for about an
+hour, on each of its 64 connections (review 17, R3): an answer may also wait unread in the server's
+memory (writing paused) for :data:`ANSWER_SECONDS` in all, after which its connection is dropped.
+Only the time the client keeps the server waiting counts, so a live stream read as it comes is
+never dropped, and a 4 MB answer needs a client reading 14 kB a second (a slow mobile link reads
+ten times that).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import struct
 import time
 from typing import Any
@@ -53,6 +60,9 @@ REQUEST_SECONDS = 30.0
 # Bytes a second a request's body must arrive at, on average, once REQUEST_SECONDS have passed: a
 # 4 MiB body (the default --max-body) may take 30 s + 70 min; a client sending less pays bandwidth.
 MIN_BODY_RATE = 1_000
+# Seconds in all an answer may wait in the server's memory for its client to read it (writing
+# paused), `culm serve --answer-timeout`: 4 MB read at 14 kB a second.
+ANSWER_SECONDS = 300.0
 
 _log = logging.getLogger("uvicorn.error")  # what `culm serve` prints its own lines with
 _warned = False  # the process said once that a peer it does not trust sent X-Forwarded-For
@@ -71,7 +81,8 @@ def _warn_untrusted_forwarding(peer: str) -> None:
                  "this is said once", peer, peer, peer)
 
 
-def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECONDS) -> type[asyncio.Protocol]:
+def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECONDS,
+                     answer_seconds: float = ANSWER_SECONDS) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol, refusing a client's connections past MAX_CONNECTIONS_PER_CLIENT and
     closing (408) a connection whose request does not arrive in time.
 
@@ -79,7 +90,8 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         trusted_proxies: the peers not counted, as ``culm serve --trusted-proxies`` takes them
             (addresses and networks separated by commas, ``*`` for any, ``''`` for none).
         request_seconds: the time a request's head may take (see REQUEST_SECONDS, MIN_BODY_RATE),
-            and an answer may wait unread.
+            and an answer may wait unread while its client reads under MIN_BODY_RATE.
+        answer_seconds: the time in all an answer may wait unread (see ANSWER_SECONDS).
     """
     networks = [] if trusted_proxies.strip() == "*" else [
         ipaddress.ip_network(e.strip(), strict=False) for e in trusted_proxies.split(",") if e.strip()]
@@ -93,15 +105,19 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
             return False
         return trust_all or any(address in net for net in networks)
 
+    def note_forwarding(scope: Any) -> None:
+        """Warn of the first request that carries X-Forwarded-For from an untrusted peer (the
+        scope's client is still the peer here: outside uvicorn's proxy-headers middleware)."""
+        if not _warned and scope.get("type") in ("http", "websocket"):
+            client = scope.get("client")
+            peer = str(client[0]) if client else ""
+            if peer and not trusted(peer) and any(k == b"x-forwarded-for" for k, _ in scope.get("headers", ())):
+                _warn_untrusted_forwarding(peer)
+
     def _watching(app: Any) -> Any:
-        """``app``, warning of the first request that carries X-Forwarded-For from an untrusted peer
-        (the scope's client is still the peer here: outside uvicorn's proxy-headers middleware)."""
+        """``app``, calling note_forwarding on each request first."""
         async def watched(scope: Any, receive: Any, send: Any) -> None:
-            if not _warned and scope.get("type") in ("http", "websocket"):
-                client = scope.get("client")
-                peer = str(client[0]) if client else ""
-                if peer and not trusted(peer) and any(k == b"x-forwarded-for" for k, _ in scope.get("headers", ())):
-                    _warn_untrusted_forwarding(peer)
+            note_forwarding(scope)
             await app(scope, receive, send)
         return watched
 
@@ -112,11 +128,22 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         _culm_bytes = 0  # bytes of it received so far
         _culm_stall: asyncio.TimerHandle | None = None  # while an answer waits unread
         _culm_unread = 0  # bytes of the answer the client had not read at the last look
+        _culm_looked = 0.0  # when that look was
+        _culm_answer: Any = None  # the request-response cycle whose answer the two below time
+        _culm_waited = 0.0  # seconds that answer waited unread before the current pause
+        _culm_paused_at: float | None = None  # when writing was paused, while it is
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             if not trust_all and not _warned:
                 self.app = _watching(self.app)  # type: ignore[has-type]
+
+        def handle_websocket_upgrade(self, *args: Any) -> None:
+            # The upgraded connection's protocol calls uvicorn's app, not this protocol's (watched)
+            # one: a WebSocket upgrade is noted here, from the request that asked for it.
+            if not trust_all:
+                note_forwarding(getattr(self, "scope", {}))
+            super().handle_websocket_upgrade(*args)
 
         def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
@@ -180,9 +207,20 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
 
         def pause_writing(self) -> None:
             super().pause_writing()
+            now = time.monotonic()
+            if self.cycle is not self._culm_answer:  # a new answer: its own time
+                self._culm_answer, self._culm_waited = self.cycle, 0.0
+            self._culm_paused_at = now
             if self._culm_stall is None:
-                self._culm_unread = self._culm_unread_bytes()
-                self._culm_stall = self.loop.call_later(request_seconds, self._culm_check_reading)
+                self._culm_unread, self._culm_looked = self._culm_unread_bytes(), now
+                self._culm_stall = self.loop.call_later(self._culm_next_look(now), self._culm_check_reading)
+
+        def _culm_waited_in_all(self, now: float) -> float:
+            paused = now - self._culm_paused_at if self._culm_paused_at is not None else 0.0
+            return self._culm_waited + paused
+
+        def _culm_next_look(self, now: float) -> float:
+            return max(0.0, min(request_seconds, answer_seconds - self._culm_waited_in_all(now)))
 
         def _culm_unread_bytes(self) -> int:
             """Bytes written that the client has not read yet: the transport's buffer and, where the
@@ -199,18 +237,36 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
             return unread
 
         def _culm_check_reading(self) -> None:
-            """An answer has waited over the high-water mark for ``request_seconds``: the client
-            keeps the connection if it read at least MIN_BODY_RATE bytes a second meanwhile (while
-            writing is paused the application adds nothing, so the buffer only shrinks as it reads)."""
-            unread = self._culm_unread_bytes()
-            if self._culm_unread - unread < MIN_BODY_RATE * request_seconds:
+            """An answer has waited over the high-water mark since the last look: the client keeps
+            the connection if it read at least MIN_BODY_RATE bytes a second meanwhile (while writing
+            is paused the application adds nothing, so the buffer only shrinks as it reads), and
+            the answer has not waited ``answer_seconds`` in all."""
+            now, unread = time.monotonic(), self._culm_unread_bytes()
+            slow = self._culm_unread - unread < MIN_BODY_RATE * (now - self._culm_looked)
+            if slow or self._culm_waited_in_all(now) >= answer_seconds:
                 self._culm_stall = None
-                self.transport.abort()
+                self._culm_drop()
                 return
-            self._culm_unread = unread
-            self._culm_stall = self.loop.call_later(request_seconds, self._culm_check_reading)
+            self._culm_unread, self._culm_looked = unread, now
+            self._culm_stall = self.loop.call_later(self._culm_next_look(now), self._culm_check_reading)
+
+        def _culm_drop(self) -> None:
+            """Close the connection, discarding its unread answer in the kernel too: a plain close
+            leaves the socket's send queue (up to 4 MB) going out to the client after the server
+            let go of it, for as long as the client reads (seen in the R3 test: the client read on
+            at its pace)."""
+            sock = self.transport.get_extra_info("socket")
+            if sock is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+                except OSError:
+                    pass
+            self.transport.abort()
 
         def resume_writing(self) -> None:
+            if self._culm_paused_at is not None:
+                self._culm_waited += time.monotonic() - self._culm_paused_at
+                self._culm_paused_at = None
             if self._culm_stall is not None:
                 self._culm_stall.cancel()
                 self._culm_stall = None

@@ -613,6 +613,10 @@ def test_watch_stops_on_a_pipeline_held_by_a_failed_node_naming_it_with_its_ex_d
     assert "FAILED explode (node_done)" in lines
     assert any("RuntimeError: the disk is on fire" in line for line in lines[lines.index("FAILED explode (node_done)"):])
     assert "pipeline pipeline_cli_exploding is RUNNING with 1 failed node(s); retry with" in out.stdout
+    # On a SQLite file the retry runs the node in its own process: the hint asks for the module, as
+    # `culm status`'s does (without it, the pasted command was refused, exit 2).
+    assert "`culm retry node_done [--data '{...}'] --import MODULE`" in out.stdout, out.stdout
+    assert "`culm skip node_done --import MODULE`" in out.stdout, out.stdout
     assert "Traceback" not in out.stderr
     status = culm(tmp_path, "status", "pipeline_cli_exploding")
     assert status.returncode == 1 and "RuntimeError: the disk is on fire" in status.stdout
@@ -778,3 +782,25 @@ def test_a_command_the_node_s_state_refuses_says_so_before_asking_for_components
     assert (out.returncode, out.stderr) == (5, line + "\n"), out.stdout + out.stderr
     status = culm(tmp_path, "status", "order_1234", "--json")
     assert '"FAILED"' in status.stdout  # nothing changed
+
+
+def test_a_command_follows_the_engine_s_verdict_not_the_state_read_before_it(tmp_path: Path) -> None:
+    """Review 17 (R4): the CLI reads the node's state before it sends the command, and took a state
+    that refuses the command for the answer: a node that moved RUNNING -> FAILED in between was
+    "retried", and the CLI returned at once without running the pipeline on. The read is made stale
+    here (it says RUNNING; the node is FAILED): the engine takes the retry, and the CLI follows it."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    probe = ("import sys\nimport culm.cli.control as control\nfrom culm.cli import main\n"
+             "read = control.state_entry\n"
+             "def stale(rt, target):\n"
+             "    entry = dict(read(rt, target))\n"
+             "    entry['state'] = 'RUNNING'  # as read an instant before the node failed\n"
+             "    return entry\n"
+             "control.state_entry = stale\n"
+             f"sys.exit(main(['retry', 'charge_card', '--data', '{{\"amount\": 80}}', '--import', "
+             f"{str(EXAMPLES / 'operator_session.py')!r}, '--db', {'sqlite:///' + str(tmp_path / 'cli.db')!r}]))\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "retried charge card (charge_card)" in out.stdout
+    assert "pipeline order_1234 FINISHED" in out.stdout, out.stdout
+    assert culm(tmp_path, "status", "order_1234").returncode == 0

@@ -68,3 +68,17 @@ def test_session_runs_as_shown(where: str, block: str, tmp_path: Path) -> None:
                              capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
         assert out.returncode == code, f"{where}: $ {command}\n{out.stdout}{out.stderr}"
         assert normal(out.stdout.splitlines()) == normal(expected), f"{where}: $ {command}\n{out.stdout}"
+
+
+def test_every_command_is_in_the_command_tables() -> None:
+    """A new user's trial: README's table of commands left out `set-outputs` and `loop-times`. Each
+    command of `culm` is named in README's table and in docs/cli.md's."""
+    from culm.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices  # noqa: SLF001
+    for path in (ROOT / "README.md", ROOT / "docs" / "cli.md"):
+        table = "\n".join(line for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("| `culm"))
+        missing = [name for name in commands if name != "show" and not re.search(
+            rf"`(culm )?{re.escape(name)}[` ]|/`?{re.escape(name)}`? ", table)]
+        assert missing == [], f"{path.name}: {missing}"

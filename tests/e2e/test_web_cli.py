@@ -310,6 +310,23 @@ def test_trusted_proxies_decide_which_address_the_per_client_limits_count(
         assert "--trusted-proxies" in warnings[0], warnings
 
 
+def test_a_websocket_upgrade_from_an_untrusted_peer_naming_a_client_is_warned_of_too(tmp_path: Path) -> None:
+    """Review 17: a plain request carrying X-Forwarded-For from a peer not trusted was warned of, a
+    WebSocket upgrade carrying it was not (uvicorn hands the upgraded connection to another protocol,
+    which calls the application without culm's watch). Both are now warned of, once."""
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "")
+    try:
+        with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1])), timeout=30) as conn:
+            conn.sendall(b"GET /api/v1/events HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+                         b"X-Forwarded-For: 198.51.100.7\r\n\r\n")
+            assert conn.recv(4096).startswith(b"HTTP/1.1 ")
+    finally:
+        out = _stop(proc)
+    warnings = [line for line in out.splitlines() if "X-Forwarded-For" in line]
+    assert len(warnings) == 1 and "from 127.0.0.1 " in warnings[0] and "--trusted-proxies" in warnings[0], out
+
+
 def test_one_client_holding_connections_open_cannot_take_the_service_down(tmp_path: Path) -> None:
     """Found probing (session 15): 1,100 connections from one client, each sending part of a request's
     headers and no more, used up the service's 1,024 file descriptors: every other request timed

@@ -83,6 +83,9 @@ def test_the_failed_node_of_a_long_pipeline_is_named_in_the_header_and_one_click
     click(browser, '#node-actions button[data-action="skip"]')
     served.wait_state(tree["id"], "FINISHED", 60)
     wait_until(lambda: count(browser, "#attention") == 0, 20, 0.05, what="the attention line to go")
+    # ... leaving nothing in its place (a new user's trial: the header of a pipeline with no node
+    # needing attention ended in the text "null").
+    assert not text(browser, ".pipeline-head").endswith("null"), text(browser, ".pipeline-head")
 
 
 def test_a_failure_inside_a_closed_subprocess_is_named_and_opened(browser: Any, served: Any) -> None:  # noqa: F811

@@ -237,3 +237,20 @@ def test_an_unknown_pipeline_is_said_once(browser: Any, served: Any) -> None:  #
     said = text(browser, "#page-error")
     # The server's reason, capitalised: "No pipeline with id ghost_..." (not after "Cannot show pipeline ghost_...: ")
     assert said.startswith(("No pipeline with id ghost_", "Pipeline ghost_")) and said.count("ghost_") == 1, said
+
+
+def test_a_link_to_a_node_the_pipeline_does_not_have_says_so(browser: Any, served: Any) -> None:  # noqa: F811
+    """A new user's trial: /#/p/PIPELINE/n/MISTYPED showed a panel as if for a node: type Pipeline,
+    state "not reached", empty inputs and outputs and a made-up definition."""
+    start = EmptyStartEvent()
+    start.extend(ServiceActivity(component_code="example_component")).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(tree["id"], "FINISHED", 60)
+    sign_in(browser, served, "viewer")
+    browser.get(f"{served.url}/#/p/{tree['id']}/n/mistyped_node")
+    wait_until(lambda: "mistyped_node" in text(browser, "#node-problem"), 20, 0.05, what="the panel's note")
+    assert text(browser, "#node-problem").startswith("This pipeline has no node mistyped_node"), \
+        text(browser, "#node-problem")
+    assert text(browser, "#panel-title") == "mistyped_node"
+    assert text(browser, "#inputs-view") == "" and text(browser, "#panel-state") == ""

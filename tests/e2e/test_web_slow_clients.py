@@ -109,18 +109,19 @@ def test_request_timeout_must_be_a_positive_number(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    for bad in ("0", "-1", "nan", "soon"):
-        done = subprocess.run(
-            [sys.executable, "-m", "culm.cli", "serve", "--request-timeout", bad],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode == 2 and "--request-timeout" in done.stderr, (bad, done.stderr)
+    for option in ("--request-timeout", "--answer-timeout"):
+        for bad in ("0", "-1", "nan", "soon"):
+            done = subprocess.run(
+                [sys.executable, "-m", "culm.cli", "serve", option, bad],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 2 and option in done.stderr, (option, bad, done.stderr)
 
 
-def _three_big_answers_asked(tmp_path: Path, timeout: str) -> tuple[Any, str, socket.socket, int]:
+def _three_big_answers_asked(tmp_path: Path, timeout: str, *more: str) -> tuple[Any, str, socket.socket, int]:
     """`culm serve --request-timeout TIMEOUT` holding a pipeline whose tree is 3 MB, and a client
     with a small receive buffer that has asked for that tree three times at once: more than the
     kernel's buffers take (4 MB at most), so the rest waits in the server's memory. The server,
@@ -128,7 +129,7 @@ def _three_big_answers_asked(tmp_path: Path, timeout: str) -> tuple[Any, str, so
     import httpx
     from web_support import divide_tree
 
-    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "", "--request-timeout", timeout)
+    proc, url = _serve(tmp_path, "--no-auth", "--trusted-proxies", "", "--request-timeout", timeout, *more)
     tree = divide_tree(1)
     tree["data"] = {"inputs": {"${big}": {"type": "plain", "value": "x" * 3_000_000}}, "outputs": {}}
     try:
@@ -194,5 +195,32 @@ def test_an_answer_read_slowly_but_steadily_arrives_whole(tmp_path: Path) -> Non
         assert got >= 3 * size, (
             f"{got:,} of {3 * size:,} bytes read in {time.monotonic() - began:.1f} s, then dropped"
         )
+    finally:
+        _stop(proc)
+
+
+def test_an_answer_read_just_fast_enough_is_still_bounded_in_time(tmp_path: Path) -> None:
+    """Review 17 (R3): a client reading just over MIN_BODY_RATE kept the rate rule happy and held a
+    4 MB answer for about an hour, on each of its 64 connections. An answer may wait unread for
+    --answer-timeout in all (here 4 s): this client, reading 20 kB a second (9 MB would take 7
+    minutes), is dropped then, long before its answers are all read."""
+    proc, _, conn, size = _three_big_answers_asked(tmp_path, "1", "--answer-timeout", "4")
+    try:
+        conn.settimeout(30)
+        got, began, ended = 0, time.monotonic(), False
+        try:
+            while time.monotonic() - began < 60:
+                chunk = conn.recv(2048)
+                if not chunk:
+                    ended = True
+                    break
+                got += len(chunk)
+                time.sleep(0.1)
+        except ConnectionResetError:
+            ended = True
+        took = time.monotonic() - began
+        conn.close()
+        assert ended and got < 3 * size, f"{got:,} of {3 * size:,} bytes read in {took:.1f} s, connection open"
+        assert took < 40, f"dropped only after {took:.1f} s"
     finally:
         _stop(proc)

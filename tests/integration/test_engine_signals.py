@@ -248,6 +248,27 @@ def test_hooks_of_successful_execute(runtime, hook_calls):
     assert all(cb is None for _, _, cb in hook_calls)
 
 
+@pytest.mark.parametrize(("mode", "loop", "ignorable", "iterations"), [
+    ("ok", {"loop_times": 3}, False, 3),
+    ("fail", {"loop_times": 3}, True, 1),  # an ignored failure ends the loop
+    ("fail", {"loop_times": 2, "fail_skip": True}, False, 2),  # fail_skip goes on with the next iteration
+])
+def test_a_node_loops_service_hook_node_finish_goes_with_the_engines_event(
+        runtime, hook_calls, recorder, mode, loop, ignorable, iterations):
+    """Spec 7.4 step 8: node_finish, event and hook alike, when the node moves on, not on each
+    execute of a node loop that goes round again."""
+    a = ServiceActivity(component_code="t_hook", loop_config={"enable": True, **loop}, error_ignorable=ignorable)
+    a.component.inputs.mode = Var(type=Var.PLAIN, value=mode)
+    tree = build_tree(chain(a))
+    finish(runtime, tree)
+    wait_idle(runtime)
+    each = ["node_enter", "pre_execute", "post_execute" if mode == "ok" else "node_execute_fail"]
+    if ignorable:
+        each.remove("node_execute_fail")
+    assert hooks_of(hook_calls, a.id) == each * iterations + ["node_finish"]
+    assert [e["node_id"] for e in recorder.events_of("node_finish")].count(a.id) == 1
+
+
 def test_hooks_of_failed_and_raising_execute(runtime, hook_calls):
     failing, raising = hook_act(mode="fail"), hook_act(mode="raise")
     run(runtime, build_tree(chain(failing)))

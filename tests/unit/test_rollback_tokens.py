@@ -130,3 +130,34 @@ def test_a_hand_written_tree_and_a_chosen_token_maker():
     made = iter(["first", "second"])
     assert bd.generate_pipeline_token(tree, new_token=lambda: next(made)) == {
         "s": "first", "g": "first", "a": "first", "b": "first", "e": "first"}
+
+
+@pytest.mark.timeout(30)
+def test_exclusive_branches_rejoining_at_an_activity_walk_each_node_once(monkeypatch):
+    """40 exclusive gateways whose two branches rejoin at an ordinary activity: each branch's walk
+    used to go on to the end of the tree (2**40 walks); the rest is walked once per token."""
+    from culm.model import rollback_tokens
+
+    visits = []
+    follow = rollback_tokens._next_nodes
+
+    def counted(tree, node):
+        visits.append(node["id"])
+        return follow(tree, node)
+
+    monkeypatch.setattr(rollback_tokens, "_next_nodes", counted)
+    start = bd.EmptyStartEvent(id="s")
+    tail = start
+    for i in range(40):
+        gateway = bd.ExclusiveGateway(id=f"x{i}", conditions={0: "1 == 1", 1: "1 == 0"})
+        left, right, join = act(f"l{i}"), act(f"r{i}"), act(f"j{i}")
+        tail.extend(gateway).connect(left, right)
+        left.connect(join)
+        right.connect(join)
+        tail = join
+    tail.extend(bd.EmptyEndEvent(id="e"))
+    tree = bd.build_tree(start)
+    tokens = bd.generate_pipeline_token(tree)
+    ids = {"s", "e"} | {f"{kind}{i}" for kind in "xlrj" for i in range(40)}
+    assert groups(tokens) == {frozenset(ids)}
+    assert len(visits) <= len(ids)  # each node's way on looked up at most once

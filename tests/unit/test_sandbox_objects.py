@@ -130,6 +130,15 @@ def test_data_of_objects_and_methods_of_values_are_used(expr: str, expected: obj
         ("client['k']", "indexing"),
         ("'k' in client", "testing membership"),
         ("len(client)", "measuring"),
+        # its truth is its __len__ (a queryset counts its rows): refused as len() is
+        ("client or 1", "testing the truth of"),
+        ("client and 1", "testing the truth of"),
+        ("1 if client else 2", "testing the truth of"),
+        ("[x for x in [1] if client]", "testing the truth of"),
+        ("not client", "testing the truth of"),
+        ("bool(client)", "testing the truth of"),
+        ("any([0, client])", "testing the truth of"),
+        ("all(x for x in [1, client])", "testing the truth of"),
         ("'%(k)s' % client", "formatting from"),
         ("'{k}'.format_map(client)", "formatting from"),
         ("dict(client)", "iterating"),
@@ -167,6 +176,19 @@ def test_a_trusted_deployment_lets_templates_use_the_objects(monkeypatch: pytest
     monkeypatch.setattr(sandbox, "TRUST_CONTEXT_OBJECTS", True)
     assert evaluate("client.get('/x') + client.token + str(len(client))", NAMES) == "/xt0"
     assert RAN == ["/x", "token", "len"]
+    assert evaluate("bool(client) or 'empty'", NAMES) == "empty"
+    assert RAN == ["/x", "token", "len", "len"]
+
+
+def test_the_truth_of_an_object_without_its_own_len_is_tested() -> None:
+    """An object whose class has no __len__ (or a __bool__ of its own) is true as before, and so
+    are the values and containers that measure themselves without running the object's code."""
+    assert evaluate("[1 if row else 2, not row, bool(row), row and 3, [x for x in [5] if slotted]]", NAMES) == [
+        1, False, True, 3, [5]]
+    assert evaluate("[not point, bool({}), [] or 'e', 'x' if over == 0 else 'y', color and 1]", NAMES) == [
+        False, False, "e", "y", 1]
+    assert evaluate("[any([0, row, point]), all([row, 1, 'a', over == 1]), any(x for x in [0, slotted])]", NAMES) == [
+        True, False, True]
 
 
 def test_an_objects_own_getattribute_does_not_run_for_a_data_read() -> None:

@@ -12,7 +12,7 @@ from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.ports import LogRow
 from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRecord, TaskRecord, new_id, now
 from culm.core.run import Run
-from culm.core.service_call import CallResult, ServiceCall
+from culm.core.service_call import CallResult, ServiceCall, finishes, moves_on
 from culm.errors import CulmError, StoredBytesBudgetError, UnstorableValueError
 from culm.model.limits import clip_log_line
 
@@ -53,11 +53,21 @@ def execute(run: Run) -> Outcome:
 
 def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> ServiceCall:
     node, st = run.node, run.state
+    cfg = node.loop_config or {}
     return ServiceCall(
         code=node.code, version=node.version, node_id=node.id, state_version=st.version, root_id=run.root_id,
         top_pipeline_id=run.top_pipeline_id, loop=st.loop, inner_loop=st.inner_loop, inputs=inputs,
         outputs=outputs, root_data=run.root_data(), error_ignorable=node.error_ignorable,
+        fail_skip=bool(cfg.get("fail_skip")), loop_left=_loop_times(run) - st.inner_loop if cfg else 0,
     )
+
+
+def _loop_times(run: Run) -> int:
+    """How many iterations the node loop runs in all (update_node_loop_times may have changed the
+    configured count since the run started)."""
+    times_key = cdata.loop_times_key(run.node.id)
+    times = run.unit.get_context(run.top_pipeline_id, [times_key]).get(times_key)
+    return int(times.value if times is not None else (run.node.loop_config or {}).get("loop_times") or 0)
 
 
 def as_result(res: Any, inputs: dict[str, Any]) -> CallResult:
@@ -170,8 +180,9 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
     mapped, loop_times = _outputs_to_context(run, ok, outputs)
     if node.loop_config and not _kept_loop_outputs(run, mapped, outputs):
         return SLEEP
-    if ok or node.error_ignorable or (node.loop_config or {}).get("fail_skip"):
-        again = (ok or not node.error_ignorable) and run.state.inner_loop < loop_times
+    fail_skip = bool((node.loop_config or {}).get("fail_skip"))
+    if finishes(ok, node.error_ignorable, fail_skip):
+        again = not moves_on(ok, node.error_ignorable, fail_skip, loop_times - run.state.inner_loop)
         run.finish(error_ignored=not ok, announce=scheduled or not again)
         if not node.loop_config:
             run.upsert_context(run.top_pipeline_id, mapped)

@@ -263,7 +263,7 @@
     function attention() {
       const waiting = Object.entries(page.states).filter(([id, e]) => id !== pipelineId && page.index[id]
         && (e.state === "FAILED" || (e.wait_reason && ["callback", "pause_appointed"].includes(e.wait_reason.kind))));
-      if (!waiting.length) return null;
+      if (!waiting.length) return ""; // not null: replaceChildren writes it as the text "null"
       const what = (e) => (e.state === "FAILED" ? "failed" : e.wait_reason.kind === "callback" ? "waits for a callback"
         : culm.pauseAhead(e) ? "pause set ahead" : "paused here");
       const failed = waiting.some(([, e]) => e.state === "FAILED");

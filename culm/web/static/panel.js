@@ -282,6 +282,17 @@
       info = { execution_data: null, histories: [], logs: "", data: {}, problem: e.status === 401 ? "" : e.message };
     }
     if (page.selected !== nodeId) return; // another node was picked meanwhile
+    if (!ref && !entry) {
+      // An id that is neither a node of this tree nor the pipeline (a link mistyped or from another
+      // pipeline): say so, not a made-up panel of empty inputs and a "Pipeline" definition.
+      panel.replaceChildren(el("h3", { id: "panel-title", class: "clamp", title: culm.inert(nodeId), text: nodeId }),
+        el("p", { class: "muted", id: "node-problem", text: `This pipeline has no node ${culm.inert(nodeId)}`
+          + (info.problem ? ` (${culm.inert(info.problem)})` : "") + "." }));
+      panel.dataset.node = nodeId;
+      panel.hidden = false;
+      updated(panel);
+      return;
+    }
     const outputs = (info.execution_data && info.execution_data.outputs) || {};
     const inputs = (info.execution_data && info.execution_data.inputs) || {};
     const shown = {};
