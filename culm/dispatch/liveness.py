@@ -8,7 +8,8 @@
   process on this host gone), freeing their leases and publishing their work at once, and every
   ``CULM_RELAY_INTERVAL`` re-publishes task rows whose message never led to a run;
 * :class:`EngineWatchdog` (one thread per worker process) ends the process when its engine
-  thread has been in one batch (a database transaction) for ``CULM_ENGINE_STUCK_AFTER`` seconds:
+  thread has been in one batch's database transaction for ``CULM_ENGINE_STUCK_AFTER`` seconds,
+  not waiting for a lock another session holds (PostgreSQL):
   the beat alone would keep the leases of a process whose engine never comes back;
 * :func:`pool_watch` makes Celery's prefork pool take note of a killed pool process at once.
 
@@ -141,17 +142,21 @@ class LeaseHeartbeat:
 
 END_SESSIONS_WAIT = 12.0  # seconds EngineWatchdog waits for the KILLs (a connect and a read, 5 s each)
 ENGINE_STUCK_EXIT = 70  # the exit status of a worker process its EngineWatchdog ended (EX_SOFTWARE)
+LOCK_QUESTION_SECONDS = 6.0  # the longest the watchdog waits for the database's answer about lock waits
 
 
 class EngineWatchdog:
-    """Ends this worker process when its engine thread has been in one batch for ``stuck_after``
-    seconds (see docs/distributed.md, "A stuck engine").
+    """Ends this worker process when its engine thread has been in one batch's database
+    transaction for ``stuck_after`` seconds (see docs/distributed.md, "A stuck engine").
 
-    The engine thread's batch is a database transaction and the engine's own steps, never user
-    code. One that does not end (a statement waiting for ever on a wedged connection, a lock never
-    released) holds its tasks' rows, while the heartbeat, on other connections, keeps beating and
+    Timed is the transaction and the engine's own steps in it; not what follows its commit
+    (signal receivers and after-commit hooks: user code; broker publishes), nor a wait for a lock
+    another session holds (asked of the store on a connection of its own, PostgreSQL only: the
+    next worker would wait for the same lock). A transaction that does not end (a statement
+    waiting for ever on a wedged connection, a server-side hang) holds its tasks' rows, while the heartbeat, on other connections, keeps beating and
     extending their leases: no other worker would ever take them, the pipeline RUNNING with no
-    reason shown. The watchdog (its own thread; it makes no database call) logs why, with where the
+    reason shown. The watchdog (its own thread; its one database call, the lock question, is
+    bounded and a failure of it counts as stuck) logs why, with where the
     engine thread is, stops the beat and exits with :data:`ENGINE_STUCK_EXIT`. The relays of the
     other workers find the process gone (or silent) and hand its tasks on, as for a killed worker;
     the database ends the process's transactions when it finds the client gone (PostgreSQL checks
@@ -164,6 +169,8 @@ class EngineWatchdog:
         self.stuck_after = stuck_after
         self.check = check
         self._exit = exit
+        self._next_probe = 0.0  # monotonic: when to ask the database again about lock waits
+        self._waits_said = False  # the lock wait of the batch under way is logged
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-engine-watchdog", daemon=True)
 
@@ -178,12 +185,27 @@ class EngineWatchdog:
         """Whether the engine thread is stuck; if so, log it, stop the beat and exit."""
         age, thread = self.state.runner.loop.batch_age()
         if age < self.stuck_after:
+            self._waits_said = False
+            return False
+        if time.monotonic() < self._next_probe:
+            return False
+        waits = self._lock_waits()
+        if waits:
+            # Waiting for a lock another session holds (a migration, an index build, a VACUUM
+            # FULL): not stuck, and the next worker would wait for the same lock.
+            self._next_probe = time.monotonic() + max(self.check, 5.0)
+            if not self._waits_said:
+                self._waits_said = True
+                logger.warning("the engine thread has been in one batch's database transaction for %.0f s, over "
+                               "CULM_ENGINE_STUCK_AFTER (%g s), waiting for a lock another database session "
+                               "holds: this worker process waits with it", age, self.stuck_after)
             return False
         frame = sys._current_frames().get(thread.ident) if thread is not None and thread.ident else None
         where = "".join(traceback.format_stack(frame, limit=12)) if frame is not None else "(not found)\n"
         on_hand = len(self.state.runner.task_ids())
         logger.error(
-            "the engine thread has been in one batch (its database transaction) for %.0f s, over "
+            "the engine thread has been in one batch's database transaction (its reads and writes and "
+            "the engine's steps between them; not waiting for a lock) for %.0f s, over "
             "CULM_ENGINE_STUCK_AFTER (%g s): this worker process (%s, pid %d) stops beating and exits "
             "with status %d, so that the other workers take over its %d task(s) on hand. "
             "The engine thread is at:\n%s",
@@ -195,6 +217,30 @@ class EngineWatchdog:
             handler.flush()  # the line above is out before the process ends
         self._exit(ENGINE_STUCK_EXIT)
         return True
+
+    def _lock_waits(self) -> int:
+        """How many connections of this process wait for a lock (PostgreSQL; asked on a short
+        connection of its own). A failed question counts as none: a wedged server is the
+        watchdog's case."""
+        loop = self.state.runner.loop
+        store = getattr(getattr(loop, "engine", None), "store", None)
+        ask = getattr(store, "lock_waits", None)
+        if ask is None:
+            return 0
+        answer: list[int] = []
+
+        def asking() -> None:
+            try:
+                answer.append(int(ask()))
+            except Exception:  # noqa: BLE001 - the database does not answer: stuck indeed
+                logger.warning("could not ask the database whether the engine thread waits for a lock", exc_info=True)
+
+        # On a thread of its own, waited for LOCK_QUESTION_SECONDS: a server that accepts the
+        # connection and then never answers does not keep the watchdog from its exit.
+        asker = threading.Thread(target=asking, name="culm-engine-watchdog-ask", daemon=True)
+        asker.start()
+        asker.join(LOCK_QUESTION_SECONDS)
+        return answer[0] if answer else 0
 
     def end_sessions(self) -> None:
         """Have the database end this process's sessions, where it would not soon find them gone

@@ -320,7 +320,7 @@ class ThreadDispatcher:
         self._pool: _UserCodePool | None = None
         self._stopping = threading.Event()
         self._in_batch = 0  # items the engine thread is advancing now
-        self._batch_began: float | None = None  # monotonic start of the batch under way (engine thread)
+        self._batch_began: float | None = None  # monotonic start of the batch's transaction (engine thread)
         self._engine_thread: threading.Thread | None = None
         self._submits = threading.Condition()
         self._submitting = 0  # threads inside run_pipeline
@@ -506,21 +506,21 @@ class ThreadDispatcher:
                 self._hold()
                 self._take_ready(batch)
             self._in_batch = len(batch)
-            self._batch_began = time.monotonic()
             try:
                 self._run_batch(batch)
             except Exception as exc:  # noqa: BLE001 - nothing of it was committed
                 self._batch_failed(batch, exc)
-            self._batch_began = None
             with self._lock:
                 self._in_batch = 0
                 self._notify()
 
     def batch_age(self) -> tuple[float, threading.Thread | None]:
-        """How long the engine thread has been in the batch under way (0.0: none), and the thread.
+        """How long the engine thread has been in the transaction of the batch under way (0.0:
+        none), and the thread.
 
-        A batch is the engine's own work: its database transaction and the engine's steps, never
-        user code (that runs on the pool's threads). Read without a lock, from another thread
+        Timed: :func:`commit_batch` only, the transaction's reads and writes and the engine's steps
+        between them; not what follows the commit (signal receivers and after-commit hooks, which
+        are user code, and the broker publishes). Read without a lock, from another thread
         (culm.dispatch.liveness.EngineWatchdog)."""
         began = self._batch_began
         return (0.0 if began is None else time.monotonic() - began), self._engine_thread
@@ -561,7 +561,11 @@ class ThreadDispatcher:
         it) is durable before anything with side effects runs, so after a crash only a node that
         was inside its user code runs again.
         """
-        committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
+        self._batch_began = time.monotonic()  # the watchdog times the transaction only (batch_age)
+        try:
+            committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
+        finally:
+            self._batch_began = None
         # Committed: only now may anything outside the database happen.
         self._forget(committed.done)
         self._follow_ups(committed.tasks)

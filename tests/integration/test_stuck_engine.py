@@ -22,7 +22,7 @@ from engine_fixtures import chain
 from sqlalchemy import create_engine, text
 from support import wait_until
 
-from culm import api
+from culm import Runtime, api
 from culm.builder import ServiceActivity, build_tree
 from culm.dispatch.liveness import ENGINE_STUCK_EXIT
 
@@ -112,3 +112,98 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(name
         holder.close()
         admin.dispose()
         backend.teardown()
+
+
+def test_an_engine_waiting_for_a_lock_another_session_holds_is_not_stuck(caplog) -> None:
+    """A migration's lock (CREATE INDEX takes SHARE on its table) held past CULM_ENGINE_STUCK_AFTER:
+    the watchdog asks PostgreSQL, on a connection of its own, finds the engine's connection waiting
+    for a lock and lets the process wait; the pipeline finishes once the lock is released."""
+    import logging
+    import threading
+    from types import SimpleNamespace
+
+    import psycopg
+    from backends import create_database, drop_database
+
+    from culm.dispatch.liveness import EngineWatchdog
+    from culm.storage.migrate import upgrade_database
+
+    url = create_database("postgres")
+    upgrade_database(url)
+    runtime = Runtime(url)
+    exits: list[int] = []
+    state = SimpleNamespace(runner=SimpleNamespace(loop=runtime.dispatcher, task_ids=lambda: []),
+                            engine=SimpleNamespace(owner="host:1:abc"), heartbeat=None)
+    watchdog = EngineWatchdog(state, stuck_after=1.0, check=0.1, exit=exits.append)
+    watchdog.start()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://")) as conn:
+            conn.execute("LOCK TABLE culm_execution_data IN SHARE MODE")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        tree = build_tree(chain(ServiceActivity(component_code="example_component")))
+        with caplog.at_level(logging.WARNING, logger="culm.dispatch.liveness"):
+            api.run_pipeline(runtime=runtime, pipeline=tree)
+            wait_until(lambda: exits or "waiting for a lock another database session holds" in caplog.text, 30, 0.1,
+                       what="the watchdog to find the engine waiting for the lock")
+            assert not exits  # past stuck_after (1 s) and waiting: the process stays
+            release.set()
+
+            def finished() -> bool:
+                return api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+
+            wait_until(finished, 30, 0.1, what="the pipeline to finish once the lock is released")
+        assert exits == []
+    finally:
+        release.set()
+        watchdog.stop()
+        holder.join(10)
+        runtime.close()
+        drop_database(url)
+
+
+def test_a_server_refusing_the_client_check_leaves_the_store_usable(monkeypatch, caplog) -> None:
+    """Windows servers and PostgreSQL 14 on macOS/BSD refuse a non-zero client_connection_check_interval
+    ("must be set to 0 on this platform"); an out-of-range value is refused the same way. The store
+    says so once and works; CULM_PG_CLIENT_CHECK_MS=0 does not ask at all."""
+    import logging
+
+    from backends import create_database, drop_database
+
+    import culm.storage.sql.postgres as pg
+    from culm.storage.migrate import upgrade_database
+
+    url = create_database("postgres")
+    try:
+        upgrade_database(url)
+        for setting in ("-1", "0"):
+            monkeypatch.setenv("CULM_PG_CLIENT_CHECK_MS", setting)
+            monkeypatch.setattr(pg, "_check_refused", [], raising=False)  # said once per process: each setting afresh
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="culm.storage.postgres"):
+                runtime = Runtime(url)
+                try:
+                    tree = build_tree(chain(ServiceActivity(component_code="example_component")))
+                    assert api.run_pipeline(runtime=runtime, pipeline=tree).result
+
+                    wait_until(lambda rt=runtime, root=tree["id"]: _finished(rt, root), 30, 0.1,
+                               what="the pipeline to finish")
+                    with runtime.store.transaction() as unit:  # a write transaction after the refusal
+                        assert unit is not None
+                finally:
+                    runtime.close()
+            refused = [r for r in caplog.records if "refused client_connection_check_interval" in r.getMessage()]
+            assert len(refused) == (1 if setting == "-1" else 0), [r.getMessage() for r in refused]
+    finally:
+        drop_database(url)
+
+
+def _finished(runtime: Runtime, root_id: str) -> bool:
+    return api.get_pipeline_states(runtime, root_id).data[root_id]["state"] == "FINISHED"

@@ -56,7 +56,8 @@ def test_a_batch_past_the_bound_is_logged_with_its_stack_and_ends_the_process(ca
     assert exits == [ENGINE_STUCK_EXIT] and state.heartbeat.halted
     (record,) = [r for r in caplog.records if r.name == "culm.dispatch.liveness"]
     message = record.getMessage()
-    assert message.startswith("the engine thread has been in one batch (its database transaction) for 61 s, over "
+    assert message.startswith("the engine thread has been in one batch's database transaction (its reads and writes and the "
+                              "engine's steps between them; not waiting for a lock) for 61 s, over "
                               "CULM_ENGINE_STUCK_AFTER (60 s): this worker process (host:1:abc, pid ")
     assert "take over its 2 task(s) on hand" in message
     assert "in _waiting_in_the_database" in message  # where the engine thread waits
@@ -78,6 +79,53 @@ def test_zero_turns_the_watchdog_off() -> None:
     assert all(t.name != "culm-engine-watchdog" for t in threading.enumerate())  # no thread to look
     watchdog.stop()
     assert exits == []
+
+
+def _watching(runtime: Any, stuck_after: float, exits: list[int]) -> EngineWatchdog:
+    """A watchdog on ``runtime``'s engine thread, as a worker process runs one."""
+    runner = SimpleNamespace(loop=runtime.dispatcher, task_ids=lambda: [])
+    state = SimpleNamespace(runner=runner, engine=SimpleNamespace(owner="host:1:abc"), heartbeat=None)
+    watchdog = EngineWatchdog(state, stuck_after=stuck_after, check=0.05, exit=exits.append)
+    watchdog.start()
+    return watchdog
+
+
+def test_a_slow_signal_receiver_is_user_code_not_a_stuck_engine(tmp_path) -> None:
+    """post_set_state receivers run on the engine thread after the commit: the watchdog does not
+    time them (nor after-commit hooks and broker publishes), only the batch's transaction."""
+    from support import wait_until
+
+    from culm import Runtime, api
+    from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+    from culm.signals import post_set_state
+
+    slow = threading.Event()
+
+    def receiver(sender: Any, node_id: str, to_state: str, **kw: Any) -> None:
+        if to_state == "FINISHED" and not slow.is_set():
+            slow.set()
+            threading.Event().wait(1.5)  # a slow HTTP callback, say: three times stuck_after
+
+    post_set_state.connect(receiver, weak=False)
+    runtime = Runtime(f"sqlite:///{tmp_path}/x.db")
+    exits: list[int] = []
+    watchdog = _watching(runtime, 0.5, exits)
+    try:
+        start = EmptyStartEvent()
+        start.extend(ServiceActivity(component_code="example_component")).extend(EmptyEndEvent())
+        tree = build_tree(start)
+        api.run_pipeline(runtime=runtime, pipeline=tree)
+
+        def finished() -> bool:
+            return api.get_pipeline_states(runtime=runtime, root_id=tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+
+        wait_until(finished, 30, 0.05, what="the pipeline to finish")
+        assert slow.is_set()
+        assert exits == []
+    finally:
+        watchdog.stop()
+        post_set_state.disconnect(receiver)
+        runtime.close()
 
 
 def test_the_process_ends_its_database_sessions_before_it_exits(caplog) -> None:

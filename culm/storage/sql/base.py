@@ -1733,6 +1733,11 @@ class Dialect:
         """Give the planner statistics of culm's tables where the server has left them far behind
         the tables' size, if this database needs it (PostgreSQL without autovacuum)."""
 
+    def lock_waits(self, store: SqlStore) -> int:
+        """How many of the store's connections wait, now, for a lock another session holds, asked
+        on a connection of its own (0 where this database cannot tell)."""
+        return 0
+
     def interruptions(self, engine: Engine) -> tuple[type[BaseException], ...]:
         """The driver's own errors that mean the database was interrupted (a lost connection, a
         restarting server, a deadlock victim). The hot path talks to the DB-API driver directly,
@@ -1969,6 +1974,11 @@ class SqlStore:
         """PostgreSQL: analyse culm's tables that have doubled since they were last analysed (every
         runner calls it about once a second; see PostgresDialect.keep_statistics)."""
         self.traits.keep_statistics(self)
+
+    def lock_waits(self) -> int:
+        """PostgreSQL: how many of this store's connections wait for a lock another session holds
+        (culm.dispatch.liveness.EngineWatchdog: a wait for a lock is not a stuck engine)."""
+        return self.traits.lock_waits(self)
 
     def dispose(self) -> None:
         lock = self._write_lock

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import re
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -387,7 +391,37 @@ _GROWN = ("SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid 
 # worker process that died, or that its EngineWatchdog ended (culm.dispatch.liveness), may leave a
 # statement running for ever (a lock wait, a wedged trigger): without the check it kept its
 # transaction's row locks, and with them the leases the relays free only once it ends.
+# CULM_PG_CLIENT_CHECK_MS changes it (0: not set). A server that cannot check (Windows, PostgreSQL 14
+# on macOS/BSD: "must be set to 0 on this platform") refuses the SET: culm says so once and goes on.
 CLIENT_CHECK_MS = 5000
+_logger = logging.getLogger("culm.storage.postgres")
+_check_refused: list[str] = []  # the refusal, said once per process
+# Each store's connections (by its SQLAlchemy engine), for PostgresDialect.lock_waits.
+_connections: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+_backends_lock = threading.Lock()  # guards the sets' changes
+
+
+def client_check_ms() -> int:
+    """CULM_PG_CLIENT_CHECK_MS, else :data:`CLIENT_CHECK_MS` (0: the connections do not set it)."""
+    raw = os.environ.get("CULM_PG_CLIENT_CHECK_MS", "").strip()
+    return int(raw) if raw else CLIENT_CHECK_MS
+
+
+def _set_client_check(dbapi_conn: Any, ms: int) -> None:
+    import psycopg
+
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute(f"SET client_connection_check_interval = {int(ms)}")
+    except psycopg.Error as exc:
+        if not _check_refused:
+            _check_refused.append(str(exc))
+            _logger.warning("PostgreSQL refused client_connection_check_interval = %d (%s): culm goes on "
+                            "without it (a stuck statement of a vanished worker then lasts until the server "
+                            "notices otherwise); set CULM_PG_CLIENT_CHECK_MS=0 to stop trying",
+                            ms, (str(exc).strip() or type(exc).__name__).splitlines()[0])
+    finally:
+        dbapi_conn.autocommit = False
 
 
 class PostgresDialect(Dialect):
@@ -400,15 +434,36 @@ class PostgresDialect(Dialect):
         super().prepare(store)
         from sqlalchemy import event
 
+        backends: weakref.WeakSet[Any] = weakref.WeakSet()
+        _connections[store.engine] = backends
+
         @event.listens_for(store.engine, "connect")
         def _check_client(dbapi_conn: Any, _record: Any) -> None:
-            if dbapi_conn.info.server_version >= 140000:  # one round trip per new connection
-                dbapi_conn.autocommit = True
-                dbapi_conn.execute(f"SET client_connection_check_interval = {CLIENT_CHECK_MS}")
-                dbapi_conn.autocommit = False
+            with _backends_lock:
+                backends.add(dbapi_conn)
+            ms = client_check_ms()
+            if ms and dbapi_conn.info.server_version >= 140000:  # one round trip per new connection
+                _set_client_check(dbapi_conn, ms)
 
     def is_duplicate(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
+
+    def lock_waits(self, store: SqlStore) -> int:
+        """Asked on a short connection of its own (outside the pool, 2 s to connect, 2 s for the
+        read): a wedged pool or server makes it fail, never wait."""
+        import psycopg
+
+        with _backends_lock:
+            pids = [c.info.backend_pid for c in list(_connections.get(store.engine, ())) if not c.closed]
+        if not pids:
+            return 0
+        args, kwargs = store.engine.dialect.create_connect_args(store.engine.url)
+        kwargs = {**kwargs, "connect_timeout": 2, "autocommit": True}
+        with psycopg.connect(*args, **kwargs) as conn:
+            conn.execute("SET statement_timeout = 2000")
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
+                               " AND wait_event_type = 'Lock'", [pids]).fetchone()
+        return int(row[0]) if row else 0
 
     def keep_statistics(self, store: SqlStore) -> None:
         """Analyse culm's tables that have doubled since PostgreSQL last analysed them.
