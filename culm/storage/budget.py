@@ -22,6 +22,7 @@ the sum of every counter row, read again only near that bound or once a second).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -157,13 +158,19 @@ class StoreTotal:
 
     def __init__(self) -> None:
         self._seen: tuple[float, int] = (float("-inf"), 0)  # (monotonic time of the read, bytes)
+        # The engine threads of a process share one: an unlocked read-modify-write of _seen lost
+        # the growth of writes let through at the same time. Not held over read() (a statement).
+        self._lock = threading.Lock()
 
     def after(self, read: Callable[[], int], grows: int) -> int:
         """The bytes all pipelines would hold once a write adds ``grows``; ``read()`` sums them."""
-        bound, (at, known), now = limits.MAX_STORED_BYTES, self._seen, time.monotonic()
-        if now - at < TOTAL_FRESH_SECONDS and known + grows <= bound - bound // TOTAL_SLACK_SHARE:
-            self._seen = (at, known + grows)
-            return known + grows
+        bound = limits.MAX_STORED_BYTES
+        with self._lock:
+            (at, known), now = self._seen, time.monotonic()
+            if now - at < TOTAL_FRESH_SECONDS and known + grows <= bound - bound // TOTAL_SLACK_SHARE:
+                self._seen = (at, known + grows)
+                return known + grows
         known = read()
-        self._seen = (now, known + grows)
+        with self._lock:
+            self._seen = (now, known + grows)
         return known + grows

@@ -32,6 +32,7 @@ from culm.builder import (
 )
 from culm.components import library
 from culm.core import invariants, walker
+from culm.core.handlers.activity import LOGS_PAST_BUDGET
 from culm.core.records import HistoryRecord
 from culm.core.snapshots import read_snapshot
 from culm.dispatch.inline import InlineDispatcher
@@ -624,6 +625,20 @@ def test_new_runs_cannot_pass_the_store_budget(small_store, monkeypatch):
     assert api.run_pipeline(rt, tree).result  # the same tree goes once there is room
 
 
+def _polled_lines(store, tmp_path, monkeypatch, budget: int, polls: int, width: int) -> tuple[list[str], int]:
+    """The log lines a node polling ``polls`` times, logging a ``width``-byte line each, keeps
+    under a ``budget`` of stored bytes, and the bytes its pipeline stores."""
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", budget)
+    act = ServiceActivity(component_code="t_poll_log")
+    act.component.inputs.polls = Var(type=Var.PLAIN, value=polls)
+    act.component.inputs.width = Var(type=Var.PLAIN, value=width)
+    tree = line(act)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+        return api.get_node_logs(rt, act.id).data.splitlines(), stored(rt, act.id)
+
+
 @pytest.mark.parametrize("store", EMBEDDED)
 def test_a_polls_log_lines_cannot_pass_the_budget(store, tmp_path, monkeypatch):
     # Found probing (session 18): log lines were counted, never checked, and a node polls as long
@@ -631,15 +646,19 @@ def test_a_polls_log_lines_cannot_pass_the_budget(store, tmp_path, monkeypatch):
     # node polling for ever had no bound. A schedule call's lines are checked whatever their size
     # (an execute's past STORED_BYTES_CHECK_AT); past the budget one line saying so is kept in
     # their place, and the node goes on.
-    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)
-    act = ServiceActivity(component_code="t_poll_log")
-    act.component.inputs.polls = Var(type=Var.PLAIN, value=40)
-    act.component.inputs.width = Var(type=Var.PLAIN, value=50_000)
-    tree = line(act)
-    with embedded_runtime(store, tmp_path) as rt:
-        run(rt, tree)
-        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
-        logs = api.get_node_logs(rt, act.id).data
-        assert "poll 1 www" in logs
-        assert "log lines of this call not kept: node " in logs and "over the 1,000,000 one pipeline may store" in logs
-        assert stored(rt, act.id) <= 1_000_000
+    logs, size = _polled_lines(store, tmp_path, monkeypatch, 1_000_000, polls=40, width=50_000)
+    assert any("poll 1 www" in ln for ln in logs)
+    assert LOGS_PAST_BUDGET in logs
+    assert size <= 1_000_000
+
+
+@pytest.mark.parametrize("store", EMBEDDED[:1])
+def test_a_node_polling_at_its_budget_stores_the_note_once(store, tmp_path, monkeypatch):
+    # Review 18: past the budget each poll stored a ~300-byte note quoting the budget error in
+    # place of its lines, unchecked: 600 polls of 20-byte lines at a 3,000-byte budget stored
+    # 163,455 bytes, ~10x what they store with no budget (21,600). The short fixed note is stored
+    # once, later refused polls store nothing: 3,069 bytes.
+    logs, size = _polled_lines(store, tmp_path, monkeypatch, 3_000, polls=600, width=20)
+    assert any("poll 1 w" in ln for ln in logs)  # lines kept while there was room
+    assert logs.count(LOGS_PAST_BUDGET) == 1
+    assert size <= 3_000 + limits.STORED_BYTES_CHECK_AT

@@ -102,3 +102,50 @@ def test_a_runtime_given_no_database_url_names_it_and_the_forms_it_takes(url: st
     message = str(caught.value)
     assert "is not a database URL" in message and "sqlite:///:memory:" in message and "memory://" in message
     assert "secret" not in message and repr(url.replace(":secret@", ":***@")) in message
+
+
+def test_own_sessions_are_killed_on_their_own_server_only(monkeypatch):
+    # Review 18: the noted session ids of every MariaDB/MySQL server of a process were sent, all
+    # of them, to the one server of the engine whose thread was stuck: with stores on two servers
+    # the KILLs could end unrelated sessions there (an id is one server's). No connection is made:
+    # the connect listener is fired with stand-in connections and the ids each engine would send
+    # are read.
+    from sqlalchemy import create_engine
+
+    from culm.storage.sql import mysql
+
+    monkeypatch.setattr(mysql, "_SESSIONS", set())
+
+    class Conn:
+        def __init__(self, ident: int) -> None:
+            self.ident = ident
+
+        def thread_id(self) -> int:
+            return self.ident
+
+    class Record:
+        def __init__(self) -> None:
+            self.info: dict = {}
+
+    one = create_engine("mysql+pymysql://u:p@db1:3306/culm")
+    two = create_engine("mysql+pymysql://u:p@db2:3306/culm")
+    same_server = create_engine("mysql+pymysql://u:p@db1:3306/other")
+    listeners: dict = {}  # (engine, "connect" | "close"): the listener _note_sessions set
+
+    def listens_for(engine, name):
+        return lambda fn: listeners.setdefault((engine, name), fn)
+
+    monkeypatch.setattr(mysql.event, "listens_for", listens_for)  # the driver's own stay out
+    for engine in (one, two, same_server):
+        mysql._note_sessions(engine)
+    records = {}
+    for engine, ids in ((one, (11, 12)), (two, (12, 21)), (same_server, (13,))):
+        for i in ids:
+            records[engine, i] = Record()
+            listeners[engine, "connect"](Conn(i), records[engine, i])
+    assert mysql._own_session_ids(one) == [11, 12, 13]  # db1's: both stores there
+    assert mysql._own_session_ids(same_server) == [11, 12, 13]
+    assert mysql._own_session_ids(two) == [12, 21]  # db2's 12 is another session than db1's
+    listeners[two, "close"](Conn(12), records[two, 12])
+    assert mysql._own_session_ids(two) == [21]
+    assert mysql._own_session_ids(one) == [11, 12, 13]

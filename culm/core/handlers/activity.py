@@ -6,6 +6,7 @@ import traceback
 from dataclasses import replace
 from typing import Any
 
+from culm._printable import engine_logger
 from culm.core import data as cdata
 from culm.core import deadlines, rendering, states
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
@@ -15,6 +16,8 @@ from culm.core.run import Run
 from culm.core.service_call import CallResult, ServiceCall, finishes, moves_on
 from culm.errors import CulmError, StoredBytesBudgetError, UnstorableValueError
 from culm.model.limits import clip_log_line
+
+logger = engine_logger("culm.engine")
 
 
 def execute(run: Run) -> Outcome:
@@ -90,7 +93,8 @@ def record_call(run: Run, res: CallResult, *, repeated: bool = False) -> tuple[C
 
     Its log lines are checked against the stored-bytes budget past STORED_BYTES_CHECK_AT bytes,
     or whatever their size when ``repeated`` (a schedule call: a node polling for ever logged
-    past any budget); past it one line saying so is kept in their place.
+    past any budget); past it :data:`LOGS_PAST_BUDGET` is kept in their place, once: not again
+    while it is the last line the node's run stored (see :func:`_past_budget`).
 
     Returns:
         The result as recorded (``res``, or a failed copy of it) and its outputs with the reserved
@@ -103,9 +107,10 @@ def record_call(run: Run, res: CallResult, *, repeated: bool = False) -> tuple[C
         try:
             unit.check_logs(node_id, sum(len(r["line"]) for r in rows), always=repeated)
         except StoredBytesBudgetError as exc:
-            res = replace(res, logs=[(res.logs[-1][0], f"[culm: {len(rows):,} log lines of this call not kept: {exc}]")])
+            res = replace(res, logs=_past_budget(run, res.logs[-1][0], exc))
         try:
-            unit.add_logs(_log_rows(run, res.logs))
+            if res.logs:
+                unit.add_logs(_log_rows(run, res.logs))
         except UnstorableValueError as exc:
             bad = set(exc.keys)
             unit.add_logs(_log_rows(run, [(t, repr(line) if i in bad else line) for i, (t, line) in enumerate(res.logs)]))
@@ -128,6 +133,23 @@ def record_call(run: Run, res: CallResult, *, repeated: bool = False) -> tuple[C
     for event_type, data in res.events:
         run.step.event(event_type, **data)
     return res, outputs
+
+
+# Kept in place of a call's log lines past the stored-bytes budget. Short and fixed: quoting the
+# budget error at every poll of a node at its budget stored ~300 bytes a poll, unchecked (600 polls
+# at a 3,000-byte budget stored 163,455 bytes); the error goes to the process log instead.
+LOGS_PAST_BUDGET = "[culm: log lines not kept: pipeline over its stored-bytes budget]"
+
+
+def _past_budget(run: Run, at: float, exc: StoredBytesBudgetError) -> list[tuple[float, str]]:
+    """The lines to keep for a call whose own were refused past the budget: the note, unless it is
+    already the last line of this node's run (a node polling at its budget stores it once, and
+    then nothing, until some lines of its are kept again). One read of the run's last line, on
+    this path only."""
+    if run.unit.last_logs(run.node.id, run.state.version, 0, 1) == [LOGS_PAST_BUDGET]:
+        return []
+    logger.warning("log lines of node %s not kept: %s", run.node.id, exc)
+    return [(at, LOGS_PAST_BUDGET)]
 
 
 def _log_rows(run: Run, logs: list[tuple[float, str]]) -> list[LogRow]:

@@ -348,7 +348,7 @@ class MysqlDialect(Dialect):
         _note_sessions(store.engine)
 
     def end_own_sessions(self, store: SqlStore) -> int:
-        """KILL every server session this process opened, on any store (see :data:`_SESSIONS`)."""
+        """KILL every session this process opened on this store's server (see :data:`_SESSIONS`)."""
         return _kill_own_sessions(store.engine)
 
     # A read-only unit that needs no snapshot (a poll: one SELECT) runs on a connection of its own
@@ -383,19 +383,29 @@ class MysqlDialect(Dialect):
 # transaction's row locks (and with them the leases the relays would free), until it ends on its
 # own (a lock wait at innodb_lock_wait_timeout, 50 s by default; a long statement at its end; only
 # SLEEP() looks for its client, every 5 s). The ids are the drivers' own (thread_id(): no round
-# trip), of every engine of this process's stores; pairs noted in a parent before a fork are not
-# the child's (the pid tells).
-_SESSIONS: set[tuple[int, int]] = set()
+# trip), of every engine of this process's stores, by server (:func:`_server`): an id is one
+# server's, and the KILLs an engine sends go to its own server only (ids of another server's
+# sessions of ours could name unrelated sessions there); pairs noted in a parent before a fork
+# are not the child's (the pid tells).
+_SESSIONS: set[tuple[tuple[str, int, str], int, int]] = set()  # (server, pid, id)
 _SESSIONS_LOCK = threading.Lock()
 _SESSION = "culm_session"  # the (pid, id) of a pooled connection, in its ``info``
 UNKNOWN_THREAD = 1094  # KILL of a session that has ended meanwhile
 KILL_TIMEOUT = 5  # seconds: the KILLs' own connection gives up on a server that does not answer
 
 
+def _server(engine: Engine) -> tuple[str, int, str]:
+    """The server an engine connects to, as its URL names it: host, port, unix socket."""
+    url = engine.url
+    return (url.host or "", url.port or 0, str(url.query.get("unix_socket", "")))
+
+
 def _note_sessions(engine: Engine) -> None:
+    server = _server(engine)
+
     @event.listens_for(engine, "connect")
     def _noted(dbapi_conn: Any, record: Any) -> None:
-        key = (os.getpid(), int(dbapi_conn.thread_id()))
+        key = (server, os.getpid(), int(dbapi_conn.thread_id()))
         record.info[_SESSION] = key
         with _SESSIONS_LOCK:
             _SESSIONS.add(key)
@@ -407,12 +417,18 @@ def _note_sessions(engine: Engine) -> None:
             _SESSIONS.discard(key)
 
 
-def _kill_own_sessions(engine: Engine) -> int:
-    """KILL the sessions this process opened, but the one sending the KILLs (on a connection
-    of its own, never one of the pool's: the stuck engine thread holds one). Returns how many."""
-    pid = os.getpid()
+def _own_session_ids(engine: Engine) -> list[int]:
+    """The ids of the sessions this process opened on ``engine``'s server."""
+    server, pid = _server(engine), os.getpid()
     with _SESSIONS_LOCK:
-        ids = sorted(i for p, i in _SESSIONS if p == pid)
+        return sorted(i for s, p, i in _SESSIONS if s == server and p == pid)
+
+
+def _kill_own_sessions(engine: Engine) -> int:
+    """KILL the sessions this process opened on ``engine``'s server, but the one sending the
+    KILLs (on a connection of its own, never one of the pool's: the stuck engine thread holds
+    one). Returns how many."""
+    ids = _own_session_ids(engine)
     if not ids:
         return 0
     killed = 0
