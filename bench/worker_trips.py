@@ -102,7 +102,11 @@ def _psycopg():
         if alone:
             _count("trips")
         _note(query, alone)
-        return execute(self, query, params, **kw)
+        result = execute(self, query, params, **kw)
+        if isinstance(query, str) and query.strip().upper() == "COMMIT":  # a pipeline's own COMMIT (PostgresUnit)
+            _count("commits")
+            _end_transaction()
+        return result
 
     @contextmanager
     def counted_pipeline(self):
