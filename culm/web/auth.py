@@ -18,6 +18,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from culm._retry import is_outage
+from culm.web.addresses import address_key
 from culm.web.tokens import TokenChecksBusy, TokenInfo, TokenStore
 
 # Failures a client may make before it is slowed down, and how the delay grows (seconds).
@@ -138,19 +139,6 @@ def client_key(request: Request) -> str:
     trusted proxy's X-Forwarded-For gave) is cut to 64 characters.
     """
     return address_key(request.client.host if request.client else "unknown")
-
-
-def address_key(host: str) -> str:
-    """The client ``host`` counts as for a per-address limit (see :func:`client_key`)."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host[:64]
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def _loopback_host(netloc: str, own_names: frozenset[str]) -> bool:

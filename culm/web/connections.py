@@ -43,7 +43,7 @@ from typing import Any
 
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from culm.web.auth import address_key
+from culm.web.addresses import address_key
 
 try:
     import fcntl

@@ -26,7 +26,7 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from culm.web.auth import address_key
+from culm.web.addresses import address_key
 
 # A Prometheus server scrapes with one connection at a time; a few replicas, a person's browser.
 MAX_CONNECTIONS = 32
