@@ -26,9 +26,11 @@ client that reads a large answer slowly but steadily gets all of it, within :dat
 That rate alone let a client reading just over 1,000 bytes a second hold a 4 MB answer for about an
 hour, on each of its 64 connections (review 17, R3): an answer may also wait unread in the server's
 memory (writing paused) for :data:`ANSWER_SECONDS` in all, after which its connection is dropped.
-Only the time the client keeps the server waiting counts, so a live stream read as it comes is
-never dropped, and a 4 MB answer needs a client reading 14 kB a second (a slow mobile link reads
-ten times that).
+Only the time the client keeps the server waiting counts, and that count starts again after the
+client kept up for :data:`CAUGHT_UP_SECONDS` (writing never paused meanwhile), so a live stream
+(the console's ``/events``: one answer for a tab's whole life) read as it comes is never dropped
+for the short backlogs of its bursts (review 18, F3), and a 4 MB answer needs a client reading
+14 kB a second (a slow mobile link reads ten times that).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ MIN_BODY_RATE = 1_000
 # Seconds in all an answer may wait in the server's memory for its client to read it (writing
 # paused), `culm serve --answer-timeout`: 4 MB read at 14 kB a second.
 ANSWER_SECONDS = 300.0
+# A client that kept up this long (writing not paused) has read what was behind: the answer's
+# time unread counts from naught again at its next pause. A large answer read too slowly keeps
+# writing paused all but moments, and so keeps its count.
+CAUGHT_UP_SECONDS = 5.0
 
 _log = logging.getLogger("uvicorn.error")  # what `culm serve` prints its own lines with
 _warned = False  # the process said once that a peer it does not trust sent X-Forwarded-For
@@ -132,6 +138,7 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         _culm_answer: Any = None  # the request-response cycle whose answer the two below time
         _culm_waited = 0.0  # seconds that answer waited unread before the current pause
         _culm_paused_at: float | None = None  # when writing was paused, while it is
+        _culm_resumed_at = 0.0  # when writing was last resumed
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
@@ -208,7 +215,8 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
         def pause_writing(self) -> None:
             super().pause_writing()
             now = time.monotonic()
-            if self.cycle is not self._culm_answer:  # a new answer: its own time
+            if self.cycle is not self._culm_answer or now - self._culm_resumed_at >= CAUGHT_UP_SECONDS:
+                # a new answer, or the client kept up since the last pause: its own time
                 self._culm_answer, self._culm_waited = self.cycle, 0.0
             self._culm_paused_at = now
             if self._culm_stall is None:
@@ -264,8 +272,9 @@ def counted_protocol(trusted_proxies: str, request_seconds: float = REQUEST_SECO
             self.transport.abort()
 
         def resume_writing(self) -> None:
+            self._culm_resumed_at = time.monotonic()
             if self._culm_paused_at is not None:
-                self._culm_waited += time.monotonic() - self._culm_paused_at
+                self._culm_waited += self._culm_resumed_at - self._culm_paused_at
                 self._culm_paused_at = None
             if self._culm_stall is not None:
                 self._culm_stall.cancel()
