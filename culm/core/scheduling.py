@@ -204,7 +204,7 @@ def _conclude(run: Run, task_id: str, schedule_id: str, res: CallResult, outputs
         return
     unit.update_schedule(schedule_id, finished=True)
     run.step.note(run.state)  # every end of a schedule is in the feed (state_tree.Tree), whatever follows
-    outcome = settle(run, res.ok, outputs, scheduled=True)
+    outcome = settle(run, res.ok, outputs, scheduled=True, loop_left=res.loop_left)
     if isinstance(outcome, Next):
         # The same task row now drives the process on from the next node.
         unit.update_process(run.proc.id, asleep=False, current_node_id=outcome.node_id)

@@ -99,6 +99,10 @@ class CallResult:
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # What execute/schedule returned, kept as ``_result`` the way bamboo keeps it (None: True).
     returned: Any = None
+    # The node loop's iterations after this one as the call saw them (its hooks went by it), for
+    # settle to decide alike; update_node_loop_times during the call counts from the next
+    # iteration. None: not known (settle reads the count).
+    loop_left: int | None = None
 
     def __post_init__(self) -> None:
         if self.ex_data is not None and len(self.ex_data) > limits.MAX_EX_DATA_CHARS:
@@ -186,7 +190,8 @@ class ServiceCall:
         return DataObject(dict(self.inputs), dict(self.outputs)), DataObject(dict(self.root_data), {})
 
     def _result(self, data: DataObject, logger: NodeLogger, ok: bool, **kw: Any) -> CallResult:
-        return _screened(CallResult(ok, dict(data.inputs), dict(data.outputs), logs=logger.lines, **kw))
+        return _screened(CallResult(ok, dict(data.inputs), dict(data.outputs), logs=logger.lines,
+                                    loop_left=self.loop_left, **kw))
 
     def execute(self) -> CallResult:
         """Create a fresh service and run ``execute`` with the execute-path hooks."""
@@ -220,7 +225,7 @@ class ServiceCall:
             hooks("post_execute")
             events.append(("post_execute", ids))
         need_schedule = ok and bool(service.need_schedule())
-        if not ok and not self.error_ignorable:
+        if not finishes(ok, self.error_ignorable, self.fail_skip):  # not when ignored (spec 4.4, 4.5, 8.2)
             hooks("node_execute_fail")
             events.append(("node_execute_fail", ids))
         if not need_schedule and moves_on(ok, self.error_ignorable, self.fail_skip, self.loop_left):
@@ -269,7 +274,7 @@ class ServiceCall:
         after = -1.0
         if ok and not done and stype == "poll":
             after = _next_interval(service, times)
-        if not ok and not self.error_ignorable:
+        if not finishes(ok, self.error_ignorable, self.fail_skip):  # not when ignored (spec 4.4, 4.5, 8.2)
             hooks("node_schedule_fail")
             events.append(("node_schedule_fail", ids))
         if done or (not ok and finishes(ok, self.error_ignorable, self.fail_skip)):

@@ -189,7 +189,7 @@ class EngineWatchdog:
             return False
         if time.monotonic() < self._next_probe:
             return False
-        waits = self._lock_waits()
+        waits = self._lock_waits(thread)
         if waits:
             # Waiting for a lock another session holds (a migration, an index build, a VACUUM
             # FULL): not stuck, and the next worker would wait for the same lock.
@@ -218,20 +218,22 @@ class EngineWatchdog:
         self._exit(ENGINE_STUCK_EXIT)
         return True
 
-    def _lock_waits(self) -> int:
-        """How many connections of this process wait for a lock (PostgreSQL; asked on a short
-        connection of its own). A failed question counts as none: a wedged server is the
-        watchdog's case."""
+    def _lock_waits(self, thread: threading.Thread | None) -> int:
+        """Whether the engine thread's batch transaction waits for a lock only other processes'
+        sessions hold (PostgreSQL; asked on a short connection of its own). Another thread of this
+        process waiting (for the engine's rows, say) does not count, nor a wait for this process's
+        own sessions. A failed question counts as none: a wedged server is the watchdog's case."""
         loop = self.state.runner.loop
         store = getattr(getattr(loop, "engine", None), "store", None)
         ask = getattr(store, "lock_waits", None)
-        if ask is None:
+        if ask is None or thread is None or thread.ident is None:
             return 0
+        thread_id = thread.ident
         answer: list[int] = []
 
         def asking() -> None:
             try:
-                answer.append(int(ask()))
+                answer.append(int(ask(thread_id)))
             except Exception:  # noqa: BLE001 - the database does not answer: stuck indeed
                 logger.warning("could not ask the database whether the engine thread waits for a lock", exc_info=True)
 

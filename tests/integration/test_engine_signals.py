@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
+from components import HookService
 from engine_fixtures import finish, node_state, outputs, refused, run, wait_idle, wait_state
 from support import wait_until
 
 from culm import api, signals
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
+from culm.components import Component
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,10 +266,76 @@ def test_a_node_loops_service_hook_node_finish_goes_with_the_engines_event(
     tree = build_tree(chain(a))
     finish(runtime, tree)
     wait_idle(runtime)
-    each = ["node_enter", "pre_execute", "post_execute" if mode == "ok" else "node_execute_fail"]
-    if ignorable:
-        each.remove("node_execute_fail")
+    each = ["node_enter", "pre_execute"] + (["post_execute"] if mode == "ok" else [])
+    # No node_execute_fail, hook nor event, for a failure the node ignores (error_ignorable or
+    # fail_skip; spec 4.4 step 9, 8.2).
     assert hooks_of(hook_calls, a.id) == each * iterations + ["node_finish"]
+    assert [e["node_id"] for e in recorder.events_of("node_finish")].count(a.id) == 1
+    assert [e["node_id"] for e in recorder.events_of("node_execute_fail")].count(a.id) == 0
+
+
+def test_a_fail_skip_loops_failed_callbacks_send_no_node_schedule_fail(runtime, hook_calls, recorder):
+    """Spec 4.5 step 6, 8.2: a schedule failure the node ignores (fail_skip) sends neither the
+    node_schedule_fail hook nor its event; node_finish after each schedule phase (spec 7.5)."""
+    a = ServiceActivity(component_code="t_hook_callback", loop_config={"enable": True, "loop_times": 2,
+                                                                        "fail_skip": True})
+    tree = build_tree(chain(a))
+    run(runtime, tree)
+    for loop in (1, 2):
+        def waiting(loop=loop):
+            st = node_state(runtime, a.id)
+            return st if st and st["state"] == "RUNNING" and st["loop"] == loop else None
+
+        version = wait_until(waiting, what=f"iteration {loop}")["version"]
+        wait_until(lambda v=version: api.callback(runtime, a.id, v, {"ok": False}).result, what=f"callback {loop}")
+    wait_state(runtime, tree["id"], "FINISHED")
+    wait_idle(runtime)
+    each = ["node_enter", "pre_execute", "post_execute", "pre_callback", "post_callback", "pre_schedule",
+            "node_finish"]
+    assert hooks_of(hook_calls, a.id) == each * 2
+    assert [e["node_id"] for e in recorder.events_of("node_schedule_fail")].count(a.id) == 0
+    assert [e["node_id"] for e in recorder.events_of("node_finish")].count(a.id) == 2
+
+
+_entered, _release = threading.Event(), threading.Event()
+
+
+class _HeldHookService(HookService):
+    """HookService whose first execute waits (bounded) for the test to let it finish."""
+
+    def execute(self, data, parent_data):
+        if data.get_one_of_inputs("_inner_loop") == 1:
+            _entered.set()
+            _release.wait(20)
+        return True
+
+
+class _HeldHookComponent(Component):
+    code = "t_signals_held_hook"
+    name = "held hook"
+    bound_service = _HeldHookService
+
+
+@pytest.mark.parametrize(("configured", "updated", "iterations"), [(1, 2, 1), (2, 3, 3)])
+def test_loop_times_updated_during_an_execute_count_from_the_next_iteration(
+        runtime, hook_calls, recorder, configured, updated, iterations):
+    """update_node_loop_times while an iteration's execute runs: that iteration decides by the count
+    its call saw (its node_finish hook and the engine's event agree); later iterations see the new one."""
+    _entered.clear()
+    _release.clear()
+    a = ServiceActivity(component_code="t_signals_held_hook", loop_config={"enable": True, "loop_times": configured})
+    tree = build_tree(chain(a))
+    try:
+        run(runtime, tree)
+        wait_until(_entered.is_set, what="the first execute")
+        assert api.update_node_loop_times(runtime, a.id, updated).result
+    finally:
+        _release.set()
+    wait_state(runtime, tree["id"], "FINISHED")
+    wait_idle(runtime)
+    assert node_state(runtime, a.id)["loop"] == iterations
+    hooks = hooks_of(hook_calls, a.id)
+    assert hooks == ["node_enter", "pre_execute", "post_execute"] * iterations + ["node_finish"]
     assert [e["node_id"] for e in recorder.events_of("node_finish")].count(a.id) == 1
 
 

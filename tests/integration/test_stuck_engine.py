@@ -207,3 +207,53 @@ def test_a_server_refusing_the_client_check_leaves_the_store_usable(monkeypatch,
 
 def _finished(runtime: Runtime, root_id: str) -> bool:
     return api.get_pipeline_states(runtime, root_id).data[root_id]["state"] == "FINISHED"
+
+
+def test_another_thread_waiting_for_the_wedged_engine_does_not_hide_it() -> None:
+    """The engine wedged in a statement (not a lock wait) while an operator command of the same
+    process (culm.api, another thread, another pooled connection) waits for a row the engine's
+    transaction holds: the lock probe asks about the engine thread's own connection only, so the
+    watchdog ends the process (it counted any of the process's connections' waits and waited for ever)."""
+    import threading
+    from types import SimpleNamespace
+
+    from backends import create_database, drop_database
+
+    from culm.dispatch.liveness import EngineWatchdog
+    from culm.storage.migrate import upgrade_database
+
+    url = create_database("postgres")
+    upgrade_database(url)
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
+    runtime = Runtime(url)
+    exits: list[int] = []
+    state = SimpleNamespace(runner=SimpleNamespace(loop=runtime.dispatcher, task_ids=lambda: []),
+                            engine=SimpleNamespace(owner="host:1:abc"), heartbeat=None, store=None)
+    act = ServiceActivity(component_code="example_component")
+    tree = build_tree(chain(act))
+    with admin.connect() as conn:
+        conn.exec_driver_sql(WEDGE.format(node=act.id))
+    watchdog = EngineWatchdog(state, stuck_after=2.0, check=0.2, exit=exits.append)
+    try:
+        assert api.run_pipeline(runtime=runtime, pipeline=tree).result
+
+        def count(sql: str) -> int:
+            with admin.connect() as c:
+                return int(c.execute(text(sql)).scalar() or 0)
+
+        wait_until(lambda: count(SLEEPING) > 0, 20, 0.1, what="the engine to wedge in the trigger")
+        threading.Thread(target=lambda: api.forced_fail_activity(runtime, act.id), daemon=True).start()
+        wait_until(lambda: count("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                 " AND datname = current_database()") > 0,
+                   20, 0.1, what="the operator command to wait for the engine's row")
+        watchdog.start()
+        wait_until(lambda: exits, 30, 0.1, what="the watchdog to end the process of the wedged engine")
+        assert exits == [ENGINE_STUCK_EXIT]
+    finally:
+        watchdog.stop()
+        with admin.connect() as c:
+            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE wait_event = 'PgSleep'"
+                           " AND datname = current_database()"))
+        runtime.close()
+        admin.dispose()
+        drop_database(url)

@@ -165,7 +165,7 @@ def _refused(res: CallResult, problems: list[str]) -> CallResult:
     if res.ex_data:
         ex_data = f"{res.ex_data}\n{ex_data}"
     return CallResult(False, res.inputs, res.outputs, ex_data=ex_data, schedule_type=res.schedule_type,
-                      logs=res.logs, events=res.events)
+                      logs=res.logs, events=res.events, loop_left=res.loop_left)
 
 
 def _reserved(run: Run, res: CallResult, plain: dict[str, Any]) -> dict[str, Any]:
@@ -189,13 +189,16 @@ def after_execute(run: Run, res: Any) -> Outcome:
     if res.ok and res.need_schedule:
         start_schedule(run, res.schedule_type or "callback")
         return SLEEP
-    return settle(run, res.ok, outputs)
+    return settle(run, res.ok, outputs, loop_left=res.loop_left)
 
 
-def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = False) -> Outcome:
+def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = False,
+           loop_left: int | None = None) -> Outcome:
     """Finish the node (maybe with an ignored error) and move on, or fail it; ``scheduled``: after
     its schedule phase, where bamboo sends ``node_finish`` even for a node loop going round again
-    (after ``execute`` it sends it only when the node moves on)."""
+    (after ``execute`` it sends it only when the node moves on). ``loop_left``: the loop's
+    iterations after this one as the call saw them (CallResult.loop_left), so that the node's
+    hooks and the engine decide alike; None: as the context holds the count now."""
     node = run.node
     if node.timeout is not None:
         deadlines.disarm(run)
@@ -204,7 +207,8 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
         return SLEEP
     fail_skip = bool((node.loop_config or {}).get("fail_skip"))
     if finishes(ok, node.error_ignorable, fail_skip):
-        again = not moves_on(ok, node.error_ignorable, fail_skip, loop_times - run.state.inner_loop)
+        left = loop_times - run.state.inner_loop if loop_left is None else loop_left
+        again = not moves_on(ok, node.error_ignorable, fail_skip, left)
         run.finish(error_ignored=not ok, announce=scheduled or not again)
         if not node.loop_config:
             run.upsert_context(run.top_pipeline_id, mapped)

@@ -1733,9 +1733,10 @@ class Dialect:
         """Give the planner statistics of culm's tables where the server has left them far behind
         the tables' size, if this database needs it (PostgreSQL without autovacuum)."""
 
-    def lock_waits(self, store: SqlStore) -> int:
-        """How many of the store's connections wait, now, for a lock another session holds, asked
-        on a connection of its own (0 where this database cannot tell)."""
+    def lock_waits(self, store: SqlStore, thread_id: int) -> int:
+        """1 when the write transaction thread ``thread_id`` began last waits, now, for a lock only
+        other processes' sessions hold, asked on a connection of its own (0 where this database
+        cannot tell)."""
         return 0
 
     def interruptions(self, engine: Engine) -> tuple[type[BaseException], ...]:
@@ -1975,10 +1976,11 @@ class SqlStore:
         runner calls it about once a second; see PostgresDialect.keep_statistics)."""
         self.traits.keep_statistics(self)
 
-    def lock_waits(self) -> int:
-        """PostgreSQL: how many of this store's connections wait for a lock another session holds
-        (culm.dispatch.liveness.EngineWatchdog: a wait for a lock is not a stuck engine)."""
-        return self.traits.lock_waits(self)
+    def lock_waits(self, thread_id: int) -> int:
+        """PostgreSQL: 1 when the write transaction of thread ``thread_id`` (the engine thread's
+        batch) waits for a lock only another process's session holds, else 0
+        (culm.dispatch.liveness.EngineWatchdog: such a wait is not a stuck engine)."""
+        return self.traits.lock_waits(self, thread_id)
 
     def dispose(self) -> None:
         lock = self._write_lock

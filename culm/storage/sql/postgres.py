@@ -398,6 +398,9 @@ _logger = logging.getLogger("culm.storage.postgres")
 _check_refused: list[str] = []  # the refusal, said once per process
 # Each store's connections (by its SQLAlchemy engine), for PostgresDialect.lock_waits.
 _connections: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
+# Each thread's (by ident) backend pid of the write transaction it began last: the engine thread's
+# batch, for PostgresDialect.lock_waits. One dict store per write unit, no round trip.
+_writers: dict[int, int] = {}
 _backends_lock = threading.Lock()  # guards the sets' changes
 
 
@@ -448,21 +451,25 @@ class PostgresDialect(Dialect):
     def is_duplicate(self, exc: BaseException) -> bool:
         return getattr(exc, "sqlstate", None) == UNIQUE_VIOLATION
 
-    def lock_waits(self, store: SqlStore) -> int:
-        """Asked on a short connection of its own (outside the pool, 2 s to connect, 2 s for the
-        read): a wedged pool or server makes it fail, never wait."""
+    def lock_waits(self, store: SqlStore, thread_id: int) -> int:
+        """1 when the connection of the write transaction that thread ``thread_id`` began last
+        waits for a lock that only other processes' sessions hold, else 0. A wait for a session of
+        this process (another thread's unit, an operator command) does not count: the next worker
+        would not wait for it. Asked on a short connection of its own (outside the pool, 2 s to
+        connect, 2 s for the read): a wedged pool or server makes it fail, never wait."""
         import psycopg
 
-        with _backends_lock:
-            pids = [c.info.backend_pid for c in list(_connections.get(store.engine, ())) if not c.closed]
-        if not pids:
+        pid = _writers.get(thread_id)
+        if pid is None:
             return 0
+        with _backends_lock:
+            own = [c.info.backend_pid for s in list(_connections.values()) for c in list(s) if not c.closed]
         args, kwargs = store.engine.dialect.create_connect_args(store.engine.url)
         kwargs = {**kwargs, "connect_timeout": 2, "autocommit": True}
         with psycopg.connect(*args, **kwargs) as conn:
             conn.execute("SET statement_timeout = 2000")
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)"
-                               " AND wait_event_type = 'Lock'", [pids]).fetchone()
+            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE pid = %s AND wait_event_type = 'Lock'"
+                               " AND NOT pg_blocking_pids(pid) && %s::int[]", [pid, own]).fetchone()
         return int(row[0]) if row else 0
 
     def keep_statistics(self, store: SqlStore) -> None:
@@ -499,6 +506,8 @@ class PostgresDialect(Dialect):
     def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         alone = not write and not snapshot
         conn = raw.driver_connection
+        if write:
+            _writers[threading.get_ident()] = conn.info.backend_pid
         if conn.autocommit != alone:
             conn.autocommit = alone
 
