@@ -282,9 +282,11 @@
       info = { execution_data: null, histories: [], logs: "", data: {}, problem: e.status === 401 ? "" : e.message };
     }
     if (page.selected !== nodeId) return; // another node was picked meanwhile
-    if (!ref && !entry) {
+    if (!ref && !entry && info.problem) {
       // An id that is neither a node of this tree nor the pipeline (a link mistyped or from another
-      // pipeline): say so, not a made-up panel of empty inputs and a "Pipeline" definition.
+      // pipeline), and that the service does not know either: say so, not a made-up panel of empty
+      // inputs and a "Pipeline" definition. A node inside a subprocess the page has not drawn open
+      // yet is not in the page's index a moment before it is: the service knows it.
       panel.replaceChildren(el("h3", { id: "panel-title", class: "clamp", title: culm.inert(nodeId), text: nodeId }),
         el("p", { class: "muted", id: "node-problem", text: `This pipeline has no node ${culm.inert(nodeId)}`
           + (info.problem ? ` (${culm.inert(info.problem)})` : "") + "." }));
