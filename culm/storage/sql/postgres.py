@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import re
 import threading
@@ -11,6 +10,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from culm._printable import engine_logger
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
@@ -394,7 +394,7 @@ _GROWN = ("SELECT s.relname FROM pg_stat_user_tables s JOIN pg_class c ON c.oid 
 # CULM_PG_CLIENT_CHECK_MS changes it (0: not set). A server that cannot check (Windows, PostgreSQL 14
 # on macOS/BSD: "must be set to 0 on this platform") refuses the SET: culm says so once and goes on.
 CLIENT_CHECK_MS = 5000
-_logger = logging.getLogger("culm.storage.postgres")
+_logger = engine_logger("culm.storage.postgres")
 _check_refused: list[str] = []  # the refusal, said once per process
 # Each store's connections (by its SQLAlchemy engine), for PostgresDialect.lock_waits.
 _connections: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
