@@ -184,6 +184,13 @@ def node_word(failed: Sequence[str]) -> str:
     return shlex.quote(failed[0]) if len(failed) == 1 else "NODE"
 
 
+def beyond_repair(flat: dict[str, dict], root_id: str, node_id: str) -> bool:
+    """Whether a failed node lies inside a revoked pipeline (the root, or a subprocess around it, as
+    its wait reason says): the engine refuses its retry and skip."""
+    return (flat.get(root_id, {}).get("state") == "REVOKED"
+            or bool((flat.get(node_id, {}).get("wait_reason") or {}).get("revoked")))
+
+
 def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
                    ex_data: dict[str, str], imports: str = "") -> list[str]:
     """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
@@ -193,10 +200,15 @@ def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[st
     if not failed:
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
-    node = node_word(failed)
-    lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-             f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` "
-             f"(see `culm status {shlex.quote(root_id)}`)"]
+    live = [n for n in failed if not beyond_repair(flat, root_id, n)]
+    see = f"(see `culm status {shlex.quote(root_id)}`)"
+    if live:
+        node = node_word(live)
+        lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
+                 f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` {see}"]
+    else:
+        lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); revoked, they can no "
+                 f"longer be retried or skipped {see}"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
         lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
