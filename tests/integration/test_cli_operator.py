@@ -321,6 +321,21 @@ def test_run_attach_continues_an_interrupted_run(embedded: Cli) -> None:
     assert f"pipeline {root} FINISHED" in attached.stdout
 
 
+def test_a_run_another_process_runs_is_followed_there_not_attached(embedded: Cli) -> None:
+    # A new user's trial: with `culm serve` running the file's work, `culm run --timeout` said
+    # "continue it with `culm run --attach ...`", though the service goes on with it anyway.
+    import components  # noqa: F401 - the runner below runs t_callback
+
+    path, tree, (node,) = tree_file(embedded, "t_callback")
+    with culm.Runtime(embedded.db):  # this process holds the file's runner lock
+        out = embedded("run", str(path), "--timeout", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"step1 ({node}): waits for a callback with version" in out.stdout
+        assert "another process runs the work of" in out.stdout
+        assert f"follow it with `culm watch {tree['id']}`" in out.stdout
+        assert "--attach" not in out.stdout
+
+
 def test_run_set_overrides_a_declared_input_and_refuses_others(embedded: Cli) -> None:
     path, tree, _ = tree_file(embedded, "example_component")
     bad = embedded("run", str(path), "--set", "nobody=1")
