@@ -169,6 +169,24 @@ class CachedUnit(SqliteUnit):
         self._unsent_acks.clear()
         super()._drop_unsent()
 
+    # -- a new run (run_pipeline's transaction, on the submitting thread) -----------------------
+    def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """A new run's node index (its root's own row among the rows): the root is kept from here
+        on as it stands, no state row and no context value yet, so the rows run_pipeline writes
+        next (root state, contexts, process, task) go into the copies as they are written, and
+        the engine's first step of the run reads none of them back. The write lock orders this
+        transaction with the engine thread's, so the copies still have one user at a time."""
+        super().add_nodes(rows)
+        c = self.cache
+        for root_id in [r[0] for r in rows if r[0] == r[1] and r[0] not in c.roots]:
+            nodes = [r[0] for r in rows if r[1] == root_id]
+            for nid in nodes:
+                c.node_root[nid] = root_id
+            for pipeline_id in {r[2] for r in rows if r[1] == root_id and r[2] in c.node_root}:
+                c.contexts[pipeline_id] = {}  # (filled by insert_context: get_context keeps only nodes')
+            c.roots[root_id] = _Root(nodes)
+        c._evict()
+
     # -- states ---------------------------------------------------------------------------
     def _load_root(self, root_id: str) -> None:
         c = self.cache

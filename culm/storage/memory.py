@@ -700,9 +700,9 @@ class MemoryStore:
         self.feed = ChangeFeed(self, ordered=True)
 
     @contextlib.contextmanager
-    def transaction(self, cache: Any = None) -> Iterator[MemoryUnit]:
+    def transaction(self, cache: Any = None, *, adds_only: bool = False) -> Iterator[MemoryUnit]:
         """A unit of work: committed when the block ends, nothing of it kept on an exception.
-        (``cache`` is accepted for the SQL store's signature and ignored.)"""
+        (``cache`` and ``adds_only`` are accepted for the SQL store's signature and ignored.)"""
         with self._lock:
             if self._writing:
                 # Its commit would land under the open one's layers, which would then overwrite it.

@@ -1822,11 +1822,14 @@ class SqlStore:
         ensure_schema(self)
 
     @contextlib.contextmanager
-    def transaction(self, cache: Any = None) -> Iterator[SqlUnit]:
+    def transaction(self, cache: Any = None, *, adds_only: bool = False) -> Iterator[SqlUnit]:
         """A unit of work: committed when the block ends, rolled back on an exception.
 
         ``cache`` (a :class:`culm.storage.cache.RecordCache`, embedded engine thread only) makes the
         unit answer hot reads from it; it is emptied when the transaction does not commit.
+        ``adds_only`` (run_pipeline's transaction, on the submitting thread): the unit only adds a
+        new run's rows to ``cache``, which is not checked first (``RecordCache.sync``): should it
+        be stale, the engine's next transaction finds that and drops the new rows with the rest.
         """
         lock = self._write_lock
         if lock is not None:
@@ -1837,7 +1840,8 @@ class SqlStore:
                     unit = self._unit(raw)
                 else:
                     unit = self.traits.cached_unit(raw, cache)
-                    cache.sync(unit)
+                    if not adds_only:
+                        cache.sync(unit)
                 unit.totals = self.totals
                 try:
                     yield unit
