@@ -188,6 +188,11 @@ class MysqlUnit(SqlUnit):
     adapt = staticmethod(adapt_mysql)
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
+    # MariaDB's GET_LOCK lasts as long as the session, not the transaction: the budget lock is the
+    # row lock of a counter row of the root that no trigger writes (shard -1, 0 bytes: sums are
+    # unchanged), made by the first callback checked and locked by each one to its commit. Under
+    # READ COMMITTED no gap is locked, so the triggers' inserts of the root's other rows never wait.
+    budget_lock = "INSERT INTO culm_root_bytes (root_id, shard, bytes) VALUES (?, -1, 0) ON DUPLICATE KEY UPDATE bytes = 0"
     defers_writes = True
     refuses_duplicate_ids = True
     combine = staticmethod(_merged)

@@ -242,6 +242,10 @@ class PostgresUnit(SqlUnit):
     walks_with_claim = True  # expect_walks' read goes in the claim's pipeline (read_tasks_ahead)
     combine = staticmethod(combined_and_merged)
     refuses_duplicate_ids = True
+    # A transaction-scoped advisory lock (no row, released at the commit or rollback; in the
+    # server's deadlock detection like a row lock). Other users of advisory locks on the same
+    # database would only rarely share a key, and then only wait.
+    budget_lock = "SELECT pg_advisory_xact_lock(hashtextextended('culm budget ' || ?, 0))"
     # Statements go to the cursor as written here, with ``?`` placeholders: numbering_cursor
     # numbers them, combined writes included (their parts are joined before they are numbered).
 
