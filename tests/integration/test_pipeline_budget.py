@@ -29,6 +29,7 @@ from culm.builder import (
     NodeOutput,
     ParallelGateway,
     ServiceActivity,
+    SubProcess,
     Var,
     build_tree,
 )
@@ -634,6 +635,30 @@ def test_a_tree_multiplying_one_output_into_many_variables_stops_at_the_budget(s
     never_stuck(rt, tree["id"])
     assert api.skip_node(rt, act.id).result
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_subprocess_output_multiplied_into_the_parent_stops_at_the_budget(store, tmp_path, monkeypatch):
+    # The same through a subprocess: its output mapped to 40 variables of the parent. Checked before
+    # its end finishes: the end event fails naming the budget, the subprocess stays RUNNING.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    inner, sub_start, sub_end = activity("t_echo", MB), EmptyStartEvent(), EmptyEndEvent()
+    sub_start.extend(inner).extend(sub_end)
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
+                                                outputs=["${a}"]))
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
+    tree = build_tree(start, data=data)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        ex = api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
+        assert f"pipeline {sub.id}: its outputs could not be copied to the context variables ['${{c0}}'," in ex, ex
+        assert "over the 20,000,000 one pipeline may store" in ex, ex
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
+        assert stored(rt, inner.id) <= BUDGET
+        never_stuck(rt, tree["id"])
 
 
 def test_outputs_copied_within_the_budget_are_kept(small_budget):

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from backends import own_backend
-from engine_fixtures import chain
+from engine_fixtures import chain, wait_state
 from sqlalchemy import create_engine, text
 from support import wait_until
 
 from culm import Runtime, api
-from culm.builder import ServiceActivity, build_tree
+from culm.builder import ServiceActivity, Var, build_tree
 from culm.dispatch.liveness import ENGINE_STUCK_EXIT
 
 pytestmark = pytest.mark.timeout(180)
@@ -257,3 +257,61 @@ def test_another_thread_waiting_for_the_wedged_engine_does_not_hide_it() -> None
         runtime.close()
         admin.dispose()
         drop_database(url)
+
+
+def test_an_engine_waiting_for_a_row_lock_on_mariadb_is_not_stuck(caplog) -> None:
+    """MariaDB: the engine's batch waits for a row lock another session holds (the node's state row,
+    locked while its call runs) past CULM_ENGINE_STUCK_AFTER. The watchdog asks the server
+    (information_schema's InnoDB lock waits, of the engine thread's own session) and lets the
+    process wait, as on PostgreSQL; it counted the wait as stuck and ended the process until
+    session 19 (innodb_lock_wait_timeout, 50 s, does not make it moot: each statement of a batch
+    may wait that long, a server may set it higher, and a table's lock, a migration's, waits up to
+    lock_wait_timeout, a year)."""
+    import logging
+    from types import SimpleNamespace
+
+    import components
+    import pymysql
+    from backends import create_database, drop_database
+
+    from culm.dispatch.liveness import EngineWatchdog
+    from culm.storage.migrate import upgrade_database
+
+    url = create_database("mariadb")
+    upgrade_database(url)
+    runtime = Runtime(url)
+    exits: list[int] = []
+    state = SimpleNamespace(runner=SimpleNamespace(loop=runtime.dispatcher, task_ids=lambda: []),
+                            engine=SimpleNamespace(owner="host:1:abc"), heartbeat=None, store=None)
+    watchdog = EngineWatchdog(state, stuck_after=1.0, check=0.1, exit=exits.append)
+    act = ServiceActivity(component_code="t_gate")
+    act.component.inputs.gate = Var(type=Var.PLAIN, value="mariadb-row-lock")
+    tree = build_tree(chain(act))
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    holder = pymysql.connect(host="127.0.0.1", port=3306, user="root", database=database)
+    try:
+        assert api.run_pipeline(runtime=runtime, pipeline=tree).result
+        wait_state(runtime, act.id, "RUNNING", timeout=30)
+        holder.begin()  # another process's session: holds the state row the call's result writes
+        holder.cursor().execute("SELECT * FROM culm_state WHERE node_id = %s FOR UPDATE", [act.id])
+        watchdog.start()
+        components.gate("mariadb-row-lock").set()
+        with caplog.at_level(logging.WARNING, logger="culm.dispatch.liveness"):
+            _waits_then_finishes(runtime, tree["id"], exits, caplog, holder.rollback)
+    finally:
+        holder.close()
+        watchdog.stop()
+        runtime.close()
+        drop_database(url)
+
+
+def _waits_then_finishes(runtime, root_id: str, exits: list[int], caplog, release) -> None:
+    """The watchdog finds the engine waiting for a lock and keeps the process; once ``release()``
+    lets the lock go, the pipeline finishes."""
+    wait_until(lambda: exits or "waiting for a lock another database session holds" in caplog.text, 30, 0.1,
+               what="the watchdog to find the engine waiting for the lock")
+    assert not exits  # past stuck_after (1 s) and waiting: the process stays
+    release()
+    wait_until(lambda: api.get_pipeline_states(runtime, root_id).data[root_id]["state"] == "FINISHED", 30, 0.1,
+               what="the pipeline to finish once the lock is released")
+    assert exits == []

@@ -1697,6 +1697,38 @@ def skip_needless_reset(engine: Engine) -> None:
             dbapi_conn.rollback()
 
 
+class WriterSessions:
+    """Each thread's (by ident) server session of the write transaction it began last, for a
+    dialect's ``lock_waits`` (the engine thread's batch): one dict store per write unit, no round
+    trip. Threads that ended are dropped whenever it holds :attr:`PRUNE_AT` more entries than after
+    the last pruning (a server's request threads come and go: it grew by one per thread that ever
+    wrote, for ever, until session 19); a thread not made by the threading module is dropped too
+    (only the engine thread's entry is ever asked for)."""
+
+    PRUNE_AT = 256
+
+    def __init__(self) -> None:
+        self._by_thread: dict[int, int] = {}
+        self._kept = 0  # entries left by the last pruning
+
+    def __len__(self) -> int:
+        return len(self._by_thread)
+
+    def note(self, session: int) -> None:
+        """The calling thread begins a write transaction on server session ``session``."""
+        ident, known = threading.get_ident(), self._by_thread
+        if ident not in known and len(known) >= self._kept + self.PRUNE_AT:
+            alive = {t.ident for t in threading.enumerate()}
+            for other in list(known):
+                if other not in alive:
+                    known.pop(other, None)
+            self._kept = len(known)
+        known[ident] = session
+
+    def get(self, thread_id: int) -> int | None:
+        return self._by_thread.get(thread_id)
+
+
 class Dialect:
     """What a store does its own way on one kind of database: the traits and hooks each dialect
     module (culm.storage.sql.sqlite, postgres, mysql) sets; these defaults are a server's."""

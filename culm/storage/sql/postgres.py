@@ -18,6 +18,7 @@ from culm.storage.sql.base import (
     MergedRows,
     Parts,
     SqlUnit,
+    WriterSessions,
     _Plan,
     _process_row,
     _schedule_row,
@@ -402,9 +403,9 @@ _logger = engine_logger("culm.storage.postgres")
 _check_refused: list[str] = []  # the refusal, said once per process
 # Each store's connections (by its SQLAlchemy engine), for PostgresDialect.lock_waits.
 _connections: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
-# Each thread's (by ident) backend pid of the write transaction it began last: the engine thread's
-# batch, for PostgresDialect.lock_waits. One dict store per write unit, no round trip.
-_writers: dict[int, int] = {}
+# Each thread's backend pid of the write transaction it began last: the engine thread's batch, for
+# PostgresDialect.lock_waits (WriterSessions: no round trip, threads that ended dropped).
+_writers = WriterSessions()
 _backends_lock = threading.Lock()  # guards the sets' changes
 
 
@@ -511,7 +512,7 @@ class PostgresDialect(Dialect):
         alone = not write and not snapshot
         conn = raw.driver_connection
         if write:
-            _writers[threading.get_ident()] = conn.info.backend_pid
+            _writers.note(conn.info.backend_pid)
         if conn.autocommit != alone:
             conn.autocommit = alone
 
