@@ -42,20 +42,19 @@ CREATE TRIGGER culm_test_wedge BEFORE INSERT OR UPDATE ON culm_execution_data
 """
 SLEEPING = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()")
 
-# MariaDB: a trigger per event, the sequence shared. Not a SLEEP: MariaDB looks every 5 s whether
-# a sleeping statement's client is still there (the sleep then ends, and the rest of the query, its
-# COMMIT too, runs on). A lock wait it does not end before innodb_lock_wait_timeout (50 s), nor a
-# long statement before its end: the trigger waits for a row the test holds locked meanwhile.
-WEDGE_MARIADB = ["CREATE SEQUENCE culm_test_wedge", "CREATE TABLE culm_test_lock (id INT PRIMARY KEY)",
-                 "INSERT INTO culm_test_lock VALUES (1)"] + [f"""
+# MariaDB: a trigger per event, the sequence shared, sleeping. A lock wait is not a wedge any more:
+# the watchdog asks the server and lets a batch waiting for another session's row lock wait
+# (session 19; it was the wedge here before). MariaDB looks every 5 s whether a sleeping
+# statement's client is still there; the watchdog's KILL ends it first, rolling its transaction back.
+WEDGE_MARIADB = ["CREATE SEQUENCE culm_test_wedge"] + [f"""
 CREATE TRIGGER culm_test_wedge_{event} BEFORE {event} ON culm_execution_data FOR EACH ROW
 BEGIN
     IF NEW.node_id = '{{node}}' AND NEXTVAL(culm_test_wedge) = 1 THEN
-        SELECT id INTO @culm_test_locked FROM culm_test_lock WHERE id = 1 FOR UPDATE;
+        DO SLEEP(3600);
     END IF;
 END""" for event in ("INSERT", "UPDATE")]
-SLEEPING_MARIADB = ("SELECT count(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
-                    "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()")
+SLEEPING_MARIADB = ("SELECT count(*) FROM information_schema.PROCESSLIST WHERE STATE = 'User sleep' "
+                    "AND DB = DATABASE()")
 # Where the engine thread is waiting, as its stack in the watchdog's line names it.
 DRIVERS = {"postgres-redis": ("psycopg",), "mariadb-rabbitmq": ("pymysql", "MySQLdb")}
 # Leases as long as the default's share of the test's clock: the takeover must not wait for them.
@@ -67,16 +66,12 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(name
     backend = own_backend(name, tmp_path, env={"CULM_ENGINE_STUCK_AFTER": "3", "CULM_LEASE_SECONDS": LEASE_SECONDS})
     admin = create_engine(backend.db_url, isolation_level="AUTOCOMMIT")
     mariadb = name.startswith("mariadb")
-    holder = admin.connect()
     try:
         act = ServiceActivity(component_code="dist_sleep")
         tree = build_tree(chain(act))
         with admin.connect() as conn:
             for statement in WEDGE_MARIADB if mariadb else [WEDGE]:
                 conn.exec_driver_sql(statement.format(node=act.id))
-        if mariadb:  # the row the wedged statement waits for, locked until the test ends
-            holder.exec_driver_sql("BEGIN")
-            holder.exec_driver_sql("SELECT id FROM culm_test_lock WHERE id = 1 FOR UPDATE")
         backend.concurrency = 1
         backend.start_workers(2)
         runtime = backend.runtime()
@@ -107,9 +102,6 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(name
         assert backend.executions()[act.id] == 2, backend.executions()
         print(f"finished {took:.1f} s after the run (engine stuck after 3 s)\n" + said[0])
     finally:
-        if mariadb:
-            holder.exec_driver_sql("ROLLBACK")
-        holder.close()
         admin.dispose()
         backend.teardown()
 
