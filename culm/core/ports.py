@@ -325,7 +325,9 @@ class NodeData(Protocol):
 
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
-    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue], *, checked: bool = False) -> None:
+        """``checked``: the engine's copy of a node's outputs, refused past the budget
+        (StoredBytesBudgetError, nothing written) when over STORED_BYTES_CHECK_AT bytes."""
 
     def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
         """Raise StoredBytesBudgetError when storing ``values`` in place of ``replaced`` (context

@@ -490,9 +490,11 @@ class CachedUnit(SqliteUnit):
     def _entry(vtype: str, text: str, code: str | None, refs: frozenset[str]) -> tuple:
         return (vtype, _shared(codec.loads(text)), text, code, refs)
 
-    def _keep_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> list[dict]:
+    def _keep_context(self, pipeline_id: str, values: Iterable[ContextValue], checked: bool = False) -> list[dict]:
         values = list(values)
         rows = [self._context_row(pipeline_id, v) for v in values]
+        if checked:  # before the cache takes them: a refused copy leaves it as the store is
+            self._check_context_copy(pipeline_id, rows)
         ctx = self.cache.contexts.get(pipeline_id)
         if ctx is not None and any(len(row["value"]) > MAX_KEPT_VALUE for row in rows):
             del self.cache.contexts[pipeline_id]
@@ -505,6 +507,6 @@ class CachedUnit(SqliteUnit):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
         self._insert("culm_context_value", self._keep_context(pipeline_id, values))
 
-    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
-        for row in self._keep_context(pipeline_id, values):
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue], *, checked: bool = False) -> None:
+        for row in self._keep_context(pipeline_id, values, checked):
             self._upsert("culm_context_value", row, ["pipeline_id", "key"])
