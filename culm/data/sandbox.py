@@ -35,6 +35,7 @@ from culm.data.sandbox_guards import (
     parse_cached,
     render_limited,
 )
+from culm.data.sandbox_objects import TEXT_DUNDERS, operator_refusal
 from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 __all__ = [
@@ -251,7 +252,13 @@ def safe_str(value: Any, limit: int | None = None) -> str:
 
     Raises:
         ExpressionLimitError: The value is too big to turn into text.
+        ExpressionRefusedError: The value, or one it holds, would run its class's own ``__str__``,
+            ``__repr__`` or ``__format__`` (unless ``TRUST_CONTEXT_OBJECTS``).
     """
+    if not isinstance(value, str) and not TRUST_CONTEXT_OBJECTS:
+        refusal = operator_refusal(value, TEXT_DUNDERS, "turning into text")
+        if refusal is not None:
+            raise refusal
     return render_limited(value, MAX_SEQUENCE_LENGTH if limit is None else limit)
 
 

@@ -240,9 +240,20 @@ def measure(
     if not isinstance(value, CONTAINERS):
         return _scalar_size(value), scalar_bytes(value)
     total = mem = 0
-    stack = [value]
+    stack: list[Any] = [value]
+    path: set[int] = set()  # the containers holding the one measured now: a cycle is refused at once
     while stack:
         item = stack.pop()
+        if type(item) is _Left:
+            path.discard(item.key)
+            continue
+        key = id(item)
+        if key in path:
+            raise ExpressionLimitError(
+                f"a {type(value).__name__} value holds itself (a {type(item).__name__} inside "
+                "itself): it has no end to measure or write out")
+        path.add(key)
+        stack.append(_Left(key))
         total += 2 + 2 * len(item)
         mem += (TABLE_BYTES if isinstance(item, dict | set | frozenset) else POINTER_BYTES) * len(item) + 64
         flat = _flat_measure(item) if len(item) >= 256 and not isinstance(item, dict) else None
@@ -273,6 +284,15 @@ def measure(
             return total, mem
         tick()
     return total, mem
+
+
+class _Left:
+    """Marks, on :func:`measure`'s stack, where the walk leaves a container."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: int) -> None:
+        self.key = key
 
 
 POINTER_BYTES = 8
@@ -329,7 +349,11 @@ def describe(exc: BaseException) -> str:
 
 
 def _short_repr(value: Any) -> str:
-    if size_of(value, 400, lambda: None) > 400:
+    try:
+        too_long = size_of(value, 400, lambda: None) > 400
+    except ExpressionLimitError:
+        too_long = True  # a list holding itself
+    if too_long:
         return f"<{type(value).__name__}>"
     return repr(value)
 
