@@ -672,8 +672,8 @@ class Evaluator:
             for arg in (*args, *kwargs.values()):
                 self.plain(arg, TEXT_DUNDERS, "formatting")
             return self.built(safe_format(self, obj, args, kwargs, mapping))
-        for arg in (*args, *kwargs.values()):
-            self.plain(arg, _COMPARED, f"{name}() of")
+        for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
+            self.plain(arg, _COMPARED_SHOWN if name == "index" else _COMPARED, f"{name}() of")
         if args and not isinstance(obj, str):
             self.plain(obj, _COMPARED, f"{name}() of")
         if issubclass(type(obj), str):
@@ -727,6 +727,7 @@ _UNARY_DUNDERS = {ast.UAdd: ("__pos__",), ast.USub: ("__neg__",), ast.Invert: ("
 # Values whose operators are the interpreter's: no object's code runs on them.
 _PLAIN_VALUES = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
 _COMPARED = (*COMPARE_DUNDERS, "__hash__")
+_COMPARED_SHOWN = (*_COMPARED, "__repr__")
 _KEYED = ("__hash__", "__eq__", "__index__")
 # The operators each builtin runs on its arguments (and on what they hold).
 _BUILTIN_OPERATORS: dict[str, tuple[str, ...]] = {

@@ -349,6 +349,8 @@ def describe(exc: BaseException) -> str:
 
 
 def _short_repr(value: Any) -> str:
+    if not _reprable(value):
+        return f"<{type(value).__name__}>"
     try:
         too_long = size_of(value, 400, lambda: None) > 400
     except ExpressionLimitError:
@@ -356,6 +358,29 @@ def _short_repr(value: Any) -> str:
     if too_long:
         return f"<{type(value).__name__}>"
     return repr(value)
+
+
+_REPRABLE = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
+_REPR_HOLDERS = frozenset({list, tuple, set, frozenset, dict})
+
+
+def _reprable(value: Any) -> bool:
+    """Whether ``repr(value)`` runs only the interpreter's and the value types' code: an error
+    message (``KeyError(key)``) must not run an object's own ``__repr__`` (nor write the text it
+    makes, or a memory address, into a node's ``ex_data``)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _REPRABLE or kind.__module__.partition(".")[0] in VALUE_MODULES:
+            continue
+        if kind not in _REPR_HOLDERS:
+            return False
+        seen += len(item)
+        if seen > 1_000:
+            return False  # clipped to 160 characters anyway
+        stack.extend(itertools.chain.from_iterable(item.items()) if kind is dict else item)
+    return True
 
 
 def clip(text: str, width: int = 80) -> str:

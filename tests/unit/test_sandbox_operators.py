@@ -18,7 +18,7 @@ from culm.data import sandbox
 from culm.data.boolrule import evaluate_gateway_condition
 from culm.data.sandbox import evaluate
 from culm.data.template import render
-from culm.errors import ExpressionLimitError, ExpressionRefusedError
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 RAN: list[str] = []
 
@@ -185,3 +185,13 @@ def test_a_value_holding_itself_is_refused_at_once() -> None:
             render(text, names)
     shared = [1, 2]
     assert render("${x}!", {"x": [shared, shared, [shared]]}) == "[[1, 2], [1, 2], [[1, 2]]]!"
+
+
+@pytest.mark.parametrize("expr", ["{}[r]", "d[r]", "d[r, 1]", "{}[(r,)]", "[1].index(r)", "{}[p]"])
+def test_an_error_message_never_runs_an_objects_repr(expr: str) -> None:
+    """A KeyError or ValueError names its key: its text was the object's own ``__repr__`` (run by
+    the message, and its text, a token say, written into the node's ex_data) or a memory address."""
+    with pytest.raises(ExpressionError) as info:
+        evaluate(expr, {**NAMES, "d": {}})
+    assert RAN == []
+    assert "Reprs()" not in str(info.value) and " at 0x" not in str(info.value), info.value
