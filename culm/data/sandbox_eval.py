@@ -130,7 +130,7 @@ def _no_tick() -> None:
 
 
 class Evaluator:
-    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "memory", "builtins", "sizes")
+    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "memory", "builtins", "sizes", "checked")
 
     def __init__(self, names: Mapping[str, Any], lim: Limits, deadline: float | None) -> None:
         self.names = names
@@ -142,6 +142,7 @@ class Evaluator:
         self.memory = 0
         self.builtins: dict[str, Any] = {}
         self.sizes: dict[int, tuple[Any, int, int]] = {}
+        self.checked: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # -- accounting
 
@@ -292,9 +293,16 @@ class Evaluator:
         context's objects."""
         if type(value) in _PLAIN_VALUES or self.lim.trust_objects:
             return
+        large = isinstance(value, CONTAINERS) and len(value) >= 64
+        if large:
+            known = self.checked.get((id(value), dunders))
+            if known is value:  # no expression mutates a value: one walk per evaluation
+                return
         refusal = operator_refusal(value, dunders, what)
         if refusal is not None:
             raise refusal
+        if large:
+            self.checked[(id(value), dunders)] = value  # the reference keeps the id from being reused
 
     def operand(self, value: Any, dunders: tuple[str, ...]) -> None:
         """Refuse an operator (``dunders``) of an object whose class wrote it (its own code); the
