@@ -681,7 +681,7 @@ class Evaluator:
                 self.plain(arg, TEXT_DUNDERS, "formatting")
             return self.built(safe_format(self, obj, args, kwargs, mapping))
         for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
-            self.plain(arg, _COMPARED_SHOWN if name == "index" else _COMPARED, f"{name}() of")
+            self.plain(arg, _COMPARED_SHOWN if name == "index" else _METHOD_ARGS, f"{name}() of")
         if args and not isinstance(obj, str):
             self.plain(obj, _COMPARED, f"{name}() of")
         if issubclass(type(obj), str):
@@ -727,22 +727,23 @@ _FORMATTED = (str, bytes, bytearray)
 _RARE_RESULTS = frozenset({Fraction, *OTHER_SEQUENCES})
 _MEMBERSHIP = frozenset({ast.In, ast.NotIn})
 _IDENTITY = frozenset({ast.Is, ast.IsNot})
-_BINOP_DUNDERS: dict[type, tuple[str, str]] = {
-    kind: (f"__{name}__", f"__r{name}__")
+_BINOP_DUNDERS: dict[type, tuple[str, ...]] = {
+    kind: (f"__{name}__", f"__r{name}__", "__index__")  # 'a' * x takes x's __index__
     for kind, name in zip(_BINOPS, "add sub mul truediv floordiv mod pow lshift rshift or xor and".split(), strict=True)
 }
 _UNARY_DUNDERS = {ast.UAdd: ("__pos__",), ast.USub: ("__neg__",), ast.Invert: ("__invert__",)}
 # Values whose operators are the interpreter's: no object's code runs on them.
 _PLAIN_VALUES = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
 _COMPARED = (*COMPARE_DUNDERS, "__hash__")
-_COMPARED_SHOWN = (*_COMPARED, "__repr__")
+_METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__
+_COMPARED_SHOWN = (*_METHOD_ARGS, "__repr__")
 _KEYED = ("__hash__", "__eq__", "__index__")
 # The operators each builtin runs on its arguments (and on what they hold).
 _BUILTIN_OPERATORS: dict[str, tuple[str, ...]] = {
     "str": TEXT_DUNDERS, "sorted": COMPARE_DUNDERS, "min": COMPARE_DUNDERS, "max": COMPARE_DUNDERS,
     "set": HASH_DUNDERS, "dict": HASH_DUNDERS, "sum": ("__add__", "__radd__"),
     "int": ("__int__", "__index__", "__trunc__"), "float": ("__float__", "__index__"), "abs": ("__abs__",),
-    "round": ("__round__",), "pow": ("__pow__", "__rpow__", "__index__"), "range": ("__index__",),
+    "round": ("__round__", "__index__"), "enumerate": ("__index__",), "pow": ("__pow__", "__rpow__", "__index__"), "range": ("__index__",),
     "slice": ("__index__",),
 }  # fmt: skip
 # Built-in types whose protocols (iteration, indexing, len, in) an expression always uses directly.

@@ -177,6 +177,10 @@ TEXT_DUNDERS = ("__str__", "__repr__", "__format__")
 COMPARE_DUNDERS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__")
 HASH_DUNDERS = ("__hash__", "__eq__")
 TRUTH_DUNDERS = ("__bool__", "__len__")
+# What a number, a count or a width taken from an object runs ('a' * x, '%d' % x, s.center(x)).
+NUMBER_DUNDERS = ("__index__", "__int__", "__float__")
+# What formatting an object with "%" runs: its text, or its number for %d, %x, %f...
+PERCENT_DUNDERS = TEXT_DUNDERS + NUMBER_DUNDERS
 ARITH_DUNDERS = tuple(
     f"__{prefix}{name}__"
     for name in "add sub mul truediv floordiv mod pow lshift rshift and or xor matmul divmod".split()

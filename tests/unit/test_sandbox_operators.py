@@ -118,7 +118,7 @@ def _nothing_ran():
         ("s + 1", "__add__"), ("1 + s", "__add__"), ("-s", "__neg__"), ("sum([s])", "__add__"),
         ("{s}", "__hash__"), ("{s: 1}", "__hash__"), ("d[s]", "__hash__"), ("set(items)", "__hash__"),
         ("str(s)", "__str__"), ("str(r)", "__repr__"), ("str([r])", "__repr__"), ("f'{s}'", "__str__"),
-        ("f'{s!r}'", "__str__"), ("'%s' % s", "__str__"), ("'%s' % (s,)", "__str__"),
+        ("f'{s!r}'", "__str__"), ("'%s' % s", "__index__"), ("'%s' % (s,)", "__str__"),
         ("'{}'.format(s)", "__str__"), ("'{x}'.format(x=[s])", "__str__"), ("sorted([s, s])", "__eq__"),
         ("max(items)", "__eq__"), ("not s", "__bool__"), ("s or 1", "__bool__"), ("1 if s else 2", "__bool__"),
         ("any([s])", "__bool__"), ("[1].count(s)", "__eq__"), ("d.get(s)", "__eq__"), ("range(s)", "__index__"),
@@ -195,3 +195,30 @@ def test_an_error_message_never_runs_an_objects_repr(expr: str) -> None:
         evaluate(expr, {**NAMES, "d": {}})
     assert RAN == []
     assert "Reprs()" not in str(info.value) and " at 0x" not in str(info.value), info.value
+
+
+class Count:
+    """An object Python takes a number from: a count, a width, a %d."""
+
+    def __index__(self) -> int:
+        RAN.append("index")
+        return 2
+
+    def __int__(self) -> int:
+        RAN.append("int")
+        return 2
+
+    def __float__(self) -> float:
+        RAN.append("float")
+        return 2.0
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["'a' * c", "[1] * c", "'a'.center(c)", "'a,b'.split(',', c)", "'%d' % c", "'%f' % (c,)", "'%x' % c",
+     "round(1.5, c)", "(1, 2, 3).index(1, c)", "enumerate([1], c)", "'abc'[c]", "'%*d' % (c, 1)"],
+)
+def test_a_number_taken_from_an_object_is_refused(expr: str) -> None:
+    with pytest.raises(ExpressionRefusedError, match="Count"):
+        evaluate(expr, {"c": Count()})
+    assert RAN == []
