@@ -255,11 +255,14 @@ def safe_str(value: Any, limit: int | None = None) -> str:
         ExpressionRefusedError: The value, or one it holds, would run its class's own ``__str__``,
             ``__repr__`` or ``__format__`` (unless ``TRUST_CONTEXT_OBJECTS``).
     """
-    if not isinstance(value, str) and not TRUST_CONTEXT_OBJECTS:
-        refusal = operator_refusal(value, TEXT_DUNDERS, "turning into text")
-        if refusal is not None:
-            raise refusal
-    return render_limited(value, MAX_SEQUENCE_LENGTH if limit is None else limit)
+    return render_limited(value, MAX_SEQUENCE_LENGTH if limit is None else limit,
+                          None if TRUST_CONTEXT_OBJECTS else _plain_text)
+
+
+def _plain_text(value: Any) -> None:
+    refusal = operator_refusal(value, TEXT_DUNDERS, "turning into text")
+    if refusal is not None:
+        raise refusal
 
 
 _parsed = PARSED  # the memo of parsed expressions, for callers that inspect it

@@ -250,8 +250,11 @@ def operator_refusal(value: Any, dunders: tuple[str, ...], what: str) -> Express
         if isinstance(item, dict):  # the built-in type's own iteration, never a subclass's override
             held: Any = [*dict.keys(item), *dict.values(item)]
         elif isinstance(item, _HOLDERS):
-            base: Any = next(kind for kind in _HOLDERS if isinstance(item, kind))
-            held = list(base.__iter__(item))
+            if kind in _HOLDERS:
+                held = item
+            else:  # the built-in type's own iteration, never a subclass's override
+                base: Any = next(klass for klass in _HOLDERS if isinstance(item, klass))
+                held = list(base.__iter__(item))
         elif dataclass_like(item):
             held = [field for name in type(item).__dataclass_fields__
                     if (field := _stored(item, name)) is not _ABSENT]
