@@ -23,7 +23,7 @@ import pytest
 from backends import own_backend
 from components import calls, gate
 from engine_fixtures import run, wait_state
-from storm_ops import RETRY_OK, version_of
+from storm_ops import RETRY_OK, activity, version_of
 from support import wait_until
 
 from culm import api
@@ -32,21 +32,12 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ParallelGateway,
-    ServiceActivity,
-    Var,
     build_tree,
 )
 from culm.core.invariants import check
 from culm.core.snapshots import read_snapshot
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
-
-
-def _act(code: str, **plain: object) -> ServiceActivity:
-    a = ServiceActivity(component_code=code)
-    for key, value in plain.items():
-        setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
-    return a
 
 
 @pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
@@ -57,9 +48,9 @@ def test_control_calls_at_a_worker_frozen_past_its_lease_then_woken(kind: str, t
     try:
         (a,) = backend.start_workers(1)
         rt = backend.runtime()
-        held = _act("dist_sleep", gate=str(gate_file), hold_after=0)
-        cb1, cb2, mc, fa = _act("dist_callback"), _act("dist_callback"), _act("t_multi_callback"), _act("t_fail")
-        tail = _act("dist_sleep")
+        held = activity("dist_sleep", gate=str(gate_file), hold_after=0)
+        cb1, cb2, mc, fa = activity("dist_callback"), activity("dist_callback"), activity("t_multi_callback"), activity("t_fail")
+        tail = activity("dist_sleep")
         start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
         start.extend(pg).connect(held, cb1, cb2, mc, fa).converge(cg).extend(tail).extend(EmptyEndEvent())
         root = run(rt, build_tree(start))
@@ -113,7 +104,7 @@ def test_worker_killed_during_a_multiple_callback_burst(kind: str, tmp_path: Pat
     try:
         (a,) = backend.start_workers(1)
         rt = backend.runtime()
-        mc, tail = _act("t_multi_callback"), _act("dist_sleep")
+        mc, tail = activity("t_multi_callback"), activity("dist_sleep")
         start = EmptyStartEvent()
         start.extend(mc).extend(tail).extend(EmptyEndEvent())
         root = run(rt, build_tree(start))

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from engine_fixtures import run, wait_state
-from storm_ops import RETRY_OK, chain, operate, version_of
+from storm_ops import RETRY_OK, activity, chain, operate, version_of
 from support import wait_until
 
 from culm import api, states
@@ -29,22 +29,13 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ParallelGateway,
-    ServiceActivity,
     SubProcess,
-    Var,
     build_tree,
 )
 from culm.core.invariants import check, check_transitions
 from culm.core.snapshots import read_snapshot
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _act(code: str, **plain: Any) -> ServiceActivity:
-    a = ServiceActivity(component_code=code)
-    for key, value in plain.items():
-        setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
-    return a
 
 
 def _idle(runtime: Any, root: str, timeout: float = 20.0) -> None:
@@ -89,11 +80,11 @@ def _answered(answers: list[Any], names: list[str]) -> None:
 
 @pytest.mark.parametrize("round_", range(int(os.environ.get("CULM_RACE_ROUNDS", "3"))))
 def test_retry_with_new_inputs_and_callbacks_racing_a_revoke(runtime: Any, round_: int) -> None:
-    fa, cb, mc = _act("t_fail", x=1), _act("t_callback"), _act("t_multi_callback")
-    sfa, scb = _act("t_fail", x=2), _act("t_callback")
+    fa, cb, mc = activity("t_fail", x=1), activity("t_callback"), activity("t_multi_callback")
+    sfa, scb = activity("t_fail", x=2), activity("t_callback")
     sub = SubProcess(start=chain(sfa, scb))
     start, pg, cg = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
-    start.extend(pg).connect(fa, cb, mc, sub).converge(cg).extend(_act("t_none")).extend(EmptyEndEvent())
+    start.extend(pg).connect(fa, cb, mc, sub).converge(cg).extend(activity("t_none")).extend(EmptyEndEvent())
     root = run(runtime, build_tree(start))
     for node, state in ((fa, states.FAILED), (sfa, states.FAILED), (cb, states.RUNNING), (mc, states.RUNNING)):
         wait_state(runtime, node.id, state, timeout=20)
@@ -126,10 +117,10 @@ def test_retry_with_new_inputs_and_callbacks_racing_a_revoke(runtime: Any, round
 
 @pytest.mark.parametrize("round_", range(2))
 def test_skip_and_force_fail_inside_a_paused_subprocess(runtime: Any, round_: int) -> None:
-    sfa, scb, after = _act("t_fail", x=2), _act("t_callback"), _act("t_none")
-    sfb = _act("t_fail", x=3)
+    sfa, scb, after = activity("t_fail", x=2), activity("t_callback"), activity("t_none")
+    sfb = activity("t_fail", x=3)
     sub = SubProcess(start=chain(sfa, scb, sfb, after))
-    root = run(runtime, build_tree(chain(sub, _act("t_none"))))
+    root = run(runtime, build_tree(chain(sub, activity("t_none"))))
     wait_state(runtime, sfa.id, states.FAILED, timeout=20)
     assert api.pause_pipeline(runtime, sub.id).result
     wait_state(runtime, sub.id, states.SUSPENDED)
