@@ -45,7 +45,9 @@ def reraise_interrupt(exc: BaseException) -> None:
 class Signal:
     """A list of receivers, each called as ``receiver(signal=self, sender=sender, **named)``."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str = "signal", **django_options: Any) -> None:
+        """``name`` shows in logs; Django's options (``use_caching``, ``providing_args``) are
+        accepted so that a module written for ``django.dispatch.Signal`` imports unchanged."""
         self.name = name
         self._receivers: tuple[tuple[Hashable, Callable[..., Any], Any], ...] = ()
         self._lock = threading.Lock()
@@ -98,6 +100,15 @@ class Signal:
                 logger.exception("receiver %r of signal %s raised", receiver, self.name)
                 responses.append((receiver, exc))
         return responses
+
+    def send_robust(self, sender: Any, **named: Any) -> list[tuple[Callable[..., Any], Any]]:
+        """Django's name for :meth:`send` (which never lets a receiver's exception through)."""
+        return self.send(sender, **named)
+
+    def has_listeners(self, sender: Any = None) -> bool:
+        """Whether a send from ``sender`` would reach a receiver (Django's): one connected for every
+        sender, or for this one; with no ``sender``, only the former count, as in Django."""
+        return any(only_from is None or only_from is sender for _, _, only_from in self._receivers)
 
     def __repr__(self) -> str:
         return f"<Signal {self.name}>"

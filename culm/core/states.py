@@ -70,8 +70,18 @@ class StateType(Enum):
 TRANSITION = TRANSITIONS
 
 
+#: bamboo's ``INVERTED_TRANSITION``: the states a RUNNING node may be set back to.
+INVERTED_TRANSITION: Mapping[str, frozenset[str]] = MappingProxyType({RUNNING: frozenset({READY, FINISHED})})
+
+
 def can_transit(from_state: str, to_state: str) -> bool:
-    """Whether the table allows ``from_state`` -> ``to_state`` (False for an unknown state)."""
+    """Whether the table allows ``from_state`` -> ``to_state``.
+
+    False for an unknown state, and for anything that is not a state name (a list, a dict, an
+    enum member), where bamboo's raises TypeError for an unhashable one.
+    """
+    if not isinstance(from_state, str) or not isinstance(to_state, str):
+        return False
     allowed = TRANSITIONS.get(from_state)
     return allowed is not None and to_state in allowed
 
@@ -80,5 +90,5 @@ __all__ = [
     "CREATED", "READY", "LOOP_READY", "RUNNING", "SUSPENDED", "BLOCKED", "FINISHED", "FAILED",
     "REVOKED", "ROLLING_BACK", "ROLL_BACK_SUCCESS", "ROLL_BACK_FAILED", "ALL_STATES",
     "ARCHIVED_STATES", "SLEEP_STATES", "CHILDREN_IGNORE_STATES", "ENTERABLE_STATES",
-    "TRANSITIONS", "can_transit", "StateType", "TRANSITION",
+    "TRANSITIONS", "can_transit", "StateType", "TRANSITION", "INVERTED_TRANSITION",
 ]

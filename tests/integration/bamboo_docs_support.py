@@ -171,6 +171,55 @@ class DocsMultiCallbackComponent(Component):
     bound_service = DocsMultiCallbackService
 
 
+# -- engine_hook.md --------------------------------------------------------------------------------
+class DocsHookService(Service):
+    """The hook guide's ``CustomService``: its four hooks with the guide's signatures (each returns
+    True), filled in to leave a mark in the outputs; a polling node, so no hook gets a payload.
+    ``pre_skip_node`` is one of the guide's read-only hooks: what it sets is not kept."""
+
+    __need_run_hook__ = True
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0)
+
+    def execute(self, data, parent_data):
+        if data.get_one_of_inputs("fail_in") == "execute":
+            raise RuntimeError("execute failed as the test asked")
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        if data.get_one_of_inputs("fail_in") == "schedule":
+            raise RuntimeError("schedule failed as the test asked")
+        self.finish_schedule()
+        return True
+
+    def node_execute_exception(self, data, parent_data):
+        data.set_outputs("marks", [*data.get_one_of_outputs("marks", []), "node_execute_exception"])
+        return True
+
+    def node_schedule_exception(self, data, parent_data, callback_data=None):
+        data.set_outputs("marks", [*data.get_one_of_outputs("marks", []), "node_schedule_exception"])
+        data.set_outputs("schedule_exception_payload", callback_data)
+        return True
+
+    def node_enter(self, data, parent_data):
+        data.set_outputs("marks", [*data.get_one_of_outputs("marks", []), "node_enter"])
+        return True
+
+    def node_finish(self, data, parent_data):
+        data.set_outputs("marks", [*data.get_one_of_outputs("marks", []), "node_finish"])
+        return True
+
+    def pre_skip_node(self, data, parent_data):
+        data.set_outputs("marks", [*data.get_one_of_outputs("marks", []), "pre_skip_node"])
+        return True
+
+
+class DocsHookComponent(Component):
+    name = "docs hook"
+    code = "docs_guide_hook"
+    bound_service = DocsHookService
+
+
 class FormatSupportCurrentTime(LazyVariable):
     code = "format_support_current_time"
     name = "current time in a chosen format"

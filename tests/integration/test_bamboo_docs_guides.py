@@ -1,8 +1,9 @@
 """bamboo-engine's user guide, continued (see ``test_bamboo_docs_examples.py``): the component
-guide, the lazy variable guide, the engine API reference, the signals guide, the hook signals
-guide (every ``pipeline_event`` type it lists), the start-position guide, the node timeout guide,
-the "update node outputs" guide, and the guides' habit of creating a runtime wherever one is needed. The components
-they define are in ``bamboo_docs_support``.
+guide, the lazy variable guide, the engine API reference, the signals guide, the hook guide (a
+service's hooks), the hook signals guide (every ``pipeline_event`` type it lists), the
+start-position guide, the node timeout guide, the "update node outputs" guide, and the guides'
+habit of creating a runtime wherever one is needed. The components they define are in
+``bamboo_docs_support``.
 """
 
 # ruff: noqa: F403, F405 - the guides import the builder with a star, as here
@@ -270,6 +271,36 @@ def test_the_runtime_signals_the_guide_lists(runtime):
     calls = [h[0] for h in heard if h[0] != "state"]
     assert calls == ["execute", "schedule"]
     assert execute_interrupt.name == "execute_interrupt" and schedule_interrupt.name == "schedule_interrupt"
+
+
+# -- engine_hook.md ----------------------------------------------------------------------------------
+# The guide's service hooks: what node_enter, node_finish and the two exception hooks set in the
+# outputs is kept; what a read-only hook (pre_skip_node) sets as an operator skips the failed node is not.
+@pytest.mark.parametrize(("fail_in", "marks"), [
+    (None, ["node_enter", "node_finish"]),
+    ("execute", ["node_enter", "node_execute_exception"]),
+    ("schedule", ["node_enter", "node_schedule_exception"]),
+])
+def test_the_hook_guides_custom_service(runtime, fail_in, marks):
+    start = EmptyStartEvent()
+    act = ServiceActivity(component_code="docs_guide_hook")
+    act.component.inputs.fail_in = Var(type=Var.PLAIN, value=fail_in)
+    start.extend(act).extend(EmptyEndEvent())
+    pipeline = build_tree(start)
+
+    api.run_pipeline(runtime=runtime, pipeline=pipeline)
+
+    wait_node(runtime, act.id, "FAILED" if fail_in else "FINISHED")
+    outputs = api.get_execution_data_outputs(runtime, act.id).data
+    assert outputs["marks"] == marks
+    if fail_in is None:
+        return
+    assert f"{fail_in} failed as the test asked" in outputs["ex_data"] and outputs["_result"] is False
+    if fail_in == "schedule":
+        assert outputs["schedule_exception_payload"] is None  # a polling node has no payload
+    assert api.skip_node(runtime=runtime, node_id=act.id).result
+    wait_finished(runtime, pipeline)
+    assert "pre_skip_node" not in api.get_execution_data_outputs(runtime, act.id).data["marks"]
 
 
 # -- engine_hook_signals.md ---------------------------------------------------------------------------

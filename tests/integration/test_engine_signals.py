@@ -287,6 +287,11 @@ def test_a_fail_skip_loops_failed_callbacks_send_no_node_schedule_fail(runtime, 
             return st if st and st["state"] == "RUNNING" and st["loop"] == loop else None
 
         version = wait_until(waiting, what=f"iteration {loop}")["version"]
+        # RUNNING is written before the iteration's execute hooks run (in a worker thread), and a
+        # callback is taken during execute: call back once execute is over, so that the order of
+        # the recorded hooks is the engine's, not the two threads' race.
+        wait_until(lambda n=loop: hooks_of(hook_calls, a.id).count("post_execute") == n,
+                   what=f"execute of iteration {loop}")
         wait_until(lambda v=version: api.callback(runtime, a.id, v, {"ok": False}).result, what=f"callback {loop}")
     wait_state(runtime, tree["id"], "FINISHED")
     wait_idle(runtime)

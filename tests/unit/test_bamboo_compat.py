@@ -145,6 +145,31 @@ def test_receiver_decorator_and_dispatch_uid():
     assert sig.disconnect(dispatch_uid="mine") and not sig.has_receivers
 
 
+def test_the_rest_of_djangos_signal_surface_that_bamboo_users_call():
+    # Code written for bamboo's Django signals guards a costly payload with has_listeners() and
+    # tests its receivers with send_robust(); Signal() is also made without a name.
+    sig = Signal()
+    assert sig.has_listeners() is False
+
+    class Other:
+        pass
+
+    def failing(sender, **kwargs):
+        raise ValueError("receiver broke")
+
+    sig.connect(failing, sender=Other)
+    # As Django's: a receiver for one sender does not count for a send without a sender.
+    assert sig.has_listeners() is False
+    assert sig.has_listeners(Other) is True and sig.has_listeners(int) is False
+    responses = sig.send_robust(sender=Other, node_id="n1")
+    assert [r for r, _ in responses] == [failing]
+    assert isinstance(responses[0][1], ValueError) and str(responses[0][1]) == "receiver broke"
+    assert sig.send_robust(sender=int) == []
+    assert sig.disconnect(failing, sender=Other) and not sig.has_listeners(Other)
+    sig.connect(failing)
+    assert sig.has_listeners() is True and sig.has_listeners(int) is True
+
+
 def test_receivers_written_for_bamboo_hear_a_run():
     events, states = [], []
 

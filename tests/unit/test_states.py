@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -43,3 +44,16 @@ def test_a_revoked_node_never_moves_again(path: list[str]) -> None:
     current = states.REVOKED
     for nxt in path:
         assert not states.can_transit(current, nxt)
+
+
+@pytest.mark.parametrize("odd", [["RUNNING"], {"RUNNING": 1}, None, 3, states.StateType.RUNNING])
+def test_anything_not_a_state_name_is_an_unknown_state(odd: object) -> None:
+    # The contract: False for an unknown state; a list or a dict is one too (bamboo raises TypeError).
+    # An enum member is not a state name either, as in bamboo, whose table is keyed by the values.
+    assert states.can_transit(odd, "FAILED") is False  # type: ignore[arg-type]
+    assert states.can_transit("RUNNING", odd) is False  # type: ignore[arg-type]
+
+
+def test_bamboos_inverted_transition_table_is_there() -> None:
+    # bamboo_engine.states.INVERTED_TRANSITION: the states RUNNING may go back to.
+    assert states.INVERTED_TRANSITION == {"RUNNING": frozenset({"READY", "FINISHED"})}
