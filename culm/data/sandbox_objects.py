@@ -224,6 +224,9 @@ def _computes(kind: type, owner: type | None, found: Any) -> bool:
         # the repr, eq and order methods dataclasses wrote from the fields (their values are walked)
         code = getattr(getattr(func, "__wrapped__", func), "__code__", None)
         return "__dataclass_fields__" in kind.__dict__ and code is not None and code.co_filename == "<string>"
+    if isinstance(func, types.WrapperDescriptorType | types.MethodDescriptorType):
+        # a built-in type's slot copied into the class (an IntEnum's int.__format__ on 3.11)
+        return _top(getattr(func.__objclass__, "__module__", "")) in _TRUSTED_CODE
     return owner is not None and (_top(owner.__module__) in _TRUSTED_CODE or owner.__module__ == _SANDBOX_MODULE)
 
 

@@ -222,3 +222,31 @@ def test_a_number_taken_from_an_object_is_refused(expr: str) -> None:
     with pytest.raises(ExpressionRefusedError, match="Count"):
         evaluate(expr, {"c": Count()})
     assert RAN == []
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+
+
+class Mode(enum.IntFlag):
+    R = 1
+    W = 2
+
+
+class Word(enum.StrEnum):
+    YES = "yes"
+
+
+def test_int_and_str_enums_splice_compare_and_format() -> None:
+    """Python 3.11's enum copies int.__format__ and str.__str__ into an IntEnum's, IntFlag's and
+    StrEnum's own class as built-in slots: they are the built-in type's code, not the class's."""
+    import http
+
+    names = {"ie": Level.LOW, "flag": Mode.R | Mode.W, "word": Word.YES, "status": http.HTTPStatus.OK}
+    assert render("x${ie}", names) == "x1"
+    assert render("${word}!", names) == "yes!"
+    assert render("${status}", names) is http.HTTPStatus.OK and render("x${status}", names) == "x200"
+    assert evaluate("f'{flag}'", names) == "3"
+    assert evaluate("[ie == 1, word == 'yes', flag & 1, str(word), ie + 1]", names) == [True, True, 1, "yes", 2]
+    assert evaluate_gateway_condition("${ie} == 1", names)
+    assert evaluate_gateway_condition("${flag} == 3", names)
