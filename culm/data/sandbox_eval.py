@@ -142,7 +142,7 @@ class Evaluator:
         self.memory = 0
         self.builtins: dict[str, Any] = {}
         self.sizes: dict[int, tuple[Any, int, int]] = {}
-        self.checked: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self.checked: dict[tuple[str, ...], dict[int, Any]] = {}
 
     # -- accounting
 
@@ -293,16 +293,41 @@ class Evaluator:
         context's objects."""
         if type(value) in _PLAIN_VALUES or self.lim.trust_objects:
             return
-        large = isinstance(value, CONTAINERS) and len(value) >= 64
-        if large:
-            known = self.checked.get((id(value), dunders))
-            if known is value:  # no expression mutates a value: one walk per evaluation
-                return
-        refusal = operator_refusal(value, dunders, what)
+        # every container walked is remembered for the evaluation: no expression mutates a value
+        seen = self.checked.setdefault(dunders, {})
+        if seen.get(id(value)) is value:
+            return
+        refusal = operator_refusal(value, dunders, what, seen, self.check_clock)
         if refusal is not None:
             raise refusal
-        if large:
-            self.checked[(id(value), dunders)] = value  # the reference keeps the id from being reused
+
+    def compared(self, left: Any, right: Any) -> None:
+        """Refuse comparing values whose comparison would run a class's own operator. A container
+        compared to None, a number or a str never calls its items' ``__eq__``, nor does a built-in
+        container compared to itself (the items are the same objects: identity answers)."""
+        if type(left) in _PLAIN_VALUES and type(right) in _PLAIN_VALUES:
+            return
+        if left is right and type(left) in _EXACT_HOLDERS:
+            return
+        for value, other in ((left, right), (right, left)):
+            if type(other) in _PLAIN_VALUES:
+                self.operand(value, _COMPARED)
+            else:
+                self.plain(value, _COMPARED, "comparing")
+
+    def plain_members(self, container: Any) -> None:
+        """Refuse ``x in container`` when it would run a class's own ``__eq__`` or ``__hash__``:
+        a dict's or a set's keys only (its values are never compared), else every item."""
+        if type(container) in _PLAIN_VALUES or self.lim.trust_objects:
+            return
+        if isinstance(container, dict | set | frozenset) and own_operator(type(container), _COMPARED) is None:
+            seen = self.checked.setdefault(("keys", *_COMPARED), {})
+            if seen.get(id(container)) is not container:
+                keys = list(dict.keys(container) if isinstance(container, dict) else container)
+                self.plain(keys, _COMPARED, "comparing")
+                seen[id(container)] = container
+            return
+        self.plain(container, _COMPARED, "comparing")
 
     def operand(self, value: Any, dunders: tuple[str, ...]) -> None:
         """Refuse an operator (``dunders``) of an object whose class wrote it (its own code); the
@@ -415,9 +440,11 @@ class Evaluator:
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.eval(comparator, scope)
             kind = type(op)
-            if kind not in _IDENTITY:
+            if kind in _MEMBERSHIP:
                 self.plain(left, _COMPARED, "comparing")
-                self.plain(right, _COMPARED, "comparing")
+                self.plain_members(right)
+            elif kind not in _IDENTITY:
+                self.compared(left, right)
             if kind in _MEMBERSHIP:
                 self.reach(right, "testing membership in")
             if kind in _MEMBERSHIP and self.lazy(right) and not hasattr(type(right), "__contains__"):
@@ -735,6 +762,7 @@ _UNARY_DUNDERS = {ast.UAdd: ("__pos__",), ast.USub: ("__neg__",), ast.Invert: ("
 # Values whose operators are the interpreter's: no object's code runs on them.
 _PLAIN_VALUES = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
 _COMPARED = (*COMPARE_DUNDERS, "__hash__")
+_EXACT_HOLDERS = frozenset({list, tuple, dict, set, frozenset})
 _METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__
 _COMPARED_SHOWN = (*_METHOD_ARGS, "__repr__")
 _KEYED = ("__hash__", "__eq__", "__index__")

@@ -30,6 +30,7 @@ import datetime
 import decimal
 import enum
 import types
+from collections.abc import Callable
 from typing import Any
 
 from culm.data.sandbox_guards import VALUE_MODULES
@@ -230,20 +231,30 @@ def _computes(kind: type, owner: type | None, found: Any) -> bool:
     return owner is not None and (_top(owner.__module__) in _TRUSTED_CODE or owner.__module__ == _SANDBOX_MODULE)
 
 
-def operator_refusal(value: Any, dunders: tuple[str, ...], what: str) -> ExpressionRefusedError | None:
+def operator_refusal(
+    value: Any, dunders: tuple[str, ...], what: str,
+    seen: dict[int, Any] | None = None, tick: Callable[[], None] | None = None,
+) -> ExpressionRefusedError | None:
     """Why ``what`` (splicing, comparing, ...) ``value`` is refused: it, or a value it holds (a
-    list's item, a dict's key, a dataclass's field), runs its class's own ``dunders``; or None."""
+    list's item, a dict's key, a dataclass's field), runs its class's own ``dunders``; or None.
+    ``seen`` maps the id of each container already walked (in this evaluation, for these
+    ``dunders``) to it, the reference keeping the id from being reused; ``tick`` is the clock."""
     stack = [value]
-    seen: set[int] = set()
+    known = {} if seen is None else seen
+    walked: dict[int, Any] = {}  # joins ``seen`` only when the whole walk passes
+    visited = 0
     while stack:
         item = stack.pop()
         kind = type(item)
         if kind in _PLAIN:
             continue
         if isinstance(item, _HOLDERS) or dataclass_like(item):
-            if id(item) in seen:
+            if known.get(id(item)) is item or walked.get(id(item)) is item:
                 continue
-            seen.add(id(item))
+            walked[id(item)] = item
+            visited += 1
+            if tick is not None and not visited % 512:
+                tick()
         found = own_operator(kind, dunders)
         if found is not None:
             return ExpressionRefusedError(
@@ -266,6 +277,7 @@ def operator_refusal(value: Any, dunders: tuple[str, ...], what: str) -> Express
         if set(map(type, held)) <= _PLAIN:
             continue  # scalars only, checked in C
         stack.extend(child for child in held if type(child) not in _PLAIN)
+    known.update(walked)
     return None
 
 

@@ -250,3 +250,23 @@ def test_int_and_str_enums_splice_compare_and_format() -> None:
     assert evaluate("[ie == 1, word == 'yes', flag & 1, str(word), ie + 1]", names) == [True, True, 1, "yes", 2]
     assert evaluate_gateway_condition("${ie} == 1", names)
     assert evaluate_gateway_condition("${flag} == 3", names)
+
+
+def test_comparing_and_testing_membership_in_large_results_stays_fast() -> None:
+    """The operator walk visits each container once per evaluation, a dict's ``in`` walks its keys
+    only, and a value compared to None or a str is not walked: these ran past the 0.5 s limit."""
+    rows = [{"id": i, "name": f"n{i}", "tags": ["a", "b"]} for i in range(60000)]
+    names = {"res": {"rows": rows, "total": len(rows)}, "ids": list(range(50))}
+    assert render("${[i for i in ids if 'rows' in res]}", names) == str(list(range(50)))
+    assert render("${[i for i in ids if res['rows'] != None]}", names) == str(list(range(50)))
+    assert evaluate("[res != None, res == res, 'k' in res, res == 'x']", names) == [True, True, False, False]
+    assert evaluate("[res['rows'][:3] == res['rows'][:3] for i in ids][0]", names) is True
+    with pytest.raises(ExpressionRefusedError, match="__eq__"):
+        evaluate("[1, s] == [1, 2]", NAMES)
+    with pytest.raises(ExpressionRefusedError, match="__eq__"):
+        evaluate("s in {1: 2}", NAMES)
+    keyed = {S: 1}
+    RAN.clear()
+    with pytest.raises(ExpressionRefusedError, match="__eq__"):
+        evaluate("1 in keyed", {"keyed": keyed})
+    assert RAN == []
