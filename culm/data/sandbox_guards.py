@@ -243,13 +243,20 @@ def measure(
     total = mem = 0
     stack: list[Any] = [value]
     popped = 0
+    walked: set[int] = set()  # a container met twice: shared, or inside itself
+    cycle_checked = False
     while stack:
         item = stack.pop()
         popped += 1
-        if popped == _CYCLE_CHECK_AFTER:
-            # a value holding itself would be walked until the limits: refused at once instead
-            # (a DAG of shared lists walks long too, and is told apart here once)
-            _refuse_cycle(value, tick)
+        if id(item) in walked:
+            if popped >= _CYCLE_CHECK_AFTER and not cycle_checked:
+                # a value holding itself would be walked until the limits: refused at once instead
+                # (a DAG of shared lists walks long too, and is told apart here once); a tree of
+                # distinct containers, however large, is never checked
+                cycle_checked = True
+                _refuse_cycle(value, tick)
+        else:
+            walked.add(id(item))
         total += 2 + 2 * len(item)
         mem += (TABLE_BYTES if isinstance(item, dict | set | frozenset) else POINTER_BYTES) * len(item) + 64
         flat = _flat_measure(item) if len(item) >= 256 and not isinstance(item, dict) else None

@@ -270,3 +270,21 @@ def test_comparing_and_testing_membership_in_large_results_stays_fast() -> None:
     with pytest.raises(ExpressionRefusedError, match="__eq__"):
         evaluate("1 in keyed", {"keyed": keyed})
     assert RAN == []
+
+
+def test_splicing_a_large_tree_does_not_look_for_a_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cycle walk (a second pass over the value) runs only once measuring meets a container
+    twice: a large result of distinct rows is measured once; a value holding itself is still refused."""
+    from culm.data import sandbox_guards
+
+    real = sandbox_guards._refuse_cycle
+    checked: list[object] = []
+    monkeypatch.setattr(sandbox_guards, "_refuse_cycle", lambda value, tick: (checked.append(value), real(value, tick)))
+    rows = {"rows": [{"id": i, "tags": ["a", "b"]} for i in range(6000)]}
+    assert render("x${rows}", {"rows": rows}).startswith("x{'rows': [{'id': 0")
+    assert checked == []
+    loop: list[object] = [1]
+    loop.append([loop, [loop]])
+    with pytest.raises(ExpressionLimitError, match="holds itself"):
+        render("x ${a}", {"a": loop})
+    assert checked == [loop]
