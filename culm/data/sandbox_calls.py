@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_guards import POINTER_BYTES, render_limited
+from culm.data.sandbox_objects import COMPARE_DUNDERS
 from culm.errors import ExpressionLimitError
 
 if TYPE_CHECKING:
@@ -135,6 +136,7 @@ def b_sum(ev: Evaluator, iterable: Any, start: Any = 0) -> Any:
     if isinstance(start, int | float) and _walkable(ev, iterable):
         return sum(iterable, start)
     items = ev.take(iterable, "sum() input")
+    ev.plain(items, ("__add__", "__radd__"), "sum() of")  # a lazy input's items (a generator's, a view's)
     if isinstance(start, int | float | complex):
         return sum(items, start)
     total = start
@@ -153,6 +155,7 @@ def b_tuple(ev: Evaluator, iterable: Any = ()) -> tuple[Any, ...]:
 
 def b_sorted(ev: Evaluator, iterable: Any, *, key: Any = None, reverse: bool = False) -> list[Any]:
     items = ev.take(iterable, "sorted()", returned=True)
+    ev.plain(items, COMPARE_DUNDERS, "sorted() of")  # a lazy input's items (a generator's, a view's)
     items.sort(key=key, reverse=reverse)
     return items
 
@@ -187,6 +190,7 @@ def _extreme(fn: Callable[..., Any]) -> Callable[..., Any]:
     def call(ev: Evaluator, *args: Any, **kwargs: Any) -> Any:
         if len(args) == 1 and not _walkable(ev, args[0]):  # one iterable: take it first, so that no lazy one runs unchecked in C
             args = (ev.take(args[0], f"{fn.__name__}() input"),)
+            ev.plain(args[0], COMPARE_DUNDERS, f"{fn.__name__}() of")
         return fn(*args, **kwargs)
 
     return call

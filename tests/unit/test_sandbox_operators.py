@@ -288,3 +288,15 @@ def test_splicing_a_large_tree_does_not_look_for_a_cycle(monkeypatch: pytest.Mon
     with pytest.raises(ExpressionLimitError, match="holds itself"):
         render("x ${a}", {"a": loop})
     assert checked == [loop]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["sorted(x for x in items)", "max(x for x in items)", "min(reversed(items))", "sum(x for x in items)",
+     "sorted(reversed(items))", "sorted(zip(items, items))", "sorted(d2.values())", "min(d2.values())"],
+)
+def test_sorting_or_adding_a_lazy_iterables_items_runs_no_operator(expr: str) -> None:
+    with pytest.raises(ExpressionRefusedError, match="__eq__|__lt__|__add__"):
+        evaluate(expr, {**NAMES, "items": [S, S], "d2": {"a": S, "b": S}})
+    assert RAN == []
+    assert evaluate("[sorted(x for x in [3, 1]), max(reversed([1, 2])), sum(v for v in {'a': 1}.values())]", {}) == [[1, 3], 2, 1]
