@@ -329,6 +329,11 @@ class Evaluator:
             return
         self.plain(container, _COMPARED, "comparing")
 
+    def members_plain(self, chunk: list[Any]) -> bool:
+        """True once a chunk drained from a lazy ``in`` operand holds no object with its own ``__eq__``."""
+        self.plain(chunk, _COMPARED, "comparing")
+        return True
+
     def operand(self, value: Any, dunders: tuple[str, ...]) -> None:
         """Refuse an operator (``dunders``) of an object whose class wrote it (its own code); the
         values it holds are not walked: the built-in containers' operators never call theirs."""
@@ -448,7 +453,7 @@ class Evaluator:
             if kind in _MEMBERSHIP:
                 self.reach(right, "testing membership in")
             if kind in _MEMBERSHIP and self.lazy(right) and not hasattr(type(right), "__contains__"):
-                found = any(left in chunk for chunk in self.drain(right))
+                found = any(self.members_plain(chunk) and left in chunk for chunk in self.drain(right))
                 if found is not (kind is ast.In):
                     return False
             elif not _COMPARE[kind](left, right):

@@ -33,7 +33,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from culm.data.sandbox_guards import VALUE_MODULES
+from culm.data.sandbox_guards import DICT_VIEWS, VALUE_MODULES
 from culm.errors import ExpressionRefusedError
 
 _DATE = frozenset("isoformat strftime weekday isoweekday isocalendar toordinal replace ctime".split())
@@ -193,6 +193,7 @@ _TRUSTED_CODE = _PROTOCOL_MODULES | {"enum", "dataclasses", "numbers", "abc", "t
 _SANDBOX_MODULE = "culm.data.sandbox_eval"  # the builtins and methods it hands an expression
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, complex})
 _HOLDERS = (list, tuple, set, frozenset, dict, collections.deque)
+_VIEWS = frozenset(DICT_VIEWS)
 _verdicts: dict[tuple[type, tuple[str, ...]], str | None] = {}
 
 
@@ -248,7 +249,7 @@ def operator_refusal(
         kind = type(item)
         if kind in _PLAIN:
             continue
-        if isinstance(item, _HOLDERS) or dataclass_like(item):
+        if isinstance(item, _HOLDERS) or kind in _VIEWS or dataclass_like(item):
             if known.get(id(item)) is item or walked.get(id(item)) is item:
                 continue
             walked[id(item)] = item
@@ -269,6 +270,8 @@ def operator_refusal(
             else:  # the built-in type's own iteration, never a subclass's override
                 base: Any = next(klass for klass in _HOLDERS if isinstance(item, klass))
                 held = list(base.__iter__(item))
+        elif kind in _VIEWS:  # a dict's keys, values or items: what the dict holds
+            held = list(item)
         elif dataclass_like(item):
             held = [field for name in type(item).__dataclass_fields__
                     if (field := _stored(item, name)) is not _ABSENT]

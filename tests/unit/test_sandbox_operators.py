@@ -300,3 +300,16 @@ def test_sorting_or_adding_a_lazy_iterables_items_runs_no_operator(expr: str) ->
         evaluate(expr, {**NAMES, "items": [S, S], "d2": {"a": S, "b": S}})
     assert RAN == []
     assert evaluate("[sorted(x for x in [3, 1]), max(reversed([1, 2])), sum(v for v in {'a': 1}.values())]", {}) == [[1, 3], 2, 1]
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["1 in reversed(items)", "1 in d2.values()", "('k', 1) in d2.items()", "d2.items() == {('k', 1)}",
+     "d2.values() == 1 or 1 in d2.values()", "str(d2.values())", "1 in (x for x in items)"],
+)
+def test_a_lazy_or_view_operand_is_walked(expr: str) -> None:
+    with pytest.raises(ExpressionRefusedError, match="__eq__|__str__|__repr__|__hash__"):
+        evaluate(expr, {**NAMES, "items": [S, S], "d2": {"a": S, "b": S}})
+    assert RAN == []
+    assert evaluate("[1 in reversed([1]), 1 in d.values(), ('k', 1) in d.items(), str(d.values())]", NAMES) == [
+        True, True, True, "dict_values([1])"]
