@@ -765,7 +765,7 @@ _BINOP_DUNDERS: dict[type, tuple[str, ...]] = {
 }
 _UNARY_DUNDERS = {ast.UAdd: ("__pos__",), ast.USub: ("__neg__",), ast.Invert: ("__invert__",)}
 # Values whose operators are the interpreter's: no object's code runs on them.
-_PLAIN_VALUES = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
+_PLAIN_VALUES = frozenset({str, int, float, bool, type(None), bytes, complex, range})  # a slice shows and compares what it holds
 _COMPARED = (*COMPARE_DUNDERS, "__hash__")
 _EXACT_HOLDERS = frozenset({list, tuple, dict, set, frozenset})
 _METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__

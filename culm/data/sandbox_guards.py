@@ -392,7 +392,7 @@ def _short_repr(value: Any) -> str:
     return repr(value)
 
 
-_REPRABLE = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
+_REPRABLE = frozenset({str, int, float, bool, type(None), bytes, complex, range})
 _REPR_HOLDERS = frozenset({list, tuple, set, frozenset, dict})
 
 
@@ -404,6 +404,11 @@ def _reprable(value: Any) -> bool:
     while stack:
         item = stack.pop()
         kind = type(item)
+        if kind is slice or kind is types.SimpleNamespace or kind is types.MappingProxyType:
+            # they write the values they hold, whatever those run
+            stack.extend((item.start, item.stop, item.step) if kind is slice else
+                         itertools.chain.from_iterable((vars(item) if kind is types.SimpleNamespace else item).items()))
+            continue
         if kind in _REPRABLE or kind.__module__.partition(".")[0] in VALUE_MODULES:
             continue
         if kind not in _REPR_HOLDERS:

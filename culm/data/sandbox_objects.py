@@ -29,6 +29,7 @@ import collections
 import datetime
 import decimal
 import enum
+import itertools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -249,7 +250,7 @@ def operator_refusal(
         kind = type(item)
         if kind in _PLAIN:
             continue
-        if isinstance(item, _HOLDERS) or kind in _VIEWS or dataclass_like(item):
+        if isinstance(item, _HOLDERS) or kind in _VIEWS or kind in _LIBRARY_HOLDERS or dataclass_like(item):
             if known.get(id(item)) is item or walked.get(id(item)) is item:
                 continue
             walked[id(item)] = item
@@ -272,6 +273,8 @@ def operator_refusal(
                 held = list(base.__iter__(item))
         elif kind in _VIEWS:  # a dict's keys, values or items: what the dict holds
             held = list(item)
+        elif (inner := library_held(item)) is not None:
+            held = inner
         elif dataclass_like(item):
             held = [field for name in type(item).__dataclass_fields__
                     if (field := _stored(item, name)) is not _ABSENT]
@@ -281,6 +284,28 @@ def operator_refusal(
             continue  # scalars only, checked in C
         stack.extend(child for child in held if type(child) not in _PLAIN)
     known.update(walked)
+    return None
+
+
+_LIBRARY_HOLDERS = frozenset({types.SimpleNamespace, types.MappingProxyType, collections.UserDict,
+                              collections.UserList, collections.ChainMap, slice})
+
+
+def library_held(item: Any) -> list[Any] | None:
+    """The values a standard-library holder (a SimpleNamespace, a UserDict, a ChainMap, a slice)
+    shows in its text and compares, read without running its own methods; None for others."""
+    kind = type(item)
+    if kind is slice:
+        return [item.start, item.stop, item.step]
+    if kind is types.SimpleNamespace:
+        return list(_stored(item, "__dict__").values())
+    if kind is types.MappingProxyType:
+        return [*itertools.chain.from_iterable(item.items())]
+    if isinstance(item, collections.UserDict | collections.UserList):
+        data = _stored(item, "data")
+        return [] if data is _ABSENT else [data]
+    if isinstance(item, collections.ChainMap):
+        return [_stored(item, "maps")]
     return None
 
 

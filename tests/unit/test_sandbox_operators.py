@@ -313,3 +313,23 @@ def test_a_lazy_or_view_operand_is_walked(expr: str) -> None:
     assert RAN == []
     assert evaluate("[1 in reversed([1]), 1 in d.values(), ('k', 1) in d.items(), str(d.values())]", NAMES) == [
         True, True, True, "dict_values([1])"]
+
+
+def test_standard_library_holders_are_walked() -> None:
+    import types as pytypes
+
+    ns = pytypes.SimpleNamespace(a=S)
+    names = {**NAMES, "ns": ns, "ud": collections.UserDict(a=S), "ul": collections.UserList([S]),
+             "cm": collections.ChainMap({"a": S}), "sl": slice(Reprs())}
+    RAN.clear()
+    for expr in ("str(ns)", "ns == 1 or ns == ns", "str(ud)", "ul == [1]", "str(cm)", "str(sl)"):
+        with pytest.raises(ExpressionRefusedError, match="__str__|__repr__|__eq__|__format__"):
+            evaluate(expr, names)
+    with pytest.raises(ExpressionRefusedError):
+        render("x${ns}", names)
+    with pytest.raises(ExpressionError) as info:
+        evaluate("[1].index(ns)", {"ns": pytypes.SimpleNamespace(a=Reprs())})
+    assert "Reprs()" not in str(info.value)
+    assert RAN == []
+    plain = {"ns": pytypes.SimpleNamespace(a=1), "ud": collections.UserDict(a=1)}
+    assert evaluate("[str(ns), ns.a, str(ud)]", plain) == ["namespace(a=1)", 1, "{'a': 1}"]
