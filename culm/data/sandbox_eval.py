@@ -594,6 +594,10 @@ class Evaluator:
         self.check_clock()
         self.operand(left, _BINOP_DUNDERS[kind])
         self.operand(right, _BINOP_DUNDERS[kind])
+        if kind in _VIEW_OPERATORS and isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS):
+            # merging, intersecting or subtracting sets or dicts hashes and compares their keys
+            self.plain_members(left)
+            self.plain_members(right)
         if kind is ast.Add:
             self.check_add(left, right)
         elif kind in _INT_QUADRATIC and isinstance(left, int) and isinstance(right, int):
@@ -790,6 +794,7 @@ _TUPLE_FIELD = type(getattr(collections.namedtuple("_T", "f"), "f"))  # noqa: B0
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
 _SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
+_KEYED_HOLDERS = (set, frozenset, dict)
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})
 _SET_VIEWS = DICT_VIEWS[0::2]  # keys and items views are set-like, values views are not
 

@@ -333,3 +333,14 @@ def test_standard_library_holders_are_walked() -> None:
     assert RAN == []
     plain = {"ns": pytypes.SimpleNamespace(a=1), "ud": collections.UserDict(a=1)}
     assert evaluate("[str(ns), ns.a, str(ud)]", plain) == ["namespace(a=1)", 1, "{'a': 1}"]
+
+
+def test_set_and_dict_operators_check_the_keys() -> None:
+    keyed, keys = {S: 1}, {S}
+    RAN.clear()
+    names = {"a": keyed, "sa": keys}
+    for expr in ("a | {1: 2}", "{1: 2} | a", "sa - {1}", "{1} & sa", "sa ^ {2}", "sa | sa"):
+        with pytest.raises(ExpressionRefusedError, match="__hash__|__eq__"):
+            evaluate(expr, names)
+    assert RAN == []
+    assert evaluate("[{1: 2} | {3: 4}, {1, 2} - {2}, {1} & {1, 2}]", {}) == [{1: 2, 3: 4}, {1}, {1}]
