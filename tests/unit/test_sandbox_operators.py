@@ -344,3 +344,25 @@ def test_set_and_dict_operators_check_the_keys() -> None:
             evaluate(expr, names)
     assert RAN == []
     assert evaluate("[{1: 2} | {3: 4}, {1, 2} - {2}, {1} & {1, 2}]", {}) == [{1: 2, 3: 4}, {1}, {1}]
+
+
+class Counted(list):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        RAN.append("len")
+        return 100
+
+    def __eq__(self, other: object) -> bool:
+        RAN.append("eq")
+        return False
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def test_refusing_a_container_subclass_does_not_measure_it_first() -> None:
+    """Refusing ``x == [1]`` for a list subclass with its own ``__eq__`` once ran its ``__len__``
+    (to decide whether to remember the walk)."""
+    counted = Counted([1] * 80)
+    RAN.clear()
+    with pytest.raises(ExpressionRefusedError, match="__eq__"):
+        evaluate("x == [1] or [1] == x", {"x": counted})
+    assert RAN == []
