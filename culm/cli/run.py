@@ -183,6 +183,35 @@ def node_word(failed: Sequence[str]) -> str:
     return shlex.quote(failed[0]) if len(failed) == 1 else "NODE"
 
 
+SKIPPABLE_TYPES = ("ServiceActivity", "EmptyStartEvent")
+# How the engine's refusal to copy a subprocess's outputs into its parent starts (its end event's
+# ex_data): the one end event skip_node takes (culm.core.handlers.events.COPY_REFUSED).
+COPY_REFUSED_TEXT = "its outputs could not be copied to the context variables"
+
+
+def skippable(node_id: str, info: dict[str, tuple[str, str]], ex_data: dict[str, str]) -> bool:
+    """Whether the engine skips this failed node (``culm skip``): an activity, a start event, or
+    the end event of a subprocess whose outputs could not be copied into its parent."""
+    text = ex_data.get(node_id, "")
+    return (info.get(node_id, ("", ""))[1] in SKIPPABLE_TYPES
+            or (text.startswith("pipeline ") and COPY_REFUSED_TEXT in text.split("\n", 1)[0]))
+
+
+def skip_hint(live: Sequence[str], info: dict[str, tuple[str, str]], ex_data: dict[str, str], imports: str) -> str:
+    """The ``, skip with ...`` part of a hint, worded for the failed nodes the engine skips ("" when
+    it skips none of them: a gateway, a subprocess, an end event that failed otherwise)."""
+    nodes = [n for n in live if skippable(n, info, ex_data)]
+    if not nodes:
+        return ""
+    node = node_word(nodes)
+    if len(nodes) > 1 or len(live) > 1:
+        return f", skip an activity, start event or refused subprocess end event with `culm skip {node}{imports}`"
+    if info.get(nodes[0], ("", ""))[1] in SKIPPABLE_TYPES:
+        return f", skip with `culm skip {node}{imports}`"
+    return (f", skip the end event with `culm skip {node}{imports}` (its subprocess finishes without copying "
+            "its outputs into the parent)")
+
+
 def beyond_repair(flat: dict[str, dict], root_id: str, node_id: str) -> bool:
     """Whether a failed node lies inside a revoked pipeline (the root, or a subprocess around it, as
     its wait reason says): the engine refuses its retry and skip."""
@@ -204,7 +233,7 @@ def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[st
     if live:
         node = node_word(live)
         lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-                 f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` {see}"]
+                 f"`culm retry {node} [--data '{{...}}']{imports}`{skip_hint(live, info, ex_data, imports)} {see}"]
     else:
         lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); revoked, they can no "
                  f"longer be retried or skipped {see}"]
