@@ -106,6 +106,20 @@ def create_database(kind: str) -> str:
     return base.render_as_string(hide_password=False)
 
 
+def fresh_store(kind: str) -> Iterator[Any]:
+    """A fixture's body: a SqlStore on a new migrated database of ``kind`` (as
+    :func:`create_database`), disposed and dropped after."""
+    from culm.storage.migrate import upgrade_database
+    from culm.storage.sql import SqlStore
+
+    url = create_database(kind)
+    upgrade_database(url)
+    store = SqlStore(url)
+    yield store
+    store.dispose()
+    drop_database(url)
+
+
 def drop_database(url: str) -> None:
     """Drop a database made by :func:`create_database` (closing other sessions on PostgreSQL)."""
     from sqlalchemy.engine import make_url
