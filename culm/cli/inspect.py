@@ -35,7 +35,7 @@ from culm.cli.common import (
     state_entry,
     whole_number,
 )
-from culm.cli.run import Stillness, ex_data_of, failure_report, node_word
+from culm.cli.run import Stillness, beyond_repair, ex_data_of, failure_report, node_word
 from culm.cli.terminal import on_terminal
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -131,22 +131,29 @@ def cmd_status(args: argparse.Namespace) -> int:
             return found.outcome
     out = console()
     out.print(render.state_tree(found.entry, found.info, found.notes))
-    out.print(render.progress_line(found.flat, found.root_id) if found.root_id in found.flat else "")
+    if found.root_id in found.flat:  # (a node's tree has no pipeline to count: no empty line for it)
+        out.print(render.progress_line(found.flat, found.root_id))
     if found.failed:
-        out.print(_failed_hint(rt, found.failed, found.root_id), soft_wrap=True)
+        out.print(_failed_hint(rt, found), soft_wrap=True)
     note = _no_runner_note(rt, found)
     if note:
         out.print(f"[yellow]{note}[/]", soft_wrap=True)
     return found.outcome
 
 
-def _failed_hint(rt: Any, failed: list[str], root_id: str) -> str:
+def _failed_hint(rt: Any, found: Described) -> str:
     """How to go on from failed nodes (one: its id, so that the command can be pasted). On a SQLite
     file the retry or skip runs the pipeline on in its own process, which needs the components: the
     hint asks for the ``--import`` (status cannot know which module ``culm run`` was given); a server
-    database's workers have theirs."""
+    database's workers have theirs. Failed nodes inside a revoked pipeline are past retrying: the
+    hint says so instead."""
     from rich.markup import escape
 
+    root_id = found.root_id
+    failed = [n for n in found.failed if not beyond_repair(found.flat, root_id, n)]
+    if not failed:
+        return (f"[red]{len(found.failed)} failed node(s)[/] inside a revoked pipeline: they can no longer "
+                "be retried or skipped")
     imports = " --import MODULE" if getattr(rt.store, "database_file", None) else ""
     which = (" (MODULE: the module or .py file that defines the components, as given to `culm run`)"
              if imports else "")

@@ -184,6 +184,13 @@ def node_word(failed: Sequence[str]) -> str:
     return shlex.quote(failed[0]) if len(failed) == 1 else "NODE"
 
 
+def beyond_repair(flat: dict[str, dict], root_id: str, node_id: str) -> bool:
+    """Whether a failed node lies inside a revoked pipeline (the root, or a subprocess around it, as
+    its wait reason says): the engine refuses its retry and skip."""
+    return (flat.get(root_id, {}).get("state") == "REVOKED"
+            or bool((flat.get(node_id, {}).get("wait_reason") or {}).get("revoked")))
+
+
 def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
                    ex_data: dict[str, str], imports: str = "") -> list[str]:
     """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
@@ -193,10 +200,15 @@ def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[st
     if not failed:
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
-    node = node_word(failed)
-    lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-             f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` "
-             f"(see `culm status {shlex.quote(root_id)}`)"]
+    live = [n for n in failed if not beyond_repair(flat, root_id, n)]
+    see = f"(see `culm status {shlex.quote(root_id)}`)"
+    if live:
+        node = node_word(live)
+        lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
+                 f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` {see}"]
+    else:
+        lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); revoked, they can no "
+                 f"longer be retried or skipped {see}"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
         lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
@@ -243,11 +255,18 @@ def _imports_option(args: argparse.Namespace) -> str:
     return "".join(f" --import {name}" for name in names)
 
 
-def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool) -> str:
+def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool, rt: Any = None) -> str:
+    """How to go on with a run this command stops following. On a SQLite file another process (a
+    `culm serve`, another `culm run`) may hold the runner lock: that process goes on with it, so
+    the hint is to follow it there, not to `--attach` (which would only stand by for the lock)."""
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
     if cluster:
         return (f"the workers go on with it: follow it with `culm watch {root_id}{db}`, "
                 f"see it with `culm status {root_id}{db}`")
+    if rt is not None and getattr(rt, "dispatcher", None) is None and getattr(rt.store, "database_file", None):
+        return (f"another process runs the work of {rt.store.database_file} (a `culm serve` or another "
+                f"`culm run`) and goes on with it: follow it with `culm watch {root_id}{db}` "
+                f"(or stop it with `culm revoke {root_id}{db}`)")
     return (f"continue it with `culm run --attach {root_id}{_imports_option(args)}{db}` "
             f"(or stop it with `culm revoke {root_id}{db}`)")
 
@@ -302,7 +321,7 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
     for line in failure_report(root_id, flat, info, failed, "" if cluster else _imports_option(args)):
         print(line)
     if outcome in ("timeout", "waiting"):
-        print(continue_hint(args, root_id, cluster))
+        print(continue_hint(args, root_id, cluster, rt))
     return EXIT_FAILED
 
 
@@ -393,7 +412,7 @@ def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dic
             outcome, flat = follow(rt, root_id, args.timeout, progress, stop_when_waiting,
                                    on_callback=None if stop_when_waiting else tell)
     except KeyboardInterrupt:
-        err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster)}")
+        err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster, rt)}")
         return 130
     return conclude(rt, root_id, info, outcome, flat, args, cluster)
 

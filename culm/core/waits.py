@@ -13,7 +13,9 @@ A *wait reason* is a dict ``{"kind", "text", ...}``; ``kind`` is one of
   there already; ``resume-node`` goes on);
 * ``"converge"``: the branches forked here have not all reached ``converge`` (``branches``: the
   node each missing branch stands at);
-* ``"failed"``: the node failed and waits for an operator (retry, skip or revoke);
+* ``"failed"``: the node failed and waits for an operator (retry, skip or revoke); one inside a
+  revoked pipeline has ``revoked`` (True) and its text says so: it can no longer be retried or
+  skipped;
 * ``"revoked"``: an operator revoked this subprocess; its pipeline cannot go on past it and waits
   for the operator to revoke it too;
 * ``"stalled"`` (on the pipeline): a step of it has been due for over ``STALLED_AFTER`` seconds
@@ -69,7 +71,7 @@ class WaitFacts:
     candidates: Sequence[StateRecord] = ()  # the states that may wait (failed, suspended, running)
     stalled: Sequence[TaskRecord] = ()  # execute tasks due for over STALLED_AFTER s, not started
     deadlines: Mapping[str, float] = field(default_factory=dict)  # node id -> when its timeout fires
-    # node id -> the revoked pipeline around it, for the waiting (RUNNING) nodes inside one
+    # node id -> the revoked pipeline around it, for the waiting (RUNNING) and FAILED nodes inside one
     revoked_in: Mapping[str, str] = field(default_factory=dict)
     # (read_facts) Whether these facts, and the reasons made of them, stay what a new read_facts
     # of the same rows and kept facts would give, the stalled check left out: none rests on rows
@@ -124,6 +126,13 @@ def _revoked_wait(reason: dict[str, Any], pipeline_id: str) -> dict[str, Any]:
     return reason
 
 
+def _revoked_failure(kind: str | None, pipeline_id: str) -> dict[str, Any]:
+    """A failed node inside a revoked pipeline: the engine refuses its retry and skip (culm.core.revoking)."""
+    what = "the subprocess" if kind == SUBPROCESS else "it"
+    return {"kind": "failed", "revoked": True,
+            "text": f"failed; pipeline {pipeline_id} is revoked: {what} can no longer be retried or skipped"}
+
+
 def _schedule_wait(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> dict[str, Any]:
     if sched.type == "poll":
         due = facts.next_runs.get(sched.id)
@@ -167,7 +176,8 @@ def wait_reasons(facts: WaitFacts) -> dict[str, dict[str, Any]]:
     for st in facts.candidates:
         kind = facts.node_types.get(st.node_id)
         if st.name == states.FAILED:
-            reasons[st.node_id] = _failed(kind)
+            revoked = facts.revoked_in.get(st.node_id)
+            reasons[st.node_id] = _failed(kind) if revoked is None else _revoked_failure(kind, revoked)
         elif st.name == states.SUSPENDED:
             reasons[st.node_id] = _suspended(st, kind, facts)
         elif st.name == states.REVOKED:
@@ -336,8 +346,10 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             facts.next_runs = {t.schedule_id: t.due for t in next(tasks) if t.schedule_id and not t.callback_id}
         if timeouts:
             facts.deadlines = _deadlines(versions, facts.schedules, next(tasks))
-        if current:
-            facts.revoked_in = _revoked_in(records, root, [st for st in running if st.node_id in facts.schedules])
+    # The nodes a revoke leaves where they are (waiting on a service, failed): their reasons say so.
+    parked = [st for st in candidates if st.name == states.FAILED or st.node_id in facts.schedules]
+    if parked:
+        facts.revoked_in = _revoked_in(records, root, parked)
     if alive is not None:
         facts.processes = processes or []
         if stalled_check:

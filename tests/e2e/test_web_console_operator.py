@@ -144,6 +144,34 @@ def test_revoke_asks_first_and_a_refused_command_stands_out(browser: Any, served
     wait_until(lambda: "REVOKED" in text(browser, "#pipeline-state"), 20, 0.05, what="the REVOKED badge")
 
 
+def test_a_revoked_pipeline_offers_no_command_on_its_nodes(browser: Any, served: Any) -> None:  # noqa: F811
+    # A new user's trial: once revoked, the header still said "1 node(s) need attention: approve
+    # (waits for a callback)" and the node's panel offered Callback... and Force fail..., which the
+    # engine refuses in a revoked pipeline; a failed node there offered Retry... and Skip.
+    tree = divide_tree(0, name="revoked-no-commands")
+    broken = node_id(tree, "divide")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(broken, "FAILED")
+    waiting = divide_tree(1, name="revoked-callback", wait=True)
+    approve = node_id(waiting, "approve")
+    assert api.run_pipeline(served.runtime, waiting).result
+    served.wait_state(approve, "RUNNING")
+    sign_in(browser, served, "operator")
+    for pipeline, node, before in ((tree, broken, "retry"), (waiting, approve, "callback")):
+        browser.get(f"{served.url}/#/p/{pipeline['id']}/n/{node}")
+        find(browser, f'#node-actions button[data-action="{before}"]')
+        assert count(browser, "#attention") == 1
+        assert api.revoke_pipeline(served.runtime, pipeline["id"]).result
+        wait_until(lambda: "REVOKED" in text(browser, "#pipeline-state"), 20, 0.05, what="the REVOKED badge")
+        wait_until(lambda: "is revoked" in text(browser, "#wait-reason"), 20, 0.05, what="the reason to say revoked")
+        assert count(browser, "#node-actions button") == 0
+        assert count(browser, "#attention") == 0
+        browser.get(f"{served.url}/#/p/{pipeline['id']}/n/{node}")  # and so from a fresh load
+        find(browser, "#wait-reason")
+        wait_until(lambda: "is revoked" in text(browser, "#wait-reason"), 20, 0.05, what="the panel")
+        assert count(browser, "#node-actions button") == 0 and count(browser, "#attention") == 0
+
+
 def _alert(driver: Any) -> Any:
     from selenium.common.exceptions import NoAlertPresentException
 

@@ -196,6 +196,32 @@ def test_revoke_exits_1_on_status(cli: Cli) -> None:
     assert again.returncode == 5 and "REVOKED" in again.stderr
 
 
+def test_a_revoked_pipelines_failed_node_is_not_offered_a_retry(embedded: Cli) -> None:
+    # A new user's trial: after `culm revoke`, status and watch still said "an operator may retry
+    # it ... skip it or revoke the pipeline" and printed the retry and revoke commands, which the
+    # engine then refused (its pipeline is revoked).
+    path, tree, (node,) = tree_file(embedded, "t_fail")
+    root = tree["id"]
+    run_until_failed(embedded, path, tree)
+    assert embedded("revoke", root).returncode == 0
+    status = embedded("status", root)
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert f"waits: failed; pipeline {root} is revoked: it can no longer be retried or skipped" in status.stdout
+    assert "1 failed node(s) inside a revoked pipeline: they can no longer be retried or skipped" in status.stdout
+    assert "culm retry" not in status.stdout and "culm revoke" not in status.stdout
+    reason = embedded.json("status", root)["tree"]["children"][node]["wait_reason"]
+    assert reason["kind"] == "failed" and reason["revoked"] is True
+    watched = embedded("watch", root)
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    assert "revoked, they can no longer be retried or skipped" in watched.stdout
+    assert "culm retry" not in watched.stdout
+    refused = embedded("retry", node)
+    assert refused.returncode == 5 and "revoked" in refused.stderr
+    # A node's own status has no progress line, and no empty line in its place.
+    alone = embedded("status", node)
+    assert alone.returncode == 1 and not alone.stdout.endswith("\n\n"), repr(alone.stdout)
+
+
 def test_skip_force_fail_pause_node_and_set_context(cli: Cli) -> None:
     path, tree, (first, second) = tree_file(cli, "t_callback", "t_fail")
     root = tree["id"]
@@ -293,6 +319,21 @@ def test_run_attach_continues_an_interrupted_run(embedded: Cli) -> None:
     attached = embedded("run", "--attach", root)
     assert attached.returncode == 0, attached.stdout + attached.stderr
     assert f"pipeline {root} FINISHED" in attached.stdout
+
+
+def test_a_run_another_process_runs_is_followed_there_not_attached(embedded: Cli) -> None:
+    # A new user's trial: with `culm serve` running the file's work, `culm run --timeout` said
+    # "continue it with `culm run --attach ...`", though the service goes on with it anyway.
+    import components  # noqa: F401 - the runner below runs t_callback
+
+    path, tree, (node,) = tree_file(embedded, "t_callback")
+    with culm.Runtime(embedded.db):  # this process holds the file's runner lock
+        out = embedded("run", str(path), "--timeout", "2")
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert f"step1 ({node}): waits for a callback with version" in out.stdout
+        assert "another process runs the work of" in out.stdout
+        assert f"follow it with `culm watch {tree['id']}`" in out.stdout
+        assert "--attach" not in out.stdout
 
 
 def test_run_set_overrides_a_declared_input_and_refuses_others(embedded: Cli) -> None:

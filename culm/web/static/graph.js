@@ -259,9 +259,13 @@
     }
     const name = () => (page.tree && page.tree.name) || pipelineId;
     // The nodes that wait for someone (failed, waiting for a callback, stopped at a pause), each a
-    // link that opens its panel: in a big graph they may be far off screen.
+    // link that opens its panel: in a big graph they may be far off screen. Inside a revoked
+    // pipeline no one can move them (the engine refuses every node command there): none is listed.
     function attention() {
+      const root = page.states[pipelineId];
+      if (root && root.state === "REVOKED") return "";
       const waiting = Object.entries(page.states).filter(([id, e]) => id !== pipelineId && page.index[id]
+        && !(e.wait_reason && e.wait_reason.revoked)
         && (e.state === "FAILED" || (e.wait_reason && ["callback", "pause_appointed"].includes(e.wait_reason.kind))));
       if (!waiting.length) return ""; // not null: replaceChildren writes it as the text "null"
       const what = (e) => (e.state === "FAILED" ? "failed" : e.wait_reason.kind === "callback" ? "waits for a callback"

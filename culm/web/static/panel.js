@@ -34,6 +34,13 @@
     return out;
   };
 
+  // Whether the node lies inside a revoked pipeline (the root, or a subprocess around it, as its
+  // wait reason says): the engine then refuses every node command, so the panel offers none.
+  culm.revokedAround = function (page, entry) {
+    const root = page.tree && page.states[page.tree.id];
+    return Boolean((root && root.state === "REVOKED") || (entry && entry.wait_reason && entry.wait_reason.revoked));
+  };
+
   function section(title, body) {
     const part = document.createDocumentFragment();
     part.append(el("h4", { text: title }), body);
@@ -264,10 +271,11 @@
     const ref = page.index[nodeId];
     const node = ref ? ref.node : { id: nodeId, type: "Pipeline" };
     const entry = page.states[nodeId];
+    const allowed = culm.revokedAround(page, entry) ? [] : culm.actionsFor(node, entry);
     // A live change elsewhere redraws the panel; an operator typing into a form of this node
     // keeps it (and the text and focus) as long as the node's state still allows its command.
     const open = panel.dataset.node === nodeId && panel.querySelector("#action-form");
-    if (open && culm.canOperate() && culm.actionsFor(node, entry).some(([, op]) => op === open.dataset.op)) {
+    if (open && culm.canOperate() && allowed.some(([, op]) => op === open.dataset.op)) {
       panel.querySelector("#panel-state").replaceChildren(culm.badge(entry && entry.state));
       const waiting = panel.querySelector("#wait-reason");
       if (waiting && entry && entry.wait_reason) waiting.textContent = culm.inert(entry.wait_reason.text);
@@ -302,7 +310,7 @@
     const actions = el("div", { class: "actions", id: "node-actions" });
     const formSlot = el("div");
     if (culm.canOperate()) {
-      for (const [label, op, form] of culm.actionsFor(node, entry)) {
+      for (const [label, op, form] of allowed) {
         const send = async (body) => {
           const url = op.startsWith("pipeline:")
             ? `/api/v1/pipelines/${encodeURIComponent(nodeId)}/${op.slice(9)}`
@@ -326,9 +334,9 @@
         actions.append(button);
       }
     }
-    if (!culm.canOperate() && culm.actionsFor(node, entry).length) {
+    if (!culm.canOperate() && allowed.length) {
       actions.append(el("span", { class: "muted", id: "read-only", text: "Your token has the " + culm.me.role
-        + " role: it may look but not act; " + culm.actionsFor(node, entry).map(([label]) => label.toLowerCase()).join(", ")
+        + " role: it may look but not act; " + allowed.map(([label]) => label.toLowerCase()).join(", ")
         + " need an operator or admin token." }));
     }
     const reason = entry && entry.wait_reason;
