@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 
 from culm._printable import engine_logger
 from culm.core import joins
-from culm.core.ports import Dispatcher, Lease, Store, Unit, UserData
+from culm.core.ports import Dispatcher, Lease, RowCopies, Store, Unit, UserData
 from culm.core.records import new_id, now
 from culm.core.settings import Settings, process_settings
 from culm.core.state_tree import StateTrees
@@ -39,6 +39,10 @@ class Engine:
         self._root_data: OrderedDict[str, UserData] = OrderedDict()
         self._graphs_lock = threading.Lock()
         self.state_trees = StateTrees()  # what get_pipeline_states read last, per pipeline
+        # The embedded runner's kept copies of rows (culm.storage.cache), set by the dispatcher
+        # that owns them while it runs: a new run's rows go into them as they are written, so the
+        # engine's first step of the run reads none of them back.
+        self.copies: RowCopies | None = None
 
     # -- transactions ---------------------------------------------------------------------
     @contextlib.contextmanager
@@ -46,11 +50,12 @@ class Engine:
         """A transaction whose tasks are dispatched and signals sent after it commits.
 
         Unless it only inserts rows of a new run (``new_rows_only``), it announces that it changes
-        existing rows, so an embedded engine drops its copies of them (``culm.storage.cache``).
+        existing rows, so an embedded engine drops its copies of them (``culm.storage.cache``);
+        one that does writes them into the runner's copies (``copies``) as well.
         ``graph``: a new run's compiled graph, kept once the run is committed and before its tasks
         are dispatched (a distributed dispatcher names the first walk's reads in the message).
         """
-        with self.store.transaction() as unit:
+        with self.store.transaction(cache=self.copies if new_rows_only else None, adds_only=new_rows_only) as unit:
             if not new_rows_only:
                 unit.announce_change()
             step = Step(unit)

@@ -330,7 +330,9 @@ class NodeData(Protocol):
 
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
 
-    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None: ...
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue], *, checked: bool = False) -> None:
+        """``checked``: the engine's copy of a node's outputs, refused past the budget
+        (StoredBytesBudgetError, nothing written) when over STORED_BYTES_CHECK_AT bytes."""
 
     def check_context_growth(self, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
         """Raise StoredBytesBudgetError when storing ``values`` in place of ``replaced`` (context
@@ -503,9 +505,12 @@ class RowCopies(Protocol):
 class Store(Protocol):
     """Hands out units of work."""
 
-    def transaction(self, cache: RowCopies | None = None) -> AbstractContextManager[Unit]:
+    def transaction(self, cache: RowCopies | None = None, *, adds_only: bool = False) -> AbstractContextManager[Unit]:
         """A read-write unit committed at the end of the block; ``cache``: the engine thread's
-        kept copies of rows, kept right by the store (and dropped when the unit rolls back)."""
+        kept copies of rows, kept right by the store (and dropped when the unit rolls back).
+        ``adds_only``: the unit only adds a new run's rows (run_pipeline), which ``cache`` takes
+        without first checking that it is current: the engine's next transaction checks that,
+        and drops them with the rest when it is not."""
         ...
 
     def reading(self, *, snapshot: bool = False) -> AbstractContextManager[Unit]:

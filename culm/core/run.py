@@ -128,9 +128,9 @@ class Run:
                  cdata.output_mapping(self.graph, self.node) if src in counters]
         self.upsert_context(pipeline_id, seeds)
 
-    def upsert_context(self, pipeline_id: str, values: list[ContextValue]) -> None:
+    def upsert_context(self, pipeline_id: str, values: list[ContextValue], *, checked: bool = False) -> None:
         if values:
-            self.unit.upsert_context(pipeline_id, values)
+            self.unit.upsert_context(pipeline_id, values, checked=checked)
 
     def record_history(self, *, always: bool = False) -> None:
         record_history(self.unit, self.state, always=always)

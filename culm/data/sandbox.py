@@ -35,6 +35,7 @@ from culm.data.sandbox_guards import (
     parse_cached,
     render_limited,
 )
+from culm.data.sandbox_objects import TEXT_DUNDERS, operator_refusal
 from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 __all__ = [
@@ -251,8 +252,17 @@ def safe_str(value: Any, limit: int | None = None) -> str:
 
     Raises:
         ExpressionLimitError: The value is too big to turn into text.
+        ExpressionRefusedError: The value, or one it holds, would run its class's own ``__str__``,
+            ``__repr__`` or ``__format__`` (unless ``TRUST_CONTEXT_OBJECTS``).
     """
-    return render_limited(value, MAX_SEQUENCE_LENGTH if limit is None else limit)
+    return render_limited(value, MAX_SEQUENCE_LENGTH if limit is None else limit,
+                          None if TRUST_CONTEXT_OBJECTS else _plain_text)
+
+
+def _plain_text(value: Any) -> None:
+    refusal = operator_refusal(value, TEXT_DUNDERS, "turning into text")
+    if refusal is not None:
+        raise refusal
 
 
 _parsed = PARSED  # the memo of parsed expressions, for callers that inspect it

@@ -43,6 +43,12 @@ from culm.data.sandbox_guards import (
     user_method,
 )
 from culm.data.sandbox_objects import (
+    COMPARE_DUNDERS,
+    HASH_DUNDERS,
+    TEXT_DUNDERS,
+    TRUTH_DUNDERS,
+    operator_refusal,
+    own_operator,
     protocol_refusal,
     python_value_method,
     read_attribute,
@@ -85,6 +91,10 @@ class Builtin:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self._ev.tick()
         self._ev.check_clock()  # every call, so that slow calls cannot run back to back unseen
+        dunders = _BUILTIN_OPERATORS.get(self._name)
+        if dunders is not None:
+            for arg in (*args, *kwargs.values()):
+                self._ev.plain(arg, dunders, f"{self._name}() of")
         return self._ev.built(self._fn(self._ev, *args, **kwargs))
 
     def __repr__(self) -> str:
@@ -120,7 +130,7 @@ def _no_tick() -> None:
 
 
 class Evaluator:
-    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "memory", "builtins", "sizes")
+    __slots__ = ("names", "lim", "deadline", "steps", "allocated", "memory", "builtins", "sizes", "checked")
 
     def __init__(self, names: Mapping[str, Any], lim: Limits, deadline: float | None) -> None:
         self.names = names
@@ -132,6 +142,7 @@ class Evaluator:
         self.memory = 0
         self.builtins: dict[str, Any] = {}
         self.sizes: dict[int, tuple[Any, int, int]] = {}
+        self.checked: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     # -- accounting
 
@@ -276,11 +287,40 @@ class Evaluator:
         if refusal is not None:
             raise refusal
 
+    def plain(self, value: Any, dunders: tuple[str, ...], what: str) -> None:
+        """Refuse ``what`` ``value`` when it, or a value it holds, would run its class's own
+        ``dunders`` (a client's ``__eq__``, a model's ``__str__``), unless the limits trust the
+        context's objects."""
+        if type(value) in _PLAIN_VALUES or self.lim.trust_objects:
+            return
+        large = isinstance(value, CONTAINERS) and len(value) >= 64
+        if large:
+            known = self.checked.get((id(value), dunders))
+            if known is value:  # no expression mutates a value: one walk per evaluation
+                return
+        refusal = operator_refusal(value, dunders, what)
+        if refusal is not None:
+            raise refusal
+        if large:
+            self.checked[(id(value), dunders)] = value  # the reference keeps the id from being reused
+
+    def operand(self, value: Any, dunders: tuple[str, ...]) -> None:
+        """Refuse an operator (``dunders``) of an object whose class wrote it (its own code); the
+        values it holds are not walked: the built-in containers' operators never call theirs."""
+        if type(value) in _PLAIN_VALUES or self.lim.trust_objects:
+            return
+        if own_operator(type(value), dunders) is not None:
+            raise operator_refusal(value, dunders, "an operator on") or ExpressionError("an operator")
+
     def truth(self, value: Any) -> bool:
         """``bool(value)``; refused, as ``len(value)`` is, for an object whose class measures it
         with its own ``__len__`` (a queryset counts its rows) and has no ``__bool__``."""
         kind = type(value)
-        if kind in _PROTOCOL_TYPES or self.lim.trust_objects or not hasattr(kind, "__len__") or hasattr(kind, "__bool__"):
+        if kind in _PROTOCOL_TYPES or self.lim.trust_objects:
+            return bool(value)
+        if own_operator(kind, ("__bool__",)) is not None:
+            self.plain(value, ("__bool__",), "testing the truth of")
+        if not hasattr(kind, "__len__") or hasattr(kind, "__bool__"):
             return bool(value)
         refusal = protocol_refusal(value, "testing the truth of")
         if refusal is not None:
@@ -292,7 +332,7 @@ class Evaluator:
         all() or any() tests them in C (one pass over their types, in C too)."""
         if not self.lim.trust_objects and type(items) not in (str, bytes, range):
             for kind in set(map(type, items)) - _PROTOCOL_TYPES:
-                if hasattr(kind, "__len__") and not hasattr(kind, "__bool__"):
+                if (hasattr(kind, "__len__") and not hasattr(kind, "__bool__")) or own_operator(kind, TRUTH_DUNDERS):
                     self.truth(next(item for item in items if type(item) is kind))
         return items
 
@@ -311,6 +351,7 @@ class Evaluator:
         CPython compares a new key with every stored key of the same hash, so n keys that collide
         (all multiples of 2**61-1 do) cost n**2/2 comparisons inside one C call.
         """
+        self.plain(items, HASH_DUNDERS, f"{what}: hashing")
         if len(items) <= MAX_HASH_COLLISIONS:
             return items
         groups: dict[int, list[Any]] = {}
@@ -356,7 +397,9 @@ class Evaluator:
     def e_unaryop(self, node: ast.UnaryOp, scope: dict[str, Any]) -> Any:
         if isinstance(node.op, ast.Not):
             return not self.truth(self.eval(node.operand, scope))
-        return self.built(_UNARYOPS[type(node.op)](self.eval(node.operand, scope)))
+        operand = self.eval(node.operand, scope)
+        self.operand(operand, _UNARY_DUNDERS[type(node.op)])
+        return self.built(_UNARYOPS[type(node.op)](operand))
 
     def e_boolop(self, node: ast.BoolOp, scope: dict[str, Any]) -> Any:
         is_and = isinstance(node.op, ast.And)
@@ -372,6 +415,9 @@ class Evaluator:
         for op, comparator in zip(node.ops, node.comparators, strict=True):
             right = self.eval(comparator, scope)
             kind = type(op)
+            if kind not in _IDENTITY:
+                self.plain(left, _COMPARED, "comparing")
+                self.plain(right, _COMPARED, "comparing")
             if kind in _MEMBERSHIP:
                 self.reach(right, "testing membership in")
             if kind in _MEMBERSHIP and self.lazy(right) and not hasattr(type(right), "__contains__"):
@@ -391,6 +437,8 @@ class Evaluator:
         key = self.eval(node.slice, scope)
         check_subscript(obj, key)
         self.reach(obj, "indexing")
+        for part in (key.start, key.stop, key.step) if type(key) is slice else (key,):
+            self.plain(part, _KEYED, "indexing by")
         if isinstance(key, slice):  # a copy: charged like any other value built
             return self.built(obj[key])
         return obj[key]
@@ -436,6 +484,7 @@ class Evaluator:
 
     def e_formattedvalue(self, node: ast.FormattedValue, scope: dict[str, Any]) -> Any:
         value = self.eval(node.value, scope)
+        self.plain(value, TEXT_DUNDERS, "formatting")
         if node.conversion != -1:
             self.ensure_length(self.size(value), "converted value")
             value = (
@@ -511,6 +560,8 @@ class Evaluator:
     def binop(self, op: ast.operator, left: Any, right: Any) -> Any:
         kind = type(op)
         self.check_clock()
+        self.operand(left, _BINOP_DUNDERS[kind])
+        self.operand(right, _BINOP_DUNDERS[kind])
         if kind is ast.Add:
             self.check_add(left, right)
         elif kind in _INT_QUADRATIC and isinstance(left, int) and isinstance(right, int):
@@ -626,7 +677,13 @@ class Evaluator:
                 raise ExpressionError("format_map() takes exactly one mapping")
             if mapping is not None:
                 self.reach(mapping, "formatting from")
+            for arg in (*args, *kwargs.values()):
+                self.plain(arg, TEXT_DUNDERS, "formatting")
             return self.built(safe_format(self, obj, args, kwargs, mapping))
+        for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
+            self.plain(arg, _COMPARED_SHOWN if name == "index" else _METHOD_ARGS, f"{name}() of")
+        if args and not isinstance(obj, str):
+            self.plain(obj, _COMPARED, f"{name}() of")
         if issubclass(type(obj), str):
             args = precheck_str_method(self, obj, name, args, kwargs)
         elif issubclass(type(obj), set | frozenset) and args:
@@ -669,6 +726,26 @@ def precheck_value_method(ev: Evaluator, obj: Any, name: str, args: tuple[Any, .
 _FORMATTED = (str, bytes, bytearray)
 _RARE_RESULTS = frozenset({Fraction, *OTHER_SEQUENCES})
 _MEMBERSHIP = frozenset({ast.In, ast.NotIn})
+_IDENTITY = frozenset({ast.Is, ast.IsNot})
+_BINOP_DUNDERS: dict[type, tuple[str, ...]] = {
+    kind: (f"__{name}__", f"__r{name}__", "__index__")  # 'a' * x takes x's __index__
+    for kind, name in zip(_BINOPS, "add sub mul truediv floordiv mod pow lshift rshift or xor and".split(), strict=True)
+}
+_UNARY_DUNDERS = {ast.UAdd: ("__pos__",), ast.USub: ("__neg__",), ast.Invert: ("__invert__",)}
+# Values whose operators are the interpreter's: no object's code runs on them.
+_PLAIN_VALUES = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
+_COMPARED = (*COMPARE_DUNDERS, "__hash__")
+_METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__
+_COMPARED_SHOWN = (*_METHOD_ARGS, "__repr__")
+_KEYED = ("__hash__", "__eq__", "__index__")
+# The operators each builtin runs on its arguments (and on what they hold).
+_BUILTIN_OPERATORS: dict[str, tuple[str, ...]] = {
+    "str": TEXT_DUNDERS, "sorted": COMPARE_DUNDERS, "min": COMPARE_DUNDERS, "max": COMPARE_DUNDERS,
+    "set": HASH_DUNDERS, "dict": HASH_DUNDERS, "sum": ("__add__", "__radd__"),
+    "int": ("__int__", "__index__", "__trunc__"), "float": ("__float__", "__index__"), "abs": ("__abs__",),
+    "round": ("__round__", "__index__"), "enumerate": ("__index__",), "pow": ("__pow__", "__rpow__", "__index__"), "range": ("__index__",),
+    "slice": ("__index__",),
+}  # fmt: skip
 # Built-in types whose protocols (iteration, indexing, len, in) an expression always uses directly.
 _PROTOCOL_TYPES = frozenset({
     str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS, enumerate, zip, reversed,

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_guards import clip
+from culm.data.sandbox_objects import PERCENT_DUNDERS
 from culm.errors import ExpressionError, ExpressionLimitError
 
 if TYPE_CHECKING:
@@ -112,6 +113,7 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     if not isinstance(args, tuple) and "%(" in text_of(fmt):
         # "%(key)s" indexes whatever is not a tuple, a Mapping or not (a client's __getitem__)
         ev.reach(args, "formatting from")
+    ev.plain(args, PERCENT_DUNDERS, "formatting")
     text = text_of(fmt)
     for key, width in percent_fields(text, ev.lim.max_format_width, ev.check_clock):
         estimate += width + PER_FIELD_SLACK

@@ -86,6 +86,7 @@ _COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
 # Dict views are measured like the containers they show: str() of one is as long as its dict's.
 DICT_VIEWS: tuple[type[Collection[Any]], ...] = (type({}.keys()), type({}.values()), type({}.items()))
 CONTAINERS: tuple[type[Collection[Any]], ...] = (list, tuple, set, frozenset, dict, *DICT_VIEWS)
+_CONTAINER_TYPES = frozenset(CONTAINERS)
 SIZED = (str, bytes, list, tuple, set, frozenset, dict)
 # Other sequences a context may hold (a component's output), which * and + repeat and "%" formats:
 # checked by their length only (deque([1]) * 10**9 held 8 GB).
@@ -240,9 +241,15 @@ def measure(
     if not isinstance(value, CONTAINERS):
         return _scalar_size(value), scalar_bytes(value)
     total = mem = 0
-    stack = [value]
+    stack: list[Any] = [value]
+    popped = 0
     while stack:
         item = stack.pop()
+        popped += 1
+        if popped == _CYCLE_CHECK_AFTER:
+            # a value holding itself would be walked until the limits: refused at once instead
+            # (a DAG of shared lists walks long too, and is told apart here once)
+            _refuse_cycle(value, tick)
         total += 2 + 2 * len(item)
         mem += (TABLE_BYTES if isinstance(item, dict | set | frozenset) else POINTER_BYTES) * len(item) + 64
         flat = _flat_measure(item) if len(item) >= 256 and not isinstance(item, dict) else None
@@ -273,6 +280,44 @@ def measure(
             return total, mem
         tick()
     return total, mem
+
+
+# Containers :func:`measure` walks before it looks for a cycle (cheap below: most values hold fewer).
+_CYCLE_CHECK_AFTER = 4_096
+_CYCLE_CHECK_MAX = 100_000  # items looked at: a cycle past them is measured to the limits, as before
+
+
+def _refuse_cycle(value: Any, tick: Callable[[], None]) -> None:
+    """Raise when ``value`` holds itself: a depth-first walk of its distinct containers (each once,
+    however often it is shared), until it has looked at ``_CYCLE_CHECK_MAX`` items."""
+    done: set[int] = set()
+    path: set[int] = set()
+    looked = 0
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        item, leaving = stack.pop()
+        key = id(item)
+        if leaving:
+            path.discard(key)
+            done.add(key)
+            continue
+        if key in path:
+            raise ExpressionLimitError(
+                f"a {type(value).__name__} value holds itself (a {type(item).__name__} inside itself): it has "
+                "no end to measure or write out")
+        if key in done:
+            continue
+        path.add(key)
+        stack.append((item, True))
+        children: Any = itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else item
+        if isinstance(item, list | tuple) and not any(map(_CONTAINER_TYPES.__contains__, map(type, item))):
+            children = ()  # no container in it, seen in C
+        stack.extend((child, False) for child in children if isinstance(child, CONTAINERS))
+        looked += len(item)
+        if looked > _CYCLE_CHECK_MAX:
+            return  # measured to the limits as before
+        if not len(done) & 1023:
+            tick()
 
 
 POINTER_BYTES = 8
@@ -329,9 +374,38 @@ def describe(exc: BaseException) -> str:
 
 
 def _short_repr(value: Any) -> str:
-    if size_of(value, 400, lambda: None) > 400:
+    if not _reprable(value):
+        return f"<{type(value).__name__}>"
+    try:
+        too_long = size_of(value, 400, lambda: None) > 400
+    except ExpressionLimitError:
+        too_long = True  # a list holding itself
+    if too_long:
         return f"<{type(value).__name__}>"
     return repr(value)
+
+
+_REPRABLE = frozenset({str, int, float, bool, type(None), bytes, complex, range, slice})
+_REPR_HOLDERS = frozenset({list, tuple, set, frozenset, dict})
+
+
+def _reprable(value: Any) -> bool:
+    """Whether ``repr(value)`` runs only the interpreter's and the value types' code: an error
+    message (``KeyError(key)``) must not run an object's own ``__repr__`` (nor write the text it
+    makes, or a memory address, into a node's ``ex_data``)."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _REPRABLE or kind.__module__.partition(".")[0] in VALUE_MODULES:
+            continue
+        if kind not in _REPR_HOLDERS:
+            return False
+        seen += len(item)
+        if seen > 1_000:
+            return False  # clipped to 160 characters anyway
+        stack.extend(itertools.chain.from_iterable(item.items()) if kind is dict else item)
+    return True
 
 
 def clip(text: str, width: int = 80) -> str:
@@ -388,7 +462,7 @@ def user_method(func: Any) -> bool:
 
 
 
-def render_limited(value: Any, limit: int) -> str:
+def render_limited(value: Any, limit: int, check: Callable[[Any], None] | None = None) -> str:
     """``str(value)``, refused when the text would be longer than ``limit`` characters.
 
     Raises:
@@ -399,6 +473,8 @@ def render_limited(value: Any, limit: int) -> str:
         return value
     if size_of(value, limit, lambda: None) > limit:
         raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")
+    if check is not None:
+        check(value)  # after the size: a walk of a value too large to render would be wasted
     try:
         text = str(value)
     except Exception as exc:  # noqa: BLE001 - an object's own __str__ (a lazy variable's value), an int

@@ -25,6 +25,7 @@ expression (a fragment the sandbox cannot evaluate otherwise stays text, as bamb
 
 from __future__ import annotations
 
+import collections
 import datetime
 import decimal
 import enum
@@ -164,3 +165,115 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
         f"{what} a {kind_name(obj)} object is refused: it runs the object's code (a file iterated "
         f"is read, a client indexed is queried); {_HINT}"
     )
+
+
+# ---------------------------------------------------------------- operators of objects
+
+# What Python calls on an object to splice, compare, hash, add or test it: each is the object's
+# own code when its class (not the standard library) wrote it. A requests.Session compared, a
+# client's __str__ that logs in, a model's __eq__ that queries: a template that splices or
+# compares an object must not run it (docs/data-and-variables.md, "Objects in the context").
+TEXT_DUNDERS = ("__str__", "__repr__", "__format__")
+COMPARE_DUNDERS = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__")
+HASH_DUNDERS = ("__hash__", "__eq__")
+TRUTH_DUNDERS = ("__bool__", "__len__")
+# What a number, a count or a width taken from an object runs ('a' * x, '%d' % x, s.center(x)).
+NUMBER_DUNDERS = ("__index__", "__int__", "__float__")
+# What formatting an object with "%" runs: its text, or its number for %d, %x, %f...
+PERCENT_DUNDERS = TEXT_DUNDERS + NUMBER_DUNDERS
+ARITH_DUNDERS = tuple(
+    f"__{prefix}{name}__"
+    for name in "add sub mul truediv floordiv mod pow lshift rshift and or xor matmul divmod".split()
+    for prefix in ("", "r")
+) + ("__neg__", "__pos__", "__invert__", "__abs__", "__int__", "__float__", "__index__", "__round__",
+     "__trunc__", "__floor__", "__ceil__", "__complex__")
+# Modules whose classes' operators only compute on the values they hold.
+_TRUSTED_CODE = _PROTOCOL_MODULES | {"enum", "dataclasses", "numbers", "abc", "typing"}
+_SANDBOX_MODULE = "culm.data.sandbox_eval"  # the builtins and methods it hands an expression
+_PLAIN = frozenset({str, int, float, bool, type(None), bytes, complex})
+_HOLDERS = (list, tuple, set, frozenset, dict, collections.deque)
+_verdicts: dict[tuple[type, tuple[str, ...]], str | None] = {}
+
+
+def own_operator(kind: type, dunders: tuple[str, ...]) -> str | None:
+    """The first of ``dunders`` that ``kind`` runs as its own code (its class or a non-standard
+    base wrote it), or None: a built-in, a value type's, an enum's, a namedtuple's and a
+    dataclass's generated operators only compute on the values they hold."""
+    key = (kind, dunders)
+    known = _verdicts.get(key, _ABSENT)
+    if known is not _ABSENT:
+        return known  # type: ignore[return-value]
+    verdict = None
+    for name in dunders:
+        owner, found = _class_attribute(kind, name)
+        if found is _ABSENT or found is None or _computes(kind, owner, found):
+            continue
+        verdict = name
+        break
+    if len(_verdicts) > 4096:
+        _verdicts.clear()
+    _verdicts[key] = verdict
+    return verdict
+
+
+def _computes(kind: type, owner: type | None, found: Any) -> bool:
+    func = found.__func__ if isinstance(found, classmethod | staticmethod) else found
+    if isinstance(func, types.FunctionType):
+        if _top(func.__module__) in _TRUSTED_CODE or func.__module__ == _SANDBOX_MODULE:
+            return True  # a namedtuple's __repr__, an Enum's __str__
+        # the repr, eq and order methods dataclasses wrote from the fields (their values are walked)
+        code = getattr(getattr(func, "__wrapped__", func), "__code__", None)
+        return "__dataclass_fields__" in kind.__dict__ and code is not None and code.co_filename == "<string>"
+    return owner is not None and (_top(owner.__module__) in _TRUSTED_CODE or owner.__module__ == _SANDBOX_MODULE)
+
+
+def operator_refusal(value: Any, dunders: tuple[str, ...], what: str) -> ExpressionRefusedError | None:
+    """Why ``what`` (splicing, comparing, ...) ``value`` is refused: it, or a value it holds (a
+    list's item, a dict's key, a dataclass's field), runs its class's own ``dunders``; or None."""
+    stack = [value]
+    seen: set[int] = set()
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind in _PLAIN:
+            continue
+        if isinstance(item, _HOLDERS) or dataclass_like(item):
+            if id(item) in seen:
+                continue
+            seen.add(id(item))
+        found = own_operator(kind, dunders)
+        if found is not None:
+            return ExpressionRefusedError(
+                f"{what} a {kind_name(item)} object is refused: its class's {found} is its own code, "
+                f"which a template does not run; {_HINT}"
+            )
+        if isinstance(item, dict):  # the built-in type's own iteration, never a subclass's override
+            held: Any = [*dict.keys(item), *dict.values(item)]
+        elif isinstance(item, _HOLDERS):
+            if kind in _HOLDERS:
+                held = item
+            else:  # the built-in type's own iteration, never a subclass's override
+                base: Any = next(klass for klass in _HOLDERS if isinstance(item, klass))
+                held = list(base.__iter__(item))
+        elif dataclass_like(item):
+            held = [field for name in type(item).__dataclass_fields__
+                    if (field := _stored(item, name)) is not _ABSENT]
+        else:
+            continue
+        if set(map(type, held)) <= _PLAIN:
+            continue  # scalars only, checked in C
+        stack.extend(child for child in held if type(child) not in _PLAIN)
+    return None
+
+
+def dataclass_like(obj: Any) -> bool:
+    return "__dataclass_fields__" in type(obj).__dict__ or any(
+        "__dataclass_fields__" in klass.__dict__ for klass in type(obj).__mro__[1:-1]
+    )
+
+
+def _stored(obj: Any, name: str) -> Any:
+    try:
+        return object.__getattribute__(obj, name)
+    except AttributeError:
+        return _ABSENT

@@ -151,7 +151,7 @@ class EngineWatchdog:
 
     Timed is the transaction and the engine's own steps in it; not what follows its commit
     (signal receivers and after-commit hooks: user code; broker publishes), nor a wait for a lock
-    another session holds (asked of the store on a connection of its own, PostgreSQL only: the
+    another session holds (asked of the store on a connection of its own, PostgreSQL and MariaDB: the
     next worker would wait for the same lock). A transaction that does not end (a statement
     waiting for ever on a wedged connection, a server-side hang) holds its tasks' rows, while the heartbeat, on other connections, keeps beating and
     extending their leases: no other worker would ever take them, the pipeline RUNNING with no
@@ -220,7 +220,7 @@ class EngineWatchdog:
 
     def _lock_waits(self, thread: threading.Thread | None) -> int:
         """Whether the engine thread's batch transaction waits for a lock only other processes'
-        sessions hold (PostgreSQL; asked on a short connection of its own). Another thread of this
+        sessions hold (PostgreSQL, MariaDB; asked on a short connection of its own). Another thread of this
         process waiting (for the engine's rows, say) does not count, nor a wait for this process's
         own sessions. A failed question counts as none: a wedged server is the watchdog's case."""
         loop = self.state.runner.loop

@@ -343,6 +343,8 @@ class ThreadDispatcher:
     def start(self, engine: Any) -> None:
         """Bind to ``engine``, recover leftover tasks and start the threads."""
         self.engine = engine
+        if self.cache is not None:
+            engine.copies = self.cache  # run_pipeline writes a new run's rows into them too
         if self.sole_runner:
             with engine.store.transaction() as unit:
                 unit.release_leases()  # we are the only runner of this database: old leases are void
@@ -363,6 +365,8 @@ class ThreadDispatcher:
     def close(self, timeout: float = 10.0) -> None:
         """Stop taking work, let running user code end (up to ``timeout``), stop the threads."""
         self._stopping.set()
+        if self.engine is not None and self.cache is not None and self.engine.copies is self.cache:
+            self.engine.copies = None
         with self._lock:
             self._lock.notify_all()
         self._ready.put(None)

@@ -11,10 +11,12 @@ A store checks a write of a node's payloads against the budget only when the wri
 whatever the size (a retry's history, each callback of a node taking many, the growth of an
 operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
-writes; another writer's still in flight is not waited for, so writers racing on one pipeline
-that share no row lock may pass its budget by what they have in flight: the callbacks of one node
-hold its state row, and an operator's context or outputs update the root's, so those do not) and refuses the write when the bytes held plus the
-write would be over. Ordinary writes cost nothing more: the triggers count them inside the
+writes) and refuses the write when the bytes held plus the write would be over. A write of
+another transaction still in flight is not seen: the checks of callbacks (to any node) and of
+context updates of one pipeline take its budget lock first and hold it to their commit
+(``SqlUnit.stored_bytes``), so each sees what the one before stored; the engine's own writes of
+parallel branches do not (they may have written counted rows before their check, and waiting then
+could deadlock), so those may pass the budget by what they have in flight at once. Ordinary writes cost nothing more: the triggers count them inside the
 database, with no statement of their own. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
 set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
 the sum of every counter row, read again only near that bound or once a second).
@@ -82,15 +84,36 @@ def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object]
     ``pipeline_id``'s root past its budget (or every pipeline past theirs), whatever their size.
     ``unit``: a store's unit, with ``stored_bytes`` and ``stored_total_after``."""
     if (size := growth(replaced, values)) > 0:
-        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id), unit.stored_total_after,
+        # Its transaction has written nothing counted yet: it may wait for the budget lock.
+        check(pipeline_id, "context values", size, lambda: unit.stored_bytes(pipeline_id, serialise=True),
+              unit.stored_total_after,
               always=True, what="pipeline")
+
+
+def check_context_copy(unit: Any, pipeline_id: str, size: int, replaced: Callable[[], int]) -> None:
+    """Refuse the engine's copy of ``size`` bytes of values into pipeline ``pipeline_id``'s context
+    (a node's outputs, by the tree's output mapping), past
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes, when what they add over the values
+    they replace (``replaced()``: their stored bytes, read only then) would take its root past its
+    budget. The mapping is the template's: 40 variables taking one node's 1 MB output stored 40 MB
+    more, unchecked, past a 20 MB budget (session 19), and a tree may name thousands."""
+    if size <= limits.STORED_BYTES_CHECK_AT:
+        return
+
+    def held() -> tuple[str, int, int]:
+        root_id, stored, _own = unit.stored_bytes(pipeline_id)
+        old = replaced()
+        return root_id, stored - old, old
+
+    check(pipeline_id, "context values", size, held, unit.stored_total_after, what="pipeline")
 
 
 class UnitChecks:
     """The budget checks a store's unit offers the engine (culm.core.ports.Unit), written once for
     the SQL and memory units: they read ``stored_bytes`` and ``stored_total_after``."""
 
-    def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
+    def stored_bytes(self, node_id: str, replacing: str | None = None, *,
+                     serialise: bool = False) -> tuple[str, int, int]:
         raise NotImplementedError
 
     def stored_total_after(self, grows: int, *, counted: int = 0) -> int:

@@ -169,6 +169,24 @@ class CachedUnit(SqliteUnit):
         self._unsent_acks.clear()
         super()._drop_unsent()
 
+    # -- a new run (run_pipeline's transaction, on the submitting thread) -----------------------
+    def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """A new run's node index (its root's own row among the rows): the root is kept from here
+        on as it stands, no state row and no context value yet, so the rows run_pipeline writes
+        next (root state, contexts, process, task) go into the copies as they are written, and
+        the engine's first step of the run reads none of them back. The write lock orders this
+        transaction with the engine thread's, so the copies still have one user at a time."""
+        super().add_nodes(rows)
+        c = self.cache
+        for root_id in [r[0] for r in rows if r[0] == r[1] and r[0] not in c.roots]:
+            nodes = [r[0] for r in rows if r[1] == root_id]
+            for nid in nodes:
+                c.node_root[nid] = root_id
+            for pipeline_id in {r[2] for r in rows if r[1] == root_id and r[2] in c.node_root}:
+                c.contexts[pipeline_id] = {}  # (filled by insert_context: get_context keeps only nodes')
+            c.roots[root_id] = _Root(nodes)
+        c._evict()
+
     # -- states ---------------------------------------------------------------------------
     def _load_root(self, root_id: str) -> None:
         c = self.cache
@@ -472,9 +490,11 @@ class CachedUnit(SqliteUnit):
     def _entry(vtype: str, text: str, code: str | None, refs: frozenset[str]) -> tuple:
         return (vtype, _shared(codec.loads(text)), text, code, refs)
 
-    def _keep_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> list[dict]:
+    def _keep_context(self, pipeline_id: str, values: Iterable[ContextValue], checked: bool = False) -> list[dict]:
         values = list(values)
         rows = [self._context_row(pipeline_id, v) for v in values]
+        if checked:  # before the cache takes them: a refused copy leaves it as the store is
+            self._check_context_copy(pipeline_id, rows)
         ctx = self.cache.contexts.get(pipeline_id)
         if ctx is not None and any(len(row["value"]) > MAX_KEPT_VALUE for row in rows):
             del self.cache.contexts[pipeline_id]
@@ -487,6 +507,6 @@ class CachedUnit(SqliteUnit):
     def insert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
         self._insert("culm_context_value", self._keep_context(pipeline_id, values))
 
-    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
-        for row in self._keep_context(pipeline_id, values):
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue], *, checked: bool = False) -> None:
+        for row in self._keep_context(pipeline_id, values, checked):
             self._upsert("culm_context_value", row, ["pipeline_id", "key"])

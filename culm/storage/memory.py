@@ -494,10 +494,12 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
                      always=always)
         self._put("execution_data", node_id, row)
 
-    def stored_bytes(self, node_id: str, replacing: str | None = None) -> tuple[str, int, int]:
+    def stored_bytes(self, node_id: str, replacing: str | None = None, *,
+                     serialise: bool = False) -> tuple[str, int, int]:
         """The root pipeline of ``node_id``, the bytes of payloads it holds (as SqlUnit's: execution
         data, inputs overrides, histories, callback data, log lines and context values) and those
-        of the row of ``node_id`` in ``replacing`` apart. Summed at each call: a test store."""
+        of the row of ``node_id`` in ``replacing`` apart. Summed at each call: a test store
+        (``serialise``: its transactions already go one at a time)."""
         root_id = self.node_root(node_id)
         if root_id is None:
             return node_id, 0, 0
@@ -560,9 +562,13 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
         for key, row in rows:
             self._insert("context", (pipeline_id, key), row)
 
-    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue]) -> None:
-        for v in values:
-            self._put("context", (pipeline_id, v.key), self._context_row(pipeline_id, v))
+    def upsert_context(self, pipeline_id: str, values: Iterable[ContextValue], *, checked: bool = False) -> None:
+        rows = [(v.key, self._context_row(pipeline_id, v)) for v in values]  # refused before any write
+        if checked:
+            budget.check_context_copy(self, pipeline_id, sum(len(row[2]) for _key, row in rows), lambda: sum(
+                len(old[2]) for key, _row in rows if (old := self._get("context", (pipeline_id, key))) is not None))
+        for key, row in rows:
+            self._put("context", (pipeline_id, key), row)
 
     # -- schedules and callbacks ----------------------------------------------------------------
     def insert_schedule(self, rec: ScheduleRecord) -> None:
@@ -709,9 +715,9 @@ class MemoryStore:
         self.feed = ChangeFeed(self, ordered=True)
 
     @contextlib.contextmanager
-    def transaction(self, cache: Any = None) -> Iterator[MemoryUnit]:
+    def transaction(self, cache: Any = None, *, adds_only: bool = False) -> Iterator[MemoryUnit]:
         """A unit of work: committed when the block ends, nothing of it kept on an exception.
-        (``cache`` is accepted for the SQL store's signature and ignored.)"""
+        (``cache`` and ``adds_only`` are accepted for the SQL store's signature and ignored.)"""
         with self._lock:
             if self._writing:
                 # Its commit would land under the open one's layers, which would then overwrite it.

@@ -34,6 +34,10 @@ through its own publish. Add ``--min-calls 150``: on a loaded machine a ``culm``
 seconds, and a storm of 30 s made a dozen calls; the CLI callers then go on until they made 150
 (at most ``--max-seconds``).
 
+``--freeze``: half the kills are a freeze instead: the worker is stopped with ``SIGSTOP`` for 4-6 s
+(past ``CULM_WORKER_DEAD_AFTER``: the others bury it and take its tasks over) and woken with
+``SIGCONT``; what it had in flight may run again, as after a kill, and nothing else.
+
 (``--help`` for the rest; ``--harness`` starts the workers exactly as the acceptance harness does:
 ``culm worker --db URL --broker URL``, default leases and concurrency, so a kill's work is taken
 over only after the default 30 s lease). Every random choice comes from the seed; the engine's own
@@ -399,8 +403,13 @@ class Kills:
 
 
 def killer(backend: Any, rng: random.Random, until: float, every: tuple[float, float], kills: Kills,
-           forest: Forest) -> None:
-    """``kill -9`` a random live worker every ``every`` seconds (a random span) and start another."""
+           forest: Forest, freeze: bool = False) -> None:
+    """``kill -9`` a random live worker every ``every`` seconds (a random span) and start another.
+
+    ``freeze``: every other time (at random) the worker is frozen instead, ``SIGSTOP`` for 4-6 s
+    (longer than ``CULM_WORKER_DEAD_AFTER``, so it is buried and its leases freed, and, with the
+    test leases of 3 s, longer than a lease), then woken with ``SIGCONT``: its calls in flight run
+    to their end and may have run again elsewhere, as a kill's (counted as one)."""
     while True:
         time.sleep(rng.uniform(*every))
         if time.monotonic() >= until:
@@ -410,6 +419,17 @@ def killer(backend: Any, rng: random.Random, until: float, every: tuple[float, f
             continue
         index = rng.choice(alive)
         pids = group_pids(backend.workers[index].pid)
+        if freeze and rng.random() < 0.5:
+            span = rng.uniform(4.0, 6.0)
+            kills.pids.append(pids)
+            forest.note(f"SIGSTOP worker {index} (pids {sorted(pids)}) for {span:.1f} s")
+            os.killpg(backend.workers[index].pid, signal.SIGSTOP)
+            try:
+                time.sleep(span)
+            finally:
+                os.killpg(backend.workers[index].pid, signal.SIGCONT)
+            forest.note(f"SIGCONT worker {index}")
+            continue
         backend.kill_worker(index)
         kills.pids.append(pids)
         forest.note(f"KILL -9 worker {index} (pids {sorted(pids)})")
@@ -567,7 +587,7 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
               threads: int = 4, burst: int = 6, workers: int = 2, kill_every: tuple[float, float] = (3.0, 7.0),
               rest: bool = True, cli: bool = True, client: bool = True, harness: bool = False,
               settle_for: float = 60.0, cli_only: int = 0, relay_grace: float | None = None,
-              min_calls: int = 0, max_seconds: float = 900.0) -> Outcome:
+              min_calls: int = 0, max_seconds: float = 900.0, freeze: bool = False) -> Outcome:
     """One seeded storm on backend ``kind`` (``postgres-redis`` or ``mariadb-rabbitmq``); raises
     AssertionError naming what broke and the last calls.
 
@@ -579,7 +599,7 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
     in a worker's log fails the storm. ``min_calls``: the CLI callers (random and operator) go on
     past ``seconds`` until they have made this many calls (at a loaded machine's pace a ``culm``
     process takes seconds, and a storm of a fixed length made only a dozen), at most
-    ``max_seconds`` in all."""
+    ``max_seconds`` in all. ``freeze``: half the kills are a freeze instead (:func:`killer`)."""
     from backends import HarnessBackend, own_backend
 
     began = time.monotonic()
@@ -653,7 +673,7 @@ def run_storm(kind: str, seed: int, workdir: Path, pipelines: int = 12, size: in
                                                              tally)))
         if kill_every[0] > 0:
             callers.append(threading.Thread(target=killer, args=(
-                backend, random.Random(seed + 7), until, kill_every, kills, forest)))
+                backend, random.Random(seed + 7), until, kill_every, kills, forest, freeze)))
         for t in callers:
             t.start()
         for t in callers:
@@ -772,6 +792,8 @@ def main(argv: list[str]) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--kill-every", type=float, nargs=2, default=(3.0, 7.0), metavar=("MIN", "MAX"),
                    help="seconds between two kill -9 (0 0: none)")
+    p.add_argument("--freeze", action="store_true",
+                   help="half the kills SIGSTOP the worker for 4-6 s instead, then SIGCONT")
     p.add_argument("--harness", action="store_true", help="workers as the harness starts them (default leases)")
     p.add_argument("--no-rest", action="store_true")
     p.add_argument("--no-cli", action="store_true")
@@ -796,7 +818,7 @@ def main(argv: list[str]) -> int:
                                     workers=args.workers, kill_every=tuple(args.kill_every),
                                     rest=not args.no_rest, cli=not args.no_cli, harness=args.harness,
                                     cli_only=args.cli_only, relay_grace=args.relay_grace,
-                                    min_calls=args.min_calls, max_seconds=args.max_seconds)
+                                    min_calls=args.min_calls, max_seconds=args.max_seconds, freeze=args.freeze)
                 print(outcome.line(), flush=True)
             except AssertionError as exc:
                 failed += 1

@@ -64,9 +64,7 @@ class Storm:
         return self.sent
 
     def act(self, code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
-        a = ServiceActivity(component_code=code, timeout_config=timeout_config)
-        for key, value in plain.items():
-            setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
+        a = activity(code, timeout_config, **plain)
         self.activities.append(a.id)
         return a
 
@@ -114,6 +112,14 @@ class Storm:
 
     def report(self, found: list[Any], when: str) -> str:
         return f"{when}: " + "; ".join(map(str, found)) + "\ncalls:\n  " + "\n  ".join(self.calls)
+
+
+def activity(code: str, timeout_config: dict[str, Any] | None = None, **plain: Any) -> ServiceActivity:
+    """A ServiceActivity of component ``code`` with plain inputs ``plain``."""
+    a = ServiceActivity(component_code=code, timeout_config=timeout_config)
+    for key, value in plain.items():
+        setattr(a.component.inputs, key, Var(type=Var.PLAIN, value=value))
+    return a
 
 
 def timeout(rng: random.Random) -> dict[str, Any] | None:

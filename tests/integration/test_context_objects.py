@@ -53,6 +53,11 @@ def client_pipeline(*templates: str) -> tuple[dict, ServiceActivity, list[Servic
         ("${[row for row in client]}", "iterating"),
         ("${client['users']}", "indexing"),
         ("${'%(users)s' % client}", "formatting from"),
+        ("token: ${client}", "__str__"),
+        ("${client == 'client'}", "__eq__"),
+        ("${client + 'x'}", "__add__"),
+        ("${'%s' % client}", "__str__"),
+        ("${[client]}!", "__str__"),
     ],
 )
 def test_a_template_cannot_use_what_an_output_object_can_do(runtime, template, refusal):
@@ -96,14 +101,23 @@ def gateway_tree(gateway) -> tuple[dict, list[ServiceActivity]]:
 
 
 @pytest.mark.parametrize("kind", [ExclusiveGateway, ConditionalParallelGateway])
-def test_a_gateway_condition_cannot_call_an_output_object(runtime, kind):
-    gw = kind(conditions={0: "'${client.get(\"/admin\")}' == 'fetched /admin'", 1: "1 == 1"})
+@pytest.mark.parametrize(
+    ("condition", "refusal"),
+    [
+        ("'${client.get(\"/admin\")}' == 'fetched /admin'", "method 'get'"),
+        # what splicing and comparing it would run (its own __str__, __eq__)
+        ("${client} == 'client'", "__str__"),
+        ("${client == 'client'} == True", "__eq__"),
+    ],
+)
+def test_a_gateway_condition_cannot_call_an_output_object(runtime, kind, condition, refusal):
+    gw = kind(conditions={0: condition, 1: "1 == 1"})
     tree, branches = gateway_tree(gw)
     before = client_calls()
     run(runtime, tree)
     wait_state(runtime, gw.id, "FAILED", timeout=30)
     ex = outputs(runtime, gw.id)["ex_data"]
-    assert "method 'get'" in ex and "client.get" in ex, ex
+    assert refusal in ex and "ReachingClient" in ex and "TRUST_CONTEXT_OBJECTS" in ex, ex
     assert not set(children(runtime, tree["id"])) & {b.id for b in branches}
     assert client_calls() == before
 

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import components  # noqa: F401 - registers the t_* components
 import pytest
 from backends import own_backend
+from driver_log import round_trips
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
 from support import wait_until
 
@@ -25,8 +26,10 @@ from culm.builder import (
     Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    NodeOutput,
     ParallelGateway,
     ServiceActivity,
+    SubProcess,
     Var,
     build_tree,
 )
@@ -526,6 +529,69 @@ def test_racing_callbacks_of_one_node_do_not_pass_the_budget(racing_budget, monk
     assert stored(rt, act.id) <= room
 
 
+@pytest.fixture(params=["sqlite", "postgres-redis", "mariadb-rabbitmq"])
+def racing_servers(request, tmp_path, monkeypatch):
+    """small_budget on every database whose writers race differently."""
+    yield from small_budget.__wrapped__(request, tmp_path, monkeypatch)
+
+
+def test_racing_callbacks_to_many_nodes_of_one_pipeline_do_not_pass_the_budget(racing_servers, monkeypatch):
+    # Measured (session 18): callbacks to different nodes of one pipeline hold different state rows,
+    # and each read what the pipeline held without what the others had in flight: 8 racing
+    # callbacks of 100 KB, room for 2, took 250-550 KB past the room on PostgreSQL (an attacker
+    # sending callback data could pass the budget by concurrency x size). Each now takes the root's
+    # budget lock before its check (SqlUnit.stored_bytes): exactly 2 are taken, the others refused
+    # naming the budget, and every node still takes a small callback and finishes.
+    rt = racing_servers
+    acts = [ServiceActivity(component_code="t_multi_callback") for _ in range(RACERS)]
+    tree = parallel(acts)
+    run(rt, tree)
+    versions = {a.id: wait_state(rt, a.id, "RUNNING", timeout=60)["version"] for a in acts}
+    for a in acts:
+        wait_until(lambda a=a: api.callback(rt, a.id, versions[a.id], {"n": -1}).result, 30, 0.05,
+                   what=f"node {a.id} to wait")
+    room = stored(rt, acts[0].id) + 250_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    results = race(lambda i: api.callback(rt, acts[i].id, versions[acts[i].id], {"n": i, "pad": "x" * 100_000}))
+    taken = [i for i, r in enumerate(results) if r.result]
+    assert len(taken) == 2, [r.message for r in results]
+    for i, r in enumerate(results):
+        if not r.result:
+            assert f"node {acts[i].id}: storing its callback data (100," in r.message, r.message
+            assert "MAX_PIPELINE_STORED_BYTES" in r.message, r.message
+    assert stored(rt, acts[0].id) <= room
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    for a in acts:  # none is stuck: each takes its last callback and the pipeline finishes
+        assert api.callback(rt, a.id, versions[a.id], {"n": 99, "done": True}).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+    never_stuck(rt, tree["id"])
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_the_budget_lock_costs_no_round_trip_and_a_single_callback_nothing(kind, tmp_path, monkeypatch):
+    # The budget lock of a checked callback (one taking many: each is checked) travels in the round
+    # trip of the read of what its pipeline holds; a run's single small callback is not checked and
+    # sends nothing more than before.
+    backend = own_backend(kind, tmp_path)
+    try:
+        backend.start_workers(1)
+        rt = backend.runtime()
+        _tree, act, version = waiting_for_callbacks(rt)
+        single = ServiceActivity(component_code="t_callback")
+        run(rt, line(single))
+        single_version = wait_state(rt, single.id, "RUNNING", timeout=60)["version"]
+        trips = round_trips(kind, monkeypatch)
+        assert api.callback(rt, act.id, version, {"n": 1}).result
+        locked = [t for t in trips if "culm budget" in t or "VALUES (" in t and "-1, 0) ON DUPLICATE" in t]
+        assert len(locked) == 1 and "SUM(bytes) FROM culm_root_bytes" in locked[0], trips
+        del trips[:]
+        assert api.callback(rt, single.id, single_version, {"ok": True}).result
+        assert not any("culm budget" in t or "-1, 0) ON DUPLICATE" in t or "SUM(bytes)" in t for t in trips), trips
+        monkeypatch.undo()
+    finally:
+        backend.teardown()
+
+
 def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_budget, monkeypatch):
     # Measured (session 18): update_context_values read what the pipeline holds without waiting for
     # another update of it in flight: on PostgreSQL 8 racing updates of 100 KB, room for 2, took
@@ -545,6 +611,67 @@ def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_bu
     assert all(f"pipeline {tree['id']}: storing its context values (100," in r.message
                for r in results if not r.result)
     assert stored(rt, act.id) <= room
+
+
+def test_a_tree_multiplying_one_output_into_many_variables_stops_at_the_budget(small_budget):
+    # Found probing (session 19): the engine's copies of a node's outputs into the context variables
+    # the tree maps them to were counted, never checked, and the tree may map one output to any
+    # number of variables: 40 taking one node's 1 MB output stored 42 MB on a 20 MB budget (4,000
+    # would store 4 GB). Past STORED_BYTES_CHECK_AT the copies are checked: the node fails naming
+    # the budget, nothing copied, and an operator can skip it.
+    rt = small_budget
+    act = activity("t_echo", MB)
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=act.id, source_key="p0") for i in range(40)})
+    tree = build_tree(start, data=data)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    ex = api.get_execution_data(rt, act.id).data["outputs"]["ex_data"]
+    assert f"node {act.id}: its outputs could not be copied to the context variables ['${{c0}}'," in ex, ex
+    assert f"pipeline {tree['id']}: storing its context values (40,000," in ex, ex
+    assert "over the 20,000,000 one pipeline may store" in ex, ex
+    assert stored(rt, act.id) <= BUDGET
+    never_stuck(rt, tree["id"])
+    assert api.skip_node(rt, act.id).result
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_subprocess_output_multiplied_into_the_parent_stops_at_the_budget(store, tmp_path, monkeypatch):
+    # The same through a subprocess: its output mapped to 40 variables of the parent. Checked before
+    # its end finishes: the end event fails naming the budget, the subprocess stays RUNNING.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    inner, sub_start, sub_end = activity("t_echo", MB), EmptyStartEvent(), EmptyEndEvent()
+    sub_start.extend(inner).extend(sub_end)
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
+                                                outputs=["${a}"]))
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
+    tree = build_tree(start, data=data)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        ex = api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
+        assert f"pipeline {sub.id}: its outputs could not be copied to the context variables ['${{c0}}'," in ex, ex
+        assert "over the 20,000,000 one pipeline may store" in ex, ex
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
+        assert stored(rt, inner.id) <= BUDGET
+        never_stuck(rt, tree["id"])
+
+
+def test_outputs_copied_within_the_budget_are_kept(small_budget):
+    rt = small_budget
+    act = activity("t_echo", "${'z' * 100000}")
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=act.id, source_key="p0") for i in range(3)},
+                outputs=["${c2}"])
+    tree = build_tree(start, data=data)
+    run(rt, tree)
+    wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+    assert api.get_execution_data_outputs(rt, tree["id"]).data["${c2}"] == "z" * 100_000
 
 
 @pytest.mark.parametrize("store", EMBEDDED)

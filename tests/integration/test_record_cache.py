@@ -273,3 +273,93 @@ def test_children_counted_on_a_kept_parent_are_stored(fold_store):
             unit.ack_children({"p": 1})
             raise RuntimeError("undo this part")
     assert _stored(store, "p", "get_process").ack_num == 0
+
+
+# -- a new run's rows written into the copies by run_pipeline's transaction --------------------
+
+
+def _new_run(unit, root_id: str) -> None:
+    """What run_pipeline adds for a run of one node ``root_id + '-a'``: nodes, context, root state,
+    process, task."""
+    from culm.core.records import EXECUTE, ContextValue, ProcessRecord, StateRecord, TaskRecord
+
+    unit.add_nodes([(root_id, root_id, root_id, "Pipeline"), (f"{root_id}-a", root_id, root_id, "t")])
+    unit.insert_context(root_id, [ContextValue("${x}", "plain", ["v"], None, frozenset())])
+    unit.insert_state(StateRecord(root_id, root_id, "", "RUNNING", "v1", 1, 1, 0, False, False, 1.0, 1.0, None))
+    unit.insert_processes([ProcessRecord(f"{root_id}-p", root_id, None, f"{root_id}-a", None, [root_id])])
+    unit.insert_tasks([TaskRecord(f"{root_id}-t", EXECUTE, f"{root_id}-p", f"{root_id}-a", root_id, due=1.0)])
+
+
+def test_a_new_runs_rows_are_kept_as_written_and_read_as_stored(fold_store):
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:  # the engine's transaction: the copies are current
+        _load_root(unit)
+    with store.transaction(cache=cache, adds_only=True) as unit:  # run_pipeline's
+        _new_run(unit, "new")
+    assert set(cache.roots) == {"root", "new"} and cache.node_root["new-a"] == "new"
+    with store.transaction(cache=cache) as unit:  # the engine's first step of the run
+        assert unit.get_state("new").name == "RUNNING" and unit.get_state("new-a") is None
+        assert unit.get_process("new-p").current_node_id == "new-a"
+        assert unit.get_task("new-t").node_id == "new-a"
+        assert unit.get_context("new")["${x}"].value == ["v"]
+        unit.get_context("new")["${x}"].value.append("mutated")  # a copy is handed out
+        assert unit.get_context("new")["${x}"].value == ["v"]
+    with store.reading() as unit:  # ... all of it stored
+        assert (unit.get_state("new").name, unit.get_process("new-p").current_node_id) == ("RUNNING", "new-a")
+        assert unit.get_task("new-t").node_id == "new-a" and unit.get_context("new")["${x}"].value == ["v"]
+
+
+def test_a_command_before_a_new_run_drops_the_copies_it_went_into(fold_store):
+    """run_pipeline's transaction does not check that the copies are current (adds_only): a command
+    that changed a kept row since the engine's last transaction makes that transaction drop all
+    of them, the new run's with the stale ones, and read both as stored."""
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+    with store.transaction() as unit:  # an operator command of this process
+        unit.announce_change()
+        assert unit.update_state("root", name="SUSPENDED")
+    with store.transaction(cache=cache, adds_only=True) as unit:
+        _new_run(unit, "new")
+    with store.transaction(cache=cache) as unit:
+        assert unit.get_state("root").name == "SUSPENDED"  # not the RUNNING copy
+        assert unit.get_state("new").name == "RUNNING" and unit.get_process("new-p").current_node_id == "new-a"
+    with store.transaction() as unit:  # and one after the new run
+        unit.announce_change()
+        assert unit.update_state("new", name="SUSPENDED")
+    with store.transaction(cache=cache) as unit:
+        assert unit.get_state("new").name == "SUSPENDED"
+
+
+def test_a_refused_new_run_leaves_no_copy(fold_store):
+    store, cache = fold_store
+    with store.transaction(cache=cache) as unit:
+        _load_root(unit)
+    with pytest.raises(RuntimeError), store.transaction(cache=cache, adds_only=True) as unit:
+        _new_run(unit, "new")
+        raise RuntimeError("refused")
+    assert not cache.roots and not cache.states
+    with store.transaction(cache=cache) as unit:
+        assert unit.get_state("new") is None and unit.get_process("new-p") is None
+
+
+def test_runs_submitted_while_the_engine_runs_end_as_stored(embedded):
+    """Runs submitted one after another while the engine steps the ones before (their rows go
+    into the copies as run_pipeline writes them): each ends with the outputs its context gives."""
+    trees, echoes = [], []
+    for i in range(12):
+        echo = act("t_echo", x="${x}")
+        trees.append(line(echo, data=Data(inputs={"${x}": Var(type=Var.PLAIN, value=f"v{i}")})))
+        echoes.append(echo)
+        run(embedded, trees[-1])
+    for i, (tree, echo) in enumerate(zip(trees, echoes, strict=True)):
+        wait_state(embedded, tree["id"], "FINISHED")
+        assert outputs(embedded, echo.id)["out"] == f"v{i}!"
+    wait_idle(embedded)
+    kept = embedded.dispatcher.cache
+    assert embedded.engine.copies is kept
+    with embedded.store.reading() as unit:  # every kept copy of these runs is the row as stored
+        for tree in trees:
+            if tree["id"] in kept.roots:
+                for nid in kept.roots[tree["id"]].nodes:
+                    assert unit.get_state(nid) == kept.states.get(nid)

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 from backends import own_backend
-from engine_fixtures import chain
+from engine_fixtures import chain, wait_state
 from sqlalchemy import create_engine, text
 from support import wait_until
 
 from culm import Runtime, api
-from culm.builder import ServiceActivity, build_tree
+from culm.builder import ServiceActivity, Var, build_tree
 from culm.dispatch.liveness import ENGINE_STUCK_EXIT
 
 pytestmark = pytest.mark.timeout(180)
@@ -42,20 +42,19 @@ CREATE TRIGGER culm_test_wedge BEFORE INSERT OR UPDATE ON culm_execution_data
 """
 SLEEPING = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()")
 
-# MariaDB: a trigger per event, the sequence shared. Not a SLEEP: MariaDB looks every 5 s whether
-# a sleeping statement's client is still there (the sleep then ends, and the rest of the query, its
-# COMMIT too, runs on). A lock wait it does not end before innodb_lock_wait_timeout (50 s), nor a
-# long statement before its end: the trigger waits for a row the test holds locked meanwhile.
-WEDGE_MARIADB = ["CREATE SEQUENCE culm_test_wedge", "CREATE TABLE culm_test_lock (id INT PRIMARY KEY)",
-                 "INSERT INTO culm_test_lock VALUES (1)"] + [f"""
+# MariaDB: a trigger per event, the sequence shared, sleeping. A lock wait is not a wedge any more:
+# the watchdog asks the server and lets a batch waiting for another session's row lock wait
+# (session 19; it was the wedge here before). MariaDB looks every 5 s whether a sleeping
+# statement's client is still there; the watchdog's KILL ends it first, rolling its transaction back.
+WEDGE_MARIADB = ["CREATE SEQUENCE culm_test_wedge"] + [f"""
 CREATE TRIGGER culm_test_wedge_{event} BEFORE {event} ON culm_execution_data FOR EACH ROW
 BEGIN
     IF NEW.node_id = '{{node}}' AND NEXTVAL(culm_test_wedge) = 1 THEN
-        SELECT id INTO @culm_test_locked FROM culm_test_lock WHERE id = 1 FOR UPDATE;
+        DO SLEEP(3600);
     END IF;
 END""" for event in ("INSERT", "UPDATE")]
-SLEEPING_MARIADB = ("SELECT count(*) FROM information_schema.INNODB_TRX t JOIN information_schema.PROCESSLIST p "
-                    "ON p.ID = t.trx_mysql_thread_id WHERE t.trx_state = 'LOCK WAIT' AND p.DB = DATABASE()")
+SLEEPING_MARIADB = ("SELECT count(*) FROM information_schema.PROCESSLIST WHERE STATE = 'User sleep' "
+                    "AND DB = DATABASE()")
 # Where the engine thread is waiting, as its stack in the watchdog's line names it.
 DRIVERS = {"postgres-redis": ("psycopg",), "mariadb-rabbitmq": ("pymysql", "MySQLdb")}
 # Leases as long as the default's share of the test's clock: the takeover must not wait for them.
@@ -67,16 +66,12 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(name
     backend = own_backend(name, tmp_path, env={"CULM_ENGINE_STUCK_AFTER": "3", "CULM_LEASE_SECONDS": LEASE_SECONDS})
     admin = create_engine(backend.db_url, isolation_level="AUTOCOMMIT")
     mariadb = name.startswith("mariadb")
-    holder = admin.connect()
     try:
         act = ServiceActivity(component_code="dist_sleep")
         tree = build_tree(chain(act))
         with admin.connect() as conn:
             for statement in WEDGE_MARIADB if mariadb else [WEDGE]:
                 conn.exec_driver_sql(statement.format(node=act.id))
-        if mariadb:  # the row the wedged statement waits for, locked until the test ends
-            holder.exec_driver_sql("BEGIN")
-            holder.exec_driver_sql("SELECT id FROM culm_test_lock WHERE id = 1 FOR UPDATE")
         backend.concurrency = 1
         backend.start_workers(2)
         runtime = backend.runtime()
@@ -107,9 +102,6 @@ def test_a_worker_whose_engine_is_stuck_in_the_database_hands_its_work_over(name
         assert backend.executions()[act.id] == 2, backend.executions()
         print(f"finished {took:.1f} s after the run (engine stuck after 3 s)\n" + said[0])
     finally:
-        if mariadb:
-            holder.exec_driver_sql("ROLLBACK")
-        holder.close()
         admin.dispose()
         backend.teardown()
 
@@ -257,3 +249,61 @@ def test_another_thread_waiting_for_the_wedged_engine_does_not_hide_it() -> None
         runtime.close()
         admin.dispose()
         drop_database(url)
+
+
+def test_an_engine_waiting_for_a_row_lock_on_mariadb_is_not_stuck(caplog) -> None:
+    """MariaDB: the engine's batch waits for a row lock another session holds (the node's state row,
+    locked while its call runs) past CULM_ENGINE_STUCK_AFTER. The watchdog asks the server
+    (information_schema's InnoDB lock waits, of the engine thread's own session) and lets the
+    process wait, as on PostgreSQL; it counted the wait as stuck and ended the process until
+    session 19 (innodb_lock_wait_timeout, 50 s, does not make it moot: each statement of a batch
+    may wait that long, a server may set it higher, and a table's lock, a migration's, waits up to
+    lock_wait_timeout, a year)."""
+    import logging
+    from types import SimpleNamespace
+
+    import components
+    import pymysql
+    from backends import create_database, drop_database
+
+    from culm.dispatch.liveness import EngineWatchdog
+    from culm.storage.migrate import upgrade_database
+
+    url = create_database("mariadb")
+    upgrade_database(url)
+    runtime = Runtime(url)
+    exits: list[int] = []
+    state = SimpleNamespace(runner=SimpleNamespace(loop=runtime.dispatcher, task_ids=lambda: []),
+                            engine=SimpleNamespace(owner="host:1:abc"), heartbeat=None, store=None)
+    watchdog = EngineWatchdog(state, stuck_after=1.0, check=0.1, exit=exits.append)
+    act = ServiceActivity(component_code="t_gate")
+    act.component.inputs.gate = Var(type=Var.PLAIN, value="mariadb-row-lock")
+    tree = build_tree(chain(act))
+    database = url.rsplit("/", 1)[1].split("?")[0]
+    holder = pymysql.connect(host="127.0.0.1", port=3306, user="root", database=database)
+    try:
+        assert api.run_pipeline(runtime=runtime, pipeline=tree).result
+        wait_state(runtime, act.id, "RUNNING", timeout=30)
+        holder.begin()  # another process's session: holds the state row the call's result writes
+        holder.cursor().execute("SELECT * FROM culm_state WHERE node_id = %s FOR UPDATE", [act.id])
+        watchdog.start()
+        components.gate("mariadb-row-lock").set()
+        with caplog.at_level(logging.WARNING, logger="culm.dispatch.liveness"):
+            _waits_then_finishes(runtime, tree["id"], exits, caplog, holder.rollback)
+    finally:
+        holder.close()
+        watchdog.stop()
+        runtime.close()
+        drop_database(url)
+
+
+def _waits_then_finishes(runtime, root_id: str, exits: list[int], caplog, release) -> None:
+    """The watchdog finds the engine waiting for a lock and keeps the process; once ``release()``
+    lets the lock go, the pipeline finishes."""
+    wait_until(lambda: exits or "waiting for a lock another database session holds" in caplog.text, 30, 0.1,
+               what="the watchdog to find the engine waiting for the lock")
+    assert not exits  # past stuck_after (1 s) and waiting: the process stays
+    release()
+    wait_until(lambda: api.get_pipeline_states(runtime, root_id).data[root_id]["state"] == "FINISHED", 30, 0.1,
+               what="the pipeline to finish once the lock is released")
+    assert exits == []

@@ -137,3 +137,20 @@ def test_the_process_ends_its_database_sessions_before_it_exits(caplog) -> None:
         assert watchdog.look()
     assert open_at_exit == [0]  # the row locks of the stuck statement go with the process
     assert "ended 3 database session(s) of this process" in caplog.text
+
+
+def test_the_sessions_noted_for_threads_that_ended_are_dropped() -> None:
+    # Found reviewing (session 19): the backend pid noted per thread that began a write transaction
+    # (for the watchdog's lock question) was never dropped: a server whose request threads come and
+    # go grew it by one per thread, for ever. Threads that ended are dropped as it grows; a live
+    # thread's entry (the engine thread's) stays.
+    from culm.storage.sql.base import WriterSessions
+
+    writers = WriterSessions()
+    writers.note(7)  # this thread: alive throughout
+    for i in range(3 * WriterSessions.PRUNE_AT):
+        t = threading.Thread(target=writers.note, args=(1000 + i,))
+        t.start()
+        t.join()
+    assert len(writers) <= WriterSessions.PRUNE_AT + threading.active_count(), len(writers)
+    assert writers.get(threading.get_ident()) == 7

@@ -205,18 +205,30 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
     mapped, loop_times = _outputs_to_context(run, ok, outputs)
     if node.loop_config and not _kept_loop_outputs(run, mapped, outputs):
         return SLEEP
+    if not node.loop_config and not _copied_outputs(run, mapped, outputs):
+        return SLEEP
     fail_skip = bool((node.loop_config or {}).get("fail_skip"))
     if finishes(ok, node.error_ignorable, fail_skip):
         left = loop_times - run.state.inner_loop if loop_left is None else loop_left
         again = not moves_on(ok, node.error_ignorable, fail_skip, left)
         run.finish(error_ignored=not ok, announce=scheduled or not again)
-        if not node.loop_config:
-            run.upsert_context(run.top_pipeline_id, mapped)
         return Next(node.id if again else node.target)  # type: ignore[arg-type]
     run.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
-    if not node.loop_config:
-        run.upsert_context(run.top_pipeline_id, mapped)
     return SLEEP
+
+
+def _copied_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any]) -> bool:
+    """Copy the node's outputs into the context variables the tree maps them to, checked against
+    the pipeline's budget past STORED_BYTES_CHECK_AT bytes (the tree may map one output to many
+    variables: 40 copies of a 1 MB output stored 40 MB past a 20 MB budget, unchecked, until
+    session 19); past it, fail the node naming the budget and return False (nothing copied)."""
+    try:
+        run.upsert_context(run.top_pipeline_id, mapped, checked=True)
+    except StoredBytesBudgetError as exc:
+        run.fail(f"node {run.node.id}: its outputs could not be copied to the context variables "
+                 f"{[v.key for v in mapped]} ({exc})", outputs={**outputs, "_result": False})
+        return False
+    return True
 
 
 def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any]) -> bool:
@@ -224,7 +236,7 @@ def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, 
     store holds, fail the node saying so (the list stays as the iterations before left it) and
     return False. The store encodes the value before writing anything, so nothing is half done."""
     try:
-        run.upsert_context(run.top_pipeline_id, mapped)
+        run.upsert_context(run.top_pipeline_id, mapped, checked=True)
     except UnstorableValueError as exc:
         st = run.state
         run.fail(f"node {run.node.id}: the outputs of its loop iterations could not be kept in context variable "

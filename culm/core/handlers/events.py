@@ -10,7 +10,7 @@ from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue, StateRecord, now
 from culm.core.run import Run, stored_state
-from culm.errors import UnstorableValueError
+from culm.errors import StoredBytesBudgetError, UnstorableValueError
 from culm.model import compiled as g
 
 # Kept in an executable end event's outputs (with the run's version) from the commit of its code's
@@ -81,6 +81,8 @@ def _ended(run: Run, resolved: Any) -> Outcome:
         run.fail(f"pipeline {pipeline_id}: its outputs {list(spec.outputs)} could not be stored together: {exc}",
                  outputs={})  # ex_data alone (clipped as every failure text), as for a hydrate failure
         return SLEEP
+    if sub_state is not None and not _copied_to_parent(run, pipeline_id, outputs):
+        return SLEEP
     _code_ran(run, False)
     run.finish()
     if sub_state is None:
@@ -105,9 +107,23 @@ def _finish_subprocess(run: Run, sub_state: StateRecord, outputs: dict[str, Any]
     if not run.step.set_state(sub_state, states.FINISHED, {"archived_time": now()}, expect=(states.RUNNING,)):
         return SLEEP
     run.proc.stack = run.proc.stack[:-1]
-    sub_node = run.graph.node(pipeline_id)
-    run.upsert_context(run.proc.stack[-1], cdata.mapped_outputs(run.graph, sub_node, outputs))
-    return Next(sub_node.target)  # type: ignore[arg-type]
+    return Next(run.graph.node(pipeline_id).target)  # type: ignore[arg-type]
+
+
+def _copied_to_parent(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> bool:
+    """Copy subprocess ``pipeline_id``'s outputs into the parent's context variables the tree maps
+    them to (before its end finishes, so that a refusal leaves the subprocess running), checked
+    against the budget past STORED_BYTES_CHECK_AT bytes: the tree may map one output to any number
+    of variables. Refused: the end event fails naming the budget (an operator retries or skips
+    it) and False."""
+    mapped = cdata.mapped_outputs(run.graph, run.graph.node(pipeline_id), outputs)
+    try:
+        run.upsert_context(run.proc.stack[-2], mapped, checked=True)
+    except StoredBytesBudgetError as exc:
+        run.fail(f"pipeline {pipeline_id}: its outputs could not be copied to the context variables "
+                 f"{[v.key for v in mapped]} of pipeline {run.proc.stack[-2]} ({exc})", outputs={})
+        return False
+    return True
 
 
 def _outputs(run: Run) -> dict[str, Any]:

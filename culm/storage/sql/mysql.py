@@ -22,6 +22,7 @@ from culm.storage.sql.base import (
     MergedRows,
     SqlStore,
     SqlUnit,
+    WriterSessions,
     _process_row,
     _state_row,
     _task_row,
@@ -188,6 +189,11 @@ class MysqlUnit(SqlUnit):
     adapt = staticmethod(adapt_mysql)
     upsert_statement = staticmethod(upsert_sql_mysql)
     outputs_upsert = OUTPUTS_UPSERT_MYSQL
+    # MariaDB's GET_LOCK lasts as long as the session, not the transaction: the budget lock is the
+    # row lock of a counter row of the root that no trigger writes (shard -1, 0 bytes: sums are
+    # unchanged), made by the first callback checked and locked by each one to its commit. Under
+    # READ COMMITTED no gap is locked, so the triggers' inserts of the root's other rows never wait.
+    budget_lock = "INSERT INTO culm_root_bytes (root_id, shard, bytes) VALUES (?, -1, 0) ON DUPLICATE KEY UPDATE bytes = 0"
     defers_writes = True
     refuses_duplicate_ids = True
     combine = staticmethod(_merged)
@@ -328,6 +334,31 @@ class MysqlDialect(Dialect):
 
     def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.info.pop(_COMMITTED, None)
+        if write and (session := raw.info.get(_SESSION)) is not None:
+            _writers.note(session[2])
+
+    def lock_waits(self, store: SqlStore, thread_id: int) -> int:
+        """1 when the session of the write transaction thread ``thread_id`` began last waits for a
+        lock: a table's (a migration's ALTER TABLE, LOCK TABLES: bounded only by lock_wait_timeout,
+        a year by default) or a row's that only other processes' sessions hold (bounded by
+        innodb_lock_wait_timeout, 50 s by default, but each statement of a batch may wait that
+        long, and a server may set it higher than CULM_ENGINE_STUCK_AFTER). Asked on a connection
+        of its own (2 s to connect, 2 s to read). A row's wait is read from information_schema's
+        InnoDB tables, which need the PROCESS privilege: without it (or on MySQL 8, which has no
+        INNODB_LOCK_WAITS) the question fails and the batch counts as stuck, as before."""
+        session = _writers.get(thread_id)
+        if session is None:
+            return 0
+        own = _own_session_ids(store.engine) or [0]
+        args, params = store.engine.dialect.create_connect_args(store.engine.url)
+        raw = store.engine.dialect.connect(*args, **{**params, "connect_timeout": 2, "read_timeout": 2})
+        try:
+            cur = raw.cursor()
+            cur.execute(LOCK_WAITS_MYSQL.format(own=", ".join(str(int(i)) for i in own)), [session, session])
+            row = cur.fetchone()
+        finally:
+            raw.close()
+        return 1 if row and int(row[0] or 0) else 0
 
     def is_duplicate(self, exc: BaseException) -> bool:
         args: tuple[Any, ...] = getattr(exc, "args", ())
@@ -388,6 +419,17 @@ class MysqlDialect(Dialect):
 # sessions of ours could name unrelated sessions there); pairs noted in a parent before a fork
 # are not the child's (the pid tells).
 _SESSIONS: set[tuple[tuple[str, int, str], int, int]] = set()  # (server, pid, id)
+# Each thread's session of the write transaction it began last (MysqlDialect.lock_waits).
+_writers = WriterSessions()
+# Whether session %s waits for a table's lock, or for a row's that a session not of this process
+# ({own}: its ids) holds.
+LOCK_WAITS_MYSQL = (
+    "SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s AND STATE LIKE 'Waiting for%%lock')"
+    " + (SELECT COUNT(*) FROM information_schema.INNODB_TRX r"
+    " JOIN information_schema.INNODB_LOCK_WAITS w ON w.requesting_trx_id = r.trx_id"
+    " JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id"
+    " WHERE r.trx_mysql_thread_id = %s AND b.trx_mysql_thread_id NOT IN ({own}))"
+)
 _SESSIONS_LOCK = threading.Lock()
 _SESSION = "culm_session"  # the (pid, id) of a pooled connection, in its ``info``
 UNKNOWN_THREAD = 1094  # KILL of a session that has ended meanwhile

@@ -18,6 +18,7 @@ from culm.storage.sql.base import (
     MergedRows,
     Parts,
     SqlUnit,
+    WriterSessions,
     _Plan,
     _process_row,
     _schedule_row,
@@ -242,6 +243,10 @@ class PostgresUnit(SqlUnit):
     walks_with_claim = True  # expect_walks' read goes in the claim's pipeline (read_tasks_ahead)
     combine = staticmethod(combined_and_merged)
     refuses_duplicate_ids = True
+    # A transaction-scoped advisory lock (no row, released at the commit or rollback; in the
+    # server's deadlock detection like a row lock). Other users of advisory locks on the same
+    # database would only rarely share a key, and then only wait.
+    budget_lock = "SELECT pg_advisory_xact_lock(hashtextextended('culm budget ' || ?, 0))"
     # Statements go to the cursor as written here, with ``?`` placeholders: numbering_cursor
     # numbers them, combined writes included (their parts are joined before they are numbered).
 
@@ -398,9 +403,9 @@ _logger = engine_logger("culm.storage.postgres")
 _check_refused: list[str] = []  # the refusal, said once per process
 # Each store's connections (by its SQLAlchemy engine), for PostgresDialect.lock_waits.
 _connections: weakref.WeakKeyDictionary[Any, weakref.WeakSet[Any]] = weakref.WeakKeyDictionary()
-# Each thread's (by ident) backend pid of the write transaction it began last: the engine thread's
-# batch, for PostgresDialect.lock_waits. One dict store per write unit, no round trip.
-_writers: dict[int, int] = {}
+# Each thread's backend pid of the write transaction it began last: the engine thread's batch, for
+# PostgresDialect.lock_waits (WriterSessions: no round trip, threads that ended dropped).
+_writers = WriterSessions()
 _backends_lock = threading.Lock()  # guards the sets' changes
 
 
@@ -507,7 +512,7 @@ class PostgresDialect(Dialect):
         alone = not write and not snapshot
         conn = raw.driver_connection
         if write:
-            _writers[threading.get_ident()] = conn.info.backend_pid
+            _writers.note(conn.info.backend_pid)
         if conn.autocommit != alone:
             conn.autocommit = alone
 

@@ -1,0 +1,224 @@
+"""Operators of objects in the context: splicing, comparing, hashing, adding or testing an object
+whose class wrote those operators runs its own code, refused for an untrusted template; value
+types keep working (docs/data-and-variables.md, "Objects in the context")."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import uuid
+
+import pytest
+
+from culm.data import sandbox
+from culm.data.boolrule import evaluate_gateway_condition
+from culm.data.sandbox import evaluate
+from culm.data.template import render
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
+
+RAN: list[str] = []
+
+
+class Session:
+    """A client whose operators reach out (a __str__ that logs in, an __eq__ that queries)."""
+
+    def __init__(self) -> None:
+        self.url = "http://svc"
+
+    def __str__(self) -> str:
+        RAN.append("str")
+        return "session"
+
+    def __format__(self, spec: str) -> str:
+        RAN.append("format")
+        return "session"
+
+    def __eq__(self, other: object) -> bool:
+        RAN.append("eq")
+        return False
+
+    def __lt__(self, other: object) -> bool:
+        RAN.append("lt")
+        return False
+
+    def __hash__(self) -> int:
+        RAN.append("hash")
+        return 1
+
+    def __add__(self, other: object) -> str:
+        RAN.append("add")
+        return "x"
+
+    __radd__ = __add__
+
+    def __neg__(self) -> str:
+        RAN.append("neg")
+        return "x"
+
+    def __bool__(self) -> bool:
+        RAN.append("bool")
+        return True
+
+    def __index__(self) -> int:
+        RAN.append("index")
+        return 0
+
+
+class Reprs:
+    def __repr__(self) -> str:
+        RAN.append("repr")
+        return "Reprs()"
+
+
+class Plain:
+    def __init__(self) -> None:
+        self.name = "p"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    id: int
+    tags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass
+class Holder:
+    inner: object
+
+
+class Color(enum.Enum):
+    RED = "r"
+
+
+Point = collections.namedtuple("Point", "x y")
+S = Session()
+NAMES = {
+    "s": S, "r": Reprs(), "p": Plain(), "row": Row(1, ("a",)), "row2": Row(1, ("a",)), "holder": Holder(S),
+    "color": Color.RED, "point": Point(1, 2), "when": datetime.datetime(2024, 5, 6, tzinfo=datetime.UTC),
+    "day": datetime.timedelta(days=1), "price": decimal.Decimal("1.50"), "half": fractions.Fraction(1, 2),
+    "uid": uuid.UUID(int=7), "d": {"k": 1}, "items": [1, S],
+}  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _nothing_ran():
+    RAN.clear()
+    yield
+
+
+@pytest.mark.parametrize(
+    ("expr", "refusal"),
+    [
+        ("s == 1", "__eq__"), ("1 == s", "__eq__"), ("s != None", "__eq__"), ("s < 1", "__eq__"),
+        ("s in [1, 2]", "__eq__"), ("1 in items", "__eq__"), ("[s] == [s]", "__eq__"),
+        ("s + 1", "__add__"), ("1 + s", "__add__"), ("-s", "__neg__"), ("sum([s])", "__add__"),
+        ("{s}", "__hash__"), ("{s: 1}", "__hash__"), ("d[s]", "__hash__"), ("set(items)", "__hash__"),
+        ("str(s)", "__str__"), ("str(r)", "__repr__"), ("str([r])", "__repr__"), ("f'{s}'", "__str__"),
+        ("f'{s!r}'", "__str__"), ("'%s' % s", "__index__"), ("'%s' % (s,)", "__str__"),
+        ("'{}'.format(s)", "__str__"), ("'{x}'.format(x=[s])", "__str__"), ("sorted([s, s])", "__eq__"),
+        ("max(items)", "__eq__"), ("not s", "__bool__"), ("s or 1", "__bool__"), ("1 if s else 2", "__bool__"),
+        ("any([s])", "__bool__"), ("[1].count(s)", "__eq__"), ("d.get(s)", "__eq__"), ("range(s)", "__index__"),
+        ("[0][s]", "indexing by"), ("[0][s:]", "indexing by"), ("str(holder)", "__str__"), ("holder == holder", "__eq__"),
+    ],
+)
+def test_an_objects_own_operators_are_refused_naming_them(expr: str, refusal: str) -> None:
+    with pytest.raises(ExpressionRefusedError, match=refusal) as info:
+        evaluate(expr, NAMES)
+    assert repr(expr)[1:-1] in str(info.value) and "TRUST_CONTEXT_OBJECTS" in str(info.value)
+    assert RAN == []
+
+
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("s is None", False), ("s is s", True), ("s.url", "http://svc"), ("row == row2", True),
+        ("str(row)", "Row(id=1, tags=('a',))"), ("{row: 1}[row2]", 1), ("str(color)", "Color.RED"),
+        ("color == color", True), ("f'{point}'", "Point(x=1, y=2)"), ("str(p).startswith('<')", True),
+        ("p == p", True), ("bool(p)", True), ("(when + day).isoformat()", "2024-05-07T00:00:00+00:00"),
+        ("when < when + day", True), ("str(price * 2)", "3.00"), ("f'{price:.1f}'", "1.5"),
+        ("str(half + 1)", "3/2"), ("str(uid)[-2:]", "07"), ("{uid: 1}[uid]", 1), ("sorted([when, when])[0] == when", True),
+    ],
+)
+def test_value_types_dataclasses_enums_and_plain_objects_keep_their_operators(expr: str, expected: object) -> None:
+    assert evaluate(expr, NAMES) == expected
+    assert RAN == []
+
+
+def test_splicing_an_object_with_its_own_text_fails_the_render() -> None:
+    with pytest.raises(ExpressionRefusedError, match=r"__str__ is its own code"):
+        render("token: ${s}", NAMES)
+    with pytest.raises(ExpressionRefusedError, match=r"__repr__"):
+        render("${[r]} and more", NAMES)
+    assert render("${row} ${point} ${color}", NAMES) == "Row(id=1, tags=('a',)) Point(x=1, y=2) Color.RED"
+    assert render("${p}", NAMES) is NAMES["p"]  # a sole fragment hands the object itself over
+    assert RAN == []
+
+
+def test_a_gateway_condition_does_not_run_an_objects_operators() -> None:
+    for condition in ("${s} == 'session'", "${s == 'session'}", "${not s} == True", "${s}"):
+        with pytest.raises(ExpressionRefusedError):
+            evaluate_gateway_condition(condition, NAMES)
+    assert evaluate_gateway_condition("${row.id} == 1", NAMES)
+    assert RAN == []
+
+
+def test_a_trusted_deployment_runs_the_objects_operators(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "TRUST_CONTEXT_OBJECTS", True)
+    assert evaluate("[s == 1, s + 1, str(s), not s]", NAMES) == [False, "x", "session", False]
+    assert render("${s}!", NAMES) == "session!"
+    assert RAN == ["eq", "add", "str", "bool", "str"]
+
+
+def test_a_value_holding_itself_is_refused_at_once() -> None:
+    """A cyclic list or dict (a component's output) is refused when it is measured, not after the
+    measure has counted its way to the size limit (it took the whole 0.5 s time limit)."""
+    loop: list[object] = []
+    loop.append(loop)
+    mapping: dict[str, object] = {}
+    mapping["self"] = [1, mapping]
+    for text, names in (("x ${a}", {"a": loop}), ("${str(m)}", {"m": mapping}), ("${[a]}", {"a": loop})):
+        with pytest.raises(ExpressionLimitError, match="holds itself"):
+            render(text, names)
+    shared = [1, 2]
+    assert render("${x}!", {"x": [shared, shared, [shared]]}) == "[[1, 2], [1, 2], [[1, 2]]]!"
+
+
+@pytest.mark.parametrize("expr", ["{}[r]", "d[r]", "d[r, 1]", "{}[(r,)]", "[1].index(r)", "{}[p]"])
+def test_an_error_message_never_runs_an_objects_repr(expr: str) -> None:
+    """A KeyError or ValueError names its key: its text was the object's own ``__repr__`` (run by
+    the message, and its text, a token say, written into the node's ex_data) or a memory address."""
+    with pytest.raises(ExpressionError) as info:
+        evaluate(expr, {**NAMES, "d": {}})
+    assert RAN == []
+    assert "Reprs()" not in str(info.value) and " at 0x" not in str(info.value), info.value
+
+
+class Count:
+    """An object Python takes a number from: a count, a width, a %d."""
+
+    def __index__(self) -> int:
+        RAN.append("index")
+        return 2
+
+    def __int__(self) -> int:
+        RAN.append("int")
+        return 2
+
+    def __float__(self) -> float:
+        RAN.append("float")
+        return 2.0
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["'a' * c", "[1] * c", "'a'.center(c)", "'a,b'.split(',', c)", "'%d' % c", "'%f' % (c,)", "'%x' % c",
+     "round(1.5, c)", "(1, 2, 3).index(1, c)", "enumerate([1], c)", "'abc'[c]", "'%*d' % (c, 1)"],
+)
+def test_a_number_taken_from_an_object_is_refused(expr: str) -> None:
+    with pytest.raises(ExpressionRefusedError, match="Count"):
+        evaluate(expr, {"c": Count()})
+    assert RAN == []
