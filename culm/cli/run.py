@@ -217,8 +217,8 @@ def skip_hint(live: Sequence[str], info: dict[str, tuple[str, str]], ex_data: di
     nodes = [n for n in live if skippable(n, info, ex_data)]
     if not nodes:
         return ""
-    node = node_word(nodes)
-    if len(nodes) > 1 or len(live) > 1:
+    node = node_word(nodes)  # the one node that skips, even among several failed
+    if len(nodes) > 1:
         return f", skip an activity, start event or refused subprocess end event with `culm skip {node}{imports}`"
     if info.get(nodes[0], ("", ""))[1] in SKIPPABLE_TYPES:
         return f", skip with `culm skip {node}{imports}`"
