@@ -352,8 +352,9 @@ def worker_state() -> _ProcessState:
         state = _ProcessState(pid, store, engine, dispatcher, runner, registry)
         # Registered before this process claims any task, so its death is seen within seconds.
         state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds, _config.beat_seconds, _config.threads,
-                                         _config.prefix)
+                                         _config.prefix, _config.dead_after)
         state.heartbeat.start()
+        runner.alive = state.heartbeat.alive  # a claim waits for a beat when the last one is stale
         state.watchdog = EngineWatchdog(state, _config.stuck_after, check=_config.beat_seconds)
         state.watchdog.start()
         _state = state
