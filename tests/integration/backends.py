@@ -160,7 +160,9 @@ class DistributedBackend:
                 self.stop_workers()
             finally:
                 self._delete_queues()
-                if self.db_url:
+                if self.db_url and os.environ.get("CULM_TEST_KEEP_DB"):
+                    print(f"\nCULM_TEST_KEEP_DB: kept {self.db_url} (drop it yourself)", flush=True)
+                elif self.db_url:
                     drop_database(self.db_url)
 
     def runtime(self, **options: Any) -> culm.Runtime:
