@@ -151,7 +151,8 @@ class DistributedBackend:
 
     def teardown(self) -> None:
         """Stop the workers whatever else fails (a runtime that will not close, a pytest timeout
-        or Ctrl-C in the middle): a worker left running outlives the session (``worker_guard``)."""
+        or Ctrl-C in the middle): a worker left running outlives the session (``worker_guard``).
+        ``CULM_TEST_KEEP_DB=1`` keeps the database for inspection (its URL is printed; drop it yourself)."""
         try:
             for rt in self._runtimes:
                 rt.close()
