@@ -40,6 +40,19 @@ def _version() -> str:
         return "unknown"
 
 
+class _VersionAction(argparse.Action):
+    """``--version``: the installed version, read (importlib.metadata, tens of milliseconds) only
+    when asked, not on every command."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="show the version and exit", **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        parser.exit(message=f"culm {_version()}\n")
+
+
 # Shown under a command's `--help` (a new user's first question is what a call looks like).
 EXAMPLES: dict[str, str] = {
     "run": "culm run examples/quickstart.py\n"
@@ -125,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit codes: 0 done, 1 pipeline failed or revoked, 2 bad usage or input, 3 not found, "
                "4 database unreachable or unusable, 5 refused by the engine",
     )
-    parser.add_argument("--version", action="version", version=f"culm {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in GROUPS:
         importlib.import_module(f"culm.cli.{name}").register(sub)

@@ -31,7 +31,6 @@ from culm.cli.common import (
 )
 from culm.cli.loading import import_modules, import_names
 from culm.errors import CulmError, InvalidOperationError
-from culm.runtime import WorkerWiring
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -65,6 +64,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # and run_worker, which reads $CULM_IMPORTS again, does not import it twice.
     imports = import_names(args.imports)
     import_modules(imports)
+    from culm.runtime import WorkerWiring
+
     try:
         run_worker(db=db_url(args), broker=broker, imports=imports,
                    concurrency=args.concurrency, queues=queues, loglevel=args.loglevel, pool=args.pool,

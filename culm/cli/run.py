@@ -35,7 +35,6 @@ from culm.cli.common import (
     state_entry,
 )
 from culm.cli.loading import apply_settings, import_names, load_tree
-from culm.model import with_new_ids
 
 DEFAULT_TIMEOUT = 600.0
 POLL_SECONDS = 0.1
@@ -358,6 +357,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.source:
         raise UsageError("give the pipeline to run (TREE.json or MODULE.py), or --attach ID")
     from culm import api
+    from culm.model import with_new_ids
 
     tree = load_tree(args.source, args.imports)
     if args.new_ids:

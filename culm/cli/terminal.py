@@ -2,14 +2,14 @@
 
 Node and pipeline names, ids, failure texts, wait reasons and log lines reach ``culm``'s output
 as they were written; everything a command prints goes through :func:`culm._printable.inert`
-(exported as ``culm.model.inert``).
+(exported as ``culm.model.inert``; imported from its leaf module, which loads nothing else).
 """
 
 from __future__ import annotations
 
 from typing import Any, TextIO
 
-from culm.model import inert
+from culm._printable import inert
 
 
 class SafeStream:

@@ -6,16 +6,21 @@ The core imports only :mod:`culm.model`, :mod:`culm.data`, :mod:`culm.components
 use is named here.
 """
 
-from culm.core import invariants, observe, ports, records, signals, states, transitions
-from culm.core.engine import Engine
-from culm.core.records import StateChange
-from culm.core.settings import (
-    GATEWAY_STRATEGY_FIRST,
-    GATEWAY_STRATEGY_ONLY,
-    Settings,
-    configure,
-    process_settings,
-)
+from typing import TYPE_CHECKING
+
+from culm._faces import lazy_face
+
+if TYPE_CHECKING:
+    from culm.core import invariants, observe, ports, records, signals, states, transitions
+    from culm.core.engine import Engine
+    from culm.core.records import StateChange
+    from culm.core.settings import (
+        GATEWAY_STRATEGY_FIRST,
+        GATEWAY_STRATEGY_ONLY,
+        Settings,
+        configure,
+        process_settings,
+    )
 
 __all__ = [
     # the engine and its settings
@@ -37,3 +42,12 @@ __all__ = [
     "observe",
     "invariants",
 ]
+
+# Imported when first used (culm._faces): `from culm.core import records` loads the records only.
+__getattr__, __dir__ = lazy_face(__name__, {
+    "Engine": ".engine",
+    **dict.fromkeys(("Settings", "configure", "process_settings", "GATEWAY_STRATEGY_ONLY", "GATEWAY_STRATEGY_FIRST"),
+                    ".settings"),
+    "StateChange": ".records",
+    **{name: f".{name}" for name in ("states", "transitions", "signals", "ports", "records", "observe", "invariants")},
+})

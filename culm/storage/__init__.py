@@ -5,10 +5,15 @@ It implements :mod:`culm.core.ports` and imports from the core only the ports, t
 the state names (see docs/architecture.md). What other packages may use is named here.
 """
 
-from culm.storage.memory import MemoryStore
-from culm.storage.migrate import recount_database, upgrade_database
-from culm.storage.sql import SqlStore
-from culm.storage.workers import SqlWorkerRegistry
+from typing import TYPE_CHECKING
+
+from culm._faces import lazy_face
+
+if TYPE_CHECKING:
+    from culm.storage.memory import MemoryStore
+    from culm.storage.migrate import recount_database, upgrade_database
+    from culm.storage.sql import SqlStore
+    from culm.storage.workers import SqlWorkerRegistry
 
 __all__ = [
     # the stores
@@ -20,3 +25,9 @@ __all__ = [
     "upgrade_database",
     "recount_database",
 ]
+
+# Imported when first used (culm._faces): the memory store does not load SQLAlchemy.
+__getattr__, __dir__ = lazy_face(__name__, {
+    "SqlStore": ".sql", "MemoryStore": ".memory", "SqlWorkerRegistry": ".workers",
+    **dict.fromkeys(("upgrade_database", "recount_database"), ".migrate"),
+})

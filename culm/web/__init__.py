@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from culm.web.tokens import PREFIX, ROLES, TokenError, TokenStore
-from culm.web.worker_metrics import start_worker_metrics
 
 if TYPE_CHECKING:
     from culm.web.app import create_app
     from culm.web.connections import counted_protocol
+    from culm.web.worker_metrics import start_worker_metrics
 
 __all__ = [
     # the service
@@ -41,4 +41,8 @@ def __getattr__(name: str) -> Any:
         from culm.web.connections import counted_protocol
 
         return counted_protocol
+    if name == "start_worker_metrics":  # http.server: only `culm worker --metrics-port` serves it
+        from culm.web.worker_metrics import start_worker_metrics
+
+        return start_worker_metrics
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
