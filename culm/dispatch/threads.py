@@ -588,8 +588,7 @@ class ThreadDispatcher:
         self._follow_ups(committed.tasks)
         committed.fire()
         self._calls.extend(committed.calls)
-        if self._policy is not None and self._policy.before_claims():
-            self._drop_lost_calls()  # this process was buried while the batch ran (frozen in it)
+        self._check_buried()  # this process may have been buried while the batch ran (frozen in it)
         self._release(self._slots_of(committed.applied))  # their results are durable now
         if committed.cut_off:
             self._let_go(committed.is_cut_off)
@@ -601,6 +600,17 @@ class ThreadDispatcher:
         the write lock (results of user code, another thread's submissions) joins it."""
         self._take_ready(batch)
         self._in_batch = len(batch)
+
+    def _check_buried(self) -> None:
+        """After a commit: never raises (the batch is committed; failing it would run it again).
+        A beat that fails here is the beat thread's to retry, before the row looks dead."""
+        if self._policy is None:
+            return
+        try:
+            if self._policy.before_claims():
+                self._drop_lost_calls()
+        except Exception:  # noqa: BLE001 - see above
+            logger.warning("beating the worker registry before starting calls failed", exc_info=True)
 
     def _drop_lost_calls(self) -> None:
         """This process was taken for dead: the relay that buried it freed its leases, and
