@@ -48,6 +48,7 @@ from culm.storage.sql.statements import (
     ACK_CHILDREN,
     ALL_ROOT_BYTES,
     CALLBACK_SEQ,
+    CALLBACK_WAITERS,
     CHANGE_COLUMNS,
     CHANGED_PAIRS,
     CHANGED_STATES,
@@ -947,6 +948,17 @@ class SqlUnit(budget.UnitChecks):
                              "AND name = ? GROUP BY root_id", [*chunk, states.FAILED])
             counts.update((str(r[0]), int(r[1])) for r in rows)
         return counts
+
+    def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        # One query through ix_culm_state_root_id and the schedule's (node_id, version) key.
+        found: list[tuple[str, str, str, str]] = []
+        ids = list(dict.fromkeys(root_ids))
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            rows = self._all(CALLBACK_WAITERS.format(marks=marks(len(chunk))),
+                             [*chunk, states.RUNNING, False, "callback", "multiple_callback"])
+            found.extend((str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows)
+        return found
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
