@@ -324,11 +324,11 @@ def skip_node(engine: Engine, node_id: str, loop_skip: bool = False) -> None:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "skip")
-        if node.type in (g.END, g.EXECUTABLE_END) and not loop_skip and _copy_refused(unit, node):
-            st = _state(unit, node_id)
-            _require(st, (states.FAILED,), "skip")
-            skip_copy_refused_end(engine, step, graph, node, st)
-            return
+        if node.type in (g.END, g.EXECUTABLE_END) and not loop_skip:
+            end = unit.get_state(node_id, for_update=True)
+            if end is not None and _copy_refused(unit, node, end):
+                skip_copy_refused_end(engine, step, graph, node, end)
+                return
         if node.type not in (g.ACTIVITY, g.START):
             raise InvalidOperationError(
                 f"node {node_id} is {g.a_type(node.type)}: only activities, start events and the end event of a "
@@ -356,9 +356,12 @@ def skip_failed(engine: Engine, step: Step, node: g.Node, st: StateRecord, next_
     step.event("post_skip_node", node_id=node.id)
 
 
-def _copy_refused(unit: Unit, node: g.Node) -> bool:
+def _copy_refused(unit: Unit, node: g.Node, st: StateRecord) -> bool:
+    """Whether end event ``node``'s current failure (its run of version ``st.version``) is the
+    refused copy of its subprocess's outputs: the marker names the run that was refused, and a
+    later run that failed otherwise keeps the old outputs, marker included."""
     data = unit.get_execution_data(node.id)
-    return bool(data and data[1].get(COPY_REFUSED))
+    return data is not None and st.name == states.FAILED and data[1].get(COPY_REFUSED) == st.version
 
 
 def skip_copy_refused_end(engine: Engine, step: Step, graph: g.Graph, node: g.Node, st: StateRecord) -> None:

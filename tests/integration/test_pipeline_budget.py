@@ -27,6 +27,7 @@ from culm.builder import (
     EmptyEndEvent,
     EmptyStartEvent,
     ExclusiveGateway,
+    ExecutableEndEvent,
     NodeOutput,
     ParallelGateway,
     ServiceActivity,
@@ -41,6 +42,7 @@ from culm.core.records import HistoryRecord
 from culm.core.snapshots import read_snapshot
 from culm.dispatch.inline import InlineDispatcher
 from culm.errors import StoredBytesBudgetError
+from culm.events import ExecutableEndEvent as EndEventComponent
 from culm.model import limits
 from culm.storage import budget
 from culm.storage.sql import SqlStore
@@ -659,14 +661,8 @@ def test_a_subprocess_output_multiplied_into_the_parent_stops_at_the_budget(stor
     # The same through a subprocess: its output mapped to 40 variables of the parent. Checked before
     # its end finishes: the end event fails naming the budget, the subprocess stays RUNNING.
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
-    inner, sub_start, sub_end = activity("t_echo", MB), EmptyStartEvent(), EmptyEndEvent()
-    sub_start.extend(inner).extend(sub_end)
-    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
-                                                outputs=["${a}"]))
-    start = EmptyStartEvent()
-    start.extend(sub).extend(EmptyEndEvent())
-    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
-    tree = build_tree(start, data=data)
+    sub_end = EmptyEndEvent()
+    tree, inner, sub = _subprocess_output_copied_forty_times(sub_end)
     with embedded_runtime(store, tmp_path) as rt:
         run(rt, tree)
         wait_state(rt, sub_end.id, "FAILED", timeout=60)
@@ -719,6 +715,59 @@ def test_a_subprocess_end_refused_its_copy_is_skipped_and_the_parent_goes_on(tmp
         assert not any(k.startswith("${c") for k in keys), keys  # no partial copy in the parent
         assert stored(rt, inner.id) <= BUDGET
         never_stuck(rt, tree["id"])
+
+
+class _EndBreakingOnItsRetry(EndEventComponent):
+    """An end event's code that runs once, then raises on every later run."""
+
+    code = "t_budget_end_breaking_on_retry"
+    runs = 0
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        type(self).runs += 1
+        if type(self).runs > 1:
+            raise RuntimeError("end code broke on its retry")
+
+
+def test_a_refused_copy_no_longer_skips_once_a_retry_failed_otherwise(tmp_path, monkeypatch):
+    # Found reviewing session 19: the refused copy's marker stayed in the end event's outputs,
+    # so after a retry whose end code raised, skip_node still skipped it (bamboo never skips an
+    # end event) and the subprocess finished without its end code ever completing. The marker
+    # names the refused run's version: only that run's failure is skipped.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    monkeypatch.setattr(_EndBreakingOnItsRetry, "runs", 0)
+    sub_end = ExecutableEndEvent(type=_EndBreakingOnItsRetry.code)
+    tree, _, sub = _subprocess_output_copied_forty_times(sub_end)
+    with embedded_runtime("sqlite", tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        refused_version = api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["children"][sub_end.id]["version"]
+        assert api.retry_node(rt, sub_end.id).result
+        wait_until(lambda: _state_of(rt, tree["id"], sub_end.id)["version"] != refused_version
+                   and _state_of(rt, tree["id"], sub_end.id)["state"] == "FAILED", timeout=60,
+                   what="the retried end event failing again")
+        assert "end code broke on its retry" in api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
+        refused = api.skip_node(rt, sub_end.id)
+        assert not refused.result, "an end event whose own code failed was skipped"
+        assert _state_of(rt, tree["id"], sub.id)["state"] == "RUNNING"
+        never_stuck(rt, tree["id"])
+
+
+def _subprocess_output_copied_forty_times(sub_end):
+    """(tree, inner activity, SubProcess): a subprocess whose 1 MB output, made by its activity
+    before ``sub_end``, the parent maps to 40 variables."""
+    inner, sub_start = activity("t_echo", MB), EmptyStartEvent()
+    sub_start.extend(inner).extend(sub_end)
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
+                                                outputs=["${a}"]))
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
+    return build_tree(start, data=data), inner, sub
+
+
+def _state_of(rt, root_id: str, node_id: str) -> dict:
+    return api.get_pipeline_states(rt, root_id).data[root_id]["children"][node_id]
 
 
 def test_a_node_the_engine_does_not_skip_is_not_offered_culm_skip(tmp_path):

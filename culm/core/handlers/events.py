@@ -120,15 +120,17 @@ def _copied_to_parent(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> bo
     them to (before its end finishes, so that a refusal leaves the subprocess running), checked
     against the budget past STORED_BYTES_CHECK_AT bytes: the tree may map one output to any number
     of variables. Refused: the end event fails naming the budget and False. A retry repeats the
-    refusal while the copy is as big, so the end event is marked COPY_REFUSED: skip_node takes
-    such an end event (and only such one), which finishes the subprocess without the copy."""
+    refusal while the copy is as big, so the end event is marked COPY_REFUSED with this run's
+    version: skip_node takes such an end event (and only such one) while that run's failure is its
+    current one, which finishes the subprocess without the copy. A later run of it (a retry whose
+    end code raised) keeps the old outputs, marker included, under a new version: not skipped."""
     mapped = cdata.mapped_outputs(run.graph, run.graph.node(pipeline_id), outputs)
     try:
         run.upsert_context(run.proc.stack[-2], mapped, checked=True)
     except StoredBytesBudgetError as exc:
         run.fail(f"pipeline {pipeline_id}: its outputs could not be copied to the context variables "
                  f"{[v.key for v in mapped]} of pipeline {run.proc.stack[-2]} ({exc}); "
-                 f"{COPY_REFUSED_HINT.format(node=run.node.id)}", outputs={COPY_REFUSED: True})
+                 f"{COPY_REFUSED_HINT.format(node=run.node.id)}", outputs={COPY_REFUSED: run.state.version})
         return False
     return True
 
