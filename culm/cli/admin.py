@@ -64,6 +64,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # and run_worker, which reads $CULM_IMPORTS again, does not import it twice.
     imports = import_names(args.imports)
     import_modules(imports)
+    check_sqlite(db_url(args), read_only=False)  # a folder, another program's SQLite file: exit 4
     from culm.runtime import WorkerWiring
 
     try:
@@ -137,6 +138,8 @@ def _registered_workers(url: str) -> list[Any]:
 def _on_database(args: argparse.Namespace, action: Callable[[str], Any]) -> Any:
     """``action(url)`` on the command's database, its failures as the CLI's database errors."""
     url = db_url(args)
+    # A folder, a missing directory, another program's SQLite file: said before the store opens it.
+    check_sqlite(url, read_only=False, shared=getattr(args, "shared_file", False))
     try:
         return action(url)
     except db_errors() as exc:
@@ -204,6 +207,9 @@ def register(sub: Any) -> None:
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
     upgrade = db_sub.add_parser("upgrade", help="apply the schema migrations")
     add_db(upgrade)
+    upgrade.add_argument("--shared-file", action="store_true",
+                         help="add culm's tables to a SQLite file that already holds other tables (refused "
+                              "without it: --db would name another program's database)")
     upgrade.set_defaults(func=cmd_db_upgrade)
     recount = db_sub.add_parser("recount", help="count the pipelines per state again (after rows were edited by hand)")
     add_db(recount)

@@ -222,9 +222,11 @@ def _sqlite_file(url: str) -> Path | None:
     return None if path in ("", ":memory:") else Path(path)
 
 
-def check_sqlite(url: str, read_only: bool) -> None:
+def check_sqlite(url: str, read_only: bool, shared: bool = False) -> None:
     """A SQLite file ``url`` names can be used: it exists (``read_only``: a read never creates one;
-    :class:`NotFound` when it does not) or can be created or written; else :class:`DatabaseError`. Other databases are not checked here."""
+    :class:`NotFound` when it does not) or can be created or written, and it is not another
+    program's database (``shared``: the user said culm's tables may join those it holds); else
+    :class:`DatabaseError`. Other databases are not checked here."""
     path = _sqlite_file(url)
     if path is None:
         return
@@ -232,6 +234,9 @@ def check_sqlite(url: str, read_only: bool) -> None:
     meant = not path.is_absolute() and (absolute.exists() if read_only else absolute.parent.is_dir())
     hint = (f" (sqlite:///{path} is relative to the working directory; for {absolute}, write four "
             f"slashes: sqlite:///{absolute})") if meant else ""
+    if path.is_dir():
+        raise DatabaseError(f"cannot use the database {path}: it is a folder, not a SQLite file (name a file "
+                            f"in it: sqlite:///{path / 'culm.db'})")
     if read_only and not path.exists():
         # The contract's "not found" (exit 3): no file means no pipeline, node or token of any id
         # there; the database itself is not at fault (exit 4 is for one that cannot be used).
@@ -243,6 +248,47 @@ def check_sqlite(url: str, read_only: bool) -> None:
         raise DatabaseError(f"cannot write the database {path}: the file is read-only")
     if not read_only and not path.exists() and not os.access(path.parent, os.W_OK):
         raise DatabaseError(f"cannot create the database {path}: the directory {path.parent} is read-only")
+    if not shared:
+        _refuse_foreign(path, url)
+
+
+# At most this many of a foreign file's tables are named in the message.
+FOREIGN_NAMED = 5
+
+
+def _refuse_foreign(path: Path, url: str) -> None:
+    """Refuse a SQLite file that holds tables and none of culm's: ``--db`` names the wrong file
+    (another program's database), and opening it would add culm's tables to it (the embedded
+    runtime creates its schema in a SQLite file) or list nothing there as if all were well."""
+    others = foreign_tables(path)
+    if not others:
+        return
+    named = ", ".join(others[:FOREIGN_NAMED]) + (f" and {len(others) - FOREIGN_NAMED} more"
+                                                  if len(others) > FOREIGN_NAMED else "")
+    raise DatabaseError(f"the database file {path} holds no culm tables: it holds {len(others)} other "
+                        f"table(s) ({named}), so it is not culm's database; pass --db the database your "
+                        f"pipelines run on, or, to keep culm's tables in this file beside its own, run "
+                        f"`culm db upgrade --db {_safe(url)} --shared-file` first")
+
+
+def foreign_tables(path: Path) -> list[str]:
+    """The tables of the SQLite file at ``path`` when it holds some and none of culm's (empty
+    otherwise: no file, an empty one, culm's, or one SQLite cannot read, left to the store's
+    opening to judge). Read with the standard library, read-only, without SQLAlchemy."""
+    import sqlite3
+
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return []
+        conn = sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()
+        finally:
+            conn.close()
+    except (OSError, ValueError, sqlite3.Error):
+        return []
+    names = [str(r[0]) for r in rows if not str(r[0]).lower().startswith("sqlite_")]
+    return [] if any(n.lower().startswith("culm_") for n in names) else names
 
 
 def database_error(exc: BaseException, url: str) -> DatabaseError:
@@ -410,8 +456,13 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
         except OSError as exc:
             raise UsageError(f"{flag}: cannot read {raw[1:]}: {exc.strerror or exc}") from exc
         except UnicodeDecodeError as exc:
-            raise UsageError(f"{flag}: cannot read {raw[1:]}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            raise UsageError(f"{flag}: cannot read {raw[1:]}: {not_utf8(exc)}") from None
     return json_object(raw, flag)
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Where a file is not UTF-8 text: ``not UTF-8 text (byte 0xff at offset 0)``."""
+    return f"not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})"
 
 
 # Python refuses to read an int of more digits than this (a defence of its own: converting one

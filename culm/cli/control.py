@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -34,7 +35,13 @@ from culm.cli.common import (
     state_entry,
 )
 from culm.cli.loading import import_modules, import_names, split_assignment
-from culm.cli.run import Progress, progress_by_signal, require_components, wait_and_conclude
+from culm.cli.run import (
+    Progress,
+    missing_components,
+    progress_by_signal,
+    require_components,
+    wait_and_conclude,
+)
 
 FOLLOW_TIMEOUT = 600.0
 # The state a node command's target must be in for the engine to take it; in any other, the
@@ -116,6 +123,16 @@ def names(message: str, target: str) -> bool:
     return re.search(rf"(?<![\w-]){re.escape(target)}(?![\w-])", message) is not None
 
 
+def _warn_resume_imports(rt: Any, root_id: str, target: str, tree: Any) -> None:
+    """After a pause: when `culm resume` here would refuse for want of components (a node waiting
+    for a callback, or not reached yet, runs on when resumed), say so now, in one line."""
+    missing = missing_components(rt, root_id, tree)
+    if missing:
+        print(f"note: `culm resume {target}` will need --import MODULE (or $CULM_IMPORTS) naming the module(s) "
+              f"that define {', '.join(missing)}: its waiting or unreached nodes run on when resumed",
+              file=sys.stderr, flush=True)
+
+
 def cmd_control(args: argparse.Namespace) -> int:
     attr, done, call = _operations()[args.command]
     target = getattr(args, attr)
@@ -138,6 +155,8 @@ def cmd_control(args: argparse.Namespace) -> int:
         if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
             _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
+            if args.command == "pause" and runner:
+                _warn_resume_imports(rt, root_id, target, tree.data)
             return EXIT_OK
         # A command its target's state (as read just now) refuses: say why the engine refuses it, not
         # (first) that the components to run what follows are missing. The state read is only a

@@ -35,7 +35,7 @@ from culm.cli.common import (
     state_entry,
     whole_number,
 )
-from culm.cli.run import Stillness, beyond_repair, ex_data_of, failure_report, node_word
+from culm.cli.run import Stillness, beyond_repair, ex_data_of, explained, failure_report, node_word, skip_hint
 from culm.cli.terminal import on_terminal
 
 _AGE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
@@ -100,7 +100,7 @@ def describe(rt: Any, target: str, outputs: bool = False) -> Described:
             continue
         data = api.get_execution_data_outputs(rt, node_id).data or {}
         if node["state"] == "FAILED":
-            found.ex_data[node_id] = ex_data_of(data)
+            found.ex_data[node_id] = explained(rt, node_id, ex_data_of(data))
         if outputs:
             found.outputs[node_id] = data
     return found
@@ -158,8 +158,9 @@ def _failed_hint(rt: Any, found: Described) -> str:
     which = (" (MODULE: the module or .py file that defines the components, as given to `culm run`)"
              if imports else "")
     node, root = escape(node_word(failed)), escape(shlex.quote(root_id))
-    return (f"[red]{len(failed)} failed node(s)[/]: retry with `culm retry {node} [--data '{{...}}']{imports}`, "
-            f"skip with `culm skip {node}{imports}`, or stop with `culm revoke {root}`{which}")
+    skip = escape(skip_hint(failed, found.info, found.ex_data, imports))
+    return (f"[red]{len(failed)} failed node(s)[/]: retry with `culm retry {node} [--data '{{...}}']{imports}`"
+            f"{skip}, or stop with `culm revoke {root}`{which}")
 
 
 def _no_runner_note(rt: Any, found: Described) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from culm.cli.common import LONG_NUMBER, UsageError, json_object
+from culm.cli.common import LONG_NUMBER, UsageError, json_object, not_utf8
 
 
 def import_names(names: Sequence[str] | None) -> list[str]:
@@ -105,11 +105,21 @@ def _tree_from_module(path: Path) -> dict:
     return tree
 
 
+class _Unreadable(UsageError):
+    """A tree file that holds no text to read as JSON (empty, binary): said as such, whatever its name."""
+
+
 def _tree_from_json(path: Path) -> dict:
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: cannot read: {exc}") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not raw:
+        raise _Unreadable(f"{path}: the file is empty (expected a pipeline tree: a JSON object)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"{path}: {not_utf8(exc)}") from None
     return json_object(text, f"{path}:", "a pipeline tree")
 
 
@@ -133,6 +143,8 @@ def load_tree(source: str, imports: Sequence[str] | None) -> dict:
     # fails, "invalid JSON" alone did not tell a user who gave README.md what culm wanted.
     try:
         return _tree_from_json(path)
+    except _Unreadable:
+        raise
     except UsageError as exc:
         detail = str(exc).removeprefix(str(path)).removeprefix(":").strip()
         raise UsageError(f"{source}: expected a TREE.json or a MODULE.py; read as JSON, it fails: {detail}") from None

@@ -168,19 +168,62 @@ def ex_data_text(rt: Any, node_id: str) -> str:
     """A failed node's ``ex_data`` as text (``(no ex_data)`` when it left none)."""
     from culm import api
 
-    return ex_data_of(api.get_execution_data_outputs(rt, node_id).data or {})
+    return explained(rt, node_id, ex_data_of(api.get_execution_data_outputs(rt, node_id).data or {}))
+
+
+NO_EX_DATA = "(no ex_data)"
 
 
 def ex_data_of(outputs: dict) -> str:
     """The ``ex_data`` of a node's outputs as text (``(no ex_data)`` when there is none)."""
     ex_data = outputs.get("ex_data")
-    return str(ex_data).rstrip() if ex_data not in (None, "") else "(no ex_data)"
+    return str(ex_data).rstrip() if ex_data not in (None, "") else NO_EX_DATA
+
+
+def explained(rt: Any, node_id: str, text: str) -> str:
+    """``text`` (from :func:`ex_data_of`), or for a node that failed leaving no ``ex_data``, why:
+    which component's ``execute()`` or ``schedule()`` returned False (nothing is stored for it)."""
+    from culm import api
+
+    if text != NO_EX_DATA:
+        return text
+    note = (api.get_node_debug_info(rt, node_id).data or {}).get("failure_note")
+    return f"(no ex_data: {note})" if note else text
 
 
 def node_word(failed: Sequence[str]) -> str:
     """What a hint writes for the node to retry or skip: the one failed node's id (quoted for the
     shell), so that the command can be pasted as it is; ``NODE`` when several failed."""
     return shlex.quote(failed[0]) if len(failed) == 1 else "NODE"
+
+
+SKIPPABLE_TYPES = ("ServiceActivity", "EmptyStartEvent")
+# How the engine's refusal to copy a subprocess's outputs into its parent starts (its end event's
+# ex_data): the one end event skip_node takes (culm.core.handlers.events.COPY_REFUSED).
+COPY_REFUSED_TEXT = "its outputs could not be copied to the context variables"
+
+
+def skippable(node_id: str, info: dict[str, tuple[str, str]], ex_data: dict[str, str]) -> bool:
+    """Whether the engine skips this failed node (``culm skip``): an activity, a start event, or
+    the end event of a subprocess whose outputs could not be copied into its parent."""
+    text = ex_data.get(node_id, "")
+    return (info.get(node_id, ("", ""))[1] in SKIPPABLE_TYPES
+            or (text.startswith("pipeline ") and COPY_REFUSED_TEXT in text.split("\n", 1)[0]))
+
+
+def skip_hint(live: Sequence[str], info: dict[str, tuple[str, str]], ex_data: dict[str, str], imports: str) -> str:
+    """The ``, skip with ...`` part of a hint, worded for the failed nodes the engine skips ("" when
+    it skips none of them: a gateway, a subprocess, an end event that failed otherwise)."""
+    nodes = [n for n in live if skippable(n, info, ex_data)]
+    if not nodes:
+        return ""
+    node = node_word(nodes)  # the one node that skips, even among several failed
+    if len(nodes) > 1:
+        return f", skip an activity, start event or refused subprocess end event with `culm skip {node}{imports}`"
+    if info.get(nodes[0], ("", ""))[1] in SKIPPABLE_TYPES:
+        return f", skip with `culm skip {node}{imports}`"
+    return (f", skip the end event with `culm skip {node}{imports}` (its subprocess finishes without copying "
+            "its outputs into the parent)")
 
 
 def beyond_repair(flat: dict[str, dict], root_id: str, node_id: str) -> bool:
@@ -204,13 +247,13 @@ def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[st
     if live:
         node = node_word(live)
         lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
-                 f"`culm retry {node} [--data '{{...}}']{imports}`, skip with `culm skip {node}{imports}` {see}"]
+                 f"`culm retry {node} [--data '{{...}}']{imports}`{skip_hint(live, info, ex_data, imports)} {see}"]
     else:
         lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); revoked, they can no "
                  f"longer be retried or skipped {see}"]
     for node_id in failed:
         lines.append(f"FAILED {render.label(node_id, info)}")
-        lines.extend(f"    {line}" for line in ex_data.get(node_id, "(no ex_data)").splitlines() or [""])
+        lines.extend(f"    {line}" for line in ex_data.get(node_id, NO_EX_DATA).splitlines() or [""])
     return lines
 
 
@@ -277,26 +320,32 @@ def require_components(rt: Any, root_id: str, tree: Any, doing: str, other: str 
     else exit 2 before anything is done (the node would fail naming the code). A FAILED or finished
     node is left out, and ``stops`` (the node a skip or force-fail ends): they do not run again; so is
     a pipeline that is FINISHED or REVOKED, and a ``runs`` node that is: the engine refuses the command."""
-    from culm import api
-    from culm.validator import tree_problems
-
-    if getattr(rt, "dispatcher", None) is None or getattr(rt, "broker", None) or not isinstance(tree, dict):
-        return
-    problems = [p for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")]
-    if not problems:
-        return
-    root = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {})
-    if root.get("state") in ("FINISHED", "REVOKED"):
-        return  # nothing of it runs again: the engine's refusal (exit 5) says why, not a missing import
-    flat = root.get("children") or {}
-    ended = ("FINISHED", "FAILED", "REVOKED")
-    missing = sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0] for p in problems
-                      if (p.where == runs and flat.get(p.where, {}).get("state") not in ("FINISHED", "REVOKED"))
-                      or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
+    missing = missing_components(rt, root_id, tree, runs, stops)
     if missing:
         raise UsageError(f"{doing}: pipeline {root_id} uses component(s) {', '.join(missing)} that are not "
                          "registered in this process, which would run its nodes: name the modules that define "
                          f"them with --import MODULE (or $CULM_IMPORTS){other}")
+
+
+def missing_components(rt: Any, root_id: str, tree: Any, runs: str | None = None,
+                       stops: str | None = None) -> list[str]:
+    """The codes :func:`require_components` finds missing (none when this process runs no work)."""
+    from culm import api
+    from culm.validator import tree_problems
+
+    if getattr(rt, "dispatcher", None) is None or getattr(rt, "broker", None) or not isinstance(tree, dict):
+        return []
+    problems = [p for p in tree_problems(tree, cycle_tolerate=True) if p.message.endswith(" is not registered")]
+    if not problems:
+        return []
+    root = (api.get_pipeline_states(rt, root_id).data or {}).get(root_id, {})
+    if root.get("state") in ("FINISHED", "REVOKED"):
+        return []  # nothing of it runs again: the engine's refusal (exit 5) says why, not a missing import
+    flat = root.get("children") or {}
+    ended = ("FINISHED", "FAILED", "REVOKED")
+    return sorted({p.message.split("component ", 1)[1].rsplit(" is not registered", 1)[0] for p in problems
+                   if (p.where == runs and flat.get(p.where, {}).get("state") not in ("FINISHED", "REVOKED"))
+                   or (p.where != stops and flat.get(p.where, {}).get("state") not in ended)})
 
 
 def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: str, flat: dict[str, dict],

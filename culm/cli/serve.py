@@ -129,6 +129,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     broker = broker_url(args)  # an unknown kind of broker: exit 2, before anything is served
+    check_sqlite(_db(args), read_only=False)  # a folder, another program's SQLite file: exit 4, nothing added
     runtime = culm.Runtime(_db(args), broker=broker, **({"prefix": args.prefix} if broker else {}))
     try:
         table = _token_table(runtime)  # memory:// keeps no tokens: one line, before anything is served

@@ -15,6 +15,7 @@ from culm.core import data as cdata
 from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
+from culm.core.handlers.events import COPY_REFUSED
 from culm.core.handlers.gateways import fork
 from culm.core.ports import StateFields, Unit
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, new_id, new_version, now
@@ -316,13 +317,22 @@ def _step_out_of(unit: Unit, proc: ProcessRecord, subprocess_id: str) -> None:
 
 def skip_node(engine: Engine, node_id: str, loop_skip: bool = False) -> None:
     """Skip a FAILED activity or start event; ``loop_skip``: skip only the failed iteration of its
-    node loop, which goes on with the next iteration while there are any."""
+    node loop, which goes on with the next iteration while there are any. Also the FAILED end event
+    of a subprocess whose outputs could not be copied into the parent (COPY_REFUSED): a retry
+    repeats the refusal while the copy is as big, and bamboo has no such failure."""
     with engine.step() as step:
         unit = step.unit
         graph, node = _node(engine, unit, node_id)
         _refuse_if_revoked(unit, graph, node_id, "skip")
+        if node.type in (g.END, g.EXECUTABLE_END) and not loop_skip:
+            end = unit.get_state(node_id, for_update=True)
+            if end is not None and _copy_refused(unit, node, end):
+                skip_copy_refused_end(engine, step, graph, node, end)
+                return
         if node.type not in (g.ACTIVITY, g.START):
-            raise InvalidOperationError(f"node {node_id} is {g.a_type(node.type)}: only activities and start events skip")
+            raise InvalidOperationError(
+                f"node {node_id} is {g.a_type(node.type)}: only activities, start events and the end event of a "
+                "subprocess whose outputs could not be copied into its parent skip")
         times = _loop_times(unit, node, "skippable", "loop-skip") if loop_skip else 0
         if not loop_skip and not node.can_skip:
             raise InvalidOperationError(f"node {node_id} is not skippable")
@@ -343,6 +353,35 @@ def skip_failed(engine: Engine, step: Step, node: g.Node, st: StateRecord, next_
     _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
     _wake(step, proc, next_id or node.target)  # type: ignore[arg-type]
     step.after.append(_service_hook(engine, unit, node, st, "post_skip_node"))
+    step.event("post_skip_node", node_id=node.id)
+
+
+def _copy_refused(unit: Unit, node: g.Node, st: StateRecord) -> bool:
+    """Whether end event ``node``'s current failure (its run of version ``st.version``) is the
+    refused copy of its subprocess's outputs: the marker names the run that was refused, and a
+    later run that failed otherwise keeps the old outputs, marker included."""
+    data = unit.get_execution_data(node.id)
+    return data is not None and st.name == states.FAILED and data[1].get(COPY_REFUSED) == st.version
+
+
+def skip_copy_refused_end(engine: Engine, step: Step, graph: g.Graph, node: g.Node, st: StateRecord) -> None:
+    """Skip the FAILED end event ``node`` whose subprocess's outputs could not be copied into the
+    parent: the end event FINISHED with ``skip`` set, the subprocess FINISHED with its own outputs
+    (stored before the copy) but none copied into the parent, as a skipped activity's are not; the
+    process leaves the subprocess and goes on after the SubProcess node."""
+    unit = step.unit
+    proc = _sleeping_process(unit, node.id)
+    sub_id = node.pipeline_id
+    if not proc.stack or proc.stack[-1] != sub_id or sub_id == graph.root_id:
+        raise InvalidOperationError(f"node {node.id} is not the end event its process waits on in subprocess {sub_id}")
+    sub = _state(unit, sub_id, "subprocess")
+    _require(sub, (states.RUNNING,), "skip the end event of", "subprocess")
+    step.event("pre_skip_node", node_id=node.id)
+    record_history(unit, st)
+    _cas(step, st, states.FINISHED, {"skip": True, "version": new_version(), "archived_time": now()})
+    _cas(step, sub, states.FINISHED, {"archived_time": now()})
+    unit.update_process(proc.id, stack=proc.stack[:-1])
+    _wake(step, proc, graph.node(sub_id).target)  # type: ignore[arg-type]
     step.event("post_skip_node", node_id=node.id)
 
 

@@ -377,16 +377,34 @@ def pipeline_debug_info(engine: Engine, pipeline_id: str) -> dict[str, Any]:
     }
 
 
+def silent_failure(unit: Unit, st: StateRecord, raw: dict[str, Any] | None,
+                   outputs: dict[str, Any] | None) -> str | None:
+    """Why a FAILED service activity left no ``ex_data`` (its component returned False from
+    ``execute()`` or ``schedule()`` without setting one; as in bamboo, nothing is stored for it), or
+    None when it left one or is no such node. Said for people: the stored outputs stay as they are."""
+    if st.name != states.FAILED or not raw or raw.get("type") != "ServiceActivity":
+        return None
+    outputs = outputs or {}
+    if outputs.get("ex_data") not in (None, "") or outputs.get("_forced_failed"):
+        return None
+    code = (raw.get("component") or {}).get("code") or "?"
+    call = "schedule()" if unit.schedule_of(st.node_id, st.version) is not None else "execute()"
+    return f"node {st.node_id} failed: component {code}'s {call} returned False and set no ex_data"
+
+
 def node_debug_info(engine: Engine, node_id: str) -> dict[str, Any]:
+    """Also ``failure_note``: :func:`silent_failure`'s text, or None."""
     with engine.store.reading() as unit:
         root_id, st = _reached_root(unit, node_id, "debug info")
         graph = engine.graph(root_id, unit)
         exec_data = unit.get_execution_data(node_id)
-    node = graph.nodes.get(node_id)
+        node = graph.nodes.get(node_id)
+        note = silent_failure(unit, st, node.raw if node else None, exec_data[1] if exec_data else None)
     return {
         "node": node.raw if node else {"id": node_id, "type": "Pipeline"},
         "data": raw_data(engine, node_id),
         "state": state_entry(st),
         "execution_data": {"inputs": exec_data[0], "outputs": exec_data[1]} if exec_data else None,
         "err": [],
+        "failure_note": note,
     }

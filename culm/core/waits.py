@@ -148,9 +148,22 @@ def _schedule_wait(st: StateRecord, sched: ScheduleRecord, facts: WaitFacts) -> 
         else:
             reason["text"] = f"polls its service; next poll at {_time(due).astimezone().strftime('%H:%M:%S')}"
         return reason
-    many = " (several may arrive)" if sched.type == "multiple_callback" else ""
-    return {"kind": "callback", "version": st.version,
-            "text": f"waits for a callback{many} with version {st.version}"}
+    return _callback(st.version, sched.type)
+
+
+def _callback(version: str, schedule_type: str) -> dict[str, Any]:
+    many = " (several may arrive)" if schedule_type == "multiple_callback" else ""
+    return {"kind": "callback", "version": version, "text": f"waits for a callback{many} with version {version}"}
+
+
+def callback_waits(unit: Unit, root_ids: Sequence[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{root_id: {node_id: reason}}`` for the nodes of the pipelines ``root_ids`` that wait for a
+    callback: their ``"callback"`` reasons (as :func:`wait_reasons` gives them, without the deadline
+    and revoke notes), in one read for a whole page of a pipeline list."""
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for root_id, node_id, version, schedule_type in unit.callback_waiters(root_ids):
+        found.setdefault(root_id, {})[node_id] = _callback(version, schedule_type)
+    return found
 
 
 def _stalled(tasks: Sequence[TaskRecord]) -> dict[str, Any]:

@@ -135,7 +135,10 @@ def make_celery_app(broker: str, *, prefix: str = "culm", **options: Any) -> Cel
         culm_prefix=prefix,
     )
     app.conf.update(options)
-    app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True)(_run_task)
+    # max_retries=None: a message bounces (no room, the database away) for as long as it takes.
+    # Celery reads retry(max_retries=None) as "the task's own limit", 3 by default: the fourth
+    # bounce failed the message (an ERROR with a traceback) and left the task to the relay.
+    app.task(name=TASK_NAME, bind=True, acks_late=True, ignore_result=True, max_retries=None)(_run_task)
     return app
 
 
@@ -352,8 +355,9 @@ def worker_state() -> _ProcessState:
         state = _ProcessState(pid, store, engine, dispatcher, runner, registry)
         # Registered before this process claims any task, so its death is seen within seconds.
         state.heartbeat = LeaseHeartbeat(state, _config.lease_seconds, _config.beat_seconds, _config.threads,
-                                         _config.prefix)
+                                         _config.prefix, _config.dead_after)
         state.heartbeat.start()
+        runner.alive = state.heartbeat.alive  # a claim waits for a beat when the last one is stale
         state.watchdog = EngineWatchdog(state, _config.stuck_after, check=_config.beat_seconds)
         state.watchdog.start()
         _state = state

@@ -66,12 +66,20 @@ class LeaseHeartbeat:
     other threads delays a beat by the interpreter's switch interval, not by a call's length)."""
 
     def __init__(self, state: _ProcessState, lease_seconds: float, beat_seconds: float = 1.0, threads: int = 0,
-                 prefix: str = "") -> None:
+                 prefix: str = "", dead_after: float = 3.0) -> None:
         self.state = state
         self.lease_seconds = lease_seconds
         self.beat_seconds = beat_seconds
         self._row = (threads, prefix)  # what its registry row says besides owner, host and pid
         self._registered = False
+        # A beat older than this (monotonic, which runs on while the process is stopped) and the
+        # engine beats itself before it claims anything: the relays may be about to bury it, or
+        # have (a SIGSTOP, a paused VM), and free what it claims while it has no row.
+        self.stale_after = max(beat_seconds * 1.5, dead_after / 2)
+        self._beaten_at = -float("inf")  # monotonic: when the last beat that found its row began
+        self._beat_lock = threading.Lock()  # one beat at a time: the beat thread's or the engine's
+        self._burials = 0  # how many times a beat found this process taken for dead
+        self._burials_told = 0  # of them, how many alive() has told the engine thread of
         self._failures = _FailureLog(state.store)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="culm-lease-heartbeat", daemon=True)
@@ -99,16 +107,42 @@ class LeaseHeartbeat:
         self._stop.set()
 
     def _register(self) -> None:
+        began = time.monotonic()
         self.state.registry.register(self.state.engine.owner, *self._row)
         self._registered = True
+        self._beaten_at = began
 
-    def beat_registry(self) -> None:
-        if self.state.registry.beat(self.state.engine.owner):
-            return
-        if self._registered:
-            logger.warning("this worker (%s) was taken for dead (no beat for a while) and its leases freed; "
-                           "registering again", self.state.engine.owner)
-        self._register()
+    def beat_registry(self, older_than: float = 0.0) -> None:
+        """Beat this process's row (registering again when it has none); with ``older_than``,
+        only when the last beat is older than that (seconds)."""
+        with self._beat_lock:
+            began = time.monotonic()
+            if older_than and began - self._beaten_at <= older_than:
+                return  # the beat thread beat while this waited for the lock
+            if self.state.registry.beat(self.state.engine.owner):
+                self._beaten_at = began
+                return
+            if self._registered:
+                self._burials += 1
+                logger.warning("this worker (%s) was taken for dead (no beat for a while) and its leases freed; "
+                               "registering again", self.state.engine.owner)
+            self._register()
+
+    def alive(self) -> bool:
+        """Engine thread, before a batch claims tasks and before the calls it handed out start:
+        make sure this process's registry row is there (beating it now when the last beat is
+        older than :attr:`stale_after`: a process that was frozen wakes with a stale row, or none,
+        and its beat thread may not have run yet). True when a beat found this process taken for
+        dead since the last call: the leases it held then were freed, and the calls it had not
+        started yet may be another worker's now (see culm.dispatch.threads, ``_drop_lost_calls``).
+        Raises what the beat raised (the batch is then tried again like one the database interrupted)."""
+        if time.monotonic() - self._beaten_at > self.stale_after:
+            self.beat_registry(older_than=self.stale_after)
+        burials = self._burials
+        if burials == self._burials_told:
+            return False
+        self._burials_told = burials
+        return True
 
     def beat(self) -> None:
         ids = self.state.runner.task_ids()

@@ -91,6 +91,9 @@ class WorkerRunner:
         self._call_seconds = 0.0  # moving average of user-code call durations
         self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet (nor let go of)
         self._victims = 0  # deadlock victims in a row (engine thread only)
+        # The worker process's LeaseHeartbeat.alive: beats before claims when the last beat is
+        # stale, and says when this process was taken for dead (None: no registry to beat).
+        self.alive: Callable[[], bool] | None = None
 
     @property
     def engine(self) -> Any:
@@ -211,6 +214,15 @@ class WorkerRunner:
 
     def batch_committed(self) -> None:
         self._victims = 0
+
+    def before_claims(self) -> bool:
+        return self.alive() if self.alive is not None else False
+
+    def lost_tasks(self, task_ids: list[str]) -> set[str]:
+        engine = self.loop.engine
+        with engine.store.reading() as unit:
+            leases = {task_id: unit.task_lease(task_id) for task_id in task_ids}
+        return {task_id for task_id, lease in leases.items() if lease is None or lease[0] != engine.owner}
 
     def retry_after(self, batch_size: int, exc: Exception) -> float | None:
         """A database interruption: the same items (with their user code's results) come back

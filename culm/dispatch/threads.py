@@ -260,6 +260,17 @@ class LoopPolicy(Protocol):
         """Engine thread: a batch committed."""
         ...
 
+    def before_claims(self) -> bool:
+        """Engine thread: a batch is about to claim tasks, or the calls a batch handed out are
+        about to start. True when this process was taken for dead (and its leases freed) since
+        the last time it was asked: the calls not started yet are then checked (``lost_tasks``)."""
+        ...
+
+    def lost_tasks(self, task_ids: list[str]) -> set[str]:
+        """Engine thread: of ``task_ids``, the tasks this process no longer holds (the lease
+        freed or another's, the row gone)."""
+        ...
+
     def retry_after(self, batch_size: int, exc: Exception) -> float | None:
         """Engine thread: a batch could not commit, even task by task. Seconds after which the
         same items (results of user code included) are tried again, or None: they are dropped and
@@ -522,9 +533,11 @@ class ThreadDispatcher:
         """How long the engine thread has been in the transaction of the batch under way (0.0:
         none), and the thread.
 
-        Timed: :func:`commit_batch` only, the transaction's reads and writes and the engine's steps
-        between them; not what follows the commit (signal receivers and after-commit hooks, which
-        are user code, and the broker publishes). Read without a lock, from another thread
+        Timed: :func:`commit_batch`, the transaction's reads and writes and the engine's steps
+        between them, and the registry beats a worker's engine thread makes (or waits for) before
+        it claims and before it starts calls when its last beat is stale; not what
+        follows the commit otherwise (signal receivers and after-commit hooks, which are user code,
+        and the broker publishes). Read without a lock, from another thread
         (culm.dispatch.liveness.EngineWatchdog)."""
         began = self._batch_began
         return (0.0 if began is None else time.monotonic() - began), self._engine_thread
@@ -565,8 +578,12 @@ class ThreadDispatcher:
         it) is durable before anything with side effects runs, so after a crash only a node that
         was inside its user code runs again.
         """
-        self._batch_began = time.monotonic()  # the watchdog times the transaction only (batch_age)
+        # The watchdog times the transaction (batch_age), and the registry beat a stale beat
+        # makes the engine thread wait for first (it may wait for the beat thread's beat).
+        self._batch_began = time.monotonic()
         try:
+            if self._policy is not None and self._policy.before_claims():
+                self._drop_lost_calls()
             committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
         finally:
             self._batch_began = None
@@ -575,6 +592,7 @@ class ThreadDispatcher:
         self._follow_ups(committed.tasks)
         committed.fire()
         self._calls.extend(committed.calls)
+        self._check_buried()  # this process may have been buried while the batch ran (frozen in it)
         self._release(self._slots_of(committed.applied))  # their results are durable now
         if committed.cut_off:
             self._let_go(committed.is_cut_off)
@@ -586,6 +604,37 @@ class ThreadDispatcher:
         the write lock (results of user code, another thread's submissions) joins it."""
         self._take_ready(batch)
         self._in_batch = len(batch)
+
+    def _check_buried(self) -> None:
+        """After a commit: never raises (the batch is committed; failing it would run it again).
+        A beat that fails here is the beat thread's to retry, before the row looks dead."""
+        if self._policy is None:
+            return
+        self._batch_began = time.monotonic()  # timed by the watchdog as the beat before claims is
+        try:
+            if self._policy.before_claims():
+                self._drop_lost_calls()
+        except Exception:  # noqa: BLE001 - see above
+            logger.warning("beating the worker registry before starting calls failed", exc_info=True)
+        finally:
+            self._batch_began = None
+
+    def _drop_lost_calls(self) -> None:
+        """This process was taken for dead: the relay that buried it freed its leases, and
+        another worker may run the calls it had handed out and not started. Drop those whose
+        task it no longer holds (their rows stay for that worker, or for the relay's message);
+        the rest keep their lease: this process has registered again, and beats."""
+        if not self._calls:
+            return
+        lost = self._policy.lost_tasks([c.task.id for c in self._calls]) if self._policy is not None else set()
+        if not lost:
+            return
+        kept = [c for c in self._calls if c.task.id not in lost]
+        logger.warning("this worker was taken for dead: %d call(s) it had not started yet were taken over "
+                       "or freed, and are left to the other workers", len(self._calls) - len(kept))
+        self._calls.clear()
+        self._calls.extend(kept)
+        self._forget(sorted(lost))
 
     def _slots_of(self, items: list[Item]) -> int:
         """How many in-flight slots the calls of ``items`` (now over) still held."""

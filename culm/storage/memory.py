@@ -251,6 +251,15 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
                   for root_id in dict.fromkeys(root_ids)}
         return {root_id: n for root_id, n in counts.items() if n}
 
+    def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        found: list[tuple[str, str, str, str]] = []
+        for root_id in dict.fromkeys(root_ids):
+            running = {st.node_id: st.version for _, st in self._where("state", "root", root_id)
+                       if st.name == states.RUNNING}
+            found.extend((root_id, s.node_id, s.version, s.type) for s in self.live_schedules(sorted(running))
+                         if s.version == running[s.node_id] and s.type in ("callback", "multiple_callback"))
+        return found
+
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_copy_state(st) for _, st in self._where("state", "parent", parent_id)]
 

@@ -41,6 +41,9 @@ _REGISTER = f"INSERT INTO culm_worker ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, {{n
 _BEAT = "UPDATE culm_worker SET beat_time = {now} WHERE owner = ?"
 _UNREGISTER = "DELETE FROM culm_worker WHERE owner = ?"
 _REGISTERED = "SELECT 1 FROM culm_worker WHERE owner = ?"
+# Asked again once the rows to free are locked, as a locking read (the latest committed row, on
+# MariaDB too): a claim the owner committed after registering again is then never freed.
+_REGISTERED_NOW = "SELECT owner FROM culm_worker WHERE owner = ? FOR UPDATE"
 _LIST = f"SELECT {_COLUMNS}, {{now}} - beat_time FROM culm_worker ORDER BY host, pid"
 # Deleted only while still silent: a beat that came in meanwhile keeps the row (and the worker).
 _BURY_SILENT = "DELETE FROM culm_worker WHERE owner = ? AND beat_time < {now} - ?"
@@ -182,10 +185,13 @@ class SqlWorkerRegistry:
         with self.store.transaction() as unit:
             if unit._one(_REGISTERED, [owner]) is not None:
                 return []
-            return _free_leases(unit, owner)
+            return _free_leases(unit, owner, unless_registered=True)
 
 
-def _free_leases(unit: SqlUnit, owner: str) -> list[str]:
+def _free_leases(unit: SqlUnit, owner: str, unless_registered: bool = False) -> list[str]:
+    """Free the leases ``owner`` holds on rows no transaction locks; ``unless_registered``: none
+    when ``owner`` has a registry row once they are locked (it registered again meanwhile: a task
+    it claimed since is its own; SQLite's write transaction shuts that out already)."""
     from culm.storage.sql.statements import marks as _marks
 
     ids = [str(r[0]) for r in unit._all(_HELD_BY, [owner])]
@@ -197,6 +203,8 @@ def _free_leases(unit: SqlUnit, owner: str) -> list[str]:
             chunk = [str(r[0]) for r in unit._all(_LOCK_HELD.format(marks=marks), [*chunk, owner])]
             if not chunk:
                 continue
+            if unless_registered and unit._one(_REGISTERED_NOW, [owner]) is not None:
+                return freed  # the caller's transaction ends here: a freed chunk before stays freed
             marks = _marks(len(chunk))
         unit._x(_FREE.format(marks=marks), [*chunk, owner])
         freed += chunk

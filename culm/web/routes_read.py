@@ -12,6 +12,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from culm import api
+from culm.core import waits
 from culm.errors import NodeNotReachedError
 from culm.model.limits import MAX_LOG_PAGE_LINES
 from culm.web import auth, live
@@ -51,13 +52,18 @@ def list_pipelines(
                                    created_before=created_before, limit=limit, offset=offset)
     data = unwrap(found)
     # A RUNNING pipeline may be stuck on failed nodes (bamboo keeps it RUNNING): each such item says
-    # how many, so that the list shows which pipelines wait for an operator.
+    # how many, so that the list shows which pipelines wait for an operator; and which of its nodes
+    # wait for a callback (someone, or some system, has to send it).
     running = [item for item in data["items"] if item["state"] == "RUNNING"]
     if running:
-        with _rt(request).store.reading() as unit:  # one grouped read for the page
-            failed = unit.failed_node_counts([item["id"] for item in running])
+        ids = [item["id"] for item in running]
+        with _rt(request).store.reading() as unit:  # two grouped reads for the page
+            failed = unit.failed_node_counts(ids)
+            callbacks = waits.callback_waits(unit, ids)
         for item in running:
             item["failed_nodes"] = failed.get(item["id"], 0)
+            item["callback_nodes"] = [{"node_id": node_id, **reason}
+                                      for node_id, reason in callbacks.get(item["id"], {}).items()]
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 

@@ -540,7 +540,7 @@ def test_data_from_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "blob.bin").write_bytes(b"\x00\xf3\xff binary")
     out = culm(tmp_path, "run", str(EXAMPLES / "tree.json"), "--data", "@blob.bin")
     assert out.returncode == 2, out.stdout + out.stderr
-    assert out.stderr == "error: --data: cannot read blob.bin: not UTF-8 text (invalid continuation byte at byte 1)\n"
+    assert out.stderr == "error: --data: cannot read blob.bin: not UTF-8 text (byte 0xf3 at offset 1)\n"
 
 
 def test_a_syntax_error_in_a_module_names_its_file_and_line(tmp_path: Path) -> None:

@@ -123,3 +123,16 @@ class OrderComponent(Component):
     code = "web_order"
     name = "Take an order"
     bound_service = OrderService
+
+
+class RefusingWaitService(WaitService):
+    """Waits for a callback, then fails it: ``schedule`` returns False and sets no ex_data."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        return False
+
+
+class RefusingWaitComponent(Component):
+    code = "web_wait_refuses"
+    name = "Wait for a callback, then refuse it"
+    bound_service = RefusingWaitService

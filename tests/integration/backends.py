@@ -106,6 +106,20 @@ def create_database(kind: str) -> str:
     return base.render_as_string(hide_password=False)
 
 
+def fresh_store(kind: str) -> Iterator[Any]:
+    """A fixture's body: a SqlStore on a new migrated database of ``kind`` (as
+    :func:`create_database`), disposed and dropped after."""
+    from culm.storage.migrate import upgrade_database
+    from culm.storage.sql import SqlStore
+
+    url = create_database(kind)
+    upgrade_database(url)
+    store = SqlStore(url)
+    yield store
+    store.dispose()
+    drop_database(url)
+
+
 def drop_database(url: str) -> None:
     """Drop a database made by :func:`create_database` (closing other sessions on PostgreSQL)."""
     from sqlalchemy.engine import make_url
@@ -151,7 +165,8 @@ class DistributedBackend:
 
     def teardown(self) -> None:
         """Stop the workers whatever else fails (a runtime that will not close, a pytest timeout
-        or Ctrl-C in the middle): a worker left running outlives the session (``worker_guard``)."""
+        or Ctrl-C in the middle): a worker left running outlives the session (``worker_guard``).
+        ``CULM_TEST_KEEP_DB=1`` keeps the database for inspection (its URL is printed; drop it yourself)."""
         try:
             for rt in self._runtimes:
                 rt.close()
@@ -160,7 +175,9 @@ class DistributedBackend:
                 self.stop_workers()
             finally:
                 self._delete_queues()
-                if self.db_url:
+                if self.db_url and os.environ.get("CULM_TEST_KEEP_DB"):
+                    print(f"\nCULM_TEST_KEEP_DB: kept {self.db_url} (drop it yourself)", flush=True)
+                elif self.db_url:
                     drop_database(self.db_url)
 
     def runtime(self, **options: Any) -> culm.Runtime:

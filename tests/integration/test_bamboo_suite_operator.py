@@ -246,13 +246,16 @@ def test_revoke_pipeline_with_nested_parallel(runtime):
     timers finish; the processes then die instead of entering the debug nodes after them."""
     b = _nested_parallel(gate=_timer)
     pid = run(runtime, build_tree(b["start"]), root_pipeline_data={})
+    # Bounds for a loaded CI machine (failed there in two full CI runs at the default 10 s / 20 s, on
+    # both distributed backends, and passed alone): ten timers' first polls and their ends go
+    # through the workers' queues one after another.
     for timer in b["gates"]:
         wait_until(lambda t=timer: "timing_time" in (api.get_execution_data_outputs(runtime, t.id).data or {}),
-                   what=f"the first poll of {timer.id}")
+                   timeout=60, what=f"the first poll of {timer.id}")
     assert api.revoke_pipeline(runtime, pid).result
     assert node_state(runtime, pid)["state"] == "REVOKED"
 
-    wait_all(runtime, pid, _ids(b["start"], b["pg_1"], b["pg_2"], *b["gates"]), "FINISHED")
+    wait_all(runtime, pid, _ids(b["start"], b["pg_1"], b["pg_2"], *b["gates"]), "FINISHED", timeout=60)
     wait_idle(runtime)
     assert node_state(runtime, pid)["state"] == "REVOKED"
     _not_reached(runtime, pid, _ids(b["cg_1"], b["cg_2"], b["end"], *b["acts_1"], *b["acts_2"]))

@@ -486,3 +486,47 @@ def test_watch_prints_a_stalled_wait_once_not_every_second(embedded: Cli) -> Non
     lines = [line for line in out.splitlines() if "not taken" in line]
     assert len(lines) == 1 and root in lines[0], out
     assert embedded("revoke", root).returncode == 0
+
+
+def _bare(cli: Cli, *args: str) -> subprocess.CompletedProcess:
+    """``culm ARGS`` without $CULM_IMPORTS: the components are not registered in its process."""
+    bare = dict(cli.env())
+    bare.pop("CULM_IMPORTS")
+    return subprocess.run([sys.executable, "-m", "culm", *args], cwd=cli.cwd, env=bare, text=True,
+                          capture_output=True, timeout=120, stdin=subprocess.DEVNULL)
+
+
+def test_pause_warns_that_resume_will_need_the_components(embedded: Cli) -> None:
+    # A new user's trial: `culm pause` of a pipeline waiting for a callback said nothing, and the
+    # `culm resume` after it refused for want of --import. The pause says so now, in one line.
+    path, tree, (node,) = tree_file(embedded, "t_callback")
+    root = tree["id"]
+    assert embedded("run", str(path), "--timeout", "2").returncode == 1
+    paused = _bare(embedded, "pause", root)
+    assert paused.returncode == 0 and "paused" in paused.stdout, paused.stdout + paused.stderr
+    notes = [line for line in paused.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and f"`culm resume {root}` will need --import" in notes[0], paused.stderr
+    assert "t_callback" in notes[0]
+    refused = _bare(embedded, "resume", root)
+    assert refused.returncode == 2 and "--import" in refused.stderr  # what the note announced
+    assert embedded("resume", root, "--no-follow").returncode == 0
+    # With the components named, nothing to warn about.
+    again = embedded("pause", root)
+    assert again.returncode == 0 and "note:" not in again.stderr, again.stderr
+    assert embedded("revoke", root).returncode == 0
+
+
+def test_a_callback_failing_without_ex_data_says_which_call_returned_false(embedded: Cli) -> None:
+    # A new user's trial: a callback whose schedule() returned False (setting no ex_data) failed the
+    # node with "(no ex_data)" only. As in bamboo nothing is stored; what is shown says why.
+    path, tree, (node,) = tree_file(embedded, "t_callback")
+    root = tree["id"]
+    assert embedded("run", str(path), "--timeout", "2").returncode == 1
+    called = embedded("callback", node, "--data", '{"ok": false}')  # accepted: the node fails after
+    assert f"called back step1 ({node})" in called.stdout, called.stdout + called.stderr
+    why = f"(no ex_data: node {node} failed: component t_callback's schedule() returned False and set no ex_data)"
+    assert why in called.stdout, called.stdout
+    assert why in embedded("status", root).stdout
+    outputs = embedded.json("status", root, "--outputs")["tree"]["children"][node]
+    assert "ex_data" not in outputs.get("outputs", {})  # the stored outputs stay bamboo's
+    assert embedded("revoke", root).returncode == 0

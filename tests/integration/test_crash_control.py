@@ -307,7 +307,14 @@ def test_kill_9_of_workers_during_control_calls(kind: str, tmp_path: Path, monke
         kills = [Kill(POOL, states(), group=group, before=before)]
         backend.start_workers(1)
         seen = executes()
-        wait_until(lambda: executes() >= seen + 30 or not operator.is_alive(), 60, 0.02, what="30 more executes")
+        # 30 more executes, or every pipeline ended (fewer were left: the operator then stops).
+        # A timeout is a stall (a few pipelines left, each a few seconds of work): say where.
+        try:
+            wait_until(lambda: executes() >= seen + 30 or not operator.is_alive(), 60, 0.02,
+                       what="30 more executes")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {executes() - seen} after the kill; the pipelines not ended:\n"
+                                 f"{_describe(rt, roots)}") from None
         pool = [int(p) for w in backend.alive() for p in
                 Path(f"/proc/{backend.workers[w].pid}/task/{backend.workers[w].pid}/children").read_text().split()]
         ran = [w[-2] for w in _lines(log) if w[0] in ("exec", "sched") and int(w[-2]) in pool]

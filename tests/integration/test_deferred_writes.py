@@ -6,7 +6,7 @@ SQL is stored as it was given."""
 from __future__ import annotations
 
 import pytest
-from backends import create_database, drop_database
+from backends import create_database, drop_database, fresh_store
 from driver_log import rollbacks, round_trips
 
 from culm.core.records import StateRecord
@@ -17,25 +17,16 @@ from culm.storage.sql import mysql as mysql_dialect
 pytestmark = pytest.mark.timeout(60)
 
 
-def _fresh_store(kind: str):
-    url = create_database(kind)
-    upgrade_database(url)
-    s = SqlStore(url)
-    yield s
-    s.dispose()
-    drop_database(url)
-
-
 # "mysqlclient": MariaDB through the C driver (culm[mysqlclient]) instead of PyMySQL.
 @pytest.fixture(params=["postgres", "mariadb", "mysqlclient"])
 def store(request):
-    yield from _fresh_store(request.param)
+    yield from fresh_store(request.param)
 
 
 @pytest.fixture(params=["mariadb", "mysqlclient"])
 def mysql_store(request):
     """MariaDB only (through either driver): what its multi-statement queries do."""
-    yield from _fresh_store(request.param)
+    yield from fresh_store(request.param)
 
 
 def _state(node_id: str, name: str = "RUNNING") -> StateRecord:
@@ -492,7 +483,7 @@ def test_mysql_merges_updates_of_single_rows_keeping_each_rows_conditions(mysql_
 @pytest.fixture
 def pg_store():
     """PostgreSQL only: what its combined statements do."""
-    yield from _fresh_store("postgres")
+    yield from fresh_store("postgres")
 
 
 def test_postgres_merges_the_writes_of_one_text_in_a_combined_statement(pg_store, monkeypatch):

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from components import gate
 from engine_fixtures import finish, refused, run, wait_state
+from support import wait_until
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
@@ -106,3 +107,41 @@ def test_failed_node_counts_of_a_page_in_one_read(runtime):
             assert unit.failed_node_counts([]) == {}
     finally:
         gate(f"gated-{tag}").set()
+
+
+def test_callback_waits_of_a_page_in_one_read(runtime):
+    # The console's list names the nodes of a RUNNING pipeline that wait for a callback (one read
+    # for the page); a node still executing, or failed, waits for none.
+    from culm.core import waits
+
+    tag = uuid.uuid4().hex[:8]
+    inner = EmptyStartEvent()
+    waiter = ServiceActivity(component_code="t_callback")
+    inner.extend(waiter).extend(EmptyEndEvent())
+    start = EmptyStartEvent()
+    start.extend(SubProcess(start=inner)).extend(EmptyEndEvent())
+    nested = build_tree(start)
+    nested["name"] = f"nested-{tag}"
+    calling = run(runtime, nested)
+    wait_state(runtime, waiter.id, "RUNNING")
+    failing_tree = named_tree(f"failing-{tag}", code="t_fail")
+    failing = run(runtime, failing_tree)
+    wait_state(runtime, next(iter(failing_tree["activities"])), "FAILED")
+    gated = named_tree(f"gated-{tag}", code="t_gate")
+    executing = run(runtime, gated)
+    wait_state(runtime, next(iter(gated["activities"])), "RUNNING")
+    try:
+        def entry() -> dict:
+            return api.get_pipeline_states(runtime, calling).data[calling]["children"][waiter.id]
+
+        wait_until(lambda: (entry().get("wait_reason") or {}).get("kind") == "callback", 10, 0.02,
+                   what="the callback wait")
+        version = entry()["version"]
+        with runtime.store.reading() as unit:
+            found = waits.callback_waits(unit, [calling, failing, executing])
+            assert waits.callback_waits(unit, []) == {}
+        assert found == {calling: {waiter.id: {"kind": "callback", "version": version,
+                                               "text": f"waits for a callback with version {version}"}}}
+    finally:
+        gate(f"gated-{tag}").set()
+        assert api.revoke_pipeline(runtime, calling).result

@@ -26,6 +26,8 @@ from culm.builder import (
     Data,
     EmptyEndEvent,
     EmptyStartEvent,
+    ExclusiveGateway,
+    ExecutableEndEvent,
     NodeOutput,
     ParallelGateway,
     ServiceActivity,
@@ -40,6 +42,7 @@ from culm.core.records import HistoryRecord
 from culm.core.snapshots import read_snapshot
 from culm.dispatch.inline import InlineDispatcher
 from culm.errors import StoredBytesBudgetError
+from culm.events import ExecutableEndEvent as EndEventComponent
 from culm.model import limits
 from culm.storage import budget
 from culm.storage.sql import SqlStore
@@ -613,6 +616,18 @@ def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_bu
     assert stored(rt, act.id) <= room
 
 
+def refused_copies(rt, act: ServiceActivity, key: str) -> tuple[dict, str]:
+    """Run ``act`` alone with its output ``key`` mapped to 40 variables, until it fails: the tree
+    and the failed node's ex_data."""
+    start = EmptyStartEvent()
+    start.extend(act).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=act.id, source_key=key) for i in range(40)})
+    tree = build_tree(start, data=data)
+    run(rt, tree)
+    wait_state(rt, act.id, "FAILED", timeout=60)
+    return tree, api.get_execution_data(rt, act.id).data["outputs"]["ex_data"]
+
+
 def test_a_tree_multiplying_one_output_into_many_variables_stops_at_the_budget(small_budget):
     # Found probing (session 19): the engine's copies of a node's outputs into the context variables
     # the tree maps them to were counted, never checked, and the tree may map one output to any
@@ -621,13 +636,7 @@ def test_a_tree_multiplying_one_output_into_many_variables_stops_at_the_budget(s
     # the budget, nothing copied, and an operator can skip it.
     rt = small_budget
     act = activity("t_echo", MB)
-    start = EmptyStartEvent()
-    start.extend(act).extend(EmptyEndEvent())
-    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=act.id, source_key="p0") for i in range(40)})
-    tree = build_tree(start, data=data)
-    run(rt, tree)
-    wait_state(rt, act.id, "FAILED", timeout=60)
-    ex = api.get_execution_data(rt, act.id).data["outputs"]["ex_data"]
+    tree, ex = refused_copies(rt, act, "p0")
     assert f"node {act.id}: its outputs could not be copied to the context variables ['${{c0}}'," in ex, ex
     assert f"pipeline {tree['id']}: storing its context values (40,000," in ex, ex
     assert "over the 20,000,000 one pipeline may store" in ex, ex
@@ -637,19 +646,23 @@ def test_a_tree_multiplying_one_output_into_many_variables_stops_at_the_budget(s
     wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
 
 
+def test_a_failed_component_refused_its_copies_keeps_its_own_failure_text(small_budget):
+    # Found reviewing session 19: the refusal's text replaced the ex_data of a component that had
+    # failed itself, so the operator no longer saw why it failed.
+    act = ServiceActivity(component_code="t_fail")
+    act.component.inputs.x = Var(type=Var.SPLICE, value=MB)
+    _tree, ex = refused_copies(small_budget, act, "partial")
+    assert f"node {act.id}: its outputs could not be copied to the context variables" in ex, ex
+    assert ex.endswith("; the component's own failure: t_fail said no"), ex
+
+
 @pytest.mark.parametrize("store", EMBEDDED)
 def test_a_subprocess_output_multiplied_into_the_parent_stops_at_the_budget(store, tmp_path, monkeypatch):
     # The same through a subprocess: its output mapped to 40 variables of the parent. Checked before
     # its end finishes: the end event fails naming the budget, the subprocess stays RUNNING.
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
-    inner, sub_start, sub_end = activity("t_echo", MB), EmptyStartEvent(), EmptyEndEvent()
-    sub_start.extend(inner).extend(sub_end)
-    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
-                                                outputs=["${a}"]))
-    start = EmptyStartEvent()
-    start.extend(sub).extend(EmptyEndEvent())
-    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
-    tree = build_tree(start, data=data)
+    sub_end = EmptyEndEvent()
+    tree, inner, sub = _subprocess_output_copied_forty_times(sub_end)
     with embedded_runtime(store, tmp_path) as rt:
         run(rt, tree)
         wait_state(rt, sub_end.id, "FAILED", timeout=60)
@@ -659,6 +672,118 @@ def test_a_subprocess_output_multiplied_into_the_parent_stops_at_the_budget(stor
         assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
         assert stored(rt, inner.id) <= BUDGET
         never_stuck(rt, tree["id"])
+
+
+def test_a_subprocess_end_refused_its_copy_is_skipped_and_the_parent_goes_on(tmp_path, monkeypatch):
+    # Found reviewing session 19: the refused end event could not be skipped (only activities and
+    # start events were), nor the SubProcess node, and a retry repeated the refusal: only a revoke
+    # got out, while the hints said to skip it. Skipping it finishes the subprocess without the copy.
+    import re
+
+    from culm.cli.inspect import _failed_hint, describe
+
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    inner, sub_start, sub_end = activity("t_echo", MB), EmptyStartEvent(), EmptyEndEvent()
+    sub_start.extend(inner).extend(sub_end)
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
+                                                outputs=["${a}"]))
+    start, after = EmptyStartEvent(), activity("t_echo", "after")
+    start.extend(sub).extend(after).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
+    tree = build_tree(start, data=data)
+    with embedded_runtime("sqlite", tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        ex = api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
+        assert f"skip the end event {sub_end.id} to finish the subprocess without copying" in ex, ex
+        hint = _failed_hint(rt, describe(rt, tree["id"], False))
+        commands = re.findall(r"`culm (\w+) ([^ `]+)", hint)
+        assert ("skip", sub_end.id) in commands, hint
+        assert "without copying its outputs into the parent" in hint, hint
+        # the SubProcess node and a looped skip still refuse, saying what skips
+        refused = api.skip_node(rt, sub.id)
+        assert not refused.result and "end event of a subprocess whose outputs could not be copied" in refused.message
+        assert not api.skip_node(rt, sub_end.id, loop_skip=True).result
+        skipped = api.skip_node(rt, sub_end.id)  # what `culm skip NODE` calls
+        assert skipped.result, skipped.message
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        flat = api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["children"]
+        assert flat[sub_end.id]["state"] == "FINISHED" and flat[sub_end.id]["skip"]
+        assert flat[sub.id]["state"] == flat[after.id]["state"] == "FINISHED"
+        info = api.get_pipeline_debug_info(rt, tree["id"]).data
+        keys = {v["key"] for v in info["context_values"] if v.get("pipeline_id", tree["id"]) == tree["id"]}
+        assert not any(k.startswith("${c") for k in keys), keys  # no partial copy in the parent
+        assert stored(rt, inner.id) <= BUDGET
+        never_stuck(rt, tree["id"])
+
+
+class _EndBreakingOnItsRetry(EndEventComponent):
+    """An end event's code that runs once, then raises on every later run."""
+
+    code = "t_budget_end_breaking_on_retry"
+    runs = 0
+
+    def execute(self, in_subprocess, root_pipeline_id, current_pipeline_id):
+        type(self).runs += 1
+        if type(self).runs > 1:
+            raise RuntimeError("end code broke on its retry")
+
+
+def test_a_refused_copy_no_longer_skips_once_a_retry_failed_otherwise(tmp_path, monkeypatch):
+    # Found reviewing session 19: the refused copy's marker stayed in the end event's outputs,
+    # so after a retry whose end code raised, skip_node still skipped it (bamboo never skips an
+    # end event) and the subprocess finished without its end code ever completing. The marker
+    # names the refused run's version: only that run's failure is skipped.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    monkeypatch.setattr(_EndBreakingOnItsRetry, "runs", 0)
+    sub_end = ExecutableEndEvent(type=_EndBreakingOnItsRetry.code)
+    tree, _, sub = _subprocess_output_copied_forty_times(sub_end)
+    with embedded_runtime("sqlite", tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        refused_version = api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["children"][sub_end.id]["version"]
+        assert api.retry_node(rt, sub_end.id).result
+        wait_until(lambda: _state_of(rt, tree["id"], sub_end.id)["version"] != refused_version
+                   and _state_of(rt, tree["id"], sub_end.id)["state"] == "FAILED", timeout=60,
+                   what="the retried end event failing again")
+        assert "end code broke on its retry" in api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
+        refused = api.skip_node(rt, sub_end.id)
+        assert not refused.result, "an end event whose own code failed was skipped"
+        assert _state_of(rt, tree["id"], sub.id)["state"] == "RUNNING"
+        never_stuck(rt, tree["id"])
+
+
+def _subprocess_output_copied_forty_times(sub_end):
+    """(tree, inner activity, SubProcess): a subprocess whose 1 MB output, made by its activity
+    before ``sub_end``, the parent maps to 40 variables."""
+    inner, sub_start = activity("t_echo", MB), EmptyStartEvent()
+    sub_start.extend(inner).extend(sub_end)
+    sub = SubProcess(start=sub_start, data=Data(inputs={"${a}": NodeOutput(source_act=inner.id, source_key="p0")},
+                                                outputs=["${a}"]))
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
+    return build_tree(start, data=data), inner, sub
+
+
+def _state_of(rt, root_id: str, node_id: str) -> dict:
+    return api.get_pipeline_states(rt, root_id).data[root_id]["children"][node_id]
+
+
+def test_a_node_the_engine_does_not_skip_is_not_offered_culm_skip(tmp_path):
+    # A failed node the engine refuses to skip (here an exclusive gateway none of whose conditions
+    # holds: `culm skip-exclusive-gateway`, not `culm skip`) is not offered `culm skip` by the hint.
+    from culm.cli.inspect import _failed_hint, describe
+
+    start, eg, end = EmptyStartEvent(), ExclusiveGateway(conditions={0: "1 == 0"}), EmptyEndEvent()
+    start.extend(eg).extend(end)
+    tree = build_tree(start)
+    with embedded_runtime("sqlite", tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, eg.id, "FAILED", timeout=60)
+        hint = _failed_hint(rt, describe(rt, tree["id"], False))
+        assert "culm skip " not in hint and "culm retry" in hint, hint
+        assert not api.skip_node(rt, eg.id).result
 
 
 def test_outputs_copied_within_the_budget_are_kept(small_budget):

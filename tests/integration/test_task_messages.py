@@ -143,3 +143,20 @@ def test_a_walk_too_big_for_one_frame_stays_out_of_the_header():
     assert hint == {"root": graph.root_id, "node": fork.id}  # run and node only
     small = dispatcher._hint(TaskRecord("t", EXECUTE, "p", branches[0].id, graph.root_id))
     assert "walk" in small and len(json.dumps(small)) <= MAX_HINT_WALK_CHARS
+
+
+def test_a_message_bounces_for_as_long_as_it_takes():
+    """A worker without room (or without its database) sends the message back with a countdown,
+    as often as it takes: Celery's default limit of 3 retries failed the fourth bounce (an ERROR
+    and a traceback in the worker's log) and left the task to the relay's grace."""
+    from celery.exceptions import Retry
+
+    app = make_celery_app("memory://", prefix="culmbounce")
+    task = app.tasks[TASK_NAME]
+    task.push_request(id="bounced", args=["t1", EXECUTE], kwargs={}, retries=10, called_directly=False,
+                      delivery_info={})
+    try:
+        with pytest.raises(Retry):
+            task.retry(countdown=0.05, max_retries=None)  # what _run_task raises without room
+    finally:
+        task.pop_request()

@@ -168,6 +168,12 @@ class _RecordingPolicy:
         self.failures.append((batch_size, str(exc)))
         return 0.01 if len(self.failures) == 1 else None
 
+    def before_claims(self) -> bool:
+        return False  # never taken for dead (an embedded loop has no registry)
+
+    def lost_tasks(self, task_ids: list[str]) -> set[str]:
+        return set()
+
 
 def test_the_loop_policy_hears_of_user_code_and_commits_and_retries_a_failed_batch(tmp_path, monkeypatch):
     from culm.dispatch import threads

@@ -203,9 +203,9 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
     if node.timeout is not None:
         deadlines.disarm(run)
     mapped, loop_times = _outputs_to_context(run, ok, outputs)
-    if node.loop_config and not _kept_loop_outputs(run, mapped, outputs):
+    if node.loop_config and not _kept_loop_outputs(run, mapped, outputs, ok):
         return SLEEP
-    if not node.loop_config and not _copied_outputs(run, mapped, outputs):
+    if not node.loop_config and not _copied_outputs(run, mapped, outputs, ok):
         return SLEEP
     fail_skip = bool((node.loop_config or {}).get("fail_skip"))
     if finishes(ok, node.error_ignorable, fail_skip):
@@ -217,7 +217,14 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
     return SLEEP
 
 
-def _copied_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any]) -> bool:
+def _own_failure(outputs: dict[str, Any], ok: bool) -> str:
+    """What a refusal to copy or keep outputs adds to its text when the component failed itself
+    (``ok`` False): its own ``ex_data``, which the refusal's text replaces in the outputs."""
+    own = outputs.get("ex_data")
+    return "" if ok or own in (None, "") else f"; the component's own failure: {own}"
+
+
+def _copied_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any], ok: bool) -> bool:
     """Copy the node's outputs into the context variables the tree maps them to, checked against
     the pipeline's budget past STORED_BYTES_CHECK_AT bytes (the tree may map one output to many
     variables: 40 copies of a 1 MB output stored 40 MB past a 20 MB budget, unchecked, until
@@ -226,12 +233,12 @@ def _copied_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any
         run.upsert_context(run.top_pipeline_id, mapped, checked=True)
     except StoredBytesBudgetError as exc:
         run.fail(f"node {run.node.id}: its outputs could not be copied to the context variables "
-                 f"{[v.key for v in mapped]} ({exc})", outputs={**outputs, "_result": False})
+                 f"{[v.key for v in mapped]} ({exc}){_own_failure(outputs, ok)}", outputs={**outputs, "_result": False})
         return False
     return True
 
 
-def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any]) -> bool:
+def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, Any], ok: bool) -> bool:
     """Store the list a node loop collects its iterations' outputs in; when it grew past what the
     store holds, fail the node saying so (the list stays as the iterations before left it) and
     return False. The store encodes the value before writing anything, so nothing is half done."""
@@ -241,7 +248,7 @@ def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, 
         st = run.state
         run.fail(f"node {run.node.id}: the outputs of its loop iterations could not be kept in context variable "
                  f"{mapped[0].key!r} at iteration {st.inner_loop} ({exc}); it holds those of the iterations "
-                 "before", outputs={**outputs, "_result": False})
+                 f"before{_own_failure(outputs, ok)}", outputs={**outputs, "_result": False})
         return False
     return True
 

@@ -18,6 +18,11 @@ from culm.model import compiled as g
 # the pipeline's outputs have rendered on the pool. The walk entering the end event again (a resume,
 # a replay after a crash) then only ends the pipeline: the code ran for this run, never twice.
 CODE_RAN = "_end_code_ran"
+# In the outputs of an end event whose subprocess's outputs could not be copied into the parent:
+# the one kind of end event skip_node takes (a retry would repeat the refusal).
+COPY_REFUSED = "_copy_refused"
+COPY_REFUSED_HINT = ("skip the end event {node} to finish the subprocess without copying its outputs "
+                     "into the parent (culm skip {node}), retry it once the budget allows the copy, or revoke the pipeline")
 
 
 def start(run: Run) -> Outcome:
@@ -114,14 +119,18 @@ def _copied_to_parent(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> bo
     """Copy subprocess ``pipeline_id``'s outputs into the parent's context variables the tree maps
     them to (before its end finishes, so that a refusal leaves the subprocess running), checked
     against the budget past STORED_BYTES_CHECK_AT bytes: the tree may map one output to any number
-    of variables. Refused: the end event fails naming the budget (an operator retries or skips
-    it) and False."""
+    of variables. Refused: the end event fails naming the budget and False. A retry repeats the
+    refusal while the copy is as big, so the end event is marked COPY_REFUSED with this run's
+    version: skip_node takes such an end event (and only such one) while that run's failure is its
+    current one, which finishes the subprocess without the copy. A later run of it (a retry whose
+    end code raised) keeps the old outputs, marker included, under a new version: not skipped."""
     mapped = cdata.mapped_outputs(run.graph, run.graph.node(pipeline_id), outputs)
     try:
         run.upsert_context(run.proc.stack[-2], mapped, checked=True)
     except StoredBytesBudgetError as exc:
         run.fail(f"pipeline {pipeline_id}: its outputs could not be copied to the context variables "
-                 f"{[v.key for v in mapped]} of pipeline {run.proc.stack[-2]} ({exc})", outputs={})
+                 f"{[v.key for v in mapped]} of pipeline {run.proc.stack[-2]} ({exc}); "
+                 f"{COPY_REFUSED_HINT.format(node=run.node.id)}", outputs={COPY_REFUSED: run.state.version})
         return False
     return True
 

@@ -48,6 +48,7 @@ from culm.storage.sql.statements import (
     ACK_CHILDREN,
     ALL_ROOT_BYTES,
     CALLBACK_SEQ,
+    CALLBACK_WAITERS,
     CHANGE_COLUMNS,
     CHANGED_PAIRS,
     CHANGED_STATES,
@@ -948,6 +949,17 @@ class SqlUnit(budget.UnitChecks):
             counts.update((str(r[0]), int(r[1])) for r in rows)
         return counts
 
+    def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
+        # One query through ix_culm_state_root_id and the schedule's (node_id, version) key.
+        found: list[tuple[str, str, str, str]] = []
+        ids = list(dict.fromkeys(root_ids))
+        for at in range(0, len(ids), 500):
+            chunk = ids[at:at + 500]
+            rows = self._all(CALLBACK_WAITERS.format(marks=marks(len(chunk))),
+                             [*chunk, states.RUNNING, False, "callback", "multiple_callback"])
+            found.extend((str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows)
+        return found
+
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
 
@@ -1365,8 +1377,15 @@ class SqlUnit(budget.UnitChecks):
         250-550 KB past a 200 KB room on PostgreSQL). It travels in the round trip of the read.
         Lock order: the caller's state rows, then the budget lock, then the counter rows its
         writes' triggers take. Only a transaction that has written none of its root's counted rows
-        yet may wait for it (a callback's check, a context update's, both before their first
-        counted write; the engine's own writes never ask for it), so no cycle goes through it."""
+        yet waits for it (a callback's check, a context update's, both before their first counted
+        write; the engine's own writes never ask for it), but a cycle can still go through it, as
+        three parties: a callback T1 holds the budget lock of root R and waits, at its first counted
+        write, for counter row (R, k); an engine batch E holds (R, k) (its earlier writes' triggers
+        took it) and waits for node N2's state row; T3, a callback to N2 (holding N2's state row)
+        or a context update (holding the root's state row that E also waits for), waits for the
+        budget lock T1 holds. The servers detect the deadlock and roll one of the three back, which
+        runs again: a callback or context update by :mod:`culm.api`'s retry of deadlock victims
+        (culm._retry), the engine's batch by the runner's (review19a)."""
         own = ROOT_BYTES_OWN.get(replacing or "", "0").format(size=self.octet_length)
         row = self._one(f"SELECT n.root_id, {own} FROM culm_node n WHERE n.id = ?", [node_id])
         if row is None:

@@ -345,7 +345,11 @@ class MysqlDialect(Dialect):
         long, and a server may set it higher than CULM_ENGINE_STUCK_AFTER). Asked on a connection
         of its own (2 s to connect, 2 s to read). A row's wait is read from information_schema's
         InnoDB tables, which need the PROCESS privilege: without it (or on MySQL 8, which has no
-        INNODB_LOCK_WAITS) the question fails and the batch counts as stuck, as before."""
+        INNODB_LOCK_WAITS) the question fails and the batch counts as stuck, as before. A table's
+        metadata lock wait counts only while another process's session holds a metadata lock in
+        the waiter's database, when the server says who holds them (MariaDB's metadata_lock_info
+        plugin: LOCK_WAITS_MDL); without it, a wait for a lock this process's own session holds
+        counts too."""
         session = _writers.get(thread_id)
         if session is None:
             return 0
@@ -354,7 +358,11 @@ class MysqlDialect(Dialect):
         raw = store.engine.dialect.connect(*args, **{**params, "connect_timeout": 2, "read_timeout": 2})
         try:
             cur = raw.cursor()
-            cur.execute(LOCK_WAITS_MYSQL.format(own=", ".join(str(int(i)) for i in own)), [session, session])
+            cur.execute(HAS_MDL_INFO)
+            found = cur.fetchone()
+            ids = ", ".join(str(int(i)) for i in own)
+            mdl = LOCK_WAITS_MDL.format(own=ids) if found and int(found[0] or 0) else ""
+            cur.execute(LOCK_WAITS_MYSQL.format(own=ids, mdl=mdl), [session, session])
             row = cur.fetchone()
         finally:
             raw.close()
@@ -421,15 +429,28 @@ class MysqlDialect(Dialect):
 _SESSIONS: set[tuple[tuple[str, int, str], int, int]] = set()  # (server, pid, id)
 # Each thread's session of the write transaction it began last (MysqlDialect.lock_waits).
 _writers = WriterSessions()
-# Whether session %s waits for a table's lock, or for a row's that a session not of this process
-# ({own}: its ids) holds.
+# Whether session %s waits for a table's lock ({mdl}: held by a session not of this process, when
+# the server can tell), or for a row's that a session not of this process ({own}: its ids) holds.
 LOCK_WAITS_MYSQL = (
-    "SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE ID = %s AND STATE LIKE 'Waiting for%%lock')"
+    "SELECT (SELECT COUNT(*) FROM information_schema.PROCESSLIST p WHERE p.ID = %s"
+    " AND p.STATE LIKE 'Waiting for%%lock'{mdl})"
     " + (SELECT COUNT(*) FROM information_schema.INNODB_TRX r"
     " JOIN information_schema.INNODB_LOCK_WAITS w ON w.requesting_trx_id = r.trx_id"
     " JOIN information_schema.INNODB_TRX b ON b.trx_id = w.blocking_trx_id"
     " WHERE r.trx_mysql_thread_id = %s AND b.trx_mysql_thread_id NOT IN ({own}))"
 )
+# With MariaDB's metadata_lock_info plugin (information_schema.METADATA_LOCK_INFO, the metadata
+# locks granted, by session; not the one a waiter asks for): a wait for a table's metadata lock
+# counts only while a session not of this process holds one on a table or the schema of the
+# waiter's database (this process's own sessions cannot block it for good: they commit, or the
+# engine's liveness ends them). Other waits (a global read lock, a backup lock: every session's
+# DML holds one of those, on any database) count as before, and so does every wait without the
+# plugin: nothing tells the blocker.
+LOCK_WAITS_MDL = (" AND (p.STATE <> 'Waiting for table metadata lock' OR EXISTS (SELECT 1"
+                  " FROM information_schema.METADATA_LOCK_INFO m WHERE m.THREAD_ID <> p.ID"
+                  " AND m.THREAD_ID NOT IN ({own}) AND m.TABLE_SCHEMA = p.DB))")
+HAS_MDL_INFO = ("SELECT COUNT(*) FROM information_schema.PLUGINS"
+                " WHERE PLUGIN_NAME = 'METADATA_LOCK_INFO' AND PLUGIN_STATUS = 'ACTIVE'")
 _SESSIONS_LOCK = threading.Lock()
 _SESSION = "culm_session"  # the (pid, id) of a pooled connection, in its ``info``
 UNKNOWN_THREAD = 1094  # KILL of a session that has ended meanwhile

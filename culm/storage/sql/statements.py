@@ -218,6 +218,10 @@ CALLBACK_SEQ = "SELECT MAX(seq) FROM culm_callback_data WHERE node_id = ? AND ve
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
 LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished = ?"
+# The RUNNING nodes of a page of pipelines that wait for callbacks (culm.core.waits.callback_waits).
+CALLBACK_WAITERS = ("SELECT s.root_id, s.node_id, s.version, c.type FROM culm_state s JOIN culm_schedule c "
+                    "ON c.node_id = s.node_id AND c.version = s.version WHERE s.root_id IN ({marks}) AND s.name = ? "
+                    "AND c.finished = ? AND c.type IN (?, ?) ORDER BY s.root_id, s.node_id")
 LIVE_SCHEDULES_ANY = SCHEDULE_SELECT + " WHERE node_id = ANY(?) AND finished = ?"  # PostgreSQL (see STATES_ANY)
 
 # Root pipelines per state (culm_root_count, see culm.storage.schema): one shard's row moved by a

@@ -228,6 +228,12 @@ function listPage(view, params) {
     if (after) q.set("created_after", new Date(after).toISOString());
     if (before) q.set("created_before", new Date(before).toISOString());
     const data = await culm.api("/api/v1/pipelines?" + q.toString());
+    // A RUNNING pipeline whose nodes wait for a callback: "waiting", with those nodes named (the
+    // engine's wait reasons, culm.core.waits, as their tooltip).
+    const waitingFor = (p) => (p.callback_nodes && p.callback_nodes.length ? el("span", { class: "callback-nodes",
+      title: p.callback_nodes.map((w) => `${w.node_id}: ${w.text}`).join("\n"),
+      text: ` waiting for a callback at ${p.callback_nodes.slice(0, 3).map((w) => w.node_id).join(", ")}`
+        + (p.callback_nodes.length > 3 ? ` and ${p.callback_nodes.length - 3} more` : "") }) : null);
     const total = Object.values(data.counts).reduce((a, b) => a + b, 0);
     counts.replaceChildren(
       el("button", { type: "button", class: "chip" + (state ? "" : " active"), "aria-pressed": String(!state),
@@ -243,7 +249,7 @@ function listPage(view, params) {
           title: p.name ? culm.inert(p.name) : null, text: p.name || "(no name)" })),
         el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes
           ? el("span", { class: "failed-nodes", title: "nodes that failed and wait for an operator (retry, skip or revoke)",
-            text: ` ${p.failed_nodes} failed node(s)` }) : null),
+            text: ` ${p.failed_nodes} failed node(s)` }) : null, waitingFor(p)),
         el("td", { text: culm.fmtTime(p.created_time) }), el("td", { text: culm.fmtTime(p.started_time) }),
         el("td", { text: culm.fmtTime(p.archived_time) }))));
     table.dataset.loads = String(Number(table.dataset.loads || 0) + 1); // how many reads so far (tests wait on it)

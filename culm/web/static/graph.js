@@ -251,7 +251,10 @@
       }
       head.replaceChildren(el("a", { href: "#/", text: "‹ Pipelines" }),
         el("h2", { class: "clamp", title: culm.inert(name()), text: name() }), page.tree && page.tree.name ? el("span", { class: "muted", text: pipelineId }) : "", // (DOM's replaceChildren writes null as "null")
-        el("span", { id: "pipeline-state" }, culm.badge(root && root.state)), actions,
+        el("span", { id: "pipeline-state" }, culm.badge(root && root.state)),
+        // Why the pipeline itself waits (paused by an operator, stalled): the engine's wait reason.
+        root && root.wait_reason ? el("span", { id: "pipeline-wait", class: "muted", text: culm.inert(root.wait_reason.text) }) : "",
+        actions,
         el("span", { class: "legend", title: "what the colours of the graph mean" }, el("span", { class: "muted", text: "colours:" }),
           ["RUNNING", "FINISHED", "FAILED", "SUSPENDED"].map((s) => culm.badge(s)),
           el("span", { class: "badge pause-ahead", title: "an operator set a pause on this node before any branch reached it",

@@ -35,10 +35,15 @@
   };
 
   // Whether the node lies inside a revoked pipeline (the root, or a subprocess around it, as its
-  // wait reason says): the engine then refuses every node command, so the panel offers none.
-  culm.revokedAround = function (page, entry) {
+  // wait reason says, or, for a node not reached yet, as the states of the subprocesses around it
+  // say): the engine then refuses every node command, so the panel offers none.
+  culm.revokedAround = function (page, entry, nodeId) {
     const root = page.tree && page.states[page.tree.id];
-    return Boolean((root && root.state === "REVOKED") || (entry && entry.wait_reason && entry.wait_reason.revoked));
+    if ((root && root.state === "REVOKED") || (entry && entry.wait_reason && entry.wait_reason.revoked)) return true;
+    for (let up = page.index[nodeId] && page.index[nodeId].parent; up; up = page.index[up] && page.index[up].parent) {
+      if (page.states[up] && page.states[up].state === "REVOKED") return true;
+    }
+    return false;
   };
 
   function section(title, body) {
@@ -271,7 +276,7 @@
     const ref = page.index[nodeId];
     const node = ref ? ref.node : { id: nodeId, type: "Pipeline" };
     const entry = page.states[nodeId];
-    const allowed = culm.revokedAround(page, entry) ? [] : culm.actionsFor(node, entry);
+    const allowed = culm.revokedAround(page, entry, nodeId) ? [] : culm.actionsFor(node, entry);
     // A live change elsewhere redraws the panel; an operator typing into a form of this node
     // keeps it (and the text and focus) as long as the node's state still allows its command.
     const open = panel.dataset.node === nodeId && panel.querySelector("#action-form");
@@ -352,7 +357,12 @@
         entry ? el("tr", {}, el("td", { text: "ended" }), el("td", { text: culm.fmtTime(entry.archived_time) })) : null),
       info.problem ? el("p", { class: "muted", id: "node-problem", text: culm.inert(info.problem) }) : null,
       actions, formSlot,
-      outputs.ex_data ? section("Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view", text: String(outputs.ex_data) })) : null,
+      // A skipped node keeps the error it failed with: it is history, not its state now.
+      outputs.ex_data ? section(entry && entry.skip ? "Error before the skip (ex_data, history: an operator skipped the node)"
+        : "Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view", text: String(outputs.ex_data) }))
+        // A component that returned False and set no ex_data: the service says which call did.
+        : info.failure_note ? section("Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view",
+          text: culm.inert(`(no ex_data: ${info.failure_note})`) })) : null,
       section("Inputs", el("pre", { id: "inputs-view", text: json(inputs) })),
       section("Outputs", el("pre", { id: "outputs-view", text: json(shown) })),
       section("History", info.histories && info.histories.length
