@@ -533,11 +533,9 @@ class ThreadDispatcher:
         """How long the engine thread has been in the transaction of the batch under way (0.0:
         none), and the thread.
 
-        Timed: :func:`commit_batch`, the transaction's reads and writes and the engine's steps
-        between them, and the registry beats a worker's engine thread makes (or waits for) before
-        it claims and before it starts calls when its last beat is stale; not what
-        follows the commit otherwise (signal receivers and after-commit hooks, which are user code,
-        and the broker publishes). Read without a lock, from another thread
+        Timed: :func:`commit_batch` only, the transaction's reads and writes and the engine's steps
+        between them; not what follows the commit (signal receivers and after-commit hooks, which
+        are user code, and the broker publishes). Read without a lock, from another thread
         (culm.dispatch.liveness.EngineWatchdog)."""
         began = self._batch_began
         return (0.0 if began is None else time.monotonic() - began), self._engine_thread
@@ -578,12 +576,10 @@ class ThreadDispatcher:
         it) is durable before anything with side effects runs, so after a crash only a node that
         was inside its user code runs again.
         """
-        # The watchdog times the transaction (batch_age), and the registry beat a stale beat
-        # makes the engine thread wait for first (it may wait for the beat thread's beat).
-        self._batch_began = time.monotonic()
+        if self._policy is not None and self._policy.before_claims():
+            self._drop_lost_calls()
+        self._batch_began = time.monotonic()  # the watchdog times the transaction only (batch_age)
         try:
-            if self._policy is not None and self._policy.before_claims():
-                self._drop_lost_calls()
             committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
         finally:
             self._batch_began = None
@@ -610,14 +606,11 @@ class ThreadDispatcher:
         A beat that fails here is the beat thread's to retry, before the row looks dead."""
         if self._policy is None:
             return
-        self._batch_began = time.monotonic()  # timed by the watchdog as the beat before claims is
         try:
             if self._policy.before_claims():
                 self._drop_lost_calls()
         except Exception:  # noqa: BLE001 - see above
             logger.warning("beating the worker registry before starting calls failed", exc_info=True)
-        finally:
-            self._batch_began = None
 
     def _drop_lost_calls(self) -> None:
         """This process was taken for dead: the relay that buried it freed its leases, and
