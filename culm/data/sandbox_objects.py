@@ -191,6 +191,7 @@ ARITH_DUNDERS = tuple(
      "__trunc__", "__floor__", "__ceil__", "__complex__")
 # Modules whose classes' operators only compute on the values they hold.
 _TRUSTED_CODE = _PROTOCOL_MODULES | {"enum", "dataclasses", "numbers", "abc", "typing"}
+_MIXIN_MODULES = frozenset({"collections.abc", "_collections_abc", "numbers", "abc"})
 _SANDBOX_MODULE = "culm.data.sandbox_eval"  # the builtins and methods it hands an expression
 _PLAIN = frozenset({str, int, float, bool, type(None), bytes, complex})
 _HOLDERS = (list, tuple, set, frozenset, dict, collections.deque)
@@ -222,6 +223,15 @@ def own_operator(kind: type, dunders: tuple[str, ...]) -> str | None:
 def _computes(kind: type, owner: type | None, found: Any) -> bool:
     func = found.__func__ if isinstance(found, classmethod | staticmethod) else found
     if isinstance(func, types.FunctionType):
+        if func.__module__ in _MIXIN_MODULES:
+            # An abstract base's ready-made method (Mapping.__eq__, Set.__le__, Complex.__bool__)
+            # calls the class's own __iter__, __getitem__, __len__, __ne__...: a standard
+            # library class's only (UserDict's); a user's Mapping runs its own code through it.
+            return _top(kind.__module__) in _TRUSTED_CODE
+        if func.__module__ == "functools":
+            # functools.total_ordering's methods call the class's own __lt__ (or __le__...):
+            # judged by the class that holds them (ipaddress's, or a user's).
+            return owner is not None and _top(owner.__module__) in _TRUSTED_CODE
         if _top(func.__module__) in _TRUSTED_CODE or func.__module__ == _SANDBOX_MODULE:
             return True  # a namedtuple's __repr__, an Enum's __str__
         # the repr, eq and order methods dataclasses wrote from the fields (their values are walked)

@@ -5,6 +5,7 @@ types keep working (docs/data-and-variables.md, "Objects in the context")."""
 from __future__ import annotations
 
 import collections
+import collections.abc
 import dataclasses
 import datetime
 import decimal
@@ -366,3 +367,40 @@ def test_refusing_a_container_subclass_does_not_measure_it_first() -> None:
     with pytest.raises(ExpressionRefusedError, match="__eq__"):
         evaluate("x == [1] or [1] == x", {"x": counted})
     assert RAN == []
+
+
+class LazyRecords(collections.abc.Mapping):
+    """A user's mapping over a remote store: Mapping's ready-made __eq__, get and __contains__
+    call its own __getitem__, __iter__ and __len__ (each one a query)."""
+
+    def __getitem__(self, key: str) -> int:
+        RAN.append("getitem")
+        return 1
+
+    def __iter__(self):
+        RAN.append("iter")
+        return iter(["a"])
+
+    def __len__(self) -> int:
+        RAN.append("len")
+        return 1
+
+
+def test_an_abstract_bases_ready_made_operators_on_a_users_class_are_refused() -> None:
+    """collections.abc's and numbers' methods are standard library code, but they run the user's
+    class's own protocol methods: trusted for a standard library class only."""
+    names = {"m": LazyRecords(), "ud": collections.UserDict({"a": 1})}
+    for expr in ("m == {'a': 1}", "{'a': 1} == m", "[m] == [{}]"):
+        with pytest.raises(ExpressionRefusedError, match="__eq__"):
+            evaluate(expr, names)
+    assert RAN == []
+    assert evaluate("[ud == {'a': 1}, 'a' in ud]", names) == [True, True]
+
+
+def test_ip_addresses_and_networks_compare() -> None:
+    """ipaddress's order comes from functools.total_ordering: judged by the class holding it."""
+    import ipaddress
+
+    names = {"ip": ipaddress.ip_address("10.0.0.1"), "net": ipaddress.ip_network("10.0.0.0/8")}
+    assert evaluate("[ip == ip, ip < ip, ip in [ip], ip in net, net == net, str(max([ip]))]", names) == [
+        True, False, True, True, True, "10.0.0.1"]
