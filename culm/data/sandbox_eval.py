@@ -43,6 +43,7 @@ from culm.data.sandbox_guards import (
     user_method,
 )
 from culm.data.sandbox_objects import (
+    ARITH_DUNDERS,
     COMPARE_DUNDERS,
     HASH_DUNDERS,
     TEXT_DUNDERS,
@@ -341,6 +342,11 @@ class Evaluator:
             return
         if own_operator(type(value), dunders) is not None:
             raise operator_refusal(value, dunders, "an operator on") or ExpressionError("an operator")
+        if isinstance(value, collections.Counter):
+            # Counter's operators (written in Python) add and compare the counts it holds
+            refusal = operator_refusal(value, ARITH_DUNDERS + COMPARE_DUNDERS, "an operator on")
+            if refusal is not None:
+                raise refusal
 
     def truth(self, value: Any) -> bool:
         """``bool(value)``; refused, as ``len(value)`` is, for an object whose class measures it

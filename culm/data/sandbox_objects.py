@@ -260,13 +260,13 @@ def operator_refusal(
         kind = type(item)
         if kind in _PLAIN:
             continue
+        visited += 1  # every item that is not a scalar: a list of a million datetimes is timed too
+        if tick is not None and not visited % 512:
+            tick()
         if isinstance(item, _HOLDERS) or kind in _VIEWS or kind in _LIBRARY_HOLDERS or dataclass_like(item):
             if known.get(id(item)) is item or walked.get(id(item)) is item:
                 continue
             walked[id(item)] = item
-            visited += 1
-            if tick is not None and not visited % 512:
-                tick()
         found = own_operator(kind, dunders)
         if found is not None:
             return ExpressionRefusedError(
