@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from culm._faces import lazy_face
 
 if TYPE_CHECKING:
-    from culm.core import invariants, observe, ports, records, signals, states, transitions
+    from culm.core import invariants, observe, ports, records, signals, states, transitions, waits
     from culm.core.engine import Engine
     from culm.core.records import StateChange
     from culm.core.settings import (
@@ -38,9 +38,10 @@ __all__ = [
     # what storage and dispatch implement and exchange
     "ports",
     "records",
-    # hooks for a metrics exporter; the checker of the engine's promises
+    # hooks for a metrics exporter; the checker of the engine's promises; why a node waits
     "observe",
     "invariants",
+    "waits",
 ]
 
 # Imported when first used (culm._faces): `from culm.core import records` loads the records only.
@@ -49,5 +50,6 @@ __getattr__, __dir__ = lazy_face(__name__, {
     **dict.fromkeys(("Settings", "configure", "process_settings", "GATEWAY_STRATEGY_ONLY", "GATEWAY_STRATEGY_FIRST"),
                     ".settings"),
     "StateChange": ".records",
-    **{name: f".{name}" for name in ("states", "transitions", "signals", "ports", "records", "observe", "invariants")},
+    **{name: f".{name}" for name in ("states", "transitions", "signals", "ports", "records", "observe", "invariants",
+                                      "waits")},
 })

@@ -152,7 +152,9 @@ def test_connections_cut_mid_batch(backend: DistributedBackend, cut: str) -> Non
     connected = "Connected to " + backend.broker_url.split(":", 1)[0]
     connected_before = {i: backend.worker_log(i).count(connected) for i in workers}
     cut_connections = _cutter(backend, cut)
-    trees = [_batch_tree(0.05) for _ in range(COUNT)]
+    # 0.15 s calls: 240 of them on 8 slots take ~4.5 s, room for the cut (at 0.05 s the batch
+    # ended before the RabbitMQ connections were found and cut, once in a full CI run)
+    trees = [_batch_tree(0.15) for _ in range(COUNT)]
     ours = {n for tree in trees for n in tree["activities"]}
 
     def executed() -> collections.Counter[str]:
