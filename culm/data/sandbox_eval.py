@@ -34,6 +34,7 @@ from culm.data.sandbox_guards import (
     SAFE_METHODS,
     SIZED,
     TABLE_BYTES,
+    base_length,
     check_attribute_name,
     check_subscript,
     int_digits,
@@ -162,7 +163,13 @@ class Evaluator:
         """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
         if not isinstance(value, CONTAINERS):
             return measure(value, 0, 0, _no_tick)
-        if len(value) >= 64:
+        length = len(value) if type(value) in _SIZED_TYPES else base_length(type(value))(value)
+        if length < 64 and type(value) in _SMALL_HOLDERS:
+            # a big value held twice ([rows, rows], {'a': rows, 'b': rows}) is measured once
+            for child in value.values() if type(value) is dict else value:
+                if isinstance(child, CONTAINERS) and len(child) >= 64:
+                    self.measure(child)
+        if length >= 64:
             cached = self.sizes.get(id(value))
             if cached is not None and cached[0] is value:
                 return cached[1], cached[2]
@@ -310,6 +317,9 @@ class Evaluator:
             return
         if left is right and type(left) in _EXACT_HOLDERS:
             return
+        if isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS) and not self.lim.trust_objects:
+            self.keyed(left, "comparing")  # equal sets or dicts look every key up in the other
+            self.keyed(right, "comparing")
         for value, other in ((left, right), (right, left)):
             if type(other) in _PLAIN_VALUES:
                 self.operand(value, _COMPARED)
@@ -381,6 +391,15 @@ class Evaluator:
             yield chunk
             self.check_clock()
 
+    def keyed(self, holder: Any, what: str) -> None:
+        """Refuse a set's or dict's keys when too many share a hash (see :meth:`hashed`); once per
+        holder and evaluation."""
+        seen = self.checked.setdefault(("hashed",), {})
+        if seen.get(id(holder)) is not holder:
+            base: Any = dict if isinstance(holder, dict) else set if isinstance(holder, set) else frozenset
+            self.hashed(list(base.__iter__(holder)), f"{what}: the keys of a {type(holder).__name__}")
+            seen[id(holder)] = holder
+
     def hashed(self, items: list[Any], what: str) -> list[Any]:
         """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
 
@@ -388,8 +407,8 @@ class Evaluator:
         (all multiples of 2**61-1 do) cost n**2/2 comparisons inside one C call.
         """
         self.plain(items, HASH_DUNDERS, f"{what}: hashing")
-        if len(items) <= MAX_HASH_COLLISIONS:
-            return items
+        if len(items) <= MAX_HASH_COLLISIONS or len(items) - len(set(map(hash, items))) <= MAX_HASH_COLLISIONS:
+            return items  # at most that many items share a hash with another one (counted in C)
         groups: dict[int, list[Any]] = {}
         for index, item in enumerate(items):
             group = groups.get(hash(item))
@@ -610,8 +629,11 @@ class Evaluator:
             # ints are capped where they are built; these come from the caller's names
             self.ensure_int(left, "left operand")
             self.ensure_int(right, "right operand")
-        elif kind in _SET_MERGES and isinstance(left, set | frozenset) and isinstance(right, set | frozenset):
-            self.hashed([*left, *right], "set result")
+        elif kind in _VIEW_OPERATORS and isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS):
+            # a | b, a & b, a - b, a ^ b of sets or dicts look each key of one up among the other's:
+            # keys that share a hash (a context's set of multiples of 2**61-1) make that quadratic
+            self.keyed(left, "left operand")
+            self.keyed(right, "right operand")
         elif kind in _VIEW_OPERATORS and (isinstance(left, _SET_VIEWS) or isinstance(right, _SET_VIEWS)):
             # A keys or items view takes any iterable as the other operand and builds a set of it
             # in C (d.keys() ^ range(0, 20000*(2**61-1), 2**61-1) ran for 15 s): both operands
@@ -797,9 +819,9 @@ _PROTOCOL_TYPES = frozenset({
 _METHOD_BASES = (str, bool, int, float, list, tuple, dict, frozenset, set)
 _METHOD_TYPES = frozenset(_METHOD_BASES)
 _TUPLE_FIELD = type(getattr(collections.namedtuple("_T", "f"), "f"))  # noqa: B009 - a namedtuple's field getter
+_SMALL_HOLDERS = frozenset({list, tuple, dict})
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
-_SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
 _KEYED_HOLDERS = (set, frozenset, dict)
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})
 _SET_VIEWS = DICT_VIEWS[0::2]  # keys and items views are set-like, values views are not
