@@ -42,6 +42,7 @@ from culm.data.sandbox_guards import (
     method_kind,
     opaque,
     user_method,
+    without_addresses,
 )
 from culm.data.sandbox_objects import (
     ARITH_DUNDERS,
@@ -396,8 +397,7 @@ class Evaluator:
         holder and evaluation."""
         seen = self.checked.setdefault(("hashed",), {})
         if seen.get(id(holder)) is not holder:
-            base: Any = dict if isinstance(holder, dict) else set if isinstance(holder, set) else frozenset
-            self.hashed(list(base.__iter__(holder)), f"{what}: the keys of a {type(holder).__name__}")
+            self.hashed(list(_keys(holder)), f"{what}: the keys of a {type(holder).__name__}")
             seen[id(holder)] = holder
 
     def hashed(self, items: list[Any], what: str) -> list[Any]:
@@ -555,7 +555,7 @@ class Evaluator:
         self.ensure_number(value, "formatted value")
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
         self.ensure_length(self.size(value) + format_width(self.lim, value, spec), "formatted value")
-        return self.built(format(value, spec))
+        return self.built(_no_address(format(value, spec)))
 
     # -- comprehensions
 
@@ -634,6 +634,8 @@ class Evaluator:
             # keys that share a hash (a context's set of multiples of 2**61-1) make that quadratic
             self.keyed(left, "left operand")
             self.keyed(right, "right operand")
+            if kind in _MERGES:  # the result holds the keys of both
+                self.hashed([*_keys(left), *_keys(right)], f"{type(left).__name__} result")
         elif kind in _VIEW_OPERATORS and (isinstance(left, _SET_VIEWS) or isinstance(right, _SET_VIEWS)):
             # A keys or items view takes any iterable as the other operand and builds a set of it
             # in C (d.keys() ^ range(0, 20000*(2**61-1), 2**61-1) ran for 15 s): both operands
@@ -649,7 +651,7 @@ class Evaluator:
                     f"integer result of << would exceed {self.lim.max_int_digits} digits"
                 )
         elif kind is ast.Mod and (isinstance(left, _FORMATTED) or type(left) is UserString):
-            return self.built(percent_format(self, left, right))
+            return self.built(_no_address(percent_format(self, left, right)))
         return self.built(_BINOPS[kind](left, right))
 
     def as_set(self, operand: Any, what: str) -> set[Any]:
@@ -743,7 +745,7 @@ class Evaluator:
                 self.reach(mapping, "formatting from")
             for arg in (*args, *kwargs.values()):
                 self.plain(arg, TEXT_DUNDERS, "formatting")
-            return self.built(safe_format(self, obj, args, kwargs, mapping))
+            return self.built(_no_address(safe_format(self, obj, args, kwargs, mapping)))
         for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
             self.plain(arg, _COMPARED_SHOWN if name == "index" else _METHOD_ARGS, f"{name}() of")
         if args and not isinstance(obj, str):
@@ -771,6 +773,19 @@ class Evaluator:
         if found is None:
             found = self.builtins[name] = Builtin(self, name, BUILTINS[name])
         return found
+
+
+def _keys(holder: Any) -> Iterator[Any]:
+    """The keys of a set or dict, by the built-in type's own iteration."""
+    base: Any = dict if isinstance(holder, dict) else set if isinstance(holder, set) else frozenset
+    return base.__iter__(holder)  # type: ignore[no-any-return]
+
+
+def _no_address(text: Any) -> Any:
+    """Formatted text without the memory addresses CPython writes for a lazy iterator or a function
+    (``'%s' % (gen,)``, ``'{}'.format(zip())``, ``f'{gen!r}'``): as ``str()`` does, so a rendered
+    value, an output or a gateway's comparison never tells the worker's memory layout."""
+    return without_addresses(text) if type(text) is str else text
 
 
 def precheck_value_method(ev: Evaluator, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -823,6 +838,7 @@ _SMALL_HOLDERS = frozenset({list, tuple, dict})
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
 _KEYED_HOLDERS = (set, frozenset, dict)
+_MERGES = frozenset({ast.BitOr, ast.BitXor})
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})
 _SET_VIEWS = DICT_VIEWS[0::2]  # keys and items views are set-like, values views are not
 

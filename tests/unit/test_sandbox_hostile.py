@@ -178,3 +178,15 @@ def test_keys_sharing_a_hash_are_not_merged_or_compared(expr: str) -> None:
 def test_sets_and_dicts_of_distinct_hashes_still_merge() -> None:
     names = {"a": set(range(50_000)), "b": set(range(25_000, 75_000)), "d": dict.fromkeys(range(1_000), 0)}
     assert evaluate("len(a | b) + len(a & b) + len(a - b) + len(d | {1: 1}) + (a == a)", names) == 75_000 + 25_000 + 25_000 + 1_000 + 1
+
+
+@pytest.mark.parametrize(
+    "expr", ["'%s' % (x,)", "'%r|' % (x,)", "'{}'.format(x)", "'{!r}'.format([x])", "f'{x}'", "f'{x!r:>80}'",
+             "'{a}'.format_map({'a': x})", "'%(a)s' % {'a': x}", "'%s' % zip()", "'{}'.format(enumerate([]))"],
+)
+def test_formatting_never_writes_a_memory_address(expr: str) -> None:
+    """str() of a generator dropped CPython's address, "%", format() and f-strings kept it: an
+    output or a gateway's comparison told the worker's memory layout."""
+    text = evaluate(expr, {"x": (i for i in range(3))})
+    assert " at 0x" not in text
+    assert "object" in text
