@@ -124,6 +124,7 @@ class BoundMethod:
 # Different keys of one set or dict that may share a hash: legitimate data rarely has two.
 MAX_HASH_COLLISIONS = 64
 _CHUNK = 256
+_KEY_CHUNK = 65_536
 _DRAIN_CHUNK = 64  # smaller: an item of a zip of many iterables is a tuple of as many
 
 
@@ -397,8 +398,18 @@ class Evaluator:
         holder and evaluation."""
         seen = self.checked.setdefault(("hashed",), {})
         if seen.get(id(holder)) is not holder:
-            self.hashed(list(_keys(holder)), f"{what}: the keys of a {type(holder).__name__}")
+            self.spread(_keys(holder), f"{what}: the keys of a {type(holder).__name__}")
             seen[id(holder)] = holder
+
+    def spread(self, keys: Iterator[Any], what: str) -> None:
+        """Refuse ``keys`` (of sets or dicts that exist already) when too many share a hash, looked
+        at in chunks of ``_KEY_CHUNK``, counted in C, the clock read after each: a set of 3,000,000
+        keys is not copied whole (keys sharing a hash in different chunks are not seen: such a set
+        took its maker n²/2 comparisons to build)."""
+        while chunk := list(itertools.islice(keys, _KEY_CHUNK)):
+            if len(chunk) - len(set(map(hash, chunk))) > MAX_HASH_COLLISIONS:
+                self.hashed(chunk, what)  # told apart exactly: repeated equal keys are no collision
+            self.check_clock()
 
     def hashed(self, items: list[Any], what: str) -> list[Any]:
         """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
@@ -635,7 +646,7 @@ class Evaluator:
             self.keyed(left, "left operand")
             self.keyed(right, "right operand")
             if kind in _MERGES:  # the result holds the keys of both
-                self.hashed([*_keys(left), *_keys(right)], f"{type(left).__name__} result")
+                self.spread(itertools.chain(_keys(left), _keys(right)), f"{type(left).__name__} result")
         elif kind in _VIEW_OPERATORS and (isinstance(left, _SET_VIEWS) or isinstance(right, _SET_VIEWS)):
             # A keys or items view takes any iterable as the other operand and builds a set of it
             # in C (d.keys() ^ range(0, 20000*(2**61-1), 2**61-1) ran for 15 s): both operands

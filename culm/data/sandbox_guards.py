@@ -272,8 +272,13 @@ def measure(
             lengths = sum(map(base_length(kind), group))
             total += 2 * lengths
             mem += (TABLE_BYTES if issubclass(kind, dict | set | frozenset) else POINTER_BYTES) * lengths
-            children = _children(kind, group)
-            while chunk := list(itertools.islice(children, _CHUNK)):
+            # one list or tuple (a flat result, the commonest value measured) is taken whole, in C
+            if len(group) == 1 and (kind is list or kind is tuple):
+                chunks: Iterator[Any] = iter(group)
+            else:
+                children = _children(kind, group)
+                chunks = iter(lambda: list(itertools.islice(children, _CHUNK)), [])  # noqa: B023 - used at once
+            for chunk in chunks:
                 size, nbytes = _scalars(chunk, below, known, alias)
                 total += size
                 mem += nbytes
