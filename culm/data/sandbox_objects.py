@@ -157,6 +157,12 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
         return protocol_refusal(proxied(obj), what)  # indexing or iterating the proxy is the mapping's
     module = _top(kind.__module__)
     if module in _PROTOCOL_MODULES:
+        # a ChainMap, UserDict or UserList indexes, iterates and compares the mappings it wraps
+        # through their own protocol: a user's mapping class inside one runs its code
+        for inner in _wrapped(obj):
+            refusal = protocol_refusal(inner, what)
+            if refusal is not None:
+                return refusal
         return None
     if issubclass(kind, _BUILTIN_CONTAINERS) and not any(
         _top(owner.__module__) not in _PROTOCOL_MODULES
@@ -290,6 +296,9 @@ def operator_refusal(
             # repr (a user object's own __repr__ ran for str([member]))
             held = [_stored(item, "_value_")] if set(dunders) & _SHOWN_BY_ENUM else []
         elif (inner := library_held(item)) is not None:
+            refusal = protocol_refusal(item, what) if _wrapped(item) else None
+            if refusal is not None:
+                return refusal
             held = inner
         elif dataclass_like(item):
             held = [field for name in type(item).__dataclass_fields__
@@ -347,6 +356,20 @@ def library_held(item: Any) -> list[Any] | None:
     if isinstance(item, collections.ChainMap):
         return [_stored(item, "maps")]
     return None
+
+
+def _wrapped(obj: Any) -> list[Any]:
+    """The mappings or lists a ChainMap, UserDict or UserList works through (read as stored)."""
+    if isinstance(obj, collections.ChainMap):
+        maps = _stored(obj, "maps")
+        return list(maps) if type(maps) is list else []
+    if isinstance(obj, collections.UserDict | collections.UserList):
+        data = _stored(obj, "data")
+        return [] if data is _ABSENT or type(data) in _PLAIN_HELD else [data]
+    return []
+
+
+_PLAIN_HELD = frozenset({dict, list})
 
 
 def dataclass_like(obj: Any) -> bool:

@@ -205,3 +205,25 @@ def test_the_collision_check_of_a_huge_set_is_bounded(monkeypatch: pytest.Monkey
         evaluate("huge - {1}", {"huge": huge})
     assert evaluate("huge == huge and 5 in huge", {"huge": huge}) is True
     assert time.process_time() - started < 1.0
+
+
+def _user_dict(mapping: object) -> collections.UserDict:  # type: ignore[type-arg]
+    wrapper: collections.UserDict = collections.UserDict()  # type: ignore[type-arg]
+    wrapper.data = mapping  # type: ignore[assignment]  # as a component may set it (the constructor copies)
+    return wrapper
+
+
+@pytest.mark.parametrize("wrap", [collections.ChainMap, _user_dict, lambda m: collections.ChainMap({}, m)])
+@pytest.mark.parametrize("expr", ["w['a']", "w == w", "list(w)", "'a' in w", "'{0[a]}'.format(w)"])
+def test_a_standard_wrapper_of_a_user_mapping_is_that_mapping(wrap: object, expr: str) -> None:
+    """A ChainMap or UserDict indexes, iterates and compares through the mapping it wraps: a
+    user's mapping class inside one ran its own __getitem__ (``cm['a']``, ``cm == cm``)."""
+    wrapper = wrap(UserMapping(a=1))  # type: ignore[operator]
+    RAN.clear()
+    with pytest.raises(ExpressionError, match="UserMapping|not allowed"):
+        evaluate(expr, {"w": wrapper})
+
+
+def test_a_standard_wrapper_of_plain_values_still_works() -> None:
+    names = {"c": collections.ChainMap({"a": 1}, {"b": 2}), "u": collections.UserDict(a=1)}
+    assert evaluate("c['b'] + u['a'] + len(c) + ('a' in u) + (c == c)", names) == 7
