@@ -21,6 +21,7 @@ import bamboo_suite_components  # noqa: F401 - registers debug_node, upper_case 
 import pytest
 from bamboo_docs_support import (  # noqa: F401
     STATE_KEYS,
+    docs_harness,
     docs_runtime,
     executed,
     inputs_after_run,
