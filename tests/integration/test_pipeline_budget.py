@@ -616,6 +616,71 @@ def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_bu
     assert stored(rt, act.id) <= room
 
 
+@pytest.fixture(params=["postgres-redis", "mariadb-rabbitmq"])
+def server_budget(request, tmp_path, monkeypatch):
+    """small_budget on the server databases, whose engine transactions run side by side."""
+    yield from small_budget.__wrapped__(request, tmp_path, monkeypatch)
+
+
+LOCK_WAITS = {  # sessions of this test's database waiting for a lock (MariaDB: a statement running 1 s)
+    "postgresql": "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
+    "mysql": "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE DB = DATABASE() AND COMMAND = 'Query'"
+             " AND ID <> CONNECTION_ID() AND TIME >= 1",
+}
+
+
+def someone_waits_for_a_lock(rt) -> bool:
+    with rt.store.reading() as unit:
+        return bool(unit._one(LOCK_WAITS[unit.dialect], [])[0])
+
+
+def test_parallel_branches_written_by_two_engine_transactions_do_not_pass_the_budget(server_budget, monkeypatch):
+    # Found in session 19's docs: the engine's checked writes did not take the budget lock (it was
+    # thought to deadlock with the counter rows the batch had written before its check), so two
+    # branches of a parallel gateway written at once by two batches (two workers) each checked what
+    # was committed, without the other's write in flight, and both passed: 200 KB stored on a room
+    # of 150 KB. Two engine transactions here, the first having written a counted row before its
+    # check as a batch does, the second checking while the first has not committed: it now waits
+    # for the budget lock, then sees the first's write and is refused naming the node and the bytes.
+    rt = server_budget
+    acts = [activity("t_fail", "x"), activity("t_fail", "y")]
+    tree = parallel(acts)
+    run(rt, tree)
+    for act in acts:
+        wait_state(rt, act.id, "FAILED", timeout=60)
+    room = stored(rt, acts[0].id) + 150_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    big = {"pad": "x" * 100_000}
+    first_wrote, second_done = threading.Event(), threading.Event()
+    refused: list[str] = []
+
+    def first() -> None:
+        with rt.store.transaction() as unit:
+            unit.set_execution_outputs(acts[0].id, {"small": 1})  # counted before the check
+            unit.set_execution_data(acts[0].id, {}, big)
+            first_wrote.set()
+            wait_until(lambda: second_done.is_set() or someone_waits_for_a_lock(rt), 30, 0.05,
+                       what="the second transaction to write or wait")
+
+    def second() -> None:
+        assert first_wrote.wait(30)
+        try:
+            with rt.store.transaction() as unit:
+                unit.set_execution_data(acts[1].id, {}, big)
+        except StoredBytesBudgetError as exc:
+            refused.append(str(exc))
+        finally:
+            second_done.set()
+
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(first), pool.submit(second)]:
+            done.result(timeout=60)
+    assert len(refused) == 1, "both branches were stored past the budget"
+    assert f"node {acts[1].id}: storing its outputs (100,0" in refused[0], refused
+    assert f"over the {room:,} one pipeline may store" in refused[0], refused
+    assert stored(rt, acts[0].id) <= room
+
+
 def refused_copies(rt, act: ServiceActivity, key: str) -> tuple[dict, str]:
     """Run ``act`` alone with its output ``key`` mapped to 40 variables, until it fails: the tree
     and the failed node's ex_data."""
