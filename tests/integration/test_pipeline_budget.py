@@ -30,6 +30,7 @@ from culm.builder import (
     ExecutableEndEvent,
     NodeOutput,
     ParallelGateway,
+    Params,
     ServiceActivity,
     SubProcess,
     Var,
@@ -829,6 +830,43 @@ def _subprocess_output_copied_forty_times(sub_end):
     start.extend(sub).extend(EmptyEndEvent())
     data = Data(inputs={f"${{c{i}}}": NodeOutput(source_act=sub.id, source_key="${a}") for i in range(40)})
     return build_tree(start, data=data), inner, sub
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_subprocess_params_multiplied_over_many_subprocesses_stop_at_the_budget(store, tmp_path, monkeypatch):
+    # Found in session 19's leftovers: a subprocess's params were checked as its node's inputs, not
+    # as the child's context values they are copied to, so each 1 MB param stored 2 MB where 1 MB
+    # was checked: 15 subprocesses of one on a 19.5 MB budget stored 20 MB. The copy is checked:
+    # the subprocess fails on entry naming the budget, the node and the bytes, and a retry once the
+    # budget allows them steps in and the pipeline finishes.
+    room = 19_500_000
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", room)
+    subs = []
+    tail = start = EmptyStartEvent()
+    for _ in range(15):
+        sub_start = EmptyStartEvent()
+        sub_start.extend(activity("t_none", "-")).extend(EmptyEndEvent())
+        subs.append(SubProcess(start=sub_start, params=Params({"${p}": Var(type=Var.SPLICE, value=MB)})))
+        tail = tail.extend(subs[-1])
+    tail.extend(EmptyEndEvent())
+    tree = build_tree(start)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        failed = wait_until(lambda: next((s.id for s in subs if _children(rt, tree["id"]).get(s.id, {}).get("state")
+                                          == "FAILED"), None), 120, 0.05, what="a subprocess to fail")
+        assert stored(rt, failed) <= room
+        ex = api.get_execution_data(rt, failed).data["outputs"]["ex_data"]
+        assert f"subprocess {failed}: its params ['${{p}}'] could not be stored (pipeline {failed}: storing its " \
+               "context values (1,000,0" in ex, ex
+        assert f"over the {room:,} one pipeline may store" in ex and f"culm retry-subprocess {failed}" in ex, ex
+        never_stuck(rt, tree["id"])
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 40_000_000)
+        assert api.retry_subprocess(rt, failed).result
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+
+
+def _children(rt, root_id: str) -> dict:
+    return api.get_pipeline_states(rt, root_id).data[root_id]["children"]
 
 
 def _state_of(rt, root_id: str, node_id: str) -> dict:
