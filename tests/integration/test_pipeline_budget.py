@@ -738,6 +738,7 @@ def test_a_subprocess_output_multiplied_into_the_parent_stops_at_the_budget(stor
         assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "RUNNING"
         assert stored(rt, inner.id) <= BUDGET
         never_stuck(rt, tree["id"])
+        _no_engine_markers(rt, sub_end.id)  # shown before session 20: {"_copy_refused": VERSION, ...}
 
 
 def test_a_subprocess_end_refused_its_copy_is_skipped_and_the_parent_goes_on(tmp_path, monkeypatch):
@@ -795,28 +796,66 @@ class _EndBreakingOnItsRetry(EndEventComponent):
             raise RuntimeError("end code broke on its retry")
 
 
-def test_a_refused_copy_no_longer_skips_once_a_retry_failed_otherwise(tmp_path, monkeypatch):
-    # Found reviewing session 19: the refused copy's marker stayed in the end event's outputs,
-    # so after a retry whose end code raised, skip_node still skipped it (bamboo never skips an
-    # end event) and the subprocess finished without its end code ever completing. The marker
-    # names the refused run's version: only that run's failure is skipped.
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_retry_or_skip_after_a_refused_copy_runs_the_end_code_once(store, tmp_path, monkeypatch):
+    # Found in session 19's leftovers: the refused copy's failure replaced the end event's outputs,
+    # CODE_RAN with them (the mark that its code ran for this run), and a retry made a new version:
+    # the retried end event ran its code again (here: raised, "end code broke on its retry"). The
+    # failure keeps the mark and a retry carries it to its new version: the retry only copies and
+    # ends (refused again while the copy is as big, still skippable); once the budget allows the
+    # copy it finishes, the code having run once. The engine's markers are never shown.
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
     monkeypatch.setattr(_EndBreakingOnItsRetry, "runs", 0)
     sub_end = ExecutableEndEvent(type=_EndBreakingOnItsRetry.code)
     tree, _, sub = _subprocess_output_copied_forty_times(sub_end)
-    with embedded_runtime("sqlite", tmp_path) as rt:
+    with embedded_runtime(store, tmp_path) as rt:
         run(rt, tree)
         wait_state(rt, sub_end.id, "FAILED", timeout=60)
-        refused_version = api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["children"][sub_end.id]["version"]
+        refused_version = _state_of(rt, tree["id"], sub_end.id)["version"]
         assert api.retry_node(rt, sub_end.id).result
         wait_until(lambda: _state_of(rt, tree["id"], sub_end.id)["version"] != refused_version
                    and _state_of(rt, tree["id"], sub_end.id)["state"] == "FAILED", timeout=60,
                    what="the retried end event failing again")
-        assert "end code broke on its retry" in api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
-        refused = api.skip_node(rt, sub_end.id)
-        assert not refused.result, "an end event whose own code failed was skipped"
+        ex = api.get_execution_data(rt, sub_end.id).data["outputs"]["ex_data"]
+        assert "end code broke" not in ex and "its outputs could not be copied" in ex, ex
+        assert _EndBreakingOnItsRetry.runs == 1
+        _no_engine_markers(rt, sub_end.id)
         assert _state_of(rt, tree["id"], sub.id)["state"] == "RUNNING"
         never_stuck(rt, tree["id"])
+        monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 80_000_000)
+        assert api.retry_node(rt, sub_end.id).result
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        assert _EndBreakingOnItsRetry.runs == 1
+        assert len(api.get_pipeline_debug_info(rt, tree["id"]).data["context_values"]) >= 40  # copied, once
+        _no_engine_markers(rt, sub_end.id)
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_skip_after_a_refused_copy_keeps_the_end_code_run_once(store, tmp_path, monkeypatch):
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    monkeypatch.setattr(_EndBreakingOnItsRetry, "runs", 0)
+    sub_end = ExecutableEndEvent(type=_EndBreakingOnItsRetry.code)
+    tree, _, sub = _subprocess_output_copied_forty_times(sub_end)
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        assert api.retry_node(rt, sub_end.id).result  # refused again, its code not run again
+        wait_until(lambda: _state_of(rt, tree["id"], sub_end.id)["state"] == "FAILED"
+                   and _state_of(rt, tree["id"], sub_end.id)["retry"] == 1, timeout=60, what="the retry refused")
+        skipped = api.skip_node(rt, sub_end.id)
+        assert skipped.result, skipped.message
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        assert _EndBreakingOnItsRetry.runs == 1
+        _no_engine_markers(rt, sub_end.id)
+
+
+def _no_engine_markers(rt, node_id: str) -> None:
+    """The engine's markers (records.ENGINE_MARKERS) appear in no public read of ``node_id``."""
+    shown = [api.get_execution_data(rt, node_id).data["outputs"], api.get_execution_data_outputs(rt, node_id).data,
+             api.get_node_debug_info(rt, node_id).data["execution_data"]["outputs"],
+             *(h["outputs"] for h in api.get_node_histories(rt, node_id).data)]
+    for outputs in shown:
+        assert not any(key in outputs for key in ("_copy_refused", "_end_code_ran")), shown
 
 
 def _subprocess_output_copied_forty_times(sub_end):
