@@ -299,10 +299,10 @@ _BASES: tuple[type, ...] = (dict, list, tuple, set, frozenset)
 
 def _by_type(items: list[Any]) -> list[tuple[type, list[Any]]]:
     """``items`` grouped by exact type, each group gathered in C."""
-    kinds = list(map(type, items))
-    distinct = set(kinds)
+    distinct = set(map(type, items))
     if len(distinct) == 1:
-        return [(kinds[0], items)]
+        return [(distinct.pop(), items)]
+    kinds = list(map(type, items))
     if len(distinct) > 16:  # one pass in Python rather than one in C per type
         groups: dict[type, list[Any]] = {}
         for item in items:
