@@ -804,3 +804,23 @@ def test_a_command_follows_the_engine_s_verdict_not_the_state_read_before_it(tmp
     assert "retried charge card (charge_card)" in out.stdout
     assert "pipeline order_1234 FINISHED" in out.stdout, out.stdout
     assert culm(tmp_path, "status", "order_1234").returncode == 0
+
+
+def test_a_callback_whose_schedule_fails_the_node_exits_1_naming_why(tmp_path: Path) -> None:
+    """Session 19's trial: `culm callback NODE --data '{"approve": false}'` exited 0 while the
+    schedule it ran returned False and failed the node. It follows the pipeline, names the failed
+    node and why, and exits 1 as `culm run` does for a failed pipeline."""
+    example = str(EXAMPLES / "callback_component.py")
+    assert culm(tmp_path, "run", example, "--timeout", "1").returncode == 1
+    node = _waiting_for_callback(tmp_path)
+    assert node is not None
+    out = culm(tmp_path, "callback", node, "--data", '{"approve": false}', "--import", example)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert f"called back approval ({node})" in out.stdout
+    assert "schedule() returned False" in out.stdout, out.stdout
+    assert "Traceback" not in out.stderr
+    status = culm(tmp_path, "status", node, "--json")
+    assert json.loads(status.stdout)["tree"]["state"] == "FAILED"
+    # The retry that approves it: the pipeline finishes, exit 0.
+    retried = culm(tmp_path, "retry", node, "--import", example)
+    assert retried.returncode == 0 or "waits" in retried.stdout, retried.stdout + retried.stderr

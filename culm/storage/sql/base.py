@@ -1764,8 +1764,8 @@ class Dialect:
         """The file the database lives in (None: a server's, or in memory)."""
         return None
 
-    def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
+    def engine_options(self, *, memory: bool, url: str = "") -> dict[str, Any]:
+        """create_engine's options (``url``: the database's). No pool_pre_ping: a ping per checkout is a round trip per
         transaction; ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
         return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
 
@@ -1872,7 +1872,7 @@ class SqlStore:
         self.keeps_copies = dialect.keeps_copies
         self.database_file = dialect.database_file(self.url)
         self._unit = dialect.unit
-        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
+        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory, url=self.url))
         dialect.prepare(self)
         self._plain_reads = dialect.plain_reads_engine(self) or self.engine
         self._interruptions = dialect.interruptions(self.engine)
