@@ -268,7 +268,7 @@ class KeptFacts:
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
                timed: Callable[[str], Collection[str]] | None = None,
                kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None,
-               forked: bool = True, stalled: bool = True) -> WaitFacts:
+               forked: bool = True, stalled: bool = True, ancestors: Sequence[StateRecord] = ()) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those: those that do
     not depend on each other together (one round trip on a server database), then the tasks the
     waiting nodes' schedules need.
@@ -289,6 +289,9 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             not forked yet reads them at none of its polls).
         stalled: False to leave the stalled check out (the caller makes it: stalled_since,
             stalled_note); ``reusable`` says whether the facts may then serve again.
+        ancestors: the states of the subprocesses around ``records`` that they do not hold (a
+            node read with its children only): a revoked one among them parks its failed and
+            waiting nodes as a revoked root does.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -362,7 +365,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     # The nodes a revoke leaves where they are (waiting on a service, failed): their reasons say so.
     parked = [st for st in candidates if st.name == states.FAILED or st.node_id in facts.schedules]
     if parked:
-        facts.revoked_in = _revoked_in(records, root, parked)
+        facts.revoked_in = _revoked_in([*records, *ancestors], root, parked)
     if alive is not None:
         facts.processes = processes or []
         if stalled_check:

@@ -294,3 +294,36 @@ def test_idle_polls_still_count_time(tmp_path, monkeypatch):
         assert later["since"] == counted["since"] and later["nodes"] == counted["nodes"]
         assert submitter.engine.state_trees.tree_of(tree["id"]) is kept
         assert calls[0] == 2 and polls[0] >= 5
+
+
+def test_a_failed_node_under_a_revoked_intermediate_subprocess_says_so_at_every_level(runtime):
+    """Session 19's trial: root -> outer subprocess -> inner subprocess (revoked) -> a FAILED node.
+    Read on its own (get_children_states of the node, as `culm status NODE` and the console's node
+    panel do), the node's reason said "retry it, skip it": its parents beyond the entry were not
+    read, so the revoked inner subprocess was missed and the operator was offered commands the
+    engine refuses. Every read of it now names the revoked subprocess."""
+    from culm.builder import SubProcess
+
+    broken = ServiceActivity(component_code="t_fail")
+    inner = SubProcess(start=_line(broken))
+    outer = SubProcess(start=_line(inner))
+    tree = build_tree(_line(outer))
+    run(runtime, tree)
+    wait_state(runtime, broken.id, "FAILED")
+    assert api.revoke_pipeline(runtime, inner.id).result
+    wait_state(runtime, inner.id, "REVOKED")
+    own = reason(runtime, broken.id)
+    assert own is not None and own["kind"] == "failed" and own.get("revoked") is True, own
+    assert f"pipeline {inner.id} is revoked" in own["text"]
+    listed = api.get_children_states(runtime, inner.id).data[inner.id]["children"][broken.id]["wait_reason"]
+    whole = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][broken.id]["wait_reason"]
+    assert listed == whole == own
+
+
+def _line(*nodes):
+    start = EmptyStartEvent()
+    tail = start
+    for node in nodes:
+        tail = tail.extend(node)
+    tail.extend(EmptyEndEvent())
+    return start
