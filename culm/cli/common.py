@@ -220,7 +220,7 @@ def _sqlite_file(url: str, read_only: bool = True) -> Path | None:
     URL cannot have, or a read-only one (``mode=ro``) for a command that writes, is a DatabaseError."""
     if not url.startswith("sqlite"):
         return None
-    from culm.storage.sqlite_url import parse_sqlite_url
+    from culm.storage import parse_sqlite_url
 
     try:
         parsed = parse_sqlite_url(url)

@@ -825,3 +825,18 @@ def test_a_callback_whose_schedule_fails_the_node_exits_1_naming_why(tmp_path: P
     # The retry that approves it: the pipeline finishes, exit 0.
     retried = culm(tmp_path, "retry", node, "--import", example)
     assert retried.returncode == 0 or "waits" in retried.stdout, retried.stdout + retried.stderr
+
+
+def test_the_list_names_the_nodes_a_running_pipeline_waits_on_with_their_ids(tmp_path: Path) -> None:
+    """Session 19's trial: `culm list` said `RUNNING (1 failed)` and nothing of a pipeline that
+    waits for a callback; which step, and the id to act on, took a `culm status` each. The list
+    now names them, name and id, as the console's list does."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    assert culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "1").returncode == 1
+    approval = _waiting_for_callback(tmp_path)
+    listed = culm(tmp_path, "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:-1]}
+    assert "RUNNING (1 failed: charge card (charge_card))" in rows["order_1234"], listed.stdout
+    (waiting,) = (row for pid, row in rows.items() if pid != "order_1234")
+    assert f"RUNNING (waits for a callback: approval ({approval}))" in waiting, listed.stdout

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from engine_fixtures import chain as line_of
 from engine_fixtures import node_state, run, wait_pipeline, wait_state
 from support import wait_until
 
@@ -305,9 +306,9 @@ def test_a_failed_node_under_a_revoked_intermediate_subprocess_says_so_at_every_
     from culm.builder import SubProcess
 
     broken = ServiceActivity(component_code="t_fail")
-    inner = SubProcess(start=_line(broken))
-    outer = SubProcess(start=_line(inner))
-    tree = build_tree(_line(outer))
+    inner = SubProcess(start=line_of(broken))
+    outer = SubProcess(start=line_of(inner))
+    tree = build_tree(line_of(outer))
     run(runtime, tree)
     wait_state(runtime, broken.id, "FAILED")
     assert api.revoke_pipeline(runtime, inner.id).result
@@ -319,11 +320,3 @@ def test_a_failed_node_under_a_revoked_intermediate_subprocess_says_so_at_every_
     whole = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][broken.id]["wait_reason"]
     assert listed == whole == own
 
-
-def _line(*nodes):
-    start = EmptyStartEvent()
-    tail = start
-    for node in nodes:
-        tail = tail.extend(node)
-    tail.extend(EmptyEndEvent())
-    return start
