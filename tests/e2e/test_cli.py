@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -840,3 +841,52 @@ def test_the_list_names_the_nodes_a_running_pipeline_waits_on_with_their_ids(tmp
     assert "RUNNING (1 failed: charge card (charge_card))" in rows["order_1234"], listed.stdout
     (waiting,) = (row for pid, row in rows.items() if pid != "order_1234")
     assert f"RUNNING (waits for a callback: approval ({approval}))" in waiting, listed.stdout
+
+
+ENDLESS_POLL = '''
+from culm.components import Component, Service
+from culm.components.service import StaticIntervalGenerator
+
+
+class EndlessService(Service):
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0.2)
+
+    def execute(self, data, parent_data):
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        return True  # polls for ever
+
+
+class EndlessComponent(Component):
+    code = "cli_test_endless"
+    name = "endless"
+    bound_service = EndlessService
+'''
+
+
+def test_ctrl_c_while_a_control_command_follows_exits_130(tmp_path: Path) -> None:
+    """A control command that follows the pipeline (here `culm resume` of a node that polls for
+    ever) took Ctrl-C, said "interrupted", and then exited 0 as if it had completed: it exits 130
+    as `culm run` and `culm watch` do, the command recorded."""
+    (tmp_path / "endless.py").write_text(ENDLESS_POLL)
+    tree = example_tree()
+    tree["activities"]["node_greet"]["component"]["code"] = "cli_test_endless"
+    (tmp_path / "endless.json").write_text(json.dumps(tree))
+    assert culm(tmp_path, "run", "endless.json", "--import", "endless", "--timeout", "1").returncode == 1
+    assert culm(tmp_path, "pause", "pipeline_example_tree", "--no-follow").returncode == 0
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    follow = subprocess.Popen([sys.executable, "-m", "culm.cli", "resume", "pipeline_example_tree", "--import", "endless"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        assert follow.stdout.readline().startswith("resumed "), "the command did not say it resumed"
+        follow.send_signal(signal.SIGINT)
+        out, errors = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 130, out + errors
+    assert "interrupted: pipeline pipeline_example_tree is not finished" in errors and "Traceback" not in errors
+    status = json.loads(culm(tmp_path, "status", "pipeline_example_tree", "--json").stdout)
+    assert status["tree"]["state"] == "RUNNING"  # resumed: the command was recorded
