@@ -320,3 +320,24 @@ def test_a_failed_node_under_a_revoked_intermediate_subprocess_says_so_at_every_
     whole = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][broken.id]["wait_reason"]
     assert listed == whole == own
 
+
+
+def test_a_list_page_s_attention_names_failed_and_called_back_nodes(runtime):
+    """culm.core.waits.attention, which `culm list` and the console's list show: each RUNNING
+    pipeline's FAILED nodes and nodes waiting for a callback, by id and tree name, on every backend."""
+    from culm.core import waits
+
+    failing, (broken,) = chain("t_fail")
+    waiting, (asked,) = chain("t_callback")
+    fine, _ = chain("example_component")
+    for tree in (failing, waiting):
+        run(runtime, tree)
+    wait_pipeline(runtime, run(runtime, fine))
+    wait_state(runtime, broken, "FAILED")
+    wait_until(lambda: (reason(runtime, asked) or {}).get("kind") == "callback", what="a callback wait")
+    with runtime.store.reading() as unit:
+        found = waits.attention(unit, [failing["id"], waiting["id"], fine["id"]])
+    assert found[failing["id"]] == {"failed": [{"node_id": broken, "name": ""}], "callbacks": []}
+    (called,) = found[waiting["id"]]["callbacks"]
+    assert (called["node_id"], called["name"], called["kind"]) == (asked, "", "callback")
+    assert found[waiting["id"]]["failed"] == [] and fine["id"] not in found
