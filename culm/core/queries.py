@@ -12,7 +12,7 @@ from culm.core import data as cdata
 from culm.core import states, waits
 from culm.core.engine import Engine
 from culm.core.ports import Unit
-from culm.core.records import StateRecord, TaskRecord
+from culm.core.records import StateRecord, TaskRecord, public_outputs
 from culm.core.state_tree import Tree
 from culm.errors import NodeNotReachedError, NotFoundError
 from culm.model import limits
@@ -218,8 +218,10 @@ def _ancestors(unit: Unit, st: StateRecord, kids: list[StateRecord]) -> list[Sta
 
 
 def execution_data(engine: Engine, node_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A node's stored inputs and outputs, without the engine's markers (records.public_outputs)."""
     with engine.store.reading() as unit:
-        return unit.get_execution_data(node_id)
+        found = unit.get_execution_data(node_id)
+    return (found[0], public_outputs(found[1])) if found else None
 
 
 def _reached_root(unit: Unit, node_id: str, what: str) -> tuple[str, StateRecord]:
@@ -276,7 +278,7 @@ def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False)
             item["retry"] = h.retry
         item.update(skip=h.skip, version=h.version)
         if not short:
-            item.update(inputs=h.inputs, outputs=h.outputs)
+            item.update(inputs=h.inputs, outputs=public_outputs(h.outputs) if isinstance(h.outputs, dict) else h.outputs)
             if h.left_out is not None:
                 item["left_out"] = (
                     f"inputs and outputs ({h.left_out:,} characters stored) left out: one read returns the newest "
@@ -426,7 +428,7 @@ def node_debug_info(engine: Engine, node_id: str) -> dict[str, Any]:
         "node": node.raw if node else {"id": node_id, "type": "Pipeline"},
         "data": raw_data(engine, node_id),
         "state": state_entry(st),
-        "execution_data": {"inputs": exec_data[0], "outputs": exec_data[1]} if exec_data else None,
+        "execution_data": {"inputs": exec_data[0], "outputs": public_outputs(exec_data[1])} if exec_data else None,
         "err": [],
         "failure_note": note,
     }
