@@ -9,7 +9,6 @@ import datetime
 import math
 
 import pytest
-from support import wait_until
 
 from culm import Runtime, api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
@@ -20,9 +19,28 @@ STATE_KEYS = {"id", "state", "root_id:", "parent_id", "version", "loop", "retry"
               "error_ignored", "created_time", "started_time", "archived_time", "children"}
 
 
-@pytest.fixture(name="runtime")
-def docs_runtime(tmp_path, monkeypatch):
-    # The guides write ``BambooDjangoRuntime()``: the embedded default, here on a file of this test.
+# What the workers of the harness-style backends import: the modules defining what the guides use.
+DOCS_IMPORTS = "bamboo_suite_components,bamboo_docs_support"
+DOCS_RUNTIMES = ["sqlite", "postgres-redis", "mariadb-rabbitmq"]
+
+
+@pytest.fixture(scope="module")
+def docs_harness(tmp_path_factory):
+    """The harness-style backends of ``contract_support`` (``culm worker --db URL --broker URL``, the
+    components from ``$CULM_IMPORTS`` only), their workers importing :data:`DOCS_IMPORTS`."""
+    from contract_support import harness_backends  # here: the workers import this module too
+
+    yield from harness_backends(tmp_path_factory, DOCS_IMPORTS, workers=2)
+
+
+@pytest.fixture(name="runtime", params=DOCS_RUNTIMES)
+def docs_runtime(request, tmp_path, monkeypatch, docs_harness):
+    """The guides write ``BambooDjangoRuntime()``: the embedded default (here on a file of this
+    test), or a runtime submitting to ``culm worker`` processes on PostgreSQL + Redis and MariaDB +
+    RabbitMQ, started as the acceptance harness starts them."""
+    if request.param != "sqlite":
+        yield docs_harness(request.param).runtime()
+        return
     monkeypatch.setenv("CULM_DATABASE_URL", f"sqlite:///{tmp_path / 'docs.db'}")
     rt = Runtime()
     yield rt
@@ -38,6 +56,8 @@ def wait_finished(runtime, pipeline, timeout=20):
         states = states_of(runtime, pipeline)
         return states if states and states[pipeline["id"]]["state"] == "FINISHED" else None
 
+    from support import wait_until  # here: the harness's workers import this module without tests/
+
     return wait_until(finished, timeout=timeout, what=f"pipeline {pipeline['id']} did not finish")
 
 
@@ -45,6 +65,8 @@ def wait_node(runtime, node_id, state, timeout=20):
     def reached():
         found = api.get_children_states(runtime, node_id).data
         return found[node_id] if found and found[node_id]["state"] == state else None
+
+    from support import wait_until
 
     return wait_until(reached, timeout=timeout, what=f"node {node_id} did not become {state}")
 

@@ -1,4 +1,6 @@
-"""bamboo-engine's user guide, example by example, on culm's embedded runtime (SQLite): the README
+"""bamboo-engine's user guide, example by example, on culm's embedded runtime (SQLite) and on
+``culm worker`` processes started as the acceptance harness starts them (PostgreSQL + Redis, MariaDB +
+RabbitMQ; the components from ``$CULM_IMPORTS``, ``bamboo_docs_support.DOCS_IMPORTS``): the README
 quick start, the builder guide, the built tree's schema guide (its example tree runs as pasted)
 and the orchestration guide, its validity rules included
 (``test_bamboo_docs_guides.py`` has the component, lazy variable, engine API, signals, hook
@@ -21,6 +23,7 @@ import bamboo_suite_components  # noqa: F401 - registers debug_node, upper_case 
 import pytest
 from bamboo_docs_support import (  # noqa: F401
     STATE_KEYS,
+    docs_harness,
     docs_runtime,
     executed,
     inputs_after_run,

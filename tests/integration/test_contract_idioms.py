@@ -490,6 +490,32 @@ def test_bamboos_engine_settings_on_an_embedded_runtime(tmp_path):
     assert run(culm.Settings(), {0: "1 == 1", 1: "1 == 0"})[1]["value"] == "{'z': 2}"  # bamboo's default: text
 
 
+def test_a_gateways_own_strategy_overrides_the_engines(rt):
+    """Spec 4.6: an exclusive gateway's ``extra_info={"strategy": "FIRST"}`` takes the first of
+    several true conditions whatever the engine's setting (bamboo reads it but never applies it, a
+    defect flagged there); "ONLY" and no strategy keep the default: two true conditions fail the
+    gateway. The workers read it from the tree, with their default settings."""
+    from culm.builder import ConvergeGateway, EmptyEndEvent, EmptyStartEvent, ExclusiveGateway, build_tree
+    from culm.builder import ServiceActivity as Act
+
+    def run(extra_info: dict[str, Any] | None) -> tuple[str | None, list[str], str | None]:
+        start, a, b = EmptyStartEvent(), Act(component_code="ci_echo"), Act(component_code="ci_echo")
+        gw = ExclusiveGateway(conditions={0: "1 == 1", 1: "2 == 2"}, extra_info=extra_info)
+        start.extend(gw).connect(a, b).to(gw).converge(ConvergeGateway()).extend(EmptyEndEvent())
+        pid = start_run(rt, build_tree(start))
+        if extra_info and extra_info.get("strategy") == "FIRST":
+            wait_for(rt, pid, "FINISHED")
+        else:
+            wait_for(rt, gw.id, "FAILED")
+        taken = [name for name, node in (("a", a), ("b", b)) if state_of(rt, node.id)]
+        return state_of(rt, gw.id), taken, api.get_execution_data_outputs(rt, gw.id).data.get("ex_data")
+
+    assert run({"strategy": "FIRST", "who": "me"}) == ("FINISHED", ["a"], None)
+    for extra_info in ({"strategy": "ONLY"}, {"strategy": 2}, None):  # 2: not one of the names
+        state, taken, ex_data = run(extra_info)
+        assert (state, taken) == ("FAILED", []) and ex_data.startswith("multiple conditions meet"), extra_info
+
+
 @pytest.mark.parametrize("how", ["loop_retry", "loop_skip"])
 def test_loop_retry_and_loop_skip_of_a_node_loop(rt, how):
     """Spec 1.2: ``retry_node(loop_retry=True)`` runs the failed iteration again (LOOP_READY, the

@@ -33,8 +33,19 @@ def parallel(run: Run) -> Outcome:
 
 def exclusive(run: Run) -> Outcome:
     """Take the single branch whose condition holds (or the default branch)."""
-    first_only = run.engine.settings.gateway_strategy == GATEWAY_STRATEGY_FIRST
-    return _decide(run, first_only, _take_one)
+    return _decide(run, _first_only(run), _take_one)
+
+
+def _first_only(run: Run) -> bool:
+    """Whether an exclusive gateway stops at its first true condition: the gateway's own
+    ``extra_info["strategy"]`` ("FIRST" or "ONLY", bamboo's strategy names), else the engine's
+    setting. bamboo reads the same override but compares the name with the setting's number, so
+    there it never takes effect (spec 4.6, a defect not copied)."""
+    extra_info = run.node.raw.get("extra_info")
+    strategy = extra_info.get("strategy") if isinstance(extra_info, dict) else None
+    if strategy in ("FIRST", "ONLY"):
+        return bool(strategy == "FIRST")
+    return run.engine.settings.gateway_strategy == GATEWAY_STRATEGY_FIRST
 
 
 def conditional_parallel(run: Run) -> Outcome:
