@@ -31,12 +31,19 @@ from culm.core.records import EXECUTE, TaskRecord, new_id, now
 pytestmark = pytest.mark.timeout(60)
 
 
-def echo_line(value: str) -> tuple[dict, ServiceActivity]:
-    act = ServiceActivity(component_code="t_echo")
-    act.component.inputs.x = Var(type=Var.PLAIN, value=value)
+def one_act_line(code: str, **inputs: str) -> tuple[dict, EmptyStartEvent, ServiceActivity]:
+    """start -> one ``code`` activity with these plain inputs -> end: (tree, start, activity)."""
+    act = ServiceActivity(component_code=code)
+    for key, value in inputs.items():
+        setattr(act.component.inputs, key, Var(type=Var.PLAIN, value=value))
     start = EmptyStartEvent()
     start.extend(act).extend(EmptyEndEvent())
-    return build_tree(start), act
+    return build_tree(start), start, act
+
+
+def echo_line(value: str) -> tuple[dict, ServiceActivity]:
+    tree, _, act = one_act_line("t_echo", x=value)
+    return tree, act
 
 
 def test_a_task_that_breaks_the_engine_does_not_stop_its_batch(tmp_path):
@@ -208,11 +215,8 @@ def test_the_loop_policy_hears_of_user_code_and_commits_and_retries_a_failed_bat
 
 
 def gated_line(gate: str) -> tuple[dict, EmptyStartEvent]:
-    act = ServiceActivity(component_code="t_gate")
-    act.component.inputs.gate = Var(type=Var.PLAIN, value=gate)
-    start = EmptyStartEvent()
-    start.extend(act).extend(EmptyEndEvent())
-    return build_tree(start), start
+    tree, start, _ = one_act_line("t_gate", gate=gate)
+    return tree, start
 
 
 @pytest.mark.parametrize("released", [True, False], ids=["a result comes", "no result comes"])
