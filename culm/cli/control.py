@@ -17,6 +17,7 @@ from typing import Any
 
 from culm.cli import render
 from culm.cli.common import (
+    EXIT_FAILED,
     EXIT_OK,
     NotFound,
     UsageError,
@@ -174,8 +175,22 @@ def cmd_control(args: argparse.Namespace) -> int:
             _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             progress.release()
-            wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)
-    return EXIT_OK
+            return wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True,
+                                     judge=_judge(args.command))
+
+
+# The commands that run nodes on: after them a FAILED node (the called-back node's schedule
+# returned False, the retried node failed again) is the pipeline failing, exit 1 as for `culm run`.
+# `force-fail` fails a node on purpose and `revoke` ends the pipeline on purpose: they exit 0.
+RUNS_ON = frozenset({"retry", "retry-subprocess", "skip", "skip-exclusive-gateway",
+                     "skip-conditional-parallel-gateway", "callback", "resume", "resume-node"})
+
+
+def _judge(command: str) -> Callable[[str, dict[str, dict]], int]:
+    def judge(_outcome: str, flat: dict[str, dict]) -> int:
+        failed = command in RUNS_ON and any(e["state"] == "FAILED" for e in flat.values())
+        return EXIT_FAILED if failed else EXIT_OK
+    return judge
 
 
 def register(sub: Any) -> None:

@@ -15,10 +15,18 @@ from culm.core import data as cdata
 from culm.core import revoking, states
 from culm.core.engine import Engine
 from culm.core.handlers.activity import schedule_task
-from culm.core.handlers.events import COPY_REFUSED
 from culm.core.handlers.gateways import fork
 from culm.core.ports import StateFields, Unit
-from culm.core.records import ContextValue, ProcessRecord, StateRecord, new_id, new_version, now
+from culm.core.records import (
+    CODE_RAN,
+    COPY_REFUSED,
+    ContextValue,
+    ProcessRecord,
+    StateRecord,
+    new_id,
+    new_version,
+    now,
+)
 from culm.core.retry_data import retry_inputs
 from culm.core.run import Run, record_history, store_failure
 from culm.core.service_call import dispatch_readonly_hook
@@ -279,15 +287,28 @@ def retry_node(engine: Engine, node_id: str, data: dict[str, Any] | None = None,
         record_history(unit, st, within_budget=True)
         if new_inputs is not None:
             unit.set_inputs_override(node_id, new_inputs)
+        version = new_version()
+        if node.type == g.EXECUTABLE_END:
+            _carry_code_ran(unit, node_id, st.version, version)
         if loop_retry:
             _drop_last_loop_output(unit, node)
-            _cas(step, st, states.LOOP_READY, {"version": new_version(), "started_time": None, "archived_time": None})
+            _cas(step, st, states.LOOP_READY, {"version": version, "started_time": None, "archived_time": None})
         else:
-            _cas(step, st, states.READY, {"retry": st.retry + 1, "version": new_version(), "started_time": None,
+            _cas(step, st, states.READY, {"retry": st.retry + 1, "version": version, "started_time": None,
                                           "archived_time": None})
         _wake(step, proc, node_id)
         step.after.append(_service_hook(engine, unit, node, st, "post_retry_node"))
         step.event("post_retry_node", node_id=node_id, data=data)
+
+
+def _carry_code_ran(unit: Unit, node_id: str, failed: str, version: str) -> None:
+    """An executable end event retried after its code ran in the failed run (version ``failed``:
+    the pipeline's outputs were then refused, such as their copy into the parent past the budget)
+    keeps CODE_RAN under the retry's ``version``: the retry only ends the pipeline, its code never
+    runs twice (the marker was lost before session 20, and a retry ran the code again)."""
+    data = unit.get_execution_data(node_id)
+    if data is not None and data[1].get(CODE_RAN) == failed:
+        unit.set_execution_outputs(node_id, {**data[1], CODE_RAN: version})
 
 
 def retry_subprocess(engine: Engine, node_id: str) -> None:

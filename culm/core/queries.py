@@ -12,7 +12,7 @@ from culm.core import data as cdata
 from culm.core import states, waits
 from culm.core.engine import Engine
 from culm.core.ports import Unit
-from culm.core.records import StateRecord, TaskRecord
+from culm.core.records import StateRecord, TaskRecord, public_outputs
 from culm.core.state_tree import Tree
 from culm.errors import NodeNotReachedError, NotFoundError
 from culm.model import limits
@@ -184,7 +184,8 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
             return {}
         kids = [k for k in unit.states_of_parent(node_id) if k.node_id != node_id]
         root = unit.get_state(st.root_id) if st.root_id and st.root_id != node_id else None
-        facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit))
+        facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit),
+                                 ancestors=_ancestors(unit, st, kids))
     entry = state_entry(st, root_is_self=st.root_id == node_id)
     # bamboo's get_children_states gives the asked node's root id as its parent_id, whatever its
     # depth (a subprocess inside another one says the root, not the subprocess holding it);
@@ -195,9 +196,32 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
     return {node_id: entry}
 
 
+# Subprocesses nest at most this deep in what a reader walks up (as culm.core.waits._revoked_in).
+MAX_NESTING = 64
+
+
+def _ancestors(unit: Unit, st: StateRecord, kids: list[StateRecord]) -> list[StateRecord]:
+    """The states of the subprocesses between ``st`` and its root, read only when a failed or
+    waiting node among ``st`` and ``kids`` needs them: one of them revoked parks it for good (a
+    FAILED node under a revoked inner subprocess can no longer be retried or skipped)."""
+    if not any(k.name in (states.FAILED, states.RUNNING) for k in (st, *kids)):
+        return []
+    found: list[StateRecord] = []
+    parent = st.parent_id
+    while parent and parent != st.root_id and parent != st.node_id and len(found) < MAX_NESTING:
+        above = unit.get_state(parent)
+        if above is None:
+            break
+        found.append(above)
+        parent = above.parent_id
+    return found
+
+
 def execution_data(engine: Engine, node_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """A node's stored inputs and outputs, without the engine's markers (records.public_outputs)."""
     with engine.store.reading() as unit:
-        return unit.get_execution_data(node_id)
+        found = unit.get_execution_data(node_id)
+    return (found[0], public_outputs(found[1])) if found else None
 
 
 def _reached_root(unit: Unit, node_id: str, what: str) -> tuple[str, StateRecord]:
@@ -254,7 +278,7 @@ def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False)
             item["retry"] = h.retry
         item.update(skip=h.skip, version=h.version)
         if not short:
-            item.update(inputs=h.inputs, outputs=h.outputs)
+            item.update(inputs=h.inputs, outputs=public_outputs(h.outputs) if isinstance(h.outputs, dict) else h.outputs)
             if h.left_out is not None:
                 item["left_out"] = (
                     f"inputs and outputs ({h.left_out:,} characters stored) left out: one read returns the newest "
@@ -404,7 +428,7 @@ def node_debug_info(engine: Engine, node_id: str) -> dict[str, Any]:
         "node": node.raw if node else {"id": node_id, "type": "Pipeline"},
         "data": raw_data(engine, node_id),
         "state": state_entry(st),
-        "execution_data": {"inputs": exec_data[0], "outputs": exec_data[1]} if exec_data else None,
+        "execution_data": {"inputs": exec_data[0], "outputs": public_outputs(exec_data[1])} if exec_data else None,
         "err": [],
         "failure_note": note,
     }

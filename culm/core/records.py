@@ -55,6 +55,20 @@ def now() -> float:
     return time.time()
 
 
+# The engine's own markers in an end event's stored outputs (culm.core.handlers.events says what
+# each guards). Kept by every write of a failure, never shown: the public reads leave them out.
+CODE_RAN = "_end_code_ran"
+COPY_REFUSED = "_copy_refused"
+ENGINE_MARKERS = (CODE_RAN, COPY_REFUSED)
+
+
+def public_outputs(outputs: dict[str, Any]) -> dict[str, Any]:
+    """``outputs`` without the engine's markers (the same dict when it has none)."""
+    if not any(key in outputs for key in ENGINE_MARKERS):
+        return outputs
+    return {key: value for key, value in outputs.items() if key not in ENGINE_MARKERS}
+
+
 @dataclass(slots=True)
 class StateRecord:
     """The state of one node or pipeline."""

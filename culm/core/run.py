@@ -10,7 +10,7 @@ from culm.core import data as cdata
 from culm.core import states
 from culm.core.engine import Engine
 from culm.core.ports import StateFields, Unit, UserData
-from culm.core.records import ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
+from culm.core.records import ENGINE_MARKERS, ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
 from culm.core.step import Step
 from culm.data import context as dctx
 from culm.errors import StoredBytesBudgetError
@@ -185,5 +185,6 @@ def store_failure(unit: Unit, node_id: str, inputs: UserData, outputs: UserData)
     except StoredBytesBudgetError as exc:
         said = str(outputs.get("ex_data", ""))
         said = said if len(said) <= 2_000 else f"{said[:2_000]} [...]"
-        kept: dict[str, Any] = {key: outputs[key] for key in ("_result", "_loop", "_inner_loop") if key in outputs}
+        kept: dict[str, Any] = {key: outputs[key] for key in ("_result", "_loop", "_inner_loop", *ENGINE_MARKERS)
+                                if key in outputs}
         unit.set_execution_data(node_id, {}, {**kept, "ex_data": f"{said}\n(inputs and outputs left out: {exc})"})

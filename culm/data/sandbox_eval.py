@@ -34,6 +34,7 @@ from culm.data.sandbox_guards import (
     SAFE_METHODS,
     SIZED,
     TABLE_BYTES,
+    base_length,
     check_attribute_name,
     check_subscript,
     int_digits,
@@ -41,6 +42,7 @@ from culm.data.sandbox_guards import (
     method_kind,
     opaque,
     user_method,
+    without_addresses,
 )
 from culm.data.sandbox_objects import (
     ARITH_DUNDERS,
@@ -122,6 +124,7 @@ class BoundMethod:
 # Different keys of one set or dict that may share a hash: legitimate data rarely has two.
 MAX_HASH_COLLISIONS = 64
 _CHUNK = 256
+_KEY_CHUNK = 65_536
 _DRAIN_CHUNK = 64  # smaller: an item of a zip of many iterables is a tuple of as many
 
 
@@ -162,7 +165,13 @@ class Evaluator:
         """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
         if not isinstance(value, CONTAINERS):
             return measure(value, 0, 0, _no_tick)
-        if len(value) >= 64:
+        length = len(value) if type(value) in _SIZED_TYPES else base_length(type(value))(value)
+        if length < 64 and type(value) in _SMALL_HOLDERS:
+            # a big value held twice ([rows, rows], {'a': rows, 'b': rows}) is measured once
+            for child in value.values() if type(value) is dict else value:
+                if isinstance(child, CONTAINERS) and len(child) >= 64:
+                    self.measure(child)
+        if length >= 64:
             cached = self.sizes.get(id(value))
             if cached is not None and cached[0] is value:
                 return cached[1], cached[2]
@@ -310,6 +319,9 @@ class Evaluator:
             return
         if left is right and type(left) in _EXACT_HOLDERS:
             return
+        if isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS) and not self.lim.trust_objects:
+            self.keyed(left, "comparing")  # equal sets or dicts look every key up in the other
+            self.keyed(right, "comparing")
         for value, other in ((left, right), (right, left)):
             if type(other) in _PLAIN_VALUES:
                 self.operand(value, _COMPARED)
@@ -381,6 +393,24 @@ class Evaluator:
             yield chunk
             self.check_clock()
 
+    def keyed(self, holder: Any, what: str) -> None:
+        """Refuse a set's or dict's keys when too many share a hash (see :meth:`hashed`); once per
+        holder and evaluation."""
+        seen = self.checked.setdefault(("hashed",), {})
+        if seen.get(id(holder)) is not holder:
+            self.spread(_keys(holder), f"{what}: the keys of a {type(holder).__name__}")
+            seen[id(holder)] = holder
+
+    def spread(self, keys: Iterator[Any], what: str) -> None:
+        """Refuse ``keys`` (of sets or dicts that exist already) when too many share a hash, looked
+        at in chunks of ``_KEY_CHUNK``, counted in C, the clock read after each: a set of 3,000,000
+        keys is not copied whole (keys sharing a hash in different chunks are not seen: such a set
+        took its maker n²/2 comparisons to build)."""
+        while chunk := list(itertools.islice(keys, _KEY_CHUNK)):
+            if len(chunk) - len(set(map(hash, chunk))) > MAX_HASH_COLLISIONS:
+                self.hashed(chunk, what)  # told apart exactly: repeated equal keys are no collision
+            self.check_clock()
+
     def hashed(self, items: list[Any], what: str) -> list[Any]:
         """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
 
@@ -388,8 +418,8 @@ class Evaluator:
         (all multiples of 2**61-1 do) cost n**2/2 comparisons inside one C call.
         """
         self.plain(items, HASH_DUNDERS, f"{what}: hashing")
-        if len(items) <= MAX_HASH_COLLISIONS:
-            return items
+        if len(items) <= MAX_HASH_COLLISIONS or len(items) - len(set(map(hash, items))) <= MAX_HASH_COLLISIONS:
+            return items  # at most that many items share a hash with another one (counted in C)
         groups: dict[int, list[Any]] = {}
         for index, item in enumerate(items):
             group = groups.get(hash(item))
@@ -536,7 +566,7 @@ class Evaluator:
         self.ensure_number(value, "formatted value")
         spec = "" if node.format_spec is None else self.eval(node.format_spec, scope)
         self.ensure_length(self.size(value) + format_width(self.lim, value, spec), "formatted value")
-        return self.built(format(value, spec))
+        return self.built(_no_address(format(value, spec)))
 
     # -- comprehensions
 
@@ -610,8 +640,13 @@ class Evaluator:
             # ints are capped where they are built; these come from the caller's names
             self.ensure_int(left, "left operand")
             self.ensure_int(right, "right operand")
-        elif kind in _SET_MERGES and isinstance(left, set | frozenset) and isinstance(right, set | frozenset):
-            self.hashed([*left, *right], "set result")
+        elif kind in _VIEW_OPERATORS and isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS):
+            # a | b, a & b, a - b, a ^ b of sets or dicts look each key of one up among the other's:
+            # keys that share a hash (a context's set of multiples of 2**61-1) make that quadratic
+            self.keyed(left, "left operand")
+            self.keyed(right, "right operand")
+            if kind in _MERGES:  # the result holds the keys of both
+                self.spread(itertools.chain(_keys(left), _keys(right)), f"{type(left).__name__} result")
         elif kind in _VIEW_OPERATORS and (isinstance(left, _SET_VIEWS) or isinstance(right, _SET_VIEWS)):
             # A keys or items view takes any iterable as the other operand and builds a set of it
             # in C (d.keys() ^ range(0, 20000*(2**61-1), 2**61-1) ran for 15 s): both operands
@@ -627,7 +662,7 @@ class Evaluator:
                     f"integer result of << would exceed {self.lim.max_int_digits} digits"
                 )
         elif kind is ast.Mod and (isinstance(left, _FORMATTED) or type(left) is UserString):
-            return self.built(percent_format(self, left, right))
+            return self.built(_no_address(percent_format(self, left, right)))
         return self.built(_BINOPS[kind](left, right))
 
     def as_set(self, operand: Any, what: str) -> set[Any]:
@@ -721,7 +756,7 @@ class Evaluator:
                 self.reach(mapping, "formatting from")
             for arg in (*args, *kwargs.values()):
                 self.plain(arg, TEXT_DUNDERS, "formatting")
-            return self.built(safe_format(self, obj, args, kwargs, mapping))
+            return self.built(_no_address(safe_format(self, obj, args, kwargs, mapping)))
         for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
             self.plain(arg, _COMPARED_SHOWN if name == "index" else _METHOD_ARGS, f"{name}() of")
         if args and not isinstance(obj, str):
@@ -749,6 +784,19 @@ class Evaluator:
         if found is None:
             found = self.builtins[name] = Builtin(self, name, BUILTINS[name])
         return found
+
+
+def _keys(holder: Any) -> Iterator[Any]:
+    """The keys of a set or dict, by the built-in type's own iteration."""
+    base: Any = dict if isinstance(holder, dict) else set if isinstance(holder, set) else frozenset
+    return base.__iter__(holder)  # type: ignore[no-any-return]
+
+
+def _no_address(text: Any) -> Any:
+    """Formatted text without the memory addresses CPython writes for a lazy iterator or a function
+    (``'%s' % (gen,)``, ``'{}'.format(zip())``, ``f'{gen!r}'``): as ``str()`` does, so a rendered
+    value, an output or a gateway's comparison never tells the worker's memory layout."""
+    return without_addresses(text) if type(text) is str else text
 
 
 def precheck_value_method(ev: Evaluator, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -797,10 +845,11 @@ _PROTOCOL_TYPES = frozenset({
 _METHOD_BASES = (str, bool, int, float, list, tuple, dict, frozenset, set)
 _METHOD_TYPES = frozenset(_METHOD_BASES)
 _TUPLE_FIELD = type(getattr(collections.namedtuple("_T", "f"), "f"))  # noqa: B009 - a namedtuple's field getter
+_SMALL_HOLDERS = frozenset({list, tuple, dict})
 _SIZED_TYPES = frozenset({str, bytes, list, tuple, dict, set, frozenset, range, *DICT_VIEWS})
 _INT_QUADRATIC = frozenset({ast.FloorDiv, ast.Mod, ast.Div, ast.Pow})
-_SET_MERGES = frozenset({ast.BitOr, ast.BitXor})
 _KEYED_HOLDERS = (set, frozenset, dict)
+_MERGES = frozenset({ast.BitOr, ast.BitXor})
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})
 _SET_VIEWS = DICT_VIEWS[0::2]  # keys and items views are set-like, values views are not
 

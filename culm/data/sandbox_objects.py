@@ -34,7 +34,7 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from culm.data.sandbox_guards import DICT_VIEWS, VALUE_MODULES
+from culm.data.sandbox_guards import DICT_VIEWS, VALUE_MODULES, proxied
 from culm.errors import ExpressionRefusedError
 
 _DATE = frozenset("isoformat strftime weekday isoweekday isocalendar toordinal replace ctime".split())
@@ -153,8 +153,16 @@ def refused_call(func: Any) -> ExpressionRefusedError:
 def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
     """Why ``what`` (iterating, indexing, ``len``, ``in``) of ``obj`` is refused, or None."""
     kind = type(obj)
+    if kind is types.MappingProxyType:
+        return protocol_refusal(proxied(obj), what)  # indexing or iterating the proxy is the mapping's
     module = _top(kind.__module__)
     if module in _PROTOCOL_MODULES:
+        # a ChainMap, UserDict or UserList indexes, iterates and compares the mappings it wraps
+        # through their own protocol: a user's mapping class inside one runs its code
+        for inner in _wrapped(obj):
+            refusal = protocol_refusal(inner, what)
+            if refusal is not None:
+                return refusal
         return None
     if issubclass(kind, _BUILTIN_CONTAINERS) and not any(
         _top(owner.__module__) not in _PROTOCOL_MODULES
@@ -283,18 +291,47 @@ def operator_refusal(
                 held = list(base.__iter__(item))
         elif kind in _VIEWS:  # a dict's keys, values or items: what the dict holds
             held = list(item)
+        elif isinstance(item, enum.Enum):
+            # an enum member compares and hashes by identity and name, but writes its value's
+            # repr (a user object's own __repr__ ran for str([member]))
+            held = [_stored(item, "_value_")] if set(dunders) & _SHOWN_BY_ENUM else []
         elif (inner := library_held(item)) is not None:
+            refusal = protocol_refusal(item, what) if _wrapped(item) else None
+            if refusal is not None:
+                return refusal
             held = inner
         elif dataclass_like(item):
             held = [field for name in type(item).__dataclass_fields__
                     if (field := _stored(item, name)) is not _ABSENT]
         else:
             continue
-        if set(map(type, held)) <= _PLAIN:
+        kinds = set(map(type, held))
+        if kinds <= _PLAIN:
             continue  # scalars only, checked in C
+        if len(kinds - _PLAIN) == 1 and (kinds - _PLAIN) <= _FLAT_HOLDERS:
+            # rows: many dicts (or lists, tuples) that hold scalars only, checked together in C
+            inner = [child for child in held if type(child) not in _PLAIN]
+            if _plain_rows(inner):
+                walked.update(zip(map(id, inner), inner, strict=True))
+                continue
         stack.extend(child for child in held if type(child) not in _PLAIN)
     known.update(walked)
     return None
+
+
+_FLAT_HOLDERS = frozenset({dict, list, tuple})
+_SHOWN_BY_ENUM = frozenset(TEXT_DUNDERS)
+
+
+def _plain_rows(rows: list[Any]) -> bool:
+    """Whether ``rows`` (all dicts, all lists or all tuples, of the exact built-in type) hold
+    scalars only: their items' types gathered in C."""
+    if type(rows[0]) is dict:
+        items: Any = itertools.chain(itertools.chain.from_iterable(map(dict.keys, rows)),
+                                     itertools.chain.from_iterable(map(dict.values, rows)))
+    else:
+        items = itertools.chain.from_iterable(rows)
+    return set(map(type, items)) <= _PLAIN
 
 
 _LIBRARY_HOLDERS = frozenset({types.SimpleNamespace, types.MappingProxyType, collections.UserDict,
@@ -310,13 +347,29 @@ def library_held(item: Any) -> list[Any] | None:
     if kind is types.SimpleNamespace:
         return list(_stored(item, "__dict__").values())
     if kind is types.MappingProxyType:
-        return [*itertools.chain.from_iterable(item.items())]
+        # the mapping itself, walked as any value: the proxy's operations are its mapping's own
+        # (a user's mapping class's __eq__, __getitem__, __iter__, items())
+        return [proxied(item)]
     if isinstance(item, collections.UserDict | collections.UserList):
         data = _stored(item, "data")
         return [] if data is _ABSENT else [data]
     if isinstance(item, collections.ChainMap):
         return [_stored(item, "maps")]
     return None
+
+
+def _wrapped(obj: Any) -> list[Any]:
+    """The mappings or lists a ChainMap, UserDict or UserList works through (read as stored)."""
+    if isinstance(obj, collections.ChainMap):
+        maps = _stored(obj, "maps")
+        return list(maps) if type(maps) is list else []
+    if isinstance(obj, collections.UserDict | collections.UserList):
+        data = _stored(obj, "data")
+        return [] if data is _ABSENT or type(data) in _PLAIN_HELD else [data]
+    return []
+
+
+_PLAIN_HELD = frozenset({dict, list})
 
 
 def dataclass_like(obj: Any) -> bool:

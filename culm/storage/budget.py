@@ -12,12 +12,11 @@ whatever the size (a retry's history, each callback of a node taking many, the g
 operator's context update, see :func:`growth`): it reads the root's counter (a few rows by
 primary key, however much the pipeline holds: what was committed before and this transaction's own
 writes) and refuses the write when the bytes held plus the write would be over. A write of
-another transaction still in flight is not seen: the checks of callbacks (to any node) and of
-context updates of one pipeline take its budget lock first and hold it to their commit
-(``SqlUnit.stored_bytes``), so each sees what the one before stored; the engine's own writes of
-parallel branches do not (they may have written counted rows before their check, and waiting then
-could deadlock), so those may pass the budget by what they have in flight at once. Ordinary writes cost nothing more: the triggers count them inside the
-database, with no statement of their own. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
+another transaction still in flight is not seen, so every check of one pipeline (a callback's to
+any node, a context update's, and the engine's own: two branches of a parallel gateway written by
+two batches or two workers at once) takes its budget lock first and holds it to the commit
+(``SqlUnit.stored_bytes``): each sees what the one before stored. Ordinary writes cost nothing
+more: the triggers count them inside the database, with no statement of their own, and take no lock. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
 set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
 the sum of every counter row, read again only near that bound or once a second).
 """
@@ -101,7 +100,7 @@ def check_context_copy(unit: Any, pipeline_id: str, size: int, replaced: Callabl
         return
 
     def held() -> tuple[str, int, int]:
-        root_id, stored, _own = unit.stored_bytes(pipeline_id)
+        root_id, stored, _own = unit.stored_bytes(pipeline_id, serialise=True)
         old = replaced()
         return root_id, stored - old, old
 
@@ -122,7 +121,8 @@ class UnitChecks:
     def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
         fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
-        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id), self.stored_total_after, always=always)
+        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id, serialise=True), self.stored_total_after,
+              always=always)
 
     def check_new_pipeline(self, root_id: str) -> None:
         """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction

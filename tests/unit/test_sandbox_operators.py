@@ -288,7 +288,9 @@ def test_splicing_a_large_tree_does_not_look_for_a_cycle(monkeypatch: pytest.Mon
     loop.append([loop, [loop]])
     with pytest.raises(ExpressionLimitError, match="holds itself"):
         render("x ${a}", {"a": loop})
-    assert checked == [loop]
+    # measured one depth at a time, a path deeper than its distinct containers proves the cycle:
+    # no second walk either
+    assert checked == []
 
 
 @pytest.mark.parametrize(

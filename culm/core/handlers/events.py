@@ -8,19 +8,20 @@ from typing import Any
 from culm.core import data as cdata
 from culm.core import rendering, states
 from culm.core.outcomes import DIE, SLEEP, Invoke, Next, Outcome
-from culm.core.records import ContextValue, StateRecord, now
+from culm.core.records import CODE_RAN, COPY_REFUSED, ContextValue, StateRecord, now
 from culm.core.run import Run, stored_state
 from culm.errors import StoredBytesBudgetError, UnstorableValueError
 from culm.model import compiled as g
 
-# Kept in an executable end event's outputs (with the run's version) from the commit of its code's
-# result until the pipeline ends, when the walk goes on in a later step: parked on a pause, or once
-# the pipeline's outputs have rendered on the pool. The walk entering the end event again (a resume,
-# a replay after a crash) then only ends the pipeline: the code ran for this run, never twice.
-CODE_RAN = "_end_code_ran"
-# In the outputs of an end event whose subprocess's outputs could not be copied into the parent:
-# the one kind of end event skip_node takes (a retry would repeat the refusal).
-COPY_REFUSED = "_copy_refused"
+# CODE_RAN: kept in an executable end event's outputs (with the run's version) from the commit of
+# its code's result until the pipeline ends, when the walk goes on in a later step: parked on a
+# pause, or once the pipeline's outputs have rendered on the pool, or failed after its code ran
+# (the pipeline's outputs refused: unrenderable, unstorable, or their copy into the parent past the
+# budget). The walk entering the end event again (a resume, a replay after a crash, a retry, which
+# carries the marker to its new version: commands.retry_node) then only ends the pipeline: the code
+# ran for this run, never twice. COPY_REFUSED: in the outputs of an end event whose subprocess's
+# outputs could not be copied into the parent: the one kind of end event skip_node takes (a retry
+# would repeat the refusal while the copy is as big). Neither is shown (records.public_outputs).
 COPY_REFUSED_HINT = ("skip the end event {node} to finish the subprocess without copying its outputs "
                      "into the parent (culm skip {node}), retry it once the budget allows the copy, or revoke the pipeline")
 
@@ -57,7 +58,7 @@ def end(run: Run) -> Outcome:
 
 def _ended(run: Run, resolved: Any) -> Outcome:
     if not isinstance(resolved, dict):
-        run.fail(f"pipeline outputs hydrate failed: {_error(resolved)}", outputs={})
+        run.fail(f"pipeline outputs hydrate failed: {_error(resolved)}", outputs=_ran(run))
         return SLEEP
     pipeline_id = run.top_pipeline_id
     spec = run.graph.pipelines[pipeline_id]
@@ -84,7 +85,7 @@ def _ended(run: Run, resolved: Any) -> Outcome:
         # each output fits, together they may not (two of 4 MB), or not in what the pipeline may
         # store (StoredBytesBudgetError): fail here, naming them, instead of an engine error
         run.fail(f"pipeline {pipeline_id}: its outputs {list(spec.outputs)} could not be stored together: {exc}",
-                 outputs={})  # ex_data alone (clipped as every failure text), as for a hydrate failure
+                 outputs=_ran(run))  # ex_data alone (clipped as every failure text), as for a hydrate failure
         return SLEEP
     if sub_state is not None and not _copied_to_parent(run, pipeline_id, outputs):
         return SLEEP
@@ -130,9 +131,15 @@ def _copied_to_parent(run: Run, pipeline_id: str, outputs: dict[str, Any]) -> bo
     except StoredBytesBudgetError as exc:
         run.fail(f"pipeline {pipeline_id}: its outputs could not be copied to the context variables "
                  f"{[v.key for v in mapped]} of pipeline {run.proc.stack[-2]} ({exc}); "
-                 f"{COPY_REFUSED_HINT.format(node=run.node.id)}", outputs={COPY_REFUSED: run.state.version})
+                 f"{COPY_REFUSED_HINT.format(node=run.node.id)}", outputs={**_ran(run), COPY_REFUSED: run.state.version})
         return False
     return True
+
+
+def _ran(run: Run) -> dict[str, Any]:
+    """The outputs a failure of end event ``run.node`` keeps once its code ran for this run (an
+    executable end event's CODE_RAN), so that a retry only ends the pipeline: none for an empty one."""
+    return {CODE_RAN: run.state.version} if run.node.type == g.EXECUTABLE_END else {}
 
 
 def _outputs(run: Run) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from culm.core import rendering
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.records import ContextValue
 from culm.core.run import Run
-from culm.errors import CulmError, UnstorableValueError
+from culm.errors import CulmError, StoredBytesBudgetError, UnstorableValueError
 
 
 def enter(run: Run) -> Outcome:
@@ -47,13 +47,21 @@ def _failed(run: Run, error: str) -> Outcome:
 
 
 def _step_in(run: Run, params: dict[str, Any]) -> Outcome:
+    """Store the params as the SubProcess node's inputs and as its child's context values, both
+    checked against the budget (past STORED_BYTES_CHECK_AT bytes), and step in. The copy into the
+    child's context was not checked (session 20): a 1 MB param stored 2 MB where 1 MB was checked,
+    past the budget by one param at every subprocess node entered near it."""
     node = run.node
-    try:  # the store encodes them before it writes anything
+    try:  # the store encodes them (and checks them) before it writes anything
         run.unit.set_execution_data(node.id, params, {})
+        run.upsert_context(node.id, [ContextValue(k, "plain", v) for k, v in params.items()], checked=True)
+    except StoredBytesBudgetError as exc:
+        run.fail_node(f"subprocess {node.id}: its params {list(params)} could not be stored ({exc}); retry it "
+                      f"(culm retry-subprocess {node.id}) once the budget allows them, or revoke the pipeline")
+        return SLEEP
     except UnstorableValueError as exc:
         # each param fits, together they may not (two of 4 MB): the subprocess fails naming them
         return _failed(run, str(exc))
-    run.upsert_context(node.id, [ContextValue(k, "plain", v) for k, v in params.items()])
     run.proc.stack = [*run.proc.stack, node.id]
     # bamboo's engine sends node_finish for a subprocess node as its process moves on into it
     # (the node itself stays RUNNING), not when the subprocess ends

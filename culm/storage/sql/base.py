@@ -938,27 +938,27 @@ class SqlUnit(budget.UnitChecks):
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return self._answer(self._plan_states_of_root(root_id))
 
-    def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
-        # One query through ix_culm_state_root_id for a page of pipelines, not a state tree each.
-        counts: dict[str, int] = {}
+    def _by_roots(self, sql: str, root_ids: Sequence[str], params: Sequence[Any]) -> list[Any]:
+        """The rows of ``sql`` (its ``{marks}`` the root ids, then ``params``) for ``root_ids``,
+        500 ids a query: one query through ix_culm_state_root_id for a page of pipelines."""
         ids = list(dict.fromkeys(root_ids))
-        for at in range(0, len(ids), 500):
-            chunk = ids[at:at + 500]
-            rows = self._all(f"SELECT root_id, COUNT(*) FROM culm_state WHERE root_id IN ({marks(len(chunk))}) "
-                             "AND name = ? GROUP BY root_id", [*chunk, states.FAILED])
-            counts.update((str(r[0]), int(r[1])) for r in rows)
-        return counts
+        return [row for at in range(0, len(ids), 500)
+                for row in self._all(sql.format(marks=marks(len(ids[at:at + 500]))), [*ids[at:at + 500], *params])]
+
+    def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._by_roots("SELECT root_id, COUNT(*) FROM culm_state WHERE root_id IN ({marks}) AND name = ? "
+                              "GROUP BY root_id", root_ids, [states.FAILED])
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
+        rows = self._by_roots("SELECT root_id, node_id FROM culm_state WHERE root_id IN ({marks}) AND name = ? "
+                              "ORDER BY root_id, node_id", root_ids, [states.FAILED])
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
-        # One query through ix_culm_state_root_id and the schedule's (node_id, version) key.
-        found: list[tuple[str, str, str, str]] = []
-        ids = list(dict.fromkeys(root_ids))
-        for at in range(0, len(ids), 500):
-            chunk = ids[at:at + 500]
-            rows = self._all(CALLBACK_WAITERS.format(marks=marks(len(chunk))),
-                             [*chunk, states.RUNNING, False, "callback", "multiple_callback"])
-            found.extend((str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows)
-        return found
+        # Through ix_culm_state_root_id and the schedule's (node_id, version) key.
+        rows = self._by_roots(CALLBACK_WAITERS, root_ids, [states.RUNNING, False, "callback", "multiple_callback"])
+        return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
@@ -1340,7 +1340,8 @@ class SqlUnit(budget.UnitChecks):
         """Raises UnstorableValueError, or StoredBytesBudgetError (an operator's retry inputs),
         before anything is written."""
         text = codec.dumps_fields(inputs, f"inputs of node {node_id}")
-        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data"), self.stored_total_after)
+        budget.check(node_id, "inputs", len(text), lambda: self.stored_bytes(node_id, replacing="culm_node_data", serialise=True),
+                     self.stored_total_after)
         self._upsert("culm_node_data", {"node_id": node_id, "inputs": text}, ["node_id"])
 
     def get_execution_data(self, node_id: str) -> tuple[dict, dict] | None:
@@ -1352,8 +1353,8 @@ class SqlUnit(budget.UnitChecks):
         anything is written (``always``: checked whatever the size, see :func:`budget.check`)."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
         budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data"), self.stored_total_after,
-                     always=always)
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data", serialise=True),
+                     self.stored_total_after, always=always)
         self._write_execution_data(node_id, texts[0], texts[1])
 
     def _write_execution_data(self, node_id: str, inputs: str, outputs: str) -> None:
@@ -1370,21 +1371,26 @@ class SqlUnit(budget.UnitChecks):
         order, deadlocked with the rows the triggers lock at each writer's earlier, smaller
         writes: review16.)
 
-        ``serialise`` (the check of a callback or of a context update): the root's budget lock
+        ``serialise`` (every check of a write, bar a new run's): the root's budget lock
         (:attr:`budget_lock`) is taken first and held to the commit, so racing callbacks of one
-        pipeline, to any of its nodes, and its context updates are checked one by one, each seeing
+        pipeline, to any of its nodes, its context updates and the engine's writes (two branches
+        of a parallel gateway in two batches or two workers) are checked one by one, each seeing
         what the one before stored (without it, 8 racing callbacks of 100 KB to 8 nodes took
-        250-550 KB past a 200 KB room on PostgreSQL). It travels in the round trip of the read.
+        250-550 KB past a 200 KB room on PostgreSQL, and two engine transactions each storing
+        100 KB both passed a 150 KB room: session 20). It travels in the round trip of the read.
         Lock order: the caller's state rows, then the budget lock, then the counter rows its
-        writes' triggers take. Only a transaction that has written none of its root's counted rows
-        yet waits for it (a callback's check, a context update's, both before their first counted
-        write; the engine's own writes never ask for it), but a cycle can still go through it, as
-        three parties: a callback T1 holds the budget lock of root R and waits, at its first counted
-        write, for counter row (R, k); an engine batch E holds (R, k) (its earlier writes' triggers
-        took it) and waits for node N2's state row; T3, a callback to N2 (holding N2's state row)
-        or a context update (holding the root's state row that E also waits for), waits for the
-        budget lock T1 holds. The servers detect the deadlock and roll one of the three back, which
-        runs again: a callback or context update by :mod:`culm.api`'s retry of deadlock victims
+        writes' triggers take. A callback's or a context update's check comes before its first
+        counted write; an engine batch may have written counted rows (on its connection's shard)
+        before its check, so a cycle can go through the lock: the batch holds counter row (R, k)
+        and waits for the budget lock held by a callback whose connection writes the same shard k
+        (1 in ROOT_BYTES_SHARDS), or two batches each holding one root's budget lock wait for the
+        other's; and, as three parties: a callback T1 holds the budget lock of root R and waits,
+        at its first counted write, for counter row (R, k); an engine batch E holds (R, k) (its
+        earlier writes' triggers took it) and waits for node N2's state row; T3, a callback to N2
+        (holding N2's state row) or a context update (holding the root's state row that E also
+        waits for), waits for the budget lock T1 holds. The servers detect each such deadlock
+        (PostgreSQL after deadlock_timeout, 1 s by default) and roll one party back, which runs
+        again: a callback or context update by :mod:`culm.api`'s retry of deadlock victims
         (culm._retry), the engine's batch by the runner's (review19a)."""
         own = ROOT_BYTES_OWN.get(replacing or "", "0").format(size=self.octet_length)
         row = self._one(f"SELECT n.root_id, {own} FROM culm_node n WHERE n.id = ?", [node_id])
@@ -1421,7 +1427,7 @@ class SqlUnit(budget.UnitChecks):
         the budget first (StoredBytesBudgetError, nothing written)."""
         text = codec.dumps(outputs)
         if checked:
-            budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs"),
+            budget.check(node_id, "outputs", len(text), lambda: self.stored_bytes(node_id, replacing="outputs", serialise=True),
                          self.stored_total_after)
         self._write_outputs(node_id, text)
 
@@ -1587,7 +1593,7 @@ class SqlUnit(budget.UnitChecks):
     def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id), self.stored_total_after,
+        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id, serialise=True), self.stored_total_after,
                      always=always)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
@@ -1764,8 +1770,8 @@ class Dialect:
         """The file the database lives in (None: a server's, or in memory)."""
         return None
 
-    def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
+    def engine_options(self, *, memory: bool, url: str = "") -> dict[str, Any]:
+        """create_engine's options (``url``: the database's). No pool_pre_ping: a ping per checkout is a round trip per
         transaction; ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
         return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
 
@@ -1872,7 +1878,7 @@ class SqlStore:
         self.keeps_copies = dialect.keeps_copies
         self.database_file = dialect.database_file(self.url)
         self._unit = dialect.unit
-        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
+        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory, url=self.url))
         dialect.prepare(self)
         self._plain_reads = dialect.plain_reads_engine(self) or self.engine
         self._interruptions = dialect.interruptions(self.engine)
