@@ -73,6 +73,7 @@ def test_a_read_whose_answer_never_comes_fails_as_an_outage_and_the_next_runs_on
         link.cut()  # let the stuck thread go
     assert not alive, "the read waited for an answer that never comes (30 s and counting)"
     assert errors and is_outage(errors[0]), errors
+    assert "Lost connection to MySQL server during query (timed out)" in str(errors[0]), repr(errors[0])
     assert BOUND <= waited < 15, waited
     assert _read(store) == {}  # a fresh connection: the dead one left the pool
 
@@ -87,7 +88,7 @@ def test_a_write_unit_waits_as_long_as_its_statement_takes_and_a_read_does_not(
         assert unit._all(slow)[0][0] == 0
     with pytest.raises(Exception) as caught, store.reading(snapshot=True) as unit:
         unit._all(slow)
-    assert is_outage(caught.value), repr(caught.value)
+    assert is_outage(caught.value) and "Lost connection" in str(caught.value), repr(caught.value)
     with store.reading() as unit:  # the plain reads' pool (autocommit) is bounded too
         with pytest.raises(Exception) as caught:
             unit._all(slow)

@@ -338,6 +338,16 @@ class MysqlDialect(Dialect):
         if write and (session := raw.info.get(_SESSION)) is not None:
             _writers.note(session[2])
 
+    def abort(self, raw: Any) -> None:
+        if not getattr(raw.dbapi_connection, "open", True):
+            # The driver dropped the connection (lost, or an answer waited for past
+            # READ_REPLY_SECONDS): nothing to roll back here (the server does, with the session),
+            # and a ROLLBACK would only replace that error by "InterfaceError(0, '')". The pool
+            # throws it away.
+            raw.invalidate()
+            return
+        super().abort(raw)
+
     def lock_waits(self, store: SqlStore, thread_id: int) -> int:
         """1 when the session of the write transaction thread ``thread_id`` began last waits for a
         lock: a table's (a migration's ALTER TABLE, LOCK TABLES: bounded only by lock_wait_timeout,
