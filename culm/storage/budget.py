@@ -78,6 +78,17 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
         )
 
 
+def serialised(size: int) -> bool:
+    """Whether the check of a ``size``-byte write of the engine takes its pipeline's budget lock
+    (``SqlUnit.stored_bytes(serialise=...)``): only past
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes. A smaller write checked because the
+    caller asks (``always``: a loop's histories, a poll's log lines) is checked without it: it may
+    pass the budget by one such write per transaction in flight, and a node loop does not take the
+    lock at each iteration, after its batch's earlier counted writes (the lock-order deadlocks
+    ``SqlUnit.stored_bytes`` describes: a 10-iteration loop took it 9 times, review of session 20)."""
+    return size > limits.STORED_BYTES_CHECK_AT
+
+
 def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
     """Refuse context ``values`` written in place of ``replaced`` that would take pipeline
     ``pipeline_id``'s root past its budget (or every pipeline past theirs), whatever their size.
@@ -121,8 +132,8 @@ class UnitChecks:
     def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
         fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
-        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id, serialise=True), self.stored_total_after,
-              always=always)
+        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id, serialise=serialised(size)),
+              self.stored_total_after, always=always)
 
     def check_new_pipeline(self, root_id: str) -> None:
         """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import components  # noqa: F401 - registers the t_* components
 import pytest
-from backends import own_backend
+from backends import create_database, drop_database, own_backend
 from driver_log import round_trips
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
 from support import wait_until
@@ -45,7 +45,7 @@ from culm.dispatch.inline import InlineDispatcher
 from culm.errors import StoredBytesBudgetError
 from culm.events import ExecutableEndEvent as EndEventComponent
 from culm.model import limits
-from culm.storage import budget
+from culm.storage import budget, migrate
 from culm.storage.sql import SqlStore
 from culm.storage.sql.base import SqlUnit
 
@@ -594,6 +594,35 @@ def test_the_budget_lock_costs_no_round_trip_and_a_single_callback_nothing(kind,
         monkeypatch.undo()
     finally:
         backend.teardown()
+
+
+BUDGET_LOCKS = {"postgres": "culm budget", "mariadb": "-1, 0) ON DUPLICATE"}  # the lock's text in a round trip
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_node_loop_takes_no_budget_lock(kind, tmp_path, monkeypatch):
+    # Found in review (session 20): each iteration's history was checked (always) holding the
+    # pipeline's budget lock, so a 10-iteration loop took it 9 times, after its batch's earlier
+    # counted writes: open to the lock-order deadlocks SqlUnit.stored_bytes describes. A write
+    # of at most STORED_BYTES_CHECK_AT bytes is still checked, without the lock (the overshoot:
+    # one such write per transaction in flight), and the loop's histories are all kept.
+    body = activity("t_none", "x")
+    body.loop_config = {"enable": True, "loop_times": 10}
+    tree = line(body)
+    url = create_database(kind)
+    try:
+        migrate.upgrade_database(url)
+        with culm.Runtime(url) as rt:  # its worker threads run the loop in this process
+            trips = round_trips(kind, monkeypatch)
+            run(rt, tree)
+            wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+            monkeypatch.undo()
+            assert len(api.get_node_histories(rt, body.id).data) == 9
+        assert any("SUM(bytes) FROM culm_root_bytes" in t for t in trips)  # the histories were checked
+        locked = [t for t in trips if BUDGET_LOCKS[kind] in t]
+        assert locked == [], locked
+    finally:
+        drop_database(url)
 
 
 def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_budget, monkeypatch):
