@@ -15,7 +15,8 @@ writes) and refuses the write when the bytes held plus the write would be over. 
 another transaction still in flight is not seen, so every check of one pipeline (a callback's to
 any node, a context update's, and the engine's own: two branches of a parallel gateway written by
 two batches or two workers at once) takes its budget lock first and holds it to the commit
-(``SqlUnit.stored_bytes``): each sees what the one before stored. Ordinary writes cost nothing
+(``SqlUnit.stored_bytes``): each sees what the one before stored. The engine's writes of at most
+STORED_BYTES_CHECK_AT bytes checked whatever their size do not (:func:`serialised`). Ordinary writes cost nothing
 more: the triggers count them inside the database, with no statement of their own, and take no lock. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
 set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
 the sum of every counter row, read again only near that bound or once a second).

@@ -36,7 +36,7 @@ from culm.builder import (
     Var,
     build_tree,
 )
-from culm.components import library
+from culm.components import Component, Service, library
 from culm.core import invariants, walker
 from culm.core.handlers.activity import LOGS_PAST_BUDGET
 from culm.core.records import HistoryRecord
@@ -885,6 +885,69 @@ def _no_engine_markers(rt, node_id: str) -> None:
              *(h["outputs"] for h in api.get_node_histories(rt, node_id).data)]
     for outputs in shown:
         assert not any(key in outputs for key in ("_copy_refused", "_end_code_ran")), shown
+
+
+class _MarkerNamedOutputs(Service):
+    """A user's service whose outputs take the names of the engine's markers in an end event's."""
+
+    def execute(self, data, parent_data):
+        data.outputs["_copy_refused"] = "user value"
+        data.outputs["_end_code_ran"] = 42
+        data.outputs["normal"] = 1
+        return True
+
+
+class _MarkerNamedComponent(Component):
+    code = "t_budget_marker_named_outputs"
+    name = "outputs named as the engine's markers"
+    bound_service = _MarkerNamedOutputs
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_users_outputs_named_as_the_engines_markers_are_shown(store, tmp_path):
+    # Found in review (session 20): the public reads left the markers' names out of any node's
+    # outputs, an activity's own (user data) too. Only an end event's markers are the engine's.
+    act = ServiceActivity(component_code=_MarkerNamedComponent.code)
+    act.loop_config = {"enable": True, "loop_times": 2}
+    tree = line(act)
+    mine = {"_copy_refused": "user value", "_end_code_ran": 42, "normal": 1}
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        shown = [api.get_execution_data(rt, act.id).data["outputs"], api.get_execution_data_outputs(rt, act.id).data,
+                 api.get_node_debug_info(rt, act.id).data["execution_data"]["outputs"],
+                 *(h["outputs"] for h in api.get_node_histories(rt, act.id).data)]
+        assert len(shown) == 4, shown
+        for outputs in shown:
+            assert {k: outputs.get(k) for k in mine} == mine, shown
+
+
+@pytest.mark.parametrize("marker", ["_copy_refused", "_end_code_ran"])
+def test_an_operator_cannot_forge_an_end_events_markers(marker, tmp_path, monkeypatch):
+    # Found in review (session 20): update_node_outputs on a failed end event merged the context
+    # values given into its outputs, so ${_copy_refused} / ${_end_code_ran} overwrote the engine's
+    # marker (a forged COPY_REFUSED made a failed end event skippable, a forged CODE_RAN kept its
+    # code from running on a retry). Such a key is refused naming it, nothing written; the marker
+    # stays and the end event is still skipped as its refusal said.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    sub_end = EmptyEndEvent()
+    tree, _, _sub = _subprocess_output_copied_forty_times(sub_end)
+    with embedded_runtime("sqlite", tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        before = api.get_execution_data(rt, sub_end.id).data
+        forged = api.update_node_outputs(rt, tree["id"], sub_end.id, {f"${{{marker}}}": "forged", "${x}": 1})
+        assert not forged.result
+        assert f"${{{marker}}}" in forged.message and f"end event {sub_end.id}" in forged.message, forged.message
+        assert api.get_execution_data(rt, sub_end.id).data == before
+        with rt.store.reading() as unit:
+            stored_outputs = unit.get_execution_data(sub_end.id)[1]
+        assert stored_outputs.get(marker) != "forged", stored_outputs
+        assert api.update_node_outputs(rt, tree["id"], sub_end.id, {"${x}": 1}).result  # any other key is merged
+        assert api.get_execution_data(rt, sub_end.id).data["outputs"]["x"] == 1
+        skipped = api.skip_node(rt, sub_end.id)
+        assert skipped.result, skipped.message
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
 
 
 def _subprocess_output_copied_forty_times(sub_end):
