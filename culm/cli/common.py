@@ -215,11 +215,21 @@ def _check_broker(url: str) -> None:
 
 
 # -- the runtime --------------------------------------------------------------------------------
-def _sqlite_file(url: str) -> Path | None:
+def _sqlite_file(url: str, read_only: bool = True) -> Path | None:
+    """The file a ``sqlite`` URL names (None: another database, or in memory); a query string the
+    URL cannot have, or a read-only one (``mode=ro``) for a command that writes, is a DatabaseError."""
     if not url.startswith("sqlite"):
         return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    return None if path in ("", ":memory:") else Path(path)
+    from culm.storage import parse_sqlite_url
+
+    try:
+        parsed = parse_sqlite_url(url)
+    except ValueError as exc:
+        raise DatabaseError(f"cannot use the database URL {url!r}: {exc}") from None
+    if parsed.read_only and not read_only:
+        raise DatabaseError(f"cannot use the database URL {url!r}: it opens the file read-only (mode=ro or "
+                            "immutable), and this command writes to it")
+    return None if parsed.path is None else Path(parsed.path)
 
 
 def check_sqlite(url: str, read_only: bool, shared: bool = False) -> None:
@@ -227,7 +237,7 @@ def check_sqlite(url: str, read_only: bool, shared: bool = False) -> None:
     :class:`NotFound` when it does not) or can be created or written, and it is not another
     program's database (``shared``: the user said culm's tables may join those it holds); else
     :class:`DatabaseError`. Other databases are not checked here."""
-    path = _sqlite_file(url)
+    path = _sqlite_file(url, read_only)
     if path is None:
         return
     absolute = Path("/") / path
@@ -451,12 +461,17 @@ def parse_json_object(raw: str | None, flag: str) -> dict | None:
     if raw.startswith("@"):
         if not raw[1:].strip():
             raise UsageError(f"{flag} {raw!r}: expected a file name after @ (@FILE)")
+        name = raw[1:]
         try:
-            raw = Path(raw[1:]).read_text(encoding="utf-8")
+            text = Path(name).read_text(encoding="utf-8")
         except OSError as exc:
-            raise UsageError(f"{flag}: cannot read {raw[1:]}: {exc.strerror or exc}") from exc
+            raise UsageError(f"{flag}: cannot read {name}: {exc.strerror or exc}") from exc
         except UnicodeDecodeError as exc:
-            raise UsageError(f"{flag}: cannot read {raw[1:]}: {not_utf8(exc)}") from None
+            raise UsageError(f"{flag}: cannot read {name}: {not_utf8(exc)}") from None
+        if not text.strip():
+            raise UsageError(f"{flag}: {name}: the file is empty{': it holds only whitespace' if text else ''} "
+                             "(expected a JSON object)")
+        raw = text
     return json_object(raw, flag)
 
 

@@ -174,7 +174,14 @@ def cmd_control(args: argparse.Namespace) -> int:
             _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             progress.release()
-            wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True)
+            return wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True,
+                                     judge=_accepted_is_done)
+
+
+def _accepted_is_done(_outcome: str, _flat: dict[str, dict]) -> int:
+    """A control command the engine accepted exits 0 however the pipeline fares next: the contract
+    keeps exit 1 for `culm run` and `culm status`. What failed after it (the retried node failed
+    again, the callback's schedule returned False) is printed above, with its ex_data."""
     return EXIT_OK
 
 

@@ -234,7 +234,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             rt, state=_states_option(args.state), name=args.name, created_after=since,
             created_before=before, limit=args.limit, offset=args.offset,
         ), bad_input=True)
-        failed = {} if args.json else _failed_counts(rt, found["items"])
+        marks = {} if args.json else _marks(rt, found["items"])
     if args.json:
         print_json(found)
         return EXIT_OK
@@ -244,8 +244,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for column in ("ID", "NAME", "STATE", "CREATED", "DURATION"):
         table.add_column(column)
     for item in found["items"]:
-        stuck = f" [red]({failed[item['id']]} failed)[/]" if failed.get(item["id"]) else ""
-        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]) + stuck,
+        table.add_row(item["id"], item["name"] or "-", render.state_text(item["state"]) + marks.get(item["id"], ""),
                       render.when(item["created_time"]), render.span(render.seconds(item)))
     out = console()
     if found["items"]:
@@ -279,11 +278,35 @@ def _no_database(missing: NotFound) -> Iterator[Any]:
         yield rt
 
 
-def _failed_counts(rt: Any, items: list[dict]) -> dict[str, int]:
-    """How many nodes failed in each RUNNING pipeline of ``items`` (bamboo keeps such a pipeline
-    RUNNING; the list says so, as the console does)."""
-    with rt.store.reading() as unit:  # one grouped read for the page
-        return unit.failed_node_counts([item["id"] for item in items if item["state"] == "RUNNING"])
+def _marks(rt: Any, items: list[dict]) -> dict[str, str]:
+    """What each RUNNING pipeline of ``items`` waits on, to follow its state: its failed nodes
+    (bamboo keeps such a pipeline RUNNING) and those that wait for a callback, each by name and id
+    (the id is what `culm retry` or `culm callback` takes), as the console's list shows them."""
+    from rich.markup import escape
+
+    from culm.core import waits
+
+    with rt.store.reading() as unit:  # grouped reads for the page
+        found = waits.attention(unit, [item["id"] for item in items if item["state"] == "RUNNING"])
+    marks: dict[str, str] = {}
+    for root_id, nodes in found.items():
+        parts = []
+        if nodes["failed"]:
+            parts.append(f"[red]{len(nodes['failed'])} failed: {escape(_some(nodes['failed']))}[/]")
+        if nodes["callbacks"]:
+            parts.append(f"waits for a callback: {escape(_some(nodes['callbacks']))}")
+        marks[root_id] = f" ({'; '.join(parts)})" if parts else ""
+    return marks
+
+
+def _some(nodes: list[dict]) -> str:
+    """``name (id)`` of the first few of ``nodes``, then how many more."""
+    from culm.core.waits import NAMED_IN_A_LIST
+
+    shown = [f"{render.short_name(n['name'])} ({n['node_id']})" if n["name"] else n["node_id"]
+             for n in nodes[:NAMED_IN_A_LIST]]
+    more = len(nodes) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 
 # -- logs and history ---------------------------------------------------------------------------

@@ -120,6 +120,9 @@ def _tree_from_json(path: Path) -> dict:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _Unreadable(f"{path}: {not_utf8(exc)}") from None
+    if not text.strip():  # blank lines or spaces only: empty, not "invalid JSON: Expecting value"
+        raise _Unreadable(f"{path}: the file is empty: it holds only whitespace (expected a pipeline tree: "
+                          "a JSON object)")
     return json_object(text, f"{path}:", "a pipeline tree")
 
 

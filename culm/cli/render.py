@@ -20,7 +20,8 @@ COLOURS = {"FINISHED": "green", "FAILED": "bold red", "RUNNING": "yellow", "SUSP
 MAX_NAME_SHOWN = 200
 
 
-def _name(raw: Any) -> str:
+def short_name(raw: Any) -> str:
+    """A name as shown: cut to MAX_NAME_SHOWN characters, with how many more it has."""
     name = str(raw or "")
     if len(name) <= MAX_NAME_SHOWN:
         return name
@@ -35,8 +36,8 @@ def node_info(tree: Any) -> dict[str, tuple[str, str]]:
     info: dict[str, tuple[str, str]] = {}
     for pipe, nodes in walk_tree(tree):
         if isinstance(pipe.get("id"), str):
-            info.setdefault(pipe["id"], (_name(pipe.get("name")), "Pipeline"))
-        info.update({node["id"]: (_name(node.get("name")), _name(node.get("type"))) for node in nodes})
+            info.setdefault(pipe["id"], (short_name(pipe.get("name")), "Pipeline"))
+        info.update({node["id"]: (short_name(node.get("name")), short_name(node.get("type"))) for node in nodes})
     return info
 
 

@@ -447,7 +447,10 @@ def _refused_run(started: Any, info: dict[str, tuple[str, str]]) -> NoReturn:
 
 
 def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
-                      progress: Progress | None, cluster: bool, stop_when_waiting: bool = False) -> int:
+                      progress: Progress | None, cluster: bool, stop_when_waiting: bool = False,
+                      judge: Callable[[str, dict[str, dict]], int] | None = None) -> int:
+    """Follow the pipeline, print how it stands and return the exit code: :func:`conclude`'s, or
+    ``judge(outcome, flat)``'s when given (a control command's: what it waited for)."""
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
 
     def tell(entry: dict) -> None:
@@ -463,7 +466,8 @@ def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dic
     except KeyboardInterrupt:
         err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster, rt)}")
         return 130
-    return conclude(rt, root_id, info, outcome, flat, args, cluster)
+    code = conclude(rt, root_id, info, outcome, flat, args, cluster)
+    return code if judge is None else judge(outcome, flat)
 
 
 def _attach(args: argparse.Namespace) -> int:

@@ -162,6 +162,10 @@ class States(Protocol):
         """How many nodes of each of ``root_ids`` are FAILED now (roots with none left out)."""
         ...
 
+    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """``(root_id, node_id)`` of each FAILED node of ``root_ids``, by root then node id."""
+        ...
+
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
         """``(root_id, node_id, version, schedule type)`` of each RUNNING node of ``root_ids`` whose
         live schedule of its current version waits for callbacks (``callback``, ``multiple_callback``)."""

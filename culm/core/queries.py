@@ -185,7 +185,8 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
             return {}
         kids = [k for k in unit.states_of_parent(node_id) if k.node_id != node_id]
         root = unit.get_state(st.root_id) if st.root_id and st.root_id != node_id else None
-        facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit))
+        facts = waits.read_facts(unit, [st, *kids], root, timed=_timed(engine, unit),
+                                 ancestors=_ancestors(unit, st, kids))
     entry = state_entry(st, root_is_self=st.root_id == node_id)
     # bamboo's get_children_states gives the asked node's root id as its parent_id, whatever its
     # depth (a subprocess inside another one says the root, not the subprocess holding it);
@@ -194,6 +195,27 @@ def children_states(engine: Engine, node_id: str) -> dict[str, Any]:
     entry["children"] = {k.node_id: state_entry(k) for k in kids}
     _add_wait_reasons(facts, entry, entry["children"])
     return {node_id: entry}
+
+
+# Subprocesses nest at most this deep in what a reader walks up (as culm.core.waits._revoked_in).
+MAX_NESTING = 64
+
+
+def _ancestors(unit: Unit, st: StateRecord, kids: list[StateRecord]) -> list[StateRecord]:
+    """The states of the subprocesses between ``st`` and its root, read only when a failed or
+    waiting node among ``st`` and ``kids`` needs them: one of them revoked parks it for good (a
+    FAILED node under a revoked inner subprocess can no longer be retried or skipped)."""
+    if not any(k.name in (states.FAILED, states.RUNNING) for k in (st, *kids)):
+        return []
+    found: list[StateRecord] = []
+    parent = st.parent_id
+    while parent and parent != st.root_id and parent != st.node_id and len(found) < MAX_NESTING:
+        above = unit.get_state(parent)
+        if above is None:
+            break
+        found.append(above)
+        parent = above.parent_id
+    return found
 
 
 def execution_data(engine: Engine, node_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:

@@ -166,6 +166,37 @@ def callback_waits(unit: Unit, root_ids: Sequence[str]) -> dict[str, dict[str, d
     return found
 
 
+# A list names at most this many failed or waiting nodes of a pipeline (then "and N more").
+NAMED_IN_A_LIST = 3
+
+
+def attention(unit: Unit, root_ids: Sequence[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """``{root_id: {"failed": [...], "callbacks": [...]}}`` for the pipelines of a list page: their
+    FAILED nodes (``{"node_id", "name"}``) and the nodes that wait for a callback (the same, with
+    their :func:`callback_waits` reason), each by the name the tree gives it (``""``: none), so a
+    list can say *which* step needs an operator. The trees are read only for pipelines that have
+    such nodes, in one read."""
+    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for root_id, node_id in unit.failed_nodes(root_ids):
+        found.setdefault(root_id, {"failed": [], "callbacks": []})["failed"].append({"node_id": node_id})
+    for root_id, waiting in callback_waits(unit, root_ids).items():
+        entry = found.setdefault(root_id, {"failed": [], "callbacks": []})
+        entry["callbacks"] = [{"node_id": node_id, **reason} for node_id, reason in waiting.items()]
+    trees = unit.get_pipelines(list(found)) if found else {}
+    for root_id, entry in found.items():
+        names = _names((trees.get(root_id) or ({},))[0])
+        for node in (*entry["failed"], *entry["callbacks"]):
+            node["name"] = names.get(node["node_id"], "")
+    return found
+
+
+def _names(tree: Any) -> dict[str, str]:
+    from culm.model import walk_tree
+
+    return {node["id"]: node["name"] for _pipe, nodes in walk_tree(tree) for node in nodes
+            if isinstance(node.get("name"), str)}
+
+
 def _stalled(tasks: Sequence[TaskRecord]) -> dict[str, Any]:
     since = min(t.due for t in tasks)
     nodes = sorted({t.node_id for t in tasks})
@@ -268,7 +299,7 @@ class KeptFacts:
 def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | None = None,
                timed: Callable[[str], Collection[str]] | None = None,
                kept: KeptFacts | None = None, execute_tasks: Sequence[TaskRecord] | None = None,
-               forked: bool = True, stalled: bool = True) -> WaitFacts:
+               forked: bool = True, stalled: bool = True, ancestors: Sequence[StateRecord] = ()) -> WaitFacts:
     """Read the rows :func:`wait_reasons` needs for ``records``, and only those: those that do
     not depend on each other together (one round trip on a server database), then the tasks the
     waiting nodes' schedules need.
@@ -289,6 +320,9 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
             not forked yet reads them at none of its polls).
         stalled: False to leave the stalled check out (the caller makes it: stalled_since,
             stalled_note); ``reusable`` says whether the facts may then serve again.
+        ancestors: the states of the subprocesses around ``records`` that they do not hold (a
+            node read with its children only): a revoked one among them parks its failed and
+            waiting nodes as a revoked root does.
     """
     # One pass over the states; a finished pipeline's leave nothing to read.
     # A revoked root has ended; only a revoked subprocess holds its run up.
@@ -362,7 +396,7 @@ def read_facts(unit: Unit, records: Sequence[StateRecord], root: StateRecord | N
     # The nodes a revoke leaves where they are (waiting on a service, failed): their reasons say so.
     parked = [st for st in candidates if st.name == states.FAILED or st.node_id in facts.schedules]
     if parked:
-        facts.revoked_in = _revoked_in(records, root, parked)
+        facts.revoked_in = _revoked_in([*records, *ancestors], root, parked)
     if alive is not None:
         facts.processes = processes or []
         if stalled_check:

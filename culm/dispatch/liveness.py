@@ -60,6 +60,16 @@ class _FailureLog:
         logger.error("%s failed: %s", what, problem)
 
 
+class BeatPending(Exception):  # noqa: N818 - not an error: a wait cut short
+    """The engine thread's beat before a claim waited ``waited`` seconds for the beat thread's
+    beat (a statement that does not return): the batch claims nothing and is tried again later
+    (culm.dispatch.runner, WorkerRunner.retry_after)."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"the worker registry's beat has not come back for {waited:g} s")
+        self.waited = waited
+
+
 class LeaseHeartbeat:
     """Beats this process's row of the worker registry every ``beat_seconds``, and extends the
     leases of the tasks it is running every third of a lease (its own thread: user code on the
@@ -76,6 +86,11 @@ class LeaseHeartbeat:
         # engine beats itself before it claims anything: the relays may be about to bury it, or
         # have (a SIGSTOP, a paused VM), and free what it claims while it has no row.
         self.stale_after = max(beat_seconds * 1.5, dead_after / 2)
+        # The longest the engine thread waits for a beat the beat thread has under way (its
+        # statement may never return: a wedged connection): past it the engine claims nothing,
+        # its batch comes back later (BeatPending), and, the beat thread extending no lease
+        # while it is wedged, the leases run out and the other workers take the tasks over.
+        self.engine_wait = max(beat_seconds, dead_after)
         self._beaten_at = -float("inf")  # monotonic: when the last beat that found its row began
         self._beat_lock = threading.Lock()  # one beat at a time: the beat thread's or the engine's
         self._burials = 0  # how many times a beat found this process taken for dead
@@ -112,10 +127,13 @@ class LeaseHeartbeat:
         self._registered = True
         self._beaten_at = began
 
-    def beat_registry(self, older_than: float = 0.0) -> None:
+    def beat_registry(self, older_than: float = 0.0, wait: float | None = None) -> None:
         """Beat this process's row (registering again when it has none); with ``older_than``,
-        only when the last beat is older than that (seconds)."""
-        with self._beat_lock:
+        only when the last beat is older than that (seconds). With ``wait``: raises
+        :class:`BeatPending` when another thread's beat holds the row that long."""
+        if not self._beat_lock.acquire(timeout=-1 if wait is None else wait):
+            raise BeatPending(wait or 0.0)
+        try:
             began = time.monotonic()
             if older_than and began - self._beaten_at <= older_than:
                 return  # the beat thread beat while this waited for the lock
@@ -127,6 +145,8 @@ class LeaseHeartbeat:
                 logger.warning("this worker (%s) was taken for dead (no beat for a while) and its leases freed; "
                                "registering again", self.state.engine.owner)
             self._register()
+        finally:
+            self._beat_lock.release()
 
     def alive(self) -> bool:
         """Engine thread, before a batch claims tasks and before the calls it handed out start:
@@ -135,9 +155,11 @@ class LeaseHeartbeat:
         and its beat thread may not have run yet). True when a beat found this process taken for
         dead since the last call: the leases it held then were freed, and the calls it had not
         started yet may be another worker's now (see culm.dispatch.threads, ``_drop_lost_calls``).
-        Raises what the beat raised (the batch is then tried again like one the database interrupted)."""
+        Raises what the beat raised (the batch is then tried again like one the database
+        interrupted), and :class:`BeatPending` when the beat thread's beat has not come back
+        within :attr:`engine_wait` (the batch is tried again later, claiming nothing meanwhile)."""
         if time.monotonic() - self._beaten_at > self.stale_after:
-            self.beat_registry(older_than=self.stale_after)
+            self.beat_registry(older_than=self.stale_after, wait=self.engine_wait)
         burials = self._burials
         if burials == self._burials_told:
             return False

@@ -42,6 +42,7 @@ from culm._retry import is_lock_victim
 from culm.core.loop import Walk
 from culm.core.ports import Store
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord, now
+from culm.dispatch.liveness import BeatPending
 from culm.dispatch.threads import ThreadDispatcher
 
 if TYPE_CHECKING:
@@ -91,6 +92,7 @@ class WorkerRunner:
         self._call_seconds = 0.0  # moving average of user-code call durations
         self._in_user_code = 0  # calls handed to the pool whose outcome is not back yet (nor let go of)
         self._victims = 0  # deadlock victims in a row (engine thread only)
+        self._beat_said = False  # a wedged beat (BeatPending) is logged once until a batch commits
         # The worker process's LeaseHeartbeat.alive: beats before claims when the last beat is
         # stale, and says when this process was taken for dead (None: no registry to beat).
         self.alive: Callable[[], bool] | None = None
@@ -214,6 +216,7 @@ class WorkerRunner:
 
     def batch_committed(self) -> None:
         self._victims = 0
+        self._beat_said = False
 
     def before_claims(self) -> bool:
         return self.alive() if self.alive is not None else False
@@ -228,6 +231,16 @@ class WorkerRunner:
         """A database interruption: the same items (with their user code's results) come back
         after a pause. Anything else: the rows stay, and the relay offers them again."""
         engine = self.loop.engine
+        if isinstance(exc, BeatPending) and not self.loop.stopping:
+            # The beat thread's beat is wedged on the database: claim nothing (it extends no
+            # lease meanwhile, so they run out and the other workers take the tasks over) and
+            # look again soon; the beat that comes back says whether this process was buried.
+            if not self._beat_said:
+                self._beat_said = True
+                logger.warning("%s: this worker process claims nothing until it does (a batch of %d task(s) "
+                               "waits; the leases it holds run out and the other workers take them over)",
+                               exc, batch_size)
+            return DB_RETRY_SECONDS
         if engine is None or not is_interruption(exc, engine.store) or self.loop.stopping:
             return None
         if is_lock_victim(exc) and self._victims < retry.ATTEMPTS:

@@ -513,13 +513,8 @@ class ThreadDispatcher:
                 continue
             batch = [first]
             self._take_ready(batch)
-            # Read without the lock: a quick "nothing under way" needs no lock per batch. Calls
-            # waiting for a slot go first: committing this batch is what frees their slots.
-            if len(batch) < MAX_BATCH and not self._calls and (
-                self._submitting or time.monotonic() - self._submitted_at < QUIET
-            ):
-                self._hold()
-                self._take_ready(batch)
+            if len(batch) < MAX_BATCH:
+                self._fill(batch)
             self._in_batch = len(batch)
             try:
                 self._run_batch(batch)
@@ -528,6 +523,47 @@ class ThreadDispatcher:
             with self._lock:
                 self._in_batch = 0
                 self._notify()
+
+    def _fill(self, batch: list[Item]) -> None:
+        """Engine thread: let ``batch`` grow before it commits, when committing it now would only
+        trade the write lock for nothing.
+
+        Calls waiting for a slot go first: a batch that applies results of user code commits at
+        once, since committing it is what frees their slots. A batch without results frees none:
+        while every slot is taken, it waits (at most HOLD_MAX) for the next result to take along,
+        and while threads are inside run_pipeline, it waits for them (see :meth:`_hold`).
+        """
+        saturated = bool(self._calls) and self._in_flight > 0  # read without the lock: engine thread only
+        frees_slots = any(item.waiting for item in batch)
+        if saturated and not frees_slots:
+            frees_slots = self._await_result(batch)
+        # Read without the lock: a quick "nothing under way" needs no lock per batch.
+        submitting = self._submitting or time.monotonic() - self._submitted_at < QUIET
+        if submitting and len(batch) < MAX_BATCH and not (saturated and frees_slots):
+            self._hold()
+            self._take_ready(batch)
+
+    def _await_result(self, batch: list[Item]) -> bool:
+        """Engine thread: move ready items into ``batch`` until one holds a result of user code
+        (then whatever else is ready), waiting at most HOLD_MAX; True once one does."""
+        deadline = time.monotonic() + HOLD_MAX
+        while len(batch) < MAX_BATCH:
+            left = deadline - time.monotonic()
+            try:
+                item = self._ready.get(timeout=left) if left > 0 else self._ready.get_nowait()
+            except queue.Empty:
+                return False
+            if item is None:
+                self._stopping.set()
+                return False
+            if isinstance(item, _LetGo):
+                self._let_go(item.holds)
+                continue
+            batch.append(item)
+            if item.waiting:
+                self._take_ready(batch)
+                return True
+        return False
 
     def batch_age(self) -> tuple[float, threading.Thread | None]:
         """How long the engine thread has been in the transaction of the batch under way (0.0:

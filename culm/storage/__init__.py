@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from culm.storage.memory import MemoryStore
     from culm.storage.migrate import recount_database, upgrade_database
     from culm.storage.sql import SqlStore
+    from culm.storage.sqlite_url import parse_sqlite_url
     from culm.storage.workers import SqlWorkerRegistry
 
 __all__ = [
@@ -24,10 +25,12 @@ __all__ = [
     # `culm db upgrade`, `culm db recount`
     "upgrade_database",
     "recount_database",
+    # what a sqlite:/// URL names (the CLI's checks of the file before it opens it)
+    "parse_sqlite_url",
 ]
 
 # Imported when first used (culm._faces): the memory store does not load SQLAlchemy.
 __getattr__, __dir__ = lazy_face(__name__, {
-    "SqlStore": ".sql", "MemoryStore": ".memory", "SqlWorkerRegistry": ".workers",
+    "SqlStore": ".sql", "MemoryStore": ".memory", "SqlWorkerRegistry": ".workers", "parse_sqlite_url": ".sqlite_url",
     **dict.fromkeys(("upgrade_database", "recount_database"), ".migrate"),
 })

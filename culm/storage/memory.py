@@ -251,6 +251,11 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
                   for root_id in dict.fromkeys(root_ids)}
         return {root_id: n for root_id, n in counts.items() if n}
 
+    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
+        return [(root_id, node_id) for root_id in sorted(set(root_ids))
+                for node_id in sorted(st.node_id for _, st in self._where("state", "root", root_id)
+                                      if st.name == states.FAILED)]
+
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
         found: list[tuple[str, str, str, str]] = []
         for root_id in dict.fromkeys(root_ids):

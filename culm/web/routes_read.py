@@ -54,16 +54,16 @@ def list_pipelines(
     # A RUNNING pipeline may be stuck on failed nodes (bamboo keeps it RUNNING): each such item says
     # how many, so that the list shows which pipelines wait for an operator; and which of its nodes
     # wait for a callback (someone, or some system, has to send it).
+    # Each such node by name and id: the name says which step it is, the id is what a command takes.
     running = [item for item in data["items"] if item["state"] == "RUNNING"]
     if running:
-        ids = [item["id"] for item in running]
-        with _rt(request).store.reading() as unit:  # two grouped reads for the page
-            failed = unit.failed_node_counts(ids)
-            callbacks = waits.callback_waits(unit, ids)
+        with _rt(request).store.reading() as unit:  # grouped reads for the page
+            marked = waits.attention(unit, [item["id"] for item in running])
         for item in running:
-            item["failed_nodes"] = failed.get(item["id"], 0)
-            item["callback_nodes"] = [{"node_id": node_id, **reason}
-                                      for node_id, reason in callbacks.get(item["id"], {}).items()]
+            nodes = marked.get(item["id"], {"failed": [], "callbacks": []})
+            item["failed_nodes"] = len(nodes["failed"])
+            item["failed_node_list"] = nodes["failed"][:waits.NAMED_IN_A_LIST]
+            item["callback_nodes"] = nodes["callbacks"]
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 

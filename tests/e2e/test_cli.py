@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -670,9 +671,10 @@ def test_pausing_a_paused_pipeline_or_resuming_a_running_one_says_so(tmp_path: P
     assert status["tree"]["state"] == "RUNNING", status["tree"]
 
 
-def test_a_retry_the_engine_accepts_exits_0_even_when_the_node_fails_again(tmp_path: Path) -> None:
-    """docs/cli.md: a control command's exit code says the engine accepted it; the lines it prints
-    while following name the node that failed again, and `culm status` exits 1."""
+def test_a_retry_whose_node_fails_again_names_the_failure_and_exits_0(tmp_path: Path) -> None:
+    """docs/cli.md: a control command that runs the pipeline on follows it; when the node fails
+    again, it names the failure with its ex_data; it exits 0 (the engine accepted the command: the
+    contract keeps exit 1 for `culm run` and `culm status`, and `culm status` then exits 1)."""
     tree = exploding_tree(tmp_path)
     assert culm(tmp_path, "run", str(tree), "--import", "exploding").returncode == 1
     out = culm(tmp_path, "retry", "node_done", "--import", "exploding")
@@ -804,3 +806,88 @@ def test_a_command_follows_the_engine_s_verdict_not_the_state_read_before_it(tmp
     assert "retried charge card (charge_card)" in out.stdout
     assert "pipeline order_1234 FINISHED" in out.stdout, out.stdout
     assert culm(tmp_path, "status", "order_1234").returncode == 0
+
+
+def test_a_callback_whose_schedule_fails_the_node_names_why(tmp_path: Path) -> None:
+    """Session 19's trial: `culm callback NODE --data '{"approve": false}'` said nothing while the
+    schedule it ran returned False and failed the node. It follows the pipeline and names the
+    failed node and why; it exits 0, the command accepted (the contract keeps exit 1 for `run`
+    and `status`: `culm status` of the node exits 1)."""
+    example = str(EXAMPLES / "callback_component.py")
+    assert culm(tmp_path, "run", example, "--timeout", "1").returncode == 1
+    node = _waiting_for_callback(tmp_path)
+    assert node is not None
+    out = culm(tmp_path, "callback", node, "--data", '{"approve": false}', "--import", example)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"called back approval ({node})" in out.stdout
+    assert "schedule() returned False" in out.stdout, out.stdout
+    assert "Traceback" not in out.stderr
+    status = culm(tmp_path, "status", node, "--json")
+    assert json.loads(status.stdout)["tree"]["state"] == "FAILED"
+    # The retry that approves it: the pipeline finishes, exit 0.
+    retried = culm(tmp_path, "retry", node, "--import", example)
+    assert retried.returncode == 0 or "waits" in retried.stdout, retried.stdout + retried.stderr
+
+
+def test_the_list_names_the_nodes_a_running_pipeline_waits_on_with_their_ids(tmp_path: Path) -> None:
+    """Session 19's trial: `culm list` said `RUNNING (1 failed)` and nothing of a pipeline that
+    waits for a callback; which step, and the id to act on, took a `culm status` each. The list
+    now names them, name and id, as the console's list does."""
+    assert culm(tmp_path, "run", str(EXAMPLES / "operator_session.py")).returncode == 1
+    assert culm(tmp_path, "run", str(EXAMPLES / "callback_component.py"), "--timeout", "1").returncode == 1
+    approval = _waiting_for_callback(tmp_path)
+    listed = culm(tmp_path, "list")
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    rows = {line.split()[0]: line for line in listed.stdout.splitlines()[1:-1]}
+    assert "RUNNING (1 failed: charge card (charge_card))" in rows["order_1234"], listed.stdout
+    (waiting,) = (row for pid, row in rows.items() if pid != "order_1234")
+    assert f"RUNNING (waits for a callback: approval ({approval}))" in waiting, listed.stdout
+
+
+ENDLESS_POLL = '''
+from culm.components import Component, Service
+from culm.components.service import StaticIntervalGenerator
+
+
+class EndlessService(Service):
+    __need_schedule__ = True
+    interval = StaticIntervalGenerator(0.2)
+
+    def execute(self, data, parent_data):
+        return True
+
+    def schedule(self, data, parent_data, callback_data=None):
+        return True  # polls for ever
+
+
+class EndlessComponent(Component):
+    code = "cli_test_endless"
+    name = "endless"
+    bound_service = EndlessService
+'''
+
+
+def test_ctrl_c_while_a_control_command_follows_exits_130(tmp_path: Path) -> None:
+    """A control command that follows the pipeline (here `culm resume` of a node that polls for
+    ever) took Ctrl-C, said "interrupted", and then exited 0 as if it had completed: it exits 130
+    as `culm run` and `culm watch` do, the command recorded."""
+    (tmp_path / "endless.py").write_text(ENDLESS_POLL)
+    tree = example_tree()
+    tree["activities"]["node_greet"]["component"]["code"] = "cli_test_endless"
+    (tmp_path / "endless.json").write_text(json.dumps(tree))
+    assert culm(tmp_path, "run", "endless.json", "--import", "endless", "--timeout", "1").returncode == 1
+    assert culm(tmp_path, "pause", "pipeline_example_tree", "--no-follow").returncode == 0
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    follow = subprocess.Popen([sys.executable, "-m", "culm.cli", "resume", "pipeline_example_tree", "--import", "endless"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert follow.stdout is not None
+        assert follow.stdout.readline().startswith("resumed "), "the command did not say it resumed"
+        follow.send_signal(signal.SIGINT)
+        out, errors = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 130, out + errors
+    assert "interrupted: pipeline pipeline_example_tree is not finished" in errors and "Traceback" not in errors
+    status = json.loads(culm(tmp_path, "status", "pipeline_example_tree", "--json").stdout)
+    assert status["tree"]["state"] == "RUNNING"  # resumed: the command was recorded

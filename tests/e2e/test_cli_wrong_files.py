@@ -117,3 +117,63 @@ def test_an_empty_tree_file_says_the_file_is_empty(tmp_path: Path, command: str,
     out = culm(tmp_path, command, name)
     assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
     assert out.stderr == f"error: {name}: the file is empty (expected a pipeline tree: a JSON object)\n"
+
+
+@pytest.mark.parametrize("command", ["run", "validate"])
+@pytest.mark.parametrize("blank", [" ", "\n\n", " \t\r\n  \n"])
+def test_a_whitespace_only_tree_file_says_the_file_is_empty(tmp_path: Path, command: str, blank: str) -> None:
+    """Session 19's trial: a tree file of blank lines said `invalid JSON: Expecting value: line 3
+    column 1`; like the empty file's, the message says what is wrong: there is nothing in it."""
+    (tmp_path / "tree.json").write_text(blank)
+    out = culm(tmp_path, command, "tree.json")
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == ("error: tree.json: the file is empty: it holds only whitespace (expected a pipeline "
+                          "tree: a JSON object)\n")
+    assert not (tmp_path / "codes.db").exists()
+
+
+@pytest.mark.parametrize(("content", "said"), [("", "the file is empty"), ("\n  \n", "the file is empty: it holds only whitespace")])
+def test_an_empty_data_file_says_the_file_is_empty(tmp_path: Path, content: str, said: str) -> None:
+    (tmp_path / "data.json").write_text(content)
+    (tmp_path / "tree.json").write_text(Path(TREE).read_text())
+    out = culm(tmp_path, "run", "tree.json", "--data", "@data.json")
+    assert out.returncode == 2, (out.returncode, out.stdout, out.stderr)
+    assert out.stderr == f"error: --data: data.json: {said} (expected a JSON object)\n"
+
+
+def test_a_sqlite_url_with_a_query_string_names_its_file_not_the_whole_text(tmp_path: Path) -> None:
+    """Session 19's trial: `--db 'sqlite:///x.db?timeout=5'` created a file named `x.db?timeout=5`
+    (and a read looked for one); the query string is the driver's, the file is x.db."""
+    db = "sqlite:///x.db?timeout=5"
+    out = culm(tmp_path, "run", TREE, db=db)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(("x.db-", "x.db.runner"))) == ["x.db"]
+    assert any(t.startswith("culm_") for t in tables(tmp_path / "x.db"))
+    status = culm(tmp_path, "status", PIPELINE, db=db)
+    assert status.returncode == 0, status.stdout + status.stderr
+    # Read-only through a SQLite URI: the reads work, a command that writes is refused up front.
+    ro = "sqlite:///file:x.db?mode=ro&uri=true"
+    listed = culm(tmp_path, "list", "--json", db=ro)
+    assert listed.returncode == 0 and PIPELINE in listed.stdout, listed.stdout + listed.stderr
+    run = culm(tmp_path, "run", TREE, "--new-ids", db=ro)
+    assert (run.returncode, run.stderr) == (4, f"error: cannot use the database URL {ro!r}: it opens the file "
+                                               "read-only (mode=ro or immutable), and this command writes to it\n")
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("sqlite:///x.db?timout=5", "unknown parameter timout (a sqlite URL takes timeout, isolation_level, "
+     "detect_types, check_same_thread, cached_statements, uri; with uri=true also mode, cache, vfs, immutable, "
+     "nolock, psow, modeof)"),
+    ("sqlite:///x.db?mode=ro", "unknown parameter mode (a SQLite URI parameter: add uri=true and write the file "
+     "as file:PATH, e.g. sqlite:///file:culm.db?mode=ro&uri=true)"),
+    ("sqlite:///x.db?timeout=soon", "timeout=soon is not a number of seconds"),
+    ("sqlite:///x.db?mode=ro&uri=true", "uri=true takes a SQLite URI: write the file as file:x.db "
+     "(sqlite:///file:x.db?uri=true)"),
+])
+@pytest.mark.parametrize("command", [["run", TREE], ["status", PIPELINE], ["list"]])
+def test_a_sqlite_url_parameter_culm_cannot_pass_on_is_refused_by_name(
+        tmp_path: Path, url: str, said: str, command: list[str]) -> None:
+    out = culm(tmp_path, *command, db=url)
+    assert (out.returncode, out.stderr) == (4, f"error: cannot use the database URL {url!r}: {said}\n"), out.stdout
+    assert list(tmp_path.iterdir()) == []
+

@@ -253,9 +253,14 @@ def test_the_list_marks_running_pipelines_that_wait_on_failed_nodes(browser: Any
     with served.client("viewer") as client:
         items = {i["id"]: i for i in client.get("/api/v1/pipelines", params={"state": "RUNNING"}).json()["items"]}
     assert items[failing["id"]]["failed_nodes"] == 1 and items[fine["id"]]["failed_nodes"] == 0
+    divide = node_id(failing, "divide")
+    assert items[failing["id"]]["failed_node_list"] == [{"node_id": divide, "name": "divide"}]
     sign_in(browser, served, "viewer")
     row = find(browser, f'#pipelines tr[data-id="{failing["id"]}"]')
-    assert "1 failed node(s)" in row.text
+    # Which node, by name (the id, which `culm retry` takes, in the tooltip).
+    wait_until(lambda: "1 failed node(s): divide" in row.text, 20, 0.05, what="the failed node's name")
+    mark = find(browser, f'#pipelines tr[data-id="{failing["id"]}"] .failed-nodes')
+    assert mark.get_attribute("title").endswith(f"\ndivide ({divide})"), mark.get_attribute("title")
     assert "failed node" not in find(browser, f'#pipelines tr[data-id="{fine["id"]}"]').text
 
 

@@ -47,12 +47,17 @@ def test_the_list_names_the_nodes_a_running_pipeline_waits_a_callback_at(browser
         items = {i["id"]: i for i in client.get("/api/v1/pipelines", params={"state": "RUNNING"}).json()["items"]}
     (wait,) = items[waiting["id"]]["callback_nodes"]
     assert wait["node_id"] == approve and wait["kind"] == "callback" and "waits for a callback" in wait["text"]
+    assert wait["name"] == "approve"
     assert items[failing["id"]]["callback_nodes"] == []
     sign_in(browser, served, "viewer")
     row = f'#pipelines tr[data-id="{waiting["id"]}"]'
     find(browser, row)
-    wait_until(lambda: f"waiting for a callback at {approve}" in text(browser, row), 20, 0.05,
+    # By its name (session 19's trial: the node's id, which says nothing of which step it is); the
+    # id, which `culm callback` takes, in the tooltip.
+    wait_until(lambda: "waiting for a callback at approve" in text(browser, row), 20, 0.05,
                what="the waiting node in the row")
+    mark = find(browser, f"{row} .callback-nodes")
+    assert mark.get_attribute("title").startswith(f"approve ({approve}): "), mark.get_attribute("title")
     assert "waiting for a callback" not in text(browser, f'#pipelines tr[data-id="{failing["id"]}"]')
     # Called back, it waits no more: the mark goes with the next read of the list.
     assert api.callback(served.runtime, approve, _waiting_version(served, approve), {"ok": True}).result

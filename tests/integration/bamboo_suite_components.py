@@ -10,6 +10,8 @@ Services keep nothing between calls except in ``data.outputs``.
 
 from __future__ import annotations
 
+from components import gate
+
 from culm.components import Component, Service, StaticIntervalGenerator
 from culm.events import ExecutableEndEvent
 from culm.variables import LazyVariable
@@ -275,7 +277,9 @@ class DummyExecService(Service):
 
 
 class SleepTimerService(Service):
-    """Polls every 0.2 s until ``inputs.bk_timing`` seconds have passed since its first poll."""
+    """Polls every 0.2 s until ``inputs.bk_timing`` seconds have passed since its first poll (and,
+    with ``inputs.hold``, a test's gate of that name is set: culm's addition, see
+    test_revoke_pipeline_with_nested_parallel)."""
 
     __need_schedule__ = True
     interval = StaticIntervalGenerator(0.2)
@@ -290,7 +294,8 @@ class SleepTimerService(Service):
 
         if not data.get_one_of_outputs("timing_time"):
             data.set_outputs("timing_time", time.time() + int(data.get_one_of_outputs("eta")))
-        if data.get_one_of_outputs("timing_time") <= time.time():
+        hold = data.get_one_of_inputs("hold")
+        if data.get_one_of_outputs("timing_time") <= time.time() and (not hold or gate(hold).is_set()):
             self.finish_schedule()
         return True
 

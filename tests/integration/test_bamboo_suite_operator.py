@@ -9,10 +9,12 @@ Where bamboo waits out a ``sleep_timer`` of a few seconds, these tests hold the 
 from __future__ import annotations
 
 import time
+import uuid
 
 import bamboo_suite_components  # noqa: F401 - registers bamboo's test components
 import pytest
 from bamboo_suite_helpers import exec_data, histories, wait_all
+from components import gate as file_gate
 from engine_fixtures import children, node_state, run, wait_idle, wait_state
 from support import wait_until
 
@@ -235,25 +237,33 @@ def test_pause_activities_in_nested_parallel(runtime):
 
 
 # -- revoke ----------------------------------------------------------------------------------------
-def _timer():
+def _timer(hold=None):
     act = ServiceActivity(component_code="sleep_timer")
     act.component.inputs.bk_timing = Var(type=Var.PLAIN, value=2)
+    if hold is not None:
+        act.component.inputs.hold = Var(type=Var.PLAIN, value=hold)
     return act
 
 
 def test_revoke_pipeline_with_nested_parallel(runtime):
     """bamboo's test: 10 polling sleep_timers, revoked while they poll. Their polls go on until the
-    timers finish; the processes then die instead of entering the debug nodes after them."""
-    b = _nested_parallel(gate=_timer)
+    timers finish; the processes then die instead of entering the debug nodes after them.
+
+    The timers also wait for a gate the test sets after the revoke: bamboo's bare 2 s ran out for
+    the first timers while the test still waited for the last ones' first polls on a loaded
+    machine (their debug nodes then ran before the revoke: failed in CI ci18a and ci19a)."""
+    hold = f"revoke-nested-{uuid.uuid4().hex}"
+    b = _nested_parallel(gate=lambda: _timer(hold))
     pid = run(runtime, build_tree(b["start"]), root_pipeline_data={})
-    # Bounds for a loaded CI machine (failed there in two full CI runs at the default 10 s / 20 s, on
-    # both distributed backends, and passed alone): ten timers' first polls and their ends go
-    # through the workers' queues one after another.
     for timer in b["gates"]:
         wait_until(lambda t=timer: "timing_time" in (api.get_execution_data_outputs(runtime, t.id).data or {}),
                    timeout=60, what=f"the first poll of {timer.id}")
     assert api.revoke_pipeline(runtime, pid).result
     assert node_state(runtime, pid)["state"] == "REVOKED"
+    due = max(api.get_execution_data_outputs(runtime, t.id).data["timing_time"] for t in b["gates"])
+    wait_until(lambda: time.time() > due + 0.5, timeout=10, what="the timers' 2 s to pass")
+    wait_all(runtime, pid, _ids(*b["gates"]), "RUNNING")  # held: their polls go on after the revoke
+    file_gate(hold).set()
 
     wait_all(runtime, pid, _ids(b["start"], b["pg_1"], b["pg_2"], *b["gates"]), "FINISHED", timeout=60)
     wait_idle(runtime)

@@ -423,7 +423,8 @@ def test_list_marks_running_pipelines_with_failed_nodes(embedded: Cli) -> None:
     assert embedded("run", str(path)).returncode == 1
     listed = embedded("list")
     row = next(line for line in listed.stdout.splitlines() if line.startswith(tree["id"]))
-    assert "RUNNING (1 failed)" in row, listed.stdout
+    # The failed node by name and id (the id `culm retry` and `culm skip` take).
+    assert f"RUNNING (1 failed: step1 ({node}))" in row, listed.stdout
     assert embedded("skip", node).returncode == 0
     row = next(line for line in embedded("list").stdout.splitlines() if line.startswith(tree["id"]))
     assert "FINISHED" in row and "failed" not in row

@@ -29,7 +29,9 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
+from typing import Any
 
 import crash_control_app  # registers the cc_* components here too
 import pytest
@@ -103,6 +105,37 @@ def _describe(rt: culm.Runtime, roots: list[str]) -> str:
         lines += [f"  schedule {s.node_id} {s.type} v={s.version} finished={s.finished} expired={s.expired}"
                   for s in snap.schedules]
     return "\n".join(lines)
+
+
+def _connection_at(frame: Any) -> str:
+    """The database connection a thread waits in (its driver's frames), for a failure message:
+    its server session id, socket and peer."""
+    while frame is not None:
+        conn = frame.f_locals.get("self")
+        if type(conn).__name__ == "Connection" and hasattr(conn, "_sock"):
+            sock = conn._sock
+            try:
+                fd = sock.fileno() if sock is not None else -1
+                target = os.readlink(f"/proc/self/fd/{fd}") if fd >= 0 else "-"
+                return (f"waiting in session {conn.thread_id()} fd {fd} ({target}), "
+                        f"{sock.getsockname() if sock else '-'} -> {sock.getpeername() if sock else '-'}\n")
+            except Exception as exc:  # noqa: BLE001 - a failure message's extra
+                return f"(the connection's socket: {exc!r})\n"
+        frame = frame.f_back
+    return ""
+
+
+def _sessions(rt: culm.Runtime) -> str:
+    """What the database server's sessions do (MariaDB), for a failure message."""
+    try:
+        with rt.store.reading() as unit:
+            rows = unit._all("SELECT id, command, time, state, host, LEFT(info, 160) FROM information_schema.PROCESSLIST")
+            waits = unit._all("SELECT requesting_trx_id, blocking_trx_id FROM information_schema.INNODB_LOCK_WAITS")
+            trx = unit._all("SELECT trx_id, trx_state, trx_started, trx_mysql_thread_id, LEFT(trx_query, 120)"
+                            " FROM information_schema.INNODB_TRX")
+    except Exception as exc:  # noqa: BLE001 - a failure message's extra
+        return f"(could not ask: {exc!r})"
+    return "\n".join([*map(str, rows), "lock waits:", *map(str, waits), "transactions:", *map(str, trx)])
 
 
 def _reruns(log: Path) -> dict[tuple[str, ...], list[tuple[str, str]]]:
@@ -313,8 +346,12 @@ def test_kill_9_of_workers_during_control_calls(kind: str, tmp_path: Path, monke
             wait_until(lambda: executes() >= seen + 30 or not operator.is_alive(), 60, 0.02,
                        what="30 more executes")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}: {executes() - seen} after the kill; the pipelines not ended:\n"
-                                 f"{_describe(rt, roots)}") from None
+            frame = sys._current_frames().get(operator.ident or 0)
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "(ended)"
+            where += _connection_at(frame)
+            raise AssertionError(f"{exc}: {executes() - seen} after the kill; the operator is at:\n{where}\n"
+                                 f"the server's sessions:\n{_sessions(rt)}\n"
+                                 f"the pipelines not ended:\n{_describe(rt, roots)}") from None
         pool = [int(p) for w in backend.alive() for p in
                 Path(f"/proc/{backend.workers[w].pid}/task/{backend.workers[w].pid}/children").read_text().split()]
         ran = [w[-2] for w in _lines(log) if w[0] in ("exec", "sched") and int(w[-2]) in pool]

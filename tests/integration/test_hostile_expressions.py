@@ -40,7 +40,7 @@ HOSTILE = [
     pytest.param("${list(range(10**3999, 10**3999 + 10**6))}", ("too large", "memory"), id="materialised"),
     pytest.param("${int('f' * 10**6, 16) // 3}", ("digits",), id="power-of-two-int"),
     pytest.param("${pow(3, -(10**3999), 10**3999 + 1)}", ("4096 bits",), id="negative-pow-modulus"),
-    pytest.param("${('a,' * 500000).split(',')}", ("memory",), id="split"),
+    pytest.param("${('a,' * 500000).split(',')}", ("memory", "longer than"), id="split"),  # under load, the wall-clock limit may come first
     pytest.param("${[[x] for x in range(10**6)]}", ("memory", "longer than"), id="memory"),
     pytest.param("${[all(zip(" + ", ".join(["r"] * 600) + ")) for r in [range(10**6)]]}", ("longer than",),
                  id="lazy-consumer"),

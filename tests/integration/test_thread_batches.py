@@ -31,12 +31,19 @@ from culm.core.records import EXECUTE, TaskRecord, new_id, now
 pytestmark = pytest.mark.timeout(60)
 
 
-def echo_line(value: str) -> tuple[dict, ServiceActivity]:
-    act = ServiceActivity(component_code="t_echo")
-    act.component.inputs.x = Var(type=Var.PLAIN, value=value)
+def one_act_line(code: str, **inputs: str) -> tuple[dict, EmptyStartEvent, ServiceActivity]:
+    """start -> one ``code`` activity with these plain inputs -> end: (tree, start, activity)."""
+    act = ServiceActivity(component_code=code)
+    for key, value in inputs.items():
+        setattr(act.component.inputs, key, Var(type=Var.PLAIN, value=value))
     start = EmptyStartEvent()
     start.extend(act).extend(EmptyEndEvent())
-    return build_tree(start), act
+    return build_tree(start), start, act
+
+
+def echo_line(value: str) -> tuple[dict, ServiceActivity]:
+    tree, _, act = one_act_line("t_echo", x=value)
+    return tree, act
 
 
 def test_a_task_that_breaks_the_engine_does_not_stop_its_batch(tmp_path):
@@ -204,4 +211,55 @@ def test_the_loop_policy_hears_of_user_code_and_commits_and_retries_a_failed_bat
         assert policy.committed >= 2  # the claim and the result are separate commits
     finally:
         loop.close()
+        rt.close()
+
+
+def gated_line(gate: str) -> tuple[dict, EmptyStartEvent]:
+    tree, start, _ = one_act_line("t_gate", gate=gate)
+    return tree, start
+
+
+@pytest.mark.parametrize("released", [True, False], ids=["a result comes", "no result comes"])
+def test_while_every_slot_is_taken_a_batch_without_results_waits_for_the_next_result(tmp_path, monkeypatch, released):
+    """With one user-code thread, held by a gate, and a call waiting for that slot, a fresh run's
+    first task frees no slot: it waits for the next result and commits with it (one commit, not
+    two), or commits alone once HOLD_MAX has passed without one."""
+    from culm.dispatch import threads
+
+    monkeypatch.setattr(threads, "HOLD_MAX", 1.5 if released else 0.2)
+    batches: list[list[tuple[str, bool]]] = []
+    run_batch = threads.ThreadDispatcher._run_batch
+
+    def recorded(self, batch):
+        batches.append([(item.task.root_id, item.waiting) for item in batch])
+        return run_batch(self, batch)
+
+    monkeypatch.setattr(threads.ThreadDispatcher, "_run_batch", recorded)
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db", workers=1)
+    try:
+        held, held_start = gated_line("slot-held")
+        waiting, waiting_start = gated_line("slot-waited-for")
+        fresh, fresh_start = gated_line("slot-waited-for")
+        assert api.run_pipeline(rt, held).result
+        wait_state(rt, held_start.id, "FINISHED")  # its call holds the only slot
+        assert api.run_pipeline(rt, waiting).result
+        wait_state(rt, waiting_start.id, "FINISHED")  # its call waits for that slot
+        submitted = time.monotonic()
+        assert api.run_pipeline(rt, fresh).result
+        if released:
+            time.sleep(0.3)  # the fresh run's first batch waits for a result all along
+            assert (node_state(rt, fresh_start.id) or {}).get("state") != "FINISHED"
+            components.gate("slot-held").set()
+            wait_state(rt, fresh_start.id, "FINISHED")
+            first = next(b for b in batches if (fresh["id"], False) in b)
+            assert (held["id"], True) in first  # it committed with the held call's result
+        else:
+            wait_state(rt, fresh_start.id, "FINISHED")  # committed alone, the slot still held
+            assert time.monotonic() - submitted >= 0.2
+            assert [(fresh["id"], False)] in batches
+            components.gate("slot-held").set()
+        components.gate("slot-waited-for").set()
+        for tree in (held, waiting, fresh):
+            wait_state(rt, tree["id"], "FINISHED")
+    finally:
         rt.close()

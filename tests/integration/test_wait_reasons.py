@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from engine_fixtures import chain as line_of
 from engine_fixtures import node_state, run, wait_pipeline, wait_state
 from support import wait_until
 
@@ -294,3 +295,49 @@ def test_idle_polls_still_count_time(tmp_path, monkeypatch):
         assert later["since"] == counted["since"] and later["nodes"] == counted["nodes"]
         assert submitter.engine.state_trees.tree_of(tree["id"]) is kept
         assert calls[0] == 2 and polls[0] >= 5
+
+
+def test_a_failed_node_under_a_revoked_intermediate_subprocess_says_so_at_every_level(runtime):
+    """Session 19's trial: root -> outer subprocess -> inner subprocess (revoked) -> a FAILED node.
+    Read on its own (get_children_states of the node, as `culm status NODE` and the console's node
+    panel do), the node's reason said "retry it, skip it": its parents beyond the entry were not
+    read, so the revoked inner subprocess was missed and the operator was offered commands the
+    engine refuses. Every read of it now names the revoked subprocess."""
+    from culm.builder import SubProcess
+
+    broken = ServiceActivity(component_code="t_fail")
+    inner = SubProcess(start=line_of(broken))
+    outer = SubProcess(start=line_of(inner))
+    tree = build_tree(line_of(outer))
+    run(runtime, tree)
+    wait_state(runtime, broken.id, "FAILED")
+    assert api.revoke_pipeline(runtime, inner.id).result
+    wait_state(runtime, inner.id, "REVOKED")
+    own = reason(runtime, broken.id)
+    assert own is not None and own["kind"] == "failed" and own.get("revoked") is True, own
+    assert f"pipeline {inner.id} is revoked" in own["text"]
+    listed = api.get_children_states(runtime, inner.id).data[inner.id]["children"][broken.id]["wait_reason"]
+    whole = api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["children"][broken.id]["wait_reason"]
+    assert listed == whole == own
+
+
+
+def test_a_list_page_s_attention_names_failed_and_called_back_nodes(runtime):
+    """culm.core.waits.attention, which `culm list` and the console's list show: each RUNNING
+    pipeline's FAILED nodes and nodes waiting for a callback, by id and tree name, on every backend."""
+    from culm.core import waits
+
+    failing, (broken,) = chain("t_fail")
+    waiting, (asked,) = chain("t_callback")
+    fine, _ = chain("example_component")
+    for tree in (failing, waiting):
+        run(runtime, tree)
+    wait_pipeline(runtime, run(runtime, fine))
+    wait_state(runtime, broken, "FAILED")
+    wait_until(lambda: (reason(runtime, asked) or {}).get("kind") == "callback", what="a callback wait")
+    with runtime.store.reading() as unit:
+        found = waits.attention(unit, [failing["id"], waiting["id"], fine["id"]])
+    assert found[failing["id"]] == {"failed": [{"node_id": broken, "name": ""}], "callbacks": []}
+    (called,) = found[waiting["id"]]["callbacks"]
+    assert (called["node_id"], called["name"], called["kind"]) == (asked, "", "callback")
+    assert found[waiting["id"]]["failed"] == [] and fine["id"] not in found

@@ -197,3 +197,56 @@ def test_a_call_not_started_before_the_burial_is_left_to_the_worker_that_took_it
     assert _owner(rt, waiting_task) == "worker-b"
     wait_state(rt, waiting, "RUNNING", timeout=5)
     assert waiting_root
+
+
+class _WedgedRegistry(SqlWorkerRegistry):
+    """The registry of a process whose beat statement does not return until ``wedge`` is set (a
+    wedged connection, a server-side hang); then it beats as usual."""
+
+    def __init__(self, store: Any, wedge: threading.Event) -> None:
+        super().__init__(store)
+        self.wedge = wedge
+
+    def beat(self, owner: str) -> bool:
+        if not self.wedge.wait(60):
+            raise TimeoutError("the test never let the beat go")
+        return super().beat(owner)
+
+
+def test_a_woken_worker_whose_beat_is_wedged_claims_nothing_and_its_task_is_taken_over(
+    worker: tuple[culm.Runtime, WorkerRunner, LeaseHeartbeat], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The beat thread's beat is wedged on the database (it holds the beat, so the engine thread,
+    whose last beat is stale, would wait for it before claiming, for as long as it lasts). The
+    engine thread waits ``engine_wait`` at most, claims nothing and tries the batch again later;
+    the others bury the silent process and take the task over; when the beat comes back the
+    process registers again and does not run the task the other worker holds."""
+    rt, runner, heartbeat = worker
+    relay = _relay(rt)
+    wedge = threading.Event()
+    heartbeat.state.registry = _WedgedRegistry(rt.store, wedge)
+    heartbeat._beaten_at -= 10  # noqa: SLF001 - the last beat is stale: the engine beats before claiming
+    beat_thread = threading.Thread(target=heartbeat.beat_registry, name="culm-lease-heartbeat", daemon=True)
+    try:
+        beat_thread.start()  # the beat thread's beat, wedged
+        with caplog.at_level(logging.WARNING, "culm.dispatch.runner"):
+            root, _ = _pipeline(rt, "taken_over")
+            wait_until(lambda: "claims nothing until it does" in caplog.text, 3 * heartbeat.engine_wait, 0.05,
+                       what="the engine thread to give up waiting for the wedged beat")
+        with rt.store.reading() as unit:
+            [task_id] = [r[0] for r in unit._all("SELECT id FROM culm_task WHERE owner IS NULL", [])]
+        assert _owner(rt, task_id) is None and RAN["taken_over"] == 0  # nothing claimed here
+        with rt.store.transaction() as unit:  # silent: the other workers bury it and take the task over
+            unit._x("UPDATE culm_worker SET beat_time = beat_time - 10 WHERE owner = ?", [rt.engine.owner])
+        assert relay.bury_dead() == 1
+        with rt.store.transaction() as unit:
+            assert unit.claim_task(task_id, "worker-b", now() + 30, now()) is not None
+    finally:
+        wedge.set()  # the beat comes back: it finds the row gone and registers again
+    beat_thread.join(10)
+    wait_until(lambda: [w.owner for w in SqlWorkerRegistry(rt.store).workers()] == [rt.engine.owner], 10, 0.05,
+               what="the woken process to register again")
+    assert runner.wait_idle(30)
+    assert RAN["taken_over"] == 0 and _owner(rt, task_id) == "worker-b"  # left to worker B
+    assert api.get_pipeline_states(rt, root).data[root]["state"] == "RUNNING"
+    assert "beating the worker registry before starting calls failed" not in caplog.text

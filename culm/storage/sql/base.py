@@ -938,27 +938,27 @@ class SqlUnit(budget.UnitChecks):
     def states_of_root(self, root_id: str) -> list[StateRecord]:
         return self._answer(self._plan_states_of_root(root_id))
 
-    def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
-        # One query through ix_culm_state_root_id for a page of pipelines, not a state tree each.
-        counts: dict[str, int] = {}
+    def _by_roots(self, sql: str, root_ids: Sequence[str], params: Sequence[Any]) -> list[Any]:
+        """The rows of ``sql`` (its ``{marks}`` the root ids, then ``params``) for ``root_ids``,
+        500 ids a query: one query through ix_culm_state_root_id for a page of pipelines."""
         ids = list(dict.fromkeys(root_ids))
-        for at in range(0, len(ids), 500):
-            chunk = ids[at:at + 500]
-            rows = self._all(f"SELECT root_id, COUNT(*) FROM culm_state WHERE root_id IN ({marks(len(chunk))}) "
-                             "AND name = ? GROUP BY root_id", [*chunk, states.FAILED])
-            counts.update((str(r[0]), int(r[1])) for r in rows)
-        return counts
+        return [row for at in range(0, len(ids), 500)
+                for row in self._all(sql.format(marks=marks(len(ids[at:at + 500]))), [*ids[at:at + 500], *params])]
+
+    def failed_node_counts(self, root_ids: Sequence[str]) -> dict[str, int]:
+        rows = self._by_roots("SELECT root_id, COUNT(*) FROM culm_state WHERE root_id IN ({marks}) AND name = ? "
+                              "GROUP BY root_id", root_ids, [states.FAILED])
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
+        rows = self._by_roots("SELECT root_id, node_id FROM culm_state WHERE root_id IN ({marks}) AND name = ? "
+                              "ORDER BY root_id, node_id", root_ids, [states.FAILED])
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
-        # One query through ix_culm_state_root_id and the schedule's (node_id, version) key.
-        found: list[tuple[str, str, str, str]] = []
-        ids = list(dict.fromkeys(root_ids))
-        for at in range(0, len(ids), 500):
-            chunk = ids[at:at + 500]
-            rows = self._all(CALLBACK_WAITERS.format(marks=marks(len(chunk))),
-                             [*chunk, states.RUNNING, False, "callback", "multiple_callback"])
-            found.extend((str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows)
-        return found
+        # Through ix_culm_state_root_id and the schedule's (node_id, version) key.
+        rows = self._by_roots(CALLBACK_WAITERS, root_ids, [states.RUNNING, False, "callback", "multiple_callback"])
+        return [(str(r[0]), str(r[1]), str(r[2]), str(r[3])) for r in rows]
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]:
         return [_state_row(r) for r in self._all(STATES_OF_PARENT, [parent_id])]
@@ -1775,8 +1775,8 @@ class Dialect:
         """The file the database lives in (None: a server's, or in memory)."""
         return None
 
-    def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        """create_engine's options. No pool_pre_ping: a ping per checkout is a round trip per
+    def engine_options(self, *, memory: bool, url: str = "") -> dict[str, Any]:
+        """create_engine's options (``url``: the database's). No pool_pre_ping: a ping per checkout is a round trip per
         transaction; ping_idle pings only connections that sat unused (see PING_AFTER_IDLE)."""
         return {"pool_size": 10, "max_overflow": 20, "pool_recycle": 1800}
 
@@ -1883,7 +1883,7 @@ class SqlStore:
         self.keeps_copies = dialect.keeps_copies
         self.database_file = dialect.database_file(self.url)
         self._unit = dialect.unit
-        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory))
+        self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory, url=self.url))
         dialect.prepare(self)
         self._plain_reads = dialect.plain_reads_engine(self) or self.engine
         self._interruptions = dialect.interruptions(self.engine)

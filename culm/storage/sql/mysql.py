@@ -323,11 +323,11 @@ class MysqlDialect(Dialect):
     db_now = DB_NOW_MYSQL
     snapshot_read = SNAPSHOT_READ
 
-    def engine_options(self, *, memory: bool) -> dict[str, Any]:
+    def engine_options(self, *, memory: bool, url: str = "") -> dict[str, Any]:
         # Read what others committed (version checks, joins) rather than a snapshot. No rollback
         # by the pool on check-in where the store ended the transaction (skip_needless_reset).
         return {
-            **super().engine_options(memory=memory),
+            **super().engine_options(memory=memory, url=url),
             "isolation_level": "READ COMMITTED",
             "pool_reset_on_return": None,
         }

@@ -9,8 +9,10 @@ from sqlalchemy import event
 from sqlalchemy.pool import StaticPool
 
 from culm.core.records import ProcessRecord, TaskRecord
+from culm.errors import InvalidOperationError
 from culm.storage.sql.base import Dialect, SqlStore, SqlUnit
 from culm.storage.sql.statements import DB_NOW_SQLITE, LISTING_TABLES_SQLITE, TASK_WITH_PROCESS_HELD, same_sql
+from culm.storage.sqlite_url import parse_sqlite_url
 
 # WAL pages after which a committing writer checkpoints (SQLite's default is 1000). Runners do it
 # every second in the background, so writers (run_pipeline's caller among them) rarely have to.
@@ -53,11 +55,16 @@ class SqliteDialect(Dialect):
     db_now = DB_NOW_SQLITE
 
     def database_file(self, url: str) -> str | None:
-        path = url.split(":///", 1)[1] if ":///" in url else ""
-        return None if path in ("", ":memory:") else path
+        try:
+            return parse_sqlite_url(url).path
+        except ValueError as exc:
+            raise InvalidOperationError(f"cannot use the database URL {url!r}: {exc}") from None
 
-    def engine_options(self, *, memory: bool) -> dict[str, Any]:
-        options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    def engine_options(self, *, memory: bool, url: str = "") -> dict[str, Any]:
+        # A busy timeout of 30 s, unless the URL sets its own (?timeout=5).
+        given = parse_sqlite_url(url).query if url else {}
+        connect = {"check_same_thread": False, **({} if "timeout" in given else {"timeout": 30})}
+        options: dict[str, Any] = {"connect_args": connect}
         if memory:
             options["poolclass"] = StaticPool
         return options

@@ -228,12 +228,21 @@ function listPage(view, params) {
     if (after) q.set("created_after", new Date(after).toISOString());
     if (before) q.set("created_before", new Date(before).toISOString());
     const data = await culm.api("/api/v1/pipelines?" + q.toString());
-    // A RUNNING pipeline whose nodes wait for a callback: "waiting", with those nodes named (the
-    // engine's wait reasons, culm.core.waits, as their tooltip).
+    // A RUNNING pipeline whose nodes failed or wait for a callback: those nodes by name (the id
+    // when nameless; each "name (id)" in the tooltip, with the engine's wait reason, culm.core.waits:
+    // the id is what `culm retry` or `culm callback` takes).
+    const cut = (t) => (t.length > 60 ? t.slice(0, 60) + "…" : t); // names have no length limit
+    const named = (n) => cut(n.name || n.node_id);
+    const some = (nodes, total) => nodes.slice(0, 3).map(named).join(", ") + (total > 3 ? ` and ${total - 3} more` : "");
+    const both = (n) => (n.name ? `${cut(n.name)} (${n.node_id})` : n.node_id);
     const waitingFor = (p) => (p.callback_nodes && p.callback_nodes.length ? el("span", { class: "callback-nodes",
-      title: p.callback_nodes.map((w) => `${w.node_id}: ${w.text}`).join("\n"),
-      text: ` waiting for a callback at ${p.callback_nodes.slice(0, 3).map((w) => w.node_id).join(", ")}`
-        + (p.callback_nodes.length > 3 ? ` and ${p.callback_nodes.length - 3} more` : "") }) : null);
+      title: culm.inert(p.callback_nodes.map((w) => `${both(w)}: ${w.text}`).join("\n")),
+      text: ` waiting for a callback at ${some(p.callback_nodes, p.callback_nodes.length)}` }) : null);
+    const failedAt = (p) => el("span", { class: "failed-nodes",
+      title: culm.inert("nodes that failed and wait for an operator (retry, skip or revoke)"
+        + (p.failed_node_list || []).map((n) => "\n" + both(n)).join("")),
+      text: ` ${p.failed_nodes} failed node(s)` + ((p.failed_node_list || []).length
+        ? `: ${some(p.failed_node_list, p.failed_nodes)}` : "") });
     const total = Object.values(data.counts).reduce((a, b) => a + b, 0);
     counts.replaceChildren(
       el("button", { type: "button", class: "chip" + (state ? "" : " active"), "aria-pressed": String(!state),
@@ -247,9 +256,7 @@ function listPage(view, params) {
         onclick: (ev) => { if (!ev.target.closest("a") && !String(window.getSelection())) location.hash = "#/p/" + encodeURIComponent(p.id); } },
         el("td", { class: "name-cell" }, el("a", { href: "#/p/" + encodeURIComponent(p.id), class: "clamp",
           title: p.name ? culm.inert(p.name) : null, text: p.name || "(no name)" })),
-        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes
-          ? el("span", { class: "failed-nodes", title: "nodes that failed and wait for an operator (retry, skip or revoke)",
-            text: ` ${p.failed_nodes} failed node(s)` }) : null, waitingFor(p)),
+        el("td", { class: "muted", text: p.id }), el("td", {}, culm.badge(p.state), p.failed_nodes ? failedAt(p) : null, waitingFor(p)),
         el("td", { text: culm.fmtTime(p.created_time) }), el("td", { text: culm.fmtTime(p.started_time) }),
         el("td", { text: culm.fmtTime(p.archived_time) }))));
     table.dataset.loads = String(Number(table.dataset.loads || 0) + 1); // how many reads so far (tests wait on it)

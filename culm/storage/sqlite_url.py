@@ -1,0 +1,66 @@
+"""What a ``sqlite:///`` URL names: its file, and its query parameters, checked.
+
+``sqlite:///culm.db?timeout=5`` is the file ``culm.db`` with a 5 s busy timeout, and
+``sqlite:///file:culm.db?mode=ro&uri=true`` the file ``culm.db`` opened read-only through a SQLite
+URI; neither is a file named after the whole text. A parameter that neither the driver nor (with
+``uri=true``) SQLite takes is refused by name: SQLAlchemy would only warn and ignore it.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+from urllib.parse import parse_qs, unquote
+
+# What pysqlite (through SQLAlchemy) takes from the query string.
+DRIVER_PARAMETERS = ("timeout", "isolation_level", "detect_types", "check_same_thread", "cached_statements", "uri")
+# What SQLite takes in a URI filename (``uri=true``).
+URI_PARAMETERS = ("mode", "cache", "vfs", "immutable", "nolock", "psow", "modeof")
+_TRUE = ("true", "yes", "on", "y", "t", "1")
+
+
+class SqliteUrl(NamedTuple):
+    path: str | None  # None: in memory
+    query: dict[str, str]
+    read_only: bool  # mode=ro or immutable=1
+
+
+def parse_sqlite_url(url: str) -> SqliteUrl:
+    """The file (or None: in memory) and the query of a ``sqlite`` URL.
+
+    Raises:
+        ValueError: a parameter neither the driver nor SQLite takes, one given twice, a
+            ``timeout`` that is not a number, or SQLite URI parameters without ``uri=true``.
+    """
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    database, _, query_text = (rest[1:] if rest.startswith("/") else rest).partition("?")
+    pairs = parse_qs(query_text, keep_blank_values=True)
+    twice = sorted(k for k, v in pairs.items() if len(v) > 1)
+    if twice:
+        raise ValueError(f"the parameter {', '.join(twice)} is given more than once")
+    query = {k: v[0] for k, v in pairs.items()}
+    uri = query.get("uri", "").lower() in _TRUE
+    unknown = [k for k in query if k not in DRIVER_PARAMETERS and not (uri and k in URI_PARAMETERS)]
+    if unknown:
+        needs_uri = not uri and all(k in URI_PARAMETERS for k in unknown)
+        raise ValueError(
+            f"unknown parameter {', '.join(unknown)}" + (
+                " (a SQLite URI parameter: add uri=true and write the file as file:PATH, e.g. "
+                "sqlite:///file:culm.db?mode=ro&uri=true)" if needs_uri else
+                f" (a sqlite URL takes {', '.join(DRIVER_PARAMETERS)}; with uri=true also "
+                f"{', '.join(URI_PARAMETERS)})"))
+    if "timeout" in query:
+        try:
+            float(query["timeout"])
+        except ValueError:
+            raise ValueError(f"timeout={query['timeout']} is not a number of seconds") from None
+    if uri and not database.startswith("file:"):
+        raise ValueError(f"uri=true takes a SQLite URI: write the file as file:{database or 'PATH'} "
+                         f"(sqlite:///file:{database or 'culm.db'}?uri=true)")
+    if uri:
+        database = database[len("file:"):]
+        if database.startswith("//"):  # file://HOST/path: the host is empty or localhost
+            database = "/" + database[2:].partition("/")[2]
+    database = unquote(database)
+    memory = database in ("", ":memory:") or query.get("mode") == "memory"
+    read_only = query.get("mode") == "ro" or query.get("immutable", "").lower() in _TRUE
+    return SqliteUrl(None if memory else database, query, read_only)
