@@ -471,9 +471,10 @@ HAS_MDL_INFO = ("SELECT COUNT(*) FROM information_schema.PLUGINS"
 # reads at READ COMMITTED and REPEATABLE READ), so innodb_lock_wait_timeout does not bound them; a
 # table's metadata lock (an ALTER TABLE under way) may hold one longer, and then it fails as an
 # outage. 60 s: generous for culm's indexed reads on a loaded server, and the time MariaDB and MySQL
-# give a client to take their answer (net_write_timeout). Write units wait for ever as before: their statements may wait for row and table locks
-# as long as the server lets them (innodb_lock_wait_timeout, lock_wait_timeout), and a write given
-# up with its statement still running on the server would keep its locks from the retry.
+# give a client to take their answer (net_write_timeout). Write units wait for ever as before: their
+# statements may wait for row and table locks as long as the server lets them
+# (innodb_lock_wait_timeout, lock_wait_timeout), and a write given up with its statement still
+# running on the server would keep its locks from the retry.
 # mysqlclient has no per-read timeout to change: its connections wait as before.
 READ_REPLY_SECONDS = 60.0
 _GIVEN_TIMEOUTS = "culm_given_timeouts"  # a pooled connection's own (read, write) timeouts, in its ``info``
