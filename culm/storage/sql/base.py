@@ -1890,12 +1890,14 @@ class SqlStore:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalise_url(url)
-        self.memory = self.url in ("sqlite://", "sqlite:///:memory:")
         # What this kind of database does its own way (read by culm.storage's other modules too).
         dialect = self.traits = dialect_for(self.url)
         self.dialect = dialect.name
         self.keeps_copies = dialect.keeps_copies
         self.database_file = dialect.database_file(self.url)
+        # A SQLite database in memory (sqlite://, :memory: with parameters, a file: URI with
+        # mode=memory): one connection for all (StaticPool), no file.
+        self.memory = dialect.name == "sqlite" and self.database_file is None
         self._unit = dialect.unit
         self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory, url=self.url))
         dialect.prepare(self)
