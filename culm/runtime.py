@@ -61,6 +61,8 @@ class Runtime:
         broker: Celery broker URL; when given, this runtime only submits and reads.
         workers: worker threads of an embedded runtime (0 = submit and read only).
         settings: engine settings; default: the process's (:func:`culm.configure`, ``$CULM_*``).
+        options: the Celery publisher's (``prefix``, ``max_countdown``, ...), only with ``broker``;
+            without one, any is a TypeError naming it.
 
     An embedded runtime with worker threads imports the modules named in ``$CULM_IMPORTS`` first, as ``culm worker``
     does (one it cannot import is a ``RuntimeWarning`` naming it: the process may define its
@@ -76,6 +78,13 @@ class Runtime:
         settings: Settings | None = None,
         **options: Any,
     ) -> None:
+        if options and not broker:
+            # They are the Celery publisher's (prefix, max_countdown, ...): without a broker none is
+            # used, and a misspelt argument (db=...) would open ./culm.db without a word.
+            names = ", ".join(sorted(options))
+            raise TypeError(f"Runtime() got unexpected keyword argument(s) {names}: keyword options other than "
+                            "workers and settings go to the Celery publisher and are taken only with broker=; "
+                            "the database URL is the first argument (culm.Runtime('sqlite:///path/to.db'))")
         self.url = url or os.environ.get("CULM_DATABASE_URL") or DEFAULT_URL
         self.broker = broker
         self.options = options
@@ -253,7 +262,7 @@ def _hide_password(url: str) -> str:
 
 
 # Embedded runtimes of this process that share their workers, by database file (see Runtime).
-_SHARED: dict[tuple[str, int | None], _Core] = {}
+_SHARED: dict[tuple[str, int | None, tuple[tuple[str, str], ...]], _Core] = {}
 _SHARED_LOCK = threading.Lock()
 
 
@@ -274,16 +283,23 @@ def _warn_local_settings(settings: Settings) -> None:
         warnings.warn(message, UserWarning, stacklevel=3)
 
 
-def _shared_key(url: str, broker: str | None, workers: int | None, settings: Settings | None) -> tuple[str, int | None] | None:
+def _shared_key(url: str, broker: str | None, workers: int | None, settings: Settings | None
+                ) -> tuple[str, int | None, tuple[tuple[str, str], ...]] | None:
     """The key under which embedded runtimes share a core: file-backed SQLite only (a database in
     memory, ``memory://`` or a server database keeps one core per runtime), default settings, and
     workers (a submit-only runtime, ``workers=0``, has nothing to share)."""
     if broker or settings is not None or workers == 0 or not url.startswith("sqlite"):
         return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    if path in ("", ":memory:") or path.startswith("file:") or "?" in path:
+    from culm.storage.sqlite_url import parse_sqlite_url
+
+    try:
+        parsed = parse_sqlite_url(url)
+    except ValueError:
+        return None  # the store refuses it, saying why
+    if parsed.path is None:
         return None
-    return os.path.realpath(path), workers
+    # The same file with other parameters (read-only, another busy timeout) is another core.
+    return os.path.realpath(parsed.path), workers, tuple(sorted(parsed.query.items()))
 
 
 class _Core:

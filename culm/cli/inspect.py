@@ -287,25 +287,27 @@ def _marks(rt: Any, items: list[dict]) -> dict[str, str]:
     from culm.core import waits
 
     with rt.store.reading() as unit:  # grouped reads for the page
-        found = waits.attention(unit, [item["id"] for item in items if item["state"] == "RUNNING"])
+        found = waits.attention(unit, [item["id"] for item in items if item["state"] == "RUNNING"],
+                                waits.node_names(rt.store))
     marks: dict[str, str] = {}
     for root_id, nodes in found.items():
         parts = []
         if nodes["failed"]:
-            parts.append(f"[red]{len(nodes['failed'])} failed: {escape(_some(nodes['failed']))}[/]")
+            failed = escape(_some(nodes["failed"], nodes["failed_count"]))
+            parts.append(f"[red]{nodes['failed_count']} failed: {failed}[/]")
         if nodes["callbacks"]:
-            parts.append(f"waits for a callback: {escape(_some(nodes['callbacks']))}")
+            parts.append(f"waits for a callback: {escape(_some(nodes['callbacks'], nodes['callback_count']))}")
         marks[root_id] = f" ({'; '.join(parts)})" if parts else ""
     return marks
 
 
-def _some(nodes: list[dict]) -> str:
-    """``name (id)`` of the first few of ``nodes``, then how many more."""
+def _some(nodes: list[dict], total: int) -> str:
+    """``name (id)`` of the first few of ``nodes`` (of ``total``), then how many more."""
     from culm.core.waits import NAMED_IN_A_LIST
 
     shown = [f"{render.short_name(n['name'])} ({n['node_id']})" if n["name"] else n["node_id"]
              for n in nodes[:NAMED_IN_A_LIST]]
-    more = len(nodes) - len(shown)
+    more = total - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
 
 

@@ -126,6 +126,10 @@ class Runs(Protocol):
         """:meth:`get_pipeline` of several runs in one read (those not stored are left out)."""
         ...
 
+    def pipeline_trees(self, root_ids: Sequence[str]) -> dict[str, UserData]:
+        """The trees of several runs (only that column), in one read (those not stored left out)."""
+        ...
+
     def get_root_data(self, root_id: str) -> UserData: ...
 
     def add_nodes(self, rows: Sequence[tuple[str, str, str, str]]) -> None: ...
@@ -162,13 +166,20 @@ class States(Protocol):
         """How many nodes of each of ``root_ids`` are FAILED now (roots with none left out)."""
         ...
 
-    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
-        """``(root_id, node_id)`` of each FAILED node of ``root_ids``, by root then node id."""
+    def failed_nodes(self, root_ids: Sequence[str], first: int) -> dict[str, tuple[int, list[str]]]:
+        """``{root_id: (how many, the first ``first`` ids)}`` of the FAILED nodes of ``root_ids``,
+        by node id (roots with none left out), in one grouped read: at most ``first`` rows per root."""
         ...
 
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
         """``(root_id, node_id, version, schedule type)`` of each RUNNING node of ``root_ids`` whose
         live schedule of its current version waits for callbacks (``callback``, ``multiple_callback``)."""
+        ...
+
+    def callback_waiters_first(self, root_ids: Sequence[str], first: int
+                               ) -> dict[str, tuple[int, list[tuple[str, str, str]]]]:
+        """``{root_id: (how many, the first ``first`` as (node_id, version, schedule type))}`` of
+        :meth:`callback_waiters`, by node id, in one grouped read: at most ``first`` rows per root."""
         ...
 
     def states_of_parent(self, parent_id: str) -> list[StateRecord]: ...

@@ -30,11 +30,14 @@ only when a state could need them, so a finished pipeline costs no extra read.
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from culm.core import states
 from culm.core.ports import Unit
@@ -170,23 +173,80 @@ def callback_waits(unit: Unit, root_ids: Sequence[str]) -> dict[str, dict[str, d
 NAMED_IN_A_LIST = 3
 
 
-def attention(unit: Unit, root_ids: Sequence[str]) -> dict[str, dict[str, list[dict[str, Any]]]]:
-    """``{root_id: {"failed": [...], "callbacks": [...]}}`` for the pipelines of a list page: their
-    FAILED nodes (``{"node_id", "name"}``) and the nodes that wait for a callback (the same, with
-    their :func:`callback_waits` reason), each by the name the tree gives it (``""``: none), so a
-    list can say *which* step needs an operator. The trees are read only for pipelines that have
-    such nodes, in one read."""
-    found: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    for root_id, node_id in unit.failed_nodes(root_ids):
-        found.setdefault(root_id, {"failed": [], "callbacks": []})["failed"].append({"node_id": node_id})
-    for root_id, waiting in callback_waits(unit, root_ids).items():
-        entry = found.setdefault(root_id, {"failed": [], "callbacks": []})
-        entry["callbacks"] = [{"node_id": node_id, **reason} for node_id, reason in waiting.items()]
-    trees = unit.get_pipelines(list(found)) if found else {}
-    for root_id, entry in found.items():
-        names = _names((trees.get(root_id) or ({},))[0])
-        for node in (*entry["failed"], *entry["callbacks"]):
-            node["name"] = names.get(node["node_id"], "")
+class NodeNames:
+    """The names the trees of runs give their nodes, ``{root_id: {node_id: name}}``, kept for a
+    store (:func:`node_names`): a run's tree never changes, so a list that names a few nodes of
+    the same pipelines again (the console reloads its list on every change) reads no tree again.
+    At most ``KEEP`` names are kept, those of the runs named last."""
+
+    KEEP = 100_000
+
+    def __init__(self) -> None:
+        self._runs: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._kept = 0
+        self._lock = threading.Lock()
+
+    def of(self, unit: Unit, root_ids: Collection[str]) -> dict[str, dict[str, str]]:
+        """The names of the nodes of ``root_ids``; the trees not kept are read (only that column)
+        in one read."""
+        with self._lock:
+            found = {root_id: self._runs[root_id] for root_id in root_ids if root_id in self._runs}
+            for root_id in found:
+                self._runs.move_to_end(root_id)
+        missing = [root_id for root_id in root_ids if root_id not in found]
+        if missing:
+            read = {root_id: _names(tree) for root_id, tree in unit.pipeline_trees(missing).items()}
+            found.update(read)
+            with self._lock:
+                for root_id, names in read.items():
+                    if root_id not in self._runs and len(names) <= self.KEEP:
+                        self._runs[root_id] = names
+                        self._kept += len(names)
+                while self._kept > self.KEEP:
+                    self._kept -= len(self._runs.popitem(last=False)[1])
+        return found
+
+
+_NAMES: WeakKeyDictionary[Any, NodeNames] = WeakKeyDictionary()
+_NAMES_LOCK = threading.Lock()
+
+
+def node_names(store: Any) -> NodeNames:
+    """The :class:`NodeNames` kept for ``store`` (a runtime's ``store``) in this process."""
+    with _NAMES_LOCK:
+        names = _NAMES.get(store)
+        if names is None:
+            names = _NAMES[store] = NodeNames()
+        return names
+
+
+def attention(unit: Unit, root_ids: Sequence[str], names: NodeNames | None = None
+              ) -> dict[str, dict[str, Any]]:
+    """``{root_id: {"failed": [...], "failed_count": n, "callbacks": [...], "callback_count": m}}``
+    for the pipelines of a list page: the first :data:`NAMED_IN_A_LIST` of their FAILED nodes
+    (``{"node_id", "name"}``, by node id) and of the nodes that wait for a callback (the same,
+    with their :func:`callback_waits` reason), each by the name the tree gives it (``""``: none),
+    with how many there are, so a list can say *which* step needs an operator.
+
+    What it reads is bounded by the page, not by the pipelines' sizes: one grouped read of each
+    kind returns at most NAMED_IN_A_LIST rows per pipeline, and the names come from ``names``
+    (:func:`node_names` of the store; trees not kept there are read, only their tree column)."""
+    found: dict[str, dict[str, Any]] = {}
+
+    def entry(root_id: str) -> dict[str, Any]:
+        return found.setdefault(root_id, {"failed": [], "failed_count": 0, "callbacks": [], "callback_count": 0})
+
+    for root_id, (n, node_ids) in unit.failed_nodes(root_ids, NAMED_IN_A_LIST).items():
+        entry(root_id).update(failed=[{"node_id": node_id} for node_id in node_ids], failed_count=n)
+    for root_id, (n, waiting) in unit.callback_waiters_first(root_ids, NAMED_IN_A_LIST).items():
+        entry(root_id).update(callbacks=[{"node_id": node_id, **_callback(version, schedule_type)}
+                                         for node_id, version, schedule_type in waiting], callback_count=n)
+    if found:
+        named = (names or NodeNames()).of(unit, list(found))
+        for root_id, nodes in found.items():
+            of_run = named.get(root_id, {})
+            for node in (*nodes["failed"], *nodes["callbacks"]):
+                node["name"] = of_run.get(node["node_id"], "")
     return found
 
 

@@ -186,6 +186,9 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
     def get_pipelines(self, root_ids: Sequence[str]) -> dict[str, tuple[dict, dict, dict]]:
         return {root_id: got for root_id in root_ids if (got := self.get_pipeline(root_id)) is not None}
 
+    def pipeline_trees(self, root_ids: Sequence[str]) -> dict[str, dict]:
+        return {root_id: codec.loads(row[0]) for root_id in root_ids if (row := self._get("pipeline", root_id))}
+
     def get_root_data(self, root_id: str) -> dict:
         row = self._get("pipeline", root_id)
         return codec.loads(row[1]) if row else {}
@@ -251,10 +254,22 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
                   for root_id in dict.fromkeys(root_ids)}
         return {root_id: n for root_id, n in counts.items() if n}
 
-    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
-        return [(root_id, node_id) for root_id in sorted(set(root_ids))
-                for node_id in sorted(st.node_id for _, st in self._where("state", "root", root_id)
-                                      if st.name == states.FAILED)]
+    def failed_nodes(self, root_ids: Sequence[str], first: int) -> dict[str, tuple[int, list[str]]]:
+        found: dict[str, tuple[int, list[str]]] = {}
+        for root_id in dict.fromkeys(root_ids):
+            failed = sorted(st.node_id for _, st in self._where("state", "root", root_id) if st.name == states.FAILED)
+            if failed:
+                found[root_id] = (len(failed), failed[:first])
+        return found
+
+    def callback_waiters_first(self, root_ids: Sequence[str], first: int
+                               ) -> dict[str, tuple[int, list[tuple[str, str, str]]]]:
+        found: dict[str, tuple[int, list[tuple[str, str, str]]]] = {}
+        for root_id, node_id, version, schedule_type in sorted(self.callback_waiters(root_ids)):
+            found.setdefault(root_id, (0, []))
+            n, some = found[root_id]
+            found[root_id] = (n + 1, [*some, (node_id, version, schedule_type)][:first])
+        return found
 
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
         found: list[tuple[str, str, str, str]] = []

@@ -18,6 +18,10 @@ URI_PARAMETERS = ("mode", "cache", "vfs", "immutable", "nolock", "psow", "modeof
 _TRUE = ("true", "yes", "on", "y", "t", "1")
 
 
+# The longest busy timeout SQLite takes, in seconds (sqlite3_busy_timeout's int milliseconds).
+MAX_TIMEOUT = 2_147_483
+
+
 class SqliteUrl(NamedTuple):
     path: str | None  # None: in memory
     query: dict[str, str]
@@ -29,7 +33,9 @@ def parse_sqlite_url(url: str) -> SqliteUrl:
 
     Raises:
         ValueError: a parameter neither the driver nor SQLite takes, one given twice, a
-            ``timeout`` that is not a number, or SQLite URI parameters without ``uri=true``.
+            ``timeout`` that is not a number of seconds from 0 to MAX_TIMEOUT, SQLite URI
+            parameters without ``uri=true`` or without ``file:``, or a ``file:`` name holding
+            ``#`` or ``%`` (which SQLite would read otherwise than culm).
     """
     rest = url.split("://", 1)[1] if "://" in url else ""
     database, _, query_text = (rest[1:] if rest.startswith("/") else rest).partition("?")
@@ -49,18 +55,37 @@ def parse_sqlite_url(url: str) -> SqliteUrl:
                 f" (a sqlite URL takes {', '.join(DRIVER_PARAMETERS)}; with uri=true also "
                 f"{', '.join(URI_PARAMETERS)})"))
     if "timeout" in query:
-        try:
-            float(query["timeout"])
-        except ValueError:
-            raise ValueError(f"timeout={query['timeout']} is not a number of seconds") from None
+        _check_timeout(query["timeout"])
     if uri and not database.startswith("file:"):
-        raise ValueError(f"uri=true takes a SQLite URI: write the file as file:{database or 'PATH'} "
-                         f"(sqlite:///file:{database or 'culm.db'}?uri=true)")
+        # SQLite opens a name without "file:" as a plain path, and ignores the URI parameters then.
+        ignored = [k for k in query if k in URI_PARAMETERS]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} needs a SQLite URI: write the file as file:{database or 'PATH'} "
+                             f"(sqlite:///file:{database or 'culm.db'}?{'&'.join(f'{k}={query[k]}' for k in ignored)}"
+                             "&uri=true)")
+        uri = False
     if uri:
         database = database[len("file:"):]
+        odd = sorted({c for c in database if c in "#%"})
+        if odd:
+            # SQLite reads "#" as the start of a fragment and decodes "%XX" itself: the file it
+            # opened would not be the one culm checks, locks and calls read-only.
+            raise ValueError(f"the file name {database!r} of a SQLite URI (uri=true) holds {' and '.join(odd)}, which "
+                             "SQLite reads its own way (# starts a fragment, % an escape): rename the file, or "
+                             "name it without uri=true")
         if database.startswith("//"):  # file://HOST/path: the host is empty or localhost
             database = "/" + database[2:].partition("/")[2]
     database = unquote(database)
     memory = database in ("", ":memory:") or query.get("mode") == "memory"
     read_only = query.get("mode") == "ro" or query.get("immutable", "").lower() in _TRUE
     return SqliteUrl(None if memory else database, query, read_only)
+
+
+def _check_timeout(text: str) -> None:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"timeout={text} is not a number of seconds") from None
+    if not 0 <= seconds <= MAX_TIMEOUT:  # (False for nan too)
+        raise ValueError(f"timeout={text} is not a number of seconds from 0 to {MAX_TIMEOUT} "
+                         "(the busy timeout SQLite waits for a lock)")

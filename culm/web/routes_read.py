@@ -58,12 +58,13 @@ def list_pipelines(
     running = [item for item in data["items"] if item["state"] == "RUNNING"]
     if running:
         with _rt(request).store.reading() as unit:  # grouped reads for the page
-            marked = waits.attention(unit, [item["id"] for item in running])
+            marked = waits.attention(unit, [item["id"] for item in running], waits.node_names(_rt(request).store))
         for item in running:
-            nodes = marked.get(item["id"], {"failed": [], "callbacks": []})
-            item["failed_nodes"] = len(nodes["failed"])
-            item["failed_node_list"] = nodes["failed"][:waits.NAMED_IN_A_LIST]
-            item["callback_nodes"] = nodes["callbacks"]
+            nodes = marked.get(item["id"], {})
+            item["failed_nodes"] = nodes.get("failed_count", 0)
+            item["failed_node_list"] = nodes.get("failed", [])
+            item["callback_nodes"] = nodes.get("callbacks", [])
+            item["callback_node_count"] = nodes.get("callback_count", 0)
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 

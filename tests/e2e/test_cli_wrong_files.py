@@ -167,8 +167,13 @@ def test_a_sqlite_url_with_a_query_string_names_its_file_not_the_whole_text(tmp_
     ("sqlite:///x.db?mode=ro", "unknown parameter mode (a SQLite URI parameter: add uri=true and write the file "
      "as file:PATH, e.g. sqlite:///file:culm.db?mode=ro&uri=true)"),
     ("sqlite:///x.db?timeout=soon", "timeout=soon is not a number of seconds"),
-    ("sqlite:///x.db?mode=ro&uri=true", "uri=true takes a SQLite URI: write the file as file:x.db "
-     "(sqlite:///file:x.db?uri=true)"),
+    ("sqlite:///x.db?mode=ro&uri=true", "mode needs a SQLite URI: write the file as file:x.db "
+     "(sqlite:///file:x.db?mode=ro&uri=true)"),
+    ("sqlite:///x.db?timeout=inf", "timeout=inf is not a number of seconds from 0 to 2147483 (the busy timeout "
+     "SQLite waits for a lock)"),
+    ("sqlite:///file:q%23dir/x.db?uri=true", "the file name 'q%23dir/x.db' of a SQLite URI (uri=true) holds %, "
+     "which SQLite reads its own way (# starts a fragment, % an escape): rename the file, or name it without "
+     "uri=true"),
 ])
 @pytest.mark.parametrize("command", [["run", TREE], ["status", PIPELINE], ["list"]])
 def test_a_sqlite_url_parameter_culm_cannot_pass_on_is_refused_by_name(

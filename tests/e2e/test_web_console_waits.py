@@ -49,6 +49,7 @@ def test_the_list_names_the_nodes_a_running_pipeline_waits_a_callback_at(browser
     assert wait["node_id"] == approve and wait["kind"] == "callback" and "waits for a callback" in wait["text"]
     assert wait["name"] == "approve"
     assert items[failing["id"]]["callback_nodes"] == []
+    assert (items[waiting["id"]]["callback_node_count"], items[failing["id"]]["callback_node_count"]) == (1, 0)
     sign_in(browser, served, "viewer")
     row = f'#pipelines tr[data-id="{waiting["id"]}"]'
     find(browser, row)

@@ -337,7 +337,59 @@ def test_a_list_page_s_attention_names_failed_and_called_back_nodes(runtime):
     wait_until(lambda: (reason(runtime, asked) or {}).get("kind") == "callback", what="a callback wait")
     with runtime.store.reading() as unit:
         found = waits.attention(unit, [failing["id"], waiting["id"], fine["id"]])
-    assert found[failing["id"]] == {"failed": [{"node_id": broken, "name": ""}], "callbacks": []}
+    assert found[failing["id"]] == {"failed": [{"node_id": broken, "name": ""}], "failed_count": 1,
+                                    "callbacks": [], "callback_count": 0}
     (called,) = found[waiting["id"]]["callbacks"]
     assert (called["node_id"], called["name"], called["kind"]) == (asked, "", "callback")
     assert found[waiting["id"]]["failed"] == [] and fine["id"] not in found
+
+
+def test_a_list_page_s_attention_reads_a_bounded_amount_however_many_nodes_wait(runtime, monkeypatch):
+    """A pipeline with 8 failed and 8 callback-waiting nodes: attention names the
+    first 3 of each with how many there are, reading at most 3 rows of each kind per pipeline, only
+    the tree column of the tree once, and no tree at all when the names are kept (the console
+    reloads its list on every change)."""
+    from culm.core import waits
+    from culm.storage.sql.base import SqlUnit
+
+    start, fork, join = EmptyStartEvent(), ParallelGateway(), ConvergeGateway()
+    failing = [ServiceActivity(component_code="t_fail", name=f"fail {i}") for i in range(8)]
+    asking = [ServiceActivity(component_code="t_callback", name=f"ask {i}") for i in range(8)]
+    start.extend(fork).connect(*failing, *asking).to(fork).converge(join).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    root = tree["id"]
+    run(runtime, tree)
+    for act in failing:
+        wait_state(runtime, act.id, "FAILED")
+    for act in asking:
+        wait_until(lambda act=act: (reason(runtime, act.id) or {}).get("kind") == "callback", what="a callback wait")
+    read: list[tuple[str, int, int]] = []  # (statement, rows, bytes)
+    plain_all = SqlUnit._all
+
+    def counted_all(self, sql, params=()):
+        rows = plain_all(self, sql, params)
+        read.append((sql, len(rows), sum(len(v) if isinstance(v, str | bytes) else 8 for r in rows for v in r)))
+        return rows
+
+    monkeypatch.setattr(SqlUnit, "_all", counted_all)
+    names = waits.NodeNames()
+    with runtime.store.reading() as unit:
+        first = waits.attention(unit, [root], names)
+        on_sql = isinstance(unit, SqlUnit)
+        kept = read[:]
+        read.clear()
+        again = waits.attention(unit, [root], names)
+    assert first == again
+    got = first[root]
+    ids = sorted(a.id for a in failing)[:3]
+    assert got["failed"] == [{"node_id": i, "name": next(a.name for a in failing if a.id == i)} for i in ids]
+    assert (got["failed_count"], got["callback_count"]) == (8, 8)
+    assert [c["node_id"] for c in got["callbacks"]] == sorted(a.id for a in asking)[:3]
+    assert all(c["kind"] == "callback" and c["name"].startswith("ask ") for c in got["callbacks"])
+    if on_sql:
+        # Two grouped reads of at most 3 rows each, then the tree column alone (the root data and
+        # the options stay unread); with the names kept, no tree read.
+        assert [rows <= 3 for sql, rows, _ in kept if "culm_state" in sql] == [True, True]
+        (trees,) = [sql for sql, _, _ in kept if "culm_pipeline" in sql]
+        assert "root_data" not in trees and "options" not in trees
+        assert len(read) == 2 and all(rows <= 3 for _, rows, _ in read) and sum(b for _, _, b in read) < 2_000

@@ -49,11 +49,13 @@ from culm.storage.sql.statements import (
     ALL_ROOT_BYTES,
     CALLBACK_SEQ,
     CALLBACK_WAITERS,
+    CALLBACK_WAITERS_FIRST,
     CHANGE_COLUMNS,
     CHANGED_PAIRS,
     CHANGED_STATES,
     CHANGES_BETWEEN,
     CHANGES_OF_ROOT_BETWEEN,
+    FAILED_FIRST,
     FIRST_CALLBACK_TASK,
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
@@ -613,6 +615,13 @@ class SqlUnit(budget.UnitChecks):
                 out[row[0]] = codec.loads(row[1]), codec.loads(row[2]), codec.loads(row[3])
         return out
 
+    def pipeline_trees(self, root_ids: Sequence[str]) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for row in self._by_roots("SELECT id, tree FROM culm_pipeline WHERE id IN ({marks})", root_ids, []):
+            if row[0] in root_ids:  # (MySQL's collation matches ids of another case too)
+                out[row[0]] = codec.loads(row[1])
+        return out
+
     @staticmethod
     def _pipelines_read(root_ids: Sequence[str]) -> tuple[str, Sequence[Any]]:
         return f"SELECT id, tree, root_data, options FROM culm_pipeline WHERE id IN ({marks(len(root_ids))})", root_ids
@@ -950,10 +959,20 @@ class SqlUnit(budget.UnitChecks):
                               "GROUP BY root_id", root_ids, [states.FAILED])
         return {str(r[0]): int(r[1]) for r in rows}
 
-    def failed_nodes(self, root_ids: Sequence[str]) -> list[tuple[str, str]]:
-        rows = self._by_roots("SELECT root_id, node_id FROM culm_state WHERE root_id IN ({marks}) AND name = ? "
-                              "ORDER BY root_id, node_id", root_ids, [states.FAILED])
-        return [(str(r[0]), str(r[1])) for r in rows]
+    def failed_nodes(self, root_ids: Sequence[str], first: int) -> dict[str, tuple[int, list[str]]]:
+        # One grouped read per page; the database counts, only `first` rows per root come back.
+        found: dict[str, tuple[int, list[str]]] = {}
+        for root_id, node_id, n in self._by_roots(FAILED_FIRST, root_ids, [states.FAILED, first]):
+            found.setdefault(str(root_id), (int(n), []))[1].append(str(node_id))
+        return found
+
+    def callback_waiters_first(self, root_ids: Sequence[str], first: int
+                               ) -> dict[str, tuple[int, list[tuple[str, str, str]]]]:
+        found: dict[str, tuple[int, list[tuple[str, str, str]]]] = {}
+        params = [states.RUNNING, False, "callback", "multiple_callback", first]
+        for root_id, node_id, version, schedule_type, n in self._by_roots(CALLBACK_WAITERS_FIRST, root_ids, params):
+            found.setdefault(str(root_id), (int(n), []))[1].append((str(node_id), str(version), str(schedule_type)))
+        return found
 
     def callback_waiters(self, root_ids: Sequence[str]) -> list[tuple[str, str, str, str]]:
         # Through ix_culm_state_root_id and the schedule's (node_id, version) key.
@@ -1876,12 +1895,14 @@ class SqlStore:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = normalise_url(url)
-        self.memory = self.url in ("sqlite://", "sqlite:///:memory:")
         # What this kind of database does its own way (read by culm.storage's other modules too).
         dialect = self.traits = dialect_for(self.url)
         self.dialect = dialect.name
         self.keeps_copies = dialect.keeps_copies
         self.database_file = dialect.database_file(self.url)
+        # A SQLite database in memory (sqlite://, :memory: with parameters, a file: URI with
+        # mode=memory): one connection for all (StaticPool), no file.
+        self.memory = dialect.name == "sqlite" and self.database_file is None
         self._unit = dialect.unit
         self.engine: Engine = create_engine(self.url, future=True, **dialect.engine_options(memory=self.memory, url=self.url))
         dialect.prepare(self)

@@ -222,6 +222,19 @@ LIVE_SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks}) AND finished 
 CALLBACK_WAITERS = ("SELECT s.root_id, s.node_id, s.version, c.type FROM culm_state s JOIN culm_schedule c "
                     "ON c.node_id = s.node_id AND c.version = s.version WHERE s.root_id IN ({marks}) AND s.name = ? "
                     "AND c.finished = ? AND c.type IN (?, ?) ORDER BY s.root_id, s.node_id")
+# The same, the first few per root (by node id) with how many there are (culm.core.waits.attention):
+# a list page reads a bounded number of rows however many nodes wait.
+CALLBACK_WAITERS_FIRST = (
+    "SELECT root_id, node_id, version, type, n FROM (SELECT s.root_id, s.node_id, s.version, c.type, "
+    "ROW_NUMBER() OVER (PARTITION BY s.root_id ORDER BY s.node_id) AS k, COUNT(*) OVER (PARTITION BY s.root_id) AS n "
+    "FROM culm_state s JOIN culm_schedule c ON c.node_id = s.node_id AND c.version = s.version "
+    "WHERE s.root_id IN ({marks}) AND s.name = ? AND c.finished = ? AND c.type IN (?, ?)) w "
+    "WHERE k <= ? ORDER BY root_id, node_id")
+# The first few FAILED nodes per root (by node id) with how many there are (culm.core.waits.attention).
+FAILED_FIRST = (
+    "SELECT root_id, node_id, n FROM (SELECT root_id, node_id, "
+    "ROW_NUMBER() OVER (PARTITION BY root_id ORDER BY node_id) AS k, COUNT(*) OVER (PARTITION BY root_id) AS n "
+    "FROM culm_state WHERE root_id IN ({marks}) AND name = ?) w WHERE k <= ? ORDER BY root_id, node_id")
 LIVE_SCHEDULES_ANY = SCHEDULE_SELECT + " WHERE node_id = ANY(?) AND finished = ?"  # PostgreSQL (see STATES_ANY)
 
 # Root pipelines per state (culm_root_count, see culm.storage.schema): one shard's row moved by a

@@ -237,7 +237,7 @@ function listPage(view, params) {
     const both = (n) => (n.name ? `${cut(n.name)} (${n.node_id})` : n.node_id);
     const waitingFor = (p) => (p.callback_nodes && p.callback_nodes.length ? el("span", { class: "callback-nodes",
       title: culm.inert(p.callback_nodes.map((w) => `${both(w)}: ${w.text}`).join("\n")),
-      text: ` waiting for a callback at ${some(p.callback_nodes, p.callback_nodes.length)}` }) : null);
+      text: ` waiting for a callback at ${some(p.callback_nodes, p.callback_node_count || p.callback_nodes.length)}` }) : null);
     const failedAt = (p) => el("span", { class: "failed-nodes",
       title: culm.inert("nodes that failed and wait for an operator (retry, skip or revoke)"
         + (p.failed_node_list || []).map((n) => "\n" + both(n)).join("")),
