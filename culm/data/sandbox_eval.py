@@ -163,13 +163,15 @@ class Evaluator:
 
     def measure(self, value: Any) -> tuple[int, int]:
         """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
-        if not isinstance(value, CONTAINERS):
+        kind = type(value)  # the real type: isinstance() runs a __class__ property
+        if not issubclass(kind, CONTAINERS):
             return measure(value, 0, 0, _no_tick)
-        length = len(value) if type(value) in _SIZED_TYPES else base_length(type(value))(value)
-        if length < 64 and type(value) in _SMALL_HOLDERS:
+        length = len(value) if kind in _SIZED_TYPES else base_length(kind)(value)
+        if length < 64 and kind in _SMALL_HOLDERS:
             # a big value held twice ([rows, rows], {'a': rows, 'b': rows}) is measured once
-            for child in value.values() if type(value) is dict else value:
-                if isinstance(child, CONTAINERS) and len(child) >= 64:
+            for child in value.values() if kind is dict else value:
+                # a subclass's length is its built-in type's, never its own __len__
+                if issubclass(type(child), CONTAINERS) and base_length(type(child))(child) >= 64:
                     self.measure(child)
         if length >= 64:
             cached = self.sizes.get(id(value))
