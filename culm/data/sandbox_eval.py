@@ -224,12 +224,12 @@ class Evaluator:
         """Refuse a Decimal or Fraction whose conversion to an int or to fixed-point text would
         build more than max_int_digits digits (int(Decimal('1e999999999')) is a billion-digit
         int; a context holds one whenever a component returns money or a run is given one)."""
-        if isinstance(value, Decimal):
+        if issubclass(type(value), Decimal):  # the real type: isinstance() runs a __class__ property
             if value.is_finite() and abs(value.adjusted()) > self.lim.max_int_digits:
                 raise ExpressionLimitError(
                     f"{what}: a Decimal of exponent {value.adjusted()} would exceed {self.lim.max_int_digits} digits"
                 )
-        elif isinstance(value, Fraction):
+        elif issubclass(type(value), Fraction):
             self.ensure_int(value.numerator, f"{what}: the numerator of a Fraction")
             self.ensure_int(value.denominator, f"{what}: the denominator of a Fraction")
 
@@ -321,7 +321,8 @@ class Evaluator:
             return
         if left is right and type(left) in _EXACT_HOLDERS:
             return
-        if isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS) and not self.lim.trust_objects:
+        # issubclass of the real types: isinstance() runs a __class__ property
+        if issubclass(type(left), _KEYED_HOLDERS) and issubclass(type(right), _KEYED_HOLDERS) and not self.lim.trust_objects:
             self.keyed(left, "comparing")  # equal sets or dicts look every key up in the other
             self.keyed(right, "comparing")
         for value, other in ((left, right), (right, left)):
@@ -356,7 +357,7 @@ class Evaluator:
             return
         if own_operator(type(value), dunders) is not None:
             raise operator_refusal(value, dunders, "an operator on") or ExpressionError("an operator")
-        if isinstance(value, collections.Counter):
+        if issubclass(type(value), collections.Counter):
             # Counter's operators (written in Python) add and compare the counts it holds
             refusal = operator_refusal(value, ARITH_DUNDERS + COMPARE_DUNDERS, "an operator on")
             if refusal is not None:

@@ -696,8 +696,11 @@ def clip(text: str, width: int = 80) -> str:
 def opaque(obj: Any) -> bool:
     """True for objects whose attributes must stay out of reach (modules, types, callables, objects
     of the standard library but its value types, ...)."""
-    return (callable(obj) or isinstance(obj, types.ModuleType) or type(obj).__module__ == "builtins"
-            or _system_module(type(obj).__module__))
+    # the real type's module, read through type's own __module__ (never a __class__ property or a
+    # metaclass's __module__ property)
+    module = TYPE_MODULE(type(obj))
+    return (callable(obj) or issubclass(type(obj), types.ModuleType) or module == "builtins"
+            or _system_module(module))
 
 
 # Standard-library modules whose objects are plain values (a date, a decimal, a UUID, a
@@ -750,7 +753,7 @@ def render_limited(value: Any, limit: int, check: Callable[[Any], None] | None =
         ExpressionLimitError: The value is too big to turn into text.
         ExpressionError: Turning it into text raised.
     """
-    if isinstance(value, str):
+    if issubclass(type(value), str):  # not isinstance(): that runs a __class__ property
         return value
     if size_of(value, limit, lambda: None) > limit:
         raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")

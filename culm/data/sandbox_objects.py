@@ -88,7 +88,7 @@ def kind_name(obj: Any) -> str:
 
 def value_object(obj: Any) -> bool:
     """An object of a standard-library value type (a date, a Decimal, a UUID, a SimpleNamespace)."""
-    return _top(type(obj).__module__) in VALUE_MODULES
+    return _top(TYPE_MODULE(type(obj))) in VALUE_MODULES
 
 
 def value_method(obj: Any, attr: str) -> bool:
@@ -176,7 +176,7 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
     kind = type(obj)
     if kind is types.MappingProxyType:
         return protocol_refusal(proxied(obj), what)  # indexing or iterating the proxy is the mapping's
-    module = _top(kind.__module__)
+    module = _top(TYPE_MODULE(kind))
     if module in _PROTOCOL_MODULES:
         # a ChainMap, UserDict or UserList indexes, iterates and compares the mappings it wraps
         # through their own protocol: a user's mapping class inside one runs its code

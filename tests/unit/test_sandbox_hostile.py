@@ -299,26 +299,18 @@ class DictProperty:
         return {"x": 1}
 
 
-class MapsProperty(collections.ChainMap):  # type: ignore[type-arg]
-    @property  # type: ignore[override]
-    def maps(self) -> list[dict[str, int]]:
-        RAN.append("maps getter")
-        return [{}]
+def _computed(name: str, base: type, attr: str, value: object) -> type:
+    """A subclass of ``base`` whose ``attr`` (what its text shows) is a property."""
 
-    @maps.setter
-    def maps(self, value: object) -> None:
-        pass
+    def getter(self: object) -> object:
+        RAN.append(f"{attr} getter")
+        return value
+
+    return type(name, (base,), {attr: property(getter, lambda self, new: None)})
 
 
-class DataProperty(collections.UserDict):  # type: ignore[type-arg]
-    @property  # type: ignore[override]
-    def data(self) -> dict[str, int]:
-        RAN.append("data getter")
-        return {}
-
-    @data.setter
-    def data(self, value: object) -> None:
-        pass
+MapsProperty = _computed("MapsProperty", collections.ChainMap, "maps", [{}])
+DataProperty = _computed("DataProperty", collections.UserDict, "data", {})
 
 
 class OwnLenArray(array.array):  # type: ignore[type-arg]
@@ -457,3 +449,18 @@ def test_a_subclass_of_str_bytes_or_int_is_measured_by_its_length(value: object)
     assert isinstance(raised, ExpressionLimitError)
     assert peak < 30_000_000
     assert size_of([value], 10**9, lambda: None) > 1_000_000 if not isinstance(value, int) else 4_000
+
+
+@pytest.mark.parametrize("name", list(_own_code_objects()))
+@pytest.mark.parametrize("expr", ["str(x)", "x == x", "f'{x}'", "x != 1", "'%s' % (x,)", "x in [x]", "'{}'.format(x)"])
+def test_writing_or_comparing_a_value_never_runs_its_classes_code(name: str, expr: str) -> None:
+    """A dataclass's generated __repr__ and __eq__ read a property field's getter; an object's
+    ``__class__`` property ran through isinstance(); a metaclass's ``__module__`` property ran when
+    the object's module was looked up."""
+    value = _own_code_objects()[name]
+    RAN.clear()
+    try:
+        evaluate(expr, {"x": value})
+    except ExpressionError as exc:
+        assert "refused" in str(exc) or "not allowed" in str(exc)
+    assert RAN == []
