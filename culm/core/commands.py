@@ -20,6 +20,7 @@ from culm.core.ports import StateFields, Unit
 from culm.core.records import (
     CODE_RAN,
     COPY_REFUSED,
+    ENGINE_MARKERS,
     ContextValue,
     ProcessRecord,
     StateRecord,
@@ -645,6 +646,13 @@ def update_node_outputs(engine: Engine, root_pipeline_id: str, node_id: str, con
             raise InvalidOperationError(f"node {node_id} belongs to pipeline {graph.root_id}, not {root_pipeline_id}")
         _require(_state(unit, root_pipeline_id, "pipeline"), (states.RUNNING,), "update node outputs in", "pipeline")
         _require(_state(unit, node_id), (states.FAILED,), "update the outputs of")
+        if node.type in (g.END, g.EXECUTABLE_END) and (marks := [k for k in context_values
+                                                               if dctx.deformat(k) in ENGINE_MARKERS]):
+            # merged into the outputs they would forge the engine's mark: a failed end event made
+            # skippable (COPY_REFUSED), its code not run on a retry (CODE_RAN): session 20's review
+            raise InvalidOperationError(
+                f"{', '.join(marks)}: the engine's own mark in the outputs of end event {node_id}, not set by "
+                "update_node_outputs (nothing was updated); give the context values without it")
         updated = _overwrite_context(unit, root_pipeline_id, context_values)
         inputs, outputs = unit.get_execution_data(node_id) or ({}, {})
         outputs = {**outputs, **{dctx.deformat(k): v for k, v in context_values.items()}}

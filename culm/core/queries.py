@@ -12,9 +12,10 @@ from culm.core import data as cdata
 from culm.core import states, waits
 from culm.core.engine import Engine
 from culm.core.ports import Unit
-from culm.core.records import StateRecord, TaskRecord, public_outputs
+from culm.core.records import ENGINE_MARKERS, StateRecord, TaskRecord, public_outputs
 from culm.core.state_tree import Tree
 from culm.errors import NodeNotReachedError, NotFoundError
+from culm.model import compiled as g
 from culm.model import limits
 
 
@@ -218,10 +219,22 @@ def _ancestors(unit: Unit, st: StateRecord, kids: list[StateRecord]) -> list[Sta
 
 
 def execution_data(engine: Engine, node_id: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """A node's stored inputs and outputs, without the engine's markers (records.public_outputs)."""
+    """A node's stored inputs and outputs, an end event's without the engine's markers (:func:`_shown`)."""
     with engine.store.reading() as unit:
         found = unit.get_execution_data(node_id)
-    return (found[0], public_outputs(found[1])) if found else None
+        return (found[0], _shown(engine, unit, node_id, found[1])) if found else None
+
+
+def _shown(engine: Engine, unit: Unit, node_id: str, outputs: Any) -> Any:
+    """``outputs`` of node ``node_id`` as the public reads show them: an end event's without the
+    engine's markers (records.public_outputs: they live only there), any other node's as stored,
+    a user's outputs of the same names included (all of them were hidden in session 20). The
+    node's type is read only when such a name is there."""
+    if not isinstance(outputs, dict) or not any(key in outputs for key in ENGINE_MARKERS):
+        return outputs
+    root_id = unit.node_root(node_id)
+    node = engine.graph(root_id, unit).nodes.get(node_id) if root_id is not None else None
+    return public_outputs(outputs) if node is not None and node.type in (g.END, g.EXECUTABLE_END) else outputs
 
 
 def _reached_root(unit: Unit, node_id: str, what: str) -> tuple[str, StateRecord]:
@@ -267,8 +280,9 @@ def raw_data(engine: Engine, node_id: str) -> dict[str, Any]:
 def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False) -> list[dict[str, Any]]:
     with engine.store.reading() as unit:
         records = unit.histories(node_id, loop, 0 if short else limits.MAX_HISTORY_READ_CHARS)
+        shown = [_shown(engine, unit, node_id, h.outputs) for h in records] if not short else []
     out = []
-    for h in records:
+    for i, h in enumerate(records):
         # Keys in the contract's order; a short history is the same without retry, inputs, outputs.
         item: dict[str, Any] = {
             "id": h.id, "node_id": h.node_id, "started_time": _time(h.started_time),
@@ -278,7 +292,7 @@ def histories(engine: Engine, node_id: str, loop: int = -1, short: bool = False)
             item["retry"] = h.retry
         item.update(skip=h.skip, version=h.version)
         if not short:
-            item.update(inputs=h.inputs, outputs=public_outputs(h.outputs) if isinstance(h.outputs, dict) else h.outputs)
+            item.update(inputs=h.inputs, outputs=shown[i])
             if h.left_out is not None:
                 item["left_out"] = (
                     f"inputs and outputs ({h.left_out:,} characters stored) left out: one read returns the newest "
@@ -424,11 +438,12 @@ def node_debug_info(engine: Engine, node_id: str) -> dict[str, Any]:
         exec_data = unit.get_execution_data(node_id)
         node = graph.nodes.get(node_id)
         note = silent_failure(unit, st, node.raw if node else None, exec_data[1] if exec_data else None)
+        outputs = _shown(engine, unit, node_id, exec_data[1]) if exec_data else None
     return {
         "node": node.raw if node else {"id": node_id, "type": "Pipeline"},
         "data": raw_data(engine, node_id),
         "state": state_entry(st),
-        "execution_data": {"inputs": exec_data[0], "outputs": public_outputs(exec_data[1])} if exec_data else None,
+        "execution_data": {"inputs": exec_data[0], "outputs": outputs} if exec_data else None,
         "err": [],
         "failure_note": note,
     }

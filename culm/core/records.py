@@ -56,7 +56,9 @@ def now() -> float:
 
 
 # The engine's own markers in an end event's stored outputs (culm.core.handlers.events says what
-# each guards). Kept by every write of a failure, never shown: the public reads leave them out.
+# each guards). Kept by every write of a failure, never shown: the public reads leave them out of an
+# end event's outputs (only there: culm.core.queries._shown; an activity's outputs of these names
+# are its component's), and update_node_outputs does not take them for an end event.
 CODE_RAN = "_end_code_ran"
 COPY_REFUSED = "_copy_refused"
 ENGINE_MARKERS = (CODE_RAN, COPY_REFUSED)

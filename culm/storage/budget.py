@@ -15,7 +15,8 @@ writes) and refuses the write when the bytes held plus the write would be over. 
 another transaction still in flight is not seen, so every check of one pipeline (a callback's to
 any node, a context update's, and the engine's own: two branches of a parallel gateway written by
 two batches or two workers at once) takes its budget lock first and holds it to the commit
-(``SqlUnit.stored_bytes``): each sees what the one before stored. Ordinary writes cost nothing
+(``SqlUnit.stored_bytes``): each sees what the one before stored. The engine's writes of at most
+STORED_BYTES_CHECK_AT bytes checked whatever their size do not (:func:`serialised`). Ordinary writes cost nothing
 more: the triggers count them inside the database, with no statement of their own, and take no lock. When :data:`~culm.model.limits.MAX_STORED_BYTES` is
 set, such a write is also refused when every pipeline together would hold more (:class:`StoreTotal`:
 the sum of every counter row, read again only near that bound or once a second).
@@ -78,6 +79,17 @@ def check(node_id: str, field: str, size: int, held: Callable[[], tuple[str, int
         )
 
 
+def serialised(size: int) -> bool:
+    """Whether the check of a ``size``-byte write of the engine takes its pipeline's budget lock
+    (``SqlUnit.stored_bytes(serialise=...)``): only past
+    :data:`~culm.model.limits.STORED_BYTES_CHECK_AT` bytes. A smaller write checked because the
+    caller asks (``always``: a loop's histories, a poll's log lines) is checked without it: it may
+    pass the budget by one such write per transaction in flight, and a node loop does not take the
+    lock at each iteration, after its batch's earlier counted writes (the lock-order deadlocks
+    ``SqlUnit.stored_bytes`` describes: a 10-iteration loop took it 9 times, review of session 20)."""
+    return size > limits.STORED_BYTES_CHECK_AT
+
+
 def check_context_growth(unit: Any, pipeline_id: str, replaced: Sequence[object], values: Sequence[object]) -> None:
     """Refuse context ``values`` written in place of ``replaced`` that would take pipeline
     ``pipeline_id``'s root past its budget (or every pipeline past theirs), whatever their size.
@@ -121,8 +133,8 @@ class UnitChecks:
     def check_logs(self, node_id: str, size: int, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError when ``size`` bytes of log lines of ``node_id`` would not
         fit (checked past STORED_BYTES_CHECK_AT bytes, or whatever the size when ``always``)."""
-        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id, serialise=True), self.stored_total_after,
-              always=always)
+        check(node_id, "log lines", size, lambda: self.stored_bytes(node_id, serialise=serialised(size)),
+              self.stored_total_after, always=always)
 
     def check_new_pipeline(self, root_id: str) -> None:
         """Raises StoredBytesBudgetError when the new run ``root_id`` written in this transaction

@@ -35,6 +35,7 @@ from typing import Any
 import culm
 from culm import api
 from culm import builder as b
+from culm._retry import is_outage
 from culm.components import Component, Service, StaticIntervalGenerator
 from culm.components.events import ExecutableEndEvent
 from culm.components.variables import LazyVariable
@@ -314,7 +315,16 @@ def fire_forever(runtime: culm.Runtime, roots: list[str], seed: int, stop: threa
     """Fire calls until every pipeline has ended (``ended`` is recorded) or ``stop`` is set."""
     rng = random.Random(seed)
     random.seed(seed)
-    while fire(runtime, roots, rng):
+    while True:
+        try:
+            if not fire(runtime, roots, rng):
+                break
+        except Exception as exc:
+            if not is_outage(exc):
+                raise
+            # Its own read of the pipelines lost its connection (a MariaDB read whose answer did
+            # not come within culm.storage.sql.mysql.READ_REPLY_SECONDS): an operator looks again.
+            record("outage", type(exc).__name__, "-")
         if stop is not None and stop.is_set():
             return
         time.sleep(rng.uniform(0, 0.02))

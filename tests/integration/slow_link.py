@@ -2,7 +2,9 @@
 pieces, with small socket buffers: a client that sends more than the link holds at once must keep
 sending while it waits for answers (what a server busy with an earlier statement of a pipeline, or
 a far one, makes of a big message). ``stall()`` stops forwarding altogether (a wedged link) and
-``cut()`` closes every connection, so a client stuck on the link gets an error instead of a hang."""
+``cut()`` closes every connection, so a client stuck on the link gets an error instead of a hang.
+``swallow()`` drops, from then on, whatever the server sends on the connections open by then (an
+answer that never comes, its connection left open); connections opened later flow as before."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class SlowLink:
         self._closed = threading.Event()
         self._flowing = threading.Event()
         self._flowing.set()
+        self._swallowed: set[socket.socket] = set()
         threading.Thread(target=self._accept, name="slow-link", daemon=True).start()
 
     def url(self, url: str) -> str:
@@ -34,6 +37,9 @@ class SlowLink:
 
     def stall(self) -> None:
         self._flowing.clear()
+
+    def swallow(self) -> None:
+        self._swallowed.update(self._socks)
 
     def flow(self) -> None:
         self._flowing.set()
@@ -66,6 +72,8 @@ class SlowLink:
                 data = src.recv(self.piece if slow else 65536)
                 if not data:
                     break
+                if src in self._swallowed:
+                    continue  # the server's answer goes nowhere
                 dst.sendall(data)
                 if slow:
                     time.sleep(self.pause)

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import components  # noqa: F401 - registers the t_* components
 import pytest
-from backends import own_backend
+from backends import create_database, drop_database, own_backend
 from driver_log import round_trips
 from engine_fixtures import EMBEDDED, embedded_runtime, run, wait_pipeline, wait_state
 from support import wait_until
@@ -36,7 +36,7 @@ from culm.builder import (
     Var,
     build_tree,
 )
-from culm.components import library
+from culm.components import Component, Service, library
 from culm.core import invariants, walker
 from culm.core.handlers.activity import LOGS_PAST_BUDGET
 from culm.core.records import HistoryRecord
@@ -45,7 +45,7 @@ from culm.dispatch.inline import InlineDispatcher
 from culm.errors import StoredBytesBudgetError
 from culm.events import ExecutableEndEvent as EndEventComponent
 from culm.model import limits
-from culm.storage import budget
+from culm.storage import budget, migrate
 from culm.storage.sql import SqlStore
 from culm.storage.sql.base import SqlUnit
 
@@ -596,6 +596,35 @@ def test_the_budget_lock_costs_no_round_trip_and_a_single_callback_nothing(kind,
         backend.teardown()
 
 
+BUDGET_LOCKS = {"postgres": "culm budget", "mariadb": "-1, 0) ON DUPLICATE"}  # the lock's text in a round trip
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_node_loop_takes_no_budget_lock(kind, tmp_path, monkeypatch):
+    # Found in review (session 20): each iteration's history was checked (always) holding the
+    # pipeline's budget lock, so a 10-iteration loop took it 9 times, after its batch's earlier
+    # counted writes: open to the lock-order deadlocks SqlUnit.stored_bytes describes. A write
+    # of at most STORED_BYTES_CHECK_AT bytes is still checked, without the lock (the overshoot:
+    # one such write per transaction in flight), and the loop's histories are all kept.
+    body = activity("t_none", "x")
+    body.loop_config = {"enable": True, "loop_times": 10}
+    tree = line(body)
+    url = create_database(kind)
+    try:
+        migrate.upgrade_database(url)
+        with culm.Runtime(url) as rt:  # its worker threads run the loop in this process
+            trips = round_trips(kind, monkeypatch)
+            run(rt, tree)
+            wait_pipeline(rt, tree["id"], "FINISHED", timeout=120)
+            monkeypatch.undo()
+            assert len(api.get_node_histories(rt, body.id).data) == 9
+        assert any("SUM(bytes) FROM culm_root_bytes" in t for t in trips)  # the histories were checked
+        locked = [t for t in trips if BUDGET_LOCKS[kind] in t]
+        assert locked == [], locked
+    finally:
+        drop_database(url)
+
+
 def test_racing_context_updates_of_one_pipeline_do_not_pass_the_budget(racing_budget, monkeypatch):
     # Measured (session 18): update_context_values read what the pipeline holds without waiting for
     # another update of it in flight: on PostgreSQL 8 racing updates of 100 KB, room for 2, took
@@ -856,6 +885,69 @@ def _no_engine_markers(rt, node_id: str) -> None:
              *(h["outputs"] for h in api.get_node_histories(rt, node_id).data)]
     for outputs in shown:
         assert not any(key in outputs for key in ("_copy_refused", "_end_code_ran")), shown
+
+
+class _MarkerNamedOutputs(Service):
+    """A user's service whose outputs take the names of the engine's markers in an end event's."""
+
+    def execute(self, data, parent_data):
+        data.outputs["_copy_refused"] = "user value"
+        data.outputs["_end_code_ran"] = 42
+        data.outputs["normal"] = 1
+        return True
+
+
+class _MarkerNamedComponent(Component):
+    code = "t_budget_marker_named_outputs"
+    name = "outputs named as the engine's markers"
+    bound_service = _MarkerNamedOutputs
+
+
+@pytest.mark.parametrize("store", EMBEDDED)
+def test_a_users_outputs_named_as_the_engines_markers_are_shown(store, tmp_path):
+    # Found in review (session 20): the public reads left the markers' names out of any node's
+    # outputs, an activity's own (user data) too. Only an end event's markers are the engine's.
+    act = ServiceActivity(component_code=_MarkerNamedComponent.code)
+    act.loop_config = {"enable": True, "loop_times": 2}
+    tree = line(act)
+    mine = {"_copy_refused": "user value", "_end_code_ran": 42, "normal": 1}
+    with embedded_runtime(store, tmp_path) as rt:
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
+        shown = [api.get_execution_data(rt, act.id).data["outputs"], api.get_execution_data_outputs(rt, act.id).data,
+                 api.get_node_debug_info(rt, act.id).data["execution_data"]["outputs"],
+                 *(h["outputs"] for h in api.get_node_histories(rt, act.id).data)]
+        assert len(shown) == 4, shown
+        for outputs in shown:
+            assert {k: outputs.get(k) for k in mine} == mine, shown
+
+
+@pytest.mark.parametrize("marker", ["_copy_refused", "_end_code_ran"])
+def test_an_operator_cannot_forge_an_end_events_markers(marker, tmp_path, monkeypatch):
+    # Found in review (session 20): update_node_outputs on a failed end event merged the context
+    # values given into its outputs, so ${_copy_refused} / ${_end_code_ran} overwrote the engine's
+    # marker (a forged COPY_REFUSED made a failed end event skippable, a forged CODE_RAN kept its
+    # code from running on a retry). Such a key is refused naming it, nothing written; the marker
+    # stays and the end event is still skipped as its refusal said.
+    monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", BUDGET)
+    sub_end = EmptyEndEvent()
+    tree, _, _sub = _subprocess_output_copied_forty_times(sub_end)
+    with embedded_runtime("sqlite", tmp_path) as rt:
+        run(rt, tree)
+        wait_state(rt, sub_end.id, "FAILED", timeout=60)
+        before = api.get_execution_data(rt, sub_end.id).data
+        forged = api.update_node_outputs(rt, tree["id"], sub_end.id, {f"${{{marker}}}": "forged", "${x}": 1})
+        assert not forged.result
+        assert f"${{{marker}}}" in forged.message and f"end event {sub_end.id}" in forged.message, forged.message
+        assert api.get_execution_data(rt, sub_end.id).data == before
+        with rt.store.reading() as unit:
+            stored_outputs = unit.get_execution_data(sub_end.id)[1]
+        assert stored_outputs.get(marker) != "forged", stored_outputs
+        assert api.update_node_outputs(rt, tree["id"], sub_end.id, {"${x}": 1}).result  # any other key is merged
+        assert api.get_execution_data(rt, sub_end.id).data["outputs"]["x"] == 1
+        skipped = api.skip_node(rt, sub_end.id)
+        assert skipped.result, skipped.message
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=60)
 
 
 def _subprocess_output_copied_forty_times(sub_end):

@@ -167,17 +167,20 @@ def test_context_values_logs_and_callbacks_count_toward_the_budget(url, monkeypa
 
 
 def test_a_check_counts_other_connections_writes_once_committed_and_never_waits_for_them(url, monkeypatch):
-    """Two connections (two workers): a big write in flight on one does not hold up a budget check
-    on the other (a check that locked every counter row deadlocked with the rows the writers'
-    earlier writes held), and once committed it is counted there (before 0010 a SQLite process
-    counted from a remembered figure and did not see it)."""
+    """Two connections (two workers): a big write in flight on one does not hold up the check of a
+    small write on the other (a check that locked every counter row deadlocked with the rows the
+    writers' earlier writes held; since session 20 a write past STORED_BYTES_CHECK_AT waits for the
+    pipeline's budget lock, a smaller one checked whatever its size does not), and once committed
+    it is counted there (before 0010 a SQLite process counted from a remembered figure and did not
+    see it)."""
     monkeypatch.setattr(limits, "MAX_PIPELINE_STORED_BYTES", 1_000_000)
     store = _open(url)
     try:
         with store.transaction() as unit:
             _pipeline(unit)
             unit.add_nodes(
-                [(OTHER, ROOT, ROOT, "ServiceActivity"), (NODE + "q", ROOT, ROOT, "ServiceActivity")]
+                [(OTHER, ROOT, ROOT, "ServiceActivity"), (NODE + "q", ROOT, ROOT, "ServiceActivity"),
+                 (NODE + "s", ROOT, ROOT, "ServiceActivity")]
             )
         if not url.startswith("sqlite"):  # SQLite: one writer at a time, nothing can be in flight
             writing, release = threading.Event(), threading.Event()
@@ -192,7 +195,7 @@ def test_a_check_counts_other_connections_writes_once_committed_and_never_waits_
                     release.wait(60)
 
             def check_on_another_shard() -> None:
-                """300,000 of 1,000,000: the write in flight is not counted. Two sessions that share a
+                """30,000 of 1,000,000, checked: the write in flight is not waited for. Two sessions that share a
                 counter shard add to the same row, so the second waits for the first's commit (row
                 contention, not the check); a session on the writer's shard stays checked out, so the
                 next transaction gets another connection."""
@@ -200,7 +203,7 @@ def test_a_check_counts_other_connections_writes_once_committed_and_never_waits_
                     if _shard(unit) == writer_shard[0]:
                         check_on_another_shard()
                         return
-                    unit.set_execution_data(NODE + "r", {"i": "b" * 300_000}, {})
+                    unit.set_execution_data(NODE + "s", {"i": "d" * 30_000}, {}, always=True)
 
             writer = threading.Thread(target=first)
             writer.start()
@@ -216,8 +219,10 @@ def test_a_check_counts_other_connections_writes_once_committed_and_never_waits_
             with store.transaction() as unit:
                 unit.set_execution_data(OTHER, {"i": "a" * 600_000}, {})
             with store.transaction() as unit:
-                unit.set_execution_data(NODE + "r", {"i": "b" * 300_000}, {})
-        with pytest.raises(StoredBytesBudgetError, match="1,200,0"), store.transaction() as unit:
+                unit.set_execution_data(NODE + "s", {"i": "d" * 30_000}, {}, always=True)
+        with store.transaction() as unit:
+            unit.set_execution_data(NODE + "r", {"i": "b" * 300_000}, {})
+        with pytest.raises(StoredBytesBudgetError, match="1,230,0"), store.transaction() as unit:
             unit.set_execution_data(NODE + "q", {"i": "c" * 300_000}, {})
         kept, real = _counted(store)
         assert kept == real and 900_000 < real < 1_000_000

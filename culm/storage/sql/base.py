@@ -1352,8 +1352,10 @@ class SqlUnit(budget.UnitChecks):
         """Raises UnstorableValueError (naming the keys at fault), or StoredBytesBudgetError, before
         anything is written (``always``: checked whatever the size, see :func:`budget.check`)."""
         texts = codec.dumps_fields(inputs, "inputs"), codec.dumps_fields(outputs, "outputs")
-        budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", len(texts[0]) + len(texts[1]),
-                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data", serialise=True),
+        size = len(texts[0]) + len(texts[1])
+        budget.check(node_id, "inputs" if len(texts[0]) >= len(texts[1]) else "outputs", size,
+                     lambda: self.stored_bytes(node_id, replacing="culm_execution_data",
+                                               serialise=budget.serialised(size)),
                      self.stored_total_after, always=always)
         self._write_execution_data(node_id, texts[0], texts[1])
 
@@ -1371,7 +1373,9 @@ class SqlUnit(budget.UnitChecks):
         order, deadlocked with the rows the triggers lock at each writer's earlier, smaller
         writes: review16.)
 
-        ``serialise`` (every check of a write, bar a new run's): the root's budget lock
+        ``serialise`` (the check of a callback, of a context update, and of the engine's writes
+        past STORED_BYTES_CHECK_AT bytes, :func:`budget.serialised`: not of its smaller writes
+        checked whatever their size, such as a node loop's histories): the root's budget lock
         (:attr:`budget_lock`) is taken first and held to the commit, so racing callbacks of one
         pipeline, to any of its nodes, its context updates and the engine's writes (two branches
         of a parallel gateway in two batches or two workers) are checked one by one, each seeing
@@ -1593,8 +1597,9 @@ class SqlUnit(budget.UnitChecks):
     def add_history(self, rec: HistoryRecord, *, always: bool = False) -> None:
         """Raises StoredBytesBudgetError before anything is written."""
         texts = codec.dumps(rec.inputs), codec.dumps(rec.outputs)
-        budget.check(rec.node_id, "history", len(texts[0]) + len(texts[1]), lambda: self.stored_bytes(rec.node_id, serialise=True), self.stored_total_after,
-                     always=always)
+        size = len(texts[0]) + len(texts[1])
+        budget.check(rec.node_id, "history", size, lambda: self.stored_bytes(rec.node_id, serialise=budget.serialised(size)),
+                     self.stored_total_after, always=always)
         self._insert("culm_history", [{
             "node_id": rec.node_id, "started_time": rec.started_time, "archived_time": rec.archived_time,
             "loop": rec.loop, "skip": rec.skip, "retry": rec.retry, "version": rec.version,

@@ -334,8 +334,19 @@ class MysqlDialect(Dialect):
 
     def begin(self, raw: Any, *, write: bool, snapshot: bool = False) -> None:
         raw.info.pop(_COMMITTED, None)
+        _wait_for_replies(raw, None if write else READ_REPLY_SECONDS)
         if write and (session := raw.info.get(_SESSION)) is not None:
             _writers.note(session[2])
+
+    def abort(self, raw: Any) -> None:
+        if not getattr(raw.dbapi_connection, "open", True):
+            # The driver dropped the connection (lost, or an answer waited for past
+            # READ_REPLY_SECONDS): nothing to roll back here (the server does, with the session),
+            # and a ROLLBACK would only replace that error by "InterfaceError(0, '')". The pool
+            # throws it away.
+            raw.invalidate()
+            return
+        super().abort(raw)
 
     def lock_waits(self, store: SqlStore, thread_id: int) -> int:
         """1 when the session of the write transaction thread ``thread_id`` began last waits for a
@@ -451,10 +462,42 @@ LOCK_WAITS_MDL = (" AND (p.STATE <> 'Waiting for table metadata lock' OR EXISTS 
                   " AND m.THREAD_ID NOT IN ({own}) AND m.TABLE_SCHEMA = p.DB))")
 HAS_MDL_INFO = ("SELECT COUNT(*) FROM information_schema.PLUGINS"
                 " WHERE PLUGIN_NAME = 'METADATA_LOCK_INFO' AND PLUGIN_STATUS = 'ACTIVE'")
+# How long a read-only unit waits for the next bytes of a reply before it gives the connection up
+# (PyMySQL's per-read timeout, set on the pooled connection as each unit begins): a reply that
+# never comes is then a lost connection (OperationalError: an outage, which the caller's retry
+# or the operator's next call meets on a fresh connection) instead of a thread blocked in recv for
+# ever (session 20, crash-control seed 32 on MariaDB: the operator thread waited in read_snapshots
+# for a SELECT's answer the server had no statement left for). Reads take no row locks (consistent
+# reads at READ COMMITTED and REPEATABLE READ), so innodb_lock_wait_timeout does not bound them; a
+# table's metadata lock (an ALTER TABLE under way) may hold one longer, and then it fails as an
+# outage. 60 s: generous for culm's indexed reads on a loaded server, and the time MariaDB and MySQL
+# give a client to take their answer (net_write_timeout). Write units wait for ever as before: their
+# statements may wait for row and table locks as long as the server lets them
+# (innodb_lock_wait_timeout, lock_wait_timeout), and a write given up with its statement still
+# running on the server would keep its locks from the retry.
+# mysqlclient has no per-read timeout to change: its connections wait as before.
+READ_REPLY_SECONDS = 60.0
+_GIVEN_TIMEOUTS = "culm_given_timeouts"  # a pooled connection's own (read, write) timeouts, in its ``info``
 _SESSIONS_LOCK = threading.Lock()
 _SESSION = "culm_session"  # the (pid, id) of a pooled connection, in its ``info``
 UNKNOWN_THREAD = 1094  # KILL of a session that has ended meanwhile
 KILL_TIMEOUT = 5  # seconds: the KILLs' own connection gives up on a server that does not answer
+
+
+def _wait_for_replies(raw: Any, seconds: float | None) -> None:
+    """Have the PyMySQL connection under the pooled ``raw`` wait at most ``seconds`` for each read
+    of a reply (see READ_REPLY_SECONDS; None: as long as its URL's read_timeout says, for ever by
+    default); its sends get the same bound, so that the driver does not switch the socket's timeout
+    twice per statement. Other drivers: nothing."""
+    conn = raw.dbapi_connection
+    if not hasattr(conn, "_read_timeout"):
+        return
+    given = raw.info.get(_GIVEN_TIMEOUTS)
+    if given is None:  # the URL's read_timeout and write_timeout, as the driver got them
+        given = raw.info[_GIVEN_TIMEOUTS] = (conn._read_timeout, conn._write_timeout)
+    read, write = given if seconds is None else (min(t or seconds, seconds) for t in given)
+    if conn._read_timeout != read or conn._write_timeout != write:  # applied at the next send and read
+        conn._read_timeout, conn._write_timeout = read, write
 
 
 def _server(engine: Engine) -> tuple[str, int, str]:
