@@ -163,13 +163,15 @@ class Evaluator:
 
     def measure(self, value: Any) -> tuple[int, int]:
         """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
-        if not isinstance(value, CONTAINERS):
+        kind = type(value)  # the real type: isinstance() runs a __class__ property
+        if not issubclass(kind, CONTAINERS):
             return measure(value, 0, 0, _no_tick)
-        length = len(value) if type(value) in _SIZED_TYPES else base_length(type(value))(value)
-        if length < 64 and type(value) in _SMALL_HOLDERS:
+        length = len(value) if kind in _SIZED_TYPES else base_length(kind)(value)
+        if length < 64 and kind in _SMALL_HOLDERS:
             # a big value held twice ([rows, rows], {'a': rows, 'b': rows}) is measured once
-            for child in value.values() if type(value) is dict else value:
-                if isinstance(child, CONTAINERS) and len(child) >= 64:
+            for child in value.values() if kind is dict else value:
+                # a subclass's length is its built-in type's, never its own __len__
+                if issubclass(type(child), CONTAINERS) and base_length(type(child))(child) >= 64:
                     self.measure(child)
         if length >= 64:
             cached = self.sizes.get(id(value))
@@ -222,12 +224,12 @@ class Evaluator:
         """Refuse a Decimal or Fraction whose conversion to an int or to fixed-point text would
         build more than max_int_digits digits (int(Decimal('1e999999999')) is a billion-digit
         int; a context holds one whenever a component returns money or a run is given one)."""
-        if isinstance(value, Decimal):
+        if issubclass(type(value), Decimal):  # the real type: isinstance() runs a __class__ property
             if value.is_finite() and abs(value.adjusted()) > self.lim.max_int_digits:
                 raise ExpressionLimitError(
                     f"{what}: a Decimal of exponent {value.adjusted()} would exceed {self.lim.max_int_digits} digits"
                 )
-        elif isinstance(value, Fraction):
+        elif issubclass(type(value), Fraction):
             self.ensure_int(value.numerator, f"{what}: the numerator of a Fraction")
             self.ensure_int(value.denominator, f"{what}: the denominator of a Fraction")
 
@@ -319,7 +321,8 @@ class Evaluator:
             return
         if left is right and type(left) in _EXACT_HOLDERS:
             return
-        if isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS) and not self.lim.trust_objects:
+        # issubclass of the real types: isinstance() runs a __class__ property
+        if issubclass(type(left), _KEYED_HOLDERS) and issubclass(type(right), _KEYED_HOLDERS) and not self.lim.trust_objects:
             self.keyed(left, "comparing")  # equal sets or dicts look every key up in the other
             self.keyed(right, "comparing")
         for value, other in ((left, right), (right, left)):
@@ -354,7 +357,7 @@ class Evaluator:
             return
         if own_operator(type(value), dunders) is not None:
             raise operator_refusal(value, dunders, "an operator on") or ExpressionError("an operator")
-        if isinstance(value, collections.Counter):
+        if issubclass(type(value), collections.Counter):
             # Counter's operators (written in Python) add and compare the counts it holds
             refusal = operator_refusal(value, ARITH_DUNDERS + COMPARE_DUNDERS, "an operator on")
             if refusal is not None:

@@ -71,7 +71,7 @@ def format_width(lim: Limits, value: Any, spec: str) -> int:
     million, 87 MB, before any check saw the result).
     """
     width = spec_width(lim, spec)
-    if isinstance(value, datetime.date | datetime.time) and "%" in spec:
+    if issubclass(type(value), datetime.date | datetime.time) and "%" in spec:  # not a __class__ property
         zone = value.tzname() if isinstance(value, datetime.datetime | datetime.time) else None
         width += len(spec) + spec.count("%") * (STRFTIME_DIRECTIVE + len(zone or ""))
     return width

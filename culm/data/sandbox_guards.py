@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sized
 from typing import Any
 
 from culm.data.memo import WeightedMemo
-from culm.errors import ExpressionError, ExpressionLimitError
+from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 PARSE_CACHE_SIZE = 1_024
 # Syntax nodes the parsed expressions kept may hold in all (a node takes 180 to 280 bytes): 1,024
@@ -245,13 +245,17 @@ def measure(
     (a Python loop over the 100,000 fields of 50,000 rows took the whole time limit); a
     container's items are read through its built-in base type, never a subclass's own methods.
     """
-    if not isinstance(value, CONTAINERS):
-        shown = shown_values(value)
-        if shown is None:
+    kind = type(value)
+    if kind in _PLAIN_SCALARS:  # the commonest value measured: no holder to look for
+        return _scalar_size(value), scalar_bytes(value)
+    if not issubclass(kind, CONTAINERS):  # by the real type: isinstance() runs a __class__ property
+        if not _is_holder(kind):
             return _scalar_size(value), scalar_bytes(value)
-        value, alias = shown, {id(shown): id(value)}
+        top, value = value, [value]  # a holder is measured as the one-item list holding it (a little over)
     else:
-        alias = {}  # id of the list a holder is measured as -> id of the holder
+        top = value
+    walk = _Walk(limit, mem_limit)
+    alias = walk.alias
     total = mem = 0
     level: list[Any] = [value]
     opened: set[int] = set()  # ids of the containers opened: fewer than opened means some shared
@@ -264,7 +268,7 @@ def measure(
         held.append(level)
         if depth > len(opened):
             # a path deeper than the distinct containers passes one twice: a value holding itself
-            _cycle(value, level)
+            _cycle(top, level)
         total += 2 * len(level)
         mem += 64 * len(level)
         below: list[Any] = []
@@ -279,12 +283,12 @@ def measure(
                 children = _children(kind, group)
                 chunks = iter(lambda: list(itertools.islice(children, _CHUNK)), [])  # noqa: B023 - used at once
             for chunk in chunks:
-                size, nbytes = _scalars(chunk, below, known, alias)
+                size, nbytes = _scalars(chunk, below, known, walk, total, mem)
                 total += size
                 mem += nbytes
                 if total > limit or mem > mem_limit:
                     if len(opened) < count:
-                        _cycle(value, None)
+                        _cycle(top, None)
                     return total, mem
                 tick()
         if total > limit or mem > mem_limit:
@@ -332,11 +336,27 @@ def _children(kind: type, group: list[Any]) -> Iterator[Any]:
     return itertools.chain.from_iterable(map(base.__iter__, group))  # type: ignore[attr-defined]
 
 
+class _Walk:
+    """What one :func:`measure` keeps about the holders it met: each holder's values are copied
+    (and its size counted in bytes) once, however often it is shared."""
+
+    __slots__ = ("alias", "copies", "limit", "mem_limit", "texts")
+
+    def __init__(self, limit: int, mem_limit: int) -> None:
+        self.limit = limit
+        self.mem_limit = mem_limit
+        self.alias: dict[int, int] = {}  # id of the list a holder is measured as -> id of the holder
+        self.copies: dict[int, list[Any]] = {}  # id of a holder -> the list of the values it shows
+        self.texts: dict[int, int] = {}  # id of a holder -> the text of the holder itself
+
+
 def _scalars(
-    chunk: list[Any], below: list[Any], known: Mapping[int, tuple[Any, int, int]] | None, alias: dict[int, int]
+    chunk: list[Any], below: list[Any], known: Mapping[int, tuple[Any, int, int]] | None, walk: _Walk,
+    before: int, mem_before: int,
 ) -> Measure:
     """The size and bytes of the scalars of ``chunk``; its containers are added to ``below`` (or
-    counted from ``known``)."""
+    counted from ``known``). ``before`` and ``mem_before`` were measured already: a holder's copy
+    is not made once the limits are passed."""
     total = mem = 0
     for kind, items in _by_type(chunk):
         count = len(items)
@@ -364,20 +384,57 @@ def _scalars(
                 if drop:
                     items = [item for item in items if id(item) not in drop]
             below.extend(items)
-        elif kind in _SHOWN_SCALAR or (shown := shown_values(items[0])) is None:
+        elif issubclass(kind, str | bytes | int):
+            # a subclass (Django's SafeString) writes all its characters, as its base type does
+            size = sum(map(_scalar_size, items))
+            total += size
+            mem += 4 * size + 80 * count
+        elif kind in _SHOWN_SCALAR or not _is_holder(kind):
             total += _SCALAR_SIZE * count
             mem += _SCALAR_SIZE * count
         else:
             # a holder that writes what it holds (a mappingproxy, a SimpleNamespace, a deque, a
-            # dataclass, an enum member): measured as a list of those values, plus its name
-            total += (len(kind.__name__) + 4) * count
-            mem += _SCALAR_SIZE * count
+            # dataclass, an enum member): measured as a list of those values, plus its own text;
+            # each holder is copied and counted in bytes once, and only while within the limits
             for item in items:
-                shown = shown_values(item)
-                if shown is not None:
-                    alias[id(shown)] = id(item)  # a holder inside itself is a cycle too
-                    below.append(shown)
+                key = id(item)
+                shown = walk.copies.get(key)
+                if shown is None:
+                    text, nbytes = _holder_extent(item, kind)
+                    total += text
+                    mem += nbytes
+                    if before + total > walk.limit or mem_before + mem > walk.mem_limit:
+                        return total, mem
+                    shown = walk.copies[key] = shown_values(item) or []
+                    walk.texts[key] = text
+                    walk.alias[id(shown)] = key  # a holder inside itself is a cycle too
+                else:
+                    total += walk.texts[key]
+                below.append(shown)
     return total, mem
+
+
+def _holder_extent(item: Any, kind: type) -> Measure:
+    """The text and bytes of a holder itself, from its length (read through the built-in type,
+    never a subclass's own ``__len__``) before anything it holds is copied."""
+    if issubclass(kind, array.array):
+        length = array.array.__len__(item)
+        return 3 * length + 16, _ITEMSIZE(item) * length + 64  # "array('q', [1, 2])": numbers only
+    if issubclass(kind, bytearray):
+        length = bytearray.__len__(item)
+        return 4 * length + 16, length + 57
+    if issubclass(kind, collections.deque):
+        length = collections.deque.__len__(item)
+        return 2 * length + 9, POINTER_BYTES * length + 64
+    return len(_TYPE_NAME(kind)) + 4, _SCALAR_SIZE
+
+
+_ITEMSIZE = array.array.itemsize.__get__  # type: ignore[attr-defined]
+_TYPE_NAME = type.__dict__["__name__"].__get__
+TYPE_MODULE = type.__dict__["__module__"].__get__
+TYPE_MRO = type.__dict__["__mro__"].__get__
+TYPE_DICT = type.__dict__["__dict__"].__get__
+_PLAIN_SCALARS = frozenset({str, int, bool, bytes, float, type(None)})
 
 
 _SHOWN_SCALAR: set[type] = {float, type(None), complex, range}
@@ -385,48 +442,117 @@ _SHOWN_SCALAR: set[type] = {float, type(None), complex, range}
 
 def shown_values(item: Any) -> list[Any] | None:
     """The values a standard-library holder, a dataclass or an enum member writes into its text
-    (read without running the object's own methods), as a list; None for any other object (its
-    text is a scalar's: a number, or a name and an address).
+    (read without running the object's own methods or properties), as a list; None for any other
+    object (its text is a scalar's: a number, or a name and an address). An array's or a
+    bytearray's numbers are not listed (:func:`_holder_extent` counts them).
 
     ``str([proxy] * 1000)`` of a mappingproxy of a 100,000-key dict was measured as 1,000 scalars
     and took 19 s and 1.4 GB before the length of the text it made was checked.
+
+    Raises:
+        ExpressionRefusedError: A field the text shows is computed by the object's class (a
+            property): reading it would run the class's own code.
     """
     kind = type(item)
+    if not _is_holder(kind):
+        return None
     if kind is types.MappingProxyType:
         return [proxied(item)]
-    if kind is types.SimpleNamespace or "__dataclass_fields__" in kind.__dict__ or any(
-        "__dataclass_fields__" in klass.__dict__ for klass in kind.__mro__[1:-1]
-    ):
-        own = _attribute(item, "__dict__")
-        held = list(own.values()) if type(own) is dict else []
-        slots = getattr(kind, "__dataclass_fields__", {})
-        return held + [value for name in slots if (value := _attribute(item, name)) is not _NOTHING
-                       and (type(own) is not dict or name not in own)]
-    if isinstance(item, collections.deque | array.array):
-        return list(item) if type(item) is collections.deque else [None] * len(item)
-    if isinstance(item, collections.UserDict | collections.UserList | collections.UserString):
-        return [_attribute(item, "data")]
-    if isinstance(item, collections.ChainMap):
-        return [_attribute(item, "maps")]
     if kind is slice:
         return [item.start, item.stop, item.step]
-    if isinstance(item, enum.Enum):
-        return [_attribute(item, "_value_")]
-    if isinstance(item, bytearray):
-        return [bytes(item)]
-    if kind not in _SHOWN_SCALAR and len(_SHOWN_SCALAR) < 1024 and kind.__module__ in ("builtins", "decimal", "fractions"):
-        _SHOWN_SCALAR.add(kind)  # remembered: the next object of the type is told apart at once
-    return None
+    if issubclass(kind, array.array | bytearray):
+        return []
+    if issubclass(kind, collections.deque):
+        return list(collections.deque.__iter__(item))
+    if issubclass(kind, collections.UserDict | collections.UserList | collections.UserString):
+        return [value] if (value := stored_field(item, kind, "data")) is not NOTHING else []
+    if issubclass(kind, collections.ChainMap):
+        return [value] if (value := stored_field(item, kind, "maps")) is not NOTHING else []
+    if issubclass(kind, enum.Enum):
+        return [value] if (value := stored_field(item, kind, "_value_")) is not NOTHING else []
+    own = _own_dict(item, kind)
+    if kind is types.SimpleNamespace:
+        return list(own.values()) if own is not None else []
+    fields = static_attribute(kind, "__dataclass_fields__")
+    held = list(own.values()) if own is not None else []
+    for name in fields if type(fields) is dict else ():
+        if own is None or name not in own:
+            value = stored_field(item, kind, name)
+            if value is not NOTHING:
+                held.append(value)
+    return held
 
 
-_NOTHING = object()
+_holder_kinds: dict[type, bool] = {}
 
 
-def _attribute(item: Any, name: str) -> Any:
-    try:
-        return object.__getattribute__(item, name)
-    except AttributeError:
-        return _NOTHING
+def _is_holder(kind: type) -> bool:
+    """Whether objects of ``kind`` write the values they hold (:func:`shown_values`), told from the
+    type alone without running any of its code (nor its metaclass's)."""
+    known = _holder_kinds.get(kind)
+    if known is None:
+        known = (kind is types.MappingProxyType or kind is types.SimpleNamespace or kind is slice
+                 or issubclass(kind, _LIBRARY_HOLDERS)
+                 or static_attribute(kind, "__dataclass_fields__") is not NOTHING)
+        if len(_holder_kinds) > 4096:
+            _holder_kinds.clear()
+        _holder_kinds[kind] = known
+    return known
+
+
+_LIBRARY_HOLDERS = (collections.deque, array.array, collections.UserDict, collections.UserList,
+                    collections.UserString, collections.ChainMap, enum.Enum, bytearray)
+
+
+def static_attribute(kind: type, name: str) -> Any:
+    """``name`` as ``kind`` or a base class stores it (a descriptor is returned, never run; the
+    class's ``__mro__`` and ``__dict__`` are read through ``type``'s own, never a metaclass's)."""
+    for klass in TYPE_MRO(kind):
+        found = TYPE_DICT(klass).get(name, NOTHING)
+        if found is not NOTHING:
+            return found
+    return NOTHING
+
+
+def _own_dict(item: Any, kind: type) -> dict[str, Any] | None:
+    """The instance's ``__dict__`` through the interpreter's own slot; refused when the class
+    computes ``__dict__`` itself."""
+    slot = static_attribute(kind, "__dict__")
+    if slot is NOTHING:
+        return None
+    if type(slot) is not types.GetSetDescriptorType and type(slot) is not types.MemberDescriptorType:
+        raise _computed(kind, "__dict__", slot)
+    own = slot.__get__(item, kind)
+    return own if isinstance(own, dict) else None
+
+
+def stored_field(item: Any, kind: type, name: str) -> Any:
+    """Field ``name`` of ``item`` as stored (its slot, its ``__dict__`` entry, its class's
+    default), or NOTHING; refused when the class computes it (a property)."""
+    found = static_attribute(kind, name)
+    if found is not NOTHING and (
+        static_attribute(type(found), "__set__") is not NOTHING
+        or static_attribute(type(found), "__delete__") is not NOTHING
+    ):
+        if type(found) is not types.MemberDescriptorType:
+            raise _computed(kind, name, found)
+        try:
+            return found.__get__(item, kind)
+        except AttributeError:
+            return NOTHING
+    own = _own_dict(item, kind)
+    if own is not None and name in own:
+        return dict.__getitem__(own, name)
+    return found
+
+
+def _computed(kind: type, name: str, found: Any) -> ExpressionRefusedError:
+    return ExpressionRefusedError(
+        f"a {_TYPE_NAME(kind)} object is refused: its {name!r}, which its text shows, is computed by "
+        f"its class (a {_TYPE_NAME(type(found))}), whose code a template does not run")
+
+
+NOTHING = object()
 
 
 def proxied(proxy: types.MappingProxyType[Any, Any]) -> Any:
@@ -470,11 +596,12 @@ def _refuse_cycle(value: Any, tick: Callable[[], None]) -> None:
             continue
         path.add(key)
         stack.append((item, True))
-        children: Any = itertools.chain.from_iterable(item.items()) if isinstance(item, dict) else item
-        if isinstance(item, list | tuple) and not any(map(_CONTAINER_TYPES.__contains__, map(type, item))):
+        kind = type(item)  # read through the built-in base type, never a subclass's own methods
+        children: Any = _children(kind, [item])
+        if (kind is list or kind is tuple) and not any(map(_CONTAINER_TYPES.__contains__, map(type, item))):
             children = ()  # no container in it, seen in C
-        stack.extend((child, False) for child in children if isinstance(child, CONTAINERS))
-        looked += len(item)
+        stack.extend((child, False) for child in children if issubclass(type(child), CONTAINERS))
+        looked += base_length(kind)(item)
         if looked > _CYCLE_CHECK_MAX:
             return  # measured to the limits as before
         if not len(done) & 1023:
@@ -492,6 +619,13 @@ def _scalar_size(value: Any) -> int:
         return len(value) + 2
     if kind is int or kind is bool:
         return int_digits(value) + 1
+    # a subclass writes all its characters or digits too, read through the built-in type
+    if issubclass(kind, str):
+        return str.__len__(value) + 2
+    if issubclass(kind, bytes):
+        return bytes.__len__(value) + 2
+    if issubclass(kind, int):
+        return int.bit_length(value) * 30103 // 100000 + 2
     return _SCALAR_SIZE
 
 
@@ -504,6 +638,8 @@ def scalar_bytes(value: Any) -> int:
         return 28 + value.bit_length() // 8
     if kind is bytes:
         return 33 + len(value)
+    if issubclass(kind, str | bytes | int):  # a subclass, read through the built-in type
+        return 80 + 4 * _scalar_size(value)
     return _SCALAR_SIZE
 
 
@@ -560,8 +696,11 @@ def clip(text: str, width: int = 80) -> str:
 def opaque(obj: Any) -> bool:
     """True for objects whose attributes must stay out of reach (modules, types, callables, objects
     of the standard library but its value types, ...)."""
-    return (callable(obj) or isinstance(obj, types.ModuleType) or type(obj).__module__ == "builtins"
-            or _system_module(type(obj).__module__))
+    # the real type's module, read through type's own __module__ (never a __class__ property or a
+    # metaclass's __module__ property)
+    module = TYPE_MODULE(type(obj))
+    return (callable(obj) or issubclass(type(obj), types.ModuleType) or module == "builtins"
+            or _system_module(module))
 
 
 # Standard-library modules whose objects are plain values (a date, a decimal, a UUID, a
@@ -614,7 +753,7 @@ def render_limited(value: Any, limit: int, check: Callable[[Any], None] | None =
         ExpressionLimitError: The value is too big to turn into text.
         ExpressionError: Turning it into text raised.
     """
-    if isinstance(value, str):
+    if issubclass(type(value), str):  # not isinstance(): that runs a __class__ property
         return value
     if size_of(value, limit, lambda: None) > limit:
         raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")

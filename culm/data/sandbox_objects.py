@@ -34,7 +34,17 @@ import types
 from collections.abc import Callable
 from typing import Any
 
-from culm.data.sandbox_guards import DICT_VIEWS, VALUE_MODULES, proxied
+from culm.data.sandbox_guards import (
+    DICT_VIEWS,
+    NOTHING,
+    TYPE_DICT,
+    TYPE_MODULE,
+    TYPE_MRO,
+    VALUE_MODULES,
+    proxied,
+    static_attribute,
+    stored_field,
+)
 from culm.errors import ExpressionRefusedError
 
 _DATE = frozenset("isoformat strftime weekday isoweekday isocalendar toordinal replace ctime".split())
@@ -72,13 +82,13 @@ def _top(module: str | None) -> str:
 
 def kind_name(obj: Any) -> str:
     kind = type(obj)
-    module = kind.__module__
+    module = TYPE_MODULE(kind)  # type's own: a metaclass's __module__ property is its code
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
 def value_object(obj: Any) -> bool:
     """An object of a standard-library value type (a date, a Decimal, a UUID, a SimpleNamespace)."""
-    return _top(type(obj).__module__) in VALUE_MODULES
+    return _top(TYPE_MODULE(type(obj))) in VALUE_MODULES
 
 
 def value_method(obj: Any, attr: str) -> bool:
@@ -129,8 +139,8 @@ def read_attribute(obj: Any, attr: str) -> Any:
 
 
 def _class_attribute(kind: type, attr: str) -> tuple[type | None, Any]:
-    for klass in kind.__mro__:
-        found = klass.__dict__.get(attr, _ABSENT)
+    for klass in TYPE_MRO(kind):  # type's own __mro__ and __dict__, never a metaclass's properties
+        found = TYPE_DICT(klass).get(attr, _ABSENT)
         if found is not _ABSENT:
             return klass, found
     return None, _ABSENT
@@ -150,12 +160,23 @@ def refused_call(func: Any) -> ExpressionRefusedError:
     return ExpressionRefusedError(f"calling {name}{where} is refused: {_HINT}")
 
 
+def _own_protocol(kind: type) -> bool:
+    """Whether ``kind`` (a subclass of a built-in container) iterates, indexes or measures itself
+    with its own code."""
+    return any(
+        _top(TYPE_MODULE(owner)) not in _PROTOCOL_MODULES
+        for owner in TYPE_MRO(kind)
+        for name in _PROTOCOL_METHODS
+        if name in TYPE_DICT(owner)
+    )
+
+
 def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
     """Why ``what`` (iterating, indexing, ``len``, ``in``) of ``obj`` is refused, or None."""
     kind = type(obj)
     if kind is types.MappingProxyType:
         return protocol_refusal(proxied(obj), what)  # indexing or iterating the proxy is the mapping's
-    module = _top(kind.__module__)
+    module = _top(TYPE_MODULE(kind))
     if module in _PROTOCOL_MODULES:
         # a ChainMap, UserDict or UserList indexes, iterates and compares the mappings it wraps
         # through their own protocol: a user's mapping class inside one runs its code
@@ -164,12 +185,7 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
             if refusal is not None:
                 return refusal
         return None
-    if issubclass(kind, _BUILTIN_CONTAINERS) and not any(
-        _top(owner.__module__) not in _PROTOCOL_MODULES
-        for owner in kind.__mro__
-        for name in _PROTOCOL_METHODS
-        if name in owner.__dict__
-    ):
+    if issubclass(kind, _BUILTIN_CONTAINERS) and not _own_protocol(kind):
         return None  # a namedtuple, a subclass of dict that keeps dict's own protocol
     return ExpressionRefusedError(
         f"{what} a {kind_name(obj)} object is refused: it runs the object's code (a file iterated "
@@ -235,20 +251,21 @@ def _computes(kind: type, owner: type | None, found: Any) -> bool:
             # An abstract base's ready-made method (Mapping.__eq__, Set.__le__, Complex.__bool__)
             # calls the class's own __iter__, __getitem__, __len__, __ne__...: a standard
             # library class's only (UserDict's); a user's Mapping runs its own code through it.
-            return _top(kind.__module__) in _TRUSTED_CODE
+            return _top(TYPE_MODULE(kind)) in _TRUSTED_CODE
         if func.__module__ == "functools":
             # functools.total_ordering's methods call the class's own __lt__ (or __le__...):
             # judged by the class that holds them (ipaddress's, or a user's).
-            return owner is not None and _top(owner.__module__) in _TRUSTED_CODE
+            return owner is not None and _top(TYPE_MODULE(owner)) in _TRUSTED_CODE
         if _top(func.__module__) in _TRUSTED_CODE or func.__module__ == _SANDBOX_MODULE:
             return True  # a namedtuple's __repr__, an Enum's __str__
         # the repr, eq and order methods dataclasses wrote from the fields (their values are walked)
         code = getattr(getattr(func, "__wrapped__", func), "__code__", None)
-        return "__dataclass_fields__" in kind.__dict__ and code is not None and code.co_filename == "<string>"
+        return "__dataclass_fields__" in TYPE_DICT(kind) and code is not None and code.co_filename == "<string>"
     if isinstance(func, types.WrapperDescriptorType | types.MethodDescriptorType):
         # a built-in type's slot copied into the class (an IntEnum's int.__format__ on 3.11)
         return _top(getattr(func.__objclass__, "__module__", "")) in _TRUSTED_CODE
-    return owner is not None and (_top(owner.__module__) in _TRUSTED_CODE or owner.__module__ == _SANDBOX_MODULE)
+    module = TYPE_MODULE(owner) if owner is not None else None
+    return module is not None and (_top(module) in _TRUSTED_CODE or module == _SANDBOX_MODULE)
 
 
 def operator_refusal(
@@ -271,27 +288,30 @@ def operator_refusal(
         visited += 1  # every item that is not a scalar: a list of a million datetimes is timed too
         if tick is not None and not visited % 512:
             tick()
-        if isinstance(item, _HOLDERS) or kind in _VIEWS or kind in _LIBRARY_HOLDERS or dataclass_like(item):
+        # issubclass of the real type: isinstance() would run a __class__ property
+        if issubclass(kind, _HOLDERS) or kind in _VIEWS or kind in _LIBRARY_HOLDERS or dataclass_like(item):
             if known.get(id(item)) is item or walked.get(id(item)) is item:
                 continue
             walked[id(item)] = item
         found = own_operator(kind, dunders)
+        if found is None and kind is not collections.deque and issubclass(kind, collections.deque) and _own_protocol(kind):
+            found = "__iter__ or __len__"  # a deque's text and comparisons iterate it through its class
         if found is not None:
             return ExpressionRefusedError(
                 f"{what} a {kind_name(item)} object is refused: its class's {found} is its own code, "
                 f"which a template does not run; {_HINT}"
             )
-        if isinstance(item, dict):  # the built-in type's own iteration, never a subclass's override
+        if issubclass(kind, dict):  # the built-in type's own iteration, never a subclass's override
             held: Any = [*dict.keys(item), *dict.values(item)]
-        elif isinstance(item, _HOLDERS):
+        elif issubclass(kind, _HOLDERS):
             if kind in _HOLDERS:
                 held = item
             else:  # the built-in type's own iteration, never a subclass's override
-                base: Any = next(klass for klass in _HOLDERS if isinstance(item, klass))
+                base: Any = next(klass for klass in _HOLDERS if issubclass(kind, klass))
                 held = list(base.__iter__(item))
         elif kind in _VIEWS:  # a dict's keys, values or items: what the dict holds
             held = list(item)
-        elif isinstance(item, enum.Enum):
+        elif issubclass(kind, enum.Enum):
             # an enum member compares and hashes by identity and name, but writes its value's
             # repr (a user object's own __repr__ ran for str([member]))
             held = [_stored(item, "_value_")] if set(dunders) & _SHOWN_BY_ENUM else []
@@ -301,8 +321,11 @@ def operator_refusal(
                 return refusal
             held = inner
         elif dataclass_like(item):
-            held = [field for name in type(item).__dataclass_fields__
-                    if (field := _stored(item, name)) is not _ABSENT]
+            try:  # as stored: a field its class computes (a property) is refused, never read
+                fields = [stored_field(item, kind, name) for name in static_attribute(kind, "__dataclass_fields__")]
+            except ExpressionRefusedError as exc:
+                return exc
+            held = [field for field in fields if field is not NOTHING]
         else:
             continue
         kinds = set(map(type, held))
@@ -350,20 +373,20 @@ def library_held(item: Any) -> list[Any] | None:
         # the mapping itself, walked as any value: the proxy's operations are its mapping's own
         # (a user's mapping class's __eq__, __getitem__, __iter__, items())
         return [proxied(item)]
-    if isinstance(item, collections.UserDict | collections.UserList):
+    if issubclass(kind, collections.UserDict | collections.UserList):
         data = _stored(item, "data")
         return [] if data is _ABSENT else [data]
-    if isinstance(item, collections.ChainMap):
+    if issubclass(kind, collections.ChainMap):
         return [_stored(item, "maps")]
     return None
 
 
 def _wrapped(obj: Any) -> list[Any]:
     """The mappings or lists a ChainMap, UserDict or UserList works through (read as stored)."""
-    if isinstance(obj, collections.ChainMap):
+    if issubclass(type(obj), collections.ChainMap):
         maps = _stored(obj, "maps")
         return list(maps) if type(maps) is list else []
-    if isinstance(obj, collections.UserDict | collections.UserList):
+    if issubclass(type(obj), collections.UserDict | collections.UserList):
         data = _stored(obj, "data")
         return [] if data is _ABSENT or type(data) in _PLAIN_HELD else [data]
     return []
@@ -373,13 +396,10 @@ _PLAIN_HELD = frozenset({dict, list})
 
 
 def dataclass_like(obj: Any) -> bool:
-    return "__dataclass_fields__" in type(obj).__dict__ or any(
-        "__dataclass_fields__" in klass.__dict__ for klass in type(obj).__mro__[1:-1]
-    )
+    return static_attribute(type(obj), "__dataclass_fields__") is not NOTHING
 
 
 def _stored(obj: Any, name: str) -> Any:
-    try:
-        return object.__getattribute__(obj, name)
-    except AttributeError:
-        return _ABSENT
+    """Field ``name`` of ``obj`` as stored, or _ABSENT; refused when its class computes it."""
+    found = stored_field(obj, type(obj), name)
+    return _ABSENT if found is NOTHING else found

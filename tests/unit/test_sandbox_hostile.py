@@ -11,6 +11,7 @@ import collections
 import dataclasses
 import enum
 import time
+import tracemalloc
 import types
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from culm.data import sandbox
 from culm.data.boolrule import evaluate_gateway_condition
 from culm.data.sandbox import evaluate
+from culm.data.sandbox_guards import size_of
 from culm.data.template import render
 from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
@@ -227,3 +229,238 @@ def test_a_standard_wrapper_of_a_user_mapping_is_that_mapping(wrap: object, expr
 def test_a_standard_wrapper_of_plain_values_still_works() -> None:
     names = {"c": collections.ChainMap({"a": 1}, {"b": 2}), "u": collections.UserDict(a=1)}
     assert evaluate("c['b'] + u['a'] + len(c) + ('a' in u) + (c == c)", names) == 7
+
+
+# ---------------------------------------------------------------- holders and subclasses (fixsandbox20)
+
+
+def _peak_during(call: object) -> tuple[BaseException | None, int]:
+    """The error ``call()`` raised (or None) and the most memory it held at once, in bytes."""
+    tracemalloc.start()
+    try:
+        call()  # type: ignore[operator]
+        raised = None
+    except ExpressionError as exc:
+        raised = exc
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return raised, peak
+
+
+@pytest.mark.parametrize(
+    ("value", "names"),
+    [(array.array("q", range(1_000_000)), 100), (collections.deque(range(100_000)), 900)],
+    ids=["array", "deque"],
+)
+def test_a_shared_holder_is_measured_once_within_the_limits(
+    value: object, names: int, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``len([a, a, ...])`` of a million-item array copied the array again for every reference
+    ([None] * len(a) each time) before any limit was checked: 787 MB, then the time limit."""
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)  # the bound met must be the size's
+    raised, peak = _peak_during(lambda: render("${len([" + ",".join(["a"] * names) + "])}", {"a": value}))
+    assert isinstance(raised, ExpressionLimitError) and "too large" in str(raised)
+    assert peak < 30_000_000
+
+
+def test_a_holder_is_counted_by_its_length_before_it_is_copied(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 60.0)
+    cells = list(range(100_000))
+    deques = {f"d{i}": collections.deque(cells) for i in range(200)}  # 160 MB copied at once before
+    raised, peak = _peak_during(lambda: evaluate("len([" + ",".join(deques) + "])", deques))
+    assert isinstance(raised, ExpressionLimitError)
+    assert peak < 60_000_000  # copies up to the 32 MB limit at most
+    assert evaluate("len([d0, d1])", deques) == 2  # within the limits, still measured and built
+
+
+@dataclasses.dataclass
+class PropertyField:
+    amount: int
+    _amount: int = dataclasses.field(init=False, repr=False, default=0)
+
+    @property  # type: ignore[no-redef]
+    def amount(self) -> int:
+        RAN.append("field getter")
+        return self._amount
+
+    @amount.setter
+    def amount(self, value: int) -> None:
+        self._amount = 0 if isinstance(value, property) else value
+
+
+@dataclasses.dataclass
+class DictProperty:
+    x: int = 1
+
+    @property  # type: ignore[misc]
+    def __dict__(self) -> dict[str, int]:  # type: ignore[override]
+        RAN.append("__dict__ getter")
+        return {"x": 1}
+
+
+def _computed(name: str, base: type, attr: str, value: object) -> type:
+    """A subclass of ``base`` whose ``attr`` (what its text shows) is a property."""
+
+    def getter(self: object) -> object:
+        RAN.append(f"{attr} getter")
+        return value
+
+    return type(name, (base,), {attr: property(getter, lambda self, new: None)})
+
+
+MapsProperty = _computed("MapsProperty", collections.ChainMap, "maps", [{}])
+DataProperty = _computed("DataProperty", collections.UserDict, "data", {})
+
+
+class OwnLenArray(array.array):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        RAN.append("array __len__")
+        return 3
+
+
+class OwnLenDeque(collections.deque):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        RAN.append("deque __len__")
+        return 3
+
+
+class OwnLenDict(dict):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        RAN.append("dict __len__")
+        return 1
+
+    def items(self):  # type: ignore[no-untyped-def]
+        RAN.append("dict items")
+        return super().items()
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        RAN.append("dict __iter__")
+        return super().__iter__()
+
+
+class OwnLenList(list):  # type: ignore[type-arg]
+    def __len__(self) -> int:
+        RAN.append("list __len__")
+        return 1
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        RAN.append("list __iter__")
+        return super().__iter__()
+
+
+class ClassProperty:
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:  # type: ignore[override]
+        RAN.append("__class__ getter")
+        return int
+
+
+class ModuleMeta(type):
+    @property  # type: ignore[override]
+    def __module__(self) -> str:  # type: ignore[override]
+        RAN.append("metaclass __module__")
+        return "x"
+
+
+class MroMeta(type):
+    @property  # type: ignore[override]
+    def __mro__(self) -> tuple[type, ...]:  # type: ignore[override]
+        RAN.append("metaclass __mro__")
+        return (object,)
+
+    @property  # type: ignore[override]
+    def __dict__(self) -> dict[str, object]:  # type: ignore[override]
+        RAN.append("metaclass __dict__")
+        return {}
+
+
+class ModuleMetaObject(metaclass=ModuleMeta):
+    pass
+
+
+class MroMetaObject(metaclass=MroMeta):
+    pass
+
+
+def _own_code_objects() -> dict[str, object]:
+    return {
+        "dataclass property field": PropertyField(5), "dataclass __dict__ property": DictProperty(),
+        "ChainMap maps property": MapsProperty({"a": 1}), "UserDict data property": DataProperty(),
+        "array own __len__": OwnLenArray("q", [1, 2]), "deque own __len__": OwnLenDeque([1, 2]),
+        "dict own __len__": OwnLenDict(a=1), "list own __len__": OwnLenList([1]),
+        "__class__ property": ClassProperty(), "metaclass __module__": ModuleMetaObject(),
+        "metaclass __mro__ and __dict__": MroMetaObject(),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_own_code_objects()))
+@pytest.mark.parametrize("expr", ["len([x])", "len({'k': x})", "str([x])", "[x] == [x]", "len([[x], [x]])"])
+def test_measuring_a_value_never_runs_its_classes_code(name: str, expr: str) -> None:
+    """Measuring a value read a dataclass's property field, a ChainMap's ``maps`` or a UserDict's
+    ``data`` property, a subclass's own ``__len__``, a ``__class__`` property (through isinstance)
+    and a metaclass's ``__module__``, ``__mro__`` or ``__dict__`` property: user code ran."""
+    value = _own_code_objects()[name]
+    RAN.clear()
+    try:
+        evaluate(expr, {"x": value})
+    except ExpressionError as exc:  # refused (as other objects running their own code are) is fine
+        assert "refused" in str(exc) or "not allowed" in str(exc)
+    assert RAN == []
+
+
+def test_a_computed_field_is_refused_with_its_name() -> None:
+    with pytest.raises(ExpressionRefusedError, match="PropertyField.*'amount'.*property"):
+        evaluate("str([x])", {"x": PropertyField(5)})
+    with pytest.raises(ExpressionRefusedError, match="MapsProperty.*'maps'"):
+        evaluate("len([x])", {"x": MapsProperty({"a": 1})})
+
+
+def test_a_shared_subclass_is_walked_through_its_built_in_type() -> None:
+    """The check for a value holding itself called a dict subclass's own items(), __iter__ and
+    __len__."""
+    big = OwnLenDict({i: i for i in range(200_000)})
+    RAN.clear()
+    for expr in ("len([m, m, m])", "len([[m], [m]])", "len([a, b, a])"):
+        with pytest.raises(ExpressionLimitError):
+            evaluate(expr, {"m": big, "a": {"k": big}, "b": {"k": big}})
+    assert RAN == []
+
+
+class Text(str):
+    pass
+
+
+class Data(bytes):
+    pass
+
+
+class Number(int):
+    pass
+
+
+@pytest.mark.parametrize(
+    "value", [Text("a" * 1_000_000), Data(b"a" * 1_000_000), Number(10**4000)], ids=["str", "bytes", "int"]
+)
+def test_a_subclass_of_str_bytes_or_int_is_measured_by_its_length(value: object) -> None:
+    """A str subclass (Django's SafeString) was measured as a 24-character scalar:
+    ``len(str([s] * 1000))`` of a million characters took 3.3 s and 974 MB before refusal."""
+    raised, peak = _peak_during(lambda: evaluate("len(str([s] * 1000))", {"s": value}))
+    assert isinstance(raised, ExpressionLimitError)
+    assert peak < 30_000_000
+    assert size_of([value], 10**9, lambda: None) > 1_000_000 if not isinstance(value, int) else 4_000
+
+
+@pytest.mark.parametrize("name", list(_own_code_objects()))
+@pytest.mark.parametrize("expr", ["str(x)", "x == x", "f'{x}'", "x != 1", "'%s' % (x,)", "x in [x]", "'{}'.format(x)"])
+def test_writing_or_comparing_a_value_never_runs_its_classes_code(name: str, expr: str) -> None:
+    """A dataclass's generated __repr__ and __eq__ read a property field's getter; an object's
+    ``__class__`` property ran through isinstance(); a metaclass's ``__module__`` property ran when
+    the object's module was looked up."""
+    value = _own_code_objects()[name]
+    RAN.clear()
+    try:
+        evaluate(expr, {"x": value})
+    except ExpressionError as exc:
+        assert "refused" in str(exc) or "not allowed" in str(exc)
+    assert RAN == []
