@@ -513,6 +513,8 @@ class ThreadDispatcher:
                 continue
             batch = [first]
             self._take_ready(batch)
+            # Counted as under way while it fills (queued(): a worker's room for new tasks).
+            self._in_batch = len(batch)
             if len(batch) < MAX_BATCH:
                 self._fill(batch)
             self._in_batch = len(batch)
@@ -560,6 +562,7 @@ class ThreadDispatcher:
                 self._let_go(item.holds)
                 continue
             batch.append(item)
+            self._in_batch = len(batch)
             if item.waiting:
                 self._take_ready(batch)
                 return True

@@ -94,3 +94,19 @@ def test_a_write_unit_waits_as_long_as_its_statement_takes_and_a_read_does_not(
             unit._all(slow)
     assert is_outage(caught.value), repr(caught.value)
     assert _read(store) == {}
+
+
+def test_the_pools_sqlalchemy_level_writes_get_the_urls_timeouts_after_a_read(
+        linked: tuple[SqlStore, SlowLink]) -> None:
+    """review20d: a snapshot read left its connection at READ_REPLY_SECONDS in the pool, and the
+    token table's writes (``engine.begin()``, no unit of ours) then gave up after it with their
+    statement still running on the server. A read unit puts the URL's timeouts back as it ends."""
+    store, _link = linked
+    with store.transaction():
+        pass
+    with store.engine.connect() as conn:
+        given = (conn.connection.dbapi_connection._read_timeout, conn.connection.dbapi_connection._write_timeout)
+    assert _read(store) == {}
+    with store.engine.begin() as conn:  # what SqlTokenTable's writes and migrations do
+        driver = conn.connection.dbapi_connection
+        assert (driver._read_timeout, driver._write_timeout) == given

@@ -263,3 +263,57 @@ def test_while_every_slot_is_taken_a_batch_without_results_waits_for_the_next_re
             wait_state(rt, tree["id"], "FINISHED")
     finally:
         rt.close()
+
+
+class _Broker:
+    """Stands in for a worker's broker: every follow-up is published, and the test delivers it."""
+
+    def __init__(self) -> None:
+        self.sent: list[TaskRecord] = []
+        self.lock = threading.Lock()
+
+    def may_keep(self, task: TaskRecord, at: float) -> bool:
+        return False
+
+    def submit(self, tasks: list[TaskRecord]) -> None:
+        with self.lock:
+            self.sent.extend(tasks)
+
+    def take(self) -> list[TaskRecord]:
+        with self.lock:
+            sent, self.sent[:] = list(self.sent), []
+        return sent
+
+
+def test_a_saturated_worker_accepts_no_more_tasks_than_its_room_while_a_batch_waits_for_a_result(
+        tmp_path, monkeypatch):
+    """review20d: while a batch waits for a result (every slot taken), the tasks it took off the
+    queue still count as on hand: a worker offered ten more messages with room for one takes one
+    (it took them all, HOLD_MAX widened: its room was read as free again after each take)."""
+    from culm.dispatch import runner, threads
+
+    monkeypatch.setattr(threads, "HOLD_MAX", 1.0)  # the wait spans every delivery below
+    broker = _Broker()
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/t.db", workers=0)
+    worker = runner.WorkerRunner(broker, threads=1, backlog=64)
+    try:
+        rt.engine.dispatcher = worker
+        worker.ensure_started(rt.engine)
+
+        def deliver(runs: int, gate: str) -> int:
+            for _ in range(runs):
+                assert api.run_pipeline(rt, gated_line(gate)[0]).result
+            return sum(worker.accept(t.id, t.kind, timeout=0.1) for t in broker.take())
+
+        # 15 runs: one call holds the only thread, 14 wait for it: room 16 - 1 - 14 = 1.
+        assert deliver(15, "saturated-held") == 15
+        wait_until(lambda: worker._in_user_code == 1 and worker.loop.queued() == 14, timeout=20)
+        with worker.loop.condition:
+            room = worker._room()
+        assert room == 1
+        assert deliver(10, "saturated-later") <= room
+    finally:
+        components.gate("saturated-held").set()
+        components.gate("saturated-later").set()
+        worker.close()
+        rt.close()

@@ -347,6 +347,7 @@ class MysqlDialect(Dialect):
             raw.invalidate()
             return
         super().abort(raw)
+        _wait_for_replies(raw, None)  # the URL's timeouts again, as after end_read
 
     def lock_waits(self, store: SqlStore, thread_id: int) -> int:
         """1 when the session of the write transaction thread ``thread_id`` began last waits for a
@@ -424,6 +425,9 @@ class MysqlDialect(Dialect):
     def end_read(self, raw: Any) -> None:
         if not raw.info.get(_AUTOCOMMIT):
             raw.rollback()
+        # Back to the URL's timeouts: the pool's SQLAlchemy-level users (the token table's writes,
+        # migrations) begin no unit of ours, and a write must not be given up after READ_REPLY_SECONDS.
+        _wait_for_replies(raw, None)
 
 
 # The server's ids of the sessions this process opened (pid, id): culm.dispatch.liveness's
