@@ -247,7 +247,8 @@ def test_while_every_slot_is_taken_a_batch_without_results_waits_for_the_next_re
         submitted = time.monotonic()
         assert api.run_pipeline(rt, fresh).result
         if released:
-            time.sleep(0.3)  # the fresh run's first batch waits for a result all along
+            # its first task is taken into a batch that waits for a result (counted as on hand)
+            wait_until(lambda: rt.dispatcher._in_batch == 1, timeout=1.0, what="the fresh run's batch waiting")
             assert (node_state(rt, fresh_start.id) or {}).get("state") != "FINISHED"
             components.gate("slot-held").set()
             wait_state(rt, fresh_start.id, "FINISHED")
