@@ -50,7 +50,8 @@ _DIRECTIVE = re.compile(r"%[-_0^#]*(\d*)[EO]?")
 
 def strftime_width(lim: Limits, value: Any, pattern: str) -> int:
     """The characters ``value.strftime(pattern)`` may write: each directive its width or
-    :data:`STRFTIME_DIRECTIVE` plus the time zone's name, whichever is more, and the rest as is."""
+    :data:`STRFTIME_DIRECTIVE` plus the time zone's name, whichever is more, and the rest as is;
+    counted until the total passes ``lim.max_sequence``."""
     zone = value.tzname() if issubclass(type(value), datetime.datetime | datetime.time) else None
     directive = STRFTIME_DIRECTIVE + len(zone or "")
     total = len(pattern)
@@ -59,6 +60,10 @@ def strftime_width(lim: Limits, value: Any, pattern: str) -> int:
         if len(digits) > 6 or (digits and int(digits) > lim.max_format_width):
             raise ExpressionLimitError(f"strftime() width {clip(digits, 12)} is over {lim.max_format_width}")
         total += max(int(digits or 0), directive)
+        if total > lim.max_sequence:
+            # too long already: each directive counts 32 or more, so this loop runs at most
+            # max_sequence / 32 times (a pattern of 500,000 '%Y' took 1 s, the clock unread)
+            return total
     return total
 
 

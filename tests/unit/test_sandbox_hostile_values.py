@@ -9,6 +9,7 @@ holder or a mapping formatted whole wrote its text before its size was checked.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import tracemalloc
 from collections import UserDict
@@ -235,3 +236,18 @@ def test_small_holders_and_mappings_still_format() -> None:
     assert sandbox.evaluate("'%s' % d", names) == "{'k': 1}"
     assert sandbox.evaluate("'%(k)s' % d", names) == "1"
     assert sandbox.evaluate("f'{ns}'", names) == "namespace(a=1)"
+
+
+# ---------------------------------------------------------------- sizing loops that ran past the clock
+
+
+@pytest.mark.parametrize("pattern", ["'%Y' * 499_999", "'%' * 999_999", "'%_9d' * 249_999"])
+def test_a_long_strftime_pattern_is_refused_without_reading_all_of_it(pattern: str) -> None:
+    """strftime_width walked every directive of a million-character pattern before its total was
+    checked: 1 to 1.4 s, the clock unread, for a refusal (the time limit is 0.5 s)."""
+    names = {"when": dt.datetime(2024, 1, 1, tzinfo=dt.UTC)}
+    start = time.monotonic()
+    with pytest.raises(ExpressionLimitError, match="strftime"):
+        sandbox.evaluate(f"when.strftime({pattern})", names)
+    assert time.monotonic() - start < sandbox.TIME_LIMIT
+    assert sandbox.evaluate("when.strftime('%Y-%m-%d %Z')", names) == "2024-01-01 UTC"
