@@ -333,6 +333,11 @@ class Evaluator:
         Values a component returns keep their sharing (pickled): a tuple holding one half twice,
         60 levels deep, is 61 small tuples that hash or compare equal in 2**60 steps, and held the
         worker for good. A big value that shares nothing costs a walk of what memory holds."""
+        kind = type(value)
+        if kind in _SMALL_HOLDERS and len(value) < 64:
+            items = itertools.chain(dict.keys(value), dict.values(value)) if kind is dict else value
+            if set(map(type, items)) <= _PLAIN_VALUES:
+                return  # a row of scalars (its types gathered in C): nothing in it is held twice
         seen = self.checked.setdefault(("walkable",), {})
         if seen.get(id(value)) is value:
             return
