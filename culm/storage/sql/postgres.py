@@ -274,6 +274,25 @@ class PostgresUnit(SqlUnit):
             if commit:
                 cur.execute("COMMIT", prepare=False)
 
+    def _send_with_commit(
+        self, pending: list[tuple[str, Sequence[Any]]], reads: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[Any]]:
+        # One pipeline, as _send_deferred's (see there why the COMMIT is a statement of it); a
+        # cursor per read keeps its answer.
+        cur = self._cur
+        cursors = [self.new_cursor(self.conn) for _ in reads]
+        try:
+            with self.conn.driver_connection.pipeline():
+                for sql, params in pending:
+                    cur.execute(sql, params)
+                for read_cur, (sql, params) in zip(cursors, reads, strict=True):
+                    read_cur.execute(self._sql(sql), params)
+                cur.execute("COMMIT", prepare=False)
+            return [read_cur.fetchall() for read_cur in cursors]
+        finally:
+            for read_cur in cursors:
+                read_cur.close()
+
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         if len(reads) < 2:
             return super()._all_together(reads)
