@@ -1148,10 +1148,8 @@ class SqlUnit(budget.UnitChecks):
         due = time.time()
         tasks = {pid: new_id() for pid in pids}
         for pid in pids:
-            # Unknown rows (no key): sent each as a statement of its own, in this order.
-            self._later(ACK_CHILDREN, [counts[pid], pid])
-            self._later(WAKE_TASK_ON_ACK, [tasks[pid], EXECUTE, gateways[pid], due, pid])
-            self._later(WAKE_ON_ACK, [gateways[pid], pid])
+            for sql, params in self._ack_and_wake(pid, counts[pid], gateways[pid], tasks[pid], due):
+                self._later(sql, params)  # rows unknown (no key): a statement of its own, in this order
 
         def take(rows: list[Any]) -> None:
             parents = {p.id: p for p in map(_process_row, rows)}
@@ -1168,6 +1166,12 @@ class SqlUnit(budget.UnitChecks):
 
         self._commit_reads.append((PROCESSES_IN.format(marks=marks(len(pids))), pids, take))
         return True
+
+    @staticmethod
+    def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
+        """A parent's ack and, where it was its last child's, its wake (ack_children_at_commit)."""
+        return [(ACK_CHILDREN, [n, pid]), (WAKE_TASK_ON_ACK, [task_id, EXECUTE, gateway, due, pid]),
+                (WAKE_ON_ACK, [gateway, pid])]
 
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         """The acks' UPDATEs, then the process rows with them (each dialect in as few round trips

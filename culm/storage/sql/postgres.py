@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm._printable import engine_logger
-from culm.core.records import ProcessRecord, TaskRecord
+from culm.core.records import EXECUTE, ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
     Dialect,
@@ -40,6 +40,7 @@ from culm.storage.sql.statements import (
     STATES_ANY,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
+    WAKE_ON_ACK_POSTGRES,
 )
 
 if TYPE_CHECKING:
@@ -345,6 +346,10 @@ class PostgresUnit(SqlUnit):
             parts.append(f"SELECT 2, {_NO_STATE}, c.* FROM ({sql}) c")
             params += ids
         return [(head + " UNION ALL ".join(parts), params)], _split_walks
+
+    @staticmethod
+    def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
+        return [(WAKE_ON_ACK_POSTGRES, [n, n, n, n, n, gateway, pid, task_id, EXECUTE, gateway, due])]
 
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         answers = self._all_together([(ACK_CHILDREN_RETURNING, [n, pid]) for n, pid in acks])
