@@ -294,6 +294,10 @@ def test_bamboo_receivers_hear_execution_and_commands(runtime, bamboo_receivers,
     # The command's events are sent in the caller's process on every backend.
     assert ("pre_callback", {"node_id": waiting.id, "version": version, "data": {"bit": 1}}) in bamboo_receivers.events
     assert all(isinstance(s, type) for s in bamboo_receivers.senders)
+    prepared = [data for kind, data in bamboo_receivers.events if kind.endswith("_prepare_run_pipeline")]
+    assert [d["pipeline"]["id"] for d in prepared] == [root, root]
+    assert all(set(d) == {"pipeline", "root_pipeline_data", "root_pipeline_context", "subprocess_context"}
+               for d in prepared)
     if request.node.callspec.params["runtime"] not in EMBEDDED:
         return
     states = bamboo_receivers.states
