@@ -387,3 +387,26 @@ def test_revoke_with_a_waiting_branch_refuses_later_commands(runtime):
     assert node_state(runtime, sub.id)["state"] == "RUNNING"
     assert node_state(runtime, cg.id) is None and node_state(runtime, end.id) is None
     assert node_state(runtime, tree["id"])["archived_time"] is not None
+
+
+def test_a_subprocess_inside_a_revoked_subprocess_refuses_pause_and_resume(runtime):
+    waiting = ServiceActivity(component_code="callback_node")
+    inner, inner_start, inner_end = _sub_with(waiting)
+    outer, outer_start, outer_end = _sub_with(inner)
+    start, end = line(outer)
+    tree = build_tree(start)
+    run(runtime, tree)
+    version = wait_state(runtime, waiting.id, "RUNNING")["version"]
+    assert api.pause_pipeline(runtime, inner.id).result
+    wait_state(runtime, inner.id, "SUSPENDED")
+    res = api.revoke_pipeline(runtime, outer.id)
+    assert res.result, res.message
+    wait_state(runtime, outer.id, "REVOKED")
+    for command in (api.resume_pipeline, api.pause_pipeline, api.revoke_pipeline):
+        refused(command(runtime, inner.id), inner.id, f"pipeline {outer.id} is revoked")
+    refused(api.callback(runtime, waiting.id, version, {}), f"pipeline {outer.id} is revoked")
+    assert node_state(runtime, inner.id)["state"] == "SUSPENDED"
+    # The root itself is not revoked: the operator can still revoke it.
+    assert node_state(runtime, tree["id"])["state"] == "RUNNING"
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    wait_state(runtime, tree["id"], "REVOKED")
