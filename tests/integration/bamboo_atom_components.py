@@ -9,6 +9,7 @@ and by every ``culm worker`` of the distributed backends (``WORKER_ENV`` in ``ba
 from __future__ import annotations
 
 import logging
+import time
 
 from culm.components import Component, Service, StaticIntervalGenerator
 
@@ -108,4 +109,22 @@ class AtomMultiCallbackComponent(Component):
     name = "multi callback component"
     code = "atom_multi_callback_node"
     bound_service = MultiCallbackService
+    form = "index.html"
+
+
+class SlowMultiCallbackService(MultiCallbackService):
+    """bamboo's multi-callback service works a while in each schedule (it sleeps 2 s there):
+    callbacks arrive while an earlier one is still being handled."""
+
+    def schedule(self, data, parent_data, callback_data=None):
+        time.sleep(0.3)
+        seen = data.get_one_of_outputs("seen", [])
+        data.set_outputs("seen", [*seen, (callback_data or {}).get("n")])
+        return super().schedule(data, parent_data, callback_data)
+
+
+class AtomSlowMultiCallbackComponent(Component):
+    name = "slow multi callback component"
+    code = "atom_slow_multi_callback_node"
+    bound_service = SlowMultiCallbackService
     form = "index.html"

@@ -410,3 +410,20 @@ def test_a_subprocess_inside_a_revoked_subprocess_refuses_pause_and_resume(runti
     assert node_state(runtime, tree["id"])["state"] == "RUNNING"
     assert api.revoke_pipeline(runtime, tree["id"]).result
     wait_state(runtime, tree["id"], "REVOKED")
+
+
+def test_callbacks_sent_while_an_earlier_one_is_handled_are_all_taken(runtime):
+    act = ServiceActivity(component_code="atom_slow_multi_callback_node")
+    start, end = line(act)
+    tree = build_tree(start)
+    run(runtime, tree)
+    version = wait_state(runtime, act.id, "RUNNING")["version"]
+    for n in range(3):
+        res = api.callback(runtime, act.id, version, {"bit": 1, "n": n})
+        assert res.result, res.message
+    wait_pipeline(runtime, tree["id"], timeout=30)
+    outputs = exec_data(runtime, act.id)["outputs"]
+    assert outputs["_scheduled_times"] == 3
+    assert sorted(outputs["seen"]) == [0, 1, 2]
+    late = api.callback(runtime, act.id, version, {"bit": 1, "n": 3})
+    refused(late, act.id)
