@@ -47,6 +47,15 @@ def not_reached(runtime, *node_ids):
         assert res.result and res.data == {}, (node_id, res)
 
 
+def waiting_alone(runtime, code):
+    """Run start -> one ``code`` activity -> end until the activity waits; (activity, tree, version)."""
+    act = ServiceActivity(component_code=code)
+    start, end = line(act)
+    tree = build_tree(start)
+    run(runtime, tree)
+    return act, tree, wait_state(runtime, act.id, "RUNNING")["version"]
+
+
 # -- components written as bamboo's -----------------------------------------------------------------
 def test_two_component_classes_of_one_name_keep_both_codes():
     assert library.get("atom_counting_node").bound_service is bamboo_atom_components.CountingService
@@ -93,15 +102,12 @@ def test_failing_at_first_loop_then_retried_with_can_go(runtime):
 
 
 def test_multi_callback_with_getattr_default_fails_on_bit_0_then_finishes(runtime):
-    act = ServiceActivity(component_code="atom_multi_callback_node")
-    start, end = line(act)
-    tree = build_tree(start)
-    run(runtime, tree)
-    version = wait_state(runtime, act.id, "RUNNING")["version"]
+    act, tree, version = waiting_alone(runtime, "atom_multi_callback_node")
     for _ in range(2):
         res = api.callback(runtime, act.id, version, {"bit": 1})
         assert res.result, res.message
-    wait_until(lambda: exec_data(runtime, act.id)["outputs"].get("_scheduled_times") == 2, 20,
+    # Polled with get_execution_data_outputs: {} until execute has written (callbacks may come first).
+    wait_until(lambda: api.get_execution_data_outputs(runtime, act.id).data.get("_scheduled_times") == 2, 20,
                what="two callbacks handled")
     assert node_state(runtime, act.id)["state"] == "RUNNING"
     res = api.callback(runtime, act.id, version, {"bit": 0})
@@ -117,11 +123,7 @@ def test_multi_callback_with_getattr_default_fails_on_bit_0_then_finishes(runtim
 
 
 def test_stale_callback_after_a_failed_callback_then_skip(runtime):
-    act = ServiceActivity(component_code="callback_node")
-    start, end = line(act)
-    tree = build_tree(start)
-    run(runtime, tree)
-    version = wait_state(runtime, act.id, "RUNNING")["version"]
+    act, tree, version = waiting_alone(runtime, "callback_node")
     assert api.callback(runtime, act.id, version, {"bit": 0}).result
     wait_state(runtime, act.id, "FAILED")
     stale = api.callback(runtime, act.id, version, {"bit": 1})
@@ -413,11 +415,7 @@ def test_a_subprocess_inside_a_revoked_subprocess_refuses_pause_and_resume(runti
 
 
 def test_callbacks_sent_while_an_earlier_one_is_handled_are_all_taken(runtime):
-    act = ServiceActivity(component_code="atom_slow_multi_callback_node")
-    start, end = line(act)
-    tree = build_tree(start)
-    run(runtime, tree)
-    version = wait_state(runtime, act.id, "RUNNING")["version"]
+    act, tree, version = waiting_alone(runtime, "atom_slow_multi_callback_node")
     for n in range(3):
         res = api.callback(runtime, act.id, version, {"bit": 1, "n": n})
         assert res.result, res.message
