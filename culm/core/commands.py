@@ -76,11 +76,7 @@ def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str) ->
     later checks would mostly refuse too, but with an internal reason ("no live process") that does
     not tell the operator what happened. The pipelines around the node count, not only the root.
     """
-    around = [graph.root_id]
-    pid = graph.nodes[node_id].pipeline_id if node_id in graph.nodes else graph.root_id
-    while pid != graph.root_id and pid in graph.nodes:
-        around.append(pid)
-        pid = graph.nodes[pid].pipeline_id
+    around = _pipelines_around(graph, node_id)
     found = unit.get_states(around)
     for pipeline_id in around:
         st = found.get(pipeline_id)
@@ -107,14 +103,36 @@ def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
     step.add_task(execute_task_for(proc, node_id))
 
 
-def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str) -> str:
-    """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess."""
+def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str, action: str = "") -> str:
+    """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess.
+
+    ``action``: refuse it for a subprocess inside a revoked pipeline. The subprocess keeps the
+    state it had when its root was revoked, so its own state would let a pause, a resume or a
+    revoke through, and a resume put it back to RUNNING inside a run that can never move again.
+    """
     root_id = unit.node_root(pipeline_id)
     if root_id is None:
         raise NotFoundError(f"pipeline {pipeline_id} does not exist")
-    if root_id != pipeline_id and engine.graph(root_id, unit).nodes[pipeline_id].type != g.SUBPROCESS:
-        raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
+    if root_id != pipeline_id:
+        graph = engine.graph(root_id, unit)
+        if graph.nodes[pipeline_id].type != g.SUBPROCESS:
+            raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
+        if action:  # held: a revoke of a pipeline around it commits before this read or after us
+            around = _pipelines_around(graph, pipeline_id)
+            for pid, st in unit.hold_states(around).items():
+                if st.name == states.REVOKED:
+                    raise InvalidOperationError(f"cannot {action} subprocess {pipeline_id}: its pipeline {pid} is revoked")
     return root_id
+
+
+def _pipelines_around(graph: g.Graph, node_id: str) -> list[str]:
+    """The pipelines holding ``node_id``, from the root in."""
+    around = [graph.root_id]
+    pid = graph.nodes[node_id].pipeline_id if node_id in graph.nodes else graph.root_id
+    while pid != graph.root_id and pid in graph.nodes:
+        around.append(pid)
+        pid = graph.nodes[pid].pipeline_id
+    return around
 
 
 def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | None, name: str,
@@ -135,7 +153,7 @@ def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | No
 # -- pipelines ------------------------------------------------------------------------------
 def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
-        _is_pipeline(step.unit, engine, pipeline_id)
+        _is_pipeline(step.unit, engine, pipeline_id, "pause")
         st = _state(step.unit, pipeline_id, "pipeline")
         _require(st, (states.READY, states.RUNNING, states.LOOP_READY), "pause", "pipeline")
         step.event("pre_pause_pipeline", pipeline_id=pipeline_id)
@@ -146,7 +164,7 @@ def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
 def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _is_pipeline(unit, engine, pipeline_id)
+        _is_pipeline(unit, engine, pipeline_id, "resume")
         st = _state(unit, pipeline_id, "pipeline")
         _require(st, (states.SUSPENDED,), "resume", "pipeline")
         step.event("pre_resume_pipeline", pipeline_id=pipeline_id)
@@ -171,7 +189,7 @@ def _unsuspend(step: Step, by: str) -> None:
 def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _is_pipeline(unit, engine, pipeline_id)
+        _is_pipeline(unit, engine, pipeline_id, "revoke")
         st = _state(unit, pipeline_id, "pipeline")
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
