@@ -69,15 +69,21 @@ def _require(st: StateRecord, allowed: tuple[str, ...], action: str, what: str =
     raise InvalidOperationError(f"cannot {action} {what} {st.node_id}: {wrong}")
 
 
-def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str) -> None:
+def _refuse_if_revoked(unit: Unit, graph: g.Graph, node_id: str, action: str, held: bool = False) -> None:
     """Refuse ``action`` on a node of a revoked pipeline, saying so.
 
     A revoke kills the run's processes (but the polling ones, which end by themselves), so the
     later checks would mostly refuse too, but with an internal reason ("no live process") that does
     not tell the operator what happened. The pipelines around the node count, not only the root.
     """
-    around = _pipelines_around(graph, node_id)
-    found = unit.get_states(around)
+    around = [graph.root_id]
+    pid = graph.nodes[node_id].pipeline_id if node_id in graph.nodes else graph.root_id
+    while pid != graph.root_id and pid in graph.nodes:
+        around.append(pid)
+        pid = graph.nodes[pid].pipeline_id
+    # ``held``: a revoke of a pipeline around it commits before this read or after this step (a
+    # resume racing the root's revoke put a subprocess back to RUNNING in the revoked run).
+    found = unit.hold_states(around) if held else unit.get_states(around)
     for pipeline_id in around:
         st = found.get(pipeline_id)
         if st is not None and st.name == states.REVOKED:
@@ -103,12 +109,12 @@ def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
     step.add_task(execute_task_for(proc, node_id))
 
 
-def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str, action: str = "") -> str:
+def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str, action: str | None = None) -> str:
     """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess.
 
-    ``action``: refuse it for a subprocess inside a revoked pipeline. The subprocess keeps the
-    state it had when its root was revoked, so its own state would let a pause, a resume or a
-    revoke through, and a resume put it back to RUNNING inside a run that can never move again.
+    With ``action``, a subprocess inside a revoked pipeline is refused: its own state still says
+    RUNNING (a revoke writes only the pipeline revoked), but nothing of it runs again, so pausing,
+    resuming or revoking it would only write a state that means nothing.
     """
     root_id = unit.node_root(pipeline_id)
     if root_id is None:
@@ -117,22 +123,9 @@ def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str, action: str = "")
         graph = engine.graph(root_id, unit)
         if graph.nodes[pipeline_id].type != g.SUBPROCESS:
             raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
-        if action:  # held: a revoke of a pipeline around it commits before this read or after us
-            around = _pipelines_around(graph, pipeline_id)
-            for pid, st in unit.hold_states(around).items():
-                if st.name == states.REVOKED:
-                    raise InvalidOperationError(f"cannot {action} subprocess {pipeline_id}: its pipeline {pid} is revoked")
+        if action is not None:
+            _refuse_if_revoked(unit, graph, pipeline_id, action, held=True)
     return root_id
-
-
-def _pipelines_around(graph: g.Graph, node_id: str) -> list[str]:
-    """The pipelines holding ``node_id``, from the root in."""
-    around = [graph.root_id]
-    pid = graph.nodes[node_id].pipeline_id if node_id in graph.nodes else graph.root_id
-    while pid != graph.root_id and pid in graph.nodes:
-        around.append(pid)
-        pid = graph.nodes[pid].pipeline_id
-    return around
 
 
 def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | None, name: str,
