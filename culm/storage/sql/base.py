@@ -1142,6 +1142,8 @@ class SqlUnit(budget.UnitChecks):
         """
         if self._deferred is None or self._savepoint_depth:
             return False
+        if self._commit_reads:  # a second call's parents would be read after both calls' acks
+            raise RuntimeError("ack_children_at_commit is called at most once per transaction")
         pids = sorted(counts)
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.update(pids)
@@ -1157,8 +1159,9 @@ class SqlUnit(budget.UnitChecks):
             for pid in pids:
                 p = parents.get(pid)
                 if p is None:
-                    logger.error("process %s, the parent of %d process(es) at its converge gateway %s, is not "
-                                 "stored: nothing counted", pid, counts[pid], gateways[pid])
+                    logger.critical("process %s, the parent of %d process(es) at its converge gateway %s, is not "
+                                    "stored: nothing counted, and its run will not move on (an invariant broken: "
+                                    "culm.core.invariants.check names it)", pid, counts[pid], gateways[pid])
                 elif p.ack_num == 0 and p.need_ack == 0:  # woken here (a count left is at least 1)
                     out.append(TaskRecord(tasks[pid], EXECUTE, pid, gateways[pid], p.root_id, due=due,
                                           priority=p.priority, queue=p.queue))
