@@ -250,6 +250,24 @@ def attention(unit: Unit, root_ids: Sequence[str], names: NodeNames | None = Non
     return found
 
 
+def mark_list_items(store: Any, items: Sequence[dict[str, Any]]) -> None:
+    """Add to each RUNNING item of a :func:`culm.api.list_pipelines` page what needs an operator, as
+    the REST list API and ``culm list --json`` show it: ``failed_nodes`` (how many FAILED nodes),
+    ``failed_node_list`` (the first of them, ``{"node_id", "name"}``), ``callback_nodes`` (the
+    first nodes that wait for a callback, with their reason) and ``callback_node_count``."""
+    running = [item for item in items if item["state"] == "RUNNING"]
+    if not running:
+        return
+    with store.reading() as unit:  # grouped reads for the page
+        marked = attention(unit, [item["id"] for item in running], node_names(store))
+    for item in running:
+        nodes = marked.get(item["id"], {})
+        item["failed_nodes"] = nodes.get("failed_count", 0)
+        item["failed_node_list"] = nodes.get("failed", [])
+        item["callback_nodes"] = nodes.get("callbacks", [])
+        item["callback_node_count"] = nodes.get("callback_count", 0)
+
+
 def _names(tree: Any) -> dict[str, str]:
     from culm.model import walk_tree
 
