@@ -78,8 +78,7 @@ def test_every_control_command_on_an_ended_pipeline_says_the_engine_refused_it(t
     assert finished.returncode == 0, finished.stdout + finished.stderr
     failed_id, _waiting = _failed_and_waiting(tmp_path)
     assert culm(tmp_path, "revoke", failed_id).returncode == 0
-    cases = [("pipeline_example_tree", "node_done", "FINISHED"), (failed_id, "charge_card", "REVOKED")]
-    for pipeline, node, state in cases:
+    for pipeline, node in [("pipeline_example_tree", "node_done"), (failed_id, "charge_card")]:
         for command, target in [*((c, pipeline) for c in PIPELINE_COMMANDS), *((c, node) for c in NODE_COMMANDS)]:
             out = culm(tmp_path, *_call(command, target))
             said = out.stdout + out.stderr
