@@ -96,9 +96,26 @@ def _moving(flat: dict[str, dict], waiting_moves: bool) -> bool:
     for e in flat.values():
         if e["state"] not in ("RUNNING", "READY", "SUSPENDED") or e["id"] in containers:
             continue
+        if e["state"] == "READY" and _paused_around(flat, e):
+            # Parked by a pause (a node retried in a paused pipeline): waits for `culm resume`.
+            if waiting_moves:
+                return True
+            continue
         reason = e.get("wait_reason")
         if not reason or reason["kind"] == "poll" or (waiting_moves and reason["kind"] != "failed"):
             return True
+    return False
+
+
+def _paused_around(flat: dict[str, dict], entry: dict) -> bool:
+    """Whether the pipeline or a subprocess around ``entry`` is paused (SUSPENDED)."""
+    seen: set[str] = set()
+    parent = flat.get(entry.get("parent_id") or "")
+    while parent is not None and parent["id"] not in seen:
+        if parent["state"] == "SUSPENDED":
+            return True
+        seen.add(parent["id"])
+        parent = flat.get(parent.get("parent_id") or "")
     return False
 
 

@@ -106,3 +106,18 @@ def test_control_commands_name_a_missing_id_or_a_node_given_for_a_pipeline(tmp_p
         assert out.stderr.strip() == (f"error: node_done is a ServiceActivity node of pipeline pipeline_example_tree: "
                                       f"`culm {command[0]}` takes a pipeline or a SubProcess node "
                                       f"(`culm {command[0]} pipeline_example_tree`)")
+
+
+def test_a_retry_in_a_paused_pipeline_says_it_waits_for_a_resume_at_once(tmp_path: Path) -> None:
+    """The retried node of a paused pipeline is parked READY: `culm retry` followed it until its
+    --timeout (600 s), as if it were about to run. It now says at once that the pipeline is
+    paused (exit 0: the retry was accepted), and `culm resume` runs it on."""
+    session = str(EXAMPLES / "operator_session.py")
+    assert culm(tmp_path, "run", session).returncode == 1
+    assert culm(tmp_path, "pause", "order_1234").returncode == 0
+    retried = culm(tmp_path, "retry", "charge_card", "--data", '{"amount": 80}', "--import", session, timeout=60)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert "pipeline order_1234 is SUSPENDED and waits:" in retried.stdout
+    assert "pipeline paused by an operator; resume it to go on" in retried.stdout
+    resumed = culm(tmp_path, "resume", "order_1234", "--import", session, timeout=60)
+    assert resumed.returncode == 0 and resumed.stdout.rstrip().endswith("pipeline order_1234 FINISHED"), resumed.stdout
