@@ -409,7 +409,10 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
     imports = "" if cluster else _imports_option(args)
     for line in failure_report(root_id, flat, info, failed, imports + where_options(args), where_options(args, False)):
         print(line)
-    if outcome in ("timeout", "waiting", "stalled"):
+    if outcome == "waiting" and root_state == "SUSPENDED":  # `run --attach` would wait on it too
+        print(f"resume it with `culm resume {shlex.quote(root_id)}{imports}{where_options(args)}` "
+              f"(or stop it with `culm revoke {shlex.quote(root_id)}{where_options(args)}`)")
+    elif outcome in ("timeout", "waiting", "stalled"):
         print(continue_hint(args, root_id, cluster, rt))
     return EXIT_FAILED
 

@@ -119,5 +119,7 @@ def test_a_retry_in_a_paused_pipeline_says_it_waits_for_a_resume_at_once(tmp_pat
     assert retried.returncode == 0, retried.stdout + retried.stderr
     assert "pipeline order_1234 is SUSPENDED and waits:" in retried.stdout
     assert "pipeline paused by an operator; resume it to go on" in retried.stdout
+    assert retried.stdout.rstrip().endswith(f"resume it with `culm resume order_1234 --import {session}` "
+                                            "(or stop it with `culm revoke order_1234`)"), retried.stdout
     resumed = culm(tmp_path, "resume", "order_1234", "--import", session, timeout=60)
     assert resumed.returncode == 0 and resumed.stdout.rstrip().endswith("pipeline order_1234 FINISHED"), resumed.stdout
