@@ -224,7 +224,7 @@ def register(sub: Any) -> None:
         add_broker(p)
         add_imports(p, "module defining components (the embedded runtime runs them on after the command)")
         p.add_argument("--no-follow", action="store_true",
-                       help="only record the command; do not run the pipeline on in this process")
+                       help="only record the command; do not follow the pipeline (nor run it on in this process)")
         p.add_argument("--timeout", type=seconds, default=FOLLOW_TIMEOUT, metavar="S",
                        help="stop following after S seconds")
         p.set_defaults(func=cmd_control)
