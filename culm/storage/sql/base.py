@@ -43,7 +43,7 @@ from culm.core.records import (
     new_id,
 )
 from culm.errors import InvalidOperationError, SchemaOutdatedError
-from culm.storage import budget, codec, listing
+from culm.storage import budget, codec, listing, node_names
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
@@ -648,6 +648,17 @@ class SqlUnit(budget.UnitChecks):
             if row[0] in root_ids:  # (MySQL's collation matches ids of another case too)
                 out[row[0]] = codec.loads(row[1])
         return out
+
+    def node_names(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        """The names the trees of runs give some of their nodes (``{root_id: [node_id]}``):
+        the database reads each name out of its tree; only those come back (:mod:`node_names`)."""
+        return node_names.read(wanted, self._all, self.json_value_at, self.pipeline_trees)
+
+    @staticmethod
+    def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
+        """SQL of the JSON text of the tree's value at ``keys`` (NULL when none), and its params:
+        MySQL's and MariaDB's ``JSON_EXTRACT``; SQLite and PostgreSQL say it their own way."""
+        return "JSON_EXTRACT(tree, ?)", [node_names.json_path(keys)]
 
     @staticmethod
     def _pipelines_read(root_ids: Sequence[str]) -> tuple[str, Sequence[Any]]:
