@@ -23,6 +23,7 @@ from culm.cli import render
 from culm.cli.common import (
     EXIT_OK,
     NotFound,
+    Refused,
     UsageError,
     a_count,
     a_text,
@@ -68,8 +69,12 @@ def _set_context(rt: Any, args: argparse.Namespace) -> Any:
 
     pairs = (split_assignment(i, "set-context", f"culm set-context {args.id}") for i in args.values)
     values = {"${" + key + "}": value for key, value in pairs}
-    if state_entry(rt, args.id).get("state") in ("FINISHED", "REVOKED"):
-        return api.update_context_values(rt, args.id, values)  # the engine's refusal says why
+    ended = state_entry(rt, args.id).get("state")
+    if ended in ("FINISHED", "REVOKED"):
+        # The API overwrites an ended pipeline's context, as bamboo's does; nothing reads it any
+        # more, so the command refuses rather than report a change that changes nothing.
+        raise Refused(f"cannot update the context of pipeline {args.id}: it has ended (state {ended}); "
+                      "nothing reads its context any more")
     info = check(api.get_pipeline_debug_info(rt, args.id))
     known = sorted(v["key"] for v in info["context_values"])
     unknown = sorted(set(values) - set(known))
