@@ -127,7 +127,7 @@ def _text(value: Any) -> str:
 
 def names_in(tree: Any, node_ids: Sequence[str]) -> dict[str, str]:
     """The names ``tree``, read whole, gives ``node_ids`` (``""``: none)."""
-    from culm.model import walk_tree
+    from culm.model.tree_ids import walk_tree
 
     names = {node["id"]: node["name"] for _pipe, nodes in walk_tree(tree) for node in nodes
              if isinstance(node.get("name"), str)}
