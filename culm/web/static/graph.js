@@ -11,14 +11,16 @@
   };
   const GATEWAY = { ExclusiveGateway: "×", ParallelGateway: "+", ConditionalParallelGateway: "◇", ConvergeGateway: "⊕" };
 
-  // Every node of a tree (and of the subprocesses in it), by id, with the tree that holds it.
-  function indexTree(tree, parent, out) {
+  // Every node of a tree (and of the subprocesses in it), by id, with the tree that holds it; and
+  // every flow, by id, into ``flows`` (a gateway's skip form names where each of its flows leads).
+  function indexTree(tree, parent, out, flows) {
     const nodes = [tree.start_event, tree.end_event, ...Object.values(tree.activities || {}),
       ...Object.values(tree.gateways || {})].filter(Boolean);
     for (const n of nodes) {
       out[n.id] = { node: n, parent };
-      if (n.type === "SubProcess" && n.pipeline) indexTree(n.pipeline, n.id, out);
+      if (n.type === "SubProcess" && n.pipeline) indexTree(n.pipeline, n.id, out, flows);
     }
+    for (const [key, f] of Object.entries(tree.flows || {})) flows[f.id || key] = f;
     return out;
   }
 
@@ -147,10 +149,19 @@
       else if (n.type in GATEWAY) shape = svg("polygon", { class: "shape", points: "0,-21 21,0 0,21 -21,0" });
       else shape = svg("rect", { class: "shape", x: -d.width / 2, y: -20, width: d.width, height: 40, rx: 6 });
       grp.append(shape);
-      const below = /Event$/.test(n.type);
-      const text = svg("text", { "text-anchor": "middle", y: n.type in GATEWAY ? 5 : below ? 32 : 4, class: below ? "below" : "" });
-      text.textContent = culm.inert(n.type in GATEWAY ? GATEWAY[n.type] : /Event$/.test(n.type) ? (n.name || "") : d.label.slice(0, 28));
+      // Shown cut (the graph would overlap), with "…" saying so; the whole name is in the tooltip
+      // and in what a screen reader announces. A gateway's or an event's name goes under its shape.
+      const cut = (t, max) => (t.length > max ? t.slice(0, max - 1) + "…" : t);
+      const event = /Event$/.test(n.type), gateway = n.type in GATEWAY;
+      const text = svg("text", { "text-anchor": "middle", y: gateway ? 5 : event ? 32 : 4, class: event ? "below" : "" });
+      text.textContent = culm.inert(gateway ? GATEWAY[n.type] : event ? cut(n.name || "", 24) : cut(d.label, 28));
       grp.append(text);
+      if (gateway && n.name) {
+        const under = svg("text", { "text-anchor": "middle", y: 36, class: "below" });
+        under.textContent = culm.inert(cut(n.name, 24));
+        grp.append(under);
+      }
+      grp.culmName = n.name || (n.component && n.component.code) || id;
       if (n.type === "SubProcess") {
         const toggle = svg("text", { class: "toggle", "data-toggle": id, x: -d.width / 2 + 4, y: -8 });
         toggle.textContent = "+";
@@ -184,17 +195,17 @@
     grp.setAttribute("data-state", state);
     if (culm.pauseAhead(entry)) grp.setAttribute("data-pause", "ahead"); else grp.removeAttribute("data-pause");
     const n = grp.getAttribute("data-node-id");
-    const label = grp.querySelector("text");
-    grp.setAttribute("aria-label", culm.inert(`${grp.getAttribute("data-type") || "node"} ${(label && label.textContent) || n}: `
+    const name = grp.culmName || n;
+    grp.setAttribute("aria-label", culm.inert(`${grp.getAttribute("data-type") || "node"} ${name}: `
       + (entry ? entry.state : "not reached") + (grp.getAttribute("data-type") === "SubProcess" ? " (+ or - opens or closes it)" : "")));
     const title = grp.querySelector("title");
-    if (title) title.textContent = culm.inert(`${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
+    if (title) title.textContent = culm.inert(`${name === n ? n : name + " (" + n + ")"}: ${entry ? entry.state : "not reached"}`
       + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : ""));
   }
 
   culm.pipelinePage = function (view, pipelineId, selected) {
     const started = performance.now();
-    const page = { states: {}, tree: null, index: {}, expanded: new Set(), selected: selected || null, drawn: null };
+    const page = { states: {}, tree: null, index: {}, flows: {}, expanded: new Set(), selected: selected || null, drawn: null };
     const head = el("div", { class: "pipeline-head" });
     const wrap = el("div", { id: "graph-wrap" });
     const panel = el("aside", { id: "panel", hidden: true });
@@ -310,7 +321,8 @@
           culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId)),
         ]);
         page.tree = tree;
-        page.index = indexTree(tree, null, {});
+        page.flows = {};
+        page.index = indexTree(tree, null, {}, page.flows);
         page.states = { [pipelineId]: states, ...states.children };
         renderHead();
         redraw();
