@@ -138,6 +138,7 @@ def test_gateway_skip_names_where_each_flow_leads_and_takes_the_one_chosen(brows
     right = next(target for target, name in names.items() if name == "right")
     browser.execute_script("document.getElementById('skip-flow').value = arguments[0]", by_target[right])
     click(browser, "#action-submit")
+    wait_until(lambda: text(browser, "#toast") == "Skip along: accepted", 20, 0.05, what="the command accepted")
     served.wait_state(right, "FINISHED")
     left = next(target for target, name in names.items() if name == "left")
     assert served.state(left) is None  # only the flow chosen was taken
@@ -240,3 +241,20 @@ def test_date_filters_are_days_of_the_browsers_time_zone(served: Any) -> None:  
         created = driver.execute_script(
             f"return document.querySelector('#pipelines tr[data-id=\"{tree['id']}\"]').cells[3].textContent")
         assert "GMT" in created, created  # the zone is named (Chromium names these two by offset)
+
+
+def test_a_long_failure_in_the_history_wraps_inside_the_panel(browser: Any, served: Any) -> None:  # noqa: F811
+    tree = failing_gateways_tree()
+    assert api.run_pipeline(served.runtime, tree).result
+    sub = node_id(tree, "subprocess")
+    served.wait_state(sub, "FAILED")
+    api.retry_subprocess(served.runtime, sub)  # fails again on entry: its first run goes to the history
+    wait_until(lambda: api.get_node_histories(served.runtime, sub), 20, 0.05, what="the subprocess's history")
+    served.wait_state(sub, "FAILED")
+    sign_in(browser, served, "viewer")
+    browser.get(served.url + f"/#/p/{tree['id']}/n/{sub}")
+    find(browser, "#history")
+    result = text(browser, "#history tr:nth-child(2) td:last-child")
+    assert result.endswith("the lazy variable exploded"), result
+    wide = browser.execute_script("const p = document.getElementById('panel'); return p.scrollWidth - p.clientWidth")
+    assert wide <= 0, f"the panel scrolls sideways by {wide} px"

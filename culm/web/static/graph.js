@@ -256,7 +256,7 @@
           if (op === "revoke" && !window.confirm(`Revoke pipeline ${name()}? It stops for good: `
             + "it cannot be resumed, and its nodes cannot be retried or skipped.")) return;
           try { await culm.api(`/api/v1/pipelines/${encodeURIComponent(pipelineId)}/${op}`, { method: "POST" });
-            culm.toast(label + ": done"); refreshStates(); } catch (e) { if (e.status !== 401) culm.toast(label + " refused: " + e.message, true); } } });
+            culm.toast(label + ": accepted"); refreshStates(); } catch (e) { if (e.status !== 401) culm.toast(label + " refused: " + e.message, true); } } });
         if (root.state === "RUNNING") actions.append(act("Pause", "pause"), act("Revoke", "revoke", "danger"));
         if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
       }

@@ -342,7 +342,8 @@
             : `/api/v1/nodes/${encodeURIComponent(nodeId)}/${op}`;
           try {
             await culm.api(url, body === undefined ? { method: "POST" } : { json: body });
-            culm.toast(label + ": done");
+            // Accepted, not "done": what follows (a retry that fails again) is for the graph to show.
+            culm.toast(label + ": accepted");
             formSlot.replaceChildren();
             refresh();
           } catch (e) {
