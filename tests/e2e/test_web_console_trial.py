@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import wait_until
 from test_web_console import browser, chromium, click, find, node_id, sign_in, text  # noqa: F401 - fixture
-from web_support import failing_gateways_tree, served  # noqa: F401 - fixture
+from web_support import chain_tree, failing_gateways_tree, served  # noqa: F401 - fixture
 
 from culm import api
 from culm.builder import (
@@ -258,3 +258,34 @@ def test_a_long_failure_in_the_history_wraps_inside_the_panel(browser: Any, serv
     assert result.endswith("the lazy variable exploded"), result
     wide = browser.execute_script("const p = document.getElementById('panel'); return p.scrollWidth - p.clientWidth")
     assert wide <= 0, f"the panel scrolls sideways by {wide} px"
+
+
+def test_enter_on_a_node_takes_the_keyboard_to_its_panel_and_escape_back(browser: Any, served: Any) -> None:  # noqa: F811
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    tree = chain_tree(200, name="keyboard")
+    broken = next(a for a in tree["activities"].values() if a["name"] == "b9 step 19")
+    broken["component"]["inputs"]["divisor"]["value"] = 0
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(broken["id"], "FAILED")
+    sign_in(browser, served, "operator")
+    browser.get(served.url + f"/#/p/{tree['id']}")
+    find(browser, "#graph-wrap[data-ready]")
+    browser.execute_script("document.querySelector(arguments[0]).focus()", f'#graph .node[data-node-id="{broken["id"]}"]')
+    ActionChains(browser).send_keys(Keys.ENTER).perform()
+    wait_until(lambda: browser.execute_script("return document.activeElement.id") == "panel-title", 20, 0.05,
+               what="the panel to take the keyboard")
+    assert text(browser, "#panel-title") == "b9 step 19"
+    # One Tab reaches the node's first command (not the ~190 nodes drawn after it).
+    ActionChains(browser).send_keys(Keys.TAB).perform()
+    assert browser.execute_script("return document.activeElement.dataset.action") == "retry"
+    ActionChains(browser).send_keys(Keys.ESCAPE).perform()
+    assert browser.execute_script("return document.activeElement.getAttribute('data-node-id')") == broken["id"]
+    # A live refresh of the panel leaves the keyboard where it is.
+    updates = int(browser.execute_script("return Number(document.getElementById('panel').dataset.updates)"))
+    api.pause_pipeline(served.runtime, tree["id"])
+    wait_until(lambda: int(browser.execute_script("return Number(document.getElementById('panel').dataset.updates)"))
+               > updates, 20, 0.05, what="the panel brought up to date")
+    assert browser.execute_script("return document.activeElement.getAttribute('data-node-id')") == broken["id"]
+    api.resume_pipeline(served.runtime, tree["id"])

@@ -176,7 +176,7 @@
       grp.setAttribute("tabindex", "0");
       grp.setAttribute("role", "button");
       grp.addEventListener("keydown", (ev) => {
-        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onSelect(id); }
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onSelect(id, false, true); }
         else if ((ev.key === "+" || ev.key === "-") && n.type === "SubProcess") { ev.preventDefault(); onToggle(id); }
       });
       nodes.append(grp);
@@ -208,7 +208,13 @@
     const page = { states: {}, tree: null, index: {}, flows: {}, expanded: new Set(), selected: selected || null, drawn: null };
     const head = el("div", { class: "pipeline-head" });
     const wrap = el("div", { id: "graph-wrap" });
-    const panel = el("aside", { id: "panel", hidden: true });
+    const panel = el("aside", { id: "panel", hidden: true, "aria-label": "the selected node" });
+    // Escape in the panel (outside a form, which Escape closes) goes back to the node in the graph.
+    panel.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Escape" || ev.defaultPrevented || ev.target.closest("#action-form")) return;
+      const g = page.drawn && page.drawn.byId[page.selected];
+      if (g) { ev.preventDefault(); g.focus(); }
+    });
     view.replaceChildren(head, el("div", { class: "layout" }, wrap, panel));
 
     function redraw() {
@@ -233,8 +239,11 @@
       const g = page.selected && page.drawn && page.drawn.byId[page.selected];
       if (g) g.classList.add("selected");
     }
-    function select(id, reveal) {
+    // ``focus``: the panel takes the keyboard once drawn (opened by Enter, or from the attention
+    // line): otherwise its buttons came after every node of the graph in the Tab order.
+    function select(id, reveal, focus) {
       page.selected = id;
+      page.focusPanel = Boolean(focus);
       history.replaceState(null, "", "#/p/" + encodeURIComponent(pipelineId) + "/n/" + encodeURIComponent(id));
       // A node inside a closed subprocess: open the subprocesses around it first.
       let shut = false;
@@ -288,7 +297,7 @@
       return el("div", { id: "attention", class: "attention" + (failed ? "" : " calm") },
         `${waiting.length} node(s) need attention: `,
         waiting.slice(0, 10).flatMap(([id, e], i) => [i ? ", " : "", el("a", { href: "#", "data-node": id,
-          onclick: (ev) => { ev.preventDefault(); select(id, true); } }, (page.index[id].node.name || id) + " (" + what(e) + ")")]),
+          onclick: (ev) => { ev.preventDefault(); select(id, true, true); } }, (page.index[id].node.name || id) + " (" + what(e) + ")")]),
         waiting.length > 10 ? ` and ${waiting.length - 10} more` : "");
     }
     async function refreshStates() {

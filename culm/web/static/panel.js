@@ -291,6 +291,8 @@
     const ref = page.index[nodeId];
     const node = ref ? ref.node : { id: nodeId, type: "Pipeline" };
     const entry = page.states[nodeId];
+    const focus = page.focusPanel; // asked once, by the selection that opens the panel
+    page.focusPanel = false;
     const allowed = culm.revokedAround(page, entry, nodeId) ? [] : culm.actionsFor(node, entry);
     // A live change elsewhere redraws the panel; an operator typing into a form of this node
     // keeps it (and the text and focus) as long as the node's state still allows its command.
@@ -367,7 +369,7 @@
     }
     const reason = entry && entry.wait_reason;
     panel.replaceChildren(...[
-      el("h3", { id: "panel-title", class: "clamp", title: culm.inert(node.name || nodeId), text: node.name || nodeId }),
+      el("h3", { id: "panel-title", class: "clamp", tabindex: "-1", title: culm.inert(node.name || nodeId), text: node.name || nodeId }),
       el("table", { class: "kv" },
         el("tr", {}, el("td", { text: "id" }), el("td", {}, el("code", { text: nodeId }))),
         el("tr", {}, el("td", { text: "type" }), el("td", { text: node.type + (node.component ? " · " + node.component.code : "") })),
@@ -396,6 +398,7 @@
       section("Definition", el("pre", { text: json(node) }))].filter(Boolean));
     panel.dataset.node = nodeId;
     panel.hidden = false;
+    if (focus) panel.querySelector("#panel-title").focus();
     updated(panel);
   };
 
