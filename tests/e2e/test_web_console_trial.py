@@ -184,6 +184,12 @@ def test_graph_says_when_it_cuts_a_name_and_announces_gateways_by_name(browser: 
     assert shown["gate"] == ["×", "which way"], shown
     assert shown["gateLabel"] == "ExclusiveGateway which way: FINISHED"
     assert shown["start"][0].endswith("…") and len(shown["start"][0]) == 24, shown
+    # Every name is inside the drawing (the start event's, written under it, was cut at its left edge).
+    outside = browser.execute_script("""
+        const r = document.getElementById('graph').getBoundingClientRect();
+        return [...document.querySelectorAll('#graph .node text')].map((t) => [t.textContent, t.getBoundingClientRect()])
+          .filter(([, b]) => b.left < r.left || b.right > r.right).map(([name]) => name);""")
+    assert outside == [], outside
 
 
 def test_a_form_opened_while_a_live_refresh_is_on_its_way_stays_open(browser: Any, served: Any) -> None:  # noqa: F811

@@ -79,8 +79,12 @@
     const big = Object.keys(boxes).length > 300;
     const ranksep = big ? 28 : 40;
     const { member, runs } = chains(boxes, flows);
+    // A name written under an event or a gateway is wider than its shape: the margin leaves room
+    // for it, or the start event's name was cut off at the graph's left edge.
+    const under = Object.values(boxes).filter((b) => !b.cluster && (/Event$/.test(b.node.type) || b.node.type in GATEWAY));
+    const overhang = Math.max(0, ...under.map((b) => Math.min(24, (b.node.name || "").length) * 3.3 - b.width / 2));
     const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
-    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep, marginx: 16, marginy: 16,
+    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep, marginx: 16 + Math.ceil(overhang), marginy: 16,
       ranker: big ? "longest-path" : "network-simplex" });
     for (const [id, box] of Object.entries(boxes)) if (!member[id]) g.setNode(id, box.cluster ? {} : { width: box.width, height: box.height });
     for (const [id, run] of Object.entries(runs)) {
