@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from support import wait_until
 from test_web_console import browser, chromium, click, find, node_id, sign_in, text  # noqa: F401 - fixture
-from web_support import chain_tree, failing_gateways_tree, served  # noqa: F401 - fixture
+from web_support import chain_tree, divide_tree, failing_gateways_tree, served  # noqa: F401 - fixture
 
 from culm import api
 from culm.builder import (
@@ -295,3 +295,20 @@ def test_enter_on_a_node_takes_the_keyboard_to_its_panel_and_escape_back(browser
                > updates, 20, 0.05, what="the panel brought up to date")
     assert browser.execute_script("return document.activeElement.getAttribute('data-node-id')") == broken["id"]
     api.resume_pipeline(served.runtime, tree["id"])
+
+
+def test_a_traceback_is_headed_by_its_exception(browser: Any, served: Any) -> None:  # noqa: F811
+    tree = divide_tree(0, name="headline")
+    assert api.run_pipeline(served.runtime, tree).result
+    divide = node_id(tree, "divide")
+    served.wait_state(divide, "FAILED")
+    sign_in(browser, served, "viewer")
+    browser.get(served.url + f"/#/p/{tree['id']}/n/{divide}")
+    assert find(browser, "#ex-data-headline").text == "ZeroDivisionError: division by zero"
+    assert text(browser, "#ex-data-view").startswith("Traceback (most recent call last):")
+    # Not a traceback (a component's own ex_data): shown as it is, without a headline.
+    tree, fails = failed_payload(served)
+    browser.get(served.url + f"/#/p/{tree['id']}/n/{fails}")
+    wait_until(lambda: text(browser, "#panel-title") == PAYLOAD + " fails", 20, 0.05, what="the panel")
+    assert text(browser, "#ex-data-view").startswith("failed on ")
+    assert text(browser, "#ex-data-headline") == ""

@@ -382,7 +382,7 @@
       actions, formSlot,
       // A skipped node keeps the error it failed with: it is history, not its state now.
       outputs.ex_data ? section(entry && entry.skip ? "Error before the skip (ex_data, history: an operator skipped the node)"
-        : "Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view", text: String(outputs.ex_data) }))
+        : "Error (ex_data)", errorView(String(outputs.ex_data)))
         // A component that returned False and set no ex_data: the service says which call did.
         : info.failure_note ? section("Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view",
           text: culm.inert(`(no ex_data: ${info.failure_note})`) })) : null,
@@ -401,6 +401,17 @@
     if (focus) panel.querySelector("#panel-title").focus();
     updated(panel);
   };
+
+  // ex_data as the engine keeps it; a Python traceback is headed by its last line (the exception),
+  // which a long traceback otherwise left below the fold of its box.
+  function errorView(exData) {
+    const view = el("pre", { class: "ex-data", id: "ex-data-view", text: exData });
+    if (!exData.startsWith("Traceback (most recent call last):")) return view;
+    const last = exData.split("\n").filter((line) => line.trim()).pop();
+    const part = document.createDocumentFragment();
+    part.append(el("p", { class: "ex-headline", id: "ex-data-headline", text: last }), view);
+    return part;
+  }
 
   // How many times the panel was brought up to date (pages and tests can tell a refresh happened).
   function updated(panel) {
