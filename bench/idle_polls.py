@@ -8,7 +8,9 @@ thread (the engine's threads are not counted) and prints the min and median per 
 
 Shapes: ``waiting_20``: 100 pipelines of 4 branches waiting for a callback (20 nodes; 100
 polls a round, each pipeline in turn); ``waiting_703``: one pipeline of 100 such branches of 10
-(703 entries, 101 wait reasons; 100 polls a round). ``--long-wait``: as after a wait longer than
+(703 entries, 101 wait reasons; 100 polls a round); ``finished_1004``: ``wide_pipeline(100, 10)``
+once FINISHED (1,005 entries, no wait reason: the issue's "1,004-node pipeline at idle").
+``--long-wait``: as after a wait longer than
 ``STALLED_AFTER`` (set to 0.05 s here), when every poll makes the stalled check.
 
 ``--culm CHECKOUT`` times another checkout's culm (a worktree of main, for a before and after);
@@ -27,7 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
-SHAPES = ("waiting_20", "waiting_703")
+SHAPES = ("waiting_20", "waiting_703", "finished_1004")
+FINAL = {"finished_1004": "FINISHED"}  # (the others stand still RUNNING)
 POLLS = 100  # per round
 
 
@@ -35,14 +38,16 @@ def measure(shape: str, rounds: int, long_wait: bool) -> dict[str, object]:
     import gc
 
     import culm
-    from bench.trees import waiting_pipeline
+    from bench.trees import waiting_pipeline, wide_pipeline
     from culm import api
 
     if long_wait:  # (before the first poll: a kept tree's reasons remember when the check is due)
         from culm.core import waits
 
         waits.STALLED_AFTER = 0.05
-    trees = [waiting_pipeline(4, 4) for _ in range(100)] if shape == "waiting_20" else [waiting_pipeline(100, 10)]
+    trees = ([waiting_pipeline(4, 4) for _ in range(100)] if shape == "waiting_20"
+             else [wide_pipeline(100, 10)] if shape == "finished_1004" else [waiting_pipeline(100, 10)])
+    final = FINAL.get(shape, "RUNNING")
     workdir = tempfile.mkdtemp(prefix="culm-bench-idle-")
     rt = culm.Runtime(f"sqlite:///{workdir}/bench.db")
     try:
@@ -52,8 +57,8 @@ def measure(shape: str, rounds: int, long_wait: bool) -> dict[str, object]:
             raise SystemExit("the pipelines did not stand still in 600 s")
         ids = [t["id"] for t in trees]
         for root in ids:  # (one uncounted poll each: the trees are kept from here on)
-            if api.get_pipeline_states(rt, root).data[root]["state"] != "RUNNING":
-                raise SystemExit(f"pipeline {root} is not RUNNING")
+            if api.get_pipeline_states(rt, root).data[root]["state"] != final:
+                raise SystemExit(f"pipeline {root} is not {final}")
         if long_wait:
             time.sleep(0.2)
         per_poll = []

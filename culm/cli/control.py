@@ -1,15 +1,19 @@
 """Control commands: one per control operation of :mod:`culm.api`.
 
-On the embedded runtime, when no other process runs this database's work, the command then runs
-the pipeline on (in this process) until it ends or stops moving, printing each state change, as
-``culm run --attach`` does; ``--no-follow`` only records the command. With a cluster (``--broker``)
-the command publishes its work to the workers (``--no-follow`` or not); without one, they pick the
-command's work up from the database when their relay looks for it (``CULM_RELAY_GRACE`` later).
+The engine's verdict comes first: a refusal is one line and exit 5 (2, 3, 4 for a wrong argument,
+an unknown id, a database that cannot be used). An accepted command (exit 0) is then followed until
+the pipeline ends or stops moving (a node failed, one waits), as ``culm run`` follows a run, up to
+``--timeout``; ``--no-follow`` only records it. On the embedded runtime, when no other process runs
+this database's work, this process runs the pipeline on. A server database's work is a cluster's:
+the command publishes it to the workers (``--broker``), or they find it with their relay
+(``CULM_RELAY_GRACE`` later), and the command follows by polling, as it does when another process
+runs a SQLite file's work; work that nothing takes ends the wait with what to check.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -19,6 +23,7 @@ from culm.cli import render
 from culm.cli.common import (
     EXIT_OK,
     NotFound,
+    Refused,
     UsageError,
     a_count,
     a_text,
@@ -28,6 +33,7 @@ from culm.cli.common import (
     an_id,
     broker_url,
     check,
+    db_url,
     err,
     open_runtime,
     parse_json_object,
@@ -44,6 +50,7 @@ from culm.cli.run import (
 )
 
 FOLLOW_TIMEOUT = 600.0
+RELAY_ROUND = 2.0  # CULM_RELAY_INTERVAL's default: how often a worker's relay looks for work
 # The state a node command's target must be in for the engine to take it; in any other, the
 # command is only sent (the engine refuses it, naming the state) and nothing else is checked first.
 NEEDS = {"retry": "FAILED", "retry-subprocess": "FAILED", "skip": "FAILED", "skip-exclusive-gateway": "FAILED",
@@ -62,6 +69,12 @@ def _set_context(rt: Any, args: argparse.Namespace) -> Any:
 
     pairs = (split_assignment(i, "set-context", f"culm set-context {args.id}") for i in args.values)
     values = {"${" + key + "}": value for key, value in pairs}
+    ended = state_entry(rt, args.id).get("state")
+    if ended in ("FINISHED", "REVOKED"):
+        # The API overwrites an ended pipeline's context, as bamboo's does; nothing reads it any
+        # more, so the command refuses rather than report a change that changes nothing.
+        raise Refused(f"cannot update the context of pipeline {args.id}: it has ended (state {ended}); "
+                      "nothing reads its context any more")
     info = check(api.get_pipeline_debug_info(rt, args.id))
     known = sorted(v["key"] for v in info["context_values"])
     unknown = sorted(set(values) - set(known))
@@ -137,8 +150,10 @@ def cmd_control(args: argparse.Namespace) -> int:
     attr, done, call = _operations()[args.command]
     target = getattr(args, attr)
     import_modules(import_names(args.imports))
-    cluster = bool(broker_url(args))
-    with open_runtime(args, read_only=True, run=not args.no_follow, submits=True) as rt:
+    # A server database's work is a cluster's: its `culm worker`s run it (published to them with
+    # --broker, else found by their relay), never this command, which follows it by polling.
+    cluster = bool(broker_url(args)) or not db_url(args).startswith(("sqlite", "memory"))
+    with open_runtime(args, read_only=True, run=not args.no_follow and not cluster, submits=True) as rt:
         from culm import api
 
         try:
@@ -151,8 +166,12 @@ def cmd_control(args: argparse.Namespace) -> int:
                              f"(`culm status {target}` lists them)")
         tree = api.get_pipeline_tree(rt, root_id)
         info = render.node_info(tree.data) if tree.result else {}
+        kind = info.get(target, ("", ""))[1]
+        if attr == "id" and root_id != target and kind not in ("", "SubProcess"):  # the mirror of the above: exit 2
+            raise UsageError(f"{target} is a {kind} node of pipeline {root_id}: `culm {args.command}` takes a "
+                             f"pipeline or a SubProcess node (`culm {args.command} {root_id}`)")
         runner = getattr(rt, "dispatcher", None) is not None and not cluster
-        if args.no_follow or not runner or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
+        if args.no_follow or entry is None or args.command in ("pause", "pause-node", "set-context", "set-outputs", "loop-times"):
             _accepted(call(rt, args), args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             if args.command == "pause" and runner:
@@ -163,7 +182,7 @@ def cmd_control(args: argparse.Namespace) -> int:
         # guess: the node may move before the command lands (RUNNING -> FAILED, review 17 R4), so
         # whether to follow is the engine's answer to the command itself, never this read.
         hopeless = entry.get("state") != NEEDS.get(args.command, entry.get("state"))
-        if args.command != "revoke" and not hopeless:
+        if runner and args.command != "revoke" and not hopeless:
             require_components(rt, root_id, tree.data, f"{args.command} {target}",
                                ", or pass --no-follow to only record the command",
                                runs=target if args.command in ("retry", "callback") else None,
@@ -175,7 +194,23 @@ def cmd_control(args: argparse.Namespace) -> int:
             print(f"{done} {render.label(target, info)}", flush=True)
             progress.release()
             return wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True,
-                                     judge=_accepted_is_done)
+                                     judge=_accepted_is_done, stalled_after=_stalled_after(args, runner))
+
+
+def _stalled_after(args: argparse.Namespace, runner: bool) -> float | None:
+    """From when on a follow stops at work nothing takes (no worker runs): at once when the work
+    was published (or another process on this SQLite file runs it); without a broker, once the
+    workers' relay would have found it (``CULM_RELAY_GRACE`` and a relay round, 2 s, later); never
+    when this process runs it."""
+    if runner:
+        return None
+    if broker_url(args) or db_url(args).startswith("sqlite"):
+        return 0.0
+    try:
+        grace = float(os.environ.get("CULM_RELAY_GRACE", "15"))
+    except ValueError:
+        grace = 15.0
+    return grace + 2 * RELAY_ROUND
 
 
 def _accepted_is_done(_outcome: str, _flat: dict[str, dict]) -> int:
@@ -194,7 +229,7 @@ def register(sub: Any) -> None:
         add_broker(p)
         add_imports(p, "module defining components (the embedded runtime runs them on after the command)")
         p.add_argument("--no-follow", action="store_true",
-                       help="only record the command; do not run the pipeline on in this process")
+                       help="only record the command; do not follow the pipeline (nor run it on in this process)")
         p.add_argument("--timeout", type=seconds, default=FOLLOW_TIMEOUT, metavar="S",
                        help="stop following after S seconds")
         p.set_defaults(func=cmd_control)

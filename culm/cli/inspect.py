@@ -234,10 +234,14 @@ def cmd_list(args: argparse.Namespace) -> int:
             rt, state=_states_option(args.state), name=args.name, created_after=since,
             created_before=before, limit=args.limit, offset=args.offset,
         ), bad_input=True)
-        marks = {} if args.json else _marks(rt, found["items"])
+        from culm.core import waits
+
+        # The same fields as the REST list API's items (failed_node_list, callback_nodes...).
+        waits.mark_list_items(rt.store, found["items"])
     if args.json:
-        print_json(found)
+        print_json({**found, "limit": args.limit, "offset": args.offset})
         return EXIT_OK
+    marks = _marks(found["items"])
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold")
@@ -278,26 +282,22 @@ def _no_database(missing: NotFound) -> Iterator[Any]:
         yield rt
 
 
-def _marks(rt: Any, items: list[dict]) -> dict[str, str]:
+def _marks(items: list[dict]) -> dict[str, str]:
     """What each RUNNING pipeline of ``items`` waits on, to follow its state: its failed nodes
     (bamboo keeps such a pipeline RUNNING) and those that wait for a callback, each by name and id
     (the id is what `culm retry` or `culm callback` takes), as the console's list shows them."""
     from rich.markup import escape
 
-    from culm.core import waits
-
-    with rt.store.reading() as unit:  # grouped reads for the page
-        found = waits.attention(unit, [item["id"] for item in items if item["state"] == "RUNNING"],
-                                waits.node_names(rt.store))
     marks: dict[str, str] = {}
-    for root_id, nodes in found.items():
+    for item in items:
         parts = []
-        if nodes["failed"]:
-            failed = escape(_some(nodes["failed"], nodes["failed_count"]))
-            parts.append(f"[red]{nodes['failed_count']} failed: {failed}[/]")
-        if nodes["callbacks"]:
-            parts.append(f"waits for a callback: {escape(_some(nodes['callbacks'], nodes['callback_count']))}")
-        marks[root_id] = f" ({'; '.join(parts)})" if parts else ""
+        if item.get("failed_node_list"):
+            failed = escape(_some(item["failed_node_list"], item["failed_nodes"]))
+            parts.append(f"[red]{item['failed_nodes']} failed: {failed}[/]")
+        if item.get("callback_nodes"):
+            parts.append(f"waits for a callback: {escape(_some(item['callback_nodes'], item['callback_node_count']))}")
+        if parts:
+            marks[item["id"]] = f" ({'; '.join(parts)})"
     return marks
 
 

@@ -96,9 +96,26 @@ def _moving(flat: dict[str, dict], waiting_moves: bool) -> bool:
     for e in flat.values():
         if e["state"] not in ("RUNNING", "READY", "SUSPENDED") or e["id"] in containers:
             continue
+        if e["state"] == "READY" and _paused_around(flat, e):
+            # Parked by a pause (a node retried in a paused pipeline): waits for `culm resume`.
+            if waiting_moves:
+                return True
+            continue
         reason = e.get("wait_reason")
         if not reason or reason["kind"] == "poll" or (waiting_moves and reason["kind"] != "failed"):
             return True
+    return False
+
+
+def _paused_around(flat: dict[str, dict], entry: dict) -> bool:
+    """Whether the pipeline or a subprocess around ``entry`` is paused (SUSPENDED)."""
+    seen: set[str] = set()
+    parent = flat.get(entry.get("parent_id") or "")
+    while parent is not None and parent["id"] not in seen:
+        if parent["state"] == "SUSPENDED":
+            return True
+        seen.add(parent["id"])
+        parent = flat.get(parent.get("parent_id") or "")
     return False
 
 
@@ -130,17 +147,20 @@ class Stillness:
 
 
 def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, stop_when_waiting: bool = False,
-           on_callback: Callable[[dict], None] | None = None) -> tuple[str, dict[str, dict]]:
-    """Poll until the pipeline ended or stopped moving: ``("ended"|"failed"|"waiting"|"timeout", flat)``.
+           on_callback: Callable[[dict], None] | None = None, stalled_after: float | None = None
+           ) -> tuple[str, dict[str, dict]]:
+    """Poll until the pipeline ended or stopped moving: ``("ended"|"failed"|"waiting"|"stalled"|"timeout", flat)``.
 
     A pipeline stops moving when nothing runs but failed nodes (``"failed"``) or, with
-    ``stop_when_waiting``, nodes that wait for a callback or an operator (``"waiting"``); a poll
-    always goes on by itself. ``on_callback`` is told once of each run of a node that starts
+    ``stop_when_waiting``, nodes that wait for a callback or an operator (``"waiting"``), or, from
+    ``stalled_after`` seconds on, work that nothing takes (``"stalled"``: the pipeline's ``stalled``
+    wait reason: no worker runs); a poll always goes on by itself. ``on_callback`` is told once of each run of a node that starts
     waiting for a callback.
     """
     from culm import api
 
-    deadline = time.monotonic() + timeout
+    begun = time.monotonic()
+    deadline = begun + timeout
     still = Stillness(waiting_moves=not stop_when_waiting)
     told: set[tuple[str, str]] = set()
     while True:
@@ -159,6 +179,9 @@ def follow(rt: Any, root_id: str, timeout: float, progress: Progress | None, sto
         stopped = still.stopped(flat)
         if stopped is not None:
             return stopped, flat
+        if stalled_after is not None and time.monotonic() - begun >= stalled_after \
+                and (flat.get(root_id, {}).get("wait_reason") or {}).get("kind") == "stalled":
+            return "stalled", flat
         if time.monotonic() >= deadline:
             return "timeout", flat
         time.sleep(POLL_SECONDS)
@@ -234,16 +257,17 @@ def beyond_repair(flat: dict[str, dict], root_id: str, node_id: str) -> bool:
 
 
 def failure_report(root_id: str, flat: dict[str, dict], info: dict[str, tuple[str, str]],
-                   ex_data: dict[str, str], imports: str = "") -> list[str]:
+                   ex_data: dict[str, str], imports: str = "", where: str = "") -> list[str]:
     """What ``culm run`` and ``culm watch`` print of a pipeline held by failed nodes: how to go on,
     then each failed node with its ``ex_data`` (``ex_data``: by node id; ``imports``: the
-    `` --import X`` a retry needs when it runs the node in its own process)."""
+    `` --import X`` a retry needs when it runs the node in its own process, and the options that
+    reach the same database and workers; ``where``: the ``--db`` of the `culm status` named)."""
     failed = sorted(n for n, e in flat.items() if e["state"] == "FAILED")
     if not failed:
         return []
     root_state = flat.get(root_id, {}).get("state", "UNKNOWN")
     live = [n for n in failed if not beyond_repair(flat, root_id, n)]
-    see = f"(see `culm status {shlex.quote(root_id)}`)"
+    see = f"(see `culm status {shlex.quote(root_id)}{where}`)"
     if live:
         node = node_word(live)
         lines = [f"pipeline {root_id} is {root_state} with {len(failed)} failed node(s); retry with "
@@ -295,6 +319,20 @@ def _imports_option(args: argparse.Namespace) -> str:
     if source and str(source).endswith(".py") and source not in names:
         names.insert(0, source)
     return "".join(f" --import {name}" for name in names)
+
+
+def where_options(args: argparse.Namespace, cluster: bool = True) -> str:
+    """`` --db URL --broker URL --prefix P`` as this command was given them on its command line (not
+    from the environment): the commands a hint names reach the same database (and, ``cluster``, the
+    same workers)."""
+    parts = [f" --db {shlex.quote(args.db)}" if getattr(args, "db", None) else ""]
+    if not cluster:
+        return parts[0]
+    parts.append(f" --broker {shlex.quote(args.broker)}" if getattr(args, "broker", None) else "")
+    prefix = getattr(args, "prefix", None)
+    if prefix and prefix != os.environ.get("CULM_QUEUE_PREFIX", "culm"):
+        parts.append(f" --prefix {shlex.quote(prefix)}")
+    return "".join(parts)
 
 
 def continue_hint(args: argparse.Namespace, root_id: str, cluster: bool, rt: Any = None) -> str:
@@ -357,6 +395,8 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
         return EXIT_OK if root_state == "FINISHED" else EXIT_FAILED
     if outcome == "timeout":
         print(f"timed out after {args.timeout:g}s: pipeline {root_id} is {root_state}")
+    elif outcome == "stalled":
+        print(f"pipeline {root_id} is {root_state}, and nothing takes its work:")
     elif outcome == "waiting":
         print(f"pipeline {root_id} is {root_state} and waits:")
     for node_id, entry in sorted(flat.items()):
@@ -366,9 +406,13 @@ def conclude(rt: Any, root_id: str, info: dict[str, tuple[str, str]], outcome: s
         elif reason and reason["kind"] != "failed":
             print(f"  {render.label(node_id, info)}: {reason['text']}")
     failed = {n: ex_data_text(rt, n) for n, e in flat.items() if e["state"] == "FAILED"}
-    for line in failure_report(root_id, flat, info, failed, "" if cluster else _imports_option(args)):
+    imports = "" if cluster else _imports_option(args)
+    for line in failure_report(root_id, flat, info, failed, imports + where_options(args), where_options(args, False)):
         print(line)
-    if outcome in ("timeout", "waiting"):
+    if outcome == "waiting" and root_state == "SUSPENDED":  # `run --attach` would wait on it too
+        print(f"resume it with `culm resume {shlex.quote(root_id)}{imports}{where_options(args)}` "
+              f"(or stop it with `culm revoke {shlex.quote(root_id)}{where_options(args)}`)")
+    elif outcome in ("timeout", "waiting", "stalled"):
         print(continue_hint(args, root_id, cluster, rt))
     return EXIT_FAILED
 
@@ -448,7 +492,8 @@ def _refused_run(started: Any, info: dict[str, tuple[str, str]]) -> NoReturn:
 
 def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
                       progress: Progress | None, cluster: bool, stop_when_waiting: bool = False,
-                      judge: Callable[[str, dict[str, dict]], int] | None = None) -> int:
+                      judge: Callable[[str, dict[str, dict]], int] | None = None,
+                      stalled_after: float | None = None) -> int:
     """Follow the pipeline, print how it stands and return the exit code: :func:`conclude`'s, or
     ``judge(outcome, flat)``'s when given (a control command's: what it waited for)."""
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
@@ -462,7 +507,7 @@ def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dic
     try:
         with _stops_on_sigterm():
             outcome, flat = follow(rt, root_id, args.timeout, progress, stop_when_waiting,
-                                   on_callback=None if stop_when_waiting else tell)
+                                   on_callback=None if stop_when_waiting else tell, stalled_after=stalled_after)
     except KeyboardInterrupt:
         err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster, rt)}")
         return 130

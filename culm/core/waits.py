@@ -176,8 +176,9 @@ NAMED_IN_A_LIST = 3
 class NodeNames:
     """The names the trees of runs give their nodes, ``{root_id: {node_id: name}}``, kept for a
     store (:func:`node_names`): a run's tree never changes, so a list that names a few nodes of
-    the same pipelines again (the console reloads its list on every change) reads no tree again.
-    At most ``KEEP`` names are kept, those of the runs named last."""
+    the same pipelines again (the console reloads its list on every change) reads no name again.
+    Only the names asked for are read (:meth:`Unit.node_names`: the database returns each name,
+    not the tree). At most ``KEEP`` names are kept, those of the runs named last."""
 
     KEEP = 100_000
 
@@ -186,23 +187,28 @@ class NodeNames:
         self._kept = 0
         self._lock = threading.Lock()
 
-    def of(self, unit: Unit, root_ids: Collection[str]) -> dict[str, dict[str, str]]:
-        """The names of the nodes of ``root_ids``; the trees not kept are read (only that column)
+    def of(self, unit: Unit, wanted: Mapping[str, Collection[str]]) -> dict[str, dict[str, str]]:
+        """The names of the nodes ``wanted`` (``{root_id: node_ids}``); those not kept are read,
         in one read."""
+        found: dict[str, dict[str, str]] = {}
+        missing: dict[str, list[str]] = {}
         with self._lock:
-            found = {root_id: self._runs[root_id] for root_id in root_ids if root_id in self._runs}
-            for root_id in found:
-                self._runs.move_to_end(root_id)
-        missing = [root_id for root_id in root_ids if root_id not in found]
+            for root_id, node_ids in wanted.items():
+                kept = self._runs.get(root_id, {})
+                if kept:
+                    self._runs.move_to_end(root_id)
+                found[root_id] = {n: kept[n] for n in node_ids if n in kept}
+                if need := [n for n in node_ids if n not in kept]:
+                    missing[root_id] = need
         if missing:
-            read = {root_id: _names(tree) for root_id, tree in unit.pipeline_trees(missing).items()}
-            found.update(read)
+            read = unit.node_names(missing)
             with self._lock:
                 for root_id, names in read.items():
-                    if root_id not in self._runs and len(names) <= self.KEEP:
-                        self._runs[root_id] = names
-                        self._kept += len(names)
-                while self._kept > self.KEEP:
+                    found.setdefault(root_id, {}).update(names)
+                    kept = self._runs.setdefault(root_id, {})
+                    self._kept += len(set(names) - set(kept))
+                    kept.update(names)
+                while self._kept > self.KEEP and self._runs:
                     self._kept -= len(self._runs.popitem(last=False)[1])
         return found
 
@@ -242,7 +248,9 @@ def attention(unit: Unit, root_ids: Sequence[str], names: NodeNames | None = Non
         entry(root_id).update(callbacks=[{"node_id": node_id, **_callback(version, schedule_type)}
                                          for node_id, version, schedule_type in waiting], callback_count=n)
     if found:
-        named = (names or NodeNames()).of(unit, list(found))
+        wanted = {root_id: [n["node_id"] for n in (*nodes["failed"], *nodes["callbacks"])]
+                  for root_id, nodes in found.items()}
+        named = (names or NodeNames()).of(unit, wanted)
         for root_id, nodes in found.items():
             of_run = named.get(root_id, {})
             for node in (*nodes["failed"], *nodes["callbacks"]):
@@ -250,11 +258,22 @@ def attention(unit: Unit, root_ids: Sequence[str], names: NodeNames | None = Non
     return found
 
 
-def _names(tree: Any) -> dict[str, str]:
-    from culm.model import walk_tree
-
-    return {node["id"]: node["name"] for _pipe, nodes in walk_tree(tree) for node in nodes
-            if isinstance(node.get("name"), str)}
+def mark_list_items(store: Any, items: Sequence[dict[str, Any]]) -> None:
+    """Add to each RUNNING item of a :func:`culm.api.list_pipelines` page what needs an operator, as
+    the REST list API and ``culm list --json`` show it: ``failed_nodes`` (how many FAILED nodes),
+    ``failed_node_list`` (the first of them, ``{"node_id", "name"}``), ``callback_nodes`` (the
+    first nodes that wait for a callback, with their reason) and ``callback_node_count``."""
+    running = [item for item in items if item["state"] == "RUNNING"]
+    if not running:
+        return
+    with store.reading() as unit:  # grouped reads for the page
+        marked = attention(unit, [item["id"] for item in running], node_names(store))
+    for item in running:
+        nodes = marked.get(item["id"], {})
+        item["failed_nodes"] = nodes.get("failed_count", 0)
+        item["failed_node_list"] = nodes.get("failed", [])
+        item["callback_nodes"] = nodes.get("callbacks", [])
+        item["callback_node_count"] = nodes.get("callback_count", 0)
 
 
 def _stalled(tasks: Sequence[TaskRecord]) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def _one_operand(text: str) -> bool:
 
 
 def _escape(value: Any) -> Any:
-    if not isinstance(value, str):
+    if not issubclass(type(value), str):
         return value
     return value.replace("\n", "\\n").replace("\r", "\\r").replace("\t", "\\t")
 

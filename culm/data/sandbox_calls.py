@@ -27,29 +27,29 @@ _PIECE_BYTES = POINTER_BYTES + 49  # a list slot and a short str object
 def precheck_str_method(ev: Evaluator, text: str, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Refuse a ``str`` method call whose result would be too long or hold too much memory;
     returns the arguments to call it with."""
-    first = args[0] if args else next(iter(kwargs.values()), None)
-    if name in ("center", "ljust", "rjust", "zfill") and isinstance(first, int):
+    first: Any = args[0] if args else next(iter(kwargs.values()), None)
+    if name in ("center", "ljust", "rjust", "zfill") and issubclass(type(first), int):
         ev.ensure_length(first, f"str.{name}() result")
     elif name == "expandtabs":
         tab = 8 if first is None else first
-        if isinstance(tab, int):
+        if issubclass(type(tab), int):
             ev.ensure_length(len(text) + text.count("\t") * max(tab, 0), "str.expandtabs() result")
-    elif name == "replace" and len(args) >= 2 and isinstance(args[0], str) and isinstance(args[1], str):
+    elif name == "replace" and len(args) >= 2 and issubclass(type(args[0]), str) and issubclass(type(args[1]), str):
         hits = text.count(args[0])
-        if len(args) > 2 and isinstance(args[2], int) and args[2] >= 0:
+        if len(args) > 2 and issubclass(type(args[2]), int) and args[2] >= 0:
             hits = min(hits, args[2])
         ev.ensure_length(len(text) + hits * (len(args[1]) - len(args[0])), "str.replace() result")
     elif name in _CASE_MAPS and not text.isascii() and 3 * len(text) > ev.lim.max_sequence:
         _size_case_map(ev, text, name)
     elif name == "join" and len(args) == 1:
         items = ev.take(args[0], "str.join() input")
-        total = sum(len(i) for i in items if isinstance(i, str)) + len(text) * max(len(items) - 1, 0)
+        total = sum(len(i) for i in items if issubclass(type(i), str)) + len(text) * max(len(items) - 1, 0)
         ev.ensure_length(total, "str.join() result")
         return (items,)
     elif name in ("split", "rsplit", "splitlines"):
         if name == "splitlines":
             pieces = sum(text.count(c) for c in _LINE_BREAKS) + 1
-        elif isinstance(first, str) and first:
+        elif issubclass(type(first), str) and first:
             pieces = text.count(first) + 1
         else:
             pieces = len(text) // 2 + 1
@@ -91,9 +91,9 @@ def b_str(ev: Evaluator, *args: Any, **kwargs: Any) -> str:
 
 
 def b_int(ev: Evaluator, *args: Any, **kwargs: Any) -> int:
-    text = args[0] if args else None
+    text: Any = args[0] if args else None
     ev.ensure_number(text, "int()")
-    if isinstance(text, str | bytes) and len(text) > ev.lim.max_int_bits + 64:
+    if issubclass(type(text), str | bytes) and len(text) > ev.lim.max_int_bits + 64:
         # base 2 needs max_int_bits digits; decimal text is capped by Python itself, but
         # power-of-two bases are not (int('f' * 10**6, 16) is linear, then // on it quadratic)
         raise ExpressionLimitError(f"int() of a {len(text)}-character text: over {ev.lim.max_int_digits} digits")
@@ -117,7 +117,7 @@ def b_pow(ev: Evaluator, base: Any, exp: Any, mod: Any = None) -> Any:
 
 def b_round(ev: Evaluator, number: Any, ndigits: Any = None) -> Any:
     # round(1, -10**9) would compute 10**(10**9) inside CPython.
-    if isinstance(ndigits, int) and abs(ndigits) > ev.lim.max_int_digits:
+    if issubclass(type(ndigits), int) and abs(ndigits) > ev.lim.max_int_digits:
         raise ExpressionLimitError(f"round() ndigits over {ev.lim.max_int_digits}")
     ev.ensure_number(number, "round()")
     return round(number, ndigits)
@@ -126,18 +126,18 @@ def b_round(ev: Evaluator, number: Any, ndigits: Any = None) -> Any:
 def _walkable(ev: Evaluator, source: Any) -> bool:
     """True for a range whose ints are small enough to go through in C without materialising it
     (``len`` is capped by ``range()``; each item costs one machine word per 30 bits)."""
-    if not isinstance(source, range) or not source:
+    if not issubclass(type(source), range) or not source:
         return False
     words = max(abs(source.start), abs(source.stop)).bit_length() // 30 + 1
     return len(source) * words <= _RANGE_WORK
 
 
 def b_sum(ev: Evaluator, iterable: Any, start: Any = 0) -> Any:
-    if isinstance(start, int | float) and _walkable(ev, iterable):
+    if issubclass(type(start), int | float) and _walkable(ev, iterable):
         return sum(iterable, start)
     items = ev.take(iterable, "sum() input")
     ev.plain(items, ("__add__", "__radd__"), "sum() of")  # a lazy input's items (a generator's, a view's)
-    if isinstance(start, int | float | complex):
+    if issubclass(type(start), int | float | complex):
         return sum(items, start)
     total = start
     for item in items:  # non-numbers go through "+" so every step is size-checked
@@ -166,8 +166,8 @@ def b_set(ev: Evaluator, iterable: Any = ()) -> set[Any]:
 
 def b_dict(ev: Evaluator, source: Any = (), **kwargs: Any) -> dict[Any, Any]:
     ev.reach(source, "iterating")
-    pairs = ev.take(source.items() if isinstance(source, Mapping) else source, "dict()")
-    keys = [pair[0] for pair in pairs if isinstance(pair, list | tuple) and pair]
+    pairs = ev.take(source.items() if issubclass(type(source), Mapping) else source, "dict()")
+    keys = [pair[0] for pair in pairs if issubclass(type(pair), list | tuple) and pair]
     ev.hashed(keys + list(kwargs), "dict()")
     return dict(pairs, **kwargs)
 

@@ -28,6 +28,7 @@ from culm.data.sandbox_guards import (
     CONTAINERS,
     DICT_VIEWS,
     FORBIDDEN_NAMES,
+    NOTHING,
     OTHER_SEQUENCES,
     POINTER_BYTES,
     SAFE_BUILTINS,
@@ -41,9 +42,12 @@ from culm.data.sandbox_guards import (
     measure,
     method_kind,
     opaque,
+    proxied,
+    static_attribute,
     user_method,
     without_addresses,
 )
+from culm.data.sandbox_keys import MAX_HASH_COLLISIONS, chained, check_spread
 from culm.data.sandbox_objects import (
     ARITH_DUNDERS,
     COMPARE_DUNDERS,
@@ -121,10 +125,7 @@ class BoundMethod:
 
 # ---------------------------------------------------------------- the evaluator
 
-# Different keys of one set or dict that may share a hash: legitimate data rarely has two.
-MAX_HASH_COLLISIONS = 64
 _CHUNK = 256
-_KEY_CHUNK = 65_536
 _DRAIN_CHUNK = 64  # smaller: an item of a zip of many iterables is a tuple of as many
 
 
@@ -165,7 +166,10 @@ class Evaluator:
         """``(approximate len(str(value)), approximate bytes)`` of ``value``."""
         kind = type(value)  # the real type: isinstance() runs a __class__ property
         if not issubclass(kind, CONTAINERS):
-            return measure(value, 0, 0, _no_tick)
+            # a scalar returns at once; a holder (a SimpleNamespace, a dataclass, a UserDict) is
+            # measured by what it writes, to the limits: measured to 0 it was a few characters,
+            # and f'{ns}' of one holding 3 million ints wrote 26 million characters (5-40 s) first
+            return measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes)
         length = len(value) if kind in _SIZED_TYPES else base_length(kind)(value)
         if length < 64 and kind in _SMALL_HOLDERS:
             # a big value held twice ([rows, rows], {'a': rows, 'b': rows}) is measured once
@@ -235,7 +239,7 @@ class Evaluator:
 
     def built(self, value: Any) -> Any:
         """Check and charge a freshly built value."""
-        if isinstance(value, SIZED):
+        if issubclass(type(value), SIZED):
             self.ensure_length(len(value), f"{type(value).__name__} result")
             size, mem = self.measure(value)
             self.ensure_size(size, f"{type(value).__name__} result")
@@ -260,7 +264,7 @@ class Evaluator:
         The items' bytes are charged, unless the list is ``returned`` as the call's result
         (:meth:`built` charges it then).
         """
-        if isinstance(iterable, str | list | tuple | dict | set | frozenset) and len(iterable) < 64:
+        if issubclass(type(iterable), str | list | tuple | dict | set | frozenset) and len(iterable) < 64:
             self.reach(iterable, "iterating")
             return list(iterable)
         self.reach(iterable, "iterating")
@@ -288,7 +292,10 @@ class Evaluator:
         """True for an iterator (zip, enumerate, reversed, a generator): consuming one in C runs
         code the clock cannot see, for as long as the iterator has items (a zip of 900 ranges of
         a million items each is 900 million steps inside one all() or one "in")."""
-        return type(iterable) not in _SIZED_TYPES and isinstance(iterable, Iterator)
+        kind = type(iterable)
+        # read from the class as stored: issubclass(kind, Iterator) reads kind.__mro__, which a
+        # metaclass may compute with its own code
+        return kind not in _SIZED_TYPES and static_attribute(kind, "__next__") is not NOTHING
 
     def reach(self, obj: Any, what: str) -> None:
         """Refuse iterating, indexing, measuring or testing membership of an object whose protocol
@@ -302,8 +309,13 @@ class Evaluator:
     def plain(self, value: Any, dunders: tuple[str, ...], what: str) -> None:
         """Refuse ``what`` ``value`` when it, or a value it holds, would run its class's own
         ``dunders`` (a client's ``__eq__``, a model's ``__str__``), unless the limits trust the
-        context's objects."""
-        if type(value) in _PLAIN_VALUES or self.lim.trust_objects:
+        context's objects. A container is refused too when :meth:`walkable` refuses it."""
+        kind = type(value)
+        if kind in _PLAIN_VALUES:
+            return
+        if issubclass(kind, CONTAINERS):  # whatever the trust: a bound on work, not on code
+            self.walkable(value, what)
+        if self.lim.trust_objects:
             return
         # every container walked is remembered for the evaluation: no expression mutates a value
         seen = self.checked.setdefault(dunders, {})
@@ -312,6 +324,31 @@ class Evaluator:
         refusal = operator_refusal(value, dunders, what, seen, self.check_clock)
         if refusal is not None:
             raise refusal
+
+    def walkable(self, value: Any, what: str) -> None:
+        """Refuse ``what`` (comparing, hashing, looking up, sorting...) a container that holds some
+        container more than once when its items, counted as often as they are held, would write
+        more than ``max_value_size`` characters or take more than ``max_memory`` bytes: its
+        operators walk each of them in one C call.
+        Values a component returns keep their sharing (pickled): a tuple holding one half twice,
+        60 levels deep, is 61 small tuples that hash or compare equal in 2**60 steps, and held the
+        worker for good. A big value that shares nothing costs a walk of what memory holds."""
+        kind = type(value)
+        if kind in _SMALL_HOLDERS and len(value) < 64:
+            items = itertools.chain(dict.keys(value), dict.values(value)) if kind is dict else value
+            if set(map(type, items)) <= _PLAIN_VALUES:
+                return  # a row of scalars (its types gathered in C): nothing in it is held twice
+        seen = self.checked.setdefault(("walkable",), {})
+        if seen.get(id(value)) is value:
+            return
+        shape: list[int] = []
+        measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes, shape)
+        if shape and shape[0] > shape[1]:  # over a limit, and sharing
+            raise ExpressionLimitError(
+                f"{what} a {type(value).__name__} value is refused: counted as often as they are held, its "
+                f"items would write more than {self.lim.max_value_size} characters or take more than "
+                f"{self.lim.max_memory} bytes, each walked in one call")
+        seen[id(value)] = value
 
     def compared(self, left: Any, right: Any) -> None:
         """Refuse comparing values whose comparison would run a class's own operator. A container
@@ -322,9 +359,10 @@ class Evaluator:
         if left is right and type(left) in _EXACT_HOLDERS:
             return
         # issubclass of the real types: isinstance() runs a __class__ property
-        if issubclass(type(left), _KEYED_HOLDERS) and issubclass(type(right), _KEYED_HOLDERS) and not self.lim.trust_objects:
-            self.keyed(left, "comparing")  # equal sets or dicts look every key up in the other
-            self.keyed(right, "comparing")
+        if issubclass(type(left), _KEYED_OR_VIEWS) and issubclass(type(right), _KEYED_OR_VIEWS) and not self.lim.trust_objects:
+            # equal sets or dicts (or their keys or items views) look every key up in the other
+            self.keyed(_viewed(left), "comparing")
+            self.keyed(_viewed(right), "comparing")
         for value, other in ((left, right), (right, left)):
             if type(other) in _PLAIN_VALUES:
                 self.operand(value, _COMPARED)
@@ -336,10 +374,10 @@ class Evaluator:
         a dict's or a set's keys only (its values are never compared), else every item."""
         if type(container) in _PLAIN_VALUES or self.lim.trust_objects:
             return
-        if isinstance(container, dict | set | frozenset) and own_operator(type(container), _COMPARED) is None:
+        if issubclass(type(container), dict | set | frozenset) and own_operator(type(container), _COMPARED) is None:
             seen = self.checked.setdefault(("keys", *_COMPARED), {})
             if seen.get(id(container)) is not container:
-                keys = list(dict.keys(container) if isinstance(container, dict) else container)
+                keys = list(dict.keys(container) if issubclass(type(container), dict) else container)
                 self.plain(keys, _COMPARED, "comparing")
                 seen[id(container)] = container
             return
@@ -401,18 +439,14 @@ class Evaluator:
         holder and evaluation."""
         seen = self.checked.setdefault(("hashed",), {})
         if seen.get(id(holder)) is not holder:
-            self.spread(_keys(holder), f"{what}: the keys of a {type(holder).__name__}")
+            self.spread([holder], f"{what}: the keys of a {type(holder).__name__}")
             seen[id(holder)] = holder
 
-    def spread(self, keys: Iterator[Any], what: str) -> None:
-        """Refuse ``keys`` (of sets or dicts that exist already) when too many share a hash, looked
-        at in chunks of ``_KEY_CHUNK``, counted in C, the clock read after each: a set of 3,000,000
-        keys is not copied whole (keys sharing a hash in different chunks are not seen: such a set
-        took its maker n²/2 comparisons to build)."""
-        while chunk := list(itertools.islice(keys, _KEY_CHUNK)):
-            if len(chunk) - len(set(map(hash, chunk))) > MAX_HASH_COLLISIONS:
-                self.hashed(chunk, what)  # told apart exactly: repeated equal keys are no collision
-            self.check_clock()
+    def spread(self, holders: list[Any], what: str) -> None:
+        """Refuse the keys of ``holders`` (sets or dicts that exist already) when too many share a
+        hash, looked at in chunks and counted in C, the clock read after each: a set of 3,000,000
+        keys is not copied whole (:func:`culm.data.sandbox_keys.check_spread`)."""
+        check_spread(chained(holders, _keys), what, self.hashed, self.check_clock)
 
     def hashed(self, items: list[Any], what: str) -> list[Any]:
         """Refuse ``items`` as keys of one set or dict when too many unequal ones share a hash.
@@ -510,7 +544,7 @@ class Evaluator:
         self.reach(obj, "indexing")
         for part in (key.start, key.stop, key.step) if type(key) is slice else (key,):
             self.plain(part, _KEYED, "indexing by")
-        if isinstance(key, slice):  # a copy: charged like any other value built
+        if issubclass(type(key), slice):  # a copy: charged like any other value built
             return self.built(obj[key])
         return obj[key]
 
@@ -525,7 +559,7 @@ class Evaluator:
         func = self.eval(node.func, scope)
         args = [self.eval(arg, scope) for arg in node.args]
         kwargs = {kw.arg: self.eval(kw.value, scope) for kw in node.keywords if kw.arg}
-        if isinstance(func, Builtin | BoundMethod):
+        if issubclass(type(func), Builtin | BoundMethod):
             return func(*args, **kwargs)
         if user_method(func):
             if self.lim.trust_objects or python_value_method(func):
@@ -633,24 +667,24 @@ class Evaluator:
         self.check_clock()
         self.operand(left, _BINOP_DUNDERS[kind])
         self.operand(right, _BINOP_DUNDERS[kind])
-        if kind in _VIEW_OPERATORS and isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS):
+        if kind in _VIEW_OPERATORS and issubclass(type(left), _KEYED_HOLDERS) and issubclass(type(right), _KEYED_HOLDERS):
             # merging, intersecting or subtracting sets or dicts hashes and compares their keys
             self.plain_members(left)
             self.plain_members(right)
         if kind is ast.Add:
             self.check_add(left, right)
-        elif kind in _INT_QUADRATIC and isinstance(left, int) and isinstance(right, int):
+        elif kind in _INT_QUADRATIC and issubclass(type(left), int) and issubclass(type(right), int):
             # ints are capped where they are built; these come from the caller's names
             self.ensure_int(left, "left operand")
             self.ensure_int(right, "right operand")
-        elif kind in _VIEW_OPERATORS and isinstance(left, _KEYED_HOLDERS) and isinstance(right, _KEYED_HOLDERS):
+        elif kind in _VIEW_OPERATORS and issubclass(type(left), _KEYED_HOLDERS) and issubclass(type(right), _KEYED_HOLDERS):
             # a | b, a & b, a - b, a ^ b of sets or dicts look each key of one up among the other's:
             # keys that share a hash (a context's set of multiples of 2**61-1) make that quadratic
             self.keyed(left, "left operand")
             self.keyed(right, "right operand")
             if kind in _MERGES:  # the result holds the keys of both
-                self.spread(itertools.chain(_keys(left), _keys(right)), f"{type(left).__name__} result")
-        elif kind in _VIEW_OPERATORS and (isinstance(left, _SET_VIEWS) or isinstance(right, _SET_VIEWS)):
+                self.spread([left, right], f"{type(left).__name__} result")
+        elif kind in _VIEW_OPERATORS and (issubclass(type(left), _SET_VIEWS) or issubclass(type(right), _SET_VIEWS)):
             # A keys or items view takes any iterable as the other operand and builds a set of it
             # in C (d.keys() ^ range(0, 20000*(2**61-1), 2**61-1) ran for 15 s): both operands
             # become sets here, item by item under every limit; the result is the same set.
@@ -659,12 +693,12 @@ class Evaluator:
             self.check_pow(left, right)
         elif kind is ast.Mult:
             self.check_mult(left, right)
-        elif kind is ast.LShift and isinstance(left, int) and isinstance(right, int) and left:
+        elif kind is ast.LShift and issubclass(type(left), int) and issubclass(type(right), int) and left:
             if left.bit_length() + right > self.lim.max_int_bits:
                 raise ExpressionLimitError(
                     f"integer result of << would exceed {self.lim.max_int_digits} digits"
                 )
-        elif kind is ast.Mod and (isinstance(left, _FORMATTED) or type(left) is UserString):
+        elif kind is ast.Mod and (issubclass(type(left), _FORMATTED) or type(left) is UserString):
             return self.built(_no_address(percent_format(self, left, right)))
         return self.built(_BINOPS[kind](left, right))
 
@@ -674,43 +708,43 @@ class Evaluator:
     def check_pow(self, base: Any, exp: Any, mod: Any = None) -> None:
         if mod is not None:
             # any sign: pow(a, -e, m) inverts a modulo m, then raises the inverse to e
-            if any(isinstance(v, int) and v.bit_length() > 4096 for v in (base, exp, mod)):
+            if any(issubclass(type(v), int) and v.bit_length() > 4096 for v in (base, exp, mod)):
                 raise ExpressionLimitError("pow() with a modulus takes operands of at most 4096 bits")
             return
-        if isinstance(exp, Fraction) and exp.denominator == 1 and isinstance(base, int | Fraction):
+        if issubclass(type(exp), Fraction) and exp.denominator == 1 and issubclass(type(base), int | Fraction):
             # an exact power, whatever the sign: int ** Fraction(10**8) is 10 ** 10**8 inside
             # Fraction.__rpow__, Fraction(10) ** Fraction(-10**8) is Fraction(1, 10 ** 10**8)
             exp = exp.numerator
-            if isinstance(base, int) and abs(base) > 1:
+            if issubclass(type(base), int) and abs(base) > 1:
                 base = Fraction(base)
-        if isinstance(base, Fraction) and isinstance(exp, int):
+        if issubclass(type(base), Fraction) and issubclass(type(exp), int):
             bits = max(base.numerator.bit_length(), base.denominator.bit_length())
             if bits * abs(exp) > self.lim.max_int_bits:
                 raise ExpressionLimitError(f"Fraction result of ** would exceed {self.lim.max_int_digits} digits")
             return
-        if not (isinstance(base, int) and isinstance(exp, int)) or exp < 0 or abs(base) <= 1:
+        if not (issubclass(type(base), int) and issubclass(type(exp), int)) or exp < 0 or abs(base) <= 1:
             return
         if math.log2(abs(base)) * exp > self.lim.max_int_bits:
             raise ExpressionLimitError(f"integer result of ** would exceed {self.lim.max_int_digits} digits")
 
     def check_add(self, left: Any, right: Any) -> None:
-        if isinstance(left, str | list | tuple) and type(left) is type(right):
+        if issubclass(type(left), str | list | tuple) and type(left) is type(right):
             self.ensure_length(len(left) + len(right), f"{type(left).__name__} sum")
-            if not isinstance(left, str):
+            if not issubclass(type(left), str):
                 self.ensure_size(self.size(left) + self.size(right), f"{type(left).__name__} sum")
 
     def check_mult(self, left: Any, right: Any) -> None:
-        if isinstance(left, int) and isinstance(right, int):
+        if issubclass(type(left), int) and issubclass(type(right), int):
             if left.bit_length() + right.bit_length() > self.lim.max_int_bits + 1:
                 raise ExpressionLimitError(
                     f"integer result of * would exceed {self.lim.max_int_digits} digits"
                 )
             return
-        seq, times = (left, right) if isinstance(right, int) else (right, left)
-        if isinstance(seq, str | bytes | list | tuple) and isinstance(times, int) and times > 1:
+        seq, times = (left, right) if issubclass(type(right), int) else (right, left)
+        if issubclass(type(seq), str | bytes | list | tuple) and issubclass(type(times), int) and times > 1:
             self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
             self.ensure_size(self.size(seq) * times, f"repeated {type(seq).__name__}")
-        elif isinstance(seq, OTHER_SEQUENCES) and isinstance(times, int) and times > 1:
+        elif issubclass(type(seq), OTHER_SEQUENCES) and issubclass(type(times), int) and times > 1:
             self.ensure_length(len(seq) * times, f"repeated {type(seq).__name__}")
 
     # -- attributes and methods
@@ -736,7 +770,7 @@ class Evaluator:
             value = getattr(obj, attr)
         else:
             value = read_attribute(obj, attr)
-        if isinstance(value, type | types.ModuleType):
+        if issubclass(type(value), type | types.ModuleType):
             raise ExpressionError(
                 f"attribute {attr!r} refers to a {type(value).__name__}, which is not allowed"
             )
@@ -744,14 +778,14 @@ class Evaluator:
 
     def namedtuple_field(self, obj: tuple[Any, ...], attr: str) -> bool:
         fields = getattr(type(obj), "_fields", ())
-        if not (isinstance(fields, tuple) and attr in fields):
+        if not (issubclass(type(fields), tuple) and attr in fields):
             return False
         return self.lim.trust_objects or type(inspect.getattr_static(type(obj), attr, None)) is _TUPLE_FIELD
 
     def call_method(self, obj: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         self.tick()
         self.check_clock()
-        if name in ("format", "format_map") and isinstance(obj, str):
+        if name in ("format", "format_map") and issubclass(type(obj), str):
             mapping = args[0] if name == "format_map" and len(args) == 1 and not kwargs else None
             if name == "format_map" and mapping is None:
                 raise ExpressionError("format_map() takes exactly one mapping")
@@ -762,13 +796,13 @@ class Evaluator:
             return self.built(_no_address(safe_format(self, obj, args, kwargs, mapping)))
         for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
             self.plain(arg, _COMPARED_SHOWN if name == "index" else _METHOD_ARGS, f"{name}() of")
-        if args and not isinstance(obj, str):
+        if args and not issubclass(type(obj), str):
             self.plain(obj, _COMPARED, f"{name}() of")
         if issubclass(type(obj), str):
             args = precheck_str_method(self, obj, name, args, kwargs)
         elif issubclass(type(obj), set | frozenset) and args:
             args = precheck_set_method(self, obj, name, args)
-        elif name == "strftime" or isinstance(obj, Decimal):
+        elif name == "strftime" or issubclass(type(obj), Decimal):
             precheck_value_method(self, obj, name, args, kwargs)
         # a subclass of str, dict, ... calls the built-in type's own method, never an override
         # (its code is the component's, as a client's methods are)
@@ -789,9 +823,14 @@ class Evaluator:
         return found
 
 
+def _viewed(holder: Any) -> Any:
+    """The dict a keys or items view shows (read without calling the dict), or ``holder``."""
+    return proxied(holder.mapping) if type(holder) in _SET_VIEWS else holder
+
+
 def _keys(holder: Any) -> Iterator[Any]:
     """The keys of a set or dict, by the built-in type's own iteration."""
-    base: Any = dict if isinstance(holder, dict) else set if isinstance(holder, set) else frozenset
+    base: Any = dict if issubclass(type(holder), dict) else set if issubclass(type(holder), set) else frozenset
     return base.__iter__(holder)  # type: ignore[no-any-return]
 
 
@@ -806,8 +845,8 @@ def precheck_value_method(ev: Evaluator, obj: Any, name: str, args: tuple[Any, .
     """Size a date's strftime from its pattern (``d.strftime('%c' * 5000)``), and refuse a Decimal
     method on an operand whose exponent is over ``max_int_digits`` digits."""
     if name == "strftime":
-        pattern = args[0] if args else kwargs.get("format")
-        if isinstance(pattern, str):
+        pattern: Any = args[0] if args else kwargs.get("format")
+        if issubclass(type(pattern), str):
             ev.ensure_length(strftime_width(ev.lim, obj, pattern), "strftime() result")
         return
     for value in (obj, *args, *kwargs.values()):
@@ -855,6 +894,7 @@ _KEYED_HOLDERS = (set, frozenset, dict)
 _MERGES = frozenset({ast.BitOr, ast.BitXor})
 _VIEW_OPERATORS = frozenset({ast.BitOr, ast.BitXor, ast.BitAnd, ast.Sub})
 _SET_VIEWS = DICT_VIEWS[0::2]  # keys and items views are set-like, values views are not
+_KEYED_OR_VIEWS: tuple[type, ...] = (*_KEYED_HOLDERS, *_SET_VIEWS)
 
 _DISPATCH: dict[type, Callable[[Evaluator, Any, dict[str, Any]], Any]] = {
     node_type: getattr(Evaluator, f"e_{node_type.__name__.lower()}")

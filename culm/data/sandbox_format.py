@@ -50,8 +50,9 @@ _DIRECTIVE = re.compile(r"%[-_0^#]*(\d*)[EO]?")
 
 def strftime_width(lim: Limits, value: Any, pattern: str) -> int:
     """The characters ``value.strftime(pattern)`` may write: each directive its width or
-    :data:`STRFTIME_DIRECTIVE` plus the time zone's name, whichever is more, and the rest as is."""
-    zone = value.tzname() if isinstance(value, datetime.datetime | datetime.time) else None
+    :data:`STRFTIME_DIRECTIVE` plus the time zone's name, whichever is more, and the rest as is;
+    counted until the total passes ``lim.max_sequence``."""
+    zone = value.tzname() if issubclass(type(value), datetime.datetime | datetime.time) else None
     directive = STRFTIME_DIRECTIVE + len(zone or "")
     total = len(pattern)
     for match in _DIRECTIVE.finditer(pattern):
@@ -59,6 +60,10 @@ def strftime_width(lim: Limits, value: Any, pattern: str) -> int:
         if len(digits) > 6 or (digits and int(digits) > lim.max_format_width):
             raise ExpressionLimitError(f"strftime() width {clip(digits, 12)} is over {lim.max_format_width}")
         total += max(int(digits or 0), directive)
+        if total > lim.max_sequence:
+            # too long already: each directive counts 32 or more, so this loop runs at most
+            # max_sequence / 32 times (a pattern of 500,000 '%Y' took 1 s, the clock unread)
+            return total
     return total
 
 
@@ -72,14 +77,14 @@ def format_width(lim: Limits, value: Any, spec: str) -> int:
     """
     width = spec_width(lim, spec)
     if issubclass(type(value), datetime.date | datetime.time) and "%" in spec:  # not a __class__ property
-        zone = value.tzname() if isinstance(value, datetime.datetime | datetime.time) else None
+        zone = value.tzname() if issubclass(type(value), datetime.datetime | datetime.time) else None
         width += len(spec) + spec.count("%") * (STRFTIME_DIRECTIVE + len(zone or ""))
     return width
 
 
 def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str, Any], mapping: Any) -> str:
     """``fmt.format(*args, **kwargs)`` (or ``format_map(mapping)``), sized before it runs."""
-    if not isinstance(fmt, str):
+    if not issubclass(type(fmt), str):
         raise ExpressionError("format() is only allowed on strings")
     positional = () if mapping is not None else args
     named = mapping if mapping is not None else kwargs
@@ -95,7 +100,7 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
         elif field.isdigit():
             arg = positional[int(field)] if int(field) < len(positional) else None
         elif field.isidentifier() and not field.startswith("_"):
-            arg = named.get(field) if isinstance(named, Mapping) else None
+            arg = named.get(field) if issubclass(type(named), Mapping) else None
         else:
             raise ExpressionError(
                 f"format field {{{clip(field, 40)}}} is not allowed (no attribute or index access)"
@@ -109,27 +114,29 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
 def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     """``fmt % args`` (a str, bytes, bytearray or UserString), sized before it runs."""
     estimate = len(fmt)
-    by_key = isinstance(args, Mapping)
-    if not isinstance(args, tuple) and "%(" in text_of(fmt):
+    by_key = issubclass(type(args), Mapping)
+    if not issubclass(type(args), tuple) and "%(" in text_of(fmt):
         # "%(key)s" indexes whatever is not a tuple, a Mapping or not (a client's __getitem__)
         ev.reach(args, "formatting from")
     ev.plain(args, PERCENT_DUNDERS, "formatting")
     text = text_of(fmt)
+    whole = not by_key  # '%s' % mapping writes the whole mapping
     for key, width in percent_fields(text, ev.lim.max_format_width, ev.check_clock):
         estimate += width + PER_FIELD_SLACK
         ev.ensure_length(estimate, "%-formatted string")
         if by_key and key is not None and key in args:
             estimate += ev.size(args[key])
-    if not by_key:
+        whole = whole or key is None
+    if whole:
         estimate += ev.size(args)
-    for value in args.values() if by_key else args if isinstance(args, tuple) else (args,):
+    for value in args.values() if by_key else args if issubclass(type(args), tuple) else (args,):
         ev.ensure_number(value, "%-formatted value")  # %d of a Decimal converts it to an int
     ev.ensure_length(estimate, "%-formatted string")
     return fmt % args
 
 def text_of(fmt: Any) -> str:
     """The text of a ``%`` format (a str, bytes, bytearray or UserString)."""
-    return fmt if isinstance(fmt, str) else fmt.data if isinstance(fmt, UserString) else bytes(fmt).decode("latin-1")
+    return fmt if issubclass(type(fmt), str) else fmt.data if issubclass(type(fmt), UserString) else bytes(fmt).decode("latin-1")
 
 
 def percent_fields(fmt: str, max_width: int, tick: Callable[[], None]) -> Iterator[tuple[str | None, int]]:

@@ -169,16 +169,16 @@ def check_attribute_name(attr: str) -> None:
 def check_subscript(obj: Any, key: Any) -> None:
     """Refuse ``obj[key]`` on a callable or a module (a class's ``__class_getitem__`` runs) or with a
     double-underscore text key; the sandbox and a template's nested-object path share this rule."""
-    if callable(obj) or isinstance(obj, types.ModuleType):
+    if callable(obj) or issubclass(type(obj), types.ModuleType):
         raise ExpressionError(f"subscripting {type(obj).__name__} objects is not allowed")
-    if isinstance(key, str) and key.startswith("__"):
+    if issubclass(type(key), str) and key.startswith("__"):
         raise ExpressionError(f"subscript key {clip(key)!r} is forbidden (double underscore)")
 
 
 def _check_constant(value: Any, max_int_digits: int) -> None:
-    if value is None or isinstance(value, str | bool | float | complex):
+    if value is None or issubclass(type(value), str | bool | float | complex):
         return
-    if isinstance(value, int):
+    if issubclass(type(value), int):
         if int_digits(value) > max_int_digits:
             raise ExpressionLimitError(f"integer literal longer than {max_int_digits} digits")
         return
@@ -232,14 +232,16 @@ def size_of(value: Any, limit: int, tick: Callable[[], None]) -> int:
 
 
 def measure(
-    value: Any, limit: int, mem_limit: int, tick: Callable[[], None], known: Mapping[int, tuple[Any, int, int]] | None = None
+    value: Any, limit: int, mem_limit: int, tick: Callable[[], None], known: Mapping[int, tuple[Any, int, int]] | None = None,
+    shape: list[int] | None = None,
 ) -> Measure:
     """Approximate ``len(str(value))`` and the bytes ``value`` holds, counting shared nested
     containers once per occurrence.
 
     Stops soon after ``limit`` or ``mem_limit`` is passed, so the cost is bounded by the limits;
     ``tick`` is called every few thousand items. ``known`` maps ``id(container)`` to
-    ``(container, size, bytes)`` for containers already measured.
+    ``(container, size, bytes)`` for containers already measured. When a limit is passed, ``shape``
+    (if given) is set to ``[containers counted as often as held, distinct containers]`` so far.
 
     The value is walked one depth at a time, each depth's items grouped by type and added up in C
     (a Python loop over the 100,000 fields of 50,000 rows took the whole time limit); a
@@ -289,9 +291,13 @@ def measure(
                 if total > limit or mem > mem_limit:
                     if len(opened) < count:
                         _cycle(top, None)
+                    if shape is not None:
+                        shape[:] = [count, len(opened)]
                     return total, mem
                 tick()
         if total > limit or mem > mem_limit:
+            if shape is not None:
+                shape[:] = [count, len(opened)]
             return total, mem
         level = below
     return total, mem
@@ -523,7 +529,7 @@ def _own_dict(item: Any, kind: type) -> dict[str, Any] | None:
     if type(slot) is not types.GetSetDescriptorType and type(slot) is not types.MemberDescriptorType:
         raise _computed(kind, "__dict__", slot)
     own = slot.__get__(item, kind)
-    return own if isinstance(own, dict) else None
+    return own if issubclass(type(own), dict) else None
 
 
 def stored_field(item: Any, kind: type, name: str) -> Any:
@@ -645,7 +651,7 @@ def scalar_bytes(value: Any) -> int:
 
 def describe(exc: BaseException) -> str:
     # str(exc) can repr an arbitrarily large argument, so each argument is clipped first.
-    parts = [clip(arg if isinstance(arg, str) else _short_repr(arg), 160) for arg in exc.args[:3]]
+    parts = [clip(arg if issubclass(type(arg), str) else _short_repr(arg), 160) for arg in exc.args[:3]]
     return f"{type(exc).__name__}: {', '.join(parts)}" if parts else type(exc).__name__
 
 
@@ -738,9 +744,9 @@ def user_method(func: Any) -> bool:
     """A method, written in Python, of a plain object; not one a standard-library class gives a
     subclass (a user's subclass of pathlib.Path still has no read_text() here)."""
     return (
-        isinstance(func, types.MethodType)
-        and isinstance(func.__func__, types.FunctionType)
-        and not isinstance(func.__self__, type | types.ModuleType)
+        issubclass(type(func), types.MethodType)
+        and issubclass(type(func.__func__), types.FunctionType)
+        and not issubclass(type(func.__self__), type | types.ModuleType)
         and not _system_module(func.__func__.__module__)
     )
 

@@ -128,11 +128,11 @@ def read_attribute(obj: Any, attr: str) -> Any:
             f"object (its class computes it); {_HINT}"
         )
     # object.__getattribute__, not getattr: a class's own __getattribute__ is its code too
-    if isinstance(found, types.MemberDescriptorType) or not hasattr(type(found), "__get__"):
+    if issubclass(type(found), types.MemberDescriptorType) or not hasattr(type(found), "__get__"):
         return object.__getattribute__(obj, attr)  # a slot, or plain data kept on the class
     if owner is not None and _top(owner.__module__) in VALUE_MODULES and not callable(found):
         return object.__getattribute__(obj, attr)  # a value type's field on a subclass (a datetime's year)
-    what = "method" if callable(found) or isinstance(found, classmethod | staticmethod) else "property"
+    what = "method" if callable(found) or issubclass(type(found), classmethod | staticmethod) else "property"
     raise ExpressionRefusedError(
         f"{what} {attr!r} of a {kind_name(obj)} object is refused: it runs the object's code; {_HINT}"
     )
@@ -245,8 +245,8 @@ def own_operator(kind: type, dunders: tuple[str, ...]) -> str | None:
 
 
 def _computes(kind: type, owner: type | None, found: Any) -> bool:
-    func = found.__func__ if isinstance(found, classmethod | staticmethod) else found
-    if isinstance(func, types.FunctionType):
+    func = found.__func__ if issubclass(type(found), classmethod | staticmethod) else found
+    if issubclass(type(func), types.FunctionType):
         if func.__module__ in _MIXIN_MODULES:
             # An abstract base's ready-made method (Mapping.__eq__, Set.__le__, Complex.__bool__)
             # calls the class's own __iter__, __getitem__, __len__, __ne__...: a standard
@@ -261,7 +261,7 @@ def _computes(kind: type, owner: type | None, found: Any) -> bool:
         # the repr, eq and order methods dataclasses wrote from the fields (their values are walked)
         code = getattr(getattr(func, "__wrapped__", func), "__code__", None)
         return "__dataclass_fields__" in TYPE_DICT(kind) and code is not None and code.co_filename == "<string>"
-    if isinstance(func, types.WrapperDescriptorType | types.MethodDescriptorType):
+    if issubclass(type(func), types.WrapperDescriptorType | types.MethodDescriptorType):
         # a built-in type's slot copied into the class (an IntEnum's int.__format__ on 3.11)
         return _top(getattr(func.__objclass__, "__module__", "")) in _TRUSTED_CODE
     module = TYPE_MODULE(owner) if owner is not None else None

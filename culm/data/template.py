@@ -107,7 +107,7 @@ class output_bound:  # noqa: N801 - used as a function: ``with output_bound(char
 def fragment_count(value: Any) -> int:
     """How many ``${`` the strings of ``value`` where templates are looked for hold in all (an
     upper bound of their fragments, counted in C without parsing any)."""
-    if isinstance(value, str):
+    if issubclass(type(value), str):
         return value.count("${")
     return sum(text.count("${") for text in _strings(value))
 
@@ -204,25 +204,25 @@ class _RenderState:
         self.output = 0
 
     def render(self, value: Any, depth: int) -> Any:
-        if isinstance(value, str):
+        if issubclass(type(value), str):
             return self.render_str(value)
-        if not isinstance(value, list | tuple | dict):
+        if not issubclass(type(value), list | tuple | dict):
             return value
         if depth >= MAX_RENDER_DEPTH:
             if any("${" in text for text in _strings(value)):
                 raise ExpressionLimitError(f"templates nested more than {MAX_RENDER_DEPTH} levels deep")
             return value
-        if isinstance(value, dict):
+        if issubclass(type(value), dict):
             return {key: self.item(item, depth + 1) for key, item in value.items()}
         items = [self.item(item, depth + 1) for item in value]
-        return items if isinstance(value, list) else tuple(items)
+        return items if issubclass(type(value), list) else tuple(items)
 
     def item(self, value: Any, depth: int) -> Any:
         """An item of a list, tuple or dict being rendered. A container it names (a sole ``${x}``)
         is shared, not copied, so its size written out counts like text: 40 list variables each
         holding the one before twice held 2**40 items, and writing them out froze the engine."""
         rendered = self.render(value, depth)
-        if isinstance(value, str) and isinstance(rendered, CONTAINERS):
+        if issubclass(type(value), str) and issubclass(type(rendered), CONTAINERS):
             room = MAX_RENDER_OUTPUT - self.output
             self.count(measure(rendered, room, 1 << 62, self.check_clock)[0])
         return rendered
@@ -356,9 +356,9 @@ def _strings(value: Any) -> list[str]:
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        if issubclass(type(item), str):
             found.append(item)
-        elif isinstance(item, list | tuple | dict) and id(item) not in seen:
+        elif issubclass(type(item), list | tuple | dict) and id(item) not in seen:
             seen.add(id(item))
-            stack.extend(item.values() if isinstance(item, dict) else item)
+            stack.extend(item.values() if issubclass(type(item), dict) else item)
     return found

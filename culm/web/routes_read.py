@@ -55,16 +55,7 @@ def list_pipelines(
     # how many, so that the list shows which pipelines wait for an operator; and which of its nodes
     # wait for a callback (someone, or some system, has to send it).
     # Each such node by name and id: the name says which step it is, the id is what a command takes.
-    running = [item for item in data["items"] if item["state"] == "RUNNING"]
-    if running:
-        with _rt(request).store.reading() as unit:  # grouped reads for the page
-            marked = waits.attention(unit, [item["id"] for item in running], waits.node_names(_rt(request).store))
-        for item in running:
-            nodes = marked.get(item["id"], {})
-            item["failed_nodes"] = nodes.get("failed_count", 0)
-            item["failed_node_list"] = nodes.get("failed", [])
-            item["callback_nodes"] = nodes.get("callbacks", [])
-            item["callback_node_count"] = nodes.get("callback_count", 0)
+    waits.mark_list_items(_rt(request).store, data["items"])
     return FastJSON({**data, "limit": limit, "offset": offset})
 
 

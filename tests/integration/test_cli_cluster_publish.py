@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -84,5 +85,50 @@ def test_a_callback_through_a_cli_process_moves_without_the_relay(kind: str, tmp
         culm_command(backend, "callback", act, "--no-follow", "--data", json.dumps({"ok": True}))
         wait_state(rt, root, "FINISHED", timeout=MOVES_WITHIN)
         assert not relayed_lines(backend)
+    finally:
+        backend.teardown()
+
+
+def culm_said(backend, *argv: str, broker: bool = True, env: dict[str, str] | None = None
+              ) -> subprocess.CompletedProcess[str]:
+    """`culm ARGV --db DB [--broker B --prefix P]`: its exit code and what it printed."""
+    cluster = ("--broker", backend.broker_url, "--prefix", backend.prefix) if broker else ()
+    return subprocess.run(
+        [sys.executable, "-m", "culm", *argv, "--db", backend.db_url, *cluster], capture_output=True, text=True,
+        timeout=120, cwd=REPO, env={**os.environ, "PYTHONPATH": os.pathsep.join((str(HERE), str(REPO))), **(env or {})})
+
+
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_a_control_command_on_a_cluster_reports_the_engine_s_verdict_and_how_the_pipeline_then_stands(
+        kind: str, tmp_path: Path) -> None:
+    """`culm retry NODE --db SERVER` printed "retried" and exited while the workers had not yet
+    run the node: whether it failed again was for `culm status` to find out (on the embedded
+    runtime the command says it). Now it follows the workers' progress as `culm run` does on a
+    cluster: with --broker (published) and without (the workers' relay finds the work), the node
+    that failed again is named with its ex_data, exit 0 (the command was accepted); a refusal is
+    one line, exit 5; with no worker left, the wait ends at work that nothing takes, saying what
+    to check, not after --timeout."""
+    backend = own_backend(kind, tmp_path, env={"CULM_RELAY_GRACE": "2"})
+    try:
+        rt, root, act = one_activity(backend, "t_fail", "FAILED")
+        for broker in (True, False):
+            out = culm_said(backend, "retry", act, "--timeout", "60", broker=broker)
+            said = out.stdout + out.stderr
+            assert out.returncode == 0 and "Traceback" not in said, said
+            lines = out.stdout.splitlines()
+            assert lines[0] == f"retried {act}", said
+            assert f"FAILED    node {act}" in out.stdout, said  # the workers' verdict on the node, followed
+            assert f"FAILED {act}" in lines and "timed out" not in said, said
+            assert f"`culm retry {act} [--data '{{...}}'] --db {shlex.quote(backend.db_url)}" in out.stdout, said
+        refused = culm_said(backend, "callback", act)
+        assert refused.returncode == 5 and refused.stdout == "", refused.stdout + refused.stderr
+        assert refused.stderr.strip() == f"error: cannot call back node {act}: its state is FAILED, expected RUNNING"
+        backend.stop_workers()
+        stalled = culm_said(backend, "retry", act, "--data", json.dumps({"ok": True}), "--timeout", "100")
+        said = stalled.stdout + stalled.stderr
+        assert stalled.returncode == 0 and "Traceback" not in said, said
+        assert f"pipeline {root} is RUNNING, and nothing takes its work:" in stalled.stdout, said
+        assert "check that a worker runs" in stalled.stdout and "timed out" not in said, said
+        assert node_state(rt, act)["state"] == "READY"  # recorded, waiting for a worker
     finally:
         backend.teardown()

@@ -13,7 +13,7 @@ import components
 import pytest
 from engine_fixtures import children, node_state, refused, run, wait_state
 
-from culm import api
+from culm import api, builder
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
 
 pytestmark = pytest.mark.timeout(60)
@@ -125,6 +125,30 @@ def test_retry_skip_and_appoint_on_a_revoked_pipeline_say_it_is_revoked(runtime)
     refused(api.skip_node(runtime, failing.id), failing.id, "revoked")
     refused(api.pause_node_appoint(runtime, later.id), later.id, "revoked")
     assert node_state(runtime, later.id) is None
+
+
+def test_pause_resume_and_revoke_of_a_subprocess_in_a_revoked_pipeline_say_it_is_revoked(runtime):
+    # A subprocess keeps its own state when its root is revoked: a resume of one paused before the
+    # revoke was accepted and put it back to RUNNING inside the revoked run (found by the storm of
+    # pause/resume of a subprocess racing its parent's revoke), and a pause or revoke of a running
+    # one was accepted too. Each is refused now, naming the revoked pipeline, nested ones included.
+    paused_wait, running_wait, deep_wait = act("t_callback"), act("t_callback"), act("t_callback")
+    deep = SubProcess(start=line_start(deep_wait))
+    paused, running = SubProcess(start=line_start(paused_wait)), SubProcess(start=line_start(running_wait))
+    start, pg, cg = EmptyStartEvent(), builder.ParallelGateway(), builder.ConvergeGateway()
+    start.extend(pg).connect(paused, running, SubProcess(start=line_start(deep))).converge(cg).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    run(runtime, tree)
+    for wait in (paused_wait, running_wait, deep_wait):
+        wait_state(runtime, wait.id, "RUNNING")
+    assert api.pause_pipeline(runtime, paused.id).result
+    assert api.revoke_pipeline(runtime, tree["id"]).result
+    refused(api.resume_pipeline(runtime, paused.id), paused.id, tree["id"], "revoked")
+    for sub in (running, deep):
+        refused(api.pause_pipeline(runtime, sub.id), sub.id, tree["id"], "revoked")
+        refused(api.revoke_pipeline(runtime, sub.id), sub.id, "revoked")
+    assert [node_state(runtime, p.id)["state"] for p in (paused, running, deep)] == ["SUSPENDED", "RUNNING", "RUNNING"]
+    assert node_state(runtime, tree["id"])["state"] == "REVOKED"
 
 
 def test_revoking_a_subprocess_stops_its_work_and_says_what_holds_the_run(runtime):

@@ -250,6 +250,19 @@ def test_update_context_values(runtime):
     assert inputs(runtime, after.id)["x"] == "new"
 
 
+def test_update_context_values_of_an_ended_pipeline_is_stored_as_bamboo_stores_it(runtime):
+    """bamboo overwrites an ended pipeline's context (no state check; the contract is silent), and
+    its users read the values back: the API accepts it (only `culm set-context` refuses, exit 5)."""
+    a = echo("${v}")
+    tree = build_tree(chain(a), data=Data(inputs={"${v}": Var(type=Var.PLAIN, value="old")}))
+    finish(runtime, tree)
+    res = api.update_context_values(runtime, tree["id"], {"${v}": "new"})
+    assert res.result, res.message
+    values = {v["key"]: v["value"] for v in api.get_pipeline_debug_info(runtime, tree["id"]).data["context_values"]}
+    assert values["${v}"] == "new"
+    assert api.get_pipeline_states(runtime, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+
+
 def test_update_context_values_refusals(runtime):
     refused(api.update_context_values(runtime, "p" + "0" * 32, {"${a}": 1}), "p" + "0" * 32)
     # a key no tree can have was ignored without a word (a user who wrote "a" for "${a}")

@@ -81,6 +81,32 @@ def test_entries_handed_out_are_copies(runtime):
     assert api.get_pipeline_states(runtime, root).data == fresh_read(runtime, root)
 
 
+ENTRY_KEYS = ["id", "state", "root_id:", "root_id", "parent_id", "version", "loop", "retry", "skip", "error_ignorable",
+              "error_ignored", "created_time", "started_time", "archived_time", "children", "wait_reason"]
+
+
+def test_entries_handed_out_may_be_extended_and_cut(runtime):
+    """The kept entries share one key table (culm.core.queries.kept_entry): a caller that adds,
+    removes or replaces keys of what it got changes neither the kept tree nor the next poll, and
+    every entry lists the same keys in the same order as before that sharing."""
+    tree = build_tree(chain(act(x=1), act(x=2)))
+    root = tree["id"]
+    run(runtime, tree)
+    wait_state(runtime, root, "FINISHED")
+    first = api.get_pipeline_states(runtime, root).data
+    entries = [first[root], *first[root]["children"].values()]
+    assert [list(e) for e in entries] == [ENTRY_KEYS] * len(entries)
+    for entry in entries:
+        entry["extra"] = 1
+        del entry["version"]
+        entry.pop("created_time")
+        entry["wait_reason"] = {"kind": "mangled"}
+    second = api.get_pipeline_states(runtime, root).data
+    entries = [second[root], *second[root]["children"].values()]
+    assert [list(e) for e in entries] == [ENTRY_KEYS] * len(entries)
+    assert second == fresh_read(runtime, root)
+
+
 def test_kept_entries_hold_no_container_for_the_garbage_collector(runtime):
     """A kept entry's ``children`` dict is made at each read, so the kept trees (up to 200,000
     nodes) add nothing to what each garbage collection scans; every entry handed out still has a

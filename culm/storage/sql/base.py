@@ -43,7 +43,7 @@ from culm.core.records import (
     new_id,
 )
 from culm.errors import InvalidOperationError, SchemaOutdatedError
-from culm.storage import budget, codec, listing
+from culm.storage import budget, codec, listing, node_names
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
@@ -649,6 +649,17 @@ class SqlUnit(budget.UnitChecks):
                 out[row[0]] = codec.loads(row[1])
         return out
 
+    def node_names(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
+        """The names the trees of runs give some of their nodes (``{root_id: [node_id]}``):
+        the database reads each name out of its tree; only those come back (:mod:`node_names`)."""
+        return node_names.read(wanted, self._all, self.json_value_at, self.pipeline_trees)
+
+    @staticmethod
+    def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
+        """SQL of the JSON text of the tree's value at ``keys`` (NULL when none), and its params:
+        MySQL's and MariaDB's ``JSON_EXTRACT``; SQLite and PostgreSQL say it their own way."""
+        return "JSON_EXTRACT(tree, ?)", [node_names.json_path(keys)]
+
     @staticmethod
     def _pipelines_read(root_ids: Sequence[str]) -> tuple[str, Sequence[Any]]:
         return f"SELECT id, tree, root_data, options FROM culm_pipeline WHERE id IN ({marks(len(root_ids))})", root_ids
@@ -1142,6 +1153,8 @@ class SqlUnit(budget.UnitChecks):
         """
         if self._deferred is None or self._savepoint_depth:
             return False
+        if self._commit_reads:  # a second call's parents would be read after both calls' acks
+            raise RuntimeError("ack_children_at_commit is called at most once per transaction")
         pids = sorted(counts)
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.update(pids)
@@ -1157,8 +1170,9 @@ class SqlUnit(budget.UnitChecks):
             for pid in pids:
                 p = parents.get(pid)
                 if p is None:
-                    logger.error("process %s, the parent of %d process(es) at its converge gateway %s, is not "
-                                 "stored: nothing counted", pid, counts[pid], gateways[pid])
+                    logger.critical("process %s, the parent of %d process(es) at its converge gateway %s, is not "
+                                    "stored: nothing counted, and its run will not move on (an invariant broken: "
+                                    "culm.core.invariants.check names it)", pid, counts[pid], gateways[pid])
                 elif p.ack_num == 0 and p.need_ack == 0:  # woken here (a count left is at least 1)
                     out.append(TaskRecord(tasks[pid], EXECUTE, pid, gateways[pid], p.root_id, due=due,
                                           priority=p.priority, queue=p.queue))

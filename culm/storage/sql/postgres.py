@@ -240,6 +240,11 @@ class PostgresUnit(SqlUnit):
 
     dialect = "postgresql"
     defers_writes = True
+
+    @staticmethod
+    def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
+        return "(tree::json #> ?)::text", [list(keys)]
+
     octet_length = "OCTET_LENGTH"
     walks_with_claim = True  # expect_walks' read goes in the claim's pipeline (read_tasks_ahead)
     combine = staticmethod(combined_and_merged)
