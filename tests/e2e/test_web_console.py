@@ -5,9 +5,11 @@ Set ``CULM_SCREENSHOTS=docs`` to write the README's screenshots into ``docs/``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +30,9 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--disable-dev-shm-usage", "--window-size=1500,900"]
 
 
-@pytest.fixture(scope="module")
-def browser() -> Any:
+@contextlib.contextmanager
+def chromium(env: dict[str, str] | None = None) -> Iterator[Any]:
+    """A headless Chromium driven by Selenium; ``env`` adds to its environment (``TZ``: its time zone)."""
     if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail("chromium and chromium-driver are needed (apt-get install chromium chromium-driver)")
@@ -42,11 +45,19 @@ def browser() -> Any:
     options.binary_location = CHROMIUM
     for flag in [*FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
-    shutil.rmtree(profile, ignore_errors=True)
+    driver = webdriver.Chrome(service=Service(DRIVER, env={**os.environ, **(env or {})}), options=options)
+    try:
+        driver.set_page_load_timeout(60)
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as driver:
+        yield driver
 
 
 def find(driver: Any, css: str, timeout: float = 20) -> Any:

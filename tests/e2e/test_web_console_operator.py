@@ -100,7 +100,8 @@ def test_a_failure_inside_a_closed_subprocess_is_named_and_opened(browser: Any, 
     assert count(browser, f'#graph .node[data-node-id="{broken}"]') == 0  # the subprocess is drawn closed
     click(browser, f'#attention a[data-node="{broken}"]')
     find(browser, f'#graph .node.selected[data-node-id="{broken}"][data-state="FAILED"]')
-    assert text(browser, "#panel-title") == "broken inside"
+    # the panel reads the node first: it follows the selection
+    wait_until(lambda: text(browser, "#panel-title") == "broken inside", 20, 0.05, what="the node's panel")
 
 
 def test_revoke_asks_first_and_a_refused_command_stands_out(browser: Any, served: Any) -> None:  # noqa: F811

@@ -136,3 +136,22 @@ class RefusingWaitComponent(Component):
     code = "web_wait_refuses"
     name = "Wait for a callback, then refuse it"
     bound_service = RefusingWaitService
+
+
+class EchoService(Service):
+    """Logs, outputs and (with ``fail``) fails with the input ``text``: untrusted text everywhere."""
+
+    def execute(self, data, parent_data):
+        text = data.get_one_of_inputs("text")
+        self.logger.info("echo: %s", text)
+        data.outputs.echoed = text
+        if data.get_one_of_inputs("fail"):
+            data.outputs.ex_data = f"failed on {text}"
+            return False
+        return True
+
+
+class EchoComponent(Component):
+    code = "web_echo"
+    name = "Echo a text"
+    bound_service = EchoService

@@ -74,7 +74,9 @@ culm.toast = function (text, error) {
 
 culm.canOperate = () => culm.me && (culm.me.role === "operator" || culm.me.role === "admin");
 
-culm.fmtTime = (v) => (v ? new Date(v).toLocaleString() : "-");
+// The service sends times with their offset; shown in the browser's time zone, named ("… UTC",
+// "… GMT+1"), so that a time read off one screen means the same on another.
+culm.fmtTime = (v) => (v ? new Date(v).toLocaleString(undefined, { timeZoneName: "short" }) : "-");
 culm.badge = (state) => el("span", { class: "badge s-" + (state || "none"), text: state || "not reached" });
 
 // Whether the live updates of the page arrive; when they stop (the service went away), the header
@@ -225,8 +227,10 @@ function listPage(view, params) {
     const q = new URLSearchParams({ limit, offset });
     if (state) q.set("state", state);
     if (name) q.set("name", name);
-    if (after) q.set("created_after", new Date(after).toISOString());
-    if (before) q.set("created_before", new Date(before).toISOString());
+    // A day picked is a day of the browser's time zone, the one the list's times are shown in
+    // ("2026-12-07" alone would be read as midnight UTC).
+    if (after) q.set("created_after", new Date(after + "T00:00").toISOString());
+    if (before) q.set("created_before", new Date(before + "T00:00").toISOString());
     const data = await culm.api("/api/v1/pipelines?" + q.toString());
     // A RUNNING pipeline whose nodes failed or wait for a callback: those nodes by name (the id
     // when nameless; each "name (id)" in the tooltip, with the engine's wait reason, culm.core.waits:
@@ -269,7 +273,7 @@ function listPage(view, params) {
     }
     pager.replaceChildren(
       el("button", { text: "‹ Newer", disabled: offset === 0, onclick: () => go({ offset: Math.max(0, offset - limit) }) }),
-      el("span", { class: "muted", text: `${data.total ? offset + 1 : 0}–${Math.min(offset + limit, data.total)} of ${data.total}` }),
+      el("span", { class: "muted", text: `${data.total ? offset + 1 : 0}–${Math.min(offset + limit, data.total)} of ${data.total}, newest first` }),
       el("button", { text: "Older ›", disabled: offset + limit >= data.total, onclick: () => go({ offset: offset + limit }) }));
   }
   let timer = null;
@@ -284,8 +288,9 @@ function componentsPage(view) {
   view.replaceChildren(el("h2", { text: "Components" }), el("p", { class: "muted", text: "Loading…" }));
   culm.api("/api/v1/components").then((items) => {
     culm.components = items;
-    const fmt = (list) => el("ul", {}, list.map((i) => el("li", {},
-      el("code", { text: i.key }), " ", el("span", { class: "muted", text: `${i.type || (i.schema && i.schema.type) || ""} ${i.name || ""}` }))));
+    // A component that declares no inputs (or outputs) says so: an empty cell read as "not loaded".
+    const fmt = (list) => (!list.length ? el("span", { class: "muted", text: "none declared" }) : el("ul", {}, list.map((i) => el("li", {},
+      el("code", { text: i.key }), " ", el("span", { class: "muted", text: `${i.type || (i.schema && i.schema.type) || ""} ${i.name || ""}` })))));
     view.replaceChildren(el("h2", { text: "Components" }), el("table", { id: "components" },
       el("tr", {}, ["Code", "Name", "Version", "Group", "Kind", "Inputs", "Outputs"].map((h) => el("th", { text: h }))),
       items.map((c) => el("tr", { "data-code": c.code },

@@ -11,14 +11,16 @@
   };
   const GATEWAY = { ExclusiveGateway: "×", ParallelGateway: "+", ConditionalParallelGateway: "◇", ConvergeGateway: "⊕" };
 
-  // Every node of a tree (and of the subprocesses in it), by id, with the tree that holds it.
-  function indexTree(tree, parent, out) {
+  // Every node of a tree (and of the subprocesses in it), by id, with the tree that holds it; and
+  // every flow, by id, into ``flows`` (a gateway's skip form names where each of its flows leads).
+  function indexTree(tree, parent, out, flows) {
     const nodes = [tree.start_event, tree.end_event, ...Object.values(tree.activities || {}),
       ...Object.values(tree.gateways || {})].filter(Boolean);
     for (const n of nodes) {
       out[n.id] = { node: n, parent };
-      if (n.type === "SubProcess" && n.pipeline) indexTree(n.pipeline, n.id, out);
+      if (n.type === "SubProcess" && n.pipeline) indexTree(n.pipeline, n.id, out, flows);
     }
+    for (const [key, f] of Object.entries(tree.flows || {})) flows[f.id || key] = f;
     return out;
   }
 
@@ -77,8 +79,12 @@
     const big = Object.keys(boxes).length > 300;
     const ranksep = big ? 28 : 40;
     const { member, runs } = chains(boxes, flows);
+    // A name written under an event or a gateway is wider than its shape: the margin leaves room
+    // for it, or the start event's name was cut off at the graph's left edge.
+    const under = Object.values(boxes).filter((b) => !b.cluster && (/Event$/.test(b.node.type) || b.node.type in GATEWAY));
+    const overhang = Math.max(0, ...under.map((b) => Math.min(24, (b.node.name || "").length) * 3.3 - b.width / 2));
     const g = new dagre.graphlib.Graph({ compound: true, multigraph: true });
-    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep, marginx: 16, marginy: 16,
+    g.setGraph({ rankdir: "LR", nodesep: big ? 12 : 24, ranksep, marginx: 16 + Math.ceil(overhang), marginy: 16,
       ranker: big ? "longest-path" : "network-simplex" });
     for (const [id, box] of Object.entries(boxes)) if (!member[id]) g.setNode(id, box.cluster ? {} : { width: box.width, height: box.height });
     for (const [id, run] of Object.entries(runs)) {
@@ -147,10 +153,19 @@
       else if (n.type in GATEWAY) shape = svg("polygon", { class: "shape", points: "0,-21 21,0 0,21 -21,0" });
       else shape = svg("rect", { class: "shape", x: -d.width / 2, y: -20, width: d.width, height: 40, rx: 6 });
       grp.append(shape);
-      const below = /Event$/.test(n.type);
-      const text = svg("text", { "text-anchor": "middle", y: n.type in GATEWAY ? 5 : below ? 32 : 4, class: below ? "below" : "" });
-      text.textContent = culm.inert(n.type in GATEWAY ? GATEWAY[n.type] : /Event$/.test(n.type) ? (n.name || "") : d.label.slice(0, 28));
+      // Shown cut (the graph would overlap), with "…" saying so; the whole name is in the tooltip
+      // and in what a screen reader announces. A gateway's or an event's name goes under its shape.
+      const cut = (t, max) => (t.length > max ? t.slice(0, max - 1) + "…" : t);
+      const event = /Event$/.test(n.type), gateway = n.type in GATEWAY;
+      const text = svg("text", { "text-anchor": "middle", y: gateway ? 5 : event ? 32 : 4, class: event ? "below" : "" });
+      text.textContent = culm.inert(gateway ? GATEWAY[n.type] : event ? cut(n.name || "", 24) : cut(d.label, 28));
       grp.append(text);
+      if (gateway && n.name) {
+        const under = svg("text", { "text-anchor": "middle", y: 36, class: "below" });
+        under.textContent = culm.inert(cut(n.name, 24));
+        grp.append(under);
+      }
+      grp.culmName = n.name || (n.component && n.component.code) || id;
       if (n.type === "SubProcess") {
         const toggle = svg("text", { class: "toggle", "data-toggle": id, x: -d.width / 2 + 4, y: -8 });
         toggle.textContent = "+";
@@ -165,7 +180,7 @@
       grp.setAttribute("tabindex", "0");
       grp.setAttribute("role", "button");
       grp.addEventListener("keydown", (ev) => {
-        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onSelect(id); }
+        if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); onSelect(id, false, true); }
         else if ((ev.key === "+" || ev.key === "-") && n.type === "SubProcess") { ev.preventDefault(); onToggle(id); }
       });
       nodes.append(grp);
@@ -184,20 +199,26 @@
     grp.setAttribute("data-state", state);
     if (culm.pauseAhead(entry)) grp.setAttribute("data-pause", "ahead"); else grp.removeAttribute("data-pause");
     const n = grp.getAttribute("data-node-id");
-    const label = grp.querySelector("text");
-    grp.setAttribute("aria-label", culm.inert(`${grp.getAttribute("data-type") || "node"} ${(label && label.textContent) || n}: `
+    const name = grp.culmName || n;
+    grp.setAttribute("aria-label", culm.inert(`${grp.getAttribute("data-type") || "node"} ${name}: `
       + (entry ? entry.state : "not reached") + (grp.getAttribute("data-type") === "SubProcess" ? " (+ or - opens or closes it)" : "")));
     const title = grp.querySelector("title");
-    if (title) title.textContent = culm.inert(`${grp.getAttribute("data-node-id")}: ${entry ? entry.state : "not reached"}`
+    if (title) title.textContent = culm.inert(`${name === n ? n : name + " (" + n + ")"}: ${entry ? entry.state : "not reached"}`
       + (entry && entry.wait_reason ? " — " + entry.wait_reason.text : ""));
   }
 
   culm.pipelinePage = function (view, pipelineId, selected) {
     const started = performance.now();
-    const page = { states: {}, tree: null, index: {}, expanded: new Set(), selected: selected || null, drawn: null };
+    const page = { states: {}, tree: null, index: {}, flows: {}, expanded: new Set(), selected: selected || null, drawn: null };
     const head = el("div", { class: "pipeline-head" });
     const wrap = el("div", { id: "graph-wrap" });
-    const panel = el("aside", { id: "panel", hidden: true });
+    const panel = el("aside", { id: "panel", hidden: true, "aria-label": "the selected node" });
+    // Escape in the panel (outside a form, which Escape closes) goes back to the node in the graph.
+    panel.addEventListener("keydown", (ev) => {
+      if (ev.key !== "Escape" || ev.defaultPrevented || ev.target.closest("#action-form")) return;
+      const g = page.drawn && page.drawn.byId[page.selected];
+      if (g) { ev.preventDefault(); g.focus(); }
+    });
     view.replaceChildren(head, el("div", { class: "layout" }, wrap, panel));
 
     function redraw() {
@@ -222,8 +243,11 @@
       const g = page.selected && page.drawn && page.drawn.byId[page.selected];
       if (g) g.classList.add("selected");
     }
-    function select(id, reveal) {
+    // ``focus``: the panel takes the keyboard once drawn (opened by Enter, or from the attention
+    // line): otherwise its buttons came after every node of the graph in the Tab order.
+    function select(id, reveal, focus) {
       page.selected = id;
+      page.focusPanel = Boolean(focus);
       history.replaceState(null, "", "#/p/" + encodeURIComponent(pipelineId) + "/n/" + encodeURIComponent(id));
       // A node inside a closed subprocess: open the subprocesses around it first.
       let shut = false;
@@ -245,7 +269,7 @@
           if (op === "revoke" && !window.confirm(`Revoke pipeline ${name()}? It stops for good: `
             + "it cannot be resumed, and its nodes cannot be retried or skipped.")) return;
           try { await culm.api(`/api/v1/pipelines/${encodeURIComponent(pipelineId)}/${op}`, { method: "POST" });
-            culm.toast(label + ": done"); refreshStates(); } catch (e) { if (e.status !== 401) culm.toast(label + " refused: " + e.message, true); } } });
+            culm.toast(label + ": accepted"); refreshStates(); } catch (e) { if (e.status !== 401) culm.toast(label + " refused: " + e.message, true); } } });
         if (root.state === "RUNNING") actions.append(act("Pause", "pause"), act("Revoke", "revoke", "danger"));
         if (root.state === "SUSPENDED") actions.append(act("Resume", "resume", "primary"), act("Revoke", "revoke", "danger"));
       }
@@ -277,7 +301,7 @@
       return el("div", { id: "attention", class: "attention" + (failed ? "" : " calm") },
         `${waiting.length} node(s) need attention: `,
         waiting.slice(0, 10).flatMap(([id, e], i) => [i ? ", " : "", el("a", { href: "#", "data-node": id,
-          onclick: (ev) => { ev.preventDefault(); select(id, true); } }, (page.index[id].node.name || id) + " (" + what(e) + ")")]),
+          onclick: (ev) => { ev.preventDefault(); select(id, true, true); } }, (page.index[id].node.name || id) + " (" + what(e) + ")")]),
         waiting.length > 10 ? ` and ${waiting.length - 10} more` : "");
     }
     async function refreshStates() {
@@ -310,7 +334,8 @@
           culm.api("/api/v1/pipelines/" + encodeURIComponent(pipelineId)),
         ]);
         page.tree = tree;
-        page.index = indexTree(tree, null, {});
+        page.flows = {};
+        page.index = indexTree(tree, null, {}, page.flows);
         page.states = { [pipelineId]: states, ...states.children };
         renderHead();
         redraw();

@@ -25,9 +25,9 @@
       if (s === "RUNNING") out.push(["Pause subprocess", "pipeline:pause"]);
       if (s === "SUSPENDED") out.push(["Resume subprocess", "pipeline:resume"]);
     } else if (node.type === "ExclusiveGateway" && s === "FAILED") {
-      out.push(["Skip along…", "skip-exclusive-gateway", "flow"]);
+      out.push(["Skip along", "skip-exclusive-gateway", "flow"]);
     } else if (node.type === "ConditionalParallelGateway" && s === "FAILED") {
-      out.push(["Skip along…", "skip-conditional-parallel-gateway", "flows"]);
+      out.push(["Skip along", "skip-conditional-parallel-gateway", "flows"]);
     } else if (node.type === "EmptyStartEvent" && s === "FAILED") {
       out.push(["Skip", "skip"]);
     }
@@ -230,7 +230,18 @@
     };
   }
 
-  function actionForm(kind, op, label, node, info, submit, close) {
+  // A gateway's outgoing flow as an operator tells it apart: where it leads and the condition on it
+  // (the flow's id, which the command takes, is the option's tooltip).
+  function flowText(page, node, flowId) {
+    const flow = page.flows && page.flows[flowId];
+    const target = flow && page.index[flow.target];
+    const to = target ? target.node.name || target.node.type : flow ? flow.target : flowId;
+    const condition = node.conditions && node.conditions[flowId] && node.conditions[flowId].evaluate;
+    const isDefault = node.default_condition && node.default_condition.flow_id === flowId;
+    return to + (condition ? ` (if ${condition})` : "") + (isDefault ? " (default)" : "");
+  }
+
+  function actionForm(kind, op, label, node, info, page, submit, close) {
     const box = el("form", { class: "action-form", id: "action-form", "data-op": op, "aria-label": label });
     let read;
     if (kind === "inputs") {
@@ -244,15 +255,19 @@
       read = () => ({ ex_data: input.value });
     } else if (kind === "flow") {
       const outgoing = [].concat(node.outgoing || []);
-      const sel = el("select", { id: "skip-flow" }, outgoing.map((f) => el("option", { value: f, text: f })));
-      box.append(el("label", { for: "skip-flow", text: "Go on along flow " }), sel);
+      const sel = el("select", { id: "skip-flow" }, outgoing.map((f) => el("option", { value: f, title: f, text: flowText(page, node, f) })));
+      box.append(el("label", { for: "skip-flow", text: "Go on along the flow to " }), sel);
       read = () => ({ flow_id: sel.value });
     } else if (kind === "flows") {
       const outgoing = [].concat(node.outgoing || []);
       const checks = outgoing.map((f) => el("input", { type: "checkbox", value: f, checked: true }));
-      box.append(el("div", {}, outgoing.map((f, i) => el("label", {}, checks[i], " " + f + " "))));
-      read = () => ({ flow_ids: checks.filter((c) => c.checked).map((c) => c.value),
-        converge_gateway_id: node.converge_gateway_id });
+      box.append(el("fieldset", { class: "skip-flows" }, el("legend", { text: "Go on along the flows to" }),
+        outgoing.map((f, i) => el("label", { title: f }, checks[i], " " + flowText(page, node, f)))));
+      read = () => {
+        const flowIds = checks.filter((c) => c.checked).map((c) => c.value);
+        if (!flowIds.length) throw new Error("choose at least one flow to go on along");
+        return { flow_ids: flowIds, converge_gateway_id: node.converge_gateway_id };
+      };
     }
     box.append(el("div", { class: "actions" },
       el("button", { class: "primary", type: "submit", id: "action-submit", text: label }),
@@ -276,17 +291,21 @@
     const ref = page.index[nodeId];
     const node = ref ? ref.node : { id: nodeId, type: "Pipeline" };
     const entry = page.states[nodeId];
+    const focus = page.focusPanel; // asked once, by the selection that opens the panel
+    page.focusPanel = false;
     const allowed = culm.revokedAround(page, entry, nodeId) ? [] : culm.actionsFor(node, entry);
     // A live change elsewhere redraws the panel; an operator typing into a form of this node
     // keeps it (and the text and focus) as long as the node's state still allows its command.
-    const open = panel.dataset.node === nodeId && panel.querySelector("#action-form");
-    if (open && culm.canOperate() && allowed.some(([, op]) => op === open.dataset.op)) {
+    const keepForm = () => {
+      const open = panel.dataset.node === nodeId && panel.querySelector("#action-form");
+      if (!(open && culm.canOperate() && allowed.some(([, op]) => op === open.dataset.op))) return false;
       panel.querySelector("#panel-state").replaceChildren(culm.badge(entry && entry.state));
       const waiting = panel.querySelector("#wait-reason");
       if (waiting && entry && entry.wait_reason) waiting.textContent = culm.inert(entry.wait_reason.text);
       updated(panel);
-      return;
-    }
+      return true;
+    };
+    if (keepForm()) return;
     let info;
     try {
       info = await culm.api("/api/v1/nodes/" + encodeURIComponent(nodeId));
@@ -295,6 +314,9 @@
       info = { execution_data: null, histories: [], logs: "", data: {}, problem: e.status === 401 ? "" : e.message };
     }
     if (page.selected !== nodeId) return; // another node was picked meanwhile
+    // A form opened while this read was on its way (a live change came just as the operator
+    // clicked Retry…) is kept too: redrawn, the panel dropped it, and the click seemed to do nothing.
+    if (keepForm()) return;
     if (!ref && !entry && info.problem) {
       // An id that is neither a node of this tree nor the pipeline (a link mistyped or from another
       // pipeline), and that the service does not know either: say so, not a made-up panel of empty
@@ -322,7 +344,8 @@
             : `/api/v1/nodes/${encodeURIComponent(nodeId)}/${op}`;
           try {
             await culm.api(url, body === undefined ? { method: "POST" } : { json: body });
-            culm.toast(label + ": done");
+            // Accepted, not "done": what follows (a retry that fails again) is for the graph to show.
+            culm.toast(label + ": accepted");
             formSlot.replaceChildren();
             refresh();
           } catch (e) {
@@ -333,7 +356,7 @@
           onclick: () => {
             if (!form) { send(); return; }
             const close = () => { formSlot.replaceChildren(); button.setAttribute("aria-expanded", "false"); button.focus(); };
-            formSlot.replaceChildren(actionForm(form, op, label, node, info, send, close));
+            formSlot.replaceChildren(actionForm(form, op, label, node, info, page, send, close));
             button.setAttribute("aria-expanded", "true");
           } });
         actions.append(button);
@@ -346,7 +369,7 @@
     }
     const reason = entry && entry.wait_reason;
     panel.replaceChildren(...[
-      el("h3", { id: "panel-title", class: "clamp", title: culm.inert(node.name || nodeId), text: node.name || nodeId }),
+      el("h3", { id: "panel-title", class: "clamp", tabindex: "-1", title: culm.inert(node.name || nodeId), text: node.name || nodeId }),
       el("table", { class: "kv" },
         el("tr", {}, el("td", { text: "id" }), el("td", {}, el("code", { text: nodeId }))),
         el("tr", {}, el("td", { text: "type" }), el("td", { text: node.type + (node.component ? " · " + node.component.code : "") })),
@@ -359,7 +382,7 @@
       actions, formSlot,
       // A skipped node keeps the error it failed with: it is history, not its state now.
       outputs.ex_data ? section(entry && entry.skip ? "Error before the skip (ex_data, history: an operator skipped the node)"
-        : "Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view", text: String(outputs.ex_data) }))
+        : "Error (ex_data)", errorView(String(outputs.ex_data)))
         // A component that returned False and set no ex_data: the service says which call did.
         : info.failure_note ? section("Error (ex_data)", el("pre", { class: "ex-data", id: "ex-data-view",
           text: culm.inert(`(no ex_data: ${info.failure_note})`) })) : null,
@@ -375,8 +398,20 @@
       section("Definition", el("pre", { text: json(node) }))].filter(Boolean));
     panel.dataset.node = nodeId;
     panel.hidden = false;
+    if (focus) panel.querySelector("#panel-title").focus();
     updated(panel);
   };
+
+  // ex_data as the engine keeps it; a Python traceback is headed by its last line (the exception),
+  // which a long traceback otherwise left below the fold of its box.
+  function errorView(exData) {
+    const view = el("pre", { class: "ex-data", id: "ex-data-view", text: exData });
+    if (!exData.startsWith("Traceback (most recent call last):")) return view;
+    const last = exData.split("\n").filter((line) => line.trim()).pop();
+    const part = document.createDocumentFragment();
+    part.append(el("p", { class: "ex-headline", id: "ex-data-headline", text: last }), view);
+    return part;
+  }
 
   // How many times the panel was brought up to date (pages and tests can tell a refresh happened).
   function updated(panel) {
