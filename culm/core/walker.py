@@ -185,7 +185,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         prefetch.prefetch_states(graph.ahead(node_id))
     _check_stack(step, proc, stack_states)
     found = unit.get_states([node_id], mutable=(node_id,))
-    node = graph.node(node_id)
+    node = graph.nodes[node_id]
     st = found.get(node_id)
     root_id, parent_id = graph.root_id, node.pipeline_id
     if st is None:

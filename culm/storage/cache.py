@@ -222,9 +222,10 @@ class CachedUnit(SqliteUnit):
             self._load_root(st.root_id)
         return st
 
-    # Nothing to read ahead: the copies already answer for every state of a loaded root. A class
-    # attribute, not a property: the walker asks at every node it enters.
-    prefetch: Prefetch | None = None
+    @property
+    def prefetch(self) -> Prefetch | None:
+        """Nothing to read ahead: the copies already answer for every state of a loaded root."""
+        return None
 
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
