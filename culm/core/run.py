@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from culm.core import data as cdata
-from culm.core import states
+from culm.core import signals, states
 from culm.core.engine import Engine
 from culm.core.ports import StateFields, Unit, UserData
 from culm.core.records import ENGINE_MARKERS, ContextValue, HistoryRecord, ProcessRecord, StateRecord, now
@@ -61,7 +61,8 @@ class Run:
             self.announce_finish()
 
     def announce_finish(self) -> None:
-        self.step.event("node_finish", root_pipeline_id=self.root_id, node_id=self.node.id)
+        if signals.pipeline_event.has_receivers:  # asked here: every finish would build the event's arguments
+            self.step.event("node_finish", root_pipeline_id=self.root_id, node_id=self.node.id)
 
     def fail(self, ex_data: str | None, outputs: Mapping[str, Any] | None = None, inputs: Any = None) -> None:
         """Mark the node FAILED, store ``ex_data`` in its outputs and put the process to sleep."""

@@ -90,8 +90,12 @@ class Step:
         """Write the first state row of a node (checked like any transition, from nothing)."""
         if st.name not in NEXT[None]:
             raise IllegalTransitionError(st.node_id, None, st.name)
-        self.unit.insert_state(st)
-        self.state_changed(st, loop)
+        unit = self.unit
+        unit.insert_state(st)
+        # As state_changed does, without its call: every node entered the first time pays for it.
+        unit.record_change(st.root_id, st.node_id, None, st.name, st.version, st.loop)
+        if signals.post_set_state.has_receivers:
+            self._signal_state(st, loop)
 
     def state_changed(
         self, st: StateRecord, loop: int = -1, *, from_state: str | None = None, root_id: str | None = None

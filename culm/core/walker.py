@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import cast
 
 from culm._printable import engine_logger
-from culm.core import handlers, revoking, states
+from culm.core import handlers, revoking, signals, states
 from culm.core.engine import Engine
 from culm.core.outcomes import Die, Invoke, Next, Outcome, Sleep
 from culm.core.ports import ProcessFields, StateFields, Unit
@@ -185,7 +185,7 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         prefetch.prefetch_states(graph.ahead(node_id))
     _check_stack(step, proc, stack_states)
     found = unit.get_states([node_id], mutable=(node_id,))
-    node = graph.node(node_id)
+    node = graph.nodes[node_id]
     st = found.get(node_id)
     root_id, parent_id = graph.root_id, node.pipeline_id
     if st is None:
@@ -196,7 +196,8 @@ def _enter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: 
         pass  # replay after a crash: the node never finished, run it again with the same version
     else:
         st = _reenter(engine, step, graph, proc, node, st)
-    step.event("node_enter", root_pipeline_id=root_id, node_id=node_id)
+    if signals.pipeline_event.has_receivers:  # asked here: every node entered would build the event's arguments
+        step.event("node_enter", root_pipeline_id=root_id, node_id=node_id)
     return Run(engine, step, graph, proc, node, st)
 
 

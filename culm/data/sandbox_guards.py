@@ -752,6 +752,14 @@ def user_method(func: Any) -> bool:
 
 
 
+# render_limited's short cut: the exact types whose text is at most _SHORT_TEXT characters (an int
+# under _SHORT_INT in size: 31 with its sign; a float's repr: 24 at most), as is size_of's measure
+# of them (int_digits + 1 is 32 at most for such an int, a float counts as _SCALAR_SIZE).
+_SHORT_SCALARS = frozenset({int, float, bool, type(None)})
+_SHORT_TEXT = 32
+_SHORT_INT = 10**30
+
+
 def render_limited(value: Any, limit: int, check: Callable[[Any], None] | None = None) -> str:
     """``str(value)``, refused when the text would be longer than ``limit`` characters.
 
@@ -759,8 +767,13 @@ def render_limited(value: Any, limit: int, check: Callable[[Any], None] | None =
         ExpressionLimitError: The value is too big to turn into text.
         ExpressionError: Turning it into text raised.
     """
-    if issubclass(type(value), str):  # not isinstance(): that runs a __class__ property
+    kind = type(value)
+    if issubclass(kind, str):  # not isinstance(): that runs a __class__ property
         return value
+    if kind in _SHORT_SCALARS and limit >= _SHORT_TEXT and (kind is not int or -_SHORT_INT < value < _SHORT_INT):
+        # A number, a bool or None of a few characters: nothing to walk (its measured size is
+        # under the limit), no text of its class's own (nothing to refuse) and no address.
+        return str(value)
     if size_of(value, limit, lambda: None) > limit:
         raise ExpressionLimitError(f"{type(value).__name__} value too large to render (over {limit} characters)")
     if check is not None:

@@ -312,11 +312,20 @@ class CachedUnit(SqliteUnit):
         expect_names: Collection[str] | None = None,
         **fields: Unpack[StateWrite],
     ) -> bool:
-        ok = super().update_state(node_id, expect_version=expect_version, expect_names=expect_names, **fields)
         st = self.cache.states.get(node_id)
-        if ok and st is not None:
-            _apply(st, fields)
-        return ok
+        if st is None or self._locked_ahead or self._state_view is not None or "parent_id" in fields:
+            ok = super().update_state(node_id, expect_version=expect_version, expect_names=expect_names, **fields)
+            if ok and st is not None:
+                _apply(st, fields)
+            return ok
+        # A kept row, and none of the bookkeeping SqlUnit.update_state does around the
+        # compare-and-set applies (no lock taken ahead, no held view, no new parent): the engine's
+        # every state write, without that call and its second packing of ``fields``.
+        if self._cas_state(node_id, expect_version, expect_names, fields):
+            for k, v in fields.items():
+                setattr(st, k, v)
+            return True
+        return False
 
     def reset_inner_loops(self, parent_id: str) -> None:
         c = self.cache

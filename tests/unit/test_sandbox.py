@@ -244,6 +244,26 @@ def test_safe_str_refuses_huge_values() -> None:
         safe_str([[0] * 1000] * 2000)
 
 
+@pytest.mark.parametrize("value", [0, -7, 10**29, -(10**29), 10**30, 2.5, -1.7976931348623157e308, float("nan"),
+                                   True, False, None])
+def test_short_scalars_render_as_their_text(value: object) -> None:
+    """Numbers, bools and None of a few characters take the short cut past the size walk: the
+    same text as before."""
+    assert safe_str(value) == str(value)
+    assert safe_str(value, 32) == str(value)
+
+
+def test_a_scalar_over_a_small_limit_is_still_refused() -> None:
+    """The short cut is taken only where the limit leaves room for any short scalar: a remaining
+    output budget of a few characters still refuses a number too long for it, and a huge int is
+    still measured."""
+    with pytest.raises(ExpressionLimitError):
+        safe_str(123456789, 5)
+    with pytest.raises(ExpressionLimitError):
+        safe_str(10**200, 100)
+    assert safe_str(12345, 10) == "12345"
+
+
 @pytest.mark.parametrize(("expr", "told"), [("[0] * 10**3999", "about 10**3999"), ("'a' * 10**20", "about 10**20"),
                                              ("'a' * 10**7", "10000000")])
 def test_a_length_refused_is_told_briefly(expr: str, told: str) -> None:

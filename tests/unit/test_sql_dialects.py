@@ -71,6 +71,25 @@ def test_a_sqlite_store_hands_out_sqlite_units(tmp_path: Path) -> None:
         store.dispose()
 
 
+def test_sqlite_binds_none_as_null_and_bools_as_ints(tmp_path: Path) -> None:
+    """A SQLite store gives ``sqlite3`` adapters for None and bool (each parameter of those types
+    otherwise costs two attribute lookups and a formatted AttributeError): None is still bound as
+    NULL and a bool as the int it is."""
+    import sqlite3
+
+    store = SqlStore(f"sqlite:///{tmp_path}/d.db")
+    try:
+        conn = sqlite3.connect(":memory:")
+        conn.execute("CREATE TABLE t (a, b, c)")
+        conn.execute("INSERT INTO t VALUES (?, ?, ?)", (None, True, False))
+        conn.executemany("INSERT INTO t VALUES (?, ?, ?)", [(None, None, True)])
+        rows = conn.execute("SELECT a IS NULL, typeof(a), b, typeof(b), c, typeof(c) FROM t ORDER BY rowid").fetchall()
+        assert rows == [(1, "null", 1, "integer", 0, "integer"), (1, "null", None, "null", 1, "integer")]
+        conn.close()
+    finally:
+        store.dispose()
+
+
 def test_what_other_storage_modules_ask_of_a_dialect_is_a_trait_of_it() -> None:
     sqlite, postgres, mysql = SqliteDialect(), PostgresDialect(), MysqlDialect()
     # Only SQLite is embedded: one writer, copies kept by the engine thread, migrated when opened.

@@ -8,7 +8,7 @@ from typing import Any
 
 from culm._printable import engine_logger
 from culm.core import data as cdata
-from culm.core import deadlines, rendering, states
+from culm.core import deadlines, rendering, signals, states
 from culm.core.outcomes import SLEEP, Invoke, Next, Outcome
 from culm.core.ports import LogRow
 from culm.core.records import SCHEDULE, ContextValue, ProcessRecord, ScheduleRecord, TaskRecord, new_id, now
@@ -58,8 +58,8 @@ def make_call(run: Run, inputs: dict[str, Any], outputs: dict[str, Any]) -> Serv
     node, st = run.node, run.state
     cfg = node.loop_config or {}
     return ServiceCall(
-        code=node.code, version=node.version, node_id=node.id, state_version=st.version, root_id=run.root_id,
-        top_pipeline_id=run.top_pipeline_id, loop=st.loop, inner_loop=st.inner_loop, inputs=inputs,
+        code=node.code, version=node.version, node_id=node.id, state_version=st.version, root_id=run.graph.root_id,
+        top_pipeline_id=run.proc.stack[-1], loop=st.loop, inner_loop=st.inner_loop, inputs=inputs,
         outputs=outputs, root_data=run.root_data(), error_ignorable=node.error_ignorable,
         fail_skip=bool(cfg.get("fail_skip")), loop_left=_loop_times(run) - st.inner_loop if cfg else 0,
     )
@@ -130,8 +130,9 @@ def record_call(run: Run, res: CallResult, *, repeated: bool = False) -> tuple[C
             problems.append(f"{exc} (left out)")
     else:
         raise UnstorableValueError(f"the result of node {node_id} could not be stored: {'; '.join(problems)}")
-    for event_type, data in res.events:
-        run.step.event(event_type, **data)
+    if res.events and signals.pipeline_event.has_receivers:
+        for event_type, data in res.events:
+            run.step.event(event_type, **data)
     return res, outputs
 
 
@@ -202,15 +203,17 @@ def settle(run: Run, ok: bool, outputs: dict[str, Any], *, scheduled: bool = Fal
     node = run.node
     if node.timeout is not None:
         deadlines.disarm(run)
-    mapped, loop_times = _outputs_to_context(run, ok, outputs)
-    if node.loop_config and not _kept_loop_outputs(run, mapped, outputs, ok):
+    cfg = node.loop_config  # (properties of the node's raw dict: read once, every activity settles)
+    mapped, loop_times = _outputs_to_context(run, ok, outputs, cfg)
+    if cfg and not _kept_loop_outputs(run, mapped, outputs, ok):
         return SLEEP
-    if not node.loop_config and not _copied_outputs(run, mapped, outputs, ok):
+    if not cfg and not _copied_outputs(run, mapped, outputs, ok):
         return SLEEP
-    fail_skip = bool((node.loop_config or {}).get("fail_skip"))
-    if finishes(ok, node.error_ignorable, fail_skip):
+    fail_skip = bool(cfg.get("fail_skip")) if cfg else False
+    ignorable = node.error_ignorable
+    if finishes(ok, ignorable, fail_skip):
         left = loop_times - run.state.inner_loop if loop_left is None else loop_left
-        again = not moves_on(ok, node.error_ignorable, fail_skip, left)
+        again = not moves_on(ok, ignorable, fail_skip, left)
         run.finish(error_ignored=not ok, announce=scheduled or not again)
         return Next(node.id if again else node.target)  # type: ignore[arg-type]
     run.set_state(states.FAILED, {"archived_time": now()}, expect=(states.RUNNING,))
@@ -253,10 +256,12 @@ def _kept_loop_outputs(run: Run, mapped: list[ContextValue], outputs: dict[str, 
     return True
 
 
-def _outputs_to_context(run: Run, ok: bool, outputs: dict[str, Any]) -> tuple[list[ContextValue], int]:
+def _outputs_to_context(
+    run: Run, ok: bool, outputs: dict[str, Any], cfg: dict[str, Any] | None
+) -> tuple[list[ContextValue], int]:
     """The context values ``outputs`` produce, and how many iterations the node loop runs in all
-    (0 without a loop). A loop node appends one entry per iteration to its ``outputs_key`` list."""
-    cfg = run.node.loop_config
+    (0 without a loop; ``cfg``: the node's ``loop_config``). A loop node appends one entry per
+    iteration to its ``outputs_key`` list."""
     if not cfg:
         return cdata.mapped_outputs(run.graph, run.node, outputs), 0
     key = cfg.get("outputs_key") or "outputs"
