@@ -261,3 +261,51 @@ def test_a_command_on_a_subprocess_waits_for_a_walk_ending_it_without_holding_th
     want = {"pause": "SUSPENDED", "resume": "RUNNING", "revoke": "REVOKED"}[op]
     assert _children(rt, root)[sub.id]["state"] == want
     assert api.revoke_pipeline(rt, root).result
+
+
+@pytest.mark.parametrize("op", ["pause", "resume", "revoke"])
+def test_a_command_on_a_subprocess_waits_for_a_revoke_of_its_root_and_is_refused(
+    distributed_backend: Any, op: str
+) -> None:
+    """The other side of the lock order above: the subprocess's own row locked first, the root's
+    state is still read held, so a revoke of the root that holds the root's row when the command
+    comes is waited for, and once it commits the command is refused as revoked (it neither slips
+    between the revoke's check and its commit nor writes the subprocess back to RUNNING). A second
+    session plays the revoke's write of the root (its first lock), then restores the row for the
+    real revoke that ends the run."""
+    from sqlalchemy import text
+
+    rt = distributed_backend.runtime()
+    inner = ServiceActivity(component_code="dist_callback")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start)
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    root = tree["id"]
+    assert api.run_pipeline(rt, tree).result
+    wait_until(lambda: _children(rt, root).get(inner.id, {}).get("state") == "RUNNING", 60, 0.05,
+               what=f"{inner.id} to wait for its callback")
+    if op == "resume":
+        assert api.pause_pipeline(rt, sub.id).result
+    wait_until(lambda: not read_snapshot(rt.engine, root).tasks, 30, 0.05, what=f"{root} to have no task left")
+    before = _children(rt, root)[sub.id]["state"]
+
+    answer: list[Any] = []
+    call = {"pause": api.pause_pipeline, "resume": api.resume_pipeline, "revoke": api.revoke_pipeline}[op]
+    with rt.store.engine.connect() as revoke:
+        with revoke.begin():
+            revoke.execute(text("UPDATE culm_state SET name = 'REVOKED' WHERE node_id = :r"), {"r": root})
+            command = threading.Thread(target=lambda: answer.append(call(rt, sub.id)))
+            command.start()  # the commit below lets it go on
+            wait_until(lambda: _waiting(rt, revoke, root) > 0, 30, 0.02,
+                       what=f"{op} of {sub.id} to wait for the revoke's lock of the root")
+        command.join(60)
+        assert not command.is_alive(), f"{op} of {sub.id} did not return in 60 s"
+        with revoke.begin():
+            revoke.execute(text("UPDATE culm_state SET name = 'RUNNING' WHERE node_id = :r"), {"r": root})
+    assert answer and not answer[0].result, answer
+    assert "revoked" in answer[0].message and root in answer[0].message, answer[0].message
+    assert _children(rt, root)[sub.id]["state"] == before
+    assert api.revoke_pipeline(rt, root).result
