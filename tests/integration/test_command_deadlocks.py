@@ -207,6 +207,26 @@ def _waiting(rt: Any, walker: Any, node_id: str) -> int:
         return int(probe.execute(text(sql), args).scalar() or 0)
 
 
+def _resting_subprocess(rt: Any, paused: bool) -> tuple[str, str]:
+    """A run resting in a subprocess (its node waits for a callback; paused if ``paused``), with no
+    task left: no worker touches its rows. Its root's id and the subprocess's."""
+    inner = ServiceActivity(component_code="dist_callback")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start)
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    root = tree["id"]
+    assert api.run_pipeline(rt, tree).result
+    wait_until(lambda: _children(rt, root).get(inner.id, {}).get("state") == "RUNNING", 60, 0.05,
+               what=f"{inner.id} to wait for its callback")
+    if paused:
+        assert api.pause_pipeline(rt, sub.id).result
+    wait_until(lambda: not read_snapshot(rt.engine, root).tasks, 30, 0.05, what=f"{root} to have no task left")
+    return root, sub.id
+
+
 @pytest.mark.parametrize("op", ["pause", "resume", "revoke"])
 def test_a_command_on_a_subprocess_waits_for_a_walk_ending_it_without_holding_the_root(
     distributed_backend: Any, op: str
@@ -221,20 +241,7 @@ def test_a_command_on_a_subprocess_waits_for_a_walk_ending_it_without_holding_th
     from sqlalchemy import text
 
     rt = distributed_backend.runtime()
-    inner = ServiceActivity(component_code="dist_callback")
-    sub_start = EmptyStartEvent()
-    sub_start.extend(inner).extend(EmptyEndEvent())
-    sub = SubProcess(start=sub_start)
-    start = EmptyStartEvent()
-    start.extend(sub).extend(EmptyEndEvent())
-    tree = build_tree(start)
-    root = tree["id"]
-    assert api.run_pipeline(rt, tree).result
-    wait_until(lambda: _children(rt, root).get(inner.id, {}).get("state") == "RUNNING", 60, 0.05,
-               what=f"{inner.id} to wait for its callback")
-    if op == "resume":
-        assert api.pause_pipeline(rt, sub.id).result
-    wait_until(lambda: not read_snapshot(rt.engine, root).tasks, 30, 0.05, what=f"{root} to have no task left")
+    root, sub_id = _resting_subprocess(rt, paused=op == "resume")
 
     answer: list[Any] = []
     call = {"pause": api.pause_pipeline, "resume": api.resume_pipeline, "revoke": api.revoke_pipeline}[op]
@@ -242,24 +249,24 @@ def test_a_command_on_a_subprocess_waits_for_a_walk_ending_it_without_holding_th
         share = " FOR SHARE" if walker.dialect.name == "postgresql" else " LOCK IN SHARE MODE"
         with walker.begin():
             held = walker.execute(text("SELECT node_id FROM culm_state WHERE node_id IN (:r, :s) ORDER BY node_id" + share),
-                                  {"r": root, "s": sub.id}).fetchall()
+                                  {"r": root, "s": sub_id}).fetchall()
             assert len(held) == 2, held
-            command = threading.Thread(target=lambda: answer.append(call(rt, sub.id)))
+            command = threading.Thread(target=lambda: answer.append(call(rt, sub_id)))
             command.start()  # the commit (or the rollback of a failure) below lets it go on
-            wait_until(lambda: _waiting(rt, walker, sub.id) > 0, 30, 0.02,
-                       what=f"{op} of {sub.id} to wait for the walk's share of its row")
-            walker.execute(text("UPDATE culm_state SET version = version WHERE node_id = :s"), {"s": sub.id})
+            wait_until(lambda: _waiting(rt, walker, sub_id) > 0, 30, 0.02,
+                       what=f"{op} of {sub_id} to wait for the walk's share of its row")
+            walker.execute(text("UPDATE culm_state SET version = version WHERE node_id = :s"), {"s": sub_id})
             try:
                 walker.execute(text("SELECT node_id FROM culm_state WHERE node_id = :r FOR UPDATE NOWAIT"), {"r": root})
             except Exception as exc:  # noqa: BLE001 - the lock cycle, reported as the failure
-                raise AssertionError(f"the walk ending {sub.id} cannot write the root {root}: {op} of the "
+                raise AssertionError(f"the walk ending {sub_id} cannot write the root {root}: {op} of the "
                                      f"subprocess holds it while it waits for the walk ({exc})") from None
             walker.execute(text("UPDATE culm_state SET version = version WHERE node_id = :r"), {"r": root})
         command.join(60)
-    assert not command.is_alive(), f"{op} of {sub.id} did not return in 60 s"
+    assert not command.is_alive(), f"{op} of {sub_id} did not return in 60 s"
     assert answer and answer[0].result, answer
     want = {"pause": "SUSPENDED", "resume": "RUNNING", "revoke": "REVOKED"}[op]
-    assert _children(rt, root)[sub.id]["state"] == want
+    assert _children(rt, root)[sub_id]["state"] == want
     assert api.revoke_pipeline(rt, root).result
 
 
@@ -276,36 +283,23 @@ def test_a_command_on_a_subprocess_waits_for_a_revoke_of_its_root_and_is_refused
     from sqlalchemy import text
 
     rt = distributed_backend.runtime()
-    inner = ServiceActivity(component_code="dist_callback")
-    sub_start = EmptyStartEvent()
-    sub_start.extend(inner).extend(EmptyEndEvent())
-    sub = SubProcess(start=sub_start)
-    start = EmptyStartEvent()
-    start.extend(sub).extend(EmptyEndEvent())
-    tree = build_tree(start)
-    root = tree["id"]
-    assert api.run_pipeline(rt, tree).result
-    wait_until(lambda: _children(rt, root).get(inner.id, {}).get("state") == "RUNNING", 60, 0.05,
-               what=f"{inner.id} to wait for its callback")
-    if op == "resume":
-        assert api.pause_pipeline(rt, sub.id).result
-    wait_until(lambda: not read_snapshot(rt.engine, root).tasks, 30, 0.05, what=f"{root} to have no task left")
-    before = _children(rt, root)[sub.id]["state"]
+    root, sub_id = _resting_subprocess(rt, paused=op == "resume")
+    before = _children(rt, root)[sub_id]["state"]
 
     answer: list[Any] = []
     call = {"pause": api.pause_pipeline, "resume": api.resume_pipeline, "revoke": api.revoke_pipeline}[op]
     with rt.store.engine.connect() as revoke:
         with revoke.begin():
             revoke.execute(text("UPDATE culm_state SET name = 'REVOKED' WHERE node_id = :r"), {"r": root})
-            command = threading.Thread(target=lambda: answer.append(call(rt, sub.id)))
+            command = threading.Thread(target=lambda: answer.append(call(rt, sub_id)))
             command.start()  # the commit below lets it go on
             wait_until(lambda: _waiting(rt, revoke, root) > 0, 30, 0.02,
-                       what=f"{op} of {sub.id} to wait for the revoke's lock of the root")
+                       what=f"{op} of {sub_id} to wait for the revoke's lock of the root")
         command.join(60)
-        assert not command.is_alive(), f"{op} of {sub.id} did not return in 60 s"
+        assert not command.is_alive(), f"{op} of {sub_id} did not return in 60 s"
         with revoke.begin():
             revoke.execute(text("UPDATE culm_state SET name = 'RUNNING' WHERE node_id = :r"), {"r": root})
     assert answer and not answer[0].result, answer
     assert "revoked" in answer[0].message and root in answer[0].message, answer[0].message
-    assert _children(rt, root)[sub.id]["state"] == before
+    assert _children(rt, root)[sub_id]["state"] == before
     assert api.revoke_pipeline(rt, root).result
