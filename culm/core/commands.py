@@ -107,13 +107,22 @@ def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
     step.add_task(execute_task_for(proc, node_id))
 
 
-def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str) -> str:
-    """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess."""
+def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str, action: str | None = None) -> str:
+    """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess.
+
+    With ``action``, a subprocess inside a revoked pipeline is refused: its own state still says
+    RUNNING (a revoke writes only the pipeline revoked), but nothing of it runs again, so pausing,
+    resuming or revoking it would only write a state that means nothing.
+    """
     root_id = unit.node_root(pipeline_id)
     if root_id is None:
         raise NotFoundError(f"pipeline {pipeline_id} does not exist")
-    if root_id != pipeline_id and engine.graph(root_id, unit).nodes[pipeline_id].type != g.SUBPROCESS:
-        raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
+    if root_id != pipeline_id:
+        graph = engine.graph(root_id, unit)
+        if graph.nodes[pipeline_id].type != g.SUBPROCESS:
+            raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
+        if action is not None:
+            _refuse_if_revoked(unit, graph, pipeline_id, action)
     return root_id
 
 
@@ -135,7 +144,7 @@ def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | No
 # -- pipelines ------------------------------------------------------------------------------
 def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
-        _is_pipeline(step.unit, engine, pipeline_id)
+        _is_pipeline(step.unit, engine, pipeline_id, "pause")
         st = _state(step.unit, pipeline_id, "pipeline")
         _require(st, (states.READY, states.RUNNING, states.LOOP_READY), "pause", "pipeline")
         step.event("pre_pause_pipeline", pipeline_id=pipeline_id)
@@ -146,7 +155,7 @@ def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
 def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _is_pipeline(unit, engine, pipeline_id)
+        _is_pipeline(unit, engine, pipeline_id, "resume")
         st = _state(unit, pipeline_id, "pipeline")
         _require(st, (states.SUSPENDED,), "resume", "pipeline")
         step.event("pre_resume_pipeline", pipeline_id=pipeline_id)
@@ -171,7 +180,7 @@ def _unsuspend(step: Step, by: str) -> None:
 def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _is_pipeline(unit, engine, pipeline_id)
+        _is_pipeline(unit, engine, pipeline_id, "revoke")
         st = _state(unit, pipeline_id, "pipeline")
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)

@@ -16,12 +16,21 @@ from culm.core.step import Step
 
 def settle(step: Step) -> None:
     """Count the children that reached their converge gateways in this step's walks, all in one
-    go (one round trip on a server database, the parents' rows locked last and in id order), and
-    wake each parent whose last child arrived, at the gateway."""
+    go (the parents' rows locked last and in id order), and wake each parent whose last child
+    arrived, at the gateway (on a server database, outside a savepoint, in the database, with
+    the commit and in its round trip: see ``Unit.ack_children_at_commit``)."""
     joins, step.joins = step.joins, []
     if not joins:
         return
-    parents = step.unit.ack_children(collections.Counter(j.parent_id for j in joins))
+    counts = collections.Counter(j.parent_id for j in joins)
+    gateways: dict[str, str] = {}
+    for join in joins:
+        gateways.setdefault(join.parent_id, join.node_id)
+    # A server database decides the wakes with the commit, in its round trip: the woken parents'
+    # tasks join the step's when it is through.
+    if step.unit.ack_children_at_commit(counts, gateways, step.tasks.extend):
+        return
+    parents = step.unit.ack_children(counts)
     woken: set[str] = set()
     for join in joins:
         parent = parents.get(join.parent_id)

@@ -18,7 +18,7 @@ their columns as keywords typed by a change record (``StateWrite``, ``ProcessFie
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Container, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, TypedDict, Unpack, runtime_checkable
 
@@ -258,6 +258,16 @@ class Processes(Protocol):
         rows locked until the commit, in id order); returns those processes as they are stored now,
         these children counted in ``ack_num`` (a process not stored is left out). The rows come
         with the counts: the last child wakes its parent without a read."""
+        ...
+
+    def ack_children_at_commit(
+        self, counts: Mapping[str, int], gateways: Mapping[str, str], woken: Callable[[list[TaskRecord]], None]
+    ) -> bool:
+        """Count as ack_children does, and decide each parent's wake with the commit instead of
+        now: a parent whose last child this is gets an execute task at its gateway
+        (``gateways[parent_id]``) and is woken there, in the database; ``woken`` gets those tasks
+        once the commit is through. False (nothing done) where the store cannot: the caller
+        counts with ack_children and wakes the parents itself."""
         ...
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...

@@ -345,6 +345,11 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
             acked[parent_id] = _copy_process(p)
         return acked
 
+    def ack_children_at_commit(
+        self, counts: Mapping[str, int], gateways: Mapping[str, str], woken: Callable[[list[TaskRecord]], None]
+    ) -> bool:
+        return False  # no round trip to save: the caller counts with ack_children
+
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "root", root_id)]
 

@@ -56,7 +56,7 @@ WORKER_ENV = {
     "CULM_RELAY_INTERVAL": os.environ.get("CULM_TEST_RELAY_INTERVAL", "0.5"),
     "CULM_RELAY_GRACE": os.environ.get("CULM_TEST_RELAY_GRACE", "2"),
     "CULM_IMPORTS": "culm_dist_components,components,bamboo_style_components,bamboo_suite_components,"
-                    "storm_components",
+                    "storm_components,bamboo_atom_components",
 }
 
 

@@ -332,6 +332,49 @@ def test_children_of_several_parents_are_counted_in_one_round_trip(store, monkey
 
 
 
+def test_joins_decided_with_the_commit_wake_only_the_parent_whose_last_child_arrived(store, monkeypatch, caplog):
+    """ack_children_at_commit sends the acks and the conditional wakes after the transaction's
+    writes, with the parents' read, in the COMMIT's round trip: nothing before it. Only a parent
+    whose count reaches need_ack is woken at its gateway, its task written with its run, priority
+    and queue; the others keep their counts; a parent not stored is logged, nothing else counted."""
+    procs = [ProcessRecord("pa", "root", None, "fork", None, ["root"], asleep=True, need_ack=3, priority=7, queue="q1"),
+             ProcessRecord("pb", "root", None, "fork", None, ["root"], asleep=True, need_ack=2, ack_num=1)]
+    with store.transaction() as unit:
+        unit.insert_processes(procs)
+    woken: list[TaskRecord] = []
+    trips = round_trips(store.dialect, monkeypatch)
+    with store.transaction() as unit:
+        unit.update_process("pa", last_heartbeat=1.0)  # a deferred write: the acks follow it
+        assert unit.ack_children_at_commit({"pb": 1, "pa": 2, "gone": 1}, {"pa": "gw-a", "pb": "gw-b", "gone": "gw"},
+                                           woken.extend)
+        assert trips == [] and woken == []  # all of it waits for the commit
+    monkeypatch.undo()
+    assert len(trips) == 1 and "COMMIT" in trips[0], trips
+    assert [(t.kind, t.process_id, t.node_id, t.root_id, t.priority, t.queue) for t in woken] == [
+        (EXECUTE, "pb", "gw-b", "root", 100, "")]
+    assert "process gone" in caplog.text and "is not stored" in caplog.text
+    with store.reading() as unit:
+        a, b = unit.get_process("pa"), unit.get_process("pb")
+        assert (a.asleep, a.ack_num, a.need_ack, a.current_node_id) == (True, 2, 3, "fork")
+        assert (b.asleep, b.ack_num, b.need_ack, b.current_node_id) == (False, 0, 0, "gw-b")
+        assert unit.get_task(woken[0].id) == woken[0]
+        assert [t.process_id for t in unit.pending_tasks(10**10, 10)] == ["pb"]
+    with store.transaction() as unit:  # the last child of pa: woken with its priority and queue
+        assert unit.ack_children_at_commit({"pa": 1}, {"pa": "gw-a"}, woken.extend)
+    assert [(t.process_id, t.node_id, t.priority, t.queue) for t in woken[1:]] == [("pa", "gw-a", 7, "q1")]
+    with store.reading() as unit:
+        assert unit.get_task(woken[1].id) == woken[1]
+        assert (unit.get_process("pa").asleep, unit.get_process("pa").current_node_id) == (False, "gw-a")
+    with store.transaction() as unit, unit.savepoint():  # inside a savepoint: the caller counts itself
+        assert not unit.ack_children_at_commit({"pa": 1}, {"pa": "gw-a"}, woken.extend)
+    with pytest.raises(RuntimeError), store.transaction() as unit:  # undone: nothing counted nor handed out
+        unit.ack_children_at_commit({"pb": 5}, {"pb": "gw-b"}, woken.extend)
+        raise RuntimeError("undo")
+    assert len(woken) == 2
+    with store.reading() as unit:
+        assert (unit.get_process("pb").ack_num, len(unit.pending_tasks(10**10, 10))) == (0, 2)
+
+
 def test_a_batch_of_runs_new_to_the_engine_reads_their_pipelines_in_one_statement(store, monkeypatch):
     """A worker process meets each run for the first time in a batch: the pipelines of all the
     batch's runs it has not compiled yet are read in one statement, not one per run, and every

@@ -237,10 +237,11 @@ def test_a_new_run_is_stored_without_reading_its_ids_first_and_a_taken_id_is_sti
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mariadb"])
-def test_the_last_branch_of_a_join_wakes_its_parent_without_reading_it_again(kind, monkeypatch):
-    """Each ack returns the parent's process row with the count (PostgreSQL: RETURNING; MariaDB:
-    the read in the ack's own query), so the last branch wakes the parent without another round
-    trip, and the pipeline still finishes with every branch run once and counted once."""
+def test_the_last_branch_of_a_join_wakes_its_parent_with_the_commit(kind, monkeypatch):
+    """A join is decided in the database with the commit: the acks, the last branch's wake of its
+    parent (its task at the gateway) and the parents' read go after the batch's writes and before
+    the COMMIT, in its round trip, so no transaction takes a round trip of its own for a join; and
+    the pipeline still finishes with every branch run once and counted once."""
     import re
 
     from engine_fixtures import finish, node_state
@@ -255,22 +256,28 @@ def test_the_last_branch_of_a_join_wakes_its_parent_without_reading_it_again(kin
     try:
         start, pg = builder.EmptyStartEvent(), builder.ParallelGateway()
         branches = [builder.ServiceActivity(component_code="example_component") for _ in range(3)]
-        start.extend(pg).connect(*branches).to(pg).converge(builder.ConvergeGateway()).extend(builder.EmptyEndEvent())
+        converge = builder.ConvergeGateway()
+        start.extend(pg).connect(*branches).to(pg).converge(converge).extend(builder.EmptyEndEvent())
         tree = builder.build_tree(start)
         sent = round_trips(kind, monkeypatch)
         finish(rt, tree, timeout=30)
         monkeypatch.undo()
-        process_reads = [s for s in sent if PROCESS_SELECT in s]
-        if kind == "postgres":
-            assert process_reads == [], process_reads
-        else:
-            assert process_reads and all("ack_num = ack_num +" in s for s in process_reads), process_reads
+        ack = "UPDATE culm_process SET ack_num = "
+        acks = [s for s in sent if ack in s]
+        assert acks, sent
+        for trip in acks:  # the count, the wake and the read travel with the commit
+            assert trip.rstrip().endswith(("COMMIT", "COMMIT None", "COMMIT ()")), trip
+            assert trip.index(ack) < trip.index("INSERT INTO culm_task (id, kind, process_id") < trip.index(
+                PROCESS_SELECT) < trip.rindex("COMMIT"), trip
+        assert [s for s in sent if PROCESS_SELECT in s] == acks  # the parents are read nowhere else
         # the children counted (the acks of branches that join in one batch go together)
-        counted = re.compile(r"ack_num = ack_num \+ \$1 WHERE id = \$2 .*?[\[(](\d+), |ack_num = ack_num \+ (\d+) WHERE")
+        counted = re.compile(r"WITH acked AS .*? FALSE FROM acked WHERE .*? [\[(](\d+), |ack_num = ack_num \+ (\d+) WHERE")
         assert sum(int(a or b) for s in sent for a, b in counted.findall(s)) == 3, sent
         for b in branches:
             assert node_state(rt, b.id)["state"] == "FINISHED"
             assert node_state(rt, b.id)["loop"] == 1 and node_state(rt, b.id)["retry"] == 0
+        assert node_state(rt, converge.id)["state"] == "FINISHED"
+        assert node_state(rt, tree["id"])["state"] == "FINISHED"
     finally:
         monkeypatch.undo()
         rt.close()

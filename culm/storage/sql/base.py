@@ -17,6 +17,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine, create_engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
+from culm._printable import engine_logger
 from culm.core import states
 from culm.core.ports import (
     LogRow,
@@ -29,6 +30,7 @@ from culm.core.ports import (
     refuse_unknown_reads,
 )
 from culm.core.records import (
+    EXECUTE,
     ContextValue,
     HistoryRecord,
     PipelineQuery,
@@ -38,6 +40,7 @@ from culm.core.records import (
     StateChange,
     StateRecord,
     TaskRecord,
+    new_id,
 )
 from culm.errors import InvalidOperationError, SchemaOutdatedError
 from culm.storage import budget, codec, listing
@@ -108,6 +111,8 @@ from culm.storage.sql.statements import (
     TASK_COLUMNS,
     TASK_WITH_PROCESS,
     TASKS_OF_ROOT,
+    WAKE_ON_ACK,
+    WAKE_TASK_ON_ACK,
     insert_sql,
     marks,
     same_sql,
@@ -118,6 +123,8 @@ from culm.storage.sql.statements import (
 
 if TYPE_CHECKING:
     from culm.storage.workers import SqlWorkerRegistry
+
+logger = engine_logger("culm.storage.sql")
 
 
 def normalise_url(url: str) -> str:
@@ -370,6 +377,10 @@ class SqlUnit(budget.UnitChecks):
         # the commit; ``changes_sent`` counts them for the store's in-process waiters.
         self._changes: list[list[Any]] = []
         self.changes_sent = 0
+        # Reads sent with the commit, after every write and before the COMMIT, in the same round
+        # trip (server databases), each with what takes its rows once the commit is through.
+        self._commit_reads: list[tuple[str, Sequence[Any], Callable[[list[Any]], None]]] = []
+        self._savepoint_depth = 0
 
     # -- plumbing ---------------------------------------------------------------------------
     @staticmethod
@@ -421,6 +432,12 @@ class SqlUnit(budget.UnitChecks):
         when ``commit`` (the caller's own commit then finds nothing left to do)."""
         if commit and self._changes:
             self._send_changes()
+        if commit and self._commit_reads:
+            reads, self._commit_reads = self._commit_reads, []
+            answers = self._send_with_commit(self._take_deferred(), [(sql, params) for sql, params, _ in reads])
+            for (_, _, take), rows in zip(reads, answers, strict=True):
+                take(rows)
+            return
         if not self._deferred:
             return
         self._send_deferred(self._take_deferred(), None, commit=commit)
@@ -431,6 +448,13 @@ class SqlUnit(budget.UnitChecks):
         """Send deferred writes (as ``combine`` made them), then ``last``, a statement whose answer
         the caller reads from the cursor, in one round trip; with the commit when ``commit`` and the
         dialect can. Only the dialects that defer writes (``defers_writes``) say how."""
+        raise NotImplementedError
+
+    def _send_with_commit(
+        self, pending: list[tuple[str, Sequence[Any]]], reads: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[Any]]:
+        """Send deferred writes, then ``reads``, then the COMMIT, in one round trip; the reads'
+        rows. Only the dialects that defer writes (``defers_writes``) say how."""
         raise NotImplementedError
 
     def record_change(
@@ -547,6 +571,7 @@ class SqlUnit(budget.UnitChecks):
         name = f"culm_sp{self._savepoints}"
         self._x(f"SAVEPOINT {name}")
         changes = len(self._changes)
+        self._savepoint_depth += 1
         try:
             yield
             self.flush()
@@ -564,6 +589,8 @@ class SqlUnit(budget.UnitChecks):
             self._cur.execute(f"ROLLBACK TO SAVEPOINT {name}")
             self._cur.execute(f"RELEASE SAVEPOINT {name}")
             raise
+        finally:
+            self._savepoint_depth -= 1
         self._cur.execute(f"RELEASE SAVEPOINT {name}")
 
     # -- pipelines and nodes -------------------------------------------------------------
@@ -1098,6 +1125,53 @@ class SqlUnit(budget.UnitChecks):
         if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
             self._procs_written.update(counts)
         return {row[0]: _process_row(row) for row in self._acked_rows(acks)}
+
+    def ack_children_at_commit(
+        self, counts: Mapping[str, int], gateways: Mapping[str, str], woken: Callable[[list[TaskRecord]], None]
+    ) -> bool:
+        """Count finished children as ack_children does, but decide each parent's wake in the
+        database with the commit, in its round trip (server databases, outside a savepoint; False
+        elsewhere: nothing done, the caller counts with ack_children).
+
+        Per parent, in parent id order, after every write the transaction queued so far: the
+        ack's UPDATE, then, only where this ack was its last child's, the parent's task at its
+        gateway (``gateways[parent_id]``) and the parent's row woken (see WAKE_TASK_ON_ACK); the
+        parents' rows are read after them, before the COMMIT. ``woken`` gets the tasks written,
+        after the commit. Locks and their order are those of ack_children followed by the
+        wake's writes, one round trip fewer.
+        """
+        if self._deferred is None or self._savepoint_depth:
+            return False
+        pids = sorted(counts)
+        if self._tasks_ahead and self._procs_written is not None:  # only read-ahead tasks care
+            self._procs_written.update(pids)
+        due = time.time()
+        tasks = {pid: new_id() for pid in pids}
+        for pid in pids:
+            for sql, params in self._ack_and_wake(pid, counts[pid], gateways[pid], tasks[pid], due):
+                self._later(sql, params)  # rows unknown (no key): a statement of its own, in this order
+
+        def take(rows: list[Any]) -> None:
+            parents = {p.id: p for p in map(_process_row, rows)}
+            out = []
+            for pid in pids:
+                p = parents.get(pid)
+                if p is None:
+                    logger.error("process %s, the parent of %d process(es) at its converge gateway %s, is not "
+                                 "stored: nothing counted", pid, counts[pid], gateways[pid])
+                elif p.ack_num == 0 and p.need_ack == 0:  # woken here (a count left is at least 1)
+                    out.append(TaskRecord(tasks[pid], EXECUTE, pid, gateways[pid], p.root_id, due=due,
+                                          priority=p.priority, queue=p.queue))
+            woken(out)
+
+        self._commit_reads.append((PROCESSES_IN.format(marks=marks(len(pids))), pids, take))
+        return True
+
+    @staticmethod
+    def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
+        """A parent's ack and, where it was its last child's, its wake (ack_children_at_commit)."""
+        return [(ACK_CHILDREN, [n, pid]), (WAKE_TASK_ON_ACK, [task_id, EXECUTE, gateway, due, pid]),
+                (WAKE_ON_ACK, [gateway, pid])]
 
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         """The acks' UPDATEs, then the process rows with them (each dialect in as few round trips

@@ -221,6 +221,29 @@ class MysqlUnit(SqlUnit):
         if commit:
             self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
 
+    def _send_with_commit(
+        self, pending: list[tuple[str, Sequence[Any]]], reads: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[Any]]:
+        # As _send_deferred with the reads before the COMMIT; their answers are kept, the others
+        # read and dropped.
+        cur = self._cur
+        texts = [cur.mogrify(sql, params) for sql, params in pending]
+        first = len(texts)
+        texts += [cur.mogrify(self._sql(sql), params) for sql, params in reads]
+        texts.append("COMMIT")  # the store's commit then sends none (MysqlDialect.commit)
+        answers: list[list[Any]] = []
+        at = 0
+        for run in _up_to(texts, MAX_QUERY_CHARS):
+            cur.execute(";\n".join(run))
+            while True:
+                if first <= at < first + len(reads):
+                    answers.append(list(cur.fetchall()))
+                at += 1
+                if not cur.nextset():
+                    break
+        self.conn.info[_COMMITTED] = True  # every statement ran, COMMIT included
+        return answers
+
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         if len(reads) < 2:
             return super()._all_together(reads)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm._printable import engine_logger
-from culm.core.records import ProcessRecord, TaskRecord
+from culm.core.records import EXECUTE, ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
     Dialect,
@@ -40,6 +40,7 @@ from culm.storage.sql.statements import (
     STATES_ANY,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
+    WAKE_ON_ACK_POSTGRES,
 )
 
 if TYPE_CHECKING:
@@ -274,6 +275,25 @@ class PostgresUnit(SqlUnit):
             if commit:
                 cur.execute("COMMIT", prepare=False)
 
+    def _send_with_commit(
+        self, pending: list[tuple[str, Sequence[Any]]], reads: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[list[Any]]:
+        # One pipeline, as _send_deferred's (see there why the COMMIT is a statement of it); a
+        # cursor per read keeps its answer.
+        cur = self._cur
+        cursors = [self.new_cursor(self.conn) for _ in reads]
+        try:
+            with self.conn.driver_connection.pipeline():
+                for sql, params in pending:
+                    cur.execute(sql, params)
+                for read_cur, (sql, params) in zip(cursors, reads, strict=True):
+                    read_cur.execute(self._sql(sql), params)
+                cur.execute("COMMIT", prepare=False)
+            return [read_cur.fetchall() for read_cur in cursors]
+        finally:
+            for read_cur in cursors:
+                read_cur.close()
+
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         if len(reads) < 2:
             return super()._all_together(reads)
@@ -326,6 +346,10 @@ class PostgresUnit(SqlUnit):
             parts.append(f"SELECT 2, {_NO_STATE}, c.* FROM ({sql}) c")
             params += ids
         return [(head + " UNION ALL ".join(parts), params)], _split_walks
+
+    @staticmethod
+    def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
+        return [(WAKE_ON_ACK_POSTGRES, [n, n, n, n, n, gateway, pid, task_id, EXECUTE, gateway, due])]
 
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         answers = self._all_together([(ACK_CHILDREN_RETURNING, [n, pid]) for n, pid in acks])

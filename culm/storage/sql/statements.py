@@ -133,6 +133,26 @@ OUTPUTS_UPSERT_MYSQL = _OUTPUTS_INSERT + " ON DUPLICATE KEY UPDATE outputs = VAL
 ACK_CHILDREN = "UPDATE culm_process SET ack_num = ack_num + ? WHERE id = ?"
 # PostgreSQL: the ack and the process row after it in one statement.
 ACK_CHILDREN_RETURNING = ACK_CHILDREN + " RETURNING " + ", ".join(PROCESS_COLUMNS)
+# Server databases, a join decided with the commit (SqlUnit.ack_children_at_commit): after a
+# parent's ack, the last child's wake, each statement seeing the one before (never merged into one):
+# the parent's task at the gateway (its run, priority and queue from the row), then the parent up.
+WAKE_TASK_ON_ACK = ("INSERT INTO culm_task (id, kind, process_id, node_id, root_id, due, priority, queue, published)"
+                    " SELECT ?, ?, id, ?, root_id, ?, priority, queue, FALSE FROM culm_process"
+                    " WHERE id = ? AND ack_num = need_ack")
+WAKE_ON_ACK = ("UPDATE culm_process SET asleep = FALSE, ack_num = 0, need_ack = 0, current_node_id = ?"
+               " WHERE id = ? AND ack_num = need_ack")
+# PostgreSQL: the three in one statement (an UPDATE's SET reads the row as it was; RETURNING gives
+# it after: woken, its counts are 0, else ack_num is at least the count just added).
+_WOKEN = "ack_num + ? = need_ack"
+WAKE_ON_ACK_POSTGRES = (
+    f"WITH acked AS (UPDATE culm_process SET ack_num = CASE WHEN {_WOKEN} THEN 0 ELSE ack_num + ? END,"
+    f" need_ack = CASE WHEN {_WOKEN} THEN 0 ELSE need_ack END,"
+    f" asleep = CASE WHEN {_WOKEN} THEN FALSE ELSE asleep END,"
+    f" current_node_id = CASE WHEN {_WOKEN} THEN ? ELSE current_node_id END"
+    " WHERE id = ? RETURNING id, root_id, priority, queue, ack_num, need_ack)"
+    " INSERT INTO culm_task (id, kind, process_id, node_id, root_id, due, priority, queue, published)"
+    " SELECT ?, ?, id, ?, root_id, ?, priority, queue, FALSE FROM acked WHERE ack_num = 0 AND need_ack = 0"
+)
 # A task's lease taken again by its owner (it ran out and nobody else took it).
 RETAKE_LEASE = "UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?"
 # MySQL: a lease kept by its owner, or taken again when it ran out; locks the task row alone.
