@@ -333,9 +333,10 @@ class Evaluator:
 
     def walkable(self, value: Any, what: str) -> None:
         """Refuse ``what`` (comparing, hashing, looking up, sorting...) a container or a holder (a
-        SimpleNamespace, a dataclass, a UserDict) that a walk would go through in more than
-        ``SHARED_ALLOWANCE`` times the items it holds plus ``max_value_size // 2``: its operators
-        walk each item as often as it is held, in one C call.
+        SimpleNamespace, a dataclass, a UserDict) sharing its parts, past the limits when measured
+        as often as they are held, that a walk would go through in more than ``SHARED_ALLOWANCE``
+        times the items it holds plus ``max_value_size // 2``: its operators walk each item as
+        often as it is held, in one C call.
 
         Values a component returns keep their sharing (pickled): a tuple holding one half twice,
         60 levels deep, is 61 small tuples that hash or compare equal in 2**60 steps, and held the
@@ -349,6 +350,11 @@ class Evaluator:
                 return  # a row of scalars (its types gathered in C): nothing in it is held twice
         seen = self.checked.setdefault(("walkable",), {})
         if seen.get(id(value)) is value:
+            return
+        shape: list[int] = []
+        measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes, shape)
+        if not shape or shape[0] <= shape[1]:  # within the limits, or a big value sharing nothing
+            seen[id(value)] = value
             return
         # each item written takes two characters at least (", "): the limit on a value's text
         spare = self.lim.max_value_size // 2

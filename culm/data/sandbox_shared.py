@@ -19,6 +19,7 @@ from culm.data.sandbox_guards import CONTAINERS, children_of, is_holder
 from culm.errors import ExpressionLimitError
 
 _SCALARS = frozenset({str, int, bool, float, bytes, type(None)})
+_CHUNK = 4_096
 
 
 def held_items(value: Any, allowance: int, spare: int, tick: Callable[[], None]) -> tuple[int, int]:
@@ -68,13 +69,16 @@ def held_items(value: Any, allowance: int, spare: int, tick: Callable[[], None])
 
 
 def _groups(level: dict[int, Any], met: dict[int, int]) -> Iterator[tuple[int, type, list[Any]]]:
-    """The containers of ``level`` by how often they are met, then by type (gathered in C)."""
+    """The containers of ``level`` by how often they are met, then by type (gathered in C), in
+    chunks of at most ``_CHUNK`` (the clock is read between them)."""
     counts = set(met.values())
     for times in counts:
         items = list(level.values()) if len(counts) == 1 else [level[key] for key, n in met.items() if n == times]
         kinds = list(map(type, items))
         for kind in set(kinds):
-            yield times, kind, list(itertools.compress(items, map(operator.is_, kinds, itertools.repeat(kind))))
+            group = list(itertools.compress(items, map(operator.is_, kinds, itertools.repeat(kind))))
+            for start in range(0, len(group), _CHUNK):
+                yield times, kind, group[start:start + _CHUNK]
 
 
 def _carry(children: Sequence[Any], times: int, below: dict[int, Any], met: dict[int, int]) -> None:
