@@ -109,11 +109,29 @@ def _inside(shape: str, poll_ms: float | None) -> dict[str, Any]:
             raise SystemExit("the run did not end in 600 s")
         states = {r: api.get_pipeline_states(rt, r).data[r]["state"] for r in ids}
         if set(states.values()) != {"FINISHED"}:
-            raise SystemExit(f"not every pipeline FINISHED: {states}")
+            raise SystemExit(f"not every pipeline FINISHED: {_unfinished(rt, states)}")
     finally:
         rt.close()
         shutil.rmtree(workdir, ignore_errors=True)
     return {"batches": batches[0], **({"polls": reads[0]} if poll_ms is not None else {})}
+
+
+def _unfinished(rt: Any, states: dict[str, str]) -> dict[str, Any]:
+    """The pipelines not FINISHED, each with its nodes not FINISHED and their ex_data (a node that
+    FAILED leaves its pipeline RUNNING: the reason says whether the engine or the node stopped)."""
+    from culm import api
+
+    out: dict[str, Any] = {}
+    for root, state in states.items():
+        if state == "FINISHED":
+            continue
+        nodes = {}
+        for node_id, entry in api.get_pipeline_states(rt, root).data[root]["children"].items():
+            if entry["state"] != "FINISHED":
+                ex = api.get_execution_data_outputs(rt, node_id).data.get("ex_data") if entry["state"] == "FAILED" else None
+                nodes[node_id] = entry["state"] if ex is None else f"{entry['state']}: {str(ex)[:300]}"
+        out[root] = {"state": state, "nodes": nodes}
+    return out
 
 
 def _reads(shape: str) -> dict[str, Any]:

@@ -51,7 +51,10 @@ def _node(engine: Engine, unit: Unit, node_id: str) -> tuple[g.Graph, g.Node]:
 
 
 def _state(unit: Unit, node_id: str, what: str = "node") -> StateRecord:
-    st = unit.get_state(node_id, for_update=True)
+    return _existing(unit.get_state(node_id, for_update=True), node_id, what)
+
+
+def _existing(st: StateRecord | None, node_id: str, what: str) -> StateRecord:
     if st is None:
         raise NotFoundError(f"{what} {node_id} has no state: it does not exist or has not been reached yet")
     return st
@@ -109,23 +112,33 @@ def _wake(step: Step, proc: ProcessRecord, node_id: str) -> None:
     step.add_task(execute_task_for(proc, node_id))
 
 
-def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str, action: str | None = None) -> str:
-    """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess.
-
-    With ``action``, a subprocess inside a revoked pipeline is refused: its own state still says
-    RUNNING (a revoke writes only the pipeline revoked), but nothing of it runs again, so pausing,
-    resuming or revoking it would only write a state that means nothing.
-    """
+def _is_pipeline(unit: Unit, engine: Engine, pipeline_id: str) -> str:
+    """The root pipeline of ``pipeline_id``, once known to be a pipeline or a subprocess."""
     root_id = unit.node_root(pipeline_id)
     if root_id is None:
         raise NotFoundError(f"pipeline {pipeline_id} does not exist")
-    if root_id != pipeline_id:
-        graph = engine.graph(root_id, unit)
-        if graph.nodes[pipeline_id].type != g.SUBPROCESS:
-            raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
-        if action is not None:
-            _refuse_if_revoked(unit, graph, pipeline_id, action, held=True)
+    if root_id != pipeline_id and engine.graph(root_id, unit).nodes[pipeline_id].type != g.SUBPROCESS:
+        raise InvalidOperationError(f"{pipeline_id} is not a pipeline or subprocess")
     return root_id
+
+
+def _pipeline_state(unit: Unit, engine: Engine, pipeline_id: str, action: str) -> StateRecord:
+    """The state of pipeline (or subprocess) ``pipeline_id``, locked for ``action``.
+
+    A subprocess inside a revoked pipeline is refused: its own state still says RUNNING (a revoke
+    writes only the pipeline revoked), but nothing of it runs again, so pausing, resuming or
+    revoking it would only write a state that means nothing. The pipelines around it are read
+    held (a revoke of one commits before that read or after our commit), and only once its own
+    row is locked: every writer locks a subprocess's row before the rows around it (a walk that
+    ends it writes it, then its parents; a revoke of a parent writes no row inside it). Held
+    first, they closed a cycle with such a walk: the walk held both shared, wrote the subprocess
+    behind our wait for it, and then waited for our share of the root.
+    """
+    root_id = _is_pipeline(unit, engine, pipeline_id)
+    st = unit.get_state(pipeline_id, for_update=True)
+    if root_id != pipeline_id:
+        _refuse_if_revoked(unit, engine.graph(root_id, unit), pipeline_id, action, held=True)
+    return _existing(st, pipeline_id, "pipeline")
 
 
 def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | None, name: str,
@@ -146,8 +159,7 @@ def _service_hook(engine: Engine, unit: Unit, node: g.Node, st: StateRecord | No
 # -- pipelines ------------------------------------------------------------------------------
 def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
-        _is_pipeline(step.unit, engine, pipeline_id, "pause")
-        st = _state(step.unit, pipeline_id, "pipeline")
+        st = _pipeline_state(step.unit, engine, pipeline_id, "pause")
         _require(st, (states.READY, states.RUNNING, states.LOOP_READY), "pause", "pipeline")
         step.event("pre_pause_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.SUSPENDED)
@@ -157,8 +169,7 @@ def pause_pipeline(engine: Engine, pipeline_id: str) -> None:
 def resume_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _is_pipeline(unit, engine, pipeline_id, "resume")
-        st = _state(unit, pipeline_id, "pipeline")
+        st = _pipeline_state(unit, engine, pipeline_id, "resume")
         _require(st, (states.SUSPENDED,), "resume", "pipeline")
         step.event("pre_resume_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.RUNNING)
@@ -182,8 +193,7 @@ def _unsuspend(step: Step, by: str) -> None:
 def revoke_pipeline(engine: Engine, pipeline_id: str) -> None:
     with engine.step() as step:
         unit = step.unit
-        _is_pipeline(unit, engine, pipeline_id, "revoke")
-        st = _state(unit, pipeline_id, "pipeline")
+        st = _pipeline_state(unit, engine, pipeline_id, "revoke")
         _require(st, (states.RUNNING, states.SUSPENDED), "revoke", "pipeline")
         step.event("pre_revoke_pipeline", pipeline_id=pipeline_id)
         _cas(step, st, states.REVOKED, {"archived_time": now()})

@@ -14,7 +14,6 @@ INLINE_RENDER_SECONDS — and otherwise hands :func:`render_later` out as (part 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -63,7 +62,7 @@ def render_inline(run: Run, gathered: cdata.GatheredInputs) -> dict[str, Any] | 
         try:
             return cdata.finish_inputs(gathered, run.lazy_resolver(), nested_objects=nested_objects(run))
         except CulmError:
-            if time.monotonic() < deadline:  # a real failure, not the inline time running out
+            if template.render_clock() < deadline:  # a real failure, not the inline time running out
                 raise
     return None
 
@@ -98,7 +97,7 @@ def resolve_then(
             try:
                 value = compute(run.lazy_resolver())
             except CulmError as exc:
-                if time.monotonic() < deadline:  # a real failure, not the inline time running out
+                if template.render_clock() < deadline:  # a real failure, not the inline time running out
                     return resume(run, RenderFailed(str(exc), {}))
             else:
                 return resume(run, value)

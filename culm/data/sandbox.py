@@ -131,7 +131,7 @@ def evaluate(
         expr: The expression text (surrounding whitespace is ignored).
         names: Values the expression may refer to by name; they shadow the safe builtins.
         limits: Bounds to apply; defaults to the module constants.
-        deadline: An absolute ``time.monotonic()`` instant the evaluation must finish by, for
+        deadline: An absolute ``render_clock()`` instant (this thread's CPU time) the evaluation must finish by, for
             callers that share one time budget between several expressions.
 
     Returns:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import ast
 import re
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any
 
 from culm.data import sandbox
 from culm.data.memo import WeightedMemo
+from culm.data.sandbox_eval import render_clock
 from culm.data.sandbox_guards import CONTAINERS, check_subscript, measure, without_addresses
 from culm.data.sandbox_objects import protocol_refusal
 from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
@@ -57,8 +57,8 @@ _bound = threading.local()
 
 
 class time_bound:  # noqa: N801 - used as a function: ``with time_bound(seconds) as deadline``
-    """Every rendering on this thread inside the block must end within ``seconds`` (as well as
-    within its own limit); ``as`` gives the instant they share.
+    """Every rendering on this thread inside the block must end within ``seconds`` of the thread's
+    CPU time (as well as within its own limit); ``as`` gives the ``render_clock()`` instant they share.
 
     A class rather than a generator context manager: the engine enters one per rendered node.
     """
@@ -71,7 +71,7 @@ class time_bound:  # noqa: N801 - used as a function: ``with time_bound(seconds)
 
     def __enter__(self) -> float:
         outer = self.outer = getattr(_bound, "deadline", None)
-        at = time.monotonic() + self.seconds
+        at = render_clock() + self.seconds
         _bound.deadline = at = at if outer is None else min(at, outer)
         return at
 
@@ -97,7 +97,7 @@ class output_bound:  # noqa: N801 - used as a function: ``with output_bound(char
         self.outer_deadline = getattr(_bound, "node_deadline", None)
         if outer is None:
             _bound.output = [self.chars]
-            _bound.node_deadline = time.monotonic() + NODE_RENDER_TIME_LIMIT
+            _bound.node_deadline = render_clock() + NODE_RENDER_TIME_LIMIT
 
     def __exit__(self, *exc: object) -> None:
         _bound.output = self.outer
@@ -193,7 +193,7 @@ class _RenderState:
         self.namespace = namespace
         self.nested_objects = nested_objects
         # One budget for the whole value, so many fragments cannot each use a full time slice.
-        self.deadline = time.monotonic() + RENDER_TIME_LIMIT
+        self.deadline = render_clock() + RENDER_TIME_LIMIT
         bound = getattr(_bound, "deadline", None)
         if bound is not None and bound < self.deadline:
             self.deadline = bound
@@ -228,7 +228,7 @@ class _RenderState:
         return rendered
 
     def check_clock(self) -> None:
-        if time.monotonic() > self.deadline:
+        if render_clock() > self.deadline:
             raise ExpressionLimitError(self.too_late())
 
     def too_late(self) -> str:
@@ -278,7 +278,7 @@ class _RenderState:
         return True, obj
 
     def substitute(self, body: str, name: str | None, whole: str) -> str:
-        if time.monotonic() > self.deadline:  # check_clock, inlined: every fragment pays for it
+        if render_clock() > self.deadline:  # check_clock, inlined: every fragment pays for it
             raise ExpressionLimitError(self.too_late())
         try:
             if name is not None and name in self.namespace:
@@ -291,7 +291,7 @@ class _RenderState:
         except ExpressionRefusedError:
             raise  # the node fails naming the expression: a refused capability is not a typo
         except ExpressionLimitError:
-            if self.node_late and time.monotonic() > self.deadline:
+            if self.node_late and render_clock() > self.deadline:
                 raise ExpressionLimitError(self.too_late()) from None
             raise
         except ExpressionError:

@@ -193,7 +193,8 @@ def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, 
 
 @dataclass(frozen=True)
 class _Encoded:
-    """A tree as it is stored: JSON text, or (``text`` None) a pickle, and the bytes it takes."""
+    """A tree as it is stored: JSON text, or (``text`` None) a pickle, and the bytes it takes (of a
+    text of at most half of MAX_PAYLOAD_BYTES characters, its length: it is within the limit)."""
 
     text: str | None
     blob: bytes
@@ -217,7 +218,10 @@ def _encode(tree: dict[str, Any], *, exact: bool) -> _Encoded:
             # No circular-reference bookkeeping (it costs ~10 % of the encoding): a cyclic value
             # recurses until RecursionError instead, and is pickled.
             text = _json.dumps(tree)
-            return _Encoded(text, b"", limits.payload_size(text))
+            # Each character takes at most two bytes: a text of at most half the limit passes
+            # whatever it holds, and is not scanned three times to say by how much.
+            within = len(text) <= limits.MAX_PAYLOAD_BYTES // 2
+            return _Encoded(text, b"", len(text) if within else limits.payload_size(text))
         except (TypeError, ValueError, RecursionError):
             pass
     blob = pickle.dumps(tree, protocol=pickle.HIGHEST_PROTOCOL)

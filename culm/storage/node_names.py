@@ -9,8 +9,11 @@ which gives the node's place in the tree as a JSON path, and the dialect's JSON 
 value there (``json_extract`` on SQLite and MySQL/MariaDB, ``#>`` on PostgreSQL).
 
 An id a JSON path cannot carry as a plain quoted label (quotes, backslashes, characters outside
-``[A-Za-z0-9_.:-]``) has its run's tree read whole instead, as before; so has a tree that is no
-plain JSON object (a pickle envelope).
+``[A-Za-z0-9_.:-]``) has its run's tree read whole instead, as before; so has a tree the
+database's JSON functions cannot read (:data:`PLAIN_TREE`): an envelope of the codec (a tree
+compressed or pickled, ``{"__culm_...``), or one holding a NaN or an infinity (``NaN``,
+``Infinity``: the codec writes them, JSON has none; SQLite and PostgreSQL raise on them, MariaDB
+answers NULL).
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
+# The trees whose names the database may read (SQL over the ``tree`` column; INSTR/strpos are in
+# SQLite, MySQL/MariaDB and PostgreSQL alike, and need no pattern characters). A string value
+# holding "NaN" or "Infinity" only sends its tree to the whole read.
+# (No double quote in it: MySQL's statements have theirs turned into backquotes.)
+PLAIN_TREE = "SUBSTR(tree, 3, 7) <> '__culm_' AND {find}(tree, 'NaN') = 0 AND {find}(tree, 'Infinity') = 0"
 # Arms of one UNION ALL read: a few parameters each, under SQLite's oldest limit of 999.
 ARMS = 100
 
@@ -51,11 +59,12 @@ def where_in_tree(node_id: str, node_type: str, pipelines: Sequence[str]) -> lis
 
 def read(wanted: Mapping[str, Sequence[str]], fetch: Callable[[str, Sequence[Any]], list[Any]],
          value_at: Callable[[list[str]], tuple[str, list[Any]]], trees: Callable[[list[str]], dict[str, Any]],
-         ) -> dict[str, dict[str, str]]:
+         plain_tree: str) -> dict[str, dict[str, str]]:
     """``{root_id: {node_id: name}}`` for the nodes ``wanted`` (by root id); ``""`` for a node
     its tree gives no text name. ``fetch(sql, params)`` runs a read; ``value_at(keys)`` is the
     dialect's SQL of the JSON text of the tree's value at ``keys`` (NULL when none) and its
-    params; ``trees(root_ids)`` reads trees whole (ids a path cannot carry)."""
+    params; ``trees(root_ids)`` reads trees whole (ids a path cannot carry, trees ``plain_tree``,
+    the dialect's :data:`PLAIN_TREE`, is false of)."""
     found: dict[str, dict[str, str]] = {root_id: {} for root_id in wanted}
     whole = sorted(root_id for root_id, node_ids in wanted.items() if not all(plain(n) for n in node_ids))
     paths = _paths({r: n for r, n in wanted.items() if r not in whole}, fetch)
@@ -69,12 +78,16 @@ def read(wanted: Mapping[str, Sequence[str]], fetch: Callable[[str, Sequence[Any
         sql, params = [], []
         for index, (root_id, _node_id, keys) in enumerate(chunk):
             expr, expr_params = value_at(keys)
-            sql.append(f"SELECT {index}, {expr} FROM culm_pipeline WHERE id = ?")  # index: an int of ours
+            sql.append(f"SELECT {index}, {expr} FROM culm_pipeline WHERE id = ? AND {plain_tree}")  # index: ours
             params += [*expr_params, root_id]
+        answered = set()
         for index, value in fetch(" UNION ALL ".join(sql), params):
             root_id, node_id, _keys = chunk[int(index)]
             found[root_id][node_id] = _text(value)
-    for root_id, tree in trees(whole).items():
+            answered.add(int(index))
+        # no row: the run is gone, or its tree is one the database cannot read (read it whole)
+        whole += sorted({root_id for index, (root_id, _n, _k) in enumerate(chunk) if index not in answered})
+    for root_id, tree in trees(sorted(set(whole))).items():
         found[root_id] = names_in(tree, wanted[root_id])
     for root_id, node_ids in wanted.items():
         for node_id in node_ids:

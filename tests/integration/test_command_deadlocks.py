@@ -24,6 +24,7 @@ from culm.builder import (
     EmptyStartEvent,
     ParallelGateway,
     ServiceActivity,
+    SubProcess,
     Var,
     build_tree,
 )
@@ -188,3 +189,117 @@ def test_control_calls_from_many_threads_never_lose_to_a_deadlock(
             if entry["state"] == "FAILED":  # failed by the storm (forced fail), never by a lock conflict
                 ex_data = str((api.get_execution_data_outputs(rt, node_id).data or {}).get("ex_data", ""))
                 assert not any(w in ex_data.lower() for w in LOCK_WORDS[:3]), (node_id, ex_data)
+
+
+def _waiting(rt: Any, walker: Any, node_id: str) -> int:
+    """How many sessions wait for a lock ``walker`` (a connection in a transaction) holds: on
+    MariaDB, for its lock of ``node_id``'s state (a transaction that wrote nothing shows no id)."""
+    from sqlalchemy import text
+
+    with rt.store.engine.connect() as probe:  # its own session: PostgreSQL's activity view is per transaction
+        if probe.dialect.name == "postgresql":
+            me = walker.execute(text("SELECT pg_backend_pid()")).scalar()
+            sql, args = "SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))", {"me": me}
+        else:
+            sql = ("SELECT COUNT(*) FROM information_schema.INNODB_LOCK_WAITS w JOIN information_schema.INNODB_LOCKS l"
+                   " ON l.lock_id = w.requested_lock_id WHERE l.lock_table LIKE :table AND l.lock_data = :row")
+            args = {"table": "%`culm_state`", "row": f"'{node_id}'"}
+        return int(probe.execute(text(sql), args).scalar() or 0)
+
+
+def _resting_subprocess(rt: Any, paused: bool) -> tuple[str, str]:
+    """A run resting in a subprocess (its node waits for a callback; paused if ``paused``), with no
+    task left: no worker touches its rows. Its root's id and the subprocess's."""
+    inner = ServiceActivity(component_code="dist_callback")
+    sub_start = EmptyStartEvent()
+    sub_start.extend(inner).extend(EmptyEndEvent())
+    sub = SubProcess(start=sub_start)
+    start = EmptyStartEvent()
+    start.extend(sub).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    root = tree["id"]
+    assert api.run_pipeline(rt, tree).result
+    wait_until(lambda: _children(rt, root).get(inner.id, {}).get("state") == "RUNNING", 60, 0.05,
+               what=f"{inner.id} to wait for its callback")
+    if paused:
+        assert api.pause_pipeline(rt, sub.id).result
+    wait_until(lambda: not read_snapshot(rt.engine, root).tasks, 30, 0.05, what=f"{root} to have no task left")
+    return root, sub.id
+
+
+@pytest.mark.parametrize("op", ["pause", "resume", "revoke"])
+def test_a_command_on_a_subprocess_waits_for_a_walk_ending_it_without_holding_the_root(
+    distributed_backend: Any, op: str
+) -> None:
+    """A walk holds its stack's states shared (walker._enter), and the one that ends a subprocess
+    writes it, then (going on to the root's end) the root. A pause, resume or revoke of the
+    subprocess that came in between waits for the walk's share of the subprocess; it must hold
+    nothing the walk writes after it, or the two wait for each other (MariaDB: 1213, the walk's
+    batch retried; PostgreSQL: both wait until the command's lock wait gives up). Here a second
+    session plays the walk: it holds both rows shared, lets the command queue behind it, writes
+    the subprocess, and then must get the root's row without waiting (NOWAIT)."""
+    from sqlalchemy import text
+
+    rt = distributed_backend.runtime()
+    root, sub_id = _resting_subprocess(rt, paused=op == "resume")
+
+    answer: list[Any] = []
+    call = {"pause": api.pause_pipeline, "resume": api.resume_pipeline, "revoke": api.revoke_pipeline}[op]
+    with rt.store.engine.connect() as walker:
+        share = " FOR SHARE" if walker.dialect.name == "postgresql" else " LOCK IN SHARE MODE"
+        with walker.begin():
+            held = walker.execute(text("SELECT node_id FROM culm_state WHERE node_id IN (:r, :s) ORDER BY node_id" + share),
+                                  {"r": root, "s": sub_id}).fetchall()
+            assert len(held) == 2, held
+            command = threading.Thread(target=lambda: answer.append(call(rt, sub_id)))
+            command.start()  # the commit (or the rollback of a failure) below lets it go on
+            wait_until(lambda: _waiting(rt, walker, sub_id) > 0, 30, 0.02,
+                       what=f"{op} of {sub_id} to wait for the walk's share of its row")
+            walker.execute(text("UPDATE culm_state SET version = version WHERE node_id = :s"), {"s": sub_id})
+            try:
+                walker.execute(text("SELECT node_id FROM culm_state WHERE node_id = :r FOR UPDATE NOWAIT"), {"r": root})
+            except Exception as exc:  # noqa: BLE001 - the lock cycle, reported as the failure
+                raise AssertionError(f"the walk ending {sub_id} cannot write the root {root}: {op} of the "
+                                     f"subprocess holds it while it waits for the walk ({exc})") from None
+            walker.execute(text("UPDATE culm_state SET version = version WHERE node_id = :r"), {"r": root})
+        command.join(60)
+    assert not command.is_alive(), f"{op} of {sub_id} did not return in 60 s"
+    assert answer and answer[0].result, answer
+    want = {"pause": "SUSPENDED", "resume": "RUNNING", "revoke": "REVOKED"}[op]
+    assert _children(rt, root)[sub_id]["state"] == want
+    assert api.revoke_pipeline(rt, root).result
+
+
+@pytest.mark.parametrize("op", ["pause", "resume", "revoke"])
+def test_a_command_on_a_subprocess_waits_for_a_revoke_of_its_root_and_is_refused(
+    distributed_backend: Any, op: str
+) -> None:
+    """The other side of the lock order above: the subprocess's own row locked first, the root's
+    state is still read held, so a revoke of the root that holds the root's row when the command
+    comes is waited for, and once it commits the command is refused as revoked (it neither slips
+    between the revoke's check and its commit nor writes the subprocess back to RUNNING). A second
+    session plays the revoke's write of the root (its first lock), then restores the row for the
+    real revoke that ends the run."""
+    from sqlalchemy import text
+
+    rt = distributed_backend.runtime()
+    root, sub_id = _resting_subprocess(rt, paused=op == "resume")
+    before = _children(rt, root)[sub_id]["state"]
+
+    answer: list[Any] = []
+    call = {"pause": api.pause_pipeline, "resume": api.resume_pipeline, "revoke": api.revoke_pipeline}[op]
+    with rt.store.engine.connect() as revoke:
+        with revoke.begin():
+            revoke.execute(text("UPDATE culm_state SET name = 'REVOKED' WHERE node_id = :r"), {"r": root})
+            command = threading.Thread(target=lambda: answer.append(call(rt, sub_id)))
+            command.start()  # the commit below lets it go on
+            wait_until(lambda: _waiting(rt, revoke, root) > 0, 30, 0.02,
+                       what=f"{op} of {sub_id} to wait for the revoke's lock of the root")
+        command.join(60)
+        assert not command.is_alive(), f"{op} of {sub_id} did not return in 60 s"
+        with revoke.begin():
+            revoke.execute(text("UPDATE culm_state SET name = 'RUNNING' WHERE node_id = :r"), {"r": root})
+    assert answer and not answer[0].result, answer
+    assert "revoked" in answer[0].message and root in answer[0].message, answer[0].message
+    assert _children(rt, root)[sub_id]["state"] == before
+    assert api.revoke_pipeline(rt, root).result

@@ -10,6 +10,8 @@ docs/data-and-variables.md.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from engine_fixtures import chain, outputs, refused, run, wait_pipeline, wait_state
 
@@ -25,6 +27,7 @@ from culm.builder import (
     build_tree,
 )
 from culm.data import template
+from culm.variables import LazyVariable
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,6 +151,49 @@ def test_inputs_that_each_render_in_time_but_not_together_fail_the_node(tmp_path
     with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
         ex = failed_beside_a_healthy_pipeline(rt, line(act), act)
     assert "took longer than 0.3 seconds to render in all" in ex, ex
+
+
+class _NoCpuForAWhile:
+    """A value whose text comes only after a wait during which its thread uses no CPU: to the
+    clocks, what a pool thread left without a core or the GIL in the middle of a render looks like
+    (a machine at load 200, or valgrind running one thread at a time)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __str__(self) -> str:
+        time.sleep(self.seconds)
+        return "late"
+
+
+class _DescheduledVariable(LazyVariable):
+    code = "t_descheduled"
+
+    def get_value(self):
+        return _NoCpuForAWhile(float(self.value))
+
+
+def test_a_render_whose_thread_gets_no_cpu_past_the_time_limit_does_not_fail_its_node(tmp_path, monkeypatch):
+    """The time limits count the rendering thread's CPU time: a render that waited longer than
+    RENDER_TIME_LIMIT (and than the node's limit) for a core, without working, still renders.
+    With the wall clock, a busy machine failed nodes with "rendering took longer than 1.0 seconds"
+    and left their pipelines RUNNING (seen by the batch benchmarks under load). Work past the
+    limits still fails the node (the tests above). Embedded only: the limits are this process's."""
+    import culm
+    from culm.data import sandbox
+
+    monkeypatch.setattr(sandbox, "TRUST_CONTEXT_OBJECTS", True)  # its __str__ runs inside the render
+    monkeypatch.setattr(template, "RENDER_TIME_LIMIT", 0.2)
+    monkeypatch.setattr(template, "NODE_RENDER_TIME_LIMIT", 0.3)
+    act = echo(x="${slow}-${n}")  # a lazy variable: rendered on the user-code pool
+    tree = line(act, data=Data(inputs={"${slow}": Var(type=Var.LAZY, custom_type="t_descheduled", value="0.5"),
+                                       "${n}": Var(type=Var.PLAIN, value=1)}))
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db") as rt:
+        run(rt, tree)
+        node = wait_state(rt, act.id, ("FINISHED", "FAILED"), timeout=30)
+        assert node["state"] == "FINISHED", outputs(rt, act.id).get("ex_data")
+        assert outputs(rt, act.id)["out"] == "late-1!"
+        wait_pipeline(rt, tree["id"], "FINISHED")
 
 
 def test_a_decimal_too_large_to_convert_fails_its_node_and_the_worker_goes_on(runtime):

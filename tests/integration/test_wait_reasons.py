@@ -13,10 +13,12 @@ from support import wait_until
 from culm import api
 from culm.builder import (
     ConvergeGateway,
+    Data,
     EmptyEndEvent,
     EmptyStartEvent,
     ParallelGateway,
     ServiceActivity,
+    Var,
     build_tree,
 )
 
@@ -441,3 +443,19 @@ def test_node_names_reads_only_the_names_asked_for_wherever_the_nodes_lie(runtim
         assert len(whole) == 1 and whole[0] < 3_000  # only the small run with the odd id was read whole
         assert sum(b for sql, b in read if "tree FROM culm_pipeline" not in sql) < 3_000, read
         assert len(json.dumps(tree)) > 30_000  # what reading it whole would have cost
+
+
+@pytest.mark.parametrize("value", ["x" * 1_200_000, datetime(2020, 1, 1), float("nan"), "NaN and Infinity"],
+                         ids=["compressed", "pickled", "nan", "nan-in-text"])
+def test_node_names_of_a_tree_the_database_cannot_read_come_from_the_tree_read_whole(runtime, value):
+    """review21b: a tree the codec stores compressed or pickled (an envelope), or one holding a
+    NaN (not JSON), gave "" for its names (MariaDB, the envelopes everywhere) or made SQLite and
+    PostgreSQL raise (`culm list` crashed, the REST list answered 500): such a tree is read whole."""
+    step = ServiceActivity(component_code="example_component", name="the step")
+    tree = build_tree(line_of(step), data=Data(inputs={"${k}": Var(type=Var.PLAIN, value=value)}))
+    plain = build_tree(line_of(named := ServiceActivity(component_code="example_component", name="plain one")))
+    for each in (tree, plain):
+        wait_pipeline(runtime, run(runtime, each))
+    with runtime.store.reading() as unit:
+        names = unit.node_names({tree["id"]: [step.id], plain["id"]: [named.id]})
+    assert names == {tree["id"]: {step.id: "the step"}, plain["id"]: {named.id: "plain one"}}

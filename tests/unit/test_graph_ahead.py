@@ -57,3 +57,28 @@ def test_walk_is_bounded():
     tail.extend(EmptyEndEvent())
     graph = compile_tree(build_tree(start))
     assert graph.ahead(start.id, limit=8) == [start.id, *(g.id for g in gateways[:7])]
+
+
+def test_compiled_nodes_are_the_nodes_their_fields_make():
+    # compile_tree sets each Node's slots directly (culm.model.compiled._node): what it builds
+    # must be the frozen dataclass its __init__ makes of the same fields, every field set.
+    import dataclasses
+
+    import pytest
+
+    from culm.model.compiled import Node
+    from culm.model.validator import process_tree
+
+    start, eg, a, b, cg, end = (EmptyStartEvent(), ExclusiveGateway(conditions={0: "1 == 1", 1: "1 == 2"}),
+                                ServiceActivity(component_code="x"), ServiceActivity(component_code="y"),
+                                ConvergeGateway(), EmptyEndEvent())
+    start.extend(eg).connect(a, b).to(eg).converge(cg).extend(end)
+    graph = compile_tree(process_tree(build_tree(start)))
+    assert len(graph.nodes) == 6
+    names = [f.name for f in dataclasses.fields(Node)]
+    for node in graph.nodes.values():
+        again = Node(*(getattr(node, name) for name in names))
+        assert node == again and hash(node) == hash(again) and repr(node) == repr(again)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            node.id = "other"  # type: ignore[misc]
+    assert graph.nodes[eg.id].conditions and graph.nodes[eg.id].converge_gateway_id == cg.id

@@ -825,6 +825,29 @@ def test_a_tree_too_large_to_store_is_refused_before_its_analysis(value):
     assert asked  # a tree that fits is analysed as before
 
 
+def test_the_escapes_of_a_tree_count_against_the_limit(monkeypatch) -> None:
+    # A text of more than half the limit is measured as a MySQL statement takes it (a quote or
+    # a backslash escaped: two bytes); at most half the limit, it fits whatever it holds.
+    from culm import _json
+    from culm.model import limits
+
+    rng = random.Random(11)
+    noise = "".join(rng.choice('"\\\'' + "abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(40_000))
+    tree = make_tree(LINE)
+    tree["data"] = {"inputs": {"${big}": {"type": "plain", "value": noise}}}
+    text = _json.dumps(tree)
+    stored = limits.payload_size(text)
+    assert stored > len(text) + 4_000  # the escapes
+    monkeypatch.setattr(limits, "MAX_PAYLOAD_BYTES", len(text))
+    with pytest.raises(TreeInvalidError) as raised:
+        prepare_tree(tree, component_exists=lambda code, version: True)
+    (problem,) = raised.value.problems
+    assert problem.where == "root" and problem.message.startswith(f"tree takes {stored:,} bytes once stored, over the "
+                                                                  f"{len(text):,} a store holds")
+    monkeypatch.setattr(limits, "MAX_PAYLOAD_BYTES", 2 * len(text))
+    assert prepare_tree(tree, component_exists=lambda code, version: True).text == text
+
+
 def test_a_large_tree_that_compresses_is_accepted() -> None:
     # ~7.1 MB of JSON that zlib takes under the limit is stored compressed (a 10,000-node tree
     # built with culm.builder takes ~7 MB as JSON and was refused for it).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +97,7 @@ def _decide(run: Run, first_only: bool, take: Callable[[Run, list[Condition]], O
     if not gathered.lazy and func is None:
         with template.time_bound(rendering.INLINE_RENDER_SECONDS) as deadline:
             verdict = judge(run.lazy_resolver())
-        if isinstance(verdict, list) or time.monotonic() < deadline:  # decided, not out of time
+        if isinstance(verdict, list) or template.render_clock() < deadline:  # decided, not out of time
             return resume(run, verdict)
     lazy = run.detached_lazy_resolver(run.root_data())
     return Invoke(lambda: judge(lazy), resume)

@@ -47,6 +47,7 @@ from culm.storage import budget, codec, listing, node_names
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
+from culm.storage.node_names import PLAIN_TREE
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
     ALL_ROOT_BYTES,
@@ -652,7 +653,10 @@ class SqlUnit(budget.UnitChecks):
     def node_names(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
         """The names the trees of runs give some of their nodes (``{root_id: [node_id]}``):
         the database reads each name out of its tree; only those come back (:mod:`node_names`)."""
-        return node_names.read(wanted, self._all, self.json_value_at, self.pipeline_trees)
+        return node_names.read(wanted, self._all, self.json_value_at, self.pipeline_trees, self.plain_tree)
+
+    # SQL true of the trees json_value_at can read (node_names.PLAIN_TREE)
+    plain_tree = PLAIN_TREE.replace("{find}", "INSTR")
 
     @staticmethod
     def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
