@@ -357,3 +357,16 @@ def test_a_long_strftime_pattern_is_refused_without_reading_all_of_it(pattern: s
     # counted until just past the limit (1,000,000), not to the pattern's end (17 to 33 million)
     assert int(re.search(r"would be (\d+) long", str(refused.value)).group(1)) < 1_002_000  # type: ignore[union-attr]
     assert sandbox.evaluate("when.strftime('%Y-%m-%d %Z')", names) == "2024-01-01 UTC"
+
+
+def test_a_big_value_holding_itself_is_refused_when_compared() -> None:
+    """Past the limits, the shared-parts count walks a value holding itself (10,000 lists each
+    holding the top one) depth by depth: it stops, refused, instead of walking for ever."""
+    top: list[Any] = []
+    top.extend([top, "x" * 50] for _ in range(10_000))
+    other: list[Any] = []
+    other.extend([other, "x" * 50] for _ in range(10_000))
+    for expr in ("a == b", "a in [b]", "{1: a}[1] == b"):
+        outcome, elapsed, _peak = run(expr, {"a": top, "b": other})
+        assert isinstance(outcome, ExpressionLimitError), outcome
+        assert elapsed < SECONDS
