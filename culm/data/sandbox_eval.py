@@ -39,6 +39,7 @@ from culm.data.sandbox_guards import (
     check_attribute_name,
     check_subscript,
     int_digits,
+    is_holder,
     measure,
     method_kind,
     opaque,
@@ -63,6 +64,7 @@ from culm.data.sandbox_objects import (
     value_method,
     value_object,
 )
+from culm.data.sandbox_shared import held_items
 from culm.errors import ExpressionError, ExpressionLimitError
 
 if TYPE_CHECKING:
@@ -109,7 +111,10 @@ class Builtin:
         dunders = _BUILTIN_OPERATORS.get(self._name)
         if dunders is not None:
             for arg in (*args, *kwargs.values()):
-                self._ev.plain(arg, dunders, f"{self._name}() of")
+                if self._name in _KEYS_ONLY and issubclass(type(arg), dict):
+                    self._ev.plain_members(arg, dunders, f"{self._name}() of")  # what it goes through
+                else:
+                    self._ev.plain(arg, dunders, f"{self._name}() of")
         return self._ev.built(self._fn(self._ev, *args, **kwargs))
 
     def __repr__(self) -> str:
@@ -321,7 +326,8 @@ class Evaluator:
         kind = type(value)
         if kind in _PLAIN_VALUES:
             return
-        if issubclass(kind, CONTAINERS):  # whatever the trust: a bound on work, not on code
+        if issubclass(kind, CONTAINERS) or is_holder(kind):  # whatever the trust: a bound on work, not on code
+            # a holder (a SimpleNamespace, a dataclass, a UserList) compares and hashes what it holds
             self.walkable(value, what)
         if self.lim.trust_objects:
             return
@@ -334,13 +340,17 @@ class Evaluator:
             raise refusal
 
     def walkable(self, value: Any, what: str) -> None:
-        """Refuse ``what`` (comparing, hashing, looking up, sorting...) a container that holds some
-        container more than once when its items, counted as often as they are held, would write
-        more than ``max_value_size`` characters or take more than ``max_memory`` bytes: its
-        operators walk each of them in one C call.
+        """Refuse ``what`` (comparing, hashing, looking up, sorting...) a container or a holder (a
+        SimpleNamespace, a dataclass, a UserDict) sharing its parts, past the limits when measured
+        as often as they are held, that a walk would go through in more than ``SHARED_ALLOWANCE``
+        times the items it holds plus ``max_value_size // 2``: its operators walk each item as
+        often as it is held, in one C call.
+
         Values a component returns keep their sharing (pickled): a tuple holding one half twice,
         60 levels deep, is 61 small tuples that hash or compare equal in 2**60 steps, and held the
-        worker for good. A big value that shares nothing costs a walk of what memory holds."""
+        worker for good. A big value that shares nothing costs a walk of what memory holds; one
+        holding a big list under two keys ({'a': rows, 'b': rows}) two such walks.
+        """
         kind = type(value)
         if kind in _SMALL_HOLDERS and len(value) < 64:
             items = itertools.chain(dict.keys(value), dict.values(value)) if kind is dict else value
@@ -351,11 +361,16 @@ class Evaluator:
             return
         shape: list[int] = []
         measure(value, self.lim.max_value_size, self.lim.max_memory, self.check_clock, self.sizes, shape)
-        if shape and shape[0] > shape[1]:  # over a limit, and sharing
+        if not shape or shape[0] <= shape[1]:  # within the limits, or a big value sharing nothing
+            seen[id(value)] = value
+            return
+        # each item written takes two characters at least (", "): the limit on a value's text
+        spare = self.lim.max_value_size // 2
+        walked, held = held_items(value, SHARED_ALLOWANCE, spare, self.check_clock)
+        if walked > SHARED_ALLOWANCE * held + spare:
             raise ExpressionLimitError(
-                f"{what} a {type(value).__name__} value is refused: counted as often as they are held, its "
-                f"items would write more than {self.lim.max_value_size} characters or take more than "
-                f"{self.lim.max_memory} bytes, each walked in one call")
+                f"{what} a {type(value).__name__} value is refused: it holds its parts more than once, and a "
+                f"walk of it (one call) would meet its {held} items over {walked} times")
         seen[id(value)] = value
 
     def compared(self, left: Any, right: Any) -> None:
@@ -377,19 +392,23 @@ class Evaluator:
             else:
                 self.plain(value, _COMPARED, "comparing")
 
-    def plain_members(self, container: Any) -> None:
-        """Refuse ``x in container`` when it would run a class's own ``__eq__`` or ``__hash__``:
-        a dict's or a set's keys only (its values are never compared), else every item."""
+    def plain_members(self, container: Any, dunders: tuple[str, ...] | None = None, what: str = "comparing") -> None:
+        """Refuse ``x in container`` (or ``what`` else goes through a dict's keys: ``d.get(x)``,
+        ``sorted(d)``) when it would run a class's own ``dunders`` (``==`` and ``hash``): a dict's
+        or a set's keys only (its values are never compared), else every item. Keys need no
+        :meth:`walkable`: a key sharing its parts too often never got into a dict (hashing it
+        would not have ended)."""
         if type(container) in _PLAIN_VALUES or self.lim.trust_objects:
             return
-        if issubclass(type(container), dict | set | frozenset) and own_operator(type(container), _COMPARED) is None:
-            seen = self.checked.setdefault(("keys", *_COMPARED), {})
+        dunders = _COMPARED if dunders is None else dunders
+        if issubclass(type(container), dict | set | frozenset) and own_operator(type(container), dunders) is None:
+            seen = self.checked.setdefault(("keys", *dunders), {})
             if seen.get(id(container)) is not container:
                 keys = list(dict.keys(container) if issubclass(type(container), dict) else container)
-                self.plain(keys, _COMPARED, "comparing")
+                self.plain(keys, dunders, what)
                 seen[id(container)] = container
             return
-        self.plain(container, _COMPARED, "comparing")
+        self.plain(container, dunders, what)
 
     def members_plain(self, chunk: list[Any]) -> bool:
         """True once a chunk drained from a lazy ``in`` operand holds no object with its own ``__eq__``."""
@@ -804,7 +823,9 @@ class Evaluator:
             return self.built(_no_address(safe_format(self, obj, args, kwargs, mapping)))
         for arg in (*args, *kwargs.values()):  # list.index's ValueError is the argument's repr
             self.plain(arg, _COMPARED_SHOWN if name == "index" else _METHOD_ARGS, f"{name}() of")
-        if args and not issubclass(type(obj), str):
+        if args and issubclass(type(obj), dict) and name in _KEY_METHODS:
+            self.plain_members(obj)  # the key is looked up: the values are never compared
+        elif args and not issubclass(type(obj), str):
             self.plain(obj, _COMPARED, f"{name}() of")
         if issubclass(type(obj), str):
             args = precheck_str_method(self, obj, name, args, kwargs)
@@ -879,6 +900,13 @@ _EXACT_HOLDERS = frozenset({list, tuple, dict, set, frozenset})
 _METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__
 _COMPARED_SHOWN = (*_METHOD_ARGS, "__repr__")
 _KEYED = ("__hash__", "__eq__", "__index__")
+# A dict's methods that look up their first argument among its keys, and builtins that go through
+# a dict's keys only: the dict's values are neither compared nor hashed.
+_KEY_METHODS = frozenset({"get", "pop", "setdefault", "__contains__", "__getitem__"})
+_KEYS_ONLY = frozenset({"sorted", "min", "max", "set", "dict"})
+# How many times on average a walk of a value sharing its parts may meet each item it holds (past
+# max_value_size // 2 items): a big list under two keys of a dict is compared in two walks of it.
+SHARED_ALLOWANCE = 4
 # The operators each builtin runs on its arguments (and on what they hold).
 _BUILTIN_OPERATORS: dict[str, tuple[str, ...]] = {
     "str": TEXT_DUNDERS, "sorted": COMPARE_DUNDERS, "min": COMPARE_DUNDERS, "max": COMPARE_DUNDERS,

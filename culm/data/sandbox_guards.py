@@ -241,7 +241,8 @@ def measure(
     Stops soon after ``limit`` or ``mem_limit`` is passed, so the cost is bounded by the limits;
     ``tick`` is called every few thousand items. ``known`` maps ``id(container)`` to
     ``(container, size, bytes)`` for containers already measured. When a limit is passed, ``shape``
-    (if given) is set to ``[containers counted as often as held, distinct containers]`` so far.
+    (if given) is set to ``[containers counted as often as held, distinct containers]`` so far
+    (and a value holding itself is not looked for: the caller walks it).
 
     The value is walked one depth at a time, each depth's items grouped by type and added up in C
     (a Python loop over the 100,000 fields of 50,000 rows took the whole time limit); a
@@ -251,7 +252,7 @@ def measure(
     if kind in _PLAIN_SCALARS:  # the commonest value measured: no holder to look for
         return _scalar_size(value), scalar_bytes(value)
     if not issubclass(kind, CONTAINERS):  # by the real type: isinstance() runs a __class__ property
-        if not _is_holder(kind):
+        if not is_holder(kind):
             return _scalar_size(value), scalar_bytes(value)
         top, value = value, [value]  # a holder is measured as the one-item list holding it (a little over)
     else:
@@ -282,14 +283,14 @@ def measure(
             if len(group) == 1 and (kind is list or kind is tuple):
                 chunks: Iterator[Any] = iter(group)
             else:
-                children = _children(kind, group)
+                children = children_of(kind, group)
                 chunks = iter(lambda: list(itertools.islice(children, _CHUNK)), [])  # noqa: B023 - used at once
             for chunk in chunks:
                 size, nbytes = _scalars(chunk, below, known, walk, total, mem)
                 total += size
                 mem += nbytes
                 if total > limit or mem > mem_limit:
-                    if len(opened) < count:
+                    if len(opened) < count and shape is None:  # who asks the shape counts the walk itself
                         _cycle(top, None)
                     if shape is not None:
                         shape[:] = [count, len(opened)]
@@ -330,12 +331,14 @@ def base_length(kind: type) -> Callable[[Any], int]:
     return base.__len__  # type: ignore[no-any-return]
 
 
-def _children(kind: type, group: list[Any]) -> Iterator[Any]:
+def children_of(kind: type, group: list[Any]) -> Iterator[Any]:
     """The items (a dict's keys and values) of containers of one type, through the built-in type's
     own iteration."""
     if kind in DICT_VIEWS:
         return itertools.chain.from_iterable(group)
-    base = next(klass for klass in _BASES if issubclass(kind, klass))
+    base = next((klass for klass in _BASES if issubclass(kind, klass)), None)
+    if base is None:  # a holder: the values it shows (a bare StopIteration here ended a whole f-string)
+        return itertools.chain.from_iterable(shown_values(item) or () for item in group)
     if base is dict:
         return itertools.chain(itertools.chain.from_iterable(map(dict.keys, group)),
                                itertools.chain.from_iterable(map(dict.values, group)))
@@ -395,7 +398,7 @@ def _scalars(
             size = sum(map(_scalar_size, items))
             total += size
             mem += 4 * size + 80 * count
-        elif kind in _SHOWN_SCALAR or not _is_holder(kind):
+        elif kind in _SHOWN_SCALAR or not is_holder(kind):
             total += _SCALAR_SIZE * count
             mem += _SCALAR_SIZE * count
         else:
@@ -460,7 +463,7 @@ def shown_values(item: Any) -> list[Any] | None:
             property): reading it would run the class's own code.
     """
     kind = type(item)
-    if not _is_holder(kind):
+    if not is_holder(kind):
         return None
     if kind is types.MappingProxyType:
         return [proxied(item)]
@@ -492,7 +495,7 @@ def shown_values(item: Any) -> list[Any] | None:
 _holder_kinds: dict[type, bool] = {}
 
 
-def _is_holder(kind: type) -> bool:
+def is_holder(kind: type) -> bool:
     """Whether objects of ``kind`` write the values they hold (:func:`shown_values`), told from the
     type alone without running any of its code (nor its metaclass's)."""
     known = _holder_kinds.get(kind)
@@ -603,11 +606,16 @@ def _refuse_cycle(value: Any, tick: Callable[[], None]) -> None:
         path.add(key)
         stack.append((item, True))
         kind = type(item)  # read through the built-in base type, never a subclass's own methods
-        children: Any = _children(kind, [item])
-        if (kind is list or kind is tuple) and not any(map(_CONTAINER_TYPES.__contains__, map(type, item))):
-            children = ()  # no container in it, seen in C
+        children: Any
+        if not issubclass(kind, CONTAINERS):  # a holder (a SimpleNamespace, a dataclass): what it shows
+            children = shown_values(item) or []
+            looked += len(children)
+        else:
+            children = children_of(kind, [item])
+            if (kind is list or kind is tuple) and not any(map(_CONTAINER_TYPES.__contains__, map(type, item))):
+                children = ()  # no container in it, seen in C
+            looked += base_length(kind)(item)
         stack.extend((child, False) for child in children if issubclass(type(child), CONTAINERS))
-        looked += base_length(kind)(item)
         if looked > _CYCLE_CHECK_MAX:
             return  # measured to the limits as before
         if not len(done) & 1023:

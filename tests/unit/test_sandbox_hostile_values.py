@@ -4,13 +4,17 @@ A context holds what components returned (pickled: sharing kept), what lazy vari
 what earlier expressions made. Each class here got through once: an object's ``__class__``
 property ran inside ``isinstance()``, keys sharing a hash across the 65,536-key chunks of a dict
 were not seen, a value sharing its halves 60 levels deep hashed for ever in one C call, and a
-holder or a mapping formatted whole wrote its text before its size was checked.
+holder or a mapping formatted whole wrote its text before its size was checked. A holder (a
+SimpleNamespace, a dataclass) around a value sharing its parts then compared for ever, and a dict
+holding one big list twice was refused where a key lookup never reads its values.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+import subprocess
+import sys
 import time
 import tracemalloc
 from collections import UserDict
@@ -241,6 +245,105 @@ def test_small_holders_and_mappings_still_format() -> None:
     assert sandbox.evaluate("f'{ns}'", names) == "namespace(a=1)"
 
 
+# ---------------------------------------------------------------- holders and dicts sharing their parts
+
+# A holder compares and hashes what it holds. A hang there holds the GIL in one C call, which no
+# timeout inside the process stops: each holder is tried in a child process.
+HOLDER_CHILD = """
+import dataclasses, sys
+from collections import UserDict, UserList
+from types import SimpleNamespace
+from culm.data import sandbox
+from culm.errors import ExpressionLimitError
+
+def halves(levels):
+    value = (1,)
+    for _ in range(levels):
+        value = (value, value)
+    return value
+
+@dataclasses.dataclass
+class Row:
+    v: object
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    v: object
+
+wrap = {"namespace": lambda v: SimpleNamespace(v=v), "dataclass": Row, "frozen_dataclass": Key,
+        "userlist": lambda v: UserList([v]), "userdict": lambda v: UserDict(k=v)}[sys.argv[1]]
+names = {"x": wrap(halves(60)), "y": wrap(halves(60)), "s": {Key(1)}, "d": {Key(1): 1}}
+for expr in ("x == y", "x != y", "x in s", "x in d", "d.get(x)", "d[x]", "[x] == [y]", "x in [y]"):
+    try:
+        sandbox.evaluate(expr, names)
+    except ExpressionLimitError:
+        continue
+    sys.exit(f"{expr}: not refused")
+small = {"x": wrap(halves(8)), "y": wrap(halves(8)), "s": {Key(halves(8))}}
+assert sandbox.evaluate("x == y and [x] == [y]", small) is True
+if sys.argv[1] == "frozen_dataclass":
+    assert sandbox.evaluate("x in s", small) is True
+"""
+
+
+@pytest.mark.parametrize("holder", ["namespace", "dataclass", "frozen_dataclass", "userlist", "userdict"])
+def test_a_holder_of_a_value_sharing_its_halves_is_refused_before_it_is_walked(holder: str) -> None:
+    """A SimpleNamespace, a dataclass (a frozen one as a key), a UserList or a UserDict around a
+    tuple sharing its halves 60 deep: ``x == y`` and ``x in s`` walked 2**60 items in one C call,
+    the holder never measured (review21b). Within the limits, they still compare."""
+    child = subprocess.run([sys.executable, "-c", HOLDER_CHILD, holder], capture_output=True, text=True,
+                           timeout=SECONDS, check=False)
+    assert child.returncode == 0, child.stderr[-2000:] or child.stdout[-2000:]
+
+
+@pytest.mark.parametrize("holder", [lambda v: SimpleNamespace(a=v), Row], ids=["namespace", "dataclass"])
+def test_a_holder_sharing_its_halves_is_refused_by_a_limit_when_written(holder: Any) -> None:
+    """The cycle check behind the size limit read a holder as a container: a bare StopIteration
+    came out of ``template.render`` (and "StopIteration in expression" out of an f-string)."""
+    names = {"x": holder(halves(60))}
+    with pytest.raises(ExpressionLimitError, match="too large to render"):
+        template.render("v ${x} w", names)
+    for expr in ("f'{x}'", "str(x)", "'{}'.format(x)", "'%s' % (x,)"):
+        outcome, elapsed, _peak = run(expr, names)
+        assert isinstance(outcome, ExpressionLimitError) and "StopIteration" not in str(outcome), outcome
+        assert elapsed < SECONDS
+
+
+# 40,000 rows, about 6 million characters: under the limits once, over them counted twice.
+ROWS = [{"id": i, "name": f"row {i}", "tags": ["a", "b"], "text": "x" * 100} for i in range(40_000)]
+
+
+@pytest.mark.parametrize(("expr", "answer"), [
+    ("out.get('n') == 1", True), ("out['n']", 1), ("'n' in out", True), ("sorted(out)", ["a", "b", "n"]),
+    ("max(out)", "n"), ("len(set(out))", 3), ("len(out)", 3), ("out == out2", True), ("out != out2", False),
+])  # fmt: skip
+def test_a_big_list_held_twice_by_a_dict_is_still_read(expr: str, answer: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dict holding one big list under two keys compares in two walks of it: measured as held
+    twice, it passed the limits and ``out.get('n')``, ``sorted(out)`` and ``out == out2`` were
+    refused (they were answered before the shared-parts check; a key lookup never reads the values)."""
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 10.0)  # the answer is checked here, not the time
+    names = {"out": {"a": ROWS, "b": ROWS, "n": 1}, "out2": {"a": ROWS, "b": list(ROWS), "n": 1}}
+    assert sandbox.evaluate(expr, names) == answer
+
+
+def test_a_dict_is_looked_up_by_its_keys_whatever_its_values_share() -> None:
+    names = {"out": {"n": 1, "t": halves(60)}, "out2": {"n": 1, "t": halves(60)}}
+    assert sandbox.evaluate("out.get('n') == 1 and sorted(out) == ['n', 't'] and 't' in out", names) is True
+    outcome, elapsed, _peak = run("out == out2", names)
+    assert isinstance(outcome, ExpressionLimitError), outcome
+    assert elapsed < SECONDS
+
+
+def test_a_list_held_many_times_is_refused_past_the_allowance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Held 3 times, 2 million items are walked 6 million times: answered. Held 10 times (20
+    million, over 4 walks of what is held plus 5 million), the comparison is refused."""
+    monkeypatch.setattr(sandbox, "TIME_LIMIT", 10.0)
+    big, other = [1] * 2_000_000, [1] * 2_000_000
+    assert sandbox.evaluate("a == b", {"a": [big] * 3, "b": [other] * 3}) is True
+    with pytest.raises(ExpressionLimitError, match="holds its parts more than once"):
+        sandbox.evaluate("a == b", {"a": [big] * 10, "b": [other] * 10})
+
+
 # ---------------------------------------------------------------- sizing loops that ran past the clock
 
 
@@ -254,3 +357,16 @@ def test_a_long_strftime_pattern_is_refused_without_reading_all_of_it(pattern: s
     # counted until just past the limit (1,000,000), not to the pattern's end (17 to 33 million)
     assert int(re.search(r"would be (\d+) long", str(refused.value)).group(1)) < 1_002_000  # type: ignore[union-attr]
     assert sandbox.evaluate("when.strftime('%Y-%m-%d %Z')", names) == "2024-01-01 UTC"
+
+
+def test_a_big_value_holding_itself_is_refused_when_compared() -> None:
+    """Past the limits, the shared-parts count walks a value holding itself (10,000 lists each
+    holding the top one) depth by depth: it stops, refused, instead of walking for ever."""
+    top: list[Any] = []
+    top.extend([top, "x" * 50] for _ in range(10_000))
+    other: list[Any] = []
+    other.extend([other, "x" * 50] for _ in range(10_000))
+    for expr in ("a == b", "a in [b]", "{1: a}[1] == b"):
+        outcome, elapsed, _peak = run(expr, {"a": top, "b": other})
+        assert isinstance(outcome, ExpressionLimitError), outcome
+        assert elapsed < SECONDS
