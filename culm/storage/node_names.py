@@ -10,10 +10,14 @@ value there (``json_extract`` on SQLite and MySQL/MariaDB, ``#>`` on PostgreSQL)
 
 An id a JSON path cannot carry as a plain quoted label (quotes, backslashes, characters outside
 ``[A-Za-z0-9_.:-]``) has its run's tree read whole instead, as before; so has a tree the
-database's JSON functions cannot read (:data:`PLAIN_TREE`): an envelope of the codec (a tree
-compressed or pickled, ``{"__culm_...``), or one holding a NaN or an infinity (``NaN``,
-``Infinity``: the codec writes them, JSON has none; SQLite and PostgreSQL raise on them, MariaDB
-answers NULL).
+database's JSON functions may not read as the codec meant (:func:`plain_tree`): an envelope of
+the codec (a tree compressed or pickled, ``{"__culm_...``); one holding a NaN or an infinity
+(``NaN``, ``Infinity``: the codec writes them, JSON has none; SQLite and PostgreSQL raise on
+them, MariaDB answers NULL); and one holding any escape at all (a backslash: the codec escapes
+every character outside printable ASCII, and ``\u0000`` or a lone surrogate makes PostgreSQL
+raise, MariaDB answer NULL, SQLite cut or fail a name). So a tree with text outside printable
+ASCII (names in Chinese, a quote, a newline) is read whole, as before this module: right, not
+quicker.
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
-# The trees whose names the database may read (SQL over the ``tree`` column; INSTR/strpos are in
-# SQLite, MySQL/MariaDB and PostgreSQL alike, and need no pattern characters). A string value
-# holding "NaN" or "Infinity" only sends its tree to the whole read.
-# (No double quote in it: MySQL's statements have theirs turned into backquotes.)
-PLAIN_TREE = "SUBSTR(tree, 3, 7) <> '__culm_' AND {find}(tree, 'NaN') = 0 AND {find}(tree, 'Infinity') = 0"
+
+
+def plain_tree(find: str) -> tuple[str, list[str]]:
+    """SQL true of the trees whose names the database may read, and its params: ``find`` is the
+    dialect's substring position function (``INSTR``, PostgreSQL's ``STRPOS``; both need no
+    pattern characters, and the texts sought are bound, so no dialect's escaping applies). A
+    string value holding "NaN" or "Infinity" only sends its tree to the whole read. (No double
+    quote in the SQL: MySQL's statements have theirs turned into backquotes.)"""
+    return (f"SUBSTR(tree, 3, 7) <> '__culm_' AND {find}(tree, ?) = 0 AND {find}(tree, ?) = 0 "
+            f"AND {find}(tree, ?) = 0", ["\\", "NaN", "Infinity"])
 # Arms of one UNION ALL read: a few parameters each, under SQLite's oldest limit of 999.
 ARMS = 100
 
@@ -59,12 +68,12 @@ def where_in_tree(node_id: str, node_type: str, pipelines: Sequence[str]) -> lis
 
 def read(wanted: Mapping[str, Sequence[str]], fetch: Callable[[str, Sequence[Any]], list[Any]],
          value_at: Callable[[list[str]], tuple[str, list[Any]]], trees: Callable[[list[str]], dict[str, Any]],
-         plain_tree: str) -> dict[str, dict[str, str]]:
+         readable: tuple[str, list[str]]) -> dict[str, dict[str, str]]:
     """``{root_id: {node_id: name}}`` for the nodes ``wanted`` (by root id); ``""`` for a node
     its tree gives no text name. ``fetch(sql, params)`` runs a read; ``value_at(keys)`` is the
     dialect's SQL of the JSON text of the tree's value at ``keys`` (NULL when none) and its
-    params; ``trees(root_ids)`` reads trees whole (ids a path cannot carry, trees ``plain_tree``,
-    the dialect's :data:`PLAIN_TREE`, is false of)."""
+    params; ``trees(root_ids)`` reads trees whole (ids a path cannot carry, and trees the SQL of
+    ``readable``, the dialect's :func:`plain_tree` and its params, is false of)."""
     found: dict[str, dict[str, str]] = {root_id: {} for root_id in wanted}
     whole = sorted(root_id for root_id, node_ids in wanted.items() if not all(plain(n) for n in node_ids))
     paths = _paths({r: n for r, n in wanted.items() if r not in whole}, fetch)
@@ -78,8 +87,8 @@ def read(wanted: Mapping[str, Sequence[str]], fetch: Callable[[str, Sequence[Any
         sql, params = [], []
         for index, (root_id, _node_id, keys) in enumerate(chunk):
             expr, expr_params = value_at(keys)
-            sql.append(f"SELECT {index}, {expr} FROM culm_pipeline WHERE id = ? AND {plain_tree}")  # index: ours
-            params += [*expr_params, root_id]
+            sql.append(f"SELECT {index}, {expr} FROM culm_pipeline WHERE id = ? AND {readable[0]}")  # index: ours
+            params += [*expr_params, root_id, *readable[1]]
         answered = set()
         for index, value in fetch(" UNION ALL ".join(sql), params):
             root_id, node_id, _keys = chunk[int(index)]

@@ -459,3 +459,29 @@ def test_node_names_of_a_tree_the_database_cannot_read_come_from_the_tree_read_w
     with runtime.store.reading() as unit:
         names = unit.node_names({tree["id"]: [step.id], plain["id"]: [named.id]})
     assert names == {tree["id"]: {step.id: "the step"}, plain["id"]: {named.id: "plain one"}}
+
+
+@pytest.mark.parametrize("value", ["\x00", "\ud800", "名字", 'a "quote"'], ids=["nul", "lone-surrogate", "cjk", "quote"])
+def test_node_names_of_a_tree_holding_an_escape_come_from_the_tree_read_whole(runtime, value):
+    """review21c: the codec escapes every character outside printable ASCII; ``\\u0000`` made
+    PostgreSQL raise (the list's read failed), a lone surrogate made it raise and MariaDB answer
+    NULL (a name ""): a tree holding any escape is read whole."""
+    step = ServiceActivity(component_code="example_component", name="the step")
+    tree = build_tree(line_of(step), data=Data(inputs={"${k}": Var(type=Var.PLAIN, value=value)}))
+    wait_pipeline(runtime, run(runtime, tree))
+    with runtime.store.reading() as unit:
+        names = unit.node_names({tree["id"]: [step.id]})
+    assert names == {tree["id"]: {step.id: "the step"}}
+
+
+@pytest.mark.parametrize("name", ["a\ud800b", "a\x00b", "步骤 «一»", "finance tenant"],
+                         ids=["lone-surrogate", "nul", "cjk", "words-holding-nan"])
+def test_a_node_name_comes_back_as_the_tree_gives_it(runtime, name):
+    """review21c: SQLite cut a name at a NUL and failed to decode a lone surrogate; MariaDB's
+    case-blind INSTR took 'finance' for a NaN (a whole read: right, slower)."""
+    step = ServiceActivity(component_code="example_component", name=name)
+    tree = build_tree(line_of(step))
+    wait_pipeline(runtime, run(runtime, tree))
+    with runtime.store.reading() as unit:
+        names = unit.node_names({tree["id"]: [step.id]})
+    assert names == {tree["id"]: {step.id: name}}

@@ -47,7 +47,6 @@ from culm.storage import budget, codec, listing, node_names
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
 from culm.storage.names import ROOT_COUNT_SHARDS
-from culm.storage.node_names import PLAIN_TREE
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
     ALL_ROOT_BYTES,
@@ -655,8 +654,9 @@ class SqlUnit(budget.UnitChecks):
         the database reads each name out of its tree; only those come back (:mod:`node_names`)."""
         return node_names.read(wanted, self._all, self.json_value_at, self.pipeline_trees, self.plain_tree)
 
-    # SQL true of the trees json_value_at can read (node_names.PLAIN_TREE)
-    plain_tree = PLAIN_TREE.replace("{find}", "INSTR")
+    # SQL true of the trees json_value_at can read, and its params (node_names.plain_tree); MySQL's
+    # INSTR ignores case under the column's collation ('finance' holds 'NaN'): JSON_VALID instead
+    plain_tree = ("SUBSTR(tree, 3, 7) <> '__culm_' AND INSTR(tree, ?) = 0 AND JSON_VALID(tree)", ["\\"])
 
     @staticmethod
     def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:

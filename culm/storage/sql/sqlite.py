@@ -40,6 +40,8 @@ class SqliteUnit(SqlUnit):
         path = node_names.json_path(keys)
         return "CASE json_type(tree, ?) WHEN 'text' THEN json_quote(json_extract(tree, ?)) END", [path, path]
 
+    plain_tree = node_names.plain_tree("INSTR")
+
     def announce_change(self) -> None:
         from culm.storage.cache import bump_epoch
 
