@@ -366,10 +366,13 @@ class _Core:
         from culm.dispatch.threads import ThreadDispatcher
 
         # The engine may keep copies of its rows only where the runner lock makes it the sole
-        # runner: a SQLite database (a server database can have several embedded runners).
+        # runner: a SQLite database. A server database can have several runners (embedded ones,
+        # `culm worker`s): none voids the others' leases, and each keeps its own.
         from culm.storage.cache import RecordCache
 
-        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.keeps_copies else None)
+        shared = isinstance(self.store, SqlStore) and not self.store.keeps_copies  # a server database
+        return ThreadDispatcher(self._workers, cache=RecordCache() if self.store.keeps_copies else None,
+                                beside_others=shared)
 
     def _stand_by(self) -> None:
         """Another process runs the work of this SQLite file: take the runner lock once it lets go

@@ -347,7 +347,9 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
     Args:
         args: the parsed options (``--db``, ``--broker``).
         read_only: the command only reads: a missing SQLite file is an error, never created.
-        run: an embedded runtime should run work (worker threads), not only submit and read.
+        run: an embedded runtime should run work (worker threads), not only submit and read; on
+            a server database it does not when a live ``culm worker`` serves it (its relay runs
+            the work: see :func:`workers_serve`), so two kinds of runner never share one database.
         submits: the command makes work (a control call, even with ``--no-follow``): with a broker,
             the runtime publishes it to the workers. Without, the work is only a committed row,
             which a cluster's workers find only when their relay looks for forgotten rows
@@ -364,7 +366,8 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
         if broker and uses_broker:
             rt = culm.Runtime(url, broker=broker, prefix=getattr(args, "prefix", "culm"))
         else:
-            rt = culm.Runtime(url, workers=None if run else 0)
+            runs = run and not (server_database(url) and workers_serve(url))
+            rt = culm.Runtime(url, workers=None if runs else 0)
     except db_errors(files=True) as exc:
         raise database_error(exc, url) from exc
     except (SettingsError, PluginImportError) as exc:
@@ -379,6 +382,37 @@ def open_runtime(args: argparse.Namespace, *, read_only: bool = True, run: bool 
         raise DatabaseError(text if _safe(url) in text else f"cannot use the database {_safe(url)}: {text}") from exc
     finally:
         rt.close()
+
+
+def server_database(url: str) -> bool:
+    """Whether ``url`` names a server database (PostgreSQL, MySQL/MariaDB): not a SQLite file, nor memory."""
+    return not url.startswith(("sqlite", "memory"))
+
+
+def workers_serve(url: str) -> bool:
+    """Whether a live ``culm worker`` is registered on the server database ``url`` (it beat within
+    ``CULM_WORKER_DEAD_AFTER``, 3 s, as ``culm workers`` counts it alive): its relay finds the work
+    a command records there without a broker, ``CULM_RELAY_GRACE`` later."""
+    from culm.storage import SqlStore
+
+    try:
+        dead_after = float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3)
+    except ValueError:
+        dead_after = 3.0
+    try:
+        store = SqlStore(url)
+        try:
+            return any(w.silent_for <= dead_after for w in store.worker_registry().workers())
+        finally:
+            store.dispose()
+    except db_errors() as exc:
+        raise database_error(exc, url) from exc
+
+
+def workers_run(args: argparse.Namespace, rt: Any) -> bool:
+    """Whether a cluster's ``culm worker``s run the work of the pipeline ``rt`` reaches: always
+    with a broker; on a server database without, when this process runs none (one serves it)."""
+    return bool(broker_url(args, check=False)) or (rt.dispatcher is None and server_database(db_url(args)))
 
 
 def check(res: Any, what: str = "", bad_input: bool = False) -> Any:

@@ -3,11 +3,15 @@
 The engine's verdict comes first: a refusal is one line and exit 5 (2, 3, 4 for a wrong argument,
 an unknown id, a database that cannot be used). An accepted command (exit 0) is then followed until
 the pipeline ends or stops moving (a node failed, one waits), as ``culm run`` follows a run, up to
-``--timeout``; ``--no-follow`` only records it. On the embedded runtime, when no other process runs
-this database's work, this process runs the pipeline on. A server database's work is a cluster's:
-the command publishes it to the workers (``--broker``), or they find it with their relay
-(``CULM_RELAY_GRACE`` later), and the command follows by polling, as it does when another process
-runs a SQLite file's work; work that nothing takes ends the wait with what to check.
+``--timeout``; ``--no-follow`` only records it. Who runs the work the command makes:
+
+* with ``--broker``: the cluster's workers, to whom it is published;
+* on a server database without: a live ``culm worker`` registered there (its relay finds the work,
+  ``CULM_RELAY_GRACE`` later), else this process, as ``culm run`` runs a pipeline there;
+* on a SQLite file: this process, unless another one runs the file's work (holds its runner lock).
+
+When others run it the command follows by polling; work that nothing takes ends the wait with what
+to check.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from culm.cli.common import (
     parse_json_object,
     seconds,
     state_entry,
+    workers_run,
 )
 from culm.cli.loading import import_modules, import_names, split_assignment
 from culm.cli.run import (
@@ -150,11 +155,12 @@ def cmd_control(args: argparse.Namespace) -> int:
     attr, done, call = _operations()[args.command]
     target = getattr(args, attr)
     import_modules(import_names(args.imports))
-    # A server database's work is a cluster's: its `culm worker`s run it (published to them with
-    # --broker, else found by their relay), never this command, which follows it by polling.
-    cluster = bool(broker_url(args)) or not db_url(args).startswith(("sqlite", "memory"))
-    with open_runtime(args, read_only=True, run=not args.no_follow and not cluster, submits=True) as rt:
+    # With --broker the work is published to the workers; on a server database without, a live
+    # `culm worker`'s relay finds it, else this process runs it, as `culm run` does there.
+    with open_runtime(args, read_only=True, run=not args.no_follow and not broker_url(args), submits=True) as rt:
         from culm import api
+
+        cluster = workers_run(args, rt)
 
         try:
             entry: dict | None = state_entry(rt, target)

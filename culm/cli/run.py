@@ -32,7 +32,10 @@ from culm.cli.common import (
     open_runtime,
     parse_json_object,
     seconds,
+    server_database,
     state_entry,
+    workers_run,
+    workers_serve,
 )
 from culm.cli.loading import apply_settings, import_names, load_tree
 
@@ -92,7 +95,9 @@ class Progress:
 def _moving(flat: dict[str, dict], waiting_moves: bool) -> bool:
     """Whether some node of the pipeline is on its way (``waiting_moves``: callbacks, polls and
     pauses count as on their way, for they go on by themselves or by another process's command)."""
-    containers = {e.get("parent_id") for e in flat.values()}
+    # A pipeline is its own parent: one none of whose nodes has started yet (its first step not
+    # taken, say by a worker's relay) is on its way, not a container of nodes that are still.
+    containers = {e.get("parent_id") for e in flat.values() if e.get("parent_id") != e["id"]}
     for e in flat.values():
         if e["state"] not in ("RUNNING", "READY", "SUSPENDED") or e["id"] in containers:
             continue
@@ -459,20 +464,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     data = parse_json_object(args.data, "--data") or {}
     info = render.node_info(tree)
     root_id = tree.get("id")
-    cluster = bool(broker_url(args))
+    # Run here unless a cluster's workers do (see open_runtime): published with --broker, else
+    # found by the relay of a live `culm worker` on a server database.
+    url = db_url(args)
+    cluster = bool(broker_url(args)) or (server_database(url) and workers_serve(url))
     if not cluster:
         _check_tree(tree, info, args.cycle_tolerate)
     progress = Progress(str(root_id), info)
     progress.hold()  # a refused run says so alone; the first lines wait for the "running:" one
-    with open_runtime(args, read_only=False, run=True) as rt, progress_by_signal(rt, progress) as polled:
+    with open_runtime(args, read_only=False, run=not cluster) as rt, progress_by_signal(rt, progress) as polled:
         started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
         if not started.result:
             _refused_run(started, info)
+        cluster = workers_run(args, rt)  # a worker that came up meanwhile runs it
         where = "submitted to the workers" if cluster else "running"
         print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+        if cluster and not broker_url(args):
+            _relay_note()
         progress.release()
         assert isinstance(root_id, str)
         return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+
+
+def _relay_note() -> None:
+    """Work recorded on a server database without --broker while a `culm worker` serves it."""
+    err("note: a `culm worker` serves this database: its relay takes up the work, CULM_RELAY_GRACE (15 s) "
+        "from now; pass --broker URL (or $CULM_BROKER_URL) to hand it to the workers at once")
 
 
 def _refused_run(started: Any, info: dict[str, tuple[str, str]]) -> NoReturn:
@@ -520,8 +537,8 @@ def _attach(args: argparse.Namespace) -> int:
     from culm.cli.loading import import_modules
 
     import_modules(import_names(args.imports))
-    cluster = bool(broker_url(args))
     with open_runtime(args, read_only=True, run=True) as rt:
+        cluster = workers_run(args, rt)
         root_id = args.attach
         states = check(api.get_pipeline_states(rt, root_id))
         if not states:
@@ -534,6 +551,8 @@ def _attach(args: argparse.Namespace) -> int:
             require_components(rt, root_id, tree, f"run --attach {root_id}")
         if getattr(rt, "dispatcher", None) is None and not cluster:
             print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
+        elif cluster and not broker_url(args):
+            print(f"a `culm worker` runs the work of this database; following pipeline {root_id}", flush=True)
         with progress_by_signal(rt, Progress(root_id, info)) as polled:
             return wait_and_conclude(rt, args, root_id, info, polled, cluster)
 

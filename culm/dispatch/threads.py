@@ -122,6 +122,15 @@ def _gc_threshold() -> tuple[int, bool] | None:
     return int(text), False
 
 
+def _relay_grace() -> float:
+    """``CULM_RELAY_GRACE`` (15 s): how long a task stays due, unclaimed, before a runner other
+    than the one that committed it takes it (a worker's relay, a shared embedded runner's sweep)."""
+    try:
+        return max(0.0, float(os.environ.get("CULM_RELAY_GRACE") or 15.0))
+    except ValueError:
+        return 15.0
+
+
 def _max_abandoned() -> int:
     text = os.environ.get("CULM_MAX_ABANDONED_THREADS", "").strip()
     if not text:
@@ -294,15 +303,24 @@ class ThreadDispatcher:
         *,
         cache: RowCopies | None = None,
         sole_runner: bool = True,
+        beside_others: bool = False,
         follow_ups: Callable[[Sequence[TaskRecord]], None] | None = None,
         policy: LoopPolicy | None = None,
     ) -> None:
         """``cache``: the store's write-through copies of engine rows, handed to every batch's
         transaction (only for the sole runner of a database; :mod:`culm.runtime` makes them).
 
-        ``sole_runner``: this is the only runner of its database, so at start every lease is void,
-        and the task table is swept for work now and then. A ``culm worker`` shares its database
-        with other workers and is handed its work instead (:mod:`culm.dispatch.runner`).
+        ``sole_runner``: this runner finds its own work: the task table is swept for it now and
+        then, and (unless ``beside_others``) at start every lease is void, this being the only
+        runner of its database. A ``culm worker`` shares its database with other workers and is
+        handed its work instead (:mod:`culm.dispatch.runner`).
+
+        ``beside_others``: other runners may share the database (an embedded runtime on a server
+        database: another ``culm run``, a ``culm worker`` started later), so no lease is voided at
+        start, the leases of the tasks on hand are extended every third of a lease, as a worker's
+        heartbeat does (a call that runs longer than a lease is never taken over by the others),
+        and the sweep takes only tasks left over for ``CULM_RELAY_GRACE`` (15 s) as a worker's
+        relay does: a task another runner has just committed is that runner's to claim.
 
         ``follow_ups``: where the tasks a batch commits go; by default back into this dispatcher
         (:meth:`submit`). A worker's runner keeps some and publishes the rest; ``bench.statements``
@@ -314,6 +332,8 @@ class ThreadDispatcher:
         self._follow_ups = follow_ups or self.submit
         self._policy = policy
         self.sole_runner = sole_runner
+        self.beside_others = beside_others
+        self.sweep_grace = _relay_grace() if beside_others else 0.0
         self.cache = cache
         self.sweep_interval = sweep_interval
         self.engine: Any = None
@@ -356,7 +376,7 @@ class ThreadDispatcher:
         self.engine = engine
         if self.cache is not None:
             engine.copies = self.cache  # run_pipeline writes a new run's rows into them too
-        if self.sole_runner:
+        if self.sole_runner and not self.beside_others:
             with engine.store.transaction() as unit:
                 unit.release_leases()  # we are the only runner of this database: old leases are void
         self._pool = _UserCodePool(max(1, self.workers), self._requeue)
@@ -456,7 +476,10 @@ class ThreadDispatcher:
         """Pick up due tasks this process does not know about yet; returns how many."""
         try:
             with self.engine.store.reading() as unit:
-                pending = unit.pending_tasks(now(), 1000, horizon=self.sweep_interval)
+                if self.sweep_grace:
+                    pending = unit.pending_tasks(now() - self.sweep_grace, 1000)
+                else:
+                    pending = unit.pending_tasks(now(), 1000, horizon=self.sweep_interval)
         except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
             logger.exception("sweeping the task table failed")
             return 0
@@ -780,6 +803,7 @@ class ThreadDispatcher:
     # -- timers and sweeping --------------------------------------------------------------
     def _clock(self) -> None:
         next_sweep = time.monotonic() + self.sweep_interval
+        next_extend = time.monotonic()
         while not self._stopping.is_set():
             due: list[TaskRecord] = []
             with self._lock:
@@ -805,8 +829,23 @@ class ThreadDispatcher:
                 if self.sole_runner:
                     self.sweep()
                     self._checkpoint()
+                if self.beside_others and time.monotonic() >= next_extend:
+                    self._extend_leases()
+                    next_extend = time.monotonic() + self.engine.settings.lease_seconds / 3
                 self._keep_statistics()
                 next_sweep = time.monotonic() + self.sweep_interval
+
+    def _extend_leases(self) -> None:
+        """Extend the leases of the tasks on hand (``beside_others``): another runner of the
+        database takes a task only once its lease ran out."""
+        ids = self.task_ids()
+        if not ids:
+            return
+        try:
+            with self.engine.store.transaction() as unit:
+                unit.extend_leases(self.engine.owner, ids, now() + self.engine.settings.lease_seconds)
+        except Exception:  # noqa: BLE001 - tried again at the next sweep interval, well before expiry
+            logger.warning("extending the leases of %d task(s) failed", len(ids), exc_info=True)
 
     def _watch_long_calls(self) -> None:
         """Say so in the log when every user-code thread is held by a call running for over

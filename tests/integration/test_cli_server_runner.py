@@ -1,0 +1,158 @@
+"""Who runs a server database's work when a command is given no ``--broker``.
+
+``culm run TREE --db postgresql://...`` runs the pipeline in its own process when no ``culm worker``
+serves the database, and a failed node's hint says to ``culm retry NODE --import MODULE --db ...``;
+the retry, followed as the hint says, runs the node (it used to record it and leave it READY for
+good, saying "the workers go on with it" with no worker there). When a live ``culm worker`` is
+registered on the database, ``culm run``, ``culm run --attach`` and the control commands run no
+work themselves: the worker's relay takes it up, the command follows it, and its hints need no
+``--import``. An embedded runner on a server database never voids the leases of another runner.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from backends import HERE, REPO, create_database, drop_database, own_backend
+from storm_driver import relayed_lines
+from support import wait_until
+
+import culm
+from culm import api
+from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
+from culm.core.records import now
+from culm.storage import migrate
+
+pytestmark = [pytest.mark.timeout(300)]
+
+RELAY_GRACE = "1"  # the workers' (and the commands'): work recorded without a broker moves in seconds
+
+
+def failing_tree(path: Path) -> tuple[dict, str]:
+    """A tree of one ``t_fail`` activity (fails unless its input ok is true), written to ``path``:
+    (tree, activity id)."""
+    step = ServiceActivity(component_code="t_fail")
+    start = EmptyStartEvent()
+    start.extend(step).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    path.write_text(json.dumps(tree))
+    return tree, step.id
+
+
+def culm_cli(url: str, where: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``culm ARGV --db URL`` run from ``where`` (no broker, none in the environment)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(HERE), str(REPO))), "CULM_RELAY_GRACE": RELAY_GRACE}
+    for name in ("CULM_BROKER_URL", "CULM_TEST_EXEC_LOG", "CULM_IMPORTS"):
+        env.pop(name, None)
+    done = subprocess.run([sys.executable, "-m", "culm", *argv, "--db", url], capture_output=True, text=True,
+                          timeout=150, cwd=where, env=env)
+    assert "Traceback" not in done.stderr, (argv, done.stdout, done.stderr)
+    return done
+
+
+def node_states(url: str, where: Path, root_id: str) -> dict[str, str]:
+    status = culm_cli(url, where, "status", root_id, "--json")
+    found: dict[str, str] = {}
+    stack: list[Any] = [json.loads(status.stdout)]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if "id" in item and "state" in item:
+                found[item["id"]] = item["state"]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return found
+
+
+def advised_retry(stdout: str, node: str) -> list[str]:
+    """The `culm retry` command a failure hint names, as argv after ``culm`` (without ``[--data ...]``)."""
+    line = next(x for x in stdout.splitlines() if f"`culm retry {node} " in x)
+    command = line.split("`culm retry ", 1)[1].split("`", 1)[0].replace(" [--data '{...}']", "")
+    return ["retry", *shlex.split(command)]
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_retry_culm_run_advises_without_a_worker_runs_the_node_here(kind: str, tmp_path: Path) -> None:
+    tree, act = failing_tree(tmp_path / "tree.json")
+    url = create_database(kind)
+    try:
+        migrate.upgrade_database(url)
+        ran = culm_cli(url, tmp_path, "run", "tree.json", "--import", "components", "--timeout", "60")
+        assert ran.returncode == 1, ran.stdout + ran.stderr
+        assert ran.stdout.startswith(f"running: pipeline {tree['id']} "), ran.stdout
+        advised = advised_retry(ran.stdout, act)
+        assert advised == ["retry", act, "--import", "components", "--db", url], ran.stdout
+        retried = culm_cli(url, tmp_path, *advised[:-2], "--data", json.dumps({"ok": True}), "--timeout", "60")
+        said = retried.stdout + retried.stderr
+        assert retried.returncode == 0 and retried.stdout.splitlines()[0] == f"retried {act}", said
+        assert f"pipeline {tree['id']} FINISHED" in retried.stdout and "workers" not in said, said
+        states = node_states(url, tmp_path, tree["id"])
+        assert states[tree["id"]] == states[act] == "FINISHED", states
+    finally:
+        drop_database(url)
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
+def test_with_a_live_worker_the_commands_follow_and_the_worker_runs_the_work(kind: str, tmp_path: Path) -> None:
+    """No --broker and no --import: the worker runs the run and the retry (its relay took the work
+    up), the commands follow it; once the workers stopped, the same commands run the work here."""
+    backend = own_backend(kind, tmp_path, env={"CULM_RELAY_GRACE": RELAY_GRACE, "CULM_RELAY_INTERVAL": "0.5"})
+    try:
+        backend.start_workers(1)
+        tree, act = failing_tree(tmp_path / "tree.json")
+        ran = culm_cli(backend.db_url, tmp_path, "run", "tree.json", "--timeout", "60")
+        said = ran.stdout + ran.stderr
+        assert ran.returncode == 1 and ran.stdout.startswith("submitted to the workers: "), said
+        assert "a `culm worker` serves this database: its relay takes up the work" in ran.stderr, said
+        assert f"FAILED {act}" in ran.stdout.splitlines(), said
+        assert advised_retry(ran.stdout, act) == ["retry", act, "--db", backend.db_url], said  # no --import
+        retried = culm_cli(backend.db_url, tmp_path, "retry", act, "--data", json.dumps({"ok": True}),
+                           "--timeout", "60")
+        said = retried.stdout + retried.stderr
+        assert retried.returncode == 0 and f"pipeline {tree['id']} FINISHED" in retried.stdout, said
+        # This process has no t_fail (no --import): the worker's relay took both steps up.
+        assert relayed_lines(backend), backend.worker_log(0)[-3000:]
+
+        backend.stop_workers()  # a clean stop: no worker is registered any more
+        tree2, act2 = failing_tree(tmp_path / "tree2.json")
+        ran = culm_cli(backend.db_url, tmp_path, "run", "tree2.json", "--import", "components", "--timeout", "60")
+        assert ran.returncode == 1 and ran.stdout.startswith("running: "), ran.stdout + ran.stderr
+        advised = advised_retry(ran.stdout, act2)
+        assert advised == ["retry", act2, "--import", "components", "--db", backend.db_url], ran.stdout
+        retried = culm_cli(backend.db_url, tmp_path, *advised[:-2], "--data", json.dumps({"ok": True}))
+        assert retried.returncode == 0 and f"pipeline {tree2['id']} FINISHED" in retried.stdout, retried.stdout
+    finally:
+        backend.teardown()
+
+
+def test_an_embedded_runner_on_a_server_database_keeps_another_runner_s_lease(tmp_path: Path) -> None:
+    """Another runner's lease on a task (a `culm worker`, another `culm run`) survives an embedded
+    runtime starting on the same database: the task stays its, and the node does not run twice."""
+    tree, act = failing_tree(tmp_path / "tree.json")
+    url = create_database("postgres")
+    try:
+        migrate.upgrade_database(url)
+        with culm.Runtime(url, workers=0) as recorder:
+            assert api.run_pipeline(recorder, tree).result
+            with recorder.store.transaction() as unit:
+                tasks = unit.pending_tasks(now() + 1, 10)
+                assert len(tasks) == 1
+                assert unit.claim_task(tasks[0].id, "elsewhere:1", now() + 60, now()) is not None
+        with culm.Runtime(url) as runner:
+            assert runner.dispatcher is not None
+            wait_until(lambda: runner.dispatcher.sweep() == 0, 10, 0.2, what="a sweep that takes nothing")
+            with runner.store.reading() as unit:
+                assert unit._one("SELECT owner FROM culm_task WHERE id = ?", [tasks[0].id]) == ("elsewhere:1",)
+            states = api.get_pipeline_states(runner, tree["id"]).data[tree["id"]]["children"]
+            assert act not in states, states  # its start event's task is the other runner's
+    finally:
+        drop_database(url)
