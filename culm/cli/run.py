@@ -514,12 +514,15 @@ def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dic
     """Follow the pipeline, print how it stands and return the exit code: :func:`conclude`'s, or
     ``judge(outcome, flat)``'s when given (a control command's: what it waited for)."""
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
+    # On a server database that no worker serves, the callback command runs the node's schedule
+    # itself (this process holds no runner lock there, as it does a SQLite file's).
+    imports = _imports_option(args) if not cluster and server_database(db_url(args)) else ""
 
     def tell(entry: dict) -> None:
         # The run goes on waiting (up to --timeout): say what would move it on, and how.
         stamp = datetime.now().strftime("%H:%M:%S.%f")[:-3]
         print(f"{stamp} {'WAITING':<9} node {render.label(entry['id'], info)} for a callback; from another shell: "
-              f"`culm callback {entry['id']} --data '{{...}}'{db}`", flush=True)
+              f"`culm callback {entry['id']} --data '{{...}}'{imports}{db}`", flush=True)
 
     try:
         with _stops_on_sigterm():

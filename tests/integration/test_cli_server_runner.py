@@ -156,3 +156,43 @@ def test_an_embedded_runner_on_a_server_database_keeps_another_runner_s_lease(tm
             assert act not in states, states  # its start event's task is the other runner's
     finally:
         drop_database(url)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_the_callback_a_running_culm_run_advises_runs_beside_it(kind: str, tmp_path: Path) -> None:
+    """Two processes run work on one server database: `culm run` waiting for a callback, and the
+    `culm callback` its WAITING line names (with the --import it needs there), which runs the
+    node's schedule; the run sees the pipeline finish."""
+    step = ServiceActivity(component_code="t_callback")
+    start = EmptyStartEvent()
+    start.extend(step).extend(EmptyEndEvent())
+    tree = build_tree(start)
+    (tmp_path / "tree.json").write_text(json.dumps(tree))
+    url = create_database(kind)
+    try:
+        migrate.upgrade_database(url)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(HERE), str(REPO))), "CULM_RELAY_GRACE": RELAY_GRACE}
+        env.pop("CULM_BROKER_URL", None)
+        run = subprocess.Popen([sys.executable, "-m", "culm", "run", "tree.json", "--import", "components",
+                                "--timeout", "90", "--db", url], cwd=tmp_path, env=env, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert run.stdout is not None
+            lines = []
+            for line in run.stdout:  # bounded: the run's own --timeout ends it
+                lines.append(line)
+                if "WAITING" in line:
+                    break
+            hint = lines[-1].split("from another shell: `culm ", 1)[1].split("`", 1)[0]
+            assert hint == f"callback {step.id} --data '{{...}}' --import components --db {url}", lines
+            argv = shlex.split(hint.replace("'{...}'", shlex.quote(json.dumps({"ok": True}))))
+            called = culm_cli(url, tmp_path, *argv[:-2])
+            assert called.returncode == 0, called.stdout + called.stderr
+            out, errors = run.communicate(timeout=120)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate()
+        assert run.returncode == 0 and f"pipeline {tree['id']} FINISHED" in out, "".join(lines) + out + errors
+    finally:
+        drop_database(url)
