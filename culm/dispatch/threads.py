@@ -407,6 +407,10 @@ class ThreadDispatcher:
         self._threads.clear()
         if self._pool is not None:
             self._pool.shutdown()
+        if self.beside_others and self.engine is not None:
+            # What is still on hand is the other runners' to take, CULM_RELAY_GRACE from now, not
+            # once a lease of this closed runner ran out (a `culm run --attach` after Ctrl-C).
+            self._extend_leases(until=now())
         if self._collector:
             self._collector = False
             _Collector.release()
@@ -835,15 +839,17 @@ class ThreadDispatcher:
                 self._keep_statistics()
                 next_sweep = time.monotonic() + self.sweep_interval
 
-    def _extend_leases(self) -> None:
-        """Extend the leases of the tasks on hand (``beside_others``): another runner of the
-        database takes a task only once its lease ran out."""
+    def _extend_leases(self, until: float | None = None) -> None:
+        """Extend the leases of the tasks on hand (``beside_others``) for a lease, or to ``until``:
+        another runner of the database takes a task only once its lease ran out."""
         ids = self.task_ids()
         if not ids:
             return
+        if until is None:
+            until = now() + self.engine.settings.lease_seconds
         try:
             with self.engine.store.transaction() as unit:
-                unit.extend_leases(self.engine.owner, ids, now() + self.engine.settings.lease_seconds)
+                unit.extend_leases(self.engine.owner, ids, until)
         except Exception:  # noqa: BLE001 - tried again at the next sweep interval, well before expiry
             logger.warning("extending the leases of %d task(s) failed", len(ids), exc_info=True)
 
