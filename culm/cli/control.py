@@ -233,7 +233,8 @@ def register(sub: Any) -> None:
         p.add_argument(target, type=an_id, metavar=target.upper(), help=target_help)
         add_db(p)
         add_broker(p)
-        add_imports(p, "module defining components (the embedded runtime runs them on after the command)")
+        add_imports(p, "module defining components (this process runs the pipeline on after the command, unless "
+                    "--broker or a live `culm worker` on a server database does)")
         p.add_argument("--no-follow", action="store_true",
                        help="only record the command; do not follow the pipeline (nor run it on in this process)")
         p.add_argument("--timeout", type=seconds, default=FOLLOW_TIMEOUT, metavar="S",
