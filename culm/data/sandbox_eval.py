@@ -55,6 +55,7 @@ from culm.data.sandbox_objects import (
     HASH_DUNDERS,
     TEXT_DUNDERS,
     TRUTH_DUNDERS,
+    ZONED,
     operator_refusal,
     own_operator,
     protocol_refusal,
@@ -63,6 +64,7 @@ from culm.data.sandbox_objects import (
     refused_call,
     value_method,
     value_object,
+    zone_refusal,
 )
 from culm.data.sandbox_shared import held_items
 from culm.errors import ExpressionError, ExpressionLimitError
@@ -422,6 +424,11 @@ class Evaluator:
             return
         if own_operator(type(value), dunders) is not None:
             raise operator_refusal(value, dunders, "an operator on") or ExpressionError("an operator")
+        if issubclass(type(value), ZONED) and not _ZONE_SILENT.issuperset(dunders):
+            # an aware date compared, hashed or subtracted asks its zone for the offset
+            refusal = zone_refusal(value, "an operator on")
+            if refusal is not None:
+                raise refusal
         if issubclass(type(value), collections.Counter):
             # Counter's operators (written in Python) add and compare the counts it holds
             refusal = operator_refusal(value, ARITH_DUNDERS + COMPARE_DUNDERS, "an operator on")
@@ -833,6 +840,11 @@ class Evaluator:
             args = precheck_set_method(self, obj, name, args)
         elif name == "strftime" or issubclass(type(obj), Decimal):
             precheck_value_method(self, obj, name, args, kwargs)
+        if issubclass(type(obj), ZONED) and not self.lim.trust_objects and name not in _ZONE_FREE:
+            for value in (obj, *args, *kwargs.values()):  # astimezone(tz) runs tz.fromutc
+                refusal = zone_refusal(value, f"{name}() of")
+                if refusal is not None:
+                    raise refusal
         # a subclass of str, dict, ... calls the built-in type's own method, never an override
         # (its code is the component's, as a client's methods are)
         if type(obj) not in _METHOD_TYPES:
@@ -900,6 +912,11 @@ _EXACT_HOLDERS = frozenset({list, tuple, dict, set, frozenset})
 _METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__
 _COMPARED_SHOWN = (*_METHOD_ARGS, "__repr__")
 _KEYED = ("__hash__", "__eq__", "__index__")
+# Operators of a datetime that never ask its time zone anything (adding a timedelta keeps it).
+_ZONE_SILENT = frozenset({"__add__", "__radd__", "__index__", "__bool__", "__len__"})
+# Methods of a datetime or a time that never ask its time zone anything.
+_ZONE_FREE = frozenset({"date", "time", "timetz", "replace", "weekday", "isoweekday", "isocalendar", "toordinal",
+                        "ctime"})
 # A dict's methods that look up their first argument among its keys, and builtins that go through
 # a dict's keys only: the dict's values are neither compared nor hashed.
 _KEY_METHODS = frozenset({"get", "pop", "setdefault", "__contains__", "__getitem__"})
