@@ -275,6 +275,11 @@ class _RenderState:
                 obj = obj[key]
         except (LookupError, TypeError, ExpressionError):
             return False, None
+        except ValueError:
+            # an index of more digits than int() reads: evaluated as an expression, whose parser
+            # refuses it (an ExpressionError), as it would without nested_objects; a bare ValueError
+            # failed the node before this one, the pipeline left RUNNING (session 22)
+            return False, None
         return True, obj
 
     def substitute(self, body: str, name: str | None, whole: str) -> str:
