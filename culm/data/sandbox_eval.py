@@ -56,6 +56,7 @@ from culm.data.sandbox_objects import (
     TEXT_DUNDERS,
     TRUTH_DUNDERS,
     ZONED,
+    item_of,
     operator_refusal,
     own_operator,
     protocol_refusal,
@@ -580,7 +581,7 @@ class Evaluator:
             self.plain(part, _KEYED, "indexing by")
         if issubclass(type(key), slice):  # a copy: charged like any other value built
             return self.built(obj[key])
-        return obj[key]
+        return item_of(obj, key)  # a defaultdict's missing key never calls its factory
 
     def e_slice(self, node: ast.Slice, scope: dict[str, Any]) -> Any:
         parts = (node.lower, node.upper, node.step)

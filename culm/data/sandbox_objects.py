@@ -194,6 +194,47 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
     )
 
 
+# ---------------------------------------------------------------- a defaultdict's missing keys
+
+# Factories whose value a template may be given for a key a defaultdict does not hold: the built-in
+# types, which only make an empty value.
+_PLAIN_FACTORIES = (int, float, complex, str, bytes, bool, list, tuple, dict, set, frozenset)
+_DEFAULT_FACTORY: Any = vars(collections.defaultdict)["default_factory"]  # the C member
+
+
+def _factory(obj: Any) -> Any:
+    """The ``default_factory`` of a defaultdict as stored (the C member, never a subclass's property)."""
+    return _DEFAULT_FACTORY.__get__(obj, type(obj))
+
+
+def item_of(obj: Any, key: Any) -> Any:
+    """``obj[key]``, except for a key a defaultdict does not hold: ``obj[key]`` calls its
+    ``default_factory`` (a component's function or class, its code) and adds the key to the
+    context's value. The empty value a built-in type makes is given, the key not added; another
+    factory is refused; no factory is a ``KeyError``, as Python's."""
+    if not issubclass(type(obj), collections.defaultdict) or dict.__contains__(obj, key):
+        return obj[key]
+    factory = _factory(obj)
+    if factory is None:
+        raise KeyError(key)
+    if any(factory is plain for plain in _PLAIN_FACTORIES):
+        return factory()
+    raise ExpressionRefusedError(
+        f"indexing a {kind_name(obj)} object by a key it does not hold is refused: it calls its "
+        f"default_factory, a {kind_name(factory)} object (code a template does not run), and adds the key "
+        f"to the value; read it with .get(key, default); {_HINT}"
+    )
+
+
+def without_default(mapping: Any) -> Any:
+    """``mapping``, or a plain dict of what a defaultdict with a ``default_factory`` holds:
+    formatting from it (``'%(k)s' % d``, ``'{k}'.format_map(d)``) looks keys up in C, and a missing
+    one would call the factory and add the key (it fails as for a dict, the fragment left as text)."""
+    if issubclass(type(mapping), collections.defaultdict) and _factory(mapping) is not None:
+        return dict(dict.items(mapping))
+    return mapping
+
+
 # ---------------------------------------------------------------- operators of objects
 
 # What Python calls on an object to splice, compare, hash, add or test it: each is the object's
@@ -369,6 +410,12 @@ def operator_refusal(
             )
         if issubclass(kind, dict):  # the built-in type's own iteration, never a subclass's override
             held: Any = [*dict.keys(item), *dict.values(item)]
+            if issubclass(kind, collections.defaultdict | collections.Counter) and not _SHOWN_BY_ENUM.isdisjoint(dunders):
+                refusal = _library_text_refusal(item, what)
+                if refusal is not None:
+                    return refusal
+                if issubclass(kind, collections.defaultdict):
+                    held.append(_factory(item))  # its text writes the factory's repr
         elif issubclass(kind, _HOLDERS):
             if kind in _HOLDERS:
                 held = item
@@ -400,6 +447,14 @@ def operator_refusal(
             stack.extend(_below_plain_containers(held, known, walked, tick))
     known.update(walked)
     return None
+
+
+def _library_text_refusal(item: Any, what: str) -> ExpressionRefusedError | None:
+    """Why the text of a Counter is refused: its repr sorts its counts (a count that is a user's
+    object runs its own ``__lt__``); None for a defaultdict (its factory is checked as a value)."""
+    if not issubclass(type(item), collections.Counter):
+        return None
+    return operator_refusal(list(dict.values(item)), COMPARE_DUNDERS, what)
 
 
 _FLAT_HOLDERS = frozenset({dict, list, tuple})

@@ -16,7 +16,7 @@ from culm.data import sandbox
 from culm.data.memo import WeightedMemo
 from culm.data.sandbox_eval import render_clock
 from culm.data.sandbox_guards import CONTAINERS, check_subscript, measure, without_addresses
-from culm.data.sandbox_objects import protocol_refusal
+from culm.data.sandbox_objects import item_of, protocol_refusal
 from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
@@ -272,7 +272,7 @@ class _RenderState:
                 check_subscript(obj, key)  # the sandbox's rule: the expression would be refused
                 if protocol_refusal(obj, "indexing") is not None and not sandbox.Limits.current().trust_objects:
                     return False, None  # evaluated as an expression, which fails the node naming it
-                obj = obj[key]
+                obj = item_of(obj, key)  # a defaultdict's missing key never calls its factory
         except (LookupError, TypeError, ExpressionError):
             return False, None
         except ValueError:

@@ -1,0 +1,112 @@
+"""A ``defaultdict`` (or a ``Counter``) in a context (found probing, session 22).
+
+``collections`` types pass as containers, but a defaultdict indexed by a key it does not hold calls
+its ``default_factory`` and adds the key: ``${d['x']}``, ``${cfg['x']}`` read as a nested object,
+``'%(x)s' % d`` and ``'{x}'.format_map(d)`` ran a component's function or class and changed the
+context's value (an evaluation is assumed never to change one); and its text writes the factory's
+repr, a Counter's sorts its counts: a user's ``__repr__`` or ``__lt__`` ran.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any
+
+import pytest
+
+from culm.data import sandbox, template
+from culm.errors import ExpressionError, ExpressionRefusedError
+
+RAN: list[str] = []
+
+
+def factory() -> str:
+    RAN.append("factory")
+    return "made"
+
+
+class Made:
+    def __init__(self) -> None:
+        RAN.append("Made")
+
+
+class Callable:
+    def __call__(self) -> int:
+        RAN.append("call")
+        return 1
+
+    def __repr__(self) -> str:
+        RAN.append("__repr__")
+        return "Callable()"
+
+
+class Count:
+    def __lt__(self, other: object) -> bool:
+        RAN.append("__lt__")
+        return True
+
+    def __gt__(self, other: object) -> bool:
+        RAN.append("__gt__")
+        return True
+
+
+def names() -> dict[str, Any]:
+    return {"d": collections.defaultdict(factory, {"a": 1}), "cls": collections.defaultdict(Made, {"a": 1}),
+            "lists": collections.defaultdict(list, {"a": [1]}), "ints": collections.defaultdict(int),
+            "bare": collections.defaultdict(None, {"a": 1}), "shown": collections.defaultdict(Callable(), {"a": 1}),
+            "counts": collections.Counter({"a": Count(), "b": Count()})}
+
+
+@pytest.mark.parametrize("expr", ["d['x']", "cls['x']", "[d[k] for k in ['x', 'y']]", "d['x'] if True else 0"])
+def test_a_missing_key_never_calls_a_components_factory(expr: str) -> None:
+    RAN.clear()
+    ns = names()
+    with pytest.raises(ExpressionRefusedError, match="default_factory"):
+        sandbox.evaluate(expr, ns)
+    assert RAN == [] and list(ns["d"]) == ["a"] and list(ns["cls"]) == ["a"]
+
+
+def test_a_built_in_factory_gives_its_empty_value_without_adding_the_key() -> None:
+    ns = names()
+    assert sandbox.evaluate("[lists['x'], ints['x'], lists['a'], d['a'], d.get('x'), 'x' in d]", ns) == [
+        [], 0, [1], 1, None, False]
+    assert list(ns["lists"]) == ["a"] and list(ns["ints"]) == []
+    with pytest.raises(ExpressionError, match="KeyError"):
+        sandbox.evaluate("bare['x']", ns)
+
+
+@pytest.mark.parametrize("expr", ["'%(x)s' % d", "'{x}'.format_map(d)", "'%(x)s' % cls", "'{x}'.format_map(lists)"])
+def test_formatting_from_a_missing_key_fails_as_for_a_dict(expr: str) -> None:
+    RAN.clear()
+    ns = names()
+    with pytest.raises(ExpressionError, match="KeyError"):
+        sandbox.evaluate(expr, ns)
+    assert RAN == [] and list(ns["d"]) == ["a"] and list(ns["lists"]) == ["a"]
+    assert sandbox.evaluate("'%(a)s' % d + '{a}'.format_map(d)", ns) == "11"
+
+
+def test_templates_and_nested_objects_do_not_call_the_factory() -> None:
+    RAN.clear()
+    ns = names()
+    assert template.render("a ${d['a']}", ns) == "a 1"
+    with pytest.raises(ExpressionRefusedError, match="default_factory"):
+        template.render("${d['x']}", ns, nested_objects=True)
+    with pytest.raises(ExpressionRefusedError, match="default_factory"):
+        template.render("at ${cls['x']}", ns)
+    assert template.render("${lists['x']}", ns, nested_objects=True) == []
+    assert template.render("${d['a']}", ns, nested_objects=True) == 1
+    assert RAN == [] and list(ns["d"]) == ["a"] and list(ns["lists"]) == ["a"]
+
+
+@pytest.mark.parametrize("expr", ["str(shown)", "str([shown])", "f'{shown}'", "'%s' % (shown,)", "str(counts)",
+                                  "f'{[counts]}'"])
+def test_the_text_of_a_defaultdict_or_counter_runs_no_users_code(expr: str) -> None:
+    RAN.clear()
+    with pytest.raises(ExpressionRefusedError):
+        sandbox.evaluate(expr, names())
+    assert RAN == []
+
+
+def test_the_text_of_plain_ones_is_written() -> None:
+    ns = {"d": collections.defaultdict(list, {"a": [1]}), "c": collections.Counter("aab")}
+    assert sandbox.evaluate("str(d) + ' ' + str(c)", ns) == "defaultdict(<class 'list'>, {'a': [1]}) Counter({'a': 2, 'b': 1})"
