@@ -181,6 +181,11 @@ def protocol_refusal(obj: Any, what: str) -> ExpressionRefusedError | None:
     if module in _PROTOCOL_MODULES:
         # a ChainMap, UserDict or UserList indexes, iterates and compares the mappings it wraps
         # through their own protocol: a user's mapping class inside one runs its code
+        if issubclass(kind, collections.ChainMap) and any(map(_defaulting, _wrapped(obj))):
+            return ExpressionRefusedError(
+                f"{what} a {kind_name(obj)} object holding a defaultdict with a default_factory is refused: "
+                f"a key one of its maps lacks calls the factory (code a template does not run) and adds the key; {_HINT}"
+            )
         for inner in _wrapped(obj):
             refusal = protocol_refusal(inner, what)
             if refusal is not None:
@@ -207,11 +212,18 @@ def _factory(obj: Any) -> Any:
     return _DEFAULT_FACTORY.__get__(obj, type(obj))
 
 
+def _defaulting(mapping: Any) -> bool:
+    """A defaultdict with a ``default_factory``: indexed by a key it lacks, it calls the factory."""
+    return issubclass(type(mapping), collections.defaultdict) and _factory(mapping) is not None
+
+
 def item_of(obj: Any, key: Any) -> Any:
     """``obj[key]``, except for a key a defaultdict does not hold: ``obj[key]`` calls its
     ``default_factory`` (a component's function or class, its code) and adds the key to the
     context's value. The empty value a built-in type makes is given, the key not added; another
     factory is refused; no factory is a ``KeyError``, as Python's."""
+    if type(obj) is types.MappingProxyType:
+        obj = proxied(obj)  # indexing the proxy indexes its mapping
     if not issubclass(type(obj), collections.defaultdict) or dict.__contains__(obj, key):
         return obj[key]
     factory = _factory(obj)
@@ -230,8 +242,9 @@ def without_default(mapping: Any) -> Any:
     """``mapping``, or a plain dict of what a defaultdict with a ``default_factory`` holds:
     formatting from it (``'%(k)s' % d``, ``'{k}'.format_map(d)``) looks keys up in C, and a missing
     one would call the factory and add the key (it fails as for a dict, the fragment left as text)."""
-    if issubclass(type(mapping), collections.defaultdict) and _factory(mapping) is not None:
-        return dict(dict.items(mapping))
+    inner = proxied(mapping) if type(mapping) is types.MappingProxyType else mapping
+    if _defaulting(inner):
+        return dict(dict.items(inner))
     return mapping
 
 

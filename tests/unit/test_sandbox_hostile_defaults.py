@@ -10,6 +10,7 @@ repr, a Counter's sorts its counts: a user's ``__repr__`` or ``__lt__`` ran.
 from __future__ import annotations
 
 import collections
+import types
 from typing import Any
 
 import pytest
@@ -99,3 +100,28 @@ def test_the_text_of_a_defaultdict_or_counter_runs_no_users_code(expr: str) -> N
 def test_the_text_of_plain_ones_is_written() -> None:
     ns = {"d": collections.defaultdict(list, {"a": [1]}), "c": collections.Counter("aab")}
     assert sandbox.evaluate("str(d) + ' ' + str(c)", ns) == "defaultdict(<class 'list'>, {'a': [1]}) Counter({'a': 2, 'b': 1})"
+
+
+def wrapped() -> tuple[collections.defaultdict[str, Any], dict[str, Any]]:
+    inner = collections.defaultdict(factory, {"a": 1})
+    return inner, {"cm": collections.ChainMap(inner, {"b": 2}), "late": collections.ChainMap({"b": 2}, inner),
+                   "px": types.MappingProxyType(inner), "plain": collections.ChainMap({"a": 1}, {"b": 2})}
+
+
+@pytest.mark.parametrize("expr", [
+    "cm['x']", "cm['b']", "late['x']", "'%(x)s' % cm", "'{b}'.format_map(cm)", "cm == cm", "cm == {'a': 1, 'b': 2}",
+    "dict(cm)", "[cm[k] for k in cm]", "px['x']", "'{x}'.format_map(px)", "'%(x)s' % px",
+])  # fmt: skip
+def test_a_chainmap_or_proxy_over_a_defaultdict_never_calls_its_factory(expr: str) -> None:
+    """A ChainMap looks a key up in each map in turn (``cm['b']`` asks the defaultdict first, its
+    ``==`` every key); a mapping proxy indexes the mapping it shows."""
+    RAN.clear()
+    inner, ns = wrapped()
+    with pytest.raises(ExpressionError):
+        sandbox.evaluate(expr, ns)
+    assert RAN == [] and list(inner) == ["a"]
+    for text in ("${cm['x']}", "${px['x']}"):
+        with pytest.raises(ExpressionError):
+            template.render(text, ns, nested_objects=True)
+    assert RAN == [] and list(inner) == ["a"]
+    assert sandbox.evaluate("[px['a'], plain['b'], plain == {'a': 1, 'b': 2}, list(px)]", ns) == [1, 2, True, ["a"]]
