@@ -56,6 +56,7 @@ from culm.data.sandbox_objects import (
     TEXT_DUNDERS,
     TRUTH_DUNDERS,
     ZONED,
+    forget_pseudo_member,
     item_of,
     operator_refusal,
     own_operator,
@@ -271,6 +272,8 @@ class Evaluator:
             else:
                 self.ensure_length(len(value), f"{type(value).__name__} result")
                 self.charge(len(value), POINTER_BYTES * len(value))
+        elif type(value) not in _PLAIN_VALUES and issubclass(type(value), enum.Flag):
+            forget_pseudo_member(value)  # p | 12345 keeps a new member in its class for good
         return value
 
     def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:

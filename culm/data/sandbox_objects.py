@@ -248,6 +248,28 @@ def without_default(mapping: Any) -> Any:
     return mapping
 
 
+# ---------------------------------------------------------------- combined members of a Flag
+
+# Combined members (``Perm.R | 8``) an enum.Flag class keeps past its own: Python keeps each
+# combination it makes in the class for good (``_value2member_map_``), so ``[p | i for i in
+# range(...)]`` grew a worker by ~1 MB per evaluation that no evaluation ever gave back.
+MAX_FLAG_MEMBERS = 4_096
+
+
+def forget_pseudo_member(member: Any) -> None:
+    """Drop ``member`` (a combination an operator just made) from its Flag class's members once
+    the class keeps more than :data:`MAX_FLAG_MEMBERS` combinations: the value is still returned,
+    equal to the next one made alike (not the same object)."""
+    kind = type(member)
+    kept = TYPE_DICT(kind).get("_value2member_map_")
+    named = TYPE_DICT(kind).get("_member_map_")
+    if type(kept) is not dict or type(named) is not dict or len(kept) <= MAX_FLAG_MEMBERS + len(named):
+        return
+    value = _stored(member, "_value_")
+    if value is not _ABSENT and kept.get(value) is member and all(known is not member for known in named.values()):
+        kept.pop(value, None)
+
+
 # ---------------------------------------------------------------- operators of objects
 
 # What Python calls on an object to splice, compare, hash, add or test it: each is the object's
