@@ -196,3 +196,45 @@ def test_the_callback_a_running_culm_run_advises_runs_beside_it(kind: str, tmp_p
         assert run.returncode == 0 and f"pipeline {tree['id']} FINISHED" in out, "".join(lines) + out + errors
     finally:
         drop_database(url)
+
+
+def test_an_embedded_runner_on_a_server_database_keeps_its_lease_while_a_call_runs_and_ends_it_at_close(
+        tmp_path: Path) -> None:
+    """Its lease of a step whose call runs is its own (another runner takes it only once it ran
+    out); when the runtime closes with the call still running, the lease ends then, so the next
+    process takes the step up CULM_RELAY_GRACE later, not a whole lease later."""
+    import uuid
+
+    from components import gate, reset_shared
+
+    from culm.builder import Var
+
+    reset_shared()
+    name = f"cli22-{uuid.uuid4().hex[:8]}"
+    step = ServiceActivity(component_code="t_gate")  # its call waits (15 s at most) for the gate
+    step.component.inputs.gate = Var(type=Var.PLAIN, value=name)
+    start = EmptyStartEvent()
+    start.extend(step).extend(EmptyEndEvent())
+    tree, act = build_tree(start), step.id
+    url = create_database("postgres")
+    try:
+        migrate.upgrade_database(url)
+        runner = culm.Runtime(url, workers=2)
+        try:
+            assert api.run_pipeline(runner, tree).result
+
+            def lease() -> tuple[Any, ...] | None:
+                with runner.store.reading() as unit:
+                    return unit._one("SELECT owner, claimed_until FROM culm_task WHERE node_id = ?", [act])
+
+            held = wait_until(lambda: (row := lease()) is not None and row[0] is not None and row, 30, 0.1,
+                              what="the gated step to be claimed")
+            assert held[0] == runner.engine.owner and float(held[1]) > now() + 30, held
+        finally:
+            runner.close()
+        with culm.Runtime(url, workers=0) as reader, reader.store.reading() as unit:
+            owner, until = unit._one("SELECT owner, claimed_until FROM culm_task WHERE node_id = ?", [act])
+        assert owner == held[0] and float(until) <= now() + 1, (owner, until)
+    finally:
+        gate(name).set()
+        drop_database(url)
