@@ -232,12 +232,10 @@ class Changes(Protocol):
         (its pairs are incomplete when the highest seq is above ``after + most``)."""
         ...
 
-    def changed_states(self, root_id: str, after: int, most: int) -> tuple[int, list[tuple[str, StateRecord | None]]]:
-        """The highest seq this unit sees (as ``last_change_seq``), and each node of ``root_id`` a
-        change with ``after`` < seq <= ``after + most`` names, once, with its state row as this
-        unit sees it (None: it has none, e.g. a note about a converge gateway no branch has passed
-        yet): a kept state tree's catch-up in one read (its nodes are incomplete when the highest
-        seq is above ``after + most``)."""
+    def changed_states(self, root_id: str, after: int, upto: int) -> list[tuple[str, StateRecord | None]]:
+        """Each node of ``root_id`` a change with ``after`` < seq <= ``upto`` names, once, with
+        its state row as this unit sees it (None: it has none, e.g. a note about a converge
+        gateway no branch has passed yet): a kept state tree's catch-up in one read."""
         ...
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:

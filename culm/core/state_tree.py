@@ -144,19 +144,19 @@ class StateTrees:
         nodes they name read in one statement through the feed's index by root. Other kept trees
         are not marked (the feed's rows of every pipeline are not read): the next call for another
         pipeline catches up from the common cursor, which this leaves where it was."""
-        # (The highest seq comes with the named nodes: one statement whether the feed moved or not.)
-        last, named = unit.changed_states(root_id, kept.seq, MAX_CATCH_UP)
+        last = unit.last_change_seq()
         if last < self._seq or last < kept.seq:  # an older snapshot than the kept trees (a concurrent reader)
             return self._read(unit, root_id, build)
         self._kept.move_to_end(root_id)
         if last == kept.seq and not kept.dirty:  # the feed has not moved since this tree was caught up
             return kept
-        if last - kept.seq > MAX_CATCH_UP:  # cheaper read whole (``named`` stops short of ``last``)
+        if last - kept.seq > MAX_CATCH_UP:  # cheaper read whole
             tree = self._read(unit, root_id, build)
             tree.seq = last
             if tree.records:
                 self._keep(root_id, tree)
             return tree
+        named = unit.changed_states(root_id, kept.seq, last) if last > kept.seq else []
         rows = {node_id: st for node_id, st in named if st is not None}
         changed = {node_id for node_id, _ in named}
         # Marked by an earlier catch-up from the common cursor (already in ``named`` unless older).

@@ -136,10 +136,10 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
             return last, []
         return last, list(dict.fromkeys((c.root_id, c.node_id) for c in self._db.feed.between(after, after + most)))
 
-    def changed_states(self, root_id: str, after: int, most: int) -> tuple[int, list[tuple[str, StateRecord | None]]]:
-        named = dict.fromkeys(c.node_id for c in self._db.feed.between(after, after + most) if c.root_id == root_id)
+    def changed_states(self, root_id: str, after: int, upto: int) -> list[tuple[str, StateRecord | None]]:
+        named = dict.fromkeys(c.node_id for c in self._db.feed.between(after, upto) if c.root_id == root_id)
         found = self.get_states(named)
-        return self.last_change_seq(), [(node_id, found.get(node_id)) for node_id in named]
+        return [(node_id, found.get(node_id)) for node_id in named]
 
     def read_changes(self, after: int, upto: int, root_id: str | None, limit: int) -> list[StateChange]:
         rows = self._db.feed.between(after, upto)

@@ -483,19 +483,17 @@ def test_feed_reads_by_range_root_and_limit(store: Store) -> None:
         assert seen == last and sorted(pairs) == sorted([(root, node), (other, node)])  # each pair once
         assert unit.changes_since(before, mine[0].seq - before) == (last, [(root, node)])  # up to after + most
         assert unit.changes_since(last, 10) == (last, [])
-        # The highest seq, and one root's named nodes, each once, with their state rows (None: no row).
-        assert unit.changed_states(root, before, last - before) == (last, [(node, None)])
-        assert unit.changed_states(other, before, mine[0].seq - before) == (last, [])  # within (after, after + most]
-        assert unit.changed_states(root, last, 10) == (last, [])
+        # One root's named nodes, each once, with their state rows (None: no row).
+        assert unit.changed_states(root, before, last) == [(node, None)]
+        assert unit.changed_states(other, before, mine[0].seq) == []  # within (after, upto] only
+        assert unit.changed_states(root, last, last + 10) == []
     with store.transaction() as unit:
         unit.insert_state(StateRecord(node, root, root, states.RUNNING, "v9"))
         unit.record_change(other, root, None, "E", "v4", 4)
     with store.reading() as unit:
-        last = unit.last_change_seq()
-        assert unit.changed_states(root, last, 10) == (last, [])
-        seen, named = unit.changed_states(root, before, last - before)
-        assert seen == last and [(n, st.name if st else None) for n, st in named] == [(node, states.RUNNING)]
-        _, named = unit.changed_states(other, mine[0].seq, last - mine[0].seq)
+        named = unit.changed_states(root, before, unit.last_change_seq())
+        assert [(n, st.name if st else None) for n, st in named] == [(node, states.RUNNING)]
+        named = unit.changed_states(other, mine[0].seq, unit.last_change_seq())
         assert len(named) == 2 and dict(named) == {node: unit.get_state(node), root: unit.get_state(root)}
 
 

@@ -54,7 +54,6 @@ from culm.storage.sql.statements import (
     CALLBACK_WAITERS,
     CALLBACK_WAITERS_FIRST,
     CHANGE_COLUMNS,
-    CHANGED_LAST_AT,
     CHANGED_PAIRS,
     CHANGED_STATES,
     CHANGES_BETWEEN,
@@ -960,18 +959,12 @@ class SqlUnit(budget.UnitChecks):
         last = self.last_change_seq()
         return last, (self._all(CHANGED_PAIRS, [after, after + most]) if last > after else [])
 
-    def changed_states(self, root_id: str, after: int, most: int) -> tuple[int, list[tuple[str, StateRecord | None]]]:
-        """The highest seq, and each node of ``root_id`` the feed names in (``after``, ``after +
-        most``], once, with its state row or None: one statement, so a poll of a moving pipeline
-        fetches neither the feed's rows nor an IN list of their ids (docs/performance.md, observe9),
-        nor asks for the highest seq on its own (big22)."""
-        last, named = 0, []
-        for r in self._all(CHANGED_STATES, [root_id, after, after + most]):
-            if r[0] is None:  # (the highest seq's row, wherever the database put it)
-                last = int(r[CHANGED_LAST_AT] or 0)
-            else:
-                named.append((r[0], _state_row(r) if r[3] is not None else None))
-        return last, named
+    def changed_states(self, root_id: str, after: int, upto: int) -> list[tuple[str, StateRecord | None]]:
+        """Each node of ``root_id`` the feed names in (``after``, ``upto``], once, with its state
+        row or None: one statement, so a poll of a moving pipeline fetches neither the feed's
+        rows nor an IN list of their ids (docs/performance.md, observe9)."""
+        return [(r[0], _state_row(r) if r[1] is not None else None)
+                for r in self._all(CHANGED_STATES, [root_id, after, upto])]
 
     def first_change_seq(self) -> int | None:
         row = self._one("SELECT MIN(seq) FROM culm_change")

@@ -211,18 +211,13 @@ RELAY_CANDIDATES_LOCKED = RELAY_CANDIDATES + " FOR UPDATE SKIP LOCKED"  # concur
 CHANGES_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
 CHANGES_OF_ROOT_BETWEEN = CHANGE_SELECT + " WHERE seq > ? AND seq <= ? AND root_id = ? ORDER BY seq LIMIT ?"
 CHANGED_PAIRS = "SELECT DISTINCT root_id, node_id FROM culm_change WHERE seq > ? AND seq <= ?"
-# A kept state tree's catch-up in one statement (culm.core.state_tree): the highest seq, as a row
-# whose node id is NULL (in the "loop" column: an integer on every dialect), then each node of one
-# root the feed names in a seq range (through ix_culm_change_root_seq), once, with its state row
-# (NULLs from the name on: none). The node id is the state's own, or the change's where there is
-# no state: one column, not two (docs/performance.md, big22).
-_LAST_SEQ_ROW = ("SELECT " + ", ".join("MAX(seq)" if c == '"loop"' else "NULL" for c in STATE_COLUMNS)
-                 + " FROM culm_change")
-CHANGED_STATES = (_LAST_SEQ_ROW + " UNION ALL SELECT COALESCE(s.node_id, c.node_id), "
-                  + ", ".join("s." + c for c in STATE_COLUMNS[1:])
+# The nodes of one root the feed names in a seq range (through ix_culm_change_root_seq), each once,
+# with their state rows (NULLs from the root id on: none); the state tree's catch-up
+# (culm.core.state_tree). The node id is the state's, or the change's where there is no state: one
+# column, not both (-7 % for the statement and its rows, docs/performance.md, big22).
+CHANGED_STATES = ("SELECT COALESCE(s.node_id, c.node_id), " + ", ".join("s." + c for c in STATE_COLUMNS[1:])
                   + " FROM (SELECT DISTINCT node_id FROM culm_change WHERE root_id = ? AND seq > ? AND seq <= ?) c"
                   " LEFT JOIN culm_state s ON s.node_id = c.node_id")
-CHANGED_LAST_AT = STATE_COLUMNS.index('"loop"')  # where CHANGED_STATES' NULL-id row holds the highest seq
 # Old changes of ended pipelines in a seq range: each row's root state looked up by key (an IN over
 # the ended roots would read every state row of every stored pipeline at each chunk).
 PRUNE_CHANGES = (
