@@ -3,7 +3,7 @@ suite may run in several processes at once (see parallel)."""
 
 import os
 
-from parallel import pytest_collection_modifyitems, pytest_runtest_protocol  # noqa: F401 - hooks
+from parallel import pytest_runtest_protocol  # noqa: F401 - a hook
 from worker_guard import pytest_configure, pytest_sessionfinish  # noqa: F401 - the hooks of this conftest
 
 # The directory a session shares with the workers it starts (components.SHARED_DIR) is its own: an

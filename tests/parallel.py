@@ -1,4 +1,4 @@
-"""The suite run by several processes at once (pytest-xdist, ``pytest -n 4 --dist loadgroup``, as
+"""The suite run by several processes at once (pytest-xdist, ``pytest -n 4 --dist loadfile``, as
 ``.ci/run`` runs it), and beside other test sessions on the same machine.
 
 Each xdist worker is a test session of its own: its own ``worker_guard`` mark, backends, databases,
@@ -11,9 +11,11 @@ cannot have to itself:
   of this suite on the machine: every test holds a shared lock on :data:`LOCK` from its setup to its
   teardown, an exclusive test holds it exclusively. A turnstile keeps tests that start later from
   starving an exclusive test that waits.
-* Tests that use a module- or class-scoped fixture go to one xdist worker together (an
-  ``xdist_group`` named after their module, with ``--dist loadgroup``): their fixture (workers, a
-  browser, a server) is set up once, not once in each worker that ran one of them.
+
+``--dist loadfile`` sends each test file to one xdist worker whole: a module-scoped fixture (workers,
+a browser, a server) is set up once, not once in each worker that ran one of its tests. (``--dist
+loadgroup`` groups nothing with pytest 9.2 and pytest-xdist 3.8.0: xdist writes its group into
+``item._nodeid``, which pytest 9.2 no longer reads.)
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ from typing import Any
 import pytest
 from support import wait_until
 
-LOCK = Path(tempfile.gettempdir()) / "culm-tests-services.lock"
-TURNSTILE = Path(tempfile.gettempdir()) / "culm-tests-services.turnstile"
+# Machine-wide: another session's Redis restart is as much in this one's way. $CULM_TEST_LOCK_DIR
+# sets another place (a session a test runs inside its own must not wait for the test around it).
+LOCK_DIR = Path(os.environ.get("CULM_TEST_LOCK_DIR") or tempfile.gettempdir())
+LOCK = LOCK_DIR / "culm-tests-services.lock"
+TURNSTILE = LOCK_DIR / "culm-tests-services.turnstile"
 # A test waits at most this long for its turn: longer than any test may run (its timeout bounds
 # each of setup, call and teardown), so that only a process that froze holding the lock fails it.
 TURN_WAIT = 3600.0
@@ -77,19 +82,3 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     with turn(item.get_closest_marker("exclusive") is not None):
         return (yield)
 
-
-def _module_fixtures(item: pytest.Item) -> bool:
-    """Does ``item`` use a fixture set up once for a module (or a class, or a package)?"""
-    info = getattr(item, "_fixtureinfo", None)
-    if info is None:
-        return False
-    return any(d.scope in GROUPED_SCOPES for defs in info.name2fixturedefs.values() for d in defs)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups into the test ids
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not hasattr(config, "workerinput"):  # not an xdist worker: one process runs everything
-        return
-    for item in items:
-        if _module_fixtures(item) and item.get_closest_marker("xdist_group") is None:
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
