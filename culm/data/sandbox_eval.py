@@ -55,6 +55,9 @@ from culm.data.sandbox_objects import (
     HASH_DUNDERS,
     TEXT_DUNDERS,
     TRUTH_DUNDERS,
+    ZONED,
+    forget_pseudo_member,
+    item_of,
     operator_refusal,
     own_operator,
     protocol_refusal,
@@ -63,6 +66,7 @@ from culm.data.sandbox_objects import (
     refused_call,
     value_method,
     value_object,
+    zone_refusal,
 )
 from culm.data.sandbox_shared import held_items
 from culm.errors import ExpressionError, ExpressionLimitError
@@ -268,6 +272,8 @@ class Evaluator:
             else:
                 self.ensure_length(len(value), f"{type(value).__name__} result")
                 self.charge(len(value), POINTER_BYTES * len(value))
+        elif type(value) not in _PLAIN_VALUES and issubclass(type(value), enum.Flag):
+            forget_pseudo_member(value)  # p | 12345 keeps a new member in its class for good
         return value
 
     def take(self, iterable: Any, what: str, *, returned: bool = False) -> list[Any]:
@@ -422,6 +428,11 @@ class Evaluator:
             return
         if own_operator(type(value), dunders) is not None:
             raise operator_refusal(value, dunders, "an operator on") or ExpressionError("an operator")
+        if issubclass(type(value), ZONED) and not _ZONE_SILENT.issuperset(dunders):
+            # an aware date compared, hashed or subtracted asks its zone for the offset
+            refusal = zone_refusal(value, "an operator on")
+            if refusal is not None:
+                raise refusal
         if issubclass(type(value), collections.Counter):
             # Counter's operators (written in Python) add and compare the counts it holds
             refusal = operator_refusal(value, ARITH_DUNDERS + COMPARE_DUNDERS, "an operator on")
@@ -573,7 +584,7 @@ class Evaluator:
             self.plain(part, _KEYED, "indexing by")
         if issubclass(type(key), slice):  # a copy: charged like any other value built
             return self.built(obj[key])
-        return obj[key]
+        return item_of(obj, key)  # a defaultdict's missing key never calls its factory
 
     def e_slice(self, node: ast.Slice, scope: dict[str, Any]) -> Any:
         parts = (node.lower, node.upper, node.step)
@@ -833,6 +844,11 @@ class Evaluator:
             args = precheck_set_method(self, obj, name, args)
         elif name == "strftime" or issubclass(type(obj), Decimal):
             precheck_value_method(self, obj, name, args, kwargs)
+        if issubclass(type(obj), ZONED) and not self.lim.trust_objects and name not in _ZONE_FREE:
+            for value in (obj, *args, *kwargs.values()):  # astimezone(tz) runs tz.fromutc
+                refusal = zone_refusal(value, f"{name}() of")
+                if refusal is not None:
+                    raise refusal
         # a subclass of str, dict, ... calls the built-in type's own method, never an override
         # (its code is the component's, as a client's methods are)
         if type(obj) not in _METHOD_TYPES:
@@ -900,6 +916,11 @@ _EXACT_HOLDERS = frozenset({list, tuple, dict, set, frozenset})
 _METHOD_ARGS = (*_COMPARED, "__index__")  # a count or a width ('a'.center(x)) takes x's __index__
 _COMPARED_SHOWN = (*_METHOD_ARGS, "__repr__")
 _KEYED = ("__hash__", "__eq__", "__index__")
+# Operators of a datetime that never ask its time zone anything (adding a timedelta keeps it).
+_ZONE_SILENT = frozenset({"__add__", "__radd__", "__index__", "__bool__", "__len__"})
+# Methods of a datetime or a time that never ask its time zone anything.
+_ZONE_FREE = frozenset({"date", "time", "timetz", "replace", "weekday", "isoweekday", "isocalendar", "toordinal",
+                        "ctime"})
 # A dict's methods that look up their first argument among its keys, and builtins that go through
 # a dict's keys only: the dict's values are neither compared nor hashed.
 _KEY_METHODS = frozenset({"get", "pop", "setdefault", "__contains__", "__getitem__"})

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from culm.data.sandbox_guards import clip
-from culm.data.sandbox_objects import PERCENT_DUNDERS
+from culm.data.sandbox_objects import PERCENT_DUNDERS, without_default
 from culm.errors import ExpressionError, ExpressionLimitError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def safe_format(ev: Evaluator, fmt: Any, args: tuple[Any, ...], kwargs: dict[str
         ev.ensure_number(arg, "formatted value")
         estimate += format_width(ev.lim, arg, spec or "") + PER_FIELD_SLACK + ev.size(arg)
     ev.ensure_length(estimate, "formatted string")
-    return str.format_map(fmt, mapping) if mapping is not None else str.format(fmt, *args, **kwargs)
+    return str.format_map(fmt, without_default(mapping)) if mapping is not None else str.format(fmt, *args, **kwargs)
 
 
 def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
@@ -132,7 +132,7 @@ def percent_format(ev: Evaluator, fmt: Any, args: Any) -> Any:
     for value in args.values() if by_key else args if issubclass(type(args), tuple) else (args,):
         ev.ensure_number(value, "%-formatted value")  # %d of a Decimal converts it to an int
     ev.ensure_length(estimate, "%-formatted string")
-    return fmt % args
+    return fmt % (without_default(args) if by_key else args)
 
 def text_of(fmt: Any) -> str:
     """The text of a ``%`` format (a str, bytes, bytearray or UserString)."""

@@ -16,7 +16,7 @@ from culm.data import sandbox
 from culm.data.memo import WeightedMemo
 from culm.data.sandbox_eval import render_clock
 from culm.data.sandbox_guards import CONTAINERS, check_subscript, measure, without_addresses
-from culm.data.sandbox_objects import protocol_refusal
+from culm.data.sandbox_objects import item_of, protocol_refusal
 from culm.errors import ExpressionError, ExpressionLimitError, ExpressionRefusedError
 
 FRAGMENT = re.compile(r"\$\{([^${}#]+)\}")
@@ -272,8 +272,13 @@ class _RenderState:
                 check_subscript(obj, key)  # the sandbox's rule: the expression would be refused
                 if protocol_refusal(obj, "indexing") is not None and not sandbox.Limits.current().trust_objects:
                     return False, None  # evaluated as an expression, which fails the node naming it
-                obj = obj[key]
+                obj = item_of(obj, key)  # a defaultdict's missing key never calls its factory
         except (LookupError, TypeError, ExpressionError):
+            return False, None
+        except ValueError:
+            # an index of more digits than int() reads: evaluated as an expression, whose parser
+            # refuses it (an ExpressionError), as it would without nested_objects; a bare ValueError
+            # failed the node before this one, the pipeline left RUNNING (session 22)
             return False, None
         return True, obj
 

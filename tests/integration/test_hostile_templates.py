@@ -274,3 +274,26 @@ def test_a_read_of_histories_returns_the_payloads_of_the_newest_within_a_bound(r
     assert "read one loop's with loop=1" in left and "left_out" not in every[4]
     assert len(api.get_node_histories(runtime, act.id, loop=1).data[0]["inputs"]["big"]) == 900_000
     assert [h["loop"] for h in api.get_node_short_histories(runtime, act.id).data] == [1, 2, 3, 4, 5]
+
+
+def test_a_nested_object_index_of_too_many_digits_stays_text_in_its_own_node(tmp_path):
+    """With render_nested_objects, ``${cfg[<5,000 digits>]}`` beside ``${cfg}`` raised a bare
+    ValueError out of the renderer: the start event before the activity failed with its traceback
+    and the pipeline stayed RUNNING (found probing, session 22). It stays text, as it does without
+    the setting, and the pipeline finishes."""
+    import culm
+
+    index = "9" * 5_000
+    act = echo(x="${cfg[" + index + "]}", y="${cfg}")
+    after = echo(x="${v}")
+    tree = line(act, after, data=Data(inputs={
+        "${cfg}": Var(type=Var.PLAIN, value=[1, 2]),
+        "${v}": Var(type=Var.SPLICE, value="${cfg[-" + index + "]}${cfg[0]}"),
+    }))
+    with culm.Runtime(f"sqlite:///{tmp_path}/t.db", settings=culm.Settings(render_nested_objects=True)) as rt:
+        preview = api.preview_node_inputs(rt, tree, act.id)
+        assert preview.result, preview.message
+        run(rt, tree)
+        wait_pipeline(rt, tree["id"], "FINISHED", timeout=30)
+        assert outputs(rt, act.id)["out"] == "${cfg[" + index + "]}!"
+        assert outputs(rt, after.id)["out"] == "${cfg[-" + index + "]}1!"

@@ -180,6 +180,20 @@ def canary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     logging.getLogger("culm.canary").setLevel(ours)
 
 
+# A sole fragment read as a nested object (``nested_objects=True``, bamboo's
+# ENABLE_RENDER_OBJ_BY_MAKO_STRING): an index of more digits than Python turns into an int raised a
+# bare ValueError out of ``render``, which the engine does not expect from a template: the node
+# rendering it never failed, the node before it did (a start event, with a traceback), and the
+# pipeline stayed RUNNING (found probing, session 22).
+NESTED = [
+    "${d[" + "9" * 5_000 + "]}",
+    "${d[-" + "9" * 4_301 + "]}",
+    "${d['k'][" + "1" * 10_000 + "]}",
+    "${d[" + "\u0669" * 5_000 + "]}",  # Arabic-Indic digits are \d too
+    "${d[" + "9" * 4_100 + "]}",
+]
+
+
 class SubPath(type(Path())):  # type: ignore[misc]
     """A user's subclass of a standard-library class: its inherited methods stay out of reach."""
 
@@ -275,3 +289,18 @@ def test_payloads_in_gateway_conditions(payload: str, canary: Path) -> None:
             pass
     assert not canary.exists()
     assert evaluate_gateway_condition("${x} == 1", namespace()) is True
+
+
+@pytest.mark.parametrize("payload", ESCAPES + NESTED)
+def test_payloads_rendered_as_nested_objects_fail_only_as_expressions(payload: str, canary: Path) -> None:
+    """With ``nested_objects`` a sole ``name[...]`` fragment is read without the sandbox's parser:
+    whatever it holds, it renders, stays text or fails with an ExpressionError (the node then
+    fails naming its input), never with another exception."""
+    text = payload.replace(CANARY, str(canary))
+    try:
+        template.render(text, namespace(canary), nested_objects=True)
+        template.render({"k": [text, "${d}"]}, namespace(canary), nested_objects=True)
+    except ExpressionError:
+        pass
+    assert not canary.exists(), payload
+    assert template.render("${d['k']}", namespace(), nested_objects=True) == "v"
