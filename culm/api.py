@@ -116,7 +116,7 @@ def run_pipeline(
     from culm.components import events, variables
     from culm.model.compiled import compile_tree
     from culm.model.ignored import warn_ignored_timeouts
-    from culm.model.validator import prepare_tree, validate_start_node
+    from culm.model.validator import prepare_tree
 
     with runtime.engine.submitting():
         if not isinstance(pipeline, dict):
@@ -127,7 +127,7 @@ def run_pipeline(
                                 end_event_exists=events.library.has, preset=(preset[0], preset[1]))
         tree = prepared.tree
         if start_node_id is not None:
-            validate_start_node(tree, start_node_id)
+            prepared.check_start_node(start_node_id)  # the analysis above built its graphs
         graph = compile_tree(tree)
         priority = options.get("priority", 100)
         if not isinstance(priority, int) or not 0 <= priority <= 255:

@@ -48,6 +48,7 @@ from culm.cli.common import (
 from culm.cli.loading import import_modules, import_names, split_assignment
 from culm.cli.run import (
     Progress,
+    Unfinished,
     missing_components,
     progress_by_signal,
     require_components,
@@ -195,12 +196,17 @@ def cmd_control(args: argparse.Namespace) -> int:
                                stops=target if args.command in ("skip", "force-fail") else None)
         progress = Progress(root_id, info)
         progress.hold()  # listening before the command, so that none of its changes is missed
-        with progress_by_signal(rt, progress) as polled:
-            _accepted(call(rt, args), args.command, target)
+        def begin(left: Unfinished) -> None:
+            res = call(rt, args)
+            left.unconfirmed = ""
+            _accepted(res, args.command, target)
             print(f"{done} {render.label(target, info)}", flush=True)
             progress.release()
+
+        with progress_by_signal(rt, progress) as polled:
             return wait_and_conclude(rt, args, root_id, info, polled, cluster, stop_when_waiting=True,
-                                     judge=_accepted_is_done, stalled_after=_stalled_after(args, runner))
+                                     judge=_accepted_is_done, stalled_after=_stalled_after(args, runner),
+                                     begin=begin, sending=f"`culm {args.command} {target}`")
 
 
 def _stalled_after(args: argparse.Namespace, runner: bool) -> float | None:

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn
 
@@ -472,18 +473,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_tree(tree, info, args.cycle_tolerate)
     progress = Progress(str(root_id), info)
     progress.hold()  # a refused run says so alone; the first lines wait for the "running:" one
+    assert isinstance(root_id, str)
     with open_runtime(args, read_only=False, run=not cluster) as rt, progress_by_signal(rt, progress) as polled:
-        started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
-        if not started.result:
-            _refused_run(started, info)
         cluster = workers_run(args, rt)  # a worker that came up meanwhile runs it
-        where = "submitted to the workers" if cluster else "running"
-        print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
-        if cluster and not broker_url(args):
-            _relay_note()
-        progress.release()
-        assert isinstance(root_id, str)
-        return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+
+        def begin(left: Unfinished) -> None:
+            started = api.run_pipeline(rt, tree, root_pipeline_data=data, cycle_tolerate=args.cycle_tolerate)
+            left.unconfirmed = ""
+            if not started.result:
+                _refused_run(started, info)
+            where = "submitted to the workers" if cluster else "running"
+            print(f"{where}: pipeline {root_id} on {rt!r}", flush=True)
+            if cluster and not broker_url(args):
+                _relay_note()
+            progress.release()
+
+        return wait_and_conclude(rt, args, root_id, info, polled, cluster, begin=begin, sending="the run")
 
 
 def _relay_note() -> None:
@@ -507,12 +512,38 @@ def _refused_run(started: Any, info: dict[str, tuple[str, str]]) -> NoReturn:
     raise UsageError(started.message)
 
 
+@dataclass
+class Unfinished:
+    """What an interrupt inside :func:`wait_and_conclude` leaves: pipeline ``root_id`` unfinished,
+    and, while it is set, ``unconfirmed``: the command sent to the engine whose answer has not come
+    back (it may or may not be recorded)."""
+
+    root_id: str
+    unconfirmed: str = ""
+
+    def said(self, args: argparse.Namespace, cluster: bool, rt: Any) -> str:
+        db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
+        unsure = (f", and whether {self.unconfirmed} was recorded is not known (`culm status {self.root_id}{db}` "
+                  "shows it)") if self.unconfirmed else ""
+        return (f"\ninterrupted: pipeline {self.root_id} is not finished{unsure}; "
+                f"{continue_hint(args, self.root_id, cluster, rt)}")
+
+
 def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dict[str, tuple[str, str]],
                       progress: Progress | None, cluster: bool, stop_when_waiting: bool = False,
                       judge: Callable[[str, dict[str, dict]], int] | None = None,
-                      stalled_after: float | None = None) -> int:
-    """Follow the pipeline, print how it stands and return the exit code: :func:`conclude`'s, or
-    ``judge(outcome, flat)``'s when given (a control command's: what it waited for)."""
+                      stalled_after: float | None = None,
+                      begin: Callable[[Unfinished], object] | None = None, sending: str = "") -> int:
+    """``begin(left)`` first (what the command does and says before it follows: the run or control
+    call ``sending`` names, which clears ``left.unconfirmed`` once it is answered, and the line that
+    says so), then follow the pipeline, print how it stands and return the exit code:
+    :func:`conclude`'s, or ``judge(outcome, flat)``'s when given (a control command's: what it
+    waited for).
+
+    Ctrl-C (or SIGTERM) from before ``begin`` to the end of the follow exits 130 saying that the
+    pipeline is not finished and how to go on. Around the follow alone, an interrupt that came
+    while the "resumed ..." line was written, or just after, said only "interrupted".
+    """
     db = f" --db {db_url(args)}" if getattr(args, "db", None) else ""
     # On a server database that no worker serves, the callback command runs the node's schedule
     # itself (this process holds no runner lock there, as it does a SQLite file's).
@@ -524,12 +555,15 @@ def wait_and_conclude(rt: Any, args: argparse.Namespace, root_id: str, info: dic
         print(f"{stamp} {'WAITING':<9} node {render.label(entry['id'], info)} for a callback; from another shell: "
               f"`culm callback {entry['id']} --data '{{...}}'{imports}{db}`", flush=True)
 
+    left = Unfinished(root_id, sending)
     try:
         with _stops_on_sigterm():
+            if begin is not None:
+                begin(left)
             outcome, flat = follow(rt, root_id, args.timeout, progress, stop_when_waiting,
                                    on_callback=None if stop_when_waiting else tell, stalled_after=stalled_after)
     except KeyboardInterrupt:
-        err(f"\ninterrupted: pipeline {root_id} is not finished; {continue_hint(args, root_id, cluster, rt)}")
+        err(left.said(args, cluster, rt))
         return 130
     code = conclude(rt, root_id, info, outcome, flat, args, cluster)
     return code if judge is None else judge(outcome, flat)
@@ -552,12 +586,15 @@ def _attach(args: argparse.Namespace) -> int:
         info = render.node_info(tree)
         if not cluster and states[root_id]["state"] not in ("FINISHED", "REVOKED"):
             require_components(rt, root_id, tree, f"run --attach {root_id}")
-        if getattr(rt, "dispatcher", None) is None and not cluster:
-            print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
-        elif cluster and not broker_url(args):
-            print(f"a `culm worker` runs the work of this database; following pipeline {root_id}", flush=True)
+
+        def begin(_left: Unfinished) -> None:
+            if getattr(rt, "dispatcher", None) is None and not cluster:
+                print(f"another process runs the work of this database; following pipeline {root_id}", flush=True)
+            elif cluster and not broker_url(args):
+                print(f"a `culm worker` runs the work of this database; following pipeline {root_id}", flush=True)
+
         with progress_by_signal(rt, Progress(root_id, info)) as polled:
-            return wait_and_conclude(rt, args, root_id, info, polled, cluster)
+            return wait_and_conclude(rt, args, root_id, info, polled, cluster, begin=begin)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -132,8 +132,7 @@ class Runs(Protocol):
 
     def node_names(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
         """The names the trees of runs give some of their nodes (``{root_id: [node_id]}``), as
-        ``{root_id: {node_id: name}}`` (``""``: no name), without reading the trees whole where
-        the store can (runs not stored left out)."""
+        ``{root_id: {node_id: name}}`` (``""``: no name; runs not stored left out)."""
         ...
 
     def get_root_data(self, root_id: str) -> UserData: ...

@@ -177,8 +177,7 @@ class NodeNames:
     """The names the trees of runs give their nodes, ``{root_id: {node_id: name}}``, kept for a
     store (:func:`node_names`): a run's tree never changes, so a list that names a few nodes of
     the same pipelines again (the console reloads its list on every change) reads no name again.
-    Only the names asked for are read (:meth:`Unit.node_names`: the database returns each name,
-    not the tree). At most ``KEEP`` names are kept, those of the runs named last."""
+    Only the runs with a name not kept yet are read (:meth:`Unit.node_names`). At most ``KEEP`` names are kept, those of the runs named last."""
 
     KEEP = 100_000
 

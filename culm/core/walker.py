@@ -219,11 +219,7 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         step.set_state(st, states.RUNNING, versioned=False, signal=False)
         run.fail(f"node execution exceed rerun limit {engine.settings.rerun_limit}")
         raise _Stop
-    if st.name == states.RUNNING and node.type == SUBPROCESS and node.id not in proc.stack:
-        # A subprocess paused before its process stepped in (READY after retry_subprocess) and
-        # resumed before the process's task ran: resume_pipeline made it RUNNING, and nothing was
-        # parked for it to wake. Nobody is inside (its pipeline is entered only through this
-        # process): the process steps in now, with the run's version, as a replay of the entry does.
+    if _resumed_before_entry(node, st, proc):
         return st
     if st.name not in states.ENTERABLE_STATES:
         proc.asleep = True  # a duplicate or stale message: the node is busy or waits for an operator
@@ -258,10 +254,20 @@ def _reenter(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, node
         if now_st is not None and now_st.name == states.SUSPENDED:
             proc.suspended, proc.suspended_by = True, node.id  # park on the pause, as if we had seen it
             step.note(now_st)  # the process parks without a state write (waits.KeptFacts: "reached")
+        elif now_st is not None and _resumed_before_entry(node, now_st, proc):
+            return now_st  # the pause and the resume both committed between our read and this write
         else:
             proc.asleep = True
         raise _Stop
     return st
+
+
+def _resumed_before_entry(node: Node, st: StateRecord, proc: ProcessRecord) -> bool:
+    """A subprocess paused before its process stepped in (READY after retry_subprocess) and resumed
+    before the process's walk wrote RUNNING: resume_pipeline made it RUNNING, and nothing was parked
+    for it to wake. Nobody is inside (its pipeline is entered only through this process): the
+    process steps in now, with the run's version, as a replay of the entry does."""
+    return st.name == states.RUNNING and node.type == SUBPROCESS and node.id not in proc.stack
 
 
 def _note_quiet_move(step: Step, proc: ProcessRecord, held: dict[str, StateRecord] | None = None) -> None:

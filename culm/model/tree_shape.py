@@ -34,6 +34,7 @@ ACTIVITY_FLAGS = ("error_ignorable", "skippable", "retryable", "optional")
 LOOP_FLAGS = ("enable", "fail_skip", "retryable", "skippable")
 VAR_FLAGS = ("is_param", "need_render", "need_initialization")
 _PLAIN_OR_SPLICE = ("plain", "splice")  # a tuple: a damaged tree's type may be unhashable
+_REFERRING = ("splice", "lazy")
 _CONTEXT_KEYED = ("data input", "param")
 _NODE_INPUTS = ("component input", "param")
 _CONTAINERS = (dict, list, tuple, set, frozenset)
@@ -96,6 +97,9 @@ class ShapeChecker:
     merging_keys: bool = False
     # "${" in the variables (data inputs) of every pipeline of the tree.
     variable_fragments: int = 0
+    # Some variable may take part in a reference cycle: a splice or lazy data input, or a lazy
+    # node input or param (what culm.model.variable_cycles reads; the others never refer).
+    referring_variables: bool = False
 
     def add(self, where: str | None, message: str) -> None:
         """Record one problem."""
@@ -507,6 +511,7 @@ class ShapeChecker:
                 # {"type", "value"} of a plain or splice variable: only its value may be wrong
                 value = var["value"]
                 if var["type"] == "splice":
+                    self.referring_variables = self.referring_variables or what not in _NODE_INPUTS
                     count = value.count("${") if value.__class__ is str else template.fragment_count(value)
                     fragments += count if count <= template.MAX_NODE_FRAGMENTS else self._fragments(where, what, key, value)
                 if isinstance(value, _CONTAINERS):
@@ -514,6 +519,8 @@ class ShapeChecker:
                 continue
             at = f"{where}.{label_text(key)}" if keyed_where else where
             self._var(at, f"{what} {key!r}", var, activity_ids)
+            if isinstance(var, dict) and var.get("type") in (_REFERRING if what not in _NODE_INPUTS else ("lazy",)):
+                self.referring_variables = True
             if isinstance(var, dict) and var.get("type", "plain") != "plain" and var.get("need_render") is not False:
                 fragments += self._fragments(where, what, key, var.get("value"))
             if what in _NODE_INPUTS and isinstance(var, dict) and var.get("type") == "lazy":

@@ -71,7 +71,10 @@ def _analyse(
             # Pairing a graph whose flows or degrees are wrong would only repeat those problems.
             if graph.sound and pair_gateways(graph, checker.add):
                 check_streams(graph, checker.add)
-        if not checker.too_many_fragments:  # parsing them all would take seconds; refused anyway
+        # Parsing too many fragments would take seconds (refused anyway). A tree the shape walk
+        # found sound and saw no variable that refers in has no cycle to look for; one with
+        # problems may hold variables the walk passed over, and is looked at as before.
+        if not checker.too_many_fragments and (checker.referring_variables or checker.problems):
             for problem in variable_cycle_problems(tree, *preset):
                 checker.add(problem.where, problem.message)
     except Exception as exc:  # the contract is "garbage in, problems out", never an exception
@@ -112,6 +115,16 @@ class PreparedTree:
     tree: dict[str, Any]
     text: str | None
     converge_of: dict[str, str]
+    # The graph of each pipeline of the tree, root first, as its analysis left them.
+    graphs: tuple[PipelineGraph, ...] = ()
+
+    def check_start_node(self, node_id: Any) -> None:
+        """:func:`validate_start_node` of this tree, from the graphs its analysis built already.
+
+        Raises:
+            StartPositionInvalidError: The node is not an allowed start position.
+        """
+        _check_start(self.graphs[0], list(self.graphs), node_id)
 
 
 def process_tree(
@@ -182,7 +195,7 @@ def prepare_tree(
     text = packed if packed is not None and encoded.text is not None else encoded.text
     converge_of = {g: c for graph in graphs for g, c in graph.converge_of.items()}
     _normalise(result, converge_of)
-    return PreparedTree(result, text, converge_of)
+    return PreparedTree(result, text, converge_of, tuple(graphs))
 
 
 def renormalise(tree: dict[str, Any], converge_of: dict[str, str]) -> dict[str, Any]:

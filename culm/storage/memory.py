@@ -190,9 +190,9 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
         return {root_id: codec.loads(row[0]) for root_id in root_ids if (row := self._get("pipeline", root_id))}
 
     def node_names(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
-        from culm.storage.node_names import names_in
+        from culm.storage.node_names import from_trees
 
-        return {root_id: names_in(tree, wanted[root_id]) for root_id, tree in self.pipeline_trees(list(wanted)).items()}
+        return from_trees(self.pipeline_trees(list(wanted)), wanted)
 
     def get_root_data(self, root_id: str) -> dict:
         row = self._get("pipeline", root_id)

@@ -867,16 +867,21 @@ class EndlessComponent(Component):
 '''
 
 
-def test_ctrl_c_while_a_control_command_follows_exits_130(tmp_path: Path) -> None:
-    """A control command that follows the pipeline (here `culm resume` of a node that polls for
-    ever) took Ctrl-C, said "interrupted", and then exited 0 as if it had completed: it exits 130
-    as `culm run` and `culm watch` do, the command recorded."""
+def _paused_endless_poll(tmp_path: Path) -> None:
+    """Pipeline pipeline_example_tree, paused, its node polling for ever (module ``endless``)."""
     (tmp_path / "endless.py").write_text(ENDLESS_POLL)
     tree = example_tree()
     tree["activities"]["node_greet"]["component"]["code"] = "cli_test_endless"
     (tmp_path / "endless.json").write_text(json.dumps(tree))
     assert culm(tmp_path, "run", "endless.json", "--import", "endless", "--timeout", "1").returncode == 1
     assert culm(tmp_path, "pause", "pipeline_example_tree", "--no-follow").returncode == 0
+
+
+def test_ctrl_c_while_a_control_command_follows_exits_130(tmp_path: Path) -> None:
+    """A control command that follows the pipeline (here `culm resume` of a node that polls for
+    ever) took Ctrl-C, said "interrupted", and then exited 0 as if it had completed: it exits 130
+    as `culm run` and `culm watch` do, the command recorded."""
+    _paused_endless_poll(tmp_path)
     env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
     follow = subprocess.Popen([sys.executable, "-m", "culm.cli", "resume", "pipeline_example_tree", "--import", "endless"],
                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -889,5 +894,47 @@ def test_ctrl_c_while_a_control_command_follows_exits_130(tmp_path: Path) -> Non
         follow.kill()
     assert follow.returncode == 130, out + errors
     assert "interrupted: pipeline pipeline_example_tree is not finished" in errors and "Traceback" not in errors
+    status = json.loads(culm(tmp_path, "status", "pipeline_example_tree", "--json").stdout)
+    assert status["tree"]["state"] == "RUNNING"  # resumed: the command was recorded
+
+
+# A real SIGINT to the command itself, at one instant: as it writes its "resumed ..." line (CI of
+# main a0c7f9e, a loaded machine: the test's Ctrl-C, sent once it read that line, came before the
+# follow began and the command said only "interrupted"), or as the engine's answer comes back.
+CTRL_C_AT = {
+    "line": ("class Out:\n"
+             "    def __init__(self, out): self.out = out\n"
+             "    def __getattr__(self, name): return getattr(self.out, name)\n"
+             "    def write(self, text):\n"
+             "        n = self.out.write(text)\n"
+             "        if text.startswith('resumed '): os.kill(os.getpid(), signal.SIGINT)\n"
+             "        return n\n"
+             "sys.stdout = Out(sys.stdout)\n"),
+    "answer": ("import culm.api\n"
+               "resume = culm.api.resume_pipeline\n"
+               "def answered(*args, **kwargs):\n"
+               "    res = resume(*args, **kwargs)\n"
+               "    os.kill(os.getpid(), signal.SIGINT)\n"
+               "    return res\n"
+               "culm.api.resume_pipeline = answered\n"),
+}
+
+
+@pytest.mark.parametrize(("moment", "said"), [
+    ("line", "interrupted: pipeline pipeline_example_tree is not finished; continue it with "),
+    ("answer", "interrupted: pipeline pipeline_example_tree is not finished, and whether "
+               "`culm resume pipeline_example_tree` was recorded is not known (`culm status pipeline_example_tree` "
+               "shows it); continue it with "),
+])
+def test_ctrl_c_before_a_control_command_follows_says_what_is_unfinished(
+        tmp_path: Path, moment: str, said: str) -> None:
+    _paused_endless_poll(tmp_path)
+    probe = ("import os, signal, sys\nfrom culm.cli import main\n" + CTRL_C_AT[moment]
+             + "sys.exit(main(['resume', 'pipeline_example_tree', '--import', 'endless']))\n")
+    env = {**os.environ, "CULM_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 130, out.stdout + out.stderr
+    assert said in out.stderr and "Traceback" not in out.stderr, out.stderr
     status = json.loads(culm(tmp_path, "status", "pipeline_example_tree", "--json").stdout)
     assert status["tree"]["state"] == "RUNNING"  # resumed: the command was recorded

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -65,17 +65,11 @@ def _tool(name: str) -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Cluster:
     """A private PostgreSQL cluster in ``root``, run as the ``postgres`` user when we are root."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.data, self.port = root, root / "data", _free_port()
+        self.root, self.data, self.port = root, root / "data", free_port()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_user:
@@ -121,7 +115,7 @@ class MariaServer:
     we are root; its crash is ``kill -9`` of the server process."""
 
     def __init__(self, root: Path) -> None:
-        self.root, self.data, self.port = root, root / "data", _free_port()
+        self.root, self.data, self.port = root, root / "data", free_port()
         self.url = f"mysql://root@127.0.0.1:{self.port}/culm"
         self.user = ["--user=mysql"] if os.geteuid() == 0 else []
         if self.user:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support import free_port
 
 from culm.cli import build_parser
 
@@ -21,12 +21,6 @@ pytestmark = pytest.mark.timeout(300)
 TREE = str(Path(__file__).resolve().parents[2] / "examples" / "tree.json")
 PIPELINE, NODE = "pipeline_example_tree", "node_done"  # a FINISHED run of TREE
 UNREACHABLE = "postgresql://127.0.0.1:1/x"  # nothing listens on port 1
-
-
-def _free_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return str(s.getsockname()[1])
 
 
 @dataclass
@@ -80,7 +74,7 @@ TABLE: dict[str, Row] = {
     "workers": Row(usage=["workers", "--dead-after", "0"], database=["workers"]),
     "db upgrade": Row(usage=["db"], database=["db", "upgrade"]),
     "db recount": Row(usage=["db", "recount", "--json"], database=["db", "recount"]),
-    "serve": Row(usage=["serve", "--port", "0"], database=["serve", "--port", _free_port()]),
+    "serve": Row(usage=["serve", "--port", "0"], database=["serve", "--port", str(free_port())]),
     "token create": Row(usage=["token", "create", "--role", "root"], database=["token", "create", "--role", "viewer"]),
     "token list": Row(usage=["token", "list", "--all"], database=["token", "list"]),
     "token revoke": Row(usage=["token", "revoke"], database=["token", "revoke", "ghost"],
@@ -212,7 +206,7 @@ def test_an_empty_or_negative_option_value_exits_2(workdir: Path, args: list[str
 
 @pytest.mark.parametrize("command", ["worker", "run", "retry", "serve"])
 def test_a_broker_url_of_no_known_kind_exits_2(workdir: Path, command: str) -> None:
-    args = {"worker": [], "run": [TREE, "--new-ids"], "retry": [NODE], "serve": ["--port", _free_port()]}[command]
+    args = {"worker": [], "run": [TREE, "--new-ids"], "retry": [NODE], "serve": ["--port", str(free_port())]}[command]
     out = culm(workdir, command, *args, "--broker", "nope://host")
     one_error(out, 2)
     assert "cannot use the broker URL 'nope://host': No such transport: nope" in out.stderr

@@ -5,7 +5,6 @@ Test modules import the fixtures they use from here (``from web_support import s
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 import web_components  # noqa: F401 - registers the web_* components
-from support import wait_until
+from support import free_port, wait_until
 
 import culm
 from culm.builder import (
@@ -34,12 +33,6 @@ from culm.builder import (
     build_tree,
 )
 from culm.web.app import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:

@@ -52,7 +52,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -476,13 +475,13 @@ def queue_prefix(backend: Any) -> str:
 
 def serve(backend: Any, workdir: Path) -> tuple[subprocess.Popen[bytes], Rest]:
     """A real ``culm serve`` on the backend, and a REST caller with an operator's token."""
+    from support import free_port
+
     from culm.web.tokens import TokenStore
 
     rt = backend.runtime()
     token, _ = TokenStore(rt.token_table()).create("operator", "storm driver")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with open(workdir / "serve.log", "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "culm", "serve", "--db", backend.db_url, "--broker",
                                  backend.broker_url, "--prefix", queue_prefix(backend), "--port", str(port)],

@@ -207,6 +207,20 @@ def _waiting(rt: Any, walker: Any, node_id: str) -> int:
         return int(probe.execute(text(sql), args).scalar() or 0)
 
 
+# MariaDB's information_schema InnoDB tables (INNODB_TRX, INNODB_LOCKS, INNODB_LOCK_WAITS) are read
+# from one server-wide copy, taken again only once nobody has read it for 100 ms (trx0i_s.cc,
+# CACHE_MIN_IDLE_TIME_NS): a probe asking every 20 ms kept reading the copy of its first question,
+# taken before the command began to wait, and timed out while the command waited all along (SHOW
+# ENGINE INNODB STATUS: its share lock of the root's row waiting 29.8 s, for the test's UPDATE).
+MARIADB_PROBE_INTERVAL = 0.25
+
+
+def _until_waited_for(rt: Any, holder: Any, node_id: str, what: str) -> None:
+    """Wait until a session waits for a lock ``holder`` holds (on MariaDB: of ``node_id``'s state)."""
+    interval = 0.02 if holder.dialect.name == "postgresql" else MARIADB_PROBE_INTERVAL
+    wait_until(lambda: _waiting(rt, holder, node_id) > 0, 30, interval, what=what)
+
+
 def _resting_subprocess(rt: Any, paused: bool) -> tuple[str, str]:
     """A run resting in a subprocess (its node waits for a callback; paused if ``paused``), with no
     task left: no worker touches its rows. Its root's id and the subprocess's."""
@@ -253,8 +267,7 @@ def test_a_command_on_a_subprocess_waits_for_a_walk_ending_it_without_holding_th
             assert len(held) == 2, held
             command = threading.Thread(target=lambda: answer.append(call(rt, sub_id)))
             command.start()  # the commit (or the rollback of a failure) below lets it go on
-            wait_until(lambda: _waiting(rt, walker, sub_id) > 0, 30, 0.02,
-                       what=f"{op} of {sub_id} to wait for the walk's share of its row")
+            _until_waited_for(rt, walker, sub_id, f"{op} of {sub_id} to wait for the walk's share of its row")
             walker.execute(text("UPDATE culm_state SET version = version WHERE node_id = :s"), {"s": sub_id})
             try:
                 walker.execute(text("SELECT node_id FROM culm_state WHERE node_id = :r FOR UPDATE NOWAIT"), {"r": root})
@@ -293,8 +306,7 @@ def test_a_command_on_a_subprocess_waits_for_a_revoke_of_its_root_and_is_refused
             revoke.execute(text("UPDATE culm_state SET name = 'REVOKED' WHERE node_id = :r"), {"r": root})
             command = threading.Thread(target=lambda: answer.append(call(rt, sub_id)))
             command.start()  # the commit below lets it go on
-            wait_until(lambda: _waiting(rt, revoke, root) > 0, 30, 0.02,
-                       what=f"{op} of {sub_id} to wait for the revoke's lock of the root")
+            _until_waited_for(rt, revoke, root, f"{op} of {sub_id} to wait for the revoke's lock of the root")
         command.join(60)
         assert not command.is_alive(), f"{op} of {sub_id} did not return in 60 s"
         with revoke.begin():

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from typing import Any
 
 import crash_points_app as app
 import pytest
+from simulation import parse_seeds
 from support import wait_until
 
 import culm
@@ -34,6 +36,8 @@ from culm import api
 APP = Path(__file__).with_name("crash_points_app.py")
 APP_PATH = os.pathsep.join((str(APP.parent), str(APP.parent.parent)))
 WORKERS = 4
+# The seeded kills (CULM_CRASH_POINT_SEEDS=51-70): each seed picks the work it cuts and when.
+SEEDS = parse_seeds(os.environ.get("CULM_CRASH_POINT_SEEDS", "51"))
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -106,13 +110,13 @@ def _check(tmp_path: Path, roots: list[str], at_kill: dict[str, dict[str, Any]],
     return sum(reruns.values())
 
 
-def _crash_and_finish(tmp_path: Path, mode: str, kind: str, total: int) -> list[str]:
-    """Run ``mode``, kill it once 30 % of ``total`` calls of ``kind`` are recorded, finish every
-    pipeline in a new process and check what ran again; returns the pipelines' ids."""
+def _crash_and_finish(tmp_path: Path, mode: str, kind: str, total: int, share: float = 0.3) -> list[str]:
+    """Run ``mode``, kill it once ``share`` of ``total`` calls of ``kind`` are recorded, finish
+    every pipeline in a new process and check what ran again; returns the pipelines' ids."""
     first = _spawn(tmp_path, mode)
     roots = json.loads(first.stdout.readline())
-    calls = _kill_when(first, tmp_path, lambda c: sum(1 for w in c if w[0] == kind) >= 0.3 * total * len(roots),
-                       f"30 % of the {kind} calls")
+    calls = _kill_when(first, tmp_path, lambda c: sum(1 for w in c if w[0] == kind) >= share * total * len(roots),
+                       f"{share:.0%} of the {kind} calls")
     assert sum(1 for w in calls if w[0] == kind) < total * len(roots), "the work was done before the kill"
     at_kill = _committed(f"sqlite:///{tmp_path}/crash.db", roots)
     _finish(tmp_path, roots)
@@ -139,6 +143,18 @@ def test_kill_9_while_callbacks_arrive(tmp_path: Path) -> None:
 def test_kill_9_while_pausing_and_resuming(tmp_path: Path) -> None:
     roots = _crash_and_finish(tmp_path, "pause", "exec", app.CHAIN)
     assert len({w[1] for w in _calls(tmp_path) if w[0] == "exec"}) == app.CHAIN * len(roots)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_kill_9_at_a_seeded_moment(tmp_path: Path, seed: int) -> None:
+    """The kill lands at a moment the seed draws (5-80 % of the calls) of executes (the paused and
+    resumed chains), polls or callbacks: what ran again was in flight, and every pipeline finishes."""
+    rng = random.Random(seed)
+    mode, kind, total = rng.choice([("pause", "exec", app.CHAIN), ("poll", "sched", app.POLLS),
+                                    ("callback", "acked", 1)])
+    share = rng.uniform(0.05, 0.8)
+    print(f"\nseed {seed}: kill at {share:.0%} of the {kind} calls of {mode}")
+    _crash_and_finish(tmp_path, mode, kind, total, share)
 
 
 def test_kill_9_while_submitting(tmp_path: Path) -> None:

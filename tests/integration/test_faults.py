@@ -7,7 +7,8 @@ These tests use backends of their own (a fresh database, a private queue prefix 
 per backend, module scope), built from :class:`conftest.DistributedBackend` with the same short
 leases and fast relay as the shared fixture, whose workers also import ``culm_fault_components``.
 Faults are therefore never injected into the session-wide ``distributed_backend`` database; the
-Redis restart does cut every client of the local Redis (the shared workers reconnect like ours).
+Redis restart does cut every client of the local Redis (the shared workers reconnect like ours), so
+the tests that restart it are ``exclusive``: no other test runs meanwhile (``tests/parallel.py``).
 
 Every service a test stops is started again in a ``finally`` block, even when the test fails.
 """
@@ -214,6 +215,7 @@ def dead_workers(backend: DistributedBackend, workers: list[int]) -> dict[int, s
     return dead
 
 
+@pytest.mark.exclusive  # Redis is down for every test on this machine
 def test_redis_restart_between_polls(fault_backends: FaultBackends) -> None:
     """Redis goes away while an activity waits between polls (1 s apart) and comes back empty.
 
@@ -275,6 +277,7 @@ def test_redis_restart_between_polls(fault_backends: FaultBackends) -> None:
           f"workers that exited: {dead_workers(backend, workers)}")
 
 
+@pytest.mark.exclusive  # Redis is down for every test on this machine
 def test_idle_workers_reconnect_after_redis_restart(fault_backends: FaultBackends) -> None:
     """Workers holding no message survive a Redis restart, reconnect and take new work."""
     _redis_restartable()
@@ -300,6 +303,7 @@ def test_idle_workers_reconnect_after_redis_restart(fault_backends: FaultBackend
 CELERY_57 = celery.__version__ == "5.7.0"
 
 
+@pytest.mark.exclusive
 @pytest.mark.xfail(
     CELERY_57, strict=True,
     reason="Celery 5.7.0 regression: Consumer.on_connection_error_after_connected calls connection.close() "

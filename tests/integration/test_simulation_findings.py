@@ -341,3 +341,42 @@ def test_a_subprocess_paused_and_resumed_before_its_retry_stepped_in_is_entered(
         _drive(rt, inline, retried)
         assert check(read_snapshot(rt.engine, tree["id"])) == []
         assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"
+
+
+def test_a_retried_subprocess_paused_and_resumed_between_the_entry_read_and_write_is_entered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window of the finding above, one step later: the task of retry_subprocess read the
+    subprocess READY, and the pause (READY -> SUSPENDED) and the resume (-> RUNNING) both committed
+    before its write of RUNNING, which found the row moved on. It took the subprocess for busy and
+    put the process to sleep with no task: stranded for good (storm_driver seed 54, MariaDB +
+    RabbitMQ: stranded_process at the SubProcess, RUNNING, asleep, feed FAILED, READY, SUSPENDED,
+    RUNNING). The read is replayed here as the stale READY it was."""
+    import dataclasses
+
+    import storm_components  # noqa: F401 - registers s_mark_gate
+
+    inner = chain(ServiceActivity(component_code="t_none"))
+    sub = SubProcess(start=inner, params=Params({"${gate}": Var(type=Var.LAZY, custom_type="s_mark_gate",
+                                                                value="${mark}")}))
+    tree = build_tree(chain(sub), data=Data(inputs={"${mark}": Var(type=Var.PLAIN, value=0)}))
+    real = walker._reenter
+
+    def read_before_the_pause(engine: Any, step: Any, graph: Any, proc: Any, node: Any, st: Any) -> Any:
+        if node.id == sub.id and st.name == "RUNNING" and node.id not in proc.stack:
+            st = dataclasses.replace(st, name="READY")  # as read before the pause and the resume
+        return real(engine, step, graph, proc, node, st)
+
+    rt, inline = _runtime(tmp_path)
+    with rt:
+        _drive(rt, inline, _start(rt, inline, tree))
+        assert node_state_name(rt, sub.id) == "FAILED"  # ${mark} is 0: the params did not render
+        assert api.update_context_values(rt, tree["id"], {"${mark}": 5}).result
+        assert api.retry_subprocess(rt, sub.id).result
+        (retried,) = inline.take()
+        assert api.pause_pipeline(rt, sub.id).result
+        assert api.resume_pipeline(rt, sub.id).result
+        monkeypatch.setattr(walker, "_reenter", read_before_the_pause)
+        _drive(rt, inline, retried)
+        assert check(read_snapshot(rt.engine, tree["id"])) == []
+        assert api.get_pipeline_states(rt, tree["id"]).data[tree["id"]]["state"] == "FINISHED"

@@ -316,6 +316,45 @@ def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
     assert trees.full_reads - reads <= 1
 
 
+
+def test_a_poll_sees_a_change_another_connection_wrote(runtime):
+    """A client with a store of its own (its own connections; on SQLite it hears none of the
+    engine's in-process wake-ups) polls a pipeline while the runtime that runs it writes: each
+    change another connection commits (an operator's pause appointed, the nodes that then run) is
+    in its next poll, which equals a full read of what it sees, and its kept tree is caught up
+    from the feed, not read again whole (SQLite: not at all; a server database reads it once more
+    when the root's state changes: StateTrees._tree_settled)."""
+    if runtime.url.startswith("memory"):
+        pytest.skip("a memory store has no second connection")
+    from support import wait_until
+
+    import culm
+
+    first, later = act("t_gate", gate="tree-other", x=1), act(x=2)
+    tree = build_tree(chain(first, later))
+    root = tree["id"]
+    with culm.Runtime(runtime.url, runtime.broker, workers=0, **runtime.options) as other:
+        run(runtime, tree)
+        wait_state(runtime, first.id, "RUNNING")
+        assert api.get_pipeline_states(other, root).data[root]["children"][first.id]["state"] == "RUNNING"
+        reads = other.engine.state_trees.full_reads
+        assert api.pause_node_appoint(runtime, later.id).result  # written through the other store
+        seen = api.get_pipeline_states(other, root).data
+        assert seen[root]["children"][later.id]["state"] == "SUSPENDED"
+        assert seen == full_read(other, root)
+        assert api.resume_node_appoint(runtime, later.id).result
+        components.gate("tree-other").set()
+
+        def finished():
+            return api.get_pipeline_states(other, root).data[root]["state"] == "FINISHED"
+
+        wait_until(finished, timeout=30, interval=0.002, what="the pipeline FINISHED, seen by the other client")
+        done = api.get_pipeline_states(other, root).data
+        assert done[root]["children"][later.id]["state"] == "FINISHED"
+        assert done == full_read(other, root) == api.get_pipeline_states(runtime, root).data
+        assert other.engine.state_trees.full_reads - reads <= (0 if runtime.url.startswith("sqlite") else 1)
+
+
 POLLER = """
 import json, sys, time
 import culm

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support import wait_until
+from support import free_port, wait_until
 
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 from culm.web.app import create_app
@@ -62,9 +61,7 @@ def test_submit_read_and_control_through_the_service(distributed_backend: Any) -
 def test_culm_serve_with_a_broker_only_submits_and_reads(distributed_backend: Any, tmp_path: Any) -> None:
     runtime = distributed_backend.runtime()
     token, _ = TokenStore(runtime.token_table()).create("operator", "serve process")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

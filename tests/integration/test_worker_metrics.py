@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from backends import REDIS, create_database, drop_database
-from support import wait_until
+from support import free_port, wait_until
 
 import culm
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
@@ -23,12 +23,6 @@ from culm.storage import migrate
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 
 HERE = Path(__file__).resolve().parent
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _tree(codes: list[str]) -> dict:
@@ -44,7 +38,7 @@ def test_prefork_worker_serves_the_sum_of_its_pool(tmp_path: Path) -> None:
     db = create_database("postgres")
     migrate.upgrade_database(db)
     prefix = f"culmm{uuid.uuid4().hex[:8]}"
-    port = _port()
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
            "CULM_IMPORTS": "components", "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - owned by the child
@@ -115,7 +109,7 @@ def test_worker_metrics_stay_on_this_machine_unless_a_host_is_given(tmp_path: Pa
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]),
            "CULM_IMPORTS": "components"}
     env.pop("CULM_METRICS_HOST", None)
-    ports = {"default": _port(), "all": _port()}
+    ports = {"default": free_port(), "all": free_port()}
     workers = {}
     for name, extra in (("default", []), ("all", ["--metrics-host", "0.0.0.0"])):
         log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import wait_until
+from support import free_port, wait_until
 
 from culm.web import worker_metrics
 
@@ -27,12 +27,6 @@ m.CONNECTION_SECONDS = 2.0  # the test's patience; the bound is the same at 10 s
 print(m.start_worker_metrics(int(sys.argv[1]), "solo"), flush=True)
 time.sleep(600)
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _open(conn: socket.socket) -> bool:
@@ -51,7 +45,7 @@ def _threads(pid: int) -> int:
 
 
 def test_half_sent_requests_from_one_or_many_addresses_are_bounded_and_timed_out(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -7,6 +7,7 @@ import copy
 import random
 import re
 import time
+from typing import Any
 
 import pytest
 
@@ -665,6 +666,30 @@ def test_start_node_inside_subprocess_is_refused():
         validate_start_node(tree, "x")
     with pytest.raises(StartPositionInvalidError, match="SubProcess"):
         validate_start_node(tree, "sub1")
+
+
+def _start_answer(check: Any, node_id: Any) -> Any:
+    try:
+        check(node_id)
+    except StartPositionInvalidError as exc:
+        return exc.problems
+    return "allowed"
+
+
+@pytest.mark.parametrize("cycle_tolerate", [False, True])
+def test_a_prepared_tree_judges_start_nodes_as_validate_start_node_does(cycle_tolerate: bool) -> None:
+    sub = make_tree("s2>x x>end2", pid="sub1")
+    trees = [make_tree(MAIN), make_tree("s>a a>sub1 sub1>end", subs={"sub1": sub})]
+    if cycle_tolerate:
+        trees.append(make_tree("s>a a>eg eg>b eg>c b>a c>end"))
+    for tree in trees:
+        prepared = prepare_tree(tree, cycle_tolerate=cycle_tolerate)
+        candidates = [*prepared.graphs[0].kinds, "x", "sub1", "ghost", 3, None]
+        for node_id in candidates:
+            expected = _start_answer(lambda n, t=tree: validate_start_node(t, n), node_id)
+            assert _start_answer(prepared.check_start_node, node_id) == expected, node_id
+        assert {n for n in candidates if _start_answer(prepared.check_start_node, n) == "allowed"} == set(
+            allowed_start_node_ids(tree))
 
 
 def test_skipped_nodes():

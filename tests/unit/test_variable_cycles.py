@@ -108,3 +108,26 @@ def test_bamboo_validator_helper_refuses_the_tree_too():
 
     with pytest.raises(TreeInvalidError, match=r"\$\{a\} -> \$\{b\} -> \$\{a\}"):
         validator_api.validate_and_process_pipeline(_tree({"${a}": _splice("${b}"), "${b}": _splice("${a}")}))
+
+
+def _self_reading_lazy_input() -> bd.ServiceActivity:
+    act = bd.ServiceActivity(component_code="example_component")
+    act.component.inputs.x = bd.Var(type=bd.Var.LAZY, custom_type="upper", value=f"${{x_{act.id}}} again")
+    return act
+
+
+def test_a_cycle_through_lazy_node_inputs_alone_is_found():
+    # The data inputs are plain: the lazy input alone makes the tree worth looking at for cycles.
+    tree = _tree({"${a}": bd.Var(type=bd.Var.PLAIN, value="x")}, act=_self_reading_lazy_input())
+    (problem,) = validate_tree(tree)
+    assert "reference cycle" in problem.message
+    assert validate_tree(_tree({"${a}": bd.Var(type=bd.Var.PLAIN, value="x")})) == []
+
+
+def test_a_cycle_in_a_part_the_shape_checks_pass_over_is_still_listed():
+    act = _self_reading_lazy_input()
+    tree = _tree({}, act=act)
+    tree["activities"][act.id]["id"] = "elsewhere"  # its key no longer matches its id: the shape walk stops there
+    messages = [p.message for p in validate_tree(tree)]
+    assert any("key does not match its id" in m for m in messages)
+    assert any("reference cycle" in m for m in messages)

@@ -650,19 +650,9 @@ class SqlUnit(budget.UnitChecks):
         return out
 
     def node_names(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, dict[str, str]]:
-        """The names the trees of runs give some of their nodes (``{root_id: [node_id]}``):
-        the database reads each name out of its tree; only those come back (:mod:`node_names`)."""
-        return node_names.read(wanted, self._all, self.json_value_at, self.pipeline_trees, self.plain_tree)
-
-    # SQL true of the trees json_value_at can read, and its params (node_names.plain_tree); MySQL's
-    # INSTR ignores case under the column's collation ('finance' holds 'NaN'): JSON_VALID instead
-    plain_tree = ("SUBSTR(tree, 3, 7) <> '__culm_' AND INSTR(tree, ?) = 0 AND JSON_VALID(tree)", ["\\"])
-
-    @staticmethod
-    def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
-        """SQL of the JSON text of the tree's value at ``keys`` (NULL when none), and its params:
-        MySQL's and MariaDB's ``JSON_EXTRACT``; SQLite and PostgreSQL say it their own way."""
-        return "JSON_EXTRACT(tree, ?)", [node_names.json_path(keys)]
+        """The names the trees of runs give some of their nodes (``{root_id: [node_id]}``), each
+        run's tree read whole (:mod:`culm.storage.node_names` says why)."""
+        return node_names.from_trees(self.pipeline_trees(sorted(wanted)), wanted)
 
     @staticmethod
     def _pipelines_read(root_ids: Sequence[str]) -> tuple[str, Sequence[Any]]:
@@ -963,7 +953,7 @@ class SqlUnit(budget.UnitChecks):
         """Each node of ``root_id`` the feed names in (``after``, ``upto``], once, with its state
         row or None: one statement, so a poll of a moving pipeline fetches neither the feed's
         rows nor an IN list of their ids (docs/performance.md, observe9)."""
-        return [(r[0], _state_row(r[1:]) if r[1] is not None else None)
+        return [(r[0], _state_row(r) if r[1] is not None else None)
                 for r in self._all(CHANGED_STATES, [root_id, after, upto])]
 
     def first_change_seq(self) -> int | None:

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from culm._printable import engine_logger
 from culm.core.records import EXECUTE, ProcessRecord, TaskRecord
-from culm.storage.node_names import plain_tree
 from culm.storage.sql.base import (
     CONTEXTS_AHEAD,
     Dialect,
@@ -241,12 +240,6 @@ class PostgresUnit(SqlUnit):
 
     dialect = "postgresql"
     defers_writes = True
-
-    @staticmethod
-    def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
-        return "(tree::json #> ?)::text", [list(keys)]
-
-    plain_tree = plain_tree("STRPOS")
 
     octet_length = "OCTET_LENGTH"
     walks_with_claim = True  # expect_walks' read goes in the claim's pipeline (read_tasks_ahead)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -11,7 +10,6 @@ from sqlalchemy.pool import StaticPool
 
 from culm.core.records import ProcessRecord, TaskRecord
 from culm.errors import InvalidOperationError
-from culm.storage import node_names
 from culm.storage.sql.base import Dialect, SqlStore, SqlUnit
 from culm.storage.sql.statements import DB_NOW_SQLITE, LISTING_TABLES_SQLITE, TASK_WITH_PROCESS_HELD, same_sql
 from culm.storage.sqlite_url import parse_sqlite_url
@@ -33,14 +31,6 @@ class SqliteUnit(SqlUnit):
     # SQLite's LENGTH reads a text whole to count its characters; OCTET_LENGTH (3.43 and later)
     # reads the record header only (the size of the one row a budget-checked write replaces).
     octet_length = "OCTET_LENGTH" if sqlite3.sqlite_version_info >= (3, 43) else "LENGTH"
-
-    @staticmethod
-    def json_value_at(keys: Sequence[str]) -> tuple[str, list[Any]]:
-        # json_extract gives a text value as SQL text (not JSON): quoted again, only when it is one.
-        path = node_names.json_path(keys)
-        return "CASE json_type(tree, ?) WHEN 'text' THEN json_quote(json_extract(tree, ?)) END", [path, path]
-
-    plain_tree = node_names.plain_tree("INSTR")
 
     def announce_change(self) -> None:
         from culm.storage.cache import bump_epoch
