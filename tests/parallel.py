@@ -1,4 +1,4 @@
-"""The suite run by several processes at once (pytest-xdist, ``pytest -n 4 --dist loadfile``, as
+"""The suite run by several processes at once (pytest-xdist, ``pytest -n 3 --dist loadfile``, as
 ``.ci/run`` runs it), and beside other test sessions on the same machine.
 
 Each xdist worker is a test session of its own: its own ``worker_guard`` mark, backends, databases,

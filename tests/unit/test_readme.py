@@ -47,8 +47,8 @@ def test_readme_names_the_ci_command() -> None:
     assert "bash .ci/run" in text
     assert ".venv/bin/pytest -q" in text and ".venv/bin/pytest -q" in ci
     # the parallel run as .ci/run starts it (its process count stands for $PROCESSES)
-    assert ".venv/bin/pytest -q -n 4 --dist loadfile" in text
-    assert 'exec .venv/bin/pytest -q -n "$PROCESSES" --dist loadfile' in ci and "    PROCESSES=4\n" in ci
+    assert ".venv/bin/pytest -q -n 3 --dist loadfile" in text
+    assert 'exec .venv/bin/pytest -q -n "$PROCESSES" --dist loadfile' in ci and "    PROCESSES=3\n" in ci
 
 
 def test_the_install_section_names_every_extra() -> None:
