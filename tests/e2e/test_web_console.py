@@ -15,7 +15,20 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from web_support import ServerThread, chain_tree, divide_tree, free_port, served, showcase_tree  # noqa: F401 - fixtures
+from web_support import (  # noqa: F401 - fixtures
+    ServerThread,
+    attributes,
+    chain_tree,
+    click,
+    count,
+    divide_tree,
+    find,
+    free_port,
+    read,
+    served,
+    showcase_tree,
+    text,
+)
 
 from culm import api
 from culm.web.app import create_app
@@ -60,53 +73,13 @@ def browser() -> Iterator[Any]:
         yield driver
 
 
-def find(driver: Any, css: str, timeout: float = 20) -> Any:
-    from selenium.common.exceptions import StaleElementReferenceException
-    from selenium.webdriver.common.by import By
-
-    def present() -> Any:
-        found = driver.find_elements(By.CSS_SELECTOR, css)
-        try:
-            return found[0] if found and found[0].is_displayed() else None
-        except StaleElementReferenceException:
-            return None  # redrawn between finding and looking (live changes): look again
-
-    return wait_until(present, timeout, 0.05, what=f"{css} in the page")
-
-
-def click(driver: Any, css: str, timeout: float = 20) -> None:
-    """Click ``css``, again if the page redrew it meanwhile (the list redraws on live changes)."""
-    from selenium.common.exceptions import StaleElementReferenceException
-
-    def attempt() -> bool:
-        try:
-            find(driver, css, timeout).click()
-            return True
-        except StaleElementReferenceException:
-            return False
-
-    wait_until(attempt, timeout, 0.05, what=f"a click on {css}")
-
-
-def text(driver: Any, css: str) -> str:
-    """The text of ``css`` now ("" when absent), read in the page: immune to redraws."""
-    return str(driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
-                                     css))
-
-
-def count(driver: Any, css: str) -> int:
-    from selenium.webdriver.common.by import By
-
-    return len(driver.find_elements(By.CSS_SELECTOR, css))
-
-
 def sign_in(driver: Any, served: Any, role: str) -> None:  # noqa: F811
     driver.get(served.url + "/")
     driver.execute_script("sessionStorage.clear()")
     driver.refresh()
     box = find(driver, "#token")
     box.send_keys(served.tokens[role])
-    find(driver, "#signin button").click()
+    click(driver, "#signin button")
     wait_until(lambda: role in text(driver, "#whoami"), 20, 0.05, what=f"signed in as {role}")
 
 
@@ -131,7 +104,7 @@ def test_sign_in_page_refuses_a_wrong_token_and_keeps_no_cookie(browser: Any, se
     # Signed out, the links to the pages that need a token are hidden (their own display:flex kept them shown).
     assert browser.execute_script("return getComputedStyle(document.getElementById('nav')).display") == "none"
     find(browser, "#token").send_keys("culm_wrong_token")
-    find(browser, "#signin button").click()
+    click(browser, "#signin button")
     wait_until(lambda: "unknown or revoked" in text(browser, "#signin-error"), 20, 0.05, what="the refusal")
     sign_in(browser, served, "viewer")
     assert browser.get_cookies() == []
@@ -146,23 +119,24 @@ def test_failed_node_is_red_with_its_error_then_retried_with_new_inputs(browser:
     served.wait_state(act, "FAILED")
     sign_in(browser, served, "operator")
     click(browser, f'#pipelines tr[data-id="{tree["id"]}"] a')
-    node = find(browser, f'#graph .node[data-node-id="{act}"][data-state="FAILED"]')
+    node = f'#graph .node[data-node-id="{act}"][data-state="FAILED"]'
+    find(browser, node)
     fill = browser.execute_script(
-        "return getComputedStyle(arguments[0].querySelector('.shape')).fill", node)
+        "return getComputedStyle(document.querySelector(arguments[0]).querySelector('.shape')).fill", node)
     assert fill == "rgb(239, 68, 68)"  # red
     browser.execute_script("window.__sameDocument = true")
-    node.click()
-    assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
-    buttons = [b.get_attribute("data-action") for b in browser.find_elements("css selector", "#node-actions button")]
+    click(browser, node)
+    assert "ZeroDivisionError" in read(browser, "#ex-data-view")
+    buttons = attributes(browser, "#node-actions button", "data-action")
     assert buttons == ["retry", "skip"]
     screenshot(browser, "console-node.png", tmp_path)
-    find(browser, '#node-actions button[data-action="retry"]').click()
+    click(browser, '#node-actions button[data-action="retry"]')
     divisor = find(browser, '#retry-fields [data-key="divisor"]')  # one field per input, typed
     assert (divisor.get_attribute("value"), divisor.get_attribute("data-kind")) == ("0", "number")
     divisor.clear()
     divisor.send_keys("4")
     wait_until(lambda: text(browser, "#retry-changes") == "Changes: divisor: 0 → 4", 10, 0.05, what="the change shown")
-    find(browser, "#action-submit").click()
+    click(browser, "#action-submit")
     # The page follows the change feed: no reload, the node and the pipeline turn FINISHED.
     find(browser, f'#graph .node[data-node-id="{act}"][data-state="FINISHED"]', 30)
     wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
@@ -171,7 +145,7 @@ def test_failed_node_is_red_with_its_error_then_retried_with_new_inputs(browser:
     assert api.get_execution_data_outputs(served.runtime, act).data["result"] == 25.0
     wait_until(lambda: '"result": 25' in text(browser, "#outputs-view"), 20, 0.05, what="the new output")
     wait_until(lambda: count(browser, "#history tr") == 2, 20, 0.05, what="one earlier run in the history")
-    assert "dividing 100 by 4" in find(browser, "#logs-view").text
+    assert "dividing 100 by 4" in read(browser, "#logs-view")
 
 
 def test_viewer_sees_the_page_but_no_control_buttons_and_gets_403(browser: Any, served: Any) -> None:  # noqa: F811
@@ -181,8 +155,8 @@ def test_viewer_sees_the_page_but_no_control_buttons_and_gets_403(browser: Any, 
     served.wait_state(act, "FAILED")
     sign_in(browser, served, "viewer")
     browser.get(f"{served.url}/#/p/{tree['id']}")
-    find(browser, f'#graph .node[data-node-id="{act}"][data-state="FAILED"]').click()
-    assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
+    click(browser, f'#graph .node[data-node-id="{act}"][data-state="FAILED"]')
+    assert "ZeroDivisionError" in read(browser, "#ex-data-view")
     assert count(browser, "#node-actions button") == 0
     assert count(browser, "#pipeline-actions button") == 0
     result = browser.execute_async_script("""
@@ -204,7 +178,7 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     served.wait_state(sub, "FINISHED")
     sign_in(browser, served, "operator")
     find(browser, f'#pipelines tr[data-id="{tree["id"]}"]')
-    assert find(browser, '#counts .chip[data-state="RUNNING"]').text.startswith("RUNNING ")
+    assert read(browser, '#counts .chip[data-state="RUNNING"]').startswith("RUNNING ")
     screenshot(browser, "console-list.png", tmp_path)
     click(browser, '#counts .chip[data-state="RUNNING"]')
     wait_until(lambda: browser.execute_script(
@@ -223,20 +197,19 @@ def test_list_filters_and_counts_then_a_running_graph_with_a_subprocess(browser:
     assert count(browser, '#graph .node[data-type="ConvergeGateway"]') == 1
     inner = [n["id"] for n in tree["activities"][sub]["pipeline"]["activities"].values()][0]
     assert count(browser, f'#graph .node[data-node-id="{inner}"]') == 0
-    find(browser, f'#graph [data-toggle="{sub}"]').click()  # expand the subprocess
+    click(browser, f'#graph [data-toggle="{sub}"]')  # expand the subprocess
     find(browser, f'#graph .node[data-node-id="{inner}"][data-state="FINISHED"]')
     screenshot(browser, "console-graph.png", tmp_path)
-    find(browser, f'#graph .node[data-node-id="{wait}"]').click()
+    click(browser, f'#graph .node[data-node-id="{wait}"]')
     find(browser, "#panel-title")
-    buttons = [b.get_attribute("data-action") for b in browser.find_elements("css selector", "#node-actions button")]
+    buttons = attributes(browser, "#node-actions button", "data-action")
     assert buttons == ["callback", "forced-fail"]
-    assert [b.get_attribute("data-action") for b in browser.find_elements(
-        "css selector", "#pipeline-actions button")] == ["pause", "revoke"]
-    find(browser, '#node-actions button[data-action="callback"]').click()
+    assert attributes(browser, "#pipeline-actions button", "data-action") == ["pause", "revoke"]
+    click(browser, '#node-actions button[data-action="callback"]')
     area = find(browser, "#callback-data")
     area.clear()
     area.send_keys('{"approved": "yes"}')
-    find(browser, "#action-submit").click()
+    click(browser, "#action-submit")
     wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05,
                what="the pipeline to finish after the callback")
     assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "yes"}
@@ -266,9 +239,32 @@ def test_an_open_form_survives_live_changes_of_the_pipeline(browser: Any, served
     area = find(browser, "#callback-data")
     area.send_keys('"}')
     assert area.get_attribute("value") == '{"approved": "half-typed"}'
-    find(browser, "#action-submit").click()
+    click(browser, "#action-submit")
     wait_until(lambda: "FINISHED" in text(browser, "#pipeline-state"), 30, 0.05, what="the pipeline to finish")
     assert api.get_execution_data_outputs(served.runtime, wait).data["got"] == {"approved": "half-typed"}
+
+
+def test_a_live_change_elsewhere_leaves_the_open_panel_as_it_is(browser: Any, served: Any) -> None:  # noqa: F811
+    """The panel of a node that did not change is brought up to date without being drawn again:
+    redrawn on every change of the pipeline, it was replaced under the reader (and under a click)."""
+    tree = divide_tree(1, name="panel-stays", wait=True)
+    divide, approve = node_id(tree, "divide"), node_id(tree, "approve")
+    assert api.run_pipeline(served.runtime, tree).result
+    served.wait_state(approve, "RUNNING")
+    sign_in(browser, served, "viewer")
+    browser.get(f"{served.url}/#/p/{tree['id']}/n/{divide}")
+    wait_until(lambda: '"result": 100' in text(browser, "#outputs-view"), 20, 0.05, what="the panel")
+    # The stream's "hello" asks for a read of its own: let it come and go before marking the panel.
+    wait_until(lambda: browser.execute_script("return Number(document.getElementById('panel').dataset.updates)") >= 2,
+               20, 0.05, what="the read the stream asks for")
+    browser.execute_script("document.getElementById('panel-title').dataset.mark = 'first'")
+    updates = int(browser.execute_script("return Number(document.getElementById('panel').dataset.updates)"))
+    assert api.pause_pipeline(served.runtime, tree["id"]).result
+    wait_until(lambda: "SUSPENDED" in text(browser, "#pipeline-state"), 20, 0.05, what="the pause to show")
+    wait_until(lambda: int(browser.execute_script("return Number(document.getElementById('panel').dataset.updates)"))
+               > updates, 20, 0.05, what="the panel brought up to date")
+    assert read(browser, "#panel-title", "data-mark") == "first"
+    assert api.revoke_pipeline(served.runtime, tree["id"]).result
 
 
 def test_the_page_says_when_live_updates_stop_and_catches_up_when_they_return(browser: Any,  # noqa: F811
@@ -285,7 +281,7 @@ def test_the_page_says_when_live_updates_stop_and_catches_up_when_they_return(br
         browser.execute_script("sessionStorage.clear()")
         browser.refresh()
         find(browser, "#token").send_keys(served.tokens["operator"])
-        find(browser, "#signin button").click()
+        click(browser, "#signin button")
         browser.get(f"{second.url}/#/p/{tree['id']}")
         find(browser, f'#graph .node[data-node-id="{wait}"][data-state="RUNNING"]')
         assert not find_displayed(browser, "#offline")
@@ -311,8 +307,8 @@ def served_version(service: Any, node: str) -> str:
 def test_component_catalogue(browser: Any, served: Any) -> None:  # noqa: F811
     sign_in(browser, served, "viewer")
     browser.get(f"{served.url}/#/components")
-    row = find(browser, '#components tr[data-code="web_divide"]')
-    assert "divisor" in row.text and "result" in row.text
+    row = read(browser, '#components tr[data-code="web_divide"]')
+    assert "divisor" in row and "result" in row
 
 
 def test_a_thousand_node_pipeline_renders_in_under_two_seconds(browser: Any, served: Any) -> None:  # noqa: F811
@@ -329,9 +325,10 @@ def test_a_thousand_node_pipeline_renders_in_under_two_seconds(browser: Any, ser
     for _ in range(2):
         browser.get(f"{served.url}/#/")
         browser.get(f"{served.url}/#/p/{tree['id']}")
-        wrap = find(browser, '#graph-wrap[data-ready="1"]', 60)
-        timings.append(int(wrap.get_attribute("data-render-ms")))
-        print("layout", wrap.get_attribute("data-layout-ms"), "ms, drawing", wrap.get_attribute("data-draw-ms"), "ms")
+        wrap = '#graph-wrap[data-ready="1"]'
+        find(browser, wrap, 60)
+        timings.append(int(read(browser, wrap, "data-render-ms")))
+        print("layout", read(browser, wrap, "data-layout-ms"), "ms, drawing", read(browser, wrap, "data-draw-ms"), "ms")
         assert count(browser, "#graph .node") == nodes
     print(f"1,000-node pipeline page: rendered in {timings} ms")
     assert min(timings) < 2000, timings
@@ -367,7 +364,7 @@ def test_names_with_control_and_bidirectional_characters_show_escaped(browser: A
     node = f'#graph .node[data-node-id="{act}"]'
     find(browser, node)
     assert text(browser, f"{node} text") == "divide\\u202efdp.exe\\u001b[2J"[:28]
-    find(browser, node).click()
+    click(browser, node)
     find(browser, "#ex-data-view")
     shown = text(browser, "#panel")
     assert "divide\\u202efdp.exe\\u001b[2J" in shown and "\u202e" not in shown and "\x1b" not in shown

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from test_web_console import browser, click, find, node_id, sign_in, text  # noqa: F401 - fixture
-from web_support import served  # noqa: F401 - fixture
+from test_web_console import browser, node_id, sign_in  # noqa: F401 - fixture
+from web_support import click, find, served, text  # noqa: F401 - fixture
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
@@ -83,7 +83,7 @@ def test_the_panel_of_a_node_not_reached_yet_says_so(browser: Any, served: Any) 
     """``GET /api/v1/nodes/{id}`` is a 404 for such a node (``get_node_debug_info`` refuses it):
     the panel still shows the node from the tree, with the refusal's text as its note."""
     _root, _approve, after = open_waiting(browser, served, "viewer")
-    find(browser, f'#graph .node[data-node-id="{after}"]').click()
+    click(browser, f'#graph .node[data-node-id="{after}"]')
     wait_until(lambda: "has not been reached yet" in text(browser, "#node-problem"), 20, 0.05,
                what="the panel's note")
     assert text(browser, "#panel-title") == "after"

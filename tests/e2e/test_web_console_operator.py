@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from test_web_console import browser, click, count, find, node_id, sign_in, text  # noqa: F401 - fixture
-from web_support import ServerThread, divide_tree, served  # noqa: F401 - fixture
+from test_web_console import browser, node_id, sign_in  # noqa: F401 - fixture
+from web_support import ServerThread, click, count, divide_tree, find, read, served, text  # noqa: F401 - fixture
 
 import culm
 from culm import api
@@ -76,7 +76,7 @@ def test_the_failed_node_of_a_long_pipeline_is_named_in_the_header_and_one_click
     assert not in_view(browser, broken)
     click(browser, f'#attention a[data-node="{broken}"]')
     wait_until(lambda: text(browser, "#panel-title") == "broken step", 20, 0.05, what="the node's panel")
-    assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
+    assert "ZeroDivisionError" in read(browser, "#ex-data-view")
     wait_until(lambda: in_view(browser, broken), 10, 0.05, what="the failed node scrolled into view")
 
     # Skipped from its panel, it no longer waits for anyone: the line goes.
@@ -218,7 +218,7 @@ def test_empty_lists_say_why(browser: Any, served: Any, tmp_path: Path) -> None:
             browser.execute_script("sessionStorage.clear()")
             browser.refresh()
             find(browser, "#token").send_keys(token)
-            find(browser, "#signin button").click()
+            click(browser, "#signin button")
             wait_until(lambda: "No pipelines in this database yet" in text(browser, "#list-empty"), 20, 0.05,
                        what="the empty database's list")
             assert "culm run TREE.json" in text(browser, "#list-empty")
@@ -233,7 +233,7 @@ def test_a_token_revoked_mid_session_signs_out_without_a_stray_error(browser: An
     browser.execute_script("sessionStorage.clear()")
     browser.refresh()
     find(browser, "#token").send_keys(token)
-    find(browser, "#signin button").click()
+    click(browser, "#signin button")
     find(browser, "#pipelines tr[data-id]")
     app.state.tokens.revoke(info.id)
     browser.get(f"{served.url}/#/components")
@@ -257,12 +257,13 @@ def test_the_list_marks_running_pipelines_that_wait_on_failed_nodes(browser: Any
     divide = node_id(failing, "divide")
     assert items[failing["id"]]["failed_node_list"] == [{"node_id": divide, "name": "divide"}]
     sign_in(browser, served, "viewer")
-    row = find(browser, f'#pipelines tr[data-id="{failing["id"]}"]')
+    row = f'#pipelines tr[data-id="{failing["id"]}"]'
+    find(browser, row)
     # Which node, by name (the id, which `culm retry` takes, in the tooltip).
-    wait_until(lambda: "1 failed node(s): divide" in row.text, 20, 0.05, what="the failed node's name")
-    mark = find(browser, f'#pipelines tr[data-id="{failing["id"]}"] .failed-nodes')
-    assert mark.get_attribute("title").endswith(f"\ndivide ({divide})"), mark.get_attribute("title")
-    assert "failed node" not in find(browser, f'#pipelines tr[data-id="{fine["id"]}"]').text
+    wait_until(lambda: "1 failed node(s): divide" in text(browser, row), 20, 0.05, what="the failed node's name")
+    title = read(browser, f"{row} .failed-nodes", "title")
+    assert title.endswith(f"\ndivide ({divide})"), title
+    assert "failed node" not in read(browser, f'#pipelines tr[data-id="{fine["id"]}"]')
 
 
 def test_the_list_follows_nodes_that_fail_and_are_skipped(browser: Any, served: Any) -> None:  # noqa: F811

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from test_web_console import browser, click, find, sign_in, text  # noqa: F401 - fixture
-from web_support import served  # noqa: F401 - fixture
+from test_web_console import browser, sign_in  # noqa: F401 - fixture
+from web_support import click, find, served, text  # noqa: F401 - fixture
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, Var, build_tree
@@ -69,7 +69,7 @@ def test_retry_form_has_a_typed_field_per_input_and_sends_only_what_it_can_read(
     amount.clear()
     amount.send_keys("80 dollars")
     changes_say(browser, 'amount: expected a number, not "80 dollars"')
-    find(browser, "#action-submit").click()  # refused in the page: nothing is sent
+    click(browser, "#action-submit")  # refused in the page: nothing is sent
     wait_until(lambda: "expected a number" in text(browser, "#toast"), 10, 0.05, what="the refusal")
     assert served.state(act) == "FAILED"
     assert api.get_node_histories(served.runtime, act).data == []  # not retried
@@ -77,7 +77,7 @@ def test_retry_form_has_a_typed_field_per_input_and_sends_only_what_it_can_read(
     amount.send_keys("80")
     field(browser, "note").send_keys(" !")
     changes_say(browser, 'Changes: amount: 250 → 80; note: "héllo wörld" → "héllo wörld !"')
-    find(browser, "#action-submit").click()
+    click(browser, "#action-submit")
     served.wait_state(act, "FINISHED")
     # Every input sent with its own type: the number a number, the untouched ones as they were.
     assert api.get_execution_data_outputs(served.runtime, act).data["got"] == {
@@ -93,24 +93,24 @@ def test_retry_form_as_json_checks_the_object_and_unchanged_retries_as_is(
     served: Any,  # noqa: F811
 ) -> None:
     act = open_retry_form(browser, served, "retry-json")
-    find(browser, "#retry-as-json").click()
+    click(browser, "#retry-as-json")
     area = find(browser, "#retry-inputs")
     area.clear()
     area.send_keys("[1, 2]")
     changes_say(browser, "must be one JSON object")
-    find(browser, "#retry-as-json").click()  # cannot go back to fields from text that is not an object
+    click(browser, "#retry-as-json")  # cannot go back to fields from text that is not an object
     assert find(browser, "#retry-as-json").is_selected()
     area.clear()
     area.send_keys('{"amount": 7, "note": "n", "express": false, "tags": []}')
-    find(browser, "#retry-as-json").click()  # back to fields, rebuilt from the object
+    click(browser, "#retry-as-json")  # back to fields, rebuilt from the object
     assert field(browser, "amount").get_attribute("value") == "7"
     assert field(browser, "express").get_attribute("value") == "false"
-    find(browser, "#action-cancel").click()  # Cancel closes the form, nothing sent
+    click(browser, "#action-cancel")  # Cancel closes the form, nothing sent
     assert served.state(act) == "FAILED"
     # Unchanged, Retry sends no inputs: the node runs again with its own (and fails again).
     click(browser, '#node-actions button[data-action="retry"]')
     assert "No change" in text(browser, "#retry-changes")
-    find(browser, "#action-submit").click()
+    click(browser, "#action-submit")
     wait_until(
         lambda: len(api.get_node_histories(served.runtime, act).data) == 1 and served.state(act) == "FAILED",
         30,
@@ -172,7 +172,7 @@ def open_templated_retry(browser: Any, served: Any, express: Var, tags: Var) -> 
 
 def retried_got(browser: Any, served: Any, act: str) -> dict:  # noqa: F811
     """Send the retry form; once the order finishes, the inputs it got."""
-    find(browser, "#action-submit").click()
+    click(browser, "#action-submit")
     served.wait_state(act, "FINISHED")
     return api.get_execution_data_outputs(served.runtime, act).data["got"]
 
@@ -194,7 +194,7 @@ def test_retry_form_sends_templates_as_written_unless_their_field_changed(
     amount = field(browser, "amount")
     amount.clear()
     amount.send_keys("80 dollars")
-    find(browser, "#retry-as-json").click()
+    click(browser, "#retry-as-json")
     changes_say(browser, "expected a number")
     assert not find(browser, "#retry-as-json").is_selected()
     assert field(browser, "amount").get_attribute("value") == "80 dollars"
@@ -217,7 +217,7 @@ def test_retry_form_as_json_sends_untouched_templates_as_written(
     """The same through the JSON box: a key whose value is left as rendered goes as written; one
     edited goes as typed."""
     act = open_templated_retry(browser, served, Var(type=Var.PLAIN, value=False), Var(type=Var.SPLICE, value="${customer}"))
-    find(browser, "#retry-as-json").click()
+    click(browser, "#retry-as-json")
     area = find(browser, "#retry-inputs")
     area.clear()
     area.send_keys('{"amount": 5, "note": "ann-note", "express": false, "tags": "typed"}')

@@ -11,8 +11,17 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from test_web_console import browser, chromium, click, find, node_id, sign_in, text  # noqa: F401 - fixture
-from web_support import chain_tree, divide_tree, failing_gateways_tree, served  # noqa: F401 - fixture
+from test_web_console import browser, chromium, node_id, sign_in  # noqa: F401 - fixture
+from web_support import (  # noqa: F401 - fixture
+    chain_tree,
+    click,
+    divide_tree,
+    failing_gateways_tree,
+    find,
+    read,
+    served,
+    text,
+)
 
 from culm import api
 from culm.builder import (
@@ -71,9 +80,9 @@ def test_markup_in_names_inputs_outputs_logs_and_errors_is_shown_as_text(browser
     browser.get(served.url + "/#/?name=" + "pipeline")
     find(browser, f'#pipelines tr[data-id="{tree["id"]}"]')
     assert text(browser, f'#pipelines tr[data-id="{tree["id"]}"] td.name-cell') == PAYLOAD + " pipeline"
-    failed = find(browser, f'#pipelines tr[data-id="{tree["id"]}"] .failed-nodes')
-    assert failed.text.startswith("1 failed node(s): " + PAYLOAD[:40]), failed.text
-    assert f"\n{PAYLOAD[:60]}… ({fails})" in failed.get_attribute("title")
+    failed = f'#pipelines tr[data-id="{tree["id"]}"] .failed-nodes'
+    assert read(browser, failed).startswith("1 failed node(s): " + PAYLOAD[:40]), read(browser, failed)
+    assert f"\n{PAYLOAD[:60]}… ({fails})" in read(browser, failed, "title")
     assert injected(browser) == []
 
     browser.get(served.url + f"/#/p/{tree['id']}")
@@ -88,8 +97,7 @@ def test_markup_in_names_inputs_outputs_logs_and_errors_is_shown_as_text(browser
     assert f"echo: {PAYLOAD}" in text(browser, "#logs-view")
     # The retry form holds the text as a value, not as markup.
     click(browser, '#node-actions [data-action="retry"]')
-    field = find(browser, '#retry-fields [data-key="text"]')
-    assert field.get_attribute("value") == f"{PAYLOAD}\nthen {PAYLOAD}"
+    assert read(browser, '#retry-fields [data-key="text"]', "value") == f"{PAYLOAD}\nthen {PAYLOAD}"
     graph_names = browser.execute_script(
         "return [...document.querySelectorAll('#graph .node')].map(g => g.getAttribute('aria-label'))")
     assert any(PAYLOAD + " ok" in label for label in graph_names), graph_names
@@ -211,7 +219,7 @@ def test_a_form_opened_while_a_live_refresh_is_on_its_way_stays_open(browser: An
     browser.execute_script("window.fetch = window.realFetch; window.heldReads.forEach((go) => go())")
     wait_until(lambda: int(browser.execute_script("return Number(document.getElementById('panel').dataset.updates)"))
                > updates, 20, 0.05, what="the panel brought up to date")
-    assert text(browser, "#action-form") and find(browser, "#retry-fields").is_displayed()
+    assert text(browser, "#action-form") and find(browser, "#retry-fields", 1)
     assert browser.execute_script("return document.activeElement.closest('#action-form') !== null")
     api.resume_pipeline(served.runtime, tree["id"])
 
@@ -304,7 +312,7 @@ def test_a_traceback_is_headed_by_its_exception(browser: Any, served: Any) -> No
     served.wait_state(divide, "FAILED")
     sign_in(browser, served, "viewer")
     browser.get(served.url + f"/#/p/{tree['id']}/n/{divide}")
-    assert find(browser, "#ex-data-headline").text == "ZeroDivisionError: division by zero"
+    assert read(browser, "#ex-data-headline") == "ZeroDivisionError: division by zero"
     assert text(browser, "#ex-data-view").startswith("Traceback (most recent call last):")
     # Not a traceback (a component's own ex_data): shown as it is, without a headline.
     tree, fails = failed_payload(served)

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from support import wait_until
-from test_web_console import browser, count, find, node_id, sign_in, text  # noqa: F401 - fixture
-from web_support import divide_tree, served  # noqa: F401 - fixture
+from test_web_console import browser, node_id, sign_in  # noqa: F401 - fixture
+from web_support import count, divide_tree, find, read, served, text  # noqa: F401 - fixture
 
 from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, SubProcess, Var, build_tree
@@ -57,8 +57,8 @@ def test_the_list_names_the_nodes_a_running_pipeline_waits_a_callback_at(browser
     # id, which `culm callback` takes, in the tooltip.
     wait_until(lambda: "waiting for a callback at approve" in text(browser, row), 20, 0.05,
                what="the waiting node in the row")
-    mark = find(browser, f"{row} .callback-nodes")
-    assert mark.get_attribute("title").startswith(f"approve ({approve}): "), mark.get_attribute("title")
+    title = read(browser, f"{row} .callback-nodes", "title")
+    assert title.startswith(f"approve ({approve}): "), title
     assert "waiting for a callback" not in text(browser, f'#pipelines tr[data-id="{failing["id"]}"]')
     # Called back, it waits no more: the mark goes with the next read of the list.
     assert api.callback(served.runtime, approve, _waiting_version(served, approve), {"ok": True}).result
@@ -90,7 +90,7 @@ def test_a_skipped_nodes_error_is_shown_as_history(browser: Any, served: Any) ->
     served.wait_state(broken, "FAILED")
     sign_in(browser, served, "operator")
     browser.get(f"{served.url}/#/p/{tree['id']}/n/{broken}")
-    assert "ZeroDivisionError" in find(browser, "#ex-data-view").text
+    assert "ZeroDivisionError" in read(browser, "#ex-data-view")
     assert "Error (ex_data)" in text(browser, "#panel")
     assert api.skip_node(served.runtime, broken).result
     served.wait_state(tree["id"], "FINISHED")

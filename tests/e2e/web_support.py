@@ -1,4 +1,5 @@
-"""A real ``culm serve`` for tests: uvicorn on a free port in a thread, an embedded runtime, tokens.
+"""A real ``culm serve`` for tests: uvicorn on a free port in a thread, an embedded runtime, tokens;
+and the console tests' ways to read and click the page while it redraws itself on live changes.
 
 Test modules import the fixtures they use from here (``from web_support import served``).
 """
@@ -7,9 +8,10 @@ from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -33,6 +35,8 @@ from culm.builder import (
     build_tree,
 )
 from culm.web.app import create_app
+
+T = TypeVar("T")
 
 
 class ServerThread:
@@ -204,3 +208,62 @@ def _divide(name: str) -> Any:
     act = ServiceActivity(component_code="web_divide", name=name)
     act.component.inputs.divisor = Var(type=Var.PLAIN, value=1)
     return act
+
+
+# The console redraws parts of the page on live changes (the node panel, the pipeline's header,
+# the list's rows): an element found a moment ago can be gone by the time it is read or clicked.
+# Tests read and click through these, never through an element they keep.
+
+def find(driver: Any, css: str, timeout: float = 20) -> Any:
+    """The first element ``css`` once it is shown (for a form field, which no redraw replaces)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    def present() -> Any:
+        found = driver.find_elements(By.CSS_SELECTOR, css)
+        try:
+            return found[0] if found and found[0].is_displayed() else None
+        except StaleElementReferenceException:
+            return None  # redrawn between finding and looking: look again
+
+    return wait_until(present, timeout, 0.05, what=f"{css} in the page")
+
+
+def on_shown(driver: Any, css: str, use: Callable[[Any], T], timeout: float = 20) -> T:
+    """``use`` of the element ``css`` once shown; again on the new one if the page redrew it meanwhile."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    def attempt() -> tuple[T] | None:
+        try:
+            return (use(find(driver, css, timeout)),)
+        except StaleElementReferenceException:
+            return None
+
+    return wait_until(attempt, timeout, 0.05, what=f"{css} to hold still")[0]
+
+
+def click(driver: Any, css: str, timeout: float = 20) -> None:
+    """Click ``css`` once shown, again if the page redrew it meanwhile."""
+    on_shown(driver, css, lambda e: e.click(), timeout)
+
+
+def read(driver: Any, css: str, attribute: str | None = None, timeout: float = 20) -> str:
+    """The text as shown (or ``attribute``) of ``css`` once shown, read again if the page redrew it."""
+    return on_shown(driver, css, lambda e: str(e.text if attribute is None else e.get_attribute(attribute)), timeout)
+
+
+def text(driver: Any, css: str) -> str:
+    """The text of ``css`` now ("" when absent), read in the page: immune to redraws."""
+    return str(driver.execute_script("const e = document.querySelector(arguments[0]); return e ? e.textContent : ''",
+                                     css))
+
+
+def attributes(driver: Any, css: str, name: str) -> list[str | None]:
+    """``name`` of every element ``css`` now, read in the page: immune to redraws."""
+    return list(driver.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map((e) => e.getAttribute(arguments[1]))", css, name))
+
+
+def count(driver: Any, css: str) -> int:
+    """How many elements ``css`` the page has now."""
+    return int(driver.execute_script("return document.querySelectorAll(arguments[0]).length", css))

@@ -287,6 +287,10 @@
     return box;
   }
 
+  // What each panel was last drawn from: a live change that leaves the node as it was (another
+  // node moved, the stream reopened) keeps the panel, not redrawn under a reader's eyes and clicks.
+  const drawnFrom = new WeakMap();
+
   culm.showPanel = async function (panel, page, nodeId, refresh) {
     const ref = page.index[nodeId];
     const node = ref ? ref.node : { id: nodeId, type: "Pipeline" };
@@ -302,6 +306,7 @@
       panel.querySelector("#panel-state").replaceChildren(culm.badge(entry && entry.state));
       const waiting = panel.querySelector("#wait-reason");
       if (waiting && entry && entry.wait_reason) waiting.textContent = culm.inert(entry.wait_reason.text);
+      drawnFrom.delete(panel); // changed in part: the next full read draws it all
       updated(panel);
       return true;
     };
@@ -317,6 +322,13 @@
     // A form opened while this read was on its way (a live change came just as the operator
     // clicked Retry…) is kept too: redrawn, the panel dropped it, and the click seemed to do nothing.
     if (keepForm()) return;
+    const from = JSON.stringify([nodeId, Boolean(ref), entry || null, info, culm.me && culm.me.role, allowed.map(([, op]) => op)]);
+    if (!panel.hidden && panel.dataset.node === nodeId && drawnFrom.get(panel) === from) {
+      if (focus) panel.querySelector("#panel-title").focus();
+      updated(panel);
+      return;
+    }
+    drawnFrom.set(panel, from);
     if (!ref && !entry && info.problem) {
       // An id that is neither a node of this tree nor the pipeline (a link mistyped or from another
       // pipeline), and that the service does not know either: say so, not a made-up panel of empty
@@ -346,6 +358,7 @@
             await culm.api(url, body === undefined ? { method: "POST" } : { json: body });
             // Accepted, not "done": what follows (a retry that fails again) is for the graph to show.
             culm.toast(label + ": accepted");
+            drawnFrom.delete(panel); // the refresh that follows draws the panel afresh, buttons and all
             formSlot.replaceChildren();
             refresh();
           } catch (e) {
