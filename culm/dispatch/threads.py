@@ -408,9 +408,12 @@ class ThreadDispatcher:
         if self._pool is not None:
             self._pool.shutdown()
         if self.beside_others and self.engine is not None:
-            # What is still on hand is the other runners' to take, CULM_RELAY_GRACE from now, not
-            # once a lease of this closed runner ran out (a `culm run --attach` after Ctrl-C).
-            self._extend_leases(until=now())
+            # What is still on hand and not running is the other runners' to take, CULM_RELAY_GRACE
+            # from now, not once a lease of this closed runner ran out (a `culm run --attach` after
+            # Ctrl-C). A call still running (close() does not wait for user code) keeps its lease
+            # until it runs out: ended now, another runtime would run the same step beside it (review22b F1).
+            running = {call.task.id for call in self._pool.busy_calls()} if self._pool is not None else set()
+            self._extend_leases(until=now(), skip=running)
         if self._collector:
             self._collector = False
             _Collector.release()
@@ -834,17 +837,19 @@ class ThreadDispatcher:
                     self.sweep()
                     self._checkpoint()
                 if self.beside_others and time.monotonic() >= next_extend:
-                    self._extend_leases()
-                    next_extend = time.monotonic() + self.engine.settings.lease_seconds / 3
+                    # a failed extension is tried again at the next sweep, not a third of a lease later
+                    extended = self._extend_leases()
+                    next_extend = time.monotonic() + (self.engine.settings.lease_seconds / 3 if extended else 0.0)
                 self._keep_statistics()
                 next_sweep = time.monotonic() + self.sweep_interval
 
-    def _extend_leases(self, until: float | None = None) -> None:
-        """Extend the leases of the tasks on hand (``beside_others``) for a lease, or to ``until``:
-        another runner of the database takes a task only once its lease ran out."""
-        ids = self.task_ids()
+    def _extend_leases(self, until: float | None = None, skip: set[str] | frozenset[str] = frozenset()) -> bool:
+        """Extend the leases of the tasks on hand (``beside_others``; but those in ``skip``) for a
+        lease, or to ``until``: another runner of the database takes a task only once its lease ran
+        out. False when the write failed."""
+        ids = [task_id for task_id in self.task_ids() if task_id not in skip]
         if not ids:
-            return
+            return True
         if until is None:
             until = now() + self.engine.settings.lease_seconds
         try:
@@ -852,6 +857,8 @@ class ThreadDispatcher:
                 unit.extend_leases(self.engine.owner, ids, until)
         except Exception:  # noqa: BLE001 - tried again at the next sweep interval, well before expiry
             logger.warning("extending the leases of %d task(s) failed", len(ids), exc_info=True)
+            return False
+        return True
 
     def _watch_long_calls(self) -> None:
         """Say so in the log when every user-code thread is held by a call running for over

@@ -198,11 +198,12 @@ def test_the_callback_a_running_culm_run_advises_runs_beside_it(kind: str, tmp_p
         drop_database(url)
 
 
-def test_an_embedded_runner_on_a_server_database_keeps_its_lease_while_a_call_runs_and_ends_it_at_close(
+def test_an_embedded_runner_on_a_server_database_keeps_its_lease_while_a_call_runs_even_past_close(
         tmp_path: Path) -> None:
     """Its lease of a step whose call runs is its own (another runner takes it only once it ran
-    out); when the runtime closes with the call still running, the lease ends then, so the next
-    process takes the step up CULM_RELAY_GRACE later, not a whole lease later."""
+    out), and stays so when the runtime closes with the call still running: close() does not wait
+    for user code, and a lease ended then let a second runtime run the same step beside the first
+    (review22b F1)."""
     import uuid
 
     from components import gate, reset_shared
@@ -234,7 +235,7 @@ def test_an_embedded_runner_on_a_server_database_keeps_its_lease_while_a_call_ru
             runner.close()
         with culm.Runtime(url, workers=0) as reader, reader.store.reading() as unit:
             owner, until = unit._one("SELECT owner, claimed_until FROM culm_task WHERE node_id = ?", [act])
-        assert owner == held[0] and float(until) <= now() + 1, (owner, until)
+        assert owner == held[0] and float(until) > now() + 20, (owner, until)
     finally:
         gate(name).set()
         drop_database(url)
