@@ -371,6 +371,11 @@ def _resumed_after(exec_log: Path, pids: set[str], killed_at: float) -> dict[str
     return again
 
 
+# Alone (tests/parallel.py): in the suite's 3 processes, 2 runs of 4 (ci22c, ci22d) saw one of the
+# killed worker's nodes called again only after 15.5-16 s on MariaDB, the default CULM_RELAY_GRACE
+# (its task recovered by a relay, not redelivered); run alone in every CI before, it passed. Why the
+# other processes' load sends one node down the relay's path is not known yet.
+@pytest.mark.exclusive
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
 def test_kill_9_of_a_worker_mid_poll_does_not_wait_for_its_locks(
