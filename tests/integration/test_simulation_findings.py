@@ -316,6 +316,28 @@ def _drive(rt: culm.Runtime, inline: InlineDispatcher, first: Any = None) -> Non
         todo = inline.take()
 
 
+def _subprocess_failing_on_entry() -> tuple[dict, Any]:
+    """A tree whose SubProcess fails on entry (its params do not render while ${mark} is 0), and
+    that SubProcess."""
+    inner = chain(ServiceActivity(component_code="t_none"))
+    sub = SubProcess(start=inner, params=Params({"${gate}": Var(type=Var.LAZY, custom_type="s_mark_gate",
+                                                                value="${mark}")}))
+    return build_tree(chain(sub), data=Data(inputs={"${mark}": Var(type=Var.PLAIN, value=0)})), sub
+
+
+def _retried_then_paused_and_resumed(rt: Any, inline: Any, tree: dict, sub: Any) -> Any:
+    """Run ``tree`` until its SubProcess fails, retry it (its params rendering now), then pause and
+    resume it before the retry's task runs; returns that task, not run yet."""
+    _drive(rt, inline, _start(rt, inline, tree))
+    assert node_state_name(rt, sub.id) == "FAILED"  # ${mark} is 0: the params did not render
+    assert api.update_context_values(rt, tree["id"], {"${mark}": 5}).result
+    assert api.retry_subprocess(rt, sub.id).result
+    (retried,) = inline.take()
+    assert api.pause_pipeline(rt, sub.id).result
+    assert api.resume_pipeline(rt, sub.id).result
+    return retried
+
+
 def test_a_subprocess_paused_and_resumed_before_its_retry_stepped_in_is_entered(tmp_path: Path) -> None:
     """retry_subprocess makes a subprocess that failed on entry READY and wakes its process with a
     task; a pause (READY -> SUSPENDED) and a resume (-> RUNNING) of the subprocess both commit before
@@ -324,19 +346,10 @@ def test_a_subprocess_paused_and_resumed_before_its_retry_stepped_in_is_entered(
     stranded for good (the storm driver found it: seed 6 on PostgreSQL + Redis)."""
     import storm_components  # noqa: F401 - registers s_mark_gate
 
-    inner = chain(ServiceActivity(component_code="t_none"))
-    sub = SubProcess(start=inner, params=Params({"${gate}": Var(type=Var.LAZY, custom_type="s_mark_gate",
-                                                                value="${mark}")}))
-    tree = build_tree(chain(sub), data=Data(inputs={"${mark}": Var(type=Var.PLAIN, value=0)}))
+    tree, sub = _subprocess_failing_on_entry()
     rt, inline = _runtime(tmp_path)
     with rt:
-        _drive(rt, inline, _start(rt, inline, tree))
-        assert node_state_name(rt, sub.id) == "FAILED"  # ${mark} is 0: the params did not render
-        assert api.update_context_values(rt, tree["id"], {"${mark}": 5}).result
-        assert api.retry_subprocess(rt, sub.id).result
-        (retried,) = inline.take()
-        assert api.pause_pipeline(rt, sub.id).result
-        assert api.resume_pipeline(rt, sub.id).result
+        retried = _retried_then_paused_and_resumed(rt, inline, tree, sub)
         assert inline.take() == []  # no process was parked on the pause
         _drive(rt, inline, retried)
         assert check(read_snapshot(rt.engine, tree["id"])) == []
@@ -356,10 +369,7 @@ def test_a_retried_subprocess_paused_and_resumed_between_the_entry_read_and_writ
 
     import storm_components  # noqa: F401 - registers s_mark_gate
 
-    inner = chain(ServiceActivity(component_code="t_none"))
-    sub = SubProcess(start=inner, params=Params({"${gate}": Var(type=Var.LAZY, custom_type="s_mark_gate",
-                                                                value="${mark}")}))
-    tree = build_tree(chain(sub), data=Data(inputs={"${mark}": Var(type=Var.PLAIN, value=0)}))
+    tree, sub = _subprocess_failing_on_entry()
     real = walker._reenter
 
     def read_before_the_pause(engine: Any, step: Any, graph: Any, proc: Any, node: Any, st: Any) -> Any:
@@ -369,13 +379,7 @@ def test_a_retried_subprocess_paused_and_resumed_between_the_entry_read_and_writ
 
     rt, inline = _runtime(tmp_path)
     with rt:
-        _drive(rt, inline, _start(rt, inline, tree))
-        assert node_state_name(rt, sub.id) == "FAILED"  # ${mark} is 0: the params did not render
-        assert api.update_context_values(rt, tree["id"], {"${mark}": 5}).result
-        assert api.retry_subprocess(rt, sub.id).result
-        (retried,) = inline.take()
-        assert api.pause_pipeline(rt, sub.id).result
-        assert api.resume_pipeline(rt, sub.id).result
+        retried = _retried_then_paused_and_resumed(rt, inline, tree, sub)
         monkeypatch.setattr(walker, "_reenter", read_before_the_pause)
         _drive(rt, inline, retried)
         assert check(read_snapshot(rt.engine, tree["id"])) == []
