@@ -551,6 +551,12 @@ class Store(Protocol):
         """A read-only unit; ``snapshot``: all its reads see one moment (REPEATABLE READ on a server)."""
         ...
 
+    def feed_top(self) -> int | None:
+        """The change feed's highest seq (``Changes.last_change_seq``), read outside any unit where
+        that costs less than a unit's transaction; None where this store reads it only in a unit.
+        A poll whose kept state tree this shows current needs no unit at all."""
+        ...
+
     def is_interruption(self, exc: BaseException) -> bool:
         """Whether ``exc`` (raised by one of this store's units) means the database was interrupted
         (a lost connection, a restarting server, a deadlock victim) rather than the work being

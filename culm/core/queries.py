@@ -112,19 +112,15 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
     (WaitFacts.reusable: none counts time or rests on rows without a feed, such as poll and
     timeout tasks): it makes no facts and no reasons. Only the stalled check, which counts time
     and reads tasks, is made at every poll once it is due (waits.stalled_since). Reasons are kept
-    from a tree's second poll on: a moving pipeline's polls each see a new tree once, and pay
-    nothing for keeping (nor for copying) reasons no later poll would reuse."""
+    from a tree's first poll on: its next poll then needs no unit at all (:func:`_unmoved`), and a
+    poller of many pipelines finds most of them as it left them; a moving pipeline's polls pay
+    for copying the few reasons they hand out."""
     kept = tree.reasons
     facts_kept = tree.facts
-    seen = kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes
-    if seen and kept is not None and kept[2] is not None:
+    if kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes:
         reasons, alive_root, stall_at = kept[2], kept[3], kept[4]
-    elif not seen:  # the first poll of this tree: made as before, the stalled check included
-        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=True)
-        # (A first sight of reusable facts is noted: the next poll of the same tree keeps them.)
-        tree.reasons = (facts_kept, facts_kept.processes, None, None, 0.0) if facts.reusable else None
-        return (waits.wait_reasons(facts) if facts.candidates else {}), False
-    else:  # the second: made without the stalled check, and kept (the check made below)
+        shared = True
+    else:  # made without the stalled check, and kept (the check made below)
         facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=False)
         reasons = waits.wait_reasons(facts) if facts.candidates else {}
         alive_root = facts.alive_root
@@ -132,12 +128,43 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
         stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(root_id)) if alive_root else 0.0
         # (Kept only while the facts still say they may be: a fact that can change without a feed row
         # makes them unreusable, and then every poll makes them again.)
-        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at) if facts.reusable else None
-    if alive_root is not None and time.time() >= stall_at and alive_root not in reasons:
+        shared = facts.reusable
+        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at) if shared else None
+    if alive_root is not None and _stall_due(alive_root, stall_at, reasons):
         note = waits.stalled_note(unit, alive_root, execute_tasks)
         if note is not None:
             reasons = {**reasons, alive_root: note}  # (a copy: the kept reasons stay as made)
-    return reasons, True
+    return reasons, shared
+
+
+def _stall_due(alive_root: str, stall_at: float, reasons: dict[str, dict[str, Any]]) -> bool:
+    """Whether the kept wait reasons of a live pipeline need the stalled check (a read) now."""
+    return time.time() >= stall_at and alive_root not in reasons
+
+
+def _reasons_without_reads(tree: Tree) -> dict[str, dict[str, Any]] | None:
+    """The wait reasons kept with ``tree`` when :func:`_kept_reasons` would hand them out without
+    a read (the tree seen before, its reasons kept, its stalled check not due); else None."""
+    kept = tree.reasons
+    if kept is None or kept[0] is not tree.facts or kept[1] is not tree.facts.processes:
+        return None
+    alive_root = kept[3]
+    return None if alive_root is not None and _stall_due(alive_root, kept[4], kept[2]) else kept[2]
+
+
+def _unmoved(engine: Engine, root_id: str) -> tuple[Tree, dict[str, dict[str, Any]]] | None:
+    """The kept tree of ``root_id`` and its kept wait reasons when a poll of it reads nothing but
+    the feed's top: the feed has not moved since the tree was caught up, and the reasons need no read.
+    The top is then read outside any unit where the store can (Store.feed_top: a SQLite file),
+    which saves a transaction's BEGIN and ROLLBACK around it: a poller of many pipelines mostly
+    finds them as it left them (the feed's rows are read once per round, at the first poll that
+    finds it moved). None: read in a unit."""
+    top = engine.store.feed_top()
+    if top is None:
+        return None
+    tree = engine.state_trees.unmoved(top, root_id)
+    reasons = _reasons_without_reads(tree) if tree is not None and root_id in tree.entries else None
+    return None if tree is None or reasons is None else (tree, reasons)
 
 
 def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
@@ -166,13 +193,17 @@ def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:
 
 
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
-    with engine.store.reading() as unit:
-        # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
-        tree, execute_tasks = engine.state_trees.tree(unit, root_id, kept_entry)
-        kept = tree.entries
-        if root_id not in kept:
-            return {}
-        reasons, shared = _kept_reasons(engine, unit, root_id, tree, execute_tasks)
+    unmoved = _unmoved(engine, root_id)
+    if unmoved is not None:
+        (tree, reasons), shared = unmoved, True
+    else:
+        with engine.store.reading() as unit:
+            # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
+            tree, execute_tasks = engine.state_trees.tree(unit, root_id, kept_entry)
+            if root_id not in tree.entries:
+                return {}
+            reasons, shared = _kept_reasons(engine, unit, root_id, tree, execute_tasks)
+    kept = tree.entries
     # A copy of the kept dict: sized and keyed already, each key's value is then only replaced.
     # An entry's copy() copies its values (kept_entry; a {**entry} literal inserts key by key, a
     # third slower); the root is taken out after the loop rather than compared with at every node.

@@ -77,10 +77,9 @@ class Tree:
         self.facts = KeptFacts()
         # The wait reasons made from this tree's rows and facts, for the polls that find it
         # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
-        # made from, {node_id: reason} (None: seen once, kept at the next poll), the live root's
-        # id and from when its stalled check is made (waits.stalled_since); None when none may be
-        # reused (waits.WaitFacts.reusable).
-        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None, float] | None = None
+        # made from, {node_id: reason}, the live root's id and from when its stalled check is
+        # made (waits.stalled_since); None when none may be reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry], str | None, float] | None = None
 
 
 class StateTrees:
@@ -137,6 +136,26 @@ class StateTrees:
                 kept = self._refreshed(unit, root_id, kept, build, unit.get_states(kept.dirty), None)
             kept.seq = last
             return kept, None
+
+    def unmoved(self, last: int, root_id: str) -> Tree | None:
+        """The kept tree of ``root_id`` when ``last``, the feed's highest seq as read outside any
+        unit (``Store.feed_top``), shows that :meth:`tree` would read nothing more for it: kept,
+        with no dirty node, and caught up with ``last`` (no change of any pipeline since the
+        common cursor's, or since its own for the pipeline asked last). The bookkeeping is
+        :meth:`tree`'s. None when :meth:`tree` would read: then ask it, in a unit."""
+        with self._lock:
+            kept = self._kept.get(root_id)
+            if kept is None or kept.dirty:
+                return None
+            if self._last_root == root_id:  # as _tree_own: caught up with its own changes
+                if last < self._seq or last != kept.seq:
+                    return None
+            elif last != self._seq:  # the common cursor would catch up first
+                return None
+            self._last_root = root_id
+            self._kept.move_to_end(root_id)
+            kept.seq = last
+            return kept
 
     def _tree_own(self, unit: Unit, root_id: str, kept: Tree, build: Build) -> Tree:
         """Rows visible in seq order, asked for the same pipeline as the previous call (one

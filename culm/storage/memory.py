@@ -769,6 +769,10 @@ class MemoryStore:
         with self._lock:
             yield MemoryUnit(self._db)
 
+    def feed_top(self) -> int | None:
+        """None: a unit here is a lookup under a lock, as cheap as this read would be."""
+        return None
+
     def is_interruption(self, exc: BaseException) -> bool:
         """Never: there is no server to lose (a crash is modelled by :meth:`reopen`, not raised)."""
         return False

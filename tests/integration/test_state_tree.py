@@ -316,6 +316,48 @@ def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
     assert trees.full_reads - reads <= 1
 
 
+def test_polls_that_find_the_feed_unmoved_open_no_transaction(tmp_path):
+    """A SQLite file: a poll that finds the feed's top where its kept tree was caught up, the
+    tree's wait reasons kept, sends that one read and nothing else, no BEGIN nor ROLLBACK around
+    it (Store.feed_top): polled in turn (the feed's common cursor) and one pipeline alone (its own
+    changes). Every answer equals a full read, and a change is in the next poll."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sqlalchemy import event
+
+    import culm
+
+    gates = [act("t_gate", gate=f"tree-still-{i}", x=i) for i in range(2)]
+    lasts = [act(x=9) for _ in gates]
+    trees = [build_tree(chain(gate, last)) for gate, last in zip(gates, lasts, strict=True)]
+    with culm.Runtime(f"sqlite:///{tmp_path}/still.db") as rt, ThreadPoolExecutor(1) as poller:
+        roots = [run(rt, tree) for tree in trees]
+        for gate in gates:
+            wait_state(rt, gate.id, "RUNNING")
+        me, sent = poller.submit(threading.get_ident).result(), []
+        # The poller thread's own reader opens at its first poll: its statements are logged.
+        event.listen(rt.engine.store.engine, "connect", lambda conn, _record: conn.set_trace_callback(
+            lambda sql: sent.append(sql) if threading.get_ident() == me else None))
+
+        def poll(root):
+            sent.clear()
+            return poller.submit(lambda: api.get_pipeline_states(rt, root).data).result()
+
+        for root in roots:
+            poll(root)  # read whole, the wait reasons kept
+        for polled in (roots * 3, [roots[1]] * 3):
+            for root in polled:
+                data = poll(root)
+                assert sent == ["SELECT MAX(seq) FROM culm_change"]
+                assert data == full_read_keeping(rt, root)
+        components.gate("tree-still-0").set()
+        wait_state(rt, lasts[0].id, "FINISHED")
+        data = poll(roots[0])
+        assert "BEGIN" in sent and data[roots[0]]["children"][lasts[0].id]["state"] == "FINISHED"
+        assert data == full_read_keeping(rt, roots[0])
+        components.gate("tree-still-1").set()
+
 
 def test_a_poll_sees_a_change_another_connection_wrote(runtime):
     """A client with a store of its own (its own connections; on SQLite it hears none of the

@@ -236,6 +236,8 @@ SCHEDULE_CALL_HELD = ("SELECT id FROM culm_task WHERE root_id = ? AND schedule_i
 FIRST_CALLBACK_TASK = ("SELECT t.id FROM culm_task t JOIN culm_callback_data c ON c.id = t.callback_id "
                        "WHERE t.root_id = ? AND t.node_id = ? AND t.running_version = ? "
                        "ORDER BY c.seq, c.id LIMIT 1")
+# The change feed's highest seq (state trees and waiters compare it with the one they saw last).
+LAST_CHANGE_SEQ = "SELECT MAX(seq) FROM culm_change"
 CALLBACK_SEQ = "SELECT MAX(seq) FROM culm_callback_data WHERE node_id = ? AND version = ?"
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
