@@ -7,7 +7,7 @@ import gc
 
 import components
 import pytest
-from engine_fixtures import chain, run, wait_state
+from engine_fixtures import chain, node_state, run, wait_state
 
 from culm import api
 from culm.builder import ServiceActivity, SubProcess, Var, build_tree
@@ -316,47 +316,88 @@ def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
     assert trees.full_reads - reads <= 1
 
 
+class LoggedPoller:
+    """Polls from a thread of its own, whose SQLite reader (opened at its first poll) logs every
+    statement it sends: ``sent`` holds those of the last poll."""
+
+    def __init__(self, runtime):
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
+
+        from sqlalchemy import event
+
+        self.runtime, self.sent = runtime, []
+        self.thread = ThreadPoolExecutor(1)
+        me = self.thread.submit(threading.get_ident).result()
+        event.listen(runtime.engine.store.engine, "connect", lambda conn, _record: conn.set_trace_callback(
+            lambda sql: self.sent.append(sql) if threading.get_ident() == me else None))
+
+    def poll(self, root):
+        self.sent.clear()
+        return self.thread.submit(lambda: api.get_pipeline_states(self.runtime, root).data).result()
+
+    def states_read(self):
+        return [sql for sql in self.sent if sql.startswith("SELECT node_id, root_id")]
+
+
+def gated_chains(tmp_path, name, count):
+    """A runtime on a SQLite file running ``count`` chains (a t_gate activity, then another),
+    each held at its gate; the gates and last activities."""
+    import culm
+
+    gates = [act("t_gate", gate=f"{name}-{i}", x=i) for i in range(count)]
+    lasts = [act(x=9) for _ in gates]
+    rt = culm.Runtime(f"sqlite:///{tmp_path}/{name}.db")
+    for gate, last in zip(gates, lasts, strict=True):
+        run(rt, build_tree(chain(gate, last)))
+    for gate in gates:
+        wait_state(rt, gate.id, "RUNNING")
+    return rt, gates, lasts
+
+
 def test_polls_that_find_the_feed_unmoved_open_no_transaction(tmp_path):
     """A SQLite file: a poll that finds the feed's top where its kept tree was caught up, the
     tree's wait reasons kept, sends that one read and nothing else, no BEGIN nor ROLLBACK around
     it (Store.feed_top): polled in turn (the feed's common cursor) and one pipeline alone (its own
     changes). Every answer equals a full read, and a change is in the next poll."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from sqlalchemy import event
-
-    import culm
-
-    gates = [act("t_gate", gate=f"tree-still-{i}", x=i) for i in range(2)]
-    lasts = [act(x=9) for _ in gates]
-    trees = [build_tree(chain(gate, last)) for gate, last in zip(gates, lasts, strict=True)]
-    with culm.Runtime(f"sqlite:///{tmp_path}/still.db") as rt, ThreadPoolExecutor(1) as poller:
-        roots = [run(rt, tree) for tree in trees]
-        for gate in gates:
-            wait_state(rt, gate.id, "RUNNING")
-        me, sent = poller.submit(threading.get_ident).result(), []
-        # The poller thread's own reader opens at its first poll: its statements are logged.
-        event.listen(rt.engine.store.engine, "connect", lambda conn, _record: conn.set_trace_callback(
-            lambda sql: sent.append(sql) if threading.get_ident() == me else None))
-
-        def poll(root):
-            sent.clear()
-            return poller.submit(lambda: api.get_pipeline_states(rt, root).data).result()
-
+    rt, gates, lasts = gated_chains(tmp_path, "tree-still", 2)
+    with rt:
+        poller = LoggedPoller(rt)
+        roots = [node_state(rt, gate.id)["root_id"] for gate in gates]
         for root in roots:
-            poll(root)  # read whole, the wait reasons kept
+            poller.poll(root)  # read whole, the wait reasons kept
         for polled in (roots * 3, [roots[1]] * 3):
             for root in polled:
-                data = poll(root)
-                assert sent == ["SELECT MAX(seq) FROM culm_change"]
+                data = poller.poll(root)
+                assert poller.sent == ["SELECT MAX(seq) FROM culm_change"]
                 assert data == full_read_keeping(rt, root)
         components.gate("tree-still-0").set()
         wait_state(rt, lasts[0].id, "FINISHED")
-        data = poll(roots[0])
-        assert "BEGIN" in sent and data[roots[0]]["children"][lasts[0].id]["state"] == "FINISHED"
+        data = poller.poll(roots[0])
+        assert "BEGIN" in poller.sent and data[roots[0]]["children"][lasts[0].id]["state"] == "FINISHED"
         assert data == full_read_keeping(rt, roots[0])
         components.gate("tree-still-1").set()
+
+
+def test_the_poll_that_finds_the_feed_moved_reads_for_the_pipelines_polled_in_turn(tmp_path):
+    """A SQLite file, pipelines polled in turn: the poll that finds the feed moved reads the rows
+    the changes name in every pipeline polled lately (and the live schedules of those RUNNING), in
+    one statement for all, so the polls of the others that moved read no state row; every answer
+    equals a full read."""
+    rt, gates, lasts = gated_chains(tmp_path, "tree-ahead", 3)
+    with rt:
+        poller = LoggedPoller(rt)
+        roots = [node_state(rt, gate.id)["root_id"] for gate in gates]
+        for root in roots:
+            poller.poll(root)
+        for i in range(len(gates)):
+            components.gate(f"tree-ahead-{i}").set()
+        for last in lasts:
+            wait_state(rt, last.id, "FINISHED")
+        for i, root in enumerate(roots):
+            data = poller.poll(root)
+            assert len(poller.states_read()) == (1 if i == 0 else 0), poller.sent
+            assert data[root]["state"] == "FINISHED" and data == full_read_keeping(rt, root)
 
 
 def test_a_poll_sees_a_change_another_connection_wrote(runtime):
