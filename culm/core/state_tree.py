@@ -62,7 +62,7 @@ class Tree:
     the entries they hand out)."""
 
     __slots__ = ("entries", "records", "dirty", "read_at", "seq", "may_wait", "facts", "reasons", "asked_at",
-                 "ahead", "ahead_schedules")
+                 "ahead", "ahead_schedules", "ahead_processes")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
@@ -71,9 +71,11 @@ class Tree:
         self.read_at = read_at  # when every row was last read (monotonic)
         self.asked_at = read_at  # when a poll last asked for it (monotonic)
         # Rows visible in seq order: the rows of dirty nodes read by the catch-up that named them
-        # last (None: no row), and the live schedules of those RUNNING then (StateTrees._read_ahead).
+        # last (None: no row), the live schedules of those RUNNING then, and the pipeline's live
+        # processes as that catch-up read them (None: not read) (StateTrees._read_ahead).
         self.ahead: dict[str, StateRecord | None] = {}
         self.ahead_schedules: dict[str, list[ScheduleRecord]] = {}
+        self.ahead_processes: list[ProcessPosition] | None = None
         # Rows visible in seq order (SQLite, the memory store): the feed's seq this tree is caught up
         # with: every change up to it is in the rows, or its node is in ``dirty``.
         self.seq = 0
@@ -149,7 +151,7 @@ class StateTrees:
         self._kept.move_to_end(root_id)
         if kept.dirty:
             kept = self._refreshed(unit, root_id, kept, build, self._dirty_rows(unit, kept, kept.dirty), None,
-                                   ahead=kept.ahead_schedules)
+                                   kept.ahead_processes, ahead=kept.ahead_schedules)
         kept.seq = last
         return kept
 
@@ -203,9 +205,10 @@ class StateTrees:
         if not changed:
             kept.seq = last
             return kept
-        # (The live schedules read ahead of a node the feed named since are older than its row.)
+        # (What was read ahead of a change the feed named since is older than its row.)
         ahead = {node_id: found for node_id, found in kept.ahead_schedules.items() if node_id not in fed}
-        fresh = self._refreshed(unit, root_id, kept, build, rows, None, changed=changed, ahead=ahead)
+        processes = None if fed else kept.ahead_processes
+        fresh = self._refreshed(unit, root_id, kept, build, rows, None, processes, changed=changed, ahead=ahead)
         fresh.seq = last
         return fresh
 
@@ -244,15 +247,17 @@ class StateTrees:
                     else:  # read at its own poll, whenever that comes
                         found.ahead.pop(node_id, None)
                         found.ahead_schedules.pop(node_id, None)
+                        found.ahead_processes = None
             if named:
                 self._read_ahead(unit, named)
         self._seq = last
 
     def _read_ahead(self, unit: Unit, named: dict[str, list[str]]) -> None:
-        """Read the rows of the nodes a catch-up ``named`` (by root) and the live schedules of
-        those RUNNING, for all their trees together (a poller of many pipelines asks for each
-        again soon): their polls then read neither, a statement or two fewer each. Read in this
-        catch-up's snapshot, as its polls would: a later change of a node names it again."""
+        """Read the rows of the nodes a catch-up ``named`` (by root), the live schedules of those
+        RUNNING and the live processes of the pipelines alive, for all their trees together (a
+        poller of many pipelines asks for each again soon): their polls then read none of them,
+        up to three statements fewer each. Read in this catch-up's snapshot, as its polls would:
+        a later change of a node names it again."""
         ids = [node_id for nodes in named.values() for node_id in nodes]
         rows: dict[str, StateRecord] = {}
         for i in range(0, len(ids), AHEAD_CHUNK):
@@ -263,8 +268,13 @@ class StateTrees:
             for sched in unit.live_schedules(running):
                 if sched.node_id in schedules:  # (MySQL's collation matches ids of another case too)
                     schedules[sched.node_id].append(sched)
+        # Any change may have moved a process: those of the live pipelines, read again.
+        alive = [root_id for root_id in named if (st := rows.get(root_id) or self._kept[root_id].records.get(root_id))
+                 is not None and st.name in (states.RUNNING, states.SUSPENDED)]
+        processes = unit.live_positions_of_roots(alive) if alive else {}
         for root_id, nodes in named.items():
             tree = self._kept[root_id]
+            tree.ahead_processes = processes.get(root_id)
             for node_id in nodes:
                 tree.ahead[node_id] = rows.get(node_id)
                 found = schedules.get(node_id)

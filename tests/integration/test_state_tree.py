@@ -400,6 +400,42 @@ def test_the_poll_that_finds_the_feed_moved_reads_for_the_pipelines_polled_in_tu
             assert data[root]["state"] == "FINISHED" and data == full_read_keeping(rt, root)
 
 
+def test_pipelines_polled_in_turn_that_forked_read_their_processes_at_the_catch_up(tmp_path):
+    """Forked pipelines waiting for callbacks (live schedules, live processes, converge waits),
+    polled in turn: after a branch of each is called back, only the first poll reads rows,
+    schedules and processes (for all of them); the others read none, and every answer, wait
+    reasons included, equals a full read."""
+    import culm
+    from culm.builder import ConvergeGateway, EmptyEndEvent, EmptyStartEvent, ParallelGateway
+
+    pipelines = []
+    for _ in range(3):
+        start, end, fork, join = EmptyStartEvent(), EmptyEndEvent(), ParallelGateway(), ConvergeGateway()
+        waiting = [act("t_callback") for _ in range(2)]
+        start.extend(fork).connect(*waiting).converge(join).extend(end)
+        pipelines.append((build_tree(start), waiting))
+    with culm.Runtime(f"sqlite:///{tmp_path}/forked.db") as rt:
+        roots = [run(rt, tree) for tree, _ in pipelines]
+        for _, waiting in pipelines:
+            for node in waiting:
+                wait_state(rt, node.id, "RUNNING")
+        poller = LoggedPoller(rt)
+        for root in roots:
+            poller.poll(root)
+        for _, waiting in pipelines:
+            assert api.callback(rt, waiting[0].id, node_state(rt, waiting[0].id)["version"], {}).result
+        for _, waiting in pipelines:
+            wait_state(rt, waiting[0].id, "FINISHED")
+        assert rt.wait_idle(30)
+        for i, root in enumerate(roots):
+            data = poller.poll(root)
+            reads = [sql for sql in poller.sent if sql.startswith("SELECT") and "MAX(seq)" not in sql]
+            assert (len(reads) > 0) == (i == 0), poller.sent
+            assert data == full_read_keeping(rt, root)
+            children = data[root]["children"]
+            assert children[pipelines[i][1][1].id]["wait_reason"]["kind"] == "callback"
+
+
 def test_a_poll_sees_a_change_another_connection_wrote(runtime):
     """A client with a store of its own (its own connections; on SQLite it hears none of the
     engine's in-process wake-ups) polls a pipeline while the runtime that runs it writes: each
@@ -527,6 +563,8 @@ def test_reads_sent_together_answer_as_each_read_alone(runtime):
     with runtime.engine.store.reading() as unit:
         together = unit.read_together(calls)
         alone = [getattr(unit, verb)(*args) for verb, args in calls]
+        # The processes of several pipelines at once (a catch-up's read ahead) answer as one by one.
+        assert unit.live_positions_of_roots([root, "no-such-root"]) == {root: alone[5], "no-such-root": []}
         with pytest.raises(InvalidOperationError, match="get_state"):
             unit.read_together([("get_state", (root,)), ("get_states", (ids,))])
     assert [r for r in together[0] if r.root_id == root] == [r for r in alone[0] if r.root_id == root]

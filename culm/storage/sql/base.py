@@ -63,6 +63,7 @@ from culm.storage.sql.statements import (
     LAST_CHANGE_SEQ,
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
+    LIVE_POSITIONS_OF_ROOTS,
     LIVE_SCHEDULES_IN,
     LOCK_FREE_SCHEDULE,
     LOG_AT,
@@ -1195,6 +1196,16 @@ class SqlUnit(budget.UnitChecks):
 
     def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
         return self._answer(self._plan_live_process_positions(root_id))
+
+    def live_positions_of_roots(self, root_ids: Sequence[str]) -> dict[str, list[ProcessPosition]]:
+        found: dict[str, list[ProcessPosition]] = {root_id: [] for root_id in root_ids}
+        ids = list(found)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for r in self._all(LIVE_POSITIONS_OF_ROOTS.format(marks=marks(len(chunk))), [*chunk, False]):
+                if r[0] in found:  # (MySQL's collation matches ids of another case too)
+                    found[r[0]].append(ProcessPosition._make(r[1:]))
+        return found
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])

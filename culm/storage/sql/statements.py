@@ -194,6 +194,8 @@ PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
 LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
                           " FROM culm_process WHERE root_id = ? AND dead = ?")
+LIVE_POSITIONS_OF_ROOTS = ("SELECT root_id, id, parent_id, current_node_id, destination_id, suspended_by, ack_num,"
+                           " need_ack FROM culm_process WHERE root_id IN ({marks}) AND dead = ?")
 PROCESSES_SUSPENDED_BY = PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?"
 PROCESSES_AT = PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?"
 TASK_BY_ID = TASK_SELECT + " WHERE id = ?"
