@@ -159,6 +159,10 @@ def _unmoved(engine: Engine, root_id: str) -> tuple[Tree, dict[str, dict[str, An
     which saves a transaction's BEGIN and ROLLBACK around it: a poller of many pipelines mostly
     finds them as it left them (the feed's rows are read once per round, at the first poll that
     finds it moved). None: read in a unit."""
+    # Not even the top is read for a tree known to need more (one a catch-up marked).
+    kept = engine.state_trees.tree_of(root_id)
+    if kept is None or kept.dirty or _reasons_without_reads(kept) is None:
+        return None
     top = engine.store.feed_top()
     if top is None:
         return None
