@@ -111,30 +111,40 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
     same Tree and kept facts) reuses the reasons made then, when they may serve again
     (WaitFacts.reusable: none counts time or rests on rows without a feed, such as poll and
     timeout tasks): it makes no facts and no reasons. Only the stalled check, which counts time
-    and reads tasks, is made at every poll once it is due (waits.stalled_since). Reasons are kept
-    from a tree's first poll on: its next poll then needs no unit at all (:func:`_unmoved`), and a
-    poller of many pipelines finds most of them as it left them; a moving pipeline's polls pay
-    for copying the few reasons they hand out."""
+    and reads tasks, is made at every poll once it is due (waits.stalled_since). A few reasons
+    are kept from a tree's first poll on, so that its next poll needs no unit at all
+    (:func:`_unmoved`: a poller of many pipelines finds most of them as it left them); many,
+    from its second: a moving pipeline's polls each see a new tree once, and would pay for
+    copying reasons no later poll reuses."""
     kept = tree.reasons
     facts_kept = tree.facts
-    if kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes:
+    seen = kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes
+    if seen and kept is not None and kept[2] is not None:
         reasons, alive_root, stall_at = kept[2], kept[3], kept[4]
         shared = True
-    else:  # made without the stalled check, and kept (the check made below)
+    else:  # made without the stalled check (made below)
         facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=False)
         reasons = waits.wait_reasons(facts) if facts.candidates else {}
         alive_root = facts.alive_root
         # (The same rows as read_facts' own check: the tree's may_wait, set by _kept_wait_facts.)
         stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(root_id)) if alive_root else 0.0
-        # (Kept only while the facts still say they may be: a fact that can change without a feed row
-        # makes them unreusable, and then every poll makes them again.)
-        shared = facts.reusable
-        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at) if shared else None
+        # Kept at a tree's second poll, or at its first when they are few: a poll copies the kept
+        # reasons it hands out, which for a few costs less than the unit the next poll then
+        # saves; a moving pipeline with many (a hundred callbacks) would copy them at every poll.
+        # (Only while the facts still say they may serve again: a fact that can change without a
+        # feed row makes them unreusable, and then every poll makes them again.)
+        shared = facts.reusable and (seen or len(reasons) <= KEEP_AT_FIRST_POLL)
+        tree.reasons = ((facts_kept, facts_kept.processes, reasons if shared else None, alive_root, stall_at)
+                        if facts.reusable else None)
     if alive_root is not None and _stall_due(alive_root, stall_at, reasons):
         note = waits.stalled_note(unit, alive_root, execute_tasks)
         if note is not None:
             reasons = {**reasons, alive_root: note}  # (a copy: the kept reasons stay as made)
     return reasons, shared
+
+
+# Wait reasons a tree's first poll keeps at most (see _kept_reasons).
+KEEP_AT_FIRST_POLL = 16
 
 
 def _stall_due(alive_root: str, stall_at: float, reasons: dict[str, dict[str, Any]]) -> bool:
@@ -146,7 +156,7 @@ def _reasons_without_reads(tree: Tree) -> dict[str, dict[str, Any]] | None:
     """The wait reasons kept with ``tree`` when :func:`_kept_reasons` would hand them out without
     a read (the tree seen before, its reasons kept, its stalled check not due); else None."""
     kept = tree.reasons
-    if kept is None or kept[0] is not tree.facts or kept[1] is not tree.facts.processes:
+    if kept is None or kept[2] is None or kept[0] is not tree.facts or kept[1] is not tree.facts.processes:
         return None
     alive_root = kept[3]
     return None if alive_root is not None and _stall_due(alive_root, kept[4], kept[2]) else kept[2]

@@ -38,9 +38,8 @@ Build = Callable[[StateRecord, bool, "tuple[StateRecord, Entry] | None"], Entry]
 
 # Changes to catch up with above which forgetting every kept tree is cheaper.
 MAX_CATCH_UP = 20_000
-# Rows visible in seq order: a catch-up reads the changed rows of the trees asked for this recently
-# (seconds; a poller's next round will want them), and in statements of at most this many ids.
-AHEAD_WITHIN = 1.0
+# Rows visible in seq order: a catch-up reads the changed rows of the trees asked for lately (see
+# StateTrees._catch_up) in statements of at most this many ids.
 AHEAD_CHUNK = 500
 # Server databases (rows visible out of seq order): how long a hole below a seen seq is waited for
 # (as the change feed does), and how old a kept tree may get before it is read in full again.
@@ -69,7 +68,7 @@ class Tree:
         self.entries = entries  # {node_id: entry built from it}
         self.dirty: set[str] = set()  # nodes with changes the rows do not show yet
         self.read_at = read_at  # when every row was last read (monotonic)
-        self.asked_at = read_at  # when a poll last asked for it (monotonic)
+        self.asked_at = 0  # the StateTrees' count of asks when a poll last asked for it
         # Rows visible in seq order: the rows of dirty nodes read by the catch-up that named them
         # last (None: no row), the live schedules of those RUNNING then, and the pipeline's live
         # processes as that catch-up read them (None: not read) (StateTrees._read_ahead).
@@ -89,9 +88,10 @@ class Tree:
         self.facts = KeptFacts()
         # The wait reasons made from this tree's rows and facts, for the polls that find it
         # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
-        # made from, {node_id: reason}, the live root's id and from when its stalled check is
-        # made (waits.stalled_since); None when none may be reused (waits.WaitFacts.reusable).
-        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry], str | None, float] | None = None
+        # made from, {node_id: reason} (None: seen once, kept at the next poll), the live root's
+        # id and from when its stalled check is made (waits.stalled_since); None when none may be
+        # reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None, float] | None = None
 
 
 class StateTrees:
@@ -100,7 +100,9 @@ class StateTrees:
     One cursor in the feed serves every kept pipeline: each call reads the changes since the
     previous call (whichever pipeline that was for) once, and marks their nodes dirty in the
     pipelines kept. So a poller of a hundred pipelines scans each change once, not once per
-    pipeline. Rows visible in seq order (SQLite, the memory store), a call for the same pipeline
+    pipeline; and the rows of the nodes marked in pipelines asked for lately are read then too,
+    all in one statement, with their live schedules and processes (:meth:`_read_ahead`): the
+    polls of the others read none of them. Rows visible in seq order (SQLite, the memory store), a call for the same pipeline
     as the previous one (a poller of one pipeline) reads only that pipeline's changes instead,
     with the rows of the nodes they name, in one statement (:meth:`_tree_own`): each kept tree
     knows the seq it is caught up with (``Tree.seq``; nodes changed since are marked dirty).
@@ -117,6 +119,7 @@ class StateTrees:
         self._window_at = 0.0  # ... and when the rows above the cursor were last read again
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
         self.full_reads = 0  # trees read in full so far (every other call read only what changed)
+        self._asks = 0  # rows in seq order: calls of tree(), and of unmoved() that found its tree
 
     def tree(self, unit: Unit, root_id: str, build: Build) -> tuple[Tree, list[TaskRecord] | None]:
         """The rows and entries of every state of ``root_id`` (the root's own included; none when
@@ -125,8 +128,9 @@ class StateTrees:
         with self._lock:
             if not unit.feed_ordered:
                 return self._tree_settled(unit, root_id, build)
+            self._asks += 1
             tree = self._tree_ordered(unit, root_id, build)
-            tree.asked_at = time.monotonic()
+            tree.asked_at = self._asks
             return tree, None
 
     def _tree_ordered(self, unit: Unit, root_id: str, build: Build) -> Tree:
@@ -139,7 +143,7 @@ class StateTrees:
         if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
             return self._read(unit, root_id, build)
         if kept is not None:
-            kept.asked_at = time.monotonic()  # (its changes are read ahead with the others')
+            kept.asked_at = self._asks  # (its changes are read ahead with the others')
         self._catch_up(unit, last, changed)
         kept = self._kept.get(root_id)
         if kept is None:
@@ -173,7 +177,8 @@ class StateTrees:
             self._last_root = root_id
             self._kept.move_to_end(root_id)
             kept.seq = last
-            kept.asked_at = time.monotonic()
+            self._asks += 1
+            kept.asked_at = self._asks
             return kept
 
     def _tree_own(self, unit: Unit, root_id: str, kept: Tree, build: Build) -> Tree:
@@ -236,7 +241,9 @@ class StateTrees:
             self._forget()
         elif self._kept:
             kept = self._kept
-            recent = time.monotonic() - AHEAD_WITHIN
+            # Asked for within the last as many asks as trees are kept: a poller of them in turn
+            # asks for each again within as many (counted, not timed: a slow round is a round).
+            recent = self._asks - len(kept)
             named: dict[str, list[str]] = {}  # of the trees asked for lately
             for root_id, node_id in changed:
                 found = kept.get(root_id)
