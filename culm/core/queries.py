@@ -120,23 +120,26 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
     facts_kept = tree.facts
     seen = kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes
     if seen and kept is not None and kept[2] is not None:
-        reasons, alive_root, stall_at = kept[2], kept[3], kept[4]
+        reasons, alive_root = kept[2], kept[3]
         shared = True
+        due = alive_root is not None and _stall_due(tree, alive_root, reasons)
     else:  # made without the stalled check (made below)
         facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=False)
         reasons = waits.wait_reasons(facts) if facts.candidates else {}
         alive_root = facts.alive_root
-        # (The same rows as read_facts' own check: the tree's may_wait, set by _kept_wait_facts.)
-        stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(root_id)) if alive_root else 0.0
         # Kept at a tree's second poll, or at its first when they are few: a poll copies the kept
         # reasons it hands out, which for a few costs less than the unit the next poll then
         # saves; a moving pipeline with many (a hundred callbacks) would copy them at every poll.
         # (Only while the facts still say they may serve again: a fact that can change without a
-        # feed row makes them unreusable, and then every poll makes them again.)
+        # feed row makes them unreusable, and then every poll makes them again.) When the stalled
+        # check falls due is worked out at the first reuse (_stall_due), not for every new tree.
         shared = facts.reusable and (seen or len(reasons) <= KEEP_AT_FIRST_POLL)
-        tree.reasons = ((facts_kept, facts_kept.processes, reasons if shared else None, alive_root, stall_at)
+        tree.reasons = ((facts_kept, facts_kept.processes, reasons if shared else None, alive_root, None)
                         if facts.reusable else None)
-    if alive_root is not None and _stall_due(alive_root, stall_at, reasons):
+        # (The same rows as read_facts' own check: the tree's may_wait, set by _kept_wait_facts.)
+        due = alive_root is not None and alive_root not in reasons and not waits.moved_since(
+            time.time() - waits.STALLED_AFTER, tree.may_wait or (), tree.records.get(root_id))
+    if due and alive_root is not None:
         note = waits.stalled_note(unit, alive_root, execute_tasks)
         if note is not None:
             reasons = {**reasons, alive_root: note}  # (a copy: the kept reasons stay as made)
@@ -147,19 +150,34 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
 KEEP_AT_FIRST_POLL = 16
 
 
-def _stall_due(alive_root: str, stall_at: float, reasons: dict[str, dict[str, Any]]) -> bool:
-    """Whether the kept wait reasons of a live pipeline need the stalled check (a read) now."""
+def _stall_due(tree: Tree, alive_root: str, reasons: dict[str, dict[str, Any]]) -> bool:
+    """Whether the wait reasons kept with ``tree`` (its pipeline alive) need the stalled check (a
+    read) now. When it falls due (waits.stalled_since: a scan of the rows that may wait) is worked
+    out at the first reuse of the reasons and kept with them."""
+    kept = tree.reasons
+    if kept is None:
+        return False
+    stall_at = kept[4]
+    if stall_at is None:
+        stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(alive_root))
+        tree.reasons = (kept[0], kept[1], kept[2], kept[3], stall_at)
     return time.time() >= stall_at and alive_root not in reasons
+
+
+def _reasons_kept(tree: Tree) -> dict[str, dict[str, Any]] | None:
+    """The wait reasons kept with ``tree`` for its next polls (its facts unchanged), or None."""
+    kept = tree.reasons
+    if kept is None or kept[0] is not tree.facts or kept[1] is not tree.facts.processes:
+        return None
+    return kept[2]
 
 
 def _reasons_without_reads(tree: Tree) -> dict[str, dict[str, Any]] | None:
     """The wait reasons kept with ``tree`` when :func:`_kept_reasons` would hand them out without
     a read (the tree seen before, its reasons kept, its stalled check not due); else None."""
-    kept = tree.reasons
-    if kept is None or kept[2] is None or kept[0] is not tree.facts or kept[1] is not tree.facts.processes:
-        return None
-    alive_root = kept[3]
-    return None if alive_root is not None and _stall_due(alive_root, kept[4], kept[2]) else kept[2]
+    reasons = _reasons_kept(tree)
+    alive_root = tree.reasons[3] if tree.reasons is not None else None
+    return None if reasons is None or alive_root is not None and _stall_due(tree, alive_root, reasons) else reasons
 
 
 def _unmoved(engine: Engine, root_id: str) -> tuple[Tree, dict[str, dict[str, Any]]] | None:
@@ -171,7 +189,7 @@ def _unmoved(engine: Engine, root_id: str) -> tuple[Tree, dict[str, dict[str, An
     finds it moved). None: read in a unit."""
     # Not even the top is read for a tree known to need more (one a catch-up marked).
     kept = engine.state_trees.tree_of(root_id)
-    if kept is None or kept.dirty or _reasons_without_reads(kept) is None:
+    if kept is None or kept.dirty or _reasons_kept(kept) is None:
         return None
     top = engine.store.feed_top()
     if top is None:

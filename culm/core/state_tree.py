@@ -89,9 +89,10 @@ class Tree:
         # The wait reasons made from this tree's rows and facts, for the polls that find it
         # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
         # made from, {node_id: reason} (None: seen once, kept at the next poll), the live root's
-        # id and from when its stalled check is made (waits.stalled_since); None when none may be
-        # reused (waits.WaitFacts.reusable).
-        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None, float] | None = None
+        # id and from when its stalled check is made (waits.stalled_since; None: not worked out
+        # yet); None when none may be reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None,
+                            float | None] | None = None
 
 
 class StateTrees:
@@ -249,7 +250,9 @@ class StateTrees:
                 found = kept.get(root_id)
                 if found is not None:
                     found.dirty.add(node_id)
-                    if found.asked_at >= recent:
+                    # (A pipeline last seen ended is no longer polled: what moved it there was
+                    # seen already, by a poll of it alone that left this cursor behind.)
+                    if found.asked_at >= recent and _alive(found, root_id):
                         named.setdefault(root_id, []).append(node_id)
                     else:  # read at its own poll, whenever that comes
                         found.ahead.pop(node_id, None)
