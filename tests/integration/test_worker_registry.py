@@ -316,6 +316,24 @@ def _due_task_is_due(rt: culm.Runtime, task_id: str) -> bool:
         return float(unit._one("SELECT due FROM culm_task WHERE id = ?", [task_id])[0]) <= now()
 
 
+def test_a_silent_embedded_runner_is_never_buried(runtime: culm.Runtime) -> None:
+    """An embedded runner (a `culm run`) does not look, before it starts the calls it handed out,
+    whether it was taken for dead: one only paused would run a call another runner took over. So
+    silence alone buries no embedded runner, and its leases stay until they run out."""
+    rt = runtime
+    relay, sent = _relay_beside(rt, "runner-j")
+    registry = SqlWorkerRegistry(rt.store)
+    registry.register("embedded-k", 2, "")
+    task_id = _due_task(rt, 1.0)
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["embedded-k", now() + 30, task_id])
+    _silence(rt, "embedded-k", 10)
+    _silence(rt, "runner-j", 10)
+    assert [(w.owner, silent) for w, silent in registry.dead(DEAD_AFTER)] == [("runner-j", True)]
+    assert relay.bury_dead() == 1 and _lease(rt, task_id)[0] == "embedded-k" and sent.ids == []
+    assert [w.owner for w in registry.workers()] == ["embedded-k"]
+
+
 class _FailingOnce:
     """A relay's store whose next transaction fails (a deadlock victim, a lost connection)."""
 
