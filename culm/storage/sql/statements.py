@@ -141,6 +141,12 @@ WAKE_TASK_ON_ACK = ("INSERT INTO culm_task (id, kind, process_id, node_id, root_
                     " WHERE id = ? AND ack_num = need_ack")
 WAKE_ON_ACK = ("UPDATE culm_process SET asleep = FALSE, ack_num = 0, need_ack = 0, current_node_id = ?"
                " WHERE id = ? AND ack_num = need_ack")
+# Server databases, a join decided with the commit: refused (its scalar subquery gives two rows,
+# an error on every server) unless each of the parents counted is stored. A join whose parent is
+# gone then commits nothing: the engine loop replays its tasks one by one, and the walk whose child
+# reached the gateway fails its node, saying so (culm.core.joins), as on SQLite.
+PARENTS_STORED = ("SELECT (SELECT 0 UNION ALL SELECT 0 FROM (SELECT COUNT(*) AS n FROM culm_process"
+                  " WHERE id IN ({marks})) AS found WHERE n < ?)")
 # PostgreSQL: the three in one statement (an UPDATE's SET reads the row as it was; RETURNING gives
 # it after: woken, its counts are 0, else ack_num is at least the count just added).
 _WOKEN = "ack_num + ? = need_ack"

@@ -1,0 +1,69 @@
+"""A run whose rows were damaged ends where an operator sees it, alike on every backend."""
+
+from __future__ import annotations
+
+import components
+import pytest
+from contract_support import act
+from engine_fixtures import node_state, outputs, run, wait_state
+from support import wait_until
+
+from culm import api
+from culm import builder as b
+from culm.core.snapshots import read_snapshot
+from culm.storage.memory import MemoryStore
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _lose_process(runtime, process_id):
+    """Delete a process row behind the engine's back, as a damaged database would."""
+    store = runtime.store
+    with store.transaction() as unit:
+        unit.announce_change()  # an embedded engine drops its kept copies of rows
+        if isinstance(store, MemoryStore):
+            unit._delete("process", process_id)
+        else:
+            unit._x("DELETE FROM culm_process WHERE id = ?", [process_id])
+
+
+def _fork_parent(runtime, root_id):
+    snap = read_snapshot(runtime.engine, root_id)
+    return next(p for p in snap.processes if p.need_ack == 2)
+
+
+def test_a_join_whose_parent_process_is_gone_fails_visibly_and_is_operable(runtime):
+    """The two branches of a parallel gateway reach their converge gateway after the process
+    that forked them was deleted: each branch's node ends FAILED, its ex_data naming the converge
+    gateway and the process not stored; the run does not hang RUNNING. A retry meets the same
+    damage and fails again, visibly; a skip moves the failure on to the converge gateway; revoke
+    ends the run."""
+    start, pg, cg = b.EmptyStartEvent(), b.ParallelGateway(), b.ConvergeGateway()
+    left, right = act("t_gate", gate="join-a"), act("t_gate", gate="join-b")
+    pg.connect(left, right)
+    start.extend(pg).to(pg).converge(cg).extend(b.EmptyEndEvent())
+    tree = b.build_tree(start)
+    root = run(runtime, tree)
+    wait_state(runtime, left.id, "RUNNING")
+    wait_state(runtime, right.id, "RUNNING")
+    parent = _fork_parent(runtime, root)
+    _lose_process(runtime, parent.id)
+    components.gate("join-a").set()
+    components.gate("join-b").set()
+    for node in (left, right):
+        wait_state(runtime, node.id, "FAILED", timeout=20)
+        ex_data = outputs(runtime, node.id)["ex_data"]
+        assert f"converge gateway {cg.id}: process {parent.id}" in ex_data and "is not stored" in ex_data, ex_data
+    assert node_state(runtime, cg.id) is None
+    assert node_state(runtime, root)["state"] == "RUNNING"
+    assert api.retry_node(runtime, left.id).result
+    wait_until(lambda: node_state(runtime, left.id)["retry"] == 1 and node_state(runtime, left.id)["state"] == "FAILED",
+               20, what="the retried node to fail again")
+    assert api.skip_node(runtime, right.id).result
+    # Skipped, the branch walks on into the converge gateway, which fails for the same reason.
+    wait_state(runtime, cg.id, "FAILED", timeout=20)
+    assert node_state(runtime, right.id)["skip"]
+    ex_data = outputs(runtime, cg.id)["ex_data"]
+    assert f"converge gateway {cg.id}: process {parent.id}" in ex_data, ex_data
+    assert api.revoke_pipeline(runtime, root).result
+    wait_state(runtime, root, "REVOKED")
