@@ -44,7 +44,12 @@ def execute_step(
         if pending is not None:
             logger.info("dropping the result for task %s: the task is done or another runner holds it", task_id)
         return None
-    if proc is None or proc.dead:
+    if proc is None:
+        # culm deletes no process row: a task whose process is not stored is damage. Raised, it
+        # fails the task's node where an operator sees it (culm.core.faults); the task was
+        # dropped before, and its run stayed RUNNING with nothing to say why.
+        raise LookupError(f"process {task.process_id} of task {task.id} at node {task.node_id} is not stored")
+    if proc.dead:
         unit.delete_task(task_id)
         return None
     if pending is not None and pending[0].node_id and (

@@ -67,3 +67,30 @@ def test_a_join_whose_parent_process_is_gone_fails_visibly_and_is_operable(runti
     assert f"converge gateway {cg.id}: process {parent.id}" in ex_data, ex_data
     assert api.revoke_pipeline(runtime, root).result
     wait_state(runtime, root, "REVOKED")
+
+
+def test_a_task_whose_process_is_gone_fails_its_node_visibly(runtime):
+    """The process of a branch is deleted while its activity runs: the result comes back to a
+    task whose process is not stored, and the activity ends FAILED, its ex_data naming the
+    process (the task was dropped before, and the run stayed RUNNING with nothing to show). No
+    process waits there: a retry or skip is refused naming the node; revoke ends the run."""
+    start, pg, cg = b.EmptyStartEvent(), b.ParallelGateway(), b.ConvergeGateway()
+    left, right = act("t_gate", gate="orphan-a"), act("t_echo", x=1)
+    pg.connect(left, right)
+    start.extend(pg).to(pg).converge(cg).extend(b.EmptyEndEvent())
+    root = run(runtime, b.build_tree(start))
+    wait_state(runtime, left.id, "RUNNING")
+    wait_state(runtime, right.id, "FINISHED")
+    child = next(p for p in read_snapshot(runtime.engine, root).processes if p.current_node_id == left.id)
+    _lose_process(runtime, child.id)
+    components.gate("orphan-a").set()
+    wait_state(runtime, left.id, "FAILED", timeout=20)
+    ex_data = outputs(runtime, left.id)["ex_data"]
+    assert f"LookupError: process {child.id} of task" in ex_data and f"at node {left.id} is not stored" in ex_data, ex_data
+    assert node_state(runtime, cg.id) is None
+    assert node_state(runtime, root)["state"] == "RUNNING"
+    for command in (api.retry_node, api.skip_node):
+        res = command(runtime, left.id)
+        assert not res.result and left.id in res.message, res.message
+    assert api.revoke_pipeline(runtime, root).result
+    wait_state(runtime, root, "REVOKED")
