@@ -384,6 +384,8 @@ def test_a_join_decided_with_the_commit_whose_parent_is_not_stored_commits_nothi
     with pytest.raises(Exception, match="(?i)subquery"), store.transaction() as unit:
         unit.update_process("pa", last_heartbeat=1.0)
         assert unit.ack_children_at_commit({"pa": 1, "gone": 1}, {"pa": "gw-a", "gone": "gw"}, woken.extend)
+    with pytest.raises(Exception, match="(?i)subquery"), store.transaction() as unit:  # none of them stored
+        assert unit.ack_children_at_commit({"gone": 1}, {"gone": "gw"}, woken.extend)
     assert woken == []
     with store.reading() as unit:
         pa = unit.get_process("pa")

@@ -1175,10 +1175,15 @@ class SqlUnit(budget.UnitChecks):
                                           priority=p.priority, queue=p.queue))
             woken(out)
 
+        self._read_parents_at_commit(pids, take)
+        return True
+
+    def _read_parents_at_commit(self, pids: list[str], take: Callable[[list[Any]], None]) -> None:
+        """Queue the reads of ack_children_at_commit: PARENTS_STORED (refusing the commit when
+        one of ``pids`` is not stored), then the parents' rows, for ``take``."""
         in_pids = marks(len(pids))
         self._commit_reads.append((PARENTS_STORED.format(marks=in_pids), [*pids, len(pids)], _ignore_rows))
         self._commit_reads.append((PROCESSES_IN.format(marks=in_pids), pids, take))
-        return True
 
     @staticmethod
     def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
