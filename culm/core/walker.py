@@ -165,7 +165,12 @@ def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task:
         proc.suspended, proc.suspended_by = True, node.id
         step.note(st)  # the process parks without a state write (waits.KeptFacts: "reached")
         raise _Stop
-    if st is None or st.version != task.running_version or st.name != states.RUNNING:
+    if st is None:
+        # culm deletes no state row: one missing is damage. Raised, the node fails where an
+        # operator sees it (culm.core.faults) with its process parked there; taken for a lost
+        # version before, the result was dropped and the run stayed RUNNING with nothing to show.
+        raise LookupError(f"the state of node {node.id} is not stored: the result of its user code cannot be applied")
+    if st.version != task.running_version or st.name != states.RUNNING:
         raise VersionLostError(node.id)
     run = Run(engine, step, graph, proc, node, st)
     outcome: Outcome = invoke.resume(run, result)

@@ -325,12 +325,6 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
         p = self._get("process", process_id)
         return _copy_process(p) if p is not None else None
 
-    def _process(self, process_id: str) -> ProcessRecord:
-        p = self._get("process", process_id)
-        if p is None:
-            raise MemoryStoreError(f"process {process_id} does not exist")
-        return p
-
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
         _unknown(fields, _PROCESS_COLUMNS, "process")
         p = self._get("process", process_id)

@@ -16,15 +16,20 @@ from culm.storage.memory import MemoryStore
 pytestmark = pytest.mark.timeout(90)
 
 
-def _lose_process(runtime, process_id):
-    """Delete a process row behind the engine's back, as a damaged database would."""
+# The tables rows are deleted from: memory store table, SQL table, key column.
+_TABLES = {"process": ("process", "culm_process", "id"), "state": ("state", "culm_state", "node_id")}
+
+
+def _lose_row(runtime, table, key):
+    """Delete a row behind the engine's back, as a damaged database would."""
     store = runtime.store
+    memory_table, sql_table, column = _TABLES[table]
     with store.transaction() as unit:
         unit.announce_change()  # an embedded engine drops its kept copies of rows
         if isinstance(store, MemoryStore):
-            unit._delete("process", process_id)
+            unit._delete(memory_table, key)
         else:
-            unit._x("DELETE FROM culm_process WHERE id = ?", [process_id])
+            unit._x(f"DELETE FROM {sql_table} WHERE {column} = ?", [key])
 
 
 def _fork_parent(runtime, root_id):
@@ -47,7 +52,7 @@ def test_a_join_whose_parent_process_is_gone_fails_visibly_and_is_operable(runti
     wait_state(runtime, left.id, "RUNNING")
     wait_state(runtime, right.id, "RUNNING")
     parent = _fork_parent(runtime, root)
-    _lose_process(runtime, parent.id)
+    _lose_row(runtime, "process", parent.id)
     components.gate("join-a").set()
     components.gate("join-b").set()
     for node in (left, right):
@@ -82,7 +87,7 @@ def test_a_task_whose_process_is_gone_fails_its_node_visibly(runtime):
     wait_state(runtime, left.id, "RUNNING")
     wait_state(runtime, right.id, "FINISHED")
     child = next(p for p in read_snapshot(runtime.engine, root).processes if p.current_node_id == left.id)
-    _lose_process(runtime, child.id)
+    _lose_row(runtime, "process", child.id)
     components.gate("orphan-a").set()
     wait_state(runtime, left.id, "FAILED", timeout=20)
     ex_data = outputs(runtime, left.id)["ex_data"]
@@ -94,3 +99,24 @@ def test_a_task_whose_process_is_gone_fails_its_node_visibly(runtime):
         assert not res.result and left.id in res.message, res.message
     assert api.revoke_pipeline(runtime, root).result
     wait_state(runtime, root, "REVOKED")
+
+
+def test_a_result_whose_node_state_is_gone_fails_the_node_visibly(runtime):
+    """The state row of a running activity is deleted: its result cannot be applied, and the node
+    ends FAILED (a new row), its ex_data saying why, its process parked there (the result was
+    dropped before as if the node had moved on, and the run stayed RUNNING with nothing to
+    show). A retry runs it again and the run finishes."""
+    gated, after = act("t_gate", gate="stateless"), act("t_echo", x=1)
+    start = b.EmptyStartEvent()
+    start.extend(gated).extend(after).extend(b.EmptyEndEvent())
+    root = run(runtime, b.build_tree(start))
+    wait_state(runtime, gated.id, "RUNNING")
+    _lose_row(runtime, "state", gated.id)
+    components.gate("stateless").set()
+    wait_state(runtime, gated.id, "FAILED", timeout=20)
+    ex_data = outputs(runtime, gated.id)["ex_data"]
+    assert f"LookupError: the state of node {gated.id} is not stored" in ex_data, ex_data
+    assert node_state(runtime, after.id) is None
+    assert api.retry_node(runtime, gated.id).result
+    wait_state(runtime, root, "FINISHED", timeout=20)
+    assert node_state(runtime, after.id)["state"] == "FINISHED"
