@@ -198,7 +198,9 @@ class LeaseHeartbeat:
 
 END_SESSIONS_WAIT = 12.0  # seconds EngineWatchdog waits for the KILLs (a connect and a read, 5 s each)
 ENGINE_STUCK_EXIT = 70  # the exit status of a worker process its EngineWatchdog ended (EX_SOFTWARE)
-LOCK_QUESTION_SECONDS = 6.0  # the longest the watchdog waits for the database's answer about lock waits
+# The longest the watchdog waits for the database's answer about lock waits (MariaDB's takes a
+# connect and three reads, 2 s each at most, and a pause: culm.storage.sql.mysql.INNODB_COPY_IDLE).
+LOCK_QUESTION_SECONDS = 9.0
 
 
 class EngineWatchdog:
