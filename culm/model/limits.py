@@ -108,6 +108,22 @@ def text_problem(text: str) -> str | None:
     return None
 
 
+def lookup_problem(text: str, what: str) -> str | None:
+    """Why ``text``, an argument ``what`` that a store looks up (an id, a version, a name to
+    search for), is refused before the lookup, or None.
+
+    Found probing (session 23): one holding a NUL or a lone surrogate went to the driver as it
+    was: PostgreSQL answered a NUL with a ``DataError`` (a 500 and a traceback in the server's log),
+    SQLite and the drivers of PostgreSQL and MariaDB a surrogate with a ``UnicodeEncodeError``, the
+    others "does not exist". Nothing stored holds one (:func:`text_problem` refuses it on the way in).
+    """
+    problem = text_problem(text)
+    if problem is None:
+        return None
+    shown = ascii(text) if len(text) <= 80 else f"{ascii(text[:80])}..."
+    return f"{what} holds {problem}, which no stored id or name holds: {shown} is not looked up"
+
+
 # Bytes of a TEXT column on MySQL and MariaDB (PostgreSQL and SQLite would take more; the limit
 # holds on every backend): a log line, a context variable's references, a run's options.
 TEXT_BYTES = 65_535
