@@ -170,8 +170,7 @@ def test_an_embedded_runner_buries_no_worker_for_silence(runtime: culm.Runtime) 
     registry = SqlWorkerRegistry(rt.store)
     registry.register("worker-s", 8, "culm")
     task_id = _due_task(rt, 1.0)
-    with rt.store.transaction() as unit:
-        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["worker-s", now() + 30, task_id])
+    _lease_to(rt, task_id, "worker-s")
     _silence(rt, "worker-s", 10)
     presence = EmbeddedPresence(rt.store, registry, "embedded-e", 2, grace=15.0, dead_after=DEAD_AFTER)
     presence.start()
@@ -351,6 +350,12 @@ def test_a_burial_sends_again_what_a_relay_sent_while_the_dead_worker_held_it(ru
     assert relay.bury_dead() == 0 and sent.ids == [task_id, task_id]  # the watch after it: not sent twice
 
 
+def _lease_to(rt: culm.Runtime, task_id: str, owner: str) -> None:
+    """Give ``owner`` the task's lease for 30 s, as its claim would."""
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", [owner, now() + 30, task_id])
+
+
 def _due_task_is_due(rt: culm.Runtime, task_id: str) -> bool:
     with rt.store.reading() as unit:
         return float(unit._one("SELECT due FROM culm_task WHERE id = ?", [task_id])[0]) <= now()
@@ -365,8 +370,7 @@ def test_a_silent_embedded_runner_is_never_buried(runtime: culm.Runtime) -> None
     registry = SqlWorkerRegistry(rt.store)
     registry.register("embedded-k", 2, "")
     task_id = _due_task(rt, 1.0)
-    with rt.store.transaction() as unit:
-        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["embedded-k", now() + 30, task_id])
+    _lease_to(rt, task_id, "embedded-k")
     _silence(rt, "embedded-k", 10)
     _silence(rt, "runner-j", 10)
     assert [(w.owner, silent) for w, silent in registry.dead(DEAD_AFTER)] == [("runner-j", True)]
@@ -398,8 +402,7 @@ def test_a_burial_pass_cut_short_is_done_at_the_next_look(runtime: culm.Runtime)
     rt = runtime
     relay, sent = _relay_beside(rt, "runner-i", _FailingOnce(rt.store), batch=1)
     held = _due_task(rt, 0.0)
-    with rt.store.transaction() as unit:
-        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["runner-i", now() + 30, held])
+    _lease_to(rt, held, "runner-i")
     _silence(rt, "runner-i", 10)
     with pytest.raises(ConnectionError):
         relay.bury_dead()
