@@ -32,8 +32,8 @@ from typing import Any, Protocol
 from culm._printable import engine_logger
 from culm.core.loop import Item, UserCall, Walk, abandoned_threads, commit_batch, moved_on
 from culm.core.ports import RowCopies
-from culm.core.records import TIMEOUT, TaskRecord, now
-from culm.dispatch.liveness import EmbeddedPresence, worker_dead_after
+from culm.core.records import TIMEOUT, TaskRecord, now, worker_dead_after
+from culm.dispatch.liveness import EmbeddedPresence
 
 logger = engine_logger("culm.dispatch")
 
