@@ -292,7 +292,10 @@ class Tasks(Protocol):
     """The task outbox: durable work, written and deleted in the transactions that cause and
     complete it, leased by whoever runs it."""
 
-    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None: ...
+    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
+        """Write task rows; with ``lease`` (owner, until, at) they are written claimed by its owner
+        until ``until`` (a runner that walks them in the same transaction)."""
+        ...
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None: ...
 

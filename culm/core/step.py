@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from culm.core import observe, signals
-from culm.core.ports import StateFields, Unit
-from culm.core.records import StateRecord, TaskRecord
+from culm.core.ports import Lease, StateFields, Unit
+from culm.core.records import ProcessRecord, StateRecord, TaskRecord
 from culm.core.transitions import NEXT, NOWHERE, IllegalTransitionError
+
+# Whether a runner takes on the tasks of a fork's children now, walking them in the transaction
+# that forks (its room for them, and whether it may run such tasks at all).
+TakesForked = Callable[[Sequence[TaskRecord]], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,10 @@ class Step:
     # (node id, version) of runs a node timeout failed in this transaction: user code of theirs
     # still running is cut off (culm.core.timeouts); a runner may take its thread back.
     cut_off: list[tuple[str, str]] = field(default_factory=list)
+    # Asked with the tasks of each fork: whether the runner walks those children in this
+    # transaction (None: never); the children handed to it so far, each with its task.
+    walk_forks: TakesForked | None = None
+    forked: list[tuple[TaskRecord, ProcessRecord]] = field(default_factory=list)
 
     def add_task(self, task: TaskRecord) -> None:
         self.unit.insert_tasks([task])
@@ -43,6 +51,17 @@ class Step:
     def add_tasks(self, tasks: list[TaskRecord]) -> None:
         self.unit.insert_tasks(tasks)
         self.tasks.extend(tasks)
+
+    def add_forked(self, tasks: list[TaskRecord], children: list[ProcessRecord], lease: Lease) -> None:
+        """The tasks of a fork's ``children`` (one each, in order). When the runner takes them on
+        (``walk_forks``), they are written claimed under ``lease`` and their walks go on in this
+        transaction (``forked``): no claim of their own, no transaction of their own, no broker
+        message. Otherwise they are follow-ups like any."""
+        if self.walk_forks is None or not self.walk_forks(tasks):
+            self.add_tasks(tasks)
+            return
+        self.unit.insert_tasks(tasks, lease=lease)
+        self.forked.extend(zip(tasks, children, strict=True))
 
     def requeue(self, task_id: str) -> None:
         """Hand a task row this transaction changed (and did not delete) to the dispatcher again."""

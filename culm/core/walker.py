@@ -64,6 +64,13 @@ def execute_step(
     return _advance(engine, step, graph, proc, task, pending)
 
 
+def walk_forked(engine: Engine, step: Step, task: TaskRecord, proc: ProcessRecord) -> Invoke | None:
+    """Walk a child that a fork in this transaction made (``Step.forked``: its task written claimed
+    by this runner, its process as the fork wrote it) until it has to wait, as a claimed task's walk
+    would in the next transaction; the user code to run next, if any."""
+    return _advance(engine, step, engine.graph(proc.root_id, step.unit), proc, task, None)
+
+
 def _moved_on(unit: Unit, graph: Graph, task: TaskRecord) -> bool:
     st = unit.get_state(task.node_id)
     if st is not None and _paused_on_entry(graph, st, task):

@@ -175,7 +175,8 @@ def fork(run: Run, targets: list[str], destination: str | None) -> None:
     ]
     run.unit.insert_processes(children)
     run.unit.update_process(proc.id, need_ack=len(children), ack_num=0)
-    run.step.add_tasks(
+    run.step.add_forked(
         [TaskRecord(new_id(), EXECUTE, c.id, c.current_node_id, c.root_id, due=now(), priority=c.priority,
-                    queue=c.queue) for c in children]
+                    queue=c.queue) for c in children],
+        children, run.engine.lease(),
     )

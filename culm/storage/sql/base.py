@@ -20,6 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, Interf
 from culm._printable import engine_logger
 from culm.core import states
 from culm.core.ports import (
+    Lease,
     LogRow,
     PipelineRow,
     Prefetch,
@@ -1208,11 +1209,13 @@ class SqlUnit(budget.UnitChecks):
         self._x("UPDATE culm_process SET dead = ? WHERE root_id = ?", [True, root_id])
 
     # -- tasks ----------------------------------------------------------------------------
-    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
+        claimed = {} if lease is None else {"owner": lease[0], "claimed_until": lease[1]}
         self._insert("culm_task", [
             {"id": t.id, "kind": t.kind, "process_id": t.process_id, "node_id": t.node_id, "root_id": t.root_id,
              "schedule_id": t.schedule_id, "callback_id": t.callback_id, "due": t.due,
-             "running_version": t.running_version, "priority": t.priority, "queue": t.queue, "published": False}
+             "running_version": t.running_version, "priority": t.priority, "queue": t.queue, "published": False,
+             **claimed}
             for t in tasks if t is not None
         ])
 
