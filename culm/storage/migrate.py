@@ -89,10 +89,22 @@ def upgrade(store: SqlStore) -> str:
     url = _display_url(store)
     with store.engine.begin() as conn:
         _check_not_foreign(conn, url)
+        _no_idle_transaction_timeout(conn)
         from alembic import command
 
         command.upgrade(alembic_config(conn), "head")
     return head_version()
+
+
+def _no_idle_transaction_timeout(conn: Any) -> None:
+    """Let this migration's transaction sit idle as long as it needs: a data migration may work out
+    rows in Python between two statements for longer than an engine batch ever does (see
+    base.IDLE_TRANSACTION_SECONDS, which every culm connection otherwise sets). On PostgreSQL for
+    this transaction only; on MariaDB for the connection (a migration's store is its own)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
+    elif conn.dialect.name in ("mysql", "mariadb"):
+        conn.exec_driver_sql("SET SESSION sql_mode = @@SESSION.sql_mode /*M!100300 , idle_transaction_timeout = 0 */")
 
 
 def upgrade_database(url: str) -> str:

@@ -4,7 +4,8 @@ A process stopped by a debugger, a ``kill -STOP``, a VM paused or a laptop lid c
 sockets, its broker messages and its user-code threads: when it wakes up it goes on from where it
 stood, with a lease another worker took over long ago. Control calls fired at its pipeline while it
 is frozen (callbacks, a burst of callbacks at a multiple-callback node, a retry with new inputs, a
-pause and a resume) must be done once by the worker that took over; when the frozen worker wakes,
+pause and a resume) must be done once by the worker that took over (a worker frozen inside a
+transaction has it ended by the server, CULM_IDLE_TRANSACTION_SECONDS); when the frozen worker wakes,
 the call it had in flight finishes, but its result and whatever else it held are not applied again.
 
 Checked: the pipeline finishes, the invariant checker finds nothing, the held node ran twice (once
@@ -43,7 +44,9 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(180)]
 @pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
 def test_control_calls_at_a_worker_frozen_past_its_lease_then_woken(kind: str, tmp_path: Path) -> None:
     gate_file = tmp_path / "held-gate"
-    backend = own_backend(kind, tmp_path)
+    # A frozen in the middle of a batch's transaction holds its row locks (the root's among them:
+    # the pause below waits for it) until the server ends its idle session (stop 35, MariaDB).
+    backend = own_backend(kind, tmp_path, env={"CULM_IDLE_TRANSACTION_SECONDS": "5"})
     frozen = None
     try:
         (a,) = backend.start_workers(1)

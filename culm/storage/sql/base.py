@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import os
 import random
 import re
 import threading
@@ -43,7 +44,7 @@ from culm.core.records import (
     TaskRecord,
     new_id,
 )
-from culm.errors import InvalidOperationError, SchemaOutdatedError
+from culm.errors import InvalidOperationError, SchemaOutdatedError, SettingsError
 from culm.storage import budget, codec, listing, node_names
 from culm.storage.codec import payloads_within
 from culm.storage.copies import copy_state as _copy_state
@@ -1777,6 +1778,28 @@ class SqlUnit(budget.UnitChecks):
 
     def retag_logs(self, node_id: str, old_version: str, new_version: str) -> None:
         self._x("UPDATE culm_log SET version = ? WHERE node_id = ? AND version = ?", [new_version, node_id, old_version])
+
+
+# How long a server session of culm's may sit idle inside a transaction before the server ends it
+# (rolling the transaction back, its row locks with it). culm never runs user code or waits for
+# anything but the database inside a transaction, so a session idle there for long belongs to a
+# process that was frozen mid-transaction (SIGSTOP, a debugger, a paused VM): alive, so no watchdog
+# or vanished-client check ends it, and holding rows every other runner and every operator call on
+# that pipeline then waits for, for as long as it stays frozen. Ended by the server, it wakes to a
+# lost connection, which it treats as an outage (its lease, long gone, fences anything it retries).
+IDLE_TRANSACTION_SECONDS = 30
+
+
+def idle_transaction_seconds() -> int:
+    """CULM_IDLE_TRANSACTION_SECONDS, else :data:`IDLE_TRANSACTION_SECONDS` (0: not set, the
+    server's own setting applies). Read as each connection opens."""
+    raw = os.environ.get("CULM_IDLE_TRANSACTION_SECONDS", "").strip()
+    if not raw:
+        return IDLE_TRANSACTION_SECONDS
+    try:
+        return max(0, int(raw))
+    except ValueError:
+        raise SettingsError(f"CULM_IDLE_TRANSACTION_SECONDS must be a whole number of seconds, not {raw!r}") from None
 
 
 PING_AFTER_IDLE = 1.0  # seconds a pooled server connection may sit unused before it is pinged

@@ -26,6 +26,7 @@ from culm.storage.sql.base import (
     _process_row,
     _state_row,
     _task_row,
+    idle_transaction_seconds,
     ping_idle,
     skip_needless_reset,
 )
@@ -416,6 +417,7 @@ class MysqlDialect(Dialect):
         MysqlUnit): the client flag is added to the ones SQLAlchemy sets (FOUND_ROWS among them:
         a compare-and-set counts the rows it matched)."""
         super().prepare(store)
+        idle_transaction_seconds()  # a bad value is refused as the store opens, not per connection
         skip_needless_reset(store.engine)
         _allow_multi_statements(store.engine)
         check_packet_size(store.engine)
@@ -596,10 +598,22 @@ def _allow_multi_statements(engine: Engine) -> None:
         # a value too long for its column cut, with a warning nobody reads: a tree or a payload
         # that some check of culm's missed would be kept corrupted. Strict, it is refused. Added to
         # the session's mode (the server's other flags stay), after any init_command of the URL.
-        params["init_command"] = "; ".join(filter(None, [params.get("init_command"), STRICT_MODE]))
+        params["init_command"] = "; ".join(filter(None, [params.get("init_command"),
+                                                         session_settings(idle_transaction_seconds())]))
 
 
 STRICT_MODE = "SET SESSION sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'STRICT_ALL_TABLES')"
+
+
+def session_settings(idle_seconds: int) -> str:
+    """The statement each new connection runs first: STRICT_MODE and, on MariaDB 10.3 and later,
+    ``idle_transaction_timeout`` (see base.IDLE_TRANSACTION_SECONDS; 0 leaves the server's). It is
+    written in a ``/*M!100300 ... */`` comment, which only MariaDB 10.3+ runs: MySQL has no such
+    setting (its sessions frozen in a transaction hold their locks until they wake or the server's
+    wait_timeout ends them) and reads the comment as one. No round trip of its own."""
+    if not idle_seconds:
+        return STRICT_MODE
+    return f"{STRICT_MODE} /*M!100300 , idle_transaction_timeout = {int(idle_seconds)} */"
 # The server's max_allowed_packet culm needs: one row holds two payloads of up to
 # limits.MAX_PAYLOAD_BYTES. A statement over it is answered by dropping the connection, which looks
 # like a network fault: the engine would send the write again for ever, its node RUNNING.

@@ -25,6 +25,7 @@ from culm.storage.sql.base import (
     _state_row,
     _task_row,
     combined_runs,
+    idle_transaction_seconds,
 )
 from culm.storage.sql.statements import (
     ACK_CHILDREN_RETURNING,
@@ -457,6 +458,18 @@ def _set_client_check(dbapi_conn: Any, ms: int) -> None:
         dbapi_conn.autocommit = False
 
 
+def _set_idle_transaction_timeout(dbapi_conn: Any, seconds: int) -> None:
+    """Have the server end this session when it sits idle in a transaction for ``seconds``
+    (see base.IDLE_TRANSACTION_SECONDS; 0 leaves the server's setting)."""
+    if not seconds:
+        return
+    dbapi_conn.autocommit = True
+    try:
+        dbapi_conn.execute(f"SET idle_in_transaction_session_timeout = {int(seconds) * 1000}")
+    finally:
+        dbapi_conn.autocommit = False
+
+
 class PostgresDialect(Dialect):
     name = "postgresql"
     unit = PostgresUnit
@@ -470,10 +483,13 @@ class PostgresDialect(Dialect):
         backends: weakref.WeakSet[Any] = weakref.WeakSet()
         _connections[store.engine] = backends
 
+        idle_transaction_seconds()  # a bad value is refused as the store opens, not per connection
+
         @event.listens_for(store.engine, "connect")
         def _check_client(dbapi_conn: Any, _record: Any) -> None:
             with _backends_lock:
                 backends.add(dbapi_conn)
+            _set_idle_transaction_timeout(dbapi_conn, idle_transaction_seconds())  # a round trip per new connection
             ms = client_check_ms()
             if ms and dbapi_conn.info.server_version >= 140000:  # one round trip per new connection
                 _set_client_check(dbapi_conn, ms)
