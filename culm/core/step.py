@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from culm.core import observe, signals
-from culm.core.ports import Lease, StateFields, Unit
+from culm.core.ports import StateFields, Unit
 from culm.core.records import ProcessRecord, StateRecord, TaskRecord
 from culm.core.transitions import NEXT, NOWHERE, IllegalTransitionError
 
@@ -52,16 +52,17 @@ class Step:
         self.unit.insert_tasks(tasks)
         self.tasks.extend(tasks)
 
-    def add_forked(self, tasks: list[TaskRecord], children: list[ProcessRecord], lease: Lease) -> None:
-        """The tasks of a fork's ``children`` (one each, in order). When the runner takes them on
-        (``walk_forks``), they are written claimed under ``lease`` and their walks go on in this
-        transaction (``forked``): no claim of their own, no transaction of their own, no broker
-        message. Otherwise they are follow-ups like any."""
-        if self.walk_forks is None or not self.walk_forks(tasks):
-            self.add_tasks(tasks)
+    def add_forked(self, tasks: list[TaskRecord], children: list[ProcessRecord]) -> None:
+        """A fork's ``children`` and their tasks (one each, in order). When the runner takes them
+        on (``walk_forks``), their walks go on in this transaction (``forked``): no claim, no
+        transaction and no broker message of their own; their rows are written as their walks
+        leave them (``culm.core.walker.walk_forked``). Otherwise they are written now, the tasks
+        follow-ups like any."""
+        if self.walk_forks is not None and self.walk_forks(tasks):
+            self.forked.extend(zip(tasks, children, strict=True))
             return
-        self.unit.insert_tasks(tasks, lease=lease)
-        self.forked.extend(zip(tasks, children, strict=True))
+        self.unit.insert_processes(children)
+        self.add_tasks(tasks)
 
     def requeue(self, task_id: str) -> None:
         """Hand a task row this transaction changed (and did not delete) to the dispatcher again."""
