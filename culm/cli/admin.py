@@ -114,9 +114,11 @@ def cmd_workers(args: argparse.Namespace) -> int:
     if not rows:
         out.print("no worker is registered")
     for r in rows:
-        state = "alive" if r["alive"] else "silent (taken for dead)"
+        # An embedded runner is taken for dead only once its process is seen gone (culm.storage.workers).
+        state = "alive" if r["alive"] else "silent" if r["embedded"] else "silent (taken for dead)"
+        serves = "an embedded runner, no queues" if r["embedded"] else f"prefix {r['prefix']}"
         out.print(f"{r['host']} pid {r['pid']}  {state}, last beat {r['silent_for']:.1f} s ago, "
-                  f"{r['threads']} user-code threads, prefix {r['prefix']}  [{r['owner']}]", markup=False)
+                  f"{r['threads']} user-code threads, {serves}  [{r['owner']}]", markup=False)
     return EXIT_OK
 
 

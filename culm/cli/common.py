@@ -393,16 +393,15 @@ def workers_serve(url: str) -> bool:
     """Whether a live ``culm worker`` is registered on the server database ``url`` (it beat within
     ``CULM_WORKER_DEAD_AFTER``, 3 s, as ``culm workers`` counts it alive): its relay finds the work
     a command records there without a broker, ``CULM_RELAY_GRACE`` later."""
+    from culm.dispatch.liveness import worker_dead_after
     from culm.storage import SqlStore
 
-    try:
-        dead_after = float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3)
-    except ValueError:
-        dead_after = 3.0
+    dead_after = worker_dead_after()
     try:
         store = SqlStore(url)
         try:
-            return any(w.silent_for <= dead_after for w in store.worker_registry().workers())
+            # An embedded runner (a `culm run` going on, a `culm serve`) has no relay: not a worker.
+            return any(w.silent_for <= dead_after and not w.embedded for w in store.worker_registry().workers())
         finally:
             store.dispose()
     except db_errors() as exc:

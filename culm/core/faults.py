@@ -55,7 +55,9 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
         return None
     unit.delete_task(task_id)
     proc = unit.get_process(task.process_id) if task.process_id else None
-    if proc is None or proc.dead:
+    if proc is None:
+        return _fail_without_process(engine, step, task, resumed, exc)
+    if proc.dead:
         return None
     node_id = task.node_id or proc.current_node_id
     st = unit.get_state(node_id, for_update=True)
@@ -77,12 +79,31 @@ def fail_task(engine: Engine, step: Step, task_id: str, exc: BaseException, resu
         unit.update_process(proc.id, current_node_id=node_id, asleep=True)
         step.note(st)  # the process moves without a state write (waits.KeptFacts)
         return None  # FAILED already, or REVOKED: nothing more to show
-    _write_failed(engine, step, proc.root_id, node_id, st)
-    inputs, outputs = _execution_data(unit, node_id)
-    loop = st.loop if st is not None else 1
-    store_failure(unit, node_id, inputs, {**outputs, "ex_data": ex_data, "_result": False, "_loop": loop})
+    _record_failure(engine, step, proc.root_id, node_id, st, ex_data)
     unit.update_process(proc.id, current_node_id=node_id, asleep=True)
     return node_id
+
+
+def _fail_without_process(engine: Engine, step: Step, task: TaskRecord, resumed: bool, exc: BaseException) -> str | None:
+    """Fail the node of an execute task whose process is not stored (a damaged database: culm
+    deletes no process row), unless the node stopped already. No process waits there, so a retry
+    or skip is refused, naming the node; revoking the run ends it."""
+    if task.kind != EXECUTE or not task.process_id or not task.node_id or not task.root_id:
+        return None
+    st = step.unit.get_state(task.node_id, for_update=True)
+    if st is not None and st.name not in (states.RUNNING, states.FINISHED, *_VIA_RUNNING):
+        return None
+    _record_failure(engine, step, task.root_id, task.node_id, st, describe(task, resumed, exc))
+    return task.node_id
+
+
+def _record_failure(engine: Engine, step: Step, root_id: str, node_id: str, st: StateRecord | None,
+                    ex_data: str) -> None:
+    """Node ``node_id`` FAILED, ``ex_data`` in its outputs (those it had kept)."""
+    _write_failed(engine, step, root_id, node_id, st)
+    inputs, outputs = _execution_data(step.unit, node_id)
+    loop = st.loop if st is not None else 1
+    store_failure(step.unit, node_id, inputs, {**outputs, "ex_data": ex_data, "_result": False, "_loop": loop})
 
 
 def _stray(engine: Engine, unit: Unit, task: TaskRecord, proc: ProcessRecord, node_id: str,

@@ -35,7 +35,8 @@ def settle(step: Step) -> None:
     for join in joins:
         parent = parents.get(join.parent_id)
         if parent is None:
-            raise LookupError(f"process {join.parent_id}, parent of process {join.child_id}, is not stored")
+            raise LookupError(f"converge gateway {join.node_id}: process {join.parent_id}, the parent of process "
+                              f"{join.child_id} that reached it, is not stored (the branches it forked cannot join)")
         if parent.ack_num == parent.need_ack and parent.id not in woken:
             woken.add(parent.id)
             step.unit.update_process(parent.id, asleep=False, ack_num=0, need_ack=0, current_node_id=join.node_id)

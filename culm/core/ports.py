@@ -271,8 +271,10 @@ class Processes(Protocol):
         """Count as ack_children does, and decide each parent's wake with the commit instead of
         now: a parent whose last child this is gets an execute task at its gateway
         (``gateways[parent_id]``) and is woken there, in the database; ``woken`` gets those tasks
-        once the commit is through. False (nothing done) where the store cannot: the caller
-        counts with ack_children and wakes the parents itself."""
+        once the commit is through. A parent not stored makes the commit fail (nothing of the
+        transaction is kept), where ack_children leaves it out for the caller to raise. False
+        (nothing done) where the store cannot: the caller counts with ack_children and wakes the
+        parents itself."""
         ...
 
     def processes_of_root(self, root_id: str) -> list[ProcessRecord]: ...

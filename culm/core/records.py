@@ -263,7 +263,17 @@ class WorkerInfo:
     beat_time: float
     silent_for: float  # seconds since its last beat, on the database's clock
 
+    @property
+    def embedded(self) -> bool:
+        """An embedded runtime's runner (``culm.Runtime(url)`` on a server database, no broker),
+        not a ``culm worker``: it consumes no queue, so its row names no queue prefix."""
+        return self.prefix == EMBEDDED_RUNNER
+
     def as_dict(self) -> dict[str, Any]:
         return {"owner": self.owner, "host": self.host, "pid": self.pid, "threads": self.threads,
-                "prefix": self.prefix, "started_time": self.started_time, "beat_time": self.beat_time,
-                "silent_for": round(self.silent_for, 3)}
+                "prefix": self.prefix, "embedded": self.embedded, "started_time": self.started_time,
+                "beat_time": self.beat_time, "silent_for": round(self.silent_for, 3)}
+
+
+# The queue prefix an embedded runner registers with (a worker's --prefix is never empty).
+EMBEDDED_RUNNER = ""

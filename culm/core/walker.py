@@ -44,7 +44,12 @@ def execute_step(
         if pending is not None:
             logger.info("dropping the result for task %s: the task is done or another runner holds it", task_id)
         return None
-    if proc is None or proc.dead:
+    if proc is None:
+        # culm deletes no process row: a task whose process is not stored is damage. Raised, it
+        # fails the task's node where an operator sees it (culm.core.faults); the task was
+        # dropped before, and its run stayed RUNNING with nothing to say why.
+        raise LookupError(f"process {task.process_id} of task {task.id} at node {task.node_id} is not stored")
+    if proc.dead:
         unit.delete_task(task_id)
         return None
     if pending is not None and pending[0].node_id and (
@@ -181,7 +186,12 @@ def _resume(engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task:
         proc.suspended, proc.suspended_by = True, node.id
         step.note(st)  # the process parks without a state write (waits.KeptFacts: "reached")
         raise _Stop
-    if st is None or st.version != task.running_version or st.name != states.RUNNING:
+    if st is None:
+        # culm deletes no state row: one missing is damage. Raised, the node fails where an
+        # operator sees it (culm.core.faults) with its process parked there; taken for a lost
+        # version before, the result was dropped and the run stayed RUNNING with nothing to show.
+        raise LookupError(f"the state of node {node.id} is not stored: the result of its user code cannot be applied")
+    if st.version != task.running_version or st.name != states.RUNNING:
         raise VersionLostError(node.id)
     run = Run(engine, step, graph, proc, node, st)
     outcome: Outcome = invoke.resume(run, result)

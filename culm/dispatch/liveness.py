@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from culm import _retry as retry
 from culm._printable import engine_logger
 from culm.core.ports import Store, WorkerRegistry
-from culm.core.records import now
+from culm.core.records import EMBEDDED_RUNNER, now
 
 if TYPE_CHECKING:
     from culm.dispatch.celery import CeleryDispatcher, _ProcessState
@@ -198,7 +198,9 @@ class LeaseHeartbeat:
 
 END_SESSIONS_WAIT = 12.0  # seconds EngineWatchdog waits for the KILLs (a connect and a read, 5 s each)
 ENGINE_STUCK_EXIT = 70  # the exit status of a worker process its EngineWatchdog ended (EX_SOFTWARE)
-LOCK_QUESTION_SECONDS = 6.0  # the longest the watchdog waits for the database's answer about lock waits
+# The longest the watchdog waits for the database's answer about lock waits (MariaDB's takes a
+# connect and three reads, 2 s each at most, and a pause: culm.storage.sql.mysql.INNODB_COPY_IDLE).
+LOCK_QUESTION_SECONDS = 9.0
 
 
 class EngineWatchdog:
@@ -350,6 +352,10 @@ class TaskRelay:
         self.own = own  # this process's owner: never buried by its own relay
         self.watch = watch  # called at every look (the pool watch of run_worker)
         self._after_burial = 0.0  # until then (monotonic), each look also relays what waited a look
+        self._buried_at = 0.0  # wall clock (relayed_at's): the start of the look of the last burial
+        # A burial's (or a late freeing's) pass not done yet (its look failed midway): the wall
+        # clock from which it counts a message as sent to the living; None: none due.
+        self._pass_since: float | None = None
         # How long after a burial the leases the dead owner still held are looked for again (at
         # least dead_after; run_worker: the lease length, after which they run out anyway).
         self.free_for = max(free_for, dead_after)
@@ -365,12 +371,16 @@ class TaskRelay:
     def stop(self) -> None:
         self._stop.set()
 
-    def relay_once(self, grace: float | None = None, resend_after: float | None = None) -> int:
+    def relay_once(self, grace: float | None = None, resend_after: float | None = None, *,
+                   sent_since: float | None = None) -> int:
         """Publish one batch of forgotten tasks (due more than ``grace`` ago, default the relay's;
-        none relayed in the last ``resend_after`` seconds); returns how many."""
+        none relayed in the last ``resend_after`` seconds, or, given ``sent_since`` (wall clock),
+        none relayed since then); returns how many."""
         at = now()
         grace = self.grace if grace is None else grace
-        if resend_after is None:
+        if sent_since is not None:
+            resend_after = max(0.0, at - sent_since)
+        elif resend_after is None:
             resend_after = min(self.grace, max(grace, self.check))
         with self.store.transaction() as unit:
             tasks = unit.relay_candidates(at, grace, self.interval * 2, self.batch, resend_after=resend_after)
@@ -394,12 +404,42 @@ class TaskRelay:
         it kept. Their rows carry no lease and cannot be told from tasks whose message is on its
         way, so every due task without a lease is published once more: a duplicate message finds
         its task leased or gone and does nothing.
+
+        Once more means a message sent after this look began, whenever the last one was: a message
+        relayed before the burial (a relay's pass while the dead worker had the row on hand, not
+        yet claimed) may have found the row leased by the worker, now dead, and done nothing.
+        Skipping rows relayed a moment before left such a task to the grace (15 s).
         """
         if self.registry is None:
             return 0
-        buried = 0
+        began = now()
         if time.monotonic() >= self._free_until:
             self._buried = []  # the watch after the last burial is over
+        buried = self._bury_found_dead()
+        if buried:
+            self._buried_at = began
+            self._after_burial = time.monotonic() + self.dead_after
+            self._free_until = time.monotonic() + self.free_for
+            self._pass_since = began
+        elif self._free_late() and self._pass_since is None:
+            self._pass_since = began
+        if self._pass_since is not None:
+            # Done by the next look if this one fails midway: the burial is committed, and no
+            # later look would find the dead worker again to publish its work.
+            self._relay_all(grace=0.0, sent_since=self._pass_since)
+            self._pass_since = None
+        elif time.monotonic() < self._after_burial:
+            # Until the dead process's parent has noticed (a Celery master hands messages to a
+            # killed pool process until its pool maintenance runs), messages can still go to it
+            # after the pass above; they are acknowledged as lost with the process. Relay what has
+            # waited a look since, but not what the pass above sent already.
+            self._relay_all(grace=self.check, sent_since=self._buried_at)
+        return buried
+
+    def _bury_found_dead(self) -> int:
+        """Bury each worker found dead (but this process); returns how many this relay buried."""
+        assert self.registry is not None
+        buried = 0
         for worker, silent in self.registry.dead(self.dead_after):
             if worker.owner == self.own:
                 continue
@@ -411,36 +451,30 @@ class TaskRelay:
             how = f"silent for {worker.silent_for:.1f} s" if silent else "its process is gone"
             logger.warning("worker %s (host %s, pid %d) is dead (%s): %d task(s) freed", worker.owner, worker.host,
                            worker.pid, how, len(freed))
-        if buried:
-            while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
-                pass
-            self._after_burial = time.monotonic() + self.dead_after
-            self._free_until = time.monotonic() + self.free_for
-            return buried
-        # A transaction of the dead process still on the server at the burial kept the rows it
-        # locked (and their leases, see SqlWorkerRegistry.free_leases): free them once it ends (a
-        # vanished client's statement ended by the server, PostgreSQL's client check; a lock wait
-        # at its timeout), rather than when the lease runs out. Only rows no transaction locks
-        # are freed: the dead process's own never ran on after it (it is gone, or buried silent
-        # as before), and a freed task is claimed again under a lease of its own.
+        return buried
+
+    def _free_late(self) -> bool:
+        """Free what the owners buried in the last ``free_for`` seconds still hold; whether any.
+
+        A transaction of the dead process still on the server at the burial kept the rows it
+        locked (and their leases, see SqlWorkerRegistry.free_leases): free them once it ends (a
+        vanished client's statement ended by the server, PostgreSQL's client check; a lock wait
+        at its timeout), rather than when the lease runs out. Only rows no transaction locks
+        are freed: the dead process's own never ran on after it (it is gone, or buried silent
+        as before), and a freed task is claimed again under a lease of its own.
+        """
+        assert self.registry is not None
         freed_late = 0
         for owner in self._buried:
             if freed := self.registry.free_leases(owner):
                 freed_late += len(freed)
                 logger.warning("worker %s (buried): %d more task(s) freed once its last transaction "
                                "ended", owner, len(freed))
-        if freed_late:
-            while self.relay_once(grace=0.0) == self.batch and not self._stop.is_set():
-                pass
-        if time.monotonic() < self._after_burial:
-            # Until the dead process's parent has noticed (a Celery master hands messages to a
-            # killed pool process until its pool maintenance runs), messages can still go to it
-            # after the pass above; they are acknowledged as lost with the process. Relay what has
-            # waited a look since, but not what the pass above sent already.
-            while (self.relay_once(grace=self.check, resend_after=self.grace) == self.batch
-                   and not self._stop.is_set()):
-                pass
-        return buried
+        return freed_late > 0
+
+    def _relay_all(self, grace: float, sent_since: float) -> None:
+        while self.relay_once(grace=grace, sent_since=sent_since) == self.batch and not self._stop.is_set():
+            pass
 
     def _loop(self) -> None:
         next_relay = time.monotonic() + self.interval
@@ -462,6 +496,84 @@ class TaskRelay:
                     pass
             except Exception as exc:  # noqa: BLE001 - the next tick tries again
                 self._failures.failed("relay pass", exc)
+
+
+def worker_dead_after() -> float:
+    """``CULM_WORKER_DEAD_AFTER`` (3 s): a runner whose registry row was not beaten this long is
+    taken for dead (a bad value: the default, as ``culm workers`` reads it)."""
+    try:
+        return float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3.0)
+    except ValueError:
+        return 3.0
+
+
+class EmbeddedPresence:
+    """An embedded runner's place among the other runners of its server database (a
+    :class:`~culm.dispatch.threads.ThreadDispatcher` ``beside_others``: ``culm.Runtime(url)`` with no
+    broker, as ``culm run`` and ``culm serve`` open one).
+
+    Its sweep leaves a due task to the runner that recorded it for ``grace`` (``CULM_RELAY_GRACE``)
+    before taking it, as a worker's relay does: that runner is about to claim it. But when no
+    other live runner is registered, nobody is: the task was recorded by a process that runs no
+    work (a ``culm callback`` beside a ``culm worker`` that has stopped since, a
+    ``culm.Runtime(url, workers=0)``), or by one that has exited, and waiting only delayed it by the
+    grace. So the runner registers in the worker registry (as embedded: no queue prefix, see
+    :class:`culm.storage.workers.SqlWorkerRegistry`) and beats its row at each sweep, and
+    :meth:`look` says which grace applies. The lease remains the fence: a task is run by the runner
+    that claims it, whoever looked when.
+
+    It also buries the embedded runners whose process is known gone (a ``culm run`` killed on this
+    machine): their leases are freed and its sweep takes their tasks at once, not once the leases
+    ran out (60 s) and the grace after them. Workers found dead are left to the workers' relays,
+    which publish their tasks, unless no live worker is left to do it.
+    """
+
+    def __init__(self, store: Store, registry: WorkerRegistry, owner: str, threads: int, grace: float,
+                 dead_after: float) -> None:
+        self.registry = registry
+        self.owner = owner
+        self.threads = threads
+        self.grace = grace
+        self.dead_after = dead_after
+        self._failures = _FailureLog(store)
+
+    def start(self) -> None:
+        """Register (before this runner claims or records anything); a failure is said, and the
+        sweep keeps the grace until a look registers it."""
+        try:
+            self.registry.register(self.owner, self.threads, EMBEDDED_RUNNER)
+        except Exception as exc:  # noqa: BLE001 - a look registers it later
+            self._failures.failed("registering this embedded runner", exc)
+
+    def stop(self) -> None:
+        try:
+            self.registry.unregister(self.owner)
+        except Exception as exc:  # noqa: BLE001 - its row is buried once its process is gone
+            self._failures.failed("leaving the worker registry", exc)
+
+    def look(self) -> tuple[float, bool]:
+        """Beat this runner's row and bury the runners found gone: (the grace the sweep applies
+        now, whether it buried one: their tasks are due at once). On a failure: the grace."""
+        try:
+            if not self.registry.beat(self.owner):
+                self.registry.register(self.owner, self.threads, EMBEDDED_RUNNER)
+            others = [w for w in self.registry.workers() if w.owner != self.owner]
+            dead = {w.owner: silent for w, silent in self.registry.dead(self.dead_after) if w.owner != self.owner}
+            live_workers = any(not w.embedded and w.owner not in dead for w in others)
+            buried = False
+            for w in others:
+                if w.owner not in dead or (live_workers and not w.embedded):
+                    continue  # alive; or a worker, whose death the live workers' relays see to
+                freed = self.registry.bury(w.owner, self.dead_after if dead[w.owner] else None)
+                if freed is not None:
+                    buried = True
+                    logger.warning("runner %s (host %s, pid %d) is dead: %d task(s) freed, taken up here",
+                                   w.owner, w.host, w.pid, len(freed))
+            live = any(w.owner not in dead and w.silent_for <= self.dead_after for w in others)
+        except Exception as exc:  # noqa: BLE001 - looked at again at the next sweep
+            self._failures.failed("looking at the other runners of the database", exc)
+            return self.grace, False
+        return (self.grace if live else 0.0), buried
 
 
 def _exited(pid: int) -> bool:

@@ -34,6 +34,7 @@ from culm.core.loop import Item, UserCall, Walk, abandoned_threads, commit_batch
 from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now
 from culm.core.step import TakesForked
+from culm.dispatch.liveness import EmbeddedPresence, worker_dead_after
 
 logger = engine_logger("culm.dispatch")
 
@@ -322,7 +323,10 @@ class ThreadDispatcher:
         start, the leases of the tasks on hand are extended every third of a lease, as a worker's
         heartbeat does (a call that runs longer than a lease is never taken over by the others),
         and the sweep takes only tasks left over for ``CULM_RELAY_GRACE`` (15 s) as a worker's
-        relay does: a task another runner has just committed is that runner's to claim.
+        relay does: a task another runner has just committed is that runner's to claim. This
+        runner registers in the worker registry: while no other live runner is registered, and
+        once one was found gone, due tasks are nobody else's and it takes them at once
+        (:class:`~culm.dispatch.liveness.EmbeddedPresence`).
 
         ``follow_ups``: where the tasks a batch commits go; by default back into this dispatcher
         (:meth:`submit`). A worker's runner keeps some and publishes the rest; ``bench.statements``
@@ -342,6 +346,7 @@ class ThreadDispatcher:
         self.sole_runner = sole_runner
         self.beside_others = beside_others
         self.sweep_grace = _relay_grace() if beside_others else 0.0
+        self._presence: EmbeddedPresence | None = None  # beside others: this runner in the registry
         self.cache = cache
         self.sweep_interval = sweep_interval
         self.engine: Any = None
@@ -387,6 +392,10 @@ class ThreadDispatcher:
         if self.sole_runner and not self.beside_others:
             with engine.store.transaction() as unit:
                 unit.release_leases()  # we are the only runner of this database: old leases are void
+        if self.beside_others:
+            self._presence = EmbeddedPresence(engine.store, engine.store.worker_registry(), engine.owner,
+                                              self.workers, self.sweep_grace, worker_dead_after())
+            self._presence.start()  # before this runner claims or records anything
         self._pool = _UserCodePool(max(1, self.workers), self._requeue)
         _Collector.acquire()
         self._collector = True
@@ -422,6 +431,8 @@ class ThreadDispatcher:
             # until it runs out: ended now, another runtime would run the same step beside it (review22b F1).
             running = {call.task.id for call in self._pool.busy_calls()} if self._pool is not None else set()
             self._extend_leases(until=now(), skip=running)
+        if self._presence is not None:
+            self._presence.stop()
         if self._collector:
             self._collector = False
             _Collector.release()
@@ -490,11 +501,7 @@ class ThreadDispatcher:
     def sweep(self) -> int:
         """Pick up due tasks this process does not know about yet; returns how many."""
         try:
-            with self.engine.store.reading() as unit:
-                if self.sweep_grace:
-                    pending = unit.pending_tasks(now() - self.sweep_grace, 1000)
-                else:
-                    pending = unit.pending_tasks(now(), 1000, horizon=self.sweep_interval)
+            pending = self._pending() if self._presence is not None else self._read_pending(0.0, self.sweep_interval)
         except Exception:  # noqa: BLE001 - a failed sweep is retried at the next tick
             logger.exception("sweeping the task table failed")
             return 0
@@ -502,6 +509,22 @@ class ThreadDispatcher:
             fresh = [t for t in pending if t.id not in self._known and t.id not in self._deadlines]
         self.submit(fresh)
         return len(fresh)
+
+    def _read_pending(self, grace: float, horizon: float = 0.0) -> list[TaskRecord]:
+        with self.engine.store.reading() as unit:
+            return unit.pending_tasks(now() - grace, 1000, horizon=horizon)
+
+    def _pending(self) -> list[TaskRecord]:
+        """Beside other runners: the due tasks no live runner is about to claim (see
+        :class:`~culm.dispatch.liveness.EmbeddedPresence`). Read before the look at the registry:
+        a runner registers before it records anything, so one that recorded a task read here is
+        seen there."""
+        assert self._presence is not None
+        pending = self._read_pending(0.0)
+        grace, buried = self._presence.look()
+        if buried:
+            return self._read_pending(0.0)  # the dead runners' tasks, freed by the look
+        return self._read_pending(grace) if grace else pending
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
         """Block until no task is queued, timed or running (tests and benchmarks)."""

@@ -326,12 +326,6 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
         p = self._get("process", process_id)
         return _copy_process(p) if p is not None else None
 
-    def _process(self, process_id: str) -> ProcessRecord:
-        p = self._get("process", process_id)
-        if p is None:
-            raise MemoryStoreError(f"process {process_id} does not exist")
-        return p
-
     def update_process(self, process_id: str, **fields: Unpack[ProcessFields]) -> None:
         _unknown(fields, _PROCESS_COLUMNS, "process")
         p = self._get("process", process_id)
@@ -342,10 +336,13 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
             self._put("process", process_id, _changed(p, _copy_process, changed))
 
     def ack_children(self, counts: Mapping[str, int]) -> dict[str, ProcessRecord]:
-        """Count finished children of each parent (which must exist); returns them, counted."""
+        """Count finished children of each parent; returns those stored, counted (as a SQL store)."""
         acked = {}
         for parent_id in sorted(counts):
-            p = _copy_process(self._process(parent_id))
+            stored = self._get("process", parent_id)
+            if stored is None:
+                continue
+            p = _copy_process(stored)
             p.ack_num += counts[parent_id]
             self._put("process", parent_id, p)
             acked[parent_id] = _copy_process(p)

@@ -19,6 +19,11 @@ connection) finds its row gone at its next beat and registers again; its freed t
 claimed by another worker meanwhile, and a runner applies a result only while it holds the task, so
 its late results are dropped, never applied twice (``culm.storage.sql``, ``task_with_process``).
 Per-task leases stay as the fallback for a worker whose row is missing (it could not register).
+
+An embedded runtime's runner on a server database (``culm.Runtime(url)`` without a broker, see
+``culm.dispatch.liveness.EmbeddedPresence``) registers too, with no queue prefix
+(``WorkerInfo.embedded``), so that the other runners know whether a live runner may be about to
+claim a task. It is buried only once its process is known gone, never for its silence alone.
 """
 
 from __future__ import annotations
@@ -148,10 +153,15 @@ class SqlWorkerRegistry:
 
     def dead(self, dead_after: float) -> list[tuple[WorkerInfo, bool]]:
         """The workers to bury: (worker, silent) for each whose beat is older than ``dead_after``
-        (silent) or whose process, on this machine, is gone."""
+        (silent) or whose process, on this machine, is gone.
+
+        An embedded runner (``WorkerInfo.embedded``) is buried only once its process is known gone:
+        unlike a worker, it does not look, before it starts the calls it handed out, whether it
+        was taken for dead meanwhile, so one only paused (a SIGSTOP, a suspended laptop) would run
+        a call another runner took over. Silent, it keeps its leases until they run out."""
         found = []
         for w in self.workers():
-            if w.silent_for > dead_after:
+            if w.silent_for > dead_after and not w.embedded:
                 found.append((w, True))
             elif w.process_key and process_gone(w.process_key):
                 found.append((w, False))

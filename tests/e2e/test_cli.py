@@ -471,11 +471,13 @@ def test_culm_workers_says_what_its_threads_are(tmp_path: Path) -> None:
     store = SqlStore(f"sqlite:///{tmp_path / 'cli.db'}")
     try:
         SqlWorkerRegistry(store).register("host:1:abc", 8, "culm")
+        SqlWorkerRegistry(store).register("host:2:def", 4, "")  # an embedded runner (a `culm run`)
     finally:
         store.dispose()
     out = culm(tmp_path, "workers", "--dead-after", "3600")
     assert out.returncode == 0, out.stderr
     assert "alive" in out.stdout and ", 8 user-code threads, prefix culm" in out.stdout, out.stdout
+    assert ", 4 user-code threads, an embedded runner, no queues  [host:2:def]" in out.stdout, out.stdout
     assert "$CULM_WORKER_THREADS" in culm(tmp_path, "worker", "--help").stdout
 
 

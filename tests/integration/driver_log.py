@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 
@@ -17,20 +19,33 @@ def round_trips(kind: str, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         import psycopg
 
         execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
+        # Each connection's open pipeline, by the index of its trip: another thread's trips may
+        # come between its statements (a runtime with several threads).
+        open_trips: dict[int, int] = {}
 
         def counted_execute(self, query, params=None, **kw):
             sent = f"{query} {params!r}"
             if self.connection._pipeline is None:
                 trips.append(sent)
             else:
-                trips[-1] += "\n" + sent  # one more statement of the pipeline's round trip
+                trips[open_trips[id(self.connection)]] += "\n" + sent  # one more statement of the pipeline's trip
             return execute(self, query, params, **kw)
+
+        opening = threading.Lock()
 
         @contextmanager
         def counted_pipeline(self):
-            trips.append("(pipeline)")
-            with pipeline(self) as p:
-                yield p
+            with opening:
+                trips.append("(pipeline)")
+                outer, open_trips[id(self)] = open_trips.get(id(self)), len(trips) - 1
+            try:
+                with pipeline(self) as p:
+                    yield p
+            finally:
+                if outer is None:
+                    open_trips.pop(id(self), None)
+                else:
+                    open_trips[id(self)] = outer
 
         monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
         monkeypatch.setattr(psycopg.Connection, "pipeline", counted_pipeline)

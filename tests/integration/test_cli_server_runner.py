@@ -16,6 +16,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,21 @@ def failing_tree(path: Path) -> tuple[dict, str]:
     tree = build_tree(start)
     path.write_text(json.dumps(tree))
     return tree, step.id
+
+
+def gated_tree(name: str) -> tuple[dict, str]:
+    """A tree of one ``t_gate`` activity, whose call waits (15 s at most) for ``gate(name)``:
+    (tree, activity id). The shared gates are reset first."""
+    from components import reset_shared
+
+    from culm.builder import Var
+
+    reset_shared()
+    step = ServiceActivity(component_code="t_gate")
+    step.component.inputs.gate = Var(type=Var.PLAIN, value=name)
+    start = EmptyStartEvent()
+    start.extend(step).extend(EmptyEndEvent())
+    return build_tree(start), step.id
 
 
 def culm_cli(url: str, where: Path, *argv: str) -> subprocess.CompletedProcess[str]:
@@ -206,17 +222,10 @@ def test_an_embedded_runner_on_a_server_database_keeps_its_lease_while_a_call_ru
     (review22b F1)."""
     import uuid
 
-    from components import gate, reset_shared
+    from components import gate
 
-    from culm.builder import Var
-
-    reset_shared()
     name = f"cli22-{uuid.uuid4().hex[:8]}"
-    step = ServiceActivity(component_code="t_gate")  # its call waits (15 s at most) for the gate
-    step.component.inputs.gate = Var(type=Var.PLAIN, value=name)
-    start = EmptyStartEvent()
-    start.extend(step).extend(EmptyEndEvent())
-    tree, act = build_tree(start), step.id
+    tree, act = gated_tree(name)
     url = create_database("postgres")
     try:
         migrate.upgrade_database(url)
@@ -236,6 +245,127 @@ def test_an_embedded_runner_on_a_server_database_keeps_its_lease_while_a_call_ru
         with culm.Runtime(url, workers=0) as reader, reader.store.reading() as unit:
             owner, until = unit._one("SELECT owner, claimed_until FROM culm_task WHERE node_id = ?", [act])
         assert owner == held[0] and float(until) > now() + 20, (owner, until)
+    finally:
+        gate(name).set()
+        drop_database(url)
+
+
+def _callback_tree() -> tuple[dict, str]:
+    step = ServiceActivity(component_code="t_callback")
+    start = EmptyStartEvent()
+    start.extend(step).extend(EmptyEndEvent())
+    return build_tree(start), step.id
+
+
+def _callback_from_a_process_without_a_runner(url: str, node: str, version: str) -> None:
+    """``api.callback`` from a process of its own that runs no work (``workers=0``), which exits."""
+    script = ("import sys, culm\nfrom culm import api\n"
+              "with culm.Runtime(sys.argv[1], workers=0) as rt:\n"
+              "    assert api.callback(rt, sys.argv[2], sys.argv[3], {'ok': True}).result\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(HERE), str(REPO)))}
+    done = subprocess.run([sys.executable, "-c", script, url, node, version], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _waiting_version(rt: culm.Runtime, node: str) -> str:
+    def waiting() -> str | None:
+        state = api.get_children_states(rt, node).data.get(node) or {}
+        outputs = api.get_execution_data_outputs(rt, node).data if state.get("state") == "RUNNING" else None
+        return state["version"] if outputs and outputs.get("waiting") else None
+
+    return wait_until(waiting, 30, 0.05, what=f"node {node} to wait for its callback")
+
+
+def _finished_after(rt: culm.Runtime, root: str, since: float, within: float) -> float:
+    wait_until(lambda: api.get_pipeline_states(rt, root).data[root]["state"] == "FINISHED", within, 0.05,
+               what=f"pipeline {root} to finish")
+    return time.monotonic() - since
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_an_embedded_runner_alone_takes_up_a_callback_another_process_recorded_at_once(
+        kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """review22b F2: an embedded runner on a server database left a task recorded by another
+    process for CULM_RELAY_GRACE (15 s) before taking it, as if that process were about to claim
+    it; one that runs no work (workers=0), and has exited, never will. With no other live runner
+    registered, the callback's step runs at the runner's next sweep (a second)."""
+    monkeypatch.delenv("CULM_RELAY_GRACE", raising=False)  # the default, 15 s
+    tree, node = _callback_tree()
+    url = create_database(kind)
+    try:
+        migrate.upgrade_database(url)
+        with culm.Runtime(url, workers=2) as runner:
+            assert api.run_pipeline(runner, tree).result
+            version = _waiting_version(runner, node)
+            _callback_from_a_process_without_a_runner(url, node, version)
+            exited = time.monotonic()
+            took = _finished_after(runner, tree["id"], exited, 30)
+            print(f"\n{kind}: the callback another process recorded ran {took:.1f} s after that process exited")
+            assert took < 5, f"the runner waited {took:.1f} s for a callback nobody else would take up"
+    finally:
+        drop_database(url)
+
+
+def test_beside_another_live_runner_an_embedded_runner_keeps_the_grace(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With another live runner registered (another `culm run`, here a second runtime), a task it
+    did not record itself may be that runner's to claim: the grace applies as before."""
+    monkeypatch.setenv("CULM_RELAY_GRACE", "4")
+    tree, node = _callback_tree()
+    url = create_database("postgres")
+    try:
+        migrate.upgrade_database(url)
+        with culm.Runtime(url, workers=2) as runner, culm.Runtime(url, workers=1) as other:
+            assert other.dispatcher is not None
+            assert api.run_pipeline(runner, tree).result
+            version = _waiting_version(runner, node)
+            _callback_from_a_process_without_a_runner(url, node, version)
+            exited = time.monotonic()  # the callback's task was recorded before, as the process ran
+            took = _finished_after(runner, tree["id"], exited, 30)
+            assert took >= 2.5, f"taken up {took:.1f} s after, within the grace (4 s) of a live runner"
+    finally:
+        drop_database(url)
+
+
+@pytest.mark.parametrize("kind", ["postgres", "mariadb"])
+def test_a_step_of_a_killed_culm_run_is_taken_up_at_once_by_the_next_runner(kind: str, tmp_path: Path) -> None:
+    """`culm run` on a server database killed (-9) while its step's call runs: the step's lease (60 s)
+    held it from the next runner until it ran out, and the grace (15 s) more. The next runner on
+    this machine finds that process gone in the registry, frees its leases and runs the step at
+    once; the step had not finished, so it runs again there (once)."""
+    from components import gate
+
+    name = f"killed-run-{os.getpid()}-{time.monotonic_ns()}"
+    tree, act = gated_tree(name)
+    (tmp_path / "tree.json").write_text(json.dumps(tree))
+    url = create_database(kind)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join((str(HERE), str(REPO)))}
+    for unset in ("CULM_BROKER_URL", "CULM_RELAY_GRACE", "CULM_LEASE_SECONDS"):
+        env.pop(unset, None)
+    try:
+        migrate.upgrade_database(url)
+        run = subprocess.Popen([sys.executable, "-m", "culm", "run", "tree.json", "--import", "components",
+                                "--timeout", "120", "--db", url], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with culm.Runtime(url, workers=0) as reader:
+                def leased() -> bool:
+                    with reader.store.reading() as unit:
+                        row = unit._one("SELECT owner, claimed_until FROM culm_task WHERE node_id = ?", [act])
+                    return row is not None and row[0] is not None and float(row[1]) > now() + 30
+
+                wait_until(leased, 60, 0.05, what="the culm run to claim the gated step")
+        finally:
+            run.kill()
+            run.wait(10)
+        killed = time.monotonic()
+        gate(name).set()  # the step's next call returns at once
+        with culm.Runtime(url, workers=2) as runner:
+            took = _finished_after(runner, tree["id"], killed, 60)
+            print(f"\n{kind}: the killed culm run's step finished {took:.1f} s after the kill (lease 60 s)")
+            assert took < 10, f"the next runner took the killed run's step up only {took:.1f} s after the kill"
+            assert api.get_pipeline_states(runner, tree["id"]).data[tree["id"]]["children"][act]["state"] == "FINISHED"
     finally:
         gate(name).set()
         drop_database(url)

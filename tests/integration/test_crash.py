@@ -371,11 +371,11 @@ def _resumed_after(exec_log: Path, pids: set[str], killed_at: float) -> dict[str
     return again
 
 
-# Alone (tests/parallel.py): in the suite's 3 processes, 2 runs of 4 (ci22c, ci22d) saw one of the
-# killed worker's nodes called again only after 15.5-16 s on MariaDB, the default CULM_RELAY_GRACE
-# (its task recovered by a relay, not redelivered); run alone in every CI before, it passed. Why the
-# other processes' load sends one node down the relay's path is not known yet.
-@pytest.mark.exclusive
+# In the suite's 3 processes, 2 runs of 4 (ci22c, ci22d) saw one of the killed worker's nodes called
+# again only after 15.5-16 s on MariaDB, the default CULM_RELAY_GRACE: a relay's pass had sent the
+# node's poll task (a follow-up the killed worker kept, looking like a timer due soon) just before
+# the killed worker claimed it, and the burial skipped what was relayed in the second before it
+# (session 23; test_worker_registry.py::test_a_burial_sends_again_what_a_relay_sent_while_the_dead_worker_held_it).
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("kind", ["postgres-redis", "mariadb-rabbitmq"])
 def test_kill_9_of_a_worker_mid_poll_does_not_wait_for_its_locks(

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backends import REPO, embedded_runtime_on
@@ -264,15 +265,23 @@ def _due_task(rt: culm.Runtime, seconds_ago: float) -> str:
     return task_id
 
 
+def _relay_beside(rt: culm.Runtime, owner: str, store: Any = None, interval: float = 0.2,
+                  **options: Any) -> tuple[TaskRelay, _Sent]:
+    """A relay (dead_after 1 s, a look every 0.2 s, grace 15 s) of the process "me", on ``store``
+    (default the runtime's), and a worker ``owner`` registered beside it."""
+    registry = SqlWorkerRegistry(rt.store)
+    sent = _Sent()
+    relay = TaskRelay(store or rt.store, sent, interval=interval, grace=15.0, registry=registry,  # type: ignore[arg-type]
+                      dead_after=1.0, check=0.2, own="me", **options)
+    registry.register(owner, 2, "culm")
+    return relay, sent
+
+
 def test_after_a_burial_the_relay_also_sends_what_went_astray_meanwhile(runtime: culm.Runtime) -> None:
     # A Celery master hands messages to a killed pool process until it notices; those are lost
     # after the burial's pass. For dead_after seconds the relay sends what has waited a look since.
     rt = runtime
-    registry = SqlWorkerRegistry(rt.store)
-    sent = _Sent()
-    relay = TaskRelay(rt.store, sent, interval=0.2, grace=15.0, registry=registry,  # type: ignore[arg-type]
-                      dead_after=1.0, check=0.2, own="me")
-    registry.register("runner-d", 2, "culm")
+    relay, sent = _relay_beside(rt, "runner-d")
     _silence(rt, "runner-d", 10)
     before = _due_task(rt, 0.0)
     assert relay.bury_dead() == 1 and sent.ids == [before]  # the burial's pass: every due task
@@ -281,6 +290,81 @@ def test_after_a_burial_the_relay_also_sends_what_went_astray_meanwhile(runtime:
     wait_until(lambda: relay._after_burial < time.monotonic(), 5, 0.05, what="the watch after the burial to end")
     later = _due_task(rt, 0.5)
     assert relay.bury_dead() == 0 and later not in sent.ids  # the ordinary grace applies again
+
+
+def test_a_burial_sends_again_what_a_relay_sent_while_the_dead_worker_held_it(runtime: culm.Runtime) -> None:
+    """A relay's pass sent a task a worker had on hand and had not claimed yet: a follow-up it kept,
+    committed just after the pass read its clock, so that it looked like a timer due soon that was
+    never published. The worker then claimed it (the message found it leased and did nothing) and
+    died. The burial must send it again: skipping what was relayed a moment before left it to the
+    grace (15 s; test_crash.py's kill -9 mid-poll on MariaDB, 16.2 s)."""
+    rt = runtime
+    relay, sent = _relay_beside(rt, "runner-h", interval=5.0)  # timers due within 10 s are "soon"
+    task_id = _due_task(rt, -1.0)
+    assert relay.relay_once() == 1 and sent.ids == [task_id]  # as a timer due soon, never published
+    wait_until(lambda: _due_task_is_due(rt, task_id), 5, 0.01, what="the task to fall due")
+    with rt.store.transaction() as unit:  # runner-h claims it: that message does nothing
+        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["runner-h", now() + 30, task_id])
+    _silence(rt, "runner-h", 10)
+    assert relay.bury_dead() == 1 and _lease(rt, task_id) == (None, None)
+    assert sent.ids == [task_id, task_id]
+    assert relay.bury_dead() == 0 and sent.ids == [task_id, task_id]  # the watch after it: not sent twice
+
+
+def _due_task_is_due(rt: culm.Runtime, task_id: str) -> bool:
+    with rt.store.reading() as unit:
+        return float(unit._one("SELECT due FROM culm_task WHERE id = ?", [task_id])[0]) <= now()
+
+
+def test_a_silent_embedded_runner_is_never_buried(runtime: culm.Runtime) -> None:
+    """An embedded runner (a `culm run`) does not look, before it starts the calls it handed out,
+    whether it was taken for dead: one only paused would run a call another runner took over. So
+    silence alone buries no embedded runner, and its leases stay until they run out."""
+    rt = runtime
+    relay, sent = _relay_beside(rt, "runner-j")
+    registry = SqlWorkerRegistry(rt.store)
+    registry.register("embedded-k", 2, "")
+    task_id = _due_task(rt, 1.0)
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["embedded-k", now() + 30, task_id])
+    _silence(rt, "embedded-k", 10)
+    _silence(rt, "runner-j", 10)
+    assert [(w.owner, silent) for w, silent in registry.dead(DEAD_AFTER)] == [("runner-j", True)]
+    assert relay.bury_dead() == 1 and _lease(rt, task_id)[0] == "embedded-k" and sent.ids == []
+    assert [w.owner for w in registry.workers()] == ["embedded-k"]
+
+
+class _FailingOnce:
+    """A relay's store whose next transaction fails (a deadlock victim, a lost connection)."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.fail = True
+
+    def transaction(self) -> Any:
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("lost the connection in the burial's pass")
+        return self.store.transaction()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+
+def test_a_burial_pass_cut_short_is_done_at_the_next_look(runtime: culm.Runtime) -> None:
+    """The burial is committed before its pass publishes the dead worker's work: a pass that fails
+    midway is done at the next look (no later look finds the dead worker to bury again), not left
+    to the grace."""
+    rt = runtime
+    relay, sent = _relay_beside(rt, "runner-i", _FailingOnce(rt.store), batch=1)
+    held = _due_task(rt, 0.0)
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["runner-i", now() + 30, held])
+    _silence(rt, "runner-i", 10)
+    with pytest.raises(ConnectionError):
+        relay.bury_dead()
+    assert _lease(rt, held) == (None, None) and sent.ids == []  # buried, its task freed, not sent
+    assert relay.bury_dead() == 0 and sent.ids == [held]
 
 
 @pytest.mark.parametrize("late", [False, True], ids=["soon", "past-dead-after"])

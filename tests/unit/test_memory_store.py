@@ -101,8 +101,6 @@ def test_refusals_name_the_table_and_row() -> None:
         unit.insert_state(_state("a"))
     with pytest.raises(MemoryStoreError, match="no column.*colour"), store.transaction() as unit:
         unit.update_state("a", colour="red")
-    with pytest.raises(MemoryStoreError, match="process nope does not exist"), store.transaction() as unit:
-        unit.ack_children({"nope": 1})
     with pytest.raises(MemoryStoreError, match="already open"), store.transaction(), store.transaction():
         pass
     assert _name(store, "a") == states.READY

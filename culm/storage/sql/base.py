@@ -74,6 +74,7 @@ from culm.storage.sql.statements import (
     NODE_INSERT,
     NOTE_INNER_LOOPS,
     OUTPUTS_UPSERT,
+    PARENTS_STORED,
     PENDING_TASKS,
     PROCESS_BY_ID,
     PROCESS_BY_ID_LOCKED,
@@ -186,6 +187,10 @@ def _state_row(r: Sequence[Any]) -> StateRecord:
 def _process_row(r: Sequence[Any]) -> ProcessRecord:
     return ProcessRecord(r[0], r[1], r[2], r[3], r[4], codec.loads(r[5]), bool(r[6]), bool(r[7]), r[8], bool(r[9]),
                          r[10], r[11], r[12], r[13], r[14])
+
+
+def _ignore_rows(rows: list[Any]) -> None:
+    """What takes the answer of a read sent with the commit only for the error it may raise."""
 
 
 def _task_row(r: Sequence[Any]) -> TaskRecord:
@@ -1168,7 +1173,8 @@ class SqlUnit(budget.UnitChecks):
     ) -> bool:
         """Count finished children as ack_children does, but decide each parent's wake in the
         database with the commit, in its round trip (server databases, outside a savepoint; False
-        elsewhere: nothing done, the caller counts with ack_children).
+        elsewhere: nothing done, the caller counts with ack_children). A parent not stored makes
+        the commit fail (PARENTS_STORED): nothing of the transaction is kept.
 
         Per parent, in parent id order, after every write the transaction queued so far: the
         ack's UPDATE, then, only where this ack was its last child's, the parent's task at its
@@ -1193,19 +1199,22 @@ class SqlUnit(budget.UnitChecks):
         def take(rows: list[Any]) -> None:
             parents = {p.id: p for p in map(_process_row, rows)}
             out = []
-            for pid in pids:
+            for pid in pids:  # every one stored: PARENTS_STORED refused the commit otherwise
                 p = parents.get(pid)
-                if p is None:
-                    logger.critical("process %s, the parent of %d process(es) at its converge gateway %s, is not "
-                                    "stored: nothing counted, and its run will not move on (an invariant broken: "
-                                    "culm.core.invariants.check names it)", pid, counts[pid], gateways[pid])
-                elif p.ack_num == 0 and p.need_ack == 0:  # woken here (a count left is at least 1)
+                if p is not None and p.ack_num == 0 and p.need_ack == 0:  # woken here (a count left is at least 1)
                     out.append(TaskRecord(tasks[pid], EXECUTE, pid, gateways[pid], p.root_id, due=due,
                                           priority=p.priority, queue=p.queue))
             woken(out)
 
-        self._commit_reads.append((PROCESSES_IN.format(marks=marks(len(pids))), pids, take))
+        self._read_parents_at_commit(pids, take)
         return True
+
+    def _read_parents_at_commit(self, pids: list[str], take: Callable[[list[Any]], None]) -> None:
+        """Queue the reads of ack_children_at_commit: PARENTS_STORED (refusing the commit when
+        one of ``pids`` is not stored), then the parents' rows, for ``take``."""
+        in_pids = marks(len(pids))
+        self._commit_reads.append((PARENTS_STORED.format(marks=in_pids), [*pids, len(pids)], _ignore_rows))
+        self._commit_reads.append((PROCESSES_IN.format(marks=in_pids), pids, take))
 
     @staticmethod
     def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:

@@ -9,6 +9,7 @@ import importlib
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -398,9 +399,10 @@ class MysqlDialect(Dialect):
         a year by default) or a row's that only other processes' sessions hold (bounded by
         innodb_lock_wait_timeout, 50 s by default, but each statement of a batch may wait that
         long, and a server may set it higher than CULM_ENGINE_STUCK_AFTER). Asked on a connection
-        of its own (2 s to connect, 2 s to read). A row's wait is read from information_schema's
-        InnoDB tables, which need the PROCESS privilege: without it (or on MySQL 8, which has no
-        INNODB_LOCK_WAITS) the question fails and the batch counts as stuck, as before. A table's
+        of its own (2 s to connect, 2 s for each read). A row's wait is read from information_schema's
+        InnoDB tables (twice: they are a copy, see INNODB_COPY_IDLE), which need the PROCESS
+        privilege: without it (or on MySQL 8, which has no INNODB_LOCK_WAITS) the question fails
+        and the batch counts as stuck, as before. A table's
         metadata lock wait counts only while another process's session holds a metadata lock in
         the waiter's database, when the server says who holds them (MariaDB's metadata_lock_info
         plugin: LOCK_WAITS_MDL); without it, a wait for a lock this process's own session holds
@@ -417,7 +419,13 @@ class MysqlDialect(Dialect):
             found = cur.fetchone()
             ids = ", ".join(str(int(i)) for i in own)
             mdl = LOCK_WAITS_MDL.format(own=ids) if found and int(found[0] or 0) else ""
-            cur.execute(LOCK_WAITS_MYSQL.format(own=ids, mdl=mdl), [session, session])
+            question = LOCK_WAITS_MYSQL.format(own=ids, mdl=mdl)
+            # The first answer may come from a stale copy of InnoDB's lock tables (INNODB_COPY_IDLE);
+            # read, the copy is ours: unless another client reads it meanwhile, the second is fresh.
+            cur.execute(question, [session, session])
+            cur.fetchone()
+            time.sleep(INNODB_COPY_IDLE)
+            cur.execute(question, [session, session])
             row = cur.fetchone()
         finally:
             raw.close()
@@ -508,6 +516,14 @@ LOCK_WAITS_MYSQL = (
 LOCK_WAITS_MDL = (" AND (p.STATE <> 'Waiting for table metadata lock' OR EXISTS (SELECT 1"
                   " FROM information_schema.METADATA_LOCK_INFO m WHERE m.THREAD_ID <> p.ID"
                   " AND m.THREAD_ID NOT IN ({own}) AND m.TABLE_SCHEMA = p.DB))")
+# InnoDB's tables in information_schema (INNODB_TRX, INNODB_LOCK_WAITS) are a server-wide copy
+# that MariaDB refreshes at a read only once nobody has read it for 100 ms (trx0i_s.cc,
+# CACHE_MIN_IDLE_TIME). A client reading it within that of another's read (another worker's
+# watchdog, a monitoring tool) gets the copy as it was, which may predate a lock wait (the
+# watchdog then ended a process that only waited) or show one that has ended; one that reads it
+# more often than every 100 ms keeps it as it was for as long as it does. lock_waits reads twice,
+# this long apart, and goes by the second answer.
+INNODB_COPY_IDLE = 0.15  # seconds
 HAS_MDL_INFO = ("SELECT COUNT(*) FROM information_schema.PLUGINS"
                 " WHERE PLUGIN_NAME = 'METADATA_LOCK_INFO' AND PLUGIN_STATUS = 'ACTIVE'")
 # How long a read-only unit waits for the next bytes of a reply before it gives the connection up

@@ -37,11 +37,13 @@ from culm.storage.sql.statements import (
     LIVE_SCHEDULES_ANY,
     MANY_WITH_PROCESS_AND_STATE,
     PROCESS_COLUMNS,
+    PROCESSES_IN_STORED,
     SNAPSHOT_READ,
     STATES_ANY,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
     WAKE_ON_ACK_POSTGRES,
+    marks,
 )
 
 if TYPE_CHECKING:
@@ -339,6 +341,9 @@ class PostgresUnit(SqlUnit):
     @staticmethod
     def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
         return [(WAKE_ON_ACK_POSTGRES, [n, n, n, n, n, gateway, pid, task_id, EXECUTE, gateway, due])]
+
+    def _read_parents_at_commit(self, pids: list[str], take: Callable[[list[Any]], None]) -> None:
+        self._commit_reads.append((PROCESSES_IN_STORED.format(marks=marks(len(pids))), [*pids, *pids, len(pids)], take))
 
     def _acked_rows(self, acks: Sequence[tuple[int, str]]) -> list[Any]:
         answers = self._all_together([(ACK_CHILDREN_RETURNING, [n, pid]) for n, pid in acks])

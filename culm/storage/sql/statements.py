@@ -141,6 +141,13 @@ WAKE_TASK_ON_ACK = ("INSERT INTO culm_task (id, kind, process_id, node_id, root_
                     " WHERE id = ? AND ack_num = need_ack")
 WAKE_ON_ACK = ("UPDATE culm_process SET asleep = FALSE, ack_num = 0, need_ack = 0, current_node_id = ?"
                " WHERE id = ? AND ack_num = need_ack")
+# Server databases, a join decided with the commit: refused (its scalar subquery gives two rows,
+# an error on every server) unless each of the parents counted is stored. A join whose parent is
+# gone then commits nothing: the engine loop replays its tasks one by one, and the walk whose child
+# reached the gateway fails its node, saying so (culm.core.joins), as on SQLite.
+_PARENTS_MISSING = ("(SELECT 0 UNION ALL SELECT 0 FROM (SELECT COUNT(*) AS n FROM culm_process"
+                    " WHERE id IN ({marks})) AS found WHERE n < ?)")
+PARENTS_STORED = "SELECT " + _PARENTS_MISSING
 # PostgreSQL: the three in one statement (an UPDATE's SET reads the row as it was; RETURNING gives
 # it after: woken, its counts are 0, else ack_num is at least the count just added).
 _WOKEN = "ack_num + ? = need_ack"
@@ -190,6 +197,10 @@ NOTE_INNER_LOOPS = ('INSERT INTO culm_change (root_id, node_id, from_state, to_s
 RESET_INNER_LOOPS = "UPDATE culm_state SET inner_loop = 0 WHERE parent_id = ? AND inner_loop <> 0"
 PROCESS_BY_ID = PROCESS_SELECT + " WHERE id = ?"
 PROCESSES_IN = PROCESS_SELECT + " WHERE id IN ({marks})"
+# PostgreSQL: PARENTS_STORED in the parents' read, one statement: a WHERE term that reads no row of
+# the scan is a one-time filter, evaluated before the scan whether any row is found or not
+# (MariaDB skips it when the key lookups find nothing: a statement of its own there).
+PROCESSES_IN_STORED = PROCESSES_IN + " AND " + _PARENTS_MISSING + " = 0"
 PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
 LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
