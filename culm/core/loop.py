@@ -27,9 +27,9 @@ from culm._printable import engine_logger
 from culm.core import faults, joins, observe, scheduling, states, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
-from culm.core.ports import Prefetch, RowCopies, Unit
+from culm.core.ports import Prefetch, RowCopies, TakesForked, Unit
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
-from culm.core.step import Step, TakesForked
+from culm.core.step import Step
 from culm.model.compiled import SUBPROCESS, Graph
 
 logger = engine_logger("culm.engine")

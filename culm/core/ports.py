@@ -38,6 +38,9 @@ from culm.errors import InvalidOperationError
 
 # A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
 Lease = tuple[str, float, float]
+# Whether a runner takes on the tasks of a fork's children now, walking them in the transaction
+# that forks (its room for them, and whether it may run such tasks at all).
+TakesForked = Callable[[Sequence[TaskRecord]], bool]
 # A user's JSON-able mapping (pipeline data, node inputs and outputs, options): its values are
 # whatever the user's pipeline holds, so they are not typed further here.
 UserData = dict[str, Any]

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from culm.core import observe, signals
-from culm.core.ports import StateFields, Unit
+from culm.core.ports import StateFields, TakesForked, Unit
 from culm.core.records import ProcessRecord, StateRecord, TaskRecord
 from culm.core.transitions import NEXT, NOWHERE, IllegalTransitionError
-
-# Whether a runner takes on the tasks of a fork's children now, walking them in the transaction
-# that forks (its room for them, and whether it may run such tasks at all).
-TakesForked = Callable[[Sequence[TaskRecord]], bool]
 
 
 @dataclass(frozen=True, slots=True)

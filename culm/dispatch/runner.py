@@ -40,9 +40,8 @@ from culm import _retry as retry
 from culm._printable import engine_logger
 from culm._retry import is_lock_victim
 from culm.core.loop import Walk
-from culm.core.ports import Store
+from culm.core.ports import Store, TakesForked
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord, now
-from culm.core.step import TakesForked
 from culm.dispatch.liveness import BeatPending
 from culm.dispatch.threads import ThreadDispatcher
 

@@ -31,9 +31,8 @@ from typing import Any, Protocol
 
 from culm._printable import engine_logger
 from culm.core.loop import Item, UserCall, Walk, abandoned_threads, commit_batch, moved_on
-from culm.core.ports import RowCopies
+from culm.core.ports import RowCopies, TakesForked
 from culm.core.records import TIMEOUT, TaskRecord, now
-from culm.core.step import TakesForked
 from culm.dispatch.liveness import EmbeddedPresence, worker_dead_after
 
 logger = engine_logger("culm.dispatch")
