@@ -89,6 +89,8 @@ def _database_problem(runtime: Any, exc: Exception) -> CulmError | None:
 def _str_id(value: Any, name: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidOperationError(f"{name} must be a non-empty string, got {value!r}")
+    if (problem := limits.lookup_problem(value, name)) is not None:
+        raise InvalidOperationError(problem)
     return value
 
 

@@ -9,6 +9,7 @@ from culm.core import states
 from culm.core.engine import Engine
 from culm.core.records import PipelineQuery
 from culm.errors import InvalidOperationError, NotFoundError
+from culm.model.limits import lookup_problem
 
 MAX_LIMIT = 1000
 PIPELINE_STATES = (states.CREATED, states.READY, states.RUNNING, states.SUSPENDED, states.BLOCKED,
@@ -54,6 +55,8 @@ def make_query(state: object = None, name: object = None, created_after: object 
     """Check the arguments of a list and make its query; refuses a bad one with a message naming it."""
     if name is not None and not isinstance(name, str):
         raise InvalidOperationError(f"name must be a string, got {name!r}")
+    if name and (problem := lookup_problem(name, "name")) is not None:
+        raise InvalidOperationError(problem)
     return PipelineQuery(
         states=_states(state), name=name or None,
         created_after=_epoch(created_after, "created_after"), created_before=_epoch(created_before, "created_before"),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from culm.data import sandbox, template
+from culm.data.context import deformat
 from culm.data.memo import WeightedMemo
 from culm.errors import ConditionSyntaxError, ExpressionError, ExpressionLimitError
 
@@ -105,9 +106,15 @@ def evaluate_gateway_condition(expr: str, namespace: Mapping[str, Any], nested_o
     Raw ``\\n``, ``\\r`` and ``\\t`` in string values are escaped first, as bamboo does, so a
     multi-line value stays inside its quotes; the string literal turns them back.
     """
-    escaped = {key: _escape(value) for key, value in namespace.items()}
     if "${" not in expr:
         return evaluate_condition(expr)
+    # Only the values this condition names: found probing (session 23), each condition escaped
+    # every value of the namespace (what all of the gateway's conditions name) before looking at
+    # its own text, where no clock is read; 900 conditions ``1 == 2`` in front of 100 naming a
+    # variable of 1 MB of lines each held the engine for over ten minutes.
+    # (A value named like a safe builtin shadows it, and references() leaves those out.)
+    named = {deformat(key) for key in template.references(expr)} | sandbox.SAFE_BUILTINS
+    escaped = {name: _escape(namespace[name]) for name in named if name in namespace}
     rendered, parts = template.render_parts(expr, escaped, nested_objects)
     if not isinstance(rendered, str):  # the whole condition is one variable's value
         rendered = sandbox.safe_str(rendered, MAX_CONDITION_LENGTH)

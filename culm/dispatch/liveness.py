@@ -415,12 +415,11 @@ class TaskRelay:
         began = now()
         if time.monotonic() >= self._free_until:
             self._buried = []  # the watch after the last burial is over
-        buried = self._bury_found_dead()
+        buried = self._bury_found_dead(began)
         if buried:
             self._buried_at = began
             self._after_burial = time.monotonic() + self.dead_after
             self._free_until = time.monotonic() + self.free_for
-            self._pass_since = began
         elif self._free_late() and self._pass_since is None:
             self._pass_since = began
         if self._pass_since is not None:
@@ -436,8 +435,10 @@ class TaskRelay:
             self._relay_all(grace=self.check, sent_since=self._buried_at)
         return buried
 
-    def _bury_found_dead(self) -> int:
-        """Bury each worker found dead (but this process); returns how many this relay buried."""
+    def _bury_found_dead(self, began: float) -> int:
+        """Bury each worker found dead (but this process); returns how many this relay buried.
+        Each burial's pass is due from its commit on (``began``: this look's start), so one that
+        a later burial's failure cuts short is still made at the next look."""
         assert self.registry is not None
         buried = 0
         for worker, silent in self.registry.dead(self.dead_after):
@@ -447,6 +448,8 @@ class TaskRelay:
             if freed is None:
                 continue  # another relay buried it, or it beat again
             buried += 1
+            if self._pass_since is None:
+                self._pass_since = began
             self._buried.append(worker.owner)
             how = f"silent for {worker.silent_for:.1f} s" if silent else "its process is gone"
             logger.warning("worker %s (host %s, pid %d) is dead (%s): %d task(s) freed", worker.owner, worker.host,
@@ -500,11 +503,13 @@ class TaskRelay:
 
 def worker_dead_after() -> float:
     """``CULM_WORKER_DEAD_AFTER`` (3 s): a runner whose registry row was not beaten this long is
-    taken for dead (a bad value: the default, as ``culm workers`` reads it)."""
+    taken for dead (a bad value, not a number or not above 0: the default, as ``culm workers``
+    reads it). An embedded runner only reads it to tell whether another runner is live."""
     try:
-        return float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3.0)
+        seconds = float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3.0)
     except ValueError:
         return 3.0
+    return seconds if seconds > 0 else 3.0
 
 
 class EmbeddedPresence:
@@ -562,9 +567,13 @@ class EmbeddedPresence:
             live_workers = any(not w.embedded and w.owner not in dead for w in others)
             buried = False
             for w in others:
-                if w.owner not in dead or (live_workers and not w.embedded):
-                    continue  # alive; or a worker, whose death the live workers' relays see to
-                freed = self.registry.bury(w.owner, self.dead_after if dead[w.owner] else None)
+                if w.owner not in dead or dead[w.owner] or (live_workers and not w.embedded):
+                    # Alive; or only silent: a worker's silence is judged by the workers' relays,
+                    # with their own CULM_WORKER_DEAD_AFTER (this process's may differ), and an
+                    # embedded runner's never (see SqlWorkerRegistry.dead); or a worker whose
+                    # death the live workers' relays see to.
+                    continue
+                freed = self.registry.bury(w.owner, None)
                 if freed is not None:
                     buried = True
                     logger.warning("runner %s (host %s, pid %d) is dead: %d task(s) freed, taken up here",

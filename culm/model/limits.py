@@ -54,6 +54,11 @@ def _env_count(name: str, default: int) -> int:
 # (docs/data-and-variables.md). bamboo's own reference is a 100,000-node tree.
 MAX_TREE_NODES = _env_count("CULM_MAX_TREE_NODES", 100_000)
 MAX_TREE_FLOWS = _env_count("CULM_MAX_TREE_FLOWS", 200_000)
+# Variables (data inputs) one tree may have, every subprocess's included; $CULM_MAX_TREE_VARIABLES
+# sets it for a process. Found probing (session 23): nodes and flows were bounded, variables not; a
+# tree of 1,000,000 plain variables (50 MB of JSON, stored compressed under MAX_PAYLOAD_BYTES) held
+# SQLite's write lock for 134 s in run_pipeline and grew the process to 2 GB.
+MAX_TREE_VARIABLES = _env_count("CULM_MAX_TREE_VARIABLES", 200_000)
 # Iterations one node loop (``loop_config.loop_times``) may ask for, checked by the validator and by
 # update_node_loop_times; $CULM_MAX_LOOP_TIMES sets it for a process. Each iteration stores a
 # history row and rewrites the loop's output list (one entry per iteration so far), so a loop of
@@ -106,6 +111,22 @@ def text_problem(text: str) -> str | None:
     except UnicodeEncodeError:
         return "a lone surrogate"
     return None
+
+
+def lookup_problem(text: str, what: str) -> str | None:
+    """Why ``text``, an argument ``what`` that a store looks up (an id, a version, a name to
+    search for), is refused before the lookup, or None.
+
+    Found probing (session 23): one holding a NUL or a lone surrogate went to the driver as it
+    was: PostgreSQL answered a NUL with a ``DataError`` (a 500 and a traceback in the server's log),
+    SQLite and the drivers of PostgreSQL and MariaDB a surrogate with a ``UnicodeEncodeError``, the
+    others "does not exist". Nothing stored holds one (:func:`text_problem` refuses it on the way in).
+    """
+    problem = text_problem(text)
+    if problem is None:
+        return None
+    shown = ascii(text) if len(text) <= 80 else f"{ascii(text[:80])}..."
+    return f"{what} holds {problem}, which no stored id or name holds: {shown} is not looked up"
 
 
 # Bytes of a TEXT column on MySQL and MariaDB (PostgreSQL and SQLite would take more; the limit

@@ -51,27 +51,45 @@ def label_text(value: str) -> str:
     return value if value.isprintable() else repr(value)
 
 
-def tree_size(tree: Any) -> tuple[int, int]:
-    """How many nodes and flows ``tree`` has, its subprocesses' included (counted as the validator
-    sees them: the start and end event of each pipeline, its activities and gateways, its flows).
+def tree_size(tree: Any) -> tuple[int, int, int]:
+    """How many nodes, flows and variables ``tree`` has, its subprocesses' included (counted as the
+    validator sees them: the start and end event of each pipeline, its activities and gateways, its
+    flows, the data inputs of its ``data``).
 
     Counts without building anything, so a tree far over the limits is refused before its
     validation costs memory; parts that are not dicts count nothing (the validator names them).
     """
-    nodes = flows = 0
+    nodes = flows = variables = 0
     work: list[tuple[Any, int]] = [(tree, 0)]
     while work:
         pipe, depth = work.pop()
         if not isinstance(pipe, dict):
             continue
-        activities, gateways, links = (pipe.get(key) for key in ("activities", "gateways", "flows"))
+        activities, gateways, links, data = (pipe.get(key) for key in ("activities", "gateways", "flows", "data"))
         activities = activities if isinstance(activities, dict) else {}
         nodes += 2 + len(activities) + (len(gateways) if isinstance(gateways, dict) else 0)
         flows += len(links) if isinstance(links, dict) else 0
+        inputs = data.get("inputs") if isinstance(data, dict) else None
+        variables += len(inputs) if isinstance(inputs, dict) else 0
         if depth < MAX_DEPTH:  # deeper is refused anyway, and a tree holding itself must end
             work.extend((act["pipeline"], depth + 1) for act in activities.values()
                         if isinstance(act, dict) and act.get("type") == SUBPROCESS and "pipeline" in act)
-    return nodes, flows
+    return nodes, flows, variables
+
+
+def too_large(size: tuple[int, int, int]) -> str | None:
+    """Why a tree of :func:`tree_size` ``size`` is too large to validate, or None (the limits are
+    read now: a program may set them)."""
+    nodes, flows, variables = size
+    if nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS:
+        return (f"tree is too large: it has {nodes:,} nodes and {flows:,} flows, over the {limits.MAX_TREE_NODES:,} "
+                f"nodes and {limits.MAX_TREE_FLOWS:,} flows a tree may have (culm.model.limits."
+                "MAX_TREE_NODES, MAX_TREE_FLOWS); split the work into several pipelines")
+    if variables > limits.MAX_TREE_VARIABLES:
+        return (f"tree is too large: it has {variables:,} variables, over the {limits.MAX_TREE_VARIABLES:,} a tree "
+                "may have (culm.model.limits.MAX_TREE_VARIABLES, $CULM_MAX_TREE_VARIABLES); split the work into "
+                "several pipelines")
+    return None
 
 
 @dataclass
@@ -105,18 +123,15 @@ class ShapeChecker:
         """Record one problem."""
         self.problems.append(TreeProblem(where, message))
 
-    def run(self, tree: Any, size: tuple[int, int] | None = None) -> None:
+    def run(self, tree: Any, size: tuple[int, int, int] | None = None) -> None:
         """Check ``tree`` and every nested subprocess tree (none when the tree is too large).
         ``size``: its :func:`tree_size`, when the caller counted it already."""
         if limits.ENVIRONMENT_PROBLEMS:  # the bounds below are not what the operator asked for
             self.add(None, "tree not validated: " + "; ".join(limits.ENVIRONMENT_PROBLEMS))
             return
-        nodes, flows = size if size is not None else tree_size(tree)
-        if nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS:
-            where = label(tree.get("id")) if isinstance(tree, dict) else None
-            self.add(where, f"tree is too large: it has {nodes:,} nodes and {flows:,} flows, over the {limits.MAX_TREE_NODES:,} "
-                            f"nodes and {limits.MAX_TREE_FLOWS:,} flows a tree may have (culm.model.limits."
-                            "MAX_TREE_NODES, MAX_TREE_FLOWS); split the work into several pipelines")
+        problem = too_large(size if size is not None else tree_size(tree))
+        if problem is not None:
+            self.add(label(tree.get("id")) if isinstance(tree, dict) else None, problem)
             return
         work = [_Pending(tree, None, 0)]
         while work:

@@ -31,7 +31,7 @@ from culm.model.flowgraph import (
 )
 from culm.model.gateways import check_streams, pair_gateways
 from culm.model.syntax_warnings import tree_warnings
-from culm.model.tree_shape import ShapeChecker, label, tree_size
+from culm.model.tree_shape import ShapeChecker, label, too_large, tree_size
 from culm.model.variable_cycles import variable_cycle_problems
 
 __all__ = [
@@ -57,7 +57,7 @@ _ACTIVITY_DEFAULTS = {"error_ignorable": False, "skippable": True, "retryable": 
 def _analyse(
     tree: Any, cycle_tolerate: bool, component_exists: ComponentExists | None,
     lazy_exists: LazyExists | None, end_event_exists: EndEventExists | None,
-    preset: tuple[Collection[str], Collection[str]] = ((), ()), size: tuple[int, int] | None = None,
+    preset: tuple[Collection[str], Collection[str]] = ((), ()), size: tuple[int, int, int] | None = None,
 ) -> ShapeChecker:
     """The checker that walked ``tree``: every problem of it (``problems``), the graph of each of its
     pipelines (``graphs``, root first), and whether a value holds dict keys JSON would merge.
@@ -171,7 +171,7 @@ def prepare_tree(
     encoded: _Encoded | None = None
     failure: BaseException | None = None
     size = tree_size(tree) if isinstance(tree, dict) else None
-    if size is not None and not _over_count(size):
+    if size is not None and too_large(size) is None:
         try:
             encoded = _encode(tree, exact=False)
         except Exception as exc:  # noqa: BLE001 - named after the analysis, which may say where
@@ -241,9 +241,6 @@ def _encode(tree: dict[str, Any], *, exact: bool) -> _Encoded:
     return _Encoded(None, blob, limits.pickled_payload_size(len(blob)))
 
 
-def _over_count(size: tuple[int, int]) -> bool:
-    nodes, flows = size
-    return nodes > limits.MAX_TREE_NODES or flows > limits.MAX_TREE_FLOWS
 
 
 def _check_size(tree: dict[str, Any], encoded: _Encoded) -> _json.ShrunkText | None:

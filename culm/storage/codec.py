@@ -94,21 +94,41 @@ def dumps_fields(fields: Mapping[str, Any], what: str) -> str:
         bad, reasons = _largest_until_small(fields)
         if not bad:
             raise UnstorableValueError(f"the {what} cannot be stored as a whole", what, [])
-    raise UnstorableValueError(f"{what} the store cannot hold: " + "; ".join(reasons), what, bad)
+    raise UnstorableValueError(f"{what} the store cannot hold: " + _listed(reasons), what, bad)
+
+
+# Reasons a refusal names one by one; the others are counted (600,000 inputs left out made a
+# message of 60 MB).
+LISTED_REASONS = 20
+
+
+def _listed(reasons: list[str]) -> str:
+    more = len(reasons) - LISTED_REASONS
+    return "; ".join(reasons[:LISTED_REASONS]) + (f"; and {more:,} more" if more > 0 else "")
 
 
 def _largest_until_small(fields: Mapping[str, Any]) -> tuple[list[Any], list[str]]:
     """The keys of ``fields`` whose values, largest first, must go for the rest to be stored
-    (none when the rest still cannot be), with a reason for each."""
-    sizes = sorted(((payload_size(_encode(value)), key) for key, value in fields.items()),
-                   key=lambda pair: pair[0], reverse=True)
+    (none when the rest still cannot be), with a reason for each.
+
+    Each field is sized with its key, as it stands in the whole, so the sum is the whole's size
+    within a few bytes. The rest is encoded again only when that sum is within the limit, and after
+    a rest that still cannot be stored, once what is left has halved: found probing (session 23),
+    the sum counted the values alone, so 600,000 small inputs stayed over the limit with their keys
+    and the rest was encoded again after each one left out, the engine thread held for good.
+    """
+    sizes = sorted(((payload_size(_encode(key)) + payload_size(_encode(value)) + 2, key)
+                    for key, value in fields.items()), key=lambda pair: pair[0], reverse=True)
     rest = dict(fields)
     total = sum(size for size, _key in sizes)
+    check_at = MAX_PAYLOAD_BYTES
     bad: list[Any] = []
     reasons: list[str] = []
     for size, key in sizes:
-        if total <= MAX_PAYLOAD_BYTES and _storable(rest):
-            return bad, reasons
+        if total <= check_at:
+            if _storable(rest):
+                return bad, reasons
+            check_at = total // 2
         del rest[key]
         total -= size
         bad.append(key)

@@ -106,7 +106,22 @@ def process_gone(key: str) -> bool:
     if not machine or machine != _machine() or not pid.isdigit():
         return False
     stat = _stat(int(pid))
-    return stat is None or stat[0] in ("Z", "X") or stat[1] != started
+    if stat is None:  # no such process, or one /proc hides from this user (hidepid, ProtectProc)
+        return not _exists(int(pid))
+    return stat[0] in ("Z", "X") or stat[1] != started
+
+
+def _exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists, asked of the kernel (a signal 0): another user's process,
+    which /proc may hide, exists too. Whether it is still the one registered cannot be told then,
+    so it counts as alive: its leases run out if it is not."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # EPERM: another user's
+    return True
 
 
 # -- the registry ---------------------------------------------------------------------------------

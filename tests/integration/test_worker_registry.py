@@ -26,7 +26,8 @@ from culm import api
 from culm.builder import EmptyEndEvent, EmptyStartEvent, ServiceActivity, build_tree
 from culm.core import walker
 from culm.core.records import now
-from culm.dispatch.liveness import LeaseHeartbeat, TaskRelay
+from culm.dispatch.liveness import EmbeddedPresence, LeaseHeartbeat, TaskRelay
+from culm.storage import workers as workers_module
 from culm.storage.workers import SqlWorkerRegistry, process_gone, process_key
 
 pytestmark = pytest.mark.timeout(120)
@@ -140,6 +141,44 @@ def test_a_process_of_another_namespace_is_never_taken_for_gone() -> None:
     assert own == "" or not process_gone(own)
     assert not process_gone("another-boot/pid:[1]|1|1")
     assert not process_gone("")
+
+
+def test_a_process_that_proc_hides_from_this_user_is_not_taken_for_gone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc mounted with hidepid (or systemd's ProtectProc=invisible) hides another user's
+    processes: their stat cannot be read. Such a runner is alive while the kernel says its pid
+    exists (review23: a `culm run` of another user was buried at every look, its calls run twice)."""
+    child = subprocess.Popen(["sleep", "60"])
+    key = process_key(child.pid)
+    if not key:
+        pytest.skip("no /proc here: only the beat tells a dead worker")
+    hidden = f"/proc/{child.pid}/stat"
+    real_read = workers_module._read
+    monkeypatch.setattr(workers_module, "_read", lambda path: "" if path == hidden else real_read(path))
+    try:
+        assert not process_gone(key)
+    finally:
+        child.kill()
+        child.wait(10)
+    assert process_gone(key)  # ended: the kernel knows no such pid
+
+
+def test_an_embedded_runner_buries_no_worker_for_silence(runtime: culm.Runtime) -> None:
+    """Whether a worker is silent for too long is for the workers' relays to judge, with their own
+    CULM_WORKER_DEAD_AFTER (an operator raises it for the workers, not in the shell of a `culm run`):
+    an embedded runner buries only runners whose process it finds gone (review23)."""
+    rt = runtime
+    registry = SqlWorkerRegistry(rt.store)
+    registry.register("worker-s", 8, "culm")
+    task_id = _due_task(rt, 1.0)
+    _lease_to(rt, task_id, "worker-s")
+    _silence(rt, "worker-s", 10)
+    presence = EmbeddedPresence(rt.store, registry, "embedded-e", 2, grace=15.0, dead_after=DEAD_AFTER)
+    presence.start()
+    grace, buried = presence.look()
+    assert not buried and _lease(rt, task_id)[0] == "worker-s"
+    assert grace == 0.0  # no live runner but itself: what is due and free is its to take at once
+    assert sorted(w.owner for w in registry.workers()) == ["embedded-e", "worker-s"]
+    presence.stop()
 
 
 def test_leases_are_extended_only_for_their_owner_after_a_burial(runtime: culm.Runtime) -> None:
@@ -311,6 +350,12 @@ def test_a_burial_sends_again_what_a_relay_sent_while_the_dead_worker_held_it(ru
     assert relay.bury_dead() == 0 and sent.ids == [task_id, task_id]  # the watch after it: not sent twice
 
 
+def _lease_to(rt: culm.Runtime, task_id: str, owner: str) -> None:
+    """Give ``owner`` the task's lease for 30 s, as its claim would."""
+    with rt.store.transaction() as unit:
+        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", [owner, now() + 30, task_id])
+
+
 def _due_task_is_due(rt: culm.Runtime, task_id: str) -> bool:
     with rt.store.reading() as unit:
         return float(unit._one("SELECT due FROM culm_task WHERE id = ?", [task_id])[0]) <= now()
@@ -325,8 +370,7 @@ def test_a_silent_embedded_runner_is_never_buried(runtime: culm.Runtime) -> None
     registry = SqlWorkerRegistry(rt.store)
     registry.register("embedded-k", 2, "")
     task_id = _due_task(rt, 1.0)
-    with rt.store.transaction() as unit:
-        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["embedded-k", now() + 30, task_id])
+    _lease_to(rt, task_id, "embedded-k")
     _silence(rt, "embedded-k", 10)
     _silence(rt, "runner-j", 10)
     assert [(w.owner, silent) for w, silent in registry.dead(DEAD_AFTER)] == [("runner-j", True)]
@@ -358,8 +402,7 @@ def test_a_burial_pass_cut_short_is_done_at_the_next_look(runtime: culm.Runtime)
     rt = runtime
     relay, sent = _relay_beside(rt, "runner-i", _FailingOnce(rt.store), batch=1)
     held = _due_task(rt, 0.0)
-    with rt.store.transaction() as unit:
-        unit._x("UPDATE culm_task SET owner = ?, claimed_until = ? WHERE id = ?", ["runner-i", now() + 30, held])
+    _lease_to(rt, held, "runner-i")
     _silence(rt, "runner-i", 10)
     with pytest.raises(ConnectionError):
         relay.bury_dead()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from culm.data.boolrule import evaluate_condition, evaluate_gateway_condition
@@ -134,3 +136,20 @@ def test_gateway_condition_renders_then_evaluates() -> None:
     assert evaluate_gateway_condition("${missing} == '${missing}'", ns) is True
     with pytest.raises(ExpressionLimitError):
         evaluate_gateway_condition("${9**9**9**9} == 1", ns)
+
+
+def test_a_gateways_conditions_escape_only_the_values_they_name() -> None:
+    """Found probing (session 23): each condition escaped every value of the gateway's namespace
+    (the variables all its conditions name) before looking at its own text, and a condition
+    without ``${`` renders nothing, so no clock was read. 900 conditions ``1 == 2`` in front of
+    100 naming a variable of 1 MB of lines each held the engine for over ten minutes."""
+    from culm.data import template
+
+    namespace = {f"v{i}": "line\n" * 200_000 for i in range(20)}
+    conditions = ["1 == 2"] * 1000 + ["'${v0[:4]}' == 'x'", "${len(v1)} > 0"]
+    start = time.process_time()
+    with template.output_bound(template.MAX_NODE_RENDER_OUTPUT):
+        verdicts = [evaluate_gateway_condition(cond, namespace) for cond in conditions]
+    spent = time.process_time() - start
+    assert verdicts == [False] * 1001 + [True]
+    assert spent < 3.0, f"1,002 conditions took {spent:.1f} s of CPU"

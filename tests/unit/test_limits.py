@@ -88,9 +88,9 @@ def test_tree_size_counts_every_pipeline_and_ends_on_a_tree_holding_itself():
     sub = {"id": "s", "activities": {"a": {"type": "ServiceActivity"}}, "flows": {"f": {}, "g": {}}}
     tree = {"id": "p", "activities": {"s": {"type": "SubProcess", "pipeline": sub}, "b": {}},
             "gateways": {"g": {}}, "flows": {"f1": {}}}
-    assert tree_size(tree) == (2 + 3 + 2 + 1, 3)
+    assert tree_size(tree) == (2 + 3 + 2 + 1, 3, 0)
     sub["activities"]["self"] = {"type": "SubProcess", "pipeline": sub}  # validation refuses it; counting ends
-    assert tree_size(tree) == (5 + 4 * MAX_DEPTH, 1 + 2 * MAX_DEPTH)  # counted to the depth validation allows
+    assert tree_size(tree) == (5 + 4 * MAX_DEPTH, 1 + 2 * MAX_DEPTH, 0)  # counted to the depth validation allows
 
 
 @pytest.mark.parametrize(("value", "expected"), [("5000", "5000"), ("1_000_000", "1000000"), ("", "100000")])
@@ -145,3 +145,55 @@ def test_the_store_total_counts_every_write_of_threads_sharing_it(monkeypatch):
     finally:
         sys.setswitchinterval(switch)
     assert total.after(lambda: 0, 0) == 40_000
+
+
+def tree_with_variables(count: int, in_subprocess: int = 0) -> dict:
+    from culm.builder import (
+        Data,
+        EmptyEndEvent,
+        EmptyStartEvent,
+        ExclusiveGateway,
+        SubProcess,
+        Var,
+        build_tree,
+    )
+
+    def variables(n: int, prefix: str) -> Data:
+        data = Data()
+        for i in range(n):
+            data.inputs[f"${{{prefix}{i}}}"] = Var(type=Var.PLAIN, value=i)
+        return data
+
+    inner = EmptyStartEvent()
+    inner.extend(ExclusiveGateway(conditions={0: "1 == 1"})).connect(EmptyEndEvent())
+    start = EmptyStartEvent()
+    start.extend(SubProcess(start=inner, data=variables(in_subprocess, "s"))).extend(EmptyEndEvent())
+    return build_tree(start, data=variables(count, "v"))
+
+
+def test_a_tree_over_the_variable_limit_is_refused_before_it_is_validated(monkeypatch):
+    """Found probing (session 23): nodes and flows were bounded, the variables (data inputs) of a
+    tree not. A tree of 1,000,000 plain variables (50 MB of JSON, stored compressed under the
+    payload limit) was taken: run_pipeline held SQLite's write lock for 134 s and the process grew
+    to 2 GB. Counted with the nodes and flows, every subprocess's variables included."""
+    import culm
+    from culm import api
+    from culm.validator import tree_problems
+
+    monkeypatch.setattr(limits, "MAX_TREE_VARIABLES", 100)
+    assert tree_problems(tree_with_variables(60, in_subprocess=40)) == []
+    tree = tree_with_variables(60, in_subprocess=41)
+    problems = [str(p) for p in tree_problems(tree)]
+    assert problems == [f"{tree['id']}: tree is too large: it has 101 variables, over the 100 a tree may have "
+                        "(culm.model.limits.MAX_TREE_VARIABLES, $CULM_MAX_TREE_VARIABLES); split the work into several pipelines"]
+    with culm.Runtime("memory://") as runtime:
+        refused = api.run_pipeline(runtime, tree)
+        assert not refused.result and problems[0] in refused.message
+        assert api.list_pipelines(runtime).data["total"] == 0
+
+
+def test_the_variable_limit_is_read_from_the_environment():
+    env = {**os.environ, "CULM_MAX_TREE_VARIABLES": "5000"}
+    out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_TREE_VARIABLES)"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "5000", out.stderr
