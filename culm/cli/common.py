@@ -393,8 +393,7 @@ def workers_serve(url: str) -> bool:
     """Whether a live ``culm worker`` is registered on the server database ``url`` (it beat within
     ``CULM_WORKER_DEAD_AFTER``, 3 s, as ``culm workers`` counts it alive): its relay finds the work
     a command records there without a broker, ``CULM_RELAY_GRACE`` later."""
-    from culm.dispatch.liveness import worker_dead_after
-    from culm.storage import SqlStore
+    from culm.storage import SqlStore, worker_dead_after
 
     dead_after = worker_dead_after()
     try:

@@ -277,3 +277,14 @@ class WorkerInfo:
 
 # The queue prefix an embedded runner registers with (a worker's --prefix is never empty).
 EMBEDDED_RUNNER = ""
+
+
+def worker_dead_after() -> float:
+    """``CULM_WORKER_DEAD_AFTER`` (3 s): a runner whose registry row was not beaten this long is
+    taken for dead (a bad value, not a number or not above 0: the default, as ``culm workers``
+    reads it). An embedded runner only reads it to tell whether another runner is live."""
+    try:
+        seconds = float(os.environ.get("CULM_WORKER_DEAD_AFTER") or 3.0)
+    except ValueError:
+        return 3.0
+    return seconds if seconds > 0 else 3.0

@@ -22,6 +22,7 @@ __all__ = [
     "MemoryStore",
     # the worker registry (`culm workers`; workers reach it through SqlStore.worker_registry)
     "SqlWorkerRegistry",
+    "worker_dead_after",
     # `culm db upgrade`, `culm db recount`
     "upgrade_database",
     "recount_database",
@@ -32,5 +33,6 @@ __all__ = [
 # Imported when first used (culm._faces): the memory store does not load SQLAlchemy.
 __getattr__, __dir__ = lazy_face(__name__, {
     "SqlStore": ".sql", "MemoryStore": ".memory", "SqlWorkerRegistry": ".workers", "parse_sqlite_url": ".sqlite_url",
+    "worker_dead_after": ".workers",
     **dict.fromkeys(("upgrade_database", "recount_database"), ".migrate"),
 })

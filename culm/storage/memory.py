@@ -32,6 +32,7 @@ from typing import Any, TypeVar, Unpack
 
 from culm.core import states
 from culm.core.ports import (
+    Lease,
     LogRow,
     PipelineRow,
     ProcessFields,
@@ -373,10 +374,11 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
             self._put("process", pid, _changed(p, _copy_process, {"dead": True}))
 
     # -- tasks and leases -----------------------------------------------------------------------
-    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
+        owner, until = (None, None) if lease is None else lease[:2]
         for t in tasks:
             if t is not None:
-                self._insert("task", t.id, _Task(_copy_task(t)))
+                self._insert("task", t.id, _Task(_copy_task(t), owner, until))
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._get("task", task_id)

@@ -33,7 +33,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from culm._printable import engine_logger
-from culm.core.records import WorkerInfo
+from culm.core.records import WorkerInfo, worker_dead_after  # noqa: F401 - the storage face names it
 
 if TYPE_CHECKING:
     from culm.storage.sql import SqlStore, SqlUnit

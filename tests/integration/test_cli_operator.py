@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,20 +473,28 @@ def test_watch_prints_a_stalled_wait_once_not_every_second(embedded: Cli) -> Non
         reason = json.loads(out.stdout)["tree"].get("wait_reason") or {}
         return reason if reason.get("kind") == "stalled" else None
 
-    first = wait_until(stalled, 60, 0.3, what="the pipeline to be reported stalled")
+    wait_until(stalled, 60, 0.3, what="the pipeline to be reported stalled")
     watch = subprocess.Popen([sys.executable, "-m", "culm", "watch", root, "--interval", "0.2"], cwd=embedded.cwd,
                              env=embedded.env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    printed: list[str] = []
+    reader = threading.Thread(target=lambda: printed.extend(watch.stdout or ()), daemon=True)
+    reader.start()
     try:
-        # The reason's text changes every second ("due for N s"); watch it change three times.
-        since = float(first["text"].split(" due for ", 1)[1].split(" s ", 1)[0])
+        # Once watch has said it (its start takes seconds on a loaded machine: ci23a saw nothing
+        # printed yet), the reason's text changes every second ("due for N s"): let it change
+        # three times while watch looks every 0.2 s.
+        wait_until(lambda: any("not taken" in line for line in printed), 60, 0.1, what="watch to print the stall")
+        since = float(stalled()["text"].split(" due for ", 1)[1].split(" s ", 1)[0])
         wait_until(lambda: float(stalled()["text"].split(" due for ", 1)[1].split(" s ", 1)[0]) >= since + 3,
                    60, 0.3, what="the stalled count to move on")
     finally:
         watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=60)
+        watch.wait(60)  # stdout is the reader's to drain; stderr holds a line or two
+        reader.join(10)
+        err = watch.stderr.read() if watch.stderr else ""
     assert watch.returncode == 130 and "Traceback" not in err, err
-    lines = [line for line in out.splitlines() if "not taken" in line]
-    assert len(lines) == 1 and root in lines[0], out
+    lines = [line for line in printed if "not taken" in line]
+    assert len(lines) == 1 and root in lines[0], printed
     assert embedded("revoke", root).returncode == 0
 
 
