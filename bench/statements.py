@@ -165,10 +165,7 @@ def count(pipelines: int, trace: bool) -> dict[str, Any]:
         rt = culm.Runtime(cluster.db_url, workers=0)
         # The engine loop a worker runs (batch transaction, user-code thread), handed one task at a
         # time: the follow-ups its commits make wait in ``queue`` instead of joining its next batch.
-        # As a worker's runner, it walks a fork's children in the transaction that forks (a culm
-        # without that option, as an A/B's other side: the children are follow-ups).
-        forks = {"fork_room": lambda: lambda tasks: True} if _walks_forks(ThreadDispatcher) else {}
-        loop = ThreadDispatcher(1, sole_runner=False, follow_ups=queue.submit, **forks)
+        loop = ThreadDispatcher(1, sole_runner=False, follow_ups=queue.submit)
         try:
             rt.engine.dispatcher = queue
             loop.start(Engine(rt.store, queue))
@@ -208,12 +205,6 @@ def count(pipelines: int, trace: bool) -> dict[str, Any]:
     return {"shape": "normal_pipeline() (17 nodes)", "statements_per_pipeline": statements,
             "transactions_per_pipeline": commits, "tasks_per_pipeline": tasks, "rollbacks_per_pipeline": rollbacks,
             "same_every_run": len(set(per_pipeline)) == 1}
-
-
-def _walks_forks(dispatcher: type) -> bool:
-    import inspect
-
-    return "fork_room" in inspect.signature(dispatcher.__init__).parameters
 
 
 def count_batched(pipelines: int) -> dict[str, Any]:

@@ -7,8 +7,7 @@ process (a ``sitecustomize`` on ``PYTHONPATH``) that counts, per thread role (``
 pool processes' engine threads, where node steps go; ``other``: the heartbeat, the relay, the
 Celery task's reads), the round trips at the driver: psycopg's statements sent outside a pipeline,
 its pipelines and commits; MySQLdb's and PyMySQL's queries and commits (a multi-statement query
-is one), and the statements (each of a pipeline or of a multi-statement query; BEGIN, COMMIT and
-ROLLBACK not counted). Transactions are the engine threads' commits; ``--shapes`` prints the most frequent
+is one). Transactions are the engine threads' commits; ``--shapes`` prints the most frequent
 ones, a round trip's statements joined by ``+``, round trips by `` | ``. The counts do not depend on the machine's
 load (how batches form does, a little: each run differs by a few per cent).
 
@@ -88,11 +87,6 @@ def _count(what):
         _flush()
 
 
-def _count_statement(sql):
-    if sql.strip().upper() not in ("COMMIT", "ROLLBACK", "BEGIN"):
-        _count("statements")
-
-
 def _in_pipeline(conn):
     return getattr(conn, "_pipeline", None) is not None
 
@@ -107,8 +101,6 @@ def _psycopg():
         alone = not _in_pipeline(self.connection)
         if alone:
             _count("trips")
-        if not (isinstance(query, str) and query.strip().upper() in ("COMMIT", "ROLLBACK", "BEGIN")):
-            _count("statements")
         _note(query, alone)
         result = execute(self, query, params, **kw)
         if isinstance(query, str) and query.strip().upper() == "COMMIT":  # a pipeline's own COMMIT (PostgresUnit)
@@ -158,7 +150,6 @@ def _mysqldb():
         text = q.decode(errors="replace") if isinstance(q, bytes) else str(q)
         for i, part in enumerate(p for p in text.split(";") if p.strip()):
             _note(part, i == 0)  # a multi-statement query is one round trip
-            _count_statement(part)
         if _commits(text):
             _count("commits")
             _end_transaction()
@@ -185,7 +176,6 @@ def _pymysql():
         text = sql.decode(errors="replace") if isinstance(sql, bytes) else str(sql)
         for i, part in enumerate(p for p in text.split(";") if p.strip()):
             _note(part, i == 0)
-            _count_statement(part)
         if _commits(text):
             _count("commits")
             _end_transaction()
@@ -269,12 +259,9 @@ def _batches(
                     "wall_s": round(elapsed, 3),
                     "engine_round_trips": used.get("engine trips", 0),
                     "engine_transactions": used.get("engine commits", 0),
-                    "engine_statements": used.get("engine statements", 0),
                     "other_round_trips": used.get("other trips", 0),
                 }
                 line["engine_round_trips_per_pipeline"] = round(line["engine_round_trips"] / pipelines, 2)
-                line["engine_statements_per_pipeline"] = round(line["engine_statements"] / pipelines, 2)
-                line["engine_transactions_per_pipeline"] = round(line["engine_transactions"] / pipelines, 2)
                 line["engine_round_trips_per_transaction"] = round(
                     line["engine_round_trips"] / max(1, line["engine_transactions"]), 2
                 )

@@ -27,7 +27,7 @@ from culm._printable import engine_logger
 from culm.core import faults, joins, observe, scheduling, states, timeouts, walker
 from culm.core.engine import Engine
 from culm.core.outcomes import Invoke
-from culm.core.ports import Prefetch, RowCopies, TakesForked, Unit
+from culm.core.ports import Prefetch, RowCopies, Unit
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord
 from culm.core.step import Step
 from culm.model.compiled import SUBPROCESS, Graph
@@ -89,9 +89,6 @@ class Committed:
     calls: list[UserCall]  # user code to start, now that the nodes' RUNNING states are durable
     done: list[str]  # ids of the tasks that need nothing more from this runner
     applied: list[Item]  # items whose user code's outcome this commit made durable (their calls are over)
-    # ids of the tasks of forked children this batch walked at once (written claimed by this
-    # runner, their user code among ``calls``): on hand now, though no batch was handed them.
-    forked: list[str]
 
     @property
     def tasks(self) -> list[TaskRecord]:
@@ -126,25 +123,21 @@ def commit_batch(
     *,
     cache: RowCopies | None = None,
     joining: Callable[[list[Item]], None] | None = None,
-    walk_forks: TakesForked | None = None,
 ) -> Committed:
     """Advance ``batch`` in one transaction and commit it; what committed.
 
     ``joining(batch)`` is called once the first pass's transaction is open (the runner adds what
     became ready while it waited for the write lock). ``cache``: the runner's kept copies of rows,
-    handed to the store. ``walk_forks``: asked with the tasks of each fork the walks reach, whether
-    the runner takes those children on now: they are then walked in the same transaction
-    (:func:`_walk_forked`) instead of becoming follow-up tasks. A batch that cannot commit even task by task raises, every item as it came.
+    handed to the store. A batch that cannot commit even task by task raises, every item as it came.
     """
     saved: list[_Saved] = []
     try:
-        return _commit(engine, batch, saved, cache, joining, walk_forks)
+        return _commit(engine, batch, saved, cache, joining, isolate=False)
     except Exception:  # noqa: BLE001 - not committed: replayed below, task by task
         _restore(batch, saved)
         saved = []
         try:
-            # Each task alone in its savepoint: a fork's children are follow-ups then, as before.
-            return _commit(engine, batch, saved, cache, None, None, isolate=True)
+            return _commit(engine, batch, saved, cache, None, isolate=True)
         except Exception:
             _restore(batch, saved)  # nothing was committed: the items are as they came
             raise
@@ -156,22 +149,20 @@ def _commit(
     saved: list[_Saved],
     cache: RowCopies | None,
     joining: Callable[[list[Item]], None] | None,
-    walk_forks: TakesForked | None,
     *,
-    isolate: bool = False,
+    isolate: bool,
 ) -> Committed:
     """One transaction over ``batch``, with a savepoint per item when ``isolate`` (the replay).
     ``saved`` collects each item's fields before it runs."""
     calls: list[UserCall] = []
     done: list[str] = []
-    forked: list[str] = []
     began = time.monotonic()
     with engine.store.transaction(cache=cache) as unit:
         if joining is not None:
             joining(batch)
-        step = Step(unit, walk_forks=walk_forks)
+        step = Step(unit)
         if not isolate and (len(batch) > 1 or _walks_with_claim(unit)):
-            _read_ahead(engine, unit, batch, forks=walk_forks is not None)
+            _read_ahead(engine, unit, batch)
         for item in batch:
             saved.append((item.invoke, item.waiting, item.result))
             call = _advance_isolated(engine, step, item) if isolate else advance(engine, step, item)
@@ -179,27 +170,10 @@ def _commit(
                 done.append(item.task.id)
             else:
                 calls.append(call)
-            if step.forked:
-                _walk_forked(engine, step, calls, forked)
         joins.settle(step)  # the batch's children at their converge gateways, counted at once
         if calls and time.monotonic() - began > engine.settings.lease_seconds / 3:
             _renew_leases(engine, unit, calls)
-    applied = [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting]
-    return Committed(step, calls, done, applied, forked)
-
-
-def _walk_forked(engine: Engine, step: Step, calls: list[UserCall], forked: list[str]) -> None:
-    """Walk the children the forks of this transaction handed to the runner (``Step.forked``)
-    until each has to wait, as the next batch would after claiming their tasks, minus that claim
-    and that batch: the tasks were written claimed by this runner in this transaction, so their
-    walks' effects commit with the fork or not at all. A child that hands out user code becomes an
-    item of this runner (its id in ``forked``); one whose walk ended needs nothing more."""
-    while step.forked:
-        task, proc = step.forked.pop(0)  # a child's walk may fork again: its children come last
-        invoke = walker.walk_forked(engine, step, task, proc)
-        if invoke is not None:
-            calls.append(UserCall(Item(task, invoke), invoke.call))
-            forked.append(task.id)
+    return Committed(step, calls, done, [item for item, (_, waiting, _) in zip(batch, saved, strict=False) if waiting])
 
 
 def _walks_with_claim(unit: Unit) -> bool:
@@ -289,12 +263,11 @@ def _fail_task(engine: Engine, step: Step, item: Item, resumed: bool, exc: Excep
                     task.node_id)
 
 
-def _read_ahead(engine: Engine, unit: Unit, batch: list[Item], *, forks: bool) -> None:
+def _read_ahead(engine: Engine, unit: Unit, batch: list[Item]) -> None:
     """A batch's reads up front, where the unit offers a :class:`~culm.core.ports.Prefetch`
     (PostgreSQL, MySQL): its tasks and processes, the states its walks may need and the contexts of the
     pipelines they run in, in a few statements instead of several per task. Writes then pile up
-    and go out together at the commit. ``forks``: the walks of the children of forks reached are
-    read too (the runner walks them in this transaction)."""
+    and go out together at the commit."""
     prefetch = unit.prefetch
     if prefetch is None:
         return
@@ -303,7 +276,7 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item], *, forks: bool) -
     # Where their calls ran (the walk set the task's node to it): MySQL locks those states with the read.
     at = [i.invoke.node_id for i in back if i.invoke is not None and i.invoke.node_id]
     if prefetch.walks_with_claim:
-        _expect_walks(engine, prefetch, batch, forks)
+        _expect_walks(engine, prefetch, batch)
     prefetch.read_tasks_ahead(fresh, [i.task.id for i in back], engine.lease(), at)
     nodes: list[str] = []
     stacks: list[str] = []
@@ -314,8 +287,6 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item], *, forks: bool) -
         graph = engine.graph(proc.root_id, unit)
         if task.node_id in graph.nodes:
             ahead = graph.ahead_of_resume(task.node_id)
-            if forks:
-                ahead = [*ahead, *graph.forked_ahead(ahead)]
             stacks += proc.stack
             nodes += ahead
             pipelines += (n for n in ahead if graph.nodes[n].type == SUBPROCESS)  # entered on the way
@@ -324,7 +295,7 @@ def _read_ahead(engine: Engine, unit: Unit, batch: list[Item], *, forks: bool) -
     prefetch.read_walks_ahead(stacks, nodes, pipelines + stacks)
 
 
-def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item], forks: bool) -> None:
+def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item]) -> None:
     """What _read_ahead's walk reads will be, as the runner knows the items' nodes before the
     tasks are read (the unit sends these reads with the claim): from the graphs compiled here
     already; for a fresh task of a run not compiled here, from what its message said
@@ -345,7 +316,7 @@ def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item], forks: 
         root_id = invoke.root_id or task.root_id if back and invoke is not None else task.root_id
         node_id = invoke.node_id if back and invoke is not None else task.node_id
         graph = engine.known_graph(root_id) if root_id else None
-        walk = expected_walk(graph, node_id, forks=forks) if graph is not None else None
+        walk = expected_walk(graph, node_id) if graph is not None else None
         if graph is None and root_id:
             trees.append(root_id)  # compiled after the claim, its tree read with it
             walk = item.walk if not back else None
@@ -358,13 +329,11 @@ def _expect_walks(engine: Engine, prefetch: Prefetch, batch: list[Item], forks: 
         prefetch.expect_walks(held, nodes, pipelines, trees)
 
 
-def expected_walk(graph: Graph, node_id: str, *, forks: bool = True) -> Walk | None:
+def expected_walk(graph: Graph, node_id: str) -> Walk | None:
     """The reads of a walk that sets out from (or resumes at) ``node_id`` of ``graph``: the
-    pipelines around the node (the stack the walk holds), the nodes it may enter (with ``forks``,
-    those the first walks of the children of the forks it reaches may enter too: a worker walks them
-    in the same transaction), the contexts it may read. None: no such node. A publisher that has the
-    graph puts this in a task's message (:mod:`culm.dispatch.celery`), so a worker that has not
-    compiled the run reads it with the claim."""
+    pipelines around the node (the stack the walk holds), the nodes it may enter, the contexts it
+    may read. None: no such node. A publisher that has the graph puts this in a task's message
+    (:mod:`culm.dispatch.celery`), so a worker that has not compiled the run reads it with the claim."""
     node = graph.nodes.get(node_id)
     if node is None:
         return None
@@ -374,8 +343,6 @@ def expected_walk(graph: Graph, node_id: str, *, forks: bool = True) -> Walk | N
         stack.append(pid)
         pid = graph.pipelines[pid].parent_pipeline_id
     ahead = graph.ahead_of_resume(node_id)
-    if forks:
-        ahead = [*ahead, *graph.forked_ahead(ahead)]
     return stack, ahead, [*(n for n in ahead if graph.nodes[n].type == SUBPROCESS), *stack]
 
 

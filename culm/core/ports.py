@@ -38,9 +38,6 @@ from culm.errors import InvalidOperationError
 
 # A lease on a task: (owner, claimed until, now), all times UTC epoch seconds.
 Lease = tuple[str, float, float]
-# Whether a runner takes on the tasks of a fork's children now, walking them in the transaction
-# that forks (its room for them, and whether it may run such tasks at all).
-TakesForked = Callable[[Sequence[TaskRecord]], bool]
 # A user's JSON-able mapping (pipeline data, node inputs and outputs, options): its values are
 # whatever the user's pipeline holds, so they are not typed further here.
 UserData = dict[str, Any]
@@ -301,10 +298,7 @@ class Tasks(Protocol):
     """The task outbox: durable work, written and deleted in the transactions that cause and
     complete it, leased by whoever runs it."""
 
-    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
-        """Write task rows; with ``lease`` (owner, until, at) they are written claimed by its owner
-        until ``until`` (a runner that walks them in the same transaction)."""
-        ...
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None: ...
 
     def claim_task(self, task_id: str, owner: str, until: float, at: float) -> TaskRecord | None: ...
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from culm.core import observe, signals
-from culm.core.ports import StateFields, TakesForked, Unit
-from culm.core.records import ProcessRecord, StateRecord, TaskRecord
+from culm.core.ports import StateFields, Unit
+from culm.core.records import StateRecord, TaskRecord
 from culm.core.transitions import NEXT, NOWHERE, IllegalTransitionError
 
 
@@ -35,10 +35,6 @@ class Step:
     # (node id, version) of runs a node timeout failed in this transaction: user code of theirs
     # still running is cut off (culm.core.timeouts); a runner may take its thread back.
     cut_off: list[tuple[str, str]] = field(default_factory=list)
-    # Asked with the tasks of each fork: whether the runner walks those children in this
-    # transaction (None: never); the children handed to it so far, each with its task.
-    walk_forks: TakesForked | None = None
-    forked: list[tuple[TaskRecord, ProcessRecord]] = field(default_factory=list)
 
     def add_task(self, task: TaskRecord) -> None:
         self.unit.insert_tasks([task])
@@ -47,18 +43,6 @@ class Step:
     def add_tasks(self, tasks: list[TaskRecord]) -> None:
         self.unit.insert_tasks(tasks)
         self.tasks.extend(tasks)
-
-    def add_forked(self, tasks: list[TaskRecord], children: list[ProcessRecord]) -> None:
-        """A fork's ``children`` and their tasks (one each, in order). When the runner takes them
-        on (``walk_forks``), their walks go on in this transaction (``forked``): no claim, no
-        transaction and no broker message of their own; their rows are written as their walks
-        leave them (``culm.core.walker.walk_forked``). Otherwise they are written now, the tasks
-        follow-ups like any."""
-        if self.walk_forks is not None and self.walk_forks(tasks):
-            self.forked.extend(zip(tasks, children, strict=True))
-            return
-        self.unit.insert_processes(children)
-        self.add_tasks(tasks)
 
     def requeue(self, task_id: str) -> None:
         """Hand a task row this transaction changed (and did not delete) to the dispatcher again."""

@@ -69,19 +69,6 @@ def execute_step(
     return _advance(engine, step, graph, proc, task, pending)
 
 
-def walk_forked(engine: Engine, step: Step, task: TaskRecord, proc: ProcessRecord) -> Invoke | None:
-    """Walk a child that a fork in this transaction made (``Step.forked``, its rows not written
-    yet) until it has to wait, as the walk of its claimed task would in the next transaction; then
-    write its process as the walk left it and, when it hands out user code, its task, claimed by
-    this runner (a task row written and changed in one transaction is one write); the user code
-    to run next, if any."""
-    invoke = _advance(engine, step, engine.graph(proc.root_id, step.unit), proc, task, None, stored=False)
-    step.unit.insert_processes([proc])
-    if invoke is not None:
-        step.unit.insert_tasks([task], lease=engine.lease())
-    return invoke
-
-
 def _moved_on(unit: Unit, graph: Graph, task: TaskRecord) -> bool:
     st = unit.get_state(task.node_id)
     if st is not None and _paused_on_entry(graph, st, task):
@@ -108,12 +95,8 @@ def call_user_code(invoke: Invoke) -> object:
 
 
 def _advance(
-    engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Pending | None,
-    *, stored: bool = True,
+    engine: Engine, step: Step, graph: Graph, proc: ProcessRecord, task: TaskRecord, pending: Pending | None
 ) -> Invoke | None:
-    """Walk ``proc`` from ``task`` until it has to wait; the user code to run next, if any.
-    ``stored``: the task's and the process's rows are written (else the caller writes them as the
-    walk leaves ``task`` and ``proc``: see walk_forked)."""
     before = _snapshot(proc)
     try:
         if pending is not None:
@@ -127,11 +110,8 @@ def _advance(
         if isinstance(outcome, Invoke):
             version = run.state.version if run is not None else task.running_version
             node_id = proc.current_node_id
-            if stored:
-                step.unit.update_task(task.id, node_id=node_id, running_version=version)
-                _save_process(step, proc, before)
-            else:
-                task.node_id, task.running_version = node_id, version
+            step.unit.update_task(task.id, node_id=node_id, running_version=version)
+            _save_process(step, proc, before)
             return Invoke(outcome.call, outcome.resume, node_id, version, proc.root_id)
         if isinstance(outcome, Sleep):
             proc.asleep = True
@@ -154,9 +134,8 @@ def _advance(
     except Exception as exc:
         exc.add_note(f"culm: raised while the process of task {task.id} was at node {proc.current_node_id}")
         raise
-    if stored:
-        _save_process(step, proc, before)
-        step.unit.delete_task(task.id)
+    _save_process(step, proc, before)
+    step.unit.delete_task(task.id)
     return None
 
 

@@ -40,7 +40,7 @@ from culm import _retry as retry
 from culm._printable import engine_logger
 from culm._retry import is_lock_victim
 from culm.core.loop import Walk
-from culm.core.ports import Store, TakesForked
+from culm.core.ports import Store
 from culm.core.records import EXECUTE, TIMEOUT, TaskRecord, now
 from culm.dispatch.liveness import BeatPending
 from culm.dispatch.threads import ThreadDispatcher
@@ -83,8 +83,7 @@ class WorkerRunner:
     """
 
     def __init__(self, publisher: CeleryDispatcher, threads: int = 8, backlog: int = 64) -> None:
-        self.loop = ThreadDispatcher(max(1, threads), sole_runner=False, follow_ups=self.submit, policy=self,
-                                     fork_room=self._fork_room)
+        self.loop = ThreadDispatcher(max(1, threads), sole_runner=False, follow_ups=self.submit, policy=self)
         self.workers = self.loop.workers
         self.publisher = publisher
         self.backlog = max(1, backlog)
@@ -152,23 +151,6 @@ class WorkerRunner:
         """
         capacity = self.workers * (SHORT_CALL_QUEUE if self._short_calls() else 1)
         return capacity - self._in_user_code - self.loop.queued()
-
-    def _fork_room(self) -> TakesForked:
-        """What decides, in the next batch, whether this process walks a fork's children at once
-        (see ``ThreadDispatcher``): the tasks it would keep as follow-ups (:meth:`submit`), while
-        the room it has now lasts; otherwise they are follow-ups, published for any worker."""
-        with self.loop.condition:
-            room = 0 if self._draining or self.loop.engine is None else self._room()
-        left = [room]
-        at = now()
-
-        def takes(tasks: Sequence[TaskRecord]) -> bool:
-            if len(tasks) > left[0] or not all(self.publisher.may_keep(task, at) for task in tasks):
-                return False
-            left[0] -= len(tasks)
-            return True
-
-        return takes
 
     def _short_calls(self) -> bool:
         return self._call_seconds < SHORT_CALL_SECONDS

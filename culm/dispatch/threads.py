@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from culm._printable import engine_logger
 from culm.core.loop import Item, UserCall, Walk, abandoned_threads, commit_batch, moved_on
-from culm.core.ports import RowCopies, TakesForked
+from culm.core.ports import RowCopies
 from culm.core.records import TIMEOUT, TaskRecord, now, worker_dead_after
 from culm.dispatch.liveness import EmbeddedPresence
 
@@ -307,7 +307,6 @@ class ThreadDispatcher:
         beside_others: bool = False,
         follow_ups: Callable[[Sequence[TaskRecord]], None] | None = None,
         policy: LoopPolicy | None = None,
-        fork_room: Callable[[], TakesForked] | None = None,
     ) -> None:
         """``cache``: the store's write-through copies of engine rows, handed to every batch's
         transaction (only for the sole runner of a database; :mod:`culm.runtime` makes them).
@@ -332,16 +331,10 @@ class ThreadDispatcher:
         keeps them itself to run one task at a time.
 
         ``policy``: the owner's hooks into the engine loop (:class:`LoopPolicy`); None: no hooks.
-
-        ``fork_room``: asked before each batch, what decides whether this runner takes on the
-        children of a fork the batch's walks reach: their walks then go on in the batch's
-        transaction, their tasks written claimed by this runner (``culm.core.loop.commit_batch``'s
-        ``walk_forks``). None: never, a fork's children are follow-up tasks.
         """
         self.workers = workers
         self._follow_ups = follow_ups or self.submit
         self._policy = policy
-        self._fork_room = fork_room
         self.sole_runner = sole_runner
         self.beside_others = beside_others
         self.sweep_grace = _relay_grace() if beside_others else 0.0
@@ -679,13 +672,11 @@ class ThreadDispatcher:
             self._drop_lost_calls()
         self._batch_began = time.monotonic()  # the watchdog times the transaction only (batch_age)
         try:
-            walk_forks = self._fork_room() if self._fork_room is not None else None
-            committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join, walk_forks=walk_forks)
+            committed = commit_batch(self.engine, batch, cache=self.cache, joining=self._join)
         finally:
             self._batch_began = None
         # Committed: only now may anything outside the database happen.
         self._forget(committed.done)
-        self._take_on(committed.forked)
         self._follow_ups(committed.tasks)
         committed.fire()
         self._calls.extend(committed.calls)
@@ -819,13 +810,6 @@ class ThreadDispatcher:
     def _put_back(self, batch: list[Item]) -> None:
         for item in batch:
             self._ready.put(item)
-
-    def _take_on(self, task_ids: list[str]) -> None:
-        """Tasks a batch wrote claimed by this runner (a fork's children it walked): on hand, as if
-        submitted (their leases extended with the others', released at shutdown)."""
-        if task_ids:
-            with self._lock:
-                self._known.update(task_ids)
 
     def _forget(self, task_ids: list[str]) -> None:
         if not task_ids:

@@ -166,18 +166,6 @@ class Graph:
             return self.ahead(node_id)
         return [node_id, *(n for target in node.targets for n in self.ahead(target))]
 
-    def forked_ahead(self, nodes: list[str], limit: int = 64) -> list[str]:
-        """The nodes the first walks of the children forked at any of ``nodes`` may enter (``ahead``
-        of each branch, and of the branches of forks found there), at most ``limit``: a runner that
-        walks a fork's children in the transaction that forks reads their states with its own."""
-        found: list[str] = []
-        forks = [n for n in nodes if n in self.forks]
-        while forks and len(found) < limit:
-            branch = [n for target in self.nodes[forks.pop()].targets for n in self.ahead(target)]
-            found += branch
-            forks += (n for n in branch if n in self.forks)
-        return found[:limit]
-
     def _walk_ahead(self, node_id: str, limit: int) -> list[str]:
         found = [node_id]
         seen = {node_id}

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Collection, Container, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Unpack
 
-from culm.core.ports import Lease, Prefetch, ProcessFields, StateWrite, TaskFields
+from culm.core.ports import Prefetch, ProcessFields, StateWrite, TaskFields
 from culm.core.records import ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage import codec
 from culm.storage.copies import copy_process as _copy_process
@@ -405,8 +405,8 @@ class CachedUnit(SqliteUnit):
                 p.dead = True
 
     # -- tasks ----------------------------------------------------------------------------
-    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
-        super().insert_tasks(tasks, lease=lease)
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
+        super().insert_tasks(tasks)
         for t in tasks:
             if t is not None:
                 self.cache.tasks[t.id] = _copy_task(t)

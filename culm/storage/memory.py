@@ -32,7 +32,6 @@ from typing import Any, TypeVar, Unpack
 
 from culm.core import states
 from culm.core.ports import (
-    Lease,
     LogRow,
     PipelineRow,
     ProcessFields,
@@ -374,11 +373,10 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
             self._put("process", pid, _changed(p, _copy_process, {"dead": True}))
 
     # -- tasks and leases -----------------------------------------------------------------------
-    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
-        owner, until = (None, None) if lease is None else lease[:2]
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
         for t in tasks:
             if t is not None:
-                self._insert("task", t.id, _Task(_copy_task(t), owner, until))
+                self._insert("task", t.id, _Task(_copy_task(t)))
 
     def get_task(self, task_id: str) -> TaskRecord | None:
         row = self._get("task", task_id)

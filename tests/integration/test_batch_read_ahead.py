@@ -5,10 +5,11 @@ read again, and a compare-and-set on it waits for the commit like any other writ
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from backends import create_database, drop_database
 from driver_log import round_trips
-from kept_tasks import Held
 
 from culm.core.records import EXECUTE, ContextValue, ProcessRecord, StateRecord, TaskRecord
 from culm.storage.migrate import upgrade_database
@@ -183,6 +184,22 @@ def test_tasks_deleted_before_their_turn_are_gone(store):
         unit.kill_processes_of_root("root")
         unit.delete_tasks_of_root("root")  # a revoke in the same transaction
         assert unit.task_with_process("t1", LEASE) == (None, None)
+
+
+class Held:
+    """A dispatcher that keeps the tasks a commit makes, for the batches a test runs itself."""
+
+    def __init__(self) -> None:
+        self.tasks: list[TaskRecord] = []
+
+    def submit(self, tasks):
+        self.tasks.extend(t for t in tasks if t is not None)
+
+    def submitting(self):
+        return contextlib.nullcontext()
+
+    def close(self) -> None:
+        pass
 
 
 def _three_runs(store: SqlStore) -> tuple[Held, list[str]]:

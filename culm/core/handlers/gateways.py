@@ -173,9 +173,9 @@ def fork(run: Run, targets: list[str], destination: str | None) -> None:
                       priority=proc.priority, queue=proc.queue)
         for target in targets
     ]
+    run.unit.insert_processes(children)
     run.unit.update_process(proc.id, need_ack=len(children), ack_num=0)
-    run.step.add_forked(
+    run.step.add_tasks(
         [TaskRecord(new_id(), EXECUTE, c.id, c.current_node_id, c.root_id, due=now(), priority=c.priority,
-                    queue=c.queue) for c in children],
-        children,
+                    queue=c.queue) for c in children]
     )

@@ -21,7 +21,6 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, Interf
 from culm._printable import engine_logger
 from culm.core import states
 from culm.core.ports import (
-    Lease,
     LogRow,
     PipelineRow,
     Prefetch,
@@ -106,7 +105,6 @@ from culm.storage.sql.statements import (
     SCHEDULES_IN,
     STATE_BY_ID,
     STATE_BY_ID_LOCKED,
-    STATE_COLUMNS,
     STATE_INDEX,
     STATE_INSERT,
     STATES_IN,
@@ -172,16 +170,6 @@ def _history(r: Sequence[Any], inputs: dict[str, Any], outputs: dict[str, Any],
     return HistoryRecord(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], r[7], inputs, outputs, left_out)
 
 
-def split_tagged_walks(rows: Sequence[Any]) -> tuple[list[Any], list[Any], list[Any]]:
-    """The rows of a tagged walks' read (SqlUnit._tagged_walk_parts), by the read each answers:
-    the held states, the states ahead, the contexts."""
-    got: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
-    width = len(STATE_COLUMNS) + 1
-    for r in rows:
-        got[r[0]].append(r[1:width] if r[0] < 2 else r[width:])
-    return got
-
-
 def _state_row(r: Sequence[Any]) -> StateRecord:
     return StateRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), bool(r[9]), r[10], r[11], r[12])
 
@@ -236,9 +224,6 @@ def _row_key(table: str, rows: Sequence[Mapping[str, Any]]) -> tuple[Any, ...] |
 
 MAX_COMBINED = 64  # writes per combined statement
 CONTEXTS_AHEAD = 2000  # context values a batch reads ahead at most (more: each read takes its keys)
-CONTEXT_WIDTH = 6  # the columns of SqlUnit._contexts_read
-NO_CONTEXT = ", ".join(["NULL"] * CONTEXT_WIDTH)  # a state row's padding in a tagged walks' read
-NO_STATE = ", ".join(["NULL"] * len(STATE_COLUMNS))  # a context row's padding in it
 
 
 Parts = list[tuple[str, Sequence[Any]]]
@@ -899,22 +884,6 @@ class SqlUnit(budget.UnitChecks):
 
         return reads, split
 
-    def _tagged_walk_parts(self, missing: Sequence[str], contexts: Sequence[str]) -> tuple[list[str], list[Any]]:
-        """The reads of the states ahead and of the contexts as parts of one ``UNION ALL`` (each
-        statement costs the driver and the server a statement's work, pipelined or not): each row
-        tagged with the read it answers (1: a state, 2: a context), a state row padded to a context
-        row's width and the other way round (see split_tagged_walks; 0 tags the held states' rows)."""
-        parts: list[str] = []
-        params: list[Any] = []
-        for sql, ids in self._states_reads(missing) if missing else ():
-            parts.append(sql.replace("SELECT ", "SELECT 1, ", 1).replace(" FROM ", f", {NO_CONTEXT} FROM ", 1))
-            params += ids
-        if contexts:
-            sql, ids = self._contexts_read(contexts, CONTEXTS_AHEAD)
-            parts.append(f"SELECT 2, {NO_STATE}, c.* FROM ({sql}) c")
-            params += ids
-        return parts, params
-
     def _all_together(self, reads: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
         """The rows of each of ``reads``; the dialects that can send them in one round trip do."""
         return [self._all(sql, params) for sql, params in reads]
@@ -1261,13 +1230,11 @@ class SqlUnit(budget.UnitChecks):
         self._x("UPDATE culm_process SET dead = ? WHERE root_id = ?", [True, root_id])
 
     # -- tasks ----------------------------------------------------------------------------
-    def insert_tasks(self, tasks: Sequence[TaskRecord], *, lease: Lease | None = None) -> None:
-        claimed = {} if lease is None else {"owner": lease[0], "claimed_until": lease[1]}
+    def insert_tasks(self, tasks: Sequence[TaskRecord]) -> None:
         self._insert("culm_task", [
             {"id": t.id, "kind": t.kind, "process_id": t.process_id, "node_id": t.node_id, "root_id": t.root_id,
              "schedule_id": t.schedule_id, "callback_id": t.callback_id, "due": t.due,
-             "running_version": t.running_version, "priority": t.priority, "queue": t.queue, "published": False,
-             **claimed}
+             "running_version": t.running_version, "priority": t.priority, "queue": t.queue, "published": False}
             for t in tasks if t is not None
         ])
 

@@ -10,7 +10,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from sqlalchemy import event
@@ -30,7 +30,6 @@ from culm.storage.sql.base import (
     idle_transaction_seconds,
     ping_idle,
     skip_needless_reset,
-    split_tagged_walks,
 )
 from culm.storage.sql.statements import (
     ACK_CHILDREN,
@@ -285,24 +284,6 @@ class MysqlUnit(SqlUnit):
         return self._task_and_process(self._one(TASK_WITH_PROCESS, [task_id])) if kept else (None, None)
 
     walks_with_claim = True  # expect_walks' reads go in the claim's query (read_tasks_ahead)
-
-    def _walk_reads(
-        self, fresh: Sequence[str], missing: Sequence[str], contexts: Sequence[str]
-    ) -> tuple[list[tuple[str, Sequence[Any]]], Callable[[list[list[Any]]], tuple[list[Any], list[Any], list[Any]]]]:
-        # The states ahead and the contexts, two plain reads, in one statement (each statement of
-        # a multi-statement query costs the server a parse and an execution); the held states keep
-        # their own read, with its shared locks, first (MariaDB has no locking WITH to share).
-        if not missing or not contexts:
-            return super()._walk_reads(fresh, missing, contexts)
-        reads = [self._hold_read(fresh)] if fresh else []
-        parts, params = self._tagged_walk_parts(missing, contexts)
-        reads.append((" UNION ALL ".join(parts), params))
-
-        def split(answers: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
-            _, states, context_rows = split_tagged_walks(answers[-1])
-            return answers[0] if fresh else [], states, context_rows
-
-        return reads, split
 
     def read_tasks_ahead(
         self, fresh: Sequence[str], resumed: Sequence[str], lease: tuple[str, float, float],

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from culm._printable import engine_logger
 from culm.core.records import EXECUTE, ProcessRecord, TaskRecord
 from culm.storage.sql.base import (
-    NO_CONTEXT,
+    CONTEXTS_AHEAD,
     Dialect,
     MergedRows,
     Parts,
@@ -26,7 +26,6 @@ from culm.storage.sql.base import (
     _task_row,
     combined_runs,
     idle_transaction_seconds,
-    split_tagged_walks,
 )
 from culm.storage.sql.statements import (
     ACK_CHILDREN_RETURNING,
@@ -39,6 +38,7 @@ from culm.storage.sql.statements import (
     PROCESS_COLUMNS,
     PROCESSES_IN_STORED,
     SNAPSHOT_READ,
+    STATE_COLUMNS,
     STATES_ANY,
     TASK_COLUMNS,
     TASK_WITH_PROCESS_AND_STATE,
@@ -51,6 +51,9 @@ if TYPE_CHECKING:
 
 UNIQUE_VIOLATION = "23505"  # PostgreSQL's SQLSTATE for a row a unique key refused
 _END = len(TASK_COLUMNS) + len(PROCESS_COLUMNS)  # where a joined row's task and process columns end
+CONTEXT_WIDTH = 6  # the columns of SqlUnit._contexts_read
+_NO_CONTEXT = ", ".join(["NULL"] * CONTEXT_WIDTH)  # a state row's padding in the walks' one read
+_NO_STATE = ", ".join(["NULL"] * len(STATE_COLUMNS))
 
 
 # Statements up to this long have their numbered form cached (culm's fixed statements); longer
@@ -227,7 +230,11 @@ def combined_and_merged(pending: Sequence[tuple[str, Sequence[Any], Any]]) -> li
 
 def _split_walks(answers: list[list[Any]]) -> tuple[list[Any], list[Any], list[Any]]:
     """The rows of the walks' one read (PostgresUnit._walk_reads), by the read each answers."""
-    return split_tagged_walks(answers[0])
+    got: tuple[list[Any], list[Any], list[Any]] = ([], [], [])
+    width = len(STATE_COLUMNS) + 1
+    for r in answers[0]:
+        got[r[0]].append(r[1:width] if r[0] < 2 else r[width:])
+    return got
 
 
 class PostgresUnit(SqlUnit):
@@ -333,10 +340,16 @@ class PostgresUnit(SqlUnit):
         if fresh:
             sql, ids = self._hold_read(fresh)
             head = f"WITH h AS MATERIALIZED ({sql}) "
-            parts.append(f"SELECT 0, h.*, {NO_CONTEXT} FROM h")
+            parts.append(f"SELECT 0, h.*, {_NO_CONTEXT} FROM h")
             params += ids
-        plain, plain_params = self._tagged_walk_parts(missing, contexts)
-        return [(head + " UNION ALL ".join([*parts, *plain]), [*params, *plain_params])], _split_walks
+        for sql, ids in self._states_reads(missing) if missing else ():
+            parts.append(sql.replace("SELECT ", "SELECT 1, ", 1).replace(" FROM ", f", {_NO_CONTEXT} FROM ", 1))
+            params += ids
+        if contexts:
+            sql, ids = self._contexts_read(contexts, CONTEXTS_AHEAD)
+            parts.append(f"SELECT 2, {_NO_STATE}, c.* FROM ({sql}) c")
+            params += ids
+        return [(head + " UNION ALL ".join(parts), params)], _split_walks
 
     @staticmethod
     def _ack_and_wake(pid: str, n: int, gateway: str, task_id: str, due: float) -> list[tuple[str, Sequence[Any]]]:
