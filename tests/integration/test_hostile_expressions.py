@@ -211,7 +211,7 @@ def test_inputs_that_render_too_large_to_store_fail_their_node(runtime):
     start.extend(act).extend(EmptyEndEvent())
     tree = build_tree(start)
     ex = fails_beside_a_healthy_pipeline(runtime, tree, act.id)
-    assert "could not be stored: inputs the store cannot hold: 'x0': it takes 6,993,00" in ex, ex
+    assert "could not be stored: inputs the store cannot hold: 'x0': it takes 6,993,0" in ex, ex  # its key counted too
     assert "'x1'" in ex and "'x2'" not in ex, ex
     assert inputs(runtime, act.id)["x2"] == "\u4e2d" * 999000
     assert api.skip_node(runtime, act.id).result
