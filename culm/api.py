@@ -118,6 +118,7 @@ def run_pipeline(
     from culm.components import events, variables
     from culm.model.compiled import compile_tree
     from culm.model.ignored import warn_ignored_timeouts
+    from culm.model.tree_shape import tree_size
     from culm.model.validator import prepare_tree
 
     with runtime.engine.submitting():
@@ -143,6 +144,8 @@ def run_pipeline(
                     (("root_pipeline_context", root_pipeline_context), ("subprocess_context", subprocess_context))}
         for name, value in contexts.items():
             limits.check_context_keys(value, name)
+        limits.check_context_count(tree_size(tree)[2], contexts["root_pipeline_context"],
+                                   contexts["subprocess_context"], len(graph.pipelines) - 1)
         prepare.run_pipeline(
             runtime.engine, tree, graph, stored=prepared, root_pipeline_data=root_data,
             root_pipeline_context=contexts["root_pipeline_context"],

@@ -380,6 +380,22 @@ def check_context_keys(values: Any, what: str) -> None:
         check_payload(value, f"{what}: value of {key!r}")
 
 
+def check_context_count(tree_variables: int, root_context: dict[str, Any], subprocess_context: dict[str, Any],
+                        subprocesses: int) -> None:
+    """Refuse a run whose context values, the tree's variables and the two contexts given to
+    run_pipeline together, are over MAX_TREE_VARIABLES: each key of ``root_context`` is a value of
+    the root's context, each of ``subprocess_context`` one of every subprocess's (review23b: a
+    subprocess context of 30 keys over 33,000 subprocesses stored ~1,000,000 rows in one
+    transaction, past the tree's own limit)."""
+    added = len(root_context) + len(subprocess_context) * subprocesses
+    if added and tree_variables + added > MAX_TREE_VARIABLES:
+        raise InvalidOperationError(
+            f"run_pipeline: root_pipeline_context ({len(root_context):,} keys) and subprocess_context "
+            f"({len(subprocess_context):,} keys, one copy for each of {subprocesses:,} subprocesses) add "
+            f"{added:,} context values to the tree's {tree_variables:,} variables: over the "
+            f"{MAX_TREE_VARIABLES:,} a run may have (culm.model.limits.MAX_TREE_VARIABLES, $CULM_MAX_TREE_VARIABLES)")
+
+
 def duplicate_key(text: str | bytes) -> str | None:
     """The first key written twice in one object of the JSON ``text``, or None (also for text that
     does not parse: the caller's parser names that).

@@ -197,3 +197,25 @@ def test_the_variable_limit_is_read_from_the_environment():
     out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_TREE_VARIABLES)"],
                          env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "5000", out.stderr
+
+
+def test_contexts_given_to_run_pipeline_count_against_the_variable_limit(monkeypatch):
+    """review23b: each key of root_pipeline_context is a value of the root's context, each of
+    subprocess_context one of every subprocess's; a small tree with a wide subprocess_context
+    stored past the tree's own variable limit. Refused before anything is stored."""
+    import culm
+    from culm import api
+
+    monkeypatch.setattr(limits, "MAX_TREE_VARIABLES", 100)
+    tree = tree_with_variables(10, in_subprocess=10)  # 20 variables, one subprocess
+    with culm.Runtime("memory://") as runtime:
+        assert api.run_pipeline(runtime, tree_with_variables(10, in_subprocess=10),
+                                root_pipeline_context={f"r{i}": i for i in range(40)},
+                                subprocess_context={f"s{i}": i for i in range(40)}).result  # 100: at the limit
+        refused = api.run_pipeline(runtime, tree, subprocess_context={f"s{i}": i for i in range(81)})
+        assert not refused.result
+        assert ("subprocess_context (81 keys, one copy for each of 1 subprocesses) add 81 context values to the "
+                "tree's 20 variables: over the 100") in refused.message, refused.message
+        refused = api.run_pipeline(runtime, tree, root_pipeline_context={f"r{i}": i for i in range(81)})
+        assert not refused.result and "root_pipeline_context (81 keys)" in refused.message
+        assert api.list_pipelines(runtime).data["total"] == 1  # only the first run
