@@ -283,10 +283,6 @@ class Processes(Protocol):
         """Where each process of ``root_id`` that is not dead stands (no stack: cheap to read)."""
         ...
 
-    def live_positions_of_roots(self, root_ids: Sequence[str]) -> dict[str, list[ProcessPosition]]:
-        """:meth:`live_process_positions` of each of ``root_ids`` (an empty list for a root with none)."""
-        ...
-
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]: ...
 
     def processes_at(self, node_id: str) -> list[ProcessRecord]: ...
@@ -555,12 +551,6 @@ class Store(Protocol):
 
     def reading(self, *, snapshot: bool = False) -> AbstractContextManager[Unit]:
         """A read-only unit; ``snapshot``: all its reads see one moment (REPEATABLE READ on a server)."""
-        ...
-
-    def feed_top(self) -> int | None:
-        """The change feed's highest seq (``Changes.last_change_seq``), read outside any unit where
-        that costs less than a unit's transaction; None where this store reads it only in a unit.
-        A poll whose kept state tree this shows current needs no unit at all."""
         ...
 
     def is_interruption(self, exc: BaseException) -> bool:

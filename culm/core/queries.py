@@ -111,92 +111,33 @@ def _kept_reasons(engine: Engine, unit: Unit, root_id: str, tree: Tree,
     same Tree and kept facts) reuses the reasons made then, when they may serve again
     (WaitFacts.reusable: none counts time or rests on rows without a feed, such as poll and
     timeout tasks): it makes no facts and no reasons. Only the stalled check, which counts time
-    and reads tasks, is made at every poll once it is due (waits.stalled_since). A few reasons
-    are kept from a tree's first poll on, so that its next poll needs no unit at all
-    (:func:`_unmoved`: a poller of many pipelines finds most of them as it left them); many,
-    from its second: a moving pipeline's polls each see a new tree once, and would pay for
-    copying reasons no later poll reuses."""
+    and reads tasks, is made at every poll once it is due (waits.stalled_since). Reasons are kept
+    from a tree's second poll on: a moving pipeline's polls each see a new tree once, and pay
+    nothing for keeping (nor for copying) reasons no later poll would reuse."""
     kept = tree.reasons
     facts_kept = tree.facts
     seen = kept is not None and kept[0] is facts_kept and kept[1] is facts_kept.processes
     if seen and kept is not None and kept[2] is not None:
-        reasons, alive_root = kept[2], kept[3]
-        shared = True
-        due = alive_root is not None and _stall_due(tree, alive_root, reasons)
-    else:  # made without the stalled check (made below)
+        reasons, alive_root, stall_at = kept[2], kept[3], kept[4]
+    elif not seen:  # the first poll of this tree: made as before, the stalled check included
+        facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=True)
+        # (A first sight of reusable facts is noted: the next poll of the same tree keeps them.)
+        tree.reasons = (facts_kept, facts_kept.processes, None, None, 0.0) if facts.reusable else None
+        return (waits.wait_reasons(facts) if facts.candidates else {}), False
+    else:  # the second: made without the stalled check, and kept (the check made below)
         facts = _kept_wait_facts(engine, unit, root_id, tree, execute_tasks, stalled=False)
         reasons = waits.wait_reasons(facts) if facts.candidates else {}
         alive_root = facts.alive_root
-        # Kept at a tree's second poll, or at its first when they are few: a poll copies the kept
-        # reasons it hands out, which for a few costs less than the unit the next poll then
-        # saves; a moving pipeline with many (a hundred callbacks) would copy them at every poll.
-        # (Only while the facts still say they may serve again: a fact that can change without a
-        # feed row makes them unreusable, and then every poll makes them again.) When the stalled
-        # check falls due is worked out at the first reuse (_stall_due), not for every new tree.
-        shared = facts.reusable and (seen or len(reasons) <= KEEP_AT_FIRST_POLL)
-        tree.reasons = ((facts_kept, facts_kept.processes, reasons if shared else None, alive_root, None)
-                        if facts.reusable else None)
         # (The same rows as read_facts' own check: the tree's may_wait, set by _kept_wait_facts.)
-        due = alive_root is not None and alive_root not in reasons and not waits.moved_since(
-            time.time() - waits.STALLED_AFTER, tree.may_wait or (), tree.records.get(root_id))
-    if due and alive_root is not None:
+        stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(root_id)) if alive_root else 0.0
+        # (Kept only while the facts still say they may be: a fact that can change without a feed row
+        # makes them unreusable, and then every poll makes them again.)
+        tree.reasons = (facts_kept, facts_kept.processes, reasons, alive_root, stall_at) if facts.reusable else None
+    if alive_root is not None and time.time() >= stall_at and alive_root not in reasons:
         note = waits.stalled_note(unit, alive_root, execute_tasks)
         if note is not None:
             reasons = {**reasons, alive_root: note}  # (a copy: the kept reasons stay as made)
-    return reasons, shared
-
-
-# Wait reasons a tree's first poll keeps at most (see _kept_reasons).
-KEEP_AT_FIRST_POLL = 16
-
-
-def _stall_due(tree: Tree, alive_root: str, reasons: dict[str, dict[str, Any]]) -> bool:
-    """Whether the wait reasons kept with ``tree`` (its pipeline alive) need the stalled check (a
-    read) now. When it falls due (waits.stalled_since: a scan of the rows that may wait) is worked
-    out at the first reuse of the reasons and kept with them."""
-    kept = tree.reasons
-    if kept is None:
-        return False
-    stall_at = kept[4]
-    if stall_at is None:
-        stall_at = waits.stalled_since(tree.may_wait or (), tree.records.get(alive_root))
-        tree.reasons = (kept[0], kept[1], kept[2], kept[3], stall_at)
-    return time.time() >= stall_at and alive_root not in reasons
-
-
-def _reasons_kept(tree: Tree) -> dict[str, dict[str, Any]] | None:
-    """The wait reasons kept with ``tree`` for its next polls (its facts unchanged), or None."""
-    kept = tree.reasons
-    if kept is None or kept[0] is not tree.facts or kept[1] is not tree.facts.processes:
-        return None
-    return kept[2]
-
-
-def _reasons_without_reads(tree: Tree) -> dict[str, dict[str, Any]] | None:
-    """The wait reasons kept with ``tree`` when :func:`_kept_reasons` would hand them out without
-    a read (the tree seen before, its reasons kept, its stalled check not due); else None."""
-    reasons = _reasons_kept(tree)
-    alive_root = tree.reasons[3] if tree.reasons is not None else None
-    return None if reasons is None or alive_root is not None and _stall_due(tree, alive_root, reasons) else reasons
-
-
-def _unmoved(engine: Engine, root_id: str) -> tuple[Tree, dict[str, dict[str, Any]]] | None:
-    """The kept tree of ``root_id`` and its kept wait reasons when a poll of it reads nothing but
-    the feed's top: the feed has not moved since the tree was caught up, and the reasons need no read.
-    The top is then read outside any unit where the store can (Store.feed_top: a SQLite file),
-    which saves a transaction's BEGIN and ROLLBACK around it: a poller of many pipelines mostly
-    finds them as it left them (the feed's rows are read once per round, at the first poll that
-    finds it moved). None: read in a unit."""
-    # Not even the top is read for a tree known to need more (one a catch-up marked).
-    kept = engine.state_trees.tree_of(root_id)
-    if kept is None or kept.dirty or _reasons_kept(kept) is None:
-        return None
-    top = engine.store.feed_top()
-    if top is None:
-        return None
-    tree = engine.state_trees.unmoved(top, root_id)
-    reasons = _reasons_without_reads(tree) if tree is not None and root_id in tree.entries else None
-    return None if tree is None or reasons is None else (tree, reasons)
+    return reasons, True
 
 
 def _kept_wait_facts(engine: Engine, unit: Unit, root_id: str, tree: Tree,
@@ -225,17 +166,13 @@ def _timed(engine: Engine, unit: Unit) -> Callable[[str], Collection[str]]:
 
 
 def pipeline_states(engine: Engine, root_id: str, flat_children: bool = True) -> dict[str, Any]:
-    unmoved = _unmoved(engine, root_id)
-    if unmoved is not None:
-        (tree, reasons), shared = unmoved, True
-    else:
-        with engine.store.reading() as unit:
-            # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
-            tree, execute_tasks = engine.state_trees.tree(unit, root_id, kept_entry)
-            if root_id not in tree.entries:
-                return {}
-            reasons, shared = _kept_reasons(engine, unit, root_id, tree, execute_tasks)
-    kept = tree.entries
+    with engine.store.reading() as unit:
+        # Shared with the kept trees (culm.core.state_tree): each entry handed out is a copy.
+        tree, execute_tasks = engine.state_trees.tree(unit, root_id, kept_entry)
+        kept = tree.entries
+        if root_id not in kept:
+            return {}
+        reasons, shared = _kept_reasons(engine, unit, root_id, tree, execute_tasks)
     # A copy of the kept dict: sized and keyed already, each key's value is then only replaced.
     # An entry's copy() copies its values (kept_entry; a {**entry} literal inserts key by key, a
     # third slower); the root is taken out after the loop rather than compared with at every node.

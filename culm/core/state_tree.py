@@ -38,9 +38,6 @@ Build = Callable[[StateRecord, bool, "tuple[StateRecord, Entry] | None"], Entry]
 
 # Changes to catch up with above which forgetting every kept tree is cheaper.
 MAX_CATCH_UP = 20_000
-# Rows visible in seq order: a catch-up reads the changed rows of the trees asked for lately (see
-# StateTrees._catch_up) in statements of at most this many ids.
-AHEAD_CHUNK = 500
 # Server databases (rows visible out of seq order): how long a hole below a seen seq is waited for
 # (as the change feed does), and how old a kept tree may get before it is read in full again.
 SETTLE = 1.0
@@ -60,21 +57,13 @@ class Tree:
     """One pipeline's kept rows and entries (never changed once kept: replaced whole; callers copy
     the entries they hand out)."""
 
-    __slots__ = ("entries", "records", "dirty", "read_at", "seq", "may_wait", "facts", "reasons", "asked_at",
-                 "ahead", "ahead_schedules", "ahead_processes")
+    __slots__ = ("entries", "records", "dirty", "read_at", "seq", "may_wait", "facts", "reasons")
 
     def __init__(self, records: dict[str, StateRecord], entries: dict[str, Entry], read_at: float) -> None:
         self.records = records  # {node_id: state row}, the root's own included
         self.entries = entries  # {node_id: entry built from it}
         self.dirty: set[str] = set()  # nodes with changes the rows do not show yet
         self.read_at = read_at  # when every row was last read (monotonic)
-        self.asked_at = 0  # the StateTrees' count of asks when a poll last asked for it
-        # Rows visible in seq order: the rows of dirty nodes read by the catch-up that named them
-        # last (None: no row), the live schedules of those RUNNING then, and the pipeline's live
-        # processes as that catch-up read them (None: not read) (StateTrees._read_ahead).
-        self.ahead: dict[str, StateRecord | None] = {}
-        self.ahead_schedules: dict[str, list[ScheduleRecord]] = {}
-        self.ahead_processes: list[ProcessPosition] | None = None
         # Rows visible in seq order (SQLite, the memory store): the feed's seq this tree is caught up
         # with: every change up to it is in the rows, or its node is in ``dirty``.
         self.seq = 0
@@ -89,10 +78,9 @@ class Tree:
         # The wait reasons made from this tree's rows and facts, for the polls that find it
         # unchanged (culm.core.queries.pipeline_states): the KeptFacts and processes they were
         # made from, {node_id: reason} (None: seen once, kept at the next poll), the live root's
-        # id and from when its stalled check is made (waits.stalled_since; None: not worked out
-        # yet); None when none may be reused (waits.WaitFacts.reusable).
-        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None,
-                            float | None] | None = None
+        # id and from when its stalled check is made (waits.stalled_since); None when none may be
+        # reused (waits.WaitFacts.reusable).
+        self.reasons: tuple[KeptFacts, list[ProcessPosition] | None, dict[str, Entry] | None, str | None, float] | None = None
 
 
 class StateTrees:
@@ -101,9 +89,7 @@ class StateTrees:
     One cursor in the feed serves every kept pipeline: each call reads the changes since the
     previous call (whichever pipeline that was for) once, and marks their nodes dirty in the
     pipelines kept. So a poller of a hundred pipelines scans each change once, not once per
-    pipeline; and the rows of the nodes marked in pipelines asked for lately are read then too,
-    all in one statement, with their live schedules and processes (:meth:`_read_ahead`): the
-    polls of the others read none of them. Rows visible in seq order (SQLite, the memory store), a call for the same pipeline
+    pipeline. Rows visible in seq order (SQLite, the memory store), a call for the same pipeline
     as the previous one (a poller of one pipeline) reads only that pipeline's changes instead,
     with the rows of the nodes they name, in one statement (:meth:`_tree_own`): each kept tree
     knows the seq it is caught up with (``Tree.seq``; nodes changed since are marked dirty).
@@ -120,7 +106,6 @@ class StateTrees:
         self._window_at = 0.0  # ... and when the rows above the cursor were last read again
         self._lock = threading.Lock()  # one caller at a time: reads are short, and serialising them keeps it simple
         self.full_reads = 0  # trees read in full so far (every other call read only what changed)
-        self._asks = 0  # rows in seq order: calls of tree(), and of unmoved() that found its tree
 
     def tree(self, unit: Unit, root_id: str, build: Build) -> tuple[Tree, list[TaskRecord] | None]:
         """The rows and entries of every state of ``root_id`` (the root's own included; none when
@@ -129,58 +114,29 @@ class StateTrees:
         with self._lock:
             if not unit.feed_ordered:
                 return self._tree_settled(unit, root_id, build)
-            self._asks += 1
-            tree = self._tree_ordered(unit, root_id, build)
-            tree.asked_at = self._asks
-            return tree, None
-
-    def _tree_ordered(self, unit: Unit, root_id: str, build: Build) -> Tree:
-        # Two ways to catch up (both in this read's snapshot: every state read below is as of it).
-        kept = self._kept.get(root_id)
-        if kept is not None and self._last_root == root_id:
-            return self._tree_own(unit, root_id, kept, build)
-        self._last_root = root_id
-        last, changed = unit.changes_since(self._seq, MAX_CATCH_UP)
-        if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
-            return self._read(unit, root_id, build)
-        if kept is not None:
-            kept.asked_at = self._asks  # (its changes are read ahead with the others')
-        self._catch_up(unit, last, changed)
-        kept = self._kept.get(root_id)
-        if kept is None:
-            tree = self._read(unit, root_id, build)
-            tree.seq = last
-            if tree.records:
-                self._keep(root_id, tree)
-            return tree
-        self._kept.move_to_end(root_id)
-        if kept.dirty:
-            kept = self._refreshed(unit, root_id, kept, build, self._dirty_rows(unit, kept, kept.dirty), None,
-                                   kept.ahead_processes, ahead=kept.ahead_schedules)
-        kept.seq = last
-        return kept
-
-    def unmoved(self, last: int, root_id: str) -> Tree | None:
-        """The kept tree of ``root_id`` when ``last``, the feed's highest seq as read outside any
-        unit (``Store.feed_top``), shows that :meth:`tree` would read nothing more for it: kept,
-        with no dirty node, and caught up with ``last`` (no change of any pipeline since the
-        common cursor's, or since its own for the pipeline asked last). The bookkeeping is
-        :meth:`tree`'s. None when :meth:`tree` would read: then ask it, in a unit."""
-        with self._lock:
+            # Two ways to catch up (both in this read's snapshot: every state read below is as of it).
             kept = self._kept.get(root_id)
-            if kept is None or kept.dirty:
-                return None
-            if self._last_root == root_id:  # as _tree_own: caught up with its own changes
-                if last < self._seq or last != kept.seq:
-                    return None
-            elif last != self._seq:  # the common cursor would catch up first
-                return None
+            if kept is not None and self._last_root == root_id:
+                return self._tree_own(unit, root_id, kept, build), None
             self._last_root = root_id
+            last, changed = unit.changes_since(self._seq, MAX_CATCH_UP)
+            if last < self._seq:  # an older snapshot than the kept trees (a concurrent reader)
+                return self._read(unit, root_id, build), None
+            self._catch_up(last, changed)
+            kept = self._kept.get(root_id)
+            if kept is None:
+                tree = self._read(unit, root_id, build)
+                tree.seq = last
+                if tree.records:
+                    self._keep(root_id, tree)
+                return tree, None
             self._kept.move_to_end(root_id)
+            if kept.dirty:
+                # (In turn, not together: SQLite has no round trips to save, and read_facts then
+                # reads the schedules of the nodes that run, not of every changed one.)
+                kept = self._refreshed(unit, root_id, kept, build, unit.get_states(kept.dirty), None)
             kept.seq = last
-            self._asks += 1
-            kept.asked_at = self._asks
-            return kept
+            return kept, None
 
     def _tree_own(self, unit: Unit, root_id: str, kept: Tree, build: Build) -> Tree:
         """Rows visible in seq order, asked for the same pipeline as the previous call (one
@@ -202,19 +158,15 @@ class StateTrees:
             return tree
         named = unit.changed_states(root_id, kept.seq, last) if last > kept.seq else []
         rows = {node_id: st for node_id, st in named if st is not None}
-        fed = {node_id for node_id, _ in named}
-        changed = set(fed)
+        changed = {node_id for node_id, _ in named}
         # Marked by an earlier catch-up from the common cursor (already in ``named`` unless older).
-        if kept.dirty - fed:
-            rows.update(self._dirty_rows(unit, kept, kept.dirty - fed))
+        if kept.dirty - changed:
+            rows.update(unit.get_states(kept.dirty - changed))
             changed |= kept.dirty
         if not changed:
             kept.seq = last
             return kept
-        # (What was read ahead of a change the feed named since is older than its row.)
-        ahead = {node_id: found for node_id, found in kept.ahead_schedules.items() if node_id not in fed}
-        processes = None if fed else kept.ahead_processes
-        fresh = self._refreshed(unit, root_id, kept, build, rows, None, processes, changed=changed, ahead=ahead)
+        fresh = self._refreshed(unit, root_id, kept, build, rows, None, changed=changed)
         fresh.seq = last
         return fresh
 
@@ -233,7 +185,7 @@ class StateTrees:
         self._kept.clear()
         self._nodes = 0
 
-    def _catch_up(self, unit: Unit, last: int, changed: list[tuple[str, str]]) -> None:
+    def _catch_up(self, last: int, changed: list[tuple[str, str]]) -> None:
         """Rows visible in seq order (SQLite, the memory store): everything up to ``last`` is
         there, and ``changed`` names the nodes that moved since ``self._seq`` (Unit.changes_since)."""
         if last == self._seq:
@@ -242,66 +194,11 @@ class StateTrees:
             self._forget()
         elif self._kept:
             kept = self._kept
-            # Asked for within the last as many asks as trees are kept: a poller of them in turn
-            # asks for each again within as many (counted, not timed: a slow round is a round).
-            recent = self._asks - len(kept)
-            named: dict[str, list[str]] = {}  # of the trees asked for lately
             for root_id, node_id in changed:
                 found = kept.get(root_id)
                 if found is not None:
                     found.dirty.add(node_id)
-                    # (A pipeline last seen ended is no longer polled: what moved it there was
-                    # seen already, by a poll of it alone that left this cursor behind.)
-                    if found.asked_at >= recent and _alive(found, root_id):
-                        named.setdefault(root_id, []).append(node_id)
-                    else:  # read at its own poll, whenever that comes
-                        found.ahead.pop(node_id, None)
-                        found.ahead_schedules.pop(node_id, None)
-                        found.ahead_processes = None
-            if named:
-                self._read_ahead(unit, named)
         self._seq = last
-
-    def _read_ahead(self, unit: Unit, named: dict[str, list[str]]) -> None:
-        """Read the rows of the nodes a catch-up ``named`` (by root), the live schedules of those
-        RUNNING and the live processes of the pipelines alive, for all their trees together (a
-        poller of many pipelines asks for each again soon): their polls then read none of them,
-        up to three statements fewer each. Read in this catch-up's snapshot, as its polls would:
-        a later change of a node names it again."""
-        ids = [node_id for nodes in named.values() for node_id in nodes]
-        rows: dict[str, StateRecord] = {}
-        for i in range(0, len(ids), AHEAD_CHUNK):
-            rows.update(unit.get_states(ids[i : i + AHEAD_CHUNK]))
-        running = [node_id for node_id, st in rows.items() if st.name == states.RUNNING]
-        schedules: dict[str, list[ScheduleRecord]] = {node_id: [] for node_id in running}
-        if running:
-            for sched in unit.live_schedules(running):
-                if sched.node_id in schedules:  # (MySQL's collation matches ids of another case too)
-                    schedules[sched.node_id].append(sched)
-        # Any change may have moved a process: those of the live pipelines, read again.
-        alive = [root_id for root_id in named if (st := rows.get(root_id) or self._kept[root_id].records.get(root_id))
-                 is not None and st.name in (states.RUNNING, states.SUSPENDED)]
-        processes = unit.live_positions_of_roots(alive) if alive else {}
-        for root_id, nodes in named.items():
-            tree = self._kept[root_id]
-            tree.ahead_processes = processes.get(root_id)
-            for node_id in nodes:
-                tree.ahead[node_id] = rows.get(node_id)
-                found = schedules.get(node_id)
-                if found is None:
-                    tree.ahead_schedules.pop(node_id, None)
-                else:
-                    tree.ahead_schedules[node_id] = found
-
-    @staticmethod
-    def _dirty_rows(unit: Unit, kept: Tree, nodes: Collection[str]) -> dict[str, StateRecord]:
-        """The rows of the dirty ``nodes`` of ``kept``: as read ahead, the others read now."""
-        ahead = kept.ahead
-        rows = {node_id: st for node_id in nodes if (st := ahead.get(node_id)) is not None}
-        missing = [node_id for node_id in nodes if node_id not in ahead]
-        if missing:
-            rows.update(unit.get_states(missing))
-        return rows
 
     # -- server databases: rows visible out of seq order -----------------------------------------
     # A poll costs one round trip whatever it finds: the feed is read from the cursor on (no
@@ -439,13 +336,11 @@ class StateTrees:
 
     def _refreshed(self, unit: Unit, root_id: str, kept: Tree, build: Build, states_read: dict[str, StateRecord],
                    schedules_read: list[ScheduleRecord] | None, processes: list[ProcessPosition] | None = None,
-                   *, keep_processes: bool = True, changed: Collection[str] | None = None,
-                   ahead: dict[str, list[ScheduleRecord]] | None = None) -> Tree:
+                   *, keep_processes: bool = True, changed: Collection[str] | None = None) -> Tree:
         """``kept`` with the rows of its dirty nodes (``changed`` when given) as read
-        (``states_read``), and the live schedules of those nodes (``schedules_read``, or
-        ``ahead`` by node as _read_ahead read them with the rows) and the pipeline's live
-        processes (``processes``) in its kept facts (None: not read; read_facts reads what it
-        needs)."""
+        (``states_read``), and the live schedules of those nodes (``schedules_read``) and the
+        pipeline's live processes (``processes``) in its kept facts (None: not read; read_facts
+        reads what it needs)."""
         records, entries = dict(kept.records), dict(kept.entries)
         for node_id, st in states_read.items():
             if st.root_id == root_id:  # a state created ahead of its node may get its root later
@@ -456,13 +351,8 @@ class StateTrees:
         if changed is None:
             changed = kept.dirty
         schedules = dict(kept.facts.schedules)  # one copy in C: a reader outside the lock may add to it
-        ahead = ahead or {}
         for node_id in changed:
-            found = ahead.get(node_id)
-            if found is None:
-                schedules.pop(node_id, None)
-            else:
-                schedules[node_id] = found
+            schedules.pop(node_id, None)
         if schedules_read is not None:
             schedules.update(_facts_read(states_read, [schedules_read], {}).schedules)
         # The processes as read with the rows (None: read again when asked).

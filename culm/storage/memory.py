@@ -359,9 +359,6 @@ class MemoryUnit(TransactionView, budget.UnitChecks):
         return [ProcessPosition(p.id, p.parent_id, p.current_node_id, p.destination_id, p.suspended_by, p.ack_num,
                                 p.need_ack) for _, p in self._where("process", "root", root_id) if not p.dead]
 
-    def live_positions_of_roots(self, root_ids: Sequence[str]) -> dict[str, list[ProcessPosition]]:
-        return {root_id: self.live_process_positions(root_id) for root_id in root_ids}
-
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         return [_copy_process(p) for _, p in self._where("process", "suspended_by", by) if p.suspended and not p.dead]
 
@@ -768,10 +765,6 @@ class MemoryStore:
         It is always a ``snapshot``: no transaction commits while it is open."""
         with self._lock:
             yield MemoryUnit(self._db)
-
-    def feed_top(self) -> int | None:
-        """None: a unit here is a lookup under a lock, as cheap as this read would be."""
-        return None
 
     def is_interruption(self, exc: BaseException) -> bool:
         """Never: there is no server to lose (a crash is modelled by :meth:`reopen`, not raised)."""

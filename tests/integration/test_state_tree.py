@@ -7,7 +7,7 @@ import gc
 
 import components
 import pytest
-from engine_fixtures import chain, node_state, run, wait_state
+from engine_fixtures import chain, run, wait_state
 
 from culm import api
 from culm.builder import ServiceActivity, SubProcess, Var, build_tree
@@ -316,125 +316,6 @@ def test_polls_of_a_running_pipeline_read_only_what_changed(runtime):
     assert trees.full_reads - reads <= 1
 
 
-class LoggedPoller:
-    """Polls from a thread of its own, whose SQLite reader (opened at its first poll) logs every
-    statement it sends: ``sent`` holds those of the last poll."""
-
-    def __init__(self, runtime):
-        import threading
-        from concurrent.futures import ThreadPoolExecutor
-
-        from sqlalchemy import event
-
-        self.runtime, self.sent = runtime, []
-        self.thread = ThreadPoolExecutor(1)
-        me = self.thread.submit(threading.get_ident).result()
-        event.listen(runtime.engine.store.engine, "connect", lambda conn, _record: conn.set_trace_callback(
-            lambda sql: self.sent.append(sql) if threading.get_ident() == me else None))
-
-    def poll(self, root):
-        self.sent.clear()
-        return self.thread.submit(lambda: api.get_pipeline_states(self.runtime, root).data).result()
-
-    def states_read(self):
-        return [sql for sql in self.sent if sql.startswith("SELECT node_id, root_id")]
-
-
-def gated_chains(tmp_path, name, count):
-    """A runtime on a SQLite file running ``count`` chains (a t_gate activity, then another),
-    each held at its gate; the gates and last activities."""
-    import culm
-
-    gates = [act("t_gate", gate=f"{name}-{i}", x=i) for i in range(count)]
-    lasts = [act(x=9) for _ in gates]
-    rt = culm.Runtime(f"sqlite:///{tmp_path}/{name}.db")
-    for gate, last in zip(gates, lasts, strict=True):
-        run(rt, build_tree(chain(gate, last)))
-    for gate in gates:
-        wait_state(rt, gate.id, "RUNNING")
-    return rt, gates, lasts
-
-
-def test_polls_that_find_the_feed_unmoved_open_no_transaction(tmp_path):
-    """A SQLite file: a poll that finds the feed's top where its kept tree was caught up, the
-    tree's wait reasons kept, sends that one read and nothing else, no BEGIN nor ROLLBACK around
-    it (Store.feed_top): polled in turn (the feed's common cursor) and one pipeline alone (its own
-    changes). Every answer equals a full read, and a change is in the next poll."""
-    rt, gates, lasts = gated_chains(tmp_path, "tree-still", 2)
-    with rt:
-        poller = LoggedPoller(rt)
-        roots = [node_state(rt, gate.id)["root_id"] for gate in gates]
-        for root in roots:
-            poller.poll(root)  # read whole, the wait reasons kept
-        for polled in (roots * 3, [roots[1]] * 3):
-            for root in polled:
-                data = poller.poll(root)
-                assert poller.sent == ["SELECT MAX(seq) FROM culm_change"]
-                assert data == full_read_keeping(rt, root)
-        components.gate("tree-still-0").set()
-        wait_state(rt, lasts[0].id, "FINISHED")
-        data = poller.poll(roots[0])
-        assert "BEGIN" in poller.sent and data[roots[0]]["children"][lasts[0].id]["state"] == "FINISHED"
-        assert data == full_read_keeping(rt, roots[0])
-        components.gate("tree-still-1").set()
-
-
-def test_the_poll_that_finds_the_feed_moved_reads_for_the_pipelines_polled_in_turn(tmp_path):
-    """A SQLite file, pipelines polled in turn: the poll that finds the feed moved reads the rows
-    the changes name in every pipeline polled lately (and the live schedules of those RUNNING), in
-    one statement for all, so the polls of the others that moved read no state row; every answer
-    equals a full read."""
-    rt, gates, lasts = gated_chains(tmp_path, "tree-ahead", 3)
-    with rt:
-        poller = LoggedPoller(rt)
-        roots = [node_state(rt, gate.id)["root_id"] for gate in gates]
-        for root in roots:
-            poller.poll(root)
-        for i in range(len(gates)):
-            components.gate(f"tree-ahead-{i}").set()
-        for last in lasts:
-            wait_state(rt, last.id, "FINISHED")
-        for i, root in enumerate(roots):
-            data = poller.poll(root)
-            assert len(poller.states_read()) == (1 if i == 0 else 0), poller.sent
-            assert data[root]["state"] == "FINISHED" and data == full_read_keeping(rt, root)
-
-
-def test_pipelines_polled_in_turn_that_forked_read_their_processes_at_the_catch_up(tmp_path):
-    """Forked pipelines waiting for callbacks (live schedules, live processes, converge waits),
-    polled in turn: after a branch of each is called back, only the first poll reads rows,
-    schedules and processes (for all of them); the others read none, and every answer, wait
-    reasons included, equals a full read."""
-    import culm
-    from culm.builder import ConvergeGateway, EmptyEndEvent, EmptyStartEvent, ParallelGateway
-
-    pipelines = []
-    for _ in range(3):
-        start, end, fork, join = EmptyStartEvent(), EmptyEndEvent(), ParallelGateway(), ConvergeGateway()
-        waiting = [act("t_callback") for _ in range(2)]
-        start.extend(fork).connect(*waiting).converge(join).extend(end)
-        pipelines.append((build_tree(start), waiting))
-    with culm.Runtime(f"sqlite:///{tmp_path}/forked.db") as rt:
-        roots = [run(rt, tree) for tree, _ in pipelines]
-        for _, waiting in pipelines:
-            for node in waiting:
-                wait_state(rt, node.id, "RUNNING")
-        poller = LoggedPoller(rt)
-        for root in roots:
-            poller.poll(root)
-        for _, waiting in pipelines:
-            assert api.callback(rt, waiting[0].id, node_state(rt, waiting[0].id)["version"], {}).result
-        for _, waiting in pipelines:
-            wait_state(rt, waiting[0].id, "FINISHED")
-        assert rt.wait_idle(30)
-        for i, root in enumerate(roots):
-            data = poller.poll(root)
-            reads = [sql for sql in poller.sent if sql.startswith("SELECT") and "MAX(seq)" not in sql]
-            assert (len(reads) > 0) == (i == 0), poller.sent
-            assert data == full_read_keeping(rt, root)
-            children = data[root]["children"]
-            assert children[pipelines[i][1][1].id]["wait_reason"]["kind"] == "callback"
-
 
 def test_a_poll_sees_a_change_another_connection_wrote(runtime):
     """A client with a store of its own (its own connections; on SQLite it hears none of the
@@ -563,8 +444,6 @@ def test_reads_sent_together_answer_as_each_read_alone(runtime):
     with runtime.engine.store.reading() as unit:
         together = unit.read_together(calls)
         alone = [getattr(unit, verb)(*args) for verb, args in calls]
-        # The processes of several pipelines at once (a catch-up's read ahead) answer as one by one.
-        assert unit.live_positions_of_roots([root, "no-such-root"]) == {root: alone[5], "no-such-root": []}
         with pytest.raises(InvalidOperationError, match="get_state"):
             unit.read_together([("get_state", (root,)), ("get_states", (ids,))])
     assert [r for r in together[0] if r.root_id == root] == [r for r in alone[0] if r.root_id == root]

@@ -61,10 +61,8 @@ from culm.storage.sql.statements import (
     CHANGES_OF_ROOT_BETWEEN,
     FAILED_FIRST,
     FIRST_CALLBACK_TASK,
-    LAST_CHANGE_SEQ,
     LISTING_TABLES,
     LIVE_POSITIONS_OF_ROOT,
-    LIVE_POSITIONS_OF_ROOTS,
     LIVE_SCHEDULES_IN,
     LOCK_FREE_SCHEDULE,
     LOG_AT,
@@ -945,7 +943,7 @@ class SqlUnit(budget.UnitChecks):
         return [(TASKS_OF_ROOT, [root_id, kind])], lambda answers: [_task_row(r) for r in answers[0]]
 
     def last_change_seq(self) -> int:
-        row = self._one(LAST_CHANGE_SEQ)
+        row = self._one("SELECT MAX(seq) FROM culm_change")
         return int(row[0]) if row and row[0] is not None else 0
 
     def changes_since(self, after: int, most: int) -> tuple[int, list[tuple[str, str]]]:
@@ -1206,16 +1204,6 @@ class SqlUnit(budget.UnitChecks):
 
     def live_process_positions(self, root_id: str) -> list[ProcessPosition]:
         return self._answer(self._plan_live_process_positions(root_id))
-
-    def live_positions_of_roots(self, root_ids: Sequence[str]) -> dict[str, list[ProcessPosition]]:
-        found: dict[str, list[ProcessPosition]] = {root_id: [] for root_id in root_ids}
-        ids = list(found)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            for r in self._all(LIVE_POSITIONS_OF_ROOTS.format(marks=marks(len(chunk))), [*chunk, False]):
-                if r[0] in found:  # (MySQL's collation matches ids of another case too)
-                    found[r[0]].append(ProcessPosition._make(r[1:]))
-        return found
 
     def processes_suspended_by(self, by: str) -> list[ProcessRecord]:
         rows = self._all(PROCESSES_SUSPENDED_BY, [by, True, False])
@@ -2132,23 +2120,6 @@ class SqlStore:
                     raw.rollback()
         finally:
             reader.busy = False
-
-    def feed_top(self) -> int | None:
-        """The change feed's highest seq, as one statement outside any unit
-        (:meth:`culm.core.ports.Store.feed_top`): a SQLite file only, on this thread's reader, where
-        a unit's BEGIN and ROLLBACK would cost more than the statement; None elsewhere."""
-        if self.memory or not self.traits.one_writer or getattr(self._readers, "busy", False):
-            return None
-        raw, guard = self._thread_reader()
-        with guard:
-            # Autocommit (the connection's BEGINs are culm's own): the statement reads one snapshot
-            # and, its only row fetched, lets go of it.
-            cur = raw.cursor()
-            try:
-                row = cur.execute(LAST_CHANGE_SEQ).fetchone()
-            finally:
-                cur.close()
-        return int(row[0]) if row and row[0] is not None else 0
 
     def is_interruption(self, exc: BaseException) -> bool:
         """A lost connection, a restarting server, a deadlock: worth trying the same work again

@@ -205,8 +205,6 @@ PROCESS_BY_ID_LOCKED = PROCESS_BY_ID + " FOR UPDATE"
 PROCESSES_OF_ROOT = PROCESS_SELECT + " WHERE root_id = ?"
 LIVE_POSITIONS_OF_ROOT = ("SELECT id, parent_id, current_node_id, destination_id, suspended_by, ack_num, need_ack"
                           " FROM culm_process WHERE root_id = ? AND dead = ?")
-LIVE_POSITIONS_OF_ROOTS = ("SELECT root_id, id, parent_id, current_node_id, destination_id, suspended_by, ack_num,"
-                           " need_ack FROM culm_process WHERE root_id IN ({marks}) AND dead = ?")
 PROCESSES_SUSPENDED_BY = PROCESS_SELECT + " WHERE suspended_by = ? AND suspended = ? AND dead = ?"
 PROCESSES_AT = PROCESS_SELECT + " WHERE current_node_id = ? AND dead = ?"
 TASK_BY_ID = TASK_SELECT + " WHERE id = ?"
@@ -249,8 +247,6 @@ SCHEDULE_CALL_HELD = ("SELECT id FROM culm_task WHERE root_id = ? AND schedule_i
 FIRST_CALLBACK_TASK = ("SELECT t.id FROM culm_task t JOIN culm_callback_data c ON c.id = t.callback_id "
                        "WHERE t.root_id = ? AND t.node_id = ? AND t.running_version = ? "
                        "ORDER BY c.seq, c.id LIMIT 1")
-# The change feed's highest seq (state trees and waiters compare it with the one they saw last).
-LAST_CHANGE_SEQ = "SELECT MAX(seq) FROM culm_change"
 CALLBACK_SEQ = "SELECT MAX(seq) FROM culm_callback_data WHERE node_id = ? AND version = ?"
 SCHEDULE_OF_RUN = SCHEDULE_SELECT + " WHERE node_id = ? AND version = ?"
 SCHEDULES_IN = SCHEDULE_SELECT + " WHERE node_id IN ({marks})"
