@@ -95,17 +95,19 @@ def test_tree_size_counts_every_pipeline_and_ends_on_a_tree_holding_itself():
 
 @pytest.mark.parametrize(("value", "expected"), [("5000", "5000"), ("1_000_000", "1000000"), ("", "100000")])
 def test_the_tree_limits_are_read_from_the_environment(value, expected):
-    env = {**os.environ, "CULM_MAX_TREE_NODES": value}
-    out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_TREE_NODES)"],
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == expected, out.stderr
+    assert _limit_read_with("MAX_TREE_NODES", value) == expected
+
+
+def _limit_read_with(name: str, value: str) -> str:
+    """culm.model.limits.NAME as a fresh process reads it with $CULM_NAME set to ``value``."""
+    out = subprocess.run([sys.executable, "-c", f"from culm.model import limits; print(limits.{name})"],
+                         env={**os.environ, f"CULM_{name}": value}, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
 
 
 def test_the_loop_times_cap_is_read_from_the_environment():
-    env = {**os.environ, "CULM_MAX_LOOP_TIMES": "250"}
-    out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_LOOP_TIMES)"],
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "250", out.stderr
+    assert _limit_read_with("MAX_LOOP_TIMES", "250") == "250"
 
 
 def test_a_bad_tree_limit_in_the_environment_names_the_variable(tmp_path):
@@ -193,10 +195,7 @@ def test_a_tree_over_the_variable_limit_is_refused_before_it_is_validated(monkey
 
 
 def test_the_variable_limit_is_read_from_the_environment():
-    env = {**os.environ, "CULM_MAX_TREE_VARIABLES": "5000"}
-    out = subprocess.run([sys.executable, "-c", "from culm.model import limits; print(limits.MAX_TREE_VARIABLES)"],
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "5000", out.stderr
+    assert _limit_read_with("MAX_TREE_VARIABLES", "5000") == "5000"
 
 
 def test_contexts_given_to_run_pipeline_count_against_the_variable_limit(monkeypatch):
